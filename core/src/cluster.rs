@@ -1,0 +1,131 @@
+//! A cluster's host set as one worker sees it: addresses, weights, availability and load.
+//!
+//! Each worker owns its own `ClusterState` (nothing is shared or locked across workers); the
+//! driver tells it when a host starts and ends serving a connection or request
+//! ([`ClusterState::begin`] / [`ClusterState::end`]) and when a host becomes (un)available
+//! (health checks, outlier detection).
+//!
+//! Invariant: `active` of every host equals the number of `begin` calls minus `end` calls for
+//! it (checked in debug builds: `end` never underflows).
+
+use std::net::SocketAddr;
+
+use crate::config::{ClusterConfig, LbPolicy};
+use crate::lb::Balancer;
+use crate::rng::Rng;
+
+/// Index of a host within its cluster.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct HostId(pub u32);
+
+impl HostId {
+    /// The index as `usize`.
+    #[must_use]
+    pub fn index(self) -> usize {
+        self.0 as usize
+    }
+}
+
+/// One upstream host and its live state.
+#[derive(Clone, Debug)]
+pub struct Host {
+    /// Where it is.
+    pub address: SocketAddr,
+    /// Its relative weight (≥ 1).
+    pub weight: u32,
+    /// Whether the balancer may pick it.
+    pub available: bool,
+    /// Connections (L4) or requests (L7) it is serving now.
+    pub active: u32,
+    /// Smooth weighted round robin's running weight.
+    pub(crate) swrr_current: i64,
+}
+
+/// A cluster's hosts and its balancer.
+#[derive(Clone, Debug)]
+pub struct ClusterState {
+    name: String,
+    hosts: Vec<Host>,
+    balancer: Balancer,
+}
+
+impl ClusterState {
+    /// A fresh state for a configured cluster: every host available, nothing active.
+    #[must_use]
+    pub fn from_config(cfg: &ClusterConfig) -> Self {
+        let hosts = cfg
+            .hosts
+            .iter()
+            .map(|h| Host {
+                address: h.address,
+                weight: h.weight,
+                available: true,
+                active: 0,
+                swrr_current: 0,
+            })
+            .collect();
+        ClusterState {
+            name: cfg.name.clone(),
+            hosts,
+            balancer: Balancer::new(cfg.lb_policy),
+        }
+    }
+
+    /// The cluster's name.
+    #[must_use]
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The balancing policy.
+    #[must_use]
+    pub fn policy(&self) -> LbPolicy {
+        self.balancer.policy()
+    }
+
+    /// All hosts, indexed by [`HostId`].
+    #[must_use]
+    pub fn hosts(&self) -> &[Host] {
+        &self.hosts
+    }
+
+    /// One host.
+    #[must_use]
+    pub fn host(&self, id: HostId) -> &Host {
+        &self.hosts[id.index()]
+    }
+
+    /// Picks an available host, preferring one not in `exclude` (hosts already tried for this
+    /// session); falls back to an excluded but available host when no other is left. `None`
+    /// when no host is available at all.
+    pub fn pick(&mut self, rng: &mut Rng, exclude: &[HostId]) -> Option<HostId> {
+        self.balancer.pick(&mut self.hosts, rng, exclude)
+    }
+
+    /// Marks a host (un)available for picking.
+    pub fn set_available(&mut self, id: HostId, available: bool) {
+        self.hosts[id.index()].available = available;
+    }
+
+    /// How many hosts are available.
+    #[must_use]
+    pub fn available_count(&self) -> usize {
+        self.hosts.iter().filter(|h| h.available).count()
+    }
+
+    /// A host starts serving a connection or request.
+    pub fn begin(&mut self, id: HostId) {
+        self.hosts[id.index()].active += 1;
+    }
+
+    /// A host stops serving a connection or request.
+    pub fn end(&mut self, id: HostId) {
+        let h = &mut self.hosts[id.index()];
+        debug_assert!(
+            h.active > 0,
+            "ClusterState::end without begin for {}",
+            h.address
+        );
+        h.active = h.active.saturating_sub(1);
+    }
+}

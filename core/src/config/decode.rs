@@ -1,0 +1,242 @@
+//! A small decoder from a parsed YAML tree (as [`serde_json::Value`]) into typed config, which —
+//! unlike serde's derive — keeps going after a problem, so that `sluice validate` can list
+//! **every** problem in a file, each with its path (`listeners[0].address`).
+//!
+//! Each typed reader returns `Option<T>`: `None` means "a problem was recorded here; carry on".
+//! A mapping is read through [`Obj`], which remembers which keys were read, so that unknown keys
+//! (typos) are reported too.
+
+use serde_json::{Map, Value};
+
+use super::ConfigError;
+
+/// Collects problems while decoding.
+#[derive(Default)]
+pub(crate) struct Decoder {
+    pub(crate) errors: Vec<ConfigError>,
+}
+
+/// The path of a child: `a.b`, `a[3]`.
+pub(crate) fn child(path: &str, key: &str) -> String {
+    if path.is_empty() {
+        key.to_owned()
+    } else {
+        format!("{path}.{key}")
+    }
+}
+
+pub(crate) fn index(path: &str, i: usize) -> String {
+    format!("{path}[{i}]")
+}
+
+fn kind(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "nothing (null)",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "a list",
+        Value::Object(_) => "a mapping",
+    }
+}
+
+impl Decoder {
+    pub(crate) fn error(&mut self, path: &str, message: impl Into<String>) {
+        self.errors.push(ConfigError {
+            path: path.to_owned(),
+            message: message.into(),
+        });
+    }
+
+    pub(crate) fn object<'v>(&mut self, path: &str, v: &'v Value) -> Option<Obj<'v>> {
+        match v {
+            Value::Object(map) => Some(Obj {
+                path: path.to_owned(),
+                map,
+                known: Vec::new(),
+            }),
+            other => {
+                self.error(path, format!("expected a mapping, found {}", kind(other)));
+                None
+            }
+        }
+    }
+
+    pub(crate) fn list<T>(
+        &mut self,
+        path: &str,
+        v: &Value,
+        mut item: impl FnMut(&mut Self, &str, &Value) -> Option<T>,
+    ) -> Option<Vec<T>> {
+        match v {
+            Value::Array(items) => {
+                let before = self.errors.len();
+                let out: Vec<T> = items
+                    .iter()
+                    .enumerate()
+                    .filter_map(|(i, v)| item(self, &index(path, i), v))
+                    .collect();
+                (self.errors.len() == before).then_some(out)
+            }
+            other => {
+                self.error(path, format!("expected a list, found {}", kind(other)));
+                None
+            }
+        }
+    }
+
+    pub(crate) fn string<'v>(&mut self, path: &str, v: &'v Value) -> Option<&'v str> {
+        match v {
+            Value::String(s) => Some(s),
+            other => {
+                self.error(path, format!("expected a string, found {}", kind(other)));
+                None
+            }
+        }
+    }
+
+    /// A non-empty name made of letters, digits and `_ - . :`.
+    pub(crate) fn name(&mut self, path: &str, v: &Value) -> Option<String> {
+        let s = self.string(path, v)?;
+        let ok = !s.is_empty()
+            && s.len() <= 128
+            && s.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"_-.:".contains(&b));
+        if ok {
+            Some(s.to_owned())
+        } else {
+            self.error(
+                path,
+                format!(
+                    "{s:?} is not a valid name (1 to 128 characters: letters, digits, '_', '-', '.', ':')"
+                ),
+            );
+            None
+        }
+    }
+
+    pub(crate) fn u64_in(
+        &mut self,
+        path: &str,
+        v: &Value,
+        range: std::ops::RangeInclusive<u64>,
+    ) -> Option<u64> {
+        let n = match v {
+            Value::Number(n) => n.as_u64(),
+            _ => None,
+        };
+        match n {
+            Some(n) if range.contains(&n) => Some(n),
+            _ => {
+                let shown = match v {
+                    Value::String(s) => format!("{s:?}"),
+                    other => other.to_string(),
+                };
+                self.error(
+                    path,
+                    format!(
+                        "{shown} is not a whole number from {} to {}",
+                        range.start(),
+                        range.end()
+                    ),
+                );
+                None
+            }
+        }
+    }
+
+    pub(crate) fn parsed<T>(
+        &mut self,
+        path: &str,
+        v: &Value,
+        parse: impl FnOnce(&str) -> Result<T, String>,
+    ) -> Option<T> {
+        let s = self.string(path, v)?;
+        match parse(s) {
+            Ok(t) => Some(t),
+            Err(e) => {
+                self.error(path, e);
+                None
+            }
+        }
+    }
+
+    /// A duration (`250ms`, `1s`, `5m`, `1h`); a bare `0` means zero.
+    pub(crate) fn duration(&mut self, path: &str, v: &Value) -> Option<std::time::Duration> {
+        match v {
+            Value::Number(n) if n.as_u64() == Some(0) => Some(std::time::Duration::ZERO),
+            Value::Number(n) => {
+                self.error(
+                    path,
+                    format!("{n} has no unit (expected a number and a unit: 250ms, 1s, 5m, 1h)"),
+                );
+                None
+            }
+            _ => self.parsed(path, v, super::values::parse_duration),
+        }
+    }
+
+    /// One of a fixed set of words.
+    pub(crate) fn one_of<T: Copy>(
+        &mut self,
+        path: &str,
+        v: &Value,
+        choices: &[(&str, T)],
+    ) -> Option<T> {
+        let s = self.string(path, v)?;
+        if let Some((_, t)) = choices.iter().find(|(name, _)| *name == s) {
+            return Some(*t);
+        }
+        let names: Vec<&str> = choices.iter().map(|(n, _)| *n).collect();
+        self.error(
+            path,
+            format!(
+                "unknown value {s:?} (expected one of: {})",
+                names.join(", ")
+            ),
+        );
+        None
+    }
+}
+
+/// A mapping being read; reports unknown keys on [`Obj::finish`].
+pub(crate) struct Obj<'v> {
+    pub(crate) path: String,
+    map: &'v Map<String, Value>,
+    known: Vec<&'static str>,
+}
+
+impl<'v> Obj<'v> {
+    /// An optional key: its value and its path.
+    pub(crate) fn opt(&mut self, key: &'static str) -> Option<(&'v Value, String)> {
+        self.known.push(key);
+        self.map.get(key).map(|v| (v, child(&self.path, key)))
+    }
+
+    /// A required key; records "missing" when absent.
+    pub(crate) fn req(
+        &mut self,
+        dec: &mut Decoder,
+        key: &'static str,
+    ) -> Option<(&'v Value, String)> {
+        let found = self.opt(key);
+        if found.is_none() {
+            dec.error(&child(&self.path, key), "missing (this field is required)");
+        }
+        found
+    }
+
+    /// Reports every key that no reader asked for.
+    pub(crate) fn finish(self, dec: &mut Decoder) {
+        for key in self.map.keys() {
+            if !self.known.contains(&key.as_str()) {
+                let mut expected = self.known.clone();
+                expected.dedup();
+                dec.error(
+                    &child(&self.path, key),
+                    format!("unknown field (expected one of: {})", expected.join(", ")),
+                );
+            }
+        }
+    }
+}

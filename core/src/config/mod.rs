@@ -1,0 +1,470 @@
+//! The configuration model: what a YAML file (and later xDS) can say, parsed and validated.
+//!
+//! [`Config::from_yaml`] turns text into a validated [`Config`] or into [`ConfigErrors`]: **every**
+//! problem in the file, each naming where it is (`listeners[0].address`) and what is wrong. It
+//! checks, in one pass: YAML syntax, shapes and types, unknown fields (a typo is never silently
+//! ignored), value grammars (durations, addresses), ranges, unique names and addresses, and
+//! references between sections (a listener's cluster must exist).
+//!
+//! Invariant of a returned `Config`: every reference resolves (`TcpProxyConfig::cluster_index`
+//! indexes `Config::clusters`), names are unique, every cluster has at least one host.
+
+mod decode;
+pub mod values;
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use serde::Serialize;
+use serde_json::Value;
+
+use decode::{Decoder, Obj};
+pub use values::{format_duration, parse_duration, parse_socket_addr};
+
+/// One problem in a config: where, and what is wrong.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConfigError {
+    /// Dotted path to the offending value, e.g. `listeners[0].tcp_proxy.cluster`; empty for the
+    /// whole document.
+    pub path: String,
+    /// What is wrong, naming the bad value where there is one.
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.path.is_empty() {
+            f.write_str(&self.message)
+        } else {
+            write!(f, "{}: {}", self.path, self.message)
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// Every problem found in a config; never empty.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConfigErrors(pub Vec<ConfigError>);
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, e) in self.0.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{e}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigErrors {}
+
+/// Default for [`ClusterConfig::connect_timeout`] (Envoy's default).
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Default for [`TcpProxyConfig::idle_timeout`] (Envoy's default).
+pub const DEFAULT_TCP_IDLE_TIMEOUT: Duration = Duration::from_secs(3600);
+/// Default for [`TcpProxyConfig::max_connect_attempts`]: a sidecar fails over by default.
+pub const DEFAULT_MAX_CONNECT_ATTEMPTS: u32 = 3;
+/// Default for [`Config::drain_timeout`].
+pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+
+fn ser_duration<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&format_duration(*d))
+}
+
+fn ser_opt_duration<S: serde::Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&format_duration(d.unwrap_or(Duration::ZERO)))
+}
+
+/// A whole, validated configuration.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Config {
+    /// The admin server, if any.
+    pub admin: Option<AdminConfig>,
+    /// Listeners, in file order.
+    pub listeners: Vec<ListenerConfig>,
+    /// Clusters, in file order.
+    pub clusters: Vec<ClusterConfig>,
+    /// How long a stopping instance lets open connections finish.
+    #[serde(serialize_with = "ser_duration")]
+    pub drain_timeout: Duration,
+}
+
+/// The admin server's settings.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct AdminConfig {
+    /// Where it listens; loopback unless written otherwise.
+    pub address: SocketAddr,
+}
+
+/// A listening socket and what it does with a connection.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct ListenerConfig {
+    /// Unique listener name (used in stats and logs).
+    pub name: String,
+    /// Where it listens.
+    pub address: SocketAddr,
+    /// What it does with each accepted connection.
+    pub filter: ListenerFilter,
+}
+
+/// What a listener does with a connection. Exactly one per listener.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ListenerFilter {
+    /// Proxy the bytes to a host of a cluster.
+    TcpProxy(TcpProxyConfig),
+    /// Write back every byte read (Envoy's echo filter): a self-contained upstream for smoke
+    /// tests and the quickstart.
+    Echo,
+}
+
+/// L4 proxying settings.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct TcpProxyConfig {
+    /// Name of the upstream cluster.
+    pub cluster: String,
+    /// Index of that cluster in [`Config::clusters`].
+    #[serde(skip)]
+    pub cluster_index: usize,
+    /// Close the session after this long without a byte in either direction; `None` disables.
+    #[serde(serialize_with = "ser_opt_duration")]
+    pub idle_timeout: Option<Duration>,
+    /// Connect attempts per session, each to another host when one is available.
+    pub max_connect_attempts: u32,
+}
+
+/// Load-balancing policy of a cluster.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LbPolicy {
+    /// Each available host in turn.
+    RoundRobin,
+    /// Smooth weighted round robin (nginx's): picks in proportion to weights, interleaved.
+    WeightedRoundRobin,
+    /// Uniformly random among available hosts.
+    Random,
+    /// Power of two choices: two random hosts, the one with fewer active requests per weight.
+    LeastRequest,
+}
+
+impl LbPolicy {
+    /// The names the config accepts.
+    pub const CHOICES: [(&'static str, LbPolicy); 4] = [
+        ("round_robin", LbPolicy::RoundRobin),
+        ("weighted_round_robin", LbPolicy::WeightedRoundRobin),
+        ("random", LbPolicy::Random),
+        ("least_request", LbPolicy::LeastRequest),
+    ];
+}
+
+/// A named set of upstream hosts.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct ClusterConfig {
+    /// Unique cluster name.
+    pub name: String,
+    /// Give up a connect attempt after this long.
+    #[serde(serialize_with = "ser_duration")]
+    pub connect_timeout: Duration,
+    /// How a host is picked.
+    pub lb_policy: LbPolicy,
+    /// The hosts; never empty.
+    pub hosts: Vec<HostConfig>,
+}
+
+/// One upstream host.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct HostConfig {
+    /// Its address.
+    pub address: SocketAddr,
+    /// Relative weight, 1 to 1000 (default 1).
+    pub weight: u32,
+}
+
+impl Config {
+    /// Parses and validates YAML text, reporting every problem found.
+    pub fn from_yaml(text: &str) -> Result<Config, ConfigErrors> {
+        let tree: Value = serde_saphyr::from_str(text).map_err(|e| {
+            ConfigErrors(vec![ConfigError {
+                path: String::new(),
+                message: format!("not valid YAML: {}", one_line(&e.to_string())),
+            }])
+        })?;
+        Self::from_tree(&tree)
+    }
+
+    /// Validates an already parsed tree (the JSON data model), reporting every problem found.
+    pub fn from_tree(tree: &Value) -> Result<Config, ConfigErrors> {
+        let mut dec = Decoder::default();
+        let config = decode_config(&mut dec, tree);
+        match config {
+            Some(c) if dec.errors.is_empty() => Ok(c),
+            _ => {
+                if dec.errors.is_empty() {
+                    dec.error("", "config is empty");
+                }
+                Err(ConfigErrors(dec.errors))
+            }
+        }
+    }
+
+    /// The cluster a name refers to.
+    #[must_use]
+    pub fn cluster(&self, name: &str) -> Option<&ClusterConfig> {
+        self.clusters.iter().find(|c| c.name == name)
+    }
+}
+
+fn one_line(s: &str) -> String {
+    s.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+fn decode_config(dec: &mut Decoder, tree: &Value) -> Option<Config> {
+    if tree.is_null() {
+        dec.error(
+            "",
+            "config is empty (expected a mapping with `listeners` and `clusters`)",
+        );
+        return None;
+    }
+    let mut root = dec.object("", tree)?;
+    let admin = root
+        .opt("admin")
+        .and_then(|(v, p)| decode_admin(dec, &p, v));
+    let clusters = match root.opt("clusters") {
+        Some((v, p)) => dec.list(&p, v, decode_cluster),
+        None => Some(Vec::new()),
+    };
+    // References are checked against the cluster names as written, so that a listener with
+    // another problem still has its cluster reference checked (all errors at once).
+    let cluster_names: Vec<&str> = match tree.get("clusters") {
+        Some(Value::Array(items)) => items
+            .iter()
+            .filter_map(|c| c.get("name").and_then(Value::as_str))
+            .collect(),
+        _ => Vec::new(),
+    };
+    let listeners = root.req(dec, "listeners").and_then(|(v, p)| {
+        dec.list(&p, v, |dec, path, v| {
+            decode_listener(dec, path, v, &cluster_names)
+        })
+    });
+    let drain_timeout = match root.opt("drain_timeout") {
+        Some((v, p)) => dec.duration(&p, v),
+        None => Some(DEFAULT_DRAIN_TIMEOUT),
+    };
+    root.finish(dec);
+
+    let (listeners, clusters) = (listeners?, clusters?);
+    if listeners.is_empty() {
+        dec.error("listeners", "at least one listener is required");
+    }
+    check_unique(
+        dec,
+        "clusters",
+        clusters.iter().map(|c| c.name.as_str()),
+        "name",
+    );
+    check_unique(
+        dec,
+        "listeners",
+        listeners.iter().map(|l| l.name.as_str()),
+        "name",
+    );
+    let addresses: Vec<String> = listeners.iter().map(|l| l.address.to_string()).collect();
+    check_unique(
+        dec,
+        "listeners",
+        addresses.iter().map(String::as_str),
+        "address",
+    );
+    Some(Config {
+        admin: admin.flatten(),
+        listeners,
+        clusters,
+        drain_timeout: drain_timeout?,
+    })
+}
+
+fn check_unique<'a>(
+    dec: &mut Decoder,
+    section: &str,
+    values: impl Iterator<Item = &'a str>,
+    field: &str,
+) {
+    let values: Vec<&str> = values.collect();
+    for (i, v) in values.iter().enumerate() {
+        if let Some(first) = values[..i].iter().position(|w| w == v) {
+            dec.error(
+                &format!("{section}[{i}].{field}"),
+                format!("duplicate {field} {v:?} (already used by {section}[{first}])"),
+            );
+        }
+    }
+}
+
+fn decode_admin(dec: &mut Decoder, path: &str, v: &Value) -> Option<Option<AdminConfig>> {
+    let mut obj = dec.object(path, v)?;
+    let address = obj
+        .req(dec, "address")
+        .and_then(|(v, p)| dec.parsed(&p, v, parse_socket_addr));
+    obj.finish(dec);
+    Some(Some(AdminConfig { address: address? }))
+}
+
+fn decode_listener(
+    dec: &mut Decoder,
+    path: &str,
+    v: &Value,
+    cluster_names: &[&str],
+) -> Option<ListenerConfig> {
+    let mut obj = dec.object(path, v)?;
+    let name = obj.req(dec, "name").and_then(|(v, p)| dec.name(&p, v));
+    let address = obj
+        .req(dec, "address")
+        .and_then(|(v, p)| dec.parsed(&p, v, parse_socket_addr));
+    let mut filters: Vec<Option<ListenerFilter>> = Vec::new();
+    if let Some((v, p)) = obj.opt("tcp_proxy") {
+        filters.push(decode_tcp_proxy(dec, &p, v, cluster_names).map(ListenerFilter::TcpProxy));
+    }
+    if let Some((v, p)) = obj.opt("echo") {
+        filters.push(decode_empty(dec, &p, v).map(|()| ListenerFilter::Echo));
+    }
+    let filter = match filters.len() {
+        0 => {
+            dec.error(path, "no filter: give one of `tcp_proxy`, `echo`");
+            None
+        }
+        1 => filters.pop().flatten(),
+        _ => {
+            dec.error(
+                path,
+                "more than one filter: give exactly one of `tcp_proxy`, `echo`",
+            );
+            None
+        }
+    };
+    obj.finish(dec);
+    Some(ListenerConfig {
+        name: name?,
+        address: address?,
+        filter: filter?,
+    })
+}
+
+/// `{}` or nothing: a section that takes no settings (yet).
+fn decode_empty(dec: &mut Decoder, path: &str, v: &Value) -> Option<()> {
+    if v.is_null() {
+        return Some(());
+    }
+    let obj = dec.object(path, v)?;
+    obj.finish(dec);
+    Some(())
+}
+
+fn decode_tcp_proxy(
+    dec: &mut Decoder,
+    path: &str,
+    v: &Value,
+    cluster_names: &[&str],
+) -> Option<TcpProxyConfig> {
+    let mut obj = dec.object(path, v)?;
+    let cluster = obj
+        .req(dec, "cluster")
+        .and_then(|(v, p)| Some((dec.name(&p, v)?, p)))
+        .and_then(
+            |(name, p)| match cluster_names.iter().position(|c| *c == name) {
+                Some(index) => Some((name, index)),
+                None => {
+                    let known = if cluster_names.is_empty() {
+                        "no clusters are defined".to_owned()
+                    } else {
+                        format!("known: {}", cluster_names.join(", "))
+                    };
+                    dec.error(&p, format!("unknown cluster {name:?} ({known})"));
+                    None
+                }
+            },
+        );
+    let idle_timeout = opt_duration(dec, &mut obj, "idle_timeout", DEFAULT_TCP_IDLE_TIMEOUT);
+    let max_connect_attempts = match obj.opt("max_connect_attempts") {
+        Some((v, p)) => dec.u64_in(&p, v, 1..=10).map(|n| n as u32),
+        None => Some(DEFAULT_MAX_CONNECT_ATTEMPTS),
+    };
+    obj.finish(dec);
+    let (cluster, cluster_index) = cluster?;
+    Some(TcpProxyConfig {
+        cluster,
+        cluster_index,
+        idle_timeout: idle_timeout.map(|d| (!d.is_zero()).then_some(d))?,
+        max_connect_attempts: max_connect_attempts?,
+    })
+}
+
+fn opt_duration(
+    dec: &mut Decoder,
+    obj: &mut Obj<'_>,
+    key: &'static str,
+    default: Duration,
+) -> Option<Duration> {
+    match obj.opt(key) {
+        Some((v, p)) => dec.duration(&p, v),
+        None => Some(default),
+    }
+}
+
+fn decode_cluster(dec: &mut Decoder, path: &str, v: &Value) -> Option<ClusterConfig> {
+    let mut obj = dec.object(path, v)?;
+    let name = obj.req(dec, "name").and_then(|(v, p)| dec.name(&p, v));
+    let connect_timeout = match obj.opt("connect_timeout") {
+        Some((v, p)) => dec.duration(&p, v).and_then(|d| {
+            if d.is_zero() {
+                dec.error(&p, "must be greater than zero");
+                None
+            } else {
+                Some(d)
+            }
+        }),
+        None => Some(DEFAULT_CONNECT_TIMEOUT),
+    };
+    let lb_policy = match obj.opt("lb_policy") {
+        Some((v, p)) => dec.one_of(&p, v, &LbPolicy::CHOICES),
+        None => Some(LbPolicy::RoundRobin),
+    };
+    let hosts = obj.req(dec, "hosts").and_then(|(v, p)| {
+        let hosts = dec.list(&p, v, decode_host)?;
+        if hosts.is_empty() {
+            dec.error(&p, "at least one host is required");
+        }
+        Some(hosts)
+    });
+    obj.finish(dec);
+    Some(ClusterConfig {
+        name: name?,
+        connect_timeout: connect_timeout?,
+        lb_policy: lb_policy?,
+        hosts: hosts?,
+    })
+}
+
+fn decode_host(dec: &mut Decoder, path: &str, v: &Value) -> Option<HostConfig> {
+    let mut obj = dec.object(path, v)?;
+    let address = obj
+        .req(dec, "address")
+        .and_then(|(v, p)| dec.parsed(&p, v, parse_socket_addr));
+    let weight = match obj.opt("weight") {
+        Some((v, p)) => dec.u64_in(&p, v, 1..=1000).map(|w| w as u32),
+        None => Some(1),
+    };
+    obj.finish(dec);
+    Some(HostConfig {
+        address: address?,
+        weight: weight?,
+    })
+}
+
+#[cfg(test)]
+mod tests;

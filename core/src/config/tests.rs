@@ -1,0 +1,174 @@
+use super::*;
+
+const GOOD: &str = r#"
+admin: { address: 127.0.0.1:9901 }
+listeners:
+  - name: tcp_in
+    address: 127.0.0.1:10001
+    tcp_proxy: { cluster: echo, idle_timeout: 300s }
+clusters:
+  - name: echo
+    connect_timeout: 1s
+    lb_policy: round_robin
+    hosts:
+      - { address: 127.0.0.1:7001 }
+      - { address: 127.0.0.1:7002, weight: 2 }
+"#;
+
+fn errors(text: &str) -> Vec<String> {
+    match Config::from_yaml(text) {
+        Ok(c) => panic!("expected errors, got {c:?}"),
+        Err(e) => e.0.iter().map(ToString::to_string).collect(),
+    }
+}
+
+#[test]
+fn parses_the_issue_example_with_defaults() {
+    let c = Config::from_yaml(GOOD).unwrap();
+    assert_eq!(c.admin.unwrap().address, "127.0.0.1:9901".parse().unwrap());
+    assert_eq!(c.listeners.len(), 1);
+    let ListenerFilter::TcpProxy(tp) = &c.listeners[0].filter else {
+        panic!("not tcp_proxy")
+    };
+    assert_eq!(tp.cluster, "echo");
+    assert_eq!(tp.cluster_index, 0);
+    assert_eq!(tp.idle_timeout, Some(Duration::from_secs(300)));
+    assert_eq!(tp.max_connect_attempts, DEFAULT_MAX_CONNECT_ATTEMPTS);
+    let cl = &c.clusters[0];
+    assert_eq!(cl.connect_timeout, Duration::from_secs(1));
+    assert_eq!(cl.lb_policy, LbPolicy::RoundRobin);
+    assert_eq!(cl.hosts[0].weight, 1);
+    assert_eq!(cl.hosts[1].weight, 2);
+    assert_eq!(c.drain_timeout, DEFAULT_DRAIN_TIMEOUT);
+}
+
+#[test]
+fn reports_every_problem_with_its_path() {
+    let text = r#"
+listeners:
+  - name: tcp_in
+    address: 127.0.0.1:99999
+    tcp_proxy: { cluster: nowhere, idle_timeout: 5 parsecs }
+  - name: tcp_in
+    address: 127.0.0.1:10002
+    echo: {}
+    tpc_proxy: { cluster: c1 }
+clusters:
+  - name: c1
+    connect_timeout: 0s
+    lb_policy: fastest
+    hosts:
+      - { address: 10.0.0.1:80, weight: 0 }
+      - { adress: 10.0.0.2:80 }
+drain_timeout: 10
+"#;
+    let errs = errors(text);
+    let expect = [
+        r#"listeners[0].address: "127.0.0.1:99999" is not a socket address (port out of range)"#,
+        r#"listeners[0].tcp_proxy.cluster: unknown cluster "nowhere" (known: c1)"#,
+        r#"listeners[0].tcp_proxy.idle_timeout: "5 parsecs" has an unknown unit " parsecs" (expected a number and a unit: 250ms, 1s, 5m, 1h)"#,
+        "listeners[1].tpc_proxy: unknown field (expected one of: name, address, tcp_proxy, echo)",
+        "clusters[0].connect_timeout: must be greater than zero",
+        r#"clusters[0].lb_policy: unknown value "fastest" (expected one of: round_robin, weighted_round_robin, random, least_request)"#,
+        "clusters[0].hosts[0].weight: 0 is not a whole number from 1 to 1000",
+        "clusters[0].hosts[1].address: missing (this field is required)",
+        "clusters[0].hosts[1].adress: unknown field (expected one of: address, weight)",
+        "drain_timeout: 10 has no unit (expected a number and a unit: 250ms, 1s, 5m, 1h)",
+    ];
+    for e in expect {
+        assert!(errs.iter().any(|x| x == e), "missing {e:?} in {errs:#?}");
+    }
+    assert_eq!(errs.len(), expect.len(), "{errs:#?}");
+}
+
+#[test]
+fn duplicates_are_named_with_the_first_use() {
+    let text = r#"
+listeners:
+  - { name: a, address: 127.0.0.1:1000, echo: {} }
+  - { name: a, address: 127.0.0.1:1000, echo: {} }
+clusters:
+  - { name: c, hosts: [ { address: 127.0.0.1:1 } ] }
+  - { name: c, hosts: [ { address: 127.0.0.1:1 } ] }
+"#;
+    let errs = errors(text);
+    assert_eq!(
+        errs,
+        [
+            r#"clusters[1].name: duplicate name "c" (already used by clusters[0])"#,
+            r#"listeners[1].name: duplicate name "a" (already used by listeners[0])"#,
+            r#"listeners[1].address: duplicate address "127.0.0.1:1000" (already used by listeners[0])"#,
+        ]
+    );
+}
+
+#[test]
+fn structural_problems() {
+    assert_eq!(
+        errors(""),
+        ["config is empty (expected a mapping with `listeners` and `clusters`)"]
+    );
+    assert_eq!(errors("- 1\n- 2"), ["expected a mapping, found a list"]);
+    assert_eq!(
+        errors("clusters: []"),
+        ["listeners: missing (this field is required)"]
+    );
+    assert_eq!(
+        errors("listeners: []"),
+        ["listeners: at least one listener is required"]
+    );
+    assert_eq!(
+        errors("listeners: [ { name: x, address: 127.0.0.1:1 } ]"),
+        ["listeners[0]: no filter: give one of `tcp_proxy`, `echo`"]
+    );
+    assert_eq!(
+        errors(
+            "listeners: [ { name: x, address: 127.0.0.1:1, echo: {}, tcp_proxy: { cluster: c } } ]"
+        ),
+        [
+            r#"listeners[0].tcp_proxy.cluster: unknown cluster "c" (no clusters are defined)"#,
+            "listeners[0]: more than one filter: give exactly one of `tcp_proxy`, `echo`",
+        ]
+    );
+    assert_eq!(
+        errors("listeners: [ { name: 'bad name', address: 127.0.0.1:1, echo: } ]"),
+        [
+            r#"listeners[0].name: "bad name" is not a valid name (1 to 128 characters: letters, digits, '_', '-', '.', ':')"#
+        ]
+    );
+    assert_eq!(
+        errors(
+            "listeners: [ { name: x, address: 127.0.0.1:1, echo: } ]\nclusters: [ { name: c, hosts: [] } ]"
+        ),
+        ["clusters[0].hosts: at least one host is required"]
+    );
+}
+
+#[test]
+fn yaml_syntax_errors_say_so() {
+    let errs = errors("listeners: [ { name: x\n");
+    assert_eq!(errs.len(), 1);
+    assert!(errs[0].starts_with("not valid YAML: "), "{errs:?}");
+    assert!(!errs[0].contains('\n'));
+}
+
+#[test]
+fn zero_idle_timeout_disables_it() {
+    let c = Config::from_yaml(&GOOD.replace("300s", "0")).unwrap();
+    let ListenerFilter::TcpProxy(tp) = &c.listeners[0].filter else {
+        panic!()
+    };
+    assert_eq!(tp.idle_timeout, None);
+}
+
+#[test]
+fn config_dump_is_json_with_durations_as_written() {
+    let c = Config::from_yaml(GOOD).unwrap();
+    let v = serde_json::to_value(&c).unwrap();
+    assert_eq!(v["clusters"][0]["connect_timeout"], "1s");
+    assert_eq!(
+        v["listeners"][0]["filter"]["tcp_proxy"]["idle_timeout"],
+        "5m"
+    );
+    assert_eq!(v["listeners"][0]["address"], "127.0.0.1:10001");
+}

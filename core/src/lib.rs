@@ -1,0 +1,32 @@
+//! # sluice-core — the sans-IO heart of the Sluice data plane
+//!
+//! Everything in this crate is a pure function of its inputs and of time passed in as a
+//! parameter. It owns:
+//!
+//! - [`config`]: the configuration model, its YAML parser and validator (every problem reported
+//!   at once, each with the path where it is);
+//! - [`cluster`] and [`lb`]: host sets and the load balancers (round robin, smooth weighted
+//!   round robin, random, least request with power-of-two choices), driven by an injected
+//!   [`rng::Rng`];
+//! - [`tcp_proxy`]: the L4 session state machine (pick a host, connect with a timeout, fail over,
+//!   relay with half-close, idle timeout, close with a reason).
+//!
+//! ## The contract (the same one quinn-proto and str0m follow)
+//!
+//! A state machine takes inputs through `handle_*(now, ...)` methods and gives outputs through
+//! `poll_*()` methods. After every input the driver drains the outputs (`poll_action` until it
+//! returns `None`), then sleeps until `poll_timeout()` and calls `handle_timeout(now)`.
+//!
+//! The crate never reads a clock, never draws OS randomness, never spawns, never locks, never
+//! touches a socket or a file. `clippy.toml` in this crate bans the std entry points for those,
+//! and `#![forbid(unsafe_code)]` holds. Iteration order never depends on a seeded hash.
+#![forbid(unsafe_code)]
+#![warn(missing_docs, unreachable_pub)]
+
+pub mod cluster;
+pub mod config;
+pub mod lb;
+pub mod rng;
+pub mod tcp_proxy;
+
+pub use std::time::{Duration, Instant};
