@@ -1,1 +1,32 @@
+//! # sluice-runtime — sockets, workers and the proxy engine
+//!
+//! This crate does the IO that `sluice-core` leaves out, and nothing else:
+//!
+//! - [`net`]: the [`net::Network`] trait with a tokio implementation ([`net::TokioNet`]) and,
+//!   behind the `turmoil` feature, a simulated one ([`net::TurmoilNet`]). The engine is
+//!   written once against the trait; there is no test-only copy of proxy logic.
+//! - [`engine`]: one worker's proxy engine — accept loops, L4 sessions driven by
+//!   [`sluice_core::tcp_proxy::TcpSession`], the echo filter, graceful drain.
+//! - [`relay`]: moves bytes between two sockets with reused buffers and reports every read to
+//!   the session state machine.
+//! - [`stats`]: per-worker counters (written only by their worker; summed when read).
+//! - [`server`]: the real process — one pinned current-thread tokio runtime per core, each with
+//!   its own `SO_REUSEPORT` listener sockets; signals; drain.
+#![warn(missing_docs)]
 
+pub mod engine;
+pub mod net;
+pub mod relay;
+pub mod server;
+pub mod stats;
+
+/// The current instant on the runtime's clock (tokio's clock: real time under the real
+/// runtime, virtual time under turmoil). This is the only place the runtime reads a clock for
+/// the core.
+#[must_use]
+pub fn now() -> std::time::Instant {
+    tokio::time::Instant::now().into_std()
+}
+
+/// The version string printed by `sluice --version` and the admin API.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -1,0 +1,351 @@
+//! One worker's proxy engine: accept loops, sessions, drain.
+//!
+//! The engine is generic over [`Network`], so the same code serves real sockets (one engine
+//! per pinned worker thread) and turmoil's simulated hosts. It runs inside a tokio `LocalSet`:
+//! its state (`ClusterState`s, RNG, buffer pool) is `!Send`, owned by the worker and never
+//! locked.
+//!
+//! Lifecycle: [`Engine::run`] spawns an accept loop per listener and waits for `shutdown`;
+//! then it stops accepting (listeners are dropped, so new connections go elsewhere — to a new
+//! instance on an upgrade, or refused), lets open sessions finish for up to the config's
+//! `drain_timeout`, tells the remaining sessions the drain timed out, and returns once every
+//! session has closed.
+
+use std::cell::{Cell, RefCell};
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Duration;
+
+use sluice_core::cluster::ClusterState;
+use sluice_core::config::{Config, ListenerConfig, ListenerFilter, TcpProxyConfig};
+use sluice_core::rng::Rng;
+use sluice_core::tcp_proxy::{Action, CloseReason, ConnectFailure, SessionConfig, TcpSession};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::Notify;
+use tracing::{debug, info, warn};
+
+use crate::net::Network;
+use crate::now;
+use crate::relay::{BUFFER_SIZE, relay};
+use crate::stats::{WorkerStats, bump};
+
+/// Buffers kept for reuse per worker (each session takes two).
+const MAX_POOLED_BUFFERS: usize = 1024;
+
+/// One worker's engine. Create with [`Engine::new`], run with [`Engine::run`].
+pub struct Engine<N: Network> {
+    net: N,
+    config: Arc<Config>,
+    worker: usize,
+    clusters: Vec<RefCell<ClusterState>>,
+    rng: RefCell<Rng>,
+    stats: Arc<WorkerStats>,
+    buffers: RefCell<Vec<Box<[u8]>>>,
+    sessions: Cell<usize>,
+    sessions_idle: Notify,
+    stopping: Cell<bool>,
+    stop_accepting: Notify,
+    drain_expired: Notify,
+}
+
+impl<N: Network> Engine<N> {
+    /// An engine for `config` on `net`. `seed` seeds its RNG (balancing); `worker` names it in
+    /// logs.
+    pub fn new(
+        net: N,
+        config: Arc<Config>,
+        worker: usize,
+        seed: u64,
+        stats: Arc<WorkerStats>,
+    ) -> Rc<Self> {
+        let clusters = config
+            .clusters
+            .iter()
+            .map(|c| RefCell::new(ClusterState::from_config(c)))
+            .collect();
+        Rc::new(Engine {
+            net,
+            config,
+            worker,
+            clusters,
+            rng: RefCell::new(Rng::from_seed(seed)),
+            stats,
+            buffers: RefCell::new(Vec::new()),
+            sessions: Cell::new(0),
+            sessions_idle: Notify::new(),
+            stopping: Cell::new(false),
+            stop_accepting: Notify::new(),
+            drain_expired: Notify::new(),
+        })
+    }
+
+    /// The worker's counters.
+    pub fn stats(&self) -> &Arc<WorkerStats> {
+        &self.stats
+    }
+
+    /// Sessions open now.
+    pub fn open_sessions(&self) -> usize {
+        self.sessions.get()
+    }
+
+    /// A cluster's live state (for inspection).
+    pub fn cluster(&self, index: usize) -> std::cell::Ref<'_, ClusterState> {
+        self.clusters[index].borrow()
+    }
+
+    /// Serves `listeners` (one bound listener per `config.listeners` entry, same order) until
+    /// `shutdown` completes, then drains. Must run inside a `LocalSet`.
+    pub async fn run(
+        self: Rc<Self>,
+        listeners: Vec<N::Listener>,
+        shutdown: impl std::future::Future<Output = ()>,
+    ) {
+        assert_eq!(listeners.len(), self.config.listeners.len());
+        let mut accept_tasks = Vec::new();
+        for (index, listener) in listeners.into_iter().enumerate() {
+            let engine = self.clone();
+            accept_tasks.push(tokio::task::spawn_local(async move {
+                engine.accept_loop(index, listener).await;
+            }));
+        }
+        shutdown.await;
+        self.drain().await;
+        for t in accept_tasks {
+            let _ = t.await;
+        }
+    }
+
+    /// Stops accepting, waits for sessions up to the drain timeout, then closes the rest.
+    async fn drain(&self) {
+        self.stopping.set(true);
+        self.stop_accepting.notify_waiters();
+        let open = self.sessions.get();
+        info!(worker = self.worker, open, "draining");
+        let drained = tokio::time::timeout(self.config.drain_timeout, self.wait_idle()).await;
+        if drained.is_err() {
+            warn!(
+                worker = self.worker,
+                open = self.sessions.get(),
+                "drain timeout passed; closing the remaining sessions"
+            );
+            self.drain_expired.notify_waiters();
+            self.wait_idle().await;
+        }
+        info!(worker = self.worker, "drained");
+    }
+
+    async fn wait_idle(&self) {
+        loop {
+            let idle = self.sessions_idle.notified();
+            if self.sessions.get() == 0 {
+                return;
+            }
+            idle.await;
+        }
+    }
+
+    async fn accept_loop(self: Rc<Self>, index: usize, listener: N::Listener) {
+        let lc: &ListenerConfig = &self.config.listeners[index];
+        loop {
+            let stop = self.stop_accepting.notified();
+            if self.stopping.get() {
+                break;
+            }
+            let accepted = tokio::select! {
+                biased;
+                () = stop => break,
+                r = self.net.accept(&listener) => r,
+            };
+            match accepted {
+                Ok((stream, peer)) => self.clone().spawn_session(index, stream, peer),
+                Err(e) => {
+                    bump(&self.stats.accept_errors, 1);
+                    warn!(listener = %lc.name, error = %e, "accept failed");
+                    // EMFILE and friends: back off instead of spinning.
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            }
+        }
+        debug!(worker = self.worker, listener = %lc.name, "stopped accepting");
+        // Dropping the listener here closes this worker's socket.
+    }
+
+    fn spawn_session(self: Rc<Self>, index: usize, stream: N::Stream, peer: SocketAddr) {
+        bump(&self.stats.downstream_cx_total, 1);
+        self.sessions.set(self.sessions.get() + 1);
+        tokio::task::spawn_local(async move {
+            let guard = SessionGuard(&self);
+            let lc = &self.config.listeners[index];
+            match &lc.filter {
+                ListenerFilter::TcpProxy(tp) => self.tcp_proxy(lc, tp, stream, peer).await,
+                ListenerFilter::Echo => self.echo(stream).await,
+            }
+            drop(guard);
+        });
+    }
+
+    async fn tcp_proxy(
+        &self,
+        lc: &ListenerConfig,
+        tp: &TcpProxyConfig,
+        mut down: N::Stream,
+        peer: SocketAddr,
+    ) {
+        let cluster_cfg = &self.config.clusters[tp.cluster_index];
+        let cluster = &self.clusters[tp.cluster_index];
+        let mut session = TcpSession::new(
+            now(),
+            SessionConfig {
+                connect_timeout: cluster_cfg.connect_timeout,
+                idle_timeout: tp.idle_timeout,
+                max_connect_attempts: tp.max_connect_attempts,
+            },
+        );
+        // Created now so that a drain timeout during the connect phase is not missed (a
+        // `Notified` receives `notify_waiters` from the moment it exists).
+        let drain_expired = self.drain_expired.notified();
+        session.start(now(), &mut cluster.borrow_mut(), &mut self.rng.borrow_mut());
+
+        // Connect phase: follow the session's Connect actions until connected or closed.
+        let mut up = None;
+        let mut reason = None;
+        while let Some(action) = session.poll_action() {
+            match action {
+                Action::Connect { address, .. } => {
+                    bump(&self.stats.upstream_cx_attempts, 1);
+                    let deadline = session.poll_timeout().map(tokio::time::Instant::from_std);
+                    let attempt = self.net.connect(address);
+                    let result = match deadline {
+                        Some(d) => tokio::time::timeout_at(d, attempt).await,
+                        None => Ok(attempt.await),
+                    };
+                    let failure = match result {
+                        Ok(Ok(stream)) => {
+                            session.handle_connected(now(), &mut cluster.borrow_mut());
+                            up = Some(stream);
+                            continue;
+                        }
+                        Ok(Err(e)) => {
+                            bump(&self.stats.upstream_cx_connect_fail, 1);
+                            debug!(listener = %lc.name, %address, error = %e, "upstream connect failed");
+                            ConnectFailure::Refused
+                        }
+                        Err(_) => {
+                            bump(&self.stats.upstream_cx_connect_timeout, 1);
+                            debug!(listener = %lc.name, %address, "upstream connect timed out");
+                            ConnectFailure::Timeout
+                        }
+                    };
+                    session.handle_connect_failed(
+                        now(),
+                        &mut cluster.borrow_mut(),
+                        &mut self.rng.borrow_mut(),
+                        failure,
+                    );
+                }
+                Action::Close(r) => reason = Some(r),
+                Action::ShutdownUpstreamWrite | Action::ShutdownDownstreamWrite => {
+                    debug_assert!(false, "half-close before connect");
+                }
+            }
+        }
+
+        let reason = match (up, reason) {
+            (Some(mut up), None) => {
+                let buffers = [self.take_buffer(), self.take_buffer()];
+                let end = relay(
+                    &mut session,
+                    &mut down,
+                    &mut up,
+                    buffers,
+                    drain_expired,
+                    &mut |s| {
+                        s.handle_timeout(
+                            now(),
+                            &mut cluster.borrow_mut(),
+                            &mut self.rng.borrow_mut(),
+                        )
+                    },
+                )
+                .await;
+                let [a, b] = end.buffers;
+                self.give_buffer(a);
+                self.give_buffer(b);
+                end.reason
+            }
+            (_, Some(r)) => r,
+            (None, None) => unreachable!("the session neither connected nor closed"),
+        };
+        session.release(&mut cluster.borrow_mut());
+        let (from_down, from_up) = session.bytes();
+        bump(&self.stats.bytes_from_downstream, from_down);
+        bump(&self.stats.bytes_from_upstream, from_up);
+        bump(&self.stats.tcp_session_closed[reason.index()], 1);
+        debug!(
+            listener = %lc.name,
+            %peer,
+            reason = reason.as_str(),
+            attempts = session.attempts(),
+            from_down,
+            from_up,
+            "tcp session closed"
+        );
+        if reason != CloseReason::Completed {
+            // Tell the client at once (FIN) rather than leaving it to notice the drop.
+            let _ = down.shutdown().await;
+        }
+    }
+
+    /// The echo filter: writes back every byte read, until EOF or the drain timeout.
+    async fn echo(&self, mut stream: N::Stream) {
+        let mut buf = self.take_buffer();
+        let expired = self.drain_expired.notified();
+        tokio::pin!(expired);
+        loop {
+            let n = tokio::select! {
+                biased;
+                () = &mut expired => break,
+                r = stream.read(&mut buf) => match r {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => n,
+                },
+            };
+            bump(&self.stats.bytes_from_downstream, n as u64);
+            if stream.write_all(&buf[..n]).await.is_err() {
+                break;
+            }
+        }
+        let _ = stream.shutdown().await;
+        self.give_buffer(buf);
+    }
+
+    fn take_buffer(&self) -> Box<[u8]> {
+        self.buffers
+            .borrow_mut()
+            .pop()
+            .unwrap_or_else(|| vec![0u8; BUFFER_SIZE].into_boxed_slice())
+    }
+
+    fn give_buffer(&self, buf: Box<[u8]>) {
+        let mut pool = self.buffers.borrow_mut();
+        if pool.len() < MAX_POOLED_BUFFERS {
+            pool.push(buf);
+        }
+    }
+}
+
+/// Counts a session out when its task ends, however it ends.
+struct SessionGuard<'a, N: Network>(&'a Engine<N>);
+
+impl<N: Network> Drop for SessionGuard<'_, N> {
+    fn drop(&mut self) {
+        let e = self.0;
+        bump(&e.stats.downstream_cx_closed, 1);
+        e.sessions.set(e.sessions.get() - 1);
+        if e.sessions.get() == 0 {
+            e.sessions_idle.notify_waiters();
+        }
+    }
+}

@@ -1,0 +1,92 @@
+//! The network as the engine sees it: accept on a bound listener, connect to an address.
+//!
+//! Two implementations: [`TokioNet`] (real sockets, `TCP_NODELAY` on every stream) and, with the
+//! `turmoil` feature, [`TurmoilNet`] (turmoil's simulated TCP). Binding is not part of the trait:
+//! the real server binds one `SO_REUSEPORT` socket per worker and listener before the workers
+//! start (so a bind error stops startup with a clear message), and the simulator binds inside
+//! its simulated host.
+
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+
+use tokio::io::{AsyncRead, AsyncWrite};
+
+/// What the engine needs from a network.
+pub trait Network: Clone + 'static {
+    /// A connected byte stream.
+    type Stream: AsyncRead + AsyncWrite + Unpin + 'static;
+    /// A bound, listening socket.
+    type Listener: 'static;
+
+    /// Accepts the next connection.
+    fn accept(
+        &self,
+        listener: &Self::Listener,
+    ) -> impl Future<Output = io::Result<(Self::Stream, SocketAddr)>>;
+
+    /// Opens a connection (no timeout here: the session state machine owns timeouts).
+    fn connect(&self, address: SocketAddr) -> impl Future<Output = io::Result<Self::Stream>>;
+}
+
+/// Real sockets through tokio.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct TokioNet;
+
+impl Network for TokioNet {
+    type Stream = tokio::net::TcpStream;
+    type Listener = tokio::net::TcpListener;
+
+    async fn accept(&self, listener: &Self::Listener) -> io::Result<(Self::Stream, SocketAddr)> {
+        let (stream, peer) = listener.accept().await?;
+        stream.set_nodelay(true)?;
+        Ok((stream, peer))
+    }
+
+    async fn connect(&self, address: SocketAddr) -> io::Result<Self::Stream> {
+        let stream = tokio::net::TcpStream::connect(address).await?;
+        stream.set_nodelay(true)?;
+        Ok(stream)
+    }
+}
+
+/// Binds a listening socket with `SO_REUSEPORT`, so that every worker can own a socket on the
+/// same address and the kernel spreads connections over them.
+pub fn bind_reuseport(address: SocketAddr, backlog: i32) -> io::Result<std::net::TcpListener> {
+    use socket2::{Domain, Socket, Type};
+    let socket = Socket::new(Domain::for_address(address), Type::STREAM, None)?;
+    socket.set_reuse_address(true)?;
+    socket.set_reuse_port(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&address.into())?;
+    socket.listen(backlog)?;
+    Ok(socket.into())
+}
+
+#[cfg(feature = "turmoil")]
+pub use simulated::TurmoilNet;
+
+#[cfg(feature = "turmoil")]
+mod simulated {
+    use super::*;
+
+    /// turmoil's simulated TCP: the same engine, on simulated hosts, in virtual time.
+    #[derive(Clone, Copy, Debug, Default)]
+    pub struct TurmoilNet;
+
+    impl Network for TurmoilNet {
+        type Stream = turmoil::net::TcpStream;
+        type Listener = turmoil::net::TcpListener;
+
+        async fn accept(
+            &self,
+            listener: &Self::Listener,
+        ) -> io::Result<(Self::Stream, SocketAddr)> {
+            listener.accept().await
+        }
+
+        async fn connect(&self, address: SocketAddr) -> io::Result<Self::Stream> {
+            turmoil::net::TcpStream::connect(address).await
+        }
+    }
+}

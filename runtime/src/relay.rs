@@ -1,0 +1,213 @@
+//! The byte relay between a downstream and an upstream stream.
+//!
+//! One future polls both directions (no task per direction, no channel), moving bytes through
+//! one reused buffer per direction, and reports to the [`TcpSession`] state machine after each
+//! read; the session's actions (half-close, close) and timers are carried out here.
+//!
+//! Per direction ("pipe"): read into the buffer only when it is empty; write it all out; on EOF
+//! (after everything read was written) tell the session, which answers with a half-close of the
+//! other side. A read or write error is reported against the side it happened on.
+
+use std::future::poll_fn;
+use std::io;
+use std::pin::{Pin, pin};
+use std::task::{Context, Poll};
+
+use sluice_core::tcp_proxy::{Action, CloseReason, Side, TcpSession};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::sync::futures::Notified;
+use tokio::time::Sleep;
+
+use crate::now;
+
+/// Size of each direction's buffer.
+pub const BUFFER_SIZE: usize = 32 * 1024;
+
+/// How many read/write rounds one poll may make before yielding, so that one busy session
+/// cannot starve the others on its worker.
+const ROUNDS_PER_POLL: usize = 16;
+
+/// One direction's buffer and progress.
+struct Pipe {
+    buf: Box<[u8]>,
+    /// Bytes `pos..len` of `buf` are read but not yet written.
+    pos: usize,
+    len: usize,
+    eof: bool,
+    shutdown_wanted: bool,
+    shutdown_done: bool,
+    /// The side this pipe reads from.
+    from: Side,
+}
+
+enum Step {
+    Read(usize),
+    Eof,
+}
+
+fn other(side: Side) -> Side {
+    match side {
+        Side::Downstream => Side::Upstream,
+        Side::Upstream => Side::Downstream,
+    }
+}
+
+impl Pipe {
+    fn new(buf: Box<[u8]>, from: Side) -> Self {
+        Pipe {
+            buf,
+            pos: 0,
+            len: 0,
+            eof: false,
+            shutdown_wanted: false,
+            shutdown_done: false,
+            from,
+        }
+    }
+
+    /// Writes what is buffered, half-closes when asked, then reads more.
+    /// `Err(side)` names the side whose IO failed.
+    fn poll_step<R, W>(
+        &mut self,
+        cx: &mut Context<'_>,
+        reader: &mut R,
+        writer: &mut W,
+    ) -> Poll<Result<Step, Side>>
+    where
+        R: AsyncRead + Unpin,
+        W: AsyncWrite + Unpin,
+    {
+        let to = other(self.from);
+        while self.pos < self.len {
+            match Pin::new(&mut *writer).poll_write(cx, &self.buf[self.pos..self.len]) {
+                Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => return Poll::Ready(Err(to)),
+                Poll::Ready(Ok(n)) => self.pos += n,
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+        if self.shutdown_wanted && !self.shutdown_done {
+            match Pin::new(&mut *writer).poll_shutdown(cx) {
+                // A peer that already closed makes shutdown fail with ENOTCONN; the
+                // direction is finished either way, so that is not an error of the session.
+                Poll::Ready(_) => self.shutdown_done = true,
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+        if self.eof {
+            return Poll::Pending;
+        }
+        let mut rb = ReadBuf::new(&mut self.buf);
+        match Pin::new(&mut *reader).poll_read(cx, &mut rb) {
+            Poll::Ready(Ok(())) => {
+                let n = rb.filled().len();
+                if n == 0 {
+                    self.eof = true;
+                    Poll::Ready(Ok(Step::Eof))
+                } else {
+                    self.pos = 0;
+                    self.len = n;
+                    Poll::Ready(Ok(Step::Read(n)))
+                }
+            }
+            Poll::Ready(Err(_)) => Poll::Ready(Err(self.from)),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+/// What the relay hands back: why it ended and the buffers, for reuse.
+pub struct RelayEnd {
+    /// The session's close reason.
+    pub reason: CloseReason,
+    /// The two buffers, to return to the worker's pool.
+    pub buffers: [Box<[u8]>; 2],
+}
+
+/// Relays between `down` and `up` until the session closes. `session` must be in its relaying
+/// state (connected). `drain_expired` completes when the worker's drain timeout passes.
+pub async fn relay<D, U>(
+    session: &mut TcpSession,
+    down: &mut D,
+    up: &mut U,
+    buffers: [Box<[u8]>; 2],
+    drain_expired: Notified<'_>,
+    on_timeout: &mut dyn FnMut(&mut TcpSession),
+) -> RelayEnd
+where
+    D: AsyncRead + AsyncWrite + Unpin,
+    U: AsyncRead + AsyncWrite + Unpin,
+{
+    let [b1, b2] = buffers;
+    let mut d2u = Pipe::new(b1, Side::Downstream);
+    let mut u2d = Pipe::new(b2, Side::Upstream);
+    let far_future = tokio::time::Instant::now() + std::time::Duration::from_secs(86_400 * 365);
+    let deadline = |s: &TcpSession| {
+        s.poll_timeout()
+            .map_or(far_future, tokio::time::Instant::from_std)
+    };
+    let mut sleep: Pin<&mut Sleep> = pin!(tokio::time::sleep_until(deadline(session)));
+    let mut drain_expired = pin!(drain_expired);
+
+    let reason = poll_fn(|cx| {
+        for _ in 0..ROUNDS_PER_POLL {
+            let mut progressed = false;
+            for (pipe, from_down) in [(&mut d2u, true), (&mut u2d, false)] {
+                let step = if from_down {
+                    pipe.poll_step(cx, down, up)
+                } else {
+                    pipe.poll_step(cx, up, down)
+                };
+                match step {
+                    Poll::Ready(Ok(Step::Read(n))) => session.handle_read(now(), pipe.from, n),
+                    Poll::Ready(Ok(Step::Eof)) => session.handle_read(now(), pipe.from, 0),
+                    Poll::Ready(Err(side)) => session.handle_error(now(), side),
+                    Poll::Pending => continue,
+                }
+                progressed = true;
+            }
+            if sleep.as_mut().poll(cx).is_ready() {
+                on_timeout(session);
+                sleep.as_mut().reset(deadline(session));
+                progressed = true;
+            }
+            if drain_expired.as_mut().poll(cx).is_ready() {
+                session.handle_drain_timeout(now());
+            }
+            while let Some(action) = session.poll_action() {
+                match action {
+                    Action::ShutdownUpstreamWrite => d2u.shutdown_wanted = true,
+                    Action::ShutdownDownstreamWrite => u2d.shutdown_wanted = true,
+                    Action::Close(reason) => return Poll::Ready(reason),
+                    Action::Connect { .. } => {
+                        debug_assert!(false, "connect while relaying");
+                    }
+                }
+                progressed = true;
+            }
+            if !progressed {
+                return Poll::Pending;
+            }
+        }
+        cx.waker().wake_by_ref();
+        Poll::Pending
+    })
+    .await;
+
+    // Complete any half-close the session asked for in its last step (best effort: a FIN goes
+    // out on drop anyway once both directions are done).
+    if reason == CloseReason::Completed {
+        for (pipe, w) in [(&mut d2u, true), (&mut u2d, false)] {
+            if pipe.shutdown_wanted && !pipe.shutdown_done {
+                let _: io::Result<()> = if w {
+                    poll_fn(|cx| Pin::new(&mut *up).poll_shutdown(cx)).await
+                } else {
+                    poll_fn(|cx| Pin::new(&mut *down).poll_shutdown(cx)).await
+                };
+            }
+        }
+    }
+    RelayEnd {
+        reason,
+        buffers: [d2u.buf, u2d.buf],
+    }
+}
