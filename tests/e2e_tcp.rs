@@ -1,1 +1,348 @@
+//! End-to-end tests of the `sluice` binary as an L4 proxy, with real peers: nginx upstreams,
+//! curl and wrk clients, and raw sockets checking bytes.
 
+mod support;
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::Duration;
+
+use support::*;
+
+fn addr(port: u16) -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], port))
+}
+
+fn tcp_proxy_config(listen: u16, hosts: &[u16], extra_cluster: &str, drain: &str) -> String {
+    let hosts: String = hosts
+        .iter()
+        .map(|p| format!("      - {{ address: 127.0.0.1:{p} }}\n"))
+        .collect();
+    format!(
+        r#"
+listeners:
+  - name: tcp_in
+    address: 127.0.0.1:{listen}
+    tcp_proxy: {{ cluster: app }}
+clusters:
+  - name: app
+    connect_timeout: 1s
+{extra_cluster}    hosts:
+{hosts}drain_timeout: {drain}
+"#
+    )
+}
+
+#[test]
+fn every_example_config_validates_and_every_invalid_one_is_rejected() {
+    let mut checked = 0;
+    for entry in std::fs::read_dir(repo().join("configs")).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "yaml") {
+            let out = run(sluice_bin(), &["validate", "-c", path.to_str().unwrap()]);
+            assert!(
+                out.status.success(),
+                "{} should be valid:\n{}",
+                path.display(),
+                String::from_utf8_lossy(&out.stderr)
+            );
+            checked += 1;
+        }
+    }
+    assert!(checked >= 2, "expected example configs in configs/");
+    for entry in std::fs::read_dir(repo().join("configs/invalid")).unwrap() {
+        let path = entry.unwrap().path();
+        let out = run(sluice_bin(), &["validate", "-c", path.to_str().unwrap()]);
+        assert_eq!(
+            out.status.code(),
+            Some(1),
+            "{} should be invalid",
+            path.display()
+        );
+    }
+}
+
+const MANY_MISTAKES: [&str; 6] = [
+    r#"clusters[0].connect_timeout: "fast" is not a duration (expected a number and a unit: 250ms, 1s, 5m, 1h)"#,
+    r#"clusters[0].lb_policy: unknown value "least_loaded" (expected one of: round_robin, weighted_round_robin, random, least_request)"#,
+    "clusters[0].hosts[0].weight: 0 is not a whole number from 1 to 1000",
+    r#"listeners[0].address: "127.0.0.1:99999" is not a socket address (port out of range)"#,
+    r#"listeners[0].tcp_proxy.cluster: unknown cluster "nowhere" (known: c1)"#,
+    "listeners[0].tcp_proxy.idle_timout: unknown field (expected one of: cluster, idle_timeout, max_connect_attempts)",
+];
+
+#[test]
+fn validate_lists_every_problem_with_its_path() {
+    let path = repo().join("configs/invalid/many-mistakes.yaml");
+    let out = run(sluice_bin(), &["validate", "-c", path.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("6 problems in the config:"), "{stderr}");
+    for line in MANY_MISTAKES {
+        assert!(
+            stderr.lines().any(|l| l.trim() == line),
+            "missing {line:?} in:\n{stderr}"
+        );
+    }
+}
+
+#[test]
+fn run_refuses_to_start_on_an_invalid_config() {
+    let path = repo().join("configs/invalid/many-mistakes.yaml");
+    let out = run(sluice_bin(), &["run", "-c", path.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    for line in MANY_MISTAKES {
+        assert!(stderr.contains(line), "missing {line:?} in:\n{stderr}");
+    }
+    assert!(stderr.contains("not starting"), "{stderr}");
+    let missing = run(
+        sluice_bin(),
+        &["validate", "-c", "/nonexistent/sluice.yaml"],
+    );
+    assert_eq!(missing.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&missing.stderr)
+            .contains("/nonexistent/sluice.yaml: cannot read the config")
+    );
+}
+
+#[test]
+fn version_prints_the_package_version() {
+    let out = run(sluice_bin(), &["--version"]);
+    assert!(out.status.success());
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        format!("sluice {}", env!("CARGO_PKG_VERSION"))
+    );
+}
+
+/// The quickstart config serves on its own: bytes come back through proxy → echo listeners,
+/// byte for byte, on many concurrent connections over two workers.
+#[test]
+fn quickstart_echoes_byte_for_byte_on_concurrent_connections() {
+    let dir = TempDir::new("quickstart");
+    let config = std::fs::read_to_string(repo().join("configs/quickstart.yaml")).unwrap();
+    let _sluice = start_sluice(&dir, &config, 2, addr(10000));
+    let threads: Vec<_> = (0..16u32)
+        .map(|i| {
+            std::thread::spawn(move || {
+                let len = 1 + (i as usize * 37_813) % 300_000;
+                let data: Vec<u8> = (0..len)
+                    .map(|j| (j as u32 ^ i.wrapping_mul(2_654_435_761)) as u8)
+                    .collect();
+                let got = echo_once(addr(10000), &data).unwrap();
+                assert_eq!(got.len(), data.len(), "connection {i}: length");
+                assert!(got == data, "connection {i}: bytes differ");
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+}
+
+fn curl_body(port: u16) -> Result<String, String> {
+    let out = run(
+        "curl",
+        &[
+            "-sS",
+            "--max-time",
+            "5",
+            "-w",
+            " %{http_code}",
+            &format!("http://127.0.0.1:{port}/"),
+        ],
+    );
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    if out.status.success() && text.ends_with(" 200") {
+        Ok(text.trim_end_matches(" 200").to_owned())
+    } else {
+        Err(format!("{text} {}", String::from_utf8_lossy(&out.stderr)))
+    }
+}
+
+/// Two nginx upstreams behind the proxy; one is killed with SIGKILL: every new connection
+/// still succeeds (connect failover), and the survivor serves them all.
+#[test]
+fn every_new_connection_succeeds_with_one_of_two_upstreams_killed() {
+    require("curl");
+    let dir = TempDir::new("failover");
+    let (p1, p2, listen) = (free_port(), free_port(), free_port());
+    let _up1 = start_nginx(&dir, "up1", p1, "up1");
+    let mut up2 = start_nginx(&dir, "up2", p2, "up2");
+    let _sluice = start_sluice(
+        &dir,
+        &tcp_proxy_config(listen, &[p1, p2], "", "5s"),
+        2,
+        addr(listen),
+    );
+
+    let mut served = [0usize; 2];
+    for i in 0..40 {
+        let body = curl_body(listen).unwrap_or_else(|e| panic!("request {i} failed: {e}"));
+        served[if body == "up1" { 0 } else { 1 }] += 1;
+    }
+    assert!(
+        served[0] > 0 && served[1] > 0,
+        "both upstreams serve: {served:?}"
+    );
+
+    up2.signal("KILL");
+    let _ = up2.child.wait();
+    assert!(TcpStream::connect(addr(p2)).is_err(), "up2 is dead");
+    for i in 0..60 {
+        let body =
+            curl_body(listen).unwrap_or_else(|e| panic!("request {i} after the kill failed: {e}"));
+        assert_eq!(body, "up1", "request {i} after the kill");
+    }
+}
+
+/// wrk keep-alive load through the proxy: zero socket errors, zero non-2xx.
+#[test]
+fn wrk_load_through_the_proxy_has_no_errors() {
+    require("wrk");
+    let dir = TempDir::new("wrk");
+    let (p1, listen) = (free_port(), free_port());
+    let _up = start_nginx(&dir, "up1", p1, "hello");
+    let sluice = start_sluice(
+        &dir,
+        &tcp_proxy_config(listen, &[p1], "    lb_policy: least_request\n", "5s"),
+        2,
+        addr(listen),
+    );
+    let out = run(
+        "wrk",
+        &[
+            "-t2",
+            "-c20",
+            "-d2s",
+            &format!("http://127.0.0.1:{listen}/"),
+        ],
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(
+        !text.contains("Socket errors"),
+        "wrk saw socket errors:\n{text}"
+    );
+    assert!(
+        !text.contains("Non-2xx"),
+        "wrk saw non-2xx answers:\n{text}"
+    );
+    let requests: u64 = text
+        .lines()
+        .find(|l| l.contains("requests in"))
+        .and_then(|l| l.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no request count in:\n{text}"));
+    assert!(requests > 1000, "only {requests} requests:\n{text}");
+    drop(sluice);
+}
+
+/// SIGTERM: new connections are refused at once, an open session keeps working until it
+/// ends, then the process exits 0.
+#[test]
+fn sigterm_stops_accepting_and_lets_open_sessions_finish() {
+    let dir = TempDir::new("drain");
+    let (p1, listen) = (free_port(), free_port());
+    let _up = start_nginx(&dir, "up1", p1, "still here");
+    let mut sluice = start_sluice(
+        &dir,
+        &tcp_proxy_config(listen, &[p1], "", "20s"),
+        2,
+        addr(listen),
+    );
+
+    let mut open = TcpStream::connect(addr(listen)).unwrap();
+    open.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let request = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n";
+    let read_response = |s: &mut TcpStream| {
+        let mut buf = [0u8; 4096];
+        let n = s.read(&mut buf).unwrap();
+        String::from_utf8_lossy(&buf[..n]).into_owned()
+    };
+    open.write_all(request).unwrap();
+    assert!(read_response(&mut open).ends_with("still here"));
+
+    sluice.signal("TERM");
+    let mut refused = false;
+    for _ in 0..100 {
+        if TcpStream::connect(addr(listen)).is_err() {
+            refused = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(refused, "new connections must be refused once draining");
+    assert!(
+        sluice.child.try_wait().unwrap().is_none(),
+        "must wait for the open session"
+    );
+
+    open.write_all(request).unwrap();
+    assert!(
+        read_response(&mut open).ends_with("still here"),
+        "the open session keeps working"
+    );
+    drop(open);
+    let status = sluice
+        .wait_exit(Duration::from_secs(10))
+        .expect("exits once the session ended");
+    assert!(status.success(), "{status}:\n{}", sluice.log_text());
+}
+
+/// A session still open when the drain timeout passes is closed, and the process exits 0.
+#[test]
+fn drain_timeout_closes_what_is_left() {
+    let dir = TempDir::new("drain-timeout");
+    let (p1, listen) = (free_port(), free_port());
+    let _up = start_nginx(&dir, "up1", p1, "x");
+    let mut sluice = start_sluice(
+        &dir,
+        &tcp_proxy_config(listen, &[p1], "", "1s"),
+        1,
+        addr(listen),
+    );
+    let mut idle = TcpStream::connect(addr(listen)).unwrap();
+    idle.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    sluice.signal("TERM");
+    let status = sluice
+        .wait_exit(Duration::from_secs(8))
+        .expect("exits after the drain timeout");
+    assert!(status.success());
+    let mut buf = [0u8; 16];
+    assert_eq!(
+        idle.read(&mut buf).unwrap_or(0),
+        0,
+        "the idle session was closed"
+    );
+    assert!(
+        sluice.log_text().contains("drain timeout passed"),
+        "{}",
+        sluice.log_text()
+    );
+}
+
+/// An address already taken stops startup with a message naming the listener.
+#[test]
+fn an_address_in_use_is_reported_with_its_listener() {
+    let dir = TempDir::new("bind");
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let path = dir.write("c.yaml", &tcp_proxy_config(port, &[1], "", "1s"));
+    let out = run(
+        sluice_bin(),
+        &["run", "-c", path.to_str().unwrap(), "--workers", "1"],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(&format!(
+            "listeners[0] (tcp_in): cannot listen on 127.0.0.1:{port}"
+        )),
+        "{stderr}"
+    );
+}

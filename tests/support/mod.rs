@@ -1,0 +1,256 @@
+//! Helpers for end-to-end tests of the built `sluice` binary against real peers.
+//!
+//! Every process a test starts is killed when its handle drops, so a failing test leaves
+//! nothing running. Ports are picked free on 127.0.0.1.
+
+#![allow(dead_code)]
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+/// The repository root.
+pub fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+/// The `sluice` binary cargo built for this test.
+pub fn sluice_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_sluice")
+}
+
+/// A free TCP port on 127.0.0.1 (bound and released; good enough on a test machine).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A fresh temporary directory, removed on drop.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(tag: &str) -> Self {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos();
+        let p = std::env::temp_dir().join(format!("sluice-{tag}-{}-{nanos}", std::process::id()));
+        std::fs::create_dir_all(&p).unwrap();
+        TempDir(p)
+    }
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+    pub fn write(&self, name: &str, text: &str) -> PathBuf {
+        let p = self.0.join(name);
+        std::fs::write(&p, text).unwrap();
+        p
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A child process killed (SIGKILL) on drop unless it already exited.
+pub struct Proc {
+    pub child: Child,
+    pub name: String,
+    pub log: PathBuf,
+}
+
+impl Proc {
+    /// Sends a signal by number.
+    pub fn signal(&self, sig: &str) {
+        let ok = Command::new("kill")
+            .args([&format!("-{sig}"), &self.child.id().to_string()])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "kill -{sig} {} failed", self.name);
+    }
+
+    /// Waits for exit up to `limit`; `None` if it is still running.
+    pub fn wait_exit(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
+        let end = Instant::now() + limit;
+        while Instant::now() < end {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts a program with stdout+stderr to a log file in `dir`.
+pub fn spawn(dir: &TempDir, name: &str, program: &str, args: &[&str]) -> Proc {
+    let log = dir.path().join(format!("{name}.log"));
+    let out = std::fs::File::create(&log).unwrap();
+    let err = out.try_clone().unwrap();
+    let child = Command::new(program)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(out)
+        .stderr(err)
+        .spawn()
+        .unwrap_or_else(|e| {
+            panic!("cannot start {program}: {e} (the test script installs it: bash tests/run.sh)")
+        });
+    Proc {
+        child,
+        name: name.to_owned(),
+        log,
+    }
+}
+
+/// Waits until something accepts on `addr`.
+pub fn wait_listening(addr: SocketAddr, proc: &mut Proc) {
+    let end = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < end {
+        if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
+            return;
+        }
+        if let Some(status) = proc.child.try_wait().unwrap() {
+            panic!(
+                "{} exited ({status}) before listening on {addr}:\n{}",
+                proc.name,
+                proc.log_text()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    panic!(
+        "{} not listening on {addr} after 20s:\n{}",
+        proc.name,
+        proc.log_text()
+    );
+}
+
+/// Requires a program on PATH, with a message naming the install step.
+pub fn require(program: &str) {
+    let found = Command::new("sh")
+        .args(["-c", &format!("command -v {program}")])
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false);
+    assert!(
+        found,
+        "{program} is not installed: run the test suite with `bash tests/run.sh`, which installs it"
+    );
+}
+
+/// Starts `sluice run` on a config text; waits until `ready_addr` accepts.
+pub fn start_sluice(dir: &TempDir, config: &str, workers: usize, ready_addr: SocketAddr) -> Proc {
+    let path = dir.write("sluice.yaml", config);
+    let mut p = spawn(
+        dir,
+        "sluice",
+        sluice_bin(),
+        &[
+            "run",
+            "-c",
+            path.to_str().unwrap(),
+            "--workers",
+            &workers.to_string(),
+        ],
+    );
+    wait_listening(ready_addr, &mut p);
+    p
+}
+
+/// Starts an nginx that answers every request with `200 body` on 127.0.0.1:`port`.
+pub fn start_nginx(dir: &TempDir, name: &str, port: u16, body: &str) -> Proc {
+    require("nginx");
+    let root = dir.path().join(name);
+    std::fs::create_dir_all(&root).unwrap();
+    let conf = format!(
+        r#"
+# One process, so that killing it kills the upstream (a master's orphaned worker would
+# keep serving).
+master_process off;
+worker_processes 1;
+pid {root}/nginx.pid;
+error_log {root}/error.log;
+events {{ worker_connections 1024; }}
+http {{
+    access_log off;
+    client_body_temp_path {root}/body;
+    proxy_temp_path {root}/proxy;
+    fastcgi_temp_path {root}/fastcgi;
+    uwsgi_temp_path {root}/uwsgi;
+    scgi_temp_path {root}/scgi;
+    keepalive_requests 100000;
+    server {{
+        listen 127.0.0.1:{port};
+        location / {{ return 200 "{body}"; }}
+    }}
+}}
+"#,
+        root = root.display()
+    );
+    let conf_path = root.join("nginx.conf");
+    std::fs::write(&conf_path, conf).unwrap();
+    let mut p = spawn(
+        dir,
+        name,
+        "nginx",
+        &[
+            "-c",
+            conf_path.to_str().unwrap(),
+            "-p",
+            root.to_str().unwrap(),
+            "-g",
+            "daemon off;",
+        ],
+    );
+    wait_listening(SocketAddr::from(([127, 0, 0, 1], port)), &mut p);
+    p
+}
+
+/// Runs a command to completion.
+pub fn run(program: &str, args: &[&str]) -> Output {
+    Command::new(program)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {program}: {e}"))
+}
+
+/// One request/response over a fresh connection: writes `data`, half-closes, reads to EOF.
+pub fn echo_once(addr: SocketAddr, data: &[u8]) -> std::io::Result<Vec<u8>> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    let writer = {
+        let mut w = s.try_clone()?;
+        let data = data.to_vec();
+        std::thread::spawn(move || -> std::io::Result<()> {
+            w.write_all(&data)?;
+            w.shutdown(std::net::Shutdown::Write)
+        })
+    };
+    let mut got = Vec::with_capacity(data.len());
+    s.read_to_end(&mut got)?;
+    writer.join().unwrap()?;
+    Ok(got)
+}
