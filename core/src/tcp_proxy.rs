@@ -272,10 +272,10 @@ impl TcpSession {
                 self.handle_connect_failed(now, cluster, rng, ConnectFailure::Timeout);
             }
             State::Relaying { .. } => {
-                if let Some(idle) = self.config.idle_timeout {
-                    if now >= self.last_activity + idle {
-                        self.close(CloseReason::IdleTimeout);
-                    }
+                if let Some(idle) = self.config.idle_timeout
+                    && now >= self.last_activity + idle
+                {
+                    self.close(CloseReason::IdleTimeout);
                 }
             }
             _ => {}

@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# The whole test suite, on a fresh Debian machine or a developer's: installs what the tests
+# need (Debian packages, cargo-fuzz), then runs unit, property, simulation and end-to-end
+# tests, checks that the core stays free of IO crates, and runs every fuzz target briefly.
+#
+#   bash tests/run.sh
+#
+# Knobs (environment):
+#   SLUICE_SIM_SEEDS=K   seeds per simulation scenario (default 64 here)
+#   SLUICE_SIM_SEED=N    replay one seed
+#   FUZZ_SECONDS=S       seconds per fuzz target (default 20; 0 skips fuzzing)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+step() { printf '\n==> %s\n' "$*"; }
+
+# ---- install what the tests need -------------------------------------------------------------
+APT_PACKAGES=(nginx libnginx-mod-stream haproxy wrk curl iperf3 nghttp2-client)
+missing=()
+for p in "${APT_PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if ((${#missing[@]})); then
+  step "installing Debian packages: ${missing[*]}"
+  SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+if ! cargo fuzz --version >/dev/null 2>&1; then
+  step "installing cargo-fuzz"
+  cargo install --locked cargo-fuzz@0.13.2
+fi
+
+# ---- the core stays sans-IO ------------------------------------------------------------------
+step "checking that sluice-core depends on no IO crate"
+if cargo tree -p sluice-core -e normal --prefix none | grep -E '^(tokio|turmoil|mio|socket2|hyper|h2|tonic)( |$)'; then
+  echo "sluice-core must not depend on the crates above" >&2
+  exit 1
+fi
+
+# ---- unit, property, simulation and end-to-end tests ----------------------------------------
+step "cargo nextest run --workspace (SLUICE_SIM_SEEDS=${SLUICE_SIM_SEEDS:-64})"
+SLUICE_SIM_SEEDS="${SLUICE_SIM_SEEDS:-64}" cargo nextest run --workspace --no-fail-fast
+
+# ---- fuzzing ---------------------------------------------------------------------------------
+FUZZ_SECONDS="${FUZZ_SECONDS:-20}"
+if [ "$FUZZ_SECONDS" != 0 ]; then
+  step "fuzzing every target for ${FUZZ_SECONDS}s"
+  bash fuzz/run-all.sh "$FUZZ_SECONDS"
+fi
+
+step "all tests passed"
