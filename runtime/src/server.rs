@@ -77,11 +77,10 @@ pub fn run(config: Config, options: ServerOptions) -> io::Result<()> {
         let handle = thread::Builder::new()
             .name(format!("sluice-worker-{worker}"))
             .spawn(move || -> io::Result<()> {
-                if let Some(core) = core {
-                    if !core_affinity::set_for_current(core) {
+                if let Some(core) = core
+                    && !core_affinity::set_for_current(core) {
                         warn!(worker, "could not pin to core {}", core.id);
                     }
-                }
                 let rt = tokio::runtime::Builder::new_current_thread()
                     .enable_all()
                     .build()?;
