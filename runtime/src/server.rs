@@ -78,9 +78,10 @@ pub fn run(config: Config, options: ServerOptions) -> io::Result<()> {
             .name(format!("sluice-worker-{worker}"))
             .spawn(move || -> io::Result<()> {
                 if let Some(core) = core
-                    && !core_affinity::set_for_current(core) {
-                        warn!(worker, "could not pin to core {}", core.id);
-                    }
+                    && !core_affinity::set_for_current(core)
+                {
+                    warn!(worker, "could not pin to core {}", core.id);
+                }
                 let rt = tokio::runtime::Builder::new_current_thread()
                     .enable_all()
                     .build()?;
