@@ -1,0 +1,1029 @@
+#!/usr/bin/env python3
+"""Loopback benchmark: Sluice's TCP proxy side by side with nginx (stream) and HAProxy (mode tcp).
+
+Method (DESIGN.md, "Measuring performance"): the backend and the load generator share core 0,
+the proxy under test runs alone on core 1 with one worker, and the figure that counts is work
+done per proxy CPU-second, read from /proc/PID/stat (utime+stime) before and after the load.
+All proxies run in the same invocation against the same backend with the same load.
+
+Tests, per proxy:
+  http  wrk -t1 -c<conns> -d<secs> --latency, keep-alive, through the L4 proxy to a separate
+        nginx backend (`return 200 "hello\\n"`). Reports req/s, p50/p99, proxy CPU-s and
+        requests per proxy CPU-second.
+  bulk  one iperf3 stream (control + data connection) through the proxy to `iperf3 -s`.
+        Reports Gbit/s, proxy CPU-s and Gbit per proxy CPU-second.
+A "direct (no proxy)" row shows what the load generator reaches without a proxy.
+
+Usage (from the repository root):
+  python3 benches/loopback/harness.py                       # full run, 10 s per test
+  python3 benches/loopback/harness.py --smoke               # 2 s, 10 connections (CI)
+  python3 benches/loopback/harness.py --only nginx,haproxy  # without Sluice
+  python3 benches/loopback/harness.py --repeat 3 --sluice target/release/sluice
+
+Needs: python3 (stdlib only), taskset, nginx with the stream module (Debian: nginx +
+libnginx-mod-stream), haproxy, wrk, iperf3, at least 2 CPUs. Everything listens on 127.0.0.1 high
+ports only; every child runs in its own process group and is killed at the end, even on error.
+Output: markdown table on stdout and <out>/results.md, raw figures in <out>/results.json, configs
+and logs under <out>/work/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import hashlib
+import json
+import os
+import platform
+import re
+import resource
+import shlex
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parents[1]
+TEMPLATES = HERE / "templates"
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+LOADGEN_CPU = "0"  # backend + wrk/iperf3
+PROXY_CPU = "1"  # proxy under test
+
+PROXIES = ("sluice", "nginx", "haproxy")
+LABEL = {
+    "direct": "direct (no proxy)",
+    "sluice": "Sluice",
+    "nginx": "nginx (stream)",
+    "haproxy": "HAProxy (tcp)",
+}
+SHORT = {"sluice": "Sluice", "nginx": "nginx", "haproxy": "HAProxy"}
+STREAM_MODULE = Path("/usr/lib/nginx/modules/ngx_stream_module.so")
+PORT_BASES = tuple(range(18740, 19941, 100))  # tried in order until all needed ports are free
+START_TIMEOUT = 10.0  # seconds a listener gets to come up
+STOP_GRACE = 5.0  # seconds between SIGTERM and SIGKILL
+
+
+class HarnessError(Exception):
+    pass
+
+
+class Interrupted(BaseException):
+    pass
+
+
+def _on_signal(signum, _frame):
+    raise Interrupted(f"received signal {signum}")
+
+
+# --------------------------------------------------------------------------------------------
+# Processes
+
+
+class Procs:
+    """Every child of the harness, each in its own session/process group."""
+
+    def __init__(self, nice: int = 0):
+        self.nice = nice
+        self.live: list[tuple[str, subprocess.Popen, object]] = []
+
+    def start(self, name: str, argv: list[str], log_path: Path, cpu: str | None = None,
+              stdout_to_log: bool = True) -> subprocess.Popen:
+        if cpu is not None:
+            argv = ["taskset", "-c", cpu, *argv]
+        if self.nice:
+            argv = ["nice", "-n", str(self.nice), *argv]
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        log = open(log_path, "ab")
+        log.write(f"# {_now()} $ {shlex.join(argv)}\n".encode())
+        log.flush()
+        try:
+            p = subprocess.Popen(
+                argv,
+                stdin=subprocess.DEVNULL,
+                stdout=log if stdout_to_log else subprocess.PIPE,
+                stderr=log,
+                start_new_session=True,
+            )
+        except OSError:
+            log.close()
+            raise
+        self.live.append((name, p, log))
+        return p
+
+    def run(self, name: str, argv: list[str], log_path: Path, timeout: float,
+            cpu: str | None = None) -> str:
+        """Run to completion (bounded); returns stdout, stderr goes to the log."""
+        p = self.start(name, argv, log_path, cpu=cpu, stdout_to_log=False)
+        try:
+            out, _ = p.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.stop(p)
+            raise HarnessError(f"{name} did not finish within {timeout:.0f} s (killed); "
+                               f"see {log_path}")
+        finally:
+            if p.poll() is None:
+                self.stop(p)
+            self._forget(p)
+        text = out.decode(errors="replace")
+        with open(log_path, "a") as f:
+            f.write(text)
+            f.write(f"# exit status {p.returncode}\n")
+        if p.returncode != 0:
+            raise HarnessError(f"{name} exited with status {p.returncode}; see {log_path}\n"
+                               + _tail(log_path))
+        return text
+
+    def stop(self, p: subprocess.Popen, sig: int = signal.SIGTERM) -> None:
+        if p.poll() is None:
+            _killpg(p.pid, sig)
+            try:
+                p.wait(STOP_GRACE)
+            except subprocess.TimeoutExpired:
+                _killpg(p.pid, signal.SIGKILL)
+                try:
+                    p.wait(STOP_GRACE)
+                except subprocess.TimeoutExpired:
+                    pass
+        # Leftovers of the group (e.g. nginx workers whose master died first).
+        _killpg(p.pid, signal.SIGKILL)
+        self._forget(p)
+
+    def _forget(self, p: subprocess.Popen) -> None:
+        for i, (_, q, log) in enumerate(self.live):
+            if q is p:
+                try:
+                    log.close()
+                except OSError:
+                    pass
+                del self.live[i]
+                return
+
+    def stop_all(self) -> None:
+        for _, p, _ in reversed(list(self.live)):
+            try:
+                self.stop(p)
+            except Exception as e:  # keep killing the rest
+                print(f"warning: stopping pid {p.pid}: {e}", file=sys.stderr)
+
+
+def _killpg(pgid: int, sig: int) -> None:
+    try:
+        os.killpg(pgid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def _tail(path: Path, lines: int = 15) -> str:
+    try:
+        text = path.read_text(errors="replace").splitlines()[-lines:]
+    except OSError:
+        return ""
+    return "\n".join("    | " + line for line in text)
+
+
+def _now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+# --------------------------------------------------------------------------------------------
+# /proc helpers
+
+
+def _read_stat(pid: int) -> tuple[int, int] | None:
+    """(ppid, utime+stime+cutime+cstime in clock ticks) of a process, or None if it is gone.
+
+    utime+stime cover all threads of the process, including exited ones. cutime+cstime add the
+    children it has reaped, so work done by a short-lived child between the two readings (e.g.
+    a proxy that forks per connection) is not lost; a child alive at the first reading moves its
+    ticks into its parent's cutime when reaped, so nothing is counted twice."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            data = f.read()
+    except OSError:
+        return None
+    rest = data[data.rindex(")") + 2:].split()  # comm may contain spaces/parens
+    # rest[0] = state (field 3), rest[1] = ppid (4), rest[11..14] = utime, stime, cutime,
+    # cstime (fields 14..17)
+    return int(rest[1]), sum(int(x) for x in rest[11:15])
+
+
+def process_tree(root: int) -> list[int]:
+    """root and all its descendants (via the ppid field of /proc/*/stat)."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            st = _read_stat(int(entry))
+            if st is not None:
+                children.setdefault(st[0], []).append(int(entry))
+    tree, todo = [], [root]
+    while todo:
+        pid = todo.pop()
+        tree.append(pid)
+        todo.extend(children.get(pid, ()))
+    return tree
+
+
+def tree_cpu_ticks(root: int) -> tuple[int, list[int]]:
+    pids = process_tree(root)
+    total = 0
+    for pid in pids:
+        st = _read_stat(pid)
+        if st is not None:
+            total += st[1]
+    return total, pids
+
+
+def cpus_allowed(pids: list[int]) -> list[str]:
+    """Distinct Cpus_allowed_list values over every thread of the given processes."""
+    seen = set()
+    for pid in pids:
+        try:
+            tids = os.listdir(f"/proc/{pid}/task")
+        except OSError:
+            continue
+        for tid in tids:
+            try:
+                with open(f"/proc/{pid}/task/{tid}/status") as f:
+                    for line in f:
+                        if line.startswith("Cpus_allowed_list:"):
+                            seen.add(line.split(":", 1)[1].strip())
+            except OSError:
+                pass
+    return sorted(seen)
+
+
+def read_cpu_times() -> dict[str, tuple[int, int, int]]:
+    """Per-core (busy, irq+softirq, total) jiffies from /proc/stat."""
+    out = {}
+    with open("/proc/stat") as f:
+        for line in f:
+            if line.startswith("cpu") and line[3].isdigit():
+                name, *vals = line.split()
+                v = [int(x) for x in vals[:8]]  # user nice system idle iowait irq softirq steal
+                idle = v[3] + v[4]
+                out[name] = (sum(v) - idle, v[5] + v[6], sum(v))
+    return out
+
+
+def core_busy(before, after, core: str, field: int = 0) -> float | None:
+    """Percent of the interval core `core` spent busy (field 0) or in irq+softirq (field 1)."""
+    key = f"cpu{core}"
+    if key not in before or key not in after:
+        return None
+    part = after[key][field] - before[key][field]
+    total = after[key][2] - before[key][2]
+    return 100.0 * part / total if total > 0 else None
+
+
+def listening_ports() -> set[int]:
+    ports = set()
+    for name in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            with open(name) as f:
+                next(f)
+                for line in f:
+                    parts = line.split()
+                    if parts[3] == "0A":  # TCP_LISTEN
+                        ports.add(int(parts[1].rsplit(":", 1)[1], 16))
+        except OSError:
+            pass
+    return ports
+
+
+def port_free(port: int) -> bool:
+    if port in listening_ports():
+        return False
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s.bind(("127.0.0.1", port))
+        return True
+    except OSError:
+        return False
+    finally:
+        s.close()
+
+
+def wait_listening(port: int, proc: subprocess.Popen, name: str, log_path: Path) -> None:
+    """Wait until something listens on the port (checked in /proc/net/tcp*, without
+    connecting, so that no probe connection disturbs e.g. iperf3)."""
+    deadline = time.monotonic() + START_TIMEOUT
+    while True:
+        if proc.poll() is not None:
+            raise HarnessError(f"{name} exited with status {proc.returncode} before listening on "
+                               f"127.0.0.1:{port}; see {log_path}\n{_tail(log_path)}")
+        if port in listening_ports():
+            return
+        if time.monotonic() > deadline:
+            raise HarnessError(f"{name} is not listening on 127.0.0.1:{port} after "
+                               f"{START_TIMEOUT:.0f} s; see {log_path}\n{_tail(log_path)}")
+        time.sleep(0.05)
+
+
+_NO_PROXY_OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
+def http_get_ok(port: int, name: str, log_path: Path) -> None:
+    """One request through the listener, so a proxy that accepts but does not forward fails fast."""
+    try:
+        with _NO_PROXY_OPENER.open(f"http://127.0.0.1:{port}/", timeout=5) as r:
+            body = r.read()
+            status = r.status
+    except Exception as e:
+        raise HarnessError(f"GET http://127.0.0.1:{port}/ through {name} failed: {e}; "
+                           f"see {log_path}\n{_tail(log_path)}") from None
+    if status != 200 or not body.startswith(b"hello"):
+        raise HarnessError(f"GET through {name}: unexpected status {status} body {body[:60]!r}")
+
+
+# --------------------------------------------------------------------------------------------
+# Configs
+
+
+def render(template: str, dest: Path, **values) -> Path:
+    text = (TEMPLATES / template).read_text()
+    for key, val in values.items():
+        text = text.replace("{{" + key + "}}", str(val))
+    left = re.findall(r"\{\{[A-Z_]+\}\}", text)
+    if left:
+        raise HarnessError(f"template {template}: unfilled placeholders {sorted(set(left))}")
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    dest.write_text(text)
+    return dest
+
+
+def nginx_load_module_line() -> str:
+    v = subprocess.run(["nginx", "-V"], capture_output=True, text=True, timeout=10)
+    info = v.stdout + v.stderr
+    if re.search(r"--with-stream(\s|$)", info):
+        return "# stream module built in"
+    if STREAM_MODULE.exists():
+        return f"load_module {STREAM_MODULE};"
+    raise HarnessError(
+        f"nginx has no stream module ({STREAM_MODULE} missing). On Debian/Ubuntu install it with:\n"
+        "    apt-get install -y libnginx-mod-stream")
+
+
+# --------------------------------------------------------------------------------------------
+# Load generators
+
+_UNIT_MS = {"us": 1e-3, "ms": 1.0, "s": 1e3, "m": 60e3, "h": 3600e3}
+
+
+def parse_wrk(text: str) -> dict:
+    def num(pattern):
+        m = re.search(pattern, text, re.M)
+        return m
+
+    m = num(r"^\s*(\d+) requests in ([\d.]+)(us|ms|s|m|h)")
+    rps = num(r"^Requests/sec:\s+([\d.]+)")
+    if not m or not rps:
+        raise HarnessError("could not parse wrk output:\n" + text)
+    out = {
+        "requests": int(m.group(1)),
+        "wrk_seconds": float(m.group(2)) * _UNIT_MS[m.group(3)] / 1e3,
+        "rps": float(rps.group(1)),
+    }
+    for pct in ("50", "75", "90", "99"):
+        p = num(rf"^\s+{pct}%\s+([\d.]+)(us|ms|s|m|h)\s*$")
+        out[f"p{pct}_ms"] = float(p.group(1)) * _UNIT_MS[p.group(2)] if p else None
+    se = num(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)")
+    out["socket_errors"] = (dict(zip(("connect", "read", "write", "timeout"),
+                                     map(int, se.groups()))) if se else {})
+    n2 = num(r"Non-2xx or 3xx responses: (\d+)")
+    out["non_2xx"] = int(n2.group(1)) if n2 else 0
+    return out
+
+
+def wrk_argv(port: int, conns: int, secs: int) -> list[str]:
+    return ["wrk", "-t1", f"-c{conns}", f"-d{secs}s", "--latency", f"http://127.0.0.1:{port}/"]
+
+
+def iperf_argv(port: int, secs: int) -> list[str]:
+    return ["iperf3", "-c", "127.0.0.1", "-p", str(port), "-t", str(secs), "-J"]
+
+
+def parse_iperf(text: str) -> dict:
+    try:
+        data = json.loads(text)
+    except ValueError:
+        raise HarnessError("iperf3 printed no JSON:\n" + text[-2000:]) from None
+    if data.get("error"):
+        raise HarnessError(f"iperf3 error: {data['error']}")
+    end = data.get("end", {})
+    recv, sent = end.get("sum_received"), end.get("sum_sent", {})
+    if not recv:
+        raise HarnessError("iperf3 JSON has no end.sum_received")
+    return {
+        "bytes": int(recv["bytes"]),
+        "seconds": float(recv["seconds"]),
+        "gbps": float(recv["bits_per_second"]) / 1e9,
+        "retransmits": sent.get("retransmits"),
+    }
+
+
+# --------------------------------------------------------------------------------------------
+# The run
+
+
+class Bench:
+    def __init__(self, args, procs: Procs):
+        self.a = args
+        self.p = procs
+        self.work = args.out / "work"
+        self.runs: list[dict] = []
+        self.ports: dict[str, int] = {}
+
+    # ---- setup
+
+    def pick_ports(self) -> None:
+        offsets = {"backend": 0, "iperf": 1,
+                   "sluice_http": 10, "sluice_bulk": 11,
+                   "nginx_http": 20, "nginx_bulk": 21,
+                   "haproxy_http": 30, "haproxy_bulk": 31}
+        for base in PORT_BASES:
+            ports = {k: base + off for k, off in offsets.items()}
+            if all(port_free(p) for p in ports.values()):
+                self.ports = ports
+                return
+        raise HarnessError(f"no free port block among bases {PORT_BASES[0]}..{PORT_BASES[-1]} "
+                           "on 127.0.0.1 (is another harness running?)")
+
+    def start_backend(self) -> None:
+        d = self.work / "backend"
+        (d / "tmp").mkdir(parents=True, exist_ok=True)
+        conf = render("backend-nginx.conf", d / "nginx.conf", DIR=d,
+                      BACKEND_PORT=self.ports["backend"])
+        log = d / "stderr.log"
+        proc = self.p.start("backend nginx", ["nginx", "-c", str(conf), "-p", f"{d}/",
+                                              "-g", "daemon off;"], log, cpu=LOADGEN_CPU)
+        self.backend = proc
+        wait_listening(self.ports["backend"], proc, "backend nginx", log)
+        http_get_ok(self.ports["backend"], "backend nginx", d / "error.log")
+
+    def start_proxy(self, name: str) -> tuple[subprocess.Popen, Path]:
+        d = self.work / name
+        d.mkdir(parents=True, exist_ok=True)
+        ports = dict(HTTP_PORT=self.ports[f"{name}_http"], BULK_PORT=self.ports[f"{name}_bulk"],
+                     BACKEND_PORT=self.ports["backend"], IPERF_PORT=self.ports["iperf"])
+        if name == "sluice":
+            cfg = render("sluice.yaml", d / "sluice.yaml", **ports)
+            argv = [str(self.a.sluice), "run", "-c", str(cfg), "--workers", "1",
+                    *shlex.split(self.a.sluice_args)]
+            log = d / "sluice.log"
+        elif name == "nginx":
+            cfg = render("nginx-stream.conf", d / "nginx.conf", DIR=d,
+                         LOAD_MODULE=self.load_module, **ports)
+            argv = ["nginx", "-c", str(cfg), "-p", f"{d}/", "-g", "daemon off;"]
+            log = d / "stderr.log"
+        elif name == "haproxy":
+            cfg = render("haproxy.cfg", d / "haproxy.cfg", **ports)
+            argv = ["haproxy", "-f", str(cfg), "-db"]
+            log = d / "haproxy.log"
+        else:
+            raise AssertionError(name)
+        proc = self.p.start(name, argv, log, cpu=PROXY_CPU)
+        try:
+            for key in ("http", "bulk"):
+                wait_listening(self.ports[f"{name}_{key}"], proc, LABEL[name], log)
+            http_get_ok(self.ports[f"{name}_http"], LABEL[name], log)
+        except BaseException:
+            self.p.stop(proc)
+            raise
+        return proc, log
+
+    # ---- measurement
+
+    def measure(self, proxy: subprocess.Popen | None, backend: subprocess.Popen,
+                argv: list[str], log: Path, secs: int, name: str) -> tuple[str, dict]:
+        cpu0 = read_cpu_times()
+        t0 = time.monotonic()
+        ru0 = resource.getrusage(resource.RUSAGE_CHILDREN)  # reaped children: the load generator
+        back0, _ = tree_cpu_ticks(backend.pid)
+        before, _ = tree_cpu_ticks(proxy.pid) if proxy else (0, [])
+        out = self.p.run(name, argv, log, timeout=secs + 30, cpu=LOADGEN_CPU)
+        time.sleep(0.2)  # let the proxy finish closing the connections; that work counts too
+        after, pids = tree_cpu_ticks(proxy.pid) if proxy else (0, [])
+        back1, _ = tree_cpu_ticks(backend.pid)
+        ru1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+        wall = time.monotonic() - t0
+        cpu1 = read_cpu_times()
+        m = {
+            "wall_s": wall,
+            "loadgen_cpu_s": (ru1.ru_utime + ru1.ru_stime) - (ru0.ru_utime + ru0.ru_stime),
+            "backend_cpu_s": (back1 - back0) / CLK_TCK,
+            "core0_busy_pct": core_busy(cpu0, cpu1, LOADGEN_CPU),
+            "core0_softirq_pct": core_busy(cpu0, cpu1, LOADGEN_CPU, 1),
+            "core1_busy_pct": core_busy(cpu0, cpu1, PROXY_CPU),
+            "core1_softirq_pct": core_busy(cpu0, cpu1, PROXY_CPU, 1),
+        }
+        if m["core0_busy_pct"] is not None:
+            # Core 0 runs only the load generator and the backend; the rest is someone else's.
+            m["core0_other_pct"] = max(0.0, m["core0_busy_pct"] - m["core0_softirq_pct"]
+                                       - 100.0 * (m["loadgen_cpu_s"] + m["backend_cpu_s"]) / wall)
+        if proxy:
+            if proxy.poll() is not None:
+                raise HarnessError(f"proxy exited (status {proxy.returncode}) during the load")
+            m["proxy_cpu_s"] = (after - before) / CLK_TCK
+            m["proxy_pids"] = pids
+            # A proxy may re-pin its own threads; check that all of them stayed on their core.
+            m["proxy_cpus_allowed"] = cpus_allowed(pids)
+            if m["core1_busy_pct"] is not None:
+                # The proxy is pinned to this core: what is left, apart from the softirq work
+                # of its own traffic, is someone else's load.
+                m["core1_other_pct"] = max(0.0, m["core1_busy_pct"] - m["core1_softirq_pct"]
+                                           - 100.0 * m["proxy_cpu_s"] / wall)
+        elif m["core1_busy_pct"] is not None:
+            m["core1_other_pct"] = max(0.0, m["core1_busy_pct"] - m["core1_softirq_pct"])
+        return out, m
+
+    def http_test(self, who: str, port: int, proxy, log_dir: Path, rep: int) -> dict:
+        a = self.a
+        log = log_dir / f"wrk-r{rep}.log"
+        if a.warmup > 0:
+            self.p.run(f"wrk warm-up ({who})", wrk_argv(port, a.connections, a.warmup), log,
+                       timeout=a.warmup + 30, cpu=LOADGEN_CPU)
+        out, m = self.measure(proxy, self.backend, wrk_argv(port, a.connections, a.duration),
+                              log, a.duration, f"wrk ({who})")
+        r = parse_wrk(out)
+        r.update(m)
+        if r["requests"] == 0:
+            raise HarnessError(f"wrk through {who} completed no request; see {log}")
+        if r["non_2xx"] or r["socket_errors"].get("connect"):
+            r["warning"] = (f"non-2xx {r['non_2xx']}, socket errors {r['socket_errors']}")
+        elif any(r["socket_errors"].values()):
+            r["warning"] = f"socket errors {r['socket_errors']}"
+        if proxy:
+            r["req_per_cpu_s"] = r["requests"] / r["proxy_cpu_s"] if r["proxy_cpu_s"] > 0 else None
+        return r
+
+    def bulk_test(self, who: str, port: int, proxy, log_dir: Path, rep: int) -> dict:
+        a = self.a
+        log = log_dir / f"iperf3-r{rep}.log"
+        try:
+            out, m = self.measure(proxy, self.iperf, iperf_argv(port, a.duration), log,
+                                  a.duration, f"iperf3 ({who})")
+            r = parse_iperf(out)
+        except HarnessError:
+            self.restart_iperf_server()  # do not let a broken test leave it busy
+            raise
+        r.update(m)
+        if proxy:
+            cpu = r["proxy_cpu_s"]
+            r["gbit_per_cpu_s"] = r["bytes"] * 8 / 1e9 / cpu if cpu > 0 else None
+        return r
+
+    def restart_iperf_server(self) -> None:
+        if getattr(self, "iperf", None) is not None:
+            self.p.stop(self.iperf)
+        log = self.work / "iperf3-server" / "server.log"
+        self.iperf = self.p.start("iperf3 server", ["iperf3", "-s", "-B", "127.0.0.1", "-p",
+                                                    str(self.ports["iperf"])],
+                                  log, cpu=LOADGEN_CPU)
+        wait_listening(self.ports["iperf"], self.iperf, "iperf3 server", log)
+
+    def run_one(self, who: str, rep: int) -> None:
+        log_dir = self.work / who
+        log_dir.mkdir(parents=True, exist_ok=True)
+        proxy, plog = None, None
+        tests = [("http", self.http_test), ("bulk", self.bulk_test)]
+        try:
+            if who != "direct":
+                proxy, plog = self.start_proxy(who)
+            for test, fn in tests:
+                port = (self.ports["backend" if test == "http" else "iperf"] if who == "direct"
+                        else self.ports[f"{who}_{test}"])
+                print(f"  [{rep + 1}/{self.a.repeat}] {LABEL[who]:<18} {test} ...",
+                      end="", flush=True, file=sys.stderr)
+                try:
+                    r = fn(who, port, proxy, log_dir, rep)
+                    self.runs.append({"repeat": rep, "who": who, "test": test, **r})
+                    print(" " + _brief(test, r), file=sys.stderr)
+                except HarnessError as e:
+                    self.runs.append({"repeat": rep, "who": who, "test": test, "error": str(e)})
+                    print(f" FAILED\n{e}", file=sys.stderr)
+                    if proxy is not None and proxy.poll() is not None:
+                        # Proxy died: the remaining tests of this proxy cannot run.
+                        for t2, _ in tests[tests.index((test, fn)) + 1:]:
+                            self.runs.append({"repeat": rep, "who": who, "test": t2,
+                                              "error": f"{LABEL[who]} exited earlier"})
+                        break
+        except HarnessError as e:
+            print(f"  [{rep + 1}/{self.a.repeat}] {LABEL[who]}: FAILED to start\n{e}",
+                  file=sys.stderr)
+            for test, _ in tests:
+                self.runs.append({"repeat": rep, "who": who, "test": test,
+                                  "error": f"start failed: {e}"})
+        finally:
+            if proxy is not None:
+                self.p.stop(proxy)
+
+    def run(self) -> None:
+        self.pick_ports()
+        if "nginx" in self.a.only:
+            self.load_module = nginx_load_module_line()
+        self.start_backend()
+        self.restart_iperf_server()
+        whos = list(self.a.only)
+        for rep in range(self.a.repeat):
+            order = whos[rep % len(whos):] + whos[:rep % len(whos)]  # rotate for fairness
+            if not self.a.no_direct:
+                order = ["direct", *order]
+            for who in order:
+                self.run_one(who, rep)
+
+
+def _brief(test: str, r: dict) -> str:
+    cpu = r.get("proxy_cpu_s")
+    cpu_txt = f", proxy {cpu:.2f} CPU-s" if cpu is not None else ""
+    if test == "http":
+        return (f"{r['rps']:,.0f} req/s, p50 {_ms(r['p50_ms'])}, p99 {_ms(r['p99_ms'])}"
+                f"{cpu_txt}" + (f"  WARNING {r['warning']}" if r.get("warning") else ""))
+    return f"{r['gbps']:.2f} Gbit/s{cpu_txt}"
+
+
+# --------------------------------------------------------------------------------------------
+# Report
+
+
+def _ms(v) -> str:
+    if v is None:
+        return "—"
+    return f"{v:.3f} ms" if v < 10 else f"{v:.1f} ms"
+
+
+def _f(v, fmt: str) -> str:
+    return "—" if v is None else format(v, fmt)
+
+
+def _median(values):
+    vals = [v for v in values if v is not None]
+    return statistics.median(vals) if vals else None
+
+
+def summarize(runs: list[dict], who: str, test: str) -> dict | None:
+    rs = [r for r in runs if r["who"] == who and r["test"] == test]
+    ok = [r for r in rs if "error" not in r]
+    if not rs:
+        return None
+    s = {"n": len(ok), "failed": len(rs) - len(ok)}
+    if not ok:
+        return s
+    keys = set().union(*(r.keys() for r in ok))
+    for k in keys:
+        if all(isinstance(r.get(k), (int, float)) or r.get(k) is None for r in ok) and \
+                k not in ("repeat",):
+            s[k] = _median(r.get(k) for r in ok)
+    return s
+
+
+def _label(who: str, s: dict) -> str:
+    if s.get("failed"):
+        return f"{LABEL[who]} ({s['failed']} of {s['failed'] + s['n']} runs FAILED)"
+    return LABEL[who]
+
+
+def _ratio(a, b):
+    return a / b if a is not None and b else None
+
+
+def _x(v) -> str:
+    return "—" if v is None else f"×{v:.2f}"
+
+
+def render_report(args, runs: list[dict], header: dict) -> str:
+    whos = (["direct"] if not args.no_direct else []) + list(args.only)
+    L = []
+    L.append("# Sluice loopback benchmark: L4 proxies side by side")
+    L.append("")
+    L.append(f"- command: `{header['command']}` (cwd `{header['cwd']}`)")
+    L.append(f"- date: {header['date']}; load average at start: {header['loadavg']}")
+    L.append(f"- host: `nproc` = {header['nproc']}, CPU: {header['cpu_model']}, "
+             f"kernel {header['kernel']}")
+    L.append("- versions: " + "; ".join(f"{k} {v}" for k, v in header["versions"].items()))
+    L.append(f"- method: backend (nginx `return 200`, keep-alive, 1 worker) and load generator "
+             f"pinned to core {LOADGEN_CPU}; the proxy under test pinned to core {PROXY_CPU} with "
+             f"one worker/thread; proxy CPU = utime+stime (+ reaped children) of its "
+             f"process tree from /proc/PID/stat around each measured run (clock tick {1000 // CLK_TCK} ms). "
+             f"Everything started with niceness {args.nice}. "
+             f"{args.duration} s per run, {args.connections} connections, warm-up "
+             f"{args.warmup} s (not counted), repeat {args.repeat} "
+             f"(medians{', proxy order rotated' if args.repeat > 1 else ''}).")
+    if header.get("incomplete"):
+        L.append(f"- **incomplete run: {header['incomplete']}**")
+    L.append("")
+
+    # ---- HTTP
+    L.append(f"## HTTP/1.1 keep-alive through the proxy (`wrk -t1 -c{args.connections} "
+             f"-d{args.duration}s --latency`)")
+    L.append("")
+    L.append("| proxy | req/s | p50 | p99 | proxy CPU-s | proxy CPU % | req per proxy CPU-s "
+             "| vs nginx | vs HAProxy |")
+    L.append("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    S = {w: summarize(runs, w, "http") for w in whos}
+    base_n = (S.get("nginx") or {}).get("req_per_cpu_s")
+    base_h = (S.get("haproxy") or {}).get("req_per_cpu_s")
+    for w in whos:
+        s = S[w]
+        if not s or s["n"] == 0:
+            L.append(f"| {LABEL[w]} | FAILED | | | | | | | |")
+            continue
+        cpu = s.get("proxy_cpu_s")
+        pct = 100 * cpu / s["wrk_seconds"] if cpu is not None and s.get("wrk_seconds") else None
+        eff = s.get("req_per_cpu_s")
+        L.append(f"| {_label(w, s)} | {_f(s['rps'], ',.0f')} | {_ms(s.get('p50_ms'))} | "
+                 f"{_ms(s.get('p99_ms'))} | {_f(cpu, '.2f')} | {_f(pct, '.0f')} | "
+                 f"{_f(eff, ',.0f')} | {_x(_ratio(eff, base_n)) if w != 'direct' else '—'} | "
+                 f"{_x(_ratio(eff, base_h)) if w != 'direct' else '—'} |")
+    L.append("")
+
+    # ---- bulk
+    L.append(f"## One bulk TCP stream through the proxy (`iperf3 -t {args.duration}`, "
+             f"control + data connection)")
+    L.append("")
+    L.append("| proxy | Gbit/s | proxy CPU-s | proxy CPU % | Gbit per proxy CPU-s "
+             "| vs nginx | vs HAProxy |")
+    L.append("|---|---:|---:|---:|---:|---:|---:|")
+    B = {w: summarize(runs, w, "bulk") for w in whos}
+    bn = (B.get("nginx") or {}).get("gbit_per_cpu_s")
+    bh = (B.get("haproxy") or {}).get("gbit_per_cpu_s")
+    for w in whos:
+        s = B[w]
+        if not s or s["n"] == 0:
+            L.append(f"| {LABEL[w]} | FAILED | | | | | |")
+            continue
+        cpu = s.get("proxy_cpu_s")
+        pct = 100 * cpu / s["seconds"] if cpu is not None and s.get("seconds") else None
+        eff = s.get("gbit_per_cpu_s")
+        L.append(f"| {_label(w, s)} | {_f(s['gbps'], '.2f')} | {_f(cpu, '.2f')} | "
+                 f"{_f(pct, '.0f')} | {_f(eff, '.2f')} | "
+                 f"{_x(_ratio(eff, bn)) if w != 'direct' else '—'} | "
+                 f"{_x(_ratio(eff, bh)) if w != 'direct' else '—'} |")
+    L.append("")
+
+    # ---- ratios
+    proxies = [w for w in args.only]
+    num = "sluice" if "sluice" in proxies else (proxies[0] if proxies else None)
+    pairs = [(num, o) for o in proxies if o != num] if num else []
+    if pairs:
+        L.append("## Ratios (higher is better for Sluice except latency: lower is better)")
+        L.append("")
+        L.append("| ratio | req per proxy CPU-s | req/s | p50 | p99 | Gbit per proxy CPU-s "
+                 "| Gbit/s |")
+        L.append("|---|---:|---:|---:|---:|---:|---:|")
+        for a, b in pairs:
+            sa, sb = S.get(a) or {}, S.get(b) or {}
+            ba, bb = B.get(a) or {}, B.get(b) or {}
+            L.append(
+                f"| {SHORT[a]} / {SHORT[b]} | {_x(_ratio(sa.get('req_per_cpu_s'), sb.get('req_per_cpu_s')))} | "
+                f"{_x(_ratio(sa.get('rps'), sb.get('rps')))} | "
+                f"{_x(_ratio(sa.get('p50_ms'), sb.get('p50_ms')))} | "
+                f"{_x(_ratio(sa.get('p99_ms'), sb.get('p99_ms')))} | "
+                f"{_x(_ratio(ba.get('gbit_per_cpu_s'), bb.get('gbit_per_cpu_s')))} | "
+                f"{_x(_ratio(ba.get('gbps'), bb.get('gbps')))} |")
+        L.append("")
+
+    # ---- per-run details
+    L.append("## Runs")
+    L.append("")
+    L.append(f"| # | proxy | test | result | proxy CPU-s | load gen CPU-s | backend CPU-s "
+             f"| core {LOADGEN_CPU} busy % | core {PROXY_CPU} busy % (softirq) | notes |")
+    L.append("|---:|---|---|---|---:|---:|---:|---:|---:|---|")
+    noisy = []
+    for r in runs:
+        if "error" in r:
+            first = r["error"].splitlines()[0]
+            L.append(f"| {r['repeat'] + 1} | {LABEL[r['who']]} | {r['test']} | FAILED | | | | | | "
+                     f"{first.replace('|', '/')} |")
+            continue
+        if r["test"] == "http":
+            res = (f"{r['requests']:,} req in {r['wrk_seconds']:.2f} s, {r['rps']:,.0f} req/s, "
+                   f"p50 {_ms(r['p50_ms'])}, p99 {_ms(r['p99_ms'])}")
+        else:
+            res = f"{r['bytes'] / 1e9:.2f} GB in {r['seconds']:.2f} s, {r['gbps']:.2f} Gbit/s"
+        notes = [r["warning"]] if r.get("warning") else []
+        if r["test"] == "bulk" and r.get("retransmits"):
+            notes.append(f"retransmits {r['retransmits']}")
+        allowed = r.get("proxy_cpus_allowed")
+        if allowed and allowed != [PROXY_CPU]:
+            notes.append(f"**proxy threads allowed on CPUs {'/'.join(allowed)}, not only "
+                         f"{PROXY_CPU}**")
+        other0, other = r.get("core0_other_pct"), r.get("core1_other_pct")
+        if other0 is not None and other0 > 10:
+            notes.append(f"other load on core {LOADGEN_CPU}: {other0:.0f} %")
+        if other is not None and other > 10:
+            notes.append(f"other load on core {PROXY_CPU}: {other:.0f} %")
+        if max(other0 or 0, other or 0) > 10:
+            noisy.append(max(other0 or 0, other or 0))
+        notes = "; ".join(notes)
+        L.append(f"| {r['repeat'] + 1} | {LABEL[r['who']]} | {r['test']} | {res} | "
+                 f"{_f(r.get('proxy_cpu_s'), '.2f')} | {_f(r.get('loadgen_cpu_s'), '.2f')} | "
+                 f"{_f(r.get('backend_cpu_s'), '.2f')} | {_f(r.get('core0_busy_pct'), '.0f')} | "
+                 f"{_f(r.get('core1_busy_pct'), '.0f')} "
+                 f"({_f(r.get('core1_softirq_pct'), '.0f')}) | {notes} |")
+    L.append("")
+    if noisy:
+        L.append(f"**Warning: processes outside the benchmark used up to {max(noisy):.0f} % of "
+                 f"a benchmark core during {len(noisy)} run(s)** (see notes): the machine was "
+                 "not quiet. CPU-second figures are still counted per process, but they compete "
+                 "for the cores and caches, so raw req/s, Gbit/s and latency are noisier; rerun "
+                 "on a quiet machine for publishable figures.")
+        L.append("")
+    L.append("Core busy % comes from /proc/stat over the measured run; load generator CPU from "
+             "getrusage of the reaped wrk/iperf3 client, backend CPU from /proc/PID/stat of "
+             "the backend nginx (http) or iperf3 server (bulk). Other load = core busy - softirq - "
+             f"benchmark processes on that core. A proxy well below 100 % CPU with core "
+             f"{LOADGEN_CPU} near 100 % means the load generator + backend were the bottleneck; "
+             "the per-CPU-second figures stay comparable, raw req/s and Gbit/s less so.")
+    L.append("")
+    return "\n".join(L)
+
+
+# --------------------------------------------------------------------------------------------
+# Main
+
+
+def _version(argv: list[str], pattern: str | None = None) -> str:
+    try:
+        r = subprocess.run(argv, capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        return f"? ({e})"
+    text = (r.stdout + r.stderr).strip()
+    if pattern:
+        m = re.search(pattern, text)
+        if m:
+            return m.group(1)
+    return text.splitlines()[0] if text else "?"
+
+
+def cpu_model() -> str:
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "?"
+
+
+def parse_args(argv=None):
+    ap = argparse.ArgumentParser(
+        description="Loopback benchmark of Sluice's TCP proxy vs nginx (stream) and HAProxy "
+                    "(mode tcp): requests and bits per proxy CPU-second.")
+    ap.add_argument("--duration", type=int, default=None, help="seconds per measured run "
+                    "(default 10; 2 with --smoke)")
+    ap.add_argument("--connections", type=int, default=None, help="wrk connections "
+                    "(default 50; 10 with --smoke)")
+    ap.add_argument("--repeat", type=int, default=1, help="runs per proxy; the median is "
+                    "reported (default 1)")
+    ap.add_argument("--warmup", type=int, default=1, help="wrk warm-up seconds before each "
+                    "measured HTTP run, not counted (default 1; 0 disables)")
+    ap.add_argument("--only", default=",".join(PROXIES),
+                    help="comma-separated subset of sluice,nginx,haproxy (default all)")
+    ap.add_argument("--sluice", type=Path, default=REPO / "target" / "release" / "sluice",
+                    help="Sluice binary (default <repo>/target/release/sluice)")
+    ap.add_argument("--sluice-args", default="", metavar="ARGS",
+                    help="extra arguments appended to `sluice run -c CFG --workers 1`, e.g. "
+                         "--sluice-args='--log-level warn'")
+    ap.add_argument("--out", type=Path, default=HERE / "out",
+                    help="output directory (default benches/loopback/out)")
+    ap.add_argument("--no-direct", action="store_true",
+                    help="skip the direct (no proxy) baseline runs")
+    ap.add_argument("--nice", type=int, default=None,
+                    help="niceness for everything the harness starts (backend, load generator, "
+                         "proxies alike), to shield the measurement from other load on the "
+                         "machine (default -10 as root, else 0; 0 disables)")
+    ap.add_argument("--smoke", action="store_true",
+                    help="quick CI check: 2 s runs, 10 connections")
+    a = ap.parse_args(argv)
+    if a.duration is None:
+        a.duration = 2 if a.smoke else 10
+    if a.connections is None:
+        a.connections = 10 if a.smoke else 50
+    only = [w.strip().lower() for w in a.only.split(",") if w.strip()]
+    bad = [w for w in only if w not in PROXIES]
+    if bad or not only:
+        ap.error(f"--only: unknown {bad or 'empty list'}; choose from {','.join(PROXIES)}")
+    a.only = [w for w in PROXIES if w in only]  # canonical order, no duplicates
+    if a.duration < 1 or a.connections < 1 or a.repeat < 1 or a.warmup < 0:
+        ap.error("--duration, --connections and --repeat must be >= 1, --warmup >= 0")
+    if a.nice is None:
+        a.nice = -10 if os.geteuid() == 0 else 0
+    a.out = a.out.resolve()
+    a.sluice = a.sluice.resolve() if a.sluice.exists() else a.sluice
+    return a
+
+
+def preflight(a) -> dict:
+    problems = []
+    need = ["taskset", "nginx", "wrk", "iperf3"] + (["haproxy"] if "haproxy" in a.only else [])
+    for tool in need:
+        if not shutil.which(tool):
+            problems.append(f"`{tool}` not found in PATH (Debian: apt-get install -y "
+                            f"{ {'taskset': 'util-linux'}.get(tool, tool) })")
+    try:
+        cpus = os.sched_getaffinity(0)
+    except AttributeError:
+        cpus = set(range(os.cpu_count() or 1))
+    if not {int(LOADGEN_CPU), int(PROXY_CPU)} <= cpus:
+        problems.append(f"needs CPUs {LOADGEN_CPU} and {PROXY_CPU}; this process may use "
+                        f"{sorted(cpus)}")
+    versions = {}
+    if "sluice" in a.only:
+        b = a.sluice
+        if not (b.is_file() and os.access(b, os.X_OK)):
+            problems.append(
+                f"Sluice binary not found (or not executable) at {b}.\n"
+                f"    Build it first (`cargo build --release` in {REPO}), pass --sluice PATH,\n"
+                f"    or compare the others only: --only nginx,haproxy")
+        else:
+            try:
+                r = subprocess.run([str(b), "--version"], capture_output=True, text=True,
+                                   timeout=10)
+                if r.returncode != 0:
+                    problems.append(f"`{b} --version` exited with {r.returncode}: "
+                                    f"{(r.stdout + r.stderr).strip()[:300]}")
+                versions["sluice"] = re.sub(r"^sluice\s+", "", (r.stdout + r.stderr).strip().splitlines()[0]) \
+                    if (r.stdout + r.stderr).strip() else "?"
+            except (OSError, subprocess.TimeoutExpired) as e:
+                problems.append(f"`{b} --version` failed: {e}")
+    if problems:
+        raise HarnessError("cannot run:\n  - " + "\n  - ".join(problems))
+    versions["nginx"] = _version(["nginx", "-v"], r"nginx/(\S+)")
+    if "haproxy" in a.only:
+        versions["HAProxy"] = _version(["haproxy", "-v"], r"version (\S+)")
+    versions["wrk"] = _version(["wrk", "--version"], r"wrk (\S+)")
+    versions["iperf3"] = _version(["iperf3", "--version"], r"iperf (\S+)")
+    return versions
+
+
+def main(argv=None) -> int:
+    a = parse_args(argv)
+    signal.signal(signal.SIGTERM, _on_signal)
+    signal.signal(signal.SIGHUP, _on_signal)
+    try:
+        versions = preflight(a)
+    except HarnessError as e:
+        print(f"harness: {e}", file=sys.stderr)
+        return 2
+    header = {
+        "command": shlex.join(["python3", *(argv if argv is not None else sys.argv)]),
+        "cwd": os.getcwd(),
+        "date": _now(),
+        "nproc": _version(["nproc"]),
+        "cpu_model": cpu_model(),
+        "kernel": platform.release(),
+        "loadavg": " ".join(Path("/proc/loadavg").read_text().split()[:3]),
+        "versions": versions,
+    }
+    shutil.rmtree(a.out / "work", ignore_errors=True)
+    (a.out / "work").mkdir(parents=True, exist_ok=True)
+    if "sluice" in a.only:
+        # Run a snapshot, so that a concurrent `cargo build` cannot swap the binary mid-run.
+        snap = a.out / "work" / "bin" / "sluice"
+        snap.parent.mkdir(parents=True)
+        shutil.copy2(a.sluice, snap)
+        digest = hashlib.sha256(snap.read_bytes()).hexdigest()[:16]
+        header["versions"]["sluice"] += f" ({a.sluice}, sha256 {digest}…)"
+        a.sluice = snap
+    procs = Procs(nice=a.nice)
+    bench = Bench(a, procs)
+    print(f"harness: {', '.join(LABEL[w] for w in a.only)}; {a.duration} s per run, "
+          f"{a.connections} connections, repeat {a.repeat}; logs in {a.out / 'work'}",
+          file=sys.stderr)
+    status = 0
+    try:
+        bench.run()
+    except HarnessError as e:
+        print(f"harness: {e}", file=sys.stderr)
+        header["incomplete"] = str(e).splitlines()[0]
+        status = 1
+    except (KeyboardInterrupt, Interrupted) as e:
+        print(f"harness: interrupted ({e or 'SIGINT'}), stopping everything", file=sys.stderr)
+        header["incomplete"] = f"interrupted ({e or 'SIGINT'})"
+        status = 130
+    finally:
+        procs.stop_all()
+    if bench.runs:
+        report = render_report(a, bench.runs, header)
+        print(report)
+        (a.out / "results.md").write_text(report)
+        (a.out / "results.json").write_text(json.dumps(
+            {"header": header, "args": {k: str(v) if isinstance(v, Path) else v
+                                        for k, v in vars(a).items()},
+             "runs": bench.runs}, indent=2, default=str))
+        print(f"harness: wrote {a.out / 'results.md'} and results.json", file=sys.stderr)
+    if status == 0 and any("error" in r for r in bench.runs):
+        status = 1
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())
