@@ -25,8 +25,10 @@
 
 pub mod cluster;
 pub mod config;
+pub mod http1;
 pub mod lb;
 pub mod rng;
+pub mod router;
 pub mod tcp_proxy;
 
 pub use std::time::{Duration, Instant};

@@ -10,6 +10,7 @@
 //! indexes `Config::clusters`), names are unique, every cluster has at least one host.
 
 mod decode;
+pub mod http;
 pub mod values;
 
 use std::fmt;
@@ -120,6 +121,9 @@ pub enum ListenerFilter {
     /// Write back every byte read (Envoy's echo filter): a self-contained upstream for smoke
     /// tests and the quickstart.
     Echo,
+    /// An HTTP/1.1 connection manager: routes each request (boxed: it is much larger than the
+    /// other variants).
+    Http(Box<http::HttpConfig>),
 }
 
 /// L4 proxying settings.

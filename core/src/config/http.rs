@@ -1,0 +1,231 @@
+//! The HTTP connection manager's configuration: limits, virtual hosts, routes, retry policies,
+//! access logs. Decoded and validated in `config::http_decode`; used by [`crate::router`] and the
+//! runtime's HTTP/1.1 driver.
+
+use std::time::Duration;
+
+use serde::Serialize;
+
+use super::{ser_duration, ser_opt_duration};
+
+/// Default for [`HttpConfig::max_request_headers_kb`] (Envoy's default).
+pub const DEFAULT_MAX_REQUEST_HEADERS_KB: u32 = 60;
+/// Default for [`HttpConfig::max_headers_count`] (Envoy's default).
+pub const DEFAULT_MAX_HEADERS_COUNT: u32 = 100;
+/// Upper bound accepted for [`HttpConfig::max_headers_count`].
+pub const MAX_HEADERS_COUNT_LIMIT: u32 = 256;
+/// Default for [`HttpConfig::request_headers_timeout`].
+pub const DEFAULT_REQUEST_HEADERS_TIMEOUT: Duration = Duration::from_secs(10);
+/// Default for [`HttpConfig::idle_timeout`] (Envoy's default).
+pub const DEFAULT_HTTP_IDLE_TIMEOUT: Duration = Duration::from_secs(3600);
+/// Default for [`ForwardAction::timeout`] (Envoy's default).
+pub const DEFAULT_ROUTE_TIMEOUT: Duration = Duration::from_secs(15);
+/// Default for [`RetryPolicy::num_retries`] (Envoy's default).
+pub const DEFAULT_NUM_RETRIES: u32 = 1;
+
+/// `listeners[].http`: an HTTP/1.1 connection manager.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct HttpConfig {
+    /// Largest request head (request line + headers) in KiB; over it: 431 and close.
+    pub max_request_headers_kb: u32,
+    /// Most request headers; over it: 431 and close.
+    pub max_headers_count: u32,
+    /// From the first byte of a request head to its end; over it: 408 and close (slowloris).
+    #[serde(serialize_with = "ser_duration")]
+    pub request_headers_timeout: Duration,
+    /// Close a downstream keep-alive connection after this long with no request; `None`
+    /// disables.
+    #[serde(serialize_with = "ser_opt_duration")]
+    pub idle_timeout: Option<Duration>,
+    /// Virtual hosts, in order.
+    pub virtual_hosts: Vec<VirtualHost>,
+    /// Access log, if any.
+    pub access_log: Option<AccessLogConfig>,
+}
+
+/// A set of domains and the routes that serve them.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct VirtualHost {
+    /// Unique within the listener.
+    pub name: String,
+    /// `example.com` (exact, case-insensitive, port ignored), `*.example.com` (suffix),
+    /// `example.*` (prefix), or `*` (any). Unique across the listener's virtual hosts.
+    pub domains: Vec<String>,
+    /// Routes, first match wins.
+    pub routes: Vec<Route>,
+}
+
+/// A route: what it matches and what it does.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Route {
+    /// The match.
+    #[serde(rename = "match")]
+    pub matcher: RouteMatch,
+    /// The action.
+    pub action: RouteAction,
+}
+
+/// What a request must look like for a route to apply.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct RouteMatch {
+    /// The path rule (the query string is not part of the path).
+    pub path: PathMatch,
+    /// Every header matcher must match.
+    pub headers: Vec<HeaderMatcher>,
+}
+
+/// A path rule.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PathMatch {
+    /// `path:` the whole path equals this.
+    Exact(String),
+    /// `prefix:` the path starts with this.
+    Prefix(String),
+    /// `safe_regex:` the whole path matches this regular expression (`regex` crate syntax,
+    /// linear time, like Envoy's RE2).
+    Regex(String),
+}
+
+/// A header rule (header names are compared case-insensitively; stored lowercase).
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct HeaderMatcher {
+    /// Lowercase header name.
+    pub name: String,
+    /// The rule.
+    pub rule: HeaderRule,
+}
+
+/// How a header's value must look.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HeaderRule {
+    /// `exact:` equals.
+    Exact(String),
+    /// `prefix:` starts with.
+    Prefix(String),
+    /// `present: true|false`: is (not) present.
+    Present(bool),
+    /// `safe_regex:` the whole value matches.
+    Regex(String),
+}
+
+/// What a route does.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RouteAction {
+    /// `route:` forward upstream.
+    Forward(ForwardAction),
+    /// `direct_response:` answer from the proxy.
+    DirectResponse {
+        /// 200–599.
+        status: u16,
+        /// The body (may be empty).
+        body: String,
+    },
+}
+
+/// Forwarding settings of a route.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct ForwardAction {
+    /// Where to send the request.
+    pub target: ClusterTarget,
+    /// The whole request, retries included; `None` (written `0`) disables.
+    #[serde(serialize_with = "ser_opt_duration")]
+    pub timeout: Option<Duration>,
+    /// With a `prefix` match: replaces the matched prefix.
+    pub prefix_rewrite: Option<String>,
+    /// Retries, if any.
+    pub retry_policy: Option<RetryPolicy>,
+    /// Headers added to the request sent upstream (replacing ones of the same name).
+    pub request_headers_to_add: Vec<HeaderValue>,
+    /// Header names (lowercase) removed from the request sent upstream.
+    pub request_headers_to_remove: Vec<String>,
+    /// Headers added to the response sent downstream (replacing ones of the same name).
+    pub response_headers_to_add: Vec<HeaderValue>,
+    /// Header names (lowercase) removed from the response sent downstream.
+    pub response_headers_to_remove: Vec<String>,
+}
+
+/// A header to add.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct HeaderValue {
+    /// Header name as written (case kept on the wire).
+    pub name: String,
+    /// Value.
+    pub value: String,
+}
+
+/// One cluster, or several with weights.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ClusterTarget {
+    /// `cluster: NAME`.
+    Cluster(WeightedCluster),
+    /// `weighted_clusters: [ { cluster, weight } ]`; weights > 0.
+    Weighted(Vec<WeightedCluster>),
+}
+
+/// A cluster reference with a weight (1 for a single cluster).
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct WeightedCluster {
+    /// Cluster name.
+    pub cluster: String,
+    /// Index in `Config::clusters`.
+    #[serde(skip)]
+    pub cluster_index: usize,
+    /// Relative weight (≥ 1).
+    pub weight: u32,
+}
+
+/// When and how often to retry.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct RetryPolicy {
+    /// The conditions that allow a retry.
+    pub retry_on: RetryOn,
+    /// Retries after the first try (0–10).
+    pub num_retries: u32,
+    /// Each try's own timeout; `None`: only the route timeout applies.
+    #[serde(serialize_with = "ser_opt_duration")]
+    pub per_try_timeout: Option<Duration>,
+}
+
+/// Retry conditions (Envoy's names).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct RetryOn {
+    /// `connect-failure`: the upstream connect failed or timed out.
+    pub connect_failure: bool,
+    /// `reset`: the upstream connection reset or closed before a complete response head.
+    pub reset: bool,
+    /// `5xx`: the upstream answered 5xx (includes `gateway-error`).
+    pub server_error: bool,
+    /// `gateway-error`: the upstream answered 502, 503 or 504.
+    pub gateway_error: bool,
+    /// `retriable-4xx`: the upstream answered 409.
+    pub retriable_4xx: bool,
+}
+
+impl RetryOn {
+    /// The names the config accepts.
+    pub const NAMES: [&'static str; 5] =
+        ["connect-failure", "reset", "5xx", "gateway-error", "retriable-4xx"];
+}
+
+/// Where and how the access log is written.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct AccessLogConfig {
+    /// Line format.
+    pub format: AccessLogFormat,
+    /// A file path, or `None` for stdout.
+    pub path: Option<String>,
+}
+
+/// Access log line format.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AccessLogFormat {
+    /// A text line from a template with `%FIELD%` placeholders (default template when `None`).
+    Text(Option<String>),
+    /// One JSON object per line.
+    Json,
+}
