@@ -25,6 +25,7 @@
 
 pub mod cluster;
 pub mod config;
+pub mod exchange;
 pub mod http1;
 pub mod lb;
 pub mod rng;

@@ -1,0 +1,549 @@
+//! The forwarding lifecycle of one HTTP request (Envoy's router filter, sans IO): which host,
+//! when to give up on a try, whether to retry, when to answer from the proxy.
+//!
+//! The driver owns connections and bytes; the exchange owns decisions and timers.
+//!
+//! ## States
+//!
+//! ```text
+//!  start ──▶ Connecting(host) ──connected──▶ Waiting(host, sent?) ──response head──▶ Responding ──complete──▶ Done
+//!     ▲            │ failure                     │ failure / per-try timeout            │
+//!     │            ▼                             ▼                                      │
+//!     └──── Backoff(until) ◀── retry allowed ── decide ── no retry ──▶ LocalReply ──────┴──▶ Done
+//! ```
+//!
+//! Global timeout (the route's `timeout`) fires in any state before Done → 504 (`UT`), unless the
+//! response head was already forwarded, in which case the driver must abort the connection.
+//!
+//! ## Retry rules (RFC 9110 §9.2.2: a proxy must not retry a non-idempotent request that may
+//! have been processed)
+//!
+//! - A try that failed **before any request byte was written** (connect refused or timed out, or
+//!   a connection found closed before writing) is always safe to retry; with `connect-failure`
+//!   (or `reset` for a closed connection) in `retry_on`.
+//! - A try that failed **after request bytes were written** (reset, closed, per-try timeout) or
+//!   answered 5xx is retried only for idempotent methods with a replayable body, and only when
+//!   `retry_on` names the condition.
+//! - **Stale pooled connection** (the "503 UC" race): a *reused* connection that closed after the
+//!   request was written with no response byte received is retried once on a *fresh*
+//!   connection, outside `num_retries`, and only for idempotent methods — a non-idempotent
+//!   request that reached an upstream is never sent twice. (The driver also checks a pooled
+//!   connection for EOF before using it, which avoids most of these races for every method.)
+//! - Retries go to a host not tried yet when one is available, after a jittered exponential
+//!   backoff: uniform in `[0, min(250ms, 25ms × 2^n)]` from the injected RNG.
+//!
+//! ## Invariants (debug-checked)
+//!
+//! - exactly one terminal output: either `Forward` was returned for a response head, or one
+//!   `LocalReply` was emitted — never both, never two;
+//! - the cluster's `active` for a host is held from `handle_connected` to the end of that try.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use crate::cluster::{ClusterState, HostId};
+use crate::config::http::RetryPolicy;
+use crate::rng::Rng;
+
+/// First backoff interval before jitter (Envoy's default).
+pub const BACKOFF_BASE: Duration = Duration::from_millis(25);
+/// Longest backoff interval (Envoy: 10 × base).
+pub const BACKOFF_MAX: Duration = Duration::from_millis(250);
+const MAX_TRIES: usize = 12;
+
+/// Why the proxy answered itself; short codes as in Envoy's access log `%RESPONSE_FLAGS%`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ResponseFlag {
+    /// `NR`: no route matched.
+    NoRoute,
+    /// `UH`: no healthy upstream host.
+    NoHealthyUpstream,
+    /// `UF`: upstream connect failure.
+    UpstreamConnectFailure,
+    /// `UC`: upstream connection terminated before a response.
+    UpstreamConnectionTermination,
+    /// `UT`: upstream request timeout (route timeout or last per-try timeout).
+    UpstreamTimeout,
+    /// `UO`: upstream overflow (circuit breaker).
+    UpstreamOverflow,
+    /// `UPE`: the upstream answered something the proxy cannot frame.
+    UpstreamProtocolError,
+    /// `DPE`: the downstream sent a malformed request.
+    DownstreamProtocolError,
+    /// `DR`: a route's direct response (not an error).
+    DirectResponse,
+    /// `RL` : request header timeout or limit (408/431).
+    DownstreamLimit,
+}
+
+impl ResponseFlag {
+    /// Envoy-style short code.
+    #[must_use]
+    pub fn code(self) -> &'static str {
+        match self {
+            ResponseFlag::NoRoute => "NR",
+            ResponseFlag::NoHealthyUpstream => "UH",
+            ResponseFlag::UpstreamConnectFailure => "UF",
+            ResponseFlag::UpstreamConnectionTermination => "UC",
+            ResponseFlag::UpstreamTimeout => "UT",
+            ResponseFlag::UpstreamOverflow => "UO",
+            ResponseFlag::UpstreamProtocolError => "UPE",
+            ResponseFlag::DownstreamProtocolError => "DPE",
+            ResponseFlag::DirectResponse => "DR",
+            ResponseFlag::DownstreamLimit => "DL",
+        }
+    }
+}
+
+/// How one try failed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TryFailure {
+    /// Connect refused or errored.
+    ConnectFailed,
+    /// The connection closed or reset before a complete response head.
+    /// `request_written`: at least one request byte had been written.
+    /// `reused`: the connection came from the pool.
+    Closed {
+        /// Whether request bytes were written on it.
+        request_written: bool,
+        /// Whether the connection was reused from the pool.
+        reused: bool,
+    },
+    /// The upstream's response could not be framed (malformed, ambiguous).
+    ProtocolError,
+}
+
+/// What the driver must do next.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Action {
+    /// Get a connection to this host (pooled if `allow_pooled`, else a fresh one) and send the
+    /// request.
+    Connect {
+        /// The host.
+        host: HostId,
+        /// Its address.
+        address: SocketAddr,
+        /// Whether a pooled connection may be used (false for the stale-connection retry).
+        allow_pooled: bool,
+    },
+    /// Answer the downstream from the proxy; the exchange is over.
+    LocalReply {
+        /// HTTP status.
+        status: u16,
+        /// Why.
+        flag: ResponseFlag,
+    },
+}
+
+/// What to do with a response head.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    /// Send it downstream (the exchange continues until `handle_response_complete`).
+    Forward,
+    /// Drop it (and its connection): a retry follows, see `poll_action` / `poll_timeout`.
+    Retry,
+}
+
+/// Settings of one exchange.
+#[derive(Clone, Copy, Debug)]
+pub struct ExchangeConfig {
+    /// The route's whole-request timeout.
+    pub timeout: Option<Duration>,
+    /// The cluster's connect timeout.
+    pub connect_timeout: Duration,
+    /// The route's retry policy.
+    pub retry: Option<RetryPolicyView>,
+    /// The method is idempotent (GET, HEAD, PUT, DELETE, OPTIONS, TRACE).
+    pub idempotent: bool,
+    /// The request body can be sent again (none, or fully buffered).
+    pub replayable: bool,
+}
+
+/// The parts of a [`RetryPolicy`] the exchange needs (`Copy`).
+#[derive(Clone, Copy, Debug)]
+pub struct RetryPolicyView {
+    /// `retry_on` conditions.
+    pub retry_on: crate::config::http::RetryOn,
+    /// Retries after the first try.
+    pub num_retries: u32,
+    /// Per-try timeout.
+    pub per_try_timeout: Option<Duration>,
+}
+
+impl From<&RetryPolicy> for RetryPolicyView {
+    fn from(p: &RetryPolicy) -> Self {
+        RetryPolicyView {
+            retry_on: p.retry_on,
+            num_retries: p.num_retries,
+            per_try_timeout: p.per_try_timeout,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum State {
+    Idle,
+    Connecting {
+        host: HostId,
+        deadline: Instant,
+    },
+    Waiting {
+        host: HostId,
+        written: bool,
+        reused: bool,
+    },
+    Backoff {
+        until: Instant,
+    },
+    Responding {
+        host: HostId,
+    },
+    Done,
+}
+
+/// One request's forwarding lifecycle. See the module doc.
+#[derive(Debug)]
+pub struct Exchange {
+    config: ExchangeConfig,
+    state: State,
+    deadline: Option<Instant>,
+    try_deadline: Option<Instant>,
+    tried: [HostId; MAX_TRIES],
+    tries: usize,
+    retries_used: u32,
+    stale_retry_used: bool,
+    next_allow_pooled: bool,
+    holding: Option<HostId>,
+    last_failure: Option<ResponseFlag>,
+    action: Option<Action>,
+    terminal: bool,
+}
+
+impl Exchange {
+    /// A new exchange; call [`Exchange::start`] next.
+    #[must_use]
+    pub fn new(now: Instant, config: ExchangeConfig) -> Self {
+        Exchange {
+            config,
+            state: State::Idle,
+            deadline: config.timeout.map(|t| now + t),
+            try_deadline: None,
+            tried: [HostId(u32::MAX); MAX_TRIES],
+            tries: 0,
+            retries_used: 0,
+            stale_retry_used: false,
+            next_allow_pooled: true,
+            holding: None,
+            last_failure: None,
+            action: None,
+            terminal: false,
+        }
+    }
+
+    // ---- input ----
+
+    /// Picks the first host.
+    pub fn start(&mut self, now: Instant, cluster: &mut ClusterState, rng: &mut Rng) {
+        debug_assert_eq!(self.state, State::Idle);
+        self.begin_try(now, cluster, rng);
+    }
+
+    /// A connection to the host is ready (`reused`: taken from the pool).
+    pub fn handle_connected(&mut self, now: Instant, reused: bool, cluster: &mut ClusterState) {
+        let State::Connecting { host, .. } = self.state else {
+            debug_assert!(false, "handle_connected in {:?}", self.state);
+            return;
+        };
+        cluster.begin(host);
+        self.holding = Some(host);
+        self.state = State::Waiting {
+            host,
+            written: false,
+            reused,
+        };
+        self.try_deadline = self
+            .config
+            .retry
+            .and_then(|r| r.per_try_timeout)
+            .map(|t| now + t);
+    }
+
+    /// The first request byte was written on the current connection.
+    pub fn handle_request_written(&mut self) {
+        if let State::Waiting { written, .. } = &mut self.state {
+            *written = true;
+        }
+    }
+
+    /// The current try failed.
+    pub fn handle_failure(
+        &mut self,
+        now: Instant,
+        failure: TryFailure,
+        cluster: &mut ClusterState,
+        rng: &mut Rng,
+    ) {
+        let (written, reused) = match self.state {
+            State::Connecting { .. } => (false, false),
+            State::Waiting {
+                written, reused, ..
+            } => (written, reused),
+            _ => {
+                debug_assert!(false, "handle_failure in {:?}", self.state);
+                return;
+            }
+        };
+        self.release(cluster);
+        let on = self.config.retry.map(|r| r.retry_on).unwrap_or_default();
+        let safe_to_replay = self.config.idempotent && self.config.replayable;
+        let (flag, retry, stale) = match failure {
+            TryFailure::ConnectFailed => (
+                ResponseFlag::UpstreamConnectFailure,
+                on.connect_failure,
+                false,
+            ),
+            TryFailure::Closed {
+                request_written, ..
+            } if !(request_written || written) => (
+                ResponseFlag::UpstreamConnectionTermination,
+                on.connect_failure || on.reset,
+                false,
+            ),
+            TryFailure::Closed {
+                reused: was_reused, ..
+            } => {
+                let stale = (reused || was_reused) && safe_to_replay && !self.stale_retry_used;
+                (
+                    ResponseFlag::UpstreamConnectionTermination,
+                    on.reset && safe_to_replay,
+                    stale,
+                )
+            }
+            TryFailure::ProtocolError => (ResponseFlag::UpstreamProtocolError, false, false),
+        };
+        self.last_failure = Some(flag);
+        if stale {
+            // The pooled connection had gone stale: once, outside the retry budget, on a fresh
+            // connection, at once.
+            self.stale_retry_used = true;
+            self.next_allow_pooled = false;
+            self.begin_try(now, cluster, rng);
+        } else if retry && self.retry_budget_left() {
+            self.schedule_retry(now, rng);
+        } else {
+            self.local_reply(status_for(flag), flag);
+        }
+    }
+
+    /// A complete response head arrived on the current try.
+    pub fn handle_response_head(
+        &mut self,
+        now: Instant,
+        status: u16,
+        cluster: &mut ClusterState,
+        rng: &mut Rng,
+    ) -> Verdict {
+        let State::Waiting { host, .. } = self.state else {
+            debug_assert!(false, "handle_response_head in {:?}", self.state);
+            return Verdict::Forward;
+        };
+        let on = self.config.retry.map(|r| r.retry_on).unwrap_or_default();
+        let retriable_status = match status {
+            500..=599 if on.server_error => true,
+            502..=504 if on.gateway_error => true,
+            409 if on.retriable_4xx => true,
+            _ => false,
+        };
+        if retriable_status
+            && self.config.idempotent
+            && self.config.replayable
+            && self.retry_budget_left()
+            && self.deadline.is_none_or(|d| now < d)
+        {
+            self.release(cluster);
+            self.schedule_retry(now, rng);
+            return Verdict::Retry;
+        }
+        self.state = State::Responding { host };
+        self.try_deadline = None;
+        debug_assert!(!self.terminal);
+        self.terminal = true;
+        Verdict::Forward
+    }
+
+    /// The response was forwarded completely (or the downstream went away).
+    pub fn handle_response_complete(&mut self, cluster: &mut ClusterState) {
+        self.release(cluster);
+        self.state = State::Done;
+    }
+
+    /// Time passed: a connect, per-try or global timeout, or a backoff, may have expired.
+    pub fn handle_timeout(&mut self, now: Instant, cluster: &mut ClusterState, rng: &mut Rng) {
+        if matches!(self.state, State::Done) {
+            return;
+        }
+        if self.deadline.is_some_and(|d| now >= d) {
+            self.release(cluster);
+            if matches!(self.state, State::Responding { .. }) {
+                // The head is already downstream: the driver aborts the connection.
+                self.state = State::Done;
+            } else {
+                self.local_reply(504, ResponseFlag::UpstreamTimeout);
+            }
+            return;
+        }
+        match self.state {
+            State::Connecting { deadline, .. } if now >= deadline => {
+                self.handle_failure(now, TryFailure::ConnectFailed, cluster, rng);
+            }
+            State::Waiting { written, .. } if self.try_deadline.is_some_and(|d| now >= d) => {
+                // A per-try timeout: like a reset after the request was written.
+                self.release(cluster);
+                self.last_failure = Some(ResponseFlag::UpstreamTimeout);
+                let on = self.config.retry.map(|r| r.retry_on).unwrap_or_default();
+                let allowed = if written {
+                    self.config.idempotent
+                        && self.config.replayable
+                        && (on.reset || on.server_error || on.gateway_error)
+                } else {
+                    true
+                };
+                if allowed && self.retry_budget_left() {
+                    self.schedule_retry(now, rng);
+                } else {
+                    self.local_reply(504, ResponseFlag::UpstreamTimeout);
+                }
+            }
+            State::Backoff { until } if now >= until => self.begin_try(now, cluster, rng),
+            _ => {}
+        }
+    }
+
+    /// Gives back the host's `begin` if held (idempotent); call when the exchange is dropped
+    /// early (downstream gone).
+    pub fn release(&mut self, cluster: &mut ClusterState) {
+        if let Some(h) = self.holding.take() {
+            cluster.end(h);
+        }
+    }
+
+    // ---- output ----
+
+    /// The next action, if any.
+    pub fn poll_action(&mut self) -> Option<Action> {
+        self.action.take()
+    }
+
+    /// When `handle_timeout` must be called next.
+    #[must_use]
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        let state_deadline = match self.state {
+            State::Connecting { deadline, .. } => Some(deadline),
+            State::Waiting { .. } => self.try_deadline,
+            State::Backoff { until } => Some(until),
+            State::Responding { .. } | State::Idle | State::Done => None,
+        };
+        match (state_deadline, self.deadline) {
+            _ if matches!(self.state, State::Done) => None,
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    // ---- queries ----
+
+    /// The host of the current try.
+    #[must_use]
+    pub fn host(&self) -> Option<HostId> {
+        match self.state {
+            State::Connecting { host, .. }
+            | State::Waiting { host, .. }
+            | State::Responding { host } => Some(host),
+            _ => None,
+        }
+    }
+
+    /// Tries started so far (first try included).
+    #[must_use]
+    pub fn tries(&self) -> usize {
+        self.tries
+    }
+
+    /// Whether the exchange is over.
+    #[must_use]
+    pub fn is_done(&self) -> bool {
+        matches!(self.state, State::Done)
+    }
+
+    // ---- internals ----
+
+    fn retry_budget_left(&self) -> bool {
+        let allowed = self.config.retry.map_or(0, |r| r.num_retries);
+        self.retries_used < allowed && self.tries < MAX_TRIES
+    }
+
+    fn schedule_retry(&mut self, now: Instant, rng: &mut Rng) {
+        self.retries_used += 1;
+        let ceiling = BACKOFF_BASE
+            .saturating_mul(1 << (self.retries_used - 1).min(10))
+            .min(BACKOFF_MAX);
+        let jitter = Duration::from_micros(rng.below(ceiling.as_micros() as u64 + 1));
+        self.state = State::Backoff {
+            until: now + jitter,
+        };
+        self.try_deadline = None;
+    }
+
+    fn begin_try(&mut self, now: Instant, cluster: &mut ClusterState, rng: &mut Rng) {
+        let Some(host) = cluster.pick(rng, &self.tried[..self.tries]) else {
+            let flag = if self.tries == 0 {
+                ResponseFlag::NoHealthyUpstream
+            } else {
+                self.last_failure.unwrap_or(ResponseFlag::NoHealthyUpstream)
+            };
+            self.local_reply(status_for(flag), flag);
+            return;
+        };
+        if self.tries < MAX_TRIES {
+            self.tried[self.tries] = host;
+        }
+        self.tries += 1;
+        let mut deadline = now + self.config.connect_timeout;
+        if let Some(d) = self.deadline {
+            deadline = deadline.min(d);
+        }
+        self.state = State::Connecting { host, deadline };
+        self.action = Some(Action::Connect {
+            host,
+            address: cluster.host(host).address,
+            allow_pooled: std::mem::replace(&mut self.next_allow_pooled, true),
+        });
+    }
+
+    fn local_reply(&mut self, status: u16, flag: ResponseFlag) {
+        debug_assert!(!self.terminal, "second terminal output");
+        self.terminal = true;
+        self.state = State::Done;
+        self.try_deadline = None;
+        self.action = Some(Action::LocalReply { status, flag });
+    }
+}
+
+/// The status the proxy answers with for a failure.
+#[must_use]
+pub fn status_for(flag: ResponseFlag) -> u16 {
+    match flag {
+        ResponseFlag::NoRoute => 404,
+        ResponseFlag::NoHealthyUpstream | ResponseFlag::UpstreamOverflow => 503,
+        ResponseFlag::UpstreamTimeout => 504,
+        ResponseFlag::DownstreamProtocolError => 400,
+        ResponseFlag::DownstreamLimit => 431,
+        ResponseFlag::DirectResponse => 200,
+        ResponseFlag::UpstreamConnectFailure
+        | ResponseFlag::UpstreamConnectionTermination
+        | ResponseFlag::UpstreamProtocolError => 502,
+    }
+}
+
+#[cfg(test)]
+mod tests;

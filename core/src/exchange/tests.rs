@@ -1,0 +1,356 @@
+use super::*;
+use crate::config::http::RetryOn;
+use crate::config::{ClusterConfig, HostConfig, LbPolicy};
+use crate::rng::Rng;
+use proptest::prelude::*;
+
+#[allow(clippy::disallowed_methods)]
+fn epoch() -> Instant {
+    Instant::now()
+}
+
+fn cluster(n: usize) -> ClusterState {
+    ClusterState::from_config(&ClusterConfig {
+        name: "c".into(),
+        connect_timeout: Duration::from_secs(1),
+        lb_policy: LbPolicy::RoundRobin,
+        hosts: (0..n)
+            .map(|i| HostConfig {
+                address: format!("127.0.0.1:{}", 8000 + i).parse().unwrap(),
+                weight: 1,
+            })
+            .collect(),
+    })
+}
+
+fn all_retry_on() -> RetryOn {
+    RetryOn {
+        connect_failure: true,
+        reset: true,
+        server_error: true,
+        gateway_error: true,
+        retriable_4xx: true,
+    }
+}
+
+fn config(idempotent: bool, retries: u32) -> ExchangeConfig {
+    ExchangeConfig {
+        timeout: Some(Duration::from_secs(15)),
+        connect_timeout: Duration::from_secs(1),
+        retry: Some(RetryPolicyView {
+            retry_on: all_retry_on(),
+            num_retries: retries,
+            per_try_timeout: Some(Duration::from_secs(2)),
+        }),
+        idempotent,
+        replayable: true,
+    }
+}
+
+/// Runs the exchange's timers until the next action.
+fn next_action(e: &mut Exchange, now: &mut Instant, c: &mut ClusterState, rng: &mut Rng) -> Action {
+    for _ in 0..10 {
+        if let Some(a) = e.poll_action() {
+            return a;
+        }
+        *now = e.poll_timeout().expect("a timer when no action is pending");
+        e.handle_timeout(*now, c, rng);
+    }
+    panic!("no action")
+}
+
+#[test]
+fn connect_failures_retry_on_other_hosts_then_answer_502() {
+    let (mut c, mut rng, mut now) = (cluster(3), Rng::from_seed(1), epoch());
+    let mut e = Exchange::new(now, config(false, 2));
+    e.start(now, &mut c, &mut rng);
+    let mut hosts = Vec::new();
+    for _ in 0..3 {
+        let Action::Connect {
+            host, allow_pooled, ..
+        } = next_action(&mut e, &mut now, &mut c, &mut rng)
+        else {
+            panic!()
+        };
+        assert!(allow_pooled);
+        hosts.push(host);
+        e.handle_failure(now, TryFailure::ConnectFailed, &mut c, &mut rng);
+    }
+    hosts.sort();
+    assert_eq!(
+        hosts,
+        [HostId(0), HostId(1), HostId(2)],
+        "each retry on another host"
+    );
+    assert_eq!(
+        next_action(&mut e, &mut now, &mut c, &mut rng),
+        Action::LocalReply {
+            status: 502,
+            flag: ResponseFlag::UpstreamConnectFailure
+        }
+    );
+    assert!(e.is_done());
+}
+
+#[test]
+fn backoff_is_jittered_and_bounded() {
+    let (mut c, mut rng, now) = (cluster(2), Rng::from_seed(7), epoch());
+    let mut e = Exchange::new(now, config(true, 10));
+    e.start(now, &mut c, &mut rng);
+    let mut t = now;
+    for n in 1..=6u32 {
+        assert!(matches!(e.poll_action(), Some(Action::Connect { .. })));
+        e.handle_failure(t, TryFailure::ConnectFailed, &mut c, &mut rng);
+        let until = e.poll_timeout().unwrap();
+        let ceiling = (BACKOFF_BASE * (1 << (n - 1))).min(BACKOFF_MAX);
+        assert!(
+            until - t <= ceiling,
+            "retry {n}: {:?} > {ceiling:?}",
+            until - t
+        );
+        t = until;
+        e.handle_timeout(t, &mut c, &mut rng);
+    }
+}
+
+#[test]
+fn non_idempotent_request_is_not_retried_once_written() {
+    let (mut c, mut rng, mut now) = (cluster(2), Rng::from_seed(1), epoch());
+    let mut e = Exchange::new(now, config(false, 3));
+    e.start(now, &mut c, &mut rng);
+    next_action(&mut e, &mut now, &mut c, &mut rng);
+    e.handle_connected(now, true, &mut c);
+    e.handle_request_written();
+    e.handle_failure(
+        now,
+        TryFailure::Closed {
+            request_written: true,
+            reused: true,
+        },
+        &mut c,
+        &mut rng,
+    );
+    assert_eq!(
+        e.poll_action(),
+        Some(Action::LocalReply {
+            status: 502,
+            flag: ResponseFlag::UpstreamConnectionTermination
+        })
+    );
+    assert!(c.hosts().iter().all(|h| h.active == 0));
+}
+
+#[test]
+fn stale_pooled_connection_is_retried_once_fresh_even_without_a_policy() {
+    let (mut c, mut rng, mut now) = (cluster(2), Rng::from_seed(1), epoch());
+    let mut cfg = config(true, 0);
+    cfg.retry = None;
+    let mut e = Exchange::new(now, cfg);
+    e.start(now, &mut c, &mut rng);
+    next_action(&mut e, &mut now, &mut c, &mut rng);
+    e.handle_connected(now, true, &mut c);
+    e.handle_request_written();
+    e.handle_failure(
+        now,
+        TryFailure::Closed {
+            request_written: true,
+            reused: true,
+        },
+        &mut c,
+        &mut rng,
+    );
+    let Some(Action::Connect { allow_pooled, .. }) = e.poll_action() else {
+        panic!("expected a fresh retry")
+    };
+    assert!(!allow_pooled, "the stale retry uses a fresh connection");
+    e.handle_connected(now, false, &mut c);
+    e.handle_request_written();
+    e.handle_failure(
+        now,
+        TryFailure::Closed {
+            request_written: true,
+            reused: false,
+        },
+        &mut c,
+        &mut rng,
+    );
+    assert!(
+        matches!(
+            e.poll_action(),
+            Some(Action::LocalReply { status: 502, .. })
+        ),
+        "only once"
+    );
+}
+
+#[test]
+fn retriable_5xx_for_idempotent_requests_then_the_last_answer_is_forwarded() {
+    let (mut c, mut rng, mut now) = (cluster(2), Rng::from_seed(1), epoch());
+    let mut e = Exchange::new(now, config(true, 1));
+    e.start(now, &mut c, &mut rng);
+    next_action(&mut e, &mut now, &mut c, &mut rng);
+    e.handle_connected(now, false, &mut c);
+    assert_eq!(
+        e.handle_response_head(now, 503, &mut c, &mut rng),
+        Verdict::Retry
+    );
+    next_action(&mut e, &mut now, &mut c, &mut rng);
+    e.handle_connected(now, false, &mut c);
+    assert_eq!(
+        e.handle_response_head(now, 503, &mut c, &mut rng),
+        Verdict::Forward,
+        "budget spent"
+    );
+    e.handle_response_complete(&mut c);
+    assert!(e.is_done());
+    assert!(c.hosts().iter().all(|h| h.active == 0));
+    // POST: a 5xx is forwarded at once.
+    let mut e = Exchange::new(now, config(false, 3));
+    e.start(now, &mut c, &mut rng);
+    next_action(&mut e, &mut now, &mut c, &mut rng);
+    e.handle_connected(now, false, &mut c);
+    assert_eq!(
+        e.handle_response_head(now, 500, &mut c, &mut rng),
+        Verdict::Forward
+    );
+}
+
+#[test]
+fn global_timeout_answers_504_and_per_try_timeout_retries() {
+    let (mut c, mut rng, mut now) = (cluster(2), Rng::from_seed(1), epoch());
+    let t0 = now;
+    let mut e = Exchange::new(now, config(true, 5));
+    e.start(now, &mut c, &mut rng);
+    next_action(&mut e, &mut now, &mut c, &mut rng);
+    e.handle_connected(now, false, &mut c);
+    e.handle_request_written();
+    // per-try timeout (2s) → retry on the other host
+    let Action::Connect { .. } = next_action(&mut e, &mut now, &mut c, &mut rng) else {
+        panic!()
+    };
+    assert!(now - t0 >= Duration::from_secs(2));
+    e.handle_connected(now, false, &mut c);
+    e.handle_request_written();
+    let mut last = None;
+    for _ in 0..20 {
+        match next_action(&mut e, &mut now, &mut c, &mut rng) {
+            Action::Connect { .. } => {
+                e.handle_connected(now, false, &mut c);
+                e.handle_request_written();
+            }
+            a @ Action::LocalReply { .. } => {
+                last = Some(a);
+                break;
+            }
+        }
+    }
+    assert_eq!(
+        last,
+        Some(Action::LocalReply {
+            status: 504,
+            flag: ResponseFlag::UpstreamTimeout
+        })
+    );
+    assert!(
+        now - t0 <= Duration::from_secs(15),
+        "the route timeout bounds all retries"
+    );
+    assert!(c.hosts().iter().all(|h| h.active == 0));
+}
+
+#[test]
+fn no_available_host_is_503() {
+    let (mut c, mut rng, now) = (cluster(1), Rng::from_seed(1), epoch());
+    c.set_available(HostId(0), false);
+    let mut e = Exchange::new(now, config(true, 1));
+    e.start(now, &mut c, &mut rng);
+    assert_eq!(
+        e.poll_action(),
+        Some(Action::LocalReply {
+            status: 503,
+            flag: ResponseFlag::NoHealthyUpstream
+        })
+    );
+}
+
+#[derive(Clone, Debug)]
+enum Ev {
+    Connected(bool),
+    Written,
+    ConnectFailed,
+    Closed(bool, bool),
+    Protocol,
+    Head(u16),
+    Complete,
+    Advance(u64),
+}
+
+fn ev() -> impl Strategy<Value = Ev> {
+    prop_oneof![
+        any::<bool>().prop_map(Ev::Connected),
+        Just(Ev::Written),
+        Just(Ev::ConnectFailed),
+        (any::<bool>(), any::<bool>()).prop_map(|(a, b)| Ev::Closed(a, b)),
+        Just(Ev::Protocol),
+        prop::sample::select(vec![200u16, 404, 409, 500, 502, 503, 504]).prop_map(Ev::Head),
+        Just(Ev::Complete),
+        (0u64..5_000).prop_map(Ev::Advance),
+    ]
+}
+
+proptest! {
+    /// Whatever happens: a non-idempotent request is never connected again after one of its
+    /// bytes was written; there is at most one terminal output; tries stay within
+    /// 1 + num_retries + 1 (the stale retry); host load returns to zero.
+    #[test]
+    fn invariants_hold_for_any_event_sequence(
+        idempotent: bool,
+        replayable: bool,
+        retries in 0u32..4,
+        events in prop::collection::vec(ev(), 0..40),
+        seed: u64,
+    ) {
+        let (mut c, mut rng, mut now) = (cluster(3), Rng::from_seed(seed), epoch());
+        let mut cfg = config(idempotent, retries);
+        cfg.replayable = replayable;
+        let mut e = Exchange::new(now, cfg);
+        e.start(now, &mut c, &mut rng);
+        let mut written_once = false;
+        let mut terminals = 0;
+        let mut actions = Vec::new();
+        for ev in events {
+            match (&ev, e.state) {
+                (Ev::Connected(r), State::Connecting { .. }) => e.handle_connected(now, *r, &mut c),
+                (Ev::Written, State::Waiting { .. }) => { e.handle_request_written(); written_once = true; }
+                (Ev::ConnectFailed, State::Connecting { .. }) => e.handle_failure(now, TryFailure::ConnectFailed, &mut c, &mut rng),
+                (Ev::Closed(w, r), State::Waiting { written, .. }) => {
+                    e.handle_failure(now, TryFailure::Closed { request_written: *w && written, reused: *r }, &mut c, &mut rng)
+                }
+                (Ev::Protocol, State::Waiting { .. }) => e.handle_failure(now, TryFailure::ProtocolError, &mut c, &mut rng),
+                (Ev::Head(s), State::Waiting { .. }) => {
+                    if e.handle_response_head(now, *s, &mut c, &mut rng) == Verdict::Forward { terminals += 1; }
+                }
+                (Ev::Complete, State::Responding { .. }) => e.handle_response_complete(&mut c),
+                (Ev::Advance(ms), _) => {
+                    now += Duration::from_millis(*ms);
+                    if e.poll_timeout().is_some_and(|t| t <= now) { e.handle_timeout(now, &mut c, &mut rng); }
+                }
+                _ => {}
+            }
+            while let Some(a) = e.poll_action() {
+                match a {
+                    Action::Connect { .. } => prop_assert!(
+                        !(written_once && !idempotent),
+                        "a non-idempotent request was sent again"
+                    ),
+                    Action::LocalReply { .. } => terminals += 1,
+                }
+                actions.push(a);
+            }
+            prop_assert!(terminals <= 1, "{actions:?}");
+        }
+        prop_assert!(e.tries() as u32 <= 2 + retries);
+        e.release(&mut c);
+        prop_assert!(c.hosts().iter().all(|h| h.active == 0));
+    }
+}
