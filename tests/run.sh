@@ -26,6 +26,11 @@ if ((${#missing[@]})); then
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
+if [ ! -x target/test-venv/bin/python ] || ! target/test-venv/bin/python -c 'import websockets' 2>/dev/null; then
+  step "installing Python test peers (tests/requirements.txt) into target/test-venv"
+  python3 -m venv target/test-venv
+  target/test-venv/bin/pip install -q -r tests/requirements.txt
+fi
 if ! cargo fuzz --version >/dev/null 2>&1; then
   step "installing cargo-fuzz"
   cargo install --locked cargo-fuzz@0.13.2

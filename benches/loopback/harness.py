@@ -1,27 +1,33 @@
 #!/usr/bin/env python3
-"""Loopback benchmark: Sluice's TCP proxy side by side with nginx (stream) and HAProxy (mode tcp).
+"""Loopback benchmark: Sluice side by side with nginx and HAProxy, as L4 (TCP) and L7 (HTTP/1.1)
+proxies: Sluice tcp_proxy vs nginx stream vs HAProxy mode tcp, and Sluice's http listener vs nginx
+http proxy_pass vs HAProxy mode http.
 
 Method (DESIGN.md, "Measuring performance"): the backend and the load generator share core 0,
 the proxy under test runs alone on core 1 with one worker, and the figure that counts is work
 done per proxy CPU-second, read from /proc/PID/stat (utime+stime) before and after the load.
 All proxies run in the same invocation against the same backend with the same load.
 
-Tests, per proxy:
-  http  wrk -t1 -c<conns> -d<secs> --latency, keep-alive, through the L4 proxy to a separate
+Tests, per proxy (--mode tcp runs http + bulk, --mode http runs l7, --mode all, the default, both):
+  http  (L4) wrk -t1 -c<conns> -d<secs> --latency, keep-alive, through the L4 proxy to a separate
         nginx backend (`return 200 "hello\\n"`). Reports req/s, p50/p99, proxy CPU-s and
         requests per proxy CPU-second.
-  bulk  one iperf3 stream (control + data connection) through the proxy to `iperf3 -s`.
+  bulk  (L4) one iperf3 stream (control + data connection) through the proxy to `iperf3 -s`.
         Reports Gbit/s, proxy CPU-s and Gbit per proxy CPU-second.
+  l7    (L7) the same wrk load (plus -H 'Host: bench.local') through an HTTP/1.1 proxy that parses
+        every request and response and keeps its upstream connections alive (a separate proxy
+        instance with its own config). Same figures as http.
 A "direct (no proxy)" row shows what the load generator reaches without a proxy.
 
 Usage (from the repository root):
   python3 benches/loopback/harness.py                       # full run, 10 s per test
   python3 benches/loopback/harness.py --smoke               # 2 s, 10 connections (CI)
+  python3 benches/loopback/harness.py --mode http           # L7 only (tcp: L4 only)
   python3 benches/loopback/harness.py --only nginx,haproxy  # without Sluice
   python3 benches/loopback/harness.py --repeat 3 --sluice target/release/sluice
 
-Needs: python3 (stdlib only), taskset, nginx with the stream module (Debian: nginx +
-libnginx-mod-stream), haproxy, wrk, iperf3, at least 2 CPUs. Everything listens on 127.0.0.1 high
+Needs: python3 (stdlib only), taskset, nginx (for L4 with the stream module; Debian: nginx +
+libnginx-mod-stream), haproxy, wrk, iperf3 (L4 only), at least 2 CPUs. Everything listens on 127.0.0.1 high
 ports only; every child runs in its own process group and is killed at the end, even on error.
 Output: markdown table on stdout and <out>/results.md, raw figures in <out>/results.json, configs
 and logs under <out>/work/.
@@ -63,11 +69,24 @@ LABEL = {
     "nginx": "nginx (stream)",
     "haproxy": "HAProxy (tcp)",
 }
+LABEL_L7 = {
+    "direct": "direct (no proxy)",
+    "sluice": "Sluice (http)",
+    "nginx": "nginx (http)",
+    "haproxy": "HAProxy (http)",
+}
 SHORT = {"sluice": "Sluice", "nginx": "nginx", "haproxy": "HAProxy"}
+MODES = ("tcp", "http")  # L4, L7
+MODE_TESTS = {"tcp": ("http", "bulk"), "http": ("l7",)}
+L7_HOST = "bench.local"  # Host header of the L7 load (matches the `*` virtual host)
 STREAM_MODULE = Path("/usr/lib/nginx/modules/ngx_stream_module.so")
 PORT_BASES = tuple(range(18740, 19941, 100))  # tried in order until all needed ports are free
 START_TIMEOUT = 10.0  # seconds a listener gets to come up
 STOP_GRACE = 5.0  # seconds between SIGTERM and SIGKILL
+
+
+def label(who: str, test: str) -> str:
+    return (LABEL_L7 if test == "l7" else LABEL)[who]
 
 
 class HarnessError(Exception):
@@ -186,6 +205,14 @@ def _tail(path: Path, lines: int = 15) -> str:
     except OSError:
         return ""
     return "\n".join("    | " + line for line in text)
+
+
+def _loadavg() -> list[float]:
+    """1, 5 and 15-minute load averages."""
+    try:
+        return [float(x) for x in Path("/proc/loadavg").read_text().split()[:3]]
+    except (OSError, ValueError):
+        return [float("nan")] * 3
 
 
 def _now() -> str:
@@ -330,6 +357,18 @@ def wait_listening(port: int, proc: subprocess.Popen, name: str, log_path: Path)
 _NO_PROXY_OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
+def backend_accepts(port: int) -> int | None:
+    """Connections the backend nginx has accepted so far (its stub_status "accepts" counter,
+    served on a separate port); each call itself adds one. None if unavailable."""
+    try:
+        with _NO_PROXY_OPENER.open(f"http://127.0.0.1:{port}/", timeout=5) as r:
+            text = r.read().decode(errors="replace")
+    except Exception:
+        return None
+    m = re.search(r"^\s*(\d+)\s+(\d+)\s+(\d+)\s*$", text, re.M)  # accepts handled requests
+    return int(m.group(1)) if m else None
+
+
 def http_get_ok(port: int, name: str, log_path: Path) -> None:
     """One request through the listener, so a proxy that accepts but does not forward fails fast."""
     try:
@@ -402,8 +441,10 @@ def parse_wrk(text: str) -> dict:
     return out
 
 
-def wrk_argv(port: int, conns: int, secs: int) -> list[str]:
-    return ["wrk", "-t1", f"-c{conns}", f"-d{secs}s", "--latency", f"http://127.0.0.1:{port}/"]
+def wrk_argv(port: int, conns: int, secs: int, host: str | None = None) -> list[str]:
+    extra = ["-H", f"Host: {host}"] if host else []
+    return ["wrk", "-t1", f"-c{conns}", f"-d{secs}s", "--latency", *extra,
+            f"http://127.0.0.1:{port}/"]
 
 
 def iperf_argv(port: int, secs: int) -> list[str]:
@@ -440,14 +481,15 @@ class Bench:
         self.work = args.out / "work"
         self.runs: list[dict] = []
         self.ports: dict[str, int] = {}
+        self.iperf = None
 
     # ---- setup
 
     def pick_ports(self) -> None:
-        offsets = {"backend": 0, "iperf": 1,
-                   "sluice_http": 10, "sluice_bulk": 11,
-                   "nginx_http": 20, "nginx_bulk": 21,
-                   "haproxy_http": 30, "haproxy_bulk": 31}
+        offsets = {"backend": 0, "iperf": 1, "backend_status": 2,
+                   "sluice_http": 10, "sluice_bulk": 11, "sluice_l7": 12,
+                   "nginx_http": 20, "nginx_bulk": 21, "nginx_l7": 22,
+                   "haproxy_http": 30, "haproxy_bulk": 31, "haproxy_l7": 32}
         for base in PORT_BASES:
             ports = {k: base + off for k, off in offsets.items()}
             if all(port_free(p) for p in ports.values()):
@@ -460,7 +502,7 @@ class Bench:
         d = self.work / "backend"
         (d / "tmp").mkdir(parents=True, exist_ok=True)
         conf = render("backend-nginx.conf", d / "nginx.conf", DIR=d,
-                      BACKEND_PORT=self.ports["backend"])
+                      BACKEND_PORT=self.ports["backend"], STATUS_PORT=self.ports["backend_status"])
         log = d / "stderr.log"
         proc = self.p.start("backend nginx", ["nginx", "-c", str(conf), "-p", f"{d}/",
                                               "-g", "daemon off;"], log, cpu=LOADGEN_CPU)
@@ -468,32 +510,59 @@ class Bench:
         wait_listening(self.ports["backend"], proc, "backend nginx", log)
         http_get_ok(self.ports["backend"], "backend nginx", d / "error.log")
 
-    def start_proxy(self, name: str) -> tuple[subprocess.Popen, Path]:
-        d = self.work / name
+    def validate_sluice(self, cfg: Path, log: Path) -> None:
+        """`sluice validate -c CFG` must say ok before the run (e.g. a binary built without the
+        listener kind the config uses fails here, with Sluice's own explanation)."""
+        argv = [str(self.a.sluice), "validate", "-c", str(cfg)]
+        try:
+            r = subprocess.run(argv, capture_output=True, text=True, timeout=30)
+        except (OSError, subprocess.TimeoutExpired) as e:
+            raise HarnessError(f"`{shlex.join(argv)}` failed: {e}") from None
+        text = (r.stdout + r.stderr).strip()
+        with open(log, "a") as f:
+            f.write(f"# {_now()} $ {shlex.join(argv)}\n{text}\n# exit status {r.returncode}\n")
+        if r.returncode != 0:
+            raise HarnessError(f"`{shlex.join(argv)}` exited with {r.returncode}:\n"
+                               + "\n".join("    | " + x for x in text.splitlines()[-15:]))
+
+    def start_proxy(self, name: str, mode: str) -> tuple[subprocess.Popen, Path]:
+        """One proxy instance for one mode: tcp (L4: http + bulk listeners, the original
+        configs) or http (L7: one HTTP/1.1 listener), in work/<name> or work/<name>-l7."""
+        d = self.work / (name if mode == "tcp" else f"{name}-l7")
         d.mkdir(parents=True, exist_ok=True)
-        ports = dict(HTTP_PORT=self.ports[f"{name}_http"], BULK_PORT=self.ports[f"{name}_bulk"],
-                     BACKEND_PORT=self.ports["backend"], IPERF_PORT=self.ports["iperf"])
+        tests = MODE_TESTS[mode]
+        if mode == "tcp":
+            ports = dict(HTTP_PORT=self.ports[f"{name}_http"], BULK_PORT=self.ports[f"{name}_bulk"],
+                         BACKEND_PORT=self.ports["backend"], IPERF_PORT=self.ports["iperf"])
+            tpl = {"sluice": "sluice.yaml", "nginx": "nginx-stream.conf",
+                   "haproxy": "haproxy.cfg"}[name]
+        else:
+            ports = dict(L7_PORT=self.ports[f"{name}_l7"], BACKEND_PORT=self.ports["backend"])
+            tpl = {"sluice": "sluice-http.yaml", "nginx": "nginx-http.conf",
+                   "haproxy": "haproxy-http.cfg"}[name]
         if name == "sluice":
-            cfg = render("sluice.yaml", d / "sluice.yaml", **ports)
+            cfg = render(tpl, d / "sluice.yaml", **ports)
+            log = d / "sluice.log"
+            self.validate_sluice(cfg, log)
             argv = [str(self.a.sluice), "run", "-c", str(cfg), "--workers", "1",
                     *shlex.split(self.a.sluice_args)]
-            log = d / "sluice.log"
         elif name == "nginx":
-            cfg = render("nginx-stream.conf", d / "nginx.conf", DIR=d,
-                         LOAD_MODULE=self.load_module, **ports)
+            (d / "tmp").mkdir(exist_ok=True)
+            extra = dict(LOAD_MODULE=self.load_module) if mode == "tcp" else {}
+            cfg = render(tpl, d / "nginx.conf", DIR=d, **extra, **ports)
             argv = ["nginx", "-c", str(cfg), "-p", f"{d}/", "-g", "daemon off;"]
             log = d / "stderr.log"
         elif name == "haproxy":
-            cfg = render("haproxy.cfg", d / "haproxy.cfg", **ports)
+            cfg = render(tpl, d / "haproxy.cfg", **ports)
             argv = ["haproxy", "-f", str(cfg), "-db"]
             log = d / "haproxy.log"
         else:
             raise AssertionError(name)
         proc = self.p.start(name, argv, log, cpu=PROXY_CPU)
         try:
-            for key in ("http", "bulk"):
-                wait_listening(self.ports[f"{name}_{key}"], proc, LABEL[name], log)
-            http_get_ok(self.ports[f"{name}_http"], LABEL[name], log)
+            for key in tests:
+                wait_listening(self.ports[f"{name}_{key}"], proc, label(name, key), log)
+            http_get_ok(self.ports[f"{name}_{tests[0]}"], label(name, tests[0]), log)
         except BaseException:
             self.p.stop(proc)
             raise
@@ -503,6 +572,8 @@ class Bench:
 
     def measure(self, proxy: subprocess.Popen | None, backend: subprocess.Popen,
                 argv: list[str], log: Path, secs: int, name: str) -> tuple[str, dict]:
+        count_conns = backend is self.backend
+        acc0 = backend_accepts(self.ports["backend_status"]) if count_conns else None
         cpu0 = read_cpu_times()
         t0 = time.monotonic()
         ru0 = resource.getrusage(resource.RUSAGE_CHILDREN)  # reaped children: the load generator
@@ -515,8 +586,10 @@ class Bench:
         ru1 = resource.getrusage(resource.RUSAGE_CHILDREN)
         wall = time.monotonic() - t0
         cpu1 = read_cpu_times()
+        acc1 = backend_accepts(self.ports["backend_status"]) if count_conns else None
         m = {
             "wall_s": wall,
+            "loadavg1": _loadavg()[0],
             "loadgen_cpu_s": (ru1.ru_utime + ru1.ru_stime) - (ru0.ru_utime + ru0.ru_stime),
             "backend_cpu_s": (back1 - back0) / CLK_TCK,
             "core0_busy_pct": core_busy(cpu0, cpu1, LOADGEN_CPU),
@@ -524,6 +597,9 @@ class Bench:
             "core1_busy_pct": core_busy(cpu0, cpu1, PROXY_CPU),
             "core1_softirq_pct": core_busy(cpu0, cpu1, PROXY_CPU, 1),
         }
+        if acc0 is not None and acc1 is not None:
+            # Connections the backend accepted during the run, minus the first status query's own.
+            m["backend_conns"] = acc1 - acc0 - 1
         if m["core0_busy_pct"] is not None:
             # Core 0 runs only the load generator and the backend; the rest is someone else's.
             m["core0_other_pct"] = max(0.0, m["core0_busy_pct"] - m["core0_softirq_pct"]
@@ -544,13 +620,15 @@ class Bench:
             m["core1_other_pct"] = max(0.0, m["core1_busy_pct"] - m["core1_softirq_pct"])
         return out, m
 
-    def http_test(self, who: str, port: int, proxy, log_dir: Path, rep: int) -> dict:
+    def http_test(self, who: str, port: int, proxy, log_dir: Path, rep: int,
+                  host: str | None = None) -> dict:
         a = self.a
         log = log_dir / f"wrk-r{rep}.log"
         if a.warmup > 0:
-            self.p.run(f"wrk warm-up ({who})", wrk_argv(port, a.connections, a.warmup), log,
+            self.p.run(f"wrk warm-up ({who})", wrk_argv(port, a.connections, a.warmup, host), log,
                        timeout=a.warmup + 30, cpu=LOADGEN_CPU)
-        out, m = self.measure(proxy, self.backend, wrk_argv(port, a.connections, a.duration),
+        out, m = self.measure(proxy, self.backend,
+                              wrk_argv(port, a.connections, a.duration, host),
                               log, a.duration, f"wrk ({who})")
         r = parse_wrk(out)
         r.update(m)
@@ -563,6 +641,9 @@ class Bench:
         if proxy:
             r["req_per_cpu_s"] = r["requests"] / r["proxy_cpu_s"] if r["proxy_cpu_s"] > 0 else None
         return r
+
+    def l7_test(self, who: str, port: int, proxy, log_dir: Path, rep: int) -> dict:
+        return self.http_test(who, port, proxy, log_dir, rep, host=L7_HOST)
 
     def bulk_test(self, who: str, port: int, proxy, log_dir: Path, rep: int) -> dict:
         a = self.a
@@ -581,7 +662,7 @@ class Bench:
         return r
 
     def restart_iperf_server(self) -> None:
-        if getattr(self, "iperf", None) is not None:
+        if self.iperf is not None:
             self.p.stop(self.iperf)
         log = self.work / "iperf3-server" / "server.log"
         self.iperf = self.p.start("iperf3 server", ["iperf3", "-s", "-B", "127.0.0.1", "-p",
@@ -589,18 +670,19 @@ class Bench:
                                   log, cpu=LOADGEN_CPU)
         wait_listening(self.ports["iperf"], self.iperf, "iperf3 server", log)
 
-    def run_one(self, who: str, rep: int) -> None:
-        log_dir = self.work / who
+    def run_one(self, who: str, mode: str, rep: int) -> None:
+        log_dir = self.work / (who if mode == "tcp" else f"{who}-l7")
         log_dir.mkdir(parents=True, exist_ok=True)
         proxy, plog = None, None
-        tests = [("http", self.http_test), ("bulk", self.bulk_test)]
+        fns = {"http": self.http_test, "bulk": self.bulk_test, "l7": self.l7_test}
+        tests = [(t, fns[t]) for t in MODE_TESTS[mode]]
         try:
             if who != "direct":
-                proxy, plog = self.start_proxy(who)
+                proxy, plog = self.start_proxy(who, mode)
             for test, fn in tests:
-                port = (self.ports["backend" if test == "http" else "iperf"] if who == "direct"
+                port = (self.ports["iperf" if test == "bulk" else "backend"] if who == "direct"
                         else self.ports[f"{who}_{test}"])
-                print(f"  [{rep + 1}/{self.a.repeat}] {LABEL[who]:<18} {test} ...",
+                print(f"  [{rep + 1}/{self.a.repeat}] {label(who, test):<18} {test:<4} ...",
                       end="", flush=True, file=sys.stderr)
                 try:
                     r = fn(who, port, proxy, log_dir, rep)
@@ -613,10 +695,10 @@ class Bench:
                         # Proxy died: the remaining tests of this proxy cannot run.
                         for t2, _ in tests[tests.index((test, fn)) + 1:]:
                             self.runs.append({"repeat": rep, "who": who, "test": t2,
-                                              "error": f"{LABEL[who]} exited earlier"})
+                                              "error": f"{label(who, t2)} exited earlier"})
                         break
         except HarnessError as e:
-            print(f"  [{rep + 1}/{self.a.repeat}] {LABEL[who]}: FAILED to start\n{e}",
+            print(f"  [{rep + 1}/{self.a.repeat}] {label(who, tests[0][0])}: FAILED to start\n{e}",
                   file=sys.stderr)
             for test, _ in tests:
                 self.runs.append({"repeat": rep, "who": who, "test": test,
@@ -627,25 +709,29 @@ class Bench:
 
     def run(self) -> None:
         self.pick_ports()
-        if "nginx" in self.a.only:
+        if "nginx" in self.a.only and "tcp" in self.a.modes:
             self.load_module = nginx_load_module_line()
         self.start_backend()
-        self.restart_iperf_server()
+        if "tcp" in self.a.modes:
+            self.restart_iperf_server()
         whos = list(self.a.only)
         for rep in range(self.a.repeat):
             order = whos[rep % len(whos):] + whos[:rep % len(whos)]  # rotate for fairness
             if not self.a.no_direct:
                 order = ["direct", *order]
-            for who in order:
-                self.run_one(who, rep)
+            for mode in self.a.modes:
+                for who in order:
+                    self.run_one(who, mode, rep)
 
 
 def _brief(test: str, r: dict) -> str:
     cpu = r.get("proxy_cpu_s")
     cpu_txt = f", proxy {cpu:.2f} CPU-s" if cpu is not None else ""
-    if test == "http":
+    if test in ("http", "l7"):
+        conns = (f", backend conns opened {r['backend_conns']}"
+                 if r.get("backend_conns") is not None else "")
         return (f"{r['rps']:,.0f} req/s, p50 {_ms(r['p50_ms'])}, p99 {_ms(r['p99_ms'])}"
-                f"{cpu_txt}" + (f"  WARNING {r['warning']}" if r.get("warning") else ""))
+                f"{cpu_txt}{conns}" + (f"  WARNING {r['warning']}" if r.get("warning") else ""))
     return f"{r['gbps']:.2f} Gbit/s{cpu_txt}"
 
 
@@ -684,10 +770,10 @@ def summarize(runs: list[dict], who: str, test: str) -> dict | None:
     return s
 
 
-def _label(who: str, s: dict) -> str:
+def _label(who: str, s: dict, test: str = "http") -> str:
     if s.get("failed"):
-        return f"{LABEL[who]} ({s['failed']} of {s['failed'] + s['n']} runs FAILED)"
-    return LABEL[who]
+        return f"{label(who, test)} ({s['failed']} of {s['failed'] + s['n']} runs FAILED)"
+    return label(who, test)
 
 
 def _ratio(a, b):
@@ -698,13 +784,44 @@ def _x(v) -> str:
     return "—" if v is None else f"×{v:.2f}"
 
 
+def _wrk_table(L: list[str], runs: list[dict], whos: list[str], test: str) -> dict:
+    """The req/s table of one wrk test (http: L4, l7: L7); returns the per-proxy summaries."""
+    l7 = test == "l7"
+    L.append("| proxy | req/s | p50 | p99 | proxy CPU-s | proxy CPU % | req per proxy CPU-s "
+             "| vs nginx | vs HAProxy |" + (" backend conns opened |" if l7 else ""))
+    L.append("|---|---:|---:|---:|---:|---:|---:|---:|---:|" + ("---:|" if l7 else ""))
+    S = {w: summarize(runs, w, test) for w in whos}
+    base_n = (S.get("nginx") or {}).get("req_per_cpu_s")
+    base_h = (S.get("haproxy") or {}).get("req_per_cpu_s")
+    for w in whos:
+        s = S[w]
+        if not s or s["n"] == 0:
+            L.append(f"| {label(w, test)} | FAILED | | | | | | | |" + (" |" if l7 else ""))
+            continue
+        cpu = s.get("proxy_cpu_s")
+        pct = 100 * cpu / s["wrk_seconds"] if cpu is not None and s.get("wrk_seconds") else None
+        eff = s.get("req_per_cpu_s")
+        L.append(f"| {_label(w, s, test)} | {_f(s['rps'], ',.0f')} | {_ms(s.get('p50_ms'))} | "
+                 f"{_ms(s.get('p99_ms'))} | {_f(cpu, '.2f')} | {_f(pct, '.0f')} | "
+                 f"{_f(eff, ',.0f')} | {_x(_ratio(eff, base_n)) if w != 'direct' else '—'} | "
+                 f"{_x(_ratio(eff, base_h)) if w != 'direct' else '—'} |"
+                 + (f" {_f(s.get('backend_conns'), ',.0f')} |" if l7 else ""))
+    L.append("")
+    return S
+
+
 def render_report(args, runs: list[dict], header: dict) -> str:
     whos = (["direct"] if not args.no_direct else []) + list(args.only)
+    tcp, http = "tcp" in args.modes, "http" in args.modes
     L = []
-    L.append("# Sluice loopback benchmark: L4 proxies side by side")
+    L.append("# Sluice loopback benchmark: " + {(True, False): "L4 proxies side by side",
+                                                 (False, True): "L7 (HTTP/1.1) proxies side by side",
+                                                 (True, True): "L4 and L7 proxies side by side"}
+             [(tcp, http)])
     L.append("")
     L.append(f"- command: `{header['command']}` (cwd `{header['cwd']}`)")
-    L.append(f"- date: {header['date']}; load average at start: {header['loadavg']}")
+    L.append(f"- date: {header['date']}; load average at start: {header['loadavg']}"
+             + (f", at the end: {header['loadavg_end']}" if header.get("loadavg_end") else ""))
     L.append(f"- host: `nproc` = {header['nproc']}, CPU: {header['cpu_model']}, "
              f"kernel {header['kernel']}")
     L.append("- versions: " + "; ".join(f"{k} {v}" for k, v in header["versions"].items()))
@@ -716,63 +833,50 @@ def render_report(args, runs: list[dict], header: dict) -> str:
              f"{args.duration} s per run, {args.connections} connections, warm-up "
              f"{args.warmup} s (not counted), repeat {args.repeat} "
              f"(medians{', proxy order rotated' if args.repeat > 1 else ''}).")
+    if "sluice" in args.only:
+        L.append(f"- Sluice command: `sluice run -c CFG --workers 1"
+                 f"{' ' + args.sluice_args if args.sluice_args.strip() else ''}`")
     if header.get("incomplete"):
         L.append(f"- **incomplete run: {header['incomplete']}**")
     L.append("")
 
-    # ---- HTTP
-    L.append(f"## HTTP/1.1 keep-alive through the proxy (`wrk -t1 -c{args.connections} "
-             f"-d{args.duration}s --latency`)")
-    L.append("")
-    L.append("| proxy | req/s | p50 | p99 | proxy CPU-s | proxy CPU % | req per proxy CPU-s "
-             "| vs nginx | vs HAProxy |")
-    L.append("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
-    S = {w: summarize(runs, w, "http") for w in whos}
-    base_n = (S.get("nginx") or {}).get("req_per_cpu_s")
-    base_h = (S.get("haproxy") or {}).get("req_per_cpu_s")
-    for w in whos:
-        s = S[w]
-        if not s or s["n"] == 0:
-            L.append(f"| {LABEL[w]} | FAILED | | | | | | | |")
-            continue
-        cpu = s.get("proxy_cpu_s")
-        pct = 100 * cpu / s["wrk_seconds"] if cpu is not None and s.get("wrk_seconds") else None
-        eff = s.get("req_per_cpu_s")
-        L.append(f"| {_label(w, s)} | {_f(s['rps'], ',.0f')} | {_ms(s.get('p50_ms'))} | "
-                 f"{_ms(s.get('p99_ms'))} | {_f(cpu, '.2f')} | {_f(pct, '.0f')} | "
-                 f"{_f(eff, ',.0f')} | {_x(_ratio(eff, base_n)) if w != 'direct' else '—'} | "
-                 f"{_x(_ratio(eff, base_h)) if w != 'direct' else '—'} |")
-    L.append("")
+    S, B = {}, {}
+    if tcp:
+        # ---- HTTP
+        L.append(f"## HTTP/1.1 keep-alive through the proxy (`wrk -t1 -c{args.connections} "
+                 f"-d{args.duration}s --latency`)")
+        L.append("")
+        S = _wrk_table(L, runs, whos, "http")
 
-    # ---- bulk
-    L.append(f"## One bulk TCP stream through the proxy (`iperf3 -t {args.duration}`, "
-             f"control + data connection)")
-    L.append("")
-    L.append("| proxy | Gbit/s | proxy CPU-s | proxy CPU % | Gbit per proxy CPU-s "
-             "| vs nginx | vs HAProxy |")
-    L.append("|---|---:|---:|---:|---:|---:|---:|")
-    B = {w: summarize(runs, w, "bulk") for w in whos}
-    bn = (B.get("nginx") or {}).get("gbit_per_cpu_s")
-    bh = (B.get("haproxy") or {}).get("gbit_per_cpu_s")
-    for w in whos:
-        s = B[w]
-        if not s or s["n"] == 0:
-            L.append(f"| {LABEL[w]} | FAILED | | | | | |")
-            continue
-        cpu = s.get("proxy_cpu_s")
-        pct = 100 * cpu / s["seconds"] if cpu is not None and s.get("seconds") else None
-        eff = s.get("gbit_per_cpu_s")
-        L.append(f"| {_label(w, s)} | {_f(s['gbps'], '.2f')} | {_f(cpu, '.2f')} | "
-                 f"{_f(pct, '.0f')} | {_f(eff, '.2f')} | "
-                 f"{_x(_ratio(eff, bn)) if w != 'direct' else '—'} | "
-                 f"{_x(_ratio(eff, bh)) if w != 'direct' else '—'} |")
-    L.append("")
+        # ---- bulk
+        L.append(f"## One bulk TCP stream through the proxy (`iperf3 -t {args.duration}`, "
+                 f"control + data connection)")
+        L.append("")
+        L.append("| proxy | Gbit/s | proxy CPU-s | proxy CPU % | Gbit per proxy CPU-s "
+                 "| vs nginx | vs HAProxy |")
+        L.append("|---|---:|---:|---:|---:|---:|---:|")
+        B = {w: summarize(runs, w, "bulk") for w in whos}
+        bn = (B.get("nginx") or {}).get("gbit_per_cpu_s")
+        bh = (B.get("haproxy") or {}).get("gbit_per_cpu_s")
+        for w in whos:
+            s = B[w]
+            if not s or s["n"] == 0:
+                L.append(f"| {LABEL[w]} | FAILED | | | | | |")
+                continue
+            cpu = s.get("proxy_cpu_s")
+            pct = 100 * cpu / s["seconds"] if cpu is not None and s.get("seconds") else None
+            eff = s.get("gbit_per_cpu_s")
+            L.append(f"| {_label(w, s)} | {_f(s['gbps'], '.2f')} | {_f(cpu, '.2f')} | "
+                     f"{_f(pct, '.0f')} | {_f(eff, '.2f')} | "
+                     f"{_x(_ratio(eff, bn)) if w != 'direct' else '—'} | "
+                     f"{_x(_ratio(eff, bh)) if w != 'direct' else '—'} |")
+        L.append("")
 
     # ---- ratios
     proxies = [w for w in args.only]
     num = "sluice" if "sluice" in proxies else (proxies[0] if proxies else None)
     pairs = [(num, o) for o in proxies if o != num] if num else []
-    if pairs:
+    if pairs and tcp:
         L.append("## Ratios (higher is better for Sluice except latency: lower is better)")
         L.append("")
         L.append("| ratio | req per proxy CPU-s | req/s | p50 | p99 | Gbit per proxy CPU-s "
@@ -790,25 +894,64 @@ def render_report(args, runs: list[dict], header: dict) -> str:
                 f"{_x(_ratio(ba.get('gbps'), bb.get('gbps')))} |")
         L.append("")
 
+    if http:
+        # ---- L7
+        L.append("## HTTP/1.1 keep-alive proxying (L7)")
+        L.append("")
+        L.append(f"`wrk -t1 -c{args.connections} -d{args.duration}s --latency "
+                 f"-H 'Host: {L7_HOST}'` through an HTTP/1.1 proxy with upstream keep-alive: "
+                 "Sluice `http` listener (one `*` virtual host, `prefix: /` route; it adds "
+                 "x-forwarded-for and x-request-id), nginx `proxy_pass` to an upstream with "
+                 "`keepalive 64` (`proxy_http_version 1.1`, `Connection \"\"`), HAProxy `mode http` "
+                 "with `option http-keep-alive` and `http-reuse always`; access logs off. "
+                 "\"backend conns opened\": connections the backend accepted during the measured "
+                 "run (its nginx stub_status counter). Through a proxy, 0 to about "
+                 f"{args.connections} means upstream keep-alive held for the whole run: 0 when the "
+                 "warm-up's upstream connections were reused, up to one per client connection when "
+                 "the proxy closed those that still had a request in flight as the warm-up's wrk "
+                 "stopped; close to the number of requests would mean no upstream keep-alive. "
+                 f"Direct: wrk's {args.connections} connections + 1 (wrk opens one probe "
+                 "connection first).")
+        L.append("")
+        S7 = _wrk_table(L, runs, whos, "l7")
+        if pairs:
+            L.append("### Ratios, L7 (higher is better for Sluice except latency: lower is better)")
+            L.append("")
+            L.append("| ratio | req per proxy CPU-s | req/s | p50 | p99 |")
+            L.append("|---|---:|---:|---:|---:|")
+            for a, b in pairs:
+                sa, sb = S7.get(a) or {}, S7.get(b) or {}
+                L.append(
+                    f"| {SHORT[a]} / {SHORT[b]} | "
+                    f"{_x(_ratio(sa.get('req_per_cpu_s'), sb.get('req_per_cpu_s')))} | "
+                    f"{_x(_ratio(sa.get('rps'), sb.get('rps')))} | "
+                    f"{_x(_ratio(sa.get('p50_ms'), sb.get('p50_ms')))} | "
+                    f"{_x(_ratio(sa.get('p99_ms'), sb.get('p99_ms')))} |")
+            L.append("")
+
     # ---- per-run details
     L.append("## Runs")
     L.append("")
     L.append(f"| # | proxy | test | result | proxy CPU-s | load gen CPU-s | backend CPU-s "
-             f"| core {LOADGEN_CPU} busy % | core {PROXY_CPU} busy % (softirq) | notes |")
-    L.append("|---:|---|---|---|---:|---:|---:|---:|---:|---|")
+             f"| core {LOADGEN_CPU} busy % | core {PROXY_CPU} busy % (softirq) | load avg 1 min "
+             f"| notes |")
+    L.append("|---:|---|---|---|---:|---:|---:|---:|---:|---:|---|")
     noisy = []
     for r in runs:
+        lbl = label(r["who"], r["test"])
         if "error" in r:
             first = r["error"].splitlines()[0]
-            L.append(f"| {r['repeat'] + 1} | {LABEL[r['who']]} | {r['test']} | FAILED | | | | | | "
-                     f"{first.replace('|', '/')} |")
+            L.append(f"| {r['repeat'] + 1} | {lbl} | {r['test']} | FAILED | | | | | | "
+                     f"{_f(r.get('loadavg1'), '.2f')} | {first.replace('|', '/')} |")
             continue
-        if r["test"] == "http":
+        if r["test"] in ("http", "l7"):
             res = (f"{r['requests']:,} req in {r['wrk_seconds']:.2f} s, {r['rps']:,.0f} req/s, "
                    f"p50 {_ms(r['p50_ms'])}, p99 {_ms(r['p99_ms'])}")
         else:
             res = f"{r['bytes'] / 1e9:.2f} GB in {r['seconds']:.2f} s, {r['gbps']:.2f} Gbit/s"
         notes = [r["warning"]] if r.get("warning") else []
+        if r["test"] == "l7" and r.get("backend_conns") is not None:
+            notes.append(f"backend conns opened {r['backend_conns']}")
         if r["test"] == "bulk" and r.get("retransmits"):
             notes.append(f"retransmits {r['retransmits']}")
         allowed = r.get("proxy_cpus_allowed")
@@ -823,11 +966,12 @@ def render_report(args, runs: list[dict], header: dict) -> str:
         if max(other0 or 0, other or 0) > 10:
             noisy.append(max(other0 or 0, other or 0))
         notes = "; ".join(notes)
-        L.append(f"| {r['repeat'] + 1} | {LABEL[r['who']]} | {r['test']} | {res} | "
+        L.append(f"| {r['repeat'] + 1} | {lbl} | {r['test']} | {res} | "
                  f"{_f(r.get('proxy_cpu_s'), '.2f')} | {_f(r.get('loadgen_cpu_s'), '.2f')} | "
                  f"{_f(r.get('backend_cpu_s'), '.2f')} | {_f(r.get('core0_busy_pct'), '.0f')} | "
                  f"{_f(r.get('core1_busy_pct'), '.0f')} "
-                 f"({_f(r.get('core1_softirq_pct'), '.0f')}) | {notes} |")
+                 f"({_f(r.get('core1_softirq_pct'), '.0f')}) | {_f(r.get('loadavg1'), '.2f')} "
+                 f"| {notes} |")
     L.append("")
     if noisy:
         L.append(f"**Warning: processes outside the benchmark used up to {max(noisy):.0f} % of "
@@ -838,8 +982,10 @@ def render_report(args, runs: list[dict], header: dict) -> str:
         L.append("")
     L.append("Core busy % comes from /proc/stat over the measured run; load generator CPU from "
              "getrusage of the reaped wrk/iperf3 client, backend CPU from /proc/PID/stat of "
-             "the backend nginx (http) or iperf3 server (bulk). Other load = core busy - softirq - "
-             f"benchmark processes on that core. A proxy well below 100 % CPU with core "
+             "the backend nginx (http, l7) or iperf3 server (bulk). Other load = core busy - softirq - "
+             f"benchmark processes on that core. Load avg: 1-minute load average from "
+             f"/proc/loadavg right after the run (it includes the benchmark's own ~2 runnable "
+             f"processes). A proxy well below 100 % CPU with core "
              f"{LOADGEN_CPU} near 100 % means the load generator + backend were the bottleneck; "
              "the per-CPU-second figures stay comparable, raw req/s and Gbit/s less so.")
     L.append("")
@@ -875,8 +1021,13 @@ def cpu_model() -> str:
 
 def parse_args(argv=None):
     ap = argparse.ArgumentParser(
-        description="Loopback benchmark of Sluice's TCP proxy vs nginx (stream) and HAProxy "
-                    "(mode tcp): requests and bits per proxy CPU-second.")
+        description="Loopback benchmark of Sluice vs nginx and HAProxy as L4 proxies (Sluice "
+                    "tcp_proxy, nginx stream, HAProxy mode tcp) and as L7 HTTP/1.1 proxies (Sluice "
+                    "http listener, nginx proxy_pass, HAProxy mode http): requests and bits per "
+                    "proxy CPU-second.")
+    ap.add_argument("--mode", choices=("tcp", "http", "all"), default="all",
+                    help="tcp: L4 tests (http + bulk through TCP proxies); http: L7 test (HTTP/1.1 "
+                         "proxying with upstream keep-alive); all: both (default)")
     ap.add_argument("--duration", type=int, default=None, help="seconds per measured run "
                     "(default 10; 2 with --smoke)")
     ap.add_argument("--connections", type=int, default=None, help="wrk connections "
@@ -889,9 +1040,9 @@ def parse_args(argv=None):
                     help="comma-separated subset of sluice,nginx,haproxy (default all)")
     ap.add_argument("--sluice", type=Path, default=REPO / "target" / "release" / "sluice",
                     help="Sluice binary (default <repo>/target/release/sluice)")
-    ap.add_argument("--sluice-args", default="", metavar="ARGS",
-                    help="extra arguments appended to `sluice run -c CFG --workers 1`, e.g. "
-                         "--sluice-args='--log-level warn'")
+    ap.add_argument("--sluice-args", default="--log-level warn", metavar="ARGS",
+                    help="extra arguments appended to `sluice run -c CFG --workers 1` "
+                         "(default '--log-level warn'; '' for none)")
     ap.add_argument("--out", type=Path, default=HERE / "out",
                     help="output directory (default benches/loopback/out)")
     ap.add_argument("--no-direct", action="store_true",
@@ -912,6 +1063,7 @@ def parse_args(argv=None):
     if bad or not only:
         ap.error(f"--only: unknown {bad or 'empty list'}; choose from {','.join(PROXIES)}")
     a.only = [w for w in PROXIES if w in only]  # canonical order, no duplicates
+    a.modes = list(MODES) if a.mode == "all" else [a.mode]
     if a.duration < 1 or a.connections < 1 or a.repeat < 1 or a.warmup < 0:
         ap.error("--duration, --connections and --repeat must be >= 1, --warmup >= 0")
     if a.nice is None:
@@ -923,7 +1075,8 @@ def parse_args(argv=None):
 
 def preflight(a) -> dict:
     problems = []
-    need = ["taskset", "nginx", "wrk", "iperf3"] + (["haproxy"] if "haproxy" in a.only else [])
+    need = (["taskset", "nginx", "wrk"] + (["iperf3"] if "tcp" in a.modes else [])
+            + (["haproxy"] if "haproxy" in a.only else []))
     for tool in need:
         if not shutil.which(tool):
             problems.append(f"`{tool}` not found in PATH (Debian: apt-get install -y "
@@ -941,7 +1094,8 @@ def preflight(a) -> dict:
         if not (b.is_file() and os.access(b, os.X_OK)):
             problems.append(
                 f"Sluice binary not found (or not executable) at {b}.\n"
-                f"    Build it first (`cargo build --release` in {REPO}), pass --sluice PATH,\n"
+                f"    Build it first (`cargo build --release -p sluice-runtime` in {REPO}), pass "
+                f"--sluice PATH,\n"
                 f"    or compare the others only: --only nginx,haproxy")
         else:
             try:
@@ -960,7 +1114,8 @@ def preflight(a) -> dict:
     if "haproxy" in a.only:
         versions["HAProxy"] = _version(["haproxy", "-v"], r"version (\S+)")
     versions["wrk"] = _version(["wrk", "--version"], r"wrk (\S+)")
-    versions["iperf3"] = _version(["iperf3", "--version"], r"iperf (\S+)")
+    if "tcp" in a.modes:
+        versions["iperf3"] = _version(["iperf3", "--version"], r"iperf (\S+)")
     return versions
 
 
@@ -995,7 +1150,8 @@ def main(argv=None) -> int:
         a.sluice = snap
     procs = Procs(nice=a.nice)
     bench = Bench(a, procs)
-    print(f"harness: {', '.join(LABEL[w] for w in a.only)}; {a.duration} s per run, "
+    print(f"harness: {', '.join(SHORT[w] for w in a.only)}, mode {'+'.join(a.modes)}; "
+          f"{a.duration} s per run, "
           f"{a.connections} connections, repeat {a.repeat}; logs in {a.out / 'work'}",
           file=sys.stderr)
     status = 0
@@ -1011,6 +1167,7 @@ def main(argv=None) -> int:
         status = 130
     finally:
         procs.stop_all()
+        header["loadavg_end"] = " ".join(Path("/proc/loadavg").read_text().split()[:3])
     if bench.runs:
         report = render_report(a, bench.runs, header)
         print(report)

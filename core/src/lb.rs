@@ -112,7 +112,7 @@ impl Balancer {
                         let (a, b) = (nth_candidate(hosts, ok, a), nth_candidate(hosts, ok, b));
                         // Compare (active+1)/weight without division.
                         let load = |x: usize, y: usize| {
-                            u64::from(hosts[x].active + 1) * u64::from(hosts[y].weight)
+                            (u64::from(hosts[x].active) + 1) * u64::from(hosts[y].weight)
                         };
                         if load(b, a) < load(a, b) { b } else { a }
                     }

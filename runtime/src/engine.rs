@@ -20,13 +20,16 @@ use std::time::Duration;
 use sluice_core::cluster::ClusterState;
 use sluice_core::config::{Config, ListenerConfig, ListenerFilter, TcpProxyConfig};
 use sluice_core::rng::Rng;
+use sluice_core::router::Router;
 use sluice_core::tcp_proxy::{Action, CloseReason, ConnectFailure, SessionConfig, TcpSession};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::Notify;
 use tracing::{debug, info, warn};
 
+use crate::access_log::AccessLog;
 use crate::net::Network;
 use crate::now;
+use crate::pool::Pool;
 use crate::relay::{BUFFER_SIZE, relay};
 use crate::stats::{WorkerStats, bump};
 
@@ -35,36 +38,60 @@ const MAX_POOLED_BUFFERS: usize = 1024;
 
 /// One worker's engine. Create with [`Engine::new`], run with [`Engine::run`].
 pub struct Engine<N: Network> {
-    net: N,
-    config: Arc<Config>,
+    pub(crate) net: N,
+    pub(crate) config: Arc<Config>,
     worker: usize,
-    clusters: Vec<RefCell<ClusterState>>,
-    rng: RefCell<Rng>,
-    stats: Arc<WorkerStats>,
+    pub(crate) clusters: Vec<RefCell<ClusterState>>,
+    pub(crate) rng: RefCell<Rng>,
+    pub(crate) stats: Arc<WorkerStats>,
     buffers: RefCell<Vec<Box<[u8]>>>,
     sessions: Cell<usize>,
     sessions_idle: Notify,
-    stopping: Cell<bool>,
-    stop_accepting: Notify,
+    pub(crate) stopping: Cell<bool>,
+    pub(crate) stop_accepting: Notify,
     drain_expired: Notify,
+    /// Per listener: the compiled router of an `http` listener.
+    pub(crate) routers: Vec<Option<Router>>,
+    /// Per listener: this worker's access log writer, if the listener has one.
+    pub(crate) access_logs: Vec<Option<RefCell<AccessLog>>>,
+    /// This worker's idle upstream HTTP connections.
+    pub(crate) pool: Pool<N::Stream>,
 }
 
 impl<N: Network> Engine<N> {
     /// An engine for `config` on `net`. `seed` seeds its RNG (balancing); `worker` names it in
-    /// logs.
+    /// logs. Fails when an access log file cannot be opened.
     pub fn new(
         net: N,
         config: Arc<Config>,
         worker: usize,
         seed: u64,
         stats: Arc<WorkerStats>,
-    ) -> Rc<Self> {
+    ) -> std::io::Result<Rc<Self>> {
         let clusters = config
             .clusters
             .iter()
             .map(|c| RefCell::new(ClusterState::from_config(c)))
             .collect();
-        Rc::new(Engine {
+        let mut routers = Vec::with_capacity(config.listeners.len());
+        let mut access_logs = Vec::with_capacity(config.listeners.len());
+        for l in &config.listeners {
+            match &l.filter {
+                ListenerFilter::Http(hc) => {
+                    routers.push(Some(Router::new(hc).map_err(std::io::Error::other)?));
+                    access_logs.push(match &hc.access_log {
+                        Some(a) => Some(RefCell::new(AccessLog::open(a)?)),
+                        None => None,
+                    });
+                }
+                _ => {
+                    routers.push(None);
+                    access_logs.push(None);
+                }
+            }
+        }
+        let pool = Pool::new(config.clusters.iter().map(|c| c.hosts.len()));
+        Ok(Rc::new(Engine {
             net,
             config,
             worker,
@@ -77,7 +104,10 @@ impl<N: Network> Engine<N> {
             stopping: Cell::new(false),
             stop_accepting: Notify::new(),
             drain_expired: Notify::new(),
-        })
+            routers,
+            access_logs,
+            pool,
+        }))
     }
 
     /// The worker's counters.
@@ -110,8 +140,22 @@ impl<N: Network> Engine<N> {
                 engine.accept_loop(index, listener).await;
             }));
         }
+        let flusher = self.access_logs.iter().any(Option::is_some).then(|| {
+            let engine = self.clone();
+            tokio::task::spawn_local(async move {
+                let mut tick = tokio::time::interval(Duration::from_millis(500));
+                loop {
+                    tick.tick().await;
+                    engine.flush_access_logs();
+                }
+            })
+        });
         shutdown.await;
         self.drain().await;
+        if let Some(f) = flusher {
+            f.abort();
+        }
+        self.flush_access_logs();
         for t in accept_tasks {
             let _ = t.await;
         }
@@ -134,6 +178,12 @@ impl<N: Network> Engine<N> {
             self.wait_idle().await;
         }
         info!(worker = self.worker, "drained");
+    }
+
+    fn flush_access_logs(&self) {
+        for log in self.access_logs.iter().flatten() {
+            log.borrow_mut().flush();
+        }
     }
 
     async fn wait_idle(&self) {
@@ -181,6 +231,7 @@ impl<N: Network> Engine<N> {
             match &lc.filter {
                 ListenerFilter::TcpProxy(tp) => self.tcp_proxy(lc, tp, stream, peer).await,
                 ListenerFilter::Echo => self.echo(stream).await,
+                ListenerFilter::Http(hc) => self.http_connection(index, lc, hc, stream, peer).await,
             }
             drop(guard);
         });

@@ -14,8 +14,11 @@
 //!   its own `SO_REUSEPORT` listener sockets; signals; drain.
 #![warn(missing_docs)]
 
+pub mod access_log;
 pub mod engine;
+pub mod http;
 pub mod net;
+pub mod pool;
 pub mod relay;
 pub mod server;
 pub mod stats;

@@ -36,6 +36,17 @@ pub fn run(config: Config, options: ServerOptions) -> io::Result<()> {
     let config = Arc::new(config);
     let workers = options.workers.max(1);
 
+    // Files the workers will open: fail now, with the listener named, rather than in a worker.
+    for (i, l) in config.listeners.iter().enumerate() {
+        if let sluice_core::config::ListenerFilter::Http(hc) = &l.filter
+            && let Some(a) = &hc.access_log
+        {
+            crate::access_log::AccessLog::open(a).map_err(|e| {
+                io::Error::new(e.kind(), format!("listeners[{i}] ({}): {e}", l.name))
+            })?;
+        }
+    }
+
     // Bind everything first: one socket per (worker, listener).
     let mut sockets: Vec<Vec<std::net::TcpListener>> = Vec::with_capacity(workers);
     for _ in 0..workers {
@@ -91,7 +102,7 @@ pub fn run(config: Config, options: ServerOptions) -> io::Result<()> {
                         .into_iter()
                         .map(tokio::net::TcpListener::from_std)
                         .collect::<io::Result<Vec<_>>>()?;
-                    let engine = Engine::new(TokioNet, config, worker, seed, stats);
+                    let engine = Engine::new(TokioNet, config, worker, seed, stats)?;
                     engine
                         .run(listeners, async move {
                             let _ = stop.wait_for(|s| *s).await;

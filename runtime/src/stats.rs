@@ -29,6 +29,16 @@ pub struct WorkerStats {
     pub bytes_from_upstream: AtomicU64,
     /// TCP sessions ended, by [`CloseReason`] (indexed by `CloseReason::index`).
     pub tcp_session_closed: [AtomicU64; CloseReason::ALL.len()],
+    /// HTTP requests received (complete heads).
+    pub http_requests: AtomicU64,
+    /// HTTP responses sent downstream by status class (1xx..5xx).
+    pub http_responses_by_class: [AtomicU64; 5],
+    /// HTTP answers the proxy generated itself (errors, limits, no route), not direct responses.
+    pub http_local_replies: AtomicU64,
+    /// HTTP upstream retries.
+    pub http_retries: AtomicU64,
+    /// HTTP tries that hit a per-try or route timeout.
+    pub http_upstream_timeouts: AtomicU64,
 }
 
 /// A plain copy of counters, summable across workers.
@@ -52,6 +62,16 @@ pub struct StatsSnapshot {
     pub bytes_from_upstream: u64,
     /// See [`WorkerStats::tcp_session_closed`].
     pub tcp_session_closed: [u64; CloseReason::ALL.len()],
+    /// See [`WorkerStats::http_requests`].
+    pub http_requests: u64,
+    /// See [`WorkerStats::http_responses_by_class`].
+    pub http_responses_by_class: [u64; 5],
+    /// See [`WorkerStats::http_local_replies`].
+    pub http_local_replies: u64,
+    /// See [`WorkerStats::http_retries`].
+    pub http_retries: u64,
+    /// See [`WorkerStats::http_upstream_timeouts`].
+    pub http_upstream_timeouts: u64,
 }
 
 /// Adds to a counter that only this thread writes (a load and a store, no locked RMW).
@@ -74,6 +94,13 @@ impl WorkerStats {
             bytes_from_downstream: self.bytes_from_downstream.load(Relaxed),
             bytes_from_upstream: self.bytes_from_upstream.load(Relaxed),
             tcp_session_closed: std::array::from_fn(|i| self.tcp_session_closed[i].load(Relaxed)),
+            http_requests: self.http_requests.load(Relaxed),
+            http_responses_by_class: std::array::from_fn(|i| {
+                self.http_responses_by_class[i].load(Relaxed)
+            }),
+            http_local_replies: self.http_local_replies.load(Relaxed),
+            http_retries: self.http_retries.load(Relaxed),
+            http_upstream_timeouts: self.http_upstream_timeouts.load(Relaxed),
         }
     }
 }
@@ -104,5 +131,16 @@ impl StatsSnapshot {
         for (a, b) in self.tcp_session_closed.iter_mut().zip(o.tcp_session_closed) {
             *a += b;
         }
+        self.http_requests += o.http_requests;
+        for (a, b) in self
+            .http_responses_by_class
+            .iter_mut()
+            .zip(o.http_responses_by_class)
+        {
+            *a += b;
+        }
+        self.http_local_replies += o.http_local_replies;
+        self.http_retries += o.http_retries;
+        self.http_upstream_timeouts += o.http_upstream_timeouts;
     }
 }

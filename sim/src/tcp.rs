@@ -164,7 +164,7 @@ pub fn run(scenario: TcpScenario, seed: u64) -> RunReport {
                     LISTEN_PORT,
                 ))
                 .await?;
-                let engine = Engine::new(TurmoilNet, config, 0, seed, stats);
+                let engine = Engine::new(TurmoilNet, config, 0, seed, stats)?;
                 engine.run(vec![listener], std::future::pending()).await;
                 Ok(())
             }

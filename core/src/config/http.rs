@@ -207,8 +207,13 @@ pub struct RetryOn {
 
 impl RetryOn {
     /// The names the config accepts.
-    pub const NAMES: [&'static str; 5] =
-        ["connect-failure", "reset", "5xx", "gateway-error", "retriable-4xx"];
+    pub const NAMES: [&'static str; 5] = [
+        "connect-failure",
+        "reset",
+        "5xx",
+        "gateway-error",
+        "retriable-4xx",
+    ];
 }
 
 /// Where and how the access log is written.

@@ -7,10 +7,15 @@
 //! references between sections (a listener's cluster must exist).
 //!
 //! Invariant of a returned `Config`: every reference resolves (`TcpProxyConfig::cluster_index`
-//! indexes `Config::clusters`), names are unique, every cluster has at least one host.
+//! and every `http::WeightedCluster::cluster_index` of an `http` listener index
+//! `Config::clusters`), names are unique, every cluster has at least one host. An `http`
+//! listener also keeps the invariants listed in the module doc of `http_decode` (every regex
+//! compiles, domains are well-formed and unique, ...), which [`crate::router::Router::new`]
+//! relies on.
 
 mod decode;
 pub mod http;
+mod http_decode;
 pub mod values;
 
 use std::fmt;
@@ -222,7 +227,8 @@ impl Config {
     }
 }
 
-fn one_line(s: &str) -> String {
+/// `s` with every run of whitespace (newlines included) replaced by one space.
+pub(crate) fn one_line(s: &str) -> String {
     s.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
@@ -337,16 +343,22 @@ fn decode_listener(
     if let Some((v, p)) = obj.opt("echo") {
         filters.push(decode_empty(dec, &p, v).map(|()| ListenerFilter::Echo));
     }
+    if let Some((v, p)) = obj.opt("http") {
+        filters.push(
+            http_decode::decode_http(dec, &p, v, cluster_names)
+                .map(|h| ListenerFilter::Http(Box::new(h))),
+        );
+    }
     let filter = match filters.len() {
         0 => {
-            dec.error(path, "no filter: give one of `tcp_proxy`, `echo`");
+            dec.error(path, "no filter: give one of `tcp_proxy`, `echo`, `http`");
             None
         }
         1 => filters.pop().flatten(),
         _ => {
             dec.error(
                 path,
-                "more than one filter: give exactly one of `tcp_proxy`, `echo`",
+                "more than one filter: give exactly one of `tcp_proxy`, `echo`, `http`",
             );
             None
         }
@@ -378,21 +390,7 @@ fn decode_tcp_proxy(
     let mut obj = dec.object(path, v)?;
     let cluster = obj
         .req(dec, "cluster")
-        .and_then(|(v, p)| Some((dec.name(&p, v)?, p)))
-        .and_then(
-            |(name, p)| match cluster_names.iter().position(|c| *c == name) {
-                Some(index) => Some((name, index)),
-                None => {
-                    let known = if cluster_names.is_empty() {
-                        "no clusters are defined".to_owned()
-                    } else {
-                        format!("known: {}", cluster_names.join(", "))
-                    };
-                    dec.error(&p, format!("unknown cluster {name:?} ({known})"));
-                    None
-                }
-            },
-        );
+        .and_then(|(v, p)| cluster_ref(dec, &p, v, cluster_names));
     let idle_timeout = opt_duration(dec, &mut obj, "idle_timeout", DEFAULT_TCP_IDLE_TIMEOUT);
     let max_connect_attempts = match obj.opt("max_connect_attempts") {
         Some((v, p)) => dec.u64_in(&p, v, 1..=10).map(|n| n as u32),
@@ -406,6 +404,30 @@ fn decode_tcp_proxy(
         idle_timeout: idle_timeout.map(|d| (!d.is_zero()).then_some(d))?,
         max_connect_attempts: max_connect_attempts?,
     })
+}
+
+/// A cluster name that must be one of `cluster_names` (the names as written in the file, so
+/// that a reference is checked even when its cluster has other problems): the name and the
+/// cluster's index in `Config::clusters`.
+fn cluster_ref(
+    dec: &mut Decoder,
+    path: &str,
+    v: &Value,
+    cluster_names: &[&str],
+) -> Option<(String, usize)> {
+    let name = dec.name(path, v)?;
+    match cluster_names.iter().position(|c| *c == name) {
+        Some(index) => Some((name, index)),
+        None => {
+            let known = if cluster_names.is_empty() {
+                "no clusters are defined".to_owned()
+            } else {
+                format!("known: {}", cluster_names.join(", "))
+            };
+            dec.error(path, format!("unknown cluster {name:?} ({known})"));
+            None
+        }
+    }
 }
 
 fn opt_duration(

@@ -5,8 +5,8 @@
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
-/// Parses a duration: a non-negative integer or decimal number followed by a unit (`ms`, `s`,
-/// `m`, `h`), or a bare `0`.
+/// Parses a duration: a non-negative integer or decimal number followed by a unit (`us`, `ms`,
+/// `s`, `m`, `h`), or a bare `0`. Precision is one microsecond.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     const EXPECTED: &str = "expected a number and a unit: 250ms, 1s, 5m, 1h";
     let t = text.trim();
@@ -24,6 +24,7 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         .parse()
         .map_err(|_| format!("{text:?} is not a duration ({EXPECTED})"))?;
     let millis_per_unit = match unit {
+        "us" => 0.001,
         "ms" => 1.0,
         "s" => 1_000.0,
         "m" => 60_000.0,
@@ -101,6 +102,7 @@ mod tests {
         assert_eq!(parse_duration("5m"), Ok(Duration::from_secs(300)));
         assert_eq!(parse_duration("2h"), Ok(Duration::from_secs(7200)));
         assert_eq!(parse_duration("0"), Ok(Duration::ZERO));
+        assert_eq!(parse_duration("1500us"), Ok(Duration::from_micros(1500)));
         assert!(parse_duration("5").unwrap_err().contains("no unit"));
         assert!(
             parse_duration("5 seconds")
@@ -123,9 +125,13 @@ mod tests {
 
     #[test]
     fn duration_format_round_trips() {
-        for text in ["250ms", "1s", "5m", "2h", "0s", "1500ms"] {
+        for text in ["250ms", "1s", "5m", "2h", "0s", "1500ms", "22500us"] {
             assert_eq!(format_duration(parse_duration(text).unwrap()), text);
         }
+        // Found by the config_yaml fuzz target: sub-millisecond values must format back into
+        // something the parser accepts.
+        let d = parse_duration("22.5ms").unwrap();
+        assert_eq!(parse_duration(&format_duration(d)), Ok(d));
     }
 
     #[test]

@@ -1,0 +1,807 @@
+//! Decoding and validation of a listener's `http` section into an [`HttpConfig`].
+//!
+//! Like the rest of the config decoder it keeps going after a problem, so that every problem is
+//! reported at once, each at its path
+//! (`listeners[0].http.virtual_hosts[0].routes[2].route.weighted_clusters[1].cluster`), and an
+//! unknown field is an error at every level.
+//!
+//! Invariants of a returned [`HttpConfig`] (what [`crate::router::Router`] and the HTTP driver
+//! rely on):
+//! - `max_request_headers_kb` is 1..=8192, `max_headers_count` 1..=[`MAX_HEADERS_COUNT_LIMIT`],
+//!   `request_headers_timeout` > 0; an access log `template` only comes with the text format;
+//! - there is at least one virtual host; their names are unique; each has at least one domain;
+//!   a domain is `*`, a host name with at most one `*` at its start or end, or an IPv6 address
+//!   in brackets, never with a port; domains are unique (case-insensitively) across the
+//!   listener;
+//! - a route has exactly one path rule and exactly one action; `path` and `prefix` start with
+//!   `/`; every `safe_regex` compiles as written and anchored to the whole path or value;
+//! - a header matcher's name is a lowercase token and it has exactly one rule;
+//! - every cluster reference resolves (`cluster_index` indexes `Config::clusters`); a weighted
+//!   list is non-empty, its weights are 1..=1000 and its clusters distinct;
+//! - `prefix_rewrite` comes only with a `prefix` match and starts with `/`;
+//! - a retry policy has at least one condition, `num_retries` 0..=10, `per_try_timeout` > 0;
+//! - header names to add or remove are tokens (stored lowercase when removed), never a
+//!   pseudo-header nor one the proxy manages (`host`, `connection`, `transfer-encoding`,
+//!   `content-length`); values have no CR, LF or NUL; no name is added twice by one list;
+//! - a direct response has a status 200..=599 and no body when the status is 204 or 304.
+
+use std::ops::RangeInclusive;
+use std::time::Duration;
+
+use serde_json::Value;
+
+use super::decode::{Decoder, Obj, child, index};
+use super::http::{
+    AccessLogConfig, AccessLogFormat, ClusterTarget, DEFAULT_HTTP_IDLE_TIMEOUT,
+    DEFAULT_MAX_HEADERS_COUNT, DEFAULT_MAX_REQUEST_HEADERS_KB, DEFAULT_NUM_RETRIES,
+    DEFAULT_REQUEST_HEADERS_TIMEOUT, DEFAULT_ROUTE_TIMEOUT, ForwardAction, HeaderMatcher,
+    HeaderRule, HeaderValue, HttpConfig, MAX_HEADERS_COUNT_LIMIT, PathMatch, RetryOn, RetryPolicy,
+    Route, RouteAction, RouteMatch, VirtualHost, WeightedCluster,
+};
+use super::{cluster_ref, opt_duration};
+use crate::router::compile_full_match;
+
+/// Largest accepted `max_request_headers_kb` (Envoy's limit).
+const MAX_REQUEST_HEADERS_KB_LIMIT: u64 = 8192;
+
+/// Headers that the proxy itself writes or interprets: a route may neither add nor remove them
+/// (pseudo-headers, `:`-prefixed, neither).
+const MANAGED_HEADERS: [&str; 4] = ["host", "connection", "transfer-encoding", "content-length"];
+
+/// Sets one retry condition.
+type SetRetryOn = fn(&mut RetryOn);
+
+/// The retry conditions by config name; the same names, in the same order, as
+/// [`RetryOn::NAMES`].
+const RETRY_ON: [(&str, SetRetryOn); 5] = [
+    ("connect-failure", |r| r.connect_failure = true),
+    ("reset", |r| r.reset = true),
+    ("5xx", |r| r.server_error = true),
+    ("gateway-error", |r| r.gateway_error = true),
+    ("retriable-4xx", |r| r.retriable_4xx = true),
+];
+
+/// The path rules of a `match`, as config keys.
+const PATH_RULES: [&str; 3] = ["path", "prefix", "safe_regex"];
+
+/// Decodes `listeners[i].http`; `cluster_names` are the cluster names as written in the file.
+pub(super) fn decode_http(
+    dec: &mut Decoder,
+    path: &str,
+    v: &Value,
+    cluster_names: &[&str],
+) -> Option<HttpConfig> {
+    let mut obj = dec.object(path, v)?;
+    let max_request_headers_kb = opt_u32(
+        dec,
+        &mut obj,
+        "max_request_headers_kb",
+        1..=MAX_REQUEST_HEADERS_KB_LIMIT,
+        DEFAULT_MAX_REQUEST_HEADERS_KB,
+    );
+    let max_headers_count = opt_u32(
+        dec,
+        &mut obj,
+        "max_headers_count",
+        1..=u64::from(MAX_HEADERS_COUNT_LIMIT),
+        DEFAULT_MAX_HEADERS_COUNT,
+    );
+    let request_headers_timeout = opt_positive_duration(dec, &mut obj, "request_headers_timeout")
+        .map(|d| d.unwrap_or(DEFAULT_REQUEST_HEADERS_TIMEOUT));
+    let idle_timeout =
+        opt_duration(dec, &mut obj, "idle_timeout", DEFAULT_HTTP_IDLE_TIMEOUT).map(nonzero);
+    let access_log = match obj.opt("access_log") {
+        Some((v, p)) => decode_access_log(dec, &p, v).map(Some),
+        None => Some(None),
+    };
+    let virtual_hosts = obj.req(dec, "virtual_hosts").and_then(|(v, p)| {
+        let vhosts = dec.list(&p, v, |dec, path, v| {
+            decode_virtual_host(dec, path, v, cluster_names)
+        });
+        // On the list as written, so that a duplicate is reported even when a virtual host has
+        // other problems.
+        check_virtual_hosts_unique(dec, &p, v);
+        let vhosts = vhosts?;
+        if vhosts.is_empty() {
+            dec.error(&p, "at least one virtual host is required");
+            return None;
+        }
+        Some(vhosts)
+    });
+    obj.finish(dec);
+    Some(HttpConfig {
+        max_request_headers_kb: max_request_headers_kb?,
+        max_headers_count: max_headers_count?,
+        request_headers_timeout: request_headers_timeout?,
+        idle_timeout: idle_timeout?,
+        virtual_hosts: virtual_hosts?,
+        access_log: access_log?,
+    })
+}
+
+fn nonzero(d: Duration) -> Option<Duration> {
+    (!d.is_zero()).then_some(d)
+}
+
+fn opt_u32(
+    dec: &mut Decoder,
+    obj: &mut Obj<'_>,
+    key: &'static str,
+    range: RangeInclusive<u64>,
+    default: u32,
+) -> Option<u32> {
+    match obj.opt(key) {
+        Some((v, p)) => dec.u64_in(&p, v, range).map(|n| n as u32),
+        None => Some(default),
+    }
+}
+
+/// An optional duration that must not be zero: `Some(None)` when absent.
+fn opt_positive_duration(
+    dec: &mut Decoder,
+    obj: &mut Obj<'_>,
+    key: &'static str,
+) -> Option<Option<Duration>> {
+    let Some((v, p)) = obj.opt(key) else {
+        return Some(None);
+    };
+    let d = dec.duration(&p, v)?;
+    if d.is_zero() {
+        dec.error(&p, "must be greater than zero");
+        return None;
+    }
+    Some(Some(d))
+}
+
+/// Exactly one of a set of alternative keys: `found` holds one entry per key present.
+fn exactly_one<T>(
+    dec: &mut Decoder,
+    path: &str,
+    mut found: Vec<Option<T>>,
+    what: &str,
+    choices: &str,
+) -> Option<T> {
+    match found.len() {
+        0 => {
+            dec.error(path, format!("no {what}: give one of {choices}"));
+            None
+        }
+        1 => found.pop().flatten(),
+        _ => {
+            dec.error(
+                path,
+                format!("more than one {what}: give exactly one of {choices}"),
+            );
+            None
+        }
+    }
+}
+
+/// A string; a number or a boolean (which YAML reads from unquoted `1` or `true`) gets a hint
+/// to quote it.
+fn text<'v>(dec: &mut Decoder, path: &str, v: &'v Value) -> Option<&'v str> {
+    match v {
+        Value::Number(_) | Value::Bool(_) => {
+            let kind = if v.is_boolean() {
+                "the boolean"
+            } else {
+                "the number"
+            };
+            dec.error(
+                path,
+                format!("expected a string, found {kind} {v} (write it in quotes: \"{v}\")"),
+            );
+            None
+        }
+        _ => dec.string(path, v),
+    }
+}
+
+fn boolean(dec: &mut Decoder, path: &str, v: &Value) -> Option<bool> {
+    match v {
+        Value::Bool(b) => Some(*b),
+        other => {
+            dec.error(path, format!("expected true or false, found {other}"));
+            None
+        }
+    }
+}
+
+fn decode_access_log(dec: &mut Decoder, path: &str, v: &Value) -> Option<AccessLogConfig> {
+    let mut obj = dec.object(path, v)?;
+    let json = match obj.opt("format") {
+        Some((v, p)) => dec.one_of(&p, v, &[("text", false), ("json", true)]),
+        None => Some(false),
+    };
+    let template = match obj.opt("template") {
+        Some((v, p)) => dec.string(&p, v).and_then(|t| {
+            if json == Some(true) {
+                dec.error(&p, "only allowed with `format: text`");
+                None
+            } else if t.is_empty() {
+                dec.error(&p, "is empty (leave `template` out for the default line)");
+                None
+            } else {
+                Some(Some(t.to_owned()))
+            }
+        }),
+        None => Some(None),
+    };
+    let file = match obj.opt("path") {
+        Some((v, p)) => dec.string(&p, v).and_then(|s| {
+            if s.is_empty() {
+                dec.error(&p, "is empty (leave `path` out to log to stdout)");
+                None
+            } else if s.contains('\0') {
+                dec.error(&p, format!("{s:?} contains a NUL character"));
+                None
+            } else {
+                Some(Some(s.to_owned()))
+            }
+        }),
+        None => Some(None),
+    };
+    obj.finish(dec);
+    let format = if json? {
+        AccessLogFormat::Json
+    } else {
+        AccessLogFormat::Text(template?)
+    };
+    Some(AccessLogConfig {
+        format,
+        path: file?,
+    })
+}
+
+/// Duplicate virtual host names, and duplicate domains (case-insensitively) across the
+/// listener, on the list as written.
+fn check_virtual_hosts_unique(dec: &mut Decoder, path: &str, v: &Value) {
+    let Value::Array(items) = v else {
+        return;
+    };
+    let mut names: Vec<(&str, String)> = Vec::new();
+    let mut domains: Vec<(String, String)> = Vec::new();
+    for (i, item) in items.iter().enumerate() {
+        let vh_path = index(path, i);
+        if let Some(name) = item.get("name").and_then(Value::as_str) {
+            match names.iter().find(|(n, _)| *n == name) {
+                Some((_, first)) => dec.error(
+                    &child(&vh_path, "name"),
+                    format!("duplicate name {name:?} (already used by {first})"),
+                ),
+                None => names.push((name, vh_path.clone())),
+            }
+        }
+        let Some(Value::Array(list)) = item.get("domains") else {
+            continue;
+        };
+        for (j, domain) in list.iter().enumerate() {
+            let Some(domain) = domain.as_str() else {
+                continue;
+            };
+            let lower = domain.to_ascii_lowercase();
+            let d_path = index(&child(&vh_path, "domains"), j);
+            match domains.iter().find(|(d, _)| *d == lower) {
+                Some((_, first)) => dec.error(
+                    &d_path,
+                    format!("duplicate domain {domain:?} (already used by {first})"),
+                ),
+                None => domains.push((lower, d_path)),
+            }
+        }
+    }
+}
+
+fn decode_virtual_host(
+    dec: &mut Decoder,
+    path: &str,
+    v: &Value,
+    cluster_names: &[&str],
+) -> Option<VirtualHost> {
+    let mut obj = dec.object(path, v)?;
+    let name = obj.req(dec, "name").and_then(|(v, p)| dec.name(&p, v));
+    let domains = obj.req(dec, "domains").and_then(|(v, p)| {
+        let domains = dec.list(&p, v, decode_domain)?;
+        if domains.is_empty() {
+            dec.error(&p, "at least one domain is required (`*` matches any host)");
+            return None;
+        }
+        Some(domains)
+    });
+    let routes = obj.req(dec, "routes").and_then(|(v, p)| {
+        dec.list(&p, v, |dec, path, v| {
+            decode_route(dec, path, v, cluster_names)
+        })
+    });
+    obj.finish(dec);
+    Some(VirtualHost {
+        name: name?,
+        domains: domains?,
+        routes: routes?,
+    })
+}
+
+fn decode_domain(dec: &mut Decoder, path: &str, v: &Value) -> Option<String> {
+    let s = dec.string(path, v)?;
+    match check_domain(s) {
+        Ok(()) => Some(s.to_owned()),
+        Err(why) => {
+            dec.error(path, why);
+            None
+        }
+    }
+}
+
+/// `*`, a host name with at most one `*` at its start or end, or an IPv6 address in brackets;
+/// never a port.
+fn check_domain(s: &str) -> Result<(), String> {
+    const FORMS: &str = "*.example.com, example.*, *";
+    if s.is_empty() {
+        return Err("a domain cannot be empty".to_owned());
+    }
+    if s == "*" {
+        return Ok(());
+    }
+    if let Some(inner) = s.strip_prefix('[') {
+        let (addr, rest) = inner.split_once(']').unwrap_or((inner, ""));
+        if addr.parse::<std::net::Ipv6Addr>().is_err() {
+            return Err(format!(
+                "{s:?} is not a valid domain ({addr:?} is not an IPv6 address)"
+            ));
+        }
+        return if rest.starts_with(':') {
+            Err(port_error(s, &s[..s.len() - rest.len()]))
+        } else if !rest.is_empty() {
+            Err(format!("{s:?} is not a valid domain (text after ']')"))
+        } else if !inner.ends_with(']') {
+            Err(format!("{s:?} is not a valid domain (no closing ']')"))
+        } else {
+            Ok(())
+        };
+    }
+    let stars = s.matches('*').count();
+    if stars > 1 || (stars == 1 && !s.starts_with('*') && !s.ends_with('*')) {
+        return Err(format!(
+            "{s:?} is not a valid domain (one `*` at most, and only at its start or end: {FORMS})"
+        ));
+    }
+    if let Some((host, _)) = s.split_once(':') {
+        return Err(port_error(s, host));
+    }
+    let ok = s
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b"-._*".contains(&b));
+    if !ok {
+        return Err(format!(
+            "{s:?} is not a valid domain (letters, digits, '-', '.', '_' and one `*` at its \
+             start or end, or an IPv6 address in brackets)"
+        ));
+    }
+    Ok(())
+}
+
+fn port_error(s: &str, without: &str) -> String {
+    format!("{s:?} has a port (the Host header's port is ignored when matching: write {without:?})")
+}
+
+fn decode_route(dec: &mut Decoder, path: &str, v: &Value, cluster_names: &[&str]) -> Option<Route> {
+    let mut obj = dec.object(path, v)?;
+    let found = obj.req(dec, "match");
+    // The path rule as written, so that `prefix_rewrite` is checked even when the match has
+    // other problems.
+    let path_rule = found.as_ref().and_then(|(v, _)| {
+        let mut present = PATH_RULES.iter().filter(|k| v.get(**k).is_some());
+        match (present.next(), present.next()) {
+            (Some(k), None) => Some(*k),
+            _ => None,
+        }
+    });
+    let matcher = found.and_then(|(v, p)| decode_match(dec, &p, v));
+    let mut actions = Vec::new();
+    if let Some((v, p)) = obj.opt("route") {
+        actions
+            .push(decode_forward(dec, &p, v, cluster_names, path_rule).map(RouteAction::Forward));
+    }
+    if let Some((v, p)) = obj.opt("direct_response") {
+        actions.push(decode_direct_response(dec, &p, v));
+    }
+    let action = exactly_one(dec, path, actions, "action", "`route`, `direct_response`");
+    obj.finish(dec);
+    Some(Route {
+        matcher: matcher?,
+        action: action?,
+    })
+}
+
+fn decode_match(dec: &mut Decoder, path: &str, v: &Value) -> Option<RouteMatch> {
+    let mut obj = dec.object(path, v)?;
+    let mut rules = Vec::new();
+    if let Some((v, p)) = obj.opt("path") {
+        rules.push(request_path(dec, &p, v).map(PathMatch::Exact));
+    }
+    if let Some((v, p)) = obj.opt("prefix") {
+        rules.push(request_path(dec, &p, v).map(PathMatch::Prefix));
+    }
+    if let Some((v, p)) = obj.opt("safe_regex") {
+        rules.push(regex(dec, &p, v).map(PathMatch::Regex));
+    }
+    let headers = match obj.opt("headers") {
+        Some((v, p)) => dec.list(&p, v, decode_header_matcher),
+        None => Some(Vec::new()),
+    };
+    let rule = exactly_one(
+        dec,
+        path,
+        rules,
+        "path rule",
+        "`path`, `prefix`, `safe_regex`",
+    );
+    obj.finish(dec);
+    Some(RouteMatch {
+        path: rule?,
+        headers: headers?,
+    })
+}
+
+/// A request path (or the start of one): starts with `/`, no query, no fragment, nothing a
+/// request line cannot carry.
+fn request_path(dec: &mut Decoder, path: &str, v: &Value) -> Option<String> {
+    let s = dec.string(path, v)?;
+    let problem = if !s.starts_with('/') {
+        Some("does not start with '/' (request paths do)".to_owned())
+    } else if let Some(c) = s.chars().find(|c| *c == '?' || *c == '#') {
+        Some(format!(
+            "contains {c:?} (the query string and fragment are not part of the path)"
+        ))
+    } else if s.bytes().any(|b| b <= b' ' || b == 0x7f) {
+        Some("contains a space or a control character (never part of a request path)".to_owned())
+    } else {
+        None
+    };
+    match problem {
+        Some(why) => {
+            dec.error(path, format!("{s:?} {why}"));
+            None
+        }
+        None => Some(s.to_owned()),
+    }
+}
+
+fn regex(dec: &mut Decoder, path: &str, v: &Value) -> Option<String> {
+    let s = dec.string(path, v)?;
+    match compile_full_match(s) {
+        Ok(_) => Some(s.to_owned()),
+        Err(e) => {
+            dec.error(
+                path,
+                format!("{s:?} is not a valid regular expression: {e}"),
+            );
+            None
+        }
+    }
+}
+
+fn decode_header_matcher(dec: &mut Decoder, path: &str, v: &Value) -> Option<HeaderMatcher> {
+    let mut obj = dec.object(path, v)?;
+    let name = obj
+        .req(dec, "name")
+        .and_then(|(v, p)| header_name(dec, &p, v, Use::Match))
+        .map(|n| n.to_ascii_lowercase());
+    let mut rules = Vec::new();
+    if let Some((v, p)) = obj.opt("exact") {
+        rules.push(header_value(dec, &p, v).map(HeaderRule::Exact));
+    }
+    if let Some((v, p)) = obj.opt("prefix") {
+        rules.push(header_value(dec, &p, v).map(HeaderRule::Prefix));
+    }
+    if let Some((v, p)) = obj.opt("present") {
+        rules.push(boolean(dec, &p, v).map(HeaderRule::Present));
+    }
+    if let Some((v, p)) = obj.opt("safe_regex") {
+        rules.push(regex(dec, &p, v).map(HeaderRule::Regex));
+    }
+    let rule = exactly_one(
+        dec,
+        path,
+        rules,
+        "rule",
+        "`exact`, `prefix`, `present`, `safe_regex`",
+    );
+    obj.finish(dec);
+    Some(HeaderMatcher {
+        name: name?,
+        rule: rule?,
+    })
+}
+
+/// What a header name is for: matching a request, or adding/removing a header.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Use {
+    Match,
+    Edit,
+}
+
+/// An RFC 9110 `tchar`.
+fn is_tchar(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+}
+
+/// A header name (a token), as written.
+fn header_name(dec: &mut Decoder, path: &str, v: &Value, usage: Use) -> Option<String> {
+    let s = dec.string(path, v)?;
+    let lower = s.to_ascii_lowercase();
+    let problem = if s.starts_with(':') {
+        Some(match usage {
+            Use::Match => {
+                "is a pseudo-header (a route matches the path with `path`, `prefix` \
+                           or `safe_regex`, and the host with the virtual host's `domains`)"
+            }
+            Use::Edit => "is a pseudo-header (the proxy writes those)",
+        })
+    } else if s.is_empty() || !s.bytes().all(is_tchar) {
+        Some("is not a valid header name (letters, digits and !#$%&'*+-.^_`|~)")
+    } else if usage == Use::Edit && MANAGED_HEADERS.contains(&lower.as_str()) {
+        Some(
+            "cannot be added or removed (the proxy manages host, connection, \
+             transfer-encoding and content-length)",
+        )
+    } else {
+        None
+    };
+    match problem {
+        Some(why) => {
+            dec.error(path, format!("{s:?} {why}"));
+            None
+        }
+        None => Some(s.to_owned()),
+    }
+}
+
+/// A header value: any text without CR, LF or NUL.
+fn header_value(dec: &mut Decoder, path: &str, v: &Value) -> Option<String> {
+    let s = text(dec, path, v)?;
+    if s.contains(['\r', '\n', '\0']) {
+        dec.error(
+            path,
+            format!("{s:?} contains CR, LF or NUL (not allowed in a header value)"),
+        );
+        return None;
+    }
+    Some(s.to_owned())
+}
+
+fn decode_forward(
+    dec: &mut Decoder,
+    path: &str,
+    v: &Value,
+    cluster_names: &[&str],
+    path_rule: Option<&str>,
+) -> Option<ForwardAction> {
+    let mut obj = dec.object(path, v)?;
+    let mut targets = Vec::new();
+    if let Some((v, p)) = obj.opt("cluster") {
+        targets.push(
+            cluster_ref(dec, &p, v, cluster_names).map(|(cluster, cluster_index)| {
+                ClusterTarget::Cluster(WeightedCluster {
+                    cluster,
+                    cluster_index,
+                    weight: 1,
+                })
+            }),
+        );
+    }
+    if let Some((v, p)) = obj.opt("weighted_clusters") {
+        targets
+            .push(decode_weighted_clusters(dec, &p, v, cluster_names).map(ClusterTarget::Weighted));
+    }
+    let target = exactly_one(
+        dec,
+        path,
+        targets,
+        "target",
+        "`cluster`, `weighted_clusters`",
+    );
+    let timeout = opt_duration(dec, &mut obj, "timeout", DEFAULT_ROUTE_TIMEOUT).map(nonzero);
+    let prefix_rewrite = match obj.opt("prefix_rewrite") {
+        Some((v, p)) => match path_rule {
+            Some(rule) if rule != "prefix" => {
+                dec.error(
+                    &p,
+                    format!("only allowed with a `prefix` match (this route matches by `{rule}`)"),
+                );
+                None
+            }
+            _ => request_path(dec, &p, v).map(Some),
+        },
+        None => Some(None),
+    };
+    let retry_policy = match obj.opt("retry_policy") {
+        Some((v, p)) => decode_retry_policy(dec, &p, v).map(Some),
+        None => Some(None),
+    };
+    let request_headers_to_add = headers_to_add(dec, &mut obj, "request_headers_to_add");
+    let request_headers_to_remove = headers_to_remove(dec, &mut obj, "request_headers_to_remove");
+    let response_headers_to_add = headers_to_add(dec, &mut obj, "response_headers_to_add");
+    let response_headers_to_remove = headers_to_remove(dec, &mut obj, "response_headers_to_remove");
+    obj.finish(dec);
+    Some(ForwardAction {
+        target: target?,
+        timeout: timeout?,
+        prefix_rewrite: prefix_rewrite?,
+        retry_policy: retry_policy?,
+        request_headers_to_add: request_headers_to_add?,
+        request_headers_to_remove: request_headers_to_remove?,
+        response_headers_to_add: response_headers_to_add?,
+        response_headers_to_remove: response_headers_to_remove?,
+    })
+}
+
+fn decode_weighted_clusters(
+    dec: &mut Decoder,
+    path: &str,
+    v: &Value,
+    cluster_names: &[&str],
+) -> Option<Vec<WeightedCluster>> {
+    let list = dec.list(path, v, |dec, path, v| {
+        let mut obj = dec.object(path, v)?;
+        let cluster = obj
+            .req(dec, "cluster")
+            .and_then(|(v, p)| cluster_ref(dec, &p, v, cluster_names));
+        let weight = obj
+            .req(dec, "weight")
+            .and_then(|(v, p)| dec.u64_in(&p, v, 1..=1000))
+            .map(|w| w as u32);
+        obj.finish(dec);
+        let (cluster, cluster_index) = cluster?;
+        Some(WeightedCluster {
+            cluster,
+            cluster_index,
+            weight: weight?,
+        })
+    })?;
+    if list.is_empty() {
+        dec.error(path, "at least one cluster is required");
+        return None;
+    }
+    let mut ok = true;
+    for (i, c) in list.iter().enumerate() {
+        if let Some(first) = list[..i].iter().position(|d| d.cluster == c.cluster) {
+            dec.error(
+                &child(&index(path, i), "cluster"),
+                format!(
+                    "duplicate cluster {:?} (already used by {})",
+                    c.cluster,
+                    index(path, first)
+                ),
+            );
+            ok = false;
+        }
+    }
+    ok.then_some(list)
+}
+
+fn decode_retry_policy(dec: &mut Decoder, path: &str, v: &Value) -> Option<RetryPolicy> {
+    let mut obj = dec.object(path, v)?;
+    let retry_on = obj
+        .req(dec, "retry_on")
+        .and_then(|(v, p)| decode_retry_on(dec, &p, v));
+    let num_retries = opt_u32(dec, &mut obj, "num_retries", 0..=10, DEFAULT_NUM_RETRIES);
+    let per_try_timeout = opt_positive_duration(dec, &mut obj, "per_try_timeout");
+    obj.finish(dec);
+    Some(RetryPolicy {
+        retry_on: retry_on?,
+        num_retries: num_retries?,
+        per_try_timeout: per_try_timeout?,
+    })
+}
+
+fn decode_retry_on(dec: &mut Decoder, path: &str, v: &Value) -> Option<RetryOn> {
+    if let Value::String(s) = v {
+        // Envoy writes `retry_on: 5xx,reset`; here it is a list.
+        let items: Vec<&str> = s.split(',').map(str::trim).collect();
+        dec.error(
+            path,
+            format!(
+                "expected a list, found the string {s:?} (write it as a list: [{}])",
+                items.join(", ")
+            ),
+        );
+        return None;
+    }
+    let setters = dec.list(path, v, |dec, p, v| dec.one_of(p, v, &RETRY_ON))?;
+    if setters.is_empty() {
+        dec.error(
+            path,
+            format!(
+                "at least one retry condition is required (any of: {})",
+                RetryOn::NAMES.join(", ")
+            ),
+        );
+        return None;
+    }
+    let mut on = RetryOn::default();
+    for set in setters {
+        set(&mut on);
+    }
+    Some(on)
+}
+
+fn headers_to_add(
+    dec: &mut Decoder,
+    obj: &mut Obj<'_>,
+    key: &'static str,
+) -> Option<Vec<HeaderValue>> {
+    let Some((v, p)) = obj.opt(key) else {
+        return Some(Vec::new());
+    };
+    let list = dec.list(&p, v, |dec, path, v| {
+        let mut obj = dec.object(path, v)?;
+        let name = obj
+            .req(dec, "name")
+            .and_then(|(v, p)| header_name(dec, &p, v, Use::Edit));
+        let value = obj
+            .req(dec, "value")
+            .and_then(|(v, p)| header_value(dec, &p, v));
+        obj.finish(dec);
+        Some(HeaderValue {
+            name: name?,
+            value: value?,
+        })
+    })?;
+    let mut ok = true;
+    for (i, h) in list.iter().enumerate() {
+        if let Some(first) = list[..i]
+            .iter()
+            .position(|g| g.name.eq_ignore_ascii_case(&h.name))
+        {
+            dec.error(
+                &child(&index(&p, i), "name"),
+                format!(
+                    "duplicate header {:?} (already added by {}; one value per header)",
+                    h.name,
+                    index(&p, first)
+                ),
+            );
+            ok = false;
+        }
+    }
+    ok.then_some(list)
+}
+
+fn headers_to_remove(
+    dec: &mut Decoder,
+    obj: &mut Obj<'_>,
+    key: &'static str,
+) -> Option<Vec<String>> {
+    match obj.opt(key) {
+        Some((v, p)) => dec.list(&p, v, |dec, path, v| {
+            header_name(dec, path, v, Use::Edit).map(|n| n.to_ascii_lowercase())
+        }),
+        None => Some(Vec::new()),
+    }
+}
+
+fn decode_direct_response(dec: &mut Decoder, path: &str, v: &Value) -> Option<RouteAction> {
+    let mut obj = dec.object(path, v)?;
+    let status = obj
+        .req(dec, "status")
+        .and_then(|(v, p)| dec.u64_in(&p, v, 200..=599))
+        .map(|s| s as u16);
+    let body = match obj.opt("body") {
+        Some((v, p)) => text(dec, &p, v).map(|b| (b.to_owned(), p)),
+        None => Some((String::new(), String::new())),
+    };
+    obj.finish(dec);
+    let (status, (body, body_path)) = (status?, body?);
+    if matches!(status, 204 | 304) && !body.is_empty() {
+        dec.error(
+            &body_path,
+            format!("a {status} response has no body (leave `body` out)"),
+        );
+        return None;
+    }
+    Some(RouteAction::DirectResponse { status, body })
+}
+
+#[cfg(test)]
+mod tests;

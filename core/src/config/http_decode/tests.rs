@@ -1,0 +1,745 @@
+use std::time::Duration;
+
+use super::RETRY_ON;
+use crate::config::http::*;
+use crate::config::{Config, ListenerFilter};
+
+/// The example of the `http` listener's documentation, whole.
+const EXAMPLE: &str = r#"
+listeners:
+  - name: http_in
+    address: 127.0.0.1:10000
+    http:
+      max_request_headers_kb: 60
+      max_headers_count: 100
+      request_headers_timeout: 10s
+      idle_timeout: 1h
+      access_log: { format: text, path: /var/log/sluice/access.log }
+      virtual_hosts:
+        - name: web
+          domains: ["example.com", "*.example.com", "*"]
+          routes:
+            - match: { path: /hello }
+              direct_response: { status: 200, body: "hello from sluice\n" }
+            - match: { prefix: /api/, headers: [ { name: x-canary, exact: "1" } ] }
+              route: { cluster: api_canary }
+            - match: { safe_regex: "^/v[0-9]+/items$" }
+              route:
+                weighted_clusters: [ { cluster: api_v1, weight: 90 }, { cluster: api_v2, weight: 10 } ]
+            - match: { prefix: / }
+              route:
+                cluster: web
+                timeout: 15s
+                prefix_rewrite: /
+                retry_policy: { retry_on: [connect-failure, reset, 5xx, gateway-error], num_retries: 2, per_try_timeout: 5s }
+                request_headers_to_add: [ { name: x-env, value: prod } ]
+                request_headers_to_remove: [ x-internal ]
+                response_headers_to_add: [ { name: x-served-by, value: sluice } ]
+                response_headers_to_remove: [ server ]
+clusters:
+  - { name: web, hosts: [ { address: 127.0.0.1:8001 } ] }
+  - { name: api_canary, hosts: [ { address: 127.0.0.1:8002 } ] }
+  - { name: api_v1, hosts: [ { address: 127.0.0.1:8003 } ] }
+  - { name: api_v2, hosts: [ { address: 127.0.0.1:8004 } ] }
+"#;
+
+fn http(text: &str) -> HttpConfig {
+    let config = Config::from_yaml(text).unwrap_or_else(|e| panic!("{e}"));
+    match &config.listeners[0].filter {
+        ListenerFilter::Http(h) => (**h).clone(),
+        other => panic!("not http: {other:?}"),
+    }
+}
+
+fn errors(text: &str) -> Vec<String> {
+    match Config::from_yaml(text) {
+        Ok(c) => panic!("expected errors, got {c:?}"),
+        Err(e) => e.0.iter().map(ToString::to_string).collect(),
+    }
+}
+
+/// A config whose only listener is `http` with these virtual hosts (YAML flow or block text,
+/// indented for `virtual_hosts:`), and clusters `a`, `b`.
+fn with_vhosts(vhosts: &str) -> String {
+    format!(
+        "listeners:\n  - name: h\n    address: 127.0.0.1:1\n    http:\n      virtual_hosts:\n{vhosts}\n\
+         clusters:\n  - {{ name: a, hosts: [ {{ address: 127.0.0.1:2 }} ] }}\n  - {{ name: b, hosts: [ {{ address: 127.0.0.1:3 }} ] }}\n"
+    )
+}
+
+/// A config with one virtual host (domain `*`) whose single route is `route` (a flow mapping).
+fn with_route(route: &str) -> String {
+    with_vhosts(&format!(
+        "        - {{ name: v, domains: ['*'], routes: [ {route} ] }}"
+    ))
+}
+
+fn forward(cluster: &str, cluster_index: usize) -> ForwardAction {
+    ForwardAction {
+        target: ClusterTarget::Cluster(WeightedCluster {
+            cluster: cluster.into(),
+            cluster_index,
+            weight: 1,
+        }),
+        timeout: Some(DEFAULT_ROUTE_TIMEOUT),
+        prefix_rewrite: None,
+        retry_policy: None,
+        request_headers_to_add: vec![],
+        request_headers_to_remove: vec![],
+        response_headers_to_add: vec![],
+        response_headers_to_remove: vec![],
+    }
+}
+
+#[test]
+fn decodes_the_full_example() {
+    let got = http(EXAMPLE);
+    let weighted = |cluster: &str, cluster_index, weight| WeightedCluster {
+        cluster: cluster.into(),
+        cluster_index,
+        weight,
+    };
+    let header = |name: &str, value: &str| HeaderValue {
+        name: name.into(),
+        value: value.into(),
+    };
+    let want = HttpConfig {
+        max_request_headers_kb: 60,
+        max_headers_count: 100,
+        request_headers_timeout: Duration::from_secs(10),
+        idle_timeout: Some(Duration::from_secs(3600)),
+        access_log: Some(AccessLogConfig {
+            format: AccessLogFormat::Text(None),
+            path: Some("/var/log/sluice/access.log".into()),
+        }),
+        virtual_hosts: vec![VirtualHost {
+            name: "web".into(),
+            domains: vec!["example.com".into(), "*.example.com".into(), "*".into()],
+            routes: vec![
+                Route {
+                    matcher: RouteMatch {
+                        path: PathMatch::Exact("/hello".into()),
+                        headers: vec![],
+                    },
+                    action: RouteAction::DirectResponse {
+                        status: 200,
+                        body: "hello from sluice\n".into(),
+                    },
+                },
+                Route {
+                    matcher: RouteMatch {
+                        path: PathMatch::Prefix("/api/".into()),
+                        headers: vec![HeaderMatcher {
+                            name: "x-canary".into(),
+                            rule: HeaderRule::Exact("1".into()),
+                        }],
+                    },
+                    action: RouteAction::Forward(forward("api_canary", 1)),
+                },
+                Route {
+                    matcher: RouteMatch {
+                        path: PathMatch::Regex("^/v[0-9]+/items$".into()),
+                        headers: vec![],
+                    },
+                    action: RouteAction::Forward(ForwardAction {
+                        target: ClusterTarget::Weighted(vec![
+                            weighted("api_v1", 2, 90),
+                            weighted("api_v2", 3, 10),
+                        ]),
+                        ..forward("x", 0)
+                    }),
+                },
+                Route {
+                    matcher: RouteMatch {
+                        path: PathMatch::Prefix("/".into()),
+                        headers: vec![],
+                    },
+                    action: RouteAction::Forward(ForwardAction {
+                        timeout: Some(Duration::from_secs(15)),
+                        prefix_rewrite: Some("/".into()),
+                        retry_policy: Some(RetryPolicy {
+                            retry_on: RetryOn {
+                                connect_failure: true,
+                                reset: true,
+                                server_error: true,
+                                gateway_error: true,
+                                retriable_4xx: false,
+                            },
+                            num_retries: 2,
+                            per_try_timeout: Some(Duration::from_secs(5)),
+                        }),
+                        request_headers_to_add: vec![header("x-env", "prod")],
+                        request_headers_to_remove: vec!["x-internal".into()],
+                        response_headers_to_add: vec![header("x-served-by", "sluice")],
+                        response_headers_to_remove: vec!["server".into()],
+                        ..forward("web", 0)
+                    }),
+                },
+            ],
+        }],
+    };
+    assert_eq!(got, want);
+}
+
+#[test]
+fn defaults() {
+    let got = http(&with_route(
+        "{ match: { prefix: / }, route: { cluster: b, retry_policy: { retry_on: [reset] } } }",
+    ));
+    assert_eq!(got.max_request_headers_kb, DEFAULT_MAX_REQUEST_HEADERS_KB);
+    assert_eq!(got.max_headers_count, DEFAULT_MAX_HEADERS_COUNT);
+    assert_eq!(got.request_headers_timeout, DEFAULT_REQUEST_HEADERS_TIMEOUT);
+    assert_eq!(got.idle_timeout, Some(DEFAULT_HTTP_IDLE_TIMEOUT));
+    assert_eq!(got.access_log, None);
+    let RouteAction::Forward(f) = &got.virtual_hosts[0].routes[0].action else {
+        panic!()
+    };
+    assert_eq!(
+        f.target,
+        ClusterTarget::Cluster(WeightedCluster {
+            cluster: "b".into(),
+            cluster_index: 1,
+            weight: 1
+        })
+    );
+    assert_eq!(f.timeout, Some(DEFAULT_ROUTE_TIMEOUT));
+    let retry = f.retry_policy.as_ref().unwrap();
+    assert_eq!(retry.num_retries, DEFAULT_NUM_RETRIES);
+    assert_eq!(retry.per_try_timeout, None);
+    assert!(retry.retry_on.reset && !retry.retry_on.connect_failure);
+}
+
+#[test]
+fn zero_disables_the_idle_and_route_timeouts() {
+    let text = with_route("{ match: { prefix: / }, route: { cluster: a, timeout: 0 } }")
+        .replace("    http:\n", "    http:\n      idle_timeout: 0s\n");
+    let got = http(&text);
+    assert_eq!(got.idle_timeout, None);
+    let RouteAction::Forward(f) = &got.virtual_hosts[0].routes[0].action else {
+        panic!()
+    };
+    assert_eq!(f.timeout, None);
+}
+
+#[test]
+fn header_names_are_stored_lowercase_where_compared() {
+    let got = http(&with_route(
+        "{ match: { prefix: /, headers: [ { name: X-Canary, present: false } ] }, \
+         route: { cluster: a, request_headers_to_add: [ { name: X-Env, value: '' } ], \
+         request_headers_to_remove: [ X-Internal ] } }",
+    ));
+    let route = &got.virtual_hosts[0].routes[0];
+    assert_eq!(
+        route.matcher.headers,
+        [HeaderMatcher {
+            name: "x-canary".into(),
+            rule: HeaderRule::Present(false)
+        }]
+    );
+    let RouteAction::Forward(f) = &route.action else {
+        panic!()
+    };
+    // Added headers keep their case on the wire; removed ones are compared, so lowercase.
+    assert_eq!(f.request_headers_to_add[0].name, "X-Env");
+    assert_eq!(f.request_headers_to_remove, ["x-internal"]);
+}
+
+#[test]
+fn access_log_forms() {
+    let log = |spec: &str| {
+        let text = with_route("{ match: { prefix: / }, route: { cluster: a } }").replace(
+            "    http:\n",
+            &format!("    http:\n      access_log: {spec}\n"),
+        );
+        Config::from_yaml(&text).map(|c| match &c.listeners[0].filter {
+            ListenerFilter::Http(h) => h.access_log.clone().unwrap(),
+            _ => unreachable!(),
+        })
+    };
+    assert_eq!(
+        log("{}").unwrap(),
+        AccessLogConfig {
+            format: AccessLogFormat::Text(None),
+            path: None
+        }
+    );
+    assert_eq!(
+        log("{ format: json, path: /tmp/a.log }").unwrap(),
+        AccessLogConfig {
+            format: AccessLogFormat::Json,
+            path: Some("/tmp/a.log".into())
+        }
+    );
+    assert_eq!(
+        log("{ template: '%START_TIME% %RESPONSE_CODE%' }").unwrap(),
+        AccessLogConfig {
+            format: AccessLogFormat::Text(Some("%START_TIME% %RESPONSE_CODE%".into())),
+            path: None
+        }
+    );
+    let err = |spec: &str| log(spec).unwrap_err().to_string();
+    assert_eq!(
+        err("{ format: json, template: x }"),
+        "listeners[0].http.access_log.template: only allowed with `format: text`"
+    );
+    assert_eq!(
+        err("{ format: xml, path: '', template: '' }"),
+        "listeners[0].http.access_log.format: unknown value \"xml\" (expected one of: text, json)\n\
+         listeners[0].http.access_log.template: is empty (leave `template` out for the default line)\n\
+         listeners[0].http.access_log.path: is empty (leave `path` out to log to stdout)"
+    );
+}
+
+#[test]
+fn domain_rules() {
+    let check = |domain: &str| -> Result<(), String> { super::check_domain(domain) };
+    for ok in [
+        "example.com",
+        "*.example.com",
+        "*-bar.example.com",
+        "example.*",
+        "*",
+        "EXAMPLE.com",
+        "localhost",
+        "[::1]",
+        "[2001:db8::1]",
+        "10.0.0.1",
+    ] {
+        assert_eq!(check(ok), Ok(()), "{ok}");
+    }
+    let cases = [
+        ("", "a domain cannot be empty"),
+        (
+            "a.*.com",
+            r#""a.*.com" is not a valid domain (one `*` at most, and only at its start or end: *.example.com, example.*, *)"#,
+        ),
+        (
+            "*.example.*",
+            r#""*.example.*" is not a valid domain (one `*` at most, and only at its start or end: *.example.com, example.*, *)"#,
+        ),
+        (
+            "**",
+            r#""**" is not a valid domain (one `*` at most, and only at its start or end: *.example.com, example.*, *)"#,
+        ),
+        (
+            "example.com:8080",
+            r#""example.com:8080" has a port (the Host header's port is ignored when matching: write "example.com")"#,
+        ),
+        (
+            "[::1]:80",
+            r#""[::1]:80" has a port (the Host header's port is ignored when matching: write "[::1]")"#,
+        ),
+        ("[::1", r#""[::1" is not a valid domain (no closing ']')"#),
+        (
+            "[::1]x",
+            r#""[::1]x" is not a valid domain (text after ']')"#,
+        ),
+        (
+            "[example.com]",
+            r#""[example.com]" is not a valid domain ("example.com" is not an IPv6 address)"#,
+        ),
+        (
+            "exa mple.com",
+            r#""exa mple.com" is not a valid domain (letters, digits, '-', '.', '_' and one `*` at its start or end, or an IPv6 address in brackets)"#,
+        ),
+        (
+            "http://example.com",
+            r#""http://example.com" has a port (the Host header's port is ignored when matching: write "http")"#,
+        ),
+    ];
+    for (domain, want) in cases {
+        assert_eq!(check(domain), Err(want.to_owned()), "{domain}");
+    }
+}
+
+#[test]
+fn header_name_and_value_rules() {
+    let text = with_route(
+        r#"{ match: { prefix: /, headers: [ { name: ":authority", exact: x }, { name: "bad name", present: true }, { name: host, exact: "a\nb" } ] },
+             route: { cluster: a,
+               request_headers_to_add: [ { name: Host, value: x }, { name: x-a, value: "a\r\nb" }, { name: X-A, value: 1 } ],
+               request_headers_to_remove: [ ":path", Content-Length, "" ],
+               response_headers_to_add: [ { name: x-ok, value: ok }, { name: X-OK, value: again } ],
+               response_headers_to_remove: [ transfer-encoding, connection, "x\u00e9" ] } }"#,
+    );
+    let p = "listeners[0].http.virtual_hosts[0].routes[0]";
+    let want = [
+        format!(
+            "{p}.match.headers[0].name: \":authority\" is a pseudo-header (a route matches the path with `path`, `prefix` or `safe_regex`, and the host with the virtual host's `domains`)"
+        ),
+        format!(
+            "{p}.match.headers[1].name: \"bad name\" is not a valid header name (letters, digits and !#$%&'*+-.^_`|~)"
+        ),
+        format!(
+            "{p}.match.headers[2].exact: \"a\\nb\" contains CR, LF or NUL (not allowed in a header value)"
+        ),
+        format!(
+            "{p}.route.request_headers_to_add[0].name: \"Host\" cannot be added or removed (the proxy manages host, connection, transfer-encoding and content-length)"
+        ),
+        format!(
+            "{p}.route.request_headers_to_add[1].value: \"a\\r\\nb\" contains CR, LF or NUL (not allowed in a header value)"
+        ),
+        format!(
+            "{p}.route.request_headers_to_add[2].value: expected a string, found the number 1 (write it in quotes: \"1\")"
+        ),
+        format!(
+            "{p}.route.request_headers_to_remove[0]: \":path\" is a pseudo-header (the proxy writes those)"
+        ),
+        format!(
+            "{p}.route.request_headers_to_remove[1]: \"Content-Length\" cannot be added or removed (the proxy manages host, connection, transfer-encoding and content-length)"
+        ),
+        format!(
+            "{p}.route.request_headers_to_remove[2]: \"\" is not a valid header name (letters, digits and !#$%&'*+-.^_`|~)"
+        ),
+        format!(
+            "{p}.route.response_headers_to_add[1].name: duplicate header \"X-OK\" (already added by {p}.route.response_headers_to_add[0]; one value per header)"
+        ),
+        format!(
+            "{p}.route.response_headers_to_remove[0]: \"transfer-encoding\" cannot be added or removed (the proxy manages host, connection, transfer-encoding and content-length)"
+        ),
+        format!(
+            "{p}.route.response_headers_to_remove[1]: \"connection\" cannot be added or removed (the proxy manages host, connection, transfer-encoding and content-length)"
+        ),
+        format!(
+            "{p}.route.response_headers_to_remove[2]: \"xé\" is not a valid header name (letters, digits and !#$%&'*+-.^_`|~)"
+        ),
+    ];
+    assert_eq!(errors(&text), want);
+}
+
+#[test]
+fn regex_errors_name_the_regex_on_one_line() {
+    let errs = errors(&with_route(
+        r#"{ match: { safe_regex: "/(a" }, route: { cluster: a } }"#,
+    ));
+    assert_eq!(errs.len(), 1, "{errs:?}");
+    let e = &errs[0];
+    assert!(
+        e.starts_with(
+            r#"listeners[0].http.virtual_hosts[0].routes[0].match.safe_regex: "/(a" is not a valid regular expression: regex parse error:"#
+        ),
+        "{e}"
+    );
+    assert!(e.contains("unclosed group"), "{e}");
+    assert!(!e.contains('\n'), "{e}");
+}
+
+#[test]
+fn a_verbose_regex_may_end_in_a_comment() {
+    let got = http(&with_route(
+        r#"{ match: { safe_regex: "(?x) /v[0-9]+ # a version" }, route: { cluster: a } }"#,
+    ));
+    let router = crate::router::Router::new(&got).unwrap();
+    fn none(_: &str) -> Option<&'static [u8]> {
+        None
+    }
+    assert!(router.route(b"x", b"/v2", &none).is_some());
+    assert!(router.route(b"x", b"/v2/", &none).is_none());
+}
+
+#[test]
+fn retry_on_names_are_the_models() {
+    let names: Vec<&str> = RETRY_ON.iter().map(|(n, _)| *n).collect();
+    assert_eq!(names, RetryOn::NAMES);
+    for (i, (_, set)) in RETRY_ON.iter().enumerate() {
+        let mut on = RetryOn::default();
+        set(&mut on);
+        let flags = [
+            on.connect_failure,
+            on.reset,
+            on.server_error,
+            on.gateway_error,
+            on.retriable_4xx,
+        ];
+        assert_eq!(flags.iter().filter(|f| **f).count(), 1);
+        assert!(flags[i], "{} sets another flag", RetryOn::NAMES[i]);
+    }
+}
+
+/// Every kind of mistake the `http` section can hold, in one file: each is reported, once, with
+/// its path.
+#[test]
+fn reports_every_problem_with_its_path() {
+    let text = r#"
+listeners:
+  - name: http_in
+    address: 127.0.0.1:10000
+    http:
+      max_request_headers_kb: 0
+      max_headers_count: 1000
+      request_headers_timeout: 0s
+      idle_timeout: forever
+      acess_log: {}
+      virtual_hosts:
+        - name: web
+          domains: ["example.com", "*.example.*", "example.com:80"]
+          routes:
+            - match: { path: /hello, prefix: /hello }
+              direct_response: { status: 100, body: 7 }
+            - match: { prefix: api/, headers: [ { name: x-canary, exact: "1", present: true }, { name: x-b } ] }
+              route: { cluster: api_canary, weighted_clusters: [ { cluster: a, weight: 1 } ] }
+            - match: { safe_regex: "^/v[0-9+/items$" }
+              route:
+                weighted_clusters: [ { cluster: a, weight: 0 }, { cluster: nowhere, weight: 10 }, { cluster: b } ]
+            - match: { path: /exact }
+              route:
+                cluster: a
+                prefix_rewrite: /
+                retry_policy: { retry_on: [connect-failure, 5xxx], num_retries: 11, per_try_timeout: 0s, retries: 1 }
+            - match: { prefix: /x }
+              route: { weighted_clusters: [], prefix_rewrite: x/, retry_policy: { retry_on: [] } }
+            - match: { prefix: /y }
+            - match: { prefix: /z }
+              route: { cluster: a }
+              direct_response: { status: 200 }
+            - match: { prefix: /q, path: /r }
+              route: { cluster: a, retry_policy: { retry_on: "5xx,reset" } }
+            - match: { prefix: /w }
+              direct_response: { status: 204, body: "no" }
+            - match: { }
+              route: { cluster: a, timout: 1s }
+        - name: web
+          domains: ["EXAMPLE.com", "*"]
+          routes: []
+        - name: empty
+          domains: []
+          routes: []
+clusters:
+  - { name: a, hosts: [ { address: 127.0.0.1:8001 } ] }
+  - { name: b, hosts: [ { address: 127.0.0.1:8002 } ] }
+"#;
+    let h = "listeners[0].http";
+    let v = format!("{h}.virtual_hosts[0]");
+    let r = |i: usize| format!("{v}.routes[{i}]");
+    let want = [
+        format!("{h}.max_request_headers_kb: 0 is not a whole number from 1 to 8192"),
+        format!("{h}.max_headers_count: 1000 is not a whole number from 1 to 256"),
+        format!("{h}.request_headers_timeout: must be greater than zero"),
+        format!(
+            "{h}.idle_timeout: \"forever\" is not a duration (expected a number and a unit: 250ms, 1s, 5m, 1h)"
+        ),
+        // virtual_hosts[0]
+        format!(
+            "{v}.domains[1]: \"*.example.*\" is not a valid domain (one `*` at most, and only at its start or end: *.example.com, example.*, *)"
+        ),
+        format!(
+            "{v}.domains[2]: \"example.com:80\" has a port (the Host header's port is ignored when matching: write \"example.com\")"
+        ),
+        // routes[0]
+        format!(
+            "{}.match: more than one path rule: give exactly one of `path`, `prefix`, `safe_regex`",
+            r(0)
+        ),
+        format!(
+            "{}.direct_response.status: 100 is not a whole number from 200 to 599",
+            r(0)
+        ),
+        format!(
+            "{}.direct_response.body: expected a string, found the number 7 (write it in quotes: \"7\")",
+            r(0)
+        ),
+        // routes[1]
+        format!(
+            "{}.match.prefix: \"api/\" does not start with '/' (request paths do)",
+            r(1)
+        ),
+        format!(
+            "{}.match.headers[0]: more than one rule: give exactly one of `exact`, `prefix`, `present`, `safe_regex`",
+            r(1)
+        ),
+        format!(
+            "{}.match.headers[1]: no rule: give one of `exact`, `prefix`, `present`, `safe_regex`",
+            r(1)
+        ),
+        format!(
+            "{}.route.cluster: unknown cluster \"api_canary\" (known: a, b)",
+            r(1)
+        ),
+        format!(
+            "{}.route: more than one target: give exactly one of `cluster`, `weighted_clusters`",
+            r(1)
+        ),
+        // routes[2]
+        format!(
+            "{}.match.safe_regex: \"^/v[0-9+/items$\" is not a valid regular expression: regex parse error: ^/v[0-9+/items$ ^ error: unclosed character class",
+            r(2)
+        ),
+        format!(
+            "{}.route.weighted_clusters[0].weight: 0 is not a whole number from 1 to 1000",
+            r(2)
+        ),
+        format!(
+            "{}.route.weighted_clusters[1].cluster: unknown cluster \"nowhere\" (known: a, b)",
+            r(2)
+        ),
+        format!(
+            "{}.route.weighted_clusters[2].weight: missing (this field is required)",
+            r(2)
+        ),
+        // routes[3]
+        format!(
+            "{}.route.prefix_rewrite: only allowed with a `prefix` match (this route matches by `path`)",
+            r(3)
+        ),
+        format!(
+            "{}.route.retry_policy.retry_on[1]: unknown value \"5xxx\" (expected one of: connect-failure, reset, 5xx, gateway-error, retriable-4xx)",
+            r(3)
+        ),
+        format!(
+            "{}.route.retry_policy.num_retries: 11 is not a whole number from 0 to 10",
+            r(3)
+        ),
+        format!(
+            "{}.route.retry_policy.per_try_timeout: must be greater than zero",
+            r(3)
+        ),
+        format!(
+            "{}.route.retry_policy.retries: unknown field (expected one of: retry_on, num_retries, per_try_timeout)",
+            r(3)
+        ),
+        // routes[4]
+        format!(
+            "{}.route.weighted_clusters: at least one cluster is required",
+            r(4)
+        ),
+        format!(
+            "{}.route.prefix_rewrite: \"x/\" does not start with '/' (request paths do)",
+            r(4)
+        ),
+        format!(
+            "{}.route.retry_policy.retry_on: at least one retry condition is required (any of: connect-failure, reset, 5xx, gateway-error, retriable-4xx)",
+            r(4)
+        ),
+        // routes[5]
+        format!(
+            "{}: no action: give one of `route`, `direct_response`",
+            r(5)
+        ),
+        // routes[6]
+        format!(
+            "{}: more than one action: give exactly one of `route`, `direct_response`",
+            r(6)
+        ),
+        // routes[7]
+        format!(
+            "{}.match: more than one path rule: give exactly one of `path`, `prefix`, `safe_regex`",
+            r(7)
+        ),
+        format!(
+            "{}.route.retry_policy.retry_on: expected a list, found the string \"5xx,reset\" (write it as a list: [5xx, reset])",
+            r(7)
+        ),
+        // routes[8]
+        format!(
+            "{}.direct_response.body: a 204 response has no body (leave `body` out)",
+            r(8)
+        ),
+        // routes[9]
+        format!(
+            "{}.match: no path rule: give one of `path`, `prefix`, `safe_regex`",
+            r(9)
+        ),
+        format!(
+            "{}.route.timout: unknown field (expected one of: cluster, weighted_clusters, timeout, prefix_rewrite, retry_policy, request_headers_to_add, request_headers_to_remove, response_headers_to_add, response_headers_to_remove)",
+            r(9)
+        ),
+        // virtual_hosts[2]
+        format!(
+            "{h}.virtual_hosts[2].domains: at least one domain is required (`*` matches any host)"
+        ),
+        // across virtual hosts
+        format!(
+            "{h}.virtual_hosts[1].name: duplicate name \"web\" (already used by {h}.virtual_hosts[0])"
+        ),
+        format!(
+            "{h}.virtual_hosts[1].domains[0]: duplicate domain \"EXAMPLE.com\" (already used by {h}.virtual_hosts[0].domains[0])"
+        ),
+        format!(
+            "{h}.acess_log: unknown field (expected one of: max_request_headers_kb, max_headers_count, request_headers_timeout, idle_timeout, access_log, virtual_hosts)"
+        ),
+    ];
+    let got = errors(text);
+    for w in &want {
+        assert!(got.contains(w), "missing {w:?} in {got:#?}");
+    }
+    assert_eq!(got, want);
+}
+
+#[test]
+fn listener_level_problems() {
+    assert_eq!(
+        errors("listeners: [ { name: h, address: 127.0.0.1:1, http: { virtual_hosts: [] } } ]"),
+        ["listeners[0].http.virtual_hosts: at least one virtual host is required"]
+    );
+    assert_eq!(
+        errors("listeners: [ { name: h, address: 127.0.0.1:1, http: {} } ]"),
+        ["listeners[0].http.virtual_hosts: missing (this field is required)"]
+    );
+    assert_eq!(
+        errors("listeners: [ { name: h, address: 127.0.0.1:1, http: } ]"),
+        ["listeners[0].http: expected a mapping, found nothing (null)"]
+    );
+    assert_eq!(
+        errors(
+            "listeners: [ { name: h, address: 127.0.0.1:1, echo: {}, http: { virtual_hosts: [ { name: v, domains: ['*'], routes: [] } ] } } ]"
+        ),
+        ["listeners[0]: more than one filter: give exactly one of `tcp_proxy`, `echo`, `http`"]
+    );
+    assert_eq!(
+        errors(&with_vhosts(
+            "        - { name: v, domains: ['*'], routes: [ { match: { prefix: / }, route: { cluster: c } } ], extra: 1 }"
+        )),
+        [
+            r#"listeners[0].http.virtual_hosts[0].routes[0].route.cluster: unknown cluster "c" (known: a, b)"#,
+            "listeners[0].http.virtual_hosts[0].extra: unknown field (expected one of: name, domains, routes)",
+        ]
+    );
+    assert_eq!(
+        errors(&with_route(
+            "{ match: { prefix: /, headers: [ { name: a, present: 'yes' } ] }, route: { cluster: a, weighted_clusters: [ { cluster: a, weight: 1 }, { cluster: a, weight: 2 } ] } }"
+        )),
+        [
+            r#"listeners[0].http.virtual_hosts[0].routes[0].match.headers[0].present: expected true or false, found "yes""#,
+            "listeners[0].http.virtual_hosts[0].routes[0].route.weighted_clusters[1].cluster: duplicate cluster \"a\" (already used by listeners[0].http.virtual_hosts[0].routes[0].route.weighted_clusters[0])",
+            "listeners[0].http.virtual_hosts[0].routes[0].route: more than one target: give exactly one of `cluster`, `weighted_clusters`",
+        ]
+    );
+    assert_eq!(
+        errors(&with_route(
+            "{ match: { path: '/a?b', headers: {} }, rout: {} }"
+        )),
+        [
+            r#"listeners[0].http.virtual_hosts[0].routes[0].match.path: "/a?b" contains '?' (the query string and fragment are not part of the path)"#,
+            "listeners[0].http.virtual_hosts[0].routes[0].match.headers: expected a list, found a mapping",
+            "listeners[0].http.virtual_hosts[0].routes[0]: no action: give one of `route`, `direct_response`",
+            "listeners[0].http.virtual_hosts[0].routes[0].rout: unknown field (expected one of: match, route, direct_response)",
+        ]
+    );
+}
+
+#[test]
+fn the_example_config_file_is_valid() {
+    let text = include_str!("../../../../configs/http.yaml");
+    let config = Config::from_yaml(text).unwrap_or_else(|e| panic!("configs/http.yaml:\n{e}"));
+    let ListenerFilter::Http(h) = &config.listeners[0].filter else {
+        panic!("configs/http.yaml: the first listener is not http")
+    };
+    crate::router::Router::new(h).unwrap();
+}
+
+#[test]
+fn dumps_as_json() {
+    let config = Config::from_yaml(EXAMPLE).unwrap();
+    let v = serde_json::to_value(&config).unwrap();
+    let h = &v["listeners"][0]["filter"]["http"];
+    assert_eq!(h["request_headers_timeout"], "10s");
+    assert_eq!(h["idle_timeout"], "1h");
+    assert_eq!(
+        h["virtual_hosts"][0]["routes"][0]["match"]["path"]["exact"],
+        "/hello"
+    );
+    assert_eq!(
+        h["virtual_hosts"][0]["routes"][3]["action"]["forward"]["retry_policy"]["per_try_timeout"],
+        "5s"
+    );
+}

@@ -1,0 +1,299 @@
+//! Writing heads: forwarded ones (the parsed head with the hop-by-hop fields dropped and the
+//! proxy's edits applied) and local answers.
+
+use super::{BodyFraming, Head, Known, TargetForm, Version, list_elements};
+
+/// Changes a proxy makes to a head it forwards.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct HeadEdits<'a> {
+    /// Replaces the path of an origin-form or absolute-form target (the query is kept).
+    pub path: Option<&'a [u8]>,
+    /// Fields to drop, by name (ASCII case-insensitive; lowercase by convention).
+    /// `Content-Length` and `Transfer-Encoding` are never dropped: they frame the body.
+    pub remove: &'a [&'a str],
+    /// Fields to write after the original ones. Names must be tokens and values must not hold
+    /// control characters other than HTAB; the writer replaces any such byte with a space, so a
+    /// bad value cannot inject a field or end the head.
+    pub add: &'a [(&'a str, &'a [u8])],
+    /// Write `connection: close`.
+    pub force_close: bool,
+    /// The version to write instead of the message's own. (RFC 9110 §2.5 has a proxy send its
+    /// own version, HTTP/1.1; a request upgraded from HTTP/1.0 then needs a `Host`, via `add`.)
+    pub version: Option<Version>,
+}
+
+impl HeadEdits<'static> {
+    /// No edit at all.
+    pub const NONE: HeadEdits<'static> = HeadEdits {
+        path: None,
+        remove: &[],
+        add: &[],
+        force_close: false,
+        version: None,
+    };
+}
+
+/// Writes a request head to send upstream: the request line (with [`HeadEdits::path`]; an
+/// absolute-form target in origin-form), the original fields in order minus the hop-by-hop and
+/// removed ones (with `Host` set to the target's authority for an absolute-form target), then
+/// `connection: upgrade` when [`Head::upgrade`] holds, `connection: close` when
+/// [`HeadEdits::force_close`] does, the added fields, and the empty line.
+///
+/// `buf` and `head` are what [`super::parse_request`] completed on. An HTTP/1.0 client's wish
+/// to keep the connection alive is not forwarded (the upstream connection is the proxy's).
+pub fn write_request_head(out: &mut Vec<u8>, buf: &[u8], head: &Head, edits: &HeadEdits<'_>) {
+    out.reserve(head.head_len + 64);
+    out.extend_from_slice(head.method_bytes(buf));
+    out.push(b' ');
+    match head.form {
+        TargetForm::Origin | TargetForm::Absolute => {
+            out.extend_from_slice(edits.path.unwrap_or_else(|| head.path(buf)));
+            if let Some(query) = head.query(buf) {
+                out.push(b'?');
+                out.extend_from_slice(query);
+            }
+        }
+        TargetForm::Authority | TargetForm::Asterisk => out.extend_from_slice(head.target(buf)),
+    }
+    out.push(b' ');
+    out.extend_from_slice(edits.version.unwrap_or(head.version).as_bytes());
+    out.extend_from_slice(b"\r\n");
+    let absolute = head.form == TargetForm::Absolute;
+    let host_removed = edits.remove.iter().any(|r| r.eq_ignore_ascii_case("host"));
+    if absolute && !host_removed && head.header(buf, "host").is_none() {
+        // An HTTP/1.0 request without Host: the authority becomes one.
+        push_field(out, b"host", head.host(buf).unwrap_or_default());
+    }
+    write_fields(out, buf, head, edits, true);
+    let upgrade = head.upgrade;
+    write_connection(out, upgrade, edits.force_close);
+    write_added(out, edits);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// Writes a response head to send downstream: the status line, the original fields in order
+/// minus the hop-by-hop and removed ones, then `connection: upgrade` for a 101 upgrade,
+/// `connection: close` when [`HeadEdits::force_close`] holds or the body is close-delimited
+/// (the downstream connection must then close too), the added fields, and the empty line.
+///
+/// To keep an HTTP/1.0 client's connection alive, add `connection: keep-alive` (added fields
+/// are written as given).
+pub fn write_response_head(out: &mut Vec<u8>, buf: &[u8], head: &Head, edits: &HeadEdits<'_>) {
+    out.reserve(head.head_len + 64);
+    out.extend_from_slice(edits.version.unwrap_or(head.version).as_bytes());
+    out.push(b' ');
+    push_status(out, head.status);
+    out.push(b' ');
+    out.extend_from_slice(head.reason(buf));
+    out.extend_from_slice(b"\r\n");
+    write_fields(out, buf, head, edits, false);
+    let close = edits.force_close || head.framing == BodyFraming::CloseDelimited;
+    write_connection(out, head.upgrade, close);
+    write_added(out, edits);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// Writes a response the proxy makes itself (an error, a redirect, a health answer):
+/// `HTTP/1.1 status reason`, `extra_headers`, `content-type: text/plain` when the body is not
+/// empty and `extra_headers` has no content-type, `content-length`, `connection: close` when
+/// `close`, then the body. A 1xx, 204 or 304 gets neither length nor body.
+pub fn write_local_response(
+    out: &mut Vec<u8>,
+    status: u16,
+    extra_headers: &[(&str, &[u8])],
+    body: &[u8],
+    close: bool,
+) {
+    out.extend_from_slice(b"HTTP/1.1 ");
+    push_status(out, status);
+    out.push(b' ');
+    out.extend_from_slice(reason_phrase(status).as_bytes());
+    out.extend_from_slice(b"\r\n");
+    for (name, value) in extra_headers {
+        push_field(out, name.as_bytes(), value);
+    }
+    let bodiless = (100..200).contains(&status) || status == 204 || status == 304;
+    if !bodiless {
+        let has_type = extra_headers
+            .iter()
+            .any(|(n, _)| n.eq_ignore_ascii_case("content-type"));
+        if !body.is_empty() && !has_type {
+            out.extend_from_slice(b"content-type: text/plain\r\n");
+        }
+        out.extend_from_slice(b"content-length: ");
+        push_u64(out, body.len() as u64);
+        out.extend_from_slice(b"\r\n");
+    }
+    if close {
+        out.extend_from_slice(b"connection: close\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+    if !bodiless {
+        out.extend_from_slice(body);
+    }
+}
+
+/// The reason phrase of a common status code ("" for others).
+#[must_use]
+pub fn reason_phrase(status: u16) -> &'static str {
+    match status {
+        100 => "Continue",
+        101 => "Switching Protocols",
+        200 => "OK",
+        201 => "Created",
+        202 => "Accepted",
+        204 => "No Content",
+        206 => "Partial Content",
+        301 => "Moved Permanently",
+        302 => "Found",
+        303 => "See Other",
+        304 => "Not Modified",
+        307 => "Temporary Redirect",
+        308 => "Permanent Redirect",
+        400 => "Bad Request",
+        401 => "Unauthorized",
+        403 => "Forbidden",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        408 => "Request Timeout",
+        411 => "Length Required",
+        413 => "Content Too Large",
+        414 => "URI Too Long",
+        417 => "Expectation Failed",
+        421 => "Misdirected Request",
+        426 => "Upgrade Required",
+        429 => "Too Many Requests",
+        431 => "Request Header Fields Too Large",
+        500 => "Internal Server Error",
+        501 => "Not Implemented",
+        502 => "Bad Gateway",
+        503 => "Service Unavailable",
+        504 => "Gateway Timeout",
+        505 => "HTTP Version Not Supported",
+        _ => "",
+    }
+}
+
+/// The original fields, in order, minus the hop-by-hop and removed ones.
+fn write_fields(out: &mut Vec<u8>, buf: &[u8], head: &Head, edits: &HeadEdits<'_>, request: bool) {
+    let mut content_length_written = false;
+    for span in &head.headers {
+        let name = &buf[span.name.clone()];
+        let value = &buf[span.value.clone()];
+        let removed = || {
+            edits
+                .remove
+                .iter()
+                .any(|r| name.eq_ignore_ascii_case(r.as_bytes()))
+        };
+        match Known::of(name) {
+            Known::Connection
+            | Known::KeepAlive
+            | Known::ProxyConnection
+            | Known::Te
+            | Known::Trailer => {}
+            Known::Upgrade => {
+                if head.upgrade && !removed() {
+                    push_field(out, name, value);
+                }
+            }
+            Known::Expect if request => {}
+            Known::ContentLength => match head.content_length {
+                // Once, normalized: `5, 5` or two `5` fields become one `5`.
+                Some(n) if !content_length_written => {
+                    content_length_written = true;
+                    out.extend_from_slice(name);
+                    out.extend_from_slice(b": ");
+                    push_u64(out, n);
+                    out.extend_from_slice(b"\r\n");
+                }
+                Some(_) => {}
+                // Only a 2xx to CONNECT keeps an unparsed one (the client ignores it).
+                None => push_field(out, name, value),
+            },
+            Known::TransferEncoding => push_field(out, name, value),
+            Known::Host if head.form == TargetForm::Absolute => {
+                if !removed() {
+                    push_field(out, name, head.host(buf).unwrap_or(value));
+                }
+            }
+            Known::Host | Known::Expect => {
+                if !removed() {
+                    push_field(out, name, value);
+                }
+            }
+            Known::Other => {
+                let hop_by_hop = head.connection_options && named_by_connection(buf, head, name);
+                if !hop_by_hop && !removed() {
+                    push_field(out, name, value);
+                }
+            }
+        }
+    }
+}
+
+/// Whether a `Connection` field lists `name`.
+fn named_by_connection(buf: &[u8], head: &Head, name: &[u8]) -> bool {
+    head.header_values(buf, "connection")
+        .any(|v| list_elements(v).any(|token| token.eq_ignore_ascii_case(name)))
+}
+
+fn write_connection(out: &mut Vec<u8>, upgrade: bool, close: bool) {
+    match (upgrade, close) {
+        (true, true) => out.extend_from_slice(b"connection: upgrade, close\r\n"),
+        (true, false) => out.extend_from_slice(b"connection: upgrade\r\n"),
+        (false, true) => out.extend_from_slice(b"connection: close\r\n"),
+        (false, false) => {}
+    }
+}
+
+fn write_added(out: &mut Vec<u8>, edits: &HeadEdits<'_>) {
+    for (name, value) in edits.add {
+        let token = !name.is_empty() && name.bytes().all(super::is_tchar);
+        debug_assert!(token, "added field name {name:?} is not a token");
+        if token {
+            push_field(out, name.as_bytes(), value);
+        }
+    }
+}
+
+/// `name: value\r\n`, with control characters in the value (the caller's values) replaced by
+/// spaces.
+fn push_field(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+    out.extend_from_slice(name);
+    out.extend_from_slice(b": ");
+    if value.iter().any(|&b| super::is_value_ctl(b)) {
+        out.extend(
+            value
+                .iter()
+                .map(|&b| if super::is_value_ctl(b) { b' ' } else { b }),
+        );
+    } else {
+        out.extend_from_slice(value);
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
+/// Three digits (a status out of 100..=999 is clamped, so the line stays well-formed).
+fn push_status(out: &mut Vec<u8>, status: u16) {
+    let s = status.clamp(100, 999);
+    out.extend_from_slice(&[
+        b'0' + (s / 100) as u8,
+        b'0' + (s / 10 % 10) as u8,
+        b'0' + (s % 10) as u8,
+    ]);
+}
+
+fn push_u64(out: &mut Vec<u8>, mut n: u64) {
+    let mut digits = [0u8; 20];
+    let mut i = digits.len();
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&digits[i..]);
+}

@@ -1,0 +1,143 @@
+//! `Router::route` does not allocate on its non-regex path, and once a regex has run on a
+//! thread it does not allocate there again; `pick_cluster` and `rewrite_prefix` (into a buffer
+//! with room) never do. Counted with a per-thread counting global allocator (which is why this
+//! is an integration test: the library itself forbids `unsafe`).
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::cell::Cell;
+
+use sluice_core::config::http::{HttpConfig, RouteAction};
+use sluice_core::config::{Config, ListenerFilter};
+use sluice_core::rng::Rng;
+use sluice_core::router::{Router, pick_cluster, rewrite_prefix};
+
+struct Counting;
+
+thread_local! {
+    static ALLOCATIONS: Cell<u64> = const { Cell::new(0) };
+}
+
+fn count() {
+    let _ = ALLOCATIONS.try_with(|c| c.set(c.get() + 1));
+}
+
+// SAFETY: every call is forwarded unchanged to the system allocator; counting only touches a
+// const-initialized thread-local `Cell`, which never allocates.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        count();
+        // SAFETY: forwarded with the caller's guarantees.
+        unsafe { System.alloc(layout) }
+    }
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        count();
+        // SAFETY: forwarded with the caller's guarantees.
+        unsafe { System.alloc_zeroed(layout) }
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        count();
+        // SAFETY: forwarded with the caller's guarantees.
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: forwarded with the caller's guarantees.
+        unsafe { System.dealloc(ptr, layout) }
+    }
+}
+
+#[global_allocator]
+static ALLOCATOR: Counting = Counting;
+
+fn allocations_in(f: impl FnOnce()) -> u64 {
+    let before = ALLOCATIONS.with(Cell::get);
+    f();
+    ALLOCATIONS.with(Cell::get) - before
+}
+
+fn example() -> HttpConfig {
+    let config = Config::from_yaml(include_str!("../../configs/http.yaml")).unwrap();
+    match &config.listeners[0].filter {
+        ListenerFilter::Http(h) => (**h).clone(),
+        _ => panic!("configs/http.yaml: the first listener is not http"),
+    }
+}
+
+const HEADERS: [(&str, &[u8]); 2] = [("x-canary", b"1"), ("authorization", b"Basic x")];
+
+fn lookup(name: &str) -> Option<&'static [u8]> {
+    HEADERS.iter().find(|(n, _)| *n == name).map(|(_, v)| *v)
+}
+
+fn none(_: &str) -> Option<&'static [u8]> {
+    None
+}
+
+#[test]
+fn the_counter_counts() {
+    assert_eq!(
+        allocations_in(|| drop(std::hint::black_box(Box::new(7u64)))),
+        1
+    );
+}
+
+#[test]
+fn routing_does_not_allocate() {
+    let router = Router::new(&example()).unwrap();
+    // Requests that every route before the regex one decides.
+    type Lookup = dyn Fn(&str) -> Option<&'static [u8]>;
+    let plain: [(&[u8], &[u8], &Lookup); 6] = [
+        (b"example.com", b"/hello", &none),
+        (b"WWW.Example.com:8080", b"/healthz", &none),
+        (b"example.com", b"/api/users", &lookup),
+        (b"admin.example.com", b"/", &none),
+        (b"admin.internal:1", b"/x", &lookup),
+        (b"[::1]:80", b"/hello", &none),
+    ];
+    let n = allocations_in(|| {
+        for (host, path, headers) in plain {
+            assert!(router.route(host, path, headers).is_some());
+        }
+    });
+    assert_eq!(n, 0, "allocations routing without a regex");
+
+    // A regex allocates its scratch space on its first run on a thread, then reuses it.
+    let with_regex: [(&[u8], &[u8]); 3] = [
+        (b"example.com", b"/v2/items"),
+        (b"example.com", b"/index.html"),
+        (b"example.com", b"/v2/items/x"),
+    ];
+    for (host, path) in with_regex {
+        router.route(host, path, &none).unwrap();
+    }
+    let n = allocations_in(|| {
+        for _ in 0..100 {
+            for (host, path) in with_regex {
+                assert!(router.route(host, path, &none).is_some());
+            }
+        }
+    });
+    assert_eq!(
+        n, 0,
+        "allocations routing through a regex already used on this thread"
+    );
+}
+
+#[test]
+fn picking_and_rewriting_do_not_allocate() {
+    let config = example();
+    let router = Router::new(&config).unwrap();
+    let weighted = router.route(b"example.com", b"/v1/items", &none).unwrap();
+    let RouteAction::Forward(forward) = &weighted.route.action else {
+        panic!("the regex route forwards")
+    };
+    let mut rng = Rng::from_seed(1);
+    let mut out = Vec::with_capacity(256);
+    let n = allocations_in(|| {
+        for _ in 0..1000 {
+            pick_cluster(&forward.target, &mut rng);
+            rewrite_prefix(b"/api/users/42", "/api/", "/v1/", &mut out);
+        }
+    });
+    assert_eq!(n, 0);
+    assert_eq!(out, b"/v1/users/42");
+}

@@ -1,0 +1,339 @@
+//! Access log: one line per HTTP request, as text from a `%FIELD%` template or as JSON.
+//!
+//! Each worker owns its own writer per listener and buffers lines, flushing when the buffer
+//! passes [`FLUSH_BYTES`] and on a periodic tick (the engine calls [`AccessLog::flush`]), so
+//! logging costs no syscall per request. Lines from different workers never interleave: each
+//! flush writes whole lines with one `write` to a file opened in append mode.
+//!
+//! Fields (text placeholders and JSON keys): `START_TIME` (RFC 3339, UTC, ms), `METHOD`,
+//! `PATH`, `PROTOCOL`, `STATUS`, `RESPONSE_FLAGS` (`-` or Envoy-style codes like `UF`, `NR`),
+//! `BYTES_RECEIVED`, `BYTES_SENT`, `DURATION` (ms), `UPSTREAM_HOST`, `REQUEST_ID`,
+//! `DOWNSTREAM_REMOTE_ADDRESS`, `LISTENER`.
+
+use std::fs::{File, OpenOptions};
+use std::io::{self, Write};
+use std::net::SocketAddr;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use sluice_core::config::http::{AccessLogConfig, AccessLogFormat};
+
+/// Flush once this many bytes are buffered.
+pub const FLUSH_BYTES: usize = 16 * 1024;
+
+/// The default text template (Envoy's default, trimmed to the fields Sluice has).
+pub const DEFAULT_TEMPLATE: &str = "[%START_TIME%] \"%METHOD% %PATH% %PROTOCOL%\" %STATUS% %RESPONSE_FLAGS% %BYTES_RECEIVED% %BYTES_SENT% %DURATION% \"%UPSTREAM_HOST%\" \"%REQUEST_ID%\"";
+
+/// One request's facts.
+pub struct Entry<'a> {
+    /// When the request head started arriving.
+    pub start: SystemTime,
+    /// Method token.
+    pub method: &'a [u8],
+    /// Request target as received.
+    pub path: &'a [u8],
+    /// `HTTP/1.1` or `HTTP/1.0`.
+    pub protocol: &'a str,
+    /// Status sent downstream (0 if none was).
+    pub status: u16,
+    /// Why the proxy answered itself, if it did.
+    pub flag: Option<&'a str>,
+    /// Request bytes received (head + body).
+    pub bytes_received: u64,
+    /// Response bytes sent (head + body).
+    pub bytes_sent: u64,
+    /// Duration in milliseconds.
+    pub duration_ms: u64,
+    /// The upstream host of the last try.
+    pub upstream: Option<SocketAddr>,
+    /// `x-request-id`.
+    pub request_id: &'a [u8],
+    /// The client.
+    pub downstream: SocketAddr,
+    /// Listener name.
+    pub listener: &'a str,
+}
+
+enum Sink {
+    Stdout,
+    File(File),
+}
+
+enum Piece {
+    Text(String),
+    Field(Field),
+}
+
+#[derive(Clone, Copy)]
+enum Field {
+    StartTime,
+    Method,
+    Path,
+    Protocol,
+    Status,
+    Flags,
+    BytesReceived,
+    BytesSent,
+    Duration,
+    UpstreamHost,
+    RequestId,
+    Downstream,
+    Listener,
+}
+
+const FIELDS: [(&str, Field); 13] = [
+    ("START_TIME", Field::StartTime),
+    ("METHOD", Field::Method),
+    ("PATH", Field::Path),
+    ("PROTOCOL", Field::Protocol),
+    ("STATUS", Field::Status),
+    ("RESPONSE_FLAGS", Field::Flags),
+    ("BYTES_RECEIVED", Field::BytesReceived),
+    ("BYTES_SENT", Field::BytesSent),
+    ("DURATION", Field::Duration),
+    ("UPSTREAM_HOST", Field::UpstreamHost),
+    ("REQUEST_ID", Field::RequestId),
+    ("DOWNSTREAM_REMOTE_ADDRESS", Field::Downstream),
+    ("LISTENER", Field::Listener),
+];
+
+/// A worker's access log writer for one listener.
+pub struct AccessLog {
+    json: bool,
+    template: Vec<Piece>,
+    sink: Sink,
+    buf: Vec<u8>,
+}
+
+impl AccessLog {
+    /// Opens the destination (append) and compiles the template.
+    pub fn open(config: &AccessLogConfig) -> io::Result<Self> {
+        let sink = match &config.path {
+            None => Sink::Stdout,
+            Some(p) => Sink::File(
+                OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(p)
+                    .map_err(|e| io::Error::new(e.kind(), format!("access log {p}: {e}")))?,
+            ),
+        };
+        let (json, template) = match &config.format {
+            AccessLogFormat::Json => (true, Vec::new()),
+            AccessLogFormat::Text(t) => (false, compile(t.as_deref().unwrap_or(DEFAULT_TEMPLATE))),
+        };
+        Ok(AccessLog {
+            json,
+            template,
+            sink,
+            buf: Vec::with_capacity(FLUSH_BYTES * 2),
+        })
+    }
+
+    /// Appends one line; flushes when the buffer is full.
+    pub fn log(&mut self, e: &Entry<'_>) {
+        if self.json {
+            write_json(&mut self.buf, e);
+        } else {
+            for piece in &self.template {
+                match piece {
+                    Piece::Text(t) => self.buf.extend_from_slice(t.as_bytes()),
+                    Piece::Field(f) => write_field(&mut self.buf, *f, e),
+                }
+            }
+        }
+        self.buf.push(b'\n');
+        if self.buf.len() >= FLUSH_BYTES {
+            self.flush();
+        }
+    }
+
+    /// Writes out what is buffered.
+    pub fn flush(&mut self) {
+        if self.buf.is_empty() {
+            return;
+        }
+        let r = match &mut self.sink {
+            Sink::Stdout => io::stdout().lock().write_all(&self.buf),
+            Sink::File(f) => f.write_all(&self.buf),
+        };
+        if let Err(e) = r {
+            tracing::warn!(error = %e, "access log write failed; lines dropped");
+        }
+        self.buf.clear();
+    }
+}
+
+impl Drop for AccessLog {
+    fn drop(&mut self) {
+        self.flush();
+    }
+}
+
+fn compile(template: &str) -> Vec<Piece> {
+    let mut out = Vec::new();
+    let mut rest = template;
+    while let Some(start) = rest.find('%') {
+        let after = &rest[start + 1..];
+        let field = after.find('%').and_then(|end| {
+            FIELDS
+                .iter()
+                .find(|(n, _)| *n == &after[..end])
+                .map(|(_, f)| (*f, end))
+        });
+        match field {
+            Some((f, end)) => {
+                if start > 0 {
+                    out.push(Piece::Text(rest[..start].to_owned()));
+                }
+                out.push(Piece::Field(f));
+                rest = &after[end + 1..];
+            }
+            None => {
+                out.push(Piece::Text(rest[..=start].to_owned()));
+                rest = after;
+            }
+        }
+    }
+    if !rest.is_empty() {
+        out.push(Piece::Text(rest.to_owned()));
+    }
+    out
+}
+
+/// Whether every `%NAME%` in a template names a known field (for config validation messages).
+pub fn unknown_fields(template: &str) -> Vec<String> {
+    let mut unknown = Vec::new();
+    let parts: Vec<&str> = template.split('%').collect();
+    for (i, p) in parts.iter().enumerate() {
+        if i % 2 == 1 && i + 1 < parts.len() && !FIELDS.iter().any(|(n, _)| n == p) {
+            unknown.push((*p).to_owned());
+        }
+    }
+    unknown
+}
+
+fn write_field(buf: &mut Vec<u8>, f: Field, e: &Entry<'_>) {
+    use std::io::Write as _;
+    let _ = match f {
+        Field::StartTime => {
+            write_rfc3339(buf, e.start);
+            Ok(())
+        }
+        Field::Method => buf.write_all(e.method),
+        Field::Path => buf.write_all(e.path),
+        Field::Protocol => buf.write_all(e.protocol.as_bytes()),
+        Field::Status => write!(buf, "{}", e.status),
+        Field::Flags => buf.write_all(e.flag.unwrap_or("-").as_bytes()),
+        Field::BytesReceived => write!(buf, "{}", e.bytes_received),
+        Field::BytesSent => write!(buf, "{}", e.bytes_sent),
+        Field::Duration => write!(buf, "{}", e.duration_ms),
+        Field::UpstreamHost => match e.upstream {
+            Some(a) => write!(buf, "{a}"),
+            None => buf.write_all(b"-"),
+        },
+        Field::RequestId => buf.write_all(if e.request_id.is_empty() {
+            b"-"
+        } else {
+            e.request_id
+        }),
+        Field::Downstream => write!(buf, "{}", e.downstream),
+        Field::Listener => buf.write_all(e.listener.as_bytes()),
+    };
+}
+
+fn write_json(buf: &mut Vec<u8>, e: &Entry<'_>) {
+    let s = |b: &[u8]| serde_json::Value::String(String::from_utf8_lossy(b).into_owned());
+    let mut ts = Vec::new();
+    write_rfc3339(&mut ts, e.start);
+    let v = serde_json::json!({
+        "start_time": s(&ts),
+        "method": s(e.method),
+        "path": s(e.path),
+        "protocol": e.protocol,
+        "status": e.status,
+        "response_flags": e.flag.unwrap_or("-"),
+        "bytes_received": e.bytes_received,
+        "bytes_sent": e.bytes_sent,
+        "duration_ms": e.duration_ms,
+        "upstream_host": e.upstream.map(|a| a.to_string()),
+        "request_id": s(e.request_id),
+        "downstream_remote_address": e.downstream.to_string(),
+        "listener": e.listener,
+    });
+    let _ = serde_json::to_writer(&mut *buf, &v);
+}
+
+/// `2026-11-27T08:13:04.123Z`
+fn write_rfc3339(buf: &mut Vec<u8>, t: SystemTime) {
+    use std::io::Write as _;
+    let d = t.duration_since(UNIX_EPOCH).unwrap_or_default();
+    let secs = d.as_secs();
+    let days = (secs / 86_400) as i64;
+    let rem = secs % 86_400;
+    // Howard Hinnant's civil_from_days.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    let _ = write!(
+        buf,
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60,
+        d.subsec_millis()
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn rfc3339_dates() {
+        let mut b = Vec::new();
+        write_rfc3339(
+            &mut b,
+            UNIX_EPOCH + Duration::from_millis(1_795_767_184_123),
+        );
+        assert_eq!(String::from_utf8(b).unwrap(), "2026-11-27T08:13:04.123Z");
+        let mut b = Vec::new();
+        write_rfc3339(&mut b, UNIX_EPOCH + Duration::from_secs(951_782_400)); // leap day
+        assert_eq!(String::from_utf8(b).unwrap(), "2000-02-29T00:00:00.000Z");
+    }
+
+    #[test]
+    fn template_fields_and_literal_percent() {
+        let pieces = compile("a %STATUS% 100% %NOPE% %METHOD%");
+        let e = Entry {
+            start: UNIX_EPOCH,
+            method: b"GET",
+            path: b"/x",
+            protocol: "HTTP/1.1",
+            status: 204,
+            flag: None,
+            bytes_received: 1,
+            bytes_sent: 2,
+            duration_ms: 3,
+            upstream: None,
+            request_id: b"",
+            downstream: "127.0.0.1:1".parse().unwrap(),
+            listener: "l",
+        };
+        let mut buf = Vec::new();
+        for p in &pieces {
+            match p {
+                Piece::Text(t) => buf.extend_from_slice(t.as_bytes()),
+                Piece::Field(f) => write_field(&mut buf, *f, &e),
+            }
+        }
+        assert_eq!(String::from_utf8(buf).unwrap(), "a 204 100% %NOPE% GET");
+        assert_eq!(unknown_fields("%STATUS% %NOPE%"), ["NOPE"]);
+    }
+}

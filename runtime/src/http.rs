@@ -1,0 +1,1012 @@
+//! The HTTP/1.1 connection manager: the IO half of `sluice_core::http1`, `router` and
+//! `exchange`.
+//!
+//! One task per downstream connection runs [`Engine::http_connection`]:
+//!
+//! 1. read a request head (keep-alive idle timeout before its first byte, then
+//!    `request_headers_timeout` until it is complete; limits answer 431, malformed or ambiguous
+//!    framing 400, and close the connection — nothing of such a request goes upstream);
+//! 2. route it (404 when nothing matches; a direct response is answered here);
+//! 3. forward it: the [`Exchange`] picks hosts and decides retries and timeouts; this module
+//!    gets connections (from the worker's [`Pool`] or fresh), writes the rewritten head and the
+//!    body, reads the response head, and streams the response body by its framing;
+//! 4. log it, then serve the next (possibly pipelined) request in order, or close.
+//!
+//! Bodies up to [`REPLAY_LIMIT`] are buffered before the first try so that a retry can send them
+//! again; larger ones stream and are never retried once written. `Expect: 100-continue` is
+//! answered by the proxy itself when it starts reading the body (the header is not forwarded).
+//! An `Upgrade` request whose response is `101` turns the connection into a byte tunnel.
+
+use std::io;
+use std::net::SocketAddr;
+use std::time::{Duration, SystemTime};
+
+use sluice_core::config::ListenerConfig;
+use sluice_core::config::http::{ForwardAction, HttpConfig, PathMatch, RouteAction};
+use sluice_core::exchange::{
+    Action, Exchange, ExchangeConfig, ResponseFlag, RetryPolicyView, TryFailure, Verdict,
+};
+use sluice_core::http1::{
+    BodyFraming, Chunked, ChunkedDecoder, Head, HeadEdits, HttpError, Limits, Method, ParseStatus,
+    Version, parse_request, parse_response, write_local_response, write_request_head,
+    write_response_head,
+};
+use sluice_core::router::{pick_cluster, rewrite_prefix};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::time::Instant as TokioInstant;
+
+use crate::access_log::Entry;
+use crate::engine::Engine;
+use crate::net::Network;
+use crate::now;
+use crate::stats::bump;
+
+/// Request bodies up to this size are buffered so that a retry can resend them.
+pub const REPLAY_LIMIT: usize = 64 * 1024;
+/// Limits for upstream response heads.
+const RESPONSE_LIMITS: Limits = Limits {
+    max_head_bytes: 64 * 1024,
+    max_headers: 256,
+};
+const READ_CHUNK: usize = 16 * 1024;
+const MAX_TRAILER_BYTES: usize = 16 * 1024;
+
+/// A growable read buffer: bytes `start..end` of `data` are unconsumed.
+pub(crate) struct ReadBuffer {
+    data: Vec<u8>,
+    start: usize,
+    end: usize,
+}
+
+impl ReadBuffer {
+    fn new() -> Self {
+        ReadBuffer {
+            data: vec![0; READ_CHUNK],
+            start: 0,
+            end: 0,
+        }
+    }
+
+    fn bytes(&self) -> &[u8] {
+        &self.data[self.start..self.end]
+    }
+
+    fn len(&self) -> usize {
+        self.end - self.start
+    }
+
+    fn is_empty(&self) -> bool {
+        self.start == self.end
+    }
+
+    fn consume(&mut self, n: usize) {
+        debug_assert!(n <= self.len());
+        self.start += n;
+        if self.start == self.end {
+            self.start = 0;
+            self.end = 0;
+        }
+    }
+
+    fn clear(&mut self) {
+        self.start = 0;
+        self.end = 0;
+    }
+
+    /// Reads once more into the buffer (making room first); returns bytes read (0 = EOF).
+    async fn fill<R: AsyncRead + Unpin>(&mut self, r: &mut R) -> io::Result<usize> {
+        if self.end == self.data.len() {
+            if self.start > 0 {
+                self.data.copy_within(self.start..self.end, 0);
+                self.end -= self.start;
+                self.start = 0;
+            } else {
+                let grown = self.data.len() * 2;
+                self.data.resize(grown, 0);
+            }
+        }
+        let n = r.read(&mut self.data[self.end..]).await?;
+        self.end += n;
+        Ok(n)
+    }
+}
+
+/// What happened to one request, for the log and the keep-alive decision.
+struct Outcome {
+    status: u16,
+    flag: Option<ResponseFlag>,
+    upstream: Option<SocketAddr>,
+    bytes_received: u64,
+    bytes_sent: u64,
+    /// The downstream connection can carry another request.
+    reusable: bool,
+}
+
+impl Outcome {
+    fn local(status: u16, flag: ResponseFlag, sent: usize) -> Self {
+        Outcome {
+            status,
+            flag: Some(flag),
+            upstream: None,
+            bytes_received: 0,
+            bytes_sent: sent as u64,
+            reusable: false,
+        }
+    }
+}
+
+fn far_future() -> TokioInstant {
+    TokioInstant::now() + Duration::from_secs(86_400 * 365)
+}
+
+fn deadline_of(at: Option<std::time::Instant>) -> TokioInstant {
+    at.map_or_else(far_future, TokioInstant::from_std)
+}
+
+fn local_body(flag: ResponseFlag) -> &'static [u8] {
+    match flag {
+        ResponseFlag::NoRoute => b"no route matched the request\n",
+        ResponseFlag::NoHealthyUpstream => b"no healthy upstream\n",
+        ResponseFlag::UpstreamConnectFailure => b"upstream connect error\n",
+        ResponseFlag::UpstreamConnectionTermination => {
+            b"upstream connect error or disconnect/reset before headers\n"
+        }
+        ResponseFlag::UpstreamTimeout => b"upstream request timeout\n",
+        ResponseFlag::UpstreamOverflow => b"upstream overflow\n",
+        ResponseFlag::UpstreamProtocolError => b"upstream sent a malformed response\n",
+        ResponseFlag::DownstreamProtocolError => b"bad request\n",
+        ResponseFlag::DownstreamLimit => b"request header limits exceeded\n",
+        ResponseFlag::DirectResponse => b"",
+    }
+}
+
+/// How the request head ended up.
+enum HeadRead {
+    Ready,
+    /// Clean end of the connection between requests (EOF, idle timeout, drain).
+    Closed,
+    /// A local answer, then close.
+    Reject(u16, ResponseFlag, String),
+}
+
+impl<N: Network> Engine<N> {
+    /// Serves one downstream HTTP/1.1 connection until it closes.
+    pub(crate) async fn http_connection(
+        &self,
+        listener: usize,
+        lc: &ListenerConfig,
+        hc: &HttpConfig,
+        mut down: N::Stream,
+        peer: SocketAddr,
+    ) {
+        let limits = Limits {
+            max_head_bytes: hc.max_request_headers_kb as usize * 1024,
+            max_headers: hc.max_headers_count as usize,
+        };
+        let mut rbuf = ReadBuffer::new();
+        let mut ubuf = ReadBuffer::new();
+        let mut head = Head::default();
+        let mut rhead = Head::default();
+        let mut out: Vec<u8> = Vec::with_capacity(4096);
+        loop {
+            let started = SystemTime::now();
+            let t0 = now();
+            match self
+                .read_request_head(hc, &limits, &mut down, &mut rbuf, &mut head)
+                .await
+            {
+                HeadRead::Closed => break,
+                HeadRead::Reject(status, flag, why) => {
+                    out.clear();
+                    write_local_response(&mut out, status, &[], why.as_bytes(), true);
+                    let _ = down.write_all(&out).await;
+                    bump(&self.stats.http_local_replies, 1);
+                    self.count_status(status);
+                    if let Some(log) = &self.access_logs[listener] {
+                        log.borrow_mut().log(&Entry {
+                            start: started,
+                            method: b"-",
+                            path: b"-",
+                            protocol: "HTTP/1.1",
+                            status,
+                            flag: Some(flag.code()),
+                            bytes_received: rbuf.len() as u64,
+                            bytes_sent: out.len() as u64,
+                            duration_ms: now().duration_since(t0).as_millis() as u64,
+                            upstream: None,
+                            request_id: b"",
+                            downstream: peer,
+                            listener: &lc.name,
+                        });
+                    }
+                    tracing::debug!(listener = %lc.name, %peer, status, "rejected request: {why}");
+                    break;
+                }
+                HeadRead::Ready => {}
+            }
+            bump(&self.stats.http_requests, 1);
+            let outcome = self
+                .serve_request(
+                    listener, &mut down, peer, &mut rbuf, &head, &mut ubuf, &mut rhead, &mut out,
+                )
+                .await;
+            self.count_status(outcome.status);
+            if outcome
+                .flag
+                .is_some_and(|f| f != ResponseFlag::DirectResponse)
+            {
+                bump(&self.stats.http_local_replies, 1);
+            }
+            if let Some(log) = &self.access_logs[listener] {
+                let buf = rbuf.bytes();
+                let protocol = match head.version() {
+                    Version::Http10 => "HTTP/1.0",
+                    Version::Http11 => "HTTP/1.1",
+                };
+                let request_id = head.header(buf, "x-request-id").unwrap_or(b"");
+                log.borrow_mut().log(&Entry {
+                    start: started,
+                    method: head.method_bytes(buf),
+                    path: head.target(buf),
+                    protocol,
+                    status: outcome.status,
+                    flag: outcome.flag.map(ResponseFlag::code),
+                    bytes_received: outcome.bytes_received,
+                    bytes_sent: outcome.bytes_sent,
+                    duration_ms: now().duration_since(t0).as_millis() as u64,
+                    upstream: outcome.upstream,
+                    request_id,
+                    downstream: peer,
+                    listener: &lc.name,
+                });
+            }
+            // The request (head and any body) is done with: drop it from the buffer; what
+            // remains is the next, pipelined, request.
+            rbuf.consume(head.head_len().min(rbuf.len()));
+            if !outcome.reusable || self.stopping.get() {
+                break;
+            }
+        }
+        let _ = down.shutdown().await;
+    }
+
+    fn count_status(&self, status: u16) {
+        let class = (status / 100).clamp(1, 5) as usize - 1;
+        bump(&self.stats.http_responses_by_class[class], 1);
+    }
+
+    async fn read_request_head(
+        &self,
+        hc: &HttpConfig,
+        limits: &Limits,
+        down: &mut N::Stream,
+        rbuf: &mut ReadBuffer,
+        head: &mut Head,
+    ) -> HeadRead {
+        // Idle between requests: wait for the first byte.
+        if rbuf.is_empty() {
+            let idle = hc.idle_timeout.map(|d| TokioInstant::now() + d);
+            let stop = self.stop_accepting.notified();
+            if self.stopping.get() {
+                return HeadRead::Closed;
+            }
+            let read = tokio::select! {
+                biased;
+                () = stop => return HeadRead::Closed,
+                () = tokio::time::sleep_until(idle.unwrap_or_else(far_future)) => return HeadRead::Closed,
+                r = rbuf.fill(down) => r,
+            };
+            match read {
+                Ok(0) | Err(_) => return HeadRead::Closed,
+                Ok(_) => {}
+            }
+        }
+        let deadline = TokioInstant::now() + hc.request_headers_timeout;
+        loop {
+            match parse_request(rbuf.bytes(), limits, head) {
+                Ok(ParseStatus::Complete) => return HeadRead::Ready,
+                Ok(ParseStatus::Partial) => {}
+                Err(e) => return reject(&e),
+            }
+            let read = tokio::select! {
+                biased;
+                () = tokio::time::sleep_until(deadline) => {
+                    return HeadRead::Reject(408, ResponseFlag::DownstreamLimit, "request headers not received in time\n".into());
+                }
+                r = rbuf.fill(down) => r,
+            };
+            match read {
+                Ok(0) | Err(_) => return HeadRead::Closed,
+                Ok(_) => {}
+            }
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn serve_request(
+        &self,
+        listener: usize,
+        down: &mut N::Stream,
+        peer: SocketAddr,
+        rbuf: &mut ReadBuffer,
+        head: &Head,
+        ubuf: &mut ReadBuffer,
+        rhead: &mut Head,
+        out: &mut Vec<u8>,
+    ) -> Outcome {
+        let router = self.routers[listener]
+            .as_ref()
+            .expect("http listener has a router");
+        let route = {
+            let buf = rbuf.bytes();
+            let host = head.host(buf).unwrap_or(b"");
+            router.route(host, head.path(buf), &|name| head.header(buf, name))
+        };
+        let has_body = !matches!(head.framing(), BodyFraming::None);
+        let Some(route) = route else {
+            return self
+                .local_reply(down, out, 404, ResponseFlag::NoRoute, has_body)
+                .await;
+        };
+        match &route.route.action {
+            RouteAction::DirectResponse { status, body } => {
+                out.clear();
+                let close = has_body || !head.keep_alive();
+                write_local_response(out, *status, &[], body.as_bytes(), close);
+                let ok = down.write_all(out).await.is_ok();
+                Outcome {
+                    status: *status,
+                    flag: Some(ResponseFlag::DirectResponse),
+                    upstream: None,
+                    bytes_received: head.head_len() as u64,
+                    bytes_sent: out.len() as u64,
+                    reusable: ok && !close,
+                }
+            }
+            RouteAction::Forward(action) => {
+                let prefix = match &route.route.matcher.path {
+                    PathMatch::Prefix(p) => Some(p.as_str()),
+                    _ => None,
+                };
+                self.forward(action, prefix, down, peer, rbuf, head, ubuf, rhead, out)
+                    .await
+            }
+        }
+    }
+
+    async fn local_reply(
+        &self,
+        down: &mut N::Stream,
+        out: &mut Vec<u8>,
+        status: u16,
+        flag: ResponseFlag,
+        close: bool,
+    ) -> Outcome {
+        out.clear();
+        write_local_response(out, status, &[], local_body(flag), close);
+        let ok = down.write_all(out).await.is_ok();
+        let mut o = Outcome::local(status, flag, out.len());
+        o.reusable = ok && !close;
+        o
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn forward(
+        &self,
+        action: &ForwardAction,
+        matched_prefix: Option<&str>,
+        down: &mut N::Stream,
+        peer: SocketAddr,
+        rbuf: &mut ReadBuffer,
+        head: &Head,
+        ubuf: &mut ReadBuffer,
+        rhead: &mut Head,
+        out: &mut Vec<u8>,
+    ) -> Outcome {
+        let target = pick_cluster(&action.target, &mut self.rng.borrow_mut());
+        let ci = target.cluster_index;
+        let cluster_cfg = &self.config.clusters[ci];
+        let head_len = head.head_len();
+
+        // --- the request body: buffer it when small enough to replay ---
+        let framing = head.framing();
+        if head.expect_continue() && !matches!(framing, BodyFraming::None) {
+            let _ = down.write_all(b"HTTP/1.1 100 Continue\r\n\r\n").await;
+        }
+        let body_len = match self.buffer_body(down, rbuf, head_len, framing).await {
+            Ok(b) => b,
+            Err(status) => {
+                let flag = ResponseFlag::DownstreamProtocolError;
+                return self.local_reply(down, out, status, flag, true).await;
+            }
+        };
+        let replayable = body_len.is_some();
+
+        // --- the upstream head, built once ---
+        out.clear();
+        let mut new_path = Vec::new();
+        let path_edit = match (&action.prefix_rewrite, matched_prefix) {
+            (Some(replacement), Some(prefix)) => {
+                rewrite_prefix(head.path(rbuf.bytes()), prefix, replacement, &mut new_path);
+                true
+            }
+            _ => false,
+        };
+        let xff = {
+            let mut v = Vec::with_capacity(64);
+            if let Some(old) = head.header(rbuf.bytes(), "x-forwarded-for") {
+                v.extend_from_slice(old);
+                v.extend_from_slice(b", ");
+            }
+            v.extend_from_slice(peer.ip().to_string().as_bytes());
+            v
+        };
+        let request_id = match head.header(rbuf.bytes(), "x-request-id") {
+            Some(_) => None,
+            None => Some(self.new_request_id()),
+        };
+        let mut remove: Vec<&str> = Vec::with_capacity(
+            2 + action.request_headers_to_remove.len() + action.request_headers_to_add.len(),
+        );
+        remove.push("x-forwarded-for");
+        remove.extend(action.request_headers_to_remove.iter().map(String::as_str));
+        remove.extend(
+            action
+                .request_headers_to_add
+                .iter()
+                .map(|h| h.name.as_str()),
+        );
+        let lowered: Vec<String> = remove.iter().map(|n| n.to_ascii_lowercase()).collect();
+        let remove: Vec<&str> = lowered.iter().map(String::as_str).collect();
+        let mut add: Vec<(&str, &[u8])> =
+            Vec::with_capacity(2 + action.request_headers_to_add.len());
+        add.push(("x-forwarded-for", &xff));
+        if let Some(id) = &request_id {
+            add.push(("x-request-id", id.as_bytes()));
+        }
+        for h in &action.request_headers_to_add {
+            add.push((h.name.as_str(), h.value.as_bytes()));
+        }
+        write_request_head(
+            out,
+            rbuf.bytes(),
+            head,
+            &HeadEdits {
+                path: path_edit.then_some(new_path.as_slice()),
+                remove: &remove,
+                add: &add,
+                force_close: false,
+                version: Some(Version::Http11),
+            },
+        );
+        let upstream_head_len = out.len();
+        if let Some(n) = body_len {
+            // The body goes into the upstream request once; from here on rbuf holds the head
+            // (for the log) followed by the next pipelined request.
+            out.extend_from_slice(&rbuf.bytes()[head_len..head_len + n]);
+            drop_range(rbuf, head_len, n);
+        }
+
+        // --- tries ---
+        let mut ex = Exchange::new(
+            now(),
+            ExchangeConfig {
+                timeout: action.timeout,
+                connect_timeout: cluster_cfg.connect_timeout,
+                retry: action.retry_policy.as_ref().map(RetryPolicyView::from),
+                idempotent: head.method().is_idempotent(),
+                replayable,
+            },
+        );
+        let cluster = &self.clusters[ci];
+        ex.start(now(), &mut cluster.borrow_mut(), &mut self.rng.borrow_mut());
+        let mut upstream_addr = None;
+        let mut bytes_received = head_len as u64 + body_len.unwrap_or(0) as u64;
+        loop {
+            let action_now = ex.poll_action();
+            let (host, address, allow_pooled) = match action_now {
+                Some(Action::LocalReply { status, flag }) => {
+                    ex.release(&mut cluster.borrow_mut());
+                    let mut o = self
+                        .local_reply(down, out, status, flag, !replayable || !head.keep_alive())
+                        .await;
+                    o.upstream = upstream_addr;
+                    o.bytes_received = bytes_received;
+                    return o;
+                }
+                Some(Action::Connect {
+                    host,
+                    address,
+                    allow_pooled,
+                }) => (host, address, allow_pooled),
+                None => {
+                    // Backing off before a retry.
+                    tokio::time::sleep_until(deadline_of(ex.poll_timeout())).await;
+                    ex.handle_timeout(now(), &mut cluster.borrow_mut(), &mut self.rng.borrow_mut());
+                    continue;
+                }
+            };
+            if ex.tries() > 1 {
+                bump(&self.stats.http_retries, 1);
+            }
+            upstream_addr = Some(address);
+            // Connection: pooled or fresh, raced against the exchange's timers.
+            let pooled = if allow_pooled {
+                self.pool.take(ci, host.index(), now())
+            } else {
+                None
+            };
+            let reused = pooled.is_some();
+            let mut up = match pooled {
+                Some(s) => s,
+                None => {
+                    bump(&self.stats.upstream_cx_attempts, 1);
+                    let timer = deadline_of(ex.poll_timeout());
+                    let connected = tokio::select! {
+                        biased;
+                        r = self.net.connect(address) => r.map_err(|_| ()),
+                        () = tokio::time::sleep_until(timer) => {
+                            bump(&self.stats.upstream_cx_connect_timeout, 1);
+                            ex.handle_timeout(now(), &mut cluster.borrow_mut(), &mut self.rng.borrow_mut());
+                            continue;
+                        }
+                    };
+                    match connected {
+                        Ok(s) => s,
+                        Err(()) => {
+                            bump(&self.stats.upstream_cx_connect_fail, 1);
+                            ex.handle_failure(
+                                now(),
+                                TryFailure::ConnectFailed,
+                                &mut cluster.borrow_mut(),
+                                &mut self.rng.borrow_mut(),
+                            );
+                            continue;
+                        }
+                    }
+                }
+            };
+            ex.handle_connected(now(), reused, &mut cluster.borrow_mut());
+
+            // Send the request and read the response head, raced against the timers.
+            let mut written = false;
+            let timer = deadline_of(ex.poll_timeout());
+            ubuf.clear();
+            let result = tokio::select! {
+                biased;
+                r = send_and_read_head(
+                    &mut up, down, out, upstream_head_len, rbuf, head_len, framing, body_len.is_none(),
+                    ubuf, rhead, head.method(), &mut written, &mut bytes_received,
+                ) => Some(r),
+                () = tokio::time::sleep_until(timer) => None,
+            };
+            if written {
+                ex.handle_request_written();
+            }
+            let Some(result) = result else {
+                bump(&self.stats.http_upstream_timeouts, 1);
+                ex.handle_timeout(now(), &mut cluster.borrow_mut(), &mut self.rng.borrow_mut());
+                continue;
+            };
+            let status = match result {
+                Ok(()) => rhead.status(),
+                Err(failure) => {
+                    let failure = match failure {
+                        TryFailure::Closed {
+                            request_written, ..
+                        } => TryFailure::Closed {
+                            request_written: request_written || written,
+                            reused,
+                        },
+                        f => f,
+                    };
+                    ex.handle_failure(
+                        now(),
+                        failure,
+                        &mut cluster.borrow_mut(),
+                        &mut self.rng.borrow_mut(),
+                    );
+                    continue;
+                }
+            };
+            match ex.handle_response_head(
+                now(),
+                status,
+                &mut cluster.borrow_mut(),
+                &mut self.rng.borrow_mut(),
+            ) {
+                Verdict::Retry => continue,
+                Verdict::Forward => {}
+            }
+
+            // --- forward the response ---
+            let keep_down = head.keep_alive()
+                && !matches!(rhead.framing(), BodyFraming::CloseDelimited)
+                && !self.stopping.get();
+            let upgrade = status == 101 && head.upgrade();
+            let resp_remove: Vec<&str> = action
+                .response_headers_to_remove
+                .iter()
+                .chain(action.response_headers_to_add.iter().map(|h| &h.name))
+                .map(String::as_str)
+                .collect();
+            let resp_add: Vec<(&str, &[u8])> = action
+                .response_headers_to_add
+                .iter()
+                .map(|h| (h.name.as_str(), h.value.as_bytes()))
+                .collect();
+            out.clear();
+            write_response_head(
+                out,
+                ubuf.bytes(),
+                rhead,
+                &HeadEdits {
+                    path: None,
+                    remove: &resp_remove,
+                    add: &resp_add,
+                    force_close: !keep_down && !upgrade,
+                    version: None,
+                },
+            );
+            let mut bytes_sent = out.len() as u64;
+            let resp_head_len = rhead.head_len();
+            ubuf.consume(resp_head_len);
+            if down.write_all(out).await.is_err() {
+                ex.release(&mut cluster.borrow_mut());
+                return Outcome {
+                    status,
+                    flag: None,
+                    upstream: upstream_addr,
+                    bytes_received,
+                    bytes_sent: 0,
+                    reusable: false,
+                };
+            }
+            if upgrade {
+                ex.handle_response_complete(&mut cluster.borrow_mut());
+                bytes_sent += tunnel(down, &mut up, rbuf, head_len, ubuf).await;
+                return Outcome {
+                    status,
+                    flag: None,
+                    upstream: upstream_addr,
+                    bytes_received,
+                    bytes_sent,
+                    reusable: false,
+                };
+            }
+            let timer = deadline_of(ex.poll_timeout());
+            let body = tokio::select! {
+                biased;
+                r = copy_body(&mut up, down, ubuf, rhead.framing()) => Some(r),
+                () = tokio::time::sleep_until(timer) => None,
+            };
+            ex.handle_response_complete(&mut cluster.borrow_mut());
+            let (complete, sent) = match body {
+                Some(Ok(n)) => (true, n),
+                Some(Err(_)) | None => (false, 0),
+            };
+            bytes_sent += sent;
+            let reuse_up = complete
+                && rhead.keep_alive()
+                && !matches!(rhead.framing(), BodyFraming::CloseDelimited)
+                && ubuf.is_empty();
+            if reuse_up {
+                self.pool.put(ci, host.index(), up, now());
+            }
+            return Outcome {
+                status,
+                flag: None,
+                upstream: upstream_addr,
+                bytes_received,
+                bytes_sent,
+                reusable: complete && keep_down,
+            };
+        }
+    }
+
+    /// Reads the whole request body into `rbuf` when it is at most [`REPLAY_LIMIT`] bytes.
+    /// `Ok(Some(n))`: buffered, `n` bytes after the head. `Ok(None)`: too large, will stream.
+    /// `Err(status)`: the body is malformed or the client went away.
+    async fn buffer_body(
+        &self,
+        down: &mut N::Stream,
+        rbuf: &mut ReadBuffer,
+        head_len: usize,
+        framing: BodyFraming,
+    ) -> Result<Option<usize>, u16> {
+        match framing {
+            BodyFraming::None | BodyFraming::CloseDelimited => Ok(Some(0)),
+            BodyFraming::ContentLength(n) => {
+                if n as usize > REPLAY_LIMIT {
+                    return Ok(None);
+                }
+                let need = head_len + n as usize;
+                while rbuf.len() < need {
+                    match rbuf.fill(down).await {
+                        Ok(0) | Err(_) => return Err(400),
+                        Ok(_) => {}
+                    }
+                }
+                Ok(Some(n as usize))
+            }
+            BodyFraming::Chunked => {
+                let mut dec = ChunkedDecoder::new(MAX_TRAILER_BYTES);
+                let mut scanned = head_len;
+                loop {
+                    match dec.feed(&rbuf.bytes()[scanned..]) {
+                        Ok(Chunked::Done { consumed }) => {
+                            return Ok(Some(scanned + consumed - head_len));
+                        }
+                        Ok(Chunked::NeedMore { consumed }) => scanned += consumed,
+                        Err(_) => return Err(400),
+                    }
+                    if scanned - head_len > REPLAY_LIMIT {
+                        // Too large to hold: stream it (what was scanned is re-scanned there).
+                        return Ok(None);
+                    }
+                    match rbuf.fill(down).await {
+                        Ok(0) | Err(_) => return Err(400),
+                        Ok(_) => {}
+                    }
+                }
+            }
+        }
+    }
+
+    /// A random `x-request-id` (UUID v4 form) from the worker's RNG.
+    fn new_request_id(&self) -> String {
+        let mut rng = self.rng.borrow_mut();
+        let (a, b) = (rng.next_u64(), rng.next_u64());
+        let a = (a & 0xffff_ffff_ffff_0fff) | 0x4000;
+        let b = (b & 0x3fff_ffff_ffff_ffff) | 0x8000_0000_0000_0000;
+        format!(
+            "{:08x}-{:04x}-{:04x}-{:04x}-{:012x}",
+            a >> 32,
+            (a >> 16) & 0xffff,
+            a & 0xffff,
+            b >> 48,
+            b & 0xffff_ffff_ffff
+        )
+    }
+}
+
+fn reject(e: &HttpError) -> HeadRead {
+    let status = e.status();
+    let flag = if status == 431 {
+        ResponseFlag::DownstreamLimit
+    } else {
+        ResponseFlag::DownstreamProtocolError
+    };
+    HeadRead::Reject(status, flag, format!("{e}\n"))
+}
+
+/// Writes the request (head + buffered body, or head then the streamed body) and reads the
+/// response head into `ubuf`/`rhead`, skipping interim 1xx answers other than 101.
+#[allow(clippy::too_many_arguments)]
+async fn send_and_read_head<U, D>(
+    up: &mut U,
+    down: &mut D,
+    request: &[u8],
+    upstream_head_len: usize,
+    rbuf: &mut ReadBuffer,
+    head_len: usize,
+    framing: BodyFraming,
+    stream_body: bool,
+    ubuf: &mut ReadBuffer,
+    rhead: &mut Head,
+    method: Method,
+    written: &mut bool,
+    bytes_received: &mut u64,
+) -> Result<(), TryFailure>
+where
+    U: AsyncRead + AsyncWrite + Unpin,
+    D: AsyncRead + AsyncWrite + Unpin,
+{
+    let closed = |written: bool| TryFailure::Closed {
+        request_written: written,
+        reused: false,
+    };
+    if up.write_all(request).await.is_err() {
+        return Err(closed(*written));
+    }
+    *written = true;
+    if stream_body {
+        let _ = upstream_head_len;
+        *bytes_received += stream_request_body(up, down, rbuf, head_len, framing)
+            .await
+            .map_err(|_| closed(true))?;
+    }
+    loop {
+        match parse_response(ubuf.bytes(), method, &RESPONSE_LIMITS, rhead) {
+            Ok(ParseStatus::Complete) => {
+                let status = rhead.status();
+                if (100..200).contains(&status) && status != 101 {
+                    ubuf.consume(rhead.head_len());
+                    continue;
+                }
+                return Ok(());
+            }
+            Ok(ParseStatus::Partial) => {}
+            Err(_) => return Err(TryFailure::ProtocolError),
+        }
+        match ubuf.fill(up).await {
+            Ok(0) | Err(_) => return Err(closed(true)),
+            Ok(_) => {}
+        }
+    }
+}
+
+/// Streams a large request body downstream → upstream; returns its size. Leaves `rbuf`
+/// holding only bytes after the body (the next pipelined request).
+async fn stream_request_body<U, D>(
+    up: &mut U,
+    down: &mut D,
+    rbuf: &mut ReadBuffer,
+    head_len: usize,
+    framing: BodyFraming,
+) -> io::Result<u64>
+where
+    U: AsyncWrite + Unpin,
+    D: AsyncRead + Unpin,
+{
+    // The head stays at the front of rbuf until the request is logged: keep it, stream the
+    // rest, and keep any bytes past the body.
+    let mut total = 0u64;
+    match framing {
+        BodyFraming::ContentLength(n) => {
+            let mut left = n;
+            loop {
+                let avail = rbuf.len().saturating_sub(head_len);
+                let take = (avail as u64).min(left) as usize;
+                if take > 0 {
+                    up.write_all(&rbuf.bytes()[head_len..head_len + take])
+                        .await?;
+                    drop_range(rbuf, head_len, take);
+                    left -= take as u64;
+                    total += take as u64;
+                }
+                if left == 0 {
+                    return Ok(total);
+                }
+                if rbuf.fill(down).await? == 0 {
+                    return Err(io::ErrorKind::UnexpectedEof.into());
+                }
+            }
+        }
+        BodyFraming::Chunked => {
+            let mut dec = ChunkedDecoder::new(MAX_TRAILER_BYTES);
+            loop {
+                let avail = &rbuf.bytes()[head_len..];
+                let (consumed, done) = match dec.feed(avail) {
+                    Ok(Chunked::Done { consumed }) => (consumed, true),
+                    Ok(Chunked::NeedMore { consumed }) => (consumed, false),
+                    Err(e) => {
+                        return Err(io::Error::new(io::ErrorKind::InvalidData, e.to_string()));
+                    }
+                };
+                if consumed > 0 {
+                    up.write_all(&rbuf.bytes()[head_len..head_len + consumed])
+                        .await?;
+                    drop_range(rbuf, head_len, consumed);
+                    total += consumed as u64;
+                }
+                if done {
+                    return Ok(total);
+                }
+                if rbuf.fill(down).await? == 0 {
+                    return Err(io::ErrorKind::UnexpectedEof.into());
+                }
+            }
+        }
+        BodyFraming::None | BodyFraming::CloseDelimited => Ok(0),
+    }
+}
+
+/// Removes `len` bytes at `at` (relative to the unconsumed start) from the buffer.
+fn drop_range(rbuf: &mut ReadBuffer, at: usize, len: usize) {
+    let start = rbuf.start + at;
+    rbuf.data.copy_within(start + len..rbuf.end, start);
+    rbuf.end -= len;
+}
+
+/// Copies the response body upstream → downstream by its framing; returns bytes sent.
+async fn copy_body<U, D>(
+    up: &mut U,
+    down: &mut D,
+    ubuf: &mut ReadBuffer,
+    framing: BodyFraming,
+) -> io::Result<u64>
+where
+    U: AsyncRead + Unpin,
+    D: AsyncWrite + Unpin,
+{
+    let mut sent = 0u64;
+    match framing {
+        BodyFraming::None => {}
+        BodyFraming::ContentLength(n) => {
+            let mut left = n;
+            loop {
+                let take = (ubuf.len() as u64).min(left) as usize;
+                if take > 0 {
+                    down.write_all(&ubuf.bytes()[..take]).await?;
+                    ubuf.consume(take);
+                    left -= take as u64;
+                    sent += take as u64;
+                }
+                if left == 0 {
+                    break;
+                }
+                if ubuf.fill(up).await? == 0 {
+                    return Err(io::ErrorKind::UnexpectedEof.into());
+                }
+            }
+        }
+        BodyFraming::Chunked => {
+            let mut dec = ChunkedDecoder::new(MAX_TRAILER_BYTES);
+            loop {
+                let (consumed, done) = match dec.feed(ubuf.bytes()) {
+                    Ok(Chunked::Done { consumed }) => (consumed, true),
+                    Ok(Chunked::NeedMore { consumed }) => (consumed, false),
+                    Err(e) => {
+                        return Err(io::Error::new(io::ErrorKind::InvalidData, e.to_string()));
+                    }
+                };
+                if consumed > 0 {
+                    down.write_all(&ubuf.bytes()[..consumed]).await?;
+                    ubuf.consume(consumed);
+                    sent += consumed as u64;
+                }
+                if done {
+                    break;
+                }
+                if ubuf.fill(up).await? == 0 {
+                    return Err(io::ErrorKind::UnexpectedEof.into());
+                }
+            }
+        }
+        BodyFraming::CloseDelimited => loop {
+            if !ubuf.is_empty() {
+                down.write_all(ubuf.bytes()).await?;
+                sent += ubuf.len() as u64;
+                ubuf.clear();
+            }
+            if ubuf.fill(up).await? == 0 {
+                break;
+            }
+        },
+    }
+    Ok(sent)
+}
+
+/// After a `101`: bytes both ways until either side closes. Leftovers in the buffers go first.
+async fn tunnel<D, U>(
+    down: &mut D,
+    up: &mut U,
+    rbuf: &mut ReadBuffer,
+    head_len: usize,
+    ubuf: &mut ReadBuffer,
+) -> u64
+where
+    D: AsyncRead + AsyncWrite + Unpin,
+    U: AsyncRead + AsyncWrite + Unpin,
+{
+    if rbuf.len() > head_len {
+        if up.write_all(&rbuf.bytes()[head_len..]).await.is_err() {
+            return 0;
+        }
+        let extra = rbuf.len() - head_len;
+        drop_range(rbuf, head_len, extra);
+    }
+    let mut sent = 0;
+    if !ubuf.is_empty() {
+        if down.write_all(ubuf.bytes()).await.is_err() {
+            return 0;
+        }
+        sent += ubuf.len() as u64;
+        ubuf.clear();
+    }
+    match tokio::io::copy_bidirectional(down, up).await {
+        Ok((_, to_down)) => sent + to_down,
+        Err(_) => sent,
+    }
+}

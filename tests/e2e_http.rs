@@ -1,0 +1,502 @@
+//! End-to-end tests of the `sluice` binary as an HTTP/1.1 proxy, against real peers: curl, wrk,
+//! nginx, a Python `http.server` upstream that logs every complete request it receives (so the
+//! tests can count what reached an upstream), and the `websockets` library.
+
+mod support;
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use support::*;
+
+fn addr(port: u16) -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], port))
+}
+
+fn python() -> String {
+    let venv = repo().join("target/test-venv/bin/python");
+    if venv.exists() {
+        venv.to_string_lossy().into_owned()
+    } else {
+        "python3".to_owned()
+    }
+}
+
+/// A Python upstream on `port` logging complete requests to `<dir>/<name>.requests`.
+fn start_upstream(dir: &TempDir, name: &str, port: u16) -> (Proc, PathBuf) {
+    let log = dir.path().join(format!("{name}.requests"));
+    let script = repo().join("tests/http_upstream.py");
+    let mut p = spawn(
+        dir,
+        name,
+        &python(),
+        &[
+            script.to_str().unwrap(),
+            &port.to_string(),
+            log.to_str().unwrap(),
+            name,
+        ],
+    );
+    wait_listening(addr(port), &mut p);
+    (p, log)
+}
+
+fn upstream_requests(log: &PathBuf) -> Vec<String> {
+    std::fs::read_to_string(log)
+        .unwrap_or_default()
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}
+
+fn http_config(listen: u16, hosts: &[u16], extra_listener: &str, route_extra: &str) -> String {
+    let hosts: String = hosts
+        .iter()
+        .map(|p| format!("      - {{ address: 127.0.0.1:{p} }}\n"))
+        .collect();
+    format!(
+        r#"
+listeners:
+  - name: http_in
+    address: 127.0.0.1:{listen}
+    http:
+      request_headers_timeout: 1s
+      max_request_headers_kb: 8
+      max_headers_count: 20
+{extra_listener}      virtual_hosts:
+        - name: local
+          domains: ["example.com"]
+          routes:
+            - match: {{ path: /hello }}
+              direct_response: {{ status: 200, body: "hello from sluice\n" }}
+            - match: {{ prefix: /api/ }}
+              route: {{ cluster: app, prefix_rewrite: /v2/ }}
+            - match: {{ prefix: / }}
+              route:
+                cluster: app
+{route_extra}                response_headers_to_add: [ {{ name: x-served-by, value: sluice }} ]
+                response_headers_to_remove: [ server ]
+        - name: any
+          domains: ["*"]
+          routes:
+            - match: {{ prefix: / }}
+              route: {{ cluster: app }}
+clusters:
+  - name: app
+    connect_timeout: 500ms
+    hosts:
+{hosts}drain_timeout: 2s
+"#
+    )
+}
+
+fn curl(args: &[&str]) -> (String, String) {
+    require("curl");
+    let out = run("curl", &[&["-sS", "--max-time", "10"], args].concat());
+    (
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Sends raw bytes on a fresh connection and reads the whole answer (until close or 3 s).
+fn raw(port: u16, request: &[u8]) -> String {
+    let mut s = TcpStream::connect(addr(port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+    let _ = s.write_all(request);
+    let mut got = Vec::new();
+    let _ = s.read_to_end(&mut got);
+    String::from_utf8_lossy(&got).into_owned()
+}
+
+fn status_of(response: &str) -> u16 {
+    response
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no status line in {response:?}"))
+}
+
+#[test]
+fn get_head_keep_alive_rewrites_and_header_edits() {
+    let dir = TempDir::new("http-basic");
+    let (up, listen) = (free_port(), free_port());
+    let (_u, log) = start_upstream(&dir, "up", up);
+    let _s = start_sluice(&dir, &http_config(listen, &[up], "", ""), 2, addr(listen));
+    let base = format!("http://127.0.0.1:{listen}");
+
+    // GET, twice on one connection (curl reuses it), with response header edits.
+    let (out, err) = curl(&[
+        "-v",
+        "-H",
+        "Host: example.com",
+        &format!("{base}/a?x=1"),
+        &format!("{base}/b"),
+    ]);
+    assert!(
+        err.contains("Re-using existing connection") || err.contains("Reusing existing connection"),
+        "{err}"
+    );
+    assert_eq!(out.matches("\"method\": \"GET\"").count(), 2, "{out}");
+    assert!(out.contains("\"path\": \"/a?x=1\""), "{out}");
+    assert!(err.contains("< x-served-by: sluice"), "{err}");
+    assert!(
+        !err.to_lowercase().contains("< server:"),
+        "server header removed: {err}"
+    );
+    // x-forwarded-for and x-request-id reach the upstream.
+    assert!(out.contains("\"x-forwarded-for\": \"127.0.0.1\""), "{out}");
+    assert!(out.contains("\"x-request-id\": \""), "{out}");
+
+    // HEAD: headers only.
+    let (out, err) = curl(&["-I", "-H", "Host: example.com", &format!("{base}/h")]);
+    assert!(out.starts_with("HTTP/1.1 200"), "{out} {err}");
+    assert!(out.to_lowercase().contains("content-length:"), "{out}");
+
+    // prefix rewrite /api/ → /v2/
+    let (out, _) = curl(&["-H", "Host: example.com", &format!("{base}/api/items?q=2")]);
+    assert!(out.contains("\"path\": \"/v2/items?q=2\""), "{out}");
+
+    // a direct response and a 404
+    let (out, _) = curl(&["-H", "Host: example.com", &format!("{base}/hello")]);
+    assert_eq!(out, "hello from sluice\n");
+    let no_route = raw(
+        listen,
+        b"GET /x HTTP/1.1\r\nHost: example.com\r\nConnection: close\r\n\r\n",
+    );
+    assert_eq!(status_of(&no_route), 200, "the catch-all route serves /x");
+    let requests = upstream_requests(&log);
+    assert_eq!(requests.len(), 5, "{requests:?}");
+}
+
+#[test]
+fn no_route_is_404() {
+    let dir = TempDir::new("http-404");
+    let (up, listen) = (free_port(), free_port());
+    let (_u, log) = start_upstream(&dir, "up", up);
+    let config = http_config(listen, &[up], "", "")
+        .replace("domains: [\"*\"]", "domains: [\"other.example\"]");
+    let _s = start_sluice(&dir, &config, 1, addr(listen));
+    let r = raw(
+        listen,
+        b"GET / HTTP/1.1\r\nHost: nowhere.example\r\nConnection: close\r\n\r\n",
+    );
+    assert_eq!(status_of(&r), 404, "{r}");
+    assert!(r.ends_with("no route matched the request\n"), "{r}");
+    assert!(upstream_requests(&log).is_empty());
+}
+
+#[test]
+fn chunked_post_and_100_continue_bodies_arrive_intact() {
+    let dir = TempDir::new("http-body");
+    let (up, listen) = (free_port(), free_port());
+    let (_u, log) = start_upstream(&dir, "up", up);
+    let _s = start_sluice(&dir, &http_config(listen, &[up], "", ""), 1, addr(listen));
+    let body: Vec<u8> = (0..200_000u32).map(|i| (i * 7 % 251) as u8).collect();
+    let file = dir.write("body.bin", "");
+    std::fs::write(&file, &body).unwrap();
+    let sha = {
+        let out = run("sha256sum", &[file.to_str().unwrap()]);
+        String::from_utf8_lossy(&out.stdout)
+            .split_whitespace()
+            .next()
+            .unwrap()
+            .to_owned()
+    };
+    let url = format!("http://127.0.0.1:{listen}/upload");
+    let data = format!("@{}", file.display());
+    // chunked (large: streamed)
+    let (out, err) = curl(&[
+        "-H",
+        "Host: example.com",
+        "-H",
+        "Transfer-Encoding: chunked",
+        "--data-binary",
+        &data,
+        &url,
+    ]);
+    assert!(
+        out.contains(&format!("\"body_sha256\": \"{sha}\"")),
+        "{out} {err}"
+    );
+    assert!(out.contains("\"transfer-encoding\": \"chunked\""), "{out}");
+    // Expect: 100-continue with content-length (curl sends Expect for bodies > 1 MiB or when asked)
+    let (out, err) = curl(&[
+        "-v",
+        "-H",
+        "Host: example.com",
+        "-H",
+        "Expect: 100-continue",
+        "--data-binary",
+        &data,
+        &url,
+    ]);
+    assert!(err.contains("HTTP/1.1 100 Continue"), "{err}");
+    assert!(
+        out.contains(&format!("\"body_sha256\": \"{sha}\"")),
+        "{out}"
+    );
+    assert!(
+        !out.contains("\"expect\""),
+        "Expect is answered by the proxy, not forwarded: {out}"
+    );
+    // small chunked (buffered)
+    let (out, _) = curl(&[
+        "-H",
+        "Host: example.com",
+        "-H",
+        "Transfer-Encoding: chunked",
+        "--data-binary",
+        "tiny",
+        &url,
+    ]);
+    assert!(out.contains("\"body_len\": 4"), "{out}");
+    assert_eq!(upstream_requests(&log).len(), 3);
+}
+
+#[test]
+fn smuggling_and_limit_cases_are_rejected_and_never_reach_an_upstream() {
+    let dir = TempDir::new("http-smuggle");
+    let (up, listen) = (free_port(), free_port());
+    let (_u, log) = start_upstream(&dir, "up", up);
+    let _s = start_sluice(&dir, &http_config(listen, &[up], "", ""), 1, addr(listen));
+    let many_headers: String = (0..30).map(|i| format!("x-h{i}: v\r\n")).collect();
+    let big_header = format!("x-big: {}\r\n", "a".repeat(9000));
+    let cases: Vec<(&str, Vec<u8>, u16)> = vec![
+        ("CL and TE", b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n".to_vec(), 400),
+        ("TE not chunked-final", b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked, gzip\r\n\r\n".to_vec(), 400),
+        ("unknown TE", b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: xchunked\r\n\r\n".to_vec(), 400),
+        ("differing CL", b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nhello!".to_vec(), 400),
+        ("bad CL", b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: +5\r\n\r\nhello".to_vec(), 400),
+        ("bad chunk size", b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nhello\r\n0\r\n\r\n".to_vec(), 400),
+        ("obs-fold", b"GET / HTTP/1.1\r\nHost: a\r\nX-A: b\r\n c\r\n\r\n".to_vec(), 400),
+        ("NUL in value", b"GET / HTTP/1.1\r\nHost: a\r\nX-A: b\0c\r\n\r\n".to_vec(), 400),
+        ("space before colon", b"GET / HTTP/1.1\r\nHost : a\r\n\r\n".to_vec(), 400),
+        ("missing Host", b"GET / HTTP/1.1\r\nX-A: b\r\n\r\n".to_vec(), 400),
+        ("two Hosts", b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n".to_vec(), 400),
+        ("too many headers", format!("GET / HTTP/1.1\r\nHost: a\r\n{many_headers}\r\n").into_bytes(), 431),
+        ("head too large", format!("GET / HTTP/1.1\r\nHost: a\r\n{big_header}\r\n").into_bytes(), 431),
+    ];
+    for (name, request, want) in &cases {
+        let r = raw(listen, request);
+        assert_eq!(status_of(&r), *want, "{name}: {r}");
+        assert!(
+            r.to_lowercase().contains("connection: close"),
+            "{name}: closes: {r}"
+        );
+    }
+    // slowloris: half a head, then silence → 408 after request_headers_timeout (1 s)
+    let t = Instant::now();
+    let mut s = TcpStream::connect(addr(listen)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: a\r\nX-Slow: ")
+        .unwrap();
+    let mut got = String::new();
+    let _ = s.read_to_string(&mut got);
+    assert_eq!(status_of(&got), 408, "{got}");
+    assert!(
+        t.elapsed() >= Duration::from_millis(900),
+        "{:?}",
+        t.elapsed()
+    );
+    assert!(
+        upstream_requests(&log).is_empty(),
+        "nothing reached the upstream: {:?}",
+        upstream_requests(&log)
+    );
+}
+
+#[test]
+fn pipelined_requests_are_answered_in_order() {
+    let dir = TempDir::new("http-pipeline");
+    let (up, listen) = (free_port(), free_port());
+    let (_u, _log) = start_upstream(&dir, "up", up);
+    let _s = start_sluice(&dir, &http_config(listen, &[up], "", ""), 1, addr(listen));
+    let mut req = Vec::new();
+    for i in 0..5 {
+        req.extend_from_slice(
+            format!("GET /p{i} HTTP/1.1\r\nHost: example.com\r\n\r\n").as_bytes(),
+        );
+    }
+    req.extend_from_slice(b"GET /hello HTTP/1.1\r\nHost: example.com\r\nConnection: close\r\n\r\n");
+    let r = raw(listen, &req);
+    let positions: Vec<usize> = (0..5)
+        .map(|i| r.find(&format!("\"path\": \"/p{i}\"")).unwrap())
+        .collect();
+    assert!(
+        positions.windows(2).all(|w| w[0] < w[1]),
+        "in order: {positions:?}"
+    );
+    assert!(r.ends_with("hello from sluice\n"), "{r}");
+    assert_eq!(r.matches("HTTP/1.1 200").count(), 6);
+}
+
+#[test]
+fn connect_failures_are_retried_on_another_host() {
+    let dir = TempDir::new("http-retry");
+    let (up, dead, listen) = (free_port(), free_port(), free_port());
+    let (_u, log) = start_upstream(&dir, "up", up);
+    let retry = "                timeout: 1s\n                retry_policy: { retry_on: [connect-failure, 5xx], num_retries: 2 }\n";
+    let _s = start_sluice(
+        &dir,
+        &http_config(listen, &[dead, up], "", retry),
+        1,
+        addr(listen),
+    );
+    for i in 0..10 {
+        let r = raw(listen, format!("POST /r{i} HTTP/1.1\r\nHost: example.com\r\nContent-Length: 2\r\nConnection: close\r\n\r\nhi").as_bytes());
+        assert_eq!(status_of(&r), 200, "request {i}: {r}");
+    }
+    assert_eq!(
+        upstream_requests(&log).len(),
+        10,
+        "each request reached the live upstream once"
+    );
+}
+
+#[test]
+fn idempotent_5xx_answers_are_retried_and_timeouts_answer_504() {
+    let dir = TempDir::new("http-5xx");
+    let (up1, up2, listen) = (free_port(), free_port(), free_port());
+    let (_u1, log1) = start_upstream(&dir, "up1", up1);
+    let (_u2, log2) = start_upstream(&dir, "up2", up2);
+    let retry = "                timeout: 1s\n                retry_policy: { retry_on: [connect-failure, 5xx], num_retries: 2 }\n";
+    let _s = start_sluice(
+        &dir,
+        &http_config(listen, &[up1, up2], "", retry),
+        1,
+        addr(listen),
+    );
+    let reached = || upstream_requests(&log1).len() + upstream_requests(&log2).len();
+    // 5xx on an idempotent request is retried (twice, alternating hosts), then forwarded.
+    let r = raw(
+        listen,
+        b"GET /status/503 HTTP/1.1\r\nHost: example.com\r\nConnection: close\r\n\r\n",
+    );
+    assert_eq!(status_of(&r), 503);
+    assert_eq!(reached(), 3, "1 try + 2 retries");
+    assert!(
+        !upstream_requests(&log1).is_empty() && !upstream_requests(&log2).is_empty(),
+        "retries go to the other host"
+    );
+    // a POST answered 5xx is not retried
+    let r = raw(listen, b"POST /status/500 HTTP/1.1\r\nHost: example.com\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+    assert_eq!(status_of(&r), 500);
+    assert_eq!(reached(), 4);
+    // route timeout 1 s: a slow upstream gets 504 within the timeout
+    let t = Instant::now();
+    let r = raw(
+        listen,
+        b"GET /sleep/3000 HTTP/1.1\r\nHost: example.com\r\nConnection: close\r\n\r\n",
+    );
+    assert_eq!(status_of(&r), 504, "{r}");
+    assert!(
+        t.elapsed() < Duration::from_millis(2500),
+        "{:?}",
+        t.elapsed()
+    );
+}
+
+#[test]
+fn all_hosts_down_is_a_fast_502() {
+    let dir = TempDir::new("http-down");
+    let (dead, listen) = (free_port(), free_port());
+    let _s = start_sluice(&dir, &http_config(listen, &[dead], "", ""), 1, addr(listen));
+    let t = Instant::now();
+    let r = raw(
+        listen,
+        b"GET / HTTP/1.1\r\nHost: example.com\r\nConnection: close\r\n\r\n",
+    );
+    assert_eq!(status_of(&r), 502, "{r}");
+    assert!(r.contains("upstream connect error"), "{r}");
+    assert!(t.elapsed() < Duration::from_secs(2));
+}
+
+#[test]
+fn websocket_upgrade_becomes_a_tunnel() {
+    let dir = TempDir::new("http-ws");
+    let (up, listen) = (free_port(), free_port());
+    let script = repo().join("tests/ws_echo.py");
+    let mut ws = spawn(
+        &dir,
+        "ws",
+        &python(),
+        &[script.to_str().unwrap(), "server", &up.to_string()],
+    );
+    wait_listening(addr(up), &mut ws);
+    let _s = start_sluice(&dir, &http_config(listen, &[up], "", ""), 1, addr(listen));
+    let out = run(
+        &python(),
+        &[
+            script.to_str().unwrap(),
+            "client",
+            &format!("ws://127.0.0.1:{listen}/chat"),
+            "40",
+        ],
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "ok 40",
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn wrk_keep_alive_load_has_no_errors_and_the_access_log_has_every_request() {
+    require("wrk");
+    let dir = TempDir::new("http-wrk");
+    let (up, listen) = (free_port(), free_port());
+    let _n = start_nginx(&dir, "nginx", up, "hello");
+    let log = dir.path().join("access.log");
+    let access = format!(
+        "      access_log: {{ format: json, path: {} }}\n",
+        log.display()
+    );
+    let mut s = start_sluice(
+        &dir,
+        &http_config(listen, &[up], &access, ""),
+        2,
+        addr(listen),
+    );
+    let out = run(
+        "wrk",
+        &[
+            "-t2",
+            "-c20",
+            "-d2s",
+            "-H",
+            "Host: example.com",
+            &format!("http://127.0.0.1:{listen}/"),
+        ],
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(!text.contains("Socket errors"), "{text}");
+    assert!(!text.contains("Non-2xx"), "{text}");
+    let requests: usize = text
+        .lines()
+        .find(|l| l.contains("requests in"))
+        .and_then(|l| l.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("{text}"));
+    assert!(requests > 1000, "{text}");
+    s.signal("TERM");
+    assert!(
+        s.wait_exit(Duration::from_secs(10))
+            .is_some_and(|st| st.success())
+    );
+    let lines = std::fs::read_to_string(&log).unwrap();
+    let lines: Vec<&str> = lines.lines().collect();
+    // wrk counts completed responses; requests in flight when it stopped are logged too.
+    assert!(
+        lines.len() >= requests && lines.len() <= requests + 20,
+        "{} log lines, {requests} requests",
+        lines.len()
+    );
+    let first: serde_json::Value = serde_json::from_str(lines[0]).unwrap();
+    assert_eq!(first["status"], 200);
+    assert_eq!(first["method"], "GET");
+    assert_eq!(first["upstream_host"], format!("127.0.0.1:{up}"));
+}

@@ -1,0 +1,85 @@
+#!/usr/bin/env python3
+"""An HTTP/1.1 upstream for the end-to-end tests, on Python's standard http.server.
+
+It answers every request with a JSON description of what it received (method, path, headers,
+body length and SHA-256), and appends one line per *complete* request to a log file, so tests can
+count exactly what reached an upstream. Special paths:
+
+  /status/NNN      answer with status NNN
+  /sleep/MS        wait MS milliseconds before answering
+  /close           close the connection without answering (after reading the request)
+
+Usage: http_upstream.py PORT LOGFILE [NAME]
+"""
+import hashlib
+import json
+import socketserver
+import sys
+import time
+from http.server import BaseHTTPRequestHandler, HTTPServer
+
+
+class Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server_version = "upstream"
+
+    def log_message(self, *args):
+        pass
+
+    def read_body(self):
+        if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
+            body = b""
+            while True:
+                size = int(self.rfile.readline().split(b";")[0].strip(), 16)
+                if size == 0:
+                    while self.rfile.readline() not in (b"\r\n", b"\n", b""):
+                        pass
+                    return body
+                body += self.rfile.read(size)
+                self.rfile.readline()
+        n = int(self.headers.get("Content-Length", "0") or 0)
+        return self.rfile.read(n) if n else b""
+
+    def handle_any(self):
+        body = self.read_body()
+        with open(self.server.log_path, "a") as log:
+            log.write(f"{self.command} {self.path} {len(body)}\n")
+        if self.path == "/close":
+            self.close_connection = True
+            return
+        status = 200
+        if self.path.startswith("/status/"):
+            status = int(self.path.split("/")[2])
+        if self.path.startswith("/sleep/"):
+            time.sleep(int(self.path.split("/")[2]) / 1000)
+        payload = json.dumps({
+            "upstream": self.server.name,
+            "method": self.command,
+            "path": self.path,
+            "headers": {k.lower(): v for k, v in self.headers.items()},
+            "body_len": len(body),
+            "body_sha256": hashlib.sha256(body).hexdigest(),
+        }).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(payload)))
+        self.send_header("X-Upstream", self.server.name)
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(payload)
+
+    do_GET = do_POST = do_PUT = do_DELETE = do_HEAD = do_PATCH = do_OPTIONS = handle_any
+
+
+class Server(socketserver.ThreadingMixIn, HTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+
+
+if __name__ == "__main__":
+    port, log_path = int(sys.argv[1]), sys.argv[2]
+    server = Server(("127.0.0.1", port), Handler)
+    server.log_path = log_path
+    server.name = sys.argv[3] if len(sys.argv) > 3 else f"up{port}"
+    open(log_path, "w").close()
+    server.serve_forever()
