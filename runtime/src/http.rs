@@ -160,6 +160,67 @@ fn local_body(flag: ResponseFlag) -> &'static [u8] {
     }
 }
 
+/// Per-connection buffers reused by every request (no allocation per request once warm).
+struct Scratch {
+    /// The client's IP as text, for `x-forwarded-for` (computed once per connection).
+    peer_ip: String,
+    /// `x-forwarded-for` when the request already had one.
+    xff: Vec<u8>,
+    /// A rewritten path.
+    path: Vec<u8>,
+}
+
+/// Header edit lists live on the stack up to this many entries.
+const INLINE_EDITS: usize = 24;
+
+/// Collects `items` into `inline` (or into `spill` when there are more than fit).
+fn edit_list<'a, T: Copy>(
+    inline: &'a mut [T; INLINE_EDITS],
+    spill: &'a mut Vec<T>,
+    items: impl Iterator<Item = T>,
+) -> &'a [T] {
+    let mut n = 0;
+    for item in items {
+        if n < INLINE_EDITS {
+            inline[n] = item;
+        } else {
+            if spill.is_empty() {
+                spill.extend_from_slice(&inline[..]);
+            }
+            spill.push(item);
+        }
+        n += 1;
+    }
+    if n <= INLINE_EDITS {
+        &inline[..n]
+    } else {
+        &spill[..]
+    }
+}
+
+/// Formats a UUID v4 from two random words into `out`.
+fn format_request_id(a: u64, b: u64, out: &mut [u8; 36]) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let a = (a & 0xffff_ffff_ffff_0fff) | 0x4000;
+    let b = (b & 0x3fff_ffff_ffff_ffff) | 0x8000_0000_0000_0000;
+    let bytes: [u8; 16] = {
+        let mut x = [0u8; 16];
+        x[..8].copy_from_slice(&a.to_be_bytes());
+        x[8..].copy_from_slice(&b.to_be_bytes());
+        x
+    };
+    let mut i = 0;
+    for (k, byte) in bytes.iter().enumerate() {
+        if matches!(k, 4 | 6 | 8 | 10) {
+            out[i] = b'-';
+            i += 1;
+        }
+        out[i] = HEX[usize::from(byte >> 4)];
+        out[i + 1] = HEX[usize::from(byte & 0xf)];
+        i += 2;
+    }
+}
+
 /// How the request head ended up.
 enum HeadRead {
     Ready,
@@ -188,9 +249,20 @@ impl<N: Network> Engine<N> {
         let mut head = Head::default();
         let mut rhead = Head::default();
         let mut out: Vec<u8> = Vec::with_capacity(4096);
+        let mut scratch = Scratch {
+            peer_ip: peer.ip().to_string(),
+            xff: Vec::new(),
+            path: Vec::new(),
+        };
+        let logging = self.access_logs[listener].is_some();
         loop {
-            let started = SystemTime::now();
-            let t0 = now();
+            // Wall-clock and start time only matter to the access log.
+            let started = if logging {
+                SystemTime::now()
+            } else {
+                SystemTime::UNIX_EPOCH
+            };
+            let t0 = if logging { Some(now()) } else { None };
             match self
                 .read_request_head(hc, &limits, &mut down, &mut rbuf, &mut head)
                 .await
@@ -212,7 +284,8 @@ impl<N: Network> Engine<N> {
                             flag: Some(flag.code()),
                             bytes_received: rbuf.len() as u64,
                             bytes_sent: out.len() as u64,
-                            duration_ms: now().duration_since(t0).as_millis() as u64,
+                            duration_ms: t0
+                                .map_or(0, |t| now().duration_since(t).as_millis() as u64),
                             upstream: None,
                             request_id: b"",
                             downstream: peer,
@@ -227,7 +300,14 @@ impl<N: Network> Engine<N> {
             bump(&self.stats.http_requests, 1);
             let outcome = self
                 .serve_request(
-                    listener, &mut down, peer, &mut rbuf, &head, &mut ubuf, &mut rhead, &mut out,
+                    listener,
+                    &mut down,
+                    &mut scratch,
+                    &mut rbuf,
+                    &head,
+                    &mut ubuf,
+                    &mut rhead,
+                    &mut out,
                 )
                 .await;
             self.count_status(outcome.status);
@@ -253,7 +333,7 @@ impl<N: Network> Engine<N> {
                     flag: outcome.flag.map(ResponseFlag::code),
                     bytes_received: outcome.bytes_received,
                     bytes_sent: outcome.bytes_sent,
-                    duration_ms: now().duration_since(t0).as_millis() as u64,
+                    duration_ms: t0.map_or(0, |t| now().duration_since(t).as_millis() as u64),
                     upstream: outcome.upstream,
                     request_id,
                     downstream: peer,
@@ -327,7 +407,7 @@ impl<N: Network> Engine<N> {
         &self,
         listener: usize,
         down: &mut N::Stream,
-        peer: SocketAddr,
+        scratch: &mut Scratch,
         rbuf: &mut ReadBuffer,
         head: &Head,
         ubuf: &mut ReadBuffer,
@@ -368,7 +448,7 @@ impl<N: Network> Engine<N> {
                     PathMatch::Prefix(p) => Some(p.as_str()),
                     _ => None,
                 };
-                self.forward(action, prefix, down, peer, rbuf, head, ubuf, rhead, out)
+                self.forward(action, prefix, down, scratch, rbuf, head, ubuf, rhead, out)
                     .await
             }
         }
@@ -396,7 +476,7 @@ impl<N: Network> Engine<N> {
         action: &ForwardAction,
         matched_prefix: Option<&str>,
         down: &mut N::Stream,
-        peer: SocketAddr,
+        scratch: &mut Scratch,
         rbuf: &mut ReadBuffer,
         head: &Head,
         ubuf: &mut ReadBuffer,
@@ -422,59 +502,72 @@ impl<N: Network> Engine<N> {
         };
         let replayable = body_len.is_some();
 
-        // --- the upstream head, built once ---
+        // --- the upstream head, built once (no heap allocation once the connection is warm) ---
         out.clear();
-        let mut new_path = Vec::new();
         let path_edit = match (&action.prefix_rewrite, matched_prefix) {
             (Some(replacement), Some(prefix)) => {
-                rewrite_prefix(head.path(rbuf.bytes()), prefix, replacement, &mut new_path);
+                rewrite_prefix(
+                    head.path(rbuf.bytes()),
+                    prefix,
+                    replacement,
+                    &mut scratch.path,
+                );
                 true
             }
             _ => false,
         };
-        let xff = {
-            let mut v = Vec::with_capacity(64);
-            if let Some(old) = head.header(rbuf.bytes(), "x-forwarded-for") {
-                v.extend_from_slice(old);
-                v.extend_from_slice(b", ");
+        let xff: &[u8] = match head.header(rbuf.bytes(), "x-forwarded-for") {
+            Some(old) => {
+                scratch.xff.clear();
+                scratch.xff.extend_from_slice(old);
+                scratch.xff.extend_from_slice(b", ");
+                scratch.xff.extend_from_slice(scratch.peer_ip.as_bytes());
+                &scratch.xff
             }
-            v.extend_from_slice(peer.ip().to_string().as_bytes());
-            v
+            None => scratch.peer_ip.as_bytes(),
         };
-        let request_id = match head.header(rbuf.bytes(), "x-request-id") {
-            Some(_) => None,
-            None => Some(self.new_request_id()),
-        };
-        let mut remove: Vec<&str> = Vec::with_capacity(
-            2 + action.request_headers_to_remove.len() + action.request_headers_to_add.len(),
-        );
-        remove.push("x-forwarded-for");
-        remove.extend(action.request_headers_to_remove.iter().map(String::as_str));
-        remove.extend(
-            action
-                .request_headers_to_add
-                .iter()
-                .map(|h| h.name.as_str()),
-        );
-        let lowered: Vec<String> = remove.iter().map(|n| n.to_ascii_lowercase()).collect();
-        let remove: Vec<&str> = lowered.iter().map(String::as_str).collect();
-        let mut add: Vec<(&str, &[u8])> =
-            Vec::with_capacity(2 + action.request_headers_to_add.len());
-        add.push(("x-forwarded-for", &xff));
-        if let Some(id) = &request_id {
-            add.push(("x-request-id", id.as_bytes()));
+        let mut request_id = [0u8; 36];
+        let generate_id = head.header(rbuf.bytes(), "x-request-id").is_none();
+        if generate_id {
+            let mut rng = self.rng.borrow_mut();
+            let (a, b) = (rng.next_u64(), rng.next_u64());
+            format_request_id(a, b, &mut request_id);
         }
-        for h in &action.request_headers_to_add {
-            add.push((h.name.as_str(), h.value.as_bytes()));
-        }
+        // Added headers replace ones of the same name: remove those names first.
+        let (mut remove_inline, mut remove_spill) = ([""; INLINE_EDITS], Vec::new());
+        let remove = edit_list(
+            &mut remove_inline,
+            &mut remove_spill,
+            std::iter::once("x-forwarded-for")
+                .chain(action.request_headers_to_remove.iter().map(String::as_str))
+                .chain(
+                    action
+                        .request_headers_to_add
+                        .iter()
+                        .map(|h| h.name.as_str()),
+                ),
+        );
+        let (mut add_inline, mut add_spill) = ([("", &b""[..]); INLINE_EDITS], Vec::new());
+        let add = edit_list(
+            &mut add_inline,
+            &mut add_spill,
+            std::iter::once(("x-forwarded-for", xff))
+                .chain(generate_id.then_some(("x-request-id", &request_id[..])))
+                .chain(
+                    action
+                        .request_headers_to_add
+                        .iter()
+                        .map(|h| (h.name.as_str(), h.value.as_bytes())),
+                ),
+        );
         write_request_head(
             out,
             rbuf.bytes(),
             head,
             &HeadEdits {
-                path: path_edit.then_some(new_path.as_slice()),
-                remove: &remove,
-                add: &add,
+                path: path_edit.then_some(scratch.path.as_slice()),
+                remove,
+                add,
                 force_close: false,
                 version: Some(Version::Http11),
             },
@@ -624,17 +717,25 @@ impl<N: Network> Engine<N> {
                 && !matches!(rhead.framing(), BodyFraming::CloseDelimited)
                 && !self.stopping.get();
             let upgrade = status == 101 && head.upgrade();
-            let resp_remove: Vec<&str> = action
-                .response_headers_to_remove
-                .iter()
-                .chain(action.response_headers_to_add.iter().map(|h| &h.name))
-                .map(String::as_str)
-                .collect();
-            let resp_add: Vec<(&str, &[u8])> = action
-                .response_headers_to_add
-                .iter()
-                .map(|h| (h.name.as_str(), h.value.as_bytes()))
-                .collect();
+            let (mut remove_inline, mut remove_spill) = ([""; INLINE_EDITS], Vec::new());
+            let resp_remove = edit_list(
+                &mut remove_inline,
+                &mut remove_spill,
+                action
+                    .response_headers_to_remove
+                    .iter()
+                    .chain(action.response_headers_to_add.iter().map(|h| &h.name))
+                    .map(String::as_str),
+            );
+            let (mut add_inline, mut add_spill) = ([("", &b""[..]); INLINE_EDITS], Vec::new());
+            let resp_add = edit_list(
+                &mut add_inline,
+                &mut add_spill,
+                action
+                    .response_headers_to_add
+                    .iter()
+                    .map(|h| (h.name.as_str(), h.value.as_bytes())),
+            );
             out.clear();
             write_response_head(
                 out,
@@ -642,8 +743,8 @@ impl<N: Network> Engine<N> {
                 rhead,
                 &HeadEdits {
                     path: None,
-                    remove: &resp_remove,
-                    add: &resp_add,
+                    remove: resp_remove,
+                    add: resp_add,
                     force_close: !keep_down && !upgrade,
                     version: None,
                 },
@@ -651,18 +752,18 @@ impl<N: Network> Engine<N> {
             let mut bytes_sent = out.len() as u64;
             let resp_head_len = rhead.head_len();
             ubuf.consume(resp_head_len);
-            if down.write_all(out).await.is_err() {
-                ex.release(&mut cluster.borrow_mut());
-                return Outcome {
-                    status,
-                    flag: None,
-                    upstream: upstream_addr,
-                    bytes_received,
-                    bytes_sent: 0,
-                    reusable: false,
-                };
-            }
             if upgrade {
+                if down.write_all(out).await.is_err() {
+                    ex.release(&mut cluster.borrow_mut());
+                    return Outcome {
+                        status,
+                        flag: None,
+                        upstream: upstream_addr,
+                        bytes_received,
+                        bytes_sent: 0,
+                        reusable: false,
+                    };
+                }
                 ex.handle_response_complete(&mut cluster.borrow_mut());
                 bytes_sent += tunnel(down, &mut up, rbuf, head_len, ubuf).await;
                 return Outcome {
@@ -675,9 +776,10 @@ impl<N: Network> Engine<N> {
                 };
             }
             let timer = deadline_of(ex.poll_timeout());
+            // The head goes out with the first body bytes: one write for a small response.
             let body = tokio::select! {
                 biased;
-                r = copy_body(&mut up, down, ubuf, rhead.framing()) => Some(r),
+                r = copy_body(&mut up, down, ubuf, rhead.framing(), out) => Some(r),
                 () = tokio::time::sleep_until(timer) => None,
             };
             ex.handle_response_complete(&mut cluster.borrow_mut());
@@ -751,22 +853,6 @@ impl<N: Network> Engine<N> {
                 }
             }
         }
-    }
-
-    /// A random `x-request-id` (UUID v4 form) from the worker's RNG.
-    fn new_request_id(&self) -> String {
-        let mut rng = self.rng.borrow_mut();
-        let (a, b) = (rng.next_u64(), rng.next_u64());
-        let a = (a & 0xffff_ffff_ffff_0fff) | 0x4000;
-        let b = (b & 0x3fff_ffff_ffff_ffff) | 0x8000_0000_0000_0000;
-        format!(
-            "{:08x}-{:04x}-{:04x}-{:04x}-{:012x}",
-            a >> 32,
-            (a >> 16) & 0xffff,
-            a & 0xffff,
-            b >> 48,
-            b & 0xffff_ffff_ffff
-        )
     }
 }
 
@@ -909,12 +995,31 @@ fn drop_range(rbuf: &mut ReadBuffer, at: usize, len: usize) {
     rbuf.end -= len;
 }
 
-/// Copies the response body upstream → downstream by its framing; returns bytes sent.
+/// Writes `data` downstream, preceded by whatever is still `pending` (the response head), in
+/// one write when there is something pending.
+async fn send<D: AsyncWrite + Unpin>(
+    down: &mut D,
+    pending: &mut Vec<u8>,
+    data: &[u8],
+) -> io::Result<()> {
+    if pending.is_empty() {
+        down.write_all(data).await
+    } else {
+        pending.extend_from_slice(data);
+        let r = down.write_all(pending).await;
+        pending.clear();
+        r
+    }
+}
+
+/// Copies the response body upstream → downstream by its framing, after the head in `pending`;
+/// returns body bytes sent.
 async fn copy_body<U, D>(
     up: &mut U,
     down: &mut D,
     ubuf: &mut ReadBuffer,
     framing: BodyFraming,
+    pending: &mut Vec<u8>,
 ) -> io::Result<u64>
 where
     U: AsyncRead + Unpin,
@@ -928,7 +1033,7 @@ where
             loop {
                 let take = (ubuf.len() as u64).min(left) as usize;
                 if take > 0 {
-                    down.write_all(&ubuf.bytes()[..take]).await?;
+                    send(down, pending, &ubuf.bytes()[..take]).await?;
                     ubuf.consume(take);
                     left -= take as u64;
                     sent += take as u64;
@@ -952,7 +1057,7 @@ where
                     }
                 };
                 if consumed > 0 {
-                    down.write_all(&ubuf.bytes()[..consumed]).await?;
+                    send(down, pending, &ubuf.bytes()[..consumed]).await?;
                     ubuf.consume(consumed);
                     sent += consumed as u64;
                 }
@@ -966,14 +1071,20 @@ where
         }
         BodyFraming::CloseDelimited => loop {
             if !ubuf.is_empty() {
-                down.write_all(ubuf.bytes()).await?;
+                send(down, pending, ubuf.bytes()).await?;
                 sent += ubuf.len() as u64;
                 ubuf.clear();
+            }
+            if !pending.is_empty() {
+                send(down, pending, &[]).await?;
             }
             if ubuf.fill(up).await? == 0 {
                 break;
             }
         },
+    }
+    if !pending.is_empty() {
+        send(down, pending, &[]).await?;
     }
     Ok(sent)
 }
@@ -1008,5 +1119,30 @@ where
     match tokio::io::copy_bidirectional(down, up).await {
         Ok((_, to_down)) => sent + to_down,
         Err(_) => sent,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_ids_are_uuid_v4_shaped() {
+        let mut id = [0u8; 36];
+        format_request_id(0x0123_4567_89ab_cdef, 0xfedc_ba98_7654_3210, &mut id);
+        let id = std::str::from_utf8(&id).unwrap();
+        assert_eq!(id, "01234567-89ab-4def-bedc-ba9876543210");
+    }
+
+    #[test]
+    fn edit_lists_spill_past_the_inline_capacity() {
+        let (mut inline, mut spill) = ([0usize; INLINE_EDITS], Vec::new());
+        assert_eq!(edit_list(&mut inline, &mut spill, 0..3), &[0, 1, 2]);
+        let (mut inline, mut spill) = ([0usize; INLINE_EDITS], Vec::new());
+        let many: Vec<usize> = (0..INLINE_EDITS + 5).collect();
+        assert_eq!(
+            edit_list(&mut inline, &mut spill, many.iter().copied()),
+            &many[..]
+        );
     }
 }
