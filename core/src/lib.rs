@@ -31,5 +31,7 @@ pub mod lb;
 pub mod rng;
 pub mod router;
 pub mod tcp_proxy;
+#[cfg(test)]
+mod test_support;
 
 pub use std::time::{Duration, Instant};

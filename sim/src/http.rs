@@ -20,21 +20,18 @@ use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::rc::Rc;
-use std::sync::Arc;
 use std::time::Duration;
 
 use sluice_core::config::Config;
 use sluice_core::rng::Rng;
-use sluice_runtime::engine::Engine;
-use sluice_runtime::net::TurmoilNet;
-use sluice_runtime::stats::{StatsSnapshot, WorkerStats};
+use sluice_runtime::stats::StatsSnapshot;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use turmoil::net::{TcpListener, TcpStream};
 
 use crate::RunReport;
+use crate::topology::{SIDECAR, add_observer, add_sidecar, new_sim};
 use crate::trace::Trace;
 
-const SIDECAR: &str = "sidecar";
 const UPSTREAMS: [&str; 3] = ["up1", "up2", "up3"];
 const LISTEN_PORT: u16 = 10_000;
 const UPSTREAM_PORT: u16 = 8_080;
@@ -70,8 +67,6 @@ struct World {
     /// id → (upstream, method) for every complete request an upstream received.
     received: BTreeMap<String, Vec<(usize, bool)>>,
     clients_done: usize,
-    stats: Option<Arc<WorkerStats>>,
-    final_stats: Option<StatsSnapshot>,
 }
 
 fn elapsed() -> Duration {
@@ -125,13 +120,7 @@ pub fn run(scenario: HttpScenario, seed: u64) -> RunReport {
     let t2 = t1 + Duration::from_millis(600 + schedule.below(800));
     let victim = schedule.below(3) as usize;
 
-    let mut sim = turmoil::Builder::new()
-        .rng_seed(seed)
-        .ip_version(turmoil::IpVersion::V6)
-        .min_message_latency(Duration::from_millis(1))
-        .max_message_latency(Duration::from_millis(15))
-        .simulation_duration(Duration::from_secs(60))
-        .build();
+    let mut sim = new_sim(seed, Duration::from_millis(15));
 
     for (i, name) in UPSTREAMS.iter().enumerate() {
         let (world, trace) = (world.clone(), trace.clone());
@@ -140,25 +129,7 @@ pub fn run(scenario: HttpScenario, seed: u64) -> RunReport {
             async move { upstream(i, world, trace).await }
         });
     }
-    {
-        let world = world.clone();
-        sim.host(SIDECAR, move || {
-            let world = world.clone();
-            async move {
-                let ips: Vec<IpAddr> = UPSTREAMS.iter().map(|u| turmoil::lookup(*u)).collect();
-                let stats = Arc::new(WorkerStats::default());
-                world.borrow_mut().stats = Some(stats.clone());
-                let listener = TcpListener::bind(SocketAddr::new(
-                    IpAddr::V6(Ipv6Addr::UNSPECIFIED),
-                    LISTEN_PORT,
-                ))
-                .await?;
-                let engine = Engine::new(TurmoilNet, Arc::new(config(&ips)), 0, seed, stats)?;
-                engine.run(vec![listener], std::future::pending()).await;
-                Ok(())
-            }
-        });
-    }
+    let sidecar = add_sidecar(&mut sim, seed, LISTEN_PORT, &UPSTREAMS, config);
     for c in 0..CLIENTS {
         let (world, trace) = (world.clone(), trace.clone());
         let client_seed = seed.wrapping_mul(131).wrapping_add(c as u64);
@@ -167,18 +138,16 @@ pub fn run(scenario: HttpScenario, seed: u64) -> RunReport {
             Ok(())
         });
     }
-    {
+    let final_stats = {
         let world = world.clone();
-        sim.client("observer", async move {
-            while world.borrow().clients_done < CLIENTS {
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-            tokio::time::sleep(Duration::from_millis(IDLE_MS + ROUTE_TIMEOUT_MS + 500)).await;
-            let snap = world.borrow().stats.as_ref().map(|s| s.snapshot());
-            world.borrow_mut().final_stats = snap;
-            Ok(())
-        });
-    }
+        let settle = Duration::from_millis(IDLE_MS + ROUTE_TIMEOUT_MS + 500);
+        add_observer(
+            &mut sim,
+            move || world.borrow().clients_done == CLIENTS,
+            settle,
+            sidecar,
+        )
+    };
 
     let mut violations = Vec::new();
     let (mut faulted, mut healed) = (false, false);
@@ -211,7 +180,7 @@ pub fn run(scenario: HttpScenario, seed: u64) -> RunReport {
     drop(sim);
 
     let w = world.borrow();
-    check(&w, t1, &mut violations);
+    check(&w, final_stats.borrow().as_ref(), t1, &mut violations);
     let ok = w
         .requests
         .iter()
@@ -234,7 +203,12 @@ pub fn run(scenario: HttpScenario, seed: u64) -> RunReport {
     }
 }
 
-fn check(w: &World, fault: Duration, violations: &mut Vec<String>) {
+fn check(
+    w: &World,
+    final_stats: Option<&StatsSnapshot>,
+    fault: Duration,
+    violations: &mut Vec<String>,
+) {
     if w.requests.len() != w.started {
         violations.push(format!(
             "{} of {} requests finished",
@@ -271,7 +245,7 @@ fn check(w: &World, fault: Duration, violations: &mut Vec<String>) {
             }
         }
     }
-    match &w.final_stats {
+    match final_stats {
         None => violations.push("the observer never read the sidecar's counters".into()),
         Some(s) => {
             if s.downstream_cx_active() != 0 {

@@ -22,6 +22,7 @@
 
 pub mod http;
 pub mod tcp;
+pub mod topology;
 pub mod trace;
 
 use std::fmt::Write as _;

@@ -15,21 +15,18 @@
 use std::cell::RefCell;
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::rc::Rc;
-use std::sync::Arc;
 use std::time::Duration;
 
 use sluice_core::config::Config;
 use sluice_core::rng::Rng;
-use sluice_runtime::engine::Engine;
-use sluice_runtime::net::TurmoilNet;
-use sluice_runtime::stats::{StatsSnapshot, WorkerStats};
+use sluice_runtime::stats::StatsSnapshot;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use turmoil::net::{TcpListener, TcpStream};
 
 use crate::RunReport;
+use crate::topology::{SIDECAR, add_observer, add_sidecar, new_sim};
 use crate::trace::Trace;
 
-const SIDECAR: &str = "sidecar";
 const UPSTREAMS: [&str; 3] = ["up1", "up2", "up3"];
 const LISTEN_PORT: u16 = 10_000;
 const UPSTREAM_PORT: u16 = 7_000;
@@ -78,8 +75,6 @@ struct World {
     upstream_accepts: Vec<(usize, Duration)>,
     connections_started: usize,
     clients_done: usize,
-    sidecar_stats: Option<Arc<WorkerStats>>,
-    final_stats: Option<(StatsSnapshot, usize)>,
 }
 
 fn elapsed() -> Duration {
@@ -133,13 +128,7 @@ pub fn run(scenario: TcpScenario, seed: u64) -> RunReport {
         }
     };
 
-    let mut sim = turmoil::Builder::new()
-        .rng_seed(seed)
-        .ip_version(turmoil::IpVersion::V6)
-        .min_message_latency(Duration::from_millis(1))
-        .max_message_latency(Duration::from_millis(20))
-        .simulation_duration(Duration::from_secs(60))
-        .build();
+    let mut sim = new_sim(seed, Duration::from_millis(20));
 
     for (i, name) in UPSTREAMS.iter().enumerate() {
         let (world, trace) = (world.clone(), trace.clone());
@@ -149,27 +138,7 @@ pub fn run(scenario: TcpScenario, seed: u64) -> RunReport {
         });
     }
 
-    {
-        let world = world.clone();
-        sim.host(SIDECAR, move || {
-            let world = world.clone();
-            async move {
-                let upstreams: Vec<IpAddr> =
-                    UPSTREAMS.iter().map(|u| turmoil::lookup(*u)).collect();
-                let config = Arc::new(sidecar_config(&upstreams));
-                let stats = Arc::new(WorkerStats::default());
-                world.borrow_mut().sidecar_stats = Some(stats.clone());
-                let listener = TcpListener::bind(SocketAddr::new(
-                    IpAddr::V6(Ipv6Addr::UNSPECIFIED),
-                    LISTEN_PORT,
-                ))
-                .await?;
-                let engine = Engine::new(TurmoilNet, config, 0, seed, stats)?;
-                engine.run(vec![listener], std::future::pending()).await;
-                Ok(())
-            }
-        });
-    }
+    let sidecar = add_sidecar(&mut sim, seed, LISTEN_PORT, &UPSTREAMS, sidecar_config);
 
     for c in 0..CLIENTS {
         let (world, trace) = (world.clone(), trace.clone());
@@ -180,24 +149,16 @@ pub fn run(scenario: TcpScenario, seed: u64) -> RunReport {
         });
     }
 
-    {
-        // Waits for every client, then for idle sessions to be reaped, then reads the
-        // sidecar's counters.
+    let final_stats = {
         let world = world.clone();
-        sim.client("observer", async move {
-            while world.borrow().clients_done < CLIENTS {
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-            tokio::time::sleep(Duration::from_millis(IDLE_TIMEOUT_MS + 500)).await;
-            let stats = world.borrow().sidecar_stats.clone();
-            if let Some(stats) = stats {
-                let snap = stats.snapshot();
-                let open = snap.downstream_cx_active() as usize;
-                world.borrow_mut().final_stats = Some((snap, open));
-            }
-            Ok(())
-        });
-    }
+        let settle = Duration::from_millis(IDLE_TIMEOUT_MS + 500);
+        add_observer(
+            &mut sim,
+            move || world.borrow().clients_done == CLIENTS,
+            settle,
+            sidecar,
+        )
+    };
 
     let mut violations = Vec::new();
     faults.sort_by_key(|f| f.0);
@@ -231,7 +192,13 @@ pub fn run(scenario: TcpScenario, seed: u64) -> RunReport {
     drop(sim);
 
     let w = world.borrow();
-    check(scenario, &w, &fault_times, &mut violations);
+    check(
+        scenario,
+        &w,
+        final_stats.borrow().as_ref(),
+        &fault_times,
+        &mut violations,
+    );
     let ok = w.connections.iter().filter(|c| c.outcome.is_ok()).count();
     let summary = format!(
         "{scenario:?}: {} connections, {ok} ok, {} failed cleanly",
@@ -253,6 +220,7 @@ pub fn run(scenario: TcpScenario, seed: u64) -> RunReport {
 fn check(
     scenario: TcpScenario,
     w: &World,
+    final_stats: Option<&StatsSnapshot>,
     faults: &[(Duration, Fault)],
     violations: &mut Vec<String>,
 ) {
@@ -284,10 +252,11 @@ fn check(
             }
         }
     }
-    match &w.final_stats {
+    match final_stats {
         None => violations.push("the observer never read the sidecar's counters".into()),
-        Some((snap, open)) => {
-            if *open != 0 {
+        Some(snap) => {
+            let open = snap.downstream_cx_active();
+            if open != 0 {
                 violations.push(format!("{open} sidecar session(s) still open at the end"));
             }
             if snap.downstream_cx_total != w.connections.len() as u64 {

@@ -1,26 +1,11 @@
 use super::*;
 use crate::config::http::RetryOn;
-use crate::config::{ClusterConfig, HostConfig, LbPolicy};
 use crate::rng::Rng;
+use crate::test_support::{self, epoch};
 use proptest::prelude::*;
 
-#[allow(clippy::disallowed_methods)]
-fn epoch() -> Instant {
-    Instant::now()
-}
-
 fn cluster(n: usize) -> ClusterState {
-    ClusterState::from_config(&ClusterConfig {
-        name: "c".into(),
-        connect_timeout: Duration::from_secs(1),
-        lb_policy: LbPolicy::RoundRobin,
-        hosts: (0..n)
-            .map(|i| HostConfig {
-                address: format!("127.0.0.1:{}", 8000 + i).parse().unwrap(),
-                weight: 1,
-            })
-            .collect(),
-    })
+    test_support::cluster(n, 8000)
 }
 
 fn all_retry_on() -> RetryOn {

@@ -1,26 +1,10 @@
 use super::*;
-use crate::config::{ClusterConfig, HostConfig, LbPolicy};
 use crate::rng::Rng;
+use crate::test_support::{self, epoch};
 use proptest::prelude::*;
 
-/// An arbitrary base instant: the session only ever compares instants it was given.
-#[allow(clippy::disallowed_methods)]
-fn epoch() -> Instant {
-    Instant::now()
-}
-
 fn cluster(n: usize) -> ClusterState {
-    ClusterState::from_config(&ClusterConfig {
-        name: "c".into(),
-        connect_timeout: Duration::from_secs(1),
-        lb_policy: LbPolicy::RoundRobin,
-        hosts: (0..n)
-            .map(|i| HostConfig {
-                address: format!("127.0.0.1:{}", 7000 + i).parse().unwrap(),
-                weight: 1,
-            })
-            .collect(),
-    })
+    test_support::cluster(n, 7000)
 }
 
 fn config(attempts: u32) -> SessionConfig {
