@@ -400,6 +400,28 @@ fn idempotent_5xx_answers_are_retried_and_timeouts_answer_504() {
 }
 
 #[test]
+fn an_ambiguously_framed_or_vanishing_upstream_answer_is_a_502() {
+    let dir = TempDir::new("http-badframe");
+    let (up, listen) = (free_port(), free_port());
+    let (_u, log) = start_upstream(&dir, "up", up);
+    let _s = start_sluice(&dir, &http_config(listen, &[up], "", ""), 1, addr(listen));
+    let r = raw(
+        listen,
+        b"GET /ambiguous HTTP/1.1\r\nHost: example.com\r\nConnection: close\r\n\r\n",
+    );
+    assert_eq!(status_of(&r), 502, "{r}");
+    assert!(r.contains("upstream sent a malformed response"), "{r}");
+    assert!(
+        !r.contains("Transfer-Encoding"),
+        "nothing of the bad answer is forwarded: {r}"
+    );
+    // An upstream that closes without answering: 502 as well (a POST is not retried).
+    let r = raw(listen, b"POST /close HTTP/1.1\r\nHost: example.com\r\nContent-Length: 1\r\nConnection: close\r\n\r\nx");
+    assert_eq!(status_of(&r), 502, "{r}");
+    assert_eq!(upstream_requests(&log).len(), 2);
+}
+
+#[test]
 fn all_hosts_down_is_a_fast_502() {
     let dir = TempDir::new("http-down");
     let (dead, listen) = (free_port(), free_port());

@@ -8,6 +8,7 @@ count exactly what reached an upstream. Special paths:
   /status/NNN      answer with status NNN
   /sleep/MS        wait MS milliseconds before answering
   /close           close the connection without answering (after reading the request)
+  /ambiguous       answer with both Content-Length and Transfer-Encoding (a smuggling vector)
 
 Usage: http_upstream.py PORT LOGFILE [NAME]
 """
@@ -45,6 +46,11 @@ class Handler(BaseHTTPRequestHandler):
         with open(self.server.log_path, "a") as log:
             log.write(f"{self.command} {self.path} {len(body)}\n")
         if self.path == "/close":
+            self.close_connection = True
+            return
+        if self.path == "/ambiguous":
+            self.wfile.write(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n"
+                             b"Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n")
             self.close_connection = True
             return
         status = 200
