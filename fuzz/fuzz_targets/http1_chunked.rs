@@ -39,8 +39,14 @@ fuzz_target!(|data: &[u8]| {
 fn run(body: &[u8], max_trailer: usize, next_len: &mut dyn FnMut(usize) -> usize) -> Outcome {
     let mut dec = ChunkedDecoder::new(max_trailer);
     let mut at = 0;
+    let mut last_empty = false;
     loop {
-        let n = next_len(at).min(body.len() - at);
+        // Empty feeds are allowed, but never twice in a row: the loop must progress.
+        let mut n = next_len(at).min(body.len() - at);
+        if n == 0 && last_empty {
+            n = 1.min(body.len() - at);
+        }
+        last_empty = n == 0;
         let input = &body[at..at + n];
         match dec.feed(input) {
             Ok(Chunked::Done { consumed }) => {

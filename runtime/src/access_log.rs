@@ -3,7 +3,9 @@
 //! Each worker owns its own writer per listener and buffers lines, flushing when the buffer
 //! passes [`FLUSH_BYTES`] and on a periodic tick (the engine calls [`AccessLog::flush`]), so
 //! logging costs no syscall per request. Lines from different workers never interleave: each
-//! flush writes whole lines with one `write` to a file opened in append mode.
+//! flush writes whole lines with one `write` to a file opened in append mode. On SIGUSR1 the
+//! server has every worker flush and reopen its file by path ([`AccessLog::reopen`]), so that
+//! log rotation can move the old file away.
 //!
 //! Fields (text placeholders and JSON keys): `START_TIME` (RFC 3339, UTC, ms), `METHOD`,
 //! `PATH`, `PROTOCOL`, `STATUS`, `RESPONSE_FLAGS` (`-` or Envoy-style codes like `UF`, `NR`),
@@ -98,6 +100,8 @@ const FIELDS: [(&str, Field); 13] = [
 
 /// A worker's access log writer for one listener.
 pub struct AccessLog {
+    /// The file, if not stdout (kept for [`AccessLog::reopen`]).
+    path: Option<String>,
     json: bool,
     template: Vec<Piece>,
     sink: Sink,
@@ -109,19 +113,14 @@ impl AccessLog {
     pub fn open(config: &AccessLogConfig) -> io::Result<Self> {
         let sink = match &config.path {
             None => Sink::Stdout,
-            Some(p) => Sink::File(
-                OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .open(p)
-                    .map_err(|e| io::Error::new(e.kind(), format!("access log {p}: {e}")))?,
-            ),
+            Some(p) => Sink::File(open_append(p)?),
         };
         let (json, template) = match &config.format {
             AccessLogFormat::Json => (true, Vec::new()),
             AccessLogFormat::Text(t) => (false, compile(t.as_deref().unwrap_or(DEFAULT_TEMPLATE))),
         };
         Ok(AccessLog {
+            path: config.path.clone(),
             json,
             template,
             sink,
@@ -147,6 +146,16 @@ impl AccessLog {
         }
     }
 
+    /// Flushes, then opens the file again by its path (after log rotation moved it away; on
+    /// SIGUSR1). On an error the old file is kept.
+    pub fn reopen(&mut self) -> io::Result<()> {
+        self.flush();
+        if let Some(p) = &self.path {
+            self.sink = Sink::File(open_append(p)?);
+        }
+        Ok(())
+    }
+
     /// Writes out what is buffered.
     pub fn flush(&mut self) {
         if self.buf.is_empty() {
@@ -167,6 +176,14 @@ impl Drop for AccessLog {
     fn drop(&mut self) {
         self.flush();
     }
+}
+
+fn open_append(path: &str) -> io::Result<File> {
+    OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .map_err(|e| io::Error::new(e.kind(), format!("access log {path}: {e}")))
 }
 
 fn compile(template: &str) -> Vec<Piece> {

@@ -9,15 +9,23 @@
 //! then it stops accepting (listeners are dropped, so new connections go elsewhere — to a new
 //! instance on an upgrade, or refused), lets open sessions finish for up to the config's
 //! `drain_timeout`, tells the remaining sessions the drain timed out, and returns once every
-//! session has closed.
+//! session has closed. [`Engine::run_with_drain`] adds a second signal, `close_listeners`
+//! (the admin API's `/drain_listeners`): the accept loops end and the listening sockets close,
+//! while open sessions carry on until `shutdown`.
+//!
+//! Counters: every session, request and upstream try is counted in the worker's own
+//! [`WorkerStats`] (per listener, cluster and host when it has slots for them), with a relaxed
+//! load and store per counter. A host's in-flight gauge mirrors the worker's `ClusterState`
+//! (`publish_host_active` after each state-machine call that may change it).
 
 use std::cell::{Cell, RefCell};
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
-use sluice_core::cluster::ClusterState;
+use sluice_core::cluster::{ClusterState, HostId};
 use sluice_core::config::{Config, ListenerConfig, ListenerFilter, TcpProxyConfig};
 use sluice_core::rng::Rng;
 use sluice_core::router::Router;
@@ -31,7 +39,7 @@ use crate::net::Network;
 use crate::now;
 use crate::pool::Pool;
 use crate::relay::{BUFFER_SIZE, relay};
-use crate::stats::{WorkerStats, bump};
+use crate::stats::{WorkerStats, bump, gauge_add};
 
 /// Buffers kept for reuse per worker (each session takes two).
 const MAX_POOLED_BUFFERS: usize = 1024;
@@ -49,13 +57,16 @@ pub struct Engine<N: Network> {
     sessions_idle: Notify,
     pub(crate) stopping: Cell<bool>,
     pub(crate) stop_accepting: Notify,
+    /// Set by [`Engine::close_listeners`]: accept loops end, connections carry on.
+    listeners_closed: Cell<bool>,
+    close_listeners_now: Notify,
     drain_expired: Notify,
     /// Per listener: the compiled router of an `http` listener.
     pub(crate) routers: Vec<Option<Router>>,
     /// Per listener: this worker's access log writer, if the listener has one.
     pub(crate) access_logs: Vec<Option<RefCell<AccessLog>>>,
     /// This worker's idle upstream HTTP connections.
-    pub(crate) pool: Pool<N::Stream>,
+    pub(crate) pool: Pool<crate::http::UpstreamConn<N::Stream>>,
 }
 
 impl<N: Network> Engine<N> {
@@ -103,6 +114,8 @@ impl<N: Network> Engine<N> {
             sessions_idle: Notify::new(),
             stopping: Cell::new(false),
             stop_accepting: Notify::new(),
+            listeners_closed: Cell::new(false),
+            close_listeners_now: Notify::new(),
             drain_expired: Notify::new(),
             routers,
             access_logs,
@@ -132,7 +145,27 @@ impl<N: Network> Engine<N> {
         listeners: Vec<N::Listener>,
         shutdown: impl std::future::Future<Output = ()>,
     ) {
+        self.run_with_drain(listeners, std::future::pending(), shutdown)
+            .await;
+    }
+
+    /// Like [`Engine::run`], and when `close_listeners` completes first, stops accepting (the
+    /// listening sockets close) while open connections carry on being served; `shutdown` still
+    /// drains and returns.
+    pub async fn run_with_drain(
+        self: Rc<Self>,
+        listeners: Vec<N::Listener>,
+        close_listeners: impl std::future::Future<Output = ()> + 'static,
+        shutdown: impl std::future::Future<Output = ()>,
+    ) {
         assert_eq!(listeners.len(), self.config.listeners.len());
+        let closer = {
+            let engine = self.clone();
+            tokio::task::spawn_local(async move {
+                close_listeners.await;
+                engine.close_listeners();
+            })
+        };
         let mut accept_tasks = Vec::new();
         for (index, listener) in listeners.into_iter().enumerate() {
             let engine = self.clone();
@@ -151,6 +184,7 @@ impl<N: Network> Engine<N> {
             })
         });
         shutdown.await;
+        closer.abort();
         self.drain().await;
         if let Some(f) = flusher {
             f.abort();
@@ -158,6 +192,15 @@ impl<N: Network> Engine<N> {
         self.flush_access_logs();
         for t in accept_tasks {
             let _ = t.await;
+        }
+    }
+
+    /// Stops accepting new connections (closing this worker's listening sockets) without
+    /// draining the open ones.
+    pub fn close_listeners(&self) {
+        if !self.listeners_closed.replace(true) {
+            info!(worker = self.worker, "listeners closed: no new connections");
+            self.close_listeners_now.notify_waiters();
         }
     }
 
@@ -180,6 +223,16 @@ impl<N: Network> Engine<N> {
         info!(worker = self.worker, "drained");
     }
 
+    /// Reopens every access log file by its path (log rotation; the server calls it on
+    /// SIGUSR1).
+    pub fn reopen_access_logs(&self) {
+        for log in self.access_logs.iter().flatten() {
+            if let Err(e) = log.borrow_mut().reopen() {
+                warn!(worker = self.worker, error = %e, "cannot reopen the access log; keeping the old file");
+            }
+        }
+    }
+
     fn flush_access_logs(&self) {
         for log in self.access_logs.iter().flatten() {
             log.borrow_mut().flush();
@@ -200,12 +253,14 @@ impl<N: Network> Engine<N> {
         let lc: &ListenerConfig = &self.config.listeners[index];
         loop {
             let stop = self.stop_accepting.notified();
-            if self.stopping.get() {
+            let close = self.close_listeners_now.notified();
+            if self.stopping.get() || self.listeners_closed.get() {
                 break;
             }
             let accepted = tokio::select! {
                 biased;
                 () = stop => break,
+                () = close => break,
                 r = self.net.accept(&listener) => r,
             };
             match accepted {
@@ -224,13 +279,16 @@ impl<N: Network> Engine<N> {
 
     fn spawn_session(self: Rc<Self>, index: usize, stream: N::Stream, peer: SocketAddr) {
         bump(&self.stats.downstream_cx_total, 1);
+        if let Some(l) = self.stats.listener(index) {
+            bump(&l.downstream_cx_total, 1);
+        }
         self.sessions.set(self.sessions.get() + 1);
         tokio::task::spawn_local(async move {
-            let guard = SessionGuard(&self);
+            let guard = SessionGuard(&self, index);
             let lc = &self.config.listeners[index];
             match &lc.filter {
-                ListenerFilter::TcpProxy(tp) => self.tcp_proxy(lc, tp, stream, peer).await,
-                ListenerFilter::Echo => self.echo(stream).await,
+                ListenerFilter::TcpProxy(tp) => self.tcp_proxy(index, lc, tp, stream, peer).await,
+                ListenerFilter::Echo => self.echo(index, stream).await,
                 ListenerFilter::Http(hc) => self.http_connection(index, lc, hc, stream, peer).await,
             }
             drop(guard);
@@ -239,13 +297,19 @@ impl<N: Network> Engine<N> {
 
     async fn tcp_proxy(
         &self,
+        listener: usize,
         lc: &ListenerConfig,
         tp: &TcpProxyConfig,
         mut down: N::Stream,
         peer: SocketAddr,
     ) {
-        let cluster_cfg = &self.config.clusters[tp.cluster_index];
-        let cluster = &self.clusters[tp.cluster_index];
+        let ci = tp.cluster_index;
+        let cluster_cfg = &self.config.clusters[ci];
+        let cluster = &self.clusters[ci];
+        let cstats = self.stats.cluster(ci);
+        if let Some(c) = cstats {
+            bump(&c.upstream_rq_total, 1);
+        }
         let mut session = TcpSession::new(
             now(),
             SessionConfig {
@@ -262,10 +326,14 @@ impl<N: Network> Engine<N> {
         // Connect phase: follow the session's Connect actions until connected or closed.
         let mut up = None;
         let mut reason = None;
+        let mut connected_host = None;
         while let Some(action) = session.poll_action() {
             match action {
-                Action::Connect { address, .. } => {
+                Action::Connect { address, host } => {
                     bump(&self.stats.upstream_cx_attempts, 1);
+                    if let Some(c) = cstats {
+                        bump(&c.upstream_cx_total, 1);
+                    }
                     let deadline = session.poll_timeout().map(tokio::time::Instant::from_std);
                     let attempt = self.net.connect(address);
                     let result = match deadline {
@@ -275,16 +343,35 @@ impl<N: Network> Engine<N> {
                     let failure = match result {
                         Ok(Ok(stream)) => {
                             session.handle_connected(now(), &mut cluster.borrow_mut());
+                            if let Some(h) = self.stats.host(ci, host.index()) {
+                                bump(&h.rq_total, 1);
+                                bump(&h.cx_total, 1);
+                                gauge_add(&h.cx_active, true);
+                            }
+                            self.publish_host_active(ci, host);
+                            connected_host = Some(host);
                             up = Some(stream);
                             continue;
                         }
                         Ok(Err(e)) => {
                             bump(&self.stats.upstream_cx_connect_fail, 1);
+                            if let Some(c) = cstats {
+                                bump(&c.upstream_cx_connect_fail, 1);
+                            }
+                            if let Some(h) = self.stats.host(ci, host.index()) {
+                                bump(&h.cx_connect_fail, 1);
+                            }
                             debug!(listener = %lc.name, %address, error = %e, "upstream connect failed");
                             ConnectFailure::Refused
                         }
                         Err(_) => {
                             bump(&self.stats.upstream_cx_connect_timeout, 1);
+                            if let Some(c) = cstats {
+                                bump(&c.upstream_cx_connect_timeout, 1);
+                            }
+                            if let Some(h) = self.stats.host(ci, host.index()) {
+                                bump(&h.cx_connect_fail, 1);
+                            }
                             debug!(listener = %lc.name, %address, "upstream connect timed out");
                             ConnectFailure::Timeout
                         }
@@ -330,10 +417,21 @@ impl<N: Network> Engine<N> {
             (None, None) => unreachable!("the session neither connected nor closed"),
         };
         session.release(&mut cluster.borrow_mut());
+        if let Some(host) = connected_host {
+            if let Some(h) = self.stats.host(ci, host.index()) {
+                gauge_add(&h.cx_active, false);
+            }
+            self.publish_host_active(ci, host);
+        }
         let (from_down, from_up) = session.bytes();
         bump(&self.stats.bytes_from_downstream, from_down);
         bump(&self.stats.bytes_from_upstream, from_up);
         bump(&self.stats.tcp_session_closed[reason.index()], 1);
+        if let Some(l) = self.stats.listener(listener) {
+            bump(&l.downstream_bytes_received, from_down);
+            bump(&l.downstream_bytes_sent, from_up);
+            bump(&l.tcp_session_closed[reason.index()], 1);
+        }
         debug!(
             listener = %lc.name,
             %peer,
@@ -350,7 +448,7 @@ impl<N: Network> Engine<N> {
     }
 
     /// The echo filter: writes back every byte read, until EOF or the drain timeout.
-    async fn echo(&self, mut stream: N::Stream) {
+    async fn echo(&self, listener: usize, mut stream: N::Stream) {
         let mut buf = self.take_buffer();
         let expired = self.drain_expired.notified();
         tokio::pin!(expired);
@@ -364,12 +462,27 @@ impl<N: Network> Engine<N> {
                 },
             };
             bump(&self.stats.bytes_from_downstream, n as u64);
+            if let Some(l) = self.stats.listener(listener) {
+                bump(&l.downstream_bytes_received, n as u64);
+            }
             if stream.write_all(&buf[..n]).await.is_err() {
                 break;
+            }
+            if let Some(l) = self.stats.listener(listener) {
+                bump(&l.downstream_bytes_sent, n as u64);
             }
         }
         let _ = stream.shutdown().await;
         self.give_buffer(buf);
+    }
+
+    /// Copies this worker's count of requests (or sessions) in flight on a host — kept by the
+    /// cluster state — into the host's gauge (one load and store).
+    pub(crate) fn publish_host_active(&self, cluster: usize, host: HostId) {
+        if let Some(h) = self.stats.host(cluster, host.index()) {
+            let active = self.clusters[cluster].borrow().host(host).active;
+            h.rq_active.store(u64::from(active), Relaxed);
+        }
     }
 
     fn take_buffer(&self) -> Box<[u8]> {
@@ -388,12 +501,15 @@ impl<N: Network> Engine<N> {
 }
 
 /// Counts a session out when its task ends, however it ends.
-struct SessionGuard<'a, N: Network>(&'a Engine<N>);
+struct SessionGuard<'a, N: Network>(&'a Engine<N>, usize);
 
 impl<N: Network> Drop for SessionGuard<'_, N> {
     fn drop(&mut self) {
         let e = self.0;
         bump(&e.stats.downstream_cx_closed, 1);
+        if let Some(l) = e.stats.listener(self.1) {
+            bump(&l.downstream_cx_closed, 1);
+        }
         e.sessions.set(e.sessions.get() - 1);
         if e.sessions.get() == 0 {
             e.sessions_idle.notify_waiters();

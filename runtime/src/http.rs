@@ -19,6 +19,9 @@
 
 use std::io;
 use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime};
 
 use sluice_core::config::ListenerConfig;
@@ -32,14 +35,14 @@ use sluice_core::http1::{
     write_response_head,
 };
 use sluice_core::router::{pick_cluster, rewrite_prefix};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::time::Instant as TokioInstant;
 
 use crate::access_log::Entry;
 use crate::engine::Engine;
 use crate::net::Network;
 use crate::now;
-use crate::stats::bump;
+use crate::stats::{WorkerStats, bump, gauge_add};
 
 /// Request bodies up to this size are buffered so that a retry can resend them.
 pub const REPLAY_LIMIT: usize = 64 * 1024;
@@ -108,6 +111,78 @@ impl ReadBuffer {
         let n = r.read(&mut self.data[self.end..]).await?;
         self.end += n;
         Ok(n)
+    }
+}
+
+/// An upstream connection, counted in its host's `cx_active` gauge from connect to drop
+/// (pooled idle time included). Reads and writes go straight to the stream.
+pub(crate) struct UpstreamConn<S> {
+    stream: S,
+    stats: Arc<WorkerStats>,
+    cluster: u32,
+    host: u32,
+}
+
+impl<S> UpstreamConn<S> {
+    fn new(stream: S, stats: &Arc<WorkerStats>, cluster: usize, host: usize) -> Self {
+        if let Some(h) = stats.host(cluster, host) {
+            bump(&h.cx_total, 1);
+            gauge_add(&h.cx_active, true);
+        }
+        UpstreamConn {
+            stream,
+            stats: stats.clone(),
+            cluster: cluster as u32,
+            host: host as u32,
+        }
+    }
+}
+
+impl<S> Drop for UpstreamConn<S> {
+    fn drop(&mut self) {
+        if let Some(h) = self.stats.host(self.cluster as usize, self.host as usize) {
+            gauge_add(&h.cx_active, false);
+        }
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for UpstreamConn<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_read(cx, buf)
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for UpstreamConn<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_shutdown(cx)
     }
 }
 
@@ -263,6 +338,7 @@ impl<N: Network> Engine<N> {
                 SystemTime::UNIX_EPOCH
             };
             let t0 = if logging { Some(now()) } else { None };
+            let lstats = self.stats.listener(listener);
             match self
                 .read_request_head(hc, &limits, &mut down, &mut rbuf, &mut head)
                 .await
@@ -273,7 +349,12 @@ impl<N: Network> Engine<N> {
                     write_local_response(&mut out, status, &[], why.as_bytes(), true);
                     let _ = down.write_all(&out).await;
                     bump(&self.stats.http_local_replies, 1);
-                    self.count_status(status);
+                    self.count_status(listener, status);
+                    if let Some(l) = lstats {
+                        bump(&l.http_local_replies, 1);
+                        bump(&l.downstream_bytes_received, rbuf.len() as u64);
+                        bump(&l.downstream_bytes_sent, out.len() as u64);
+                    }
                     if let Some(log) = &self.access_logs[listener] {
                         log.borrow_mut().log(&Entry {
                             start: started,
@@ -298,6 +379,10 @@ impl<N: Network> Engine<N> {
                 HeadRead::Ready => {}
             }
             bump(&self.stats.http_requests, 1);
+            if let Some(l) = lstats {
+                bump(&l.http_requests, 1);
+            }
+            let t_head = now();
             let outcome = self
                 .serve_request(
                     listener,
@@ -310,12 +395,22 @@ impl<N: Network> Engine<N> {
                     &mut out,
                 )
                 .await;
-            self.count_status(outcome.status);
-            if outcome
+            self.stats
+                .downstream_rq_time
+                .record(now().saturating_duration_since(t_head));
+            self.count_status(listener, outcome.status);
+            let local = outcome
                 .flag
-                .is_some_and(|f| f != ResponseFlag::DirectResponse)
-            {
+                .is_some_and(|f| f != ResponseFlag::DirectResponse);
+            if local {
                 bump(&self.stats.http_local_replies, 1);
+            }
+            if let Some(l) = lstats {
+                if local {
+                    bump(&l.http_local_replies, 1);
+                }
+                bump(&l.downstream_bytes_received, outcome.bytes_received);
+                bump(&l.downstream_bytes_sent, outcome.bytes_sent);
             }
             if let Some(log) = &self.access_logs[listener] {
                 let buf = rbuf.bytes();
@@ -350,9 +445,12 @@ impl<N: Network> Engine<N> {
         let _ = down.shutdown().await;
     }
 
-    fn count_status(&self, status: u16) {
+    fn count_status(&self, listener: usize, status: u16) {
         let class = (status / 100).clamp(1, 5) as usize - 1;
         bump(&self.stats.http_responses_by_class[class], 1);
+        if let Some(l) = self.stats.listener(listener) {
+            bump(&l.http_responses_by_class[class], 1);
+        }
     }
 
     async fn read_request_head(
@@ -486,6 +584,10 @@ impl<N: Network> Engine<N> {
         let target = pick_cluster(&action.target, &mut self.rng.borrow_mut());
         let ci = target.cluster_index;
         let cluster_cfg = &self.config.clusters[ci];
+        let cstats = self.stats.cluster(ci);
+        if let Some(c) = cstats {
+            bump(&c.upstream_rq_total, 1);
+        }
         let head_len = head.head_len();
 
         // --- the request body: buffer it when small enough to replay ---
@@ -594,12 +696,16 @@ impl<N: Network> Engine<N> {
         let cluster = &self.clusters[ci];
         ex.start(now(), &mut cluster.borrow_mut(), &mut self.rng.borrow_mut());
         let mut upstream_addr = None;
+        let mut last_host = None;
         let mut bytes_received = head_len as u64 + body_len.unwrap_or(0) as u64;
         loop {
             let action_now = ex.poll_action();
             let (host, address, allow_pooled) = match action_now {
                 Some(Action::LocalReply { status, flag }) => {
                     ex.release(&mut cluster.borrow_mut());
+                    if let Some(h) = last_host {
+                        self.publish_host_active(ci, h);
+                    }
                     let mut o = self
                         .local_reply(down, out, status, flag, !replayable || !head.keep_alive())
                         .await;
@@ -621,7 +727,12 @@ impl<N: Network> Engine<N> {
             };
             if ex.tries() > 1 {
                 bump(&self.stats.http_retries, 1);
+                if let Some(c) = cstats {
+                    bump(&c.upstream_rq_retry, 1);
+                }
             }
+            let try_start = now();
+            last_host = Some(host);
             upstream_addr = Some(address);
             // Connection: pooled or fresh, raced against the exchange's timers.
             let pooled = if allow_pooled {
@@ -634,20 +745,35 @@ impl<N: Network> Engine<N> {
                 Some(s) => s,
                 None => {
                     bump(&self.stats.upstream_cx_attempts, 1);
+                    if let Some(c) = cstats {
+                        bump(&c.upstream_cx_total, 1);
+                    }
                     let timer = deadline_of(ex.poll_timeout());
                     let connected = tokio::select! {
                         biased;
                         r = self.net.connect(address) => r.map_err(|_| ()),
                         () = tokio::time::sleep_until(timer) => {
                             bump(&self.stats.upstream_cx_connect_timeout, 1);
+                            if let Some(c) = cstats {
+                                bump(&c.upstream_cx_connect_timeout, 1);
+                            }
+                            if let Some(h) = self.stats.host(ci, host.index()) {
+                                bump(&h.cx_connect_fail, 1);
+                            }
                             ex.handle_timeout(now(), &mut cluster.borrow_mut(), &mut self.rng.borrow_mut());
                             continue;
                         }
                     };
                     match connected {
-                        Ok(s) => s,
+                        Ok(s) => UpstreamConn::new(s, &self.stats, ci, host.index()),
                         Err(()) => {
                             bump(&self.stats.upstream_cx_connect_fail, 1);
+                            if let Some(c) = cstats {
+                                bump(&c.upstream_cx_connect_fail, 1);
+                            }
+                            if let Some(h) = self.stats.host(ci, host.index()) {
+                                bump(&h.cx_connect_fail, 1);
+                            }
                             ex.handle_failure(
                                 now(),
                                 TryFailure::ConnectFailed,
@@ -660,6 +786,10 @@ impl<N: Network> Engine<N> {
                 }
             };
             ex.handle_connected(now(), reused, &mut cluster.borrow_mut());
+            if let Some(h) = self.stats.host(ci, host.index()) {
+                bump(&h.rq_total, 1);
+            }
+            self.publish_host_active(ci, host);
 
             // Send the request and read the response head, raced against the timers.
             let mut written = false;
@@ -678,7 +808,11 @@ impl<N: Network> Engine<N> {
             }
             let Some(result) = result else {
                 bump(&self.stats.http_upstream_timeouts, 1);
+                if let Some(c) = cstats {
+                    bump(&c.upstream_rq_timeout, 1);
+                }
                 ex.handle_timeout(now(), &mut cluster.borrow_mut(), &mut self.rng.borrow_mut());
+                self.publish_host_active(ci, host);
                 continue;
             };
             let status = match result {
@@ -699,16 +833,23 @@ impl<N: Network> Engine<N> {
                         &mut cluster.borrow_mut(),
                         &mut self.rng.borrow_mut(),
                     );
+                    self.publish_host_active(ci, host);
                     continue;
                 }
             };
-            match ex.handle_response_head(
+            // (The verdict is bound first: a borrow in the match scrutinee would live through
+            // the arms.)
+            let verdict = ex.handle_response_head(
                 now(),
                 status,
                 &mut cluster.borrow_mut(),
                 &mut self.rng.borrow_mut(),
-            ) {
-                Verdict::Retry => continue,
+            );
+            match verdict {
+                Verdict::Retry => {
+                    self.publish_host_active(ci, host);
+                    continue;
+                }
                 Verdict::Forward => {}
             }
 
@@ -755,6 +896,7 @@ impl<N: Network> Engine<N> {
             if upgrade {
                 if down.write_all(out).await.is_err() {
                     ex.release(&mut cluster.borrow_mut());
+                    self.publish_host_active(ci, host);
                     return Outcome {
                         status,
                         flag: None,
@@ -765,6 +907,7 @@ impl<N: Network> Engine<N> {
                     };
                 }
                 ex.handle_response_complete(&mut cluster.borrow_mut());
+                self.publish_host_active(ci, host);
                 bytes_sent += tunnel(down, &mut up, rbuf, head_len, ubuf).await;
                 return Outcome {
                     status,
@@ -783,6 +926,10 @@ impl<N: Network> Engine<N> {
                 () = tokio::time::sleep_until(timer) => None,
             };
             ex.handle_response_complete(&mut cluster.borrow_mut());
+            self.publish_host_active(ci, host);
+            self.stats
+                .upstream_rq_time
+                .record(now().saturating_duration_since(try_start));
             let (complete, sent) = match body {
                 Some(Ok(n)) => (true, n),
                 Some(Err(_)) | None => (false, 0),

@@ -10,11 +10,14 @@
 //! - [`relay`]: moves bytes between two sockets with reused buffers and reports every read to
 //!   the session state machine.
 //! - [`stats`]: per-worker counters (written only by their worker; summed when read).
+//! - [`admin`]: the admin API (readiness, stats, Prometheus metrics, cluster view, config dump,
+//!   drain and quit) on its own thread.
 //! - [`server`]: the real process — one pinned current-thread tokio runtime per core, each with
 //!   its own `SO_REUSEPORT` listener sockets; signals; drain.
 #![warn(missing_docs)]
 
 pub mod access_log;
+pub mod admin;
 pub mod engine;
 pub mod http;
 pub mod net;

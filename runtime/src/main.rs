@@ -6,9 +6,11 @@
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use sluice_core::config::Config;
+use sluice_runtime::admin::LogControl;
 use sluice_runtime::server::{self, ServerOptions};
 
 #[derive(Parser)]
@@ -70,7 +72,9 @@ fn load(path: &Path) -> Result<Config, String> {
     })
 }
 
-fn init_logging(format: LogFormat, level: &str) {
+/// Installs the subscriber with a reloadable filter; returns the control the admin API's
+/// `/logging` uses to change it.
+fn init_logging(format: LogFormat, level: &str) -> LogControl {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_default_env()
         .or_else(|_| EnvFilter::try_new(level))
@@ -79,9 +83,27 @@ fn init_logging(format: LogFormat, level: &str) {
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .with_thread_names(true);
+    fn parse(level: &str) -> Result<EnvFilter, String> {
+        EnvFilter::try_new(level)
+            .map_err(|e| format!("{level:?} is not a log level or filter: {e}"))
+    }
     match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => {
+            let builder = builder.with_filter_reloading();
+            let handle = builder.reload_handle();
+            builder.init();
+            LogControl(Arc::new(move |level: &str| {
+                handle.reload(parse(level)?).map_err(|e| e.to_string())
+            }))
+        }
+        LogFormat::Json => {
+            let builder = builder.json().with_filter_reloading();
+            let handle = builder.reload_handle();
+            builder.init();
+            LogControl(Arc::new(move |level: &str| {
+                handle.reload(parse(level)?).map_err(|e| e.to_string())
+            }))
+        }
     }
 }
 
@@ -120,11 +142,18 @@ fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
-            init_logging(log_format, &log_level);
+            let log_control = init_logging(log_format, &log_level);
             let workers = workers.unwrap_or_else(|| {
                 std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
             });
-            match server::run(config, ServerOptions { workers, seed }) {
+            match server::run(
+                config,
+                ServerOptions {
+                    workers,
+                    seed,
+                    log_control: Some(log_control),
+                },
+            ) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     tracing::error!("{e}");

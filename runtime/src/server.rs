@@ -4,8 +4,15 @@
 //! starts, so that an address in use stops startup with a message naming the listener. Then
 //! each worker thread pins itself to a core, builds a current-thread tokio runtime and a
 //! `LocalSet`, and runs its own [`Engine`] on its own sockets: no state is shared between
-//! workers on the data path. The main thread waits for SIGTERM or SIGINT, tells every worker to
-//! stop accepting and drain, and joins them.
+//! workers on the data path. The main thread waits for SIGTERM or SIGINT (or the admin API's
+//! `/quitquitquit`, which takes the same path), tells every worker to stop accepting and drain,
+//! and joins them.
+//!
+//! With `admin` configured, the admin server ([`crate::admin`]) is bound before the listeners
+//! and runs on its own thread from the start: `/ready` answers 503 until every worker is
+//! serving, 200 then, and 503 again once draining. It reads every worker's counters and the
+//! config; `/drain_listeners` closes the workers' listeners through a second watch channel.
+//! SIGUSR1 makes every worker reopen its access log files (log rotation), through a third.
 
 use std::io;
 use std::sync::Arc;
@@ -15,6 +22,7 @@ use sluice_core::config::Config;
 use tokio::sync::watch;
 use tracing::{error, info, warn};
 
+use crate::admin::{AdminShared, LogControl, ServerState};
 use crate::engine::Engine;
 use crate::net::{TokioNet, bind_reuseport};
 use crate::stats::WorkerStats;
@@ -26,6 +34,8 @@ pub struct ServerOptions {
     pub workers: usize,
     /// Seed for the workers' RNGs (balancing); worker `i` uses `seed + i`.
     pub seed: u64,
+    /// Changes the log filter at runtime (the admin API's `/logging`), if the process can.
+    pub log_control: Option<LogControl>,
 }
 
 /// Listen backlog per socket.
@@ -46,6 +56,12 @@ pub fn run(config: Config, options: ServerOptions) -> io::Result<()> {
             })?;
         }
     }
+
+    // The admin socket first: its address in use stops startup like a listener's.
+    let admin_socket = match &config.admin {
+        Some(a) => Some(crate::admin::bind(a.address)?),
+        None => None,
+    };
 
     // Bind everything first: one socket per (worker, listener).
     let mut sockets: Vec<Vec<std::net::TcpListener>> = Vec::with_capacity(workers);
@@ -75,15 +91,41 @@ pub fn run(config: Config, options: ServerOptions) -> io::Result<()> {
             "more workers than cores: not pinning"
         );
     }
+    // Signal handlers before anything can report ready: a SIGTERM sent as soon as `/ready`
+    // says 200 (or during startup) is a graceful stop, never the default kill.
+    let signal_rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let mut signals = {
+        let _in_runtime = signal_rt.enter();
+        StopSignals::new()?
+    };
     let (stop_tx, stop_rx) = watch::channel(false);
+    // Bumped on SIGUSR1: every worker reopens its access log files.
+    let (reopen_tx, _) = watch::channel(0u64);
+    let all_stats: Vec<Arc<WorkerStats>> = (0..workers)
+        .map(|_| Arc::new(WorkerStats::new(&config)))
+        .collect();
+    let shared = Arc::new(AdminShared::new(
+        config.clone(),
+        all_stats.clone(),
+        options.log_control.clone(),
+    ));
+    if let Some(socket) = admin_socket {
+        let address = socket.local_addr()?;
+        crate::admin::spawn(socket, shared.clone())?;
+        info!(%address, "admin server listening");
+    }
+    let (started_tx, started_rx) = std::sync::mpsc::channel::<()>();
     let mut handles = Vec::with_capacity(workers);
-    let mut all_stats = Vec::with_capacity(workers);
     for (worker, mine) in sockets.into_iter().enumerate() {
         let config = config.clone();
         let mut stop = stop_rx.clone();
+        let mut close_listeners = shared.close_listeners.subscribe();
+        let started = started_tx.clone();
+        let mut reopen = reopen_tx.subscribe();
         let core = pin.then(|| cores[worker]);
-        let stats = Arc::new(WorkerStats::default());
-        all_stats.push(stats.clone());
+        let stats = all_stats[worker].clone();
         let seed = options.seed.wrapping_add(worker as u64);
         let handle = thread::Builder::new()
             .name(format!("sluice-worker-{worker}"))
@@ -103,10 +145,27 @@ pub fn run(config: Config, options: ServerOptions) -> io::Result<()> {
                         .map(tokio::net::TcpListener::from_std)
                         .collect::<io::Result<Vec<_>>>()?;
                     let engine = Engine::new(TokioNet, config, worker, seed, stats)?;
+                    let _ = started.send(());
+                    drop(started);
+                    let logs = engine.clone();
+                    tokio::task::spawn_local(async move {
+                        while reopen.changed().await.is_ok() {
+                            logs.reopen_access_logs();
+                        }
+                    });
                     engine
-                        .run(listeners, async move {
-                            let _ = stop.wait_for(|s| *s).await;
-                        })
+                        .run_with_drain(
+                            listeners,
+                            async move {
+                                if close_listeners.wait_for(|c| *c).await.is_err() {
+                                    // The admin side is gone: never close early.
+                                    std::future::pending::<()>().await;
+                                }
+                            },
+                            async move {
+                                let _ = stop.wait_for(|s| *s).await;
+                            },
+                        )
                         .await;
                     Ok(())
                 })
@@ -116,20 +175,37 @@ pub fn run(config: Config, options: ServerOptions) -> io::Result<()> {
     for l in &config.listeners {
         info!(listener = %l.name, address = %l.address, "listening");
     }
-    if let Some(admin) = &config.admin {
-        warn!(address = %admin.address, "the admin server is not built yet: `admin` is accepted and ignored");
-    }
-    info!(
-        workers,
-        pinned = pin,
-        version = crate::VERSION,
-        "sluice ready"
-    );
-
-    let signal_rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    let signal = signal_rt.block_on(wait_for_stop_signal())?;
+    // Live once every worker has its engine and serves its sockets.
+    drop(started_tx);
+    let started = started_rx.iter().take(workers).count();
+    let signal = if started == workers {
+        shared.set_state(ServerState::Live);
+        info!(
+            workers,
+            pinned = pin,
+            version = crate::VERSION,
+            "sluice ready"
+        );
+        let mut quit = shared.quit.subscribe();
+        signal_rt.block_on(async {
+            loop {
+                tokio::select! {
+                    s = signals.recv() => match s? {
+                        Caught::Stop(name) => return Ok::<_, io::Error>(name),
+                        Caught::Reopen => {
+                            info!("SIGUSR1: reopening access logs");
+                            reopen_tx.send_modify(|g| *g += 1);
+                        }
+                    },
+                    _ = quit.wait_for(|q| *q) => return Ok("/quitquitquit"),
+                }
+            }
+        })?
+    } else {
+        error!(started, workers, "a worker failed to start");
+        "worker failure"
+    };
+    shared.set_state(ServerState::Draining);
     info!(signal, "stopping: no new connections, draining open ones");
     let _ = stop_tx.send(true);
 
@@ -160,12 +236,37 @@ pub fn run(config: Config, options: ServerOptions) -> io::Result<()> {
     result
 }
 
-async fn wait_for_stop_signal() -> io::Result<&'static str> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate())?;
-    let mut int = signal(SignalKind::interrupt())?;
-    Ok(tokio::select! {
-        _ = term.recv() => "SIGTERM",
-        _ = int.recv() => "SIGINT",
-    })
+/// A signal the server acts on.
+enum Caught {
+    /// SIGTERM or SIGINT: drain and exit.
+    Stop(&'static str),
+    /// SIGUSR1: reopen the access logs.
+    Reopen,
+}
+
+/// SIGTERM, SIGINT and SIGUSR1, caught from creation on (create inside a tokio runtime).
+struct StopSignals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+    usr1: tokio::signal::unix::Signal,
+}
+
+impl StopSignals {
+    fn new() -> io::Result<Self> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(StopSignals {
+            term: signal(SignalKind::terminate())?,
+            int: signal(SignalKind::interrupt())?,
+            usr1: signal(SignalKind::user_defined1())?,
+        })
+    }
+
+    /// The next signal.
+    async fn recv(&mut self) -> io::Result<Caught> {
+        Ok(tokio::select! {
+            _ = self.term.recv() => Caught::Stop("SIGTERM"),
+            _ = self.int.recv() => Caught::Stop("SIGINT"),
+            _ = self.usr1.recv() => Caught::Reopen,
+        })
+    }
 }

@@ -3,13 +3,168 @@
 //! Each worker owns one [`WorkerStats`] and is its only writer, so the atomics are never
 //! contended (relaxed loads and stores on a line no other core writes); readers (the admin
 //! server, the simulator's invariant checks) sum the workers' snapshots.
+//!
+//! Besides the worker-wide counters, a [`WorkerStats`] built with [`WorkerStats::new`] carries
+//! one [`ListenerStats`] per listener, one [`ClusterStats`] per cluster (with one [`HostStats`]
+//! per host), and two [`Histogram`]s of request times. Gauges (`*_active`) are single-writer
+//! too: the worker stores its own value; readers add the workers' values. A `WorkerStats`
+//! made with `Default` (as the simulator does) has no per-listener or per-cluster slots; the
+//! engine then skips those counters.
+//!
+//! Every per-worker block is aligned to 128 bytes (two cache lines, the unit of the adjacent
+//! line prefetcher) so that two workers' counters never share a line, even though they are
+//! all allocated by the main thread, next to each other.
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::time::Duration;
 
+use sluice_core::config::Config;
 use sluice_core::tcp_proxy::CloseReason;
+
+/// Upper bounds of the histogram buckets in microseconds (0.5 ms to 10 s, log scale); one more
+/// bucket counts everything above the last bound (`+Inf`).
+pub const HISTOGRAM_BOUNDS_US: [u64; 14] = [
+    500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 500_000, 1_000_000,
+    2_500_000, 5_000_000, 10_000_000,
+];
+
+/// A fixed log-scale histogram of durations, written by one worker.
+#[derive(Debug, Default)]
+pub struct Histogram {
+    /// Per bucket (not cumulative): observations `<=` the bound of the same index in
+    /// [`HISTOGRAM_BOUNDS_US`] and above the previous one; the last is `+Inf`.
+    pub buckets: [AtomicU64; HISTOGRAM_BOUNDS_US.len() + 1],
+    /// Sum of observations in microseconds.
+    pub sum_us: AtomicU64,
+}
+
+impl Histogram {
+    /// Records one duration (three relaxed load+store pairs at most: bucket, sum; the count is
+    /// the sum of the buckets).
+    #[inline]
+    pub fn record(&self, d: Duration) {
+        let us = u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
+        let i = HISTOGRAM_BOUNDS_US.partition_point(|&b| b < us);
+        bump(&self.buckets[i], 1);
+        bump(&self.sum_us, us);
+    }
+
+    /// A plain copy.
+    #[must_use]
+    pub fn snapshot(&self) -> HistogramSnapshot {
+        HistogramSnapshot {
+            buckets: std::array::from_fn(|i| self.buckets[i].load(Relaxed)),
+            sum_us: self.sum_us.load(Relaxed),
+        }
+    }
+}
+
+/// A histogram's counts, summable across workers.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct HistogramSnapshot {
+    /// See [`Histogram::buckets`].
+    pub buckets: [u64; HISTOGRAM_BOUNDS_US.len() + 1],
+    /// See [`Histogram::sum_us`].
+    pub sum_us: u64,
+}
+
+impl HistogramSnapshot {
+    /// Observations.
+    #[must_use]
+    pub fn count(&self) -> u64 {
+        self.buckets.iter().sum()
+    }
+
+    /// Adds another worker's counts.
+    pub fn add(&mut self, o: &HistogramSnapshot) {
+        for (a, b) in self.buckets.iter_mut().zip(o.buckets) {
+            *a += b;
+        }
+        self.sum_us += o.sum_us;
+    }
+
+    /// The upper bound (µs) of the bucket holding quantile `q` (0..=1); `None` when empty or in
+    /// the `+Inf` bucket.
+    #[must_use]
+    pub fn quantile_bound_us(&self, q: f64) -> Option<u64> {
+        let n = self.count();
+        if n == 0 {
+            return None;
+        }
+        let rank = ((q * n as f64).ceil() as u64).clamp(1, n);
+        let mut seen = 0;
+        for (i, c) in self.buckets.iter().enumerate() {
+            seen += c;
+            if seen >= rank {
+                return HISTOGRAM_BOUNDS_US.get(i).copied();
+            }
+        }
+        None
+    }
+}
+
+/// Counters of one listener in one worker.
+#[derive(Debug, Default)]
+#[repr(align(128))]
+pub struct ListenerStats {
+    /// Connections accepted.
+    pub downstream_cx_total: AtomicU64,
+    /// Connections closed (active = total - closed).
+    pub downstream_cx_closed: AtomicU64,
+    /// Bytes received from downstream.
+    pub downstream_bytes_received: AtomicU64,
+    /// Bytes sent to downstream.
+    pub downstream_bytes_sent: AtomicU64,
+    /// HTTP requests received with a complete head (a rejected head is counted only in
+    /// `http_responses_by_class` and `http_local_replies`).
+    pub http_requests: AtomicU64,
+    /// HTTP responses by status class (1xx..5xx).
+    pub http_responses_by_class: [AtomicU64; 5],
+    /// HTTP answers the proxy generated itself (errors, limits, no route).
+    pub http_local_replies: AtomicU64,
+    /// TCP sessions ended, by [`CloseReason`].
+    pub tcp_session_closed: [AtomicU64; CloseReason::ALL.len()],
+}
+
+/// Counters of one upstream host in one worker.
+#[derive(Debug, Default)]
+#[repr(align(128))]
+pub struct HostStats {
+    /// Requests (HTTP) or sessions (TCP) served by the host.
+    pub rq_total: AtomicU64,
+    /// Requests (HTTP) or sessions (TCP) in flight now (a gauge this worker stores).
+    pub rq_active: AtomicU64,
+    /// Upstream connections opened to the host.
+    pub cx_total: AtomicU64,
+    /// Upstream connections open now, pooled idle ones included (a gauge).
+    pub cx_active: AtomicU64,
+    /// Connect attempts that failed or timed out.
+    pub cx_connect_fail: AtomicU64,
+}
+
+/// Counters of one cluster in one worker.
+#[derive(Debug, Default)]
+#[repr(align(128))]
+pub struct ClusterStats {
+    /// Requests (HTTP) or sessions (TCP) sent to the cluster.
+    pub upstream_rq_total: AtomicU64,
+    /// Connect attempts.
+    pub upstream_cx_total: AtomicU64,
+    /// Connect attempts refused or errored.
+    pub upstream_cx_connect_fail: AtomicU64,
+    /// Connect attempts that timed out.
+    pub upstream_cx_connect_timeout: AtomicU64,
+    /// HTTP tries that hit a per-try or route timeout.
+    pub upstream_rq_timeout: AtomicU64,
+    /// HTTP retries.
+    pub upstream_rq_retry: AtomicU64,
+    /// Per host, in config order.
+    pub hosts: Box<[HostStats]>,
+}
 
 /// Counters of one worker.
 #[derive(Debug, Default)]
+#[repr(align(128))]
 pub struct WorkerStats {
     /// Downstream connections accepted.
     pub downstream_cx_total: AtomicU64,
@@ -39,6 +194,14 @@ pub struct WorkerStats {
     pub http_retries: AtomicU64,
     /// HTTP tries that hit a per-try or route timeout.
     pub http_upstream_timeouts: AtomicU64,
+    /// Per listener, in config order (empty when made with `Default`).
+    pub listeners: Box<[ListenerStats]>,
+    /// Per cluster, in config order (empty when made with `Default`).
+    pub clusters: Box<[ClusterStats]>,
+    /// Downstream request time: request head received to response completely sent (HTTP).
+    pub downstream_rq_time: Histogram,
+    /// Upstream request time: upstream try started to response completely received (HTTP).
+    pub upstream_rq_time: Histogram,
 }
 
 /// A plain copy of counters, summable across workers.
@@ -80,7 +243,115 @@ pub fn bump(counter: &AtomicU64, by: u64) {
     counter.store(counter.load(Relaxed).wrapping_add(by), Relaxed);
 }
 
+/// Moves a single-writer gauge up or down by one (a load and a store; wrapping, so a worker's
+/// own value may transiently wrap only if it is decremented before it is incremented).
+#[inline]
+pub fn gauge_add(gauge: &AtomicU64, up: bool) {
+    let v = gauge.load(Relaxed);
+    gauge.store(
+        if up {
+            v.wrapping_add(1)
+        } else {
+            v.wrapping_sub(1)
+        },
+        Relaxed,
+    );
+}
+
 impl WorkerStats {
+    /// Counters shaped like `config`: one slot per listener, cluster and host.
+    #[must_use]
+    pub fn new(config: &Config) -> Self {
+        WorkerStats {
+            listeners: config
+                .listeners
+                .iter()
+                .map(|_| ListenerStats::default())
+                .collect(),
+            clusters: config
+                .clusters
+                .iter()
+                .map(|c| ClusterStats {
+                    hosts: c.hosts.iter().map(|_| HostStats::default()).collect(),
+                    ..ClusterStats::default()
+                })
+                .collect(),
+            ..WorkerStats::default()
+        }
+    }
+
+    /// One listener's counters, if this `WorkerStats` has slots for listeners.
+    #[inline]
+    #[must_use]
+    pub fn listener(&self, index: usize) -> Option<&ListenerStats> {
+        self.listeners.get(index)
+    }
+
+    /// One cluster's counters, if this `WorkerStats` has slots for clusters.
+    #[inline]
+    #[must_use]
+    pub fn cluster(&self, index: usize) -> Option<&ClusterStats> {
+        self.clusters.get(index)
+    }
+
+    /// One host's counters.
+    #[inline]
+    #[must_use]
+    pub fn host(&self, cluster: usize, host: usize) -> Option<&HostStats> {
+        self.clusters.get(cluster).and_then(|c| c.hosts.get(host))
+    }
+
+    /// A copy of every counter, per listener, cluster and host (for the admin API).
+    #[must_use]
+    pub fn detailed(&self) -> DetailedSnapshot {
+        DetailedSnapshot {
+            worker: self.snapshot(),
+            listeners: self
+                .listeners
+                .iter()
+                .map(|l| ListenerSnapshot {
+                    downstream_cx_total: l.downstream_cx_total.load(Relaxed),
+                    downstream_cx_closed: l.downstream_cx_closed.load(Relaxed),
+                    downstream_bytes_received: l.downstream_bytes_received.load(Relaxed),
+                    downstream_bytes_sent: l.downstream_bytes_sent.load(Relaxed),
+                    http_requests: l.http_requests.load(Relaxed),
+                    http_responses_by_class: std::array::from_fn(|i| {
+                        l.http_responses_by_class[i].load(Relaxed)
+                    }),
+                    http_local_replies: l.http_local_replies.load(Relaxed),
+                    tcp_session_closed: std::array::from_fn(|i| {
+                        l.tcp_session_closed[i].load(Relaxed)
+                    }),
+                })
+                .collect(),
+            clusters: self
+                .clusters
+                .iter()
+                .map(|c| ClusterSnapshot {
+                    upstream_rq_total: c.upstream_rq_total.load(Relaxed),
+                    upstream_cx_total: c.upstream_cx_total.load(Relaxed),
+                    upstream_cx_connect_fail: c.upstream_cx_connect_fail.load(Relaxed),
+                    upstream_cx_connect_timeout: c.upstream_cx_connect_timeout.load(Relaxed),
+                    upstream_rq_timeout: c.upstream_rq_timeout.load(Relaxed),
+                    upstream_rq_retry: c.upstream_rq_retry.load(Relaxed),
+                    hosts: c
+                        .hosts
+                        .iter()
+                        .map(|h| HostSnapshot {
+                            rq_total: h.rq_total.load(Relaxed),
+                            rq_active: h.rq_active.load(Relaxed),
+                            cx_total: h.cx_total.load(Relaxed),
+                            cx_active: h.cx_active.load(Relaxed),
+                            cx_connect_fail: h.cx_connect_fail.load(Relaxed),
+                        })
+                        .collect(),
+                })
+                .collect(),
+            downstream_rq_time: self.downstream_rq_time.snapshot(),
+            upstream_rq_time: self.upstream_rq_time.snapshot(),
+        }
+    }
+
     /// A copy of the counters now.
     #[must_use]
     pub fn snapshot(&self) -> StatsSnapshot {
@@ -142,5 +413,199 @@ impl StatsSnapshot {
         self.http_local_replies += o.http_local_replies;
         self.http_retries += o.http_retries;
         self.http_upstream_timeouts += o.http_upstream_timeouts;
+    }
+}
+
+/// A listener's counters, summable across workers.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ListenerSnapshot {
+    /// See [`ListenerStats::downstream_cx_total`].
+    pub downstream_cx_total: u64,
+    /// See [`ListenerStats::downstream_cx_closed`].
+    pub downstream_cx_closed: u64,
+    /// See [`ListenerStats::downstream_bytes_received`].
+    pub downstream_bytes_received: u64,
+    /// See [`ListenerStats::downstream_bytes_sent`].
+    pub downstream_bytes_sent: u64,
+    /// See [`ListenerStats::http_requests`].
+    pub http_requests: u64,
+    /// See [`ListenerStats::http_responses_by_class`].
+    pub http_responses_by_class: [u64; 5],
+    /// See [`ListenerStats::http_local_replies`].
+    pub http_local_replies: u64,
+    /// See [`ListenerStats::tcp_session_closed`].
+    pub tcp_session_closed: [u64; CloseReason::ALL.len()],
+}
+
+impl ListenerSnapshot {
+    /// Connections open now.
+    #[must_use]
+    pub fn downstream_cx_active(&self) -> u64 {
+        self.downstream_cx_total
+            .saturating_sub(self.downstream_cx_closed)
+    }
+
+    fn add(&mut self, o: &ListenerSnapshot) {
+        self.downstream_cx_total += o.downstream_cx_total;
+        self.downstream_cx_closed += o.downstream_cx_closed;
+        self.downstream_bytes_received += o.downstream_bytes_received;
+        self.downstream_bytes_sent += o.downstream_bytes_sent;
+        self.http_requests += o.http_requests;
+        for (a, b) in self
+            .http_responses_by_class
+            .iter_mut()
+            .zip(o.http_responses_by_class)
+        {
+            *a += b;
+        }
+        self.http_local_replies += o.http_local_replies;
+        for (a, b) in self.tcp_session_closed.iter_mut().zip(o.tcp_session_closed) {
+            *a += b;
+        }
+    }
+}
+
+/// A host's counters, summable across workers.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct HostSnapshot {
+    /// See [`HostStats::rq_total`].
+    pub rq_total: u64,
+    /// See [`HostStats::rq_active`].
+    pub rq_active: u64,
+    /// See [`HostStats::cx_total`].
+    pub cx_total: u64,
+    /// See [`HostStats::cx_active`].
+    pub cx_active: u64,
+    /// See [`HostStats::cx_connect_fail`].
+    pub cx_connect_fail: u64,
+}
+
+/// A cluster's counters, summable across workers.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ClusterSnapshot {
+    /// See [`ClusterStats::upstream_rq_total`].
+    pub upstream_rq_total: u64,
+    /// See [`ClusterStats::upstream_cx_total`].
+    pub upstream_cx_total: u64,
+    /// See [`ClusterStats::upstream_cx_connect_fail`].
+    pub upstream_cx_connect_fail: u64,
+    /// See [`ClusterStats::upstream_cx_connect_timeout`].
+    pub upstream_cx_connect_timeout: u64,
+    /// See [`ClusterStats::upstream_rq_timeout`].
+    pub upstream_rq_timeout: u64,
+    /// See [`ClusterStats::upstream_rq_retry`].
+    pub upstream_rq_retry: u64,
+    /// Per host.
+    pub hosts: Vec<HostSnapshot>,
+}
+
+/// Every counter of a worker, or the sum over workers.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct DetailedSnapshot {
+    /// The worker-wide counters.
+    pub worker: StatsSnapshot,
+    /// Per listener.
+    pub listeners: Vec<ListenerSnapshot>,
+    /// Per cluster.
+    pub clusters: Vec<ClusterSnapshot>,
+    /// See [`WorkerStats::downstream_rq_time`].
+    pub downstream_rq_time: HistogramSnapshot,
+    /// See [`WorkerStats::upstream_rq_time`].
+    pub upstream_rq_time: HistogramSnapshot,
+}
+
+impl DetailedSnapshot {
+    /// The sum over workers (read one after another; each worker's copy is taken without
+    /// stopping it, so counters of one worker may be a few increments apart).
+    #[must_use]
+    pub fn sum<'a>(workers: impl IntoIterator<Item = &'a std::sync::Arc<WorkerStats>>) -> Self {
+        let mut total = DetailedSnapshot::default();
+        for w in workers {
+            total.add(&w.detailed());
+        }
+        total
+    }
+
+    /// Adds another worker's counters (slots missing on either side are kept / added).
+    pub fn add(&mut self, o: &DetailedSnapshot) {
+        self.worker.add(&o.worker);
+        if self.listeners.len() < o.listeners.len() {
+            self.listeners
+                .resize(o.listeners.len(), ListenerSnapshot::default());
+        }
+        for (a, b) in self.listeners.iter_mut().zip(&o.listeners) {
+            a.add(b);
+        }
+        if self.clusters.len() < o.clusters.len() {
+            self.clusters
+                .resize(o.clusters.len(), ClusterSnapshot::default());
+        }
+        for (a, b) in self.clusters.iter_mut().zip(&o.clusters) {
+            a.upstream_rq_total += b.upstream_rq_total;
+            a.upstream_cx_total += b.upstream_cx_total;
+            a.upstream_cx_connect_fail += b.upstream_cx_connect_fail;
+            a.upstream_cx_connect_timeout += b.upstream_cx_connect_timeout;
+            a.upstream_rq_timeout += b.upstream_rq_timeout;
+            a.upstream_rq_retry += b.upstream_rq_retry;
+            if a.hosts.len() < b.hosts.len() {
+                a.hosts.resize(b.hosts.len(), HostSnapshot::default());
+            }
+            for (x, y) in a.hosts.iter_mut().zip(&b.hosts) {
+                x.rq_total += y.rq_total;
+                x.rq_active = x.rq_active.wrapping_add(y.rq_active);
+                x.cx_total += y.cx_total;
+                x.cx_active = x.cx_active.wrapping_add(y.cx_active);
+                x.cx_connect_fail += y.cx_connect_fail;
+            }
+        }
+        self.downstream_rq_time.add(&o.downstream_rq_time);
+        self.upstream_rq_time.add(&o.upstream_rq_time);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn histogram_buckets_by_upper_bound() {
+        let h = Histogram::default();
+        h.record(Duration::from_micros(500)); // <= 0.5 ms
+        h.record(Duration::from_micros(501)); // <= 1 ms
+        h.record(Duration::from_millis(3)); // <= 5 ms
+        h.record(Duration::from_secs(60)); // +Inf
+        let s = h.snapshot();
+        assert_eq!(s.buckets[0], 1);
+        assert_eq!(s.buckets[1], 1);
+        assert_eq!(s.buckets[3], 1);
+        assert_eq!(s.buckets[HISTOGRAM_BOUNDS_US.len()], 1);
+        assert_eq!(s.count(), 4);
+        assert_eq!(s.sum_us, 500 + 501 + 3000 + 60_000_000);
+        assert_eq!(s.quantile_bound_us(0.5), Some(1_000));
+        assert_eq!(s.quantile_bound_us(1.0), None);
+    }
+
+    #[test]
+    fn gauges_and_sums_across_workers() {
+        let config = Config::from_yaml(
+            "listeners: [ { name: l, address: 127.0.0.1:1, tcp_proxy: { cluster: c } } ]\n\
+             clusters: [ { name: c, hosts: [ { address: 127.0.0.1:2 }, { address: 127.0.0.1:3 } ] } ]",
+        )
+        .unwrap();
+        let a = std::sync::Arc::new(WorkerStats::new(&config));
+        let b = std::sync::Arc::new(WorkerStats::new(&config));
+        gauge_add(&a.host(0, 1).unwrap().rq_active, true);
+        gauge_add(&a.host(0, 1).unwrap().rq_active, true);
+        gauge_add(&b.host(0, 1).unwrap().rq_active, true);
+        gauge_add(&a.host(0, 1).unwrap().rq_active, false);
+        bump(&a.listener(0).unwrap().downstream_cx_total, 3);
+        bump(&b.listener(0).unwrap().downstream_cx_total, 4);
+        bump(&b.listener(0).unwrap().downstream_cx_closed, 1);
+        let total = DetailedSnapshot::sum([&a, &b]);
+        assert_eq!(total.clusters[0].hosts[1].rq_active, 2);
+        assert_eq!(total.clusters[0].hosts[0].rq_active, 0);
+        assert_eq!(total.listeners[0].downstream_cx_total, 7);
+        assert_eq!(total.listeners[0].downstream_cx_active(), 6);
+        assert!(WorkerStats::default().listener(0).is_none());
     }
 }

@@ -48,11 +48,14 @@ pub fn add_sidecar<'a>(
         let slot = mine.clone();
         async move {
             let ips: Vec<IpAddr> = upstreams.iter().map(|u| turmoil::lookup(*u)).collect();
-            let stats = Arc::new(WorkerStats::default());
+            let config = Arc::new(config(&ips));
+            // Shaped like the real server's, so per-listener, per-cluster and per-host counters
+            // run in the simulation too.
+            let stats = Arc::new(WorkerStats::new(&config));
             *slot.borrow_mut() = Some(stats.clone());
             let listener =
                 TcpListener::bind(SocketAddr::new(IpAddr::V6(Ipv6Addr::UNSPECIFIED), port)).await?;
-            let engine = Engine::new(TurmoilNet, Arc::new(config(&ips)), 0, seed, stats)?;
+            let engine = Engine::new(TurmoilNet, config, 0, seed, stats)?;
             engine.run(vec![listener], std::future::pending()).await;
             Ok(())
         }

@@ -95,6 +95,20 @@ impl Decoder {
         }
     }
 
+    /// `true` or `false`.
+    pub(crate) fn boolean(&mut self, path: &str, v: &Value) -> Option<bool> {
+        match v {
+            Value::Bool(b) => Some(*b),
+            other => {
+                self.error(
+                    path,
+                    format!("expected true or false, found {}", kind(other)),
+                );
+                None
+            }
+        }
+    }
+
     /// A non-empty name made of letters, digits and `_ - . :`.
     pub(crate) fn name(&mut self, path: &str, v: &Value) -> Option<String> {
         let s = self.string(path, v)?;

@@ -102,8 +102,11 @@ pub struct Config {
 /// The admin server's settings.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct AdminConfig {
-    /// Where it listens; loopback unless written otherwise.
+    /// Where it listens; loopback unless `allow_non_loopback` is set.
     pub address: SocketAddr,
+    /// Whether a non-loopback `address` was explicitly allowed (the admin API can stop the
+    /// proxy, so exposing it beyond the host must be a written decision).
+    pub allow_non_loopback: bool,
 }
 
 /// A listening socket and what it does with a connection.
@@ -320,9 +323,28 @@ fn decode_admin(dec: &mut Decoder, path: &str, v: &Value) -> Option<Option<Admin
     let mut obj = dec.object(path, v)?;
     let address = obj
         .req(dec, "address")
-        .and_then(|(v, p)| dec.parsed(&p, v, parse_socket_addr));
+        .and_then(|(v, p)| dec.parsed(&p, v, parse_socket_addr).map(|a| (a, p)));
+    let allow_non_loopback = match obj.opt("allow_non_loopback") {
+        Some((v, p)) => dec.boolean(&p, v),
+        None => Some(false),
+    };
     obj.finish(dec);
-    Some(Some(AdminConfig { address: address? }))
+    let ((address, address_path), allow_non_loopback) = (address?, allow_non_loopback?);
+    if !address.ip().is_loopback() && !allow_non_loopback {
+        dec.error(
+            &address_path,
+            format!(
+                "{address} is not a loopback address: the admin API can stop the proxy and \
+                 dump its config, so expose it beyond this host only on purpose, by adding \
+                 `allow_non_loopback: true` to `admin`"
+            ),
+        );
+        return None;
+    }
+    Some(Some(AdminConfig {
+        address,
+        allow_non_loopback,
+    }))
 }
 
 fn decode_listener(

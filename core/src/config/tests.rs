@@ -172,3 +172,49 @@ fn config_dump_is_json_with_durations_as_written() {
     );
     assert_eq!(v["listeners"][0]["address"], "127.0.0.1:10001");
 }
+
+#[test]
+fn admin_defaults_to_loopback_only() {
+    let c = Config::from_yaml(GOOD).unwrap();
+    assert!(!c.admin.unwrap().allow_non_loopback);
+    let ipv6 = GOOD.replace("127.0.0.1:9901", "\"[::1]:9901\"");
+    assert!(Config::from_yaml(&ipv6).unwrap().admin.is_some());
+}
+
+#[test]
+fn non_loopback_admin_must_be_allowed_explicitly() {
+    let open = GOOD.replace("127.0.0.1:9901", "0.0.0.0:9901");
+    let errs = errors(&open);
+    assert_eq!(errs.len(), 1, "{errs:#?}");
+    assert!(
+        errs[0].starts_with("admin.address: 0.0.0.0:9901 is not a loopback address"),
+        "{errs:?}"
+    );
+    assert!(errs[0].contains("allow_non_loopback: true"), "{errs:?}");
+
+    let allowed = GOOD.replace(
+        "admin: { address: 127.0.0.1:9901 }",
+        "admin: { address: 0.0.0.0:9901, allow_non_loopback: true }",
+    );
+    let c = Config::from_yaml(&allowed).unwrap();
+    let admin = c.admin.unwrap();
+    assert_eq!(admin.address, "0.0.0.0:9901".parse().unwrap());
+    assert!(admin.allow_non_loopback);
+
+    let bad = GOOD.replace(
+        "admin: { address: 127.0.0.1:9901 }",
+        "admin: { address: 10.1.2.3:9901, allow_non_loopback: yes please }",
+    );
+    assert_eq!(
+        errors(&bad),
+        [r#"admin.allow_non_loopback: expected true or false, found a string"#]
+    );
+    let typo = GOOD.replace(
+        "admin: { address: 127.0.0.1:9901 }",
+        "admin: { address: 127.0.0.1:9901, allow_nonloopback: true }",
+    );
+    assert_eq!(
+        errors(&typo),
+        ["admin.allow_nonloopback: unknown field (expected one of: address, allow_non_loopback)"]
+    );
+}

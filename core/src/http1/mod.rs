@@ -8,6 +8,28 @@
 //! a connection and its `Vec` keeps its capacity), and never copies a body: bodies are forwarded
 //! as they came, so the codec's job is to say exactly where each one ends.
 //!
+//! ## The API at a glance
+//!
+//! ```text
+//! parse_request(buf, &Limits, &mut Head) -> Result<ParseStatus, HttpError>
+//! parse_response(buf, request_method, &Limits, &mut Head) -> Result<ParseStatus, HttpError>
+//!     ParseStatus::{Complete, Partial}; HttpError::status() → 400 / 431 (request), 502 (response)
+//! Head: method() method_bytes(buf) status() reason(buf) target(buf) target_form() path(buf)
+//!       query(buf) version() header(buf, name) header_values(buf, name) headers(buf)
+//!       header_spans() head_len() framing() keep_alive() expect_continue() upgrade()
+//!       host(buf) content_length() is_informational()
+//! ChunkedDecoder::new(max_trailer_bytes).feed(input) -> Result<Chunked, HttpError>
+//!     Chunked::{NeedMore { consumed }, Done { consumed }}; payload_bytes(); is_done()
+//! write_request_head(out, buf, &Head, &HeadEdits)
+//! write_response_head(out, buf, &Head, &HeadEdits)
+//! HeadEdits { path, remove, add, force_close, version }   (HeadEdits::NONE: no edit)
+//! write_local_response(out, status, extra_headers, body, close)    reason_phrase(status)
+//! ```
+//!
+//! Every accessor that returns bytes takes the buffer the head was parsed from: a [`Head`] holds
+//! offsets, never borrows, so the driver can keep it next to its read buffer. Its contents are
+//! meaningful only after `Ok(Complete)`.
+//!
 //! ## How a driver uses it
 //!
 //! ```text
@@ -33,6 +55,11 @@
 //! interim: forward it, then parse the next response for the same request. A response with
 //! [`BodyFraming::CloseDelimited`] ends when the upstream closes; [`write_response_head`] then
 //! writes `connection: close`, as the downstream connection has to close after it too.
+//!
+//! When [`Head::expect_continue`] holds, the driver answers `100 Continue` itself
+//! (`write_local_response(out, 100, &[], b"", false)`) before it waits for the body, since the
+//! writer drops `Expect`. A 101 answer to a request with [`Head::upgrade`], or a 2xx answer to
+//! `CONNECT`, turns both connections into a byte tunnel after the response head.
 //!
 //! ## Strictness (request smuggling)
 //!

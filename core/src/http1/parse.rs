@@ -141,17 +141,18 @@ pub fn parse_response(
     head.version = version(minor, MSG)?;
     head.status = code;
     // The reason phrase, found by hand: httparse gives "" for one with obs-text.
-    let line_start = buf
+    // The line is `HTTP/1.x NNN[ reason]\r\n`, after optional empty lines (CRLF pairs).
+    let head_bytes = &buf[..len];
+    let line_start = head_bytes
         .iter()
-        .position(|&b| b != b'\r' && b != b'\n')
-        .unwrap_or(0);
-    let line_end = line_start
-        + buf[line_start..len]
+        .take_while(|&&b| b == b'\r' || b == b'\n')
+        .count();
+    let cr = line_start
+        + head_bytes[line_start..]
             .iter()
-            .position(|&b| b == b'\n')
-            .unwrap_or(0);
-    let reason_start = (line_start + 13).min(line_end - 1);
-    head.target = reason_start..line_end - 1;
+            .position(|&b| b == b'\r')
+            .unwrap_or(len - line_start);
+    head.target = (line_start + 13).min(cr)..cr;
 
     let scan = scan_headers(buf, res.headers, MSG, has_ctl, head)?;
 

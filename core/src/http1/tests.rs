@@ -975,8 +975,14 @@ fn feed_in_pieces(
 ) -> (Result<usize, HttpError>, u64) {
     let mut dec = ChunkedDecoder::new(max_trailer);
     let mut at = 0;
+    let mut last_empty = false;
     loop {
-        let n = cuts.next().unwrap_or(usize::MAX).min(data.len() - at);
+        // Empty feeds are allowed, but never twice in a row: the loop must progress.
+        let mut n = cuts.next().unwrap_or(usize::MAX).min(data.len() - at);
+        if n == 0 && last_empty {
+            n = 1.min(data.len() - at);
+        }
+        last_empty = n == 0;
         match dec.feed(&data[at..at + n]) {
             Ok(Chunked::Done { consumed }) => {
                 assert!(consumed <= n);

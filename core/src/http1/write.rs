@@ -62,7 +62,7 @@ pub fn write_request_head(out: &mut Vec<u8>, buf: &[u8], head: &Head, edits: &He
     let host_removed = edits.remove.iter().any(|r| r.eq_ignore_ascii_case("host"));
     if absolute && !host_removed && head.header(buf, "host").is_none() {
         // An HTTP/1.0 request without Host: the authority becomes one.
-        push_field(out, b"host", head.host(buf).unwrap_or_default());
+        push_parsed(out, b"host", head.host(buf).unwrap_or_default());
     }
     write_fields(out, buf, head, edits, true);
     let upgrade = head.upgrade;
@@ -194,7 +194,7 @@ fn write_fields(out: &mut Vec<u8>, buf: &[u8], head: &Head, edits: &HeadEdits<'_
             | Known::Trailer => {}
             Known::Upgrade => {
                 if head.upgrade && !removed() {
-                    push_field(out, name, value);
+                    push_parsed(out, name, value);
                 }
             }
             Known::Expect if request => {}
@@ -209,23 +209,23 @@ fn write_fields(out: &mut Vec<u8>, buf: &[u8], head: &Head, edits: &HeadEdits<'_
                 }
                 Some(_) => {}
                 // Only a 2xx to CONNECT keeps an unparsed one (the client ignores it).
-                None => push_field(out, name, value),
+                None => push_parsed(out, name, value),
             },
-            Known::TransferEncoding => push_field(out, name, value),
+            Known::TransferEncoding => push_parsed(out, name, value),
             Known::Host if head.form == TargetForm::Absolute => {
                 if !removed() {
-                    push_field(out, name, head.host(buf).unwrap_or(value));
+                    push_parsed(out, name, head.host(buf).unwrap_or(value));
                 }
             }
             Known::Host | Known::Expect => {
                 if !removed() {
-                    push_field(out, name, value);
+                    push_parsed(out, name, value);
                 }
             }
             Known::Other => {
                 let hop_by_hop = head.connection_options && named_by_connection(buf, head, name);
                 if !hop_by_hop && !removed() {
-                    push_field(out, name, value);
+                    push_parsed(out, name, value);
                 }
             }
         }
@@ -257,12 +257,20 @@ fn write_added(out: &mut Vec<u8>, edits: &HeadEdits<'_>) {
     }
 }
 
+/// `name: value\r\n` for a field of a parsed head (the parser rejected control characters).
+fn push_parsed(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+    out.extend_from_slice(name);
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value);
+    out.extend_from_slice(b"\r\n");
+}
+
 /// `name: value\r\n`, with control characters in the value (the caller's values) replaced by
 /// spaces.
 fn push_field(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
     out.extend_from_slice(name);
     out.extend_from_slice(b": ");
-    if value.iter().any(|&b| super::is_value_ctl(b)) {
+    if super::find_value_ctl(value).is_some() {
         out.extend(
             value
                 .iter()

@@ -1,0 +1,1286 @@
+//! The admin API: a small HTTP/1.1 server on its own thread and its own current-thread tokio
+//! runtime, bound to `admin.address` (loopback unless the config allows otherwise).
+//!
+//! It never touches the data path: it reads the workers' counters ([`WorkerStats`], written
+//! only by their worker with relaxed stores) and sums them per scrape, reads the immutable
+//! config, and talks to the server through [`AdminShared`]: the readiness state, the
+//! health-check override, and two one-way switches (close the listeners; quit).
+//!
+//! One request per connection (`connection: close`). Endpoints (mutations require `POST`, a
+//! `GET` on them answers 405):
+//!
+//! | endpoint | answer |
+//! |---|---|
+//! | `GET /` | HTML: links to every endpoint and a table of clusters and hosts |
+//! | `GET /ready` | `200 LIVE` when serving; `503` while starting, draining, or after `/healthcheck/fail` |
+//! | `GET /stats` | `name: value` lines, sorted; `?filter=REGEX`, `?format=json` |
+//! | `GET /stats/prometheus` | Prometheus text exposition 0.0.4 |
+//! | `GET /clusters` | clusters and hosts with weight, health, load (text; `?format=json`) |
+//! | `GET /config_dump` | the effective config as JSON (secrets redacted) |
+//! | `GET /server_info` | JSON: version, uptime, state, workers |
+//! | `POST /healthcheck/fail`, `/healthcheck/ok` | force `/ready` to 503, undo it |
+//! | `POST /drain_listeners` | stop accepting; open connections carry on |
+//! | `POST /quitquitquit` | graceful drain and exit 0 (same as SIGTERM) |
+//! | `POST /logging?level=LEVEL` | change the log filter at runtime |
+
+use std::fmt::Write as _;
+use std::io;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::time::{Duration, Instant};
+
+use serde_json::{Map, Value, json};
+use sluice_core::config::{Config, ListenerFilter};
+use sluice_core::http1::write_local_response;
+use sluice_core::tcp_proxy::CloseReason;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::watch;
+use tracing::{debug, info, warn};
+
+use crate::stats::{DetailedSnapshot, HISTOGRAM_BOUNDS_US, HistogramSnapshot, WorkerStats};
+
+/// Where the server is in its life, as `/server_info` and `/ready` report it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum ServerState {
+    /// Binding, starting workers.
+    PreInitializing = 0,
+    /// Serving.
+    Live = 1,
+    /// Listeners closed (`/drain_listeners`), or stopping (SIGTERM, `/quitquitquit`).
+    Draining = 2,
+}
+
+impl ServerState {
+    /// The name `/server_info` uses.
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ServerState::PreInitializing => "PRE_INITIALIZING",
+            ServerState::Live => "LIVE",
+            ServerState::Draining => "DRAINING",
+        }
+    }
+}
+
+/// Sets the log filter from a level or an `EnvFilter` directive list; `Err` says why not.
+pub type SetLogFilter = dyn Fn(&str) -> Result<(), String> + Send + Sync;
+
+/// Changes the log filter at runtime.
+#[derive(Clone)]
+pub struct LogControl(pub Arc<SetLogFilter>);
+
+impl std::fmt::Debug for LogControl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("LogControl")
+    }
+}
+
+/// What the admin thread shares with the server.
+pub struct AdminShared {
+    /// The effective config.
+    pub config: Arc<Config>,
+    /// Every worker's counters, in worker order.
+    pub workers: Vec<Arc<WorkerStats>>,
+    state: AtomicU8,
+    healthcheck_failed: AtomicBool,
+    started: Instant,
+    /// Set to `true` to close every worker's listeners (no exit).
+    pub close_listeners: watch::Sender<bool>,
+    /// Set to `true` to stop the server gracefully (as SIGTERM does).
+    pub quit: watch::Sender<bool>,
+    log_control: Option<LogControl>,
+}
+
+impl AdminShared {
+    /// Shared state for a server starting now.
+    #[must_use]
+    pub fn new(
+        config: Arc<Config>,
+        workers: Vec<Arc<WorkerStats>>,
+        log_control: Option<LogControl>,
+    ) -> Self {
+        AdminShared {
+            config,
+            workers,
+            state: AtomicU8::new(ServerState::PreInitializing as u8),
+            healthcheck_failed: AtomicBool::new(false),
+            started: Instant::now(),
+            close_listeners: watch::channel(false).0,
+            quit: watch::channel(false).0,
+            log_control,
+        }
+    }
+
+    /// The current state.
+    #[must_use]
+    pub fn state(&self) -> ServerState {
+        match self.state.load(Ordering::Acquire) {
+            0 => ServerState::PreInitializing,
+            1 => ServerState::Live,
+            _ => ServerState::Draining,
+        }
+    }
+
+    /// Moves to `state`; a draining server never becomes live again.
+    pub fn set_state(&self, state: ServerState) {
+        let _ = self
+            .state
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |s| {
+                (s != ServerState::Draining as u8).then_some(state as u8)
+            });
+    }
+
+    /// Whether `/ready` answers 200.
+    #[must_use]
+    pub fn ready(&self) -> bool {
+        self.state() == ServerState::Live && !self.healthcheck_failed.load(Ordering::Acquire)
+    }
+
+    fn uptime(&self) -> Duration {
+        self.started.elapsed()
+    }
+}
+
+/// Binds the admin socket (before anything else starts, so that an address in use stops
+/// startup with a clear message).
+pub fn bind(address: std::net::SocketAddr) -> io::Result<std::net::TcpListener> {
+    let l = std::net::TcpListener::bind(address).map_err(|e| {
+        io::Error::new(
+            e.kind(),
+            format!("admin.address: cannot listen on {address}: {e}"),
+        )
+    })?;
+    l.set_nonblocking(true)?;
+    Ok(l)
+}
+
+/// Starts the admin server on its own thread. It runs until the process exits.
+pub fn spawn(
+    listener: std::net::TcpListener,
+    shared: Arc<AdminShared>,
+) -> io::Result<std::thread::JoinHandle<()>> {
+    std::thread::Builder::new()
+        .name("sluice-admin".into())
+        .spawn(move || {
+            let rt = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => {
+                    warn!(error = %e, "admin server: cannot build its runtime");
+                    return;
+                }
+            };
+            let local = tokio::task::LocalSet::new();
+            local.block_on(&rt, async move {
+                let listener = match tokio::net::TcpListener::from_std(listener) {
+                    Ok(l) => l,
+                    Err(e) => {
+                        warn!(error = %e, "admin server: cannot use its socket");
+                        return;
+                    }
+                };
+                loop {
+                    match listener.accept().await {
+                        Ok((stream, _)) => {
+                            let shared = shared.clone();
+                            tokio::task::spawn_local(async move {
+                                serve_connection(stream, &shared).await;
+                            });
+                        }
+                        Err(e) => {
+                            warn!(error = %e, "admin server: accept failed");
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                        }
+                    }
+                }
+            });
+        })
+}
+
+/// Largest admin request head.
+const MAX_HEAD: usize = 16 * 1024;
+/// Time for a client to send its request head.
+const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
+
+async fn serve_connection(mut stream: tokio::net::TcpStream, shared: &AdminShared) {
+    let mut buf = Vec::with_capacity(1024);
+    let head = tokio::time::timeout(HEAD_TIMEOUT, read_head(&mut stream, &mut buf)).await;
+    let mut head_only = false;
+    let (response, after) = match head {
+        Ok(Ok(Some((method, target)))) => {
+            head_only = method == "HEAD";
+            handle(shared, &method, &target)
+        }
+        Ok(Ok(None)) => (Response::text(400, "malformed request\n"), After::Nothing),
+        Ok(Err(_)) => return,
+        Err(_) => (
+            Response::text(408, "request head too slow\n"),
+            After::Nothing,
+        ),
+    };
+    let mut out = Vec::with_capacity(response.body.len() + 256);
+    let mut headers: Vec<(&str, &[u8])> = vec![
+        ("content-type", response.content_type.as_bytes()),
+        ("cache-control", b"no-cache"),
+    ];
+    if let Some(allow) = response.allow {
+        headers.push(("allow", allow.as_bytes()));
+    }
+    write_local_response(&mut out, response.status, &headers, &response.body, true);
+    if head_only {
+        // The head of the GET answer, length included, without the body.
+        out.truncate(out.len() - response.body.len());
+    }
+    let _ = stream.write_all(&out).await;
+    let _ = stream.shutdown().await;
+    // Read what the client may still send (a request body) so that closing does not reset
+    // the connection under the response.
+    let mut sink = [0u8; 1024];
+    let _ = tokio::time::timeout(Duration::from_millis(200), async {
+        while let Ok(n) = stream.read(&mut sink).await {
+            if n == 0 {
+                break;
+            }
+        }
+    })
+    .await;
+    drop(stream);
+    match after {
+        After::Nothing => {}
+        After::Quit => {
+            shared.set_state(ServerState::Draining);
+            let _ = shared.quit.send(true);
+        }
+    }
+}
+
+/// Reads a request head; `Ok(None)` when it is malformed or too large.
+async fn read_head(
+    stream: &mut tokio::net::TcpStream,
+    buf: &mut Vec<u8>,
+) -> io::Result<Option<(String, String)>> {
+    let mut chunk = [0u8; 2048];
+    loop {
+        let mut headers = [httparse::EMPTY_HEADER; 64];
+        let mut req = httparse::Request::new(&mut headers);
+        match req.parse(buf) {
+            Ok(httparse::Status::Complete(_)) => {
+                return Ok(match (req.method, req.path) {
+                    (Some(m), Some(p)) => Some((m.to_owned(), p.to_owned())),
+                    _ => None,
+                });
+            }
+            Ok(httparse::Status::Partial) => {}
+            Err(_) => return Ok(None),
+        }
+        if buf.len() > MAX_HEAD {
+            return Ok(None);
+        }
+        let n = stream.read(&mut chunk).await?;
+        if n == 0 {
+            return Err(io::ErrorKind::UnexpectedEof.into());
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+/// An admin answer.
+#[derive(Debug)]
+pub struct Response {
+    /// Status code.
+    pub status: u16,
+    /// `content-type`.
+    pub content_type: &'static str,
+    /// Body.
+    pub body: Vec<u8>,
+    /// `allow`, on a 405.
+    pub allow: Option<&'static str>,
+}
+
+impl Response {
+    fn new(status: u16, content_type: &'static str, body: impl Into<Vec<u8>>) -> Self {
+        Response {
+            status,
+            content_type,
+            body: body.into(),
+            allow: None,
+        }
+    }
+
+    fn text(status: u16, body: impl Into<Vec<u8>>) -> Self {
+        Self::new(status, "text/plain; charset=utf-8", body)
+    }
+
+    fn json(status: u16, value: &Value) -> Self {
+        let mut body = serde_json::to_vec_pretty(value).unwrap_or_default();
+        body.push(b'\n');
+        Self::new(status, "application/json", body)
+    }
+}
+
+/// What to do once the answer is written.
+#[derive(Debug, PartialEq, Eq)]
+pub enum After {
+    /// Nothing.
+    Nothing,
+    /// Stop the server gracefully.
+    Quit,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Verb {
+    Get,
+    Post,
+}
+
+/// Every endpoint: path, method, what it does (the index page lists them).
+const ENDPOINTS: &[(&str, Verb, &str)] = &[
+    ("/", Verb::Get, "this page"),
+    (
+        "/ready",
+        Verb::Get,
+        "200 LIVE when serving; 503 while starting, draining or failed",
+    ),
+    (
+        "/stats",
+        Verb::Get,
+        "counters as name: value lines (?filter=REGEX, ?format=json)",
+    ),
+    (
+        "/stats/prometheus",
+        Verb::Get,
+        "counters in the Prometheus text format",
+    ),
+    (
+        "/clusters",
+        Verb::Get,
+        "clusters and hosts: weight, health, load (?format=json)",
+    ),
+    ("/config_dump", Verb::Get, "the effective config as JSON"),
+    (
+        "/server_info",
+        Verb::Get,
+        "version, uptime, state, workers (JSON)",
+    ),
+    (
+        "/healthcheck/fail",
+        Verb::Post,
+        "make /ready answer 503 (take this instance out of rotation)",
+    ),
+    ("/healthcheck/ok", Verb::Post, "undo /healthcheck/fail"),
+    (
+        "/drain_listeners",
+        Verb::Post,
+        "stop accepting connections; open ones carry on",
+    ),
+    (
+        "/quitquitquit",
+        Verb::Post,
+        "drain gracefully and exit 0 (as SIGTERM)",
+    ),
+    (
+        "/logging",
+        Verb::Post,
+        "change the log filter: ?level=debug (or a filter like sluice_runtime=debug)",
+    ),
+];
+
+/// Answers one request (`target` = path and query).
+pub fn handle(shared: &AdminShared, method: &str, target: &str) -> (Response, After) {
+    let (path, query) = match target.split_once('?') {
+        Some((p, q)) => (p, q),
+        None => (target, ""),
+    };
+    let Some(&(_, verb, _)) = ENDPOINTS.iter().find(|(p, _, _)| *p == path) else {
+        let mut body = format!("no admin endpoint {path}; endpoints:\n");
+        for (p, v, what) in ENDPOINTS {
+            let _ = writeln!(body, "  {} {p}: {what}", verb_name(*v));
+        }
+        return (Response::text(404, body), After::Nothing);
+    };
+    let allowed = match verb {
+        Verb::Get => method == "GET" || method == "HEAD",
+        Verb::Post => method == "POST",
+    };
+    if !allowed {
+        let mut r = Response::text(
+            405,
+            format!(
+                "{path} requires {}, not {method}\n",
+                verb_name(verb).to_uppercase()
+            ),
+        );
+        r.allow = Some(match verb {
+            Verb::Get => "GET, HEAD",
+            Verb::Post => "POST",
+        });
+        return (r, After::Nothing);
+    }
+    let params = parse_query(query);
+    let param = |k: &str| params.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
+    let json_format = param("format") == Some("json");
+    let response = match path {
+        "/" => Response::new(200, "text/html; charset=utf-8", index_html(shared)),
+        "/ready" => {
+            if shared.ready() {
+                Response::text(200, "LIVE\n")
+            } else {
+                let why = if shared.healthcheck_failed.load(Ordering::Acquire) {
+                    "FAILED"
+                } else {
+                    shared.state().as_str()
+                };
+                Response::text(503, format!("{why}\n"))
+            }
+        }
+        "/stats" => {
+            let filter = match param("filter").map(regex::Regex::new) {
+                None => None,
+                Some(Ok(re)) => Some(re),
+                Some(Err(e)) => {
+                    return (
+                        Response::text(400, format!("filter: not a valid regex: {e}\n")),
+                        After::Nothing,
+                    );
+                }
+            };
+            let stats = flat_stats(shared, &DetailedSnapshot::sum(&shared.workers));
+            let stats = stats
+                .into_iter()
+                .filter(|(name, _)| filter.as_ref().is_none_or(|re| re.is_match(name)));
+            if json_format {
+                let list: Vec<Value> = stats
+                    .map(|(name, value)| json!({ "name": name, "value": value }))
+                    .collect();
+                Response::json(200, &json!({ "stats": list }))
+            } else {
+                let mut body = String::new();
+                for (name, value) in stats {
+                    let _ = writeln!(body, "{name}: {value}");
+                }
+                Response::text(200, body)
+            }
+        }
+        "/stats/prometheus" => Response::new(
+            200,
+            "text/plain; version=0.0.4; charset=utf-8",
+            prometheus(shared, &DetailedSnapshot::sum(&shared.workers)),
+        ),
+        "/clusters" => {
+            let view = clusters_json(shared, &DetailedSnapshot::sum(&shared.workers));
+            if json_format {
+                Response::json(200, &view)
+            } else {
+                Response::text(200, clusters_text(&view))
+            }
+        }
+        "/config_dump" => Response::json(200, &config_dump(&shared.config)),
+        "/server_info" => Response::json(
+            200,
+            &json!({
+                "version": crate::VERSION,
+                "state": shared.state().as_str(),
+                "uptime_seconds": shared.uptime().as_secs(),
+                "workers": shared.workers.len(),
+                "healthcheck_failed": shared.healthcheck_failed.load(Ordering::Acquire),
+                "admin_address": shared.config.admin.as_ref().map(|a| a.address.to_string()),
+            }),
+        ),
+        "/healthcheck/fail" => {
+            shared.healthcheck_failed.store(true, Ordering::Release);
+            info!("admin: /healthcheck/fail: /ready answers 503");
+            Response::text(200, "OK\n")
+        }
+        "/healthcheck/ok" => {
+            shared.healthcheck_failed.store(false, Ordering::Release);
+            info!("admin: /healthcheck/ok");
+            Response::text(200, "OK\n")
+        }
+        "/drain_listeners" => {
+            shared.set_state(ServerState::Draining);
+            let _ = shared.close_listeners.send(true);
+            info!("admin: /drain_listeners: closing listeners, open connections carry on");
+            Response::text(200, "OK\n")
+        }
+        "/quitquitquit" => {
+            info!("admin: /quitquitquit");
+            return (Response::text(200, "OK\n"), After::Quit);
+        }
+        "/logging" => match (param("level"), &shared.log_control) {
+            (None, _) => Response::text(400, "give the level: POST /logging?level=debug\n"),
+            (Some(_), None) => Response::text(501, "this process cannot change its log level\n"),
+            (Some(level), Some(control)) => match (control.0)(level) {
+                Ok(()) => {
+                    info!(level, "admin: log filter changed");
+                    Response::text(200, format!("log filter set to {level}\n"))
+                }
+                Err(e) => Response::text(400, format!("level: {e}\n")),
+            },
+        },
+        _ => unreachable!("every endpoint is handled"),
+    };
+    debug!(method, path, status = response.status, "admin request");
+    (response, After::Nothing)
+}
+
+fn verb_name(v: Verb) -> &'static str {
+    match v {
+        Verb::Get => "get",
+        Verb::Post => "post",
+    }
+}
+
+/// `a=1&b=x%20y` → pairs, percent-decoded (`+` is kept: it is common in regexes).
+fn parse_query(q: &str) -> Vec<(String, String)> {
+    q.split('&')
+        .filter(|p| !p.is_empty())
+        .map(|p| match p.split_once('=') {
+            Some((k, v)) => (percent_decode(k), percent_decode(v)),
+            None => (percent_decode(p), String::new()),
+        })
+        .collect()
+}
+
+fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%'
+            && i + 2 < b.len()
+            && let Some(v) = std::str::from_utf8(&b[i + 1..i + 3])
+                .ok()
+                .and_then(|h| u8::from_str_radix(h, 16).ok())
+        {
+            out.push(v);
+            i += 3;
+            continue;
+        }
+        out.push(b[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Keys whose values are secrets in a config dump (TLS private keys, tokens, when they exist).
+const SECRET_KEYS: &[&str] = &["private_key", "password", "token", "secret"];
+
+/// The config as JSON with secrets replaced by `"[redacted]"`.
+#[must_use]
+pub fn config_dump(config: &Config) -> Value {
+    let mut v = serde_json::to_value(config).unwrap_or(Value::Null);
+    redact(&mut v);
+    v
+}
+
+fn redact(v: &mut Value) {
+    match v {
+        Value::Object(map) => {
+            for (k, child) in map.iter_mut() {
+                if SECRET_KEYS.contains(&k.as_str()) && !child.is_null() {
+                    *child = Value::String("[redacted]".into());
+                } else {
+                    redact(child);
+                }
+            }
+        }
+        Value::Array(items) => items.iter_mut().for_each(redact),
+        _ => {}
+    }
+}
+
+const CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
+
+fn is_http(config: &Config, listener: usize) -> bool {
+    matches!(config.listeners[listener].filter, ListenerFilter::Http(_))
+}
+
+fn is_tcp(config: &Config, listener: usize) -> bool {
+    matches!(
+        config.listeners[listener].filter,
+        ListenerFilter::TcpProxy(_)
+    )
+}
+
+/// Every stat as `(name, value)`, sorted by name.
+fn flat_stats(shared: &AdminShared, s: &DetailedSnapshot) -> Vec<(String, u64)> {
+    let config = &shared.config;
+    let mut out: Vec<(String, u64)> = Vec::new();
+    let mut put = |name: String, v: u64| out.push((name, v));
+    put("server.uptime_seconds".into(), shared.uptime().as_secs());
+    put("server.workers".into(), shared.workers.len() as u64);
+    put("server.live".into(), u64::from(shared.ready()));
+    put("server.accept_errors".into(), s.worker.accept_errors);
+    for (i, (lc, l)) in config.listeners.iter().zip(&s.listeners).enumerate() {
+        let p = format!("listener.{}", lc.name);
+        put(format!("{p}.downstream_cx_total"), l.downstream_cx_total);
+        put(
+            format!("{p}.downstream_cx_active"),
+            l.downstream_cx_active(),
+        );
+        put(
+            format!("{p}.downstream_bytes_received"),
+            l.downstream_bytes_received,
+        );
+        put(
+            format!("{p}.downstream_bytes_sent"),
+            l.downstream_bytes_sent,
+        );
+        if is_http(config, i) {
+            put(format!("{p}.http.rq_total"), l.http_requests);
+            for (c, n) in CLASSES.iter().zip(l.http_responses_by_class) {
+                put(format!("{p}.http.rq_{c}"), n);
+            }
+            put(format!("{p}.http.local_reply"), l.http_local_replies);
+        }
+        if is_tcp(config, i) {
+            for r in CloseReason::ALL {
+                put(
+                    format!("{p}.tcp.closed.{}", r.as_str()),
+                    l.tcp_session_closed[r.index()],
+                );
+            }
+        }
+    }
+    for (cc, c) in config.clusters.iter().zip(&s.clusters) {
+        let p = format!("cluster.{}", cc.name);
+        put(format!("{p}.upstream_rq_total"), c.upstream_rq_total);
+        put(format!("{p}.upstream_cx_total"), c.upstream_cx_total);
+        put(
+            format!("{p}.upstream_cx_connect_fail"),
+            c.upstream_cx_connect_fail,
+        );
+        put(
+            format!("{p}.upstream_cx_connect_timeout"),
+            c.upstream_cx_connect_timeout,
+        );
+        put(format!("{p}.upstream_rq_timeout"), c.upstream_rq_timeout);
+        put(format!("{p}.upstream_rq_retry"), c.upstream_rq_retry);
+        for (hc, h) in cc.hosts.iter().zip(&c.hosts) {
+            let hp = format!("{p}.host.{}", hc.address);
+            put(format!("{hp}.rq_total"), h.rq_total);
+            put(format!("{hp}.rq_active"), h.rq_active);
+            put(format!("{hp}.cx_total"), h.cx_total);
+            put(format!("{hp}.cx_active"), h.cx_active);
+            put(format!("{hp}.cx_connect_fail"), h.cx_connect_fail);
+        }
+    }
+    for (name, h) in [
+        ("http.downstream_rq_time", &s.downstream_rq_time),
+        ("http.upstream_rq_time", &s.upstream_rq_time),
+    ] {
+        put(format!("{name}.count"), h.count());
+        put(format!("{name}.sum_us"), h.sum_us);
+        for (q, label) in [(0.5, "p50"), (0.9, "p90"), (0.99, "p99")] {
+            if let Some(b) = h.quantile_bound_us(q) {
+                put(format!("{name}.{label}_us_le"), b);
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+/// Escapes a Prometheus label value.
+fn label(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+/// One metric family being written.
+struct Family<'a> {
+    out: &'a mut String,
+}
+
+impl<'a> Family<'a> {
+    fn start(out: &'a mut String, name: &str, kind: &str, help: &str) -> Self {
+        let _ = writeln!(out, "# HELP {name} {help}");
+        let _ = writeln!(out, "# TYPE {name} {kind}");
+        Family { out }
+    }
+
+    fn sample(&mut self, name: &str, labels: &[(&str, &str)], value: impl std::fmt::Display) {
+        self.out.push_str(name);
+        if !labels.is_empty() {
+            self.out.push('{');
+            for (i, (k, v)) in labels.iter().enumerate() {
+                if i > 0 {
+                    self.out.push(',');
+                }
+                let _ = write!(self.out, "{k}=\"{}\"", label(v));
+            }
+            self.out.push('}');
+        }
+        let _ = writeln!(self.out, " {value}");
+    }
+}
+
+/// The Prometheus text exposition (format 0.0.4).
+#[must_use]
+pub fn prometheus(shared: &AdminShared, s: &DetailedSnapshot) -> String {
+    let config = &shared.config;
+    let mut out = String::with_capacity(8192);
+    let listeners: Vec<(usize, &str)> = config
+        .listeners
+        .iter()
+        .enumerate()
+        .map(|(i, l)| (i, l.name.as_str()))
+        .collect();
+    let http: Vec<(usize, &str)> = listeners
+        .iter()
+        .copied()
+        .filter(|(i, _)| is_http(config, *i))
+        .collect();
+    let tcp: Vec<(usize, &str)> = listeners
+        .iter()
+        .copied()
+        .filter(|(i, _)| is_tcp(config, *i))
+        .collect();
+
+    type ListenerValue = fn(&crate::stats::ListenerSnapshot) -> u64;
+    let per_listener: [(&str, &str, &str, ListenerValue); 4] = [
+        (
+            "sluice_downstream_cx_total",
+            "counter",
+            "Downstream connections accepted.",
+            |l| l.downstream_cx_total,
+        ),
+        (
+            "sluice_downstream_cx_active",
+            "gauge",
+            "Downstream connections open now.",
+            crate::stats::ListenerSnapshot::downstream_cx_active,
+        ),
+        (
+            "sluice_downstream_bytes_received_total",
+            "counter",
+            "Bytes received from downstream.",
+            |l| l.downstream_bytes_received,
+        ),
+        (
+            "sluice_downstream_bytes_sent_total",
+            "counter",
+            "Bytes sent to downstream.",
+            |l| l.downstream_bytes_sent,
+        ),
+    ];
+    for (name, kind, help, value) in per_listener {
+        let mut f = Family::start(&mut out, name, kind, help);
+        for (i, l) in &listeners {
+            let v = s.listeners.get(*i).map_or(0, value);
+            f.sample(name, &[("listener", l)], v);
+        }
+    }
+    if !http.is_empty() {
+        let name = "sluice_http_requests_total";
+        let mut f = Family::start(&mut out, name, "counter", "HTTP requests received.");
+        for (i, l) in &http {
+            f.sample(name, &[("listener", l)], s.listeners[*i].http_requests);
+        }
+        let name = "sluice_http_responses_total";
+        let mut f = Family::start(
+            &mut out,
+            name,
+            "counter",
+            "HTTP responses sent downstream, by status class.",
+        );
+        for (i, l) in &http {
+            for (c, n) in CLASSES.iter().zip(s.listeners[*i].http_responses_by_class) {
+                f.sample(name, &[("listener", l), ("class", c)], n);
+            }
+        }
+        let name = "sluice_http_local_replies_total";
+        let mut f = Family::start(
+            &mut out,
+            name,
+            "counter",
+            "HTTP answers the proxy made itself (errors, limits, no route).",
+        );
+        for (i, l) in &http {
+            f.sample(name, &[("listener", l)], s.listeners[*i].http_local_replies);
+        }
+    }
+    if !tcp.is_empty() {
+        let name = "sluice_tcp_sessions_closed_total";
+        let mut f = Family::start(
+            &mut out,
+            name,
+            "counter",
+            "TCP proxy sessions ended, by close reason.",
+        );
+        for (i, l) in &tcp {
+            for r in CloseReason::ALL {
+                f.sample(
+                    name,
+                    &[("listener", l), ("reason", r.as_str())],
+                    s.listeners[*i].tcp_session_closed[r.index()],
+                );
+            }
+        }
+    }
+
+    type ClusterValue = fn(&crate::stats::ClusterSnapshot) -> u64;
+    let per_cluster: [(&str, &str, ClusterValue); 6] = [
+        (
+            "sluice_upstream_requests_total",
+            "Requests (HTTP) or sessions (TCP) sent to the cluster.",
+            |c| c.upstream_rq_total,
+        ),
+        (
+            "sluice_upstream_cx_total",
+            "Upstream connect attempts.",
+            |c| c.upstream_cx_total,
+        ),
+        (
+            "sluice_upstream_cx_connect_failures_total",
+            "Upstream connect attempts refused or errored.",
+            |c| c.upstream_cx_connect_fail,
+        ),
+        (
+            "sluice_upstream_cx_connect_timeouts_total",
+            "Upstream connect attempts that timed out.",
+            |c| c.upstream_cx_connect_timeout,
+        ),
+        (
+            "sluice_upstream_request_timeouts_total",
+            "HTTP tries that hit a per-try or route timeout.",
+            |c| c.upstream_rq_timeout,
+        ),
+        ("sluice_upstream_retries_total", "HTTP retries.", |c| {
+            c.upstream_rq_retry
+        }),
+    ];
+    for (name, help, value) in per_cluster {
+        let mut f = Family::start(&mut out, name, "counter", help);
+        for (i, cc) in config.clusters.iter().enumerate() {
+            let v = s.clusters.get(i).map_or(0, value);
+            f.sample(name, &[("cluster", &cc.name)], v);
+        }
+    }
+    type HostValue = fn(&crate::stats::HostSnapshot) -> u64;
+    let per_host: [(&str, &str, &str, HostValue); 5] = [
+        (
+            "sluice_upstream_host_requests_total",
+            "counter",
+            "Requests (HTTP) or sessions (TCP) served by the host.",
+            |h| h.rq_total,
+        ),
+        (
+            "sluice_upstream_host_requests_active",
+            "gauge",
+            "Requests (HTTP) or sessions (TCP) in flight on the host now.",
+            |h| h.rq_active,
+        ),
+        (
+            "sluice_upstream_host_cx_total",
+            "counter",
+            "Upstream connections opened to the host.",
+            |h| h.cx_total,
+        ),
+        (
+            "sluice_upstream_host_cx_active",
+            "gauge",
+            "Upstream connections to the host open now (idle pooled ones included).",
+            |h| h.cx_active,
+        ),
+        (
+            "sluice_upstream_host_cx_connect_failures_total",
+            "counter",
+            "Connect attempts to the host that failed or timed out.",
+            |h| h.cx_connect_fail,
+        ),
+    ];
+    for (name, kind, help, value) in per_host {
+        let mut f = Family::start(&mut out, name, kind, help);
+        for (i, cc) in config.clusters.iter().enumerate() {
+            for (j, hc) in cc.hosts.iter().enumerate() {
+                let v = s
+                    .clusters
+                    .get(i)
+                    .and_then(|c| c.hosts.get(j))
+                    .map_or(0, value);
+                let host = hc.address.to_string();
+                f.sample(name, &[("cluster", &cc.name), ("host", &host)], v);
+            }
+        }
+    }
+    histogram(
+        &mut out,
+        "sluice_downstream_request_duration_seconds",
+        "HTTP request time seen downstream: request head received to response sent.",
+        &s.downstream_rq_time,
+    );
+    histogram(
+        &mut out,
+        "sluice_upstream_request_duration_seconds",
+        "HTTP upstream try time: connect started to response received.",
+        &s.upstream_rq_time,
+    );
+    let name = "sluice_accept_errors_total";
+    Family::start(&mut out, name, "counter", "Accept calls that failed.").sample(
+        name,
+        &[],
+        s.worker.accept_errors,
+    );
+    let name = "sluice_server_live";
+    Family::start(
+        &mut out,
+        name,
+        "gauge",
+        "1 when /ready answers 200, else 0.",
+    )
+    .sample(name, &[], u8::from(shared.ready()));
+    let name = "sluice_server_uptime_seconds";
+    Family::start(&mut out, name, "gauge", "Seconds since the server started.").sample(
+        name,
+        &[],
+        shared.uptime().as_secs(),
+    );
+    let name = "sluice_server_workers";
+    Family::start(&mut out, name, "gauge", "Worker threads.").sample(
+        name,
+        &[],
+        shared.workers.len(),
+    );
+    out
+}
+
+fn histogram(out: &mut String, name: &str, help: &str, h: &HistogramSnapshot) {
+    let mut f = Family::start(out, name, "histogram", help);
+    let bucket = format!("{name}_bucket");
+    let mut cumulative = 0;
+    for (i, bound) in HISTOGRAM_BOUNDS_US.iter().enumerate() {
+        cumulative += h.buckets[i];
+        let le = format!("{}", *bound as f64 / 1e6);
+        f.sample(&bucket, &[("le", &le)], cumulative);
+    }
+    f.sample(&bucket, &[("le", "+Inf")], h.count());
+    f.sample(
+        &format!("{name}_sum"),
+        &[],
+        format!("{}", h.sum_us as f64 / 1e6),
+    );
+    f.sample(&format!("{name}_count"), &[], h.count());
+}
+
+/// The cluster view as JSON: every cluster and host, with the load summed over workers.
+fn clusters_json(shared: &AdminShared, s: &DetailedSnapshot) -> Value {
+    let clusters: Vec<Value> = shared
+        .config
+        .clusters
+        .iter()
+        .enumerate()
+        .map(|(i, cc)| {
+            let hosts: Vec<Value> = cc
+                .hosts
+                .iter()
+                .enumerate()
+                .map(|(j, hc)| {
+                    let h = s
+                        .clusters
+                        .get(i)
+                        .and_then(|c| c.hosts.get(j))
+                        .cloned()
+                        .unwrap_or_default();
+                    // Every host is available until health checking and outlier detection
+                    // exist: nothing marks a host down yet.
+                    json!({
+                        "address": hc.address.to_string(),
+                        "weight": hc.weight,
+                        "health": "healthy",
+                        "available": true,
+                        "outlier": "none",
+                        "rq_active": h.rq_active,
+                        "cx_active": h.cx_active,
+                        "rq_total": h.rq_total,
+                        "cx_total": h.cx_total,
+                        "cx_connect_fail": h.cx_connect_fail,
+                    })
+                })
+                .collect();
+            let mut m = Map::new();
+            m.insert("name".into(), cc.name.clone().into());
+            m.insert(
+                "lb_policy".into(),
+                serde_json::to_value(cc.lb_policy).unwrap_or(Value::Null),
+            );
+            m.insert("hosts".into(), Value::Array(hosts));
+            Value::Object(m)
+        })
+        .collect();
+    json!({ "clusters": clusters })
+}
+
+/// Envoy-style `cluster::host::field::value` lines.
+fn clusters_text(view: &Value) -> String {
+    let mut out = String::new();
+    for c in view["clusters"].as_array().into_iter().flatten() {
+        let name = c["name"].as_str().unwrap_or("");
+        let _ = writeln!(
+            out,
+            "{name}::lb_policy::{}",
+            c["lb_policy"].as_str().unwrap_or("")
+        );
+        for h in c["hosts"].as_array().into_iter().flatten() {
+            let addr = h["address"].as_str().unwrap_or("");
+            for field in [
+                "weight",
+                "health",
+                "available",
+                "outlier",
+                "rq_active",
+                "cx_active",
+                "rq_total",
+                "cx_total",
+                "cx_connect_fail",
+            ] {
+                let v = match &h[field] {
+                    Value::String(s) => s.clone(),
+                    other => other.to_string(),
+                };
+                let _ = writeln!(out, "{name}::{addr}::{field}::{v}");
+            }
+        }
+    }
+    out
+}
+
+fn html_escape(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+}
+
+/// The index page: every endpoint, and the cluster table.
+fn index_html(shared: &AdminShared) -> String {
+    let view = clusters_json(shared, &DetailedSnapshot::sum(&shared.workers));
+    let mut out = String::with_capacity(4096);
+    out.push_str(
+        "<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>Sluice admin</title>\n\
+         <style>body{font-family:sans-serif;margin:2em}table{border-collapse:collapse}\
+         td,th{border:1px solid #ccc;padding:.3em .6em;text-align:left}\
+         .healthy{color:#070}.unhealthy{color:#b00}form{display:inline}</style></head><body>\n",
+    );
+    let _ = writeln!(
+        out,
+        "<h1>Sluice {}</h1>\n<p>state: <b id=\"state\">{}</b>, workers: {}, uptime: {} s</p>",
+        html_escape(crate::VERSION),
+        shared.state().as_str(),
+        shared.workers.len(),
+        shared.uptime().as_secs()
+    );
+    out.push_str("<h2>Endpoints</h2>\n<ul id=\"endpoints\">\n");
+    for (path, verb, what) in ENDPOINTS {
+        match verb {
+            Verb::Get => {
+                let _ = writeln!(
+                    out,
+                    "<li><a href=\"{p}\">{p}</a>: {w}</li>",
+                    p = html_escape(path),
+                    w = html_escape(what)
+                );
+            }
+            Verb::Post => {
+                let _ = writeln!(
+                    out,
+                    "<li><form method=\"post\" action=\"{p}\"><button>{p}</button></form> (POST): {w}</li>",
+                    p = html_escape(path),
+                    w = html_escape(what)
+                );
+            }
+        }
+    }
+    out.push_str("</ul>\n<h2>Clusters</h2>\n<table id=\"clusters\">\n");
+    out.push_str(
+        "<tr><th>cluster</th><th>host</th><th>weight</th><th>health</th><th>active requests</th>\
+         <th>active connections</th><th>requests</th></tr>\n",
+    );
+    for c in view["clusters"].as_array().into_iter().flatten() {
+        let name = c["name"].as_str().unwrap_or("");
+        for h in c["hosts"].as_array().into_iter().flatten() {
+            let health = h["health"].as_str().unwrap_or("");
+            let _ = writeln!(
+                out,
+                "<tr><td>{}</td><td>{}</td><td>{}</td><td class=\"{health}\">{health}</td>\
+                 <td>{}</td><td>{}</td><td>{}</td></tr>",
+                html_escape(name),
+                html_escape(h["address"].as_str().unwrap_or("")),
+                h["weight"],
+                h["rq_active"],
+                h["cx_active"],
+                h["rq_total"],
+            );
+        }
+    }
+    out.push_str("</table>\n</body></html>\n");
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn shared() -> AdminShared {
+        let config = Config::from_yaml(
+            "admin: { address: 127.0.0.1:9901 }\n\
+             listeners: [ { name: web, address: 127.0.0.1:1, tcp_proxy: { cluster: app } } ]\n\
+             clusters: [ { name: app, hosts: [ { address: 127.0.0.1:2, weight: 3 } ] } ]",
+        )
+        .unwrap();
+        let stats = vec![Arc::new(WorkerStats::new(&config))];
+        AdminShared::new(Arc::new(config), stats, None)
+    }
+
+    #[test]
+    fn mutations_require_post() {
+        let s = shared();
+        for path in [
+            "/healthcheck/fail",
+            "/healthcheck/ok",
+            "/drain_listeners",
+            "/quitquitquit",
+            "/logging?level=debug",
+        ] {
+            let (r, after) = handle(&s, "GET", path);
+            assert_eq!(r.status, 405, "{path}");
+            assert_eq!(r.allow, Some("POST"));
+            assert_eq!(after, After::Nothing);
+        }
+        assert_eq!(s.state(), ServerState::PreInitializing);
+        assert_eq!(handle(&s, "POST", "/ready").0.status, 405);
+        assert_eq!(handle(&s, "GET", "/nope").0.status, 404);
+    }
+
+    #[test]
+    fn ready_follows_state_and_healthcheck() {
+        let s = shared();
+        assert_eq!(handle(&s, "GET", "/ready").0.status, 503);
+        s.set_state(ServerState::Live);
+        assert_eq!(handle(&s, "GET", "/ready").0.status, 200);
+        assert_eq!(handle(&s, "POST", "/healthcheck/fail").0.status, 200);
+        assert_eq!(handle(&s, "GET", "/ready").0.status, 503);
+        handle(&s, "POST", "/healthcheck/ok");
+        assert_eq!(handle(&s, "GET", "/ready").0.body, b"LIVE\n");
+        let (_, after) = handle(&s, "POST", "/quitquitquit");
+        assert_eq!(after, After::Quit);
+        s.set_state(ServerState::Draining);
+        s.set_state(ServerState::Live);
+        assert_eq!(s.state(), ServerState::Draining, "draining is final");
+    }
+
+    #[test]
+    fn stats_filter_and_prometheus_names() {
+        let s = shared();
+        let (r, _) = handle(&s, "GET", "/stats?filter=%5Ecluster%5C.app%5C.upstream_rq_");
+        let text = String::from_utf8(r.body).unwrap();
+        assert_eq!(
+            text,
+            "cluster.app.upstream_rq_retry: 0\ncluster.app.upstream_rq_timeout: 0\ncluster.app.upstream_rq_total: 0\n"
+        );
+        assert_eq!(handle(&s, "GET", "/stats?filter=(").0.status, 400);
+        let p = prometheus(&s, &DetailedSnapshot::sum(&s.workers));
+        assert!(p.contains("# TYPE sluice_downstream_cx_total counter\n"));
+        assert!(p.contains("sluice_downstream_cx_total{listener=\"web\"} 0\n"));
+        assert!(p.contains(
+            "sluice_tcp_sessions_closed_total{listener=\"web\",reason=\"completed\"} 0\n"
+        ));
+        assert!(
+            p.contains("sluice_upstream_host_cx_active{cluster=\"app\",host=\"127.0.0.1:2\"} 0\n")
+        );
+        assert!(p.contains("sluice_upstream_request_duration_seconds_bucket{le=\"0.0005\"} 0\n"));
+        assert!(p.contains("sluice_upstream_request_duration_seconds_bucket{le=\"+Inf\"} 0\n"));
+        assert!(
+            !p.contains("sluice_http_requests_total"),
+            "no http listener"
+        );
+    }
+
+    /// Checks the exposition format: every sample belongs to a family declared by `# TYPE`
+    /// (histogram samples by their `_bucket`, `_sum`, `_count` suffix), names are valid, no
+    /// series repeats, and every value is a number.
+    #[test]
+    fn prometheus_output_is_well_formed() {
+        let s = shared();
+        let mut config = (*s.config).clone();
+        config.listeners.push(sluice_core::config::ListenerConfig {
+            name: "echo".into(),
+            address: "127.0.0.1:5".parse().unwrap(),
+            filter: ListenerFilter::Echo,
+        });
+        let stats = vec![
+            Arc::new(WorkerStats::new(&config)),
+            Arc::new(WorkerStats::new(&config)),
+        ];
+        stats[1].upstream_rq_time.record(Duration::from_millis(7));
+        let s = AdminShared::new(Arc::new(config), stats, None);
+        let text = prometheus(&s, &DetailedSnapshot::sum(&s.workers));
+        let valid_name = |n: &str| {
+            !n.is_empty()
+                && !n.starts_with(|c: char| c.is_ascii_digit())
+                && n.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':')
+        };
+        let mut families: Vec<(String, String)> = Vec::new();
+        let mut series = std::collections::BTreeSet::new();
+        for line in text.lines() {
+            if let Some(rest) = line.strip_prefix("# TYPE ") {
+                let (name, kind) = rest.split_once(' ').unwrap();
+                assert!(valid_name(name), "{line}");
+                assert!(["counter", "gauge", "histogram"].contains(&kind), "{line}");
+                assert!(!families.iter().any(|(n, _)| n == name), "repeated {name}");
+                families.push((name.to_owned(), kind.to_owned()));
+                continue;
+            }
+            if line.starts_with("# HELP ") {
+                continue;
+            }
+            let (id, value) = line.rsplit_once(' ').unwrap();
+            assert!(value.parse::<f64>().is_ok(), "{line}");
+            let name = id.split('{').next().unwrap();
+            assert!(valid_name(name), "{line}");
+            let (family, kind) = families.last().expect("a sample before any # TYPE");
+            let ok = match kind.as_str() {
+                "histogram" => ["_bucket", "_sum", "_count"]
+                    .iter()
+                    .any(|suffix| name == format!("{family}{suffix}")),
+                "counter" => name == family && name.ends_with("_total"),
+                _ => name == family,
+            };
+            assert!(ok, "{line} under {family} ({kind})");
+            assert!(series.insert(id.to_owned()), "repeated series {id}");
+        }
+        assert!(text.contains("sluice_upstream_request_duration_seconds_bucket{le=\"0.005\"} 0\n"));
+        assert!(text.contains("sluice_upstream_request_duration_seconds_bucket{le=\"0.01\"} 1\n"));
+        assert!(text.contains("sluice_upstream_request_duration_seconds_sum 0.007\n"));
+        assert!(text.contains("sluice_downstream_cx_total{listener=\"echo\"} 0\n"));
+    }
+
+    #[test]
+    fn config_dump_redacts_secret_keys() {
+        let mut v =
+            json!({ "a": { "private_key": "xyz", "name": "n" }, "b": [ { "token": "t" } ] });
+        redact(&mut v);
+        assert_eq!(
+            v,
+            json!({ "a": { "private_key": "[redacted]", "name": "n" }, "b": [ { "token": "[redacted]" } ] })
+        );
+        let s = shared();
+        let dump = config_dump(&s.config);
+        assert_eq!(dump["listeners"][0]["name"], "web");
+    }
+
+    #[test]
+    fn index_lists_endpoints_and_hosts() {
+        let s = shared();
+        let html = index_html(&s);
+        for (p, _, _) in ENDPOINTS {
+            assert!(html.contains(&format!("\"{p}\"")), "{p}");
+        }
+        assert!(html.contains("<td>app</td><td>127.0.0.1:2</td><td>3</td>"));
+    }
+}

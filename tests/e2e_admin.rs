@@ -1,0 +1,662 @@
+//! End-to-end tests of the admin API of the `sluice` binary: traffic through an HTTP listener
+//! to an nginx upstream, then the counters (`/stats`, `/stats/prometheus`), the cluster view,
+//! the config dump and the HTML index read back through the admin port with curl; `/ready`
+//! transitions (health-check override, SIGTERM drain), `/drain_listeners`, `/quitquitquit`,
+//! 405 on a GET of a mutation, and SIGUSR1 reopening the access log after rotation.
+
+mod support;
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::{Duration, Instant};
+
+use support::*;
+
+fn addr(port: u16) -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], port))
+}
+
+/// One admin request through curl: (status, body).
+fn admin(method: &str, port: u16, path: &str) -> (u16, String) {
+    require("curl");
+    let url = format!("http://127.0.0.1:{port}{path}");
+    let out = run(
+        "curl",
+        &[
+            "-sS",
+            "-g",
+            "--max-time",
+            "10",
+            "-X",
+            method,
+            "-w",
+            "\n%{http_code}",
+            &url,
+        ],
+    );
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, status) = text
+        .rsplit_once('\n')
+        .unwrap_or_else(|| panic!("no status from curl for {path}: {text:?}"));
+    let status = status
+        .trim()
+        .parse()
+        .unwrap_or_else(|_| panic!("bad status for {path}: {text:?}"));
+    (status, body.to_owned())
+}
+
+fn get(port: u16, path: &str) -> (u16, String) {
+    admin("GET", port, path)
+}
+
+fn post(port: u16, path: &str) -> (u16, String) {
+    admin("POST", port, path)
+}
+
+/// Polls `check` for up to 10 s.
+fn eventually(what: &str, mut check: impl FnMut() -> bool) {
+    let end = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < end {
+        if check() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("not within 10 s: {what}");
+}
+
+fn wait_ready(port: u16) {
+    eventually("/ready answers 200", || get(port, "/ready").0 == 200);
+}
+
+/// The value of one Prometheus sample line `name{labels} value`.
+fn sample(text: &str, series: &str) -> u64 {
+    let prefix = format!("{series} ");
+    text.lines()
+        .find_map(|l| l.strip_prefix(&prefix))
+        .unwrap_or_else(|| panic!("no sample {series} in:\n{text}"))
+        .trim()
+        .parse()
+        .unwrap_or_else(|_| panic!("sample {series} is not a whole number"))
+}
+
+fn http_config(listen: u16, admin_port: u16, upstream: u16, dead: u16) -> String {
+    format!(
+        r#"
+admin: {{ address: 127.0.0.1:{admin_port} }}
+listeners:
+  - name: http_in
+    address: 127.0.0.1:{listen}
+    http:
+      virtual_hosts:
+        - name: any
+          domains: ["*"]
+          routes:
+            - match: {{ path: /teapot }}
+              direct_response: {{ status: 418, body: "short and stout\n" }}
+            - match: {{ prefix: /dead/ }}
+              route:
+                cluster: dead
+                retry_policy: {{ retry_on: [connect-failure], num_retries: 2 }}
+            - match: {{ prefix: / }}
+              route: {{ cluster: app }}
+clusters:
+  - name: app
+    connect_timeout: 1s
+    hosts:
+      - {{ address: 127.0.0.1:{upstream}, weight: 3 }}
+  - name: dead
+    connect_timeout: 1s
+    hosts:
+      - {{ address: 127.0.0.1:{dead} }}
+drain_timeout: 2s
+"#
+    )
+}
+
+fn echo_config(listen: u16, admin_port: u16, drain: &str) -> String {
+    format!(
+        r#"
+admin: {{ address: 127.0.0.1:{admin_port} }}
+listeners:
+  - name: echo_in
+    address: 127.0.0.1:{listen}
+    echo: {{}}
+drain_timeout: {drain}
+"#
+    )
+}
+
+#[test]
+fn counters_clusters_config_dump_and_index_after_traffic() {
+    let dir = TempDir::new("admin-traffic");
+    let (listen, admin_port) = (free_port(), free_port());
+    let (up, dead) = (free_port(), free_port());
+    let _nginx = start_nginx(&dir, "nginx", up, "from nginx");
+    let config = http_config(listen, admin_port, up, dead);
+    let _sluice = start_sluice(&dir, &config, 2, addr(listen));
+    wait_ready(admin_port);
+
+    // 20 proxied requests, each on its own connection, and 2 direct 418s on one connection.
+    for i in 0..20 {
+        let url = format!("http://127.0.0.1:{listen}/item/{i}");
+        let out = run("curl", &["-sS", "--max-time", "10", &url]);
+        assert_eq!(String::from_utf8_lossy(&out.stdout), "from nginx");
+    }
+    let teapot = format!("http://127.0.0.1:{listen}/teapot");
+    let out = run(
+        "curl",
+        &[
+            "-sS",
+            "--max-time",
+            "10",
+            "-o",
+            "/dev/null",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}\n",
+            &teapot,
+            &teapot,
+        ],
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "418\n418\n");
+    // One request to a cluster whose only host refuses: 1 try + 2 retries, then 502.
+    let url = format!("http://127.0.0.1:{listen}/dead/x");
+    let out = run(
+        "curl",
+        &[
+            "-sS",
+            "--max-time",
+            "10",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            &url,
+        ],
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "502");
+
+    // Connections close as curl exits; wait until the workers have seen every close.
+    eventually("downstream connections all closed", || {
+        let (_, p) = get(admin_port, "/stats/prometheus");
+        sample(&p, "sluice_downstream_cx_active{listener=\"http_in\"}") == 0
+    });
+    let (status, p) = get(admin_port, "/stats/prometheus");
+    assert_eq!(status, 200);
+    assert!(
+        p.contains("# TYPE sluice_http_requests_total counter\n"),
+        "{p}"
+    );
+    assert!(p.contains("# HELP sluice_http_requests_total "), "{p}");
+    assert_eq!(
+        sample(&p, "sluice_http_requests_total{listener=\"http_in\"}"),
+        23
+    );
+    assert_eq!(
+        sample(
+            &p,
+            "sluice_http_responses_total{listener=\"http_in\",class=\"2xx\"}"
+        ),
+        20
+    );
+    assert_eq!(
+        sample(
+            &p,
+            "sluice_http_responses_total{listener=\"http_in\",class=\"4xx\"}"
+        ),
+        2
+    );
+    assert_eq!(
+        sample(
+            &p,
+            "sluice_http_responses_total{listener=\"http_in\",class=\"5xx\"}"
+        ),
+        1
+    );
+    assert_eq!(
+        sample(&p, "sluice_http_local_replies_total{listener=\"http_in\"}"),
+        1
+    );
+    // 20 + 1 + 1 curl connections, and the start-up probe that waited for the listener.
+    assert_eq!(
+        sample(&p, "sluice_downstream_cx_total{listener=\"http_in\"}"),
+        23
+    );
+    assert!(
+        sample(
+            &p,
+            "sluice_downstream_bytes_received_total{listener=\"http_in\"}"
+        ) > 0
+    );
+    assert!(
+        sample(
+            &p,
+            "sluice_downstream_bytes_sent_total{listener=\"http_in\"}"
+        ) > 0
+    );
+    assert_eq!(
+        sample(&p, "sluice_upstream_requests_total{cluster=\"app\"}"),
+        20
+    );
+    assert_eq!(
+        sample(&p, "sluice_upstream_retries_total{cluster=\"app\"}"),
+        0
+    );
+    assert_eq!(
+        sample(
+            &p,
+            "sluice_upstream_cx_connect_failures_total{cluster=\"app\"}"
+        ),
+        0
+    );
+    assert_eq!(
+        sample(
+            &p,
+            "sluice_upstream_request_timeouts_total{cluster=\"app\"}"
+        ),
+        0
+    );
+    let dead_cluster = |name: &str| sample(&p, &format!("{name}{{cluster=\"dead\"}}"));
+    assert_eq!(dead_cluster("sluice_upstream_requests_total"), 1);
+    assert_eq!(dead_cluster("sluice_upstream_retries_total"), 2);
+    assert_eq!(dead_cluster("sluice_upstream_cx_total"), 3);
+    assert_eq!(dead_cluster("sluice_upstream_cx_connect_failures_total"), 3);
+    let dead_host = |name: &str| {
+        sample(
+            &p,
+            &format!("{name}{{cluster=\"dead\",host=\"127.0.0.1:{dead}\"}}"),
+        )
+    };
+    assert_eq!(
+        dead_host("sluice_upstream_host_cx_connect_failures_total"),
+        3
+    );
+    assert_eq!(dead_host("sluice_upstream_host_requests_total"), 0);
+    let host = format!("cluster=\"app\",host=\"127.0.0.1:{up}\"");
+    assert_eq!(
+        sample(
+            &p,
+            &format!("sluice_upstream_host_requests_total{{{host}}}")
+        ),
+        20
+    );
+    assert_eq!(
+        sample(
+            &p,
+            &format!("sluice_upstream_host_requests_active{{{host}}}")
+        ),
+        0
+    );
+    // Kept alive in the workers' pools: one or two connections (one per worker that proxied).
+    let cx_total = sample(&p, &format!("sluice_upstream_host_cx_total{{{host}}}"));
+    assert!((1..=2).contains(&cx_total), "cx_total {cx_total}");
+    assert_eq!(
+        sample(&p, &format!("sluice_upstream_host_cx_active{{{host}}}")),
+        cx_total
+    );
+    assert_eq!(
+        sample(&p, "sluice_downstream_request_duration_seconds_count"),
+        23
+    );
+    assert_eq!(
+        sample(
+            &p,
+            "sluice_downstream_request_duration_seconds_bucket{le=\"+Inf\"}"
+        ),
+        23
+    );
+    assert_eq!(
+        sample(&p, "sluice_upstream_request_duration_seconds_count"),
+        20
+    );
+    assert!(p.contains("# TYPE sluice_upstream_request_duration_seconds histogram\n"));
+    assert_eq!(sample(&p, "sluice_server_workers"), 2);
+    assert_eq!(sample(&p, "sluice_server_live"), 1);
+
+    // /stats: text, filter, json.
+    let (status, text) = get(admin_port, "/stats");
+    assert_eq!(status, 200);
+    assert!(
+        text.contains("listener.http_in.http.rq_2xx: 20\n"),
+        "{text}"
+    );
+    assert!(
+        text.contains("cluster.app.upstream_rq_total: 20\n"),
+        "{text}"
+    );
+    let names: Vec<&str> = text
+        .lines()
+        .map(|l| l.split(": ").next().unwrap())
+        .collect();
+    let mut sorted = names.clone();
+    sorted.sort_unstable();
+    assert_eq!(names, sorted, "/stats is sorted");
+    let (_, filtered) = get(
+        admin_port,
+        "/stats?filter=^cluster%5C.app%5C.upstream_rq_total$",
+    );
+    assert_eq!(filtered, "cluster.app.upstream_rq_total: 20\n");
+    let (_, json) = get(admin_port, "/stats?format=json&filter=rq_4xx");
+    let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(
+        v,
+        serde_json::json!({ "stats": [ { "name": "listener.http_in.http.rq_4xx", "value": 2 } ] })
+    );
+    assert_eq!(get(admin_port, "/stats?filter=(").0, 400);
+
+    // /clusters, text and JSON.
+    let (status, clusters) = get(admin_port, "/clusters");
+    assert_eq!(status, 200);
+    assert!(
+        clusters.contains(&format!("app::127.0.0.1:{up}::weight::3\n")),
+        "{clusters}"
+    );
+    assert!(
+        clusters.contains(&format!("app::127.0.0.1:{up}::rq_total::20\n")),
+        "{clusters}"
+    );
+    assert!(
+        clusters.contains(&format!("app::127.0.0.1:{up}::health::healthy\n")),
+        "{clusters}"
+    );
+    let (_, json) = get(admin_port, "/clusters?format=json");
+    let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(v["clusters"][0]["name"], "app");
+    assert_eq!(
+        v["clusters"][0]["hosts"][0]["address"],
+        format!("127.0.0.1:{up}")
+    );
+    assert_eq!(v["clusters"][0]["hosts"][0]["rq_active"], 0);
+
+    // /config_dump.
+    let (status, dump) = get(admin_port, "/config_dump");
+    assert_eq!(status, 200);
+    let v: serde_json::Value = serde_json::from_str(&dump).unwrap();
+    assert_eq!(v["listeners"][0]["name"], "http_in");
+    assert_eq!(v["clusters"][0]["hosts"][0]["weight"], 3);
+    assert_eq!(v["drain_timeout"], "2s");
+
+    // /server_info.
+    let (_, info) = get(admin_port, "/server_info");
+    let v: serde_json::Value = serde_json::from_str(&info).unwrap();
+    assert_eq!(v["state"], "LIVE");
+    assert_eq!(v["workers"], 2);
+    assert!(v["version"].is_string());
+
+    // The index page: every endpoint linked, and one cluster table row per host.
+    let (status, html) = get(admin_port, "/");
+    assert_eq!(status, 200);
+    for path in [
+        "/ready",
+        "/stats",
+        "/stats/prometheus",
+        "/clusters",
+        "/config_dump",
+    ] {
+        assert!(
+            html.contains(&format!("href=\"{path}\"")),
+            "{path} not linked"
+        );
+    }
+    for path in ["/healthcheck/fail", "/quitquitquit", "/drain_listeners"] {
+        assert!(
+            html.contains(&format!("action=\"{path}\"")),
+            "{path} missing"
+        );
+    }
+    let rows = table_rows(&html, "clusters");
+    assert_eq!(
+        rows[0],
+        [
+            "cluster",
+            "host",
+            "weight",
+            "health",
+            "active requests",
+            "active connections",
+            "requests"
+        ]
+    );
+    assert_eq!(rows.len(), 3, "{rows:?}");
+    let row = &rows[1];
+    assert_eq!(
+        row[..5],
+        ["app", &format!("127.0.0.1:{up}"), "3", "healthy", "0"]
+    );
+    assert_eq!(row[5], cx_total.to_string());
+    assert_eq!(row[6], "20");
+    assert_eq!(
+        rows[2][..4],
+        ["dead", &format!("127.0.0.1:{dead}"), "1", "healthy"]
+    );
+
+    // The log filter changes at runtime.
+    assert_eq!(post(admin_port, "/logging?level=debug").0, 200);
+    assert_eq!(post(admin_port, "/logging?level=%5B%5B").0, 400);
+}
+
+/// The cells of every row of `<table id="ID">` (header and data cells alike).
+fn table_rows(html: &str, id: &str) -> Vec<Vec<String>> {
+    let start = html
+        .find(&format!("<table id=\"{id}\">"))
+        .unwrap_or_else(|| panic!("no table {id} in {html}"));
+    let end = start + html[start..].find("</table>").expect("table not closed");
+    let cell = regex::Regex::new(r"<t[dh][^>]*>([^<]*)</t[dh]>").unwrap();
+    html[start..end]
+        .split("<tr>")
+        .skip(1)
+        .map(|row| {
+            cell.captures_iter(row)
+                .map(|c| c[1].to_owned())
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
+#[test]
+fn ready_follows_healthcheck_override_and_mutations_need_post() {
+    let dir = TempDir::new("admin-ready");
+    let (listen, admin_port) = (free_port(), free_port());
+    let _sluice = start_sluice(
+        &dir,
+        &echo_config(listen, admin_port, "1s"),
+        1,
+        addr(listen),
+    );
+    wait_ready(admin_port);
+    assert_eq!(get(admin_port, "/ready"), (200, "LIVE\n".to_owned()));
+    let url = format!("http://127.0.0.1:{admin_port}/ready");
+    let head = run("curl", &["-sS", "-I", &url]);
+    let head = String::from_utf8_lossy(&head.stdout);
+    assert!(head.starts_with("HTTP/1.1 200 OK\r\n"), "{head}");
+    assert!(head.contains("content-length: 5\r\n"), "{head}");
+
+    for path in [
+        "/healthcheck/fail",
+        "/healthcheck/ok",
+        "/drain_listeners",
+        "/quitquitquit",
+        "/logging?level=debug",
+    ] {
+        assert_eq!(get(admin_port, path).0, 405, "GET {path}");
+    }
+    assert_eq!(post(admin_port, "/stats").0, 405);
+    assert_eq!(get(admin_port, "/no_such_thing").0, 404);
+    // Still live: none of the GETs did anything.
+    assert_eq!(get(admin_port, "/ready").0, 200);
+
+    assert_eq!(post(admin_port, "/healthcheck/fail").0, 200);
+    assert_eq!(get(admin_port, "/ready"), (503, "FAILED\n".to_owned()));
+    // Traffic still flows: failing the health check only takes the instance out of rotation.
+    assert_eq!(
+        echo_once(addr(listen), b"still here").unwrap(),
+        b"still here"
+    );
+    assert_eq!(post(admin_port, "/healthcheck/ok").0, 200);
+    assert_eq!(get(admin_port, "/ready").0, 200);
+}
+
+#[test]
+fn sigterm_makes_ready_503_while_draining_then_exits_0() {
+    let dir = TempDir::new("admin-sigterm");
+    let (listen, admin_port) = (free_port(), free_port());
+    let mut sluice = start_sluice(
+        &dir,
+        &echo_config(listen, admin_port, "20s"),
+        2,
+        addr(listen),
+    );
+    wait_ready(admin_port);
+
+    // An open connection keeps the drain going.
+    let mut held = TcpStream::connect(addr(listen)).unwrap();
+    held.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    held.write_all(b"ping").unwrap();
+    let mut got = [0u8; 4];
+    held.read_exact(&mut got).unwrap();
+
+    sluice.signal("TERM");
+    eventually("/ready answers 503 while draining", || {
+        get(admin_port, "/ready") == (503, "DRAINING\n".to_owned())
+    });
+    let (_, info) = get(admin_port, "/server_info");
+    assert!(info.contains("\"state\": \"DRAINING\""), "{info}");
+    assert!(
+        sluice.child.try_wait().unwrap().is_none(),
+        "exited while a connection was open"
+    );
+    // The held connection is still served while draining.
+    held.write_all(b"pong").unwrap();
+    held.read_exact(&mut got).unwrap();
+    assert_eq!(&got, b"pong");
+    drop(held);
+
+    let status = sluice
+        .wait_exit(Duration::from_secs(10))
+        .expect("sluice did not exit after its last connection closed");
+    assert!(status.success(), "exit {status}:\n{}", sluice.log_text());
+}
+
+#[test]
+fn quitquitquit_drains_and_exits_0() {
+    let dir = TempDir::new("admin-quit");
+    let (listen, admin_port) = (free_port(), free_port());
+    let mut sluice = start_sluice(
+        &dir,
+        &echo_config(listen, admin_port, "5s"),
+        2,
+        addr(listen),
+    );
+    wait_ready(admin_port);
+    assert_eq!(post(admin_port, "/quitquitquit"), (200, "OK\n".to_owned()));
+    let status = sluice
+        .wait_exit(Duration::from_secs(10))
+        .expect("sluice did not exit after /quitquitquit");
+    assert!(status.success(), "exit {status}:\n{}", sluice.log_text());
+    assert!(sluice.log_text().contains("/quitquitquit"));
+}
+
+#[test]
+fn drain_listeners_stops_accepting_but_keeps_connections() {
+    let dir = TempDir::new("admin-drain-listeners");
+    let (listen, admin_port) = (free_port(), free_port());
+    let _sluice = start_sluice(
+        &dir,
+        &echo_config(listen, admin_port, "5s"),
+        2,
+        addr(listen),
+    );
+    wait_ready(admin_port);
+    let mut held = TcpStream::connect(addr(listen)).unwrap();
+    held.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+
+    assert_eq!(post(admin_port, "/drain_listeners").0, 200);
+    eventually("new connections are refused", || {
+        TcpStream::connect_timeout(&addr(listen), Duration::from_millis(200)).is_err()
+    });
+    assert_eq!(get(admin_port, "/ready").0, 503);
+    held.write_all(b"still served").unwrap();
+    let mut got = [0u8; 12];
+    held.read_exact(&mut got).unwrap();
+    assert_eq!(&got, b"still served");
+    let (_, p) = get(admin_port, "/stats/prometheus");
+    assert_eq!(
+        sample(&p, "sluice_downstream_cx_active{listener=\"echo_in\"}"),
+        1
+    );
+}
+
+#[test]
+fn a_non_loopback_admin_address_must_be_allowed_explicitly() {
+    let dir = TempDir::new("admin-open");
+    let open = echo_config(free_port(), 9901, "1s").replace("127.0.0.1:9901", "0.0.0.0:9901");
+    let path = dir.write("open.yaml", &open);
+    let out = run(sluice_bin(), &["validate", "-c", path.to_str().unwrap()]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("admin.address: 0.0.0.0:9901 is not a loopback address"),
+        "{err}"
+    );
+    let allowed = open.replace(
+        "address: 0.0.0.0:9901 }",
+        "address: 0.0.0.0:9901, allow_non_loopback: true }",
+    );
+    let path = dir.write("allowed.yaml", &allowed);
+    let out = run(sluice_bin(), &["validate", "-c", path.to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn sigusr1_reopens_access_logs_for_rotation() {
+    let dir = TempDir::new("admin-logrotate");
+    let (listen, admin_port, up) = (free_port(), free_port(), free_port());
+    let _nginx = start_nginx(&dir, "nginx", up, "from nginx");
+    let log = dir.path().join("access.log");
+    let config = http_config(listen, admin_port, up, free_port()).replace(
+        "    http:\n",
+        &format!(
+            "    http:\n      access_log: {{ format: json, path: {} }}\n",
+            log.display()
+        ),
+    );
+    let sluice = start_sluice(&dir, &config, 1, addr(listen));
+    wait_ready(admin_port);
+    let lines = |p: &std::path::Path| {
+        std::fs::read_to_string(p)
+            .unwrap_or_default()
+            .lines()
+            .count()
+    };
+    let request = |path: &str| {
+        let url = format!("http://127.0.0.1:{listen}{path}");
+        let out = run("curl", &["-sS", "--max-time", "10", &url]);
+        assert_eq!(String::from_utf8_lossy(&out.stdout), "from nginx");
+    };
+    request("/before");
+    eventually("the first line is flushed", || lines(&log) == 1);
+
+    // Rotate: move the file away, then tell sluice to reopen by path.
+    let rotated = dir.path().join("access.log.1");
+    std::fs::rename(&log, &rotated).unwrap();
+    sluice.signal("USR1");
+    eventually("sluice reopened the log", || log.exists());
+    request("/after");
+    eventually("the second line lands in the new file", || lines(&log) == 1);
+    assert_eq!(lines(&rotated), 1);
+    let new = std::fs::read_to_string(&log).unwrap();
+    assert!(new.contains("/after"), "{new}");
+    assert!(
+        std::fs::read_to_string(&rotated)
+            .unwrap()
+            .contains("/before")
+    );
+    // Still serving, still live.
+    assert_eq!(get(admin_port, "/ready").0, 200);
+}
