@@ -171,6 +171,55 @@ fn get_head_keep_alive_rewrites_and_header_edits() {
     assert_eq!(requests.len(), 5, "{requests:?}");
 }
 
+/// An HTTP/1.0 client that asks for keep-alive is told so and can send a second request.
+#[test]
+fn http_1_0_keep_alive_is_honoured() {
+    let dir = TempDir::new("http-10");
+    let (up, listen) = (free_port(), free_port());
+    let (_u, log) = start_upstream(&dir, "up", up);
+    let _s = start_sluice(&dir, &http_config(listen, &[up], "", ""), 1, addr(listen));
+    let mut s = TcpStream::connect(addr(listen)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+    let mut read_one = |s: &mut TcpStream| {
+        let mut got = Vec::new();
+        let mut buf = [0u8; 4096];
+        // One response: the head, then content-length bytes.
+        loop {
+            let n = s.read(&mut buf).unwrap();
+            assert!(n > 0, "closed early: {}", String::from_utf8_lossy(&got));
+            got.extend_from_slice(&buf[..n]);
+            let text = String::from_utf8_lossy(&got).to_string();
+            if let Some(end) = text.find("\r\n\r\n") {
+                let len: usize = text
+                    .lines()
+                    .find_map(|l| {
+                        l.to_ascii_lowercase()
+                            .strip_prefix("content-length: ")
+                            .map(|v| v.trim().parse().unwrap())
+                    })
+                    .unwrap();
+                if got.len() >= end + 4 + len {
+                    return text;
+                }
+            }
+        }
+    };
+    for i in 0..2 {
+        s.write_all(
+            format!("GET /k{i} HTTP/1.0\r\nHost: example.com\r\nConnection: keep-alive\r\n\r\n")
+                .as_bytes(),
+        )
+        .unwrap();
+        let r = read_one(&mut s);
+        assert!(
+            r.to_ascii_lowercase().contains("connection: keep-alive"),
+            "{r}"
+        );
+        assert!(r.contains(&format!("\"path\": \"/k{i}\"")), "{r}");
+    }
+    assert_eq!(upstream_requests(&log).len(), 2);
+}
+
 #[test]
 fn no_route_is_404() {
     let dir = TempDir::new("http-404");

@@ -869,13 +869,17 @@ impl<N: Network> Engine<N> {
                     .map(String::as_str),
             );
             let (mut add_inline, mut add_spill) = ([("", &b""[..]); INLINE_EDITS], Vec::new());
+            // An HTTP/1.0 client keeps its connection only when the answer says so.
+            let keep_alive_10 = (keep_down && !upgrade && head.version() == Version::Http10)
+                .then_some(("connection", &b"keep-alive"[..]));
             let resp_add = edit_list(
                 &mut add_inline,
                 &mut add_spill,
                 action
                     .response_headers_to_add
                     .iter()
-                    .map(|h| (h.name.as_str(), h.value.as_bytes())),
+                    .map(|h| (h.name.as_str(), h.value.as_bytes()))
+                    .chain(keep_alive_10),
             );
             out.clear();
             write_response_head(
