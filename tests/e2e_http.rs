@@ -180,7 +180,7 @@ fn http_1_0_keep_alive_is_honoured() {
     let _s = start_sluice(&dir, &http_config(listen, &[up], "", ""), 1, addr(listen));
     let mut s = TcpStream::connect(addr(listen)).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
-    let mut read_one = |s: &mut TcpStream| {
+    let read_one = |s: &mut TcpStream| {
         let mut got = Vec::new();
         let mut buf = [0u8; 4096];
         // One response: the head, then content-length bytes.
