@@ -23,9 +23,11 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs, unreachable_pub)]
 
+pub mod bolt;
 pub mod cluster;
 pub mod config;
 pub mod exchange;
+pub mod health;
 pub mod http1;
 pub mod lb;
 pub mod rng;

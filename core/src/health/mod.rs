@@ -1,0 +1,105 @@
+//! Upstream health and resilience, as pure state machines over host indices ([`HostId`]):
+//!
+//! | piece | decides | driven by |
+//! |---|---|---|
+//! | [`ActiveHealthChecker`] | when to probe each host, and whether it is healthy | probe results, time |
+//! | [`OutlierDetector`] | which hosts to eject (and for how long) from real traffic | request results, time |
+//! | [`CircuitBreakers`] | whether one more connection / pending request / request / retry may start | acquire and release |
+//! | [`availability`] | which hosts the balancer may pick, and whether the cluster is in panic | the two above |
+//!
+//! None of them does IO: the runtime runs the probes (TCP connect, HTTP GET, Bolt heartbeat),
+//! feeds the results back, and copies [`Availability`] into its `ClusterState`
+//! ([`Availability::apply`]) whenever a [`HealthEvent`] or an [`OutlierEvent`] came out.
+//!
+//! The settings structs here are the core's own; their `Default`s are the defaults of the config
+//! example in issue 5 (which match Envoy's, except where a struct's doc says otherwise). The config
+//! model maps onto them.
+//!
+//! ## Panic threshold (Envoy's `healthy_panic_threshold`)
+//!
+//! A host is *available* when it is healthy and not ejected. When the share of available hosts
+//! falls **strictly below** `panic_threshold_percent`, the cluster is in *panic*: every host is
+//! available again, because spreading load over all hosts (some failing) beats piling it onto the
+//! few left. `0` disables panic. An empty cluster is never in panic.
+
+use crate::cluster::{ClusterState, HostId};
+
+mod active;
+mod breaker;
+mod outlier;
+
+pub use active::{
+    ActiveHealthChecker, HealthAction, HealthCheckSettings, HealthEvent, HostHealth, ProbeResult,
+};
+pub use breaker::{CircuitBreakerSettings, CircuitBreakers, Overflow, Permit, Resource};
+pub use outlier::{OutlierDetector, OutlierEvent, OutlierSettings, UpstreamResult};
+
+/// Envoy's default `healthy_panic_threshold`, in percent.
+pub const DEFAULT_PANIC_THRESHOLD_PERCENT: u32 = 50;
+
+/// Which hosts the balancer may pick.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Availability {
+    /// `available[i]`: host `i` may be picked.
+    pub available: Vec<bool>,
+    /// The share of healthy, non-ejected hosts was below the panic threshold, so every host is
+    /// available.
+    pub panic: bool,
+}
+
+impl Availability {
+    /// Copies the availability into a cluster (which must have as many hosts).
+    pub fn apply(&self, cluster: &mut ClusterState) {
+        debug_assert_eq!(cluster.hosts().len(), self.available.len());
+        for (i, &a) in self.available.iter().enumerate() {
+            cluster.set_available(HostId(i as u32), a);
+        }
+    }
+}
+
+/// Which hosts are available, given their health and ejection; see the module doc for panic.
+///
+/// `hosts_healthy` and `ejected` must have the same length (one entry per host).
+#[must_use]
+pub fn availability(
+    hosts_healthy: &[bool],
+    ejected: &[bool],
+    panic_threshold_percent: u32,
+) -> Availability {
+    let mut available = vec![false; hosts_healthy.len()];
+    let panic = fill_availability(
+        hosts_healthy,
+        ejected,
+        panic_threshold_percent,
+        &mut available,
+    );
+    Availability { available, panic }
+}
+
+/// [`availability`] without allocating: fills `out` (same length as the inputs) and returns
+/// whether the cluster is in panic.
+pub fn fill_availability(
+    hosts_healthy: &[bool],
+    ejected: &[bool],
+    panic_threshold_percent: u32,
+    out: &mut [bool],
+) -> bool {
+    debug_assert_eq!(hosts_healthy.len(), ejected.len());
+    debug_assert_eq!(hosts_healthy.len(), out.len());
+    debug_assert!(panic_threshold_percent <= 100);
+    let mut usable = 0usize;
+    for ((o, &h), &e) in out.iter_mut().zip(hosts_healthy).zip(ejected) {
+        *o = h && !e;
+        usable += usize::from(*o);
+    }
+    let total = out.len();
+    // usable / total < threshold / 100, in integers.
+    let panic = total > 0 && usable * 100 < total * panic_threshold_percent as usize;
+    if panic {
+        out.fill(true);
+    }
+    panic
+}
+
+#[cfg(test)]
+mod tests;
