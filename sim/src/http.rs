@@ -29,7 +29,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use turmoil::net::{TcpListener, TcpStream};
 
 use crate::RunReport;
-use crate::topology::{SIDECAR, add_observer, add_sidecar, new_sim};
+use crate::topology::{SIDECAR, add_observer, add_sidecar, elapsed, hosts_yaml, new_sim};
 use crate::trace::Trace;
 
 const UPSTREAMS: [&str; 3] = ["up1", "up2", "up3"];
@@ -69,20 +69,8 @@ struct World {
     clients_done: usize,
 }
 
-fn elapsed() -> Duration {
-    turmoil::sim_elapsed().unwrap_or_default()
-}
-
 fn config(upstreams: &[IpAddr]) -> Config {
-    let hosts: String = upstreams
-        .iter()
-        .map(|ip| {
-            format!(
-                "      - {{ address: \"{}\" }}\n",
-                SocketAddr::new(*ip, UPSTREAM_PORT)
-            )
-        })
-        .collect();
+    let hosts = hosts_yaml(upstreams, UPSTREAM_PORT);
     let yaml = format!(
         r#"
 listeners:

@@ -29,6 +29,26 @@ pub fn new_sim<'a>(seed: u64, max_latency: Duration) -> turmoil::Sim<'a> {
         .build()
 }
 
+/// Simulated time since the start (inside a host or client).
+#[must_use]
+pub fn elapsed() -> Duration {
+    turmoil::sim_elapsed().unwrap_or_default()
+}
+
+/// YAML list items `- { address: "[ip]:port" }` for a cluster's hosts (6-space indent).
+#[must_use]
+pub fn hosts_yaml(upstreams: &[IpAddr], port: u16) -> String {
+    upstreams
+        .iter()
+        .map(|ip| {
+            format!(
+                "      - {{ address: \"{}\" }}\n",
+                SocketAddr::new(*ip, port)
+            )
+        })
+        .collect()
+}
+
 /// Where the sidecar's counters appear once it has started (a bounce replaces them).
 pub type StatsSlot = Rc<RefCell<Option<Arc<WorkerStats>>>>;
 
