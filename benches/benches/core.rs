@@ -34,6 +34,7 @@ fn cluster(policy: LbPolicy, hosts: usize) -> ClusterState {
                 weight: (i % 5) as u32 + 1,
             })
             .collect(),
+        ..ClusterConfig::default()
     });
     // Some load, so that least request compares something.
     for i in 0..hosts {

@@ -91,7 +91,8 @@ impl Balancer {
                 hosts[winner].swrr_current -= total;
                 winner
             }
-            LbPolicy::Random => {
+            // Placeholder until ring hash / Maglev land: random.
+            LbPolicy::Random | LbPolicy::RingHash | LbPolicy::Maglev => {
                 let count = candidates(hosts, ok);
                 if count == 0 {
                     return None;

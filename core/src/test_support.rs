@@ -25,5 +25,6 @@ pub(crate) fn cluster(n: usize, base_port: u16) -> ClusterState {
                 weight: 1,
             })
             .collect(),
+        ..ClusterConfig::default()
     })
 }

@@ -126,6 +126,7 @@ fuzz_target!(|input: Input| {
                 weight: weight(s.weight),
             })
             .collect(),
+        ..ClusterConfig::default()
     });
     let mut hosts: Vec<Host> = template.hosts().to_vec();
     for (h, s) in hosts.iter_mut().zip(specs) {

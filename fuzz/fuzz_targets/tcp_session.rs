@@ -101,6 +101,7 @@ fuzz_target!(|input: Input| {
                 weight: u32::from(input.weights[i]) % 1000 + 1,
             })
             .collect(),
+        ..ClusterConfig::default()
     });
     for i in 0..n_hosts {
         if input.initially_unavailable & (1 << i) != 0 {

@@ -25,6 +25,9 @@ use std::time::Duration;
 use serde::Serialize;
 use serde_json::Value;
 
+use crate::health::{
+    CircuitBreakerSettings, DEFAULT_PANIC_THRESHOLD_PERCENT, HealthCheckSettings, OutlierSettings,
+};
 use decode::{Decoder, Obj};
 pub use values::{format_duration, parse_duration, parse_socket_addr};
 
@@ -77,7 +80,7 @@ pub const DEFAULT_MAX_CONNECT_ATTEMPTS: u32 = 3;
 /// Default for [`Config::drain_timeout`].
 pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 
-fn ser_duration<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+pub(crate) fn ser_duration<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
     s.serialize_str(&format_duration(*d))
 }
 
@@ -161,16 +164,56 @@ pub enum LbPolicy {
     Random,
     /// Power of two choices: two random hosts, the one with fewer active requests per weight.
     LeastRequest,
+    /// Ketama-style consistent hashing on a ring of virtual nodes (see `hash_policy`).
+    RingHash,
+    /// Maglev consistent hashing over a lookup table of 65537 entries (see `hash_policy`).
+    Maglev,
 }
 
 impl LbPolicy {
     /// The names the config accepts.
-    pub const CHOICES: [(&'static str, LbPolicy); 4] = [
+    pub const CHOICES: [(&'static str, LbPolicy); 6] = [
         ("round_robin", LbPolicy::RoundRobin),
         ("weighted_round_robin", LbPolicy::WeightedRoundRobin),
         ("random", LbPolicy::Random),
         ("least_request", LbPolicy::LeastRequest),
+        ("ring_hash", LbPolicy::RingHash),
+        ("maglev", LbPolicy::Maglev),
     ];
+
+    /// Whether the policy picks by a request hash (`hash_policy`).
+    #[must_use]
+    pub fn is_consistent_hash(self) -> bool {
+        matches!(self, LbPolicy::RingHash | LbPolicy::Maglev)
+    }
+}
+
+/// One input of a request's hash for `ring_hash` / `maglev` (Envoy's route `hash_policy`). The
+/// hashes of the policies that apply to a request are combined in order; when none applies
+/// (the header is absent), the pick is random.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HashPolicy {
+    /// The value of this request header (name lowercased); HTTP and Bolt.
+    Header(String),
+    /// The downstream peer's IP address (no port).
+    SourceIp,
+}
+
+/// Default for [`ClusterConfig::minimum_ring_size`] (Envoy's).
+pub const DEFAULT_MINIMUM_RING_SIZE: u32 = 1024;
+/// Largest accepted `ring_hash.minimum_ring_size` (Envoy's maximum ring size).
+pub const MAX_RING_SIZE: u32 = 8 * 1024 * 1024;
+
+impl LbPolicy {
+    /// The config name of the policy.
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        Self::CHOICES
+            .iter()
+            .find(|(_, p)| *p == self)
+            .map_or("?", |(n, _)| n)
+    }
 }
 
 /// A named set of upstream hosts.
@@ -183,8 +226,69 @@ pub struct ClusterConfig {
     pub connect_timeout: Duration,
     /// How a host is picked.
     pub lb_policy: LbPolicy,
+    /// What a request's hash is made of (`ring_hash` / `maglev` only; empty: random pick).
+    pub hash_policy: Vec<HashPolicy>,
+    /// `ring_hash`: the ring has at least this many virtual nodes (default 1024, at most 8Mi).
+    pub minimum_ring_size: u32,
+    /// Active health checking; `None`: every host is healthy unless ejected.
+    pub health_check: Option<HealthCheckConfig>,
+    /// Passive health checking (outlier detection); `None`: off.
+    pub outlier_detection: Option<OutlierSettings>,
+    /// Limits on connections, pending requests, requests and retries (always on; Envoy's
+    /// defaults).
+    pub circuit_breakers: CircuitBreakerSettings,
+    /// Below this share (percent) of available hosts, balance over all hosts (default 50; 0
+    /// disables).
+    pub panic_threshold_percent: u32,
     /// The hosts; never empty.
     pub hosts: Vec<HostConfig>,
+}
+
+impl Default for ClusterConfig {
+    /// An unnamed round-robin cluster with no hosts and every default (for building configs in
+    /// code; a parsed config always has hosts).
+    fn default() -> Self {
+        ClusterConfig {
+            name: String::new(),
+            connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+            lb_policy: LbPolicy::RoundRobin,
+            hash_policy: Vec::new(),
+            minimum_ring_size: DEFAULT_MINIMUM_RING_SIZE,
+            health_check: None,
+            outlier_detection: None,
+            circuit_breakers: CircuitBreakerSettings::default(),
+            panic_threshold_percent: DEFAULT_PANIC_THRESHOLD_PERCENT,
+            hosts: Vec::new(),
+        }
+    }
+}
+
+/// A cluster's active health check: what a probe is, and when and how its results count.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct HealthCheckConfig {
+    /// The probe.
+    pub probe: HealthProbe,
+    /// Interval, timeout, jitter, thresholds.
+    pub settings: HealthCheckSettings,
+}
+
+/// What one health probe does.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HealthProbe {
+    /// Connect; success when the connection is established.
+    Tcp,
+    /// `GET path` over HTTP/1.1; success when the status is in one of the ranges.
+    Http {
+        /// Request path (starts with `/`).
+        path: String,
+        /// `Host` header; default the cluster's name.
+        host: Option<String>,
+        /// Inclusive status ranges that count as healthy (default `[200, 299]`).
+        expected_statuses: Vec<(u16, u16)>,
+    },
+    /// A Bolt v1 heartbeat; success when it is answered with status 0.
+    Bolt,
 }
 
 /// One upstream host.
@@ -494,6 +598,12 @@ fn decode_cluster(dec: &mut Decoder, path: &str, v: &Value) -> Option<ClusterCon
         name: name?,
         connect_timeout: connect_timeout?,
         lb_policy: lb_policy?,
+        hash_policy: Vec::new(),
+        minimum_ring_size: DEFAULT_MINIMUM_RING_SIZE,
+        health_check: None,
+        outlier_detection: None,
+        circuit_breakers: CircuitBreakerSettings::default(),
+        panic_threshold_percent: DEFAULT_PANIC_THRESHOLD_PERCENT,
         hosts: hosts?,
     })
 }

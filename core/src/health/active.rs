@@ -55,11 +55,13 @@ const MIN_WAIT: Duration = Duration::from_millis(1);
 
 /// How a cluster's hosts are probed. Defaults: issue 5's config example (Envoy requires these
 /// fields and has no defaults for most of them; `no_traffic_interval` is Envoy's 60 s).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
 pub struct HealthCheckSettings {
     /// Cadence of probes while the cluster has traffic (> 0).
+    #[serde(serialize_with = "crate::config::ser_duration")]
     pub interval: Duration,
     /// A probe with no result after this long is a failure (should be ≤ `interval`).
+    #[serde(serialize_with = "crate::config::ser_duration")]
     pub timeout: Duration,
     /// Each wait is shortened by up to this percentage of it (0–100), from the injected RNG
     /// (never below 1 ms).
@@ -69,6 +71,7 @@ pub struct HealthCheckSettings {
     /// Consecutive successes that make an unhealthy host healthy again (≥ 1).
     pub healthy_threshold: u32,
     /// Cadence of probes while the cluster has seen no traffic (> 0).
+    #[serde(serialize_with = "crate::config::ser_duration")]
     pub no_traffic_interval: Duration,
 }
 

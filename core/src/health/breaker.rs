@@ -21,7 +21,7 @@
 //! - `in_use(r)` equals acquisitions minus releases (never underflows).
 
 /// Circuit breaker limits of one cluster (Envoy's defaults, which issue 5's example repeats).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
 pub struct CircuitBreakerSettings {
     /// Most connections open to the cluster's hosts.
     pub max_connections: u32,

@@ -50,7 +50,7 @@ use crate::cluster::HostId;
 
 /// Outlier detection settings. Defaults: issue 5's config example, Envoy's defaults otherwise
 /// (Envoy's `consecutive_gateway_failure` is 5 too but not enforced by default; here it is).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
 pub struct OutlierSettings {
     /// Consecutive 5xx (including local-origin failures) that eject a host; 0 disables.
     pub consecutive_5xx: u32,
@@ -59,13 +59,16 @@ pub struct OutlierSettings {
     /// Consecutive connect failures that eject a host; 0 disables.
     pub consecutive_connect_failure: u32,
     /// An ejection lasts this × the number of ejections in a row (> 0).
+    #[serde(serialize_with = "crate::config::ser_duration")]
     pub base_ejection_time: Duration,
     /// Longest ejection (raised to `base_ejection_time` if lower).
+    #[serde(serialize_with = "crate::config::ser_duration")]
     pub max_ejection_time: Duration,
     /// Most hosts ejected at once, in percent of the cluster (at least one host is always
     /// ejectable).
     pub max_ejection_percent: u32,
     /// The ejection multiplier drops by one per `interval` spent un-ejected (Envoy's 10 s).
+    #[serde(serialize_with = "crate::config::ser_duration")]
     pub interval: Duration,
 }
 

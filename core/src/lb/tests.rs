@@ -18,6 +18,7 @@ fn cluster(policy: LbPolicy, weights: &[u32]) -> ClusterState {
                 weight,
             })
             .collect(),
+        ..ClusterConfig::default()
     })
 }
 
