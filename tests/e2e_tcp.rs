@@ -64,7 +64,7 @@ fn every_example_config_validates_and_every_invalid_one_is_rejected() {
 
 const MANY_MISTAKES: [&str; 6] = [
     r#"clusters[0].connect_timeout: "fast" is not a duration (expected a number and a unit: 250ms, 1s, 5m, 1h)"#,
-    r#"clusters[0].lb_policy: unknown value "least_loaded" (expected one of: round_robin, weighted_round_robin, random, least_request)"#,
+    r#"clusters[0].lb_policy: unknown value "least_loaded" (expected one of: round_robin, weighted_round_robin, random, least_request, ring_hash, maglev)"#,
     "clusters[0].hosts[0].weight: 0 is not a whole number from 1 to 1000",
     r#"listeners[0].address: "127.0.0.1:99999" is not a socket address (port out of range)"#,
     r#"listeners[0].tcp_proxy.cluster: unknown cluster "nowhere" (known: c1)"#,

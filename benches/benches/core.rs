@@ -4,6 +4,7 @@
 //! ```text
 //! cargo bench -p sluice-benches -- --warm-up-time 1 --measurement-time 2
 //! cargo bench -p sluice-benches -- balancer/least_request   # one group or bench by filter
+//! cargo bench -p sluice-benches -- balancer_hashed          # ring hash and Maglev with a hash
 //! ```
 //!
 //! Every bench drives the core exactly as a runtime worker would, with nothing else around it:
@@ -54,6 +55,39 @@ fn balancer(c: &mut Criterion) {
                 let mut cluster = cluster(policy, hosts);
                 let mut rng = Rng::from_seed(0x5eed);
                 b.iter(|| black_box(cluster.pick(&mut rng, black_box(&[]))));
+            });
+        }
+        group.finish();
+    }
+}
+
+/// The consistent-hash policies picking by a request hash (a fresh random one per pick, as
+/// requests with different keys would), with nothing excluded and with the hash's own host
+/// excluded (`retry/N`: both picks, the first and the retry that walks on to the next
+/// candidate). `balancer/ring_hash` and `balancer/maglev` above are their picks without a hash
+/// (random).
+fn balancer_hashed(c: &mut Criterion) {
+    for policy in [LbPolicy::RingHash, LbPolicy::Maglev] {
+        let mut group = c.benchmark_group(format!("balancer_hashed/{}", policy.as_str()));
+        group.throughput(Throughput::Elements(1));
+        for hosts in HOST_COUNTS {
+            group.bench_with_input(BenchmarkId::from_parameter(hosts), &hosts, |b, &hosts| {
+                let mut cluster = cluster(policy, hosts);
+                let mut rng = Rng::from_seed(0x5eed);
+                b.iter(|| {
+                    let hash = rng.next_u64();
+                    black_box(cluster.pick_hashed(&mut rng, black_box(&[]), Some(hash)))
+                });
+            });
+            group.bench_with_input(BenchmarkId::new("retry", hosts), &hosts, |b, &hosts| {
+                let mut cluster = cluster(policy, hosts);
+                let mut rng = Rng::from_seed(0x5eed);
+                b.iter(|| {
+                    let hash = Some(rng.next_u64());
+                    let first = cluster.pick_hashed(&mut rng, &[], hash);
+                    let tried = [first.expect("a host")];
+                    black_box(cluster.pick_hashed(&mut rng, black_box(&tried), hash))
+                });
             });
         }
         group.finish();
@@ -179,6 +213,6 @@ fn short() -> Criterion {
 criterion_group! {
     name = benches;
     config = short();
-    targets = balancer, config, tcp_session
+    targets = balancer, balancer_hashed, config, tcp_session
 }
 criterion_main!(benches);

@@ -11,6 +11,7 @@
 use std::net::SocketAddr;
 
 use crate::config::{ClusterConfig, LbPolicy};
+use crate::health::CircuitBreakers;
 use crate::lb::Balancer;
 use crate::rng::Rng;
 
@@ -47,13 +48,15 @@ pub struct ClusterState {
     name: String,
     hosts: Vec<Host>,
     balancer: Balancer,
+    /// This worker's share of the cluster's circuit-breaker limits.
+    breakers: CircuitBreakers,
 }
 
 impl ClusterState {
     /// A fresh state for a configured cluster: every host available, nothing active.
     #[must_use]
     pub fn from_config(cfg: &ClusterConfig) -> Self {
-        let hosts = cfg
+        let hosts: Vec<Host> = cfg
             .hosts
             .iter()
             .map(|h| Host {
@@ -64,11 +67,37 @@ impl ClusterState {
                 swrr_current: 0,
             })
             .collect();
+        let balancer = Balancer::for_hosts(cfg.lb_policy, &hosts, cfg.minimum_ring_size);
         ClusterState {
             name: cfg.name.clone(),
             hosts,
-            balancer: Balancer::new(cfg.lb_policy),
+            balancer,
+            breakers: CircuitBreakers::new(cfg.circuit_breakers),
         }
+    }
+
+    /// The state worker `worker` of `workers` keeps: like [`ClusterState::from_config`], with
+    /// the worker's share of the circuit-breaker limits ([`CircuitBreakers::per_worker`]).
+    #[must_use]
+    pub fn for_worker(cfg: &ClusterConfig, worker: usize, workers: usize) -> Self {
+        let mut state = Self::from_config(cfg);
+        let workers = workers.max(1);
+        if workers > 1 {
+            state.breakers = CircuitBreakers::per_worker(cfg.circuit_breakers, workers)
+                .swap_remove(worker.min(workers - 1));
+        }
+        state
+    }
+
+    /// The circuit breakers (this worker's share).
+    #[must_use]
+    pub fn breakers(&self) -> &CircuitBreakers {
+        &self.breakers
+    }
+
+    /// The circuit breakers, to acquire and release units.
+    pub fn breakers_mut(&mut self) -> &mut CircuitBreakers {
+        &mut self.breakers
     }
 
     /// The cluster's name.
@@ -97,14 +126,31 @@ impl ClusterState {
 
     /// Picks an available host, preferring one not in `exclude` (hosts already tried for this
     /// session); falls back to an excluded but available host when no other is left. `None`
-    /// when no host is available at all.
+    /// when no host is available at all. [`ClusterState::pick_hashed`] without a hash.
     pub fn pick(&mut self, rng: &mut Rng, exclude: &[HostId]) -> Option<HostId> {
-        self.balancer.pick(&mut self.hosts, rng, exclude)
+        self.pick_hashed(rng, exclude, None)
+    }
+
+    /// [`ClusterState::pick`] for a request with this hash (see [`crate::lb::request_hash`]):
+    /// `ring_hash` and `maglev` pick by it (at random when it is `None`); the other policies
+    /// ignore it. See [`crate::lb`] for the rules.
+    pub fn pick_hashed(
+        &mut self,
+        rng: &mut Rng,
+        exclude: &[HostId],
+        hash: Option<u64>,
+    ) -> Option<HostId> {
+        self.balancer
+            .pick_hashed(&mut self.hosts, rng, exclude, hash)
     }
 
     /// Marks a host (un)available for picking.
     pub fn set_available(&mut self, id: HostId, available: bool) {
-        self.hosts[id.index()].available = available;
+        let host = &mut self.hosts[id.index()];
+        if host.available != available {
+            host.available = available;
+            self.balancer.availability_changed();
+        }
     }
 
     /// How many hosts are available.

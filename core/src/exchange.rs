@@ -31,6 +31,11 @@
 //!   connection for EOF before using it, which avoids most of these races for every method.)
 //! - Retries go to a host not tried yet when one is available, after a jittered exponential
 //!   backoff: uniform in `[0, min(250ms, 25ms × 2^n)]` from the injected RNG.
+//! - A retry needs a unit of the cluster's `max_retries` circuit breaker, held from the first
+//!   retry until the exchange ends; when none is left the retry is not made (the failure or the
+//!   5xx answers the request) and [`Exchange::retry_overflowed`] says so.
+//! - With a `ring_hash` / `maglev` cluster, every try picks by the request's hash
+//!   ([`ExchangeConfig::hash`]); a retry walks on from the hash point past tried hosts.
 //!
 //! ## Invariants (debug-checked)
 //!
@@ -43,6 +48,7 @@ use std::time::{Duration, Instant};
 
 use crate::cluster::{ClusterState, HostId};
 use crate::config::http::RetryPolicy;
+use crate::health::{Permit, Resource};
 use crate::rng::Rng;
 
 /// First backoff interval before jitter (Envoy's default).
@@ -157,6 +163,9 @@ pub struct ExchangeConfig {
     pub idempotent: bool,
     /// The request body can be sent again (none, or fully buffered).
     pub replayable: bool,
+    /// The request's hash for `ring_hash` / `maglev` clusters (from the cluster's
+    /// `hash_policy`); `None`: a random pick.
+    pub hash: Option<u64>,
 }
 
 /// The parts of a [`RetryPolicy`] the exchange needs (`Copy`).
@@ -217,6 +226,10 @@ pub struct Exchange {
     last_failure: Option<ResponseFlag>,
     action: Option<Action>,
     terminal: bool,
+    /// Held from the first retry until the exchange ends (the `max_retries` breaker counts
+    /// exchanges retrying now).
+    retry_permit: Option<Permit>,
+    retry_overflowed: bool,
 }
 
 impl Exchange {
@@ -237,6 +250,8 @@ impl Exchange {
             last_failure: None,
             action: None,
             terminal: false,
+            retry_permit: None,
+            retry_overflowed: false,
         }
     }
 
@@ -293,7 +308,7 @@ impl Exchange {
                 return;
             }
         };
-        self.release(cluster);
+        self.release_host(cluster);
         let on = self.config.retry.map(|r| r.retry_on).unwrap_or_default();
         let safe_to_replay = self.config.idempotent && self.config.replayable;
         let (flag, retry, stale) = match failure {
@@ -328,10 +343,8 @@ impl Exchange {
             self.stale_retry_used = true;
             self.next_allow_pooled = false;
             self.begin_try(now, cluster, rng);
-        } else if retry && self.retry_budget_left() {
-            self.schedule_retry(now, rng);
-        } else {
-            self.local_reply(status_for(flag), flag);
+        } else if !(retry && self.retry_budget_left() && self.schedule_retry(now, cluster, rng)) {
+            self.local_reply(cluster, status_for(flag), flag);
         }
     }
 
@@ -359,9 +372,9 @@ impl Exchange {
             && self.config.replayable
             && self.retry_budget_left()
             && self.deadline.is_none_or(|d| now < d)
+            && self.schedule_retry(now, cluster, rng)
         {
-            self.release(cluster);
-            self.schedule_retry(now, rng);
+            self.release_host(cluster);
             return Verdict::Retry;
         }
         self.state = State::Responding { host };
@@ -383,12 +396,13 @@ impl Exchange {
             return;
         }
         if self.deadline.is_some_and(|d| now >= d) {
-            self.release(cluster);
+            self.release_host(cluster);
             if matches!(self.state, State::Responding { .. }) {
                 // The head is already downstream: the driver aborts the connection.
+                self.release(cluster);
                 self.state = State::Done;
             } else {
-                self.local_reply(504, ResponseFlag::UpstreamTimeout);
+                self.local_reply(cluster, 504, ResponseFlag::UpstreamTimeout);
             }
             return;
         }
@@ -398,7 +412,7 @@ impl Exchange {
             }
             State::Waiting { written, .. } if self.try_deadline.is_some_and(|d| now >= d) => {
                 // A per-try timeout: like a reset after the request was written.
-                self.release(cluster);
+                self.release_host(cluster);
                 self.last_failure = Some(ResponseFlag::UpstreamTimeout);
                 let on = self.config.retry.map(|r| r.retry_on).unwrap_or_default();
                 let allowed = if written {
@@ -408,10 +422,9 @@ impl Exchange {
                 } else {
                     true
                 };
-                if allowed && self.retry_budget_left() {
-                    self.schedule_retry(now, rng);
-                } else {
-                    self.local_reply(504, ResponseFlag::UpstreamTimeout);
+                if !(allowed && self.retry_budget_left() && self.schedule_retry(now, cluster, rng))
+                {
+                    self.local_reply(cluster, 504, ResponseFlag::UpstreamTimeout);
                 }
             }
             State::Backoff { until } if now >= until => self.begin_try(now, cluster, rng),
@@ -419,9 +432,16 @@ impl Exchange {
         }
     }
 
-    /// Gives back the host's `begin` if held (idempotent); call when the exchange is dropped
-    /// early (downstream gone).
+    /// Gives back the host's `begin` and the retry breaker's unit if held (idempotent); call
+    /// when the exchange is dropped early (downstream gone).
     pub fn release(&mut self, cluster: &mut ClusterState) {
+        self.release_host(cluster);
+        if let Some(p) = self.retry_permit.take() {
+            cluster.breakers_mut().release(p);
+        }
+    }
+
+    fn release_host(&mut self, cluster: &mut ClusterState) {
         if let Some(h) = self.holding.take() {
             cluster.end(h);
         }
@@ -469,6 +489,13 @@ impl Exchange {
         self.tries
     }
 
+    /// Whether a retry was not made because the cluster's `max_retries` breaker was at its
+    /// limit.
+    #[must_use]
+    pub fn retry_overflowed(&self) -> bool {
+        self.retry_overflowed
+    }
+
     /// Whether the exchange is over.
     #[must_use]
     pub fn is_done(&self) -> bool {
@@ -482,7 +509,18 @@ impl Exchange {
         self.retries_used < allowed && self.tries < MAX_TRIES
     }
 
-    fn schedule_retry(&mut self, now: Instant, rng: &mut Rng) {
+    /// Schedules a retry after a backoff; false (and nothing changes) when the `max_retries`
+    /// breaker is at its limit.
+    fn schedule_retry(&mut self, now: Instant, cluster: &mut ClusterState, rng: &mut Rng) -> bool {
+        if self.retry_permit.is_none() {
+            match cluster.breakers_mut().try_acquire(Resource::Retries) {
+                Ok(p) => self.retry_permit = Some(p),
+                Err(_) => {
+                    self.retry_overflowed = true;
+                    return false;
+                }
+            }
+        }
         self.retries_used += 1;
         let ceiling = BACKOFF_BASE
             .saturating_mul(1 << (self.retries_used - 1).min(10))
@@ -492,16 +530,18 @@ impl Exchange {
             until: now + jitter,
         };
         self.try_deadline = None;
+        true
     }
 
     fn begin_try(&mut self, now: Instant, cluster: &mut ClusterState, rng: &mut Rng) {
-        let Some(host) = cluster.pick(rng, &self.tried[..self.tries]) else {
+        let Some(host) = cluster.pick_hashed(rng, &self.tried[..self.tries], self.config.hash)
+        else {
             let flag = if self.tries == 0 {
                 ResponseFlag::NoHealthyUpstream
             } else {
                 self.last_failure.unwrap_or(ResponseFlag::NoHealthyUpstream)
             };
-            self.local_reply(status_for(flag), flag);
+            self.local_reply(cluster, status_for(flag), flag);
             return;
         };
         if self.tries < MAX_TRIES {
@@ -520,8 +560,9 @@ impl Exchange {
         });
     }
 
-    fn local_reply(&mut self, status: u16, flag: ResponseFlag) {
+    fn local_reply(&mut self, cluster: &mut ClusterState, status: u16, flag: ResponseFlag) {
         debug_assert!(!self.terminal, "second terminal output");
+        self.release(cluster);
         self.terminal = true;
         self.state = State::Done;
         self.try_deadline = None;

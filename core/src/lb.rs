@@ -1,5 +1,5 @@
-//! Load balancers: pure functions of the host set, the balancer's own small state and an
-//! injected RNG.
+//! Load balancers: pure functions of the host set, the balancer's own small state, an injected
+//! RNG and, for the consistent-hashing policies, the request's hash.
 //!
 //! | policy | picks | state |
 //! |---|---|---|
@@ -7,29 +7,95 @@
 //! | weighted round robin | nginx's smooth WRR: over any `Σweights` consecutive picks each host gets exactly its weight, interleaved | a running weight per host |
 //! | random | uniformly among candidates | none (RNG) |
 //! | least request | power of two choices: two distinct random candidates, the one with fewer active requests per unit of weight | none (RNG) |
+//! | ring hash | the host of the first virtual node at or after the request's hash on a Ketama ring, walking clockwise to the first candidate ([`ring`]) | the ring: `w × ⌈minimum_ring_size / Σw⌉` points per host of weight `w`, built once over all hosts |
+//! | maglev | the host at entry `hash mod 65537` of a Maglev table, walking forward to the first candidate ([`maglev`]) | the table (65537 entries) over the available hosts, rebuilt lazily when availability changed |
 //!
 //! A *candidate* is a host that is available and not excluded. When exclusion leaves no
 //! candidate, the balancer falls back to every available host (a retry may land on a host tried
 //! before rather than fail). An unavailable host is never picked.
 //!
-//! No pick allocates.
+//! The hash policies pick by the request's hash ([`request_hash`]); without one (no
+//! `hash_policy` applies) they pick uniformly among candidates, like random. With one:
+//! - the same hash gives the same host as long as the available hosts and the exclusions stay
+//!   the same;
+//! - ring hash: the ring never changes with availability; skipping the points of hosts that
+//!   are not candidates is the same as a ring without them. Marking a host unavailable moves
+//!   exactly the hashes that were on it, marking it available again moves exactly those back;
+//! - maglev: a pick is exactly what a table freshly built over the available hosts gives (the
+//!   table is rebuilt at the first pick after [`Balancer::availability_changed`], and only if
+//!   the availability really differs from the table's). Exclusion walks forward in the table to
+//!   the next entry whose host is a candidate;
+//! - an excluded host (tried before by a retry) is skipped the same way, and picked only when
+//!   every available host is excluded.
+//!
+//! No pick allocates (a ring or table is allocated when the balancer is built; a Maglev rebuild
+//! reuses its memory).
+
+pub mod hash;
+pub mod maglev;
+pub mod ring;
+
+pub use hash::{hash_bytes, request_hash};
 
 use crate::cluster::{Host, HostId};
-use crate::config::LbPolicy;
+use crate::config::{DEFAULT_MINIMUM_RING_SIZE, LbPolicy};
 use crate::rng::Rng;
+use maglev::Maglev;
+use ring::Ring;
 
 /// A balancer's policy and state.
 #[derive(Clone, Debug)]
 pub struct Balancer {
     policy: LbPolicy,
     cursor: usize,
+    /// `ring_hash`: the ring's least size.
+    minimum_ring_size: u32,
+    /// Moves at every [`Balancer::availability_changed`].
+    generation: u64,
+    ring: Option<Ring>,
+    maglev: Option<Maglev>,
 }
 
 impl Balancer {
-    /// A fresh balancer.
+    /// A fresh balancer. For `ring_hash` and `maglev` its ring or table (default ring size) is
+    /// built at the first pick with a hash (which allocates then); prefer
+    /// [`Balancer::for_hosts`].
     #[must_use]
     pub fn new(policy: LbPolicy) -> Self {
-        Balancer { policy, cursor: 0 }
+        Balancer {
+            policy,
+            cursor: 0,
+            minimum_ring_size: DEFAULT_MINIMUM_RING_SIZE,
+            generation: 0,
+            ring: None,
+            maglev: None,
+        }
+    }
+
+    /// A fresh balancer for `hosts`: for `ring_hash` and `maglev` its ring (at least
+    /// `minimum_ring_size` points) or table (over the available hosts) is built now.
+    ///
+    /// The ring and table are built for these hosts' addresses and weights and for their
+    /// number: a pick with a different number of hosts rebuilds them (allocating); one after
+    /// a change of addresses or weights alone does not (build a new balancer then).
+    #[must_use]
+    pub fn for_hosts(policy: LbPolicy, hosts: &[Host], minimum_ring_size: u32) -> Self {
+        let mut b = Balancer::new(policy);
+        b.minimum_ring_size = minimum_ring_size;
+        match policy {
+            LbPolicy::RingHash => b.ring = Some(Ring::new(hosts, minimum_ring_size)),
+            LbPolicy::Maglev => b.maglev = Some(Maglev::new(hosts, b.generation)),
+            _ => {}
+        }
+        b
+    }
+
+    /// Tells the balancer that some host's availability may have changed: Maglev brings its
+    /// table up to date at its next pick with a hash. (Safety does not depend on it: no
+    /// balancer ever picks an unavailable host; a Maglev table not told keeps its old mapping,
+    /// skipping hosts no longer available.)
+    pub fn availability_changed(&mut self) {
+        self.generation = self.generation.wrapping_add(1);
     }
 
     /// Its policy.
@@ -38,19 +104,64 @@ impl Balancer {
         self.policy
     }
 
-    /// Picks a host; see the module doc for the rules.
+    /// Picks a host without a hash: [`Balancer::pick_hashed`] with `None`.
     pub fn pick(
         &mut self,
         hosts: &mut [Host],
         rng: &mut Rng,
         exclude: &[HostId],
     ) -> Option<HostId> {
+        self.pick_hashed(hosts, rng, exclude, None)
+    }
+
+    /// Picks a host; see the module doc for the rules. `hash` is the request's hash (see
+    /// [`request_hash`]), used by `ring_hash` and `maglev` only.
+    pub fn pick_hashed(
+        &mut self,
+        hosts: &mut [Host],
+        rng: &mut Rng,
+        exclude: &[HostId],
+        hash: Option<u64>,
+    ) -> Option<HostId> {
         let strict = |i: usize, h: &Host| h.available && !exclude.contains(&HostId(i as u32));
         let relaxed = |_: usize, h: &Host| h.available;
         if hosts.iter().enumerate().any(|(i, h)| strict(i, h)) {
-            self.pick_among(hosts, rng, &strict)
+            self.pick_among(hosts, rng, &strict, hash)
+        } else if hosts.iter().any(|h| h.available) {
+            self.pick_among(hosts, rng, &relaxed, hash)
         } else {
-            self.pick_among(hosts, rng, &relaxed)
+            // Nothing to pick (and no ring to walk round in vain).
+            None
+        }
+    }
+
+    /// The consistent-hash pick: the first candidate from the hash's point of the ring or
+    /// table. `None` only when the ring or table holds no candidate (never when it is up to
+    /// date and a candidate exists).
+    fn pick_consistent(
+        &mut self,
+        hosts: &[Host],
+        ok: &dyn Fn(usize, &Host) -> bool,
+        hash: u64,
+    ) -> Option<usize> {
+        let ok = |i: usize| hosts.get(i).is_some_and(|h| ok(i, h));
+        if self.policy == LbPolicy::RingHash {
+            if self
+                .ring
+                .as_ref()
+                .is_none_or(|r| r.host_count() != hosts.len())
+            {
+                self.ring = Some(Ring::new(hosts, self.minimum_ring_size));
+            }
+            let ring = self.ring.as_ref().expect("built above");
+            ring.walk(hash, ok).map(|(host, _)| host)
+        } else {
+            match &mut self.maglev {
+                Some(m) if m.host_count() == hosts.len() => m.sync(hosts, self.generation),
+                _ => self.maglev = Some(Maglev::new(hosts, self.generation)),
+            }
+            let maglev = self.maglev.as_ref().expect("built above");
+            maglev.walk(hash, ok)
         }
     }
 
@@ -59,10 +170,16 @@ impl Balancer {
         hosts: &mut [Host],
         rng: &mut Rng,
         ok: &dyn Fn(usize, &Host) -> bool,
+        hash: Option<u64>,
     ) -> Option<HostId> {
         let n = hosts.len();
         if n == 0 {
             return None;
+        }
+        if let Some(hash) = hash.filter(|_| self.policy.is_consistent_hash())
+            && let Some(found) = self.pick_consistent(hosts, ok, hash)
+        {
+            return Some(HostId(found as u32));
         }
         let picked = match self.policy {
             LbPolicy::RoundRobin => {
@@ -91,7 +208,8 @@ impl Balancer {
                 hosts[winner].swrr_current -= total;
                 winner
             }
-            // Placeholder until ring hash / Maglev land: random.
+            // Also the hash policies without a hash (and, defensively, with a ring or table
+            // that holds no candidate, which an up-to-date one always does).
             LbPolicy::Random | LbPolicy::RingHash | LbPolicy::Maglev => {
                 let count = candidates(hosts, ok);
                 if count == 0 {
@@ -138,5 +256,7 @@ fn nth_candidate(hosts: &[Host], ok: &dyn Fn(usize, &Host) -> bool, nth: usize) 
         .expect("nth < number of candidates")
 }
 
+#[cfg(test)]
+mod hash_tests;
 #[cfg(test)]
 mod tests;

@@ -167,6 +167,8 @@ pub struct TcpSession {
     holding: Option<HostId>,
     actions: VecDeque<Action>,
     closes_emitted: u8,
+    /// The connection's hash for `ring_hash` / `maglev` clusters (see [`TcpSession::set_hash`]).
+    hash: Option<u64>,
 }
 
 impl TcpSession {
@@ -187,7 +189,15 @@ impl TcpSession {
             holding: None,
             actions: VecDeque::with_capacity(2),
             closes_emitted: 0,
+            hash: None,
         }
+    }
+
+    /// Sets the hash that `ring_hash` / `maglev` clusters pick by (the downstream's source IP
+    /// under a `source_ip` hash policy); call before [`TcpSession::start`]. Failover walks on
+    /// from the hash point past the hosts tried.
+    pub fn set_hash(&mut self, hash: Option<u64>) {
+        self.hash = hash;
     }
 
     // ---- input ----
@@ -349,7 +359,7 @@ impl TcpSession {
 
     fn attempt(&mut self, now: Instant, cluster: &mut ClusterState, rng: &mut Rng) {
         let tried = &self.tried[..(self.attempts as usize).min(MAX_TRACKED_ATTEMPTS)];
-        let Some(host) = cluster.pick(rng, tried) else {
+        let Some(host) = cluster.pick_hashed(rng, tried, self.hash) else {
             self.close(if self.attempts == 0 {
                 CloseReason::NoHealthyUpstream
             } else {

@@ -1,10 +1,15 @@
 //! `Router::route` does not allocate on its non-regex path, and once a regex has run on a
 //! thread it does not allocate there again; `pick_cluster` and `rewrite_prefix` (into a buffer
-//! with room) never do. Counted with a per-thread counting global allocator (which is why this
+//! with room) never do; nor do `request_hash` and the consistent-hash picks (a Maglev table
+//! rebuilt after an availability change reuses its memory). Counted with a per-thread counting global allocator (which is why this
 //! is an integration test: the library itself forbids `unsafe`).
 
+use sluice_core::cluster::{ClusterState, HostId};
 use sluice_core::config::http::{HttpConfig, RouteAction};
-use sluice_core::config::{Config, ListenerFilter};
+use sluice_core::config::{
+    ClusterConfig, Config, HashPolicy, HostConfig, LbPolicy, ListenerFilter,
+};
+use sluice_core::lb::request_hash;
 use sluice_core::rng::Rng;
 use sluice_core::router::{Router, pick_cluster, rewrite_prefix};
 
@@ -97,4 +102,46 @@ fn picking_and_rewriting_do_not_allocate() {
     });
     assert_eq!(n, 0);
     assert_eq!(out, b"/v1/users/42");
+}
+
+#[test]
+fn hashing_and_hashed_picks_do_not_allocate() {
+    let policies = [
+        HashPolicy::Header("x-missing".into()),
+        HashPolicy::Header("x-canary".into()),
+        HashPolicy::SourceIp,
+    ];
+    let peer = Some("10.0.0.9".parse().unwrap());
+    for lb_policy in [LbPolicy::RingHash, LbPolicy::Maglev] {
+        let mut cluster = ClusterState::from_config(&ClusterConfig {
+            name: "hashed".into(),
+            lb_policy,
+            hosts: (1..=8)
+                .map(|i| HostConfig {
+                    address: format!("10.1.0.{i}:80").parse().unwrap(),
+                    weight: i,
+                })
+                .collect(),
+            ..ClusterConfig::default()
+        });
+        let mut rng = Rng::from_seed(1);
+        let n = allocations_in(|| {
+            for i in 0..1000u64 {
+                let hash = request_hash(&policies, lookup, peer).map(|h| h ^ i);
+                assert!(hash.is_some());
+                let first = cluster.pick_hashed(&mut rng, &[], hash).unwrap();
+                let second = cluster.pick_hashed(&mut rng, &[first], hash).unwrap();
+                assert_ne!(first, second);
+                assert!(cluster.pick_hashed(&mut rng, &[], None).is_some());
+                // Availability changes, and the Maglev table's rebuild at the next pick.
+                if i % 100 == 0 {
+                    let h = HostId((i / 100 % 8) as u32);
+                    cluster.set_available(h, false);
+                    assert_ne!(cluster.pick_hashed(&mut rng, &[], hash), Some(h));
+                    cluster.set_available(h, true);
+                }
+            }
+        });
+        assert_eq!(n, 0, "{lb_policy:?}");
+    }
 }

@@ -1,10 +1,15 @@
-//! `Balancer::pick` over arbitrary hosts (weights 1..=1000, availability, load), policy,
-//! exclusions and seed, with the host set changing between picks.
+//! `Balancer::pick_hashed` over arbitrary hosts (weights 1..=1000, availability, load), policy
+//! (the consistent-hash ones with arbitrary request hashes and ring sizes), exclusions and seed,
+//! with the host set changing between picks.
 //!
 //! Properties of every pick:
 //! - a picked host exists and is available;
 //! - `None` only when no host is available;
-//! - an excluded host is picked only when every available host is excluded.
+//! - an excluded host is picked only when every available host is excluded;
+//! - ring hash and Maglev with a hash: the same hash and exclusions give the same host again,
+//!   and (weights unchanged since the build) the same host as a balancer freshly built over the
+//!   current hosts (for Maglev: a table over the available hosts only, so the incremental
+//!   table's lazy rebuilds are checked).
 //!
 //! And of runs of picks over a fixed candidate set:
 //! - round robin picks each candidate exactly once in `#candidates` consecutive picks;
@@ -15,7 +20,7 @@
 use arbitrary::Arbitrary;
 use libfuzzer_sys::fuzz_target;
 use sluice_core::cluster::{ClusterState, Host, HostId};
-use sluice_core::config::{ClusterConfig, HostConfig, LbPolicy};
+use sluice_core::config::{ClusterConfig, HostConfig, LbPolicy, MAX_RING_SIZE};
 use sluice_core::lb::Balancer;
 use sluice_core::rng::Rng;
 
@@ -30,6 +35,8 @@ enum Policy {
     WeightedRoundRobin,
     Random,
     LeastRequest,
+    RingHash,
+    Maglev,
 }
 
 impl From<Policy> for LbPolicy {
@@ -39,6 +46,8 @@ impl From<Policy> for LbPolicy {
             Policy::WeightedRoundRobin => LbPolicy::WeightedRoundRobin,
             Policy::Random => LbPolicy::Random,
             Policy::LeastRequest => LbPolicy::LeastRequest,
+            Policy::RingHash => LbPolicy::RingHash,
+            Policy::Maglev => LbPolicy::Maglev,
         }
     }
 }
@@ -56,6 +65,12 @@ enum Op {
     /// may hold a stale id).
     Pick {
         exclude: Vec<u8>,
+        hash: Option<u64>,
+    },
+    /// A pick with a hash, checked against a balancer built afresh over the current hosts.
+    Fresh {
+        exclude: Vec<u8>,
+        hash: u64,
     },
     /// `k` picks in a row, nothing excluded, nothing changing in between.
     Run {
@@ -79,6 +94,8 @@ enum Op {
 struct Input {
     policy: Policy,
     seed: u64,
+    /// `ring_hash`'s `minimum_ring_size`, reduced to 1..=16384.
+    ring: u16,
     hosts: Vec<HostSpec>,
     ops: Vec<Op>,
 }
@@ -114,10 +131,12 @@ fuzz_target!(|input: Input| {
     let policy = LbPolicy::from(input.policy);
     // `Host` has crate-private balancer state: build the hosts through a `ClusterState` and
     // drive the `Balancer` on a copy whose public fields the fuzzer then sets.
+    let minimum_ring_size = (u32::from(input.ring) % 16_384 + 1).min(MAX_RING_SIZE);
     let template = ClusterState::from_config(&ClusterConfig {
         name: "c".into(),
         connect_timeout: std::time::Duration::from_secs(1),
         lb_policy: policy,
+        minimum_ring_size,
         hosts: specs
             .iter()
             .enumerate()
@@ -133,7 +152,9 @@ fuzz_target!(|input: Input| {
         h.available = s.available;
         h.active = u32::from(s.active);
     }
-    let mut balancer = Balancer::new(policy);
+    let mut balancer = Balancer::for_hosts(policy, &hosts, minimum_ring_size);
+    // The hash policies' ring or table holds the weights of its build.
+    let mut weights_changed = false;
     let mut rng = Rng::from_seed(input.seed);
     let n = hosts.len();
 
@@ -158,10 +179,27 @@ fuzz_target!(|input: Input| {
 
     for op in input.ops {
         match op {
-            Op::Pick { exclude } => {
+            Op::Pick { exclude, hash } => {
                 let exclude: Vec<HostId> = exclude.iter().map(|&i| HostId(u32::from(i))).collect();
-                let id = balancer.pick(&mut hosts, &mut rng, &exclude);
+                let id = balancer.pick_hashed(&mut hosts, &mut rng, &exclude, hash);
                 check_pick(&hosts, &exclude, id);
+                if policy.is_consistent_hash() && hash.is_some() {
+                    let again = balancer.pick_hashed(&mut hosts, &mut rng, &exclude, hash);
+                    assert_eq!(again, id, "same hash, other host: {hash:?} {exclude:?}");
+                }
+            }
+            Op::Fresh { exclude, hash } => {
+                let exclude: Vec<HostId> = exclude.iter().map(|&i| HostId(u32::from(i))).collect();
+                let id = balancer.pick_hashed(&mut hosts, &mut rng, &exclude, Some(hash));
+                check_pick(&hosts, &exclude, id);
+                if policy.is_consistent_hash() && !weights_changed {
+                    let mut fresh = Balancer::for_hosts(policy, &hosts, minimum_ring_size);
+                    let want = fresh.pick_hashed(&mut hosts, &mut rng, &exclude, Some(hash));
+                    assert_eq!(
+                        id, want,
+                        "incremental vs fresh: {hash:#x} {exclude:?} {hosts:?}"
+                    );
+                }
             }
             Op::Run { k } => {
                 let candidates = hosts.iter().filter(|h| h.available).count();
@@ -187,12 +225,14 @@ fuzz_target!(|input: Input| {
             }
             Op::SetAvailable { host, available } if n > 0 => {
                 hosts[usize::from(host) % n].available = available;
+                balancer.availability_changed();
             }
             Op::SetActive { host, active } if n > 0 => {
                 hosts[usize::from(host) % n].active = u32::from(active);
             }
             Op::SetWeight { host, weight: w } if n > 0 => {
                 hosts[usize::from(host) % n].weight = weight(w);
+                weights_changed = true;
             }
             Op::SetAvailable { .. } | Op::SetActive { .. } | Op::SetWeight { .. } => {}
         }

@@ -659,6 +659,32 @@ fn flat_stats(shared: &AdminShared, s: &DetailedSnapshot) -> Vec<(String, u64)> 
         );
         put(format!("{p}.upstream_rq_timeout"), c.upstream_rq_timeout);
         put(format!("{p}.upstream_rq_retry"), c.upstream_rq_retry);
+        put(format!("{p}.upstream_cx_overflow"), c.upstream_cx_overflow);
+        put(
+            format!("{p}.upstream_rq_pending_overflow"),
+            c.upstream_rq_pending_overflow,
+        );
+        put(format!("{p}.upstream_rq_overflow"), c.upstream_rq_overflow);
+        put(
+            format!("{p}.upstream_rq_retry_overflow"),
+            c.upstream_rq_retry_overflow,
+        );
+        if cc.health_check.is_some() {
+            put(format!("{p}.health_check.attempt"), c.health_check_attempt);
+            put(format!("{p}.health_check.success"), c.health_check_success);
+            put(format!("{p}.health_check.failure"), c.health_check_failure);
+        }
+        if cc.outlier_detection.is_some() {
+            put(
+                format!("{p}.outlier_detection.ejections_total"),
+                c.outlier_ejections_total,
+            );
+            put(
+                format!("{p}.outlier_detection.ejections_overflow"),
+                c.outlier_ejections_overflow,
+            );
+        }
+        put(format!("{p}.lb_healthy_panic"), c.lb_panic_total);
         for (hc, h) in cc.hosts.iter().zip(&c.hosts) {
             let hp = format!("{p}.host.{}", hc.address);
             put(format!("{hp}.rq_total"), h.rq_total);
@@ -666,6 +692,12 @@ fn flat_stats(shared: &AdminShared, s: &DetailedSnapshot) -> Vec<(String, u64)> 
             put(format!("{hp}.cx_total"), h.cx_total);
             put(format!("{hp}.cx_active"), h.cx_active);
             put(format!("{hp}.cx_connect_fail"), h.cx_connect_fail);
+            if cc.health_check.is_some() {
+                put(format!("{hp}.healthy"), h.healthy);
+            }
+            if cc.outlier_detection.is_some() {
+                put(format!("{hp}.ejected"), h.ejected);
+            }
         }
     }
     for (name, h) in [
@@ -824,7 +856,7 @@ pub fn prometheus(shared: &AdminShared, s: &DetailedSnapshot) -> String {
     }
 
     type ClusterValue = fn(&crate::stats::ClusterSnapshot) -> u64;
-    let per_cluster: [(&str, &str, ClusterValue); 6] = [
+    let per_cluster: [(&str, &str, ClusterValue); 15] = [
         (
             "sluice_upstream_requests_total",
             "Requests (HTTP) or sessions (TCP) sent to the cluster.",
@@ -853,6 +885,51 @@ pub fn prometheus(shared: &AdminShared, s: &DetailedSnapshot) -> String {
         ("sluice_upstream_retries_total", "HTTP retries.", |c| {
             c.upstream_rq_retry
         }),
+        (
+            "sluice_upstream_cx_overflow_total",
+            "Connections refused by the max_connections circuit breaker.",
+            |c| c.upstream_cx_overflow,
+        ),
+        (
+            "sluice_upstream_rq_pending_overflow_total",
+            "Requests refused by the max_pending_requests circuit breaker.",
+            |c| c.upstream_rq_pending_overflow,
+        ),
+        (
+            "sluice_upstream_rq_overflow_total",
+            "Requests refused by the max_requests circuit breaker.",
+            |c| c.upstream_rq_overflow,
+        ),
+        (
+            "sluice_upstream_rq_retry_overflow_total",
+            "Retries not made because of the max_retries circuit breaker.",
+            |c| c.upstream_rq_retry_overflow,
+        ),
+        (
+            "sluice_health_check_attempts_total",
+            "Active health-check probes started.",
+            |c| c.health_check_attempt,
+        ),
+        (
+            "sluice_health_check_successes_total",
+            "Active health-check probes that passed.",
+            |c| c.health_check_success,
+        ),
+        (
+            "sluice_health_check_failures_total",
+            "Active health-check probes that failed or timed out.",
+            |c| c.health_check_failure,
+        ),
+        (
+            "sluice_outlier_ejections_total",
+            "Hosts ejected by outlier detection (summed over workers' detectors).",
+            |c| c.outlier_ejections_total,
+        ),
+        (
+            "sluice_lb_panic_total",
+            "Times a worker entered panic mode (too few available hosts) for the cluster.",
+            |c| c.lb_panic_total,
+        ),
     ];
     for (name, help, value) in per_cluster {
         let mut f = Family::start(&mut out, name, "counter", help);
@@ -862,7 +939,7 @@ pub fn prometheus(shared: &AdminShared, s: &DetailedSnapshot) -> String {
         }
     }
     type HostValue = fn(&crate::stats::HostSnapshot) -> u64;
-    let per_host: [(&str, &str, &str, HostValue); 5] = [
+    let per_host: [(&str, &str, &str, HostValue); 7] = [
         (
             "sluice_upstream_host_requests_total",
             "counter",
@@ -892,6 +969,18 @@ pub fn prometheus(shared: &AdminShared, s: &DetailedSnapshot) -> String {
             "counter",
             "Connect attempts to the host that failed or timed out.",
             |h| h.cx_connect_fail,
+        ),
+        (
+            "sluice_upstream_host_healthy",
+            "gauge",
+            "1 when the host passes its active health check (0 while unknown or failing; 0 without a health check).",
+            |h| h.healthy,
+        ),
+        (
+            "sluice_upstream_host_ejected",
+            "gauge",
+            "Workers whose outlier detection ejects the host now.",
+            |h| h.ejected,
         ),
     ];
     for (name, kind, help, value) in per_host {
@@ -986,14 +1075,16 @@ fn clusters_json(shared: &AdminShared, s: &DetailedSnapshot) -> Value {
                         .and_then(|c| c.hosts.get(j))
                         .cloned()
                         .unwrap_or_default();
-                    // Every host is available until health checking and outlier detection
-                    // exist: nothing marks a host down yet.
+                    // Health: the active check's verdict (`unhealthy` also while no probe has
+                    // passed yet); outlier: how many workers eject the host now.
+                    let healthy = cc.health_check.is_none() || h.healthy > 0;
                     json!({
                         "address": hc.address.to_string(),
                         "weight": hc.weight,
-                        "health": "healthy",
-                        "available": true,
-                        "outlier": "none",
+                        "health": if healthy { "healthy" } else { "unhealthy" },
+                        "available": healthy && h.ejected == 0,
+                        "outlier": if h.ejected > 0 { "ejected" } else { "none" },
+                        "ejected_by_workers": h.ejected,
                         "rq_active": h.rq_active,
                         "cx_active": h.cx_active,
                         "rq_total": h.rq_total,
@@ -1180,7 +1271,9 @@ mod tests {
         let text = String::from_utf8(r.body).unwrap();
         assert_eq!(
             text,
-            "cluster.app.upstream_rq_retry: 0\ncluster.app.upstream_rq_timeout: 0\ncluster.app.upstream_rq_total: 0\n"
+            "cluster.app.upstream_rq_overflow: 0\ncluster.app.upstream_rq_pending_overflow: 0\n\
+             cluster.app.upstream_rq_retry: 0\ncluster.app.upstream_rq_retry_overflow: 0\n\
+             cluster.app.upstream_rq_timeout: 0\ncluster.app.upstream_rq_total: 0\n"
         );
         assert_eq!(handle(&s, "GET", "/stats?filter=(").0.status, 400);
         let p = prometheus(&s, &DetailedSnapshot::sum(&s.workers));

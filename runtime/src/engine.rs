@@ -27,6 +27,8 @@ use std::time::Duration;
 
 use sluice_core::cluster::{ClusterState, HostId};
 use sluice_core::config::{Config, ListenerConfig, ListenerFilter, TcpProxyConfig};
+use sluice_core::health::{Resource, UpstreamResult};
+use sluice_core::lb::request_hash;
 use sluice_core::rng::Rng;
 use sluice_core::router::Router;
 use sluice_core::tcp_proxy::{Action, CloseReason, ConnectFailure, SessionConfig, TcpSession};
@@ -35,6 +37,8 @@ use tokio::sync::Notify;
 use tracing::{debug, info, warn};
 
 use crate::access_log::AccessLog;
+use crate::health::{SharedHealth, WorkerHealth};
+use crate::http::BreakerUnit;
 use crate::net::Network;
 use crate::now;
 use crate::pool::Pool;
@@ -48,8 +52,13 @@ const MAX_POOLED_BUFFERS: usize = 1024;
 pub struct Engine<N: Network> {
     pub(crate) net: N,
     pub(crate) config: Arc<Config>,
-    worker: usize,
-    pub(crate) clusters: Vec<RefCell<ClusterState>>,
+    pub(crate) worker: usize,
+    seed: u64,
+    pub(crate) clusters: Vec<Rc<RefCell<ClusterState>>>,
+    /// Per cluster: this worker's outlier detector and applied availability.
+    pub(crate) health: Vec<RefCell<WorkerHealth>>,
+    /// Active health-check verdicts, shared by the process's workers.
+    pub(crate) shared_health: Arc<SharedHealth>,
     pub(crate) rng: RefCell<Rng>,
     pub(crate) stats: Arc<WorkerStats>,
     buffers: RefCell<Vec<Box<[u8]>>>,
@@ -70,8 +79,8 @@ pub struct Engine<N: Network> {
 }
 
 impl<N: Network> Engine<N> {
-    /// An engine for `config` on `net`. `seed` seeds its RNG (balancing); `worker` names it in
-    /// logs. Fails when an access log file cannot be opened.
+    /// The only engine of its process (the simulator's sidecars): it runs the active health
+    /// checks itself and has the whole circuit-breaker limits. See [`Engine::new_worker`].
     pub fn new(
         net: N,
         config: Arc<Config>,
@@ -79,11 +88,29 @@ impl<N: Network> Engine<N> {
         seed: u64,
         stats: Arc<WorkerStats>,
     ) -> std::io::Result<Rc<Self>> {
+        let shared = Arc::new(SharedHealth::new(&config));
+        Self::new_worker(net, config, worker, 1, seed, stats, shared)
+    }
+
+    /// Worker `worker` of `workers` for `config` on `net`. `seed` seeds its RNG (balancing);
+    /// `worker` names it in logs; worker 0 runs the active health checks, whose verdicts all
+    /// workers read from `shared_health`; each worker gets its share of the circuit-breaker
+    /// limits. Fails when an access log file cannot be opened.
+    pub fn new_worker(
+        net: N,
+        config: Arc<Config>,
+        worker: usize,
+        workers: usize,
+        seed: u64,
+        stats: Arc<WorkerStats>,
+        shared_health: Arc<SharedHealth>,
+    ) -> std::io::Result<Rc<Self>> {
         let clusters = config
             .clusters
             .iter()
-            .map(|c| RefCell::new(ClusterState::from_config(c)))
+            .map(|c| Rc::new(RefCell::new(ClusterState::for_worker(c, worker, workers))))
             .collect();
+        let health = WorkerHealth::new(&config);
         let mut routers = Vec::with_capacity(config.listeners.len());
         let mut access_logs = Vec::with_capacity(config.listeners.len());
         for l in &config.listeners {
@@ -106,7 +133,10 @@ impl<N: Network> Engine<N> {
             net,
             config,
             worker,
+            seed,
             clusters,
+            health,
+            shared_health,
             rng: RefCell::new(Rng::from_seed(seed)),
             stats,
             buffers: RefCell::new(Vec::new()),
@@ -173,6 +203,17 @@ impl<N: Network> Engine<N> {
                 engine.accept_loop(index, listener).await;
             }));
         }
+        let health_checks = (self.worker == 0
+            && self
+                .config
+                .clusters
+                .iter()
+                .any(|c| c.health_check.is_some()))
+        .then(|| {
+            let engine = self.clone();
+            let seed = self.seed;
+            tokio::task::spawn_local(engine.run_health_checks(seed))
+        });
         let flusher = self.access_logs.iter().any(Option::is_some).then(|| {
             let engine = self.clone();
             tokio::task::spawn_local(async move {
@@ -186,6 +227,9 @@ impl<N: Network> Engine<N> {
         shutdown.await;
         closer.abort();
         self.drain().await;
+        if let Some(h) = health_checks {
+            h.abort();
+        }
         if let Some(f) = flusher {
             f.abort();
         }
@@ -307,9 +351,21 @@ impl<N: Network> Engine<N> {
         let cluster_cfg = &self.config.clusters[ci];
         let cluster = &self.clusters[ci];
         let cstats = self.stats.cluster(ci);
+        // One unit of max_connections for the session's upstream connection; at the limit the
+        // downstream connection is closed at once.
+        let Some(_connection_unit) = BreakerUnit::acquire(cluster, Resource::Connections) else {
+            if let Some(c) = cstats {
+                bump(&c.upstream_cx_overflow, 1);
+            }
+            debug!(listener = %lc.name, %peer, "max_connections reached: connection closed");
+            let _ = down.shutdown().await;
+            return;
+        };
         if let Some(c) = cstats {
             bump(&c.upstream_rq_total, 1);
         }
+        self.shared_health.note_traffic(ci);
+        self.refresh_availability(ci);
         let mut session = TcpSession::new(
             now(),
             SessionConfig {
@@ -318,6 +374,14 @@ impl<N: Network> Engine<N> {
                 max_connect_attempts: tp.max_connect_attempts,
             },
         );
+        if cluster_cfg.lb_policy.is_consistent_hash() {
+            // Only a source_ip policy applies to a TCP connection (it has no headers).
+            session.set_hash(request_hash(
+                &cluster_cfg.hash_policy,
+                |_| None,
+                Some(peer.ip()),
+            ));
+        }
         // Created now so that a drain timeout during the connect phase is not missed (a
         // `Notified` receives `notify_waiters` from the moment it exists).
         let drain_expired = self.drain_expired.notified();
@@ -342,6 +406,7 @@ impl<N: Network> Engine<N> {
                     };
                     let failure = match result {
                         Ok(Ok(stream)) => {
+                            self.report_upstream_result(ci, host, UpstreamResult::Success);
                             session.handle_connected(now(), &mut cluster.borrow_mut());
                             if let Some(h) = self.stats.host(ci, host.index()) {
                                 bump(&h.rq_total, 1);
@@ -376,6 +441,8 @@ impl<N: Network> Engine<N> {
                             ConnectFailure::Timeout
                         }
                     };
+                    self.report_upstream_result(ci, host, UpstreamResult::ConnectFailure);
+                    self.refresh_availability(ci);
                     session.handle_connect_failed(
                         now(),
                         &mut cluster.borrow_mut(),

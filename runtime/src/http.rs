@@ -17,23 +17,29 @@
 //! answered by the proxy itself when it starts reading the body (the header is not forwarded).
 //! An `Upgrade` request whose response is `101` turns the connection into a byte tunnel.
 
+use std::cell::RefCell;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::rc::Rc;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime};
 
+use sluice_core::cluster::ClusterState;
 use sluice_core::config::ListenerConfig;
 use sluice_core::config::http::{ForwardAction, HttpConfig, PathMatch, RouteAction};
 use sluice_core::exchange::{
     Action, Exchange, ExchangeConfig, ResponseFlag, RetryPolicyView, TryFailure, Verdict,
+    status_for,
 };
+use sluice_core::health::{Permit, Resource, UpstreamResult};
 use sluice_core::http1::{
     BodyFraming, Chunked, ChunkedDecoder, Head, HeadEdits, HttpError, Limits, Method, ParseStatus,
     Version, parse_request, parse_response, write_local_response, write_request_head,
     write_response_head,
 };
+use sluice_core::lb::request_hash;
 use sluice_core::router::{pick_cluster, rewrite_prefix};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::time::Instant as TokioInstant;
@@ -121,10 +127,18 @@ pub(crate) struct UpstreamConn<S> {
     stats: Arc<WorkerStats>,
     cluster: u32,
     host: u32,
+    /// The connection's unit of the cluster's `max_connections` breaker, given back on drop.
+    _connection_unit: Option<BreakerUnit>,
 }
 
 impl<S> UpstreamConn<S> {
-    fn new(stream: S, stats: &Arc<WorkerStats>, cluster: usize, host: usize) -> Self {
+    fn new(
+        stream: S,
+        stats: &Arc<WorkerStats>,
+        cluster: usize,
+        host: usize,
+        connection_unit: Option<BreakerUnit>,
+    ) -> Self {
         if let Some(h) = stats.host(cluster, host) {
             bump(&h.cx_total, 1);
             gauge_add(&h.cx_active, true);
@@ -134,6 +148,44 @@ impl<S> UpstreamConn<S> {
             stats: stats.clone(),
             cluster: cluster as u32,
             host: host as u32,
+            _connection_unit: connection_unit,
+        }
+    }
+}
+
+/// One unit of a cluster's circuit breaker, given back when dropped (on every path out of a
+/// request, and when an upstream connection closes).
+pub(crate) struct BreakerUnit {
+    cluster: Rc<RefCell<ClusterState>>,
+    permit: Option<Permit>,
+}
+
+impl BreakerUnit {
+    /// Takes a unit of `resource`, or `None` (counted by the breaker) at its limit.
+    pub(crate) fn acquire(cluster: &Rc<RefCell<ClusterState>>, resource: Resource) -> Option<Self> {
+        let permit = cluster
+            .borrow_mut()
+            .breakers_mut()
+            .try_acquire(resource)
+            .ok()?;
+        Some(BreakerUnit {
+            cluster: cluster.clone(),
+            permit: Some(permit),
+        })
+    }
+}
+
+impl Drop for BreakerUnit {
+    fn drop(&mut self) {
+        if let Some(p) = self.permit.take() {
+            // Never dropped while the cluster is borrowed: borrows in the drivers last one
+            // statement. A failed borrow would leak one unit, so it is a bug: assert it.
+            match self.cluster.try_borrow_mut() {
+                Ok(mut c) => c.breakers_mut().release(p),
+                Err(_) => {
+                    debug_assert!(false, "breaker unit dropped while its cluster is borrowed")
+                }
+            }
         }
     }
 }
@@ -239,6 +291,8 @@ fn local_body(flag: ResponseFlag) -> &'static [u8] {
 struct Scratch {
     /// The client's IP as text, for `x-forwarded-for` (computed once per connection).
     peer_ip: String,
+    /// The client's IP (for a `source_ip` hash policy).
+    peer_addr: std::net::IpAddr,
     /// `x-forwarded-for` when the request already had one.
     xff: Vec<u8>,
     /// A rewritten path.
@@ -326,6 +380,7 @@ impl<N: Network> Engine<N> {
         let mut out: Vec<u8> = Vec::with_capacity(4096);
         let mut scratch = Scratch {
             peer_ip: peer.ip().to_string(),
+            peer_addr: peer.ip(),
             xff: Vec::new(),
             path: Vec::new(),
         };
@@ -585,9 +640,6 @@ impl<N: Network> Engine<N> {
         let ci = target.cluster_index;
         let cluster_cfg = &self.config.clusters[ci];
         let cstats = self.stats.cluster(ci);
-        if let Some(c) = cstats {
-            bump(&c.upstream_rq_total, 1);
-        }
         let head_len = head.head_len();
 
         // --- the request body: buffer it when small enough to replay ---
@@ -682,6 +734,36 @@ impl<N: Network> Engine<N> {
             drop_range(rbuf, head_len, n);
         }
 
+        // --- admission: the max_requests breaker, then the hosts' availability ---
+        let cluster = &self.clusters[ci];
+        let close_on_reply = !replayable || !head.keep_alive();
+        let Some(_request_permit) = BreakerUnit::acquire(cluster, Resource::Requests) else {
+            if let Some(c) = cstats {
+                bump(&c.upstream_rq_overflow, 1);
+            }
+            let flag = ResponseFlag::UpstreamOverflow;
+            let mut o = self
+                .local_reply(down, out, status_for(flag), flag, close_on_reply)
+                .await;
+            o.bytes_received = head_len as u64 + body_len.unwrap_or(0) as u64;
+            return o;
+        };
+        if let Some(c) = cstats {
+            bump(&c.upstream_rq_total, 1);
+        }
+        self.shared_health.note_traffic(ci);
+        self.refresh_availability(ci);
+        let hash = if cluster_cfg.lb_policy.is_consistent_hash() {
+            let bytes = rbuf.bytes();
+            request_hash(
+                &cluster_cfg.hash_policy,
+                |name| head.header(bytes, name),
+                Some(scratch.peer_addr),
+            )
+        } else {
+            None
+        };
+
         // --- tries ---
         let mut ex = Exchange::new(
             now(),
@@ -691,9 +773,9 @@ impl<N: Network> Engine<N> {
                 retry: action.retry_policy.as_ref().map(RetryPolicyView::from),
                 idempotent: head.method().is_idempotent(),
                 replayable,
+                hash,
             },
         );
-        let cluster = &self.clusters[ci];
         ex.start(now(), &mut cluster.borrow_mut(), &mut self.rng.borrow_mut());
         let mut upstream_addr = None;
         let mut last_host = None;
@@ -703,6 +785,11 @@ impl<N: Network> Engine<N> {
             let (host, address, allow_pooled) = match action_now {
                 Some(Action::LocalReply { status, flag }) => {
                     ex.release(&mut cluster.borrow_mut());
+                    if ex.retry_overflowed()
+                        && let Some(c) = cstats
+                    {
+                        bump(&c.upstream_rq_retry_overflow, 1);
+                    }
                     if let Some(h) = last_host {
                         self.publish_host_active(ci, h);
                     }
@@ -719,8 +806,9 @@ impl<N: Network> Engine<N> {
                     allow_pooled,
                 }) => (host, address, allow_pooled),
                 None => {
-                    // Backing off before a retry.
+                    // Backing off before a retry; the next pick sees the latest availability.
                     tokio::time::sleep_until(deadline_of(ex.poll_timeout())).await;
+                    self.refresh_availability(ci);
                     ex.handle_timeout(now(), &mut cluster.borrow_mut(), &mut self.rng.borrow_mut());
                     continue;
                 }
@@ -732,6 +820,7 @@ impl<N: Network> Engine<N> {
                 }
             }
             let try_start = now();
+            let (mut cx_unit, mut pending_unit) = (None, None);
             last_host = Some(host);
             upstream_addr = Some(address);
             // Connection: pooled or fresh, raced against the exchange's timers.
@@ -744,6 +833,42 @@ impl<N: Network> Engine<N> {
             let mut up = match pooled {
                 Some(s) => s,
                 None => {
+                    // A new connection needs a unit of max_connections (kept by the connection
+                    // until it closes) and, while it is being established, of
+                    // max_pending_requests. Either at its limit: 503 UO.
+                    let overflow = match BreakerUnit::acquire(cluster, Resource::Connections) {
+                        None => Some(Resource::Connections),
+                        Some(cx) => {
+                            match BreakerUnit::acquire(cluster, Resource::PendingRequests) {
+                                None => Some(Resource::PendingRequests),
+                                Some(pending) => {
+                                    cx_unit = Some(cx);
+                                    pending_unit = Some(pending);
+                                    None
+                                }
+                            }
+                        }
+                    };
+                    if let Some(r) = overflow {
+                        if let Some(c) = cstats {
+                            bump(
+                                if r == Resource::Connections {
+                                    &c.upstream_cx_overflow
+                                } else {
+                                    &c.upstream_rq_pending_overflow
+                                },
+                                1,
+                            );
+                        }
+                        ex.release(&mut cluster.borrow_mut());
+                        let flag = ResponseFlag::UpstreamOverflow;
+                        let mut o = self
+                            .local_reply(down, out, status_for(flag), flag, close_on_reply)
+                            .await;
+                        o.upstream = upstream_addr;
+                        o.bytes_received = bytes_received;
+                        return o;
+                    }
                     bump(&self.stats.upstream_cx_attempts, 1);
                     if let Some(c) = cstats {
                         bump(&c.upstream_cx_total, 1);
@@ -753,6 +878,9 @@ impl<N: Network> Engine<N> {
                         biased;
                         r = self.net.connect(address) => r.map_err(|_| ()),
                         () = tokio::time::sleep_until(timer) => {
+                            drop(pending_unit.take());
+                            drop(cx_unit.take());
+                            self.report_upstream_result(ci, host, UpstreamResult::ConnectFailure);
                             bump(&self.stats.upstream_cx_connect_timeout, 1);
                             if let Some(c) = cstats {
                                 bump(&c.upstream_cx_connect_timeout, 1);
@@ -764,9 +892,14 @@ impl<N: Network> Engine<N> {
                             continue;
                         }
                     };
+                    drop(pending_unit.take());
                     match connected {
-                        Ok(s) => UpstreamConn::new(s, &self.stats, ci, host.index()),
+                        Ok(s) => {
+                            UpstreamConn::new(s, &self.stats, ci, host.index(), cx_unit.take())
+                        }
                         Err(()) => {
+                            drop(cx_unit.take());
+                            self.report_upstream_result(ci, host, UpstreamResult::ConnectFailure);
                             bump(&self.stats.upstream_cx_connect_fail, 1);
                             if let Some(c) = cstats {
                                 bump(&c.upstream_cx_connect_fail, 1);
@@ -807,6 +940,7 @@ impl<N: Network> Engine<N> {
                 ex.handle_request_written();
             }
             let Some(result) = result else {
+                self.report_upstream_result(ci, host, UpstreamResult::Timeout);
                 bump(&self.stats.http_upstream_timeouts, 1);
                 if let Some(c) = cstats {
                     bump(&c.upstream_rq_timeout, 1);
@@ -827,6 +961,15 @@ impl<N: Network> Engine<N> {
                         },
                         f => f,
                     };
+                    self.report_upstream_result(
+                        ci,
+                        host,
+                        match failure {
+                            TryFailure::ConnectFailed => UpstreamResult::ConnectFailure,
+                            TryFailure::Closed { .. } => UpstreamResult::Reset,
+                            TryFailure::ProtocolError => UpstreamResult::Status(502),
+                        },
+                    );
                     ex.handle_failure(
                         now(),
                         failure,
@@ -837,6 +980,7 @@ impl<N: Network> Engine<N> {
                     continue;
                 }
             };
+            self.report_upstream_result(ci, host, UpstreamResult::Status(status));
             // (The verdict is bound first: a borrow in the match scrutinee would live through
             // the arms.)
             let verdict = ex.handle_response_head(
@@ -850,7 +994,13 @@ impl<N: Network> Engine<N> {
                     self.publish_host_active(ci, host);
                     continue;
                 }
-                Verdict::Forward => {}
+                Verdict::Forward => {
+                    if ex.retry_overflowed()
+                        && let Some(c) = cstats
+                    {
+                        bump(&c.upstream_rq_retry_overflow, 1);
+                    }
+                }
             }
 
             // --- forward the response ---

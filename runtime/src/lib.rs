@@ -19,6 +19,7 @@
 pub mod access_log;
 pub mod admin;
 pub mod engine;
+pub mod health;
 pub mod http;
 pub mod net;
 pub mod pool;

@@ -2,8 +2,10 @@
 //!
 //! - `sluice run -c FILE [--workers N] [--log-format text|json] [--log-level LEVEL]`
 //! - `sluice validate -c FILE`
+//! - `sluice sim ARGS...` (execs the `sluice-sim` binary: deterministic simulation scenarios)
 //! - `sluice --version`
 
+use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -46,6 +48,48 @@ enum Command {
         #[arg(short, long)]
         config: PathBuf,
     },
+    /// Run deterministic simulation scenarios over seed ranges (`sluice sim --help`).
+    ///
+    /// Forwards every argument to the `sluice-sim` binary, found next to `sluice` or on PATH.
+    #[command(disable_help_flag = true, disable_version_flag = true)]
+    Sim {
+        /// Arguments for `sluice-sim`, e.g. `--list`, `SCENARIO --seeds 0..64`, `SCENARIO --seed 7`.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true, num_args = 0..)]
+        args: Vec<OsString>,
+    },
+}
+
+const SIM_BINARY: &str = "sluice-sim";
+
+/// `sluice-sim` next to this executable, else on PATH.
+fn find_sim_binary() -> Option<PathBuf> {
+    fn is_executable(path: &Path) -> bool {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::metadata(path).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+    }
+    let beside = std::env::current_exe()
+        .ok()
+        .and_then(|exe| exe.parent().map(|dir| dir.join(SIM_BINARY)));
+    let on_path = std::env::var_os("PATH")
+        .into_iter()
+        .flat_map(|paths| std::env::split_paths(&paths).collect::<Vec<_>>())
+        .map(|dir| dir.join(SIM_BINARY));
+    beside.into_iter().chain(on_path).find(|p| is_executable(p))
+}
+
+/// Replaces this process with `sluice-sim ARGS...`; returns only on failure.
+fn exec_sim(args: Vec<OsString>) -> ExitCode {
+    use std::os::unix::process::CommandExt;
+    let Some(binary) = find_sim_binary() else {
+        eprintln!(
+            "sluice: `sluice sim` needs the {SIM_BINARY} binary next to sluice (build it with \
+             `cargo build --release -p sluice-sim`)"
+        );
+        return ExitCode::from(2);
+    };
+    let err = std::process::Command::new(&binary).args(args).exec();
+    eprintln!("sluice: cannot run {}: {err}", binary.display());
+    ExitCode::from(2)
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -110,6 +154,7 @@ fn init_logging(format: LogFormat, level: &str) -> LogControl {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
+        Command::Sim { args } => exec_sim(args),
         Command::Validate { config } => match load(&config) {
             Ok(c) => {
                 println!(
@@ -162,5 +207,48 @@ fn main() -> ExitCode {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sim_args(argv: &[&str]) -> Vec<OsString> {
+        match Cli::try_parse_from(argv).map(|c| c.command) {
+            Ok(Command::Sim { args }) => args,
+            Ok(_) => panic!("{argv:?} did not parse as `sim`"),
+            Err(e) => panic!("{argv:?}: {e}"),
+        }
+    }
+
+    #[test]
+    fn sim_forwards_its_arguments_untouched() {
+        for argv in [
+            &["sluice", "sim"][..],
+            &["sluice", "sim", "--list"],
+            &["sluice", "sim", "--help"],
+            &["sluice", "sim", "-h"],
+            &["sluice", "sim", "--version"],
+            &["sluice", "sim", "tcp_steady", "--seeds", "0..8"],
+            &["sluice", "sim", "tcp_partition", "--seed", "7"],
+            &["sluice", "sim", "all", "--seeds=4", "--", "-x"],
+        ] {
+            let want: Vec<OsString> = argv[2..].iter().map(OsString::from).collect();
+            assert_eq!(sim_args(argv), want, "{argv:?}");
+        }
+    }
+
+    #[test]
+    fn the_other_subcommands_still_parse() {
+        assert!(matches!(
+            Cli::try_parse_from(["sluice", "validate", "-c", "x.yaml"]).map(|c| c.command),
+            Ok(Command::Validate { .. })
+        ));
+        assert!(matches!(
+            Cli::try_parse_from(["sluice", "run", "-c", "x.yaml", "--workers", "2"])
+                .map(|c| c.command),
+            Ok(Command::Run { .. })
+        ));
     }
 }

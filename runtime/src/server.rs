@@ -118,7 +118,9 @@ pub fn run(config: Config, options: ServerOptions) -> io::Result<()> {
     }
     let (started_tx, started_rx) = std::sync::mpsc::channel::<()>();
     let mut handles = Vec::with_capacity(workers);
+    let shared_health = Arc::new(crate::health::SharedHealth::new(&config));
     for (worker, mine) in sockets.into_iter().enumerate() {
+        let shared_health = shared_health.clone();
         let config = config.clone();
         let mut stop = stop_rx.clone();
         let mut close_listeners = shared.close_listeners.subscribe();
@@ -144,7 +146,15 @@ pub fn run(config: Config, options: ServerOptions) -> io::Result<()> {
                         .into_iter()
                         .map(tokio::net::TcpListener::from_std)
                         .collect::<io::Result<Vec<_>>>()?;
-                    let engine = Engine::new(TokioNet, config, worker, seed, stats)?;
+                    let engine = Engine::new_worker(
+                        TokioNet,
+                        config,
+                        worker,
+                        workers,
+                        seed,
+                        stats,
+                        shared_health,
+                    )?;
                     let _ = started.send(());
                     drop(started);
                     let logs = engine.clone();

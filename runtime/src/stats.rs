@@ -140,6 +140,12 @@ pub struct HostStats {
     pub cx_active: AtomicU64,
     /// Connect attempts that failed or timed out.
     pub cx_connect_fail: AtomicU64,
+    /// 1 when the active health check passes (written by the worker running the checks; 0
+    /// while unknown or failing; unused without a health check).
+    pub healthy: AtomicU64,
+    /// 1 when this worker's outlier detector ejected the host (a gauge; summed over workers it
+    /// is the number of workers ejecting it).
+    pub ejected: AtomicU64,
 }
 
 /// Counters of one cluster in one worker.
@@ -158,6 +164,28 @@ pub struct ClusterStats {
     pub upstream_rq_timeout: AtomicU64,
     /// HTTP retries.
     pub upstream_rq_retry: AtomicU64,
+    /// Connections refused by the `max_connections` circuit breaker.
+    pub upstream_cx_overflow: AtomicU64,
+    /// Requests refused by the `max_pending_requests` circuit breaker.
+    pub upstream_rq_pending_overflow: AtomicU64,
+    /// Requests refused by the `max_requests` circuit breaker.
+    pub upstream_rq_overflow: AtomicU64,
+    /// Retries not made because of the `max_retries` circuit breaker.
+    pub upstream_rq_retry_overflow: AtomicU64,
+    /// Active health-check probes started.
+    pub health_check_attempt: AtomicU64,
+    /// Probes that passed.
+    pub health_check_success: AtomicU64,
+    /// Probes that failed or timed out.
+    pub health_check_failure: AtomicU64,
+    /// Hosts ejected by outlier detection (this worker's detector).
+    pub outlier_ejections_total: AtomicU64,
+    /// Ejections not made because `max_ejection_percent` was reached.
+    pub outlier_ejections_overflow: AtomicU64,
+    /// 1 while this worker balances the cluster in panic mode (a gauge).
+    pub lb_panic: AtomicU64,
+    /// Times this worker entered panic mode for the cluster.
+    pub lb_panic_total: AtomicU64,
     /// Per host, in config order.
     pub hosts: Box<[HostStats]>,
 }
@@ -334,6 +362,17 @@ impl WorkerStats {
                     upstream_cx_connect_timeout: c.upstream_cx_connect_timeout.load(Relaxed),
                     upstream_rq_timeout: c.upstream_rq_timeout.load(Relaxed),
                     upstream_rq_retry: c.upstream_rq_retry.load(Relaxed),
+                    upstream_cx_overflow: c.upstream_cx_overflow.load(Relaxed),
+                    upstream_rq_pending_overflow: c.upstream_rq_pending_overflow.load(Relaxed),
+                    upstream_rq_overflow: c.upstream_rq_overflow.load(Relaxed),
+                    upstream_rq_retry_overflow: c.upstream_rq_retry_overflow.load(Relaxed),
+                    health_check_attempt: c.health_check_attempt.load(Relaxed),
+                    health_check_success: c.health_check_success.load(Relaxed),
+                    health_check_failure: c.health_check_failure.load(Relaxed),
+                    outlier_ejections_total: c.outlier_ejections_total.load(Relaxed),
+                    outlier_ejections_overflow: c.outlier_ejections_overflow.load(Relaxed),
+                    lb_panic: c.lb_panic.load(Relaxed),
+                    lb_panic_total: c.lb_panic_total.load(Relaxed),
                     hosts: c
                         .hosts
                         .iter()
@@ -343,6 +382,8 @@ impl WorkerStats {
                             cx_total: h.cx_total.load(Relaxed),
                             cx_active: h.cx_active.load(Relaxed),
                             cx_connect_fail: h.cx_connect_fail.load(Relaxed),
+                            healthy: h.healthy.load(Relaxed),
+                            ejected: h.ejected.load(Relaxed),
                         })
                         .collect(),
                 })
@@ -478,6 +519,10 @@ pub struct HostSnapshot {
     pub cx_active: u64,
     /// See [`HostStats::cx_connect_fail`].
     pub cx_connect_fail: u64,
+    /// See [`HostStats::healthy`].
+    pub healthy: u64,
+    /// See [`HostStats::ejected`].
+    pub ejected: u64,
 }
 
 /// A cluster's counters, summable across workers.
@@ -495,6 +540,28 @@ pub struct ClusterSnapshot {
     pub upstream_rq_timeout: u64,
     /// See [`ClusterStats::upstream_rq_retry`].
     pub upstream_rq_retry: u64,
+    /// See [`ClusterStats::upstream_cx_overflow`].
+    pub upstream_cx_overflow: u64,
+    /// See [`ClusterStats::upstream_rq_pending_overflow`].
+    pub upstream_rq_pending_overflow: u64,
+    /// See [`ClusterStats::upstream_rq_overflow`].
+    pub upstream_rq_overflow: u64,
+    /// See [`ClusterStats::upstream_rq_retry_overflow`].
+    pub upstream_rq_retry_overflow: u64,
+    /// See [`ClusterStats::health_check_attempt`].
+    pub health_check_attempt: u64,
+    /// See [`ClusterStats::health_check_success`].
+    pub health_check_success: u64,
+    /// See [`ClusterStats::health_check_failure`].
+    pub health_check_failure: u64,
+    /// See [`ClusterStats::outlier_ejections_total`].
+    pub outlier_ejections_total: u64,
+    /// See [`ClusterStats::outlier_ejections_overflow`].
+    pub outlier_ejections_overflow: u64,
+    /// See [`ClusterStats::lb_panic`].
+    pub lb_panic: u64,
+    /// See [`ClusterStats::lb_panic_total`].
+    pub lb_panic_total: u64,
     /// Per host.
     pub hosts: Vec<HostSnapshot>,
 }
@@ -547,6 +614,17 @@ impl DetailedSnapshot {
             a.upstream_cx_connect_timeout += b.upstream_cx_connect_timeout;
             a.upstream_rq_timeout += b.upstream_rq_timeout;
             a.upstream_rq_retry += b.upstream_rq_retry;
+            a.upstream_cx_overflow += b.upstream_cx_overflow;
+            a.upstream_rq_pending_overflow += b.upstream_rq_pending_overflow;
+            a.upstream_rq_overflow += b.upstream_rq_overflow;
+            a.upstream_rq_retry_overflow += b.upstream_rq_retry_overflow;
+            a.health_check_attempt += b.health_check_attempt;
+            a.health_check_success += b.health_check_success;
+            a.health_check_failure += b.health_check_failure;
+            a.outlier_ejections_total += b.outlier_ejections_total;
+            a.outlier_ejections_overflow += b.outlier_ejections_overflow;
+            a.lb_panic += b.lb_panic;
+            a.lb_panic_total += b.lb_panic_total;
             if a.hosts.len() < b.hosts.len() {
                 a.hosts.resize(b.hosts.len(), HostSnapshot::default());
             }
@@ -556,6 +634,8 @@ impl DetailedSnapshot {
                 x.cx_total += y.cx_total;
                 x.cx_active = x.cx_active.wrapping_add(y.cx_active);
                 x.cx_connect_fail += y.cx_connect_fail;
+                x.healthy += y.healthy;
+                x.ejected += y.ejected;
             }
         }
         self.downstream_rq_time.add(&o.downstream_rq_time);

@@ -21,6 +21,8 @@
 //! real network address.
 
 pub mod http;
+pub mod registry;
+pub mod resilience;
 pub mod tcp;
 pub mod topology;
 pub mod trace;
@@ -80,6 +82,13 @@ pub fn sweep(test_path: &str, package_test: &str, run: impl Fn(u64) -> RunReport
                 "\n{test_path} FAILED for seed {seed}:\n  - {}\n  replay: SLUICE_SIM_SEED={seed} cargo test -p sluice-sim --test {package_test} -- --exact {test_path}",
                 report.violations.join("\n  - ")
             );
+            if let Some(scenario) = registry::find(test_path) {
+                let _ = writeln!(
+                    failures,
+                    "  replay: sluice sim {} --seed {seed}",
+                    scenario.name
+                );
+            }
         }
     }
     assert!(

@@ -10,7 +10,7 @@ use std::time::Duration;
 use sluice_core::config::Config;
 use sluice_runtime::engine::Engine;
 use sluice_runtime::net::TurmoilNet;
-use sluice_runtime::stats::{StatsSnapshot, WorkerStats};
+use sluice_runtime::stats::{DetailedSnapshot, StatsSnapshot, WorkerStats};
 use turmoil::net::TcpListener;
 
 /// The sidecar's host name.
@@ -99,6 +99,27 @@ pub fn add_observer<'a>(
         }
         tokio::time::sleep(settle).await;
         let snapshot = stats.borrow().as_ref().map(|s| s.snapshot());
+        *out.borrow_mut() = snapshot;
+        Ok(())
+    });
+    result
+}
+
+/// Like [`add_observer`], with every counter (per listener, cluster and host).
+pub fn add_detailed_observer<'a>(
+    sim: &mut turmoil::Sim<'a>,
+    done: impl Fn() -> bool + 'static,
+    settle: Duration,
+    stats: StatsSlot,
+) -> Rc<RefCell<Option<DetailedSnapshot>>> {
+    let result = Rc::new(RefCell::new(None));
+    let out = result.clone();
+    sim.client("observer", async move {
+        while !done() {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        tokio::time::sleep(settle).await;
+        let snapshot = stats.borrow().as_ref().map(|s| s.detailed());
         *out.borrow_mut() = snapshot;
         Ok(())
     });

@@ -182,6 +182,17 @@ pub fn start_sluice(dir: &TempDir, config: &str, workers: usize, ready_addr: Soc
 
 /// Starts an nginx that answers every request with `200 body` on 127.0.0.1:`port`.
 pub fn start_nginx(dir: &TempDir, name: &str, port: u16, body: &str) -> Proc {
+    start_nginx_with(
+        dir,
+        name,
+        port,
+        &format!(r#"location / {{ return 200 "{body}"; }}"#),
+    )
+}
+
+/// Starts an nginx (one process, `master_process off`) on 127.0.0.1:`port` whose `server`
+/// block holds `locations` (nginx directives, e.g. `location / { return 500; }`).
+pub fn start_nginx_with(dir: &TempDir, name: &str, port: u16, locations: &str) -> Proc {
     require("nginx");
     let root = dir.path().join(name);
     std::fs::create_dir_all(&root).unwrap();
@@ -204,7 +215,7 @@ http {{
     keepalive_requests 100000;
     server {{
         listen 127.0.0.1:{port};
-        location / {{ return 200 "{body}"; }}
+        {locations}
     }}
 }}
 "#,
@@ -253,4 +264,75 @@ pub fn echo_once(addr: SocketAddr, data: &[u8]) -> std::io::Result<Vec<u8>> {
     s.read_to_end(&mut got)?;
     writer.join().unwrap()?;
     Ok(got)
+}
+
+// ---- SOFARPC (Bolt) peers: tests/bolt/{server,client}.js over the npm package sofa-rpc-node ----
+
+/// The folder of the Node Bolt peers; panics with the install step when `npm ci` has not run.
+pub fn sofa_dir() -> PathBuf {
+    require("node");
+    let dir = repo().join("tests/bolt");
+    assert!(
+        dir.join("node_modules/sofa-rpc-node").is_dir(),
+        "tests/bolt/node_modules is missing: run `bash tests/run.sh` (or `npm ci` in tests/bolt)"
+    );
+    dir
+}
+
+/// Starts a real SOFARPC server (tests/bolt/server.js) on 127.0.0.1:`port` exposing
+/// `com.example.EchoService:1.0`, whose `echo(s)` answers `"{name}:{s}"`; waits for `READY`.
+pub fn start_sofa_server(dir: &TempDir, name: &str, port: u16) -> Proc {
+    let script = sofa_dir().join("server.js");
+    let port_s = port.to_string();
+    let mut p = spawn(
+        dir,
+        &format!("sofa-{name}"),
+        "node",
+        &[script.to_str().unwrap(), "--port", &port_s, "--name", name],
+    );
+    let ready = format!("READY {port}");
+    let end = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < end {
+        if p.log_text().lines().any(|l| l.trim() == ready) {
+            return p;
+        }
+        if let Some(status) = p.child.try_wait().unwrap() {
+            panic!(
+                "{} exited ({status}) before READY:\n{}",
+                p.name,
+                p.log_text()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    panic!("{} not READY after 20s:\n{}", p.name, p.log_text());
+}
+
+/// Runs the real SOFARPC client (tests/bolt/client.js) against `target` (`host:port`, or several
+/// comma-separated) in `mode` (`echo`, `plus`, `fail`, `sleep`) with extra `args` (e.g.
+/// `["--count", "300", "--concurrency", "50"]`), and returns the JSON line it prints.
+pub fn sofa_client(target: &str, mode: &str, args: &[&str]) -> serde_json::Value {
+    let script = sofa_dir().join("client.js");
+    let out = Command::new("node")
+        .arg(&script)
+        .args(["--target", target, "--mode", mode])
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run node client.js: {e}"));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "client.js {mode} {args:?} failed ({}):\nstdout: {stdout}\nstderr: {stderr}",
+        out.status
+    );
+    let line = stdout
+        .lines()
+        .rev()
+        .find(|l| !l.trim().is_empty())
+        .unwrap_or("");
+    serde_json::from_str(line).unwrap_or_else(|e| {
+        panic!("client.js {mode} printed no JSON line ({e}):\nstdout: {stdout}\nstderr: {stderr}")
+    })
 }

@@ -13,6 +13,7 @@
 //! compiles, domains are well-formed and unique, ...), which [`crate::router::Router::new`]
 //! relies on.
 
+mod cluster_decode;
 mod decode;
 pub mod http;
 mod http_decode;
@@ -586,6 +587,47 @@ fn decode_cluster(dec: &mut Decoder, path: &str, v: &Value) -> Option<ClusterCon
         Some((v, p)) => dec.one_of(&p, v, &LbPolicy::CHOICES),
         None => Some(LbPolicy::RoundRobin),
     };
+    let hash_policy = match obj.opt("hash_policy") {
+        Some((v, p)) => cluster_decode::hash_policy(dec, &p, v).and_then(|h| match lb_policy {
+            Some(policy) if !policy.is_consistent_hash() => {
+                dec.error(
+                    &p,
+                    format!(
+                        "applies only to lb_policy ring_hash or maglev (this cluster uses {})",
+                        policy.as_str()
+                    ),
+                );
+                None
+            }
+            _ => Some(h),
+        }),
+        None => Some(Vec::new()),
+    };
+    let minimum_ring_size = match obj.opt("ring_hash") {
+        Some((v, p)) => {
+            if lb_policy.is_some_and(|l| l != LbPolicy::RingHash) {
+                dec.error(&p, "applies only to lb_policy ring_hash");
+            }
+            cluster_decode::ring_hash(dec, &p, v, DEFAULT_MINIMUM_RING_SIZE)
+        }
+        None => Some(DEFAULT_MINIMUM_RING_SIZE),
+    };
+    let health_check = match obj.opt("health_check") {
+        Some((v, p)) => cluster_decode::health_check(dec, &p, v).map(Some),
+        None => Some(None),
+    };
+    let outlier_detection = match obj.opt("outlier_detection") {
+        Some((v, p)) => cluster_decode::outlier_detection(dec, &p, v).map(Some),
+        None => Some(None),
+    };
+    let circuit_breakers = match obj.opt("circuit_breakers") {
+        Some((v, p)) => cluster_decode::circuit_breakers(dec, &p, v),
+        None => Some(CircuitBreakerSettings::default()),
+    };
+    let panic_threshold_percent = match obj.opt("panic_threshold") {
+        Some((v, p)) => cluster_decode::percent(dec, &p, v),
+        None => Some(DEFAULT_PANIC_THRESHOLD_PERCENT),
+    };
     let hosts = obj.req(dec, "hosts").and_then(|(v, p)| {
         let hosts = dec.list(&p, v, decode_host)?;
         if hosts.is_empty() {
@@ -598,12 +640,12 @@ fn decode_cluster(dec: &mut Decoder, path: &str, v: &Value) -> Option<ClusterCon
         name: name?,
         connect_timeout: connect_timeout?,
         lb_policy: lb_policy?,
-        hash_policy: Vec::new(),
-        minimum_ring_size: DEFAULT_MINIMUM_RING_SIZE,
-        health_check: None,
-        outlier_detection: None,
-        circuit_breakers: CircuitBreakerSettings::default(),
-        panic_threshold_percent: DEFAULT_PANIC_THRESHOLD_PERCENT,
+        hash_policy: hash_policy?,
+        minimum_ring_size: minimum_ring_size?,
+        health_check: health_check?,
+        outlier_detection: outlier_detection?,
+        circuit_breakers: circuit_breakers?,
+        panic_threshold_percent: panic_threshold_percent?,
         hosts: hosts?,
     })
 }

@@ -69,7 +69,7 @@ drain_timeout: 10
         r#"listeners[0].tcp_proxy.idle_timeout: "5 parsecs" has an unknown unit " parsecs" (expected a number and a unit: 250ms, 1s, 5m, 1h)"#,
         "listeners[1].tpc_proxy: unknown field (expected one of: name, address, tcp_proxy, echo, http)",
         "clusters[0].connect_timeout: must be greater than zero",
-        r#"clusters[0].lb_policy: unknown value "fastest" (expected one of: round_robin, weighted_round_robin, random, least_request)"#,
+        r#"clusters[0].lb_policy: unknown value "fastest" (expected one of: round_robin, weighted_round_robin, random, least_request, ring_hash, maglev)"#,
         "clusters[0].hosts[0].weight: 0 is not a whole number from 1 to 1000",
         "clusters[0].hosts[1].address: missing (this field is required)",
         "clusters[0].hosts[1].adress: unknown field (expected one of: address, weight)",
@@ -217,4 +217,158 @@ fn non_loopback_admin_must_be_allowed_explicitly() {
         errors(&typo),
         ["admin.allow_nonloopback: unknown field (expected one of: address, allow_non_loopback)"]
     );
+}
+
+const RESILIENT: &str = r#"
+listeners:
+  - name: tcp_in
+    address: 127.0.0.1:10001
+    tcp_proxy: { cluster: app }
+clusters:
+  - name: app
+    connect_timeout: 500ms
+    lb_policy: ring_hash
+    hash_policy: [ { header: X-User-Id }, { source_ip: true } ]
+    ring_hash: { minimum_ring_size: 4096 }
+    health_check:
+      http: { path: /health, expected_statuses: [200-299, 404] }
+      interval: 5s
+      timeout: 1s
+      jitter: 10%
+      unhealthy_threshold: 3
+      healthy_threshold: 2
+      no_traffic_interval: 60s
+    outlier_detection:
+      consecutive_5xx: 5
+      consecutive_gateway_failure: 4
+      consecutive_connect_failure: 3
+      base_ejection_time: 30s
+      max_ejection_time: 300s
+      max_ejection_percent: 10
+    circuit_breakers: { max_connections: 100, max_pending_requests: 50, max_requests: 200, max_retries: 3 }
+    panic_threshold: 40%
+    hosts: [ { address: 127.0.0.1:7001 } ]
+  - name: plain
+    health_check: { tcp: {} }
+    hosts: [ { address: 127.0.0.1:7002 } ]
+"#;
+
+#[test]
+fn parses_the_resilience_knobs_of_issue_5() {
+    use crate::health::{CircuitBreakerSettings, HealthCheckSettings, OutlierSettings};
+    let c = Config::from_yaml(RESILIENT).unwrap();
+    let app = &c.clusters[0];
+    assert_eq!(app.lb_policy, LbPolicy::RingHash);
+    assert_eq!(
+        app.hash_policy,
+        vec![HashPolicy::Header("x-user-id".into()), HashPolicy::SourceIp]
+    );
+    assert_eq!(app.minimum_ring_size, 4096);
+    let hc = app.health_check.as_ref().unwrap();
+    assert_eq!(
+        hc.probe,
+        HealthProbe::Http {
+            path: "/health".into(),
+            host: None,
+            expected_statuses: vec![(200, 299), (404, 404)],
+        }
+    );
+    assert_eq!(hc.settings, HealthCheckSettings::default());
+    assert_eq!(
+        app.outlier_detection,
+        Some(OutlierSettings {
+            consecutive_gateway_failure: 4,
+            consecutive_connect_failure: 3,
+            ..OutlierSettings::default()
+        })
+    );
+    assert_eq!(
+        app.circuit_breakers,
+        CircuitBreakerSettings {
+            max_connections: 100,
+            max_pending_requests: 50,
+            max_requests: 200,
+            max_retries: 3,
+        }
+    );
+    assert_eq!(app.panic_threshold_percent, 40);
+    // Defaults.
+    let plain = &c.clusters[1];
+    assert_eq!(plain.health_check.as_ref().unwrap().probe, HealthProbe::Tcp);
+    assert_eq!(plain.outlier_detection, None);
+    assert_eq!(plain.circuit_breakers, CircuitBreakerSettings::default());
+    assert_eq!(plain.panic_threshold_percent, 50);
+    assert_eq!(plain.minimum_ring_size, DEFAULT_MINIMUM_RING_SIZE);
+    assert!(plain.hash_policy.is_empty());
+}
+
+#[test]
+fn reports_every_resilience_mistake_with_its_path() {
+    let text = r#"
+listeners:
+  - name: tcp_in
+    address: 127.0.0.1:10001
+    tcp_proxy: { cluster: app }
+clusters:
+  - name: app
+    lb_policy: round_robin
+    hash_policy: [ { header: x-user-id } ]
+    health_check:
+      http: { path: health, expected_statuses: [299-200, 700] }
+      tcp: {}
+      interval: 0s
+      jitter: 150%
+      unhealthy_threshold: 0
+    outlier_detection: { base_ejection_time: 60s, max_ejection_time: 10s, max_ejection_percnt: 5 }
+    circuit_breakers: { max_requests: -1 }
+    panic_threshold: half
+    hosts: [ { address: 127.0.0.1:7001 } ]
+  - name: b
+    lb_policy: maglev
+    hash_policy: [ { header: "bad header" }, {}, { source_ip: false } ]
+    health_check: { interval: 1s }
+    hosts: [ { address: 127.0.0.1:7002 } ]
+"#;
+    let errs = errors(text);
+    let expected = [
+        "clusters[0].hash_policy: applies only to lb_policy ring_hash or maglev (this cluster uses round_robin)",
+        "clusters[0].health_check: set only one of http, tcp, bolt",
+        "clusters[0].health_check.interval: must be greater than zero",
+        "clusters[0].health_check.jitter: \"150%\" is not a percentage from 0% to 100% (e.g. 10%)",
+        "clusters[0].health_check.unhealthy_threshold: 0 is not a whole number from 1 to 1000",
+        "clusters[0].outlier_detection.max_ejection_percnt: unknown field",
+        "clusters[0].circuit_breakers.max_requests: -1 is not a whole number from 0 to 10000000",
+        "clusters[0].panic_threshold: \"half\" is not a percentage from 0% to 100% (e.g. 10%)",
+        "clusters[1].hash_policy[0].header: \"bad header\" is not a valid header name",
+        "clusters[1].hash_policy[1]: expected one of: header, source_ip",
+        "clusters[1].hash_policy[2].source_ip: must be true (leave the entry out instead)",
+        "clusters[1].health_check: missing the probe: set one of http, tcp, bolt",
+    ];
+    for e in expected {
+        assert!(
+            errs.iter().any(|got| got.starts_with(e)),
+            "missing {e:?} in {errs:#?}"
+        );
+    }
+    // The http probe's own mistakes are reported too when it is the only probe.
+    let errs = errors(
+        r#"
+clusters:
+  - name: app
+    health_check: { http: { path: health, expected_statuses: [299-200, 700] } }
+    outlier_detection: { base_ejection_time: 60s, max_ejection_time: 10s }
+    hosts: [ { address: 127.0.0.1:7001 } ]
+"#,
+    );
+    for e in [
+        "clusters[0].health_check.http.path: \"health\" is not a request path",
+        "clusters[0].health_check.http.expected_statuses[0]: \"299-200\" is not a status",
+        "clusters[0].health_check.http.expected_statuses[1]: 700 is not a status",
+        "clusters[0].outlier_detection.max_ejection_time: 10s is shorter than base_ejection_time (1m)",
+    ] {
+        assert!(
+            errs.iter().any(|got| got.starts_with(e)),
+            "missing {e:?} in {errs:#?}"
+        );
+    }
 }

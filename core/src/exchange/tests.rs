@@ -29,6 +29,7 @@ fn config(idempotent: bool, retries: u32) -> ExchangeConfig {
         }),
         idempotent,
         replayable: true,
+        hash: None,
     }
 }
 
@@ -338,5 +339,89 @@ proptest! {
         prop_assert!(e.tries() as u32 <= 2 + retries);
         e.release(&mut c);
         prop_assert!(c.hosts().iter().all(|h| h.active == 0));
+        prop_assert_eq!(c.breakers().in_use(crate::health::Resource::Retries), 0);
     }
+}
+
+/// The `max_retries` breaker caps exchanges retrying at once: with a limit of 1, a second
+/// exchange that fails while the first is retrying answers at once, flagged as overflowed; once
+/// the first ends, retries are possible again.
+#[test]
+fn max_retries_breaker_caps_concurrent_retries() {
+    use crate::config::{ClusterConfig, HostConfig};
+    use crate::health::{CircuitBreakerSettings, Resource};
+    let mut c = ClusterState::from_config(&ClusterConfig {
+        name: "c".into(),
+        hosts: (0..3)
+            .map(|i| HostConfig {
+                address: format!("127.0.0.1:{}", 9000 + i).parse().unwrap(),
+                weight: 1,
+            })
+            .collect(),
+        circuit_breakers: CircuitBreakerSettings {
+            max_retries: 1,
+            ..CircuitBreakerSettings::default()
+        },
+        ..ClusterConfig::default()
+    });
+    let (mut rng, now) = (Rng::from_seed(7), epoch());
+    let mut a = Exchange::new(now, config(true, 3));
+    a.start(now, &mut c, &mut rng);
+    assert!(matches!(a.poll_action(), Some(Action::Connect { .. })));
+    a.handle_failure(now, TryFailure::ConnectFailed, &mut c, &mut rng);
+    assert_eq!(a.poll_action(), None, "a backs off before its retry");
+    assert!(!a.retry_overflowed());
+    assert_eq!(c.breakers().in_use(Resource::Retries), 1);
+
+    let mut b = Exchange::new(now, config(true, 3));
+    b.start(now, &mut c, &mut rng);
+    assert!(matches!(b.poll_action(), Some(Action::Connect { .. })));
+    b.handle_failure(now, TryFailure::ConnectFailed, &mut c, &mut rng);
+    assert_eq!(
+        b.poll_action(),
+        Some(Action::LocalReply {
+            status: 502,
+            flag: ResponseFlag::UpstreamConnectFailure
+        })
+    );
+    assert!(b.retry_overflowed());
+    assert_eq!(c.breakers().overflows(Resource::Retries), 1);
+
+    // a's retry connects and answers; its unit comes back.
+    let mut t = now;
+    let act = next_action(&mut a, &mut t, &mut c, &mut rng);
+    assert!(matches!(act, Action::Connect { .. }));
+    a.handle_connected(t, false, &mut c);
+    a.handle_request_written();
+    assert_eq!(
+        a.handle_response_head(t, 200, &mut c, &mut rng),
+        Verdict::Forward
+    );
+    assert_eq!(
+        c.breakers().in_use(Resource::Retries),
+        1,
+        "held until the end"
+    );
+    a.handle_response_complete(&mut c);
+    assert_eq!(c.breakers().in_use(Resource::Retries), 0);
+
+    // A 5xx answer whose retry overflows is forwarded, not dropped.
+    let mut hold = Exchange::new(t, config(true, 3));
+    hold.start(t, &mut c, &mut rng);
+    let _ = hold.poll_action();
+    hold.handle_failure(t, TryFailure::ConnectFailed, &mut c, &mut rng);
+    let mut d = Exchange::new(t, config(true, 3));
+    d.start(t, &mut c, &mut rng);
+    let _ = d.poll_action();
+    d.handle_connected(t, false, &mut c);
+    d.handle_request_written();
+    assert_eq!(
+        d.handle_response_head(t, 503, &mut c, &mut rng),
+        Verdict::Forward
+    );
+    assert!(d.retry_overflowed());
+    d.handle_response_complete(&mut c);
+    hold.release(&mut c);
+    assert_eq!(c.breakers().in_use(Resource::Retries), 0);
+    assert!(c.hosts().iter().all(|h| h.active == 0));
 }

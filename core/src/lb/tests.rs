@@ -22,11 +22,13 @@ fn cluster(policy: LbPolicy, weights: &[u32]) -> ClusterState {
     })
 }
 
-const POLICIES: [LbPolicy; 4] = [
+const POLICIES: [LbPolicy; 6] = [
     LbPolicy::RoundRobin,
     LbPolicy::WeightedRoundRobin,
     LbPolicy::Random,
     LbPolicy::LeastRequest,
+    LbPolicy::RingHash,
+    LbPolicy::Maglev,
 ];
 
 #[test]

@@ -1,0 +1,641 @@
+//! Upstream health in the runtime: runs the probes the core's [`ActiveHealthChecker`] asks
+//! for, keeps each worker's [`OutlierDetector`] fed with request results, and turns both into
+//! the hosts each worker's balancer may pick.
+//!
+//! ## Who owns what
+//!
+//! - **Active health checks run once per process**, on worker 0 (one task per cluster with a
+//!   `health_check`), so a host sees one probe per interval whatever the worker count. Verdicts
+//!   go to [`SharedHealth`]: one `AtomicBool` per host plus a per-cluster generation counter,
+//!   written only by that task (no lock; readers use relaxed loads).
+//! - **Outlier detection runs per worker**, on the results of that worker's own requests: no
+//!   cross-thread traffic on the data path. The deviation from Envoy (which aggregates every
+//!   worker's results on its main thread): with `W` workers a failing host is ejected by each
+//!   worker after `consecutive_*` failures *it* saw, so up to `W × consecutive_*` requests may
+//!   fail before every worker ejected it — and with retries on, those are retried elsewhere.
+//! - **Availability is per worker** ([`WorkerHealth`]): before a pick the worker compares the
+//!   shared generation with the one it last applied, and checks whether an ejection expired;
+//!   only then does it recompute [`fill_availability`] (health × ejection × panic threshold)
+//!   into its `ClusterState`. The common case is one relaxed load and two compares.
+//!
+//! ## Probes
+//!
+//! `tcp`: the connection is established. `http`: `GET path HTTP/1.1` with `Connection: close`,
+//! success when the response status is in `expected_statuses`. `bolt`: a Bolt v1 heartbeat,
+//! success when answered with status 0. Each probe is bounded by the check's `timeout`; the
+//! checker also times it out on its own and ignores a late result.
+
+use std::cell::RefCell;
+use std::rc::Rc;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::atomic::{AtomicBool, AtomicU64};
+use std::time::Duration;
+
+use sluice_core::bolt;
+use sluice_core::cluster::HostId;
+use sluice_core::config::{Config, HealthCheckConfig, HealthProbe};
+use sluice_core::health::{
+    ActiveHealthChecker, HealthAction, HealthEvent, OutlierDetector, OutlierEvent, ProbeResult,
+    UpstreamResult, fill_availability,
+};
+use sluice_core::http1::{self, Head, Limits, Method, ParseStatus};
+use sluice_core::rng::Rng;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tracing::{info, warn};
+
+use crate::engine::Engine;
+use crate::net::Network;
+use crate::now;
+use crate::stats::{bump, gauge_add};
+
+/// Largest probe response read (an HTTP head or a heartbeat reply).
+const MAX_PROBE_RESPONSE: usize = 16 * 1024;
+
+/// Health verdicts shared by the workers of one process. See the module doc.
+#[derive(Debug)]
+pub struct SharedHealth {
+    clusters: Box<[ClusterHealth]>,
+}
+
+#[derive(Debug)]
+struct ClusterHealth {
+    /// The cluster has a `health_check`.
+    checked: bool,
+    /// Per host: the active checker's verdict (always true without a health check).
+    healthy: Box<[AtomicBool]>,
+    /// Bumped after every change of `healthy`.
+    generation: AtomicU64,
+    /// A worker sent the cluster a request or session (switches probes from
+    /// `no_traffic_interval` to `interval`).
+    traffic: AtomicBool,
+    /// Wakes the health-check task when `traffic` turns true, so that probes speed up at once
+    /// rather than after the `no_traffic_interval` sleep.
+    traffic_started: tokio::sync::Notify,
+}
+
+impl SharedHealth {
+    /// Shaped like `config`. Hosts of a health-checked cluster start *unknown* (not healthy)
+    /// until their first probe passes; the panic threshold keeps a cluster whose hosts are all
+    /// unknown serving on all of them meanwhile.
+    #[must_use]
+    pub fn new(config: &Config) -> Self {
+        SharedHealth {
+            clusters: config
+                .clusters
+                .iter()
+                .map(|c| {
+                    let checked = c.health_check.is_some();
+                    ClusterHealth {
+                        checked,
+                        healthy: c.hosts.iter().map(|_| AtomicBool::new(!checked)).collect(),
+                        generation: AtomicU64::new(0),
+                        traffic: AtomicBool::new(false),
+                        traffic_started: tokio::sync::Notify::new(),
+                    }
+                })
+                .collect(),
+        }
+    }
+
+    /// Whether the cluster is actively health checked.
+    #[must_use]
+    pub fn is_checked(&self, cluster: usize) -> bool {
+        self.clusters.get(cluster).is_some_and(|c| c.checked)
+    }
+
+    /// The active checker's verdict on a host (true when the cluster is not checked).
+    #[must_use]
+    pub fn is_healthy(&self, cluster: usize, host: usize) -> bool {
+        self.clusters
+            .get(cluster)
+            .and_then(|c| c.healthy.get(host))
+            .is_none_or(|h| h.load(Relaxed))
+    }
+
+    fn generation(&self, cluster: usize) -> u64 {
+        self.clusters[cluster].generation.load(Relaxed)
+    }
+
+    fn set_healthy(&self, cluster: usize, host: usize, healthy: bool) {
+        let c = &self.clusters[cluster];
+        c.healthy[host].store(healthy, Relaxed);
+        c.generation.fetch_add(1, Relaxed);
+    }
+
+    /// Notes that the cluster has traffic (a load; a store and a wake-up only the first time).
+    #[inline]
+    pub fn note_traffic(&self, cluster: usize) {
+        let c = &self.clusters[cluster];
+        if !c.traffic.load(Relaxed) {
+            c.traffic.store(true, Relaxed);
+            c.traffic_started.notify_one();
+        }
+    }
+
+    fn has_traffic(&self, cluster: usize) -> bool {
+        self.clusters[cluster].traffic.load(Relaxed)
+    }
+}
+
+/// One worker's view of one cluster's health: its outlier detector and the availability it
+/// last applied to its `ClusterState`.
+#[derive(Debug)]
+pub(crate) struct WorkerHealth {
+    applied_generation: u64,
+    /// Force a recompute on the next refresh (an ejection changed).
+    dirty: bool,
+    outlier: Option<OutlierDetector>,
+    panic_threshold_percent: u32,
+    healthy: Vec<bool>,
+    ejected: Vec<bool>,
+    available: Vec<bool>,
+    panic: bool,
+}
+
+impl WorkerHealth {
+    pub(crate) fn new(config: &Config) -> Vec<RefCell<WorkerHealth>> {
+        config
+            .clusters
+            .iter()
+            .map(|c| {
+                let n = c.hosts.len();
+                RefCell::new(WorkerHealth {
+                    applied_generation: u64::MAX,
+                    dirty: true,
+                    outlier: c.outlier_detection.map(|s| OutlierDetector::new(n, s)),
+                    panic_threshold_percent: c.panic_threshold_percent,
+                    healthy: vec![true; n],
+                    ejected: vec![false; n],
+                    available: vec![true; n],
+                    panic: false,
+                })
+            })
+            .collect()
+    }
+}
+
+impl<N: Network> Engine<N> {
+    /// Brings cluster `ci`'s availability up to date before a pick: cheap when nothing changed
+    /// (one relaxed load, two compares).
+    pub(crate) fn refresh_availability(&self, ci: usize) {
+        let mut wh = self.health[ci].borrow_mut();
+        let generation = self.shared_health.generation(ci);
+        let now = now();
+        let mut expired = false;
+        if let Some(o) = wh.outlier.as_mut()
+            && o.poll_timeout().is_some_and(|t| t <= now)
+        {
+            o.handle_timeout(now);
+            expired = true;
+        }
+        if expired {
+            self.drain_outlier_events(ci, &mut wh);
+        }
+        if generation == wh.applied_generation && !wh.dirty {
+            return;
+        }
+        let wh = &mut *wh;
+        wh.applied_generation = generation;
+        wh.dirty = false;
+        for (i, h) in wh.healthy.iter_mut().enumerate() {
+            *h = self.shared_health.is_healthy(ci, i);
+        }
+        if let Some(o) = &wh.outlier {
+            for (i, e) in wh.ejected.iter_mut().enumerate() {
+                *e = o.is_ejected(HostId(i as u32));
+            }
+        }
+        let panic = fill_availability(
+            &wh.healthy,
+            &wh.ejected,
+            wh.panic_threshold_percent,
+            &mut wh.available,
+        );
+        if panic != wh.panic {
+            if panic {
+                warn!(worker = self.worker, cluster = %self.config.clusters[ci].name,
+                    "too few available hosts: panic mode, balancing over every host");
+            } else {
+                info!(worker = self.worker, cluster = %self.config.clusters[ci].name, "left panic mode");
+            }
+            if let Some(c) = self.stats.cluster(ci) {
+                gauge_add(&c.lb_panic, panic);
+                if panic {
+                    bump(&c.lb_panic_total, 1);
+                }
+            }
+        }
+        wh.panic = panic;
+        let mut cluster = self.clusters[ci].borrow_mut();
+        for (i, &a) in wh.available.iter().enumerate() {
+            cluster.set_available(HostId(i as u32), a);
+        }
+    }
+
+    /// Feeds one request (or session) result on `host` to the worker's outlier detector.
+    pub(crate) fn report_upstream_result(&self, ci: usize, host: HostId, result: UpstreamResult) {
+        let mut wh = self.health[ci].borrow_mut();
+        let Some(o) = wh.outlier.as_mut() else {
+            return;
+        };
+        o.handle_result(now(), host, result);
+        self.drain_outlier_events(ci, &mut wh);
+    }
+
+    fn drain_outlier_events(&self, ci: usize, wh: &mut WorkerHealth) {
+        let Some(o) = wh.outlier.as_mut() else {
+            return;
+        };
+        while let Some(event) = o.poll_event() {
+            wh.dirty = true;
+            let (host, ejected) = match event {
+                OutlierEvent::Ejected { host, .. } => (host, true),
+                OutlierEvent::Unejected(host) => (host, false),
+                OutlierEvent::EjectionSkipped(host) => {
+                    warn!(worker = self.worker, cluster = %self.config.clusters[ci].name,
+                        host = %self.config.clusters[ci].hosts[host.index()].address,
+                        "outlier not ejected: max_ejection_percent reached");
+                    if let Some(c) = self.stats.cluster(ci) {
+                        bump(&c.outlier_ejections_overflow, 1);
+                    }
+                    continue;
+                }
+            };
+            let address = self.config.clusters[ci].hosts[host.index()].address;
+            if ejected {
+                warn!(worker = self.worker, cluster = %self.config.clusters[ci].name, host = %address, ?event, "host ejected");
+                if let Some(c) = self.stats.cluster(ci) {
+                    bump(&c.outlier_ejections_total, 1);
+                }
+            } else {
+                info!(worker = self.worker, cluster = %self.config.clusters[ci].name, host = %address, "host readmitted after ejection");
+            }
+            if let Some(h) = self.stats.host(ci, host.index()) {
+                gauge_add(&h.ejected, ejected);
+            }
+        }
+    }
+
+    /// Runs the active health checks of every checked cluster until the engine stops. Called on
+    /// worker 0 only.
+    pub(crate) async fn run_health_checks(self: Rc<Self>, seed: u64) {
+        let mut tasks = Vec::new();
+        for (ci, c) in self.config.clusters.iter().enumerate() {
+            if let Some(hc) = c.health_check.clone() {
+                let engine = self.clone();
+                let rng =
+                    Rng::from_seed(seed ^ (0x9e37_79b9_7f4a_7c15_u64.wrapping_mul(ci as u64 + 1)));
+                tasks.push(tokio::task::spawn_local(async move {
+                    engine.health_check_cluster(ci, hc, rng).await;
+                }));
+            }
+        }
+        // Ends with the engine: the caller aborts this future; abort the cluster tasks too.
+        let _guard = AbortOnDrop(tasks);
+        std::future::pending::<()>().await;
+    }
+
+    async fn health_check_cluster(self: Rc<Self>, ci: usize, hc: HealthCheckConfig, rng: Rng) {
+        let cluster = &self.config.clusters[ci];
+        let hosts = cluster.hosts.len();
+        let mut checker = ActiveHealthChecker::new(now(), hosts, hc.settings, rng);
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(HostId, ProbeResult)>();
+        // Outstanding probes by host, aborted if this task is (the engine stopped).
+        let mut probes = Probes((0..hosts).map(|_| None).collect());
+        let probes = &mut probes.0;
+        loop {
+            checker.set_traffic(self.shared_health.has_traffic(ci));
+            while let Some(action) = checker.poll_action() {
+                match action {
+                    HealthAction::Probe { host } => {
+                        if let Some(s) = self.stats.cluster(ci) {
+                            bump(&s.health_check_attempt, 1);
+                        }
+                        let engine = self.clone();
+                        let tx = tx.clone();
+                        let probe = hc.probe.clone();
+                        let name = cluster.name.clone();
+                        let address = cluster.hosts[host.index()].address;
+                        let timeout = hc.settings.timeout;
+                        probes[host.index()] = Some(tokio::task::spawn_local(async move {
+                            let result = match tokio::time::timeout(
+                                timeout,
+                                run_probe(&engine.net, &probe, &name, address),
+                            )
+                            .await
+                            {
+                                Ok(true) => ProbeResult::Success,
+                                Ok(false) => ProbeResult::Failure,
+                                Err(_) => ProbeResult::Timeout,
+                            };
+                            let _ = tx.send((host, result));
+                        }));
+                    }
+                    HealthAction::Cancel { host } => {
+                        if let Some(t) = probes[host.index()].take() {
+                            t.abort();
+                        }
+                    }
+                }
+            }
+            while let Some(event) = checker.poll_event() {
+                let (host, healthy) = match event {
+                    HealthEvent::BecameHealthy(h) => (h, true),
+                    HealthEvent::BecameUnhealthy(h) => (h, false),
+                };
+                let address = cluster.hosts[host.index()].address;
+                if healthy {
+                    info!(cluster = %cluster.name, host = %address, "health check: host healthy");
+                } else {
+                    warn!(cluster = %cluster.name, host = %address, "health check: host unhealthy");
+                }
+                self.shared_health.set_healthy(ci, host.index(), healthy);
+                if let Some(h) = self.stats.host(ci, host.index()) {
+                    h.healthy.store(u64::from(healthy), Relaxed);
+                }
+            }
+            let deadline = checker.poll_timeout().map_or_else(
+                || tokio::time::Instant::now() + Duration::from_secs(3600),
+                tokio::time::Instant::from_std,
+            );
+            let quiet = !self.shared_health.has_traffic(ci);
+            tokio::select! {
+                // The first request: probes go from no_traffic_interval to interval now.
+                () = self.shared_health.clusters[ci].traffic_started.notified(), if quiet => {}
+                Some((host, result)) = rx.recv() => {
+                    probes[host.index()] = None;
+                    if let Some(s) = self.stats.cluster(ci) {
+                        match result {
+                            ProbeResult::Success => bump(&s.health_check_success, 1),
+                            _ => bump(&s.health_check_failure, 1),
+                        }
+                    }
+                    checker.handle_probe_result(now(), host, result);
+                }
+                () = tokio::time::sleep_until(deadline) => checker.handle_timeout(now()),
+            }
+        }
+    }
+}
+
+/// One probe of `address` (the `Host` of an HTTP probe defaults to the cluster's name): true
+/// when the host passed. Unbounded in time: the caller applies the check's timeout.
+pub async fn run_probe<N: Network>(
+    net: &N,
+    probe: &HealthProbe,
+    cluster: &str,
+    address: std::net::SocketAddr,
+) -> bool {
+    let Ok(mut stream) = net.connect(address).await else {
+        return false;
+    };
+    match probe {
+        HealthProbe::Tcp => true,
+        HealthProbe::Http {
+            path,
+            host,
+            expected_statuses,
+        } => {
+            let request = format!(
+                "GET {path} HTTP/1.1\r\nhost: {}\r\nuser-agent: sluice-health-check\r\nconnection: close\r\n\r\n",
+                host.as_deref().unwrap_or(cluster)
+            );
+            if stream.write_all(request.as_bytes()).await.is_err() {
+                return false;
+            }
+            let Some(status) = read_status(&mut stream).await else {
+                return false;
+            };
+            expected_statuses
+                .iter()
+                .any(|&(lo, hi)| (lo..=hi).contains(&status))
+        }
+        HealthProbe::Bolt => {
+            let mut request = Vec::with_capacity(32);
+            let spec = bolt::RequestSpec {
+                version: bolt::Version::V1,
+                oneway: false,
+                cmd_code: bolt::CMD_HEARTBEAT,
+                cmd_version: bolt::CMD_VERSION,
+                request_id: 1,
+                codec: bolt::CODEC_HESSIAN2,
+                timeout_ms: -1,
+                class: b"",
+                header: &[],
+                content: b"",
+            };
+            if bolt::encode_request(&mut request, &spec).is_err()
+                || stream.write_all(&request).await.is_err()
+            {
+                return false;
+            }
+            let mut buf = Vec::with_capacity(64);
+            loop {
+                match bolt::decode(&buf, MAX_PROBE_RESPONSE) {
+                    Ok(Some(frame)) => {
+                        return frame.request_id == 1
+                            && frame.response_status() == Some(bolt::ResponseStatus::Success);
+                    }
+                    Ok(None) => {}
+                    Err(_) => return false,
+                }
+                if !read_more(&mut stream, &mut buf).await {
+                    return false;
+                }
+            }
+        }
+    }
+}
+
+/// Reads an HTTP response head; its status, or `None` on EOF, error or a malformed head.
+async fn read_status<S: tokio::io::AsyncRead + Unpin>(stream: &mut S) -> Option<u16> {
+    let mut buf = Vec::with_capacity(512);
+    let mut head = Head::new();
+    let limits = Limits::default();
+    loop {
+        match http1::parse_response(&buf, Method::Get, &limits, &mut head) {
+            Ok(ParseStatus::Complete) => return Some(head.status()),
+            Ok(ParseStatus::Partial) => {}
+            Err(_) => return None,
+        }
+        if !read_more(stream, &mut buf).await {
+            return None;
+        }
+    }
+}
+
+/// Appends what the stream has to `buf`; false on EOF, error, or past the probe size limit.
+async fn read_more<S: tokio::io::AsyncRead + Unpin>(stream: &mut S, buf: &mut Vec<u8>) -> bool {
+    if buf.len() >= MAX_PROBE_RESPONSE {
+        return false;
+    }
+    let mut chunk = [0u8; 2048];
+    match stream.read(&mut chunk).await {
+        Ok(0) | Err(_) => false,
+        Ok(n) => {
+            buf.extend_from_slice(&chunk[..n]);
+            true
+        }
+    }
+}
+
+/// Aborts spawned tasks when dropped (the health-check tasks end with the engine).
+struct AbortOnDrop(Vec<tokio::task::JoinHandle<()>>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        for t in &self.0 {
+            t.abort();
+        }
+    }
+}
+
+/// Outstanding probe tasks by host; aborted when dropped.
+struct Probes(Vec<Option<tokio::task::JoinHandle<()>>>);
+
+impl Drop for Probes {
+    fn drop(&mut self) {
+        for t in self.0.iter().flatten() {
+            t.abort();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::net::TokioNet;
+    use tokio::net::TcpListener;
+
+    /// A one-shot server: reads until `until` says the request is complete, answers `answer`.
+    async fn serve_once(
+        answer: impl FnOnce(&[u8]) -> Vec<u8> + Send + 'static,
+        until: fn(&[u8]) -> bool,
+    ) -> std::net::SocketAddr {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        tokio::spawn(async move {
+            let (mut s, _) = l.accept().await.unwrap();
+            let mut buf = Vec::new();
+            let mut chunk = [0u8; 1024];
+            while !until(&buf) {
+                let n = s.read(&mut chunk).await.unwrap();
+                if n == 0 {
+                    return;
+                }
+                buf.extend_from_slice(&chunk[..n]);
+            }
+            s.write_all(&answer(&buf)).await.unwrap();
+        });
+        addr
+    }
+
+    fn http_head_done(b: &[u8]) -> bool {
+        b.windows(4).any(|w| w == b"\r\n\r\n")
+    }
+
+    fn http(path: &str, statuses: &[(u16, u16)]) -> HealthProbe {
+        HealthProbe::Http {
+            path: path.into(),
+            host: None,
+            expected_statuses: statuses.to_vec(),
+        }
+    }
+
+    #[tokio::test]
+    async fn tcp_probe_passes_on_connect_and_fails_on_refusal() {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        assert!(run_probe(&TokioNet, &HealthProbe::Tcp, "c", addr).await);
+        drop(l);
+        assert!(!run_probe(&TokioNet, &HealthProbe::Tcp, "c", addr).await);
+    }
+
+    #[tokio::test]
+    async fn http_probe_sends_a_get_and_checks_the_status_range() {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let addr = serve_once(
+            move |req| {
+                let _ = tx.send(String::from_utf8_lossy(req).into_owned());
+                b"HTTP/1.1 204 No Content\r\n\r\n".to_vec()
+            },
+            http_head_done,
+        )
+        .await;
+        assert!(run_probe(&TokioNet, &http("/healthz", &[(200, 299)]), "app", addr).await);
+        let req = rx.await.unwrap();
+        assert!(req.starts_with("GET /healthz HTTP/1.1\r\n"), "{req}");
+        assert!(req.contains("host: app\r\n"), "{req}");
+        assert!(req.contains("connection: close\r\n"), "{req}");
+
+        let addr = serve_once(
+            |_| b"HTTP/1.1 503 Service Unavailable\r\ncontent-length: 0\r\n\r\n".to_vec(),
+            http_head_done,
+        )
+        .await;
+        assert!(!run_probe(&TokioNet, &http("/", &[(200, 299)]), "app", addr).await);
+        let addr = serve_once(
+            |_| b"HTTP/1.1 503 Service Unavailable\r\ncontent-length: 0\r\n\r\n".to_vec(),
+            http_head_done,
+        )
+        .await;
+        assert!(
+            run_probe(
+                &TokioNet,
+                &http("/", &[(200, 299), (503, 503)]),
+                "app",
+                addr
+            )
+            .await
+        );
+        // Garbage and an early close fail.
+        let addr = serve_once(|_| b"SSH-2.0-OpenSSH\r\n\r\n".to_vec(), http_head_done).await;
+        assert!(!run_probe(&TokioNet, &http("/", &[(200, 299)]), "app", addr).await);
+        let addr = serve_once(|_| Vec::new(), http_head_done).await;
+        assert!(!run_probe(&TokioNet, &http("/", &[(200, 299)]), "app", addr).await);
+    }
+
+    fn bolt_frame_done(b: &[u8]) -> bool {
+        matches!(bolt::decode(b, MAX_PROBE_RESPONSE), Ok(Some(_)))
+    }
+
+    #[tokio::test]
+    async fn bolt_probe_sends_a_heartbeat_and_wants_status_0() {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let addr = serve_once(
+            move |req| {
+                let frame = bolt::decode(req, MAX_PROBE_RESPONSE).unwrap().unwrap();
+                let _ = tx.send((frame.is_heartbeat(), frame.request_id));
+                let mut out = Vec::new();
+                bolt::encode_heartbeat_reply(&mut out, &frame);
+                out
+            },
+            bolt_frame_done,
+        )
+        .await;
+        assert!(run_probe(&TokioNet, &HealthProbe::Bolt, "rpc", addr).await);
+        assert_eq!(rx.await.unwrap(), (true, 1));
+
+        let addr = serve_once(
+            |req| {
+                let frame = bolt::decode(req, MAX_PROBE_RESPONSE).unwrap().unwrap();
+                let mut out = Vec::new();
+                bolt::encode_response(
+                    &mut out,
+                    frame.version,
+                    frame.request_id,
+                    frame.codec,
+                    bolt::ResponseStatus::ServerException,
+                    b"",
+                    &[],
+                    b"",
+                )
+                .unwrap();
+                out
+            },
+            bolt_frame_done,
+        )
+        .await;
+        assert!(!run_probe(&TokioNet, &HealthProbe::Bolt, "rpc", addr).await);
+    }
+}

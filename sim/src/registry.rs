@@ -1,0 +1,182 @@
+//! The named scenarios: what `sluice sim` (the `sluice-sim` binary) can run.
+//!
+//! Adding a scenario is one entry in [`SCENARIOS`]:
+//!
+//! ```ignore
+//! Scenario::new("name", "one line about it", |seed| my_module::run(MyScenario::X, seed)),
+//! ```
+//!
+//! optionally followed by `.aliases(&["cargo_test_name"])` when the scenario's `cargo test`
+//! name differs from its registry name (so [`crate::sweep`] can print the `sluice sim` replay
+//! command, and `sluice sim cargo_test_name` works too).
+
+use crate::RunReport;
+use crate::http::{self, HttpScenario};
+use crate::resilience::{self, Resilience};
+use crate::tcp::{self, TcpScenario};
+
+/// A named scenario: runs for one seed and reports.
+#[derive(Clone, Copy, Debug)]
+pub struct Scenario {
+    /// The name `sluice sim NAME` takes.
+    pub name: &'static str,
+    /// One line about what it does.
+    pub about: &'static str,
+    /// Runs the scenario for one seed.
+    pub run: fn(u64) -> RunReport,
+    /// Other names it answers to (its `cargo test` name when that differs).
+    pub aliases: &'static [&'static str],
+}
+
+impl Scenario {
+    /// A scenario with no aliases.
+    #[must_use]
+    pub const fn new(name: &'static str, about: &'static str, run: fn(u64) -> RunReport) -> Self {
+        Self {
+            name,
+            about,
+            run,
+            aliases: &[],
+        }
+    }
+
+    /// The same scenario, also answering to `aliases`.
+    #[must_use]
+    pub const fn aliases(self, aliases: &'static [&'static str]) -> Self {
+        Self { aliases, ..self }
+    }
+
+    /// Whether it answers to `name` (its name or an alias).
+    #[must_use]
+    pub fn answers_to(&self, name: &str) -> bool {
+        self.name == name || self.aliases.contains(&name)
+    }
+}
+
+/// Every scenario, in `--list` order. Append new ones here.
+pub static SCENARIOS: &[Scenario] = &[
+    Scenario::new(
+        "tcp_steady",
+        "TCP: steady traffic through the sidecar, no faults",
+        |seed| tcp::run(TcpScenario::SteadyTraffic, seed),
+    )
+    .aliases(&["steady_traffic"]),
+    Scenario::new(
+        "tcp_upstream_crash",
+        "TCP: one upstream crashes mid-traffic and stays down",
+        |seed| tcp::run(TcpScenario::UpstreamCrash, seed),
+    )
+    .aliases(&["upstream_crash"]),
+    Scenario::new(
+        "tcp_crash_and_recover",
+        "TCP: one upstream crashes, then comes back",
+        |seed| tcp::run(TcpScenario::UpstreamCrashAndRecover, seed),
+    )
+    .aliases(&["upstream_crash_and_recover"]),
+    Scenario::new(
+        "tcp_partition",
+        "TCP: the sidecar is partitioned from one upstream, then repaired",
+        |seed| tcp::run(TcpScenario::UpstreamPartition, seed),
+    )
+    .aliases(&["upstream_partition"]),
+    Scenario::new(
+        "http_upstream_crash",
+        "HTTP/1.1: one upstream crashes mid-traffic and stays down",
+        |seed| http::run(HttpScenario::UpstreamCrash, seed),
+    ),
+    Scenario::new(
+        "http_upstream_partition",
+        "HTTP/1.1: the sidecar is partitioned from one upstream, then repaired",
+        |seed| http::run(HttpScenario::UpstreamPartition, seed),
+    ),
+    Scenario::new(
+        "health_check_flap",
+        "health: a host's health check fails then recovers under traffic; drained and readmitted in bounded time",
+        |seed| resilience::run(Resilience::HealthFlap, seed),
+    ),
+    Scenario::new(
+        "outlier_detection_5xx",
+        "health: two hosts answer 500; ejected after consecutive_5xx, readmitted, never above max_ejection_percent",
+        |seed| resilience::run(Resilience::Outlier5xx, seed),
+    ),
+    Scenario::new(
+        "every_host_down_fast_503",
+        "health: every upstream crashes; once marked down, requests get a fast 503 and none hangs",
+        |seed| resilience::run(Resilience::AllDown, seed),
+    ),
+    Scenario::new(
+        "partition_one_upstream_with_health_checks",
+        "health: the sidecar is cut from one upstream under traffic; every request 2xx, readmitted after repair",
+        |seed| resilience::run(Resilience::Partition, seed),
+    ),
+    Scenario::new(
+        "circuit_breaker_burst",
+        "health: bursts over max_requests get 503 (UO) for the excess only",
+        |seed| resilience::run(Resilience::Breaker, seed),
+    ),
+];
+
+/// Shown only when `SLUICE_SIM_SELFTEST=1`: fails on odd seeds, to test the failure path of
+/// the runner itself.
+const SELFTEST: Scenario = Scenario::new(
+    "selftest_fails_on_odd_seeds",
+    "self-test of the runner: reports a violation on every odd seed",
+    selftest,
+);
+
+fn selftest(seed: u64) -> RunReport {
+    let violations = if seed % 2 == 1 {
+        vec![format!("selftest: seed {seed} is odd")]
+    } else {
+        vec![]
+    };
+    RunReport {
+        seed,
+        digest: seed.wrapping_mul(0x9e37_79b9_7f4a_7c15),
+        events: 0,
+        violations,
+        summary: "selftest: nothing simulated".to_owned(),
+    }
+}
+
+/// Every scenario: [`SCENARIOS`], plus the self-test one when `SLUICE_SIM_SELFTEST=1`.
+#[must_use]
+pub fn all() -> Vec<Scenario> {
+    let mut all = SCENARIOS.to_vec();
+    if std::env::var_os("SLUICE_SIM_SELFTEST").is_some_and(|v| v == "1") {
+        all.push(SELFTEST);
+    }
+    all
+}
+
+/// The scenario answering to `name` (its name or an alias).
+#[must_use]
+pub fn find(name: &str) -> Option<Scenario> {
+    all().into_iter().find(|s| s.answers_to(name))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_and_aliases_are_unique() {
+        let mut seen = std::collections::HashSet::new();
+        for s in SCENARIOS.iter().chain([&SELFTEST]) {
+            for n in std::iter::once(&s.name).chain(s.aliases) {
+                assert!(seen.insert(*n), "{n} names two scenarios");
+                assert!(
+                    !n.is_empty() && n != &"all" && !n.starts_with('-'),
+                    "{n:?} cannot be a scenario name"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn find_takes_names_and_aliases() {
+        assert_eq!(find("tcp_steady").map(|s| s.name), Some("tcp_steady"));
+        assert_eq!(find("steady_traffic").map(|s| s.name), Some("tcp_steady"));
+        assert!(find("no_such_scenario").is_none());
+    }
+}

@@ -1,0 +1,612 @@
+//! End-to-end tests of Sluice's upstream resilience with real processes: nginx and Python
+//! upstreams that are killed, fail their health checks, answer 500 or are slow; wrk, curl and
+//! raw-socket clients; and the admin API (`/clusters`, `/stats`, `/stats/prometheus`) read back
+//! to check what the proxy decided.
+//!
+//! The knobs covered: active HTTP health checks (drain and readmit), outlier detection
+//! (consecutive connect failures and 5xx), retries on connect failure and reset, and the
+//! `max_requests` circuit breaker. No mocks: every peer is a separate process.
+
+mod support;
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::PathBuf;
+use std::sync::{Arc, Barrier};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use support::*;
+
+fn addr(port: u16) -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], port))
+}
+
+fn python() -> String {
+    let venv = repo().join("target/test-venv/bin/python");
+    if venv.exists() {
+        venv.to_string_lossy().into_owned()
+    } else {
+        "python3".to_owned()
+    }
+}
+
+/// A Python upstream (tests/http_upstream.py) on `port`, answering JSON naming `name`.
+fn start_py_upstream(dir: &TempDir, name: &str, port: u16) -> Proc {
+    require("python3");
+    let log = dir.path().join(format!("{name}.requests"));
+    let script = repo().join("tests/http_upstream.py");
+    let mut p = spawn(
+        dir,
+        name,
+        &python(),
+        &[
+            script.to_str().unwrap(),
+            &port.to_string(),
+            log.to_str().unwrap(),
+            name,
+        ],
+    );
+    wait_listening(addr(port), &mut p);
+    p
+}
+
+/// One `GET path` on a fresh connection (`Connection: close`): (status, body). Status 0 when
+/// the connection failed or the answer was not HTTP.
+fn get_once(port: u16, path: &str) -> (u16, String) {
+    let Ok(mut s) = TcpStream::connect_timeout(&addr(port), Duration::from_secs(5)) else {
+        return (0, String::new());
+    };
+    s.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
+    let request = format!("GET {path} HTTP/1.1\r\nHost: app.local\r\nConnection: close\r\n\r\n");
+    if s.write_all(request.as_bytes()).is_err() {
+        return (0, String::new());
+    }
+    let mut got = Vec::new();
+    let _ = s.read_to_end(&mut got);
+    parse_response(&String::from_utf8_lossy(&got))
+}
+
+fn parse_response(text: &str) -> (u16, String) {
+    let Some((head, body)) = text.split_once("\r\n\r\n") else {
+        return (0, text.to_owned());
+    };
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    (status, body.to_owned())
+}
+
+/// One admin request through a raw socket: (status, body).
+fn admin_get(port: u16, path: &str) -> (u16, String) {
+    get_once(port, path)
+}
+
+/// `/clusters?format=json`: the host object of `host` in cluster `app`.
+fn host_view(admin: u16, host: u16) -> Value {
+    let (status, body) = admin_get(admin, "/clusters?format=json");
+    assert_eq!(status, 200, "/clusters: {body}");
+    let view: Value =
+        serde_json::from_str(&body).unwrap_or_else(|e| panic!("/clusters json: {e}: {body}"));
+    let want = format!("127.0.0.1:{host}");
+    view["clusters"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "app")
+        .and_then(|c| {
+            c["hosts"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|h| h["address"] == want.as_str())
+        })
+        .cloned()
+        .unwrap_or_else(|| panic!("no host {want} in cluster app: {body}"))
+}
+
+/// The value of one `/stats` counter (`name: value`).
+fn stat(admin: u16, name: &str) -> u64 {
+    let (status, body) = admin_get(admin, "/stats");
+    assert_eq!(status, 200, "/stats: {body}");
+    let prefix = format!("{name}: ");
+    body.lines()
+        .find_map(|l| l.strip_prefix(&prefix))
+        .unwrap_or_else(|| panic!("no stat {name} in:\n{body}"))
+        .trim()
+        .parse()
+        .unwrap_or_else(|_| panic!("stat {name} is not a whole number"))
+}
+
+/// The Prometheus `sluice_upstream_host_healthy` value of `host` in cluster `app`.
+fn prom_host_healthy(admin: u16, host: u16) -> u64 {
+    let (status, body) = admin_get(admin, "/stats/prometheus");
+    assert_eq!(status, 200, "/stats/prometheus: {body}");
+    let label = format!("host=\"127.0.0.1:{host}\"");
+    body.lines()
+        .find(|l| {
+            l.starts_with("sluice_upstream_host_healthy{")
+                && l.contains("cluster=\"app\"")
+                && l.contains(&label)
+        })
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no sluice_upstream_host_healthy for {label} in:\n{body}"))
+}
+
+/// Polls `check` every 50 ms for up to `limit`; the time it took, or a panic naming `what`.
+fn eventually(what: &str, limit: Duration, mut check: impl FnMut() -> bool) -> Duration {
+    let start = Instant::now();
+    while start.elapsed() < limit {
+        if check() {
+            return start.elapsed();
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("not within {limit:?}: {what}");
+}
+
+fn wait_health(admin: u16, host: u16, health: &str, limit: Duration) -> Duration {
+    eventually(
+        &format!("127.0.0.1:{host} is {health} in /clusters"),
+        limit,
+        || host_view(admin, host)["health"] == health,
+    )
+}
+
+/// Sends `n` sequential requests (fresh connection each); the bodies, asserting every status.
+fn bodies(listen: u16, n: usize, want_status: u16, sluice: &Proc) -> Vec<String> {
+    (0..n)
+        .map(|i| {
+            let (status, body) = get_once(listen, "/");
+            assert_eq!(
+                status,
+                want_status,
+                "request {i}: body {body:?}\nsluice log:\n{}",
+                sluice.log_text()
+            );
+            body
+        })
+        .collect()
+}
+
+fn count(bodies: &[String], name: &str) -> usize {
+    bodies.iter().filter(|b| b.as_str() == name).count()
+}
+
+/// A config with an http listener routing everything to cluster `app` over `hosts`, with
+/// `cluster_extra` (indented 4) added to the cluster and `route_extra` (indented 16) to the
+/// route.
+fn config(
+    dir: &TempDir,
+    listen: u16,
+    admin: u16,
+    hosts: &[u16],
+    cluster_extra: &str,
+    route_extra: &str,
+) -> String {
+    let hosts: String = hosts
+        .iter()
+        .map(|p| format!("      - {{ address: 127.0.0.1:{p} }}\n"))
+        .collect();
+    let access_log = access_log_path(dir).display().to_string();
+    format!(
+        r#"
+admin: {{ address: 127.0.0.1:{admin} }}
+listeners:
+  - name: http_in
+    address: 127.0.0.1:{listen}
+    http:
+      access_log: {{ format: json, path: {access_log} }}
+      virtual_hosts:
+        - name: any
+          domains: ["*"]
+          routes:
+            - match: {{ prefix: / }}
+              route:
+                cluster: app
+{route_extra}clusters:
+  - name: app
+    connect_timeout: 500ms
+{cluster_extra}    hosts:
+{hosts}drain_timeout: 1s
+"#
+    )
+}
+
+fn access_log_path(dir: &TempDir) -> PathBuf {
+    dir.path().join("access.log")
+}
+
+/// The access log lines whose status is not 200 (after the workers' 0.5 s flush).
+fn non_200_access_log(dir: &TempDir) -> Vec<String> {
+    std::thread::sleep(Duration::from_millis(1200));
+    std::fs::read_to_string(access_log_path(dir))
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| !l.contains("\"status\":200"))
+        .map(str::to_owned)
+        .collect()
+}
+
+fn start(dir: &TempDir, config: &str, workers: usize, listen: u16, admin: u16) -> Proc {
+    let mut s = start_sluice(dir, config, workers, addr(listen));
+    wait_listening(addr(admin), &mut s);
+    s
+}
+
+/// The number of completed requests in wrk's summary.
+fn wrk_requests(text: &str) -> u64 {
+    text.lines()
+        .find(|l| l.contains("requests in"))
+        .and_then(|l| l.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no request count in wrk output:\n{text}"))
+}
+
+#[test]
+fn killing_an_upstream_under_load_fails_no_request() {
+    require("wrk");
+    let dir = TempDir::new("res-kill");
+    let (a, b, c) = (free_port(), free_port(), free_port());
+    let (listen, admin) = (free_port(), free_port());
+    let _na = start_nginx(&dir, "up-a", a, "up-a");
+    let _nb = start_nginx(&dir, "up-b", b, "up-b");
+    let mut nc = start_nginx(&dir, "up-c", c, "up-c");
+    // no_traffic_interval = interval: the cadence must not wait for traffic (a separate test).
+    // circuit_breakers.max_retries: the default (3 retries in flight per cluster, split 2 + 1
+    // over the two workers) is smaller than the burst of retries a killed host causes with 16
+    // connections (every request in flight on it, and every connect before it is ejected), and
+    // a retry over the budget answers the client 502 UF: this test is about retries hiding the
+    // failure, so it gives them room.
+    let cluster = "    lb_policy: least_request
+    health_check:
+      http: { path: /health }
+      interval: 200ms
+      timeout: 200ms
+      unhealthy_threshold: 2
+      healthy_threshold: 1
+      no_traffic_interval: 200ms
+    outlier_detection: { consecutive_connect_failure: 2, base_ejection_time: 30s, max_ejection_percent: 50 }
+    circuit_breakers: { max_retries: 64 }
+";
+    let route =
+        "                retry_policy: { retry_on: [connect-failure, reset], num_retries: 3 }
+";
+    let s = start(
+        &dir,
+        &config(&dir, listen, admin, &[a, b, c], cluster, route),
+        2,
+        listen,
+        admin,
+    );
+    for h in [a, b, c] {
+        wait_health(admin, h, "healthy", Duration::from_secs(10));
+    }
+
+    let url = format!("http://127.0.0.1:{listen}/");
+    let wrk = std::thread::spawn(move || {
+        run(
+            "wrk",
+            &["-t2", "-c16", "-d6s", "--latency", "--timeout", "5s", &url],
+        )
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    let c_served = stat(admin, &format!("cluster.app.host.127.0.0.1:{c}.rq_total"));
+    assert!(
+        c_served > 0,
+        "the host to kill had no traffic before the kill"
+    );
+    nc.child.kill().unwrap();
+    nc.child.wait().unwrap();
+    let killed_at = Instant::now();
+    // The active check marks it unhealthy: 2 refused probes 200 ms apart (+ slack for load).
+    let took = wait_health(admin, c, "unhealthy", Duration::from_secs(5));
+    eprintln!(
+        "killed host unhealthy after {:?} (polled for {took:?})",
+        killed_at.elapsed()
+    );
+    assert_eq!(host_view(admin, c)["available"], false);
+
+    let out = wrk.join().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "wrk failed: {text}");
+    let requests = wrk_requests(&text);
+    eprintln!("wrk:\n{text}");
+    let stats = admin_get(admin, "/stats?filter=cluster%5C.app").1;
+    assert!(
+        !text.contains("Non-2xx or 3xx responses"),
+        "errors leaked to the client:\n{text}\n/stats:\n{stats}\nsluice log:\n{}\n\
+         non-200 access log lines:\n{}",
+        s.log_text(),
+        non_200_access_log(&dir).join("\n")
+    );
+    assert!(
+        !text.contains("Socket errors"),
+        "socket errors:\n{text}\n/stats:\n{stats}\nsluice log:\n{}",
+        s.log_text()
+    );
+    assert!(requests > 2000, "too few requests under load:\n{text}");
+
+    // After the kill, the two survivors serve everything.
+    let got = bodies(listen, 30, 200, &s);
+    let (na, nb) = (count(&got, "up-a"), count(&got, "up-b"));
+    assert_eq!(na + nb, 30, "{got:?}");
+    assert!(na > 0 && nb > 0, "both survivors serve: {got:?}");
+    // Retries hid the failures: requests in flight on the killed host were reset, and connects
+    // to it were refused until it was ejected and marked unhealthy.
+    eprintln!("/stats:\n{stats}");
+    assert!(
+        stat(admin, "cluster.app.upstream_rq_retry") > 0,
+        "the kill caused no retry, so the test did not exercise failover:\n{stats}"
+    );
+    assert_eq!(stat(admin, "cluster.app.upstream_rq_retry_overflow"), 0);
+}
+
+#[test]
+fn failing_health_check_drains_and_readmits_a_host() {
+    let dir = TempDir::new("res-hc");
+    let (a, b) = (free_port(), free_port());
+    let (listen, admin) = (free_port(), free_port());
+    let health_file: PathBuf = dir.write("b-health.txt", "ok\n");
+    let _na = start_nginx(&dir, "up-a", a, "up-a");
+    let _nb = start_nginx_with(
+        &dir,
+        "up-b",
+        b,
+        &format!(
+            r#"location = /health {{ alias {}; }}
+        location / {{ return 200 "up-b"; }}"#,
+            health_file.display()
+        ),
+    );
+    // no_traffic_interval = interval: the cadence must not wait for traffic (a separate test).
+    let cluster = "    health_check:
+      http: { path: /health, expected_statuses: [200-299] }
+      interval: 200ms
+      timeout: 200ms
+      unhealthy_threshold: 2
+      healthy_threshold: 2
+      no_traffic_interval: 200ms
+";
+    let s = start(
+        &dir,
+        &config(&dir, listen, admin, &[a, b], cluster, ""),
+        2,
+        listen,
+        admin,
+    );
+    wait_health(admin, a, "healthy", Duration::from_secs(10));
+    wait_health(admin, b, "healthy", Duration::from_secs(10));
+    assert_eq!(prom_host_healthy(admin, a), 1);
+    assert_eq!(prom_host_healthy(admin, b), 1);
+
+    // Both get traffic.
+    let got = bodies(listen, 20, 200, &s);
+    assert_eq!(count(&got, "up-a") + count(&got, "up-b"), 20, "{got:?}");
+    assert!(count(&got, "up-b") > 0, "B gets traffic: {got:?}");
+    assert!(count(&got, "up-a") > 0, "A gets traffic: {got:?}");
+
+    // B's health endpoint answers 404: B is drained.
+    std::fs::remove_file(&health_file).unwrap();
+    let took = wait_health(admin, b, "unhealthy", Duration::from_secs(5));
+    eprintln!("B unhealthy after {took:?}");
+    assert_eq!(host_view(admin, b)["available"], false);
+    assert_eq!(host_view(admin, a)["health"], "healthy");
+    assert_eq!(prom_host_healthy(admin, b), 0);
+    assert_eq!(prom_host_healthy(admin, a), 1);
+    assert_eq!(
+        stat(admin, &format!("cluster.app.host.127.0.0.1:{b}.healthy")),
+        0
+    );
+    assert!(stat(admin, "cluster.app.health_check.failure") > 0);
+    let got = bodies(listen, 20, 200, &s);
+    assert_eq!(count(&got, "up-a"), 20, "only A after B failed: {got:?}");
+
+    // Restored: B is readmitted and gets traffic again.
+    std::fs::write(&health_file, "ok\n").unwrap();
+    let took = wait_health(admin, b, "healthy", Duration::from_secs(5));
+    eprintln!("B healthy again after {took:?}");
+    assert_eq!(host_view(admin, b)["available"], true);
+    assert_eq!(prom_host_healthy(admin, b), 1);
+    // A worker applies the shared verdict before its next pick.
+    let got = bodies(listen, 20, 200, &s);
+    assert_eq!(count(&got, "up-a") + count(&got, "up-b"), 20, "{got:?}");
+    assert!(count(&got, "up-b") > 0, "B readmitted: {got:?}");
+    // Results before attempts: a probe is counted as an attempt before its result.
+    let (ok, failed) = (
+        stat(admin, "cluster.app.health_check.success"),
+        stat(admin, "cluster.app.health_check.failure"),
+    );
+    let attempts = stat(admin, "cluster.app.health_check.attempt");
+    assert!(failed >= 2 && ok > 0, "success {ok}, failure {failed}");
+    assert!(ok + failed <= attempts, "{ok} + {failed} > {attempts}");
+}
+
+#[test]
+fn outlier_detection_ejects_a_5xx_host() {
+    let dir = TempDir::new("res-outlier");
+    let (good, bad) = (free_port(), free_port());
+    let (listen, admin) = (free_port(), free_port());
+    let _ng = start_nginx(&dir, "good", good, "good");
+    let _nb = start_nginx_with(&dir, "bad", bad, "location / { return 500 \"bad\"; }");
+    let cluster = "    lb_policy: round_robin
+    outlier_detection: { consecutive_5xx: 3, base_ejection_time: 30s, max_ejection_percent: 50 }
+";
+    let s = start(
+        &dir,
+        &config(&dir, listen, admin, &[good, bad], cluster, ""),
+        1,
+        listen,
+        admin,
+    );
+    assert_eq!(
+        stat(admin, "cluster.app.outlier_detection.ejections_total"),
+        0
+    );
+
+    let mut errors = 0;
+    let mut sent = 0;
+    while stat(admin, "cluster.app.outlier_detection.ejections_total") == 0 {
+        assert!(
+            sent < 50,
+            "bad host not ejected after {sent} requests ({errors} 500s)\nsluice log:\n{}",
+            s.log_text()
+        );
+        let (status, body) = get_once(listen, "/");
+        sent += 1;
+        match status {
+            200 => assert_eq!(body, "good"),
+            500 => {
+                assert_eq!(body, "bad");
+                errors += 1;
+            }
+            other => panic!("unexpected status {other}: {body}"),
+        }
+    }
+    eprintln!("ejected after {sent} requests, {errors} of them 500");
+    assert_eq!(errors, 3, "exactly consecutive_5xx 500s reach the client");
+    let view = host_view(admin, bad);
+    assert_eq!(view["outlier"], "ejected", "{view}");
+    assert_eq!(view["available"], false, "{view}");
+    assert_eq!(host_view(admin, good)["outlier"], "none");
+    assert_eq!(
+        stat(admin, &format!("cluster.app.host.127.0.0.1:{bad}.ejected")),
+        1
+    );
+
+    let got = bodies(listen, 20, 200, &s);
+    assert_eq!(count(&got, "good"), 20, "{got:?}");
+    assert_eq!(
+        stat(admin, "cluster.app.outlier_detection.ejections_total"),
+        1
+    );
+}
+
+#[test]
+fn circuit_breaker_max_requests_overflows_with_503_uo() {
+    let dir = TempDir::new("res-breaker");
+    let up = free_port();
+    let (listen, admin) = (free_port(), free_port());
+    let _u = start_py_upstream(&dir, "slow", up);
+    let cluster = "    circuit_breakers: { max_requests: 2 }
+";
+    let s = start(
+        &dir,
+        &config(&dir, listen, admin, &[up], cluster, ""),
+        1,
+        listen,
+        admin,
+    );
+    // Six connections open first, then all six requests written at once: the upstream sleeps
+    // 1.5 s, so the first two admitted are still in flight when the other four arrive.
+    const N: usize = 6;
+    let barrier = Arc::new(Barrier::new(N));
+    let clients: Vec<_> = (0..N)
+        .map(|_| {
+            let mut conn = TcpStream::connect(addr(listen)).unwrap();
+            conn.set_read_timeout(Some(Duration::from_secs(15)))
+                .unwrap();
+            let barrier = barrier.clone();
+            std::thread::spawn(move || {
+                barrier.wait();
+                conn.write_all(
+                    b"GET /sleep/1500 HTTP/1.1\r\nHost: app.local\r\nConnection: close\r\n\r\n",
+                )
+                .unwrap();
+                let mut got = Vec::new();
+                let _ = conn.read_to_end(&mut got);
+                parse_response(&String::from_utf8_lossy(&got))
+            })
+        })
+        .collect();
+    let results: Vec<(u16, String)> = clients.into_iter().map(|t| t.join().unwrap()).collect();
+    let ok = results.iter().filter(|(st, _)| *st == 200).count();
+    let overflow: Vec<_> = results.iter().filter(|(st, _)| *st == 503).collect();
+    assert_eq!(ok, 2, "{results:?}\nsluice log:\n{}", s.log_text());
+    assert_eq!(overflow.len(), 4, "{results:?}");
+    for (_, body) in &overflow {
+        assert_eq!(body.trim_end(), "upstream overflow", "{results:?}");
+    }
+    assert_eq!(stat(admin, "cluster.app.upstream_rq_overflow"), 4);
+    // Only the two admitted requests reached the host.
+    assert_eq!(
+        stat(admin, &format!("cluster.app.host.127.0.0.1:{up}.rq_total")),
+        2
+    );
+    // The breaker releases its permits: a later request goes through.
+    let (status, body) = get_once(listen, "/sleep/0");
+    assert_eq!(status, 200, "{body}");
+}
+
+/// A cluster that had no traffic is probed every `no_traffic_interval` (60 s by default); once
+/// traffic is routed to it, probes must come every `interval` from then on (the core's
+/// `ActiveHealthChecker::set_traffic` pulls pending probes in), not after the 60 s wait.
+#[test]
+fn health_checks_speed_up_when_traffic_starts() {
+    let dir = TempDir::new("res-hc-traffic");
+    let (a, b) = (free_port(), free_port());
+    let (listen, admin) = (free_port(), free_port());
+    let _na = start_nginx(&dir, "up-a", a, "up-a");
+    let _nb = start_nginx(&dir, "up-b", b, "up-b");
+    let cluster = "    health_check:
+      http: { path: /health }
+      interval: 200ms
+      timeout: 200ms
+      unhealthy_threshold: 2
+      healthy_threshold: 1
+";
+    let s = start(
+        &dir,
+        &config(&dir, listen, admin, &[a, b], cluster, ""),
+        2,
+        listen,
+        admin,
+    );
+    wait_health(admin, a, "healthy", Duration::from_secs(10));
+    wait_health(admin, b, "healthy", Duration::from_secs(10));
+    let before = stat(admin, "cluster.app.health_check.attempt");
+    bodies(listen, 4, 200, &s);
+    // At 200 ms per host, 10 more probes take about 1 s; allow 10 s (well under 60 s).
+    eventually(
+        "health checks run every interval once the cluster has traffic",
+        Duration::from_secs(10),
+        || stat(admin, "cluster.app.health_check.attempt") >= before + 10,
+    );
+}
+
+#[test]
+fn the_resilience_example_config_validates() {
+    let path = repo().join("configs/resilience.yaml");
+    let out = run(sluice_bin(), &["validate", "-c", path.to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "{} should be valid:\n{}{}",
+        path.display(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // It uses every resilience knob.
+    let text = std::fs::read_to_string(&path).unwrap();
+    for knob in [
+        "lb_policy:",
+        "hash_policy:",
+        "health_check:",
+        "expected_statuses:",
+        "jitter:",
+        "no_traffic_interval:",
+        "outlier_detection:",
+        "consecutive_gateway_failure:",
+        "max_ejection_percent:",
+        "circuit_breakers:",
+        "max_pending_requests:",
+        "max_retries:",
+        "panic_threshold:",
+        "retry_policy:",
+        "per_try_timeout:",
+    ] {
+        assert!(text.contains(knob), "configs/resilience.yaml lacks {knob}");
+    }
+}
