@@ -31,6 +31,15 @@ if [ ! -x target/test-venv/bin/python ] || ! target/test-venv/bin/python -c 'imp
   python3 -m venv target/test-venv
   target/test-venv/bin/pip install -q -r tests/requirements.txt
 fi
+if [ ! -d tests/bolt/node_modules ] || [ tests/bolt/package-lock.json -nt tests/bolt/node_modules ]; then
+  command -v npm >/dev/null 2>&1 || {
+    echo "npm is missing: the Bolt end-to-end tests need Node.js and npm (Debian: apt-get install nodejs npm)" >&2
+    exit 1
+  }
+  step "installing the SOFARPC test peers (tests/bolt/package-lock.json) into tests/bolt/node_modules"
+  (cd tests/bolt && npm ci --no-audit --no-fund --loglevel=error >/dev/null)
+  touch tests/bolt/node_modules
+fi
 if ! cargo fuzz --version >/dev/null 2>&1; then
   step "installing cargo-fuzz"
   cargo install --locked cargo-fuzz@0.13.2
