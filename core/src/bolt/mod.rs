@@ -75,6 +75,8 @@
 mod crc32;
 mod decode;
 mod encode;
+pub mod proxy;
+pub mod router;
 
 #[cfg(test)]
 mod tests;
@@ -82,6 +84,11 @@ mod tests;
 pub use crc32::crc32;
 pub use decode::{decode, header_value, request_id_offset, set_request_id};
 pub use encode::{RequestSpec, encode_heartbeat_reply, encode_request, encode_response};
+pub use proxy::{
+    Action, BoltProxy, BoltStats, DownstreamId, DownstreamVerdict, ProxyReply, UpstreamId,
+    UpstreamVerdict,
+};
+pub use router::BoltRouter;
 
 /// The protocol byte of Bolt v1.
 pub const PROTOCOL_V1: u8 = 0x01;

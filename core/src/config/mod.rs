@@ -13,6 +13,8 @@
 //! compiles, domains are well-formed and unique, ...), which [`crate::router::Router::new`]
 //! relies on.
 
+pub mod bolt;
+mod bolt_decode;
 mod cluster_decode;
 mod decode;
 pub mod http;
@@ -136,6 +138,16 @@ pub enum ListenerFilter {
     /// An HTTP/1.1 connection manager: routes each request (boxed: it is much larger than the
     /// other variants).
     Http(Box<http::HttpConfig>),
+    /// A SOFARPC Bolt proxy: routes each request by service and headers.
+    Bolt(Box<bolt::BoltConfig>),
+    /// `protocol: auto`: sniffs the first bytes of a connection, HTTP/1.1 or Bolt (v1/v2), and
+    /// serves it with the matching filter.
+    Auto {
+        /// The `http` filter.
+        http: Box<http::HttpConfig>,
+        /// The `bolt` filter.
+        bolt: Box<bolt::BoltConfig>,
+    },
 }
 
 /// L4 proxying settings.
@@ -463,32 +475,86 @@ fn decode_listener(
     let address = obj
         .req(dec, "address")
         .and_then(|(v, p)| dec.parsed(&p, v, parse_socket_addr));
-    let mut filters: Vec<Option<ListenerFilter>> = Vec::new();
+    let protocol = match obj.opt("protocol") {
+        Some((v, p)) => dec
+            .one_of(&p, v, &[("auto", ())])
+            .map(|()| Some(p))
+            .or(Some(None)),
+        None => None,
+    };
+    let mut filters: Vec<(&str, Option<ListenerFilter>)> = Vec::new();
     if let Some((v, p)) = obj.opt("tcp_proxy") {
-        filters.push(decode_tcp_proxy(dec, &p, v, cluster_names).map(ListenerFilter::TcpProxy));
+        filters.push((
+            "tcp_proxy",
+            decode_tcp_proxy(dec, &p, v, cluster_names).map(ListenerFilter::TcpProxy),
+        ));
     }
     if let Some((v, p)) = obj.opt("echo") {
-        filters.push(decode_empty(dec, &p, v).map(|()| ListenerFilter::Echo));
+        filters.push((
+            "echo",
+            decode_empty(dec, &p, v).map(|()| ListenerFilter::Echo),
+        ));
     }
     if let Some((v, p)) = obj.opt("http") {
-        filters.push(
+        filters.push((
+            "http",
             http_decode::decode_http(dec, &p, v, cluster_names)
                 .map(|h| ListenerFilter::Http(Box::new(h))),
-        );
+        ));
     }
-    let filter = match filters.len() {
-        0 => {
-            dec.error(path, "no filter: give one of `tcp_proxy`, `echo`, `http`");
-            None
+    if let Some((v, p)) = obj.opt("bolt") {
+        filters.push((
+            "bolt",
+            bolt_decode::decode_bolt(dec, &p, v, cluster_names)
+                .map(|b| ListenerFilter::Bolt(Box::new(b))),
+        ));
+    }
+    let filter = match protocol {
+        // `protocol` was given but is not a known value: already reported.
+        Some(None) => None,
+        Some(Some(protocol_path)) => {
+            let names: Vec<&str> = filters.iter().map(|(n, _)| *n).collect();
+            if names == ["http", "bolt"] {
+                let mut it = filters.into_iter().map(|(_, f)| f);
+                match (it.next().flatten(), it.next().flatten()) {
+                    (Some(ListenerFilter::Http(http)), Some(ListenerFilter::Bolt(bolt))) => {
+                        Some(ListenerFilter::Auto { http, bolt })
+                    }
+                    _ => None,
+                }
+            } else {
+                let given = if names.is_empty() {
+                    "none".to_owned()
+                } else {
+                    names.join(", ")
+                };
+                dec.error(
+                    &protocol_path,
+                    format!(
+                        "`protocol: auto` needs exactly the filters `http` and `bolt` (given: {given})"
+                    ),
+                );
+                None
+            }
         }
-        1 => filters.pop().flatten(),
-        _ => {
-            dec.error(
-                path,
-                "more than one filter: give exactly one of `tcp_proxy`, `echo`, `http`",
-            );
-            None
-        }
+        None => match filters.len() {
+            0 => {
+                dec.error(
+                    path,
+                    "no filter: give one of `tcp_proxy`, `echo`, `http`, `bolt`",
+                );
+                None
+            }
+            1 => filters.pop().and_then(|(_, f)| f),
+            _ => {
+                dec.error(
+                    path,
+                    "more than one filter: give exactly one of `tcp_proxy`, `echo`, `http`, \
+                     `bolt` (or `protocol: auto` with `http` and `bolt`)",
+                );
+                None
+            }
+        },
     };
     obj.finish(dec);
     Some(ListenerConfig {

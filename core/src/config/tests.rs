@@ -67,7 +67,7 @@ drain_timeout: 10
         r#"listeners[0].address: "127.0.0.1:99999" is not a socket address (port out of range)"#,
         r#"listeners[0].tcp_proxy.cluster: unknown cluster "nowhere" (known: c1)"#,
         r#"listeners[0].tcp_proxy.idle_timeout: "5 parsecs" has an unknown unit " parsecs" (expected a number and a unit: 250ms, 1s, 5m, 1h)"#,
-        "listeners[1].tpc_proxy: unknown field (expected one of: name, address, tcp_proxy, echo, http)",
+        "listeners[1].tpc_proxy: unknown field (expected one of: name, address, protocol, tcp_proxy, echo, http, bolt)",
         "clusters[0].connect_timeout: must be greater than zero",
         r#"clusters[0].lb_policy: unknown value "fastest" (expected one of: round_robin, weighted_round_robin, random, least_request, ring_hash, maglev)"#,
         "clusters[0].hosts[0].weight: 0 is not a whole number from 1 to 1000",
@@ -119,7 +119,7 @@ fn structural_problems() {
     );
     assert_eq!(
         errors("listeners: [ { name: x, address: 127.0.0.1:1 } ]"),
-        ["listeners[0]: no filter: give one of `tcp_proxy`, `echo`, `http`"]
+        ["listeners[0]: no filter: give one of `tcp_proxy`, `echo`, `http`, `bolt`"]
     );
     assert_eq!(
         errors(
@@ -127,7 +127,7 @@ fn structural_problems() {
         ),
         [
             r#"listeners[0].tcp_proxy.cluster: unknown cluster "c" (no clusters are defined)"#,
-            "listeners[0]: more than one filter: give exactly one of `tcp_proxy`, `echo`, `http`",
+            "listeners[0]: more than one filter: give exactly one of `tcp_proxy`, `echo`, `http`, `bolt` (or `protocol: auto` with `http` and `bolt`)",
         ]
     );
     assert_eq!(

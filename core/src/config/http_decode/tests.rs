@@ -683,7 +683,9 @@ fn listener_level_problems() {
         errors(
             "listeners: [ { name: h, address: 127.0.0.1:1, echo: {}, http: { virtual_hosts: [ { name: v, domains: ['*'], routes: [] } ] } } ]"
         ),
-        ["listeners[0]: more than one filter: give exactly one of `tcp_proxy`, `echo`, `http`"]
+        [
+            "listeners[0]: more than one filter: give exactly one of `tcp_proxy`, `echo`, `http`, `bolt` (or `protocol: auto` with `http` and `bolt`)"
+        ]
     );
     assert_eq!(
         errors(&with_vhosts(

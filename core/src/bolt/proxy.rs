@@ -1,0 +1,855 @@
+//! The Bolt stream layer of one worker: many downstream connections multiplexed over shared
+//! upstream connections, with request ids rewritten per upstream connection, sans-IO.
+//!
+//! The proxy never holds frame bytes. The driver reads into its own buffers, decodes a frame
+//! with [`super::decode`], hands the [`Frame`] to [`BoltProxy::handle_downstream_frame`] (or
+//! [`BoltProxy::handle_upstream_frame`]) and is told, by the returned verdict, what to do with
+//! *that frame's bytes*: patch its id with [`super::set_request_id`] and append it to another
+//! connection's write buffer, answer it, or drop it. Everything that is not about the frame just
+//! handed in — connections to open, replies to other requests (timeouts, upstream losses) —
+//! comes out of [`BoltProxy::poll_action`]. Timers: [`BoltProxy::poll_timeout`] /
+//! [`BoltProxy::handle_timeout`].
+//!
+//! ## How a driver uses it
+//!
+//! ```text
+//! proxy = BoltProxy::from_config(&config)?                 one per worker and config snapshot
+//! accept     → d = proxy.open_downstream(listener, peer)
+//! read down  → decode(&buf, proxy.max_frame_size(listener)):
+//!     Ok(Some(f)) → match proxy.handle_downstream_frame(now, d, &f, clusters, rng):
+//!         Forward { up, request_id } → set_request_id(frame bytes, request_id); append them to
+//!                                      up's write buffer (created on first use: `up` may be
+//!                                      a connection whose Connect is still in poll_action)
+//!         AnswerHeartbeat           → encode_heartbeat_reply(d's write buffer, &f)
+//!         Reply(r)                  → r.encode(d's write buffer)
+//!         Drop                      → nothing
+//!     Err(_)      → if let Some(r) = proxy.handle_downstream_codec_error(now, d, &buf, clusters)
+//!                   { r.encode(d's write buffer) }; flush, close d (the proxy forgot d)
+//! down closed → proxy.handle_downstream_closed(d)
+//! read up    → decode(&buf, limit): Ok(Some(f)) → match proxy.handle_upstream_frame(now, up, &f, clusters):
+//!         Forward { down, request_id } → set_request_id(frame bytes, request_id); append to down
+//!         AnswerHeartbeat              → encode_heartbeat_reply(up's write buffer, &f)
+//!         Drop                         → nothing
+//!     Err(_) → close up, then as "up closed"
+//! connected  → proxy.handle_upstream_connected(up); flush up's write buffer
+//! up closed / connect failed or timed out (the driver times connects with the cluster's
+//!              connect_timeout) → proxy.handle_upstream_closed(now, up, clusters); drop up's buffer
+//! after every input: while let Some(a) = proxy.poll_action() {
+//!         Connect { up, cluster, host, address } → open it
+//!         Reply(r)                              → r.encode(r.down's write buffer) }
+//! timer      → sleep until proxy.poll_timeout(); proxy.handle_timeout(now, clusters)
+//! ```
+//!
+//! ## States
+//!
+//! ```text
+//! downstream:  open ──codec error / closed──▶ forgotten (its streams become orphans)
+//! upstream:    Connecting ──handle_upstream_connected──▶ Connected
+//!                   └────────────── handle_upstream_closed ─────────────┴──▶ forgotten
+//!              (one per (cluster, host); opened on demand when a request picks a host that has
+//!               none; holds one `max_connections` breaker unit while it exists)
+//! stream:      registered (request forwarded; holds a `max_requests` unit and a host `begin`)
+//!                 ├─ upstream response   → Forward to its downstream with its original id
+//!                 ├─ deadline            → Reply status 7
+//!                 └─ upstream lost       → Reply status 16
+//!              each ends the stream: the unit is released and the host `end`ed, at once.
+//!              An orphan (its downstream closed first) ends the same way, with nothing sent.
+//! ```
+//!
+//! Per request (type 1, `cmd_code` ≠ 0): route ([`BoltRouter`]) → no route: status 6; pick a
+//! host of the route's cluster with the cluster's policy ([`ClusterState::pick_hashed`], the
+//! hash from the cluster's `hash_policy` over the Bolt header map and the downstream's IP) →
+//! none available: status 6; a `max_requests` unit → overflow: status 4; the host's upstream
+//! connection, opened when missing (a `max_connections` unit → overflow: status 4); a fresh
+//! upstream request id. The deadline is the shorter of the frame's timeout field (when > 0) and
+//! the route's `timeout` (when set); without either the stream waits for its response or the
+//! loss of its upstream connection.
+//!
+//! Heartbeats (`cmd_code` 0, type 1) are answered by the proxy, from either side. A oneway
+//! request (type 2) is routed and forwarded with a fresh upstream id (so that it cannot collide
+//! with a request in flight) and registers nothing; when it cannot be forwarded it is dropped
+//! (it expects no answer). A frame of the wrong direction (a response from a downstream, a
+//! request other than a heartbeat from an upstream, a oneway heartbeat) is dropped.
+//!
+//! A codec error on a downstream ([`BoltProxy::handle_downstream_codec_error`], including a
+//! frame declaring more than `max_frame_size`, which the decoder reports from its fixed header)
+//! is answered with status 9 when the request id can be read from the bytes (protocol byte known
+//! and the id's bytes in), then the connection must be closed; it harms no other connection.
+//!
+//! Upstream ids: each upstream connection has a wrapping `u32` counter; a new id skips any id
+//! still in flight on that connection. A stream that timed out is forgotten at once, so its
+//! late response (if any) finds no stream and is dropped, as long as it arrives before the
+//! counter wraps around to the same id (2³² requests later on that connection).
+//!
+//! ## Invariants (checked in debug builds after every input; [`BoltProxy::check_invariants`])
+//!
+//! - every request accepted from a downstream gets exactly one answer (its upstream response,
+//!   or one proxy reply) unless that downstream closed first;
+//! - an answer goes only to the downstream that sent the request, with its original id;
+//! - upstream ids in flight are unique per upstream connection (they are map keys);
+//! - there is at most one upstream connection per (cluster, host), and `by_host` and the
+//!   connections agree;
+//! - every stream with a deadline has exactly one timer, and every timer a stream;
+//! - a downstream's `in_flight` is the number of streams that answer to it;
+//! - host `active` counts and breaker units held by the proxy are exactly its streams (one
+//!   `begin` and one `max_requests` unit each) and its connections (one `max_connections` unit
+//!   each), so they return to zero when everything is done.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::net::{IpAddr, SocketAddr};
+use std::time::{Duration, Instant};
+
+use super::router::BoltRouter;
+use super::{CMD_HEARTBEAT, Frame, Kind, PROTOCOL_V1, PROTOCOL_V2, ResponseStatus, Version};
+use super::{encode_response, request_id_offset};
+use crate::cluster::{ClusterState, HostId};
+use crate::config::{Config, HashPolicy, ListenerFilter};
+use crate::health::{Permit, Resource};
+use crate::lb::request_hash;
+use crate::rng::Rng;
+
+/// A downstream connection, as numbered by [`BoltProxy::open_downstream`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct DownstreamId(pub u64);
+
+/// An upstream connection, as numbered by the proxy in [`Action::Connect`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct UpstreamId(pub u64);
+
+/// A response the proxy makes itself, to be written to `down`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ProxyReply {
+    /// Where it goes.
+    pub down: DownstreamId,
+    /// The request's original id.
+    pub request_id: u32,
+    /// The request's version.
+    pub version: Version,
+    /// The request's codec.
+    pub codec: u8,
+    /// Why.
+    pub status: ResponseStatus,
+}
+
+impl ProxyReply {
+    /// Appends the response frame (`cmd_code` 2, empty class, header and content) to `out`.
+    pub fn encode(&self, out: &mut Vec<u8>) {
+        encode_response(
+            out,
+            self.version,
+            self.request_id,
+            self.codec,
+            self.status,
+            b"",
+            &[],
+            b"",
+        )
+        .expect("an empty response always fits");
+    }
+}
+
+/// What to do with the bytes of a frame read from a downstream.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DownstreamVerdict {
+    /// `set_request_id(frame bytes, request_id)`, then append them to `up`'s write buffer.
+    Forward {
+        /// The upstream connection (maybe still connecting: see [`Action::Connect`]).
+        up: UpstreamId,
+        /// The id it carries upstream.
+        request_id: u32,
+    },
+    /// Append `encode_heartbeat_reply(&frame)` to this downstream's write buffer.
+    AnswerHeartbeat,
+    /// Append this reply to this downstream's write buffer.
+    Reply(ProxyReply),
+    /// Nothing to write.
+    Drop,
+}
+
+/// What to do with the bytes of a frame read from an upstream.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum UpstreamVerdict {
+    /// `set_request_id(frame bytes, request_id)` (the original id), then append them to
+    /// `down`'s write buffer.
+    Forward {
+        /// The downstream that sent the request.
+        down: DownstreamId,
+        /// Its original request id.
+        request_id: u32,
+    },
+    /// Append `encode_heartbeat_reply(&frame)` to this upstream's write buffer.
+    AnswerHeartbeat,
+    /// Nothing to write (a late or orphaned response, or a frame of the wrong direction).
+    Drop,
+}
+
+/// An output that is not about the frame just handed in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Action {
+    /// Open a connection to `address` (host `host` of cluster `cluster`); then call
+    /// [`BoltProxy::handle_upstream_connected`] or [`BoltProxy::handle_upstream_closed`].
+    Connect {
+        /// Its id.
+        up: UpstreamId,
+        /// Index in `Config::clusters`.
+        cluster: usize,
+        /// The host.
+        host: HostId,
+        /// The host's address.
+        address: SocketAddr,
+    },
+    /// Append this reply to `reply.down`'s write buffer.
+    Reply(ProxyReply),
+}
+
+/// Counters of one proxy.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct BoltStats {
+    /// Requests forwarded upstream (and registered).
+    pub requests: u64,
+    /// Oneway requests forwarded.
+    pub oneway: u64,
+    /// Oneway requests dropped (no route, no host, overflow).
+    pub oneway_dropped: u64,
+    /// Heartbeats answered (from either side).
+    pub heartbeats: u64,
+    /// Upstream responses forwarded downstream.
+    pub responses: u64,
+    /// Upstream responses dropped (late, orphaned, unknown id).
+    pub responses_dropped: u64,
+    /// Frames of the wrong direction dropped.
+    pub unexpected_frames: u64,
+    /// Status 6 replies (no route).
+    pub no_route: u64,
+    /// Status 6 replies (no available host).
+    pub no_host: u64,
+    /// Status 4 replies.
+    pub overflow: u64,
+    /// Status 7 replies.
+    pub timeouts: u64,
+    /// Downstream codec errors (status 9 replies when the id was readable).
+    pub codec_errors: u64,
+    /// Status 16 replies.
+    pub upstream_lost: u64,
+    /// Upstream connections opened.
+    pub upstream_connects: u64,
+}
+
+#[derive(Debug)]
+struct Listener {
+    router: BoltRouter,
+    max_frame_size: usize,
+}
+
+#[derive(Debug)]
+struct Downstream {
+    listener: usize,
+    peer: Option<IpAddr>,
+    in_flight: usize,
+}
+
+#[derive(Debug)]
+struct Upstream {
+    cluster: usize,
+    host: HostId,
+    connected: bool,
+    next_id: u32,
+    streams: BTreeMap<u32, Stream>,
+    permit: Permit,
+}
+
+#[derive(Debug)]
+struct Stream {
+    /// `None` once the downstream closed (an orphan).
+    down: Option<DownstreamId>,
+    request_id: u32,
+    version: Version,
+    codec: u8,
+    deadline: Option<Instant>,
+    permit: Permit,
+}
+
+/// The Bolt stream layer of one worker. See the module doc.
+#[derive(Debug)]
+pub struct BoltProxy {
+    listeners: Vec<Option<Listener>>,
+    hash_policies: Vec<Vec<HashPolicy>>,
+    downstreams: BTreeMap<DownstreamId, Downstream>,
+    upstreams: BTreeMap<UpstreamId, Upstream>,
+    by_host: BTreeMap<(usize, HostId), UpstreamId>,
+    timers: BTreeSet<(Instant, UpstreamId, u32)>,
+    actions: VecDeque<Action>,
+    next_down: u64,
+    next_up: u64,
+    stats: BoltStats,
+}
+
+/// The version, request id and codec of a frame whose decoding failed, when its bytes carry
+/// them (a known protocol byte and the id and codec bytes in).
+#[must_use]
+pub fn readable_request(buf: &[u8]) -> Option<(Version, u32, u8)> {
+    let version = match *buf.first()? {
+        PROTOCOL_V1 => Version::V1,
+        PROTOCOL_V2 => Version::V2 {
+            ver1: *buf.get(1)?,
+            switch: *buf.get(11)?,
+        },
+        _ => return None,
+    };
+    let at = request_id_offset(version);
+    let id = u32::from_be_bytes(buf.get(at..at + 4)?.try_into().ok()?);
+    let codec = *buf.get(at + 4)?;
+    Some((version, id, codec))
+}
+
+impl BoltProxy {
+    /// A proxy for the `bolt` (and `protocol: auto`) listeners of `config`; listeners are
+    /// indexed as in `config.listeners`. Fails only when a router does not compile (never for a
+    /// validated config).
+    pub fn from_config(config: &Config) -> Result<BoltProxy, String> {
+        let listeners = config
+            .listeners
+            .iter()
+            .map(|l| match &l.filter {
+                ListenerFilter::Bolt(b) | ListenerFilter::Auto { bolt: b, .. } => {
+                    Ok(Some(Listener {
+                        router: BoltRouter::new(b)
+                            .map_err(|e| format!("listener {}: bolt.{e}", l.name))?,
+                        max_frame_size: b.max_frame_size,
+                    }))
+                }
+                _ => Ok(None),
+            })
+            .collect::<Result<Vec<_>, String>>()?;
+        let hash_policies = config
+            .clusters
+            .iter()
+            .map(|c| c.hash_policy.clone())
+            .collect();
+        Ok(BoltProxy {
+            listeners,
+            hash_policies,
+            downstreams: BTreeMap::new(),
+            upstreams: BTreeMap::new(),
+            by_host: BTreeMap::new(),
+            timers: BTreeSet::new(),
+            actions: VecDeque::new(),
+            next_down: 0,
+            next_up: 0,
+            stats: BoltStats::default(),
+        })
+    }
+
+    /// The `max_frame_size` of a listener (the default for one that is not a Bolt listener).
+    #[must_use]
+    pub fn max_frame_size(&self, listener: usize) -> usize {
+        self.listeners
+            .get(listener)
+            .and_then(Option::as_ref)
+            .map_or(super::DEFAULT_MAX_FRAME_SIZE, |l| l.max_frame_size)
+    }
+
+    /// The router of a listener.
+    #[must_use]
+    pub fn router(&self, listener: usize) -> Option<&BoltRouter> {
+        self.listeners
+            .get(listener)
+            .and_then(Option::as_ref)
+            .map(|l| &l.router)
+    }
+
+    /// A downstream connection accepted on `listener` from `peer` (its IP feeds a `source_ip`
+    /// hash policy).
+    pub fn open_downstream(&mut self, listener: usize, peer: Option<SocketAddr>) -> DownstreamId {
+        let id = DownstreamId(self.next_down);
+        self.next_down += 1;
+        self.downstreams.insert(
+            id,
+            Downstream {
+                listener,
+                peer: peer.map(|p| p.ip()),
+                in_flight: 0,
+            },
+        );
+        id
+    }
+
+    /// A frame decoded from downstream `down`. See [`DownstreamVerdict`].
+    pub fn handle_downstream_frame(
+        &mut self,
+        now: Instant,
+        down: DownstreamId,
+        frame: &Frame<'_>,
+        clusters: &mut [ClusterState],
+        rng: &mut Rng,
+    ) -> DownstreamVerdict {
+        let verdict = self.downstream_frame(now, down, frame, clusters, rng);
+        self.debug_check();
+        verdict
+    }
+
+    fn downstream_frame(
+        &mut self,
+        now: Instant,
+        down: DownstreamId,
+        frame: &Frame<'_>,
+        clusters: &mut [ClusterState],
+        rng: &mut Rng,
+    ) -> DownstreamVerdict {
+        let Some(d) = self.downstreams.get(&down) else {
+            return DownstreamVerdict::Drop;
+        };
+        let oneway = match frame.kind {
+            Kind::Response => {
+                self.stats.unexpected_frames += 1;
+                return DownstreamVerdict::Drop;
+            }
+            Kind::Request if frame.cmd_code == CMD_HEARTBEAT => {
+                self.stats.heartbeats += 1;
+                return DownstreamVerdict::AnswerHeartbeat;
+            }
+            Kind::Oneway if frame.cmd_code == CMD_HEARTBEAT => {
+                self.stats.unexpected_frames += 1;
+                return DownstreamVerdict::Drop;
+            }
+            Kind::Request => false,
+            Kind::Oneway => true,
+        };
+        let (listener, peer) = (d.listener, d.peer);
+        let reply = |status| {
+            DownstreamVerdict::Reply(ProxyReply {
+                down,
+                request_id: frame.request_id,
+                version: frame.version,
+                codec: frame.codec,
+                status,
+            })
+        };
+        let route = self
+            .listeners
+            .get(listener)
+            .and_then(Option::as_ref)
+            .and_then(|l| l.router.route(frame));
+        let Some(route) = route else {
+            if oneway {
+                self.stats.oneway_dropped += 1;
+                return DownstreamVerdict::Drop;
+            }
+            self.stats.no_route += 1;
+            return reply(ResponseStatus::NoProcessor);
+        };
+        let (cluster, route_timeout) = (route.cluster_index, route.timeout);
+        let Some(state) = clusters.get_mut(cluster) else {
+            self.stats.no_host += 1;
+            return if oneway {
+                DownstreamVerdict::Drop
+            } else {
+                reply(ResponseStatus::NoProcessor)
+            };
+        };
+        let policies = self
+            .hash_policies
+            .get(cluster)
+            .map_or(&[][..], Vec::as_slice);
+        let hash = if policies.is_empty() {
+            None
+        } else {
+            request_hash(policies, |name| frame.header.get(name.as_bytes()), peer)
+        };
+        let Some(host) = state.pick_hashed(rng, &[], hash) else {
+            if oneway {
+                self.stats.oneway_dropped += 1;
+                return DownstreamVerdict::Drop;
+            }
+            self.stats.no_host += 1;
+            return reply(ResponseStatus::NoProcessor);
+        };
+        let permit = if oneway {
+            None
+        } else {
+            match state.breakers_mut().try_acquire(Resource::Requests) {
+                Ok(p) => Some(p),
+                Err(_) => {
+                    self.stats.overflow += 1;
+                    return reply(ResponseStatus::ServerThreadpoolBusy);
+                }
+            }
+        };
+        let up = match self.by_host.get(&(cluster, host)) {
+            Some(&up) => up,
+            None => match state.breakers_mut().try_acquire(Resource::Connections) {
+                Ok(conn_permit) => {
+                    let up = UpstreamId(self.next_up);
+                    self.next_up += 1;
+                    self.upstreams.insert(
+                        up,
+                        Upstream {
+                            cluster,
+                            host,
+                            connected: false,
+                            next_id: 1,
+                            streams: BTreeMap::new(),
+                            permit: conn_permit,
+                        },
+                    );
+                    self.by_host.insert((cluster, host), up);
+                    self.stats.upstream_connects += 1;
+                    self.actions.push_back(Action::Connect {
+                        up,
+                        cluster,
+                        host,
+                        address: state.host(host).address,
+                    });
+                    up
+                }
+                Err(_) => {
+                    if let Some(p) = permit {
+                        state.breakers_mut().release(p);
+                        self.stats.overflow += 1;
+                        return reply(ResponseStatus::ServerThreadpoolBusy);
+                    }
+                    self.stats.oneway_dropped += 1;
+                    return DownstreamVerdict::Drop;
+                }
+            },
+        };
+        let upstream = self
+            .upstreams
+            .get_mut(&up)
+            .expect("by_host names a live upstream");
+        let request_id = loop {
+            let id = upstream.next_id;
+            upstream.next_id = upstream.next_id.wrapping_add(1);
+            if !upstream.streams.contains_key(&id) {
+                break id;
+            }
+        };
+        let Some(permit) = permit else {
+            self.stats.oneway += 1;
+            return DownstreamVerdict::Forward { up, request_id };
+        };
+        let frame_timeout = frame
+            .timeout_ms
+            .filter(|&t| t > 0)
+            .map(|t| Duration::from_millis(t as u64));
+        let timeout = match (frame_timeout, route_timeout) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        let deadline = timeout.map(|t| now + t);
+        state.begin(host);
+        upstream.streams.insert(
+            request_id,
+            Stream {
+                down: Some(down),
+                request_id: frame.request_id,
+                version: frame.version,
+                codec: frame.codec,
+                deadline,
+                permit,
+            },
+        );
+        if let Some(at) = deadline {
+            self.timers.insert((at, up, request_id));
+        }
+        self.downstreams
+            .get_mut(&down)
+            .expect("checked above")
+            .in_flight += 1;
+        self.stats.requests += 1;
+        DownstreamVerdict::Forward { up, request_id }
+    }
+
+    /// Downstream `down` sent bytes that do not decode (`buf` is its read buffer from the start
+    /// of the frame that failed). Returns the status-9 reply to write when the request id could
+    /// be read; the driver then closes the connection. The proxy forgets `down` as
+    /// [`BoltProxy::handle_downstream_closed`] does.
+    pub fn handle_downstream_codec_error(
+        &mut self,
+        _now: Instant,
+        down: DownstreamId,
+        buf: &[u8],
+    ) -> Option<ProxyReply> {
+        if !self.downstreams.contains_key(&down) {
+            return None;
+        }
+        self.stats.codec_errors += 1;
+        let reply = readable_request(buf).map(|(version, request_id, codec)| ProxyReply {
+            down,
+            request_id,
+            version,
+            codec,
+            status: ResponseStatus::CodecException,
+        });
+        self.handle_downstream_closed(down);
+        reply
+    }
+
+    /// Downstream `down` closed (or was closed). Its streams become orphans: they keep their
+    /// upstream id, host `begin` and breaker unit until their response, deadline or upstream
+    /// loss ends them, with nothing sent. Idempotent.
+    pub fn handle_downstream_closed(&mut self, down: DownstreamId) {
+        if let Some(d) = self.downstreams.remove(&down)
+            && d.in_flight > 0
+        {
+            for u in self.upstreams.values_mut() {
+                for s in u.streams.values_mut() {
+                    if s.down == Some(down) {
+                        s.down = None;
+                    }
+                }
+            }
+        }
+        self.debug_check();
+    }
+
+    /// Upstream `up` is connected (its buffered bytes can be written).
+    pub fn handle_upstream_connected(&mut self, up: UpstreamId) {
+        if let Some(u) = self.upstreams.get_mut(&up) {
+            u.connected = true;
+        }
+    }
+
+    /// A frame decoded from upstream `up`. See [`UpstreamVerdict`].
+    pub fn handle_upstream_frame(
+        &mut self,
+        _now: Instant,
+        up: UpstreamId,
+        frame: &Frame<'_>,
+        clusters: &mut [ClusterState],
+    ) -> UpstreamVerdict {
+        let verdict = self.upstream_frame(up, frame, clusters);
+        self.debug_check();
+        verdict
+    }
+
+    fn upstream_frame(
+        &mut self,
+        up: UpstreamId,
+        frame: &Frame<'_>,
+        clusters: &mut [ClusterState],
+    ) -> UpstreamVerdict {
+        let Some(u) = self.upstreams.get_mut(&up) else {
+            return UpstreamVerdict::Drop;
+        };
+        match frame.kind {
+            Kind::Request if frame.cmd_code == CMD_HEARTBEAT => {
+                self.stats.heartbeats += 1;
+                return UpstreamVerdict::AnswerHeartbeat;
+            }
+            Kind::Request | Kind::Oneway => {
+                self.stats.unexpected_frames += 1;
+                return UpstreamVerdict::Drop;
+            }
+            Kind::Response => {}
+        }
+        let Some(s) = u.streams.remove(&frame.request_id) else {
+            self.stats.responses_dropped += 1;
+            return UpstreamVerdict::Drop;
+        };
+        let (cluster, host) = (u.cluster, u.host);
+        if let Some(at) = s.deadline {
+            self.timers.remove(&(at, up, frame.request_id));
+        }
+        let down = end_stream(&mut self.downstreams, clusters, cluster, host, s);
+        match down {
+            Some((down, request_id, _, _)) => {
+                self.stats.responses += 1;
+                UpstreamVerdict::Forward { down, request_id }
+            }
+            None => {
+                self.stats.responses_dropped += 1;
+                UpstreamVerdict::Drop
+            }
+        }
+    }
+
+    /// Upstream `up` closed, or its connect failed or timed out: each of its streams whose
+    /// downstream is open gets status 16 (in [`BoltProxy::poll_action`]); the next request for
+    /// its host opens a new connection.
+    pub fn handle_upstream_closed(
+        &mut self,
+        _now: Instant,
+        up: UpstreamId,
+        clusters: &mut [ClusterState],
+    ) {
+        if let Some(u) = self.upstreams.remove(&up) {
+            self.by_host.remove(&(u.cluster, u.host));
+            for (id, s) in u.streams {
+                if let Some(at) = s.deadline {
+                    self.timers.remove(&(at, up, id));
+                }
+                if let Some((down, request_id, version, codec)) =
+                    end_stream(&mut self.downstreams, clusters, u.cluster, u.host, s)
+                {
+                    self.stats.upstream_lost += 1;
+                    self.actions.push_back(Action::Reply(ProxyReply {
+                        down,
+                        request_id,
+                        version,
+                        codec,
+                        status: ResponseStatus::ConnectionClosed,
+                    }));
+                }
+            }
+            if let Some(c) = clusters.get_mut(u.cluster) {
+                c.breakers_mut().release(u.permit);
+            }
+        }
+        self.debug_check();
+    }
+
+    /// The next output that is not about a frame just handed in.
+    pub fn poll_action(&mut self) -> Option<Action> {
+        self.actions.pop_front()
+    }
+
+    /// When [`BoltProxy::handle_timeout`] must next be called.
+    #[must_use]
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.timers.first().map(|&(at, _, _)| at)
+    }
+
+    /// Ends every stream whose deadline is at or before `now`: status 7 to its downstream
+    /// (when open); its late response, if any, will be dropped.
+    pub fn handle_timeout(&mut self, now: Instant, clusters: &mut [ClusterState]) {
+        while let Some(&(at, up, id)) = self.timers.first() {
+            if at > now {
+                break;
+            }
+            self.timers.pop_first();
+            let Some(u) = self.upstreams.get_mut(&up) else {
+                continue;
+            };
+            let Some(s) = u.streams.remove(&id) else {
+                continue;
+            };
+            let (cluster, host) = (u.cluster, u.host);
+            if let Some((down, request_id, version, codec)) =
+                end_stream(&mut self.downstreams, clusters, cluster, host, s)
+            {
+                self.stats.timeouts += 1;
+                self.actions.push_back(Action::Reply(ProxyReply {
+                    down,
+                    request_id,
+                    version,
+                    codec,
+                    status: ResponseStatus::Timeout,
+                }));
+            }
+        }
+        self.debug_check();
+    }
+
+    /// The counters.
+    #[must_use]
+    pub fn stats(&self) -> &BoltStats {
+        &self.stats
+    }
+
+    /// Requests in flight (orphans included).
+    #[must_use]
+    pub fn in_flight(&self) -> usize {
+        self.upstreams.values().map(|u| u.streams.len()).sum()
+    }
+
+    /// Requests in flight from `down` (0 for an unknown downstream).
+    #[must_use]
+    pub fn downstream_in_flight(&self, down: DownstreamId) -> usize {
+        self.downstreams.get(&down).map_or(0, |d| d.in_flight)
+    }
+
+    /// Open downstream connections.
+    #[must_use]
+    pub fn downstream_count(&self) -> usize {
+        self.downstreams.len()
+    }
+
+    /// Upstream connections (connecting or connected).
+    #[must_use]
+    pub fn upstream_count(&self) -> usize {
+        self.upstreams.len()
+    }
+
+    /// The cluster, host and connectedness of an upstream connection.
+    #[must_use]
+    pub fn upstream(&self, up: UpstreamId) -> Option<(usize, HostId, bool)> {
+        self.upstreams
+            .get(&up)
+            .map(|u| (u.cluster, u.host, u.connected))
+    }
+
+    /// The upstream ids in flight on `up`, ascending.
+    pub fn upstream_ids_in_flight(&self, up: UpstreamId) -> impl Iterator<Item = u32> + '_ {
+        self.upstreams
+            .get(&up)
+            .into_iter()
+            .flat_map(|u| u.streams.keys().copied())
+    }
+
+    fn debug_check(&self) {
+        #[cfg(debug_assertions)]
+        self.check_invariants();
+    }
+
+    /// Checks the invariants of the module doc that the proxy can see alone; panics on a
+    /// violation. Runs after every input in debug builds.
+    pub fn check_invariants(&self) {
+        assert_eq!(
+            self.by_host.len(),
+            self.upstreams.len(),
+            "by_host/upstreams"
+        );
+        for (&(cluster, host), up) in &self.by_host {
+            let u = &self.upstreams[up];
+            assert_eq!((u.cluster, u.host), (cluster, host), "by_host of {up:?}");
+        }
+        let mut in_flight: BTreeMap<DownstreamId, usize> = BTreeMap::new();
+        let mut deadlines = 0;
+        for (&up, u) in &self.upstreams {
+            for (&id, s) in &u.streams {
+                if let Some(d) = s.down {
+                    assert!(self.downstreams.contains_key(&d), "stream of closed {d:?}");
+                    *in_flight.entry(d).or_default() += 1;
+                }
+                if let Some(at) = s.deadline {
+                    deadlines += 1;
+                    assert!(
+                        self.timers.contains(&(at, up, id)),
+                        "no timer for {up:?}/{id}"
+                    );
+                }
+            }
+        }
+        assert_eq!(deadlines, self.timers.len(), "a timer without a stream");
+        for (d, ds) in &self.downstreams {
+            assert_eq!(
+                ds.in_flight,
+                in_flight.get(d).copied().unwrap_or(0),
+                "in_flight of {d:?}"
+            );
+        }
+    }
+}
+
+/// Ends a stream: the host's `end`, the breaker unit back, the downstream's count down. Returns
+/// where an answer goes (downstream, original id, version, codec) when its downstream is open.
+fn end_stream(
+    downstreams: &mut BTreeMap<DownstreamId, Downstream>,
+    clusters: &mut [ClusterState],
+    cluster: usize,
+    host: HostId,
+    s: Stream,
+) -> Option<(DownstreamId, u32, Version, u8)> {
+    if let Some(c) = clusters.get_mut(cluster) {
+        c.end(host);
+        c.breakers_mut().release(s.permit);
+    }
+    let down = s.down?;
+    let d = downstreams.get_mut(&down)?;
+    d.in_flight -= 1;
+    Some((down, s.request_id, s.version, s.codec))
+}
+
+#[cfg(test)]
+mod tests;
