@@ -595,7 +595,10 @@ fn redact(v: &mut Value) {
 const CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
 
 fn is_http(config: &Config, listener: usize) -> bool {
-    matches!(config.listeners[listener].filter, ListenerFilter::Http(_))
+    matches!(
+        config.listeners[listener].filter,
+        ListenerFilter::Http(_) | ListenerFilter::Auto { .. }
+    )
 }
 
 fn is_tcp(config: &Config, listener: usize) -> bool {
@@ -698,6 +701,11 @@ fn flat_stats(shared: &AdminShared, s: &DetailedSnapshot) -> Vec<(String, u64)> 
             if cc.outlier_detection.is_some() {
                 put(format!("{hp}.ejected"), h.ejected);
             }
+        }
+    }
+    if has_bolt(config) {
+        for (name, v) in &s.bolt {
+            put(format!("bolt.{name}"), *v);
         }
     }
     for (name, h) in [
@@ -1009,6 +1017,29 @@ pub fn prometheus(shared: &AdminShared, s: &DetailedSnapshot) -> String {
         "HTTP upstream try time: connect started to response received.",
         &s.upstream_rq_time,
     );
+    if has_bolt(config) {
+        for (name, v) in &s.bolt {
+            let metric = format!("sluice_bolt_{name}_total");
+            let help = match *name {
+                "requests" => "Bolt requests forwarded upstream.",
+                "oneway" => "Bolt oneway requests forwarded.",
+                "heartbeats" => "Bolt heartbeats answered by the proxy.",
+                "responses" => "Bolt responses forwarded downstream.",
+                "responses_dropped" => "Bolt responses dropped (late, orphaned, unknown id).",
+                "no_route" => "Bolt requests answered status 6: no route.",
+                "no_host" => "Bolt requests answered status 6: no available host.",
+                "overflow" => "Bolt requests answered status 4: circuit breaker overflow.",
+                "timeouts" => "Bolt requests answered status 7: timeout.",
+                "codec_errors" => "Bolt downstream codec errors (connection closed).",
+                "upstream_lost" => "Bolt requests answered status 16: upstream connection lost.",
+                "sniff_failed" => {
+                    "Connections on protocol: auto listeners that were neither HTTP/1.1 nor Bolt."
+                }
+                _ => "Bolt counter.",
+            };
+            Family::start(&mut out, &metric, "counter", help).sample(&metric, &[], *v);
+        }
+    }
     let name = "sluice_accept_errors_total";
     Family::start(&mut out, name, "counter", "Accept calls that failed.").sample(
         name,
@@ -1210,6 +1241,17 @@ fn index_html(shared: &AdminShared) -> String {
     }
     out.push_str("</table>\n</body></html>\n");
     out
+}
+
+/// Whether a listener speaks Bolt (alone or with `protocol: auto`).
+fn has_bolt(config: &sluice_core::config::Config) -> bool {
+    config.listeners.iter().any(|l| {
+        matches!(
+            l.filter,
+            sluice_core::config::ListenerFilter::Bolt(_)
+                | sluice_core::config::ListenerFilter::Auto { .. }
+        )
+    })
 }
 
 #[cfg(test)]

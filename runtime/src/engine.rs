@@ -54,7 +54,10 @@ pub struct Engine<N: Network> {
     pub(crate) config: Arc<Config>,
     pub(crate) worker: usize,
     seed: u64,
-    pub(crate) clusters: Vec<Rc<RefCell<ClusterState>>>,
+    /// Per cluster: a handle on this worker's state of it (all of them live in `all_clusters`).
+    pub(crate) clusters: Vec<ClusterRef>,
+    /// This worker's cluster states, in config order (the Bolt proxy takes them as a slice).
+    pub(crate) all_clusters: Rc<RefCell<Vec<ClusterState>>>,
     /// Per cluster: this worker's outlier detector and applied availability.
     pub(crate) health: Vec<RefCell<WorkerHealth>>,
     /// Active health-check verdicts, shared by the process's workers.
@@ -69,11 +72,13 @@ pub struct Engine<N: Network> {
     /// Set by [`Engine::close_listeners`]: accept loops end, connections carry on.
     listeners_closed: Cell<bool>,
     close_listeners_now: Notify,
-    drain_expired: Notify,
+    pub(crate) drain_expired: Notify,
     /// Per listener: the compiled router of an `http` listener.
     pub(crate) routers: Vec<Option<Router>>,
     /// Per listener: this worker's access log writer, if the listener has one.
     pub(crate) access_logs: Vec<Option<RefCell<AccessLog>>>,
+    /// The Bolt proxy state, when a listener speaks Bolt.
+    pub(crate) bolt: Option<crate::bolt::BoltWorker>,
     /// This worker's idle upstream HTTP connections.
     pub(crate) pool: Pool<crate::http::UpstreamConn<N::Stream>>,
 }
@@ -105,17 +110,25 @@ impl<N: Network> Engine<N> {
         stats: Arc<WorkerStats>,
         shared_health: Arc<SharedHealth>,
     ) -> std::io::Result<Rc<Self>> {
-        let clusters = config
-            .clusters
-            .iter()
-            .map(|c| Rc::new(RefCell::new(ClusterState::for_worker(c, worker, workers))))
+        let all_clusters = Rc::new(RefCell::new(
+            config
+                .clusters
+                .iter()
+                .map(|c| ClusterState::for_worker(c, worker, workers))
+                .collect::<Vec<_>>(),
+        ));
+        let clusters = (0..config.clusters.len())
+            .map(|index| ClusterRef {
+                all: all_clusters.clone(),
+                index,
+            })
             .collect();
         let health = WorkerHealth::new(&config);
         let mut routers = Vec::with_capacity(config.listeners.len());
         let mut access_logs = Vec::with_capacity(config.listeners.len());
         for l in &config.listeners {
             match &l.filter {
-                ListenerFilter::Http(hc) => {
+                ListenerFilter::Http(hc) | ListenerFilter::Auto { http: hc, .. } => {
                     routers.push(Some(Router::new(hc).map_err(std::io::Error::other)?));
                     access_logs.push(match &hc.access_log {
                         Some(a) => Some(RefCell::new(AccessLog::open(a)?)),
@@ -129,12 +142,14 @@ impl<N: Network> Engine<N> {
             }
         }
         let pool = Pool::new(config.clusters.iter().map(|c| c.hosts.len()));
+        let bolt = crate::bolt::BoltWorker::for_config(&config)?;
         Ok(Rc::new(Engine {
             net,
             config,
             worker,
             seed,
             clusters,
+            all_clusters,
             health,
             shared_health,
             rng: RefCell::new(Rng::from_seed(seed)),
@@ -150,6 +165,7 @@ impl<N: Network> Engine<N> {
             routers,
             access_logs,
             pool,
+            bolt,
         }))
     }
 
@@ -165,7 +181,7 @@ impl<N: Network> Engine<N> {
 
     /// A cluster's live state (for inspection).
     pub fn cluster(&self, index: usize) -> std::cell::Ref<'_, ClusterState> {
-        self.clusters[index].borrow()
+        std::cell::Ref::map(self.all_clusters.borrow(), |all| &all[index])
     }
 
     /// Serves `listeners` (one bound listener per `config.listeners` entry, same order) until
@@ -214,6 +230,10 @@ impl<N: Network> Engine<N> {
             let seed = self.seed;
             tokio::task::spawn_local(engine.run_health_checks(seed))
         });
+        let bolt_timer = self
+            .bolt
+            .is_some()
+            .then(|| tokio::task::spawn_local(self.clone().bolt_timer()));
         let flusher = self.access_logs.iter().any(Option::is_some).then(|| {
             let engine = self.clone();
             tokio::task::spawn_local(async move {
@@ -229,6 +249,9 @@ impl<N: Network> Engine<N> {
         self.drain().await;
         if let Some(h) = health_checks {
             h.abort();
+        }
+        if let Some(t) = bolt_timer {
+            t.abort();
         }
         if let Some(f) = flusher {
             f.abort();
@@ -333,7 +356,17 @@ impl<N: Network> Engine<N> {
             match &lc.filter {
                 ListenerFilter::TcpProxy(tp) => self.tcp_proxy(index, lc, tp, stream, peer).await,
                 ListenerFilter::Echo => self.echo(index, stream).await,
-                ListenerFilter::Http(hc) => self.http_connection(index, lc, hc, stream, peer).await,
+                ListenerFilter::Http(hc) => {
+                    self.http_connection(index, lc, hc, stream, peer, &[]).await;
+                }
+                ListenerFilter::Bolt(bc) => {
+                    self.note_bolt_traffic(bc);
+                    self.bolt_connection(index, stream, peer, &[]).await;
+                }
+                ListenerFilter::Auto { http, bolt } => {
+                    self.auto_connection(index, lc, http, bolt, stream, peer)
+                        .await;
+                }
             }
             drop(guard);
         });
@@ -564,6 +597,126 @@ impl<N: Network> Engine<N> {
         if pool.len() < MAX_POOLED_BUFFERS {
             pool.push(buf);
         }
+    }
+}
+
+impl<N: Network> Engine<N> {
+    /// Notes traffic on every cluster a Bolt listener routes to (for the health checks'
+    /// `no_traffic_interval`).
+    fn note_bolt_traffic(&self, bc: &sluice_core::config::bolt::BoltConfig) {
+        for r in &bc.routes {
+            self.shared_health.note_traffic(r.action.cluster_index);
+        }
+    }
+
+    /// `protocol: auto`: reads the first bytes and serves the connection as HTTP/1.1 (it starts
+    /// with a method token and a space) or Bolt (protocol byte 1 or 2); anything else is closed
+    /// and counted (`bolt.sniff_failed`). The bytes read go to the chosen driver first.
+    async fn auto_connection(
+        self: &Rc<Self>,
+        index: usize,
+        lc: &ListenerConfig,
+        http: &sluice_core::config::http::HttpConfig,
+        bolt: &sluice_core::config::bolt::BoltConfig,
+        mut stream: N::Stream,
+        peer: SocketAddr,
+    ) {
+        let mut first = [0u8; 16];
+        let mut n = 0;
+        let deadline = tokio::time::Instant::now() + http.request_headers_timeout;
+        let protocol = loop {
+            match sniff(&first[..n]) {
+                Sniffed::NeedMore if n < first.len() => {}
+                Sniffed::NeedMore | Sniffed::Unknown => break None,
+                known => break Some(known),
+            }
+            let read = tokio::time::timeout_at(deadline, stream.read(&mut first[n..])).await;
+            match read {
+                Ok(Ok(0)) | Ok(Err(_)) => return,
+                Ok(Ok(k)) => n += k,
+                Err(_) => break None,
+            }
+        };
+        match protocol {
+            Some(Sniffed::Http) => {
+                self.http_connection(index, lc, http, stream, peer, &first[..n])
+                    .await;
+            }
+            Some(Sniffed::Bolt) => {
+                self.note_bolt_traffic(bolt);
+                self.bolt_connection(index, stream, peer, &first[..n]).await;
+            }
+            _ => {
+                bump(&self.stats.bolt.sniff_failed, 1);
+                debug!(listener = %lc.name, %peer, first = ?&first[..n], "protocol detection failed: neither HTTP/1.1 nor Bolt; closing");
+                let _ = stream.shutdown().await;
+            }
+        }
+    }
+}
+
+/// What the first bytes of a connection say.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Sniffed {
+    /// Not enough bytes yet.
+    NeedMore,
+    /// An HTTP/1.x request line: a method token (upper-case letters) then a space.
+    Http,
+    /// A Bolt frame: protocol byte 1 (v1) or 2 (v2), then a type byte 0, 1 or 2.
+    Bolt,
+    /// Neither.
+    Unknown,
+}
+
+/// Classifies the first bytes of a connection (see [`Sniffed`]).
+pub(crate) fn sniff(bytes: &[u8]) -> Sniffed {
+    let Some(&b0) = bytes.first() else {
+        return Sniffed::NeedMore;
+    };
+    if b0 == 1 || b0 == 2 {
+        // v1: type at byte 1; v2: ver1 at byte 1, type at byte 2.
+        let type_at = if b0 == 1 { 1 } else { 2 };
+        return match bytes.get(type_at) {
+            None => Sniffed::NeedMore,
+            Some(0..=2) => Sniffed::Bolt,
+            Some(_) => Sniffed::Unknown,
+        };
+    }
+    // The longest standard method is OPTIONS / CONNECT (7 letters); allow extension methods of
+    // up to 15 upper-case letters.
+    for (i, &b) in bytes.iter().enumerate() {
+        match b {
+            b'A'..=b'Z' | b'-' | b'_' if i < 15 => {}
+            b' ' if i > 0 => return Sniffed::Http,
+            _ => return Sniffed::Unknown,
+        }
+    }
+    Sniffed::NeedMore
+}
+
+/// One cluster's state in a worker: a handle into the worker's `Vec<ClusterState>` (borrowed
+/// for one statement at a time, like every `RefCell` here).
+#[derive(Clone)]
+pub(crate) struct ClusterRef {
+    all: Rc<RefCell<Vec<ClusterState>>>,
+    index: usize,
+}
+
+impl ClusterRef {
+    /// The cluster's state, mutably (panics if any cluster is borrowed: a bug).
+    pub(crate) fn borrow_mut(&self) -> std::cell::RefMut<'_, ClusterState> {
+        std::cell::RefMut::map(self.all.borrow_mut(), |all| &mut all[self.index])
+    }
+
+    /// The cluster's state.
+    pub(crate) fn borrow(&self) -> std::cell::Ref<'_, ClusterState> {
+        std::cell::Ref::map(self.all.borrow(), |all| &all[self.index])
+    }
+
+    /// The cluster's state, mutably, unless something holds a borrow.
+    pub(crate) fn try_borrow_mut(&self) -> Option<std::cell::RefMut<'_, ClusterState>> {
+        let all = self.all.try_borrow_mut().ok()?;
+        Some(std::cell::RefMut::map(all, |all| &mut all[self.index]))
     }
 }
 

@@ -17,16 +17,13 @@
 //! answered by the proxy itself when it starts reading the body (the header is not forwarded).
 //! An `Upgrade` request whose response is `101` turns the connection into a byte tunnel.
 
-use std::cell::RefCell;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::rc::Rc;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime};
 
-use sluice_core::cluster::ClusterState;
 use sluice_core::config::ListenerConfig;
 use sluice_core::config::http::{ForwardAction, HttpConfig, PathMatch, RouteAction};
 use sluice_core::exchange::{
@@ -45,7 +42,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::time::Instant as TokioInstant;
 
 use crate::access_log::Entry;
-use crate::engine::Engine;
+use crate::engine::{ClusterRef, Engine};
 use crate::net::Network;
 use crate::now;
 use crate::stats::{WorkerStats, bump, gauge_add};
@@ -78,6 +75,16 @@ impl ReadBuffer {
 
     fn bytes(&self) -> &[u8] {
         &self.data[self.start..self.end]
+    }
+
+    /// Starts with these bytes (already read from the connection).
+    fn preload(&mut self, bytes: &[u8]) {
+        if self.data.len() < bytes.len() {
+            self.data.resize(bytes.len(), 0);
+        }
+        self.data[..bytes.len()].copy_from_slice(bytes);
+        self.start = 0;
+        self.end = bytes.len();
     }
 
     fn len(&self) -> usize {
@@ -156,13 +163,13 @@ impl<S> UpstreamConn<S> {
 /// One unit of a cluster's circuit breaker, given back when dropped (on every path out of a
 /// request, and when an upstream connection closes).
 pub(crate) struct BreakerUnit {
-    cluster: Rc<RefCell<ClusterState>>,
+    cluster: ClusterRef,
     permit: Option<Permit>,
 }
 
 impl BreakerUnit {
     /// Takes a unit of `resource`, or `None` (counted by the breaker) at its limit.
-    pub(crate) fn acquire(cluster: &Rc<RefCell<ClusterState>>, resource: Resource) -> Option<Self> {
+    pub(crate) fn acquire(cluster: &ClusterRef, resource: Resource) -> Option<Self> {
         let permit = cluster
             .borrow_mut()
             .breakers_mut()
@@ -181,8 +188,8 @@ impl Drop for BreakerUnit {
             // Never dropped while the cluster is borrowed: borrows in the drivers last one
             // statement. A failed borrow would leak one unit, so it is a bug: assert it.
             match self.cluster.try_borrow_mut() {
-                Ok(mut c) => c.breakers_mut().release(p),
-                Err(_) => {
+                Some(mut c) => c.breakers_mut().release(p),
+                None => {
                     debug_assert!(false, "breaker unit dropped while its cluster is borrowed")
                 }
             }
@@ -361,6 +368,8 @@ enum HeadRead {
 
 impl<N: Network> Engine<N> {
     /// Serves one downstream HTTP/1.1 connection until it closes.
+    /// Serves one downstream HTTP/1.1 connection; `initial` holds bytes already read from it
+    /// (by protocol detection), served before the stream's own.
     pub(crate) async fn http_connection(
         &self,
         listener: usize,
@@ -368,12 +377,14 @@ impl<N: Network> Engine<N> {
         hc: &HttpConfig,
         mut down: N::Stream,
         peer: SocketAddr,
+        initial: &[u8],
     ) {
         let limits = Limits {
             max_head_bytes: hc.max_request_headers_kb as usize * 1024,
             max_headers: hc.max_headers_count as usize,
         };
         let mut rbuf = ReadBuffer::new();
+        rbuf.preload(initial);
         let mut ubuf = ReadBuffer::new();
         let mut head = Head::default();
         let mut rhead = Head::default();

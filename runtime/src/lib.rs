@@ -18,6 +18,7 @@
 
 pub mod access_log;
 pub mod admin;
+pub mod bolt;
 pub mod engine;
 pub mod health;
 pub mod http;

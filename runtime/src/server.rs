@@ -48,7 +48,8 @@ pub fn run(config: Config, options: ServerOptions) -> io::Result<()> {
 
     // Files the workers will open: fail now, with the listener named, rather than in a worker.
     for (i, l) in config.listeners.iter().enumerate() {
-        if let sluice_core::config::ListenerFilter::Http(hc) = &l.filter
+        if let sluice_core::config::ListenerFilter::Http(hc)
+        | sluice_core::config::ListenerFilter::Auto { http: hc, .. } = &l.filter
             && let Some(a) = &hc.access_log
         {
             crate::access_log::AccessLog::open(a).map_err(|e| {

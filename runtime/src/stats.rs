@@ -190,6 +190,57 @@ pub struct ClusterStats {
     pub hosts: Box<[HostStats]>,
 }
 
+/// Bolt counters of one worker (copied from its `BoltProxy` after each batch of input).
+#[derive(Debug, Default)]
+#[repr(align(128))]
+pub struct BoltCounters {
+    /// Requests forwarded upstream.
+    pub requests: AtomicU64,
+    /// Oneway requests forwarded.
+    pub oneway: AtomicU64,
+    /// Heartbeats answered by the proxy (from either side).
+    pub heartbeats: AtomicU64,
+    /// Upstream responses forwarded downstream.
+    pub responses: AtomicU64,
+    /// Upstream responses dropped (late, orphaned, unknown id).
+    pub responses_dropped: AtomicU64,
+    /// Status 6 answers: no route.
+    pub no_route: AtomicU64,
+    /// Status 6 answers: no available host.
+    pub no_host: AtomicU64,
+    /// Status 4 answers: circuit breaker overflow.
+    pub overflow: AtomicU64,
+    /// Status 7 answers: timeout.
+    pub timeouts: AtomicU64,
+    /// Downstream codec errors (status 9 when the id was readable; the connection closes).
+    pub codec_errors: AtomicU64,
+    /// Status 16 answers: upstream connection lost with the request in flight.
+    pub upstream_lost: AtomicU64,
+    /// Connections on `protocol: auto` listeners that were neither HTTP/1.1 nor Bolt (closed).
+    pub sniff_failed: AtomicU64,
+}
+
+impl BoltCounters {
+    /// `(name, value)` of every counter, for the admin API.
+    #[must_use]
+    pub fn values(&self) -> [(&'static str, u64); 12] {
+        [
+            ("requests", self.requests.load(Relaxed)),
+            ("oneway", self.oneway.load(Relaxed)),
+            ("heartbeats", self.heartbeats.load(Relaxed)),
+            ("responses", self.responses.load(Relaxed)),
+            ("responses_dropped", self.responses_dropped.load(Relaxed)),
+            ("no_route", self.no_route.load(Relaxed)),
+            ("no_host", self.no_host.load(Relaxed)),
+            ("overflow", self.overflow.load(Relaxed)),
+            ("timeouts", self.timeouts.load(Relaxed)),
+            ("codec_errors", self.codec_errors.load(Relaxed)),
+            ("upstream_lost", self.upstream_lost.load(Relaxed)),
+            ("sniff_failed", self.sniff_failed.load(Relaxed)),
+        ]
+    }
+}
+
 /// Counters of one worker.
 #[derive(Debug, Default)]
 #[repr(align(128))]
@@ -230,6 +281,8 @@ pub struct WorkerStats {
     pub downstream_rq_time: Histogram,
     /// Upstream request time: upstream try started to response completely received (HTTP).
     pub upstream_rq_time: Histogram,
+    /// Bolt proxy counters.
+    pub bolt: BoltCounters,
 }
 
 /// A plain copy of counters, summable across workers.
@@ -390,6 +443,7 @@ impl WorkerStats {
                 .collect(),
             downstream_rq_time: self.downstream_rq_time.snapshot(),
             upstream_rq_time: self.upstream_rq_time.snapshot(),
+            bolt: self.bolt.values().to_vec(),
         }
     }
 
@@ -579,6 +633,8 @@ pub struct DetailedSnapshot {
     pub downstream_rq_time: HistogramSnapshot,
     /// See [`WorkerStats::upstream_rq_time`].
     pub upstream_rq_time: HistogramSnapshot,
+    /// See [`WorkerStats::bolt`], by name.
+    pub bolt: Vec<(&'static str, u64)>,
 }
 
 impl DetailedSnapshot {
@@ -640,6 +696,13 @@ impl DetailedSnapshot {
         }
         self.downstream_rq_time.add(&o.downstream_rq_time);
         self.upstream_rq_time.add(&o.upstream_rq_time);
+        if self.bolt.is_empty() {
+            self.bolt.clone_from(&o.bolt);
+        } else {
+            for (a, b) in self.bolt.iter_mut().zip(&o.bolt) {
+                a.1 += b.1;
+            }
+        }
     }
 }
 

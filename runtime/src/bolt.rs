@@ -1,0 +1,517 @@
+//! The Bolt (SOFARPC) driver of one worker: runs the core's [`BoltProxy`] over real (or
+//! simulated) connections.
+//!
+//! ## Tasks and buffers
+//!
+//! - one task per **downstream** connection (a session of the engine): reads, decodes each
+//!   complete frame in place, hands it to the proxy, and acts on the verdict — patches the request
+//!   id in the read buffer and appends the frame's bytes to the upstream connection's outbox, or
+//!   writes a reply into its own outbox;
+//! - one task per **upstream** connection (opened when the proxy asks, one per host per worker,
+//!   multiplexed): connects within the cluster's `connect_timeout`, flushes its outbox, reads
+//!   responses, restores their ids and appends them to their downstream's outbox;
+//! - one **timer** task per worker: sleeps until the proxy's next deadline and lets it answer
+//!   expired requests (status 7).
+//!
+//! An [`Outbox`] is a byte buffer plus a wake-up: any task appends, the owning task writes it out
+//! with one `write_all` per batch (swapping buffers, so appends go on meanwhile). Frames are never
+//! re-encoded on the way through: the bytes read are the bytes written, with the 4-byte id (and a
+//! v2 CRC) patched.
+//!
+//! All state is the worker's own (`RefCell`s, borrowed for one statement at a time); nothing is
+//! shared with other workers.
+
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::{Duration, Instant};
+
+use sluice_core::bolt::{
+    self, Action, BoltProxy, DownstreamId, DownstreamVerdict, ResponseStatus, UpstreamId,
+    UpstreamVerdict,
+};
+use sluice_core::cluster::HostId;
+use sluice_core::config::Config;
+use sluice_core::health::UpstreamResult;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::Notify;
+use tracing::debug;
+
+use crate::engine::Engine;
+use crate::net::Network;
+use crate::now;
+use crate::stats::bump;
+
+/// First size of a connection's read buffer; it grows (up to the frame size limit) for larger
+/// frames.
+const READ_CHUNK: usize = 16 * 1024;
+
+/// A connection's pending output: appended to by any task of the worker, written by the owner.
+#[derive(Debug, Default)]
+pub(crate) struct Outbox {
+    buf: RefCell<Vec<u8>>,
+    wake: Notify,
+}
+
+impl Outbox {
+    fn push(&self, f: impl FnOnce(&mut Vec<u8>)) {
+        f(&mut self.buf.borrow_mut());
+        self.wake.notify_one();
+    }
+}
+
+/// The Bolt state of one worker.
+pub(crate) struct BoltWorker {
+    proxy: RefCell<BoltProxy>,
+    downs: RefCell<HashMap<DownstreamId, Rc<Outbox>>>,
+    ups: RefCell<HashMap<UpstreamId, Rc<Outbox>>>,
+    /// Wakes the timer task when the proxy's next deadline moved earlier than `armed`.
+    timer: Notify,
+    armed: Cell<Option<Instant>>,
+    /// Last published counters (to add deltas to the worker's stats).
+    published: Cell<bolt::BoltStats>,
+}
+
+impl BoltWorker {
+    /// The worker's Bolt state, when the config has a Bolt (or auto) listener.
+    pub(crate) fn for_config(config: &Config) -> std::io::Result<Option<BoltWorker>> {
+        let has_bolt = config.listeners.iter().any(|l| {
+            matches!(
+                l.filter,
+                sluice_core::config::ListenerFilter::Bolt(_)
+                    | sluice_core::config::ListenerFilter::Auto { .. }
+            )
+        });
+        if !has_bolt {
+            return Ok(None);
+        }
+        let proxy = BoltProxy::from_config(config).map_err(std::io::Error::other)?;
+        Ok(Some(BoltWorker {
+            proxy: RefCell::new(proxy),
+            downs: RefCell::default(),
+            ups: RefCell::default(),
+            timer: Notify::new(),
+            armed: Cell::new(None),
+            published: Cell::new(bolt::BoltStats::default()),
+        }))
+    }
+}
+
+/// How an upstream response counts for outlier detection: status 0 and server exceptions (the
+/// application's own errors) are successes of the host; a busy server is a gateway failure;
+/// anything else a 5xx.
+fn upstream_result(status: Option<u16>) -> UpstreamResult {
+    match status.and_then(ResponseStatus::from_u16) {
+        Some(ResponseStatus::Success | ResponseStatus::ServerException) => UpstreamResult::Success,
+        Some(ResponseStatus::ServerThreadpoolBusy) => UpstreamResult::Status(503),
+        _ => UpstreamResult::Status(500),
+    }
+}
+
+impl<N: Network> Engine<N> {
+    fn bolt(&self) -> &BoltWorker {
+        self.bolt
+            .as_ref()
+            .expect("a Bolt listener implies the worker's Bolt state")
+    }
+
+    /// Serves one downstream Bolt connection; `initial` holds bytes already read from it (by
+    /// protocol detection).
+    pub(crate) async fn bolt_connection(
+        self: &Rc<Self>,
+        listener: usize,
+        mut stream: N::Stream,
+        peer: SocketAddr,
+        initial: &[u8],
+    ) {
+        let bw = self.bolt();
+        let (down, max_frame) = {
+            let mut p = bw.proxy.borrow_mut();
+            (
+                p.open_downstream(listener, Some(peer)),
+                p.max_frame_size(listener),
+            )
+        };
+        let outbox = Rc::new(Outbox::default());
+        bw.downs.borrow_mut().insert(down, outbox.clone());
+        let lstats = self.stats.listener(listener);
+        let mut buf = vec![0u8; READ_CHUNK.max(initial.len())];
+        buf[..initial.len()].copy_from_slice(initial);
+        let (mut start, mut end) = (0usize, initial.len());
+        if let Some(l) = lstats {
+            bump(&l.downstream_bytes_received, initial.len() as u64);
+        }
+        let mut spare: Vec<u8> = Vec::new();
+        let expired = self.drain_expired.notified();
+        tokio::pin!(expired);
+        let mut close = false;
+        loop {
+            // Every complete frame in the buffer.
+            self.refresh_bolt_availability();
+            let now = now();
+            while !close {
+                let decoded = bolt::decode(&buf[start..end], max_frame);
+                match decoded {
+                    Ok(Some(frame)) => {
+                        let len = frame.len;
+                        let verdict = bw.proxy.borrow_mut().handle_downstream_frame(
+                            now,
+                            down,
+                            &frame,
+                            &mut self.all_clusters.borrow_mut(),
+                            &mut self.rng.borrow_mut(),
+                        );
+                        match verdict {
+                            DownstreamVerdict::Forward { up, request_id } => {
+                                let bytes = &mut buf[start..start + len];
+                                bolt::set_request_id(bytes, request_id);
+                                // The connection may be new: its Connect is still in
+                                // poll_action, and its outbox is made here.
+                                bw.ups
+                                    .borrow_mut()
+                                    .entry(up)
+                                    .or_default()
+                                    .push(|b| b.extend_from_slice(bytes));
+                            }
+                            DownstreamVerdict::AnswerHeartbeat => {
+                                bolt::encode_heartbeat_reply(&mut outbox.buf.borrow_mut(), &frame);
+                            }
+                            DownstreamVerdict::Reply(r) => r.encode(&mut outbox.buf.borrow_mut()),
+                            DownstreamVerdict::Drop => {}
+                        }
+                        start += len;
+                        self.bolt_after_input();
+                    }
+                    Ok(None) => break,
+                    Err(e) => {
+                        debug!(%peer, error = %e, "bolt: codec error from downstream; closing");
+                        let reply = bw.proxy.borrow_mut().handle_downstream_codec_error(
+                            now,
+                            down,
+                            &buf[start..end],
+                        );
+                        if let Some(r) = reply {
+                            r.encode(&mut outbox.buf.borrow_mut());
+                        }
+                        self.bolt_after_input();
+                        close = true;
+                    }
+                }
+            }
+            self.publish_bolt_stats();
+            // Keep the unread part; grow for a frame larger than the buffer.
+            if start == end {
+                start = 0;
+                end = 0;
+            } else if start > 0 && (end == buf.len() || start > buf.len() / 2) {
+                buf.copy_within(start..end, 0);
+                end -= start;
+                start = 0;
+            }
+            if end == buf.len() {
+                let grown = (buf.len() * 2)
+                    .min(max_frame.saturating_add(64))
+                    .max(buf.len() + 1);
+                buf.resize(grown, 0);
+            }
+            // Write what is pending (replies, answers forwarded by upstream tasks).
+            if !outbox.buf.borrow().is_empty() {
+                std::mem::swap(&mut spare, &mut outbox.buf.borrow_mut());
+                let n = spare.len() as u64;
+                if stream.write_all(&spare).await.is_err() {
+                    break;
+                }
+                spare.clear();
+                if let Some(l) = lstats {
+                    bump(&l.downstream_bytes_sent, n);
+                }
+                continue;
+            }
+            if close {
+                break;
+            }
+            // Draining: close once nothing is in flight for this connection.
+            let stop = self.stop_accepting.notified();
+            if self.stopping.get() && bw.proxy.borrow().downstream_in_flight(down) == 0 {
+                break;
+            }
+            tokio::select! {
+                biased;
+                () = &mut expired => break,
+                () = outbox.wake.notified() => {}
+                () = stop => {}
+                r = stream.read(&mut buf[end..]) => match r {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => {
+                        end += n;
+                        if let Some(l) = lstats {
+                            bump(&l.downstream_bytes_received, n as u64);
+                        }
+                    }
+                },
+            }
+        }
+        bw.downs.borrow_mut().remove(&down);
+        bw.proxy.borrow_mut().handle_downstream_closed(down);
+        self.bolt_after_input();
+        self.publish_bolt_stats();
+        let _ = stream.shutdown().await;
+    }
+
+    /// Drains the proxy's actions (connections to open, replies to queue) and re-arms the timer
+    /// when its next deadline moved earlier. Call after every input to the proxy.
+    fn bolt_after_input(self: &Rc<Self>) {
+        let bw = self.bolt();
+        loop {
+            let action = bw.proxy.borrow_mut().poll_action();
+            match action {
+                None => break,
+                Some(Action::Reply(r)) => {
+                    if let Some(o) = bw.downs.borrow().get(&r.down) {
+                        o.push(|b| r.encode(b));
+                    }
+                }
+                Some(Action::Connect {
+                    up,
+                    cluster,
+                    host,
+                    address,
+                }) => {
+                    let outbox = bw.ups.borrow_mut().entry(up).or_default().clone();
+                    let engine = self.clone();
+                    tokio::task::spawn_local(async move {
+                        engine
+                            .bolt_upstream(up, cluster, host, address, outbox)
+                            .await;
+                    });
+                }
+            }
+        }
+        let next = bw.proxy.borrow().poll_timeout();
+        if next.is_some_and(|n| bw.armed.get().is_none_or(|a| n < a)) {
+            bw.timer.notify_one();
+        }
+    }
+
+    /// One upstream connection: connect, then relay responses until it closes.
+    async fn bolt_upstream(
+        self: Rc<Self>,
+        up: UpstreamId,
+        cluster: usize,
+        host: HostId,
+        address: SocketAddr,
+        outbox: Rc<Outbox>,
+    ) {
+        let bw = self.bolt();
+        let connect_timeout = self.config.clusters[cluster].connect_timeout;
+        bump(&self.stats.upstream_cx_attempts, 1);
+        if let Some(c) = self.stats.cluster(cluster) {
+            bump(&c.upstream_cx_total, 1);
+        }
+        let connected = tokio::time::timeout(connect_timeout, self.net.connect(address)).await;
+        let mut stream = match connected {
+            Ok(Ok(s)) => s,
+            failed => {
+                let timed_out = failed.is_err();
+                bump(
+                    if timed_out {
+                        &self.stats.upstream_cx_connect_timeout
+                    } else {
+                        &self.stats.upstream_cx_connect_fail
+                    },
+                    1,
+                );
+                if let Some(c) = self.stats.cluster(cluster) {
+                    bump(
+                        if timed_out {
+                            &c.upstream_cx_connect_timeout
+                        } else {
+                            &c.upstream_cx_connect_fail
+                        },
+                        1,
+                    );
+                }
+                if let Some(h) = self.stats.host(cluster, host.index()) {
+                    bump(&h.cx_connect_fail, 1);
+                }
+                debug!(%address, timed_out, "bolt: upstream connect failed");
+                self.report_upstream_result(cluster, host, UpstreamResult::ConnectFailure);
+                self.end_upstream(up);
+                return;
+            }
+        };
+        bw.proxy.borrow_mut().handle_upstream_connected(up);
+        if let Some(h) = self.stats.host(cluster, host.index()) {
+            bump(&h.cx_total, 1);
+            h.cx_active
+                .store(h.cx_active.load(Relaxed).wrapping_add(1), Relaxed);
+        }
+        let mut buf = vec![0u8; READ_CHUNK];
+        let (mut start, mut end) = (0usize, 0usize);
+        let mut spare: Vec<u8> = Vec::new();
+        // Upstream frames are bounded by the largest listener limit (16 MiB by default).
+        let max_frame = self
+            .config
+            .listeners
+            .iter()
+            .enumerate()
+            .map(|(i, _)| bw.proxy.borrow().max_frame_size(i))
+            .max()
+            .unwrap_or(bolt::DEFAULT_MAX_FRAME_SIZE);
+        let mut lost = false;
+        loop {
+            let now = now();
+            loop {
+                let decoded = bolt::decode(&buf[start..end], max_frame);
+                match decoded {
+                    Ok(Some(frame)) => {
+                        let len = frame.len;
+                        let status = frame.status;
+                        let verdict = bw.proxy.borrow_mut().handle_upstream_frame(
+                            now,
+                            up,
+                            &frame,
+                            &mut self.all_clusters.borrow_mut(),
+                        );
+                        match verdict {
+                            UpstreamVerdict::Forward { down, request_id } => {
+                                let bytes = &mut buf[start..start + len];
+                                bolt::set_request_id(bytes, request_id);
+                                if let Some(o) = bw.downs.borrow().get(&down) {
+                                    o.push(|b| b.extend_from_slice(bytes));
+                                }
+                                self.report_upstream_result(cluster, host, upstream_result(status));
+                                if let Some(h) = self.stats.host(cluster, host.index()) {
+                                    bump(&h.rq_total, 1);
+                                }
+                            }
+                            UpstreamVerdict::AnswerHeartbeat => {
+                                bolt::encode_heartbeat_reply(&mut outbox.buf.borrow_mut(), &frame);
+                            }
+                            UpstreamVerdict::Drop => {}
+                        }
+                        start += len;
+                        self.bolt_after_input();
+                    }
+                    Ok(None) => break,
+                    Err(e) => {
+                        debug!(%address, error = %e, "bolt: codec error from upstream; closing it");
+                        lost = true;
+                        break;
+                    }
+                }
+            }
+            if lost {
+                break;
+            }
+            if start == end {
+                start = 0;
+                end = 0;
+            } else if start > 0 && (end == buf.len() || start > buf.len() / 2) {
+                buf.copy_within(start..end, 0);
+                end -= start;
+                start = 0;
+            }
+            if end == buf.len() {
+                let grown = (buf.len() * 2)
+                    .min(max_frame.saturating_add(64))
+                    .max(buf.len() + 1);
+                buf.resize(grown, 0);
+            }
+            if !outbox.buf.borrow().is_empty() {
+                std::mem::swap(&mut spare, &mut outbox.buf.borrow_mut());
+                if stream.write_all(&spare).await.is_err() {
+                    break;
+                }
+                spare.clear();
+                continue;
+            }
+            tokio::select! {
+                biased;
+                () = outbox.wake.notified() => {}
+                r = stream.read(&mut buf[end..]) => match r {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => end += n,
+                },
+            }
+        }
+        if let Some(h) = self.stats.host(cluster, host.index()) {
+            h.cx_active
+                .store(h.cx_active.load(Relaxed).wrapping_sub(1), Relaxed);
+        }
+        let in_flight = bw.proxy.borrow().upstream_ids_in_flight(up).count();
+        if in_flight > 0 {
+            self.report_upstream_result(cluster, host, UpstreamResult::Reset);
+        }
+        debug!(%address, in_flight, "bolt: upstream connection closed");
+        self.end_upstream(up);
+    }
+
+    /// Forgets an upstream connection: its requests in flight are answered status 16.
+    fn end_upstream(self: &Rc<Self>, up: UpstreamId) {
+        let bw = self.bolt();
+        bw.ups.borrow_mut().remove(&up);
+        bw.proxy.borrow_mut().handle_upstream_closed(
+            now(),
+            up,
+            &mut self.all_clusters.borrow_mut(),
+        );
+        self.bolt_after_input();
+        self.publish_bolt_stats();
+    }
+
+    /// The worker's Bolt timer: answers requests whose deadline passed (status 7).
+    pub(crate) async fn bolt_timer(self: Rc<Self>) {
+        let bw = self.bolt();
+        loop {
+            let next = bw.proxy.borrow().poll_timeout();
+            bw.armed.set(next);
+            let sleep_until = next.map_or_else(
+                || tokio::time::Instant::now() + Duration::from_secs(3600),
+                tokio::time::Instant::from_std,
+            );
+            tokio::select! {
+                () = tokio::time::sleep_until(sleep_until) => {
+                    bw.proxy
+                        .borrow_mut()
+                        .handle_timeout(now(), &mut self.all_clusters.borrow_mut());
+                    self.bolt_after_input();
+                    self.publish_bolt_stats();
+                }
+                () = bw.timer.notified() => {}
+            }
+        }
+    }
+
+    /// Applies the health checks' and outlier detectors' latest verdicts to every cluster (a
+    /// Bolt request's cluster is known only once it is routed).
+    fn refresh_bolt_availability(&self) {
+        for ci in 0..self.clusters.len() {
+            self.refresh_availability(ci);
+        }
+    }
+
+    /// Adds what the proxy counted since the last call to the worker's counters.
+    fn publish_bolt_stats(&self) {
+        let bw = self.bolt();
+        let now = *bw.proxy.borrow().stats();
+        let was = bw.published.replace(now);
+        let s = &self.stats.bolt;
+        bump(&s.requests, now.requests - was.requests);
+        bump(&s.oneway, now.oneway - was.oneway);
+        bump(&s.heartbeats, now.heartbeats - was.heartbeats);
+        bump(&s.responses, now.responses - was.responses);
+        bump(
+            &s.responses_dropped,
+            now.responses_dropped - was.responses_dropped,
+        );
+        bump(&s.no_route, now.no_route - was.no_route);
+        bump(&s.no_host, now.no_host - was.no_host);
+        bump(&s.overflow, now.overflow - was.overflow);
+        bump(&s.timeouts, now.timeouts - was.timeouts);
+        bump(&s.codec_errors, now.codec_errors - was.codec_errors);
+        bump(&s.upstream_lost, now.upstream_lost - was.upstream_lost);
+    }
+}

@@ -1,0 +1,470 @@
+//! The Bolt proxy end to end: real SOFARPC peers (npm `sofa-rpc-node`) through `sluice`, and
+//! every status the proxy generates itself read from the raw response frame.
+
+mod support;
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use sluice_core::bolt::{self, RequestSpec, ResponseStatus, Version};
+use support::*;
+
+const SERVICE: &str = "com.example.EchoService:1.0";
+
+fn addr(port: u16) -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], port))
+}
+
+fn admin_stat(admin: u16, name: &str) -> u64 {
+    let text = http_get_text(addr(admin), "/stats");
+    text.lines()
+        .find_map(|l| l.strip_prefix(&format!("{name}: ")))
+        .unwrap_or_else(|| panic!("no {name} in /stats:\n{text}"))
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+fn http_get_text(to: SocketAddr, path: &str) -> String {
+    let mut s = TcpStream::connect(to).unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    out.split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or(out)
+}
+
+/// A Bolt v1 (or v2) request for `service`, with `timeout_ms` in its timeout field.
+fn request(version: Version, id: u32, service: &str, timeout_ms: i32) -> Vec<u8> {
+    let mut out = Vec::new();
+    let header: [(&[u8], Option<&[u8]>); 1] = [(b"service", Some(service.as_bytes()))];
+    bolt::encode_request(
+        &mut out,
+        &RequestSpec {
+            version,
+            oneway: false,
+            cmd_code: bolt::CMD_REQUEST,
+            cmd_version: bolt::CMD_VERSION,
+            request_id: id,
+            codec: bolt::CODEC_HESSIAN2,
+            timeout_ms,
+            class: b"com.alipay.sofa.rpc.core.request.SofaRequest",
+            header: &header,
+            content: b"payload",
+        },
+    )
+    .unwrap();
+    out
+}
+
+fn heartbeat(version: Version, id: u32) -> Vec<u8> {
+    let mut out = Vec::new();
+    bolt::encode_request(
+        &mut out,
+        &RequestSpec {
+            version,
+            oneway: false,
+            cmd_code: bolt::CMD_HEARTBEAT,
+            cmd_version: bolt::CMD_VERSION,
+            request_id: id,
+            codec: bolt::CODEC_HESSIAN2,
+            timeout_ms: -1,
+            class: b"",
+            header: &[],
+            content: b"",
+        },
+    )
+    .unwrap();
+    out
+}
+
+/// One response frame read from `s`: (version, request id, cmd code, status).
+fn read_response(s: &mut TcpStream, buf: &mut Vec<u8>) -> (Version, u32, u16, u16) {
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    loop {
+        if let Some(f) = bolt::decode(buf, 1 << 20).unwrap() {
+            let out = (f.version, f.request_id, f.cmd_code, f.status.unwrap());
+            let n = f.len;
+            buf.drain(..n);
+            return out;
+        }
+        let mut chunk = [0u8; 4096];
+        let n = s
+            .read(&mut chunk)
+            .expect("a response before the read timeout");
+        assert!(n > 0, "connection closed before a response; have {buf:?}");
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+/// An upstream that accepts connections and reads, but never answers; with `close_after_read`,
+/// it closes each connection once it has read something.
+struct SilentUpstream {
+    port: u16,
+    stop: Arc<AtomicBool>,
+}
+
+impl SilentUpstream {
+    fn start(close_after_read: bool) -> Self {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        l.set_nonblocking(true).unwrap();
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        std::thread::spawn(move || {
+            let mut held = Vec::new();
+            while !flag.load(Ordering::Relaxed) {
+                match l.accept() {
+                    Ok((mut s, _)) => {
+                        s.set_nonblocking(false).unwrap();
+                        if close_after_read {
+                            std::thread::spawn(move || {
+                                let mut b = [0u8; 4096];
+                                let _ = s.read(&mut b);
+                                // Dropped: closes with the request unanswered.
+                            });
+                        } else {
+                            held.push(s);
+                        }
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(5)),
+                }
+            }
+        });
+        SilentUpstream { port, stop }
+    }
+}
+
+impl Drop for SilentUpstream {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+fn bolt_config(listen: u16, admin: u16, cluster_extra: &str, hosts: &[u16], route: &str) -> String {
+    let hosts: String = hosts
+        .iter()
+        .map(|p| format!("      - {{ address: 127.0.0.1:{p} }}\n"))
+        .collect();
+    format!(
+        r#"
+admin: {{ address: 127.0.0.1:{admin} }}
+listeners:
+  - name: rpc_in
+    address: 127.0.0.1:{listen}
+    bolt:
+      max_frame_size: 64KiB
+      routes:
+        - match: {{ service: "{SERVICE}" }}
+          route: {{ cluster: rpc{route} }}
+clusters:
+  - name: rpc
+    connect_timeout: 500ms
+    lb_policy: round_robin
+{cluster_extra}
+    hosts:
+{hosts}drain_timeout: 1s
+"#
+    )
+}
+
+#[test]
+fn sofa_rpc_round_trips_through_the_proxy() {
+    let dir = TempDir::new("bolt-sofa");
+    let (pa, pb, listen, admin) = (free_port(), free_port(), free_port(), free_port());
+    let _a = start_sofa_server(&dir, "a", pa);
+    let _b = start_sofa_server(&dir, "b", pb);
+    let _sluice = start_sluice(
+        &dir,
+        &bolt_config(listen, admin, "", &[pa, pb], ""),
+        2,
+        addr(listen),
+    );
+    let target = format!("127.0.0.1:{listen}");
+
+    // Hundreds of concurrent invokes, every result right, both servers used.
+    let v = sofa_client(&target, "echo", &["--count", "600", "--concurrency", "100"]);
+    assert_eq!(v["ok"], 600, "{v}");
+    assert_eq!(v["mismatches"], 0, "{v}");
+    assert_eq!(v["error_count"], 0, "{v}");
+    let (a, b) = (
+        v["servers"]["a"].as_u64().unwrap_or(0),
+        v["servers"]["b"].as_u64().unwrap_or(0),
+    );
+    assert!(a > 100 && b > 100, "round robin per request: {v}");
+
+    // Two clients at once: both number their requests from 1, so their ids collide at the
+    // proxy; each must get only its own answers.
+    let clients: Vec<_> = (0..2)
+        .map(|_| {
+            let t = target.clone();
+            std::thread::spawn(move || {
+                sofa_client(&t, "plus", &["--count", "400", "--concurrency", "50"])
+            })
+        })
+        .collect();
+    for c in clients {
+        let v = c.join().unwrap();
+        assert_eq!(v["ok"], 400, "{v}");
+        assert_eq!(v["mismatches"], 0, "{v}");
+    }
+
+    // A server-side exception reaches the client as an exception with its message.
+    let v = sofa_client(&target, "fail", &["--timeout", "3000"]);
+    assert_eq!(v["threw"], true, "{v}");
+    assert!(
+        v["error"]["message"].as_str().unwrap().contains("boom"),
+        "{v}"
+    );
+    assert!(admin_stat(admin, "bolt.requests") >= 1401);
+    assert_eq!(admin_stat(admin, "bolt.timeouts"), 0);
+}
+
+#[test]
+fn a_server_killed_mid_flight_gives_clean_errors() {
+    let dir = TempDir::new("bolt-kill");
+    let (pb, listen, admin) = (free_port(), free_port(), free_port());
+    let b = start_sofa_server(&dir, "b", pb);
+    let _sluice = start_sluice(
+        &dir,
+        &bolt_config(listen, admin, "", &[pb], ""),
+        1,
+        addr(listen),
+    );
+    let target = format!("127.0.0.1:{listen}");
+    let started = Instant::now();
+    let client = {
+        let t = target.clone();
+        std::thread::spawn(move || {
+            sofa_client(&t, "sleep", &["--ms", "10000", "--timeout", "20000"])
+        })
+    };
+    std::thread::sleep(Duration::from_millis(1500));
+    b.signal("KILL");
+    let v = client.join().unwrap();
+    assert_eq!(v["ok"], false, "{v}");
+    // The proxy answered status 16 at once (an error reply, not a client-side timeout).
+    assert_ne!(v["error"]["name"], "RpcResponseTimeoutError", "{v}");
+    assert!(
+        started.elapsed() < Duration::from_secs(8),
+        "took {:?}: {v}",
+        started.elapsed()
+    );
+    assert_eq!(admin_stat(admin, "bolt.upstream_lost"), 1);
+    // The proxy keeps serving: the next invoke gets a clean error too (no server left).
+    let v = sofa_client(&target, "echo", &["--count", "1", "--timeout", "3000"]);
+    assert_eq!(v["ok"], 0, "{v}");
+    assert_eq!(v["error_count"], 1, "{v}");
+    assert!(
+        !v["errors"][0]
+            .as_str()
+            .unwrap()
+            .contains("RpcResponseTimeoutError"),
+        "{v}"
+    );
+}
+
+/// Every status the proxy makes itself, read from the raw frame: heartbeat 0 (v1 and v2), no
+/// route 6, overflow 4, timeout 7, codec error 9, upstream lost 16, no healthy host 6.
+#[test]
+fn proxy_generated_statuses_on_the_wire() {
+    let dir = TempDir::new("bolt-status");
+    let silent = SilentUpstream::start(false);
+    let closing = SilentUpstream::start(true);
+    let dead = free_port();
+    let (listen, admin) = (free_port(), free_port());
+    let config = format!(
+        r#"
+admin: {{ address: 127.0.0.1:{admin} }}
+listeners:
+  - name: rpc_in
+    address: 127.0.0.1:{listen}
+    bolt:
+      max_frame_size: 64KiB
+      routes:
+        - match: {{ service: "silent" }}
+          route: {{ cluster: silent }}
+        - match: {{ service: "closing" }}
+          route: {{ cluster: closing }}
+        - match: {{ service: "dead" }}
+          route: {{ cluster: dead }}
+clusters:
+  - name: silent
+    circuit_breakers: {{ max_requests: 1 }}
+    hosts: [ {{ address: 127.0.0.1:{} }} ]
+  - name: closing
+    hosts: [ {{ address: 127.0.0.1:{} }} ]
+  - name: dead
+    connect_timeout: 200ms
+    panic_threshold: 0%
+    health_check: {{ tcp: {{}}, interval: 100ms, timeout: 100ms, unhealthy_threshold: 1, no_traffic_interval: 100ms }}
+    hosts: [ {{ address: 127.0.0.1:{dead} }} ]
+"#,
+        silent.port, closing.port
+    );
+    let _sluice = start_sluice(&dir, &config, 1, addr(listen));
+    let mut s = TcpStream::connect(addr(listen)).unwrap();
+    let mut buf = Vec::new();
+
+    // Heartbeats, both versions: status 0, same id, same version, command code 0.
+    s.write_all(&heartbeat(Version::V1, 41)).unwrap();
+    assert_eq!(read_response(&mut s, &mut buf), (Version::V1, 41, 0, 0));
+    let v2 = Version::V2 { ver1: 1, switch: 1 };
+    s.write_all(&heartbeat(v2, 42)).unwrap();
+    let (version, id, cmd, status) = read_response(&mut s, &mut buf);
+    assert_eq!((version, id, cmd, status), (v2, 42, 0, 0));
+
+    // No route: 6.
+    s.write_all(&request(Version::V1, 7, "com.nowhere.Service:1.0", 0))
+        .unwrap();
+    assert_eq!(
+        read_response(&mut s, &mut buf),
+        (Version::V1, 7, 2, ResponseStatus::NoProcessor.code())
+    );
+
+    // The silent upstream holds request 100 (its frame timeout: 700 ms); max_requests is 1, so
+    // request 101 overflows at once: 4. Then 100 times out: 7, with its own id.
+    let t0 = Instant::now();
+    s.write_all(&request(Version::V1, 100, "silent", 700))
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+    s.write_all(&request(Version::V1, 101, "silent", 700))
+        .unwrap();
+    assert_eq!(
+        read_response(&mut s, &mut buf),
+        (
+            Version::V1,
+            101,
+            2,
+            ResponseStatus::ServerThreadpoolBusy.code()
+        )
+    );
+    assert_eq!(
+        read_response(&mut s, &mut buf),
+        (Version::V1, 100, 2, ResponseStatus::Timeout.code())
+    );
+    let waited = t0.elapsed();
+    assert!(
+        waited >= Duration::from_millis(650),
+        "timed out after {waited:?}, before the frame's 700 ms"
+    );
+
+    // The upstream closes the connection with the request in flight: 16.
+    s.write_all(&request(Version::V1, 200, "closing", 5000))
+        .unwrap();
+    assert_eq!(
+        read_response(&mut s, &mut buf),
+        (Version::V1, 200, 2, ResponseStatus::ConnectionClosed.code())
+    );
+
+    // Every host of `dead` fails its health check (panic threshold 0): 6, at once.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        s.write_all(&request(Version::V1, 300, "dead", 5000))
+            .unwrap();
+        let (_, id, _, status) = read_response(&mut s, &mut buf);
+        assert_eq!(id, 300);
+        if status == ResponseStatus::NoProcessor.code() {
+            break;
+        }
+        // Before the health check marks it down, the connect fails: 16.
+        assert_eq!(status, ResponseStatus::ConnectionClosed.code());
+        assert!(
+            Instant::now() < deadline,
+            "the dead host was never marked unhealthy"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    // A codec error (an unknown type byte) is answered 9 with the id, and closes only that
+    // connection.
+    let mut bad = request(Version::V1, 500, "silent", 0);
+    bad[1] = 9;
+    let mut s2 = TcpStream::connect(addr(listen)).unwrap();
+    let mut buf2 = Vec::new();
+    s2.write_all(&bad).unwrap();
+    assert_eq!(
+        read_response(&mut s2, &mut buf2),
+        (Version::V1, 500, 2, ResponseStatus::CodecException.code())
+    );
+    let mut rest = Vec::new();
+    s2.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    assert_eq!(s2.read_to_end(&mut rest).unwrap(), 0, "closed after the 9");
+
+    // A frame declaring more than max_frame_size (64 KiB) closes that connection at once.
+    let mut huge = request(Version::V1, 600, "silent", 0);
+    huge[18..22].copy_from_slice(&(1u32 << 20).to_be_bytes()); // v1 request: content length @18
+    assert!(
+        bolt::decode(&huge, 64 * 1024).is_err(),
+        "the frame declares > 64 KiB"
+    );
+    let mut s3 = TcpStream::connect(addr(listen)).unwrap();
+    s3.write_all(&huge).unwrap();
+    s3.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut rest = Vec::new();
+    let _ = s3.read_to_end(&mut rest);
+    if !rest.is_empty() {
+        let f = bolt::decode(&rest, 1 << 20).unwrap().unwrap();
+        assert_eq!(f.status, Some(ResponseStatus::CodecException.code()));
+    }
+
+    // The first connection was harmed by none of that.
+    s.write_all(&heartbeat(Version::V1, 700)).unwrap();
+    assert_eq!(read_response(&mut s, &mut buf), (Version::V1, 700, 0, 0));
+    assert!(admin_stat(admin, "bolt.codec_errors") >= 2);
+    assert_eq!(admin_stat(admin, "bolt.overflow"), 1);
+    assert_eq!(admin_stat(admin, "bolt.timeouts"), 1);
+}
+
+#[test]
+fn protocol_auto_serves_http_and_bolt_and_closes_anything_else() {
+    let dir = TempDir::new("bolt-auto");
+    let (pa, listen, admin) = (free_port(), free_port(), free_port());
+    let _a = start_sofa_server(&dir, "a", pa);
+    let config = format!(
+        r#"
+admin: {{ address: 127.0.0.1:{admin} }}
+listeners:
+  - name: mixed_in
+    address: 127.0.0.1:{listen}
+    protocol: auto
+    http:
+      virtual_hosts:
+        - name: all
+          domains: ["*"]
+          routes:
+            - match: {{ prefix: / }}
+              direct_response: {{ status: 200, body: "http here\n" }}
+    bolt:
+      routes:
+        - route: {{ cluster: rpc }}
+clusters:
+  - name: rpc
+    hosts: [ {{ address: 127.0.0.1:{pa} }} ]
+"#
+    );
+    let _sluice = start_sluice(&dir, &config, 1, addr(listen));
+    assert_eq!(http_get_text(addr(listen), "/x"), "http here\n");
+    let v = sofa_client(
+        &format!("127.0.0.1:{listen}"),
+        "echo",
+        &["--count", "50", "--concurrency", "10"],
+    );
+    assert_eq!(v["ok"], 50, "{v}");
+    assert_eq!(v["servers"]["a"], 50, "{v}");
+    // Neither HTTP nor Bolt: closed without an answer, and counted.
+    let mut s = TcpStream::connect(addr(listen)).unwrap();
+    s.write_all(b"\x16\x03\x01\x02\x00hello").unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut rest = Vec::new();
+    assert_eq!(s.read_to_end(&mut rest).unwrap(), 0);
+    assert_eq!(admin_stat(admin, "bolt.sniff_failed"), 1);
+}
