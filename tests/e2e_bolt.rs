@@ -233,13 +233,24 @@ fn a_server_killed_mid_flight_gives_clean_errors() {
     let dir = TempDir::new("bolt-kill");
     let (pb, listen, admin) = (free_port(), free_port(), free_port());
     let b = start_sofa_server(&dir, "b", pb);
+    // A Bolt heartbeat health check against the real SOFARPC server.
+    let hc = "    health_check: { bolt: {}, interval: 200ms, timeout: 200ms, no_traffic_interval: 200ms }";
     let _sluice = start_sluice(
         &dir,
-        &bolt_config(listen, admin, "", &[pb], ""),
+        &bolt_config(listen, admin, hc, &[pb], ""),
         1,
         addr(listen),
     );
     let target = format!("127.0.0.1:{listen}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while admin_stat(admin, "cluster.rpc.health_check.success") < 2 {
+        assert!(
+            Instant::now() < deadline,
+            "the sofa-rpc-node server never answered the Bolt heartbeat probe"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(admin_stat(admin, "cluster.rpc.health_check.failure"), 0);
     let started = Instant::now();
     let client = {
         let t = target.clone();
@@ -467,4 +478,16 @@ clusters:
     let mut rest = Vec::new();
     assert_eq!(s.read_to_end(&mut rest).unwrap(), 0);
     assert_eq!(admin_stat(admin, "bolt.sniff_failed"), 1);
+}
+
+#[test]
+fn the_bolt_example_config_validates() {
+    let path = repo().join("configs/bolt.yaml");
+    let out = run(sluice_bin(), &["validate", "-c", path.to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("ok (2 listeners, 3 clusters)"));
 }

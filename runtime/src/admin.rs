@@ -76,12 +76,66 @@ impl std::fmt::Debug for LogControl {
     }
 }
 
-/// What the admin thread shares with the server.
+/// A config reload asked through `POST /reload`: the server answers on the oneshot with a
+/// summary (`Ok`) or every problem found (`Err`).
+pub type ReloadRequest = tokio::sync::oneshot::Sender<Result<String, String>>;
+
+/// What the admin API shows of one config generation (swapped on a reload; see
+/// [`AdminHandle`]), with the process-wide state ([`AdminProcess`], reached through `Deref`).
 pub struct AdminShared {
     /// The effective config.
     pub config: Arc<Config>,
     /// Every worker's counters, in worker order.
     pub workers: Vec<Arc<WorkerStats>>,
+    process: Arc<AdminProcess>,
+}
+
+impl std::ops::Deref for AdminShared {
+    type Target = AdminProcess;
+    fn deref(&self) -> &AdminProcess {
+        &self.process
+    }
+}
+
+/// The admin API's current view, replaced on every config reload (read once per request).
+pub struct AdminHandle {
+    current: std::sync::Mutex<Arc<AdminShared>>,
+}
+
+impl AdminHandle {
+    /// A handle showing `shared`.
+    #[must_use]
+    pub fn new(shared: Arc<AdminShared>) -> Self {
+        AdminHandle {
+            current: std::sync::Mutex::new(shared),
+        }
+    }
+
+    /// The view now.
+    #[must_use]
+    pub fn get(&self) -> Arc<AdminShared> {
+        self.current
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Shows a new config generation (same process state).
+    pub fn replace(&self, config: Arc<Config>, workers: Vec<Arc<WorkerStats>>) {
+        let process = self.get().process.clone();
+        *self
+            .current
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(AdminShared {
+            config,
+            workers,
+            process,
+        });
+    }
+}
+
+/// The process-wide part of the admin state (the same across config generations).
+pub struct AdminProcess {
     state: AtomicU8,
     healthcheck_failed: AtomicBool,
     started: Instant,
@@ -90,6 +144,13 @@ pub struct AdminShared {
     /// Set to `true` to stop the server gracefully (as SIGTERM does).
     pub quit: watch::Sender<bool>,
     log_control: Option<LogControl>,
+    /// `POST /reload` requests, for the server's main thread.
+    reload_tx: tokio::sync::mpsc::UnboundedSender<ReloadRequest>,
+    reload_rx: std::sync::Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<ReloadRequest>>>,
+    /// Config reloads applied.
+    pub reloads_ok: std::sync::atomic::AtomicU64,
+    /// Config reloads refused (invalid config, a listener that cannot bind).
+    pub reloads_failed: std::sync::atomic::AtomicU64,
 }
 
 impl AdminShared {
@@ -100,16 +161,35 @@ impl AdminShared {
         workers: Vec<Arc<WorkerStats>>,
         log_control: Option<LogControl>,
     ) -> Self {
+        let (reload_tx, reload_rx) = tokio::sync::mpsc::unbounded_channel();
         AdminShared {
             config,
             workers,
-            state: AtomicU8::new(ServerState::PreInitializing as u8),
-            healthcheck_failed: AtomicBool::new(false),
-            started: Instant::now(),
-            close_listeners: watch::channel(false).0,
-            quit: watch::channel(false).0,
-            log_control,
+            process: Arc::new(AdminProcess {
+                state: AtomicU8::new(ServerState::PreInitializing as u8),
+                healthcheck_failed: AtomicBool::new(false),
+                started: Instant::now(),
+                close_listeners: watch::channel(false).0,
+                quit: watch::channel(false).0,
+                log_control,
+                reload_tx,
+                reload_rx: std::sync::Mutex::new(Some(reload_rx)),
+                reloads_ok: std::sync::atomic::AtomicU64::new(0),
+                reloads_failed: std::sync::atomic::AtomicU64::new(0),
+            }),
         }
+    }
+}
+
+impl AdminProcess {
+    /// The receiving end of `POST /reload` requests (once; the server's main thread takes it).
+    pub fn take_reload_requests(
+        &self,
+    ) -> Option<tokio::sync::mpsc::UnboundedReceiver<ReloadRequest>> {
+        self.reload_rx
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take()
     }
 
     /// The current state.
@@ -158,7 +238,7 @@ pub fn bind(address: std::net::SocketAddr) -> io::Result<std::net::TcpListener> 
 /// Starts the admin server on its own thread. It runs until the process exits.
 pub fn spawn(
     listener: std::net::TcpListener,
-    shared: Arc<AdminShared>,
+    handle: Arc<AdminHandle>,
 ) -> io::Result<std::thread::JoinHandle<()>> {
     std::thread::Builder::new()
         .name("sluice-admin".into())
@@ -185,7 +265,7 @@ pub fn spawn(
                 loop {
                     match listener.accept().await {
                         Ok((stream, _)) => {
-                            let shared = shared.clone();
+                            let shared = handle.get();
                             tokio::task::spawn_local(async move {
                                 serve_connection(stream, &shared).await;
                             });
@@ -209,7 +289,7 @@ async fn serve_connection(mut stream: tokio::net::TcpStream, shared: &AdminShare
     let mut buf = Vec::with_capacity(1024);
     let head = tokio::time::timeout(HEAD_TIMEOUT, read_head(&mut stream, &mut buf)).await;
     let mut head_only = false;
-    let (response, after) = match head {
+    let (mut response, after) = match head {
         Ok(Ok(Some((method, target)))) => {
             head_only = method == "HEAD";
             handle(shared, &method, &target)
@@ -221,6 +301,19 @@ async fn serve_connection(mut stream: tokio::net::TcpStream, shared: &AdminShare
             After::Nothing,
         ),
     };
+    if after == After::Reload {
+        // The server's main thread reloads; answer with its verdict.
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        response = if shared.reload_tx.send(tx).is_err() {
+            Response::text(503, "this process cannot reload its config\n")
+        } else {
+            match tokio::time::timeout(Duration::from_secs(60), rx).await {
+                Ok(Ok(Ok(summary))) => Response::text(200, format!("{summary}\n")),
+                Ok(Ok(Err(problems))) => Response::text(400, format!("{problems}\n")),
+                _ => Response::text(503, "the reload did not finish\n"),
+            }
+        };
+    }
     let mut out = Vec::with_capacity(response.body.len() + 256);
     let mut headers: Vec<(&str, &[u8])> = vec![
         ("content-type", response.content_type.as_bytes()),
@@ -249,7 +342,7 @@ async fn serve_connection(mut stream: tokio::net::TcpStream, shared: &AdminShare
     .await;
     drop(stream);
     match after {
-        After::Nothing => {}
+        After::Nothing | After::Reload => {}
         After::Quit => {
             shared.set_state(ServerState::Draining);
             let _ = shared.quit.send(true);
@@ -328,6 +421,8 @@ pub enum After {
     Nothing,
     /// Stop the server gracefully.
     Quit,
+    /// Reload the config file (the response waits for the verdict).
+    Reload,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -380,6 +475,11 @@ const ENDPOINTS: &[(&str, Verb, &str)] = &[
         "/quitquitquit",
         Verb::Post,
         "drain gracefully and exit 0 (as SIGTERM)",
+    ),
+    (
+        "/reload",
+        Verb::Post,
+        "re-read and apply the config file (as SIGHUP); 400 with every problem when invalid",
     ),
     (
         "/logging",
@@ -509,6 +609,10 @@ pub fn handle(shared: &AdminShared, method: &str, target: &str) -> (Response, Af
             info!("admin: /quitquitquit");
             return (Response::text(200, "OK\n"), After::Quit);
         }
+        "/reload" => {
+            info!("admin: /reload");
+            return (Response::text(200, "OK\n"), After::Reload);
+        }
         "/logging" => match (param("level"), &shared.log_control) {
             (None, _) => Response::text(400, "give the level: POST /logging?level=debug\n"),
             (Some(_), None) => Response::text(501, "this process cannot change its log level\n"),
@@ -616,6 +720,14 @@ fn flat_stats(shared: &AdminShared, s: &DetailedSnapshot) -> Vec<(String, u64)> 
     put("server.uptime_seconds".into(), shared.uptime().as_secs());
     put("server.workers".into(), shared.workers.len() as u64);
     put("server.live".into(), u64::from(shared.ready()));
+    put(
+        "server.reloads_ok".into(),
+        shared.reloads_ok.load(Ordering::Relaxed),
+    );
+    put(
+        "server.reloads_failed".into(),
+        shared.reloads_failed.load(Ordering::Relaxed),
+    );
     put("server.accept_errors".into(), s.worker.accept_errors);
     for (i, (lc, l)) in config.listeners.iter().zip(&s.listeners).enumerate() {
         let p = format!("listener.{}", lc.name);
@@ -1059,6 +1171,23 @@ pub fn prometheus(shared: &AdminShared, s: &DetailedSnapshot) -> String {
         name,
         &[],
         shared.uptime().as_secs(),
+    );
+    let name = "sluice_config_reloads_total";
+    let mut f = Family::start(
+        &mut out,
+        name,
+        "counter",
+        "Config reloads (SIGHUP, POST /reload) by result.",
+    );
+    f.sample(
+        name,
+        &[("result", "ok")],
+        shared.reloads_ok.load(Ordering::Relaxed),
+    );
+    f.sample(
+        name,
+        &[("result", "failed")],
+        shared.reloads_failed.load(Ordering::Relaxed),
     );
     let name = "sluice_server_workers";
     Family::start(&mut out, name, "gauge", "Worker threads.").sample(

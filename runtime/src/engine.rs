@@ -72,6 +72,14 @@ pub struct Engine<N: Network> {
     /// Set by [`Engine::close_listeners`]: accept loops end, connections carry on.
     listeners_closed: Cell<bool>,
     close_listeners_now: Notify,
+    /// Set by [`Engine::take_listeners`]: accept loops hand their socket over and end.
+    handing_over: Cell<bool>,
+    handover_now: Notify,
+    /// Sockets given back by the accept loops, by listener index.
+    returned: RefCell<Vec<Option<N::Listener>>>,
+    /// Accept loops ended (handing over or not).
+    returned_count: Cell<usize>,
+    listeners_returned: Notify,
     pub(crate) drain_expired: Notify,
     /// Per listener: the compiled router of an `http` listener.
     pub(crate) routers: Vec<Option<Router>>,
@@ -143,6 +151,7 @@ impl<N: Network> Engine<N> {
         }
         let pool = Pool::new(config.clusters.iter().map(|c| c.hosts.len()));
         let bolt = crate::bolt::BoltWorker::for_config(&config)?;
+        let config_listeners = config.listeners.len();
         Ok(Rc::new(Engine {
             net,
             config,
@@ -161,6 +170,11 @@ impl<N: Network> Engine<N> {
             stop_accepting: Notify::new(),
             listeners_closed: Cell::new(false),
             close_listeners_now: Notify::new(),
+            handing_over: Cell::new(false),
+            handover_now: Notify::new(),
+            returned: RefCell::new((0..config_listeners).map(|_| None).collect()),
+            returned_count: Cell::new(0),
+            listeners_returned: Notify::new(),
             drain_expired: Notify::new(),
             routers,
             access_logs,
@@ -321,6 +335,16 @@ impl<N: Network> Engine<N> {
         loop {
             let stop = self.stop_accepting.notified();
             let close = self.close_listeners_now.notified();
+            let handover = self.handover_now.notified();
+            if self.handing_over.get() {
+                // The next engine (a reload, an in-process upgrade) takes the socket as it is:
+                // connections waiting in its backlog are accepted there, none is refused.
+                self.returned.borrow_mut()[index] = Some(listener);
+                self.returned_count.set(self.returned_count.get() + 1);
+                self.listeners_returned.notify_waiters();
+                debug!(worker = self.worker, listener = %lc.name, "listener handed over");
+                return;
+            }
             if self.stopping.get() || self.listeners_closed.get() {
                 break;
             }
@@ -328,6 +352,7 @@ impl<N: Network> Engine<N> {
                 biased;
                 () = stop => break,
                 () = close => break,
+                () = handover => continue,
                 r = self.net.accept(&listener) => r,
             };
             match accepted {
@@ -342,6 +367,25 @@ impl<N: Network> Engine<N> {
         }
         debug!(worker = self.worker, listener = %lc.name, "stopped accepting");
         // Dropping the listener here closes this worker's socket.
+        self.returned_count.set(self.returned_count.get() + 1);
+        self.listeners_returned.notify_waiters();
+    }
+
+    /// Stops accepting and gives back every listening socket still open, in config order
+    /// (`None` for one already closed by `/drain_listeners` or a stop), so that another engine
+    /// can accept on it; the open sessions carry on until `shutdown` drains them. Call once, while
+    /// the engine runs.
+    pub async fn take_listeners(&self) -> Vec<Option<N::Listener>> {
+        self.handing_over.set(true);
+        self.handover_now.notify_waiters();
+        loop {
+            let returned = self.listeners_returned.notified();
+            if self.returned_count.get() >= self.config.listeners.len() {
+                break;
+            }
+            returned.await;
+        }
+        std::mem::take(&mut *self.returned.borrow_mut())
     }
 
     fn spawn_session(self: Rc<Self>, index: usize, stream: N::Stream, peer: SocketAddr) {

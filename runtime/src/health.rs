@@ -97,6 +97,32 @@ impl SharedHealth {
         }
     }
 
+    /// Carries the verdicts of `old` (for `old_config`) over to the same hosts (cluster name
+    /// and address) of `config`, so that a reload does not send traffic to a host known to be
+    /// down, nor hold back one known to be up.
+    pub fn inherit(&self, old: &SharedHealth, old_config: &Config, config: &Config) {
+        for (ci, c) in config.clusters.iter().enumerate() {
+            let Some(oi) = old_config.clusters.iter().position(|o| o.name == c.name) else {
+                continue;
+            };
+            if !(self.clusters[ci].checked && old.clusters[oi].checked) {
+                continue;
+            }
+            for (hi, h) in c.hosts.iter().enumerate() {
+                if let Some(ohi) = old_config.clusters[oi]
+                    .hosts
+                    .iter()
+                    .position(|o| o.address == h.address)
+                {
+                    let healthy = old.clusters[oi].healthy[ohi].load(Relaxed);
+                    self.clusters[ci].healthy[hi].store(healthy, Relaxed);
+                }
+            }
+            let traffic = old.clusters[oi].traffic.load(Relaxed);
+            self.clusters[ci].traffic.store(traffic, Relaxed);
+        }
+    }
+
     /// Whether the cluster is actively health checked.
     #[must_use]
     pub fn is_checked(&self, cluster: usize) -> bool {

@@ -55,6 +55,9 @@ const RESPONSE_LIMITS: Limits = Limits {
     max_headers: 256,
 };
 const READ_CHUNK: usize = 16 * 1024;
+/// How long a draining engine keeps an idle keep-alive connection open for a request already on
+/// its way (answered with `connection: close`).
+const DRAIN_IDLE_GRACE: Duration = Duration::from_secs(1);
 const MAX_TRAILER_BYTES: usize = 16 * 1024;
 
 /// A growable read buffer: bytes `start..end` of `data` are unconsumed.
@@ -527,22 +530,36 @@ impl<N: Network> Engine<N> {
         rbuf: &mut ReadBuffer,
         head: &mut Head,
     ) -> HeadRead {
-        // Idle between requests: wait for the first byte.
+        // Idle between requests: wait for the first byte. Once the engine drains, an idle
+        // connection still gets DRAIN_IDLE_GRACE for a request that may already be on its way
+        // (a keep-alive client sends its next request without waiting): that request is
+        // answered with `connection: close`, so the client reconnects — to the next generation
+        // or instance — instead of seeing its request dropped by a close racing with it.
         if rbuf.is_empty() {
-            let idle = hc.idle_timeout.map(|d| TokioInstant::now() + d);
-            let stop = self.stop_accepting.notified();
-            if self.stopping.get() {
-                return HeadRead::Closed;
-            }
-            let read = tokio::select! {
-                biased;
-                () = stop => return HeadRead::Closed,
-                () = tokio::time::sleep_until(idle.unwrap_or_else(far_future)) => return HeadRead::Closed,
-                r = rbuf.fill(down) => r,
+            let idle = hc
+                .idle_timeout
+                .map_or_else(far_future, |d| TokioInstant::now() + d);
+            let mut deadline = if self.stopping.get() {
+                idle.min(TokioInstant::now() + DRAIN_IDLE_GRACE)
+            } else {
+                idle
             };
-            match read {
-                Ok(0) | Err(_) => return HeadRead::Closed,
-                Ok(_) => {}
+            loop {
+                let stop = self.stop_accepting.notified();
+                let draining = self.stopping.get();
+                let read = tokio::select! {
+                    biased;
+                    () = stop, if !draining => {
+                        deadline = deadline.min(TokioInstant::now() + DRAIN_IDLE_GRACE);
+                        continue;
+                    }
+                    () = tokio::time::sleep_until(deadline) => return HeadRead::Closed,
+                    r = rbuf.fill(down) => r,
+                };
+                match read {
+                    Ok(0) | Err(_) => return HeadRead::Closed,
+                    Ok(_) => break,
+                }
             }
         }
         let deadline = TokioInstant::now() + hc.request_headers_timeout;
@@ -595,7 +612,7 @@ impl<N: Network> Engine<N> {
         match &route.route.action {
             RouteAction::DirectResponse { status, body } => {
                 out.clear();
-                let close = has_body || !head.keep_alive();
+                let close = has_body || !head.keep_alive() || self.stopping.get();
                 write_local_response(out, *status, &[], body.as_bytes(), close);
                 let ok = down.write_all(out).await.is_ok();
                 Outcome {
@@ -626,6 +643,8 @@ impl<N: Network> Engine<N> {
         flag: ResponseFlag,
         close: bool,
     ) -> Outcome {
+        // Draining: the client must reconnect for its next request.
+        let close = close || self.stopping.get();
         out.clear();
         write_local_response(out, status, &[], local_body(flag), close);
         let ok = down.write_all(out).await.is_ok();

@@ -99,21 +99,7 @@ enum LogFormat {
 }
 
 fn load(path: &Path) -> Result<Config, String> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| format!("{}: cannot read the config: {e}", path.display()))?;
-    Config::from_yaml(&text).map_err(|errors| {
-        let n = errors.0.len();
-        let mut out = format!(
-            "{}: {n} problem{} in the config:",
-            path.display(),
-            if n == 1 { "" } else { "s" }
-        );
-        for e in &errors.0 {
-            out.push_str("\n  ");
-            out.push_str(&e.to_string());
-        }
-        out
-    })
+    server::load_config(path)
 }
 
 /// Installs the subscriber with a reloadable filter; returns the control the admin API's
@@ -179,7 +165,8 @@ fn main() -> ExitCode {
             log_level,
             seed,
         } => {
-            let config = match load(&config) {
+            let config_path = config;
+            let config = match load(&config_path) {
                 Ok(c) => c,
                 Err(e) => {
                     eprintln!("{e}");
@@ -197,6 +184,7 @@ fn main() -> ExitCode {
                     workers,
                     seed,
                     log_control: Some(log_control),
+                    config_path: Some(config_path),
                 },
             ) {
                 Ok(()) => ExitCode::SUCCESS,

@@ -14,7 +14,10 @@
 //! config; `/drain_listeners` closes the workers' listeners through a second watch channel.
 //! SIGUSR1 makes every worker reopen its access log files (log rotation), through a third.
 
+use std::cell::RefCell;
 use std::io;
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
 use std::sync::Arc;
 use std::thread;
 
@@ -22,7 +25,7 @@ use sluice_core::config::Config;
 use tokio::sync::watch;
 use tracing::{error, info, warn};
 
-use crate::admin::{AdminShared, LogControl, ServerState};
+use crate::admin::{AdminHandle, AdminShared, LogControl, ServerState};
 use crate::engine::Engine;
 use crate::net::{TokioNet, bind_reuseport};
 use crate::stats::WorkerStats;
@@ -36,17 +39,35 @@ pub struct ServerOptions {
     pub seed: u64,
     /// Changes the log filter at runtime (the admin API's `/logging`), if the process can.
     pub log_control: Option<LogControl>,
+    /// The config file, re-read on SIGHUP and `POST /reload` (no reload without it).
+    pub config_path: Option<PathBuf>,
 }
 
 /// Listen backlog per socket.
 const BACKLOG: i32 = 4096;
 
-/// Runs until SIGTERM/SIGINT, then drains and returns. Errors are startup errors (bind).
-pub fn run(config: Config, options: ServerOptions) -> io::Result<()> {
-    let config = Arc::new(config);
-    let workers = options.workers.max(1);
+/// Reads and validates a config file; the error lists every problem with its path.
+pub fn load_config(path: &Path) -> Result<Config, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("{}: cannot read the config: {e}", path.display()))?;
+    Config::from_yaml(&text).map_err(|errors| {
+        let n = errors.0.len();
+        let mut out = format!(
+            "{}: {n} problem{} in the config:",
+            path.display(),
+            if n == 1 { "" } else { "s" }
+        );
+        for e in &errors.0 {
+            out.push_str("\n  ");
+            out.push_str(&e.to_string());
+        }
+        out
+    })
+}
 
-    // Files the workers will open: fail now, with the listener named, rather than in a worker.
+/// Opens (and closes) every access log file of `config`, so that a bad path fails now, with
+/// the listener named, rather than in a worker.
+fn check_access_logs(config: &Config) -> io::Result<()> {
     for (i, l) in config.listeners.iter().enumerate() {
         if let sluice_core::config::ListenerFilter::Http(hc)
         | sluice_core::config::ListenerFilter::Auto { http: hc, .. } = &l.filter
@@ -57,6 +78,46 @@ pub fn run(config: Config, options: ServerOptions) -> io::Result<()> {
             })?;
         }
     }
+    Ok(())
+}
+
+/// Binds listener `i` of `config` once (with `SO_REUSEPORT`), naming it in the error.
+fn bind_listener(config: &Config, i: usize) -> io::Result<std::net::TcpListener> {
+    let l = &config.listeners[i];
+    bind_reuseport(l.address, BACKLOG).map_err(|e| {
+        io::Error::new(
+            e.kind(),
+            format!(
+                "listeners[{i}] ({}): cannot listen on {}: {e}",
+                l.name, l.address
+            ),
+        )
+    })
+}
+
+/// What a worker is told to do besides stopping.
+enum WorkerCommand {
+    /// Switch to a new config generation (a reload).
+    Reload(Box<Generation>),
+}
+
+/// One config generation for one worker.
+struct Generation {
+    config: Arc<Config>,
+    stats: Arc<WorkerStats>,
+    shared_health: Arc<crate::health::SharedHealth>,
+    /// Per listener of `config`: a freshly bound socket when no listener of the previous
+    /// generation had its address (else the worker reuses that one).
+    fresh: Vec<Option<std::net::TcpListener>>,
+    /// The worker's answer: switched, or why not.
+    done: std::sync::mpsc::Sender<Result<(), String>>,
+}
+
+/// Runs until SIGTERM/SIGINT, then drains and returns. Errors are startup errors (bind).
+pub fn run(config: Config, options: ServerOptions) -> io::Result<()> {
+    let mut config = Arc::new(config);
+    let workers = options.workers.max(1);
+    check_access_logs(&config)?;
 
     // The admin socket first: its address in use stops startup like a listener's.
     let admin_socket = match &config.admin {
@@ -67,19 +128,9 @@ pub fn run(config: Config, options: ServerOptions) -> io::Result<()> {
     // Bind everything first: one socket per (worker, listener).
     let mut sockets: Vec<Vec<std::net::TcpListener>> = Vec::with_capacity(workers);
     for _ in 0..workers {
-        let mut mine = Vec::with_capacity(config.listeners.len());
-        for (i, l) in config.listeners.iter().enumerate() {
-            let socket = bind_reuseport(l.address, BACKLOG).map_err(|e| {
-                io::Error::new(
-                    e.kind(),
-                    format!(
-                        "listeners[{i}] ({}): cannot listen on {}: {e}",
-                        l.name, l.address
-                    ),
-                )
-            })?;
-            mine.push(socket);
-        }
+        let mine = (0..config.listeners.len())
+            .map(|i| bind_listener(&config, i))
+            .collect::<io::Result<Vec<_>>>()?;
         sockets.push(mine);
     }
 
@@ -104,7 +155,7 @@ pub fn run(config: Config, options: ServerOptions) -> io::Result<()> {
     let (stop_tx, stop_rx) = watch::channel(false);
     // Bumped on SIGUSR1: every worker reopens its access log files.
     let (reopen_tx, _) = watch::channel(0u64);
-    let all_stats: Vec<Arc<WorkerStats>> = (0..workers)
+    let mut all_stats: Vec<Arc<WorkerStats>> = (0..workers)
         .map(|_| Arc::new(WorkerStats::new(&config)))
         .collect();
     let shared = Arc::new(AdminShared::new(
@@ -112,24 +163,35 @@ pub fn run(config: Config, options: ServerOptions) -> io::Result<()> {
         all_stats.clone(),
         options.log_control.clone(),
     ));
+    let admin = Arc::new(AdminHandle::new(shared.clone()));
     if let Some(socket) = admin_socket {
         let address = socket.local_addr()?;
-        crate::admin::spawn(socket, shared.clone())?;
+        crate::admin::spawn(socket, admin.clone())?;
         info!(%address, "admin server listening");
     }
+    let mut reload_requests = shared.take_reload_requests();
     let (started_tx, started_rx) = std::sync::mpsc::channel::<()>();
     let mut handles = Vec::with_capacity(workers);
-    let shared_health = Arc::new(crate::health::SharedHealth::new(&config));
+    let mut commands = Vec::with_capacity(workers);
+    let mut shared_health = Arc::new(crate::health::SharedHealth::new(&config));
     for (worker, mine) in sockets.into_iter().enumerate() {
-        let shared_health = shared_health.clone();
-        let config = config.clone();
-        let mut stop = stop_rx.clone();
-        let mut close_listeners = shared.close_listeners.subscribe();
-        let started = started_tx.clone();
-        let mut reopen = reopen_tx.subscribe();
+        let (command_tx, command_rx) = tokio::sync::mpsc::unbounded_channel::<WorkerCommand>();
+        commands.push(command_tx);
+        let first = WorkerStart {
+            worker,
+            workers,
+            seed: options.seed.wrapping_add(worker as u64),
+            config: config.clone(),
+            stats: all_stats[worker].clone(),
+            shared_health: shared_health.clone(),
+            sockets: mine,
+            stop: stop_rx.clone(),
+            close_listeners: shared.close_listeners.subscribe(),
+            reopen: reopen_tx.subscribe(),
+            started: started_tx.clone(),
+            commands: command_rx,
+        };
         let core = pin.then(|| cores[worker]);
-        let stats = all_stats[worker].clone();
-        let seed = options.seed.wrapping_add(worker as u64);
         let handle = thread::Builder::new()
             .name(format!("sluice-worker-{worker}"))
             .spawn(move || -> io::Result<()> {
@@ -142,44 +204,7 @@ pub fn run(config: Config, options: ServerOptions) -> io::Result<()> {
                     .enable_all()
                     .build()?;
                 let local = tokio::task::LocalSet::new();
-                local.block_on(&rt, async move {
-                    let listeners = mine
-                        .into_iter()
-                        .map(tokio::net::TcpListener::from_std)
-                        .collect::<io::Result<Vec<_>>>()?;
-                    let engine = Engine::new_worker(
-                        TokioNet,
-                        config,
-                        worker,
-                        workers,
-                        seed,
-                        stats,
-                        shared_health,
-                    )?;
-                    let _ = started.send(());
-                    drop(started);
-                    let logs = engine.clone();
-                    tokio::task::spawn_local(async move {
-                        while reopen.changed().await.is_ok() {
-                            logs.reopen_access_logs();
-                        }
-                    });
-                    engine
-                        .run_with_drain(
-                            listeners,
-                            async move {
-                                if close_listeners.wait_for(|c| *c).await.is_err() {
-                                    // The admin side is gone: never close early.
-                                    std::future::pending::<()>().await;
-                                }
-                            },
-                            async move {
-                                let _ = stop.wait_for(|s| *s).await;
-                            },
-                        )
-                        .await;
-                    Ok(())
-                })
+                local.block_on(&rt, worker_main(first))
             })?;
         handles.push(handle);
     }
@@ -200,15 +225,66 @@ pub fn run(config: Config, options: ServerOptions) -> io::Result<()> {
         let mut quit = shared.quit.subscribe();
         signal_rt.block_on(async {
             loop {
-                tokio::select! {
+                let reload_request = async {
+                    match reload_requests.as_mut() {
+                        Some(r) => r.recv().await,
+                        None => std::future::pending().await,
+                    }
+                };
+                let (why, reply) = tokio::select! {
                     s = signals.recv() => match s? {
                         Caught::Stop(name) => return Ok::<_, io::Error>(name),
                         Caught::Reopen => {
                             info!("SIGUSR1: reopening access logs");
                             reopen_tx.send_modify(|g| *g += 1);
+                            continue;
+                        }
+                        Caught::Reload => ("SIGHUP", None),
+                    },
+                    r = reload_request => match r {
+                        Some(reply) => ("POST /reload", Some(reply)),
+                        None => {
+                            reload_requests = None;
+                            continue;
                         }
                     },
                     _ = quit.wait_for(|q| *q) => return Ok("/quitquitquit"),
+                };
+                let outcome = reload(
+                    options.config_path.as_deref(),
+                    &config,
+                    workers,
+                    &commands,
+                    &all_stats,
+                    &shared_health,
+                );
+                match outcome {
+                    Ok(next) => {
+                        let summary = next.summary.clone();
+                        info!(trigger = why, "config reloaded: {summary}");
+                        config = next.config;
+                        all_stats = next.stats;
+                        shared_health = next.shared_health;
+                        admin.replace(config.clone(), all_stats.clone());
+                        shared
+                            .reloads_ok
+                            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        if let Some(reply) = reply {
+                            let _ = reply.send(Ok(summary));
+                        }
+                    }
+                    Err(problems) => {
+                        error!(
+                            trigger = why,
+                            "config reload refused, nothing changed: {problems}"
+                        );
+                        shared
+                            .reloads_failed
+                            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        if let Some(reply) = reply {
+                            let _ = reply.send(Err(problems));
+                        }
+                    }
                 }
             }
         })?
@@ -247,12 +323,317 @@ pub fn run(config: Config, options: ServerOptions) -> io::Result<()> {
     result
 }
 
+/// A reload that every worker applied.
+struct Reloaded {
+    config: Arc<Config>,
+    stats: Vec<Arc<WorkerStats>>,
+    shared_health: Arc<crate::health::SharedHealth>,
+    summary: String,
+}
+
+/// Re-reads the config file and, when it is valid and its new listeners can bind, switches
+/// every worker to it. On any error nothing changed.
+fn reload(
+    path: Option<&Path>,
+    current: &Arc<Config>,
+    workers: usize,
+    commands: &[tokio::sync::mpsc::UnboundedSender<WorkerCommand>],
+    stats: &[Arc<WorkerStats>],
+    shared_health: &Arc<crate::health::SharedHealth>,
+) -> Result<Reloaded, String> {
+    let path = path.ok_or("this process was started without a config file")?;
+    let next = Arc::new(load_config(path)?);
+    check_access_logs(&next).map_err(|e| e.to_string())?;
+    if next.admin.as_ref().map(|a| a.address) != current.admin.as_ref().map(|a| a.address) {
+        return Err(
+            "admin.address: changing the admin address needs a restart or an upgrade".into(),
+        );
+    }
+    // Sockets for the new addresses, one per worker, bound before anything changes.
+    let mut fresh: Vec<Vec<Option<std::net::TcpListener>>> =
+        (0..workers).map(|_| Vec::new()).collect();
+    let mut added = Vec::new();
+    for (i, l) in next.listeners.iter().enumerate() {
+        let known = current.listeners.iter().any(|o| o.address == l.address);
+        if !known {
+            added.push(l.name.as_str());
+        }
+        for mine in &mut fresh {
+            mine.push(if known {
+                None
+            } else {
+                Some(bind_listener(&next, i).map_err(|e| e.to_string())?)
+            });
+        }
+    }
+    let removed: Vec<&str> = current
+        .listeners
+        .iter()
+        .filter(|o| !next.listeners.iter().any(|l| l.address == o.address))
+        .map(|o| o.name.as_str())
+        .collect();
+    let next_health = Arc::new(crate::health::SharedHealth::new(&next));
+    next_health.inherit(shared_health, current, &next);
+    // Fresh counters; each worker moves its old ones in at the switch (it is their only writer).
+    let next_stats: Vec<Arc<WorkerStats>> = stats
+        .iter()
+        .map(|_| Arc::new(WorkerStats::new(&next)))
+        .collect();
+    let mut answers = Vec::with_capacity(workers);
+    for ((command, mine), s) in commands.iter().zip(fresh).zip(&next_stats) {
+        let (done, answer) = std::sync::mpsc::channel();
+        let generation = Generation {
+            config: next.clone(),
+            stats: s.clone(),
+            shared_health: next_health.clone(),
+            fresh: mine,
+            done,
+        };
+        if command
+            .send(WorkerCommand::Reload(Box::new(generation)))
+            .is_err()
+        {
+            return Err("a worker is gone".into());
+        }
+        answers.push(answer);
+    }
+    for (worker, answer) in answers.into_iter().enumerate() {
+        match answer.recv_timeout(std::time::Duration::from_secs(30)) {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return Err(format!("worker {worker}: {e}")),
+            Err(_) => return Err(format!("worker {worker} did not switch")),
+        }
+    }
+    let summary = format!(
+        "{} listener{}, {} cluster{}; added listeners: [{}]; removed listeners: [{}]",
+        next.listeners.len(),
+        if next.listeners.len() == 1 { "" } else { "s" },
+        next.clusters.len(),
+        if next.clusters.len() == 1 { "" } else { "s" },
+        added.join(", "),
+        removed.join(", ")
+    );
+    Ok(Reloaded {
+        config: next,
+        stats: next_stats,
+        shared_health: next_health,
+        summary,
+    })
+}
+
+/// Everything a worker thread starts with.
+struct WorkerStart {
+    worker: usize,
+    workers: usize,
+    seed: u64,
+    config: Arc<Config>,
+    stats: Arc<WorkerStats>,
+    shared_health: Arc<crate::health::SharedHealth>,
+    sockets: Vec<std::net::TcpListener>,
+    stop: watch::Receiver<bool>,
+    close_listeners: watch::Receiver<bool>,
+    reopen: watch::Receiver<u64>,
+    started: std::sync::mpsc::Sender<()>,
+    commands: tokio::sync::mpsc::UnboundedReceiver<WorkerCommand>,
+}
+
+/// A running generation in a worker: its engine, its task, and how to make it drain.
+struct Running {
+    engine: Rc<Engine<TokioNet>>,
+    task: tokio::task::JoinHandle<()>,
+    stop: watch::Sender<bool>,
+}
+
+/// Starts `engine` on `listeners` as the worker's current generation.
+fn start_generation(
+    engine: Rc<Engine<TokioNet>>,
+    listeners: Vec<tokio::net::TcpListener>,
+    close_listeners: &watch::Receiver<bool>,
+) -> Running {
+    let (stop, mut stop_rx) = watch::channel(false);
+    let mut close_listeners = close_listeners.clone();
+    let task = tokio::task::spawn_local(engine.clone().run_with_drain(
+        listeners,
+        async move {
+            if close_listeners.wait_for(|c| *c).await.is_err() {
+                // The admin side is gone: never close early.
+                std::future::pending::<()>().await;
+            }
+        },
+        async move {
+            let _ = stop_rx.wait_for(|s| *s).await;
+        },
+    ));
+    Running { engine, task, stop }
+}
+
+/// A worker thread's life: serve the first generation, switch on reloads (the previous
+/// generation hands its listening sockets over and drains its own connections), drain
+/// everything on stop.
+async fn worker_main(start: WorkerStart) -> io::Result<()> {
+    let WorkerStart {
+        worker,
+        workers,
+        seed,
+        config,
+        stats,
+        shared_health,
+        sockets,
+        mut stop,
+        close_listeners,
+        mut reopen,
+        started,
+        mut commands,
+    } = start;
+    let listeners = sockets
+        .into_iter()
+        .map(tokio::net::TcpListener::from_std)
+        .collect::<io::Result<Vec<_>>>()?;
+    let engine = Engine::new_worker(
+        TokioNet,
+        config,
+        worker,
+        workers,
+        seed,
+        stats,
+        shared_health,
+    )?;
+    let _ = started.send(());
+    drop(started);
+    let current = Rc::new(RefCell::new(start_generation(
+        engine,
+        listeners,
+        &close_listeners,
+    )));
+    {
+        let current = current.clone();
+        tokio::task::spawn_local(async move {
+            while reopen.changed().await.is_ok() {
+                let engine = current.borrow().engine.clone();
+                engine.reopen_access_logs();
+            }
+        });
+    }
+    // Previous generations still draining.
+    let mut draining: Vec<tokio::task::JoinHandle<()>> = Vec::new();
+    loop {
+        let command = tokio::select! {
+            _ = stop.wait_for(|s| *s) => break,
+            command = commands.recv() => command,
+        };
+        {
+            match command {
+                None => {
+                    // The main thread is gone: wait for the stop.
+                    let _ = stop.wait_for(|s| *s).await;
+                    break;
+                }
+                Some(WorkerCommand::Reload(g)) => {
+                    let Generation {
+                        config,
+                        stats,
+                        shared_health,
+                        mut fresh,
+                        done,
+                    } = *g;
+                    // The new engine first: if it cannot be built, nothing changes.
+                    let engine = match Engine::new_worker(
+                        TokioNet,
+                        config.clone(),
+                        worker,
+                        workers,
+                        seed,
+                        stats,
+                        shared_health,
+                    ) {
+                        Ok(e) => e,
+                        Err(e) => {
+                            let _ = done.send(Err(e.to_string()));
+                            continue;
+                        }
+                    };
+                    let old = current.borrow().engine.clone();
+                    let old_config = old.config.clone();
+                    // Same address: the same socket (its backlog included) moves to the new
+                    // engine; removed addresses close here.
+                    let mut by_address: Vec<(std::net::SocketAddr, tokio::net::TcpListener)> = old
+                        .take_listeners()
+                        .await
+                        .into_iter()
+                        .zip(&old_config.listeners)
+                        .filter_map(|(l, c)| l.map(|l| (c.address, l)))
+                        .collect();
+                    let mut listeners = Vec::with_capacity(config.listeners.len());
+                    let mut failed = None;
+                    for (i, l) in config.listeners.iter().enumerate() {
+                        if let Some(pos) = by_address.iter().position(|(a, _)| *a == l.address) {
+                            listeners.push(by_address.swap_remove(pos).1);
+                        } else if let Some(socket) = fresh[i].take() {
+                            match tokio::net::TcpListener::from_std(socket) {
+                                Ok(l) => listeners.push(l),
+                                Err(e) => failed = Some(e),
+                            }
+                        } else {
+                            // Closed earlier by /drain_listeners: bind again.
+                            match bind_listener(&config, i)
+                                .and_then(tokio::net::TcpListener::from_std)
+                            {
+                                Ok(l) => listeners.push(l),
+                                Err(e) => failed = Some(e),
+                            }
+                        }
+                    }
+                    if let Some(e) = failed {
+                        error!(worker, error = %e, "reload: a listener could not be set up");
+                    }
+                    drop(by_address);
+                    // Counters move to the new generation now; what the old one counts while
+                    // it drains follows when it is done.
+                    engine.stats.carry_over(&old.stats, &old_config, &config);
+                    let at_switch = old.stats.frozen(&old_config);
+                    let previous = std::mem::replace(
+                        &mut *current.borrow_mut(),
+                        start_generation(engine, listeners, &close_listeners),
+                    );
+                    let _ = previous.stop.send(true);
+                    let current = current.clone();
+                    draining.push(tokio::task::spawn_local(async move {
+                        let _ = previous.task.await;
+                        let now = current.borrow().engine.clone();
+                        now.stats
+                            .transfer(&old.stats, &at_switch, &old_config, &now.config);
+                    }));
+                    draining.retain(|t| !t.is_finished());
+                    let _ = done.send(Ok(()));
+                }
+            }
+        }
+    }
+    let engine = current.borrow().engine.clone();
+    let running = std::mem::replace(
+        &mut *current.borrow_mut(),
+        Running {
+            engine,
+            task: tokio::task::spawn_local(async {}),
+            stop: watch::channel(false).0,
+        },
+    );
+    let _ = running.stop.send(true);
+    let _ = running.task.await;
+    for t in draining {
+        let _ = t.await;
+    }
+    Ok(())
+}
+
 /// A signal the server acts on.
 enum Caught {
     /// SIGTERM or SIGINT: drain and exit.
     Stop(&'static str),
     /// SIGUSR1: reopen the access logs.
     Reopen,
+    /// SIGHUP: reload the config file.
+    Reload,
 }
 
 /// SIGTERM, SIGINT and SIGUSR1, caught from creation on (create inside a tokio runtime).
@@ -260,6 +641,7 @@ struct StopSignals {
     term: tokio::signal::unix::Signal,
     int: tokio::signal::unix::Signal,
     usr1: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
 }
 
 impl StopSignals {
@@ -269,6 +651,7 @@ impl StopSignals {
             term: signal(SignalKind::terminate())?,
             int: signal(SignalKind::interrupt())?,
             usr1: signal(SignalKind::user_defined1())?,
+            hup: signal(SignalKind::hangup())?,
         })
     }
 
@@ -278,6 +661,7 @@ impl StopSignals {
             _ = self.term.recv() => Caught::Stop("SIGTERM"),
             _ = self.int.recv() => Caught::Stop("SIGINT"),
             _ = self.usr1.recv() => Caught::Reopen,
+            _ = self.hup.recv() => Caught::Reload,
         })
     }
 }

@@ -361,6 +361,298 @@ impl WorkerStats {
         }
     }
 
+    /// Starts these (fresh) counters, shaped like `config`, from `old`'s (shaped like
+    /// `old_config`) at a config reload: see [`WorkerStats::transfer`].
+    pub fn carry_over(&self, old: &WorkerStats, old_config: &Config, config: &Config) {
+        self.transfer(old, &WorkerStats::new(old_config), old_config, config);
+        for (cs, cc) in self.clusters.iter().zip(&config.clusters) {
+            let Some(oi) = old_config.clusters.iter().position(|o| o.name == cc.name) else {
+                continue;
+            };
+            for (h, hc) in cs.hosts.iter().zip(&cc.hosts) {
+                let oh = old_config.clusters[oi]
+                    .hosts
+                    .iter()
+                    .position(|o| o.address == hc.address)
+                    .and_then(|ohi| old.clusters.get(oi)?.hosts.get(ohi));
+                if let Some(oh) = oh {
+                    h.healthy.store(oh.healthy.load(Relaxed), Relaxed);
+                }
+            }
+        }
+    }
+
+    /// A plain copy of these counters, same shape (to measure what a draining generation adds
+    /// after a reload: [`WorkerStats::transfer`] with it as the base).
+    #[must_use]
+    pub fn frozen(&self, config: &Config) -> WorkerStats {
+        let copy = WorkerStats::new(config);
+        copy.transfer(self, &WorkerStats::new(config), config, config);
+        copy
+    }
+
+    /// Adds `old − base` (both shaped like `old_config`) to these counters (shaped like
+    /// `config`): worker-wide counters, and per listener, cluster and host matched by name (and
+    /// host address). A reload moves every counter of the old generation this way, and when the
+    /// old generation has drained, what it counted meanwhile (with the copy taken at the switch
+    /// as the base), so counters stay exact and monotonic. Gauges are not moved; the old
+    /// generation's connections count as closed here (they are its own to track while it
+    /// drains). Only the worker that owns these counters may call it.
+    pub fn transfer(
+        &self,
+        old: &WorkerStats,
+        base: &WorkerStats,
+        old_config: &Config,
+        config: &Config,
+    ) {
+        fn c(new: &AtomicU64, old: &AtomicU64, base: &AtomicU64) {
+            bump(new, old.load(Relaxed).saturating_sub(base.load(Relaxed)));
+        }
+        fn all<const N: usize>(new: &[AtomicU64; N], old: &[AtomicU64; N], base: &[AtomicU64; N]) {
+            for ((n, o), b) in new.iter().zip(old).zip(base) {
+                c(n, o, b);
+            }
+        }
+        c(
+            &self.downstream_cx_total,
+            &old.downstream_cx_total,
+            &base.downstream_cx_total,
+        );
+        c(
+            &self.downstream_cx_closed,
+            &old.downstream_cx_total,
+            &base.downstream_cx_total,
+        );
+        c(&self.accept_errors, &old.accept_errors, &base.accept_errors);
+        c(
+            &self.upstream_cx_attempts,
+            &old.upstream_cx_attempts,
+            &base.upstream_cx_attempts,
+        );
+        c(
+            &self.upstream_cx_connect_fail,
+            &old.upstream_cx_connect_fail,
+            &base.upstream_cx_connect_fail,
+        );
+        c(
+            &self.upstream_cx_connect_timeout,
+            &old.upstream_cx_connect_timeout,
+            &base.upstream_cx_connect_timeout,
+        );
+        c(
+            &self.bytes_from_downstream,
+            &old.bytes_from_downstream,
+            &base.bytes_from_downstream,
+        );
+        c(
+            &self.bytes_from_upstream,
+            &old.bytes_from_upstream,
+            &base.bytes_from_upstream,
+        );
+        all(
+            &self.tcp_session_closed,
+            &old.tcp_session_closed,
+            &base.tcp_session_closed,
+        );
+        c(&self.http_requests, &old.http_requests, &base.http_requests);
+        all(
+            &self.http_responses_by_class,
+            &old.http_responses_by_class,
+            &base.http_responses_by_class,
+        );
+        c(
+            &self.http_local_replies,
+            &old.http_local_replies,
+            &base.http_local_replies,
+        );
+        c(&self.http_retries, &old.http_retries, &base.http_retries);
+        c(
+            &self.http_upstream_timeouts,
+            &old.http_upstream_timeouts,
+            &base.http_upstream_timeouts,
+        );
+        for (h, o, b) in [
+            (
+                &self.downstream_rq_time,
+                &old.downstream_rq_time,
+                &base.downstream_rq_time,
+            ),
+            (
+                &self.upstream_rq_time,
+                &old.upstream_rq_time,
+                &base.upstream_rq_time,
+            ),
+        ] {
+            all(&h.buckets, &o.buckets, &b.buckets);
+            c(&h.sum_us, &o.sum_us, &b.sum_us);
+        }
+        let (b, ob, bb) = (&self.bolt, &old.bolt, &base.bolt);
+        for (n, o, z) in [
+            (&b.requests, &ob.requests, &bb.requests),
+            (&b.oneway, &ob.oneway, &bb.oneway),
+            (&b.heartbeats, &ob.heartbeats, &bb.heartbeats),
+            (&b.responses, &ob.responses, &bb.responses),
+            (
+                &b.responses_dropped,
+                &ob.responses_dropped,
+                &bb.responses_dropped,
+            ),
+            (&b.no_route, &ob.no_route, &bb.no_route),
+            (&b.no_host, &ob.no_host, &bb.no_host),
+            (&b.overflow, &ob.overflow, &bb.overflow),
+            (&b.timeouts, &ob.timeouts, &bb.timeouts),
+            (&b.codec_errors, &ob.codec_errors, &bb.codec_errors),
+            (&b.upstream_lost, &ob.upstream_lost, &bb.upstream_lost),
+            (&b.sniff_failed, &ob.sniff_failed, &bb.sniff_failed),
+        ] {
+            c(n, o, z);
+        }
+        for (l, lc) in self.listeners.iter().zip(&config.listeners) {
+            let Some(oi) = old_config.listeners.iter().position(|o| o.name == lc.name) else {
+                continue;
+            };
+            let (Some(o), Some(z)) = (old.listeners.get(oi), base.listeners.get(oi)) else {
+                continue;
+            };
+            c(
+                &l.downstream_cx_total,
+                &o.downstream_cx_total,
+                &z.downstream_cx_total,
+            );
+            c(
+                &l.downstream_cx_closed,
+                &o.downstream_cx_total,
+                &z.downstream_cx_total,
+            );
+            c(
+                &l.downstream_bytes_received,
+                &o.downstream_bytes_received,
+                &z.downstream_bytes_received,
+            );
+            c(
+                &l.downstream_bytes_sent,
+                &o.downstream_bytes_sent,
+                &z.downstream_bytes_sent,
+            );
+            c(&l.http_requests, &o.http_requests, &z.http_requests);
+            all(
+                &l.http_responses_by_class,
+                &o.http_responses_by_class,
+                &z.http_responses_by_class,
+            );
+            c(
+                &l.http_local_replies,
+                &o.http_local_replies,
+                &z.http_local_replies,
+            );
+            all(
+                &l.tcp_session_closed,
+                &o.tcp_session_closed,
+                &z.tcp_session_closed,
+            );
+        }
+        for (cs, cc) in self.clusters.iter().zip(&config.clusters) {
+            let Some(oi) = old_config.clusters.iter().position(|o| o.name == cc.name) else {
+                continue;
+            };
+            let (Some(o), Some(z)) = (old.clusters.get(oi), base.clusters.get(oi)) else {
+                continue;
+            };
+            for (n, v, b) in [
+                (
+                    &cs.upstream_rq_total,
+                    &o.upstream_rq_total,
+                    &z.upstream_rq_total,
+                ),
+                (
+                    &cs.upstream_cx_total,
+                    &o.upstream_cx_total,
+                    &z.upstream_cx_total,
+                ),
+                (
+                    &cs.upstream_cx_connect_fail,
+                    &o.upstream_cx_connect_fail,
+                    &z.upstream_cx_connect_fail,
+                ),
+                (
+                    &cs.upstream_cx_connect_timeout,
+                    &o.upstream_cx_connect_timeout,
+                    &z.upstream_cx_connect_timeout,
+                ),
+                (
+                    &cs.upstream_rq_timeout,
+                    &o.upstream_rq_timeout,
+                    &z.upstream_rq_timeout,
+                ),
+                (
+                    &cs.upstream_rq_retry,
+                    &o.upstream_rq_retry,
+                    &z.upstream_rq_retry,
+                ),
+                (
+                    &cs.upstream_cx_overflow,
+                    &o.upstream_cx_overflow,
+                    &z.upstream_cx_overflow,
+                ),
+                (
+                    &cs.upstream_rq_pending_overflow,
+                    &o.upstream_rq_pending_overflow,
+                    &z.upstream_rq_pending_overflow,
+                ),
+                (
+                    &cs.upstream_rq_overflow,
+                    &o.upstream_rq_overflow,
+                    &z.upstream_rq_overflow,
+                ),
+                (
+                    &cs.upstream_rq_retry_overflow,
+                    &o.upstream_rq_retry_overflow,
+                    &z.upstream_rq_retry_overflow,
+                ),
+                (
+                    &cs.health_check_attempt,
+                    &o.health_check_attempt,
+                    &z.health_check_attempt,
+                ),
+                (
+                    &cs.health_check_success,
+                    &o.health_check_success,
+                    &z.health_check_success,
+                ),
+                (
+                    &cs.health_check_failure,
+                    &o.health_check_failure,
+                    &z.health_check_failure,
+                ),
+                (
+                    &cs.outlier_ejections_total,
+                    &o.outlier_ejections_total,
+                    &z.outlier_ejections_total,
+                ),
+                (
+                    &cs.outlier_ejections_overflow,
+                    &o.outlier_ejections_overflow,
+                    &z.outlier_ejections_overflow,
+                ),
+                (&cs.lb_panic_total, &o.lb_panic_total, &z.lb_panic_total),
+            ] {
+                c(n, v, b);
+            }
+            let old_hosts = &old_config.clusters[oi].hosts;
+            for (h, hc) in cs.hosts.iter().zip(&cc.hosts) {
+                let Some(ohi) = old_hosts.iter().position(|o| o.address == hc.address) else {
+                    continue;
+                };
+                let (Some(oh), Some(zh)) = (o.hosts.get(ohi), z.hosts.get(ohi)) else {
+                    continue;
+                };
+                c(&h.rq_total, &oh.rq_total, &zh.rq_total);
+                c(&h.cx_total, &oh.cx_total, &zh.cx_total);
+                c(&h.cx_connect_fail, &oh.cx_connect_fail, &zh.cx_connect_fail);
+            }
+        }
+    }
+
     /// One listener's counters, if this `WorkerStats` has slots for listeners.
     #[inline]
     #[must_use]

@@ -1,0 +1,167 @@
+//! Live config reload (SIGHUP, `POST /reload`) under load: wrk keeps a keep-alive load on the
+//! HTTP listener while listeners are added and removed and a route changes; no request fails.
+
+mod support;
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::{Duration, Instant};
+
+use support::*;
+
+fn addr(port: u16) -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], port))
+}
+
+/// `(status, body)` of one request (`connection: close`).
+fn request(to: SocketAddr, method: &str, path: &str) -> (u16, String) {
+    let mut s = TcpStream::connect(to).unwrap();
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nhost: x\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    let status = out
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = out
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    (status, body)
+}
+
+fn config(listen: u16, admin: u16, upstream: u16, body_route: &str, extra: &str) -> String {
+    format!(
+        r#"
+admin: {{ address: 127.0.0.1:{admin} }}
+listeners:
+  - name: web
+    address: 127.0.0.1:{listen}
+    http:
+      virtual_hosts:
+        - name: all
+          domains: ["*"]
+          routes:
+            - match: {{ prefix: /version }}
+              direct_response: {{ status: 200, body: "{body_route}" }}
+            - match: {{ prefix: / }}
+              route: {{ cluster: app }}
+{extra}clusters:
+  - name: app
+    hosts: [ {{ address: 127.0.0.1:{upstream} }} ]
+drain_timeout: 5s
+"#
+    )
+}
+
+#[test]
+fn reloads_under_load_fail_no_request() {
+    require("wrk");
+    let dir = TempDir::new("reload");
+    let (up, listen, admin, extra_port) = (free_port(), free_port(), free_port(), free_port());
+    let _nginx = start_nginx(&dir, "up", up, "hello");
+    let mut sluice = start_sluice(&dir, &config(listen, admin, up, "one", ""), 2, addr(listen));
+    wait_listening(addr(admin), &mut sluice);
+    let path = dir.path().join("sluice.yaml");
+    assert_eq!(
+        request(addr(listen), "GET", "/version"),
+        (200, "one".into())
+    );
+
+    // Load for the whole test.
+    let wrk = {
+        let url = format!("http://127.0.0.1:{listen}/");
+        std::thread::spawn(move || run("wrk", &["-t2", "-c16", "-d6s", &url]))
+    };
+    std::thread::sleep(Duration::from_millis(1000));
+
+    // 1. SIGHUP: a route changes and a listener is added.
+    let echo = format!("  - name: extra\n    address: 127.0.0.1:{extra_port}\n    echo: {{}}\n");
+    std::fs::write(&path, config(listen, admin, up, "two", &echo)).unwrap();
+    sluice.signal("HUP");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while request(addr(listen), "GET", "/version").1 != "two" {
+        assert!(
+            Instant::now() < deadline,
+            "SIGHUP did not apply the new route"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let mut s = TcpStream::connect(addr(extra_port)).expect("the added listener accepts");
+    s.write_all(b"ping").unwrap();
+    let mut got = [0u8; 4];
+    s.read_exact(&mut got).unwrap();
+    assert_eq!(&got, b"ping");
+    drop(s);
+    std::thread::sleep(Duration::from_millis(1000));
+
+    // 2. POST /reload: the listener is removed again, the route changes back.
+    std::fs::write(&path, config(listen, admin, up, "three", "")).unwrap();
+    let (status, body) = request(addr(admin), "POST", "/reload");
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("removed listeners: [extra]"), "{body}");
+    assert_eq!(
+        request(addr(listen), "GET", "/version"),
+        (200, "three".into())
+    );
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while TcpStream::connect(addr(extra_port)).is_ok() {
+        assert!(
+            Instant::now() < deadline,
+            "the removed listener still accepts"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+
+    // 3. An invalid file changes nothing: 400 with every problem, counted.
+    std::fs::write(
+        &path,
+        "listeners:\n  - name: web\n    address: 127.0.0.1:99999\n    echo: {}\nclusters: [ { name: x } ]\n",
+    )
+    .unwrap();
+    let (status, body) = request(addr(admin), "POST", "/reload");
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        body.contains("listeners[0].address") && body.contains("clusters[0].hosts"),
+        "{body}"
+    );
+    assert_eq!(
+        request(addr(listen), "GET", "/version"),
+        (200, "three".into())
+    );
+    let (_, stats) = request(addr(admin), "GET", "/stats?filter=reloads");
+    assert!(stats.contains("server.reloads_ok: 2"), "{stats}");
+    assert!(stats.contains("server.reloads_failed: 1"), "{stats}");
+
+    let out = wrk.join().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(!text.contains("Socket errors"), "{text}");
+    assert!(!text.contains("Non-2xx"), "{text}");
+    let requests: u64 = text
+        .lines()
+        .find(|l| l.contains("requests in"))
+        .and_then(|l| l.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    assert!(requests > 1000, "{text}");
+    // The counters carried over the reloads: every wrk request is in them.
+    let (_, stats) = request(
+        addr(admin),
+        "GET",
+        "/stats?filter=listener.web.http.rq_total",
+    );
+    let counted: u64 = stats
+        .split(": ")
+        .nth(1)
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0);
+    assert!(
+        counted >= requests,
+        "counted {counted} < wrk's {requests}: {stats}"
+    );
+}
