@@ -53,6 +53,8 @@ const READ_CHUNK: usize = 16 * 1024;
 pub(crate) struct Outbox {
     buf: RefCell<Vec<u8>>,
     wake: Notify,
+    /// Set to make the owning (upstream) task close its connection.
+    close: Cell<bool>,
 }
 
 impl Outbox {
@@ -72,6 +74,8 @@ pub(crate) struct BoltWorker {
     armed: Cell<Option<Instant>>,
     /// Last published counters (to add deltas to the worker's stats).
     published: Cell<bolt::BoltStats>,
+    /// Sum of the clusters' health generations last seen (to notice verdict changes).
+    health_seen: Cell<u64>,
 }
 
 impl BoltWorker {
@@ -95,6 +99,7 @@ impl BoltWorker {
             timer: Notify::new(),
             armed: Cell::new(None),
             published: Cell::new(bolt::BoltStats::default()),
+            health_seen: Cell::new(u64::MAX),
         }))
     }
 }
@@ -428,6 +433,9 @@ impl<N: Network> Engine<N> {
                 spare.clear();
                 continue;
             }
+            if outbox.close.get() {
+                break;
+            }
             tokio::select! {
                 biased;
                 () = outbox.wake.notified() => {}
@@ -487,9 +495,34 @@ impl<N: Network> Engine<N> {
 
     /// Applies the health checks' and outlier detectors' latest verdicts to every cluster (a
     /// Bolt request's cluster is known only once it is routed).
+    ///
+    /// When an active health check marks a host down, this worker's multiplexed connection to
+    /// it is closed (Envoy's `close_connections_on_host_health_failure`): a connection that
+    /// silently stopped delivering (a partition that drops packets, a stateful firewall) would
+    /// otherwise be reused once the host passes its checks again — on fresh connections — and
+    /// every request sent on it would time out. Its requests in flight are answered status 16.
     fn refresh_bolt_availability(&self) {
         for ci in 0..self.clusters.len() {
             self.refresh_availability(ci);
+        }
+        let bw = self.bolt();
+        let seen = self.shared_health.generation_sum();
+        if seen == bw.health_seen.replace(seen) {
+            return;
+        }
+        let proxy = bw.proxy.borrow();
+        for (up, outbox) in bw.ups.borrow().iter() {
+            if let Some((ci, host, _)) = proxy.upstream(*up)
+                && !self.shared_health.is_healthy(ci, host.index())
+                && !outbox.close.replace(true)
+            {
+                debug!(
+                    cluster = ci,
+                    host = host.index(),
+                    "bolt: host failed its health check; closing its connection"
+                );
+                outbox.wake.notify_one();
+            }
         }
     }
 

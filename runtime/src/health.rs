@@ -142,6 +142,14 @@ impl SharedHealth {
         self.clusters[cluster].generation.load(Relaxed)
     }
 
+    /// The sum of every cluster's generation: changes whenever a verdict changes.
+    pub(crate) fn generation_sum(&self) -> u64 {
+        self.clusters
+            .iter()
+            .map(|c| c.generation.load(Relaxed))
+            .fold(0, u64::wrapping_add)
+    }
+
     fn set_healthy(&self, cluster: usize, host: usize, healthy: bool) {
         let c = &self.clusters[cluster];
         c.healthy[host].store(healthy, Relaxed);

@@ -20,6 +20,7 @@
 //! The simulated topology uses turmoil's IPv6 link-local addresses: nothing here resembles a
 //! real network address.
 
+pub mod bolt;
 pub mod http;
 pub mod registry;
 pub mod resilience;

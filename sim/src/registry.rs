@@ -11,6 +11,7 @@
 //! command, and `sluice sim cargo_test_name` works too).
 
 use crate::RunReport;
+use crate::bolt::{self, BoltScenario};
 use crate::http::{self, HttpScenario};
 use crate::resilience::{self, Resilience};
 use crate::tcp::{self, TcpScenario};
@@ -113,6 +114,16 @@ pub static SCENARIOS: &[Scenario] = &[
         "circuit_breaker_burst",
         "health: bursts over max_requests get 503 (UO) for the excess only",
         |seed| resilience::run(Resilience::Breaker, seed),
+    ),
+    Scenario::new(
+        "bolt_upstream_crash",
+        "Bolt: clients reusing ids, one upstream crashes mid-traffic; every id answered once, to its client, in time",
+        |seed| bolt::run(BoltScenario::UpstreamCrash, seed),
+    ),
+    Scenario::new(
+        "bolt_upstream_partition",
+        "Bolt: clients reusing ids, the sidecar is partitioned from one upstream, then repaired",
+        |seed| bolt::run(BoltScenario::UpstreamPartition, seed),
     ),
 ];
 

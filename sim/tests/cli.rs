@@ -25,7 +25,7 @@ fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
-const SCENARIOS: [&str; 11] = [
+const SCENARIOS: [&str; 13] = [
     "tcp_steady",
     "tcp_upstream_crash",
     "tcp_crash_and_recover",
@@ -37,6 +37,8 @@ const SCENARIOS: [&str; 11] = [
     "every_host_down_fast_503",
     "partition_one_upstream_with_health_checks",
     "circuit_breaker_burst",
+    "bolt_upstream_crash",
+    "bolt_upstream_partition",
 ];
 
 #[test]
