@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Loopback benchmark: Sluice side by side with nginx and HAProxy, as L4 (TCP) and L7 (HTTP/1.1)
 proxies: Sluice tcp_proxy vs nginx stream vs HAProxy mode tcp, and Sluice's http listener vs nginx
-http proxy_pass vs HAProxy mode http.
+http proxy_pass vs HAProxy mode http; and (--mode bolt) Sluice's Bolt (SOFARPC) proxy vs direct.
 
 Method (DESIGN.md, "Measuring performance"): the backend and the load generator share core 0,
 the proxy under test runs alone on core 1 with one worker, and the figure that counts is work
@@ -17,6 +17,10 @@ Tests, per proxy (--mode tcp runs http + bulk, --mode http runs l7, --mode all, 
   l7    (L7) the same wrk load (plus -H 'Host: bench.local') through an HTTP/1.1 proxy that parses
         every request and response and keeps its upstream connections alive (a separate proxy
         instance with its own config). Same figures as http.
+  bolt  (--mode bolt only, not part of all; Sluice only: nginx and HAProxy do not speak Bolt)
+        `bolt-load load` (C connections x P pipelined Bolt v1 requests, 64-byte content) through
+        Sluice's bolt listener to `bolt-load serve` (an echo server). Reports req/s, p50/p99,
+        proxy CPU-s, requests per proxy CPU-second and errors (any error fails the run).
 A "direct (no proxy)" row shows what the load generator reaches without a proxy.
 
 Usage (from the repository root):
@@ -25,9 +29,13 @@ Usage (from the repository root):
   python3 benches/loopback/harness.py --mode http           # L7 only (tcp: L4 only)
   python3 benches/loopback/harness.py --only nginx,haproxy  # without Sluice
   python3 benches/loopback/harness.py --repeat 3 --sluice target/release/sluice
+  python3 benches/loopback/harness.py --mode bolt --smoke   # Bolt: Sluice vs direct, 2 s
+  python3 benches/loopback/harness.py --mode bolt --repeat 3 --connections 32 --pipeline 8
 
 Needs: python3 (stdlib only), taskset, nginx (for L4 with the stream module; Debian: nginx +
-libnginx-mod-stream), haproxy, wrk, iperf3 (L4 only), at least 2 CPUs. Everything listens on 127.0.0.1 high
+libnginx-mod-stream), haproxy, wrk, iperf3 (L4 only), at least 2 CPUs; --mode bolt needs only
+taskset, Sluice and target/release/bolt-load (cargo build --release -p sluice-runtime -p
+sluice-benches). Everything listens on 127.0.0.1 high
 ports only; every child runs in its own process group and is killed at the end, even on error.
 Output: markdown table on stdout and <out>/results.md, raw figures in <out>/results.json, configs
 and logs under <out>/work/.
@@ -76,8 +84,15 @@ LABEL_L7 = {
     "haproxy": "HAProxy (http)",
 }
 SHORT = {"sluice": "Sluice", "nginx": "nginx", "haproxy": "HAProxy"}
-MODES = ("tcp", "http")  # L4, L7
-MODE_TESTS = {"tcp": ("http", "bulk"), "http": ("l7",)}
+MODES = ("tcp", "http")  # L4, L7 (what --mode all runs; bolt is separate: Sluice only)
+MODE_TESTS = {"tcp": ("http", "bulk"), "http": ("l7",), "bolt": ("bolt",)}
+MODE_DIR_SUFFIX = {"tcp": "", "http": "-l7", "bolt": "-bolt"}  # work/<proxy><suffix>
+DIRECT_PORT = {"http": "backend", "l7": "backend", "bulk": "iperf", "bolt": "bolt_echo"}
+BOLT_SERVICE = "com.example.EchoService:1.0"  # the one route of templates/sluice-bolt.yaml
+# Context only (another machine, another load generator): MOSN 0.1.0's published Bolt figure.
+MOSN_BOLT_NOTE = ("MOSN 0.1.0 reported about 103k QPS for Bolt on one dedicated core of a 2018 "
+                  "Xeon; that figure comes from a different machine and load generator, so it is "
+                  "context, not a measured comparison.")
 L7_HOST = "bench.local"  # Host header of the L7 load (matches the `*` virtual host)
 STREAM_MODULE = Path("/usr/lib/nginx/modules/ngx_stream_module.so")
 PORT_BASES = tuple(range(18740, 19941, 100))  # tried in order until all needed ports are free
@@ -470,6 +485,49 @@ def parse_iperf(text: str) -> dict:
     }
 
 
+def bolt_load_argv(binary: Path, port: int, conns: int, pipeline: int, secs: int,
+                   payload: int) -> list[str]:
+    return [str(binary), "load", "--target", f"127.0.0.1:{port}", "--connections", str(conns),
+            "--pipeline", str(pipeline), "--seconds", str(secs), "--payload", str(payload),
+            "--service", BOLT_SERVICE]
+
+
+def parse_bolt_load(text: str) -> dict:
+    """The one JSON line of `bolt-load load`: requests, errors, seconds, rps, p50_us, p99_us."""
+    line = next((x for x in reversed(text.splitlines()) if x.startswith("{")), None)
+    try:
+        data = json.loads(line) if line else None
+    except ValueError:
+        data = None
+    if not isinstance(data, dict) or not {"requests", "errors", "rps"} <= data.keys():
+        raise HarnessError("bolt-load printed no result line:\n" + text[-2000:])
+    return {
+        "requests": int(data["requests"]),
+        "errors": int(data["errors"]),
+        "load_seconds": float(data.get("seconds") or 0),
+        "rps": float(data["rps"]),
+        "p50_ms": data["p50_us"] / 1e3 if data.get("p50_us") is not None else None,
+        "p99_ms": data["p99_us"] / 1e3 if data.get("p99_us") is not None else None,
+    }
+
+
+def established_to(port: int) -> int:
+    """TCP connections on 127.0.0.1 in state ESTABLISHED whose remote end is `port` (i.e. the
+    clients' ends of connections to that listener)."""
+    n = 0
+    for name in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            with open(name) as f:
+                next(f)
+                for line in f:
+                    parts = line.split()
+                    if parts[3] == "01" and int(parts[2].rsplit(":", 1)[1], 16) == port:
+                        n += 1
+        except OSError:
+            pass
+    return n
+
+
 # --------------------------------------------------------------------------------------------
 # The run
 
@@ -482,12 +540,14 @@ class Bench:
         self.runs: list[dict] = []
         self.ports: dict[str, int] = {}
         self.iperf = None
+        self.backend = None  # the nginx backend (tcp, http modes)
+        self.bolt_echo = None  # `bolt-load serve` (bolt mode)
 
     # ---- setup
 
     def pick_ports(self) -> None:
-        offsets = {"backend": 0, "iperf": 1, "backend_status": 2,
-                   "sluice_http": 10, "sluice_bulk": 11, "sluice_l7": 12,
+        offsets = {"backend": 0, "iperf": 1, "backend_status": 2, "bolt_echo": 3,
+                   "sluice_http": 10, "sluice_bulk": 11, "sluice_l7": 12, "sluice_bolt": 13,
                    "nginx_http": 20, "nginx_bulk": 21, "nginx_l7": 22,
                    "haproxy_http": 30, "haproxy_bulk": 31, "haproxy_l7": 32}
         for base in PORT_BASES:
@@ -510,6 +570,32 @@ class Bench:
         wait_listening(self.ports["backend"], proc, "backend nginx", log)
         http_get_ok(self.ports["backend"], "backend nginx", d / "error.log")
 
+    def start_bolt_echo(self) -> None:
+        """The Bolt backend: `bolt-load serve` (echoes each request's content, status 0), one
+        thread, on the load generator's core."""
+        log = self.work / "bolt-echo" / "serve.log"
+        port = self.ports["bolt_echo"]
+        self.bolt_echo = self.p.start("bolt echo server",
+                                      [str(self.a.bolt_load), "serve", "--listen",
+                                       f"127.0.0.1:{port}"], log, cpu=LOADGEN_CPU)
+        wait_listening(port, self.bolt_echo, "bolt echo server", log)
+        self.bolt_ok(port, "bolt echo server", log)
+
+    def bolt_ok(self, port: int, name: str, log_path: Path) -> None:
+        """One Bolt request (`bolt-load load --seconds 0`: each connection sends its pipeline
+        once), so a listener that accepts but does not answer fails fast."""
+        argv = bolt_load_argv(self.a.bolt_load, port, 1, 1, 0, self.a.payload)
+        probe_log = log_path.parent / "probe.log"
+        try:
+            r = parse_bolt_load(self.p.run(f"bolt probe ({name})", argv, probe_log, timeout=15))
+        except HarnessError as e:
+            raise HarnessError(f"a Bolt request through {name} failed: {e}\n"
+                               f"{_tail(log_path)}") from None
+        if r["requests"] != 1 or r["errors"]:
+            raise HarnessError(f"a Bolt request through {name}: {r['requests']} answered, "
+                               f"{r['errors']} errors (see {probe_log}, {log_path})\n"
+                               f"{_tail(log_path)}")
+
     def validate_sluice(self, cfg: Path, log: Path) -> None:
         """`sluice validate -c CFG` must say ok before the run (e.g. a binary built without the
         listener kind the config uses fails here, with Sluice's own explanation)."""
@@ -527,11 +613,18 @@ class Bench:
 
     def start_proxy(self, name: str, mode: str) -> tuple[subprocess.Popen, Path]:
         """One proxy instance for one mode: tcp (L4: http + bulk listeners, the original
-        configs) or http (L7: one HTTP/1.1 listener), in work/<name> or work/<name>-l7."""
-        d = self.work / (name if mode == "tcp" else f"{name}-l7")
+        configs), http (L7: one HTTP/1.1 listener) or bolt (Sluice only: one bolt listener), in
+        work/<name>, work/<name>-l7 or work/<name>-bolt."""
+        d = self.work / (name + MODE_DIR_SUFFIX[mode])
         d.mkdir(parents=True, exist_ok=True)
         tests = MODE_TESTS[mode]
-        if mode == "tcp":
+        if mode == "bolt":
+            if name != "sluice":
+                raise HarnessError(f"{name} has no Bolt support")
+            ports = dict(BOLT_PORT=self.ports["sluice_bolt"], ECHO_PORT=self.ports["bolt_echo"],
+                         SERVICE=BOLT_SERVICE)
+            tpl = "sluice-bolt.yaml"
+        elif mode == "tcp":
             ports = dict(HTTP_PORT=self.ports[f"{name}_http"], BULK_PORT=self.ports[f"{name}_bulk"],
                          BACKEND_PORT=self.ports["backend"], IPERF_PORT=self.ports["iperf"])
             tpl = {"sluice": "sluice.yaml", "nginx": "nginx-stream.conf",
@@ -562,7 +655,10 @@ class Bench:
         try:
             for key in tests:
                 wait_listening(self.ports[f"{name}_{key}"], proc, label(name, key), log)
-            http_get_ok(self.ports[f"{name}_{tests[0]}"], label(name, tests[0]), log)
+            if mode == "bolt":
+                self.bolt_ok(self.ports[f"{name}_bolt"], label(name, "bolt"), log)
+            else:
+                http_get_ok(self.ports[f"{name}_{tests[0]}"], label(name, tests[0]), log)
         except BaseException:
             self.p.stop(proc)
             raise
@@ -661,6 +757,33 @@ class Bench:
             r["gbit_per_cpu_s"] = r["bytes"] * 8 / 1e9 / cpu if cpu > 0 else None
         return r
 
+    def bolt_test(self, who: str, port: int, proxy, log_dir: Path, rep: int) -> dict:
+        a = self.a
+        log = log_dir / f"bolt-load-r{rep}.log"
+        argv = lambda secs: bolt_load_argv(a.bolt_load, port, a.connections, a.pipeline, secs,
+                                           a.payload)
+        if a.warmup > 0:
+            self.p.run(f"bolt-load warm-up ({who})", argv(a.warmup), log,
+                       timeout=a.warmup + 30, cpu=LOADGEN_CPU)
+        out, m = self.measure(proxy, self.bolt_echo, argv(a.duration), log, a.duration,
+                              f"bolt-load ({who})")
+        r = parse_bolt_load(out)
+        r.update(m)
+        if proxy:
+            # The proxy's upstream connections to the echo server (still open after the run).
+            r["upstream_conns"] = established_to(self.ports["bolt_echo"])
+        summary = (f"{r['requests']:,} answered, {r['errors']:,} errors, {r['rps']:,.0f} req/s"
+                   + (f", proxy {r['proxy_cpu_s']:.2f} CPU-s" if proxy else ""))
+        if r["errors"]:
+            raise HarnessError(f"bolt-load through {who}: {r['errors']:,} ERRORS (must be 0): "
+                               f"{summary}; see {log}")
+        if r["requests"] == 0:
+            raise HarnessError(f"bolt-load through {who} completed no request ({summary}); "
+                               f"see {log}")
+        if proxy:
+            r["req_per_cpu_s"] = r["requests"] / r["proxy_cpu_s"] if r["proxy_cpu_s"] > 0 else None
+        return r
+
     def restart_iperf_server(self) -> None:
         if self.iperf is not None:
             self.p.stop(self.iperf)
@@ -671,16 +794,17 @@ class Bench:
         wait_listening(self.ports["iperf"], self.iperf, "iperf3 server", log)
 
     def run_one(self, who: str, mode: str, rep: int) -> None:
-        log_dir = self.work / (who if mode == "tcp" else f"{who}-l7")
+        log_dir = self.work / (who + MODE_DIR_SUFFIX[mode])
         log_dir.mkdir(parents=True, exist_ok=True)
         proxy, plog = None, None
-        fns = {"http": self.http_test, "bulk": self.bulk_test, "l7": self.l7_test}
+        fns = {"http": self.http_test, "bulk": self.bulk_test, "l7": self.l7_test,
+               "bolt": self.bolt_test}
         tests = [(t, fns[t]) for t in MODE_TESTS[mode]]
         try:
             if who != "direct":
                 proxy, plog = self.start_proxy(who, mode)
             for test, fn in tests:
-                port = (self.ports["iperf" if test == "bulk" else "backend"] if who == "direct"
+                port = (self.ports[DIRECT_PORT[test]] if who == "direct"
                         else self.ports[f"{who}_{test}"])
                 print(f"  [{rep + 1}/{self.a.repeat}] {label(who, test):<18} {test:<4} ...",
                       end="", flush=True, file=sys.stderr)
@@ -711,9 +835,12 @@ class Bench:
         self.pick_ports()
         if "nginx" in self.a.only and "tcp" in self.a.modes:
             self.load_module = nginx_load_module_line()
-        self.start_backend()
+        if "tcp" in self.a.modes or "http" in self.a.modes:
+            self.start_backend()
         if "tcp" in self.a.modes:
             self.restart_iperf_server()
+        if "bolt" in self.a.modes:
+            self.start_bolt_echo()
         whos = list(self.a.only)
         for rep in range(self.a.repeat):
             order = whos[rep % len(whos):] + whos[:rep % len(whos)]  # rotate for fairness
@@ -727,6 +854,11 @@ class Bench:
 def _brief(test: str, r: dict) -> str:
     cpu = r.get("proxy_cpu_s")
     cpu_txt = f", proxy {cpu:.2f} CPU-s" if cpu is not None else ""
+    if test == "bolt":
+        up = (f", upstream conns {r['upstream_conns']}" if r.get("upstream_conns") is not None
+              else "")
+        return (f"{r['rps']:,.0f} req/s, p50 {_ms(r['p50_ms'])}, p99 {_ms(r['p99_ms'])}, "
+                f"errors {r['errors']}{cpu_txt}{up}")
     if test in ("http", "l7"):
         conns = (f", backend conns opened {r['backend_conns']}"
                  if r.get("backend_conns") is not None else "")
@@ -812,12 +944,15 @@ def _wrk_table(L: list[str], runs: list[dict], whos: list[str], test: str) -> di
 
 def render_report(args, runs: list[dict], header: dict) -> str:
     whos = (["direct"] if not args.no_direct else []) + list(args.only)
-    tcp, http = "tcp" in args.modes, "http" in args.modes
+    tcp, http, bolt = "tcp" in args.modes, "http" in args.modes, "bolt" in args.modes
     L = []
-    L.append("# Sluice loopback benchmark: " + {(True, False): "L4 proxies side by side",
-                                                 (False, True): "L7 (HTTP/1.1) proxies side by side",
-                                                 (True, True): "L4 and L7 proxies side by side"}
-             [(tcp, http)])
+    if bolt:
+        title = "Bolt (SOFARPC) proxying, Sluice vs direct"
+    else:
+        title = {(True, False): "L4 proxies side by side",
+                 (False, True): "L7 (HTTP/1.1) proxies side by side",
+                 (True, True): "L4 and L7 proxies side by side"}[(tcp, http)]
+    L.append("# Sluice loopback benchmark: " + title)
     L.append("")
     L.append(f"- command: `{header['command']}` (cwd `{header['cwd']}`)")
     L.append(f"- date: {header['date']}; load average at start: {header['loadavg']}"
@@ -825,14 +960,23 @@ def render_report(args, runs: list[dict], header: dict) -> str:
     L.append(f"- host: `nproc` = {header['nproc']}, CPU: {header['cpu_model']}, "
              f"kernel {header['kernel']}")
     L.append("- versions: " + "; ".join(f"{k} {v}" for k, v in header["versions"].items()))
-    L.append(f"- method: backend (nginx `return 200`, keep-alive, 1 worker) and load generator "
+    if bolt:
+        backend, loadgen = ("Bolt echo server (`bolt-load serve`, one thread: status 0, request "
+                            "content echoed)", "load generator (`bolt-load load`, one thread)")
+        load = (f"{args.connections} connections x pipeline {args.pipeline} "
+                f"({args.connections * args.pipeline} requests in flight), {args.payload}-byte "
+                f"payload")
+    else:
+        backend, loadgen = "backend (nginx `return 200`, keep-alive, 1 worker)", "load generator"
+        load = f"{args.connections} connections"
+    L.append(f"- method: {backend} and {loadgen} "
              f"pinned to core {LOADGEN_CPU}; the proxy under test pinned to core {PROXY_CPU} with "
              f"one worker/thread; proxy CPU = utime+stime (+ reaped children) of its "
              f"process tree from /proc/PID/stat around each measured run (clock tick {1000 // CLK_TCK} ms). "
              f"Everything started with niceness {args.nice}. "
-             f"{args.duration} s per run, {args.connections} connections, warm-up "
+             f"{args.duration} s per run, {load}, warm-up "
              f"{args.warmup} s (not counted), repeat {args.repeat} "
-             f"(medians{', proxy order rotated' if args.repeat > 1 else ''}).")
+             f"(medians{', proxy order rotated' if args.repeat > 1 and len(args.only) > 1 else ''}).")
     if "sluice" in args.only:
         L.append(f"- Sluice command: `sluice run -c CFG --workers 1"
                  f"{' ' + args.sluice_args if args.sluice_args.strip() else ''}`")
@@ -929,6 +1073,52 @@ def render_report(args, runs: list[dict], header: dict) -> str:
                     f"{_x(_ratio(sa.get('p99_ms'), sb.get('p99_ms')))} |")
             L.append("")
 
+    if bolt:
+        # ---- Bolt
+        L.append(f"## Bolt v1 requests through the proxy (`bolt-load load --connections "
+                 f"{args.connections} --pipeline {args.pipeline} --seconds {args.duration} "
+                 f"--payload {args.payload}`)")
+        L.append("")
+        L.append(f"Each of {args.connections} connections keeps {args.pipeline} requests in "
+                 f"flight (a new request is written as soon as a response arrives) for "
+                 f"{args.duration} s; requests carry header `service: {BOLT_SERVICE}`, Hessian2 "
+                 f"codec id and a {args.payload}-byte content that the echo server returns. Sluice: "
+                 "one `bolt` listener, one route by that service to a one-host cluster (the echo "
+                 "server); it multiplexes all downstream requests onto its upstream connection, "
+                 "rewriting request ids. A response with a wrong id or a non-zero status, or a "
+                 "request unanswered 5 s after the end, is an error; a run with any error is "
+                 "FAILED. \"upstream conns\": the proxy's connections to the echo server after "
+                 "the run.")
+        L.append("")
+        L.append("| proxy | requests/s | p50 | p99 | proxy CPU-s | proxy CPU % "
+                 "| requests per proxy CPU-s | errors | upstream conns |")
+        L.append("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+        SB = {w: summarize(runs, w, "bolt") for w in whos}
+        for w in whos:
+            s = SB[w]
+            if not s or s["n"] == 0:
+                L.append(f"| {label(w, 'bolt')} | FAILED | | | | | | | |")
+                continue
+            cpu = s.get("proxy_cpu_s")
+            pct = (100 * cpu / s["load_seconds"] if cpu is not None and s.get("load_seconds")
+                   else None)
+            L.append(f"| {_label(w, s, 'bolt')} | {_f(s['rps'], ',.0f')} | "
+                     f"{_ms(s.get('p50_ms'))} | {_ms(s.get('p99_ms'))} | {_f(cpu, '.2f')} | "
+                     f"{_f(pct, '.0f')} | {_f(s.get('req_per_cpu_s'), ',.0f')} | "
+                     f"{_f(s.get('errors'), ',.0f')} | {_f(s.get('upstream_conns'), '.0f')} |")
+        L.append("")
+        sd, ss = SB.get("direct") or {}, SB.get("sluice") or {}
+        if sd.get("rps") and ss.get("rps"):
+            L.append(f"Sluice / direct: requests/s ×{ss['rps'] / sd['rps']:.2f}"
+                     + (f", p50 ×{ss['p50_ms'] / sd['p50_ms']:.2f}"
+                        if ss.get("p50_ms") and sd.get("p50_ms") else "")
+                     + (f", p99 ×{ss['p99_ms'] / sd['p99_ms']:.2f}"
+                        if ss.get("p99_ms") and sd.get("p99_ms") else "") + ".")
+            L.append("")
+        L.append(f"Context: {MOSN_BOLT_NOTE} nginx and HAProxy do not speak Bolt, so there are "
+                 "no comparison rows.")
+        L.append("")
+
     # ---- per-run details
     L.append("## Runs")
     L.append("")
@@ -947,11 +1137,16 @@ def render_report(args, runs: list[dict], header: dict) -> str:
         if r["test"] in ("http", "l7"):
             res = (f"{r['requests']:,} req in {r['wrk_seconds']:.2f} s, {r['rps']:,.0f} req/s, "
                    f"p50 {_ms(r['p50_ms'])}, p99 {_ms(r['p99_ms'])}")
+        elif r["test"] == "bolt":
+            res = (f"{r['requests']:,} req in {r['load_seconds']:.2f} s, {r['rps']:,.0f} req/s, "
+                   f"p50 {_ms(r['p50_ms'])}, p99 {_ms(r['p99_ms'])}, errors {r['errors']}")
         else:
             res = f"{r['bytes'] / 1e9:.2f} GB in {r['seconds']:.2f} s, {r['gbps']:.2f} Gbit/s"
         notes = [r["warning"]] if r.get("warning") else []
         if r["test"] == "l7" and r.get("backend_conns") is not None:
             notes.append(f"backend conns opened {r['backend_conns']}")
+        if r["test"] == "bolt" and r.get("upstream_conns") is not None:
+            notes.append(f"upstream conns {r['upstream_conns']}")
         if r["test"] == "bulk" and r.get("retransmits"):
             notes.append(f"retransmits {r['retransmits']}")
         allowed = r.get("proxy_cpus_allowed")
@@ -981,8 +1176,9 @@ def render_report(args, runs: list[dict], header: dict) -> str:
                  "on a quiet machine for publishable figures.")
         L.append("")
     L.append("Core busy % comes from /proc/stat over the measured run; load generator CPU from "
-             "getrusage of the reaped wrk/iperf3 client, backend CPU from /proc/PID/stat of "
-             "the backend nginx (http, l7) or iperf3 server (bulk). Other load = core busy - softirq - "
+             "getrusage of the reaped wrk/iperf3/bolt-load client, backend CPU from "
+             "/proc/PID/stat of the backend nginx (http, l7), iperf3 server (bulk) or "
+             "`bolt-load serve` (bolt). Other load = core busy - softirq - "
              f"benchmark processes on that core. Load avg: 1-minute load average from "
              f"/proc/loadavg right after the run (it includes the benchmark's own ~2 runnable "
              f"processes). A proxy well below 100 % CPU with core "
@@ -1025,13 +1221,23 @@ def parse_args(argv=None):
                     "tcp_proxy, nginx stream, HAProxy mode tcp) and as L7 HTTP/1.1 proxies (Sluice "
                     "http listener, nginx proxy_pass, HAProxy mode http): requests and bits per "
                     "proxy CPU-second.")
-    ap.add_argument("--mode", choices=("tcp", "http", "all"), default="all",
+    ap.add_argument("--mode", choices=("tcp", "http", "all", "bolt"), default="all",
                     help="tcp: L4 tests (http + bulk through TCP proxies); http: L7 test (HTTP/1.1 "
-                         "proxying with upstream keep-alive); all: both (default)")
+                         "proxying with upstream keep-alive); all: both (default); bolt: Bolt v1 "
+                         "through Sluice vs direct (bolt-load; not part of all)")
     ap.add_argument("--duration", type=int, default=None, help="seconds per measured run "
                     "(default 10; 2 with --smoke)")
     ap.add_argument("--connections", type=int, default=None, help="wrk connections "
-                    "(default 50; 10 with --smoke)")
+                    "(default 50; 10 with --smoke); bolt-load connections with --mode bolt "
+                    "(default 32, also with --smoke)")
+    ap.add_argument("--pipeline", type=int, default=8, help="--mode bolt: requests in flight "
+                    "per connection (default 8)")
+    ap.add_argument("--payload", type=int, default=64, help="--mode bolt: request content "
+                    "bytes (default 64)")
+    ap.add_argument("--bolt-load", type=Path,
+                    default=REPO / "target" / "release" / "bolt-load",
+                    help="--mode bolt: the bolt-load binary (load generator and echo server; "
+                         "default <repo>/target/release/bolt-load)")
     ap.add_argument("--repeat", type=int, default=1, help="runs per proxy; the median is "
                     "reported (default 1)")
     ap.add_argument("--warmup", type=int, default=1, help="wrk warm-up seconds before each "
@@ -1052,30 +1258,45 @@ def parse_args(argv=None):
                          "proxies alike), to shield the measurement from other load on the "
                          "machine (default -10 as root, else 0; 0 disables)")
     ap.add_argument("--smoke", action="store_true",
-                    help="quick CI check: 2 s runs, 10 connections")
+                    help="quick CI check: 2 s runs, 10 connections (--mode bolt: 2 s runs, "
+                         "default connections and pipeline)")
     a = ap.parse_args(argv)
+    bolt = a.mode == "bolt"
     if a.duration is None:
         a.duration = 2 if a.smoke else 10
     if a.connections is None:
-        a.connections = 10 if a.smoke else 50
+        a.connections = 32 if bolt else (10 if a.smoke else 50)
+    only_given = any(x == "--only" or x.startswith("--only=")
+                     for x in (argv if argv is not None else sys.argv[1:]))
     only = [w.strip().lower() for w in a.only.split(",") if w.strip()]
     bad = [w for w in only if w not in PROXIES]
     if bad or not only:
         ap.error(f"--only: unknown {bad or 'empty list'}; choose from {','.join(PROXIES)}")
     a.only = [w for w in PROXIES if w in only]  # canonical order, no duplicates
+    if bolt:
+        # nginx and HAProxy have no Bolt support: Sluice is the only proxy of this mode.
+        if only_given and a.only != ["sluice"]:
+            ap.error("--mode bolt measures Sluice only (nginx and HAProxy do not speak Bolt); "
+                     "drop --only or use --only sluice")
+        a.only = ["sluice"]
     a.modes = list(MODES) if a.mode == "all" else [a.mode]
     if a.duration < 1 or a.connections < 1 or a.repeat < 1 or a.warmup < 0:
         ap.error("--duration, --connections and --repeat must be >= 1, --warmup >= 0")
+    if a.pipeline < 1 or a.payload < 0:
+        ap.error("--pipeline must be >= 1, --payload >= 0")
     if a.nice is None:
         a.nice = -10 if os.geteuid() == 0 else 0
     a.out = a.out.resolve()
     a.sluice = a.sluice.resolve() if a.sluice.exists() else a.sluice
+    a.bolt_load = a.bolt_load.resolve() if a.bolt_load.exists() else a.bolt_load
     return a
 
 
 def preflight(a) -> dict:
     problems = []
-    need = (["taskset", "nginx", "wrk"] + (["iperf3"] if "tcp" in a.modes else [])
+    l4l7 = "tcp" in a.modes or "http" in a.modes
+    need = (["taskset"] + (["nginx", "wrk"] if l4l7 else [])
+            + (["iperf3"] if "tcp" in a.modes else [])
             + (["haproxy"] if "haproxy" in a.only else []))
     for tool in need:
         if not shutil.which(tool):
@@ -1095,8 +1316,9 @@ def preflight(a) -> dict:
             problems.append(
                 f"Sluice binary not found (or not executable) at {b}.\n"
                 f"    Build it first (`cargo build --release -p sluice-runtime` in {REPO}), pass "
-                f"--sluice PATH,\n"
-                f"    or compare the others only: --only nginx,haproxy")
+                f"--sluice PATH"
+                + (",\n    or compare the others only: --only nginx,haproxy"
+                   if "bolt" not in a.modes else ""))
         else:
             try:
                 r = subprocess.run([str(b), "--version"], capture_output=True, text=True,
@@ -1108,8 +1330,18 @@ def preflight(a) -> dict:
                     if (r.stdout + r.stderr).strip() else "?"
             except (OSError, subprocess.TimeoutExpired) as e:
                 problems.append(f"`{b} --version` failed: {e}")
+    if "bolt" in a.modes:
+        b = a.bolt_load
+        if not (b.is_file() and os.access(b, os.X_OK)):
+            problems.append(
+                f"bolt-load binary not found (or not executable) at {b}.\n"
+                f"    Build it first (`cargo build --release -p sluice-runtime -p sluice-benches` "
+                f"in {REPO})\n"
+                f"    or pass --bolt-load PATH (and --sluice PATH)")
     if problems:
         raise HarnessError("cannot run:\n  - " + "\n  - ".join(problems))
+    if not l4l7:
+        return versions
     versions["nginx"] = _version(["nginx", "-v"], r"nginx/(\S+)")
     if "haproxy" in a.only:
         versions["HAProxy"] = _version(["haproxy", "-v"], r"version (\S+)")
@@ -1129,7 +1361,8 @@ def main(argv=None) -> int:
         print(f"harness: {e}", file=sys.stderr)
         return 2
     header = {
-        "command": shlex.join(["python3", *(argv if argv is not None else sys.argv)]),
+        # As invoked (bolt_bench.py calls main() with --mode bolt prepended).
+        "command": shlex.join(["python3", *sys.argv]),
         "cwd": os.getcwd(),
         "date": _now(),
         "nproc": _version(["nproc"]),
@@ -1148,11 +1381,19 @@ def main(argv=None) -> int:
         digest = hashlib.sha256(snap.read_bytes()).hexdigest()[:16]
         header["versions"]["sluice"] += f" ({a.sluice}, sha256 {digest}…)"
         a.sluice = snap
+    if "bolt" in a.modes:
+        snap = a.out / "work" / "bin" / "bolt-load"
+        snap.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(a.bolt_load, snap)
+        digest = hashlib.sha256(snap.read_bytes()).hexdigest()[:16]
+        header["versions"]["bolt-load"] = f"{a.bolt_load}, sha256 {digest}…"
+        a.bolt_load = snap
     procs = Procs(nice=a.nice)
     bench = Bench(a, procs)
     print(f"harness: {', '.join(SHORT[w] for w in a.only)}, mode {'+'.join(a.modes)}; "
-          f"{a.duration} s per run, "
-          f"{a.connections} connections, repeat {a.repeat}; logs in {a.out / 'work'}",
+          f"{a.duration} s per run, {a.connections} connections"
+          + (f" x pipeline {a.pipeline}, payload {a.payload} B" if "bolt" in a.modes else "")
+          + f", repeat {a.repeat}; logs in {a.out / 'work'}",
           file=sys.stderr)
     status = 0
     try:
