@@ -27,6 +27,7 @@ pub mod bolt;
 pub mod cluster;
 pub mod config;
 pub mod exchange;
+pub mod handover;
 pub mod health;
 pub mod http1;
 pub mod lb;

@@ -151,6 +151,8 @@ pub struct AdminProcess {
     pub reloads_ok: std::sync::atomic::AtomicU64,
     /// Config reloads refused (invalid config, a listener that cannot bind).
     pub reloads_failed: std::sync::atomic::AtomicU64,
+    /// Set once a new instance took the admin socket over (upgrade): stop accepting on it.
+    admin_closed: watch::Sender<bool>,
 }
 
 impl AdminShared {
@@ -176,12 +178,18 @@ impl AdminShared {
                 reload_rx: std::sync::Mutex::new(Some(reload_rx)),
                 reloads_ok: std::sync::atomic::AtomicU64::new(0),
                 reloads_failed: std::sync::atomic::AtomicU64::new(0),
+                admin_closed: watch::channel(false).0,
             }),
         }
     }
 }
 
 impl AdminProcess {
+    /// Stops accepting admin connections (a new instance serves the admin socket now).
+    pub fn close_admin(&self) {
+        let _ = self.admin_closed.send(true);
+    }
+
     /// The receiving end of `POST /reload` requests (once; the server's main thread takes it).
     pub fn take_reload_requests(
         &self,
@@ -262,8 +270,17 @@ pub fn spawn(
                         return;
                     }
                 };
+                let mut closed = handle.get().admin_closed.subscribe();
                 loop {
-                    match listener.accept().await {
+                    let accepted = tokio::select! {
+                        biased;
+                        _ = closed.wait_for(|c| *c) => {
+                            info!("admin server: socket handed over; no longer accepting");
+                            return;
+                        }
+                        a = listener.accept() => a,
+                    };
+                    match accepted {
                         Ok((stream, _)) => {
                             let shared = handle.get();
                             tokio::task::spawn_local(async move {

@@ -19,7 +19,9 @@
 pub mod access_log;
 pub mod admin;
 pub mod bolt;
+pub mod control;
 pub mod engine;
+pub mod fdpass;
 pub mod health;
 pub mod http;
 pub mod net;

@@ -41,6 +41,14 @@ enum Command {
         /// Seed of the balancers' random choices (for reproducible runs).
         #[arg(long, default_value_t = 0x5eed)]
         seed: u64,
+        /// Take over from the instance running this config (binary upgrade): receive its
+        /// listening sockets through the control socket, serve them, then let it drain.
+        #[arg(long)]
+        upgrade: bool,
+        /// The control socket (upgrades) [default: derived from the config path, in
+        /// $XDG_RUNTIME_DIR or /tmp].
+        #[arg(long)]
+        control_socket: Option<PathBuf>,
     },
     /// Check a config file without running it: exit 0 when valid, 1 with every problem listed.
     Validate {
@@ -164,6 +172,8 @@ fn main() -> ExitCode {
             log_format,
             log_level,
             seed,
+            upgrade,
+            control_socket,
         } => {
             let config_path = config;
             let config = match load(&config_path) {
@@ -184,7 +194,12 @@ fn main() -> ExitCode {
                     workers,
                     seed,
                     log_control: Some(log_control),
+                    control_socket: Some(
+                        control_socket
+                            .unwrap_or_else(|| sluice_runtime::control::default_path(&config_path)),
+                    ),
                     config_path: Some(config_path),
+                    upgrade,
                 },
             ) {
                 Ok(()) => ExitCode::SUCCESS,

@@ -41,7 +41,15 @@ pub struct ServerOptions {
     pub log_control: Option<LogControl>,
     /// The config file, re-read on SIGHUP and `POST /reload` (no reload without it).
     pub config_path: Option<PathBuf>,
+    /// The control socket for binary upgrades (none: no upgrades, no single-instance check).
+    pub control_socket: Option<PathBuf>,
+    /// Take over from the instance on `control_socket` instead of binding the listeners.
+    pub upgrade: bool,
 }
+
+/// How long each step of a binary upgrade may take (the new instance's side; the old one
+/// allows three times as long for the whole handover).
+const UPGRADE_STEP_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Listen backlog per socket.
 const BACKLOG: i32 = 4096;
@@ -116,23 +124,95 @@ struct Generation {
 /// Runs until SIGTERM/SIGINT, then drains and returns. Errors are startup errors (bind).
 pub fn run(config: Config, options: ServerOptions) -> io::Result<()> {
     let mut config = Arc::new(config);
-    let workers = options.workers.max(1);
+    let mut workers = options.workers.max(1);
     check_access_logs(&config)?;
+
+    // One instance per config: the control socket says whether another one runs. With
+    // `--upgrade`, that one hands its listening sockets over instead.
+    let mut control = None;
+    let mut upgrade = None;
+    let mut owned_socket_file: Option<SocketFile> = None;
+    if let Some(path) = &options.control_socket {
+        if options.upgrade {
+            let u = crate::control::request_upgrade(path, UPGRADE_STEP_TIMEOUT)
+                .map_err(io::Error::from)?;
+            if u.inherited.workers != workers {
+                warn!(
+                    requested = workers,
+                    running = u.inherited.workers,
+                    "upgrade: running as many workers as the running instance (each gets one of its sockets)"
+                );
+                workers = u.inherited.workers.max(1);
+            }
+            info!(path = %path.display(), "upgrade: received the running instance's sockets");
+            upgrade = Some(u);
+        } else {
+            control = Some(
+                crate::control::ControlSocket::bind(path).map_err(|e| match e {
+                    crate::control::ControlError::AlreadyRunning(p) => io::Error::new(
+                        io::ErrorKind::AddrInUse,
+                        format!(
+                            "another sluice instance serves this config (control socket {}); \
+                         start with --upgrade to take over from it, or stop it first",
+                            p.display()
+                        ),
+                    ),
+                    other => io::Error::from(other),
+                })?,
+            );
+        }
+    } else if options.upgrade {
+        return Err(io::Error::other("--upgrade needs a control socket"));
+    }
+    let mut inherited = upgrade.as_mut().map(|u| {
+        (
+            std::mem::take(&mut u.inherited.listeners),
+            u.inherited.admin.take(),
+        )
+    });
 
     // The admin socket first: its address in use stops startup like a listener's.
     let admin_socket = match &config.admin {
-        Some(a) => Some(crate::admin::bind(a.address)?),
+        Some(a) => match inherited
+            .as_mut()
+            .and_then(|(_, admin)| admin.take_if(|(addr, _)| *addr == a.address))
+        {
+            Some((_, socket)) => Some(socket),
+            None => Some(crate::admin::bind(a.address)?),
+        },
         None => None,
     };
 
-    // Bind everything first: one socket per (worker, listener).
-    let mut sockets: Vec<Vec<std::net::TcpListener>> = Vec::with_capacity(workers);
-    for _ in 0..workers {
-        let mine = (0..config.listeners.len())
-            .map(|i| bind_listener(&config, i))
-            .collect::<io::Result<Vec<_>>>()?;
-        sockets.push(mine);
+    // Bind everything first: one socket per (worker, listener) — or take the running
+    // instance's, by address.
+    let mut sockets: Vec<Vec<std::net::TcpListener>> = (0..workers).map(|_| Vec::new()).collect();
+    for (i, l) in config.listeners.iter().enumerate() {
+        let mut given = inherited
+            .as_mut()
+            .and_then(|(ls, _)| {
+                let pos = ls.iter().position(|(a, _)| *a == l.address)?;
+                Some(ls.swap_remove(pos).1)
+            })
+            .unwrap_or_default()
+            .into_iter();
+        for mine in &mut sockets {
+            mine.push(match given.next() {
+                Some(s) => s,
+                None => bind_listener(&config, i)?,
+            });
+        }
     }
+    if let Some((rest, _)) = &inherited
+        && !rest.is_empty()
+    {
+        let gone: Vec<String> = rest.iter().map(|(a, _)| a.to_string()).collect();
+        warn!(addresses = ?gone, "upgrade: listeners of the running instance that this config does not have close");
+    }
+    drop(inherited);
+    // Copies of every listening socket, for a later upgrade of this instance.
+    let handover = Arc::new(std::sync::Mutex::new(HandoverSockets::new(
+        &config, &sockets,
+    )?));
 
     let cores = core_affinity::get_core_ids().unwrap_or_default();
     let pin = cores.len() >= workers;
@@ -166,6 +246,10 @@ pub fn run(config: Config, options: ServerOptions) -> io::Result<()> {
     let admin = Arc::new(AdminHandle::new(shared.clone()));
     if let Some(socket) = admin_socket {
         let address = socket.local_addr()?;
+        handover
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .admin = Some((address, socket.try_clone()?.into()));
         crate::admin::spawn(socket, admin.clone())?;
         info!(%address, "admin server listening");
     }
@@ -214,6 +298,51 @@ pub fn run(config: Config, options: ServerOptions) -> io::Result<()> {
     // Live once every worker has its engine and serves its sockets.
     drop(started_tx);
     let started = started_rx.iter().take(workers).count();
+    if started == workers {
+        if let Some(u) = upgrade.take() {
+            // Serving the inherited sockets: the old instance may stop accepting now.
+            match u.confirm_serving(UPGRADE_STEP_TIMEOUT) {
+                Ok(()) => info!("upgrade: the previous instance stopped accepting and drains"),
+                Err(e) => {
+                    error!(error = %e, "upgrade failed; the previous instance keeps serving");
+                    shared.set_state(ServerState::Draining);
+                    let _ = stop_tx.send(true);
+                    for h in handles {
+                        let _ = h.join();
+                    }
+                    return Err(io::Error::from(e));
+                }
+            }
+            if let Some(path) = &options.control_socket {
+                match crate::control::ControlSocket::bind_after_upgrade(path) {
+                    Ok(c) => control = Some(c),
+                    Err(e) => {
+                        warn!(error = %e, "upgrade: cannot take over the control socket; this instance cannot be upgraded")
+                    }
+                }
+            }
+        }
+        if let Some(c) = control.take() {
+            owned_socket_file = SocketFile::of(c.path());
+            let offer = handover.clone();
+            let taken_over = shared.clone();
+            c.serve(
+                move || {
+                    offer
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner)
+                        .offer()
+                },
+                move || {
+                    info!("upgrade: a new instance serves our sockets; draining");
+                    taken_over.set_state(ServerState::Draining);
+                    taken_over.close_admin();
+                    let _ = taken_over.quit.send(true);
+                },
+                UPGRADE_STEP_TIMEOUT * 3,
+            )?;
+        }
+    }
     let signal = if started == workers {
         shared.set_state(ServerState::Live);
         info!(
@@ -223,6 +352,8 @@ pub fn run(config: Config, options: ServerOptions) -> io::Result<()> {
             "sluice ready"
         );
         let mut quit = shared.quit.subscribe();
+        let mut closed = shared.close_listeners.subscribe();
+        let mut listeners_closed = false;
         signal_rt.block_on(async {
             loop {
                 let reload_request = async {
@@ -249,6 +380,17 @@ pub fn run(config: Config, options: ServerOptions) -> io::Result<()> {
                         }
                     },
                     _ = quit.wait_for(|q| *q) => return Ok("/quitquitquit"),
+                    _ = closed.wait_for(|c| *c), if !listeners_closed => {
+                        // /drain_listeners: the copies kept for an upgrade close too, so the
+                        // sockets really close (and refuse) once the workers drop theirs.
+                        listeners_closed = true;
+                        handover
+                            .lock()
+                            .unwrap_or_else(std::sync::PoisonError::into_inner)
+                            .listeners
+                            .clear();
+                        continue;
+                    }
                 };
                 let outcome = reload(
                     options.config_path.as_deref(),
@@ -257,6 +399,7 @@ pub fn run(config: Config, options: ServerOptions) -> io::Result<()> {
                     &commands,
                     &all_stats,
                     &shared_health,
+                    &handover,
                 );
                 match outcome {
                     Ok(next) => {
@@ -310,6 +453,9 @@ pub fn run(config: Config, options: ServerOptions) -> io::Result<()> {
             }
         }
     }
+    if let Some(f) = owned_socket_file {
+        f.remove_if_still_ours();
+    }
     let mut total = crate::stats::StatsSnapshot::default();
     for s in &all_stats {
         total.add(&s.snapshot());
@@ -340,6 +486,7 @@ fn reload(
     commands: &[tokio::sync::mpsc::UnboundedSender<WorkerCommand>],
     stats: &[Arc<WorkerStats>],
     shared_health: &Arc<crate::health::SharedHealth>,
+    handover: &std::sync::Mutex<HandoverSockets>,
 ) -> Result<Reloaded, String> {
     let path = path.ok_or("this process was started without a config file")?;
     let next = Arc::new(load_config(path)?);
@@ -379,6 +526,15 @@ fn reload(
         .iter()
         .map(|_| Arc::new(WorkerStats::new(&next)))
         .collect();
+    // The copies kept for an upgrade follow: new addresses in, removed ones out.
+    let copies = HandoverSockets::reshaped(
+        &handover
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner),
+        &next,
+        &fresh,
+    )
+    .map_err(|e| e.to_string())?;
     let mut answers = Vec::with_capacity(workers);
     for ((command, mine), s) in commands.iter().zip(fresh).zip(&next_stats) {
         let (done, answer) = std::sync::mpsc::channel();
@@ -404,6 +560,9 @@ fn reload(
             Err(_) => return Err(format!("worker {worker} did not switch")),
         }
     }
+    *handover
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner) = copies;
     let summary = format!(
         "{} listener{}, {} cluster{}; added listeners: [{}]; removed listeners: [{}]",
         next.listeners.len(),
@@ -419,6 +578,116 @@ fn reload(
         shared_health: next_health,
         summary,
     })
+}
+
+/// Copies (dups) of every listening socket, per listener address and worker, kept by the main
+/// thread so that a new instance can be handed the very sockets the workers accept on. They
+/// follow reloads; `/drain_listeners` drops them (a listener closed on purpose must refuse).
+pub(crate) struct HandoverSockets {
+    workers: usize,
+    listeners: Vec<(std::net::SocketAddr, Vec<std::os::fd::OwnedFd>)>,
+    admin: Option<(std::net::SocketAddr, std::os::fd::OwnedFd)>,
+}
+
+impl HandoverSockets {
+    fn new(config: &Config, sockets: &[Vec<std::net::TcpListener>]) -> io::Result<Self> {
+        let mut listeners = Vec::with_capacity(config.listeners.len());
+        for (i, l) in config.listeners.iter().enumerate() {
+            let fds = sockets
+                .iter()
+                .map(|mine| mine[i].try_clone().map(std::os::fd::OwnedFd::from))
+                .collect::<io::Result<Vec<_>>>()?;
+            listeners.push((l.address, fds));
+        }
+        Ok(HandoverSockets {
+            workers: sockets.len(),
+            listeners,
+            admin: None,
+        })
+    }
+
+    /// The copies for `next`: kept for addresses both configs have, from `fresh` (per worker,
+    /// per listener of `next`) for new ones.
+    fn reshaped(
+        &self,
+        next: &Config,
+        fresh: &[Vec<Option<std::net::TcpListener>>],
+    ) -> io::Result<Self> {
+        let mut listeners = Vec::with_capacity(next.listeners.len());
+        for (i, l) in next.listeners.iter().enumerate() {
+            let fds = match self.listeners.iter().find(|(a, _)| *a == l.address) {
+                Some((_, fds)) => fds
+                    .iter()
+                    .map(std::os::fd::OwnedFd::try_clone)
+                    .collect::<io::Result<Vec<_>>>()?,
+                None => fresh
+                    .iter()
+                    .filter_map(|mine| mine[i].as_ref())
+                    .map(|s| s.try_clone().map(std::os::fd::OwnedFd::from))
+                    .collect::<io::Result<Vec<_>>>()?,
+            };
+            listeners.push((l.address, fds));
+        }
+        let admin = match &self.admin {
+            Some((a, fd)) => Some((*a, fd.try_clone()?)),
+            None => None,
+        };
+        Ok(HandoverSockets {
+            workers: self.workers,
+            listeners,
+            admin,
+        })
+    }
+
+    /// What the control socket sends to a new instance (dups of the copies).
+    fn offer(&self) -> io::Result<crate::control::HandoverOffer> {
+        let listeners = self
+            .listeners
+            .iter()
+            .map(|(a, fds)| {
+                fds.iter()
+                    .map(std::os::fd::OwnedFd::try_clone)
+                    .collect::<io::Result<Vec<_>>>()
+                    .map(|fds| (*a, fds))
+            })
+            .collect::<io::Result<Vec<_>>>()?;
+        let admin = match &self.admin {
+            Some((a, fd)) => Some((*a, fd.try_clone()?)),
+            None => None,
+        };
+        Ok(crate::control::HandoverOffer {
+            workers: self.workers,
+            listeners,
+            admin,
+        })
+    }
+}
+
+/// The control socket's file as this instance bound it: removed at exit unless another
+/// instance (an upgrade) has replaced it since.
+struct SocketFile {
+    path: PathBuf,
+    id: (u64, u64),
+}
+
+impl SocketFile {
+    fn of(path: &Path) -> Option<SocketFile> {
+        use std::os::unix::fs::MetadataExt;
+        let m = std::fs::symlink_metadata(path).ok()?;
+        Some(SocketFile {
+            path: path.to_path_buf(),
+            id: (m.dev(), m.ino()),
+        })
+    }
+
+    fn remove_if_still_ours(self) {
+        use std::os::unix::fs::MetadataExt;
+        if let Ok(m) = std::fs::symlink_metadata(&self.path)
+            && (m.dev(), m.ino()) == self.id
+        {
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
 }
 
 /// Everything a worker thread starts with.

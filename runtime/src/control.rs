@@ -1,0 +1,1067 @@
+//! The control socket: how a new Sluice binary (`sluice run -c FILE --upgrade`) finds the running
+//! instance and takes over its listening sockets, driven by the sans-IO machines of
+//! [`sluice_core::handover`].
+//!
+//! The running instance binds a Unix stream socket ([`ControlSocket::bind`]; the default path is
+//! derived from the config file, [`default_path`]) and serves upgrade requests on it
+//! ([`ControlSocket::serve`]). A second instance started without `--upgrade` finds the socket
+//! alive and refuses to start ([`ControlError::AlreadyRunning`]). An instance started with
+//! `--upgrade` connects ([`request_upgrade`]), receives duplicates of every listening socket
+//! (passed with `SCM_RIGHTS` by [`crate::fdpass`]), starts serving them, and says so
+//! ([`Upgrade::confirm_serving`]); only then does the old instance stop accepting and drain.
+//! If the new instance dies or stalls before that, the old one never stopped accepting: it logs a
+//! warning and carries on (rollback).
+//!
+//! ## Wire protocol (version 1)
+//!
+//! Every message is one [`crate::fdpass`] frame (`u32 BE payload length`, `u32 BE descriptor
+//! count`, payload, descriptors via `SCM_RIGHTS`) whose payload is a JSON object with `"v": 1`
+//! and a `"type"`:
+//!
+//! | direction | message | descriptors |
+//! |---|---|---|
+//! | new → old | `{"v":1,"type":"upgrade","pid":P}` | |
+//! | old → new | `{"v":1,"type":"offer","workers":W,"listeners":[{"address":"A","fds":K},...],"admin":"A"\|null}` | every listener's K sockets in order, then the admin socket |
+//! | old → new | `{"v":1,"type":"refused","reason":"..."}` (then closes) | |
+//! | new → old | `{"v":1,"type":"serving"}` | |
+//! | old → new | `{"v":1,"type":"draining"}` (the acknowledgement) | |
+//!
+//! A peer speaking another version is refused (`refused` with the reason). The socket file is
+//! made `0600`, and the old instance only answers peers with its own uid (or root).
+//!
+//! ## Sharing sockets
+//!
+//! The passed sockets share the old instance's open file descriptions: their flags (notably
+//! `O_NONBLOCK`, which Sluice's sockets have) are shared, so do not change them. Closing one of
+//! the received `SO_REUSEPORT` sockets would drop the connections queued on it: give every
+//! received socket to some worker even when the new instance runs fewer workers.
+
+use std::fmt;
+use std::io;
+use std::net::SocketAddr;
+use std::os::fd::{AsFd as _, BorrowedFd, OwnedFd};
+use std::os::unix::fs::{FileTypeExt as _, MetadataExt as _, PermissionsExt as _};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use sluice_core::handover::{NewAction, NewFailure, NewInstance, NewPhase, OldAction, OldInstance};
+use tracing::{debug, info, warn};
+
+use crate::fdpass;
+
+/// The protocol version this build speaks.
+pub const PROTOCOL_VERSION: u64 = 1;
+
+/// The default control socket path for a config file: stable for the same file across
+/// processes and builds (a fixed FNV-1a hash of the canonical path, never std's seeded hasher):
+/// `$XDG_RUNTIME_DIR/sluice-<16 hex>.sock`, or under `/tmp` when that is not set.
+#[must_use]
+pub fn default_path(config_path: &Path) -> PathBuf {
+    let canonical = std::fs::canonicalize(config_path).unwrap_or_else(|_| {
+        if config_path.is_absolute() {
+            config_path.to_path_buf()
+        } else {
+            std::env::current_dir()
+                .map(|d| d.join(config_path))
+                .unwrap_or_else(|_| config_path.to_path_buf())
+        }
+    });
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in canonical.as_os_str().as_encoded_bytes() {
+        hash ^= u64::from(*b);
+        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    let dir = std::env::var_os("XDG_RUNTIME_DIR")
+        .map(PathBuf::from)
+        .filter(|d| d.is_absolute() && d.is_dir())
+        .unwrap_or_else(|| PathBuf::from("/tmp"));
+    dir.join(format!("sluice-{hash:016x}.sock"))
+}
+
+/// What can go wrong on the control socket.
+#[derive(Debug)]
+pub enum ControlError {
+    /// Another instance answers on this control socket.
+    AlreadyRunning(PathBuf),
+    /// Nobody listens on this control socket (an upgrade needs a running instance).
+    NoInstance(PathBuf),
+    /// The running instance refused the upgrade.
+    Refused {
+        /// The control socket.
+        path: PathBuf,
+        /// Its reason.
+        reason: String,
+    },
+    /// The peer sent something unexpected, or closed the connection halfway.
+    Protocol(String),
+    /// A step of the handover took too long.
+    Timeout(&'static str),
+    /// An IO error.
+    Io(io::Error),
+}
+
+impl fmt::Display for ControlError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ControlError::AlreadyRunning(p) => write!(
+                f,
+                "another sluice instance is running with this config (control socket {} \
+                 answers); stop it, or start this one with --upgrade to take over from it",
+                p.display()
+            ),
+            ControlError::NoInstance(p) => write!(
+                f,
+                "--upgrade: no running sluice instance listens on the control socket {}",
+                p.display()
+            ),
+            ControlError::Refused { path, reason } => write!(
+                f,
+                "the running instance (control socket {}) refused the upgrade: {reason}",
+                path.display()
+            ),
+            ControlError::Protocol(m) => write!(f, "upgrade protocol error: {m}"),
+            ControlError::Timeout(step) => write!(f, "upgrade timed out while {step}"),
+            ControlError::Io(e) => write!(f, "control socket: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for ControlError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            ControlError::Io(e) => Some(e),
+            _ => None,
+        }
+    }
+}
+
+impl From<io::Error> for ControlError {
+    fn from(e: io::Error) -> Self {
+        ControlError::Io(e)
+    }
+}
+
+impl From<ControlError> for io::Error {
+    fn from(e: ControlError) -> Self {
+        match e {
+            ControlError::Io(e) => e,
+            ControlError::AlreadyRunning(_) => io::Error::new(io::ErrorKind::AddrInUse, e),
+            ControlError::NoInstance(_) => io::Error::new(io::ErrorKind::NotFound, e),
+            ControlError::Timeout(_) => io::Error::new(io::ErrorKind::TimedOut, e),
+            other => io::Error::other(other),
+        }
+    }
+}
+
+/// The sockets the old instance hands over. The descriptors are the caller's duplicates
+/// (`try_clone`): they are sent and then closed; the caller keeps its own.
+#[derive(Debug)]
+pub struct HandoverOffer {
+    /// How many workers the old instance runs.
+    pub workers: usize,
+    /// Every listener: its address and one socket per old worker.
+    pub listeners: Vec<(SocketAddr, Vec<OwnedFd>)>,
+    /// The admin listener, if any.
+    pub admin: Option<(SocketAddr, OwnedFd)>,
+}
+
+/// The running instance's control socket.
+#[derive(Debug)]
+pub struct ControlSocket {
+    listener: UnixListener,
+    path: PathBuf,
+    /// The uid owning the socket file (this process's): the only peer uid answered, with root.
+    uid: u32,
+}
+
+impl ControlSocket {
+    /// Binds the control socket at `path`. [`ControlError::AlreadyRunning`] when a live instance
+    /// answers there; a stale socket file (nobody listening) is removed and bound again. A path
+    /// that exists and is not a socket is an error (nothing is removed).
+    pub fn bind(path: &Path) -> Result<ControlSocket, ControlError> {
+        match UnixStream::connect(path) {
+            Ok(_) => return Err(ControlError::AlreadyRunning(path.to_path_buf())),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {
+                let meta = std::fs::symlink_metadata(path).map_err(|e| at(path, e))?;
+                if !meta.file_type().is_socket() {
+                    return Err(ControlError::Io(io::Error::new(
+                        io::ErrorKind::AlreadyExists,
+                        format!("{} exists and is not a socket", path.display()),
+                    )));
+                }
+                info!(path = %path.display(), "removing a stale control socket");
+                remove_if_exists(path)?;
+            }
+            Err(e) => return Err(at(path, e)),
+        }
+        Self::bind_fresh(path)
+    }
+
+    /// Binds `path` for a new instance once the old one acknowledged the handover: replaces
+    /// the old instance's socket file (which it no longer needs).
+    pub fn bind_after_upgrade(path: &Path) -> Result<ControlSocket, ControlError> {
+        remove_if_exists(path)?;
+        Self::bind_fresh(path)
+    }
+
+    fn bind_fresh(path: &Path) -> Result<ControlSocket, ControlError> {
+        let listener = UnixListener::bind(path).map_err(|e| at(path, e))?;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+            .map_err(|e| at(path, e))?;
+        let uid = std::fs::metadata(path).map_err(|e| at(path, e))?.uid();
+        Ok(ControlSocket {
+            listener,
+            path: path.to_path_buf(),
+            uid,
+        })
+    }
+
+    /// The socket's path.
+    #[must_use]
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Serves upgrade requests on its own thread (one more short-lived thread per connection,
+    /// so that a second request during a handover is refused rather than queued). `offer()`
+    /// gives the sockets to send (duplicates; the caller keeps its own); when the new instance
+    /// says it serves, the old acknowledges and `on_taken_over()` is called (the caller then
+    /// stops accepting and drains). When the new instance does not say so within `timeout` of
+    /// its request, or its connection closes first, nothing happens (rollback: the old never
+    /// stopped accepting) and a warning is logged. Later requests are served the same way
+    /// (refused once the handover is done). The thread runs until the process exits.
+    pub fn serve(
+        self,
+        offer: impl Fn() -> io::Result<HandoverOffer> + Send + 'static,
+        on_taken_over: impl Fn() + Send + 'static,
+        timeout: Duration,
+    ) -> io::Result<std::thread::JoinHandle<()>> {
+        let shared = Arc::new(Shared {
+            machine: Mutex::new(OldInstance::new(timeout)),
+            offer: Mutex::new(Box::new(offer)),
+            on_taken_over: Mutex::new(Box::new(on_taken_over)),
+            timeout,
+            uid: self.uid,
+            next_conn: AtomicU64::new(0),
+            path: self.path.clone(),
+        });
+        std::thread::Builder::new()
+            .name("sluice-control".into())
+            .spawn(move || {
+                info!(path = %self.path.display(), "control socket listening");
+                for stream in self.listener.incoming() {
+                    let stream = match stream {
+                        Ok(s) => s,
+                        Err(e) => {
+                            warn!(error = %e, "control socket: accept failed");
+                            std::thread::sleep(Duration::from_millis(50));
+                            continue;
+                        }
+                    };
+                    let shared = shared.clone();
+                    let conn = shared.next_conn.fetch_add(1, Ordering::Relaxed);
+                    let spawned = std::thread::Builder::new()
+                        .name("sluice-control-conn".into())
+                        .spawn(move || shared.handle(conn, stream));
+                    if let Err(e) = spawned {
+                        warn!(error = %e, "control socket: cannot spawn a connection thread");
+                    }
+                }
+            })
+    }
+}
+
+fn at(path: &Path, e: io::Error) -> ControlError {
+    ControlError::Io(io::Error::new(
+        e.kind(),
+        format!("control socket {}: {e}", path.display()),
+    ))
+}
+
+fn remove_if_exists(path: &Path) -> Result<(), ControlError> {
+    match std::fs::remove_file(path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(at(path, e)),
+    }
+}
+
+type OfferFn = Box<dyn Fn() -> io::Result<HandoverOffer> + Send>;
+type TakenOverFn = Box<dyn Fn() + Send>;
+
+/// What the old instance's connection threads share.
+struct Shared {
+    machine: Mutex<OldInstance>,
+    // `Fn + Send` but not necessarily `Sync`: called under a lock.
+    offer: Mutex<OfferFn>,
+    on_taken_over: Mutex<TakenOverFn>,
+    timeout: Duration,
+    uid: u32,
+    next_conn: AtomicU64,
+    path: PathBuf,
+}
+
+impl Shared {
+    /// Runs the old machine on one connection until it is done with it.
+    fn handle(&self, conn: u64, stream: UnixStream) {
+        if let Err(e) = self.check_peer(&stream) {
+            warn!(conn, error = %e, "control socket: refusing a peer");
+            return;
+        }
+        // The request (or nothing: a liveness probe from `ControlSocket::bind` just closes).
+        if stream.set_read_timeout(Some(self.timeout)).is_err()
+            || stream.set_write_timeout(Some(self.timeout)).is_err()
+        {
+            return;
+        }
+        let request = match recv_json(&stream) {
+            Ok((v, _)) => v,
+            Err(e) => {
+                debug!(conn, error = %e, "control connection closed before a request");
+                return;
+            }
+        };
+        if let Err(reason) = check_message(&request, "upgrade") {
+            let _ = send_json(
+                &stream,
+                &json!({"v": PROTOCOL_VERSION, "type": "refused", "reason": reason}),
+                &[],
+            );
+            warn!(conn, %reason, "control socket: refusing an invalid request");
+            return;
+        }
+        let pid = request.get("pid").and_then(Value::as_u64);
+        info!(conn, ?pid, "upgrade requested");
+        let mut actions = self.input(|m| m.handle_upgrade_request(Instant::now(), conn));
+        loop {
+            for action in std::mem::take(&mut actions) {
+                match action {
+                    OldAction::SendOffer { conn: c } => {
+                        debug_assert_eq!(c, conn);
+                        if let Err(e) = self.send_offer(&stream) {
+                            warn!(conn, error = %e, "upgrade: could not send the sockets");
+                            actions.extend(self.input(|m| m.handle_closed(Instant::now(), conn)));
+                        }
+                    }
+                    OldAction::Refuse { reason, .. } => {
+                        info!(conn, %reason, "upgrade refused");
+                        let _ = send_json(
+                            &stream,
+                            &json!({"v": PROTOCOL_VERSION, "type": "refused", "reason": reason.to_string()}),
+                            &[],
+                        );
+                        return;
+                    }
+                    OldAction::Rollback { reason, .. } => {
+                        warn!(conn, %reason, "upgrade abandoned; this instance keeps serving");
+                        return;
+                    }
+                    OldAction::SendDraining { .. } => {
+                        if let Err(e) = send_json(
+                            &stream,
+                            &json!({"v": PROTOCOL_VERSION, "type": "draining"}),
+                            &[],
+                        ) {
+                            warn!(conn, error = %e, "upgrade: could not acknowledge (the new instance serves anyway)");
+                        }
+                    }
+                    OldAction::StopAccepting => {
+                        info!(conn, "the new instance serves: stop accepting and drain");
+                        let f = self
+                            .on_taken_over
+                            .lock()
+                            .unwrap_or_else(std::sync::PoisonError::into_inner);
+                        f();
+                        return;
+                    }
+                    OldAction::Exit => {}
+                }
+            }
+            if !actions.is_empty() {
+                continue;
+            }
+            // Waiting for `serving` (or the deadline).
+            let deadline = self
+                .machine
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .poll_timeout();
+            let Some(deadline) = deadline else {
+                return;
+            };
+            let now = Instant::now();
+            if now >= deadline {
+                actions = self.input(|m| m.handle_timeout(now));
+                continue;
+            }
+            let _ = stream.set_read_timeout(Some((deadline - now).max(Duration::from_millis(1))));
+            actions = match recv_json(&stream) {
+                Ok((v, _)) if check_message(&v, "serving").is_ok() => {
+                    self.input(|m| m.handle_serving(Instant::now(), conn))
+                }
+                Ok((v, _)) => {
+                    warn!(conn, message = %v, "upgrade: unexpected message");
+                    self.input(|m| m.handle_closed(Instant::now(), conn))
+                }
+                Err(e) if is_timeout(&e) => self.input(|m| m.handle_timeout(Instant::now())),
+                Err(e) => {
+                    debug!(conn, error = %e, "upgrade: control connection closed");
+                    self.input(|m| m.handle_closed(Instant::now(), conn))
+                }
+            };
+        }
+    }
+
+    /// Feeds one input to the machine and takes its actions.
+    fn input(&self, f: impl FnOnce(&mut OldInstance)) -> Vec<OldAction> {
+        let mut m = self
+            .machine
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        f(&mut m);
+        std::iter::from_fn(|| m.poll_action()).collect()
+    }
+
+    fn send_offer(&self, stream: &UnixStream) -> io::Result<()> {
+        let offer = {
+            let f = self
+                .offer
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            f()?
+        };
+        let mut fds: Vec<BorrowedFd<'_>> = Vec::new();
+        let mut listeners = Vec::with_capacity(offer.listeners.len());
+        for (address, sockets) in &offer.listeners {
+            listeners.push(json!({"address": address.to_string(), "fds": sockets.len()}));
+            fds.extend(sockets.iter().map(|s| s.as_fd()));
+        }
+        if let Some((_, admin)) = &offer.admin {
+            fds.push(admin.as_fd());
+        }
+        let header = json!({
+            "v": PROTOCOL_VERSION,
+            "type": "offer",
+            "workers": offer.workers,
+            "listeners": listeners,
+            "admin": offer.admin.as_ref().map(|(a, _)| a.to_string()),
+        });
+        send_json(stream, &header, &fds)?;
+        info!(
+            path = %self.path.display(),
+            sockets = fds.len(),
+            "upgrade: listening sockets sent"
+        );
+        Ok(())
+    }
+
+    fn check_peer(&self, stream: &UnixStream) -> io::Result<()> {
+        use nix::sys::socket::{getsockopt, sockopt::PeerCredentials};
+        let creds = getsockopt(stream, PeerCredentials).map_err(io::Error::from)?;
+        if creds.uid() == self.uid || creds.uid() == 0 {
+            Ok(())
+        } else {
+            Err(io::Error::new(
+                io::ErrorKind::PermissionDenied,
+                format!("peer uid {} is not {}", creds.uid(), self.uid),
+            ))
+        }
+    }
+}
+
+fn is_timeout(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+    )
+}
+
+fn send_json(stream: &UnixStream, v: &Value, fds: &[BorrowedFd<'_>]) -> io::Result<()> {
+    fdpass::send(stream, v.to_string().as_bytes(), fds)
+}
+
+fn recv_json(stream: &UnixStream) -> io::Result<(Value, Vec<OwnedFd>)> {
+    let (payload, fds) = fdpass::recv(stream)?;
+    let v: Value = serde_json::from_slice(&payload)
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("bad JSON: {e}")))?;
+    Ok((v, fds))
+}
+
+/// `Ok` when `v` is a message of this version and type; the reason otherwise.
+fn check_message(v: &Value, kind: &str) -> Result<(), String> {
+    match v.get("v").and_then(Value::as_u64) {
+        Some(PROTOCOL_VERSION) => {}
+        Some(other) => {
+            return Err(format!(
+                "protocol version {other} is not supported (this instance speaks {PROTOCOL_VERSION})"
+            ));
+        }
+        None => return Err("message without a protocol version".into()),
+    }
+    match v.get("type").and_then(Value::as_str) {
+        Some(t) if t == kind => Ok(()),
+        other => Err(format!("expected a {kind:?} message, got {other:?}")),
+    }
+}
+
+/// The sockets a new instance inherited.
+#[derive(Debug)]
+pub struct Inherited {
+    /// How many workers the old instance ran.
+    pub workers: usize,
+    /// Every listener: its address and the old instance's sockets for it (one per old
+    /// worker). Non-blocking, and sharing their flags with the old instance: do not change them.
+    pub listeners: Vec<(SocketAddr, Vec<std::net::TcpListener>)>,
+    /// The admin listener, if the old instance had one.
+    pub admin: Option<(SocketAddr, std::net::TcpListener)>,
+}
+
+/// A handover in progress on the new instance's side: it holds the inherited sockets.
+#[derive(Debug)]
+pub struct Upgrade {
+    /// The sockets (take them with `std::mem::take` on the vectors, or move out of the struct).
+    pub inherited: Inherited,
+    stream: UnixStream,
+    machine: NewInstance,
+    path: PathBuf,
+}
+
+fn phase_str(phase: NewPhase) -> &'static str {
+    match phase {
+        NewPhase::Requesting => "waiting for the old instance's offer",
+        NewPhase::Receiving => "receiving the listening sockets",
+        NewPhase::Starting => "starting to serve the inherited sockets",
+    }
+}
+
+fn failure(path: &Path, f: NewFailure) -> ControlError {
+    match f {
+        NewFailure::Timeout(p) => ControlError::Timeout(phase_str(p)),
+        NewFailure::Closed(p) => ControlError::Protocol(format!(
+            "the running instance (control socket {}) closed the connection while {}",
+            path.display(),
+            phase_str(p)
+        )),
+        NewFailure::Refused(reason) => ControlError::Refused {
+            path: path.to_path_buf(),
+            reason,
+        },
+    }
+}
+
+/// Asks the instance listening on `path` for its sockets. Each step (the offer, the sockets)
+/// must come within `timeout`. [`ControlError::NoInstance`] when nobody listens at `path`.
+/// On success, serve the inherited sockets, then call [`Upgrade::confirm_serving`]; on an error,
+/// exit: the old instance keeps serving.
+pub fn request_upgrade(path: &Path, timeout: Duration) -> Result<Upgrade, ControlError> {
+    let stream = match UnixStream::connect(path) {
+        Ok(s) => s,
+        Err(e)
+            if matches!(
+                e.kind(),
+                io::ErrorKind::NotFound | io::ErrorKind::ConnectionRefused
+            ) =>
+        {
+            return Err(ControlError::NoInstance(path.to_path_buf()));
+        }
+        Err(e) => return Err(at(path, e)),
+    };
+    stream.set_write_timeout(Some(timeout))?;
+    let mut machine = NewInstance::new(Instant::now(), timeout);
+    loop {
+        while let Some(action) = machine.poll_action() {
+            match action {
+                NewAction::SendRequest => {
+                    let request = json!({
+                        "v": PROTOCOL_VERSION,
+                        "type": "upgrade",
+                        "pid": std::process::id(),
+                    });
+                    if let Err(e) = send_json(&stream, &request, &[]) {
+                        debug!(error = %e, "upgrade: cannot send the request");
+                        machine.handle_closed(Instant::now());
+                    }
+                }
+                NewAction::Fail(f) => return Err(failure(path, f)),
+                NewAction::StartServing | NewAction::SendServing | NewAction::Finished { .. } => {
+                    unreachable!("not before the offer")
+                }
+            }
+        }
+        let now = Instant::now();
+        let Some(deadline) = machine.poll_timeout() else {
+            return Err(ControlError::Protocol("handover ended unexpectedly".into()));
+        };
+        if now >= deadline {
+            machine.handle_timeout(now);
+            continue;
+        }
+        stream.set_read_timeout(Some((deadline - now).max(Duration::from_millis(1))))?;
+        match recv_json(&stream) {
+            Ok((v, fds)) => match v.get("type").and_then(Value::as_str) {
+                Some("refused") => {
+                    let reason = v
+                        .get("reason")
+                        .and_then(Value::as_str)
+                        .unwrap_or("no reason given")
+                        .to_owned();
+                    machine.handle_refused(Instant::now(), reason);
+                }
+                _ => {
+                    check_message(&v, "offer").map_err(ControlError::Protocol)?;
+                    machine.handle_offer(Instant::now());
+                    let inherited = parse_offer(&v, fds).map_err(ControlError::Protocol)?;
+                    machine.handle_fds(Instant::now());
+                    match machine.poll_action() {
+                        Some(NewAction::StartServing) => {}
+                        other => {
+                            return Err(ControlError::Protocol(format!(
+                                "unexpected handover step {other:?}"
+                            )));
+                        }
+                    }
+                    info!(
+                        path = %path.display(),
+                        listeners = inherited.listeners.len(),
+                        workers = inherited.workers,
+                        "upgrade: received the listening sockets"
+                    );
+                    return Ok(Upgrade {
+                        inherited,
+                        stream,
+                        machine,
+                        path: path.to_path_buf(),
+                    });
+                }
+            },
+            Err(e) if is_timeout(&e) => machine.handle_timeout(Instant::now()),
+            Err(e) => {
+                debug!(error = %e, "upgrade: control connection closed");
+                machine.handle_closed(Instant::now());
+            }
+        }
+    }
+}
+
+fn parse_offer(v: &Value, fds: Vec<OwnedFd>) -> Result<Inherited, String> {
+    let workers = v
+        .get("workers")
+        .and_then(Value::as_u64)
+        .ok_or("offer without workers")? as usize;
+    let mut fds = fds.into_iter();
+    let mut listeners = Vec::new();
+    for l in v
+        .get("listeners")
+        .and_then(Value::as_array)
+        .ok_or("offer without listeners")?
+    {
+        let address: SocketAddr = l
+            .get("address")
+            .and_then(Value::as_str)
+            .and_then(|a| a.parse().ok())
+            .ok_or_else(|| format!("offer: bad listener address in {l}"))?;
+        let count = l
+            .get("fds")
+            .and_then(Value::as_u64)
+            .ok_or_else(|| format!("offer: no socket count in {l}"))?;
+        let mut sockets = Vec::new();
+        for _ in 0..count {
+            let fd = fds.next().ok_or("offer: fewer sockets than announced")?;
+            sockets.push(std::net::TcpListener::from(fd));
+        }
+        listeners.push((address, sockets));
+    }
+    let admin = match v.get("admin") {
+        None | Some(Value::Null) => None,
+        Some(a) => {
+            let address: SocketAddr = a
+                .as_str()
+                .and_then(|a| a.parse().ok())
+                .ok_or_else(|| format!("offer: bad admin address {a}"))?;
+            let fd = fds.next().ok_or("offer: the admin socket is missing")?;
+            Some((address, std::net::TcpListener::from(fd)))
+        }
+    };
+    if fds.next().is_some() {
+        return Err("offer: more sockets than announced".into());
+    }
+    Ok(Inherited {
+        workers,
+        listeners,
+        admin,
+    })
+}
+
+impl Upgrade {
+    /// Tells the old instance that this one serves the inherited sockets, and waits up to
+    /// `timeout` for its acknowledgement (it then stops accepting and drains).
+    ///
+    /// `Err` only when the handover failed before this instance said it serves (it took longer
+    /// than the request's step timeout to get here, or the old instance went away): exit, the
+    /// old instance keeps serving. Once `serving` is sent, this instance must keep serving
+    /// whatever happens (the old one may already be draining), so a missing acknowledgement is
+    /// logged as a warning and gives `Ok`. Afterwards, take over the control socket path with
+    /// [`ControlSocket::bind_after_upgrade`].
+    pub fn confirm_serving(mut self, timeout: Duration) -> Result<(), ControlError> {
+        let now = Instant::now();
+        if self.machine.poll_timeout().is_some_and(|d| now >= d) {
+            self.machine.handle_timeout(now);
+        } else {
+            self.machine.set_timeout(timeout);
+            self.machine.handle_started(now);
+        }
+        loop {
+            while let Some(action) = self.machine.poll_action() {
+                match action {
+                    NewAction::Fail(f) => return Err(failure(&self.path, f)),
+                    NewAction::SendServing => {
+                        let _ = self.stream.set_write_timeout(Some(timeout));
+                        if let Err(e) = send_json(
+                            &self.stream,
+                            &json!({"v": PROTOCOL_VERSION, "type": "serving"}),
+                            &[],
+                        ) {
+                            debug!(error = %e, "upgrade: cannot send serving");
+                            self.machine.handle_closed(Instant::now());
+                        }
+                    }
+                    NewAction::Finished { acknowledged: true } => {
+                        info!(path = %self.path.display(), "upgrade: the old instance drains");
+                        return Ok(());
+                    }
+                    NewAction::Finished {
+                        acknowledged: false,
+                    } => {
+                        warn!(
+                            path = %self.path.display(),
+                            "upgrade: the old instance did not acknowledge; this instance \
+                             serves, the old one may still be serving too"
+                        );
+                        return Ok(());
+                    }
+                    NewAction::SendRequest | NewAction::StartServing => {}
+                }
+            }
+            let now = Instant::now();
+            let Some(deadline) = self.machine.poll_timeout() else {
+                return Ok(());
+            };
+            if now >= deadline {
+                self.machine.handle_timeout(now);
+                continue;
+            }
+            self.stream
+                .set_read_timeout(Some((deadline - now).max(Duration::from_millis(1))))?;
+            match recv_json(&self.stream) {
+                Ok((v, _)) if check_message(&v, "draining").is_ok() => {
+                    self.machine.handle_ack(Instant::now());
+                }
+                Ok((v, _)) => {
+                    warn!(message = %v, "upgrade: unexpected message");
+                    self.machine.handle_closed(Instant::now());
+                }
+                Err(e) if is_timeout(&e) => self.machine.handle_timeout(Instant::now()),
+                Err(_) => self.machine.handle_closed(Instant::now()),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::{TcpListener, TcpStream};
+    use std::sync::atomic::AtomicUsize;
+    use std::sync::mpsc;
+
+    use super::*;
+
+    const T: Duration = Duration::from_millis(500);
+
+    fn temp_path(name: &str) -> PathBuf {
+        static N: AtomicU64 = AtomicU64::new(0);
+        let n = N.fetch_add(1, Ordering::Relaxed);
+        let p = std::env::temp_dir().join(format!(
+            "sluice-test-{}-{name}-{n}.sock",
+            std::process::id()
+        ));
+        let _ = std::fs::remove_file(&p);
+        p
+    }
+
+    /// An "old instance": 2 listeners x 2 workers (SO_REUSEPORT) and an admin socket, serving
+    /// its control socket. Returns the listener addresses, the admin address, and the count of
+    /// `on_taken_over` calls with a channel that ticks on each.
+    struct Old {
+        addresses: Vec<SocketAddr>,
+        admin: SocketAddr,
+        taken_over: Arc<AtomicUsize>,
+        taken_rx: mpsc::Receiver<()>,
+    }
+
+    fn start_old(path: &Path, timeout: Duration) -> Old {
+        let mut sockets: Vec<(SocketAddr, Vec<TcpListener>)> = Vec::new();
+        for _ in 0..2 {
+            let first = crate::net::bind_reuseport("127.0.0.1:0".parse().unwrap(), 64).unwrap();
+            let address = first.local_addr().unwrap();
+            let second = crate::net::bind_reuseport(address, 64).unwrap();
+            sockets.push((address, vec![first, second]));
+        }
+        let admin = TcpListener::bind("127.0.0.1:0").unwrap();
+        let admin_address = admin.local_addr().unwrap();
+        let addresses = sockets.iter().map(|(a, _)| *a).collect();
+        let taken_over = Arc::new(AtomicUsize::new(0));
+        let (tx, taken_rx) = mpsc::channel();
+        let counter = taken_over.clone();
+        let control = ControlSocket::bind(path).unwrap();
+        control
+            .serve(
+                move || {
+                    Ok(HandoverOffer {
+                        workers: 2,
+                        listeners: sockets
+                            .iter()
+                            .map(|(a, ls)| {
+                                let fds = ls
+                                    .iter()
+                                    .map(|l| OwnedFd::from(l.try_clone().unwrap()))
+                                    .collect();
+                                (*a, fds)
+                            })
+                            .collect(),
+                        admin: Some((admin_address, OwnedFd::from(admin.try_clone()?))),
+                    })
+                },
+                move || {
+                    counter.fetch_add(1, Ordering::SeqCst);
+                    let _ = tx.send(());
+                },
+                timeout,
+            )
+            .unwrap();
+        Old {
+            addresses,
+            admin: admin_address,
+            taken_over,
+            taken_rx,
+        }
+    }
+
+    /// Connects to `address` and accepts the connection on one of `sockets` (non-blocking).
+    fn accepted_by(address: SocketAddr, sockets: &[TcpListener]) -> bool {
+        let _client = TcpStream::connect(address).unwrap();
+        let until = Instant::now() + Duration::from_secs(2);
+        while Instant::now() < until {
+            for s in sockets {
+                s.set_nonblocking(true).unwrap();
+                if s.accept().is_ok() {
+                    return true;
+                }
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        false
+    }
+
+    #[test]
+    fn hands_over_listeners_and_admin() {
+        let path = temp_path("handover");
+        let old = start_old(&path, T);
+        let upgrade = request_upgrade(&path, T).unwrap();
+        let inherited = &upgrade.inherited;
+        assert_eq!(inherited.workers, 2);
+        assert_eq!(
+            inherited
+                .listeners
+                .iter()
+                .map(|(a, _)| *a)
+                .collect::<Vec<_>>(),
+            old.addresses
+        );
+        for (address, sockets) in &inherited.listeners {
+            assert_eq!(sockets.len(), 2);
+            for s in sockets {
+                assert_eq!(s.local_addr().unwrap(), *address);
+            }
+            for _ in 0..4 {
+                assert!(accepted_by(*address, sockets), "{address}");
+            }
+        }
+        let (admin_address, admin) = inherited.admin.as_ref().unwrap();
+        assert_eq!(*admin_address, old.admin);
+        assert!(accepted_by(old.admin, std::slice::from_ref(admin)));
+        assert_eq!(
+            old.taken_over.load(Ordering::SeqCst),
+            0,
+            "not before serving"
+        );
+
+        upgrade.confirm_serving(T).unwrap();
+        old.taken_rx.recv_timeout(T).unwrap();
+        // A later request is refused: the old instance is draining.
+        match request_upgrade(&path, T) {
+            Err(ControlError::Refused { reason, .. }) => {
+                assert!(reason.contains("draining"), "{reason}");
+            }
+            other => panic!("expected a refusal, got {other:?}"),
+        }
+        assert_eq!(old.taken_over.load(Ordering::SeqCst), 1);
+        // The new instance takes the path over.
+        let _mine = ControlSocket::bind_after_upgrade(&path).unwrap();
+        assert!(matches!(
+            ControlSocket::bind(&path),
+            Err(ControlError::AlreadyRunning(_))
+        ));
+        let _ = std::fs::remove_file(&path);
+    }
+
+    #[test]
+    fn rolls_back_when_the_new_instance_dies_then_serves_a_second_request() {
+        let path = temp_path("rollback");
+        let old = start_old(&path, T);
+        let upgrade = request_upgrade(&path, T).unwrap();
+        drop(upgrade); // the new instance dies before it serves
+        // The old serves the next request once it has seen the close (retry while it has not).
+        let until = Instant::now() + Duration::from_secs(2);
+        let upgrade = loop {
+            match request_upgrade(&path, T) {
+                Ok(u) => break u,
+                Err(ControlError::Refused { reason, .. })
+                    if reason.contains("in progress") && Instant::now() < until =>
+                {
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                Err(e) => panic!("{e}"),
+            }
+        };
+        assert_eq!(old.taken_over.load(Ordering::SeqCst), 0);
+        upgrade.confirm_serving(T).unwrap();
+        old.taken_rx.recv_timeout(T).unwrap();
+        std::thread::sleep(Duration::from_millis(50));
+        assert_eq!(old.taken_over.load(Ordering::SeqCst), 1);
+        let _ = std::fs::remove_file(&path);
+    }
+
+    #[test]
+    fn rolls_back_on_timeout_and_a_late_serving_changes_nothing() {
+        let path = temp_path("timeout");
+        let old = start_old(&path, Duration::from_millis(150));
+        let upgrade = request_upgrade(&path, Duration::from_secs(5)).unwrap();
+        std::thread::sleep(Duration::from_millis(400));
+        // The old rolled back and closed: no acknowledgement, but this side keeps serving.
+        upgrade.confirm_serving(T).unwrap();
+        std::thread::sleep(Duration::from_millis(50));
+        assert_eq!(old.taken_over.load(Ordering::SeqCst), 0);
+        // And the old serves a new request.
+        let upgrade = request_upgrade(&path, T).unwrap();
+        upgrade.confirm_serving(T).unwrap();
+        old.taken_rx.recv_timeout(T).unwrap();
+        assert_eq!(old.taken_over.load(Ordering::SeqCst), 1);
+        let _ = std::fs::remove_file(&path);
+    }
+
+    #[test]
+    fn refuses_a_second_upgrade_during_a_handover() {
+        let path = temp_path("concurrent");
+        let old = start_old(&path, T);
+        let first = request_upgrade(&path, T).unwrap();
+        match request_upgrade(&path, T) {
+            Err(ControlError::Refused { reason, .. }) => {
+                assert!(reason.contains("in progress"), "{reason}");
+            }
+            other => panic!("expected a refusal, got {other:?}"),
+        }
+        first.confirm_serving(T).unwrap();
+        old.taken_rx.recv_timeout(T).unwrap();
+        let _ = std::fs::remove_file(&path);
+    }
+
+    #[test]
+    fn the_new_instance_fails_when_it_starts_too_slowly() {
+        let path = temp_path("slow");
+        let old = start_old(&path, Duration::from_secs(5));
+        let upgrade = request_upgrade(&path, Duration::from_millis(100)).unwrap();
+        std::thread::sleep(Duration::from_millis(200));
+        assert!(matches!(
+            upgrade.confirm_serving(T),
+            Err(ControlError::Timeout(_))
+        ));
+        // The old saw the close and rolled back.
+        std::thread::sleep(Duration::from_millis(100));
+        assert_eq!(old.taken_over.load(Ordering::SeqCst), 0);
+        let _ = std::fs::remove_file(&path);
+    }
+
+    #[test]
+    fn refuses_another_protocol_version() {
+        let path = temp_path("version");
+        let _old = start_old(&path, T);
+        let stream = UnixStream::connect(&path).unwrap();
+        stream.set_read_timeout(Some(T)).unwrap();
+        send_json(&stream, &json!({"v": 99, "type": "upgrade"}), &[]).unwrap();
+        let (v, fds) = recv_json(&stream).unwrap();
+        assert_eq!(v["type"], "refused");
+        assert!(v["reason"].as_str().unwrap().contains("version 99"), "{v}");
+        assert!(fds.is_empty());
+        let _ = std::fs::remove_file(&path);
+    }
+
+    #[test]
+    fn already_running_when_a_live_instance_answers() {
+        let path = temp_path("live");
+        let _live = ControlSocket::bind(&path).unwrap();
+        let e = ControlSocket::bind(&path).unwrap_err();
+        assert!(matches!(e, ControlError::AlreadyRunning(_)));
+        assert!(e.to_string().contains(&path.display().to_string()), "{e}");
+        let _ = std::fs::remove_file(&path);
+    }
+
+    #[test]
+    fn a_stale_socket_file_is_replaced_and_other_files_are_not() {
+        let path = temp_path("stale");
+        drop(UnixListener::bind(&path).unwrap());
+        assert!(path.exists());
+        assert!(matches!(
+            request_upgrade(&path, T),
+            Err(ControlError::NoInstance(_))
+        ));
+        let control = ControlSocket::bind(&path).unwrap();
+        assert_eq!(control.path(), path);
+        assert!(UnixStream::connect(&path).is_ok());
+        drop(control);
+        std::fs::remove_file(&path).unwrap();
+
+        std::fs::write(&path, b"not a socket").unwrap();
+        assert!(matches!(
+            ControlSocket::bind(&path),
+            Err(ControlError::Io(_))
+        ));
+        assert_eq!(std::fs::read(&path).unwrap(), b"not a socket");
+        std::fs::remove_file(&path).unwrap();
+    }
+
+    #[test]
+    fn no_instance_when_nobody_listens() {
+        let path = temp_path("nobody");
+        let e = request_upgrade(&path, T).unwrap_err();
+        assert!(matches!(e, ControlError::NoInstance(_)), "{e:?}");
+        assert!(e.to_string().contains(&path.display().to_string()), "{e}");
+    }
+
+    #[test]
+    fn default_path_is_stable_per_config_file() {
+        let a = default_path(Path::new("/etc/sluice/a.yaml"));
+        assert_eq!(a, default_path(Path::new("/etc/sluice/a.yaml")));
+        assert_ne!(a, default_path(Path::new("/etc/sluice/b.yaml")));
+        let name = a.file_name().unwrap().to_str().unwrap();
+        assert!(
+            name.starts_with("sluice-") && name.ends_with(".sock"),
+            "{name}"
+        );
+        assert_eq!(name.len(), "sluice-".len() + 16 + ".sock".len());
+    }
+}

@@ -1,0 +1,255 @@
+//! Binary upgrade (`sluice run -c FILE --upgrade`) with real processes: the new instance
+//! receives the listening sockets over the control socket (SCM_RIGHTS), serves them, and the
+//! old one drains and exits — under wrk load, twice, with a config reload in between, and no
+//! failed request.
+
+mod support;
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use support::*;
+
+fn addr(port: u16) -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], port))
+}
+
+/// `(status, body)` of one request (`connection: close`).
+fn request(to: SocketAddr, method: &str, path: &str) -> (u16, String) {
+    let mut s = TcpStream::connect(to).unwrap();
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nhost: x\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    let status = out
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = out
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    (status, body)
+}
+
+fn config(listen: u16, admin: u16, upstream: u16, version: &str, extra: &str) -> String {
+    format!(
+        r#"
+admin: {{ address: 127.0.0.1:{admin} }}
+listeners:
+  - name: web
+    address: 127.0.0.1:{listen}
+    http:
+      virtual_hosts:
+        - name: all
+          domains: ["*"]
+          routes:
+            - match: {{ prefix: /version }}
+              direct_response: {{ status: 200, body: "{version}" }}
+            - match: {{ prefix: / }}
+              route: {{ cluster: app }}
+{extra}clusters:
+  - name: app
+    hosts: [ {{ address: 127.0.0.1:{upstream} }} ]
+drain_timeout: 10s
+"#
+    )
+}
+
+/// Starts `sluice run` on the config file at `path` with the control socket `control`.
+fn sluice(
+    dir: &TempDir,
+    name: &str,
+    path: &std::path::Path,
+    control: &std::path::Path,
+    upgrade: bool,
+) -> Proc {
+    let mut args = vec![
+        "run",
+        "-c",
+        path.to_str().unwrap(),
+        "--workers",
+        "2",
+        "--control-socket",
+        control.to_str().unwrap(),
+    ];
+    if upgrade {
+        args.push("--upgrade");
+    }
+    spawn(dir, name, sluice_bin(), &args)
+}
+
+/// Waits for `p` to exit by itself; its exit status.
+fn wait_exit(p: &mut Proc, within: Duration) -> std::process::ExitStatus {
+    let end = Instant::now() + within;
+    loop {
+        if let Some(status) = p.child.try_wait().unwrap() {
+            return status;
+        }
+        assert!(
+            Instant::now() < end,
+            "{} did not exit within {within:?}:\n{}",
+            p.name,
+            p.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Waits until the process logs `needle`.
+fn wait_log(p: &mut Proc, needle: &str, within: Duration) {
+    let end = Instant::now() + within;
+    while !p.log_text().contains(needle) {
+        if let Some(status) = p.child.try_wait().unwrap() {
+            panic!(
+                "{} exited ({status}) before {needle:?}:\n{}",
+                p.name,
+                p.log_text()
+            );
+        }
+        assert!(
+            Instant::now() < end,
+            "{} never logged {needle:?}:\n{}",
+            p.name,
+            p.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn two_upgrades_and_a_reload_under_load_fail_no_request() {
+    require("wrk");
+    let dir = TempDir::new("upgrade");
+    let (up, listen, admin) = (free_port(), free_port(), free_port());
+    let _nginx = start_nginx(&dir, "up", up, "hello");
+    let path = dir.write("sluice.yaml", &config(listen, admin, up, "v1", ""));
+    let control = dir.path().join("control.sock");
+    let mut first = sluice(&dir, "sluice-1", &path, &control, false);
+    wait_log(&mut first, "sluice ready", Duration::from_secs(20));
+
+    // A second instance without --upgrade is refused, naming the control socket.
+    let out = Command::new(sluice_bin())
+        .args(["run", "-c", path.to_str().unwrap(), "--control-socket"])
+        .arg(&control)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("another sluice instance serves this config") && err.contains("--upgrade"),
+        "{err}"
+    );
+    assert_eq!(request(addr(listen), "GET", "/version"), (200, "v1".into()));
+
+    let wrk = {
+        let url = format!("http://127.0.0.1:{listen}/");
+        std::thread::spawn(move || run("wrk", &["-t2", "-c16", "-d9s", &url]))
+    };
+    std::thread::sleep(Duration::from_millis(1500));
+
+    // Upgrade 1: the new instance takes the sockets; the old one drains and exits 0.
+    let mut second = sluice(&dir, "sluice-2", &path, &control, true);
+    wait_log(&mut second, "sluice ready", Duration::from_secs(20));
+    assert!(
+        wait_exit(&mut first, Duration::from_secs(15)).success(),
+        "{}",
+        first.log_text()
+    );
+    assert!(
+        first
+            .log_text()
+            .contains("a new instance serves our sockets")
+    );
+    std::thread::sleep(Duration::from_millis(1000));
+
+    // A reload of the new instance, still under load.
+    std::fs::write(&path, config(listen, admin, up, "v2", "")).unwrap();
+    second.signal("HUP");
+    let end = Instant::now() + Duration::from_secs(5);
+    while request(addr(listen), "GET", "/version").1 != "v2" {
+        assert!(Instant::now() < end, "the reload did not apply");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_millis(1000));
+
+    // Upgrade 2.
+    let mut third = sluice(&dir, "sluice-3", &path, &control, true);
+    wait_log(&mut third, "sluice ready", Duration::from_secs(20));
+    assert!(
+        wait_exit(&mut second, Duration::from_secs(15)).success(),
+        "{}",
+        second.log_text()
+    );
+
+    let out = wrk.join().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(!text.contains("Socket errors"), "{text}");
+    assert!(!text.contains("Non-2xx"), "{text}");
+    let requests: u64 = text
+        .lines()
+        .find(|l| l.contains("requests in"))
+        .and_then(|l| l.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    assert!(requests > 1000, "{text}");
+    // The last instance serves, the admin API included (its socket was handed over too).
+    assert_eq!(request(addr(listen), "GET", "/version"), (200, "v2".into()));
+    assert_eq!(
+        request(addr(admin), "GET", "/ready"),
+        (200, "LIVE\n".into())
+    );
+}
+
+#[test]
+fn a_new_instance_that_fails_halfway_leaves_the_old_one_serving() {
+    let dir = TempDir::new("upgrade-rollback");
+    let (up, listen, admin) = (free_port(), free_port(), free_port());
+    let _nginx = start_nginx(&dir, "up", up, "hello");
+    let path = dir.write("sluice.yaml", &config(listen, admin, up, "v1", ""));
+    let control = dir.path().join("control.sock");
+    let mut first = sluice(&dir, "sluice-1", &path, &control, false);
+    wait_log(&mut first, "sluice ready", Duration::from_secs(20));
+
+    // The new config adds a listener on a port someone else holds: the new instance receives
+    // the sockets, then fails to bind that one and exits before saying it serves.
+    let squatter = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let taken = squatter.local_addr().unwrap().port();
+    let extra = format!("  - name: extra\n    address: 127.0.0.1:{taken}\n    echo: {{}}\n");
+    let bad = dir.write("bad.yaml", &config(listen, admin, up, "v9", &extra));
+    let out = Command::new(sluice_bin())
+        .args([
+            "run",
+            "-c",
+            bad.to_str().unwrap(),
+            "--upgrade",
+            "--control-socket",
+        ])
+        .arg(&control)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("cannot listen on"), "{err}");
+
+    // The old instance never stopped: it serves, it is live, and it can still be upgraded.
+    assert_eq!(request(addr(listen), "GET", "/version"), (200, "v1".into()));
+    assert_eq!(
+        request(addr(admin), "GET", "/ready"),
+        (200, "LIVE\n".into())
+    );
+    assert!(
+        first.child.try_wait().unwrap().is_none(),
+        "the old instance exited"
+    );
+    let mut second = sluice(&dir, "sluice-2", &path, &control, true);
+    wait_log(&mut second, "sluice ready", Duration::from_secs(20));
+    assert!(wait_exit(&mut first, Duration::from_secs(15)).success());
+    assert_eq!(request(addr(listen), "GET", "/version"), (200, "v1".into()));
+}
