@@ -253,3 +253,57 @@ fn a_new_instance_that_fails_halfway_leaves_the_old_one_serving() {
     assert!(wait_exit(&mut first, Duration::from_secs(15)).success());
     assert_eq!(request(addr(listen), "GET", "/version"), (200, "v1".into()));
 }
+
+/// The same with SOFARPC: the real sofa-rpc-node client keeps invoking through a Bolt listener
+/// while Sluice is upgraded. Its connection stays with the old instance until nothing is in
+/// flight on it (Bolt has no way to tell a client to reconnect); the old instance exits once
+/// the client is done, and the next client lands on the new one.
+#[test]
+fn an_upgrade_under_sofa_rpc_load_fails_no_invoke() {
+    let dir = TempDir::new("upgrade-bolt");
+    let (pa, listen, admin) = (free_port(), free_port(), free_port());
+    let _a = start_sofa_server(&dir, "a", pa);
+    let yaml = format!(
+        r#"
+admin: {{ address: 127.0.0.1:{admin} }}
+listeners:
+  - name: rpc_in
+    address: 127.0.0.1:{listen}
+    bolt:
+      routes:
+        - match: {{ service: "com.example.EchoService:1.0" }}
+          route: {{ cluster: rpc }}
+clusters:
+  - name: rpc
+    hosts: [ {{ address: 127.0.0.1:{pa} }} ]
+drain_timeout: 20s
+"#
+    );
+    let path = dir.write("sluice.yaml", &yaml);
+    let control = dir.path().join("control.sock");
+    let mut first = sluice(&dir, "sluice-1", &path, &control, false);
+    wait_log(&mut first, "sluice ready", Duration::from_secs(20));
+    let target = format!("127.0.0.1:{listen}");
+    let client = {
+        let t = target.clone();
+        std::thread::spawn(move || {
+            sofa_client(&t, "echo", &["--count", "40000", "--concurrency", "20"])
+        })
+    };
+    std::thread::sleep(Duration::from_millis(1000));
+    let mut second = sluice(&dir, "sluice-2", &path, &control, true);
+    wait_log(&mut second, "sluice ready", Duration::from_secs(20));
+    let v = client.join().unwrap();
+    assert_eq!(v["ok"], 40000, "{v}");
+    assert_eq!(v["error_count"], 0, "{v}");
+    assert_eq!(v["mismatches"], 0, "{v}");
+    assert!(
+        wait_exit(&mut first, Duration::from_secs(15)).success(),
+        "{}",
+        first.log_text()
+    );
+    // A new client is served by the new instance.
+    let v = sofa_client(&target, "echo", &["--count", "200", "--concurrency", "20"]);
+    assert_eq!(v["ok"], 200, "{v}");
+    assert!(second.child.try_wait().unwrap().is_none());
+}
