@@ -254,12 +254,13 @@ fn a_new_instance_that_fails_halfway_leaves_the_old_one_serving() {
     assert_eq!(request(addr(listen), "GET", "/version"), (200, "v1".into()));
 }
 
-/// The same with SOFARPC: the real sofa-rpc-node client keeps invoking through a Bolt listener
-/// while Sluice is upgraded. Its connection stays with the old instance until nothing is in
-/// flight on it (Bolt has no way to tell a client to reconnect); the old instance exits once
-/// the client is done, and the next client lands on the new one.
+/// The same with SOFARPC: the real sofa-rpc-node client keeps 20 invokes in flight on its one
+/// connection while Sluice is upgraded. Bolt cannot ask a client to reconnect, so the old
+/// instance migrates the connection (MOSN's feature): it stops reading, lets the requests in
+/// flight finish, and passes the socket with its unread bytes to the new instance, which serves
+/// the rest. No invoke fails, and the old instance exits long before the client is done.
 #[test]
-fn an_upgrade_under_sofa_rpc_load_fails_no_invoke() {
+fn an_upgrade_under_sofa_rpc_load_migrates_the_connection_and_fails_no_invoke() {
     let dir = TempDir::new("upgrade-bolt");
     let (pa, listen, admin) = (free_port(), free_port(), free_port());
     let _a = start_sofa_server(&dir, "a", pa);
@@ -276,7 +277,7 @@ listeners:
 clusters:
   - name: rpc
     hosts: [ {{ address: 127.0.0.1:{pa} }} ]
-drain_timeout: 20s
+drain_timeout: 60s
 "#
     );
     let path = dir.write("sluice.yaml", &yaml);
@@ -287,20 +288,39 @@ drain_timeout: 20s
     let client = {
         let t = target.clone();
         std::thread::spawn(move || {
-            sofa_client(&t, "echo", &["--count", "40000", "--concurrency", "20"])
+            sofa_client(&t, "echo", &["--count", "100000", "--concurrency", "20"])
         })
     };
     std::thread::sleep(Duration::from_millis(1000));
     let mut second = sluice(&dir, "sluice-2", &path, &control, true);
     wait_log(&mut second, "sluice ready", Duration::from_secs(20));
+    // The busy connection moved: the old instance is gone while the client still invokes.
+    assert!(
+        wait_exit(&mut first, Duration::from_secs(5)).success(),
+        "{}",
+        first.log_text()
+    );
+    assert!(
+        first
+            .log_text()
+            .contains("connections migrated to the new instance"),
+        "{}",
+        first.log_text()
+    );
+    assert!(
+        !client.is_finished(),
+        "the client ended before the old instance"
+    );
     let v = client.join().unwrap();
-    assert_eq!(v["ok"], 40000, "{v}");
+    assert_eq!(v["ok"], 100000, "{v}");
     assert_eq!(v["error_count"], 0, "{v}");
     assert_eq!(v["mismatches"], 0, "{v}");
     assert!(
-        wait_exit(&mut first, Duration::from_secs(15)).success(),
+        second
+            .log_text()
+            .contains("adopted the previous instance's connections"),
         "{}",
-        first.log_text()
+        second.log_text()
     );
     // A new client is served by the new instance.
     let v = sofa_client(&target, "echo", &["--count", "200", "--concurrency", "20"]);

@@ -237,17 +237,43 @@ impl<N: Network> Engine<N> {
             if close {
                 break;
             }
-            // Draining: close once nothing is in flight for this connection.
+            // Draining: close once nothing is in flight for this connection — or, when a new
+            // instance took over, stop reading (what the client sends next waits in the
+            // socket), let the requests in flight finish, and hand the connection over with the
+            // bytes read but not processed.
             let stop = self.stop_accepting.notified();
+            let migrate = if self.stopping.get() {
+                self.ready_handoff()
+            } else {
+                None
+            };
             if self.stopping.get() && bw.proxy.borrow().downstream_in_flight(down) == 0 {
+                if let Some(to) = migrate
+                    && end - start <= crate::control::MAX_MIGRATED_UNREAD
+                {
+                    let unread = buf[start..end].to_vec();
+                    bw.downs.borrow_mut().remove(&down);
+                    bw.proxy.borrow_mut().handle_downstream_closed(down);
+                    self.bolt_after_input();
+                    self.publish_bolt_stats();
+                    debug!(%peer, unread = unread.len(), "bolt: connection handed over");
+                    to.take(
+                        self.config.listeners[listener].address,
+                        stream,
+                        peer,
+                        unread,
+                    );
+                    return;
+                }
                 break;
             }
+            let reading = migrate.is_none();
             tokio::select! {
                 biased;
                 () = &mut expired => break,
                 () = outbox.wake.notified() => {}
                 () = stop => {}
-                r = stream.read(&mut buf[end..]) => match r {
+                r = stream.read(&mut buf[end..]), if reading => match r {
                     Ok(0) | Err(_) => break,
                     Ok(n) => {
                         end += n;

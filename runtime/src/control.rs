@@ -238,7 +238,7 @@ impl ControlSocket {
     pub fn serve(
         self,
         offer: impl Fn() -> io::Result<HandoverOffer> + Send + 'static,
-        on_taken_over: impl Fn() + Send + 'static,
+        on_taken_over: impl Fn() -> Option<Migration> + Send + 'static,
         timeout: Duration,
     ) -> io::Result<std::thread::JoinHandle<()>> {
         let shared = Arc::new(Shared {
@@ -292,7 +292,32 @@ fn remove_if_exists(path: &Path) -> Result<(), ControlError> {
 }
 
 type OfferFn = Box<dyn Fn() -> io::Result<HandoverOffer> + Send>;
-type TakenOverFn = Box<dyn Fn() + Send>;
+type TakenOverFn = Box<dyn Fn() -> Option<Migration> + Send>;
+
+/// A live downstream connection moved to the new instance (MOSN's connection migration): its
+/// socket, the listener it came through, and the bytes the old instance had read from it but
+/// not processed (a partial frame).
+#[derive(Debug)]
+pub struct Migrated {
+    /// The listener's address (the new instance serves the connection as that listener's).
+    pub listener: SocketAddr,
+    /// The connection.
+    pub stream: OwnedFd,
+    /// Bytes already read from it, to be processed first.
+    pub unread: Vec<u8>,
+}
+
+/// Largest `unread` a migration carries (a longer partial frame closes instead).
+pub const MAX_MIGRATED_UNREAD: usize = 256 * 1024;
+
+/// The old instance's side of connection migration: connections to send until every sender is
+/// gone, then `finished` is called (the caller may then exit).
+pub struct Migration {
+    /// Connections to move to the new instance.
+    pub connections: std::sync::mpsc::Receiver<Migrated>,
+    /// Called once every connection was sent (or the new instance went away).
+    pub finished: Box<dyn FnOnce() + Send>,
+}
 
 /// What the old instance's connection threads share.
 struct Shared {
@@ -372,11 +397,16 @@ impl Shared {
                     }
                     OldAction::StopAccepting => {
                         info!(conn, "the new instance serves: stop accepting and drain");
-                        let f = self
-                            .on_taken_over
-                            .lock()
-                            .unwrap_or_else(std::sync::PoisonError::into_inner);
-                        f();
+                        let migration = {
+                            let f = self
+                                .on_taken_over
+                                .lock()
+                                .unwrap_or_else(std::sync::PoisonError::into_inner);
+                            f()
+                        };
+                        if let Some(m) = migration {
+                            send_migrations(&stream, m);
+                        }
                         return;
                     }
                     OldAction::Exit => {}
@@ -479,6 +509,37 @@ fn is_timeout(e: &io::Error) -> bool {
         e.kind(),
         io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
     )
+}
+
+/// Sends every migrated connection (`{"type":"connection","address":A,"unread":HEX}` with its
+/// socket), then `{"type":"done"}`, then calls `finished`.
+fn send_migrations(stream: &UnixStream, m: Migration) {
+    let _ = stream.set_write_timeout(Some(Duration::from_secs(10)));
+    let mut sent = 0usize;
+    for c in m.connections.iter() {
+        let mut hex = String::with_capacity(c.unread.len() * 2);
+        for b in &c.unread {
+            use std::fmt::Write as _;
+            let _ = write!(hex, "{b:02x}");
+        }
+        let msg = json!({
+            "v": PROTOCOL_VERSION,
+            "type": "connection",
+            "address": c.listener.to_string(),
+            "unread": hex,
+        });
+        if let Err(e) = send_json(stream, &msg, &[c.stream.as_fd()]) {
+            warn!(error = %e, "upgrade: cannot migrate a connection (it closes)");
+            break;
+        }
+        sent += 1;
+    }
+    let _ = send_json(stream, &json!({"v": PROTOCOL_VERSION, "type": "done"}), &[]);
+    info!(
+        connections = sent,
+        "upgrade: connections migrated to the new instance"
+    );
+    (m.finished)();
 }
 
 fn send_json(stream: &UnixStream, v: &Value, fds: &[BorrowedFd<'_>]) -> io::Result<()> {
@@ -707,7 +768,16 @@ impl Upgrade {
     /// whatever happens (the old one may already be draining), so a missing acknowledgement is
     /// logged as a warning and gives `Ok`. Afterwards, take over the control socket path with
     /// [`ControlSocket::bind_after_upgrade`].
-    pub fn confirm_serving(mut self, timeout: Duration) -> Result<(), ControlError> {
+    pub fn confirm_serving(self, timeout: Duration) -> Result<(), ControlError> {
+        self.confirm_serving_with_migrations(timeout).map(|_| ())
+    }
+
+    /// [`Upgrade::confirm_serving`], keeping the control connection when the old instance
+    /// acknowledged: it then sends the live connections it migrates ([`Migrations`]).
+    pub fn confirm_serving_with_migrations(
+        mut self,
+        timeout: Duration,
+    ) -> Result<Option<Migrations>, ControlError> {
         let now = Instant::now();
         if self.machine.poll_timeout().is_some_and(|d| now >= d) {
             self.machine.handle_timeout(now);
@@ -732,7 +802,10 @@ impl Upgrade {
                     }
                     NewAction::Finished { acknowledged: true } => {
                         info!(path = %self.path.display(), "upgrade: the old instance drains");
-                        return Ok(());
+                        let _ = self.stream.set_read_timeout(None);
+                        return Ok(Some(Migrations {
+                            stream: self.stream,
+                        }));
                     }
                     NewAction::Finished {
                         acknowledged: false,
@@ -742,14 +815,14 @@ impl Upgrade {
                             "upgrade: the old instance did not acknowledge; this instance \
                              serves, the old one may still be serving too"
                         );
-                        return Ok(());
+                        return Ok(None);
                     }
                     NewAction::SendRequest | NewAction::StartServing => {}
                 }
             }
             let now = Instant::now();
             let Some(deadline) = self.machine.poll_timeout() else {
-                return Ok(());
+                return Ok(None);
             };
             if now >= deadline {
                 self.machine.handle_timeout(now);
@@ -769,6 +842,52 @@ impl Upgrade {
                 Err(_) => self.machine.handle_closed(Instant::now()),
             }
         }
+    }
+}
+
+/// The new instance's side of connection migration: the connections the old instance moves
+/// over, until it is done.
+pub struct Migrations {
+    stream: UnixStream,
+}
+
+impl Migrations {
+    /// The next migrated connection; `Ok(None)` when the old instance is done (or gone).
+    pub fn next(&self) -> io::Result<Option<Migrated>> {
+        let (v, mut fds) = match recv_json(&self.stream) {
+            Ok(m) => m,
+            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        if check_message(&v, "done").is_ok() {
+            return Ok(None);
+        }
+        check_message(&v, "connection")
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+        let bad =
+            |what: &str| io::Error::new(io::ErrorKind::InvalidData, format!("migration: {what}"));
+        let listener = v
+            .get("address")
+            .and_then(Value::as_str)
+            .and_then(|a| a.parse().ok())
+            .ok_or_else(|| bad("no listener address"))?;
+        let hex = v.get("unread").and_then(Value::as_str).unwrap_or("");
+        if hex.len() % 2 != 0 {
+            return Err(bad("odd unread length"));
+        }
+        let unread = (0..hex.len())
+            .step_by(2)
+            .map(|k| u8::from_str_radix(&hex[k..k + 2], 16))
+            .collect::<Result<Vec<u8>, _>>()
+            .map_err(|_| bad("unread is not hex"))?;
+        if fds.len() != 1 {
+            return Err(bad("one socket per connection expected"));
+        }
+        Ok(Some(Migrated {
+            listener,
+            stream: fds.remove(0),
+            unread,
+        }))
     }
 }
 
@@ -839,6 +958,7 @@ mod tests {
                 move || {
                     counter.fetch_add(1, Ordering::SeqCst);
                     let _ = tx.send(());
+                    None
                 },
                 timeout,
             )

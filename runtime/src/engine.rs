@@ -87,6 +87,9 @@ pub struct Engine<N: Network> {
     pub(crate) access_logs: Vec<Option<RefCell<AccessLog>>>,
     /// The Bolt proxy state, when a listener speaks Bolt.
     pub(crate) bolt: Option<crate::bolt::BoltWorker>,
+    /// Where draining Bolt connections go instead of closing (connection migration to the next
+    /// generation or instance); set by whoever runs the engine.
+    pub(crate) handoff: RefCell<Option<Rc<dyn Handoff<N::Stream>>>>,
     /// This worker's idle upstream HTTP connections.
     pub(crate) pool: Pool<crate::http::UpstreamConn<N::Stream>>,
 }
@@ -180,6 +183,7 @@ impl<N: Network> Engine<N> {
             access_logs,
             pool,
             bolt,
+            handoff: RefCell::new(None),
         }))
     }
 
@@ -736,6 +740,101 @@ pub(crate) fn sniff(bytes: &[u8]) -> Sniffed {
         }
     }
     Sniffed::NeedMore
+}
+
+/// Takes live Bolt connections off a draining engine (connection migration, MOSN's feature):
+/// Bolt cannot tell a client to reconnect, and closing a connection races with the request the
+/// client may be writing at that moment. With a handoff, a draining engine stops reading from
+/// each Bolt connection (what the client sends next waits in the socket), lets the requests in
+/// flight finish, and hands the connection over with the bytes it read but did not process —
+/// to the next config generation (a reload, in process), or to the new instance (an upgrade,
+/// as a file descriptor). Without one (a plain stop), it closes the connection once idle.
+pub trait Handoff<S> {
+    /// Whether connections can be handed over now.
+    fn ready(&self) -> bool;
+    /// Takes one connection of the listener at `listener` (the bytes in `unread` first).
+    fn take(&self, listener: SocketAddr, stream: S, peer: SocketAddr, unread: Vec<u8>);
+}
+
+/// Shared by a process's workers: the sender of connections to migrate to a new instance, set
+/// when one took over (see [`crate::control::Migration`]).
+pub type MigrationSlot =
+    Arc<std::sync::Mutex<Option<std::sync::mpsc::Sender<crate::control::Migrated>>>>;
+
+/// [`Handoff`] to a new instance: the connection's socket goes through the control socket.
+pub struct ProcessHandoff(pub MigrationSlot);
+
+impl<N: Network> Handoff<N::Stream> for (ProcessHandoff, std::marker::PhantomData<N>) {
+    fn ready(&self) -> bool {
+        self.0.0.lock().is_ok_and(|s| s.is_some())
+    }
+
+    fn take(&self, listener: SocketAddr, stream: N::Stream, _peer: SocketAddr, unread: Vec<u8>) {
+        let to = self.0.0.lock().ok().and_then(|s| s.clone());
+        if let (Some(to), Some(fd)) = (to, N::into_fd(stream)) {
+            let _ = to.send(crate::control::Migrated {
+                listener,
+                stream: fd,
+                unread,
+            });
+        }
+    }
+}
+
+impl<N: Network> Engine<N> {
+    /// Sets where this engine's Bolt connections go when it drains (see [`Handoff`]).
+    pub fn set_handoff(&self, handoff: Rc<dyn Handoff<N::Stream>>) {
+        *self.handoff.borrow_mut() = Some(handoff);
+    }
+
+    /// The handoff, when it can take connections now.
+    pub(crate) fn ready_handoff(&self) -> Option<Rc<dyn Handoff<N::Stream>>> {
+        self.handoff.borrow().clone().filter(|h| h.ready())
+    }
+
+    /// Serves a Bolt connection taken over from another engine or instance, as a session of
+    /// the Bolt (or `protocol: auto`) listener at `listener`, its unread bytes first; closes it
+    /// when there is no such listener.
+    pub fn adopt(
+        self: Rc<Self>,
+        listener: SocketAddr,
+        stream: N::Stream,
+        peer: SocketAddr,
+        unread: Vec<u8>,
+    ) {
+        let index = self.config.listeners.iter().position(|l| {
+            l.address == listener
+                && matches!(
+                    l.filter,
+                    ListenerFilter::Bolt(_) | ListenerFilter::Auto { .. }
+                )
+        });
+        match index {
+            Some(index) => self.adopt_bolt(index, stream, peer, unread),
+            None => warn!(%listener, "a migrated connection has no Bolt listener here; closed"),
+        }
+    }
+
+    /// Serves a Bolt connection migrated from the previous instance as a session of listener
+    /// `index`, its unread bytes first.
+    pub fn adopt_bolt(
+        self: Rc<Self>,
+        index: usize,
+        stream: N::Stream,
+        peer: SocketAddr,
+        unread: Vec<u8>,
+    ) {
+        bump(&self.stats.downstream_cx_total, 1);
+        if let Some(l) = self.stats.listener(index) {
+            bump(&l.downstream_cx_total, 1);
+        }
+        self.sessions.set(self.sessions.get() + 1);
+        tokio::task::spawn_local(async move {
+            let guard = SessionGuard(&self, index);
+            self.bolt_connection(index, stream, peer, &unread).await;
+            drop(guard);
+        });
+    }
 }
 
 /// One cluster's state in a worker: a handle into the worker's `Vec<ClusterState>` (borrowed

@@ -27,6 +27,13 @@ pub trait Network: Clone + 'static {
 
     /// Opens a connection (no timeout here: the session state machine owns timeouts).
     fn connect(&self, address: SocketAddr) -> impl Future<Output = io::Result<Self::Stream>>;
+
+    /// The connection's socket, to hand it to another process (connection migration on an
+    /// upgrade); `None` when this network cannot (the simulator) — the stream is then closed.
+    fn into_fd(stream: Self::Stream) -> Option<std::os::fd::OwnedFd> {
+        drop(stream);
+        None
+    }
 }
 
 /// Real sockets through tokio.
@@ -47,6 +54,11 @@ impl Network for TokioNet {
         let stream = tokio::net::TcpStream::connect(address).await?;
         stream.set_nodelay(true)?;
         Ok(stream)
+    }
+
+    fn into_fd(stream: Self::Stream) -> Option<std::os::fd::OwnedFd> {
+        // Deregisters it from this runtime; the socket stays open.
+        stream.into_std().ok().map(Into::into)
     }
 }
 

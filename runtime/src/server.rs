@@ -26,7 +26,7 @@ use tokio::sync::watch;
 use tracing::{error, info, warn};
 
 use crate::admin::{AdminHandle, AdminShared, LogControl, ServerState};
-use crate::engine::Engine;
+use crate::engine::{Engine, Handoff};
 use crate::net::{TokioNet, bind_reuseport};
 use crate::stats::WorkerStats;
 
@@ -107,6 +107,8 @@ fn bind_listener(config: &Config, i: usize) -> io::Result<std::net::TcpListener>
 enum WorkerCommand {
     /// Switch to a new config generation (a reload).
     Reload(Box<Generation>),
+    /// Serve a connection the previous instance migrated (upgrade).
+    Adopt(crate::control::Migrated),
 }
 
 /// One config generation for one worker.
@@ -132,6 +134,9 @@ pub fn run(config: Config, options: ServerOptions) -> io::Result<()> {
     let mut control = None;
     let mut upgrade = None;
     let mut owned_socket_file: Option<SocketFile> = None;
+    // Connection migration after a handover: the workers' sender, and "every one was sent".
+    let migration: crate::engine::MigrationSlot = Arc::default();
+    let (migrated_tx, migrated_rx) = std::sync::mpsc::channel::<()>();
     if let Some(path) = &options.control_socket {
         if options.upgrade {
             let u = crate::control::request_upgrade(path, UPGRADE_STEP_TIMEOUT)
@@ -270,6 +275,7 @@ pub fn run(config: Config, options: ServerOptions) -> io::Result<()> {
             shared_health: shared_health.clone(),
             sockets: mine,
             stop: stop_rx.clone(),
+            migration: migration.clone(),
             close_listeners: shared.close_listeners.subscribe(),
             reopen: reopen_tx.subscribe(),
             started: started_tx.clone(),
@@ -301,8 +307,36 @@ pub fn run(config: Config, options: ServerOptions) -> io::Result<()> {
     if started == workers {
         if let Some(u) = upgrade.take() {
             // Serving the inherited sockets: the old instance may stop accepting now.
-            match u.confirm_serving(UPGRADE_STEP_TIMEOUT) {
-                Ok(()) => info!("upgrade: the previous instance stopped accepting and drains"),
+            match u.confirm_serving_with_migrations(UPGRADE_STEP_TIMEOUT) {
+                Ok(migrations) => {
+                    info!("upgrade: the previous instance stopped accepting and drains");
+                    if let Some(m) = migrations {
+                        let to = commands.clone();
+                        thread::Builder::new()
+                            .name("sluice-adopt".into())
+                            .spawn(move || {
+                                let mut next = 0usize;
+                                loop {
+                                    match m.next() {
+                                        Ok(Some(c)) => {
+                                            let _ =
+                                                to[next % to.len()].send(WorkerCommand::Adopt(c));
+                                            next += 1;
+                                        }
+                                        Ok(None) => break,
+                                        Err(e) => {
+                                            warn!(error = %e, "upgrade: migration channel failed");
+                                            break;
+                                        }
+                                    }
+                                }
+                                info!(
+                                    connections = next,
+                                    "upgrade: adopted the previous instance's connections"
+                                );
+                            })?;
+                    }
+                }
                 Err(e) => {
                     error!(error = %e, "upgrade failed; the previous instance keeps serving");
                     shared.set_state(ServerState::Draining);
@@ -326,6 +360,8 @@ pub fn run(config: Config, options: ServerOptions) -> io::Result<()> {
             owned_socket_file = SocketFile::of(c.path());
             let offer = handover.clone();
             let taken_over = shared.clone();
+            let slot = migration.clone();
+            let finished = migrated_tx.clone();
             c.serve(
                 move || {
                     offer
@@ -335,9 +371,21 @@ pub fn run(config: Config, options: ServerOptions) -> io::Result<()> {
                 },
                 move || {
                     info!("upgrade: a new instance serves our sockets; draining");
+                    // Busy Bolt connections move to the new instance rather than close.
+                    let (tx, rx) = std::sync::mpsc::channel();
+                    *slot
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(tx);
                     taken_over.set_state(ServerState::Draining);
                     taken_over.close_admin();
                     let _ = taken_over.quit.send(true);
+                    let finished = finished.clone();
+                    Some(crate::control::Migration {
+                        connections: rx,
+                        finished: Box::new(move || {
+                            let _ = finished.send(());
+                        }),
+                    })
                 },
                 UPGRADE_STEP_TIMEOUT * 3,
             )?;
@@ -437,6 +485,16 @@ pub fn run(config: Config, options: ServerOptions) -> io::Result<()> {
     };
     shared.set_state(ServerState::Draining);
     info!(signal, "stopping: no new connections, draining open ones");
+    // The copies kept for an upgrade close too: once the workers drop theirs, the sockets
+    // close and new connections are refused (or, after an upgrade, go to the new instance,
+    // which has its own).
+    {
+        let mut h = handover
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        h.listeners.clear();
+        h.admin = None;
+    }
     let _ = stop_tx.send(true);
 
     let mut result = Ok(());
@@ -452,6 +510,17 @@ pub fn run(config: Config, options: ServerOptions) -> io::Result<()> {
                 result = Err(io::Error::other(format!("worker {worker} panicked")));
             }
         }
+    }
+    // Migrations: the workers are done, so every connection to move was handed to the
+    // control thread; let it finish sending before exiting (which would close them).
+    let migrating = migration
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .take()
+        .is_some();
+    if migrating {
+        drop(migrated_tx);
+        let _ = migrated_rx.recv_timeout(std::time::Duration::from_secs(10));
     }
     if let Some(f) = owned_socket_file {
         f.remove_if_still_ours();
@@ -700,10 +769,57 @@ struct WorkerStart {
     shared_health: Arc<crate::health::SharedHealth>,
     sockets: Vec<std::net::TcpListener>,
     stop: watch::Receiver<bool>,
+    migration: crate::engine::MigrationSlot,
     close_listeners: watch::Receiver<bool>,
     reopen: watch::Receiver<u64>,
     started: std::sync::mpsc::Sender<()>,
     commands: tokio::sync::mpsc::UnboundedReceiver<WorkerCommand>,
+}
+
+/// Serves a connection migrated from the previous instance (on the listener with its address).
+fn adopt(engine: Rc<Engine<TokioNet>>, worker: usize, m: crate::control::Migrated) {
+    let stream = std::net::TcpStream::from(m.stream);
+    let adopted = (|| {
+        stream.set_nonblocking(true).ok()?;
+        let peer = stream.peer_addr().ok()?;
+        let stream = tokio::net::TcpStream::from_std(stream).ok()?;
+        let _ = stream.set_nodelay(true);
+        engine.adopt(m.listener, stream, peer, m.unread);
+        Some(())
+    })();
+    if adopted.is_none() {
+        warn!(worker, listener = %m.listener, "a migrated connection could not be set up; closed");
+    }
+}
+
+/// The handoff of an engine whose process may be upgraded: to the new instance, once it took
+/// over.
+fn process_handoff(slot: &crate::engine::MigrationSlot) -> Rc<dyn Handoff<tokio::net::TcpStream>> {
+    Rc::new((
+        crate::engine::ProcessHandoff(slot.clone()),
+        std::marker::PhantomData::<TokioNet>,
+    ))
+}
+
+/// The handoff of a worker's previous config generation: to the generation serving now (a
+/// reload moves live Bolt connections rather than closing them).
+struct GenerationHandoff(Rc<RefCell<Running>>);
+
+impl Handoff<tokio::net::TcpStream> for GenerationHandoff {
+    fn ready(&self) -> bool {
+        true
+    }
+
+    fn take(
+        &self,
+        listener: std::net::SocketAddr,
+        stream: tokio::net::TcpStream,
+        peer: std::net::SocketAddr,
+        unread: Vec<u8>,
+    ) {
+        let engine = self.0.borrow().engine.clone();
+        engine.adopt(listener, stream, peer, unread);
+    }
 }
 
 /// A running generation in a worker: its engine, its task, and how to make it drain.
@@ -749,6 +865,7 @@ async fn worker_main(start: WorkerStart) -> io::Result<()> {
         shared_health,
         sockets,
         mut stop,
+        migration,
         close_listeners,
         mut reopen,
         started,
@@ -767,6 +884,7 @@ async fn worker_main(start: WorkerStart) -> io::Result<()> {
         stats,
         shared_health,
     )?;
+    engine.set_handoff(process_handoff(&migration));
     let _ = started.send(());
     drop(started);
     let current = Rc::new(RefCell::new(start_generation(
@@ -797,6 +915,10 @@ async fn worker_main(start: WorkerStart) -> io::Result<()> {
                     let _ = stop.wait_for(|s| *s).await;
                     break;
                 }
+                Some(WorkerCommand::Adopt(m)) => {
+                    let engine = current.borrow().engine.clone();
+                    adopt(engine, worker, m);
+                }
                 Some(WorkerCommand::Reload(g)) => {
                     let Generation {
                         config,
@@ -821,6 +943,7 @@ async fn worker_main(start: WorkerStart) -> io::Result<()> {
                             continue;
                         }
                     };
+                    engine.set_handoff(process_handoff(&migration));
                     let old = current.borrow().engine.clone();
                     let old_config = old.config.clone();
                     // Same address: the same socket (its backlog included) moves to the new
@@ -860,6 +983,7 @@ async fn worker_main(start: WorkerStart) -> io::Result<()> {
                     // it drains follows when it is done.
                     engine.stats.carry_over(&old.stats, &old_config, &config);
                     let at_switch = old.stats.frozen(&old_config);
+                    old.set_handoff(Rc::new(GenerationHandoff(current.clone())));
                     let previous = std::mem::replace(
                         &mut *current.borrow_mut(),
                         start_generation(engine, listeners, &close_listeners),

@@ -139,7 +139,7 @@ struct World {
 }
 
 /// An independent, minimal Bolt v1/v2 codec (see `shared/protocols/bolt.md`).
-mod wire {
+pub(crate) mod wire {
     /// A decoded frame.
     #[derive(Debug)]
     pub struct Frame {

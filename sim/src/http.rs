@@ -91,6 +91,9 @@ clusters:
   - name: app
     connect_timeout: 300ms
     lb_policy: round_robin
+    # Every client may be retrying at once when a host fails: the retry budget is sized to the
+    # concurrency (the default of 3 would turn a fourth concurrent retry into a 502).
+    circuit_breakers: {{ max_retries: {CLIENTS} }}
     hosts:
 {hosts}drain_timeout: 1s
 "#

@@ -27,6 +27,7 @@ pub mod resilience;
 pub mod tcp;
 pub mod topology;
 pub mod trace;
+pub mod upgrade;
 
 use std::fmt::Write as _;
 

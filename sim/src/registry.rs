@@ -15,6 +15,7 @@ use crate::bolt::{self, BoltScenario};
 use crate::http::{self, HttpScenario};
 use crate::resilience::{self, Resilience};
 use crate::tcp::{self, TcpScenario};
+use crate::upgrade::{self, UpgradeScenario};
 
 /// A named scenario: runs for one seed and reports.
 #[derive(Clone, Copy, Debug)]
@@ -124,6 +125,16 @@ pub static SCENARIOS: &[Scenario] = &[
         "bolt_upstream_partition",
         "Bolt: clients reusing ids, the sidecar is partitioned from one upstream, then repaired",
         |seed| bolt::run(BoltScenario::UpstreamPartition, seed),
+    ),
+    Scenario::new(
+        "upgrade_under_http_and_bolt_traffic",
+        "upgrade: hot upgrade under HTTP/1.1 and Bolt traffic with an upstream fault; no connect refused, every request answered once, the old instance ends",
+        |seed| upgrade::run(UpgradeScenario::UnderTraffic, seed),
+    ),
+    Scenario::new(
+        "upgrade_whose_new_instance_crashes",
+        "upgrade: the new instance crashes or hangs before serving; rollback, the old resumes accepting, a second upgrade succeeds",
+        |seed| upgrade::run(UpgradeScenario::NewInstanceCrashes, seed),
     ),
 ];
 

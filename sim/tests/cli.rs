@@ -25,7 +25,7 @@ fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
-const SCENARIOS: [&str; 13] = [
+const SCENARIOS: [&str; 15] = [
     "tcp_steady",
     "tcp_upstream_crash",
     "tcp_crash_and_recover",
@@ -39,6 +39,8 @@ const SCENARIOS: [&str; 13] = [
     "circuit_breaker_burst",
     "bolt_upstream_crash",
     "bolt_upstream_partition",
+    "upgrade_under_http_and_bolt_traffic",
+    "upgrade_whose_new_instance_crashes",
 ];
 
 #[test]
