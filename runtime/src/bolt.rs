@@ -53,9 +53,20 @@ const READ_CHUNK: usize = 16 * 1024;
 pub(crate) struct Outbox {
     buf: RefCell<Vec<u8>>,
     wake: Notify,
-    /// Set to make the owning (upstream) task close its connection.
+    /// Set to make the owning task close its connection.
     close: Cell<bool>,
+    /// Notified whenever the owner took what was queued (a write finished) or closed.
+    drained: Notify,
 }
+
+/// Bytes queued for one upstream connection above which the downstream connections writing to
+/// it stop reading until it drains (backpressure: a slow or stuck upstream must not make the
+/// proxy buffer without bound).
+const UPSTREAM_OUTBOX_HIGH: usize = 4 << 20;
+/// Bytes queued for one downstream connection (answers its client does not read) above which
+/// that connection is closed: one slow client must not stall the shared upstream connection
+/// nor grow the proxy's memory without bound.
+const DOWNSTREAM_OUTBOX_LIMIT: usize = 64 << 20;
 
 impl Outbox {
     fn push(&self, f: impl FnOnce(&mut Vec<u8>)) {
@@ -76,6 +87,9 @@ pub(crate) struct BoltWorker {
     published: Cell<bolt::BoltStats>,
     /// Sum of the clusters' health generations last seen (to notice verdict changes).
     health_seen: Cell<u64>,
+    /// Per cluster and host: the health verdict last seen (a connection closes only when its
+    /// host goes from healthy to unhealthy, not while it is still unknown).
+    was_healthy: RefCell<Vec<Vec<bool>>>,
 }
 
 impl BoltWorker {
@@ -100,7 +114,28 @@ impl BoltWorker {
             armed: Cell::new(None),
             published: Cell::new(bolt::BoltStats::default()),
             health_seen: Cell::new(u64::MAX),
+            was_healthy: RefCell::new(Vec::new()),
         }))
+    }
+}
+
+/// Keeps the unread part `buf[start..end]` of a read buffer and makes room to read more: moves
+/// it to the front when the buffer is full or half consumed, and grows the buffer (up to the
+/// frame size limit) for a frame larger than it.
+fn make_room(buf: &mut Vec<u8>, start: &mut usize, end: &mut usize, max_frame: usize) {
+    if *start == *end {
+        *start = 0;
+        *end = 0;
+    } else if *start > 0 && (*end == buf.len() || *start > buf.len() / 2) {
+        buf.copy_within(*start..*end, 0);
+        *end -= *start;
+        *start = 0;
+    }
+    if *end == buf.len() {
+        let grown = (buf.len() * 2)
+            .min(max_frame.saturating_add(64))
+            .max(buf.len() + 1);
+        buf.resize(grown, 0);
     }
 }
 
@@ -152,6 +187,8 @@ impl<N: Network> Engine<N> {
         let expired = self.drain_expired.notified();
         tokio::pin!(expired);
         let mut close = false;
+        // Upstream outboxes this connection wrote to in the current batch.
+        let mut touched: Vec<Rc<Outbox>> = Vec::new();
         loop {
             // Every complete frame in the buffer.
             self.refresh_bolt_availability();
@@ -174,11 +211,11 @@ impl<N: Network> Engine<N> {
                                 bolt::set_request_id(bytes, request_id);
                                 // The connection may be new: its Connect is still in
                                 // poll_action, and its outbox is made here.
-                                bw.ups
-                                    .borrow_mut()
-                                    .entry(up)
-                                    .or_default()
-                                    .push(|b| b.extend_from_slice(bytes));
+                                let o = bw.ups.borrow_mut().entry(up).or_default().clone();
+                                o.push(|b| b.extend_from_slice(bytes));
+                                if !touched.iter().any(|t| Rc::ptr_eq(t, &o)) {
+                                    touched.push(o);
+                                }
                             }
                             DownstreamVerdict::AnswerHeartbeat => {
                                 bolt::encode_heartbeat_reply(&mut outbox.buf.borrow_mut(), &frame);
@@ -206,21 +243,22 @@ impl<N: Network> Engine<N> {
                 }
             }
             self.publish_bolt_stats();
-            // Keep the unread part; grow for a frame larger than the buffer.
-            if start == end {
-                start = 0;
-                end = 0;
-            } else if start > 0 && (end == buf.len() || start > buf.len() / 2) {
-                buf.copy_within(start..end, 0);
-                end -= start;
-                start = 0;
+            // Backpressure: wait while an upstream this connection feeds has too much queued.
+            for o in touched.drain(..) {
+                while o.buf.borrow().len() > UPSTREAM_OUTBOX_HIGH && !o.close.get() {
+                    let drained = o.drained.notified();
+                    tokio::select! {
+                        biased;
+                        () = &mut expired => break,
+                        () = drained => {}
+                    }
+                }
             }
-            if end == buf.len() {
-                let grown = (buf.len() * 2)
-                    .min(max_frame.saturating_add(64))
-                    .max(buf.len() + 1);
-                buf.resize(grown, 0);
+            if outbox.close.get() {
+                debug!(%peer, "bolt: the client does not read its answers; closing");
+                break;
             }
+            make_room(&mut buf, &mut start, &mut end, max_frame);
             // Write what is pending (replies, answers forwarded by upstream tasks).
             if !outbox.buf.borrow().is_empty() {
                 std::mem::swap(&mut spare, &mut outbox.buf.borrow_mut());
@@ -248,8 +286,8 @@ impl<N: Network> Engine<N> {
                 None
             };
             if self.stopping.get() && bw.proxy.borrow().downstream_in_flight(down) == 0 {
-                if let Some(to) = migrate
-                    && end - start <= crate::control::MAX_MIGRATED_UNREAD
+                if let Some(to) = migrate.as_ref()
+                    && end - start <= to.max_unread()
                 {
                     let unread = buf[start..end].to_vec();
                     bw.downs.borrow_mut().remove(&down);
@@ -267,7 +305,12 @@ impl<N: Network> Engine<N> {
                 }
                 break;
             }
-            let reading = migrate.is_none();
+            // Handing over: stop reading (what the client sends next waits in the socket) —
+            // unless a partial frame too large to travel with the connection must complete
+            // here first.
+            let reading = migrate
+                .as_ref()
+                .is_none_or(|to| end - start > to.max_unread());
             tokio::select! {
                 biased;
                 () = &mut expired => break,
@@ -342,7 +385,7 @@ impl<N: Network> Engine<N> {
             bump(&c.upstream_cx_total, 1);
         }
         let connected = tokio::time::timeout(connect_timeout, self.net.connect(address)).await;
-        let mut stream = match connected {
+        let stream = match connected {
             Ok(Ok(s)) => s,
             failed => {
                 let timed_out = failed.is_err();
@@ -382,6 +425,8 @@ impl<N: Network> Engine<N> {
         let mut buf = vec![0u8; READ_CHUNK];
         let (mut start, mut end) = (0usize, 0usize);
         let mut spare: Vec<u8> = Vec::new();
+        let mut written = 0usize;
+        let (mut rd, mut wr) = tokio::io::split(stream);
         // Upstream frames are bounded by the largest listener limit (16 MiB by default).
         let max_frame = self
             .config
@@ -411,7 +456,12 @@ impl<N: Network> Engine<N> {
                                 let bytes = &mut buf[start..start + len];
                                 bolt::set_request_id(bytes, request_id);
                                 if let Some(o) = bw.downs.borrow().get(&down) {
-                                    o.push(|b| b.extend_from_slice(bytes));
+                                    if o.buf.borrow().len() > DOWNSTREAM_OUTBOX_LIMIT {
+                                        o.close.set(true);
+                                        o.wake.notify_one();
+                                    } else {
+                                        o.push(|b| b.extend_from_slice(bytes));
+                                    }
                                 }
                                 self.report_upstream_result(cluster, host, upstream_result(status));
                                 if let Some(h) = self.stats.host(cluster, host.index()) {
@@ -437,40 +487,34 @@ impl<N: Network> Engine<N> {
             if lost {
                 break;
             }
-            if start == end {
-                start = 0;
-                end = 0;
-            } else if start > 0 && (end == buf.len() || start > buf.len() / 2) {
-                buf.copy_within(start..end, 0);
-                end -= start;
-                start = 0;
-            }
-            if end == buf.len() {
-                let grown = (buf.len() * 2)
-                    .min(max_frame.saturating_add(64))
-                    .max(buf.len() + 1);
-                buf.resize(grown, 0);
-            }
-            if !outbox.buf.borrow().is_empty() {
-                std::mem::swap(&mut spare, &mut outbox.buf.borrow_mut());
-                if stream.write_all(&spare).await.is_err() {
-                    break;
-                }
-                spare.clear();
-                continue;
-            }
+            make_room(&mut buf, &mut start, &mut end, max_frame);
             if outbox.close.get() {
                 break;
             }
+            // Take what is queued once the previous batch is written.
+            if written == spare.len() && !outbox.buf.borrow().is_empty() {
+                spare.clear();
+                written = 0;
+                std::mem::swap(&mut spare, &mut outbox.buf.borrow_mut());
+                outbox.drained.notify_waiters();
+            }
+            // Read and write at once: an upstream that stops reading while its own answers
+            // back up must still have them read, or both sides would wait on each other.
+            let writing = written < spare.len();
             tokio::select! {
                 biased;
-                () = outbox.wake.notified() => {}
-                r = stream.read(&mut buf[end..]) => match r {
+                r = rd.read(&mut buf[end..]) => match r {
                     Ok(0) | Err(_) => break,
                     Ok(n) => end += n,
                 },
+                r = wr.write(&spare[written..]), if writing => match r {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => written += n,
+                },
+                () = outbox.wake.notified(), if !writing => {}
             }
         }
+
         if let Some(h) = self.stats.host(cluster, host.index()) {
             h.cx_active
                 .store(h.cx_active.load(Relaxed).wrapping_sub(1), Relaxed);
@@ -486,7 +530,13 @@ impl<N: Network> Engine<N> {
     /// Forgets an upstream connection: its requests in flight are answered status 16.
     fn end_upstream(self: &Rc<Self>, up: UpstreamId) {
         let bw = self.bolt();
-        bw.ups.borrow_mut().remove(&up);
+        let gone = bw.ups.borrow_mut().remove(&up);
+        if let Some(o) = gone {
+            // Whoever waits on this outbox must not wait for a connection that is gone.
+            o.close.set(true);
+            o.buf.borrow_mut().clear();
+            o.drained.notify_waiters();
+        }
         bw.proxy.borrow_mut().handle_upstream_closed(
             now(),
             up,
@@ -536,10 +586,29 @@ impl<N: Network> Engine<N> {
         if seen == bw.health_seen.replace(seen) {
             return;
         }
+        // Hosts that went from healthy to unhealthy since the last look.
+        let mut was = bw.was_healthy.borrow_mut();
+        let first_look = was.is_empty();
+        let mut went_down: Vec<(usize, usize)> = Vec::new();
+        was.resize_with(self.config.clusters.len(), Vec::new);
+        for (ci, c) in self.config.clusters.iter().enumerate() {
+            was[ci].resize(c.hosts.len(), false);
+            for (hi, w) in was[ci].iter_mut().enumerate() {
+                let now = self.shared_health.is_healthy(ci, hi);
+                if *w && !now && !first_look {
+                    went_down.push((ci, hi));
+                }
+                *w = now;
+            }
+        }
+        drop(was);
+        if went_down.is_empty() {
+            return;
+        }
         let proxy = bw.proxy.borrow();
         for (up, outbox) in bw.ups.borrow().iter() {
             if let Some((ci, host, _)) = proxy.upstream(*up)
-                && !self.shared_health.is_healthy(ci, host.index())
+                && went_down.contains(&(ci, host.index()))
                 && !outbox.close.replace(true)
             {
                 debug!(

@@ -87,6 +87,9 @@ pub struct Engine<N: Network> {
     pub(crate) access_logs: Vec<Option<RefCell<AccessLog>>>,
     /// The Bolt proxy state, when a listener speaks Bolt.
     pub(crate) bolt: Option<crate::bolt::BoltWorker>,
+    /// The active health checks this engine runs (worker 0), aborted when another engine takes
+    /// over (a reload) so that two checkers never probe the same hosts.
+    health_task: RefCell<Option<tokio::task::AbortHandle>>,
     /// Where draining Bolt connections go instead of closing (connection migration to the next
     /// generation or instance); set by whoever runs the engine.
     pub(crate) handoff: RefCell<Option<Rc<dyn Handoff<N::Stream>>>>,
@@ -184,6 +187,7 @@ impl<N: Network> Engine<N> {
             pool,
             bolt,
             handoff: RefCell::new(None),
+            health_task: RefCell::new(None),
         }))
     }
 
@@ -248,6 +252,9 @@ impl<N: Network> Engine<N> {
             let seed = self.seed;
             tokio::task::spawn_local(engine.run_health_checks(seed))
         });
+        if let Some(h) = &health_checks {
+            *self.health_task.borrow_mut() = Some(h.abort_handle());
+        }
         let bolt_timer = self
             .bolt
             .is_some()
@@ -373,6 +380,13 @@ impl<N: Network> Engine<N> {
         // Dropping the listener here closes this worker's socket.
         self.returned_count.set(self.returned_count.get() + 1);
         self.listeners_returned.notify_waiters();
+    }
+
+    /// Stops this engine's active health checks (the next generation runs its own).
+    pub fn stop_health_checks(&self) {
+        if let Some(h) = self.health_task.borrow_mut().take() {
+            h.abort();
+        }
     }
 
     /// Stops accepting and gives back every listening socket still open, in config order
@@ -752,6 +766,11 @@ pub(crate) fn sniff(bytes: &[u8]) -> Sniffed {
 pub trait Handoff<S> {
     /// Whether connections can be handed over now.
     fn ready(&self) -> bool;
+    /// The most read-but-unprocessed bytes a connection can carry over (a longer partial frame
+    /// is completed and served here first).
+    fn max_unread(&self) -> usize {
+        usize::MAX
+    }
     /// Takes one connection of the listener at `listener` (the bytes in `unread` first).
     fn take(&self, listener: SocketAddr, stream: S, peer: SocketAddr, unread: Vec<u8>);
 }
@@ -767,6 +786,10 @@ pub struct ProcessHandoff(pub MigrationSlot);
 impl<N: Network> Handoff<N::Stream> for (ProcessHandoff, std::marker::PhantomData<N>) {
     fn ready(&self) -> bool {
         self.0.0.lock().is_ok_and(|s| s.is_some())
+    }
+
+    fn max_unread(&self) -> usize {
+        crate::control::MAX_MIGRATED_UNREAD
     }
 
     fn take(&self, listener: SocketAddr, stream: N::Stream, _peer: SocketAddr, unread: Vec<u8>) {

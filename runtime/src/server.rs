@@ -440,7 +440,10 @@ pub fn run(config: Config, options: ServerOptions) -> io::Result<()> {
                         continue;
                     }
                 };
-                let outcome = reload(
+                let outcome = if listeners_closed {
+                    Err("the listeners were closed by /drain_listeners: this instance only drains now".to_owned())
+                } else {
+                    reload(
                     options.config_path.as_deref(),
                     &config,
                     workers,
@@ -448,7 +451,8 @@ pub fn run(config: Config, options: ServerOptions) -> io::Result<()> {
                     &all_stats,
                     &shared_health,
                     &handover,
-                );
+                )
+                };
                 match outcome {
                     Ok(next) => {
                         let summary = next.summary.clone();
@@ -984,6 +988,7 @@ async fn worker_main(start: WorkerStart) -> io::Result<()> {
                     engine.stats.carry_over(&old.stats, &old_config, &config);
                     let at_switch = old.stats.frozen(&old_config);
                     old.set_handoff(Rc::new(GenerationHandoff(current.clone())));
+                    old.stop_health_checks();
                     let previous = std::mem::replace(
                         &mut *current.borrow_mut(),
                         start_generation(engine, listeners, &close_listeners),
