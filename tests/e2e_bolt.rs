@@ -14,10 +14,6 @@ use support::*;
 
 const SERVICE: &str = "com.example.EchoService:1.0";
 
-fn addr(port: u16) -> SocketAddr {
-    SocketAddr::from(([127, 0, 0, 1], port))
-}
-
 fn admin_stat(admin: u16, name: &str) -> u64 {
     let text = http_get_text(addr(admin), "/stats");
     text.lines()

@@ -4,36 +4,10 @@
 mod support;
 
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
 use support::*;
-
-fn addr(port: u16) -> SocketAddr {
-    SocketAddr::from(([127, 0, 0, 1], port))
-}
-
-/// `(status, body)` of one request (`connection: close`).
-fn request(to: SocketAddr, method: &str, path: &str) -> (u16, String) {
-    let mut s = TcpStream::connect(to).unwrap();
-    write!(
-        s,
-        "{method} {path} HTTP/1.1\r\nhost: x\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).unwrap();
-    let status = out
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    let body = out
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_owned())
-        .unwrap_or_default();
-    (status, body)
-}
 
 fn config(listen: u16, admin: u16, upstream: u16, body_route: &str, extra: &str) -> String {
     format!(
@@ -69,7 +43,7 @@ fn reloads_under_load_fail_no_request() {
     wait_listening(addr(admin), &mut sluice);
     let path = dir.path().join("sluice.yaml");
     assert_eq!(
-        request(addr(listen), "GET", "/version"),
+        http_request(addr(listen), "GET", "/version"),
         (200, "one".into())
     );
 
@@ -85,7 +59,7 @@ fn reloads_under_load_fail_no_request() {
     std::fs::write(&path, config(listen, admin, up, "two", &echo)).unwrap();
     sluice.signal("HUP");
     let deadline = Instant::now() + Duration::from_secs(5);
-    while request(addr(listen), "GET", "/version").1 != "two" {
+    while http_request(addr(listen), "GET", "/version").1 != "two" {
         assert!(
             Instant::now() < deadline,
             "SIGHUP did not apply the new route"
@@ -102,11 +76,11 @@ fn reloads_under_load_fail_no_request() {
 
     // 2. POST /reload: the listener is removed again, the route changes back.
     std::fs::write(&path, config(listen, admin, up, "three", "")).unwrap();
-    let (status, body) = request(addr(admin), "POST", "/reload");
+    let (status, body) = http_request(addr(admin), "POST", "/reload");
     assert_eq!(status, 200, "{body}");
     assert!(body.contains("removed listeners: [extra]"), "{body}");
     assert_eq!(
-        request(addr(listen), "GET", "/version"),
+        http_request(addr(listen), "GET", "/version"),
         (200, "three".into())
     );
     let deadline = Instant::now() + Duration::from_secs(5);
@@ -124,17 +98,17 @@ fn reloads_under_load_fail_no_request() {
         "listeners:\n  - name: web\n    address: 127.0.0.1:99999\n    echo: {}\nclusters: [ { name: x } ]\n",
     )
     .unwrap();
-    let (status, body) = request(addr(admin), "POST", "/reload");
+    let (status, body) = http_request(addr(admin), "POST", "/reload");
     assert_eq!(status, 400, "{body}");
     assert!(
         body.contains("listeners[0].address") && body.contains("clusters[0].hosts"),
         "{body}"
     );
     assert_eq!(
-        request(addr(listen), "GET", "/version"),
+        http_request(addr(listen), "GET", "/version"),
         (200, "three".into())
     );
-    let (_, stats) = request(addr(admin), "GET", "/stats?filter=reloads");
+    let (_, stats) = http_request(addr(admin), "GET", "/stats?filter=reloads");
     assert!(stats.contains("server.reloads_ok: 2"), "{stats}");
     assert!(stats.contains("server.reloads_failed: 1"), "{stats}");
 
@@ -150,7 +124,7 @@ fn reloads_under_load_fail_no_request() {
         .unwrap_or(0);
     assert!(requests > 1000, "{text}");
     // The counters carried over the reloads: every wrk request is in them.
-    let (_, stats) = request(
+    let (_, stats) = http_request(
         addr(admin),
         "GET",
         "/stats?filter=listener.web.http.rq_total",

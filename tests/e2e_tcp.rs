@@ -4,14 +4,10 @@
 mod support;
 
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::TcpStream;
 use std::time::Duration;
 
 use support::*;
-
-fn addr(port: u16) -> SocketAddr {
-    SocketAddr::from(([127, 0, 0, 1], port))
-}
 
 fn tcp_proxy_config(listen: u16, hosts: &[u16], extra_cluster: &str, drain: &str) -> String {
     let hosts: String = hosts

@@ -5,38 +5,10 @@
 
 mod support;
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use support::*;
-
-fn addr(port: u16) -> SocketAddr {
-    SocketAddr::from(([127, 0, 0, 1], port))
-}
-
-/// `(status, body)` of one request (`connection: close`).
-fn request(to: SocketAddr, method: &str, path: &str) -> (u16, String) {
-    let mut s = TcpStream::connect(to).unwrap();
-    write!(
-        s,
-        "{method} {path} HTTP/1.1\r\nhost: x\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).unwrap();
-    let status = out
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    let body = out
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_owned())
-        .unwrap_or_default();
-    (status, body)
-}
 
 fn config(listen: u16, admin: u16, upstream: u16, version: &str, extra: &str) -> String {
     format!(
@@ -146,7 +118,10 @@ fn two_upgrades_and_a_reload_under_load_fail_no_request() {
         err.contains("another sluice instance serves this config") && err.contains("--upgrade"),
         "{err}"
     );
-    assert_eq!(request(addr(listen), "GET", "/version"), (200, "v1".into()));
+    assert_eq!(
+        http_request(addr(listen), "GET", "/version"),
+        (200, "v1".into())
+    );
 
     let wrk = {
         let url = format!("http://127.0.0.1:{listen}/");
@@ -173,7 +148,7 @@ fn two_upgrades_and_a_reload_under_load_fail_no_request() {
     std::fs::write(&path, config(listen, admin, up, "v2", "")).unwrap();
     second.signal("HUP");
     let end = Instant::now() + Duration::from_secs(5);
-    while request(addr(listen), "GET", "/version").1 != "v2" {
+    while http_request(addr(listen), "GET", "/version").1 != "v2" {
         assert!(Instant::now() < end, "the reload did not apply");
         std::thread::sleep(Duration::from_millis(50));
     }
@@ -200,9 +175,12 @@ fn two_upgrades_and_a_reload_under_load_fail_no_request() {
         .unwrap_or(0);
     assert!(requests > 1000, "{text}");
     // The last instance serves, the admin API included (its socket was handed over too).
-    assert_eq!(request(addr(listen), "GET", "/version"), (200, "v2".into()));
     assert_eq!(
-        request(addr(admin), "GET", "/ready"),
+        http_request(addr(listen), "GET", "/version"),
+        (200, "v2".into())
+    );
+    assert_eq!(
+        http_request(addr(admin), "GET", "/ready"),
         (200, "LIVE\n".into())
     );
 }
@@ -239,9 +217,12 @@ fn a_new_instance_that_fails_halfway_leaves_the_old_one_serving() {
     assert!(err.contains("cannot listen on"), "{err}");
 
     // The old instance never stopped: it serves, it is live, and it can still be upgraded.
-    assert_eq!(request(addr(listen), "GET", "/version"), (200, "v1".into()));
     assert_eq!(
-        request(addr(admin), "GET", "/ready"),
+        http_request(addr(listen), "GET", "/version"),
+        (200, "v1".into())
+    );
+    assert_eq!(
+        http_request(addr(admin), "GET", "/ready"),
         (200, "LIVE\n".into())
     );
     assert!(
@@ -251,7 +232,10 @@ fn a_new_instance_that_fails_halfway_leaves_the_old_one_serving() {
     let mut second = sluice(&dir, "sluice-2", &path, &control, true);
     wait_log(&mut second, "sluice ready", Duration::from_secs(20));
     assert!(wait_exit(&mut first, Duration::from_secs(15)).success());
-    assert_eq!(request(addr(listen), "GET", "/version"), (200, "v1".into()));
+    assert_eq!(
+        http_request(addr(listen), "GET", "/version"),
+        (200, "v1".into())
+    );
 }
 
 /// The same with SOFARPC: the real sofa-rpc-node client keeps 20 invokes in flight on its one

@@ -336,3 +336,31 @@ pub fn sofa_client(target: &str, mode: &str, args: &[&str]) -> serde_json::Value
         panic!("client.js {mode} printed no JSON line ({e}):\nstdout: {stdout}\nstderr: {stderr}")
     })
 }
+
+/// `127.0.0.1:port`.
+pub fn addr(port: u16) -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], port))
+}
+
+/// One HTTP/1.1 request with `connection: close`: `(status, body)` (status 0 when the answer
+/// does not parse).
+pub fn http_request(to: SocketAddr, method: &str, path: &str) -> (u16, String) {
+    let mut s = TcpStream::connect(to).unwrap();
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nhost: x\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    let status = out
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = out
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    (status, body)
+}
