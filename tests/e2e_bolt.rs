@@ -487,3 +487,92 @@ fn the_bolt_example_config_validates() {
     );
     assert!(String::from_utf8_lossy(&out.stdout).contains("ok (2 listeners, 3 clusters)"));
 }
+
+/// 12 MiB frames both ways through an upstream that handles one request at a time and blocks
+/// writing its answer (it reads the next request only once the answer is out), like many simple
+/// servers: every answer arrives, whole and in order of completion, on the shared connection.
+/// (The proxy reads an upstream connection while it writes to it; on this machine's loopback
+/// the socket buffers absorb these frames even without that, so this test guards the big-frame
+/// path rather than proving the deadlock fix, which the review reproduced with a Python peer.)
+#[test]
+fn big_pipelined_frames_through_a_one_at_a_time_upstream_do_not_deadlock() {
+    const COUNT: u32 = 8;
+    const SIZE: usize = 12 << 20;
+    let dir = TempDir::new("bolt-duplex");
+    let upstream = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let up_port = upstream.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for conn in upstream.incoming() {
+            let Ok(mut s) = conn else { return };
+            std::thread::spawn(move || {
+                let mut buf = Vec::new();
+                let mut chunk = vec![0u8; 64 * 1024];
+                loop {
+                    // One whole request, then its answer (the request's content echoed).
+                    let frame = loop {
+                        if let Ok(Some(f)) = bolt::decode(&buf, 16 << 20) {
+                            let mut out = Vec::new();
+                            bolt::encode_response(
+                                &mut out,
+                                f.version,
+                                f.request_id,
+                                f.codec,
+                                ResponseStatus::Success,
+                                b"",
+                                &[],
+                                f.content,
+                            )
+                            .unwrap();
+                            break (out, f.len);
+                        }
+                        match s.read(&mut chunk) {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                    };
+                    buf.drain(..frame.1);
+                    if s.write_all(&frame.0).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    let (listen, admin) = (free_port(), free_port());
+    let config = bolt_config(listen, admin, "", &[up_port], "").replace("64KiB", "16MiB");
+    let _sluice = start_sluice(&dir, &config, 1, addr(listen));
+    let mut s = TcpStream::connect(addr(listen)).unwrap();
+    let writer = {
+        let mut s = s.try_clone().unwrap();
+        std::thread::spawn(move || {
+            let head = request(Version::V1, 0, SERVICE, 30_000).len() - b"payload".len();
+            for id in 1..=COUNT {
+                let mut frame = request(Version::V1, id, SERVICE, 30_000);
+                // SIZE bytes of content instead of "payload": answers larger than what the
+                // sockets buffer, so a proxy that does not read while it writes locks up.
+                frame.truncate(head);
+                frame[18..22].copy_from_slice(&(SIZE as u32).to_be_bytes());
+                frame.extend(std::iter::repeat_n(b'x', SIZE));
+                s.write_all(&frame).unwrap();
+            }
+        })
+    };
+    let mut buf = Vec::new();
+    let mut answered = 0u32;
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    while answered < COUNT {
+        if let Some(f) = bolt::decode(&buf, 16 << 20).unwrap() {
+            assert_eq!(f.status, Some(0), "request {} failed", f.request_id);
+            assert_eq!(f.content.len(), SIZE);
+            let n = f.len;
+            buf.drain(..n);
+            answered += 1;
+            continue;
+        }
+        let mut chunk = vec![0u8; 256 * 1024];
+        let n = s.read(&mut chunk).expect("answers keep coming");
+        assert!(n > 0, "closed after {answered} answers");
+        buf.extend_from_slice(&chunk[..n]);
+    }
+    writer.join().unwrap();
+}

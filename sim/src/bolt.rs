@@ -47,12 +47,16 @@ use std::time::Duration;
 
 use sluice_core::config::Config;
 use sluice_core::rng::Rng;
-use sluice_runtime::stats::DetailedSnapshot;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use sluice_runtime::stats::{DetailedSnapshot, WorkerStats};
+use tokio::io::AsyncWriteExt;
 use turmoil::net::{TcpListener, TcpStream};
 
 use crate::RunReport;
-use crate::topology::{SIDECAR, add_detailed_observer, add_sidecar, elapsed, hosts_yaml, new_sim};
+use crate::peers;
+use crate::topology::{
+    SIDECAR, add_observer, add_sidecar, add_upstreams, crash_or_partition, elapsed, hosts_yaml,
+    new_sim, report, run_to_end,
+};
 use crate::trace::Trace;
 
 const UPSTREAMS: [&str; 3] = ["up1", "up2", "up3"];
@@ -367,13 +371,7 @@ pub fn run(scenario: BoltScenario, seed: u64) -> RunReport {
     let victim = schedule.below(3) as usize;
 
     let mut sim = new_sim(seed, MAX_LATENCY);
-    for (i, name) in UPSTREAMS.iter().enumerate() {
-        let (world, trace) = (world.clone(), trace.clone());
-        sim.host(*name, move || {
-            let (world, trace) = (world.clone(), trace.clone());
-            async move { upstream(i, world, trace).await }
-        });
-    }
+    add_upstreams(&mut sim, &UPSTREAMS, &world, &trace, upstream);
     let sidecar = add_sidecar(&mut sim, seed, LISTEN_PORT, &UPSTREAMS, config);
     for c in 0..CLIENTS {
         let (world, trace) = (world.clone(), trace.clone());
@@ -385,42 +383,19 @@ pub fn run(scenario: BoltScenario, seed: u64) -> RunReport {
     }
     let final_stats = {
         let world = world.clone();
-        add_detailed_observer(
+        add_observer(
             &mut sim,
             move || world.borrow().clients_done == CLIENTS,
             Duration::from_millis(500),
             sidecar,
+            WorkerStats::detailed,
         )
     };
 
     let mut violations = Vec::new();
-    let (mut faulted, mut healed) = (false, false);
-    loop {
-        let now = sim.elapsed();
-        if !faulted && now >= t1 {
-            match scenario {
-                BoltScenario::UpstreamCrash => sim.crash(UPSTREAMS[victim]),
-                BoltScenario::UpstreamPartition => sim.partition(SIDECAR, UPSTREAMS[victim]),
-            }
-            trace.record(now, "SIM", format!("fault on {}", UPSTREAMS[victim]));
-            faulted = true;
-        }
-        if scenario == BoltScenario::UpstreamPartition && !healed && now >= t2 {
-            sim.repair(SIDECAR, UPSTREAMS[victim]);
-            trace.record(now, "SIM", format!("repair {}", UPSTREAMS[victim]));
-            healed = true;
-        }
-        match sim.step() {
-            Ok(true) => break,
-            Ok(false) => {}
-            Err(e) => {
-                violations.push(format!(
-                    "simulation error (a host failed or a client hung): {e}"
-                ));
-                break;
-            }
-        }
-    }
+    let repair_at = (scenario == BoltScenario::UpstreamPartition).then_some(t2);
+    let fault = crash_or_partition(&trace, UPSTREAMS[victim], t1, repair_at);
+    run_to_end(&mut sim, &mut violations, fault);
     drop(sim);
 
     let w = world.borrow();
@@ -444,16 +419,7 @@ pub fn run(scenario: BoltScenario, seed: u64) -> RunReport {
         UPSTREAMS[victim],
         t1
     );
-    if !violations.is_empty() && std::env::var_os("SLUICE_SIM_TRACE").is_some() {
-        eprintln!("trace of seed {seed}:\n{}", trace.dump());
-    }
-    RunReport {
-        seed,
-        digest: trace.digest(),
-        events: trace.len(),
-        violations,
-        summary,
-    }
+    report(seed, &trace, violations, summary)
 }
 
 fn check(
@@ -560,15 +526,6 @@ fn check(
     }
 }
 
-/// Processing time of a request (deterministic per content), so that faults land between a
-/// request's arrival and its answer.
-fn work(content: &[u8]) -> Duration {
-    let h = content
-        .iter()
-        .fold(7u64, |h, b| h.wrapping_mul(31).wrapping_add(u64::from(*b)));
-    Duration::from_millis(h % MAX_WORK_MS)
-}
-
 async fn upstream(index: usize, world: Rc<RefCell<World>>, trace: Trace) -> turmoil::Result {
     let name = UPSTREAMS[index];
     let listener = TcpListener::bind(SocketAddr::new(
@@ -577,114 +534,69 @@ async fn upstream(index: usize, world: Rc<RefCell<World>>, trace: Trace) -> turm
     ))
     .await?;
     trace.record(elapsed(), name, "listening");
-    loop {
-        let (stream, _) = listener.accept().await?;
-        let (world, trace) = (world.clone(), trace.clone());
-        let (mut rd, mut wr) = stream.into_split();
-        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Vec<u8>>();
-        tokio::task::spawn_local(async move {
-            while let Some(bytes) = rx.recv().await {
-                if wr.write_all(&bytes).await.is_err() {
-                    return;
-                }
-            }
-        });
-        tokio::task::spawn_local(async move {
-            let mut buf = Vec::with_capacity(4096);
-            let mut chunk = [0u8; 4096];
-            loop {
-                let frame = match wire::decode(&buf) {
-                    Ok(Some(f)) => f,
-                    Ok(None) => match rd.read(&mut chunk).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => {
-                            buf.extend_from_slice(&chunk[..n]);
-                            continue;
-                        }
-                    },
-                    Err(e) => {
-                        trace.record(elapsed(), name, format!("codec error {e}; closing"));
-                        world
-                            .borrow_mut()
-                            .violations
-                            .push(format!("{name} received an undecodable frame: {e}"));
-                        return;
-                    }
-                };
-                buf.drain(..frame.len);
-                match (frame.kind, frame.cmd) {
-                    (1, 0) => {
-                        let mut out = Vec::new();
-                        wire::response(
-                            &mut out,
-                            frame.version,
-                            0,
-                            frame.id,
-                            frame.codec,
-                            0,
-                            "",
-                            b"",
-                        );
-                        let _ = tx.send(out);
-                    }
-                    (1 | 2, 1) => {
-                        let content = String::from_utf8_lossy(&frame.content).into_owned();
-                        trace.record(
-                            elapsed(),
-                            name,
-                            format!("got {content} as id {} v{}", frame.id, frame.version),
-                        );
-                        let service = frame
-                            .headers
-                            .iter()
-                            .any(|(k, v)| k == "service" && v == SERVICE);
-                        if frame.timeout != REQ_TIMEOUT.as_millis() as i32 {
-                            world.borrow_mut().violations.push(format!(
-                                "{name}: {content} arrived with timeout field {}",
-                                frame.timeout
-                            ));
-                        }
-                        if !service {
-                            world.borrow_mut().violations.push(format!(
-                                "{name}: {content} arrived without its service header"
-                            ));
-                        }
-                        world
-                            .borrow_mut()
-                            .received
-                            .entry(content.clone())
-                            .or_default()
-                            .push(index);
-                        if frame.kind == 2 {
-                            continue;
-                        }
-                        let tx = tx.clone();
-                        tokio::task::spawn_local(async move {
-                            tokio::time::sleep(work(content.as_bytes())).await;
-                            let mut out = Vec::new();
-                            let body = format!("{content}@{name}");
-                            wire::response(
-                                &mut out,
-                                frame.version,
-                                2,
-                                frame.id,
-                                frame.codec,
-                                0,
-                                "java.lang.String",
-                                body.as_bytes(),
-                            );
-                            let _ = tx.send(out);
-                        });
-                    }
-                    other => {
-                        world
-                            .borrow_mut()
-                            .violations
-                            .push(format!("{name} received an unexpected frame {other:?}"));
-                    }
-                }
-            }
-        });
+    let upstream = Upstream {
+        index,
+        world,
+        trace,
+    };
+    peers::bolt::serve(listener, Rc::new(upstream), MAX_WORK_MS).await
+}
+
+/// An echo upstream that checks the fields Sluice passes through.
+struct Upstream {
+    index: usize,
+    world: Rc<RefCell<World>>,
+    trace: Trace,
+}
+
+impl peers::bolt::Upstream for Upstream {
+    fn name(&self) -> &'static str {
+        UPSTREAMS[self.index]
+    }
+
+    fn oneway(&self) -> bool {
+        true
+    }
+
+    fn violation(&self, what: String) {
+        self.world.borrow_mut().violations.push(what);
+    }
+
+    fn undecodable(&self, e: &str) {
+        let name = self.name();
+        self.trace
+            .record(elapsed(), name, format!("codec error {e}; closing"));
+        self.violation(format!("{name} received an undecodable frame: {e}"));
+    }
+
+    fn received(&self, frame: &wire::Frame, content: &str) {
+        let name = self.name();
+        self.trace.record(
+            elapsed(),
+            name,
+            format!("got {content} as id {} v{}", frame.id, frame.version),
+        );
+        let service = frame
+            .headers
+            .iter()
+            .any(|(k, v)| k == "service" && v == SERVICE);
+        if frame.timeout != REQ_TIMEOUT.as_millis() as i32 {
+            self.violation(format!(
+                "{name}: {content} arrived with timeout field {}",
+                frame.timeout
+            ));
+        }
+        if !service {
+            self.violation(format!(
+                "{name}: {content} arrived without its service header"
+            ));
+        }
+        self.world
+            .borrow_mut()
+            .received
+            .entry(content.to_owned())
+            .or_default()
+            .push(self.index);
     }
 }
 
@@ -815,17 +727,10 @@ async fn read_answers(
 ) {
     let who = format!("client{c}");
     let mut buf = Vec::with_capacity(4096);
-    let mut chunk = [0u8; 4096];
     loop {
-        let frame = match wire::decode(&buf) {
+        let frame = match peers::bolt::next_frame(&mut rd, &mut buf).await {
             Ok(Some(f)) => f,
-            Ok(None) => match rd.read(&mut chunk).await {
-                Ok(0) | Err(_) => return,
-                Ok(n) => {
-                    buf.extend_from_slice(&chunk[..n]);
-                    continue;
-                }
-            },
+            Ok(None) => return,
             Err(e) => {
                 world
                     .borrow_mut()
@@ -834,7 +739,6 @@ async fn read_answers(
                 return;
             }
         };
-        buf.drain(..frame.len);
         let end = elapsed();
         let body = String::from_utf8_lossy(&frame.content).into_owned();
         trace.record(

@@ -24,12 +24,16 @@ use std::time::Duration;
 
 use sluice_core::config::Config;
 use sluice_core::rng::Rng;
-use sluice_runtime::stats::StatsSnapshot;
+use sluice_runtime::stats::{StatsSnapshot, WorkerStats};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use turmoil::net::{TcpListener, TcpStream};
 
 use crate::RunReport;
-use crate::topology::{SIDECAR, add_observer, add_sidecar, elapsed, hosts_yaml, new_sim};
+use crate::peers;
+use crate::topology::{
+    SIDECAR, add_observer, add_sidecar, add_upstreams, crash_or_partition, elapsed, hosts_yaml,
+    new_sim, report, run_to_end,
+};
 use crate::trace::Trace;
 
 const UPSTREAMS: [&str; 3] = ["up1", "up2", "up3"];
@@ -113,13 +117,7 @@ pub fn run(scenario: HttpScenario, seed: u64) -> RunReport {
 
     let mut sim = new_sim(seed, Duration::from_millis(15));
 
-    for (i, name) in UPSTREAMS.iter().enumerate() {
-        let (world, trace) = (world.clone(), trace.clone());
-        sim.host(*name, move || {
-            let (world, trace) = (world.clone(), trace.clone());
-            async move { upstream(i, world, trace).await }
-        });
-    }
+    add_upstreams(&mut sim, &UPSTREAMS, &world, &trace, upstream);
     let sidecar = add_sidecar(&mut sim, seed, LISTEN_PORT, &UPSTREAMS, config);
     for c in 0..CLIENTS {
         let (world, trace) = (world.clone(), trace.clone());
@@ -137,37 +135,14 @@ pub fn run(scenario: HttpScenario, seed: u64) -> RunReport {
             move || world.borrow().clients_done == CLIENTS,
             settle,
             sidecar,
+            WorkerStats::snapshot,
         )
     };
 
     let mut violations = Vec::new();
-    let (mut faulted, mut healed) = (false, false);
-    loop {
-        let now = sim.elapsed();
-        if !faulted && now >= t1 {
-            match scenario {
-                HttpScenario::UpstreamCrash => sim.crash(UPSTREAMS[victim]),
-                HttpScenario::UpstreamPartition => sim.partition(SIDECAR, UPSTREAMS[victim]),
-            }
-            trace.record(now, "SIM", format!("fault on {}", UPSTREAMS[victim]));
-            faulted = true;
-        }
-        if scenario == HttpScenario::UpstreamPartition && !healed && now >= t2 {
-            sim.repair(SIDECAR, UPSTREAMS[victim]);
-            trace.record(now, "SIM", format!("repair {}", UPSTREAMS[victim]));
-            healed = true;
-        }
-        match sim.step() {
-            Ok(true) => break,
-            Ok(false) => {}
-            Err(e) => {
-                violations.push(format!(
-                    "simulation error (a host failed or a client hung): {e}"
-                ));
-                break;
-            }
-        }
-    }
+    let repair_at = (scenario == HttpScenario::UpstreamPartition).then_some(t2);
+    let fault = crash_or_partition(&trace, UPSTREAMS[victim], t1, repair_at);
+    run_to_end(&mut sim, &mut violations, fault);
     drop(sim);
 
     let w = world.borrow();
@@ -182,16 +157,7 @@ pub fn run(scenario: HttpScenario, seed: u64) -> RunReport {
         w.requests.len(),
         w.requests.len() - ok
     );
-    if !violations.is_empty() && std::env::var_os("SLUICE_SIM_TRACE").is_some() {
-        eprintln!("trace of seed {seed}:\n{}", trace.dump());
-    }
-    RunReport {
-        seed,
-        digest: trace.digest(),
-        events: trace.len(),
-        violations,
-        summary,
-    }
+    report(seed, &trace, violations, summary)
 }
 
 fn check(
@@ -299,11 +265,7 @@ async fn upstream(index: usize, world: Rc<RefCell<World>>, trace: Trace) -> turm
                     .push((index, post));
                 // Processing time (deterministic per id), so that faults can land between a
                 // request's arrival and its answer.
-                let work = id
-                    .bytes()
-                    .fold(7u64, |h, b| h.wrapping_mul(31).wrapping_add(u64::from(b)))
-                    % 120;
-                tokio::time::sleep(Duration::from_millis(work)).await;
+                tokio::time::sleep(peers::work(id.as_bytes(), 120)).await;
                 let resp = format!(
                     "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{id}",
                     id.len()
@@ -380,38 +342,8 @@ async fn exchange(
     request: &[u8],
     id: &str,
 ) -> Result<(u16, bool), String> {
-    s.write_all(request)
+    peers::http::exchange::<4096>(s, buf, request)
         .await
-        .map_err(|e| format!("write: {e}"))?;
-    let mut chunk = [0u8; 4096];
-    loop {
-        let mut headers = [httparse::EMPTY_HEADER; 32];
-        let mut resp = httparse::Response::new(&mut headers);
-        if let Ok(httparse::Status::Complete(head_len)) = resp.parse(buf) {
-            let find = |n: &str| {
-                resp.headers
-                    .iter()
-                    .find(|h| h.name.eq_ignore_ascii_case(n))
-                    .map(|h| String::from_utf8_lossy(h.value).to_ascii_lowercase())
-            };
-            let len: usize = find("content-length")
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(0);
-            let close = find("connection").is_some_and(|v| v.contains("close"));
-            let status = resp.code.unwrap_or(0);
-            if buf.len() >= head_len + len {
-                let body = String::from_utf8_lossy(&buf[head_len..head_len + len]).into_owned();
-                buf.drain(..head_len + len);
-                if (200..300).contains(&status) && body != id {
-                    return Err(format!("CROSSED: the response to {id} carries {body:?}"));
-                }
-                return Ok((status, !close));
-            }
-        }
-        match s.read(&mut chunk).await {
-            Ok(0) => return Err(format!("EOF after {} response bytes", buf.len())),
-            Ok(n) => buf.extend_from_slice(&chunk[..n]),
-            Err(e) => return Err(format!("read: {e}")),
-        }
-    }
+        .map_err(|e| e.to_string())?
+        .answering(id)
 }

@@ -22,6 +22,7 @@
 
 pub mod bolt;
 pub mod http;
+pub mod peers;
 pub mod registry;
 pub mod resilience;
 pub mod tcp;

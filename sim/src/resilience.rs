@@ -20,12 +20,16 @@ use std::time::Duration;
 
 use sluice_core::config::Config;
 use sluice_core::rng::Rng;
-use sluice_runtime::stats::DetailedSnapshot;
+use sluice_runtime::stats::{DetailedSnapshot, WorkerStats};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use turmoil::net::{TcpListener, TcpStream};
 
 use crate::RunReport;
-use crate::topology::{SIDECAR, add_detailed_observer, add_sidecar, elapsed, hosts_yaml, new_sim};
+use crate::peers;
+use crate::topology::{
+    SIDECAR, add_observer, add_sidecar, add_upstreams, elapsed, hosts_yaml, new_sim, report,
+    run_to_end,
+};
 use crate::trace::Trace;
 
 const UPSTREAMS: [&str; 3] = ["up1", "up2", "up3"];
@@ -219,13 +223,7 @@ pub fn run(scenario: Resilience, seed: u64) -> RunReport {
     let second_victim = (victim + 1 + schedule.below(2) as usize) % 3;
 
     let mut sim = new_sim(seed, MAX_LATENCY);
-    for (i, name) in UPSTREAMS.iter().enumerate() {
-        let (world, trace) = (world.clone(), trace.clone());
-        sim.host(*name, move || {
-            let (world, trace) = (world.clone(), trace.clone());
-            async move { upstream(i, world, trace).await }
-        });
-    }
+    add_upstreams(&mut sim, &UPSTREAMS, &world, &trace, upstream);
     let make_config = match scenario {
         Resilience::HealthFlap => config_flap,
         Resilience::Outlier5xx => config_outlier,
@@ -258,18 +256,18 @@ pub fn run(scenario: Resilience, seed: u64) -> RunReport {
     };
     let final_stats = {
         let world = world.clone();
-        add_detailed_observer(
+        add_observer(
             &mut sim,
             move || world.borrow().clients_done == clients,
             Duration::from_millis(IDLE_MS + 500),
             sidecar,
+            WorkerStats::detailed,
         )
     };
 
     let mut violations = Vec::new();
     let (mut faulted, mut healed) = (false, false);
-    loop {
-        let now = sim.elapsed();
+    run_to_end(&mut sim, &mut violations, |sim, now| {
         if !faulted && now >= t1 && scenario != Resilience::Breaker {
             faulted = true;
             let what = match scenario {
@@ -315,17 +313,7 @@ pub fn run(scenario: Resilience, seed: u64) -> RunReport {
                 _ => {}
             }
         }
-        match sim.step() {
-            Ok(true) => break,
-            Ok(false) => {}
-            Err(e) => {
-                violations.push(format!(
-                    "simulation error (a host failed or a client hung): {e}"
-                ));
-                break;
-            }
-        }
-    }
+    });
     drop(sim);
 
     let w = world.borrow();
@@ -355,16 +343,7 @@ pub fn run(scenario: Resilience, seed: u64) -> RunReport {
         w.requests.len() - ok,
         UPSTREAMS[victim]
     );
-    if !violations.is_empty() && std::env::var_os("SLUICE_SIM_TRACE").is_some() {
-        eprintln!("trace of seed {seed}:\n{}", trace.dump());
-    }
-    RunReport {
-        seed,
-        digest: trace.digest(),
-        events: trace.len(),
-        violations,
-        summary,
-    }
+    report(seed, &trace, violations, summary)
 }
 
 struct Ctx {
@@ -794,40 +773,11 @@ async fn exchange(
     request: &[u8],
     id: &str,
 ) -> Result<(u16, Option<usize>, String, bool), String> {
-    s.write_all(request)
+    let r = peers::http::exchange::<2048>(s, buf, request)
         .await
-        .map_err(|e| format!("write: {e}"))?;
-    let mut chunk = [0u8; 2048];
-    loop {
-        let mut headers = [httparse::EMPTY_HEADER; 32];
-        let mut resp = httparse::Response::new(&mut headers);
-        if let Ok(httparse::Status::Complete(head_len)) = resp.parse(buf) {
-            let find = |n: &str| {
-                resp.headers
-                    .iter()
-                    .find(|h| h.name.eq_ignore_ascii_case(n))
-                    .map(|h| String::from_utf8_lossy(h.value).into_owned())
-            };
-            let len: usize = find("content-length")
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(0);
-            let upstream = find("x-upstream").and_then(|v| v.parse().ok());
-            let close =
-                find("connection").is_some_and(|v| v.to_ascii_lowercase().contains("close"));
-            let status = resp.code.unwrap_or(0);
-            if buf.len() >= head_len + len {
-                let body = String::from_utf8_lossy(&buf[head_len..head_len + len]).into_owned();
-                buf.drain(..head_len + len);
-                if upstream.is_some() && body != id {
-                    return Err(format!("CROSSED: the response to {id} carries {body:?}"));
-                }
-                return Ok((status, upstream, body, close));
-            }
-        }
-        match s.read(&mut chunk).await {
-            Ok(0) => return Err(format!("EOF after {} response bytes", buf.len())),
-            Ok(n) => buf.extend_from_slice(&chunk[..n]),
-            Err(e) => return Err(format!("read: {e}")),
-        }
+        .map_err(|e| e.to_string())?;
+    if r.upstream.is_some() && r.body != id {
+        return Err(peers::http::crossed(id, &r.body));
     }
+    Ok((r.status, r.upstream, r.body, r.close))
 }

@@ -19,12 +19,15 @@ use std::time::Duration;
 
 use sluice_core::config::Config;
 use sluice_core::rng::Rng;
-use sluice_runtime::stats::StatsSnapshot;
+use sluice_runtime::stats::{StatsSnapshot, WorkerStats};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use turmoil::net::{TcpListener, TcpStream};
 
 use crate::RunReport;
-use crate::topology::{SIDECAR, add_observer, add_sidecar, elapsed, hosts_yaml, new_sim};
+use crate::topology::{
+    SIDECAR, add_observer, add_sidecar, add_upstreams, elapsed, hosts_yaml, new_sim, report,
+    run_to_end,
+};
 use crate::trace::Trace;
 
 const UPSTREAMS: [&str; 3] = ["up1", "up2", "up3"];
@@ -118,13 +121,7 @@ pub fn run(scenario: TcpScenario, seed: u64) -> RunReport {
 
     let mut sim = new_sim(seed, Duration::from_millis(20));
 
-    for (i, name) in UPSTREAMS.iter().enumerate() {
-        let (world, trace) = (world.clone(), trace.clone());
-        sim.host(*name, move || {
-            let (world, trace) = (world.clone(), trace.clone());
-            async move { echo_upstream(i, world, trace).await }
-        });
-    }
+    add_upstreams(&mut sim, &UPSTREAMS, &world, &trace, echo_upstream);
 
     let sidecar = add_sidecar(&mut sim, seed, LISTEN_PORT, &UPSTREAMS, sidecar_config);
 
@@ -145,6 +142,7 @@ pub fn run(scenario: TcpScenario, seed: u64) -> RunReport {
             move || world.borrow().clients_done == CLIENTS,
             settle,
             sidecar,
+            WorkerStats::snapshot,
         )
     };
 
@@ -152,7 +150,7 @@ pub fn run(scenario: TcpScenario, seed: u64) -> RunReport {
     faults.sort_by_key(|f| f.0);
     let mut next_fault = 0;
     let mut fault_times: Vec<(Duration, Fault)> = Vec::new();
-    loop {
+    run_to_end(&mut sim, &mut violations, |sim, _| {
         while next_fault < faults.len() && sim.elapsed() >= faults[next_fault].0 {
             let (_, fault) = faults[next_fault];
             let at = sim.elapsed();
@@ -166,17 +164,7 @@ pub fn run(scenario: TcpScenario, seed: u64) -> RunReport {
             fault_times.push((at, fault));
             next_fault += 1;
         }
-        match sim.step() {
-            Ok(true) => break,
-            Ok(false) => {}
-            Err(e) => {
-                violations.push(format!(
-                    "simulation error (a host failed or a client hung): {e}"
-                ));
-                break;
-            }
-        }
-    }
+    });
     drop(sim);
 
     let w = world.borrow();
@@ -193,16 +181,7 @@ pub fn run(scenario: TcpScenario, seed: u64) -> RunReport {
         w.connections.len(),
         w.connections.len() - ok
     );
-    if !violations.is_empty() && std::env::var_os("SLUICE_SIM_TRACE").is_some() {
-        eprintln!("trace of seed {seed}:\n{}", trace.dump());
-    }
-    RunReport {
-        seed,
-        digest: trace.digest(),
-        events: trace.len(),
-        violations,
-        summary,
-    }
+    report(seed, &trace, violations, summary)
 }
 
 fn check(

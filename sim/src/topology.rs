@@ -1,5 +1,6 @@
-//! The parts every scenario's world shares: a seeded simulation, the sidecar host running the
-//! real engine, and an observer that reads the sidecar's counters once the clients are done.
+//! The parts every scenario's world shares: a seeded simulation, the upstream hosts, the sidecar
+//! host running the real engine, an observer that reads the sidecar's counters once the clients
+//! are done, the loop that steps the simulation under a fault schedule, and the run's report.
 
 use std::cell::RefCell;
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
@@ -10,8 +11,11 @@ use std::time::Duration;
 use sluice_core::config::Config;
 use sluice_runtime::engine::Engine;
 use sluice_runtime::net::TurmoilNet;
-use sluice_runtime::stats::{DetailedSnapshot, StatsSnapshot, WorkerStats};
+use sluice_runtime::stats::WorkerStats;
 use turmoil::net::TcpListener;
+
+use crate::RunReport;
+use crate::trace::Trace;
 
 /// The sidecar's host name.
 pub const SIDECAR: &str = "sidecar";
@@ -84,13 +88,15 @@ pub fn add_sidecar<'a>(
 }
 
 /// Adds a client that waits until `done()` holds, then `settle` more (so idle sessions are
-/// reaped), then snapshots the sidecar's counters.
-pub fn add_observer<'a>(
+/// reaped), then reads the sidecar's counters with `read` (e.g. [`WorkerStats::snapshot`], or
+/// [`WorkerStats::detailed`] for every counter per listener, cluster and host).
+pub fn add_observer<'a, T: 'static>(
     sim: &mut turmoil::Sim<'a>,
     done: impl Fn() -> bool + 'static,
     settle: Duration,
     stats: StatsSlot,
-) -> Rc<RefCell<Option<StatsSnapshot>>> {
+    read: fn(&WorkerStats) -> T,
+) -> Rc<RefCell<Option<T>>> {
     let result = Rc::new(RefCell::new(None));
     let out = result.clone();
     sim.client("observer", async move {
@@ -98,30 +104,98 @@ pub fn add_observer<'a>(
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         tokio::time::sleep(settle).await;
-        let snapshot = stats.borrow().as_ref().map(|s| s.snapshot());
+        let snapshot = stats.borrow().as_deref().map(read);
         *out.borrow_mut() = snapshot;
         Ok(())
     });
     result
 }
 
-/// Like [`add_observer`], with every counter (per listener, cluster and host).
-pub fn add_detailed_observer<'a>(
+/// Adds one host per name in `upstreams`, each running `serve(index, world, trace)` (again
+/// after a bounce).
+pub fn add_upstreams<'a, W, F, Fut>(
     sim: &mut turmoil::Sim<'a>,
-    done: impl Fn() -> bool + 'static,
-    settle: Duration,
-    stats: StatsSlot,
-) -> Rc<RefCell<Option<DetailedSnapshot>>> {
-    let result = Rc::new(RefCell::new(None));
-    let out = result.clone();
-    sim.client("observer", async move {
-        while !done() {
-            tokio::time::sleep(Duration::from_millis(50)).await;
+    upstreams: &[&str],
+    world: &W,
+    trace: &Trace,
+    serve: F,
+) where
+    W: Clone + 'static,
+    F: Fn(usize, W, Trace) -> Fut + Copy + 'static,
+    Fut: Future<Output = turmoil::Result> + 'static,
+{
+    for (i, name) in upstreams.iter().enumerate() {
+        let (world, trace) = (world.clone(), trace.clone());
+        sim.host(*name, move || serve(i, world.clone(), trace.clone()));
+    }
+}
+
+/// Steps the simulation until every client is done, calling `before_step` (the fault schedule)
+/// before each step; a simulation error (a host failed or a client hung) is a violation.
+pub fn run_to_end<'a>(
+    sim: &mut turmoil::Sim<'a>,
+    violations: &mut Vec<String>,
+    mut before_step: impl FnMut(&mut turmoil::Sim<'a>, Duration),
+) {
+    loop {
+        let now = sim.elapsed();
+        before_step(sim, now);
+        match sim.step() {
+            Ok(true) => break,
+            Ok(false) => {}
+            Err(e) => {
+                violations.push(format!(
+                    "simulation error (a host failed or a client hung): {e}"
+                ));
+                break;
+            }
         }
-        tokio::time::sleep(settle).await;
-        let snapshot = stats.borrow().as_ref().map(|s| s.detailed());
-        *out.borrow_mut() = snapshot;
-        Ok(())
-    });
-    result
+    }
+}
+
+/// The report of a finished run; the trace is printed when the run failed and
+/// `SLUICE_SIM_TRACE` is set.
+#[must_use]
+pub fn report(seed: u64, trace: &Trace, violations: Vec<String>, summary: String) -> RunReport {
+    if !violations.is_empty() && std::env::var_os("SLUICE_SIM_TRACE").is_some() {
+        eprintln!("trace of seed {seed}:\n{}", trace.dump());
+    }
+    RunReport {
+        seed,
+        digest: trace.digest(),
+        events: trace.len(),
+        violations,
+        summary,
+    }
+}
+
+/// The fault schedule of a scenario with one faulty upstream, for [`run_to_end`]: at `at`,
+/// `victim` crashes, or, when `repair_at` is given, is partitioned from the sidecar until then.
+pub fn crash_or_partition<'a>(
+    trace: &Trace,
+    victim: &'static str,
+    at: Duration,
+    repair_at: Option<Duration>,
+) -> impl FnMut(&mut turmoil::Sim<'a>, Duration) {
+    let trace = trace.clone();
+    let (mut faulted, mut healed) = (false, false);
+    move |sim, now| {
+        if !faulted && now >= at {
+            if repair_at.is_some() {
+                sim.partition(SIDECAR, victim);
+            } else {
+                sim.crash(victim);
+            }
+            trace.record(now, "SIM", format!("fault on {victim}"));
+            faulted = true;
+        }
+        if let Some(repair_at) = repair_at
+            && !healed
+            && now >= repair_at
+        {
+            sim.repair(SIDECAR, victim);
+            trace.record(now, "SIM", format!("repair {victim}"));
+            healed = true;
+        }
+    }
 }

@@ -72,7 +72,8 @@ use turmoil::net::{TcpListener, TcpStream};
 
 use crate::RunReport;
 use crate::bolt::wire;
-use crate::topology::{SIDECAR, elapsed, hosts_yaml, new_sim};
+use crate::peers;
+use crate::topology::{SIDECAR, add_upstreams, elapsed, hosts_yaml, new_sim, report, run_to_end};
 use crate::trace::Trace;
 
 const UPSTREAMS: [&str; 3] = ["up1", "up2", "up3"];
@@ -368,13 +369,7 @@ pub fn run(scenario: UpgradeScenario, seed: u64) -> RunReport {
     trace.record(Duration::ZERO, "SIM", format_args!("{plan:?}"));
 
     let mut sim = new_sim(seed, MAX_LATENCY);
-    for (i, name) in UPSTREAMS.iter().enumerate() {
-        let (world, trace) = (world.clone(), trace.clone());
-        sim.host(*name, move || {
-            let (world, trace) = (world.clone(), trace.clone());
-            async move { upstream(i, world, trace).await }
-        });
-    }
+    add_upstreams(&mut sim, &UPSTREAMS, &world, &trace, upstream);
     {
         let (world, trace, plan) = (world.clone(), trace.clone(), plan.clone());
         sim.host(SIDECAR, move || {
@@ -432,8 +427,7 @@ pub fn run(scenario: UpgradeScenario, seed: u64) -> RunReport {
 
     let mut violations = Vec::new();
     let mut faulted = false;
-    loop {
-        let now = sim.elapsed();
+    run_to_end(&mut sim, &mut violations, |sim, now| {
         if !faulted && now >= plan.fault_at {
             let victim = UPSTREAMS[plan.victim];
             if plan.partition {
@@ -451,17 +445,7 @@ pub fn run(scenario: UpgradeScenario, seed: u64) -> RunReport {
             );
             faulted = true;
         }
-        match sim.step() {
-            Ok(true) => break,
-            Ok(false) => {}
-            Err(e) => {
-                violations.push(format!(
-                    "simulation error (a host failed or a client hung): {e}"
-                ));
-                break;
-            }
-        }
-    }
+    });
     let end = sim.elapsed();
     drop(sim);
 
@@ -486,16 +470,7 @@ pub fn run(scenario: UpgradeScenario, seed: u64) -> RunReport {
             .collect::<Vec<_>>()
             .join(" → ")
     );
-    if !violations.is_empty() && std::env::var_os("SLUICE_SIM_TRACE").is_some() {
-        eprintln!("trace of seed {seed}:\n{}", trace.dump());
-    }
-    RunReport {
-        seed,
-        digest: trace.digest(),
-        events: trace.len(),
-        violations,
-        summary,
-    }
+    report(seed, &trace, violations, summary)
 }
 
 fn check(
@@ -1076,18 +1051,19 @@ async fn upstream(index: usize, world: Shared, trace: Trace) -> turmoil::Result 
     let http = TcpListener::bind(SocketAddr::new(any, UP_HTTP_PORT)).await?;
     let bolt = TcpListener::bind(SocketAddr::new(any, UP_BOLT_PORT)).await?;
     trace.record(elapsed(), UPSTREAMS[index], "listening");
-    tokio::task::spawn_local(bolt_upstream(index, bolt, world, trace));
+    tokio::task::spawn_local(peers::bolt::serve(
+        bolt,
+        Rc::new(BoltUpstream {
+            index,
+            world,
+            trace,
+        }),
+        MAX_WORK_MS,
+    ));
     loop {
         let (stream, _) = http.accept().await?;
         tokio::task::spawn_local(http_upstream_conn(stream));
     }
-}
-
-fn work(content: &[u8], max: u64) -> Duration {
-    let h = content
-        .iter()
-        .fold(7u64, |h, b| h.wrapping_mul(31).wrapping_add(u64::from(*b)));
-    Duration::from_millis(h % max)
 }
 
 async fn http_upstream_conn(mut stream: TcpStream) {
@@ -1112,7 +1088,7 @@ async fn http_upstream_conn(mut stream: TcpStream) {
             }
         };
         buf.drain(..total);
-        tokio::time::sleep(work(id.as_bytes(), 100)).await;
+        tokio::time::sleep(peers::work(id.as_bytes(), 100)).await;
         let resp = format!(
             "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{id}",
             id.len()
@@ -1123,96 +1099,35 @@ async fn http_upstream_conn(mut stream: TcpStream) {
     }
 }
 
-async fn bolt_upstream(
+/// A Bolt echo upstream.
+struct BoltUpstream {
     index: usize,
-    listener: TcpListener,
     world: Shared,
     trace: Trace,
-) -> turmoil::Result {
-    let name = UPSTREAMS[index];
-    loop {
-        let (stream, _) = listener.accept().await?;
-        let (world, trace) = (world.clone(), trace.clone());
-        let (mut rd, mut wr) = stream.into_split();
-        let (tx, mut rx) = mpsc::unbounded_channel::<Vec<u8>>();
-        tokio::task::spawn_local(async move {
-            while let Some(bytes) = rx.recv().await {
-                if wr.write_all(&bytes).await.is_err() {
-                    return;
-                }
-            }
-        });
-        tokio::task::spawn_local(async move {
-            let mut buf = Vec::with_capacity(4096);
-            let mut chunk = [0u8; 4096];
-            loop {
-                let frame = match wire::decode(&buf) {
-                    Ok(Some(f)) => f,
-                    Ok(None) => match rd.read(&mut chunk).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => {
-                            buf.extend_from_slice(&chunk[..n]);
-                            continue;
-                        }
-                    },
-                    Err(e) => {
-                        world
-                            .borrow_mut()
-                            .violations
-                            .push(format!("{name} received an undecodable frame: {e}"));
-                        return;
-                    }
-                };
-                buf.drain(..frame.len);
-                match (frame.kind, frame.cmd) {
-                    (1, 0) => {
-                        let mut out = Vec::new();
-                        wire::response(
-                            &mut out,
-                            frame.version,
-                            0,
-                            frame.id,
-                            frame.codec,
-                            0,
-                            "",
-                            b"",
-                        );
-                        let _ = tx.send(out);
-                    }
-                    (1, 1) => {
-                        let content = String::from_utf8_lossy(&frame.content).into_owned();
-                        trace.record(elapsed(), name, format_args!("got {content}"));
-                        world
-                            .borrow_mut()
-                            .bolt_received
-                            .entry(content.clone())
-                            .or_default()
-                            .push(index);
-                        let tx = tx.clone();
-                        tokio::task::spawn_local(async move {
-                            tokio::time::sleep(work(content.as_bytes(), MAX_WORK_MS)).await;
-                            let mut out = Vec::new();
-                            let body = format!("{content}@{name}");
-                            wire::response(
-                                &mut out,
-                                frame.version,
-                                2,
-                                frame.id,
-                                frame.codec,
-                                0,
-                                "java.lang.String",
-                                body.as_bytes(),
-                            );
-                            let _ = tx.send(out);
-                        });
-                    }
-                    other => world
-                        .borrow_mut()
-                        .violations
-                        .push(format!("{name} received an unexpected frame {other:?}")),
-                }
-            }
-        });
+}
+
+impl peers::bolt::Upstream for BoltUpstream {
+    fn name(&self) -> &'static str {
+        UPSTREAMS[self.index]
+    }
+
+    fn oneway(&self) -> bool {
+        false
+    }
+
+    fn violation(&self, what: String) {
+        self.world.borrow_mut().violations.push(what);
+    }
+
+    fn received(&self, _: &wire::Frame, content: &str) {
+        self.trace
+            .record(elapsed(), self.name(), format_args!("got {content}"));
+        self.world
+            .borrow_mut()
+            .bolt_received
+            .entry(content.to_owned())
+            .or_default()
+            .push(self.index);
     }
 }
 
@@ -1317,45 +1232,13 @@ async fn exchange(
     request: &[u8],
     id: &str,
 ) -> Result<(u16, bool), String> {
-    s.write_all(request)
+    peers::http::exchange::<4096>(s, buf, request)
         .await
-        .map_err(|e| format!("write: {e}"))?;
-    let mut chunk = [0u8; 4096];
-    loop {
-        let mut headers = [httparse::EMPTY_HEADER; 32];
-        let mut resp = httparse::Response::new(&mut headers);
-        if let Ok(httparse::Status::Complete(head_len)) = resp.parse(buf) {
-            let find = |n: &str| {
-                resp.headers
-                    .iter()
-                    .find(|h| h.name.eq_ignore_ascii_case(n))
-                    .map(|h| String::from_utf8_lossy(h.value).to_ascii_lowercase())
-            };
-            let len: usize = find("content-length")
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(0);
-            let close = find("connection").is_some_and(|v| v.contains("close"));
-            let status = resp.code.unwrap_or(0);
-            if buf.len() >= head_len + len {
-                let body = String::from_utf8_lossy(&buf[head_len..head_len + len]).into_owned();
-                buf.drain(..head_len + len);
-                if (200..300).contains(&status) && body != id {
-                    return Err(format!("CROSSED: the response to {id} carries {body:?}"));
-                }
-                return Ok((status, !close));
-            }
-        }
-        match s.read(&mut chunk).await {
-            Ok(0) => {
-                return Err(format!(
-                    "EOF after {} response bytes: written and never answered",
-                    buf.len()
-                ));
-            }
-            Ok(n) => buf.extend_from_slice(&chunk[..n]),
-            Err(e) => return Err(format!("read: {e}")),
-        }
-    }
+        .map_err(|e| match e {
+            peers::http::Failure::Eof(_) => format!("{e}: written and never answered"),
+            e => e.to_string(),
+        })?
+        .answering(id)
 }
 
 struct BoltPending {
@@ -1514,20 +1397,13 @@ async fn read_answers(
     trace: Trace,
 ) {
     let mut buf = Vec::with_capacity(4096);
-    let mut chunk = [0u8; 4096];
     loop {
-        let frame = match wire::decode(&buf) {
+        let frame = match peers::bolt::next_frame(&mut rd, &mut buf).await {
             Ok(Some(f)) => f,
-            Ok(None) => match rd.read(&mut chunk).await {
-                Ok(0) | Err(_) => {
-                    closed.borrow_mut().get_or_insert(elapsed());
-                    return;
-                }
-                Ok(n) => {
-                    buf.extend_from_slice(&chunk[..n]);
-                    continue;
-                }
-            },
+            Ok(None) => {
+                closed.borrow_mut().get_or_insert(elapsed());
+                return;
+            }
             Err(e) => {
                 world
                     .borrow_mut()
@@ -1537,7 +1413,6 @@ async fn read_answers(
                 return;
             }
         };
-        buf.drain(..frame.len);
         let end = elapsed();
         let body = String::from_utf8_lossy(&frame.content).into_owned();
         trace.record(
