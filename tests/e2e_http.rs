@@ -11,15 +11,6 @@ use std::time::{Duration, Instant};
 
 use support::*;
 
-fn python() -> String {
-    let venv = repo().join("target/test-venv/bin/python");
-    if venv.exists() {
-        venv.to_string_lossy().into_owned()
-    } else {
-        "python3".to_owned()
-    }
-}
-
 /// A Python upstream on `port` logging complete requests to `<dir>/<name>.requests`.
 fn start_upstream(dir: &TempDir, name: &str, port: u16) -> (Proc, PathBuf) {
     let log = dir.path().join(format!("{name}.requests"));

@@ -18,35 +18,6 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 use support::*;
 
-fn python() -> String {
-    let venv = repo().join("target/test-venv/bin/python");
-    if venv.exists() {
-        venv.to_string_lossy().into_owned()
-    } else {
-        "python3".to_owned()
-    }
-}
-
-/// A Python upstream (tests/http_upstream.py) on `port`, answering JSON naming `name`.
-fn start_py_upstream(dir: &TempDir, name: &str, port: u16) -> Proc {
-    require("python3");
-    let log = dir.path().join(format!("{name}.requests"));
-    let script = repo().join("tests/http_upstream.py");
-    let mut p = spawn(
-        dir,
-        name,
-        &python(),
-        &[
-            script.to_str().unwrap(),
-            &port.to_string(),
-            log.to_str().unwrap(),
-            name,
-        ],
-    );
-    wait_listening(addr(port), &mut p);
-    p
-}
-
 /// One `GET path` on a fresh connection (`Connection: close`): (status, body). Status 0 when
 /// the connection failed or the answer was not HTTP.
 fn get_once(port: u16, path: &str) -> (u16, String) {

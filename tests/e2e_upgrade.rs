@@ -311,3 +311,60 @@ drain_timeout: 60s
     assert_eq!(v["ok"], 200, "{v}");
     assert!(second.child.try_wait().unwrap().is_none());
 }
+
+/// The new instance starts with the old one's health verdicts: a host the old instance knows to
+/// be down is not tried while the new instance's own (slow) probes are still running. Without
+/// them every host would start unknown — panic mode, balancing over the dead host too.
+#[test]
+fn an_upgraded_instance_keeps_the_health_verdicts() {
+    let dir = TempDir::new("upgrade-health");
+    let (alive, dead, listen, admin) = (free_port(), free_port(), free_port(), free_port());
+    let _up = start_py_upstream(&dir, "alive", alive);
+    // The probe of the live host takes 2.5 s (/sleep/2500); the dead host fails at once.
+    let yaml = format!(
+        r#"
+admin: {{ address: 127.0.0.1:{admin} }}
+listeners:
+  - name: web
+    address: 127.0.0.1:{listen}
+    http:
+      virtual_hosts:
+        - name: all
+          domains: ["*"]
+          routes:
+            - match: {{ prefix: / }}
+              route: {{ cluster: app }}
+clusters:
+  - name: app
+    health_check:
+      http: {{ path: /sleep/2500 }}
+      interval: 30s
+      timeout: 10s
+      unhealthy_threshold: 1
+      healthy_threshold: 1
+      no_traffic_interval: 30s
+    hosts: [ {{ address: 127.0.0.1:{alive} }}, {{ address: 127.0.0.1:{dead} }} ]
+"#
+    );
+    let path = dir.write("sluice.yaml", &yaml);
+    let control = dir.path().join("control.sock");
+    let mut first = sluice(&dir, "sluice-1", &path, &control, false);
+    wait_log(&mut first, "sluice ready", Duration::from_secs(20));
+    let end = Instant::now() + Duration::from_secs(15);
+    loop {
+        let (_, stats) = http_request(addr(admin), "GET", "/stats?filter=health_check.success");
+        if stats.contains("cluster.app.health_check.success: 1") {
+            break;
+        }
+        assert!(Instant::now() < end, "the live host never passed: {stats}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let mut second = sluice(&dir, "sluice-2", &path, &control, true);
+    wait_log(&mut second, "sluice ready", Duration::from_secs(20));
+    // Within the new instance's first 2.5 s its own probe of the live host is still running.
+    let statuses: Vec<u16> = (0..20)
+        .map(|_| http_request(addr(listen), "GET", "/status/200").0)
+        .collect();
+    assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
+    assert!(wait_exit(&mut first, Duration::from_secs(15)).success());
+}

@@ -21,7 +21,7 @@
 //! | direction | message | descriptors |
 //! |---|---|---|
 //! | new → old | `{"v":1,"type":"upgrade","pid":P}` | |
-//! | old → new | `{"v":1,"type":"offer","workers":W,"listeners":[{"address":"A","fds":K},...],"admin":"A"\|null}` | every listener's K sockets in order, then the admin socket |
+//! | old → new | `{"v":1,"type":"offer","workers":W,"listeners":[{"address":"A","fds":K},...],"admin":"A"\|null,"health":[{"cluster":C,"host":A,"healthy":B},...]}` | every listener's K sockets in order, then the admin socket |
 //! | old → new | `{"v":1,"type":"refused","reason":"..."}` (then closes) | |
 //! | new → old | `{"v":1,"type":"serving"}` | |
 //! | old → new | `{"v":1,"type":"draining"}` (the acknowledgement) | |
@@ -167,6 +167,9 @@ pub struct HandoverOffer {
     pub listeners: Vec<(SocketAddr, Vec<OwnedFd>)>,
     /// The admin listener, if any.
     pub admin: Option<(SocketAddr, OwnedFd)>,
+    /// The active health checks' verdicts: (cluster, host address, healthy), so that the new
+    /// instance does not start with every checked host unknown.
+    pub health: Vec<(String, SocketAddr, bool)>,
 }
 
 /// The running instance's control socket.
@@ -480,6 +483,11 @@ impl Shared {
             "workers": offer.workers,
             "listeners": listeners,
             "admin": offer.admin.as_ref().map(|(a, _)| a.to_string()),
+            "health": offer
+                .health
+                .iter()
+                .map(|(c, h, ok)| json!({"cluster": c, "host": h.to_string(), "healthy": ok}))
+                .collect::<Vec<_>>(),
         });
         send_json(stream, &header, &fds)?;
         info!(
@@ -580,6 +588,8 @@ pub struct Inherited {
     pub listeners: Vec<(SocketAddr, Vec<std::net::TcpListener>)>,
     /// The admin listener, if the old instance had one.
     pub admin: Option<(SocketAddr, std::net::TcpListener)>,
+    /// The old instance's health verdicts (see [`HandoverOffer::health`]).
+    pub health: Vec<(String, SocketAddr, bool)>,
 }
 
 /// A handover in progress on the new instance's side: it holds the inherited sockets.
@@ -751,10 +761,27 @@ fn parse_offer(v: &Value, fds: Vec<OwnedFd>) -> Result<Inherited, String> {
     if fds.next().is_some() {
         return Err("offer: more sockets than announced".into());
     }
+    // Optional (an older instance sends none): verdicts that do not parse are skipped.
+    let health = v
+        .get("health")
+        .and_then(Value::as_array)
+        .map(|list| {
+            list.iter()
+                .filter_map(|h| {
+                    Some((
+                        h.get("cluster")?.as_str()?.to_owned(),
+                        h.get("host")?.as_str()?.parse().ok()?,
+                        h.get("healthy")?.as_bool()?,
+                    ))
+                })
+                .collect()
+        })
+        .unwrap_or_default();
     Ok(Inherited {
         workers,
         listeners,
         admin,
+        health,
     })
 }
 
@@ -941,6 +968,7 @@ mod tests {
             .serve(
                 move || {
                     Ok(HandoverOffer {
+                        health: Vec::new(),
                         workers: 2,
                         listeners: sockets
                             .iter()

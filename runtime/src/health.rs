@@ -123,6 +123,37 @@ impl SharedHealth {
         }
     }
 
+    /// Takes the verdicts a previous instance handed over at an upgrade (cluster name, host
+    /// address, healthy), for checked clusters and hosts this config has too.
+    pub fn seed(&self, config: &Config, verdicts: &[(String, std::net::SocketAddr, bool)]) {
+        for (cluster, host, healthy) in verdicts {
+            let Some(ci) = config.clusters.iter().position(|c| &c.name == cluster) else {
+                continue;
+            };
+            if !self.clusters[ci].checked {
+                continue;
+            }
+            if let Some(hi) = config.clusters[ci].hosts.iter().position(|h| h.address == *host) {
+                self.clusters[ci].healthy[hi].store(*healthy, Relaxed);
+            }
+        }
+    }
+
+    /// The verdicts of checked clusters, to hand over at an upgrade (see [`SharedHealth::seed`]).
+    #[must_use]
+    pub fn verdicts(&self, config: &Config) -> Vec<(String, std::net::SocketAddr, bool)> {
+        let mut out = Vec::new();
+        for (ci, c) in config.clusters.iter().enumerate() {
+            if !self.clusters[ci].checked {
+                continue;
+            }
+            for (hi, h) in c.hosts.iter().enumerate() {
+                out.push((c.name.clone(), h.address, self.clusters[ci].healthy[hi].load(Relaxed)));
+            }
+        }
+        out
+    }
+
     /// Whether the cluster is actively health checked.
     #[must_use]
     pub fn is_checked(&self, cluster: usize) -> bool {

@@ -175,6 +175,10 @@ pub fn run(config: Config, options: ServerOptions) -> io::Result<()> {
             u.inherited.admin.take(),
         )
     });
+    let inherited_health = upgrade
+        .as_mut()
+        .map(|u| std::mem::take(&mut u.inherited.health))
+        .unwrap_or_default();
 
     // The admin socket first: its address in use stops startup like a listener's.
     let admin_socket = match &config.admin {
@@ -263,6 +267,12 @@ pub fn run(config: Config, options: ServerOptions) -> io::Result<()> {
     let mut handles = Vec::with_capacity(workers);
     let mut commands = Vec::with_capacity(workers);
     let mut shared_health = Arc::new(crate::health::SharedHealth::new(&config));
+    // After an upgrade, the previous instance's verdicts: no dead host is tried in the meantime.
+    shared_health.seed(&config, &inherited_health);
+    handover
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .health = Some((shared_health.clone(), config.clone()));
     for (worker, mine) in sockets.into_iter().enumerate() {
         let (command_tx, command_rx) = tokio::sync::mpsc::unbounded_channel::<WorkerCommand>();
         commands.push(command_tx);
@@ -460,6 +470,10 @@ pub fn run(config: Config, options: ServerOptions) -> io::Result<()> {
                         config = next.config;
                         all_stats = next.stats;
                         shared_health = next.shared_health;
+                        handover
+                            .lock()
+                            .unwrap_or_else(std::sync::PoisonError::into_inner)
+                            .health = Some((shared_health.clone(), config.clone()));
                         admin.replace(config.clone(), all_stats.clone());
                         shared
                             .reloads_ok
@@ -660,6 +674,8 @@ pub(crate) struct HandoverSockets {
     workers: usize,
     listeners: Vec<(std::net::SocketAddr, Vec<std::os::fd::OwnedFd>)>,
     admin: Option<(std::net::SocketAddr, std::os::fd::OwnedFd)>,
+    /// The health verdicts to hand over, with the config they are shaped like.
+    health: Option<(Arc<crate::health::SharedHealth>, Arc<Config>)>,
 }
 
 impl HandoverSockets {
@@ -676,6 +692,7 @@ impl HandoverSockets {
             workers: sockets.len(),
             listeners,
             admin: None,
+            health: None,
         })
     }
 
@@ -709,6 +726,7 @@ impl HandoverSockets {
             workers: self.workers,
             listeners,
             admin,
+            health: self.health.clone(),
         })
     }
 
@@ -732,6 +750,11 @@ impl HandoverSockets {
             workers: self.workers,
             listeners,
             admin,
+            health: self
+                .health
+                .as_ref()
+                .map(|(h, c)| h.verdicts(c))
+                .unwrap_or_default(),
         })
     }
 }

@@ -364,3 +364,33 @@ pub fn http_request(to: SocketAddr, method: &str, path: &str) -> (u16, String) {
         .unwrap_or_default();
     (status, body)
 }
+
+/// The Python of the test venv (`tests/run.sh` makes it), else `python3`.
+pub fn python() -> String {
+    let venv = repo().join("target/test-venv/bin/python");
+    if venv.exists() {
+        venv.to_string_lossy().into_owned()
+    } else {
+        "python3".to_owned()
+    }
+}
+
+/// A Python upstream (tests/http_upstream.py) on `port`, answering JSON naming `name`.
+pub fn start_py_upstream(dir: &TempDir, name: &str, port: u16) -> Proc {
+    require("python3");
+    let log = dir.path().join(format!("{name}.requests"));
+    let script = repo().join("tests/http_upstream.py");
+    let mut p = spawn(
+        dir,
+        name,
+        &python(),
+        &[
+            script.to_str().unwrap(),
+            &port.to_string(),
+            log.to_str().unwrap(),
+            name,
+        ],
+    );
+    wait_listening(addr(port), &mut p);
+    p
+}
