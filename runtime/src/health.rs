@@ -133,7 +133,11 @@ impl SharedHealth {
             if !self.clusters[ci].checked {
                 continue;
             }
-            if let Some(hi) = config.clusters[ci].hosts.iter().position(|h| h.address == *host) {
+            if let Some(hi) = config.clusters[ci]
+                .hosts
+                .iter()
+                .position(|h| h.address == *host)
+            {
                 self.clusters[ci].healthy[hi].store(*healthy, Relaxed);
             }
         }
@@ -148,7 +152,11 @@ impl SharedHealth {
                 continue;
             }
             for (hi, h) in c.hosts.iter().enumerate() {
-                out.push((c.name.clone(), h.address, self.clusters[ci].healthy[hi].load(Relaxed)));
+                out.push((
+                    c.name.clone(),
+                    h.address,
+                    self.clusters[ci].healthy[hi].load(Relaxed),
+                ));
             }
         }
         out
