@@ -17,7 +17,7 @@
 use std::hint::black_box;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use std::time::Instant;
+use sluice_core::Instant;
 
 use sluice_core::bolt::{
     Action, BoltProxy, BoltRouter, CMD_REQUEST, CMD_VERSION, CODEC_HESSIAN2,
@@ -203,7 +203,7 @@ fn proxy_bench(c: &mut Criterion) {
         .map(ClusterState::from_config)
         .collect();
     let mut rng = Rng::from_seed(1);
-    let now = Instant::now();
+    let now = Instant::ORIGIN;
     let down = proxy.open_downstream(0, "127.0.0.1:40000".parse().ok());
     let mut g = c.benchmark_group("bolt_proxy");
     g.throughput(Throughput::Elements(1));

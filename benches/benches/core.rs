@@ -11,7 +11,9 @@
 //! no IO, no clock reads inside the measured loop, a seeded RNG.
 
 use std::hint::black_box;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use sluice_core::Instant;
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use sluice_core::cluster::{ClusterState, HostId};
@@ -189,7 +191,7 @@ fn tcp_session(c: &mut Criterion) {
         idle_timeout: Some(Duration::from_secs(3600)),
         max_connect_attempts: 3,
     };
-    let t0 = Instant::now();
+    let t0 = Instant::ORIGIN;
     let mut cluster = cluster(LbPolicy::RoundRobin, 3);
     let mut rng = Rng::from_seed(1);
     assert_eq!(

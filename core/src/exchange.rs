@@ -44,7 +44,9 @@
 //! - the cluster's `active` for a host is held from `handle_connected` to the end of that try.
 
 use std::net::SocketAddr;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use crate::time::Instant;
 
 use crate::cluster::{ClusterState, HostId};
 use crate::config::http::RetryPolicy;

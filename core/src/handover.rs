@@ -56,7 +56,9 @@
 //! sends `Serving` just before its own deadline is still heard.
 
 use std::collections::VecDeque;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use crate::time::Instant;
 
 /// Identifies one control connection on the old instance's side (assigned by the driver).
 pub type ConnId = u64;

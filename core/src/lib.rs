@@ -36,5 +36,7 @@ pub mod router;
 pub mod tcp_proxy;
 #[cfg(test)]
 mod test_support;
+pub mod time;
 
-pub use std::time::{Duration, Instant};
+pub use std::time::Duration;
+pub use time::Instant;

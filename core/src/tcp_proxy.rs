@@ -34,7 +34,9 @@
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use crate::time::Instant;
 
 use crate::cluster::{ClusterState, HostId};
 use crate::rng::Rng;

@@ -21,8 +21,9 @@ use libfuzzer_sys::fuzz_target;
 
 mod model {
     #![allow(dead_code)]
+    use sluice_core::Instant;
     use std::collections::BTreeMap;
-    use std::time::{Duration, Instant};
+    use std::time::Duration;
 
     use sluice_core::bolt::{
         Action, BoltProxy, CMD_HEARTBEAT, CMD_REQUEST, CMD_VERSION, CODEC_HESSIAN2,
@@ -121,7 +122,7 @@ static CONFIG: std::sync::OnceLock<sluice_core::config::Config> = std::sync::Onc
 
 fuzz_target!(|input: Input| {
     let config = CONFIG.get_or_init(model::Model::config);
-    let mut m = model::Model::with_config(input.seed, std::time::Instant::now(), config);
+    let mut m = model::Model::with_config(input.seed, sluice_core::Instant::ORIGIN, config);
     for e in input.events.into_iter().take(512) {
         m.step(e.into());
     }

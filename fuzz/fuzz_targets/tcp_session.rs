@@ -10,7 +10,9 @@
 //! - every cluster host's `active` is zero after `release`.
 #![no_main]
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use sluice_core::Instant;
 
 use arbitrary::Arbitrary;
 use libfuzzer_sys::fuzz_target;
@@ -116,7 +118,7 @@ fuzz_target!(|input: Input| {
         max_connect_attempts: attempts,
     };
     let mut rng = Rng::from_seed(input.seed);
-    let t0 = Instant::now();
+    let t0 = Instant::ORIGIN;
     let mut now = t0;
 
     let mut s = TcpSession::new(now, config);

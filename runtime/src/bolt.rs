@@ -26,7 +26,9 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::atomic::Ordering::Relaxed;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use sluice_core::Instant;
 
 use sluice_core::bolt::{
     self, Action, BoltProxy, DownstreamId, DownstreamVerdict, ResponseStatus, UpstreamId,
@@ -554,7 +556,7 @@ impl<N: Network> Engine<N> {
             bw.armed.set(next);
             let sleep_until = next.map_or_else(
                 || tokio::time::Instant::now() + Duration::from_secs(3600),
-                tokio::time::Instant::from_std,
+                crate::to_tokio,
             );
             tokio::select! {
                 () = tokio::time::sleep_until(sleep_until) => {

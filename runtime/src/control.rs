@@ -45,7 +45,7 @@ use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::{Value, json};
 use sluice_core::handover::{NewAction, NewFailure, NewInstance, NewPhase, OldAction, OldInstance};
@@ -365,7 +365,7 @@ impl Shared {
         }
         let pid = request.get("pid").and_then(Value::as_u64);
         info!(conn, ?pid, "upgrade requested");
-        let mut actions = self.input(|m| m.handle_upgrade_request(Instant::now(), conn));
+        let mut actions = self.input(|m| m.handle_upgrade_request(crate::now(), conn));
         loop {
             for action in std::mem::take(&mut actions) {
                 match action {
@@ -373,7 +373,7 @@ impl Shared {
                         debug_assert_eq!(c, conn);
                         if let Err(e) = self.send_offer(&stream) {
                             warn!(conn, error = %e, "upgrade: could not send the sockets");
-                            actions.extend(self.input(|m| m.handle_closed(Instant::now(), conn)));
+                            actions.extend(self.input(|m| m.handle_closed(crate::now(), conn)));
                         }
                     }
                     OldAction::Refuse { reason, .. } => {
@@ -427,7 +427,7 @@ impl Shared {
             let Some(deadline) = deadline else {
                 return;
             };
-            let now = Instant::now();
+            let now = crate::now();
             if now >= deadline {
                 actions = self.input(|m| m.handle_timeout(now));
                 continue;
@@ -435,16 +435,16 @@ impl Shared {
             let _ = stream.set_read_timeout(Some((deadline - now).max(Duration::from_millis(1))));
             actions = match recv_json(&stream) {
                 Ok((v, _)) if check_message(&v, "serving").is_ok() => {
-                    self.input(|m| m.handle_serving(Instant::now(), conn))
+                    self.input(|m| m.handle_serving(crate::now(), conn))
                 }
                 Ok((v, _)) => {
                     warn!(conn, message = %v, "upgrade: unexpected message");
-                    self.input(|m| m.handle_closed(Instant::now(), conn))
+                    self.input(|m| m.handle_closed(crate::now(), conn))
                 }
-                Err(e) if is_timeout(&e) => self.input(|m| m.handle_timeout(Instant::now())),
+                Err(e) if is_timeout(&e) => self.input(|m| m.handle_timeout(crate::now())),
                 Err(e) => {
                     debug!(conn, error = %e, "upgrade: control connection closed");
-                    self.input(|m| m.handle_closed(Instant::now(), conn))
+                    self.input(|m| m.handle_closed(crate::now(), conn))
                 }
             };
         }
@@ -643,7 +643,7 @@ pub fn request_upgrade(path: &Path, timeout: Duration) -> Result<Upgrade, Contro
         Err(e) => return Err(at(path, e)),
     };
     stream.set_write_timeout(Some(timeout))?;
-    let mut machine = NewInstance::new(Instant::now(), timeout);
+    let mut machine = NewInstance::new(crate::now(), timeout);
     loop {
         while let Some(action) = machine.poll_action() {
             match action {
@@ -655,7 +655,7 @@ pub fn request_upgrade(path: &Path, timeout: Duration) -> Result<Upgrade, Contro
                     });
                     if let Err(e) = send_json(&stream, &request, &[]) {
                         debug!(error = %e, "upgrade: cannot send the request");
-                        machine.handle_closed(Instant::now());
+                        machine.handle_closed(crate::now());
                     }
                 }
                 NewAction::Fail(f) => return Err(failure(path, f)),
@@ -664,7 +664,7 @@ pub fn request_upgrade(path: &Path, timeout: Duration) -> Result<Upgrade, Contro
                 }
             }
         }
-        let now = Instant::now();
+        let now = crate::now();
         let Some(deadline) = machine.poll_timeout() else {
             return Err(ControlError::Protocol("handover ended unexpectedly".into()));
         };
@@ -681,13 +681,13 @@ pub fn request_upgrade(path: &Path, timeout: Duration) -> Result<Upgrade, Contro
                         .and_then(Value::as_str)
                         .unwrap_or("no reason given")
                         .to_owned();
-                    machine.handle_refused(Instant::now(), reason);
+                    machine.handle_refused(crate::now(), reason);
                 }
                 _ => {
                     check_message(&v, "offer").map_err(ControlError::Protocol)?;
-                    machine.handle_offer(Instant::now());
+                    machine.handle_offer(crate::now());
                     let inherited = parse_offer(&v, fds).map_err(ControlError::Protocol)?;
-                    machine.handle_fds(Instant::now());
+                    machine.handle_fds(crate::now());
                     match machine.poll_action() {
                         Some(NewAction::StartServing) => {}
                         other => {
@@ -710,10 +710,10 @@ pub fn request_upgrade(path: &Path, timeout: Duration) -> Result<Upgrade, Contro
                     });
                 }
             },
-            Err(e) if is_timeout(&e) => machine.handle_timeout(Instant::now()),
+            Err(e) if is_timeout(&e) => machine.handle_timeout(crate::now()),
             Err(e) => {
                 debug!(error = %e, "upgrade: control connection closed");
-                machine.handle_closed(Instant::now());
+                machine.handle_closed(crate::now());
             }
         }
     }
@@ -805,7 +805,7 @@ impl Upgrade {
         mut self,
         timeout: Duration,
     ) -> Result<Option<Migrations>, ControlError> {
-        let now = Instant::now();
+        let now = crate::now();
         if self.machine.poll_timeout().is_some_and(|d| now >= d) {
             self.machine.handle_timeout(now);
         } else {
@@ -824,7 +824,7 @@ impl Upgrade {
                             &[],
                         ) {
                             debug!(error = %e, "upgrade: cannot send serving");
-                            self.machine.handle_closed(Instant::now());
+                            self.machine.handle_closed(crate::now());
                         }
                     }
                     NewAction::Finished { acknowledged: true } => {
@@ -847,7 +847,7 @@ impl Upgrade {
                     NewAction::SendRequest | NewAction::StartServing => {}
                 }
             }
-            let now = Instant::now();
+            let now = crate::now();
             let Some(deadline) = self.machine.poll_timeout() else {
                 return Ok(None);
             };
@@ -859,14 +859,14 @@ impl Upgrade {
                 .set_read_timeout(Some((deadline - now).max(Duration::from_millis(1))))?;
             match recv_json(&self.stream) {
                 Ok((v, _)) if check_message(&v, "draining").is_ok() => {
-                    self.machine.handle_ack(Instant::now());
+                    self.machine.handle_ack(crate::now());
                 }
                 Ok((v, _)) => {
                     warn!(message = %v, "upgrade: unexpected message");
-                    self.machine.handle_closed(Instant::now());
+                    self.machine.handle_closed(crate::now());
                 }
-                Err(e) if is_timeout(&e) => self.machine.handle_timeout(Instant::now()),
-                Err(_) => self.machine.handle_closed(Instant::now()),
+                Err(e) if is_timeout(&e) => self.machine.handle_timeout(crate::now()),
+                Err(_) => self.machine.handle_closed(crate::now()),
             }
         }
     }
@@ -925,6 +925,7 @@ mod tests {
     use std::sync::mpsc;
 
     use super::*;
+    use std::time::Instant;
 
     const T: Duration = Duration::from_millis(500);
 

@@ -493,7 +493,7 @@ impl<N: Network> Engine<N> {
                     if let Some(c) = cstats {
                         bump(&c.upstream_cx_total, 1);
                     }
-                    let deadline = session.poll_timeout().map(tokio::time::Instant::from_std);
+                    let deadline = session.poll_timeout().map(crate::to_tokio);
                     let attempt = self.net.connect(address);
                     let result = match deadline {
                         Some(d) => tokio::time::timeout_at(d, attempt).await,

@@ -429,7 +429,7 @@ impl<N: Network> Engine<N> {
             }
             let deadline = checker.poll_timeout().map_or_else(
                 || tokio::time::Instant::now() + Duration::from_secs(3600),
-                tokio::time::Instant::from_std,
+                crate::to_tokio,
             );
             let quiet = !self.shared_health.has_traffic(ci);
             tokio::select! {

@@ -276,8 +276,8 @@ fn far_future() -> TokioInstant {
     TokioInstant::now() + Duration::from_secs(86_400 * 365)
 }
 
-fn deadline_of(at: Option<std::time::Instant>) -> TokioInstant {
-    at.map_or_else(far_future, TokioInstant::from_std)
+fn deadline_of(at: Option<sluice_core::Instant>) -> TokioInstant {
+    at.map_or_else(far_future, crate::to_tokio)
 }
 
 fn local_body(flag: ResponseFlag) -> &'static [u8] {

@@ -30,12 +30,29 @@ pub mod relay;
 pub mod server;
 pub mod stats;
 
+/// The origin of the core's [`sluice_core::Instant`]s: a point a minute before the first
+/// reading (so that no tokio clock of this process — real, or virtual under turmoil, which
+/// starts at its runtime's creation — reads earlier).
+static ORIGIN: std::sync::LazyLock<tokio::time::Instant> = std::sync::LazyLock::new(|| {
+    let now = tokio::time::Instant::now();
+    now.checked_sub(std::time::Duration::from_secs(60))
+        .unwrap_or(now)
+});
+
 /// The current instant on the runtime's clock (tokio's clock: real time under the real
-/// runtime, virtual time under turmoil). This is the only place the runtime reads a clock for
-/// the core.
+/// runtime, virtual time under turmoil), as the core counts time. This is the only place the
+/// runtime reads a clock for the core.
 #[must_use]
-pub fn now() -> std::time::Instant {
-    tokio::time::Instant::now().into_std()
+pub fn now() -> sluice_core::Instant {
+    sluice_core::Instant::from_origin(
+        tokio::time::Instant::now().saturating_duration_since(*ORIGIN),
+    )
+}
+
+/// A core instant (a deadline from `poll_timeout`) on tokio's clock, to sleep until it.
+#[must_use]
+pub fn to_tokio(at: sluice_core::Instant) -> tokio::time::Instant {
+    *ORIGIN + at.since_origin()
 }
 
 /// The version string printed by `sluice --version` and the admin API.

@@ -9,7 +9,9 @@
 use std::cell::RefCell;
 use std::pin::Pin;
 use std::task::{Context, Poll, Waker};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use sluice_core::Instant;
 
 use tokio::io::{AsyncRead, ReadBuf};
 

@@ -141,10 +141,7 @@ where
     let mut d2u = Pipe::new(b1, Side::Downstream);
     let mut u2d = Pipe::new(b2, Side::Upstream);
     let far_future = tokio::time::Instant::now() + std::time::Duration::from_secs(86_400 * 365);
-    let deadline = |s: &TcpSession| {
-        s.poll_timeout()
-            .map_or(far_future, tokio::time::Instant::from_std)
-    };
+    let deadline = |s: &TcpSession| s.poll_timeout().map_or(far_future, crate::to_tokio);
     let mut sleep: Pin<&mut Sleep> = pin!(tokio::time::sleep_until(deadline(session)));
     let mut drain_expired = pin!(drain_expired);
 

@@ -751,9 +751,9 @@ async fn sidecar(seed: u64, plan: Plan, world: Shared, trace: Trace) -> turmoil:
     Ok(())
 }
 
-async fn sleep_opt(deadline: Option<std::time::Instant>) {
+async fn sleep_opt(deadline: Option<sluice_core::Instant>) {
     match deadline {
-        Some(d) => tokio::time::sleep_until(tokio::time::Instant::from_std(d)).await,
+        Some(d) => tokio::time::sleep_until(sluice_runtime::to_tokio(d)).await,
         None => std::future::pending().await,
     }
 }

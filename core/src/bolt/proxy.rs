@@ -97,7 +97,9 @@
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::net::{IpAddr, SocketAddr};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use crate::time::Instant;
 
 use super::router::BoltRouter;
 use super::{CMD_HEARTBEAT, Frame, Kind, PROTOCOL_V1, PROTOCOL_V2, ResponseStatus, Version};

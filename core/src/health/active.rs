@@ -45,7 +45,9 @@
 //! - `probes issued − probes settled = outstanding probes`.
 
 use std::collections::VecDeque;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use crate::time::Instant;
 
 use crate::cluster::HostId;
 use crate::rng::Rng;

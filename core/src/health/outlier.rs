@@ -44,7 +44,9 @@
 //! - `ejected_count` equals the number of hosts with an ejection deadline.
 
 use std::collections::VecDeque;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use crate::time::Instant;
 
 use crate::cluster::HostId;
 

@@ -2,7 +2,9 @@ use super::*;
 use crate::rng::Rng;
 use crate::test_support::{self, epoch};
 use proptest::prelude::*;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use crate::time::Instant;
 
 const S: Duration = Duration::from_secs(1);
 const MS: Duration = Duration::from_millis(1);

@@ -1,5 +1,7 @@
 use std::collections::BTreeMap;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use crate::time::Instant;
 
 use proptest::prelude::*;
 
@@ -17,7 +19,9 @@ use crate::test_support::epoch;
 mod model {
     #![allow(dead_code)]
     use std::collections::BTreeMap;
-    use std::time::{Duration, Instant};
+    use std::time::Duration;
+
+    use crate::time::Instant;
 
     use crate::bolt::{
         Action, BoltProxy, CMD_HEARTBEAT, CMD_REQUEST, CMD_VERSION, CODEC_HESSIAN2,
