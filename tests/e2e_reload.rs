@@ -9,28 +9,8 @@ use std::time::{Duration, Instant};
 
 use support::*;
 
-fn config(listen: u16, admin: u16, upstream: u16, body_route: &str, extra: &str) -> String {
-    format!(
-        r#"
-admin: {{ address: 127.0.0.1:{admin} }}
-listeners:
-  - name: web
-    address: 127.0.0.1:{listen}
-    http:
-      virtual_hosts:
-        - name: all
-          domains: ["*"]
-          routes:
-            - match: {{ prefix: /version }}
-              direct_response: {{ status: 200, body: "{body_route}" }}
-            - match: {{ prefix: / }}
-              route: {{ cluster: app }}
-{extra}clusters:
-  - name: app
-    hosts: [ {{ address: 127.0.0.1:{upstream} }} ]
-drain_timeout: 5s
-"#
-    )
+fn config(listen: u16, admin: u16, upstream: u16, version: &str, extra: &str) -> String {
+    versioned_http_config(listen, admin, upstream, version, extra, "5s")
 }
 
 #[test]

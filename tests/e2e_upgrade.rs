@@ -11,27 +11,7 @@ use std::time::{Duration, Instant};
 use support::*;
 
 fn config(listen: u16, admin: u16, upstream: u16, version: &str, extra: &str) -> String {
-    format!(
-        r#"
-admin: {{ address: 127.0.0.1:{admin} }}
-listeners:
-  - name: web
-    address: 127.0.0.1:{listen}
-    http:
-      virtual_hosts:
-        - name: all
-          domains: ["*"]
-          routes:
-            - match: {{ prefix: /version }}
-              direct_response: {{ status: 200, body: "{version}" }}
-            - match: {{ prefix: / }}
-              route: {{ cluster: app }}
-{extra}clusters:
-  - name: app
-    hosts: [ {{ address: 127.0.0.1:{upstream} }} ]
-drain_timeout: 10s
-"#
-    )
+    versioned_http_config(listen, admin, upstream, version, extra, "10s")
 }
 
 /// Starts `sluice run` on the config file at `path` with the control socket `control`.

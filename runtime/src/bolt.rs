@@ -193,8 +193,8 @@ impl<N: Network> Engine<N> {
         let mut touched: Vec<Rc<Outbox>> = Vec::new();
         loop {
             // Every complete frame in the buffer.
-            self.refresh_bolt_availability();
             let now = now();
+            self.refresh_bolt_availability(now);
             while !close {
                 let decoded = bolt::decode(&buf[start..end], max_frame);
                 match decoded {
@@ -579,9 +579,9 @@ impl<N: Network> Engine<N> {
     /// silently stopped delivering (a partition that drops packets, a stateful firewall) would
     /// otherwise be reused once the host passes its checks again — on fresh connections — and
     /// every request sent on it would time out. Its requests in flight are answered status 16.
-    fn refresh_bolt_availability(&self) {
+    fn refresh_bolt_availability(&self, now: Instant) {
         for ci in 0..self.clusters.len() {
-            self.refresh_availability(ci);
+            self.refresh_availability_at(ci, now);
         }
         let bw = self.bolt();
         let seen = self.shared_health.generation_sum();

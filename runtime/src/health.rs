@@ -251,9 +251,13 @@ impl<N: Network> Engine<N> {
     /// Brings cluster `ci`'s availability up to date before a pick: cheap when nothing changed
     /// (one relaxed load, two compares).
     pub(crate) fn refresh_availability(&self, ci: usize) {
+        self.refresh_availability_at(ci, now());
+    }
+
+    /// [`Engine::refresh_availability`] with the time already read.
+    pub(crate) fn refresh_availability_at(&self, ci: usize, now: sluice_core::Instant) {
         let mut wh = self.health[ci].borrow_mut();
         let generation = self.shared_health.generation(ci);
-        let now = now();
         let mut expired = false;
         if let Some(o) = wh.outlier.as_mut()
             && o.poll_timeout().is_some_and(|t| t <= now)

@@ -394,3 +394,37 @@ pub fn start_py_upstream(dir: &TempDir, name: &str, port: u16) -> Proc {
     wait_listening(addr(port), &mut p);
     p
 }
+
+/// An HTTP listener on `listen` whose `/version` answers `version` and whose other paths go to
+/// the one host `upstream`, plus the `extra` listeners (YAML list items) and `drain_timeout`;
+/// the admin API on `admin`. For the reload and upgrade tests, which switch it under load.
+pub fn versioned_http_config(
+    listen: u16,
+    admin: u16,
+    upstream: u16,
+    version: &str,
+    extra: &str,
+    drain_timeout: &str,
+) -> String {
+    format!(
+        r#"
+admin: {{ address: 127.0.0.1:{admin} }}
+listeners:
+  - name: web
+    address: 127.0.0.1:{listen}
+    http:
+      virtual_hosts:
+        - name: all
+          domains: ["*"]
+          routes:
+            - match: {{ prefix: /version }}
+              direct_response: {{ status: 200, body: "{version}" }}
+            - match: {{ prefix: / }}
+              route: {{ cluster: app }}
+{extra}clusters:
+  - name: app
+    hosts: [ {{ address: 127.0.0.1:{upstream} }} ]
+drain_timeout: {drain_timeout}
+"#
+    )
+}
