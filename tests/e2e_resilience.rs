@@ -213,22 +213,19 @@ fn wrk_requests(text: &str) -> u64 {
         .unwrap_or_else(|| panic!("no request count in wrk output:\n{text}"))
 }
 
-#[test]
-fn killing_an_upstream_under_load_fails_no_request() {
+/// Kills one of three nginx upstreams under `wrk -c{connections}` with the *default* circuit
+/// breakers (the retry budget) and the retry policy a user writes: no request may fail.
+fn kill_under_load_with_defaults(connections: u32) {
     require("wrk");
-    let dir = TempDir::new("res-kill");
+    let dir = TempDir::new(&format!("res-kill-{connections}"));
     let (a, b, c) = (free_port(), free_port(), free_port());
     let (listen, admin) = (free_port(), free_port());
     let _na = start_nginx(&dir, "up-a", a, "up-a");
     let _nb = start_nginx(&dir, "up-b", b, "up-b");
     let mut nc = start_nginx(&dir, "up-c", c, "up-c");
-    // no_traffic_interval = interval: the cadence must not wait for traffic (a separate test).
-    // circuit_breakers.max_retries: the default (3 retries in flight per cluster, split 2 + 1
-    // over the two workers) is smaller than the burst of retries a killed host causes with 16
-    // connections (every request in flight on it, and every connect before it is ejected), and
-    // a retry over the budget answers the client 502 UF: this test is about retries hiding the
-    // failure, so it gives them room.
-    let cluster = "    lb_policy: least_request
+    // No circuit_breakers block: the defaults are the product. (no_traffic_interval =
+    // interval: the cadence must not wait for traffic, which is a separate test.)
+    let cluster = "    lb_policy: round_robin
     health_check:
       http: { path: /health }
       interval: 200ms
@@ -236,11 +233,9 @@ fn killing_an_upstream_under_load_fails_no_request() {
       unhealthy_threshold: 2
       healthy_threshold: 1
       no_traffic_interval: 200ms
-    outlier_detection: { consecutive_connect_failure: 2, base_ejection_time: 30s, max_ejection_percent: 50 }
-    circuit_breakers: { max_retries: 64 }
 ";
     let route =
-        "                retry_policy: { retry_on: [connect-failure, reset], num_retries: 3 }
+        "                retry_policy: { retry_on: [connect-failure, reset, 5xx], num_retries: 2 }
 ";
     let s = start(
         &dir,
@@ -254,10 +249,11 @@ fn killing_an_upstream_under_load_fails_no_request() {
     }
 
     let url = format!("http://127.0.0.1:{listen}/");
+    let conns = format!("-c{connections}");
     let wrk = std::thread::spawn(move || {
         run(
             "wrk",
-            &["-t2", "-c16", "-d6s", "--latency", "--timeout", "5s", &url],
+            &["-t2", &conns, "-d6s", "--latency", "--timeout", "5s", &url],
         )
     });
     std::thread::sleep(Duration::from_secs(2));
@@ -310,6 +306,106 @@ fn killing_an_upstream_under_load_fails_no_request() {
         "the kill caused no retry, so the test did not exercise failover:\n{stats}"
     );
     assert_eq!(stat(admin, "cluster.app.upstream_rq_retry_overflow"), 0);
+}
+
+#[test]
+fn killing_an_upstream_under_16_connections_fails_no_request_with_defaults() {
+    kill_under_load_with_defaults(16);
+}
+
+#[test]
+fn killing_an_upstream_under_64_connections_fails_no_request_with_defaults() {
+    kill_under_load_with_defaults(64);
+}
+
+/// The other side of the budget: when every answer is a retriable 503 (a real overload), the
+/// default budget sheds retries — they add at most 20 % of the requests (plus the floor of
+/// 10/s per worker over its 10 s window) instead of the policy's 2 retries per request.
+#[test]
+fn an_overloaded_cluster_sheds_retries_with_the_default_budget() {
+    require("wrk");
+    let dir = TempDir::new("res-overload");
+    let (a, b) = (free_port(), free_port());
+    let (listen, admin) = (free_port(), free_port());
+    let hits = |name: &str| dir.path().join(format!("{name}-hits.log"));
+    let overloaded = |name: &str| {
+        format!(
+            "location / {{ access_log {}; return 503 \"busy\"; }}",
+            hits(name).display()
+        )
+    };
+    let _na = start_nginx_with(&dir, "up-a", a, &overloaded("up-a"));
+    let _nb = start_nginx_with(&dir, "up-b", b, &overloaded("up-b"));
+    let route = "                retry_policy: { retry_on: [5xx], num_retries: 2 }
+";
+    let s = start(
+        &dir,
+        &config(&dir, listen, admin, &[a, b], "", route),
+        2,
+        listen,
+        admin,
+    );
+    // A path of this test's own: the tries are counted from the upstreams' logs, and another
+    // test running at the same time may be given a port of ours once it freed it.
+    let path = format!("/budget-{listen}");
+    let url = format!("http://127.0.0.1:{listen}{path}");
+    // 4 s: inside one budget window, so the floor counts once per worker.
+    let out = run("wrk", &["-t2", "-c16", "-d4s", "--timeout", "5s", &url]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "wrk failed: {text}");
+    // Each upstream logs every request it answers: the tries counted from outside. Requests
+    // that wrk left in flight may still be backing off to retry, and nginx writes its log line
+    // after the response: wait until the counts settle.
+    let tries = || {
+        ["up-a", "up-b"]
+            .iter()
+            .map(|n| {
+                std::fs::read_to_string(hits(n)).map_or(0, |t| {
+                    t.lines()
+                        .filter(|l| l.contains(&format!("GET {path} ")))
+                        .count() as u64
+                })
+            })
+            .sum::<u64>()
+    };
+    let counts = || {
+        (
+            stat(admin, "listener.http_in.http.rq_total"),
+            stat(admin, "cluster.app.upstream_rq_retry"),
+            stat(admin, "cluster.app.upstream_rq_retry_overflow"),
+        )
+    };
+    let settled = Instant::now();
+    let (mut requests, mut retries, mut shed) = counts();
+    while tries() != requests + retries && settled.elapsed() < Duration::from_secs(5) {
+        std::thread::sleep(Duration::from_millis(100));
+        (requests, retries, shed) = counts();
+    }
+    eprintln!(
+        "wrk:\n{text}\n{requests} requests, {retries} retries, {shed} requests whose retry was \
+         shed\nsluice log:\n{}",
+        s.log_text()
+    );
+    assert!(requests > 2000, "too little load to judge: {requests}");
+    assert_eq!(
+        tries(),
+        requests + retries,
+        "the upstreams saw every request once plus every retry"
+    );
+    // Without the budget every request would be tried 3 times (3 × requests upstream).
+    assert!(
+        retries <= requests / 5 + 2 * 100,
+        "{retries} retries for {requests} requests: over 20 % plus the floor (2 workers × 10/s × 10 s)"
+    );
+    // A request whose retry was refused counts once in `shed`; one retried twice used 2.
+    assert!(
+        shed + retries / 2 >= requests,
+        "every request either had both its retries or was shed: {shed} shed, {retries} retries"
+    );
+    assert!(
+        shed > requests / 2,
+        "most requests were shed: {shed} of {requests}"
+    );
 }
 
 #[test]
@@ -570,6 +666,8 @@ fn the_resilience_example_config_validates() {
         "circuit_breakers:",
         "max_pending_requests:",
         "max_retries:",
+        "retry_budget:",
+        "budget_percent:",
         "panic_threshold:",
         "retry_policy:",
         "per_try_timeout:",

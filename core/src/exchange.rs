@@ -31,9 +31,12 @@
 //!   connection for EOF before using it, which avoids most of these races for every method.)
 //! - Retries go to a host not tried yet when one is available, after a jittered exponential
 //!   backoff: uniform in `[0, min(250ms, 25ms × 2^n)]` from the injected RNG.
-//! - A retry needs a unit of the cluster's `max_retries` circuit breaker, held from the first
-//!   retry until the exchange ends; when none is left the retry is not made (the failure or the
+//! - A retry needs the cluster's leave ([`CircuitBreakers::try_retry`]): by default every retry
+//!   spends from the worker's retry budget; with a fixed `max_retries` a unit is held from the
+//!   first retry until the exchange ends. When refused the retry is not made (the failure or the
 //!   5xx answers the request) and [`Exchange::retry_overflowed`] says so.
+//!
+//! [`CircuitBreakers::try_retry`]: crate::health::CircuitBreakers::try_retry
 //! - With a `ring_hash` / `maglev` cluster, every try picks by the request's hash
 //!   ([`ExchangeConfig::hash`]); a retry walks on from the hash point past tried hosts.
 //!
@@ -50,7 +53,7 @@ use crate::time::Instant;
 
 use crate::cluster::{ClusterState, HostId};
 use crate::config::http::RetryPolicy;
-use crate::health::{Permit, Resource};
+use crate::health::Permit;
 use crate::rng::Rng;
 
 /// First backoff interval before jitter (Envoy's default).
@@ -262,6 +265,7 @@ impl Exchange {
     /// Picks the first host.
     pub fn start(&mut self, now: Instant, cluster: &mut ClusterState, rng: &mut Rng) {
         debug_assert_eq!(self.state, State::Idle);
+        cluster.breakers_mut().record_request(now);
         self.begin_try(now, cluster, rng);
     }
 
@@ -491,8 +495,8 @@ impl Exchange {
         self.tries
     }
 
-    /// Whether a retry was not made because the cluster's `max_retries` breaker was at its
-    /// limit.
+    /// Whether a retry was not made because the cluster's retry budget was spent (or its
+    /// `max_retries` breaker was at its limit).
     #[must_use]
     pub fn retry_overflowed(&self) -> bool {
         self.retry_overflowed
@@ -514,14 +518,13 @@ impl Exchange {
     /// Schedules a retry after a backoff; false (and nothing changes) when the `max_retries`
     /// breaker is at its limit.
     fn schedule_retry(&mut self, now: Instant, cluster: &mut ClusterState, rng: &mut Rng) -> bool {
-        if self.retry_permit.is_none() {
-            match cluster.breakers_mut().try_acquire(Resource::Retries) {
-                Ok(p) => self.retry_permit = Some(p),
-                Err(_) => {
-                    self.retry_overflowed = true;
-                    return false;
-                }
-            }
+        if cluster
+            .breakers_mut()
+            .try_retry(now, &mut self.retry_permit)
+            .is_err()
+        {
+            self.retry_overflowed = true;
+            return false;
         }
         self.retries_used += 1;
         let ceiling = BACKOFF_BASE

@@ -1039,7 +1039,7 @@ pub fn prometheus(shared: &AdminShared, s: &DetailedSnapshot) -> String {
         ),
         (
             "sluice_upstream_rq_retry_overflow_total",
-            "Retries not made because of the max_retries circuit breaker.",
+            "Retries not made because the retry budget was spent (or the max_retries circuit breaker was at its limit).",
             |c| c.upstream_rq_retry_overflow,
         ),
         (

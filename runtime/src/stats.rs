@@ -170,7 +170,7 @@ pub struct ClusterStats {
     pub upstream_rq_pending_overflow: AtomicU64,
     /// Requests refused by the `max_requests` circuit breaker.
     pub upstream_rq_overflow: AtomicU64,
-    /// Retries not made because of the `max_retries` circuit breaker.
+    /// Retries not made because the retry budget was spent (or the `max_retries` circuit breaker was at its limit).
     pub upstream_rq_retry_overflow: AtomicU64,
     /// Active health-check probes started.
     pub health_check_attempt: AtomicU64,

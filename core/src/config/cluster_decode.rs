@@ -8,7 +8,9 @@ use serde_json::Value;
 
 use super::decode::{Decoder, Obj};
 use super::{HashPolicy, HealthCheckConfig, HealthProbe, MAX_RING_SIZE};
-use crate::health::{CircuitBreakerSettings, HealthCheckSettings, OutlierSettings};
+use crate::health::{
+    CircuitBreakerSettings, HealthCheckSettings, OutlierSettings, RetryBudgetSettings,
+};
 
 /// A percentage: `10%`, `10` or `12.5%` is rejected (whole numbers only), 0 to 100.
 pub(super) fn percent(dec: &mut Decoder, path: &str, v: &Value) -> Option<u32> {
@@ -343,7 +345,9 @@ pub(super) fn outlier_detection(
     })
 }
 
-/// `circuit_breakers: { max_connections, max_pending_requests, max_requests, max_retries }`.
+/// `circuit_breakers: { max_connections, max_pending_requests, max_requests, max_retries,
+/// retry_budget }`. Retries are capped by the retry budget unless `max_retries` is given (both
+/// at once is an error: only one of them can decide).
 pub(super) fn circuit_breakers(
     dec: &mut Decoder,
     path: &str,
@@ -361,12 +365,64 @@ pub(super) fn circuit_breakers(
         0..=MAX,
     );
     let requests = opt_u32(dec, &mut obj, "max_requests", d.max_requests, 0..=MAX);
-    let retries = opt_u32(dec, &mut obj, "max_retries", d.max_retries, 0..=MAX);
+    let fixed = obj.opt("max_retries");
+    let budget = obj.opt("retry_budget");
+    let (retries, retry_budget) = match (fixed, budget) {
+        (Some((_, fp)), Some((_, bp))) => {
+            dec.error(
+                &bp,
+                format!(
+                    "cannot be combined with {fp}: retries are capped either by the budget \
+                     (the default) or by a fixed max_retries"
+                ),
+            );
+            (None, None)
+        }
+        (Some((v, p)), None) => (dec.u64_in(&p, v, 0..=MAX).map(|n| n as u32), Some(None)),
+        (None, Some((v, p))) => (Some(d.max_retries), retry_budget(dec, &p, v).map(Some)),
+        (None, None) => (Some(d.max_retries), Some(d.retry_budget)),
+    };
     obj.finish(dec);
     Some(CircuitBreakerSettings {
         max_connections: conns?,
         max_pending_requests: pending?,
         max_requests: requests?,
         max_retries: retries?,
+        retry_budget: retry_budget?,
+    })
+}
+
+/// `retry_budget: { budget_percent, min_retries_per_second, window }`.
+fn retry_budget(dec: &mut Decoder, path: &str, v: &Value) -> Option<RetryBudgetSettings> {
+    let mut obj = dec.object(path, v)?;
+    let d = RetryBudgetSettings::default();
+    let pct = opt_u32(dec, &mut obj, "budget_percent", d.budget_percent, 0..=1000);
+    let floor = opt_u32(
+        dec,
+        &mut obj,
+        "min_retries_per_second",
+        d.min_retries_per_second,
+        0..=1_000_000,
+    );
+    let window = opt_with(dec, &mut obj, "window", d.window, |dec, p, v| {
+        let w = dec.duration(p, v)?;
+        let max = RetryBudgetSettings::MAX_WINDOW_SECS;
+        if w.subsec_nanos() != 0 || !(1..=max).contains(&w.as_secs()) {
+            dec.error(
+                p,
+                format!(
+                    "must be a whole number of seconds from 1s to {max}s, not {}",
+                    super::format_duration(w)
+                ),
+            );
+            return None;
+        }
+        Some(w)
+    });
+    obj.finish(dec);
+    Some(RetryBudgetSettings {
+        budget_percent: pct?,
+        min_retries_per_second: floor?,
+        window: window?,
     })
 }

@@ -1,4 +1,5 @@
 use super::*;
+use crate::health::RetryBudgetSettings;
 
 const GOOD: &str = r#"
 admin: { address: 127.0.0.1:9901 }
@@ -289,6 +290,7 @@ fn parses_the_resilience_knobs_of_issue_5() {
             max_pending_requests: 50,
             max_requests: 200,
             max_retries: 3,
+            retry_budget: None,
         }
     );
     assert_eq!(app.panic_threshold_percent, 40);
@@ -371,4 +373,91 @@ clusters:
             "missing {e:?} in {errs:#?}"
         );
     }
+}
+
+#[test]
+fn retry_budget_is_the_default_and_max_retries_selects_the_fixed_cap() {
+    let config = |breakers: &str| {
+        format!(
+            r#"
+listeners:
+  - {{ name: l, address: 127.0.0.1:10001, tcp_proxy: {{ cluster: app }} }}
+clusters:
+  - name: app
+    {breakers}
+    hosts: [ {{ address: 127.0.0.1:7001 }} ]
+"#
+        )
+    };
+    let parsed = |text: String| Config::from_yaml(&text).unwrap().clusters[0].circuit_breakers;
+    let default = parsed(config(""));
+    assert_eq!(default.retry_budget, Some(RetryBudgetSettings::default()));
+    assert_eq!(
+        RetryBudgetSettings::default(),
+        RetryBudgetSettings {
+            budget_percent: 20,
+            min_retries_per_second: 10,
+            window: Duration::from_secs(10),
+        }
+    );
+    assert_eq!(
+        parsed(config("circuit_breakers: { max_requests: 9 }")).retry_budget,
+        Some(RetryBudgetSettings::default()),
+        "setting another breaker keeps the budget"
+    );
+    let fixed = parsed(config("circuit_breakers: { max_retries: 5 }"));
+    assert_eq!((fixed.max_retries, fixed.retry_budget), (5, None));
+    let tuned = parsed(config(
+        "circuit_breakers: { retry_budget: { budget_percent: 50, min_retries_per_second: 0, window: 30s } }",
+    ));
+    assert_eq!(
+        tuned.retry_budget,
+        Some(RetryBudgetSettings {
+            budget_percent: 50,
+            min_retries_per_second: 0,
+            window: Duration::from_secs(30),
+        })
+    );
+    let partial = parsed(config("circuit_breakers: { retry_budget: { window: 5s } }"));
+    assert_eq!(
+        partial.retry_budget,
+        Some(RetryBudgetSettings {
+            window: Duration::from_secs(5),
+            ..RetryBudgetSettings::default()
+        })
+    );
+
+    let errs = errors(&config(
+        "circuit_breakers: { max_retries: 3, retry_budget: {} }",
+    ));
+    assert_eq!(
+        errs,
+        [
+            "clusters[0].circuit_breakers.retry_budget: cannot be combined with \
+          clusters[0].circuit_breakers.max_retries: retries are capped either by the budget \
+          (the default) or by a fixed max_retries"
+        ]
+    );
+    let errs = errors(&config(
+        "circuit_breakers: { retry_budget: { budget_percent: 1001, window: 1500ms, min_retry_concurrency: 3 } }",
+    ));
+    for e in [
+        "clusters[0].circuit_breakers.retry_budget.budget_percent: 1001 is not a whole number from 0 to 1000",
+        "clusters[0].circuit_breakers.retry_budget.window: must be a whole number of seconds from 1s to 60s, not 1500ms",
+        "clusters[0].circuit_breakers.retry_budget.min_retry_concurrency: unknown field",
+    ] {
+        assert!(
+            errs.iter().any(|got| got.starts_with(e)),
+            "missing {e:?} in {errs:#?}"
+        );
+    }
+    let errs = errors(&config(
+        "circuit_breakers: { retry_budget: { window: 61s } }",
+    ));
+    assert_eq!(
+        errs,
+        [
+            "clusters[0].circuit_breakers.retry_budget.window: must be a whole number of seconds from 1s to 60s, not 61s"
+        ]
+    );
 }

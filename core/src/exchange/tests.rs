@@ -360,6 +360,7 @@ fn max_retries_breaker_caps_concurrent_retries() {
             .collect(),
         circuit_breakers: CircuitBreakerSettings {
             max_retries: 1,
+            retry_budget: None,
             ..CircuitBreakerSettings::default()
         },
         ..ClusterConfig::default()

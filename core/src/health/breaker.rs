@@ -15,10 +15,29 @@
 //! another still has room (with `SO_REUSEPORT` spreading connections evenly this is rare, and a
 //! limit smaller than the worker count leaves some workers at 0 for that resource).
 //!
+//! ## Retries: a budget by default, or a fixed cap
+//!
+//! A fixed `max_retries` split across workers leaves each worker one or two concurrent retries,
+//! so a host crash that fails several in-flight requests at once turns retries that the policy
+//! allows into errors. The default is therefore a **retry budget** ([`RetryBudgetSettings`]),
+//! kept whole by every worker (not split): retries made in the last `window` may add up to
+//! `budget_percent` of the requests started in that window, plus a floor of
+//! `min_retries_per_second × window` so that a quiet cluster can still retry. This is the token
+//! budget of Finagle and linkerd2-proxy (20 %, 10/s, 10 s): it absorbs the burst of a crash (a
+//! few dozen retries against a window of thousands of requests) while a cluster that fails
+//! everything gets at most `budget_percent` extra load — Envoy's concurrency-based
+//! `retry_budget` (a share of *active* requests) cannot tell those apart, because a crash fails
+//! a third of the active requests at the same instant. An explicit `max_retries` in the config
+//! selects the old fixed cap (concurrent retrying requests, split across workers).
+//!
 //! ## Invariants (checked in debug builds)
 //!
 //! - `in_use(r) ≤ limit(r)` for every resource;
 //! - `in_use(r)` equals acquisitions minus releases (never underflows).
+
+use std::time::Duration;
+
+use crate::time::Instant;
 
 /// Circuit breaker limits of one cluster (Envoy's defaults, which issue 5's example repeats).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
@@ -29,8 +48,37 @@ pub struct CircuitBreakerSettings {
     pub max_pending_requests: u32,
     /// Most requests in flight.
     pub max_requests: u32,
-    /// Most retries in flight.
+    /// Most retries in flight, when [`CircuitBreakerSettings::retry_budget`] is `None`.
     pub max_retries: u32,
+    /// The retry budget (the default); `None` when `max_retries` caps retries instead.
+    pub retry_budget: Option<RetryBudgetSettings>,
+}
+
+/// A retry budget: see the module doc.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct RetryBudgetSettings {
+    /// Retries may add this share (in percent) of the requests started in the window.
+    pub budget_percent: u32,
+    /// Retries always allowed per second of the window, whatever the traffic.
+    pub min_retries_per_second: u32,
+    /// The sliding window, in whole seconds (1 s to [`RetryBudgetSettings::MAX_WINDOW_SECS`]).
+    #[serde(serialize_with = "crate::config::ser_duration")]
+    pub window: Duration,
+}
+
+impl RetryBudgetSettings {
+    /// The longest window.
+    pub const MAX_WINDOW_SECS: u64 = 60;
+}
+
+impl Default for RetryBudgetSettings {
+    fn default() -> Self {
+        RetryBudgetSettings {
+            budget_percent: 20,
+            min_retries_per_second: 10,
+            window: Duration::from_secs(10),
+        }
+    }
 }
 
 impl Default for CircuitBreakerSettings {
@@ -40,6 +88,7 @@ impl Default for CircuitBreakerSettings {
             max_pending_requests: 1024,
             max_requests: 1024,
             max_retries: 3,
+            retry_budget: Some(RetryBudgetSettings::default()),
         }
     }
 }
@@ -50,8 +99,93 @@ impl CircuitBreakerSettings {
             Resource::Connections => self.max_connections,
             Resource::PendingRequests => self.max_pending_requests,
             Resource::Requests => self.max_requests,
+            // With a budget, the number of retrying requests is not capped by a count.
+            Resource::Retries if self.retry_budget.is_some() => u32::MAX,
             Resource::Retries => self.max_retries,
         }
+    }
+}
+
+/// The sliding-window state of a [`RetryBudgetSettings`]: requests and retries counted per
+/// whole second in a ring of `window` slots (each slot knows its second, so a slot left over
+/// from an earlier lap of the ring is recognised and reset).
+#[derive(Clone, Debug)]
+struct RetryBudget {
+    settings: RetryBudgetSettings,
+    slots: [BudgetSlot; RetryBudgetSettings::MAX_WINDOW_SECS as usize],
+}
+
+#[derive(Clone, Copy, Debug, Default)]
+struct BudgetSlot {
+    second: u64,
+    requests: u32,
+    retries: u32,
+}
+
+impl RetryBudget {
+    fn new(settings: RetryBudgetSettings) -> Self {
+        RetryBudget {
+            settings,
+            // `u64::MAX` marks a slot never used (no second matches it).
+            slots: [BudgetSlot {
+                second: u64::MAX,
+                ..BudgetSlot::default()
+            }; RetryBudgetSettings::MAX_WINDOW_SECS as usize],
+        }
+    }
+
+    fn window_secs(&self) -> u64 {
+        self.settings
+            .window
+            .as_secs()
+            .clamp(1, RetryBudgetSettings::MAX_WINDOW_SECS)
+    }
+
+    /// The slot of `now`'s second, reset when it last held another second.
+    fn slot(&mut self, now: Instant) -> &mut BudgetSlot {
+        let second = now.since_origin().as_secs();
+        let slot = &mut self.slots[(second % self.window_secs()) as usize];
+        if slot.second != second {
+            *slot = BudgetSlot {
+                second,
+                requests: 0,
+                retries: 0,
+            };
+        }
+        slot
+    }
+
+    fn record_request(&mut self, now: Instant) {
+        let slot = self.slot(now);
+        slot.requests = slot.requests.saturating_add(1);
+    }
+
+    /// (requests, retries) in the window ending at `now`.
+    fn totals(&self, now: Instant) -> (u64, u64) {
+        let second = now.since_origin().as_secs();
+        let n = self.window_secs();
+        self.slots[..n as usize]
+            .iter()
+            .filter(|s| s.second <= second && second - s.second < n)
+            .fold((0, 0), |(rq, rt), s| {
+                (rq + u64::from(s.requests), rt + u64::from(s.retries))
+            })
+    }
+
+    fn remaining(&self, now: Instant) -> u64 {
+        let (requests, retries) = self.totals(now);
+        let allowed = requests * u64::from(self.settings.budget_percent) / 100
+            + u64::from(self.settings.min_retries_per_second) * self.window_secs();
+        allowed.saturating_sub(retries)
+    }
+
+    fn try_spend(&mut self, now: Instant) -> bool {
+        if self.remaining(now) == 0 {
+            return false;
+        }
+        let slot = self.slot(now);
+        slot.retries = slot.retries.saturating_add(1);
+        true
     }
 }
 
@@ -119,6 +253,7 @@ pub struct CircuitBreakers {
     limits: [u32; 4],
     in_use: [u32; 4],
     overflows: [u64; 4],
+    retry_budget: Option<RetryBudget>,
 }
 
 impl CircuitBreakers {
@@ -129,12 +264,14 @@ impl CircuitBreakers {
             limits: Resource::ALL.map(|r| settings.limit(r)),
             in_use: [0; 4],
             overflows: [0; 4],
+            retry_budget: settings.retry_budget.map(RetryBudget::new),
         }
     }
 
     /// One breaker set per worker (`workers ≥ 1`), each limit split so that the workers' limits
     /// add up to the cluster's: worker `i` gets `⌊limit / workers⌋`, plus one if `i < limit mod
-    /// workers`.
+    /// workers`. A retry budget is not split: every worker keeps the whole budget over its own
+    /// requests (a share of requests scales with the worker's traffic by itself).
     #[must_use]
     pub fn per_worker(settings: CircuitBreakerSettings, workers: usize) -> Vec<Self> {
         debug_assert!(workers >= 1);
@@ -146,9 +283,13 @@ impl CircuitBreakers {
                     (q + usize::from(i < r)) as u32
                 };
                 CircuitBreakers {
-                    limits: Resource::ALL.map(|r| share(settings.limit(r))),
+                    limits: Resource::ALL.map(|r| match (r, settings.retry_budget) {
+                        (Resource::Retries, Some(_)) => u32::MAX,
+                        _ => share(settings.limit(r)),
+                    }),
                     in_use: [0; 4],
                     overflows: [0; 4],
+                    retry_budget: settings.retry_budget.map(RetryBudget::new),
                 }
             })
             .collect()
@@ -164,6 +305,42 @@ impl CircuitBreakers {
         self.in_use[i] += 1;
         self.check_invariants();
         Ok(Permit(resource))
+    }
+
+    /// Counts a request started at `now` towards the retry budget (no-op with a fixed
+    /// `max_retries`). Call once per request, not per try.
+    pub fn record_request(&mut self, now: Instant) {
+        if let Some(b) = &mut self.retry_budget {
+            b.record_request(now);
+        }
+    }
+
+    /// Asks for one retry at `now`. `held` is the requester's retry unit: with a fixed
+    /// `max_retries` one unit is taken on the first retry and covers the request's later
+    /// retries; with a budget every retry spends from the budget, and the unit (taken on the
+    /// first) only counts retrying requests for the gauges. On refusal the overflow is counted
+    /// and `held` is left as it was.
+    pub fn try_retry(&mut self, now: Instant, held: &mut Option<Permit>) -> Result<(), Overflow> {
+        let Some(budget) = &mut self.retry_budget else {
+            if held.is_none() {
+                *held = Some(self.try_acquire(Resource::Retries)?);
+            }
+            return Ok(());
+        };
+        if !budget.try_spend(now) {
+            self.overflows[Resource::Retries.index()] += 1;
+            return Err(Overflow(Resource::Retries));
+        }
+        if held.is_none() {
+            *held = Some(self.try_acquire(Resource::Retries)?);
+        }
+        Ok(())
+    }
+
+    /// Retries the budget would still allow at `now` (`None` with a fixed `max_retries`).
+    #[must_use]
+    pub fn retry_budget_remaining(&self, now: Instant) -> Option<u64> {
+        self.retry_budget.as_ref().map(|b| b.remaining(now))
     }
 
     /// Gives a unit back.
@@ -209,6 +386,10 @@ impl CircuitBreakers {
     }
 
     fn check_invariants(&self) {
+        debug_assert!(
+            self.retry_budget.is_none() || self.limit(Resource::Retries) == u32::MAX,
+            "a retry budget leaves the retry count uncapped"
+        );
         for r in Resource::ALL {
             debug_assert!(self.in_use(r) <= self.limit(r), "{r:?} over its limit");
         }

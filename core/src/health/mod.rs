@@ -31,7 +31,9 @@ mod outlier;
 pub use active::{
     ActiveHealthChecker, HealthAction, HealthCheckSettings, HealthEvent, HostHealth, ProbeResult,
 };
-pub use breaker::{CircuitBreakerSettings, CircuitBreakers, Overflow, Permit, Resource};
+pub use breaker::{
+    CircuitBreakerSettings, CircuitBreakers, Overflow, Permit, Resource, RetryBudgetSettings,
+};
 pub use outlier::{OutlierDetector, OutlierEvent, OutlierSettings, UpstreamResult};
 
 /// Envoy's default `healthy_panic_threshold`, in percent.

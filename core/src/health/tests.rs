@@ -872,8 +872,18 @@ fn a_burst_over_max_requests_gets_exactly_the_excess_rejected() {
 
 #[test]
 fn default_limits_are_envoys() {
+    // Envoy's defaults, except that retries spend from a budget (not capped by a count)
+    // unless max_retries is set.
     let cb = CircuitBreakers::new(CircuitBreakerSettings::default());
-    assert_eq!(Resource::ALL.map(|r| cb.limit(r)), [1024, 1024, 1024, 3]);
+    assert_eq!(
+        Resource::ALL.map(|r| cb.limit(r)),
+        [1024, 1024, 1024, u32::MAX]
+    );
+    let fixed = CircuitBreakers::new(CircuitBreakerSettings {
+        retry_budget: None,
+        ..CircuitBreakerSettings::default()
+    });
+    assert_eq!(Resource::ALL.map(|r| fixed.limit(r)), [1024, 1024, 1024, 3]);
     assert_eq!(
         Overflow(Resource::PendingRequests).to_string(),
         "circuit breaker open: pending_requests at its limit"
@@ -887,6 +897,7 @@ fn per_worker_limits_add_up_to_the_cluster_limit() {
         max_pending_requests: 1024,
         max_requests: 7,
         max_retries: 3,
+        retry_budget: None,
     };
     let workers = CircuitBreakers::per_worker(settings, 4);
     assert_eq!(workers.len(), 4);
@@ -913,6 +924,7 @@ proptest! {
             max_pending_requests: limits[1],
             max_requests: limits[2],
             max_retries: limits[3],
+            retry_budget: None,
         };
         let mut cbs = CircuitBreakers::per_worker(settings, workers);
         for r in Resource::ALL {
@@ -1061,6 +1073,183 @@ proptest! {
         prop_assert_eq!(a.panic, share < f64::from(threshold));
         for (i, (h, e)) in hosts.iter().enumerate() {
             prop_assert_eq!(a.available[i], a.panic || (*h && !*e));
+        }
+    }
+}
+
+// ---- the retry budget ----
+
+fn budget(percent: u32, floor: u32, window_secs: u64) -> CircuitBreakers {
+    CircuitBreakers::new(CircuitBreakerSettings {
+        retry_budget: Some(RetryBudgetSettings {
+            budget_percent: percent,
+            min_retries_per_second: floor,
+            window: Duration::from_secs(window_secs),
+        }),
+        ..CircuitBreakerSettings::default()
+    })
+}
+
+#[test]
+fn a_crash_burst_fits_the_default_budget_but_an_overload_is_shed() {
+    // 64 connections of traffic for 5 s at ~2,000 requests/s on one worker, then a host crash
+    // fails 22 in-flight requests at once: every one of them may retry (a fixed max_retries: 3
+    // split across two workers would allow 2).
+    let mut cb = CircuitBreakers::per_worker(CircuitBreakerSettings::default(), 2).remove(0);
+    let mut now = epoch();
+    for _ in 0..10_000 {
+        cb.record_request(now);
+        now += Duration::from_micros(500);
+    }
+    let mut held: Vec<Option<Permit>> = (0..22).map(|_| None).collect();
+    for h in &mut held {
+        assert_eq!(cb.try_retry(now, h), Ok(()));
+        assert!(h.is_some());
+    }
+    assert_eq!(cb.in_use(Resource::Retries), 22);
+    for h in &mut held {
+        // A second retry of the same request spends again but takes no second unit.
+        assert_eq!(cb.try_retry(now, h), Ok(()));
+        cb.release(h.take().unwrap());
+    }
+    assert_eq!(cb.in_use(Resource::Retries), 0);
+
+    // Overload: every request fails and wants 2 retries, for 30 s at 1,000 requests/s. Retries
+    // stay within 20 % of the requests of each 10 s window plus the floor of 10/s.
+    let mut cb = budget(20, 10, 10);
+    let mut now = epoch();
+    let (mut requests, mut retries) = (0u64, 0u64);
+    for _ in 0..30_000 {
+        cb.record_request(now);
+        requests += 1;
+        let mut held = None;
+        for _ in 0..2 {
+            if cb.try_retry(now, &mut held).is_ok() {
+                retries += 1;
+            }
+        }
+        if let Some(p) = held {
+            cb.release(p);
+        }
+        now += Duration::from_millis(1);
+    }
+    // Three windows: ≤ 20 % of 30,000 plus 3 × 100 floor.
+    assert!(
+        retries <= 6_000 + 300,
+        "{retries} retries for {requests} requests"
+    );
+    assert!(
+        retries >= 5_000,
+        "the budget is used, not starved: {retries}"
+    );
+    assert_eq!(
+        cb.overflows(Resource::Retries),
+        2 * requests - retries,
+        "every refused retry is counted"
+    );
+}
+
+#[test]
+fn a_quiet_cluster_retries_from_the_floor_and_the_window_slides() {
+    let mut cb = budget(20, 2, 5);
+    let now = epoch() + Duration::from_secs(100);
+    let mut held = None;
+    // No requests yet: the floor alone, 2/s × 5 s.
+    for _ in 0..10 {
+        assert_eq!(cb.try_retry(now, &mut held), Ok(()));
+    }
+    assert_eq!(
+        cb.try_retry(now, &mut held),
+        Err(Overflow(Resource::Retries))
+    );
+    assert_eq!(cb.retry_budget_remaining(now), Some(0));
+    // Within the window, nothing comes back; once the window has slid past, all of it does.
+    assert_eq!(
+        cb.retry_budget_remaining(now + Duration::from_secs(4)),
+        Some(0)
+    );
+    assert_eq!(
+        cb.retry_budget_remaining(now + Duration::from_secs(5)),
+        Some(10)
+    );
+    // Requests add their share: 50 requests → 10 more.
+    let later = now + Duration::from_secs(5);
+    for _ in 0..50 {
+        cb.record_request(later);
+    }
+    assert_eq!(cb.retry_budget_remaining(later), Some(20));
+    // A ring slot reused a lap later forgets the old second.
+    assert_eq!(
+        cb.retry_budget_remaining(later + Duration::from_secs(5)),
+        Some(10)
+    );
+    cb.release(held.unwrap());
+}
+
+#[test]
+fn a_fixed_max_retries_holds_one_unit_per_retrying_request() {
+    let mut cb = CircuitBreakers::new(CircuitBreakerSettings {
+        max_retries: 2,
+        retry_budget: None,
+        ..CircuitBreakerSettings::default()
+    });
+    let now = epoch();
+    let (mut a, mut b, mut c) = (None, None, None);
+    assert_eq!(cb.try_retry(now, &mut a), Ok(()));
+    assert_eq!(
+        cb.try_retry(now, &mut a),
+        Ok(()),
+        "a's second retry is covered"
+    );
+    assert_eq!(cb.try_retry(now, &mut b), Ok(()));
+    assert_eq!(cb.try_retry(now, &mut c), Err(Overflow(Resource::Retries)));
+    assert_eq!(cb.retry_budget_remaining(now), None);
+    cb.release(a.unwrap());
+    assert_eq!(cb.try_retry(now, &mut c), Ok(()));
+    cb.release(b.unwrap());
+    cb.release(c.unwrap());
+}
+
+proptest! {
+    /// Over any sequence of requests and retries, the retries in the window ending at the
+    /// second of any retry stay within the budget's share of that window's requests plus the
+    /// floor (a window ending at a second without a retry may have lost requests that
+    /// justified an earlier retry: the budget is checked when a retry is made).
+    #[test]
+    fn retries_stay_within_the_budget_in_every_window(
+        percent in 0u32..150,
+        floor in 0u32..5,
+        window in 1u64..6,
+        ops in prop::collection::vec((any::<bool>(), 0u64..700), 0..400),
+    ) {
+        let mut cb = budget(percent, floor, window);
+        let mut now = epoch();
+        // (second, requests, retries) per event, to check each window afterwards.
+        let mut log: Vec<(u64, bool)> = vec![];
+        let mut held = None;
+        for (is_request, step_ms) in ops {
+            now += Duration::from_millis(step_ms);
+            let second = now.since_origin().as_secs();
+            if is_request {
+                cb.record_request(now);
+                log.push((second, true));
+            } else if cb.try_retry(now, &mut held).is_ok() {
+                log.push((second, false));
+            }
+        }
+        let retry_seconds: Vec<u64> = log.iter().filter(|e| !e.1).map(|e| e.0).collect();
+        for end in retry_seconds {
+            let start = end.saturating_sub(window - 1);
+            let in_window = log.iter().filter(|e| (start..=end).contains(&e.0));
+            let requests = in_window.clone().filter(|e| e.1).count() as u64;
+            let retries = in_window.filter(|e| !e.1).count() as u64;
+            prop_assert!(
+                retries <= requests * u64::from(percent) / 100 + u64::from(floor) * window,
+                "window ending {}: {} retries for {} requests", end, retries, requests
+            );
+        }
+        if let Some(p) = held {
+            cb.release(p);
         }
     }
 }
