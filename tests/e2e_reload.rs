@@ -119,3 +119,100 @@ fn reloads_under_load_fail_no_request() {
         "counted {counted} < wrk's {requests}: {stats}"
     );
 }
+
+/// Runs `keep_alive_load` of 16 connections on `/split/30` (an upstream that waits 30 ms, sends
+/// the head, waits 30 ms more, then the body) against `listen`.
+fn slow_load(
+    listen: u16,
+    refused_ends: bool,
+) -> (
+    std::sync::Arc<std::sync::atomic::AtomicBool>,
+    std::thread::JoinHandle<LoadReport>,
+) {
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let load = keep_alive_load(addr(listen), "/split/30", 16, stop.clone(), refused_ends);
+    (stop, load)
+}
+
+/// A draining generation must never close a keep-alive connection under a request: with a slow
+/// upstream, responses are in flight at every reload, and each one must either announce the
+/// close (`connection: close`) or leave the connection open for the next request. With the
+/// defaults (no drain settings) and three SIGHUPs, no request fails.
+#[test]
+fn reloads_with_a_slow_upstream_fail_no_request() {
+    let dir = TempDir::new("reload-slow");
+    let (up, listen, admin) = (free_port(), free_port(), free_port());
+    let _upstream = start_py_upstream(&dir, "slow", up);
+    let mut sluice = start_sluice(&dir, &config(listen, admin, up, "one", ""), 2, addr(listen));
+    wait_listening(addr(admin), &mut sluice);
+    let path = dir.path().join("sluice.yaml");
+    let (stop, load) = slow_load(listen, false);
+    std::thread::sleep(Duration::from_millis(700));
+    for version in ["two", "three", "four"] {
+        std::fs::write(&path, config(listen, admin, up, version, "")).unwrap();
+        sluice.signal("HUP");
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while http_request(addr(listen), "GET", "/version").1 != version {
+            assert!(Instant::now() < deadline, "SIGHUP did not apply {version}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        std::thread::sleep(Duration::from_millis(700));
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let report = load.join().unwrap();
+    eprintln!(
+        "{} responses, {} announced a close",
+        report.ok, report.closes_announced
+    );
+    assert!(
+        report.failures.is_empty(),
+        "{} failed requests:\n{}\nsluice log:\n{}",
+        report.failures.len(),
+        report.failures.join("\n"),
+        sluice.log_text()
+    );
+    assert!(report.ok > 200, "too little load: {report:?}");
+    assert!(
+        report.closes_announced >= 16,
+        "the reloads drained no connection: {report:?}"
+    );
+}
+
+/// SIGTERM with a slow upstream: the instance stops accepting, and every request already sent
+/// on an open connection — in flight at the signal, or sent on a connection whose last response
+/// did not announce a close — gets its whole response before the connection closes.
+#[test]
+fn sigterm_with_a_slow_upstream_fails_no_request_on_open_connections() {
+    let dir = TempDir::new("sigterm-slow");
+    let (up, listen, admin) = (free_port(), free_port(), free_port());
+    let _upstream = start_py_upstream(&dir, "slow", up);
+    let mut sluice = start_sluice(&dir, &config(listen, admin, up, "one", ""), 2, addr(listen));
+    wait_listening(addr(admin), &mut sluice);
+    let (stop, load) = slow_load(listen, true);
+    std::thread::sleep(Duration::from_millis(1000));
+    sluice.signal("TERM");
+    let exited = sluice.wait_exit(Duration::from_secs(10));
+    assert!(
+        exited.is_some_and(|s| s.success()),
+        "no clean exit after SIGTERM: {exited:?}\n{}",
+        sluice.log_text()
+    );
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let report = load.join().unwrap();
+    eprintln!(
+        "{} responses, {} announced a close",
+        report.ok, report.closes_announced
+    );
+    assert!(
+        report.failures.is_empty(),
+        "{} failed requests:\n{}\nsluice log:\n{}",
+        report.failures.len(),
+        report.failures.join("\n"),
+        sluice.log_text()
+    );
+    assert!(report.ok > 100, "too little load: {report:?}");
+    assert!(
+        report.closes_announced >= 16,
+        "the drain closed connections without announcing it: {report:?}"
+    );
+}

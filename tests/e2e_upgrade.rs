@@ -165,6 +165,55 @@ fn two_upgrades_and_a_reload_under_load_fail_no_request() {
     );
 }
 
+/// Two upgrades with a slow upstream (30 ms to the head, 30 ms more to the body) and the default
+/// drain settings: responses are in flight whenever the old instance starts draining, and each
+/// must either announce the close or leave its connection open for the next request, which is
+/// then answered (with `connection: close`) before the old instance lets go. No request fails.
+#[test]
+fn upgrades_with_a_slow_upstream_fail_no_request() {
+    let dir = TempDir::new("upgrade-slow");
+    let (up, listen, admin) = (free_port(), free_port(), free_port());
+    let _upstream = start_py_upstream(&dir, "slow", up);
+    let path = dir.write("sluice.yaml", &config(listen, admin, up, "v1", ""));
+    let control = dir.path().join("control.sock");
+    let mut old = sluice(&dir, "sluice-1", &path, &control, false);
+    wait_log(&mut old, "sluice ready", Duration::from_secs(20));
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let load = keep_alive_load(addr(listen), "/split/30", 16, stop.clone(), false);
+    std::thread::sleep(Duration::from_millis(700));
+    let mut logs = vec![];
+    for name in ["sluice-2", "sluice-3"] {
+        let mut new = sluice(&dir, name, &path, &control, true);
+        wait_log(&mut new, "sluice ready", Duration::from_secs(20));
+        assert!(
+            wait_exit(&mut old, Duration::from_secs(15)).success(),
+            "{}",
+            old.log_text()
+        );
+        logs.push(old.log_text());
+        old = new;
+        std::thread::sleep(Duration::from_millis(700));
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let report = load.join().unwrap();
+    eprintln!(
+        "{} responses, {} announced a close",
+        report.ok, report.closes_announced
+    );
+    assert!(
+        report.failures.is_empty(),
+        "{} failed requests:\n{}\nold instances' logs:\n{}",
+        report.failures.len(),
+        report.failures.join("\n"),
+        logs.join("\n----\n")
+    );
+    assert!(report.ok > 200, "too little load: {report:?}");
+    assert!(
+        report.closes_announced >= 32,
+        "the upgrades drained too few connections: {report:?}"
+    );
+}
+
 #[test]
 fn a_new_instance_that_fails_halfway_leaves_the_old_one_serving() {
     let dir = TempDir::new("upgrade-rollback");

@@ -7,6 +7,7 @@ count exactly what reached an upstream. Special paths:
 
   /status/NNN      answer with status NNN
   /sleep/MS        wait MS milliseconds before answering
+  /split/MS        wait MS milliseconds, send the head, wait MS again, then send the body
   /close           close the connection without answering (after reading the request)
   /ambiguous       answer with both Content-Length and Transfer-Encoding (a smuggling vector)
 
@@ -66,11 +67,17 @@ class Handler(BaseHTTPRequestHandler):
             "body_len": len(body),
             "body_sha256": hashlib.sha256(body).hexdigest(),
         }).encode()
+        split = self.path.startswith("/split/")
+        if split:
+            pause = int(self.path.split("/")[2]) / 1000
+            time.sleep(pause)
         self.send_response(status)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(payload)))
         self.send_header("X-Upstream", self.server.name)
         self.end_headers()
+        if split:
+            time.sleep(pause)
         if self.command != "HEAD":
             self.wfile.write(payload)
 

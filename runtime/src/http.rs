@@ -507,7 +507,12 @@ impl<N: Network> Engine<N> {
             // The request (head and any body) is done with: drop it from the buffer; what
             // remains is the next, pipelined, request.
             rbuf.consume(head.head_len().min(rbuf.len()));
-            if !outcome.reusable || self.stopping.get() {
+            // A response that went out without `connection: close` promised the client it may
+            // send another request, even if the engine started draining meanwhile (keep-alive
+            // is decided when the upstream head arrives): keep that promise. The next head read
+            // gives a draining connection DRAIN_IDLE_GRACE for that request and answers it with
+            // `connection: close`; closing here would reset a request already on its way.
+            if !outcome.reusable {
                 break;
             }
         }

@@ -428,3 +428,132 @@ drain_timeout: {drain_timeout}
 "#
     )
 }
+
+/// What [`keep_alive_load`] saw.
+#[derive(Debug, Default)]
+pub struct LoadReport {
+    /// Complete `200` responses.
+    pub ok: u64,
+    /// Responses that announced `connection: close` (the client reconnected after them).
+    pub closes_announced: u64,
+    /// Every request that failed, with what happened: a request sent on a connection whose
+    /// last response did not announce a close must get a whole response.
+    pub failures: Vec<String>,
+}
+
+/// Keeps `connections` keep-alive HTTP/1.1 connections busy with `GET path` back to back until
+/// `stop` is set, and reports every request that did not get a complete `200`. A response with
+/// `connection: close` makes the client reconnect. When `refused_ends` is set, a refused
+/// reconnect ends that connection's loop (a draining instance that stopped accepting), and is
+/// not a failure; otherwise it is one.
+pub fn keep_alive_load(
+    target: SocketAddr,
+    path: &str,
+    connections: usize,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    refused_ends: bool,
+) -> std::thread::JoinHandle<LoadReport> {
+    use std::sync::atomic::Ordering;
+    let request = format!("GET {path} HTTP/1.1\r\nHost: load.test\r\n\r\n");
+    std::thread::spawn(move || {
+        let workers: Vec<_> = (0..connections)
+            .map(|i| {
+                let (request, stop) = (request.clone(), stop.clone());
+                std::thread::spawn(move || {
+                    let mut report = LoadReport::default();
+                    'connections: while !stop.load(Ordering::Relaxed) {
+                        let mut s =
+                            match TcpStream::connect_timeout(&target, Duration::from_secs(5)) {
+                                Ok(s) => s,
+                                Err(e) if refused_ends => {
+                                    let _ = e;
+                                    break;
+                                }
+                                Err(e) => {
+                                    report
+                                        .failures
+                                        .push(format!("connection {i}: connect: {e}"));
+                                    std::thread::sleep(Duration::from_millis(20));
+                                    continue;
+                                }
+                            };
+                        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+                        let mut on_this = 0u64;
+                        while !stop.load(Ordering::Relaxed) {
+                            let fail = |what: String| {
+                                format!("connection {i}, request {} on it: {what}", on_this + 1)
+                            };
+                            if let Err(e) = s.write_all(request.as_bytes()) {
+                                report.failures.push(fail(format!("write: {e}")));
+                                continue 'connections;
+                            }
+                            match read_one_response(&mut s) {
+                                Ok((200, close)) => {
+                                    report.ok += 1;
+                                    on_this += 1;
+                                    if close {
+                                        report.closes_announced += 1;
+                                        continue 'connections;
+                                    }
+                                }
+                                Ok((status, _)) => {
+                                    report.failures.push(fail(format!("status {status}")));
+                                    continue 'connections;
+                                }
+                                Err(e) => {
+                                    report.failures.push(fail(e));
+                                    continue 'connections;
+                                }
+                            }
+                        }
+                    }
+                    report
+                })
+            })
+            .collect();
+        let mut total = LoadReport::default();
+        for w in workers {
+            let r = w.join().unwrap();
+            total.ok += r.ok;
+            total.closes_announced += r.closes_announced;
+            total.failures.extend(r.failures);
+        }
+        total
+    })
+}
+
+/// Reads one response with a `content-length` body: (status, whether it announced a close).
+fn read_one_response(s: &mut TcpStream) -> Result<(u16, bool), String> {
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        match s.read(&mut byte) {
+            Ok(0) => {
+                return Err(format!(
+                    "connection closed after {} bytes of the response head",
+                    head.len()
+                ));
+            }
+            Ok(_) => head.push(byte[0]),
+            Err(e) => return Err(format!("read after {} bytes: {e}", head.len())),
+        }
+    }
+    let text = String::from_utf8_lossy(&head).to_ascii_lowercase();
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let field = |name: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name).map(|v| v.trim().to_owned()))
+    };
+    let len: usize = field("content-length:")
+        .and_then(|v| v.parse().ok())
+        .ok_or_else(|| format!("no content-length in {text:?}"))?;
+    let close = field("connection:").is_some_and(|v| v == "close");
+    let mut body = vec![0u8; len];
+    s.read_exact(&mut body)
+        .map_err(|e| format!("body of {len} bytes: {e}"))?;
+    Ok((status, close))
+}
