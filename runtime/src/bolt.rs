@@ -43,12 +43,19 @@ use tracing::debug;
 
 use crate::engine::Engine;
 use crate::net::Network;
+use crate::http::far_future;
 use crate::now;
 use crate::stats::bump;
 
 /// First size of a connection's read buffer; it grows (up to the frame size limit) for larger
 /// frames.
 const READ_CHUNK: usize = 16 * 1024;
+/// How long a connection being handed over stops reading while its requests in flight finish.
+/// Past it, it reads (and forwards) what its client sent meanwhile, then pauses again: a request
+/// stuck on a slow or faulty upstream must not hold the client's later requests unread until
+/// their own timeouts pass. The handover happens at the first pause in which every request in
+/// flight is answered.
+const MIGRATION_PAUSE: Duration = Duration::from_millis(50);
 
 /// A connection's pending output: appended to by any task of the worker, written by the owner.
 #[derive(Debug, Default)]
@@ -191,6 +198,8 @@ impl<N: Network> Engine<N> {
         let mut close = false;
         // Upstream outboxes this connection wrote to in the current batch.
         let mut touched: Vec<Rc<Outbox>> = Vec::new();
+        // While handing over: until when reading stays paused (see MIGRATION_PAUSE).
+        let mut paused_until: Option<tokio::time::Instant> = None;
         loop {
             // Every complete frame in the buffer.
             let now = now();
@@ -307,24 +316,34 @@ impl<N: Network> Engine<N> {
                 }
                 break;
             }
-            // Handing over: stop reading (what the client sends next waits in the socket) —
-            // unless a partial frame too large to travel with the connection must complete
-            // here first.
-            let reading = migrate
+            // Handing over: stop reading (what the client sends next waits in the socket) for
+            // up to MIGRATION_PAUSE at a time — unless a partial frame too large to travel
+            // with the connection must complete here first.
+            let pausing = migrate
                 .as_ref()
-                .is_none_or(|to| end - start > to.max_unread());
+                .is_some_and(|to| end - start <= to.max_unread());
+            if !pausing {
+                paused_until = None;
+            } else if paused_until.is_none() {
+                paused_until = Some(tokio::time::Instant::now() + MIGRATION_PAUSE);
+            }
+            let paused = paused_until.is_some_and(|t| tokio::time::Instant::now() < t);
+            let resume = paused_until.unwrap_or_else(far_future);
             tokio::select! {
                 biased;
                 () = &mut expired => break,
                 () = outbox.wake.notified() => {}
                 () = stop => {}
-                r = stream.read(&mut buf[end..]), if reading => match r {
+                () = tokio::time::sleep_until(resume), if paused => {}
+                r = stream.read(&mut buf[end..]), if !paused => match r {
                     Ok(0) | Err(_) => break,
                     Ok(n) => {
                         end += n;
                         if let Some(l) = lstats {
                             bump(&l.downstream_bytes_received, n as u64);
                         }
+                        // Forward what was read, then pause again.
+                        paused_until = None;
                     }
                 },
             }

@@ -272,7 +272,7 @@ impl Outcome {
     }
 }
 
-fn far_future() -> TokioInstant {
+pub(crate) fn far_future() -> TokioInstant {
     TokioInstant::now() + Duration::from_secs(86_400 * 365)
 }
 
