@@ -275,7 +275,7 @@ pub fn bind(listen: &AdminListen) -> io::Result<AdminListener> {
                 )
             };
             let path = std::path::Path::new(path);
-            crate::control::check_dir(path).map_err(|e| at(e))?;
+            crate::control::check_dir(path).map_err(&at)?;
             crate::control::remove_stale_socket(path).map_err(at)?;
             let l = std::os::unix::net::UnixListener::bind(path).map_err(at)?;
             use std::os::unix::fs::PermissionsExt as _;
