@@ -1,5 +1,6 @@
 //! The admin API: a small HTTP/1.1 server on its own thread and its own current-thread tokio
-//! runtime, bound to `admin.address` (loopback unless the config allows otherwise).
+//! runtime, bound to `admin.address` (loopback unless the config allows otherwise) or to a
+//! Unix socket `admin.path` with `admin.mode` (only whom the file's owner and mode allow).
 //!
 //! It never touches the data path: it reads the workers' counters ([`WorkerStats`], written
 //! only by their worker with relaxed stores) and sums them per scrape, reads the immutable

@@ -26,8 +26,19 @@
 //! | new → old | `{"v":1,"type":"serving"}` | |
 //! | old → new | `{"v":1,"type":"draining"}` (the acknowledgement) | |
 //!
-//! A peer speaking another version is refused (`refused` with the reason). The socket file is
-//! made `0600`, and the old instance only answers peers with its own uid (or root).
+//! A peer speaking another version is refused (`refused` with the reason).
+//!
+//! ## Who may take part
+//!
+//! The socket hands over every listening socket, so both ends check each other. Its directory
+//! ([`default_dir`], or the path given) must be owned by this user or root and writable by
+//! nobody else ([`check_dir`]); an existing socket file must be this user's (another user's is
+//! never connected to nor removed: [`ControlError::Untrusted`]). The file is made `0600`. Both
+//! the old instance and the new one check the peer's uid (`SO_PEERCRED`: this user or root),
+//! the new one before it sends anything. Every descriptor received is checked before it is
+//! used ([`check_inherited_listener`], [`check_inherited_admin`], and migrated connections must
+//! be connected TCP sockets): anything else fails the upgrade, and the old instance, which
+//! never stopped accepting, keeps serving.
 //!
 //! ## Sharing sockets
 //!
@@ -128,19 +139,22 @@ pub fn check_dir(socket: &Path) -> io::Result<()> {
         Ok(m) => m,
         Err(e) if e.kind() == io::ErrorKind::NotFound => {
             use std::os::unix::fs::DirBuilderExt as _;
-            std::fs::DirBuilder::new()
-                .mode(0o700)
-                .create(&dir)
-                .map_err(|e| {
-                    io::Error::new(
-                        e.kind(),
-                        format!(
-                            "socket {}: cannot create {}: {e}",
-                            socket.display(),
-                            dir.display()
-                        ),
-                    )
-                })?;
+            // Another instance starting at the same moment may create it first: fine, it is
+            // checked below like any existing directory.
+            match std::fs::DirBuilder::new().mode(0o700).create(&dir) {
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(()),
+                other => other,
+            }
+            .map_err(|e| {
+                io::Error::new(
+                    e.kind(),
+                    format!(
+                        "socket {}: cannot create {}: {e}",
+                        socket.display(),
+                        dir.display()
+                    ),
+                )
+            })?;
             std::fs::metadata(&dir)?
         }
         Err(e) => {
