@@ -401,6 +401,9 @@ fn a_unix_admin_socket_is_handed_over_by_an_upgrade() {
 
 #[test]
 fn the_default_control_socket_is_private_and_an_open_directory_is_refused() {
+    if !running_as_root() {
+        return;
+    }
     use std::os::unix::fs::{MetadataExt, PermissionsExt};
     let dir = TempDir::new("control-default");
     let listen = free_port();
@@ -463,6 +466,9 @@ fn the_default_control_socket_is_private_and_an_open_directory_is_refused() {
 
 #[test]
 fn an_upgrade_refuses_a_control_socket_squatted_by_another_user() {
+    if !running_as_root() {
+        return;
+    }
     use std::os::unix::fs::PermissionsExt;
     // Another user's process answers on the control socket path and would hand over a
     // listening socket of its own: the new instance refuses it before sending anything.

@@ -462,3 +462,14 @@ pub fn run_as_nobody(program: &str, args: &[&str]) -> Output {
         .output()
         .unwrap_or_else(|e| panic!("cannot run {program} as nobody: {e}"))
 }
+
+/// Whether the tests run as root (those that play another local user need it; they are
+/// skipped, saying so, otherwise).
+pub fn running_as_root() -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let root = std::fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0);
+    if !root {
+        eprintln!("skipped: needs root to play another user (uid 65534)");
+    }
+    root
+}
