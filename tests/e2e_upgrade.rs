@@ -373,6 +373,9 @@ fn a_unix_admin_socket_is_handed_over_by_an_upgrade() {
         std::fs::symlink_metadata(&socket).unwrap().ino()
     };
 
+    // The new instance's config changes the mode.
+    let text = std::fs::read_to_string(&path).unwrap();
+    std::fs::write(&path, text.replace("mode: 0600", "mode: 0640")).unwrap();
     let mut second = sluice(&dir, "sluice-2", &path, &control, true);
     wait_log(&mut second, "sluice ready", Duration::from_secs(20));
     assert!(
@@ -380,10 +383,12 @@ fn a_unix_admin_socket_is_handed_over_by_an_upgrade() {
         "{}",
         first.log_text()
     );
-    // The same socket file, served by the new instance; the old one did not remove it.
+    // The same socket file, served by the new instance with its mode; the old one did not
+    // remove it.
     {
         use std::os::unix::fs::MetadataExt;
-        assert_eq!(std::fs::symlink_metadata(&socket).unwrap().ino(), inode);
+        let meta = std::fs::symlink_metadata(&socket).unwrap();
+        assert_eq!((meta.ino(), meta.mode() & 0o777), (inode, 0o640));
     }
     assert_eq!(
         unix_http_request(&socket, "GET", "/ready"),

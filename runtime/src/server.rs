@@ -242,7 +242,17 @@ pub fn run(config: Config, options: ServerOptions) -> io::Result<()> {
                 .as_mut()
                 .and_then(|(_, admin)| admin.take_if(|(addr, _)| *addr == target))
             {
-                Some((_, socket)) => Some((target, socket)),
+                Some((_, socket)) => {
+                    // The same file: it gets this config's mode.
+                    if let sluice_core::config::AdminListen::Unix { path, mode } = &a.listen {
+                        use std::os::unix::fs::PermissionsExt as _;
+                        std::fs::set_permissions(path, std::fs::Permissions::from_mode(*mode))
+                            .map_err(|e| {
+                                io::Error::new(e.kind(), format!("admin.path {path}: {e}"))
+                            })?;
+                    }
+                    Some((target, socket))
+                }
                 None => Some((target, crate::admin::bind(&a.listen)?)),
             }
         }
