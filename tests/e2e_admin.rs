@@ -656,3 +656,104 @@ fn sigusr1_reopens_access_logs_for_rotation() {
     // Still serving, still live.
     assert_eq!(get(admin_port, "/ready").0, 200);
 }
+
+fn unix_admin_config(socket: &std::path::Path, mode: &str, listen: u16) -> String {
+    format!(
+        "admin: {{ path: {}, mode: {mode} }}\nlisteners:\n  - {{ name: echo, address: 127.0.0.1:{listen}, echo: {{}} }}\n",
+        socket.display()
+    )
+}
+
+#[test]
+fn the_admin_api_on_a_unix_socket_answers_only_whom_its_mode_allows() {
+    if !running_as_root() {
+        return;
+    }
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    require("curl");
+    let dir = TempDir::new("admin-unix");
+    // Others may traverse the directory (so that the mode alone decides), not write it.
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let socket = dir.path().join("admin.sock");
+    let listen = free_port();
+    let mut sluice = start_sluice(
+        &dir,
+        &unix_admin_config(&socket, "0600", listen),
+        1,
+        addr(listen),
+    );
+    let meta = std::fs::symlink_metadata(&socket).unwrap();
+    assert_eq!(meta.mode() & 0o777, 0o600);
+    assert_eq!(meta.uid(), 0);
+    assert_eq!(
+        unix_http_request(&socket, "GET", "/ready"),
+        (200, "LIVE\n".into())
+    );
+    let (status, info) = unix_http_request(&socket, "GET", "/server_info");
+    assert_eq!(status, 200);
+    assert!(
+        info.contains(&format!("\"admin_address\": \"unix:{}\"", socket.display())),
+        "{info}"
+    );
+    // Another local user cannot connect: no /quitquitquit for them.
+    let url = "http://localhost/quitquitquit";
+    let sock = socket.to_str().unwrap();
+    let out = run_as_nobody("curl", &["-sS", "-X", "POST", "--unix-socket", sock, url]);
+    assert_eq!(out.status.code(), Some(7), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("Permission denied")
+            || String::from_utf8_lossy(&out.stderr).contains("Couldn't connect"),
+        "{out:?}"
+    );
+    assert_eq!(
+        unix_http_request(&socket, "GET", "/ready"),
+        (200, "LIVE\n".into())
+    );
+    // Its owner can; the socket file goes with the process.
+    assert_eq!(
+        unix_http_request(&socket, "POST", "/quitquitquit"),
+        (200, "OK\n".into())
+    );
+    let status = sluice.wait_exit(Duration::from_secs(10));
+    assert!(status.is_some_and(|s| s.success()), "{}", sluice.log_text());
+    assert!(!socket.exists(), "the admin socket file was left behind");
+
+    // A stale socket file of this user is replaced; with mode 0666 any user may connect.
+    drop(std::os::unix::net::UnixListener::bind(&socket).unwrap());
+    let mut sluice = start_sluice(
+        &dir,
+        &unix_admin_config(&socket, "0666", listen),
+        1,
+        addr(listen),
+    );
+    let out = run_as_nobody(
+        "curl",
+        &["-sS", "--unix-socket", sock, "http://localhost/ready"],
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "LIVE\n", "{out:?}");
+    // A second instance cannot take the live socket (nor remove it).
+    let out = run(
+        sluice_bin(),
+        &[
+            "run",
+            "-c",
+            dir.path().join("sluice.yaml").to_str().unwrap(),
+            "--control-socket",
+            dir.path().join("other.sock").to_str().unwrap(),
+        ],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&format!(
+            "admin.path: cannot listen on {sock}: another process answers on this socket"
+        )),
+        "{err}"
+    );
+    assert_eq!(
+        unix_http_request(&socket, "GET", "/ready"),
+        (200, "LIVE\n".into())
+    );
+    sluice.signal("TERM");
+    assert!(sluice.wait_exit(Duration::from_secs(10)).is_some());
+}

@@ -215,4 +215,114 @@ fn sigterm_with_a_slow_upstream_fails_no_request_on_open_connections() {
         report.closes_announced >= 16,
         "the drain closed connections without announcing it: {report:?}"
     );
+/// `sluice validate -c PATH` under a 2 GB address-space limit (so that a regression that reads
+/// `/dev/zero` to the end fails here instead of eating the machine), killed after 10 s: its
+/// exit code and output.
+fn validate_bounded(path: &str) -> (Option<i32>, String) {
+    let dir = TempDir::new("validate-bounded");
+    let mut p = spawn(
+        &dir,
+        "validate",
+        "sh",
+        &[
+            "-c",
+            "ulimit -v 2000000; exec \"$0\" validate -c \"$1\"",
+            sluice_bin(),
+            path,
+        ],
+    );
+    let status = p.wait_exit(Duration::from_secs(10));
+    (status.and_then(|s| s.code()), p.log_text())
+}
+
+#[test]
+fn config_reads_refuse_devices_fifos_and_huge_files() {
+    let dir = TempDir::new("config-files");
+    // A device that never ends.
+    let (code, out) = validate_bounded("/dev/zero");
+    assert_eq!(code, Some(1), "{out}");
+    assert!(
+        out.contains(
+            "/dev/zero: cannot read the config: it is a character device, not a regular file"
+        ),
+        "{out}"
+    );
+    // A FIFO nobody writes to: refused at once, not waited on.
+    let fifo = dir.path().join("fifo.yaml");
+    assert!(run("mkfifo", &[fifo.to_str().unwrap()]).status.success());
+    let (code, out) = validate_bounded(fifo.to_str().unwrap());
+    assert_eq!(code, Some(1), "{out}");
+    assert!(out.contains("it is a FIFO, not a regular file"), "{out}");
+    // A directory.
+    let (code, out) = validate_bounded(dir.path().to_str().unwrap());
+    assert_eq!(code, Some(1), "{out}");
+    assert!(out.contains("cannot read the config"), "{out}");
+    // A (sparse) regular file over 64 MiB is refused before it is read.
+    let huge = dir.path().join("huge.yaml");
+    std::fs::File::create(&huge)
+        .unwrap()
+        .set_len(64 * 1024 * 1024 + 1)
+        .unwrap();
+    let (code, out) = validate_bounded(huge.to_str().unwrap());
+    assert_eq!(code, Some(1), "{out}");
+    assert!(
+        out.contains("67108865 bytes is over the limit of 67108864 bytes (64 MiB)"),
+        "{out}"
+    );
+    // `run` refuses the same way.
+    let out = run(
+        sluice_bin(),
+        &["run", "-c", fifo.to_str().unwrap(), "--workers", "1"],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let text = String::from_utf8_lossy(&out.stderr);
+    assert!(text.contains("it is a FIFO, not a regular file"), "{text}");
+}
+
+#[test]
+fn a_reload_of_a_fifo_is_refused_and_sigterm_still_stops() {
+    let dir = TempDir::new("reload-fifo");
+    let (listen, admin, up) = (free_port(), free_port(), free_port());
+    let mut sluice = start_sluice(&dir, &config(listen, admin, up, "one", ""), 1, addr(listen));
+    wait_listening(addr(admin), &mut sluice);
+    let path = dir.path().join("sluice.yaml");
+    std::fs::remove_file(&path).unwrap();
+    assert!(run("mkfifo", &[path.to_str().unwrap()]).status.success());
+
+    // SIGHUP: the reload fails at once (nobody ever writes to the FIFO) and is counted.
+    sluice.signal("HUP");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (_, stats) = http_request(addr(admin), "GET", "/stats?filter=reloads_failed");
+        if stats.contains("server.reloads_failed: 1") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the SIGHUP reload of a FIFO did not fail: {stats}\n{}",
+            sluice.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(
+        sluice
+            .log_text()
+            .contains("it is a FIFO, not a regular file"),
+        "{}",
+        sluice.log_text()
+    );
+    let (status, body) = http_request(addr(admin), "POST", "/reload");
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("it is a FIFO, not a regular file"), "{body}");
+    assert_eq!(
+        http_request(addr(listen), "GET", "/version"),
+        (200, "one".into())
+    );
+    sluice.signal("TERM");
+    let status = sluice.wait_exit(Duration::from_secs(10));
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "{status:?}\n{}",
+        sluice.log_text()
+    );
 }

@@ -397,3 +397,201 @@ clusters:
     assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
     assert!(wait_exit(&mut first, Duration::from_secs(15)).success());
 }
+
+#[test]
+fn a_unix_admin_socket_is_handed_over_by_an_upgrade() {
+    let dir = TempDir::new("upgrade-admin-unix");
+    let listen = free_port();
+    let socket = dir.path().join("admin.sock");
+    let path = dir.write(
+        "sluice.yaml",
+        &format!(
+            "admin: {{ path: {}, mode: 0600 }}\nlisteners:\n  - {{ name: echo, address: 127.0.0.1:{listen}, echo: {{}} }}\n",
+            socket.display()
+        ),
+    );
+    let control = dir.path().join("control.sock");
+    let mut first = sluice(&dir, "sluice-1", &path, &control, false);
+    wait_log(&mut first, "sluice ready", Duration::from_secs(20));
+    assert_eq!(
+        unix_http_request(&socket, "GET", "/ready"),
+        (200, "LIVE\n".into())
+    );
+    let inode = {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::symlink_metadata(&socket).unwrap().ino()
+    };
+
+    // The new instance's config changes the mode.
+    let text = std::fs::read_to_string(&path).unwrap();
+    std::fs::write(&path, text.replace("mode: 0600", "mode: 0640")).unwrap();
+    let mut second = sluice(&dir, "sluice-2", &path, &control, true);
+    wait_log(&mut second, "sluice ready", Duration::from_secs(20));
+    assert!(
+        wait_exit(&mut first, Duration::from_secs(15)).success(),
+        "{}",
+        first.log_text()
+    );
+    // The same socket file, served by the new instance with its mode; the old one did not
+    // remove it.
+    {
+        use std::os::unix::fs::MetadataExt;
+        let meta = std::fs::symlink_metadata(&socket).unwrap();
+        assert_eq!((meta.ino(), meta.mode() & 0o777), (inode, 0o640));
+    }
+    assert_eq!(
+        unix_http_request(&socket, "GET", "/ready"),
+        (200, "LIVE\n".into())
+    );
+    assert_eq!(echo_once(addr(listen), b"ping").unwrap(), b"ping");
+    // Its admin API stops it, and the file goes with it.
+    assert_eq!(
+        unix_http_request(&socket, "POST", "/quitquitquit"),
+        (200, "OK\n".into())
+    );
+    assert!(wait_exit(&mut second, Duration::from_secs(10)).success());
+    assert!(!socket.exists(), "the admin socket file was left behind");
+}
+
+#[test]
+fn the_default_control_socket_is_private_and_an_open_directory_is_refused() {
+    if !running_as_root() {
+        return;
+    }
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let dir = TempDir::new("control-default");
+    let listen = free_port();
+    let path = dir.write(
+        "sluice.yaml",
+        &format!("listeners:\n  - {{ name: echo, address: 127.0.0.1:{listen}, echo: {{}} }}\n"),
+    );
+    // Without XDG_RUNTIME_DIR, root's default is /run/sluice (0700), never a /tmp name that
+    // any user can compute and create first.
+    let log = dir.path().join("default.log");
+    let out = std::fs::File::create(&log).unwrap();
+    let child = Command::new(sluice_bin())
+        .args(["run", "-c", path.to_str().unwrap(), "--workers", "1"])
+        .env_remove("XDG_RUNTIME_DIR")
+        .stdout(out.try_clone().unwrap())
+        .stderr(out)
+        .spawn()
+        .unwrap();
+    let mut p = Proc {
+        child,
+        name: "sluice-default".into(),
+        log,
+    };
+    wait_log(&mut p, "sluice ready", Duration::from_secs(20));
+    assert!(
+        p.log_text().contains("/run/sluice/sluice-"),
+        "{}",
+        p.log_text()
+    );
+    let meta = std::fs::metadata("/run/sluice").unwrap();
+    assert_eq!((meta.uid(), meta.mode() & 0o777), (0, 0o700));
+    p.signal("TERM");
+    assert!(wait_exit(&mut p, Duration::from_secs(10)).success());
+
+    // A control socket in a directory others can write (sticky like /tmp, or not) is refused,
+    // for `run` and `run --upgrade` alike.
+    let open = dir.path().join("open");
+    std::fs::create_dir(&open).unwrap();
+    std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o1777)).unwrap();
+    let control = open.join("control.sock");
+    for upgrade in [false, true] {
+        let mut args = vec!["run", "-c", path.to_str().unwrap(), "--control-socket"];
+        args.push(control.to_str().unwrap());
+        if upgrade {
+            args.push("--upgrade");
+        }
+        let out = run(sluice_bin(), &args);
+        assert_eq!(out.status.code(), Some(1), "upgrade {upgrade}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains(&format!(
+                "its directory {} is writable by other users (mode 1777)",
+                open.display()
+            )),
+            "upgrade {upgrade}: {err}"
+        );
+    }
+    assert!(!control.exists());
+}
+
+#[test]
+fn an_upgrade_refuses_a_control_socket_squatted_by_another_user() {
+    if !running_as_root() {
+        return;
+    }
+    use std::os::unix::fs::PermissionsExt;
+    // Another user's process answers on the control socket path and would hand over a
+    // listening socket of its own: the new instance refuses it before sending anything.
+    let dir = TempDir::new("control-squat");
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let listen = free_port();
+    let path = dir.write(
+        "sluice.yaml",
+        &format!("listeners:\n  - {{ name: echo, address: 127.0.0.1:{listen}, echo: {{}} }}\n"),
+    );
+    let theirs = dir.path().join("theirs");
+    std::fs::create_dir(&theirs).unwrap();
+    std::os::unix::fs::chown(&theirs, Some(65534), Some(65534)).unwrap();
+    let squat = theirs.join("control.sock");
+    let script = format!(
+        r#"
+import json, socket, struct, sys, time
+l = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+l.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+l.bind(("127.0.0.1", {listen})); l.listen(); l.setblocking(False)
+s = socket.socket(socket.AF_UNIX); s.bind(sys.argv[1]); s.listen()
+print("ready", flush=True)
+c, _ = s.accept()
+c.settimeout(5)
+try:
+    got = c.recv(4096)
+except Exception:
+    got = b""
+print("request", len(got), flush=True)
+if got:
+    offer = json.dumps({{"v": 1, "type": "offer", "workers": 1, "admin": None, "health": [],
+                         "listeners": [{{"address": "127.0.0.1:{listen}", "fds": 1}}]}}).encode()
+    socket.send_fds(c, [struct.pack(">II", len(offer), 1) + offer], [l.fileno()])
+time.sleep(30)
+"#
+    );
+    let script_path = dir.write("squatter.py", &script);
+    require("setpriv");
+    let mut squatter = Command::new("setpriv")
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "/usr/bin/python3",
+        ])
+        .arg(&script_path)
+        .arg(&squat)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines =
+        std::io::BufRead::lines(std::io::BufReader::new(squatter.stdout.take().unwrap()));
+    assert_eq!(lines.next().unwrap().unwrap(), "ready");
+    // The squatter's socket ends up at our path, in our directory, as our file (as if it had
+    // got past the file checks): the peer's uid still gives it away.
+    let control = dir.path().join("control.sock");
+    std::fs::rename(&squat, &control).unwrap();
+    std::os::unix::fs::chown(&control, Some(0), Some(0)).unwrap();
+
+    let mut new = sluice(&dir, "sluice-new", &path, &control, true);
+    let status = wait_exit(&mut new, Duration::from_secs(10));
+    assert_eq!(status.code(), Some(1), "{}", new.log_text());
+    assert!(
+        new.log_text().contains("runs as uid 65534"),
+        "{}",
+        new.log_text()
+    );
+    // It sent nothing to the squatter.
+    assert_eq!(lines.next().unwrap().unwrap(), "request 0");
+    let _ = squatter.kill();
+    let _ = squatter.wait();
+}

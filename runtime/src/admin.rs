@@ -1,5 +1,6 @@
 //! The admin API: a small HTTP/1.1 server on its own thread and its own current-thread tokio
-//! runtime, bound to `admin.address` (loopback unless the config allows otherwise).
+//! runtime, bound to `admin.address` (loopback unless the config allows otherwise) or to a
+//! Unix socket `admin.path` with `admin.mode` (only whom the file's owner and mode allow).
 //!
 //! It never touches the data path: it reads the workers' counters ([`WorkerStats`], written
 //! only by their worker with relaxed stores) and sums them per scrape, reads the immutable
@@ -30,10 +31,10 @@ use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::time::{Duration, Instant};
 
 use serde_json::{Map, Value, json};
-use sluice_core::config::{Config, ListenerFilter};
+use sluice_core::config::{AdminListen, Config, ListenerFilter};
 use sluice_core::http1::write_local_response;
 use sluice_core::tcp_proxy::CloseReason;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
@@ -230,22 +231,65 @@ impl AdminProcess {
     }
 }
 
+/// The admin server's listening socket: TCP, or a Unix stream socket.
+#[derive(Debug)]
+pub enum AdminListener {
+    /// `admin.address`.
+    Tcp(std::net::TcpListener),
+    /// `admin.path`.
+    Unix(std::os::unix::net::UnixListener),
+}
+
+impl AdminListener {
+    /// A duplicate of the socket (for a later upgrade's handover).
+    pub fn try_clone_fd(&self) -> io::Result<std::os::fd::OwnedFd> {
+        Ok(match self {
+            AdminListener::Tcp(l) => l.try_clone()?.into(),
+            AdminListener::Unix(l) => l.try_clone()?.into(),
+        })
+    }
+}
+
 /// Binds the admin socket (before anything else starts, so that an address in use stops
 /// startup with a clear message).
-pub fn bind(address: std::net::SocketAddr) -> io::Result<std::net::TcpListener> {
-    let l = std::net::TcpListener::bind(address).map_err(|e| {
-        io::Error::new(
-            e.kind(),
-            format!("admin.address: cannot listen on {address}: {e}"),
-        )
-    })?;
-    l.set_nonblocking(true)?;
-    Ok(l)
+///
+/// A Unix socket goes in a directory only this user (or root) can write
+/// ([`crate::control::check_dir`]); an existing socket file there must be this user's: a
+/// stale one (nobody answers) is replaced, a live one is an error. The new file gets `mode`.
+pub fn bind(listen: &AdminListen) -> io::Result<AdminListener> {
+    match listen {
+        AdminListen::Tcp { address } => {
+            let l = std::net::TcpListener::bind(address).map_err(|e| {
+                io::Error::new(
+                    e.kind(),
+                    format!("admin.address: cannot listen on {address}: {e}"),
+                )
+            })?;
+            l.set_nonblocking(true)?;
+            Ok(AdminListener::Tcp(l))
+        }
+        AdminListen::Unix { path, mode } => {
+            let at = |e: io::Error| {
+                io::Error::new(
+                    e.kind(),
+                    format!("admin.path: cannot listen on {path}: {e}"),
+                )
+            };
+            let path = std::path::Path::new(path);
+            crate::control::check_dir(path).map_err(&at)?;
+            crate::control::remove_stale_socket(path).map_err(at)?;
+            let l = std::os::unix::net::UnixListener::bind(path).map_err(at)?;
+            use std::os::unix::fs::PermissionsExt as _;
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(*mode)).map_err(at)?;
+            l.set_nonblocking(true)?;
+            Ok(AdminListener::Unix(l))
+        }
+    }
 }
 
 /// Starts the admin server on its own thread. It runs until the process exits.
 pub fn spawn(
-    listener: std::net::TcpListener,
+    listener: AdminListener,
     handle: Arc<AdminHandle>,
 ) -> io::Result<std::thread::JoinHandle<()>> {
     std::thread::Builder::new()
@@ -263,38 +307,55 @@ pub fn spawn(
             };
             let local = tokio::task::LocalSet::new();
             local.block_on(&rt, async move {
-                let listener = match tokio::net::TcpListener::from_std(listener) {
-                    Ok(l) => l,
-                    Err(e) => {
-                        warn!(error = %e, "admin server: cannot use its socket");
-                        return;
-                    }
-                };
-                let mut closed = handle.get().admin_closed.subscribe();
-                loop {
-                    let accepted = tokio::select! {
-                        biased;
-                        _ = closed.wait_for(|c| *c) => {
-                            info!("admin server: socket handed over; no longer accepting");
-                            return;
+                match listener {
+                    AdminListener::Tcp(l) => match tokio::net::TcpListener::from_std(l) {
+                        Ok(l) => {
+                            accept_loop(&handle, || async { l.accept().await.map(|(s, _)| s) })
+                                .await
                         }
-                        a = listener.accept() => a,
-                    };
-                    match accepted {
-                        Ok((stream, _)) => {
-                            let shared = handle.get();
-                            tokio::task::spawn_local(async move {
-                                serve_connection(stream, &shared).await;
-                            });
+                        Err(e) => warn!(error = %e, "admin server: cannot use its socket"),
+                    },
+                    AdminListener::Unix(l) => match tokio::net::UnixListener::from_std(l) {
+                        Ok(l) => {
+                            accept_loop(&handle, || async { l.accept().await.map(|(s, _)| s) })
+                                .await
                         }
-                        Err(e) => {
-                            warn!(error = %e, "admin server: accept failed");
-                            tokio::time::sleep(Duration::from_millis(50)).await;
-                        }
-                    }
+                        Err(e) => warn!(error = %e, "admin server: cannot use its socket"),
+                    },
                 }
             });
         })
+}
+
+/// Accepts admin connections until the socket is handed over.
+async fn accept_loop<S, F>(handle: &AdminHandle, mut accept: impl FnMut() -> F)
+where
+    S: AsyncRead + AsyncWrite + Unpin + 'static,
+    F: std::future::Future<Output = io::Result<S>>,
+{
+    let mut closed = handle.get().admin_closed.subscribe();
+    loop {
+        let accepted = tokio::select! {
+            biased;
+            _ = closed.wait_for(|c| *c) => {
+                info!("admin server: socket handed over; no longer accepting");
+                return;
+            }
+            a = accept() => a,
+        };
+        match accepted {
+            Ok(stream) => {
+                let shared = handle.get();
+                tokio::task::spawn_local(async move {
+                    serve_connection(stream, &shared).await;
+                });
+            }
+            Err(e) => {
+                warn!(error = %e, "admin server: accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
 }
 
 /// Largest admin request head.
@@ -302,7 +363,7 @@ const MAX_HEAD: usize = 16 * 1024;
 /// Time for a client to send its request head.
 const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
 
-async fn serve_connection(mut stream: tokio::net::TcpStream, shared: &AdminShared) {
+async fn serve_connection<S: AsyncRead + AsyncWrite + Unpin>(mut stream: S, shared: &AdminShared) {
     let mut buf = Vec::with_capacity(1024);
     let head = tokio::time::timeout(HEAD_TIMEOUT, read_head(&mut stream, &mut buf)).await;
     let mut head_only = false;
@@ -368,8 +429,8 @@ async fn serve_connection(mut stream: tokio::net::TcpStream, shared: &AdminShare
 }
 
 /// Reads a request head; `Ok(None)` when it is malformed or too large.
-async fn read_head(
-    stream: &mut tokio::net::TcpStream,
+async fn read_head<S: AsyncRead + Unpin>(
+    stream: &mut S,
     buf: &mut Vec<u8>,
 ) -> io::Result<Option<(String, String)>> {
     let mut chunk = [0u8; 2048];
@@ -603,7 +664,7 @@ pub fn handle(shared: &AdminShared, method: &str, target: &str) -> (Response, Af
                 "uptime_seconds": shared.uptime().as_secs(),
                 "workers": shared.workers.len(),
                 "healthcheck_failed": shared.healthcheck_failed.load(Ordering::Acquire),
-                "admin_address": shared.config.admin.as_ref().map(|a| a.address.to_string()),
+                "admin_address": shared.config.admin.as_ref().map(|a| a.listen.to_string()),
             }),
         ),
         "/healthcheck/fail" => {

@@ -26,8 +26,19 @@
 //! | new → old | `{"v":1,"type":"serving"}` | |
 //! | old → new | `{"v":1,"type":"draining"}` (the acknowledgement) | |
 //!
-//! A peer speaking another version is refused (`refused` with the reason). The socket file is
-//! made `0600`, and the old instance only answers peers with its own uid (or root).
+//! A peer speaking another version is refused (`refused` with the reason).
+//!
+//! ## Who may take part
+//!
+//! The socket hands over every listening socket, so both ends check each other. Its directory
+//! ([`default_dir`], or the path given) must be owned by this user or root and writable by
+//! nobody else ([`check_dir`]); an existing socket file must be this user's (another user's is
+//! never connected to nor removed: [`ControlError::Untrusted`]). The file is made `0600`. Both
+//! the old instance and the new one check the peer's uid (`SO_PEERCRED`: this user or root),
+//! the new one before it sends anything. Every descriptor received is checked before it is
+//! used ([`check_inherited_listener`], [`check_inherited_admin`], and migrated connections must
+//! be connected TCP sockets): anything else fails the upgrade, and the old instance, which
+//! never stopped accepting, keeps serving.
 //!
 //! ## Sharing sockets
 //!
@@ -56,9 +67,29 @@ use crate::fdpass;
 /// The protocol version this build speaks.
 pub const PROTOCOL_VERSION: u64 = 1;
 
+/// The directory of the default control socket: `$XDG_RUNTIME_DIR` when it is set (an
+/// absolute directory), else `/run/sluice` for root, else `/tmp/sluice-<uid>`. Never a
+/// directory other users can write: [`check_dir`] refuses one (and the two last are created
+/// `0700` by [`ControlSocket::bind`] when missing).
+#[must_use]
+pub fn default_dir() -> PathBuf {
+    if let Some(d) = std::env::var_os("XDG_RUNTIME_DIR")
+        .map(PathBuf::from)
+        .filter(|d| d.is_absolute() && d.is_dir())
+    {
+        return d;
+    }
+    let uid = nix::unistd::geteuid().as_raw();
+    if uid == 0 {
+        PathBuf::from("/run/sluice")
+    } else {
+        PathBuf::from(format!("/tmp/sluice-{uid}"))
+    }
+}
+
 /// The default control socket path for a config file: stable for the same file across
 /// processes and builds (a fixed FNV-1a hash of the canonical path, never std's seeded hasher):
-/// `$XDG_RUNTIME_DIR/sluice-<16 hex>.sock`, or under `/tmp` when that is not set.
+/// `<default_dir()>/sluice-<16 hex>.sock`.
 #[must_use]
 pub fn default_path(config_path: &Path) -> PathBuf {
     let canonical = std::fs::canonicalize(config_path).unwrap_or_else(|_| {
@@ -75,11 +106,287 @@ pub fn default_path(config_path: &Path) -> PathBuf {
         hash ^= u64::from(*b);
         hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
     }
-    let dir = std::env::var_os("XDG_RUNTIME_DIR")
-        .map(PathBuf::from)
-        .filter(|d| d.is_absolute() && d.is_dir())
-        .unwrap_or_else(|| PathBuf::from("/tmp"));
-    dir.join(format!("sluice-{hash:016x}.sock"))
+    default_dir().join(format!("sluice-{hash:016x}.sock"))
+}
+
+/// This process's effective uid.
+fn my_uid() -> u32 {
+    nix::unistd::geteuid().as_raw()
+}
+
+/// Checks that the directory of a control (or admin) socket is safe to use: it exists (it is
+/// created `0700` when missing and its parent exists), is owned by this user or root, and
+/// nobody else can write to it (no group or other write bit, sticky or not: in a directory
+/// others can write, another user can create the socket's name first, or replace it).
+pub fn check_dir(socket: &Path) -> io::Result<()> {
+    let dir = match socket.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => std::env::current_dir()?,
+    };
+    let unsafe_dir = |why: String| {
+        io::Error::new(
+            io::ErrorKind::PermissionDenied,
+            format!(
+                "socket {}: its directory {} {why}; use a directory only this user (uid {}) \
+                 can write, e.g. /run/sluice for root or $XDG_RUNTIME_DIR",
+                socket.display(),
+                dir.display(),
+                my_uid()
+            ),
+        )
+    };
+    let meta = match std::fs::metadata(&dir) {
+        Ok(m) => m,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            use std::os::unix::fs::DirBuilderExt as _;
+            // Another instance starting at the same moment may create it first: fine, it is
+            // checked below like any existing directory.
+            match std::fs::DirBuilder::new().mode(0o700).create(&dir) {
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(()),
+                other => other,
+            }
+            .map_err(|e| {
+                io::Error::new(
+                    e.kind(),
+                    format!(
+                        "socket {}: cannot create {}: {e}",
+                        socket.display(),
+                        dir.display()
+                    ),
+                )
+            })?;
+            std::fs::metadata(&dir)?
+        }
+        Err(e) => {
+            return Err(io::Error::new(
+                e.kind(),
+                format!("socket {}: {}: {e}", socket.display(), dir.display()),
+            ));
+        }
+    };
+    if !meta.is_dir() {
+        return Err(unsafe_dir("is not a directory".into()));
+    }
+    let me = my_uid();
+    if meta.uid() != me && meta.uid() != 0 {
+        return Err(unsafe_dir(format!("is owned by uid {}", meta.uid())));
+    }
+    if meta.mode() & 0o022 != 0 {
+        return Err(unsafe_dir(format!(
+            "is writable by other users (mode {:04o})",
+            meta.mode() & 0o7777
+        )));
+    }
+    Ok(())
+}
+
+/// Checks an existing socket file before using it: a socket, owned by this user. `Ok(false)`
+/// when nothing is at `path`.
+fn check_socket_file(path: &Path) -> Result<bool, ControlError> {
+    let meta = match std::fs::symlink_metadata(path) {
+        Ok(m) => m,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
+        Err(e) => return Err(at(path, e)),
+    };
+    if !meta.file_type().is_socket() {
+        return Err(ControlError::Io(io::Error::new(
+            io::ErrorKind::AlreadyExists,
+            format!("{} exists and is not a socket", path.display()),
+        )));
+    }
+    if meta.uid() != my_uid() {
+        return Err(ControlError::Untrusted {
+            path: path.to_path_buf(),
+            reason: format!(
+                "the socket file is owned by uid {}, not by this user (uid {}); another user \
+                 may have created it: remove it",
+                meta.uid(),
+                my_uid()
+            ),
+        });
+    }
+    Ok(true)
+}
+
+/// Makes way for binding a Unix socket at `path` (the admin socket): nothing there is fine; a
+/// socket file of this user that nobody answers on is removed; a live one, a file that is not
+/// a socket, or one of another user is an error (and is left alone).
+pub fn remove_stale_socket(path: &Path) -> io::Result<()> {
+    if !check_socket_file(path).map_err(io::Error::from)? {
+        return Ok(());
+    }
+    match UnixStream::connect(path) {
+        Ok(_) => Err(io::Error::new(
+            io::ErrorKind::AddrInUse,
+            "another process answers on this socket",
+        )),
+        Err(e)
+            if matches!(
+                e.kind(),
+                io::ErrorKind::NotFound | io::ErrorKind::ConnectionRefused
+            ) =>
+        {
+            info!(path = %path.display(), "removing a stale socket file");
+            match std::fs::remove_file(path) {
+                Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+                _ => Ok(()),
+            }
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// Where the admin socket handed over listens: a TCP address, or a Unix socket path (written
+/// `unix:PATH` in the offer; an older instance, which only knows addresses, then refuses it).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum AdminAddress {
+    /// `admin.address`.
+    Tcp(SocketAddr),
+    /// `admin.path`.
+    Unix(PathBuf),
+}
+
+impl AdminAddress {
+    /// Where `listen` listens.
+    #[must_use]
+    pub fn of(listen: &sluice_core::config::AdminListen) -> AdminAddress {
+        match listen {
+            sluice_core::config::AdminListen::Tcp { address } => AdminAddress::Tcp(*address),
+            sluice_core::config::AdminListen::Unix { path, .. } => {
+                AdminAddress::Unix(PathBuf::from(path))
+            }
+        }
+    }
+
+    fn parse(s: &str) -> Option<AdminAddress> {
+        match s.strip_prefix("unix:") {
+            Some(p) if p.starts_with('/') => Some(AdminAddress::Unix(PathBuf::from(p))),
+            Some(_) => None,
+            None => s.parse().ok().map(AdminAddress::Tcp),
+        }
+    }
+}
+
+impl fmt::Display for AdminAddress {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            AdminAddress::Tcp(a) => write!(f, "{a}"),
+            AdminAddress::Unix(p) => write!(f, "unix:{}", p.display()),
+        }
+    }
+}
+
+/// [`check_inherited_listener`] for the admin socket: a TCP one, or a Unix stream socket,
+/// listening, non-blocking, bound to `expected`'s path.
+pub fn check_inherited_admin(
+    fd: OwnedFd,
+    expected: &AdminAddress,
+) -> Result<crate::admin::AdminListener, String> {
+    let path = match expected {
+        AdminAddress::Tcp(a) => {
+            return check_inherited_listener(fd, *a).map(crate::admin::AdminListener::Tcp);
+        }
+        AdminAddress::Unix(p) => p,
+    };
+    let sock = socket2::SockRef::from(&fd);
+    let bad = |what: String| format!("the admin socket offered for {expected} {what}");
+    let inspect = |e: io::Error| {
+        if e.raw_os_error() == Some(nix::libc::ENOTSOCK) {
+            bad("is not a socket".into())
+        } else {
+            bad(format!("cannot be inspected: {e}"))
+        }
+    };
+    let ty = sock.r#type().map_err(inspect)?;
+    let domain = sock.domain().map_err(inspect)?;
+    if ty != socket2::Type::STREAM || domain != socket2::Domain::UNIX {
+        return Err(bad(format!(
+            "is not a Unix stream socket ({domain:?}, {ty:?})"
+        )));
+    }
+    if !sock.is_listener().map_err(inspect)? {
+        return Err(bad("is not listening".into()));
+    }
+    if !sock.nonblocking().map_err(inspect)? {
+        return Err(bad("is blocking".into()));
+    }
+    let local = sock.local_addr().map_err(inspect)?;
+    if local.as_pathname() != Some(path.as_path()) {
+        return Err(bad(format!("is bound to {:?}", local.as_pathname())));
+    }
+    Ok(crate::admin::AdminListener::Unix(UnixListener::from(fd)))
+}
+
+/// Checks the process at the other end of a control connection: this user, or root.
+fn check_peer_uid(stream: &UnixStream) -> io::Result<()> {
+    use nix::sys::socket::{getsockopt, sockopt::PeerCredentials};
+    let creds = getsockopt(stream, PeerCredentials).map_err(io::Error::from)?;
+    let me = my_uid();
+    if creds.uid() == me || creds.uid() == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::new(
+            io::ErrorKind::PermissionDenied,
+            format!(
+                "the peer process (pid {}) runs as uid {}, not as this user (uid {me}) or root",
+                creds.pid(),
+                creds.uid()
+            ),
+        ))
+    }
+}
+
+/// Checks a listening socket received from the old instance before serving it: a TCP stream
+/// socket, listening, non-blocking, bound to `expected`. Anything else (a pipe, a UDP socket,
+/// a connected socket, a blocking listener, which would hang a worker in `accept`, a socket
+/// bound elsewhere) is an error naming what it is.
+pub fn check_inherited_listener(
+    fd: OwnedFd,
+    expected: SocketAddr,
+) -> Result<std::net::TcpListener, String> {
+    let sock = socket2::SockRef::from(&fd);
+    let bad = |what: String| format!("the socket offered for {expected} {what}");
+    let ty = sock.r#type().map_err(|e| {
+        if e.raw_os_error() == Some(nix::libc::ENOTSOCK) {
+            bad("is not a socket".into())
+        } else {
+            bad(format!("cannot be inspected: {e}"))
+        }
+    })?;
+    if ty != socket2::Type::STREAM {
+        return Err(bad(format!("is not a stream socket ({ty:?})")));
+    }
+    let domain = sock
+        .domain()
+        .map_err(|e| bad(format!("cannot be inspected: {e}")))?;
+    if domain != socket2::Domain::IPV4 && domain != socket2::Domain::IPV6 {
+        return Err(bad(format!("is not a TCP socket ({domain:?})")));
+    }
+    if !sock
+        .is_listener()
+        .map_err(|e| bad(format!("cannot be inspected: {e}")))?
+    {
+        return Err(bad(
+            "is not listening (a connected or unbound socket)".into()
+        ));
+    }
+    if !sock
+        .nonblocking()
+        .map_err(|e| bad(format!("cannot be inspected: {e}")))?
+    {
+        return Err(bad(
+            "is blocking (a worker would hang in accept); the running instance's are not".into(),
+        ));
+    }
+    let local = sock
+        .local_addr()
+        .ok()
+        .and_then(|a| a.as_socket())
+        .ok_or_else(|| bad("has no address".into()))?;
+    if local != expected {
+        return Err(bad(format!("is bound to {local}")));
+    }
+    Ok(std::net::TcpListener::from(fd))
 }
 
 /// What can go wrong on the control socket.
@@ -94,6 +401,14 @@ pub enum ControlError {
         /// The control socket.
         path: PathBuf,
         /// Its reason.
+        reason: String,
+    },
+    /// The control socket, its directory or the process answering on it is not this user's
+    /// (nothing was sent to it or taken from it).
+    Untrusted {
+        /// The control socket.
+        path: PathBuf,
+        /// What is wrong.
         reason: String,
     },
     /// The peer sent something unexpected, or closed the connection halfway.
@@ -121,6 +436,11 @@ impl fmt::Display for ControlError {
             ControlError::Refused { path, reason } => write!(
                 f,
                 "the running instance (control socket {}) refused the upgrade: {reason}",
+                path.display()
+            ),
+            ControlError::Untrusted { path, reason } => write!(
+                f,
+                "refusing the control socket {}: {reason}",
                 path.display()
             ),
             ControlError::Protocol(m) => write!(f, "upgrade protocol error: {m}"),
@@ -152,6 +472,7 @@ impl From<ControlError> for io::Error {
             ControlError::AlreadyRunning(_) => io::Error::new(io::ErrorKind::AddrInUse, e),
             ControlError::NoInstance(_) => io::Error::new(io::ErrorKind::NotFound, e),
             ControlError::Timeout(_) => io::Error::new(io::ErrorKind::TimedOut, e),
+            ControlError::Untrusted { .. } => io::Error::new(io::ErrorKind::PermissionDenied, e),
             other => io::Error::other(other),
         }
     }
@@ -166,7 +487,7 @@ pub struct HandoverOffer {
     /// Every listener: its address and one socket per old worker.
     pub listeners: Vec<(SocketAddr, Vec<OwnedFd>)>,
     /// The admin listener, if any.
-    pub admin: Option<(SocketAddr, OwnedFd)>,
+    pub admin: Option<(AdminAddress, OwnedFd)>,
     /// The active health checks' verdicts: (cluster, host address, healthy), so that the new
     /// instance does not start with every checked host unknown.
     pub health: Vec<(String, SocketAddr, bool)>,
@@ -185,22 +506,26 @@ impl ControlSocket {
     /// Binds the control socket at `path`. [`ControlError::AlreadyRunning`] when a live instance
     /// answers there; a stale socket file (nobody listening) is removed and bound again. A path
     /// that exists and is not a socket is an error (nothing is removed).
+    ///
+    /// The directory must be safe ([`check_dir`]), and an existing socket file this user's:
+    /// a socket file or directory of another user is refused ([`ControlError::Untrusted`]),
+    /// never connected to nor removed.
     pub fn bind(path: &Path) -> Result<ControlSocket, ControlError> {
-        match UnixStream::connect(path) {
-            Ok(_) => return Err(ControlError::AlreadyRunning(path.to_path_buf())),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-            Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {
-                let meta = std::fs::symlink_metadata(path).map_err(|e| at(path, e))?;
-                if !meta.file_type().is_socket() {
-                    return Err(ControlError::Io(io::Error::new(
-                        io::ErrorKind::AlreadyExists,
-                        format!("{} exists and is not a socket", path.display()),
-                    )));
+        check_dir(path).map_err(ControlError::Io)?;
+        if check_socket_file(path)? {
+            match UnixStream::connect(path) {
+                Ok(_) => return Err(ControlError::AlreadyRunning(path.to_path_buf())),
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::NotFound | io::ErrorKind::ConnectionRefused
+                    ) =>
+                {
+                    info!(path = %path.display(), "removing a stale control socket");
+                    remove_if_exists(path)?;
                 }
-                info!(path = %path.display(), "removing a stale control socket");
-                remove_if_exists(path)?;
+                Err(e) => return Err(at(path, e)),
             }
-            Err(e) => return Err(at(path, e)),
         }
         Self::bind_fresh(path)
     }
@@ -216,7 +541,7 @@ impl ControlSocket {
         let listener = UnixListener::bind(path).map_err(|e| at(path, e))?;
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
             .map_err(|e| at(path, e))?;
-        let uid = std::fs::metadata(path).map_err(|e| at(path, e))?.uid();
+        let uid = my_uid();
         Ok(ControlSocket {
             listener,
             path: path.to_path_buf(),
@@ -499,16 +824,8 @@ impl Shared {
     }
 
     fn check_peer(&self, stream: &UnixStream) -> io::Result<()> {
-        use nix::sys::socket::{getsockopt, sockopt::PeerCredentials};
-        let creds = getsockopt(stream, PeerCredentials).map_err(io::Error::from)?;
-        if creds.uid() == self.uid || creds.uid() == 0 {
-            Ok(())
-        } else {
-            Err(io::Error::new(
-                io::ErrorKind::PermissionDenied,
-                format!("peer uid {} is not {}", creds.uid(), self.uid),
-            ))
-        }
+        debug_assert_eq!(self.uid, my_uid());
+        check_peer_uid(stream)
     }
 }
 
@@ -586,8 +903,8 @@ pub struct Inherited {
     /// Every listener: its address and the old instance's sockets for it (one per old
     /// worker). Non-blocking, and sharing their flags with the old instance: do not change them.
     pub listeners: Vec<(SocketAddr, Vec<std::net::TcpListener>)>,
-    /// The admin listener, if the old instance had one.
-    pub admin: Option<(SocketAddr, std::net::TcpListener)>,
+    /// The admin listener (TCP or Unix), if the old instance had one.
+    pub admin: Option<(AdminAddress, crate::admin::AdminListener)>,
     /// The old instance's health verdicts (see [`HandoverOffer::health`]).
     pub health: Vec<(String, SocketAddr, bool)>,
 }
@@ -629,7 +946,20 @@ fn failure(path: &Path, f: NewFailure) -> ControlError {
 /// must come within `timeout`. [`ControlError::NoInstance`] when nobody listens at `path`.
 /// On success, serve the inherited sockets, then call [`Upgrade::confirm_serving`]; on an error,
 /// exit: the old instance keeps serving.
+///
+/// Before anything is sent, the socket's directory ([`check_dir`]), the socket file (this
+/// user's) and the process answering (this user or root, by `SO_PEERCRED`) are checked
+/// ([`ControlError::Untrusted`]); every socket received is checked before it is served
+/// ([`check_inherited_listener`]): a bad one fails the upgrade (the old instance keeps serving).
 pub fn request_upgrade(path: &Path, timeout: Duration) -> Result<Upgrade, ControlError> {
+    let untrusted = |reason: String| ControlError::Untrusted {
+        path: path.to_path_buf(),
+        reason,
+    };
+    check_dir(path).map_err(|e| untrusted(e.to_string()))?;
+    if !check_socket_file(path)? {
+        return Err(ControlError::NoInstance(path.to_path_buf()));
+    }
     let stream = match UnixStream::connect(path) {
         Ok(s) => s,
         Err(e)
@@ -642,6 +972,7 @@ pub fn request_upgrade(path: &Path, timeout: Duration) -> Result<Upgrade, Contro
         }
         Err(e) => return Err(at(path, e)),
     };
+    check_peer_uid(&stream).map_err(|e| untrusted(e.to_string()))?;
     stream.set_write_timeout(Some(timeout))?;
     let mut machine = NewInstance::new(crate::now(), timeout);
     loop {
@@ -743,19 +1074,20 @@ fn parse_offer(v: &Value, fds: Vec<OwnedFd>) -> Result<Inherited, String> {
         let mut sockets = Vec::new();
         for _ in 0..count {
             let fd = fds.next().ok_or("offer: fewer sockets than announced")?;
-            sockets.push(std::net::TcpListener::from(fd));
+            sockets.push(check_inherited_listener(fd, address)?);
         }
         listeners.push((address, sockets));
     }
     let admin = match v.get("admin") {
         None | Some(Value::Null) => None,
         Some(a) => {
-            let address: SocketAddr = a
+            let address = a
                 .as_str()
-                .and_then(|a| a.parse().ok())
+                .and_then(AdminAddress::parse)
                 .ok_or_else(|| format!("offer: bad admin address {a}"))?;
             let fd = fds.next().ok_or("offer: the admin socket is missing")?;
-            Some((address, std::net::TcpListener::from(fd)))
+            let listener = check_inherited_admin(fd, &address)?;
+            Some((address, listener))
         }
     };
     if fds.next().is_some() {
@@ -880,14 +1212,27 @@ pub struct Migrations {
 
 impl Migrations {
     /// The next migrated connection; `Ok(None)` when the old instance is done (or gone).
+    ///
+    /// A descriptor that is not a connected TCP stream socket is closed and skipped (with a
+    /// warning): the next one is read.
     pub fn next(&self) -> io::Result<Option<Migrated>> {
+        loop {
+            match self.next_message()? {
+                Next::Done => return Ok(None),
+                Next::Connection(m) => return Ok(Some(m)),
+                Next::Skipped(why) => warn!("upgrade: refusing a migrated descriptor: {why}"),
+            }
+        }
+    }
+
+    fn next_message(&self) -> io::Result<Next> {
         let (v, mut fds) = match recv_json(&self.stream) {
             Ok(m) => m,
-            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(None),
+            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(Next::Done),
             Err(e) => return Err(e),
         };
         if check_message(&v, "done").is_ok() {
-            return Ok(None);
+            return Ok(Next::Done);
         }
         check_message(&v, "connection")
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
@@ -910,12 +1255,41 @@ impl Migrations {
         if fds.len() != 1 {
             return Err(bad("one socket per connection expected"));
         }
-        Ok(Some(Migrated {
+        let stream = fds.remove(0);
+        if let Err(why) = check_migrated(&stream) {
+            return Ok(Next::Skipped(why));
+        }
+        Ok(Next::Connection(Migrated {
             listener,
-            stream: fds.remove(0),
+            stream,
             unread,
         }))
     }
+}
+
+/// One message of the migration stream.
+enum Next {
+    Done,
+    Connection(Migrated),
+    Skipped(String),
+}
+
+/// A migrated connection must be a connected TCP stream socket.
+fn check_migrated(fd: &OwnedFd) -> Result<(), String> {
+    let sock = socket2::SockRef::from(fd);
+    let ty = sock.r#type().map_err(|e| format!("not a socket ({e})"))?;
+    let domain = sock.domain().map_err(|e| format!("not a socket ({e})"))?;
+    if ty != socket2::Type::STREAM
+        || (domain != socket2::Domain::IPV4 && domain != socket2::Domain::IPV6)
+    {
+        return Err(format!("not a TCP socket ({domain:?}, {ty:?})"));
+    }
+    if sock.is_listener().unwrap_or(true) {
+        return Err("a listening socket, not a connection".into());
+    }
+    sock.peer_addr()
+        .map(|_| ())
+        .map_err(|e| format!("not a connected socket ({e})"))
 }
 
 #[cfg(test)]
@@ -929,15 +1303,287 @@ mod tests {
 
     const T: Duration = Duration::from_millis(500);
 
+    /// A private directory (0700) for this test process's sockets.
+    fn temp_dir() -> PathBuf {
+        use std::os::unix::fs::DirBuilderExt as _;
+        let d = std::env::temp_dir().join(format!("sluice-control-test-{}", std::process::id()));
+        let _ = std::fs::DirBuilder::new().mode(0o700).create(&d);
+        d
+    }
+
     fn temp_path(name: &str) -> PathBuf {
         static N: AtomicU64 = AtomicU64::new(0);
         let n = N.fetch_add(1, Ordering::Relaxed);
-        let p = std::env::temp_dir().join(format!(
-            "sluice-test-{}-{name}-{n}.sock",
-            std::process::id()
-        ));
+        let p = temp_dir().join(format!("{name}-{n}.sock"));
         let _ = std::fs::remove_file(&p);
         p
+    }
+
+    fn is_root() -> bool {
+        my_uid() == 0
+    }
+
+    fn chown(path: &Path, uid: u32) {
+        std::os::unix::fs::lchown(path, Some(uid), Some(uid)).unwrap();
+    }
+
+    #[test]
+    fn inherited_sockets_other_than_nonblocking_tcp_listeners_are_refused() {
+        use std::os::unix::net::UnixListener;
+        let good = crate::net::bind_reuseport("127.0.0.1:0".parse().unwrap(), 16).unwrap();
+        let address = good.local_addr().unwrap();
+        let check = |fd: OwnedFd| {
+            check_inherited_listener(fd, address)
+                .map(|_| ())
+                .unwrap_err()
+        };
+
+        let (read, _write) = std::io::pipe().unwrap();
+        let e = check(OwnedFd::from(read));
+        assert_eq!(
+            e,
+            format!("the socket offered for {address} is not a socket")
+        );
+
+        let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let e = check(OwnedFd::from(udp));
+        assert!(e.contains("is not a stream socket"), "{e}");
+
+        let client = TcpStream::connect(address).unwrap();
+        let e = check(OwnedFd::from(client));
+        assert!(e.contains("is not listening"), "{e}");
+
+        let blocking = TcpListener::bind("127.0.0.1:0").unwrap();
+        let e = check_inherited_listener(
+            OwnedFd::from(blocking.try_clone().unwrap()),
+            blocking.local_addr().unwrap(),
+        )
+        .map(|_| ())
+        .unwrap_err();
+        assert!(
+            e.contains("is blocking (a worker would hang in accept)"),
+            "{e}"
+        );
+
+        let elsewhere = crate::net::bind_reuseport("127.0.0.1:0".parse().unwrap(), 16).unwrap();
+        let other = elsewhere.local_addr().unwrap();
+        let e = check(OwnedFd::from(elsewhere));
+        assert_eq!(
+            e,
+            format!("the socket offered for {address} is bound to {other}")
+        );
+
+        let unix_path = temp_path("not-tcp");
+        let unix = UnixListener::bind(&unix_path).unwrap();
+        unix.set_nonblocking(true).unwrap();
+        let e = check(OwnedFd::from(unix));
+        assert!(e.contains("is not a TCP socket"), "{e}");
+        let _ = std::fs::remove_file(&unix_path);
+
+        // The real thing passes, and still accepts.
+        let ok =
+            check_inherited_listener(OwnedFd::from(good.try_clone().unwrap()), address).unwrap();
+        assert!(accepted_by(address, std::slice::from_ref(&ok)));
+    }
+
+    #[test]
+    fn migrated_descriptors_other_than_tcp_connections_are_refused() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        assert_eq!(check_migrated(&OwnedFd::from(client)), Ok(()));
+        let (read, _write) = std::io::pipe().unwrap();
+        assert!(
+            check_migrated(&OwnedFd::from(read))
+                .unwrap_err()
+                .starts_with("not a socket")
+        );
+        let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        assert!(
+            check_migrated(&OwnedFd::from(udp))
+                .unwrap_err()
+                .starts_with("not a TCP socket")
+        );
+        assert_eq!(
+            check_migrated(&OwnedFd::from(listener)).unwrap_err(),
+            "a listening socket, not a connection"
+        );
+    }
+
+    #[test]
+    fn a_bad_socket_in_the_offer_aborts_the_upgrade_and_the_old_keeps_serving() {
+        let path = temp_path("bad-offer");
+        let good = crate::net::bind_reuseport("127.0.0.1:0".parse().unwrap(), 16).unwrap();
+        let address = good.local_addr().unwrap();
+        let taken = Arc::new(AtomicUsize::new(0));
+        let counter = taken.clone();
+        let offered_udp = Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let flag = offered_udp.clone();
+        let copy = good.try_clone().unwrap();
+        ControlSocket::bind(&path)
+            .unwrap()
+            .serve(
+                move || {
+                    // First a UDP socket where a TCP listener is announced, then the real one.
+                    let fd = if flag.swap(false, Ordering::SeqCst) {
+                        OwnedFd::from(std::net::UdpSocket::bind("127.0.0.1:0")?)
+                    } else {
+                        OwnedFd::from(copy.try_clone()?)
+                    };
+                    Ok(HandoverOffer {
+                        health: Vec::new(),
+                        workers: 1,
+                        listeners: vec![(address, vec![fd])],
+                        admin: None,
+                    })
+                },
+                move || {
+                    counter.fetch_add(1, Ordering::SeqCst);
+                    None
+                },
+                T,
+            )
+            .unwrap();
+        match request_upgrade(&path, T) {
+            Err(ControlError::Protocol(m)) => {
+                assert!(
+                    m.contains(&format!(
+                        "the socket offered for {address} is not a stream socket"
+                    )),
+                    "{m}"
+                );
+            }
+            other => panic!("expected a refused socket, got {other:?}"),
+        }
+        // The old instance rolled back: it serves its socket and hands it over on a later
+        // request, once it has seen the close.
+        assert!(accepted_by(address, std::slice::from_ref(&good)));
+        assert_eq!(taken.load(Ordering::SeqCst), 0);
+        let until = Instant::now() + Duration::from_secs(2);
+        let upgrade = loop {
+            match request_upgrade(&path, T) {
+                Ok(u) => break u,
+                Err(ControlError::Refused { reason, .. })
+                    if reason.contains("in progress") && Instant::now() < until =>
+                {
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                Err(e) => panic!("{e}"),
+            }
+        };
+        assert_eq!(upgrade.inherited.listeners[0].0, address);
+        let _ = std::fs::remove_file(&path);
+    }
+
+    #[test]
+    fn refuses_a_socket_or_directory_of_another_user() {
+        if !is_root() {
+            eprintln!("skipped: needs root to make files of another user");
+            return;
+        }
+        const NOBODY: u32 = 65534;
+        // A directory owned by another user.
+        let dir = temp_dir().join("nobody-dir");
+        std::fs::create_dir_all(&dir).unwrap();
+        chown(&dir, NOBODY);
+        let e = ControlSocket::bind(&dir.join("c.sock"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("is owned by uid 65534"), "{e}");
+        let e = request_upgrade(&dir.join("c.sock"), T)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("is owned by uid 65534"), "{e}");
+        // A directory others can write (sticky like /tmp, or not).
+        for mode in [0o1777, 0o777, 0o770] {
+            let dir = temp_dir().join(format!("open-{mode:o}"));
+            std::fs::create_dir_all(&dir).unwrap();
+            std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(mode)).unwrap();
+            let e = ControlSocket::bind(&dir.join("c.sock"))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("is writable by other users"), "{mode:o}: {e}");
+        }
+        // A socket file another user created first (a squatter): never connected to, never
+        // removed, for `run` and `run --upgrade` alike.
+        let path = temp_path("squatted");
+        let squatter = UnixListener::bind(&path).unwrap();
+        chown(&path, NOBODY);
+        match ControlSocket::bind(&path) {
+            Err(e @ ControlError::Untrusted { .. }) => {
+                assert!(e.to_string().contains("owned by uid 65534"), "{e}");
+            }
+            other => panic!("expected a refusal, got {other:?}"),
+        }
+        match request_upgrade(&path, T) {
+            Err(e @ ControlError::Untrusted { .. }) => {
+                assert!(e.to_string().contains("owned by uid 65534"), "{e}");
+            }
+            other => panic!("expected a refusal, got {other:?}"),
+        }
+        squatter.set_nonblocking(true).unwrap();
+        assert!(
+            squatter.accept().is_err(),
+            "nobody connected to the squatter"
+        );
+        assert!(path.exists());
+        let _ = std::fs::remove_file(&path);
+        // A missing default-like directory is created private.
+        let fresh = temp_dir().join("fresh");
+        let _ = std::fs::remove_dir(&fresh);
+        let c = ControlSocket::bind(&fresh.join("c.sock")).unwrap();
+        assert_eq!(std::fs::metadata(&fresh).unwrap().mode() & 0o777, 0o700);
+        drop(c);
+    }
+
+    #[test]
+    fn the_new_instance_refuses_a_peer_of_another_user() {
+        if !is_root() {
+            eprintln!("skipped: needs root to run a process as another user");
+            return;
+        }
+        // A squatter running as `nobody` listens on a socket that ends up in our private
+        // directory, owned by us (as if the file checks had been passed): the peer check
+        // still refuses it before sending anything.
+        let path = temp_path("peer");
+        let nobody_dir = std::env::temp_dir().join(format!("sluice-peer-{}", std::process::id()));
+        std::fs::create_dir_all(&nobody_dir).unwrap();
+        chown(&nobody_dir, 65534);
+        let theirs = nobody_dir.join("s.sock");
+        let mut child = std::process::Command::new("setpriv")
+            .args([
+                "--reuid=65534",
+                "--regid=65534",
+                "--clear-groups",
+                "/usr/bin/python3",
+                "-c",
+            ])
+            .arg(
+                "import socket,sys,time\n\
+                 s=socket.socket(socket.AF_UNIX)\ns.bind(sys.argv[1])\ns.listen()\n\
+                 print('ready',flush=True)\nc,_=s.accept()\nc.settimeout(5)\n\
+                 print('got',len(c.recv(1000)),flush=True)\ntime.sleep(5)\n",
+            )
+            .arg(&theirs)
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
+        let mut line = String::new();
+        std::io::BufRead::read_line(&mut out, &mut line).unwrap();
+        assert_eq!(line, "ready\n");
+        std::fs::rename(&theirs, &path).unwrap();
+        chown(&path, 0);
+        let e = request_upgrade(&path, T).unwrap_err();
+        assert!(matches!(e, ControlError::Untrusted { .. }), "{e:?}");
+        assert!(e.to_string().contains("runs as uid 65534"), "{e}");
+        // It was told nothing.
+        line.clear();
+        std::io::BufRead::read_line(&mut out, &mut line).unwrap();
+        assert_eq!(line, "got 0\n");
+        let _ = child.kill();
+        let _ = child.wait();
+        let _ = std::fs::remove_file(&path);
+        let _ = std::fs::remove_dir_all(&nobody_dir);
     }
 
     /// An "old instance": 2 listeners x 2 workers (SO_REUSEPORT) and an admin socket, serving
@@ -959,6 +1605,7 @@ mod tests {
             sockets.push((address, vec![first, second]));
         }
         let admin = TcpListener::bind("127.0.0.1:0").unwrap();
+        admin.set_nonblocking(true).unwrap();
         let admin_address = admin.local_addr().unwrap();
         let addresses = sockets.iter().map(|(a, _)| *a).collect();
         let taken_over = Arc::new(AtomicUsize::new(0));
@@ -981,7 +1628,10 @@ mod tests {
                                 (*a, fds)
                             })
                             .collect(),
-                        admin: Some((admin_address, OwnedFd::from(admin.try_clone()?))),
+                        admin: Some((
+                            AdminAddress::Tcp(admin_address),
+                            OwnedFd::from(admin.try_clone()?),
+                        )),
                     })
                 },
                 move || {
@@ -1041,7 +1691,10 @@ mod tests {
             }
         }
         let (admin_address, admin) = inherited.admin.as_ref().unwrap();
-        assert_eq!(*admin_address, old.admin);
+        assert_eq!(*admin_address, AdminAddress::Tcp(old.admin));
+        let crate::admin::AdminListener::Tcp(admin) = admin else {
+            panic!("not TCP: {admin:?}")
+        };
         assert!(accepted_by(old.admin, std::slice::from_ref(admin)));
         assert_eq!(
             old.taken_over.load(Ordering::SeqCst),

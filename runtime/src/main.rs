@@ -46,7 +46,8 @@ enum Command {
         #[arg(long)]
         upgrade: bool,
         /// The control socket (upgrades) [default: derived from the config path, in
-        /// $XDG_RUNTIME_DIR or /tmp].
+        /// $XDG_RUNTIME_DIR, else /run/sluice for root or /tmp/sluice-UID]; its directory must
+        /// be writable only by this user (or root).
         #[arg(long)]
         control_socket: Option<PathBuf>,
     },

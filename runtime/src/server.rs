@@ -54,10 +54,64 @@ const UPGRADE_STEP_TIMEOUT: std::time::Duration = std::time::Duration::from_secs
 /// Listen backlog per socket.
 const BACKLOG: i32 = 4096;
 
-/// Reads and validates a config file; the error lists every problem with its path.
+/// The largest config file read (a bigger one is refused before it is read).
+pub const MAX_CONFIG_BYTES: u64 = 64 * 1024 * 1024;
+
+/// Reads a config file's text: only a regular file (not a FIFO, a device such as `/dev/zero`, a
+/// directory or a socket), of at most [`MAX_CONFIG_BYTES`]. The file is opened non-blocking,
+/// so that a FIFO at the path never blocks the caller (the main thread on a reload) waiting for
+/// a writer; it is refused once `fstat` shows what it is.
+pub fn read_config_file(path: &Path) -> Result<String, String> {
+    use std::io::Read as _;
+    use std::os::unix::fs::{FileTypeExt as _, OpenOptionsExt as _};
+    let err =
+        |e: &dyn std::fmt::Display| format!("{}: cannot read the config: {e}", path.display());
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(nix::libc::O_NONBLOCK)
+        .open(path)
+        .map_err(|e| err(&e))?;
+    let meta = file.metadata().map_err(|e| err(&e))?;
+    let kind = meta.file_type();
+    if !kind.is_file() {
+        let what = if kind.is_dir() {
+            "a directory"
+        } else if kind.is_fifo() {
+            "a FIFO"
+        } else if kind.is_char_device() {
+            "a character device"
+        } else if kind.is_block_device() {
+            "a block device"
+        } else if kind.is_socket() {
+            "a socket"
+        } else {
+            "not a regular file"
+        };
+        return Err(err(&format!("it is {what}, not a regular file")));
+    }
+    if meta.len() > MAX_CONFIG_BYTES {
+        return Err(err(&format!(
+            "{} bytes is over the limit of {MAX_CONFIG_BYTES} bytes (64 MiB)",
+            meta.len()
+        )));
+    }
+    // The limit holds even if the file grows while it is read.
+    let mut bytes = Vec::with_capacity(meta.len() as usize);
+    file.take(MAX_CONFIG_BYTES + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| err(&e))?;
+    if bytes.len() as u64 > MAX_CONFIG_BYTES {
+        return Err(err(&format!(
+            "it grew over the limit of {MAX_CONFIG_BYTES} bytes (64 MiB) while being read"
+        )));
+    }
+    String::from_utf8(bytes).map_err(|e| err(&format!("not UTF-8 text ({e})")))
+}
+
+/// Reads and validates a config file ([`read_config_file`]); the error lists every problem
+/// with its path.
 pub fn load_config(path: &Path) -> Result<Config, String> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| format!("{}: cannot read the config: {e}", path.display()))?;
+    let text = read_config_file(path)?;
     Config::from_yaml(&text).map_err(|errors| {
         let n = errors.0.len();
         let mut out = format!(
@@ -182,15 +236,34 @@ pub fn run(config: Config, options: ServerOptions) -> io::Result<()> {
 
     // The admin socket first: its address in use stops startup like a listener's.
     let admin_socket = match &config.admin {
-        Some(a) => match inherited
-            .as_mut()
-            .and_then(|(_, admin)| admin.take_if(|(addr, _)| *addr == a.address))
-        {
-            Some((_, socket)) => Some(socket),
-            None => Some(crate::admin::bind(a.address)?),
-        },
+        Some(a) => {
+            let target = crate::control::AdminAddress::of(&a.listen);
+            match inherited
+                .as_mut()
+                .and_then(|(_, admin)| admin.take_if(|(addr, _)| *addr == target))
+            {
+                Some((_, socket)) => {
+                    // The same file: it gets this config's mode.
+                    if let sluice_core::config::AdminListen::Unix { path, mode } = &a.listen {
+                        use std::os::unix::fs::PermissionsExt as _;
+                        std::fs::set_permissions(path, std::fs::Permissions::from_mode(*mode))
+                            .map_err(|e| {
+                                io::Error::new(e.kind(), format!("admin.path {path}: {e}"))
+                            })?;
+                    }
+                    Some((target, socket))
+                }
+                None => Some((target, crate::admin::bind(&a.listen)?)),
+            }
+        }
         None => None,
     };
+    // A Unix admin socket file is removed at exit, unless a new instance took it over.
+    let admin_file = match &admin_socket {
+        Some((crate::control::AdminAddress::Unix(p), _)) => SocketFile::of(p),
+        _ => None,
+    };
+    let handed_over = Arc::new(std::sync::atomic::AtomicBool::new(false));
 
     // Bind everything first: one socket per (worker, listener) — or take the running
     // instance's, by address.
@@ -253,12 +326,11 @@ pub fn run(config: Config, options: ServerOptions) -> io::Result<()> {
         options.log_control.clone(),
     ));
     let admin = Arc::new(AdminHandle::new(shared.clone()));
-    if let Some(socket) = admin_socket {
-        let address = socket.local_addr()?;
+    if let Some((address, socket)) = admin_socket {
         handover
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .admin = Some((address, socket.try_clone()?.into()));
+            .admin = Some((address.clone(), socket.try_clone_fd()?));
         crate::admin::spawn(socket, admin.clone())?;
         info!(%address, "admin server listening");
     }
@@ -372,6 +444,7 @@ pub fn run(config: Config, options: ServerOptions) -> io::Result<()> {
             let taken_over = shared.clone();
             let slot = migration.clone();
             let finished = migrated_tx.clone();
+            let handed = handed_over.clone();
             c.serve(
                 move || {
                     offer
@@ -381,6 +454,7 @@ pub fn run(config: Config, options: ServerOptions) -> io::Result<()> {
                 },
                 move || {
                     info!("upgrade: a new instance serves our sockets; draining");
+                    handed.store(true, std::sync::atomic::Ordering::SeqCst);
                     // Busy Bolt connections move to the new instance rather than close.
                     let (tx, rx) = std::sync::mpsc::channel();
                     *slot
@@ -543,6 +617,12 @@ pub fn run(config: Config, options: ServerOptions) -> io::Result<()> {
     if let Some(f) = owned_socket_file {
         f.remove_if_still_ours();
     }
+    // The admin socket file too, unless a new instance serves it now (the same file).
+    if let Some(f) = admin_file
+        && !handed_over.load(std::sync::atomic::Ordering::SeqCst)
+    {
+        f.remove_if_still_ours();
+    }
     let mut total = crate::stats::StatsSnapshot::default();
     for s in &all_stats {
         total.add(&s.snapshot());
@@ -578,9 +658,11 @@ fn reload(
     let path = path.ok_or("this process was started without a config file")?;
     let next = Arc::new(load_config(path)?);
     check_access_logs(&next).map_err(|e| e.to_string())?;
-    if next.admin.as_ref().map(|a| a.address) != current.admin.as_ref().map(|a| a.address) {
+    if next.admin.as_ref().map(|a| &a.listen) != current.admin.as_ref().map(|a| &a.listen) {
         return Err(
-            "admin.address: changing the admin address needs a restart or an upgrade".into(),
+            "admin: changing where the admin API listens (address, path or mode) needs a \
+             restart or an upgrade"
+                .into(),
         );
     }
     // Sockets for the new addresses, one per worker, bound before anything changes.
@@ -673,7 +755,7 @@ fn reload(
 pub(crate) struct HandoverSockets {
     workers: usize,
     listeners: Vec<(std::net::SocketAddr, Vec<std::os::fd::OwnedFd>)>,
-    admin: Option<(std::net::SocketAddr, std::os::fd::OwnedFd)>,
+    admin: Option<(crate::control::AdminAddress, std::os::fd::OwnedFd)>,
     /// The health verdicts to hand over, with the config they are shaped like.
     health: Option<(Arc<crate::health::SharedHealth>, Arc<Config>)>,
 }
@@ -719,7 +801,7 @@ impl HandoverSockets {
             listeners.push((l.address, fds));
         }
         let admin = match &self.admin {
-            Some((a, fd)) => Some((*a, fd.try_clone()?)),
+            Some((a, fd)) => Some((a.clone(), fd.try_clone()?)),
             None => None,
         };
         Ok(HandoverSockets {
@@ -743,7 +825,7 @@ impl HandoverSockets {
             })
             .collect::<io::Result<Vec<_>>>()?;
         let admin = match &self.admin {
-            Some((a, fd)) => Some((*a, fd.try_clone()?)),
+            Some((a, fd)) => Some((a.clone(), fd.try_clone()?)),
             None => None,
         };
         Ok(crate::control::HandoverOffer {

@@ -429,6 +429,51 @@ drain_timeout: {drain_timeout}
     )
 }
 
+/// One HTTP/1.1 request over a Unix socket (the admin API's `admin.path`): `(status, body)`.
+pub fn unix_http_request(path: &Path, method: &str, target: &str) -> (u16, String) {
+    let mut s = std::os::unix::net::UnixStream::connect(path)
+        .unwrap_or_else(|e| panic!("cannot connect to {}: {e}", path.display()));
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(
+        s,
+        "{method} {target} HTTP/1.1\r\nhost: x\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    let status = out
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = out
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    (status, body)
+}
+
+/// Runs `program args` as user `nobody` (uid 65534; the tests run as root): its output.
+pub fn run_as_nobody(program: &str, args: &[&str]) -> Output {
+    require("setpriv");
+    Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", program])
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {program} as nobody: {e}"))
+}
+
+/// Whether the tests run as root (those that play another local user need it; they are
+/// skipped, saying so, otherwise).
+pub fn running_as_root() -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let root = std::fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0);
+    if !root {
+        eprintln!("skipped: needs root to play another user (uid 65534)");
+    }
+    root
+}
+
 /// What [`keep_alive_load`] saw.
 #[derive(Debug, Default)]
 pub struct LoadReport {

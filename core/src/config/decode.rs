@@ -16,6 +16,29 @@ pub(crate) struct Decoder {
     pub(crate) errors: Vec<ConfigError>,
 }
 
+/// Longest path shown in an error (a path holds mapping keys, which a config may make huge).
+pub(crate) const MAX_PATH_CHARS: usize = 256;
+/// Longest message shown in an error (a message may echo the rejected value).
+pub(crate) const MAX_MESSAGE_CHARS: usize = 512;
+
+/// `s` when it has at most `max` characters; otherwise its first and last characters around
+/// `… [N characters elided] …`, in at most about `max` characters (so that a rejected 50 MB
+/// value is not echoed in full, while the explanation at the end of a message stays).
+pub(crate) fn elide(s: &str, max: usize) -> String {
+    let total = s.chars().count();
+    if total <= max {
+        return s.to_owned();
+    }
+    let tail = max / 3;
+    let head = max - tail - 40.min(max - tail);
+    let elided = total - head - tail;
+    let mut out = String::with_capacity(max + 8);
+    out.extend(s.chars().take(head));
+    out.push_str(&format!("… [{elided} characters elided] …"));
+    out.extend(s.chars().skip(total - tail));
+    out
+}
+
 /// The path of a child: `a.b`, `a[3]`.
 pub(crate) fn child(path: &str, key: &str) -> String {
     if path.is_empty() {
@@ -41,10 +64,12 @@ fn kind(v: &Value) -> &'static str {
 }
 
 impl Decoder {
+    /// Records a problem. A long path or message (one echoing a huge value) is shortened in
+    /// its middle ([`elide`]): the start of the value and the explanation after it stay.
     pub(crate) fn error(&mut self, path: &str, message: impl Into<String>) {
         self.errors.push(ConfigError {
-            path: path.to_owned(),
-            message: message.into(),
+            path: elide(path, MAX_PATH_CHARS),
+            message: elide(&message.into(), MAX_MESSAGE_CHARS),
         });
     }
 

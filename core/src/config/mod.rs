@@ -108,12 +108,54 @@ pub struct Config {
 /// The admin server's settings.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct AdminConfig {
-    /// Where it listens; loopback unless `allow_non_loopback` is set.
-    pub address: SocketAddr,
+    /// Where it listens: a TCP address (`address`) or a Unix socket (`path`, `mode`).
+    #[serde(flatten)]
+    pub listen: AdminListen,
     /// Whether a non-loopback `address` was explicitly allowed (the admin API can stop the
     /// proxy, so exposing it beyond the host must be a written decision).
     pub allow_non_loopback: bool,
 }
+
+/// Where the admin server listens.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(untagged)]
+pub enum AdminListen {
+    /// A TCP address; loopback unless `allow_non_loopback` is set. Any local user can connect.
+    Tcp {
+        /// The address.
+        address: SocketAddr,
+    },
+    /// A Unix stream socket: only who the file's owner and `mode` allow can connect.
+    Unix {
+        /// The socket file.
+        path: String,
+        /// Its permission bits (default `0600`: only the service's user).
+        mode: u32,
+    },
+}
+
+impl AdminConfig {
+    /// The TCP address, when it listens on TCP.
+    #[must_use]
+    pub fn tcp_address(&self) -> Option<SocketAddr> {
+        match self.listen {
+            AdminListen::Tcp { address } => Some(address),
+            AdminListen::Unix { .. } => None,
+        }
+    }
+}
+
+impl fmt::Display for AdminListen {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            AdminListen::Tcp { address } => write!(f, "{address}"),
+            AdminListen::Unix { path, .. } => write!(f, "unix:{path}"),
+        }
+    }
+}
+
+/// The default `admin.mode` of a Unix admin socket.
+pub const DEFAULT_ADMIN_SOCKET_MODE: u32 = 0o600;
 
 /// A listening socket and what it does with a connection.
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -319,7 +361,10 @@ impl Config {
         let tree: Value = serde_saphyr::from_str(text).map_err(|e| {
             ConfigErrors(vec![ConfigError {
                 path: String::new(),
-                message: format!("not valid YAML: {}", one_line(&e.to_string())),
+                message: decode::elide(
+                    &format!("not valid YAML: {}", one_line(&e.to_string())),
+                    decode::MAX_MESSAGE_CHARS,
+                ),
             }])
         })?;
         Self::from_tree(&tree)
@@ -438,30 +483,115 @@ fn check_unique<'a>(
 
 fn decode_admin(dec: &mut Decoder, path: &str, v: &Value) -> Option<Option<AdminConfig>> {
     let mut obj = dec.object(path, v)?;
-    let address = obj
-        .req(dec, "address")
-        .and_then(|(v, p)| dec.parsed(&p, v, parse_socket_addr).map(|a| (a, p)));
-    let allow_non_loopback = match obj.opt("allow_non_loopback") {
-        Some((v, p)) => dec.boolean(&p, v),
-        None => Some(false),
-    };
+    let address = obj.opt("address");
+    let socket_path = obj.opt("path");
+    let mode = obj.opt("mode");
+    let allow = obj.opt("allow_non_loopback");
     obj.finish(dec);
-    let ((address, address_path), allow_non_loopback) = (address?, allow_non_loopback?);
-    if !address.ip().is_loopback() && !allow_non_loopback {
-        dec.error(
-            &address_path,
-            format!(
-                "{address} is not a loopback address: the admin API can stop the proxy and \
-                 dump its config, so expose it beyond this host only on purpose, by adding \
-                 `allow_non_loopback: true` to `admin`"
-            ),
-        );
-        return None;
-    }
+    let allow_non_loopback = match &allow {
+        Some((v, p)) => dec.boolean(p, v)?,
+        None => false,
+    };
+    let listen = match (address, socket_path) {
+        (Some(_), Some((_, p))) => {
+            dec.error(
+                &p,
+                "give either `address` (TCP) or `path` (a Unix socket), not both",
+            );
+            return None;
+        }
+        (None, None) => {
+            dec.error(
+                &decode::child(path, "address"),
+                "missing (give `address` for TCP, or `path` for a Unix socket)",
+            );
+            return None;
+        }
+        (Some((v, address_path)), None) => {
+            if let Some((_, p)) = mode {
+                dec.error(
+                    &p,
+                    "`mode` applies to a Unix socket (`path`), not to `address`",
+                );
+                return None;
+            }
+            let address = dec.parsed(&address_path, v, parse_socket_addr)?;
+            if !address.ip().is_loopback() && !allow_non_loopback {
+                dec.error(
+                    &address_path,
+                    format!(
+                        "{address} is not a loopback address: the admin API can stop the proxy \
+                         and dump its config, so expose it beyond this host only on purpose, by \
+                         adding `allow_non_loopback: true` to `admin`"
+                    ),
+                );
+                return None;
+            }
+            AdminListen::Tcp { address }
+        }
+        (None, Some((v, p))) => {
+            if let Some((_, ap)) = allow {
+                dec.error(
+                    &ap,
+                    "`allow_non_loopback` applies to `address`, not to `path`",
+                );
+                return None;
+            }
+            let socket_path = dec.string(&p, v)?;
+            if socket_path.is_empty() || !socket_path.starts_with('/') || socket_path.len() > 107 {
+                dec.error(
+                    &p,
+                    format!(
+                        "{socket_path:?} is not an absolute path of at most 107 bytes (a Unix \
+                         socket path)"
+                    ),
+                );
+                return None;
+            }
+            let mode = match mode {
+                Some((v, p)) => decode_mode(dec, &p, v)?,
+                None => DEFAULT_ADMIN_SOCKET_MODE,
+            };
+            AdminListen::Unix {
+                path: socket_path.to_owned(),
+                mode,
+            }
+        }
+    };
     Some(Some(AdminConfig {
-        address,
+        listen,
         allow_non_loopback,
     }))
+}
+
+/// File permission bits, written in octal: `0600`, `"0660"`, `"0o600"`. (The YAML parser
+/// reads a bare `0600` as the number 600: its decimal digits are the octal mode.)
+fn decode_mode(dec: &mut Decoder, path: &str, v: &Value) -> Option<u32> {
+    let text = match v {
+        Value::String(s) => s.trim_start_matches("0o").to_owned(),
+        Value::Number(n) => match (n.as_u64(), n.as_f64()) {
+            (Some(n), _) => n.to_string(),
+            (None, Some(f)) if f >= 0.0 && f.fract() == 0.0 && f < 1e4 => format!("{f:.0}"),
+            _ => String::new(),
+        },
+        _ => String::new(),
+    };
+    let mode = u32::from_str_radix(&text, 8).ok().filter(|m| *m <= 0o777);
+    match mode {
+        Some(m) => Some(m),
+        None => {
+            let shown = match v {
+                Value::String(s) => format!("{s:?}"),
+                Value::Number(_) if !text.is_empty() => text,
+                other => other.to_string(),
+            };
+            dec.error(
+                path,
+                format!("{shown} is not a file mode (octal permission bits from 0000 to 0777, e.g. 0600)"),
+            );
+            None
+        }
+    }
 }
 
 fn decode_listener(

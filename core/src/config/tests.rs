@@ -26,7 +26,10 @@ fn errors(text: &str) -> Vec<String> {
 #[test]
 fn parses_the_issue_example_with_defaults() {
     let c = Config::from_yaml(GOOD).unwrap();
-    assert_eq!(c.admin.unwrap().address, "127.0.0.1:9901".parse().unwrap());
+    assert_eq!(
+        c.admin.unwrap().tcp_address(),
+        Some("127.0.0.1:9901".parse().unwrap())
+    );
     assert_eq!(c.listeners.len(), 1);
     let ListenerFilter::TcpProxy(tp) = &c.listeners[0].filter else {
         panic!("not tcp_proxy")
@@ -199,7 +202,7 @@ fn non_loopback_admin_must_be_allowed_explicitly() {
     );
     let c = Config::from_yaml(&allowed).unwrap();
     let admin = c.admin.unwrap();
-    assert_eq!(admin.address, "0.0.0.0:9901".parse().unwrap());
+    assert_eq!(admin.tcp_address(), Some("0.0.0.0:9901".parse().unwrap()));
     assert!(admin.allow_non_loopback);
 
     let bad = GOOD.replace(
@@ -216,7 +219,9 @@ fn non_loopback_admin_must_be_allowed_explicitly() {
     );
     assert_eq!(
         errors(&typo),
-        ["admin.allow_nonloopback: unknown field (expected one of: address, allow_non_loopback)"]
+        [
+            "admin.allow_nonloopback: unknown field (expected one of: address, path, mode, allow_non_loopback)"
+        ]
     );
 }
 
@@ -460,4 +465,117 @@ clusters:
             "clusters[0].circuit_breakers.retry_budget.window: must be a whole number of seconds from 1s to 60s, not 61s"
         ]
     );
+}
+fn huge_rejected_values_are_elided_in_errors() {
+    let huge = "x".repeat(5 * 1024 * 1024);
+    let text = format!(
+        "listeners:\n  - name: \"{huge}\"\n    address: \"{huge}\"\n    tcp_proxy: {{ cluster: echo }}\n    ? {huge}\n    : 1\nclusters:\n  - name: echo\n    lb_policy: \"{huge}\"\n    hosts: [{{ address: 127.0.0.1:7001 }}]\n"
+    );
+    let found = errors(&text);
+    assert_eq!(
+        found.len(),
+        4,
+        "{:?}",
+        found
+            .iter()
+            .map(|e| &e[..e.len().min(400)])
+            .collect::<Vec<_>>()
+    );
+    for e in &found {
+        assert!(e.len() < 1024, "{} bytes: {}", e.len(), &e[..200]);
+        assert!(e.contains("characters elided"), "{e}");
+    }
+    let all = found.join("\n");
+    assert!(all.contains("listeners[0].name: \"xxx"), "{all}");
+    assert!(
+        all.contains("is not a valid name (1 to 128 characters"),
+        "{all}"
+    );
+    assert!(all.contains("listeners[0].address"), "{all}");
+    assert!(all.contains("unknown field (expected one of:"), "{all}");
+    assert!(
+        all.contains("clusters[0].lb_policy: unknown value"),
+        "{all}"
+    );
+    // Short messages are untouched.
+    assert!(
+        errors(&GOOD.replace("10001", "99999"))
+            .iter()
+            .all(|e| !e.contains("elided"))
+    );
+}
+
+#[test]
+fn elide_keeps_both_ends_on_char_boundaries() {
+    assert_eq!(decode::elide("short", 10), "short");
+    let s = "é".repeat(1000);
+    let out = decode::elide(&s, 100);
+    assert!(out.starts_with("éé") && out.ends_with("éé"), "{out}");
+    assert!(out.chars().count() <= 100, "{}", out.chars().count());
+    assert!(out.contains("characters elided"), "{out}");
+}
+
+#[test]
+fn admin_on_a_unix_socket_with_a_mode() {
+    let unix = |admin: &str| GOOD.replace("admin: { address: 127.0.0.1:9901 }", admin);
+    for (yaml, mode) in [
+        ("admin: { path: /run/sluice/admin.sock, mode: 0600 }", 0o600),
+        ("admin: { path: /run/sluice/admin.sock, mode: 0660 }", 0o660),
+        (
+            "admin: { path: /run/sluice/admin.sock, mode: \"0640\" }",
+            0o640,
+        ),
+        (
+            "admin: { path: /run/sluice/admin.sock, mode: \"0o644\" }",
+            0o644,
+        ),
+        ("admin: { path: /run/sluice/admin.sock }", 0o600),
+    ] {
+        let c = Config::from_yaml(&unix(yaml)).unwrap_or_else(|e| panic!("{yaml}: {e}"));
+        let admin = c.admin.unwrap();
+        assert_eq!(
+            admin.listen,
+            AdminListen::Unix {
+                path: "/run/sluice/admin.sock".into(),
+                mode
+            },
+            "{yaml}"
+        );
+        assert_eq!(admin.tcp_address(), None);
+        assert_eq!(admin.listen.to_string(), "unix:/run/sluice/admin.sock");
+    }
+    for (yaml, want) in [
+        (
+            "admin: { path: /a.sock, mode: 0800 }",
+            "admin.mode: 800 is not a file mode (octal permission bits from 0000 to 0777, e.g. 0600)",
+        ),
+        (
+            "admin: { path: /a.sock, mode: \"rw\" }",
+            "admin.mode: \"rw\" is not a file mode",
+        ),
+        (
+            "admin: { path: relative.sock }",
+            "admin.path: \"relative.sock\" is not an absolute path",
+        ),
+        (
+            "admin: { path: /a.sock, address: 127.0.0.1:9901 }",
+            "admin.path: give either `address` (TCP) or `path` (a Unix socket), not both",
+        ),
+        (
+            "admin: { mode: 0600 }",
+            "admin.address: missing (give `address` for TCP, or `path` for a Unix socket)",
+        ),
+        (
+            "admin: { address: 127.0.0.1:9901, mode: 0600 }",
+            "admin.mode: `mode` applies to a Unix socket (`path`), not to `address`",
+        ),
+        (
+            "admin: { path: /a.sock, allow_non_loopback: true }",
+            "admin.allow_non_loopback: `allow_non_loopback` applies to `address`, not to `path`",
+        ),
+    ] {
+        let errs = errors(&unix(yaml));
+        assert_eq!(errs.len(), 1, "{yaml}: {errs:?}");
+        assert!(errs[0].starts_with(want), "{yaml}: {errs:?}");
+    }
 }
