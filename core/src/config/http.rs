@@ -7,6 +7,7 @@ use std::time::Duration;
 use serde::Serialize;
 
 use super::{ser_duration, ser_opt_duration};
+use crate::path::PathNormalization;
 
 /// Default for [`HttpConfig::max_request_headers_kb`] (Envoy's default).
 pub const DEFAULT_MAX_REQUEST_HEADERS_KB: u32 = 60;
@@ -37,6 +38,11 @@ pub struct HttpConfig {
     /// disables.
     #[serde(serialize_with = "ser_opt_duration")]
     pub idle_timeout: Option<Duration>,
+    /// How request paths are normalized before routing (`normalize_path`, `merge_slashes`,
+    /// `path_with_escaped_slashes_action`; see [`crate::path`]). The normalized path is what is
+    /// routed and forwarded.
+    #[serde(flatten)]
+    pub path_normalization: PathNormalization,
     /// Virtual hosts, in order.
     pub virtual_hosts: Vec<VirtualHost>,
     /// Access log, if any.
