@@ -558,3 +558,101 @@ fn wrk_keep_alive_load_has_no_errors_and_the_access_log_has_every_request() {
     assert_eq!(first["method"], "GET");
     assert_eq!(first["upstream_host"], format!("127.0.0.1:{up}"));
 }
+
+/// A listener whose `/admin` (and whole `internal.example.com`) is closed by a 403 direct
+/// response in front of a catch-all route to the upstream.
+fn guarded_config(listen: u16, up: u16, knobs: &str) -> String {
+    format!(
+        r#"
+listeners:
+  - name: http_in
+    address: 127.0.0.1:{listen}
+    http:
+{knobs}      virtual_hosts:
+        - name: internal
+          domains: ["internal.example.com"]
+          routes:
+            - match: {{ prefix: / }}
+              direct_response: {{ status: 403, body: "internal\n" }}
+        - name: any
+          domains: ["*"]
+          routes:
+            - match: {{ prefix: /admin }}
+              direct_response: {{ status: 403, body: "forbidden\n" }}
+            - match: {{ prefix: / }}
+              route: {{ cluster: app }}
+clusters:
+  - name: app
+    connect_timeout: 500ms
+    hosts: [ {{ address: 127.0.0.1:{up} }} ]
+"#
+    )
+}
+
+fn get(port: u16, host: &str, path: &str) -> String {
+    raw(
+        port,
+        format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+}
+
+#[test]
+fn paths_are_normalized_before_routing_and_forwarded_normalized() {
+    let dir = TempDir::new("http-normalize");
+    let (up, listen) = (free_port(), free_port());
+    let (_u, log) = start_upstream(&dir, "up", up);
+    let _s = start_sluice(&dir, &guarded_config(listen, up, ""), 1, addr(listen));
+    let attacks = [
+        ("/x/../admin", 403),
+        ("/%61dmin", 403),
+        ("//admin", 403),
+        ("/./admin", 403),
+        ("/x/..%2fadmin", 400),
+    ];
+    for (path, want) in attacks {
+        let r = get(listen, "example.com", path);
+        assert_eq!(status_of(&r), want, "{path}: {r}");
+    }
+    let r = get(listen, "internal.example.com.", "/");
+    assert_eq!(status_of(&r), 403, "trailing dot host: {r}");
+    assert!(r.ends_with("internal\n"), "{r}");
+    // A benign path reaches the upstream normalized, the query as sent.
+    let r = get(listen, "example.com", "/a/./b//c?q=/../x");
+    assert_eq!(status_of(&r), 200, "{r}");
+    assert!(r.contains(r#""path": "/a/b/c?q=/../x""#), "{r}");
+    // The upstream saw only the benign request (it logs each complete request in order).
+    assert_eq!(upstream_requests(&log), ["GET /a/b/c?q=/../x 0"]);
+}
+
+#[test]
+fn path_normalization_knobs_turn_it_off_or_unescape_slashes() {
+    let dir = TempDir::new("http-normalize-knobs");
+    let (up, listen) = (free_port(), free_port());
+    let (_u, log) = start_upstream(&dir, "up", up);
+    let knobs = "      merge_slashes: false\n      path_with_escaped_slashes_action: unescape_and_forward\n";
+    let _s = start_sluice(&dir, &guarded_config(listen, up, knobs), 1, addr(listen));
+    let r = get(listen, "example.com", "/x/..%2fadmin");
+    assert_eq!(status_of(&r), 403, "unescaped, then dot-resolved: {r}");
+    let r = get(listen, "example.com", "/a//b/%2e/c");
+    assert_eq!(status_of(&r), 200, "{r}");
+    assert_eq!(upstream_requests(&log), ["GET /a//b/c 0"]);
+}
+
+#[test]
+fn an_http_1_0_request_without_host_gets_one_upstream() {
+    let dir = TempDir::new("http-10-no-host");
+    let (up, listen) = (free_port(), free_port());
+    let (_u, log) = start_upstream(&dir, "up", up);
+    let _s = start_sluice(&dir, &http_config(listen, &[up], "", ""), 1, addr(listen));
+    // Sent upstream as HTTP/1.1, which requires Host: the cluster's name.
+    let r = raw(listen, b"GET /old HTTP/1.0\r\n\r\n");
+    assert_eq!(status_of(&r), 200, "{r}");
+    assert!(r.contains(r#""host": "app""#), "{r}");
+    // An absolute-form target gives its authority; a Host header is kept as sent.
+    let r = raw(listen, b"GET http://example.com/abs HTTP/1.0\r\n\r\n");
+    assert!(r.contains(r#""host": "example.com""#), "{r}");
+    let r = raw(listen, b"GET /h HTTP/1.0\r\nHost: example.com\r\n\r\n");
+    assert!(r.contains(r#""host": "example.com""#), "{r}");
+    assert_eq!(r.matches(r#""host""#).count(), 1, "{r}");
+    assert_eq!(upstream_requests(&log).len(), 3);
+}

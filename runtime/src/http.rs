@@ -37,6 +37,7 @@ use sluice_core::http1::{
     write_response_head,
 };
 use sluice_core::lb::request_hash;
+use sluice_core::path::{PathNormalization, normalize_path_into};
 use sluice_core::router::{pick_cluster, rewrite_prefix};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::time::Instant as TokioInstant;
@@ -59,6 +60,10 @@ const READ_CHUNK: usize = 16 * 1024;
 /// its way (answered with `connection: close`).
 const DRAIN_IDLE_GRACE: Duration = Duration::from_secs(1);
 const MAX_TRAILER_BYTES: usize = 16 * 1024;
+/// Interim (1xx) responses accepted before the final one (Go's limit); one more is a 502 and
+/// the upstream connection is closed, so that an endless `100 Continue` stream cannot pin a
+/// worker for the whole route timeout.
+const MAX_INTERIM_RESPONSES: u32 = 5;
 
 /// A growable read buffer: bytes `start..end` of `data` are unconsumed.
 pub(crate) struct ReadBuffer {
@@ -307,6 +312,12 @@ struct Scratch {
     xff: Vec<u8>,
     /// A rewritten path.
     path: Vec<u8>,
+    /// The request's normalized path, when it differs from the path as sent.
+    norm: Vec<u8>,
+    /// `norm` holds this request's path.
+    normalized: bool,
+    /// The listener's path normalization.
+    path_opts: PathNormalization,
 }
 
 /// Header edit lists live on the stack up to this many entries.
@@ -397,6 +408,9 @@ impl<N: Network> Engine<N> {
             peer_addr: peer.ip(),
             xff: Vec::new(),
             path: Vec::new(),
+            norm: Vec::new(),
+            normalized: false,
+            path_opts: hc.path_normalization,
         };
         let logging = self.access_logs[listener].is_some();
         loop {
@@ -598,12 +612,27 @@ impl<N: Network> Engine<N> {
         let router = self.routers[listener]
             .as_ref()
             .expect("http listener has a router");
+        let has_body = !matches!(head.framing(), BodyFraming::None);
+        // The normalized path is what is routed and forwarded (in scratch.norm when it differs).
+        let opts = scratch.path_opts;
+        scratch.normalized =
+            match normalize_path_into(head.path(rbuf.bytes()), &opts, &mut scratch.norm) {
+                Ok(changed) => changed,
+                Err(_) => {
+                    let flag = ResponseFlag::DownstreamProtocolError;
+                    return self.local_reply(down, out, 400, flag, true).await;
+                }
+            };
         let route = {
             let buf = rbuf.bytes();
             let host = head.host(buf).unwrap_or(b"");
-            router.route(host, head.path(buf), &|name| head.header(buf, name))
+            let path = if scratch.normalized {
+                &scratch.norm[..]
+            } else {
+                head.path(buf)
+            };
+            router.route(host, path, &|name| head.header(buf, name))
         };
-        let has_body = !matches!(head.framing(), BodyFraming::None);
         let Some(route) = route else {
             return self
                 .local_reply(down, out, 404, ResponseFlag::NoRoute, has_body)
@@ -688,17 +717,17 @@ impl<N: Network> Engine<N> {
 
         // --- the upstream head, built once (no heap allocation once the connection is warm) ---
         out.clear();
+        let path = if scratch.normalized {
+            &scratch.norm[..]
+        } else {
+            head.path(rbuf.bytes())
+        };
         let path_edit = match (&action.prefix_rewrite, matched_prefix) {
             (Some(replacement), Some(prefix)) => {
-                rewrite_prefix(
-                    head.path(rbuf.bytes()),
-                    prefix,
-                    replacement,
-                    &mut scratch.path,
-                );
-                true
+                rewrite_prefix(path, prefix, replacement, &mut scratch.path);
+                Some(scratch.path.as_slice())
             }
-            _ => false,
+            _ => scratch.normalized.then_some(scratch.norm.as_slice()),
         };
         let xff: &[u8] = match head.header(rbuf.bytes(), "x-forwarded-for") {
             Some(old) => {
@@ -717,6 +746,7 @@ impl<N: Network> Engine<N> {
             let (a, b) = (rng.next_u64(), rng.next_u64());
             format_request_id(a, b, &mut request_id);
         }
+        let no_host = head.host(rbuf.bytes()).is_none();
         // Added headers replace ones of the same name: remove those names first.
         let (mut remove_inline, mut remove_spill) = ([""; INLINE_EDITS], Vec::new());
         let remove = edit_list(
@@ -737,6 +767,9 @@ impl<N: Network> Engine<N> {
             &mut add_spill,
             std::iter::once(("x-forwarded-for", xff))
                 .chain(generate_id.then_some(("x-request-id", &request_id[..])))
+                // HTTP/1.0 without Host (nor an absolute-form target) goes out as HTTP/1.1,
+                // which needs one: the cluster's name.
+                .chain(no_host.then_some(("host", cluster_cfg.name.as_bytes())))
                 .chain(
                     action
                         .request_headers_to_add
@@ -749,7 +782,7 @@ impl<N: Network> Engine<N> {
             rbuf.bytes(),
             head,
             &HeadEdits {
-                path: path_edit.then_some(scratch.path.as_slice()),
+                path: path_edit,
                 remove,
                 add,
                 force_close: false,
@@ -956,6 +989,7 @@ impl<N: Network> Engine<N> {
 
             // Send the request and read the response head, raced against the timers.
             let mut written = false;
+            let mut too_many_interim = false;
             let timer = deadline_of(ex.poll_timeout());
             ubuf.clear();
             let result = tokio::select! {
@@ -963,6 +997,7 @@ impl<N: Network> Engine<N> {
                 r = send_and_read_head(
                     &mut up, down, out, upstream_head_len, rbuf, head_len, framing, body_len.is_none(),
                     ubuf, rhead, head.method(), &mut written, &mut bytes_received,
+                    &mut too_many_interim,
                 ) => Some(r),
                 () = tokio::time::sleep_until(timer) => None,
             };
@@ -982,6 +1017,9 @@ impl<N: Network> Engine<N> {
             let status = match result {
                 Ok(()) => rhead.status(),
                 Err(failure) => {
+                    if too_many_interim && let Some(c) = cstats {
+                        bump(&c.upstream_rq_too_many_interim, 1);
+                    }
                     let failure = match failure {
                         TryFailure::Closed {
                             request_written, ..
@@ -1198,7 +1236,8 @@ fn reject(e: &HttpError) -> HeadRead {
 }
 
 /// Writes the request (head + buffered body, or head then the streamed body) and reads the
-/// response head into `ubuf`/`rhead`, skipping interim 1xx answers other than 101.
+/// response head into `ubuf`/`rhead`, skipping interim 1xx answers other than 101 — at most
+/// [`MAX_INTERIM_RESPONSES`] of them: one more is a protocol error (`too_many_interim` set).
 #[allow(clippy::too_many_arguments)]
 async fn send_and_read_head<U, D>(
     up: &mut U,
@@ -1214,6 +1253,7 @@ async fn send_and_read_head<U, D>(
     method: Method,
     written: &mut bool,
     bytes_received: &mut u64,
+    too_many_interim: &mut bool,
 ) -> Result<(), TryFailure>
 where
     U: AsyncRead + AsyncWrite + Unpin,
@@ -1233,11 +1273,17 @@ where
             .await
             .map_err(|_| closed(true))?;
     }
+    let mut interim = 0;
     loop {
         match parse_response(ubuf.bytes(), method, &RESPONSE_LIMITS, rhead) {
             Ok(ParseStatus::Complete) => {
                 let status = rhead.status();
                 if (100..200).contains(&status) && status != 101 {
+                    interim += 1;
+                    if interim > MAX_INTERIM_RESPONSES {
+                        *too_many_interim = true;
+                        return Err(TryFailure::ProtocolError);
+                    }
                     ubuf.consume(rhead.head_len());
                     continue;
                 }
