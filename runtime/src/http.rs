@@ -34,7 +34,7 @@ use sluice_core::health::{Permit, Resource, UpstreamResult};
 use sluice_core::http1::{
     BodyFraming, Chunked, ChunkedDecoder, Head, HeadEdits, HttpError, Limits, Method, ParseStatus,
     Version, parse_request, parse_response, write_local_response, write_request_head,
-    write_response_head,
+    write_response_head, write_trailers,
 };
 use sluice_core::lb::request_hash;
 use sluice_core::path::{PathNormalization, normalize_path_into};
@@ -793,7 +793,12 @@ impl<N: Network> Engine<N> {
         if let Some(n) = body_len {
             // The body goes into the upstream request once; from here on rbuf holds the head
             // (for the log) followed by the next pipelined request.
-            out.extend_from_slice(&rbuf.bytes()[head_len..head_len + n]);
+            let body = &rbuf.bytes()[head_len..head_len + n];
+            if framing == BodyFraming::Chunked {
+                push_chunked_body(out, body);
+            } else {
+                out.extend_from_slice(body);
+            }
             drop_range(rbuf, head_len, n);
         }
 
@@ -1337,9 +1342,13 @@ where
             }
         }
         BodyFraming::Chunked => {
+            // The body goes out as it came up to its trailer section, which is held back (at
+            // most MAX_TRAILER_BYTES) and written without the fields a trailer must not carry.
             let mut dec = ChunkedDecoder::new(MAX_TRAILER_BYTES);
+            // Scanned bytes at the front of the body region not forwarded yet (the trailers).
+            let mut held = 0;
             loop {
-                let avail = &rbuf.bytes()[head_len..];
+                let avail = &rbuf.bytes()[head_len + held..];
                 let (consumed, done) = match dec.feed(avail) {
                     Ok(Chunked::Done { consumed }) => (consumed, true),
                     Ok(Chunked::NeedMore { consumed }) => (consumed, false),
@@ -1347,14 +1356,29 @@ where
                         return Err(io::Error::new(io::ErrorKind::InvalidData, e.to_string()));
                     }
                 };
-                if consumed > 0 {
-                    up.write_all(&rbuf.bytes()[head_len..head_len + consumed])
+                let scanned = held + consumed;
+                let forward = match dec.trailers_start() {
+                    Some(at) => (at - total) as usize,
+                    None => scanned,
+                };
+                if forward > 0 {
+                    up.write_all(&rbuf.bytes()[head_len..head_len + forward])
                         .await?;
-                    drop_range(rbuf, head_len, consumed);
-                    total += consumed as u64;
+                    drop_range(rbuf, head_len, forward);
+                    total += forward as u64;
                 }
+                held = scanned - forward;
                 if done {
-                    return Ok(total);
+                    let section = &rbuf.bytes()[head_len..head_len + held];
+                    if section == b"\r\n" {
+                        up.write_all(section).await?;
+                    } else {
+                        let mut trailers = Vec::with_capacity(section.len());
+                        write_trailers(&mut trailers, section);
+                        up.write_all(&trailers).await?;
+                    }
+                    drop_range(rbuf, head_len, held);
+                    return Ok(total + held as u64);
                 }
                 if rbuf.fill(down).await? == 0 {
                     return Err(io::ErrorKind::UnexpectedEof.into());
@@ -1362,6 +1386,26 @@ where
             }
         }
         BodyFraming::None | BodyFraming::CloseDelimited => Ok(0),
+    }
+}
+
+/// Appends a complete, validated chunked request body, its trailer section without the fields
+/// a trailer must not carry. The common body without trailers (it ends with the last chunk and
+/// an empty trailer section, `0\r\n\r\n`) is copied as it is, without a second scan.
+fn push_chunked_body(out: &mut Vec<u8>, body: &[u8]) {
+    if body == b"0\r\n\r\n" || body.ends_with(b"\r\n0\r\n\r\n") {
+        out.extend_from_slice(body);
+        return;
+    }
+    let mut dec = ChunkedDecoder::new(MAX_TRAILER_BYTES);
+    match (dec.feed(body), dec.trailers_start()) {
+        (Ok(Chunked::Done { .. }), Some(at)) => {
+            let at = at as usize;
+            out.extend_from_slice(&body[..at]);
+            write_trailers(out, &body[at..]);
+        }
+        // Not reached: the body was validated by the same decoder.
+        _ => out.extend_from_slice(body),
     }
 }
 
