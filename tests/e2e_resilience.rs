@@ -644,3 +644,45 @@ fn endless_interim_responses_are_a_502_and_close_the_upstream_connection() {
         || std::fs::read_to_string(&log).is_ok_and(|t| t.starts_with("closed after ")),
     );
 }
+
+/// Established TCP connections whose local port is `port` (the upstream's side), per `ss`.
+fn established_from(port: u16) -> usize {
+    let out = run(
+        "ss",
+        &[
+            "-Htn",
+            "state",
+            "established",
+            &format!("( sport = :{port} )"),
+        ],
+    );
+    String::from_utf8_lossy(&out.stdout).lines().count()
+}
+
+#[test]
+fn idle_pooled_upstream_connections_close_after_upstream_idle_timeout() {
+    let dir = TempDir::new("pool-idle");
+    let (up, listen, admin) = (free_port(), free_port(), free_port());
+    let _u = start_py_upstream(&dir, "up", up);
+    let cfg = config(
+        &dir,
+        listen,
+        admin,
+        &[up],
+        "    upstream_idle_timeout: 1s\n",
+        "",
+    );
+    let _s = start_sluice(&dir, &cfg, 1, addr(listen));
+    let (status, body) = get_once(listen, "/");
+    assert_eq!(status, 200, "{body}");
+    let cx_active = format!("cluster.app.host.127.0.0.1:{up}.cx_active");
+    // The upstream connection went back to the pool, open...
+    assert_eq!(stat(admin, &cx_active), 1);
+    assert_eq!(established_from(up), 1);
+    // ...and is closed once idle for 1 s, without another request coming.
+    eventually(
+        "the pooled connection closed",
+        Duration::from_secs(5),
+        || stat(admin, &cx_active) == 0 && established_from(up) == 0,
+    );
+}

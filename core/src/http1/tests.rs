@@ -1474,7 +1474,8 @@ fn parse_decimal_edges() {
 
 #[test]
 fn trailers_start_and_forbidden_trailer_fields_are_dropped() {
-    let body = b"3\r\nabc\r\n0;x=1\r\nX-Sum: 1\r\ncontent-length: 9\r\nHOST: h\r\nX-B: 2\r\n\r\nNEXT";
+    let body =
+        b"3\r\nabc\r\n0;x=1\r\nX-Sum: 1\r\ncontent-length: 9\r\nHOST: h\r\nX-B: 2\r\n\r\nNEXT";
     // Fed in pieces: the offset is counted across feeds.
     let mut dec = ChunkedDecoder::new(1024);
     assert_eq!(dec.feed(&body[..5]), Ok(Chunked::NeedMore { consumed: 5 }));
@@ -1494,5 +1495,9 @@ fn trailers_start_and_forbidden_trailer_fields_are_dropped() {
     let mut out = Vec::new();
     write_trailers(&mut out, b"\r\n");
     assert_eq!(out, b"\r\n");
-    assert!(TRAILER_FORBIDDEN.iter().all(|f| f.bytes().all(|b| !b.is_ascii_uppercase())));
+    assert!(
+        TRAILER_FORBIDDEN
+            .iter()
+            .all(|f| f.bytes().all(|b| !b.is_ascii_uppercase()))
+    );
 }

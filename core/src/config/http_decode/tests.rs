@@ -92,7 +92,6 @@ fn forward(cluster: &str, cluster_index: usize) -> ForwardAction {
 }
 
 #[test]
-#[test]
 fn path_normalization_knobs_decode_and_errors_name_their_path() {
     let with = |knobs: &str| {
         format!(
