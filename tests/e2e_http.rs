@@ -686,3 +686,72 @@ fn request_trailers_lose_the_fields_a_trailer_must_not_carry() {
     }
     assert_eq!(upstream_requests(&log).len(), 2);
 }
+
+/// Sends a POST of `total` bytes (Content-Length) in `pieces` equal parts, `gap` apart, then
+/// reads the whole answer.
+fn slow_post(
+    port: u16,
+    total: usize,
+    pieces: usize,
+    gap: Duration,
+    stop_after: Option<usize>,
+) -> String {
+    let mut s = TcpStream::connect(addr(port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(
+        format!(
+            "POST /upload HTTP/1.1\r\nHost: example.com\r\nContent-Length: {total}\r\n\
+             Connection: close\r\n\r\n"
+        )
+        .as_bytes(),
+    )
+    .unwrap();
+    let piece = vec![b'u'; total / pieces];
+    for i in 0..pieces {
+        if stop_after == Some(i) {
+            break;
+        }
+        std::thread::sleep(gap);
+        if s.write_all(&piece).is_err() {
+            break;
+        }
+    }
+    let mut got = Vec::new();
+    let _ = s.read_to_end(&mut got);
+    String::from_utf8_lossy(&got).into_owned()
+}
+
+#[test]
+fn the_route_timeout_starts_after_the_upload_and_a_stalled_upload_is_a_408() {
+    let dir = TempDir::new("http-upload-timeout");
+    let (up, listen) = (free_port(), free_port());
+    let (_u, log) = start_upstream(&dir, "up", up);
+    let cfg = http_config(
+        listen,
+        &[up],
+        "      stream_idle_timeout: 1s\n",
+        "                timeout: 1s\n",
+    );
+    let _s = start_sluice(&dir, &cfg, 1, addr(listen));
+    // A 200 kB upload (streamed, over the 64 KiB replay buffer) taking ~2 s, twice the route
+    // timeout, with no gap as long as stream_idle_timeout: answered.
+    let r = slow_post(listen, 200_000, 8, Duration::from_millis(250), None);
+    assert_eq!(status_of(&r), 200, "{r}");
+    assert!(r.contains("\"body_len\": 200000"), "{r}");
+    // Uploads that stop half-way: 408 once the body stalls for 1 s, streamed or buffered.
+    for total in [200_000, 20_000] {
+        let r = slow_post(listen, total, 8, Duration::from_millis(10), Some(4));
+        assert_eq!(status_of(&r), 408, "{total}: {r}");
+    }
+    // Only the whole upload reached the upstream whole.
+    let requests = upstream_requests(&log);
+    assert_eq!(
+        requests.iter().filter(|l| l.ends_with(" 200000")).count(),
+        1,
+        "{requests:?}"
+    );
+    assert!(
+        !requests.iter().any(|l| l.ends_with(" 20000")),
+        "{requests:?}"
+    );
+}

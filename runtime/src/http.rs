@@ -318,6 +318,8 @@ struct Scratch {
     normalized: bool,
     /// The listener's path normalization.
     path_opts: PathNormalization,
+    /// The listener's `stream_idle_timeout`: the longest wait for the next bytes of a body.
+    stream_idle: Option<Duration>,
 }
 
 /// Header edit lists live on the stack up to this many entries.
@@ -411,6 +413,7 @@ impl<N: Network> Engine<N> {
             norm: Vec::new(),
             normalized: false,
             path_opts: hc.path_normalization,
+            stream_idle: hc.stream_idle_timeout,
         };
         let logging = self.access_logs[listener].is_some();
         loop {
@@ -706,10 +709,17 @@ impl<N: Network> Engine<N> {
         if head.expect_continue() && !matches!(framing, BodyFraming::None) {
             let _ = down.write_all(b"HTTP/1.1 100 Continue\r\n\r\n").await;
         }
-        let body_len = match self.buffer_body(down, rbuf, head_len, framing).await {
+        let body_len = match self
+            .buffer_body(down, rbuf, head_len, framing, scratch.stream_idle)
+            .await
+        {
             Ok(b) => b,
             Err(status) => {
-                let flag = ResponseFlag::DownstreamProtocolError;
+                let flag = if status == 408 {
+                    ResponseFlag::DownstreamLimit
+                } else {
+                    ResponseFlag::DownstreamProtocolError
+                };
                 return self.local_reply(down, out, status, flag, true).await;
             }
         };
@@ -789,7 +799,6 @@ impl<N: Network> Engine<N> {
                 version: Some(Version::Http11),
             },
         );
-        let upstream_head_len = out.len();
         if let Some(n) = body_len {
             // The body goes into the upstream request once; from here on rbuf holds the head
             // (for the log) followed by the next pipelined request.
@@ -842,6 +851,7 @@ impl<N: Network> Engine<N> {
                 idempotent: head.method().is_idempotent(),
                 replayable,
                 hash,
+                request_complete: replayable,
             },
         );
         ex.start(now(), &mut cluster.borrow_mut(), &mut self.rng.borrow_mut());
@@ -995,20 +1005,43 @@ impl<N: Network> Engine<N> {
             // Send the request and read the response head, raced against the timers.
             let mut written = false;
             let mut too_many_interim = false;
+            let mut stalled = false;
             let timer = deadline_of(ex.poll_timeout());
             ubuf.clear();
-            let result = tokio::select! {
+            let sent = tokio::select! {
                 biased;
-                r = send_and_read_head(
-                    &mut up, down, out, upstream_head_len, rbuf, head_len, framing, body_len.is_none(),
-                    ubuf, rhead, head.method(), &mut written, &mut bytes_received,
-                    &mut too_many_interim,
+                r = send_request(
+                    &mut up, down, out, rbuf, head_len, framing, body_len.is_none(),
+                    scratch.stream_idle, &mut written, &mut bytes_received, &mut stalled,
                 ) => Some(r),
                 () = tokio::time::sleep_until(timer) => None,
             };
             if written {
                 ex.handle_request_written();
             }
+            if stalled {
+                // The client stopped sending its body: its fault, not the upstream's.
+                ex.release(&mut cluster.borrow_mut());
+                self.publish_host_active(ci, host);
+                let flag = ResponseFlag::DownstreamLimit;
+                let mut o = self.local_reply(down, out, 408, flag, true).await;
+                o.upstream = upstream_addr;
+                o.bytes_received = bytes_received;
+                return o;
+            }
+            // The whole request is in: the route timeout starts now (when the body streamed).
+            let result = match sent {
+                Some(Ok(())) => {
+                    ex.handle_request_complete(now());
+                    let timer = deadline_of(ex.poll_timeout());
+                    tokio::select! {
+                        biased;
+                        r = read_response_head(&mut up, ubuf, rhead, head.method(), &mut too_many_interim) => Some(r),
+                        () = tokio::time::sleep_until(timer) => None,
+                    }
+                }
+                other => other,
+            };
             let Some(result) = result else {
                 self.report_upstream_result(ci, host, UpstreamResult::Timeout);
                 bump(&self.stats.http_upstream_timeouts, 1);
@@ -1189,6 +1222,7 @@ impl<N: Network> Engine<N> {
         rbuf: &mut ReadBuffer,
         head_len: usize,
         framing: BodyFraming,
+        stream_idle: Option<Duration>,
     ) -> Result<Option<usize>, u16> {
         match framing {
             BodyFraming::None | BodyFraming::CloseDelimited => Ok(Some(0)),
@@ -1198,8 +1232,15 @@ impl<N: Network> Engine<N> {
                 }
                 let need = head_len + n as usize;
                 while rbuf.len() < need {
-                    match rbuf.fill(down).await {
-                        Ok(0) | Err(_) => return Err(400),
+                    match fill_within(rbuf, down, stream_idle).await {
+                        Ok(0) => return Err(400),
+                        Err(e) => {
+                            return Err(if e.kind() == io::ErrorKind::TimedOut {
+                                408
+                            } else {
+                                400
+                            });
+                        }
                         Ok(_) => {}
                     }
                 }
@@ -1220,8 +1261,15 @@ impl<N: Network> Engine<N> {
                         // Too large to hold: stream it (what was scanned is re-scanned there).
                         return Ok(None);
                     }
-                    match rbuf.fill(down).await {
-                        Ok(0) | Err(_) => return Err(400),
+                    match fill_within(rbuf, down, stream_idle).await {
+                        Ok(0) => return Err(400),
+                        Err(e) => {
+                            return Err(if e.kind() == io::ErrorKind::TimedOut {
+                                408
+                            } else {
+                                400
+                            });
+                        }
                         Ok(_) => {}
                     }
                 }
@@ -1240,25 +1288,21 @@ fn reject(e: &HttpError) -> HeadRead {
     HeadRead::Reject(status, flag, format!("{e}\n"))
 }
 
-/// Writes the request (head + buffered body, or head then the streamed body) and reads the
-/// response head into `ubuf`/`rhead`, skipping interim 1xx answers other than 101 — at most
-/// [`MAX_INTERIM_RESPONSES`] of them: one more is a protocol error (`too_many_interim` set).
+/// Writes the request: the head and a buffered body, or the head then the body streamed as it
+/// arrives (each read of it within `stream_idle`, else `stalled` is set and the try fails).
 #[allow(clippy::too_many_arguments)]
-async fn send_and_read_head<U, D>(
+async fn send_request<U, D>(
     up: &mut U,
     down: &mut D,
     request: &[u8],
-    upstream_head_len: usize,
     rbuf: &mut ReadBuffer,
     head_len: usize,
     framing: BodyFraming,
     stream_body: bool,
-    ubuf: &mut ReadBuffer,
-    rhead: &mut Head,
-    method: Method,
+    stream_idle: Option<Duration>,
     written: &mut bool,
     bytes_received: &mut u64,
-    too_many_interim: &mut bool,
+    stalled: &mut bool,
 ) -> Result<(), TryFailure>
 where
     U: AsyncRead + AsyncWrite + Unpin,
@@ -1273,11 +1317,30 @@ where
     }
     *written = true;
     if stream_body {
-        let _ = upstream_head_len;
-        *bytes_received += stream_request_body(up, down, rbuf, head_len, framing)
-            .await
-            .map_err(|_| closed(true))?;
+        match stream_request_body(up, down, rbuf, head_len, framing, stream_idle).await {
+            Ok(n) => *bytes_received += n,
+            Err(e) => {
+                *stalled = e.kind() == io::ErrorKind::TimedOut;
+                return Err(closed(true));
+            }
+        }
     }
+    Ok(())
+}
+
+/// Reads the response head into `ubuf`/`rhead`, skipping interim 1xx answers other than 101 —
+/// at most [`MAX_INTERIM_RESPONSES`] of them: one more is a protocol error (`too_many_interim`
+/// set).
+async fn read_response_head<U>(
+    up: &mut U,
+    ubuf: &mut ReadBuffer,
+    rhead: &mut Head,
+    method: Method,
+    too_many_interim: &mut bool,
+) -> Result<(), TryFailure>
+where
+    U: AsyncRead + Unpin,
+{
     let mut interim = 0;
     loop {
         match parse_response(ubuf.bytes(), method, &RESPONSE_LIMITS, rhead) {
@@ -1298,9 +1361,28 @@ where
             Err(_) => return Err(TryFailure::ProtocolError),
         }
         match ubuf.fill(up).await {
-            Ok(0) | Err(_) => return Err(closed(true)),
+            Ok(0) | Err(_) => {
+                return Err(TryFailure::Closed {
+                    request_written: true,
+                    reused: false,
+                });
+            }
             Ok(_) => {}
         }
+    }
+}
+
+/// One read from downstream into `rbuf`, within `idle` (a stalled upload: `TimedOut`).
+async fn fill_within<D: AsyncRead + Unpin>(
+    rbuf: &mut ReadBuffer,
+    down: &mut D,
+    idle: Option<Duration>,
+) -> io::Result<usize> {
+    match idle {
+        Some(d) => tokio::time::timeout(d, rbuf.fill(down))
+            .await
+            .unwrap_or_else(|_| Err(io::ErrorKind::TimedOut.into())),
+        None => rbuf.fill(down).await,
     }
 }
 
@@ -1312,6 +1394,7 @@ async fn stream_request_body<U, D>(
     rbuf: &mut ReadBuffer,
     head_len: usize,
     framing: BodyFraming,
+    stream_idle: Option<Duration>,
 ) -> io::Result<u64>
 where
     U: AsyncWrite + Unpin,
@@ -1336,7 +1419,7 @@ where
                 if left == 0 {
                     return Ok(total);
                 }
-                if rbuf.fill(down).await? == 0 {
+                if fill_within(rbuf, down, stream_idle).await? == 0 {
                     return Err(io::ErrorKind::UnexpectedEof.into());
                 }
             }
@@ -1380,7 +1463,7 @@ where
                     drop_range(rbuf, head_len, held);
                     return Ok(total + held as u64);
                 }
-                if rbuf.fill(down).await? == 0 {
+                if fill_within(rbuf, down, stream_idle).await? == 0 {
                     return Err(io::ErrorKind::UnexpectedEof.into());
                 }
             }

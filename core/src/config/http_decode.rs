@@ -35,9 +35,9 @@ use super::decode::{Decoder, Obj, child, index};
 use super::http::{
     AccessLogConfig, AccessLogFormat, ClusterTarget, DEFAULT_HTTP_IDLE_TIMEOUT,
     DEFAULT_MAX_HEADERS_COUNT, DEFAULT_MAX_REQUEST_HEADERS_KB, DEFAULT_NUM_RETRIES,
-    DEFAULT_REQUEST_HEADERS_TIMEOUT, DEFAULT_ROUTE_TIMEOUT, ForwardAction, HeaderMatcher,
-    HeaderRule, HeaderValue, HttpConfig, MAX_HEADERS_COUNT_LIMIT, PathMatch, RetryOn, RetryPolicy,
-    Route, RouteAction, RouteMatch, VirtualHost, WeightedCluster,
+    DEFAULT_REQUEST_HEADERS_TIMEOUT, DEFAULT_ROUTE_TIMEOUT, DEFAULT_STREAM_IDLE_TIMEOUT,
+    ForwardAction, HeaderMatcher, HeaderRule, HeaderValue, HttpConfig, MAX_HEADERS_COUNT_LIMIT,
+    PathMatch, RetryOn, RetryPolicy, Route, RouteAction, RouteMatch, VirtualHost, WeightedCluster,
 };
 use super::{cluster_ref, opt_duration};
 use crate::path::{EscapedSlashesAction, PathNormalization};
@@ -90,6 +90,13 @@ pub(super) fn decode_http(
     );
     let request_headers_timeout = opt_positive_duration(dec, &mut obj, "request_headers_timeout")
         .map(|d| d.unwrap_or(DEFAULT_REQUEST_HEADERS_TIMEOUT));
+    let stream_idle_timeout = opt_duration(
+        dec,
+        &mut obj,
+        "stream_idle_timeout",
+        DEFAULT_STREAM_IDLE_TIMEOUT,
+    )
+    .map(nonzero);
     let idle_timeout =
         opt_duration(dec, &mut obj, "idle_timeout", DEFAULT_HTTP_IDLE_TIMEOUT).map(nonzero);
     let path_normalization = decode_path_normalization(dec, &mut obj);
@@ -116,6 +123,7 @@ pub(super) fn decode_http(
         max_request_headers_kb: max_request_headers_kb?,
         max_headers_count: max_headers_count?,
         request_headers_timeout: request_headers_timeout?,
+        stream_idle_timeout: stream_idle_timeout?,
         idle_timeout: idle_timeout?,
         path_normalization: path_normalization?,
         virtual_hosts: virtual_hosts?,

@@ -148,6 +148,7 @@ fn decodes_the_full_example() {
         max_request_headers_kb: 60,
         max_headers_count: 100,
         request_headers_timeout: Duration::from_secs(10),
+        stream_idle_timeout: Some(DEFAULT_STREAM_IDLE_TIMEOUT),
         idle_timeout: Some(Duration::from_secs(3600)),
         path_normalization: crate::path::PathNormalization::DEFAULT,
         access_log: Some(AccessLogConfig {
@@ -697,7 +698,7 @@ clusters:
             "{h}.virtual_hosts[1].domains[0]: duplicate domain \"EXAMPLE.com\" (already used by {h}.virtual_hosts[0].domains[0])"
         ),
         format!(
-            "{h}.acess_log: unknown field (expected one of: max_request_headers_kb, max_headers_count, request_headers_timeout, idle_timeout, normalize_path, merge_slashes, path_with_escaped_slashes_action, access_log, virtual_hosts)"
+            "{h}.acess_log: unknown field (expected one of: max_request_headers_kb, max_headers_count, request_headers_timeout, stream_idle_timeout, idle_timeout, normalize_path, merge_slashes, path_with_escaped_slashes_action, access_log, virtual_hosts)"
         ),
     ];
     let got = errors(text);
