@@ -55,7 +55,7 @@ fn timeouts_start_when_a_streamed_request_is_complete() {
     e.handle_request_written();
     // Uploading for a minute: no route (15 s) nor per-try (2 s) timeout runs.
     assert_eq!(e.poll_timeout(), None);
-    now = now + Duration::from_secs(60);
+    now += Duration::from_secs(60);
     e.handle_request_complete(now);
     assert_eq!(e.poll_timeout(), Some(now + Duration::from_secs(2)));
     // Called again: nothing moves.
