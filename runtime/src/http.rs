@@ -615,7 +615,6 @@ impl<N: Network> Engine<N> {
         let router = self.routers[listener]
             .as_ref()
             .expect("http listener has a router");
-        let has_body = !matches!(head.framing(), BodyFraming::None);
         // The normalized path is what is routed and forwarded (in scratch.norm when it differs).
         let opts = scratch.path_opts;
         scratch.normalized =
@@ -636,6 +635,7 @@ impl<N: Network> Engine<N> {
             };
             router.route(host, path, &|name| head.header(buf, name))
         };
+        let has_body = !matches!(head.framing(), BodyFraming::None);
         let Some(route) = route else {
             return self
                 .local_reply(down, out, 404, ResponseFlag::NoRoute, has_body)
@@ -1235,11 +1235,7 @@ impl<N: Network> Engine<N> {
                     match fill_within(rbuf, down, stream_idle).await {
                         Ok(0) => return Err(400),
                         Err(e) => {
-                            return Err(if e.kind() == io::ErrorKind::TimedOut {
-                                408
-                            } else {
-                                400
-                            });
+                            return Err(if is_stall(&e) { 408 } else { 400 });
                         }
                         Ok(_) => {}
                     }
@@ -1264,11 +1260,7 @@ impl<N: Network> Engine<N> {
                     match fill_within(rbuf, down, stream_idle).await {
                         Ok(0) => return Err(400),
                         Err(e) => {
-                            return Err(if e.kind() == io::ErrorKind::TimedOut {
-                                408
-                            } else {
-                                400
-                            });
+                            return Err(if is_stall(&e) { 408 } else { 400 });
                         }
                         Ok(_) => {}
                     }
@@ -1320,7 +1312,7 @@ where
         match stream_request_body(up, down, rbuf, head_len, framing, stream_idle).await {
             Ok(n) => *bytes_received += n,
             Err(e) => {
-                *stalled = e.kind() == io::ErrorKind::TimedOut;
+                *stalled = is_stall(&e);
                 return Err(closed(true));
             }
         }
@@ -1372,7 +1364,24 @@ where
     }
 }
 
-/// One read from downstream into `rbuf`, within `idle` (a stalled upload: `TimedOut`).
+/// The error of a downstream read that waited longer than `stream_idle_timeout`.
+#[derive(Debug)]
+struct UploadStalled;
+
+impl std::fmt::Display for UploadStalled {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("request body stalled for stream_idle_timeout")
+    }
+}
+
+impl std::error::Error for UploadStalled {}
+
+/// Whether an IO error is [`UploadStalled`] (not, say, an upstream write timing out).
+fn is_stall(e: &io::Error) -> bool {
+    e.get_ref().is_some_and(|inner| inner.is::<UploadStalled>())
+}
+
+/// One read from downstream into `rbuf`, within `idle` (else [`UploadStalled`]).
 async fn fill_within<D: AsyncRead + Unpin>(
     rbuf: &mut ReadBuffer,
     down: &mut D,
@@ -1381,7 +1390,7 @@ async fn fill_within<D: AsyncRead + Unpin>(
     match idle {
         Some(d) => tokio::time::timeout(d, rbuf.fill(down))
             .await
-            .unwrap_or_else(|_| Err(io::ErrorKind::TimedOut.into())),
+            .unwrap_or_else(|_| Err(io::Error::new(io::ErrorKind::TimedOut, UploadStalled))),
         None => rbuf.fill(down).await,
     }
 }
