@@ -6,14 +6,18 @@
 //! 1. read a request head (keep-alive idle timeout before its first byte, then
 //!    `request_headers_timeout` until it is complete; limits answer 431, malformed or ambiguous
 //!    framing 400, and close the connection — nothing of such a request goes upstream);
-//! 2. route it (404 when nothing matches; a direct response is answered here);
+//! 2. normalize its path (`sluice_core::path`; 400 for an encoded slash by default) and route
+//!    it on the normalized path, which is also the one forwarded (404 when nothing matches; a
+//!    direct response is answered here);
 //! 3. forward it: the [`Exchange`] picks hosts and decides retries and timeouts; this module
 //!    gets connections (from the worker's [`Pool`] or fresh), writes the rewritten head and the
 //!    body, reads the response head, and streams the response body by its framing;
 //! 4. log it, then serve the next (possibly pipelined) request in order, or close.
 //!
 //! Bodies up to [`REPLAY_LIMIT`] are buffered before the first try so that a retry can send them
-//! again; larger ones stream and are never retried once written. `Expect: 100-continue` is
+//! again; larger ones stream and are never retried once written. The route timeout starts once
+//! the request is complete; until then each body read must come within `stream_idle_timeout`
+//! (else 408). A request's trailer section loses the fields a trailer must not carry. `Expect: 100-continue` is
 //! answered by the proxy itself when it starts reading the body (the header is not forwarded).
 //! An `Upgrade` request whose response is `101` turns the connection into a byte tunnel.
 
