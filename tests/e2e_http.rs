@@ -558,3 +558,200 @@ fn wrk_keep_alive_load_has_no_errors_and_the_access_log_has_every_request() {
     assert_eq!(first["method"], "GET");
     assert_eq!(first["upstream_host"], format!("127.0.0.1:{up}"));
 }
+
+/// A listener whose `/admin` (and whole `internal.example.com`) is closed by a 403 direct
+/// response in front of a catch-all route to the upstream.
+fn guarded_config(listen: u16, up: u16, knobs: &str) -> String {
+    format!(
+        r#"
+listeners:
+  - name: http_in
+    address: 127.0.0.1:{listen}
+    http:
+{knobs}      virtual_hosts:
+        - name: internal
+          domains: ["internal.example.com"]
+          routes:
+            - match: {{ prefix: / }}
+              direct_response: {{ status: 403, body: "internal\n" }}
+        - name: any
+          domains: ["*"]
+          routes:
+            - match: {{ prefix: /admin }}
+              direct_response: {{ status: 403, body: "forbidden\n" }}
+            - match: {{ prefix: / }}
+              route: {{ cluster: app }}
+clusters:
+  - name: app
+    connect_timeout: 500ms
+    hosts: [ {{ address: 127.0.0.1:{up} }} ]
+"#
+    )
+}
+
+fn get(port: u16, host: &str, path: &str) -> String {
+    raw(
+        port,
+        format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+}
+
+#[test]
+fn paths_are_normalized_before_routing_and_forwarded_normalized() {
+    let dir = TempDir::new("http-normalize");
+    let (up, listen) = (free_port(), free_port());
+    let (_u, log) = start_upstream(&dir, "up", up);
+    let _s = start_sluice(&dir, &guarded_config(listen, up, ""), 1, addr(listen));
+    let attacks = [
+        ("/x/../admin", 403),
+        ("/%61dmin", 403),
+        ("//admin", 403),
+        ("/./admin", 403),
+        ("/x/..%2fadmin", 400),
+    ];
+    for (path, want) in attacks {
+        let r = get(listen, "example.com", path);
+        assert_eq!(status_of(&r), want, "{path}: {r}");
+    }
+    let r = get(listen, "internal.example.com.", "/");
+    assert_eq!(status_of(&r), 403, "trailing dot host: {r}");
+    assert!(r.ends_with("internal\n"), "{r}");
+    // A benign path reaches the upstream normalized, the query as sent.
+    let r = get(listen, "example.com", "/a/./b//c?q=/../x");
+    assert_eq!(status_of(&r), 200, "{r}");
+    assert!(r.contains(r#""path": "/a/b/c?q=/../x""#), "{r}");
+    // The upstream saw only the benign request (it logs each complete request in order).
+    assert_eq!(upstream_requests(&log), ["GET /a/b/c?q=/../x 0"]);
+}
+
+#[test]
+fn path_normalization_knobs_turn_it_off_or_unescape_slashes() {
+    let dir = TempDir::new("http-normalize-knobs");
+    let (up, listen) = (free_port(), free_port());
+    let (_u, log) = start_upstream(&dir, "up", up);
+    let knobs = "      merge_slashes: false\n      path_with_escaped_slashes_action: unescape_and_forward\n";
+    let _s = start_sluice(&dir, &guarded_config(listen, up, knobs), 1, addr(listen));
+    let r = get(listen, "example.com", "/x/..%2fadmin");
+    assert_eq!(status_of(&r), 403, "unescaped, then dot-resolved: {r}");
+    let r = get(listen, "example.com", "/a//b/%2e/c");
+    assert_eq!(status_of(&r), 200, "{r}");
+    assert_eq!(upstream_requests(&log), ["GET /a//b/c 0"]);
+}
+
+#[test]
+fn an_http_1_0_request_without_host_gets_one_upstream() {
+    let dir = TempDir::new("http-10-no-host");
+    let (up, listen) = (free_port(), free_port());
+    let (_u, log) = start_upstream(&dir, "up", up);
+    let _s = start_sluice(&dir, &http_config(listen, &[up], "", ""), 1, addr(listen));
+    // Sent upstream as HTTP/1.1, which requires Host: the cluster's name.
+    let r = raw(listen, b"GET /old HTTP/1.0\r\n\r\n");
+    assert_eq!(status_of(&r), 200, "{r}");
+    assert!(r.contains(r#""host": "app""#), "{r}");
+    // An absolute-form target gives its authority; a Host header is kept as sent.
+    let r = raw(listen, b"GET http://example.com/abs HTTP/1.0\r\n\r\n");
+    assert!(r.contains(r#""host": "example.com""#), "{r}");
+    let r = raw(listen, b"GET /h HTTP/1.0\r\nHost: example.com\r\n\r\n");
+    assert!(r.contains(r#""host": "example.com""#), "{r}");
+    assert_eq!(r.matches(r#""host""#).count(), 1, "{r}");
+    assert_eq!(upstream_requests(&log).len(), 3);
+}
+
+#[test]
+fn request_trailers_lose_the_fields_a_trailer_must_not_carry() {
+    let dir = TempDir::new("http-trailers");
+    let (up, listen) = (free_port(), free_port());
+    let (_u, log) = start_upstream(&dir, "up", up);
+    let _s = start_sluice(&dir, &http_config(listen, &[up], "", ""), 1, addr(listen));
+    let trailers = "X-Checksum: abc\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\
+                    Host: evil.example\r\nTrailer: x\r\nConnection: close\r\nAuthorization: x\r\n\
+                    Content-Type: text/evil\r\nX-Other: 1\r\n\r\n";
+    // Small (buffered, replayable) and large (streamed) bodies take different paths.
+    for size in [4usize, 100_000] {
+        let mut request = format!(
+            "POST /t HTTP/1.1\r\nHost: example.com\r\nTransfer-Encoding: chunked\r\n\
+             Connection: close\r\n\r\n{size:x}\r\n"
+        )
+        .into_bytes();
+        request.extend(std::iter::repeat_n(b'z', size));
+        request.extend_from_slice(b"\r\n0\r\n");
+        request.extend_from_slice(trailers.as_bytes());
+        let r = raw(listen, &request);
+        assert_eq!(status_of(&r), 200, "{size}: {r}");
+        assert!(r.contains(&format!("\"body_len\": {size}")), "{size}: {r}");
+        assert!(
+            r.contains(r#""trailers": ["X-Checksum: abc", "X-Other: 1"]"#),
+            "{size}: {r}"
+        );
+    }
+    assert_eq!(upstream_requests(&log).len(), 2);
+}
+
+/// Sends a POST of `total` bytes (Content-Length) in `pieces` equal parts, `gap` apart, then
+/// reads the whole answer.
+fn slow_post(
+    port: u16,
+    total: usize,
+    pieces: usize,
+    gap: Duration,
+    stop_after: Option<usize>,
+) -> String {
+    let mut s = TcpStream::connect(addr(port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(
+        format!(
+            "POST /upload HTTP/1.1\r\nHost: example.com\r\nContent-Length: {total}\r\n\
+             Connection: close\r\n\r\n"
+        )
+        .as_bytes(),
+    )
+    .unwrap();
+    let piece = vec![b'u'; total / pieces];
+    for i in 0..pieces {
+        if stop_after == Some(i) {
+            break;
+        }
+        std::thread::sleep(gap);
+        if s.write_all(&piece).is_err() {
+            break;
+        }
+    }
+    let mut got = Vec::new();
+    let _ = s.read_to_end(&mut got);
+    String::from_utf8_lossy(&got).into_owned()
+}
+
+#[test]
+fn the_route_timeout_starts_after_the_upload_and_a_stalled_upload_is_a_408() {
+    let dir = TempDir::new("http-upload-timeout");
+    let (up, listen) = (free_port(), free_port());
+    let (_u, log) = start_upstream(&dir, "up", up);
+    let cfg = http_config(
+        listen,
+        &[up],
+        "      stream_idle_timeout: 1s\n",
+        "                timeout: 1s\n",
+    );
+    let _s = start_sluice(&dir, &cfg, 1, addr(listen));
+    // A 200 kB upload (streamed, over the 64 KiB replay buffer) taking ~2 s, twice the route
+    // timeout, with no gap as long as stream_idle_timeout: answered.
+    let r = slow_post(listen, 200_000, 8, Duration::from_millis(250), None);
+    assert_eq!(status_of(&r), 200, "{r}");
+    assert!(r.contains("\"body_len\": 200000"), "{r}");
+    // Uploads that stop half-way: 408 once the body stalls for 1 s, streamed or buffered.
+    for total in [200_000, 20_000] {
+        let r = slow_post(listen, total, 8, Duration::from_millis(10), Some(4));
+        assert_eq!(status_of(&r), 408, "{total}: {r}");
+    }
+    // Only the whole upload reached the upstream whole.
+    let requests = upstream_requests(&log);
+    assert_eq!(
+        requests.iter().filter(|l| l.ends_with(" 200000")).count(),
+        1,
+        "{requests:?}"
+    );
+    assert!(
+        !requests.iter().any(|l| l.ends_with(" 20000")),
+        "{requests:?}"
+    );
+}

@@ -675,3 +675,112 @@ fn the_resilience_example_config_validates() {
         assert!(text.contains(knob), "configs/resilience.yaml lacks {knob}");
     }
 }
+
+/// A raw upstream (Python) that answers every request with `100 Continue` forever (one every
+/// 5 ms), and logs `closed after N` to `log` when the proxy closes the connection.
+const ENDLESS_100: &str = r#"
+import socket, sys, threading, time
+port, log = int(sys.argv[1]), sys.argv[2]
+srv = socket.socket()
+srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+srv.bind(("127.0.0.1", port))
+srv.listen(16)
+def serve(c):
+    buf = b""
+    while b"\r\n\r\n" not in buf:
+        d = c.recv(4096)
+        if not d:
+            return
+        buf += d
+    n = 0
+    try:
+        while n < 100000:
+            c.sendall(b"HTTP/1.1 100 Continue\r\n\r\n")
+            n += 1
+            time.sleep(0.005)
+    except OSError:
+        with open(log, "a") as f:
+            f.write(f"closed after {n}\n")
+while True:
+    c, _ = srv.accept()
+    threading.Thread(target=serve, args=(c,), daemon=True).start()
+"#;
+
+#[test]
+fn endless_interim_responses_are_a_502_and_close_the_upstream_connection() {
+    let dir = TempDir::new("endless-100");
+    let (up, listen, admin) = (free_port(), free_port(), free_port());
+    let script = dir.write("endless_100.py", ENDLESS_100);
+    let log = dir.path().join("up.log");
+    let mut u = spawn(
+        &dir,
+        "up",
+        &python(),
+        &[
+            script.to_str().unwrap(),
+            &up.to_string(),
+            log.to_str().unwrap(),
+        ],
+    );
+    wait_listening(addr(up), &mut u);
+    let cfg = config(
+        &dir,
+        listen,
+        admin,
+        &[up],
+        "",
+        "                timeout: 5s\n",
+    );
+    let _s = start_sluice(&dir, &cfg, 1, addr(listen));
+    let (status, body) = get_once(listen, "/");
+    assert_eq!(status, 502, "{body}");
+    assert_eq!(stat(admin, "cluster.app.upstream_rq_too_many_interim"), 1);
+    // The upstream connection was closed: the upstream's next 100 failed to send.
+    eventually(
+        "the upstream connection closed",
+        Duration::from_secs(5),
+        || std::fs::read_to_string(&log).is_ok_and(|t| t.starts_with("closed after ")),
+    );
+}
+
+/// Established TCP connections whose local port is `port` (the upstream's side), per `ss`.
+fn established_from(port: u16) -> usize {
+    let out = run(
+        "ss",
+        &[
+            "-Htn",
+            "state",
+            "established",
+            &format!("( sport = :{port} )"),
+        ],
+    );
+    String::from_utf8_lossy(&out.stdout).lines().count()
+}
+
+#[test]
+fn idle_pooled_upstream_connections_close_after_upstream_idle_timeout() {
+    let dir = TempDir::new("pool-idle");
+    let (up, listen, admin) = (free_port(), free_port(), free_port());
+    let _u = start_py_upstream(&dir, "up", up);
+    let cfg = config(
+        &dir,
+        listen,
+        admin,
+        &[up],
+        "    upstream_idle_timeout: 1s\n",
+        "",
+    );
+    let _s = start_sluice(&dir, &cfg, 1, addr(listen));
+    let (status, body) = get_once(listen, "/");
+    assert_eq!(status, 200, "{body}");
+    let cx_active = format!("cluster.app.host.127.0.0.1:{up}.cx_active");
+    // The upstream connection went back to the pool, open...
+    assert_eq!(stat(admin, &cx_active), 1);
+    assert_eq!(established_from(up), 1);
+    // ...and is closed once idle for 1 s, without another request coming.
+    eventually(
+        "the pooled connection closed",
+        Duration::from_secs(5),
+        || stat(admin, &cx_active) == 0 && established_from(up) == 0,
+    );
+}

@@ -2,8 +2,8 @@
 """An HTTP/1.1 upstream for the end-to-end tests, on Python's standard http.server.
 
 It answers every request with a JSON description of what it received (method, path, headers,
-body length and SHA-256), and appends one line per *complete* request to a log file, so tests can
-count exactly what reached an upstream. Special paths:
+body length and SHA-256, the trailer field lines of a chunked body), and appends one line per
+*complete* request to a log file, so tests can count exactly what reached an upstream. Special paths:
 
   /status/NNN      answer with status NNN
   /sleep/MS        wait MS milliseconds before answering
@@ -34,15 +34,18 @@ class Handler(BaseHTTPRequestHandler):
             while True:
                 size = int(self.rfile.readline().split(b";")[0].strip(), 16)
                 if size == 0:
-                    while self.rfile.readline() not in (b"\r\n", b"\n", b""):
-                        pass
-                    return body
+                    while True:
+                        line = self.rfile.readline()
+                        if line in (b"\r\n", b"\n", b""):
+                            return body
+                        self.trailers.append(line.decode("latin-1").rstrip("\r\n"))
                 body += self.rfile.read(size)
                 self.rfile.readline()
         n = int(self.headers.get("Content-Length", "0") or 0)
         return self.rfile.read(n) if n else b""
 
     def handle_any(self):
+        self.trailers = []
         body = self.read_body()
         with open(self.server.log_path, "a") as log:
             log.write(f"{self.command} {self.path} {len(body)}\n")
@@ -66,6 +69,7 @@ class Handler(BaseHTTPRequestHandler):
             "headers": {k.lower(): v for k, v in self.headers.items()},
             "body_len": len(body),
             "body_sha256": hashlib.sha256(body).hexdigest(),
+            "trailers": self.trailers,
         }).encode()
         split = self.path.startswith("/split/")
         if split:

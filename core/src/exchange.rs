@@ -13,7 +13,9 @@
 //! ```
 //!
 //! Global timeout (the route's `timeout`) fires in any state before Done → 504 (`UT`), unless the
-//! response head was already forwarded, in which case the driver must abort the connection.
+//! response head was already forwarded, in which case the driver must abort the connection. It
+//! (and a per-try timeout) counts from the end of the downstream request: from the start when the
+//! body was buffered, else from [`Exchange::handle_request_complete`].
 //!
 //! ## Retry rules (RFC 9110 §9.2.2: a proxy must not retry a non-idempotent request that may
 //! have been processed)
@@ -171,6 +173,11 @@ pub struct ExchangeConfig {
     /// The request's hash for `ring_hash` / `maglev` clusters (from the cluster's
     /// `hash_policy`); `None`: a random pick.
     pub hash: Option<u64>,
+    /// The downstream request, body included, was already received in full. When not (a body
+    /// streamed while it arrives), the route and per-try timeouts start only at
+    /// [`Exchange::handle_request_complete`] (Envoy's rule: the upload's own time is not
+    /// counted; the driver guards a stalled upload with its own idle timeout).
+    pub request_complete: bool,
 }
 
 /// The parts of a [`RetryPolicy`] the exchange needs (`Copy`).
@@ -244,7 +251,10 @@ impl Exchange {
         Exchange {
             config,
             state: State::Idle,
-            deadline: config.timeout.map(|t| now + t),
+            deadline: config
+                .timeout
+                .filter(|_| config.request_complete)
+                .map(|t| now + t),
             try_deadline: None,
             tried: [HostId(u32::MAX); MAX_TRIES],
             tries: 0,
@@ -286,7 +296,26 @@ impl Exchange {
             .config
             .retry
             .and_then(|r| r.per_try_timeout)
+            .filter(|_| self.config.request_complete)
             .map(|t| now + t);
+    }
+
+    /// The downstream request's body was received in full (only needed when
+    /// [`ExchangeConfig::request_complete`] was false): the route timeout, and the current try's
+    /// per-try timeout, start now. Later calls change nothing.
+    pub fn handle_request_complete(&mut self, now: Instant) {
+        if self.config.request_complete {
+            return;
+        }
+        self.config.request_complete = true;
+        self.deadline = self.config.timeout.map(|t| now + t);
+        if matches!(self.state, State::Waiting { .. }) {
+            self.try_deadline = self
+                .config
+                .retry
+                .and_then(|r| r.per_try_timeout)
+                .map(|t| now + t);
+        }
     }
 
     /// The first request byte was written on the current connection.

@@ -31,6 +31,7 @@ pub mod handover;
 pub mod health;
 pub mod http1;
 pub mod lb;
+pub mod path;
 pub mod rng;
 pub mod router;
 pub mod tcp_proxy;

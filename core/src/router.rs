@@ -9,7 +9,8 @@
 //! ## Virtual host selection (Envoy's)
 //!
 //! The Host header's port is dropped (`example.com:8080` → `example.com`, `[::1]:80` →
-//! `[::1]`), surrounding whitespace is ignored, and the name is compared case-insensitively
+//! `[::1]`), as is a trailing dot (`example.com.` is the same name, fully qualified: without
+//! this it would skip its virtual host), surrounding whitespace is ignored, and the name is compared case-insensitively
 //! against, in this order:
 //! 1. the exact domains;
 //! 2. the suffix wildcards, longest first: `*.example.com` matches `a.example.com` but not
@@ -321,7 +322,7 @@ fn cmp_lowercase(lower: &[u8], key: &[u8]) -> Ordering {
 }
 
 /// The host part of a Host header value: `example.com:8080` → `example.com`, `[::1]:80` →
-/// `[::1]`. A value with several colons and no brackets is kept whole (it matches only `*`).
+/// `[::1]`, without one trailing dot (`example.com.` → `example.com`). A value with several colons and no brackets is kept whole (it matches only `*`).
 fn host_name(host: &[u8]) -> &[u8] {
     let host = host.trim_ascii();
     if host.first() == Some(&b'[') {
@@ -330,9 +331,14 @@ fn host_name(host: &[u8]) -> &[u8] {
             None => host,
         };
     }
-    match host.iter().position(|&b| b == b':') {
+    let name = match host.iter().position(|&b| b == b':') {
         Some(colon) if !host[colon + 1..].contains(&b':') => &host[..colon],
         _ => host,
+    };
+    // `example.com.` (fully qualified) is `example.com`.
+    match name {
+        [rest @ .., b'.'] if !rest.is_empty() => rest,
+        _ => name,
     }
 }
 

@@ -124,10 +124,17 @@ fn reference_virtual_host(config: &HttpConfig, host: &[u8]) -> Option<usize> {
             Some(end) => &host[..=end],
             None => host,
         }
-    } else if colons == 1 {
-        &host[..host.iter().position(|&b| b == b':').unwrap()]
     } else {
-        host
+        let name = if colons == 1 {
+            &host[..host.iter().position(|&b| b == b':').unwrap()]
+        } else {
+            host
+        };
+        // One trailing dot (a fully qualified name) is ignored.
+        match name.strip_suffix(b".") {
+            Some(rest) if !rest.is_empty() => rest,
+            _ => name,
+        }
     };
     let host = host.to_ascii_lowercase();
     // (rank, length of the fixed part): exact 3, suffix 2, prefix 1, any 0.

@@ -11,6 +11,11 @@
 //! `PATH`, `PROTOCOL`, `STATUS`, `RESPONSE_FLAGS` (`-` or Envoy-style codes like `UF`, `NR`),
 //! `BYTES_RECEIVED`, `BYTES_SENT`, `DURATION` (ms), `UPSTREAM_HOST`, `REQUEST_ID`,
 //! `DOWNSTREAM_REMOTE_ADDRESS`, `LISTENER`.
+//!
+//! In text lines, the fields that carry request bytes (`METHOD`, `PATH`, `REQUEST_ID`) are
+//! escaped as nginx does (`"`, `\`, control characters, DEL and non-ASCII bytes as `\xHH`), so
+//! that a request cannot end a quoted field or a line and forge others. JSON lines are escaped by
+//! the JSON encoder.
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
@@ -236,8 +241,14 @@ fn write_field(buf: &mut Vec<u8>, f: Field, e: &Entry<'_>) {
             write_rfc3339(buf, e.start);
             Ok(())
         }
-        Field::Method => buf.write_all(e.method),
-        Field::Path => buf.write_all(e.path),
+        Field::Method => {
+            write_escaped(buf, e.method);
+            Ok(())
+        }
+        Field::Path => {
+            write_escaped(buf, e.path);
+            Ok(())
+        }
         Field::Protocol => buf.write_all(e.protocol.as_bytes()),
         Field::Status => write!(buf, "{}", e.status),
         Field::Flags => buf.write_all(e.flag.unwrap_or("-").as_bytes()),
@@ -248,14 +259,44 @@ fn write_field(buf: &mut Vec<u8>, f: Field, e: &Entry<'_>) {
             Some(a) => write!(buf, "{a}"),
             None => buf.write_all(b"-"),
         },
-        Field::RequestId => buf.write_all(if e.request_id.is_empty() {
-            b"-"
-        } else {
-            e.request_id
-        }),
+        Field::RequestId => {
+            write_escaped(
+                buf,
+                if e.request_id.is_empty() {
+                    b"-"
+                } else {
+                    e.request_id
+                },
+            );
+            Ok(())
+        }
         Field::Downstream => write!(buf, "{}", e.downstream),
         Field::Listener => buf.write_all(e.listener.as_bytes()),
     };
+}
+
+/// Request bytes in a text line, escaped as nginx does: `"`, `\\`, control characters, DEL
+/// and bytes ≥ 0x80 as `\xHH`, so a client cannot end a quoted field, forge fields or lines.
+/// The common case, nothing to escape, is one copy.
+fn write_escaped(buf: &mut Vec<u8>, bytes: &[u8]) {
+    const HEX: &[u8; 16] = b"0123456789ABCDEF";
+    let plain = |b: u8| (0x20..0x7f).contains(&b) && b != b'"' && b != b'\\';
+    if bytes.iter().all(|&b| plain(b)) {
+        buf.extend_from_slice(bytes);
+        return;
+    }
+    for &b in bytes {
+        if plain(b) {
+            buf.push(b);
+        } else {
+            buf.extend_from_slice(&[
+                b'\\',
+                b'x',
+                HEX[usize::from(b >> 4)],
+                HEX[usize::from(b & 15)],
+            ]);
+        }
+    }
 }
 
 fn write_json(buf: &mut Vec<u8>, e: &Entry<'_>) {
@@ -323,6 +364,39 @@ mod tests {
         let mut b = Vec::new();
         write_rfc3339(&mut b, UNIX_EPOCH + Duration::from_secs(951_782_400)); // leap day
         assert_eq!(String::from_utf8(b).unwrap(), "2000-02-29T00:00:00.000Z");
+    }
+
+    #[test]
+    fn request_bytes_are_escaped_in_text_lines() {
+        let config = AccessLogConfig {
+            format: AccessLogFormat::Text(None),
+            path: None,
+        };
+        let mut log = AccessLog::open(&config).unwrap();
+        let e = Entry {
+            start: UNIX_EPOCH,
+            method: b"GET",
+            path: b"/a\"b\\c\x01\xff",
+            protocol: "HTTP/1.1",
+            status: 200,
+            flag: None,
+            bytes_received: 1,
+            bytes_sent: 2,
+            duration_ms: 3,
+            upstream: None,
+            request_id: b"abc\" 200 - 0 0 0 \"forged",
+            downstream: "127.0.0.1:1".parse().unwrap(),
+            listener: "l",
+        };
+        log.log(&e);
+        let line = String::from_utf8(std::mem::take(&mut log.buf)).unwrap();
+        assert_eq!(
+            line,
+            "[1970-01-01T00:00:00.000Z] \"GET /a\\x22b\\x5Cc\\x01\\xFF HTTP/1.1\" 200 - 1 2 3 \"-\" \
+             \"abc\\x22 200 - 0 0 0 \\x22forged\"\n"
+        );
+        // Exactly the template's quotes are left.
+        assert_eq!(line.matches('"').count(), 6);
     }
 
     #[test]

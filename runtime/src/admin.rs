@@ -862,6 +862,10 @@ fn flat_stats(shared: &AdminShared, s: &DetailedSnapshot) -> Vec<(String, u64)> 
             format!("{p}.upstream_rq_retry_overflow"),
             c.upstream_rq_retry_overflow,
         );
+        put(
+            format!("{p}.upstream_rq_too_many_interim"),
+            c.upstream_rq_too_many_interim,
+        );
         if cc.health_check.is_some() {
             put(format!("{p}.health_check.attempt"), c.health_check_attempt);
             put(format!("{p}.health_check.success"), c.health_check_success);
@@ -1054,7 +1058,7 @@ pub fn prometheus(shared: &AdminShared, s: &DetailedSnapshot) -> String {
     }
 
     type ClusterValue = fn(&crate::stats::ClusterSnapshot) -> u64;
-    let per_cluster: [(&str, &str, ClusterValue); 15] = [
+    let per_cluster: [(&str, &str, ClusterValue); 16] = [
         (
             "sluice_upstream_requests_total",
             "Requests (HTTP) or sessions (TCP) sent to the cluster.",
@@ -1102,6 +1106,11 @@ pub fn prometheus(shared: &AdminShared, s: &DetailedSnapshot) -> String {
             "sluice_upstream_rq_retry_overflow_total",
             "Retries not made because the retry budget was spent (or the max_retries circuit breaker was at its limit).",
             |c| c.upstream_rq_retry_overflow,
+        ),
+        (
+            "sluice_upstream_rq_too_many_interim_total",
+            "HTTP tries failed by more interim (1xx) responses than allowed (5).",
+            |c| c.upstream_rq_too_many_interim,
         ),
         (
             "sluice_health_check_attempts_total",
@@ -1522,7 +1531,8 @@ mod tests {
             text,
             "cluster.app.upstream_rq_overflow: 0\ncluster.app.upstream_rq_pending_overflow: 0\n\
              cluster.app.upstream_rq_retry: 0\ncluster.app.upstream_rq_retry_overflow: 0\n\
-             cluster.app.upstream_rq_timeout: 0\ncluster.app.upstream_rq_total: 0\n"
+             cluster.app.upstream_rq_timeout: 0\ncluster.app.upstream_rq_too_many_interim: 0\n\
+             cluster.app.upstream_rq_total: 0\n"
         );
         assert_eq!(handle(&s, "GET", "/stats?filter=(").0.status, 400);
         let p = prometheus(&s, &DetailedSnapshot::sum(&s.workers));

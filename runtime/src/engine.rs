@@ -155,7 +155,12 @@ impl<N: Network> Engine<N> {
                 }
             }
         }
-        let pool = Pool::new(config.clusters.iter().map(|c| c.hosts.len()));
+        let pool = Pool::new(
+            config
+                .clusters
+                .iter()
+                .map(|c| (c.hosts.len(), c.upstream_idle_timeout)),
+        );
         let bolt = crate::bolt::BoltWorker::for_config(&config)?;
         let config_listeners = config.listeners.len();
         Ok(Rc::new(Engine {
@@ -269,8 +274,23 @@ impl<N: Network> Engine<N> {
                 }
             })
         });
+        // Closes pooled upstream connections idle past their cluster's upstream_idle_timeout.
+        let has_http = self.routers.iter().any(Option::is_some);
+        let pool_sweeper = has_http.then(|| {
+            let engine = self.clone();
+            tokio::task::spawn_local(async move {
+                let mut tick = tokio::time::interval(engine.pool.sweep_interval());
+                loop {
+                    tick.tick().await;
+                    engine.pool.sweep(crate::now());
+                }
+            })
+        });
         shutdown.await;
         closer.abort();
+        if let Some(t) = pool_sweeper {
+            t.abort();
+        }
         self.drain().await;
         if let Some(h) = health_checks {
             h.abort();

@@ -6,14 +6,18 @@
 //! 1. read a request head (keep-alive idle timeout before its first byte, then
 //!    `request_headers_timeout` until it is complete; limits answer 431, malformed or ambiguous
 //!    framing 400, and close the connection — nothing of such a request goes upstream);
-//! 2. route it (404 when nothing matches; a direct response is answered here);
+//! 2. normalize its path (`sluice_core::path`; 400 for an encoded slash by default) and route
+//!    it on the normalized path, which is also the one forwarded (404 when nothing matches; a
+//!    direct response is answered here);
 //! 3. forward it: the [`Exchange`] picks hosts and decides retries and timeouts; this module
 //!    gets connections (from the worker's [`Pool`] or fresh), writes the rewritten head and the
 //!    body, reads the response head, and streams the response body by its framing;
 //! 4. log it, then serve the next (possibly pipelined) request in order, or close.
 //!
 //! Bodies up to [`REPLAY_LIMIT`] are buffered before the first try so that a retry can send them
-//! again; larger ones stream and are never retried once written. `Expect: 100-continue` is
+//! again; larger ones stream and are never retried once written. The route timeout starts once
+//! the request is complete; until then each body read must come within `stream_idle_timeout`
+//! (else 408). A request's trailer section loses the fields a trailer must not carry. `Expect: 100-continue` is
 //! answered by the proxy itself when it starts reading the body (the header is not forwarded).
 //! An `Upgrade` request whose response is `101` turns the connection into a byte tunnel.
 
@@ -34,9 +38,10 @@ use sluice_core::health::{Permit, Resource, UpstreamResult};
 use sluice_core::http1::{
     BodyFraming, Chunked, ChunkedDecoder, Head, HeadEdits, HttpError, Limits, Method, ParseStatus,
     Version, parse_request, parse_response, write_local_response, write_request_head,
-    write_response_head,
+    write_response_head, write_trailers,
 };
 use sluice_core::lb::request_hash;
+use sluice_core::path::{PathNormalization, normalize_path_into};
 use sluice_core::router::{pick_cluster, rewrite_prefix};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::time::Instant as TokioInstant;
@@ -59,6 +64,10 @@ const READ_CHUNK: usize = 16 * 1024;
 /// its way (answered with `connection: close`).
 const DRAIN_IDLE_GRACE: Duration = Duration::from_secs(1);
 const MAX_TRAILER_BYTES: usize = 16 * 1024;
+/// Interim (1xx) responses accepted before the final one (Go's limit); one more is a 502 and
+/// the upstream connection is closed, so that an endless `100 Continue` stream cannot pin a
+/// worker for the whole route timeout.
+const MAX_INTERIM_RESPONSES: u32 = 5;
 
 /// A growable read buffer: bytes `start..end` of `data` are unconsumed.
 pub(crate) struct ReadBuffer {
@@ -307,6 +316,14 @@ struct Scratch {
     xff: Vec<u8>,
     /// A rewritten path.
     path: Vec<u8>,
+    /// The request's normalized path, when it differs from the path as sent.
+    norm: Vec<u8>,
+    /// `norm` holds this request's path.
+    normalized: bool,
+    /// The listener's path normalization.
+    path_opts: PathNormalization,
+    /// The listener's `stream_idle_timeout`: the longest wait for the next bytes of a body.
+    stream_idle: Option<Duration>,
 }
 
 /// Header edit lists live on the stack up to this many entries.
@@ -397,6 +414,10 @@ impl<N: Network> Engine<N> {
             peer_addr: peer.ip(),
             xff: Vec::new(),
             path: Vec::new(),
+            norm: Vec::new(),
+            normalized: false,
+            path_opts: hc.path_normalization,
+            stream_idle: hc.stream_idle_timeout,
         };
         let logging = self.access_logs[listener].is_some();
         loop {
@@ -603,10 +624,25 @@ impl<N: Network> Engine<N> {
         let router = self.routers[listener]
             .as_ref()
             .expect("http listener has a router");
+        // The normalized path is what is routed and forwarded (in scratch.norm when it differs).
+        let opts = scratch.path_opts;
+        scratch.normalized =
+            match normalize_path_into(head.path(rbuf.bytes()), &opts, &mut scratch.norm) {
+                Ok(changed) => changed,
+                Err(_) => {
+                    let flag = ResponseFlag::DownstreamProtocolError;
+                    return self.local_reply(down, out, 400, flag, true).await;
+                }
+            };
         let route = {
             let buf = rbuf.bytes();
             let host = head.host(buf).unwrap_or(b"");
-            router.route(host, head.path(buf), &|name| head.header(buf, name))
+            let path = if scratch.normalized {
+                &scratch.norm[..]
+            } else {
+                head.path(buf)
+            };
+            router.route(host, path, &|name| head.header(buf, name))
         };
         let has_body = !matches!(head.framing(), BodyFraming::None);
         let Some(route) = route else {
@@ -682,10 +718,17 @@ impl<N: Network> Engine<N> {
         if head.expect_continue() && !matches!(framing, BodyFraming::None) {
             let _ = down.write_all(b"HTTP/1.1 100 Continue\r\n\r\n").await;
         }
-        let body_len = match self.buffer_body(down, rbuf, head_len, framing).await {
+        let body_len = match self
+            .buffer_body(down, rbuf, head_len, framing, scratch.stream_idle)
+            .await
+        {
             Ok(b) => b,
             Err(status) => {
-                let flag = ResponseFlag::DownstreamProtocolError;
+                let flag = if status == 408 {
+                    ResponseFlag::DownstreamLimit
+                } else {
+                    ResponseFlag::DownstreamProtocolError
+                };
                 return self.local_reply(down, out, status, flag, true).await;
             }
         };
@@ -693,17 +736,17 @@ impl<N: Network> Engine<N> {
 
         // --- the upstream head, built once (no heap allocation once the connection is warm) ---
         out.clear();
+        let path = if scratch.normalized {
+            &scratch.norm[..]
+        } else {
+            head.path(rbuf.bytes())
+        };
         let path_edit = match (&action.prefix_rewrite, matched_prefix) {
             (Some(replacement), Some(prefix)) => {
-                rewrite_prefix(
-                    head.path(rbuf.bytes()),
-                    prefix,
-                    replacement,
-                    &mut scratch.path,
-                );
-                true
+                rewrite_prefix(path, prefix, replacement, &mut scratch.path);
+                Some(scratch.path.as_slice())
             }
-            _ => false,
+            _ => scratch.normalized.then_some(scratch.norm.as_slice()),
         };
         let xff: &[u8] = match head.header(rbuf.bytes(), "x-forwarded-for") {
             Some(old) => {
@@ -722,6 +765,7 @@ impl<N: Network> Engine<N> {
             let (a, b) = (rng.next_u64(), rng.next_u64());
             format_request_id(a, b, &mut request_id);
         }
+        let no_host = head.host(rbuf.bytes()).is_none();
         // Added headers replace ones of the same name: remove those names first.
         let (mut remove_inline, mut remove_spill) = ([""; INLINE_EDITS], Vec::new());
         let remove = edit_list(
@@ -742,6 +786,9 @@ impl<N: Network> Engine<N> {
             &mut add_spill,
             std::iter::once(("x-forwarded-for", xff))
                 .chain(generate_id.then_some(("x-request-id", &request_id[..])))
+                // HTTP/1.0 without Host (nor an absolute-form target) goes out as HTTP/1.1,
+                // which needs one: the cluster's name.
+                .chain(no_host.then_some(("host", cluster_cfg.name.as_bytes())))
                 .chain(
                     action
                         .request_headers_to_add
@@ -754,18 +801,22 @@ impl<N: Network> Engine<N> {
             rbuf.bytes(),
             head,
             &HeadEdits {
-                path: path_edit.then_some(scratch.path.as_slice()),
+                path: path_edit,
                 remove,
                 add,
                 force_close: false,
                 version: Some(Version::Http11),
             },
         );
-        let upstream_head_len = out.len();
         if let Some(n) = body_len {
             // The body goes into the upstream request once; from here on rbuf holds the head
             // (for the log) followed by the next pipelined request.
-            out.extend_from_slice(&rbuf.bytes()[head_len..head_len + n]);
+            let body = &rbuf.bytes()[head_len..head_len + n];
+            if framing == BodyFraming::Chunked {
+                push_chunked_body(out, body);
+            } else {
+                out.extend_from_slice(body);
+            }
             drop_range(rbuf, head_len, n);
         }
 
@@ -809,6 +860,7 @@ impl<N: Network> Engine<N> {
                 idempotent: head.method().is_idempotent(),
                 replayable,
                 hash,
+                request_complete: replayable,
             },
         );
         ex.start(now(), &mut cluster.borrow_mut(), &mut self.rng.borrow_mut());
@@ -961,19 +1013,44 @@ impl<N: Network> Engine<N> {
 
             // Send the request and read the response head, raced against the timers.
             let mut written = false;
+            let mut too_many_interim = false;
+            let mut stalled = false;
             let timer = deadline_of(ex.poll_timeout());
             ubuf.clear();
-            let result = tokio::select! {
+            let sent = tokio::select! {
                 biased;
-                r = send_and_read_head(
-                    &mut up, down, out, upstream_head_len, rbuf, head_len, framing, body_len.is_none(),
-                    ubuf, rhead, head.method(), &mut written, &mut bytes_received,
+                r = send_request(
+                    &mut up, down, out, rbuf, head_len, framing, body_len.is_none(),
+                    scratch.stream_idle, &mut written, &mut bytes_received, &mut stalled,
                 ) => Some(r),
                 () = tokio::time::sleep_until(timer) => None,
             };
             if written {
                 ex.handle_request_written();
             }
+            if stalled {
+                // The client stopped sending its body: its fault, not the upstream's.
+                ex.release(&mut cluster.borrow_mut());
+                self.publish_host_active(ci, host);
+                let flag = ResponseFlag::DownstreamLimit;
+                let mut o = self.local_reply(down, out, 408, flag, true).await;
+                o.upstream = upstream_addr;
+                o.bytes_received = bytes_received;
+                return o;
+            }
+            // The whole request is in: the route timeout starts now (when the body streamed).
+            let result = match sent {
+                Some(Ok(())) => {
+                    ex.handle_request_complete(now());
+                    let timer = deadline_of(ex.poll_timeout());
+                    tokio::select! {
+                        biased;
+                        r = read_response_head(&mut up, ubuf, rhead, head.method(), &mut too_many_interim) => Some(r),
+                        () = tokio::time::sleep_until(timer) => None,
+                    }
+                }
+                other => other,
+            };
             let Some(result) = result else {
                 self.report_upstream_result(ci, host, UpstreamResult::Timeout);
                 bump(&self.stats.http_upstream_timeouts, 1);
@@ -987,6 +1064,9 @@ impl<N: Network> Engine<N> {
             let status = match result {
                 Ok(()) => rhead.status(),
                 Err(failure) => {
+                    if too_many_interim && let Some(c) = cstats {
+                        bump(&c.upstream_rq_too_many_interim, 1);
+                    }
                     let failure = match failure {
                         TryFailure::Closed {
                             request_written, ..
@@ -1151,6 +1231,7 @@ impl<N: Network> Engine<N> {
         rbuf: &mut ReadBuffer,
         head_len: usize,
         framing: BodyFraming,
+        stream_idle: Option<Duration>,
     ) -> Result<Option<usize>, u16> {
         match framing {
             BodyFraming::None | BodyFraming::CloseDelimited => Ok(Some(0)),
@@ -1160,8 +1241,11 @@ impl<N: Network> Engine<N> {
                 }
                 let need = head_len + n as usize;
                 while rbuf.len() < need {
-                    match rbuf.fill(down).await {
-                        Ok(0) | Err(_) => return Err(400),
+                    match fill_within(rbuf, down, stream_idle).await {
+                        Ok(0) => return Err(400),
+                        Err(e) => {
+                            return Err(if is_stall(&e) { 408 } else { 400 });
+                        }
                         Ok(_) => {}
                     }
                 }
@@ -1182,8 +1266,11 @@ impl<N: Network> Engine<N> {
                         // Too large to hold: stream it (what was scanned is re-scanned there).
                         return Ok(None);
                     }
-                    match rbuf.fill(down).await {
-                        Ok(0) | Err(_) => return Err(400),
+                    match fill_within(rbuf, down, stream_idle).await {
+                        Ok(0) => return Err(400),
+                        Err(e) => {
+                            return Err(if is_stall(&e) { 408 } else { 400 });
+                        }
                         Ok(_) => {}
                     }
                 }
@@ -1202,23 +1289,21 @@ fn reject(e: &HttpError) -> HeadRead {
     HeadRead::Reject(status, flag, format!("{e}\n"))
 }
 
-/// Writes the request (head + buffered body, or head then the streamed body) and reads the
-/// response head into `ubuf`/`rhead`, skipping interim 1xx answers other than 101.
+/// Writes the request: the head and a buffered body, or the head then the body streamed as it
+/// arrives (each read of it within `stream_idle`, else `stalled` is set and the try fails).
 #[allow(clippy::too_many_arguments)]
-async fn send_and_read_head<U, D>(
+async fn send_request<U, D>(
     up: &mut U,
     down: &mut D,
     request: &[u8],
-    upstream_head_len: usize,
     rbuf: &mut ReadBuffer,
     head_len: usize,
     framing: BodyFraming,
     stream_body: bool,
-    ubuf: &mut ReadBuffer,
-    rhead: &mut Head,
-    method: Method,
+    stream_idle: Option<Duration>,
     written: &mut bool,
     bytes_received: &mut u64,
+    stalled: &mut bool,
 ) -> Result<(), TryFailure>
 where
     U: AsyncRead + AsyncWrite + Unpin,
@@ -1233,16 +1318,41 @@ where
     }
     *written = true;
     if stream_body {
-        let _ = upstream_head_len;
-        *bytes_received += stream_request_body(up, down, rbuf, head_len, framing)
-            .await
-            .map_err(|_| closed(true))?;
+        match stream_request_body(up, down, rbuf, head_len, framing, stream_idle).await {
+            Ok(n) => *bytes_received += n,
+            Err(e) => {
+                *stalled = is_stall(&e);
+                return Err(closed(true));
+            }
+        }
     }
+    Ok(())
+}
+
+/// Reads the response head into `ubuf`/`rhead`, skipping interim 1xx answers other than 101 —
+/// at most [`MAX_INTERIM_RESPONSES`] of them: one more is a protocol error (`too_many_interim`
+/// set).
+async fn read_response_head<U>(
+    up: &mut U,
+    ubuf: &mut ReadBuffer,
+    rhead: &mut Head,
+    method: Method,
+    too_many_interim: &mut bool,
+) -> Result<(), TryFailure>
+where
+    U: AsyncRead + Unpin,
+{
+    let mut interim = 0;
     loop {
         match parse_response(ubuf.bytes(), method, &RESPONSE_LIMITS, rhead) {
             Ok(ParseStatus::Complete) => {
                 let status = rhead.status();
                 if (100..200).contains(&status) && status != 101 {
+                    interim += 1;
+                    if interim > MAX_INTERIM_RESPONSES {
+                        *too_many_interim = true;
+                        return Err(TryFailure::ProtocolError);
+                    }
                     ubuf.consume(rhead.head_len());
                     continue;
                 }
@@ -1252,9 +1362,45 @@ where
             Err(_) => return Err(TryFailure::ProtocolError),
         }
         match ubuf.fill(up).await {
-            Ok(0) | Err(_) => return Err(closed(true)),
+            Ok(0) | Err(_) => {
+                return Err(TryFailure::Closed {
+                    request_written: true,
+                    reused: false,
+                });
+            }
             Ok(_) => {}
         }
+    }
+}
+
+/// The error of a downstream read that waited longer than `stream_idle_timeout`.
+#[derive(Debug)]
+struct UploadStalled;
+
+impl std::fmt::Display for UploadStalled {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("request body stalled for stream_idle_timeout")
+    }
+}
+
+impl std::error::Error for UploadStalled {}
+
+/// Whether an IO error is [`UploadStalled`] (not, say, an upstream write timing out).
+fn is_stall(e: &io::Error) -> bool {
+    e.get_ref().is_some_and(|inner| inner.is::<UploadStalled>())
+}
+
+/// One read from downstream into `rbuf`, within `idle` (else [`UploadStalled`]).
+async fn fill_within<D: AsyncRead + Unpin>(
+    rbuf: &mut ReadBuffer,
+    down: &mut D,
+    idle: Option<Duration>,
+) -> io::Result<usize> {
+    match idle {
+        Some(d) => tokio::time::timeout(d, rbuf.fill(down))
+            .await
+            .unwrap_or_else(|_| Err(io::Error::new(io::ErrorKind::TimedOut, UploadStalled))),
+        None => rbuf.fill(down).await,
     }
 }
 
@@ -1266,6 +1412,7 @@ async fn stream_request_body<U, D>(
     rbuf: &mut ReadBuffer,
     head_len: usize,
     framing: BodyFraming,
+    stream_idle: Option<Duration>,
 ) -> io::Result<u64>
 where
     U: AsyncWrite + Unpin,
@@ -1290,15 +1437,19 @@ where
                 if left == 0 {
                     return Ok(total);
                 }
-                if rbuf.fill(down).await? == 0 {
+                if fill_within(rbuf, down, stream_idle).await? == 0 {
                     return Err(io::ErrorKind::UnexpectedEof.into());
                 }
             }
         }
         BodyFraming::Chunked => {
+            // The body goes out as it came up to its trailer section, which is held back (at
+            // most MAX_TRAILER_BYTES) and written without the fields a trailer must not carry.
             let mut dec = ChunkedDecoder::new(MAX_TRAILER_BYTES);
+            // Scanned bytes at the front of the body region not forwarded yet (the trailers).
+            let mut held = 0;
             loop {
-                let avail = &rbuf.bytes()[head_len..];
+                let avail = &rbuf.bytes()[head_len + held..];
                 let (consumed, done) = match dec.feed(avail) {
                     Ok(Chunked::Done { consumed }) => (consumed, true),
                     Ok(Chunked::NeedMore { consumed }) => (consumed, false),
@@ -1306,21 +1457,56 @@ where
                         return Err(io::Error::new(io::ErrorKind::InvalidData, e.to_string()));
                     }
                 };
-                if consumed > 0 {
-                    up.write_all(&rbuf.bytes()[head_len..head_len + consumed])
+                let scanned = held + consumed;
+                let forward = match dec.trailers_start() {
+                    Some(at) => (at - total) as usize,
+                    None => scanned,
+                };
+                if forward > 0 {
+                    up.write_all(&rbuf.bytes()[head_len..head_len + forward])
                         .await?;
-                    drop_range(rbuf, head_len, consumed);
-                    total += consumed as u64;
+                    drop_range(rbuf, head_len, forward);
+                    total += forward as u64;
                 }
+                held = scanned - forward;
                 if done {
-                    return Ok(total);
+                    let section = &rbuf.bytes()[head_len..head_len + held];
+                    if section == b"\r\n" {
+                        up.write_all(section).await?;
+                    } else {
+                        let mut trailers = Vec::with_capacity(section.len());
+                        write_trailers(&mut trailers, section);
+                        up.write_all(&trailers).await?;
+                    }
+                    drop_range(rbuf, head_len, held);
+                    return Ok(total + held as u64);
                 }
-                if rbuf.fill(down).await? == 0 {
+                if fill_within(rbuf, down, stream_idle).await? == 0 {
                     return Err(io::ErrorKind::UnexpectedEof.into());
                 }
             }
         }
         BodyFraming::None | BodyFraming::CloseDelimited => Ok(0),
+    }
+}
+
+/// Appends a complete, validated chunked request body, its trailer section without the fields
+/// a trailer must not carry. The common body without trailers (it ends with the last chunk and
+/// an empty trailer section, `0\r\n\r\n`) is copied as it is, without a second scan.
+fn push_chunked_body(out: &mut Vec<u8>, body: &[u8]) {
+    if body == b"0\r\n\r\n" || body.ends_with(b"\r\n0\r\n\r\n") {
+        out.extend_from_slice(body);
+        return;
+    }
+    let mut dec = ChunkedDecoder::new(MAX_TRAILER_BYTES);
+    match (dec.feed(body), dec.trailers_start()) {
+        (Ok(Chunked::Done { .. }), Some(at)) => {
+            let at = at as usize;
+            out.extend_from_slice(&body[..at]);
+            write_trailers(out, &body[at..]);
+        }
+        // Not reached: the body was validated by the same decoder.
+        _ => out.extend_from_slice(body),
     }
 }
 

@@ -2,9 +2,11 @@
 //!
 //! Owned by one worker (no locks). A connection is checked out only if it is still open — a
 //! non-blocking poll must find it neither readable (EOF or stray bytes) nor errored — and it has
-//! been idle less than [`IDLE_TIMEOUT`]. At most [`MAX_IDLE_PER_HOST`] idle connections are kept
-//! per host; the oldest are reused last (LIFO keeps the warmest connections busy and lets the
-//! cold ones time out upstream).
+//! been idle less than its cluster's `upstream_idle_timeout` (default 30 s). An idle connection
+//! older than that is also closed by [`Pool::sweep`], which the engine runs periodically (every
+//! [`Pool::sweep_interval`]), so that it does not stay open upstream until its next use. At most
+//! [`MAX_IDLE_PER_HOST`] idle connections are kept per host; the oldest are reused last (LIFO
+//! keeps the warmest connections busy and lets the cold ones time out).
 
 use std::cell::RefCell;
 use std::pin::Pin;
@@ -15,9 +17,6 @@ use sluice_core::Instant;
 
 use tokio::io::{AsyncRead, ReadBuf};
 
-/// An idle connection older than this is closed instead of reused (below the common upstream
-/// keep-alive timeouts: nginx 75 s, Node 5 s is the exception the stale-retry covers).
-pub const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 /// Idle connections kept per host and worker.
 pub const MAX_IDLE_PER_HOST: usize = 64;
 
@@ -29,30 +28,60 @@ struct Idle<S> {
 /// Idle upstream connections, `[cluster][host]`.
 pub struct Pool<S> {
     idle: RefCell<Vec<Vec<Vec<Idle<S>>>>>,
+    /// Each cluster's idle timeout.
+    timeouts: Vec<Duration>,
 }
 
 impl<S: AsyncRead + Unpin> Pool<S> {
-    /// An empty pool shaped like the clusters (`hosts[c]` = host count of cluster `c`).
-    pub fn new(hosts: impl Iterator<Item = usize>) -> Self {
+    /// An empty pool shaped like the clusters: `(host count, idle timeout)` of each.
+    pub fn new(clusters: impl Iterator<Item = (usize, Duration)>) -> Self {
+        let (idle, timeouts) = clusters
+            .map(|(n, timeout)| ((0..n).map(|_| Vec::new()).collect(), timeout))
+            .unzip();
         Pool {
-            idle: RefCell::new(
-                hosts
-                    .map(|n| (0..n).map(|_| Vec::new()).collect())
-                    .collect(),
-            ),
+            idle: RefCell::new(idle),
+            timeouts,
         }
     }
 
     /// A live idle connection to the host, if any.
     pub fn take(&self, cluster: usize, host: usize, now: Instant) -> Option<S> {
+        let timeout = self.timeouts[cluster];
         let mut idle = self.idle.borrow_mut();
         let list = &mut idle[cluster][host];
         while let Some(mut c) = list.pop() {
-            if now.duration_since(c.since) < IDLE_TIMEOUT && still_open(&mut c.stream) {
+            if now.duration_since(c.since) < timeout && still_open(&mut c.stream) {
                 return Some(c.stream);
             }
         }
         None
+    }
+
+    /// Closes (drops) the idle connections that reached their cluster's idle timeout; returns
+    /// how many.
+    pub fn sweep(&self, now: Instant) -> usize {
+        let mut closed = 0;
+        let mut idle = self.idle.borrow_mut();
+        for (hosts, &timeout) in idle.iter_mut().zip(&self.timeouts) {
+            for list in hosts {
+                let before = list.len();
+                list.retain(|c| now.duration_since(c.since) < timeout);
+                closed += before - list.len();
+            }
+        }
+        closed
+    }
+
+    /// How often [`Pool::sweep`] should run: half the shortest idle timeout, within 100 ms..=5 s
+    /// (so a connection is closed at most that long after its timeout).
+    pub fn sweep_interval(&self) -> Duration {
+        let shortest = self
+            .timeouts
+            .iter()
+            .min()
+            .copied()
+            .unwrap_or(Duration::from_secs(30));
+        (shortest / 2).clamp(Duration::from_millis(100), Duration::from_secs(5))
     }
 
     /// Gives back a connection that finished a response cleanly and may be reused.

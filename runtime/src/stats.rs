@@ -172,6 +172,8 @@ pub struct ClusterStats {
     pub upstream_rq_overflow: AtomicU64,
     /// Retries not made because the retry budget was spent (or the `max_retries` circuit breaker was at its limit).
     pub upstream_rq_retry_overflow: AtomicU64,
+    /// Tries failed because the upstream sent more interim (1xx) responses than allowed.
+    pub upstream_rq_too_many_interim: AtomicU64,
     /// Active health-check probes started.
     pub health_check_attempt: AtomicU64,
     /// Probes that passed.
@@ -610,6 +612,11 @@ impl WorkerStats {
                     &z.upstream_rq_retry_overflow,
                 ),
                 (
+                    &cs.upstream_rq_too_many_interim,
+                    &o.upstream_rq_too_many_interim,
+                    &z.upstream_rq_too_many_interim,
+                ),
+                (
                     &cs.health_check_attempt,
                     &o.health_check_attempt,
                     &z.health_check_attempt,
@@ -711,6 +718,7 @@ impl WorkerStats {
                     upstream_rq_pending_overflow: c.upstream_rq_pending_overflow.load(Relaxed),
                     upstream_rq_overflow: c.upstream_rq_overflow.load(Relaxed),
                     upstream_rq_retry_overflow: c.upstream_rq_retry_overflow.load(Relaxed),
+                    upstream_rq_too_many_interim: c.upstream_rq_too_many_interim.load(Relaxed),
                     health_check_attempt: c.health_check_attempt.load(Relaxed),
                     health_check_success: c.health_check_success.load(Relaxed),
                     health_check_failure: c.health_check_failure.load(Relaxed),
@@ -894,6 +902,8 @@ pub struct ClusterSnapshot {
     pub upstream_rq_overflow: u64,
     /// See [`ClusterStats::upstream_rq_retry_overflow`].
     pub upstream_rq_retry_overflow: u64,
+    /// See [`ClusterStats::upstream_rq_too_many_interim`].
+    pub upstream_rq_too_many_interim: u64,
     /// See [`ClusterStats::health_check_attempt`].
     pub health_check_attempt: u64,
     /// See [`ClusterStats::health_check_success`].
@@ -966,6 +976,7 @@ impl DetailedSnapshot {
             a.upstream_rq_pending_overflow += b.upstream_rq_pending_overflow;
             a.upstream_rq_overflow += b.upstream_rq_overflow;
             a.upstream_rq_retry_overflow += b.upstream_rq_retry_overflow;
+            a.upstream_rq_too_many_interim += b.upstream_rq_too_many_interim;
             a.health_check_attempt += b.health_check_attempt;
             a.health_check_success += b.health_check_success;
             a.health_check_failure += b.health_check_failure;

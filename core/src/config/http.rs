@@ -7,6 +7,7 @@ use std::time::Duration;
 use serde::Serialize;
 
 use super::{ser_duration, ser_opt_duration};
+use crate::path::PathNormalization;
 
 /// Default for [`HttpConfig::max_request_headers_kb`] (Envoy's default).
 pub const DEFAULT_MAX_REQUEST_HEADERS_KB: u32 = 60;
@@ -16,6 +17,8 @@ pub const DEFAULT_MAX_HEADERS_COUNT: u32 = 100;
 pub const MAX_HEADERS_COUNT_LIMIT: u32 = 256;
 /// Default for [`HttpConfig::request_headers_timeout`].
 pub const DEFAULT_REQUEST_HEADERS_TIMEOUT: Duration = Duration::from_secs(10);
+/// Default for [`HttpConfig::stream_idle_timeout`] (Envoy's default).
+pub const DEFAULT_STREAM_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
 /// Default for [`HttpConfig::idle_timeout`] (Envoy's default).
 pub const DEFAULT_HTTP_IDLE_TIMEOUT: Duration = Duration::from_secs(3600);
 /// Default for [`ForwardAction::timeout`] (Envoy's default).
@@ -33,10 +36,20 @@ pub struct HttpConfig {
     /// From the first byte of a request head to its end; over it: 408 and close (slowloris).
     #[serde(serialize_with = "ser_duration")]
     pub request_headers_timeout: Duration,
+    /// The longest wait for the next bytes of a request body (Envoy's `stream_idle_timeout`):
+    /// a stalled upload is answered 408 and closed. The route timeout only starts once the
+    /// request is complete, so this is what bounds an upload. `None` (written `0`) disables.
+    #[serde(serialize_with = "ser_opt_duration")]
+    pub stream_idle_timeout: Option<Duration>,
     /// Close a downstream keep-alive connection after this long with no request; `None`
     /// disables.
     #[serde(serialize_with = "ser_opt_duration")]
     pub idle_timeout: Option<Duration>,
+    /// How request paths are normalized before routing (`normalize_path`, `merge_slashes`,
+    /// `path_with_escaped_slashes_action`; see [`crate::path`]). The normalized path is what is
+    /// routed and forwarded.
+    #[serde(flatten)]
+    pub path_normalization: PathNormalization,
     /// Virtual hosts, in order.
     pub virtual_hosts: Vec<VirtualHost>,
     /// Access log, if any.
@@ -130,7 +143,8 @@ pub enum RouteAction {
 pub struct ForwardAction {
     /// Where to send the request.
     pub target: ClusterTarget,
-    /// The whole request, retries included; `None` (written `0`) disables.
+    /// The whole request, retries included, counted from the end of the downstream request
+    /// (its body included); `None` (written `0`) disables.
     #[serde(serialize_with = "ser_opt_duration")]
     pub timeout: Option<Duration>,
     /// With a `prefix` match: replaces the matched prefix.

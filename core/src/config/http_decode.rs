@@ -8,7 +8,8 @@
 //! Invariants of a returned [`HttpConfig`] (what [`crate::router::Router`] and the HTTP driver
 //! rely on):
 //! - `max_request_headers_kb` is 1..=8192, `max_headers_count` 1..=[`MAX_HEADERS_COUNT_LIMIT`],
-//!   `request_headers_timeout` > 0; an access log `template` only comes with the text format;
+//!   `request_headers_timeout` > 0; `normalize_path` and `merge_slashes` are booleans and
+//!   `path_with_escaped_slashes_action` one of its three names; an access log `template` only comes with the text format;
 //! - there is at least one virtual host; their names are unique; each has at least one domain;
 //!   a domain is `*`, a host name with at most one `*` at its start or end, or an IPv6 address
 //!   in brackets, never with a port; domains are unique (case-insensitively) across the
@@ -34,11 +35,12 @@ use super::decode::{Decoder, Obj, child, index};
 use super::http::{
     AccessLogConfig, AccessLogFormat, ClusterTarget, DEFAULT_HTTP_IDLE_TIMEOUT,
     DEFAULT_MAX_HEADERS_COUNT, DEFAULT_MAX_REQUEST_HEADERS_KB, DEFAULT_NUM_RETRIES,
-    DEFAULT_REQUEST_HEADERS_TIMEOUT, DEFAULT_ROUTE_TIMEOUT, ForwardAction, HeaderMatcher,
-    HeaderRule, HeaderValue, HttpConfig, MAX_HEADERS_COUNT_LIMIT, PathMatch, RetryOn, RetryPolicy,
-    Route, RouteAction, RouteMatch, VirtualHost, WeightedCluster,
+    DEFAULT_REQUEST_HEADERS_TIMEOUT, DEFAULT_ROUTE_TIMEOUT, DEFAULT_STREAM_IDLE_TIMEOUT,
+    ForwardAction, HeaderMatcher, HeaderRule, HeaderValue, HttpConfig, MAX_HEADERS_COUNT_LIMIT,
+    PathMatch, RetryOn, RetryPolicy, Route, RouteAction, RouteMatch, VirtualHost, WeightedCluster,
 };
 use super::{cluster_ref, opt_duration};
+use crate::path::{EscapedSlashesAction, PathNormalization};
 use crate::router::compile_full_match;
 
 /// Largest accepted `max_request_headers_kb` (Envoy's limit).
@@ -88,8 +90,16 @@ pub(super) fn decode_http(
     );
     let request_headers_timeout = opt_positive_duration(dec, &mut obj, "request_headers_timeout")
         .map(|d| d.unwrap_or(DEFAULT_REQUEST_HEADERS_TIMEOUT));
+    let stream_idle_timeout = opt_duration(
+        dec,
+        &mut obj,
+        "stream_idle_timeout",
+        DEFAULT_STREAM_IDLE_TIMEOUT,
+    )
+    .map(nonzero);
     let idle_timeout =
         opt_duration(dec, &mut obj, "idle_timeout", DEFAULT_HTTP_IDLE_TIMEOUT).map(nonzero);
+    let path_normalization = decode_path_normalization(dec, &mut obj);
     let access_log = match obj.opt("access_log") {
         Some((v, p)) => decode_access_log(dec, &p, v).map(Some),
         None => Some(None),
@@ -113,9 +123,42 @@ pub(super) fn decode_http(
         max_request_headers_kb: max_request_headers_kb?,
         max_headers_count: max_headers_count?,
         request_headers_timeout: request_headers_timeout?,
+        stream_idle_timeout: stream_idle_timeout?,
         idle_timeout: idle_timeout?,
+        path_normalization: path_normalization?,
         virtual_hosts: virtual_hosts?,
         access_log: access_log?,
+    })
+}
+
+/// `normalize_path` and `merge_slashes` (booleans, default true) and
+/// `path_with_escaped_slashes_action` (default `reject_request`).
+fn decode_path_normalization(dec: &mut Decoder, obj: &mut Obj<'_>) -> Option<PathNormalization> {
+    let mut flag = |dec: &mut Decoder, key: &'static str| match obj.opt(key) {
+        Some((v, p)) => boolean(dec, &p, v),
+        None => Some(true),
+    };
+    let normalize_path = flag(dec, "normalize_path");
+    let merge_slashes = flag(dec, "merge_slashes");
+    let escaped_slashes = match obj.opt("path_with_escaped_slashes_action") {
+        Some((v, p)) => dec.one_of(
+            &p,
+            v,
+            &[
+                ("reject_request", EscapedSlashesAction::RejectRequest),
+                ("keep_unchanged", EscapedSlashesAction::KeepUnchanged),
+                (
+                    "unescape_and_forward",
+                    EscapedSlashesAction::UnescapeAndForward,
+                ),
+            ],
+        ),
+        None => Some(EscapedSlashesAction::RejectRequest),
+    };
+    Some(PathNormalization {
+        normalize_path: normalize_path?,
+        merge_slashes: merge_slashes?,
+        escaped_slashes: escaped_slashes?,
     })
 }
 

@@ -74,6 +74,9 @@ impl fmt::Display for ConfigErrors {
 
 impl std::error::Error for ConfigErrors {}
 
+/// Default for [`ClusterConfig::upstream_idle_timeout`] (below the common upstream keep-alive
+/// timeouts: nginx 75 s).
+pub const DEFAULT_UPSTREAM_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 /// Default for [`ClusterConfig::connect_timeout`] (Envoy's default).
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Default for [`TcpProxyConfig::idle_timeout`] (Envoy's default).
@@ -279,6 +282,10 @@ pub struct ClusterConfig {
     /// Give up a connect attempt after this long.
     #[serde(serialize_with = "ser_duration")]
     pub connect_timeout: Duration,
+    /// Close a pooled (idle keep-alive) upstream HTTP connection after this long unused
+    /// (Envoy's `common_http_protocol_options.idle_timeout`); > 0.
+    #[serde(serialize_with = "ser_duration")]
+    pub upstream_idle_timeout: Duration,
     /// How a host is picked.
     pub lb_policy: LbPolicy,
     /// What a request's hash is made of (`ring_hash` / `maglev` only; empty: random pick).
@@ -306,6 +313,7 @@ impl Default for ClusterConfig {
         ClusterConfig {
             name: String::new(),
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+            upstream_idle_timeout: DEFAULT_UPSTREAM_IDLE_TIMEOUT,
             lb_policy: LbPolicy::RoundRobin,
             hash_policy: Vec::new(),
             minimum_ring_size: DEFAULT_MINIMUM_RING_SIZE,
@@ -779,6 +787,17 @@ fn decode_cluster(dec: &mut Decoder, path: &str, v: &Value) -> Option<ClusterCon
         }),
         None => Some(DEFAULT_CONNECT_TIMEOUT),
     };
+    let upstream_idle_timeout = match obj.opt("upstream_idle_timeout") {
+        Some((v, p)) => dec.duration(&p, v).and_then(|d| {
+            if d.is_zero() {
+                dec.error(&p, "must be greater than zero");
+                None
+            } else {
+                Some(d)
+            }
+        }),
+        None => Some(DEFAULT_UPSTREAM_IDLE_TIMEOUT),
+    };
     let lb_policy = match obj.opt("lb_policy") {
         Some((v, p)) => dec.one_of(&p, v, &LbPolicy::CHOICES),
         None => Some(LbPolicy::RoundRobin),
@@ -835,6 +854,7 @@ fn decode_cluster(dec: &mut Decoder, path: &str, v: &Value) -> Option<ClusterCon
     Some(ClusterConfig {
         name: name?,
         connect_timeout: connect_timeout?,
+        upstream_idle_timeout: upstream_idle_timeout?,
         lb_policy: lb_policy?,
         hash_policy: hash_policy?,
         minimum_ring_size: minimum_ring_size?,

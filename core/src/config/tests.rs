@@ -40,6 +40,7 @@ fn parses_the_issue_example_with_defaults() {
     assert_eq!(tp.max_connect_attempts, DEFAULT_MAX_CONNECT_ATTEMPTS);
     let cl = &c.clusters[0];
     assert_eq!(cl.connect_timeout, Duration::from_secs(1));
+    assert_eq!(cl.upstream_idle_timeout, DEFAULT_UPSTREAM_IDLE_TIMEOUT);
     assert_eq!(cl.lb_policy, LbPolicy::RoundRobin);
     assert_eq!(cl.hosts[0].weight, 1);
     assert_eq!(cl.hosts[1].weight, 2);
@@ -60,6 +61,7 @@ listeners:
 clusters:
   - name: c1
     connect_timeout: 0s
+    upstream_idle_timeout: 0s
     lb_policy: fastest
     hosts:
       - { address: 10.0.0.1:80, weight: 0 }
@@ -73,6 +75,7 @@ drain_timeout: 10
         r#"listeners[0].tcp_proxy.idle_timeout: "5 parsecs" has an unknown unit " parsecs" (expected a number and a unit: 250ms, 1s, 5m, 1h)"#,
         "listeners[1].tpc_proxy: unknown field (expected one of: name, address, protocol, tcp_proxy, echo, http, bolt)",
         "clusters[0].connect_timeout: must be greater than zero",
+        "clusters[0].upstream_idle_timeout: must be greater than zero",
         r#"clusters[0].lb_policy: unknown value "fastest" (expected one of: round_robin, weighted_round_robin, random, least_request, ring_hash, maglev)"#,
         "clusters[0].hosts[0].weight: 0 is not a whole number from 1 to 1000",
         "clusters[0].hosts[1].address: missing (this field is required)",

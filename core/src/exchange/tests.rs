@@ -30,7 +30,37 @@ fn config(idempotent: bool, retries: u32) -> ExchangeConfig {
         idempotent,
         replayable: true,
         hash: None,
+        request_complete: true,
     }
+}
+
+#[test]
+fn timeouts_start_when_a_streamed_request_is_complete() {
+    let (mut c, mut rng, mut now) = (cluster(1), Rng::from_seed(1), epoch());
+    let mut e = Exchange::new(
+        now,
+        ExchangeConfig {
+            request_complete: false,
+            replayable: false,
+            ..config(true, 1)
+        },
+    );
+    e.start(now, &mut c, &mut rng);
+    let Some(Action::Connect { .. }) = e.poll_action() else {
+        panic!("connect first")
+    };
+    // Connecting: only the connect timeout runs.
+    assert_eq!(e.poll_timeout(), Some(now + Duration::from_secs(1)));
+    e.handle_connected(now, false, &mut c);
+    e.handle_request_written();
+    // Uploading for a minute: no route (15 s) nor per-try (2 s) timeout runs.
+    assert_eq!(e.poll_timeout(), None);
+    now += Duration::from_secs(60);
+    e.handle_request_complete(now);
+    assert_eq!(e.poll_timeout(), Some(now + Duration::from_secs(2)));
+    // Called again: nothing moves.
+    e.handle_request_complete(now + Duration::from_secs(1));
+    assert_eq!(e.poll_timeout(), Some(now + Duration::from_secs(2)));
 }
 
 /// Runs the exchange's timers until the next action.

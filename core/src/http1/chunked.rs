@@ -74,6 +74,10 @@ pub struct ChunkedDecoder {
     max_trailer_bytes: usize,
     trailer_bytes: usize,
     payload: u64,
+    /// Bytes consumed by earlier feeds.
+    offset: u64,
+    /// Where the trailer section starts (right after the last-chunk line), once reached.
+    trailers_at: Option<u64>,
 }
 
 impl ChunkedDecoder {
@@ -86,6 +90,8 @@ impl ChunkedDecoder {
             max_trailer_bytes,
             trailer_bytes: 0,
             payload: 0,
+            offset: 0,
+            trailers_at: None,
         }
     }
 
@@ -95,9 +101,15 @@ impl ChunkedDecoder {
         let mut i = 0;
         loop {
             match &mut self.state {
-                State::Done => return Ok(Chunked::Done { consumed: i }),
+                State::Done => {
+                    self.offset += i as u64;
+                    return Ok(Chunked::Done { consumed: i });
+                }
                 State::Failed(e) => return Err(e.clone()),
-                _ if i == input.len() => return Ok(Chunked::NeedMore { consumed: i }),
+                _ if i == input.len() => {
+                    self.offset += i as u64;
+                    return Ok(Chunked::NeedMore { consumed: i });
+                }
                 State::Data { remaining } => {
                     let available = (input.len() - i) as u64;
                     let take = (*remaining).min(available);
@@ -116,6 +128,9 @@ impl ChunkedDecoder {
                         self.state = State::Failed(e.clone());
                         return Err(e);
                     }
+                    if self.trailers_at.is_none() && self.state == State::TrailerStart {
+                        self.trailers_at = Some(self.offset + i as u64);
+                    }
                 }
             }
         }
@@ -125,6 +140,14 @@ impl ChunkedDecoder {
     #[must_use]
     pub fn payload_bytes(&self) -> u64 {
         self.payload
+    }
+
+    /// Where the trailer section (its field lines, then the final CRLF) starts, counted in body
+    /// bytes from the start of the body, once the last chunk's size line was scanned: a driver
+    /// that rewrites the trailers forwards the body up to here as it came.
+    #[must_use]
+    pub fn trailers_start(&self) -> Option<u64> {
+        self.trailers_at
     }
 
     /// Whether the body ended.

@@ -19,7 +19,9 @@
 //!       header_spans() head_len() framing() keep_alive() expect_continue() upgrade()
 //!       host(buf) content_length() is_informational()
 //! ChunkedDecoder::new(max_trailer_bytes).feed(input) -> Result<Chunked, HttpError>
-//!     Chunked::{NeedMore { consumed }, Done { consumed }}; payload_bytes(); is_done()
+//!     Chunked::{NeedMore { consumed }, Done { consumed }}; payload_bytes(); is_done();
+//!     trailers_start()
+//! write_trailers(out, section)   (a trailer section without TRAILER_FORBIDDEN fields)
 //! write_request_head(out, buf, &Head, &HeadEdits)
 //! write_response_head(out, buf, &Head, &HeadEdits)
 //! HeadEdits { path, remove, add, force_close, version }   (HeadEdits::NONE: no edit)
@@ -120,7 +122,8 @@ use std::ops::Range;
 pub use chunked::{Chunked, ChunkedDecoder, MAX_CHUNK_EXTENSION_BYTES};
 pub use parse::{parse_request, parse_response};
 pub use write::{
-    HeadEdits, reason_phrase, write_local_response, write_request_head, write_response_head,
+    HeadEdits, TRAILER_FORBIDDEN, reason_phrase, write_local_response, write_request_head,
+    write_response_head, write_trailers,
 };
 
 /// The most header fields a head may have, whatever [`Limits::max_headers`] says (the parser

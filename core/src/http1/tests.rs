@@ -1471,3 +1471,33 @@ fn parse_decimal_edges() {
     assert_eq!(p(b"18446744073709551615"), Some(u64::MAX));
     assert_eq!(p(b"18446744073709551616"), None);
 }
+
+#[test]
+fn trailers_start_and_forbidden_trailer_fields_are_dropped() {
+    let body =
+        b"3\r\nabc\r\n0;x=1\r\nX-Sum: 1\r\ncontent-length: 9\r\nHOST: h\r\nX-B: 2\r\n\r\nNEXT";
+    // Fed in pieces: the offset is counted across feeds.
+    let mut dec = ChunkedDecoder::new(1024);
+    assert_eq!(dec.feed(&body[..5]), Ok(Chunked::NeedMore { consumed: 5 }));
+    assert_eq!(dec.trailers_start(), None);
+    let rest = &body[5..];
+    let Ok(Chunked::Done { consumed }) = dec.feed(rest) else {
+        panic!("not done");
+    };
+    let end = 5 + consumed;
+    assert_eq!(&body[end..], b"NEXT");
+    let at = dec.trailers_start().unwrap() as usize;
+    assert_eq!(&body[..at], b"3\r\nabc\r\n0;x=1\r\n");
+    let mut out = Vec::new();
+    write_trailers(&mut out, &body[at..end]);
+    assert_eq!(out, b"X-Sum: 1\r\nX-B: 2\r\n\r\n");
+    // No trailers: just the final CRLF.
+    let mut out = Vec::new();
+    write_trailers(&mut out, b"\r\n");
+    assert_eq!(out, b"\r\n");
+    assert!(
+        TRAILER_FORBIDDEN
+            .iter()
+            .all(|f| f.bytes().all(|b| !b.is_ascii_uppercase()))
+    );
+}

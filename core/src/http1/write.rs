@@ -133,6 +133,76 @@ pub fn write_local_response(
     }
 }
 
+/// Fields that must not be taken from a trailer section (RFC 9110 §6.5.1): framing, routing,
+/// request modifiers (controls and conditionals), authentication, response control data, how to
+/// process the content, and the hop-by-hop fields. Lowercase.
+pub const TRAILER_FORBIDDEN: [&str; 35] = [
+    // framing and hop-by-hop
+    "content-length",
+    "transfer-encoding",
+    "trailer",
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "te",
+    "upgrade",
+    // routing and controls
+    "host",
+    "expect",
+    "max-forwards",
+    "cache-control",
+    "pragma",
+    "range",
+    // conditionals
+    "if-match",
+    "if-none-match",
+    "if-modified-since",
+    "if-unmodified-since",
+    "if-range",
+    // authentication
+    "authorization",
+    "proxy-authorization",
+    "www-authenticate",
+    "proxy-authenticate",
+    "authentication-info",
+    "proxy-authentication-info",
+    "cookie",
+    "set-cookie",
+    // response control data and content processing
+    "age",
+    "expires",
+    "date",
+    "location",
+    "retry-after",
+    "content-encoding",
+    "content-type",
+    "content-range",
+];
+
+/// Writes a trailer section without the fields in [`TRAILER_FORBIDDEN`]. `section` is a trailer
+/// section as a [`super::ChunkedDecoder`] validated it, from
+/// [`super::ChunkedDecoder::trailers_start`] to the end of the body: field lines, each ending
+/// in CRLF, then CRLF. The final CRLF is always written.
+pub fn write_trailers(out: &mut Vec<u8>, section: &[u8]) {
+    let mut rest = section;
+    while let Some(end) = rest.windows(2).position(|w| w == b"\r\n") {
+        let line = &rest[..end];
+        rest = &rest[end + 2..];
+        if line.is_empty() {
+            break;
+        }
+        let name = line.split(|&b| b == b':').next().unwrap_or(line);
+        let forbidden = TRAILER_FORBIDDEN
+            .iter()
+            .any(|f| name.eq_ignore_ascii_case(f.as_bytes()));
+        if !forbidden {
+            out.extend_from_slice(line);
+            out.extend_from_slice(b"\r\n");
+        }
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
 /// The reason phrase of a common status code ("" for others).
 #[must_use]
 pub fn reason_phrase(status: u16) -> &'static str {

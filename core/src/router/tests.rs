@@ -271,6 +271,19 @@ fn of_duplicate_domains_in_an_unvalidated_config_the_first_wins() {
     assert_eq!(r.virtual_host_index(b"nowhere"), Some(6));
 }
 
+#[test]
+fn a_trailing_dot_in_the_host_is_the_same_name() {
+    let r = router(DOMAINS);
+    let name = |host: &str| r.virtual_host_index(host.as_bytes());
+    assert_eq!(name("example.com."), Some(0));
+    assert_eq!(name("example.com.:8080"), Some(0));
+    assert_eq!(name("admin.example.com."), Some(6));
+    assert_eq!(name("a.api.example.com."), Some(1));
+    // One dot only, and a lone dot is no name.
+    assert_eq!(name("example.com.."), Some(5));
+    assert_eq!(name("."), Some(7));
+}
+
 fn weighted(weights: &[u32]) -> ClusterTarget {
     ClusterTarget::Weighted(
         weights

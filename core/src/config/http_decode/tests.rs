@@ -92,6 +92,47 @@ fn forward(cluster: &str, cluster_index: usize) -> ForwardAction {
 }
 
 #[test]
+fn path_normalization_knobs_decode_and_errors_name_their_path() {
+    let with = |knobs: &str| {
+        format!(
+            "listeners:\n  - name: h\n    address: 127.0.0.1:1\n    http:\n{knobs}      virtual_hosts:\n        - {{ name: v, domains: ['*'], routes: [ {{ match: {{ prefix: / }}, direct_response: {{ status: 200 }} }} ] }}\n\
+             clusters:\n  - {{ name: a, hosts: [ {{ address: 127.0.0.1:2 }} ] }}\n"
+        )
+    };
+    assert_eq!(
+        http(&with("")).path_normalization,
+        crate::path::PathNormalization::DEFAULT
+    );
+    let got = http(&with(
+        "      normalize_path: false\n      merge_slashes: false\n      path_with_escaped_slashes_action: unescape_and_forward\n",
+    ));
+    assert_eq!(
+        got.path_normalization,
+        crate::path::PathNormalization {
+            normalize_path: false,
+            merge_slashes: false,
+            escaped_slashes: crate::path::EscapedSlashesAction::UnescapeAndForward,
+        }
+    );
+    let errs = errors(&with(
+        "      normalize_path: yes please\n      path_with_escaped_slashes_action: drop\n",
+    ));
+    assert!(
+        errs.iter()
+            .any(|e| e.contains("listeners[0].http.normalize_path")
+                && e.contains("expected true or false")),
+        "{errs:?}"
+    );
+    assert!(
+        errs.iter().any(
+            |e| e.contains("listeners[0].http.path_with_escaped_slashes_action")
+                && e.contains("reject_request, keep_unchanged, unescape_and_forward")
+        ),
+        "{errs:?}"
+    );
+}
+
+#[test]
 fn decodes_the_full_example() {
     let got = http(EXAMPLE);
     let weighted = |cluster: &str, cluster_index, weight| WeightedCluster {
@@ -107,7 +148,9 @@ fn decodes_the_full_example() {
         max_request_headers_kb: 60,
         max_headers_count: 100,
         request_headers_timeout: Duration::from_secs(10),
+        stream_idle_timeout: Some(DEFAULT_STREAM_IDLE_TIMEOUT),
         idle_timeout: Some(Duration::from_secs(3600)),
+        path_normalization: crate::path::PathNormalization::DEFAULT,
         access_log: Some(AccessLogConfig {
             format: AccessLogFormat::Text(None),
             path: Some("/var/log/sluice/access.log".into()),
@@ -655,7 +698,7 @@ clusters:
             "{h}.virtual_hosts[1].domains[0]: duplicate domain \"EXAMPLE.com\" (already used by {h}.virtual_hosts[0].domains[0])"
         ),
         format!(
-            "{h}.acess_log: unknown field (expected one of: max_request_headers_kb, max_headers_count, request_headers_timeout, idle_timeout, access_log, virtual_hosts)"
+            "{h}.acess_log: unknown field (expected one of: max_request_headers_kb, max_headers_count, request_headers_timeout, stream_idle_timeout, idle_timeout, normalize_path, merge_slashes, path_with_escaped_slashes_action, access_log, virtual_hosts)"
         ),
     ];
     let got = errors(text);
