@@ -1000,3 +1000,25 @@ impl<N: Network> Drop for SessionGuard<'_, N> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accept_back_off_doubles_from_100ms_to_1s_when_out_of_descriptors() {
+        let emfile = std::io::Error::from_raw_os_error(24);
+        let mut d = Duration::ZERO;
+        let mut seen = Vec::new();
+        for _ in 0..6 {
+            d = accept_backoff(&emfile, d);
+            seen.push(d.as_millis());
+        }
+        assert_eq!(seen, [100, 200, 400, 800, 1000, 1000]);
+        let aborted = std::io::Error::from_raw_os_error(103);
+        assert_eq!(
+            accept_backoff(&aborted, Duration::from_secs(1)),
+            Duration::from_millis(10)
+        );
+    }
+}
