@@ -4,7 +4,8 @@
 //! One task per downstream connection runs [`Engine::http_connection`]:
 //!
 //! 1. read a request head (keep-alive idle timeout before its first byte, then
-//!    `request_headers_timeout` until it is complete; limits answer 431, malformed or ambiguous
+//!    `request_headers_timeout` until it is complete — for a connection's first request,
+//!    `request_headers_timeout` from the accept; limits answer 431, malformed or ambiguous
 //!    framing 400, and close the connection — nothing of such a request goes upstream);
 //! 2. route it (404 when nothing matches; a direct response is answered here);
 //! 3. forward it: the [`Exchange`] picks hosts and decides retries and timeouts; this module
