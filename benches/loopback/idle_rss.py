@@ -1,6 +1,8 @@
 #!/usr/bin/env python3
 """RSS of a sluice process before and after N idle downstream HTTP connections (that send nothing).
-usage: benches/loopback/idle_rss.py SLUICE_BIN [N] [--old]  (--old: a binary without `limits`)"""
+usage: benches/loopback/idle_rss.py SLUICE_BIN [N] [--old] [--keepalive]
+(--old: a binary without `limits`; --keepalive: each connection first makes one keep-alive request,
+then idles, and the RSS is read 3 s later)"""
 import os, socket, subprocess, sys, tempfile, time
 
 def rss_kb(pid):
@@ -11,7 +13,8 @@ def rss_kb(pid):
 def free_port():
     s = socket.socket(); s.bind(("127.0.0.1", 0)); p = s.getsockname()[1]; s.close(); return p
 
-binary = sys.argv[1]; n = int(sys.argv[2]) if len(sys.argv) > 2 else 5000
+args = [a for a in sys.argv[1:] if not a.startswith("--")]
+binary = args[0]; n = int(args[1]) if len(args) > 1 else 5000
 port = free_port()
 cfg = tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False)
 cfg.write(f"""
@@ -42,7 +45,16 @@ for _ in range(100):
 time.sleep(0.5)
 base = rss_kb(p.pid)
 conns = [socket.create_connection(("127.0.0.1", port)) for _ in range(n)]
-time.sleep(2)
+if "--keepalive" in sys.argv:
+    for c in conns:
+        c.sendall(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
+    for c in conns:
+        got = b""
+        while not got.endswith(b"hi"):
+            got += c.recv(4096)
+    time.sleep(3)
+else:
+    time.sleep(2)
 held = rss_kb(p.pid)
 for c in conns: c.close()
 time.sleep(2)
