@@ -215,6 +215,8 @@ fn sigterm_with_a_slow_upstream_fails_no_request_on_open_connections() {
         report.closes_announced >= 16,
         "the drain closed connections without announcing it: {report:?}"
     );
+}
+
 /// `sluice validate -c PATH` under a 2 GB address-space limit (so that a regression that reads
 /// `/dev/zero` to the end fails here instead of eating the machine), killed after 10 s: its
 /// exit code and output.

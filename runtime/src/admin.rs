@@ -154,6 +154,8 @@ pub struct AdminProcess {
     pub reloads_failed: std::sync::atomic::AtomicU64,
     /// Set once a new instance took the admin socket over (upgrade): stop accepting on it.
     admin_closed: watch::Sender<bool>,
+    /// The process-wide caps and counts, once the server set them.
+    pub limits: std::sync::OnceLock<Arc<crate::limits::ProcessLimits>>,
 }
 
 impl AdminShared {
@@ -180,6 +182,7 @@ impl AdminShared {
                 reloads_ok: std::sync::atomic::AtomicU64::new(0),
                 reloads_failed: std::sync::atomic::AtomicU64::new(0),
                 admin_closed: watch::channel(false).0,
+                limits: std::sync::OnceLock::new(),
             }),
         }
     }
@@ -328,12 +331,28 @@ pub fn spawn(
 }
 
 /// Accepts admin connections until the socket is handed over.
+///
+/// A descriptor is kept in reserve (nginx, HAProxy): when the process runs out of descriptors,
+/// the admin server closes it to accept its own connection, so that it still answers; it takes
+/// it again once one is free.
 async fn accept_loop<S, F>(handle: &AdminHandle, mut accept: impl FnMut() -> F)
 where
     S: AsyncRead + AsyncWrite + Unpin + 'static,
     F: std::future::Future<Output = io::Result<S>>,
 {
     let mut closed = handle.get().admin_closed.subscribe();
+    let spare = std::rc::Rc::new(std::cell::RefCell::new(reserve_descriptor()));
+    let serve = |stream: S| {
+        let shared = handle.get();
+        let spare = spare.clone();
+        tokio::task::spawn_local(async move {
+            serve_connection(stream, &shared).await;
+            // Its descriptor is free again: back in reserve.
+            if spare.borrow().is_none() {
+                *spare.borrow_mut() = reserve_descriptor();
+            }
+        });
+    };
     loop {
         let accepted = tokio::select! {
             biased;
@@ -344,18 +363,46 @@ where
             a = accept() => a,
         };
         match accepted {
-            Ok(stream) => {
-                let shared = handle.get();
-                tokio::task::spawn_local(async move {
-                    serve_connection(stream, &shared).await;
-                });
+            Ok(stream) => serve(stream),
+            Err(e) if is_out_of_descriptors(&e) && spare.borrow().is_some() => {
+                // Free the reserved descriptor and accept at once with it (an accept fails for
+                // want of a descriptor even with nothing waiting: then the descriptor goes
+                // straight back into reserve).
+                drop(spare.borrow_mut().take());
+                match tokio::time::timeout(Duration::ZERO, accept()).await {
+                    Ok(Ok(stream)) => {
+                        debug!("admin server: out of descriptors; answering with the reserved one");
+                        serve(stream);
+                    }
+                    Ok(Err(e)) => {
+                        warn!(error = %e, "admin server: accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                    Err(_) => {}
+                }
+                if spare.borrow().is_none() {
+                    *spare.borrow_mut() = reserve_descriptor();
+                }
             }
             Err(e) => {
                 warn!(error = %e, "admin server: accept failed");
                 tokio::time::sleep(Duration::from_millis(50)).await;
+                if spare.borrow().is_none() {
+                    *spare.borrow_mut() = reserve_descriptor();
+                }
             }
         }
     }
+}
+
+/// A descriptor to hold in reserve (`/dev/null`, read-only).
+fn reserve_descriptor() -> Option<std::fs::File> {
+    std::fs::File::open("/dev/null").ok()
+}
+
+/// Whether an accept failed for want of a descriptor (EMFILE, ENFILE).
+fn is_out_of_descriptors(e: &io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(24 | 23))
 }
 
 /// Largest admin request head.
@@ -807,6 +854,22 @@ fn flat_stats(shared: &AdminShared, s: &DetailedSnapshot) -> Vec<(String, u64)> 
         shared.reloads_failed.load(Ordering::Relaxed),
     );
     put("server.accept_errors".into(), s.worker.accept_errors);
+    put(
+        "server.downstream_cx_overflow".into(),
+        s.worker.downstream_cx_overflow,
+    );
+    put(
+        "server.downstream_cx_first_byte_timeout".into(),
+        s.worker.downstream_cx_first_byte_timeout,
+    );
+    if let Some(l) = shared.limits.get() {
+        put("server.downstream_cx_open".into(), l.open());
+        put("server.max_connections".into(), l.max());
+        put(
+            "server.bolt_partial_frame_bytes".into(),
+            l.bolt_held() as u64,
+        );
+    }
     for (i, (lc, l)) in config.listeners.iter().zip(&s.listeners).enumerate() {
         let p = format!("listener.{}", lc.name);
         put(format!("{p}.downstream_cx_total"), l.downstream_cx_total);
@@ -814,6 +877,16 @@ fn flat_stats(shared: &AdminShared, s: &DetailedSnapshot) -> Vec<(String, u64)> 
             format!("{p}.downstream_cx_active"),
             l.downstream_cx_active(),
         );
+        put(
+            format!("{p}.downstream_cx_overflow"),
+            l.downstream_cx_overflow,
+        );
+        if is_http(config, i) {
+            put(
+                format!("{p}.downstream_cx_first_byte_timeout"),
+                l.downstream_cx_first_byte_timeout,
+            );
+        }
         put(
             format!("{p}.downstream_bytes_received"),
             l.downstream_bytes_received,
@@ -976,7 +1049,7 @@ pub fn prometheus(shared: &AdminShared, s: &DetailedSnapshot) -> String {
         .collect();
 
     type ListenerValue = fn(&crate::stats::ListenerSnapshot) -> u64;
-    let per_listener: [(&str, &str, &str, ListenerValue); 4] = [
+    let per_listener: [(&str, &str, &str, ListenerValue); 6] = [
         (
             "sluice_downstream_cx_total",
             "counter",
@@ -988,6 +1061,18 @@ pub fn prometheus(shared: &AdminShared, s: &DetailedSnapshot) -> String {
             "gauge",
             "Downstream connections open now.",
             crate::stats::ListenerSnapshot::downstream_cx_active,
+        ),
+        (
+            "sluice_downstream_cx_overflow_total",
+            "counter",
+            "Downstream connections refused (closed at once) by a connection limit.",
+            |l| l.downstream_cx_overflow,
+        ),
+        (
+            "sluice_downstream_cx_first_byte_timeout_total",
+            "counter",
+            "HTTP connections closed: no byte within request_headers_timeout of the accept.",
+            |l| l.downstream_cx_first_byte_timeout,
         ),
         (
             "sluice_downstream_bytes_received_total",
@@ -1231,6 +1316,9 @@ pub fn prometheus(shared: &AdminShared, s: &DetailedSnapshot) -> String {
                 "timeouts" => "Bolt requests answered status 7: timeout.",
                 "codec_errors" => "Bolt downstream codec errors (connection closed).",
                 "upstream_lost" => "Bolt requests answered status 16: upstream connection lost.",
+                "partial_frame_overflow" => {
+                    "Bolt connections closed: their partial frame exceeded limits.bolt_partial_frame_bytes."
+                }
                 "sniff_failed" => {
                     "Connections on protocol: auto listeners that were neither HTTP/1.1 nor Bolt."
                 }
@@ -1245,6 +1333,27 @@ pub fn prometheus(shared: &AdminShared, s: &DetailedSnapshot) -> String {
         &[],
         s.worker.accept_errors,
     );
+    if let Some(l) = shared.limits.get() {
+        for (name, help, v) in [
+            (
+                "sluice_downstream_cx_open",
+                "Downstream connections open now, all listeners and workers.",
+                l.open(),
+            ),
+            (
+                "sluice_downstream_cx_max",
+                "The process-wide downstream connection limit in force.",
+                l.max(),
+            ),
+            (
+                "sluice_bolt_partial_frame_bytes",
+                "Bytes Bolt connections hold in partial frames now.",
+                l.bolt_held() as u64,
+            ),
+        ] {
+            Family::start(&mut out, name, "gauge", help).sample(name, &[], v);
+        }
+    }
     let name = "sluice_server_live";
     Family::start(
         &mut out,
@@ -1563,6 +1672,7 @@ mod tests {
             name: "echo".into(),
             address: "127.0.0.1:5".parse().unwrap(),
             filter: ListenerFilter::Echo,
+            max_connections: None,
         });
         let stats = vec![
             Arc::new(WorkerStats::new(&config)),

@@ -130,8 +130,15 @@ impl BoltWorker {
 
 /// Keeps the unread part `buf[start..end]` of a read buffer and makes room to read more: moves
 /// it to the front when the buffer is full or half consumed, and grows the buffer (up to the
-/// frame size limit) for a frame larger than it.
-fn make_room(buf: &mut Vec<u8>, start: &mut usize, end: &mut usize, max_frame: usize) {
+/// frame size limit) for a frame larger than it — when `may_grow(new length)` allows it; else
+/// returns `false` and leaves the buffer full.
+fn make_room(
+    buf: &mut Vec<u8>,
+    start: &mut usize,
+    end: &mut usize,
+    max_frame: usize,
+    may_grow: impl FnOnce(usize) -> bool,
+) -> bool {
     if *start == *end {
         *start = 0;
         *end = 0;
@@ -144,7 +151,45 @@ fn make_room(buf: &mut Vec<u8>, start: &mut usize, end: &mut usize, max_frame: u
         let grown = (buf.len() * 2)
             .min(max_frame.saturating_add(64))
             .max(buf.len() + 1);
+        if !may_grow(grown) {
+            return false;
+        }
         buf.resize(grown, 0);
+    }
+    true
+}
+
+/// The bytes of one downstream connection's read buffer beyond its first [`READ_CHUNK`],
+/// reserved from the process's Bolt partial-frame budget (given back on drop).
+struct PartialFrameHold<'a> {
+    limits: &'a crate::limits::ProcessLimits,
+    held: usize,
+}
+
+impl PartialFrameHold<'_> {
+    /// Reserves what a buffer of `len` bytes needs beyond what is held; `false` when the
+    /// budget cannot take it.
+    fn grow_to(&mut self, len: usize) -> bool {
+        let need = len.saturating_sub(READ_CHUNK);
+        if need <= self.held {
+            return true;
+        }
+        if !self.limits.hold_bolt(need - self.held) {
+            return false;
+        }
+        self.held = need;
+        true
+    }
+
+    /// Gives everything back (the buffer shrank to its first chunk).
+    fn release(&mut self) {
+        self.limits.release_bolt(std::mem::take(&mut self.held));
+    }
+}
+
+impl Drop for PartialFrameHold<'_> {
+    fn drop(&mut self) {
+        self.release();
     }
 }
 
@@ -186,6 +231,13 @@ impl<N: Network> Engine<N> {
         let outbox = Rc::new(Outbox::default());
         bw.downs.borrow_mut().insert(down, outbox.clone());
         let lstats = self.stats.listener(listener);
+        // Bytes beyond the first chunk (a large frame, or a migrated connection's unread
+        // bytes) come out of the process's partial-frame budget.
+        let mut hold = PartialFrameHold {
+            limits: &self.limits,
+            held: 0,
+        };
+        let mut overflow = !hold.grow_to(initial.len());
         let mut buf = vec![0u8; READ_CHUNK.max(initial.len())];
         buf[..initial.len()].copy_from_slice(initial);
         let (mut start, mut end) = (0usize, initial.len());
@@ -195,7 +247,7 @@ impl<N: Network> Engine<N> {
         let mut spare: Vec<u8> = Vec::new();
         let expired = self.drain_expired.notified();
         tokio::pin!(expired);
-        let mut close = false;
+        let mut close = overflow;
         // Upstream outboxes this connection wrote to in the current batch.
         let mut touched: Vec<Rc<Outbox>> = Vec::new();
         // While handing over: until when reading stays paused (see MIGRATION_PAUSE).
@@ -269,7 +321,22 @@ impl<N: Network> Engine<N> {
                 debug!(%peer, "bolt: the client does not read its answers; closing");
                 break;
             }
-            make_room(&mut buf, &mut start, &mut end, max_frame);
+            if start == end && buf.len() > READ_CHUNK {
+                // A large frame is done with: give its memory back.
+                buf.truncate(READ_CHUNK);
+                buf.shrink_to_fit();
+                hold.release();
+            }
+            if !close
+                && !make_room(&mut buf, &mut start, &mut end, max_frame, |len| {
+                    hold.grow_to(len)
+                })
+            {
+                // Its partial frame would take the process beyond its budget (Envoy's
+                // overload manager): this connection goes, the others are served.
+                overflow = true;
+                close = true;
+            }
             // Write what is pending (replies, answers forwarded by upstream tasks).
             if !outbox.buf.borrow().is_empty() {
                 std::mem::swap(&mut spare, &mut outbox.buf.borrow_mut());
@@ -348,6 +415,15 @@ impl<N: Network> Engine<N> {
                 },
             }
         }
+        if overflow {
+            bump(&self.stats.bolt.partial_frame_overflow, 1);
+            debug!(
+                %peer,
+                buffered = end - start,
+                "bolt: partial frame beyond limits.bolt_partial_frame_bytes; closing"
+            );
+        }
+        drop(hold);
         bw.downs.borrow_mut().remove(&down);
         bw.proxy.borrow_mut().handle_downstream_closed(down);
         self.bolt_after_input();
@@ -508,7 +584,7 @@ impl<N: Network> Engine<N> {
             if lost {
                 break;
             }
-            make_room(&mut buf, &mut start, &mut end, max_frame);
+            make_room(&mut buf, &mut start, &mut end, max_frame, |_| true);
             if outbox.close.get() {
                 break;
             }

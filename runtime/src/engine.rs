@@ -22,7 +22,7 @@ use std::cell::{Cell, RefCell};
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::Arc;
-use std::sync::atomic::Ordering::Relaxed;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
 
 use sluice_core::cluster::{ClusterState, HostId};
@@ -39,6 +39,7 @@ use tracing::{debug, info, warn};
 use crate::access_log::AccessLog;
 use crate::health::{SharedHealth, WorkerHealth};
 use crate::http::BreakerUnit;
+use crate::limits::{Overflow, ProcessLimits};
 use crate::net::Network;
 use crate::now;
 use crate::pool::Pool;
@@ -95,6 +96,13 @@ pub struct Engine<N: Network> {
     pub(crate) handoff: RefCell<Option<Rc<dyn Handoff<N::Stream>>>>,
     /// This worker's idle upstream HTTP connections.
     pub(crate) pool: Pool<crate::http::UpstreamConn<N::Stream>>,
+    /// The process-wide caps (connections, Bolt partial frames), shared by every worker.
+    pub(crate) limits: Arc<ProcessLimits>,
+    /// Per listener: its connection count across workers (see [`ProcessLimits`]).
+    listener_cx: Vec<Arc<AtomicU64>>,
+    /// Accept errors not logged yet (at most one log line per second per worker).
+    accept_errors_unlogged: Cell<u64>,
+    accept_error_logged_at: Cell<Option<tokio::time::Instant>>,
 }
 
 impl<N: Network> Engine<N> {
@@ -108,13 +116,16 @@ impl<N: Network> Engine<N> {
         stats: Arc<WorkerStats>,
     ) -> std::io::Result<Rc<Self>> {
         let shared = Arc::new(SharedHealth::new(&config));
-        Self::new_worker(net, config, worker, 1, seed, stats, shared)
+        let limits = Arc::new(ProcessLimits::new(&config));
+        Self::new_worker(net, config, worker, 1, seed, stats, shared, limits)
     }
 
     /// Worker `worker` of `workers` for `config` on `net`. `seed` seeds its RNG (balancing);
     /// `worker` names it in logs; worker 0 runs the active health checks, whose verdicts all
     /// workers read from `shared_health`; each worker gets its share of the circuit-breaker
-    /// limits. Fails when an access log file cannot be opened.
+    /// limits; `limits` are the process-wide caps all workers share. Fails when an access log
+    /// file cannot be opened.
+    #[allow(clippy::too_many_arguments)]
     pub fn new_worker(
         net: N,
         config: Arc<Config>,
@@ -123,6 +134,7 @@ impl<N: Network> Engine<N> {
         seed: u64,
         stats: Arc<WorkerStats>,
         shared_health: Arc<SharedHealth>,
+        limits: Arc<ProcessLimits>,
     ) -> std::io::Result<Rc<Self>> {
         let all_clusters = Rc::new(RefCell::new(
             config
@@ -163,6 +175,11 @@ impl<N: Network> Engine<N> {
         );
         let bolt = crate::bolt::BoltWorker::for_config(&config)?;
         let config_listeners = config.listeners.len();
+        let listener_cx = config
+            .listeners
+            .iter()
+            .map(|l| limits.listener_counter(l.address))
+            .collect();
         Ok(Rc::new(Engine {
             net,
             config,
@@ -193,6 +210,10 @@ impl<N: Network> Engine<N> {
             bolt,
             handoff: RefCell::new(None),
             health_task: RefCell::new(None),
+            limits,
+            listener_cx,
+            accept_errors_unlogged: Cell::new(0),
+            accept_error_logged_at: Cell::new(None),
         }))
     }
 
@@ -363,6 +384,10 @@ impl<N: Network> Engine<N> {
 
     async fn accept_loop(self: Rc<Self>, index: usize, listener: N::Listener) {
         let lc: &ListenerConfig = &self.config.listeners[index];
+        // Back-off after a failed accept: 10 ms for a passing error, 100 ms doubling to 1 s
+        // while the process is out of descriptors or memory (the connection stays in the
+        // backlog; spinning on it would only burn a core and flood the log).
+        let mut backoff = Duration::ZERO;
         loop {
             let stop = self.stop_accepting.notified();
             let close = self.close_listeners_now.notified();
@@ -387,12 +412,19 @@ impl<N: Network> Engine<N> {
                 r = self.net.accept(&listener) => r,
             };
             match accepted {
-                Ok((stream, peer)) => self.clone().spawn_session(index, stream, peer),
+                Ok((stream, peer)) => {
+                    backoff = Duration::ZERO;
+                    self.clone().spawn_session(index, stream, peer);
+                }
                 Err(e) => {
                     bump(&self.stats.accept_errors, 1);
-                    warn!(listener = %lc.name, error = %e, "accept failed");
-                    // EMFILE and friends: back off instead of spinning.
-                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    backoff = accept_backoff(&e, backoff);
+                    self.log_accept_error(lc, &e, backoff);
+                    tokio::select! {
+                        biased;
+                        () = self.stop_accepting.notified() => break,
+                        () = tokio::time::sleep(backoff) => {}
+                    }
                 }
             }
         }
@@ -426,7 +458,55 @@ impl<N: Network> Engine<N> {
         std::mem::take(&mut *self.returned.borrow_mut())
     }
 
+    /// Logs a failed accept, at most once a second per worker (with how many were not
+    /// logged since).
+    fn log_accept_error(&self, lc: &ListenerConfig, e: &std::io::Error, backoff: Duration) {
+        let now = tokio::time::Instant::now();
+        let due = self
+            .accept_error_logged_at
+            .get()
+            .is_none_or(|t| now.duration_since(t) >= Duration::from_secs(1));
+        if !due {
+            self.accept_errors_unlogged
+                .set(self.accept_errors_unlogged.get() + 1);
+            return;
+        }
+        self.accept_error_logged_at.set(Some(now));
+        let suppressed = self.accept_errors_unlogged.replace(0);
+        warn!(
+            worker = self.worker,
+            listener = %lc.name,
+            error = %e,
+            suppressed,
+            backoff_ms = backoff.as_millis() as u64,
+            "accept failed"
+        );
+    }
+
     fn spawn_session(self: Rc<Self>, index: usize, stream: N::Stream, peer: SocketAddr) {
+        let lc = &self.config.listeners[index];
+        if let Err(over) = self
+            .limits
+            .admit(&self.listener_cx[index], lc.max_connections)
+        {
+            // Accepted and closed at once (Envoy, HAProxy): the client sees a close rather
+            // than a connection that is never served.
+            bump(&self.stats.downstream_cx_overflow, 1);
+            if let Some(l) = self.stats.listener(index) {
+                bump(&l.downstream_cx_overflow, 1);
+            }
+            debug!(
+                listener = %lc.name,
+                %peer,
+                limit = match over {
+                    Overflow::Listener => "listener max_connections",
+                    Overflow::Process => "limits.max_connections",
+                },
+                "connection limit reached: connection closed"
+            );
+            drop(stream);
+            return;
+        }
         bump(&self.stats.downstream_cx_total, 1);
         if let Some(l) = self.stats.listener(index) {
             bump(&l.downstream_cx_total, 1);
@@ -737,6 +817,21 @@ impl<N: Network> Engine<N> {
     }
 }
 
+/// The pause after a failed accept: 100 ms doubling to 1 s while out of descriptors or memory
+/// (EMFILE, ENFILE, ENOBUFS, ENOMEM), else 10 ms.
+fn accept_backoff(e: &std::io::Error, previous: Duration) -> Duration {
+    const EMFILE: i32 = 24;
+    const ENFILE: i32 = 23;
+    const ENOBUFS: i32 = 105;
+    const ENOMEM: i32 = 12;
+    match e.raw_os_error() {
+        Some(EMFILE | ENFILE | ENOBUFS | ENOMEM) => {
+            (previous * 2).clamp(Duration::from_millis(100), Duration::from_secs(1))
+        }
+        _ => Duration::from_millis(10),
+    }
+}
+
 /// What the first bytes of a connection say.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Sniffed {
@@ -867,6 +962,8 @@ impl<N: Network> Engine<N> {
         peer: SocketAddr,
         unread: Vec<u8>,
     ) {
+        // A migrated connection is served whatever the limits say (it was admitted once).
+        self.limits.force_admit(&self.listener_cx[index]);
         bump(&self.stats.downstream_cx_total, 1);
         if let Some(l) = self.stats.listener(index) {
             bump(&l.downstream_cx_total, 1);
@@ -912,6 +1009,7 @@ struct SessionGuard<'a, N: Network>(&'a Engine<N>, usize);
 impl<N: Network> Drop for SessionGuard<'_, N> {
     fn drop(&mut self) {
         let e = self.0;
+        e.limits.release(&e.listener_cx[self.1]);
         bump(&e.stats.downstream_cx_closed, 1);
         if let Some(l) = e.stats.listener(self.1) {
             bump(&l.downstream_cx_closed, 1);
@@ -920,5 +1018,27 @@ impl<N: Network> Drop for SessionGuard<'_, N> {
         if e.sessions.get() == 0 {
             e.sessions_idle.notify_waiters();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accept_back_off_doubles_from_100ms_to_1s_when_out_of_descriptors() {
+        let emfile = std::io::Error::from_raw_os_error(24);
+        let mut d = Duration::ZERO;
+        let mut seen = Vec::new();
+        for _ in 0..6 {
+            d = accept_backoff(&emfile, d);
+            seen.push(d.as_millis());
+        }
+        assert_eq!(seen, [100, 200, 400, 800, 1000, 1000]);
+        let aborted = std::io::Error::from_raw_os_error(103);
+        assert_eq!(
+            accept_backoff(&aborted, Duration::from_secs(1)),
+            Duration::from_millis(10)
+        );
     }
 }

@@ -4,7 +4,8 @@
 //! One task per downstream connection runs [`Engine::http_connection`]:
 //!
 //! 1. read a request head (keep-alive idle timeout before its first byte, then
-//!    `request_headers_timeout` until it is complete; limits answer 431, malformed or ambiguous
+//!    `request_headers_timeout` until it is complete — for a connection's first request,
+//!    `request_headers_timeout` from the accept; limits answer 431, malformed or ambiguous
 //!    framing 400, and close the connection — nothing of such a request goes upstream);
 //! 2. normalize its path (`sluice_core::path`; 400 for an encoded slash by default) and route
 //!    it on the normalized path, which is also the one forwarded (404 when nothing matches; a
@@ -69,7 +70,8 @@ const MAX_TRAILER_BYTES: usize = 16 * 1024;
 /// worker for the whole route timeout.
 const MAX_INTERIM_RESPONSES: u32 = 5;
 
-/// A growable read buffer: bytes `start..end` of `data` are unconsumed.
+/// A growable read buffer: bytes `start..end` of `data` are unconsumed. It allocates nothing
+/// until the first read (an idle connection that never sends holds no buffer).
 pub(crate) struct ReadBuffer {
     data: Vec<u8>,
     start: usize,
@@ -79,7 +81,7 @@ pub(crate) struct ReadBuffer {
 impl ReadBuffer {
     fn new() -> Self {
         ReadBuffer {
-            data: vec![0; READ_CHUNK],
+            data: Vec::new(),
             start: 0,
             end: 0,
         }
@@ -92,7 +94,7 @@ impl ReadBuffer {
     /// Starts with these bytes (already read from the connection).
     fn preload(&mut self, bytes: &[u8]) {
         if self.data.len() < bytes.len() {
-            self.data.resize(bytes.len(), 0);
+            self.data.resize(bytes.len().max(READ_CHUNK), 0);
         }
         self.data[..bytes.len()].copy_from_slice(bytes);
         self.start = 0;
@@ -121,6 +123,21 @@ impl ReadBuffer {
         self.end = 0;
     }
 
+    /// Like [`ReadBuffer::fill`], but while nothing is allocated yet it waits for the first
+    /// byte without a buffer (one byte read on the stack), so that a connection that sends
+    /// nothing holds none.
+    async fn fill_first<R: AsyncRead + Unpin>(&mut self, r: &mut R) -> io::Result<usize> {
+        if !self.data.is_empty() {
+            return self.fill(r).await;
+        }
+        let mut one = [0u8; 1];
+        let n = r.read(&mut one).await?;
+        if n == 1 {
+            self.preload(&one);
+        }
+        Ok(n)
+    }
+
     /// Reads once more into the buffer (making room first); returns bytes read (0 = EOF).
     async fn fill<R: AsyncRead + Unpin>(&mut self, r: &mut R) -> io::Result<usize> {
         if self.end == self.data.len() {
@@ -129,7 +146,7 @@ impl ReadBuffer {
                 self.end -= self.start;
                 self.start = 0;
             } else {
-                let grown = self.data.len() * 2;
+                let grown = (self.data.len() * 2).max(READ_CHUNK);
                 self.data.resize(grown, 0);
             }
         }
@@ -382,6 +399,8 @@ enum HeadRead {
     Ready,
     /// Clean end of the connection between requests (EOF, idle timeout, drain).
     Closed,
+    /// A new connection sent nothing within `request_headers_timeout` of its accept.
+    FirstByteTimeout,
     /// A local answer, then close.
     Reject(u16, ResponseFlag, String),
 }
@@ -408,7 +427,7 @@ impl<N: Network> Engine<N> {
         let mut ubuf = ReadBuffer::new();
         let mut head = Head::default();
         let mut rhead = Head::default();
-        let mut out: Vec<u8> = Vec::with_capacity(4096);
+        let mut out: Vec<u8> = Vec::new();
         let mut scratch = Scratch {
             peer_ip: peer.ip().to_string(),
             peer_addr: peer.ip(),
@@ -420,6 +439,9 @@ impl<N: Network> Engine<N> {
             stream_idle: hc.stream_idle_timeout,
         };
         let logging = self.access_logs[listener].is_some();
+        // The first request must start within `request_headers_timeout` of the accept (a
+        // connection that never sends is not held for the keep-alive idle timeout).
+        let mut accepted = Some(TokioInstant::now());
         loop {
             // Wall-clock and start time only matter to the access log.
             let started = if logging {
@@ -430,10 +452,25 @@ impl<N: Network> Engine<N> {
             let t0 = if logging { Some(now()) } else { None };
             let lstats = self.stats.listener(listener);
             match self
-                .read_request_head(hc, &limits, &mut down, &mut rbuf, &mut head)
+                .read_request_head(
+                    hc,
+                    &limits,
+                    &mut down,
+                    &mut rbuf,
+                    &mut head,
+                    accepted.take(),
+                )
                 .await
             {
                 HeadRead::Closed => break,
+                HeadRead::FirstByteTimeout => {
+                    bump(&self.stats.downstream_cx_first_byte_timeout, 1);
+                    if let Some(l) = lstats {
+                        bump(&l.downstream_cx_first_byte_timeout, 1);
+                    }
+                    tracing::debug!(listener = %lc.name, %peer, "no request within request_headers_timeout of the accept: closed");
+                    break;
+                }
                 HeadRead::Reject(status, flag, why) => {
                     out.clear();
                     write_local_response(&mut out, status, &[], why.as_bytes(), true);
@@ -555,16 +592,19 @@ impl<N: Network> Engine<N> {
         down: &mut N::Stream,
         rbuf: &mut ReadBuffer,
         head: &mut Head,
+        accepted: Option<TokioInstant>,
     ) -> HeadRead {
         // Idle between requests: wait for the first byte. Once the engine drains, an idle
         // connection still gets DRAIN_IDLE_GRACE for a request that may already be on its way
         // (a keep-alive client sends its next request without waiting): that request is
         // answered with `connection: close`, so the client reconnects — to the next generation
         // or instance — instead of seeing its request dropped by a close racing with it.
+        let first_deadline = accepted.map(|at| at + hc.request_headers_timeout);
         if rbuf.is_empty() {
-            let idle = hc
-                .idle_timeout
-                .map_or_else(far_future, |d| TokioInstant::now() + d);
+            let idle = first_deadline.unwrap_or_else(|| {
+                hc.idle_timeout
+                    .map_or_else(far_future, |d| TokioInstant::now() + d)
+            });
             let mut deadline = if self.stopping.get() {
                 idle.min(TokioInstant::now() + DRAIN_IDLE_GRACE)
             } else {
@@ -579,8 +619,14 @@ impl<N: Network> Engine<N> {
                         deadline = deadline.min(TokioInstant::now() + DRAIN_IDLE_GRACE);
                         continue;
                     }
-                    () = tokio::time::sleep_until(deadline) => return HeadRead::Closed,
-                    r = rbuf.fill(down) => r,
+                    () = tokio::time::sleep_until(deadline) => {
+                        return if first_deadline.is_some() && deadline == idle {
+                            HeadRead::FirstByteTimeout
+                        } else {
+                            HeadRead::Closed
+                        };
+                    }
+                    r = rbuf.fill_first(down) => r,
                 };
                 match read {
                     Ok(0) | Err(_) => return HeadRead::Closed,
@@ -588,7 +634,8 @@ impl<N: Network> Engine<N> {
                 }
             }
         }
-        let deadline = TokioInstant::now() + hc.request_headers_timeout;
+        let deadline =
+            first_deadline.unwrap_or_else(|| TokioInstant::now() + hc.request_headers_timeout);
         loop {
             match parse_request(rbuf.bytes(), limits, head) {
                 Ok(ParseStatus::Complete) => return HeadRead::Ready,

@@ -9,6 +9,7 @@
 //!   [`sluice_core::tcp_proxy::TcpSession`], the echo filter, graceful drain.
 //! - [`relay`]: moves bytes between two sockets with reused buffers and reports every read to
 //!   the session state machine.
+//! - [`limits`]: the process-wide caps every worker shares (connections, Bolt partial frames).
 //! - [`stats`]: per-worker counters (written only by their worker; summed when read).
 //! - [`admin`]: the admin API (readiness, stats, Prometheus metrics, cluster view, config dump,
 //!   drain and quit) on its own thread.
@@ -24,6 +25,7 @@ pub mod engine;
 pub mod fdpass;
 pub mod health;
 pub mod http;
+pub mod limits;
 pub mod net;
 pub mod pool;
 pub mod relay;

@@ -325,6 +325,13 @@ pub fn run(config: Config, options: ServerOptions) -> io::Result<()> {
         all_stats.clone(),
         options.log_control.clone(),
     ));
+    let limits = Arc::new(crate::limits::ProcessLimits::new(&config));
+    let _ = shared.limits.set(limits.clone());
+    info!(
+        max_connections = limits.max(),
+        bolt_partial_frame_bytes = config.limits.bolt_partial_frame_bytes,
+        "process limits"
+    );
     let admin = Arc::new(AdminHandle::new(shared.clone()));
     if let Some((address, socket)) = admin_socket {
         handover
@@ -355,6 +362,7 @@ pub fn run(config: Config, options: ServerOptions) -> io::Result<()> {
             config: config.clone(),
             stats: all_stats[worker].clone(),
             shared_health: shared_health.clone(),
+            limits: limits.clone(),
             sockets: mine,
             stop: stop_rx.clone(),
             migration: migration.clone(),
@@ -542,6 +550,7 @@ pub fn run(config: Config, options: ServerOptions) -> io::Result<()> {
                         let summary = next.summary.clone();
                         info!(trigger = why, "config reloaded: {summary}");
                         config = next.config;
+                        limits.apply(&config);
                         all_stats = next.stats;
                         shared_health = next.shared_health;
                         handover
@@ -876,6 +885,7 @@ struct WorkerStart {
     config: Arc<Config>,
     stats: Arc<WorkerStats>,
     shared_health: Arc<crate::health::SharedHealth>,
+    limits: Arc<crate::limits::ProcessLimits>,
     sockets: Vec<std::net::TcpListener>,
     stop: watch::Receiver<bool>,
     migration: crate::engine::MigrationSlot,
@@ -972,6 +982,7 @@ async fn worker_main(start: WorkerStart) -> io::Result<()> {
         config,
         stats,
         shared_health,
+        limits,
         sockets,
         mut stop,
         migration,
@@ -992,6 +1003,7 @@ async fn worker_main(start: WorkerStart) -> io::Result<()> {
         seed,
         stats,
         shared_health,
+        limits.clone(),
     )?;
     engine.set_handoff(process_handoff(&migration));
     let _ = started.send(());
@@ -1045,6 +1057,7 @@ async fn worker_main(start: WorkerStart) -> io::Result<()> {
                         seed,
                         stats,
                         shared_health,
+                        limits.clone(),
                     ) {
                         Ok(e) => e,
                         Err(e) => {

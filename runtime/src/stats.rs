@@ -111,6 +111,11 @@ pub struct ListenerStats {
     pub downstream_cx_total: AtomicU64,
     /// Connections closed (active = total - closed).
     pub downstream_cx_closed: AtomicU64,
+    /// Connections refused (accepted and closed at once) by a connection limit.
+    pub downstream_cx_overflow: AtomicU64,
+    /// HTTP connections closed because no byte of a first request arrived within
+    /// `request_headers_timeout` of the accept.
+    pub downstream_cx_first_byte_timeout: AtomicU64,
     /// Bytes received from downstream.
     pub downstream_bytes_received: AtomicU64,
     /// Bytes sent to downstream.
@@ -220,12 +225,15 @@ pub struct BoltCounters {
     pub upstream_lost: AtomicU64,
     /// Connections on `protocol: auto` listeners that were neither HTTP/1.1 nor Bolt (closed).
     pub sniff_failed: AtomicU64,
+    /// Downstream connections closed because their partial frame would have gone beyond
+    /// `limits.bolt_partial_frame_bytes`.
+    pub partial_frame_overflow: AtomicU64,
 }
 
 impl BoltCounters {
     /// `(name, value)` of every counter, for the admin API.
     #[must_use]
-    pub fn values(&self) -> [(&'static str, u64); 12] {
+    pub fn values(&self) -> [(&'static str, u64); 13] {
         [
             ("requests", self.requests.load(Relaxed)),
             ("oneway", self.oneway.load(Relaxed)),
@@ -239,6 +247,10 @@ impl BoltCounters {
             ("codec_errors", self.codec_errors.load(Relaxed)),
             ("upstream_lost", self.upstream_lost.load(Relaxed)),
             ("sniff_failed", self.sniff_failed.load(Relaxed)),
+            (
+                "partial_frame_overflow",
+                self.partial_frame_overflow.load(Relaxed),
+            ),
         ]
     }
 }
@@ -251,6 +263,10 @@ pub struct WorkerStats {
     pub downstream_cx_total: AtomicU64,
     /// Downstream connections closed.
     pub downstream_cx_closed: AtomicU64,
+    /// Downstream connections refused by a connection limit (not in `downstream_cx_total`).
+    pub downstream_cx_overflow: AtomicU64,
+    /// See [`ListenerStats::downstream_cx_first_byte_timeout`].
+    pub downstream_cx_first_byte_timeout: AtomicU64,
     /// Accept calls that failed.
     pub accept_errors: AtomicU64,
     /// Upstream connect attempts.
@@ -294,6 +310,10 @@ pub struct StatsSnapshot {
     pub downstream_cx_total: u64,
     /// See [`WorkerStats::downstream_cx_closed`].
     pub downstream_cx_closed: u64,
+    /// See [`WorkerStats::downstream_cx_overflow`].
+    pub downstream_cx_overflow: u64,
+    /// See [`WorkerStats::downstream_cx_first_byte_timeout`].
+    pub downstream_cx_first_byte_timeout: u64,
     /// See [`WorkerStats::accept_errors`].
     pub accept_errors: u64,
     /// See [`WorkerStats::upstream_cx_attempts`].
@@ -427,6 +447,16 @@ impl WorkerStats {
         );
         c(&self.accept_errors, &old.accept_errors, &base.accept_errors);
         c(
+            &self.downstream_cx_overflow,
+            &old.downstream_cx_overflow,
+            &base.downstream_cx_overflow,
+        );
+        c(
+            &self.downstream_cx_first_byte_timeout,
+            &old.downstream_cx_first_byte_timeout,
+            &base.downstream_cx_first_byte_timeout,
+        );
+        c(
             &self.upstream_cx_attempts,
             &old.upstream_cx_attempts,
             &base.upstream_cx_attempts,
@@ -506,6 +536,11 @@ impl WorkerStats {
             (&b.codec_errors, &ob.codec_errors, &bb.codec_errors),
             (&b.upstream_lost, &ob.upstream_lost, &bb.upstream_lost),
             (&b.sniff_failed, &ob.sniff_failed, &bb.sniff_failed),
+            (
+                &b.partial_frame_overflow,
+                &ob.partial_frame_overflow,
+                &bb.partial_frame_overflow,
+            ),
         ] {
             c(n, o, z);
         }
@@ -525,6 +560,16 @@ impl WorkerStats {
                 &l.downstream_cx_closed,
                 &o.downstream_cx_total,
                 &z.downstream_cx_total,
+            );
+            c(
+                &l.downstream_cx_overflow,
+                &o.downstream_cx_overflow,
+                &z.downstream_cx_overflow,
+            );
+            c(
+                &l.downstream_cx_first_byte_timeout,
+                &o.downstream_cx_first_byte_timeout,
+                &z.downstream_cx_first_byte_timeout,
             );
             c(
                 &l.downstream_bytes_received,
@@ -692,6 +737,10 @@ impl WorkerStats {
                 .map(|l| ListenerSnapshot {
                     downstream_cx_total: l.downstream_cx_total.load(Relaxed),
                     downstream_cx_closed: l.downstream_cx_closed.load(Relaxed),
+                    downstream_cx_overflow: l.downstream_cx_overflow.load(Relaxed),
+                    downstream_cx_first_byte_timeout: l
+                        .downstream_cx_first_byte_timeout
+                        .load(Relaxed),
                     downstream_bytes_received: l.downstream_bytes_received.load(Relaxed),
                     downstream_bytes_sent: l.downstream_bytes_sent.load(Relaxed),
                     http_requests: l.http_requests.load(Relaxed),
@@ -753,6 +802,8 @@ impl WorkerStats {
         StatsSnapshot {
             downstream_cx_total: self.downstream_cx_total.load(Relaxed),
             downstream_cx_closed: self.downstream_cx_closed.load(Relaxed),
+            downstream_cx_overflow: self.downstream_cx_overflow.load(Relaxed),
+            downstream_cx_first_byte_timeout: self.downstream_cx_first_byte_timeout.load(Relaxed),
             accept_errors: self.accept_errors.load(Relaxed),
             upstream_cx_attempts: self.upstream_cx_attempts.load(Relaxed),
             upstream_cx_connect_fail: self.upstream_cx_connect_fail.load(Relaxed),
@@ -788,6 +839,8 @@ impl StatsSnapshot {
     pub fn add(&mut self, o: &StatsSnapshot) {
         self.downstream_cx_total += o.downstream_cx_total;
         self.downstream_cx_closed += o.downstream_cx_closed;
+        self.downstream_cx_overflow += o.downstream_cx_overflow;
+        self.downstream_cx_first_byte_timeout += o.downstream_cx_first_byte_timeout;
         self.accept_errors += o.accept_errors;
         self.upstream_cx_attempts += o.upstream_cx_attempts;
         self.upstream_cx_connect_fail += o.upstream_cx_connect_fail;
@@ -818,6 +871,10 @@ pub struct ListenerSnapshot {
     pub downstream_cx_total: u64,
     /// See [`ListenerStats::downstream_cx_closed`].
     pub downstream_cx_closed: u64,
+    /// See [`ListenerStats::downstream_cx_overflow`].
+    pub downstream_cx_overflow: u64,
+    /// See [`ListenerStats::downstream_cx_first_byte_timeout`].
+    pub downstream_cx_first_byte_timeout: u64,
     /// See [`ListenerStats::downstream_bytes_received`].
     pub downstream_bytes_received: u64,
     /// See [`ListenerStats::downstream_bytes_sent`].
@@ -843,6 +900,8 @@ impl ListenerSnapshot {
     fn add(&mut self, o: &ListenerSnapshot) {
         self.downstream_cx_total += o.downstream_cx_total;
         self.downstream_cx_closed += o.downstream_cx_closed;
+        self.downstream_cx_overflow += o.downstream_cx_overflow;
+        self.downstream_cx_first_byte_timeout += o.downstream_cx_first_byte_timeout;
         self.downstream_bytes_received += o.downstream_bytes_received;
         self.downstream_bytes_sent += o.downstream_bytes_sent;
         self.http_requests += o.http_requests;

@@ -78,6 +78,23 @@ pub(crate) fn parse_size(text: &str) -> Result<usize, String> {
 }
 
 fn size(dec: &mut Decoder, path: &str, v: &Value) -> Option<usize> {
+    size_in(
+        dec,
+        path,
+        v,
+        MIN_BOLT_FRAME_SIZE..=MAX_BOLT_FRAME_SIZE,
+        "1KiB to 1GiB",
+    )
+}
+
+/// A size (see [`parse_size`]) in `range`; `shown` is the range as the error message says it.
+pub(super) fn size_in(
+    dec: &mut Decoder,
+    path: &str,
+    v: &Value,
+    range: std::ops::RangeInclusive<usize>,
+    shown: &str,
+) -> Option<usize> {
     let bytes = match v {
         Value::Number(n) => match n.as_u64() {
             Some(n) => usize::try_from(n).ok(),
@@ -88,12 +105,16 @@ fn size(dec: &mut Decoder, path: &str, v: &Value) -> Option<usize> {
         },
         _ => dec.parsed(path, v, parse_size),
     }?;
-    if (MIN_BOLT_FRAME_SIZE..=MAX_BOLT_FRAME_SIZE).contains(&bytes) {
+    if range.contains(&bytes) {
         Some(bytes)
     } else {
         dec.error(
             path,
-            format!("{bytes} bytes is out of range (1KiB to 1GiB, i.e. {MIN_BOLT_FRAME_SIZE} to {MAX_BOLT_FRAME_SIZE})"),
+            format!(
+                "{bytes} bytes is out of range ({shown}, i.e. {} to {})",
+                range.start(),
+                range.end()
+            ),
         );
         None
     }

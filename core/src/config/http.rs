@@ -33,7 +33,8 @@ pub struct HttpConfig {
     pub max_request_headers_kb: u32,
     /// Most request headers; over it: 431 and close.
     pub max_headers_count: u32,
-    /// From the first byte of a request head to its end; over it: 408 and close (slowloris).
+    /// From the first byte of a request head to its end (a connection's first request: from
+    /// the accept); over it: 408 and close (slowloris), or, when nothing was received, close.
     #[serde(serialize_with = "ser_duration")]
     pub request_headers_timeout: Duration,
     /// The longest wait for the next bytes of a request body (Envoy's `stream_idle_timeout`):

@@ -106,6 +106,36 @@ pub struct Config {
     /// How long a stopping instance lets open connections finish.
     #[serde(serialize_with = "ser_duration")]
     pub drain_timeout: Duration,
+    /// Process-wide caps (`limits`).
+    pub limits: LimitsConfig,
+}
+
+/// Default for [`LimitsConfig::bolt_partial_frame_bytes`] (256 MiB: sixteen frames of the
+/// default 16 MiB `max_frame_size`).
+pub const DEFAULT_BOLT_PARTIAL_FRAME_BYTES: usize = 256 << 20;
+/// Largest accepted `max_connections` (process-wide or per listener).
+pub const MAX_CONNECTIONS_LIMIT: u64 = 10_000_000;
+
+/// `limits`: process-wide caps on what clients can make the proxy hold.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct LimitsConfig {
+    /// Downstream connections open at once in the whole process (every listener and worker);
+    /// beyond it a new connection is accepted and closed at once. `None`: the runtime derives
+    /// it from the open-file limit (`RLIMIT_NOFILE`).
+    pub max_connections: Option<u64>,
+    /// Bytes that all Bolt downstream connections together may hold in partial frames (read
+    /// buffers grown past their first chunk for a frame not yet complete); a connection whose
+    /// frame would go beyond it is closed.
+    pub bolt_partial_frame_bytes: usize,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            max_connections: None,
+            bolt_partial_frame_bytes: DEFAULT_BOLT_PARTIAL_FRAME_BYTES,
+        }
+    }
 }
 
 /// The admin server's settings.
@@ -169,6 +199,9 @@ pub struct ListenerConfig {
     pub address: SocketAddr,
     /// What it does with each accepted connection.
     pub filter: ListenerFilter,
+    /// Connections open at once on this listener (all workers); beyond it a new connection is
+    /// accepted and closed at once. `None`: only the process-wide limit applies.
+    pub max_connections: Option<u64>,
 }
 
 /// What a listener does with a connection. Exactly one per listener.
@@ -439,6 +472,10 @@ fn decode_config(dec: &mut Decoder, tree: &Value) -> Option<Config> {
         Some((v, p)) => dec.duration(&p, v),
         None => Some(DEFAULT_DRAIN_TIMEOUT),
     };
+    let limits = match root.opt("limits") {
+        Some((v, p)) => decode_limits(dec, &p, v),
+        None => Some(LimitsConfig::default()),
+    };
     root.finish(dec);
 
     let (listeners, clusters) = (listeners?, clusters?);
@@ -464,11 +501,51 @@ fn decode_config(dec: &mut Decoder, tree: &Value) -> Option<Config> {
         addresses.iter().map(String::as_str),
         "address",
     );
+    let limits = limits?;
+    // A Bolt frame larger than the whole partial-frame budget could never be received.
+    for (i, l) in listeners.iter().enumerate() {
+        if let ListenerFilter::Bolt(b) | ListenerFilter::Auto { bolt: b, .. } = &l.filter
+            && b.max_frame_size > limits.bolt_partial_frame_bytes
+        {
+            dec.error(
+                "limits.bolt_partial_frame_bytes",
+                format!(
+                    "{} bytes is less than listeners[{i}].bolt.max_frame_size ({} bytes): \
+                     such a frame could never be received",
+                    limits.bolt_partial_frame_bytes, b.max_frame_size
+                ),
+            );
+        }
+    }
     Some(Config {
         admin: admin.flatten(),
         listeners,
         clusters,
         drain_timeout: drain_timeout?,
+        limits,
+    })
+}
+
+fn decode_limits(dec: &mut Decoder, path: &str, v: &Value) -> Option<LimitsConfig> {
+    let mut obj = dec.object(path, v)?;
+    let max_connections = match obj.opt("max_connections") {
+        Some((v, p)) => dec.u64_in(&p, v, 1..=MAX_CONNECTIONS_LIMIT).map(Some),
+        None => Some(None),
+    };
+    let bolt_partial_frame_bytes = match obj.opt("bolt_partial_frame_bytes") {
+        Some((v, p)) => bolt_decode::size_in(
+            dec,
+            &p,
+            v,
+            bolt::MIN_BOLT_FRAME_SIZE..=(64 << 30),
+            "1KiB to 64GiB",
+        ),
+        None => Some(DEFAULT_BOLT_PARTIAL_FRAME_BYTES),
+    };
+    obj.finish(dec);
+    Some(LimitsConfig {
+        max_connections: max_connections?,
+        bolt_partial_frame_bytes: bolt_partial_frame_bytes?,
     })
 }
 
@@ -694,11 +771,16 @@ fn decode_listener(
             }
         },
     };
+    let max_connections = match obj.opt("max_connections") {
+        Some((v, p)) => dec.u64_in(&p, v, 1..=MAX_CONNECTIONS_LIMIT).map(Some),
+        None => Some(None),
+    };
     obj.finish(dec);
     Some(ListenerConfig {
         name: name?,
         address: address?,
         filter: filter?,
+        max_connections: max_connections?,
     })
 }
 

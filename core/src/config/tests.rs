@@ -73,7 +73,7 @@ drain_timeout: 10
         r#"listeners[0].address: "127.0.0.1:99999" is not a socket address (port out of range)"#,
         r#"listeners[0].tcp_proxy.cluster: unknown cluster "nowhere" (known: c1)"#,
         r#"listeners[0].tcp_proxy.idle_timeout: "5 parsecs" has an unknown unit " parsecs" (expected a number and a unit: 250ms, 1s, 5m, 1h)"#,
-        "listeners[1].tpc_proxy: unknown field (expected one of: name, address, protocol, tcp_proxy, echo, http, bolt)",
+        "listeners[1].tpc_proxy: unknown field (expected one of: name, address, protocol, tcp_proxy, echo, http, bolt, max_connections)",
         "clusters[0].connect_timeout: must be greater than zero",
         "clusters[0].upstream_idle_timeout: must be greater than zero",
         r#"clusters[0].lb_policy: unknown value "fastest" (expected one of: round_robin, weighted_round_robin, random, least_request, ring_hash, maglev)"#,
@@ -469,6 +469,8 @@ clusters:
         ]
     );
 }
+
+#[test]
 fn huge_rejected_values_are_elided_in_errors() {
     let huge = "x".repeat(5 * 1024 * 1024);
     let text = format!(
@@ -581,4 +583,73 @@ fn admin_on_a_unix_socket_with_a_mode() {
         assert_eq!(errs.len(), 1, "{yaml}: {errs:?}");
         assert!(errs[0].starts_with(want), "{yaml}: {errs:?}");
     }
+}
+
+#[test]
+fn limits_default_and_parse() {
+    let c = Config::from_yaml(GOOD).unwrap();
+    assert_eq!(c.limits, LimitsConfig::default());
+    assert_eq!(c.limits.max_connections, None);
+    assert_eq!(
+        c.limits.bolt_partial_frame_bytes,
+        DEFAULT_BOLT_PARTIAL_FRAME_BYTES
+    );
+    assert_eq!(c.listeners[0].max_connections, None);
+    let text = GOOD.replace(
+        "    tcp_proxy: { cluster: echo, idle_timeout: 300s }",
+        "    tcp_proxy: { cluster: echo, idle_timeout: 300s }\n    max_connections: 100",
+    ) + "limits: { max_connections: 5000, bolt_partial_frame_bytes: 64MiB }\n";
+    let c = Config::from_yaml(&text).unwrap();
+    assert_eq!(c.listeners[0].max_connections, Some(100));
+    assert_eq!(c.limits.max_connections, Some(5000));
+    assert_eq!(c.limits.bolt_partial_frame_bytes, 64 << 20);
+}
+
+#[test]
+fn limits_report_bad_values_with_their_paths() {
+    let text = r#"
+listeners:
+  - name: rpc
+    address: 127.0.0.1:10001
+    max_connections: 0
+    bolt:
+      max_frame_size: 16MiB
+      routes: [ { route: { cluster: c } } ]
+clusters:
+  - name: c
+    hosts: [ { address: 127.0.0.1:7001 } ]
+limits:
+  max_connections: many
+  bolt_partial_frame_bytes: 12 parsecs
+  max_conections: 5
+"#;
+    let errs = errors(text);
+    let expect = [
+        "listeners[0].max_connections: 0 is not a whole number from 1 to 10000000",
+        r#"limits.max_connections: "many" is not a whole number from 1 to 10000000"#,
+        r#"limits.bolt_partial_frame_bytes: "12 parsecs" has an unknown unit "parsecs" (expected a number of bytes, or a number and a unit: 64KiB, 16MiB)"#,
+        "limits.max_conections: unknown field (expected one of: max_connections, bolt_partial_frame_bytes)",
+    ];
+    for e in expect {
+        assert!(errs.iter().any(|x| x == e), "missing {e:?} in {errs:#?}");
+    }
+    // A budget smaller than a listener's largest frame could never receive that frame.
+    let text = r#"
+listeners:
+  - name: rpc
+    address: 127.0.0.1:10001
+    bolt:
+      max_frame_size: 16MiB
+      routes: [ { route: { cluster: c } } ]
+clusters:
+  - name: c
+    hosts: [ { address: 127.0.0.1:7001 } ]
+limits: { bolt_partial_frame_bytes: 8MiB }
+"#;
+    assert_eq!(
+        errors(text),
+        [
+            "limits.bolt_partial_frame_bytes: 8388608 bytes is less than listeners[0].bolt.max_frame_size (16777216 bytes): such a frame could never be received"
+        ]
+    );
 }

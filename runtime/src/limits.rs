@@ -1,0 +1,225 @@
+//! Process-wide caps shared by every worker: downstream connections (per listener and in
+//! total) and the bytes Bolt connections hold in partial frames.
+//!
+//! Workers share nothing on the data path except these few atomics, touched once per accepted
+//! and closed connection (a relaxed `fetch_add` / `fetch_sub`), and once per growth or release of
+//! a Bolt read buffer beyond its first chunk — never per request.
+//!
+//! - **Connections** (HAProxy's `maxconn`, Envoy's `max_connections` / downstream connections
+//!   resource monitor): a connection over the listener's `max_connections` or the process's
+//!   `limits.max_connections` is accepted and closed at once, and counted
+//!   (`downstream_cx_overflow`). Without `limits.max_connections`, the process limit is derived
+//!   from the open-file limit: `(RLIMIT_NOFILE − 64) / 2` — every downstream connection may need
+//!   an upstream one, and 64 descriptors stay for the admin API, listeners, health checks and
+//!   log files — so that downstream connections can never exhaust the descriptors the admin API
+//!   needs to answer.
+//! - **Bolt partial frames** (Envoy's per-connection buffer limits plus its overload manager's
+//!   heap budget): each downstream Bolt connection's read buffer grows up to the listener's
+//!   `max_frame_size` for a large frame; the bytes beyond the first chunk are reserved from
+//!   `limits.bolt_partial_frame_bytes` before the buffer grows, and given back when the buffer
+//!   shrinks once the frame is done. A connection whose growth would exceed the budget is
+//!   closed and counted (`bolt.partial_frame_overflow`).
+//!
+//! Counters per listener follow a reload by address (a listener keeping its address keeps its
+//! count, so connections of the previous generation still count against the limit).
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
+
+use sluice_core::config::Config;
+
+/// Descriptors kept out of the derived connection limit (admin API, listening sockets, health
+/// checks, log files).
+pub const RESERVED_FDS: u64 = 64;
+
+/// The caps and the counts, shared by a process's workers (and across config generations).
+#[derive(Debug)]
+pub struct ProcessLimits {
+    open: AtomicU64,
+    max: AtomicU64,
+    bolt_held: AtomicUsize,
+    bolt_max: AtomicUsize,
+    listeners: Mutex<Vec<(SocketAddr, Arc<AtomicU64>)>>,
+}
+
+/// Why a connection was refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Overflow {
+    /// The listener's `max_connections`.
+    Listener,
+    /// The process's `limits.max_connections`.
+    Process,
+}
+
+/// The process-wide connection limit `config` asks for, or the one derived from the open-file
+/// limit.
+#[must_use]
+pub fn max_connections(config: &Config) -> u64 {
+    config.limits.max_connections.unwrap_or_else(derived_max)
+}
+
+/// `(RLIMIT_NOFILE − RESERVED_FDS) / 2`, at least 1 (unlimited when the limit cannot be read).
+fn derived_max() -> u64 {
+    match nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE) {
+        Ok((soft, _)) => (soft.saturating_sub(RESERVED_FDS) / 2).max(1),
+        Err(_) => u64::MAX,
+    }
+}
+
+impl ProcessLimits {
+    /// Limits as `config` sets them, nothing counted yet.
+    #[must_use]
+    pub fn new(config: &Config) -> Self {
+        let limits = ProcessLimits {
+            open: AtomicU64::new(0),
+            max: AtomicU64::new(0),
+            bolt_held: AtomicUsize::new(0),
+            bolt_max: AtomicUsize::new(0),
+            listeners: Mutex::new(Vec::new()),
+        };
+        limits.apply(config);
+        limits
+    }
+
+    /// Takes the caps of `config` (at startup and on a reload; the counts carry on).
+    pub fn apply(&self, config: &Config) {
+        self.max.store(max_connections(config), Relaxed);
+        self.bolt_max
+            .store(config.limits.bolt_partial_frame_bytes, Relaxed);
+    }
+
+    /// The process-wide connection limit in force.
+    #[must_use]
+    pub fn max(&self) -> u64 {
+        self.max.load(Relaxed)
+    }
+
+    /// Downstream connections open now (all workers).
+    #[must_use]
+    pub fn open(&self) -> u64 {
+        self.open.load(Relaxed)
+    }
+
+    /// Bytes Bolt connections hold in partial frames now.
+    #[must_use]
+    pub fn bolt_held(&self) -> usize {
+        self.bolt_held.load(Relaxed)
+    }
+
+    /// The count of the listener at `address` (the same counter for every generation that has
+    /// a listener there).
+    pub fn listener_counter(&self, address: SocketAddr) -> Arc<AtomicU64> {
+        let mut all = self
+            .listeners
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        // Forget the counters of addresses no generation uses any more.
+        all.retain(|(_, c)| Arc::strong_count(c) > 1);
+        if let Some((_, c)) = all.iter().find(|(a, _)| *a == address) {
+            return c.clone();
+        }
+        let c = Arc::new(AtomicU64::new(0));
+        all.push((address, c.clone()));
+        c
+    }
+
+    /// Counts a new connection on `listener` (whose limit is `listener_max`) in, or refuses it.
+    /// An admitted connection must be given back with [`ProcessLimits::release`].
+    pub fn admit(&self, listener: &AtomicU64, listener_max: Option<u64>) -> Result<(), Overflow> {
+        if let Some(max) = listener_max
+            && listener.fetch_add(1, Relaxed) >= max
+        {
+            listener.fetch_sub(1, Relaxed);
+            return Err(Overflow::Listener);
+        }
+        if self.open.fetch_add(1, Relaxed) >= self.max.load(Relaxed) {
+            self.open.fetch_sub(1, Relaxed);
+            if listener_max.is_some() {
+                listener.fetch_sub(1, Relaxed);
+            }
+            return Err(Overflow::Process);
+        }
+        if listener_max.is_none() {
+            listener.fetch_add(1, Relaxed);
+        }
+        Ok(())
+    }
+
+    /// Counts a connection in whatever the limits say (a connection migrated from another
+    /// instance, already served there). Given back with [`ProcessLimits::release`].
+    pub fn force_admit(&self, listener: &AtomicU64) {
+        listener.fetch_add(1, Relaxed);
+        self.open.fetch_add(1, Relaxed);
+    }
+
+    /// Counts a connection admitted on `listener` out.
+    pub fn release(&self, listener: &AtomicU64) {
+        listener.fetch_sub(1, Relaxed);
+        self.open.fetch_sub(1, Relaxed);
+    }
+
+    /// Reserves `bytes` more of the Bolt partial-frame budget; `false` (nothing reserved) when
+    /// that would exceed it.
+    pub fn hold_bolt(&self, bytes: usize) -> bool {
+        let before = self.bolt_held.fetch_add(bytes, Relaxed);
+        if before.saturating_add(bytes) > self.bolt_max.load(Relaxed) {
+            self.bolt_held.fetch_sub(bytes, Relaxed);
+            return false;
+        }
+        true
+    }
+
+    /// Gives back `bytes` of the Bolt partial-frame budget.
+    pub fn release_bolt(&self, bytes: usize) {
+        self.bolt_held.fetch_sub(bytes, Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(yaml_limits: &str) -> Config {
+        Config::from_yaml(&format!(
+            "listeners:\n  - name: e\n    address: 127.0.0.1:1\n    echo: {{}}\n{yaml_limits}"
+        ))
+        .unwrap()
+    }
+
+    #[test]
+    fn connections_are_refused_beyond_either_limit_and_counted_back() {
+        let l = ProcessLimits::new(&config("limits:\n  max_connections: 3\n"));
+        let a = l.listener_counter("127.0.0.1:1".parse().unwrap());
+        let b = l.listener_counter("127.0.0.1:2".parse().unwrap());
+        assert_eq!(l.admit(&a, Some(2)), Ok(()));
+        assert_eq!(l.admit(&a, Some(2)), Ok(()));
+        assert_eq!(l.admit(&a, Some(2)), Err(Overflow::Listener));
+        assert_eq!(l.admit(&b, None), Ok(()));
+        assert_eq!(l.admit(&b, None), Err(Overflow::Process));
+        assert_eq!((l.open(), a.load(Relaxed), b.load(Relaxed)), (3, 2, 1));
+        l.release(&a);
+        assert_eq!(l.admit(&b, None), Ok(()));
+        assert_eq!((l.open(), a.load(Relaxed), b.load(Relaxed)), (3, 1, 2));
+    }
+
+    #[test]
+    fn the_same_address_gets_the_same_counter() {
+        let l = ProcessLimits::new(&config(""));
+        let a = l.listener_counter("127.0.0.1:1".parse().unwrap());
+        let again = l.listener_counter("127.0.0.1:1".parse().unwrap());
+        assert!(Arc::ptr_eq(&a, &again));
+        assert!(l.max() >= 1);
+    }
+
+    #[test]
+    fn the_bolt_budget_is_never_exceeded() {
+        let l = ProcessLimits::new(&config("limits:\n  bolt_partial_frame_bytes: 10KiB\n"));
+        assert!(l.hold_bolt(6 << 10));
+        assert!(!l.hold_bolt(5 << 10));
+        assert!(l.hold_bolt(4 << 10));
+        assert_eq!(l.bolt_held(), 10 << 10);
+        l.release_bolt(6 << 10);
+        assert!(l.hold_bolt(5 << 10));
+    }
+}
