@@ -455,6 +455,16 @@ fn an_ambiguously_framed_or_vanishing_upstream_answer_is_a_502() {
     let r = raw(listen, b"POST /close HTTP/1.1\r\nHost: example.com\r\nContent-Length: 1\r\nConnection: close\r\n\r\nx");
     assert_eq!(status_of(&r), 502, "{r}");
     assert_eq!(upstream_requests(&log).len(), 2);
+    // An upstream that sends a head and dies before its body: nothing has reached the client
+    // yet (the head waits for the first body bytes), so the client gets a 502 rather than a
+    // connection closed under its request.
+    let r = raw(
+        listen,
+        b"POST /head-then-close HTTP/1.1\r\nHost: example.com\r\nContent-Length: 1\r\n\r\nx",
+    );
+    assert_eq!(status_of(&r), 502, "{r}");
+    assert!(r.contains("connection: close"), "{r}");
+    assert_eq!(upstream_requests(&log).len(), 3);
 }
 
 #[test]

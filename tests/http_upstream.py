@@ -9,6 +9,7 @@ body length and SHA-256, the trailer field lines of a chunked body), and appends
   /sleep/MS        wait MS milliseconds before answering
   /split/MS        wait MS milliseconds, send the head, wait MS again, then send the body
   /close           close the connection without answering (after reading the request)
+  /head-then-close send a head announcing a 100-byte body, wait 50 ms, close without the body
   /ambiguous       answer with both Content-Length and Transfer-Encoding (a smuggling vector)
 
 Usage: http_upstream.py PORT LOGFILE [NAME]
@@ -50,6 +51,12 @@ class Handler(BaseHTTPRequestHandler):
         with open(self.server.log_path, "a") as log:
             log.write(f"{self.command} {self.path} {len(body)}\n")
         if self.path == "/close":
+            self.close_connection = True
+            return
+        if self.path == "/head-then-close":
+            self.wfile.write(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n")
+            self.wfile.flush()
+            time.sleep(0.05)
             self.close_connection = True
             return
         if self.path == "/ambiguous":

@@ -42,8 +42,8 @@ use tokio::sync::Notify;
 use tracing::debug;
 
 use crate::engine::Engine;
-use crate::net::Network;
 use crate::http::far_future;
+use crate::net::Network;
 use crate::now;
 use crate::stats::bump;
 

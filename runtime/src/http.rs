@@ -1250,6 +1250,32 @@ impl<N: Network> Engine<N> {
                 Some(Ok(n)) => (true, n),
                 Some(Err(_)) | None => (false, 0),
             };
+            if !complete && !out.is_empty() {
+                // The upstream failed (or the route timed out) between its head and the first
+                // body bytes: the head still waits in `out`, nothing reached the client, so the
+                // proxy can still answer instead of closing under the request.
+                let (flag, result) = if body.is_none() {
+                    (ResponseFlag::UpstreamTimeout, UpstreamResult::Timeout)
+                } else {
+                    (
+                        ResponseFlag::UpstreamConnectionTermination,
+                        UpstreamResult::Reset,
+                    )
+                };
+                self.report_upstream_result(ci, host, result);
+                if body.is_none() {
+                    bump(&self.stats.http_upstream_timeouts, 1);
+                    if let Some(c) = cstats {
+                        bump(&c.upstream_rq_timeout, 1);
+                    }
+                }
+                let mut o = self
+                    .local_reply(down, out, status_for(flag), flag, true)
+                    .await;
+                o.upstream = upstream_addr;
+                o.bytes_received = bytes_received;
+                return o;
+            }
             bytes_sent += sent;
             let reuse_up = complete
                 && rhead.keep_alive()
