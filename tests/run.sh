@@ -6,7 +6,7 @@
 #   bash tests/run.sh
 #
 # Knobs (environment):
-#   SLUICE_SIM_SEEDS=K   seeds per simulation scenario (default 64 here)
+#   SLUICE_SIM_SEEDS=K   seeds per simulation scenario (default 256 here)
 #   SLUICE_SIM_SEED=N    replay one seed
 #   FUZZ_SECONDS=S       seconds per fuzz target (default 20; 0 skips fuzzing)
 set -euo pipefail
@@ -55,8 +55,8 @@ if cargo tree -p sluice-core -e normal --prefix none | grep -E '^(tokio|turmoil|
 fi
 
 # ---- unit, property, simulation and end-to-end tests ----------------------------------------
-step "cargo nextest run --workspace (SLUICE_SIM_SEEDS=${SLUICE_SIM_SEEDS:-64})"
-SLUICE_SIM_SEEDS="${SLUICE_SIM_SEEDS:-64}" cargo nextest run --workspace --no-fail-fast
+step "cargo nextest run --workspace (SLUICE_SIM_SEEDS=${SLUICE_SIM_SEEDS:-256})"
+SLUICE_SIM_SEEDS="${SLUICE_SIM_SEEDS:-256}" cargo nextest run --workspace --no-fail-fast
 
 # ---- fuzzing ---------------------------------------------------------------------------------
 FUZZ_SECONDS="${FUZZ_SECONDS:-20}"
