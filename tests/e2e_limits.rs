@@ -391,3 +391,38 @@ drain_timeout: 1s
         stat(admin, "server.bolt_partial_frame_bytes") == 0
     });
 }
+
+/// A soft open-file limit below the hard one (systemd's usual 1024 / 524288) is raised to the
+/// hard one at startup, and the derived connection limit follows: `(hard − 64) / 2`.
+#[test]
+fn the_soft_open_file_limit_is_raised_to_the_hard_one() {
+    let dir = TempDir::new("limits-nofile");
+    let (listen, admin) = (free_port(), free_port());
+    let config = format!(
+        r#"
+admin: {{ address: 127.0.0.1:{admin} }}
+listeners:
+  - {{ name: e, address: 127.0.0.1:{listen}, echo: {{}} }}
+"#
+    );
+    let path = dir.write("sluice.yaml", &config);
+    let script = format!(
+        "ulimit -S -n 1024 && ulimit -H -n 4000 && exec {} run -c {} --workers 1",
+        sluice_bin(),
+        path.display()
+    );
+    let mut p = spawn(&dir, "sluice", "sh", &["-c", &script]);
+    wait_listening(addr(admin), &mut p);
+    assert_eq!(
+        stat(admin, "server.max_connections"),
+        (4000 - 64) / 2,
+        "{}",
+        p.log_text()
+    );
+    assert!(
+        p.log_text()
+            .contains("raised the open-file limit to its hard limit"),
+        "{}",
+        p.log_text()
+    );
+}

@@ -9,7 +9,8 @@
 //!   resource monitor): a connection over the listener's `max_connections` or the process's
 //!   `limits.max_connections` is accepted and closed at once, and counted
 //!   (`downstream_cx_overflow`). Without `limits.max_connections`, the process limit is derived
-//!   from the open-file limit: `(RLIMIT_NOFILE − 64) / 2` — every downstream connection may need
+//!   from the open-file limit, whose soft value `sluice run` first raises to the hard one
+//!   ([`raise_open_file_limit`]): `(RLIMIT_NOFILE − 64) / 2` — every downstream connection may need
 //!   an upstream one, and 64 descriptors stay for the admin API, listeners, health checks and
 //!   log files — so that downstream connections can never exhaust the descriptors the admin API
 //!   needs to answer.
@@ -57,6 +58,23 @@ pub enum Overflow {
 #[must_use]
 pub fn max_connections(config: &Config) -> u64 {
     config.limits.max_connections.unwrap_or_else(derived_max)
+}
+
+/// Raises the soft open-file limit to the hard one (as Go's runtime and HAProxy do): the usual
+/// soft default of 1024 would otherwise cap the derived connection limit at 480, a poor default
+/// for a proxy in front of every service. Returns `(before, after)`; `None` when the limit
+/// cannot be read or raised (the soft limit then stays, and the derived limit follows it).
+pub fn raise_open_file_limit() -> Option<(u64, u64)> {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE).ok()?;
+    // An unlimited hard limit is not a number the kernel accepts for the soft one
+    // (fs.nr_open caps it): keep to a large, always-accepted value then.
+    let target = hard.min(1 << 20);
+    if target <= soft {
+        return Some((soft, soft));
+    }
+    setrlimit(Resource::RLIMIT_NOFILE, target, hard).ok()?;
+    Some((soft, target))
 }
 
 /// `(RLIMIT_NOFILE − RESERVED_FDS) / 2`, at least 1 (unlimited when the limit cannot be read).

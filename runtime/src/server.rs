@@ -325,6 +325,16 @@ pub fn run(config: Config, options: ServerOptions) -> io::Result<()> {
         all_stats.clone(),
         options.log_control.clone(),
     ));
+    match crate::limits::raise_open_file_limit() {
+        Some((before, after)) if after > before => {
+            info!(
+                before,
+                after, "raised the open-file limit to its hard limit"
+            );
+        }
+        Some(_) => {}
+        None => warn!("cannot read or raise the open-file limit; keeping it"),
+    }
     let limits = Arc::new(crate::limits::ProcessLimits::new(&config));
     let _ = shared.limits.set(limits.clone());
     info!(
