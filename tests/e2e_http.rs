@@ -465,6 +465,13 @@ fn an_ambiguously_framed_or_vanishing_upstream_answer_is_a_502() {
     assert_eq!(status_of(&r), 502, "{r}");
     assert!(r.contains("connection: close"), "{r}");
     assert_eq!(upstream_requests(&log).len(), 3);
+    // A 101 to a request that asked for no upgrade: a 502, not a tunnel nobody agreed on.
+    let r = raw(
+        listen,
+        b"POST /switch HTTP/1.1\r\nHost: example.com\r\nContent-Length: 1\r\n\r\nx",
+    );
+    assert_eq!(status_of(&r), 502, "{r}");
+    assert_eq!(upstream_requests(&log).len(), 4);
 }
 
 #[test]

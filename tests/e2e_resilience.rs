@@ -548,6 +548,60 @@ fn outlier_detection_ejects_a_5xx_host() {
     );
 }
 
+/// A client that fails its own streamed upload (a body over the 64 KiB replay buffer) — a bad
+/// chunk, or a reset mid-body — gets a 400 and does not count against the upstream host: four
+/// such clients in a row must not get a healthy host ejected (`consecutive_5xx: 3`).
+#[test]
+fn a_client_failing_its_streamed_upload_does_not_eject_the_host() {
+    let dir = TempDir::new("res-upload-fault");
+    let up = free_port();
+    let (listen, admin) = (free_port(), free_port());
+    let _u = start_py_upstream(&dir, "up", up);
+    let cluster = "    outlier_detection: { consecutive_5xx: 3, consecutive_gateway_failure: 3, base_ejection_time: 30s }
+";
+    let _s = start(
+        &dir,
+        &config(&dir, listen, admin, &[up], cluster, ""),
+        1,
+        listen,
+        admin,
+    );
+    let chunk = vec![b'a'; 100_000];
+    for i in 0..4 {
+        let mut s = TcpStream::connect(addr(listen)).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        s.write_all(
+            b"POST /upload HTTP/1.1\r\nHost: app.local\r\nTransfer-Encoding: chunked\r\n\r\n",
+        )
+        .unwrap();
+        s.write_all(format!("{:x}\r\n", chunk.len()).as_bytes())
+            .unwrap();
+        s.write_all(&chunk).unwrap();
+        s.write_all(b"\r\n").unwrap();
+        // Let the proxy start streaming the body before the fault.
+        std::thread::sleep(Duration::from_millis(300));
+        if i % 2 == 0 {
+            // A malformed chunk size after the first 100 kB.
+            s.write_all(b"zz\r\n").unwrap();
+            let mut got = Vec::new();
+            let _ = s.read_to_end(&mut got);
+            let (status, _) = parse_response(&String::from_utf8_lossy(&got));
+            assert_eq!(status, 400, "{}", String::from_utf8_lossy(&got));
+        } else {
+            // The client goes away mid-body.
+            drop(s);
+        }
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(
+        stat(admin, "cluster.app.outlier_detection.ejections_total"),
+        0,
+        "a client's failed uploads ejected the host"
+    );
+    assert_eq!(host_view(admin, up)["available"], true);
+    assert_eq!(get_once(listen, "/after").0, 200);
+}
+
 #[test]
 fn circuit_breaker_max_requests_overflows_with_503_uo() {
     let dir = TempDir::new("res-breaker");

@@ -10,6 +10,7 @@ body length and SHA-256, the trailer field lines of a chunked body), and appends
   /split/MS        wait MS milliseconds, send the head, wait MS again, then send the body
   /close           close the connection without answering (after reading the request)
   /head-then-close send a head announcing a 100-byte body, wait 50 ms, close without the body
+  /switch          answer 101 Switching Protocols whatever the request asked for
   /ambiguous       answer with both Content-Length and Transfer-Encoding (a smuggling vector)
 
 Usage: http_upstream.py PORT LOGFILE [NAME]
@@ -51,6 +52,11 @@ class Handler(BaseHTTPRequestHandler):
         with open(self.server.log_path, "a") as log:
             log.write(f"{self.command} {self.path} {len(body)}\n")
         if self.path == "/close":
+            self.close_connection = True
+            return
+        if self.path == "/switch":
+            self.wfile.write(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: x\r\n"
+                             b"Connection: upgrade\r\n\r\n")
             self.close_connection = True
             return
         if self.path == "/head-then-close":

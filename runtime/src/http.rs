@@ -1061,26 +1061,33 @@ impl<N: Network> Engine<N> {
             // Send the request and read the response head, raced against the timers.
             let mut written = false;
             let mut too_many_interim = false;
-            let mut stalled = false;
+            let mut upload_fault = None;
             let timer = deadline_of(ex.poll_timeout());
             ubuf.clear();
             let sent = tokio::select! {
                 biased;
                 r = send_request(
                     &mut up, down, out, rbuf, head_len, framing, body_len.is_none(),
-                    scratch.stream_idle, &mut written, &mut bytes_received, &mut stalled,
+                    scratch.stream_idle, &mut written, &mut bytes_received, &mut upload_fault,
                 ) => Some(r),
                 () = tokio::time::sleep_until(timer) => None,
             };
             if written {
                 ex.handle_request_written();
             }
-            if stalled {
-                // The client stopped sending its body: its fault, not the upstream's.
+            if let Some(fault) = upload_fault {
+                // The client stopped sending its body, sent a malformed one, or went away
+                // while streaming it: its fault, not the upstream's — nothing is reported to
+                // outlier detection (a client must not get a healthy host ejected).
                 ex.release(&mut cluster.borrow_mut());
                 self.publish_host_active(ci, host);
-                let flag = ResponseFlag::DownstreamLimit;
-                let mut o = self.local_reply(down, out, 408, flag, true).await;
+                let (status, flag) = match fault {
+                    UploadFault::Stalled => (408, ResponseFlag::DownstreamLimit),
+                    UploadFault::Malformed | UploadFault::Aborted => {
+                        (400, ResponseFlag::DownstreamProtocolError)
+                    }
+                };
+                let mut o = self.local_reply(down, out, status, flag, true).await;
                 o.upstream = upstream_addr;
                 o.bytes_received = bytes_received;
                 return o;
@@ -1092,7 +1099,7 @@ impl<N: Network> Engine<N> {
                     let timer = deadline_of(ex.poll_timeout());
                     tokio::select! {
                         biased;
-                        r = read_response_head(&mut up, ubuf, rhead, head.method(), &mut too_many_interim) => Some(r),
+                        r = read_response_head(&mut up, ubuf, rhead, head.method(), head.upgrade(), &mut too_many_interim) => Some(r),
                         () = tokio::time::sleep_until(timer) => None,
                     }
                 }
@@ -1363,7 +1370,8 @@ fn reject(e: &HttpError) -> HeadRead {
 }
 
 /// Writes the request: the head and a buffered body, or the head then the body streamed as it
-/// arrives (each read of it within `stream_idle`, else `stalled` is set and the try fails).
+/// arrives (each read of it within `stream_idle`). A failure of the client's side of the body
+/// sets `upload_fault` (the try fails, but not through the upstream's fault).
 #[allow(clippy::too_many_arguments)]
 async fn send_request<U, D>(
     up: &mut U,
@@ -1376,7 +1384,7 @@ async fn send_request<U, D>(
     stream_idle: Option<Duration>,
     written: &mut bool,
     bytes_received: &mut u64,
-    stalled: &mut bool,
+    upload_fault: &mut Option<UploadFault>,
 ) -> Result<(), TryFailure>
 where
     U: AsyncRead + AsyncWrite + Unpin,
@@ -1394,7 +1402,7 @@ where
         match stream_request_body(up, down, rbuf, head_len, framing, stream_idle).await {
             Ok(n) => *bytes_received += n,
             Err(e) => {
-                *stalled = is_stall(&e);
+                *upload_fault = fault_of(&e);
                 return Err(closed(true));
             }
         }
@@ -1404,12 +1412,13 @@ where
 
 /// Reads the response head into `ubuf`/`rhead`, skipping interim 1xx answers other than 101 —
 /// at most [`MAX_INTERIM_RESPONSES`] of them: one more is a protocol error (`too_many_interim`
-/// set).
+/// set). A 101 to a request that asked for no upgrade is a protocol error too.
 async fn read_response_head<U>(
     up: &mut U,
     ubuf: &mut ReadBuffer,
     rhead: &mut Head,
     method: Method,
+    upgrade_requested: bool,
     too_many_interim: &mut bool,
 ) -> Result<(), TryFailure>
 where
@@ -1429,6 +1438,11 @@ where
                     ubuf.consume(rhead.head_len());
                     continue;
                 }
+                if status == 101 && !upgrade_requested {
+                    // Switching protocols for a request that asked for no upgrade: the
+                    // connection would carry something neither side agreed on.
+                    return Err(TryFailure::ProtocolError);
+                }
                 return Ok(());
             }
             Ok(ParseStatus::Partial) => {}
@@ -1446,34 +1460,66 @@ where
     }
 }
 
-/// The error of a downstream read that waited longer than `stream_idle_timeout`.
-#[derive(Debug)]
-struct UploadStalled;
+/// How the client's side of a request body failed, carried inside the `io::Error` of a body
+/// copy so that a caller tells it from an upstream write failing.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum UploadFault {
+    /// A read waited longer than `stream_idle_timeout`.
+    Stalled,
+    /// The body's framing is malformed (a bad chunk or trailer).
+    Malformed,
+    /// The client closed or reset its connection before the end of the body.
+    Aborted,
+}
 
-impl std::fmt::Display for UploadStalled {
+impl std::fmt::Display for UploadFault {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("request body stalled for stream_idle_timeout")
+        f.write_str(match self {
+            UploadFault::Stalled => "request body stalled for stream_idle_timeout",
+            UploadFault::Malformed => "malformed request body",
+            UploadFault::Aborted => "the client ended its connection within the request body",
+        })
     }
 }
 
-impl std::error::Error for UploadStalled {}
+impl std::error::Error for UploadFault {}
 
-/// Whether an IO error is [`UploadStalled`] (not, say, an upstream write timing out).
-fn is_stall(e: &io::Error) -> bool {
-    e.get_ref().is_some_and(|inner| inner.is::<UploadStalled>())
+impl UploadFault {
+    fn into_io(self, kind: io::ErrorKind) -> io::Error {
+        io::Error::new(kind, self)
+    }
 }
 
-/// One read from downstream into `rbuf`, within `idle` (else [`UploadStalled`]).
+/// The client's fault inside an IO error, if it is one (not, say, an upstream write failing).
+fn fault_of(e: &io::Error) -> Option<UploadFault> {
+    e.get_ref()
+        .and_then(|inner| inner.downcast_ref::<UploadFault>())
+        .copied()
+}
+
+/// Whether an IO error is a stalled upload.
+fn is_stall(e: &io::Error) -> bool {
+    fault_of(e) == Some(UploadFault::Stalled)
+}
+
+/// One read from downstream into `rbuf`, within `idle`: an error, a stall or an end of stream
+/// come back as the client's [`UploadFault`].
 async fn fill_within<D: AsyncRead + Unpin>(
     rbuf: &mut ReadBuffer,
     down: &mut D,
     idle: Option<Duration>,
 ) -> io::Result<usize> {
-    match idle {
-        Some(d) => tokio::time::timeout(d, rbuf.fill(down))
-            .await
-            .unwrap_or_else(|_| Err(io::Error::new(io::ErrorKind::TimedOut, UploadStalled))),
+    let read = match idle {
+        Some(d) => match tokio::time::timeout(d, rbuf.fill(down)).await {
+            Ok(r) => r,
+            Err(_) => return Err(UploadFault::Stalled.into_io(io::ErrorKind::TimedOut)),
+        },
         None => rbuf.fill(down).await,
+    };
+    match read {
+        Ok(0) => Err(UploadFault::Aborted.into_io(io::ErrorKind::UnexpectedEof)),
+        Ok(n) => Ok(n),
+        Err(e) => Err(UploadFault::Aborted.into_io(e.kind())),
     }
 }
 
@@ -1526,8 +1572,8 @@ where
                 let (consumed, done) = match dec.feed(avail) {
                     Ok(Chunked::Done { consumed }) => (consumed, true),
                     Ok(Chunked::NeedMore { consumed }) => (consumed, false),
-                    Err(e) => {
-                        return Err(io::Error::new(io::ErrorKind::InvalidData, e.to_string()));
+                    Err(_) => {
+                        return Err(UploadFault::Malformed.into_io(io::ErrorKind::InvalidData));
                     }
                 };
                 let scanned = held + consumed;
