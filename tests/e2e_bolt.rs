@@ -576,3 +576,98 @@ fn big_pipelined_frames_through_a_one_at_a_time_upstream_do_not_deadlock() {
     }
     writer.join().unwrap();
 }
+
+/// Bolt downstream timeouts: a connection that sends nothing, one that starts a frame and never
+/// ends it, and one that goes quiet after a heartbeat are closed (counted), while a connection
+/// that keeps sending heartbeats stays; on a `protocol: auto` listener two Bolt bytes do not
+/// escape the deadline either (the connection-limit lock-out an outside review found).
+#[test]
+fn silent_trickling_and_idle_bolt_connections_are_closed() {
+    let dir = TempDir::new("bolt-timeouts");
+    let (listen, auto, admin) = (free_port(), free_port(), free_port());
+    let config = format!(
+        r#"
+admin: {{ address: 127.0.0.1:{admin} }}
+listeners:
+  - name: rpc_in
+    address: 127.0.0.1:{listen}
+    bolt:
+      frame_timeout: 600ms
+      idle_timeout: 1500ms
+      routes:
+        - route: {{ cluster: rpc }}
+  - name: mixed_in
+    address: 127.0.0.1:{auto}
+    protocol: auto
+    http:
+      request_headers_timeout: 600ms
+      virtual_hosts:
+        - name: all
+          domains: ["*"]
+          routes:
+            - match: {{ prefix: / }}
+              direct_response: {{ status: 200, body: "http here\n" }}
+    bolt:
+      frame_timeout: 600ms
+      routes:
+        - route: {{ cluster: rpc }}
+clusters:
+  - name: rpc
+    hosts: [ {{ address: 127.0.0.1:1 }} ]
+"#
+    );
+    let _sluice = start_sluice(&dir, &config, 1, addr(admin));
+    let closed_within = |s: &mut TcpStream, limit: Duration| {
+        s.set_read_timeout(Some(limit)).unwrap();
+        let t = Instant::now();
+        let mut rest = Vec::new();
+        match s.read_to_end(&mut rest) {
+            Ok(_) => t.elapsed(),
+            Err(e) => panic!("not closed within {limit:?}: {e} (read {rest:?})"),
+        }
+    };
+    let silent = &mut TcpStream::connect(addr(listen)).unwrap();
+    let partial = &mut TcpStream::connect(addr(listen)).unwrap();
+    // Half of a heartbeat: the fixed header starts, the rest never comes.
+    partial.write_all(&heartbeat(Version::V1, 1)[..10]).unwrap();
+    let sniffed = &mut TcpStream::connect(addr(auto)).unwrap();
+    sniffed.write_all(b"\x01\x01").unwrap();
+    let quiet = &mut TcpStream::connect(addr(listen)).unwrap();
+    let mut buf = Vec::new();
+    quiet.write_all(&heartbeat(Version::V1, 2)).unwrap();
+    assert_eq!(read_response(quiet, &mut buf), (Version::V1, 2, 0, 0));
+    let chatty = &mut TcpStream::connect(addr(listen)).unwrap();
+    let mut chatty_buf = Vec::new();
+    chatty.write_all(&heartbeat(Version::V1, 9)).unwrap();
+    assert_eq!(
+        read_response(chatty, &mut chatty_buf),
+        (Version::V1, 9, 0, 0)
+    );
+
+    for (name, s) in [
+        ("silent", silent),
+        ("partial", partial),
+        ("sniffed", sniffed),
+    ] {
+        let took = closed_within(s, Duration::from_secs(5));
+        eprintln!("{name} closed after {took:?}");
+    }
+    // The chatty client sends a heartbeat every 400 ms for 2.4 s: past idle_timeout, still open.
+    for id in 10..16 {
+        chatty.write_all(&heartbeat(Version::V1, id)).unwrap();
+        assert_eq!(
+            read_response(chatty, &mut chatty_buf),
+            (Version::V1, id, 0, 0)
+        );
+        std::thread::sleep(Duration::from_millis(400));
+    }
+    let took = closed_within(quiet, Duration::from_secs(5));
+    eprintln!("quiet closed {took:?} after the chatty client's run");
+    chatty.write_all(&heartbeat(Version::V1, 99)).unwrap();
+    assert_eq!(
+        read_response(chatty, &mut chatty_buf),
+        (Version::V1, 99, 0, 0)
+    );
+    assert_eq!(admin_stat(admin, "bolt.downstream_timeouts"), 4);
+    assert_eq!(admin_stat(admin, "listener.rpc_in.downstream_cx_active"), 1);
+}

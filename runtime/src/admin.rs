@@ -1319,6 +1319,9 @@ pub fn prometheus(shared: &AdminShared, s: &DetailedSnapshot) -> String {
                 "partial_frame_overflow" => {
                     "Bolt connections closed: their partial frame exceeded limits.bolt_partial_frame_bytes."
                 }
+                "downstream_timeouts" => {
+                    "Bolt downstream connections closed by frame_timeout or idle_timeout."
+                }
                 "sniff_failed" => {
                     "Connections on protocol: auto listeners that were neither HTTP/1.1 nor Bolt."
                 }

@@ -35,7 +35,8 @@ use sluice_core::bolt::{
     UpstreamVerdict,
 };
 use sluice_core::cluster::HostId;
-use sluice_core::config::Config;
+use sluice_core::config::bolt::{DEFAULT_BOLT_FRAME_TIMEOUT, DEFAULT_BOLT_IDLE_TIMEOUT};
+use sluice_core::config::{Config, ListenerFilter};
 use sluice_core::health::UpstreamResult;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::Notify;
@@ -212,15 +213,33 @@ impl<N: Network> Engine<N> {
     }
 
     /// Serves one downstream Bolt connection; `initial` holds bytes already read from it (by
-    /// protocol detection).
+    /// protocol detection, or the unread bytes of a `migrated` connection).
+    ///
+    /// Timeouts (the listener's `frame_timeout` and `idle_timeout`): a new connection must send
+    /// its first whole frame within `frame_timeout`; a frame started must complete within
+    /// `frame_timeout` of the last frame completed; with nothing in flight and no partial
+    /// frame, the connection closes after `idle_timeout`. A migrated connection was already
+    /// proven a client's: it skips the first-frame deadline.
     pub(crate) async fn bolt_connection(
         self: &Rc<Self>,
         listener: usize,
         mut stream: N::Stream,
         peer: SocketAddr,
         initial: &[u8],
+        migrated: bool,
     ) {
         let bw = self.bolt();
+        let (frame_timeout, idle_timeout) = match &self.config.listeners[listener].filter {
+            ListenerFilter::Bolt(b) | ListenerFilter::Auto { bolt: b, .. } => {
+                (b.frame_timeout, b.idle_timeout)
+            }
+            _ => (DEFAULT_BOLT_FRAME_TIMEOUT, Some(DEFAULT_BOLT_IDLE_TIMEOUT)),
+        };
+        let started = tokio::time::Instant::now();
+        // Whether a whole frame arrived yet (a migrated connection needs none to prove itself),
+        // and when the connection last made progress (a frame completed or an answer went out).
+        let mut framed = migrated;
+        let mut progress = started;
         let (down, max_frame) = {
             let mut p = bw.proxy.borrow_mut();
             (
@@ -260,6 +279,8 @@ impl<N: Network> Engine<N> {
                 let decoded = bolt::decode(&buf[start..end], max_frame);
                 match decoded {
                     Ok(Some(frame)) => {
+                        framed = true;
+                        progress = tokio::time::Instant::now();
                         let len = frame.len;
                         let verdict = bw.proxy.borrow_mut().handle_downstream_frame(
                             now,
@@ -348,6 +369,7 @@ impl<N: Network> Engine<N> {
                 if let Some(l) = lstats {
                     bump(&l.downstream_bytes_sent, n);
                 }
+                progress = tokio::time::Instant::now();
                 continue;
             }
             if close {
@@ -396,9 +418,24 @@ impl<N: Network> Engine<N> {
             }
             let paused = paused_until.is_some_and(|t| tokio::time::Instant::now() < t);
             let resume = paused_until.unwrap_or_else(far_future);
+            // The connection's own deadline: its first frame, the frame it is sending, or idle.
+            let deadline = if !framed {
+                Some(started + frame_timeout)
+            } else if end > start {
+                Some(progress + frame_timeout)
+            } else if bw.proxy.borrow().downstream_in_flight(down) == 0 {
+                idle_timeout.map(|t| progress + t)
+            } else {
+                None
+            };
             tokio::select! {
                 biased;
                 () = &mut expired => break,
+                () = tokio::time::sleep_until(deadline.unwrap_or_else(far_future)), if deadline.is_some() => {
+                    bump(&self.stats.bolt.downstream_timeouts, 1);
+                    debug!(%peer, framed, partial = end - start, "bolt: downstream frame or idle timeout; closing");
+                    break;
+                }
                 () = outbox.wake.notified() => {}
                 () = stop => {}
                 () = tokio::time::sleep_until(resume), if paused => {}

@@ -523,7 +523,7 @@ impl<N: Network> Engine<N> {
                 }
                 ListenerFilter::Bolt(bc) => {
                     self.note_bolt_traffic(bc);
-                    self.bolt_connection(index, stream, peer, &[]).await;
+                    self.bolt_connection(index, stream, peer, &[], false).await;
                 }
                 ListenerFilter::Auto { http, bolt } => {
                     self.auto_connection(index, lc, http, bolt, stream, peer)
@@ -806,7 +806,8 @@ impl<N: Network> Engine<N> {
             }
             Some(Sniffed::Bolt) => {
                 self.note_bolt_traffic(bolt);
-                self.bolt_connection(index, stream, peer, &first[..n]).await;
+                self.bolt_connection(index, stream, peer, &first[..n], false)
+                    .await;
             }
             _ => {
                 bump(&self.stats.bolt.sniff_failed, 1);
@@ -971,7 +972,8 @@ impl<N: Network> Engine<N> {
         self.sessions.set(self.sessions.get() + 1);
         tokio::task::spawn_local(async move {
             let guard = SessionGuard(&self, index);
-            self.bolt_connection(index, stream, peer, &unread).await;
+            self.bolt_connection(index, stream, peer, &unread, true)
+                .await;
             drop(guard);
         });
     }

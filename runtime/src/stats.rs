@@ -228,12 +228,15 @@ pub struct BoltCounters {
     /// Downstream connections closed because their partial frame would have gone beyond
     /// `limits.bolt_partial_frame_bytes`.
     pub partial_frame_overflow: AtomicU64,
+    /// Downstream connections closed by the listener's `frame_timeout` (a first frame, or a
+    /// frame started, not complete in time) or `idle_timeout`.
+    pub downstream_timeouts: AtomicU64,
 }
 
 impl BoltCounters {
     /// `(name, value)` of every counter, for the admin API.
     #[must_use]
-    pub fn values(&self) -> [(&'static str, u64); 13] {
+    pub fn values(&self) -> [(&'static str, u64); 14] {
         [
             ("requests", self.requests.load(Relaxed)),
             ("oneway", self.oneway.load(Relaxed)),
@@ -250,6 +253,10 @@ impl BoltCounters {
             (
                 "partial_frame_overflow",
                 self.partial_frame_overflow.load(Relaxed),
+            ),
+            (
+                "downstream_timeouts",
+                self.downstream_timeouts.load(Relaxed),
             ),
         ]
     }
@@ -540,6 +547,11 @@ impl WorkerStats {
                 &b.partial_frame_overflow,
                 &ob.partial_frame_overflow,
                 &bb.partial_frame_overflow,
+            ),
+            (
+                &b.downstream_timeouts,
+                &ob.downstream_timeouts,
+                &bb.downstream_timeouts,
             ),
         ] {
             c(n, o, z);

@@ -13,12 +13,27 @@ pub const MIN_BOLT_FRAME_SIZE: usize = 1 << 10;
 /// Largest accepted `max_frame_size` (1 GiB).
 pub const MAX_BOLT_FRAME_SIZE: usize = 1 << 30;
 
+/// Default `frame_timeout`.
+pub const DEFAULT_BOLT_FRAME_TIMEOUT: Duration = Duration::from_secs(10);
+/// Default `idle_timeout`.
+pub const DEFAULT_BOLT_IDLE_TIMEOUT: Duration = Duration::from_secs(3600);
+
 /// `listeners[].bolt`: a Bolt (SOFARPC) proxy.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct BoltConfig {
     /// Largest frame accepted from a downstream, in bytes (default 16 MiB); a frame declaring
     /// more closes its connection as soon as its fixed header is in.
     pub max_frame_size: usize,
+    /// How long a downstream connection may take to send its first whole frame after it was
+    /// accepted, and any later frame from its first byte to its last (default 10 s); past it
+    /// the connection closes (a client that connects and sends nothing, or trickles a frame,
+    /// must not hold a connection slot or partial-frame memory for ever).
+    #[serde(serialize_with = "super::ser_duration")]
+    pub frame_timeout: Duration,
+    /// How long a downstream connection may stay with nothing in flight and nothing partly
+    /// sent before it closes (default 1 h; `None`: never). Client heartbeats count as traffic.
+    #[serde(serialize_with = "ser_opt_duration")]
+    pub idle_timeout: Option<Duration>,
     /// Routes, first match wins; never empty.
     pub routes: Vec<BoltRoute>,
 }

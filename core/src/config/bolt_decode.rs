@@ -16,7 +16,8 @@ use serde_json::Value;
 
 use super::bolt::{
     BoltConfig, BoltHeaderMatcher, BoltHeaderRule, BoltRoute, BoltRouteAction, BoltRouteMatch,
-    MAX_BOLT_FRAME_SIZE, MIN_BOLT_FRAME_SIZE, ServiceMatch,
+    DEFAULT_BOLT_FRAME_TIMEOUT, DEFAULT_BOLT_IDLE_TIMEOUT, MAX_BOLT_FRAME_SIZE,
+    MIN_BOLT_FRAME_SIZE, ServiceMatch,
 };
 use super::cluster_ref;
 use super::decode::Decoder;
@@ -35,6 +36,22 @@ pub(super) fn decode_bolt(
         Some((v, p)) => size(dec, &p, v),
         None => Some(DEFAULT_MAX_FRAME_SIZE),
     };
+    let frame_timeout = match obj.opt("frame_timeout") {
+        Some((v, p)) => dec.duration(&p, v).and_then(|d| {
+            if d.is_zero() {
+                dec.error(&p, "must be greater than zero");
+                None
+            } else {
+                Some(d)
+            }
+        }),
+        None => Some(DEFAULT_BOLT_FRAME_TIMEOUT),
+    };
+    // 0 disables the idle timeout, as for HTTP listeners.
+    let idle_timeout = match obj.opt("idle_timeout") {
+        Some((v, p)) => dec.duration(&p, v).map(|d| (!d.is_zero()).then_some(d)),
+        None => Some(Some(DEFAULT_BOLT_IDLE_TIMEOUT)),
+    };
     let routes = obj.req(dec, "routes").and_then(|(v, p)| {
         let routes = dec.list(&p, v, |dec, path, v| {
             decode_route(dec, path, v, cluster_names)
@@ -48,6 +65,8 @@ pub(super) fn decode_bolt(
     obj.finish(dec);
     Some(BoltConfig {
         max_frame_size: max_frame_size?,
+        frame_timeout: frame_timeout?,
+        idle_timeout: idle_timeout?,
         routes: routes?,
     })
 }

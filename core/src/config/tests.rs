@@ -653,3 +653,40 @@ limits: { bolt_partial_frame_bytes: 8MiB }
         ]
     );
 }
+
+#[test]
+fn bolt_timeouts_default_and_parse() {
+    let config = |bolt: &str| {
+        format!(
+            r#"
+listeners:
+  - name: rpc
+    address: 127.0.0.1:12200
+    bolt: {{ {bolt} routes: [ {{ route: {{ cluster: c }} }} ] }}
+clusters:
+  - {{ name: c, hosts: [ {{ address: 127.0.0.1:7001 }} ] }}
+"#
+        )
+    };
+    let bolt_of = |c: &Config| match &c.listeners[0].filter {
+        ListenerFilter::Bolt(b) => (b.frame_timeout, b.idle_timeout),
+        other => panic!("{other:?}"),
+    };
+    let c = Config::from_yaml(&config("")).unwrap();
+    assert_eq!(
+        bolt_of(&c),
+        (Duration::from_secs(10), Some(Duration::from_secs(3600)))
+    );
+    let c = Config::from_yaml(&config("frame_timeout: 2s, idle_timeout: 0s,")).unwrap();
+    assert_eq!(bolt_of(&c), (Duration::from_secs(2), None));
+    let errs = errors(&config("frame_timeout: 0s, idle_timeout: soon,"));
+    for e in [
+        "listeners[0].bolt.frame_timeout: must be greater than zero",
+        "listeners[0].bolt.idle_timeout: \"soon\"",
+    ] {
+        assert!(
+            errs.iter().any(|got| got.starts_with(e)),
+            "missing {e:?} in {errs:#?}"
+        );
+    }
+}

@@ -189,7 +189,7 @@ clusters:
     let want = [
         "listeners[0].bolt.max_frame_size: \"16MB\" has an unknown unit \"MB\" (expected a number of bytes, or a number and a unit: 64KiB, 16MiB)",
         "listeners[0].bolt.routes: missing (this field is required)",
-        "listeners[0].bolt.rutes: unknown field (expected one of: max_frame_size, routes)",
+        "listeners[0].bolt.rutes: unknown field (expected one of: max_frame_size, frame_timeout, idle_timeout, routes)",
         "listeners[1].bolt.max_frame_size: 100 bytes is out of range (1KiB to 1GiB, i.e. 1024 to 1073741824)",
         "listeners[1].bolt.routes[0].match: both `service` and `service_regex`: give at most one of them",
         "listeners[1].bolt.routes[0].route.cluster: unknown cluster \"nowhere\" (known: c1)",
