@@ -21,6 +21,7 @@
 //! real network address.
 
 pub mod bolt;
+pub mod drain;
 pub mod http;
 pub mod peers;
 pub mod registry;

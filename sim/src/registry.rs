@@ -12,6 +12,7 @@
 
 use crate::RunReport;
 use crate::bolt::{self, BoltScenario};
+use crate::drain::{self, DrainScenario};
 use crate::http::{self, HttpScenario};
 use crate::resilience::{self, Resilience};
 use crate::tcp::{self, TcpScenario};
@@ -135,6 +136,16 @@ pub static SCENARIOS: &[Scenario] = &[
         "upgrade_whose_new_instance_crashes",
         "upgrade: the new instance crashes or hangs before serving; rollback, the old resumes accepting, a second upgrade succeeds",
         |seed| upgrade::run(UpgradeScenario::NewInstanceCrashes, seed),
+    ),
+    Scenario::new(
+        "reload_under_slow_http_traffic",
+        "drain: 2-3 config reloads under keep-alive HTTP/1.1 traffic to slow upstreams; every request 2xx once, old generations drain",
+        |seed| drain::run(DrainScenario::Reload, seed),
+    ),
+    Scenario::new(
+        "sigterm_drain_under_slow_http_traffic",
+        "drain: a SIGTERM drain under keep-alive HTTP/1.1 traffic to slow upstreams; kept-alive requests answered, ends within drain_timeout",
+        |seed| drain::run(DrainScenario::Sigterm, seed),
     ),
 ];
 

@@ -66,7 +66,7 @@ use sluice_runtime::engine::{Engine, Handoff};
 use sluice_runtime::net::TurmoilNet;
 use sluice_runtime::now;
 use sluice_runtime::stats::WorkerStats;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::sync::{mpsc, oneshot};
 use turmoil::net::{TcpListener, TcpStream};
 
@@ -1065,45 +1065,7 @@ async fn upstream(index: usize, world: Shared, trace: Trace) -> turmoil::Result 
     ));
     loop {
         let (stream, _) = http.accept().await?;
-        tokio::task::spawn_local(http_upstream_conn(stream));
-    }
-}
-
-async fn http_upstream_conn(mut stream: TcpStream) {
-    let mut buf = Vec::with_capacity(4096);
-    let mut chunk = [0u8; 4096];
-    loop {
-        let (id, total) = loop {
-            let mut headers = [httparse::EMPTY_HEADER; 32];
-            let mut req = httparse::Request::new(&mut headers);
-            if let Ok(httparse::Status::Complete(head_len)) = req.parse(&buf) {
-                let id = req
-                    .headers
-                    .iter()
-                    .find(|h| h.name.eq_ignore_ascii_case("x-sim-id"))
-                    .map(|h| String::from_utf8_lossy(h.value).into_owned())
-                    .unwrap_or_default();
-                break (id, head_len);
-            }
-            match stream.read(&mut chunk).await {
-                Ok(0) | Err(_) => return,
-                Ok(n) => buf.extend_from_slice(&chunk[..n]),
-            }
-        };
-        buf.drain(..total);
-        // A slow upstream that sends the head and the body apart (0–100 ms of work, half before
-        // the head, half between head and body): a drain that starts while a response is on its
-        // way must still keep the keep-alive promise that response's head made.
-        let work = peers::work(id.as_bytes(), 100);
-        tokio::time::sleep(work / 2).await;
-        let head = format!("HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n", id.len());
-        if stream.write_all(head.as_bytes()).await.is_err() {
-            return;
-        }
-        tokio::time::sleep(work / 2).await;
-        if stream.write_all(id.as_bytes()).await.is_err() {
-            return;
-        }
+        tokio::task::spawn_local(peers::http::slow_upstream_conn(stream, 0, 100));
     }
 }
 

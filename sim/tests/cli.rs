@@ -25,7 +25,7 @@ fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
-const SCENARIOS: [&str; 15] = [
+const SCENARIOS: [&str; 17] = [
     "tcp_steady",
     "tcp_upstream_crash",
     "tcp_crash_and_recover",
@@ -41,6 +41,8 @@ const SCENARIOS: [&str; 15] = [
     "bolt_upstream_partition",
     "upgrade_under_http_and_bolt_traffic",
     "upgrade_whose_new_instance_crashes",
+    "reload_under_slow_http_traffic",
+    "sigterm_drain_under_slow_http_traffic",
 ];
 
 #[test]

@@ -1,4 +1,5 @@
-//! The HTTP/1.1 client side of the simulated peers: write one request, read one response.
+//! The HTTP/1.1 simulated peers: the client side (write one request, read one response), and a
+//! slow upstream that sends each response's head and body apart.
 
 use std::fmt;
 
@@ -93,6 +94,47 @@ pub async fn exchange<const CHUNK: usize>(
             Ok(0) => return Err(Failure::Eof(buf.len())),
             Ok(n) => buf.extend_from_slice(&chunk[..n]),
             Err(e) => return Err(Failure::Read(e)),
+        }
+    }
+}
+
+/// Serves one upstream connection: answers each request (keep-alive) with `200` and its
+/// `x-sim-id` header's value as the body, after `min_ms` plus 0 to `max_ms - min_ms` of work
+/// (deterministic per id, [`super::work`]): half of it before the head, half between the head
+/// and the body. A drain that starts while a response is on its way must still keep the
+/// keep-alive promise that response's head made.
+pub async fn slow_upstream_conn(mut stream: TcpStream, min_ms: u64, max_ms: u64) {
+    let mut buf = Vec::with_capacity(4096);
+    let mut chunk = [0u8; 4096];
+    loop {
+        let (id, total) = loop {
+            let mut headers = [httparse::EMPTY_HEADER; 32];
+            let mut req = httparse::Request::new(&mut headers);
+            if let Ok(httparse::Status::Complete(head_len)) = req.parse(&buf) {
+                let id = req
+                    .headers
+                    .iter()
+                    .find(|h| h.name.eq_ignore_ascii_case("x-sim-id"))
+                    .map(|h| String::from_utf8_lossy(h.value).into_owned())
+                    .unwrap_or_default();
+                break (id, head_len);
+            }
+            match stream.read(&mut chunk).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            }
+        };
+        buf.drain(..total);
+        let work =
+            std::time::Duration::from_millis(min_ms) + super::work(id.as_bytes(), max_ms - min_ms);
+        tokio::time::sleep(work / 2).await;
+        let head = format!("HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n", id.len());
+        if stream.write_all(head.as_bytes()).await.is_err() {
+            return;
+        }
+        tokio::time::sleep(work / 2).await;
+        if stream.write_all(id.as_bytes()).await.is_err() {
+            return;
         }
     }
 }
