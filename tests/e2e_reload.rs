@@ -328,3 +328,31 @@ fn a_reload_of_a_fifo_is_refused_and_sigterm_still_stops() {
         sluice.log_text()
     );
 }
+
+/// `drain_timeout` holds for HTTP too: a request still waiting on a slow upstream when the
+/// drain's deadline passes is cut (its connection closed), and the instance exits on time
+/// instead of waiting for the upstream.
+#[test]
+fn sigterm_ends_an_http_request_still_in_flight_at_drain_timeout() {
+    let dir = TempDir::new("sigterm-drain-timeout");
+    let (up, listen, admin) = (free_port(), free_port(), free_port());
+    let _upstream = start_py_upstream(&dir, "slow", up);
+    let config = versioned_http_config(listen, admin, up, "one", "", "300ms");
+    let mut sluice = start_sluice(&dir, &config, 1, addr(listen));
+    wait_listening(addr(admin), &mut sluice);
+    let mut s = TcpStream::connect(addr(listen)).unwrap();
+    s.write_all(b"GET /sleep/8000 HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    sluice.signal("TERM");
+    let exited = sluice.wait_exit(Duration::from_secs(4));
+    assert!(
+        exited.is_some_and(|e| e.success()),
+        "still running 4 s after SIGTERM with drain_timeout 300ms (the request would take 8 s): {exited:?}\n{}",
+        sluice.log_text()
+    );
+    s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    let mut got = Vec::new();
+    let _ = s.read_to_end(&mut got);
+    assert!(got.is_empty(), "{}", String::from_utf8_lossy(&got));
+}

@@ -414,6 +414,28 @@ impl<N: Network> Engine<N> {
         listener: usize,
         lc: &ListenerConfig,
         hc: &HttpConfig,
+        down: N::Stream,
+        peer: SocketAddr,
+        initial: &[u8],
+    ) {
+        // Once a drain's `drain_timeout` has passed, the connection closes wherever it is — a
+        // request in flight included (its upstream connection closes with it), as for TCP and
+        // Bolt sessions: the drain must end on time.
+        let expired = self.drain_expired.notified();
+        tokio::select! {
+            biased;
+            () = expired => {
+                tracing::debug!(%peer, "drain timeout passed; closing the HTTP connection");
+            }
+            () = self.serve_http_connection(listener, lc, hc, down, peer, initial) => {}
+        }
+    }
+
+    async fn serve_http_connection(
+        &self,
+        listener: usize,
+        lc: &ListenerConfig,
+        hc: &HttpConfig,
         mut down: N::Stream,
         peer: SocketAddr,
         initial: &[u8],
