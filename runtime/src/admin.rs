@@ -281,7 +281,14 @@ pub fn bind(listen: &AdminListen) -> io::Result<AdminListener> {
             let path = std::path::Path::new(path);
             crate::control::check_dir(path).map_err(&at)?;
             crate::control::remove_stale_socket(path).map_err(at)?;
-            let l = std::os::unix::net::UnixListener::bind(path).map_err(at)?;
+            // Bind (which also listens) with a umask that leaves the socket file to its owner
+            // only, so that nobody else can connect before its mode is set. The umask is the
+            // process's: startup binds the admin socket before the workers and the admin server
+            // start, so no other thread creates files in this moment.
+            let previous = nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o177));
+            let bound = std::os::unix::net::UnixListener::bind(path);
+            nix::sys::stat::umask(previous);
+            let l = bound.map_err(at)?;
             use std::os::unix::fs::PermissionsExt as _;
             std::fs::set_permissions(path, std::fs::Permissions::from_mode(*mode)).map_err(at)?;
             l.set_nonblocking(true)?;

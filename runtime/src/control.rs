@@ -168,6 +168,18 @@ pub fn check_dir(socket: &Path) -> io::Result<()> {
         return Err(unsafe_dir("is not a directory".into()));
     }
     let me = my_uid();
+    // A symlink in the directory's place is only as trustworthy as its owner, who can point
+    // it elsewhere at any time (`metadata` above followed it).
+    if let Ok(link) = std::fs::symlink_metadata(&dir)
+        && link.file_type().is_symlink()
+        && link.uid() != me
+        && link.uid() != 0
+    {
+        return Err(unsafe_dir(format!(
+            "is a symlink owned by uid {}",
+            link.uid()
+        )));
+    }
     if meta.uid() != me && meta.uid() != 0 {
         return Err(unsafe_dir(format!("is owned by uid {}", meta.uid())));
     }
@@ -1493,6 +1505,19 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("is owned by uid 65534"), "{e}");
+        // A symlink of another user in the directory's place, pointing at a directory that
+        // would pass (ours): its owner could re-point it at any time.
+        let ours = temp_dir().join("ours-dir");
+        std::fs::create_dir_all(&ours).unwrap();
+        std::fs::set_permissions(&ours, std::fs::Permissions::from_mode(0o700)).unwrap();
+        let link = temp_dir().join("nobody-link");
+        let _ = std::fs::remove_file(&link);
+        std::os::unix::fs::symlink(&ours, &link).unwrap();
+        std::os::unix::fs::lchown(&link, Some(NOBODY), Some(NOBODY)).unwrap();
+        let e = ControlSocket::bind(&link.join("c.sock"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("is a symlink owned by uid 65534"), "{e}");
         // A directory others can write (sticky like /tmp, or not).
         for mode in [0o1777, 0o777, 0o770] {
             let dir = temp_dir().join(format!("open-{mode:o}"));
