@@ -22,9 +22,11 @@
 //! answered by the proxy itself when it starts reading the body (the header is not forwarded).
 //! An `Upgrade` request whose response is `101` turns the connection into a byte tunnel.
 
+use std::cell::Cell;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::rc::Rc;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime};
@@ -341,6 +343,9 @@ struct Scratch {
     path_opts: PathNormalization,
     /// The listener's `stream_idle_timeout`: the longest wait for the next bytes of a body.
     stream_idle: Option<Duration>,
+    /// Set while a request waits for its upstream with nothing of a response sent yet (what a
+    /// drain deadline answers 503).
+    awaiting: Rc<Cell<bool>>,
 }
 
 /// Header edit lists live on the stack up to this many entries.
@@ -414,31 +419,49 @@ impl<N: Network> Engine<N> {
         listener: usize,
         lc: &ListenerConfig,
         hc: &HttpConfig,
-        down: N::Stream,
+        mut down: N::Stream,
         peer: SocketAddr,
         initial: &[u8],
     ) {
-        // Once a drain's `drain_timeout` has passed, the connection closes wherever it is — a
-        // request in flight included (its upstream connection closes with it), as for TCP and
-        // Bolt sessions: the drain must end on time.
+        // Once a drain's `drain_timeout` has passed, the connection ends wherever it is, as TCP
+        // and Bolt sessions do: the drain must end on time. A request still waiting for its
+        // upstream (nothing of a response sent yet) is answered 503 with `connection: close`
+        // first — a clean answer, not a connection closed under it; its upstream connection
+        // closes with it.
         let expired = self.drain_expired.notified();
-        tokio::select! {
+        let awaiting_response = Rc::new(Cell::new(false));
+        let served = tokio::select! {
             biased;
-            () = expired => {
-                tracing::debug!(%peer, "drain timeout passed; closing the HTTP connection");
+            () = expired => false,
+            () = self.serve_http_connection(
+                listener, lc, hc, &mut down, peer, initial, &awaiting_response,
+            ) => true,
+        };
+        if !served {
+            tracing::debug!(%peer, awaiting_response = awaiting_response.get(), "drain timeout passed; closing the HTTP connection");
+            if awaiting_response.get() {
+                let mut out = Vec::new();
+                write_local_response(&mut out, 503, &[], b"the proxy is shutting down\n", true);
+                let _ = down.write_all(&out).await;
+                self.count_status(listener, 503);
+                bump(&self.stats.http_local_replies, 1);
             }
-            () = self.serve_http_connection(listener, lc, hc, down, peer, initial) => {}
+            let _ = down.shutdown().await;
         }
     }
 
+    /// Serves the connection's requests; `awaiting_response` is true while a request is being
+    /// served and nothing of its response has reached the client yet.
+    #[allow(clippy::too_many_arguments)]
     async fn serve_http_connection(
         &self,
         listener: usize,
         lc: &ListenerConfig,
         hc: &HttpConfig,
-        mut down: N::Stream,
+        down: &mut N::Stream,
         peer: SocketAddr,
         initial: &[u8],
+        awaiting_response: &Rc<Cell<bool>>,
     ) {
         let limits = Limits {
             max_head_bytes: hc.max_request_headers_kb as usize * 1024,
@@ -459,6 +482,7 @@ impl<N: Network> Engine<N> {
             normalized: false,
             path_opts: hc.path_normalization,
             stream_idle: hc.stream_idle_timeout,
+            awaiting: awaiting_response.clone(),
         };
         let logging = self.access_logs[listener].is_some();
         // The first request must start within `request_headers_timeout` of the accept (a
@@ -477,7 +501,7 @@ impl<N: Network> Engine<N> {
                 .read_request_head(
                     hc,
                     &limits,
-                    &mut down,
+                    &mut *down,
                     &mut rbuf,
                     &mut head,
                     accepted.take(),
@@ -535,7 +559,7 @@ impl<N: Network> Engine<N> {
             let outcome = self
                 .serve_request(
                     listener,
-                    &mut down,
+                    &mut *down,
                     &mut scratch,
                     &mut rbuf,
                     &head,
@@ -544,6 +568,7 @@ impl<N: Network> Engine<N> {
                     &mut out,
                 )
                 .await;
+            scratch.awaiting.set(false);
             self.stats
                 .downstream_rq_time
                 .record(now().saturating_duration_since(t_head));
@@ -919,7 +944,9 @@ impl<N: Network> Engine<N> {
             None
         };
 
-        // --- tries ---
+        // --- tries --- (from here until a response byte is written, a drain deadline answers
+        // the request 503 rather than closing under it)
+        scratch.awaiting.set(true);
         let mut ex = Exchange::new(
             now(),
             ExchangeConfig {
@@ -949,6 +976,7 @@ impl<N: Network> Engine<N> {
                     if let Some(h) = last_host {
                         self.publish_host_active(ci, h);
                     }
+                    scratch.awaiting.set(false);
                     let mut o = self
                         .local_reply(down, out, status, flag, !replayable || !head.keep_alive())
                         .await;
@@ -1018,6 +1046,7 @@ impl<N: Network> Engine<N> {
                         }
                         ex.release(&mut cluster.borrow_mut());
                         let flag = ResponseFlag::UpstreamOverflow;
+                        scratch.awaiting.set(false);
                         let mut o = self
                             .local_reply(down, out, status_for(flag), flag, close_on_reply)
                             .await;
@@ -1109,6 +1138,7 @@ impl<N: Network> Engine<N> {
                         (400, ResponseFlag::DownstreamProtocolError)
                     }
                 };
+                scratch.awaiting.set(false);
                 let mut o = self.local_reply(down, out, status, flag, true).await;
                 o.upstream = upstream_addr;
                 o.bytes_received = bytes_received;
@@ -1239,6 +1269,7 @@ impl<N: Network> Engine<N> {
             let resp_head_len = rhead.head_len();
             ubuf.consume(resp_head_len);
             if upgrade {
+                scratch.awaiting.set(false);
                 if down.write_all(out).await.is_err() {
                     ex.release(&mut cluster.borrow_mut());
                     self.publish_host_active(ci, host);
@@ -1267,7 +1298,7 @@ impl<N: Network> Engine<N> {
             // The head goes out with the first body bytes: one write for a small response.
             let body = tokio::select! {
                 biased;
-                r = copy_body(&mut up, down, ubuf, rhead.framing(), out) => Some(r),
+                r = copy_body(&mut up, down, ubuf, rhead.framing(), out, &scratch.awaiting) => Some(r),
                 () = tokio::time::sleep_until(timer) => None,
             };
             ex.handle_response_complete(&mut cluster.borrow_mut());
@@ -1298,6 +1329,7 @@ impl<N: Network> Engine<N> {
                         bump(&c.upstream_rq_timeout, 1);
                     }
                 }
+                scratch.awaiting.set(false);
                 let mut o = self
                     .local_reply(down, out, status_for(flag), flag, true)
                     .await;
@@ -1660,11 +1692,15 @@ fn drop_range(rbuf: &mut ReadBuffer, at: usize, len: usize) {
 
 /// Writes `data` downstream, preceded by whatever is still `pending` (the response head), in
 /// one write when there is something pending.
+/// Writes `pending` (the response head, on the first call) and `data`; `awaiting` is cleared
+/// before the first byte goes out (from then on the client has a response under way).
 async fn send<D: AsyncWrite + Unpin>(
     down: &mut D,
     pending: &mut Vec<u8>,
+    awaiting: &Cell<bool>,
     data: &[u8],
 ) -> io::Result<()> {
+    awaiting.set(false);
     if pending.is_empty() {
         down.write_all(data).await
     } else {
@@ -1683,6 +1719,7 @@ async fn copy_body<U, D>(
     ubuf: &mut ReadBuffer,
     framing: BodyFraming,
     pending: &mut Vec<u8>,
+    awaiting: &Cell<bool>,
 ) -> io::Result<u64>
 where
     U: AsyncRead + Unpin,
@@ -1696,7 +1733,7 @@ where
             loop {
                 let take = (ubuf.len() as u64).min(left) as usize;
                 if take > 0 {
-                    send(down, pending, &ubuf.bytes()[..take]).await?;
+                    send(down, pending, awaiting, &ubuf.bytes()[..take]).await?;
                     ubuf.consume(take);
                     left -= take as u64;
                     sent += take as u64;
@@ -1720,7 +1757,7 @@ where
                     }
                 };
                 if consumed > 0 {
-                    send(down, pending, &ubuf.bytes()[..consumed]).await?;
+                    send(down, pending, awaiting, &ubuf.bytes()[..consumed]).await?;
                     ubuf.consume(consumed);
                     sent += consumed as u64;
                 }
@@ -1734,12 +1771,12 @@ where
         }
         BodyFraming::CloseDelimited => loop {
             if !ubuf.is_empty() {
-                send(down, pending, ubuf.bytes()).await?;
+                send(down, pending, awaiting, ubuf.bytes()).await?;
                 sent += ubuf.len() as u64;
                 ubuf.clear();
             }
             if !pending.is_empty() {
-                send(down, pending, &[]).await?;
+                send(down, pending, awaiting, &[]).await?;
             }
             if ubuf.fill(up).await? == 0 {
                 break;
@@ -1747,7 +1784,7 @@ where
         },
     }
     if !pending.is_empty() {
-        send(down, pending, &[]).await?;
+        send(down, pending, awaiting, &[]).await?;
     }
     Ok(sent)
 }
