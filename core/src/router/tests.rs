@@ -453,10 +453,18 @@ fn reference_virtual_host(config: &HttpConfig, host: &[u8]) -> Option<usize> {
             Some(end) => &host[..=end],
             None => host,
         }
-    } else if host.iter().filter(|&&b| b == b':').count() == 1 {
-        &host[..host.iter().position(|&b| b == b':').unwrap()]
     } else {
-        host
+        let name = if host.iter().filter(|&&b| b == b':').count() == 1 {
+            &host[..host.iter().position(|&b| b == b':').unwrap()]
+        } else {
+            host
+        };
+        // One trailing dot (a fully qualified name) is dropped, unless it is all there is.
+        if name.len() > 1 && name.ends_with(b".") {
+            &name[..name.len() - 1]
+        } else {
+            name
+        }
     };
     let host = host.to_ascii_lowercase();
     // (rank, length of the fixed part): exact 3, suffix 2, prefix 1, any 0.
