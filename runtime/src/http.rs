@@ -1610,9 +1610,8 @@ where
                 if left == 0 {
                     return Ok(total);
                 }
-                if fill_within(rbuf, down, stream_idle).await? == 0 {
-                    return Err(io::ErrorKind::UnexpectedEof.into());
-                }
+                // An end of stream comes back as the client's UploadFault::Aborted.
+                fill_within(rbuf, down, stream_idle).await?;
             }
         }
         BodyFraming::Chunked => {
@@ -1654,9 +1653,8 @@ where
                     drop_range(rbuf, head_len, held);
                     return Ok(total + held as u64);
                 }
-                if fill_within(rbuf, down, stream_idle).await? == 0 {
-                    return Err(io::ErrorKind::UnexpectedEof.into());
-                }
+                // An end of stream comes back as the client's UploadFault::Aborted.
+                fill_within(rbuf, down, stream_idle).await?;
             }
         }
         BodyFraming::None | BodyFraming::CloseDelimited => Ok(0),
