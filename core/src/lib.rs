@@ -3,8 +3,9 @@
 //! Everything in this crate is a pure function of its inputs and of time passed in as a
 //! parameter. It owns:
 //!
-//! - [`config`]: the configuration model, its YAML parser and validator (every problem reported
-//!   at once, each with the path where it is);
+//! - [`config`]: the configuration model, a leaf that every other module reads and that
+//!   imports none of them; [`config::yaml`] decodes and validates a file into it (every
+//!   problem reported at once, each with the path where it is);
 //! - [`cluster`] and [`lb`]: host sets and the load balancers (round robin, smooth weighted
 //!   round robin, random, least request with power-of-two choices), driven by an injected
 //!   [`rng::Rng`];
@@ -16,6 +17,8 @@
 //! A state machine takes inputs through `handle_*(now, ...)` methods and gives outputs through
 //! `poll_*()` methods. After every input the driver drains the outputs (`poll_action` until it
 //! returns `None`), then sleeps until `poll_timeout()` and calls `handle_timeout(now)`.
+//!
+//! The modules form layers, never an import cycle (`tests/module_graph.rs` checks it).
 //!
 //! The crate never reads a clock, never draws OS randomness, never spawns, never locks, never
 //! touches a socket or a file. `clippy.toml` in this crate bans the std entry points for those,
@@ -32,6 +35,7 @@ pub mod health;
 pub mod http1;
 pub mod lb;
 pub mod path;
+pub mod pattern;
 pub mod rng;
 pub mod router;
 pub mod tcp_proxy;

@@ -28,56 +28,9 @@
 //! - with `merge_slashes`, the result has no `//`;
 //! - the result is never longer than the input; an already-normal path is not copied.
 
-use serde::Serialize;
-
-/// What to do with `%2F`, `%5C` (any case) and a raw `\` in a request path (Envoy's
-/// `path_with_escaped_slashes_action`).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum EscapedSlashesAction {
-    /// Answer 400 (the default): an upstream that decodes `%2F` would see another path than the
-    /// one routed.
-    #[default]
-    RejectRequest,
-    /// Forward them as sent (they are neither decoded nor treated as separators).
-    KeepUnchanged,
-    /// Turn each into `/` before the other steps.
-    UnescapeAndForward,
-}
-
-/// How a listener normalizes request paths before routing.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
-pub struct PathNormalization {
-    /// Decode percent-encoded unreserved characters and remove dot segments.
-    pub normalize_path: bool,
-    /// Merge runs of `/` into one.
-    pub merge_slashes: bool,
-    /// Encoded slashes and backslashes.
-    #[serde(rename = "path_with_escaped_slashes_action")]
-    pub escaped_slashes: EscapedSlashesAction,
-}
-
-impl PathNormalization {
-    /// Everything on, encoded slashes rejected (the default).
-    pub const DEFAULT: PathNormalization = PathNormalization {
-        normalize_path: true,
-        merge_slashes: true,
-        escaped_slashes: EscapedSlashesAction::RejectRequest,
-    };
-
-    /// Nothing changed, nothing rejected.
-    pub const OFF: PathNormalization = PathNormalization {
-        normalize_path: false,
-        merge_slashes: false,
-        escaped_slashes: EscapedSlashesAction::KeepUnchanged,
-    };
-}
-
-impl Default for PathNormalization {
-    fn default() -> Self {
-        PathNormalization::DEFAULT
-    }
-}
+// The settings are part of the config model (a leaf every module reads), re-exported here at
+// the paths they had before they moved.
+pub use crate::config::http::{EscapedSlashesAction, PathNormalization};
 
 /// Why a path was rejected.
 #[derive(thiserror::Error, Debug, Clone, Copy, PartialEq, Eq)]

@@ -46,7 +46,7 @@ use regex::bytes::Regex;
 use crate::config::http::{
     ClusterTarget, HeaderRule, HttpConfig, PathMatch, Route, VirtualHost, WeightedCluster,
 };
-use crate::config::one_line;
+use crate::pattern::compile_full_match;
 use crate::rng::Rng;
 
 /// The routing table of one `http` listener, compiled from its config.
@@ -266,20 +266,6 @@ fn compile_match(route: &Route) -> Result<CompiledMatch, String> {
         })
         .collect::<Result<Vec<_>, String>>()?;
     Ok(CompiledMatch { path, headers })
-}
-
-/// Compiles a `safe_regex` so that it must match a whole path or value: `^(?:REGEX)$`.
-///
-/// The error is the regex crate's message on one line, about the pattern as written.
-pub(crate) fn compile_full_match(pattern: &str) -> Result<Regex, String> {
-    // Checked as written first, so that an error points into the user's text, and so that the
-    // wrapper below cannot be unbalanced by it.
-    Regex::new(pattern).map_err(|e| one_line(&e.to_string()))?;
-    // In verbose mode (`(?x)`) a trailing `# comment` would swallow the closing `)$`: then a
-    // newline ends the comment (and is ignored, as whitespace is in that mode).
-    Regex::new(&format!("^(?:{pattern})$"))
-        .or_else(|_| Regex::new(&format!("^(?:{pattern}\n)$")))
-        .map_err(|e| one_line(&e.to_string()))
 }
 
 fn sorted(mut domains: Vec<Domain>) -> Vec<Domain> {

@@ -13,9 +13,8 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use sluice_core::config::{
-    Config, ConfigErrors, ListenerFilter, format_duration, parse_duration, parse_socket_addr,
-};
+use sluice_core::config::yaml::{parse_duration, parse_socket_addr};
+use sluice_core::config::{Config, ConfigErrors, ListenerFilter, format_duration};
 
 const SECTIONS: [&str; 4] = ["admin", "listeners", "clusters", "drain_timeout"];
 

@@ -104,8 +104,9 @@ pub const CMD_RESPONSE: u16 = 2;
 pub const CMD_VERSION: u8 = 1;
 /// The Hessian2 codec (serializer) id.
 pub const CODEC_HESSIAN2: u8 = 1;
-/// The default `max_frame_size` of a listener: 16 MiB.
-pub const DEFAULT_MAX_FRAME_SIZE: usize = 16 << 20;
+/// The default `max_frame_size` of a listener: 16 MiB (a config default, re-exported here
+/// beside the codec that enforces it).
+pub use crate::config::bolt::DEFAULT_MAX_FRAME_SIZE;
 /// A header-map length meaning a null (Java) string, followed by no bytes.
 pub const NULL_LEN: u32 = 0xFFFF_FFFF;
 

@@ -22,7 +22,7 @@ use regex::bytes::Regex;
 
 use super::Frame;
 use crate::config::bolt::{BoltConfig, BoltHeaderRule, BoltRouteAction, ServiceMatch};
-use crate::router::compile_full_match;
+use crate::pattern::compile_full_match;
 
 /// The header key carrying the service id.
 pub const SERVICE_KEY: &[u8] = b"service";

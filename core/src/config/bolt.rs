@@ -1,5 +1,5 @@
 //! A listener's `bolt` section: the SOFARPC Bolt proxy's limits and routes. Decoded and
-//! validated in `config::bolt_decode`; used by [`crate::bolt::BoltRouter`] and
+//! validated in `config::yaml` (its `bolt` decoder); used by [`crate::bolt::BoltRouter`] and
 //! [`crate::bolt::BoltProxy`].
 
 use std::time::Duration;
@@ -8,6 +8,8 @@ use serde::Serialize;
 
 use super::ser_opt_duration;
 
+/// The default `max_frame_size` of a listener: 16 MiB.
+pub const DEFAULT_MAX_FRAME_SIZE: usize = 16 << 20;
 /// Smallest accepted `max_frame_size` (1 KiB: a frame's fixed header alone is up to 24 bytes).
 pub const MIN_BOLT_FRAME_SIZE: usize = 1 << 10;
 /// Largest accepted `max_frame_size` (1 GiB).

@@ -1,5 +1,5 @@
 //! The HTTP connection manager's configuration: limits, virtual hosts, routes, retry policies,
-//! access logs. Decoded and validated in `config::http_decode`; used by [`crate::router`] and the
+//! access logs. Decoded and validated in `config::yaml` (its `http` decoder); used by [`crate::router`] and the
 //! runtime's HTTP/1.1 driver.
 
 use std::time::Duration;
@@ -7,7 +7,6 @@ use std::time::Duration;
 use serde::Serialize;
 
 use super::{ser_duration, ser_opt_duration};
-use crate::path::PathNormalization;
 
 /// Default for [`HttpConfig::max_request_headers_kb`] (Envoy's default).
 pub const DEFAULT_MAX_REQUEST_HEADERS_KB: u32 = 60;
@@ -248,4 +247,53 @@ pub enum AccessLogFormat {
     Text(Option<String>),
     /// One JSON object per line.
     Json,
+}
+
+/// What to do with `%2F`, `%5C` (any case) and a raw `\` in a request path (Envoy's
+/// `path_with_escaped_slashes_action`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EscapedSlashesAction {
+    /// Answer 400 (the default): an upstream that decodes `%2F` would see another path than the
+    /// one routed.
+    #[default]
+    RejectRequest,
+    /// Forward them as sent (they are neither decoded nor treated as separators).
+    KeepUnchanged,
+    /// Turn each into `/` before the other steps.
+    UnescapeAndForward,
+}
+
+/// How a listener normalizes request paths before routing.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct PathNormalization {
+    /// Decode percent-encoded unreserved characters and remove dot segments.
+    pub normalize_path: bool,
+    /// Merge runs of `/` into one.
+    pub merge_slashes: bool,
+    /// Encoded slashes and backslashes.
+    #[serde(rename = "path_with_escaped_slashes_action")]
+    pub escaped_slashes: EscapedSlashesAction,
+}
+
+impl PathNormalization {
+    /// Everything on, encoded slashes rejected (the default).
+    pub const DEFAULT: PathNormalization = PathNormalization {
+        normalize_path: true,
+        merge_slashes: true,
+        escaped_slashes: EscapedSlashesAction::RejectRequest,
+    };
+
+    /// Nothing changed, nothing rejected.
+    pub const OFF: PathNormalization = PathNormalization {
+        normalize_path: false,
+        merge_slashes: false,
+        escaped_slashes: EscapedSlashesAction::KeepUnchanged,
+    };
+}
+
+impl Default for PathNormalization {
+    fn default() -> Self {
+        PathNormalization::DEFAULT
+    }
 }

@@ -50,45 +50,11 @@ use std::time::Duration;
 use crate::time::Instant;
 
 use crate::cluster::HostId;
+use crate::config::HealthCheckSettings;
 use crate::rng::Rng;
 
 /// The shortest wait between two probes of a host (jitter never shortens a wait below it).
 const MIN_WAIT: Duration = Duration::from_millis(1);
-
-/// How a cluster's hosts are probed. Defaults: issue 5's config example (Envoy requires these
-/// fields and has no defaults for most of them; `no_traffic_interval` is Envoy's 60 s).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
-pub struct HealthCheckSettings {
-    /// Cadence of probes while the cluster has traffic (> 0).
-    #[serde(serialize_with = "crate::config::ser_duration")]
-    pub interval: Duration,
-    /// A probe with no result after this long is a failure (should be ≤ `interval`).
-    #[serde(serialize_with = "crate::config::ser_duration")]
-    pub timeout: Duration,
-    /// Each wait is shortened by up to this percentage of it (0–100), from the injected RNG
-    /// (never below 1 ms).
-    pub jitter_percent: u32,
-    /// Consecutive failures that make a healthy (or unknown) host unhealthy (≥ 1).
-    pub unhealthy_threshold: u32,
-    /// Consecutive successes that make an unhealthy host healthy again (≥ 1).
-    pub healthy_threshold: u32,
-    /// Cadence of probes while the cluster has seen no traffic (> 0).
-    #[serde(serialize_with = "crate::config::ser_duration")]
-    pub no_traffic_interval: Duration,
-}
-
-impl Default for HealthCheckSettings {
-    fn default() -> Self {
-        HealthCheckSettings {
-            interval: Duration::from_secs(5),
-            timeout: Duration::from_secs(1),
-            jitter_percent: 10,
-            unhealthy_threshold: 3,
-            healthy_threshold: 2,
-            no_traffic_interval: Duration::from_secs(60),
-        }
-    }
-}
 
 /// The outcome of one probe, as the driver saw it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

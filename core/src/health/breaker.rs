@@ -35,74 +35,19 @@
 //! - `in_use(r) ≤ limit(r)` for every resource;
 //! - `in_use(r)` equals acquisitions minus releases (never underflows).
 
-use std::time::Duration;
-
 use crate::time::Instant;
 
-/// Circuit breaker limits of one cluster (Envoy's defaults, which issue 5's example repeats).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
-pub struct CircuitBreakerSettings {
-    /// Most connections open to the cluster's hosts.
-    pub max_connections: u32,
-    /// Most requests waiting for a connection.
-    pub max_pending_requests: u32,
-    /// Most requests in flight.
-    pub max_requests: u32,
-    /// Most retries in flight, when [`CircuitBreakerSettings::retry_budget`] is `None`.
-    pub max_retries: u32,
-    /// The retry budget (the default); `None` when `max_retries` caps retries instead.
-    pub retry_budget: Option<RetryBudgetSettings>,
-}
+use crate::config::{CircuitBreakerSettings, RetryBudgetSettings};
 
-/// A retry budget: see the module doc.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
-pub struct RetryBudgetSettings {
-    /// Retries may add this share (in percent) of the requests started in the window.
-    pub budget_percent: u32,
-    /// Retries always allowed per second of the window, whatever the traffic.
-    pub min_retries_per_second: u32,
-    /// The sliding window, in whole seconds (1 s to [`RetryBudgetSettings::MAX_WINDOW_SECS`]).
-    #[serde(serialize_with = "crate::config::ser_duration")]
-    pub window: Duration,
-}
-
-impl RetryBudgetSettings {
-    /// The longest window.
-    pub const MAX_WINDOW_SECS: u64 = 60;
-}
-
-impl Default for RetryBudgetSettings {
-    fn default() -> Self {
-        RetryBudgetSettings {
-            budget_percent: 20,
-            min_retries_per_second: 10,
-            window: Duration::from_secs(10),
-        }
-    }
-}
-
-impl Default for CircuitBreakerSettings {
-    fn default() -> Self {
-        CircuitBreakerSettings {
-            max_connections: 1024,
-            max_pending_requests: 1024,
-            max_requests: 1024,
-            max_retries: 3,
-            retry_budget: Some(RetryBudgetSettings::default()),
-        }
-    }
-}
-
-impl CircuitBreakerSettings {
-    fn limit(&self, r: Resource) -> u32 {
-        match r {
-            Resource::Connections => self.max_connections,
-            Resource::PendingRequests => self.max_pending_requests,
-            Resource::Requests => self.max_requests,
-            // With a budget, the number of retrying requests is not capped by a count.
-            Resource::Retries if self.retry_budget.is_some() => u32::MAX,
-            Resource::Retries => self.max_retries,
-        }
+/// The configured limit of one resource.
+fn configured_limit(settings: &CircuitBreakerSettings, r: Resource) -> u32 {
+    match r {
+        Resource::Connections => settings.max_connections,
+        Resource::PendingRequests => settings.max_pending_requests,
+        Resource::Requests => settings.max_requests,
+        // With a budget, the number of retrying requests is not capped by a count.
+        Resource::Retries if settings.retry_budget.is_some() => u32::MAX,
+        Resource::Retries => settings.max_retries,
     }
 }
 
@@ -261,7 +206,7 @@ impl CircuitBreakers {
     #[must_use]
     pub fn new(settings: CircuitBreakerSettings) -> Self {
         CircuitBreakers {
-            limits: Resource::ALL.map(|r| settings.limit(r)),
+            limits: Resource::ALL.map(|r| configured_limit(&settings, r)),
             in_use: [0; 4],
             overflows: [0; 4],
             retry_budget: settings.retry_budget.map(RetryBudget::new),
@@ -285,7 +230,7 @@ impl CircuitBreakers {
                 CircuitBreakers {
                     limits: Resource::ALL.map(|r| match (r, settings.retry_budget) {
                         (Resource::Retries, Some(_)) => u32::MAX,
-                        _ => share(settings.limit(r)),
+                        _ => share(configured_limit(&settings, r)),
                     }),
                     in_use: [0; 4],
                     overflows: [0; 4],

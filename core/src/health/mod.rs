@@ -11,9 +11,9 @@
 //! feeds the results back, and copies [`Availability`] into its `ClusterState`
 //! ([`Availability::apply`]) whenever a [`HealthEvent`] or an [`OutlierEvent`] came out.
 //!
-//! The settings structs here are the core's own; their `Default`s are the defaults of the config
-//! example in issue 5 (which match Envoy's, except where a struct's doc says otherwise). The config
-//! model maps onto them.
+//! Their settings (`HealthCheckSettings`, `OutlierSettings`, `CircuitBreakerSettings`,
+//! `RetryBudgetSettings`) are part of the config model ([`crate::config::upstream`]), re-exported
+//! here; their `Default`s are the defaults of the config example in issue 5.
 //!
 //! ## Panic threshold (Envoy's `healthy_panic_threshold`)
 //!
@@ -28,16 +28,15 @@ mod active;
 mod breaker;
 mod outlier;
 
-pub use active::{
-    ActiveHealthChecker, HealthAction, HealthCheckSettings, HealthEvent, HostHealth, ProbeResult,
+pub use active::{ActiveHealthChecker, HealthAction, HealthEvent, HostHealth, ProbeResult};
+pub use breaker::{CircuitBreakers, Overflow, Permit, Resource};
+// The settings are part of the config model (a leaf every module reads); re-exported here, at
+// the paths they had before they moved, beside the state machines they configure.
+pub use crate::config::upstream::{
+    CircuitBreakerSettings, DEFAULT_PANIC_THRESHOLD_PERCENT, HealthCheckSettings, OutlierSettings,
+    RetryBudgetSettings,
 };
-pub use breaker::{
-    CircuitBreakerSettings, CircuitBreakers, Overflow, Permit, Resource, RetryBudgetSettings,
-};
-pub use outlier::{OutlierDetector, OutlierEvent, OutlierSettings, UpstreamResult};
-
-/// Envoy's default `healthy_panic_threshold`, in percent.
-pub const DEFAULT_PANIC_THRESHOLD_PERCENT: u32 = 50;
+pub use outlier::{OutlierDetector, OutlierEvent, UpstreamResult};
 
 /// Which hosts the balancer may pick.
 #[derive(Clone, Debug, PartialEq, Eq)]

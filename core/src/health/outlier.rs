@@ -49,44 +49,7 @@ use std::time::Duration;
 use crate::time::Instant;
 
 use crate::cluster::HostId;
-
-/// Outlier detection settings. Defaults: issue 5's config example, Envoy's defaults otherwise
-/// (Envoy's `consecutive_gateway_failure` is 5 too but not enforced by default; here it is).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
-pub struct OutlierSettings {
-    /// Consecutive 5xx (including local-origin failures) that eject a host; 0 disables.
-    pub consecutive_5xx: u32,
-    /// Consecutive 502/503/504 (including local-origin failures) that eject a host; 0 disables.
-    pub consecutive_gateway_failure: u32,
-    /// Consecutive connect failures that eject a host; 0 disables.
-    pub consecutive_connect_failure: u32,
-    /// An ejection lasts this × the number of ejections in a row (> 0).
-    #[serde(serialize_with = "crate::config::ser_duration")]
-    pub base_ejection_time: Duration,
-    /// Longest ejection (raised to `base_ejection_time` if lower).
-    #[serde(serialize_with = "crate::config::ser_duration")]
-    pub max_ejection_time: Duration,
-    /// Most hosts ejected at once, in percent of the cluster (at least one host is always
-    /// ejectable).
-    pub max_ejection_percent: u32,
-    /// The ejection multiplier drops by one per `interval` spent un-ejected (Envoy's 10 s).
-    #[serde(serialize_with = "crate::config::ser_duration")]
-    pub interval: Duration,
-}
-
-impl Default for OutlierSettings {
-    fn default() -> Self {
-        OutlierSettings {
-            consecutive_5xx: 5,
-            consecutive_gateway_failure: 5,
-            consecutive_connect_failure: 5,
-            base_ejection_time: Duration::from_secs(30),
-            max_ejection_time: Duration::from_secs(300),
-            max_ejection_percent: 10,
-            interval: Duration::from_secs(10),
-        }
-    }
-}
+use crate::config::OutlierSettings;
 
 /// The outcome of one upstream request (or connect), as the driver saw it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -1,5 +1,5 @@
 use super::*;
-use crate::health::RetryBudgetSettings;
+use crate::config::{HashPolicy, HealthProbe, RetryBudgetSettings};
 
 const GOOD: &str = r#"
 admin: { address: 127.0.0.1:9901 }
@@ -264,7 +264,7 @@ clusters:
 
 #[test]
 fn parses_the_resilience_knobs_of_issue_5() {
-    use crate::health::{CircuitBreakerSettings, HealthCheckSettings, OutlierSettings};
+    use crate::config::{CircuitBreakerSettings, HealthCheckSettings, OutlierSettings};
     let c = Config::from_yaml(RESILIENT).unwrap();
     let app = &c.clusters[0];
     assert_eq!(app.lb_policy, LbPolicy::RingHash);
@@ -512,9 +512,9 @@ fn huge_rejected_values_are_elided_in_errors() {
 
 #[test]
 fn elide_keeps_both_ends_on_char_boundaries() {
-    assert_eq!(decode::elide("short", 10), "short");
+    assert_eq!(decoder::elide("short", 10), "short");
     let s = "é".repeat(1000);
-    let out = decode::elide(&s, 100);
+    let out = decoder::elide(&s, 100);
     assert!(out.starts_with("éé") && out.ends_with("éé"), "{out}");
     assert!(out.chars().count() <= 100, "{}", out.chars().count());
     assert!(out.contains("characters elided"), "{out}");

@@ -1,7 +1,6 @@
 use std::time::Duration;
 
 use super::parse_size;
-use crate::bolt::DEFAULT_MAX_FRAME_SIZE;
 use crate::config::bolt::*;
 use crate::config::{Config, ListenerFilter};
 

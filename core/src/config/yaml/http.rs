@@ -31,17 +31,17 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use super::decode::{Decoder, Obj, child, index};
-use super::http::{
+use super::decoder::{Decoder, Obj, child, index};
+use super::{cluster_ref, opt_duration};
+use crate::config::http::{
     AccessLogConfig, AccessLogFormat, ClusterTarget, DEFAULT_HTTP_IDLE_TIMEOUT,
     DEFAULT_MAX_HEADERS_COUNT, DEFAULT_MAX_REQUEST_HEADERS_KB, DEFAULT_NUM_RETRIES,
     DEFAULT_REQUEST_HEADERS_TIMEOUT, DEFAULT_ROUTE_TIMEOUT, DEFAULT_STREAM_IDLE_TIMEOUT,
-    ForwardAction, HeaderMatcher, HeaderRule, HeaderValue, HttpConfig, MAX_HEADERS_COUNT_LIMIT,
-    PathMatch, RetryOn, RetryPolicy, Route, RouteAction, RouteMatch, VirtualHost, WeightedCluster,
+    EscapedSlashesAction, ForwardAction, HeaderMatcher, HeaderRule, HeaderValue, HttpConfig,
+    MAX_HEADERS_COUNT_LIMIT, PathMatch, PathNormalization, RetryOn, RetryPolicy, Route,
+    RouteAction, RouteMatch, VirtualHost, WeightedCluster,
 };
-use super::{cluster_ref, opt_duration};
-use crate::path::{EscapedSlashesAction, PathNormalization};
-use crate::router::compile_full_match;
+use crate::pattern::compile_full_match;
 
 /// Largest accepted `max_request_headers_kb` (Envoy's limit).
 const MAX_REQUEST_HEADERS_KB_LIMIT: u64 = 8192;

@@ -1,6 +1,7 @@
-//! Scalar value grammars used by the config: durations (`250ms`, `1s`, `5m`, `1h`) and socket
+//! Scalar value grammars of the config file: durations (`250ms`, `1s`, `5m`, `1h`) and socket
 //! addresses (`127.0.0.1:8080`, `[::1]:8080`), each failing with a message that says what is
-//! wrong with the text, not just that it is wrong.
+//! wrong with the text, not just that it is wrong. The inverse of [`parse_duration`] is the
+//! model's [`format_duration`](crate::config::format_duration) (how a config dump writes a duration).
 
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
@@ -43,26 +44,6 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     Ok(Duration::from_micros((millis * 1000.0).round() as u64))
 }
 
-/// Formats a duration the way the config writes it (the inverse of [`parse_duration`] for the
-/// values it produces).
-#[must_use]
-pub fn format_duration(d: Duration) -> String {
-    let ms = d.as_millis();
-    if d.is_zero() {
-        "0s".to_owned()
-    } else if !d.subsec_nanos().is_multiple_of(1_000_000) {
-        format!("{}us", d.as_micros())
-    } else if ms.is_multiple_of(3_600_000) {
-        format!("{}h", ms / 3_600_000)
-    } else if ms.is_multiple_of(60_000) {
-        format!("{}m", ms / 60_000)
-    } else if ms.is_multiple_of(1_000) {
-        format!("{}s", ms / 1_000)
-    } else {
-        format!("{ms}ms")
-    }
-}
-
 /// Parses `IP:PORT` (IPv6 in brackets), naming the part that is wrong.
 pub fn parse_socket_addr(text: &str) -> Result<SocketAddr, String> {
     let bad = |why: &str| format!("{text:?} is not a socket address ({why})");
@@ -93,6 +74,7 @@ pub fn parse_socket_addr(text: &str) -> Result<SocketAddr, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::format_duration;
 
     #[test]
     fn durations() {

@@ -8,7 +8,7 @@
 
 use serde_json::{Map, Value};
 
-use super::ConfigError;
+use crate::config::ConfigError;
 
 /// Collects problems while decoding.
 #[derive(Default)]

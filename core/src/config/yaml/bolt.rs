@@ -14,15 +14,14 @@
 
 use serde_json::Value;
 
-use super::bolt::{
-    BoltConfig, BoltHeaderMatcher, BoltHeaderRule, BoltRoute, BoltRouteAction, BoltRouteMatch,
-    DEFAULT_BOLT_FRAME_TIMEOUT, DEFAULT_BOLT_IDLE_TIMEOUT, MAX_BOLT_FRAME_SIZE,
-    MIN_BOLT_FRAME_SIZE, ServiceMatch,
-};
 use super::cluster_ref;
-use super::decode::Decoder;
-use crate::bolt::DEFAULT_MAX_FRAME_SIZE;
-use crate::router::compile_full_match;
+use super::decoder::Decoder;
+use crate::config::bolt::{
+    BoltConfig, BoltHeaderMatcher, BoltHeaderRule, BoltRoute, BoltRouteAction, BoltRouteMatch,
+    DEFAULT_BOLT_FRAME_TIMEOUT, DEFAULT_BOLT_IDLE_TIMEOUT, DEFAULT_MAX_FRAME_SIZE,
+    MAX_BOLT_FRAME_SIZE, MIN_BOLT_FRAME_SIZE, ServiceMatch,
+};
+use crate::pattern::compile_full_match;
 
 /// Decodes `listeners[i].bolt`; `cluster_names` are the cluster names as written in the file.
 pub(super) fn decode_bolt(

@@ -6,11 +6,11 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use super::decode::{Decoder, Obj};
-use super::{HashPolicy, HealthCheckConfig, HealthProbe, MAX_RING_SIZE};
-use crate::health::{
+use super::decoder::{Decoder, Obj};
+use crate::config::upstream::{
     CircuitBreakerSettings, HealthCheckSettings, OutlierSettings, RetryBudgetSettings,
 };
+use crate::config::{HashPolicy, HealthCheckConfig, HealthProbe, MAX_RING_SIZE, format_duration};
 
 /// A percentage: `10%`, `10` or `12.5%` is rejected (whole numbers only), 0 to 100.
 pub(super) fn percent(dec: &mut Decoder, path: &str, v: &Value) -> Option<u32> {
@@ -325,11 +325,11 @@ pub(super) fn outlier_detection(
     let (base, max) = (base?, max?);
     if max < base {
         dec.error(
-            &super::decode::child(path, "max_ejection_time"),
+            &super::decoder::child(path, "max_ejection_time"),
             format!(
                 "{} is shorter than base_ejection_time ({})",
-                super::format_duration(max),
-                super::format_duration(base)
+                format_duration(max),
+                format_duration(base)
             ),
         );
         return None;
@@ -412,7 +412,7 @@ fn retry_budget(dec: &mut Decoder, path: &str, v: &Value) -> Option<RetryBudgetS
                 p,
                 format!(
                     "must be a whole number of seconds from 1s to {max}s, not {}",
-                    super::format_duration(w)
+                    format_duration(w)
                 ),
             );
             return None;

@@ -101,17 +101,17 @@ fn path_normalization_knobs_decode_and_errors_name_their_path() {
     };
     assert_eq!(
         http(&with("")).path_normalization,
-        crate::path::PathNormalization::DEFAULT
+        crate::config::http::PathNormalization::DEFAULT
     );
     let got = http(&with(
         "      normalize_path: false\n      merge_slashes: false\n      path_with_escaped_slashes_action: unescape_and_forward\n",
     ));
     assert_eq!(
         got.path_normalization,
-        crate::path::PathNormalization {
+        crate::config::http::PathNormalization {
             normalize_path: false,
             merge_slashes: false,
-            escaped_slashes: crate::path::EscapedSlashesAction::UnescapeAndForward,
+            escaped_slashes: crate::config::http::EscapedSlashesAction::UnescapeAndForward,
         }
     );
     let errs = errors(&with(
@@ -150,7 +150,7 @@ fn decodes_the_full_example() {
         request_headers_timeout: Duration::from_secs(10),
         stream_idle_timeout: Some(DEFAULT_STREAM_IDLE_TIMEOUT),
         idle_timeout: Some(Duration::from_secs(3600)),
-        path_normalization: crate::path::PathNormalization::DEFAULT,
+        path_normalization: crate::config::http::PathNormalization::DEFAULT,
         access_log: Some(AccessLogConfig {
             format: AccessLogFormat::Text(None),
             path: Some("/var/log/sluice/access.log".into()),
@@ -764,7 +764,7 @@ fn listener_level_problems() {
 
 #[test]
 fn the_example_config_file_is_valid() {
-    let text = include_str!("../../../../configs/http.yaml");
+    let text = include_str!("../../../../../configs/http.yaml");
     let config = Config::from_yaml(text).unwrap_or_else(|e| panic!("configs/http.yaml:\n{e}"));
     let ListenerFilter::Http(h) = &config.listeners[0].filter else {
         panic!("configs/http.yaml: the first listener is not http")

@@ -1,0 +1,600 @@
+//! YAML → [`Config`]: the decoder and validator of the config file.
+//!
+//! [`Config::from_yaml`] turns text into a validated [`Config`] or into [`ConfigErrors`]: **every**
+//! problem in the file, each naming where it is (`listeners[0].address`) and what is wrong. It
+//! checks, in one pass: YAML syntax, shapes and types, unknown fields (a typo is never silently
+//! ignored), value grammars (durations, addresses: [`values`]), ranges, unique names and
+//! addresses, and references between sections (a listener's cluster must exist).
+//!
+//! This module reads the config model (`super`) and nothing in the model reads it back: the
+//! model is what YAML (and later xDS) decode into. Section decoders: `http` (the HTTP
+//! connection manager and its route table), `bolt`, `cluster` (health checks, outlier
+//! detection, circuit breakers, hashing); `decoder` is
+//! the error-collecting reader they share.
+//!
+//! The invariants of a returned `Config` are listed in the model's module doc ([`super`]); the
+//! `http` and `bolt` decoders list theirs.
+
+mod bolt;
+mod cluster;
+mod decoder;
+mod http;
+pub mod values;
+
+use std::time::Duration;
+
+use serde_json::Value;
+
+use super::upstream::{CircuitBreakerSettings, DEFAULT_PANIC_THRESHOLD_PERCENT};
+use super::{
+    AdminConfig, AdminListen, ClusterConfig, Config, ConfigError, ConfigErrors,
+    DEFAULT_ADMIN_SOCKET_MODE, DEFAULT_BOLT_PARTIAL_FRAME_BYTES, DEFAULT_CONNECT_TIMEOUT,
+    DEFAULT_DRAIN_TIMEOUT, DEFAULT_MAX_CONNECT_ATTEMPTS, DEFAULT_MINIMUM_RING_SIZE,
+    DEFAULT_TCP_IDLE_TIMEOUT, DEFAULT_UPSTREAM_IDLE_TIMEOUT, HostConfig, LbPolicy, LimitsConfig,
+    ListenerConfig, ListenerFilter, MAX_CONNECTIONS_LIMIT, TcpProxyConfig,
+};
+use decoder::{Decoder, Obj};
+pub use values::{parse_duration, parse_socket_addr};
+
+impl Config {
+    /// Parses and validates YAML text, reporting every problem found.
+    pub fn from_yaml(text: &str) -> Result<Config, ConfigErrors> {
+        let tree: Value = serde_saphyr::from_str(text).map_err(|e| {
+            ConfigErrors(vec![ConfigError {
+                path: String::new(),
+                message: decoder::elide(
+                    &format!("not valid YAML: {}", one_line(&e.to_string())),
+                    decoder::MAX_MESSAGE_CHARS,
+                ),
+            }])
+        })?;
+        Self::from_tree(&tree)
+    }
+
+    /// Validates an already parsed tree (the JSON data model), reporting every problem found.
+    pub fn from_tree(tree: &Value) -> Result<Config, ConfigErrors> {
+        let mut dec = Decoder::default();
+        let config = decode_config(&mut dec, tree);
+        match config {
+            Some(c) if dec.errors.is_empty() => Ok(c),
+            _ => {
+                if dec.errors.is_empty() {
+                    dec.error("", "config is empty");
+                }
+                Err(ConfigErrors(dec.errors))
+            }
+        }
+    }
+}
+
+/// `s` with every run of whitespace (newlines included) replaced by one space.
+pub(crate) fn one_line(s: &str) -> String {
+    s.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+fn decode_config(dec: &mut Decoder, tree: &Value) -> Option<Config> {
+    if tree.is_null() {
+        dec.error(
+            "",
+            "config is empty (expected a mapping with `listeners` and `clusters`)",
+        );
+        return None;
+    }
+    let mut root = dec.object("", tree)?;
+    let admin = root
+        .opt("admin")
+        .and_then(|(v, p)| decode_admin(dec, &p, v));
+    let clusters = match root.opt("clusters") {
+        Some((v, p)) => dec.list(&p, v, decode_cluster),
+        None => Some(Vec::new()),
+    };
+    // References are checked against the cluster names as written, so that a listener with
+    // another problem still has its cluster reference checked (all errors at once).
+    let cluster_names: Vec<&str> = match tree.get("clusters") {
+        Some(Value::Array(items)) => items
+            .iter()
+            .filter_map(|c| c.get("name").and_then(Value::as_str))
+            .collect(),
+        _ => Vec::new(),
+    };
+    let listeners = root.req(dec, "listeners").and_then(|(v, p)| {
+        dec.list(&p, v, |dec, path, v| {
+            decode_listener(dec, path, v, &cluster_names)
+        })
+    });
+    let drain_timeout = match root.opt("drain_timeout") {
+        Some((v, p)) => dec.duration(&p, v),
+        None => Some(DEFAULT_DRAIN_TIMEOUT),
+    };
+    let limits = match root.opt("limits") {
+        Some((v, p)) => decode_limits(dec, &p, v),
+        None => Some(LimitsConfig::default()),
+    };
+    root.finish(dec);
+
+    let (listeners, clusters) = (listeners?, clusters?);
+    if listeners.is_empty() {
+        dec.error("listeners", "at least one listener is required");
+    }
+    check_unique(
+        dec,
+        "clusters",
+        clusters.iter().map(|c| c.name.as_str()),
+        "name",
+    );
+    check_unique(
+        dec,
+        "listeners",
+        listeners.iter().map(|l| l.name.as_str()),
+        "name",
+    );
+    let addresses: Vec<String> = listeners.iter().map(|l| l.address.to_string()).collect();
+    check_unique(
+        dec,
+        "listeners",
+        addresses.iter().map(String::as_str),
+        "address",
+    );
+    let limits = limits?;
+    // A Bolt frame larger than the whole partial-frame budget could never be received.
+    for (i, l) in listeners.iter().enumerate() {
+        if let ListenerFilter::Bolt(b) | ListenerFilter::Auto { bolt: b, .. } = &l.filter
+            && b.max_frame_size > limits.bolt_partial_frame_bytes
+        {
+            dec.error(
+                "limits.bolt_partial_frame_bytes",
+                format!(
+                    "{} bytes is less than listeners[{i}].bolt.max_frame_size ({} bytes): \
+                     such a frame could never be received",
+                    limits.bolt_partial_frame_bytes, b.max_frame_size
+                ),
+            );
+        }
+    }
+    Some(Config {
+        admin: admin.flatten(),
+        listeners,
+        clusters,
+        drain_timeout: drain_timeout?,
+        limits,
+    })
+}
+
+fn decode_limits(dec: &mut Decoder, path: &str, v: &Value) -> Option<LimitsConfig> {
+    let mut obj = dec.object(path, v)?;
+    let max_connections = match obj.opt("max_connections") {
+        Some((v, p)) => dec.u64_in(&p, v, 1..=MAX_CONNECTIONS_LIMIT).map(Some),
+        None => Some(None),
+    };
+    let bolt_partial_frame_bytes = match obj.opt("bolt_partial_frame_bytes") {
+        Some((v, p)) => bolt::size_in(
+            dec,
+            &p,
+            v,
+            super::bolt::MIN_BOLT_FRAME_SIZE..=(64 << 30),
+            "1KiB to 64GiB",
+        ),
+        None => Some(DEFAULT_BOLT_PARTIAL_FRAME_BYTES),
+    };
+    obj.finish(dec);
+    Some(LimitsConfig {
+        max_connections: max_connections?,
+        bolt_partial_frame_bytes: bolt_partial_frame_bytes?,
+    })
+}
+
+fn check_unique<'a>(
+    dec: &mut Decoder,
+    section: &str,
+    values: impl Iterator<Item = &'a str>,
+    field: &str,
+) {
+    let values: Vec<&str> = values.collect();
+    for (i, v) in values.iter().enumerate() {
+        if let Some(first) = values[..i].iter().position(|w| w == v) {
+            dec.error(
+                &format!("{section}[{i}].{field}"),
+                format!("duplicate {field} {v:?} (already used by {section}[{first}])"),
+            );
+        }
+    }
+}
+
+fn decode_admin(dec: &mut Decoder, path: &str, v: &Value) -> Option<Option<AdminConfig>> {
+    let mut obj = dec.object(path, v)?;
+    let address = obj.opt("address");
+    let socket_path = obj.opt("path");
+    let mode = obj.opt("mode");
+    let allow = obj.opt("allow_non_loopback");
+    obj.finish(dec);
+    let allow_non_loopback = match &allow {
+        Some((v, p)) => dec.boolean(p, v)?,
+        None => false,
+    };
+    let listen = match (address, socket_path) {
+        (Some(_), Some((_, p))) => {
+            dec.error(
+                &p,
+                "give either `address` (TCP) or `path` (a Unix socket), not both",
+            );
+            return None;
+        }
+        (None, None) => {
+            dec.error(
+                &decoder::child(path, "address"),
+                "missing (give `address` for TCP, or `path` for a Unix socket)",
+            );
+            return None;
+        }
+        (Some((v, address_path)), None) => {
+            if let Some((_, p)) = mode {
+                dec.error(
+                    &p,
+                    "`mode` applies to a Unix socket (`path`), not to `address`",
+                );
+                return None;
+            }
+            let address = dec.parsed(&address_path, v, parse_socket_addr)?;
+            if !address.ip().is_loopback() && !allow_non_loopback {
+                dec.error(
+                    &address_path,
+                    format!(
+                        "{address} is not a loopback address: the admin API can stop the proxy \
+                         and dump its config, so expose it beyond this host only on purpose, by \
+                         adding `allow_non_loopback: true` to `admin`"
+                    ),
+                );
+                return None;
+            }
+            AdminListen::Tcp { address }
+        }
+        (None, Some((v, p))) => {
+            if let Some((_, ap)) = allow {
+                dec.error(
+                    &ap,
+                    "`allow_non_loopback` applies to `address`, not to `path`",
+                );
+                return None;
+            }
+            let socket_path = dec.string(&p, v)?;
+            if socket_path.is_empty() || !socket_path.starts_with('/') || socket_path.len() > 107 {
+                dec.error(
+                    &p,
+                    format!(
+                        "{socket_path:?} is not an absolute path of at most 107 bytes (a Unix \
+                         socket path)"
+                    ),
+                );
+                return None;
+            }
+            let mode = match mode {
+                Some((v, p)) => decode_mode(dec, &p, v)?,
+                None => DEFAULT_ADMIN_SOCKET_MODE,
+            };
+            AdminListen::Unix {
+                path: socket_path.to_owned(),
+                mode,
+            }
+        }
+    };
+    Some(Some(AdminConfig {
+        listen,
+        allow_non_loopback,
+    }))
+}
+
+/// File permission bits, written in octal: `0600`, `"0660"`, `"0o600"`. (The YAML parser
+/// reads a bare `0600` as the number 600: its decimal digits are the octal mode.)
+fn decode_mode(dec: &mut Decoder, path: &str, v: &Value) -> Option<u32> {
+    let text = match v {
+        Value::String(s) => s.trim_start_matches("0o").to_owned(),
+        Value::Number(n) => match (n.as_u64(), n.as_f64()) {
+            (Some(n), _) => n.to_string(),
+            (None, Some(f)) if f >= 0.0 && f.fract() == 0.0 && f < 1e4 => format!("{f:.0}"),
+            _ => String::new(),
+        },
+        _ => String::new(),
+    };
+    let mode = u32::from_str_radix(&text, 8).ok().filter(|m| *m <= 0o777);
+    match mode {
+        Some(m) => Some(m),
+        None => {
+            let shown = match v {
+                Value::String(s) => format!("{s:?}"),
+                Value::Number(_) if !text.is_empty() => text,
+                other => other.to_string(),
+            };
+            dec.error(
+                path,
+                format!("{shown} is not a file mode (octal permission bits from 0000 to 0777, e.g. 0600)"),
+            );
+            None
+        }
+    }
+}
+
+fn decode_listener(
+    dec: &mut Decoder,
+    path: &str,
+    v: &Value,
+    cluster_names: &[&str],
+) -> Option<ListenerConfig> {
+    let mut obj = dec.object(path, v)?;
+    let name = obj.req(dec, "name").and_then(|(v, p)| dec.name(&p, v));
+    let address = obj
+        .req(dec, "address")
+        .and_then(|(v, p)| dec.parsed(&p, v, parse_socket_addr));
+    let protocol = match obj.opt("protocol") {
+        Some((v, p)) => dec
+            .one_of(&p, v, &[("auto", ())])
+            .map(|()| Some(p))
+            .or(Some(None)),
+        None => None,
+    };
+    let mut filters: Vec<(&str, Option<ListenerFilter>)> = Vec::new();
+    if let Some((v, p)) = obj.opt("tcp_proxy") {
+        filters.push((
+            "tcp_proxy",
+            decode_tcp_proxy(dec, &p, v, cluster_names).map(ListenerFilter::TcpProxy),
+        ));
+    }
+    if let Some((v, p)) = obj.opt("echo") {
+        filters.push((
+            "echo",
+            decode_empty(dec, &p, v).map(|()| ListenerFilter::Echo),
+        ));
+    }
+    if let Some((v, p)) = obj.opt("http") {
+        filters.push((
+            "http",
+            http::decode_http(dec, &p, v, cluster_names).map(|h| ListenerFilter::Http(Box::new(h))),
+        ));
+    }
+    if let Some((v, p)) = obj.opt("bolt") {
+        filters.push((
+            "bolt",
+            bolt::decode_bolt(dec, &p, v, cluster_names).map(|b| ListenerFilter::Bolt(Box::new(b))),
+        ));
+    }
+    let filter = match protocol {
+        // `protocol` was given but is not a known value: already reported.
+        Some(None) => None,
+        Some(Some(protocol_path)) => {
+            let names: Vec<&str> = filters.iter().map(|(n, _)| *n).collect();
+            if names == ["http", "bolt"] {
+                let mut it = filters.into_iter().map(|(_, f)| f);
+                match (it.next().flatten(), it.next().flatten()) {
+                    (Some(ListenerFilter::Http(http)), Some(ListenerFilter::Bolt(bolt))) => {
+                        Some(ListenerFilter::Auto { http, bolt })
+                    }
+                    _ => None,
+                }
+            } else {
+                let given = if names.is_empty() {
+                    "none".to_owned()
+                } else {
+                    names.join(", ")
+                };
+                dec.error(
+                    &protocol_path,
+                    format!(
+                        "`protocol: auto` needs exactly the filters `http` and `bolt` (given: {given})"
+                    ),
+                );
+                None
+            }
+        }
+        None => match filters.len() {
+            0 => {
+                dec.error(
+                    path,
+                    "no filter: give one of `tcp_proxy`, `echo`, `http`, `bolt`",
+                );
+                None
+            }
+            1 => filters.pop().and_then(|(_, f)| f),
+            _ => {
+                dec.error(
+                    path,
+                    "more than one filter: give exactly one of `tcp_proxy`, `echo`, `http`, \
+                     `bolt` (or `protocol: auto` with `http` and `bolt`)",
+                );
+                None
+            }
+        },
+    };
+    let max_connections = match obj.opt("max_connections") {
+        Some((v, p)) => dec.u64_in(&p, v, 1..=MAX_CONNECTIONS_LIMIT).map(Some),
+        None => Some(None),
+    };
+    obj.finish(dec);
+    Some(ListenerConfig {
+        name: name?,
+        address: address?,
+        filter: filter?,
+        max_connections: max_connections?,
+    })
+}
+
+/// `{}` or nothing: a section that takes no settings (yet).
+fn decode_empty(dec: &mut Decoder, path: &str, v: &Value) -> Option<()> {
+    if v.is_null() {
+        return Some(());
+    }
+    let obj = dec.object(path, v)?;
+    obj.finish(dec);
+    Some(())
+}
+
+fn decode_tcp_proxy(
+    dec: &mut Decoder,
+    path: &str,
+    v: &Value,
+    cluster_names: &[&str],
+) -> Option<TcpProxyConfig> {
+    let mut obj = dec.object(path, v)?;
+    let cluster = obj
+        .req(dec, "cluster")
+        .and_then(|(v, p)| cluster_ref(dec, &p, v, cluster_names));
+    let idle_timeout = opt_duration(dec, &mut obj, "idle_timeout", DEFAULT_TCP_IDLE_TIMEOUT);
+    let max_connect_attempts = match obj.opt("max_connect_attempts") {
+        Some((v, p)) => dec.u64_in(&p, v, 1..=10).map(|n| n as u32),
+        None => Some(DEFAULT_MAX_CONNECT_ATTEMPTS),
+    };
+    obj.finish(dec);
+    let (cluster, cluster_index) = cluster?;
+    Some(TcpProxyConfig {
+        cluster,
+        cluster_index,
+        idle_timeout: idle_timeout.map(|d| (!d.is_zero()).then_some(d))?,
+        max_connect_attempts: max_connect_attempts?,
+    })
+}
+
+/// A cluster name that must be one of `cluster_names` (the names as written in the file, so
+/// that a reference is checked even when its cluster has other problems): the name and the
+/// cluster's index in `Config::clusters`.
+fn cluster_ref(
+    dec: &mut Decoder,
+    path: &str,
+    v: &Value,
+    cluster_names: &[&str],
+) -> Option<(String, usize)> {
+    let name = dec.name(path, v)?;
+    match cluster_names.iter().position(|c| *c == name) {
+        Some(index) => Some((name, index)),
+        None => {
+            let known = if cluster_names.is_empty() {
+                "no clusters are defined".to_owned()
+            } else {
+                format!("known: {}", cluster_names.join(", "))
+            };
+            dec.error(path, format!("unknown cluster {name:?} ({known})"));
+            None
+        }
+    }
+}
+
+fn opt_duration(
+    dec: &mut Decoder,
+    obj: &mut Obj<'_>,
+    key: &'static str,
+    default: Duration,
+) -> Option<Duration> {
+    match obj.opt(key) {
+        Some((v, p)) => dec.duration(&p, v),
+        None => Some(default),
+    }
+}
+
+fn decode_cluster(dec: &mut Decoder, path: &str, v: &Value) -> Option<ClusterConfig> {
+    let mut obj = dec.object(path, v)?;
+    let name = obj.req(dec, "name").and_then(|(v, p)| dec.name(&p, v));
+    let connect_timeout = match obj.opt("connect_timeout") {
+        Some((v, p)) => dec.duration(&p, v).and_then(|d| {
+            if d.is_zero() {
+                dec.error(&p, "must be greater than zero");
+                None
+            } else {
+                Some(d)
+            }
+        }),
+        None => Some(DEFAULT_CONNECT_TIMEOUT),
+    };
+    let upstream_idle_timeout = match obj.opt("upstream_idle_timeout") {
+        Some((v, p)) => dec.duration(&p, v).and_then(|d| {
+            if d.is_zero() {
+                dec.error(&p, "must be greater than zero");
+                None
+            } else {
+                Some(d)
+            }
+        }),
+        None => Some(DEFAULT_UPSTREAM_IDLE_TIMEOUT),
+    };
+    let lb_policy = match obj.opt("lb_policy") {
+        Some((v, p)) => dec.one_of(&p, v, &LbPolicy::CHOICES),
+        None => Some(LbPolicy::RoundRobin),
+    };
+    let hash_policy = match obj.opt("hash_policy") {
+        Some((v, p)) => cluster::hash_policy(dec, &p, v).and_then(|h| match lb_policy {
+            Some(policy) if !policy.is_consistent_hash() => {
+                dec.error(
+                    &p,
+                    format!(
+                        "applies only to lb_policy ring_hash or maglev (this cluster uses {})",
+                        policy.as_str()
+                    ),
+                );
+                None
+            }
+            _ => Some(h),
+        }),
+        None => Some(Vec::new()),
+    };
+    let minimum_ring_size = match obj.opt("ring_hash") {
+        Some((v, p)) => {
+            if lb_policy.is_some_and(|l| l != LbPolicy::RingHash) {
+                dec.error(&p, "applies only to lb_policy ring_hash");
+            }
+            cluster::ring_hash(dec, &p, v, DEFAULT_MINIMUM_RING_SIZE)
+        }
+        None => Some(DEFAULT_MINIMUM_RING_SIZE),
+    };
+    let health_check = match obj.opt("health_check") {
+        Some((v, p)) => cluster::health_check(dec, &p, v).map(Some),
+        None => Some(None),
+    };
+    let outlier_detection = match obj.opt("outlier_detection") {
+        Some((v, p)) => cluster::outlier_detection(dec, &p, v).map(Some),
+        None => Some(None),
+    };
+    let circuit_breakers = match obj.opt("circuit_breakers") {
+        Some((v, p)) => cluster::circuit_breakers(dec, &p, v),
+        None => Some(CircuitBreakerSettings::default()),
+    };
+    let panic_threshold_percent = match obj.opt("panic_threshold") {
+        Some((v, p)) => cluster::percent(dec, &p, v),
+        None => Some(DEFAULT_PANIC_THRESHOLD_PERCENT),
+    };
+    let hosts = obj.req(dec, "hosts").and_then(|(v, p)| {
+        let hosts = dec.list(&p, v, decode_host)?;
+        if hosts.is_empty() {
+            dec.error(&p, "at least one host is required");
+        }
+        Some(hosts)
+    });
+    obj.finish(dec);
+    Some(ClusterConfig {
+        name: name?,
+        connect_timeout: connect_timeout?,
+        upstream_idle_timeout: upstream_idle_timeout?,
+        lb_policy: lb_policy?,
+        hash_policy: hash_policy?,
+        minimum_ring_size: minimum_ring_size?,
+        health_check: health_check?,
+        outlier_detection: outlier_detection?,
+        circuit_breakers: circuit_breakers?,
+        panic_threshold_percent: panic_threshold_percent?,
+        hosts: hosts?,
+    })
+}
+
+fn decode_host(dec: &mut Decoder, path: &str, v: &Value) -> Option<HostConfig> {
+    let mut obj = dec.object(path, v)?;
+    let address = obj
+        .req(dec, "address")
+        .and_then(|(v, p)| dec.parsed(&p, v, parse_socket_addr));
+    let weight = match obj.opt("weight") {
+        Some((v, p)) => dec.u64_in(&p, v, 1..=1000).map(|w| w as u32),
+        None => Some(1),
+    };
+    obj.finish(dec);
+    Some(HostConfig {
+        address: address?,
+        weight: weight?,
+    })
+}
+
+#[cfg(test)]
+mod tests;
