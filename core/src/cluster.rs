@@ -8,39 +8,13 @@
 //! Invariant: `active` of every host equals the number of `begin` calls minus `end` calls for
 //! it (checked in debug builds: `end` never underflows).
 
-use std::net::SocketAddr;
-
 use crate::config::{ClusterConfig, LbPolicy};
-use crate::health::CircuitBreakers;
+use crate::health::{Availability, CircuitBreakers};
+// The host types are their own module, below the balancers and health checking (which work on
+// hosts and host ids) and this module (which owns them); re-exported at their old paths.
+pub use crate::host::{Host, HostId};
 use crate::lb::Balancer;
 use crate::rng::Rng;
-
-/// Index of a host within its cluster.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct HostId(pub u32);
-
-impl HostId {
-    /// The index as `usize`.
-    #[must_use]
-    pub fn index(self) -> usize {
-        self.0 as usize
-    }
-}
-
-/// One upstream host and its live state.
-#[derive(Clone, Debug)]
-pub struct Host {
-    /// Where it is.
-    pub address: SocketAddr,
-    /// Its relative weight (≥ 1).
-    pub weight: u32,
-    /// Whether the balancer may pick it.
-    pub available: bool,
-    /// Connections (L4) or requests (L7) it is serving now.
-    pub active: u32,
-    /// Smooth weighted round robin's running weight.
-    pub(crate) swrr_current: i64,
-}
 
 /// A cluster's hosts and its balancer.
 #[derive(Clone, Debug)]
@@ -150,6 +124,15 @@ impl ClusterState {
         if host.available != available {
             host.available = available;
             self.balancer.availability_changed();
+        }
+    }
+
+    /// Copies the availability that health checking and outlier detection decided into the
+    /// hosts ([`crate::health::availability`]); it has one entry per host.
+    pub fn apply_availability(&mut self, availability: &Availability) {
+        debug_assert_eq!(self.hosts.len(), availability.available.len());
+        for (i, &a) in availability.available.iter().enumerate() {
+            self.set_available(HostId(i as u32), a);
         }
     }
 

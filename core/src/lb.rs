@@ -37,8 +37,8 @@ pub mod ring;
 
 pub use hash::{hash_bytes, request_hash};
 
-use crate::cluster::{Host, HostId};
 use crate::config::{DEFAULT_MINIMUM_RING_SIZE, LbPolicy};
+use crate::host::{Host, HostId};
 use crate::rng::Rng;
 use maglev::Maglev;
 use ring::Ring;

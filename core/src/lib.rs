@@ -32,6 +32,7 @@ pub mod config;
 pub mod exchange;
 pub mod handover;
 pub mod health;
+pub mod host;
 pub mod http1;
 pub mod lb;
 pub mod path;

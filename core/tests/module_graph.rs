@@ -30,11 +30,6 @@ use std::path::{Path, PathBuf};
 /// Submodules that are nodes of their own (see the module doc).
 const SPLIT_NODES: &[&str] = &["config::yaml"];
 
-/// Edges that close a cycle in the graph as it stands, each to be removed by the change that
-/// breaks it. The graph without them must be acyclic, and every entry must still exist (a
-/// stale entry fails, so the list only shrinks).
-const TOLERATED_EDGES: &[(&str, &str)] = &[("cluster", "lb"), ("cluster", "health")];
-
 /// Where an edge was seen.
 #[derive(Clone, Debug)]
 struct Site {
@@ -54,17 +49,7 @@ fn core_modules_have_no_import_cycle() {
         src.display()
     );
 
-    for (from, to) in TOLERATED_EDGES {
-        assert!(
-            graph.get(*from).is_some_and(|e| e.contains_key(*to)),
-            "TOLERATED_EDGES lists {from} -> {to}, which no longer exists: remove it from the list"
-        );
-    }
-    let mut checked = graph.clone();
-    for (from, to) in TOLERATED_EDGES {
-        checked.get_mut(*from).map(|e| e.remove(*to));
-    }
-    let cycles = cycles(&checked);
+    let cycles = cycles(&graph);
     assert!(
         cycles.is_empty(),
         "import cycles between the modules of sluice-core:\n{}",

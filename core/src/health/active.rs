@@ -49,8 +49,8 @@ use std::time::Duration;
 
 use crate::time::Instant;
 
-use crate::cluster::HostId;
 use crate::config::HealthCheckSettings;
+use crate::host::HostId;
 use crate::rng::Rng;
 
 /// The shortest wait between two probes of a host (jitter never shortens a wait below it).

@@ -1,4 +1,5 @@
-//! Upstream health and resilience, as pure state machines over host indices ([`HostId`]):
+//! Upstream health and resilience, as pure state machines over host indices
+//! ([`HostId`](crate::host::HostId)):
 //!
 //! | piece | decides | driven by |
 //! |---|---|---|
@@ -9,7 +10,8 @@
 //!
 //! None of them does IO: the runtime runs the probes (TCP connect, HTTP GET, Bolt heartbeat),
 //! feeds the results back, and copies [`Availability`] into its `ClusterState`
-//! ([`Availability::apply`]) whenever a [`HealthEvent`] or an [`OutlierEvent`] came out.
+//! ([`crate::cluster::ClusterState::apply_availability`]) whenever a [`HealthEvent`] or an
+//! [`OutlierEvent`] came out.
 //!
 //! Their settings (`HealthCheckSettings`, `OutlierSettings`, `CircuitBreakerSettings`,
 //! `RetryBudgetSettings`) are part of the config model ([`crate::config::upstream`]), re-exported
@@ -21,8 +23,6 @@
 //! falls **strictly below** `panic_threshold_percent`, the cluster is in *panic*: every host is
 //! available again, because spreading load over all hosts (some failing) beats piling it onto the
 //! few left. `0` disables panic. An empty cluster is never in panic.
-
-use crate::cluster::{ClusterState, HostId};
 
 mod active;
 mod breaker;
@@ -46,16 +46,6 @@ pub struct Availability {
     /// The share of healthy, non-ejected hosts was below the panic threshold, so every host is
     /// available.
     pub panic: bool,
-}
-
-impl Availability {
-    /// Copies the availability into a cluster (which must have as many hosts).
-    pub fn apply(&self, cluster: &mut ClusterState) {
-        debug_assert_eq!(cluster.hosts().len(), self.available.len());
-        for (i, &a) in self.available.iter().enumerate() {
-            cluster.set_available(HostId(i as u32), a);
-        }
-    }
 }
 
 /// Which hosts are available, given their health and ejection; see the module doc for panic.

@@ -48,8 +48,8 @@ use std::time::Duration;
 
 use crate::time::Instant;
 
-use crate::cluster::HostId;
 use crate::config::OutlierSettings;
+use crate::host::HostId;
 
 /// The outcome of one upstream request (or connect), as the driver saw it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

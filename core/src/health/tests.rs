@@ -1,4 +1,5 @@
 use super::*;
+use crate::host::HostId;
 use crate::rng::Rng;
 use crate::test_support::{self, epoch};
 use proptest::prelude::*;
@@ -1017,7 +1018,7 @@ fn below_the_panic_threshold_every_host_is_available() {
 #[test]
 fn availability_applies_to_a_cluster() {
     let mut c = test_support::cluster(3, 7100);
-    availability(&[true, false, true], &[false; 3], 10).apply(&mut c);
+    c.apply_availability(&availability(&[true, false, true], &[false; 3], 10));
     assert_eq!(c.available_count(), 2);
     assert!(!c.host(HostId(1)).available);
     let mut out = [false; 3];

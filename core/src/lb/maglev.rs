@@ -21,7 +21,7 @@ use std::fmt;
 
 use xxhash_rust::xxh64::xxh64;
 
-use crate::cluster::Host;
+use crate::host::Host;
 
 /// Entries in the lookup table (Envoy's default; prime).
 pub const TABLE_SIZE: usize = 65_537;

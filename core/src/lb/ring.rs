@@ -22,8 +22,8 @@
 use std::fmt::{self, Write};
 
 use super::hash::hash_bytes;
-use crate::cluster::Host;
 use crate::config::MAX_RING_SIZE;
+use crate::host::Host;
 
 /// Virtual nodes per unit of weight for hosts whose weights add up to `total_weight`.
 pub(crate) fn nodes_per_weight(total_weight: u64, minimum_ring_size: u32) -> u64 {
