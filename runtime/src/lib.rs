@@ -20,6 +20,7 @@
 pub mod access_log;
 pub mod admin;
 pub mod bolt;
+pub mod config_file;
 pub mod control;
 pub mod engine;
 pub mod fdpass;

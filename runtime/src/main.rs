@@ -107,7 +107,7 @@ enum LogFormat {
     Json,
 }
 
-fn load(path: &Path) -> Result<Config, String> {
+fn load(path: &Path) -> Result<Config, server::LoadConfigError> {
     server::load_config(path)
 }
 

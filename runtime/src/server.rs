@@ -54,78 +54,11 @@ const UPGRADE_STEP_TIMEOUT: std::time::Duration = std::time::Duration::from_secs
 /// Listen backlog per socket.
 const BACKLOG: i32 = 4096;
 
-/// The largest config file read (a bigger one is refused before it is read).
-pub const MAX_CONFIG_BYTES: u64 = 64 * 1024 * 1024;
-
-/// Reads a config file's text: only a regular file (not a FIFO, a device such as `/dev/zero`, a
-/// directory or a socket), of at most [`MAX_CONFIG_BYTES`]. The file is opened non-blocking,
-/// so that a FIFO at the path never blocks the caller (the main thread on a reload) waiting for
-/// a writer; it is refused once `fstat` shows what it is.
-pub fn read_config_file(path: &Path) -> Result<String, String> {
-    use std::io::Read as _;
-    use std::os::unix::fs::{FileTypeExt as _, OpenOptionsExt as _};
-    let err =
-        |e: &dyn std::fmt::Display| format!("{}: cannot read the config: {e}", path.display());
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(nix::libc::O_NONBLOCK)
-        .open(path)
-        .map_err(|e| err(&e))?;
-    let meta = file.metadata().map_err(|e| err(&e))?;
-    let kind = meta.file_type();
-    if !kind.is_file() {
-        let what = if kind.is_dir() {
-            "a directory"
-        } else if kind.is_fifo() {
-            "a FIFO"
-        } else if kind.is_char_device() {
-            "a character device"
-        } else if kind.is_block_device() {
-            "a block device"
-        } else if kind.is_socket() {
-            "a socket"
-        } else {
-            "not a regular file"
-        };
-        return Err(err(&format!("it is {what}, not a regular file")));
-    }
-    if meta.len() > MAX_CONFIG_BYTES {
-        return Err(err(&format!(
-            "{} bytes is over the limit of {MAX_CONFIG_BYTES} bytes (64 MiB)",
-            meta.len()
-        )));
-    }
-    // The limit holds even if the file grows while it is read.
-    let mut bytes = Vec::with_capacity(meta.len() as usize);
-    file.take(MAX_CONFIG_BYTES + 1)
-        .read_to_end(&mut bytes)
-        .map_err(|e| err(&e))?;
-    if bytes.len() as u64 > MAX_CONFIG_BYTES {
-        return Err(err(&format!(
-            "it grew over the limit of {MAX_CONFIG_BYTES} bytes (64 MiB) while being read"
-        )));
-    }
-    String::from_utf8(bytes).map_err(|e| err(&format!("not UTF-8 text ({e})")))
-}
-
-/// Reads and validates a config file ([`read_config_file`]); the error lists every problem
-/// with its path.
-pub fn load_config(path: &Path) -> Result<Config, String> {
-    let text = read_config_file(path)?;
-    Config::from_yaml(&text).map_err(|errors| {
-        let n = errors.0.len();
-        let mut out = format!(
-            "{}: {n} problem{} in the config:",
-            path.display(),
-            if n == 1 { "" } else { "s" }
-        );
-        for e in &errors.0 {
-            out.push_str("\n  ");
-            out.push_str(&e.to_string());
-        }
-        out
-    })
-}
+// Reading and validating the config file, with typed errors, is its own module; re-exported
+// at the paths the binary and the tests use.
+pub use crate::config_file::{
+    ConfigFileError, LoadConfigError, MAX_CONFIG_BYTES, load_config, read_config_file,
+};
 
 /// Opens (and closes) every access log file of `config`, so that a bad path fails now, with
 /// the listener named, rather than in a worker.
