@@ -6,6 +6,40 @@
 
 use regex::bytes::Regex;
 
+/// A `safe_regex` that does not compile, and where it is: what a router built from an
+/// unvalidated config reports (a validated config always compiles).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{path}: {message}")]
+pub struct RegexError {
+    /// Where the pattern is, relative to the section the router was built from
+    /// (`virtual_hosts[0].routes[4].match.headers[0].safe_regex`).
+    pub path: String,
+    /// The regex crate's message, on one line.
+    pub message: String,
+}
+
+impl RegexError {
+    /// The same error, its path under `prefix` (which ends with a `.`).
+    #[must_use]
+    pub(crate) fn under(self, prefix: &str) -> RegexError {
+        RegexError {
+            path: format!("{prefix}{}", self.path),
+            message: self.message,
+        }
+    }
+}
+
+/// [`compile_full_match`], an error naming the pattern's `path`.
+pub(crate) fn compile_at(
+    pattern: &str,
+    path: impl FnOnce() -> String,
+) -> Result<Regex, RegexError> {
+    compile_full_match(pattern).map_err(|message| RegexError {
+        path: path(),
+        message,
+    })
+}
+
 /// Compiles a `safe_regex` so that it must match a whole path or value: `^(?:REGEX)$`.
 ///
 /// The error is the regex crate's message on one line, about the pattern as written.

@@ -46,7 +46,7 @@ use regex::bytes::Regex;
 use crate::config::http::{
     ClusterTarget, HeaderRule, HttpConfig, PathMatch, Route, VirtualHost, WeightedCluster,
 };
-use crate::pattern::compile_full_match;
+use crate::pattern::{RegexError, compile_at};
 use crate::rng::Rng;
 
 /// The routing table of one `http` listener, compiled from its config.
@@ -119,7 +119,7 @@ pub struct RouteMatchResult<'r> {
 impl Router {
     /// Compiles the routing table of an `http` listener. Never fails for a validated config;
     /// otherwise names the first regex that does not compile.
-    pub fn new(config: &HttpConfig) -> Result<Router, String> {
+    pub fn new(config: &HttpConfig) -> Result<Router, RegexError> {
         let mut exact = Vec::new();
         let mut suffixes = Vec::new();
         let mut prefixes = Vec::new();
@@ -144,7 +144,7 @@ impl Router {
                 .enumerate()
                 .map(|(r, route)| {
                     compile_match(route)
-                        .map_err(|e| format!("virtual_hosts[{v}].routes[{r}].match.{e}"))
+                        .map_err(|e| e.under(&format!("virtual_hosts[{v}].routes[{r}].match.")))
                 })
                 .collect::<Result<Vec<_>, _>>()?;
             routes.push(compiled);
@@ -237,14 +237,12 @@ impl ValueTest {
     }
 }
 
-fn compile_match(route: &Route) -> Result<CompiledMatch, String> {
+fn compile_match(route: &Route) -> Result<CompiledMatch, RegexError> {
     let m = &route.matcher;
     let path = match &m.path {
         PathMatch::Exact(p) => PathTest::Exact(p.as_bytes().into()),
         PathMatch::Prefix(p) => PathTest::Prefix(p.as_bytes().into()),
-        PathMatch::Regex(re) => {
-            PathTest::Regex(compile_full_match(re).map_err(|e| format!("safe_regex: {e}"))?)
-        }
+        PathMatch::Regex(re) => PathTest::Regex(compile_at(re, || "safe_regex".to_owned())?),
     };
     let headers = m
         .headers
@@ -255,16 +253,16 @@ fn compile_match(route: &Route) -> Result<CompiledMatch, String> {
                 HeaderRule::Exact(e) => ValueTest::Exact(e.as_bytes().into()),
                 HeaderRule::Prefix(p) => ValueTest::Prefix(p.as_bytes().into()),
                 HeaderRule::Present(b) => ValueTest::Present(*b),
-                HeaderRule::Regex(re) => ValueTest::Regex(
-                    compile_full_match(re).map_err(|e| format!("headers[{i}].safe_regex: {e}"))?,
-                ),
+                HeaderRule::Regex(re) => {
+                    ValueTest::Regex(compile_at(re, || format!("headers[{i}].safe_regex"))?)
+                }
             };
             Ok(HeaderTest {
                 name: h.name.to_ascii_lowercase(),
                 test,
             })
         })
-        .collect::<Result<Vec<_>, String>>()?;
+        .collect::<Result<Vec<_>, RegexError>>()?;
     Ok(CompiledMatch { path, headers })
 }
 

@@ -108,6 +108,7 @@ use crate::cluster::{ClusterState, HostId};
 use crate::config::{Config, HashPolicy, ListenerFilter};
 use crate::health::{Permit, Resource};
 use crate::lb::request_hash;
+use crate::pattern::RegexError;
 use crate::rng::Rng;
 
 /// A downstream connection, as numbered by [`BoltProxy::open_downstream`].
@@ -304,25 +305,39 @@ pub fn readable_request(buf: &[u8]) -> Option<(Version, u32, u8)> {
     Some((version, id, codec))
 }
 
+/// A `bolt` listener whose routes do not compile ([`BoltProxy::from_config`]; never for a
+/// validated config).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("listener {listener}: bolt.{source}")]
+pub struct ListenerRoutesError {
+    /// The listener's name.
+    pub listener: String,
+    /// The pattern that does not compile, and where it is in the listener's `bolt` section.
+    #[source]
+    pub source: RegexError,
+}
+
 impl BoltProxy {
     /// A proxy for the `bolt` (and `protocol: auto`) listeners of `config`; listeners are
     /// indexed as in `config.listeners`. Fails only when a router does not compile (never for a
     /// validated config).
-    pub fn from_config(config: &Config) -> Result<BoltProxy, String> {
+    pub fn from_config(config: &Config) -> Result<BoltProxy, ListenerRoutesError> {
         let listeners = config
             .listeners
             .iter()
             .map(|l| match &l.filter {
                 ListenerFilter::Bolt(b) | ListenerFilter::Auto { bolt: b, .. } => {
                     Ok(Some(Listener {
-                        router: BoltRouter::new(b)
-                            .map_err(|e| format!("listener {}: bolt.{e}", l.name))?,
+                        router: BoltRouter::new(b).map_err(|source| ListenerRoutesError {
+                            listener: l.name.clone(),
+                            source,
+                        })?,
                         max_frame_size: b.max_frame_size,
                     }))
                 }
                 _ => Ok(None),
             })
-            .collect::<Result<Vec<_>, String>>()?;
+            .collect::<Result<Vec<_>, ListenerRoutesError>>()?;
         let hash_policies = config
             .clusters
             .iter()

@@ -22,7 +22,7 @@ use regex::bytes::Regex;
 
 use super::Frame;
 use crate::config::bolt::{BoltConfig, BoltHeaderRule, BoltRouteAction, ServiceMatch};
-use crate::pattern::compile_full_match;
+use crate::pattern::{RegexError, compile_at};
 
 /// The header key carrying the service id.
 pub const SERVICE_KEY: &[u8] = b"service";
@@ -72,7 +72,7 @@ pub fn service<'a>(frame: &Frame<'a>) -> Option<&'a [u8]> {
 impl BoltRouter {
     /// Compiles the routes of a `bolt` listener. Never fails for a validated config; otherwise
     /// names the first regex that does not compile (`routes[1].match.service_regex: ...`).
-    pub fn new(config: &BoltConfig) -> Result<BoltRouter, String> {
+    pub fn new(config: &BoltConfig) -> Result<BoltRouter, RegexError> {
         let routes = config
             .routes
             .iter()
@@ -82,8 +82,8 @@ impl BoltRouter {
                     None => None,
                     Some(ServiceMatch::Exact(s)) => Some(ValueTest::Exact(s.as_bytes().into())),
                     Some(ServiceMatch::Regex(re)) => {
-                        Some(ValueTest::Regex(compile_full_match(re).map_err(|e| {
-                            format!("routes[{r}].match.service_regex: {e}")
+                        Some(ValueTest::Regex(compile_at(re, || {
+                            format!("routes[{r}].match.service_regex")
                         })?))
                     }
                 };
@@ -96,22 +96,20 @@ impl BoltRouter {
                         let test = match &h.rule {
                             BoltHeaderRule::Exact(e) => ValueTest::Exact(e.as_bytes().into()),
                             BoltHeaderRule::Present(b) => ValueTest::Present(*b),
-                            BoltHeaderRule::Regex(re) => {
-                                ValueTest::Regex(compile_full_match(re).map_err(|e| {
-                                    format!("routes[{r}].match.headers[{i}].regex: {e}")
-                                })?)
-                            }
+                            BoltHeaderRule::Regex(re) => ValueTest::Regex(compile_at(re, || {
+                                format!("routes[{r}].match.headers[{i}].regex")
+                            })?),
                         };
                         Ok((h.name.as_bytes().into(), test))
                     })
-                    .collect::<Result<Vec<_>, String>>()?;
+                    .collect::<Result<Vec<_>, RegexError>>()?;
                 Ok(CompiledRoute {
                     service,
                     headers,
                     action: route.action.clone(),
                 })
             })
-            .collect::<Result<Vec<_>, String>>()?;
+            .collect::<Result<Vec<_>, RegexError>>()?;
         Ok(BoltRouter { routes })
     }
 

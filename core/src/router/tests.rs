@@ -242,6 +242,12 @@ fn an_unvalidated_config_with_a_bad_regex_is_refused() {
         rule: HeaderRule::Regex("(".into()),
     };
     let err = Router::new(&config).unwrap_err();
+    assert_eq!(
+        err.path,
+        "virtual_hosts[0].routes[4].match.headers[0].safe_regex"
+    );
+    assert!(err.message.starts_with("regex parse error:"), "{err}");
+    let err = err.to_string();
     assert!(
         err.starts_with(
             "virtual_hosts[0].routes[4].match.headers[0].safe_regex: regex parse error:"
@@ -253,6 +259,8 @@ fn an_unvalidated_config_with_a_bad_regex_is_refused() {
         headers: vec![],
     };
     let err = Router::new(&config).unwrap_err();
+    assert_eq!(err.path, "virtual_hosts[0].routes[0].match.safe_regex");
+    let err = err.to_string();
     assert!(
         err.starts_with("virtual_hosts[0].routes[0].match.safe_regex: regex parse error:"),
         "{err}"

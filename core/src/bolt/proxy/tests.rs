@@ -279,6 +279,38 @@ fn v1_reply(id: u32, status: u16) -> Vec<u8> {
 }
 
 #[test]
+fn an_unvalidated_config_with_a_bad_regex_names_the_listener_and_the_rule() {
+    use crate::config::bolt::{BoltHeaderMatcher, BoltHeaderRule, ServiceMatch};
+    let mut config = Config::from_yaml(YAML).unwrap();
+    let ListenerFilter::Bolt(bolt) = &mut config.listeners[0].filter else {
+        panic!("the first listener is bolt");
+    };
+    bolt.routes[1].matcher.headers[0] = BoltHeaderMatcher {
+        name: "zone".into(),
+        rule: BoltHeaderRule::Regex("(".into()),
+    };
+    let err = BoltRouter::new(bolt).unwrap_err();
+    assert_eq!(err.path, "routes[1].match.headers[0].regex");
+    assert!(err.message.starts_with("regex parse error:"), "{err}");
+    bolt.routes[2].matcher.service = Some(ServiceMatch::Regex("[".into()));
+    let err = BoltProxy::from_config(&config).unwrap_err();
+    assert_eq!(err.listener, "rpc");
+    assert_eq!(err.source.path, "routes[1].match.headers[0].regex");
+    let text = err.to_string();
+    assert!(
+        text.starts_with("listener rpc: bolt.routes[1].match.headers[0].regex: regex parse error:"),
+        "{text}"
+    );
+    assert!(!text.contains('\n'), "{text}");
+    let ListenerFilter::Bolt(bolt) = &mut config.listeners[0].filter else {
+        unreachable!()
+    };
+    bolt.routes[1].matcher.headers.clear();
+    let err = BoltRouter::new(bolt).unwrap_err();
+    assert_eq!(err.path, "routes[2].match.service_regex");
+}
+
+#[test]
 fn heartbeats_are_answered_status_0_in_their_version() {
     let mut h = H::new();
     let d = h.open();
