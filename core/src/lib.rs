@@ -6,9 +6,10 @@
 //! - [`config`]: the configuration model, a leaf that every other module reads and that
 //!   imports none of them; [`config::yaml`] decodes and validates a file into it (every
 //!   problem reported at once, each with the path where it is);
-//! - [`cluster`] and [`lb`]: host sets and the load balancers (round robin, smooth weighted
-//!   round robin, random, least request with power-of-two choices), driven by an injected
-//!   [`rng::Rng`];
+//! - [`upstream`]: [`cluster`] and [`lb`], host sets and the load balancers (round robin,
+//!   smooth weighted round robin, random, least request with power-of-two choices, ring hash,
+//!   Maglev), driven by an injected [`rng::Rng`]; [`health`], health checking, outlier
+//!   detection and circuit breakers;
 //! - [`tcp_proxy`]: the L4 session state machine (pick a host, connect with a timeout, fail over,
 //!   relay with half-close, idle timeout, close with a reason).
 //!
@@ -27,14 +28,10 @@
 #![warn(missing_docs, unreachable_pub)]
 
 pub mod bolt;
-pub mod cluster;
 pub mod config;
 pub mod exchange;
 pub mod handover;
-pub mod health;
-pub mod host;
 pub mod http1;
-pub mod lb;
 pub mod path;
 pub mod pattern;
 pub mod rng;
@@ -43,6 +40,10 @@ pub mod tcp_proxy;
 #[cfg(test)]
 mod test_support;
 pub mod time;
+pub mod upstream;
+
+// The upstream modules at the paths they had before they were grouped under `upstream`.
+pub use upstream::{cluster, health, host, lb};
 
 pub use std::time::Duration;
 pub use time::Instant;
