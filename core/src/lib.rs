@@ -6,10 +6,9 @@
 //! - [`config`]: the configuration model, a leaf that every other module reads and that
 //!   imports none of them; [`config::yaml`] decodes and validates a file into it (every
 //!   problem reported at once, each with the path where it is);
-//! - [`upstream`]: [`cluster`] and [`lb`], host sets and the load balancers (round robin,
-//!   smooth weighted round robin, random, least request with power-of-two choices, ring hash,
-//!   Maglev), driven by an injected [`rng::Rng`]; [`health`], health checking, outlier
-//!   detection and circuit breakers;
+//! - [`cluster`] and [`lb`]: host sets and the load balancers (round robin, smooth weighted
+//!   round robin, random, least request with power-of-two choices), driven by an injected
+//!   [`rng::Rng`];
 //! - [`tcp_proxy`]: the L4 session state machine (pick a host, connect with a timeout, fail over,
 //!   relay with half-close, idle timeout, close with a reason).
 //!
@@ -19,7 +18,9 @@
 //! `poll_*()` methods. After every input the driver drains the outputs (`poll_action` until it
 //! returns `None`), then sleeps until `poll_timeout()` and calls `handle_timeout(now)`.
 //!
-//! The modules form layers, never an import cycle (`tests/module_graph.rs` checks it).
+//! The modules form layers, never an import cycle (`tests/module_graph.rs` checks it). The
+//! upstream side ([`cluster`], [`lb`], [`health`] and their [`host`] types) lives under
+//! [`upstream`], re-exported at the root.
 //!
 //! The crate never reads a clock, never draws OS randomness, never spawns, never locks, never
 //! touches a socket or a file. `clippy.toml` in this crate bans the std entry points for those,
