@@ -125,6 +125,9 @@ drain_timeout: {drain}
 
 #[test]
 fn counters_clusters_config_dump_and_index_after_traffic() {
+    if !require_peers(&["curl", "nginx"]) {
+        return;
+    }
     let dir = TempDir::new("admin-traffic");
     let (listen, admin_port) = (free_port(), free_port());
     let (up, dead) = (free_port(), free_port());
@@ -453,6 +456,9 @@ fn table_rows(html: &str, id: &str) -> Vec<Vec<String>> {
 
 #[test]
 fn ready_follows_healthcheck_override_and_mutations_need_post() {
+    if !require_peers(&["curl"]) {
+        return;
+    }
     let dir = TempDir::new("admin-ready");
     let (listen, admin_port) = (free_port(), free_port());
     let _sluice = start_sluice(
@@ -496,6 +502,9 @@ fn ready_follows_healthcheck_override_and_mutations_need_post() {
 
 #[test]
 fn sigterm_makes_ready_503_while_draining_then_exits_0() {
+    if !require_peers(&["curl"]) {
+        return;
+    }
     let dir = TempDir::new("admin-sigterm");
     let (listen, admin_port) = (free_port(), free_port());
     let mut sluice = start_sluice(
@@ -537,6 +546,9 @@ fn sigterm_makes_ready_503_while_draining_then_exits_0() {
 
 #[test]
 fn quitquitquit_drains_and_exits_0() {
+    if !require_peers(&["curl"]) {
+        return;
+    }
     let dir = TempDir::new("admin-quit");
     let (listen, admin_port) = (free_port(), free_port());
     let mut sluice = start_sluice(
@@ -556,6 +568,9 @@ fn quitquitquit_drains_and_exits_0() {
 
 #[test]
 fn drain_listeners_stops_accepting_but_keeps_connections() {
+    if !require_peers(&["curl"]) {
+        return;
+    }
     let dir = TempDir::new("admin-drain-listeners");
     let (listen, admin_port) = (free_port(), free_port());
     let _sluice = start_sluice(
@@ -611,6 +626,9 @@ fn a_non_loopback_admin_address_must_be_allowed_explicitly() {
 
 #[test]
 fn sigusr1_reopens_access_logs_for_rotation() {
+    if !require_peers(&["curl", "nginx"]) {
+        return;
+    }
     let dir = TempDir::new("admin-logrotate");
     let (listen, admin_port, up) = (free_port(), free_port(), free_port());
     let _nginx = start_nginx(&dir, "nginx", up, "from nginx");
@@ -666,6 +684,9 @@ fn unix_admin_config(socket: &std::path::Path, mode: &str, listen: u16) -> Strin
 
 #[test]
 fn the_admin_api_on_a_unix_socket_answers_only_whom_its_mode_allows() {
+    if !require_peers(&["curl", "setpriv"]) {
+        return;
+    }
     if !running_as_root() {
         return;
     }
