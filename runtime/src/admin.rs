@@ -33,12 +33,15 @@ use std::time::{Duration, Instant};
 use serde_json::{Map, Value, json};
 use sluice_core::config::{AdminListen, Config, ListenerFilter};
 use sluice_core::http1::write_local_response;
-use sluice_core::tcp_proxy::CloseReason;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
-use crate::stats::{DetailedSnapshot, HISTOGRAM_BOUNDS_US, HistogramSnapshot, WorkerStats};
+use crate::stats::{
+    BOLT_METRICS, CLUSTER_METRICS, ClusterSnapshot, DetailedSnapshot, Export, HISTOGRAM_BOUNDS_US,
+    HISTOGRAM_METRICS, HOST_METRICS, HistogramSnapshot, HostSnapshot, Kind, LISTENER_METRICS,
+    ListenerSnapshot, Metric, Shown, WORKER_METRICS, WorkerStats,
+};
 
 /// Where the server is in its life, as `/server_info` and `/ready` report it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -828,8 +831,6 @@ fn redact(v: &mut Value) {
     }
 }
 
-const CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
-
 fn is_http(config: &Config, listener: usize) -> bool {
     matches!(
         config.listeners[listener].filter,
@@ -844,148 +845,235 @@ fn is_tcp(config: &Config, listener: usize) -> bool {
     )
 }
 
+/// The server-wide metrics the admin's shared state holds, in export order (after the
+/// worker-wide [`WORKER_METRICS`]). Declared here, next to what they read; see
+/// [`crate::stats`] for the per-worker ones.
+pub const SERVER_METRICS: &[Export<AdminShared>] = &[
+    Export {
+        field: "limits.open",
+        metric: Metric::gauge(
+            "sluice_downstream_cx_open",
+            "Downstream connections open now, all listeners and workers.",
+        )
+        .stats("server.downstream_cx_open")
+        .prometheus_for(Shown::WithLimits)
+        .stats_for(Shown::WithLimits),
+        len: 1,
+        read: |s, _| s.limits.get().map_or(0, |l| l.open()),
+    },
+    Export {
+        field: "limits.max",
+        metric: Metric::gauge(
+            "sluice_downstream_cx_max",
+            "The process-wide downstream connection limit in force.",
+        )
+        .stats("server.max_connections")
+        .prometheus_for(Shown::WithLimits)
+        .stats_for(Shown::WithLimits),
+        len: 1,
+        read: |s, _| s.limits.get().map_or(0, |l| l.max()),
+    },
+    Export {
+        field: "limits.bolt_held",
+        metric: Metric::gauge(
+            "sluice_bolt_partial_frame_bytes",
+            "Bytes Bolt connections hold in partial frames now.",
+        )
+        .stats("server.bolt_partial_frame_bytes")
+        .prometheus_for(Shown::WithLimits)
+        .stats_for(Shown::WithLimits),
+        len: 1,
+        read: |s, _| s.limits.get().map_or(0, |l| l.bolt_held() as u64),
+    },
+    Export {
+        field: "ready",
+        metric: Metric::gauge("sluice_server_live", "1 when /ready answers 200, else 0.")
+            .stats("server.live"),
+        len: 1,
+        read: |s, _| u64::from(s.ready()),
+    },
+    Export {
+        field: "started",
+        metric: Metric::gauge(
+            "sluice_server_uptime_seconds",
+            "Seconds since the server started.",
+        )
+        .stats("server.uptime_seconds"),
+        len: 1,
+        read: |s, _| s.uptime().as_secs(),
+    },
+    Export {
+        field: "reloads_ok, reloads_failed",
+        metric: Metric::counter(
+            "sluice_config_reloads_total",
+            "Config reloads (SIGHUP, POST /reload) by result.",
+        )
+        .by("result", |i| ["ok", "failed"][i])
+        .stats("server.reloads_"),
+        len: 2,
+        read: |s, i| [&s.reloads_ok, &s.reloads_failed][i].load(Ordering::Relaxed),
+    },
+    Export {
+        field: "workers",
+        metric: Metric::gauge("sluice_server_workers", "Worker threads.").stats("server.workers"),
+        len: 1,
+        read: |s, _| s.workers.len() as u64,
+    },
+];
+
+/// Whether a metric shown for `which` elements is exported for this one (a listener or a
+/// cluster by index, or the scope as a whole).
+fn shown(
+    which: Shown,
+    shared: &AdminShared,
+    listener: Option<usize>,
+    cluster: Option<usize>,
+) -> bool {
+    let config = &shared.config;
+    match which {
+        Shown::Always => true,
+        Shown::Never => false,
+        Shown::HttpListeners => listener.is_some_and(|i| is_http(config, i)),
+        Shown::TcpListeners => listener.is_some_and(|i| is_tcp(config, i)),
+        Shown::WithHealthCheck => {
+            cluster.is_some_and(|i| config.clusters[i].health_check.is_some())
+        }
+        Shown::WithOutlierDetection => {
+            cluster.is_some_and(|i| config.clusters[i].outlier_detection.is_some())
+        }
+        Shown::WithLimits => shared.limits.get().is_some(),
+    }
+}
+
+/// One element of a metric's scope: its labels, its `/stats` prefix, its snapshot, and the
+/// listener or cluster it is (for [`shown`]).
+struct Element<'a, S> {
+    labels: Vec<(&'static str, String)>,
+    prefix: String,
+    snapshot: &'a S,
+    listener: Option<usize>,
+    cluster: Option<usize>,
+}
+
+impl<'a, S> Element<'a, S> {
+    fn of(snapshot: &'a S) -> Self {
+        Element {
+            labels: Vec::new(),
+            prefix: String::new(),
+            snapshot,
+            listener: None,
+            cluster: None,
+        }
+    }
+}
+
+/// Every listener, cluster and host of the config as elements of their scopes (a slot the
+/// snapshot lacks reads as zero).
+struct Elements<'a> {
+    listeners: Vec<Element<'a, ListenerSnapshot>>,
+    clusters: Vec<Element<'a, ClusterSnapshot>>,
+    hosts: Vec<Element<'a, HostSnapshot>>,
+}
+
+static EMPTY_LISTENER: std::sync::LazyLock<ListenerSnapshot> =
+    std::sync::LazyLock::new(ListenerSnapshot::default);
+static EMPTY_CLUSTER: std::sync::LazyLock<ClusterSnapshot> =
+    std::sync::LazyLock::new(ClusterSnapshot::default);
+static EMPTY_HOST: std::sync::LazyLock<HostSnapshot> =
+    std::sync::LazyLock::new(HostSnapshot::default);
+
+impl<'a> Elements<'a> {
+    fn new(config: &Config, s: &'a DetailedSnapshot) -> Self {
+        let listeners = config
+            .listeners
+            .iter()
+            .enumerate()
+            .map(|(i, lc)| Element {
+                labels: vec![("listener", lc.name.clone())],
+                prefix: format!("listener.{}.", lc.name),
+                snapshot: s.listeners.get(i).unwrap_or(&EMPTY_LISTENER),
+                listener: Some(i),
+                cluster: None,
+            })
+            .collect();
+        let clusters = config
+            .clusters
+            .iter()
+            .enumerate()
+            .map(|(i, cc)| Element {
+                labels: vec![("cluster", cc.name.clone())],
+                prefix: format!("cluster.{}.", cc.name),
+                snapshot: s.clusters.get(i).unwrap_or(&EMPTY_CLUSTER),
+                listener: None,
+                cluster: Some(i),
+            })
+            .collect();
+        let hosts = config
+            .clusters
+            .iter()
+            .enumerate()
+            .flat_map(|(i, cc)| {
+                cc.hosts.iter().enumerate().map(move |(j, hc)| Element {
+                    labels: vec![
+                        ("cluster", cc.name.clone()),
+                        ("host", hc.address.to_string()),
+                    ],
+                    prefix: format!("cluster.{}.host.{}.", cc.name, hc.address),
+                    snapshot: s
+                        .clusters
+                        .get(i)
+                        .and_then(|c| c.hosts.get(j))
+                        .unwrap_or(&EMPTY_HOST),
+                    listener: None,
+                    cluster: Some(i),
+                })
+            })
+            .collect();
+        Elements {
+            listeners,
+            clusters,
+            hosts,
+        }
+    }
+}
+
+/// Puts every `/stats` name of `exports` for `elements` into `put`.
+fn stats_of<S>(
+    shared: &AdminShared,
+    exports: &[Export<S>],
+    elements: &[Element<'_, S>],
+    put: &mut impl FnMut(String, u64),
+) {
+    for e in exports {
+        for el in elements {
+            if !shown(e.metric.stats, shared, el.listener, el.cluster) {
+                continue;
+            }
+            for (by, v) in e.samples(el.snapshot) {
+                put(format!("{}{}{by}", el.prefix, e.metric.stats_key), v);
+            }
+        }
+    }
+}
+
 /// Every stat as `(name, value)`, sorted by name.
 fn flat_stats(shared: &AdminShared, s: &DetailedSnapshot) -> Vec<(String, u64)> {
     let config = &shared.config;
+    let elements = Elements::new(config, s);
     let mut out: Vec<(String, u64)> = Vec::new();
     let mut put = |name: String, v: u64| out.push((name, v));
-    put("server.uptime_seconds".into(), shared.uptime().as_secs());
-    put("server.workers".into(), shared.workers.len() as u64);
-    put("server.live".into(), u64::from(shared.ready()));
-    put(
-        "server.reloads_ok".into(),
-        shared.reloads_ok.load(Ordering::Relaxed),
-    );
-    put(
-        "server.reloads_failed".into(),
-        shared.reloads_failed.load(Ordering::Relaxed),
-    );
-    put("server.accept_errors".into(), s.worker.accept_errors);
-    put(
-        "server.downstream_cx_overflow".into(),
-        s.worker.downstream_cx_overflow,
-    );
-    put(
-        "server.downstream_cx_first_byte_timeout".into(),
-        s.worker.downstream_cx_first_byte_timeout,
-    );
-    if let Some(l) = shared.limits.get() {
-        put("server.downstream_cx_open".into(), l.open());
-        put("server.max_connections".into(), l.max());
-        put(
-            "server.bolt_partial_frame_bytes".into(),
-            l.bolt_held() as u64,
-        );
-    }
-    for (i, (lc, l)) in config.listeners.iter().zip(&s.listeners).enumerate() {
-        let p = format!("listener.{}", lc.name);
-        put(format!("{p}.downstream_cx_total"), l.downstream_cx_total);
-        put(
-            format!("{p}.downstream_cx_active"),
-            l.downstream_cx_active(),
-        );
-        put(
-            format!("{p}.downstream_cx_overflow"),
-            l.downstream_cx_overflow,
-        );
-        if is_http(config, i) {
-            put(
-                format!("{p}.downstream_cx_first_byte_timeout"),
-                l.downstream_cx_first_byte_timeout,
-            );
-        }
-        put(
-            format!("{p}.downstream_bytes_received"),
-            l.downstream_bytes_received,
-        );
-        put(
-            format!("{p}.downstream_bytes_sent"),
-            l.downstream_bytes_sent,
-        );
-        if is_http(config, i) {
-            put(format!("{p}.http.rq_total"), l.http_requests);
-            for (c, n) in CLASSES.iter().zip(l.http_responses_by_class) {
-                put(format!("{p}.http.rq_{c}"), n);
-            }
-            put(format!("{p}.http.local_reply"), l.http_local_replies);
-        }
-        if is_tcp(config, i) {
-            for r in CloseReason::ALL {
-                put(
-                    format!("{p}.tcp.closed.{}", r.as_str()),
-                    l.tcp_session_closed[r.index()],
-                );
-            }
-        }
-    }
-    for (cc, c) in config.clusters.iter().zip(&s.clusters) {
-        let p = format!("cluster.{}", cc.name);
-        put(format!("{p}.upstream_rq_total"), c.upstream_rq_total);
-        put(format!("{p}.upstream_cx_total"), c.upstream_cx_total);
-        put(
-            format!("{p}.upstream_cx_connect_fail"),
-            c.upstream_cx_connect_fail,
-        );
-        put(
-            format!("{p}.upstream_cx_connect_timeout"),
-            c.upstream_cx_connect_timeout,
-        );
-        put(format!("{p}.upstream_rq_timeout"), c.upstream_rq_timeout);
-        put(format!("{p}.upstream_rq_retry"), c.upstream_rq_retry);
-        put(format!("{p}.upstream_cx_overflow"), c.upstream_cx_overflow);
-        put(
-            format!("{p}.upstream_rq_pending_overflow"),
-            c.upstream_rq_pending_overflow,
-        );
-        put(format!("{p}.upstream_rq_overflow"), c.upstream_rq_overflow);
-        put(
-            format!("{p}.upstream_rq_retry_overflow"),
-            c.upstream_rq_retry_overflow,
-        );
-        put(
-            format!("{p}.upstream_rq_too_many_interim"),
-            c.upstream_rq_too_many_interim,
-        );
-        if cc.health_check.is_some() {
-            put(format!("{p}.health_check.attempt"), c.health_check_attempt);
-            put(format!("{p}.health_check.success"), c.health_check_success);
-            put(format!("{p}.health_check.failure"), c.health_check_failure);
-        }
-        if cc.outlier_detection.is_some() {
-            put(
-                format!("{p}.outlier_detection.ejections_total"),
-                c.outlier_ejections_total,
-            );
-            put(
-                format!("{p}.outlier_detection.ejections_overflow"),
-                c.outlier_ejections_overflow,
-            );
-        }
-        put(format!("{p}.lb_healthy_panic"), c.lb_panic_total);
-        for (hc, h) in cc.hosts.iter().zip(&c.hosts) {
-            let hp = format!("{p}.host.{}", hc.address);
-            put(format!("{hp}.rq_total"), h.rq_total);
-            put(format!("{hp}.rq_active"), h.rq_active);
-            put(format!("{hp}.cx_total"), h.cx_total);
-            put(format!("{hp}.cx_active"), h.cx_active);
-            put(format!("{hp}.cx_connect_fail"), h.cx_connect_fail);
-            if cc.health_check.is_some() {
-                put(format!("{hp}.healthy"), h.healthy);
-            }
-            if cc.outlier_detection.is_some() {
-                put(format!("{hp}.ejected"), h.ejected);
-            }
-        }
-    }
+    stats_of(shared, SERVER_METRICS, &[Element::of(shared)], &mut put);
+    stats_of(shared, WORKER_METRICS, &[Element::of(&s.worker)], &mut put);
+    stats_of(shared, LISTENER_METRICS, &elements.listeners, &mut put);
+    stats_of(shared, CLUSTER_METRICS, &elements.clusters, &mut put);
+    stats_of(shared, HOST_METRICS, &elements.hosts, &mut put);
     if has_bolt(config) {
-        for (name, v) in &s.bolt {
-            put(format!("bolt.{name}"), *v);
+        for (e, (_, v)) in BOLT_METRICS.iter().zip(&s.bolt) {
+            put(e.metric.stats_key.to_owned(), *v);
         }
     }
-    for (name, h) in [
-        ("http.downstream_rq_time", &s.downstream_rq_time),
-        ("http.upstream_rq_time", &s.upstream_rq_time),
-    ] {
+    for h in HISTOGRAM_METRICS {
+        let (name, h) = (h.stats_key, (h.read)(s));
         put(format!("{name}.count"), h.count());
         put(format!("{name}.sum_us"), h.sum_us);
         for (q, label) in [(0.5, "p50"), (0.9, "p90"), (0.99, "p99")] {
@@ -1033,379 +1121,64 @@ impl<'a> Family<'a> {
     }
 }
 
+/// Writes the Prometheus families of `exports` for `elements`, in declaration order. A family
+/// shown for every element is declared even with none; one shown for some (HTTP listeners…)
+/// only when one of them is there.
+fn families_of<S>(
+    out: &mut String,
+    shared: &AdminShared,
+    exports: &[Export<S>],
+    elements: &[Element<'_, S>],
+) {
+    for e in exports {
+        let m = &e.metric;
+        let shown_here: Vec<&Element<'_, S>> = elements
+            .iter()
+            .filter(|el| shown(m.prometheus, shared, el.listener, el.cluster))
+            .collect();
+        if m.prometheus == Shown::Never || (shown_here.is_empty() && m.prometheus != Shown::Always)
+        {
+            continue;
+        }
+        let mut f = Family::start(out, m.name, m.kind.as_str(), m.help);
+        for el in shown_here {
+            for (by, v) in e.samples(el.snapshot) {
+                let mut labels: Vec<(&str, &str)> =
+                    el.labels.iter().map(|(k, v)| (*k, v.as_str())).collect();
+                if let Some((key, _)) = m.by {
+                    labels.push((key, by));
+                }
+                f.sample(m.name, &labels, v);
+            }
+        }
+    }
+}
+
 /// The Prometheus text exposition (format 0.0.4).
 #[must_use]
 pub fn prometheus(shared: &AdminShared, s: &DetailedSnapshot) -> String {
     let config = &shared.config;
+    let elements = Elements::new(config, s);
     let mut out = String::with_capacity(8192);
-    let listeners: Vec<(usize, &str)> = config
-        .listeners
-        .iter()
-        .enumerate()
-        .map(|(i, l)| (i, l.name.as_str()))
-        .collect();
-    let http: Vec<(usize, &str)> = listeners
-        .iter()
-        .copied()
-        .filter(|(i, _)| is_http(config, *i))
-        .collect();
-    let tcp: Vec<(usize, &str)> = listeners
-        .iter()
-        .copied()
-        .filter(|(i, _)| is_tcp(config, *i))
-        .collect();
-
-    type ListenerValue = fn(&crate::stats::ListenerSnapshot) -> u64;
-    let per_listener: [(&str, &str, &str, ListenerValue); 6] = [
-        (
-            "sluice_downstream_cx_total",
-            "counter",
-            "Downstream connections accepted.",
-            |l| l.downstream_cx_total,
-        ),
-        (
-            "sluice_downstream_cx_active",
-            "gauge",
-            "Downstream connections open now.",
-            crate::stats::ListenerSnapshot::downstream_cx_active,
-        ),
-        (
-            "sluice_downstream_cx_overflow_total",
-            "counter",
-            "Downstream connections refused (closed at once) by a connection limit.",
-            |l| l.downstream_cx_overflow,
-        ),
-        (
-            "sluice_downstream_cx_first_byte_timeout_total",
-            "counter",
-            "HTTP connections closed: no byte within request_headers_timeout of the accept.",
-            |l| l.downstream_cx_first_byte_timeout,
-        ),
-        (
-            "sluice_downstream_bytes_received_total",
-            "counter",
-            "Bytes received from downstream.",
-            |l| l.downstream_bytes_received,
-        ),
-        (
-            "sluice_downstream_bytes_sent_total",
-            "counter",
-            "Bytes sent to downstream.",
-            |l| l.downstream_bytes_sent,
-        ),
-    ];
-    for (name, kind, help, value) in per_listener {
-        let mut f = Family::start(&mut out, name, kind, help);
-        for (i, l) in &listeners {
-            let v = s.listeners.get(*i).map_or(0, value);
-            f.sample(name, &[("listener", l)], v);
-        }
+    families_of(&mut out, shared, LISTENER_METRICS, &elements.listeners);
+    families_of(&mut out, shared, CLUSTER_METRICS, &elements.clusters);
+    families_of(&mut out, shared, HOST_METRICS, &elements.hosts);
+    for h in HISTOGRAM_METRICS {
+        histogram(&mut out, h.name, h.help, (h.read)(s));
     }
-    if !http.is_empty() {
-        let name = "sluice_http_requests_total";
-        let mut f = Family::start(&mut out, name, "counter", "HTTP requests received.");
-        for (i, l) in &http {
-            f.sample(name, &[("listener", l)], s.listeners[*i].http_requests);
-        }
-        let name = "sluice_http_responses_total";
-        let mut f = Family::start(
-            &mut out,
-            name,
-            "counter",
-            "HTTP responses sent downstream, by status class.",
-        );
-        for (i, l) in &http {
-            for (c, n) in CLASSES.iter().zip(s.listeners[*i].http_responses_by_class) {
-                f.sample(name, &[("listener", l), ("class", c)], n);
-            }
-        }
-        let name = "sluice_http_local_replies_total";
-        let mut f = Family::start(
-            &mut out,
-            name,
-            "counter",
-            "HTTP answers the proxy made itself (errors, limits, no route).",
-        );
-        for (i, l) in &http {
-            f.sample(name, &[("listener", l)], s.listeners[*i].http_local_replies);
-        }
-    }
-    if !tcp.is_empty() {
-        let name = "sluice_tcp_sessions_closed_total";
-        let mut f = Family::start(
-            &mut out,
-            name,
-            "counter",
-            "TCP proxy sessions ended, by close reason.",
-        );
-        for (i, l) in &tcp {
-            for r in CloseReason::ALL {
-                f.sample(
-                    name,
-                    &[("listener", l), ("reason", r.as_str())],
-                    s.listeners[*i].tcp_session_closed[r.index()],
-                );
-            }
-        }
-    }
-
-    type ClusterValue = fn(&crate::stats::ClusterSnapshot) -> u64;
-    let per_cluster: [(&str, &str, ClusterValue); 16] = [
-        (
-            "sluice_upstream_requests_total",
-            "Requests (HTTP) or sessions (TCP) sent to the cluster.",
-            |c| c.upstream_rq_total,
-        ),
-        (
-            "sluice_upstream_cx_total",
-            "Upstream connect attempts.",
-            |c| c.upstream_cx_total,
-        ),
-        (
-            "sluice_upstream_cx_connect_failures_total",
-            "Upstream connect attempts refused or errored.",
-            |c| c.upstream_cx_connect_fail,
-        ),
-        (
-            "sluice_upstream_cx_connect_timeouts_total",
-            "Upstream connect attempts that timed out.",
-            |c| c.upstream_cx_connect_timeout,
-        ),
-        (
-            "sluice_upstream_request_timeouts_total",
-            "HTTP tries that hit a per-try or route timeout.",
-            |c| c.upstream_rq_timeout,
-        ),
-        ("sluice_upstream_retries_total", "HTTP retries.", |c| {
-            c.upstream_rq_retry
-        }),
-        (
-            "sluice_upstream_cx_overflow_total",
-            "Connections refused by the max_connections circuit breaker.",
-            |c| c.upstream_cx_overflow,
-        ),
-        (
-            "sluice_upstream_rq_pending_overflow_total",
-            "Requests refused by the max_pending_requests circuit breaker.",
-            |c| c.upstream_rq_pending_overflow,
-        ),
-        (
-            "sluice_upstream_rq_overflow_total",
-            "Requests refused by the max_requests circuit breaker.",
-            |c| c.upstream_rq_overflow,
-        ),
-        (
-            "sluice_upstream_rq_retry_overflow_total",
-            "Retries not made because the retry budget was spent (or the max_retries circuit breaker was at its limit).",
-            |c| c.upstream_rq_retry_overflow,
-        ),
-        (
-            "sluice_upstream_rq_too_many_interim_total",
-            "HTTP tries failed by more interim (1xx) responses than allowed (5).",
-            |c| c.upstream_rq_too_many_interim,
-        ),
-        (
-            "sluice_health_check_attempts_total",
-            "Active health-check probes started.",
-            |c| c.health_check_attempt,
-        ),
-        (
-            "sluice_health_check_successes_total",
-            "Active health-check probes that passed.",
-            |c| c.health_check_success,
-        ),
-        (
-            "sluice_health_check_failures_total",
-            "Active health-check probes that failed or timed out.",
-            |c| c.health_check_failure,
-        ),
-        (
-            "sluice_outlier_ejections_total",
-            "Hosts ejected by outlier detection (summed over workers' detectors).",
-            |c| c.outlier_ejections_total,
-        ),
-        (
-            "sluice_lb_panic_total",
-            "Times a worker entered panic mode (too few available hosts) for the cluster.",
-            |c| c.lb_panic_total,
-        ),
-    ];
-    for (name, help, value) in per_cluster {
-        let mut f = Family::start(&mut out, name, "counter", help);
-        for (i, cc) in config.clusters.iter().enumerate() {
-            let v = s.clusters.get(i).map_or(0, value);
-            f.sample(name, &[("cluster", &cc.name)], v);
-        }
-    }
-    type HostValue = fn(&crate::stats::HostSnapshot) -> u64;
-    let per_host: [(&str, &str, &str, HostValue); 7] = [
-        (
-            "sluice_upstream_host_requests_total",
-            "counter",
-            "Requests (HTTP) or sessions (TCP) served by the host.",
-            |h| h.rq_total,
-        ),
-        (
-            "sluice_upstream_host_requests_active",
-            "gauge",
-            "Requests (HTTP) or sessions (TCP) in flight on the host now.",
-            |h| h.rq_active,
-        ),
-        (
-            "sluice_upstream_host_cx_total",
-            "counter",
-            "Upstream connections opened to the host.",
-            |h| h.cx_total,
-        ),
-        (
-            "sluice_upstream_host_cx_active",
-            "gauge",
-            "Upstream connections to the host open now (idle pooled ones included).",
-            |h| h.cx_active,
-        ),
-        (
-            "sluice_upstream_host_cx_connect_failures_total",
-            "counter",
-            "Connect attempts to the host that failed or timed out.",
-            |h| h.cx_connect_fail,
-        ),
-        (
-            "sluice_upstream_host_healthy",
-            "gauge",
-            "1 when the host passes its active health check (0 while unknown or failing; 0 without a health check).",
-            |h| h.healthy,
-        ),
-        (
-            "sluice_upstream_host_ejected",
-            "gauge",
-            "Workers whose outlier detection ejects the host now.",
-            |h| h.ejected,
-        ),
-    ];
-    for (name, kind, help, value) in per_host {
-        let mut f = Family::start(&mut out, name, kind, help);
-        for (i, cc) in config.clusters.iter().enumerate() {
-            for (j, hc) in cc.hosts.iter().enumerate() {
-                let v = s
-                    .clusters
-                    .get(i)
-                    .and_then(|c| c.hosts.get(j))
-                    .map_or(0, value);
-                let host = hc.address.to_string();
-                f.sample(name, &[("cluster", &cc.name), ("host", &host)], v);
-            }
-        }
-    }
-    histogram(
-        &mut out,
-        "sluice_downstream_request_duration_seconds",
-        "HTTP request time seen downstream: request head received to response sent.",
-        &s.downstream_rq_time,
-    );
-    histogram(
-        &mut out,
-        "sluice_upstream_request_duration_seconds",
-        "HTTP upstream try time: connect started to response received.",
-        &s.upstream_rq_time,
-    );
     if has_bolt(config) {
-        for (name, v) in &s.bolt {
-            let metric = format!("sluice_bolt_{name}_total");
-            let help = match *name {
-                "requests" => "Bolt requests forwarded upstream.",
-                "oneway" => "Bolt oneway requests forwarded.",
-                "heartbeats" => "Bolt heartbeats answered by the proxy.",
-                "responses" => "Bolt responses forwarded downstream.",
-                "responses_dropped" => "Bolt responses dropped (late, orphaned, unknown id).",
-                "no_route" => "Bolt requests answered status 6: no route.",
-                "no_host" => "Bolt requests answered status 6: no available host.",
-                "overflow" => "Bolt requests answered status 4: circuit breaker overflow.",
-                "timeouts" => "Bolt requests answered status 7: timeout.",
-                "codec_errors" => "Bolt downstream codec errors (connection closed).",
-                "upstream_lost" => "Bolt requests answered status 16: upstream connection lost.",
-                "partial_frame_overflow" => {
-                    "Bolt connections closed: their partial frame exceeded limits.bolt_partial_frame_bytes."
-                }
-                "downstream_timeouts" => {
-                    "Bolt downstream connections closed by frame_timeout or idle_timeout."
-                }
-                "sniff_failed" => {
-                    "Connections on protocol: auto listeners that were neither HTTP/1.1 nor Bolt."
-                }
-                _ => "Bolt counter.",
-            };
-            Family::start(&mut out, &metric, "counter", help).sample(&metric, &[], *v);
+        for (e, (_, v)) in BOLT_METRICS.iter().zip(&s.bolt) {
+            let m = &e.metric;
+            Family::start(&mut out, m.name, m.kind.as_str(), m.help).sample(m.name, &[], *v);
         }
     }
-    let name = "sluice_accept_errors_total";
-    Family::start(&mut out, name, "counter", "Accept calls that failed.").sample(
-        name,
-        &[],
-        s.worker.accept_errors,
-    );
-    if let Some(l) = shared.limits.get() {
-        for (name, help, v) in [
-            (
-                "sluice_downstream_cx_open",
-                "Downstream connections open now, all listeners and workers.",
-                l.open(),
-            ),
-            (
-                "sluice_downstream_cx_max",
-                "The process-wide downstream connection limit in force.",
-                l.max(),
-            ),
-            (
-                "sluice_bolt_partial_frame_bytes",
-                "Bytes Bolt connections hold in partial frames now.",
-                l.bolt_held() as u64,
-            ),
-        ] {
-            Family::start(&mut out, name, "gauge", help).sample(name, &[], v);
-        }
-    }
-    let name = "sluice_server_live";
-    Family::start(
-        &mut out,
-        name,
-        "gauge",
-        "1 when /ready answers 200, else 0.",
-    )
-    .sample(name, &[], u8::from(shared.ready()));
-    let name = "sluice_server_uptime_seconds";
-    Family::start(&mut out, name, "gauge", "Seconds since the server started.").sample(
-        name,
-        &[],
-        shared.uptime().as_secs(),
-    );
-    let name = "sluice_config_reloads_total";
-    let mut f = Family::start(
-        &mut out,
-        name,
-        "counter",
-        "Config reloads (SIGHUP, POST /reload) by result.",
-    );
-    f.sample(
-        name,
-        &[("result", "ok")],
-        shared.reloads_ok.load(Ordering::Relaxed),
-    );
-    f.sample(
-        name,
-        &[("result", "failed")],
-        shared.reloads_failed.load(Ordering::Relaxed),
-    );
-    let name = "sluice_server_workers";
-    Family::start(&mut out, name, "gauge", "Worker threads.").sample(
-        name,
-        &[],
-        shared.workers.len(),
-    );
+    families_of(&mut out, shared, WORKER_METRICS, &[Element::of(&s.worker)]);
+    families_of(&mut out, shared, SERVER_METRICS, &[Element::of(shared)]);
     out
 }
 
 fn histogram(out: &mut String, name: &str, help: &str, h: &HistogramSnapshot) {
-    let mut f = Family::start(out, name, "histogram", help);
+    let mut f = Family::start(out, name, Kind::Histogram.as_str(), help);
     let bucket = format!("{name}_bucket");
     let mut cumulative = 0;
     for (i, bound) in HISTOGRAM_BOUNDS_US.iter().enumerate() {
@@ -1420,6 +1193,155 @@ fn histogram(out: &mut String, name: &str, help: &str, h: &HistogramSnapshot) {
         format!("{}", h.sum_us as f64 / 1e6),
     );
     f.sample(&format!("{name}_count"), &[], h.count());
+}
+
+/// `docs/metrics.md`: every metric `/metrics` and `/stats` export, from the declarations
+/// ([`SERVER_METRICS`] and the tables in [`crate::stats`]). A test keeps the committed file
+/// equal to it.
+#[must_use]
+pub fn metrics_reference() -> String {
+    let mut out = String::from(
+        "# Metrics reference\n\n\
+         <!-- Generated from the metric declarations in runtime/src/stats.rs and\n\
+         runtime/src/admin.rs (SERVER_METRICS). Do not edit: regenerate with\n\
+         SLUICE_BLESS=1 cargo test -p sluice-runtime --lib metrics_reference -->\n\n\
+         The admin API exports every metric twice: `GET /metrics` in the Prometheus text format\n\
+         (0.0.4), `GET /stats` as sorted `name: value` lines (`?format=json` for JSON,\n\
+         `?filter=REGEX`). Counters are summed over the workers and never go down, across config\n\
+         reloads and hot upgrades included; gauges are the value now (summed over workers).\n\
+         In a `/stats` name, `NAME` is the listener's or cluster's name and `ADDR` the host's\n\
+         address. \"Only for\" says which listeners or clusters have the name; a Prometheus\n\
+         family shown only for some listeners is left out when there is none.\n",
+    );
+    fn shown_note(which: Shown) -> &'static str {
+        match which {
+            Shown::Always => "",
+            Shown::HttpListeners => " (only for HTTP and `protocol: auto` listeners)",
+            Shown::TcpListeners => " (only for TCP proxy listeners)",
+            Shown::WithHealthCheck => " (only with a health_check)",
+            Shown::WithOutlierDetection => " (only with outlier_detection)",
+            Shown::WithLimits => " (once the server set its limits)",
+            Shown::Never => "",
+        }
+    }
+    fn section<S>(
+        out: &mut String,
+        title: &str,
+        intro: &str,
+        labels: &[&str],
+        prefix: &str,
+        exports: &[Export<S>],
+    ) {
+        let _ = write!(
+            out,
+            "\n## {title}\n\n{intro}\n\n| Prometheus | Type | Labels | `/stats` | Meaning |\n|---|---|---|---|---|\n"
+        );
+        for e in exports {
+            let m = &e.metric;
+            let prometheus = if m.prometheus == Shown::Never {
+                "—".to_owned()
+            } else {
+                format!("`{}`{}", m.name, shown_note(m.prometheus))
+            };
+            let mut all_labels: Vec<String> = labels.iter().map(|l| format!("`{l}`")).collect();
+            if let Some((key, value)) = m.by {
+                let values: Vec<&str> = (0..e.len).map(value).collect();
+                all_labels.push(format!("`{key}` ({})", values.join(", ")));
+            }
+            let labels = if m.prometheus == Shown::Never || all_labels.is_empty() {
+                "—".to_owned()
+            } else {
+                all_labels.join(", ")
+            };
+            let stats = if m.stats == Shown::Never {
+                "—".to_owned()
+            } else if let Some((_, value)) = m.by {
+                let names: Vec<String> = (0..e.len)
+                    .map(|i| format!("`{prefix}{}{}`", m.stats_key, value(i)))
+                    .collect();
+                format!("{}{}", names.join(", "), shown_note(m.stats))
+            } else {
+                format!("`{prefix}{}`{}", m.stats_key, shown_note(m.stats))
+            };
+            let _ = writeln!(
+                out,
+                "| {prometheus} | {} | {labels} | {stats} | {} |",
+                m.kind.as_str(),
+                m.help
+            );
+        }
+    }
+    section(
+        &mut out,
+        "Server",
+        "The process as a whole.",
+        &[],
+        "",
+        SERVER_METRICS,
+    );
+    section(
+        &mut out,
+        "Worker totals",
+        "Summed over all listeners of all workers.",
+        &[],
+        "",
+        WORKER_METRICS,
+    );
+    section(
+        &mut out,
+        "Per listener",
+        "One series per listener of the config.",
+        &["listener"],
+        "listener.NAME.",
+        LISTENER_METRICS,
+    );
+    section(
+        &mut out,
+        "Per cluster",
+        "One series per cluster of the config.",
+        &["cluster"],
+        "cluster.NAME.",
+        CLUSTER_METRICS,
+    );
+    section(
+        &mut out,
+        "Per upstream host",
+        "One series per host of each cluster.",
+        &["cluster", "host"],
+        "cluster.NAME.host.ADDR.",
+        HOST_METRICS,
+    );
+    section(
+        &mut out,
+        "Bolt",
+        "Only when a listener speaks Bolt (`bolt`, or `protocol: auto`).",
+        &[],
+        "",
+        BOLT_METRICS,
+    );
+    let _ = write!(
+        out,
+        "\n## Request-time histograms\n\n\
+         HTTP only. Prometheus gets cumulative `_bucket{{le=\"…\"}}` series (upper bounds in\n\
+         seconds: {}, `+Inf`), `_sum` (seconds) and `_count`; `/stats` gets `.count`, `.sum_us`\n\
+         (microseconds) and the upper bound of the bucket holding the 50th, 90th and 99th\n\
+         percentile (`.p50_us_le`, `.p90_us_le`, `.p99_us_le`, in microseconds, absent while\n\
+         empty or in the `+Inf` bucket).\n\n\
+         | Prometheus | Type | `/stats` | Meaning |\n|---|---|---|---|\n",
+        HISTOGRAM_BOUNDS_US
+            .iter()
+            .map(|b| format!("{}", *b as f64 / 1e6))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    for h in HISTOGRAM_METRICS {
+        let _ = writeln!(
+            out,
+            "| `{}` | histogram | `{}.*` | {} |",
+            h.name, h.stats_key, h.help
+        );
+    }
+    out
 }
 
 /// The cluster view as JSON: every cluster and host, with the load summed over workers.
@@ -1754,5 +1676,37 @@ mod tests {
             assert!(html.contains(&format!("\"{p}\"")), "{p}");
         }
         assert!(html.contains("<td>app</td><td>127.0.0.1:2</td><td>3</td>"));
+    }
+
+    /// `docs/metrics.md` is generated from the metric declarations; this fails when a metric
+    /// changed and the file was not regenerated (`SLUICE_BLESS=1` rewrites it).
+    #[test]
+    fn metrics_reference_is_current() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/metrics.md");
+        let want = metrics_reference();
+        if std::env::var_os("SLUICE_BLESS").is_some() {
+            std::fs::write(path, &want).unwrap();
+        }
+        let have = std::fs::read_to_string(path).unwrap_or_default();
+        assert!(
+            have == want,
+            "docs/metrics.md is stale: regenerate it with \
+             SLUICE_BLESS=1 cargo test -p sluice-runtime --lib metrics_reference"
+        );
+    }
+
+    /// Every declared metric has a unique Prometheus family and `/stats` name.
+    #[test]
+    fn metric_names_are_unique() {
+        let text = metrics_reference();
+        let mut names: Vec<&str> = text
+            .lines()
+            .filter(|l| l.starts_with("| `"))
+            .filter_map(|l| l.split('`').nth(1))
+            .collect();
+        let all = names.len();
+        names.sort_unstable();
+        names.dedup();
+        assert_eq!(names.len(), all, "a Prometheus name is declared twice");
     }
 }
