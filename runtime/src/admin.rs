@@ -1205,10 +1205,10 @@ pub fn metrics_reference() -> String {
          <!-- Generated from the metric declarations in runtime/src/stats.rs and\n\
          runtime/src/admin.rs (SERVER_METRICS). Do not edit: regenerate with\n\
          SLUICE_BLESS=1 cargo test -p sluice-runtime --lib metrics_reference -->\n\n\
-         The admin API exports every metric twice: `GET /metrics` in the Prometheus text format\n\
+         The admin API exports every metric twice: `GET /stats/prometheus` in the Prometheus text format\n\
          (0.0.4), `GET /stats` as sorted `name: value` lines (`?format=json` for JSON,\n\
          `?filter=REGEX`). Counters are summed over the workers and never go down, across config\n\
-         reloads and hot upgrades included; gauges are the value now (summed over workers).\n\
+         reloads and hot upgrades included; gauges are the value now (a per-worker gauge summed over workers).\n\
          In a `/stats` name, `NAME` is the listener's or cluster's name and `ADDR` the host's\n\
          address. \"Only for\" says which listeners or clusters have the name; a Prometheus\n\
          family shown only for some listeners is left out when there is none.\n",
