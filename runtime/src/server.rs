@@ -22,6 +22,7 @@ use std::sync::Arc;
 use std::thread;
 
 use sluice_core::config::Config;
+use sluice_core::config::diff::ListenerSocket;
 use tokio::sync::watch;
 use tracing::{error, info, warn};
 
@@ -677,7 +678,8 @@ fn reload(
     let path = path.ok_or("this process was started without a config file")?;
     let next = Arc::new(load_config(path)?);
     check_access_logs(&next).map_err(|e| e.to_string())?;
-    if next.admin.as_ref().map(|a| &a.listen) != current.admin.as_ref().map(|a| &a.listen) {
+    let changes = sluice_core::config::diff::diff(current, &next);
+    if changes.admin_listen_changed {
         return Err(
             "admin: changing where the admin API listens (address, path or mode) needs a \
              restart or an upgrade"
@@ -687,25 +689,24 @@ fn reload(
     // Sockets for the new addresses, one per worker, bound before anything changes.
     let mut fresh: Vec<Vec<Option<std::net::TcpListener>>> =
         (0..workers).map(|_| Vec::new()).collect();
-    let mut added = Vec::new();
-    for (i, l) in next.listeners.iter().enumerate() {
-        let known = current.listeners.iter().any(|o| o.address == l.address);
-        if !known {
-            added.push(l.name.as_str());
-        }
+    for (i, socket) in changes.sockets.iter().enumerate() {
+        let bind = *socket == ListenerSocket::Bind;
         for mine in &mut fresh {
-            mine.push(if known {
-                None
-            } else {
+            mine.push(if bind {
                 Some(bind_listener(&next, i).map_err(|e| e.to_string())?)
+            } else {
+                None
             });
         }
     }
-    let removed: Vec<&str> = current
-        .listeners
+    let added: Vec<&str> = changes
+        .to_bind()
+        .map(|i| next.listeners[i].name.as_str())
+        .collect();
+    let removed: Vec<&str> = changes
+        .closed_listeners
         .iter()
-        .filter(|o| !next.listeners.iter().any(|l| l.address == o.address))
-        .map(|o| o.name.as_str())
+        .map(|&i| current.listeners[i].name.as_str())
         .collect();
     let next_health = Arc::new(crate::health::SharedHealth::new(&next));
     next_health.inherit(shared_health, current, &next);
