@@ -14,7 +14,6 @@
 //! config; `/drain_listeners` closes the workers' listeners through a second watch channel.
 //! SIGUSR1 makes every worker reopen its access log files (log rotation), through a third.
 
-use std::cell::RefCell;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
@@ -30,6 +29,7 @@ use crate::admin::{AdminHandle, AdminShared, LogControl, ServerState};
 use crate::engine::{Engine, Handoff};
 use crate::net::{TokioNet, bind_reuseport};
 use crate::stats::WorkerStats;
+use crate::worker::{Worker, WorkerHooks};
 
 /// How the server runs.
 #[derive(Clone, Debug)]
@@ -907,18 +907,18 @@ struct WorkerStart {
 }
 
 /// Serves a connection migrated from the previous instance (on the listener with its address).
-fn adopt(engine: Rc<Engine<TokioNet>>, worker: usize, m: crate::control::Migrated) {
+fn adopt(worker: &Worker<TokioNet>, index: usize, m: crate::control::Migrated) {
     let stream = std::net::TcpStream::from(m.stream);
     let adopted = (|| {
         stream.set_nonblocking(true).ok()?;
         let peer = stream.peer_addr().ok()?;
         let stream = tokio::net::TcpStream::from_std(stream).ok()?;
         let _ = stream.set_nodelay(true);
-        engine.adopt(m.listener, stream, peer, m.unread);
+        worker.adopt(m.listener, stream, peer, m.unread);
         Some(())
     })();
     if adopted.is_none() {
-        warn!(worker, listener = %m.listener, "a migrated connection could not be set up; closed");
+        warn!(worker = index, listener = %m.listener, "a migrated connection could not be set up; closed");
     }
 }
 
@@ -931,63 +931,13 @@ fn process_handoff(slot: &crate::engine::MigrationSlot) -> Rc<dyn Handoff<tokio:
     ))
 }
 
-/// The handoff of a worker's previous config generation: to the generation serving now (a
-/// reload moves live Bolt connections rather than closing them).
-struct GenerationHandoff(Rc<RefCell<Running>>);
-
-impl Handoff<tokio::net::TcpStream> for GenerationHandoff {
-    fn ready(&self) -> bool {
-        true
-    }
-
-    fn take(
-        &self,
-        listener: std::net::SocketAddr,
-        stream: tokio::net::TcpStream,
-        peer: std::net::SocketAddr,
-        unread: Vec<u8>,
-    ) {
-        let engine = self.0.borrow().engine.clone();
-        engine.adopt(listener, stream, peer, unread);
-    }
-}
-
-/// A running generation in a worker: its engine, its task, and how to make it drain.
-struct Running {
-    engine: Rc<Engine<TokioNet>>,
-    task: tokio::task::JoinHandle<()>,
-    stop: watch::Sender<bool>,
-}
-
-/// Starts `engine` on `listeners` as the worker's current generation.
-fn start_generation(
-    engine: Rc<Engine<TokioNet>>,
-    listeners: Vec<tokio::net::TcpListener>,
-    close_listeners: &watch::Receiver<bool>,
-) -> Running {
-    let (stop, mut stop_rx) = watch::channel(false);
-    let mut close_listeners = close_listeners.clone();
-    let task = tokio::task::spawn_local(engine.clone().run_with_drain(
-        listeners,
-        async move {
-            if close_listeners.wait_for(|c| *c).await.is_err() {
-                // The admin side is gone: never close early.
-                std::future::pending::<()>().await;
-            }
-        },
-        async move {
-            let _ = stop_rx.wait_for(|s| *s).await;
-        },
-    ));
-    Running { engine, task, stop }
-}
-
-/// A worker thread's life: serve the first generation, switch on reloads (the previous
-/// generation hands its listening sockets over and drains its own connections), drain
-/// everything on stop.
+/// A worker thread's life: a [`Worker`] serving the first generation, switched on reloads
+/// (the previous generation hands its listening sockets over and drains its own connections),
+/// stopped and drained on stop. This driver only turns the main thread's commands and signals
+/// into calls on it.
 async fn worker_main(start: WorkerStart) -> io::Result<()> {
     let WorkerStart {
-        worker,
+        worker: index,
         workers,
         seed,
         config,
@@ -1009,7 +959,7 @@ async fn worker_main(start: WorkerStart) -> io::Result<()> {
     let engine = Engine::new_worker(
         TokioNet,
         config,
-        worker,
+        index,
         workers,
         seed,
         stats,
@@ -1019,137 +969,75 @@ async fn worker_main(start: WorkerStart) -> io::Result<()> {
     engine.set_handoff(process_handoff(&migration));
     let _ = started.send(());
     drop(started);
-    let current = Rc::new(RefCell::new(start_generation(
+    let mut worker = Worker::start(
         engine,
         listeners,
-        &close_listeners,
-    )));
-    {
-        let current = current.clone();
-        tokio::task::spawn_local(async move {
-            while reopen.changed().await.is_ok() {
-                let engine = current.borrow().engine.clone();
-                engine.reopen_access_logs();
-            }
-        });
-    }
-    // Previous generations still draining.
-    let mut draining: Vec<tokio::task::JoinHandle<()>> = Vec::new();
+        WorkerHooks {
+            close_listeners: Some(close_listeners),
+            on_event: None,
+        },
+    );
     loop {
         let command = tokio::select! {
             _ = stop.wait_for(|s| *s) => break,
+            Ok(()) = reopen.changed() => {
+                worker.reopen_access_logs();
+                continue;
+            }
             command = commands.recv() => command,
         };
-        {
-            match command {
-                None => {
-                    // The main thread is gone: wait for the stop.
-                    let _ = stop.wait_for(|s| *s).await;
-                    break;
-                }
-                Some(WorkerCommand::Adopt(m)) => {
-                    let engine = current.borrow().engine.clone();
-                    adopt(engine, worker, m);
-                }
-                Some(WorkerCommand::Reload(g)) => {
-                    let Generation {
-                        config,
-                        stats,
-                        shared_health,
-                        mut fresh,
-                        done,
-                    } = *g;
-                    // The new engine first: if it cannot be built, nothing changes.
-                    let engine = match Engine::new_worker(
-                        TokioNet,
-                        config.clone(),
-                        worker,
-                        workers,
-                        seed,
-                        stats,
-                        shared_health,
-                        limits.clone(),
-                    ) {
-                        Ok(e) => e,
-                        Err(e) => {
-                            let _ = done.send(Err(e.to_string()));
-                            continue;
-                        }
-                    };
-                    engine.set_handoff(process_handoff(&migration));
-                    let old = current.borrow().engine.clone();
-                    let old_config = old.config.clone();
-                    // Same address: the same socket (its backlog included) moves to the new
-                    // engine; removed addresses close here.
-                    let mut by_address: Vec<(std::net::SocketAddr, tokio::net::TcpListener)> = old
-                        .take_listeners()
-                        .await
-                        .into_iter()
-                        .zip(&old_config.listeners)
-                        .filter_map(|(l, c)| l.map(|l| (c.address, l)))
-                        .collect();
-                    let mut listeners = Vec::with_capacity(config.listeners.len());
-                    let mut failed = None;
-                    for (i, l) in config.listeners.iter().enumerate() {
-                        if let Some(pos) = by_address.iter().position(|(a, _)| *a == l.address) {
-                            listeners.push(by_address.swap_remove(pos).1);
-                        } else if let Some(socket) = fresh[i].take() {
-                            match tokio::net::TcpListener::from_std(socket) {
-                                Ok(l) => listeners.push(l),
-                                Err(e) => failed = Some(e),
-                            }
-                        } else {
-                            // Closed earlier by /drain_listeners: bind again.
-                            match bind_listener(&config, i)
-                                .and_then(tokio::net::TcpListener::from_std)
-                            {
-                                Ok(l) => listeners.push(l),
-                                Err(e) => failed = Some(e),
-                            }
-                        }
+        match command {
+            None => {
+                // The main thread is gone: wait for the stop.
+                let _ = stop.wait_for(|s| *s).await;
+                break;
+            }
+            Some(WorkerCommand::Adopt(m)) => adopt(&worker, index, m),
+            Some(WorkerCommand::Reload(g)) => {
+                let Generation {
+                    config,
+                    stats,
+                    shared_health,
+                    mut fresh,
+                    done,
+                } = *g;
+                // The new engine first: if it cannot be built, nothing changes.
+                let engine = match Engine::new_worker(
+                    TokioNet,
+                    config.clone(),
+                    index,
+                    workers,
+                    seed,
+                    stats,
+                    shared_health,
+                    limits.clone(),
+                ) {
+                    Ok(e) => e,
+                    Err(e) => {
+                        let _ = done.send(Err(e.to_string()));
+                        continue;
                     }
-                    if let Some(e) = failed {
-                        error!(worker, error = %e, "reload: a listener could not be set up");
-                    }
-                    drop(by_address);
-                    // Counters move to the new generation now; what the old one counts while
-                    // it drains follows when it is done.
-                    engine.stats.carry_over(&old.stats, &old_config, &config);
-                    let at_switch = old.stats.frozen(&old_config);
-                    old.set_handoff(Rc::new(GenerationHandoff(current.clone())));
-                    old.stop_health_checks();
-                    let previous = std::mem::replace(
-                        &mut *current.borrow_mut(),
-                        start_generation(engine, listeners, &close_listeners),
-                    );
-                    let _ = previous.stop.send(true);
-                    let current = current.clone();
-                    draining.push(tokio::task::spawn_local(async move {
-                        let _ = previous.task.await;
-                        let now = current.borrow().engine.clone();
-                        now.stats
-                            .transfer(&old.stats, &at_switch, &old_config, &now.config);
-                    }));
-                    draining.retain(|t| !t.is_finished());
-                    let _ = done.send(Ok(()));
+                };
+                engine.set_handoff(process_handoff(&migration));
+                // A socket the old generation does not have: bound by the main thread, or
+                // bound again when /drain_listeners closed the old one.
+                let failed = worker
+                    .reload(engine, |i| match fresh[i].take() {
+                        Some(socket) => tokio::net::TcpListener::from_std(socket),
+                        None => {
+                            bind_listener(&config, i).and_then(tokio::net::TcpListener::from_std)
+                        }
+                    })
+                    .await;
+                if let Some(e) = failed.last() {
+                    error!(worker = index, error = %e, "reload: a listener could not be set up");
                 }
+                let _ = done.send(Ok(()));
             }
         }
     }
-    let engine = current.borrow().engine.clone();
-    let running = std::mem::replace(
-        &mut *current.borrow_mut(),
-        Running {
-            engine,
-            task: tokio::task::spawn_local(async {}),
-            stop: watch::channel(false).0,
-        },
-    );
-    let _ = running.stop.send(true);
-    let _ = running.task.await;
-    for t in draining {
-        let _ = t.await;
-    }
+    worker.stop();
+    worker.drained().await;
     Ok(())
 }
 
