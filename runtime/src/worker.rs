@@ -15,10 +15,10 @@
 //!
 //! - **serving**: exactly one generation at a time (the *current* one) accepts on the sockets.
 //! - **switch** ([`Worker::switch`], or [`Worker::reload`], which first takes the sockets off
-//!   the serving engine and matches them to the new config with
-//!   [`sluice_core::config::diff`]): counters move to the new generation, the old generation's
-//!   health checks stop (the new one runs its own), its Bolt connections migrate to whichever
-//!   generation serves when they become idle (as on a reload today), and it drains.
+//!   the serving engine, matches them to the new config with [`sluice_core::config::diff`]
+//!   and stops the old generation's health checks — the new one runs its own): counters move
+//!   to the new generation, the old generation's Bolt connections migrate to whichever
+//!   generation serves when they become idle, and it drains.
 //! - **draining**: the engine stops accepting and finishes or closes its connections within the
 //!   config's `drain_timeout` (the engine's drain). When it has ended, what it counted while
 //!   draining is added to the generation serving then.
@@ -252,6 +252,9 @@ impl<N: Network> Worker<N> {
         let old_config = self.engine().config.clone();
         let changes = diff(&old_config, &engine.config);
         let mut previous = self.take_listeners().await;
+        // The new config's generation runs its own health checks; the old one's verdicts are
+        // not needed for new connections any more.
+        self.engine().stop_health_checks();
         let mut listeners = Vec::with_capacity(changes.sockets.len());
         let mut failed = Vec::new();
         for (i, socket) in changes.sockets.iter().enumerate() {
@@ -272,8 +275,10 @@ impl<N: Network> Worker<N> {
 
     /// Switches to a new generation: `engine` serves `listeners` (one per listener of its
     /// config, in order; taken off the serving engine, or given back, or fresh); the serving
-    /// generation's counters move to it, its health checks stop, its Bolt connections migrate
-    /// to the serving generation as they become idle, and it drains.
+    /// generation's counters move to it, its Bolt connections migrate to the serving
+    /// generation as they become idle, and it drains. Its health checks run on until it has
+    /// drained (its open connections keep current verdicts), unless the caller stopped them:
+    /// [`Worker::reload`] does, as the binary always has.
     pub fn switch(&mut self, engine: Rc<Engine<N>>, listeners: Vec<N::Listener>) {
         let old = self.engine();
         let old_config = old.config.clone();
@@ -287,7 +292,6 @@ impl<N: Network> Worker<N> {
             config: old_config,
         };
         old.set_handoff(Rc::new(GenerationHandoff(self.current.clone())));
-        old.stop_health_checks();
         let generation = self.next_generation;
         self.next_generation += 1;
         let (serving, task) = start_generation(
