@@ -13,10 +13,14 @@
 //! serving, 200 then, and 503 again once draining. It reads every worker's counters and the
 //! config; `/drain_listeners` closes the workers' listeners through a second watch channel.
 //! SIGUSR1 makes every worker reopen its access log files (log rotation), through a third.
+//!
+//! By concern: this file holds startup (reading the config, binding), the main thread's loop
+//! (signals, reloads) and shutdown; `worker_thread` is a worker thread's thin driver of its
+//! [`crate::worker::Worker`] (the generations and their switching live there, shared with the
+//! simulator); `handover` keeps what a binary upgrade hands to a new instance.
 
 use std::io;
 use std::path::{Path, PathBuf};
-use std::rc::Rc;
 use std::sync::Arc;
 use std::thread;
 
@@ -26,10 +30,14 @@ use tokio::sync::watch;
 use tracing::{error, info, warn};
 
 use crate::admin::{AdminHandle, AdminShared, LogControl, ServerState};
-use crate::engine::{Engine, Handoff};
-use crate::net::{TokioNet, bind_reuseport};
+use crate::net::bind_reuseport;
 use crate::stats::WorkerStats;
-use crate::worker::{Worker, WorkerHooks};
+
+mod handover;
+mod worker_thread;
+
+use handover::{HandoverSockets, SocketFile};
+use worker_thread::{Generation, WorkerCommand, WorkerStart, worker_main};
 
 /// How the server runs.
 #[derive(Clone, Debug)]
@@ -156,26 +164,6 @@ fn bind_listener(config: &Config, i: usize) -> io::Result<std::net::TcpListener>
             ),
         )
     })
-}
-
-/// What a worker is told to do besides stopping.
-enum WorkerCommand {
-    /// Switch to a new config generation (a reload).
-    Reload(Box<Generation>),
-    /// Serve a connection the previous instance migrated (upgrade).
-    Adopt(crate::control::Migrated),
-}
-
-/// One config generation for one worker.
-struct Generation {
-    config: Arc<Config>,
-    stats: Arc<WorkerStats>,
-    shared_health: Arc<crate::health::SharedHealth>,
-    /// Per listener of `config`: a freshly bound socket when no listener of the previous
-    /// generation had its address (else the worker reuses that one).
-    fresh: Vec<Option<std::net::TcpListener>>,
-    /// The worker's answer: switched, or why not.
-    done: std::sync::mpsc::Sender<Result<(), String>>,
 }
 
 /// Runs until SIGTERM/SIGINT, then drains and returns. Errors are startup errors (bind).
@@ -767,278 +755,6 @@ fn reload(
         shared_health: next_health,
         summary,
     })
-}
-
-/// Copies (dups) of every listening socket, per listener address and worker, kept by the main
-/// thread so that a new instance can be handed the very sockets the workers accept on. They
-/// follow reloads; `/drain_listeners` drops them (a listener closed on purpose must refuse).
-pub(crate) struct HandoverSockets {
-    workers: usize,
-    listeners: Vec<(std::net::SocketAddr, Vec<std::os::fd::OwnedFd>)>,
-    admin: Option<(crate::control::AdminAddress, std::os::fd::OwnedFd)>,
-    /// The health verdicts to hand over, with the config they are shaped like.
-    health: Option<(Arc<crate::health::SharedHealth>, Arc<Config>)>,
-}
-
-impl HandoverSockets {
-    fn new(config: &Config, sockets: &[Vec<std::net::TcpListener>]) -> io::Result<Self> {
-        let mut listeners = Vec::with_capacity(config.listeners.len());
-        for (i, l) in config.listeners.iter().enumerate() {
-            let fds = sockets
-                .iter()
-                .map(|mine| mine[i].try_clone().map(std::os::fd::OwnedFd::from))
-                .collect::<io::Result<Vec<_>>>()?;
-            listeners.push((l.address, fds));
-        }
-        Ok(HandoverSockets {
-            workers: sockets.len(),
-            listeners,
-            admin: None,
-            health: None,
-        })
-    }
-
-    /// The copies for `next`: kept for addresses both configs have, from `fresh` (per worker,
-    /// per listener of `next`) for new ones.
-    fn reshaped(
-        &self,
-        next: &Config,
-        fresh: &[Vec<Option<std::net::TcpListener>>],
-    ) -> io::Result<Self> {
-        let mut listeners = Vec::with_capacity(next.listeners.len());
-        for (i, l) in next.listeners.iter().enumerate() {
-            let fds = match self.listeners.iter().find(|(a, _)| *a == l.address) {
-                Some((_, fds)) => fds
-                    .iter()
-                    .map(std::os::fd::OwnedFd::try_clone)
-                    .collect::<io::Result<Vec<_>>>()?,
-                None => fresh
-                    .iter()
-                    .filter_map(|mine| mine[i].as_ref())
-                    .map(|s| s.try_clone().map(std::os::fd::OwnedFd::from))
-                    .collect::<io::Result<Vec<_>>>()?,
-            };
-            listeners.push((l.address, fds));
-        }
-        let admin = match &self.admin {
-            Some((a, fd)) => Some((a.clone(), fd.try_clone()?)),
-            None => None,
-        };
-        Ok(HandoverSockets {
-            workers: self.workers,
-            listeners,
-            admin,
-            health: self.health.clone(),
-        })
-    }
-
-    /// What the control socket sends to a new instance (dups of the copies).
-    fn offer(&self) -> io::Result<crate::control::HandoverOffer> {
-        let listeners = self
-            .listeners
-            .iter()
-            .map(|(a, fds)| {
-                fds.iter()
-                    .map(std::os::fd::OwnedFd::try_clone)
-                    .collect::<io::Result<Vec<_>>>()
-                    .map(|fds| (*a, fds))
-            })
-            .collect::<io::Result<Vec<_>>>()?;
-        let admin = match &self.admin {
-            Some((a, fd)) => Some((a.clone(), fd.try_clone()?)),
-            None => None,
-        };
-        Ok(crate::control::HandoverOffer {
-            workers: self.workers,
-            listeners,
-            admin,
-            health: self
-                .health
-                .as_ref()
-                .map(|(h, c)| h.verdicts(c))
-                .unwrap_or_default(),
-        })
-    }
-}
-
-/// The control socket's file as this instance bound it: removed at exit unless another
-/// instance (an upgrade) has replaced it since.
-struct SocketFile {
-    path: PathBuf,
-    id: (u64, u64),
-}
-
-impl SocketFile {
-    fn of(path: &Path) -> Option<SocketFile> {
-        use std::os::unix::fs::MetadataExt;
-        let m = std::fs::symlink_metadata(path).ok()?;
-        Some(SocketFile {
-            path: path.to_path_buf(),
-            id: (m.dev(), m.ino()),
-        })
-    }
-
-    fn remove_if_still_ours(self) {
-        use std::os::unix::fs::MetadataExt;
-        if let Ok(m) = std::fs::symlink_metadata(&self.path)
-            && (m.dev(), m.ino()) == self.id
-        {
-            let _ = std::fs::remove_file(&self.path);
-        }
-    }
-}
-
-/// Everything a worker thread starts with.
-struct WorkerStart {
-    worker: usize,
-    workers: usize,
-    seed: u64,
-    config: Arc<Config>,
-    stats: Arc<WorkerStats>,
-    shared_health: Arc<crate::health::SharedHealth>,
-    limits: Arc<crate::limits::ProcessLimits>,
-    sockets: Vec<std::net::TcpListener>,
-    stop: watch::Receiver<bool>,
-    migration: crate::engine::MigrationSlot,
-    close_listeners: watch::Receiver<bool>,
-    reopen: watch::Receiver<u64>,
-    started: std::sync::mpsc::Sender<()>,
-    commands: tokio::sync::mpsc::UnboundedReceiver<WorkerCommand>,
-}
-
-/// Serves a connection migrated from the previous instance (on the listener with its address).
-fn adopt(worker: &Worker<TokioNet>, index: usize, m: crate::control::Migrated) {
-    let stream = std::net::TcpStream::from(m.stream);
-    let adopted = (|| {
-        stream.set_nonblocking(true).ok()?;
-        let peer = stream.peer_addr().ok()?;
-        let stream = tokio::net::TcpStream::from_std(stream).ok()?;
-        let _ = stream.set_nodelay(true);
-        worker.adopt(m.listener, stream, peer, m.unread);
-        Some(())
-    })();
-    if adopted.is_none() {
-        warn!(worker = index, listener = %m.listener, "a migrated connection could not be set up; closed");
-    }
-}
-
-/// The handoff of an engine whose process may be upgraded: to the new instance, once it took
-/// over.
-fn process_handoff(slot: &crate::engine::MigrationSlot) -> Rc<dyn Handoff<tokio::net::TcpStream>> {
-    Rc::new((
-        crate::engine::ProcessHandoff(slot.clone()),
-        std::marker::PhantomData::<TokioNet>,
-    ))
-}
-
-/// A worker thread's life: a [`Worker`] serving the first generation, switched on reloads
-/// (the previous generation hands its listening sockets over and drains its own connections),
-/// stopped and drained on stop. This driver only turns the main thread's commands and signals
-/// into calls on it.
-async fn worker_main(start: WorkerStart) -> io::Result<()> {
-    let WorkerStart {
-        worker: index,
-        workers,
-        seed,
-        config,
-        stats,
-        shared_health,
-        limits,
-        sockets,
-        mut stop,
-        migration,
-        close_listeners,
-        mut reopen,
-        started,
-        mut commands,
-    } = start;
-    let listeners = sockets
-        .into_iter()
-        .map(tokio::net::TcpListener::from_std)
-        .collect::<io::Result<Vec<_>>>()?;
-    let engine = Engine::new_worker(
-        TokioNet,
-        config,
-        index,
-        workers,
-        seed,
-        stats,
-        shared_health,
-        limits.clone(),
-    )?;
-    engine.set_handoff(process_handoff(&migration));
-    let _ = started.send(());
-    drop(started);
-    let mut worker = Worker::start(
-        engine,
-        listeners,
-        WorkerHooks {
-            close_listeners: Some(close_listeners),
-            on_event: None,
-        },
-    );
-    loop {
-        let command = tokio::select! {
-            _ = stop.wait_for(|s| *s) => break,
-            Ok(()) = reopen.changed() => {
-                worker.reopen_access_logs();
-                continue;
-            }
-            command = commands.recv() => command,
-        };
-        match command {
-            None => {
-                // The main thread is gone: wait for the stop.
-                let _ = stop.wait_for(|s| *s).await;
-                break;
-            }
-            Some(WorkerCommand::Adopt(m)) => adopt(&worker, index, m),
-            Some(WorkerCommand::Reload(g)) => {
-                let Generation {
-                    config,
-                    stats,
-                    shared_health,
-                    mut fresh,
-                    done,
-                } = *g;
-                // The new engine first: if it cannot be built, nothing changes.
-                let engine = match Engine::new_worker(
-                    TokioNet,
-                    config.clone(),
-                    index,
-                    workers,
-                    seed,
-                    stats,
-                    shared_health,
-                    limits.clone(),
-                ) {
-                    Ok(e) => e,
-                    Err(e) => {
-                        let _ = done.send(Err(e.to_string()));
-                        continue;
-                    }
-                };
-                engine.set_handoff(process_handoff(&migration));
-                // A socket the old generation does not have: bound by the main thread, or
-                // bound again when /drain_listeners closed the old one.
-                let failed = worker
-                    .reload(engine, |i| match fresh[i].take() {
-                        Some(socket) => tokio::net::TcpListener::from_std(socket),
-                        None => {
-                            bind_listener(&config, i).and_then(tokio::net::TcpListener::from_std)
-                        }
-                    })
-                    .await;
-                if let Some(e) = failed.last() {
-                    error!(worker = index, error = %e, "reload: a listener could not be set up");
-                }
-                let _ = done.send(Ok(()));
-            }
-        }
-    }
-    worker.stop();
-    worker.drained().await;
-    Ok(())
 }
 
 /// A signal the server acts on.
