@@ -2,9 +2,9 @@
 //!
 //! A [`Worker`] owns the generation that serves (an [`Engine`] running on the worker's
 //! listening sockets) and the earlier generations still draining. The binary drives one per
-//! worker thread (`server::worker_main`: threads, channels and signals stay there); the
-//! simulator drives the same type on turmoil for its reload and upgrade scenarios, so there is
-//! one copy of generation switching.
+//! worker thread (`server::worker_thread::worker_main`; threads, channels and signals stay in
+//! the server); the simulator drives the same type on turmoil for its reload and upgrade
+//! scenarios, so there is one copy of generation switching.
 //!
 //! Generations are numbered from 0 in the order they start. Each one's life:
 //!
@@ -575,6 +575,47 @@ mod tests {
                 events.borrow().last(),
                 Some(&GenerationEnded { generation: 1 })
             );
+        });
+    }
+
+    /// A socket closed by `/drain_listeners` is not kept by a reload: the driver is asked for
+    /// a new one, even for a known address.
+    #[test]
+    fn a_reload_after_drain_listeners_asks_for_the_closed_socket_again() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        tokio::task::LocalSet::new().block_on(&rt, async {
+            let (first, port) = listener();
+            let config = echo_config(&[port]);
+            let (close, close_rx) = watch::channel(false);
+            let mut worker = Worker::start(
+                engine(&config),
+                vec![first],
+                WorkerHooks {
+                    close_listeners: Some(close_rx),
+                    on_event: None,
+                },
+            );
+            let _ = close.send(true);
+            until("the listener to close", || {
+                std::net::TcpStream::connect(("127.0.0.1", port)).is_err()
+            })
+            .await;
+            let mut asked = Vec::new();
+            let failed = worker
+                .reload(engine(&config), |i| {
+                    asked.push(i);
+                    let l = std::net::TcpListener::bind(("127.0.0.1", port))?;
+                    l.set_nonblocking(true)?;
+                    tokio::net::TcpListener::from_std(l)
+                })
+                .await;
+            assert!(failed.is_empty(), "{failed:?}");
+            assert_eq!(asked, [0]);
+            worker.stop();
+            worker.drained().await;
         });
     }
 }
