@@ -3,8 +3,8 @@
 //! Startup binds every listener once per worker with `SO_REUSEPORT` *before* any worker
 //! starts, so that an address in use stops startup with a message naming the listener. Then
 //! each worker thread pins itself to a core, builds a current-thread tokio runtime and a
-//! `LocalSet`, and runs its own [`Engine`] on its own sockets: no state is shared between
-//! workers on the data path. The main thread waits for SIGTERM or SIGINT (or the admin API's
+//! `LocalSet`, and runs its own [`crate::worker::Worker`] (an [`crate::engine::Engine`] per
+//! config generation) on its own sockets: no state is shared between workers on the data path. The main thread waits for SIGTERM or SIGINT (or the admin API's
 //! `/quitquitquit`, which takes the same path), tells every worker to stop accepting and drain,
 //! and joins them.
 //!
