@@ -17,6 +17,7 @@ pub mod bolt;
 mod bolt_decode;
 mod cluster_decode;
 mod decode;
+pub mod diff;
 pub mod http;
 mod http_decode;
 pub mod values;
