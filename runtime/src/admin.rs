@@ -425,8 +425,18 @@ async fn serve_connection<S: AsyncRead + AsyncWrite + Unpin>(mut stream: S, shar
     let head = tokio::time::timeout(HEAD_TIMEOUT, read_head(&mut stream, &mut buf)).await;
     let mut head_only = false;
     let (mut response, after) = match head {
-        Ok(Ok(Some((method, target)))) => {
+        Ok(Ok(Some(Head {
+            method,
+            mut target,
+            form,
+        }))) => {
             head_only = method == "HEAD";
+            // An HTML form posts its fields as an urlencoded body: they count as query
+            // parameters (the index page's `/logging` form).
+            if let Some(form) = form.filter(|f| !f.is_empty()) {
+                target.push(if target.contains('?') { '&' } else { '?' });
+                target.push_str(&form);
+            }
             handle(shared, &method, &target)
         }
         Ok(Ok(None)) => (Response::text(400, "malformed request\n"), After::Nothing),
@@ -485,21 +495,66 @@ async fn serve_connection<S: AsyncRead + AsyncWrite + Unpin>(mut stream: S, shar
     }
 }
 
-/// Reads a request head; `Ok(None)` when it is malformed or too large.
+/// A request head: method, target, and the body of a `POST` of an urlencoded form.
+struct Head {
+    method: String,
+    target: String,
+    form: Option<String>,
+}
+
+/// Largest form body read (a form has one short field).
+const MAX_FORM: usize = 4096;
+
+/// Reads a request head (and the body of an urlencoded form, up to [`MAX_FORM`] bytes);
+/// `Ok(None)` when it is malformed or too large.
 async fn read_head<S: AsyncRead + Unpin>(
     stream: &mut S,
     buf: &mut Vec<u8>,
-) -> io::Result<Option<(String, String)>> {
+) -> io::Result<Option<Head>> {
     let mut chunk = [0u8; 2048];
     loop {
         let mut headers = [httparse::EMPTY_HEADER; 64];
         let mut req = httparse::Request::new(&mut headers);
         match req.parse(buf) {
-            Ok(httparse::Status::Complete(_)) => {
-                return Ok(match (req.method, req.path) {
-                    (Some(m), Some(p)) => Some((m.to_owned(), p.to_owned())),
-                    _ => None,
+            Ok(httparse::Status::Complete(head_len)) => {
+                let (Some(method), Some(target)) = (req.method, req.path) else {
+                    return Ok(None);
+                };
+                let header = |name: &str| {
+                    req.headers
+                        .iter()
+                        .find(|h| h.name.eq_ignore_ascii_case(name))
+                        .and_then(|h| std::str::from_utf8(h.value).ok())
+                        .map(str::trim)
+                };
+                let is_form = header("content-type").is_some_and(|t| {
+                    t.split(';').next().is_some_and(|t| {
+                        t.trim()
+                            .eq_ignore_ascii_case("application/x-www-form-urlencoded")
+                    })
                 });
+                let length = header("content-length").and_then(|l| l.parse::<usize>().ok());
+                let mut head = Head {
+                    method: method.to_owned(),
+                    target: target.to_owned(),
+                    form: None,
+                };
+                if let (true, Some(length)) = (is_form && head.method == "POST", length) {
+                    if length > MAX_FORM {
+                        return Ok(None);
+                    }
+                    let mut body = buf[head_len..].to_vec();
+                    while body.len() < length {
+                        let n = stream.read(&mut chunk).await?;
+                        if n == 0 {
+                            return Err(io::ErrorKind::UnexpectedEof.into());
+                        }
+                        body.extend_from_slice(&chunk[..n]);
+                    }
+                    body.truncate(length);
+                    head.form = Some(String::from_utf8_lossy(&body).into_owned());
+                }
+                return Ok(Some(head));
             }
             Ok(httparse::Status::Partial) => {}
             Err(_) => return Ok(None),
@@ -748,15 +803,24 @@ pub fn handle(shared: &AdminShared, method: &str, target: &str) -> (Response, Af
             info!("admin: /reload");
             return (Response::text(200, "OK\n"), After::Reload);
         }
-        "/logging" => match (param("level"), &shared.log_control) {
-            (None, _) => Response::text(400, "give the level: POST /logging?level=debug\n"),
-            (Some(_), None) => Response::text(501, "this process cannot change its log level\n"),
-            (Some(level), Some(control)) => match (control.0)(level) {
-                Ok(()) => {
-                    info!(level, "admin: log filter changed");
-                    Response::text(200, format!("log filter set to {level}\n"))
-                }
-                Err(e) => Response::text(400, format!("level: {e}\n")),
+        "/logging" => match param("level").map(crate::logging::level_filter) {
+            None => Response::text(
+                400,
+                format!(
+                    "give the level: POST /logging?level=debug (one of {})\n",
+                    crate::logging::ACCEPTED_LEVELS
+                ),
+            ),
+            Some(Err(e)) => Response::text(400, format!("level: {e}\n")),
+            Some(Ok(filter)) => match &shared.log_control {
+                None => Response::text(501, "this process cannot change its log level\n"),
+                Some(control) => match (control.0)(&filter) {
+                    Ok(()) => {
+                        info!(filter, "admin: log filter changed");
+                        Response::text(200, format!("log filter set to {filter}\n"))
+                    }
+                    Err(e) => Response::text(400, format!("level: {e}\n")),
+                },
             },
         },
         _ => unreachable!("every endpoint is handled"),
@@ -1465,9 +1529,17 @@ fn index_html(shared: &AdminShared) -> String {
                 );
             }
             Verb::Post => {
+                // `/logging` needs its level: the form posts it as a field (read as `?level=`).
+                let fields = if *path == "/logging" {
+                    "<select name=\"level\">\
+                     <option>trace</option><option>debug</option><option selected>info</option>\
+                     <option>warn</option><option>error</option><option>off</option></select> "
+                } else {
+                    ""
+                };
                 let _ = writeln!(
                     out,
-                    "<li><form method=\"post\" action=\"{p}\"><button>{p}</button></form> (POST): {w}</li>",
+                    "<li><form method=\"post\" action=\"{p}\">{fields}<button>{p}</button></form> (POST): {w}</li>",
                     p = html_escape(path),
                     w = html_escape(what)
                 );
@@ -1666,6 +1738,90 @@ mod tests {
         let s = shared();
         let dump = config_dump(&s.config);
         assert_eq!(dump["listeners"][0]["name"], "web");
+    }
+
+    /// A `LogControl` that records the filters it is given.
+    fn recording_shared() -> (AdminShared, Arc<std::sync::Mutex<Vec<String>>>) {
+        let s = shared();
+        let set = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let log = set.clone();
+        let control = LogControl(Arc::new(move |f: &str| {
+            log.lock().unwrap().push(f.to_owned());
+            Ok(())
+        }));
+        let s = AdminShared::new(s.config.clone(), s.workers.clone(), Some(control));
+        (s, set)
+    }
+
+    #[test]
+    fn logging_takes_the_usual_spellings_and_refuses_the_rest() {
+        let (s, set) = recording_shared();
+        for (level, want) in [
+            ("warning", "warn"),
+            ("critical", "error"),
+            ("debug", "debug"),
+        ] {
+            let (r, _) = handle(&s, "POST", &format!("/logging?level={level}"));
+            assert_eq!(r.status, 200, "{level}");
+            assert_eq!(set.lock().unwrap().last().map(String::as_str), Some(want));
+        }
+        for bad in ["garbage", "", "sluice_runtime%3Dloud"] {
+            let (r, _) = handle(&s, "POST", &format!("/logging?level={bad}"));
+            assert_eq!(r.status, 400, "{bad}");
+            let body = String::from_utf8(r.body).unwrap();
+            assert!(
+                body.contains(crate::logging::ACCEPTED_LEVELS),
+                "{bad}: {body}"
+            );
+        }
+        assert_eq!(handle(&s, "POST", "/logging").0.status, 400);
+        assert_eq!(
+            set.lock().unwrap().len(),
+            3,
+            "nothing refused reached the filter"
+        );
+        // Without a log control, a bad level is still a 400 (not a 501).
+        assert_eq!(
+            handle(&shared(), "POST", "/logging?level=garbage").0.status,
+            400
+        );
+    }
+
+    /// The index page's `/logging` form posts a `level` field as an urlencoded body; the
+    /// server reads it as the `level` parameter.
+    #[test]
+    fn the_logging_form_submits_a_level() {
+        let html = index_html(&shared());
+        let form = html
+            .lines()
+            .find(|l| l.contains("action=\"/logging\""))
+            .expect("a /logging form");
+        assert!(form.contains("<select name=\"level\">"), "{form}");
+        let (s, set) = recording_shared();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let answer = rt.block_on(async {
+            let (mut client, server) = tokio::io::duplex(4096);
+            let serve = serve_connection(server, &s);
+            let talk = async {
+                client
+                    .write_all(
+                        b"POST /logging HTTP/1.1\r\nhost: x\r\n\
+                          content-type: application/x-www-form-urlencoded\r\n\
+                          content-length: 13\r\n\r\nlevel=warning",
+                    )
+                    .await
+                    .unwrap();
+                let mut out = Vec::new();
+                client.read_to_end(&mut out).await.unwrap();
+                String::from_utf8(out).unwrap()
+            };
+            tokio::join!(serve, talk).1
+        });
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+        assert_eq!(*set.lock().unwrap(), ["warn"]);
     }
 
     #[test]

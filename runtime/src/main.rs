@@ -35,8 +35,9 @@ enum Command {
         /// Log line format.
         #[arg(long, value_enum, default_value_t = LogFormat::Text)]
         log_format: LogFormat,
-        /// Log level or filter (`info`, `debug`, `sluice_runtime=debug`); `RUST_LOG` overrides it.
-        #[arg(long, default_value = "info")]
+        /// Log level (trace, debug, info, warn/warning, error/err/critical, off) or filter
+        /// (`sluice_runtime=debug,info`); `RUST_LOG` overrides it.
+        #[arg(long, default_value = "info", value_parser = parse_log_level)]
         log_level: String,
         /// Seed of the balancers' random choices (for reproducible runs).
         #[arg(long, default_value_t = 0x5eed)]
@@ -107,6 +108,11 @@ enum LogFormat {
     Json,
 }
 
+/// `--log-level`: a level in one of its usual spellings, or `TARGET=LEVEL` directives.
+fn parse_log_level(s: &str) -> Result<String, String> {
+    sluice_runtime::logging::level_filter(s)
+}
+
 fn load(path: &Path) -> Result<Config, String> {
     server::load_config(path)
 }
@@ -123,7 +129,8 @@ fn init_logging(format: LogFormat, level: &str) -> LogControl {
         .with_writer(std::io::stderr)
         .with_thread_names(true);
     fn parse(level: &str) -> Result<EnvFilter, String> {
-        EnvFilter::try_new(level)
+        let filter = sluice_runtime::logging::level_filter(level)?;
+        EnvFilter::try_new(&filter)
             .map_err(|e| format!("{level:?} is not a log level or filter: {e}"))
     }
     match format {
@@ -241,6 +248,33 @@ mod tests {
             let want: Vec<OsString> = argv[2..].iter().map(OsString::from).collect();
             assert_eq!(sim_args(argv), want, "{argv:?}");
         }
+    }
+
+    #[test]
+    fn log_levels_take_the_usual_spellings_and_refuse_the_rest() {
+        let level = |l: &str| match Cli::try_parse_from([
+            "sluice",
+            "run",
+            "-c",
+            "x.yaml",
+            "--log-level",
+            l,
+        ])
+        .map(|c| c.command)
+        {
+            Ok(Command::Run { log_level, .. }) => Ok(log_level),
+            Ok(_) => panic!("not run"),
+            Err(e) => Err(e.to_string()),
+        };
+        assert_eq!(level("warning").as_deref(), Ok("warn"));
+        assert_eq!(level("critical").as_deref(), Ok("error"));
+        assert_eq!(
+            level("sluice_runtime=debug").as_deref(),
+            Ok("sluice_runtime=debug")
+        );
+        let e = level("garbage").unwrap_err();
+        assert!(e.contains("not a log level"), "{e}");
+        assert!(e.contains(sluice_runtime::logging::ACCEPTED_LEVELS), "{e}");
     }
 
     #[test]
