@@ -6,6 +6,8 @@
 //! syslog's among them) and `TARGET=LEVEL` directives, and refuses the rest with the list of
 //! accepted values; the command line and the admin API's `/logging` both use it.
 
+use std::ffi::OsStr;
+
 /// The accepted level names, as error messages list them.
 pub const ACCEPTED_LEVELS: &str =
     "trace, debug, info, warn (or warning), error (or err, critical), off";
@@ -57,6 +59,13 @@ pub fn level_filter(spec: &str) -> Result<String, String> {
     Ok(out.join(","))
 }
 
+/// Whether log lines on stderr get ANSI colour: only when stderr is a terminal, and not when
+/// `NO_COLOR` is set to a non-empty value (<https://no-color.org>).
+#[must_use]
+pub fn use_colour(stderr_is_terminal: bool, no_color: Option<&OsStr>) -> bool {
+    stderr_is_terminal && no_color.is_none_or(OsStr::is_empty)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -104,5 +113,13 @@ mod tests {
             let e = level_filter(bad).unwrap_err();
             assert!(e.contains(ACCEPTED_LEVELS), "{bad}: {e}");
         }
+    }
+
+    #[test]
+    fn colour_only_on_a_terminal_without_no_color() {
+        assert!(use_colour(true, None));
+        assert!(use_colour(true, Some(OsStr::new(""))));
+        assert!(!use_colour(true, Some(OsStr::new("1"))));
+        assert!(!use_colour(false, None));
     }
 }

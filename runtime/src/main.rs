@@ -124,8 +124,14 @@ fn init_logging(format: LogFormat, level: &str) -> LogControl {
     let filter = EnvFilter::try_from_default_env()
         .or_else(|_| EnvFilter::try_new(level))
         .unwrap_or_else(|_| EnvFilter::new("info"));
+    use std::io::IsTerminal as _;
+    let colour = sluice_runtime::logging::use_colour(
+        std::io::stderr().is_terminal(),
+        std::env::var_os("NO_COLOR").as_deref(),
+    );
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(colour)
         .with_writer(std::io::stderr)
         .with_thread_names(true);
     fn parse(level: &str) -> Result<EnvFilter, String> {
@@ -212,8 +218,12 @@ fn main() -> ExitCode {
             ) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
-                    tracing::error!("{e}");
-                    eprintln!("sluice: {e}");
+                    // Once: in the log when errors are logged, else on stderr as it is.
+                    if tracing::enabled!(tracing::Level::ERROR) {
+                        tracing::error!("{e}");
+                    } else {
+                        eprintln!("sluice: {e}");
+                    }
                     ExitCode::FAILURE
                 }
             }
