@@ -3,6 +3,7 @@
 
 mod support;
 
+use std::io::Write as _;
 use std::net::TcpListener;
 use std::process::{Command, Stdio};
 
@@ -44,5 +45,46 @@ fn a_fatal_error_is_printed_once_without_colour_in_a_file() {
     assert!(
         !stderr.contains('\u{1b}'),
         "no colour escapes when stderr is not a terminal:\n{stderr}"
+    );
+}
+
+/// `sluice validate FILE` without `-c`, and `-c -` reading the config from standard input.
+#[test]
+fn validate_takes_the_path_alone_or_the_config_on_stdin() {
+    if !require_peers(&[]) {
+        return;
+    }
+    let http = repo().join("configs/http.yaml");
+    let out = Command::new(sluice_bin())
+        .args(["validate", http.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("http.yaml: ok ("));
+
+    let on_stdin = |text: &str| {
+        let mut child = Command::new(sluice_bin())
+            .args(["validate", "-c", "-"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(text.as_bytes())
+            .unwrap();
+        child.wait_with_output().unwrap()
+    };
+    let out = on_stdin(&std::fs::read_to_string(&http).unwrap());
+    assert!(out.status.success(), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with("<stdin>: ok ("));
+    let out = on_stdin("listeners: [ { name: x, address: nowhere } ]\n");
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).starts_with("<stdin>: "),
+        "{out:?}"
     );
 }
