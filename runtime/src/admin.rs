@@ -737,7 +737,7 @@ pub fn handle(shared: &AdminShared, method: &str, target: &str) -> (Response, Af
                     );
                 }
             };
-            let stats = flat_stats(shared, &DetailedSnapshot::sum(&shared.workers));
+            let stats = flat_stats(shared, &scrape(shared));
             let stats = stats
                 .into_iter()
                 .filter(|(name, _)| filter.as_ref().is_none_or(|re| re.is_match(name)));
@@ -757,10 +757,10 @@ pub fn handle(shared: &AdminShared, method: &str, target: &str) -> (Response, Af
         "/stats/prometheus" => Response::new(
             200,
             "text/plain; version=0.0.4; charset=utf-8",
-            prometheus(shared, &DetailedSnapshot::sum(&shared.workers)),
+            prometheus(shared, &scrape(shared)),
         ),
         "/clusters" => {
-            let view = clusters_json(shared, &DetailedSnapshot::sum(&shared.workers));
+            let view = clusters_json(shared, &scrape(shared));
             if json_format {
                 Response::json(200, &view)
             } else {
@@ -1150,6 +1150,28 @@ fn flat_stats(shared: &AdminShared, s: &DetailedSnapshot) -> Vec<(String, u64)> 
     out
 }
 
+/// The workers' counters summed, as every view shows them: a host of a cluster without a
+/// health check is healthy (`healthy` 1, as Envoy reports it and as `/clusters` says), since
+/// nothing checks it; the active check's verdict is written only for checked clusters.
+#[must_use]
+pub fn scrape(shared: &AdminShared) -> DetailedSnapshot {
+    let mut s = DetailedSnapshot::sum(&shared.workers);
+    for (i, cc) in shared.config.clusters.iter().enumerate() {
+        if cc.health_check.is_some() {
+            continue;
+        }
+        if let Some(c) = s.clusters.get_mut(i) {
+            if c.hosts.len() < cc.hosts.len() {
+                c.hosts.resize_with(cc.hosts.len(), HostSnapshot::default);
+            }
+            for h in &mut c.hosts {
+                h.healthy = 1;
+            }
+        }
+    }
+    s
+}
+
 /// Escapes a Prometheus label value.
 fn label(v: &str) -> String {
     v.replace('\\', "\\\\")
@@ -1428,8 +1450,9 @@ fn clusters_json(shared: &AdminShared, s: &DetailedSnapshot) -> Value {
                         .cloned()
                         .unwrap_or_default();
                     // Health: the active check's verdict (`unhealthy` also while no probe has
-                    // passed yet); outlier: how many workers eject the host now.
-                    let healthy = cc.health_check.is_none() || h.healthy > 0;
+                    // passed yet; `healthy` without a check, see [`scrape`]); outlier: how many
+                    // workers eject the host now.
+                    let healthy = h.healthy > 0;
                     json!({
                         "address": hc.address.to_string(),
                         "weight": hc.weight,
@@ -1501,7 +1524,7 @@ fn html_escape(s: &str) -> String {
 
 /// The index page: every endpoint, and the cluster table.
 fn index_html(shared: &AdminShared) -> String {
-    let view = clusters_json(shared, &DetailedSnapshot::sum(&shared.workers));
+    let view = clusters_json(shared, &scrape(shared));
     let mut out = String::with_capacity(4096);
     out.push_str(
         "<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>Sluice admin</title>\n\
@@ -1648,7 +1671,7 @@ mod tests {
              cluster.app.upstream_rq_total: 0\n"
         );
         assert_eq!(handle(&s, "GET", "/stats?filter=(").0.status, 400);
-        let p = prometheus(&s, &DetailedSnapshot::sum(&s.workers));
+        let p = prometheus(&s, &scrape(&s));
         assert!(p.contains("# TYPE sluice_downstream_cx_total counter\n"));
         assert!(p.contains("sluice_downstream_cx_total{listener=\"web\"} 0\n"));
         assert!(p.contains(
@@ -1684,7 +1707,7 @@ mod tests {
         ];
         stats[1].upstream_rq_time.record(Duration::from_millis(7));
         let s = AdminShared::new(Arc::new(config), stats, None);
-        let text = prometheus(&s, &DetailedSnapshot::sum(&s.workers));
+        let text = prometheus(&s, &scrape(&s));
         let valid_name = |n: &str| {
             !n.is_empty()
                 && !n.starts_with(|c: char| c.is_ascii_digit())
@@ -1724,6 +1747,47 @@ mod tests {
         assert!(text.contains("sluice_upstream_request_duration_seconds_bucket{le=\"0.01\"} 1\n"));
         assert!(text.contains("sluice_upstream_request_duration_seconds_sum 0.007\n"));
         assert!(text.contains("sluice_downstream_cx_total{listener=\"echo\"} 0\n"));
+    }
+
+    /// A host nobody checks is healthy in every view (the gauge, `/stats`, `/clusters`); a
+    /// checked host is unhealthy until a probe passes.
+    #[test]
+    fn unchecked_hosts_are_healthy_in_the_gauge_too() {
+        let config = Config::from_yaml(
+            "listeners: [ { name: web, address: 127.0.0.1:1, tcp_proxy: { cluster: app } } ]\n\
+             clusters:\n\
+             - { name: app, hosts: [ { address: 127.0.0.1:2 } ] }\n\
+             - { name: checked, hosts: [ { address: 127.0.0.1:3 } ], health_check: { tcp: {} } }",
+        )
+        .unwrap();
+        let stats = vec![
+            Arc::new(WorkerStats::new(&config)),
+            Arc::new(WorkerStats::new(&config)),
+        ];
+        let s = AdminShared::new(Arc::new(config), stats, None);
+        let p = prometheus(&s, &scrape(&s));
+        assert!(
+            p.contains("sluice_upstream_host_healthy{cluster=\"app\",host=\"127.0.0.1:2\"} 1\n"),
+            "{p}"
+        );
+        assert!(
+            p.contains(
+                "sluice_upstream_host_healthy{cluster=\"checked\",host=\"127.0.0.1:3\"} 0\n"
+            ),
+            "{p}"
+        );
+        let stats = String::from_utf8(handle(&s, "GET", "/stats?filter=healthy").0.body).unwrap();
+        assert!(
+            stats.contains("cluster.app.host.127.0.0.1:2.healthy: 1\n"),
+            "{stats}"
+        );
+        assert!(
+            stats.contains("cluster.checked.host.127.0.0.1:3.healthy: 0\n"),
+            "{stats}"
+        );
+        let view = clusters_json(&s, &scrape(&s));
+        assert_eq!(view["clusters"][0]["hosts"][0]["health"], "healthy");
+        assert_eq!(view["clusters"][1]["hosts"][0]["health"], "unhealthy");
     }
 
     #[test]
