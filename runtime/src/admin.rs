@@ -985,6 +985,189 @@ pub const SERVER_METRICS: &[Export<AdminShared>] = &[
     },
 ];
 
+/// What the process metrics read from `/proc` at scrape time (the admin thread, off the data
+/// path); `None` where the kernel did not tell.
+#[derive(Clone, Debug, Default)]
+pub struct ProcessInfo {
+    /// User and system CPU time, seconds.
+    pub cpu_seconds: Option<f64>,
+    /// Resident set size, bytes (`VmRSS`).
+    pub resident_bytes: Option<u64>,
+    /// Peak resident set size, bytes (`VmHWM`).
+    pub resident_peak_bytes: Option<u64>,
+    /// Virtual memory size, bytes (`VmSize`).
+    pub virtual_bytes: Option<u64>,
+    /// Descriptors open now (entries of `/proc/self/fd`).
+    pub open_fds: Option<u64>,
+    /// The soft `RLIMIT_NOFILE`.
+    pub max_fds: Option<u64>,
+    /// Start time, seconds since the Unix epoch.
+    pub start_time_seconds: Option<f64>,
+    /// Threads (`Threads`).
+    pub threads: Option<u64>,
+}
+
+impl ProcessInfo {
+    /// Reads this process's figures from `/proc`.
+    #[must_use]
+    pub fn read() -> Self {
+        let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+        let status_field = |name: &str| {
+            status.lines().find_map(|l| {
+                let rest = l.strip_prefix(name)?.strip_prefix(':')?;
+                let mut words = rest.split_whitespace();
+                let n: u64 = words.next()?.parse().ok()?;
+                Some(match words.next() {
+                    Some("kB") => n * 1024,
+                    _ => n,
+                })
+            })
+        };
+        let ticks = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
+            .ok()
+            .flatten()
+            .filter(|t| *t > 0)
+            .map(|t| t as f64);
+        // /proc/self/stat: fields after the command name's closing parenthesis, from field 3.
+        let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+        let fields: Vec<&str> = stat
+            .rsplit_once(')')
+            .map(|(_, rest)| rest.split_whitespace().collect())
+            .unwrap_or_default();
+        let field = |n: usize| fields.get(n - 3).and_then(|f| f.parse::<u64>().ok());
+        let cpu_seconds = match (field(14), field(15), ticks) {
+            (Some(u), Some(s), Some(t)) => Some((u + s) as f64 / t),
+            _ => None,
+        };
+        let boot = std::fs::read_to_string("/proc/stat").ok().and_then(|t| {
+            t.lines()
+                .find_map(|l| l.strip_prefix("btime ")?.trim().parse::<u64>().ok())
+        });
+        let start_time_seconds = match (boot, field(22), ticks) {
+            (Some(b), Some(start), Some(t)) => Some(b as f64 + start as f64 / t),
+            _ => None,
+        };
+        ProcessInfo {
+            cpu_seconds,
+            resident_bytes: status_field("VmRSS"),
+            resident_peak_bytes: status_field("VmHWM"),
+            virtual_bytes: status_field("VmSize"),
+            open_fds: std::fs::read_dir("/proc/self/fd")
+                .ok()
+                .map(|d| d.count() as u64),
+            max_fds: nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
+                .ok()
+                .map(|(soft, _)| soft),
+            start_time_seconds,
+            threads: status_field("Threads"),
+        }
+    }
+}
+
+/// A metric of the process as a whole, outside the counter tables: the build, and the usual
+/// `process_*` figures of Prometheus client libraries, read from `/proc` per scrape. In
+/// `/stats/prometheus` only.
+pub struct ProcessMetric {
+    /// The Prometheus family name.
+    pub name: &'static str,
+    /// Counter or gauge.
+    pub kind: Kind,
+    /// The `# HELP` text.
+    pub help: &'static str,
+    /// Its labels (name, value), fixed for the build.
+    pub labels: fn() -> Vec<(&'static str, &'static str)>,
+    /// The value now (no sample when `None`).
+    pub read: fn(&ProcessInfo) -> Option<f64>,
+}
+
+/// No labels.
+fn no_labels() -> Vec<(&'static str, &'static str)> {
+    Vec::new()
+}
+
+/// `sluice_build_info`'s labels.
+fn build_labels() -> Vec<(&'static str, &'static str)> {
+    vec![
+        ("version", crate::VERSION),
+        ("rust_version_min", env!("CARGO_PKG_RUST_VERSION")),
+        (
+            "profile",
+            if cfg!(debug_assertions) {
+                "debug"
+            } else {
+                "release"
+            },
+        ),
+        ("target_arch", std::env::consts::ARCH),
+        ("target_os", std::env::consts::OS),
+    ]
+}
+
+/// The build and process metrics, in export order (after [`SERVER_METRICS`]).
+pub const PROCESS_METRICS: &[ProcessMetric] = &[
+    ProcessMetric {
+        name: "sluice_build_info",
+        kind: Kind::Gauge,
+        help: "Always 1; the labels say which build runs (version, minimum Rust version, profile, target).",
+        labels: build_labels,
+        read: |_| Some(1.0),
+    },
+    ProcessMetric {
+        name: "process_cpu_seconds_total",
+        kind: Kind::Counter,
+        help: "User and system CPU time spent, in seconds (/proc/self/stat).",
+        labels: no_labels,
+        read: |p| p.cpu_seconds,
+    },
+    ProcessMetric {
+        name: "process_resident_memory_bytes",
+        kind: Kind::Gauge,
+        help: "Resident memory size in bytes (VmRSS of /proc/self/status).",
+        labels: no_labels,
+        read: |p| p.resident_bytes.map(|v| v as f64),
+    },
+    ProcessMetric {
+        name: "process_virtual_memory_bytes",
+        kind: Kind::Gauge,
+        help: "Virtual memory size in bytes (VmSize of /proc/self/status).",
+        labels: no_labels,
+        read: |p| p.virtual_bytes.map(|v| v as f64),
+    },
+    ProcessMetric {
+        name: "process_open_fds",
+        kind: Kind::Gauge,
+        help: "Open file descriptors (/proc/self/fd).",
+        labels: no_labels,
+        read: |p| p.open_fds.map(|v| v as f64),
+    },
+    ProcessMetric {
+        name: "process_max_fds",
+        kind: Kind::Gauge,
+        help: "The limit of open file descriptors (soft RLIMIT_NOFILE).",
+        labels: no_labels,
+        read: |p| p.max_fds.map(|v| v as f64),
+    },
+    ProcessMetric {
+        name: "process_start_time_seconds",
+        kind: Kind::Gauge,
+        help: "Start time of the process since the Unix epoch, in seconds.",
+        labels: no_labels,
+        read: |p| p.start_time_seconds,
+    },
+];
+
+/// Writes the [`PROCESS_METRICS`] families, reading `/proc` once.
+fn process_families(out: &mut String) {
+    let info = ProcessInfo::read();
+    for m in PROCESS_METRICS {
+        let Some(value) = (m.read)(&info) else {
+            continue;
+        };
+        let labels = (m.labels)();
+        Family::start(out, m.name, m.kind.as_str(), m.help).sample(m.name, &labels, value);
+    }
+}
+
 /// Whether a metric shown for `which` elements is exported for this one (a listener or a
 /// cluster by index, or the scope as a whole).
 fn shown(
@@ -1260,6 +1443,7 @@ pub fn prometheus(shared: &AdminShared, s: &DetailedSnapshot) -> String {
     }
     families_of(&mut out, shared, WORKER_METRICS, &[Element::of(&s.worker)]);
     families_of(&mut out, shared, SERVER_METRICS, &[Element::of(shared)]);
+    process_families(&mut out);
     out
 }
 
@@ -1289,7 +1473,7 @@ pub fn metrics_reference() -> String {
     let mut out = String::from(
         "# Metrics reference\n\n\
          <!-- Generated from the metric declarations in runtime/src/stats.rs and\n\
-         runtime/src/admin.rs (SERVER_METRICS). Do not edit: regenerate with\n\
+         runtime/src/admin.rs (SERVER_METRICS, PROCESS_METRICS). Do not edit: regenerate with\n\
          SLUICE_BLESS=1 cargo test -p sluice-runtime --lib metrics_reference -->\n\n\
          The admin API exports every metric twice: `GET /stats/prometheus` in the Prometheus text format\n\
          (0.0.4), `GET /stats` as sorted `name: value` lines (`?format=json` for JSON,\n\
@@ -1365,6 +1549,29 @@ pub fn metrics_reference() -> String {
         "",
         SERVER_METRICS,
     );
+    let _ = write!(
+        out,
+        "\n## Build and process\n\n\
+         Prometheus only, read from `/proc` at each scrape (the admin thread, never the data path);\n\
+         the `process_*` names are those of the Prometheus client libraries. A figure the kernel does\n\
+         not give has no sample.\n\n\
+         | Prometheus | Type | Labels | `/stats` | Meaning |\n|---|---|---|---|---|\n"
+    );
+    for m in PROCESS_METRICS {
+        let labels: Vec<String> = (m.labels)().iter().map(|(k, _)| format!("`{k}`")).collect();
+        let labels = if labels.is_empty() {
+            "—".to_owned()
+        } else {
+            labels.join(", ")
+        };
+        let _ = writeln!(
+            out,
+            "| `{}` | {} | {labels} | — | {} |",
+            m.name,
+            m.kind.as_str(),
+            m.help
+        );
+    }
     section(
         &mut out,
         "Worker totals",
@@ -1788,6 +1995,54 @@ mod tests {
         let view = clusters_json(&s, &scrape(&s));
         assert_eq!(view["clusters"][0]["hosts"][0]["health"], "healthy");
         assert_eq!(view["clusters"][1]["hosts"][0]["health"], "unhealthy");
+    }
+
+    /// The build and the usual `process_*` figures are in the exposition, with real values.
+    #[test]
+    fn build_info_and_process_metrics() {
+        let s = shared();
+        let p = prometheus(&s, &scrape(&s));
+        let value = |name: &str| -> f64 {
+            p.lines()
+                .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+                .unwrap_or_else(|| panic!("no {name} in:\n{p}"))
+                .parse()
+                .unwrap()
+        };
+        let build = p
+            .lines()
+            .find(|l| l.starts_with("sluice_build_info{"))
+            .unwrap_or_else(|| panic!("no sluice_build_info in:\n{p}"));
+        assert!(
+            build.starts_with(&format!(
+                "sluice_build_info{{version=\"{}\",",
+                crate::VERSION
+            )),
+            "{build}"
+        );
+        assert!(build.ends_with("} 1"), "{build}");
+        assert!(p.contains("# TYPE process_cpu_seconds_total counter\n"));
+        assert!(value("process_cpu_seconds_total") >= 0.0);
+        assert!(value("process_resident_memory_bytes") > 1e5);
+        assert!(value("process_open_fds") >= 3.0);
+        assert!(value("process_max_fds") >= value("process_open_fds"));
+        let start = value("process_start_time_seconds");
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs_f64();
+        assert!(
+            start > now - 3600.0 && start <= now + 1.0,
+            "{start} vs {now}"
+        );
+        let reference = metrics_reference();
+        for m in PROCESS_METRICS {
+            assert!(
+                reference.contains(&format!("| `{}` |", m.name)),
+                "{}",
+                m.name
+            );
+        }
     }
 
     #[test]
