@@ -17,7 +17,11 @@
 //! | `GET /stats` | `name: value` lines, sorted; `?filter=REGEX`, `?format=json` |
 //! | `GET /stats/prometheus` | Prometheus text exposition 0.0.4 |
 //! | `GET /clusters` | clusters and hosts with weight, health, load (text; `?format=json`) |
+//! | `GET /listeners` | listeners: name, address, kind, open connections (text; `?format=json`) |
 //! | `GET /config_dump` | the effective config as JSON (secrets redacted) |
+//! | `GET /memory` | resident, peak and virtual memory from `/proc` (JSON) |
+//! | `GET /help` | every endpoint with one line |
+//! | `POST /reset_counters` | `/stats` counters start again from 0 (Prometheus untouched) |
 //! | `GET /server_info` | JSON: version, uptime, state, workers |
 //! | `POST /healthcheck/fail`, `/healthcheck/ok` | force `/ready` to 503, undo it |
 //! | `POST /drain_listeners` | stop accepting; open connections carry on |
@@ -159,6 +163,9 @@ pub struct AdminProcess {
     admin_closed: watch::Sender<bool>,
     /// The process-wide caps and counts, once the server set them.
     pub limits: std::sync::OnceLock<Arc<crate::limits::ProcessLimits>>,
+    /// Each `/stats` counter's value at the last `POST /reset_counters` (subtracted from what
+    /// `/stats` shows; the counters themselves never go down).
+    counter_base: std::sync::Mutex<std::collections::HashMap<String, u64>>,
 }
 
 impl AdminShared {
@@ -186,6 +193,7 @@ impl AdminShared {
                 reloads_failed: std::sync::atomic::AtomicU64::new(0),
                 admin_closed: watch::channel(false).0,
                 limits: std::sync::OnceLock::new(),
+                counter_base: std::sync::Mutex::new(std::collections::HashMap::new()),
             }),
         }
     }
@@ -644,7 +652,18 @@ const ENDPOINTS: &[(&str, Verb, &str)] = &[
         Verb::Get,
         "clusters and hosts: weight, health, load (?format=json)",
     ),
+    (
+        "/listeners",
+        Verb::Get,
+        "listeners: name, address, kind, open connections (?format=json)",
+    ),
     ("/config_dump", Verb::Get, "the effective config as JSON"),
+    (
+        "/memory",
+        Verb::Get,
+        "the process's memory from /proc: resident, peak, virtual (JSON)",
+    ),
+    ("/help", Verb::Get, "every endpoint with one line, as text"),
     (
         "/server_info",
         Verb::Get,
@@ -660,6 +679,11 @@ const ENDPOINTS: &[(&str, Verb, &str)] = &[
         "/drain_listeners",
         Verb::Post,
         "stop accepting connections; open ones carry on",
+    ),
+    (
+        "/reset_counters",
+        Verb::Post,
+        "zero the counters /stats shows (gauges, histograms and /stats/prometheus untouched)",
     ),
     (
         "/quitquitquit",
@@ -766,6 +790,41 @@ pub fn handle(shared: &AdminShared, method: &str, target: &str) -> (Response, Af
             } else {
                 Response::text(200, clusters_text(&view))
             }
+        }
+        "/listeners" => {
+            let view = listeners_json(shared, &scrape(shared));
+            if json_format {
+                Response::json(200, &view)
+            } else {
+                let mut body = String::new();
+                for l in view["listeners"].as_array().into_iter().flatten() {
+                    let name = l["name"].as_str().unwrap_or("");
+                    for field in ["address", "kind", "open_connections"] {
+                        let v = match &l[field] {
+                            Value::String(s) => s.clone(),
+                            other => other.to_string(),
+                        };
+                        let _ = writeln!(body, "{name}::{field}::{v}");
+                    }
+                }
+                Response::text(200, body)
+            }
+        }
+        "/memory" => Response::json(200, &memory_json(&ProcessInfo::read())),
+        "/help" => {
+            let mut body = String::from("Sluice admin endpoints:\n");
+            for (p, v, what) in ENDPOINTS {
+                let _ = writeln!(body, "  {} {p}: {what}", verb_name(*v).to_uppercase());
+            }
+            Response::text(200, body)
+        }
+        "/reset_counters" => {
+            let n = reset_counters(shared);
+            info!(
+                counters = n,
+                "admin: /reset_counters: /stats counters start from 0"
+            );
+            Response::text(200, format!("OK: {n} counters of /stats reset\n"))
         }
         "/config_dump" => Response::json(200, &config_dump(&shared.config)),
         "/server_info" => Response::json(
@@ -1284,12 +1343,12 @@ impl<'a> Elements<'a> {
     }
 }
 
-/// Puts every `/stats` name of `exports` for `elements` into `put`.
+/// Puts every `/stats` name of `exports` for `elements` into `put`, with its kind.
 fn stats_of<S>(
     shared: &AdminShared,
     exports: &[Export<S>],
     elements: &[Element<'_, S>],
-    put: &mut impl FnMut(String, u64),
+    put: &mut impl FnMut(String, u64, Kind),
 ) {
     for e in exports {
         for el in elements {
@@ -1297,18 +1356,56 @@ fn stats_of<S>(
                 continue;
             }
             for (by, v) in e.samples(el.snapshot) {
-                put(format!("{}{}{by}", el.prefix, e.metric.stats_key), v);
+                put(
+                    format!("{}{}{by}", el.prefix, e.metric.stats_key),
+                    v,
+                    e.metric.kind,
+                );
             }
         }
     }
 }
 
-/// Every stat as `(name, value)`, sorted by name.
+/// Every stat as `(name, value)`, sorted by name; counters less their value at the last
+/// `POST /reset_counters`.
 fn flat_stats(shared: &AdminShared, s: &DetailedSnapshot) -> Vec<(String, u64)> {
+    let base = shared
+        .counter_base
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    flat_stats_kinds(shared, s)
+        .into_iter()
+        .map(|(name, v, kind)| {
+            let v = match (kind, base.get(&name)) {
+                (Kind::Counter, Some(b)) => v.saturating_sub(*b),
+                _ => v,
+            };
+            (name, v)
+        })
+        .collect()
+}
+
+/// `POST /reset_counters`: every `/stats` counter's value now becomes its zero there.
+fn reset_counters(shared: &AdminShared) -> usize {
+    let now: std::collections::HashMap<String, u64> = flat_stats_kinds(shared, &scrape(shared))
+        .into_iter()
+        .filter(|(_, _, kind)| *kind == Kind::Counter)
+        .map(|(name, v, _)| (name, v))
+        .collect();
+    let n = now.len();
+    *shared
+        .counter_base
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner) = now;
+    n
+}
+
+/// Every stat as `(name, value, kind)`, sorted by name, as the counters read.
+fn flat_stats_kinds(shared: &AdminShared, s: &DetailedSnapshot) -> Vec<(String, u64, Kind)> {
     let config = &shared.config;
     let elements = Elements::new(config, s);
-    let mut out: Vec<(String, u64)> = Vec::new();
-    let mut put = |name: String, v: u64| out.push((name, v));
+    let mut out: Vec<(String, u64, Kind)> = Vec::new();
+    let mut put = |name: String, v: u64, kind: Kind| out.push((name, v, kind));
     stats_of(shared, SERVER_METRICS, &[Element::of(shared)], &mut put);
     stats_of(shared, WORKER_METRICS, &[Element::of(&s.worker)], &mut put);
     stats_of(shared, LISTENER_METRICS, &elements.listeners, &mut put);
@@ -1316,20 +1413,20 @@ fn flat_stats(shared: &AdminShared, s: &DetailedSnapshot) -> Vec<(String, u64)> 
     stats_of(shared, HOST_METRICS, &elements.hosts, &mut put);
     if has_bolt(config) {
         for (e, (_, v)) in BOLT_METRICS.iter().zip(&s.bolt) {
-            put(e.metric.stats_key.to_owned(), *v);
+            put(e.metric.stats_key.to_owned(), *v, e.metric.kind);
         }
     }
     for h in HISTOGRAM_METRICS {
         let (name, h) = (h.stats_key, (h.read)(s));
-        put(format!("{name}.count"), h.count());
-        put(format!("{name}.sum_us"), h.sum_us);
+        put(format!("{name}.count"), h.count(), Kind::Histogram);
+        put(format!("{name}.sum_us"), h.sum_us, Kind::Histogram);
         for (q, label) in [(0.5, "p50"), (0.9, "p90"), (0.99, "p99")] {
             if let Some(b) = h.quantile_bound_us(q) {
-                put(format!("{name}.{label}_us_le"), b);
+                put(format!("{name}.{label}_us_le"), b, Kind::Histogram);
             }
         }
     }
-    out.sort();
+    out.sort_by(|a, b| a.0.cmp(&b.0));
     out
 }
 
@@ -1688,6 +1785,48 @@ fn clusters_json(shared: &AdminShared, s: &DetailedSnapshot) -> Value {
     json!({ "clusters": clusters })
 }
 
+/// What a listener does, as `/listeners` names it.
+fn listener_kind(filter: &ListenerFilter) -> &'static str {
+    match filter {
+        ListenerFilter::TcpProxy(_) => "tcp_proxy",
+        ListenerFilter::Echo => "echo",
+        ListenerFilter::Http(_) => "http",
+        ListenerFilter::Bolt(_) => "bolt",
+        ListenerFilter::Auto { .. } => "auto",
+    }
+}
+
+/// `/listeners` as JSON: every listener of the config with its open connections (summed over
+/// workers).
+fn listeners_json(shared: &AdminShared, s: &DetailedSnapshot) -> Value {
+    let listeners: Vec<Value> = shared
+        .config
+        .listeners
+        .iter()
+        .enumerate()
+        .map(|(i, l)| {
+            json!({
+                "name": l.name,
+                "address": l.address.to_string(),
+                "kind": listener_kind(&l.filter),
+                "open_connections": s.listeners.get(i).map_or(0, ListenerSnapshot::downstream_cx_active),
+            })
+        })
+        .collect();
+    json!({ "listeners": listeners })
+}
+
+/// `/memory` as JSON (bytes; `null` where the kernel did not tell).
+fn memory_json(p: &ProcessInfo) -> Value {
+    json!({
+        "resident_bytes": p.resident_bytes,
+        "resident_peak_bytes": p.resident_peak_bytes,
+        "virtual_bytes": p.virtual_bytes,
+        "threads": p.threads,
+        "source": "/proc/self/status (VmRSS, VmHWM, VmSize, Threads)",
+    })
+}
+
 /// Envoy-style `cluster::host::field::value` lines.
 fn clusters_text(view: &Value) -> String {
     let mut out = String::new();
@@ -1837,6 +1976,7 @@ mod tests {
             "/drain_listeners",
             "/quitquitquit",
             "/logging?level=debug",
+            "/reset_counters",
         ] {
             let (r, after) = handle(&s, "GET", path);
             assert_eq!(r.status, 405, "{path}");
@@ -2043,6 +2183,77 @@ mod tests {
                 m.name
             );
         }
+    }
+
+    #[test]
+    fn listeners_memory_and_help() {
+        let s = shared();
+        s.workers[0]
+            .listener(0)
+            .unwrap()
+            .downstream_cx_total
+            .store(3, Ordering::Relaxed);
+        let (r, _) = handle(&s, "GET", "/listeners");
+        assert_eq!(r.status, 200);
+        assert_eq!(
+            String::from_utf8(r.body).unwrap(),
+            "web::address::127.0.0.1:1\nweb::kind::tcp_proxy\nweb::open_connections::3\n"
+        );
+        let (r, _) = handle(&s, "GET", "/listeners?format=json");
+        let v: Value = serde_json::from_slice(&r.body).unwrap();
+        assert_eq!(
+            v,
+            json!({ "listeners": [ { "name": "web", "address": "127.0.0.1:1", "kind": "tcp_proxy", "open_connections": 3 } ] })
+        );
+        let (r, _) = handle(&s, "GET", "/memory");
+        assert_eq!(r.status, 200);
+        let v: Value = serde_json::from_slice(&r.body).unwrap();
+        assert!(v["resident_bytes"].as_u64().unwrap() > 100_000, "{v}");
+        assert!(
+            v["resident_peak_bytes"].as_u64() >= v["resident_bytes"].as_u64(),
+            "{v}"
+        );
+        let (r, _) = handle(&s, "GET", "/help");
+        assert_eq!(r.status, 200);
+        let help = String::from_utf8(r.body).unwrap();
+        for (p, v, _) in ENDPOINTS {
+            assert!(
+                help.contains(&format!("  {} {p}: ", verb_name(*v).to_uppercase())),
+                "{p} in:\n{help}"
+            );
+        }
+    }
+
+    /// `POST /reset_counters` zeroes the counters of `/stats` only: gauges and the Prometheus
+    /// counters (which never go down) keep their values, and counting goes on from zero.
+    #[test]
+    fn reset_counters_zeroes_stats_counters_only() {
+        let s = shared();
+        let l = s.workers[0].listener(0).unwrap();
+        l.downstream_cx_total.store(5, Ordering::Relaxed);
+        l.downstream_cx_closed.store(2, Ordering::Relaxed);
+        let stat = |name: &str| -> u64 {
+            let body = handle(&s, "GET", "/stats").0.body;
+            let text = String::from_utf8(body).unwrap();
+            text.lines()
+                .find_map(|line| line.strip_prefix(&format!("{name}: ")))
+                .unwrap_or_else(|| panic!("no {name} in:\n{text}"))
+                .parse()
+                .unwrap()
+        };
+        assert_eq!(stat("listener.web.downstream_cx_total"), 5);
+        assert_eq!(stat("listener.web.downstream_cx_active"), 3);
+        let (r, _) = handle(&s, "POST", "/reset_counters");
+        assert_eq!(r.status, 200);
+        assert_eq!(stat("listener.web.downstream_cx_total"), 0);
+        assert_eq!(stat("listener.web.downstream_cx_active"), 3, "a gauge");
+        l.downstream_cx_total.store(7, Ordering::Relaxed);
+        assert_eq!(stat("listener.web.downstream_cx_total"), 2);
+        let p = prometheus(&s, &scrape(&s));
+        assert!(
+            p.contains("sluice_downstream_cx_total{listener=\"web\"} 7\n"),
+            "{p}"
+        );
     }
 
     #[test]
