@@ -799,10 +799,11 @@ fn the_admin_api_on_a_unix_socket_answers_only_whom_its_mode_allows() {
     let meta = std::fs::symlink_metadata(&socket).unwrap();
     assert_eq!(meta.mode() & 0o777, 0o600);
     assert_eq!(meta.uid(), 0);
-    assert_eq!(
-        unix_http_request(&socket, "GET", "/ready"),
-        (200, "LIVE\n".into())
-    );
+    // start_sluice returns once the listener accepts, a moment before the server is live
+    // (as wait_ready does for a TCP admin address, wait for it).
+    eventually("/ready answers 200 LIVE on the Unix socket", || {
+        unix_http_request(&socket, "GET", "/ready") == (200, "LIVE\n".into())
+    });
     let (status, info) = unix_http_request(&socket, "GET", "/server_info");
     assert_eq!(status, 200);
     assert!(
