@@ -17,7 +17,11 @@
 //! | `GET /stats` | `name: value` lines, sorted; `?filter=REGEX`, `?format=json` |
 //! | `GET /stats/prometheus` | Prometheus text exposition 0.0.4 |
 //! | `GET /clusters` | clusters and hosts with weight, health, load (text; `?format=json`) |
+//! | `GET /listeners` | listeners: name, address, kind, open connections (text; `?format=json`) |
 //! | `GET /config_dump` | the effective config as JSON (secrets redacted) |
+//! | `GET /memory` | resident, peak and virtual memory from `/proc` (JSON) |
+//! | `GET /help` | every endpoint with one line |
+//! | `POST /reset_counters` | `/stats` counters start again from 0 (Prometheus untouched) |
 //! | `GET /server_info` | JSON: version, uptime, state, workers |
 //! | `POST /healthcheck/fail`, `/healthcheck/ok` | force `/ready` to 503, undo it |
 //! | `POST /drain_listeners` | stop accepting; open connections carry on |
@@ -159,6 +163,9 @@ pub struct AdminProcess {
     admin_closed: watch::Sender<bool>,
     /// The process-wide caps and counts, once the server set them.
     pub limits: std::sync::OnceLock<Arc<crate::limits::ProcessLimits>>,
+    /// Each `/stats` counter's value at the last `POST /reset_counters` (subtracted from what
+    /// `/stats` shows; the counters themselves never go down).
+    counter_base: std::sync::Mutex<std::collections::HashMap<String, u64>>,
 }
 
 impl AdminShared {
@@ -186,6 +193,7 @@ impl AdminShared {
                 reloads_failed: std::sync::atomic::AtomicU64::new(0),
                 admin_closed: watch::channel(false).0,
                 limits: std::sync::OnceLock::new(),
+                counter_base: std::sync::Mutex::new(std::collections::HashMap::new()),
             }),
         }
     }
@@ -425,8 +433,18 @@ async fn serve_connection<S: AsyncRead + AsyncWrite + Unpin>(mut stream: S, shar
     let head = tokio::time::timeout(HEAD_TIMEOUT, read_head(&mut stream, &mut buf)).await;
     let mut head_only = false;
     let (mut response, after) = match head {
-        Ok(Ok(Some((method, target)))) => {
+        Ok(Ok(Some(Head {
+            method,
+            mut target,
+            form,
+        }))) => {
             head_only = method == "HEAD";
+            // An HTML form posts its fields as an urlencoded body: they count as query
+            // parameters (the index page's `/logging` form).
+            if let Some(form) = form.filter(|f| !f.is_empty()) {
+                target.push(if target.contains('?') { '&' } else { '?' });
+                target.push_str(&form);
+            }
             handle(shared, &method, &target)
         }
         Ok(Ok(None)) => (Response::text(400, "malformed request\n"), After::Nothing),
@@ -485,21 +503,66 @@ async fn serve_connection<S: AsyncRead + AsyncWrite + Unpin>(mut stream: S, shar
     }
 }
 
-/// Reads a request head; `Ok(None)` when it is malformed or too large.
+/// A request head: method, target, and the body of a `POST` of an urlencoded form.
+struct Head {
+    method: String,
+    target: String,
+    form: Option<String>,
+}
+
+/// Largest form body read (a form has one short field).
+const MAX_FORM: usize = 4096;
+
+/// Reads a request head (and the body of an urlencoded form, up to [`MAX_FORM`] bytes);
+/// `Ok(None)` when it is malformed or too large.
 async fn read_head<S: AsyncRead + Unpin>(
     stream: &mut S,
     buf: &mut Vec<u8>,
-) -> io::Result<Option<(String, String)>> {
+) -> io::Result<Option<Head>> {
     let mut chunk = [0u8; 2048];
     loop {
         let mut headers = [httparse::EMPTY_HEADER; 64];
         let mut req = httparse::Request::new(&mut headers);
         match req.parse(buf) {
-            Ok(httparse::Status::Complete(_)) => {
-                return Ok(match (req.method, req.path) {
-                    (Some(m), Some(p)) => Some((m.to_owned(), p.to_owned())),
-                    _ => None,
+            Ok(httparse::Status::Complete(head_len)) => {
+                let (Some(method), Some(target)) = (req.method, req.path) else {
+                    return Ok(None);
+                };
+                let header = |name: &str| {
+                    req.headers
+                        .iter()
+                        .find(|h| h.name.eq_ignore_ascii_case(name))
+                        .and_then(|h| std::str::from_utf8(h.value).ok())
+                        .map(str::trim)
+                };
+                let is_form = header("content-type").is_some_and(|t| {
+                    t.split(';').next().is_some_and(|t| {
+                        t.trim()
+                            .eq_ignore_ascii_case("application/x-www-form-urlencoded")
+                    })
                 });
+                let length = header("content-length").and_then(|l| l.parse::<usize>().ok());
+                let mut head = Head {
+                    method: method.to_owned(),
+                    target: target.to_owned(),
+                    form: None,
+                };
+                if let (true, Some(length)) = (is_form && head.method == "POST", length) {
+                    if length > MAX_FORM {
+                        return Ok(None);
+                    }
+                    let mut body = buf[head_len..].to_vec();
+                    while body.len() < length {
+                        let n = stream.read(&mut chunk).await?;
+                        if n == 0 {
+                            return Err(io::ErrorKind::UnexpectedEof.into());
+                        }
+                        body.extend_from_slice(&chunk[..n]);
+                    }
+                    body.truncate(length);
+                    head.form = Some(String::from_utf8_lossy(&body).into_owned());
+                }
+                return Ok(Some(head));
             }
             Ok(httparse::Status::Partial) => {}
             Err(_) => return Ok(None),
@@ -589,7 +652,18 @@ const ENDPOINTS: &[(&str, Verb, &str)] = &[
         Verb::Get,
         "clusters and hosts: weight, health, load (?format=json)",
     ),
+    (
+        "/listeners",
+        Verb::Get,
+        "listeners: name, address, kind, open connections (?format=json)",
+    ),
     ("/config_dump", Verb::Get, "the effective config as JSON"),
+    (
+        "/memory",
+        Verb::Get,
+        "the process's memory from /proc: resident, peak, virtual (JSON)",
+    ),
+    ("/help", Verb::Get, "every endpoint with one line, as text"),
     (
         "/server_info",
         Verb::Get,
@@ -605,6 +679,11 @@ const ENDPOINTS: &[(&str, Verb, &str)] = &[
         "/drain_listeners",
         Verb::Post,
         "stop accepting connections; open ones carry on",
+    ),
+    (
+        "/reset_counters",
+        Verb::Post,
+        "zero the counters /stats shows (gauges, histograms and /stats/prometheus untouched)",
     ),
     (
         "/quitquitquit",
@@ -682,7 +761,7 @@ pub fn handle(shared: &AdminShared, method: &str, target: &str) -> (Response, Af
                     );
                 }
             };
-            let stats = flat_stats(shared, &DetailedSnapshot::sum(&shared.workers));
+            let stats = flat_stats(shared, &scrape(shared));
             let stats = stats
                 .into_iter()
                 .filter(|(name, _)| filter.as_ref().is_none_or(|re| re.is_match(name)));
@@ -702,15 +781,50 @@ pub fn handle(shared: &AdminShared, method: &str, target: &str) -> (Response, Af
         "/stats/prometheus" => Response::new(
             200,
             "text/plain; version=0.0.4; charset=utf-8",
-            prometheus(shared, &DetailedSnapshot::sum(&shared.workers)),
+            prometheus(shared, &scrape(shared)),
         ),
         "/clusters" => {
-            let view = clusters_json(shared, &DetailedSnapshot::sum(&shared.workers));
+            let view = clusters_json(shared, &scrape(shared));
             if json_format {
                 Response::json(200, &view)
             } else {
                 Response::text(200, clusters_text(&view))
             }
+        }
+        "/listeners" => {
+            let view = listeners_json(shared, &scrape(shared));
+            if json_format {
+                Response::json(200, &view)
+            } else {
+                let mut body = String::new();
+                for l in view["listeners"].as_array().into_iter().flatten() {
+                    let name = l["name"].as_str().unwrap_or("");
+                    for field in ["address", "kind", "open_connections"] {
+                        let v = match &l[field] {
+                            Value::String(s) => s.clone(),
+                            other => other.to_string(),
+                        };
+                        let _ = writeln!(body, "{name}::{field}::{v}");
+                    }
+                }
+                Response::text(200, body)
+            }
+        }
+        "/memory" => Response::json(200, &memory_json(&ProcessInfo::read())),
+        "/help" => {
+            let mut body = String::from("Sluice admin endpoints:\n");
+            for (p, v, what) in ENDPOINTS {
+                let _ = writeln!(body, "  {} {p}: {what}", verb_name(*v).to_uppercase());
+            }
+            Response::text(200, body)
+        }
+        "/reset_counters" => {
+            let n = reset_counters(shared);
+            info!(
+                counters = n,
+                "admin: /reset_counters: /stats counters start from 0"
+            );
+            Response::text(200, format!("OK: {n} counters of /stats reset\n"))
         }
         "/config_dump" => Response::json(200, &config_dump(&shared.config)),
         "/server_info" => Response::json(
@@ -748,15 +862,24 @@ pub fn handle(shared: &AdminShared, method: &str, target: &str) -> (Response, Af
             info!("admin: /reload");
             return (Response::text(200, "OK\n"), After::Reload);
         }
-        "/logging" => match (param("level"), &shared.log_control) {
-            (None, _) => Response::text(400, "give the level: POST /logging?level=debug\n"),
-            (Some(_), None) => Response::text(501, "this process cannot change its log level\n"),
-            (Some(level), Some(control)) => match (control.0)(level) {
-                Ok(()) => {
-                    info!(level, "admin: log filter changed");
-                    Response::text(200, format!("log filter set to {level}\n"))
-                }
-                Err(e) => Response::text(400, format!("level: {e}\n")),
+        "/logging" => match param("level").map(crate::logging::level_filter) {
+            None => Response::text(
+                400,
+                format!(
+                    "give the level: POST /logging?level=debug (one of {})\n",
+                    crate::logging::ACCEPTED_LEVELS
+                ),
+            ),
+            Some(Err(e)) => Response::text(400, format!("level: {e}\n")),
+            Some(Ok(filter)) => match &shared.log_control {
+                None => Response::text(501, "this process cannot change its log level\n"),
+                Some(control) => match (control.0)(&filter) {
+                    Ok(()) => {
+                        info!(filter, "admin: log filter changed");
+                        Response::text(200, format!("log filter set to {filter}\n"))
+                    }
+                    Err(e) => Response::text(400, format!("level: {e}\n")),
+                },
             },
         },
         _ => unreachable!("every endpoint is handled"),
@@ -921,6 +1044,189 @@ pub const SERVER_METRICS: &[Export<AdminShared>] = &[
     },
 ];
 
+/// What the process metrics read from `/proc` at scrape time (the admin thread, off the data
+/// path); `None` where the kernel did not tell.
+#[derive(Clone, Debug, Default)]
+pub struct ProcessInfo {
+    /// User and system CPU time, seconds.
+    pub cpu_seconds: Option<f64>,
+    /// Resident set size, bytes (`VmRSS`).
+    pub resident_bytes: Option<u64>,
+    /// Peak resident set size, bytes (`VmHWM`).
+    pub resident_peak_bytes: Option<u64>,
+    /// Virtual memory size, bytes (`VmSize`).
+    pub virtual_bytes: Option<u64>,
+    /// Descriptors open now (entries of `/proc/self/fd`).
+    pub open_fds: Option<u64>,
+    /// The soft `RLIMIT_NOFILE`.
+    pub max_fds: Option<u64>,
+    /// Start time, seconds since the Unix epoch.
+    pub start_time_seconds: Option<f64>,
+    /// Threads (`Threads`).
+    pub threads: Option<u64>,
+}
+
+impl ProcessInfo {
+    /// Reads this process's figures from `/proc`.
+    #[must_use]
+    pub fn read() -> Self {
+        let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+        let status_field = |name: &str| {
+            status.lines().find_map(|l| {
+                let rest = l.strip_prefix(name)?.strip_prefix(':')?;
+                let mut words = rest.split_whitespace();
+                let n: u64 = words.next()?.parse().ok()?;
+                Some(match words.next() {
+                    Some("kB") => n * 1024,
+                    _ => n,
+                })
+            })
+        };
+        let ticks = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
+            .ok()
+            .flatten()
+            .filter(|t| *t > 0)
+            .map(|t| t as f64);
+        // /proc/self/stat: fields after the command name's closing parenthesis, from field 3.
+        let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+        let fields: Vec<&str> = stat
+            .rsplit_once(')')
+            .map(|(_, rest)| rest.split_whitespace().collect())
+            .unwrap_or_default();
+        let field = |n: usize| fields.get(n - 3).and_then(|f| f.parse::<u64>().ok());
+        let cpu_seconds = match (field(14), field(15), ticks) {
+            (Some(u), Some(s), Some(t)) => Some((u + s) as f64 / t),
+            _ => None,
+        };
+        let boot = std::fs::read_to_string("/proc/stat").ok().and_then(|t| {
+            t.lines()
+                .find_map(|l| l.strip_prefix("btime ")?.trim().parse::<u64>().ok())
+        });
+        let start_time_seconds = match (boot, field(22), ticks) {
+            (Some(b), Some(start), Some(t)) => Some(b as f64 + start as f64 / t),
+            _ => None,
+        };
+        ProcessInfo {
+            cpu_seconds,
+            resident_bytes: status_field("VmRSS"),
+            resident_peak_bytes: status_field("VmHWM"),
+            virtual_bytes: status_field("VmSize"),
+            open_fds: std::fs::read_dir("/proc/self/fd")
+                .ok()
+                .map(|d| d.count() as u64),
+            max_fds: nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
+                .ok()
+                .map(|(soft, _)| soft),
+            start_time_seconds,
+            threads: status_field("Threads"),
+        }
+    }
+}
+
+/// A metric of the process as a whole, outside the counter tables: the build, and the usual
+/// `process_*` figures of Prometheus client libraries, read from `/proc` per scrape. In
+/// `/stats/prometheus` only.
+pub struct ProcessMetric {
+    /// The Prometheus family name.
+    pub name: &'static str,
+    /// Counter or gauge.
+    pub kind: Kind,
+    /// The `# HELP` text.
+    pub help: &'static str,
+    /// Its labels (name, value), fixed for the build.
+    pub labels: fn() -> Vec<(&'static str, &'static str)>,
+    /// The value now (no sample when `None`).
+    pub read: fn(&ProcessInfo) -> Option<f64>,
+}
+
+/// No labels.
+fn no_labels() -> Vec<(&'static str, &'static str)> {
+    Vec::new()
+}
+
+/// `sluice_build_info`'s labels.
+fn build_labels() -> Vec<(&'static str, &'static str)> {
+    vec![
+        ("version", crate::VERSION),
+        ("rust_version_min", env!("CARGO_PKG_RUST_VERSION")),
+        (
+            "profile",
+            if cfg!(debug_assertions) {
+                "debug"
+            } else {
+                "release"
+            },
+        ),
+        ("target_arch", std::env::consts::ARCH),
+        ("target_os", std::env::consts::OS),
+    ]
+}
+
+/// The build and process metrics, in export order (after [`SERVER_METRICS`]).
+pub const PROCESS_METRICS: &[ProcessMetric] = &[
+    ProcessMetric {
+        name: "sluice_build_info",
+        kind: Kind::Gauge,
+        help: "Always 1; the labels say which build runs (version, minimum Rust version, profile, target).",
+        labels: build_labels,
+        read: |_| Some(1.0),
+    },
+    ProcessMetric {
+        name: "process_cpu_seconds_total",
+        kind: Kind::Counter,
+        help: "User and system CPU time spent, in seconds (/proc/self/stat).",
+        labels: no_labels,
+        read: |p| p.cpu_seconds,
+    },
+    ProcessMetric {
+        name: "process_resident_memory_bytes",
+        kind: Kind::Gauge,
+        help: "Resident memory size in bytes (VmRSS of /proc/self/status).",
+        labels: no_labels,
+        read: |p| p.resident_bytes.map(|v| v as f64),
+    },
+    ProcessMetric {
+        name: "process_virtual_memory_bytes",
+        kind: Kind::Gauge,
+        help: "Virtual memory size in bytes (VmSize of /proc/self/status).",
+        labels: no_labels,
+        read: |p| p.virtual_bytes.map(|v| v as f64),
+    },
+    ProcessMetric {
+        name: "process_open_fds",
+        kind: Kind::Gauge,
+        help: "Open file descriptors (/proc/self/fd).",
+        labels: no_labels,
+        read: |p| p.open_fds.map(|v| v as f64),
+    },
+    ProcessMetric {
+        name: "process_max_fds",
+        kind: Kind::Gauge,
+        help: "The limit of open file descriptors (soft RLIMIT_NOFILE).",
+        labels: no_labels,
+        read: |p| p.max_fds.map(|v| v as f64),
+    },
+    ProcessMetric {
+        name: "process_start_time_seconds",
+        kind: Kind::Gauge,
+        help: "Start time of the process since the Unix epoch, in seconds.",
+        labels: no_labels,
+        read: |p| p.start_time_seconds,
+    },
+];
+
+/// Writes the [`PROCESS_METRICS`] families, reading `/proc` once.
+fn process_families(out: &mut String) {
+    let info = ProcessInfo::read();
+    for m in PROCESS_METRICS {
+        let Some(value) = (m.read)(&info) else {
+            continue;
+        };
+        let labels = (m.labels)();
+        Family::start(out, m.name, m.kind.as_str(), m.help).sample(m.name, &labels, value);
+    }
+}
+
 /// Whether a metric shown for `which` elements is exported for this one (a listener or a
 /// cluster by index, or the scope as a whole).
 fn shown(
@@ -1037,12 +1343,12 @@ impl<'a> Elements<'a> {
     }
 }
 
-/// Puts every `/stats` name of `exports` for `elements` into `put`.
+/// Puts every `/stats` name of `exports` for `elements` into `put`, with its kind.
 fn stats_of<S>(
     shared: &AdminShared,
     exports: &[Export<S>],
     elements: &[Element<'_, S>],
-    put: &mut impl FnMut(String, u64),
+    put: &mut impl FnMut(String, u64, Kind),
 ) {
     for e in exports {
         for el in elements {
@@ -1050,18 +1356,56 @@ fn stats_of<S>(
                 continue;
             }
             for (by, v) in e.samples(el.snapshot) {
-                put(format!("{}{}{by}", el.prefix, e.metric.stats_key), v);
+                put(
+                    format!("{}{}{by}", el.prefix, e.metric.stats_key),
+                    v,
+                    e.metric.kind,
+                );
             }
         }
     }
 }
 
-/// Every stat as `(name, value)`, sorted by name.
+/// Every stat as `(name, value)`, sorted by name; counters less their value at the last
+/// `POST /reset_counters`.
 fn flat_stats(shared: &AdminShared, s: &DetailedSnapshot) -> Vec<(String, u64)> {
+    let base = shared
+        .counter_base
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    flat_stats_kinds(shared, s)
+        .into_iter()
+        .map(|(name, v, kind)| {
+            let v = match (kind, base.get(&name)) {
+                (Kind::Counter, Some(b)) => v.saturating_sub(*b),
+                _ => v,
+            };
+            (name, v)
+        })
+        .collect()
+}
+
+/// `POST /reset_counters`: every `/stats` counter's value now becomes its zero there.
+fn reset_counters(shared: &AdminShared) -> usize {
+    let now: std::collections::HashMap<String, u64> = flat_stats_kinds(shared, &scrape(shared))
+        .into_iter()
+        .filter(|(_, _, kind)| *kind == Kind::Counter)
+        .map(|(name, v, _)| (name, v))
+        .collect();
+    let n = now.len();
+    *shared
+        .counter_base
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner) = now;
+    n
+}
+
+/// Every stat as `(name, value, kind)`, sorted by name, as the counters read.
+fn flat_stats_kinds(shared: &AdminShared, s: &DetailedSnapshot) -> Vec<(String, u64, Kind)> {
     let config = &shared.config;
     let elements = Elements::new(config, s);
-    let mut out: Vec<(String, u64)> = Vec::new();
-    let mut put = |name: String, v: u64| out.push((name, v));
+    let mut out: Vec<(String, u64, Kind)> = Vec::new();
+    let mut put = |name: String, v: u64, kind: Kind| out.push((name, v, kind));
     stats_of(shared, SERVER_METRICS, &[Element::of(shared)], &mut put);
     stats_of(shared, WORKER_METRICS, &[Element::of(&s.worker)], &mut put);
     stats_of(shared, LISTENER_METRICS, &elements.listeners, &mut put);
@@ -1069,21 +1413,43 @@ fn flat_stats(shared: &AdminShared, s: &DetailedSnapshot) -> Vec<(String, u64)> 
     stats_of(shared, HOST_METRICS, &elements.hosts, &mut put);
     if has_bolt(config) {
         for (e, (_, v)) in BOLT_METRICS.iter().zip(&s.bolt) {
-            put(e.metric.stats_key.to_owned(), *v);
+            put(e.metric.stats_key.to_owned(), *v, e.metric.kind);
         }
     }
     for h in HISTOGRAM_METRICS {
         let (name, h) = (h.stats_key, (h.read)(s));
-        put(format!("{name}.count"), h.count());
-        put(format!("{name}.sum_us"), h.sum_us);
+        put(format!("{name}.count"), h.count(), Kind::Histogram);
+        put(format!("{name}.sum_us"), h.sum_us, Kind::Histogram);
         for (q, label) in [(0.5, "p50"), (0.9, "p90"), (0.99, "p99")] {
             if let Some(b) = h.quantile_bound_us(q) {
-                put(format!("{name}.{label}_us_le"), b);
+                put(format!("{name}.{label}_us_le"), b, Kind::Histogram);
             }
         }
     }
-    out.sort();
+    out.sort_by(|a, b| a.0.cmp(&b.0));
     out
+}
+
+/// The workers' counters summed, as every view shows them: a host of a cluster without a
+/// health check is healthy (`healthy` 1, as Envoy reports it and as `/clusters` says), since
+/// nothing checks it; the active check's verdict is written only for checked clusters.
+#[must_use]
+pub fn scrape(shared: &AdminShared) -> DetailedSnapshot {
+    let mut s = DetailedSnapshot::sum(&shared.workers);
+    for (i, cc) in shared.config.clusters.iter().enumerate() {
+        if cc.health_check.is_some() {
+            continue;
+        }
+        if let Some(c) = s.clusters.get_mut(i) {
+            if c.hosts.len() < cc.hosts.len() {
+                c.hosts.resize_with(cc.hosts.len(), HostSnapshot::default);
+            }
+            for h in &mut c.hosts {
+                h.healthy = 1;
+            }
+        }
+    }
+    s
 }
 
 /// Escapes a Prometheus label value.
@@ -1174,6 +1540,7 @@ pub fn prometheus(shared: &AdminShared, s: &DetailedSnapshot) -> String {
     }
     families_of(&mut out, shared, WORKER_METRICS, &[Element::of(&s.worker)]);
     families_of(&mut out, shared, SERVER_METRICS, &[Element::of(shared)]);
+    process_families(&mut out);
     out
 }
 
@@ -1203,7 +1570,7 @@ pub fn metrics_reference() -> String {
     let mut out = String::from(
         "# Metrics reference\n\n\
          <!-- Generated from the metric declarations in runtime/src/stats.rs and\n\
-         runtime/src/admin.rs (SERVER_METRICS). Do not edit: regenerate with\n\
+         runtime/src/admin.rs (SERVER_METRICS, PROCESS_METRICS). Do not edit: regenerate with\n\
          SLUICE_BLESS=1 cargo test -p sluice-runtime --lib metrics_reference -->\n\n\
          The admin API exports every metric twice: `GET /stats/prometheus` in the Prometheus text format\n\
          (0.0.4), `GET /stats` as sorted `name: value` lines (`?format=json` for JSON,\n\
@@ -1279,6 +1646,29 @@ pub fn metrics_reference() -> String {
         "",
         SERVER_METRICS,
     );
+    let _ = write!(
+        out,
+        "\n## Build and process\n\n\
+         Prometheus only, read from `/proc` at each scrape (the admin thread, never the data path);\n\
+         the `process_*` names are those of the Prometheus client libraries. A figure the kernel does\n\
+         not give has no sample.\n\n\
+         | Prometheus | Type | Labels | `/stats` | Meaning |\n|---|---|---|---|---|\n"
+    );
+    for m in PROCESS_METRICS {
+        let labels: Vec<String> = (m.labels)().iter().map(|(k, _)| format!("`{k}`")).collect();
+        let labels = if labels.is_empty() {
+            "—".to_owned()
+        } else {
+            labels.join(", ")
+        };
+        let _ = writeln!(
+            out,
+            "| `{}` | {} | {labels} | — | {} |",
+            m.name,
+            m.kind.as_str(),
+            m.help
+        );
+    }
     section(
         &mut out,
         "Worker totals",
@@ -1364,8 +1754,9 @@ fn clusters_json(shared: &AdminShared, s: &DetailedSnapshot) -> Value {
                         .cloned()
                         .unwrap_or_default();
                     // Health: the active check's verdict (`unhealthy` also while no probe has
-                    // passed yet); outlier: how many workers eject the host now.
-                    let healthy = cc.health_check.is_none() || h.healthy > 0;
+                    // passed yet; `healthy` without a check, see [`scrape`]); outlier: how many
+                    // workers eject the host now.
+                    let healthy = h.healthy > 0;
                     json!({
                         "address": hc.address.to_string(),
                         "weight": hc.weight,
@@ -1392,6 +1783,48 @@ fn clusters_json(shared: &AdminShared, s: &DetailedSnapshot) -> Value {
         })
         .collect();
     json!({ "clusters": clusters })
+}
+
+/// What a listener does, as `/listeners` names it.
+fn listener_kind(filter: &ListenerFilter) -> &'static str {
+    match filter {
+        ListenerFilter::TcpProxy(_) => "tcp_proxy",
+        ListenerFilter::Echo => "echo",
+        ListenerFilter::Http(_) => "http",
+        ListenerFilter::Bolt(_) => "bolt",
+        ListenerFilter::Auto { .. } => "auto",
+    }
+}
+
+/// `/listeners` as JSON: every listener of the config with its open connections (summed over
+/// workers).
+fn listeners_json(shared: &AdminShared, s: &DetailedSnapshot) -> Value {
+    let listeners: Vec<Value> = shared
+        .config
+        .listeners
+        .iter()
+        .enumerate()
+        .map(|(i, l)| {
+            json!({
+                "name": l.name,
+                "address": l.address.to_string(),
+                "kind": listener_kind(&l.filter),
+                "open_connections": s.listeners.get(i).map_or(0, ListenerSnapshot::downstream_cx_active),
+            })
+        })
+        .collect();
+    json!({ "listeners": listeners })
+}
+
+/// `/memory` as JSON (bytes; `null` where the kernel did not tell).
+fn memory_json(p: &ProcessInfo) -> Value {
+    json!({
+        "resident_bytes": p.resident_bytes,
+        "resident_peak_bytes": p.resident_peak_bytes,
+        "virtual_bytes": p.virtual_bytes,
+        "threads": p.threads,
+        "source": "/proc/self/status (VmRSS, VmHWM, VmSize, Threads)",
+    })
 }
 
 /// Envoy-style `cluster::host::field::value` lines.
@@ -1437,7 +1870,7 @@ fn html_escape(s: &str) -> String {
 
 /// The index page: every endpoint, and the cluster table.
 fn index_html(shared: &AdminShared) -> String {
-    let view = clusters_json(shared, &DetailedSnapshot::sum(&shared.workers));
+    let view = clusters_json(shared, &scrape(shared));
     let mut out = String::with_capacity(4096);
     out.push_str(
         "<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>Sluice admin</title>\n\
@@ -1465,9 +1898,17 @@ fn index_html(shared: &AdminShared) -> String {
                 );
             }
             Verb::Post => {
+                // `/logging` needs its level: the form posts it as a field (read as `?level=`).
+                let fields = if *path == "/logging" {
+                    "<select name=\"level\">\
+                     <option>trace</option><option>debug</option><option selected>info</option>\
+                     <option>warn</option><option>error</option><option>off</option></select> "
+                } else {
+                    ""
+                };
                 let _ = writeln!(
                     out,
-                    "<li><form method=\"post\" action=\"{p}\"><button>{p}</button></form> (POST): {w}</li>",
+                    "<li><form method=\"post\" action=\"{p}\">{fields}<button>{p}</button></form> (POST): {w}</li>",
                     p = html_escape(path),
                     w = html_escape(what)
                 );
@@ -1535,6 +1976,7 @@ mod tests {
             "/drain_listeners",
             "/quitquitquit",
             "/logging?level=debug",
+            "/reset_counters",
         ] {
             let (r, after) = handle(&s, "GET", path);
             assert_eq!(r.status, 405, "{path}");
@@ -1576,7 +2018,7 @@ mod tests {
              cluster.app.upstream_rq_total: 0\n"
         );
         assert_eq!(handle(&s, "GET", "/stats?filter=(").0.status, 400);
-        let p = prometheus(&s, &DetailedSnapshot::sum(&s.workers));
+        let p = prometheus(&s, &scrape(&s));
         assert!(p.contains("# TYPE sluice_downstream_cx_total counter\n"));
         assert!(p.contains("sluice_downstream_cx_total{listener=\"web\"} 0\n"));
         assert!(p.contains(
@@ -1612,7 +2054,7 @@ mod tests {
         ];
         stats[1].upstream_rq_time.record(Duration::from_millis(7));
         let s = AdminShared::new(Arc::new(config), stats, None);
-        let text = prometheus(&s, &DetailedSnapshot::sum(&s.workers));
+        let text = prometheus(&s, &scrape(&s));
         let valid_name = |n: &str| {
             !n.is_empty()
                 && !n.starts_with(|c: char| c.is_ascii_digit())
@@ -1654,6 +2096,166 @@ mod tests {
         assert!(text.contains("sluice_downstream_cx_total{listener=\"echo\"} 0\n"));
     }
 
+    /// A host nobody checks is healthy in every view (the gauge, `/stats`, `/clusters`); a
+    /// checked host is unhealthy until a probe passes.
+    #[test]
+    fn unchecked_hosts_are_healthy_in_the_gauge_too() {
+        let config = Config::from_yaml(
+            "listeners: [ { name: web, address: 127.0.0.1:1, tcp_proxy: { cluster: app } } ]\n\
+             clusters:\n\
+             - { name: app, hosts: [ { address: 127.0.0.1:2 } ] }\n\
+             - { name: checked, hosts: [ { address: 127.0.0.1:3 } ], health_check: { tcp: {} } }",
+        )
+        .unwrap();
+        let stats = vec![
+            Arc::new(WorkerStats::new(&config)),
+            Arc::new(WorkerStats::new(&config)),
+        ];
+        let s = AdminShared::new(Arc::new(config), stats, None);
+        let p = prometheus(&s, &scrape(&s));
+        assert!(
+            p.contains("sluice_upstream_host_healthy{cluster=\"app\",host=\"127.0.0.1:2\"} 1\n"),
+            "{p}"
+        );
+        assert!(
+            p.contains(
+                "sluice_upstream_host_healthy{cluster=\"checked\",host=\"127.0.0.1:3\"} 0\n"
+            ),
+            "{p}"
+        );
+        let stats = String::from_utf8(handle(&s, "GET", "/stats?filter=healthy").0.body).unwrap();
+        assert!(
+            stats.contains("cluster.app.host.127.0.0.1:2.healthy: 1\n"),
+            "{stats}"
+        );
+        assert!(
+            stats.contains("cluster.checked.host.127.0.0.1:3.healthy: 0\n"),
+            "{stats}"
+        );
+        let view = clusters_json(&s, &scrape(&s));
+        assert_eq!(view["clusters"][0]["hosts"][0]["health"], "healthy");
+        assert_eq!(view["clusters"][1]["hosts"][0]["health"], "unhealthy");
+    }
+
+    /// The build and the usual `process_*` figures are in the exposition, with real values.
+    #[test]
+    fn build_info_and_process_metrics() {
+        let s = shared();
+        let p = prometheus(&s, &scrape(&s));
+        let value = |name: &str| -> f64 {
+            p.lines()
+                .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+                .unwrap_or_else(|| panic!("no {name} in:\n{p}"))
+                .parse()
+                .unwrap()
+        };
+        let build = p
+            .lines()
+            .find(|l| l.starts_with("sluice_build_info{"))
+            .unwrap_or_else(|| panic!("no sluice_build_info in:\n{p}"));
+        assert!(
+            build.starts_with(&format!(
+                "sluice_build_info{{version=\"{}\",",
+                crate::VERSION
+            )),
+            "{build}"
+        );
+        assert!(build.ends_with("} 1"), "{build}");
+        assert!(p.contains("# TYPE process_cpu_seconds_total counter\n"));
+        assert!(value("process_cpu_seconds_total") >= 0.0);
+        assert!(value("process_resident_memory_bytes") > 1e5);
+        assert!(value("process_open_fds") >= 3.0);
+        assert!(value("process_max_fds") >= value("process_open_fds"));
+        let start = value("process_start_time_seconds");
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs_f64();
+        assert!(
+            start > now - 3600.0 && start <= now + 1.0,
+            "{start} vs {now}"
+        );
+        let reference = metrics_reference();
+        for m in PROCESS_METRICS {
+            assert!(
+                reference.contains(&format!("| `{}` |", m.name)),
+                "{}",
+                m.name
+            );
+        }
+    }
+
+    #[test]
+    fn listeners_memory_and_help() {
+        let s = shared();
+        s.workers[0]
+            .listener(0)
+            .unwrap()
+            .downstream_cx_total
+            .store(3, Ordering::Relaxed);
+        let (r, _) = handle(&s, "GET", "/listeners");
+        assert_eq!(r.status, 200);
+        assert_eq!(
+            String::from_utf8(r.body).unwrap(),
+            "web::address::127.0.0.1:1\nweb::kind::tcp_proxy\nweb::open_connections::3\n"
+        );
+        let (r, _) = handle(&s, "GET", "/listeners?format=json");
+        let v: Value = serde_json::from_slice(&r.body).unwrap();
+        assert_eq!(
+            v,
+            json!({ "listeners": [ { "name": "web", "address": "127.0.0.1:1", "kind": "tcp_proxy", "open_connections": 3 } ] })
+        );
+        let (r, _) = handle(&s, "GET", "/memory");
+        assert_eq!(r.status, 200);
+        let v: Value = serde_json::from_slice(&r.body).unwrap();
+        assert!(v["resident_bytes"].as_u64().unwrap() > 100_000, "{v}");
+        assert!(
+            v["resident_peak_bytes"].as_u64() >= v["resident_bytes"].as_u64(),
+            "{v}"
+        );
+        let (r, _) = handle(&s, "GET", "/help");
+        assert_eq!(r.status, 200);
+        let help = String::from_utf8(r.body).unwrap();
+        for (p, v, _) in ENDPOINTS {
+            assert!(
+                help.contains(&format!("  {} {p}: ", verb_name(*v).to_uppercase())),
+                "{p} in:\n{help}"
+            );
+        }
+    }
+
+    /// `POST /reset_counters` zeroes the counters of `/stats` only: gauges and the Prometheus
+    /// counters (which never go down) keep their values, and counting goes on from zero.
+    #[test]
+    fn reset_counters_zeroes_stats_counters_only() {
+        let s = shared();
+        let l = s.workers[0].listener(0).unwrap();
+        l.downstream_cx_total.store(5, Ordering::Relaxed);
+        l.downstream_cx_closed.store(2, Ordering::Relaxed);
+        let stat = |name: &str| -> u64 {
+            let body = handle(&s, "GET", "/stats").0.body;
+            let text = String::from_utf8(body).unwrap();
+            text.lines()
+                .find_map(|line| line.strip_prefix(&format!("{name}: ")))
+                .unwrap_or_else(|| panic!("no {name} in:\n{text}"))
+                .parse()
+                .unwrap()
+        };
+        assert_eq!(stat("listener.web.downstream_cx_total"), 5);
+        assert_eq!(stat("listener.web.downstream_cx_active"), 3);
+        let (r, _) = handle(&s, "POST", "/reset_counters");
+        assert_eq!(r.status, 200);
+        assert_eq!(stat("listener.web.downstream_cx_total"), 0);
+        assert_eq!(stat("listener.web.downstream_cx_active"), 3, "a gauge");
+        l.downstream_cx_total.store(7, Ordering::Relaxed);
+        assert_eq!(stat("listener.web.downstream_cx_total"), 2);
+        let p = prometheus(&s, &scrape(&s));
+        assert!(
+            p.contains("sluice_downstream_cx_total{listener=\"web\"} 7\n"),
+            "{p}"
+        );
+    }
+
     #[test]
     fn config_dump_redacts_secret_keys() {
         let mut v =
@@ -1666,6 +2268,90 @@ mod tests {
         let s = shared();
         let dump = config_dump(&s.config);
         assert_eq!(dump["listeners"][0]["name"], "web");
+    }
+
+    /// A `LogControl` that records the filters it is given.
+    fn recording_shared() -> (AdminShared, Arc<std::sync::Mutex<Vec<String>>>) {
+        let s = shared();
+        let set = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let log = set.clone();
+        let control = LogControl(Arc::new(move |f: &str| {
+            log.lock().unwrap().push(f.to_owned());
+            Ok(())
+        }));
+        let s = AdminShared::new(s.config.clone(), s.workers.clone(), Some(control));
+        (s, set)
+    }
+
+    #[test]
+    fn logging_takes_the_usual_spellings_and_refuses_the_rest() {
+        let (s, set) = recording_shared();
+        for (level, want) in [
+            ("warning", "warn"),
+            ("critical", "error"),
+            ("debug", "debug"),
+        ] {
+            let (r, _) = handle(&s, "POST", &format!("/logging?level={level}"));
+            assert_eq!(r.status, 200, "{level}");
+            assert_eq!(set.lock().unwrap().last().map(String::as_str), Some(want));
+        }
+        for bad in ["garbage", "", "sluice_runtime%3Dloud"] {
+            let (r, _) = handle(&s, "POST", &format!("/logging?level={bad}"));
+            assert_eq!(r.status, 400, "{bad}");
+            let body = String::from_utf8(r.body).unwrap();
+            assert!(
+                body.contains(crate::logging::ACCEPTED_LEVELS),
+                "{bad}: {body}"
+            );
+        }
+        assert_eq!(handle(&s, "POST", "/logging").0.status, 400);
+        assert_eq!(
+            set.lock().unwrap().len(),
+            3,
+            "nothing refused reached the filter"
+        );
+        // Without a log control, a bad level is still a 400 (not a 501).
+        assert_eq!(
+            handle(&shared(), "POST", "/logging?level=garbage").0.status,
+            400
+        );
+    }
+
+    /// The index page's `/logging` form posts a `level` field as an urlencoded body; the
+    /// server reads it as the `level` parameter.
+    #[test]
+    fn the_logging_form_submits_a_level() {
+        let html = index_html(&shared());
+        let form = html
+            .lines()
+            .find(|l| l.contains("action=\"/logging\""))
+            .expect("a /logging form");
+        assert!(form.contains("<select name=\"level\">"), "{form}");
+        let (s, set) = recording_shared();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let answer = rt.block_on(async {
+            let (mut client, server) = tokio::io::duplex(4096);
+            let serve = serve_connection(server, &s);
+            let talk = async {
+                client
+                    .write_all(
+                        b"POST /logging HTTP/1.1\r\nhost: x\r\n\
+                          content-type: application/x-www-form-urlencoded\r\n\
+                          content-length: 13\r\n\r\nlevel=warning",
+                    )
+                    .await
+                    .unwrap();
+                let mut out = Vec::new();
+                client.read_to_end(&mut out).await.unwrap();
+                String::from_utf8(out).unwrap()
+            };
+            tokio::join!(serve, talk).1
+        });
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+        assert_eq!(*set.lock().unwrap(), ["warn"]);
     }
 
     #[test]

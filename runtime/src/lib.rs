@@ -10,6 +10,7 @@
 //! - [`relay`]: moves bytes between two sockets with reused buffers and reports every read to
 //!   the session state machine.
 //! - [`limits`]: the process-wide caps every worker shares (connections, Bolt partial frames).
+//! - [`logging`]: log level spellings (CLI and `/logging`), colour on terminals only.
 //! - [`stats`]: per-worker counters (written only by their worker; summed when read).
 //! - [`admin`]: the admin API (readiness, stats, Prometheus metrics, cluster view, config dump,
 //!   drain and quit) on its own thread.
@@ -28,6 +29,7 @@ pub mod fdpass;
 pub mod health;
 pub mod http;
 pub mod limits;
+pub mod logging;
 pub mod net;
 pub mod pool;
 pub mod relay;

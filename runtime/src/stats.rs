@@ -589,14 +589,14 @@ counters! {
             )
             .stats("cx_connect_fail");
         /// 1 when the active health check passes (written by the worker running the checks; 0
-        /// while unknown or failing; unused without a health check).
+        /// while unknown or failing). Without a health check nothing writes it: the admin API
+        /// reports such hosts healthy ([`crate::admin::scrape`]).
         healthy: AtomicU64, gauge
             => Metric::gauge(
                 "sluice_upstream_host_healthy",
-                "1 when the host passes its active health check (0 while unknown or failing; 0 without a health check).",
+                "1 when the host is healthy: it passes its active health check (0 while unknown or failing), or its cluster has no health check (always 1). Outlier ejection is sluice_upstream_host_ejected.",
             )
-            .stats("healthy")
-            .stats_for(Shown::WithHealthCheck);
+            .stats("healthy");
         /// 1 when this worker's outlier detector ejected the host (a gauge; summed over workers it
         /// is the number of workers ejecting it).
         ejected: AtomicU64, gauge

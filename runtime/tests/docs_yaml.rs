@@ -8,7 +8,11 @@
 //! - ```` ```yaml fragment ````: a part of a config (a section shown alone, with `...`
 //!   placeholders); skipped, and counted in the report with where it is;
 //! - ```` ```yaml invalid ````: a config that must be refused; the fenced block right after it
-//!   (```` ```text ````) holds the problems, and each of its lines must be in the error.
+//!   (```` ```text ````) holds the problems, and each of its lines must be in the error;
+//! - ```` ```yaml kubernetes ````: Kubernetes manifests, not a Sluice config: each document must
+//!   parse and have `apiVersion` and `kind`, and every `*.yaml` entry of a ConfigMap's `data`
+//!   (a Sluice config mounted into the pod) must load. The manifests under `configs/deploy/`
+//!   are checked the same way.
 
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
@@ -144,8 +148,13 @@ fn every_yaml_block_in_the_docs_loads_or_is_refused_as_documented() {
                     }
                 }
             }
+            Some("kubernetes") => match check_manifests(&b.text, &dir.join(format!("cm-{n}"))) {
+                Ok(configs) => loaded += configs,
+                Err(e) => failures.push(format!("{at}: {e}")),
+            },
             Some(other) => failures.push(format!(
-                "{at}: unknown marker `{other}` (use `yaml`, `yaml fragment` or `yaml invalid`)"
+                "{at}: unknown marker `{other}` (use `yaml`, `yaml fragment`, `yaml invalid` or \
+                 `yaml kubernetes`)"
             )),
         }
     }
@@ -166,4 +175,64 @@ fn every_yaml_block_in_the_docs_loads_or_is_refused_as_documented() {
         failures.join("\n\n")
     );
     assert!(loaded > 0, "no YAML block found: is the docs walk broken?");
+}
+
+/// Checks Kubernetes manifests (one or more YAML documents): each parses and has `apiVersion`
+/// and `kind`; each `*.yaml` entry of a ConfigMap's `data` loads as a Sluice config. Returns how
+/// many Sluice configs it loaded.
+fn check_manifests(text: &str, scratch: &Path) -> Result<usize, String> {
+    let docs: Vec<serde_json::Value> =
+        serde_saphyr::from_multiple(text).map_err(|e| format!("not YAML: {e}"))?;
+    if docs.is_empty() {
+        return Err("no manifest".into());
+    }
+    let mut configs = 0;
+    for (i, doc) in docs.iter().enumerate() {
+        let (Some(_), Some(kind)) = (doc["apiVersion"].as_str(), doc["kind"].as_str()) else {
+            return Err(format!("document {i}: no apiVersion or kind"));
+        };
+        if kind != "ConfigMap" {
+            continue;
+        }
+        for (key, value) in doc["data"].as_object().into_iter().flatten() {
+            if !key.ends_with(".yaml") {
+                continue;
+            }
+            let text = value
+                .as_str()
+                .ok_or_else(|| format!("ConfigMap data {key} is not a string"))?;
+            let path = scratch.with_extension(format!("{i}.{key}"));
+            std::fs::write(&path, text).unwrap();
+            sluice_runtime::server::load_config(&path)
+                .map_err(|e| format!("ConfigMap data {key}: refused:\n{e}"))?;
+            configs += 1;
+        }
+    }
+    Ok(configs)
+}
+
+#[test]
+fn the_deployment_manifests_are_valid_and_their_sluice_configs_load() {
+    let dir = std::env::temp_dir().join(format!("sluice-deploy-yaml-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut checked = 0;
+    let mut entries: Vec<PathBuf> = std::fs::read_dir(repo().join("configs/deploy"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
+        .collect();
+    entries.sort();
+    for path in entries {
+        let text = std::fs::read_to_string(&path).unwrap();
+        let configs = check_manifests(&text, &dir.join("manifest"))
+            .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        assert!(
+            configs > 0,
+            "{}: no Sluice config in a ConfigMap",
+            path.display()
+        );
+        checked += 1;
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(checked > 0, "no manifest under configs/deploy");
 }
