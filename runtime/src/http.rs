@@ -34,8 +34,8 @@ use std::time::{Duration, SystemTime};
 use sluice_core::config::ListenerConfig;
 use sluice_core::config::http::{ForwardAction, HttpConfig, PathMatch, RouteAction};
 use sluice_core::exchange::{
-    Action, Exchange, ExchangeConfig, ResponseFlag, RetryPolicyView, TryFailure, Verdict,
-    status_for,
+    Action, Event as ExchangeEvent, Exchange, ExchangeConfig, ResponseFlag, RetryPolicyView,
+    TryFailure, Verdict, status_for,
 };
 use sluice_core::health::{Permit, Resource, UpstreamResult};
 use sluice_core::http1::{
@@ -994,6 +994,7 @@ impl<N: Network> Engine<N> {
                     tokio::time::sleep_until(deadline_of(ex.poll_timeout())).await;
                     self.refresh_availability(ci);
                     ex.handle_timeout(now(), &mut cluster.borrow_mut(), &mut self.rng.borrow_mut());
+                    self.observe_exchange(ci, &mut ex);
                     continue;
                 }
             };
@@ -1063,17 +1064,12 @@ impl<N: Network> Engine<N> {
                         biased;
                         r = self.net.connect(address) => r.map_err(|_| ()),
                         () = tokio::time::sleep_until(timer) => {
+                            // The connect deadline, or the route's (which caps it): the
+                            // exchange's event says which.
                             drop(pending_unit.take());
                             drop(cx_unit.take());
-                            self.report_upstream_result(ci, host, UpstreamResult::ConnectFailure);
-                            bump(&self.stats.upstream_cx_connect_timeout, 1);
-                            if let Some(c) = cstats {
-                                bump(&c.upstream_cx_connect_timeout, 1);
-                            }
-                            if let Some(h) = self.stats.host(ci, host.index()) {
-                                bump(&h.cx_connect_fail, 1);
-                            }
                             ex.handle_timeout(now(), &mut cluster.borrow_mut(), &mut self.rng.borrow_mut());
+                            self.observe_exchange(ci, &mut ex);
                             continue;
                         }
                     };
@@ -1084,20 +1080,13 @@ impl<N: Network> Engine<N> {
                         }
                         Err(()) => {
                             drop(cx_unit.take());
-                            self.report_upstream_result(ci, host, UpstreamResult::ConnectFailure);
-                            bump(&self.stats.upstream_cx_connect_fail, 1);
-                            if let Some(c) = cstats {
-                                bump(&c.upstream_cx_connect_fail, 1);
-                            }
-                            if let Some(h) = self.stats.host(ci, host.index()) {
-                                bump(&h.cx_connect_fail, 1);
-                            }
                             ex.handle_failure(
                                 now(),
                                 TryFailure::ConnectFailed,
                                 &mut cluster.borrow_mut(),
                                 &mut self.rng.borrow_mut(),
                             );
+                            self.observe_exchange(ci, &mut ex);
                             continue;
                         }
                     }
@@ -1158,12 +1147,9 @@ impl<N: Network> Engine<N> {
                 other => other,
             };
             let Some(result) = result else {
-                self.report_upstream_result(ci, host, UpstreamResult::Timeout);
-                bump(&self.stats.http_upstream_timeouts, 1);
-                if let Some(c) = cstats {
-                    bump(&c.upstream_rq_timeout, 1);
-                }
+                // A per-try or the route timeout (the exchange's event says which).
                 ex.handle_timeout(now(), &mut cluster.borrow_mut(), &mut self.rng.borrow_mut());
+                self.observe_exchange(ci, &mut ex);
                 self.publish_host_active(ci, host);
                 continue;
             };
@@ -1182,21 +1168,13 @@ impl<N: Network> Engine<N> {
                         },
                         f => f,
                     };
-                    self.report_upstream_result(
-                        ci,
-                        host,
-                        match failure {
-                            TryFailure::ConnectFailed => UpstreamResult::ConnectFailure,
-                            TryFailure::Closed { .. } => UpstreamResult::Reset,
-                            TryFailure::ProtocolError => UpstreamResult::Status(502),
-                        },
-                    );
                     ex.handle_failure(
                         now(),
                         failure,
                         &mut cluster.borrow_mut(),
                         &mut self.rng.borrow_mut(),
                     );
+                    self.observe_exchange(ci, &mut ex);
                     self.publish_host_active(ci, host);
                     continue;
                 }
@@ -1353,6 +1331,46 @@ impl<N: Network> Engine<N> {
                 bytes_sent,
                 reusable: complete && keep_down,
             };
+        }
+    }
+
+    /// Counts what the exchange says happened and feeds outlier detection from it; called after
+    /// every input that can fail a try or time out (connect, per-try and route timeouts are
+    /// told apart by the core, never guessed from which timer fired).
+    fn observe_exchange(&self, ci: usize, ex: &mut Exchange) {
+        let cstats = self.stats.cluster(ci);
+        while let Some(event) = ex.poll_event() {
+            match event {
+                ExchangeEvent::ConnectFailed { host } => {
+                    bump(&self.stats.upstream_cx_connect_fail, 1);
+                    if let Some(c) = cstats {
+                        bump(&c.upstream_cx_connect_fail, 1);
+                    }
+                    if let Some(h) = self.stats.host(ci, host.index()) {
+                        bump(&h.cx_connect_fail, 1);
+                    }
+                }
+                ExchangeEvent::ConnectTimedOut { host } => {
+                    bump(&self.stats.upstream_cx_connect_timeout, 1);
+                    if let Some(c) = cstats {
+                        bump(&c.upstream_cx_connect_timeout, 1);
+                    }
+                    if let Some(h) = self.stats.host(ci, host.index()) {
+                        bump(&h.cx_connect_fail, 1);
+                    }
+                }
+                ExchangeEvent::PerTryTimedOut { .. } | ExchangeEvent::RouteTimedOut { .. } => {
+                    bump(&self.stats.http_upstream_timeouts, 1);
+                    if let Some(c) = cstats {
+                        bump(&c.upstream_rq_timeout, 1);
+                    }
+                }
+                ExchangeEvent::UpstreamReset { .. }
+                | ExchangeEvent::UpstreamProtocolError { .. } => {}
+            }
+            if let Some((host, result)) = event.upstream_result() {
+                self.report_upstream_result(ci, host, result);
+            }
         }
     }
 
