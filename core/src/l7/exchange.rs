@@ -622,14 +622,7 @@ impl Exchange {
     /// When `handle_timeout` must be called next.
     #[must_use]
     pub fn poll_timeout(&self) -> Option<Instant> {
-        let state_deadline = match self.state {
-            State::Connecting { deadline, .. } => Some(deadline),
-            State::Waiting { .. } => self.try_deadline,
-            State::Backoff { until } => Some(until),
-            State::Responding { .. } | State::Idle | State::Done => None,
-        };
-        match (state_deadline, self.deadline) {
-            _ if matches!(self.state, State::Done) => None,
+        match self.deadlines() {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         }
@@ -659,6 +652,28 @@ impl Exchange {
     #[must_use]
     pub fn retry_overflowed(&self) -> bool {
         self.retry_overflowed
+    }
+
+    /// The route deadline and the current try's deadline (its connect or per-try timeout, or
+    /// the end of its backoff), the two timers behind [`Exchange::poll_timeout`]; none once over.
+    #[must_use]
+    pub fn deadlines(&self) -> (Option<Instant>, Option<Instant>) {
+        let try_deadline = match self.state {
+            State::Connecting { deadline, .. } => Some(deadline),
+            State::Waiting { .. } => self.try_deadline,
+            State::Backoff { until } => Some(until),
+            State::Responding { .. } | State::Idle | State::Done => None,
+        };
+        match self.state {
+            State::Done => (None, None),
+            _ => (self.deadline, try_deadline),
+        }
+    }
+
+    /// Whether the current try is still connecting.
+    #[must_use]
+    pub fn is_connecting(&self) -> bool {
+        matches!(self.state, State::Connecting { .. })
     }
 
     /// Whether the exchange is over.
