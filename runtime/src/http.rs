@@ -33,16 +33,16 @@ use std::time::{Duration, SystemTime};
 
 use sluice_core::config::ListenerConfig;
 use sluice_core::config::http::{ForwardAction, HttpConfig, PathMatch, RouteAction};
-use sluice_core::exchange::{
-    Action, Event as ExchangeEvent, Exchange, ExchangeConfig, ResponseFlag, RetryPolicyView,
-    TryFailure, Verdict, status_for,
-};
 use sluice_core::health::{Permit, Resource, UpstreamResult};
 use sluice_core::http1::{
     BodyFraming, Chunked, ChunkedDecoder, Head, HeadEdits, HttpError, Limits, Method, ParseStatus,
     Version, parse_request, parse_response, write_local_response, write_request_head,
     write_response_head, write_trailers,
 };
+use sluice_core::l7::exchange::{
+    Event as ExchangeEvent, ExchangeConfig, ResponseFlag, RetryPolicyView, TryFailure, status_for,
+};
+use sluice_core::l7::stream::{Event as StreamEvent, Input, Output, Stream};
 use sluice_core::lb::request_hash;
 use sluice_core::path::{PathNormalization, normalize_path_into};
 use sluice_core::router::{pick_cluster, rewrite_prefix};
@@ -210,6 +210,73 @@ impl BreakerUnit {
             cluster: cluster.clone(),
             permit: Some(permit),
         })
+    }
+}
+
+impl BreakerUnit {
+    /// Wraps a unit already taken (by the core's request stream) so that it is given back on
+    /// drop.
+    pub(crate) fn adopt(cluster: &ClusterRef, permit: Permit) -> Self {
+        BreakerUnit {
+            cluster: cluster.clone(),
+            permit: Some(permit),
+        }
+    }
+}
+
+/// A request's stream (`sluice_core::l7::stream`) with its cluster: when dropped unfinished (the
+/// request's future dropped midway), it aborts the stream, which gives back every breaker unit
+/// it holds — the stream does the accounting, the guard only makes sure it is told.
+struct StreamGuard {
+    stream: Stream,
+    cluster: ClusterRef,
+    /// A new connection's max_connections unit, between the stream handing it over and the
+    /// connection taking it.
+    connection_permit: Option<Permit>,
+}
+
+impl StreamGuard {
+    fn new(cluster: &ClusterRef, stream: Stream) -> Self {
+        StreamGuard {
+            stream,
+            cluster: cluster.clone(),
+            connection_permit: None,
+        }
+    }
+
+    /// The new connection's max_connections unit, held until the connection closes.
+    fn take_connection_unit(&mut self) -> Option<BreakerUnit> {
+        self.connection_permit
+            .take()
+            .map(|p| BreakerUnit::adopt(&self.cluster, p))
+    }
+
+    fn poll_timeout(&self) -> Option<sluice_core::Instant> {
+        self.stream.poll_timeout()
+    }
+}
+
+impl Drop for StreamGuard {
+    fn drop(&mut self) {
+        if self.stream.is_finished() && self.connection_permit.is_none() {
+            return;
+        }
+        // Never dropped while the cluster is borrowed (borrows last one statement).
+        let Some(mut cluster) = self.cluster.try_borrow_mut() else {
+            debug_assert!(
+                false,
+                "request stream dropped while its cluster is borrowed"
+            );
+            return;
+        };
+        if let Some(p) = self.connection_permit.take() {
+            cluster.breakers_mut().release(p);
+        }
+        // The stream needs an rng only to pick hosts, which an abort never does.
+        let mut rng = sluice_core::rng::Rng::from_seed(0);
+        self.stream
+            .handle_input(now(), Input::Abort, &mut cluster, &mut rng);
+        while self.stream.poll_output().is_some() {}
     }
 }
 
@@ -915,24 +982,10 @@ impl<N: Network> Engine<N> {
         }
 
         // --- admission: the max_requests breaker, then the hosts' availability ---
+        // The core's stream takes and gives back every breaker unit of the request; the guard
+        // aborts it (giving them back) if this future is dropped midway.
         let cluster = &self.clusters[ci];
         let close_on_reply = !replayable || !head.keep_alive();
-        let Some(_request_permit) = BreakerUnit::acquire(cluster, Resource::Requests) else {
-            if let Some(c) = cstats {
-                bump(&c.upstream_rq_overflow, 1);
-            }
-            let flag = ResponseFlag::UpstreamOverflow;
-            let mut o = self
-                .local_reply(down, out, status_for(flag), flag, close_on_reply)
-                .await;
-            o.bytes_received = head_len as u64 + body_len.unwrap_or(0) as u64;
-            return o;
-        };
-        if let Some(c) = cstats {
-            bump(&c.upstream_rq_total, 1);
-        }
-        self.shared_health.note_traffic(ci);
-        self.refresh_availability(ci);
         let hash = if cluster_cfg.lb_policy.is_consistent_hash() {
             let bytes = rbuf.bytes();
             request_hash(
@@ -943,72 +996,75 @@ impl<N: Network> Engine<N> {
         } else {
             None
         };
+        let mut stream = StreamGuard::new(
+            cluster,
+            Stream::new(
+                now(),
+                ExchangeConfig {
+                    timeout: action.timeout,
+                    connect_timeout: cluster_cfg.connect_timeout,
+                    retry: action.retry_policy.as_ref().map(RetryPolicyView::from),
+                    idempotent: head.method().is_idempotent(),
+                    replayable,
+                    hash,
+                    request_complete: replayable,
+                },
+            ),
+        );
+        let mut bytes_received = head_len as u64 + body_len.unwrap_or(0) as u64;
+        if let Some(Output::Respond { status, flag }) =
+            self.stream_input(ci, &mut stream, Input::Admit)
+        {
+            let mut o = self
+                .local_reply(down, out, status, flag, close_on_reply)
+                .await;
+            o.bytes_received = bytes_received;
+            return o;
+        }
+        if let Some(c) = cstats {
+            bump(&c.upstream_rq_total, 1);
+        }
+        self.shared_health.note_traffic(ci);
+        self.refresh_availability(ci);
 
         // --- tries --- (from here until a response byte is written, a drain deadline answers
         // the request 503 rather than closing under it)
         scratch.awaiting.set(true);
-        let mut ex = Exchange::new(
-            now(),
-            ExchangeConfig {
-                timeout: action.timeout,
-                connect_timeout: cluster_cfg.connect_timeout,
-                retry: action.retry_policy.as_ref().map(RetryPolicyView::from),
-                idempotent: head.method().is_idempotent(),
-                replayable,
-                hash,
-                request_complete: replayable,
-            },
-        );
-        ex.start(now(), &mut cluster.borrow_mut(), &mut self.rng.borrow_mut());
+        let mut step = self.stream_input(ci, &mut stream, Input::Start);
         let mut upstream_addr = None;
         let mut last_host = None;
-        let mut bytes_received = head_len as u64 + body_len.unwrap_or(0) as u64;
         loop {
-            let action_now = ex.poll_action();
-            let (host, address, allow_pooled) = match action_now {
-                Some(Action::LocalReply { status, flag }) => {
-                    ex.release(&mut cluster.borrow_mut());
-                    if ex.retry_overflowed()
-                        && let Some(c) = cstats
-                    {
-                        bump(&c.upstream_rq_retry_overflow, 1);
-                    }
+            let (host, address, allow_pooled) = match step.take() {
+                Some(Output::Respond { status, flag }) => {
                     if let Some(h) = last_host {
                         self.publish_host_active(ci, h);
                     }
                     scratch.awaiting.set(false);
                     let mut o = self
-                        .local_reply(down, out, status, flag, !replayable || !head.keep_alive())
+                        .local_reply(down, out, status, flag, close_on_reply)
                         .await;
                     o.upstream = upstream_addr;
                     o.bytes_received = bytes_received;
                     return o;
                 }
-                Some(Action::Connect {
+                Some(Output::Connect {
                     host,
                     address,
                     allow_pooled,
                 }) => (host, address, allow_pooled),
-                None => {
+                other => {
+                    debug_assert!(other.is_none(), "unexpected stream output {other:?}");
                     // Backing off before a retry; the next pick sees the latest availability.
-                    tokio::time::sleep_until(deadline_of(ex.poll_timeout())).await;
+                    tokio::time::sleep_until(deadline_of(stream.poll_timeout())).await;
                     self.refresh_availability(ci);
-                    ex.handle_timeout(now(), &mut cluster.borrow_mut(), &mut self.rng.borrow_mut());
-                    self.observe_exchange(ci, &mut ex);
+                    step = self.stream_input(ci, &mut stream, Input::Timeout);
                     continue;
                 }
             };
-            if ex.tries() > 1 {
-                bump(&self.stats.http_retries, 1);
-                if let Some(c) = cstats {
-                    bump(&c.upstream_rq_retry, 1);
-                }
-            }
             let try_start = now();
-            let (mut cx_unit, mut pending_unit) = (None, None);
             last_host = Some(host);
             upstream_addr = Some(address);
-            // Connection: pooled or fresh, raced against the exchange's timers.
+            // Connection: pooled or fresh, raced against the stream's timers.
             let pooled = if allow_pooled {
                 self.pool.take(ci, host.index(), now())
             } else {
@@ -1021,78 +1077,46 @@ impl<N: Network> Engine<N> {
                     // A new connection needs a unit of max_connections (kept by the connection
                     // until it closes) and, while it is being established, of
                     // max_pending_requests. Either at its limit: 503 UO.
-                    let overflow = match BreakerUnit::acquire(cluster, Resource::Connections) {
-                        None => Some(Resource::Connections),
-                        Some(cx) => {
-                            match BreakerUnit::acquire(cluster, Resource::PendingRequests) {
-                                None => Some(Resource::PendingRequests),
-                                Some(pending) => {
-                                    cx_unit = Some(cx);
-                                    pending_unit = Some(pending);
-                                    None
-                                }
-                            }
-                        }
-                    };
-                    if let Some(r) = overflow {
-                        if let Some(c) = cstats {
-                            bump(
-                                if r == Resource::Connections {
-                                    &c.upstream_cx_overflow
-                                } else {
-                                    &c.upstream_rq_pending_overflow
-                                },
-                                1,
-                            );
-                        }
-                        ex.release(&mut cluster.borrow_mut());
-                        let flag = ResponseFlag::UpstreamOverflow;
-                        scratch.awaiting.set(false);
-                        let mut o = self
-                            .local_reply(down, out, status_for(flag), flag, close_on_reply)
-                            .await;
-                        o.upstream = upstream_addr;
-                        o.bytes_received = bytes_received;
-                        return o;
+                    step = self.stream_input(ci, &mut stream, Input::OpenConnection);
+                    if !matches!(step, Some(Output::OpenConnection)) {
+                        continue;
                     }
                     bump(&self.stats.upstream_cx_attempts, 1);
                     if let Some(c) = cstats {
                         bump(&c.upstream_cx_total, 1);
                     }
-                    let timer = deadline_of(ex.poll_timeout());
+                    let timer = deadline_of(stream.poll_timeout());
                     let connected = tokio::select! {
                         biased;
                         r = self.net.connect(address) => r.map_err(|_| ()),
                         () = tokio::time::sleep_until(timer) => {
                             // The connect deadline, or the route's (which caps it): the
-                            // exchange's event says which.
-                            drop(pending_unit.take());
-                            drop(cx_unit.take());
-                            ex.handle_timeout(now(), &mut cluster.borrow_mut(), &mut self.rng.borrow_mut());
-                            self.observe_exchange(ci, &mut ex);
+                            // stream's event says which.
+                            step = self.stream_input(ci, &mut stream, Input::Timeout);
                             continue;
                         }
                     };
-                    drop(pending_unit.take());
                     match connected {
                         Ok(s) => {
-                            UpstreamConn::new(s, &self.stats, ci, host.index(), cx_unit.take())
+                            step = self.stream_input(
+                                ci,
+                                &mut stream,
+                                Input::Connected { reused: false },
+                            );
+                            let unit = stream.take_connection_unit();
+                            UpstreamConn::new(s, &self.stats, ci, host.index(), unit)
                         }
                         Err(()) => {
-                            drop(cx_unit.take());
-                            ex.handle_failure(
-                                now(),
-                                TryFailure::ConnectFailed,
-                                &mut cluster.borrow_mut(),
-                                &mut self.rng.borrow_mut(),
-                            );
-                            self.observe_exchange(ci, &mut ex);
+                            step = self.stream_input(ci, &mut stream, Input::ConnectFailed);
                             continue;
                         }
                     }
                 }
             };
-            ex.handle_connected(now(), reused, &mut cluster.borrow_mut());
+            if reused {
+                step = self.stream_input(ci, &mut stream, Input::Connected { reused: true });
+            }
+            debug_assert!(step.is_none(), "unexpected stream output {step:?}");
             if let Some(h) = self.stats.host(ci, host.index()) {
                 bump(&h.rq_total, 1);
             }
@@ -1102,7 +1126,7 @@ impl<N: Network> Engine<N> {
             let mut written = false;
             let mut too_many_interim = false;
             let mut upload_fault = None;
-            let timer = deadline_of(ex.poll_timeout());
+            let timer = deadline_of(stream.poll_timeout());
             ubuf.clear();
             let sent = tokio::select! {
                 biased;
@@ -1113,13 +1137,13 @@ impl<N: Network> Engine<N> {
                 () = tokio::time::sleep_until(timer) => None,
             };
             if written {
-                ex.handle_request_written();
+                self.stream_input(ci, &mut stream, Input::RequestWritten);
             }
             if let Some(fault) = upload_fault {
                 // The client stopped sending its body, sent a malformed one, or went away
                 // while streaming it: its fault, not the upstream's — nothing is reported to
                 // outlier detection (a client must not get a healthy host ejected).
-                ex.release(&mut cluster.borrow_mut());
+                self.stream_input(ci, &mut stream, Input::Abort);
                 self.publish_host_active(ci, host);
                 let (status, flag) = match fault {
                     UploadFault::Stalled => (408, ResponseFlag::DownstreamLimit),
@@ -1136,8 +1160,8 @@ impl<N: Network> Engine<N> {
             // The whole request is in: the route timeout starts now (when the body streamed).
             let result = match sent {
                 Some(Ok(())) => {
-                    ex.handle_request_complete(now());
-                    let timer = deadline_of(ex.poll_timeout());
+                    self.stream_input(ci, &mut stream, Input::RequestComplete);
+                    let timer = deadline_of(stream.poll_timeout());
                     tokio::select! {
                         biased;
                         r = read_response_head(&mut up, ubuf, rhead, head.method(), head.upgrade(), &mut too_many_interim) => Some(r),
@@ -1147,9 +1171,8 @@ impl<N: Network> Engine<N> {
                 other => other,
             };
             let Some(result) = result else {
-                // A per-try or the route timeout (the exchange's event says which).
-                ex.handle_timeout(now(), &mut cluster.borrow_mut(), &mut self.rng.borrow_mut());
-                self.observe_exchange(ci, &mut ex);
+                // A per-try or the route timeout (the stream's event says which).
+                step = self.stream_input(ci, &mut stream, Input::Timeout);
                 self.publish_host_active(ci, host);
                 continue;
             };
@@ -1168,37 +1191,18 @@ impl<N: Network> Engine<N> {
                         },
                         f => f,
                     };
-                    ex.handle_failure(
-                        now(),
-                        failure,
-                        &mut cluster.borrow_mut(),
-                        &mut self.rng.borrow_mut(),
-                    );
-                    self.observe_exchange(ci, &mut ex);
+                    step = self.stream_input(ci, &mut stream, Input::TryFailed(failure));
                     self.publish_host_active(ci, host);
                     continue;
                 }
             };
             self.report_upstream_result(ci, host, UpstreamResult::Status(status));
-            // (The verdict is bound first: a borrow in the match scrutinee would live through
-            // the arms.)
-            let verdict = ex.handle_response_head(
-                now(),
-                status,
-                &mut cluster.borrow_mut(),
-                &mut self.rng.borrow_mut(),
-            );
-            match verdict {
-                Verdict::Retry => {
+            match self.stream_input(ci, &mut stream, Input::ResponseHead { status }) {
+                Some(Output::ForwardResponse) => {}
+                other => {
+                    debug_assert_eq!(other, Some(Output::DiscardResponse));
                     self.publish_host_active(ci, host);
                     continue;
-                }
-                Verdict::Forward => {
-                    if ex.retry_overflowed()
-                        && let Some(c) = cstats
-                    {
-                        bump(&c.upstream_rq_retry_overflow, 1);
-                    }
                 }
             }
 
@@ -1249,7 +1253,7 @@ impl<N: Network> Engine<N> {
             if upgrade {
                 scratch.awaiting.set(false);
                 if down.write_all(out).await.is_err() {
-                    ex.release(&mut cluster.borrow_mut());
+                    self.stream_input(ci, &mut stream, Input::Abort);
                     self.publish_host_active(ci, host);
                     return Outcome {
                         status,
@@ -1260,9 +1264,11 @@ impl<N: Network> Engine<N> {
                         reusable: false,
                     };
                 }
-                ex.handle_response_complete(&mut cluster.borrow_mut());
+                // The upstream try is over; the tunnel still counts as a request.
+                self.stream_input(ci, &mut stream, Input::Upgraded);
                 self.publish_host_active(ci, host);
                 bytes_sent += tunnel(down, &mut up, rbuf, head_len, ubuf).await;
+                self.stream_input(ci, &mut stream, Input::ResponseComplete);
                 return Outcome {
                     status,
                     flag: None,
@@ -1272,14 +1278,14 @@ impl<N: Network> Engine<N> {
                     reusable: false,
                 };
             }
-            let timer = deadline_of(ex.poll_timeout());
+            let timer = deadline_of(stream.poll_timeout());
             // The head goes out with the first body bytes: one write for a small response.
             let body = tokio::select! {
                 biased;
                 r = copy_body(&mut up, down, ubuf, rhead.framing(), out, &scratch.awaiting) => Some(r),
                 () = tokio::time::sleep_until(timer) => None,
             };
-            ex.handle_response_complete(&mut cluster.borrow_mut());
+            self.stream_input(ci, &mut stream, Input::ResponseComplete);
             self.publish_host_active(ci, host);
             self.stats
                 .upstream_rq_time
@@ -1334,43 +1340,103 @@ impl<N: Network> Engine<N> {
         }
     }
 
-    /// Counts what the exchange says happened and feeds outlier detection from it; called after
-    /// every input that can fail a try or time out (connect, per-try and route timeouts are
-    /// told apart by the core, never guessed from which timer fired).
-    fn observe_exchange(&self, ci: usize, ex: &mut Exchange) {
+    /// Feeds one input to a request's stream and carries out its outputs but the one action
+    /// it returns (connect, open a connection, forward or discard a response head, answer):
+    /// events become stats and outlier detection results — connect, per-try and route
+    /// timeouts are told apart by the core, never guessed from which timer fired — and a new
+    /// connection's breaker unit is kept for the connection. Timers: the caller sleeps until
+    /// `stream.poll_timeout()`.
+    fn stream_input(&self, ci: usize, stream: &mut StreamGuard, input: Input) -> Option<Output> {
+        stream.stream.handle_input(
+            now(),
+            input,
+            &mut stream.cluster.borrow_mut(),
+            &mut self.rng.borrow_mut(),
+        );
         let cstats = self.stats.cluster(ci);
-        while let Some(event) = ex.poll_event() {
+        let mut action = None;
+        while let Some(output) = stream.stream.poll_output() {
+            let event = match output {
+                Output::Event(event) => event,
+                Output::ConnectionPermit(permit) => {
+                    debug_assert!(stream.connection_permit.is_none());
+                    stream.connection_permit = Some(permit);
+                    continue;
+                }
+                Output::ArmTimer { .. } | Output::CancelTimer(_) => continue,
+                other => {
+                    debug_assert!(action.is_none(), "two actions: {action:?}, {other:?}");
+                    action = Some(other);
+                    continue;
+                }
+            };
             match event {
-                ExchangeEvent::ConnectFailed { host } => {
-                    bump(&self.stats.upstream_cx_connect_fail, 1);
+                StreamEvent::Overflow(resource) => {
                     if let Some(c) = cstats {
-                        bump(&c.upstream_cx_connect_fail, 1);
-                    }
-                    if let Some(h) = self.stats.host(ci, host.index()) {
-                        bump(&h.cx_connect_fail, 1);
+                        bump(
+                            match resource {
+                                Resource::Requests => &c.upstream_rq_overflow,
+                                Resource::Connections => &c.upstream_cx_overflow,
+                                Resource::PendingRequests => &c.upstream_rq_pending_overflow,
+                                Resource::Retries => &c.upstream_rq_retry_overflow,
+                            },
+                            1,
+                        );
                     }
                 }
-                ExchangeEvent::ConnectTimedOut { host } => {
-                    bump(&self.stats.upstream_cx_connect_timeout, 1);
+                StreamEvent::TryStarted { retry: true, .. } => {
+                    bump(&self.stats.http_retries, 1);
                     if let Some(c) = cstats {
-                        bump(&c.upstream_cx_connect_timeout, 1);
-                    }
-                    if let Some(h) = self.stats.host(ci, host.index()) {
-                        bump(&h.cx_connect_fail, 1);
+                        bump(&c.upstream_rq_retry, 1);
                     }
                 }
-                ExchangeEvent::PerTryTimedOut { .. } | ExchangeEvent::RouteTimedOut { .. } => {
-                    bump(&self.stats.http_upstream_timeouts, 1);
+                StreamEvent::RetryOverflowed => {
                     if let Some(c) = cstats {
-                        bump(&c.upstream_rq_timeout, 1);
+                        bump(&c.upstream_rq_retry_overflow, 1);
                     }
                 }
-                ExchangeEvent::UpstreamReset { .. }
-                | ExchangeEvent::UpstreamProtocolError { .. } => {}
+                StreamEvent::Exchange(e) => self.observe_exchange_event(ci, e),
+                StreamEvent::Admitted
+                | StreamEvent::TryStarted { .. }
+                | StreamEvent::ResponseStarted { .. }
+                | StreamEvent::Finished { .. } => {}
             }
-            if let Some((host, result)) = event.upstream_result() {
-                self.report_upstream_result(ci, host, result);
+        }
+        action
+    }
+
+    /// Counts what the exchange says happened and feeds outlier detection from it.
+    fn observe_exchange_event(&self, ci: usize, event: ExchangeEvent) {
+        let cstats = self.stats.cluster(ci);
+        match event {
+            ExchangeEvent::ConnectFailed { host } => {
+                bump(&self.stats.upstream_cx_connect_fail, 1);
+                if let Some(c) = cstats {
+                    bump(&c.upstream_cx_connect_fail, 1);
+                }
+                if let Some(h) = self.stats.host(ci, host.index()) {
+                    bump(&h.cx_connect_fail, 1);
+                }
             }
+            ExchangeEvent::ConnectTimedOut { host } => {
+                bump(&self.stats.upstream_cx_connect_timeout, 1);
+                if let Some(c) = cstats {
+                    bump(&c.upstream_cx_connect_timeout, 1);
+                }
+                if let Some(h) = self.stats.host(ci, host.index()) {
+                    bump(&h.cx_connect_fail, 1);
+                }
+            }
+            ExchangeEvent::PerTryTimedOut { .. } | ExchangeEvent::RouteTimedOut { .. } => {
+                bump(&self.stats.http_upstream_timeouts, 1);
+                if let Some(c) = cstats {
+                    bump(&c.upstream_rq_timeout, 1);
+                }
+            }
+            ExchangeEvent::UpstreamReset { .. } | ExchangeEvent::UpstreamProtocolError { .. } => {}
+        }
+        if let Some((host, result)) = event.upstream_result() {
+            self.report_upstream_result(ci, host, result);
         }
     }
 
