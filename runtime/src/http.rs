@@ -39,6 +39,9 @@ use sluice_core::http1::{
     Version, parse_request, parse_response, write_local_response, write_request_head,
     write_response_head, write_trailers,
 };
+use sluice_core::l7::edits::{
+    HeaderEdits, RequestFacts, format_request_id, forwarded_for, request_edits,
+};
 use sluice_core::l7::exchange::{
     Event as ExchangeEvent, ExchangeConfig, ResponseFlag, RetryPolicyView, TryFailure, status_for,
 };
@@ -413,57 +416,6 @@ struct Scratch {
     /// Set while a request waits for its upstream with nothing of a response sent yet (what a
     /// drain deadline answers 503).
     awaiting: Rc<Cell<bool>>,
-}
-
-/// Header edit lists live on the stack up to this many entries.
-const INLINE_EDITS: usize = 24;
-
-/// Collects `items` into `inline` (or into `spill` when there are more than fit).
-fn edit_list<'a, T: Copy>(
-    inline: &'a mut [T; INLINE_EDITS],
-    spill: &'a mut Vec<T>,
-    items: impl Iterator<Item = T>,
-) -> &'a [T] {
-    let mut n = 0;
-    for item in items {
-        if n < INLINE_EDITS {
-            inline[n] = item;
-        } else {
-            if spill.is_empty() {
-                spill.extend_from_slice(&inline[..]);
-            }
-            spill.push(item);
-        }
-        n += 1;
-    }
-    if n <= INLINE_EDITS {
-        &inline[..n]
-    } else {
-        &spill[..]
-    }
-}
-
-/// Formats a UUID v4 from two random words into `out`.
-fn format_request_id(a: u64, b: u64, out: &mut [u8; 36]) {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    let a = (a & 0xffff_ffff_ffff_0fff) | 0x4000;
-    let b = (b & 0x3fff_ffff_ffff_ffff) | 0x8000_0000_0000_0000;
-    let bytes: [u8; 16] = {
-        let mut x = [0u8; 16];
-        x[..8].copy_from_slice(&a.to_be_bytes());
-        x[8..].copy_from_slice(&b.to_be_bytes());
-        x
-    };
-    let mut i = 0;
-    for (k, byte) in bytes.iter().enumerate() {
-        if matches!(k, 4 | 6 | 8 | 10) {
-            out[i] = b'-';
-            i += 1;
-        }
-        out[i] = HEX[usize::from(byte >> 4)];
-        out[i + 1] = HEX[usize::from(byte & 0xf)];
-        i += 2;
-    }
 }
 
 /// How the request head ended up.
@@ -909,16 +861,11 @@ impl<N: Network> Engine<N> {
             }
             _ => scratch.normalized.then_some(scratch.norm.as_slice()),
         };
-        let xff: &[u8] = match head.header(rbuf.bytes(), "x-forwarded-for") {
-            Some(old) => {
-                scratch.xff.clear();
-                scratch.xff.extend_from_slice(old);
-                scratch.xff.extend_from_slice(b", ");
-                scratch.xff.extend_from_slice(scratch.peer_ip.as_bytes());
-                &scratch.xff
-            }
-            None => scratch.peer_ip.as_bytes(),
-        };
+        let xff = forwarded_for(
+            head.header(rbuf.bytes(), "x-forwarded-for"),
+            scratch.peer_ip.as_bytes(),
+            &mut scratch.xff,
+        );
         let mut request_id = [0u8; 36];
         let generate_id = head.header(rbuf.bytes(), "x-request-id").is_none();
         if generate_id {
@@ -927,35 +874,18 @@ impl<N: Network> Engine<N> {
             format_request_id(a, b, &mut request_id);
         }
         let no_host = head.host(rbuf.bytes()).is_none();
-        // Added headers replace ones of the same name: remove those names first.
-        let (mut remove_inline, mut remove_spill) = ([""; INLINE_EDITS], Vec::new());
-        let remove = edit_list(
-            &mut remove_inline,
-            &mut remove_spill,
-            std::iter::once("x-forwarded-for")
-                .chain(action.request_headers_to_remove.iter().map(String::as_str))
-                .chain(
-                    action
-                        .request_headers_to_add
-                        .iter()
-                        .map(|h| h.name.as_str()),
-                ),
-        );
-        let (mut add_inline, mut add_spill) = ([("", &b""[..]); INLINE_EDITS], Vec::new());
-        let add = edit_list(
-            &mut add_inline,
-            &mut add_spill,
-            std::iter::once(("x-forwarded-for", xff))
-                .chain(generate_id.then_some(("x-request-id", &request_id[..])))
+        let mut edits = HeaderEdits::new();
+        request_edits(
+            &mut edits,
+            &RequestFacts {
+                forwarded_for: xff,
+                generated_id: generate_id.then_some(&request_id[..]),
                 // HTTP/1.0 without Host (nor an absolute-form target) goes out as HTTP/1.1,
                 // which needs one: the cluster's name.
-                .chain(no_host.then_some(("host", cluster_cfg.name.as_bytes())))
-                .chain(
-                    action
-                        .request_headers_to_add
-                        .iter()
-                        .map(|h| (h.name.as_str(), h.value.as_bytes())),
-                ),
+                missing_host: no_host.then_some(cluster_cfg.name.as_bytes()),
+            },
+            &action.request_headers_to_remove,
+            &action.request_headers_to_add,
         );
         write_request_head(
             out,
@@ -963,8 +893,8 @@ impl<N: Network> Engine<N> {
             head,
             &HeadEdits {
                 path: path_edit,
-                remove,
-                add,
+                remove: edits.removals(),
+                add: edits.additions(),
                 force_close: false,
                 version: Some(Version::Http11),
             },
@@ -1211,29 +1141,15 @@ impl<N: Network> Engine<N> {
                 && !matches!(rhead.framing(), BodyFraming::CloseDelimited)
                 && !self.stopping.get();
             let upgrade = status == 101 && head.upgrade();
-            let (mut remove_inline, mut remove_spill) = ([""; INLINE_EDITS], Vec::new());
-            let resp_remove = edit_list(
-                &mut remove_inline,
-                &mut remove_spill,
-                action
-                    .response_headers_to_remove
-                    .iter()
-                    .chain(action.response_headers_to_add.iter().map(|h| &h.name))
-                    .map(String::as_str),
+            let mut edits = HeaderEdits::new();
+            edits.route(
+                &action.response_headers_to_remove,
+                &action.response_headers_to_add,
             );
-            let (mut add_inline, mut add_spill) = ([("", &b""[..]); INLINE_EDITS], Vec::new());
             // An HTTP/1.0 client keeps its connection only when the answer says so.
-            let keep_alive_10 = (keep_down && !upgrade && head.version() == Version::Http10)
-                .then_some(("connection", &b"keep-alive"[..]));
-            let resp_add = edit_list(
-                &mut add_inline,
-                &mut add_spill,
-                action
-                    .response_headers_to_add
-                    .iter()
-                    .map(|h| (h.name.as_str(), h.value.as_bytes()))
-                    .chain(keep_alive_10),
-            );
+            if keep_down && !upgrade && head.version() == Version::Http10 {
+                edits.append("connection", b"keep-alive");
+            }
             out.clear();
             write_response_head(
                 out,
@@ -1241,8 +1157,8 @@ impl<N: Network> Engine<N> {
                 rhead,
                 &HeadEdits {
                     path: None,
-                    remove: resp_remove,
-                    add: resp_add,
+                    remove: edits.removals(),
+                    add: edits.additions(),
                     force_close: !keep_down && !upgrade,
                     version: None,
                 },
@@ -1901,30 +1817,5 @@ where
     match tokio::io::copy_bidirectional(down, up).await {
         Ok((_, to_down)) => sent + to_down,
         Err(_) => sent,
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn request_ids_are_uuid_v4_shaped() {
-        let mut id = [0u8; 36];
-        format_request_id(0x0123_4567_89ab_cdef, 0xfedc_ba98_7654_3210, &mut id);
-        let id = std::str::from_utf8(&id).unwrap();
-        assert_eq!(id, "01234567-89ab-4def-bedc-ba9876543210");
-    }
-
-    #[test]
-    fn edit_lists_spill_past_the_inline_capacity() {
-        let (mut inline, mut spill) = ([0usize; INLINE_EDITS], Vec::new());
-        assert_eq!(edit_list(&mut inline, &mut spill, 0..3), &[0, 1, 2]);
-        let (mut inline, mut spill) = ([0usize; INLINE_EDITS], Vec::new());
-        let many: Vec<usize> = (0..INLINE_EDITS + 5).collect();
-        assert_eq!(
-            edit_list(&mut inline, &mut spill, many.iter().copied()),
-            &many[..]
-        );
     }
 }
