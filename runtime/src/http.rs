@@ -34,6 +34,7 @@ use std::time::{Duration, SystemTime};
 use sluice_core::config::ListenerConfig;
 use sluice_core::config::http::{ForwardAction, HttpConfig, PathMatch, RouteAction};
 use sluice_core::health::{Permit, Resource, UpstreamResult};
+use sluice_core::http1::conn::{ConnectionPolicy, ConnectionSettings, Expired, keeps_alive};
 use sluice_core::http1::{
     BodyFraming, Chunked, ChunkedDecoder, Head, HeadEdits, HttpError, Limits, Method, ParseStatus,
     Version, parse_request, parse_response, write_local_response, write_request_head,
@@ -66,9 +67,6 @@ const RESPONSE_LIMITS: Limits = Limits {
     max_headers: 256,
 };
 const READ_CHUNK: usize = 16 * 1024;
-/// How long a draining engine keeps an idle keep-alive connection open for a request already on
-/// its way (answered with `connection: close`).
-const DRAIN_IDLE_GRACE: Duration = Duration::from_secs(1);
 const MAX_TRAILER_BYTES: usize = 16 * 1024;
 /// Interim (1xx) responses accepted before the final one (Go's limit); one more is a 502 and
 /// the upstream connection is closed, so that an endless `100 Continue` stream cannot pin a
@@ -504,9 +502,16 @@ impl<N: Network> Engine<N> {
             awaiting: awaiting_response.clone(),
         };
         let logging = self.access_logs[listener].is_some();
-        // The first request must start within `request_headers_timeout` of the accept (a
-        // connection that never sends is not held for the keep-alive idle timeout).
-        let mut accepted = Some(TokioInstant::now());
+        // When to wait for requests and for how long (the first must start within
+        // `request_headers_timeout` of the accept; then the idle timeout; the drain grace).
+        let mut policy = ConnectionPolicy::new(
+            now(),
+            ConnectionSettings {
+                request_headers_timeout: hc.request_headers_timeout,
+                idle_timeout: hc.idle_timeout,
+            },
+            self.stopping.get(),
+        );
         loop {
             // Wall-clock and start time only matter to the access log.
             let started = if logging {
@@ -517,14 +522,7 @@ impl<N: Network> Engine<N> {
             let t0 = if logging { Some(now()) } else { None };
             let lstats = self.stats.listener(listener);
             match self
-                .read_request_head(
-                    hc,
-                    &limits,
-                    &mut *down,
-                    &mut rbuf,
-                    &mut head,
-                    accepted.take(),
-                )
+                .read_request_head(&limits, &mut *down, &mut rbuf, &mut head, &mut policy)
                 .await
             {
                 HeadRead::Closed => break,
@@ -633,10 +631,11 @@ impl<N: Network> Engine<N> {
             rbuf.consume(head.head_len().min(rbuf.len()));
             // A response that went out without `connection: close` promised the client it may
             // send another request, even if the engine started draining meanwhile (keep-alive
-            // is decided when the upstream head arrives): keep that promise. The next head read
-            // gives a draining connection DRAIN_IDLE_GRACE for that request and answers it with
-            // `connection: close`; closing here would reset a request already on its way.
-            if !outcome.reusable {
+            // is decided when the upstream head arrives): keep that promise. The policy gives a
+            // draining connection DRAIN_IDLE_GRACE (sluice_core::http1::conn) for that request,
+            // answered with `connection: close`; closing here would reset a request already on
+            // its way.
+            if !policy.handle_response_done(now(), outcome.reusable, self.stopping.get()) {
                 break;
             }
         }
@@ -653,70 +652,69 @@ impl<N: Network> Engine<N> {
 
     async fn read_request_head(
         &self,
-        hc: &HttpConfig,
         limits: &Limits,
         down: &mut N::Stream,
         rbuf: &mut ReadBuffer,
         head: &mut Head,
-        accepted: Option<TokioInstant>,
+        policy: &mut ConnectionPolicy,
     ) -> HeadRead {
-        // Idle between requests: wait for the first byte. Once the engine drains, an idle
-        // connection still gets DRAIN_IDLE_GRACE for a request that may already be on its way
-        // (a keep-alive client sends its next request without waiting): that request is
-        // answered with `connection: close`, so the client reconnects — to the next generation
-        // or instance — instead of seeing its request dropped by a close racing with it.
-        let first_deadline = accepted.map(|at| at + hc.request_headers_timeout);
+        // Idle between requests: wait for the first byte, until the policy's deadline (the
+        // first request's from the accept, the idle timeout, or the drain grace: see
+        // sluice_core::http1::conn). Pipelined bytes already buffered skip the wait.
         if rbuf.is_empty() {
-            let idle = first_deadline.unwrap_or_else(|| {
-                hc.idle_timeout
-                    .map_or_else(far_future, |d| TokioInstant::now() + d)
-            });
-            let mut deadline = if self.stopping.get() {
-                idle.min(TokioInstant::now() + DRAIN_IDLE_GRACE)
-            } else {
-                idle
-            };
             loop {
                 let stop = self.stop_accepting.notified();
                 let draining = self.stopping.get();
                 let read = tokio::select! {
                     biased;
                     () = stop, if !draining => {
-                        deadline = deadline.min(TokioInstant::now() + DRAIN_IDLE_GRACE);
+                        policy.handle_drain(now());
                         continue;
                     }
-                    () = tokio::time::sleep_until(deadline) => {
-                        return if first_deadline.is_some() && deadline == idle {
-                            HeadRead::FirstByteTimeout
-                        } else {
-                            HeadRead::Closed
+                    () = tokio::time::sleep_until(deadline_of(policy.poll_timeout())) => {
+                        return match policy.handle_timeout(now()) {
+                            Some(Expired::FirstByteTimeout) => HeadRead::FirstByteTimeout,
+                            _ => HeadRead::Closed,
                         };
                     }
                     r = rbuf.fill_first(down) => r,
                 };
                 match read {
-                    Ok(0) | Err(_) => return HeadRead::Closed,
+                    Ok(0) | Err(_) => {
+                        policy.handle_closed();
+                        return HeadRead::Closed;
+                    }
                     Ok(_) => break,
                 }
             }
         }
-        let deadline =
-            first_deadline.unwrap_or_else(|| TokioInstant::now() + hc.request_headers_timeout);
+        policy.handle_first_byte(now());
+        let deadline = deadline_of(policy.poll_timeout());
         loop {
             match parse_request(rbuf.bytes(), limits, head) {
-                Ok(ParseStatus::Complete) => return HeadRead::Ready,
+                Ok(ParseStatus::Complete) => {
+                    policy.handle_head_complete();
+                    return HeadRead::Ready;
+                }
                 Ok(ParseStatus::Partial) => {}
-                Err(e) => return reject(&e),
+                Err(e) => {
+                    policy.handle_closed();
+                    return reject(&e);
+                }
             }
             let read = tokio::select! {
                 biased;
                 () = tokio::time::sleep_until(deadline) => {
+                    policy.handle_timeout(now());
                     return HeadRead::Reject(408, ResponseFlag::DownstreamLimit, "request headers not received in time\n".into());
                 }
                 r = rbuf.fill(down) => r,
             };
             match read {
-                Ok(0) | Err(_) => return HeadRead::Closed,
+                Ok(0) | Err(_) => {
+                    policy.handle_closed();
+                    return HeadRead::Closed;
+                }
                 Ok(_) => {}
             }
         }
@@ -1137,9 +1135,11 @@ impl<N: Network> Engine<N> {
             }
 
             // --- forward the response ---
-            let keep_down = head.keep_alive()
-                && !matches!(rhead.framing(), BodyFraming::CloseDelimited)
-                && !self.stopping.get();
+            let keep_down = keeps_alive(
+                head.keep_alive(),
+                matches!(rhead.framing(), BodyFraming::CloseDelimited),
+                self.stopping.get(),
+            );
             let upgrade = status == 101 && head.upgrade();
             let mut edits = HeaderEdits::new();
             edits.route(
