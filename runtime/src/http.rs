@@ -1,17 +1,21 @@
-//! The HTTP/1.1 connection manager: the IO half of `sluice_core::http1`, `router` and
-//! `exchange`.
+//! The HTTP/1.1 connection manager: the IO half of `sluice_core::http1` (codec and connection
+//! policy), `router` and `l7` (the request stream).
 //!
 //! One task per downstream connection runs [`Engine::http_connection`]:
 //!
-//! 1. read a request head (keep-alive idle timeout before its first byte, then
-//!    `request_headers_timeout` until it is complete — for a connection's first request,
-//!    `request_headers_timeout` from the accept; limits answer 431, malformed or ambiguous
-//!    framing 400, and close the connection — nothing of such a request goes upstream);
+//! 1. read a request head, sleeping until the core's `ConnectionPolicy` deadline (keep-alive
+//!    idle timeout before its first byte, then `request_headers_timeout` until it is complete —
+//!    for a connection's first request, `request_headers_timeout` from the accept; the drain
+//!    grace); limits answer 431, malformed or ambiguous framing 400, and close the connection —
+//!    nothing of such a request goes upstream;
 //! 2. normalize its path (`sluice_core::path`; 400 for an encoded slash by default) and route
 //!    it on the normalized path, which is also the one forwarded (404 when nothing matches; a
 //!    direct response is answered here);
-//! 3. forward it: the [`Exchange`] picks hosts and decides retries and timeouts; this module
-//!    gets connections (from the worker's [`Pool`] or fresh), writes the rewritten head and the
+//! 3. forward it: the core's request `Stream` admits it (it takes and gives back every
+//!    circuit-breaker unit), picks hosts and decides retries and timeouts, and says what
+//!    happened in events, which are the only source of the connect / timeout stats and of the
+//!    failures reported to outlier detection; this module gets connections (from the worker's
+//!    [`Pool`] or fresh), writes the head with the core's header edits (`l7::edits`) and the
 //!    body, reads the response head, and streams the response body by its framing;
 //! 4. log it, then serve the next (possibly pipelined) request in order, or close.
 //!
