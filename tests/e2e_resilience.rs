@@ -867,3 +867,72 @@ fn idle_pooled_upstream_connections_close_after_upstream_idle_timeout() {
         || stat(admin, &cx_active) == 0 && established_from(up) == 0,
     );
 }
+
+/// A listener that never accepts, its accept queue filled: a further connect to it hangs (the
+/// kernel drops the SYN) — a blackholed upstream on the loopback. Keep the returned sockets
+/// alive for as long as the blackhole is needed.
+fn blackholed_port() -> (u16, socket2::Socket, Vec<TcpStream>) {
+    use socket2::{Domain, Socket, Type};
+    let listener = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+    listener.bind(&addr(0).into()).unwrap();
+    listener.listen(0).unwrap();
+    let port = listener.local_addr().unwrap().as_socket().unwrap().port();
+    let mut fillers = Vec::new();
+    while let Ok(s) = TcpStream::connect_timeout(&addr(port), Duration::from_millis(300)) {
+        fillers.push(s);
+        assert!(
+            fillers.len() < 64,
+            "the accept queue of port {port} never fills"
+        );
+    }
+    (port, listener, fillers)
+}
+
+/// The route timeout (150 ms) fires while the connect (timeout 500 ms) to a blackholed host is
+/// still pending: the request gets the route timeout's 504, and it is not the host's fault —
+/// no connect timeout or connect failure is counted and outlier detection (one connect failure
+/// ejects) leaves the host in.
+#[test]
+fn a_route_timeout_during_a_connect_is_not_a_connect_failure() {
+    let dir = TempDir::new("res-route-timeout-connect");
+    let (hole, _listener, _fillers) = blackholed_port();
+    let (listen, admin) = (free_port(), free_port());
+    let cluster = "    outlier_detection: { consecutive_connect_failure: 1, consecutive_gateway_failure: 0, consecutive_5xx: 0, base_ejection_time: 30s, max_ejection_percent: 100 }
+";
+    let _s = start(
+        &dir,
+        &config(
+            &dir,
+            listen,
+            admin,
+            &[hole],
+            cluster,
+            "                timeout: 150ms\n",
+        ),
+        1,
+        listen,
+        admin,
+    );
+    for _ in 0..3 {
+        let started = Instant::now();
+        let (status, body) = get_once(listen, "/");
+        assert_eq!(status, 504, "{body}");
+        assert_eq!(body, "upstream request timeout\n");
+        assert!(
+            started.elapsed() < Duration::from_millis(450),
+            "{:?}",
+            started.elapsed()
+        );
+    }
+    assert_eq!(
+        stat(admin, "cluster.app.outlier_detection.ejections_total"),
+        0,
+        "a route timeout ejected the host"
+    );
+    let view = host_view(admin, hole);
+    assert_eq!(view["outlier"], "none", "{view}");
+    assert_eq!(stat(admin, "cluster.app.upstream_cx_connect_timeout"), 0);
+    assert_eq!(stat(admin, "cluster.app.upstream_cx_connect_fail"), 0);
+    // Counted as what it is: the route's timeout.
+    assert_eq!(stat(admin, "cluster.app.upstream_rq_timeout"), 3);
+}

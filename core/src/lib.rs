@@ -8,6 +8,9 @@
 //! - [`cluster`] and [`lb`]: host sets and the load balancers (round robin, smooth weighted
 //!   round robin, random, least request with power-of-two choices), driven by an injected
 //!   [`rng::Rng`];
+//! - [`l7`]: the protocol-independent request stream (admission with every circuit-breaker
+//!   permit, tries, retries and timeouts, with events saying what happened), shared by HTTP/1.1
+//!   and, next, HTTP/2;
 //! - [`tcp_proxy`]: the L4 session state machine (pick a host, connect with a timeout, fail over,
 //!   relay with half-close, idle timeout, close with a reason).
 //!
@@ -26,10 +29,10 @@
 pub mod bolt;
 pub mod cluster;
 pub mod config;
-pub mod exchange;
 pub mod handover;
 pub mod health;
 pub mod http1;
+pub mod l7;
 pub mod lb;
 pub mod path;
 pub mod rng;
@@ -39,5 +42,7 @@ pub mod tcp_proxy;
 mod test_support;
 pub mod time;
 
+/// The exchange's old path (it lives in [`l7::exchange`] now).
+pub use l7::exchange;
 pub use std::time::Duration;
 pub use time::Instant;
