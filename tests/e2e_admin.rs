@@ -125,6 +125,9 @@ drain_timeout: {drain}
 
 #[test]
 fn counters_clusters_config_dump_and_index_after_traffic() {
+    if !require_peers(&["curl", "nginx"]) {
+        return;
+    }
     let dir = TempDir::new("admin-traffic");
     let (listen, admin_port) = (free_port(), free_port());
     let (up, dead) = (free_port(), free_port());
@@ -453,6 +456,9 @@ fn table_rows(html: &str, id: &str) -> Vec<Vec<String>> {
 
 #[test]
 fn ready_follows_healthcheck_override_and_mutations_need_post() {
+    if !require_peers(&["curl"]) {
+        return;
+    }
     let dir = TempDir::new("admin-ready");
     let (listen, admin_port) = (free_port(), free_port());
     let _sluice = start_sluice(
@@ -496,6 +502,9 @@ fn ready_follows_healthcheck_override_and_mutations_need_post() {
 
 #[test]
 fn sigterm_makes_ready_503_while_draining_then_exits_0() {
+    if !require_peers(&["curl"]) {
+        return;
+    }
     let dir = TempDir::new("admin-sigterm");
     let (listen, admin_port) = (free_port(), free_port());
     let mut sluice = start_sluice(
@@ -535,8 +544,104 @@ fn sigterm_makes_ready_503_while_draining_then_exits_0() {
     assert!(status.success(), "exit {status}:\n{}", sluice.log_text());
 }
 
+/// `/listeners` counts an open connection, `/memory` reads the process, `/help` lists every
+/// endpoint, `/reset_counters` zeroes `/stats` counters (POST only) and leaves Prometheus
+/// alone, and the page's `/logging` form sets the level it posts.
+#[test]
+fn listeners_memory_help_reset_counters_and_the_logging_form() {
+    if !require_peers(&["curl"]) {
+        return;
+    }
+    let dir = TempDir::new("admin-ops");
+    let (listen, admin_port) = (free_port(), free_port());
+    let _sluice = start_sluice(
+        &dir,
+        &echo_config(listen, admin_port, "1s"),
+        2,
+        addr(listen),
+    );
+    wait_ready(admin_port);
+    let held = TcpStream::connect(addr(listen)).unwrap();
+    eventually("/listeners counts the open connection", || {
+        get(admin_port, "/listeners").1
+            == format!(
+                "echo_in::address::127.0.0.1:{listen}\necho_in::kind::echo\n\
+                 echo_in::open_connections::1\n"
+            )
+    });
+    let (status, memory) = get(admin_port, "/memory");
+    assert_eq!(status, 200);
+    let memory: serde_json::Value = serde_json::from_str(&memory).unwrap();
+    assert!(
+        memory["resident_bytes"].as_u64().unwrap() > 1_000_000,
+        "{memory}"
+    );
+    let (status, help) = get(admin_port, "/help");
+    assert_eq!(status, 200);
+    for line in [
+        "GET /listeners: ",
+        "GET /memory: ",
+        "POST /reset_counters: ",
+        "GET /help: ",
+    ] {
+        assert!(help.contains(line), "{line} in:\n{help}");
+    }
+    assert_eq!(get(admin_port, "/reset_counters").0, 405);
+    // (start_sluice's readiness probe was a connection too.)
+    let stat = |name: &str| -> u64 {
+        let stats = get(admin_port, "/stats").1;
+        stats
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{name}: ")))
+            .unwrap_or_else(|| panic!("no {name} in:\n{stats}"))
+            .parse()
+            .unwrap()
+    };
+    let total = "listener.echo_in.downstream_cx_total";
+    let before = stat(total);
+    assert!(before >= 1);
+    assert_eq!(post(admin_port, "/reset_counters").0, 200);
+    assert_eq!(stat(total), 0);
+    assert_eq!(stat("listener.echo_in.downstream_cx_active"), 1, "a gauge");
+    let prom = get(admin_port, "/stats/prometheus").1;
+    assert_eq!(
+        sample(&prom, "sluice_downstream_cx_total{listener=\"echo_in\"}"),
+        before
+    );
+    let again = TcpStream::connect(addr(listen)).unwrap();
+    eventually("counting goes on from 0", || stat(total) == 1);
+    drop(again);
+    assert!(
+        prom.lines()
+            .any(|l| l.starts_with("sluice_build_info{version=\"") && l.ends_with("} 1")),
+        "{prom}"
+    );
+    assert!(sample(&prom, "process_open_fds") > 3);
+    // The page's form, as a browser submits it.
+    let out = run(
+        "curl",
+        &[
+            "-sS",
+            "--max-time",
+            "10",
+            "-w",
+            "\n%{http_code}",
+            "--data-urlencode",
+            "level=warning",
+            &format!("http://127.0.0.1:{admin_port}/logging"),
+        ],
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.ends_with("\n200"), "{text}");
+    assert!(text.contains("log filter set to warn"), "{text}");
+    drop(held);
+}
+
 #[test]
 fn quitquitquit_drains_and_exits_0() {
+    if !require_peers(&["curl"]) {
+        return;
+    }
     let dir = TempDir::new("admin-quit");
     let (listen, admin_port) = (free_port(), free_port());
     let mut sluice = start_sluice(
@@ -556,6 +661,9 @@ fn quitquitquit_drains_and_exits_0() {
 
 #[test]
 fn drain_listeners_stops_accepting_but_keeps_connections() {
+    if !require_peers(&["curl"]) {
+        return;
+    }
     let dir = TempDir::new("admin-drain-listeners");
     let (listen, admin_port) = (free_port(), free_port());
     let _sluice = start_sluice(
@@ -611,6 +719,9 @@ fn a_non_loopback_admin_address_must_be_allowed_explicitly() {
 
 #[test]
 fn sigusr1_reopens_access_logs_for_rotation() {
+    if !require_peers(&["curl", "nginx"]) {
+        return;
+    }
     let dir = TempDir::new("admin-logrotate");
     let (listen, admin_port, up) = (free_port(), free_port(), free_port());
     let _nginx = start_nginx(&dir, "nginx", up, "from nginx");
@@ -666,6 +777,9 @@ fn unix_admin_config(socket: &std::path::Path, mode: &str, listen: u16) -> Strin
 
 #[test]
 fn the_admin_api_on_a_unix_socket_answers_only_whom_its_mode_allows() {
+    if !require_peers(&["curl", "setpriv"]) {
+        return;
+    }
     if !running_as_root() {
         return;
     }
@@ -685,10 +799,11 @@ fn the_admin_api_on_a_unix_socket_answers_only_whom_its_mode_allows() {
     let meta = std::fs::symlink_metadata(&socket).unwrap();
     assert_eq!(meta.mode() & 0o777, 0o600);
     assert_eq!(meta.uid(), 0);
-    assert_eq!(
-        unix_http_request(&socket, "GET", "/ready"),
-        (200, "LIVE\n".into())
-    );
+    // start_sluice returns once the listener accepts, a moment before the server is live
+    // (as wait_ready does for a TCP admin address, wait for it).
+    eventually("/ready answers 200 LIVE on the Unix socket", || {
+        unix_http_request(&socket, "GET", "/ready") == (200, "LIVE\n".into())
+    });
     let (status, info) = unix_http_request(&socket, "GET", "/server_info");
     assert_eq!(status, 200);
     assert!(

@@ -174,6 +174,9 @@ clusters:
 
 #[test]
 fn sofa_rpc_round_trips_through_the_proxy() {
+    if !require_peers(&["sofa-rpc-node"]) {
+        return;
+    }
     let dir = TempDir::new("bolt-sofa");
     let (pa, pb, listen, admin) = (free_port(), free_port(), free_port(), free_port());
     let _a = start_sofa_server(&dir, "a", pa);
@@ -226,6 +229,9 @@ fn sofa_rpc_round_trips_through_the_proxy() {
 
 #[test]
 fn a_server_killed_mid_flight_gives_clean_errors() {
+    if !require_peers(&["sofa-rpc-node"]) {
+        return;
+    }
     let dir = TempDir::new("bolt-kill");
     let (pb, listen, admin) = (free_port(), free_port(), free_port());
     let b = start_sofa_server(&dir, "b", pb);
@@ -433,6 +439,9 @@ clusters:
 
 #[test]
 fn protocol_auto_serves_http_and_bolt_and_closes_anything_else() {
+    if !require_peers(&["sofa-rpc-node"]) {
+        return;
+    }
     let dir = TempDir::new("bolt-auto");
     let (pa, listen, admin) = (free_port(), free_port(), free_port());
     let _a = start_sofa_server(&dir, "a", pa);

@@ -10,6 +10,9 @@ use support::*;
 
 #[test]
 fn sofa_peers_talk_directly() {
+    if !require_peers(&["sofa-rpc-node"]) {
+        return;
+    }
     let dir = TempDir::new("bolt-peers");
     let (pa, pb) = (free_port(), free_port());
     let _a = start_sofa_server(&dir, "a", pa);

@@ -108,6 +108,9 @@ fn status_of(response: &str) -> u16 {
 
 #[test]
 fn get_head_keep_alive_rewrites_and_header_edits() {
+    if !require_peers(&["curl", "python3"]) {
+        return;
+    }
     let dir = TempDir::new("http-basic");
     let (up, listen) = (free_port(), free_port());
     let (_u, log) = start_upstream(&dir, "up", up);
@@ -161,6 +164,9 @@ fn get_head_keep_alive_rewrites_and_header_edits() {
 /// An HTTP/1.0 client that asks for keep-alive is told so and can send a second request.
 #[test]
 fn http_1_0_keep_alive_is_honoured() {
+    if !require_peers(&["python3"]) {
+        return;
+    }
     let dir = TempDir::new("http-10");
     let (up, listen) = (free_port(), free_port());
     let (_u, log) = start_upstream(&dir, "up", up);
@@ -209,6 +215,9 @@ fn http_1_0_keep_alive_is_honoured() {
 
 #[test]
 fn no_route_is_404() {
+    if !require_peers(&["python3"]) {
+        return;
+    }
     let dir = TempDir::new("http-404");
     let (up, listen) = (free_port(), free_port());
     let (_u, log) = start_upstream(&dir, "up", up);
@@ -226,6 +235,9 @@ fn no_route_is_404() {
 
 #[test]
 fn chunked_post_and_100_continue_bodies_arrive_intact() {
+    if !require_peers(&["curl", "python3"]) {
+        return;
+    }
     let dir = TempDir::new("http-body");
     let (up, listen) = (free_port(), free_port());
     let (_u, log) = start_upstream(&dir, "up", up);
@@ -294,6 +306,9 @@ fn chunked_post_and_100_continue_bodies_arrive_intact() {
 
 #[test]
 fn smuggling_and_limit_cases_are_rejected_and_never_reach_an_upstream() {
+    if !require_peers(&["python3"]) {
+        return;
+    }
     let dir = TempDir::new("http-smuggle");
     let (up, listen) = (free_port(), free_port());
     let (_u, log) = start_upstream(&dir, "up", up);
@@ -346,6 +361,9 @@ fn smuggling_and_limit_cases_are_rejected_and_never_reach_an_upstream() {
 
 #[test]
 fn pipelined_requests_are_answered_in_order() {
+    if !require_peers(&["python3"]) {
+        return;
+    }
     let dir = TempDir::new("http-pipeline");
     let (up, listen) = (free_port(), free_port());
     let (_u, _log) = start_upstream(&dir, "up", up);
@@ -371,6 +389,9 @@ fn pipelined_requests_are_answered_in_order() {
 
 #[test]
 fn connect_failures_are_retried_on_another_host() {
+    if !require_peers(&["python3"]) {
+        return;
+    }
     let dir = TempDir::new("http-retry");
     let (up, dead, listen) = (free_port(), free_port(), free_port());
     let (_u, log) = start_upstream(&dir, "up", up);
@@ -394,6 +415,9 @@ fn connect_failures_are_retried_on_another_host() {
 
 #[test]
 fn idempotent_5xx_answers_are_retried_and_timeouts_answer_504() {
+    if !require_peers(&["python3"]) {
+        return;
+    }
     let dir = TempDir::new("http-5xx");
     let (up1, up2, listen) = (free_port(), free_port(), free_port());
     let (_u1, log1) = start_upstream(&dir, "up1", up1);
@@ -437,6 +461,9 @@ fn idempotent_5xx_answers_are_retried_and_timeouts_answer_504() {
 
 #[test]
 fn an_ambiguously_framed_or_vanishing_upstream_answer_is_a_502() {
+    if !require_peers(&["python3"]) {
+        return;
+    }
     let dir = TempDir::new("http-badframe");
     let (up, listen) = (free_port(), free_port());
     let (_u, log) = start_upstream(&dir, "up", up);
@@ -491,6 +518,9 @@ fn all_hosts_down_is_a_fast_502() {
 
 #[test]
 fn websocket_upgrade_becomes_a_tunnel() {
+    if !require_peers(&["python3", "test-venv"]) {
+        return;
+    }
     let dir = TempDir::new("http-ws");
     let (up, listen) = (free_port(), free_port());
     let script = repo().join("tests/ws_echo.py");
@@ -521,7 +551,9 @@ fn websocket_upgrade_becomes_a_tunnel() {
 
 #[test]
 fn wrk_keep_alive_load_has_no_errors_and_the_access_log_has_every_request() {
-    require("wrk");
+    if !require_peers(&["nginx", "wrk"]) {
+        return;
+    }
     let dir = TempDir::new("http-wrk");
     let (up, listen) = (free_port(), free_port());
     let _n = start_nginx(&dir, "nginx", up, "hello");
@@ -615,6 +647,9 @@ fn get(port: u16, host: &str, path: &str) -> String {
 
 #[test]
 fn paths_are_normalized_before_routing_and_forwarded_normalized() {
+    if !require_peers(&["python3"]) {
+        return;
+    }
     let dir = TempDir::new("http-normalize");
     let (up, listen) = (free_port(), free_port());
     let (_u, log) = start_upstream(&dir, "up", up);
@@ -643,6 +678,9 @@ fn paths_are_normalized_before_routing_and_forwarded_normalized() {
 
 #[test]
 fn path_normalization_knobs_turn_it_off_or_unescape_slashes() {
+    if !require_peers(&["python3"]) {
+        return;
+    }
     let dir = TempDir::new("http-normalize-knobs");
     let (up, listen) = (free_port(), free_port());
     let (_u, log) = start_upstream(&dir, "up", up);
@@ -657,6 +695,9 @@ fn path_normalization_knobs_turn_it_off_or_unescape_slashes() {
 
 #[test]
 fn an_http_1_0_request_without_host_gets_one_upstream() {
+    if !require_peers(&["python3"]) {
+        return;
+    }
     let dir = TempDir::new("http-10-no-host");
     let (up, listen) = (free_port(), free_port());
     let (_u, log) = start_upstream(&dir, "up", up);
@@ -676,6 +717,9 @@ fn an_http_1_0_request_without_host_gets_one_upstream() {
 
 #[test]
 fn request_trailers_lose_the_fields_a_trailer_must_not_carry() {
+    if !require_peers(&["python3"]) {
+        return;
+    }
     let dir = TempDir::new("http-trailers");
     let (up, listen) = (free_port(), free_port());
     let (_u, log) = start_upstream(&dir, "up", up);
@@ -740,6 +784,9 @@ fn slow_post(
 
 #[test]
 fn the_route_timeout_starts_after_the_upload_and_a_stalled_upload_is_a_408() {
+    if !require_peers(&["python3"]) {
+        return;
+    }
     let dir = TempDir::new("http-upload-timeout");
     let (up, listen) = (free_port(), free_port());
     let (_u, log) = start_upstream(&dir, "up", up);

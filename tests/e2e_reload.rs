@@ -15,7 +15,9 @@ fn config(listen: u16, admin: u16, upstream: u16, version: &str, extra: &str) ->
 
 #[test]
 fn reloads_under_load_fail_no_request() {
-    require("wrk");
+    if !require_peers(&["nginx", "wrk"]) {
+        return;
+    }
     let dir = TempDir::new("reload");
     let (up, listen, admin, extra_port) = (free_port(), free_port(), free_port(), free_port());
     let _nginx = start_nginx(&dir, "up", up, "hello");
@@ -140,6 +142,9 @@ fn slow_load(
 /// defaults (no drain settings) and three SIGHUPs, no request fails.
 #[test]
 fn reloads_with_a_slow_upstream_fail_no_request() {
+    if !require_peers(&["python3"]) {
+        return;
+    }
     let dir = TempDir::new("reload-slow");
     let (up, listen, admin) = (free_port(), free_port(), free_port());
     let _upstream = start_py_upstream(&dir, "slow", up);
@@ -183,6 +188,9 @@ fn reloads_with_a_slow_upstream_fail_no_request() {
 /// did not announce a close — gets its whole response before the connection closes.
 #[test]
 fn sigterm_with_a_slow_upstream_fails_no_request_on_open_connections() {
+    if !require_peers(&["python3"]) {
+        return;
+    }
     let dir = TempDir::new("sigterm-slow");
     let (up, listen, admin) = (free_port(), free_port(), free_port());
     let _upstream = start_py_upstream(&dir, "slow", up);
@@ -334,6 +342,9 @@ fn a_reload_of_a_fifo_is_refused_and_sigterm_still_stops() {
 /// time instead of waiting for the upstream.
 #[test]
 fn sigterm_ends_an_http_request_still_in_flight_at_drain_timeout() {
+    if !require_peers(&["python3"]) {
+        return;
+    }
     let dir = TempDir::new("sigterm-drain-timeout");
     let (up, listen, admin) = (free_port(), free_port(), free_port());
     let _upstream = start_py_upstream(&dir, "slow", up);

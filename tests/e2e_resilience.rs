@@ -310,11 +310,17 @@ fn kill_under_load_with_defaults(connections: u32) {
 
 #[test]
 fn killing_an_upstream_under_16_connections_fails_no_request_with_defaults() {
+    if !require_peers(&["nginx", "wrk"]) {
+        return;
+    }
     kill_under_load_with_defaults(16);
 }
 
 #[test]
 fn killing_an_upstream_under_64_connections_fails_no_request_with_defaults() {
+    if !require_peers(&["nginx", "wrk"]) {
+        return;
+    }
     kill_under_load_with_defaults(64);
 }
 
@@ -323,7 +329,9 @@ fn killing_an_upstream_under_64_connections_fails_no_request_with_defaults() {
 /// 10/s per worker over its 10 s window) instead of the policy's 2 retries per request.
 #[test]
 fn an_overloaded_cluster_sheds_retries_with_the_default_budget() {
-    require("wrk");
+    if !require_peers(&["nginx", "wrk"]) {
+        return;
+    }
     let dir = TempDir::new("res-overload");
     let (a, b) = (free_port(), free_port());
     let (listen, admin) = (free_port(), free_port());
@@ -410,6 +418,9 @@ fn an_overloaded_cluster_sheds_retries_with_the_default_budget() {
 
 #[test]
 fn failing_health_check_drains_and_readmits_a_host() {
+    if !require_peers(&["nginx"]) {
+        return;
+    }
     let dir = TempDir::new("res-hc");
     let (a, b) = (free_port(), free_port());
     let (listen, admin) = (free_port(), free_port());
@@ -490,6 +501,9 @@ fn failing_health_check_drains_and_readmits_a_host() {
 
 #[test]
 fn outlier_detection_ejects_a_5xx_host() {
+    if !require_peers(&["nginx"]) {
+        return;
+    }
     let dir = TempDir::new("res-outlier");
     let (good, bad) = (free_port(), free_port());
     let (listen, admin) = (free_port(), free_port());
@@ -553,6 +567,9 @@ fn outlier_detection_ejects_a_5xx_host() {
 /// such clients in a row must not get a healthy host ejected (`consecutive_5xx: 3`).
 #[test]
 fn a_client_failing_its_streamed_upload_does_not_eject_the_host() {
+    if !require_peers(&["python3"]) {
+        return;
+    }
     let dir = TempDir::new("res-upload-fault");
     let up = free_port();
     let (listen, admin) = (free_port(), free_port());
@@ -604,6 +621,9 @@ fn a_client_failing_its_streamed_upload_does_not_eject_the_host() {
 
 #[test]
 fn circuit_breaker_max_requests_overflows_with_503_uo() {
+    if !require_peers(&["python3"]) {
+        return;
+    }
     let dir = TempDir::new("res-breaker");
     let up = free_port();
     let (listen, admin) = (free_port(), free_port());
@@ -663,6 +683,9 @@ fn circuit_breaker_max_requests_overflows_with_503_uo() {
 /// `ActiveHealthChecker::set_traffic` pulls pending probes in), not after the 60 s wait.
 #[test]
 fn health_checks_speed_up_when_traffic_starts() {
+    if !require_peers(&["nginx"]) {
+        return;
+    }
     let dir = TempDir::new("res-hc-traffic");
     let (a, b) = (free_port(), free_port());
     let (listen, admin) = (free_port(), free_port());
@@ -762,6 +785,9 @@ while True:
 
 #[test]
 fn endless_interim_responses_are_a_502_and_close_the_upstream_connection() {
+    if !require_peers(&["python3"]) {
+        return;
+    }
     let dir = TempDir::new("endless-100");
     let (up, listen, admin) = (free_port(), free_port(), free_port());
     let script = dir.write("endless_100.py", ENDLESS_100);
@@ -813,6 +839,9 @@ fn established_from(port: u16) -> usize {
 
 #[test]
 fn idle_pooled_upstream_connections_close_after_upstream_idle_timeout() {
+    if !require_peers(&["python3"]) {
+        return;
+    }
     let dir = TempDir::new("pool-idle");
     let (up, listen, admin) = (free_port(), free_port(), free_port());
     let _u = start_py_upstream(&dir, "up", up);
@@ -837,4 +866,73 @@ fn idle_pooled_upstream_connections_close_after_upstream_idle_timeout() {
         Duration::from_secs(5),
         || stat(admin, &cx_active) == 0 && established_from(up) == 0,
     );
+}
+
+/// A listener that never accepts, its accept queue filled: a further connect to it hangs (the
+/// kernel drops the SYN) — a blackholed upstream on the loopback. Keep the returned sockets
+/// alive for as long as the blackhole is needed.
+fn blackholed_port() -> (u16, socket2::Socket, Vec<TcpStream>) {
+    use socket2::{Domain, Socket, Type};
+    let listener = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+    listener.bind(&addr(0).into()).unwrap();
+    listener.listen(0).unwrap();
+    let port = listener.local_addr().unwrap().as_socket().unwrap().port();
+    let mut fillers = Vec::new();
+    while let Ok(s) = TcpStream::connect_timeout(&addr(port), Duration::from_millis(300)) {
+        fillers.push(s);
+        assert!(
+            fillers.len() < 64,
+            "the accept queue of port {port} never fills"
+        );
+    }
+    (port, listener, fillers)
+}
+
+/// The route timeout (150 ms) fires while the connect (timeout 500 ms) to a blackholed host is
+/// still pending: the request gets the route timeout's 504, and it is not the host's fault —
+/// no connect timeout or connect failure is counted and outlier detection (one connect failure
+/// ejects) leaves the host in.
+#[test]
+fn a_route_timeout_during_a_connect_is_not_a_connect_failure() {
+    let dir = TempDir::new("res-route-timeout-connect");
+    let (hole, _listener, _fillers) = blackholed_port();
+    let (listen, admin) = (free_port(), free_port());
+    let cluster = "    outlier_detection: { consecutive_connect_failure: 1, consecutive_gateway_failure: 0, consecutive_5xx: 0, base_ejection_time: 30s, max_ejection_percent: 100 }
+";
+    let _s = start(
+        &dir,
+        &config(
+            &dir,
+            listen,
+            admin,
+            &[hole],
+            cluster,
+            "                timeout: 150ms\n",
+        ),
+        1,
+        listen,
+        admin,
+    );
+    for _ in 0..3 {
+        let started = Instant::now();
+        let (status, body) = get_once(listen, "/");
+        assert_eq!(status, 504, "{body}");
+        assert_eq!(body, "upstream request timeout\n");
+        assert!(
+            started.elapsed() < Duration::from_millis(450),
+            "{:?}",
+            started.elapsed()
+        );
+    }
+    assert_eq!(
+        stat(admin, "cluster.app.outlier_detection.ejections_total"),
+        0,
+        "a route timeout ejected the host"
+    );
+    let view = host_view(admin, hole);
+    assert_eq!(view["outlier"], "none", "{view}");
+    assert_eq!(stat(admin, "cluster.app.upstream_cx_connect_timeout"), 0);
+    assert_eq!(stat(admin, "cluster.app.upstream_cx_connect_fail"), 0);
+    // Counted as what it is: the route's timeout.
+    assert_eq!(stat(admin, "cluster.app.upstream_rq_timeout"), 3);
 }

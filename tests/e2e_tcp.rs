@@ -113,6 +113,50 @@ fn version_prints_the_package_version() {
     );
 }
 
+/// A test whose peers are missing skips with one line naming the test and the peer, unless
+/// `SLUICE_REQUIRE_PEERS` is set (as `tests/run.sh` does): then it fails. This test binary runs
+/// the wrk test again with a `PATH` where nothing is found.
+#[test]
+fn a_missing_peer_skips_the_test_or_fails_it_when_peers_are_required() {
+    let empty = TempDir::new("no-peers");
+    let rerun = |require: bool| {
+        let mut cmd = std::process::Command::new(std::env::current_exe().unwrap());
+        cmd.args([
+            "--exact",
+            "wrk_load_through_the_proxy_has_no_errors",
+            "--nocapture",
+        ])
+        .env("PATH", empty.path())
+        .env_remove(REQUIRE_PEERS_VAR);
+        if require {
+            cmd.env(REQUIRE_PEERS_VAR, "1");
+        }
+        let out = cmd.output().unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (out.status.success(), text)
+    };
+    let why = "nginx not found on PATH (tests/run.sh installs it); \
+               wrk not found on PATH (tests/run.sh installs it)";
+
+    let (passed, text) = rerun(false);
+    assert!(passed, "{text}");
+    let skipped = format!("SKIPPED e2e_tcp::wrk_load_through_the_proxy_has_no_errors: {why}\n");
+    assert!(text.contains(&skipped), "{text}");
+
+    let (passed, text) = rerun(true);
+    assert!(!passed, "{text}");
+    assert!(
+        text.contains(&format!(
+            "e2e_tcp::wrk_load_through_the_proxy_has_no_errors: {why}; SLUICE_REQUIRE_PEERS is set"
+        )),
+        "{text}"
+    );
+}
+
 /// The quickstart config serves on its own: bytes come back through proxy → echo listeners,
 /// byte for byte, on many concurrent connections over two workers.
 #[test]
@@ -162,7 +206,9 @@ fn curl_body(port: u16) -> Result<String, String> {
 /// still succeeds (connect failover), and the survivor serves them all.
 #[test]
 fn every_new_connection_succeeds_with_one_of_two_upstreams_killed() {
-    require("curl");
+    if !require_peers(&["curl", "nginx"]) {
+        return;
+    }
     let dir = TempDir::new("failover");
     let (p1, p2, listen) = (free_port(), free_port(), free_port());
     let _up1 = start_nginx(&dir, "up1", p1, "up1");
@@ -197,7 +243,9 @@ fn every_new_connection_succeeds_with_one_of_two_upstreams_killed() {
 /// wrk keep-alive load through the proxy: zero socket errors, zero non-2xx.
 #[test]
 fn wrk_load_through_the_proxy_has_no_errors() {
-    require("wrk");
+    if !require_peers(&["nginx", "wrk"]) {
+        return;
+    }
     let dir = TempDir::new("wrk");
     let (p1, listen) = (free_port(), free_port());
     let _up = start_nginx(&dir, "up1", p1, "hello");
@@ -240,6 +288,9 @@ fn wrk_load_through_the_proxy_has_no_errors() {
 /// ends, then the process exits 0.
 #[test]
 fn sigterm_stops_accepting_and_lets_open_sessions_finish() {
+    if !require_peers(&["nginx"]) {
+        return;
+    }
     let dir = TempDir::new("drain");
     let (p1, listen) = (free_port(), free_port());
     let _up = start_nginx(&dir, "up1", p1, "still here");
@@ -291,6 +342,9 @@ fn sigterm_stops_accepting_and_lets_open_sessions_finish() {
 /// A session still open when the drain timeout passes is closed, and the process exits 0.
 #[test]
 fn drain_timeout_closes_what_is_left() {
+    if !require_peers(&["nginx"]) {
+        return;
+    }
     let dir = TempDir::new("drain-timeout");
     let (p1, listen) = (free_port(), free_port());
     let _up = start_nginx(&dir, "up1", p1, "x");

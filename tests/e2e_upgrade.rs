@@ -77,7 +77,9 @@ fn wait_log(p: &mut Proc, needle: &str, within: Duration) {
 
 #[test]
 fn two_upgrades_and_a_reload_under_load_fail_no_request() {
-    require("wrk");
+    if !require_peers(&["nginx", "wrk"]) {
+        return;
+    }
     let dir = TempDir::new("upgrade");
     let (up, listen, admin) = (free_port(), free_port(), free_port());
     let _nginx = start_nginx(&dir, "up", up, "hello");
@@ -171,6 +173,9 @@ fn two_upgrades_and_a_reload_under_load_fail_no_request() {
 /// then answered (with `connection: close`) before the old instance lets go. No request fails.
 #[test]
 fn upgrades_with_a_slow_upstream_fail_no_request() {
+    if !require_peers(&["python3"]) {
+        return;
+    }
     let dir = TempDir::new("upgrade-slow");
     let (up, listen, admin) = (free_port(), free_port(), free_port());
     let _upstream = start_py_upstream(&dir, "slow", up);
@@ -216,6 +221,9 @@ fn upgrades_with_a_slow_upstream_fail_no_request() {
 
 #[test]
 fn a_new_instance_that_fails_halfway_leaves_the_old_one_serving() {
+    if !require_peers(&["nginx"]) {
+        return;
+    }
     let dir = TempDir::new("upgrade-rollback");
     let (up, listen, admin) = (free_port(), free_port(), free_port());
     let _nginx = start_nginx(&dir, "up", up, "hello");
@@ -274,6 +282,9 @@ fn a_new_instance_that_fails_halfway_leaves_the_old_one_serving() {
 /// the rest. No invoke fails, and the old instance exits long before the client is done.
 #[test]
 fn an_upgrade_under_sofa_rpc_load_migrates_the_connection_and_fails_no_invoke() {
+    if !require_peers(&["sofa-rpc-node"]) {
+        return;
+    }
     let dir = TempDir::new("upgrade-bolt");
     let (pa, listen, admin) = (free_port(), free_port(), free_port());
     let _a = start_sofa_server(&dir, "a", pa);
@@ -346,6 +357,9 @@ drain_timeout: 60s
 /// them every host would start unknown — panic mode, balancing over the dead host too.
 #[test]
 fn an_upgraded_instance_keeps_the_health_verdicts() {
+    if !require_peers(&["python3"]) {
+        return;
+    }
     let dir = TempDir::new("upgrade-health");
     let (alive, dead, listen, admin) = (free_port(), free_port(), free_port(), free_port());
     let _up = start_py_upstream(&dir, "alive", alive);
@@ -520,6 +534,9 @@ fn the_default_control_socket_is_private_and_an_open_directory_is_refused() {
 
 #[test]
 fn an_upgrade_refuses_a_control_socket_squatted_by_another_user() {
+    if !require_peers(&["python3", "setpriv"]) {
+        return;
+    }
     if !running_as_root() {
         return;
     }

@@ -56,7 +56,7 @@ fi
 
 # ---- unit, property, simulation and end-to-end tests ----------------------------------------
 step "cargo nextest run --workspace (SLUICE_SIM_SEEDS=${SLUICE_SIM_SEEDS:-256})"
-SLUICE_SIM_SEEDS="${SLUICE_SIM_SEEDS:-256}" cargo nextest run --workspace --no-fail-fast
+SLUICE_REQUIRE_PEERS=1 SLUICE_SIM_SEEDS="${SLUICE_SIM_SEEDS:-256}" cargo nextest run --workspace --no-fail-fast
 
 # ---- fuzzing ---------------------------------------------------------------------------------
 FUZZ_SECONDS="${FUZZ_SECONDS:-20}"

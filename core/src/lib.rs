@@ -9,6 +9,9 @@
 //! - [`cluster`] and [`lb`]: host sets and the load balancers (round robin, smooth weighted
 //!   round robin, random, least request with power-of-two choices), driven by an injected
 //!   [`rng::Rng`];
+//! - [`l7`]: the protocol-independent request stream (admission with every circuit-breaker
+//!   permit, tries, retries and timeouts, with events saying what happened), shared by HTTP/1.1
+//!   and, next, HTTP/2;
 //! - [`tcp_proxy`]: the L4 session state machine (pick a host, connect with a timeout, fail over,
 //!   relay with half-close, idle timeout, close with a reason).
 //!
@@ -30,9 +33,9 @@
 
 pub mod bolt;
 pub mod config;
-pub mod exchange;
 pub mod handover;
 pub mod http1;
+pub mod l7;
 pub mod path;
 pub mod pattern;
 pub mod rng;
@@ -46,5 +49,7 @@ pub mod upstream;
 // The upstream modules at the paths they had before they were grouped under `upstream`.
 pub use upstream::{cluster, health, host, lb};
 
+/// The exchange's old path (it lives in [`l7::exchange`] now).
+pub use l7::exchange;
 pub use std::time::Duration;
 pub use time::Instant;

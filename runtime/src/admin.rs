@@ -17,7 +17,11 @@
 //! | `GET /stats` | `name: value` lines, sorted; `?filter=REGEX`, `?format=json` |
 //! | `GET /stats/prometheus` | Prometheus text exposition 0.0.4 |
 //! | `GET /clusters` | clusters and hosts with weight, health, load (text; `?format=json`) |
+//! | `GET /listeners` | listeners: name, address, kind, open connections (text; `?format=json`) |
 //! | `GET /config_dump` | the effective config as JSON (secrets redacted) |
+//! | `GET /memory` | resident, peak and virtual memory from `/proc` (JSON) |
+//! | `GET /help` | every endpoint with one line |
+//! | `POST /reset_counters` | `/stats` counters start again from 0 (Prometheus untouched) |
 //! | `GET /server_info` | JSON: version, uptime, state, workers |
 //! | `POST /healthcheck/fail`, `/healthcheck/ok` | force `/ready` to 503, undo it |
 //! | `POST /drain_listeners` | stop accepting; open connections carry on |
@@ -33,12 +37,15 @@ use std::time::{Duration, Instant};
 use serde_json::{Map, Value, json};
 use sluice_core::config::{AdminListen, Config, ListenerFilter};
 use sluice_core::http1::write_local_response;
-use sluice_core::tcp_proxy::CloseReason;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
-use crate::stats::{DetailedSnapshot, HISTOGRAM_BOUNDS_US, HistogramSnapshot, WorkerStats};
+use crate::stats::{
+    BOLT_METRICS, CLUSTER_METRICS, ClusterSnapshot, DetailedSnapshot, Export, HISTOGRAM_BOUNDS_US,
+    HISTOGRAM_METRICS, HOST_METRICS, HistogramSnapshot, HostSnapshot, Kind, LISTENER_METRICS,
+    ListenerSnapshot, Metric, Shown, WORKER_METRICS, WorkerStats,
+};
 
 /// Where the server is in its life, as `/server_info` and `/ready` report it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -156,6 +163,9 @@ pub struct AdminProcess {
     admin_closed: watch::Sender<bool>,
     /// The process-wide caps and counts, once the server set them.
     pub limits: std::sync::OnceLock<Arc<crate::limits::ProcessLimits>>,
+    /// Each `/stats` counter's value at the last `POST /reset_counters` (subtracted from what
+    /// `/stats` shows; the counters themselves never go down).
+    counter_base: std::sync::Mutex<std::collections::HashMap<String, u64>>,
 }
 
 impl AdminShared {
@@ -183,6 +193,7 @@ impl AdminShared {
                 reloads_failed: std::sync::atomic::AtomicU64::new(0),
                 admin_closed: watch::channel(false).0,
                 limits: std::sync::OnceLock::new(),
+                counter_base: std::sync::Mutex::new(std::collections::HashMap::new()),
             }),
         }
     }
@@ -422,8 +433,18 @@ async fn serve_connection<S: AsyncRead + AsyncWrite + Unpin>(mut stream: S, shar
     let head = tokio::time::timeout(HEAD_TIMEOUT, read_head(&mut stream, &mut buf)).await;
     let mut head_only = false;
     let (mut response, after) = match head {
-        Ok(Ok(Some((method, target)))) => {
+        Ok(Ok(Some(Head {
+            method,
+            mut target,
+            form,
+        }))) => {
             head_only = method == "HEAD";
+            // An HTML form posts its fields as an urlencoded body: they count as query
+            // parameters (the index page's `/logging` form).
+            if let Some(form) = form.filter(|f| !f.is_empty()) {
+                target.push(if target.contains('?') { '&' } else { '?' });
+                target.push_str(&form);
+            }
             handle(shared, &method, &target)
         }
         Ok(Ok(None)) => (Response::text(400, "malformed request\n"), After::Nothing),
@@ -482,21 +503,66 @@ async fn serve_connection<S: AsyncRead + AsyncWrite + Unpin>(mut stream: S, shar
     }
 }
 
-/// Reads a request head; `Ok(None)` when it is malformed or too large.
+/// A request head: method, target, and the body of a `POST` of an urlencoded form.
+struct Head {
+    method: String,
+    target: String,
+    form: Option<String>,
+}
+
+/// Largest form body read (a form has one short field).
+const MAX_FORM: usize = 4096;
+
+/// Reads a request head (and the body of an urlencoded form, up to [`MAX_FORM`] bytes);
+/// `Ok(None)` when it is malformed or too large.
 async fn read_head<S: AsyncRead + Unpin>(
     stream: &mut S,
     buf: &mut Vec<u8>,
-) -> io::Result<Option<(String, String)>> {
+) -> io::Result<Option<Head>> {
     let mut chunk = [0u8; 2048];
     loop {
         let mut headers = [httparse::EMPTY_HEADER; 64];
         let mut req = httparse::Request::new(&mut headers);
         match req.parse(buf) {
-            Ok(httparse::Status::Complete(_)) => {
-                return Ok(match (req.method, req.path) {
-                    (Some(m), Some(p)) => Some((m.to_owned(), p.to_owned())),
-                    _ => None,
+            Ok(httparse::Status::Complete(head_len)) => {
+                let (Some(method), Some(target)) = (req.method, req.path) else {
+                    return Ok(None);
+                };
+                let header = |name: &str| {
+                    req.headers
+                        .iter()
+                        .find(|h| h.name.eq_ignore_ascii_case(name))
+                        .and_then(|h| std::str::from_utf8(h.value).ok())
+                        .map(str::trim)
+                };
+                let is_form = header("content-type").is_some_and(|t| {
+                    t.split(';').next().is_some_and(|t| {
+                        t.trim()
+                            .eq_ignore_ascii_case("application/x-www-form-urlencoded")
+                    })
                 });
+                let length = header("content-length").and_then(|l| l.parse::<usize>().ok());
+                let mut head = Head {
+                    method: method.to_owned(),
+                    target: target.to_owned(),
+                    form: None,
+                };
+                if let (true, Some(length)) = (is_form && head.method == "POST", length) {
+                    if length > MAX_FORM {
+                        return Ok(None);
+                    }
+                    let mut body = buf[head_len..].to_vec();
+                    while body.len() < length {
+                        let n = stream.read(&mut chunk).await?;
+                        if n == 0 {
+                            return Err(io::ErrorKind::UnexpectedEof.into());
+                        }
+                        body.extend_from_slice(&chunk[..n]);
+                    }
+                    body.truncate(length);
+                    head.form = Some(String::from_utf8_lossy(&body).into_owned());
+                }
+                return Ok(Some(head));
             }
             Ok(httparse::Status::Partial) => {}
             Err(_) => return Ok(None),
@@ -586,7 +652,18 @@ const ENDPOINTS: &[(&str, Verb, &str)] = &[
         Verb::Get,
         "clusters and hosts: weight, health, load (?format=json)",
     ),
+    (
+        "/listeners",
+        Verb::Get,
+        "listeners: name, address, kind, open connections (?format=json)",
+    ),
     ("/config_dump", Verb::Get, "the effective config as JSON"),
+    (
+        "/memory",
+        Verb::Get,
+        "the process's memory from /proc: resident, peak, virtual (JSON)",
+    ),
+    ("/help", Verb::Get, "every endpoint with one line, as text"),
     (
         "/server_info",
         Verb::Get,
@@ -602,6 +679,11 @@ const ENDPOINTS: &[(&str, Verb, &str)] = &[
         "/drain_listeners",
         Verb::Post,
         "stop accepting connections; open ones carry on",
+    ),
+    (
+        "/reset_counters",
+        Verb::Post,
+        "zero the counters /stats shows (gauges, histograms and /stats/prometheus untouched)",
     ),
     (
         "/quitquitquit",
@@ -679,7 +761,7 @@ pub fn handle(shared: &AdminShared, method: &str, target: &str) -> (Response, Af
                     );
                 }
             };
-            let stats = flat_stats(shared, &DetailedSnapshot::sum(&shared.workers));
+            let stats = flat_stats(shared, &scrape(shared));
             let stats = stats
                 .into_iter()
                 .filter(|(name, _)| filter.as_ref().is_none_or(|re| re.is_match(name)));
@@ -699,15 +781,50 @@ pub fn handle(shared: &AdminShared, method: &str, target: &str) -> (Response, Af
         "/stats/prometheus" => Response::new(
             200,
             "text/plain; version=0.0.4; charset=utf-8",
-            prometheus(shared, &DetailedSnapshot::sum(&shared.workers)),
+            prometheus(shared, &scrape(shared)),
         ),
         "/clusters" => {
-            let view = clusters_json(shared, &DetailedSnapshot::sum(&shared.workers));
+            let view = clusters_json(shared, &scrape(shared));
             if json_format {
                 Response::json(200, &view)
             } else {
                 Response::text(200, clusters_text(&view))
             }
+        }
+        "/listeners" => {
+            let view = listeners_json(shared, &scrape(shared));
+            if json_format {
+                Response::json(200, &view)
+            } else {
+                let mut body = String::new();
+                for l in view["listeners"].as_array().into_iter().flatten() {
+                    let name = l["name"].as_str().unwrap_or("");
+                    for field in ["address", "kind", "open_connections"] {
+                        let v = match &l[field] {
+                            Value::String(s) => s.clone(),
+                            other => other.to_string(),
+                        };
+                        let _ = writeln!(body, "{name}::{field}::{v}");
+                    }
+                }
+                Response::text(200, body)
+            }
+        }
+        "/memory" => Response::json(200, &memory_json(&ProcessInfo::read())),
+        "/help" => {
+            let mut body = String::from("Sluice admin endpoints:\n");
+            for (p, v, what) in ENDPOINTS {
+                let _ = writeln!(body, "  {} {p}: {what}", verb_name(*v).to_uppercase());
+            }
+            Response::text(200, body)
+        }
+        "/reset_counters" => {
+            let n = reset_counters(shared);
+            info!(
+                counters = n,
+                "admin: /reset_counters: /stats counters start from 0"
+            );
+            Response::text(200, format!("OK: {n} counters of /stats reset\n"))
         }
         "/config_dump" => Response::json(200, &config_dump(&shared.config)),
         "/server_info" => Response::json(
@@ -745,15 +862,24 @@ pub fn handle(shared: &AdminShared, method: &str, target: &str) -> (Response, Af
             info!("admin: /reload");
             return (Response::text(200, "OK\n"), After::Reload);
         }
-        "/logging" => match (param("level"), &shared.log_control) {
-            (None, _) => Response::text(400, "give the level: POST /logging?level=debug\n"),
-            (Some(_), None) => Response::text(501, "this process cannot change its log level\n"),
-            (Some(level), Some(control)) => match (control.0)(level) {
-                Ok(()) => {
-                    info!(level, "admin: log filter changed");
-                    Response::text(200, format!("log filter set to {level}\n"))
-                }
-                Err(e) => Response::text(400, format!("level: {e}\n")),
+        "/logging" => match param("level").map(crate::logging::level_filter) {
+            None => Response::text(
+                400,
+                format!(
+                    "give the level: POST /logging?level=debug (one of {})\n",
+                    crate::logging::ACCEPTED_LEVELS
+                ),
+            ),
+            Some(Err(e)) => Response::text(400, format!("level: {e}\n")),
+            Some(Ok(filter)) => match &shared.log_control {
+                None => Response::text(501, "this process cannot change its log level\n"),
+                Some(control) => match (control.0)(&filter) {
+                    Ok(()) => {
+                        info!(filter, "admin: log filter changed");
+                        Response::text(200, format!("log filter set to {filter}\n"))
+                    }
+                    Err(e) => Response::text(400, format!("level: {e}\n")),
+                },
             },
         },
         _ => unreachable!("every endpoint is handled"),
@@ -828,8 +954,6 @@ fn redact(v: &mut Value) {
     }
 }
 
-const CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
-
 fn is_http(config: &Config, listener: usize) -> bool {
     matches!(
         config.listeners[listener].filter,
@@ -844,158 +968,488 @@ fn is_tcp(config: &Config, listener: usize) -> bool {
     )
 }
 
-/// Every stat as `(name, value)`, sorted by name.
-fn flat_stats(shared: &AdminShared, s: &DetailedSnapshot) -> Vec<(String, u64)> {
-    let config = &shared.config;
-    let mut out: Vec<(String, u64)> = Vec::new();
-    let mut put = |name: String, v: u64| out.push((name, v));
-    put("server.uptime_seconds".into(), shared.uptime().as_secs());
-    put("server.workers".into(), shared.workers.len() as u64);
-    put("server.live".into(), u64::from(shared.ready()));
-    put(
-        "server.reloads_ok".into(),
-        shared.reloads_ok.load(Ordering::Relaxed),
-    );
-    put(
-        "server.reloads_failed".into(),
-        shared.reloads_failed.load(Ordering::Relaxed),
-    );
-    put("server.accept_errors".into(), s.worker.accept_errors);
-    put(
-        "server.downstream_cx_overflow".into(),
-        s.worker.downstream_cx_overflow,
-    );
-    put(
-        "server.downstream_cx_first_byte_timeout".into(),
-        s.worker.downstream_cx_first_byte_timeout,
-    );
-    if let Some(l) = shared.limits.get() {
-        put("server.downstream_cx_open".into(), l.open());
-        put("server.max_connections".into(), l.max());
-        put(
-            "server.bolt_partial_frame_bytes".into(),
-            l.bolt_held() as u64,
-        );
+/// The server-wide metrics the admin's shared state holds, in export order (after the
+/// worker-wide [`WORKER_METRICS`]). Declared here, next to what they read; see
+/// [`crate::stats`] for the per-worker ones.
+pub const SERVER_METRICS: &[Export<AdminShared>] = &[
+    Export {
+        field: "limits.open",
+        metric: Metric::gauge(
+            "sluice_downstream_cx_open",
+            "Downstream connections open now, all listeners and workers.",
+        )
+        .stats("server.downstream_cx_open")
+        .prometheus_for(Shown::WithLimits)
+        .stats_for(Shown::WithLimits),
+        len: 1,
+        read: |s, _| s.limits.get().map_or(0, |l| l.open()),
+    },
+    Export {
+        field: "limits.max",
+        metric: Metric::gauge(
+            "sluice_downstream_cx_max",
+            "The process-wide downstream connection limit in force.",
+        )
+        .stats("server.max_connections")
+        .prometheus_for(Shown::WithLimits)
+        .stats_for(Shown::WithLimits),
+        len: 1,
+        read: |s, _| s.limits.get().map_or(0, |l| l.max()),
+    },
+    Export {
+        field: "limits.bolt_held",
+        metric: Metric::gauge(
+            "sluice_bolt_partial_frame_bytes",
+            "Bytes Bolt connections hold in partial frames now.",
+        )
+        .stats("server.bolt_partial_frame_bytes")
+        .prometheus_for(Shown::WithLimits)
+        .stats_for(Shown::WithLimits),
+        len: 1,
+        read: |s, _| s.limits.get().map_or(0, |l| l.bolt_held() as u64),
+    },
+    Export {
+        field: "ready",
+        metric: Metric::gauge("sluice_server_live", "1 when /ready answers 200, else 0.")
+            .stats("server.live"),
+        len: 1,
+        read: |s, _| u64::from(s.ready()),
+    },
+    Export {
+        field: "started",
+        metric: Metric::gauge(
+            "sluice_server_uptime_seconds",
+            "Seconds since the server started.",
+        )
+        .stats("server.uptime_seconds"),
+        len: 1,
+        read: |s, _| s.uptime().as_secs(),
+    },
+    Export {
+        field: "reloads_ok, reloads_failed",
+        metric: Metric::counter(
+            "sluice_config_reloads_total",
+            "Config reloads (SIGHUP, POST /reload) by result.",
+        )
+        .by("result", |i| ["ok", "failed"][i])
+        .stats("server.reloads_"),
+        len: 2,
+        read: |s, i| [&s.reloads_ok, &s.reloads_failed][i].load(Ordering::Relaxed),
+    },
+    Export {
+        field: "workers",
+        metric: Metric::gauge("sluice_server_workers", "Worker threads.").stats("server.workers"),
+        len: 1,
+        read: |s, _| s.workers.len() as u64,
+    },
+];
+
+/// What the process metrics read from `/proc` at scrape time (the admin thread, off the data
+/// path); `None` where the kernel did not tell.
+#[derive(Clone, Debug, Default)]
+pub struct ProcessInfo {
+    /// User and system CPU time, seconds.
+    pub cpu_seconds: Option<f64>,
+    /// Resident set size, bytes (`VmRSS`).
+    pub resident_bytes: Option<u64>,
+    /// Peak resident set size, bytes (`VmHWM`).
+    pub resident_peak_bytes: Option<u64>,
+    /// Virtual memory size, bytes (`VmSize`).
+    pub virtual_bytes: Option<u64>,
+    /// Descriptors open now (entries of `/proc/self/fd`).
+    pub open_fds: Option<u64>,
+    /// The soft `RLIMIT_NOFILE`.
+    pub max_fds: Option<u64>,
+    /// Start time, seconds since the Unix epoch.
+    pub start_time_seconds: Option<f64>,
+    /// Threads (`Threads`).
+    pub threads: Option<u64>,
+}
+
+impl ProcessInfo {
+    /// Reads this process's figures from `/proc`.
+    #[must_use]
+    pub fn read() -> Self {
+        let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+        let status_field = |name: &str| {
+            status.lines().find_map(|l| {
+                let rest = l.strip_prefix(name)?.strip_prefix(':')?;
+                let mut words = rest.split_whitespace();
+                let n: u64 = words.next()?.parse().ok()?;
+                Some(match words.next() {
+                    Some("kB") => n * 1024,
+                    _ => n,
+                })
+            })
+        };
+        let ticks = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
+            .ok()
+            .flatten()
+            .filter(|t| *t > 0)
+            .map(|t| t as f64);
+        // /proc/self/stat: fields after the command name's closing parenthesis, from field 3.
+        let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+        let fields: Vec<&str> = stat
+            .rsplit_once(')')
+            .map(|(_, rest)| rest.split_whitespace().collect())
+            .unwrap_or_default();
+        let field = |n: usize| fields.get(n - 3).and_then(|f| f.parse::<u64>().ok());
+        let cpu_seconds = match (field(14), field(15), ticks) {
+            (Some(u), Some(s), Some(t)) => Some((u + s) as f64 / t),
+            _ => None,
+        };
+        let boot = std::fs::read_to_string("/proc/stat").ok().and_then(|t| {
+            t.lines()
+                .find_map(|l| l.strip_prefix("btime ")?.trim().parse::<u64>().ok())
+        });
+        let start_time_seconds = match (boot, field(22), ticks) {
+            (Some(b), Some(start), Some(t)) => Some(b as f64 + start as f64 / t),
+            _ => None,
+        };
+        ProcessInfo {
+            cpu_seconds,
+            resident_bytes: status_field("VmRSS"),
+            resident_peak_bytes: status_field("VmHWM"),
+            virtual_bytes: status_field("VmSize"),
+            open_fds: std::fs::read_dir("/proc/self/fd")
+                .ok()
+                .map(|d| d.count() as u64),
+            max_fds: nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
+                .ok()
+                .map(|(soft, _)| soft),
+            start_time_seconds,
+            threads: status_field("Threads"),
+        }
     }
-    for (i, (lc, l)) in config.listeners.iter().zip(&s.listeners).enumerate() {
-        let p = format!("listener.{}", lc.name);
-        put(format!("{p}.downstream_cx_total"), l.downstream_cx_total);
-        put(
-            format!("{p}.downstream_cx_active"),
-            l.downstream_cx_active(),
-        );
-        put(
-            format!("{p}.downstream_cx_overflow"),
-            l.downstream_cx_overflow,
-        );
-        if is_http(config, i) {
-            put(
-                format!("{p}.downstream_cx_first_byte_timeout"),
-                l.downstream_cx_first_byte_timeout,
-            );
+}
+
+/// A metric of the process as a whole, outside the counter tables: the build, and the usual
+/// `process_*` figures of Prometheus client libraries, read from `/proc` per scrape. In
+/// `/stats/prometheus` only.
+pub struct ProcessMetric {
+    /// The Prometheus family name.
+    pub name: &'static str,
+    /// Counter or gauge.
+    pub kind: Kind,
+    /// The `# HELP` text.
+    pub help: &'static str,
+    /// Its labels (name, value), fixed for the build.
+    pub labels: fn() -> Vec<(&'static str, &'static str)>,
+    /// The value now (no sample when `None`).
+    pub read: fn(&ProcessInfo) -> Option<f64>,
+}
+
+/// No labels.
+fn no_labels() -> Vec<(&'static str, &'static str)> {
+    Vec::new()
+}
+
+/// `sluice_build_info`'s labels.
+fn build_labels() -> Vec<(&'static str, &'static str)> {
+    vec![
+        ("version", crate::VERSION),
+        ("rust_version_min", env!("CARGO_PKG_RUST_VERSION")),
+        (
+            "profile",
+            if cfg!(debug_assertions) {
+                "debug"
+            } else {
+                "release"
+            },
+        ),
+        ("target_arch", std::env::consts::ARCH),
+        ("target_os", std::env::consts::OS),
+    ]
+}
+
+/// The build and process metrics, in export order (after [`SERVER_METRICS`]).
+pub const PROCESS_METRICS: &[ProcessMetric] = &[
+    ProcessMetric {
+        name: "sluice_build_info",
+        kind: Kind::Gauge,
+        help: "Always 1; the labels say which build runs (version, minimum Rust version, profile, target).",
+        labels: build_labels,
+        read: |_| Some(1.0),
+    },
+    ProcessMetric {
+        name: "process_cpu_seconds_total",
+        kind: Kind::Counter,
+        help: "User and system CPU time spent, in seconds (/proc/self/stat).",
+        labels: no_labels,
+        read: |p| p.cpu_seconds,
+    },
+    ProcessMetric {
+        name: "process_resident_memory_bytes",
+        kind: Kind::Gauge,
+        help: "Resident memory size in bytes (VmRSS of /proc/self/status).",
+        labels: no_labels,
+        read: |p| p.resident_bytes.map(|v| v as f64),
+    },
+    ProcessMetric {
+        name: "process_virtual_memory_bytes",
+        kind: Kind::Gauge,
+        help: "Virtual memory size in bytes (VmSize of /proc/self/status).",
+        labels: no_labels,
+        read: |p| p.virtual_bytes.map(|v| v as f64),
+    },
+    ProcessMetric {
+        name: "process_open_fds",
+        kind: Kind::Gauge,
+        help: "Open file descriptors (/proc/self/fd).",
+        labels: no_labels,
+        read: |p| p.open_fds.map(|v| v as f64),
+    },
+    ProcessMetric {
+        name: "process_max_fds",
+        kind: Kind::Gauge,
+        help: "The limit of open file descriptors (soft RLIMIT_NOFILE).",
+        labels: no_labels,
+        read: |p| p.max_fds.map(|v| v as f64),
+    },
+    ProcessMetric {
+        name: "process_start_time_seconds",
+        kind: Kind::Gauge,
+        help: "Start time of the process since the Unix epoch, in seconds.",
+        labels: no_labels,
+        read: |p| p.start_time_seconds,
+    },
+];
+
+/// Writes the [`PROCESS_METRICS`] families, reading `/proc` once.
+fn process_families(out: &mut String) {
+    let info = ProcessInfo::read();
+    for m in PROCESS_METRICS {
+        let Some(value) = (m.read)(&info) else {
+            continue;
+        };
+        let labels = (m.labels)();
+        Family::start(out, m.name, m.kind.as_str(), m.help).sample(m.name, &labels, value);
+    }
+}
+
+/// Whether a metric shown for `which` elements is exported for this one (a listener or a
+/// cluster by index, or the scope as a whole).
+fn shown(
+    which: Shown,
+    shared: &AdminShared,
+    listener: Option<usize>,
+    cluster: Option<usize>,
+) -> bool {
+    let config = &shared.config;
+    match which {
+        Shown::Always => true,
+        Shown::Never => false,
+        Shown::HttpListeners => listener.is_some_and(|i| is_http(config, i)),
+        Shown::TcpListeners => listener.is_some_and(|i| is_tcp(config, i)),
+        Shown::WithHealthCheck => {
+            cluster.is_some_and(|i| config.clusters[i].health_check.is_some())
         }
-        put(
-            format!("{p}.downstream_bytes_received"),
-            l.downstream_bytes_received,
-        );
-        put(
-            format!("{p}.downstream_bytes_sent"),
-            l.downstream_bytes_sent,
-        );
-        if is_http(config, i) {
-            put(format!("{p}.http.rq_total"), l.http_requests);
-            for (c, n) in CLASSES.iter().zip(l.http_responses_by_class) {
-                put(format!("{p}.http.rq_{c}"), n);
+        Shown::WithOutlierDetection => {
+            cluster.is_some_and(|i| config.clusters[i].outlier_detection.is_some())
+        }
+        Shown::WithLimits => shared.limits.get().is_some(),
+    }
+}
+
+/// One element of a metric's scope: its labels, its `/stats` prefix, its snapshot, and the
+/// listener or cluster it is (for [`shown`]).
+struct Element<'a, S> {
+    labels: Vec<(&'static str, String)>,
+    prefix: String,
+    snapshot: &'a S,
+    listener: Option<usize>,
+    cluster: Option<usize>,
+}
+
+impl<'a, S> Element<'a, S> {
+    fn of(snapshot: &'a S) -> Self {
+        Element {
+            labels: Vec::new(),
+            prefix: String::new(),
+            snapshot,
+            listener: None,
+            cluster: None,
+        }
+    }
+}
+
+/// Every listener, cluster and host of the config as elements of their scopes (a slot the
+/// snapshot lacks reads as zero).
+struct Elements<'a> {
+    listeners: Vec<Element<'a, ListenerSnapshot>>,
+    clusters: Vec<Element<'a, ClusterSnapshot>>,
+    hosts: Vec<Element<'a, HostSnapshot>>,
+}
+
+static EMPTY_LISTENER: std::sync::LazyLock<ListenerSnapshot> =
+    std::sync::LazyLock::new(ListenerSnapshot::default);
+static EMPTY_CLUSTER: std::sync::LazyLock<ClusterSnapshot> =
+    std::sync::LazyLock::new(ClusterSnapshot::default);
+static EMPTY_HOST: std::sync::LazyLock<HostSnapshot> =
+    std::sync::LazyLock::new(HostSnapshot::default);
+
+impl<'a> Elements<'a> {
+    fn new(config: &Config, s: &'a DetailedSnapshot) -> Self {
+        let listeners = config
+            .listeners
+            .iter()
+            .enumerate()
+            .map(|(i, lc)| Element {
+                labels: vec![("listener", lc.name.clone())],
+                prefix: format!("listener.{}.", lc.name),
+                snapshot: s.listeners.get(i).unwrap_or(&EMPTY_LISTENER),
+                listener: Some(i),
+                cluster: None,
+            })
+            .collect();
+        let clusters = config
+            .clusters
+            .iter()
+            .enumerate()
+            .map(|(i, cc)| Element {
+                labels: vec![("cluster", cc.name.clone())],
+                prefix: format!("cluster.{}.", cc.name),
+                snapshot: s.clusters.get(i).unwrap_or(&EMPTY_CLUSTER),
+                listener: None,
+                cluster: Some(i),
+            })
+            .collect();
+        let hosts = config
+            .clusters
+            .iter()
+            .enumerate()
+            .flat_map(|(i, cc)| {
+                cc.hosts.iter().enumerate().map(move |(j, hc)| Element {
+                    labels: vec![
+                        ("cluster", cc.name.clone()),
+                        ("host", hc.address.to_string()),
+                    ],
+                    prefix: format!("cluster.{}.host.{}.", cc.name, hc.address),
+                    snapshot: s
+                        .clusters
+                        .get(i)
+                        .and_then(|c| c.hosts.get(j))
+                        .unwrap_or(&EMPTY_HOST),
+                    listener: None,
+                    cluster: Some(i),
+                })
+            })
+            .collect();
+        Elements {
+            listeners,
+            clusters,
+            hosts,
+        }
+    }
+}
+
+/// Puts every `/stats` name of `exports` for `elements` into `put`, with its kind.
+fn stats_of<S>(
+    shared: &AdminShared,
+    exports: &[Export<S>],
+    elements: &[Element<'_, S>],
+    put: &mut impl FnMut(String, u64, Kind),
+) {
+    for e in exports {
+        for el in elements {
+            if !shown(e.metric.stats, shared, el.listener, el.cluster) {
+                continue;
             }
-            put(format!("{p}.http.local_reply"), l.http_local_replies);
-        }
-        if is_tcp(config, i) {
-            for r in CloseReason::ALL {
+            for (by, v) in e.samples(el.snapshot) {
                 put(
-                    format!("{p}.tcp.closed.{}", r.as_str()),
-                    l.tcp_session_closed[r.index()],
+                    format!("{}{}{by}", el.prefix, e.metric.stats_key),
+                    v,
+                    e.metric.kind,
                 );
             }
         }
     }
-    for (cc, c) in config.clusters.iter().zip(&s.clusters) {
-        let p = format!("cluster.{}", cc.name);
-        put(format!("{p}.upstream_rq_total"), c.upstream_rq_total);
-        put(format!("{p}.upstream_cx_total"), c.upstream_cx_total);
-        put(
-            format!("{p}.upstream_cx_connect_fail"),
-            c.upstream_cx_connect_fail,
-        );
-        put(
-            format!("{p}.upstream_cx_connect_timeout"),
-            c.upstream_cx_connect_timeout,
-        );
-        put(format!("{p}.upstream_rq_timeout"), c.upstream_rq_timeout);
-        put(format!("{p}.upstream_rq_retry"), c.upstream_rq_retry);
-        put(format!("{p}.upstream_cx_overflow"), c.upstream_cx_overflow);
-        put(
-            format!("{p}.upstream_rq_pending_overflow"),
-            c.upstream_rq_pending_overflow,
-        );
-        put(format!("{p}.upstream_rq_overflow"), c.upstream_rq_overflow);
-        put(
-            format!("{p}.upstream_rq_retry_overflow"),
-            c.upstream_rq_retry_overflow,
-        );
-        put(
-            format!("{p}.upstream_rq_too_many_interim"),
-            c.upstream_rq_too_many_interim,
-        );
-        if cc.health_check.is_some() {
-            put(format!("{p}.health_check.attempt"), c.health_check_attempt);
-            put(format!("{p}.health_check.success"), c.health_check_success);
-            put(format!("{p}.health_check.failure"), c.health_check_failure);
-        }
-        if cc.outlier_detection.is_some() {
-            put(
-                format!("{p}.outlier_detection.ejections_total"),
-                c.outlier_ejections_total,
-            );
-            put(
-                format!("{p}.outlier_detection.ejections_overflow"),
-                c.outlier_ejections_overflow,
-            );
-        }
-        put(format!("{p}.lb_healthy_panic"), c.lb_panic_total);
-        for (hc, h) in cc.hosts.iter().zip(&c.hosts) {
-            let hp = format!("{p}.host.{}", hc.address);
-            put(format!("{hp}.rq_total"), h.rq_total);
-            put(format!("{hp}.rq_active"), h.rq_active);
-            put(format!("{hp}.cx_total"), h.cx_total);
-            put(format!("{hp}.cx_active"), h.cx_active);
-            put(format!("{hp}.cx_connect_fail"), h.cx_connect_fail);
-            if cc.health_check.is_some() {
-                put(format!("{hp}.healthy"), h.healthy);
-            }
-            if cc.outlier_detection.is_some() {
-                put(format!("{hp}.ejected"), h.ejected);
-            }
-        }
-    }
+}
+
+/// Every stat as `(name, value)`, sorted by name; counters less their value at the last
+/// `POST /reset_counters`.
+fn flat_stats(shared: &AdminShared, s: &DetailedSnapshot) -> Vec<(String, u64)> {
+    let base = shared
+        .counter_base
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    flat_stats_kinds(shared, s)
+        .into_iter()
+        .map(|(name, v, kind)| {
+            let v = match (kind, base.get(&name)) {
+                (Kind::Counter, Some(b)) => v.saturating_sub(*b),
+                _ => v,
+            };
+            (name, v)
+        })
+        .collect()
+}
+
+/// `POST /reset_counters`: every `/stats` counter's value now becomes its zero there.
+fn reset_counters(shared: &AdminShared) -> usize {
+    let now: std::collections::HashMap<String, u64> = flat_stats_kinds(shared, &scrape(shared))
+        .into_iter()
+        .filter(|(_, _, kind)| *kind == Kind::Counter)
+        .map(|(name, v, _)| (name, v))
+        .collect();
+    let n = now.len();
+    *shared
+        .counter_base
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner) = now;
+    n
+}
+
+/// Every stat as `(name, value, kind)`, sorted by name, as the counters read.
+fn flat_stats_kinds(shared: &AdminShared, s: &DetailedSnapshot) -> Vec<(String, u64, Kind)> {
+    let config = &shared.config;
+    let elements = Elements::new(config, s);
+    let mut out: Vec<(String, u64, Kind)> = Vec::new();
+    let mut put = |name: String, v: u64, kind: Kind| out.push((name, v, kind));
+    stats_of(shared, SERVER_METRICS, &[Element::of(shared)], &mut put);
+    stats_of(shared, WORKER_METRICS, &[Element::of(&s.worker)], &mut put);
+    stats_of(shared, LISTENER_METRICS, &elements.listeners, &mut put);
+    stats_of(shared, CLUSTER_METRICS, &elements.clusters, &mut put);
+    stats_of(shared, HOST_METRICS, &elements.hosts, &mut put);
     if has_bolt(config) {
-        for (name, v) in &s.bolt {
-            put(format!("bolt.{name}"), *v);
+        for (e, (_, v)) in BOLT_METRICS.iter().zip(&s.bolt) {
+            put(e.metric.stats_key.to_owned(), *v, e.metric.kind);
         }
     }
-    for (name, h) in [
-        ("http.downstream_rq_time", &s.downstream_rq_time),
-        ("http.upstream_rq_time", &s.upstream_rq_time),
-    ] {
-        put(format!("{name}.count"), h.count());
-        put(format!("{name}.sum_us"), h.sum_us);
+    for h in HISTOGRAM_METRICS {
+        let (name, h) = (h.stats_key, (h.read)(s));
+        put(format!("{name}.count"), h.count(), Kind::Histogram);
+        put(format!("{name}.sum_us"), h.sum_us, Kind::Histogram);
         for (q, label) in [(0.5, "p50"), (0.9, "p90"), (0.99, "p99")] {
             if let Some(b) = h.quantile_bound_us(q) {
-                put(format!("{name}.{label}_us_le"), b);
+                put(format!("{name}.{label}_us_le"), b, Kind::Histogram);
             }
         }
     }
-    out.sort();
+    out.sort_by(|a, b| a.0.cmp(&b.0));
     out
+}
+
+/// The workers' counters summed, as every view shows them: a host of a cluster without a
+/// health check is healthy (`healthy` 1, as Envoy reports it and as `/clusters` says), since
+/// nothing checks it; the active check's verdict is written only for checked clusters.
+#[must_use]
+pub fn scrape(shared: &AdminShared) -> DetailedSnapshot {
+    let mut s = DetailedSnapshot::sum(&shared.workers);
+    for (i, cc) in shared.config.clusters.iter().enumerate() {
+        if cc.health_check.is_some() {
+            continue;
+        }
+        if let Some(c) = s.clusters.get_mut(i) {
+            if c.hosts.len() < cc.hosts.len() {
+                c.hosts.resize_with(cc.hosts.len(), HostSnapshot::default);
+            }
+            for h in &mut c.hosts {
+                h.healthy = 1;
+            }
+        }
+    }
+    s
 }
 
 /// Escapes a Prometheus label value.
@@ -1033,379 +1487,65 @@ impl<'a> Family<'a> {
     }
 }
 
+/// Writes the Prometheus families of `exports` for `elements`, in declaration order. A family
+/// shown for every element is declared even with none; one shown for some (HTTP listeners…)
+/// only when one of them is there.
+fn families_of<S>(
+    out: &mut String,
+    shared: &AdminShared,
+    exports: &[Export<S>],
+    elements: &[Element<'_, S>],
+) {
+    for e in exports {
+        let m = &e.metric;
+        let shown_here: Vec<&Element<'_, S>> = elements
+            .iter()
+            .filter(|el| shown(m.prometheus, shared, el.listener, el.cluster))
+            .collect();
+        if m.prometheus == Shown::Never || (shown_here.is_empty() && m.prometheus != Shown::Always)
+        {
+            continue;
+        }
+        let mut f = Family::start(out, m.name, m.kind.as_str(), m.help);
+        for el in shown_here {
+            for (by, v) in e.samples(el.snapshot) {
+                let mut labels: Vec<(&str, &str)> =
+                    el.labels.iter().map(|(k, v)| (*k, v.as_str())).collect();
+                if let Some((key, _)) = m.by {
+                    labels.push((key, by));
+                }
+                f.sample(m.name, &labels, v);
+            }
+        }
+    }
+}
+
 /// The Prometheus text exposition (format 0.0.4).
 #[must_use]
 pub fn prometheus(shared: &AdminShared, s: &DetailedSnapshot) -> String {
     let config = &shared.config;
+    let elements = Elements::new(config, s);
     let mut out = String::with_capacity(8192);
-    let listeners: Vec<(usize, &str)> = config
-        .listeners
-        .iter()
-        .enumerate()
-        .map(|(i, l)| (i, l.name.as_str()))
-        .collect();
-    let http: Vec<(usize, &str)> = listeners
-        .iter()
-        .copied()
-        .filter(|(i, _)| is_http(config, *i))
-        .collect();
-    let tcp: Vec<(usize, &str)> = listeners
-        .iter()
-        .copied()
-        .filter(|(i, _)| is_tcp(config, *i))
-        .collect();
-
-    type ListenerValue = fn(&crate::stats::ListenerSnapshot) -> u64;
-    let per_listener: [(&str, &str, &str, ListenerValue); 6] = [
-        (
-            "sluice_downstream_cx_total",
-            "counter",
-            "Downstream connections accepted.",
-            |l| l.downstream_cx_total,
-        ),
-        (
-            "sluice_downstream_cx_active",
-            "gauge",
-            "Downstream connections open now.",
-            crate::stats::ListenerSnapshot::downstream_cx_active,
-        ),
-        (
-            "sluice_downstream_cx_overflow_total",
-            "counter",
-            "Downstream connections refused (closed at once) by a connection limit.",
-            |l| l.downstream_cx_overflow,
-        ),
-        (
-            "sluice_downstream_cx_first_byte_timeout_total",
-            "counter",
-            "HTTP connections closed: no byte within request_headers_timeout of the accept.",
-            |l| l.downstream_cx_first_byte_timeout,
-        ),
-        (
-            "sluice_downstream_bytes_received_total",
-            "counter",
-            "Bytes received from downstream.",
-            |l| l.downstream_bytes_received,
-        ),
-        (
-            "sluice_downstream_bytes_sent_total",
-            "counter",
-            "Bytes sent to downstream.",
-            |l| l.downstream_bytes_sent,
-        ),
-    ];
-    for (name, kind, help, value) in per_listener {
-        let mut f = Family::start(&mut out, name, kind, help);
-        for (i, l) in &listeners {
-            let v = s.listeners.get(*i).map_or(0, value);
-            f.sample(name, &[("listener", l)], v);
-        }
+    families_of(&mut out, shared, LISTENER_METRICS, &elements.listeners);
+    families_of(&mut out, shared, CLUSTER_METRICS, &elements.clusters);
+    families_of(&mut out, shared, HOST_METRICS, &elements.hosts);
+    for h in HISTOGRAM_METRICS {
+        histogram(&mut out, h.name, h.help, (h.read)(s));
     }
-    if !http.is_empty() {
-        let name = "sluice_http_requests_total";
-        let mut f = Family::start(&mut out, name, "counter", "HTTP requests received.");
-        for (i, l) in &http {
-            f.sample(name, &[("listener", l)], s.listeners[*i].http_requests);
-        }
-        let name = "sluice_http_responses_total";
-        let mut f = Family::start(
-            &mut out,
-            name,
-            "counter",
-            "HTTP responses sent downstream, by status class.",
-        );
-        for (i, l) in &http {
-            for (c, n) in CLASSES.iter().zip(s.listeners[*i].http_responses_by_class) {
-                f.sample(name, &[("listener", l), ("class", c)], n);
-            }
-        }
-        let name = "sluice_http_local_replies_total";
-        let mut f = Family::start(
-            &mut out,
-            name,
-            "counter",
-            "HTTP answers the proxy made itself (errors, limits, no route).",
-        );
-        for (i, l) in &http {
-            f.sample(name, &[("listener", l)], s.listeners[*i].http_local_replies);
-        }
-    }
-    if !tcp.is_empty() {
-        let name = "sluice_tcp_sessions_closed_total";
-        let mut f = Family::start(
-            &mut out,
-            name,
-            "counter",
-            "TCP proxy sessions ended, by close reason.",
-        );
-        for (i, l) in &tcp {
-            for r in CloseReason::ALL {
-                f.sample(
-                    name,
-                    &[("listener", l), ("reason", r.as_str())],
-                    s.listeners[*i].tcp_session_closed[r.index()],
-                );
-            }
-        }
-    }
-
-    type ClusterValue = fn(&crate::stats::ClusterSnapshot) -> u64;
-    let per_cluster: [(&str, &str, ClusterValue); 16] = [
-        (
-            "sluice_upstream_requests_total",
-            "Requests (HTTP) or sessions (TCP) sent to the cluster.",
-            |c| c.upstream_rq_total,
-        ),
-        (
-            "sluice_upstream_cx_total",
-            "Upstream connect attempts.",
-            |c| c.upstream_cx_total,
-        ),
-        (
-            "sluice_upstream_cx_connect_failures_total",
-            "Upstream connect attempts refused or errored.",
-            |c| c.upstream_cx_connect_fail,
-        ),
-        (
-            "sluice_upstream_cx_connect_timeouts_total",
-            "Upstream connect attempts that timed out.",
-            |c| c.upstream_cx_connect_timeout,
-        ),
-        (
-            "sluice_upstream_request_timeouts_total",
-            "HTTP tries that hit a per-try or route timeout.",
-            |c| c.upstream_rq_timeout,
-        ),
-        ("sluice_upstream_retries_total", "HTTP retries.", |c| {
-            c.upstream_rq_retry
-        }),
-        (
-            "sluice_upstream_cx_overflow_total",
-            "Connections refused by the max_connections circuit breaker.",
-            |c| c.upstream_cx_overflow,
-        ),
-        (
-            "sluice_upstream_rq_pending_overflow_total",
-            "Requests refused by the max_pending_requests circuit breaker.",
-            |c| c.upstream_rq_pending_overflow,
-        ),
-        (
-            "sluice_upstream_rq_overflow_total",
-            "Requests refused by the max_requests circuit breaker.",
-            |c| c.upstream_rq_overflow,
-        ),
-        (
-            "sluice_upstream_rq_retry_overflow_total",
-            "Retries not made because the retry budget was spent (or the max_retries circuit breaker was at its limit).",
-            |c| c.upstream_rq_retry_overflow,
-        ),
-        (
-            "sluice_upstream_rq_too_many_interim_total",
-            "HTTP tries failed by more interim (1xx) responses than allowed (5).",
-            |c| c.upstream_rq_too_many_interim,
-        ),
-        (
-            "sluice_health_check_attempts_total",
-            "Active health-check probes started.",
-            |c| c.health_check_attempt,
-        ),
-        (
-            "sluice_health_check_successes_total",
-            "Active health-check probes that passed.",
-            |c| c.health_check_success,
-        ),
-        (
-            "sluice_health_check_failures_total",
-            "Active health-check probes that failed or timed out.",
-            |c| c.health_check_failure,
-        ),
-        (
-            "sluice_outlier_ejections_total",
-            "Hosts ejected by outlier detection (summed over workers' detectors).",
-            |c| c.outlier_ejections_total,
-        ),
-        (
-            "sluice_lb_panic_total",
-            "Times a worker entered panic mode (too few available hosts) for the cluster.",
-            |c| c.lb_panic_total,
-        ),
-    ];
-    for (name, help, value) in per_cluster {
-        let mut f = Family::start(&mut out, name, "counter", help);
-        for (i, cc) in config.clusters.iter().enumerate() {
-            let v = s.clusters.get(i).map_or(0, value);
-            f.sample(name, &[("cluster", &cc.name)], v);
-        }
-    }
-    type HostValue = fn(&crate::stats::HostSnapshot) -> u64;
-    let per_host: [(&str, &str, &str, HostValue); 7] = [
-        (
-            "sluice_upstream_host_requests_total",
-            "counter",
-            "Requests (HTTP) or sessions (TCP) served by the host.",
-            |h| h.rq_total,
-        ),
-        (
-            "sluice_upstream_host_requests_active",
-            "gauge",
-            "Requests (HTTP) or sessions (TCP) in flight on the host now.",
-            |h| h.rq_active,
-        ),
-        (
-            "sluice_upstream_host_cx_total",
-            "counter",
-            "Upstream connections opened to the host.",
-            |h| h.cx_total,
-        ),
-        (
-            "sluice_upstream_host_cx_active",
-            "gauge",
-            "Upstream connections to the host open now (idle pooled ones included).",
-            |h| h.cx_active,
-        ),
-        (
-            "sluice_upstream_host_cx_connect_failures_total",
-            "counter",
-            "Connect attempts to the host that failed or timed out.",
-            |h| h.cx_connect_fail,
-        ),
-        (
-            "sluice_upstream_host_healthy",
-            "gauge",
-            "1 when the host passes its active health check (0 while unknown or failing; 0 without a health check).",
-            |h| h.healthy,
-        ),
-        (
-            "sluice_upstream_host_ejected",
-            "gauge",
-            "Workers whose outlier detection ejects the host now.",
-            |h| h.ejected,
-        ),
-    ];
-    for (name, kind, help, value) in per_host {
-        let mut f = Family::start(&mut out, name, kind, help);
-        for (i, cc) in config.clusters.iter().enumerate() {
-            for (j, hc) in cc.hosts.iter().enumerate() {
-                let v = s
-                    .clusters
-                    .get(i)
-                    .and_then(|c| c.hosts.get(j))
-                    .map_or(0, value);
-                let host = hc.address.to_string();
-                f.sample(name, &[("cluster", &cc.name), ("host", &host)], v);
-            }
-        }
-    }
-    histogram(
-        &mut out,
-        "sluice_downstream_request_duration_seconds",
-        "HTTP request time seen downstream: request head received to response sent.",
-        &s.downstream_rq_time,
-    );
-    histogram(
-        &mut out,
-        "sluice_upstream_request_duration_seconds",
-        "HTTP upstream try time: connect started to response received.",
-        &s.upstream_rq_time,
-    );
     if has_bolt(config) {
-        for (name, v) in &s.bolt {
-            let metric = format!("sluice_bolt_{name}_total");
-            let help = match *name {
-                "requests" => "Bolt requests forwarded upstream.",
-                "oneway" => "Bolt oneway requests forwarded.",
-                "heartbeats" => "Bolt heartbeats answered by the proxy.",
-                "responses" => "Bolt responses forwarded downstream.",
-                "responses_dropped" => "Bolt responses dropped (late, orphaned, unknown id).",
-                "no_route" => "Bolt requests answered status 6: no route.",
-                "no_host" => "Bolt requests answered status 6: no available host.",
-                "overflow" => "Bolt requests answered status 4: circuit breaker overflow.",
-                "timeouts" => "Bolt requests answered status 7: timeout.",
-                "codec_errors" => "Bolt downstream codec errors (connection closed).",
-                "upstream_lost" => "Bolt requests answered status 16: upstream connection lost.",
-                "partial_frame_overflow" => {
-                    "Bolt connections closed: their partial frame exceeded limits.bolt_partial_frame_bytes."
-                }
-                "downstream_timeouts" => {
-                    "Bolt downstream connections closed by frame_timeout or idle_timeout."
-                }
-                "sniff_failed" => {
-                    "Connections on protocol: auto listeners that were neither HTTP/1.1 nor Bolt."
-                }
-                _ => "Bolt counter.",
-            };
-            Family::start(&mut out, &metric, "counter", help).sample(&metric, &[], *v);
+        for (e, (_, v)) in BOLT_METRICS.iter().zip(&s.bolt) {
+            let m = &e.metric;
+            Family::start(&mut out, m.name, m.kind.as_str(), m.help).sample(m.name, &[], *v);
         }
     }
-    let name = "sluice_accept_errors_total";
-    Family::start(&mut out, name, "counter", "Accept calls that failed.").sample(
-        name,
-        &[],
-        s.worker.accept_errors,
-    );
-    if let Some(l) = shared.limits.get() {
-        for (name, help, v) in [
-            (
-                "sluice_downstream_cx_open",
-                "Downstream connections open now, all listeners and workers.",
-                l.open(),
-            ),
-            (
-                "sluice_downstream_cx_max",
-                "The process-wide downstream connection limit in force.",
-                l.max(),
-            ),
-            (
-                "sluice_bolt_partial_frame_bytes",
-                "Bytes Bolt connections hold in partial frames now.",
-                l.bolt_held() as u64,
-            ),
-        ] {
-            Family::start(&mut out, name, "gauge", help).sample(name, &[], v);
-        }
-    }
-    let name = "sluice_server_live";
-    Family::start(
-        &mut out,
-        name,
-        "gauge",
-        "1 when /ready answers 200, else 0.",
-    )
-    .sample(name, &[], u8::from(shared.ready()));
-    let name = "sluice_server_uptime_seconds";
-    Family::start(&mut out, name, "gauge", "Seconds since the server started.").sample(
-        name,
-        &[],
-        shared.uptime().as_secs(),
-    );
-    let name = "sluice_config_reloads_total";
-    let mut f = Family::start(
-        &mut out,
-        name,
-        "counter",
-        "Config reloads (SIGHUP, POST /reload) by result.",
-    );
-    f.sample(
-        name,
-        &[("result", "ok")],
-        shared.reloads_ok.load(Ordering::Relaxed),
-    );
-    f.sample(
-        name,
-        &[("result", "failed")],
-        shared.reloads_failed.load(Ordering::Relaxed),
-    );
-    let name = "sluice_server_workers";
-    Family::start(&mut out, name, "gauge", "Worker threads.").sample(
-        name,
-        &[],
-        shared.workers.len(),
-    );
+    families_of(&mut out, shared, WORKER_METRICS, &[Element::of(&s.worker)]);
+    families_of(&mut out, shared, SERVER_METRICS, &[Element::of(shared)]);
+    process_families(&mut out);
     out
 }
 
 fn histogram(out: &mut String, name: &str, help: &str, h: &HistogramSnapshot) {
-    let mut f = Family::start(out, name, "histogram", help);
+    let mut f = Family::start(out, name, Kind::Histogram.as_str(), help);
     let bucket = format!("{name}_bucket");
     let mut cumulative = 0;
     for (i, bound) in HISTOGRAM_BOUNDS_US.iter().enumerate() {
@@ -1420,6 +1560,178 @@ fn histogram(out: &mut String, name: &str, help: &str, h: &HistogramSnapshot) {
         format!("{}", h.sum_us as f64 / 1e6),
     );
     f.sample(&format!("{name}_count"), &[], h.count());
+}
+
+/// `docs/metrics.md`: every metric `/metrics` and `/stats` export, from the declarations
+/// ([`SERVER_METRICS`] and the tables in [`crate::stats`]). A test keeps the committed file
+/// equal to it.
+#[must_use]
+pub fn metrics_reference() -> String {
+    let mut out = String::from(
+        "# Metrics reference\n\n\
+         <!-- Generated from the metric declarations in runtime/src/stats.rs and\n\
+         runtime/src/admin.rs (SERVER_METRICS, PROCESS_METRICS). Do not edit: regenerate with\n\
+         SLUICE_BLESS=1 cargo test -p sluice-runtime --lib metrics_reference -->\n\n\
+         The admin API exports every metric twice: `GET /stats/prometheus` in the Prometheus text format\n\
+         (0.0.4), `GET /stats` as sorted `name: value` lines (`?format=json` for JSON,\n\
+         `?filter=REGEX`). Counters are summed over the workers and never go down, across config\n\
+         reloads and hot upgrades included; gauges are the value now (a per-worker gauge summed over workers).\n\
+         In a `/stats` name, `NAME` is the listener's or cluster's name and `ADDR` the host's\n\
+         address. \"Only for\" says which listeners or clusters have the name; a Prometheus\n\
+         family shown only for some listeners is left out when there is none.\n",
+    );
+    fn shown_note(which: Shown) -> &'static str {
+        match which {
+            Shown::Always => "",
+            Shown::HttpListeners => " (only for HTTP and `protocol: auto` listeners)",
+            Shown::TcpListeners => " (only for TCP proxy listeners)",
+            Shown::WithHealthCheck => " (only with a health_check)",
+            Shown::WithOutlierDetection => " (only with outlier_detection)",
+            Shown::WithLimits => " (once the server set its limits)",
+            Shown::Never => "",
+        }
+    }
+    fn section<S>(
+        out: &mut String,
+        title: &str,
+        intro: &str,
+        labels: &[&str],
+        prefix: &str,
+        exports: &[Export<S>],
+    ) {
+        let _ = write!(
+            out,
+            "\n## {title}\n\n{intro}\n\n| Prometheus | Type | Labels | `/stats` | Meaning |\n|---|---|---|---|---|\n"
+        );
+        for e in exports {
+            let m = &e.metric;
+            let prometheus = if m.prometheus == Shown::Never {
+                "—".to_owned()
+            } else {
+                format!("`{}`{}", m.name, shown_note(m.prometheus))
+            };
+            let mut all_labels: Vec<String> = labels.iter().map(|l| format!("`{l}`")).collect();
+            if let Some((key, value)) = m.by {
+                let values: Vec<&str> = (0..e.len).map(value).collect();
+                all_labels.push(format!("`{key}` ({})", values.join(", ")));
+            }
+            let labels = if m.prometheus == Shown::Never || all_labels.is_empty() {
+                "—".to_owned()
+            } else {
+                all_labels.join(", ")
+            };
+            let stats = if m.stats == Shown::Never {
+                "—".to_owned()
+            } else if let Some((_, value)) = m.by {
+                let names: Vec<String> = (0..e.len)
+                    .map(|i| format!("`{prefix}{}{}`", m.stats_key, value(i)))
+                    .collect();
+                format!("{}{}", names.join(", "), shown_note(m.stats))
+            } else {
+                format!("`{prefix}{}`{}", m.stats_key, shown_note(m.stats))
+            };
+            let _ = writeln!(
+                out,
+                "| {prometheus} | {} | {labels} | {stats} | {} |",
+                m.kind.as_str(),
+                m.help
+            );
+        }
+    }
+    section(
+        &mut out,
+        "Server",
+        "The process as a whole.",
+        &[],
+        "",
+        SERVER_METRICS,
+    );
+    let _ = write!(
+        out,
+        "\n## Build and process\n\n\
+         Prometheus only, read from `/proc` at each scrape (the admin thread, never the data path);\n\
+         the `process_*` names are those of the Prometheus client libraries. A figure the kernel does\n\
+         not give has no sample.\n\n\
+         | Prometheus | Type | Labels | `/stats` | Meaning |\n|---|---|---|---|---|\n"
+    );
+    for m in PROCESS_METRICS {
+        let labels: Vec<String> = (m.labels)().iter().map(|(k, _)| format!("`{k}`")).collect();
+        let labels = if labels.is_empty() {
+            "—".to_owned()
+        } else {
+            labels.join(", ")
+        };
+        let _ = writeln!(
+            out,
+            "| `{}` | {} | {labels} | — | {} |",
+            m.name,
+            m.kind.as_str(),
+            m.help
+        );
+    }
+    section(
+        &mut out,
+        "Worker totals",
+        "Summed over all listeners of all workers.",
+        &[],
+        "",
+        WORKER_METRICS,
+    );
+    section(
+        &mut out,
+        "Per listener",
+        "One series per listener of the config.",
+        &["listener"],
+        "listener.NAME.",
+        LISTENER_METRICS,
+    );
+    section(
+        &mut out,
+        "Per cluster",
+        "One series per cluster of the config.",
+        &["cluster"],
+        "cluster.NAME.",
+        CLUSTER_METRICS,
+    );
+    section(
+        &mut out,
+        "Per upstream host",
+        "One series per host of each cluster.",
+        &["cluster", "host"],
+        "cluster.NAME.host.ADDR.",
+        HOST_METRICS,
+    );
+    section(
+        &mut out,
+        "Bolt",
+        "Only when a listener speaks Bolt (`bolt`, or `protocol: auto`).",
+        &[],
+        "",
+        BOLT_METRICS,
+    );
+    let _ = write!(
+        out,
+        "\n## Request-time histograms\n\n\
+         HTTP only. Prometheus gets cumulative `_bucket{{le=\"…\"}}` series (upper bounds in\n\
+         seconds: {}, `+Inf`), `_sum` (seconds) and `_count`; `/stats` gets `.count`, `.sum_us`\n\
+         (microseconds) and the upper bound of the bucket holding the 50th, 90th and 99th\n\
+         percentile (`.p50_us_le`, `.p90_us_le`, `.p99_us_le`, in microseconds, absent while\n\
+         empty or in the `+Inf` bucket).\n\n\
+         | Prometheus | Type | `/stats` | Meaning |\n|---|---|---|---|\n",
+        HISTOGRAM_BOUNDS_US
+            .iter()
+            .map(|b| format!("{}", *b as f64 / 1e6))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    for h in HISTOGRAM_METRICS {
+        let _ = writeln!(
+            out,
+            "| `{}` | histogram | `{}.*` | {} |",
+            h.name, h.stats_key, h.help
+        );
+    }
+    out
 }
 
 /// The cluster view as JSON: every cluster and host, with the load summed over workers.
@@ -1442,8 +1754,9 @@ fn clusters_json(shared: &AdminShared, s: &DetailedSnapshot) -> Value {
                         .cloned()
                         .unwrap_or_default();
                     // Health: the active check's verdict (`unhealthy` also while no probe has
-                    // passed yet); outlier: how many workers eject the host now.
-                    let healthy = cc.health_check.is_none() || h.healthy > 0;
+                    // passed yet; `healthy` without a check, see [`scrape`]); outlier: how many
+                    // workers eject the host now.
+                    let healthy = h.healthy > 0;
                     json!({
                         "address": hc.address.to_string(),
                         "weight": hc.weight,
@@ -1470,6 +1783,48 @@ fn clusters_json(shared: &AdminShared, s: &DetailedSnapshot) -> Value {
         })
         .collect();
     json!({ "clusters": clusters })
+}
+
+/// What a listener does, as `/listeners` names it.
+fn listener_kind(filter: &ListenerFilter) -> &'static str {
+    match filter {
+        ListenerFilter::TcpProxy(_) => "tcp_proxy",
+        ListenerFilter::Echo => "echo",
+        ListenerFilter::Http(_) => "http",
+        ListenerFilter::Bolt(_) => "bolt",
+        ListenerFilter::Auto { .. } => "auto",
+    }
+}
+
+/// `/listeners` as JSON: every listener of the config with its open connections (summed over
+/// workers).
+fn listeners_json(shared: &AdminShared, s: &DetailedSnapshot) -> Value {
+    let listeners: Vec<Value> = shared
+        .config
+        .listeners
+        .iter()
+        .enumerate()
+        .map(|(i, l)| {
+            json!({
+                "name": l.name,
+                "address": l.address.to_string(),
+                "kind": listener_kind(&l.filter),
+                "open_connections": s.listeners.get(i).map_or(0, ListenerSnapshot::downstream_cx_active),
+            })
+        })
+        .collect();
+    json!({ "listeners": listeners })
+}
+
+/// `/memory` as JSON (bytes; `null` where the kernel did not tell).
+fn memory_json(p: &ProcessInfo) -> Value {
+    json!({
+        "resident_bytes": p.resident_bytes,
+        "resident_peak_bytes": p.resident_peak_bytes,
+        "virtual_bytes": p.virtual_bytes,
+        "threads": p.threads,
+        "source": "/proc/self/status (VmRSS, VmHWM, VmSize, Threads)",
+    })
 }
 
 /// Envoy-style `cluster::host::field::value` lines.
@@ -1515,7 +1870,7 @@ fn html_escape(s: &str) -> String {
 
 /// The index page: every endpoint, and the cluster table.
 fn index_html(shared: &AdminShared) -> String {
-    let view = clusters_json(shared, &DetailedSnapshot::sum(&shared.workers));
+    let view = clusters_json(shared, &scrape(shared));
     let mut out = String::with_capacity(4096);
     out.push_str(
         "<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>Sluice admin</title>\n\
@@ -1543,9 +1898,17 @@ fn index_html(shared: &AdminShared) -> String {
                 );
             }
             Verb::Post => {
+                // `/logging` needs its level: the form posts it as a field (read as `?level=`).
+                let fields = if *path == "/logging" {
+                    "<select name=\"level\">\
+                     <option>trace</option><option>debug</option><option selected>info</option>\
+                     <option>warn</option><option>error</option><option>off</option></select> "
+                } else {
+                    ""
+                };
                 let _ = writeln!(
                     out,
-                    "<li><form method=\"post\" action=\"{p}\"><button>{p}</button></form> (POST): {w}</li>",
+                    "<li><form method=\"post\" action=\"{p}\">{fields}<button>{p}</button></form> (POST): {w}</li>",
                     p = html_escape(path),
                     w = html_escape(what)
                 );
@@ -1613,6 +1976,7 @@ mod tests {
             "/drain_listeners",
             "/quitquitquit",
             "/logging?level=debug",
+            "/reset_counters",
         ] {
             let (r, after) = handle(&s, "GET", path);
             assert_eq!(r.status, 405, "{path}");
@@ -1654,7 +2018,7 @@ mod tests {
              cluster.app.upstream_rq_total: 0\n"
         );
         assert_eq!(handle(&s, "GET", "/stats?filter=(").0.status, 400);
-        let p = prometheus(&s, &DetailedSnapshot::sum(&s.workers));
+        let p = prometheus(&s, &scrape(&s));
         assert!(p.contains("# TYPE sluice_downstream_cx_total counter\n"));
         assert!(p.contains("sluice_downstream_cx_total{listener=\"web\"} 0\n"));
         assert!(p.contains(
@@ -1690,7 +2054,7 @@ mod tests {
         ];
         stats[1].upstream_rq_time.record(Duration::from_millis(7));
         let s = AdminShared::new(Arc::new(config), stats, None);
-        let text = prometheus(&s, &DetailedSnapshot::sum(&s.workers));
+        let text = prometheus(&s, &scrape(&s));
         let valid_name = |n: &str| {
             !n.is_empty()
                 && !n.starts_with(|c: char| c.is_ascii_digit())
@@ -1732,6 +2096,166 @@ mod tests {
         assert!(text.contains("sluice_downstream_cx_total{listener=\"echo\"} 0\n"));
     }
 
+    /// A host nobody checks is healthy in every view (the gauge, `/stats`, `/clusters`); a
+    /// checked host is unhealthy until a probe passes.
+    #[test]
+    fn unchecked_hosts_are_healthy_in_the_gauge_too() {
+        let config = Config::from_yaml(
+            "listeners: [ { name: web, address: 127.0.0.1:1, tcp_proxy: { cluster: app } } ]\n\
+             clusters:\n\
+             - { name: app, hosts: [ { address: 127.0.0.1:2 } ] }\n\
+             - { name: checked, hosts: [ { address: 127.0.0.1:3 } ], health_check: { tcp: {} } }",
+        )
+        .unwrap();
+        let stats = vec![
+            Arc::new(WorkerStats::new(&config)),
+            Arc::new(WorkerStats::new(&config)),
+        ];
+        let s = AdminShared::new(Arc::new(config), stats, None);
+        let p = prometheus(&s, &scrape(&s));
+        assert!(
+            p.contains("sluice_upstream_host_healthy{cluster=\"app\",host=\"127.0.0.1:2\"} 1\n"),
+            "{p}"
+        );
+        assert!(
+            p.contains(
+                "sluice_upstream_host_healthy{cluster=\"checked\",host=\"127.0.0.1:3\"} 0\n"
+            ),
+            "{p}"
+        );
+        let stats = String::from_utf8(handle(&s, "GET", "/stats?filter=healthy").0.body).unwrap();
+        assert!(
+            stats.contains("cluster.app.host.127.0.0.1:2.healthy: 1\n"),
+            "{stats}"
+        );
+        assert!(
+            stats.contains("cluster.checked.host.127.0.0.1:3.healthy: 0\n"),
+            "{stats}"
+        );
+        let view = clusters_json(&s, &scrape(&s));
+        assert_eq!(view["clusters"][0]["hosts"][0]["health"], "healthy");
+        assert_eq!(view["clusters"][1]["hosts"][0]["health"], "unhealthy");
+    }
+
+    /// The build and the usual `process_*` figures are in the exposition, with real values.
+    #[test]
+    fn build_info_and_process_metrics() {
+        let s = shared();
+        let p = prometheus(&s, &scrape(&s));
+        let value = |name: &str| -> f64 {
+            p.lines()
+                .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+                .unwrap_or_else(|| panic!("no {name} in:\n{p}"))
+                .parse()
+                .unwrap()
+        };
+        let build = p
+            .lines()
+            .find(|l| l.starts_with("sluice_build_info{"))
+            .unwrap_or_else(|| panic!("no sluice_build_info in:\n{p}"));
+        assert!(
+            build.starts_with(&format!(
+                "sluice_build_info{{version=\"{}\",",
+                crate::VERSION
+            )),
+            "{build}"
+        );
+        assert!(build.ends_with("} 1"), "{build}");
+        assert!(p.contains("# TYPE process_cpu_seconds_total counter\n"));
+        assert!(value("process_cpu_seconds_total") >= 0.0);
+        assert!(value("process_resident_memory_bytes") > 1e5);
+        assert!(value("process_open_fds") >= 3.0);
+        assert!(value("process_max_fds") >= value("process_open_fds"));
+        let start = value("process_start_time_seconds");
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs_f64();
+        assert!(
+            start > now - 3600.0 && start <= now + 1.0,
+            "{start} vs {now}"
+        );
+        let reference = metrics_reference();
+        for m in PROCESS_METRICS {
+            assert!(
+                reference.contains(&format!("| `{}` |", m.name)),
+                "{}",
+                m.name
+            );
+        }
+    }
+
+    #[test]
+    fn listeners_memory_and_help() {
+        let s = shared();
+        s.workers[0]
+            .listener(0)
+            .unwrap()
+            .downstream_cx_total
+            .store(3, Ordering::Relaxed);
+        let (r, _) = handle(&s, "GET", "/listeners");
+        assert_eq!(r.status, 200);
+        assert_eq!(
+            String::from_utf8(r.body).unwrap(),
+            "web::address::127.0.0.1:1\nweb::kind::tcp_proxy\nweb::open_connections::3\n"
+        );
+        let (r, _) = handle(&s, "GET", "/listeners?format=json");
+        let v: Value = serde_json::from_slice(&r.body).unwrap();
+        assert_eq!(
+            v,
+            json!({ "listeners": [ { "name": "web", "address": "127.0.0.1:1", "kind": "tcp_proxy", "open_connections": 3 } ] })
+        );
+        let (r, _) = handle(&s, "GET", "/memory");
+        assert_eq!(r.status, 200);
+        let v: Value = serde_json::from_slice(&r.body).unwrap();
+        assert!(v["resident_bytes"].as_u64().unwrap() > 100_000, "{v}");
+        assert!(
+            v["resident_peak_bytes"].as_u64() >= v["resident_bytes"].as_u64(),
+            "{v}"
+        );
+        let (r, _) = handle(&s, "GET", "/help");
+        assert_eq!(r.status, 200);
+        let help = String::from_utf8(r.body).unwrap();
+        for (p, v, _) in ENDPOINTS {
+            assert!(
+                help.contains(&format!("  {} {p}: ", verb_name(*v).to_uppercase())),
+                "{p} in:\n{help}"
+            );
+        }
+    }
+
+    /// `POST /reset_counters` zeroes the counters of `/stats` only: gauges and the Prometheus
+    /// counters (which never go down) keep their values, and counting goes on from zero.
+    #[test]
+    fn reset_counters_zeroes_stats_counters_only() {
+        let s = shared();
+        let l = s.workers[0].listener(0).unwrap();
+        l.downstream_cx_total.store(5, Ordering::Relaxed);
+        l.downstream_cx_closed.store(2, Ordering::Relaxed);
+        let stat = |name: &str| -> u64 {
+            let body = handle(&s, "GET", "/stats").0.body;
+            let text = String::from_utf8(body).unwrap();
+            text.lines()
+                .find_map(|line| line.strip_prefix(&format!("{name}: ")))
+                .unwrap_or_else(|| panic!("no {name} in:\n{text}"))
+                .parse()
+                .unwrap()
+        };
+        assert_eq!(stat("listener.web.downstream_cx_total"), 5);
+        assert_eq!(stat("listener.web.downstream_cx_active"), 3);
+        let (r, _) = handle(&s, "POST", "/reset_counters");
+        assert_eq!(r.status, 200);
+        assert_eq!(stat("listener.web.downstream_cx_total"), 0);
+        assert_eq!(stat("listener.web.downstream_cx_active"), 3, "a gauge");
+        l.downstream_cx_total.store(7, Ordering::Relaxed);
+        assert_eq!(stat("listener.web.downstream_cx_total"), 2);
+        let p = prometheus(&s, &scrape(&s));
+        assert!(
+            p.contains("sluice_downstream_cx_total{listener=\"web\"} 7\n"),
+            "{p}"
+        );
+    }
+
     #[test]
     fn config_dump_redacts_secret_keys() {
         let mut v =
@@ -1746,6 +2270,90 @@ mod tests {
         assert_eq!(dump["listeners"][0]["name"], "web");
     }
 
+    /// A `LogControl` that records the filters it is given.
+    fn recording_shared() -> (AdminShared, Arc<std::sync::Mutex<Vec<String>>>) {
+        let s = shared();
+        let set = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let log = set.clone();
+        let control = LogControl(Arc::new(move |f: &str| {
+            log.lock().unwrap().push(f.to_owned());
+            Ok(())
+        }));
+        let s = AdminShared::new(s.config.clone(), s.workers.clone(), Some(control));
+        (s, set)
+    }
+
+    #[test]
+    fn logging_takes_the_usual_spellings_and_refuses_the_rest() {
+        let (s, set) = recording_shared();
+        for (level, want) in [
+            ("warning", "warn"),
+            ("critical", "error"),
+            ("debug", "debug"),
+        ] {
+            let (r, _) = handle(&s, "POST", &format!("/logging?level={level}"));
+            assert_eq!(r.status, 200, "{level}");
+            assert_eq!(set.lock().unwrap().last().map(String::as_str), Some(want));
+        }
+        for bad in ["garbage", "", "sluice_runtime%3Dloud"] {
+            let (r, _) = handle(&s, "POST", &format!("/logging?level={bad}"));
+            assert_eq!(r.status, 400, "{bad}");
+            let body = String::from_utf8(r.body).unwrap();
+            assert!(
+                body.contains(crate::logging::ACCEPTED_LEVELS),
+                "{bad}: {body}"
+            );
+        }
+        assert_eq!(handle(&s, "POST", "/logging").0.status, 400);
+        assert_eq!(
+            set.lock().unwrap().len(),
+            3,
+            "nothing refused reached the filter"
+        );
+        // Without a log control, a bad level is still a 400 (not a 501).
+        assert_eq!(
+            handle(&shared(), "POST", "/logging?level=garbage").0.status,
+            400
+        );
+    }
+
+    /// The index page's `/logging` form posts a `level` field as an urlencoded body; the
+    /// server reads it as the `level` parameter.
+    #[test]
+    fn the_logging_form_submits_a_level() {
+        let html = index_html(&shared());
+        let form = html
+            .lines()
+            .find(|l| l.contains("action=\"/logging\""))
+            .expect("a /logging form");
+        assert!(form.contains("<select name=\"level\">"), "{form}");
+        let (s, set) = recording_shared();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let answer = rt.block_on(async {
+            let (mut client, server) = tokio::io::duplex(4096);
+            let serve = serve_connection(server, &s);
+            let talk = async {
+                client
+                    .write_all(
+                        b"POST /logging HTTP/1.1\r\nhost: x\r\n\
+                          content-type: application/x-www-form-urlencoded\r\n\
+                          content-length: 13\r\n\r\nlevel=warning",
+                    )
+                    .await
+                    .unwrap();
+                let mut out = Vec::new();
+                client.read_to_end(&mut out).await.unwrap();
+                String::from_utf8(out).unwrap()
+            };
+            tokio::join!(serve, talk).1
+        });
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+        assert_eq!(*set.lock().unwrap(), ["warn"]);
+    }
+
     #[test]
     fn index_lists_endpoints_and_hosts() {
         let s = shared();
@@ -1754,5 +2362,37 @@ mod tests {
             assert!(html.contains(&format!("\"{p}\"")), "{p}");
         }
         assert!(html.contains("<td>app</td><td>127.0.0.1:2</td><td>3</td>"));
+    }
+
+    /// `docs/metrics.md` is generated from the metric declarations; this fails when a metric
+    /// changed and the file was not regenerated (`SLUICE_BLESS=1` rewrites it).
+    #[test]
+    fn metrics_reference_is_current() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/metrics.md");
+        let want = metrics_reference();
+        if std::env::var_os("SLUICE_BLESS").is_some() {
+            std::fs::write(path, &want).unwrap();
+        }
+        let have = std::fs::read_to_string(path).unwrap_or_default();
+        assert!(
+            have == want,
+            "docs/metrics.md is stale: regenerate it with \
+             SLUICE_BLESS=1 cargo test -p sluice-runtime --lib metrics_reference"
+        );
+    }
+
+    /// Every declared metric has a unique Prometheus family and `/stats` name.
+    #[test]
+    fn metric_names_are_unique() {
+        let text = metrics_reference();
+        let mut names: Vec<&str> = text
+            .lines()
+            .filter(|l| l.starts_with("| `"))
+            .filter_map(|l| l.split('`').nth(1))
+            .collect();
+        let all = names.len();
+        names.sort_unstable();
+        names.dedup();
+        assert_eq!(names.len(), all, "a Prometheus name is declared twice");
     }
 }

@@ -1,17 +1,21 @@
-//! The HTTP/1.1 connection manager: the IO half of `sluice_core::http1`, `router` and
-//! `exchange`.
+//! The HTTP/1.1 connection manager: the IO half of `sluice_core::http1` (codec and connection
+//! policy), `router` and `l7` (the request stream).
 //!
 //! One task per downstream connection runs [`Engine::http_connection`]:
 //!
-//! 1. read a request head (keep-alive idle timeout before its first byte, then
-//!    `request_headers_timeout` until it is complete — for a connection's first request,
-//!    `request_headers_timeout` from the accept; limits answer 431, malformed or ambiguous
-//!    framing 400, and close the connection — nothing of such a request goes upstream);
+//! 1. read a request head, sleeping until the core's `ConnectionPolicy` deadline (keep-alive
+//!    idle timeout before its first byte, then `request_headers_timeout` until it is complete —
+//!    for a connection's first request, `request_headers_timeout` from the accept; the drain
+//!    grace); limits answer 431, malformed or ambiguous framing 400, and close the connection —
+//!    nothing of such a request goes upstream;
 //! 2. normalize its path (`sluice_core::path`; 400 for an encoded slash by default) and route
 //!    it on the normalized path, which is also the one forwarded (404 when nothing matches; a
 //!    direct response is answered here);
-//! 3. forward it: the [`Exchange`] picks hosts and decides retries and timeouts; this module
-//!    gets connections (from the worker's [`Pool`] or fresh), writes the rewritten head and the
+//! 3. forward it: the core's request `Stream` admits it (it takes and gives back every
+//!    circuit-breaker unit), picks hosts and decides retries and timeouts, and says what
+//!    happened in events, which are the only source of the connect / timeout stats and of the
+//!    failures reported to outlier detection; this module gets connections (from the worker's
+//!    [`Pool`] or fresh), writes the head with the core's header edits (`l7::edits`) and the
 //!    body, reads the response head, and streams the response body by its framing;
 //! 4. log it, then serve the next (possibly pipelined) request in order, or close.
 //!
@@ -33,16 +37,20 @@ use std::time::{Duration, SystemTime};
 
 use sluice_core::config::ListenerConfig;
 use sluice_core::config::http::{ForwardAction, HttpConfig, PathMatch, RouteAction};
-use sluice_core::exchange::{
-    Action, Exchange, ExchangeConfig, ResponseFlag, RetryPolicyView, TryFailure, Verdict,
-    status_for,
-};
 use sluice_core::health::{Permit, Resource, UpstreamResult};
+use sluice_core::http1::conn::{ConnectionPolicy, ConnectionSettings, Expired, keeps_alive};
 use sluice_core::http1::{
     BodyFraming, Chunked, ChunkedDecoder, Head, HeadEdits, HttpError, Limits, Method, ParseStatus,
     Version, parse_request, parse_response, write_local_response, write_request_head,
     write_response_head, write_trailers,
 };
+use sluice_core::l7::edits::{
+    HeaderEdits, RequestFacts, format_request_id, forwarded_for, request_edits,
+};
+use sluice_core::l7::exchange::{
+    Event as ExchangeEvent, ExchangeConfig, ResponseFlag, RetryPolicyView, TryFailure, status_for,
+};
+use sluice_core::l7::stream::{Event as StreamEvent, Input, Output, Stream};
 use sluice_core::lb::request_hash;
 use sluice_core::path::{PathNormalization, normalize_path_into};
 use sluice_core::router::{pick_cluster, rewrite_prefix};
@@ -63,9 +71,6 @@ const RESPONSE_LIMITS: Limits = Limits {
     max_headers: 256,
 };
 const READ_CHUNK: usize = 16 * 1024;
-/// How long a draining engine keeps an idle keep-alive connection open for a request already on
-/// its way (answered with `connection: close`).
-const DRAIN_IDLE_GRACE: Duration = Duration::from_secs(1);
 const MAX_TRAILER_BYTES: usize = 16 * 1024;
 /// Interim (1xx) responses accepted before the final one (Go's limit); one more is a 502 and
 /// the upstream connection is closed, so that an endless `100 Continue` stream cannot pin a
@@ -213,6 +218,73 @@ impl BreakerUnit {
     }
 }
 
+impl BreakerUnit {
+    /// Wraps a unit already taken (by the core's request stream) so that it is given back on
+    /// drop.
+    pub(crate) fn adopt(cluster: &ClusterRef, permit: Permit) -> Self {
+        BreakerUnit {
+            cluster: cluster.clone(),
+            permit: Some(permit),
+        }
+    }
+}
+
+/// A request's stream (`sluice_core::l7::stream`) with its cluster: when dropped unfinished (the
+/// request's future dropped midway), it aborts the stream, which gives back every breaker unit
+/// it holds — the stream does the accounting, the guard only makes sure it is told.
+struct StreamGuard {
+    stream: Stream,
+    cluster: ClusterRef,
+    /// A new connection's max_connections unit, between the stream handing it over and the
+    /// connection taking it.
+    connection_permit: Option<Permit>,
+}
+
+impl StreamGuard {
+    fn new(cluster: &ClusterRef, stream: Stream) -> Self {
+        StreamGuard {
+            stream,
+            cluster: cluster.clone(),
+            connection_permit: None,
+        }
+    }
+
+    /// The new connection's max_connections unit, held until the connection closes.
+    fn take_connection_unit(&mut self) -> Option<BreakerUnit> {
+        self.connection_permit
+            .take()
+            .map(|p| BreakerUnit::adopt(&self.cluster, p))
+    }
+
+    fn poll_timeout(&self) -> Option<sluice_core::Instant> {
+        self.stream.poll_timeout()
+    }
+}
+
+impl Drop for StreamGuard {
+    fn drop(&mut self) {
+        if self.stream.is_finished() && self.connection_permit.is_none() {
+            return;
+        }
+        // Never dropped while the cluster is borrowed (borrows last one statement).
+        let Some(mut cluster) = self.cluster.try_borrow_mut() else {
+            debug_assert!(
+                false,
+                "request stream dropped while its cluster is borrowed"
+            );
+            return;
+        };
+        if let Some(p) = self.connection_permit.take() {
+            cluster.breakers_mut().release(p);
+        }
+        // The stream needs an rng only to pick hosts, which an abort never does.
+        let mut rng = sluice_core::rng::Rng::from_seed(0);
+        self.stream
+            .handle_input(now(), Input::Abort, &mut cluster, &mut rng);
+        while self.stream.poll_output().is_some() {}
+    }
+}
+
 impl Drop for BreakerUnit {
     fn drop(&mut self) {
         if let Some(p) = self.permit.take() {
@@ -348,57 +420,6 @@ struct Scratch {
     awaiting: Rc<Cell<bool>>,
 }
 
-/// Header edit lists live on the stack up to this many entries.
-const INLINE_EDITS: usize = 24;
-
-/// Collects `items` into `inline` (or into `spill` when there are more than fit).
-fn edit_list<'a, T: Copy>(
-    inline: &'a mut [T; INLINE_EDITS],
-    spill: &'a mut Vec<T>,
-    items: impl Iterator<Item = T>,
-) -> &'a [T] {
-    let mut n = 0;
-    for item in items {
-        if n < INLINE_EDITS {
-            inline[n] = item;
-        } else {
-            if spill.is_empty() {
-                spill.extend_from_slice(&inline[..]);
-            }
-            spill.push(item);
-        }
-        n += 1;
-    }
-    if n <= INLINE_EDITS {
-        &inline[..n]
-    } else {
-        &spill[..]
-    }
-}
-
-/// Formats a UUID v4 from two random words into `out`.
-fn format_request_id(a: u64, b: u64, out: &mut [u8; 36]) {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    let a = (a & 0xffff_ffff_ffff_0fff) | 0x4000;
-    let b = (b & 0x3fff_ffff_ffff_ffff) | 0x8000_0000_0000_0000;
-    let bytes: [u8; 16] = {
-        let mut x = [0u8; 16];
-        x[..8].copy_from_slice(&a.to_be_bytes());
-        x[8..].copy_from_slice(&b.to_be_bytes());
-        x
-    };
-    let mut i = 0;
-    for (k, byte) in bytes.iter().enumerate() {
-        if matches!(k, 4 | 6 | 8 | 10) {
-            out[i] = b'-';
-            i += 1;
-        }
-        out[i] = HEX[usize::from(byte >> 4)];
-        out[i + 1] = HEX[usize::from(byte & 0xf)];
-        i += 2;
-    }
-}
-
 /// How the request head ended up.
 enum HeadRead {
     Ready,
@@ -485,9 +506,16 @@ impl<N: Network> Engine<N> {
             awaiting: awaiting_response.clone(),
         };
         let logging = self.access_logs[listener].is_some();
-        // The first request must start within `request_headers_timeout` of the accept (a
-        // connection that never sends is not held for the keep-alive idle timeout).
-        let mut accepted = Some(TokioInstant::now());
+        // When to wait for requests and for how long (the first must start within
+        // `request_headers_timeout` of the accept; then the idle timeout; the drain grace).
+        let mut policy = ConnectionPolicy::new(
+            now(),
+            ConnectionSettings {
+                request_headers_timeout: hc.request_headers_timeout,
+                idle_timeout: hc.idle_timeout,
+            },
+            self.stopping.get(),
+        );
         loop {
             // Wall-clock and start time only matter to the access log.
             let started = if logging {
@@ -498,14 +526,7 @@ impl<N: Network> Engine<N> {
             let t0 = if logging { Some(now()) } else { None };
             let lstats = self.stats.listener(listener);
             match self
-                .read_request_head(
-                    hc,
-                    &limits,
-                    &mut *down,
-                    &mut rbuf,
-                    &mut head,
-                    accepted.take(),
-                )
+                .read_request_head(&limits, &mut *down, &mut rbuf, &mut head, &mut policy)
                 .await
             {
                 HeadRead::Closed => break,
@@ -614,10 +635,11 @@ impl<N: Network> Engine<N> {
             rbuf.consume(head.head_len().min(rbuf.len()));
             // A response that went out without `connection: close` promised the client it may
             // send another request, even if the engine started draining meanwhile (keep-alive
-            // is decided when the upstream head arrives): keep that promise. The next head read
-            // gives a draining connection DRAIN_IDLE_GRACE for that request and answers it with
-            // `connection: close`; closing here would reset a request already on its way.
-            if !outcome.reusable {
+            // is decided when the upstream head arrives): keep that promise. The policy gives a
+            // draining connection DRAIN_IDLE_GRACE (sluice_core::http1::conn) for that request,
+            // answered with `connection: close`; closing here would reset a request already on
+            // its way.
+            if !policy.handle_response_done(now(), outcome.reusable, self.stopping.get()) {
                 break;
             }
         }
@@ -634,70 +656,69 @@ impl<N: Network> Engine<N> {
 
     async fn read_request_head(
         &self,
-        hc: &HttpConfig,
         limits: &Limits,
         down: &mut N::Stream,
         rbuf: &mut ReadBuffer,
         head: &mut Head,
-        accepted: Option<TokioInstant>,
+        policy: &mut ConnectionPolicy,
     ) -> HeadRead {
-        // Idle between requests: wait for the first byte. Once the engine drains, an idle
-        // connection still gets DRAIN_IDLE_GRACE for a request that may already be on its way
-        // (a keep-alive client sends its next request without waiting): that request is
-        // answered with `connection: close`, so the client reconnects — to the next generation
-        // or instance — instead of seeing its request dropped by a close racing with it.
-        let first_deadline = accepted.map(|at| at + hc.request_headers_timeout);
+        // Idle between requests: wait for the first byte, until the policy's deadline (the
+        // first request's from the accept, the idle timeout, or the drain grace: see
+        // sluice_core::http1::conn). Pipelined bytes already buffered skip the wait.
         if rbuf.is_empty() {
-            let idle = first_deadline.unwrap_or_else(|| {
-                hc.idle_timeout
-                    .map_or_else(far_future, |d| TokioInstant::now() + d)
-            });
-            let mut deadline = if self.stopping.get() {
-                idle.min(TokioInstant::now() + DRAIN_IDLE_GRACE)
-            } else {
-                idle
-            };
             loop {
                 let stop = self.stop_accepting.notified();
                 let draining = self.stopping.get();
                 let read = tokio::select! {
                     biased;
                     () = stop, if !draining => {
-                        deadline = deadline.min(TokioInstant::now() + DRAIN_IDLE_GRACE);
+                        policy.handle_drain(now());
                         continue;
                     }
-                    () = tokio::time::sleep_until(deadline) => {
-                        return if first_deadline.is_some() && deadline == idle {
-                            HeadRead::FirstByteTimeout
-                        } else {
-                            HeadRead::Closed
+                    () = tokio::time::sleep_until(deadline_of(policy.poll_timeout())) => {
+                        return match policy.handle_timeout(now()) {
+                            Some(Expired::FirstByteTimeout) => HeadRead::FirstByteTimeout,
+                            _ => HeadRead::Closed,
                         };
                     }
                     r = rbuf.fill_first(down) => r,
                 };
                 match read {
-                    Ok(0) | Err(_) => return HeadRead::Closed,
+                    Ok(0) | Err(_) => {
+                        policy.handle_closed();
+                        return HeadRead::Closed;
+                    }
                     Ok(_) => break,
                 }
             }
         }
-        let deadline =
-            first_deadline.unwrap_or_else(|| TokioInstant::now() + hc.request_headers_timeout);
+        policy.handle_first_byte(now());
+        let deadline = deadline_of(policy.poll_timeout());
         loop {
             match parse_request(rbuf.bytes(), limits, head) {
-                Ok(ParseStatus::Complete) => return HeadRead::Ready,
+                Ok(ParseStatus::Complete) => {
+                    policy.handle_head_complete();
+                    return HeadRead::Ready;
+                }
                 Ok(ParseStatus::Partial) => {}
-                Err(e) => return reject(&e),
+                Err(e) => {
+                    policy.handle_closed();
+                    return reject(&e);
+                }
             }
             let read = tokio::select! {
                 biased;
                 () = tokio::time::sleep_until(deadline) => {
+                    policy.handle_timeout(now());
                     return HeadRead::Reject(408, ResponseFlag::DownstreamLimit, "request headers not received in time\n".into());
                 }
                 r = rbuf.fill(down) => r,
             };
             match read {
-                Ok(0) | Err(_) => return HeadRead::Closed,
+                Ok(0) | Err(_) => {
+                    policy.handle_closed();
+                    return HeadRead::Closed;
+                }
                 Ok(_) => {}
             }
         }
@@ -842,16 +863,11 @@ impl<N: Network> Engine<N> {
             }
             _ => scratch.normalized.then_some(scratch.norm.as_slice()),
         };
-        let xff: &[u8] = match head.header(rbuf.bytes(), "x-forwarded-for") {
-            Some(old) => {
-                scratch.xff.clear();
-                scratch.xff.extend_from_slice(old);
-                scratch.xff.extend_from_slice(b", ");
-                scratch.xff.extend_from_slice(scratch.peer_ip.as_bytes());
-                &scratch.xff
-            }
-            None => scratch.peer_ip.as_bytes(),
-        };
+        let xff = forwarded_for(
+            head.header(rbuf.bytes(), "x-forwarded-for"),
+            scratch.peer_ip.as_bytes(),
+            &mut scratch.xff,
+        );
         let mut request_id = [0u8; 36];
         let generate_id = head.header(rbuf.bytes(), "x-request-id").is_none();
         if generate_id {
@@ -860,35 +876,18 @@ impl<N: Network> Engine<N> {
             format_request_id(a, b, &mut request_id);
         }
         let no_host = head.host(rbuf.bytes()).is_none();
-        // Added headers replace ones of the same name: remove those names first.
-        let (mut remove_inline, mut remove_spill) = ([""; INLINE_EDITS], Vec::new());
-        let remove = edit_list(
-            &mut remove_inline,
-            &mut remove_spill,
-            std::iter::once("x-forwarded-for")
-                .chain(action.request_headers_to_remove.iter().map(String::as_str))
-                .chain(
-                    action
-                        .request_headers_to_add
-                        .iter()
-                        .map(|h| h.name.as_str()),
-                ),
-        );
-        let (mut add_inline, mut add_spill) = ([("", &b""[..]); INLINE_EDITS], Vec::new());
-        let add = edit_list(
-            &mut add_inline,
-            &mut add_spill,
-            std::iter::once(("x-forwarded-for", xff))
-                .chain(generate_id.then_some(("x-request-id", &request_id[..])))
+        let mut edits = HeaderEdits::new();
+        request_edits(
+            &mut edits,
+            &RequestFacts {
+                forwarded_for: xff,
+                generated_id: generate_id.then_some(&request_id[..]),
                 // HTTP/1.0 without Host (nor an absolute-form target) goes out as HTTP/1.1,
                 // which needs one: the cluster's name.
-                .chain(no_host.then_some(("host", cluster_cfg.name.as_bytes())))
-                .chain(
-                    action
-                        .request_headers_to_add
-                        .iter()
-                        .map(|h| (h.name.as_str(), h.value.as_bytes())),
-                ),
+                missing_host: no_host.then_some(cluster_cfg.name.as_bytes()),
+            },
+            &action.request_headers_to_remove,
+            &action.request_headers_to_add,
         );
         write_request_head(
             out,
@@ -896,8 +895,8 @@ impl<N: Network> Engine<N> {
             head,
             &HeadEdits {
                 path: path_edit,
-                remove,
-                add,
+                remove: edits.removals(),
+                add: edits.additions(),
                 force_close: false,
                 version: Some(Version::Http11),
             },
@@ -915,24 +914,10 @@ impl<N: Network> Engine<N> {
         }
 
         // --- admission: the max_requests breaker, then the hosts' availability ---
+        // The core's stream takes and gives back every breaker unit of the request; the guard
+        // aborts it (giving them back) if this future is dropped midway.
         let cluster = &self.clusters[ci];
         let close_on_reply = !replayable || !head.keep_alive();
-        let Some(_request_permit) = BreakerUnit::acquire(cluster, Resource::Requests) else {
-            if let Some(c) = cstats {
-                bump(&c.upstream_rq_overflow, 1);
-            }
-            let flag = ResponseFlag::UpstreamOverflow;
-            let mut o = self
-                .local_reply(down, out, status_for(flag), flag, close_on_reply)
-                .await;
-            o.bytes_received = head_len as u64 + body_len.unwrap_or(0) as u64;
-            return o;
-        };
-        if let Some(c) = cstats {
-            bump(&c.upstream_rq_total, 1);
-        }
-        self.shared_health.note_traffic(ci);
-        self.refresh_availability(ci);
         let hash = if cluster_cfg.lb_policy.is_consistent_hash() {
             let bytes = rbuf.bytes();
             request_hash(
@@ -943,71 +928,75 @@ impl<N: Network> Engine<N> {
         } else {
             None
         };
+        let mut stream = StreamGuard::new(
+            cluster,
+            Stream::new(
+                now(),
+                ExchangeConfig {
+                    timeout: action.timeout,
+                    connect_timeout: cluster_cfg.connect_timeout,
+                    retry: action.retry_policy.as_ref().map(RetryPolicyView::from),
+                    idempotent: head.method().is_idempotent(),
+                    replayable,
+                    hash,
+                    request_complete: replayable,
+                },
+            ),
+        );
+        let mut bytes_received = head_len as u64 + body_len.unwrap_or(0) as u64;
+        if let Some(Output::Respond { status, flag }) =
+            self.stream_input(ci, &mut stream, Input::Admit)
+        {
+            let mut o = self
+                .local_reply(down, out, status, flag, close_on_reply)
+                .await;
+            o.bytes_received = bytes_received;
+            return o;
+        }
+        if let Some(c) = cstats {
+            bump(&c.upstream_rq_total, 1);
+        }
+        self.shared_health.note_traffic(ci);
+        self.refresh_availability(ci);
 
         // --- tries --- (from here until a response byte is written, a drain deadline answers
         // the request 503 rather than closing under it)
         scratch.awaiting.set(true);
-        let mut ex = Exchange::new(
-            now(),
-            ExchangeConfig {
-                timeout: action.timeout,
-                connect_timeout: cluster_cfg.connect_timeout,
-                retry: action.retry_policy.as_ref().map(RetryPolicyView::from),
-                idempotent: head.method().is_idempotent(),
-                replayable,
-                hash,
-                request_complete: replayable,
-            },
-        );
-        ex.start(now(), &mut cluster.borrow_mut(), &mut self.rng.borrow_mut());
+        let mut step = self.stream_input(ci, &mut stream, Input::Start);
         let mut upstream_addr = None;
         let mut last_host = None;
-        let mut bytes_received = head_len as u64 + body_len.unwrap_or(0) as u64;
         loop {
-            let action_now = ex.poll_action();
-            let (host, address, allow_pooled) = match action_now {
-                Some(Action::LocalReply { status, flag }) => {
-                    ex.release(&mut cluster.borrow_mut());
-                    if ex.retry_overflowed()
-                        && let Some(c) = cstats
-                    {
-                        bump(&c.upstream_rq_retry_overflow, 1);
-                    }
+            let (host, address, allow_pooled) = match step.take() {
+                Some(Output::Respond { status, flag }) => {
                     if let Some(h) = last_host {
                         self.publish_host_active(ci, h);
                     }
                     scratch.awaiting.set(false);
                     let mut o = self
-                        .local_reply(down, out, status, flag, !replayable || !head.keep_alive())
+                        .local_reply(down, out, status, flag, close_on_reply)
                         .await;
                     o.upstream = upstream_addr;
                     o.bytes_received = bytes_received;
                     return o;
                 }
-                Some(Action::Connect {
+                Some(Output::Connect {
                     host,
                     address,
                     allow_pooled,
                 }) => (host, address, allow_pooled),
-                None => {
+                other => {
+                    debug_assert!(other.is_none(), "unexpected stream output {other:?}");
                     // Backing off before a retry; the next pick sees the latest availability.
-                    tokio::time::sleep_until(deadline_of(ex.poll_timeout())).await;
+                    tokio::time::sleep_until(deadline_of(stream.poll_timeout())).await;
                     self.refresh_availability(ci);
-                    ex.handle_timeout(now(), &mut cluster.borrow_mut(), &mut self.rng.borrow_mut());
+                    step = self.stream_input(ci, &mut stream, Input::Timeout);
                     continue;
                 }
             };
-            if ex.tries() > 1 {
-                bump(&self.stats.http_retries, 1);
-                if let Some(c) = cstats {
-                    bump(&c.upstream_rq_retry, 1);
-                }
-            }
             let try_start = now();
-            let (mut cx_unit, mut pending_unit) = (None, None);
             last_host = Some(host);
             upstream_addr = Some(address);
-            // Connection: pooled or fresh, raced against the exchange's timers.
+            // Connection: pooled or fresh, raced against the stream's timers.
             let pooled = if allow_pooled {
                 self.pool.take(ci, host.index(), now())
             } else {
@@ -1020,90 +1009,46 @@ impl<N: Network> Engine<N> {
                     // A new connection needs a unit of max_connections (kept by the connection
                     // until it closes) and, while it is being established, of
                     // max_pending_requests. Either at its limit: 503 UO.
-                    let overflow = match BreakerUnit::acquire(cluster, Resource::Connections) {
-                        None => Some(Resource::Connections),
-                        Some(cx) => {
-                            match BreakerUnit::acquire(cluster, Resource::PendingRequests) {
-                                None => Some(Resource::PendingRequests),
-                                Some(pending) => {
-                                    cx_unit = Some(cx);
-                                    pending_unit = Some(pending);
-                                    None
-                                }
-                            }
-                        }
-                    };
-                    if let Some(r) = overflow {
-                        if let Some(c) = cstats {
-                            bump(
-                                if r == Resource::Connections {
-                                    &c.upstream_cx_overflow
-                                } else {
-                                    &c.upstream_rq_pending_overflow
-                                },
-                                1,
-                            );
-                        }
-                        ex.release(&mut cluster.borrow_mut());
-                        let flag = ResponseFlag::UpstreamOverflow;
-                        scratch.awaiting.set(false);
-                        let mut o = self
-                            .local_reply(down, out, status_for(flag), flag, close_on_reply)
-                            .await;
-                        o.upstream = upstream_addr;
-                        o.bytes_received = bytes_received;
-                        return o;
+                    step = self.stream_input(ci, &mut stream, Input::OpenConnection);
+                    if !matches!(step, Some(Output::OpenConnection)) {
+                        continue;
                     }
                     bump(&self.stats.upstream_cx_attempts, 1);
                     if let Some(c) = cstats {
                         bump(&c.upstream_cx_total, 1);
                     }
-                    let timer = deadline_of(ex.poll_timeout());
+                    let timer = deadline_of(stream.poll_timeout());
                     let connected = tokio::select! {
                         biased;
                         r = self.net.connect(address) => r.map_err(|_| ()),
                         () = tokio::time::sleep_until(timer) => {
-                            drop(pending_unit.take());
-                            drop(cx_unit.take());
-                            self.report_upstream_result(ci, host, UpstreamResult::ConnectFailure);
-                            bump(&self.stats.upstream_cx_connect_timeout, 1);
-                            if let Some(c) = cstats {
-                                bump(&c.upstream_cx_connect_timeout, 1);
-                            }
-                            if let Some(h) = self.stats.host(ci, host.index()) {
-                                bump(&h.cx_connect_fail, 1);
-                            }
-                            ex.handle_timeout(now(), &mut cluster.borrow_mut(), &mut self.rng.borrow_mut());
+                            // The connect deadline, or the route's (which caps it): the
+                            // stream's event says which.
+                            step = self.stream_input(ci, &mut stream, Input::Timeout);
                             continue;
                         }
                     };
-                    drop(pending_unit.take());
                     match connected {
                         Ok(s) => {
-                            UpstreamConn::new(s, &self.stats, ci, host.index(), cx_unit.take())
+                            step = self.stream_input(
+                                ci,
+                                &mut stream,
+                                Input::Connected { reused: false },
+                            );
+                            let unit = stream.take_connection_unit();
+                            UpstreamConn::new(s, &self.stats, ci, host.index(), unit)
                         }
                         Err(()) => {
-                            drop(cx_unit.take());
-                            self.report_upstream_result(ci, host, UpstreamResult::ConnectFailure);
-                            bump(&self.stats.upstream_cx_connect_fail, 1);
-                            if let Some(c) = cstats {
-                                bump(&c.upstream_cx_connect_fail, 1);
-                            }
-                            if let Some(h) = self.stats.host(ci, host.index()) {
-                                bump(&h.cx_connect_fail, 1);
-                            }
-                            ex.handle_failure(
-                                now(),
-                                TryFailure::ConnectFailed,
-                                &mut cluster.borrow_mut(),
-                                &mut self.rng.borrow_mut(),
-                            );
+                            step = self.stream_input(ci, &mut stream, Input::ConnectFailed);
                             continue;
                         }
                     }
                 }
             };
-            ex.handle_connected(now(), reused, &mut cluster.borrow_mut());
+            if reused {
+                step = self.stream_input(ci, &mut stream, Input::Connected { reused: true });
+            }
+            debug_assert!(step.is_none(), "unexpected stream output {step:?}");
             if let Some(h) = self.stats.host(ci, host.index()) {
                 bump(&h.rq_total, 1);
             }
@@ -1113,7 +1058,7 @@ impl<N: Network> Engine<N> {
             let mut written = false;
             let mut too_many_interim = false;
             let mut upload_fault = None;
-            let timer = deadline_of(ex.poll_timeout());
+            let timer = deadline_of(stream.poll_timeout());
             ubuf.clear();
             let sent = tokio::select! {
                 biased;
@@ -1124,13 +1069,13 @@ impl<N: Network> Engine<N> {
                 () = tokio::time::sleep_until(timer) => None,
             };
             if written {
-                ex.handle_request_written();
+                self.stream_input(ci, &mut stream, Input::RequestWritten);
             }
             if let Some(fault) = upload_fault {
                 // The client stopped sending its body, sent a malformed one, or went away
                 // while streaming it: its fault, not the upstream's — nothing is reported to
                 // outlier detection (a client must not get a healthy host ejected).
-                ex.release(&mut cluster.borrow_mut());
+                self.stream_input(ci, &mut stream, Input::Abort);
                 self.publish_host_active(ci, host);
                 let (status, flag) = match fault {
                     UploadFault::Stalled => (408, ResponseFlag::DownstreamLimit),
@@ -1147,8 +1092,8 @@ impl<N: Network> Engine<N> {
             // The whole request is in: the route timeout starts now (when the body streamed).
             let result = match sent {
                 Some(Ok(())) => {
-                    ex.handle_request_complete(now());
-                    let timer = deadline_of(ex.poll_timeout());
+                    self.stream_input(ci, &mut stream, Input::RequestComplete);
+                    let timer = deadline_of(stream.poll_timeout());
                     tokio::select! {
                         biased;
                         r = read_response_head(&mut up, ubuf, rhead, head.method(), head.upgrade(), &mut too_many_interim) => Some(r),
@@ -1158,12 +1103,8 @@ impl<N: Network> Engine<N> {
                 other => other,
             };
             let Some(result) = result else {
-                self.report_upstream_result(ci, host, UpstreamResult::Timeout);
-                bump(&self.stats.http_upstream_timeouts, 1);
-                if let Some(c) = cstats {
-                    bump(&c.upstream_rq_timeout, 1);
-                }
-                ex.handle_timeout(now(), &mut cluster.borrow_mut(), &mut self.rng.borrow_mut());
+                // A per-try or the route timeout (the stream's event says which).
+                step = self.stream_input(ci, &mut stream, Input::Timeout);
                 self.publish_host_active(ci, host);
                 continue;
             };
@@ -1182,76 +1123,37 @@ impl<N: Network> Engine<N> {
                         },
                         f => f,
                     };
-                    self.report_upstream_result(
-                        ci,
-                        host,
-                        match failure {
-                            TryFailure::ConnectFailed => UpstreamResult::ConnectFailure,
-                            TryFailure::Closed { .. } => UpstreamResult::Reset,
-                            TryFailure::ProtocolError => UpstreamResult::Status(502),
-                        },
-                    );
-                    ex.handle_failure(
-                        now(),
-                        failure,
-                        &mut cluster.borrow_mut(),
-                        &mut self.rng.borrow_mut(),
-                    );
+                    step = self.stream_input(ci, &mut stream, Input::TryFailed(failure));
                     self.publish_host_active(ci, host);
                     continue;
                 }
             };
             self.report_upstream_result(ci, host, UpstreamResult::Status(status));
-            // (The verdict is bound first: a borrow in the match scrutinee would live through
-            // the arms.)
-            let verdict = ex.handle_response_head(
-                now(),
-                status,
-                &mut cluster.borrow_mut(),
-                &mut self.rng.borrow_mut(),
-            );
-            match verdict {
-                Verdict::Retry => {
+            match self.stream_input(ci, &mut stream, Input::ResponseHead { status }) {
+                Some(Output::ForwardResponse) => {}
+                other => {
+                    debug_assert_eq!(other, Some(Output::DiscardResponse));
                     self.publish_host_active(ci, host);
                     continue;
-                }
-                Verdict::Forward => {
-                    if ex.retry_overflowed()
-                        && let Some(c) = cstats
-                    {
-                        bump(&c.upstream_rq_retry_overflow, 1);
-                    }
                 }
             }
 
             // --- forward the response ---
-            let keep_down = head.keep_alive()
-                && !matches!(rhead.framing(), BodyFraming::CloseDelimited)
-                && !self.stopping.get();
+            let keep_down = keeps_alive(
+                head.keep_alive(),
+                matches!(rhead.framing(), BodyFraming::CloseDelimited),
+                self.stopping.get(),
+            );
             let upgrade = status == 101 && head.upgrade();
-            let (mut remove_inline, mut remove_spill) = ([""; INLINE_EDITS], Vec::new());
-            let resp_remove = edit_list(
-                &mut remove_inline,
-                &mut remove_spill,
-                action
-                    .response_headers_to_remove
-                    .iter()
-                    .chain(action.response_headers_to_add.iter().map(|h| &h.name))
-                    .map(String::as_str),
+            let mut edits = HeaderEdits::new();
+            edits.route(
+                &action.response_headers_to_remove,
+                &action.response_headers_to_add,
             );
-            let (mut add_inline, mut add_spill) = ([("", &b""[..]); INLINE_EDITS], Vec::new());
             // An HTTP/1.0 client keeps its connection only when the answer says so.
-            let keep_alive_10 = (keep_down && !upgrade && head.version() == Version::Http10)
-                .then_some(("connection", &b"keep-alive"[..]));
-            let resp_add = edit_list(
-                &mut add_inline,
-                &mut add_spill,
-                action
-                    .response_headers_to_add
-                    .iter()
-                    .map(|h| (h.name.as_str(), h.value.as_bytes()))
-                    .chain(keep_alive_10),
-            );
+            if keep_down && !upgrade && head.version() == Version::Http10 {
+                edits.append("connection", b"keep-alive");
+            }
             out.clear();
             write_response_head(
                 out,
@@ -1259,8 +1161,8 @@ impl<N: Network> Engine<N> {
                 rhead,
                 &HeadEdits {
                     path: None,
-                    remove: resp_remove,
-                    add: resp_add,
+                    remove: edits.removals(),
+                    add: edits.additions(),
                     force_close: !keep_down && !upgrade,
                     version: None,
                 },
@@ -1271,7 +1173,7 @@ impl<N: Network> Engine<N> {
             if upgrade {
                 scratch.awaiting.set(false);
                 if down.write_all(out).await.is_err() {
-                    ex.release(&mut cluster.borrow_mut());
+                    self.stream_input(ci, &mut stream, Input::Abort);
                     self.publish_host_active(ci, host);
                     return Outcome {
                         status,
@@ -1282,9 +1184,11 @@ impl<N: Network> Engine<N> {
                         reusable: false,
                     };
                 }
-                ex.handle_response_complete(&mut cluster.borrow_mut());
+                // The upstream try is over; the tunnel still counts as a request.
+                self.stream_input(ci, &mut stream, Input::Upgraded);
                 self.publish_host_active(ci, host);
                 bytes_sent += tunnel(down, &mut up, rbuf, head_len, ubuf).await;
+                self.stream_input(ci, &mut stream, Input::ResponseComplete);
                 return Outcome {
                     status,
                     flag: None,
@@ -1294,14 +1198,14 @@ impl<N: Network> Engine<N> {
                     reusable: false,
                 };
             }
-            let timer = deadline_of(ex.poll_timeout());
+            let timer = deadline_of(stream.poll_timeout());
             // The head goes out with the first body bytes: one write for a small response.
             let body = tokio::select! {
                 biased;
                 r = copy_body(&mut up, down, ubuf, rhead.framing(), out, &scratch.awaiting) => Some(r),
                 () = tokio::time::sleep_until(timer) => None,
             };
-            ex.handle_response_complete(&mut cluster.borrow_mut());
+            self.stream_input(ci, &mut stream, Input::ResponseComplete);
             self.publish_host_active(ci, host);
             self.stats
                 .upstream_rq_time
@@ -1353,6 +1257,106 @@ impl<N: Network> Engine<N> {
                 bytes_sent,
                 reusable: complete && keep_down,
             };
+        }
+    }
+
+    /// Feeds one input to a request's stream and carries out its outputs but the one action
+    /// it returns (connect, open a connection, forward or discard a response head, answer):
+    /// events become stats and outlier detection results — connect, per-try and route
+    /// timeouts are told apart by the core, never guessed from which timer fired — and a new
+    /// connection's breaker unit is kept for the connection. Timers: the caller sleeps until
+    /// `stream.poll_timeout()`.
+    fn stream_input(&self, ci: usize, stream: &mut StreamGuard, input: Input) -> Option<Output> {
+        stream.stream.handle_input(
+            now(),
+            input,
+            &mut stream.cluster.borrow_mut(),
+            &mut self.rng.borrow_mut(),
+        );
+        let cstats = self.stats.cluster(ci);
+        let mut action = None;
+        while let Some(output) = stream.stream.poll_output() {
+            let event = match output {
+                Output::Event(event) => event,
+                Output::ConnectionPermit(permit) => {
+                    debug_assert!(stream.connection_permit.is_none());
+                    stream.connection_permit = Some(permit);
+                    continue;
+                }
+                Output::ArmTimer { .. } | Output::CancelTimer(_) => continue,
+                other => {
+                    debug_assert!(action.is_none(), "two actions: {action:?}, {other:?}");
+                    action = Some(other);
+                    continue;
+                }
+            };
+            match event {
+                StreamEvent::Overflow(resource) => {
+                    if let Some(c) = cstats {
+                        bump(
+                            match resource {
+                                Resource::Requests => &c.upstream_rq_overflow,
+                                Resource::Connections => &c.upstream_cx_overflow,
+                                Resource::PendingRequests => &c.upstream_rq_pending_overflow,
+                                Resource::Retries => &c.upstream_rq_retry_overflow,
+                            },
+                            1,
+                        );
+                    }
+                }
+                StreamEvent::TryStarted { retry: true, .. } => {
+                    bump(&self.stats.http_retries, 1);
+                    if let Some(c) = cstats {
+                        bump(&c.upstream_rq_retry, 1);
+                    }
+                }
+                StreamEvent::RetryOverflowed => {
+                    if let Some(c) = cstats {
+                        bump(&c.upstream_rq_retry_overflow, 1);
+                    }
+                }
+                StreamEvent::Exchange(e) => self.observe_exchange_event(ci, e),
+                StreamEvent::Admitted
+                | StreamEvent::TryStarted { .. }
+                | StreamEvent::ResponseStarted { .. }
+                | StreamEvent::Finished { .. } => {}
+            }
+        }
+        action
+    }
+
+    /// Counts what the exchange says happened and feeds outlier detection from it.
+    fn observe_exchange_event(&self, ci: usize, event: ExchangeEvent) {
+        let cstats = self.stats.cluster(ci);
+        match event {
+            ExchangeEvent::ConnectFailed { host } => {
+                bump(&self.stats.upstream_cx_connect_fail, 1);
+                if let Some(c) = cstats {
+                    bump(&c.upstream_cx_connect_fail, 1);
+                }
+                if let Some(h) = self.stats.host(ci, host.index()) {
+                    bump(&h.cx_connect_fail, 1);
+                }
+            }
+            ExchangeEvent::ConnectTimedOut { host } => {
+                bump(&self.stats.upstream_cx_connect_timeout, 1);
+                if let Some(c) = cstats {
+                    bump(&c.upstream_cx_connect_timeout, 1);
+                }
+                if let Some(h) = self.stats.host(ci, host.index()) {
+                    bump(&h.cx_connect_fail, 1);
+                }
+            }
+            ExchangeEvent::PerTryTimedOut { .. } | ExchangeEvent::RouteTimedOut { .. } => {
+                bump(&self.stats.http_upstream_timeouts, 1);
+                if let Some(c) = cstats {
+                    bump(&c.upstream_rq_timeout, 1);
+                }
+            }
+            ExchangeEvent::UpstreamReset { .. } | ExchangeEvent::UpstreamProtocolError { .. } => {}
+        }
+        if let Some((host, result)) = event.upstream_result() {
+            self.report_upstream_result(ci, host, result);
         }
     }
 
@@ -1817,30 +1821,5 @@ where
     match tokio::io::copy_bidirectional(down, up).await {
         Ok((_, to_down)) => sent + to_down,
         Err(_) => sent,
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn request_ids_are_uuid_v4_shaped() {
-        let mut id = [0u8; 36];
-        format_request_id(0x0123_4567_89ab_cdef, 0xfedc_ba98_7654_3210, &mut id);
-        let id = std::str::from_utf8(&id).unwrap();
-        assert_eq!(id, "01234567-89ab-4def-bedc-ba9876543210");
-    }
-
-    #[test]
-    fn edit_lists_spill_past_the_inline_capacity() {
-        let (mut inline, mut spill) = ([0usize; INLINE_EDITS], Vec::new());
-        assert_eq!(edit_list(&mut inline, &mut spill, 0..3), &[0, 1, 2]);
-        let (mut inline, mut spill) = ([0usize; INLINE_EDITS], Vec::new());
-        let many: Vec<usize> = (0..INLINE_EDITS + 5).collect();
-        assert_eq!(
-            edit_list(&mut inline, &mut spill, many.iter().copied()),
-            &many[..]
-        );
     }
 }

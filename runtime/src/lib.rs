@@ -10,9 +10,12 @@
 //! - [`relay`]: moves bytes between two sockets with reused buffers and reports every read to
 //!   the session state machine.
 //! - [`limits`]: the process-wide caps every worker shares (connections, Bolt partial frames).
+//! - [`logging`]: log level spellings (CLI and `/logging`), colour on terminals only.
 //! - [`stats`]: per-worker counters (written only by their worker; summed when read).
 //! - [`admin`]: the admin API (readiness, stats, Prometheus metrics, cluster view, config dump,
 //!   drain and quit) on its own thread.
+//! - [`worker`]: one worker's listening sockets and config generations (reload switching,
+//!   drain), driven by [`server`] on each worker thread and by the simulator.
 //! - [`server`]: the real process — one pinned current-thread tokio runtime per core, each with
 //!   its own `SO_REUSEPORT` listener sockets; signals; drain.
 #![warn(missing_docs)]
@@ -27,11 +30,13 @@ pub mod fdpass;
 pub mod health;
 pub mod http;
 pub mod limits;
+pub mod logging;
 pub mod net;
 pub mod pool;
 pub mod relay;
 pub mod server;
 pub mod stats;
+pub mod worker;
 
 /// The origin of the core's [`sluice_core::Instant`]s: a point a minute before the first
 /// reading (so that no tokio clock of this process — real, or virtual under turmoil, which

@@ -1,7 +1,9 @@
 //! `sluice`: the command line.
 //!
-//! - `sluice run -c FILE [--workers N] [--log-format text|json] [--log-level LEVEL]`
-//! - `sluice validate -c FILE`
+//! - `sluice run [-c] FILE [--workers N] [--log-format text|json] [--log-level LEVEL]`
+//! - `sluice validate [-c] FILE`
+//!
+//! The config file is given with `-c`/`--config` or alone; `-` reads it from standard input.
 //! - `sluice sim ARGS...` (execs the `sluice-sim` binary: deterministic simulation scenarios)
 //! - `sluice --version`
 
@@ -10,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 use sluice_core::config::Config;
 use sluice_runtime::admin::LogControl;
 use sluice_runtime::server::{self, ServerOptions};
@@ -26,17 +28,17 @@ struct Cli {
 enum Command {
     /// Run the proxy on a config file until SIGTERM/SIGINT.
     Run {
-        /// Config file (YAML).
-        #[arg(short, long)]
-        config: PathBuf,
+        #[command(flatten)]
+        config: ConfigArg,
         /// Worker threads, each pinned to a core [default: the cores available].
         #[arg(long)]
         workers: Option<usize>,
         /// Log line format.
         #[arg(long, value_enum, default_value_t = LogFormat::Text)]
         log_format: LogFormat,
-        /// Log level or filter (`info`, `debug`, `sluice_runtime=debug`); `RUST_LOG` overrides it.
-        #[arg(long, default_value = "info")]
+        /// Log level (trace, debug, info, warn/warning, error/err/critical, off) or filter
+        /// (`sluice_runtime=debug,info`); `RUST_LOG` overrides it.
+        #[arg(long, default_value = "info", value_parser = parse_log_level)]
         log_level: String,
         /// Seed of the balancers' random choices (for reproducible runs).
         #[arg(long, default_value_t = 0x5eed)]
@@ -53,9 +55,8 @@ enum Command {
     },
     /// Check a config file without running it: exit 0 when valid, 1 with every problem listed.
     Validate {
-        /// Config file (YAML).
-        #[arg(short, long)]
-        config: PathBuf,
+        #[command(flatten)]
+        config: ConfigArg,
     },
     /// Run deterministic simulation scenarios over seed ranges (`sluice sim --help`).
     ///
@@ -66,6 +67,35 @@ enum Command {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true, num_args = 0..)]
         args: Vec<OsString>,
     },
+}
+
+/// The config file: `-c FILE`, `--config FILE` or `FILE` alone; `-` is standard input.
+#[derive(Args, Debug)]
+#[group(required = true, multiple = false)]
+struct ConfigArg {
+    /// Config file (YAML); `-` reads it from standard input.
+    #[arg(short, long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Config file (YAML), given without `-c`.
+    #[arg(value_name = "FILE")]
+    file: Option<PathBuf>,
+}
+
+/// Where the config comes from.
+#[derive(Debug, PartialEq, Eq)]
+enum ConfigSource {
+    File(PathBuf),
+    Stdin,
+}
+
+impl ConfigArg {
+    fn source(self) -> ConfigSource {
+        match self.config.or(self.file) {
+            Some(p) if p.as_os_str() == "-" => ConfigSource::Stdin,
+            Some(p) => ConfigSource::File(p),
+            None => unreachable!("clap requires the config argument"),
+        }
+    }
 }
 
 const SIM_BINARY: &str = "sluice-sim";
@@ -107,8 +137,55 @@ enum LogFormat {
     Json,
 }
 
-fn load(path: &Path) -> Result<Config, server::LoadConfigError> {
-    server::load_config(path)
+/// `--log-level`: a level in one of its usual spellings, or `TARGET=LEVEL` directives.
+fn parse_log_level(s: &str) -> Result<String, String> {
+    sluice_runtime::logging::level_filter(s)
+}
+
+fn load(source: &ConfigSource) -> Result<Config, String> {
+    match source {
+        // A file's errors are typed; the CLI prints their text.
+        ConfigSource::File(path) => Ok(server::load_config(path)?),
+        ConfigSource::Stdin => {
+            use std::io::Read as _;
+            let limit = server::MAX_CONFIG_BYTES;
+            let mut bytes = Vec::new();
+            std::io::stdin()
+                .lock()
+                .take(limit + 1)
+                .read_to_end(&mut bytes)
+                .map_err(|e| format!("<stdin>: cannot read the config: {e}"))?;
+            if bytes.len() as u64 > limit {
+                return Err(format!(
+                    "<stdin>: cannot read the config: over the limit of {limit} bytes (64 MiB)"
+                ));
+            }
+            let text = String::from_utf8(bytes)
+                .map_err(|e| format!("<stdin>: cannot read the config: not UTF-8 text ({e})"))?;
+            // The same listing as `server::load_config` gives for a file.
+            Config::from_yaml(&text).map_err(|errors| {
+                let n = errors.0.len();
+                let mut out = format!(
+                    "<stdin>: {n} problem{} in the config:",
+                    if n == 1 { "" } else { "s" }
+                );
+                for e in &errors.0 {
+                    out.push_str("\n  ");
+                    out.push_str(&e.to_string());
+                }
+                out
+            })
+        }
+    }
+}
+
+impl ConfigSource {
+    fn display(&self) -> String {
+        match self {
+            ConfigSource::File(p) => p.display().to_string(),
+            ConfigSource::Stdin => "<stdin>".to_owned(),
+        }
+    }
 }
 
 /// Installs the subscriber with a reloadable filter; returns the control the admin API's
@@ -118,12 +195,19 @@ fn init_logging(format: LogFormat, level: &str) -> LogControl {
     let filter = EnvFilter::try_from_default_env()
         .or_else(|_| EnvFilter::try_new(level))
         .unwrap_or_else(|_| EnvFilter::new("info"));
+    use std::io::IsTerminal as _;
+    let colour = sluice_runtime::logging::use_colour(
+        std::io::stderr().is_terminal(),
+        std::env::var_os("NO_COLOR").as_deref(),
+    );
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(colour)
         .with_writer(std::io::stderr)
         .with_thread_names(true);
     fn parse(level: &str) -> Result<EnvFilter, String> {
-        EnvFilter::try_new(level)
+        let filter = sluice_runtime::logging::level_filter(level)?;
+        EnvFilter::try_new(&filter)
             .map_err(|e| format!("{level:?} is not a log level or filter: {e}"))
     }
     match format {
@@ -150,23 +234,26 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Sim { args } => exec_sim(args),
-        Command::Validate { config } => match load(&config) {
-            Ok(c) => {
-                println!(
-                    "{}: ok ({} listener{}, {} cluster{})",
-                    config.display(),
-                    c.listeners.len(),
-                    if c.listeners.len() == 1 { "" } else { "s" },
-                    c.clusters.len(),
-                    if c.clusters.len() == 1 { "" } else { "s" },
-                );
-                ExitCode::SUCCESS
+        Command::Validate { config } => {
+            let config = config.source();
+            match load(&config) {
+                Ok(c) => {
+                    println!(
+                        "{}: ok ({} listener{}, {} cluster{})",
+                        config.display(),
+                        c.listeners.len(),
+                        if c.listeners.len() == 1 { "" } else { "s" },
+                        c.clusters.len(),
+                        if c.clusters.len() == 1 { "" } else { "s" },
+                    );
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("{e}");
+                    ExitCode::FAILURE
+                }
             }
-            Err(e) => {
-                eprintln!("{e}");
-                ExitCode::FAILURE
-            }
-        },
+        }
         Command::Run {
             config,
             workers,
@@ -176,8 +263,18 @@ fn main() -> ExitCode {
             upgrade,
             control_socket,
         } => {
-            let config_path = config;
-            let config = match load(&config_path) {
+            let source = config.source();
+            // A config read from stdin cannot be re-read (no reload), and names no control
+            // socket by itself: upgrades need `--control-socket` then.
+            let config_path = match &source {
+                ConfigSource::File(p) => Some(p.clone()),
+                ConfigSource::Stdin => None,
+            };
+            if config_path.is_none() && upgrade && control_socket.is_none() {
+                eprintln!("sluice: --upgrade with the config on stdin needs --control-socket");
+                return ExitCode::from(2);
+            }
+            let config = match load(&source) {
                 Ok(c) => c,
                 Err(e) => {
                     eprintln!("{e}");
@@ -195,18 +292,23 @@ fn main() -> ExitCode {
                     workers,
                     seed,
                     log_control: Some(log_control),
-                    control_socket: Some(
-                        control_socket
-                            .unwrap_or_else(|| sluice_runtime::control::default_path(&config_path)),
-                    ),
-                    config_path: Some(config_path),
+                    control_socket: control_socket.or_else(|| {
+                        config_path
+                            .as_deref()
+                            .map(sluice_runtime::control::default_path)
+                    }),
+                    config_path,
                     upgrade,
                 },
             ) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
-                    tracing::error!("{e}");
-                    eprintln!("sluice: {e}");
+                    // Once: in the log when errors are logged, else on stderr as it is.
+                    if tracing::enabled!(tracing::Level::ERROR) {
+                        tracing::error!("{e}");
+                    } else {
+                        eprintln!("sluice: {e}");
+                    }
                     ExitCode::FAILURE
                 }
             }
@@ -241,6 +343,74 @@ mod tests {
             let want: Vec<OsString> = argv[2..].iter().map(OsString::from).collect();
             assert_eq!(sim_args(argv), want, "{argv:?}");
         }
+    }
+
+    #[test]
+    fn log_levels_take_the_usual_spellings_and_refuse_the_rest() {
+        let level = |l: &str| match Cli::try_parse_from([
+            "sluice",
+            "run",
+            "-c",
+            "x.yaml",
+            "--log-level",
+            l,
+        ])
+        .map(|c| c.command)
+        {
+            Ok(Command::Run { log_level, .. }) => Ok(log_level),
+            Ok(_) => panic!("not run"),
+            Err(e) => Err(e.to_string()),
+        };
+        assert_eq!(level("warning").as_deref(), Ok("warn"));
+        assert_eq!(level("critical").as_deref(), Ok("error"));
+        assert_eq!(
+            level("sluice_runtime=debug").as_deref(),
+            Ok("sluice_runtime=debug")
+        );
+        let e = level("garbage").unwrap_err();
+        assert!(e.contains("not a log level"), "{e}");
+        assert!(e.contains(sluice_runtime::logging::ACCEPTED_LEVELS), "{e}");
+    }
+
+    fn config_of(argv: &[&str]) -> Result<ConfigSource, String> {
+        match Cli::try_parse_from(argv).map(|c| c.command) {
+            Ok(Command::Validate { config } | Command::Run { config, .. }) => Ok(config.source()),
+            Ok(_) => panic!("{argv:?}: not validate or run"),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+
+    #[test]
+    fn the_config_path_is_taken_with_or_without_c_and_dash_is_stdin() {
+        let file = |p: &str| Ok(ConfigSource::File(PathBuf::from(p)));
+        for cmd in ["validate", "run"] {
+            assert_eq!(
+                config_of(&["sluice", cmd, "configs/http.yaml"]),
+                file("configs/http.yaml")
+            );
+            assert_eq!(config_of(&["sluice", cmd, "-c", "x.yaml"]), file("x.yaml"));
+            assert_eq!(
+                config_of(&["sluice", cmd, "--config=x.yaml"]),
+                file("x.yaml")
+            );
+            assert_eq!(
+                config_of(&["sluice", cmd, "-c", "-"]),
+                Ok(ConfigSource::Stdin)
+            );
+            assert_eq!(config_of(&["sluice", cmd, "-"]), Ok(ConfigSource::Stdin));
+            assert!(
+                config_of(&["sluice", cmd]).is_err(),
+                "{cmd}: a config is required"
+            );
+            assert!(
+                config_of(&["sluice", cmd, "-c", "a.yaml", "b.yaml"]).is_err(),
+                "{cmd}: one config, not two"
+            );
+        }
+        assert_eq!(
+            config_of(&["sluice", "run", "x.yaml", "--workers", "2"]),
+            file("x.yaml")
+        );
     }
 
     #[test]

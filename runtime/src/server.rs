@@ -3,8 +3,8 @@
 //! Startup binds every listener once per worker with `SO_REUSEPORT` *before* any worker
 //! starts, so that an address in use stops startup with a message naming the listener. Then
 //! each worker thread pins itself to a core, builds a current-thread tokio runtime and a
-//! `LocalSet`, and runs its own [`Engine`] on its own sockets: no state is shared between
-//! workers on the data path. The main thread waits for SIGTERM or SIGINT (or the admin API's
+//! `LocalSet`, and runs its own [`crate::worker::Worker`] (an [`crate::engine::Engine`] per
+//! config generation) on its own sockets: no state is shared between workers on the data path. The main thread waits for SIGTERM or SIGINT (or the admin API's
 //! `/quitquitquit`, which takes the same path), tells every worker to stop accepting and drain,
 //! and joins them.
 //!
@@ -13,22 +13,31 @@
 //! serving, 200 then, and 503 again once draining. It reads every worker's counters and the
 //! config; `/drain_listeners` closes the workers' listeners through a second watch channel.
 //! SIGUSR1 makes every worker reopen its access log files (log rotation), through a third.
+//!
+//! By concern: this file holds startup (reading the config, binding), the main thread's loop
+//! (signals, reloads) and shutdown; `worker_thread` is a worker thread's thin driver of its
+//! [`crate::worker::Worker`] (the generations and their switching live there, shared with the
+//! simulator); `handover` keeps what a binary upgrade hands to a new instance.
 
-use std::cell::RefCell;
 use std::io;
 use std::path::{Path, PathBuf};
-use std::rc::Rc;
 use std::sync::Arc;
 use std::thread;
 
 use sluice_core::config::Config;
+use sluice_core::config::diff::ListenerSocket;
 use tokio::sync::watch;
 use tracing::{error, info, warn};
 
 use crate::admin::{AdminHandle, AdminShared, LogControl, ServerState};
-use crate::engine::{Engine, Handoff};
-use crate::net::{TokioNet, bind_reuseport};
+use crate::net::bind_reuseport;
 use crate::stats::WorkerStats;
+
+mod handover;
+mod worker_thread;
+
+use handover::{HandoverSockets, SocketFile};
+use worker_thread::{Generation, WorkerCommand, WorkerStart, worker_main};
 
 /// How the server runs.
 #[derive(Clone, Debug)]
@@ -88,26 +97,6 @@ fn bind_listener(config: &Config, i: usize) -> io::Result<std::net::TcpListener>
             ),
         )
     })
-}
-
-/// What a worker is told to do besides stopping.
-enum WorkerCommand {
-    /// Switch to a new config generation (a reload).
-    Reload(Box<Generation>),
-    /// Serve a connection the previous instance migrated (upgrade).
-    Adopt(crate::control::Migrated),
-}
-
-/// One config generation for one worker.
-struct Generation {
-    config: Arc<Config>,
-    stats: Arc<WorkerStats>,
-    shared_health: Arc<crate::health::SharedHealth>,
-    /// Per listener of `config`: a freshly bound socket when no listener of the previous
-    /// generation had its address (else the worker reuses that one).
-    fresh: Vec<Option<std::net::TcpListener>>,
-    /// The worker's answer: switched, or why not.
-    done: std::sync::mpsc::Sender<Result<(), String>>,
 }
 
 /// Runs until SIGTERM/SIGINT, then drains and returns. Errors are startup errors (bind).
@@ -610,7 +599,8 @@ fn reload(
     let path = path.ok_or("this process was started without a config file")?;
     let next = Arc::new(load_config(path)?);
     check_access_logs(&next).map_err(|e| e.to_string())?;
-    if next.admin.as_ref().map(|a| &a.listen) != current.admin.as_ref().map(|a| &a.listen) {
+    let changes = sluice_core::config::diff::diff(current, &next);
+    if changes.admin_listen_changed {
         return Err(
             "admin: changing where the admin API listens (address, path or mode) needs a \
              restart or an upgrade"
@@ -620,25 +610,24 @@ fn reload(
     // Sockets for the new addresses, one per worker, bound before anything changes.
     let mut fresh: Vec<Vec<Option<std::net::TcpListener>>> =
         (0..workers).map(|_| Vec::new()).collect();
-    let mut added = Vec::new();
-    for (i, l) in next.listeners.iter().enumerate() {
-        let known = current.listeners.iter().any(|o| o.address == l.address);
-        if !known {
-            added.push(l.name.as_str());
-        }
+    for (i, socket) in changes.sockets.iter().enumerate() {
+        let bind = *socket == ListenerSocket::Bind;
         for mine in &mut fresh {
-            mine.push(if known {
-                None
-            } else {
+            mine.push(if bind {
                 Some(bind_listener(&next, i).map_err(|e| e.to_string())?)
+            } else {
+                None
             });
         }
     }
-    let removed: Vec<&str> = current
-        .listeners
+    let added: Vec<&str> = changes
+        .to_bind()
+        .map(|i| next.listeners[i].name.as_str())
+        .collect();
+    let removed: Vec<&str> = changes
+        .closed_listeners
         .iter()
-        .filter(|o| !next.listeners.iter().any(|l| l.address == o.address))
-        .map(|o| o.name.as_str())
+        .map(|&i| current.listeners[i].name.as_str())
         .collect();
     let next_health = Arc::new(crate::health::SharedHealth::new(&next));
     next_health.inherit(shared_health, current, &next);
@@ -699,390 +688,6 @@ fn reload(
         shared_health: next_health,
         summary,
     })
-}
-
-/// Copies (dups) of every listening socket, per listener address and worker, kept by the main
-/// thread so that a new instance can be handed the very sockets the workers accept on. They
-/// follow reloads; `/drain_listeners` drops them (a listener closed on purpose must refuse).
-pub(crate) struct HandoverSockets {
-    workers: usize,
-    listeners: Vec<(std::net::SocketAddr, Vec<std::os::fd::OwnedFd>)>,
-    admin: Option<(crate::control::AdminAddress, std::os::fd::OwnedFd)>,
-    /// The health verdicts to hand over, with the config they are shaped like.
-    health: Option<(Arc<crate::health::SharedHealth>, Arc<Config>)>,
-}
-
-impl HandoverSockets {
-    fn new(config: &Config, sockets: &[Vec<std::net::TcpListener>]) -> io::Result<Self> {
-        let mut listeners = Vec::with_capacity(config.listeners.len());
-        for (i, l) in config.listeners.iter().enumerate() {
-            let fds = sockets
-                .iter()
-                .map(|mine| mine[i].try_clone().map(std::os::fd::OwnedFd::from))
-                .collect::<io::Result<Vec<_>>>()?;
-            listeners.push((l.address, fds));
-        }
-        Ok(HandoverSockets {
-            workers: sockets.len(),
-            listeners,
-            admin: None,
-            health: None,
-        })
-    }
-
-    /// The copies for `next`: kept for addresses both configs have, from `fresh` (per worker,
-    /// per listener of `next`) for new ones.
-    fn reshaped(
-        &self,
-        next: &Config,
-        fresh: &[Vec<Option<std::net::TcpListener>>],
-    ) -> io::Result<Self> {
-        let mut listeners = Vec::with_capacity(next.listeners.len());
-        for (i, l) in next.listeners.iter().enumerate() {
-            let fds = match self.listeners.iter().find(|(a, _)| *a == l.address) {
-                Some((_, fds)) => fds
-                    .iter()
-                    .map(std::os::fd::OwnedFd::try_clone)
-                    .collect::<io::Result<Vec<_>>>()?,
-                None => fresh
-                    .iter()
-                    .filter_map(|mine| mine[i].as_ref())
-                    .map(|s| s.try_clone().map(std::os::fd::OwnedFd::from))
-                    .collect::<io::Result<Vec<_>>>()?,
-            };
-            listeners.push((l.address, fds));
-        }
-        let admin = match &self.admin {
-            Some((a, fd)) => Some((a.clone(), fd.try_clone()?)),
-            None => None,
-        };
-        Ok(HandoverSockets {
-            workers: self.workers,
-            listeners,
-            admin,
-            health: self.health.clone(),
-        })
-    }
-
-    /// What the control socket sends to a new instance (dups of the copies).
-    fn offer(&self) -> io::Result<crate::control::HandoverOffer> {
-        let listeners = self
-            .listeners
-            .iter()
-            .map(|(a, fds)| {
-                fds.iter()
-                    .map(std::os::fd::OwnedFd::try_clone)
-                    .collect::<io::Result<Vec<_>>>()
-                    .map(|fds| (*a, fds))
-            })
-            .collect::<io::Result<Vec<_>>>()?;
-        let admin = match &self.admin {
-            Some((a, fd)) => Some((a.clone(), fd.try_clone()?)),
-            None => None,
-        };
-        Ok(crate::control::HandoverOffer {
-            workers: self.workers,
-            listeners,
-            admin,
-            health: self
-                .health
-                .as_ref()
-                .map(|(h, c)| h.verdicts(c))
-                .unwrap_or_default(),
-        })
-    }
-}
-
-/// The control socket's file as this instance bound it: removed at exit unless another
-/// instance (an upgrade) has replaced it since.
-struct SocketFile {
-    path: PathBuf,
-    id: (u64, u64),
-}
-
-impl SocketFile {
-    fn of(path: &Path) -> Option<SocketFile> {
-        use std::os::unix::fs::MetadataExt;
-        let m = std::fs::symlink_metadata(path).ok()?;
-        Some(SocketFile {
-            path: path.to_path_buf(),
-            id: (m.dev(), m.ino()),
-        })
-    }
-
-    fn remove_if_still_ours(self) {
-        use std::os::unix::fs::MetadataExt;
-        if let Ok(m) = std::fs::symlink_metadata(&self.path)
-            && (m.dev(), m.ino()) == self.id
-        {
-            let _ = std::fs::remove_file(&self.path);
-        }
-    }
-}
-
-/// Everything a worker thread starts with.
-struct WorkerStart {
-    worker: usize,
-    workers: usize,
-    seed: u64,
-    config: Arc<Config>,
-    stats: Arc<WorkerStats>,
-    shared_health: Arc<crate::health::SharedHealth>,
-    limits: Arc<crate::limits::ProcessLimits>,
-    sockets: Vec<std::net::TcpListener>,
-    stop: watch::Receiver<bool>,
-    migration: crate::engine::MigrationSlot,
-    close_listeners: watch::Receiver<bool>,
-    reopen: watch::Receiver<u64>,
-    started: std::sync::mpsc::Sender<()>,
-    commands: tokio::sync::mpsc::UnboundedReceiver<WorkerCommand>,
-}
-
-/// Serves a connection migrated from the previous instance (on the listener with its address).
-fn adopt(engine: Rc<Engine<TokioNet>>, worker: usize, m: crate::control::Migrated) {
-    let stream = std::net::TcpStream::from(m.stream);
-    let adopted = (|| {
-        stream.set_nonblocking(true).ok()?;
-        let peer = stream.peer_addr().ok()?;
-        let stream = tokio::net::TcpStream::from_std(stream).ok()?;
-        let _ = stream.set_nodelay(true);
-        engine.adopt(m.listener, stream, peer, m.unread);
-        Some(())
-    })();
-    if adopted.is_none() {
-        warn!(worker, listener = %m.listener, "a migrated connection could not be set up; closed");
-    }
-}
-
-/// The handoff of an engine whose process may be upgraded: to the new instance, once it took
-/// over.
-fn process_handoff(slot: &crate::engine::MigrationSlot) -> Rc<dyn Handoff<tokio::net::TcpStream>> {
-    Rc::new((
-        crate::engine::ProcessHandoff(slot.clone()),
-        std::marker::PhantomData::<TokioNet>,
-    ))
-}
-
-/// The handoff of a worker's previous config generation: to the generation serving now (a
-/// reload moves live Bolt connections rather than closing them).
-struct GenerationHandoff(Rc<RefCell<Running>>);
-
-impl Handoff<tokio::net::TcpStream> for GenerationHandoff {
-    fn ready(&self) -> bool {
-        true
-    }
-
-    fn take(
-        &self,
-        listener: std::net::SocketAddr,
-        stream: tokio::net::TcpStream,
-        peer: std::net::SocketAddr,
-        unread: Vec<u8>,
-    ) {
-        let engine = self.0.borrow().engine.clone();
-        engine.adopt(listener, stream, peer, unread);
-    }
-}
-
-/// A running generation in a worker: its engine, its task, and how to make it drain.
-struct Running {
-    engine: Rc<Engine<TokioNet>>,
-    task: tokio::task::JoinHandle<()>,
-    stop: watch::Sender<bool>,
-}
-
-/// Starts `engine` on `listeners` as the worker's current generation.
-fn start_generation(
-    engine: Rc<Engine<TokioNet>>,
-    listeners: Vec<tokio::net::TcpListener>,
-    close_listeners: &watch::Receiver<bool>,
-) -> Running {
-    let (stop, mut stop_rx) = watch::channel(false);
-    let mut close_listeners = close_listeners.clone();
-    let task = tokio::task::spawn_local(engine.clone().run_with_drain(
-        listeners,
-        async move {
-            if close_listeners.wait_for(|c| *c).await.is_err() {
-                // The admin side is gone: never close early.
-                std::future::pending::<()>().await;
-            }
-        },
-        async move {
-            let _ = stop_rx.wait_for(|s| *s).await;
-        },
-    ));
-    Running { engine, task, stop }
-}
-
-/// A worker thread's life: serve the first generation, switch on reloads (the previous
-/// generation hands its listening sockets over and drains its own connections), drain
-/// everything on stop.
-async fn worker_main(start: WorkerStart) -> io::Result<()> {
-    let WorkerStart {
-        worker,
-        workers,
-        seed,
-        config,
-        stats,
-        shared_health,
-        limits,
-        sockets,
-        mut stop,
-        migration,
-        close_listeners,
-        mut reopen,
-        started,
-        mut commands,
-    } = start;
-    let listeners = sockets
-        .into_iter()
-        .map(tokio::net::TcpListener::from_std)
-        .collect::<io::Result<Vec<_>>>()?;
-    let engine = Engine::new_worker(
-        TokioNet,
-        config,
-        worker,
-        workers,
-        seed,
-        stats,
-        shared_health,
-        limits.clone(),
-    )?;
-    engine.set_handoff(process_handoff(&migration));
-    let _ = started.send(());
-    drop(started);
-    let current = Rc::new(RefCell::new(start_generation(
-        engine,
-        listeners,
-        &close_listeners,
-    )));
-    {
-        let current = current.clone();
-        tokio::task::spawn_local(async move {
-            while reopen.changed().await.is_ok() {
-                let engine = current.borrow().engine.clone();
-                engine.reopen_access_logs();
-            }
-        });
-    }
-    // Previous generations still draining.
-    let mut draining: Vec<tokio::task::JoinHandle<()>> = Vec::new();
-    loop {
-        let command = tokio::select! {
-            _ = stop.wait_for(|s| *s) => break,
-            command = commands.recv() => command,
-        };
-        {
-            match command {
-                None => {
-                    // The main thread is gone: wait for the stop.
-                    let _ = stop.wait_for(|s| *s).await;
-                    break;
-                }
-                Some(WorkerCommand::Adopt(m)) => {
-                    let engine = current.borrow().engine.clone();
-                    adopt(engine, worker, m);
-                }
-                Some(WorkerCommand::Reload(g)) => {
-                    let Generation {
-                        config,
-                        stats,
-                        shared_health,
-                        mut fresh,
-                        done,
-                    } = *g;
-                    // The new engine first: if it cannot be built, nothing changes.
-                    let engine = match Engine::new_worker(
-                        TokioNet,
-                        config.clone(),
-                        worker,
-                        workers,
-                        seed,
-                        stats,
-                        shared_health,
-                        limits.clone(),
-                    ) {
-                        Ok(e) => e,
-                        Err(e) => {
-                            let _ = done.send(Err(e.to_string()));
-                            continue;
-                        }
-                    };
-                    engine.set_handoff(process_handoff(&migration));
-                    let old = current.borrow().engine.clone();
-                    let old_config = old.config.clone();
-                    // Same address: the same socket (its backlog included) moves to the new
-                    // engine; removed addresses close here.
-                    let mut by_address: Vec<(std::net::SocketAddr, tokio::net::TcpListener)> = old
-                        .take_listeners()
-                        .await
-                        .into_iter()
-                        .zip(&old_config.listeners)
-                        .filter_map(|(l, c)| l.map(|l| (c.address, l)))
-                        .collect();
-                    let mut listeners = Vec::with_capacity(config.listeners.len());
-                    let mut failed = None;
-                    for (i, l) in config.listeners.iter().enumerate() {
-                        if let Some(pos) = by_address.iter().position(|(a, _)| *a == l.address) {
-                            listeners.push(by_address.swap_remove(pos).1);
-                        } else if let Some(socket) = fresh[i].take() {
-                            match tokio::net::TcpListener::from_std(socket) {
-                                Ok(l) => listeners.push(l),
-                                Err(e) => failed = Some(e),
-                            }
-                        } else {
-                            // Closed earlier by /drain_listeners: bind again.
-                            match bind_listener(&config, i)
-                                .and_then(tokio::net::TcpListener::from_std)
-                            {
-                                Ok(l) => listeners.push(l),
-                                Err(e) => failed = Some(e),
-                            }
-                        }
-                    }
-                    if let Some(e) = failed {
-                        error!(worker, error = %e, "reload: a listener could not be set up");
-                    }
-                    drop(by_address);
-                    // Counters move to the new generation now; what the old one counts while
-                    // it drains follows when it is done.
-                    engine.stats.carry_over(&old.stats, &old_config, &config);
-                    let at_switch = old.stats.frozen(&old_config);
-                    old.set_handoff(Rc::new(GenerationHandoff(current.clone())));
-                    old.stop_health_checks();
-                    let previous = std::mem::replace(
-                        &mut *current.borrow_mut(),
-                        start_generation(engine, listeners, &close_listeners),
-                    );
-                    let _ = previous.stop.send(true);
-                    let current = current.clone();
-                    draining.push(tokio::task::spawn_local(async move {
-                        let _ = previous.task.await;
-                        let now = current.borrow().engine.clone();
-                        now.stats
-                            .transfer(&old.stats, &at_switch, &old_config, &now.config);
-                    }));
-                    draining.retain(|t| !t.is_finished());
-                    let _ = done.send(Ok(()));
-                }
-            }
-        }
-    }
-    let engine = current.borrow().engine.clone();
-    let running = std::mem::replace(
-        &mut *current.borrow_mut(),
-        Running {
-            engine,
-            task: tokio::task::spawn_local(async {}),
-            stop: watch::channel(false).0,
-        },
-    );
-    let _ = running.stop.send(true);
-    let _ = running.task.await;
-    for t in draining {
-        let _ = t.await;
-    }
-    Ok(())
 }
 
 /// A signal the server acts on.

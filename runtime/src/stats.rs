@@ -11,6 +11,15 @@
 //! made with `Default` (as the simulator does) has no per-listener or per-cluster slots; the
 //! engine then skips those counters.
 //!
+//! Each counter is declared once, in a `counters!` table (field, reload behaviour, and the
+//! [`Metric`] it is exported as: Prometheus name, kind, HELP text, labels, `/stats` name); the
+//! blocks, their snapshots, the sums across workers, the transfer at a reload and the export
+//! lists ([`LISTENER_METRICS`], [`CLUSTER_METRICS`], [`HOST_METRICS`], [`BOLT_METRICS`],
+//! [`WORKER_METRICS`], [`HISTOGRAM_METRICS`]) are derived from it. The admin API
+//! (`crate::admin`) writes `/metrics` and `/stats` from those lists, and `docs/metrics.md` is
+//! generated from them (`crate::admin::metrics_reference`). Incrementing a counter stays a
+//! plain field access: `bump(&stats.http_requests, 1)`.
+//!
 //! Every per-worker block is aligned to 128 bytes (two cache lines, the unit of the adjacent
 //! line prefetcher) so that two workers' counters never share a line, even though they are
 //! all allocated by the main thread, next to each other.
@@ -103,249 +112,824 @@ impl HistogramSnapshot {
     }
 }
 
-/// Counters of one listener in one worker.
-#[derive(Debug, Default)]
-#[repr(align(128))]
-pub struct ListenerStats {
-    /// Connections accepted.
-    pub downstream_cx_total: AtomicU64,
-    /// Connections closed (active = total - closed).
-    pub downstream_cx_closed: AtomicU64,
-    /// Connections refused (accepted and closed at once) by a connection limit.
-    pub downstream_cx_overflow: AtomicU64,
-    /// HTTP connections closed because no byte of a first request arrived within
-    /// `request_headers_timeout` of the accept.
-    pub downstream_cx_first_byte_timeout: AtomicU64,
-    /// Bytes received from downstream.
-    pub downstream_bytes_received: AtomicU64,
-    /// Bytes sent to downstream.
-    pub downstream_bytes_sent: AtomicU64,
-    /// HTTP requests received with a complete head (a rejected head is counted only in
-    /// `http_responses_by_class` and `http_local_replies`).
-    pub http_requests: AtomicU64,
-    /// HTTP responses by status class (1xx..5xx).
-    pub http_responses_by_class: [AtomicU64; 5],
-    /// HTTP answers the proxy generated itself (errors, limits, no route).
-    pub http_local_replies: AtomicU64,
-    /// TCP sessions ended, by [`CloseReason`].
-    pub tcp_session_closed: [AtomicU64; CloseReason::ALL.len()],
+// ---- metric declarations ---------------------------------------------------------------------
+//
+// Every counter is declared once, in a `counters!` table below: its field (name, type, doc), how
+// a reload moves it (`counter`: the old generation's count is added; `closed`: the old
+// generation's accepted connections count as closed; `gauge`: not moved) and, when it is
+// exported, its [`Metric`]: Prometheus family, kind, HELP text, labels and `/stats` name. The
+// table makes the per-worker struct, its plain snapshot, the sum across workers, the transfer
+// at a reload and the list the admin API exports (and `docs/metrics.md` is generated from).
+
+/// What a Prometheus family is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    /// Only goes up (reloads and upgrades included).
+    Counter,
+    /// A value now.
+    Gauge,
+    /// Cumulative buckets, a sum and a count.
+    Histogram,
 }
 
-/// Counters of one upstream host in one worker.
-#[derive(Debug, Default)]
-#[repr(align(128))]
-pub struct HostStats {
-    /// Requests (HTTP) or sessions (TCP) served by the host.
-    pub rq_total: AtomicU64,
-    /// Requests (HTTP) or sessions (TCP) in flight now (a gauge this worker stores).
-    pub rq_active: AtomicU64,
-    /// Upstream connections opened to the host.
-    pub cx_total: AtomicU64,
-    /// Upstream connections open now, pooled idle ones included (a gauge).
-    pub cx_active: AtomicU64,
-    /// Connect attempts that failed or timed out.
-    pub cx_connect_fail: AtomicU64,
-    /// 1 when the active health check passes (written by the worker running the checks; 0
-    /// while unknown or failing; unused without a health check).
-    pub healthy: AtomicU64,
-    /// 1 when this worker's outlier detector ejected the host (a gauge; summed over workers it
-    /// is the number of workers ejecting it).
-    pub ejected: AtomicU64,
+impl Kind {
+    /// The `# TYPE` word.
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Counter => "counter",
+            Kind::Gauge => "gauge",
+            Kind::Histogram => "histogram",
+        }
+    }
 }
 
-/// Counters of one cluster in one worker.
-#[derive(Debug, Default)]
-#[repr(align(128))]
-pub struct ClusterStats {
-    /// Requests (HTTP) or sessions (TCP) sent to the cluster.
-    pub upstream_rq_total: AtomicU64,
-    /// Connect attempts.
-    pub upstream_cx_total: AtomicU64,
-    /// Connect attempts refused or errored.
-    pub upstream_cx_connect_fail: AtomicU64,
-    /// Connect attempts that timed out.
-    pub upstream_cx_connect_timeout: AtomicU64,
-    /// HTTP tries that hit a per-try or route timeout.
-    pub upstream_rq_timeout: AtomicU64,
-    /// HTTP retries.
-    pub upstream_rq_retry: AtomicU64,
-    /// Connections refused by the `max_connections` circuit breaker.
-    pub upstream_cx_overflow: AtomicU64,
-    /// Requests refused by the `max_pending_requests` circuit breaker.
-    pub upstream_rq_pending_overflow: AtomicU64,
-    /// Requests refused by the `max_requests` circuit breaker.
-    pub upstream_rq_overflow: AtomicU64,
-    /// Retries not made because the retry budget was spent (or the `max_retries` circuit breaker was at its limit).
-    pub upstream_rq_retry_overflow: AtomicU64,
-    /// Tries failed because the upstream sent more interim (1xx) responses than allowed.
-    pub upstream_rq_too_many_interim: AtomicU64,
-    /// Active health-check probes started.
-    pub health_check_attempt: AtomicU64,
-    /// Probes that passed.
-    pub health_check_success: AtomicU64,
-    /// Probes that failed or timed out.
-    pub health_check_failure: AtomicU64,
-    /// Hosts ejected by outlier detection (this worker's detector).
-    pub outlier_ejections_total: AtomicU64,
-    /// Ejections not made because `max_ejection_percent` was reached.
-    pub outlier_ejections_overflow: AtomicU64,
-    /// 1 while this worker balances the cluster in panic mode (a gauge).
-    pub lb_panic: AtomicU64,
-    /// Times this worker entered panic mode for the cluster.
-    pub lb_panic_total: AtomicU64,
-    /// Per host, in config order.
-    pub hosts: Box<[HostStats]>,
+/// For which elements of its scope (listeners, clusters, hosts) a metric is exported.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Shown {
+    /// Every element (a Prometheus family is declared even with no element).
+    Always,
+    /// Listeners with an `http` filter (the family is declared only when there is one).
+    HttpListeners,
+    /// Listeners with a `tcp_proxy` filter (the family is declared only when there is one).
+    TcpListeners,
+    /// Clusters (and their hosts) with a `health_check`.
+    WithHealthCheck,
+    /// Clusters (and their hosts) with `outlier_detection`.
+    WithOutlierDetection,
+    /// The server when its process-wide limits are set (always, in a running server).
+    WithLimits,
+    /// Not exported there.
+    Never,
 }
 
-/// Bolt counters of one worker (copied from its `BoltProxy` after each batch of input).
-#[derive(Debug, Default)]
-#[repr(align(128))]
-pub struct BoltCounters {
-    /// Requests forwarded upstream.
-    pub requests: AtomicU64,
-    /// Oneway requests forwarded.
-    pub oneway: AtomicU64,
-    /// Heartbeats answered by the proxy (from either side).
-    pub heartbeats: AtomicU64,
-    /// Upstream responses forwarded downstream.
-    pub responses: AtomicU64,
-    /// Upstream responses dropped (late, orphaned, unknown id).
-    pub responses_dropped: AtomicU64,
-    /// Status 6 answers: no route.
-    pub no_route: AtomicU64,
-    /// Status 6 answers: no available host.
-    pub no_host: AtomicU64,
-    /// Status 4 answers: circuit breaker overflow.
-    pub overflow: AtomicU64,
-    /// Status 7 answers: timeout.
-    pub timeouts: AtomicU64,
-    /// Downstream codec errors (status 9 when the id was readable; the connection closes).
-    pub codec_errors: AtomicU64,
-    /// Status 16 answers: upstream connection lost with the request in flight.
-    pub upstream_lost: AtomicU64,
-    /// Connections on `protocol: auto` listeners that were neither HTTP/1.1 nor Bolt (closed).
-    pub sniff_failed: AtomicU64,
-    /// Downstream connections closed because their partial frame would have gone beyond
-    /// `limits.bolt_partial_frame_bytes`.
-    pub partial_frame_overflow: AtomicU64,
-    /// Downstream connections closed by the listener's `frame_timeout` (a first frame, or a
-    /// frame started, not complete in time) or `idle_timeout`.
-    pub downstream_timeouts: AtomicU64,
+/// The label value of element `i` of a counter array (`1xx`, `completed`…).
+pub type LabelValue = fn(usize) -> &'static str;
+
+/// How one metric is exported: its Prometheus family and its `/stats` name.
+#[derive(Clone, Copy, Debug)]
+pub struct Metric<S> {
+    /// The Prometheus family name (empty when only in `/stats`).
+    pub name: &'static str,
+    /// Counter or gauge.
+    pub kind: Kind,
+    /// The `# HELP` text.
+    pub help: &'static str,
+    /// For a counter array: the label telling its elements apart, and each element's value.
+    pub by: Option<(&'static str, LabelValue)>,
+    /// Which elements of the scope the family has samples for.
+    pub prometheus: Shown,
+    /// The `/stats` name under the scope's prefix (`listener.NAME.`, `cluster.NAME.`…); for a
+    /// counter array, the element's label value is appended. Empty when not in `/stats`.
+    pub stats_key: &'static str,
+    /// Which elements of the scope `/stats` has the name for.
+    pub stats: Shown,
+    /// A value computed from the snapshot instead of the field's own (the field is then what
+    /// it is computed from, e.g. connections closed for connections open).
+    pub derived: Option<fn(&S) -> u64>,
+}
+
+impl<S> Metric<S> {
+    /// A counter in Prometheus only (add [`Metric::stats`] for `/stats`).
+    #[must_use]
+    pub const fn counter(name: &'static str, help: &'static str) -> Self {
+        Metric {
+            name,
+            kind: Kind::Counter,
+            help,
+            by: None,
+            prometheus: Shown::Always,
+            stats_key: "",
+            stats: Shown::Never,
+            derived: None,
+        }
+    }
+
+    /// A gauge in Prometheus only (add [`Metric::stats`] for `/stats`).
+    #[must_use]
+    pub const fn gauge(name: &'static str, help: &'static str) -> Self {
+        Metric {
+            kind: Kind::Gauge,
+            ..Metric::counter(name, help)
+        }
+    }
+
+    /// A counter in `/stats` only.
+    #[must_use]
+    pub const fn stats_counter(key: &'static str, help: &'static str) -> Self {
+        Metric {
+            prometheus: Shown::Never,
+            ..Metric::counter("", help)
+        }
+        .stats(key)
+    }
+
+    /// Also in `/stats` as `key`, for every element.
+    #[must_use]
+    pub const fn stats(self, key: &'static str) -> Self {
+        Metric {
+            stats_key: key,
+            stats: Shown::Always,
+            ..self
+        }
+    }
+
+    /// In Prometheus only for `which` elements.
+    #[must_use]
+    pub const fn prometheus_for(self, which: Shown) -> Self {
+        Metric {
+            prometheus: which,
+            ..self
+        }
+    }
+
+    /// In `/stats` only for `which` elements.
+    #[must_use]
+    pub const fn stats_for(self, which: Shown) -> Self {
+        Metric {
+            stats: which,
+            ..self
+        }
+    }
+
+    /// One sample per array element, told apart by `label` (`value(i)` for element `i`).
+    #[must_use]
+    pub const fn by(self, label: &'static str, value: LabelValue) -> Self {
+        Metric {
+            by: Some((label, value)),
+            ..self
+        }
+    }
+
+    /// Exports `value(snapshot)` instead of the field.
+    #[must_use]
+    pub const fn derived(self, value: fn(&S) -> u64) -> Self {
+        Metric {
+            derived: Some(value),
+            ..self
+        }
+    }
+}
+
+/// A declared metric and how to read it from a snapshot `S`.
+#[derive(Clone, Copy, Debug)]
+pub struct Export<S> {
+    /// The field it reads (for the reference).
+    pub field: &'static str,
+    /// How it is exported.
+    pub metric: Metric<S>,
+    /// Samples per element: 1, or the length of a counter array.
+    pub len: usize,
+    /// Element `i` of the field.
+    pub read: fn(&S, usize) -> u64,
+}
+
+impl<S> Export<S> {
+    /// Element `i`'s value in `s`.
+    #[must_use]
+    pub fn value(&self, s: &S, i: usize) -> u64 {
+        match self.metric.derived {
+            Some(derived) => derived(s),
+            None => (self.read)(s, i),
+        }
+    }
+
+    /// `(label value, value)` of every sample (the label value is empty without [`Metric::by`]).
+    pub fn samples<'a>(&'a self, s: &'a S) -> impl Iterator<Item = (&'static str, u64)> + 'a {
+        (0..self.len).map(move |i| {
+            (
+                self.metric.by.map_or("", |(_, name)| name(i)),
+                self.value(s, i),
+            )
+        })
+    }
+}
+
+/// A counter cell of a per-worker block: one atomic, or an array of them.
+pub trait Cell {
+    /// Its plain copy.
+    type Plain: Plain;
+    /// Elements (1 for a single counter).
+    const LEN: usize;
+    /// A plain copy now.
+    fn copy_now(&self) -> Self::Plain;
+    /// Adds `old − base` (see [`WorkerStats::transfer`]).
+    fn transfer(&self, old: &Self, base: &Self);
+}
+
+/// The plain copy of a [`Cell`], summable across workers.
+pub trait Plain {
+    /// Adds another worker's counts.
+    fn add_count(&mut self, other: &Self);
+    /// Adds another worker's gauge values (wrapping: a worker's own value may wrap transiently).
+    fn add_gauge(&mut self, other: &Self);
+    /// Element `i` (0 for a single counter).
+    fn element(&self, i: usize) -> u64;
+}
+
+impl Cell for AtomicU64 {
+    type Plain = u64;
+    const LEN: usize = 1;
+    fn copy_now(&self) -> u64 {
+        self.load(Relaxed)
+    }
+    fn transfer(&self, old: &Self, base: &Self) {
+        bump(self, old.load(Relaxed).saturating_sub(base.load(Relaxed)));
+    }
+}
+
+impl<const N: usize> Cell for [AtomicU64; N] {
+    type Plain = [u64; N];
+    const LEN: usize = N;
+    fn copy_now(&self) -> [u64; N] {
+        std::array::from_fn(|i| self[i].load(Relaxed))
+    }
+    fn transfer(&self, old: &Self, base: &Self) {
+        for ((n, o), b) in self.iter().zip(old).zip(base) {
+            n.transfer(o, b);
+        }
+    }
+}
+
+impl Plain for u64 {
+    fn add_count(&mut self, other: &Self) {
+        *self += other;
+    }
+    fn add_gauge(&mut self, other: &Self) {
+        *self = self.wrapping_add(*other);
+    }
+    fn element(&self, _: usize) -> u64 {
+        *self
+    }
+}
+
+impl<const N: usize> Plain for [u64; N] {
+    fn add_count(&mut self, other: &Self) {
+        for (a, b) in self.iter_mut().zip(other) {
+            *a += b;
+        }
+    }
+    fn add_gauge(&mut self, other: &Self) {
+        for (a, b) in self.iter_mut().zip(other) {
+            *a = a.wrapping_add(*b);
+        }
+    }
+    fn element(&self, i: usize) -> u64 {
+        self[i]
+    }
+}
+
+/// Declares a per-worker block of counters: the struct of atomics (plus `extra` fields the
+/// table does not cover), its plain snapshot (plus `snapshot_extra` fields), `counters()` (the
+/// copy), `transfer_counters()` (a reload's move), `add_counters()` (the sum across workers) and
+/// the const list of its exported metrics.
+macro_rules! counters {
+    (
+        $(#[$attr:meta])*
+        pub struct $Stats:ident => $Snapshot:ident, exports $EXPORTS:ident {
+            $(
+                $(#[doc = $doc:literal])*
+                $field:ident: $cell:ty, $mode:ident $(=> $metric:expr)?;
+            )*
+        }
+        $( extra { $( $(#[$xattr:meta])* $xfield:ident: $xty:ty, )* } )?
+        $( snapshot_extra { $( $(#[$yattr:meta])* $yfield:ident: $yty:ty, )* } )?
+    ) => {
+        $(#[$attr])*
+        #[derive(Debug, Default)]
+        pub struct $Stats {
+            $( $(#[doc = $doc])* pub $field: $cell, )*
+            $( $( $(#[$xattr])* pub $xfield: $xty, )* )?
+        }
+
+        #[doc = concat!("A plain copy of a [`", stringify!($Stats), "`], summable across workers.")]
+        #[derive(Clone, Debug, Default, PartialEq, Eq)]
+        pub struct $Snapshot {
+            $(
+                #[doc = concat!("See [`", stringify!($Stats), "::", stringify!($field), "`].")]
+                pub $field: <$cell as Cell>::Plain,
+            )*
+            $( $( $(#[$yattr])* pub $yfield: $yty, )* )?
+        }
+
+        impl $Stats {
+            /// A plain copy of the declared counters (the extra fields are left empty).
+            #[must_use]
+            #[allow(clippy::needless_update)]
+            pub fn counters(&self) -> $Snapshot {
+                $Snapshot {
+                    $( $field: Cell::copy_now(&self.$field), )*
+                    ..$Snapshot::default()
+                }
+            }
+
+            /// Adds `old − base` to every declared counter, as its mode says (the extra fields
+            /// are the caller's).
+            fn transfer_counters(&self, old: &$Stats, base: &$Stats) {
+                $( counters!(@transfer $mode, self, old, base, $field); )*
+            }
+        }
+
+        impl $Snapshot {
+            /// Adds another worker's declared counters (the extra fields are the caller's).
+            pub fn add_counters(&mut self, o: &$Snapshot) {
+                $( counters!(@add $mode, self, o, $field); )*
+            }
+        }
+
+        #[doc = concat!("The metrics exported from a [`", stringify!($Snapshot), "`], in export order.")]
+        pub const $EXPORTS: &[Export<$Snapshot>] = &[
+            $( $(
+                Export {
+                    field: stringify!($field),
+                    metric: $metric,
+                    len: <$cell as Cell>::LEN,
+                    read: |s: &$Snapshot, i| Plain::element(&s.$field, i),
+                },
+            )? )*
+        ];
+    };
+    (@transfer counter, $n:ident, $o:ident, $b:ident, $f:ident) => {
+        $n.$f.transfer(&$o.$f, &$b.$f)
+    };
+    // The old generation's connections count as closed here: they are its own to track while
+    // it drains, and "active" is accepted minus closed.
+    (@transfer closed, $n:ident, $o:ident, $b:ident, $f:ident) => {
+        $n.$f.transfer(&$o.downstream_cx_total, &$b.downstream_cx_total)
+    };
+    (@transfer gauge, $n:ident, $o:ident, $b:ident, $f:ident) => {};
+    (@add gauge, $a:ident, $o:ident, $f:ident) => {
+        Plain::add_gauge(&mut $a.$f, &$o.$f)
+    };
+    (@add $mode:ident, $a:ident, $o:ident, $f:ident) => {
+        Plain::add_count(&mut $a.$f, &$o.$f)
+    };
+}
+
+/// The label value of an HTTP status class (index 0 is `1xx`).
+fn status_class(i: usize) -> &'static str {
+    ["1xx", "2xx", "3xx", "4xx", "5xx"][i]
+}
+
+/// The label value of a [`CloseReason`] by index.
+fn close_reason(i: usize) -> &'static str {
+    CloseReason::ALL[i].as_str()
+}
+
+counters! {
+    /// Counters of one listener in one worker.
+    #[repr(align(128))]
+    pub struct ListenerStats => ListenerSnapshot, exports LISTENER_METRICS {
+        /// Connections accepted.
+        downstream_cx_total: AtomicU64, counter
+            => Metric::counter("sluice_downstream_cx_total", "Downstream connections accepted.")
+                .stats("downstream_cx_total");
+        /// Connections closed (active = total - closed).
+        downstream_cx_closed: AtomicU64, closed
+            => Metric::gauge("sluice_downstream_cx_active", "Downstream connections open now.")
+                .stats("downstream_cx_active")
+                .derived(ListenerSnapshot::downstream_cx_active);
+        /// Connections refused (accepted and closed at once) by a connection limit.
+        downstream_cx_overflow: AtomicU64, counter
+            => Metric::counter(
+                "sluice_downstream_cx_overflow_total",
+                "Downstream connections refused (closed at once) by a connection limit.",
+            )
+            .stats("downstream_cx_overflow");
+        /// HTTP connections closed because no byte of a first request arrived within
+        /// `request_headers_timeout` of the accept.
+        downstream_cx_first_byte_timeout: AtomicU64, counter
+            => Metric::counter(
+                "sluice_downstream_cx_first_byte_timeout_total",
+                "HTTP connections closed: no byte within request_headers_timeout of the accept.",
+            )
+            .stats("downstream_cx_first_byte_timeout")
+            .stats_for(Shown::HttpListeners);
+        /// Bytes received from downstream.
+        downstream_bytes_received: AtomicU64, counter
+            => Metric::counter("sluice_downstream_bytes_received_total", "Bytes received from downstream.")
+                .stats("downstream_bytes_received");
+        /// Bytes sent to downstream.
+        downstream_bytes_sent: AtomicU64, counter
+            => Metric::counter("sluice_downstream_bytes_sent_total", "Bytes sent to downstream.")
+                .stats("downstream_bytes_sent");
+        /// HTTP requests received with a complete head (a rejected head is counted only in
+        /// `http_responses_by_class` and `http_local_replies`).
+        http_requests: AtomicU64, counter
+            => Metric::counter("sluice_http_requests_total", "HTTP requests received.")
+                .stats("http.rq_total")
+                .prometheus_for(Shown::HttpListeners)
+                .stats_for(Shown::HttpListeners);
+        /// HTTP responses by status class (1xx..5xx).
+        http_responses_by_class: [AtomicU64; 5], counter
+            => Metric::counter(
+                "sluice_http_responses_total",
+                "HTTP responses sent downstream, by status class.",
+            )
+            .by("class", status_class)
+            .stats("http.rq_")
+            .prometheus_for(Shown::HttpListeners)
+            .stats_for(Shown::HttpListeners);
+        /// HTTP answers the proxy generated itself (errors, limits, no route).
+        http_local_replies: AtomicU64, counter
+            => Metric::counter(
+                "sluice_http_local_replies_total",
+                "HTTP answers the proxy made itself (errors, limits, no route).",
+            )
+            .stats("http.local_reply")
+            .prometheus_for(Shown::HttpListeners)
+            .stats_for(Shown::HttpListeners);
+        /// TCP sessions ended, by [`CloseReason`].
+        tcp_session_closed: [AtomicU64; CloseReason::ALL.len()], counter
+            => Metric::counter(
+                "sluice_tcp_sessions_closed_total",
+                "TCP proxy sessions ended, by close reason.",
+            )
+            .by("reason", close_reason)
+            .stats("tcp.closed.")
+            .prometheus_for(Shown::TcpListeners)
+            .stats_for(Shown::TcpListeners);
+    }
+}
+
+counters! {
+    /// Counters of one upstream host in one worker.
+    #[repr(align(128))]
+    pub struct HostStats => HostSnapshot, exports HOST_METRICS {
+        /// Requests (HTTP) or sessions (TCP) served by the host.
+        rq_total: AtomicU64, counter
+            => Metric::counter(
+                "sluice_upstream_host_requests_total",
+                "Requests (HTTP) or sessions (TCP) served by the host.",
+            )
+            .stats("rq_total");
+        /// Requests (HTTP) or sessions (TCP) in flight now (a gauge this worker stores).
+        rq_active: AtomicU64, gauge
+            => Metric::gauge(
+                "sluice_upstream_host_requests_active",
+                "Requests (HTTP) or sessions (TCP) in flight on the host now.",
+            )
+            .stats("rq_active");
+        /// Upstream connections opened to the host.
+        cx_total: AtomicU64, counter
+            => Metric::counter("sluice_upstream_host_cx_total", "Upstream connections opened to the host.")
+                .stats("cx_total");
+        /// Upstream connections open now, pooled idle ones included (a gauge).
+        cx_active: AtomicU64, gauge
+            => Metric::gauge(
+                "sluice_upstream_host_cx_active",
+                "Upstream connections to the host open now (idle pooled ones included).",
+            )
+            .stats("cx_active");
+        /// Connect attempts that failed or timed out.
+        cx_connect_fail: AtomicU64, counter
+            => Metric::counter(
+                "sluice_upstream_host_cx_connect_failures_total",
+                "Connect attempts to the host that failed or timed out.",
+            )
+            .stats("cx_connect_fail");
+        /// 1 when the active health check passes (written by the worker running the checks; 0
+        /// while unknown or failing). Without a health check nothing writes it: the admin API
+        /// reports such hosts healthy ([`crate::admin::scrape`]).
+        healthy: AtomicU64, gauge
+            => Metric::gauge(
+                "sluice_upstream_host_healthy",
+                "1 when the host is healthy: it passes its active health check (0 while unknown or failing), or its cluster has no health check (always 1). Outlier ejection is sluice_upstream_host_ejected.",
+            )
+            .stats("healthy");
+        /// 1 when this worker's outlier detector ejected the host (a gauge; summed over workers it
+        /// is the number of workers ejecting it).
+        ejected: AtomicU64, gauge
+            => Metric::gauge(
+                "sluice_upstream_host_ejected",
+                "Workers whose outlier detection ejects the host now.",
+            )
+            .stats("ejected")
+            .stats_for(Shown::WithOutlierDetection);
+    }
+}
+
+counters! {
+    /// Counters of one cluster in one worker.
+    #[repr(align(128))]
+    pub struct ClusterStats => ClusterSnapshot, exports CLUSTER_METRICS {
+        /// Requests (HTTP) or sessions (TCP) sent to the cluster.
+        upstream_rq_total: AtomicU64, counter
+            => Metric::counter(
+                "sluice_upstream_requests_total",
+                "Requests (HTTP) or sessions (TCP) sent to the cluster.",
+            )
+            .stats("upstream_rq_total");
+        /// Connect attempts.
+        upstream_cx_total: AtomicU64, counter
+            => Metric::counter("sluice_upstream_cx_total", "Upstream connect attempts.")
+                .stats("upstream_cx_total");
+        /// Connect attempts refused or errored.
+        upstream_cx_connect_fail: AtomicU64, counter
+            => Metric::counter(
+                "sluice_upstream_cx_connect_failures_total",
+                "Upstream connect attempts refused or errored.",
+            )
+            .stats("upstream_cx_connect_fail");
+        /// Connect attempts that timed out.
+        upstream_cx_connect_timeout: AtomicU64, counter
+            => Metric::counter(
+                "sluice_upstream_cx_connect_timeouts_total",
+                "Upstream connect attempts that timed out.",
+            )
+            .stats("upstream_cx_connect_timeout");
+        /// HTTP tries that hit a per-try or route timeout.
+        upstream_rq_timeout: AtomicU64, counter
+            => Metric::counter(
+                "sluice_upstream_request_timeouts_total",
+                "HTTP tries that hit a per-try or route timeout.",
+            )
+            .stats("upstream_rq_timeout");
+        /// HTTP retries.
+        upstream_rq_retry: AtomicU64, counter
+            => Metric::counter("sluice_upstream_retries_total", "HTTP retries.")
+                .stats("upstream_rq_retry");
+        /// Connections refused by the `max_connections` circuit breaker.
+        upstream_cx_overflow: AtomicU64, counter
+            => Metric::counter(
+                "sluice_upstream_cx_overflow_total",
+                "Connections refused by the max_connections circuit breaker.",
+            )
+            .stats("upstream_cx_overflow");
+        /// Requests refused by the `max_pending_requests` circuit breaker.
+        upstream_rq_pending_overflow: AtomicU64, counter
+            => Metric::counter(
+                "sluice_upstream_rq_pending_overflow_total",
+                "Requests refused by the max_pending_requests circuit breaker.",
+            )
+            .stats("upstream_rq_pending_overflow");
+        /// Requests refused by the `max_requests` circuit breaker.
+        upstream_rq_overflow: AtomicU64, counter
+            => Metric::counter(
+                "sluice_upstream_rq_overflow_total",
+                "Requests refused by the max_requests circuit breaker.",
+            )
+            .stats("upstream_rq_overflow");
+        /// Retries not made because the retry budget was spent (or the `max_retries` circuit breaker was at its limit).
+        upstream_rq_retry_overflow: AtomicU64, counter
+            => Metric::counter(
+                "sluice_upstream_rq_retry_overflow_total",
+                "Retries not made because the retry budget was spent (or the max_retries circuit breaker was at its limit).",
+            )
+            .stats("upstream_rq_retry_overflow");
+        /// Tries failed because the upstream sent more interim (1xx) responses than allowed.
+        upstream_rq_too_many_interim: AtomicU64, counter
+            => Metric::counter(
+                "sluice_upstream_rq_too_many_interim_total",
+                "HTTP tries failed by more interim (1xx) responses than allowed (5).",
+            )
+            .stats("upstream_rq_too_many_interim");
+        /// Active health-check probes started.
+        health_check_attempt: AtomicU64, counter
+            => Metric::counter("sluice_health_check_attempts_total", "Active health-check probes started.")
+                .stats("health_check.attempt")
+                .stats_for(Shown::WithHealthCheck);
+        /// Probes that passed.
+        health_check_success: AtomicU64, counter
+            => Metric::counter(
+                "sluice_health_check_successes_total",
+                "Active health-check probes that passed.",
+            )
+            .stats("health_check.success")
+            .stats_for(Shown::WithHealthCheck);
+        /// Probes that failed or timed out.
+        health_check_failure: AtomicU64, counter
+            => Metric::counter(
+                "sluice_health_check_failures_total",
+                "Active health-check probes that failed or timed out.",
+            )
+            .stats("health_check.failure")
+            .stats_for(Shown::WithHealthCheck);
+        /// Hosts ejected by outlier detection (this worker's detector).
+        outlier_ejections_total: AtomicU64, counter
+            => Metric::counter(
+                "sluice_outlier_ejections_total",
+                "Hosts ejected by outlier detection (summed over workers' detectors).",
+            )
+            .stats("outlier_detection.ejections_total")
+            .stats_for(Shown::WithOutlierDetection);
+        /// Ejections not made because `max_ejection_percent` was reached.
+        outlier_ejections_overflow: AtomicU64, counter
+            => Metric::stats_counter(
+                "outlier_detection.ejections_overflow",
+                "Ejections not made because max_ejection_percent was reached.",
+            )
+            .stats_for(Shown::WithOutlierDetection);
+        /// 1 while this worker balances the cluster in panic mode (a gauge).
+        lb_panic: AtomicU64, gauge;
+        /// Times this worker entered panic mode for the cluster.
+        lb_panic_total: AtomicU64, counter
+            => Metric::counter(
+                "sluice_lb_panic_total",
+                "Times a worker entered panic mode (too few available hosts) for the cluster.",
+            )
+            .stats("lb_healthy_panic");
+    }
+    extra {
+        /// Per host, in config order.
+        hosts: Box<[HostStats]>,
+    }
+    snapshot_extra {
+        /// Per host.
+        hosts: Vec<HostSnapshot>,
+    }
+}
+
+counters! {
+    /// Bolt counters of one worker (copied from its `BoltProxy` after each batch of input).
+    #[repr(align(128))]
+    pub struct BoltCounters => BoltSnapshot, exports BOLT_METRICS {
+        /// Requests forwarded upstream.
+        requests: AtomicU64, counter
+            => Metric::counter("sluice_bolt_requests_total", "Bolt requests forwarded upstream.")
+                .stats("bolt.requests");
+        /// Oneway requests forwarded.
+        oneway: AtomicU64, counter
+            => Metric::counter("sluice_bolt_oneway_total", "Bolt oneway requests forwarded.")
+                .stats("bolt.oneway");
+        /// Heartbeats answered by the proxy (from either side).
+        heartbeats: AtomicU64, counter
+            => Metric::counter("sluice_bolt_heartbeats_total", "Bolt heartbeats answered by the proxy.")
+                .stats("bolt.heartbeats");
+        /// Upstream responses forwarded downstream.
+        responses: AtomicU64, counter
+            => Metric::counter("sluice_bolt_responses_total", "Bolt responses forwarded downstream.")
+                .stats("bolt.responses");
+        /// Upstream responses dropped (late, orphaned, unknown id).
+        responses_dropped: AtomicU64, counter
+            => Metric::counter(
+                "sluice_bolt_responses_dropped_total",
+                "Bolt responses dropped (late, orphaned, unknown id).",
+            )
+            .stats("bolt.responses_dropped");
+        /// Status 6 answers: no route.
+        no_route: AtomicU64, counter
+            => Metric::counter("sluice_bolt_no_route_total", "Bolt requests answered status 6: no route.")
+                .stats("bolt.no_route");
+        /// Status 6 answers: no available host.
+        no_host: AtomicU64, counter
+            => Metric::counter(
+                "sluice_bolt_no_host_total",
+                "Bolt requests answered status 6: no available host.",
+            )
+            .stats("bolt.no_host");
+        /// Status 4 answers: circuit breaker overflow.
+        overflow: AtomicU64, counter
+            => Metric::counter(
+                "sluice_bolt_overflow_total",
+                "Bolt requests answered status 4: circuit breaker overflow.",
+            )
+            .stats("bolt.overflow");
+        /// Status 7 answers: timeout.
+        timeouts: AtomicU64, counter
+            => Metric::counter("sluice_bolt_timeouts_total", "Bolt requests answered status 7: timeout.")
+                .stats("bolt.timeouts");
+        /// Downstream codec errors (status 9 when the id was readable; the connection closes).
+        codec_errors: AtomicU64, counter
+            => Metric::counter(
+                "sluice_bolt_codec_errors_total",
+                "Bolt downstream codec errors (connection closed).",
+            )
+            .stats("bolt.codec_errors");
+        /// Status 16 answers: upstream connection lost with the request in flight.
+        upstream_lost: AtomicU64, counter
+            => Metric::counter(
+                "sluice_bolt_upstream_lost_total",
+                "Bolt requests answered status 16: upstream connection lost.",
+            )
+            .stats("bolt.upstream_lost");
+        /// Connections on `protocol: auto` listeners that were neither HTTP/1.1 nor Bolt (closed).
+        sniff_failed: AtomicU64, counter
+            => Metric::counter(
+                "sluice_bolt_sniff_failed_total",
+                "Connections on protocol: auto listeners that were neither HTTP/1.1 nor Bolt.",
+            )
+            .stats("bolt.sniff_failed");
+        /// Downstream connections closed because their partial frame would have gone beyond
+        /// `limits.bolt_partial_frame_bytes`.
+        partial_frame_overflow: AtomicU64, counter
+            => Metric::counter(
+                "sluice_bolt_partial_frame_overflow_total",
+                "Bolt connections closed: their partial frame exceeded limits.bolt_partial_frame_bytes.",
+            )
+            .stats("bolt.partial_frame_overflow");
+        /// Downstream connections closed by the listener's `frame_timeout` (a first frame, or a
+        /// frame started, not complete in time) or `idle_timeout`.
+        downstream_timeouts: AtomicU64, counter
+            => Metric::counter(
+                "sluice_bolt_downstream_timeouts_total",
+                "Bolt downstream connections closed by frame_timeout or idle_timeout.",
+            )
+            .stats("bolt.downstream_timeouts");
+    }
 }
 
 impl BoltCounters {
     /// `(name, value)` of every counter, for the admin API.
     #[must_use]
-    pub fn values(&self) -> [(&'static str, u64); 14] {
-        [
-            ("requests", self.requests.load(Relaxed)),
-            ("oneway", self.oneway.load(Relaxed)),
-            ("heartbeats", self.heartbeats.load(Relaxed)),
-            ("responses", self.responses.load(Relaxed)),
-            ("responses_dropped", self.responses_dropped.load(Relaxed)),
-            ("no_route", self.no_route.load(Relaxed)),
-            ("no_host", self.no_host.load(Relaxed)),
-            ("overflow", self.overflow.load(Relaxed)),
-            ("timeouts", self.timeouts.load(Relaxed)),
-            ("codec_errors", self.codec_errors.load(Relaxed)),
-            ("upstream_lost", self.upstream_lost.load(Relaxed)),
-            ("sniff_failed", self.sniff_failed.load(Relaxed)),
-            (
-                "partial_frame_overflow",
-                self.partial_frame_overflow.load(Relaxed),
-            ),
-            (
-                "downstream_timeouts",
-                self.downstream_timeouts.load(Relaxed),
-            ),
-        ]
+    pub fn values(&self) -> Vec<(&'static str, u64)> {
+        let s = self.counters();
+        BOLT_METRICS
+            .iter()
+            .map(|e| (e.field, e.value(&s, 0)))
+            .collect()
     }
 }
 
-/// Counters of one worker.
-#[derive(Debug, Default)]
-#[repr(align(128))]
-pub struct WorkerStats {
-    /// Downstream connections accepted.
-    pub downstream_cx_total: AtomicU64,
-    /// Downstream connections closed.
-    pub downstream_cx_closed: AtomicU64,
-    /// Downstream connections refused by a connection limit (not in `downstream_cx_total`).
-    pub downstream_cx_overflow: AtomicU64,
-    /// See [`ListenerStats::downstream_cx_first_byte_timeout`].
-    pub downstream_cx_first_byte_timeout: AtomicU64,
-    /// Accept calls that failed.
-    pub accept_errors: AtomicU64,
-    /// Upstream connect attempts.
-    pub upstream_cx_attempts: AtomicU64,
-    /// Upstream connect attempts that failed (refused or errored).
-    pub upstream_cx_connect_fail: AtomicU64,
-    /// Upstream connect attempts that timed out.
-    pub upstream_cx_connect_timeout: AtomicU64,
-    /// Bytes read from downstream connections.
-    pub bytes_from_downstream: AtomicU64,
-    /// Bytes read from upstream connections.
-    pub bytes_from_upstream: AtomicU64,
-    /// TCP sessions ended, by [`CloseReason`] (indexed by `CloseReason::index`).
-    pub tcp_session_closed: [AtomicU64; CloseReason::ALL.len()],
-    /// HTTP requests received (complete heads).
-    pub http_requests: AtomicU64,
-    /// HTTP responses sent downstream by status class (1xx..5xx).
-    pub http_responses_by_class: [AtomicU64; 5],
-    /// HTTP answers the proxy generated itself (errors, limits, no route), not direct responses.
-    pub http_local_replies: AtomicU64,
-    /// HTTP upstream retries.
-    pub http_retries: AtomicU64,
-    /// HTTP tries that hit a per-try or route timeout.
-    pub http_upstream_timeouts: AtomicU64,
-    /// Per listener, in config order (empty when made with `Default`).
-    pub listeners: Box<[ListenerStats]>,
-    /// Per cluster, in config order (empty when made with `Default`).
-    pub clusters: Box<[ClusterStats]>,
-    /// Downstream request time: request head received to response completely sent (HTTP).
-    pub downstream_rq_time: Histogram,
-    /// Upstream request time: upstream try started to response completely received (HTTP).
-    pub upstream_rq_time: Histogram,
-    /// Bolt proxy counters.
-    pub bolt: BoltCounters,
+counters! {
+    /// Counters of one worker.
+    #[repr(align(128))]
+    pub struct WorkerStats => StatsSnapshot, exports WORKER_METRICS {
+        /// Downstream connections accepted.
+        downstream_cx_total: AtomicU64, counter;
+        /// Downstream connections closed.
+        downstream_cx_closed: AtomicU64, closed;
+        /// Downstream connections refused by a connection limit (not in `downstream_cx_total`).
+        downstream_cx_overflow: AtomicU64, counter
+            => Metric::stats_counter(
+                "server.downstream_cx_overflow",
+                "Downstream connections refused by a connection limit, all listeners.",
+            );
+        /// See [`ListenerStats::downstream_cx_first_byte_timeout`].
+        downstream_cx_first_byte_timeout: AtomicU64, counter
+            => Metric::stats_counter(
+                "server.downstream_cx_first_byte_timeout",
+                "HTTP connections closed: no byte within request_headers_timeout of the accept, all listeners.",
+            );
+        /// Accept calls that failed.
+        accept_errors: AtomicU64, counter
+            => Metric::counter("sluice_accept_errors_total", "Accept calls that failed.")
+                .stats("server.accept_errors");
+        /// Upstream connect attempts.
+        upstream_cx_attempts: AtomicU64, counter;
+        /// Upstream connect attempts that failed (refused or errored).
+        upstream_cx_connect_fail: AtomicU64, counter;
+        /// Upstream connect attempts that timed out.
+        upstream_cx_connect_timeout: AtomicU64, counter;
+        /// Bytes read from downstream connections.
+        bytes_from_downstream: AtomicU64, counter;
+        /// Bytes read from upstream connections.
+        bytes_from_upstream: AtomicU64, counter;
+        /// TCP sessions ended, by [`CloseReason`] (indexed by `CloseReason::index`).
+        tcp_session_closed: [AtomicU64; CloseReason::ALL.len()], counter;
+        /// HTTP requests received (complete heads).
+        http_requests: AtomicU64, counter;
+        /// HTTP responses sent downstream by status class (1xx..5xx).
+        http_responses_by_class: [AtomicU64; 5], counter;
+        /// HTTP answers the proxy generated itself (errors, limits, no route), not direct responses.
+        http_local_replies: AtomicU64, counter;
+        /// HTTP upstream retries.
+        http_retries: AtomicU64, counter;
+        /// HTTP tries that hit a per-try or route timeout.
+        http_upstream_timeouts: AtomicU64, counter;
+    }
+    extra {
+        /// Per listener, in config order (empty when made with `Default`).
+        listeners: Box<[ListenerStats]>,
+        /// Per cluster, in config order (empty when made with `Default`).
+        clusters: Box<[ClusterStats]>,
+        /// Downstream request time: request head received to response completely sent (HTTP).
+        downstream_rq_time: Histogram,
+        /// Upstream request time: upstream try started to response completely received (HTTP).
+        upstream_rq_time: Histogram,
+        /// Bolt proxy counters.
+        bolt: BoltCounters,
+    }
 }
 
-/// A plain copy of counters, summable across workers.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct StatsSnapshot {
-    /// See [`WorkerStats::downstream_cx_total`].
-    pub downstream_cx_total: u64,
-    /// See [`WorkerStats::downstream_cx_closed`].
-    pub downstream_cx_closed: u64,
-    /// See [`WorkerStats::downstream_cx_overflow`].
-    pub downstream_cx_overflow: u64,
-    /// See [`WorkerStats::downstream_cx_first_byte_timeout`].
-    pub downstream_cx_first_byte_timeout: u64,
-    /// See [`WorkerStats::accept_errors`].
-    pub accept_errors: u64,
-    /// See [`WorkerStats::upstream_cx_attempts`].
-    pub upstream_cx_attempts: u64,
-    /// See [`WorkerStats::upstream_cx_connect_fail`].
-    pub upstream_cx_connect_fail: u64,
-    /// See [`WorkerStats::upstream_cx_connect_timeout`].
-    pub upstream_cx_connect_timeout: u64,
-    /// See [`WorkerStats::bytes_from_downstream`].
-    pub bytes_from_downstream: u64,
-    /// See [`WorkerStats::bytes_from_upstream`].
-    pub bytes_from_upstream: u64,
-    /// See [`WorkerStats::tcp_session_closed`].
-    pub tcp_session_closed: [u64; CloseReason::ALL.len()],
-    /// See [`WorkerStats::http_requests`].
-    pub http_requests: u64,
-    /// See [`WorkerStats::http_responses_by_class`].
-    pub http_responses_by_class: [u64; 5],
-    /// See [`WorkerStats::http_local_replies`].
-    pub http_local_replies: u64,
-    /// See [`WorkerStats::http_retries`].
-    pub http_retries: u64,
-    /// See [`WorkerStats::http_upstream_timeouts`].
-    pub http_upstream_timeouts: u64,
+/// A histogram family of a [`DetailedSnapshot`].
+#[derive(Clone, Copy, Debug)]
+pub struct HistogramExport {
+    /// The Prometheus family (`_bucket`, `_sum`, `_count`).
+    pub name: &'static str,
+    /// The `# HELP` text.
+    pub help: &'static str,
+    /// The `/stats` prefix of `.count`, `.sum_us` and `.p50_us_le`, `.p90_us_le`, `.p99_us_le`.
+    pub stats_key: &'static str,
+    /// The histogram it reads.
+    pub read: fn(&DetailedSnapshot) -> &HistogramSnapshot,
 }
+
+/// The request-time histograms, in export order.
+pub const HISTOGRAM_METRICS: [HistogramExport; 2] = [
+    HistogramExport {
+        name: "sluice_downstream_request_duration_seconds",
+        help: "HTTP request time seen downstream: request head received to response sent.",
+        stats_key: "http.downstream_rq_time",
+        read: |s| &s.downstream_rq_time,
+    },
+    HistogramExport {
+        name: "sluice_upstream_request_duration_seconds",
+        help: "HTTP upstream try time: connect started to response received.",
+        stats_key: "http.upstream_rq_time",
+        read: |s| &s.upstream_rq_time,
+    },
+];
 
 /// Adds to a counter that only this thread writes (a load and a store, no locked RMW).
 #[inline]
@@ -434,82 +1018,7 @@ impl WorkerStats {
         old_config: &Config,
         config: &Config,
     ) {
-        fn c(new: &AtomicU64, old: &AtomicU64, base: &AtomicU64) {
-            bump(new, old.load(Relaxed).saturating_sub(base.load(Relaxed)));
-        }
-        fn all<const N: usize>(new: &[AtomicU64; N], old: &[AtomicU64; N], base: &[AtomicU64; N]) {
-            for ((n, o), b) in new.iter().zip(old).zip(base) {
-                c(n, o, b);
-            }
-        }
-        c(
-            &self.downstream_cx_total,
-            &old.downstream_cx_total,
-            &base.downstream_cx_total,
-        );
-        c(
-            &self.downstream_cx_closed,
-            &old.downstream_cx_total,
-            &base.downstream_cx_total,
-        );
-        c(&self.accept_errors, &old.accept_errors, &base.accept_errors);
-        c(
-            &self.downstream_cx_overflow,
-            &old.downstream_cx_overflow,
-            &base.downstream_cx_overflow,
-        );
-        c(
-            &self.downstream_cx_first_byte_timeout,
-            &old.downstream_cx_first_byte_timeout,
-            &base.downstream_cx_first_byte_timeout,
-        );
-        c(
-            &self.upstream_cx_attempts,
-            &old.upstream_cx_attempts,
-            &base.upstream_cx_attempts,
-        );
-        c(
-            &self.upstream_cx_connect_fail,
-            &old.upstream_cx_connect_fail,
-            &base.upstream_cx_connect_fail,
-        );
-        c(
-            &self.upstream_cx_connect_timeout,
-            &old.upstream_cx_connect_timeout,
-            &base.upstream_cx_connect_timeout,
-        );
-        c(
-            &self.bytes_from_downstream,
-            &old.bytes_from_downstream,
-            &base.bytes_from_downstream,
-        );
-        c(
-            &self.bytes_from_upstream,
-            &old.bytes_from_upstream,
-            &base.bytes_from_upstream,
-        );
-        all(
-            &self.tcp_session_closed,
-            &old.tcp_session_closed,
-            &base.tcp_session_closed,
-        );
-        c(&self.http_requests, &old.http_requests, &base.http_requests);
-        all(
-            &self.http_responses_by_class,
-            &old.http_responses_by_class,
-            &base.http_responses_by_class,
-        );
-        c(
-            &self.http_local_replies,
-            &old.http_local_replies,
-            &base.http_local_replies,
-        );
-        c(&self.http_retries, &old.http_retries, &base.http_retries);
-        c(
-            &self.http_upstream_timeouts,
-            &old.http_upstream_timeouts,
-            &base.http_upstream_timeouts,
-        );
+        self.transfer_counters(old, base);
         for (h, o, b) in [
             (
                 &self.downstream_rq_time,
@@ -522,40 +1031,10 @@ impl WorkerStats {
                 &base.upstream_rq_time,
             ),
         ] {
-            all(&h.buckets, &o.buckets, &b.buckets);
-            c(&h.sum_us, &o.sum_us, &b.sum_us);
+            h.buckets.transfer(&o.buckets, &b.buckets);
+            h.sum_us.transfer(&o.sum_us, &b.sum_us);
         }
-        let (b, ob, bb) = (&self.bolt, &old.bolt, &base.bolt);
-        for (n, o, z) in [
-            (&b.requests, &ob.requests, &bb.requests),
-            (&b.oneway, &ob.oneway, &bb.oneway),
-            (&b.heartbeats, &ob.heartbeats, &bb.heartbeats),
-            (&b.responses, &ob.responses, &bb.responses),
-            (
-                &b.responses_dropped,
-                &ob.responses_dropped,
-                &bb.responses_dropped,
-            ),
-            (&b.no_route, &ob.no_route, &bb.no_route),
-            (&b.no_host, &ob.no_host, &bb.no_host),
-            (&b.overflow, &ob.overflow, &bb.overflow),
-            (&b.timeouts, &ob.timeouts, &bb.timeouts),
-            (&b.codec_errors, &ob.codec_errors, &bb.codec_errors),
-            (&b.upstream_lost, &ob.upstream_lost, &bb.upstream_lost),
-            (&b.sniff_failed, &ob.sniff_failed, &bb.sniff_failed),
-            (
-                &b.partial_frame_overflow,
-                &ob.partial_frame_overflow,
-                &bb.partial_frame_overflow,
-            ),
-            (
-                &b.downstream_timeouts,
-                &ob.downstream_timeouts,
-                &bb.downstream_timeouts,
-            ),
-        ] {
-            c(n, o, z);
-        }
+        self.bolt.transfer_counters(&old.bolt, &base.bolt);
         for (l, lc) in self.listeners.iter().zip(&config.listeners) {
             let Some(oi) = old_config.listeners.iter().position(|o| o.name == lc.name) else {
                 continue;
@@ -563,52 +1042,7 @@ impl WorkerStats {
             let (Some(o), Some(z)) = (old.listeners.get(oi), base.listeners.get(oi)) else {
                 continue;
             };
-            c(
-                &l.downstream_cx_total,
-                &o.downstream_cx_total,
-                &z.downstream_cx_total,
-            );
-            c(
-                &l.downstream_cx_closed,
-                &o.downstream_cx_total,
-                &z.downstream_cx_total,
-            );
-            c(
-                &l.downstream_cx_overflow,
-                &o.downstream_cx_overflow,
-                &z.downstream_cx_overflow,
-            );
-            c(
-                &l.downstream_cx_first_byte_timeout,
-                &o.downstream_cx_first_byte_timeout,
-                &z.downstream_cx_first_byte_timeout,
-            );
-            c(
-                &l.downstream_bytes_received,
-                &o.downstream_bytes_received,
-                &z.downstream_bytes_received,
-            );
-            c(
-                &l.downstream_bytes_sent,
-                &o.downstream_bytes_sent,
-                &z.downstream_bytes_sent,
-            );
-            c(&l.http_requests, &o.http_requests, &z.http_requests);
-            all(
-                &l.http_responses_by_class,
-                &o.http_responses_by_class,
-                &z.http_responses_by_class,
-            );
-            c(
-                &l.http_local_replies,
-                &o.http_local_replies,
-                &z.http_local_replies,
-            );
-            all(
-                &l.tcp_session_closed,
-                &o.tcp_session_closed,
-                &z.tcp_session_closed,
-            );
+            l.transfer_counters(o, z);
         }
         for (cs, cc) in self.clusters.iter().zip(&config.clusters) {
             let Some(oi) = old_config.clusters.iter().position(|o| o.name == cc.name) else {
@@ -617,91 +1051,7 @@ impl WorkerStats {
             let (Some(o), Some(z)) = (old.clusters.get(oi), base.clusters.get(oi)) else {
                 continue;
             };
-            for (n, v, b) in [
-                (
-                    &cs.upstream_rq_total,
-                    &o.upstream_rq_total,
-                    &z.upstream_rq_total,
-                ),
-                (
-                    &cs.upstream_cx_total,
-                    &o.upstream_cx_total,
-                    &z.upstream_cx_total,
-                ),
-                (
-                    &cs.upstream_cx_connect_fail,
-                    &o.upstream_cx_connect_fail,
-                    &z.upstream_cx_connect_fail,
-                ),
-                (
-                    &cs.upstream_cx_connect_timeout,
-                    &o.upstream_cx_connect_timeout,
-                    &z.upstream_cx_connect_timeout,
-                ),
-                (
-                    &cs.upstream_rq_timeout,
-                    &o.upstream_rq_timeout,
-                    &z.upstream_rq_timeout,
-                ),
-                (
-                    &cs.upstream_rq_retry,
-                    &o.upstream_rq_retry,
-                    &z.upstream_rq_retry,
-                ),
-                (
-                    &cs.upstream_cx_overflow,
-                    &o.upstream_cx_overflow,
-                    &z.upstream_cx_overflow,
-                ),
-                (
-                    &cs.upstream_rq_pending_overflow,
-                    &o.upstream_rq_pending_overflow,
-                    &z.upstream_rq_pending_overflow,
-                ),
-                (
-                    &cs.upstream_rq_overflow,
-                    &o.upstream_rq_overflow,
-                    &z.upstream_rq_overflow,
-                ),
-                (
-                    &cs.upstream_rq_retry_overflow,
-                    &o.upstream_rq_retry_overflow,
-                    &z.upstream_rq_retry_overflow,
-                ),
-                (
-                    &cs.upstream_rq_too_many_interim,
-                    &o.upstream_rq_too_many_interim,
-                    &z.upstream_rq_too_many_interim,
-                ),
-                (
-                    &cs.health_check_attempt,
-                    &o.health_check_attempt,
-                    &z.health_check_attempt,
-                ),
-                (
-                    &cs.health_check_success,
-                    &o.health_check_success,
-                    &z.health_check_success,
-                ),
-                (
-                    &cs.health_check_failure,
-                    &o.health_check_failure,
-                    &z.health_check_failure,
-                ),
-                (
-                    &cs.outlier_ejections_total,
-                    &o.outlier_ejections_total,
-                    &z.outlier_ejections_total,
-                ),
-                (
-                    &cs.outlier_ejections_overflow,
-                    &o.outlier_ejections_overflow,
-                    &z.outlier_ejections_overflow,
-                ),
-                (&cs.lb_panic_total, &o.lb_panic_total, &z.lb_panic_total),
-            ] {
-                c(n, v, b);
-            }
+            cs.transfer_counters(o, z);
             let old_hosts = &old_config.clusters[oi].hosts;
             for (h, hc) in cs.hosts.iter().zip(&cc.hosts) {
                 let Some(ohi) = old_hosts.iter().position(|o| o.address == hc.address) else {
@@ -710,9 +1060,7 @@ impl WorkerStats {
                 let (Some(oh), Some(zh)) = (o.hosts.get(ohi), z.hosts.get(ohi)) else {
                     continue;
                 };
-                c(&h.rq_total, &oh.rq_total, &zh.rq_total);
-                c(&h.cx_total, &oh.cx_total, &zh.cx_total);
-                c(&h.cx_connect_fail, &oh.cx_connect_fail, &zh.cx_connect_fail);
+                h.transfer_counters(oh, zh);
             }
         }
     }
@@ -743,94 +1091,25 @@ impl WorkerStats {
     pub fn detailed(&self) -> DetailedSnapshot {
         DetailedSnapshot {
             worker: self.snapshot(),
-            listeners: self
-                .listeners
-                .iter()
-                .map(|l| ListenerSnapshot {
-                    downstream_cx_total: l.downstream_cx_total.load(Relaxed),
-                    downstream_cx_closed: l.downstream_cx_closed.load(Relaxed),
-                    downstream_cx_overflow: l.downstream_cx_overflow.load(Relaxed),
-                    downstream_cx_first_byte_timeout: l
-                        .downstream_cx_first_byte_timeout
-                        .load(Relaxed),
-                    downstream_bytes_received: l.downstream_bytes_received.load(Relaxed),
-                    downstream_bytes_sent: l.downstream_bytes_sent.load(Relaxed),
-                    http_requests: l.http_requests.load(Relaxed),
-                    http_responses_by_class: std::array::from_fn(|i| {
-                        l.http_responses_by_class[i].load(Relaxed)
-                    }),
-                    http_local_replies: l.http_local_replies.load(Relaxed),
-                    tcp_session_closed: std::array::from_fn(|i| {
-                        l.tcp_session_closed[i].load(Relaxed)
-                    }),
-                })
-                .collect(),
+            listeners: self.listeners.iter().map(ListenerStats::counters).collect(),
             clusters: self
                 .clusters
                 .iter()
                 .map(|c| ClusterSnapshot {
-                    upstream_rq_total: c.upstream_rq_total.load(Relaxed),
-                    upstream_cx_total: c.upstream_cx_total.load(Relaxed),
-                    upstream_cx_connect_fail: c.upstream_cx_connect_fail.load(Relaxed),
-                    upstream_cx_connect_timeout: c.upstream_cx_connect_timeout.load(Relaxed),
-                    upstream_rq_timeout: c.upstream_rq_timeout.load(Relaxed),
-                    upstream_rq_retry: c.upstream_rq_retry.load(Relaxed),
-                    upstream_cx_overflow: c.upstream_cx_overflow.load(Relaxed),
-                    upstream_rq_pending_overflow: c.upstream_rq_pending_overflow.load(Relaxed),
-                    upstream_rq_overflow: c.upstream_rq_overflow.load(Relaxed),
-                    upstream_rq_retry_overflow: c.upstream_rq_retry_overflow.load(Relaxed),
-                    upstream_rq_too_many_interim: c.upstream_rq_too_many_interim.load(Relaxed),
-                    health_check_attempt: c.health_check_attempt.load(Relaxed),
-                    health_check_success: c.health_check_success.load(Relaxed),
-                    health_check_failure: c.health_check_failure.load(Relaxed),
-                    outlier_ejections_total: c.outlier_ejections_total.load(Relaxed),
-                    outlier_ejections_overflow: c.outlier_ejections_overflow.load(Relaxed),
-                    lb_panic: c.lb_panic.load(Relaxed),
-                    lb_panic_total: c.lb_panic_total.load(Relaxed),
-                    hosts: c
-                        .hosts
-                        .iter()
-                        .map(|h| HostSnapshot {
-                            rq_total: h.rq_total.load(Relaxed),
-                            rq_active: h.rq_active.load(Relaxed),
-                            cx_total: h.cx_total.load(Relaxed),
-                            cx_active: h.cx_active.load(Relaxed),
-                            cx_connect_fail: h.cx_connect_fail.load(Relaxed),
-                            healthy: h.healthy.load(Relaxed),
-                            ejected: h.ejected.load(Relaxed),
-                        })
-                        .collect(),
+                    hosts: c.hosts.iter().map(HostStats::counters).collect(),
+                    ..c.counters()
                 })
                 .collect(),
             downstream_rq_time: self.downstream_rq_time.snapshot(),
             upstream_rq_time: self.upstream_rq_time.snapshot(),
-            bolt: self.bolt.values().to_vec(),
+            bolt: self.bolt.values(),
         }
     }
 
-    /// A copy of the counters now.
+    /// A copy of the worker-wide counters now.
     #[must_use]
     pub fn snapshot(&self) -> StatsSnapshot {
-        StatsSnapshot {
-            downstream_cx_total: self.downstream_cx_total.load(Relaxed),
-            downstream_cx_closed: self.downstream_cx_closed.load(Relaxed),
-            downstream_cx_overflow: self.downstream_cx_overflow.load(Relaxed),
-            downstream_cx_first_byte_timeout: self.downstream_cx_first_byte_timeout.load(Relaxed),
-            accept_errors: self.accept_errors.load(Relaxed),
-            upstream_cx_attempts: self.upstream_cx_attempts.load(Relaxed),
-            upstream_cx_connect_fail: self.upstream_cx_connect_fail.load(Relaxed),
-            upstream_cx_connect_timeout: self.upstream_cx_connect_timeout.load(Relaxed),
-            bytes_from_downstream: self.bytes_from_downstream.load(Relaxed),
-            bytes_from_upstream: self.bytes_from_upstream.load(Relaxed),
-            tcp_session_closed: std::array::from_fn(|i| self.tcp_session_closed[i].load(Relaxed)),
-            http_requests: self.http_requests.load(Relaxed),
-            http_responses_by_class: std::array::from_fn(|i| {
-                self.http_responses_by_class[i].load(Relaxed)
-            }),
-            http_local_replies: self.http_local_replies.load(Relaxed),
-            http_retries: self.http_retries.load(Relaxed),
-            http_upstream_timeouts: self.http_upstream_timeouts.load(Relaxed),
-        }
+        self.counters()
     }
 }
 
@@ -849,56 +1128,8 @@ impl StatsSnapshot {
 
     /// Adds another worker's counters.
     pub fn add(&mut self, o: &StatsSnapshot) {
-        self.downstream_cx_total += o.downstream_cx_total;
-        self.downstream_cx_closed += o.downstream_cx_closed;
-        self.downstream_cx_overflow += o.downstream_cx_overflow;
-        self.downstream_cx_first_byte_timeout += o.downstream_cx_first_byte_timeout;
-        self.accept_errors += o.accept_errors;
-        self.upstream_cx_attempts += o.upstream_cx_attempts;
-        self.upstream_cx_connect_fail += o.upstream_cx_connect_fail;
-        self.upstream_cx_connect_timeout += o.upstream_cx_connect_timeout;
-        self.bytes_from_downstream += o.bytes_from_downstream;
-        self.bytes_from_upstream += o.bytes_from_upstream;
-        for (a, b) in self.tcp_session_closed.iter_mut().zip(o.tcp_session_closed) {
-            *a += b;
-        }
-        self.http_requests += o.http_requests;
-        for (a, b) in self
-            .http_responses_by_class
-            .iter_mut()
-            .zip(o.http_responses_by_class)
-        {
-            *a += b;
-        }
-        self.http_local_replies += o.http_local_replies;
-        self.http_retries += o.http_retries;
-        self.http_upstream_timeouts += o.http_upstream_timeouts;
+        self.add_counters(o);
     }
-}
-
-/// A listener's counters, summable across workers.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct ListenerSnapshot {
-    /// See [`ListenerStats::downstream_cx_total`].
-    pub downstream_cx_total: u64,
-    /// See [`ListenerStats::downstream_cx_closed`].
-    pub downstream_cx_closed: u64,
-    /// See [`ListenerStats::downstream_cx_overflow`].
-    pub downstream_cx_overflow: u64,
-    /// See [`ListenerStats::downstream_cx_first_byte_timeout`].
-    pub downstream_cx_first_byte_timeout: u64,
-    /// See [`ListenerStats::downstream_bytes_received`].
-    pub downstream_bytes_received: u64,
-    /// See [`ListenerStats::downstream_bytes_sent`].
-    pub downstream_bytes_sent: u64,
-    /// See [`ListenerStats::http_requests`].
-    pub http_requests: u64,
-    /// See [`ListenerStats::http_responses_by_class`].
-    pub http_responses_by_class: [u64; 5],
-    /// See [`ListenerStats::http_local_replies`].
-    pub http_local_replies: u64,
-    /// See [`ListenerStats::tcp_session_closed`].
-    pub tcp_session_closed: [u64; CloseReason::ALL.len()],
 }
 
 impl ListenerSnapshot {
@@ -908,89 +1139,6 @@ impl ListenerSnapshot {
         self.downstream_cx_total
             .saturating_sub(self.downstream_cx_closed)
     }
-
-    fn add(&mut self, o: &ListenerSnapshot) {
-        self.downstream_cx_total += o.downstream_cx_total;
-        self.downstream_cx_closed += o.downstream_cx_closed;
-        self.downstream_cx_overflow += o.downstream_cx_overflow;
-        self.downstream_cx_first_byte_timeout += o.downstream_cx_first_byte_timeout;
-        self.downstream_bytes_received += o.downstream_bytes_received;
-        self.downstream_bytes_sent += o.downstream_bytes_sent;
-        self.http_requests += o.http_requests;
-        for (a, b) in self
-            .http_responses_by_class
-            .iter_mut()
-            .zip(o.http_responses_by_class)
-        {
-            *a += b;
-        }
-        self.http_local_replies += o.http_local_replies;
-        for (a, b) in self.tcp_session_closed.iter_mut().zip(o.tcp_session_closed) {
-            *a += b;
-        }
-    }
-}
-
-/// A host's counters, summable across workers.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct HostSnapshot {
-    /// See [`HostStats::rq_total`].
-    pub rq_total: u64,
-    /// See [`HostStats::rq_active`].
-    pub rq_active: u64,
-    /// See [`HostStats::cx_total`].
-    pub cx_total: u64,
-    /// See [`HostStats::cx_active`].
-    pub cx_active: u64,
-    /// See [`HostStats::cx_connect_fail`].
-    pub cx_connect_fail: u64,
-    /// See [`HostStats::healthy`].
-    pub healthy: u64,
-    /// See [`HostStats::ejected`].
-    pub ejected: u64,
-}
-
-/// A cluster's counters, summable across workers.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct ClusterSnapshot {
-    /// See [`ClusterStats::upstream_rq_total`].
-    pub upstream_rq_total: u64,
-    /// See [`ClusterStats::upstream_cx_total`].
-    pub upstream_cx_total: u64,
-    /// See [`ClusterStats::upstream_cx_connect_fail`].
-    pub upstream_cx_connect_fail: u64,
-    /// See [`ClusterStats::upstream_cx_connect_timeout`].
-    pub upstream_cx_connect_timeout: u64,
-    /// See [`ClusterStats::upstream_rq_timeout`].
-    pub upstream_rq_timeout: u64,
-    /// See [`ClusterStats::upstream_rq_retry`].
-    pub upstream_rq_retry: u64,
-    /// See [`ClusterStats::upstream_cx_overflow`].
-    pub upstream_cx_overflow: u64,
-    /// See [`ClusterStats::upstream_rq_pending_overflow`].
-    pub upstream_rq_pending_overflow: u64,
-    /// See [`ClusterStats::upstream_rq_overflow`].
-    pub upstream_rq_overflow: u64,
-    /// See [`ClusterStats::upstream_rq_retry_overflow`].
-    pub upstream_rq_retry_overflow: u64,
-    /// See [`ClusterStats::upstream_rq_too_many_interim`].
-    pub upstream_rq_too_many_interim: u64,
-    /// See [`ClusterStats::health_check_attempt`].
-    pub health_check_attempt: u64,
-    /// See [`ClusterStats::health_check_success`].
-    pub health_check_success: u64,
-    /// See [`ClusterStats::health_check_failure`].
-    pub health_check_failure: u64,
-    /// See [`ClusterStats::outlier_ejections_total`].
-    pub outlier_ejections_total: u64,
-    /// See [`ClusterStats::outlier_ejections_overflow`].
-    pub outlier_ejections_overflow: u64,
-    /// See [`ClusterStats::lb_panic`].
-    pub lb_panic: u64,
-    /// See [`ClusterStats::lb_panic_total`].
-    pub lb_panic_total: u64,
-    /// Per host.
-    pub hosts: Vec<HostSnapshot>,
 }
 
 /// Every counter of a worker, or the sum over workers.
@@ -1030,42 +1178,19 @@ impl DetailedSnapshot {
                 .resize(o.listeners.len(), ListenerSnapshot::default());
         }
         for (a, b) in self.listeners.iter_mut().zip(&o.listeners) {
-            a.add(b);
+            a.add_counters(b);
         }
         if self.clusters.len() < o.clusters.len() {
             self.clusters
                 .resize(o.clusters.len(), ClusterSnapshot::default());
         }
         for (a, b) in self.clusters.iter_mut().zip(&o.clusters) {
-            a.upstream_rq_total += b.upstream_rq_total;
-            a.upstream_cx_total += b.upstream_cx_total;
-            a.upstream_cx_connect_fail += b.upstream_cx_connect_fail;
-            a.upstream_cx_connect_timeout += b.upstream_cx_connect_timeout;
-            a.upstream_rq_timeout += b.upstream_rq_timeout;
-            a.upstream_rq_retry += b.upstream_rq_retry;
-            a.upstream_cx_overflow += b.upstream_cx_overflow;
-            a.upstream_rq_pending_overflow += b.upstream_rq_pending_overflow;
-            a.upstream_rq_overflow += b.upstream_rq_overflow;
-            a.upstream_rq_retry_overflow += b.upstream_rq_retry_overflow;
-            a.upstream_rq_too_many_interim += b.upstream_rq_too_many_interim;
-            a.health_check_attempt += b.health_check_attempt;
-            a.health_check_success += b.health_check_success;
-            a.health_check_failure += b.health_check_failure;
-            a.outlier_ejections_total += b.outlier_ejections_total;
-            a.outlier_ejections_overflow += b.outlier_ejections_overflow;
-            a.lb_panic += b.lb_panic;
-            a.lb_panic_total += b.lb_panic_total;
+            a.add_counters(b);
             if a.hosts.len() < b.hosts.len() {
                 a.hosts.resize(b.hosts.len(), HostSnapshot::default());
             }
             for (x, y) in a.hosts.iter_mut().zip(&b.hosts) {
-                x.rq_total += y.rq_total;
-                x.rq_active = x.rq_active.wrapping_add(y.rq_active);
-                x.cx_total += y.cx_total;
-                x.cx_active = x.cx_active.wrapping_add(y.cx_active);
-                x.cx_connect_fail += y.cx_connect_fail;
-                x.healthy += y.healthy;
-                x.ejected += y.ejected;
+                x.add_counters(y);
             }
         }
         self.downstream_rq_time.add(&o.downstream_rq_time);

@@ -9,20 +9,20 @@
 //! with the upgrade scenarios), so a drain often starts while a response whose head promised
 //! keep-alive is still on its way. No fault is injected.
 //!
-//! - **`reload_under_slow_http_traffic`**: at 2–3 seeded moments the sidecar switches to a new
-//!   config generation the way a worker does on a reload (`worker_main` in
-//!   `runtime/src/server.rs`; its generation switch is bound to the real network — fresh sockets,
-//!   binding, cross-worker counters — so the sim repeats its steps with the same [`Engine`]
-//!   calls): the new engine is built first, [`Engine::take_listeners`] takes the listening
-//!   socket (with its queue) off the serving engine, the old engine's health checks stop, the
-//!   new engine runs on the socket, and the old one is told to stop, which drains it
-//!   ([`Engine::run`]'s shutdown, the path a reload's old generation takes). Each generation's
-//!   config differs (its route timeout). There is no Bolt listener, so no connection handoff is
-//!   set; counters are not carried over (accounting only).
-//! - **`sigterm_drain_under_slow_http_traffic`**: at a seeded moment the sidecar's engine is
-//!   told to stop as on SIGTERM (the same shutdown future the worker completes on a stop): it
+//! - **`reload_under_slow_http_traffic`**: at 2–3 seeded moments the sidecar's
+//!   [`Worker`] — the same type a worker thread of the binary drives — reloads: the sim builds
+//!   the new generation's engine (its config differs: its route timeout) and hands it to
+//!   [`Worker::reload`], which takes the listening socket (with its queue) off the serving
+//!   engine, keeps it for the new one (same address, per the config diff), stops the old one's
+//!   health checks, moves its counters, starts the new generation and drains the old one.
+//!   There is no Bolt listener, so no connection migrates.
+//! - **`sigterm_drain_under_slow_http_traffic`**: at a seeded moment the sidecar's [`Worker`]
+//!   is stopped as on SIGTERM ([`Worker::stop`], what the binary's worker does): its engine
 //!   stops accepting (the listening socket closes), drains its open connections up to
 //!   `drain_timeout`, then returns.
+//!
+//! What the checks know of generations (when each ended, its open connections at the end)
+//! comes from the Worker's reports: its [`WorkerEvent`]s and its [`WorkerStatus`].
 //!
 //! Invariants of the reload scenario:
 //!
@@ -76,8 +76,8 @@ use sluice_core::rng::Rng;
 use sluice_runtime::engine::Engine;
 use sluice_runtime::net::TurmoilNet;
 use sluice_runtime::stats::WorkerStats;
+use sluice_runtime::worker::{Worker, WorkerEvent, WorkerHooks, WorkerStatus};
 use tokio::io::AsyncReadExt;
-use tokio::sync::oneshot;
 use turmoil::net::{TcpListener, TcpStream};
 
 use crate::RunReport;
@@ -151,10 +151,10 @@ struct Req {
     conn_started: Duration,
 }
 
+/// A generation, as the Worker's events reported it.
 struct GenRecord {
     name: String,
     ended: Option<Duration>,
-    stats: Arc<WorkerStats>,
 }
 
 #[derive(Default)]
@@ -167,6 +167,8 @@ struct World {
     closes_announced: u64,
     clients_done: usize,
     generations: Vec<GenRecord>,
+    /// The sidecar's Worker's status.
+    worker: Option<WorkerStatus>,
     /// Open downstream connections per generation, read by the observer at the end.
     final_open: Option<Vec<(String, u64)>>,
 }
@@ -246,9 +248,12 @@ pub fn run(scenario: DrainScenario, seed: u64) -> RunReport {
             tokio::time::sleep(DRAIN_TIMEOUT + Duration::from_millis(500)).await;
             let open = world
                 .borrow()
-                .generations
+                .worker
+                .as_ref()
+                .map(WorkerStatus::generations)
+                .unwrap_or_default()
                 .iter()
-                .map(|g| (g.name.clone(), g.stats.snapshot().downstream_cx_active()))
+                .map(|g| (generation_name(g.generation), g.open_connections()))
                 .collect();
             world.borrow_mut().final_open = Some(open);
             Ok(())
@@ -375,46 +380,38 @@ fn check(scenario: DrainScenario, plan: &Plan, w: &World, end: Duration, v: &mut
 // ---------------------------------------------------------------------------------------------
 // The sidecar host.
 
-/// A running engine generation.
-struct Generation {
-    engine: Rc<Engine<TurmoilNet>>,
-    /// Sent to make it drain.
-    stop: Option<oneshot::Sender<()>>,
+fn generation_name(generation: u64) -> String {
+    format!("gen#{generation}")
 }
 
-/// Runs `engine` on `listeners`, recorded in the world as generation `name`.
-fn start_generation(
-    world: &Shared,
-    trace: &Trace,
-    name: String,
-    engine: Rc<Engine<TurmoilNet>>,
-    listeners: Vec<TcpListener>,
-) -> Generation {
-    let (stop, stop_rx) = oneshot::channel::<()>();
-    let index = {
-        let mut w = world.borrow_mut();
-        w.generations.push(GenRecord {
-            name: name.clone(),
-            ended: None,
-            stats: engine.stats().clone(),
-        });
-        w.generations.len() - 1
-    };
-    trace.record(elapsed(), SIDECAR, format_args!("{name} serves"));
+/// The Worker's events, recorded in the world and the trace.
+fn hooks(world: &Shared, trace: &Trace) -> WorkerHooks {
     let (world, trace) = (world.clone(), trace.clone());
-    let runner = engine.clone();
-    tokio::task::spawn_local(async move {
-        runner
-            .run(listeners, async move {
-                let _ = stop_rx.await;
-            })
-            .await;
-        world.borrow_mut().generations[index].ended = Some(elapsed());
-        trace.record(elapsed(), SIDECAR, format_args!("{name} returned"));
-    });
-    Generation {
-        engine,
-        stop: Some(stop),
+    WorkerHooks {
+        close_listeners: None,
+        on_event: Some(Box::new(move |event| match event {
+            WorkerEvent::GenerationStarted { generation } => {
+                let name = generation_name(generation);
+                trace.record(elapsed(), SIDECAR, format_args!("{name} serves"));
+                world
+                    .borrow_mut()
+                    .generations
+                    .push(GenRecord { name, ended: None });
+            }
+            WorkerEvent::GenerationDraining { .. } => {}
+            WorkerEvent::GenerationEnded { generation } => {
+                let name = generation_name(generation);
+                if let Some(g) = world
+                    .borrow_mut()
+                    .generations
+                    .iter_mut()
+                    .find(|g| g.name == name)
+                {
+                    g.ended = Some(elapsed());
+                }
+                trace.record(elapsed(), SIDECAR, format_args!("{name} returned"));
+            }
+        })),
     }
 }
 
@@ -435,47 +432,39 @@ async fn sidecar(
     let listener =
         TcpListener::bind(SocketAddr::new(IpAddr::V6(Ipv6Addr::UNSPECIFIED), PORT)).await?;
     let engine = new_engine(config(&ips, 0), seed)?;
-    let mut current = start_generation(&world, &trace, "gen#0".into(), engine, vec![listener]);
+    let mut worker = Worker::start(engine, vec![listener], hooks(&world, &trace));
+    world.borrow_mut().worker = Some(worker.status());
     for (i, at) in plan.at.iter().enumerate() {
         tokio::time::sleep(at.saturating_sub(elapsed())).await;
         match scenario {
             DrainScenario::Reload => {
                 let generation = i as u64 + 1;
                 trace.record(elapsed(), SIDECAR, format_args!("reload {generation}"));
-                // As `worker_main` does on a reload: the new engine first (if it cannot be
-                // built nothing changes), then the listening socket moves to it, the old one's
-                // health checks stop, the new one serves, and the old one drains.
+                // As a worker of the binary does on a reload: the new engine first (if it
+                // cannot be built nothing changes), then the Worker switches to it.
                 let engine = new_engine(config(&ips, generation), seed ^ (0x6e00 + generation))?;
-                let listeners: Vec<TcpListener> = current
-                    .engine
-                    .take_listeners()
-                    .await
-                    .into_iter()
-                    .flatten()
-                    .collect();
-                current.engine.stop_health_checks();
-                let next = start_generation(
-                    &world,
-                    &trace,
-                    format!("gen#{generation}"),
-                    engine,
-                    listeners,
-                );
-                let mut previous = std::mem::replace(&mut current, next);
-                if let Some(stop) = previous.stop.take() {
-                    let _ = stop.send(());
+                let failed = worker
+                    .reload(engine, |i| {
+                        Err(std::io::Error::other(format!(
+                            "listener {i} has a new address: the reload configs keep theirs"
+                        )))
+                    })
+                    .await;
+                for e in failed {
+                    world
+                        .borrow_mut()
+                        .violations
+                        .push(format!("reload {generation}: {e}"));
                 }
             }
             DrainScenario::Sigterm => {
                 trace.record(elapsed(), SIDECAR, "SIGTERM: drain");
-                if let Some(stop) = current.stop.take() {
-                    let _ = stop.send(());
-                }
+                worker.stop();
             }
         }
     }
-    // Keeps the serving generation's stop sender: dropping it would drain it.
-    let _keep = current;
+    // Keeps the Worker: dropping it would drain the serving generation.
+    let _keep = worker;
     std::future::pending::<()>().await;
     Ok(())
 }

@@ -3,9 +3,12 @@
 //! A scenario builds a turmoil world: a **sidecar** host running the real
 //! [`sluice_runtime::engine::Engine`] over [`sluice_runtime::net::TurmoilNet`], **upstream**
 //! hosts (echo servers), and **client** hosts that open connections through the sidecar and
-//! check every byte that comes back. A fault schedule (crash, bounce, partition, repair), drawn
-//! from the seed, runs from the outside while the simulation steps. After the run, the
-//! scenario's invariants are checked against what every party recorded.
+//! check every byte that comes back. The reload, drain and upgrade scenarios run the sidecar's
+//! engines through the runtime's [`sluice_runtime::worker::Worker`], the same code a worker
+//! thread of the binary runs (no copy of generation switching here). A fault schedule (crash,
+//! bounce, partition, repair), drawn from the seed, runs from the outside while the simulation
+//! steps. After the run, the scenario's invariants are checked against what every party
+//! recorded.
 //!
 //! Everything that varies comes from the seed: turmoil's network (latencies, host order), the
 //! clients' payloads and pacing, the fault times, the engine's balancer RNG. The event trace

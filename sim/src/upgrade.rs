@@ -2,12 +2,15 @@
 //! under HTTP/1.1 and Bolt traffic with an upstream fault at the same time.
 //!
 //! The simulator cannot pass file descriptors, so both "processes" live in the sidecar host:
-//! the **old instance** (an [`Engine`] generation and a driver of
-//! [`sluice_core::handover::OldInstance`]) and the **new instance** (a driver of
-//! [`sluice_core::handover::NewInstance`] that starts its own [`Engine`] on what it receives).
+//! the **old instance** (a [`Worker`] — the runtime's, as a worker thread of the binary runs it
+//! — and a driver of [`sluice_core::handover::OldInstance`]) and the **new instance** (a driver
+//! of [`sluice_core::handover::NewInstance`] that starts its own [`Worker`] on what it
+//! receives). What the checks know of engine generations (start, end, open connections) comes
+//! from the Workers' events and status.
 //! The drivers talk over an in-memory control connection (two channels, each message delayed by
 //! a seed-chosen latency; dropping a side's end is the connection closing). The offer carries the
-//! listening sockets themselves, obtained from the old engine with [`Engine::take_listeners`]:
+//! listening sockets themselves, taken off the old instance's serving engine
+//! ([`Worker::take_listeners`]):
 //! turmoil's listener object moves intact, with the connections queued on it, which is what the
 //! kernel's socket (and its backlog) does between two processes holding it.
 //!
@@ -15,9 +18,9 @@
 //! both drivers — the socket stays open while either process holds a descriptor of it. The new
 //! instance takes the listeners out of the slot when it starts its engine on them
 //! ([`NewAction::StartServing`]); on a rollback, the old instance takes them back from the slot
-//! (the new one never took them) and resumes accepting by starting a fresh engine generation on
-//! them — the way a worker switches generations on a reload — while the generation that gave
-//! them up drains its own connections. Unlike the real runtime (where the old keeps accepting
+//! (the new one never took them) and resumes accepting by switching its [`Worker`] to a fresh
+//! engine generation on them ([`Worker::switch`], the code a reload runs) while the generation
+//! that gave them up drains its own connections. Unlike the real runtime (where the old keeps accepting
 //! on its own descriptors during the handover), no engine accepts between the offer and the new
 //! engine's start (or the rollback): connection attempts then wait in the listener's queue,
 //! which is the harder case for the invariants.
@@ -66,6 +69,7 @@ use sluice_runtime::engine::{Engine, Handoff};
 use sluice_runtime::net::TurmoilNet;
 use sluice_runtime::now;
 use sluice_runtime::stats::WorkerStats;
+use sluice_runtime::worker::{Worker, WorkerEvent, WorkerHooks, WorkerStatus};
 use tokio::io::AsyncWriteExt;
 use tokio::sync::{mpsc, oneshot};
 use turmoil::net::{TcpListener, TcpStream};
@@ -189,11 +193,11 @@ struct BoltDone {
     body: String,
 }
 
+/// An engine generation, as its Worker's events reported it.
 struct GenRecord {
     name: String,
     started: Duration,
     ended: Option<Duration>,
-    stats: Arc<WorkerStats>,
 }
 
 #[derive(Default)]
@@ -208,6 +212,8 @@ struct World {
     connects: u64,
     clients_done: usize,
     generations: Vec<GenRecord>,
+    /// Every instance's Worker: how it names its generations, and its status.
+    workers: Vec<(Namer, WorkerStatus)>,
     rollbacks: Vec<Duration>,
     /// When each new instance's handover finished (it serves), by attempt.
     upgraded: Vec<(usize, Duration, bool)>,
@@ -235,19 +241,6 @@ impl Handoff<TcpStream> for ToSuccessor {
         if let Some(next) = next {
             next.adopt(listener, stream, peer, unread);
         }
-    }
-}
-
-/// Connection migration after a rollback: to the generation that took the sockets back.
-struct ToGeneration(Rc<Engine<TurmoilNet>>);
-
-impl Handoff<TcpStream> for ToGeneration {
-    fn ready(&self) -> bool {
-        true
-    }
-
-    fn take(&self, listener: SocketAddr, stream: TcpStream, peer: SocketAddr, unread: Vec<u8>) {
-        self.0.clone().adopt(listener, stream, peer, unread);
     }
 }
 
@@ -410,14 +403,13 @@ pub fn run(scenario: UpgradeScenario, seed: u64) -> RunReport {
             tokio::time::sleep(Duration::from_millis(1_000)).await;
             let open = world
                 .borrow()
-                .generations
+                .workers
                 .iter()
-                .map(|g| {
-                    (
-                        g.name.clone(),
-                        g.stats.snapshot().downstream_cx_active(),
-                        g.ended.is_none(),
-                    )
+                .flat_map(|(name, status)| {
+                    status
+                        .generations()
+                        .into_iter()
+                        .map(move |g| (name(g.generation), g.open_connections(), g.ended.is_none()))
                 })
                 .collect();
             world.borrow_mut().final_open = Some(open);
@@ -660,55 +652,58 @@ fn check(
 // ---------------------------------------------------------------------------------------------
 // The sidecar host: the old instance, and the new instance(s) started by the plan.
 
-/// A running engine generation.
-struct Generation {
-    engine: Rc<Engine<TurmoilNet>>,
-    /// Taken to make it drain.
-    stop: Option<oneshot::Sender<()>>,
-    /// Completes when its run returns.
-    done: Option<oneshot::Receiver<()>>,
+/// How an instance names its Worker's generations (by number) in the trace and the checks.
+type Namer = Rc<dyn Fn(u64) -> String>;
+
+/// A Worker's events, recorded in the world and the trace, its generations named by `name`.
+fn hooks(name: &Namer, world: &Shared, trace: &Trace) -> WorkerHooks {
+    let (name, world, trace) = (name.clone(), world.clone(), trace.clone());
+    WorkerHooks {
+        close_listeners: None,
+        on_event: Some(Box::new(move |event| match event {
+            WorkerEvent::GenerationStarted { generation } => {
+                let name = name(generation);
+                trace.record(elapsed(), SIDECAR, format_args!("{name} serves"));
+                world.borrow_mut().generations.push(GenRecord {
+                    name,
+                    started: elapsed(),
+                    ended: None,
+                });
+            }
+            WorkerEvent::GenerationDraining { .. } => {}
+            WorkerEvent::GenerationEnded { generation } => {
+                let name = name(generation);
+                if let Some(g) = world
+                    .borrow_mut()
+                    .generations
+                    .iter_mut()
+                    .find(|g| g.name == name)
+                {
+                    g.ended = Some(elapsed());
+                }
+                trace.record(elapsed(), SIDECAR, format_args!("{name} returned"));
+            }
+        })),
+    }
 }
 
-fn start_generation(
+/// Starts an instance's Worker on `engine` and `listeners`, its status registered in the
+/// world.
+fn start_worker(
+    name: Namer,
+    engine: Rc<Engine<TurmoilNet>>,
+    listeners: Vec<TcpListener>,
     world: &Shared,
     trace: &Trace,
-    name: &str,
-    config: &Arc<Config>,
-    seed: u64,
-    listeners: Vec<TcpListener>,
-) -> std::io::Result<Generation> {
+) -> Worker<TurmoilNet> {
+    let worker = Worker::start(engine, listeners, hooks(&name, world, trace));
+    world.borrow_mut().workers.push((name, worker.status()));
+    worker
+}
+
+fn new_engine(config: &Arc<Config>, seed: u64) -> std::io::Result<Rc<Engine<TurmoilNet>>> {
     let stats = Arc::new(WorkerStats::new(config));
-    let engine = Engine::new(TurmoilNet, config.clone(), 0, seed, stats.clone())?;
-    let (stop, stop_rx) = oneshot::channel::<()>();
-    let (done_tx, done) = oneshot::channel();
-    let index = {
-        let mut w = world.borrow_mut();
-        w.generations.push(GenRecord {
-            name: name.to_owned(),
-            started: elapsed(),
-            ended: None,
-            stats,
-        });
-        w.generations.len() - 1
-    };
-    trace.record(elapsed(), SIDECAR, format_args!("{name} serves"));
-    let (world, trace, name) = (world.clone(), trace.clone(), name.to_owned());
-    let runner = engine.clone();
-    tokio::task::spawn_local(async move {
-        runner
-            .run(listeners, async move {
-                let _ = stop_rx.await;
-            })
-            .await;
-        world.borrow_mut().generations[index].ended = Some(elapsed());
-        trace.record(elapsed(), SIDECAR, format_args!("{name} returned"));
-        let _ = done_tx.send(());
-    });
-    Ok(Generation {
-        engine,
-        stop: Some(stop),
-        done: Some(done),
-    })
+    Engine::new(TurmoilNet, config.clone(), 0, seed, stats)
 }
 
 async fn sidecar(seed: u64, plan: Plan, world: Shared, trace: Trace) -> turmoil::Result {
@@ -719,7 +714,10 @@ async fn sidecar(seed: u64, plan: Plan, world: Shared, trace: Trace) -> turmoil:
         TcpListener::bind(SocketAddr::new(any, HTTP_PORT)).await?,
         TcpListener::bind(SocketAddr::new(any, BOLT_PORT)).await?,
     ];
-    let first = start_generation(&world, &trace, "old#1", &config, seed, listeners)?;
+    let engine = new_engine(&config, seed)?;
+    engine.set_handoff(Rc::new(ToSuccessor(world.clone())));
+    let old_name: Namer = Rc::new(|generation| format!("old#{}", generation + 1));
+    let first = start_worker(old_name, engine, listeners, &world, &trace);
     let (conns_tx, conns_rx) = mpsc::unbounded_channel();
     {
         let (config, world, trace) = (config.clone(), world.clone(), trace.clone());
@@ -777,10 +775,10 @@ async fn wait_opt(rx: &mut Option<oneshot::Receiver<()>>) {
     }
 }
 
-/// The old instance's driver: serves `current`, answers upgrade requests arriving on `conns`
-/// with [`OldInstance`], until it exits.
+/// The old instance's driver: serves with `worker`, answers upgrade requests arriving on
+/// `conns` with [`OldInstance`], until it exits.
 async fn old_instance(
-    mut current: Generation,
+    mut worker: Worker<TurmoilNet>,
     config: Arc<Config>,
     seed: u64,
     latency: Duration,
@@ -795,13 +793,8 @@ async fn old_instance(
     // The connection of the handover in progress (or of the new instance we drain for).
     let mut active: Option<ControlConn> = None;
     let mut offered: Option<Sockets> = None;
-    // Earlier generations of this instance (stopped after a rollback), still draining.
-    let mut retired: Vec<oneshot::Receiver<()>> = Vec::new();
     let mut drained: Option<oneshot::Receiver<()>> = None;
     let mut generation_no = 1;
-    current
-        .engine
-        .set_handoff(Rc::new(ToSuccessor(world.clone())));
     loop {
         tokio::select! {
             biased;
@@ -848,8 +841,7 @@ async fn old_instance(
                     let Some(c) = waiting.remove(&conn) else {
                         continue;
                     };
-                    let listeners: Vec<TcpListener> = current
-                        .engine
+                    let listeners: Vec<TcpListener> = worker
                         .take_listeners()
                         .await
                         .into_iter()
@@ -878,39 +870,28 @@ async fn old_instance(
                         continue;
                     };
                     generation_no += 1;
-                    let name = format!("old#{generation_no}");
                     let gen_seed = seed ^ (0x01d0_0000 + generation_no);
-                    match start_generation(&world, &trace, &name, &config, gen_seed, listeners) {
+                    // The Worker switches generations as on a reload: the one that gave the
+                    // sockets up drains, its Bolt connections migrate to the new one.
+                    match new_engine(&config, gen_seed) {
                         Ok(next) => {
-                            next.engine.set_handoff(Rc::new(ToSuccessor(world.clone())));
-                            let mut previous = std::mem::replace(&mut current, next);
-                            previous
-                                .engine
-                                .set_handoff(Rc::new(ToGeneration(current.engine.clone())));
-                            if let Some(stop) = previous.stop.take() {
-                                let _ = stop.send(());
-                            }
-                            retired.extend(previous.done.take());
+                            next.set_handoff(Rc::new(ToSuccessor(world.clone())));
+                            worker.switch(next, listeners);
                         }
                         Err(e) => world
                             .borrow_mut()
                             .violations
-                            .push(format!("rollback: cannot start {name}: {e}")),
+                            .push(format!("rollback: cannot start old#{generation_no}: {e}")),
                     }
                 }
                 OldAction::StopAccepting => {
-                    // The sockets already moved with the offer: drain this generation, and
-                    // wait for it and the earlier ones to return.
-                    if let Some(stop) = current.stop.take() {
-                        let _ = stop.send(());
-                    }
-                    let mut dones = std::mem::take(&mut retired);
-                    dones.extend(current.done.take());
+                    // The sockets already moved with the offer: stop the Worker (its serving
+                    // generation drains), and wait for every generation of it to return.
+                    worker.stop();
+                    let every = worker.drained();
                     let (tx, rx) = oneshot::channel();
                     tokio::task::spawn_local(async move {
-                        for d in dones {
-                            let _ = d.await;
-                        }
+                        every.await;
                         let _ = tx.send(());
                     });
                     drained = Some(rx);
@@ -953,7 +934,7 @@ async fn new_instance(
     let mut sm = NewInstance::new(now(), NEW_HANDOVER_TIMEOUT);
     let mut sockets: Option<Sockets> = None;
     // Held for as long as this instance lives: it serves until the end of the run.
-    let mut serving: Option<Generation> = None;
+    let mut serving: Option<Worker<TurmoilNet>> = None;
     let fail_here = |at: Failure, who: &str| -> Option<bool> {
         (failure == Some(at)).then(|| {
             let crash = matches!(at, Failure::CrashAfterOffer | Failure::CrashWhenStarting);
@@ -986,11 +967,12 @@ async fn new_instance(
                         ));
                         return;
                     };
-                    let name = format!("new#{attempt}");
-                    match start_generation(&world, &trace, &name, &config, seed, listeners) {
-                        Ok(g) => {
-                            world.borrow_mut().successor = Some(g.engine.clone());
-                            serving = Some(g);
+                    match new_engine(&config, seed) {
+                        Ok(engine) => {
+                            let name: Namer = Rc::new(move |_| format!("new#{attempt}"));
+                            let w = start_worker(name, engine, listeners, &world, &trace);
+                            world.borrow_mut().successor = Some(w.engine());
+                            serving = Some(w);
                         }
                         Err(e) => {
                             world

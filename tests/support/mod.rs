@@ -148,6 +148,79 @@ pub fn wait_listening(addr: SocketAddr, proc: &mut Proc) {
     );
 }
 
+/// The environment variable `tests/run.sh` sets: with it, a missing peer fails the test that
+/// needs it instead of skipping it (the full suite must run every test).
+pub const REQUIRE_PEERS_VAR: &str = "SLUICE_REQUIRE_PEERS";
+
+/// Whether the outside peers a test needs are all here; call it first in every end-to-end test
+/// that needs one: `if !require_peers(&["nginx", "wrk"]) { return; }`.
+///
+/// A peer is a program on `PATH` (`nginx`, `wrk`, `curl`, `python3`, `setpriv`…), or one of the
+/// installed test peers `tests/run.sh` makes: `sofa-rpc-node` (`node` and
+/// `tests/bolt/node_modules`) and `test-venv` (`target/test-venv` with the Python
+/// `websockets`). When one is missing the test is skipped with one line on stderr, written past
+/// the test harness's capture so that a plain `cargo test` shows it:
+/// `SKIPPED e2e_http::foo: nginx not found on PATH (tests/run.sh installs it)`; when
+/// [`REQUIRE_PEERS_VAR`] is set (to anything but `0`) it panics with the same words instead.
+pub fn require_peers(peers: &[&str]) -> bool {
+    let missing: Vec<String> = peers.iter().filter_map(|peer| missing_peer(peer)).collect();
+    if missing.is_empty() {
+        return true;
+    }
+    let test = format!(
+        "{}::{}",
+        env!("CARGO_CRATE_NAME"),
+        std::thread::current().name().unwrap_or("?")
+    );
+    let why = missing.join("; ");
+    if std::env::var_os(REQUIRE_PEERS_VAR).is_some_and(|v| !v.is_empty() && v != "0") {
+        panic!("{test}: {why}; {REQUIRE_PEERS_VAR} is set, so a missing peer is a failure");
+    }
+    let _ = writeln!(std::io::stderr(), "SKIPPED {test}: {why}");
+    false
+}
+
+/// Why `peer` is unusable here, or `None` when it is installed.
+fn missing_peer(peer: &str) -> Option<String> {
+    match peer {
+        "sofa-rpc-node" => missing_peer("node").or_else(|| {
+            let dir = repo().join("tests/bolt/node_modules/sofa-rpc-node");
+            (!dir.is_dir()).then(|| {
+                "tests/bolt/node_modules is missing (tests/run.sh runs `npm ci` in tests/bolt)"
+                    .to_owned()
+            })
+        }),
+        "test-venv" => {
+            let venv = repo().join("target/test-venv/bin/python");
+            let usable = Command::new(&venv)
+                .args(["-c", "import websockets"])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success());
+            (!usable).then(|| {
+                "target/test-venv with the Python websockets package is missing \
+                 (tests/run.sh makes it from tests/requirements.txt)"
+                    .to_owned()
+            })
+        }
+        program => (!on_path(program))
+            .then(|| format!("{program} not found on PATH (tests/run.sh installs it)")),
+    }
+}
+
+/// Whether an executable file named `program` is in a directory of `PATH`.
+fn on_path(program: &str) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    let Some(path) = std::env::var_os("PATH") else {
+        return false;
+    };
+    std::env::split_paths(&path).any(|dir| {
+        std::fs::metadata(dir.join(program))
+            .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+    })
+}
+
 /// Requires a program on PATH, with a message naming the install step.
 pub fn require(program: &str) {
     let found = Command::new("sh")

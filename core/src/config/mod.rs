@@ -20,6 +20,7 @@
 //! config writes them ([`format_duration`]).
 
 pub mod bolt;
+pub mod diff;
 pub mod http;
 pub mod upstream;
 pub mod yaml;

@@ -110,6 +110,7 @@
 //! - a [`ChunkedDecoder`] never reports more consumed bytes than it was given.
 
 mod chunked;
+pub mod conn;
 mod parse;
 mod write;
 

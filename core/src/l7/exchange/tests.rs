@@ -456,3 +456,117 @@ fn max_retries_breaker_caps_concurrent_retries() {
     assert_eq!(c.breakers().in_use(Resource::Retries), 0);
     assert!(c.hosts().iter().all(|h| h.active == 0));
 }
+
+fn drain_events(e: &mut Exchange) -> Vec<Event> {
+    std::iter::from_fn(|| e.poll_event()).collect()
+}
+
+/// The route deadline caps the connect deadline: when it fires during a connect, the request
+/// gets the route's 504 and the event says route timeout — not a connect timeout, and nothing
+/// for outlier detection to count against the host.
+#[test]
+fn a_route_timeout_during_a_connect_is_not_the_hosts_fault() {
+    let (mut c, mut rng, mut now) = (cluster(1), Rng::from_seed(1), epoch());
+    let mut e = Exchange::new(
+        now,
+        ExchangeConfig {
+            timeout: Some(Duration::from_millis(100)),
+            connect_timeout: Duration::from_secs(1),
+            ..config(true, 2)
+        },
+    );
+    e.start(now, &mut c, &mut rng);
+    let Some(Action::Connect { host, .. }) = e.poll_action() else {
+        panic!("connect first")
+    };
+    assert_eq!(e.poll_timeout(), Some(now + Duration::from_millis(100)));
+    now += Duration::from_millis(100);
+    e.handle_timeout(now, &mut c, &mut rng);
+    assert_eq!(
+        e.poll_action(),
+        Some(Action::LocalReply {
+            status: 504,
+            flag: ResponseFlag::UpstreamTimeout
+        })
+    );
+    let events = drain_events(&mut e);
+    assert_eq!(
+        events,
+        [Event::RouteTimedOut {
+            host: Some(host),
+            connected: false
+        }]
+    );
+    assert_eq!(events[0].upstream_result(), None);
+    assert!(e.is_done());
+}
+
+/// A connect timeout shorter than the route's is the host's: counted as a connect failure.
+#[test]
+fn a_connect_timeout_is_a_connect_failure_of_the_host() {
+    let (mut c, mut rng, mut now) = (cluster(1), Rng::from_seed(1), epoch());
+    let mut e = Exchange::new(now, config(true, 0));
+    e.start(now, &mut c, &mut rng);
+    let Some(Action::Connect { host, .. }) = e.poll_action() else {
+        panic!("connect first")
+    };
+    now += Duration::from_secs(1);
+    e.handle_timeout(now, &mut c, &mut rng);
+    assert_eq!(
+        e.poll_action(),
+        Some(Action::LocalReply {
+            status: 502,
+            flag: ResponseFlag::UpstreamConnectFailure
+        })
+    );
+    let events = drain_events(&mut e);
+    assert_eq!(events, [Event::ConnectTimedOut { host }]);
+    assert_eq!(
+        events[0].upstream_result(),
+        Some((host, UpstreamResult::ConnectFailure))
+    );
+}
+
+/// Once connected, a route timeout is a timeout of the host (as a per-try timeout is).
+#[test]
+fn route_and_per_try_timeouts_after_the_connect_are_timeouts_of_the_host() {
+    let (mut c, mut rng, mut now) = (cluster(2), Rng::from_seed(1), epoch());
+    let mut e = Exchange::new(
+        now,
+        ExchangeConfig {
+            timeout: Some(Duration::from_secs(3)),
+            ..config(true, 1)
+        },
+    );
+    e.start(now, &mut c, &mut rng);
+    let Some(Action::Connect { host: first, .. }) = e.poll_action() else {
+        panic!("connect first")
+    };
+    e.handle_connected(now, false, &mut c);
+    e.handle_request_written();
+    now += Duration::from_secs(2);
+    e.handle_timeout(now, &mut c, &mut rng);
+    assert_eq!(
+        drain_events(&mut e),
+        [Event::PerTryTimedOut { host: first }]
+    );
+    let Action::Connect { host: second, .. } = next_action(&mut e, &mut now, &mut c, &mut rng)
+    else {
+        panic!("a retry")
+    };
+    e.handle_connected(now, false, &mut c);
+    now = epoch() + Duration::from_secs(3);
+    e.handle_timeout(now, &mut c, &mut rng);
+    let events = drain_events(&mut e);
+    assert_eq!(
+        events,
+        [Event::RouteTimedOut {
+            host: Some(second),
+            connected: true
+        }]
+    );
+    assert_eq!(
+        events[0].upstream_result(),
+        Some((second, UpstreamResult::Timeout))
+    );
+}

@@ -42,6 +42,14 @@
 //! - With a `ring_hash` / `maglev` cluster, every try picks by the request's hash
 //!   ([`ExchangeConfig::hash`]); a retry walks on from the hash point past tried hosts.
 //!
+//! ## Events
+//!
+//! Beside its actions the exchange says what happened ([`Exchange::poll_event`]): a connect
+//! that failed or timed out, a reset, a per-try or a route timeout. The driver counts stats and
+//! feeds outlier detection from these ([`Event::upstream_result`]) and never infers a cause
+//! from which of its timers fired: the connect deadline is capped by the route deadline, so a
+//! timer firing during a connect may be the route's, which is not the host's fault.
+//!
 //! ## Invariants (debug-checked)
 //!
 //! - exactly one terminal output: either `Forward` was returned for a response head, or one
@@ -55,7 +63,7 @@ use crate::time::Instant;
 
 use crate::cluster::{ClusterState, HostId};
 use crate::config::http::RetryPolicy;
-use crate::health::Permit;
+use crate::health::{Permit, UpstreamResult};
 use crate::rng::Rng;
 
 /// First backoff interval before jitter (Envoy's default).
@@ -146,6 +154,94 @@ pub enum Action {
         /// Why.
         flag: ResponseFlag,
     },
+}
+
+/// What happened during the exchange, for stats and outlier detection (see the module doc).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Event {
+    /// The connect to `host` was refused or errored.
+    ConnectFailed {
+        /// The host.
+        host: HostId,
+    },
+    /// The connect to `host` did not complete within the cluster's `connect_timeout`.
+    ConnectTimedOut {
+        /// The host.
+        host: HostId,
+    },
+    /// The connection to `host` closed or reset before a complete response head.
+    UpstreamReset {
+        /// The host.
+        host: HostId,
+    },
+    /// `host` answered something the proxy cannot frame.
+    UpstreamProtocolError {
+        /// The host.
+        host: HostId,
+    },
+    /// The try on `host` got no response head within the per-try timeout.
+    PerTryTimedOut {
+        /// The host.
+        host: HostId,
+    },
+    /// The route's timeout expired.
+    RouteTimedOut {
+        /// The host of the try in flight, if one was.
+        host: Option<HostId>,
+        /// Whether that try had its connection (a route timeout while connecting is not the
+        /// host's fault: nothing is reported to outlier detection).
+        connected: bool,
+    },
+}
+
+impl Event {
+    /// The result outlier detection counts for this event, when a host is to blame.
+    #[must_use]
+    pub fn upstream_result(self) -> Option<(HostId, UpstreamResult)> {
+        match self {
+            Event::ConnectFailed { host } | Event::ConnectTimedOut { host } => {
+                Some((host, UpstreamResult::ConnectFailure))
+            }
+            Event::UpstreamReset { host } => Some((host, UpstreamResult::Reset)),
+            Event::UpstreamProtocolError { host } => Some((host, UpstreamResult::Status(502))),
+            Event::PerTryTimedOut { host }
+            | Event::RouteTimedOut {
+                host: Some(host),
+                connected: true,
+            } => Some((host, UpstreamResult::Timeout)),
+            Event::RouteTimedOut { .. } => None,
+        }
+    }
+}
+
+/// Events not yet polled, in a few fixed slots (the exchange stays allocation-free). One input
+/// emits at most one event, so a driver that drains after every input never loses one; when a
+/// caller ignores events (tests of actions only) the oldest is dropped.
+#[derive(Debug, Default)]
+struct EventQueue {
+    slots: [Option<Event>; 4],
+    head: usize,
+    len: usize,
+}
+
+impl EventQueue {
+    fn push(&mut self, event: Event) {
+        if self.len == self.slots.len() {
+            self.pop();
+        }
+        self.slots[(self.head + self.len) % self.slots.len()] = Some(event);
+        self.len += 1;
+    }
+
+    fn pop(&mut self) -> Option<Event> {
+        if self.len == 0 {
+            return None;
+        }
+        let event = self.slots[self.head].take();
+        self.head = (self.head + 1) % self.slots.len();
+        self.len -= 1;
+        event
+    }
 }
 
 /// What to do with a response head.
@@ -242,6 +338,7 @@ pub struct Exchange {
     /// exchanges retrying now).
     retry_permit: Option<Permit>,
     retry_overflowed: bool,
+    events: EventQueue,
 }
 
 impl Exchange {
@@ -267,6 +364,7 @@ impl Exchange {
             terminal: false,
             retry_permit: None,
             retry_overflowed: false,
+            events: EventQueue::default(),
         }
     }
 
@@ -333,16 +431,36 @@ impl Exchange {
         cluster: &mut ClusterState,
         rng: &mut Rng,
     ) {
-        let (written, reused) = match self.state {
-            State::Connecting { .. } => (false, false),
+        self.fail_try(now, failure, false, cluster, rng);
+    }
+
+    /// The current try failed (`connect_timed_out`: the connect deadline passed).
+    fn fail_try(
+        &mut self,
+        now: Instant,
+        failure: TryFailure,
+        connect_timed_out: bool,
+        cluster: &mut ClusterState,
+        rng: &mut Rng,
+    ) {
+        let (host, written, reused) = match self.state {
+            State::Connecting { host, .. } => (host, false, false),
             State::Waiting {
-                written, reused, ..
-            } => (written, reused),
+                host,
+                written,
+                reused,
+            } => (host, written, reused),
             _ => {
                 debug_assert!(false, "handle_failure in {:?}", self.state);
                 return;
             }
         };
+        self.events.push(match failure {
+            TryFailure::ConnectFailed if connect_timed_out => Event::ConnectTimedOut { host },
+            TryFailure::ConnectFailed => Event::ConnectFailed { host },
+            TryFailure::Closed { .. } => Event::UpstreamReset { host },
+            TryFailure::ProtocolError => Event::UpstreamProtocolError { host },
+        });
         self.release_host(cluster);
         let on = self.config.retry.map(|r| r.retry_on).unwrap_or_default();
         let safe_to_replay = self.config.idempotent && self.config.replayable;
@@ -431,6 +549,12 @@ impl Exchange {
             return;
         }
         if self.deadline.is_some_and(|d| now >= d) {
+            let (host, connected) = match self.state {
+                State::Connecting { host, .. } => (Some(host), false),
+                State::Waiting { host, .. } | State::Responding { host } => (Some(host), true),
+                State::Idle | State::Backoff { .. } | State::Done => (None, false),
+            };
+            self.events.push(Event::RouteTimedOut { host, connected });
             self.release_host(cluster);
             if matches!(self.state, State::Responding { .. }) {
                 // The head is already downstream: the driver aborts the connection.
@@ -443,10 +567,11 @@ impl Exchange {
         }
         match self.state {
             State::Connecting { deadline, .. } if now >= deadline => {
-                self.handle_failure(now, TryFailure::ConnectFailed, cluster, rng);
+                self.fail_try(now, TryFailure::ConnectFailed, true, cluster, rng);
             }
-            State::Waiting { written, .. } if self.try_deadline.is_some_and(|d| now >= d) => {
+            State::Waiting { host, written, .. } if self.try_deadline.is_some_and(|d| now >= d) => {
                 // A per-try timeout: like a reset after the request was written.
+                self.events.push(Event::PerTryTimedOut { host });
                 self.release_host(cluster);
                 self.last_failure = Some(ResponseFlag::UpstreamTimeout);
                 let on = self.config.retry.map(|r| r.retry_on).unwrap_or_default();
@@ -489,17 +614,15 @@ impl Exchange {
         self.action.take()
     }
 
+    /// The next event, if any; drain after every input (see [`Event`]).
+    pub fn poll_event(&mut self) -> Option<Event> {
+        self.events.pop()
+    }
+
     /// When `handle_timeout` must be called next.
     #[must_use]
     pub fn poll_timeout(&self) -> Option<Instant> {
-        let state_deadline = match self.state {
-            State::Connecting { deadline, .. } => Some(deadline),
-            State::Waiting { .. } => self.try_deadline,
-            State::Backoff { until } => Some(until),
-            State::Responding { .. } | State::Idle | State::Done => None,
-        };
-        match (state_deadline, self.deadline) {
-            _ if matches!(self.state, State::Done) => None,
+        match self.deadlines() {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         }
@@ -529,6 +652,28 @@ impl Exchange {
     #[must_use]
     pub fn retry_overflowed(&self) -> bool {
         self.retry_overflowed
+    }
+
+    /// The route deadline and the current try's deadline (its connect or per-try timeout, or
+    /// the end of its backoff), the two timers behind [`Exchange::poll_timeout`]; none once over.
+    #[must_use]
+    pub fn deadlines(&self) -> (Option<Instant>, Option<Instant>) {
+        let try_deadline = match self.state {
+            State::Connecting { deadline, .. } => Some(deadline),
+            State::Waiting { .. } => self.try_deadline,
+            State::Backoff { until } => Some(until),
+            State::Responding { .. } | State::Idle | State::Done => None,
+        };
+        match self.state {
+            State::Done => (None, None),
+            _ => (self.deadline, try_deadline),
+        }
+    }
+
+    /// Whether the current try is still connecting.
+    #[must_use]
+    pub fn is_connecting(&self) -> bool {
+        matches!(self.state, State::Connecting { .. })
     }
 
     /// Whether the exchange is over.

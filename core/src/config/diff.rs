@@ -1,0 +1,283 @@
+//! What changed between two configs: the pure half of a reload (and, later, of an xDS update).
+//!
+//! [`diff`] compares a `previous` [`Config`] with the `next` one and says, without touching a
+//! socket:
+//!
+//! - per listener of `next`, where its listening socket comes from ([`ListenerSocket`]): a
+//!   listener whose **address** the previous config already had keeps that socket (with the
+//!   connections queued on it — no connection is refused during a reload, even when the listener
+//!   was renamed or its filter changed); any other is bound afresh;
+//! - which listeners of `previous` close (their address is gone from `next`);
+//! - which listeners and clusters were added, removed or changed, matched by **name**
+//!   ([`Change`]), for the reload's summary and for whoever must rebuild per-name state;
+//! - whether the admin API's listening address changed (a reload cannot move it).
+//!
+//! Everything is given as indices into `previous.listeners` / `next.listeners` (or the
+//! `clusters`), in config order, so the result borrows nothing and iterates deterministically.
+//! Invariant (configs are validated: names and addresses are unique within one config): every
+//! index of `next.listeners` has exactly one [`ListenerSocket`], each previous listener is
+//! either kept by exactly one next listener or listed in [`ConfigDiff::closed_listeners`].
+
+use super::Config;
+
+/// Where a listener of the next config gets its listening socket.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ListenerSocket {
+    /// The previous config had this address: its socket (and backlog) carries over, from the
+    /// previous listener at this index.
+    Keep {
+        /// Index in `previous.listeners`.
+        previous: usize,
+    },
+    /// A new address: a socket must be bound before the switch.
+    Bind,
+}
+
+/// One named entry (listener or cluster) that differs between two configs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Change {
+    /// Only the next config has this name (index in `next`).
+    Added(usize),
+    /// Only the previous config has this name (index in `previous`).
+    Removed(usize),
+    /// Both have the name, with different settings.
+    Changed {
+        /// Index in `previous`.
+        previous: usize,
+        /// Index in `next`.
+        next: usize,
+    },
+}
+
+/// What a switch from one config to another changes (see the module doc).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConfigDiff {
+    /// Per listener of `next`, in order: where its socket comes from.
+    pub sockets: Vec<ListenerSocket>,
+    /// Listeners of `previous` (indices) whose address `next` does not have: their sockets
+    /// close at the switch.
+    pub closed_listeners: Vec<usize>,
+    /// Listeners added, removed or changed, by name: removals in `previous` order first, then
+    /// additions and changes in `next` order.
+    pub listeners: Vec<Change>,
+    /// Clusters added, removed or changed, by name, ordered as `listeners`.
+    pub clusters: Vec<Change>,
+    /// The admin API listens somewhere else (or is added or removed).
+    pub admin_listen_changed: bool,
+}
+
+impl ConfigDiff {
+    /// Whether nothing that a reload acts on differs (the `limits` and `drain_timeout` are
+    /// not compared).
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.listeners.is_empty()
+            && self.clusters.is_empty()
+            && !self.admin_listen_changed
+            && self
+                .sockets
+                .iter()
+                .enumerate()
+                .all(|(i, s)| *s == ListenerSocket::Keep { previous: i })
+            && self.closed_listeners.is_empty()
+    }
+
+    /// Indices in `next.listeners` of the listeners that need a freshly bound socket.
+    pub fn to_bind(&self) -> impl Iterator<Item = usize> + '_ {
+        self.sockets
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| **s == ListenerSocket::Bind)
+            .map(|(i, _)| i)
+    }
+}
+
+/// Compares `previous` with `next` (see the module doc).
+#[must_use]
+pub fn diff(previous: &Config, next: &Config) -> ConfigDiff {
+    let sockets = next
+        .listeners
+        .iter()
+        .map(|l| {
+            previous
+                .listeners
+                .iter()
+                .position(|p| p.address == l.address)
+                .map_or(ListenerSocket::Bind, |previous| ListenerSocket::Keep {
+                    previous,
+                })
+        })
+        .collect();
+    let closed_listeners = previous
+        .listeners
+        .iter()
+        .enumerate()
+        .filter(|(_, p)| !next.listeners.iter().any(|l| l.address == p.address))
+        .map(|(i, _)| i)
+        .collect();
+    ConfigDiff {
+        sockets,
+        closed_listeners,
+        listeners: by_name(&previous.listeners, &next.listeners, |l| &l.name),
+        clusters: by_name(&previous.clusters, &next.clusters, |c| &c.name),
+        admin_listen_changed: previous.admin.as_ref().map(|a| &a.listen)
+            != next.admin.as_ref().map(|a| &a.listen),
+    }
+}
+
+/// Added, removed and changed entries of two lists of uniquely named items.
+fn by_name<T: PartialEq>(previous: &[T], next: &[T], name: impl Fn(&T) -> &String) -> Vec<Change> {
+    let mut changes: Vec<Change> = previous
+        .iter()
+        .enumerate()
+        .filter(|(_, p)| !next.iter().any(|n| name(n) == name(p)))
+        .map(|(i, _)| Change::Removed(i))
+        .collect();
+    for (i, n) in next.iter().enumerate() {
+        match previous.iter().position(|p| name(p) == name(n)) {
+            None => changes.push(Change::Added(i)),
+            Some(p) if previous[p] != *n => changes.push(Change::Changed {
+                previous: p,
+                next: i,
+            }),
+            Some(_) => {}
+        }
+    }
+    changes
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(listeners: &[(&str, u16, &str)], clusters: &[(&str, u16)]) -> Config {
+        use std::fmt::Write as _;
+        let mut yaml = String::from("listeners:\n");
+        for (name, port, cluster) in listeners {
+            let _ = write!(
+                yaml,
+                "  - name: \"{name}\"\n    address: 127.0.0.1:{port}\n    tcp_proxy: {{ cluster: \"{cluster}\" }}\n"
+            );
+        }
+        yaml.push_str("clusters:\n");
+        for (name, port) in clusters {
+            let _ = write!(
+                yaml,
+                "  - name: \"{name}\"\n    hosts: [{{ address: 127.0.0.1:{port} }}]\n"
+            );
+        }
+        Config::from_yaml(&yaml).unwrap_or_else(|e| panic!("{e}\n{yaml}"))
+    }
+
+    #[test]
+    fn the_same_config_changes_nothing_and_keeps_every_socket() {
+        let c = config(&[("a", 1000, "x"), ("b", 1001, "x")], &[("x", 80)]);
+        let d = diff(&c, &c);
+        assert!(d.is_empty(), "{d:?}");
+        assert_eq!(
+            d.sockets,
+            [
+                ListenerSocket::Keep { previous: 0 },
+                ListenerSocket::Keep { previous: 1 }
+            ]
+        );
+        assert_eq!(d.to_bind().count(), 0);
+    }
+
+    #[test]
+    fn sockets_follow_addresses_whatever_the_names_and_order() {
+        let previous = config(&[("a", 1000, "x"), ("b", 1001, "x")], &[("x", 80)]);
+        // `b` moved to 1002, `a` was renamed `c` and moved second; a new listener on 1001.
+        let next = config(
+            &[("b", 1002, "x"), ("c", 1000, "x"), ("d", 1001, "x")],
+            &[("x", 80)],
+        );
+        let d = diff(&previous, &next);
+        assert_eq!(
+            d.sockets,
+            [
+                ListenerSocket::Bind,
+                ListenerSocket::Keep { previous: 0 },
+                ListenerSocket::Keep { previous: 1 },
+            ]
+        );
+        assert_eq!(d.to_bind().collect::<Vec<_>>(), [0]);
+        assert!(d.closed_listeners.is_empty());
+        assert_eq!(
+            d.listeners,
+            [
+                Change::Removed(0),
+                Change::Changed {
+                    previous: 1,
+                    next: 0
+                },
+                Change::Added(1),
+                Change::Added(2),
+            ]
+        );
+        assert!(d.clusters.is_empty());
+        assert!(!d.is_empty());
+    }
+
+    #[test]
+    fn a_removed_address_closes_its_socket() {
+        let previous = config(&[("a", 1000, "x"), ("b", 1001, "x")], &[("x", 80)]);
+        let next = config(&[("b", 1001, "x")], &[("x", 80)]);
+        let d = diff(&previous, &next);
+        assert_eq!(d.sockets, [ListenerSocket::Keep { previous: 1 }]);
+        assert_eq!(d.closed_listeners, [0]);
+        assert_eq!(d.listeners, [Change::Removed(0)]);
+    }
+
+    #[test]
+    fn clusters_are_matched_by_name() {
+        let previous = config(&[("a", 1000, "x")], &[("x", 80), ("y", 81), ("z", 82)]);
+        let next = config(&[("a", 1000, "x")], &[("x", 80), ("z", 90), ("w", 83)]);
+        let d = diff(&previous, &next);
+        assert_eq!(
+            d.clusters,
+            [
+                Change::Removed(1),
+                Change::Changed {
+                    previous: 2,
+                    next: 1
+                },
+                Change::Added(2),
+            ]
+        );
+        assert!(d.listeners.is_empty(), "{:?}", d.listeners);
+        assert_eq!(d.sockets, [ListenerSocket::Keep { previous: 0 }]);
+    }
+
+    #[test]
+    fn a_listener_whose_cluster_index_moves_is_changed() {
+        let previous = config(&[("a", 1000, "y")], &[("x", 80), ("y", 81)]);
+        let next = config(&[("a", 1000, "y")], &[("y", 81)]);
+        let d = diff(&previous, &next);
+        assert_eq!(
+            d.listeners,
+            [Change::Changed {
+                previous: 0,
+                next: 0
+            }]
+        );
+        assert_eq!(d.clusters, [Change::Removed(0)]);
+    }
+
+    #[test]
+    fn moving_the_admin_api_is_reported() {
+        let base = config(&[("a", 1000, "x")], &[("x", 80)]);
+        let mut with_admin = base.clone();
+        with_admin.admin = Config::from_yaml(
+            "admin: { address: 127.0.0.1:9901 }\n\
+             listeners: [{ name: a, address: 127.0.0.1:1000, tcp_proxy: { cluster: x } }]\n\
+             clusters: [{ name: x, hosts: [{ address: 127.0.0.1:80 }] }]\n",
+        )
+        .expect("admin config")
+        .admin;
+        assert!(with_admin.admin.is_some());
+        assert!(diff(&base, &with_admin).admin_listen_changed);
+        assert!(diff(&with_admin, &base).admin_listen_changed);
+        assert!(!diff(&with_admin, &with_admin).admin_listen_changed);
+    }
+}

@@ -1,0 +1,276 @@
+//! The header edits a proxy makes to the messages it forwards, as a neutral list that any codec
+//! applies (HTTP/1.1's head writer today: [`crate::http1::HeadEdits`] takes
+//! [`HeaderEdits::removals`] and [`HeaderEdits::additions`]; HTTP/2 next).
+//!
+//! What it owns: the request edits of one hop — `x-forwarded-for` (the client's address
+//! appended), `x-request-id` (generated when the request has none, as a UUID v4), `host` when
+//! the request had none, then the route's `request_headers_to_remove` / `_to_add` — and the
+//! response edits (the route's `response_headers_to_remove` / `_to_add`). An added field
+//! replaces fields of the same name: its name is removed too.
+//!
+//! What it does not own: hop-by-hop fields (`connection` and the fields it names,
+//! `keep-alive`, `te`, `trailer`, `upgrade`, `proxy-connection`) are connection-level, so each
+//! codec drops them in the same pass that writes the head (HTTP/1.1's writer does; HTTP/2 has
+//! none to drop), and framing fields stay the codec's.
+//!
+//! ## Invariants
+//!
+//! - No heap allocation for up to [`INLINE_EDITS`] removals and as many additions (routes
+//!   rarely have more); past that a spill `Vec` takes them, in order.
+//! - Additions keep their order: the first added, the first written.
+
+use crate::config::http::HeaderValue;
+
+/// Edits of each kind kept in fixed slots before spilling to the heap.
+pub const INLINE_EDITS: usize = 24;
+
+/// Up to [`INLINE_EDITS`] items inline, the rest (with the first ones copied) in `spill`.
+#[derive(Debug)]
+struct Slots<T: Copy> {
+    inline: [T; INLINE_EDITS],
+    len: usize,
+    spill: Vec<T>,
+}
+
+impl<T: Copy> Slots<T> {
+    fn new(empty: T) -> Self {
+        Slots {
+            inline: [empty; INLINE_EDITS],
+            len: 0,
+            spill: Vec::new(),
+        }
+    }
+
+    fn push(&mut self, item: T) {
+        if self.len < INLINE_EDITS {
+            self.inline[self.len] = item;
+        } else {
+            if self.spill.is_empty() {
+                self.spill.extend_from_slice(&self.inline);
+            }
+            self.spill.push(item);
+        }
+        self.len += 1;
+    }
+
+    fn as_slice(&self) -> &[T] {
+        if self.len <= INLINE_EDITS {
+            &self.inline[..self.len]
+        } else {
+            &self.spill
+        }
+    }
+}
+
+/// A list of header edits: names to remove, then fields to add in order.
+#[derive(Debug)]
+pub struct HeaderEdits<'a> {
+    remove: Slots<&'a str>,
+    add: Slots<(&'a str, &'a [u8])>,
+}
+
+impl Default for HeaderEdits<'_> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<'a> HeaderEdits<'a> {
+    /// No edit.
+    #[must_use]
+    pub fn new() -> Self {
+        HeaderEdits {
+            remove: Slots::new(""),
+            add: Slots::new(("", &[])),
+        }
+    }
+
+    /// Drops every field named `name` (ASCII case-insensitive; lowercase by convention).
+    pub fn remove(&mut self, name: &'a str) {
+        self.remove.push(name);
+    }
+
+    /// Adds `name: value` after the message's own fields (keeping any of the same name).
+    pub fn append(&mut self, name: &'a str, value: &'a [u8]) {
+        self.add.push((name, value));
+    }
+
+    /// Replaces the fields named `name` with `name: value`.
+    pub fn set(&mut self, name: &'a str, value: &'a [u8]) {
+        self.remove(name);
+        self.append(name, value);
+    }
+
+    /// The names to drop.
+    #[must_use]
+    pub fn removals(&self) -> &[&'a str] {
+        self.remove.as_slice()
+    }
+
+    /// The fields to add, in order.
+    #[must_use]
+    pub fn additions(&self) -> &[(&'a str, &'a [u8])] {
+        self.add.as_slice()
+    }
+
+    /// The route's edits: its removals, then its additions (each replacing its name).
+    pub fn route(&mut self, remove: &'a [String], add: &'a [HeaderValue]) {
+        for name in remove {
+            self.remove(name);
+        }
+        for h in add {
+            self.set(&h.name, h.value.as_bytes());
+        }
+    }
+}
+
+/// What the request edits of one hop need to know about the request and the connection.
+#[derive(Clone, Copy, Debug)]
+pub struct RequestFacts<'a> {
+    /// `x-forwarded-for` as it goes upstream (see [`forwarded_for`]).
+    pub forwarded_for: &'a [u8],
+    /// A generated request id, when the request had no `x-request-id` (see
+    /// [`format_request_id`]).
+    pub generated_id: Option<&'a [u8]>,
+    /// A `host` for a request that had none (an HTTP/1.0 request going out as HTTP/1.1).
+    pub missing_host: Option<&'a [u8]>,
+}
+
+/// The edits of a request forwarded upstream: `x-forwarded-for`, `x-request-id`, `host` when
+/// missing, then the route's (see the module doc).
+pub fn request_edits<'a>(
+    edits: &mut HeaderEdits<'a>,
+    facts: &RequestFacts<'a>,
+    route_remove: &'a [String],
+    route_add: &'a [HeaderValue],
+) {
+    edits.set("x-forwarded-for", facts.forwarded_for);
+    if let Some(id) = facts.generated_id {
+        edits.append("x-request-id", id);
+    }
+    if let Some(host) = facts.missing_host {
+        edits.append("host", host);
+    }
+    edits.route(route_remove, route_add);
+}
+
+/// `x-forwarded-for` with the client's address appended to the request's own (if it had one),
+/// built in `buf` (reused across requests) only when there is something to append to.
+pub fn forwarded_for<'a>(
+    existing: Option<&[u8]>,
+    client_ip: &'a [u8],
+    buf: &'a mut Vec<u8>,
+) -> &'a [u8] {
+    match existing {
+        Some(old) => {
+            buf.clear();
+            buf.extend_from_slice(old);
+            buf.extend_from_slice(b", ");
+            buf.extend_from_slice(client_ip);
+            buf
+        }
+        None => client_ip,
+    }
+}
+
+/// Formats a UUID v4 (RFC 9562) from two random words into `out`.
+pub fn format_request_id(a: u64, b: u64, out: &mut [u8; 36]) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let a = (a & 0xffff_ffff_ffff_0fff) | 0x4000;
+    let b = (b & 0x3fff_ffff_ffff_ffff) | 0x8000_0000_0000_0000;
+    let bytes: [u8; 16] = {
+        let mut x = [0u8; 16];
+        x[..8].copy_from_slice(&a.to_be_bytes());
+        x[8..].copy_from_slice(&b.to_be_bytes());
+        x
+    };
+    let mut i = 0;
+    for (k, byte) in bytes.iter().enumerate() {
+        if matches!(k, 4 | 6 | 8 | 10) {
+            out[i] = b'-';
+            i += 1;
+        }
+        out[i] = HEX[usize::from(byte >> 4)];
+        out[i + 1] = HEX[usize::from(byte & 0xf)];
+        i += 2;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hv(name: &str, value: &str) -> HeaderValue {
+        HeaderValue {
+            name: name.into(),
+            value: value.into(),
+        }
+    }
+
+    #[test]
+    fn request_edits_in_order_with_replacements() {
+        let remove = vec!["x-debug".to_string()];
+        let add = vec![hv("x-env", "prod"), hv("x-team", "core")];
+        let mut edits = HeaderEdits::new();
+        request_edits(
+            &mut edits,
+            &RequestFacts {
+                forwarded_for: b"10.0.0.1, 10.0.0.2",
+                generated_id: Some(b"id"),
+                missing_host: Some(b"app"),
+            },
+            &remove,
+            &add,
+        );
+        assert_eq!(
+            edits.removals(),
+            ["x-forwarded-for", "x-debug", "x-env", "x-team"]
+        );
+        assert_eq!(
+            edits.additions(),
+            [
+                ("x-forwarded-for", &b"10.0.0.1, 10.0.0.2"[..]),
+                ("x-request-id", b"id"),
+                ("host", b"app"),
+                ("x-env", b"prod"),
+                ("x-team", b"core"),
+            ]
+        );
+    }
+
+    #[test]
+    fn edit_lists_spill_past_the_inline_capacity() {
+        let names: Vec<String> = (0..INLINE_EDITS + 5).map(|i| format!("x-{i}")).collect();
+        let mut edits = HeaderEdits::new();
+        for (i, n) in names.iter().enumerate() {
+            edits.remove(n);
+            if i < 3 {
+                edits.append(n, b"v");
+            }
+        }
+        let removed: Vec<&str> = edits.removals().to_vec();
+        assert_eq!(
+            removed,
+            names.iter().map(String::as_str).collect::<Vec<_>>()
+        );
+        assert_eq!(edits.additions().len(), 3);
+    }
+
+    #[test]
+    fn forwarded_for_appends_the_client() {
+        let mut buf = Vec::new();
+        assert_eq!(forwarded_for(None, b"10.0.0.9", &mut buf), b"10.0.0.9");
+        assert_eq!(
+            forwarded_for(Some(b"1.2.3.4"), b"10.0.0.9", &mut buf),
+            b"1.2.3.4, 10.0.0.9"
+        );
+    }
+
+    #[test]
+    fn request_ids_are_uuid_v4_shaped() {
+        let mut id = [0u8; 36];
+        format_request_id(0x0123_4567_89ab_cdef, 0xfedc_ba98_7654_3210, &mut id);
+        let text = std::str::from_utf8(&id).unwrap();
+        assert_eq!(text, "01234567-89ab-4def-bedc-ba9876543210");
+    }
+}

@@ -1,0 +1,621 @@
+//! One worker: its listening sockets and its config generations, on any [`Network`].
+//!
+//! A [`Worker`] owns the generation that serves (an [`Engine`] running on the worker's
+//! listening sockets) and the earlier generations still draining. The binary drives one per
+//! worker thread (`server::worker_thread::worker_main`; threads, channels and signals stay in
+//! the server); the simulator drives the same type on turmoil for its reload and upgrade
+//! scenarios, so there is one copy of generation switching.
+//!
+//! Generations are numbered from 0 in the order they start. Each one's life:
+//!
+//! ```text
+//!   serving ──(switch / reload: a newer generation takes the sockets)──▶ draining ──▶ ended
+//!      └────────────(stop: SIGTERM, or an upgrade's old instance)───────────┘
+//! ```
+//!
+//! - **serving**: exactly one generation at a time (the *current* one) accepts on the sockets.
+//! - **switch** ([`Worker::switch`], or [`Worker::reload`], which first takes the sockets off
+//!   the serving engine, matches them to the new config with [`sluice_core::config::diff`]
+//!   and stops the old generation's health checks — the new one runs its own): counters move
+//!   to the new generation, the old generation's Bolt connections migrate to whichever
+//!   generation serves when they become idle, and it drains.
+//! - **draining**: the engine stops accepting and finishes or closes its connections within the
+//!   config's `drain_timeout` (the engine's drain). When it has ended, what it counted while
+//!   draining is added to the generation serving then.
+//! - **stop** ([`Worker::stop`]): the current generation drains too, without a successor;
+//!   [`Worker::drained`] completes once every generation has ended.
+//!
+//! What happened is observable: [`WorkerEvent`]s are given, as they happen, to the hook the
+//! driver set ([`WorkerHooks::on_event`]), and [`WorkerStatus`] (a handle that outlives the
+//! worker) lists every generation with when it started and ended and its open connections.
+//!
+//! Invariants: one serving generation; a generation's stop is sent once; every generation's
+//! task is awaited by [`Worker::drained`] (none is detached past the worker's end).
+
+use std::cell::RefCell;
+use std::io;
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::Arc;
+
+use sluice_core::config::Config;
+use sluice_core::config::diff::{ListenerSocket, diff};
+use tokio::sync::watch;
+
+use crate::engine::{Engine, Handoff};
+use crate::net::Network;
+use crate::stats::WorkerStats;
+
+/// Something that happened to a worker's generations, given to [`WorkerHooks::on_event`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WorkerEvent {
+    /// A generation started serving (accepting on the worker's sockets).
+    GenerationStarted {
+        /// Its number (from 0, in start order).
+        generation: u64,
+    },
+    /// A generation was told to drain: replaced by a newer one, or stopped.
+    GenerationDraining {
+        /// Its number.
+        generation: u64,
+    },
+    /// A generation's engine returned: every connection of it closed (or migrated).
+    GenerationEnded {
+        /// Its number.
+        generation: u64,
+    },
+}
+
+/// What the driver gives a worker besides its first engine.
+#[derive(Default)]
+pub struct WorkerHooks {
+    /// The admin API's `/drain_listeners`: once `true`, every generation closes its listening
+    /// sockets (open connections carry on). `None`: never.
+    pub close_listeners: Option<watch::Receiver<bool>>,
+    /// Called with each [`WorkerEvent`] as it happens (on the worker's thread).
+    pub on_event: Option<Box<dyn Fn(WorkerEvent)>>,
+}
+
+/// One generation as [`WorkerStatus`] reports it.
+#[derive(Clone)]
+pub struct GenerationStatus {
+    /// Its number (from 0, in start order).
+    pub generation: u64,
+    /// When it started serving (the runtime's clock, [`crate::now`]).
+    pub started: sluice_core::Instant,
+    /// When it was told to drain, if it was.
+    pub draining: Option<sluice_core::Instant>,
+    /// When its engine returned, if it did.
+    pub ended: Option<sluice_core::Instant>,
+    /// Its counters (still its own while it drains; moved to the successor when it ends).
+    pub stats: Arc<WorkerStats>,
+}
+
+impl GenerationStatus {
+    /// Its downstream connections open now.
+    #[must_use]
+    pub fn open_connections(&self) -> u64 {
+        self.stats.snapshot().downstream_cx_active()
+    }
+}
+
+/// A handle on a worker's generations (cheap to clone; readable after the worker is gone).
+#[derive(Clone, Default)]
+pub struct WorkerStatus(Rc<RefCell<Vec<GenerationStatus>>>);
+
+impl WorkerStatus {
+    /// Every generation so far, in start order.
+    #[must_use]
+    pub fn generations(&self) -> Vec<GenerationStatus> {
+        self.0.borrow().clone()
+    }
+
+    /// One generation, by number.
+    #[must_use]
+    pub fn generation(&self, generation: u64) -> Option<GenerationStatus> {
+        self.0
+            .borrow()
+            .iter()
+            .find(|g| g.generation == generation)
+            .cloned()
+    }
+
+    fn update(&self, generation: u64, f: impl FnOnce(&mut GenerationStatus)) {
+        if let Some(g) = self
+            .0
+            .borrow_mut()
+            .iter_mut()
+            .find(|g| g.generation == generation)
+        {
+            f(g);
+        }
+    }
+}
+
+/// The serving generation.
+struct Serving<N: Network> {
+    generation: u64,
+    engine: Rc<Engine<N>>,
+    /// Set to `true` to make it drain.
+    stop: watch::Sender<bool>,
+    /// Set when it is replaced; read by its task when it ends.
+    retired: RetiredSlot<N>,
+}
+
+/// A replaced generation's counters, and the worker's serving generation to move them to.
+type RetiredSlot<N> = Rc<RefCell<Option<(Retired, Rc<RefCell<Serving<N>>>)>>>;
+
+/// Counters of a replaced generation, to move to the serving one when it has drained.
+struct Retired {
+    config: Arc<Config>,
+    /// Its counters at the switch (already moved then).
+    at_switch: WorkerStats,
+}
+
+/// One worker's listeners and config generations (see the module doc).
+pub struct Worker<N: Network> {
+    current: Rc<RefCell<Serving<N>>>,
+    /// Every generation's task not awaited yet (the serving one and those draining).
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    next_generation: u64,
+    status: WorkerStatus,
+    close_listeners: Option<watch::Receiver<bool>>,
+    on_event: Rc<dyn Fn(WorkerEvent)>,
+    stopped: bool,
+}
+
+impl<N: Network> Worker<N> {
+    /// Starts serving `engine` on `listeners` (one per listener of its config, in order) as
+    /// generation 0. Must run inside a `LocalSet`.
+    pub fn start(engine: Rc<Engine<N>>, listeners: Vec<N::Listener>, hooks: WorkerHooks) -> Self {
+        let WorkerHooks {
+            close_listeners,
+            on_event,
+        } = hooks;
+        let on_event: Rc<dyn Fn(WorkerEvent)> = match on_event {
+            Some(f) => Rc::from(f),
+            None => Rc::new(|_| {}),
+        };
+        let status = WorkerStatus::default();
+        let (serving, task) = start_generation(
+            0,
+            engine,
+            listeners,
+            close_listeners.as_ref(),
+            &status,
+            &on_event,
+        );
+        let current = Rc::new(RefCell::new(serving));
+        Worker {
+            current,
+            tasks: vec![task],
+            next_generation: 1,
+            status,
+            close_listeners,
+            on_event,
+            stopped: false,
+        }
+    }
+
+    /// The serving generation's engine.
+    #[must_use]
+    pub fn engine(&self) -> Rc<Engine<N>> {
+        self.current.borrow().engine.clone()
+    }
+
+    /// The serving generation's number.
+    #[must_use]
+    pub fn generation(&self) -> u64 {
+        self.current.borrow().generation
+    }
+
+    /// A handle on every generation's status.
+    #[must_use]
+    pub fn status(&self) -> WorkerStatus {
+        self.status.clone()
+    }
+
+    /// Serves a connection taken over from elsewhere (an upgrade's migration) on the serving
+    /// generation (see [`Engine::adopt`]).
+    pub fn adopt(
+        &self,
+        listener: SocketAddr,
+        stream: N::Stream,
+        peer: SocketAddr,
+        unread: Vec<u8>,
+    ) {
+        self.engine().adopt(listener, stream, peer, unread);
+    }
+
+    /// Reopens the serving generation's access log files (log rotation).
+    pub fn reopen_access_logs(&self) {
+        self.engine().reopen_access_logs();
+    }
+
+    /// Takes the listening sockets off the serving engine (it stops accepting; its connections
+    /// carry on), in its config's order, `None` for one closed by `/drain_listeners`.
+    pub async fn take_listeners(&self) -> Vec<Option<N::Listener>> {
+        self.engine().take_listeners().await
+    }
+
+    /// A reload: takes the sockets off the serving engine and switches to `engine` (built by
+    /// the driver for the new config). Per [`sluice_core::config::diff`], a listener whose
+    /// address the serving config has keeps that socket (its backlog included), unless it was
+    /// closed (`/drain_listeners`); every other socket comes from `socket_for(index in the new
+    /// config)`; sockets of removed addresses close. Returns the errors of `socket_for` (the
+    /// switch happens anyway, as it always did: the driver reports them).
+    pub async fn reload(
+        &mut self,
+        engine: Rc<Engine<N>>,
+        mut socket_for: impl FnMut(usize) -> io::Result<N::Listener>,
+    ) -> Vec<io::Error> {
+        let old_config = self.engine().config.clone();
+        let changes = diff(&old_config, &engine.config);
+        let mut previous = self.take_listeners().await;
+        // The new config's generation runs its own health checks; the old one's verdicts are
+        // not needed for new connections any more.
+        self.engine().stop_health_checks();
+        let mut listeners = Vec::with_capacity(changes.sockets.len());
+        let mut failed = Vec::new();
+        for (i, socket) in changes.sockets.iter().enumerate() {
+            let kept = match *socket {
+                ListenerSocket::Keep { previous: p } => previous.get_mut(p).and_then(Option::take),
+                ListenerSocket::Bind => None,
+            };
+            match kept.map_or_else(|| socket_for(i), Ok) {
+                Ok(l) => listeners.push(l),
+                Err(e) => failed.push(e),
+            }
+        }
+        // The sockets of removed addresses close here.
+        drop(previous);
+        self.switch(engine, listeners);
+        failed
+    }
+
+    /// Switches to a new generation: `engine` serves `listeners` (one per listener of its
+    /// config, in order; taken off the serving engine, or given back, or fresh); the serving
+    /// generation's counters move to it, its Bolt connections migrate to the serving
+    /// generation as they become idle, and it drains. Its health checks run on until it has
+    /// drained (its open connections keep current verdicts), unless the caller stopped them:
+    /// [`Worker::reload`] does, as the binary always has.
+    pub fn switch(&mut self, engine: Rc<Engine<N>>, listeners: Vec<N::Listener>) {
+        let old = self.engine();
+        let old_config = old.config.clone();
+        // Counters move to the new generation now; what the old one counts while it drains
+        // follows when it has ended.
+        engine
+            .stats
+            .carry_over(&old.stats, &old_config, &engine.config);
+        let retired = Retired {
+            at_switch: old.stats.frozen(&old_config),
+            config: old_config,
+        };
+        old.set_handoff(Rc::new(GenerationHandoff(self.current.clone())));
+        let generation = self.next_generation;
+        self.next_generation += 1;
+        let (serving, task) = start_generation(
+            generation,
+            engine,
+            listeners,
+            self.close_listeners.as_ref(),
+            &self.status,
+            &self.on_event,
+        );
+        let previous = std::mem::replace(&mut *self.current.borrow_mut(), serving);
+        // The old generation's task moves what it counts while draining to whichever
+        // generation serves when it ends.
+        *previous.retired.borrow_mut() = Some((retired, self.current.clone()));
+        self.tasks.push(task);
+        self.tasks.retain(|t| !t.is_finished());
+        self.drain(&previous);
+    }
+
+    /// Stops the worker: the serving generation drains too (no successor). Await
+    /// [`Worker::drained`] for the end.
+    pub fn stop(&mut self) {
+        if !self.stopped {
+            self.stopped = true;
+            let current = self.current.clone();
+            self.drain(&current.borrow());
+        }
+    }
+
+    /// Completes once every generation started so far has ended (call after [`Worker::stop`];
+    /// the future owns what it waits for, so it can be spawned).
+    pub fn drained(&mut self) -> impl std::future::Future<Output = ()> + 'static {
+        let tasks = std::mem::take(&mut self.tasks);
+        async move {
+            for t in tasks {
+                let _ = t.await;
+            }
+        }
+    }
+
+    fn drain(&self, generation: &Serving<N>) {
+        let now = crate::now();
+        self.status
+            .update(generation.generation, |g| g.draining = Some(now));
+        (self.on_event)(WorkerEvent::GenerationDraining {
+            generation: generation.generation,
+        });
+        let _ = generation.stop.send(true);
+    }
+}
+
+/// Starts `engine` on `listeners` as generation `generation`: records it, tells the hook, and
+/// spawns its task (it serves until its stop, drains, then records its end).
+fn start_generation<N: Network>(
+    generation: u64,
+    engine: Rc<Engine<N>>,
+    listeners: Vec<N::Listener>,
+    close_listeners: Option<&watch::Receiver<bool>>,
+    status: &WorkerStatus,
+    on_event: &Rc<dyn Fn(WorkerEvent)>,
+) -> (Serving<N>, tokio::task::JoinHandle<()>) {
+    let (stop, mut stop_rx) = watch::channel(false);
+    let retired: RetiredSlot<N> = Rc::default();
+    status.0.borrow_mut().push(GenerationStatus {
+        generation,
+        started: crate::now(),
+        draining: None,
+        ended: None,
+        stats: engine.stats.clone(),
+    });
+    on_event(WorkerEvent::GenerationStarted { generation });
+    let mut close_listeners = close_listeners.cloned();
+    let close = async move {
+        let closed = match close_listeners.as_mut() {
+            Some(c) => c.wait_for(|c| *c).await.is_ok(),
+            None => false,
+        };
+        if !closed {
+            // No admin side (or it is gone): never close early.
+            std::future::pending::<()>().await;
+        }
+    };
+    let stopped = async move {
+        let _ = stop_rx.wait_for(|s| *s).await;
+    };
+    let task = {
+        let (engine, status, on_event, retired) = (
+            engine.clone(),
+            status.clone(),
+            on_event.clone(),
+            retired.clone(),
+        );
+        tokio::task::spawn_local(async move {
+            engine
+                .clone()
+                .run_with_drain(listeners, close, stopped)
+                .await;
+            if let Some((r, current)) = retired.borrow_mut().take() {
+                let now = current.borrow().engine.clone();
+                now.stats
+                    .transfer(&engine.stats, &r.at_switch, &r.config, &now.config);
+            }
+            let at = crate::now();
+            status.update(generation, |g| g.ended = Some(at));
+            on_event(WorkerEvent::GenerationEnded { generation });
+        })
+    };
+    (
+        Serving {
+            generation,
+            engine,
+            stop,
+            retired,
+        },
+        task,
+    )
+}
+
+/// The handoff of a replaced generation: its Bolt connections go to the generation serving
+/// when they are handed over (a reload moves live Bolt connections rather than closing them).
+struct GenerationHandoff<N: Network>(Rc<RefCell<Serving<N>>>);
+
+impl<N: Network> Handoff<N::Stream> for GenerationHandoff<N> {
+    fn ready(&self) -> bool {
+        true
+    }
+
+    fn take(&self, listener: SocketAddr, stream: N::Stream, peer: SocketAddr, unread: Vec<u8>) {
+        let engine = self.0.borrow().engine.clone();
+        engine.adopt(listener, stream, peer, unread);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+    use super::*;
+    use crate::net::TokioNet;
+
+    fn echo_config(ports: &[u16]) -> Arc<Config> {
+        use std::fmt::Write as _;
+        let mut yaml = String::from("listeners:\n");
+        for (i, port) in ports.iter().enumerate() {
+            let _ = write!(
+                yaml,
+                "  - name: echo{i}\n    address: 127.0.0.1:{port}\n    echo: {{}}\n"
+            );
+        }
+        yaml.push_str(
+            "clusters: [{ name: unused, hosts: [{ address: 127.0.0.1:9 }] }]\ndrain_timeout: 2s\n",
+        );
+        Arc::new(Config::from_yaml(&yaml).unwrap_or_else(|e| panic!("{e}\n{yaml}")))
+    }
+
+    fn engine(config: &Arc<Config>) -> Rc<Engine<TokioNet>> {
+        let stats = Arc::new(WorkerStats::new(config));
+        Engine::new(TokioNet, config.clone(), 0, 1, stats).expect("engine")
+    }
+
+    fn listener() -> (tokio::net::TcpListener, u16) {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        l.set_nonblocking(true).expect("nonblocking");
+        let port = l.local_addr().expect("address").port();
+        (
+            tokio::net::TcpListener::from_std(l).expect("tokio listener"),
+            port,
+        )
+    }
+
+    async fn echoes(s: &mut tokio::net::TcpStream, what: &[u8]) {
+        s.write_all(what).await.expect("write");
+        let mut back = vec![0; what.len()];
+        tokio::time::timeout(Duration::from_secs(5), s.read_exact(&mut back))
+            .await
+            .expect("echo in time")
+            .expect("echo");
+        assert_eq!(back, what);
+    }
+
+    async fn until(what: &str, mut done: impl FnMut() -> bool) {
+        for _ in 0..500 {
+            if done() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("timed out waiting for {what}");
+    }
+
+    /// A reload keeps the socket of a known address and binds a new one; the old generation
+    /// drains its open connection, reports it, and ends when it closes; its counters move on.
+    #[test]
+    fn a_reload_switches_generations_and_reports_what_happened() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        tokio::task::LocalSet::new().block_on(&rt, async {
+            let (first, port) = listener();
+            let (second, added) = listener();
+            let before = echo_config(&[port]);
+            let after = echo_config(&[port, added]);
+            let events = Rc::new(RefCell::new(Vec::new()));
+            let seen = events.clone();
+            let mut worker = Worker::start(
+                engine(&before),
+                vec![first],
+                WorkerHooks {
+                    close_listeners: None,
+                    on_event: Some(Box::new(move |e| seen.borrow_mut().push(e))),
+                },
+            );
+            let status = worker.status();
+            let mut old_conn = tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .expect("connect");
+            echoes(&mut old_conn, b"before").await;
+
+            let mut second = Some(second);
+            let mut asked = Vec::new();
+            let failed = worker
+                .reload(engine(&after), |i| {
+                    asked.push(i);
+                    second.take().ok_or_else(|| io::Error::other("asked twice"))
+                })
+                .await;
+            assert!(failed.is_empty(), "{failed:?}");
+            assert_eq!(asked, [1], "only the new address needs a socket");
+            assert_eq!(worker.generation(), 1);
+            use WorkerEvent::*;
+            assert_eq!(
+                *events.borrow(),
+                [
+                    GenerationStarted { generation: 0 },
+                    GenerationStarted { generation: 1 },
+                    GenerationDraining { generation: 0 },
+                ]
+            );
+
+            // The kept socket and the new one are served by generation 1; the old connection
+            // still by generation 0, which drains.
+            for p in [port, added] {
+                let mut c = tokio::net::TcpStream::connect(("127.0.0.1", p))
+                    .await
+                    .expect("connect");
+                echoes(&mut c, b"after").await;
+            }
+            echoes(&mut old_conn, b"draining").await;
+            let old = status.generation(0).expect("generation 0");
+            assert!(old.draining.is_some() && old.ended.is_none());
+            assert_eq!(old.open_connections(), 1);
+
+            drop(old_conn);
+            until("generation 0 to end", || {
+                status.generation(0).is_some_and(|g| g.ended.is_some())
+            })
+            .await;
+            assert_eq!(
+                events.borrow().last(),
+                Some(&GenerationEnded { generation: 0 })
+            );
+            // Its connection was counted, then moved to generation 1 (2 of its own).
+            until("generation 1's connections to close", || {
+                status
+                    .generation(1)
+                    .is_some_and(|g| g.open_connections() == 0)
+            })
+            .await;
+            let now = status.generation(1).expect("generation 1");
+            assert_eq!(now.stats.snapshot().downstream_cx_total, 3);
+
+            worker.stop();
+            worker.drained().await;
+            let all = status.generations();
+            assert_eq!(all.len(), 2);
+            assert!(all.iter().all(|g| g.ended.is_some()));
+            assert_eq!(
+                events.borrow().last(),
+                Some(&GenerationEnded { generation: 1 })
+            );
+        });
+    }
+
+    /// A socket closed by `/drain_listeners` is not kept by a reload: the driver is asked for
+    /// a new one, even for a known address.
+    #[test]
+    fn a_reload_after_drain_listeners_asks_for_the_closed_socket_again() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        tokio::task::LocalSet::new().block_on(&rt, async {
+            let (first, port) = listener();
+            let config = echo_config(&[port]);
+            let (close, close_rx) = watch::channel(false);
+            let mut worker = Worker::start(
+                engine(&config),
+                vec![first],
+                WorkerHooks {
+                    close_listeners: Some(close_rx),
+                    on_event: None,
+                },
+            );
+            let _ = close.send(true);
+            until("the listener to close", || {
+                std::net::TcpStream::connect(("127.0.0.1", port)).is_err()
+            })
+            .await;
+            let mut asked = Vec::new();
+            let failed = worker
+                .reload(engine(&config), |i| {
+                    asked.push(i);
+                    let l = std::net::TcpListener::bind(("127.0.0.1", port))?;
+                    l.set_nonblocking(true)?;
+                    tokio::net::TcpListener::from_std(l)
+                })
+                .await;
+            assert!(failed.is_empty(), "{failed:?}");
+            assert_eq!(asked, [0]);
+            worker.stop();
+            worker.drained().await;
+        });
+    }
+}

@@ -1,0 +1,238 @@
+//! Every YAML block of `README.md` and `docs/**/*.md` goes through the config loader that
+//! `sluice validate` uses ([`sluice_runtime::server::load_config`]), so the documentation never
+//! shows a config the code refuses (or accepts one it says is refused).
+//!
+//! A fenced block's info string says what it is:
+//!
+//! - ```` ```yaml ````: a whole config; it must load;
+//! - ```` ```yaml fragment ````: a part of a config (a section shown alone, with `...`
+//!   placeholders); skipped, and counted in the report with where it is;
+//! - ```` ```yaml invalid ````: a config that must be refused; the fenced block right after it
+//!   (```` ```text ````) holds the problems, and each of its lines must be in the error;
+//! - ```` ```yaml kubernetes ````: Kubernetes manifests, not a Sluice config: each document must
+//!   parse and have `apiVersion` and `kind`, and every `*.yaml` entry of a ConfigMap's `data`
+//!   (a Sluice config mounted into the pod) must load. The manifests under `configs/deploy/`
+//!   are checked the same way.
+
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+
+/// A fenced block: the file and line of its opening fence, its info string, its text.
+struct Block {
+    file: PathBuf,
+    line: usize,
+    info: String,
+    text: String,
+}
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+/// `README.md` and every `.md` under `docs/`, sorted.
+fn documents() -> Vec<PathBuf> {
+    fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
+        let mut entries: Vec<PathBuf> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+        entries.sort();
+        for p in entries {
+            if p.is_dir() {
+                walk(&p, out);
+            } else if p.extension().is_some_and(|e| e == "md") {
+                out.push(p);
+            }
+        }
+    }
+    let mut out = vec![repo().join("README.md")];
+    walk(&repo().join("docs"), &mut out);
+    out
+}
+
+/// The fenced blocks of a Markdown text (fences may be indented, as in a list item; the
+/// indent is removed from the block's lines).
+fn blocks(file: &Path) -> Vec<Block> {
+    let text = std::fs::read_to_string(file).unwrap();
+    let mut out = Vec::new();
+    let mut open: Option<(usize, usize, String, String)> = None; // line, indent, info, text
+    for (i, line) in text.lines().enumerate() {
+        let trimmed = line.trim_start();
+        let indent = line.len() - trimmed.len();
+        match &mut open {
+            None => {
+                // CommonMark: the info string of a backtick fence has no backtick (a line that
+                // starts with an inline code span is not a fence).
+                if let Some(info) = trimmed.strip_prefix("```")
+                    && !info.contains('`')
+                {
+                    open = Some((i + 1, indent, info.trim().to_owned(), String::new()));
+                }
+            }
+            Some((start, ind, info, body)) => {
+                if trimmed.starts_with("```") {
+                    out.push(Block {
+                        file: file.to_path_buf(),
+                        line: *start,
+                        info: std::mem::take(info),
+                        text: std::mem::take(body),
+                    });
+                    open = None;
+                } else {
+                    body.push_str(line.get(*ind..).unwrap_or(line.trim_start()));
+                    body.push('\n');
+                }
+            }
+        }
+    }
+    assert!(
+        open.is_none(),
+        "{}: a fenced block is not closed",
+        file.display()
+    );
+    out
+}
+
+#[test]
+fn every_yaml_block_in_the_docs_loads_or_is_refused_as_documented() {
+    let dir = std::env::temp_dir().join(format!("sluice-docs-yaml-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let all: Vec<Block> = documents().iter().flat_map(|f| blocks(f)).collect();
+    let (mut loaded, mut refused, mut fragments) = (0, 0, Vec::new());
+    let mut failures = Vec::new();
+    for (n, b) in all.iter().enumerate() {
+        let mut words = b.info.split_whitespace();
+        if words.next() != Some("yaml") {
+            continue;
+        }
+        let at = format!(
+            "{}:{}",
+            b.file.strip_prefix(repo()).unwrap().display(),
+            b.line
+        );
+        let path = dir.join(format!("block-{n}.yaml"));
+        std::fs::write(&path, &b.text).unwrap();
+        let outcome = sluice_runtime::server::load_config(&path).map_err(|e| e.to_string());
+        match words.next() {
+            None => match outcome {
+                Ok(_) => loaded += 1,
+                Err(e) => failures.push(format!("{at}: refused:\n{e}")),
+            },
+            Some("fragment") => fragments.push(at),
+            Some("invalid") => {
+                let expected = all
+                    .get(n + 1)
+                    .filter(|next| next.info == "text")
+                    .map(|next| next.text.clone());
+                match (outcome, expected) {
+                    (Ok(_), _) => failures.push(format!("{at}: marked invalid, but it loads")),
+                    (Err(_), None) => failures.push(format!(
+                        "{at}: an invalid example needs a ```text block after it with its errors"
+                    )),
+                    (Err(e), Some(expected)) => {
+                        let missing: Vec<&str> = expected
+                            .lines()
+                            .map(str::trim)
+                            .filter(|l| !l.is_empty() && !e.contains(l))
+                            .collect();
+                        if missing.is_empty() {
+                            refused += 1;
+                        } else {
+                            failures.push(format!(
+                                "{at}: refused, but without {missing:?}; the error is:\n{e}"
+                            ));
+                        }
+                    }
+                }
+            }
+            Some("kubernetes") => match check_manifests(&b.text, &dir.join(format!("cm-{n}"))) {
+                Ok(configs) => loaded += configs,
+                Err(e) => failures.push(format!("{at}: {e}")),
+            },
+            Some(other) => failures.push(format!(
+                "{at}: unknown marker `{other}` (use `yaml`, `yaml fragment`, `yaml invalid` or \
+                 `yaml kubernetes`)"
+            )),
+        }
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    // Written past the test harness's capture, so that a plain `cargo test` shows what was
+    // skipped.
+    let _ = writeln!(
+        std::io::stderr(),
+        "docs YAML: {loaded} whole configs loaded, {refused} invalid examples refused as \
+         documented, {} fragments skipped (parts of a config, not whole ones): {}",
+        fragments.len(),
+        fragments.join(", ")
+    );
+    assert!(
+        failures.is_empty(),
+        "{} YAML block(s) of the docs do not match the config loader:\n\n{}",
+        failures.len(),
+        failures.join("\n\n")
+    );
+    assert!(loaded > 0, "no YAML block found: is the docs walk broken?");
+}
+
+/// Checks Kubernetes manifests (one or more YAML documents): each parses and has `apiVersion`
+/// and `kind`; each `*.yaml` entry of a ConfigMap's `data` loads as a Sluice config. Returns how
+/// many Sluice configs it loaded.
+fn check_manifests(text: &str, scratch: &Path) -> Result<usize, String> {
+    let docs: Vec<serde_json::Value> =
+        serde_saphyr::from_multiple(text).map_err(|e| format!("not YAML: {e}"))?;
+    if docs.is_empty() {
+        return Err("no manifest".into());
+    }
+    let mut configs = 0;
+    for (i, doc) in docs.iter().enumerate() {
+        let (Some(_), Some(kind)) = (doc["apiVersion"].as_str(), doc["kind"].as_str()) else {
+            return Err(format!("document {i}: no apiVersion or kind"));
+        };
+        if kind != "ConfigMap" {
+            continue;
+        }
+        for (key, value) in doc["data"].as_object().into_iter().flatten() {
+            if !key.ends_with(".yaml") {
+                continue;
+            }
+            let text = value
+                .as_str()
+                .ok_or_else(|| format!("ConfigMap data {key} is not a string"))?;
+            let path = scratch.with_extension(format!("{i}.{key}"));
+            std::fs::write(&path, text).unwrap();
+            sluice_runtime::server::load_config(&path)
+                .map_err(|e| format!("ConfigMap data {key}: refused:\n{e}"))?;
+            configs += 1;
+        }
+    }
+    Ok(configs)
+}
+
+#[test]
+fn the_deployment_manifests_are_valid_and_their_sluice_configs_load() {
+    let dir = std::env::temp_dir().join(format!("sluice-deploy-yaml-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut checked = 0;
+    let mut entries: Vec<PathBuf> = std::fs::read_dir(repo().join("configs/deploy"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
+        .collect();
+    entries.sort();
+    for path in entries {
+        let text = std::fs::read_to_string(&path).unwrap();
+        let configs = check_manifests(&text, &dir.join("manifest"))
+            .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        assert!(
+            configs > 0,
+            "{}: no Sluice config in a ConfigMap",
+            path.display()
+        );
+        checked += 1;
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(checked > 0, "no manifest under configs/deploy");
+}

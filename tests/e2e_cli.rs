@@ -1,0 +1,90 @@
+//! End-to-end tests of the `sluice` command line itself: what it prints when it cannot start
+//! (once, without colour escapes in a file), and how it takes its config path.
+
+mod support;
+
+use std::io::Write as _;
+use std::net::TcpListener;
+use std::process::{Command, Stdio};
+
+use support::*;
+
+fn config(admin_port: u16, listen_port: u16) -> String {
+    format!(
+        "admin: {{ address: 127.0.0.1:{admin_port} }}\n\
+         listeners:\n  - {{ name: echo_in, address: 127.0.0.1:{listen_port}, echo: {{}} }}\n"
+    )
+}
+
+/// A fatal startup error (the admin address is taken) is printed once, and a log going to a
+/// file (not a terminal) carries no ANSI colour escapes.
+#[test]
+fn a_fatal_error_is_printed_once_without_colour_in_a_file() {
+    if !require_peers(&[]) {
+        return;
+    }
+    let dir = TempDir::new("cli-fatal");
+    let taken = TcpListener::bind("127.0.0.1:0").unwrap();
+    let admin_port = taken.local_addr().unwrap().port();
+    let path = dir.write("sluice.yaml", &config(admin_port, free_port()));
+    let out = Command::new(sluice_bin())
+        .args(["run", "-c", path.to_str().unwrap(), "--workers", "1"])
+        .env_remove("NO_COLOR")
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let needle = format!("cannot listen on 127.0.0.1:{admin_port}");
+    assert_eq!(
+        stderr.matches(&needle).count(),
+        1,
+        "the fatal error once:\n{stderr}"
+    );
+    assert!(
+        !stderr.contains('\u{1b}'),
+        "no colour escapes when stderr is not a terminal:\n{stderr}"
+    );
+}
+
+/// `sluice validate FILE` without `-c`, and `-c -` reading the config from standard input.
+#[test]
+fn validate_takes_the_path_alone_or_the_config_on_stdin() {
+    if !require_peers(&[]) {
+        return;
+    }
+    let http = repo().join("configs/http.yaml");
+    let out = Command::new(sluice_bin())
+        .args(["validate", http.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("http.yaml: ok ("));
+
+    let on_stdin = |text: &str| {
+        let mut child = Command::new(sluice_bin())
+            .args(["validate", "-c", "-"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(text.as_bytes())
+            .unwrap();
+        child.wait_with_output().unwrap()
+    };
+    let out = on_stdin(&std::fs::read_to_string(&http).unwrap());
+    assert!(out.status.success(), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with("<stdin>: ok ("));
+    let out = on_stdin("listeners: [ { name: x, address: nowhere } ]\n");
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).starts_with("<stdin>: "),
+        "{out:?}"
+    );
+}
