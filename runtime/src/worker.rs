@@ -99,12 +99,18 @@ impl GenerationStatus {
     }
 }
 
+/// How many ended generations a [`WorkerStatus`] remembers. A process reloaded every few
+/// seconds for months must not keep every generation's counters alive: the oldest ended ones
+/// are forgotten beyond this (the ones still serving or draining are always kept).
+pub const ENDED_GENERATIONS_KEPT: usize = 16;
+
 /// A handle on a worker's generations (cheap to clone; readable after the worker is gone).
 #[derive(Clone, Default)]
 pub struct WorkerStatus(Rc<RefCell<Vec<GenerationStatus>>>);
 
 impl WorkerStatus {
-    /// Every generation so far, in start order.
+    /// The generations still serving or draining, and the last [`ENDED_GENERATIONS_KEPT`] that
+    /// ended, in start order.
     #[must_use]
     pub fn generations(&self) -> Vec<GenerationStatus> {
         self.0.borrow().clone()
@@ -129,6 +135,30 @@ impl WorkerStatus {
         {
             f(g);
         }
+        self.forget_old_ended();
+    }
+
+    fn push(&self, generation: GenerationStatus) {
+        self.0.borrow_mut().push(generation);
+        self.forget_old_ended();
+    }
+
+    /// Drops the oldest ended generations beyond [`ENDED_GENERATIONS_KEPT`].
+    fn forget_old_ended(&self) {
+        let mut all = self.0.borrow_mut();
+        let mut excess = all
+            .iter()
+            .filter(|g| g.ended.is_some())
+            .count()
+            .saturating_sub(ENDED_GENERATIONS_KEPT);
+        all.retain(|g| {
+            if excess > 0 && g.ended.is_some() {
+                excess -= 1;
+                false
+            } else {
+                true
+            }
+        });
     }
 }
 
@@ -355,7 +385,7 @@ fn start_generation<N: Network>(
 ) -> (Serving<N>, tokio::task::JoinHandle<()>) {
     let (stop, mut stop_rx) = watch::channel(false);
     let retired: RetiredSlot<N> = Rc::default();
-    status.0.borrow_mut().push(GenerationStatus {
+    status.push(GenerationStatus {
         generation,
         started: crate::now(),
         draining: None,
@@ -575,6 +605,55 @@ mod tests {
                 events.borrow().last(),
                 Some(&GenerationEnded { generation: 1 })
             );
+        });
+    }
+
+    /// A worker reloaded many times remembers only the last [`ENDED_GENERATIONS_KEPT`] ended
+    /// generations (and their counters), not one per reload forever.
+    #[test]
+    fn ended_generations_are_forgotten_beyond_a_bound() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        tokio::task::LocalSet::new().block_on(&rt, async {
+            let (first, port) = listener();
+            let config = echo_config(&[port]);
+            let mut worker = Worker::start(
+                engine(&config),
+                vec![first],
+                WorkerHooks {
+                    close_listeners: None,
+                    on_event: None,
+                },
+            );
+            let status = worker.status();
+            let reloads = ENDED_GENERATIONS_KEPT as u64 * 3;
+            for _ in 0..reloads {
+                let failed = worker
+                    .reload(engine(&config), |_| {
+                        Err(io::Error::other("address is kept"))
+                    })
+                    .await;
+                assert!(failed.is_empty(), "{failed:?}");
+            }
+            until("every replaced generation to end", || {
+                status
+                    .generations()
+                    .iter()
+                    .filter(|g| g.generation != reloads)
+                    .all(|g| g.ended.is_some())
+            })
+            .await;
+            let kept: Vec<u64> = status.generations().iter().map(|g| g.generation).collect();
+            let expected: Vec<u64> = (reloads - ENDED_GENERATIONS_KEPT as u64..=reloads).collect();
+            assert_eq!(kept, expected, "the serving one and the last ended ones");
+            let mut c = tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .expect("connect");
+            echoes(&mut c, b"still serving").await;
+            worker.stop();
+            worker.drained().await;
         });
     }
 
