@@ -128,17 +128,22 @@ impl AdminHandle {
             .clone()
     }
 
-    /// Shows a new config generation (same process state).
+    /// Shows a new config generation (same process state). The `/reset_counters` zeroes of
+    /// listeners, clusters and hosts the new config no longer has are forgotten: their counters
+    /// are not carried, so one added back later starts from 0 and must not be read less its old
+    /// zero.
     pub fn replace(&self, config: Arc<Config>, workers: Vec<Arc<WorkerStats>>) {
         let process = self.get().process.clone();
-        *self
-            .current
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(AdminShared {
+        let shared = Arc::new(AdminShared {
             config,
             workers,
             process,
         });
+        forget_reset_of_removed(&shared);
+        *self
+            .current
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = shared;
     }
 }
 
@@ -1400,6 +1405,22 @@ fn reset_counters(shared: &AdminShared) -> usize {
     n
 }
 
+/// Drops the `/reset_counters` zeroes of stats `shared` does not show (elements a reload removed).
+fn forget_reset_of_removed(shared: &AdminShared) {
+    let mut base = shared
+        .counter_base
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    if base.is_empty() {
+        return;
+    }
+    let shown: std::collections::HashSet<String> = flat_stats_kinds(shared, &scrape(shared))
+        .into_iter()
+        .map(|(name, _, _)| name)
+        .collect();
+    base.retain(|name, _| shown.contains(name));
+}
+
 /// Every stat as `(name, value, kind)`, sorted by name, as the counters read.
 fn flat_stats_kinds(shared: &AdminShared, s: &DetailedSnapshot) -> Vec<(String, u64, Kind)> {
     let config = &shared.config;
@@ -2254,6 +2275,51 @@ mod tests {
             p.contains("sluice_downstream_cx_total{listener=\"web\"} 7\n"),
             "{p}"
         );
+    }
+
+    /// A listener removed by a reload and added back by a later one starts from 0, and its
+    /// counters are not read less the zero `/reset_counters` set for the old one.
+    #[test]
+    fn a_reset_is_forgotten_for_a_listener_a_reload_removes() {
+        let s = shared();
+        let with_web = s.config.clone();
+        s.workers[0]
+            .listener(0)
+            .unwrap()
+            .downstream_cx_total
+            .store(100, Ordering::Relaxed);
+        let handle = AdminHandle::new(Arc::new(s));
+        assert_eq!(handle_req(&handle, "POST", "/reset_counters"), 200);
+        let without_web = Arc::new(
+            Config::from_yaml(
+                "admin: { address: 127.0.0.1:9901 }\n\
+                 listeners: [ { name: other, address: 127.0.0.1:3, tcp_proxy: { cluster: app } } ]\n\
+                 clusters: [ { name: app, hosts: [ { address: 127.0.0.1:2, weight: 3 } ] } ]",
+            )
+            .unwrap(),
+        );
+        let stats = vec![Arc::new(WorkerStats::new(&without_web))];
+        handle.replace(without_web, stats);
+        let stats = vec![Arc::new(WorkerStats::new(&with_web))];
+        stats[0]
+            .listener(0)
+            .unwrap()
+            .downstream_cx_total
+            .store(7, Ordering::Relaxed);
+        handle.replace(with_web, stats);
+        let body = handle_body(&handle, "/stats");
+        assert!(
+            body.contains("listener.web.downstream_cx_total: 7\n"),
+            "the new listener's own count:\n{body}"
+        );
+    }
+
+    fn handle_req(h: &AdminHandle, method: &str, path: &str) -> u16 {
+        handle(&h.get(), method, path).0.status
+    }
+
+    fn handle_body(h: &AdminHandle, path: &str) -> String {
+        String::from_utf8(handle(&h.get(), "GET", path).0.body).unwrap()
     }
 
     #[test]
