@@ -60,10 +60,12 @@
 //! - no bound on a draining engine's idle connections (`DRAIN_IDLE_GRACE` 60 s instead of 1 s)
 //!   trips R3 and S3 on every seed of both (the idle connection holds the drain).
 //!
-//! `drain_timeout` is 1.5 s, above the runtime's 1 s `DRAIN_IDLE_GRACE`: an HTTP/1.1
-//! connection does not observe `drain_timeout` (an idle one closes after the grace, a request in
-//! flight runs to its route timeout), so with `drain_timeout: 500ms` S3 fails on every seed
-//! (the idle connection holds the engine 1 s) — a gap in the runtime, not in the scenario.
+//! `drain_timeout` is 1.5 s, above the runtime's 1 s `DRAIN_IDLE_GRACE`, so that idle
+//! keep-alive connections are ended by the grace (the path these scenarios check), not cut by the
+//! deadline. (When this scenario was written an HTTP/1.1 connection did not observe
+//! `drain_timeout` at all; since adf6e2c the deadline ends it, answering 503 to a request still
+//! waiting for its upstream — covered end to end by `e2e_reload`'s SIGTERM test with a 300 ms
+//! `drain_timeout`.)
 
 use std::cell::RefCell;
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
