@@ -1,7 +1,7 @@
 //! Helpers for end-to-end tests of the built `sluice` binary against real peers.
 //!
 //! Every process a test starts is killed when its handle drops, so a failing test leaves
-//! nothing running. Ports are picked free on 127.0.0.1.
+//! nothing running. Ports are claimed per test process on 127.0.0.1 (`free_port`).
 
 #![allow(dead_code)]
 
@@ -24,13 +24,47 @@ pub fn sluice_bin() -> &'static str {
     env!("CARGO_BIN_EXE_sluice")
 }
 
-/// A free TCP port on 127.0.0.1 (bound and released; good enough on a test machine).
+/// A TCP port on 127.0.0.1 that no other test process has claimed and nothing is bound to.
+///
+/// Picking a port by binding port 0 and releasing it raced twice over: the kernel hands the same
+/// ephemeral port to the source side of any connection (wrk's, the proxy's upstream ones) before
+/// the test binds it, and parallel test processes (nextest runs each test in its own) could be
+/// given the same one. So ports come from 20000..32000, below the kernel's default ephemeral range
+/// (32768–60999), and a process claims one by holding an exclusive `flock` on
+/// `$TMPDIR/sluice-test-ports/PORT` for the rest of its life: the kernel drops the lock when the
+/// process exits, so a crashed test leaves no stale claim.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    use std::sync::atomic::{AtomicU32, Ordering};
+    const LOW: u32 = 20_000;
+    const SPAN: u32 = 12_000;
+    static NEXT: AtomicU32 = AtomicU32::new(u32::MAX);
+    let dir = std::env::temp_dir().join("sluice-test-ports");
+    std::fs::create_dir_all(&dir).unwrap();
+    // Each process starts at its own place in the range, so claims rarely even contend.
+    let _ = NEXT.compare_exchange(
+        u32::MAX,
+        std::process::id().wrapping_mul(2_654_435_761) % SPAN,
+        Ordering::Relaxed,
+        Ordering::Relaxed,
+    );
+    for _ in 0..SPAN {
+        let port = (LOW + NEXT.fetch_add(1, Ordering::Relaxed) % SPAN) as u16;
+        let claim = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(dir.join(port.to_string()))
+            .unwrap();
+        if claim.try_lock().is_err() {
+            continue; // another test process holds it
+        }
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            // Held until this process exits.
+            std::mem::forget(claim);
+            return port;
+        }
+    }
+    panic!("no free test port in {LOW}..{}", LOW + SPAN);
 }
 
 /// A fresh temporary directory, removed on drop.
