@@ -13,7 +13,9 @@
 //!   permit, tries, retries and timeouts, with events saying what happened), shared by HTTP/1.1
 //!   and, next, HTTP/2;
 //! - [`tcp_proxy`]: the L4 session state machine (pick a host, connect with a timeout, fail over,
-//!   relay with half-close, idle timeout, close with a reason).
+//!   relay with half-close, idle timeout, close with a reason);
+//! - [`tls`]: the ClientHello peek (server name and ALPN of a TLS connection, read without
+//!   terminating it).
 //!
 //! ## The contract (the same one quinn-proto and str0m follow)
 //!
@@ -44,6 +46,7 @@ pub mod tcp_proxy;
 #[cfg(test)]
 mod test_support;
 pub mod time;
+pub mod tls;
 pub mod upstream;
 
 // The upstream modules at the paths they had before they were grouped under `upstream`.

@@ -1,0 +1,9 @@
+//! TLS pieces that need no TLS library: reading what a ClientHello asks for, so that a
+//! connection can be routed by server name before (or without) terminating it.
+//! Termination and origination use rustls in the runtime.
+
+pub mod client_hello;
+
+pub use client_hello::{
+    ClientHello, ClientHelloError, DEFAULT_MAX_HELLO_BYTES, Peek, peek_client_hello,
+};
