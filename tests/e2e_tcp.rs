@@ -64,7 +64,7 @@ const MANY_MISTAKES: [&str; 6] = [
     "clusters[0].hosts[0].weight: 0 is not a whole number from 1 to 1000",
     r#"listeners[0].address: "127.0.0.1:99999" is not a socket address (port out of range)"#,
     r#"listeners[0].tcp_proxy.cluster: unknown cluster "nowhere" (known: c1)"#,
-    "listeners[0].tcp_proxy.idle_timout: unknown field (expected one of: cluster, idle_timeout, max_connect_attempts)",
+    "listeners[0].tcp_proxy.idle_timout: unknown field (expected one of: cluster, idle_timeout, max_connect_attempts, sni_routes, client_hello_timeout)",
 ];
 
 #[test]
@@ -395,4 +395,192 @@ fn an_address_in_use_is_reported_with_its_listener() {
         )),
         "{stderr}"
     );
+}
+
+/// A self-signed P-256 certificate for `cn` (and its key), made with the openssl CLI.
+fn self_signed(dir: &TempDir, cn: &str) -> (String, String) {
+    let cert = dir.path().join(format!("{cn}.pem"));
+    let key = dir.path().join(format!("{cn}.key"));
+    let out = run(
+        "openssl",
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            &format!("/CN={cn}"),
+            "-keyout",
+            key.to_str().unwrap(),
+            "-out",
+            cert.to_str().unwrap(),
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (
+        cert.to_str().unwrap().to_owned(),
+        key.to_str().unwrap().to_owned(),
+    )
+}
+
+/// The subject CN of the certificate the TLS server behind `port` presents when asked for
+/// `server_name` (`None`: no SNI), read by `openssl s_client` after a full handshake.
+fn served_cn(port: u16, server_name: Option<&str>) -> String {
+    let target = format!("127.0.0.1:{port}");
+    let mut args = vec!["s_client", "-connect", &target, "-brief"];
+    match server_name {
+        Some(name) => args.extend(["-servername", name]),
+        None => args.push("-noservername"),
+    }
+    let out = run("openssl", &args);
+    let text =
+        String::from_utf8_lossy(&out.stderr).into_owned() + &String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("CONNECTION ESTABLISHED"),
+        "no TLS handshake through the proxy for {server_name:?}:\n{text}"
+    );
+    text.lines()
+        .find_map(|l| l.strip_prefix("Peer certificate: CN = "))
+        .unwrap_or_else(|| panic!("no peer certificate in:\n{text}"))
+        .trim()
+        .to_owned()
+}
+
+/// `sni_routes`: each TLS connection reaches the backend its server name picks — exact name,
+/// then the longest wildcard, else the listener's cluster — with the handshake passed through
+/// untouched (openssl completes it against the backend's own certificate); a connection that is
+/// not TLS goes to the default cluster, a malformed ClientHello and one that never completes are
+/// closed; every outcome is counted.
+#[test]
+fn sni_routes_pass_tls_through_to_the_cluster_the_server_name_picks() {
+    if !require_peers(&["openssl"]) {
+        return;
+    }
+    let dir = TempDir::new("sni");
+    let (api, web, fallback) = (free_port(), free_port(), free_port());
+    let mut backends = Vec::new();
+    for (cn, port) in [("api", api), ("web", web), ("fallback", fallback)] {
+        let (cert, key) = self_signed(&dir, cn);
+        let mut p = spawn(
+            &dir,
+            cn,
+            "openssl",
+            &[
+                "s_server",
+                "-accept",
+                &format!("127.0.0.1:{port}"),
+                "-cert",
+                &cert,
+                "-key",
+                &key,
+                "-www",
+            ],
+        );
+        wait_listening(addr(port), &mut p);
+        backends.push(p);
+    }
+    let (listen, slow_listen, admin) = (free_port(), free_port(), free_port());
+    let config = format!(
+        r#"
+admin: {{ address: 127.0.0.1:{admin} }}
+listeners:
+  - name: tls_in
+    address: 127.0.0.1:{listen}
+    tcp_proxy:
+      cluster: fallback
+      sni_routes:
+        - {{ server_names: [api.example.com, "*.eu.example.com"], cluster: api }}
+        - {{ server_names: ["*.example.com"], cluster: web }}
+  - name: tls_slow
+    address: 127.0.0.1:{slow_listen}
+    tcp_proxy:
+      cluster: fallback
+      client_hello_timeout: 300ms
+      sni_routes: [ {{ server_names: [api.example.com], cluster: api }} ]
+clusters:
+  - {{ name: api, hosts: [ {{ address: 127.0.0.1:{api} }} ] }}
+  - {{ name: web, hosts: [ {{ address: 127.0.0.1:{web} }} ] }}
+  - {{ name: fallback, hosts: [ {{ address: 127.0.0.1:{fallback} }} ] }}
+"#
+    );
+    let _s = start_sluice(&dir, &config, 1, addr(listen));
+
+    assert_eq!(served_cn(listen, Some("api.example.com")), "api");
+    assert_eq!(served_cn(listen, Some("API.Example.com.")), "api");
+    assert_eq!(served_cn(listen, Some("x.eu.example.com")), "api"); // longer wildcard
+    assert_eq!(served_cn(listen, Some("www.example.com")), "web");
+    assert_eq!(served_cn(listen, Some("example.org")), "fallback");
+    assert_eq!(served_cn(listen, None), "fallback");
+    // A whole HTTPS exchange through the passthrough (s_server -www answers a status page).
+    let out = run(
+        "curl",
+        &[
+            "-sk",
+            "--resolve",
+            &format!("www.example.com:{listen}:127.0.0.1"),
+            &format!("https://www.example.com:{listen}/"),
+        ],
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("Ciphers supported in s_server binary"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+
+    // Not TLS: relayed to the default cluster as is (openssl there answers with an alert or
+    // closes; what matters is that it got there).
+    let mut plain = TcpStream::connect(addr(listen)).unwrap();
+    plain
+        .write_all(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
+        .unwrap();
+    plain
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let _ = plain.read(&mut [0; 64]);
+    // A handshake record that is not a ClientHello (a ServerHello): closed without a byte.
+    let mut bad = TcpStream::connect(addr(listen)).unwrap();
+    bad.write_all(&[22, 3, 3, 0, 6, 2, 0, 0, 2, 3, 3]).unwrap();
+    bad.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    assert_eq!(
+        bad.read(&mut [0; 64]).unwrap(),
+        0,
+        "closed, nothing relayed"
+    );
+    // The start of a ClientHello and then nothing: closed once client_hello_timeout passes.
+    let mut stalled = TcpStream::connect(addr(slow_listen)).unwrap();
+    stalled.write_all(&[22, 3, 1, 0, 200, 1]).unwrap();
+    stalled
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    assert_eq!(
+        stalled.read(&mut [0; 64]).unwrap(),
+        0,
+        "closed by the timeout"
+    );
+
+    let (status, stats) = http_request(addr(admin), "GET", "/stats");
+    assert_eq!(status, 200);
+    let stat = |name: &str| -> u64 {
+        stats
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{name}: ")))
+            .unwrap_or_else(|| panic!("no {name} in /stats:\n{stats}"))
+            .trim()
+            .parse()
+            .unwrap()
+    };
+    assert_eq!(stat("listener.tls_in.tcp.sni.matched"), 5);
+    assert_eq!(stat("listener.tls_in.tcp.sni.unmatched"), 2);
+    assert_eq!(stat("listener.tls_in.tcp.sni.not_tls"), 1);
+    assert_eq!(stat("listener.tls_in.tcp.sni.invalid"), 1);
+    assert_eq!(stat("listener.tls_slow.tcp.sni.timeout"), 1);
 }

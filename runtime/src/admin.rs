@@ -1246,6 +1246,9 @@ fn shown(
         Shown::Never => false,
         Shown::HttpListeners => listener.is_some_and(|i| is_http(config, i)),
         Shown::TcpListeners => listener.is_some_and(|i| is_tcp(config, i)),
+        Shown::SniListeners => listener.is_some_and(|i| {
+            matches!(&config.listeners[i].filter, ListenerFilter::TcpProxy(tp) if !tp.sni_routes.is_empty())
+        }),
         Shown::WithHealthCheck => {
             cluster.is_some_and(|i| config.clusters[i].health_check.is_some())
         }
@@ -1606,6 +1609,7 @@ pub fn metrics_reference() -> String {
             Shown::Always => "",
             Shown::HttpListeners => " (only for HTTP and `protocol: auto` listeners)",
             Shown::TcpListeners => " (only for TCP proxy listeners)",
+            Shown::SniListeners => " (only for TCP proxy listeners with `sni_routes`)",
             Shown::WithHealthCheck => " (only with a health_check)",
             Shown::WithOutlierDetection => " (only with outlier_detection)",
             Shown::WithLimits => " (once the server set its limits)",

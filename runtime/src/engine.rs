@@ -31,7 +31,10 @@ use sluice_core::health::{Resource, UpstreamResult};
 use sluice_core::lb::request_hash;
 use sluice_core::rng::Rng;
 use sluice_core::router::Router;
-use sluice_core::tcp_proxy::{Action, CloseReason, ConnectFailure, SessionConfig, TcpSession};
+use sluice_core::tcp_proxy::{
+    Action, CloseReason, ConnectFailure, SessionConfig, Side, TcpSession,
+};
+use sluice_core::tls::{DEFAULT_MAX_HELLO_BYTES, Peek, peek_client_hello};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::Notify;
 use tracing::{debug, info, warn};
@@ -44,7 +47,7 @@ use crate::net::Network;
 use crate::now;
 use crate::pool::Pool;
 use crate::relay::{BUFFER_SIZE, relay};
-use crate::stats::{WorkerStats, bump, gauge_add};
+use crate::stats::{SniOutcome, WorkerStats, bump, gauge_add};
 
 /// Buffers kept for reuse per worker (each session takes two).
 const MAX_POOLED_BUFFERS: usize = 1024;
@@ -542,7 +545,25 @@ impl<N: Network> Engine<N> {
         mut down: N::Stream,
         peer: SocketAddr,
     ) {
-        let ci = tp.cluster_index;
+        // With `sni_routes`, the ClientHello picks the cluster; the bytes read to see it go
+        // upstream first, untouched.
+        let mut hello: Option<(Box<[u8]>, usize)> = None;
+        let ci = if tp.sni_routes.is_empty() {
+            tp.cluster_index
+        } else {
+            let (buf, len, (outcome, cluster)) = self.read_client_hello(tp, &mut down).await;
+            if let Some(l) = self.stats.listener(listener) {
+                bump(&l.sni_outcome[outcome as usize], 1);
+            }
+            let Some(ci) = cluster else {
+                debug!(listener = %lc.name, %peer, outcome = outcome.as_str(), "no usable ClientHello: connection closed");
+                self.give_buffer(buf);
+                let _ = down.shutdown().await;
+                return;
+            };
+            hello = Some((buf, len));
+            ci
+        };
         let cluster_cfg = &self.config.clusters[ci];
         let cluster = &self.clusters[ci];
         let cstats = self.stats.cluster(ci);
@@ -554,6 +575,9 @@ impl<N: Network> Engine<N> {
             }
             debug!(listener = %lc.name, %peer, "max_connections reached: connection closed");
             let _ = down.shutdown().await;
+            if let Some((buf, _)) = hello {
+                self.give_buffer(buf);
+            }
             return;
         };
         if let Some(c) = cstats {
@@ -654,30 +678,45 @@ impl<N: Network> Engine<N> {
 
         let reason = match (up, reason) {
             (Some(mut up), None) => {
-                let buffers = [self.take_buffer(), self.take_buffer()];
-                let end = relay(
-                    &mut session,
-                    &mut down,
-                    &mut up,
-                    buffers,
-                    drain_expired,
-                    &mut |s| {
-                        s.handle_timeout(
-                            now(),
-                            &mut cluster.borrow_mut(),
-                            &mut self.rng.borrow_mut(),
-                        )
-                    },
-                )
-                .await;
-                let [a, b] = end.buffers;
-                self.give_buffer(a);
-                self.give_buffer(b);
-                end.reason
+                if let Some((buf, len)) = hello.take() {
+                    // The bytes the ClientHello peek read go upstream before anything else.
+                    match up.write_all(&buf[..len]).await {
+                        Ok(()) => session.handle_read(now(), Side::Downstream, len),
+                        Err(_) => session.handle_error(now(), Side::Upstream),
+                    }
+                    self.give_buffer(buf);
+                }
+                if let Some(r) = session.close_reason() {
+                    r
+                } else {
+                    let buffers = [self.take_buffer(), self.take_buffer()];
+                    let end = relay(
+                        &mut session,
+                        &mut down,
+                        &mut up,
+                        buffers,
+                        drain_expired,
+                        &mut |s| {
+                            s.handle_timeout(
+                                now(),
+                                &mut cluster.borrow_mut(),
+                                &mut self.rng.borrow_mut(),
+                            )
+                        },
+                    )
+                    .await;
+                    let [a, b] = end.buffers;
+                    self.give_buffer(a);
+                    self.give_buffer(b);
+                    end.reason
+                }
             }
             (_, Some(r)) => r,
             (None, None) => unreachable!("the session neither connected nor closed"),
         };
+        if let Some((buf, _)) = hello {
+            self.give_buffer(buf);
+        }
         session.release(&mut cluster.borrow_mut());
         if let Some(host) = connected_host {
             if let Some(h) = self.stats.host(ci, host.index()) {
@@ -745,6 +784,51 @@ impl<N: Network> Engine<N> {
             let active = self.clusters[cluster].borrow().host(host).active;
             h.rq_active.store(u64::from(active), Relaxed);
         }
+    }
+
+    /// Reads until the connection's first bytes say which cluster of `tp.sni_routes` it goes
+    /// to: the buffer and how much of it was read, the outcome, and the cluster (`None`: close
+    /// the connection). Bounded by `client_hello_timeout` and by the drain deadline.
+    async fn read_client_hello(
+        &self,
+        tp: &TcpProxyConfig,
+        down: &mut N::Stream,
+    ) -> (Box<[u8]>, usize, (SniOutcome, Option<usize>)) {
+        let mut buf = self.take_buffer();
+        let mut len = 0;
+        // A hello split into tiny records takes more room than its own length: the buffer
+        // (32 KiB) bounds it too, and one that fills the buffer undecided is refused.
+        let limit = DEFAULT_MAX_HELLO_BYTES.min(buf.len());
+        let deadline = tokio::time::Instant::now() + tp.client_hello_timeout;
+        let drain_expired = self.drain_expired.notified();
+        tokio::pin!(drain_expired);
+        let outcome = loop {
+            match peek_client_hello(&buf[..len], limit) {
+                Peek::NeedMore { .. } if len < buf.len() => {}
+                Peek::NeedMore { .. } | Peek::Invalid(_) => break (SniOutcome::Invalid, None),
+                Peek::NotTls => break (SniOutcome::NotTls, Some(tp.cluster_index)),
+                Peek::ClientHello(h) => {
+                    let (ci, matched) = tp.cluster_for_server_name(h.server_name.as_deref());
+                    let outcome = if matched {
+                        SniOutcome::Matched
+                    } else {
+                        SniOutcome::Unmatched
+                    };
+                    break (outcome, Some(ci));
+                }
+            }
+            let read = tokio::select! {
+                r = tokio::time::timeout_at(deadline, down.read(&mut buf[len..])) => r,
+                () = &mut drain_expired => break (SniOutcome::Timeout, None),
+            };
+            match read {
+                Ok(Ok(n)) if n > 0 => len += n,
+                // The client closed or reset before its ClientHello was complete, or the
+                // timeout expired.
+                _ => break (SniOutcome::Timeout, None),
+            }
+        };
+        (buf, len, outcome)
     }
 
     fn take_buffer(&self) -> Box<[u8]> {

@@ -153,6 +153,8 @@ pub enum Shown {
     HttpListeners,
     /// Listeners with a `tcp_proxy` filter (the family is declared only when there is one).
     TcpListeners,
+    /// `tcp_proxy` listeners with `sni_routes`.
+    SniListeners,
     /// Clusters (and their hosts) with a `health_check`.
     WithHealthCheck,
     /// Clusters (and their hosts) with `outlier_detection`.
@@ -476,6 +478,48 @@ fn close_reason(i: usize) -> &'static str {
     CloseReason::ALL[i].as_str()
 }
 
+/// What the ClientHello of a connection on a `tcp_proxy` listener with `sni_routes` said.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SniOutcome {
+    /// Its server name matched a route: that route's cluster.
+    Matched,
+    /// TLS without a server name or with one no route names: the listener's `cluster`.
+    Unmatched,
+    /// Not TLS: the listener's `cluster`.
+    NotTls,
+    /// A malformed or too long ClientHello: closed.
+    Invalid,
+    /// No complete ClientHello within `client_hello_timeout` (or the client left first): closed.
+    Timeout,
+}
+
+impl SniOutcome {
+    /// Every outcome, in counter order.
+    pub const ALL: [SniOutcome; 5] = [
+        SniOutcome::Matched,
+        SniOutcome::Unmatched,
+        SniOutcome::NotTls,
+        SniOutcome::Invalid,
+        SniOutcome::Timeout,
+    ];
+    /// The label and `/stats` suffix.
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SniOutcome::Matched => "matched",
+            SniOutcome::Unmatched => "unmatched",
+            SniOutcome::NotTls => "not_tls",
+            SniOutcome::Invalid => "invalid",
+            SniOutcome::Timeout => "timeout",
+        }
+    }
+}
+
+/// The label value of an [`SniOutcome`] by index.
+fn sni_outcome(i: usize) -> &'static str {
+    SniOutcome::ALL[i].as_str()
+}
+
 counters! {
     /// Counters of one listener in one worker.
     #[repr(align(128))]
@@ -549,6 +593,16 @@ counters! {
             .stats("tcp.closed.")
             .prometheus_for(Shown::TcpListeners)
             .stats_for(Shown::TcpListeners);
+        /// Connections routed by their ClientHello, by [`SniOutcome`].
+        sni_outcome: [AtomicU64; SniOutcome::ALL.len()], counter
+            => Metric::counter(
+                "sluice_tcp_sni_connections_total",
+                "Connections on tcp_proxy listeners with sni_routes, by what their ClientHello said.",
+            )
+            .by("outcome", sni_outcome)
+            .stats("tcp.sni.")
+            .prometheus_for(Shown::SniListeners)
+            .stats_for(Shown::SniListeners);
     }
 }
 

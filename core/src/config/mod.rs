@@ -263,6 +263,61 @@ pub struct TcpProxyConfig {
     pub idle_timeout: Option<Duration>,
     /// Connect attempts per session, each to another host when one is available.
     pub max_connect_attempts: u32,
+    /// TLS passthrough by server name: a connection whose ClientHello names one of a route's
+    /// `server_names` goes to that route's cluster, its bytes untouched (nothing is
+    /// terminated); any other connection (no match, no SNI, not TLS) goes to `cluster`. Empty:
+    /// no ClientHello is awaited.
+    pub sni_routes: Vec<SniRoute>,
+    /// How long to wait for a complete ClientHello when `sni_routes` is set (then the
+    /// connection is closed).
+    #[serde(serialize_with = "ser_duration")]
+    pub client_hello_timeout: Duration,
+}
+
+/// One `sni_routes` entry of a `tcp_proxy`.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct SniRoute {
+    /// Lowercase DNS names without a trailing dot; `*.example.com` matches any name ending in
+    /// `.example.com` (one or more labels before it). Exact names win over wildcards, and a
+    /// longer wildcard suffix over a shorter one.
+    pub server_names: Vec<String>,
+    /// Name of the upstream cluster.
+    pub cluster: String,
+    /// Index of that cluster in [`Config::clusters`].
+    #[serde(skip)]
+    pub cluster_index: usize,
+}
+
+/// How long a `tcp_proxy` with `sni_routes` waits for the ClientHello by default (Envoy's
+/// listener filter timeout).
+pub const DEFAULT_CLIENT_HELLO_TIMEOUT: Duration = Duration::from_secs(15);
+
+impl TcpProxyConfig {
+    /// The cluster index for a connection whose ClientHello named `server_name` (lowercase,
+    /// no trailing dot; `None`: no name or not TLS), and whether a route matched.
+    #[must_use]
+    pub fn cluster_for_server_name(&self, server_name: Option<&str>) -> (usize, bool) {
+        let Some(name) = server_name else {
+            return (self.cluster_index, false);
+        };
+        let mut best: Option<(usize, usize)> = None; // (suffix length, cluster)
+        for route in &self.sni_routes {
+            for pattern in &route.server_names {
+                if let Some(suffix) = pattern.strip_prefix('*') {
+                    // `suffix` is `.example.com`: at least one label before it.
+                    if name.len() > suffix.len()
+                        && name.ends_with(suffix)
+                        && best.is_none_or(|(len, _)| suffix.len() > len)
+                    {
+                        best = Some((suffix.len(), route.cluster_index));
+                    }
+                } else if pattern == name {
+                    return (route.cluster_index, true);
+                }
+            }
+        }
+        best.map_or((self.cluster_index, false), |(_, c)| (c, true))
+    }
 }
 
 /// Load-balancing policy of a cluster.

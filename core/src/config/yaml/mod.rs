@@ -28,12 +28,13 @@ use serde_json::Value;
 use super::upstream::{CircuitBreakerSettings, DEFAULT_PANIC_THRESHOLD_PERCENT};
 use super::{
     AdminConfig, AdminListen, ClusterConfig, Config, ConfigError, ConfigErrors,
-    DEFAULT_ADMIN_SOCKET_MODE, DEFAULT_BOLT_PARTIAL_FRAME_BYTES, DEFAULT_CONNECT_TIMEOUT,
-    DEFAULT_DRAIN_TIMEOUT, DEFAULT_MAX_CONNECT_ATTEMPTS, DEFAULT_MINIMUM_RING_SIZE,
-    DEFAULT_TCP_IDLE_TIMEOUT, DEFAULT_UPSTREAM_IDLE_TIMEOUT, HostConfig, LbPolicy, LimitsConfig,
-    ListenerConfig, ListenerFilter, MAX_CONNECTIONS_LIMIT, TcpProxyConfig,
+    DEFAULT_ADMIN_SOCKET_MODE, DEFAULT_BOLT_PARTIAL_FRAME_BYTES, DEFAULT_CLIENT_HELLO_TIMEOUT,
+    DEFAULT_CONNECT_TIMEOUT, DEFAULT_DRAIN_TIMEOUT, DEFAULT_MAX_CONNECT_ATTEMPTS,
+    DEFAULT_MINIMUM_RING_SIZE, DEFAULT_TCP_IDLE_TIMEOUT, DEFAULT_UPSTREAM_IDLE_TIMEOUT, HostConfig,
+    LbPolicy, LimitsConfig, ListenerConfig, ListenerFilter, MAX_CONNECTIONS_LIMIT, SniRoute,
+    TcpProxyConfig,
 };
-use decoder::{Decoder, Obj};
+use decoder::{Decoder, Obj, child, index};
 pub use values::{parse_duration, parse_socket_addr};
 
 impl Config {
@@ -441,6 +442,21 @@ fn decode_tcp_proxy(
         Some((v, p)) => dec.u64_in(&p, v, 1..=10).map(|n| n as u32),
         None => Some(DEFAULT_MAX_CONNECT_ATTEMPTS),
     };
+    let sni_routes = match obj.opt("sni_routes") {
+        Some((v, p)) => decode_sni_routes(dec, &p, v, cluster_names),
+        None => Some(Vec::new()),
+    };
+    let client_hello_timeout = match obj.opt("client_hello_timeout") {
+        Some((v, p)) => dec.duration(&p, v).and_then(|d| {
+            if d.is_zero() {
+                dec.error(&p, "must be greater than zero");
+                None
+            } else {
+                Some(d)
+            }
+        }),
+        None => Some(DEFAULT_CLIENT_HELLO_TIMEOUT),
+    };
     obj.finish(dec);
     let (cluster, cluster_index) = cluster?;
     Some(TcpProxyConfig {
@@ -448,7 +464,91 @@ fn decode_tcp_proxy(
         cluster_index,
         idle_timeout: idle_timeout.map(|d| (!d.is_zero()).then_some(d))?,
         max_connect_attempts: max_connect_attempts?,
+        sni_routes: sni_routes?,
+        client_hello_timeout: client_hello_timeout?,
     })
+}
+
+/// `sni_routes: [ { server_names: [...], cluster } ]`: names are DNS names or `*.` + a DNS
+/// name, kept lowercase without a trailing dot; a name may appear once across all routes.
+fn decode_sni_routes(
+    dec: &mut Decoder,
+    path: &str,
+    v: &Value,
+    cluster_names: &[&str],
+) -> Option<Vec<SniRoute>> {
+    let routes = dec.list(path, v, |dec, path, v| {
+        let mut obj = dec.object(path, v)?;
+        let server_names = obj.req(dec, "server_names").and_then(|(v, p)| {
+            let names = dec.list(&p, v, |dec, path, v| {
+                let raw = dec.string(path, v)?;
+                match sni_pattern(raw) {
+                    Ok(name) => Some(name),
+                    Err(why) => {
+                        dec.error(path, format!("{raw:?} {why}"));
+                        None
+                    }
+                }
+            })?;
+            if names.is_empty() {
+                dec.error(&p, "give at least one server name");
+                return None;
+            }
+            Some(names)
+        });
+        let cluster = obj
+            .req(dec, "cluster")
+            .and_then(|(v, p)| cluster_ref(dec, &p, v, cluster_names));
+        obj.finish(dec);
+        let (cluster, cluster_index) = cluster?;
+        Some(SniRoute {
+            server_names: server_names?,
+            cluster,
+            cluster_index,
+        })
+    })?;
+    let mut seen: Vec<(&str, String)> = Vec::new();
+    let mut clash = false;
+    for (r, route) in routes.iter().enumerate() {
+        for (n, name) in route.server_names.iter().enumerate() {
+            let here = index(&child(&index(path, r), "server_names"), n);
+            if let Some((_, first)) = seen.iter().find(|(s, _)| *s == name) {
+                dec.error(&here, format!("{name:?} is already routed at {first}"));
+                clash = true;
+            } else {
+                seen.push((name, here));
+            }
+        }
+    }
+    (!clash).then_some(routes)
+}
+
+/// A server name as `sni_routes` keeps it: lowercase, no trailing dot; `*.` then a DNS name for
+/// a wildcard. The error says what is wrong, after the name.
+fn sni_pattern(raw: &str) -> Result<String, &'static str> {
+    let lower = raw.to_ascii_lowercase();
+    let name = lower.strip_suffix('.').unwrap_or(&lower);
+    let dns = name.strip_prefix("*.").unwrap_or(name);
+    if dns.is_empty() || dns.len() > 253 {
+        return Err("is not a server name (empty, or longer than 253 bytes)");
+    }
+    for label in dns.split('.') {
+        if label.is_empty() || label.len() > 63 {
+            return Err("is not a server name (an empty label, or one over 63 bytes)");
+        }
+        if label == "*" || label.contains('*') {
+            return Err(
+                "is not a server name (`*` only as the whole first label: `*.example.com`)",
+            );
+        }
+        if !label
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        {
+            return Err("is not a server name (letters, digits, `-`, `_` and dots only)");
+        }
+    }
+    Ok(name.to_owned())
 }
 
 /// A cluster name that must be one of `cluster_names` (the names as written in the file, so

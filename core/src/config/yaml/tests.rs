@@ -690,3 +690,113 @@ clusters:
         );
     }
 }
+
+const SNI: &str = r#"
+listeners:
+  - name: tls_passthrough
+    address: 127.0.0.1:8443
+    tcp_proxy:
+      cluster: fallback
+      sni_routes:
+        - { server_names: [API.example.com., "*.svc.example.com"], cluster: api }
+        - { server_names: ["*.example.com", "*.eu.svc.example.com"], cluster: web }
+clusters:
+  - { name: fallback, hosts: [{ address: 127.0.0.1:9001 }] }
+  - { name: api, hosts: [{ address: 127.0.0.1:9002 }] }
+  - { name: web, hosts: [{ address: 127.0.0.1:9003 }] }
+"#;
+
+#[test]
+fn sni_routes_decode_lowercased_with_a_default_timeout() {
+    let c = Config::from_yaml(SNI).unwrap();
+    let ListenerFilter::TcpProxy(tp) = &c.listeners[0].filter else {
+        panic!("not tcp_proxy")
+    };
+    assert_eq!(tp.client_hello_timeout, DEFAULT_CLIENT_HELLO_TIMEOUT);
+    assert_eq!(
+        tp.sni_routes[0].server_names,
+        ["api.example.com", "*.svc.example.com"]
+    );
+    assert_eq!(
+        (
+            tp.sni_routes[0].cluster_index,
+            tp.sni_routes[1].cluster_index
+        ),
+        (1, 2)
+    );
+    // Without sni_routes nothing changes: no routes, the timeout unused.
+    let ListenerFilter::TcpProxy(plain) = &Config::from_yaml(GOOD).unwrap().listeners[0].filter
+    else {
+        panic!("not tcp_proxy")
+    };
+    assert!(plain.sni_routes.is_empty());
+}
+
+#[test]
+fn a_server_name_picks_exact_then_the_longest_wildcard_then_the_default() {
+    let c = Config::from_yaml(SNI).unwrap();
+    let ListenerFilter::TcpProxy(tp) = &c.listeners[0].filter else {
+        panic!("not tcp_proxy")
+    };
+    let pick = |n: Option<&str>| tp.cluster_for_server_name(n);
+    assert_eq!(pick(Some("api.example.com")), (1, true));
+    assert_eq!(pick(Some("a.svc.example.com")), (1, true));
+    // `*.eu.svc.example.com` (web) is longer than `*.svc.example.com` (api).
+    assert_eq!(pick(Some("x.eu.svc.example.com")), (2, true));
+    assert_eq!(pick(Some("a.b.example.com")), (2, true));
+    // A wildcard needs a label before its suffix; other names and no name take the default.
+    assert_eq!(pick(Some("example.com")), (0, false));
+    assert_eq!(pick(Some("svc.example.com")), (2, true));
+    assert_eq!(pick(Some("example.org")), (0, false));
+    assert_eq!(pick(None), (0, false));
+}
+
+#[test]
+fn bad_sni_routes_are_reported_where_they_are() {
+    let text = r#"
+listeners:
+  - name: tls
+    address: 127.0.0.1:8443
+    tcp_proxy:
+      cluster: a
+      client_hello_timeout: 0s
+      sni_routes:
+        - { server_names: ["a.example", "w*.example", "bad name"], cluster: a }
+        - { server_names: ["A.example"], cluster: nowhere }
+        - { server_names: [], cluster: a }
+clusters:
+  - { name: a, hosts: [{ address: 127.0.0.1:9001 }] }
+"#;
+    let errs = errors(text);
+    let want = [
+        "listeners[0].tcp_proxy.client_hello_timeout: must be greater than zero",
+        "listeners[0].tcp_proxy.sni_routes[0].server_names[1]: \"w*.example\" is not a server name (`*` only as the whole first label: `*.example.com`)",
+        "listeners[0].tcp_proxy.sni_routes[0].server_names[2]: \"bad name\" is not a server name (letters, digits, `-`, `_` and dots only)",
+        "listeners[0].tcp_proxy.sni_routes[1].cluster: unknown cluster \"nowhere\" (known: a)",
+        "listeners[0].tcp_proxy.sni_routes[2].server_names: give at least one server name",
+    ];
+    for w in want {
+        assert!(
+            errs.iter().any(|e| e.starts_with(w)),
+            "missing {w:?} in {errs:#?}"
+        );
+    }
+    let dup = r#"
+listeners:
+  - name: tls
+    address: 127.0.0.1:8443
+    tcp_proxy:
+      cluster: a
+      sni_routes:
+        - { server_names: ["a.example"], cluster: a }
+        - { server_names: ["b.example", "A.Example."], cluster: a }
+clusters:
+  - { name: a, hosts: [{ address: 127.0.0.1:9001 }] }
+"#;
+    assert_eq!(
+        errors(dup),
+        [
+            "listeners[0].tcp_proxy.sni_routes[1].server_names[1]: \"a.example\" is already routed at listeners[0].tcp_proxy.sni_routes[0].server_names[0]"
+        ]
+    );
+}
