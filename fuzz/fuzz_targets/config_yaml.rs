@@ -79,6 +79,41 @@ fn check_ok(config: &Config) {
             );
             assert!((1..=10).contains(&tp.max_connect_attempts));
             assert_ne!(tp.idle_timeout, Some(std::time::Duration::ZERO));
+            assert!(!tp.client_hello_timeout.is_zero());
+            let mut names = Vec::new();
+            for route in &tp.sni_routes {
+                let target = config.clusters.get(route.cluster_index);
+                assert_eq!(
+                    target.map(|c| c.name.as_str()),
+                    Some(route.cluster.as_str()),
+                    "an sni route's cluster_index names another cluster"
+                );
+                assert!(!route.server_names.is_empty());
+                for name in &route.server_names {
+                    let dns = name.strip_prefix("*.").unwrap_or(name);
+                    assert!(
+                        !dns.is_empty()
+                            && !dns.ends_with('.')
+                            && dns.split('.').all(|l| !l.is_empty()
+                                && l.bytes().all(|b| b.is_ascii_lowercase()
+                                    || b.is_ascii_digit()
+                                    || b == b'-'
+                                    || b == b'_')),
+                        "server name {name:?} kept as is"
+                    );
+                    names.push(name.as_str());
+                }
+                // What a route matches picks a route's cluster.
+                for name in &route.server_names {
+                    let probe = name.replace('*', "x");
+                    let (picked, matched) = tp.cluster_for_server_name(Some(&probe));
+                    assert!(matched && picked < config.clusters.len());
+                }
+            }
+            let count = names.len();
+            names.sort_unstable();
+            names.dedup();
+            assert_eq!(names.len(), count, "a server name routed twice");
         }
     }
     let unique = |names: Vec<&str>| {
