@@ -1246,6 +1246,7 @@ fn shown(
         Shown::Never => false,
         Shown::HttpListeners => listener.is_some_and(|i| is_http(config, i)),
         Shown::TcpListeners => listener.is_some_and(|i| is_tcp(config, i)),
+        Shown::TlsListeners => listener.is_some_and(|i| config.listeners[i].tls.is_some()),
         Shown::SniListeners => listener.is_some_and(|i| {
             matches!(&config.listeners[i].filter, ListenerFilter::TcpProxy(tp) if !tp.sni_routes.is_empty())
         }),
@@ -1610,6 +1611,7 @@ pub fn metrics_reference() -> String {
             Shown::HttpListeners => " (only for HTTP and `protocol: auto` listeners)",
             Shown::TcpListeners => " (only for TCP proxy listeners)",
             Shown::SniListeners => " (only for TCP proxy listeners with `sni_routes`)",
+            Shown::TlsListeners => " (only for listeners with `tls`)",
             Shown::WithHealthCheck => " (only with a health_check)",
             Shown::WithOutlierDetection => " (only with outlier_detection)",
             Shown::WithLimits => " (once the server set its limits)",
@@ -2072,6 +2074,7 @@ mod tests {
             address: "127.0.0.1:5".parse().unwrap(),
             filter: ListenerFilter::Echo,
             max_connections: None,
+            tls: None,
         });
         let stats = vec![
             Arc::new(WorkerStats::new(&config)),

@@ -168,10 +168,23 @@ pub fn read_config_file(path: &Path) -> Result<String, ConfigFileError> {
 /// with its path.
 pub fn load_config(path: &Path) -> Result<Config, LoadConfigError> {
     let text = read_config_file(path)?;
-    Config::from_yaml(&text).map_err(|errors| LoadConfigError::Invalid {
+    config_from_text(&text).map_err(|errors| LoadConfigError::Invalid {
         path: path.to_owned(),
         errors,
     })
+}
+
+/// A config from its text: the core's decoding and validation, then what only the runtime can
+/// check — the files the config names (TLS certificates, keys and CAs), each problem at its
+/// config path.
+pub fn config_from_text(text: &str) -> Result<Config, ConfigErrors> {
+    let config = Config::from_yaml(text)?;
+    let errors = crate::tls::check_config(&config);
+    if errors.is_empty() {
+        Ok(config)
+    } else {
+        Err(ConfigErrors(errors))
+    }
 }
 
 #[cfg(test)]

@@ -89,6 +89,8 @@ pub struct Engine<N: Network> {
     pub(crate) routers: Vec<Option<Router>>,
     /// Per listener: this worker's access log writer, if the listener has one.
     pub(crate) access_logs: Vec<Option<RefCell<AccessLog>>>,
+    /// Per listener: the TLS acceptor of a listener that terminates TLS.
+    tls: Vec<Option<crate::tls::TlsAcceptor>>,
     /// The Bolt proxy state, when a listener speaks Bolt.
     pub(crate) bolt: Option<crate::bolt::BoltWorker>,
     /// The active health checks this engine runs (worker 0), aborted when another engine takes
@@ -177,6 +179,7 @@ impl<N: Network> Engine<N> {
                 .map(|c| (c.hosts.len(), c.upstream_idle_timeout)),
         );
         let bolt = crate::bolt::BoltWorker::for_config(&config)?;
+        let tls = crate::tls::acceptors(&config).map_err(std::io::Error::other)?;
         let config_listeners = config.listeners.len();
         let listener_cx = config
             .listeners
@@ -209,6 +212,7 @@ impl<N: Network> Engine<N> {
             drain_expired: Notify::new(),
             routers,
             access_logs,
+            tls,
             pool,
             bolt,
             handoff: RefCell::new(None),
@@ -519,7 +523,17 @@ impl<N: Network> Engine<N> {
             let guard = SessionGuard(&self, index);
             let lc = &self.config.listeners[index];
             match &lc.filter {
-                ListenerFilter::TcpProxy(tp) => self.tcp_proxy(index, lc, tp, stream, peer).await,
+                ListenerFilter::TcpProxy(tp) => match &self.tls[index] {
+                    None => self.tcp_proxy(index, lc, tp, stream, peer, None).await,
+                    Some(acceptor) => {
+                        if let Some((tls, server_name)) =
+                            self.tls_handshake(index, lc, acceptor, stream, peer).await
+                        {
+                            self.tcp_proxy(index, lc, tp, tls, peer, Some(server_name))
+                                .await;
+                        }
+                    }
+                },
                 ListenerFilter::Echo => self.echo(index, stream).await,
                 ListenerFilter::Http(hc) => {
                     self.http_connection(index, lc, hc, stream, peer, &[]).await;
@@ -537,19 +551,68 @@ impl<N: Network> Engine<N> {
         });
     }
 
-    async fn tcp_proxy(
+    /// Terminates TLS on `stream` within the listener's handshake timeout: the TLS stream and
+    /// the server name the client asked for, or `None` (closed; the outcome counted).
+    async fn tls_handshake(
+        &self,
+        listener: usize,
+        lc: &ListenerConfig,
+        acceptor: &crate::tls::TlsAcceptor,
+        stream: N::Stream,
+        peer: SocketAddr,
+    ) -> Option<(tokio_rustls::server::TlsStream<N::Stream>, Option<String>)> {
+        use crate::tls::HandshakeOutcome;
+        let timeout = lc
+            .tls
+            .as_ref()
+            .map_or(Duration::from_secs(10), |t| t.handshake_timeout);
+        let (outcome, result) = match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
+            Ok(Ok(tls)) => (HandshakeOutcome::Ok, Some(tls)),
+            Ok(Err(e)) => {
+                debug!(listener = %lc.name, %peer, error = %e, "TLS handshake failed");
+                (HandshakeOutcome::of_error(&e), None)
+            }
+            Err(_) => (HandshakeOutcome::Timeout, None),
+        };
+        if let Some(l) = self.stats.listener(listener) {
+            bump(&l.tls_handshakes[outcome as usize], 1);
+        }
+        let tls = result?;
+        let server_name = tls.get_ref().1.server_name().map(str::to_owned);
+        Some((tls, server_name))
+    }
+
+    /// Proxies one downstream connection to a host of the listener's cluster. `terminated`:
+    /// TLS was terminated and the client asked for this server name (which then picks the
+    /// `sni_routes` cluster); `None`: plaintext, or TLS passed through (then `sni_routes`
+    /// peeks at the ClientHello).
+    async fn tcp_proxy<S>(
         &self,
         listener: usize,
         lc: &ListenerConfig,
         tp: &TcpProxyConfig,
-        mut down: N::Stream,
+        mut down: S,
         peer: SocketAddr,
-    ) {
+        terminated: Option<Option<String>>,
+    ) where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    {
         // With `sni_routes`, the ClientHello picks the cluster; the bytes read to see it go
         // upstream first, untouched.
         let mut hello: Option<(Box<[u8]>, usize)> = None;
         let ci = if tp.sni_routes.is_empty() {
             tp.cluster_index
+        } else if let Some(server_name) = terminated {
+            let (ci, matched) = tp.cluster_for_server_name(server_name.as_deref());
+            if let Some(l) = self.stats.listener(listener) {
+                let outcome = if matched {
+                    SniOutcome::Matched
+                } else {
+                    SniOutcome::Unmatched
+                };
+                bump(&l.sni_outcome[outcome as usize], 1);
+            }
+            ci
         } else {
             let (buf, len, (outcome, cluster)) = self.read_client_hello(tp, &mut down).await;
             if let Some(l) = self.stats.listener(listener) {
@@ -789,10 +852,10 @@ impl<N: Network> Engine<N> {
     /// Reads until the connection's first bytes say which cluster of `tp.sni_routes` it goes
     /// to: the buffer and how much of it was read, the outcome, and the cluster (`None`: close
     /// the connection). Bounded by `client_hello_timeout` and by the drain deadline.
-    async fn read_client_hello(
+    async fn read_client_hello<S: tokio::io::AsyncRead + Unpin>(
         &self,
         tp: &TcpProxyConfig,
-        down: &mut N::Stream,
+        down: &mut S,
     ) -> (Box<[u8]>, usize, (SniOutcome, Option<usize>)) {
         let mut buf = self.take_buffer();
         let mut len = 0;

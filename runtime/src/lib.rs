@@ -36,6 +36,7 @@ pub mod pool;
 pub mod relay;
 pub mod server;
 pub mod stats;
+pub mod tls;
 pub mod worker;
 
 /// The origin of the core's [`sluice_core::Instant`]s: a point a minute before the first

@@ -163,7 +163,7 @@ fn load(source: &ConfigSource) -> Result<Config, String> {
             let text = String::from_utf8(bytes)
                 .map_err(|e| format!("<stdin>: cannot read the config: not UTF-8 text ({e})"))?;
             // The same listing as `server::load_config` gives for a file.
-            Config::from_yaml(&text).map_err(|errors| {
+            sluice_runtime::config_file::config_from_text(&text).map_err(|errors| {
                 let n = errors.0.len();
                 let mut out = format!(
                     "<stdin>: {n} problem{} in the config:",

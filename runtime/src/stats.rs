@@ -30,6 +30,8 @@ use std::time::Duration;
 use sluice_core::config::Config;
 use sluice_core::tcp_proxy::CloseReason;
 
+use crate::tls::HandshakeOutcome;
+
 /// Upper bounds of the histogram buckets in microseconds (0.5 ms to 10 s, log scale); one more
 /// bucket counts everything above the last bound (`+Inf`).
 pub const HISTOGRAM_BOUNDS_US: [u64; 14] = [
@@ -155,6 +157,8 @@ pub enum Shown {
     TcpListeners,
     /// `tcp_proxy` listeners with `sni_routes`.
     SniListeners,
+    /// Listeners that terminate TLS.
+    TlsListeners,
     /// Clusters (and their hosts) with a `health_check`.
     WithHealthCheck,
     /// Clusters (and their hosts) with `outlier_detection`.
@@ -515,6 +519,11 @@ impl SniOutcome {
     }
 }
 
+/// The label value of a [`HandshakeOutcome`] by index.
+fn handshake_outcome(i: usize) -> &'static str {
+    HandshakeOutcome::ALL[i].as_str()
+}
+
 /// The label value of an [`SniOutcome`] by index.
 fn sni_outcome(i: usize) -> &'static str {
     SniOutcome::ALL[i].as_str()
@@ -603,6 +612,16 @@ counters! {
             .stats("tcp.sni.")
             .prometheus_for(Shown::SniListeners)
             .stats_for(Shown::SniListeners);
+        /// TLS handshakes, by [`HandshakeOutcome`].
+        tls_handshakes: [AtomicU64; HandshakeOutcome::ALL.len()], counter
+            => Metric::counter(
+                "sluice_tls_handshakes_total",
+                "TLS handshakes on listeners that terminate TLS, by outcome.",
+            )
+            .by("outcome", handshake_outcome)
+            .stats("tls.handshake.")
+            .prometheus_for(Shown::TlsListeners)
+            .stats_for(Shown::TlsListeners);
     }
 }
 

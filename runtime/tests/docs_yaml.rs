@@ -13,6 +13,11 @@
 //!   parse and have `apiVersion` and `kind`, and every `*.yaml` entry of a ConfigMap's `data`
 //!   (a Sluice config mounted into the pod) must load. The manifests under `configs/deploy/`
 //!   are checked the same way.
+//!
+//! TLS files named under `/etc/sluice/certs/` in a block are made for it by the test (a test CA
+//! signs each `NAME.pem` + `NAME.key` pair; a `NAME.pem` with `ca` in its name and no key is a
+//! CA certificate), and the block is loaded with those paths pointing at them: examples show
+//! realistic paths and are still checked whole, files included.
 
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
@@ -114,7 +119,8 @@ fn every_yaml_block_in_the_docs_loads_or_is_refused_as_documented() {
             b.line
         );
         let path = dir.join(format!("block-{n}.yaml"));
-        std::fs::write(&path, &b.text).unwrap();
+        let text = with_test_certificates(&b.text, &dir.join(format!("certs-{n}")));
+        std::fs::write(&path, text).unwrap();
         let outcome = sluice_runtime::server::load_config(&path).map_err(|e| e.to_string());
         match words.next() {
             None => match outcome {
@@ -235,4 +241,47 @@ fn the_deployment_manifests_are_valid_and_their_sluice_configs_load() {
     }
     let _ = std::fs::remove_dir_all(&dir);
     assert!(checked > 0, "no manifest under configs/deploy");
+}
+
+/// `text` with each `/etc/sluice/certs/FILE` it names made under `dir` and the path rewritten
+/// to it (see the module docs); `text` as is when it names none.
+fn with_test_certificates(text: &str, dir: &Path) -> String {
+    const PREFIX: &str = "/etc/sluice/certs/";
+    let mut names: Vec<&str> = text
+        .match_indices(PREFIX)
+        .map(|(i, _)| {
+            let rest = &text[i + PREFIX.len()..];
+            let end = rest
+                .find(|c: char| !(c.is_ascii_alphanumeric() || "._-".contains(c)))
+                .unwrap_or(rest.len());
+            &rest[..end]
+        })
+        .collect();
+    if names.is_empty() {
+        return text.to_owned();
+    }
+    names.sort_unstable();
+    names.dedup();
+    std::fs::create_dir_all(dir).unwrap();
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let ca =
+        rcgen::CertifiedIssuer::self_signed(params, rcgen::KeyPair::generate().unwrap()).unwrap();
+    for name in &names {
+        let Some(stem) = name.strip_suffix(".pem") else {
+            continue;
+        };
+        let key_name = format!("{stem}.key");
+        if !names.contains(&key_name.as_str()) {
+            // A CA bundle (client_ca).
+            std::fs::write(dir.join(name), ca.pem()).unwrap();
+            continue;
+        }
+        let params = rcgen::CertificateParams::new(vec![format!("{stem}.example")]).unwrap();
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = params.signed_by(&key, &ca).unwrap();
+        std::fs::write(dir.join(name), cert.pem()).unwrap();
+        std::fs::write(dir.join(&key_name), key.serialize_pem()).unwrap();
+    }
+    text.replace(PREFIX, &format!("{}/", dir.display()))
 }

@@ -22,6 +22,7 @@
 pub mod bolt;
 pub mod diff;
 pub mod http;
+pub mod tls;
 pub mod upstream;
 pub mod yaml;
 
@@ -224,6 +225,8 @@ pub struct ListenerConfig {
     /// Connections open at once on this listener (all workers); beyond it a new connection is
     /// accepted and closed at once. `None`: only the process-wide limit applies.
     pub max_connections: Option<u64>,
+    /// Terminate TLS on this listener (`tcp_proxy` listeners).
+    pub tls: Option<Box<tls::ListenerTls>>,
 }
 
 /// What a listener does with a connection. Exactly one per listener.

@@ -19,6 +19,7 @@ mod bolt;
 mod cluster;
 mod decoder;
 mod http;
+mod tls;
 pub mod values;
 
 use std::time::Duration;
@@ -408,12 +409,29 @@ fn decode_listener(
         Some((v, p)) => dec.u64_in(&p, v, 1..=MAX_CONNECTIONS_LIMIT).map(Some),
         None => Some(None),
     };
+    let tls = match obj.opt("tls") {
+        Some((v, p)) => {
+            let tls = tls::decode_listener_tls(dec, &p, v);
+            if let Some(ListenerFilter::TcpProxy(_)) | None = &filter {
+                tls.map(|t| Some(Box::new(t)))
+            } else {
+                dec.error(
+                    &p,
+                    "TLS termination is on `tcp_proxy` listeners only, so far (`http`, `bolt` \
+                     and `protocol: auto` listeners: not yet)",
+                );
+                None
+            }
+        }
+        None => Some(None),
+    };
     obj.finish(dec);
     Some(ListenerConfig {
         name: name?,
         address: address?,
         filter: filter?,
         max_connections: max_connections?,
+        tls: tls?,
     })
 }
 

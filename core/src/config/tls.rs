@@ -1,0 +1,55 @@
+//! TLS settings of a listener (termination). Types and defaults only: the runtime reads the
+//! PEM files and builds the rustls configuration from them.
+
+use std::time::Duration;
+
+use serde::Serialize;
+
+use super::ser_duration;
+
+/// The default `handshake_timeout`: a handshake not complete by then is closed.
+pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// `listeners[].tls`: terminate TLS on this listener.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct ListenerTls {
+    /// Certificates with their keys. Per handshake, the one whose DNS SANs match the client's
+    /// server name (exact, then wildcard) is chosen; with no server name or no match, the first.
+    pub certificates: Vec<CertificateFiles>,
+    /// ALPN protocols offered, in preference order (empty: no ALPN). A client that offers
+    /// ALPN but none of these is refused.
+    pub alpn: Vec<String>,
+    /// PEM file of the CAs that sign client certificates (mutual TLS).
+    pub client_ca: Option<String>,
+    /// With `client_ca`: refuse a client that presents no certificate (default `true`).
+    pub require_client_certificate: bool,
+    /// With `client_ca`: the client certificate must carry one of these SANs (exact DNS names
+    /// or URIs such as `spiffe://cluster.local/ns/default/sa/client`); empty: any verified
+    /// certificate.
+    pub verify_subject_alt_names: Vec<String>,
+    /// The lowest TLS version accepted.
+    pub min_version: TlsVersion,
+    /// A handshake not complete in this time is closed.
+    #[serde(serialize_with = "ser_duration")]
+    pub handshake_timeout: Duration,
+}
+
+/// One certificate chain and its private key, as PEM files.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct CertificateFiles {
+    /// PEM file: the leaf certificate first, then intermediates.
+    pub cert_chain: String,
+    /// PEM file: the private key (PKCS#8, PKCS#1 RSA or SEC1 EC).
+    pub private_key: String,
+}
+
+/// A TLS protocol version.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub enum TlsVersion {
+    /// TLS 1.2.
+    #[serde(rename = "1.2")]
+    Tls12,
+    /// TLS 1.3.
+    #[serde(rename = "1.3")]
+    Tls13,
+}

@@ -1,0 +1,146 @@
+//! Decoding a listener's `tls` section into a [`ListenerTls`].
+//!
+//! Invariants of a returned [`ListenerTls`]: at least one certificate, each with both paths
+//! non-empty; ALPN names 1..=255 bytes, unique; `require_client_certificate` and
+//! `verify_subject_alt_names` only with `client_ca`; SANs non-empty and unique; the handshake
+//! timeout > 0. The files themselves are read (and their PEM checked) by the runtime, which
+//! reports a problem at the same paths.
+
+use serde_json::Value;
+
+use super::decoder::Decoder;
+use crate::config::tls::{CertificateFiles, DEFAULT_HANDSHAKE_TIMEOUT, ListenerTls, TlsVersion};
+
+pub(super) fn decode_listener_tls(dec: &mut Decoder, path: &str, v: &Value) -> Option<ListenerTls> {
+    let mut obj = dec.object(path, v)?;
+    let certificates = obj.req(dec, "certificates").and_then(|(v, p)| {
+        let list = dec.list(&p, v, |dec, path, v| {
+            let mut c = dec.object(path, v)?;
+            let cert_chain = c.req(dec, "cert_chain").and_then(|(v, p)| file(dec, &p, v));
+            let private_key = c
+                .req(dec, "private_key")
+                .and_then(|(v, p)| file(dec, &p, v));
+            c.finish(dec);
+            Some(CertificateFiles {
+                cert_chain: cert_chain?,
+                private_key: private_key?,
+            })
+        })?;
+        if list.is_empty() {
+            dec.error(&p, "give at least one certificate");
+            return None;
+        }
+        Some(list)
+    });
+    let alpn = match obj.opt("alpn") {
+        Some((v, p)) => unique_strings(dec, &p, v, "ALPN protocol", 255),
+        None => Some(Vec::new()),
+    };
+    let client_ca = match obj.opt("client_ca") {
+        Some((v, p)) => file(dec, &p, v).map(Some),
+        None => Some(None),
+    };
+    let require = obj.opt("require_client_certificate");
+    let sans = obj.opt("verify_subject_alt_names");
+    let has_ca = matches!(client_ca, Some(Some(_)));
+    for (given, key) in [
+        (require.as_ref(), "require_client_certificate"),
+        (sans.as_ref(), "verify_subject_alt_names"),
+    ] {
+        if let Some((_, p)) = given
+            && !has_ca
+            && obj.opt("client_ca").is_none()
+        {
+            dec.error(
+                p,
+                format!("`{key}` needs `client_ca` (the CAs that sign client certificates)"),
+            );
+        }
+    }
+    let require_client_certificate = match require {
+        Some((v, p)) => dec.boolean(&p, v),
+        None => Some(true),
+    };
+    let verify_subject_alt_names = match sans {
+        Some((v, p)) => unique_strings(dec, &p, v, "subject alt name", 2048),
+        None => Some(Vec::new()),
+    };
+    let min_version = match obj.opt("min_version") {
+        Some((v, p)) => {
+            // `1.2` and `1.3` read as numbers in YAML; accept them as written either way.
+            let text = match v {
+                Value::Number(n) => n.to_string(),
+                Value::String(s) => s.clone(),
+                _ => String::new(),
+            };
+            match text.as_str() {
+                "1.2" => Some(TlsVersion::Tls12),
+                "1.3" => Some(TlsVersion::Tls13),
+                _ => {
+                    dec.error(
+                        &p,
+                        format!("unknown TLS version {text:?} (expected 1.2 or 1.3)"),
+                    );
+                    None
+                }
+            }
+        }
+        None => Some(TlsVersion::Tls12),
+    };
+    let handshake_timeout = match obj.opt("handshake_timeout") {
+        Some((v, p)) => dec.duration(&p, v).and_then(|d| {
+            if d.is_zero() {
+                dec.error(&p, "must be greater than zero");
+                None
+            } else {
+                Some(d)
+            }
+        }),
+        None => Some(DEFAULT_HANDSHAKE_TIMEOUT),
+    };
+    obj.finish(dec);
+    Some(ListenerTls {
+        certificates: certificates?,
+        alpn: alpn?,
+        client_ca: client_ca?,
+        require_client_certificate: require_client_certificate?,
+        verify_subject_alt_names: verify_subject_alt_names?,
+        min_version: min_version?,
+        handshake_timeout: handshake_timeout?,
+    })
+}
+
+/// A file path: a non-empty string.
+fn file(dec: &mut Decoder, path: &str, v: &Value) -> Option<String> {
+    let s = dec.string(path, v)?;
+    if s.is_empty() {
+        dec.error(path, "give a file path");
+        return None;
+    }
+    Some(s.to_owned())
+}
+
+/// A list of distinct non-empty strings of at most `max` bytes.
+fn unique_strings(
+    dec: &mut Decoder,
+    path: &str,
+    v: &Value,
+    what: &str,
+    max: usize,
+) -> Option<Vec<String>> {
+    let list = dec.list(path, v, |dec, path, v| {
+        let s = dec.string(path, v)?;
+        if s.is_empty() || s.len() > max {
+            dec.error(path, format!("a {what} is 1 to {max} bytes"));
+            return None;
+        }
+        Some(s.to_owned())
+    })?;
+    for (i, s) in list.iter().enumerate() {
+        if list[..i].contains(s) {
+            dec.error(path, format!("{s:?} is listed twice"));
+            return None;
+        }
+    }
+    Some(list)
+}

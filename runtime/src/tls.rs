@@ -1,0 +1,504 @@
+//! TLS termination with rustls: from a listener's `tls` settings ([`ListenerTls`]) to a
+//! [`TlsAcceptor`], and the handshake outcome a connection had.
+//!
+//! What this module owns:
+//! - **Loading** the PEM files (certificate chains, keys, client CAs), each problem reported at
+//!   the config path of the field (`listeners[0].tls.certificates[1].private_key: …`), so that
+//!   `sluice validate` and a reload refuse a bad pair before anything serves with it
+//!   ([`check_config`]).
+//! - **Certificate choice per handshake** ([`SniResolver`]): the certificate whose DNS SANs
+//!   match the client's server name — exact first, then a wildcard SAN (`*.example.com` covers
+//!   one label: `a.example.com`, not `a.b.example.com`, RFC 6125 §6.4.3) — else the first one.
+//! - **Client identities** ([`SanCheckingVerifier`]): with `client_ca`, rustls verifies the
+//!   chain; then, when `verify_subject_alt_names` is set, the leaf must carry one of those DNS or
+//!   URI SANs (rustls checks chains, not URI SANs — this is where a SPIFFE identity such as
+//!   `spiffe://cluster.local/ns/default/sa/client` is admitted or refused).
+//! - **Outcomes** ([`HandshakeOutcome`]): what a failed handshake's error means, for counters.
+//!
+//! The crypto provider is aws-lc-rs (rustls' default; it builds with a C compiler alone, and is
+//! the fastest rustls provider for P-256 and X25519). Session resumption: rustls' in-memory
+//! session cache (256 sessions) and stateless tickets (`Ticketer`, rotated every 6 hours).
+
+use std::sync::Arc;
+
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, UnixTime};
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
+use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
+use rustls::sign::CertifiedKey;
+use rustls::{
+    CertificateError, DigitallySignedStruct, DistinguishedName, Error, PeerIncompatible,
+    RootCertStore, ServerConfig, SignatureScheme,
+};
+use sluice_core::config::tls::{ListenerTls, TlsVersion};
+use sluice_core::config::{Config, ConfigError};
+pub use tokio_rustls::TlsAcceptor;
+
+/// PEM files larger than this are refused (a certificate bundle is a few KiB).
+const MAX_PEM_BYTES: u64 = 1 << 20;
+
+/// The crypto provider every TLS context uses.
+fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::aws_lc_rs::default_provider())
+}
+
+/// Builds every TLS listener's context once, to report every problem of the files with its
+/// config path (what `sluice validate` and a reload check before applying a config).
+#[must_use]
+pub fn check_config(config: &Config) -> Vec<ConfigError> {
+    let mut errors = Vec::new();
+    for (i, l) in config.listeners.iter().enumerate() {
+        if let Some(tls) = &l.tls
+            && let Err(mut e) = server_config(tls, &format!("listeners[{i}].tls"))
+        {
+            errors.append(&mut e);
+        }
+    }
+    errors
+}
+
+/// The acceptor of each listener (`None`: no TLS), for one worker's engine. A file that
+/// cannot be loaded any more (it was checked when the config was) fails the whole build.
+pub fn acceptors(config: &Config) -> Result<Vec<Option<TlsAcceptor>>, String> {
+    config
+        .listeners
+        .iter()
+        .enumerate()
+        .map(|(i, l)| match &l.tls {
+            None => Ok(None),
+            Some(tls) => server_config(tls, &format!("listeners[{i}].tls"))
+                .map(|c| Some(TlsAcceptor::from(Arc::new(c))))
+                .map_err(|errors| {
+                    errors
+                        .iter()
+                        .map(ToString::to_string)
+                        .collect::<Vec<_>>()
+                        .join("; ")
+                }),
+        })
+        .collect()
+}
+
+/// The rustls server configuration for `tls`; errors carry paths under `path`.
+pub fn server_config(tls: &ListenerTls, path: &str) -> Result<ServerConfig, Vec<ConfigError>> {
+    let provider = provider();
+    let mut errors = Vec::new();
+    let mut error = |at: String, message: String| {
+        errors.push(ConfigError { path: at, message });
+    };
+    let mut certs = Vec::new();
+    for (i, files) in tls.certificates.iter().enumerate() {
+        let at = format!("{path}.certificates[{i}]");
+        let chain = match read_pem(&files.cert_chain) {
+            Ok(pem) => CertificateDer::pem_slice_iter(&pem)
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| format!("{}: not a PEM certificate chain: {e}", files.cert_chain))
+                .and_then(|c| {
+                    if c.is_empty() {
+                        Err(format!("{}: no certificate in it", files.cert_chain))
+                    } else {
+                        Ok(c)
+                    }
+                }),
+            Err(e) => Err(e),
+        };
+        let key = read_pem(&files.private_key).and_then(|pem| {
+            PrivateKeyDer::from_pem_slice(&pem)
+                .map_err(|e| format!("{}: no private key in it: {e}", files.private_key))
+        });
+        match (chain, key) {
+            (Ok(chain), Ok(key)) => match CertifiedKey::from_der(chain, key, &provider) {
+                Ok(certified) => match dns_sans(&certified.cert[0]) {
+                    Ok(names) => certs.push((names, Arc::new(certified))),
+                    Err(e) => error(format!("{at}.cert_chain"), e),
+                },
+                Err(e) => error(
+                    format!("{at}.private_key"),
+                    format!(
+                        "{} does not go with the certificate {}: {e}",
+                        files.private_key, files.cert_chain
+                    ),
+                ),
+            },
+            (chain, key) => {
+                if let Err(e) = chain {
+                    error(format!("{at}.cert_chain"), e);
+                }
+                if let Err(e) = key {
+                    error(format!("{at}.private_key"), e);
+                }
+            }
+        }
+    }
+    let verifier: Option<Arc<dyn ClientCertVerifier>> = match &tls.client_ca {
+        None => None,
+        Some(file) => {
+            let roots = read_pem(file).and_then(|pem| {
+                let mut roots = RootCertStore::empty();
+                for cert in CertificateDer::pem_slice_iter(&pem) {
+                    let cert = cert.map_err(|e| format!("{file}: not a PEM certificate: {e}"))?;
+                    roots
+                        .add(cert)
+                        .map_err(|e| format!("{file}: not a CA certificate: {e}"))?;
+                }
+                if roots.is_empty() {
+                    return Err(format!("{file}: no certificate in it"));
+                }
+                Ok(roots)
+            });
+            match roots {
+                Ok(roots) => {
+                    let builder = WebPkiClientVerifier::builder_with_provider(
+                        Arc::new(roots),
+                        provider.clone(),
+                    );
+                    let builder = if tls.require_client_certificate {
+                        builder
+                    } else {
+                        builder.allow_unauthenticated()
+                    };
+                    match builder.build() {
+                        Ok(inner) => Some(Arc::new(SanCheckingVerifier {
+                            inner,
+                            allowed: tls.verify_subject_alt_names.clone(),
+                        })),
+                        Err(e) => {
+                            error(format!("{path}.client_ca"), format!("{file}: {e}"));
+                            None
+                        }
+                    }
+                }
+                Err(e) => {
+                    error(format!("{path}.client_ca"), e);
+                    None
+                }
+            }
+        }
+    };
+    if !errors.is_empty() {
+        return Err(errors);
+    }
+    let versions: &[&rustls::SupportedProtocolVersion] = match tls.min_version {
+        TlsVersion::Tls12 => &[&rustls::version::TLS13, &rustls::version::TLS12],
+        TlsVersion::Tls13 => &[&rustls::version::TLS13],
+    };
+    let builder = ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(versions)
+        .map_err(|e| {
+            vec![ConfigError {
+                path: format!("{path}.min_version"),
+                message: e.to_string(),
+            }]
+        })?;
+    let builder = match verifier {
+        Some(v) => builder.with_client_cert_verifier(v),
+        None => builder.with_no_client_auth(),
+    };
+    let mut config = builder.with_cert_resolver(Arc::new(SniResolver { certs }));
+    config.alpn_protocols = tls.alpn.iter().map(|p| p.as_bytes().to_vec()).collect();
+    config.ticketer = rustls::crypto::aws_lc_rs::Ticketer::new().map_err(|e| {
+        vec![ConfigError {
+            path: path.to_owned(),
+            message: format!("cannot make a session ticket key: {e}"),
+        }]
+    })?;
+    Ok(config)
+}
+
+/// A PEM file's bytes, or why not (the message names the file).
+fn read_pem(file: &str) -> Result<Vec<u8>, String> {
+    use std::io::Read;
+    let f = std::fs::File::open(file).map_err(|e| format!("cannot read {file}: {e}"))?;
+    let mut bytes = Vec::new();
+    f.take(MAX_PEM_BYTES + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| format!("cannot read {file}: {e}"))?;
+    if bytes.len() as u64 > MAX_PEM_BYTES {
+        return Err(format!("{file}: larger than {MAX_PEM_BYTES} bytes"));
+    }
+    Ok(bytes)
+}
+
+/// The DNS SANs of a certificate, lowercase.
+fn dns_sans(cert: &CertificateDer<'_>) -> Result<Vec<String>, String> {
+    Ok(sans(cert)?
+        .into_iter()
+        .filter_map(|san| match san {
+            San::Dns(name) => Some(name),
+            San::Uri(_) => None,
+        })
+        .collect())
+}
+
+/// A subject alternative name the proxy matches on.
+#[derive(Debug, PartialEq, Eq)]
+enum San {
+    /// A DNS name, lowercase.
+    Dns(String),
+    /// A URI (SPIFFE IDs are URIs), as written.
+    Uri(String),
+}
+
+fn sans(cert: &CertificateDer<'_>) -> Result<Vec<San>, String> {
+    use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};
+    let (_, parsed) = X509Certificate::from_der(cert.as_ref())
+        .map_err(|e| format!("cannot parse the certificate: {e}"))?;
+    let Ok(Some(ext)) = parsed.subject_alternative_name() else {
+        return Ok(Vec::new());
+    };
+    Ok(ext
+        .value
+        .general_names
+        .iter()
+        .filter_map(|n| match n {
+            GeneralName::DNSName(d) => Some(San::Dns(d.to_ascii_lowercase())),
+            GeneralName::URI(u) => Some(San::Uri((*u).to_owned())),
+            _ => None,
+        })
+        .collect())
+}
+
+/// Chooses the certificate per handshake by the client's server name.
+#[derive(Debug)]
+pub struct SniResolver {
+    /// Each certificate with its DNS SANs (lowercase), in config order.
+    certs: Vec<(Vec<String>, Arc<CertifiedKey>)>,
+}
+
+impl SniResolver {
+    /// The index of the certificate for `server_name` (lowercase): exact SAN, then a wildcard
+    /// SAN covering its first label, else the first certificate.
+    fn choose(&self, server_name: Option<&str>) -> usize {
+        let Some(name) = server_name else {
+            return 0;
+        };
+        let name = name.strip_suffix('.').unwrap_or(name);
+        if let Some(i) = self
+            .certs
+            .iter()
+            .position(|(sans, _)| sans.iter().any(|s| s == name))
+        {
+            return i;
+        }
+        let parent = name.split_once('.').map(|(_, rest)| rest);
+        parent
+            .and_then(|parent| {
+                self.certs.iter().position(|(sans, _)| {
+                    sans.iter()
+                        .any(|s| s.strip_prefix("*.").is_some_and(|w| w == parent))
+                })
+            })
+            .unwrap_or(0)
+    }
+}
+
+impl ResolvesServerCert for SniResolver {
+    fn resolve(&self, client_hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        let name = client_hello.server_name().map(str::to_ascii_lowercase);
+        self.certs
+            .get(self.choose(name.as_deref()))
+            .map(|(_, key)| key.clone())
+    }
+}
+
+/// rustls' chain verification, then the listener's SAN list on the leaf.
+#[derive(Debug)]
+pub struct SanCheckingVerifier {
+    inner: Arc<dyn ClientCertVerifier>,
+    /// DNS names or URIs; empty: any verified certificate.
+    allowed: Vec<String>,
+}
+
+impl ClientCertVerifier for SanCheckingVerifier {
+    fn offer_client_auth(&self) -> bool {
+        self.inner.offer_client_auth()
+    }
+    fn client_auth_mandatory(&self) -> bool {
+        self.inner.client_auth_mandatory()
+    }
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        self.inner.root_hint_subjects()
+    }
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<ClientCertVerified, Error> {
+        let verified = self
+            .inner
+            .verify_client_cert(end_entity, intermediates, now)?;
+        if self.allowed.is_empty() {
+            return Ok(verified);
+        }
+        let sans = sans(end_entity)
+            .map_err(|_| Error::InvalidCertificate(CertificateError::BadEncoding))?;
+        let admitted = sans.iter().any(|san| match san {
+            San::Dns(d) => self.allowed.iter().any(|a| a.eq_ignore_ascii_case(d)),
+            San::Uri(u) => self.allowed.iter().any(|a| a == u),
+        });
+        if admitted {
+            Ok(verified)
+        } else {
+            Err(Error::InvalidCertificate(CertificateError::NotValidForName))
+        }
+    }
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, Error> {
+        self.inner.verify_tls12_signature(message, cert, dss)
+    }
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, Error> {
+        self.inner.verify_tls13_signature(message, cert, dss)
+    }
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.inner.supported_verify_schemes()
+    }
+}
+
+/// How a TLS handshake on a listener ended (the counter label).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HandshakeOutcome {
+    /// Completed.
+    Ok,
+    /// mTLS: the client presented no certificate.
+    NoClientCertificate,
+    /// mTLS: the client certificate does not chain to `client_ca` (or is expired, revoked…).
+    UnknownCa,
+    /// mTLS: the client certificate has none of `verify_subject_alt_names`.
+    BadSan,
+    /// No TLS version (or cipher suite) in common.
+    Version,
+    /// The client offered ALPN protocols, none of the listener's.
+    Alpn,
+    /// Not complete within `handshake_timeout`.
+    Timeout,
+    /// The client closed or reset the connection during the handshake (a TCP health probe
+    /// that connects and closes lands here).
+    Closed,
+    /// Anything else: not TLS, a malformed message.
+    Other,
+}
+
+impl HandshakeOutcome {
+    /// Every outcome, in counter order.
+    pub const ALL: [HandshakeOutcome; 9] = [
+        HandshakeOutcome::Ok,
+        HandshakeOutcome::NoClientCertificate,
+        HandshakeOutcome::UnknownCa,
+        HandshakeOutcome::BadSan,
+        HandshakeOutcome::Version,
+        HandshakeOutcome::Alpn,
+        HandshakeOutcome::Timeout,
+        HandshakeOutcome::Closed,
+        HandshakeOutcome::Other,
+    ];
+
+    /// The label.
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HandshakeOutcome::Ok => "ok",
+            HandshakeOutcome::NoClientCertificate => "no_client_certificate",
+            HandshakeOutcome::UnknownCa => "unknown_ca",
+            HandshakeOutcome::BadSan => "bad_san",
+            HandshakeOutcome::Version => "version",
+            HandshakeOutcome::Alpn => "alpn",
+            HandshakeOutcome::Timeout => "timeout",
+            HandshakeOutcome::Closed => "closed",
+            HandshakeOutcome::Other => "other",
+        }
+    }
+
+    /// What a failed handshake's I/O error (tokio-rustls wraps the rustls error) means.
+    #[must_use]
+    pub fn of_error(e: &std::io::Error) -> HandshakeOutcome {
+        let Some(error) = e.get_ref().and_then(|inner| inner.downcast_ref::<Error>()) else {
+            return match e.kind() {
+                std::io::ErrorKind::UnexpectedEof
+                | std::io::ErrorKind::ConnectionReset
+                | std::io::ErrorKind::ConnectionAborted
+                | std::io::ErrorKind::BrokenPipe => HandshakeOutcome::Closed,
+                _ => HandshakeOutcome::Other,
+            };
+        };
+        match error {
+            Error::NoCertificatesPresented => HandshakeOutcome::NoClientCertificate,
+            Error::InvalidCertificate(
+                CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
+            ) => HandshakeOutcome::BadSan,
+            Error::InvalidCertificate(_) => HandshakeOutcome::UnknownCa,
+            Error::NoApplicationProtocol => HandshakeOutcome::Alpn,
+            Error::PeerIncompatible(
+                PeerIncompatible::Tls12NotOffered
+                | PeerIncompatible::Tls12NotOfferedOrEnabled
+                | PeerIncompatible::Tls13RequiredForQuic
+                | PeerIncompatible::SupportedVersionsExtensionRequired
+                | PeerIncompatible::NoCipherSuitesInCommon,
+            ) => HandshakeOutcome::Version,
+            _ => HandshakeOutcome::Other,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(names: &[&str]) -> (Vec<String>, Arc<CertifiedKey>) {
+        let cert = rcgen::generate_simple_self_signed(
+            names.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>(),
+        )
+        .unwrap();
+        let der = cert.cert.der().clone();
+        let key = PrivateKeyDer::try_from(cert.signing_key.serialize_der()).unwrap();
+        let certified = CertifiedKey::from_der(vec![der], key, &provider()).unwrap();
+        (dns_sans(&certified.cert[0]).unwrap(), Arc::new(certified))
+    }
+
+    #[test]
+    fn the_certificate_is_chosen_exact_then_wildcard_then_first() {
+        let r = SniResolver {
+            certs: vec![
+                key(&["default.example"]),
+                key(&["*.example.com"]),
+                key(&["api.example.com", "API2.example.com"]),
+            ],
+        };
+        assert_eq!(r.choose(Some("api.example.com")), 2);
+        assert_eq!(r.choose(Some("api2.example.com")), 2);
+        assert_eq!(r.choose(Some("web.example.com")), 1);
+        assert_eq!(r.choose(Some("web.example.com.")), 1);
+        // A wildcard covers one label only.
+        assert_eq!(r.choose(Some("a.b.example.com")), 0);
+        assert_eq!(r.choose(Some("example.com")), 0);
+        assert_eq!(r.choose(None), 0);
+    }
+
+    #[test]
+    fn sans_are_read_as_dns_names_and_uris() {
+        let mut params = rcgen::CertificateParams::new(vec!["Svc.Example".to_owned()]).unwrap();
+        params.subject_alt_names.push(rcgen::SanType::URI(
+            rcgen::string::Ia5String::try_from("spiffe://cluster.local/ns/default/sa/client")
+                .unwrap(),
+        ));
+        let signing = rcgen::KeyPair::generate().unwrap();
+        let cert = params.self_signed(&signing).unwrap();
+        assert_eq!(
+            sans(cert.der()).unwrap(),
+            [
+                San::Dns("svc.example".into()),
+                San::Uri("spiffe://cluster.local/ns/default/sa/client".into())
+            ]
+        );
+    }
+}

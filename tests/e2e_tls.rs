@@ -1,0 +1,319 @@
+//! End-to-end tests of TLS termination on `tcp_proxy` listeners, with a test PKI made here
+//! (rcgen): openssl s_client and curl as clients, nginx as the plaintext upstream. Certificate
+//! choice by SNI, TLS versions and resumption, ALPN, mutual TLS with a SPIFFE identity, every
+//! handshake outcome counted, and bad files refused with their config path.
+
+mod support;
+
+use std::path::{Path, PathBuf};
+
+use rcgen::{
+    BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair, KeyUsagePurpose,
+    SanType,
+};
+use support::*;
+
+/// A CA that issues the test certificates.
+struct Ca {
+    issuer: CertifiedIssuer<'static, KeyPair>,
+    pem: PathBuf,
+}
+
+fn make_ca(dir: &TempDir, name: &str) -> Ca {
+    let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    params.distinguished_name.push(DnType::CommonName, name);
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    let issuer = CertifiedIssuer::self_signed(params, KeyPair::generate().unwrap()).unwrap();
+    let pem = dir.write(&format!("{name}.pem"), &issuer.pem());
+    Ca { issuer, pem }
+}
+
+/// A leaf certificate with common name `cn` and these DNS (and URI) SANs, issued by `ca`:
+/// the paths of its chain and key.
+fn leaf(dir: &TempDir, ca: &Ca, cn: &str, dns: &[&str], uri: Option<&str>) -> (PathBuf, PathBuf) {
+    let mut params =
+        CertificateParams::new(dns.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>()).unwrap();
+    params.distinguished_name.push(DnType::CommonName, cn);
+    if let Some(uri) = uri {
+        params
+            .subject_alt_names
+            .push(SanType::URI(uri.try_into().unwrap()));
+    }
+    let key = KeyPair::generate().unwrap();
+    let cert = params.signed_by(&key, &ca.issuer).unwrap();
+    (
+        dir.write(&format!("{cn}.pem"), &cert.pem()),
+        dir.write(&format!("{cn}.key"), &key.serialize_pem()),
+    )
+}
+
+fn p(path: &Path) -> &str {
+    path.to_str().unwrap()
+}
+
+/// `openssl s_client` to the proxy with `args`: (handshake completed, all its output).
+fn s_client(port: u16, args: &[&str]) -> (bool, String) {
+    let target = format!("127.0.0.1:{port}");
+    let mut all = vec!["s_client", "-connect", &target];
+    all.extend_from_slice(args);
+    let out = run("openssl", &all);
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    // `-brief` says CONNECTION ESTABLISHED; the long form `New, TLSv1.x, Cipher is X` (or
+    // `Reused, …`), with `(NONE)` for a failed handshake.
+    let established = text.contains("CONNECTION ESTABLISHED")
+        || text.lines().any(|l| {
+            (l.starts_with("New, ") || l.starts_with("Reused, "))
+                && l.contains("Cipher is ")
+                && !l.contains("(NONE)")
+        });
+    (established, text)
+}
+
+fn peer_cn(text: &str) -> &str {
+    text.lines()
+        .find_map(|l| l.strip_prefix("Peer certificate: CN = "))
+        .unwrap_or_else(|| panic!("no peer certificate in:\n{text}"))
+        .trim()
+}
+
+fn stat(admin: u16, name: &str) -> u64 {
+    let (status, body) = http_request(addr(admin), "GET", "/stats");
+    assert_eq!(status, 200);
+    body.lines()
+        .find_map(|l| l.strip_prefix(&format!("{name}: ")))
+        .unwrap_or_else(|| panic!("no {name} in /stats:\n{body}"))
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+/// Certificates chosen by SNI (exact, then wildcard, else the first), a whole HTTPS request
+/// through to a plaintext nginx with the chain verified by curl, TLS 1.2 and 1.3 with 1.2
+/// resumption, and ALPN: a client offering only an unknown protocol is refused.
+#[test]
+fn tls_is_terminated_with_the_certificate_the_server_name_picks() {
+    if !require_peers(&["openssl", "curl", "nginx"]) {
+        return;
+    }
+    let dir = TempDir::new("tls-term");
+    let ca = make_ca(&dir, "test-ca");
+    let (default_cert, default_key) = leaf(&dir, &ca, "default", &["default.example"], None);
+    let (api_cert, api_key) = leaf(&dir, &ca, "api", &["api.example.com"], None);
+    let (wild_cert, wild_key) = leaf(&dir, &ca, "wildcard", &["*.example.com"], None);
+    let upstream = free_port();
+    let _nginx = start_nginx(&dir, "up", upstream, "hello over tls");
+    let (listen, strict, admin) = (free_port(), free_port(), free_port());
+    let config = format!(
+        r#"
+admin: {{ address: 127.0.0.1:{admin} }}
+listeners:
+  - name: tls_in
+    address: 127.0.0.1:{listen}
+    tls:
+      certificates:
+        - {{ cert_chain: {dc}, private_key: {dk} }}
+        - {{ cert_chain: {wc}, private_key: {wk} }}
+        - {{ cert_chain: {ac}, private_key: {ak} }}
+      alpn: [http/1.1]
+    tcp_proxy: {{ cluster: app }}
+  - name: tls13_only
+    address: 127.0.0.1:{strict}
+    tls:
+      certificates: [ {{ cert_chain: {dc}, private_key: {dk} }} ]
+      min_version: 1.3
+    tcp_proxy: {{ cluster: app }}
+clusters:
+  - {{ name: app, hosts: [ {{ address: 127.0.0.1:{upstream} }} ] }}
+"#,
+        dc = p(&default_cert),
+        dk = p(&default_key),
+        wc = p(&wild_cert),
+        wk = p(&wild_key),
+        ac = p(&api_cert),
+        ak = p(&api_key),
+    );
+    let _s = start_sluice(&dir, &config, 1, addr(listen));
+
+    for (name, cn) in [
+        (Some("api.example.com"), "api"),
+        (Some("www.example.com"), "wildcard"),
+        (Some("a.b.example.com"), "default"), // a wildcard covers one label
+        (Some("other.test"), "default"),
+        (None, "default"),
+    ] {
+        let mut args = vec!["-brief"];
+        match name {
+            Some(n) => args.extend(["-servername", n]),
+            None => args.push("-noservername"),
+        }
+        let (ok, text) = s_client(listen, &args);
+        assert!(ok, "{name:?}: {text}");
+        assert_eq!(peer_cn(&text), cn, "{name:?}");
+    }
+    // A whole HTTPS request, the chain and name verified by curl against the test CA.
+    let out = run(
+        "curl",
+        &[
+            "-s",
+            "--cacert",
+            p(&ca.pem),
+            "--resolve",
+            &format!("api.example.com:{listen}:127.0.0.1"),
+            &format!("https://api.example.com:{listen}/"),
+        ],
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "hello over tls");
+
+    // TLS 1.2 and 1.3 both complete on the default listener; 1.3 only on the strict one.
+    let (ok, text) = s_client(listen, &["-brief", "-tls1_2"]);
+    assert!(ok && text.contains("Protocol version: TLSv1.2"), "{text}");
+    let (ok, text) = s_client(listen, &["-brief", "-tls1_3"]);
+    assert!(ok && text.contains("Protocol version: TLSv1.3"), "{text}");
+    let (ok, text) = s_client(strict, &["-brief", "-tls1_2"]);
+    assert!(!ok, "TLS 1.2 accepted with min_version 1.3: {text}");
+    assert_eq!(stat(admin, "listener.tls13_only.tls.handshake.version"), 1);
+
+    // Resumption (TLS 1.2 session ids, from the server's session cache).
+    let session = dir.path().join("session.pem");
+    let (ok, text) = s_client(listen, &["-tls1_2", "-sess_out", p(&session)]);
+    assert!(ok, "{text}");
+    let (ok, text) = s_client(listen, &["-tls1_2", "-sess_in", p(&session)]);
+    assert!(
+        ok && text.contains("Reused, TLSv1.2"),
+        "not resumed:\n{text}"
+    );
+
+    // ALPN: a client that offers only a protocol the listener does not speak is refused.
+    let (ok, text) = s_client(listen, &["-brief", "-alpn", "h2"]);
+    assert!(!ok, "{text}");
+    assert_eq!(stat(admin, "listener.tls_in.tls.handshake.alpn"), 1);
+    // A plaintext client gets nothing forwarded: an `other` failure.
+    let (status, _) = http_request(addr(listen), "GET", "/");
+    assert_eq!(status, 0);
+    assert_eq!(stat(admin, "listener.tls_in.tls.handshake.other"), 1);
+    // The readiness probe of `start_sluice` connected and closed without a byte.
+    assert_eq!(stat(admin, "listener.tls_in.tls.handshake.closed"), 1);
+    // 5 SNI probes, curl, 1.2, 1.3, two resumption runs.
+    assert_eq!(stat(admin, "listener.tls_in.tls.handshake.ok"), 10);
+}
+
+/// Mutual TLS with a SPIFFE identity: the listener admits a client certificate from its CA
+/// carrying the allowed URI SAN, and refuses — each counted by reason — no certificate, a
+/// certificate from another CA, and one from the right CA with another identity.
+#[test]
+fn mutual_tls_admits_only_the_allowed_spiffe_identity() {
+    if !require_peers(&["curl", "nginx"]) {
+        return;
+    }
+    let dir = TempDir::new("tls-mtls");
+    let ca = make_ca(&dir, "mesh-ca");
+    let other_ca = make_ca(&dir, "other-ca");
+    let (server_cert, server_key) = leaf(&dir, &ca, "server", &["svc.example"], None);
+    let allowed = "spiffe://cluster.local/ns/default/sa/client";
+    let (good_cert, good_key) = leaf(&dir, &ca, "good", &[], Some(allowed));
+    let (stranger_cert, stranger_key) = leaf(
+        &dir,
+        &ca,
+        "stranger",
+        &[],
+        Some("spiffe://cluster.local/ns/default/sa/stranger"),
+    );
+    let (foreign_cert, foreign_key) = leaf(&dir, &other_ca, "foreign", &[], Some(allowed));
+    let upstream = free_port();
+    let _nginx = start_nginx(&dir, "up", upstream, "hello, client");
+    let (listen, admin) = (free_port(), free_port());
+    let config = format!(
+        r#"
+admin: {{ address: 127.0.0.1:{admin} }}
+listeners:
+  - name: mtls_in
+    address: 127.0.0.1:{listen}
+    tls:
+      certificates: [ {{ cert_chain: {sc}, private_key: {sk} }} ]
+      client_ca: {ca}
+      verify_subject_alt_names: ["{allowed}"]
+    tcp_proxy: {{ cluster: app }}
+clusters:
+  - {{ name: app, hosts: [ {{ address: 127.0.0.1:{upstream} }} ] }}
+"#,
+        sc = p(&server_cert),
+        sk = p(&server_key),
+        ca = p(&ca.pem),
+    );
+    let _s = start_sluice(&dir, &config, 1, addr(listen));
+    let curl = |client: Option<(&Path, &Path)>| {
+        let resolve = format!("svc.example:{listen}:127.0.0.1");
+        let url = format!("https://svc.example:{listen}/");
+        let mut args = vec!["-s", "--cacert", p(&ca.pem), "--resolve", &resolve];
+        if let Some((cert, key)) = client {
+            args.extend(["--cert", p(cert), "--key", p(key)]);
+        }
+        args.push(&url);
+        let out = run("curl", &args);
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    assert_eq!(curl(Some((&good_cert, &good_key))), "hello, client");
+    assert_eq!(curl(None), "");
+    assert_eq!(curl(Some((&foreign_cert, &foreign_key))), "");
+    assert_eq!(curl(Some((&stranger_cert, &stranger_key))), "");
+    for (outcome, n) in [
+        ("ok", 1),
+        ("no_client_certificate", 1),
+        ("unknown_ca", 1),
+        ("bad_san", 1),
+    ] {
+        assert_eq!(
+            stat(admin, &format!("listener.mtls_in.tls.handshake.{outcome}")),
+            n,
+            "{outcome}"
+        );
+    }
+}
+
+/// A certificate file that is missing and a key that belongs to another certificate are each
+/// refused by `sluice validate`, at their config paths.
+#[test]
+fn bad_certificate_files_are_refused_at_their_paths() {
+    let dir = TempDir::new("tls-bad");
+    let ca = make_ca(&dir, "ca");
+    let (cert, _) = leaf(&dir, &ca, "one", &["one.example"], None);
+    let (_, other_key) = leaf(&dir, &ca, "two", &["two.example"], None);
+    let missing = dir.path().join("missing.pem");
+    let config = dir.write(
+        "bad.yaml",
+        &format!(
+            r#"
+listeners:
+  - name: tls_in
+    address: 127.0.0.1:1
+    tls:
+      certificates:
+        - {{ cert_chain: {missing}, private_key: {key} }}
+        - {{ cert_chain: {cert}, private_key: {key} }}
+    tcp_proxy: {{ cluster: app }}
+clusters:
+  - {{ name: app, hosts: [ {{ address: 127.0.0.1:2 }} ] }}
+"#,
+            missing = p(&missing),
+            cert = p(&cert),
+            key = p(&other_key),
+        ),
+    );
+    let out = run(sluice_bin(), &["validate", "-c", p(&config)]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains(&format!(
+            "listeners[0].tls.certificates[0].cert_chain: cannot read {}",
+            missing.display()
+        )),
+        "{err}"
+    );
+    assert!(
+        err.contains("listeners[0].tls.certificates[1].private_key: ")
+            && err.contains("does not go with the certificate"),
+        "{err}"
+    );
+}
