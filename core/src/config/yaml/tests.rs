@@ -800,3 +800,57 @@ clusters:
         ]
     );
 }
+
+#[test]
+fn listener_tls_decodes_with_defaults_and_reports_misuse_at_its_path() {
+    let good = r#"
+listeners:
+  - name: t
+    address: 127.0.0.1:8443
+    tls: { certificates: [ { cert_chain: a.pem, private_key: a.key } ], min_version: 1.3 }
+    tcp_proxy: { cluster: a }
+clusters:
+  - { name: a, hosts: [{ address: 127.0.0.1:9001 }] }
+"#;
+    let c = Config::from_yaml(good).unwrap();
+    let tls = c.listeners[0].tls.as_deref().unwrap();
+    assert_eq!(tls.min_version, crate::config::tls::TlsVersion::Tls13);
+    assert!(tls.require_client_certificate && tls.client_ca.is_none() && tls.alpn.is_empty());
+    assert_eq!(
+        tls.handshake_timeout,
+        crate::config::tls::DEFAULT_HANDSHAKE_TIMEOUT
+    );
+    let bad = r#"
+listeners:
+  - name: t
+    address: 127.0.0.1:8443
+    tls:
+      certificates: []
+      min_version: 1.1
+      alpn: [h2, h2]
+      verify_subject_alt_names: [spiffe://x]
+      handshake_timeout: 0s
+    tcp_proxy: { cluster: a }
+  - name: h
+    address: 127.0.0.1:8080
+    tls: { certificates: [ { cert_chain: a.pem, private_key: a.key } ] }
+    http:
+      virtual_hosts: [ { name: v, domains: ["*"], routes: [ { match: { prefix: / }, route: { cluster: a } } ] } ]
+clusters:
+  - { name: a, hosts: [{ address: 127.0.0.1:9001 }] }
+"#;
+    let errs = errors(bad);
+    for want in [
+        "listeners[0].tls.certificates: give at least one certificate",
+        "listeners[0].tls.min_version: unknown TLS version \"1.1\" (expected 1.2 or 1.3)",
+        "listeners[0].tls.alpn: \"h2\" is listed twice",
+        "listeners[0].tls.verify_subject_alt_names: `verify_subject_alt_names` needs `client_ca`",
+        "listeners[0].tls.handshake_timeout: must be greater than zero",
+        "listeners[1].tls: TLS termination is on `tcp_proxy` listeners only, so far",
+    ] {
+        assert!(
+            errs.iter().any(|e| e.starts_with(want)),
+            "missing {want:?} in {errs:#?}"
+        );
+    }
+}
