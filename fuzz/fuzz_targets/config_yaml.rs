@@ -64,6 +64,11 @@ fn check_ok(config: &Config) {
         );
     }
     for listener in &config.listeners {
+        if let Some(tls) = &listener.tls {
+            assert!(matches!(listener.filter, ListenerFilter::TcpProxy(_)));
+            assert!(!tls.certificates.is_empty() && !tls.handshake_timeout.is_zero());
+            assert!(tls.client_ca.is_some() || tls.verify_subject_alt_names.is_empty());
+        }
         if let ListenerFilter::TcpProxy(tp) = &listener.filter {
             let cluster = config.clusters.get(tp.cluster_index).unwrap_or_else(|| {
                 panic!(
