@@ -317,3 +317,84 @@ clusters:
         "{err}"
     );
 }
+
+/// Rotation by reload: new certificate files + SIGHUP → new handshakes get the new
+/// certificate; a bad new pair (a key of another certificate) is refused by the reload with its
+/// path, and the listener keeps the last good one.
+#[test]
+fn a_reload_rotates_the_certificate_and_a_bad_pair_keeps_the_old_one() {
+    if !require_peers(&["openssl"]) {
+        return;
+    }
+    let dir = TempDir::new("tls-rotate");
+    let ca = make_ca(&dir, "ca");
+    let (one_cert, one_key) = leaf(&dir, &ca, "one", &["svc.example"], None);
+    let (two_cert, two_key) = leaf(&dir, &ca, "two", &["svc.example"], None);
+    let (_, stray_key) = leaf(&dir, &ca, "stray", &["svc.example"], None);
+    let (cert, key) = (dir.path().join("live.pem"), dir.path().join("live.key"));
+    std::fs::copy(&one_cert, &cert).unwrap();
+    std::fs::copy(&one_key, &key).unwrap();
+    let upstream = free_port();
+    let _echo = spawn(
+        &dir,
+        "upstream",
+        &python(),
+        &[
+            "-c",
+            &format!(
+                "import socket\ns=socket.socket();s.setsockopt(socket.SOL_SOCKET,socket.SO_REUSEADDR,1)\n\
+                 s.bind(('127.0.0.1',{upstream}));s.listen(64)\nwhile True:\n c,_=s.accept();c.close()"
+            ),
+        ],
+    );
+    let listen = free_port();
+    let config = format!(
+        r#"
+listeners:
+  - name: tls_in
+    address: 127.0.0.1:{listen}
+    tls: {{ certificates: [ {{ cert_chain: {c}, private_key: {k} }} ] }}
+    tcp_proxy: {{ cluster: app }}
+clusters:
+  - {{ name: app, hosts: [ {{ address: 127.0.0.1:{upstream} }} ] }}
+"#,
+        c = p(&cert),
+        k = p(&key),
+    );
+    let sluice = start_sluice(&dir, &config, 1, addr(listen));
+    let served = || {
+        let (ok, text) = s_client(listen, &["-brief", "-servername", "svc.example"]);
+        assert!(ok, "{text}");
+        peer_cn(&text).to_owned()
+    };
+    assert_eq!(served(), "one");
+
+    std::fs::copy(&two_cert, &cert).unwrap();
+    std::fs::copy(&two_key, &key).unwrap();
+    sluice.signal("HUP");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while served() != "two" {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the reload did not rotate the certificate:\n{}",
+            sluice.log_text()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+
+    std::fs::copy(&stray_key, &key).unwrap();
+    sluice.signal("HUP");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !sluice
+        .log_text()
+        .contains("listeners[0].tls.certificates[0].private_key")
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the bad pair was not reported:\n{}",
+            sluice.log_text()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert_eq!(served(), "two", "the last good certificate is kept");
+}
