@@ -398,3 +398,124 @@ clusters:
     }
     assert_eq!(served(), "two", "the last good certificate is kept");
 }
+
+/// One plaintext HTTP/1.0 request through the proxy at `port`: what came back (empty when the
+/// proxy closed the connection).
+fn through(port: u16) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr(port)).unwrap();
+    s.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .unwrap();
+    s.write_all(b"GET / HTTP/1.0\r\n\r\n").unwrap();
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Origination: a cluster's `tls` verifies the upstream against its CA and identity — by `sni`,
+/// or by a SPIFFE URI SAN — and presents a client certificate to an upstream that requires one;
+/// an upstream from another CA, or proving another name, is a connect failure counted by
+/// reason, and nothing is sent to it.
+#[test]
+fn clusters_originate_verified_tls_and_refuse_an_unverified_upstream() {
+    if !require_peers(&["openssl"]) {
+        return;
+    }
+    let dir = TempDir::new("tls-origin");
+    let ca = make_ca(&dir, "mesh-ca");
+    let other_ca = make_ca(&dir, "other-ca");
+    let spiffe = "spiffe://cluster.local/ns/default/sa/upstream";
+    let (up_cert, up_key) = leaf(&dir, &ca, "upstream", &["upstream.example"], Some(spiffe));
+    let (client_cert, client_key) = leaf(&dir, &ca, "sidecar", &[], None);
+    let (plain_up, mtls_up) = (free_port(), free_port());
+    let mut servers = Vec::new();
+    for (name, port, extra) in [
+        ("plain-up", plain_up, vec![]),
+        (
+            "mtls-up",
+            mtls_up,
+            vec!["-Verify", "1", "-CAfile", p(&ca.pem)],
+        ),
+    ] {
+        let accept = format!("127.0.0.1:{port}");
+        let mut args = vec![
+            "s_server",
+            "-accept",
+            &accept,
+            "-cert",
+            p(&up_cert),
+            "-key",
+            p(&up_key),
+            "-www",
+        ];
+        args.extend(extra.iter().copied());
+        let mut proc = spawn(&dir, name, "openssl", &args);
+        wait_listening(addr(port), &mut proc);
+        servers.push(proc);
+    }
+    let ports: Vec<u16> = (0..6).map(|_| free_port()).collect();
+    let admin = free_port();
+    let listener = |name: &str, port: u16| {
+        format!(
+            "  - {{ name: {name}, address: 127.0.0.1:{port}, tcp_proxy: {{ cluster: {name}, max_connect_attempts: 1 }} }}\n"
+        )
+    };
+    let names = [
+        "by_sni",
+        "by_spiffe",
+        "wrong_ca",
+        "wrong_name",
+        "mtls",
+        "mtls_no_cert",
+    ];
+    let listeners: String = names
+        .iter()
+        .zip(&ports)
+        .map(|(n, p)| listener(n, *p))
+        .collect();
+    let (ca_pem, other_pem) = (p(&ca.pem), p(&other_ca.pem));
+    let (cc, ck) = (p(&client_cert), p(&client_key));
+    let config = format!(
+        r#"
+admin: {{ address: 127.0.0.1:{admin} }}
+listeners:
+{listeners}clusters:
+  - {{ name: by_sni, hosts: [ {{ address: 127.0.0.1:{plain_up} }} ], tls: {{ sni: upstream.example, ca: {ca_pem} }} }}
+  - {{ name: by_spiffe, hosts: [ {{ address: 127.0.0.1:{plain_up} }} ], tls: {{ ca: {ca_pem}, verify_subject_alt_names: ["{spiffe}"] }} }}
+  - {{ name: wrong_ca, hosts: [ {{ address: 127.0.0.1:{plain_up} }} ], tls: {{ sni: upstream.example, ca: {other_pem} }} }}
+  - {{ name: wrong_name, hosts: [ {{ address: 127.0.0.1:{plain_up} }} ], tls: {{ sni: impostor.example, ca: {ca_pem} }} }}
+  - {{ name: mtls, hosts: [ {{ address: 127.0.0.1:{mtls_up} }} ], tls: {{ sni: upstream.example, ca: {ca_pem}, cert_chain: {cc}, private_key: {ck} }} }}
+  - {{ name: mtls_no_cert, hosts: [ {{ address: 127.0.0.1:{mtls_up} }} ], tls: {{ sni: upstream.example, ca: {ca_pem} }} }}
+"#
+    );
+    let _s = start_sluice(&dir, &config, 1, addr(ports[0]));
+    let page = "HTTP/1.0 200 ok";
+    assert!(through(ports[0]).starts_with(page), "by sni");
+    assert!(through(ports[1]).starts_with(page), "by spiffe id");
+    assert_eq!(through(ports[2]), "", "an upstream from another CA");
+    assert_eq!(through(ports[3]), "", "an upstream proving another name");
+    assert!(
+        through(ports[4]).starts_with(page),
+        "mtls with a client certificate"
+    );
+    let no_cert = through(ports[5]);
+    assert!(
+        !no_cert.starts_with(page),
+        "mtls without a client certificate: {no_cert}"
+    );
+    assert_eq!(
+        stat(admin, "cluster.wrong_ca.upstream_tls_fail.unknown_ca"),
+        1
+    );
+    assert_eq!(
+        stat(admin, "cluster.wrong_name.upstream_tls_fail.bad_san"),
+        1
+    );
+    for name in ["wrong_ca", "wrong_name"] {
+        assert_eq!(
+            stat(admin, &format!("cluster.{name}.upstream_cx_connect_fail")),
+            1
+        );
+    }
+    assert_eq!(stat(admin, "cluster.by_sni.upstream_cx_connect_fail"), 0);
+}

@@ -1247,6 +1247,7 @@ fn shown(
         Shown::HttpListeners => listener.is_some_and(|i| is_http(config, i)),
         Shown::TcpListeners => listener.is_some_and(|i| is_tcp(config, i)),
         Shown::TlsListeners => listener.is_some_and(|i| config.listeners[i].tls.is_some()),
+        Shown::WithTls => cluster.is_some_and(|i| config.clusters[i].tls.is_some()),
         Shown::SniListeners => listener.is_some_and(|i| {
             matches!(&config.listeners[i].filter, ListenerFilter::TcpProxy(tp) if !tp.sni_routes.is_empty())
         }),
@@ -1612,6 +1613,7 @@ pub fn metrics_reference() -> String {
             Shown::TcpListeners => " (only for TCP proxy listeners)",
             Shown::SniListeners => " (only for TCP proxy listeners with `sni_routes`)",
             Shown::TlsListeners => " (only for listeners with `tls`)",
+            Shown::WithTls => " (only for clusters with `tls`)",
             Shown::WithHealthCheck => " (only with a health_check)",
             Shown::WithOutlierDetection => " (only with outlier_detection)",
             Shown::WithLimits => " (once the server set its limits)",

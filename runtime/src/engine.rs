@@ -48,6 +48,7 @@ use crate::now;
 use crate::pool::Pool;
 use crate::relay::{BUFFER_SIZE, relay};
 use crate::stats::{SniOutcome, WorkerStats, bump, gauge_add};
+use crate::tls::{HandshakeOutcome, MaybeTls};
 
 /// Buffers kept for reuse per worker (each session takes two).
 const MAX_POOLED_BUFFERS: usize = 1024;
@@ -91,6 +92,8 @@ pub struct Engine<N: Network> {
     pub(crate) access_logs: Vec<Option<RefCell<AccessLog>>>,
     /// Per listener: the TLS acceptor of a listener that terminates TLS.
     tls: Vec<Option<crate::tls::TlsAcceptor>>,
+    /// Per cluster: how to originate TLS to its hosts, for a cluster with `tls`.
+    upstream_tls: Vec<Option<crate::tls::UpstreamConnector>>,
     /// The Bolt proxy state, when a listener speaks Bolt.
     pub(crate) bolt: Option<crate::bolt::BoltWorker>,
     /// The active health checks this engine runs (worker 0), aborted when another engine takes
@@ -180,6 +183,7 @@ impl<N: Network> Engine<N> {
         );
         let bolt = crate::bolt::BoltWorker::for_config(&config)?;
         let tls = crate::tls::acceptors(&config).map_err(std::io::Error::other)?;
+        let upstream_tls = crate::tls::connectors(&config).map_err(std::io::Error::other)?;
         let config_listeners = config.listeners.len();
         let listener_cx = config
             .listeners
@@ -213,6 +217,7 @@ impl<N: Network> Engine<N> {
             routers,
             access_logs,
             tls,
+            upstream_tls,
             pool,
             bolt,
             handoff: RefCell::new(None),
@@ -681,7 +686,22 @@ impl<N: Network> Engine<N> {
                         bump(&c.upstream_cx_total, 1);
                     }
                     let deadline = session.poll_timeout().map(crate::to_tokio);
-                    let attempt = self.net.connect(address);
+                    // The connect, and with a TLS cluster the handshake, within the connect
+                    // deadline: a failed handshake (verification included) is a connect failure.
+                    let tls_failure = Cell::new(None);
+                    let attempt = async {
+                        let stream = self.net.connect(address).await?;
+                        match &self.upstream_tls[ci] {
+                            None => Ok(MaybeTls::Plain(stream)),
+                            Some(c) => match c.connect(address, stream).await {
+                                Ok(tls) => Ok(MaybeTls::Tls(Box::new(tls))),
+                                Err(e) => {
+                                    tls_failure.set(Some(HandshakeOutcome::of_error(&e)));
+                                    Err(e)
+                                }
+                            },
+                        }
+                    };
                     let result = match deadline {
                         Some(d) => tokio::time::timeout_at(d, attempt).await,
                         None => Ok(attempt.await),
@@ -704,6 +724,9 @@ impl<N: Network> Engine<N> {
                             bump(&self.stats.upstream_cx_connect_fail, 1);
                             if let Some(c) = cstats {
                                 bump(&c.upstream_cx_connect_fail, 1);
+                                if let Some(outcome) = tls_failure.get() {
+                                    bump(&c.upstream_tls_fail[outcome as usize], 1);
+                                }
                             }
                             if let Some(h) = self.stats.host(ci, host.index()) {
                                 bump(&h.cx_connect_fail, 1);

@@ -159,6 +159,8 @@ pub enum Shown {
     SniListeners,
     /// Listeners that terminate TLS.
     TlsListeners,
+    /// Clusters that originate TLS.
+    WithTls,
     /// Clusters (and their hosts) with a `health_check`.
     WithHealthCheck,
     /// Clusters (and their hosts) with `outlier_detection`.
@@ -704,6 +706,17 @@ counters! {
                 "Upstream connect attempts refused or errored.",
             )
             .stats("upstream_cx_connect_fail");
+        /// TLS handshakes to the cluster's hosts that failed, by [`HandshakeOutcome`] (each is
+        /// also a connect failure).
+        upstream_tls_fail: [AtomicU64; HandshakeOutcome::ALL.len()], counter
+            => Metric::counter(
+                "sluice_upstream_tls_handshake_failures_total",
+                "TLS handshakes to upstream hosts that failed, by reason (each is also a connect failure).",
+            )
+            .by("reason", handshake_outcome)
+            .stats("upstream_tls_fail.")
+            .prometheus_for(Shown::WithTls)
+            .stats_for(Shown::WithTls);
         /// Connect attempts that timed out.
         upstream_cx_connect_timeout: AtomicU64, counter
             => Metric::counter(

@@ -13,6 +13,10 @@
 //!   chain; then, when `verify_subject_alt_names` is set, the leaf must carry one of those DNS or
 //!   URI SANs (rustls checks chains, not URI SANs — this is where a SPIFFE identity such as
 //!   `spiffe://cluster.local/ns/default/sa/client` is admitted or refused).
+//! - **Origination** ([`UpstreamConnector`]): a cluster's `tls` as a rustls client config — the
+//!   upstream's chain always verified against the cluster's `ca`, then its identity: the `sni`
+//!   name, or one of `verify_subject_alt_names` ([`SanCheckingServerVerifier`]); a client
+//!   certificate for upstreams that want mTLS. [`MaybeTls`] is an upstream stream either way.
 //! - **Outcomes** ([`HandshakeOutcome`]): what a failed handshake's error means, for counters.
 //!
 //! The crypto provider is aws-lc-rs (rustls' default; it builds with a C compiler alone, and is
@@ -23,17 +27,17 @@ use std::sync::Arc;
 
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, UnixTime};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
 use rustls::sign::CertifiedKey;
 use rustls::{
-    CertificateError, DigitallySignedStruct, DistinguishedName, Error, PeerIncompatible,
-    RootCertStore, ServerConfig, SignatureScheme,
+    CertificateError, ClientConfig, DigitallySignedStruct, DistinguishedName, Error,
+    PeerIncompatible, RootCertStore, ServerConfig, SignatureScheme,
 };
-use sluice_core::config::tls::{ListenerTls, TlsVersion};
+use sluice_core::config::tls::{ListenerTls, TlsVersion, UpstreamTls};
 use sluice_core::config::{Config, ConfigError};
-pub use tokio_rustls::TlsAcceptor;
+pub use tokio_rustls::{TlsAcceptor, TlsConnector};
 
 /// PEM files larger than this are refused (a certificate bundle is a few KiB).
 const MAX_PEM_BYTES: u64 = 1 << 20;
@@ -55,7 +59,309 @@ pub fn check_config(config: &Config) -> Vec<ConfigError> {
             errors.append(&mut e);
         }
     }
+    for (i, c) in config.clusters.iter().enumerate() {
+        if let Some(tls) = &c.tls
+            && let Err(mut e) = client_config(tls, &format!("clusters[{i}].tls"))
+        {
+            errors.append(&mut e);
+        }
+    }
     errors
+}
+
+/// The connector of each cluster (`None`: plaintext), for one worker's engine.
+pub fn connectors(config: &Config) -> Result<Vec<Option<UpstreamConnector>>, String> {
+    config
+        .clusters
+        .iter()
+        .enumerate()
+        .map(|(i, c)| match &c.tls {
+            None => Ok(None),
+            Some(tls) => client_config(tls, &format!("clusters[{i}].tls"))
+                .map(|config| {
+                    Some(UpstreamConnector {
+                        connector: TlsConnector::from(Arc::new(config)),
+                        sni: tls.sni.clone().and_then(|n| ServerName::try_from(n).ok()),
+                    })
+                })
+                .map_err(|errors| {
+                    errors
+                        .iter()
+                        .map(ToString::to_string)
+                        .collect::<Vec<_>>()
+                        .join("; ")
+                }),
+        })
+        .collect()
+}
+
+/// How a worker originates TLS to one cluster's hosts.
+#[derive(Clone)]
+pub struct UpstreamConnector {
+    connector: TlsConnector,
+    /// The name sent and verified; `None`: the host's IP address is passed to rustls (which
+    /// sends no SNI for an address) and `verify_subject_alt_names` decides.
+    sni: Option<ServerName<'static>>,
+}
+
+impl UpstreamConnector {
+    /// The TLS handshake over `stream` to the host at `address`.
+    pub async fn connect<S>(
+        &self,
+        address: std::net::SocketAddr,
+        stream: S,
+    ) -> std::io::Result<tokio_rustls::client::TlsStream<S>>
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    {
+        let name = self
+            .sni
+            .clone()
+            .unwrap_or_else(|| ServerName::IpAddress(address.ip().into()));
+        self.connector.connect(name, stream).await
+    }
+}
+
+/// The rustls client configuration for a cluster's `tls`; errors carry paths under `path`.
+pub fn client_config(tls: &UpstreamTls, path: &str) -> Result<ClientConfig, Vec<ConfigError>> {
+    let provider = provider();
+    let mut errors = Vec::new();
+    let roots = read_pem(&tls.ca).and_then(|pem| {
+        let mut roots = RootCertStore::empty();
+        for cert in CertificateDer::pem_slice_iter(&pem) {
+            let cert = cert.map_err(|e| format!("{}: not a PEM certificate: {e}", tls.ca))?;
+            roots
+                .add(cert)
+                .map_err(|e| format!("{}: not a CA certificate: {e}", tls.ca))?;
+        }
+        if roots.is_empty() {
+            return Err(format!("{}: no certificate in it", tls.ca));
+        }
+        Ok(roots)
+    });
+    let roots = match roots {
+        Ok(r) => Some(r),
+        Err(e) => {
+            errors.push(ConfigError {
+                path: format!("{path}.ca"),
+                message: e,
+            });
+            None
+        }
+    };
+    let client_key = match &tls.client_certificate {
+        None => None,
+        Some(files) => {
+            let chain = read_pem(&files.cert_chain).and_then(|pem| {
+                CertificateDer::pem_slice_iter(&pem)
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(|e| format!("{}: not a PEM certificate chain: {e}", files.cert_chain))
+            });
+            let key = read_pem(&files.private_key).and_then(|pem| {
+                PrivateKeyDer::from_pem_slice(&pem)
+                    .map_err(|e| format!("{}: no private key in it: {e}", files.private_key))
+            });
+            match (chain, key) {
+                (Ok(chain), Ok(key)) => {
+                    match CertifiedKey::from_der(chain.clone(), key.clone_key(), &provider) {
+                        Ok(_) => Some((chain, key)),
+                        Err(e) => {
+                            errors.push(ConfigError {
+                                path: format!("{path}.private_key"),
+                                message: format!(
+                                    "{} does not go with the certificate {}: {e}",
+                                    files.private_key, files.cert_chain
+                                ),
+                            });
+                            None
+                        }
+                    }
+                }
+                (chain, key) => {
+                    if let Err(e) = chain {
+                        errors.push(ConfigError {
+                            path: format!("{path}.cert_chain"),
+                            message: e,
+                        });
+                    }
+                    if let Err(e) = key {
+                        errors.push(ConfigError {
+                            path: format!("{path}.private_key"),
+                            message: e,
+                        });
+                    }
+                    None
+                }
+            }
+        }
+    };
+    let Some(roots) = roots.filter(|_| errors.is_empty()) else {
+        return Err(errors);
+    };
+    let webpki = rustls::client::WebPkiServerVerifier::builder_with_provider(
+        Arc::new(roots),
+        provider.clone(),
+    )
+    .build()
+    .map_err(|e| {
+        vec![ConfigError {
+            path: format!("{path}.ca"),
+            message: format!("{}: {e}", tls.ca),
+        }]
+    })?;
+    let builder = ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| {
+            vec![ConfigError {
+                path: path.to_owned(),
+                message: e.to_string(),
+            }]
+        })?;
+    let builder = if tls.verify_subject_alt_names.is_empty() {
+        builder.with_webpki_verifier(webpki)
+    } else {
+        builder
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(SanCheckingServerVerifier {
+                inner: webpki,
+                allowed: tls.verify_subject_alt_names.clone(),
+            }))
+    };
+    let mut config = match client_key {
+        Some((chain, key)) => builder.with_client_auth_cert(chain, key).map_err(|e| {
+            vec![ConfigError {
+                path: format!("{path}.private_key"),
+                message: e.to_string(),
+            }]
+        })?,
+        None => builder.with_no_client_auth(),
+    };
+    config.alpn_protocols = tls.alpn.iter().map(|p| p.as_bytes().to_vec()).collect();
+    Ok(config)
+}
+
+/// rustls' chain verification against the cluster's CA, then the upstream's SANs against the
+/// cluster's list (instead of a DNS name): how an upstream proves a SPIFFE identity.
+#[derive(Debug)]
+pub struct SanCheckingServerVerifier {
+    inner: Arc<rustls::client::WebPkiServerVerifier>,
+    allowed: Vec<String>,
+}
+
+impl rustls::client::danger::ServerCertVerifier for SanCheckingServerVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, Error> {
+        // rustls verifies the chain first and the name after: a name error means the chain
+        // verified, and the SAN list decides instead of the name.
+        match self.inner.verify_server_cert(
+            end_entity,
+            intermediates,
+            server_name,
+            ocsp_response,
+            now,
+        ) {
+            Ok(v) => Ok(v),
+            Err(Error::InvalidCertificate(
+                CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
+            )) => {
+                let sans = sans(end_entity)
+                    .map_err(|_| Error::InvalidCertificate(CertificateError::BadEncoding))?;
+                let admitted = sans.iter().any(|san| match san {
+                    San::Dns(d) => self.allowed.iter().any(|a| a.eq_ignore_ascii_case(d)),
+                    San::Uri(u) => self.allowed.iter().any(|a| a == u),
+                });
+                if admitted {
+                    Ok(rustls::client::danger::ServerCertVerified::assertion())
+                } else {
+                    Err(Error::InvalidCertificate(CertificateError::NotValidForName))
+                }
+            }
+            Err(e) => Err(e),
+        }
+    }
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, Error> {
+        self.inner.verify_tls12_signature(message, cert, dss)
+    }
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, Error> {
+        self.inner.verify_tls13_signature(message, cert, dss)
+    }
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.inner.supported_verify_schemes()
+    }
+}
+
+/// An upstream stream, plaintext or TLS.
+pub enum MaybeTls<S> {
+    /// Plaintext.
+    Plain(S),
+    /// TLS originated by the proxy.
+    Tls(Box<tokio_rustls::client::TlsStream<S>>),
+}
+
+impl<S> tokio::io::AsyncRead for MaybeTls<S>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            MaybeTls::Plain(s) => std::pin::Pin::new(s).poll_read(cx, buf),
+            MaybeTls::Tls(s) => std::pin::Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl<S> tokio::io::AsyncWrite for MaybeTls<S>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            MaybeTls::Plain(s) => std::pin::Pin::new(s).poll_write(cx, buf),
+            MaybeTls::Tls(s) => std::pin::Pin::new(s.as_mut()).poll_write(cx, buf),
+        }
+    }
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            MaybeTls::Plain(s) => std::pin::Pin::new(s).poll_flush(cx),
+            MaybeTls::Tls(s) => std::pin::Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            MaybeTls::Plain(s) => std::pin::Pin::new(s).poll_shutdown(cx),
+            MaybeTls::Tls(s) => std::pin::Pin::new(s.as_mut()).poll_shutdown(cx),
+        }
+    }
 }
 
 /// The acceptor of each listener (`None`: no TLS), for one worker's engine. A file that

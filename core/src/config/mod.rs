@@ -417,6 +417,8 @@ pub struct ClusterConfig {
     pub panic_threshold_percent: u32,
     /// The hosts; never empty.
     pub hosts: Vec<HostConfig>,
+    /// Originate TLS to the hosts (`tcp_proxy` listeners only, so far).
+    pub tls: Option<Box<tls::UpstreamTls>>,
 }
 
 impl Default for ClusterConfig {
@@ -435,6 +437,7 @@ impl Default for ClusterConfig {
             circuit_breakers: CircuitBreakerSettings::default(),
             panic_threshold_percent: DEFAULT_PANIC_THRESHOLD_PERCENT,
             hosts: Vec::new(),
+            tls: None,
         }
     }
 }

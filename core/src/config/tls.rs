@@ -53,3 +53,21 @@ pub enum TlsVersion {
     #[serde(rename = "1.3")]
     Tls13,
 }
+
+/// `clusters[].tls`: originate TLS to the cluster's hosts, always verified.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct UpstreamTls {
+    /// The server name sent (SNI) and, unless `verify_subject_alt_names` is given, the DNS
+    /// name the upstream's certificate must carry.
+    pub sni: Option<String>,
+    /// PEM file of the CAs that sign the upstreams' certificates (required: an upstream is
+    /// never accepted unverified).
+    pub ca: String,
+    /// PEM files of a client certificate and key, for upstreams that want mutual TLS.
+    pub client_certificate: Option<CertificateFiles>,
+    /// The upstream's certificate must carry one of these SANs (DNS names or URIs, e.g. a
+    /// SPIFFE ID) instead of `sni`.
+    pub verify_subject_alt_names: Vec<String>,
+    /// ALPN protocols offered (empty: none).
+    pub alpn: Vec<String>,
+}

@@ -14,6 +14,9 @@ use crate::config::ConfigError;
 #[derive(Default)]
 pub(crate) struct Decoder {
     pub(crate) errors: Vec<ConfigError>,
+    /// Every cluster reference resolved: the cluster's index and the path that names it (the
+    /// checks that depend on who uses a cluster run once everything is decoded).
+    pub(crate) cluster_refs: Vec<(usize, String)>,
 }
 
 /// Longest path shown in an error (a path holds mapping keys, which a config may make huge).

@@ -153,6 +153,33 @@ fn decode_config(dec: &mut Decoder, tree: &Value) -> Option<Config> {
             );
         }
     }
+    // TLS origination is in the TCP proxy only, so far: any other user of a TLS cluster (an
+    // HTTP route, a Bolt route) or an HTTP health check of one is refused, naming where.
+    for (ci, c) in clusters.iter().enumerate() {
+        if c.tls.is_none() {
+            continue;
+        }
+        for (_, path) in dec.cluster_refs.clone().iter().filter(|(i, _)| *i == ci) {
+            if !path.contains(".tcp_proxy.") {
+                dec.error(
+                    path,
+                    format!(
+                        "cluster {:?} originates TLS (clusters[{ci}].tls), which only \
+                         `tcp_proxy` listeners do so far",
+                        c.name
+                    ),
+                );
+            }
+        }
+        if let Some(hc) = &c.health_check
+            && !matches!(hc.probe, crate::config::HealthProbe::Tcp)
+        {
+            dec.error(
+                &format!("clusters[{ci}].health_check"),
+                "an HTTP health check of a TLS cluster is not supported yet (a TCP check is)",
+            );
+        }
+    }
     Some(Config {
         admin: admin.flatten(),
         listeners,
@@ -580,7 +607,10 @@ fn cluster_ref(
 ) -> Option<(String, usize)> {
     let name = dec.name(path, v)?;
     match cluster_names.iter().position(|c| *c == name) {
-        Some(index) => Some((name, index)),
+        Some(index) => {
+            dec.cluster_refs.push((index, path.to_owned()));
+            Some((name, index))
+        }
         None => {
             let known = if cluster_names.is_empty() {
                 "no clusters are defined".to_owned()
@@ -675,6 +705,10 @@ fn decode_cluster(dec: &mut Decoder, path: &str, v: &Value) -> Option<ClusterCon
         Some((v, p)) => cluster::percent(dec, &p, v),
         None => Some(DEFAULT_PANIC_THRESHOLD_PERCENT),
     };
+    let tls = match obj.opt("tls") {
+        Some((v, p)) => tls::decode_upstream_tls(dec, &p, v).map(|t| Some(Box::new(t))),
+        None => Some(None),
+    };
     let hosts = obj.req(dec, "hosts").and_then(|(v, p)| {
         let hosts = dec.list(&p, v, decode_host)?;
         if hosts.is_empty() {
@@ -695,6 +729,7 @@ fn decode_cluster(dec: &mut Decoder, path: &str, v: &Value) -> Option<ClusterCon
         circuit_breakers: circuit_breakers?,
         panic_threshold_percent: panic_threshold_percent?,
         hosts: hosts?,
+        tls: tls?,
     })
 }
 

@@ -854,3 +854,46 @@ clusters:
         );
     }
 }
+
+#[test]
+fn cluster_tls_needs_a_ca_and_an_identity_and_serves_tcp_proxy_only() {
+    let text = r#"
+listeners:
+  - name: t
+    address: 127.0.0.1:8443
+    tcp_proxy: { cluster: a }
+  - name: h
+    address: 127.0.0.1:8080
+    http:
+      virtual_hosts: [ { name: v, domains: ["*"], routes: [ { match: { prefix: / }, route: { cluster: a } } ] } ]
+clusters:
+  - { name: a, hosts: [{ address: 127.0.0.1:9001 }], tls: { sni: up.example, ca: ca.pem } }
+  - { name: b, hosts: [{ address: 127.0.0.1:9002 }], tls: { cert_chain: c.pem } }
+  - { name: c, hosts: [{ address: 127.0.0.1:9003 }], tls: { ca: ca.pem, sni: "not a name" } }
+"#;
+    // Who uses a cluster is checked once every cluster decodes.
+    let used_by_http = text
+        .lines()
+        .filter(|l| !l.contains("name: b") && !l.contains("name: c"))
+        .collect::<Vec<_>>()
+        .join("\n");
+    assert_eq!(
+        errors(&used_by_http),
+        [
+            "listeners[1].http.virtual_hosts[0].routes[0].route.cluster: cluster \"a\" originates \
+          TLS (clusters[0].tls), which only `tcp_proxy` listeners do so far"
+        ]
+    );
+    let errs = errors(text);
+    for want in [
+        "clusters[1].tls.ca: ",
+        "clusters[1].tls.cert_chain: give `private_key` with `cert_chain`",
+        "clusters[1].tls: give `sni` or `verify_subject_alt_names`",
+        "clusters[2].tls.sni: \"not a name\" is not a DNS name",
+    ] {
+        assert!(
+            errs.iter().any(|e| e.starts_with(want)),
+            "missing {want:?} in {errs:#?}"
+        );
+    }
+}

@@ -9,7 +9,9 @@
 use serde_json::Value;
 
 use super::decoder::Decoder;
-use crate::config::tls::{CertificateFiles, DEFAULT_HANDSHAKE_TIMEOUT, ListenerTls, TlsVersion};
+use crate::config::tls::{
+    CertificateFiles, DEFAULT_HANDSHAKE_TIMEOUT, ListenerTls, TlsVersion, UpstreamTls,
+};
 
 pub(super) fn decode_listener_tls(dec: &mut Decoder, path: &str, v: &Value) -> Option<ListenerTls> {
     let mut obj = dec.object(path, v)?;
@@ -143,4 +145,80 @@ fn unique_strings(
         }
     }
     Some(list)
+}
+
+/// `clusters[].tls`: `ca` is required (an upstream is always verified), and either `sni` or
+/// `verify_subject_alt_names` says which identity the upstream must prove.
+pub(super) fn decode_upstream_tls(dec: &mut Decoder, path: &str, v: &Value) -> Option<UpstreamTls> {
+    let mut obj = dec.object(path, v)?;
+    let sni = match obj.opt("sni") {
+        Some((v, p)) => dec.string(&p, v).and_then(|s| {
+            let lower = s.to_ascii_lowercase();
+            let ok = !lower.is_empty()
+                && lower.len() <= 253
+                && lower.split('.').all(|l| {
+                    !l.is_empty()
+                        && l.len() <= 63
+                        && l.bytes()
+                            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+                });
+            if ok {
+                Some(Some(lower))
+            } else {
+                dec.error(&p, format!("{s:?} is not a DNS name"));
+                None
+            }
+        }),
+        None => Some(None),
+    };
+    let ca = obj.req(dec, "ca").and_then(|(v, p)| file(dec, &p, v));
+    let cert_chain = match obj.opt("cert_chain") {
+        Some((v, p)) => file(dec, &p, v).map(|f| Some((f, p))),
+        None => Some(None),
+    };
+    let private_key = match obj.opt("private_key") {
+        Some((v, p)) => file(dec, &p, v).map(|f| Some((f, p))),
+        None => Some(None),
+    };
+    let client_certificate = match (cert_chain, private_key) {
+        (Some(Some((cert_chain, _))), Some(Some((private_key, _)))) => {
+            Some(Some(CertificateFiles {
+                cert_chain,
+                private_key,
+            }))
+        }
+        (Some(Some((_, p))), Some(None)) => {
+            dec.error(&p, "give `private_key` with `cert_chain`");
+            None
+        }
+        (Some(None), Some(Some((_, p)))) => {
+            dec.error(&p, "give `cert_chain` with `private_key`");
+            None
+        }
+        (Some(None), Some(None)) => Some(None),
+        _ => None,
+    };
+    let verify_subject_alt_names = match obj.opt("verify_subject_alt_names") {
+        Some((v, p)) => unique_strings(dec, &p, v, "subject alt name", 2048),
+        None => Some(Vec::new()),
+    };
+    let alpn = match obj.opt("alpn") {
+        Some((v, p)) => unique_strings(dec, &p, v, "ALPN protocol", 255),
+        None => Some(Vec::new()),
+    };
+    if matches!(sni, Some(None)) && matches!(&verify_subject_alt_names, Some(v) if v.is_empty()) {
+        dec.error(
+            path,
+            "give `sni` or `verify_subject_alt_names`: the identity the upstream's certificate \
+             must prove",
+        );
+    }
+    obj.finish(dec);
+    Some(UpstreamTls {
+        sni: sni?,
+        ca: ca?,
+        client_certificate: client_certificate?,
+        verify_subject_alt_names: verify_subject_alt_names?,
+        alpn: alpn?,
+    })
 }
