@@ -21,6 +21,7 @@ mod decoder;
 mod http;
 pub mod values;
 
+use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use serde_json::Value;
@@ -135,6 +136,7 @@ fn decode_config(dec: &mut Decoder, tree: &Value) -> Option<Config> {
         addresses.iter().map(String::as_str),
         "address",
     );
+    check_overlapping_addresses(dec, admin.as_ref().and_then(Option::as_ref), &listeners);
     let limits = limits?;
     // A Bolt frame larger than the whole partial-frame budget could never be received.
     for (i, l) in listeners.iter().enumerate() {
@@ -196,6 +198,71 @@ fn check_unique<'a>(
                 &format!("{section}[{i}].{field}"),
                 format!("duplicate {field} {v:?} (already used by {section}[{first}])"),
             );
+        }
+    }
+}
+
+/// Whether two TCP listening addresses take the same port on some local address: equal, or one
+/// a wildcard covering the other (`0.0.0.0` every IPv4 address; `[::]` every address of both
+/// families, as it listens dual-stack by default on Linux). Port 0 (any free port) never
+/// clashes.
+fn addresses_overlap(a: SocketAddr, b: SocketAddr) -> bool {
+    fn covers(wide: SocketAddr, other: SocketAddr) -> bool {
+        match wide.ip() {
+            IpAddr::V6(ip) if ip.is_unspecified() => true,
+            IpAddr::V4(ip) if ip.is_unspecified() => match other.ip() {
+                IpAddr::V4(_) => true,
+                IpAddr::V6(v6) => v6.to_ipv4_mapped().is_some(),
+            },
+            _ => false,
+        }
+    }
+    a.port() == b.port() && a.port() != 0 && (a.ip() == b.ip() || covers(a, b) || covers(b, a))
+}
+
+/// Listener addresses that overlap without being equal (equal ones are duplicates, reported by
+/// [`check_unique`]), and an admin TCP address that a listener's address overlaps: they could
+/// not all listen, and finding out at startup (or worse, at a reload) is too late.
+fn check_overlapping_addresses(
+    dec: &mut Decoder,
+    admin: Option<&AdminConfig>,
+    listeners: &[ListenerConfig],
+) {
+    const WHY: &str = "a wildcard address takes the port on every local address of its family";
+    for (i, l) in listeners.iter().enumerate() {
+        for (j, first) in listeners[..i].iter().enumerate() {
+            if l.address != first.address && addresses_overlap(l.address, first.address) {
+                dec.error(
+                    &format!("listeners[{i}].address"),
+                    format!(
+                        "{} overlaps listeners[{j}].address {} ({}): {WHY}, so both cannot listen",
+                        l.address, first.address, first.name
+                    ),
+                );
+            }
+        }
+    }
+    if let Some(admin_address) = admin.and_then(AdminConfig::tcp_address) {
+        for (i, l) in listeners.iter().enumerate() {
+            if admin_address == l.address {
+                dec.error(
+                    "admin.address",
+                    format!(
+                        "{admin_address} is also listeners[{i}].address ({}): the admin API \
+                         needs an address of its own",
+                        l.name
+                    ),
+                );
+            } else if addresses_overlap(admin_address, l.address) {
+                dec.error(
+                    "admin.address",
+                    format!(
+                        "{admin_address} overlaps listeners[{i}].address {} ({}): {WHY}, so \
+                         both cannot listen",
+                        l.address, l.name
+                    ),
+                );
+            }
         }
     }
 }

@@ -109,6 +109,39 @@ clusters:
     );
 }
 
+/// Addresses that could not all listen: a wildcard next to a specific address on the same
+/// port (`[::]` covers both families), and the admin API on a listener's address; both are
+/// named. Different ports, and a specific IPv6 address next to `0.0.0.0`, are fine.
+#[test]
+fn overlapping_listener_and_admin_addresses_are_named() {
+    let text = r#"
+admin: { address: 127.0.0.1:1000 }
+listeners:
+  - { name: local, address: 127.0.0.1:1000, echo: {} }
+  - { name: every, address: 0.0.0.0:1000, echo: {} }
+  - { name: v6, address: "[::]:1001", echo: {} }
+  - { name: v4, address: 127.0.0.2:1001, echo: {} }
+  - { name: fine, address: 0.0.0.0:1002, echo: {} }
+  - { name: also_fine, address: "[::1]:1002", echo: {} }
+"#;
+    assert_eq!(
+        errors(text),
+        [
+            "listeners[1].address: 0.0.0.0:1000 overlaps listeners[0].address 127.0.0.1:1000 \
+             (local): a wildcard address takes the port on every local address of its family, \
+             so both cannot listen",
+            "listeners[3].address: 127.0.0.2:1001 overlaps listeners[2].address [::]:1001 (v6): \
+             a wildcard address takes the port on every local address of its family, so both \
+             cannot listen",
+            "admin.address: 127.0.0.1:1000 is also listeners[0].address (local): the admin API \
+             needs an address of its own",
+            "admin.address: 127.0.0.1:1000 overlaps listeners[1].address 0.0.0.0:1000 (every): \
+             a wildcard address takes the port on every local address of its family, so both \
+             cannot listen",
+        ]
+    );
+}
+
 #[test]
 fn structural_problems() {
     assert_eq!(
