@@ -598,15 +598,13 @@ pub fn run(config: Config, options: ServerOptions) -> io::Result<()> {
     {
         f.remove_if_still_ours();
     }
-    let mut total = crate::stats::StatsSnapshot::default();
-    for s in &all_stats {
-        total.add(&s.snapshot());
-    }
+    // The listeners' downstream byte counters (what /stats shows), which every kind of
+    // listener counts: TCP proxy, echo, HTTP and Bolt.
+    let total = crate::stats::DetailedSnapshot::sum(&all_stats);
+    let (bytes_in, bytes_out) = total.downstream_bytes();
     info!(
-        connections = total.downstream_cx_total,
-        bytes_in = total.bytes_from_downstream,
-        bytes_out = total.bytes_from_upstream,
-        "stopped"
+        connections = total.worker.downstream_cx_total,
+        bytes_in, bytes_out, "stopped"
     );
     result
 }
