@@ -144,3 +144,59 @@ fn a_second_instance_on_a_listener_address_refuses_to_start() {
         .unwrap_or(0);
     assert!(counted >= 20, "{stats}");
 }
+
+/// `validate` points at the place: a YAML syntax error as `FILE:LINE:COL: message` with the
+/// offending line and a caret under the column (it came out on one line naming `<input>`), and
+/// an unknown field the same way, at its key, with the known field it is a typo of.
+#[test]
+fn validate_points_at_the_line_and_column_of_each_mistake() {
+    if !require_peers(&[]) {
+        return;
+    }
+    let dir = TempDir::new("cli-positions");
+    let syntax = dir.write(
+        "syntax.yaml",
+        "listeners:\n  - name: a\n    address: 127.0.0.1:1000\n    echo: {}\n  bad: [\n",
+    );
+    let out = Command::new(sluice_bin())
+        .args(["validate", syntax.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let file = syntax.display();
+    assert!(
+        stderr.contains(&format!(
+            "{file}:5:3: not valid YAML: while parsing a block collection, did not find expected '-' indicator"
+        )),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("\n5 |   bad: [\n  |   ^\n"),
+        "the line and a caret under the column:\n{stderr}"
+    );
+    assert!(!stderr.contains("<input>"), "{stderr}");
+
+    let typo = dir.write(
+        "typo.yaml",
+        "listeners:\n  - { name: a, address: 127.0.0.1:1000, tcp_proxy: { cluster: c } }\n\
+         clusters:\n  - name: c\n    conect_timeout: 1s\n    hosts: [ { address: 127.0.0.1:1 } ]\n",
+    );
+    let out = Command::new(sluice_bin())
+        .args(["validate", typo.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let file = typo.display();
+    assert!(
+        stderr.contains(&format!(
+            "{file}:5:5: clusters[0].conect_timeout: unknown field ("
+        )),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("; did you mean 'connect_timeout'?\n5 |     conect_timeout: 1s\n  |     ^"),
+        "{stderr}"
+    );
+}

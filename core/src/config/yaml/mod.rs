@@ -10,7 +10,9 @@
 //! model is what YAML (and later xDS) decode into. Section decoders: `http` (the HTTP
 //! connection manager and its route table), `bolt`, `cluster` (health checks, outlier
 //! detection, circuit breakers, hashing); `decoder` is
-//! the error-collecting reader they share.
+//! the error-collecting reader they share (it suggests the known name closest to an unknown
+//! field or value); [`locate`] finds where each error's path is in the text, so that every
+//! error from [`Config::from_yaml`] carries its line and column.
 //!
 //! The invariants of a returned `Config` are listed in the model's module doc ([`super`]); the
 //! `http` and `bolt` decoders list theirs.
@@ -19,6 +21,7 @@ mod bolt;
 mod cluster;
 mod decoder;
 mod http;
+pub mod locate;
 pub mod values;
 
 use std::net::{IpAddr, SocketAddr};
@@ -32,7 +35,7 @@ use super::{
     DEFAULT_ADMIN_SOCKET_MODE, DEFAULT_BOLT_PARTIAL_FRAME_BYTES, DEFAULT_CONNECT_TIMEOUT,
     DEFAULT_DRAIN_TIMEOUT, DEFAULT_MAX_CONNECT_ATTEMPTS, DEFAULT_MINIMUM_RING_SIZE,
     DEFAULT_TCP_IDLE_TIMEOUT, DEFAULT_UPSTREAM_IDLE_TIMEOUT, HostConfig, LbPolicy, LimitsConfig,
-    ListenerConfig, ListenerFilter, MAX_CONNECTIONS_LIMIT, TcpProxyConfig,
+    ListenerConfig, ListenerFilter, MAX_CONNECTIONS_LIMIT, TcpProxyConfig, TextPosition,
 };
 use decoder::{Decoder, Obj};
 pub use values::{parse_duration, parse_socket_addr};
@@ -41,15 +44,31 @@ impl Config {
     /// Parses and validates YAML text, reporting every problem found.
     pub fn from_yaml(text: &str) -> Result<Config, ConfigErrors> {
         let tree: Value = serde_saphyr::from_str(text).map_err(|e| {
+            // The parser's own message; where it is goes in `position` (its rendering with a
+            // snippet would come out flattened on one line).
+            let position = e.location().map(|l| TextPosition {
+                line: usize::try_from(l.line()).unwrap_or(usize::MAX),
+                column: usize::try_from(l.column()).unwrap_or(usize::MAX),
+            });
             ConfigErrors(vec![ConfigError {
                 path: String::new(),
                 message: decoder::elide(
-                    &format!("not valid YAML: {}", one_line(&e.to_string())),
+                    &format!(
+                        "not valid YAML: {}",
+                        one_line(&e.without_snippet().to_string())
+                    ),
                     decoder::MAX_MESSAGE_CHARS,
                 ),
+                position,
             }])
         })?;
-        Self::from_tree(&tree)
+        Self::from_tree(&tree).map_err(|mut errors| {
+            let locator = locate::Locator::new(text);
+            for e in &mut errors.0 {
+                e.position = locator.position(&e.path, &e.message);
+            }
+            errors
+        })
     }
 
     /// Validates an already parsed tree (the JSON data model), reporting every problem found.
