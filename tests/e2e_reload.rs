@@ -404,7 +404,6 @@ fn a_reload_whose_new_listener_cannot_bind_changes_nothing() {
                 (200, "one".into())
             );
         }
-        // The occupant's connections stay its own.
         let (_, stats) = http_request(addr(admin), "GET", "/stats?filter=reloads");
         assert!(stats.contains("server.reloads_ok: 0"), "{stats}");
         drop(occupant);

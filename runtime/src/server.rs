@@ -644,7 +644,20 @@ fn reload(
         (0..workers).map(|_| Vec::new()).collect();
     for (i, socket) in changes.sockets.iter().enumerate() {
         if *socket == ListenerSocket::Bind {
-            let bound = bind_listener_per_worker(&next, i, workers).map_err(|e| e.to_string())?;
+            // An address overlapping one this instance listens on now (127.0.0.1:P becoming
+            // 0.0.0.0:P) would fail the probe on our own sockets, which close at the switch:
+            // bound without it, as before (the kernel lets our reuseport sockets share).
+            let address = next.listeners[i].address;
+            let overlaps_ours = current
+                .listeners
+                .iter()
+                .any(|c| sluice_core::config::yaml::addresses_overlap(c.address, address));
+            let bound = if overlaps_ours {
+                (0..workers).map(|_| bind_listener(&next, i)).collect()
+            } else {
+                bind_listener_per_worker(&next, i, workers)
+            }
+            .map_err(|e| e.to_string())?;
             for (mine, socket) in fresh.iter_mut().zip(bound) {
                 mine.push(Some(socket));
             }

@@ -225,7 +225,8 @@ fn check_unique<'a>(
 /// a wildcard covering the other (`0.0.0.0` every IPv4 address; `[::]` every address of both
 /// families, as it listens dual-stack by default on Linux). Port 0 (any free port) never
 /// clashes.
-fn addresses_overlap(a: SocketAddr, b: SocketAddr) -> bool {
+#[must_use]
+pub fn addresses_overlap(a: SocketAddr, b: SocketAddr) -> bool {
     fn covers(wide: SocketAddr, other: SocketAddr) -> bool {
         match wide.ip() {
             IpAddr::V6(ip) if ip.is_unspecified() => true,
