@@ -872,3 +872,54 @@ fn the_admin_api_on_a_unix_socket_answers_only_whom_its_mode_allows() {
     sluice.signal("TERM");
     assert!(sluice.wait_exit(Duration::from_secs(10)).is_some());
 }
+
+/// The exit summary counts HTTP bytes too (it counted only TCP-proxy bytes: `bytes_in=0
+/// bytes_out=0` after any number of HTTP requests), from the counters `/stats` shows.
+#[test]
+fn the_exit_summary_counts_http_bytes_as_stats_does() {
+    let dir = TempDir::new("admin-exit-summary");
+    let (listen, admin_port) = (free_port(), free_port());
+    let mut sluice = start_sluice(
+        &dir,
+        &http_config(listen, admin_port, free_port(), free_port()),
+        2,
+        addr(listen),
+    );
+    wait_listening(addr(admin_port), &mut sluice);
+    for _ in 0..5 {
+        assert_eq!(http_request(addr(listen), "GET", "/teapot").0, 418);
+    }
+    let counter = |name: &str| -> u64 {
+        let (_, stats) = http_request(
+            addr(admin_port),
+            "GET",
+            &format!("/stats?filter=listener.http_in.{name}"),
+        );
+        stats
+            .lines()
+            .find(|l| l.starts_with(&format!("listener.http_in.{name}:")))
+            .and_then(|l| l.split(": ").nth(1))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no {name} in {stats}"))
+    };
+    let (received, sent) = (
+        counter("downstream_bytes_received"),
+        counter("downstream_bytes_sent"),
+    );
+    assert!(received > 0 && sent > 0, "{received} {sent}");
+    sluice.signal("TERM");
+    assert!(
+        sluice
+            .wait_exit(Duration::from_secs(10))
+            .is_some_and(|s| s.success())
+    );
+    let log = sluice.log_text();
+    let stopped = log
+        .lines()
+        .find(|l| l.contains("stopped"))
+        .unwrap_or_else(|| panic!("no exit summary in {log}"));
+    assert!(
+        stopped.contains(&format!("bytes_in={received} bytes_out={sent}")),
+        "{stopped}"
+    );
+}

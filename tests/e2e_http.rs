@@ -819,3 +819,62 @@ fn the_route_timeout_starts_after_the_upload_and_a_stalled_upload_is_a_408() {
         "{requests:?}"
     );
 }
+
+/// The access log's request id is the one forwarded upstream: the id sluice generated for a
+/// request without one (the text log showed `-` for it), and the client's own otherwise.
+#[test]
+fn the_access_log_shows_the_request_id_that_was_forwarded() {
+    if !require_peers(&["curl", "python3"]) {
+        return;
+    }
+    let dir = TempDir::new("http-request-id");
+    let (up, listen) = (free_port(), free_port());
+    let (_u, requests) = start_upstream(&dir, "up", up);
+    let log = dir.path().join("access.log");
+    let access = format!("      access_log: {{ path: {} }}\n", log.display());
+    let mut s = start_sluice(
+        &dir,
+        &http_config(listen, &[up], &access, ""),
+        1,
+        addr(listen),
+    );
+    let base = format!("http://127.0.0.1:{listen}");
+    let (generated, _) = curl(&["-H", "Host: example.com", &format!("{base}/generated")]);
+    let (given, _) = curl(&[
+        "-H",
+        "Host: example.com",
+        "-H",
+        "x-request-id: client-chose-this",
+        &format!("{base}/given"),
+    ]);
+    let seen = |answer: &str| -> String {
+        let v: serde_json::Value =
+            serde_json::from_str(answer).unwrap_or_else(|e| panic!("{e}: {answer}"));
+        v["headers"]["x-request-id"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no x-request-id upstream: {answer}"))
+            .to_owned()
+    };
+    let generated_id = seen(&generated);
+    assert_eq!(generated_id.len(), 36, "a UUID: {generated_id}");
+    assert_eq!(seen(&given), "client-chose-this");
+    drop(requests);
+
+    s.signal("TERM");
+    assert!(
+        s.wait_exit(Duration::from_secs(10))
+            .is_some_and(|st| st.success())
+    );
+    let text = std::fs::read_to_string(&log).unwrap();
+    let line = |path: &str| {
+        text.lines()
+            .find(|l| l.contains(&format!("\"GET {path} HTTP/1.1\"")))
+            .unwrap_or_else(|| panic!("no {path} in {text}"))
+            .to_owned()
+    };
+    assert!(
+        line("/generated").ends_with(&format!("\"{generated_id}\"")),
+        "{text}"
+    );
+    assert!(line("/given").ends_with("\"client-chose-this\""), "{text}");
+}

@@ -371,3 +371,59 @@ fn sigterm_ends_an_http_request_still_in_flight_at_drain_timeout() {
     assert!(text.starts_with("HTTP/1.1 503 "), "{text}");
     assert!(text.contains("connection: close"), "{text}");
 }
+
+/// A reload that adds a listener on an address another process listens on is refused before
+/// anything switches: `POST /reload` answers 400 naming the listener and the address, the
+/// failure is counted, and the old listeners keep answering with the old config. The occupant
+/// is another process's `SO_REUSEPORT` socket (what a second sluice holds): the kernel would
+/// let a reuseport bind share it, which must not happen by accident.
+#[test]
+fn a_reload_whose_new_listener_cannot_bind_changes_nothing() {
+    let dir = TempDir::new("reload-occupied");
+    let (listen, admin, up) = (free_port(), free_port(), free_port());
+    let mut sluice = start_sluice(&dir, &config(listen, admin, up, "one", ""), 2, addr(listen));
+    wait_listening(addr(admin), &mut sluice);
+    let path = dir.path().join("sluice.yaml");
+    for reuseport in [false, true] {
+        let occupant = occupy(reuseport);
+        let taken = occupant.local_addr().unwrap().port();
+        let extra = format!("  - name: extra\n    address: 127.0.0.1:{taken}\n    echo: {{}}\n");
+        std::fs::write(&path, config(listen, admin, up, "two", &extra)).unwrap();
+        let (status, body) = http_request(addr(admin), "POST", "/reload");
+        assert_eq!(status, 400, "occupant reuseport={reuseport}: {body}");
+        assert!(
+            body.contains("listeners[1] (extra)")
+                && body.contains(&format!("127.0.0.1:{taken}"))
+                && body.to_lowercase().contains("address already in use"),
+            "{body}"
+        );
+        // Nothing switched: the old generation answers, on every worker's socket.
+        for _ in 0..8 {
+            assert_eq!(
+                http_request(addr(listen), "GET", "/version"),
+                (200, "one".into())
+            );
+        }
+        let (_, stats) = http_request(addr(admin), "GET", "/stats?filter=reloads");
+        assert!(stats.contains("server.reloads_ok: 0"), "{stats}");
+        drop(occupant);
+    }
+    let (_, stats) = http_request(addr(admin), "GET", "/stats?filter=reloads");
+    assert!(stats.contains("server.reloads_failed: 2"), "{stats}");
+    assert!(
+        sluice.log_text().contains("config reload refused"),
+        "{}",
+        sluice.log_text()
+    );
+}
+
+/// A listening socket on a free 127.0.0.1 port, as another process would hold it.
+fn occupy(reuseport: bool) -> std::net::TcpListener {
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    socket.set_reuse_address(true).unwrap();
+    socket.set_reuse_port(reuseport).unwrap();
+    let any: std::net::SocketAddr = "127.0.0.1:0".parse().unwrap();
+    socket.bind(&any.into()).unwrap();
+    socket.listen(16).unwrap();
+    socket.into()
+}

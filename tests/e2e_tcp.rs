@@ -64,7 +64,17 @@ const MANY_MISTAKES: [&str; 6] = [
     "clusters[0].hosts[0].weight: 0 is not a whole number from 1 to 1000",
     r#"listeners[0].address: "127.0.0.1:99999" is not a socket address (port out of range)"#,
     r#"listeners[0].tcp_proxy.cluster: unknown cluster "nowhere" (known: c1)"#,
-    "listeners[0].tcp_proxy.idle_timout: unknown field (expected one of: cluster, idle_timeout, max_connect_attempts, sni_routes, client_hello_timeout)",
+    "listeners[0].tcp_proxy.idle_timout: unknown field (expected one of: cluster, idle_timeout, max_connect_attempts, sni_routes, client_hello_timeout); did you mean 'idle_timeout'?",
+];
+
+/// Where each of [`MANY_MISTAKES`] is in the file (`LINE:COL`), in file order.
+const MANY_MISTAKES_AT: [(&str, usize); 6] = [
+    ("4:14", 3),
+    ("5:27", 4),
+    ("5:36", 5),
+    ("8:22", 0),
+    ("9:16", 1),
+    ("11:44", 2),
 ];
 
 #[test]
@@ -74,12 +84,17 @@ fn validate_lists_every_problem_with_its_path() {
     assert_eq!(out.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("6 problems in the config:"), "{stderr}");
-    for line in MANY_MISTAKES {
-        assert!(
-            stderr.lines().any(|l| l.trim() == line),
-            "missing {line:?} in:\n{stderr}"
-        );
-    }
+    // Each as `FILE:LINE:COL: path: message`, in file order.
+    let file = path.display().to_string();
+    let listed: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.starts_with(&format!("{file}:")) && !l.ends_with("in the config:"))
+        .collect();
+    let expected: Vec<String> = MANY_MISTAKES_AT
+        .iter()
+        .map(|(at, i)| format!("{file}:{at}: {}", MANY_MISTAKES[*i]))
+        .collect();
+    assert_eq!(listed, expected, "{stderr}");
 }
 
 #[test]

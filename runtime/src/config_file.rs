@@ -1,7 +1,7 @@
 //! Reading and validating the config file, with errors a caller can tell apart: the file could
 //! not be read ([`ConfigFileError`]: missing, not a regular file, too large, not UTF-8) or it
 //! was read and is not a valid config ([`LoadConfigError::Invalid`], every problem with its
-//! path). Their `Display` is the text the CLI prints and a reload answers with; only there do
+//! path, and its line and column in the text: [`problems`] renders them). Their `Display` is the text the CLI prints and a reload answers with; only there do
 //! they become strings.
 
 use std::io;
@@ -73,10 +73,12 @@ pub enum LoadConfigError {
     #[error(transparent)]
     File(#[from] ConfigFileError),
     /// The file was read; the config in it is not valid.
-    #[error("{}", problems(path, errors))]
+    #[error("{}", problems(&path.display().to_string(), text, errors))]
     Invalid {
         /// The file.
         path: PathBuf,
+        /// Its text (the lines the problems point at are quoted from it).
+        text: String,
         /// Every problem, each with its path in the config.
         errors: ConfigErrors,
     },
@@ -90,17 +92,45 @@ impl From<LoadConfigError> for String {
     }
 }
 
-/// `PATH: N problems in the config:` then one indented line per problem.
-fn problems(path: &Path, errors: &ConfigErrors) -> String {
+/// `NAME: N problems in the config:`, then each problem in file order (those with no place in
+/// the text first) as `NAME:LINE:COL: path: message` — the form editors and terminals jump to —
+/// followed by the offending line and a caret under the column.
+pub fn problems(name: &str, text: &str, errors: &ConfigErrors) -> String {
+    use std::fmt::Write as _;
     let n = errors.0.len();
     let mut out = format!(
-        "{}: {n} problem{} in the config:",
-        path.display(),
+        "{name}: {n} problem{} in the config:",
         if n == 1 { "" } else { "s" }
     );
-    for e in &errors.0 {
-        out.push_str("\n  ");
-        out.push_str(&e.to_string());
+    let mut sorted: Vec<&sluice_core::config::ConfigError> = errors.0.iter().collect();
+    // Stable: problems at one place keep the decoder's order.
+    sorted.sort_by_key(|e| e.position);
+    let lines: Vec<&str> = text.lines().collect();
+    let width = sorted
+        .iter()
+        .filter_map(|e| e.position)
+        .map(|p| p.line.to_string().len())
+        .max()
+        .unwrap_or(1);
+    for e in sorted {
+        let Some(at) = e.position else {
+            let _ = write!(out, "\n{name}: {e}");
+            continue;
+        };
+        let _ = write!(out, "\n{name}:{}:{}: {e}", at.line, at.column);
+        if let Some(line) = at.line.checked_sub(1).and_then(|i| lines.get(i)) {
+            // The caret lines up under the column: tabs before it are kept as tabs.
+            let pad: String = line
+                .chars()
+                .take(at.column.saturating_sub(1))
+                .map(|c| if c == '\t' { '\t' } else { ' ' })
+                .collect();
+            let _ = write!(
+                out,
+                "\n{:>width$} | {line}\n{:>width$} | {pad}^",
+                at.line, ""
+            );
+        }
     }
     out
 }
@@ -170,6 +200,7 @@ pub fn load_config(path: &Path) -> Result<Config, LoadConfigError> {
     let text = read_config_file(path)?;
     config_from_text(&text).map_err(|errors| LoadConfigError::Invalid {
         path: path.to_owned(),
+        text,
         errors,
     })
 }
@@ -179,10 +210,14 @@ pub fn load_config(path: &Path) -> Result<Config, LoadConfigError> {
 /// config path.
 pub fn config_from_text(text: &str) -> Result<Config, ConfigErrors> {
     let config = Config::from_yaml(text)?;
-    let errors = crate::tls::check_config(&config);
+    let mut errors = crate::tls::check_config(&config);
     if errors.is_empty() {
         Ok(config)
     } else {
+        let locator = sluice_core::config::yaml::locate::Locator::new(text);
+        for e in &mut errors {
+            e.position = locator.position(&e.path, &e.message);
+        }
         Err(ConfigErrors(errors))
     }
 }
@@ -322,10 +357,18 @@ mod tests {
         };
         let paths: Vec<&str> = errors.0.iter().map(|e| e.path.as_str()).collect();
         assert_eq!(paths, ["listeners[0].address", "clusterz"]);
-        let mut expected = format!("{}: 2 problems in the config:", path.display());
-        for e in &errors.0 {
-            expected.push_str(&format!("\n  {e}"));
-        }
+        // Each at its place (the unknown field at its key), with the line and a caret.
+        let p = path.display();
+        let expected = format!(
+            "{p}: 2 problems in the config:\n\
+             {p}:3:14: {}\n\
+             3 |     address: nowhere\n\
+             \x20 |              ^\n\
+             {p}:5:1: {}\n\
+             5 | clusterz: []\n\
+             \x20 | ^",
+            errors.0[0], errors.0[1]
+        );
         assert_eq!(err.to_string(), expected);
         assert_eq!(String::from(err), expected);
     }

@@ -340,6 +340,11 @@ impl<N: Network> Engine<N> {
         }
     }
 
+    /// Whether `/drain_listeners` closed this engine's listening sockets.
+    pub fn listeners_closed(&self) -> bool {
+        self.listeners_closed.get()
+    }
+
     /// Stops accepting new connections (closing this worker's listening sockets) without
     /// draining the open ones.
     pub fn close_listeners(&self) {

@@ -418,6 +418,10 @@ struct Scratch {
     /// Set while a request waits for its upstream with nothing of a response sent yet (what a
     /// drain deadline answers 503).
     awaiting: Rc<Cell<bool>>,
+    /// The `x-request-id` generated for this request (it had none), as forwarded upstream;
+    /// valid when `request_id_generated` (reset for every request): the access log shows it.
+    request_id: [u8; 36],
+    request_id_generated: bool,
 }
 
 /// How the request head ended up.
@@ -504,6 +508,8 @@ impl<N: Network> Engine<N> {
             path_opts: hc.path_normalization,
             stream_idle: hc.stream_idle_timeout,
             awaiting: awaiting_response.clone(),
+            request_id: [0; 36],
+            request_id_generated: false,
         };
         let logging = self.access_logs[listener].is_some();
         // When to wait for requests and for how long (the first must start within
@@ -613,7 +619,12 @@ impl<N: Network> Engine<N> {
                     Version::Http10 => "HTTP/1.0",
                     Version::Http11 => "HTTP/1.1",
                 };
-                let request_id = head.header(buf, "x-request-id").unwrap_or(b"");
+                // The id forwarded upstream: generated, or the client's own.
+                let request_id = if scratch.request_id_generated {
+                    &scratch.request_id[..]
+                } else {
+                    head.header(buf, "x-request-id").unwrap_or(b"")
+                };
                 log.borrow_mut().log(&Entry {
                     start: started,
                     method: head.method_bytes(buf),
@@ -740,6 +751,7 @@ impl<N: Network> Engine<N> {
             .as_ref()
             .expect("http listener has a router");
         // The normalized path is what is routed and forwarded (in scratch.norm when it differs).
+        scratch.request_id_generated = false;
         let opts = scratch.path_opts;
         scratch.normalized =
             match normalize_path_into(head.path(rbuf.bytes()), &opts, &mut scratch.norm) {
@@ -868,12 +880,12 @@ impl<N: Network> Engine<N> {
             scratch.peer_ip.as_bytes(),
             &mut scratch.xff,
         );
-        let mut request_id = [0u8; 36];
         let generate_id = head.header(rbuf.bytes(), "x-request-id").is_none();
         if generate_id {
             let mut rng = self.rng.borrow_mut();
             let (a, b) = (rng.next_u64(), rng.next_u64());
-            format_request_id(a, b, &mut request_id);
+            format_request_id(a, b, &mut scratch.request_id);
+            scratch.request_id_generated = true;
         }
         let no_host = head.host(rbuf.bytes()).is_none();
         let mut edits = HeaderEdits::new();
@@ -881,7 +893,7 @@ impl<N: Network> Engine<N> {
             &mut edits,
             &RequestFacts {
                 forwarded_for: xff,
-                generated_id: generate_id.then_some(&request_id[..]),
+                generated_id: generate_id.then_some(&scratch.request_id[..]),
                 // HTTP/1.0 without Host (nor an absolute-form target) goes out as HTTP/1.1,
                 // which needs one: the cluster's name.
                 missing_host: no_host.then_some(cluster_cfg.name.as_bytes()),

@@ -163,18 +163,8 @@ fn load(source: &ConfigSource) -> Result<Config, String> {
             let text = String::from_utf8(bytes)
                 .map_err(|e| format!("<stdin>: cannot read the config: not UTF-8 text ({e})"))?;
             // The same listing as `server::load_config` gives for a file.
-            sluice_runtime::config_file::config_from_text(&text).map_err(|errors| {
-                let n = errors.0.len();
-                let mut out = format!(
-                    "<stdin>: {n} problem{} in the config:",
-                    if n == 1 { "" } else { "s" }
-                );
-                for e in &errors.0 {
-                    out.push_str("\n  ");
-                    out.push_str(&e.to_string());
-                }
-                out
-            })
+            sluice_runtime::config_file::config_from_text(&text)
+                .map_err(|errors| sluice_runtime::config_file::problems("<stdin>", &text, &errors))
         }
     }
 }

@@ -62,6 +62,28 @@ impl Network for TokioNet {
     }
 }
 
+/// Checks that no other socket listens on `address`, by binding (and at once closing) a socket
+/// *without* `SO_REUSEPORT` there.
+///
+/// Why a probe: the workers' sockets need `SO_REUSEPORT` to share one address, but with it the
+/// kernel also lets them join the listening group of *another process* of the same user (a
+/// second `sluice run` with a different config) and then splits connections between the two.
+/// A socket without `SO_REUSEPORT` conflicts with every socket listening on an overlapping
+/// address (the same one, or a wildcard and a specific address on the same port), reuseport or
+/// not, so its bind failing with `EADDRINUSE` is the "address in use" nginx and HAProxy report.
+/// `SO_REUSEADDR` keeps connections in `TIME_WAIT` from a previous run from failing it. The
+/// window between the probe and the workers' binds is a few syscalls; what it guards against
+/// is a mistake, not an adversary. Port 0 (any free port) has nothing to probe.
+pub fn probe_unshared(address: SocketAddr) -> io::Result<()> {
+    use socket2::{Domain, Socket, Type};
+    if address.port() == 0 {
+        return Ok(());
+    }
+    let socket = Socket::new(Domain::for_address(address), Type::STREAM, None)?;
+    socket.set_reuse_address(true)?;
+    socket.bind(&address.into())
+}
+
 /// Binds a listening socket with `SO_REUSEPORT`, so that every worker can own a socket on the
 /// same address and the kernel spreads connections over them.
 pub fn bind_reuseport(address: SocketAddr, backlog: i32) -> io::Result<std::net::TcpListener> {

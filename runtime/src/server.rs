@@ -1,7 +1,10 @@
 //! The real process: pinned thread-per-core workers over tokio, signals and drain.
 //!
 //! Startup binds every listener once per worker with `SO_REUSEPORT` *before* any worker
-//! starts, so that an address in use stops startup with a message naming the listener. Then
+//! starts, so that an address in use stops startup with a message naming the listener; each
+//! address is first probed without `SO_REUSEPORT` ([`probe_unshared`]), so that another
+//! process's reuseport sockets count as "in use" too (only an upgrade takes sockets over, by
+//! receiving them; a reload that adds a listener probes its address the same way). Then
 //! each worker thread pins itself to a core, builds a current-thread tokio runtime and a
 //! `LocalSet`, and runs its own [`crate::worker::Worker`] (an [`crate::engine::Engine`] per
 //! config generation) on its own sockets: no state is shared between workers on the data path. The main thread waits for SIGTERM or SIGINT (or the admin API's
@@ -30,7 +33,7 @@ use tokio::sync::watch;
 use tracing::{error, info, warn};
 
 use crate::admin::{AdminHandle, AdminShared, LogControl, ServerState};
-use crate::net::bind_reuseport;
+use crate::net::{bind_reuseport, probe_unshared};
 use crate::stats::WorkerStats;
 
 mod handover;
@@ -97,6 +100,33 @@ fn bind_listener(config: &Config, i: usize) -> io::Result<std::net::TcpListener>
             ),
         )
     })
+}
+
+/// Binds listener `i` of `config` once per worker, after checking that no other process
+/// listens on its address ([`probe_unshared`]: `SO_REUSEPORT` alone would silently share it),
+/// naming the listener and the address in the error.
+fn bind_listener_per_worker(
+    config: &Config,
+    i: usize,
+    workers: usize,
+) -> io::Result<Vec<std::net::TcpListener>> {
+    let l = &config.listeners[i];
+    probe_unshared(l.address).map_err(|e| {
+        let why = if e.kind() == io::ErrorKind::AddrInUse {
+            "address already in use (another socket listens there; sluice does not share it)"
+                .to_owned()
+        } else {
+            e.to_string()
+        };
+        io::Error::new(
+            e.kind(),
+            format!(
+                "listeners[{i}] ({}): cannot listen on {}: {why}",
+                l.name, l.address
+            ),
+        )
+    })?;
+    (0..workers).map(|_| bind_listener(config, i)).collect()
 }
 
 /// Runs until SIGTERM/SIGINT, then drains and returns. Errors are startup errors (bind).
@@ -197,8 +227,12 @@ pub fn run(config: Config, options: ServerOptions) -> io::Result<()> {
                 let pos = ls.iter().position(|(a, _)| *a == l.address)?;
                 Some(ls.swap_remove(pos).1)
             })
-            .unwrap_or_default()
-            .into_iter();
+            .unwrap_or_default();
+        if given.is_empty() {
+            // Not taken over: an address another process listens on stops startup.
+            given = bind_listener_per_worker(&config, i, workers)?;
+        }
+        let mut given = given.into_iter();
         for mine in &mut sockets {
             mine.push(match given.next() {
                 Some(s) => s,
@@ -564,15 +598,13 @@ pub fn run(config: Config, options: ServerOptions) -> io::Result<()> {
     {
         f.remove_if_still_ours();
     }
-    let mut total = crate::stats::StatsSnapshot::default();
-    for s in &all_stats {
-        total.add(&s.snapshot());
-    }
+    // The listeners' downstream byte counters (what /stats shows), which every kind of
+    // listener counts: TCP proxy, echo, HTTP and Bolt.
+    let total = crate::stats::DetailedSnapshot::sum(&all_stats);
+    let (bytes_in, bytes_out) = total.downstream_bytes();
     info!(
-        connections = total.downstream_cx_total,
-        bytes_in = total.bytes_from_downstream,
-        bytes_out = total.bytes_from_upstream,
-        "stopped"
+        connections = total.worker.downstream_cx_total,
+        bytes_in, bytes_out, "stopped"
     );
     result
 }
@@ -611,13 +643,28 @@ fn reload(
     let mut fresh: Vec<Vec<Option<std::net::TcpListener>>> =
         (0..workers).map(|_| Vec::new()).collect();
     for (i, socket) in changes.sockets.iter().enumerate() {
-        let bind = *socket == ListenerSocket::Bind;
-        for mine in &mut fresh {
-            mine.push(if bind {
-                Some(bind_listener(&next, i).map_err(|e| e.to_string())?)
+        if *socket == ListenerSocket::Bind {
+            // An address overlapping one this instance listens on now (127.0.0.1:P becoming
+            // 0.0.0.0:P) would fail the probe on our own sockets, which close at the switch:
+            // bound without it, as before (the kernel lets our reuseport sockets share).
+            let address = next.listeners[i].address;
+            let overlaps_ours = current
+                .listeners
+                .iter()
+                .any(|c| sluice_core::config::yaml::addresses_overlap(c.address, address));
+            let bound = if overlaps_ours {
+                (0..workers).map(|_| bind_listener(&next, i)).collect()
             } else {
-                None
-            });
+                bind_listener_per_worker(&next, i, workers)
+            }
+            .map_err(|e| e.to_string())?;
+            for (mine, socket) in fresh.iter_mut().zip(bound) {
+                mine.push(Some(socket));
+            }
+        } else {
+            for mine in &mut fresh {
+                mine.push(None);
+            }
         }
     }
     let added: Vec<&str> = changes

@@ -1256,6 +1256,18 @@ impl DetailedSnapshot {
         total
     }
 
+    /// Bytes received from and sent to downstream, all listeners together (TCP proxy, echo,
+    /// HTTP and Bolt alike): the sums of `listener.*.downstream_bytes_received` / `_sent`.
+    #[must_use]
+    pub fn downstream_bytes(&self) -> (u64, u64) {
+        self.listeners.iter().fold((0, 0), |(received, sent), l| {
+            (
+                received + l.downstream_bytes_received,
+                sent + l.downstream_bytes_sent,
+            )
+        })
+    }
+
     /// Adds another worker's counters (slots missing on either side are kept / added).
     pub fn add(&mut self, o: &DetailedSnapshot) {
         self.worker.add(&o.worker);

@@ -145,6 +145,7 @@ pub fn client_config(tls: &UpstreamTls, path: &str) -> Result<ClientConfig, Vec<
             errors.push(ConfigError {
                 path: format!("{path}.ca"),
                 message: e,
+                position: None,
             });
             None
         }
@@ -172,6 +173,7 @@ pub fn client_config(tls: &UpstreamTls, path: &str) -> Result<ClientConfig, Vec<
                                     "{} does not go with the certificate {}: {e}",
                                     files.private_key, files.cert_chain
                                 ),
+                                position: None,
                             });
                             None
                         }
@@ -182,12 +184,14 @@ pub fn client_config(tls: &UpstreamTls, path: &str) -> Result<ClientConfig, Vec<
                         errors.push(ConfigError {
                             path: format!("{path}.cert_chain"),
                             message: e,
+                            position: None,
                         });
                     }
                     if let Err(e) = key {
                         errors.push(ConfigError {
                             path: format!("{path}.private_key"),
                             message: e,
+                            position: None,
                         });
                     }
                     None
@@ -207,6 +211,7 @@ pub fn client_config(tls: &UpstreamTls, path: &str) -> Result<ClientConfig, Vec<
         vec![ConfigError {
             path: format!("{path}.ca"),
             message: format!("{}: {e}", tls.ca),
+            position: None,
         }]
     })?;
     let builder = ClientConfig::builder_with_provider(provider)
@@ -215,6 +220,7 @@ pub fn client_config(tls: &UpstreamTls, path: &str) -> Result<ClientConfig, Vec<
             vec![ConfigError {
                 path: path.to_owned(),
                 message: e.to_string(),
+                position: None,
             }]
         })?;
     let builder = if tls.verify_subject_alt_names.is_empty() {
@@ -232,6 +238,7 @@ pub fn client_config(tls: &UpstreamTls, path: &str) -> Result<ClientConfig, Vec<
             vec![ConfigError {
                 path: format!("{path}.private_key"),
                 message: e.to_string(),
+                position: None,
             }]
         })?,
         None => builder.with_no_client_auth(),
@@ -391,7 +398,11 @@ pub fn server_config(tls: &ListenerTls, path: &str) -> Result<ServerConfig, Vec<
     let provider = provider();
     let mut errors = Vec::new();
     let mut error = |at: String, message: String| {
-        errors.push(ConfigError { path: at, message });
+        errors.push(ConfigError {
+            path: at,
+            message,
+            position: None,
+        });
     };
     let mut certs = Vec::new();
     for (i, files) in tls.certificates.iter().enumerate() {
@@ -495,6 +506,7 @@ pub fn server_config(tls: &ListenerTls, path: &str) -> Result<ServerConfig, Vec<
             vec![ConfigError {
                 path: format!("{path}.min_version"),
                 message: e.to_string(),
+                position: None,
             }]
         })?;
     let builder = match verifier {
@@ -507,6 +519,7 @@ pub fn server_config(tls: &ListenerTls, path: &str) -> Result<ServerConfig, Vec<
         vec![ConfigError {
             path: path.to_owned(),
             message: format!("cannot make a session ticket key: {e}"),
+            position: None,
         }]
     })?;
     Ok(config)

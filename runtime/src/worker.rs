@@ -272,35 +272,66 @@ impl<N: Network> Worker<N> {
     /// the driver for the new config). Per [`sluice_core::config::diff`], a listener whose
     /// address the serving config has keeps that socket (its backlog included), unless it was
     /// closed (`/drain_listeners`); every other socket comes from `socket_for(index in the new
-    /// config)`; sockets of removed addresses close. Returns the errors of `socket_for` (the
-    /// switch happens anyway, as it always did: the driver reports them).
+    /// config)`; sockets of removed addresses close.
+    ///
+    /// All or nothing: every socket `socket_for` must give is asked for *before* anything is
+    /// taken off the serving engine, so that when one cannot be had (an address in use) the
+    /// reload fails with those errors and the serving generation carries on untouched — a new
+    /// generation never starts short of a listener. The one failure past that point is a
+    /// `/drain_listeners` landing while the sockets are handed over: the kept sockets then
+    /// close (as asked), nothing switches, and the serving generation drains its connections.
     pub async fn reload(
         &mut self,
         engine: Rc<Engine<N>>,
         mut socket_for: impl FnMut(usize) -> io::Result<N::Listener>,
-    ) -> Vec<io::Error> {
+    ) -> Result<(), Vec<io::Error>> {
         let old_config = self.engine().config.clone();
         let changes = diff(&old_config, &engine.config);
+        // Closed by /drain_listeners: no socket is kept, every one is asked for.
+        let closed = self.engine().listeners_closed();
+        let mut fresh: Vec<Option<N::Listener>> = Vec::with_capacity(changes.sockets.len());
+        let mut failed = Vec::new();
+        for (i, socket) in changes.sockets.iter().enumerate() {
+            let needed = closed || *socket == ListenerSocket::Bind;
+            fresh.push(match needed.then(|| socket_for(i)) {
+                Some(Ok(l)) => Some(l),
+                Some(Err(e)) => {
+                    failed.push(e);
+                    None
+                }
+                None => None,
+            });
+        }
+        if !failed.is_empty() {
+            // The sockets given so far close; nothing else changed.
+            return Err(failed);
+        }
         let mut previous = self.take_listeners().await;
+        let mut listeners = Vec::with_capacity(changes.sockets.len());
+        for (socket, fresh) in changes.sockets.iter().zip(fresh) {
+            let kept = match *socket {
+                ListenerSocket::Keep { previous: p } if fresh.is_none() => {
+                    previous.get_mut(p).and_then(Option::take)
+                }
+                _ => fresh,
+            };
+            match kept {
+                Some(l) => listeners.push(l),
+                None => {
+                    return Err(vec![io::Error::other(
+                        "the listeners were closed (/drain_listeners) while the reload took \
+                         them over: nothing switched",
+                    )]);
+                }
+            }
+        }
         // The new config's generation runs its own health checks; the old one's verdicts are
         // not needed for new connections any more.
         self.engine().stop_health_checks();
-        let mut listeners = Vec::with_capacity(changes.sockets.len());
-        let mut failed = Vec::new();
-        for (i, socket) in changes.sockets.iter().enumerate() {
-            let kept = match *socket {
-                ListenerSocket::Keep { previous: p } => previous.get_mut(p).and_then(Option::take),
-                ListenerSocket::Bind => None,
-            };
-            match kept.map_or_else(|| socket_for(i), Ok) {
-                Ok(l) => listeners.push(l),
-                Err(e) => failed.push(e),
-            }
-        }
         // The sockets of removed addresses close here.
         drop(previous);
         self.switch(engine, listeners);
-        failed
+        Ok(())
     }
 
     /// Switches to a new generation: `engine` serves `listeners` (one per listener of its
@@ -551,7 +582,7 @@ mod tests {
                     second.take().ok_or_else(|| io::Error::other("asked twice"))
                 })
                 .await;
-            assert!(failed.is_empty(), "{failed:?}");
+            assert!(failed.is_ok(), "{failed:?}");
             assert_eq!(asked, [1], "only the new address needs a socket");
             assert_eq!(worker.generation(), 1);
             use WorkerEvent::*;
@@ -635,7 +666,7 @@ mod tests {
                         Err(io::Error::other("address is kept"))
                     })
                     .await;
-                assert!(failed.is_empty(), "{failed:?}");
+                assert!(failed.is_ok(), "{failed:?}");
             }
             until("every replaced generation to end", || {
                 status
@@ -652,6 +683,67 @@ mod tests {
                 .await
                 .expect("connect");
             echoes(&mut c, b"still serving").await;
+            worker.stop();
+            worker.drained().await;
+        });
+    }
+
+    /// A reload whose new listener cannot get a socket (an address in use) fails before
+    /// anything is taken: the serving generation keeps its sockets, its connections and its
+    /// number, and a later reload still works. (Before, the worker switched anyway and the new
+    /// generation panicked on its listener count, serving nothing.)
+    #[test]
+    fn a_reload_short_of_a_socket_changes_nothing() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        tokio::task::LocalSet::new().block_on(&rt, async {
+            let (first, port) = listener();
+            let (_, other_port) = listener();
+            let before = echo_config(&[port]);
+            let after = echo_config(&[port, other_port]);
+            let mut worker = Worker::start(engine(&before), vec![first], WorkerHooks::default());
+            let mut open = tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .expect("connect");
+            echoes(&mut open, b"before").await;
+
+            let refused = worker
+                .reload(engine(&after), |i| {
+                    Err(io::Error::new(
+                        io::ErrorKind::AddrInUse,
+                        format!("listener {i}: in use"),
+                    ))
+                })
+                .await;
+            let errors = refused.expect_err("the reload is refused");
+            assert_eq!(errors.len(), 1);
+            assert_eq!(errors[0].to_string(), "listener 1: in use");
+            assert_eq!(worker.generation(), 0);
+            // The serving generation still accepts, and its open connection still echoes.
+            let mut new = tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .expect("connect after the refused reload");
+            echoes(&mut new, b"still").await;
+            echoes(&mut open, b"after").await;
+
+            // The same reload with the socket available goes through.
+            let (second, second_port) = listener();
+            let after = echo_config(&[port, second_port]);
+            let mut second = Some(second);
+            worker
+                .reload(engine(&after), |_| {
+                    second.take().ok_or_else(|| io::Error::other("asked twice"))
+                })
+                .await
+                .expect("the reload switches");
+            assert_eq!(worker.generation(), 1);
+            let mut added = tokio::net::TcpStream::connect(("127.0.0.1", second_port))
+                .await
+                .expect("connect to the added listener");
+            echoes(&mut added, b"added").await;
+            drop((open, new, added));
             worker.stop();
             worker.drained().await;
         });
@@ -691,7 +783,7 @@ mod tests {
                     tokio::net::TcpListener::from_std(l)
                 })
                 .await;
-            assert!(failed.is_empty(), "{failed:?}");
+            assert!(failed.is_ok(), "{failed:?}");
             assert_eq!(asked, [0]);
             worker.stop();
             worker.drained().await;

@@ -451,7 +451,9 @@ async fn sidecar(
                             "listener {i} has a new address: the reload configs keep theirs"
                         )))
                     })
-                    .await;
+                    .await
+                    .err()
+                    .unwrap_or_default();
                 for e in failed {
                     world
                         .borrow_mut()

@@ -45,6 +45,19 @@ pub struct ConfigError {
     pub path: String,
     /// What is wrong, naming the bad value where there is one.
     pub message: String,
+    /// Where in the YAML text it is (the offending key or value, or the closest enclosing
+    /// one that is there); `None` for a config not read from text, or no place to point at.
+    /// Not part of the `Display` text, which names the place by `path`.
+    pub position: Option<TextPosition>,
+}
+
+/// A place in a config's text: 1-based line and column (in characters).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct TextPosition {
+    /// The line, from 1.
+    pub line: usize,
+    /// The column, from 1, in characters.
+    pub column: usize,
 }
 
 impl fmt::Display for ConfigError {

@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use sluice_core::config::Config;
 use tokio::sync::watch;
-use tracing::{error, warn};
+use tracing::warn;
 
 use super::bind_listener;
 use crate::engine::{Engine, Handoff};
@@ -169,7 +169,7 @@ pub(super) async fn worker_main(start: WorkerStart) -> io::Result<()> {
                 engine.set_handoff(process_handoff(&migration));
                 // A socket the old generation does not have: bound by the main thread, or
                 // bound again when /drain_listeners closed the old one.
-                let failed = worker
+                let reloaded = worker
                     .reload(engine, |i| match fresh[i].take() {
                         Some(socket) => tokio::net::TcpListener::from_std(socket),
                         None => {
@@ -177,10 +177,14 @@ pub(super) async fn worker_main(start: WorkerStart) -> io::Result<()> {
                         }
                     })
                     .await;
-                if let Some(e) = failed.last() {
-                    error!(worker = index, error = %e, "reload: a listener could not be set up");
-                }
-                let _ = done.send(Ok(()));
+                // Refused: this worker's serving generation carries on untouched.
+                let _ = done.send(reloaded.map_err(|failed| {
+                    failed
+                        .iter()
+                        .map(ToString::to_string)
+                        .collect::<Vec<_>>()
+                        .join("; ")
+                }));
             }
         }
     }

@@ -73,6 +73,7 @@ impl Decoder {
         self.errors.push(ConfigError {
             path: elide(path, MAX_PATH_CHARS),
             message: elide(&message.into(), MAX_MESSAGE_CHARS),
+            position: None,
         });
     }
 
@@ -233,8 +234,9 @@ impl Decoder {
         self.error(
             path,
             format!(
-                "unknown value {s:?} (expected one of: {})",
-                names.join(", ")
+                "unknown value {s:?} (expected one of: {}){}",
+                names.join(", "),
+                suggestion(s, &names)
             ),
         );
         None
@@ -276,9 +278,43 @@ impl<'v> Obj<'v> {
                 expected.dedup();
                 dec.error(
                     &child(&self.path, key),
-                    format!("unknown field (expected one of: {})", expected.join(", ")),
+                    format!(
+                        "unknown field (expected one of: {}){}",
+                        expected.join(", "),
+                        suggestion(key, &expected)
+                    ),
                 );
             }
         }
     }
+}
+
+/// `; did you mean 'NAME'?` for the known name closest to `typed`, when it is within a small
+/// edit distance (one edit for names of up to four characters, two beyond; ties go to the
+/// first known name), else nothing.
+fn suggestion(typed: &str, known: &[&str]) -> String {
+    let limit = if typed.chars().count() <= 4 { 1 } else { 2 };
+    known
+        .iter()
+        .map(|k| (edit_distance(typed, k), *k))
+        .filter(|(d, _)| *d <= limit)
+        .min_by_key(|(d, _)| *d)
+        .map(|(_, k)| format!("; did you mean '{k}'?"))
+        .unwrap_or_default()
+}
+
+/// Levenshtein distance (insertions, deletions, substitutions), over characters.
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut diagonal = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let substitute = diagonal + usize::from(ca != *cb);
+            diagonal = row[j + 1];
+            row[j + 1] = substitute.min(row[j] + 1).min(diagonal + 1);
+        }
+    }
+    row[b.len()]
 }

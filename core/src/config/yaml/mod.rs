@@ -10,7 +10,9 @@
 //! model is what YAML (and later xDS) decode into. Section decoders: `http` (the HTTP
 //! connection manager and its route table), `bolt`, `cluster` (health checks, outlier
 //! detection, circuit breakers, hashing); `decoder` is
-//! the error-collecting reader they share.
+//! the error-collecting reader they share (it suggests the known name closest to an unknown
+//! field or value); [`locate`] finds where each error's path is in the text, so that every
+//! error from [`Config::from_yaml`] carries its line and column.
 //!
 //! The invariants of a returned `Config` are listed in the model's module doc ([`super`]); the
 //! `http` and `bolt` decoders list theirs.
@@ -19,9 +21,11 @@ mod bolt;
 mod cluster;
 mod decoder;
 mod http;
+pub mod locate;
 mod tls;
 pub mod values;
 
+use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use serde_json::Value;
@@ -33,7 +37,7 @@ use super::{
     DEFAULT_CONNECT_TIMEOUT, DEFAULT_DRAIN_TIMEOUT, DEFAULT_MAX_CONNECT_ATTEMPTS,
     DEFAULT_MINIMUM_RING_SIZE, DEFAULT_TCP_IDLE_TIMEOUT, DEFAULT_UPSTREAM_IDLE_TIMEOUT, HostConfig,
     LbPolicy, LimitsConfig, ListenerConfig, ListenerFilter, MAX_CONNECTIONS_LIMIT, SniRoute,
-    TcpProxyConfig,
+    TcpProxyConfig, TextPosition,
 };
 use decoder::{Decoder, Obj, child, index};
 pub use values::{parse_duration, parse_socket_addr};
@@ -42,15 +46,31 @@ impl Config {
     /// Parses and validates YAML text, reporting every problem found.
     pub fn from_yaml(text: &str) -> Result<Config, ConfigErrors> {
         let tree: Value = serde_saphyr::from_str(text).map_err(|e| {
+            // The parser's own message; where it is goes in `position` (its rendering with a
+            // snippet would come out flattened on one line).
+            let position = e.location().map(|l| TextPosition {
+                line: usize::try_from(l.line()).unwrap_or(usize::MAX),
+                column: usize::try_from(l.column()).unwrap_or(usize::MAX),
+            });
             ConfigErrors(vec![ConfigError {
                 path: String::new(),
                 message: decoder::elide(
-                    &format!("not valid YAML: {}", one_line(&e.to_string())),
+                    &format!(
+                        "not valid YAML: {}",
+                        one_line(&e.without_snippet().to_string())
+                    ),
                     decoder::MAX_MESSAGE_CHARS,
                 ),
+                position,
             }])
         })?;
-        Self::from_tree(&tree)
+        Self::from_tree(&tree).map_err(|mut errors| {
+            let locator = locate::Locator::new(text);
+            for e in &mut errors.0 {
+                e.position = locator.position(&e.path, &e.message);
+            }
+            errors
+        })
     }
 
     /// Validates an already parsed tree (the JSON data model), reporting every problem found.
@@ -137,6 +157,7 @@ fn decode_config(dec: &mut Decoder, tree: &Value) -> Option<Config> {
         addresses.iter().map(String::as_str),
         "address",
     );
+    check_overlapping_addresses(dec, admin.as_ref().and_then(Option::as_ref), &listeners);
     let limits = limits?;
     // A Bolt frame larger than the whole partial-frame budget could never be received.
     for (i, l) in listeners.iter().enumerate() {
@@ -225,6 +246,72 @@ fn check_unique<'a>(
                 &format!("{section}[{i}].{field}"),
                 format!("duplicate {field} {v:?} (already used by {section}[{first}])"),
             );
+        }
+    }
+}
+
+/// Whether two TCP listening addresses take the same port on some local address: equal, or one
+/// a wildcard covering the other (`0.0.0.0` every IPv4 address; `[::]` every address of both
+/// families, as it listens dual-stack by default on Linux). Port 0 (any free port) never
+/// clashes.
+#[must_use]
+pub fn addresses_overlap(a: SocketAddr, b: SocketAddr) -> bool {
+    fn covers(wide: SocketAddr, other: SocketAddr) -> bool {
+        match wide.ip() {
+            IpAddr::V6(ip) if ip.is_unspecified() => true,
+            IpAddr::V4(ip) if ip.is_unspecified() => match other.ip() {
+                IpAddr::V4(_) => true,
+                IpAddr::V6(v6) => v6.to_ipv4_mapped().is_some(),
+            },
+            _ => false,
+        }
+    }
+    a.port() == b.port() && a.port() != 0 && (a.ip() == b.ip() || covers(a, b) || covers(b, a))
+}
+
+/// Listener addresses that overlap without being equal (equal ones are duplicates, reported by
+/// [`check_unique`]), and an admin TCP address that a listener's address overlaps: they could
+/// not all listen, and finding out at startup (or worse, at a reload) is too late.
+fn check_overlapping_addresses(
+    dec: &mut Decoder,
+    admin: Option<&AdminConfig>,
+    listeners: &[ListenerConfig],
+) {
+    const WHY: &str = "a wildcard address takes the port on every local address of its family";
+    for (i, l) in listeners.iter().enumerate() {
+        for (j, first) in listeners[..i].iter().enumerate() {
+            if l.address != first.address && addresses_overlap(l.address, first.address) {
+                dec.error(
+                    &format!("listeners[{i}].address"),
+                    format!(
+                        "{} overlaps listeners[{j}].address {} ({}): {WHY}, so both cannot listen",
+                        l.address, first.address, first.name
+                    ),
+                );
+            }
+        }
+    }
+    if let Some(admin_address) = admin.and_then(AdminConfig::tcp_address) {
+        for (i, l) in listeners.iter().enumerate() {
+            if admin_address == l.address {
+                dec.error(
+                    "admin.address",
+                    format!(
+                        "{admin_address} is also listeners[{i}].address ({}): the admin API \
+                         needs an address of its own",
+                        l.name
+                    ),
+                );
+            } else if addresses_overlap(admin_address, l.address) {
+                dec.error(
+                    "admin.address",
+                    format!(
+                        "{admin_address} overlaps listeners[{i}].address {} ({}): {WHY}, so \
+                         both cannot listen",
+                        l.address, l.name
+                    ),
+                );
+            }
         }
     }
 }

@@ -73,13 +73,13 @@ drain_timeout: 10
         r#"listeners[0].address: "127.0.0.1:99999" is not a socket address (port out of range)"#,
         r#"listeners[0].tcp_proxy.cluster: unknown cluster "nowhere" (known: c1)"#,
         r#"listeners[0].tcp_proxy.idle_timeout: "5 parsecs" has an unknown unit " parsecs" (expected a number and a unit: 250ms, 1s, 5m, 1h)"#,
-        "listeners[1].tpc_proxy: unknown field (expected one of: name, address, protocol, tcp_proxy, echo, http, bolt, max_connections)",
+        "listeners[1].tpc_proxy: unknown field (expected one of: name, address, protocol, tcp_proxy, echo, http, bolt, max_connections, tls); did you mean 'tcp_proxy'?",
         "clusters[0].connect_timeout: must be greater than zero",
         "clusters[0].upstream_idle_timeout: must be greater than zero",
         r#"clusters[0].lb_policy: unknown value "fastest" (expected one of: round_robin, weighted_round_robin, random, least_request, ring_hash, maglev)"#,
         "clusters[0].hosts[0].weight: 0 is not a whole number from 1 to 1000",
         "clusters[0].hosts[1].address: missing (this field is required)",
-        "clusters[0].hosts[1].adress: unknown field (expected one of: address, weight)",
+        "clusters[0].hosts[1].adress: unknown field (expected one of: address, weight); did you mean 'address'?",
         "drain_timeout: 10 has no unit (expected a number and a unit: 250ms, 1s, 5m, 1h)",
     ];
     for e in expect {
@@ -105,6 +105,39 @@ clusters:
             r#"clusters[1].name: duplicate name "c" (already used by clusters[0])"#,
             r#"listeners[1].name: duplicate name "a" (already used by listeners[0])"#,
             r#"listeners[1].address: duplicate address "127.0.0.1:1000" (already used by listeners[0])"#,
+        ]
+    );
+}
+
+/// Addresses that could not all listen: a wildcard next to a specific address on the same
+/// port (`[::]` covers both families), and the admin API on a listener's address; both are
+/// named. Different ports, and a specific IPv6 address next to `0.0.0.0`, are fine.
+#[test]
+fn overlapping_listener_and_admin_addresses_are_named() {
+    let text = r#"
+admin: { address: 127.0.0.1:1000 }
+listeners:
+  - { name: local, address: 127.0.0.1:1000, echo: {} }
+  - { name: every, address: 0.0.0.0:1000, echo: {} }
+  - { name: v6, address: "[::]:1001", echo: {} }
+  - { name: v4, address: 127.0.0.2:1001, echo: {} }
+  - { name: fine, address: 0.0.0.0:1002, echo: {} }
+  - { name: also_fine, address: "[::1]:1002", echo: {} }
+"#;
+    assert_eq!(
+        errors(text),
+        [
+            "listeners[1].address: 0.0.0.0:1000 overlaps listeners[0].address 127.0.0.1:1000 \
+             (local): a wildcard address takes the port on every local address of its family, \
+             so both cannot listen",
+            "listeners[3].address: 127.0.0.2:1001 overlaps listeners[2].address [::]:1001 (v6): \
+             a wildcard address takes the port on every local address of its family, so both \
+             cannot listen",
+            "admin.address: 127.0.0.1:1000 is also listeners[0].address (local): the admin API \
+             needs an address of its own",
+            "admin.address: 127.0.0.1:1000 overlaps listeners[1].address 0.0.0.0:1000 (every): \
+             a wildcard address takes the port on every local address of its family, so both \
+             cannot listen",
         ]
     );
 }
@@ -223,7 +256,7 @@ fn non_loopback_admin_must_be_allowed_explicitly() {
     assert_eq!(
         errors(&typo),
         [
-            "admin.allow_nonloopback: unknown field (expected one of: address, path, mode, allow_non_loopback)"
+            "admin.allow_nonloopback: unknown field (expected one of: address, path, mode, allow_non_loopback); did you mean 'allow_non_loopback'?"
         ]
     );
 }
@@ -628,7 +661,7 @@ limits:
         "listeners[0].max_connections: 0 is not a whole number from 1 to 10000000",
         r#"limits.max_connections: "many" is not a whole number from 1 to 10000000"#,
         r#"limits.bolt_partial_frame_bytes: "12 parsecs" has an unknown unit "parsecs" (expected a number of bytes, or a number and a unit: 64KiB, 16MiB)"#,
-        "limits.max_conections: unknown field (expected one of: max_connections, bolt_partial_frame_bytes)",
+        "limits.max_conections: unknown field (expected one of: max_connections, bolt_partial_frame_bytes); did you mean 'max_connections'?",
     ];
     for e in expect {
         assert!(errs.iter().any(|x| x == e), "missing {e:?} in {errs:#?}");
@@ -896,4 +929,76 @@ clusters:
             "missing {want:?} in {errs:#?}"
         );
     }
+}
+
+/// Errors carry where they are in the text: an unknown field at its key (with the closest
+/// known name), a bad value at the value, a missing field at its enclosing mapping, list items
+/// by index in block and flow style; a syntax error at the parser's position.
+#[test]
+fn errors_point_at_their_line_and_column() {
+    use crate::config::TextPosition;
+    let text = "\
+listeners:
+  - name: tcp_in
+    address: 127.0.0.1:99999
+    tcp_proxy: { cluster: c1, idle_timout: 5m }
+clusters:
+  - name: c1
+    conect_timeout: 1s
+    hosts: [ { address: 127.0.0.1:1 }, { weight: 3 } ]
+";
+    let errors = Config::from_yaml(text).unwrap_err().0;
+    let at = |path: &str| {
+        let e = errors
+            .iter()
+            .find(|e| e.path == path)
+            .unwrap_or_else(|| panic!("no {path} in {errors:#?}"));
+        (e.position.map(|p| (p.line, p.column)), e.message.clone())
+    };
+    let (pos, message) = at("listeners[0].tcp_proxy.idle_timout");
+    assert_eq!(pos, Some((4, 31)));
+    assert!(
+        message.ends_with("; did you mean 'idle_timeout'?"),
+        "{message}"
+    );
+    assert_eq!(at("listeners[0].address").0, Some((3, 14)));
+    let (pos, message) = at("clusters[0].conect_timeout");
+    assert_eq!(pos, Some((7, 5)));
+    assert!(
+        message.ends_with("; did you mean 'connect_timeout'?"),
+        "{message}"
+    );
+    // Missing: the item's mapping.
+    assert_eq!(at("clusters[0].hosts[1].address").0, Some((8, 40)));
+
+    let syntax = Config::from_yaml("listeners:\n  - name: a\n  bad: [\n")
+        .unwrap_err()
+        .0;
+    assert_eq!(syntax.len(), 1, "{syntax:#?}");
+    assert!(
+        syntax[0].message.starts_with("not valid YAML: "),
+        "{syntax:#?}"
+    );
+    assert!(
+        !syntax[0].message.contains(" | "),
+        "no flattened snippet: {syntax:#?}"
+    );
+    assert_eq!(
+        syntax[0].position,
+        Some(TextPosition { line: 3, column: 3 })
+    );
+}
+
+/// A name far from every known one gets no suggestion.
+#[test]
+fn no_suggestion_for_a_name_far_from_every_known_one() {
+    let errs = errors(
+        "listeners: [ { name: a, address: 127.0.0.1:1, echo: {}, colour: blue } ]\nclusters: []\n",
+    );
+    assert_eq!(
+        errs,
+        [
+            "listeners[0].colour: unknown field (expected one of: name, address, protocol, tcp_proxy, echo, http, bolt, max_connections, tls)"
+        ]
+    );
 }

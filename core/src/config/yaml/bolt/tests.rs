@@ -188,7 +188,7 @@ clusters:
     let want = [
         "listeners[0].bolt.max_frame_size: \"16MB\" has an unknown unit \"MB\" (expected a number of bytes, or a number and a unit: 64KiB, 16MiB)",
         "listeners[0].bolt.routes: missing (this field is required)",
-        "listeners[0].bolt.rutes: unknown field (expected one of: max_frame_size, frame_timeout, idle_timeout, routes)",
+        "listeners[0].bolt.rutes: unknown field (expected one of: max_frame_size, frame_timeout, idle_timeout, routes); did you mean 'routes'?",
         "listeners[1].bolt.max_frame_size: 100 bytes is out of range (1KiB to 1GiB, i.e. 1024 to 1073741824)",
         "listeners[1].bolt.routes[0].match: both `service` and `service_regex`: give at most one of them",
         "listeners[1].bolt.routes[0].route.cluster: unknown cluster \"nowhere\" (known: c1)",
@@ -201,7 +201,7 @@ clusters:
         "listeners[1].bolt.routes[2].match.headers[1]: more than one rule: give exactly one of `exact`, `regex`, `present`",
         "listeners[1].bolt.routes[2].route.colour: unknown field (expected one of: cluster, timeout)",
         "listeners[1].bolt.routes[3].match.headers[0].regex: \"[\" is not a valid regular expression: regex parse error: [ ^ error: unclosed character class",
-        "listeners[1].bolt.routes[3].match.servise: unknown field (expected one of: service, service_regex, headers)",
+        "listeners[1].bolt.routes[3].match.servise: unknown field (expected one of: service, service_regex, headers); did you mean 'service'?",
         "listeners[1].bolt.routes[3].route: missing (this field is required)",
         "listeners[1].bolt.routes[4].route.cluster: missing (this field is required)",
         "listeners[2].bolt.max_frame_size: 2147483648 bytes is out of range (1KiB to 1GiB, i.e. 1024 to 1073741824)",

@@ -625,7 +625,7 @@ clusters:
             r(3)
         ),
         format!(
-            "{}.route.retry_policy.retry_on[1]: unknown value \"5xxx\" (expected one of: connect-failure, reset, 5xx, gateway-error, retriable-4xx)",
+            "{}.route.retry_policy.retry_on[1]: unknown value \"5xxx\" (expected one of: connect-failure, reset, 5xx, gateway-error, retriable-4xx); did you mean '5xx'?",
             r(3)
         ),
         format!(
@@ -683,7 +683,7 @@ clusters:
             r(9)
         ),
         format!(
-            "{}.route.timout: unknown field (expected one of: cluster, weighted_clusters, timeout, prefix_rewrite, retry_policy, request_headers_to_add, request_headers_to_remove, response_headers_to_add, response_headers_to_remove)",
+            "{}.route.timout: unknown field (expected one of: cluster, weighted_clusters, timeout, prefix_rewrite, retry_policy, request_headers_to_add, request_headers_to_remove, response_headers_to_add, response_headers_to_remove); did you mean 'timeout'?",
             r(9)
         ),
         // virtual_hosts[2]
@@ -698,7 +698,7 @@ clusters:
             "{h}.virtual_hosts[1].domains[0]: duplicate domain \"EXAMPLE.com\" (already used by {h}.virtual_hosts[0].domains[0])"
         ),
         format!(
-            "{h}.acess_log: unknown field (expected one of: max_request_headers_kb, max_headers_count, request_headers_timeout, stream_idle_timeout, idle_timeout, normalize_path, merge_slashes, path_with_escaped_slashes_action, access_log, virtual_hosts)"
+            "{h}.acess_log: unknown field (expected one of: max_request_headers_kb, max_headers_count, request_headers_timeout, stream_idle_timeout, idle_timeout, normalize_path, merge_slashes, path_with_escaped_slashes_action, access_log, virtual_hosts); did you mean 'access_log'?"
         ),
     ];
     let got = errors(text);
@@ -757,7 +757,7 @@ fn listener_level_problems() {
             r#"listeners[0].http.virtual_hosts[0].routes[0].match.path: "/a?b" contains '?' (the query string and fragment are not part of the path)"#,
             "listeners[0].http.virtual_hosts[0].routes[0].match.headers: expected a list, found a mapping",
             "listeners[0].http.virtual_hosts[0].routes[0]: no action: give one of `route`, `direct_response`",
-            "listeners[0].http.virtual_hosts[0].routes[0].rout: unknown field (expected one of: match, route, direct_response)",
+            "listeners[0].http.virtual_hosts[0].routes[0].rout: unknown field (expected one of: match, route, direct_response); did you mean 'route'?",
         ]
     );
 }
