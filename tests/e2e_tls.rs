@@ -427,14 +427,43 @@ fn clusters_originate_verified_tls_and_refuse_an_unverified_upstream() {
     let spiffe = "spiffe://cluster.local/ns/default/sa/upstream";
     let (up_cert, up_key) = leaf(&dir, &ca, "upstream", &["upstream.example"], Some(spiffe));
     let (client_cert, client_key) = leaf(&dir, &ca, "sidecar", &[], None);
-    let (plain_up, mtls_up) = (free_port(), free_port());
+    // From the right CA, valid for the host's IP address, with another workload's identity:
+    // a reused pod IP. It must not pass for the SPIFFE id the cluster wants.
+    let (impostor_cert, impostor_key) = {
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params
+            .distinguished_name
+            .push(DnType::CommonName, "impostor");
+        params
+            .subject_alt_names
+            .push(SanType::IpAddress("127.0.0.1".parse().unwrap()));
+        params.subject_alt_names.push(SanType::URI(
+            "spiffe://cluster.local/ns/evil/sa/evil".try_into().unwrap(),
+        ));
+        let key = KeyPair::generate().unwrap();
+        let cert = params.signed_by(&key, &ca.issuer).unwrap();
+        (
+            dir.write("impostor.pem", &cert.pem()),
+            dir.write("impostor.key", &key.serialize_pem()),
+        )
+    };
+    let (plain_up, mtls_up, impostor_up) = (free_port(), free_port(), free_port());
     let mut servers = Vec::new();
-    for (name, port, extra) in [
-        ("plain-up", plain_up, vec![]),
+    for (name, port, cert, key, extra) in [
+        ("plain-up", plain_up, &up_cert, &up_key, vec![]),
         (
             "mtls-up",
             mtls_up,
+            &up_cert,
+            &up_key,
             vec!["-Verify", "1", "-CAfile", p(&ca.pem)],
+        ),
+        (
+            "impostor-up",
+            impostor_up,
+            &impostor_cert,
+            &impostor_key,
+            vec![],
         ),
     ] {
         let accept = format!("127.0.0.1:{port}");
@@ -443,9 +472,9 @@ fn clusters_originate_verified_tls_and_refuse_an_unverified_upstream() {
             "-accept",
             &accept,
             "-cert",
-            p(&up_cert),
+            p(cert),
             "-key",
-            p(&up_key),
+            p(key),
             "-www",
         ];
         args.extend(extra.iter().copied());
@@ -453,7 +482,7 @@ fn clusters_originate_verified_tls_and_refuse_an_unverified_upstream() {
         wait_listening(addr(port), &mut proc);
         servers.push(proc);
     }
-    let ports: Vec<u16> = (0..6).map(|_| free_port()).collect();
+    let ports: Vec<u16> = (0..7).map(|_| free_port()).collect();
     let admin = free_port();
     let listener = |name: &str, port: u16| {
         format!(
@@ -467,6 +496,7 @@ fn clusters_originate_verified_tls_and_refuse_an_unverified_upstream() {
         "wrong_name",
         "mtls",
         "mtls_no_cert",
+        "impostor",
     ];
     let listeners: String = names
         .iter()
@@ -486,6 +516,7 @@ listeners:
   - {{ name: wrong_name, hosts: [ {{ address: 127.0.0.1:{plain_up} }} ], tls: {{ sni: impostor.example, ca: {ca_pem} }} }}
   - {{ name: mtls, hosts: [ {{ address: 127.0.0.1:{mtls_up} }} ], tls: {{ sni: upstream.example, ca: {ca_pem}, cert_chain: {cc}, private_key: {ck} }} }}
   - {{ name: mtls_no_cert, hosts: [ {{ address: 127.0.0.1:{mtls_up} }} ], tls: {{ sni: upstream.example, ca: {ca_pem} }} }}
+  - {{ name: impostor, hosts: [ {{ address: 127.0.0.1:{impostor_up} }} ], tls: {{ ca: {ca_pem}, verify_subject_alt_names: ["{spiffe}"] }} }}
 "#
     );
     let _s = start_sluice(&dir, &config, 1, addr(ports[0]));
@@ -504,6 +535,12 @@ listeners:
         "mtls without a client certificate: {no_cert}"
     );
     assert_eq!(
+        through(ports[6]),
+        "",
+        "an upstream valid for its IP with another identity"
+    );
+    assert_eq!(stat(admin, "cluster.impostor.upstream_tls_fail.bad_san"), 1);
+    assert_eq!(
         stat(admin, "cluster.wrong_ca.upstream_tls_fail.unknown_ca"),
         1
     );
@@ -518,4 +555,89 @@ listeners:
         );
     }
     assert_eq!(stat(admin, "cluster.by_sni.upstream_cx_connect_fail"), 0);
+}
+
+/// The TLS contexts are one per config generation, shared by the workers: a session made on one
+/// worker resumes on any (with per-worker caches and ticket keys about half failed on 2
+/// workers).
+#[test]
+fn sessions_resume_on_every_worker() {
+    if !require_peers(&["openssl"]) {
+        return;
+    }
+    let dir = TempDir::new("tls-resume");
+    let ca = make_ca(&dir, "ca");
+    let (cert, key) = leaf(&dir, &ca, "svc", &["svc.example"], None);
+    let listen = free_port();
+    let config = format!(
+        r#"
+listeners:
+  - name: tls_in
+    address: 127.0.0.1:{listen}
+    tls: {{ certificates: [ {{ cert_chain: {c}, private_key: {k} }} ] }}
+    echo: {{}}
+clusters: []
+"#,
+        c = p(&cert),
+        k = p(&key),
+    );
+    // `echo` does not take `tls` (tcp_proxy only): proxy to a local echo listener instead.
+    let echo = free_port();
+    let config = config.replace(
+        "    echo: {}\nclusters: []\n",
+        &format!(
+            "    tcp_proxy: {{ cluster: echo }}\n  - {{ name: echo, address: 127.0.0.1:{echo}, echo: {{}} }}\nclusters:\n  - {{ name: echo, hosts: [ {{ address: 127.0.0.1:{echo} }} ] }}\n"
+        ),
+    );
+    let _s = start_sluice(&dir, &config, 2, addr(listen));
+    let session = dir.path().join("session.pem");
+    let (ok, text) = s_client(listen, &["-tls1_2", "-sess_out", p(&session)]);
+    assert!(ok, "{text}");
+    for i in 0..8 {
+        let (ok, text) = s_client(listen, &["-tls1_2", "-sess_in", p(&session)]);
+        assert!(
+            ok && text.contains("Reused, TLSv1.2"),
+            "attempt {i} not resumed:\n{text}"
+        );
+    }
+}
+
+/// A client stuck in its TLS handshake does not hold a stopping proxy past its drain timeout
+/// (the handshake watched nothing, and the session then started after the drain deadline had
+/// been announced, so it escaped the drain for good).
+#[test]
+fn a_handshake_in_progress_ends_at_the_drain_deadline() {
+    if !require_peers(&[]) {
+        return;
+    }
+    let dir = TempDir::new("tls-drain");
+    let ca = make_ca(&dir, "ca");
+    let (cert, key) = leaf(&dir, &ca, "svc", &["svc.example"], None);
+    let (listen, upstream) = (free_port(), free_port());
+    let config = format!(
+        r#"
+listeners:
+  - name: tls_in
+    address: 127.0.0.1:{listen}
+    tls: {{ certificates: [ {{ cert_chain: {c}, private_key: {k} }} ], handshake_timeout: 1h }}
+    tcp_proxy: {{ cluster: app }}
+clusters:
+  - {{ name: app, hosts: [ {{ address: 127.0.0.1:{upstream} }} ] }}
+drain_timeout: 1s
+"#,
+        c = p(&cert),
+        k = p(&key),
+    );
+    let mut sluice = start_sluice(&dir, &config, 1, addr(listen));
+    // Connected, and never a byte of ClientHello.
+    let _stalled = std::net::TcpStream::connect(addr(listen)).unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    sluice.signal("TERM");
+    assert!(
+        sluice
+            .wait_exit(std::time::Duration::from_secs(60))
+            .is_some(),
+        "still running a minute after SIGTERM with drain_timeout 1s:\n{}",
+        sluice.log_text()
+    );
 }

@@ -86,14 +86,16 @@ pub struct Engine<N: Network> {
     returned_count: Cell<usize>,
     listeners_returned: Notify,
     pub(crate) drain_expired: Notify,
+    /// Set when `drain_expired` is notified: a session past a stage that watched it (a TLS
+    /// handshake, a ClientHello peek) checks this before starting the next.
+    drain_deadline_passed: Cell<bool>,
     /// Per listener: the compiled router of an `http` listener.
     pub(crate) routers: Vec<Option<Router>>,
     /// Per listener: this worker's access log writer, if the listener has one.
     pub(crate) access_logs: Vec<Option<RefCell<AccessLog>>>,
-    /// Per listener: the TLS acceptor of a listener that terminates TLS.
-    tls: Vec<Option<crate::tls::TlsAcceptor>>,
-    /// Per cluster: how to originate TLS to its hosts, for a cluster with `tls`.
-    upstream_tls: Vec<Option<crate::tls::UpstreamConnector>>,
+    /// The TLS acceptors (per listener) and connectors (per cluster) of this config, shared
+    /// with the other workers of the generation.
+    tls: Arc<crate::tls::Contexts>,
     /// The Bolt proxy state, when a listener speaks Bolt.
     pub(crate) bolt: Option<crate::bolt::BoltWorker>,
     /// The active health checks this engine runs (worker 0), aborted when another engine takes
@@ -182,8 +184,7 @@ impl<N: Network> Engine<N> {
                 .map(|c| (c.hosts.len(), c.upstream_idle_timeout)),
         );
         let bolt = crate::bolt::BoltWorker::for_config(&config)?;
-        let tls = crate::tls::acceptors(&config).map_err(std::io::Error::other)?;
-        let upstream_tls = crate::tls::connectors(&config).map_err(std::io::Error::other)?;
+        let tls_contexts = crate::tls::contexts(&config).map_err(std::io::Error::other)?;
         let config_listeners = config.listeners.len();
         let listener_cx = config
             .listeners
@@ -214,10 +215,10 @@ impl<N: Network> Engine<N> {
             returned_count: Cell::new(0),
             listeners_returned: Notify::new(),
             drain_expired: Notify::new(),
+            drain_deadline_passed: Cell::new(false),
             routers,
             access_logs,
-            tls,
-            upstream_tls,
+            tls: tls_contexts,
             pool,
             bolt,
             handoff: RefCell::new(None),
@@ -367,6 +368,7 @@ impl<N: Network> Engine<N> {
                 open = self.sessions.get(),
                 "drain timeout passed; closing the remaining sessions"
             );
+            self.drain_deadline_passed.set(true);
             self.drain_expired.notify_waiters();
             self.wait_idle().await;
         }
@@ -533,7 +535,7 @@ impl<N: Network> Engine<N> {
             let guard = SessionGuard(&self, index);
             let lc = &self.config.listeners[index];
             match &lc.filter {
-                ListenerFilter::TcpProxy(tp) => match &self.tls[index] {
+                ListenerFilter::TcpProxy(tp) => match &self.tls.acceptors[index] {
                     None => self.tcp_proxy(index, lc, tp, stream, peer, None).await,
                     Some(acceptor) => {
                         if let Some((tls, server_name)) =
@@ -576,13 +578,22 @@ impl<N: Network> Engine<N> {
             .tls
             .as_ref()
             .map_or(Duration::from_secs(10), |t| t.handshake_timeout);
-        let (outcome, result) = match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
-            Ok(Ok(tls)) => (HandshakeOutcome::Ok, Some(tls)),
-            Ok(Err(e)) => {
-                debug!(listener = %lc.name, %peer, error = %e, "TLS handshake failed");
-                (HandshakeOutcome::of_error(&e), None)
+        let drain_expired = self.drain_expired.notified();
+        let handshake = tokio::time::timeout(timeout, acceptor.accept(stream));
+        let (outcome, result) = if self.drain_deadline_passed.get() {
+            (HandshakeOutcome::Drained, None)
+        } else {
+            tokio::select! {
+                r = handshake => match r {
+                    Ok(Ok(tls)) => (HandshakeOutcome::Ok, Some(tls)),
+                    Ok(Err(e)) => {
+                        debug!(listener = %lc.name, %peer, error = %e, "TLS handshake failed");
+                        (HandshakeOutcome::of_error(&e), None)
+                    }
+                    Err(_) => (HandshakeOutcome::Timeout, None),
+                },
+                () = drain_expired => (HandshakeOutcome::Drained, None),
             }
-            Err(_) => (HandshakeOutcome::Timeout, None),
         };
         if let Some(l) = self.stats.listener(listener) {
             bump(&l.tls_handshakes[outcome as usize], 1);
@@ -675,13 +686,18 @@ impl<N: Network> Engine<N> {
             ));
         }
         // Created now so that a drain timeout during the connect phase is not missed (a
-        // `Notified` receives `notify_waiters` from the moment it exists).
+        // `Notified` receives `notify_waiters` from the moment it exists); one that passed
+        // before (during a TLS handshake or a ClientHello peek) ends the session here.
         let drain_expired = self.drain_expired.notified();
-        session.start(now(), &mut cluster.borrow_mut(), &mut self.rng.borrow_mut());
+        let mut reason = None;
+        if self.drain_deadline_passed.get() {
+            reason = Some(CloseReason::DrainTimeout);
+        } else {
+            session.start(now(), &mut cluster.borrow_mut(), &mut self.rng.borrow_mut());
+        }
 
         // Connect phase: follow the session's Connect actions until connected or closed.
         let mut up = None;
-        let mut reason = None;
         let mut connected_host = None;
         while let Some(action) = session.poll_action() {
             match action {
@@ -696,7 +712,7 @@ impl<N: Network> Engine<N> {
                     let tls_failure = Cell::new(None);
                     let attempt = async {
                         let stream = self.net.connect(address).await?;
-                        match &self.upstream_tls[ci] {
+                        match &self.tls.connectors[ci] {
                             None => Ok(MaybeTls::Plain(stream)),
                             Some(c) => match c.connect(address, stream).await {
                                 Ok(tls) => Ok(MaybeTls::Tls(Box::new(tls))),
@@ -893,9 +909,22 @@ impl<N: Network> Engine<N> {
         let deadline = tokio::time::Instant::now() + tp.client_hello_timeout;
         let drain_expired = self.drain_expired.notified();
         tokio::pin!(drain_expired);
+        if self.drain_deadline_passed.get() {
+            return (buf, 0, (SniOutcome::Timeout, None));
+        }
+        // Parse again only once the bytes the last verdict asked for are in: a hello trickled
+        // byte by byte is parsed once per record, not once per byte.
+        let mut at_least = 0;
         let outcome = loop {
-            match peek_client_hello(&buf[..len], limit) {
-                Peek::NeedMore { .. } if len < buf.len() => {}
+            let peek = if len >= at_least {
+                peek_client_hello(&buf[..len], limit)
+            } else {
+                Peek::NeedMore { at_least }
+            };
+            match peek {
+                Peek::NeedMore { at_least: next } if len < buf.len() => {
+                    at_least = next.min(buf.len());
+                }
                 Peek::NeedMore { .. } | Peek::Invalid(_) => break (SniOutcome::Invalid, None),
                 Peek::NotTls => break (SniOutcome::NotTls, Some(tp.cluster_index)),
                 Peek::ClientHello(h) => {
@@ -914,9 +943,9 @@ impl<N: Network> Engine<N> {
             };
             match read {
                 Ok(Ok(n)) if n > 0 => len += n,
-                // The client closed or reset before its ClientHello was complete, or the
-                // timeout expired.
-                _ => break (SniOutcome::Timeout, None),
+                // The client closed or reset before its ClientHello was complete.
+                Ok(_) => break (SniOutcome::Closed, None),
+                Err(_) => break (SniOutcome::Timeout, None),
             }
         };
         (buf, len, outcome)

@@ -495,18 +495,23 @@ pub enum SniOutcome {
     NotTls,
     /// A malformed or too long ClientHello: closed.
     Invalid,
-    /// No complete ClientHello within `client_hello_timeout` (or the client left first): closed.
+    /// No complete ClientHello within `client_hello_timeout`, or the drain deadline passed:
+    /// closed.
     Timeout,
+    /// The client closed or reset the connection before its ClientHello was complete (a TCP
+    /// health probe lands here).
+    Closed,
 }
 
 impl SniOutcome {
     /// Every outcome, in counter order.
-    pub const ALL: [SniOutcome; 5] = [
+    pub const ALL: [SniOutcome; 6] = [
         SniOutcome::Matched,
         SniOutcome::Unmatched,
         SniOutcome::NotTls,
         SniOutcome::Invalid,
         SniOutcome::Timeout,
+        SniOutcome::Closed,
     ];
     /// The label and `/stats` suffix.
     #[must_use]
@@ -517,6 +522,7 @@ impl SniOutcome {
             SniOutcome::NotTls => "not_tls",
             SniOutcome::Invalid => "invalid",
             SniOutcome::Timeout => "timeout",
+            SniOutcome::Closed => "closed",
         }
     }
 }

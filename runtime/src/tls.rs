@@ -21,7 +21,8 @@
 //!
 //! The crypto provider is aws-lc-rs (rustls' default; it builds with a C compiler alone, and is
 //! the fastest rustls provider for P-256 and X25519). Session resumption: rustls' in-memory
-//! session cache (256 sessions) and stateless tickets (`Ticketer`, rotated every 6 hours).
+//! session cache (256 sessions) and stateless tickets (`Ticketer`, rotated every 6 hours), one
+//! of each per listener shared by the workers ([`contexts`]).
 
 use std::sync::Arc;
 
@@ -69,7 +70,43 @@ pub fn check_config(config: &Config) -> Vec<ConfigError> {
     errors
 }
 
-/// The connector of each cluster (`None`: plaintext), for one worker's engine.
+/// The TLS contexts of one config: an acceptor per listener and a connector per cluster
+/// (`None`: plaintext).
+pub struct Contexts {
+    /// By listener index.
+    pub acceptors: Vec<Option<TlsAcceptor>>,
+    /// By cluster index.
+    pub connectors: Vec<Option<UpstreamConnector>>,
+}
+
+/// The contexts of the config generation the last caller built, shared with every worker
+/// that builds its engine for the same `Arc<Config>`.
+static SHARED: std::sync::Mutex<Option<(std::sync::Weak<Config>, Arc<Contexts>)>> =
+    std::sync::Mutex::new(None);
+
+/// The TLS contexts for `config`, built once per config generation and shared by its
+/// workers: the files are read once (the workers cannot disagree about them), and the
+/// session cache and ticket keys are one per listener, so a client resumes on any worker. A
+/// new generation (a reload) reads the files again — that is certificate rotation — and starts
+/// new ticket keys. Taken only while building an engine, never on the data path.
+pub fn contexts(config: &Arc<Config>) -> Result<Arc<Contexts>, String> {
+    let mut shared = SHARED
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    if let Some((built_for, contexts)) = shared.as_ref()
+        && built_for.upgrade().is_some_and(|c| Arc::ptr_eq(&c, config))
+    {
+        return Ok(contexts.clone());
+    }
+    let contexts = Arc::new(Contexts {
+        acceptors: acceptors(config)?,
+        connectors: connectors(config)?,
+    });
+    *shared = Some((Arc::downgrade(config), contexts.clone()));
+    Ok(contexts)
+}
+
+/// The connector of each cluster (`None`: plaintext).
 pub fn connectors(config: &Config) -> Result<Vec<Option<UpstreamConnector>>, String> {
     config
         .clusters
@@ -78,10 +115,10 @@ pub fn connectors(config: &Config) -> Result<Vec<Option<UpstreamConnector>>, Str
         .map(|(i, c)| match &c.tls {
             None => Ok(None),
             Some(tls) => client_config(tls, &format!("clusters[{i}].tls"))
-                .map(|config| {
+                .map(|(config, sni)| {
                     Some(UpstreamConnector {
                         connector: TlsConnector::from(Arc::new(config)),
-                        sni: tls.sni.clone().and_then(|n| ServerName::try_from(n).ok()),
+                        sni,
                     })
                 })
                 .map_err(|errors| {
@@ -122,10 +159,29 @@ impl UpstreamConnector {
     }
 }
 
-/// The rustls client configuration for a cluster's `tls`; errors carry paths under `path`.
-pub fn client_config(tls: &UpstreamTls, path: &str) -> Result<ClientConfig, Vec<ConfigError>> {
+/// The rustls client configuration for a cluster's `tls` and the server name to send and
+/// verify; errors carry paths under `path`.
+pub fn client_config(
+    tls: &UpstreamTls,
+    path: &str,
+) -> Result<(ClientConfig, Option<ServerName<'static>>), Vec<ConfigError>> {
     let provider = provider();
     let mut errors = Vec::new();
+    // The name must be a DNS name rustls takes as one: never an IP address, never dropped.
+    let sni = match &tls.sni {
+        None => None,
+        Some(name) => match ServerName::try_from(name.clone()) {
+            Ok(n @ ServerName::DnsName(_)) => Some(n),
+            _ => {
+                errors.push(ConfigError {
+                    path: format!("{path}.sni"),
+                    message: format!("{name:?} is not a DNS name rustls accepts"),
+                    position: None,
+                });
+                None
+            }
+        },
+    };
     let roots = read_pem(&tls.ca).and_then(|pem| {
         let mut roots = RootCertStore::empty();
         for cert in CertificateDer::pem_slice_iter(&pem) {
@@ -244,7 +300,7 @@ pub fn client_config(tls: &UpstreamTls, path: &str) -> Result<ClientConfig, Vec<
         None => builder.with_no_client_auth(),
     };
     config.alpn_protocols = tls.alpn.iter().map(|p| p.as_bytes().to_vec()).collect();
-    Ok(config)
+    Ok((config, sni))
 }
 
 /// rustls' chain verification against the cluster's CA, then the upstream's SANs against the
@@ -264,8 +320,10 @@ impl rustls::client::danger::ServerCertVerifier for SanCheckingServerVerifier {
         ocsp_response: &[u8],
         now: UnixTime,
     ) -> Result<rustls::client::danger::ServerCertVerified, Error> {
-        // rustls verifies the chain first and the name after: a name error means the chain
-        // verified, and the SAN list decides instead of the name.
+        // rustls verifies the chain first and the name after: success or a name error both
+        // mean the chain verified — and then the SAN list alone decides the identity (a
+        // certificate valid for the name passed to rustls, such as the host's IP address, is
+        // not enough: that is how a reused pod IP would pass for the service).
         match self.inner.verify_server_cert(
             end_entity,
             intermediates,
@@ -273,8 +331,8 @@ impl rustls::client::danger::ServerCertVerifier for SanCheckingServerVerifier {
             ocsp_response,
             now,
         ) {
-            Ok(v) => Ok(v),
-            Err(Error::InvalidCertificate(
+            Ok(_)
+            | Err(Error::InvalidCertificate(
                 CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
             )) => {
                 let sans = sans(end_entity)
@@ -371,8 +429,8 @@ where
     }
 }
 
-/// The acceptor of each listener (`None`: no TLS), for one worker's engine. A file that
-/// cannot be loaded any more (it was checked when the config was) fails the whole build.
+/// The acceptor of each listener (`None`: no TLS). A file that cannot be loaded any more (it
+/// was checked when the config was) fails the whole build.
 pub fn acceptors(config: &Config) -> Result<Vec<Option<TlsAcceptor>>, String> {
     config
         .listeners
@@ -704,13 +762,15 @@ pub enum HandshakeOutcome {
     /// The client closed or reset the connection during the handshake (a TCP health probe
     /// that connects and closes lands here).
     Closed,
+    /// The drain deadline passed during the handshake (reload, upgrade, stop).
+    Drained,
     /// Anything else: not TLS, a malformed message.
     Other,
 }
 
 impl HandshakeOutcome {
     /// Every outcome, in counter order.
-    pub const ALL: [HandshakeOutcome; 9] = [
+    pub const ALL: [HandshakeOutcome; 10] = [
         HandshakeOutcome::Ok,
         HandshakeOutcome::NoClientCertificate,
         HandshakeOutcome::UnknownCa,
@@ -719,6 +779,7 @@ impl HandshakeOutcome {
         HandshakeOutcome::Alpn,
         HandshakeOutcome::Timeout,
         HandshakeOutcome::Closed,
+        HandshakeOutcome::Drained,
         HandshakeOutcome::Other,
     ];
 
@@ -734,6 +795,7 @@ impl HandshakeOutcome {
             HandshakeOutcome::Alpn => "alpn",
             HandshakeOutcome::Timeout => "timeout",
             HandshakeOutcome::Closed => "closed",
+            HandshakeOutcome::Drained => "drained",
             HandshakeOutcome::Other => "other",
         }
     }

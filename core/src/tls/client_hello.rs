@@ -11,7 +11,8 @@
 //! ## What is accepted (RFC 8446 §4.1.2, §5.1; RFC 6066 §3; RFC 7301 §3.1)
 //!
 //! - Records of type handshake (22), version 3.x, length 1..=2^14. The ClientHello may span
-//!   records (reassembled up to `max_hello_bytes`; a longer one is [`ClientHelloError::TooLarge`]).
+//!   up to 32 records (reassembled up to `max_hello_bytes`; a longer one is
+//!   [`ClientHelloError::TooLarge`]).
 //! - Handshake type 1 (ClientHello); every length field must fit the one around it exactly.
 //! - Extensions: at most one of each type. `server_name` holds one `host_name` at most (unknown
 //!   name types are skipped), which must be a DNS name — ASCII letters, digits, `-`, `_`, labels
@@ -35,6 +36,9 @@ const RECORD_HEADER: usize = 5;
 const CONTENT_HANDSHAKE: u8 = 22;
 /// Handshake message type `client_hello`.
 const HANDSHAKE_CLIENT_HELLO: u8 = 1;
+/// The most records a ClientHello may span. Real clients send one (a large post-quantum hello
+/// two); a hello in hundreds of tiny records only makes the peek work harder.
+const MAX_RECORDS: usize = 32;
 /// The largest plaintext record fragment (RFC 8446 §5.1).
 const MAX_FRAGMENT: usize = 1 << 14;
 
@@ -128,7 +132,12 @@ pub fn peek_client_hello(buf: &[u8], max_hello_bytes: usize) -> Peek {
     let mut at = 0;
     let mut gathered: Option<Vec<u8>> = None;
     let mut first: &[u8] = &[];
+    let mut records = 0;
     loop {
+        if records == MAX_RECORDS {
+            return invalid("ClientHello split into more than 32 records");
+        }
+        records += 1;
         let Some(header) = buf.get(at..at + RECORD_HEADER) else {
             return Peek::NeedMore {
                 at_least: at + RECORD_HEADER,
@@ -530,7 +539,7 @@ mod tests {
             tls13: false,
             padding: 3000,
         };
-        for fragment in [1, 2, 7, 100, 1000] {
+        for fragment in [100, 500, 1000, 16_384] {
             let bytes = client_hello_records(&h, fragment);
             let Peek::ClientHello(got) = peek(&bytes) else {
                 panic!("fragment {fragment}: {:?}", peek(&bytes));
@@ -538,6 +547,22 @@ mod tests {
             assert_eq!(got.server_name.as_deref(), Some("split.example"));
             assert!(got.alpn.is_empty() && !got.offers_tls13);
         }
+    }
+
+    #[test]
+    fn a_hello_in_more_than_32_records_is_refused() {
+        let h = Hello {
+            server_name: Some(b"tiny.example"),
+            padding: 200,
+            ..Hello::default()
+        };
+        let bytes = client_hello_records(&h, 2);
+        assert_eq!(
+            peek(&bytes),
+            Peek::Invalid(ClientHelloError::Malformed(
+                "ClientHello split into more than 32 records"
+            ))
+        );
     }
 
     #[test]
@@ -654,7 +679,7 @@ mod tests {
             alpn in proptest::collection::vec(proptest::collection::vec(any::<u8>(), 1..12), 0..4),
             tls13 in any::<bool>(),
             padding in 0usize..600,
-            fragment in 1usize..700,
+            fragment in 64usize..700,
             trailing in proptest::collection::vec(any::<u8>(), 0..40),
         ) {
             let name = labels.join(".");

@@ -929,6 +929,23 @@ clusters:
             "missing {want:?} in {errs:#?}"
         );
     }
+    // Names rustls would not take as DNS names are refused here, not dropped later.
+    for bad in ["svc.123", "-a.example", "a-.example", "10.0.0.1"] {
+        let text = format!(
+            "listeners: [{{name: t, address: 127.0.0.1:1, tcp_proxy: {{cluster: a}}}}]\n\
+             clusters: [{{name: a, hosts: [{{address: 127.0.0.1:2}}], tls: {{ca: c.pem, sni: \"{bad}\"}}}}]\n"
+        );
+        assert_eq!(
+            errors(&text),
+            [format!("clusters[0].tls.sni: {bad:?} is not a DNS name")]
+        );
+    }
+    for want in ["clusters[1].tls.ca: "] {
+        assert!(
+            errs.iter().any(|e| e.starts_with(want)),
+            "missing {want:?} in {errs:#?}"
+        );
+    }
 }
 
 /// Errors carry where they are in the text: an unknown field at its key (with the closest

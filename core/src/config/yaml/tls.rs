@@ -154,14 +154,22 @@ pub(super) fn decode_upstream_tls(dec: &mut Decoder, path: &str, v: &Value) -> O
     let sni = match obj.opt("sni") {
         Some((v, p)) => dec.string(&p, v).and_then(|s| {
             let lower = s.to_ascii_lowercase();
+            // A host name (RFC 1123 labels: no `-` at either end), not an IP address (its
+            // last label is not all digits): what rustls accepts as a DNS name to verify.
+            let labels: Vec<&str> = lower.split('.').collect();
             let ok = !lower.is_empty()
                 && lower.len() <= 253
-                && lower.split('.').all(|l| {
+                && labels.iter().all(|l| {
                     !l.is_empty()
                         && l.len() <= 63
+                        && !l.starts_with('-')
+                        && !l.ends_with('-')
                         && l.bytes()
                             .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-                });
+                })
+                && labels
+                    .last()
+                    .is_some_and(|l| !l.bytes().all(|b| b.is_ascii_digit()));
             if ok {
                 Some(Some(lower))
             } else {
