@@ -1,0 +1,338 @@
+//! End-to-end tests of the `sluice` binary serving HTTP/2 cleartext (h2c, prior knowledge) on an
+//! `http` listener and forwarding each stream over HTTP/1.1, against real peers: curl
+//! (`--http2-prior-knowledge`), h2load, nginx, and the Python upstream of `tests/http_upstream.py`
+//! (which answers with a JSON description of the request it received).
+
+mod support;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use support::*;
+
+fn start_upstream(dir: &TempDir, name: &str, port: u16) -> (Proc, PathBuf) {
+    let log = dir.path().join(format!("{name}.requests"));
+    let script = repo().join("tests/http_upstream.py");
+    let mut p = spawn(
+        dir,
+        name,
+        &python(),
+        &[
+            script.to_str().unwrap(),
+            &port.to_string(),
+            log.to_str().unwrap(),
+            name,
+        ],
+    );
+    wait_listening(addr(port), &mut p);
+    (p, log)
+}
+
+/// One listener with the defaults a user gets (`codec` left out unless `codec` is given):
+/// `/none/` goes to an empty port (503), `example.com/nothing` matches no route (404).
+fn config(listen: u16, upstream: u16, codec: &str) -> String {
+    let dead = free_port();
+    format!(
+        r#"
+listeners:
+  - name: http_in
+    address: 127.0.0.1:{listen}
+    http:
+{codec}      access_log: {{ format: json }}
+      virtual_hosts:
+        - name: only
+          domains: ["example.com"]
+          routes:
+            - match: {{ prefix: /app/ }}
+              route: {{ cluster: app }}
+        - name: any
+          domains: ["*"]
+          routes:
+            - match: {{ prefix: /none/ }}
+              route: {{ cluster: dead }}
+            - match: {{ prefix: / }}
+              route: {{ cluster: app }}
+clusters:
+  - name: app
+    hosts: [ {{ address: 127.0.0.1:{upstream} }} ]
+  - name: dead
+    connect_timeout: 200ms
+    health_check: {{ tcp: {{}}, interval: 100ms, timeout: 100ms, unhealthy_threshold: 1, no_traffic_interval: 100ms }}
+    panic_threshold: 0%
+    hosts: [ {{ address: 127.0.0.1:{dead} }} ]
+drain_timeout: 2s
+"#
+    )
+}
+
+/// `curl --http2-prior-knowledge`: (HTTP version, status, body).
+fn curl_h2(url: &str, extra: &[&str]) -> (String, u16, String) {
+    let mut args = vec![
+        "-sS",
+        "--http2-prior-knowledge",
+        "-o",
+        "-",
+        "-w",
+        "\n%{http_version} %{http_code}",
+        "--max-time",
+        "10",
+    ];
+    args.extend_from_slice(extra);
+    args.push(url);
+    let out = run("curl", &args);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, tail) = text.rsplit_once('\n').expect("curl's -w line");
+    let (version, code) = tail.split_once(' ').unwrap();
+    (
+        version.to_owned(),
+        code.parse().unwrap_or(0),
+        body.to_owned(),
+    )
+}
+
+#[test]
+fn curl_get_and_post_reach_an_http11_upstream_with_the_right_host() {
+    if !require_peers(&["curl"]) {
+        return;
+    }
+    let dir = TempDir::new("h2-curl");
+    let (listen, up) = (free_port(), free_port());
+    let (_u, log) = start_upstream(&dir, "up", up);
+    let mut sluice = start_sluice(&dir, &config(listen, up, ""), 1, addr(listen));
+
+    let (version, status, body) = curl_h2(
+        &format!("http://127.0.0.1:{listen}/app/x?q=1"),
+        &["-H", "Host: example.com"],
+    );
+    assert_eq!((version.as_str(), status), ("2", 200), "{body}");
+    let seen: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(seen["method"], "GET");
+    assert_eq!(seen["path"], "/app/x?q=1");
+    assert_eq!(seen["headers"]["host"], "example.com");
+    assert!(seen["headers"].get("x-forwarded-for").is_some(), "{seen}");
+
+    // A body of known length, and one of unknown length (chunked upstream).
+    let payload = "a".repeat(100_000);
+    let file = dir.write("payload", &payload);
+    let at_file = format!("@{}", file.display());
+    let (version, status, body) = curl_h2(
+        &format!("http://127.0.0.1:{listen}/upload"),
+        &["--data-binary", &at_file],
+    );
+    assert_eq!((version.as_str(), status), ("2", 200), "{body}");
+    let seen: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(seen["method"], "POST");
+    assert_eq!(seen["body_len"], 100_000, "{seen}");
+    assert_eq!(seen["headers"]["content-length"], "100000");
+    assert_eq!(seen["headers"]["host"], format!("127.0.0.1:{listen}"));
+
+    let (_, status, body) = curl_h2(
+        &format!("http://127.0.0.1:{listen}/chunked"),
+        &["--data-binary", &at_file, "-H", "Content-Length:"],
+    );
+    assert_eq!(status, 200, "{body}");
+    let seen: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(seen["body_len"], 100_000, "{seen}");
+    assert_eq!(seen["headers"]["transfer-encoding"], "chunked", "{seen}");
+
+    let requests = std::fs::read_to_string(&log).unwrap_or_default();
+    assert_eq!(requests.lines().count(), 3, "{requests}");
+    sluice.signal("TERM");
+    sluice.wait_exit(Duration::from_secs(10));
+    assert!(
+        sluice.log_text().contains("\"protocol\":\"HTTP/2\""),
+        "access log: {}",
+        sluice.log_text()
+    );
+}
+
+#[test]
+fn local_replies_are_http2_responses() {
+    if !require_peers(&["curl"]) {
+        return;
+    }
+    let dir = TempDir::new("h2-local");
+    let (listen, up) = (free_port(), free_port());
+    let (_u, _log) = start_upstream(&dir, "up", up);
+    let _sluice = start_sluice(&dir, &config(listen, up, ""), 1, addr(listen));
+    let (version, status, body) = curl_h2(
+        &format!("http://127.0.0.1:{listen}/nothing"),
+        &["-H", "Host: example.com"],
+    );
+    assert_eq!((version.as_str(), status), ("2", 404), "{body}");
+    assert_eq!(body, "no route matched the request\n");
+    // The dead cluster's only host fails its health check: no healthy upstream, 503 (before
+    // the first check it is tried, and the connect fails: 502).
+    let mut last = (String::new(), 0, String::new());
+    for _ in 0..100 {
+        last = curl_h2(&format!("http://127.0.0.1:{listen}/none/x"), &[]);
+        if last.1 == 503 {
+            break;
+        }
+        assert_eq!((last.0.as_str(), last.1), ("2", 502), "{}", last.2);
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(
+        (last.0.as_str(), last.1, last.2.as_str()),
+        ("2", 503, "no healthy upstream\n")
+    );
+}
+
+#[test]
+fn http11_still_works_on_an_auto_listener_and_http1_only_refuses_h2c() {
+    if !require_peers(&["curl"]) {
+        return;
+    }
+    let dir = TempDir::new("h2-codec");
+    let (auto, only1, up) = (free_port(), free_port(), free_port());
+    let (_u, _log) = start_upstream(&dir, "up", up);
+    let _a = start_sluice(&dir, &config(auto, up, ""), 1, addr(auto));
+    let (status, body) = http_request(addr(auto), "GET", "/app/one");
+    assert_eq!(status, 200, "{body}");
+    let out = run(
+        "curl",
+        &[
+            "-sS",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_version} %{http_code}",
+            &format!("http://127.0.0.1:{auto}/x"),
+        ],
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "1.1 200");
+
+    let dir1 = TempDir::new("h2-codec-http1");
+    let _b = start_sluice(
+        &dir1,
+        &config(only1, up, "      codec: http1\n"),
+        1,
+        addr(only1),
+    );
+    let mut s = TcpStream::connect(addr(only1)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n").unwrap();
+    let mut answer = Vec::new();
+    let _ = s.read_to_end(&mut answer);
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(
+        answer.starts_with("HTTP/1.1 4") || answer.starts_with("HTTP/1.1 5"),
+        "{answer}"
+    );
+}
+
+/// h2load's summary: (succeeded, failed, errored).
+fn h2load_counts(out: &str) -> (u64, u64, u64) {
+    let line = out
+        .lines()
+        .find(|l| l.starts_with("requests:"))
+        .unwrap_or_else(|| panic!("no requests line in h2load output:\n{out}"));
+    let number = |word: &str| -> u64 {
+        let at = line
+            .find(word)
+            .unwrap_or_else(|| panic!("{word} in {line}"));
+        line[..at]
+            .split_whitespace()
+            .last()
+            .unwrap()
+            .parse()
+            .unwrap()
+    };
+    (number(" succeeded"), number(" failed"), number(" errored"))
+}
+
+#[test]
+fn h2load_many_concurrent_streams_all_succeed() {
+    if !require_peers(&["h2load", "nginx"]) {
+        return;
+    }
+    let dir = TempDir::new("h2-h2load");
+    let (listen, up) = (free_port(), free_port());
+    let _n = start_nginx(&dir, "nginx", up, "hello");
+    let _sluice = start_sluice(&dir, &config(listen, up, ""), 2, addr(listen));
+    let out = run(
+        "h2load",
+        &[
+            "-n",
+            "2000",
+            "-c",
+            "4",
+            "-m",
+            "10",
+            &format!("http://127.0.0.1:{listen}/"),
+        ],
+    );
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert_eq!(h2load_counts(&text), (2000, 0, 0), "{text}");
+}
+
+#[test]
+fn h2load_against_a_slow_upstream_answers_everything() {
+    if !require_peers(&["h2load"]) {
+        return;
+    }
+    let dir = TempDir::new("h2-slow");
+    let (listen, up) = (free_port(), free_port());
+    let (_u, _log) = start_upstream(&dir, "up", up);
+    let _sluice = start_sluice(&dir, &config(listen, up, ""), 1, addr(listen));
+    let out = run(
+        "h2load",
+        &[
+            "-n",
+            "200",
+            "-c",
+            "2",
+            "-m",
+            "10",
+            &format!("http://127.0.0.1:{listen}/sleep/50"),
+        ],
+    );
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert_eq!(h2load_counts(&text), (200, 0, 0), "{text}");
+}
+
+#[test]
+fn a_client_that_resets_streams_does_not_disturb_other_connections() {
+    if !require_peers(&["h2load", "nginx", "curl"]) {
+        return;
+    }
+    let dir = TempDir::new("h2-reset");
+    let (listen, up, slow) = (free_port(), free_port(), free_port());
+    let _n = start_nginx(&dir, "nginx", up, "hello");
+    let (_s, _log) = start_upstream(&dir, "slow", slow);
+    let _sluice = start_sluice(&dir, &config(listen, slow, ""), 1, addr(listen));
+    // curl gives up on slow streams (it resets them) while h2load runs on other connections.
+    let resetter = std::thread::spawn(move || {
+        for _ in 0..20 {
+            let _ = run(
+                "curl",
+                &[
+                    "-sS",
+                    "--http2-prior-knowledge",
+                    "--max-time",
+                    "0.2",
+                    "-o",
+                    "/dev/null",
+                    &format!("http://127.0.0.1:{listen}/sleep/2000"),
+                ],
+            );
+        }
+    });
+    let out = run(
+        "h2load",
+        &[
+            "-n",
+            "500",
+            "-c",
+            "2",
+            "-m",
+            "5",
+            &format!("http://127.0.0.1:{listen}/"),
+        ],
+    );
+    resetter.join().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert_eq!(h2load_counts(&text), (500, 0, 0), "{text}");
+}
