@@ -336,3 +336,25 @@ fn a_client_that_resets_streams_does_not_disturb_other_connections() {
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
     assert_eq!(h2load_counts(&text), (500, 0, 0), "{text}");
 }
+
+#[test]
+fn a_drain_lets_open_streams_finish() {
+    if !require_peers(&["curl"]) {
+        return;
+    }
+    let dir = TempDir::new("h2-drain");
+    let (listen, up) = (free_port(), free_port());
+    let (_u, _log) = start_upstream(&dir, "up", up);
+    let mut sluice = start_sluice(&dir, &config(listen, up, ""), 1, addr(listen));
+    // A stream in flight (its upstream answers after 800 ms) when the stop begins: GOAWAY
+    // tells the client no new stream is accepted, and this one still gets its answer.
+    let client =
+        std::thread::spawn(move || curl_h2(&format!("http://127.0.0.1:{listen}/sleep/800"), &[]));
+    std::thread::sleep(Duration::from_millis(300));
+    sluice.signal("TERM");
+    let (version, status, body) = client.join().unwrap();
+    assert_eq!((version.as_str(), status), ("2", 200), "{body}");
+    let seen: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(seen["path"], "/sleep/800");
+    assert!(sluice.wait_exit(Duration::from_secs(10)).is_some());
+}
