@@ -62,7 +62,7 @@ pub struct Http2Settings {
     /// Streams a client may have open at once (`SETTINGS_MAX_CONCURRENT_STREAMS`).
     pub max_concurrent_streams: u32,
     /// Largest request header list, as HTTP/2 counts it (names, values, 32 bytes per field;
-    /// `SETTINGS_MAX_HEADER_LIST_SIZE`); over it the stream is refused (431).
+    /// `SETTINGS_MAX_HEADER_LIST_SIZE`); `h2` refuses a request over it before the proxy sees it.
     pub max_header_list_size: u32,
     /// Each stream's receive window (`SETTINGS_INITIAL_WINDOW_SIZE`): request body bytes a
     /// client may send ahead of what the proxy forwarded.
