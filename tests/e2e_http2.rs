@@ -358,3 +358,68 @@ fn a_drain_lets_open_streams_finish() {
     assert_eq!(seen["path"], "/sleep/800");
     assert!(sluice.wait_exit(Duration::from_secs(10)).is_some());
 }
+
+#[test]
+fn expect_100_continue_is_answered_over_http2() {
+    if !require_peers(&["curl"]) {
+        return;
+    }
+    let dir = TempDir::new("h2-expect");
+    let (listen, up) = (free_port(), free_port());
+    let (_u, _log) = start_upstream(&dir, "up", up);
+    let _sluice = start_sluice(&dir, &config(listen, up, ""), 1, addr(listen));
+    // curl waits for the 100 before it sends the body: far longer than --max-time if none came.
+    let (version, status, body) = curl_h2(
+        &format!("http://127.0.0.1:{listen}/upload"),
+        &[
+            "--data-binary",
+            "0123456789",
+            "-H",
+            "Expect: 100-continue",
+            "--expect100-timeout",
+            "60",
+        ],
+    );
+    assert_eq!((version.as_str(), status), ("2", 200), "{body}");
+    let seen: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(seen["body_len"], 10, "{seen}");
+}
+
+#[test]
+fn an_idle_http2_connection_gets_goaway_after_idle_timeout() {
+    if !require_peers(&["node"]) {
+        return;
+    }
+    let dir = TempDir::new("h2-idle");
+    let (listen, up) = (free_port(), free_port());
+    let (_u, _log) = start_upstream(&dir, "up", up);
+    let _sluice = start_sluice(
+        &dir,
+        &config(listen, up, "      idle_timeout: 1s\n"),
+        1,
+        addr(listen),
+    );
+    // One request, then nothing: the connection is told GOAWAY and closed by the proxy.
+    let script = format!(
+        r#"
+const http2 = require('http2');
+const session = http2.connect('http://127.0.0.1:{listen}');
+const events = [];
+session.on('goaway', () => events.push('goaway'));
+session.on('close', () => {{ console.log(events.concat('close').join(' ')); process.exit(0); }});
+session.on('error', (e) => events.push('error ' + e.code));
+const req = session.request({{ ':path': '/x' }});
+req.on('response', (h) => events.push('status ' + h[':status']));
+req.resume();
+setTimeout(() => {{ console.log(events.concat('still open').join(' ')); process.exit(1); }}, 15000);
+"#
+    );
+    let out = run("node", &["-e", &script]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        text.trim(),
+        "status 200 goaway close",
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

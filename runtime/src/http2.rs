@@ -36,8 +36,10 @@
 //! is left. The `h2` settings are the listener's `http2` section; its abuse limits are set
 //! explicitly ([`MAX_PENDING_ACCEPT_RESET_STREAMS`], [`MAX_LOCAL_ERROR_RESET_STREAMS`]).
 //!
-//! Not yet: an idle timeout and PING keepalive for HTTP/2 connections, HTTP/2 upstreams, gRPC
-//! semantics (trailers-only errors, `grpc-timeout`), informational (1xx) responses.
+//! A connection with no open stream for the listener's `idle_timeout` gets GOAWAY and closes.
+//!
+//! Not yet: PING keepalive, HTTP/2 upstreams, gRPC semantics (trailers-only errors,
+//! `grpc-timeout`).
 
 use std::cell::{Cell, RefCell};
 use std::future::{Future, poll_fn};
@@ -262,6 +264,9 @@ impl<N: Network> Engine<N> {
         let mut streams: Vec<StreamFuture<'_>> = Vec::new();
         let mut draining = false;
         let mut goaway_sent = false;
+        // With no stream open for `idle_timeout`, the connection gets GOAWAY and closes.
+        let idle_deadline = |from: tokio::time::Instant| hc.idle_timeout.map(|d| from + d);
+        let mut idle_at = idle_deadline(tokio::time::Instant::now());
         loop {
             if (draining || self.stopping.get()) && !goaway_sent {
                 // GOAWAY: the streams opened so far finish, no new one is accepted.
@@ -270,6 +275,7 @@ impl<N: Network> Engine<N> {
             }
             let expired = self.drain_expired.notified();
             let stop = self.stop_accepting.notified();
+            let idle = tokio::time::sleep_until(idle_at.unwrap_or_else(crate::http::far_future));
             let next = tokio::select! {
                 biased;
                 () = expired => {
@@ -280,23 +286,35 @@ impl<N: Network> Engine<N> {
                     draining = true;
                     continue;
                 }
+                () = idle, if idle_at.is_some() && streams.is_empty() && !goaway_sent => {
+                    tracing::debug!(listener = %lc.name, %peer, "HTTP/2 connection idle for idle_timeout: GOAWAY");
+                    draining = true;
+                    continue;
+                }
                 r = poll_fn(|cx| {
                     // The streams first: a stream that finishes makes room for the next.
+                    let open = streams.len();
                     streams.retain_mut(|f| f.as_mut().poll(cx).is_pending());
-                    conn.poll_accept(cx)
+                    match conn.poll_accept(cx) {
+                        Poll::Ready(r) => Poll::Ready(Some(r)),
+                        // The last stream ended: the idle timer starts (in the loop).
+                        Poll::Pending if open > 0 && streams.is_empty() => Poll::Ready(None),
+                        Poll::Pending => Poll::Pending,
+                    }
                 }) => r,
             };
             match next {
-                Some(Ok((request, respond))) => {
+                None => idle_at = idle_deadline(tokio::time::Instant::now()),
+                Some(Some(Ok((request, respond)))) => {
                     streams.push(Box::pin(
                         self.http2_stream(listener, lc, hc, peer, request, respond),
                     ));
                 }
-                Some(Err(e)) => {
+                Some(Some(Err(e))) => {
                     tracing::debug!(listener = %lc.name, %peer, "HTTP/2 connection error: {e}");
                     break;
                 }
-                None => break,
+                Some(None) => break,
             }
         }
     }
@@ -742,7 +760,15 @@ impl Sink {
                     }
                     let head_len = self.head.head_len();
                     if self.head.is_informational() {
-                        // 100 Continue and the like: not forwarded over HTTP/2 yet.
+                        // 100 Continue (the proxy's own, for `expect: 100-continue`) and the
+                        // like go out as an informational HEADERS frame.
+                        let status = self.head.status();
+                        if let (Some(respond), Ok(interim)) = (
+                            &mut self.respond,
+                            http::Response::builder().status(status).body(()),
+                        ) {
+                            let _ = respond.send_informational(interim);
+                        }
                         self.buf.drain(..head_len);
                         continue;
                     }
