@@ -423,3 +423,66 @@ setTimeout(() => {{ console.log(events.concat('still open').join(' ')); process.
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// The proxy's resident memory, in KiB.
+fn rss_kib(proc: &Proc) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{}/status", proc.child.id())).unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+#[test]
+fn a_client_that_does_not_read_stops_the_upstream_instead_of_growing_the_proxy() {
+    if !require_peers(&["node", "nginx"]) {
+        return;
+    }
+    let dir = TempDir::new("h2-slow-reader");
+    let (listen, up) = (free_port(), free_port());
+    let big = dir.path().join("big.bin");
+    std::fs::write(&big, vec![7u8; 64 << 20]).unwrap();
+    let _n = start_nginx_with(
+        &dir,
+        "nginx",
+        up,
+        &format!("location /big {{ alias {}; }}", big.display()),
+    );
+    let sluice = start_sluice(&dir, &config(listen, up, ""), 1, addr(listen));
+    // Eight streams of 64 MiB each that the client never reads past its window: the proxy may
+    // hold one upstream read per stream and the windows, never the bodies.
+    let script = format!(
+        r#"
+const http2 = require('http2');
+const session = http2.connect('http://127.0.0.1:{listen}');
+let heads = 0;
+for (let i = 0; i < 8; i++) {{
+  const req = session.request({{ ':path': '/big' }});
+  req.on('response', (h) => {{ if (++heads === 8) console.log('heads'); }});
+  req.pause();
+}}
+setTimeout(() => {{ console.log('done'); process.exit(0); }}, 3000);
+"#
+    );
+    let before = rss_kib(&sluice);
+    let out = run("node", &["-e", &script]);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert_eq!(
+        text.trim(),
+        "heads\ndone",
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The peak (VmHWM) covers the whole time node held the streams unread. (Sink writes that do
+    // not wait for the send window took it past 500 MiB.)
+    let status = std::fs::read_to_string(format!("/proc/{}/status", sluice.child.id())).unwrap();
+    let peak: u64 = status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(
+        peak < before + 32 * 1024,
+        "the proxy grew from {before} KiB to a peak of {peak} KiB for 8 unread 64 MiB streams"
+    );
+}
