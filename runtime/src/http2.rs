@@ -82,6 +82,9 @@ pub const MAX_LOCAL_ERROR_RESET_STREAMS: usize = 1024;
 /// Bytes `h2` buffers per stream for sending beyond what the peer's window allows. The driver
 /// sends only within the window, so this is a backstop.
 const MAX_SEND_BUFFER: usize = 64 * 1024;
+/// Stream buffers a connection keeps for its next streams: enough for a few at once without
+/// holding a hundred sets on an idle connection after a burst.
+const SPARE_STREAM_BUFFERS: usize = 4;
 /// Limits for the HTTP/1.1 response heads the sink parses (the request path already checked
 /// the upstream's against the same limits).
 const RESPONSE_LIMITS: Limits = Limits {
@@ -261,6 +264,8 @@ impl<N: Network> Engine<N> {
         };
         bump(&self.stats.http2_downstream_cx_total, 1);
         let _active = GaugeGuard::new(&self.stats.http2_downstream_cx_active);
+        // Declared before the streams, which borrow it.
+        let spare: RefCell<Vec<StreamBuffers>> = RefCell::new(Vec::new());
         let mut streams: Vec<StreamFuture<'_>> = Vec::new();
         let mut draining = false;
         let mut goaway_sent = false;
@@ -307,7 +312,7 @@ impl<N: Network> Engine<N> {
                 None => idle_at = idle_deadline(tokio::time::Instant::now()),
                 Some(Some(Ok((request, respond)))) => {
                     streams.push(Box::pin(
-                        self.http2_stream(listener, lc, hc, peer, request, respond),
+                        self.http2_stream(listener, lc, hc, peer, &spare, request, respond),
                     ));
                 }
                 Some(Some(Err(e))) => {
@@ -320,12 +325,14 @@ impl<N: Network> Engine<N> {
     }
 
     /// Serves one request stream through the HTTP/1.1 request path.
+    #[allow(clippy::too_many_arguments)]
     async fn http2_stream(
         &self,
         listener: usize,
         lc: &ListenerConfig,
         hc: &HttpConfig,
         peer: SocketAddr,
+        spare: &RefCell<Vec<StreamBuffers>>,
         request: http::Request<RecvStream>,
         respond: SendResponse<Bytes>,
     ) {
@@ -344,9 +351,25 @@ impl<N: Network> Engine<N> {
             .iter()
             .map(|(n, v)| (n.as_str().as_bytes(), v.as_bytes()))
             .collect();
-        let mut translated = Vec::with_capacity(256);
+        let mut buffers = spare
+            .borrow_mut()
+            .pop()
+            .unwrap_or_else(|| StreamBuffers::new(peer, hc));
+        let StreamBuffers {
+            translated,
+            rbuf,
+            ubuf,
+            head,
+            rhead,
+            out,
+            scratch,
+        } = &mut buffers;
+        translated.clear();
+        rbuf.clear();
+        ubuf.clear();
+        out.clear();
         let result = request_to_http1(
-            &mut translated,
+            translated,
             &RequestHead {
                 method: parts.method.as_str().as_bytes(),
                 authority: parts.uri.authority().map(|a| a.as_str().as_bytes()),
@@ -357,20 +380,17 @@ impl<N: Network> Engine<N> {
         );
         drop(fields);
         let sink = Rc::new(RefCell::new(Sink::new(respond)));
-        let mut rbuf = ReadBuffer::new();
-        let mut head = Head::default();
-        let mut out = Vec::new();
         // A request refused before routing: (status, flag, why).
         let mut rejected = None;
         let body_length = match result {
             Ok(b) => {
-                rbuf.preload(&translated);
+                rbuf.preload(translated);
                 let limits = Limits {
                     max_head_bytes: (hc.max_request_headers_kb as usize * 1024)
                         .max(hc.http2.max_header_list_size as usize + 4096),
                     max_headers: hc.max_headers_count as usize,
                 };
-                match parse_request(rbuf.bytes(), &limits, &mut head) {
+                match parse_request(rbuf.bytes(), &limits, head) {
                     Ok(ParseStatus::Complete) => b,
                     Ok(ParseStatus::Partial) => {
                         let flag = ResponseFlag::DownstreamProtocolError;
@@ -409,8 +429,8 @@ impl<N: Network> Engine<N> {
         let lstats = self.stats.listener(listener);
         let outcome = if let Some((status, flag, why)) = &rejected {
             tracing::debug!(listener = %lc.name, %peer, status, "rejected HTTP/2 request: {why}");
-            write_local_response(&mut out, *status, &[], why.as_bytes(), false);
-            let ok = down.write_all(&out).await.is_ok();
+            write_local_response(out, *status, &[], why.as_bytes(), false);
+            let ok = down.write_all(out).await.is_ok();
             Some(Outcome {
                 status: *status,
                 flag: Some(*flag),
@@ -425,9 +445,6 @@ impl<N: Network> Engine<N> {
                 bump(&l.http_requests, 1);
             }
             sink.borrow_mut().method = head.method();
-            let mut scratch = Scratch::new(peer, hc, Rc::new(Cell::new(false)));
-            let mut ubuf = ReadBuffer::new();
-            let mut rhead = Head::default();
             let watch = sink.clone();
             let t_head = now();
             // A client's RST_STREAM ends the request wherever it is: dropping the request
@@ -435,8 +452,7 @@ impl<N: Network> Engine<N> {
             // upstream connection.
             let served = tokio::select! {
                 o = self.serve_request(
-                    listener, &mut down, &mut scratch, &mut rbuf, &head, &mut ubuf, &mut rhead,
-                    &mut out,
+                    listener, &mut down, scratch, rbuf, head, ubuf, rhead, out,
                 ) => Some(o),
                 () = poll_fn(|cx| watch.borrow_mut().poll_reset(cx)) => None,
             };
@@ -514,6 +530,38 @@ impl<N: Network> Engine<N> {
                 downstream: peer,
                 listener: &lc.name,
             });
+        }
+        let mut spare = spare.borrow_mut();
+        if spare.len() < SPARE_STREAM_BUFFERS {
+            spare.push(buffers);
+        }
+    }
+}
+
+/// The buffers of one stream's request, kept by its connection for the next stream (as an
+/// HTTP/1.1 connection keeps its buffers for its next request): a warm connection allocates
+/// little per stream.
+struct StreamBuffers {
+    /// The translated HTTP/1.1 request head.
+    translated: Vec<u8>,
+    rbuf: ReadBuffer,
+    ubuf: ReadBuffer,
+    head: Head,
+    rhead: Head,
+    out: Vec<u8>,
+    scratch: Scratch,
+}
+
+impl StreamBuffers {
+    fn new(peer: SocketAddr, hc: &HttpConfig) -> Self {
+        StreamBuffers {
+            translated: Vec::with_capacity(256),
+            rbuf: ReadBuffer::new(),
+            ubuf: ReadBuffer::new(),
+            head: Head::default(),
+            rhead: Head::default(),
+            out: Vec::new(),
+            scratch: Scratch::new(peer, hc, Rc::new(Cell::new(false))),
         }
     }
 }
