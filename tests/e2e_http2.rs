@@ -486,3 +486,71 @@ setTimeout(() => {{ console.log('done'); process.exit(0); }}, 3000);
         "the proxy grew from {before} KiB to a peak of {peak} KiB for 8 unread 64 MiB streams"
     );
 }
+
+#[test]
+fn a_malformed_http2_request_is_answered_400_and_the_connection_keeps_serving() {
+    if !require_peers(&["node"]) {
+        return;
+    }
+    let dir = TempDir::new("h2-malformed");
+    let (listen, up) = (free_port(), free_port());
+    let (_u, log) = start_upstream(&dir, "up", up);
+    let _sluice = start_sluice(&dir, &config(listen, up, ""), 1, addr(listen));
+    // A host field that disagrees with :authority (RFC 9113 §8.3.1), then a good request on
+    // the same connection.
+    let script = format!(
+        r#"
+const http2 = require('http2');
+const session = http2.connect('http://127.0.0.1:{listen}');
+const get = (headers) => new Promise((resolve) => {{
+  const req = session.request(headers);
+  let body = '';
+  req.on('response', (h) => {{ req.on('data', (d) => body += d); req.on('end', () => resolve(h[':status'] + ' ' + body.trim())); }});
+  req.on('error', (e) => resolve('error ' + e.code));
+}});
+(async () => {{
+  console.log(await get({{ ':path': '/app/a', ':authority': '127.0.0.1:{listen}', 'host': 'elsewhere.example' }}));
+  console.log((await get({{ ':path': '/app/b' }})).split(' ')[0]);
+  session.close();
+}})();
+"#
+    );
+    let out = run("node", &["-e", &script]);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert_eq!(
+        text.trim(),
+        "400 :authority and host disagree, or more than one host\n200",
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let requests = std::fs::read_to_string(&log).unwrap_or_default();
+    assert_eq!(
+        requests.lines().count(),
+        1,
+        "only the good request went upstream: {requests}"
+    );
+}
+
+#[test]
+fn an_http2_only_listener_closes_http11_connections() {
+    if !require_peers(&["curl"]) {
+        return;
+    }
+    let dir = TempDir::new("h2-only");
+    let (listen, up) = (free_port(), free_port());
+    let (_u, _log) = start_upstream(&dir, "up", up);
+    let _sluice = start_sluice(
+        &dir,
+        &config(listen, up, "      codec: http2\n"),
+        1,
+        addr(listen),
+    );
+    let mut s = TcpStream::connect(addr(listen)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n").unwrap();
+    let mut answer = Vec::new();
+    let _ = s.read_to_end(&mut answer);
+    assert_eq!(answer, b"", "closed without an answer");
+    let (version, status, _) = curl_h2(&format!("http://127.0.0.1:{listen}/app/x"), &[]);
+    assert_eq!((version.as_str(), status), ("2", 200));
+}
