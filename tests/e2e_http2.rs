@@ -554,3 +554,40 @@ fn an_http2_only_listener_closes_http11_connections() {
     let (version, status, _) = curl_h2(&format!("http://127.0.0.1:{listen}/app/x"), &[]);
     assert_eq!((version.as_str(), status), ("2", 200));
 }
+
+#[test]
+fn a_chunked_upstream_answers_trailers_reach_the_http2_client() {
+    if !require_peers(&["node"]) {
+        return;
+    }
+    let dir = TempDir::new("h2-trailers");
+    let (listen, up) = (free_port(), free_port());
+    let (_u, _log) = start_upstream(&dir, "up", up);
+    let _sluice = start_sluice(&dir, &config(listen, up, ""), 1, addr(listen));
+    let script = format!(
+        r#"
+const http2 = require('http2');
+const crypto = require('crypto');
+const session = http2.connect('http://127.0.0.1:{listen}');
+const req = session.request({{ ':path': '/trailers' }});
+const chunks = [];
+let trailers = null;
+req.on('response', (h) => console.log('status ' + h[':status'] + ' te ' + (h['transfer-encoding'] || 'none')));
+req.on('data', (d) => chunks.push(d));
+req.on('trailers', (t) => trailers = t);
+req.on('end', () => {{
+  const sum = crypto.createHash('sha256').update(Buffer.concat(chunks)).digest('hex');
+  console.log('checksum ' + (trailers && trailers['x-checksum'] === sum ? 'matches' : 'missing: ' + JSON.stringify(trailers)));
+  session.close();
+}});
+"#
+    );
+    let out = run("node", &["-e", &script]);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert_eq!(
+        text.trim(),
+        "status 200 te none\nchecksum matches",
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -57,7 +57,7 @@ use sluice_core::config::ListenerConfig;
 use sluice_core::config::http::{HttpCodec, HttpConfig};
 use sluice_core::http1::{
     BodyFraming, Chunked, ChunkedDecoder, Head, Limits, Method, ParseStatus, parse_request,
-    parse_response, write_local_response,
+    parse_response, write_local_response, write_trailers,
 };
 use sluice_core::http2::translate::RequestHead;
 use sluice_core::http2::{
@@ -722,6 +722,10 @@ struct Sink {
     status: u16,
     /// Payload bytes sent.
     body_sent: u64,
+    /// A chunked response's body bytes scanned so far (for where its trailer section starts).
+    scanned: u64,
+    /// A chunked response's trailer section, as it came (sent as HTTP/2 trailers).
+    trailers: Vec<u8>,
 }
 
 impl Sink {
@@ -736,6 +740,8 @@ impl Sink {
             closed: false,
             status: 0,
             body_sent: 0,
+            scanned: 0,
+            trailers: Vec::new(),
         }
     }
 
@@ -756,7 +762,8 @@ impl Sink {
         if matches!(self.state, BodyState::Head) {
             return Poll::Ready(Ok(()));
         }
-        let complete = matches!(self.state, BodyState::Done);
+        // Trailers end the stream themselves (in poll_finish).
+        let complete = matches!(self.state, BodyState::Done) && !self.has_trailers();
         let Some(send) = &mut self.send else {
             return Poll::Ready(Ok(()));
         };
@@ -885,17 +892,57 @@ impl Sink {
                     if let Some(r) = run {
                         self.buf.extend_from_slice(&data[at..][r]);
                     }
-                    match c {
-                        Chunked::NeedMore { consumed } => at += consumed,
-                        Chunked::Done { .. } => {
-                            self.state = BodyState::Done;
-                            break;
-                        }
+                    let (consumed, done) = match c {
+                        Chunked::NeedMore { consumed } => (consumed, false),
+                        Chunked::Done { consumed } => (consumed, true),
+                    };
+                    // The bytes of the trailer section (after the last chunk's size line).
+                    if let Some(start) = dec.trailers_start() {
+                        let from = start.saturating_sub(self.scanned).min(consumed as u64) as usize;
+                        self.trailers
+                            .extend_from_slice(&data[at + from..at + consumed]);
+                    }
+                    self.scanned += consumed as u64;
+                    at += consumed;
+                    if done {
+                        self.state = BodyState::Done;
+                        break;
                     }
                 }
             }
         }
         Ok(data.len())
+    }
+
+    /// Whether the chunked response had trailer fields (more than the final CRLF).
+    fn has_trailers(&self) -> bool {
+        self.trailers.len() > 2
+    }
+
+    /// The trailer section as HTTP/2 trailers, without the fields a trailer must not carry
+    /// (the core's `write_trailers` filter); `None` when there are none.
+    fn trailer_map(&self) -> Option<http::HeaderMap> {
+        if !self.has_trailers() {
+            return None;
+        }
+        let mut section = Vec::with_capacity(self.trailers.len());
+        write_trailers(&mut section, &self.trailers);
+        let mut map = http::HeaderMap::new();
+        for line in section.split(|&b| b == b'\n') {
+            let line = line.strip_suffix(b"\r").unwrap_or(line);
+            let Some(colon) = line.iter().position(|&b| b == b':') else {
+                continue;
+            };
+            let value = line[colon + 1..].trim_ascii();
+            if let (Ok(n), Ok(v)) = (
+                http::HeaderName::from_bytes(&line[..colon]),
+                http::HeaderValue::from_bytes(value),
+            ) && !sluice_core::http2::is_connection_specific(n.as_str().as_bytes())
+            {
+                map.append(n, v);
+            }
+        }
+        (!map.is_empty()).then_some(map)
     }
 
     /// After the request path returned: sends what is left and ends the stream — cleanly when
@@ -913,11 +960,15 @@ impl Sink {
                 Poll::Ready(Err(_)) => return Poll::Ready(false),
                 Poll::Ready(Ok(())) => {}
             }
+            let trailers = self.trailer_map();
             if !self.closed
                 && let Some(send) = &mut self.send
             {
                 self.closed = true;
-                return Poll::Ready(send.send_data(Bytes::new(), true).is_ok());
+                return Poll::Ready(match trailers {
+                    Some(t) => send.send_trailers(t).is_ok(),
+                    None => send.send_data(Bytes::new(), true).is_ok(),
+                });
             }
             return Poll::Ready(true);
         }
