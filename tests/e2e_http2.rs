@@ -591,3 +591,37 @@ req.on('end', () => {{
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[test]
+fn http2_request_trailers_reach_the_upstream_as_a_chunked_trailer_section() {
+    if !require_peers(&["node"]) {
+        return;
+    }
+    let dir = TempDir::new("h2-req-trailers");
+    let (listen, up) = (free_port(), free_port());
+    let (_u, _log) = start_upstream(&dir, "up", up);
+    let _sluice = start_sluice(&dir, &config(listen, up, ""), 1, addr(listen));
+    let script = format!(
+        r#"
+const http2 = require('http2');
+const session = http2.connect('http://127.0.0.1:{listen}');
+const req = session.request({{ ':method': 'POST', ':path': '/upload' }}, {{ waitForTrailers: true }});
+req.on('wantTrailers', () => req.sendTrailers({{ 'x-sum': 'abc' }}));
+let body = '';
+req.on('data', (d) => body += d);
+req.on('end', () => {{ console.log(body); session.close(); }});
+req.end('hello');
+"#
+    );
+    let out = run("node", &["-e", &script]);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let seen: serde_json::Value = serde_json::from_str(text.trim())
+        .unwrap_or_else(|e| panic!("{e}: {text} {}", String::from_utf8_lossy(&out.stderr)));
+    assert_eq!(seen["body_len"], 5, "{seen}");
+    assert_eq!(seen["headers"]["transfer-encoding"], "chunked", "{seen}");
+    assert_eq!(
+        seen["trailers"],
+        serde_json::json!(["x-sum: abc"]),
+        "{seen}"
+    );
+}
