@@ -625,3 +625,76 @@ req.end('hello');
         "{seen}"
     );
 }
+
+/// A counter or gauge of the admin API's `/stats`.
+fn stat(admin: u16, name: &str) -> u64 {
+    let mut s = TcpStream::connect(addr(admin)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(b"GET /stats HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+        .unwrap();
+    let mut text = String::new();
+    s.read_to_string(&mut text).unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix(&format!("{name}: ")))
+        .unwrap_or_else(|| panic!("no {name} in /stats:\n{text}"))
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+#[test]
+fn a_reset_stream_ends_its_request_and_the_connection_serves_on() {
+    if !require_peers(&["node"]) {
+        return;
+    }
+    let dir = TempDir::new("h2-rst");
+    let (listen, up, admin) = (free_port(), free_port(), free_port());
+    let (_u, log) = start_upstream(&dir, "up", up);
+    let config = format!(
+        "admin: {{ address: 127.0.0.1:{admin} }}\n{}",
+        config(listen, up, "")
+    );
+    let _sluice = start_sluice(&dir, &config, 1, addr(admin));
+    // A stream waiting on a slow upstream is reset (CANCEL) once the upstream has it; the next
+    // stream on the same connection is answered.
+    let script = format!(
+        r#"
+const http2 = require('http2');
+const fs = require('fs');
+const session = http2.connect('http://127.0.0.1:{listen}');
+const slow = session.request({{ ':path': '/sleep/5000' }});
+slow.on('error', () => {{}});
+slow.on('close', () => console.log('reset sent'));
+const poll = setInterval(() => {{
+  if (fs.readFileSync('{log}', 'utf8').includes('/sleep/5000')) {{
+    clearInterval(poll);
+    slow.close(http2.constants.NGHTTP2_CANCEL);
+    const next = session.request({{ ':path': '/app/after' }});
+    next.on('response', (h) => {{ console.log('next ' + h[':status']); next.resume(); next.on('end', () => session.close()); }});
+  }}
+}}, 20);
+"#,
+        log = log.display()
+    );
+    let out = run("node", &["-e", &script]);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert_eq!(
+        text.trim(),
+        "reset sent\nnext 200",
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The proxy saw the reset and holds no stream.
+    let mut counts = (0, 1);
+    for _ in 0..100 {
+        counts = (
+            stat(admin, "http2.rx_reset"),
+            stat(admin, "http2.streams_active"),
+        );
+        if counts == (1, 0) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(counts, (1, 0), "(http2.rx_reset, http2.streams_active)");
+}
