@@ -463,10 +463,11 @@ impl<N: Network> Engine<N> {
         };
         let outcome = match outcome {
             Some(mut o) => {
-                if !poll_fn(|cx| sink.borrow_mut().poll_finish(cx)).await {
-                    // Ended by a reset: the client's, or ours for an incomplete response.
-                    o.bytes_sent = sink.borrow().body_sent;
-                }
+                // Ends cleanly, or with a reset for an incomplete response.
+                poll_fn(|cx| sink.borrow_mut().poll_finish(cx)).await;
+                // What an HTTP/2 stream sends is counted as its DATA payload (the request
+                // path counted HTTP/1.1 bytes; HEADERS go out compressed).
+                o.bytes_sent = sink.borrow().body_sent;
                 o
             }
             None => {
