@@ -12,6 +12,7 @@ body length and SHA-256, the trailer field lines of a chunked body), and appends
   /head-then-close send a head announcing a 100-byte body, wait 50 ms, close without the body
   /switch          answer 101 Switching Protocols whatever the request asked for
   /ambiguous       answer with both Content-Length and Transfer-Encoding (a smuggling vector)
+  /trailers        answer chunked, with an `x-checksum` trailer (the body's SHA-256)
 
 Usage: http_upstream.py PORT LOGFILE [NAME]
 """
@@ -84,6 +85,16 @@ class Handler(BaseHTTPRequestHandler):
             "body_sha256": hashlib.sha256(body).hexdigest(),
             "trailers": self.trailers,
         }).encode()
+        if self.path.startswith("/trailers"):
+            # A chunked answer with a trailer section.
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Transfer-Encoding", "chunked")
+            self.send_header("Trailer", "x-checksum")
+            self.end_headers()
+            self.wfile.write(b"%x\r\n%s\r\n0\r\nx-checksum: %s\r\n\r\n" % (
+                len(payload), payload, hashlib.sha256(payload).hexdigest().encode()))
+            return
         split = self.path.startswith("/split/")
         if split:
             pause = int(self.path.split("/")[2]) / 1000

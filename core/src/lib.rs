@@ -12,6 +12,8 @@
 //! - [`l7`]: the protocol-independent request stream (admission with every circuit-breaker
 //!   permit, tries, retries and timeouts, with events saying what happened), shared by HTTP/1.1
 //!   and, next, HTTP/2;
+//! - [`http2`]: the HTTP/2 client preface and the HTTP/2 ↔ HTTP/1.1 head translation (the
+//!   runtime speaks HTTP/2 through the `h2` crate);
 //! - [`tcp_proxy`]: the L4 session state machine (pick a host, connect with a timeout, fail over,
 //!   relay with half-close, idle timeout, close with a reason);
 //! - [`tls`]: the ClientHello peek (server name and ALPN of a TLS connection, read without
@@ -37,6 +39,7 @@ pub mod bolt;
 pub mod config;
 pub mod handover;
 pub mod http1;
+pub mod http2;
 pub mod l7;
 pub mod path;
 pub mod pattern;

@@ -36,7 +36,7 @@ use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime};
 
 use sluice_core::config::ListenerConfig;
-use sluice_core::config::http::{ForwardAction, HttpConfig, PathMatch, RouteAction};
+use sluice_core::config::http::{ForwardAction, HttpCodec, HttpConfig, PathMatch, RouteAction};
 use sluice_core::health::{Permit, Resource, UpstreamResult};
 use sluice_core::http1::conn::{ConnectionPolicy, ConnectionSettings, Expired, keeps_alive};
 use sluice_core::http1::{
@@ -86,7 +86,7 @@ pub(crate) struct ReadBuffer {
 }
 
 impl ReadBuffer {
-    fn new() -> Self {
+    pub(crate) fn new() -> Self {
         ReadBuffer {
             data: Vec::new(),
             start: 0,
@@ -94,12 +94,12 @@ impl ReadBuffer {
         }
     }
 
-    fn bytes(&self) -> &[u8] {
+    pub(crate) fn bytes(&self) -> &[u8] {
         &self.data[self.start..self.end]
     }
 
     /// Starts with these bytes (already read from the connection).
-    fn preload(&mut self, bytes: &[u8]) {
+    pub(crate) fn preload(&mut self, bytes: &[u8]) {
         if self.data.len() < bytes.len() {
             self.data.resize(bytes.len().max(READ_CHUNK), 0);
         }
@@ -125,7 +125,7 @@ impl ReadBuffer {
         }
     }
 
-    fn clear(&mut self) {
+    pub(crate) fn clear(&mut self) {
         self.start = 0;
         self.end = 0;
     }
@@ -349,14 +349,14 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for UpstreamConn<S> {
 }
 
 /// What happened to one request, for the log and the keep-alive decision.
-struct Outcome {
-    status: u16,
-    flag: Option<ResponseFlag>,
-    upstream: Option<SocketAddr>,
-    bytes_received: u64,
-    bytes_sent: u64,
+pub(crate) struct Outcome {
+    pub(crate) status: u16,
+    pub(crate) flag: Option<ResponseFlag>,
+    pub(crate) upstream: Option<SocketAddr>,
+    pub(crate) bytes_received: u64,
+    pub(crate) bytes_sent: u64,
     /// The downstream connection can carry another request.
-    reusable: bool,
+    pub(crate) reusable: bool,
 }
 
 impl Outcome {
@@ -380,7 +380,7 @@ fn deadline_of(at: Option<sluice_core::Instant>) -> TokioInstant {
     at.map_or_else(far_future, crate::to_tokio)
 }
 
-fn local_body(flag: ResponseFlag) -> &'static [u8] {
+pub(crate) fn local_body(flag: ResponseFlag) -> &'static [u8] {
     match flag {
         ResponseFlag::NoRoute => b"no route matched the request\n",
         ResponseFlag::NoHealthyUpstream => b"no healthy upstream\n",
@@ -398,7 +398,7 @@ fn local_body(flag: ResponseFlag) -> &'static [u8] {
 }
 
 /// Per-connection buffers reused by every request (no allocation per request once warm).
-struct Scratch {
+pub(crate) struct Scratch {
     /// The client's IP as text, for `x-forwarded-for` (computed once per connection).
     peer_ip: String,
     /// The client's IP (for a `source_ip` hash policy).
@@ -422,6 +422,24 @@ struct Scratch {
     /// valid when `request_id_generated` (reset for every request): the access log shows it.
     request_id: [u8; 36],
     request_id_generated: bool,
+}
+
+impl Scratch {
+    pub(crate) fn new(peer: SocketAddr, hc: &HttpConfig, awaiting: Rc<Cell<bool>>) -> Self {
+        Scratch {
+            peer_ip: peer.ip().to_string(),
+            peer_addr: peer.ip(),
+            xff: Vec::new(),
+            path: Vec::new(),
+            norm: Vec::new(),
+            normalized: false,
+            path_opts: hc.path_normalization,
+            stream_idle: hc.stream_idle_timeout,
+            awaiting,
+            request_id: [0; 36],
+            request_id_generated: false,
+        }
+    }
 }
 
 /// How the request head ended up.
@@ -448,6 +466,44 @@ impl<N: Network> Engine<N> {
         peer: SocketAddr,
         initial: &[u8],
     ) {
+        // `codec: auto | http2`: a connection that starts with the HTTP/2 client preface is
+        // served by the HTTP/2 driver (crate::http2); anything else is HTTP/1.1 here.
+        // The first request's header timeout counts from the accept, detection included.
+        let accepted = now();
+        let sniffed;
+        let initial = if crate::http2::accepts_http2(hc.codec) {
+            match crate::http2::sniff(self, &mut down, initial, hc).await {
+                crate::http2::Sniffed::Http2(preface) => {
+                    return self
+                        .http2_connection(listener, lc, hc, down, peer, preface)
+                        .await;
+                }
+                crate::http2::Sniffed::Http1(_) if hc.codec == HttpCodec::Http2 => {
+                    tracing::debug!(listener = %lc.name, %peer, "not HTTP/2 on an http2-only listener: closed");
+                    let _ = down.shutdown().await;
+                    return;
+                }
+                crate::http2::Sniffed::Http1(bytes) => {
+                    sniffed = bytes;
+                    &sniffed[..]
+                }
+                crate::http2::Sniffed::FirstByteTimeout => {
+                    bump(&self.stats.downstream_cx_first_byte_timeout, 1);
+                    if let Some(l) = self.stats.listener(listener) {
+                        bump(&l.downstream_cx_first_byte_timeout, 1);
+                    }
+                    tracing::debug!(listener = %lc.name, %peer, "no request within request_headers_timeout of the accept: closed");
+                    let _ = down.shutdown().await;
+                    return;
+                }
+                crate::http2::Sniffed::Closed => {
+                    let _ = down.shutdown().await;
+                    return;
+                }
+            }
+        } else {
+            initial
+        };
         // Once a drain's `drain_timeout` has passed, the connection ends wherever it is, as TCP
         // and Bolt sessions do: the drain must end on time. A request still waiting for its
         // upstream (nothing of a response sent yet) is answered 503 with `connection: close`
@@ -459,7 +515,7 @@ impl<N: Network> Engine<N> {
             biased;
             () = expired => false,
             () = self.serve_http_connection(
-                listener, lc, hc, &mut down, peer, initial, &awaiting_response,
+                listener, lc, hc, &mut down, peer, initial, accepted, &awaiting_response,
             ) => true,
         };
         if !served {
@@ -486,6 +542,7 @@ impl<N: Network> Engine<N> {
         down: &mut N::Stream,
         peer: SocketAddr,
         initial: &[u8],
+        accepted: sluice_core::Instant,
         awaiting_response: &Rc<Cell<bool>>,
     ) {
         let limits = Limits {
@@ -498,24 +555,12 @@ impl<N: Network> Engine<N> {
         let mut head = Head::default();
         let mut rhead = Head::default();
         let mut out: Vec<u8> = Vec::new();
-        let mut scratch = Scratch {
-            peer_ip: peer.ip().to_string(),
-            peer_addr: peer.ip(),
-            xff: Vec::new(),
-            path: Vec::new(),
-            norm: Vec::new(),
-            normalized: false,
-            path_opts: hc.path_normalization,
-            stream_idle: hc.stream_idle_timeout,
-            awaiting: awaiting_response.clone(),
-            request_id: [0; 36],
-            request_id_generated: false,
-        };
+        let mut scratch = Scratch::new(peer, hc, awaiting_response.clone());
         let logging = self.access_logs[listener].is_some();
         // When to wait for requests and for how long (the first must start within
         // `request_headers_timeout` of the accept; then the idle timeout; the drain grace).
         let mut policy = ConnectionPolicy::new(
-            now(),
+            accepted,
             ConnectionSettings {
                 request_headers_timeout: hc.request_headers_timeout,
                 idle_timeout: hc.idle_timeout,
@@ -657,7 +702,7 @@ impl<N: Network> Engine<N> {
         let _ = down.shutdown().await;
     }
 
-    fn count_status(&self, listener: usize, status: u16) {
+    pub(crate) fn count_status(&self, listener: usize, status: u16) {
         let class = (status / 100).clamp(1, 5) as usize - 1;
         bump(&self.stats.http_responses_by_class[class], 1);
         if let Some(l) = self.stats.listener(listener) {
@@ -735,11 +780,14 @@ impl<N: Network> Engine<N> {
         }
     }
 
+    /// Routes and answers one request whose head is parsed in `head` (from `rbuf`). `down` is
+    /// the downstream as an HTTP/1.1 byte stream: the client's connection, or an HTTP/2 stream
+    /// seen through [`crate::http2`]'s adapter (request body in, response out).
     #[allow(clippy::too_many_arguments)]
-    async fn serve_request(
+    pub(crate) async fn serve_request<D: AsyncRead + AsyncWrite + Unpin>(
         &self,
         listener: usize,
-        down: &mut N::Stream,
+        down: &mut D,
         scratch: &mut Scratch,
         rbuf: &mut ReadBuffer,
         head: &Head,
@@ -803,9 +851,9 @@ impl<N: Network> Engine<N> {
         }
     }
 
-    async fn local_reply(
+    async fn local_reply<D: AsyncWrite + Unpin>(
         &self,
-        down: &mut N::Stream,
+        down: &mut D,
         out: &mut Vec<u8>,
         status: u16,
         flag: ResponseFlag,
@@ -822,11 +870,11 @@ impl<N: Network> Engine<N> {
     }
 
     #[allow(clippy::too_many_arguments)]
-    async fn forward(
+    async fn forward<D: AsyncRead + AsyncWrite + Unpin>(
         &self,
         action: &ForwardAction,
         matched_prefix: Option<&str>,
-        down: &mut N::Stream,
+        down: &mut D,
         scratch: &mut Scratch,
         rbuf: &mut ReadBuffer,
         head: &Head,
@@ -1375,9 +1423,9 @@ impl<N: Network> Engine<N> {
     /// Reads the whole request body into `rbuf` when it is at most [`REPLAY_LIMIT`] bytes.
     /// `Ok(Some(n))`: buffered, `n` bytes after the head. `Ok(None)`: too large, will stream.
     /// `Err(status)`: the body is malformed or the client went away.
-    async fn buffer_body(
+    async fn buffer_body<D: AsyncRead + Unpin>(
         &self,
-        down: &mut N::Stream,
+        down: &mut D,
         rbuf: &mut ReadBuffer,
         head_len: usize,
         framing: BodyFraming,

@@ -29,6 +29,7 @@ pub mod engine;
 pub mod fdpass;
 pub mod health;
 pub mod http;
+pub mod http2;
 pub mod limits;
 pub mod logging;
 pub mod net;

@@ -979,6 +979,41 @@ counters! {
         http_retries: AtomicU64, counter;
         /// HTTP tries that hit a per-try or route timeout.
         http_upstream_timeouts: AtomicU64, counter;
+        /// HTTP/2 downstream connections (h2c) that completed the HTTP/2 handshake.
+        http2_downstream_cx_total: AtomicU64, counter
+            => Metric::counter(
+                "sluice_http2_downstream_cx_total",
+                "HTTP/2 downstream connections (h2c) that completed the handshake.",
+            )
+            .stats("http2.downstream_cx_total");
+        /// HTTP/2 downstream connections open now.
+        http2_downstream_cx_active: AtomicU64, gauge
+            => Metric::gauge(
+                "sluice_http2_downstream_cx_active",
+                "HTTP/2 downstream connections open now.",
+            )
+            .stats("http2.downstream_cx_active");
+        /// HTTP/2 request streams accepted from clients.
+        http2_streams_total: AtomicU64, counter
+            => Metric::counter(
+                "sluice_http2_streams_total",
+                "HTTP/2 request streams accepted from clients.",
+            )
+            .stats("http2.streams_total");
+        /// HTTP/2 request streams being served now.
+        http2_streams_active: AtomicU64, gauge
+            => Metric::gauge(
+                "sluice_http2_streams_active",
+                "HTTP/2 request streams being served now.",
+            )
+            .stats("http2.streams_active");
+        /// HTTP/2 streams the client reset (RST_STREAM) before their response was complete.
+        http2_rx_reset: AtomicU64, counter
+            => Metric::counter(
+                "sluice_http2_rx_reset_total",
+                "HTTP/2 streams the client reset before their response was complete.",
+            )
+            .stats("http2.rx_reset");
     }
     extra {
         /// Per listener, in config order (empty when made with `Default`).

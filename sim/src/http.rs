@@ -1,8 +1,11 @@
-//! HTTP/1.1 scenarios: clients → sidecar (real engine, `http` listener, retries on) → three
-//! HTTP upstreams, with an upstream crash or a partition mid-traffic.
+//! HTTP scenarios: clients → sidecar (real engine, `http` listener, retries on) → three
+//! HTTP/1.1 upstreams, with an upstream crash or a partition mid-traffic. The clients speak
+//! HTTP/1.1, or HTTP/2 with prior knowledge (several streams at once on one connection) for
+//! [`HttpScenario::Http2UpstreamCrash`].
 //!
-//! The simulated upstreams and clients speak HTTP with `httparse` directly — not with Sluice's
-//! codec — so the test does not share the code under test. Every request carries a unique
+//! The simulated upstreams and HTTP/1.1 clients speak HTTP with `httparse` directly — not with
+//! Sluice's codec — so the test does not share the code under test; the HTTP/2 clients use the
+//! `h2` crate's client (the sidecar uses its server side). Every request carries a unique
 //! `x-sim-id`; an upstream answers with that id as the body.
 //!
 //! Invariants checked after every run:
@@ -44,6 +47,8 @@ const TRAFFIC_UNTIL: Duration = Duration::from_millis(4_000);
 const CLIENT_DEADLINE: Duration = Duration::from_secs(5);
 const ROUTE_TIMEOUT_MS: u64 = 3_000;
 const IDLE_MS: u64 = 1_500;
+/// The most concurrent streams an HTTP/2 client opens at once.
+const H2_BATCH: u64 = 4;
 
 /// The HTTP scenarios.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -52,6 +57,8 @@ pub enum HttpScenario {
     UpstreamCrash,
     /// The sidecar is partitioned from one upstream, then repaired.
     UpstreamPartition,
+    /// One upstream crashes mid-traffic while HTTP/2 clients multiplex streams.
+    Http2UpstreamCrash,
 }
 
 #[derive(Debug)]
@@ -74,6 +81,16 @@ struct World {
 }
 
 fn config(upstreams: &[IpAddr]) -> Config {
+    config_with(upstreams, CLIENTS)
+}
+
+/// HTTP/2 clients have up to [`H2_BATCH`] requests in flight each: the retry cap is sized to
+/// that concurrency, as [`config`]'s is to one request per client.
+fn config_h2(upstreams: &[IpAddr]) -> Config {
+    config_with(upstreams, CLIENTS * H2_BATCH as usize)
+}
+
+fn config_with(upstreams: &[IpAddr], max_retries: usize) -> Config {
     let hosts = hosts_yaml(upstreams, UPSTREAM_PORT);
     let yaml = format!(
         r#"
@@ -97,7 +114,7 @@ clusters:
     lb_policy: round_robin
     # Every client may be retrying at once when a host fails: the retry budget is sized to the
     # concurrency (the default of 3 would turn a fourth concurrent retry into a 502).
-    circuit_breakers: {{ max_retries: {CLIENTS} }}
+    circuit_breakers: {{ max_retries: {max_retries} }}
     hosts:
 {hosts}drain_timeout: 1s
 "#
@@ -118,12 +135,20 @@ pub fn run(scenario: HttpScenario, seed: u64) -> RunReport {
     let mut sim = new_sim(seed, Duration::from_millis(15));
 
     add_upstreams(&mut sim, &UPSTREAMS, &world, &trace, upstream);
-    let sidecar = add_sidecar(&mut sim, seed, LISTEN_PORT, &UPSTREAMS, config);
+    let sidecar = if scenario == HttpScenario::Http2UpstreamCrash {
+        add_sidecar(&mut sim, seed, LISTEN_PORT, &UPSTREAMS, config_h2)
+    } else {
+        add_sidecar(&mut sim, seed, LISTEN_PORT, &UPSTREAMS, config)
+    };
     for c in 0..CLIENTS {
         let (world, trace) = (world.clone(), trace.clone());
         let client_seed = seed.wrapping_mul(131).wrapping_add(c as u64);
         sim.client(format!("client{c}"), async move {
-            client(c, client_seed, world, trace).await;
+            if scenario == HttpScenario::Http2UpstreamCrash {
+                client_h2(c, client_seed, world, trace).await;
+            } else {
+                client(c, client_seed, world, trace).await;
+            }
             Ok(())
         });
     }
@@ -346,4 +371,117 @@ async fn exchange(
         .await
         .map_err(|e| e.to_string())?
         .answering(id)
+}
+
+/// An HTTP/2 client: batches of 1 to 4 concurrent streams on one h2c connection (a new one
+/// after a connection error), each request with its `x-sim-id`.
+async fn client_h2(c: usize, seed: u64, world: Rc<RefCell<World>>, trace: Trace) {
+    let mut rng = Rng::from_seed(seed);
+    let who = format!("client{c}");
+    let mut seq = 0;
+    let mut conn: Option<h2::client::SendRequest<bytes::Bytes>> = None;
+    while elapsed() < TRAFFIC_UNTIL {
+        tokio::time::sleep(Duration::from_millis(rng.below(60))).await;
+        if conn.is_none() {
+            conn = match TcpStream::connect((SIDECAR, LISTEN_PORT)).await {
+                Ok(s) => match h2::client::handshake(s).await {
+                    Ok((send, connection)) => {
+                        tokio::task::spawn_local(async move {
+                            let _ = connection.await;
+                        });
+                        Some(send)
+                    }
+                    Err(_) => None,
+                },
+                Err(_) => None,
+            };
+        }
+        let mut batch = Vec::new();
+        for _ in 0..1 + rng.below(H2_BATCH) {
+            let post = rng.below(3) == 0;
+            let id = format!("c{c}-{seq}");
+            seq += 1;
+            let body = if post {
+                "p".repeat(1 + rng.below(2000) as usize)
+            } else {
+                String::new()
+            };
+            world.borrow_mut().started += 1;
+            let start = elapsed();
+            let send = conn.clone();
+            let task_id = id.clone();
+            let handle = tokio::task::spawn_local(async move {
+                match tokio::time::timeout(CLIENT_DEADLINE, h2_exchange(send, &task_id, post, body))
+                    .await
+                {
+                    Ok(r) => r,
+                    Err(_) => Err("gave up at the deadline".to_owned()),
+                }
+            });
+            batch.push((id, post, start, handle));
+        }
+        let mut broken = conn.is_none();
+        for (id, post, start, handle) in batch {
+            let outcome = handle
+                .await
+                .unwrap_or_else(|e| Err(format!("task failed: {e}")));
+            if matches!(&outcome, Err(e) if !e.starts_with("CROSSED")) {
+                broken = true;
+            }
+            let end = elapsed();
+            trace.record(end, &who, format_args!("{id} -> {outcome:?}"));
+            world.borrow_mut().requests.push(Req {
+                id,
+                post,
+                start,
+                end,
+                outcome,
+            });
+        }
+        if broken {
+            conn = None;
+        }
+    }
+    drop(conn);
+    world.borrow_mut().clients_done += 1;
+}
+
+/// One HTTP/2 request; `Ok(status)`, or `Err("CROSSED …")` when a 200 carries another id.
+async fn h2_exchange(
+    send: Option<h2::client::SendRequest<bytes::Bytes>>,
+    id: &str,
+    post: bool,
+    body: String,
+) -> Result<u16, String> {
+    let send = send.ok_or("connect failed")?;
+    let mut send = send.ready().await.map_err(|e| e.to_string())?;
+    let request = http::Request::builder()
+        .method(if post { "POST" } else { "GET" })
+        .uri("http://sim/item")
+        .header("x-sim-id", id)
+        // The simulated upstreams read content-length bodies only (as curl sends them).
+        .header("content-length", body.len())
+        .body(())
+        .map_err(|e| e.to_string())?;
+    let (response, mut stream) = send
+        .send_request(request, body.is_empty())
+        .map_err(|e| e.to_string())?;
+    if !body.is_empty() {
+        stream
+            .send_data(bytes::Bytes::from(body), true)
+            .map_err(|e| e.to_string())?;
+    }
+    let response = response.await.map_err(|e| e.to_string())?;
+    let status = response.status().as_u16();
+    let mut recv = response.into_body();
+    let mut got = Vec::new();
+    while let Some(chunk) = recv.data().await {
+        let chunk = chunk.map_err(|e| e.to_string())?;
+        let _ = recv.flow_control().release_capacity(chunk.len());
+        got.extend_from_slice(&chunk);
+    }
+    if status == 200 && got != id.as_bytes() {
+        return Err(format!("CROSSED: got {}", String::from_utf8_lossy(&got)));
+    }
+    Ok(status)
 }

@@ -93,6 +93,11 @@ pub static SCENARIOS: &[Scenario] = &[
         |seed| http::run(HttpScenario::UpstreamPartition, seed),
     ),
     Scenario::new(
+        "http2_upstream_crash",
+        "HTTP/2: clients multiplex up to 4 streams on h2c connections; one upstream crashes mid-traffic",
+        |seed| http::run(HttpScenario::Http2UpstreamCrash, seed),
+    ),
+    Scenario::new(
         "health_check_flap",
         "health: a host's health check fails then recovers under traffic; drained and readmitted in bounded time",
         |seed| resilience::run(Resilience::HealthFlap, seed),

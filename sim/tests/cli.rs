@@ -25,13 +25,14 @@ fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
-const SCENARIOS: [&str; 17] = [
+const SCENARIOS: [&str; 18] = [
     "tcp_steady",
     "tcp_upstream_crash",
     "tcp_crash_and_recover",
     "tcp_partition",
     "http_upstream_crash",
     "http_upstream_partition",
+    "http2_upstream_crash",
     "health_check_flap",
     "outlier_detection_5xx",
     "every_host_down_fast_503",

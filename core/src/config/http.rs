@@ -25,7 +25,69 @@ pub const DEFAULT_ROUTE_TIMEOUT: Duration = Duration::from_secs(15);
 /// Default for [`RetryPolicy::num_retries`] (Envoy's default).
 pub const DEFAULT_NUM_RETRIES: u32 = 1;
 
-/// `listeners[].http`: an HTTP/1.1 connection manager.
+/// Default for [`Http2Settings::max_concurrent_streams`] (Envoy's and the RFC's recommended
+/// minimum).
+pub const DEFAULT_H2_MAX_CONCURRENT_STREAMS: u32 = 100;
+/// Default for [`Http2Settings::max_header_list_size`]: 64 KiB, about the HTTP/1.1 head limit
+/// (`max_request_headers_kb`, 60) — h2's own default, 16 MiB, lets one request hold that much.
+pub const DEFAULT_H2_MAX_HEADER_LIST_SIZE: u32 = 64 * 1024;
+/// Default for [`Http2Settings::initial_stream_window_size`]: 256 KiB, the most a stream's
+/// client may send before the proxy has forwarded some of it.
+pub const DEFAULT_H2_INITIAL_STREAM_WINDOW_SIZE: u32 = 256 * 1024;
+/// Default for [`Http2Settings::initial_connection_window_size`]: 4 × the stream window, so
+/// that one stalled stream cannot stop the others.
+pub const DEFAULT_H2_INITIAL_CONNECTION_WINDOW_SIZE: u32 = 1024 * 1024;
+/// The largest flow-control window HTTP/2 allows (RFC 9113 §6.9.1).
+pub const H2_MAX_WINDOW_SIZE: u32 = (1 << 31) - 1;
+/// The smallest: the protocol's initial 65 535 bytes.
+pub const H2_MIN_WINDOW_SIZE: u32 = 65_535;
+
+/// Which protocols an HTTP listener speaks to its clients.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum HttpCodec {
+    /// HTTP/2 (h2c, prior knowledge) when a connection starts with the HTTP/2 client preface,
+    /// HTTP/1.1 otherwise.
+    #[default]
+    Auto,
+    /// HTTP/1.1 only: the HTTP/2 preface is a malformed request (400).
+    Http1,
+    /// HTTP/2 only: a connection that does not start with the preface is closed.
+    Http2,
+}
+
+/// `listeners[].http.http2`: limits of downstream HTTP/2 connections.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct Http2Settings {
+    /// Streams a client may have open at once (`SETTINGS_MAX_CONCURRENT_STREAMS`).
+    pub max_concurrent_streams: u32,
+    /// Largest request header list, as HTTP/2 counts it (names, values, 32 bytes per field;
+    /// `SETTINGS_MAX_HEADER_LIST_SIZE`); `h2` refuses a request over it before the proxy sees it.
+    pub max_header_list_size: u32,
+    /// Each stream's receive window (`SETTINGS_INITIAL_WINDOW_SIZE`): request body bytes a
+    /// client may send ahead of what the proxy forwarded.
+    pub initial_stream_window_size: u32,
+    /// The connection's receive window, across its streams; at least the stream window.
+    pub initial_connection_window_size: u32,
+}
+
+impl Http2Settings {
+    /// The defaults.
+    pub const DEFAULT: Http2Settings = Http2Settings {
+        max_concurrent_streams: DEFAULT_H2_MAX_CONCURRENT_STREAMS,
+        max_header_list_size: DEFAULT_H2_MAX_HEADER_LIST_SIZE,
+        initial_stream_window_size: DEFAULT_H2_INITIAL_STREAM_WINDOW_SIZE,
+        initial_connection_window_size: DEFAULT_H2_INITIAL_CONNECTION_WINDOW_SIZE,
+    };
+}
+
+impl Default for Http2Settings {
+    fn default() -> Self {
+        Self::DEFAULT
+    }
+}
+
+/// `listeners[].http`: an HTTP/1.1 and HTTP/2 connection manager.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct HttpConfig {
     /// Largest request head (request line + headers) in KiB; over it: 431 and close.
@@ -50,6 +112,10 @@ pub struct HttpConfig {
     /// routed and forwarded.
     #[serde(flatten)]
     pub path_normalization: PathNormalization,
+    /// Which protocols the listener speaks to its clients.
+    pub codec: HttpCodec,
+    /// Limits of HTTP/2 connections (when `codec` allows HTTP/2).
+    pub http2: Http2Settings,
     /// Virtual hosts, in order.
     pub virtual_hosts: Vec<VirtualHost>,
     /// Access log, if any.

@@ -136,6 +136,44 @@ impl ChunkedDecoder {
         }
     }
 
+    /// Like [`ChunkedDecoder::feed`], but stops after the first run of chunk data and says
+    /// where it lies in `input`: for a driver that forwards the payload without the chunked
+    /// framing (as HTTP/2 DATA). Returns what was consumed (the framing before the run and the
+    /// run itself) and the run, if one was reached.
+    pub fn feed_payload(
+        &mut self,
+        input: &[u8],
+    ) -> Result<(Chunked, Option<std::ops::Range<usize>>), HttpError> {
+        let mut i = 0;
+        loop {
+            if let State::Data { remaining } = self.state
+                && i < input.len()
+            {
+                let take = remaining.min((input.len() - i) as u64) as usize;
+                self.feed(&input[i..i + take])?;
+                return Ok((Chunked::NeedMore { consumed: i + take }, Some(i..i + take)));
+            }
+            // Framing: one byte at a time, so that the scan stops where the data starts.
+            let end = (i + 1).min(input.len());
+            match self.feed(&input[i..end])? {
+                Chunked::Done { consumed } => {
+                    return Ok((
+                        Chunked::Done {
+                            consumed: i + consumed,
+                        },
+                        None,
+                    ));
+                }
+                Chunked::NeedMore { consumed } => {
+                    i += consumed;
+                    if i == input.len() {
+                        return Ok((Chunked::NeedMore { consumed: i }, None));
+                    }
+                }
+            }
+        }
+    }
+
     /// Bytes of chunk data scanned so far (without the framing).
     #[must_use]
     pub fn payload_bytes(&self) -> u64 {

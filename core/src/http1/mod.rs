@@ -471,7 +471,7 @@ impl Head {
     pub fn headers<'s, 'b>(
         &'s self,
         buf: &'b [u8],
-    ) -> impl ExactSizeIterator<Item = (&'b [u8], &'b [u8])> + use<'s, 'b> {
+    ) -> impl ExactSizeIterator<Item = (&'b [u8], &'b [u8])> + Clone + use<'s, 'b> {
         self.headers
             .iter()
             .map(move |h| (&buf[h.name.clone()], &buf[h.value.clone()]))

@@ -1501,3 +1501,28 @@ fn trailers_start_and_forbidden_trailer_fields_are_dropped() {
             .all(|f| f.bytes().all(|b| !b.is_ascii_uppercase()))
     );
 }
+
+#[test]
+fn feed_payload_yields_the_data_without_the_framing() {
+    let body = b"5;ext=1\r\nhello\r\n1\r\n \r\n6\r\nworld!\r\n0\r\nx-t: 1\r\n\r\nNEXT";
+    for piece in [1, 2, 3, 7, body.len()] {
+        let mut dec = ChunkedDecoder::new(1024);
+        let mut payload = Vec::new();
+        let mut at = 0;
+        let end = loop {
+            let stop = (at + piece).min(body.len());
+            let (c, run) = dec.feed_payload(&body[at..stop]).unwrap();
+            if let Some(r) = run {
+                payload.extend_from_slice(&body[at..stop][r]);
+            }
+            match c {
+                Chunked::Done { consumed } => break at + consumed,
+                Chunked::NeedMore { consumed } => at += consumed,
+            }
+        };
+        assert_eq!(payload, b"hello world!", "pieces of {piece}");
+        assert_eq!(&body[end..], b"NEXT");
+    }
+    let mut dec = ChunkedDecoder::new(1024);
+    assert!(dec.feed_payload(b"zz\r\n").is_err());
+}

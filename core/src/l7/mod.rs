@@ -5,6 +5,7 @@
 //!   saying what happened (connect failed or timed out, reset, per-try or route timeout);
 //! - [`edits`]: the header edits of a hop (`x-forwarded-for`, `x-request-id`, the route's) as a
 //!   neutral list a codec applies, allocation-free for the usual sizes;
+//! - [`grpc`]: the `grpc-timeout` header, parsed and written;
 //! - [`stream`]: one request from admission to its answer — it owns every circuit-breaker
 //!   permit the request takes (request, pending, connection; the retry permit through its
 //!   exchange), so that a driver can neither leak nor double-release one, and it is driven
@@ -15,4 +16,5 @@
 
 pub mod edits;
 pub mod exchange;
+pub mod grpc;
 pub mod stream;

@@ -9,7 +9,9 @@
 //! rely on):
 //! - `max_request_headers_kb` is 1..=8192, `max_headers_count` 1..=[`MAX_HEADERS_COUNT_LIMIT`],
 //!   `request_headers_timeout` > 0; `normalize_path` and `merge_slashes` are booleans and
-//!   `path_with_escaped_slashes_action` one of its three names; an access log `template` only comes with the text format;
+//!   `path_with_escaped_slashes_action` one of its three names; `codec` is `auto`, `http1` or
+//!   `http2`; `http2.max_concurrent_streams` is 1..=10000, `max_header_list_size` 1 KiB..=1 MiB,
+//!   the windows 65535..=2^31-1 with the connection window at least the stream window; an access log `template` only comes with the text format;
 //! - there is at least one virtual host; their names are unique; each has at least one domain;
 //!   a domain is `*`, a host name with at most one `*` at its start or end, or an IPv6 address
 //!   in brackets, never with a port; domains are unique (case-insensitively) across the
@@ -37,11 +39,17 @@ use crate::config::http::{
     AccessLogConfig, AccessLogFormat, ClusterTarget, DEFAULT_HTTP_IDLE_TIMEOUT,
     DEFAULT_MAX_HEADERS_COUNT, DEFAULT_MAX_REQUEST_HEADERS_KB, DEFAULT_NUM_RETRIES,
     DEFAULT_REQUEST_HEADERS_TIMEOUT, DEFAULT_ROUTE_TIMEOUT, DEFAULT_STREAM_IDLE_TIMEOUT,
-    EscapedSlashesAction, ForwardAction, HeaderMatcher, HeaderRule, HeaderValue, HttpConfig,
-    MAX_HEADERS_COUNT_LIMIT, PathMatch, PathNormalization, RetryOn, RetryPolicy, Route,
-    RouteAction, RouteMatch, VirtualHost, WeightedCluster,
+    EscapedSlashesAction, ForwardAction, H2_MAX_WINDOW_SIZE, H2_MIN_WINDOW_SIZE, HeaderMatcher,
+    HeaderRule, HeaderValue, Http2Settings, HttpCodec, HttpConfig, MAX_HEADERS_COUNT_LIMIT,
+    PathMatch, PathNormalization, RetryOn, RetryPolicy, Route, RouteAction, RouteMatch,
+    VirtualHost, WeightedCluster,
 };
 use crate::pattern::compile_full_match;
+
+/// Largest accepted `http2.max_concurrent_streams`.
+const H2_MAX_CONCURRENT_STREAMS_LIMIT: u32 = 10_000;
+/// Largest accepted `http2.max_header_list_size` (1 MiB; h2's default is 16 MiB).
+const H2_MAX_HEADER_LIST_SIZE_LIMIT: u32 = 1024 * 1024;
 
 /// Largest accepted `max_request_headers_kb` (Envoy's limit).
 const MAX_REQUEST_HEADERS_KB_LIMIT: u64 = 8192;
@@ -100,6 +108,22 @@ pub(super) fn decode_http(
     let idle_timeout =
         opt_duration(dec, &mut obj, "idle_timeout", DEFAULT_HTTP_IDLE_TIMEOUT).map(nonzero);
     let path_normalization = decode_path_normalization(dec, &mut obj);
+    let codec = match obj.opt("codec") {
+        Some((v, p)) => dec.one_of(
+            &p,
+            v,
+            &[
+                ("auto", HttpCodec::Auto),
+                ("http1", HttpCodec::Http1),
+                ("http2", HttpCodec::Http2),
+            ],
+        ),
+        None => Some(HttpCodec::Auto),
+    };
+    let http2 = match obj.opt("http2") {
+        Some((v, p)) => decode_http2(dec, &p, v),
+        None => Some(Http2Settings::DEFAULT),
+    };
     let access_log = match obj.opt("access_log") {
         Some((v, p)) => decode_access_log(dec, &p, v).map(Some),
         None => Some(None),
@@ -126,8 +150,67 @@ pub(super) fn decode_http(
         stream_idle_timeout: stream_idle_timeout?,
         idle_timeout: idle_timeout?,
         path_normalization: path_normalization?,
+        codec: codec?,
+        http2: http2?,
         virtual_hosts: virtual_hosts?,
         access_log: access_log?,
+    })
+}
+
+/// `http.http2`: stream limit, header list limit and flow-control windows; the connection
+/// window must be at least the stream window.
+fn decode_http2(dec: &mut Decoder, path: &str, v: &Value) -> Option<Http2Settings> {
+    let mut obj = dec.object(path, v)?;
+    let d = Http2Settings::DEFAULT;
+    let max_concurrent_streams = opt_u32(
+        dec,
+        &mut obj,
+        "max_concurrent_streams",
+        1..=u64::from(H2_MAX_CONCURRENT_STREAMS_LIMIT),
+        d.max_concurrent_streams,
+    );
+    let max_header_list_size = opt_u32(
+        dec,
+        &mut obj,
+        "max_header_list_size",
+        1024..=u64::from(H2_MAX_HEADER_LIST_SIZE_LIMIT),
+        d.max_header_list_size,
+    );
+    let window = u64::from(H2_MIN_WINDOW_SIZE)..=u64::from(H2_MAX_WINDOW_SIZE);
+    let stream_window = opt_u32(
+        dec,
+        &mut obj,
+        "initial_stream_window_size",
+        window.clone(),
+        d.initial_stream_window_size,
+    );
+    let connection_window = opt_u32(
+        dec,
+        &mut obj,
+        "initial_connection_window_size",
+        window,
+        d.initial_connection_window_size,
+    );
+    if let (Some(s), Some(c)) = (stream_window, connection_window)
+        && c < s
+    {
+        dec.error(
+            &child(path, "initial_connection_window_size"),
+            format!(
+                "{c} is smaller than initial_stream_window_size ({s}): one stream could stop the connection"
+            ),
+        );
+    }
+    obj.finish(dec);
+    let (s, c) = (stream_window?, connection_window?);
+    if c < s {
+        return None;
+    }
+    Some(Http2Settings {
+        max_concurrent_streams: max_concurrent_streams?,
+        max_header_list_size: max_header_list_size?,
+        initial_stream_window_size: s,
+        initial_connection_window_size: c,
     })
 }
 

@@ -151,6 +151,8 @@ fn decodes_the_full_example() {
         stream_idle_timeout: Some(DEFAULT_STREAM_IDLE_TIMEOUT),
         idle_timeout: Some(Duration::from_secs(3600)),
         path_normalization: crate::config::http::PathNormalization::DEFAULT,
+        codec: crate::config::http::HttpCodec::Auto,
+        http2: crate::config::http::Http2Settings::DEFAULT,
         access_log: Some(AccessLogConfig {
             format: AccessLogFormat::Text(None),
             path: Some("/var/log/sluice/access.log".into()),
@@ -698,7 +700,7 @@ clusters:
             "{h}.virtual_hosts[1].domains[0]: duplicate domain \"EXAMPLE.com\" (already used by {h}.virtual_hosts[0].domains[0])"
         ),
         format!(
-            "{h}.acess_log: unknown field (expected one of: max_request_headers_kb, max_headers_count, request_headers_timeout, stream_idle_timeout, idle_timeout, normalize_path, merge_slashes, path_with_escaped_slashes_action, access_log, virtual_hosts); did you mean 'access_log'?"
+            "{h}.acess_log: unknown field (expected one of: max_request_headers_kb, max_headers_count, request_headers_timeout, stream_idle_timeout, idle_timeout, normalize_path, merge_slashes, path_with_escaped_slashes_action, codec, http2, access_log, virtual_hosts); did you mean 'access_log'?"
         ),
     ];
     let got = errors(text);
@@ -786,5 +788,69 @@ fn dumps_as_json() {
     assert_eq!(
         h["virtual_hosts"][0]["routes"][3]["action"]["forward"]["retry_policy"]["per_try_timeout"],
         "5s"
+    );
+}
+
+#[test]
+fn codec_and_http2_settings_decode_with_defaults_and_errors_name_the_field() {
+    use crate::config::http::{Http2Settings, HttpCodec};
+    let with = |knobs: &str| {
+        format!(
+            "listeners:\n  - name: h\n    address: 127.0.0.1:1\n    http:\n{knobs}      virtual_hosts:\n        - {{ name: v, domains: ['*'], routes: [ {{ match: {{ prefix: / }}, direct_response: {{ status: 200 }} }} ] }}\n\
+             clusters:\n  - {{ name: a, hosts: [ {{ address: 127.0.0.1:2 }} ] }}\n"
+        )
+    };
+    let defaults = http(&with(""));
+    assert_eq!(defaults.codec, HttpCodec::Auto);
+    assert_eq!(
+        defaults.http2,
+        Http2Settings {
+            max_concurrent_streams: 100,
+            max_header_list_size: 65_536,
+            initial_stream_window_size: 262_144,
+            initial_connection_window_size: 1_048_576,
+        }
+    );
+    let got = http(&with(
+        "      codec: http1\n      http2: { max_concurrent_streams: 8, max_header_list_size: 4096, initial_stream_window_size: 65535, initial_connection_window_size: 65535 }\n",
+    ));
+    assert_eq!(got.codec, HttpCodec::Http1);
+    assert_eq!(got.http2.max_concurrent_streams, 8);
+    assert_eq!(got.http2.max_header_list_size, 4096);
+    assert_eq!(http(&with("      codec: http2\n")).codec, HttpCodec::Http2);
+
+    let errs = errors(&with(
+        "      codec: h2c\n      http2: { max_concurrent_streams: 0, max_header_list_size: 100, initial_stream_window_size: 1000, bogus: 1 }\n",
+    ));
+    for (path, what) in [
+        ("listeners[0].http.codec", "auto, http1, http2"),
+        (
+            "listeners[0].http.http2.max_concurrent_streams",
+            "from 1 to 10000",
+        ),
+        (
+            "listeners[0].http.http2.max_header_list_size",
+            "from 1024 to 1048576",
+        ),
+        (
+            "listeners[0].http.http2.initial_stream_window_size",
+            "from 65535 to 2147483647",
+        ),
+        ("listeners[0].http.http2.bogus", ""),
+    ] {
+        assert!(
+            errs.iter().any(|e| e.contains(path) && e.contains(what)),
+            "{path}: {errs:?}"
+        );
+    }
+    let errs = errors(&with(
+        "      http2: { initial_stream_window_size: 1048576, initial_connection_window_size: 65535 }\n",
+    ));
+    assert!(
+        errs.iter().any(
+            |e| e.contains("listeners[0].http.http2.initial_connection_window_size")
+                && e.contains("smaller than initial_stream_window_size")
+        ),
+        "{errs:?}"
     );
 }

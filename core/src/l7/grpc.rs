@@ -1,0 +1,168 @@
+//! gRPC over HTTP/2 details the proxy reads or writes: the `grpc-timeout` header
+//! ([gRPC over HTTP/2](https://github.com/grpc/grpc/blob/master/doc/PROTOCOL-HTTP2.md):
+//! `TimeoutValue TimeoutUnit`, at most 8 ASCII digits, then one of `H M S m u n`).
+
+use std::time::Duration;
+
+/// The longest `grpc-timeout` value: 8 digits.
+const MAX_VALUE: u64 = 99_999_999;
+
+/// The units, finest first, with their length in nanoseconds.
+const UNITS: [(u8, u64); 6] = [
+    (b'n', 1),
+    (b'u', 1_000),
+    (b'm', 1_000_000),
+    (b'S', 1_000_000_000),
+    (b'M', 60_000_000_000),
+    (b'H', 3_600_000_000_000),
+];
+
+/// Parses a `grpc-timeout` value; `None` when it is not 1–8 digits followed by a unit.
+#[must_use]
+pub fn parse_grpc_timeout(value: &[u8]) -> Option<Duration> {
+    let (&unit, digits) = value.split_last()?;
+    if digits.is_empty() || digits.len() > 8 || !digits.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    let n = digits
+        .iter()
+        .fold(0u64, |n, &d| n * 10 + u64::from(d - b'0'));
+    let nanos_per = UNITS.iter().find(|(u, _)| *u == unit)?.1;
+    // 99_999_999 hours is about 3.6e20 ns: past u64, so multiply in u128.
+    let nanos = u128::from(n) * u128::from(nanos_per);
+    Some(Duration::new(
+        (nanos / 1_000_000_000) as u64,
+        (nanos % 1_000_000_000) as u32,
+    ))
+}
+
+/// Writes `timeout` as a `grpc-timeout` value into `out` and returns it: the finest unit whose
+/// value fits in 8 digits, rounded up to that unit (a time left that is not zero never becomes
+/// `0`). A timeout past `99999999H` is written as that.
+pub fn format_grpc_timeout(timeout: Duration, out: &mut [u8; 9]) -> &[u8] {
+    let nanos = timeout.as_nanos();
+    let (value, unit) = UNITS
+        .iter()
+        .map(|&(unit, per)| (nanos.div_ceil(u128::from(per)), unit))
+        .find(|&(v, _)| v <= u128::from(MAX_VALUE))
+        .unwrap_or((u128::from(MAX_VALUE), b'H'));
+    let mut digits = [0u8; 8];
+    let mut v = value as u64;
+    let mut len = 0;
+    loop {
+        digits[len] = b'0' + (v % 10) as u8;
+        len += 1;
+        v /= 10;
+        if v == 0 {
+            break;
+        }
+    }
+    for i in 0..len {
+        out[i] = digits[len - 1 - i];
+    }
+    out[len] = unit;
+    &out[..=len]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn parses_each_unit() {
+        assert_eq!(parse_grpc_timeout(b"1H"), Some(Duration::from_secs(3600)));
+        assert_eq!(parse_grpc_timeout(b"2M"), Some(Duration::from_secs(120)));
+        assert_eq!(parse_grpc_timeout(b"3S"), Some(Duration::from_secs(3)));
+        assert_eq!(
+            parse_grpc_timeout(b"250m"),
+            Some(Duration::from_millis(250))
+        );
+        assert_eq!(parse_grpc_timeout(b"7u"), Some(Duration::from_micros(7)));
+        assert_eq!(parse_grpc_timeout(b"0n"), Some(Duration::ZERO));
+        assert_eq!(
+            parse_grpc_timeout(b"99999999H"),
+            Some(Duration::from_secs(99_999_999 * 3600))
+        );
+    }
+
+    #[test]
+    fn rejects_malformed_values() {
+        for bad in [
+            &b""[..],
+            b"S",
+            b"100",
+            b"100s",
+            b"123456789S",
+            b"-1S",
+            b"1.5S",
+            b" 1S",
+            b"1S ",
+            b"1x",
+        ] {
+            assert_eq!(
+                parse_grpc_timeout(bad),
+                None,
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+    }
+
+    #[test]
+    fn formats_in_the_finest_unit_that_fits() {
+        let mut buf = [0u8; 9];
+        assert_eq!(
+            format_grpc_timeout(Duration::from_nanos(5), &mut buf),
+            b"5n"
+        );
+        assert_eq!(
+            format_grpc_timeout(Duration::from_millis(250), &mut buf),
+            b"250000u"
+        );
+        assert_eq!(
+            format_grpc_timeout(Duration::from_secs(30), &mut buf),
+            b"30000000u"
+        );
+        assert_eq!(
+            format_grpc_timeout(Duration::from_secs(200_000), &mut buf),
+            b"200000S"
+        );
+        assert_eq!(format_grpc_timeout(Duration::ZERO, &mut buf), b"0n");
+        // Rounded up: 1 ns past 100 ms in microseconds.
+        assert_eq!(
+            format_grpc_timeout(Duration::new(0, 100_000_001), &mut buf),
+            b"100001u"
+        );
+        assert_eq!(format_grpc_timeout(Duration::MAX, &mut buf), b"99999999H");
+    }
+
+    proptest! {
+        /// Formatting then parsing gives the timeout back, rounded up by less than the unit
+        /// chosen, and the unit is the finest that fits 8 digits.
+        #[test]
+        fn format_parse_round_trip(secs in 0u64..400_000_000_000, nanos in 0u32..1_000_000_000) {
+            let d = Duration::new(secs, nanos);
+            let mut buf = [0u8; 9];
+            let text = format_grpc_timeout(d, &mut buf).to_vec();
+            prop_assert!(text.len() >= 2 && text.len() <= 9);
+            let back = parse_grpc_timeout(&text).expect("formatted value parses");
+            let unit = UNITS.iter().find(|(u, _)| *u == *text.last().unwrap()).unwrap().1;
+            if d.as_nanos() <= u128::from(MAX_VALUE) * u128::from(UNITS[5].1) {
+                prop_assert!(back >= d);
+                prop_assert!(back.as_nanos() - d.as_nanos() < u128::from(unit));
+            }
+        }
+
+        /// Whatever the bytes, parsing never panics, and what parses formats back to a value
+        /// that parses to at least as long.
+        #[test]
+        fn parse_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..12)) {
+            if let Some(d) = parse_grpc_timeout(&bytes) {
+                let mut buf = [0u8; 9];
+                let again = parse_grpc_timeout(format_grpc_timeout(d, &mut buf)).unwrap();
+                prop_assert!(again >= d);
+            }
+        }
+    }
+}

@@ -1,0 +1,984 @@
+//! The HTTP/2 downstream driver (h2c with prior knowledge): an `http` listener's connection that
+//! starts with the HTTP/2 client preface is served by the `h2` crate, and each of its request
+//! streams goes through the same request path as an HTTP/1.1 request
+//! ([`Engine::serve_request`]: routing, the core's request stream with its retries, timeouts
+//! and circuit breakers, the upstream pool, header edits, stats) — there is no second copy of
+//! it.
+//!
+//! ## How a stream joins the HTTP/1.1 path
+//!
+//! The request head is checked and translated by `sluice_core::http2::translate` into the
+//! HTTP/1.1 head the upstream gets, which is parsed once by the HTTP/1 codec; the stream is then
+//! handed to the request path as a downstream byte stream ([`H2Downstream`]):
+//!
+//! - reading it gives the request body in the framing of the translated head (the DATA as they
+//!   come for a `content-length` body, which they must add up to; as chunks, trailers included,
+//!   for a body of unknown length). Receive capacity is given back to the client only as the
+//!   request path takes bytes, which it does as it writes them upstream: a stream holds at most
+//!   its window (`initial_stream_window_size`) plus one read of a request body;
+//! - writing it takes the HTTP/1.1 response the path produces (the upstream's head with the
+//!   route's edits, or a local answer) and sends it as HTTP/2: the head as HEADERS without the
+//!   connection-specific fields, the payload as DATA, sent only within the stream's send window.
+//!   A write is refused (pending) until the previous one went out, so at most one upstream read
+//!   (16 KiB, [`crate::http`]'s read size) waits per stream: a client that does not read stops
+//!   the upstream read of its stream.
+//!
+//! A client's RST_STREAM (or the connection ending) drops the stream's future: the request
+//! stream's guard aborts it, giving back its circuit-breaker units, and the upstream connection
+//! closes. The response that follows a failure after its head was sent ends in RST_STREAM
+//! (INTERNAL_ERROR) rather than a clean end of stream.
+//!
+//! ## Connection
+//!
+//! One task per connection polls the `h2` connection and its streams' futures together (no
+//! spawn: the streams borrow the engine like an HTTP/1.1 request does). A drain sends GOAWAY
+//! (`graceful_shutdown`): open streams finish, new ones are refused; `drain_timeout` ends what
+//! is left. The `h2` settings are the listener's `http2` section; its abuse limits are set
+//! explicitly ([`MAX_PENDING_ACCEPT_RESET_STREAMS`], [`MAX_LOCAL_ERROR_RESET_STREAMS`]).
+//!
+//! A connection with no open stream for the listener's `idle_timeout` gets GOAWAY and closes.
+//!
+//! Not yet: PING keepalive, HTTP/2 upstreams, gRPC semantics (trailers-only errors,
+//! `grpc-timeout`).
+
+use std::cell::{Cell, RefCell};
+use std::future::{Future, poll_fn};
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::task::{Context, Poll};
+use std::time::SystemTime;
+
+use bytes::{Buf, Bytes};
+use h2::server::SendResponse;
+use h2::{RecvStream, SendStream};
+use sluice_core::config::ListenerConfig;
+use sluice_core::config::http::{HttpCodec, HttpConfig};
+use sluice_core::http1::{
+    BodyFraming, Chunked, ChunkedDecoder, Head, Limits, Method, ParseStatus, parse_request,
+    parse_response, write_local_response, write_trailers,
+};
+use sluice_core::http2::translate::RequestHead;
+use sluice_core::http2::{
+    BodyLength, ContentLengthCheck, Preface, detect_preface, request_to_http1, response_fields,
+};
+use sluice_core::l7::exchange::ResponseFlag;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+
+use crate::access_log::Entry;
+use crate::engine::Engine;
+use crate::http::{Outcome, ReadBuffer, Scratch};
+use crate::net::Network;
+use crate::now;
+use crate::stats::{bump, gauge_add};
+
+/// Reset streams a client may have waiting to be accepted before the connection gets GOAWAY
+/// (`h2`'s rapid-reset guard; its default, kept explicit).
+pub const MAX_PENDING_ACCEPT_RESET_STREAMS: usize = 100;
+/// Streams the proxy may reset for a client's errors before the connection gets GOAWAY (`h2`'s
+/// guard against provoked resets, "MadeYouReset"; its default, kept explicit).
+pub const MAX_LOCAL_ERROR_RESET_STREAMS: usize = 1024;
+/// Bytes `h2` buffers per stream for sending beyond what the peer's window allows. The driver
+/// sends only within the window, so this is a backstop.
+const MAX_SEND_BUFFER: usize = 64 * 1024;
+/// Stream buffers a connection keeps for its next streams: enough for a few at once without
+/// holding a hundred sets on an idle connection after a burst.
+const SPARE_STREAM_BUFFERS: usize = 4;
+/// Limits for the HTTP/1.1 response heads the sink parses (the request path already checked
+/// the upstream's against the same limits).
+const RESPONSE_LIMITS: Limits = Limits {
+    max_head_bytes: 128 * 1024,
+    max_headers: 256,
+};
+
+/// What the first bytes of an `http` listener's connection said.
+pub(crate) enum Sniffed {
+    /// The HTTP/2 client preface (the bytes read, the preface included).
+    Http2(Vec<u8>),
+    /// Anything else: HTTP/1.1 (the bytes read, to be parsed first).
+    Http1(Vec<u8>),
+    /// Nothing arrived within `request_headers_timeout` of the accept.
+    FirstByteTimeout,
+    /// The client closed, or a drain began before it sent anything.
+    Closed,
+}
+
+/// Reads just enough of a new connection to tell the HTTP/2 preface from anything else (one
+/// read for HTTP/1.1: its first byte differs), within `request_headers_timeout` of the accept.
+pub(crate) async fn sniff<N: Network>(
+    engine: &Engine<N>,
+    down: &mut N::Stream,
+    initial: &[u8],
+    hc: &HttpConfig,
+) -> Sniffed {
+    let deadline = tokio::time::Instant::now() + hc.request_headers_timeout;
+    let mut bytes = initial.to_vec();
+    loop {
+        match detect_preface(&bytes) {
+            Preface::Http2 => return Sniffed::Http2(bytes),
+            Preface::Other => return Sniffed::Http1(bytes),
+            Preface::Partial => {}
+        }
+        let mut chunk = [0u8; 24];
+        let stop = engine.stop_accepting.notified();
+        let draining = engine.stopping.get();
+        let read = tokio::select! {
+            biased;
+            () = stop, if !draining && bytes.is_empty() => return Sniffed::Closed,
+            () = tokio::time::sleep_until(deadline) => {
+                return if bytes.is_empty() { Sniffed::FirstByteTimeout } else { Sniffed::Http1(bytes) };
+            }
+            r = down.read(&mut chunk) => r,
+        };
+        match read {
+            Ok(0) | Err(_) => return Sniffed::Closed,
+            Ok(n) => bytes.extend_from_slice(&chunk[..n]),
+        }
+    }
+}
+
+/// Whether a listener with this codec serves HTTP/2 at all.
+pub(crate) fn accepts_http2(codec: HttpCodec) -> bool {
+    codec != HttpCodec::Http1
+}
+
+/// The bytes read by [`sniff`], given back to `h2` before the connection's own.
+struct Prefixed<S> {
+    prefix: Vec<u8>,
+    at: usize,
+    inner: S,
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Prefixed<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        if self.at < self.prefix.len() {
+            let n = (self.prefix.len() - self.at).min(buf.remaining());
+            let at = self.at;
+            buf.put_slice(&self.prefix[at..at + n]);
+            self.at += n;
+            if self.at == self.prefix.len() {
+                self.prefix = Vec::new();
+                self.at = 0;
+            }
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Prefixed<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+/// Keeps a gauge up while alive.
+struct GaugeGuard<'a>(&'a std::sync::atomic::AtomicU64);
+
+impl<'a> GaugeGuard<'a> {
+    fn new(gauge: &'a std::sync::atomic::AtomicU64) -> Self {
+        gauge_add(gauge, true);
+        GaugeGuard(gauge)
+    }
+}
+
+impl Drop for GaugeGuard<'_> {
+    fn drop(&mut self) {
+        gauge_add(self.0, false);
+    }
+}
+
+type StreamFuture<'a> = Pin<Box<dyn Future<Output = ()> + 'a>>;
+
+impl<N: Network> Engine<N> {
+    /// Serves one HTTP/2 connection whose first bytes (`preface`, the client preface and maybe
+    /// more) were already read.
+    pub(crate) async fn http2_connection(
+        &self,
+        listener: usize,
+        lc: &ListenerConfig,
+        hc: &HttpConfig,
+        down: N::Stream,
+        peer: SocketAddr,
+        preface: Vec<u8>,
+    ) {
+        let io = Prefixed {
+            prefix: preface,
+            at: 0,
+            inner: down,
+        };
+        let s = hc.http2;
+        let mut builder = h2::server::Builder::new();
+        builder
+            .max_concurrent_streams(s.max_concurrent_streams)
+            .max_header_list_size(s.max_header_list_size)
+            .initial_window_size(s.initial_stream_window_size)
+            .initial_connection_window_size(s.initial_connection_window_size)
+            .max_pending_accept_reset_streams(MAX_PENDING_ACCEPT_RESET_STREAMS)
+            .max_local_error_reset_streams(Some(MAX_LOCAL_ERROR_RESET_STREAMS))
+            .max_send_buffer_size(MAX_SEND_BUFFER);
+        let handshake = tokio::time::timeout(
+            hc.request_headers_timeout,
+            builder.handshake::<_, Bytes>(io),
+        )
+        .await;
+        let mut conn = match handshake {
+            Ok(Ok(c)) => c,
+            Ok(Err(e)) => {
+                tracing::debug!(listener = %lc.name, %peer, "HTTP/2 handshake failed: {e}");
+                return;
+            }
+            Err(_) => {
+                tracing::debug!(listener = %lc.name, %peer, "HTTP/2 handshake timed out");
+                return;
+            }
+        };
+        bump(&self.stats.http2_downstream_cx_total, 1);
+        let _active = GaugeGuard::new(&self.stats.http2_downstream_cx_active);
+        // Declared before the streams, which borrow it.
+        let spare: RefCell<Vec<StreamBuffers>> = RefCell::new(Vec::new());
+        let mut streams: Vec<StreamFuture<'_>> = Vec::new();
+        let mut draining = false;
+        let mut goaway_sent = false;
+        // With no stream open for `idle_timeout`, the connection gets GOAWAY and closes.
+        let idle_deadline = |from: tokio::time::Instant| hc.idle_timeout.map(|d| from + d);
+        let mut idle_at = idle_deadline(tokio::time::Instant::now());
+        loop {
+            if (draining || self.stopping.get()) && !goaway_sent {
+                // GOAWAY: the streams opened so far finish, no new one is accepted.
+                conn.graceful_shutdown();
+                goaway_sent = true;
+            }
+            let expired = self.drain_expired.notified();
+            let stop = self.stop_accepting.notified();
+            let idle = tokio::time::sleep_until(idle_at.unwrap_or_else(crate::http::far_future));
+            let next = tokio::select! {
+                biased;
+                () = expired => {
+                    tracing::debug!(listener = %lc.name, %peer, open = streams.len(), "drain timeout passed; closing the HTTP/2 connection");
+                    break;
+                }
+                () = stop, if !goaway_sent => {
+                    draining = true;
+                    continue;
+                }
+                () = idle, if idle_at.is_some() && streams.is_empty() && !goaway_sent => {
+                    tracing::debug!(listener = %lc.name, %peer, "HTTP/2 connection idle for idle_timeout: GOAWAY");
+                    draining = true;
+                    continue;
+                }
+                r = poll_fn(|cx| {
+                    // The streams first: a stream that finishes makes room for the next.
+                    let open = streams.len();
+                    streams.retain_mut(|f| f.as_mut().poll(cx).is_pending());
+                    match conn.poll_accept(cx) {
+                        Poll::Ready(r) => Poll::Ready(Some(r)),
+                        // The last stream ended: the idle timer starts (in the loop).
+                        Poll::Pending if open > 0 && streams.is_empty() => Poll::Ready(None),
+                        Poll::Pending => Poll::Pending,
+                    }
+                }) => r,
+            };
+            match next {
+                None => idle_at = idle_deadline(tokio::time::Instant::now()),
+                Some(Some(Ok((request, respond)))) => {
+                    streams.push(Box::pin(
+                        self.http2_stream(listener, lc, hc, peer, &spare, request, respond),
+                    ));
+                }
+                Some(Some(Err(e))) => {
+                    tracing::debug!(listener = %lc.name, %peer, "HTTP/2 connection error: {e}");
+                    break;
+                }
+                Some(None) => break,
+            }
+        }
+    }
+
+    /// Serves one request stream through the HTTP/1.1 request path.
+    #[allow(clippy::too_many_arguments)]
+    async fn http2_stream(
+        &self,
+        listener: usize,
+        lc: &ListenerConfig,
+        hc: &HttpConfig,
+        peer: SocketAddr,
+        spare: &RefCell<Vec<StreamBuffers>>,
+        request: http::Request<RecvStream>,
+        respond: SendResponse<Bytes>,
+    ) {
+        bump(&self.stats.http2_streams_total, 1);
+        let _active = GaugeGuard::new(&self.stats.http2_streams_active);
+        let logging = self.access_logs[listener].is_some();
+        let started = if logging {
+            SystemTime::now()
+        } else {
+            SystemTime::UNIX_EPOCH
+        };
+        let t0 = now();
+        let (parts, body) = request.into_parts();
+        let fields: Vec<(&[u8], &[u8])> = parts
+            .headers
+            .iter()
+            .map(|(n, v)| (n.as_str().as_bytes(), v.as_bytes()))
+            .collect();
+        let mut buffers = spare
+            .borrow_mut()
+            .pop()
+            .unwrap_or_else(|| StreamBuffers::new(peer, hc));
+        let StreamBuffers {
+            translated,
+            rbuf,
+            ubuf,
+            head,
+            rhead,
+            out,
+            scratch,
+        } = &mut buffers;
+        translated.clear();
+        rbuf.clear();
+        ubuf.clear();
+        out.clear();
+        let result = request_to_http1(
+            translated,
+            &RequestHead {
+                method: parts.method.as_str().as_bytes(),
+                authority: parts.uri.authority().map(|a| a.as_str().as_bytes()),
+                path: parts.uri.path_and_query().map(|p| p.as_str().as_bytes()),
+                fields: &fields,
+                end_stream: body.is_end_stream(),
+            },
+        );
+        drop(fields);
+        let sink = Rc::new(RefCell::new(Sink::new(respond)));
+        // A request refused before routing: (status, flag, why).
+        let mut rejected = None;
+        let body_length = match result {
+            Ok(b) => {
+                rbuf.preload(translated);
+                let limits = Limits {
+                    max_head_bytes: (hc.max_request_headers_kb as usize * 1024)
+                        .max(hc.http2.max_header_list_size as usize + 4096),
+                    max_headers: hc.max_headers_count as usize,
+                };
+                match parse_request(rbuf.bytes(), &limits, head) {
+                    Ok(ParseStatus::Complete) => b,
+                    Ok(ParseStatus::Partial) => {
+                        let flag = ResponseFlag::DownstreamProtocolError;
+                        rejected = Some((400, flag, "bad request\n".to_string()));
+                        BodyLength::None
+                    }
+                    Err(e) => {
+                        let status = e.status();
+                        let flag = if status == 431 {
+                            ResponseFlag::DownstreamLimit
+                        } else {
+                            ResponseFlag::DownstreamProtocolError
+                        };
+                        rejected = Some((status, flag, format!("{e}\n")));
+                        BodyLength::None
+                    }
+                }
+            }
+            Err(e) => {
+                let flag = ResponseFlag::DownstreamProtocolError;
+                rejected = Some((e.status(), flag, format!("{e}\n")));
+                BodyLength::None
+            }
+        };
+        let mut down = H2Downstream {
+            recv: body,
+            chunked: body_length == BodyLength::Chunked,
+            check: ContentLengthCheck::new(body_length),
+            data: Bytes::new(),
+            framing: Vec::new(),
+            framing_at: 0,
+            chunk_end_due: false,
+            ended: false,
+            sink: sink.clone(),
+        };
+        let lstats = self.stats.listener(listener);
+        let outcome = if let Some((status, flag, why)) = &rejected {
+            tracing::debug!(listener = %lc.name, %peer, status, "rejected HTTP/2 request: {why}");
+            write_local_response(out, *status, &[], why.as_bytes(), false);
+            let ok = down.write_all(out).await.is_ok();
+            Some(Outcome {
+                status: *status,
+                flag: Some(*flag),
+                upstream: None,
+                bytes_received: 0,
+                bytes_sent: if ok { out.len() as u64 } else { 0 },
+                reusable: false,
+            })
+        } else {
+            bump(&self.stats.http_requests, 1);
+            if let Some(l) = lstats {
+                bump(&l.http_requests, 1);
+            }
+            sink.borrow_mut().method = head.method();
+            let watch = sink.clone();
+            let t_head = now();
+            // A client's RST_STREAM ends the request wherever it is: dropping the request
+            // path's future aborts the core's stream (its units go back) and closes the
+            // upstream connection.
+            let served = tokio::select! {
+                o = self.serve_request(
+                    listener, &mut down, scratch, rbuf, head, ubuf, rhead, out,
+                ) => Some(o),
+                () = poll_fn(|cx| watch.borrow_mut().poll_reset(cx)) => None,
+            };
+            self.stats
+                .downstream_rq_time
+                .record(now().saturating_duration_since(t_head));
+            served
+        };
+        let outcome = match outcome {
+            Some(mut o) => {
+                // Ends cleanly, or with a reset for an incomplete response.
+                poll_fn(|cx| sink.borrow_mut().poll_finish(cx)).await;
+                // What an HTTP/2 stream sends is counted as its DATA payload (the request
+                // path counted HTTP/1.1 bytes; HEADERS go out compressed).
+                o.bytes_sent = sink.borrow().body_sent;
+                o
+            }
+            None => {
+                bump(&self.stats.http2_rx_reset, 1);
+                Outcome {
+                    status: sink.borrow().status,
+                    flag: None,
+                    upstream: None,
+                    bytes_received: 0,
+                    bytes_sent: sink.borrow().body_sent,
+                    reusable: false,
+                }
+            }
+        };
+        if outcome.status != 0 {
+            self.count_status(listener, outcome.status);
+        }
+        let local = outcome
+            .flag
+            .is_some_and(|f| f != ResponseFlag::DirectResponse);
+        if local {
+            bump(&self.stats.http_local_replies, 1);
+        }
+        if let Some(l) = lstats {
+            if local {
+                bump(&l.http_local_replies, 1);
+            }
+            bump(&l.downstream_bytes_received, outcome.bytes_received);
+            bump(&l.downstream_bytes_sent, outcome.bytes_sent);
+        }
+        if let Some(log) = &self.access_logs[listener] {
+            let buf = rbuf.bytes();
+            let parsed = rejected.is_none();
+            log.borrow_mut().log(&Entry {
+                start: started,
+                method: if parsed {
+                    head.method_bytes(buf)
+                } else {
+                    parts.method.as_str().as_bytes()
+                },
+                path: if parsed {
+                    head.target(buf)
+                } else {
+                    parts
+                        .uri
+                        .path_and_query()
+                        .map_or(b"-", |p| p.as_str().as_bytes())
+                },
+                protocol: "HTTP/2",
+                status: outcome.status,
+                flag: outcome.flag.map(ResponseFlag::code),
+                bytes_received: outcome.bytes_received,
+                bytes_sent: outcome.bytes_sent,
+                duration_ms: now().duration_since(t0).as_millis() as u64,
+                upstream: outcome.upstream,
+                request_id: if parsed {
+                    head.header(buf, "x-request-id").unwrap_or(b"")
+                } else {
+                    b""
+                },
+                downstream: peer,
+                listener: &lc.name,
+            });
+        }
+        let mut spare = spare.borrow_mut();
+        if spare.len() < SPARE_STREAM_BUFFERS {
+            spare.push(buffers);
+        }
+    }
+}
+
+/// The buffers of one stream's request, kept by its connection for the next stream (as an
+/// HTTP/1.1 connection keeps its buffers for its next request): a warm connection allocates
+/// little per stream.
+struct StreamBuffers {
+    /// The translated HTTP/1.1 request head.
+    translated: Vec<u8>,
+    rbuf: ReadBuffer,
+    ubuf: ReadBuffer,
+    head: Head,
+    rhead: Head,
+    out: Vec<u8>,
+    scratch: Scratch,
+}
+
+impl StreamBuffers {
+    fn new(peer: SocketAddr, hc: &HttpConfig) -> Self {
+        StreamBuffers {
+            translated: Vec::with_capacity(256),
+            rbuf: ReadBuffer::new(),
+            ubuf: ReadBuffer::new(),
+            head: Head::default(),
+            rhead: Head::default(),
+            out: Vec::new(),
+            scratch: Scratch::new(peer, hc, Rc::new(Cell::new(false))),
+        }
+    }
+}
+
+/// An HTTP/2 request stream seen as an HTTP/1.1 downstream byte stream by the request path:
+/// reads give the request body (see the module doc), writes go to the [`Sink`].
+struct H2Downstream {
+    recv: RecvStream,
+    /// The translated head is chunked: DATA become chunks.
+    chunked: bool,
+    check: ContentLengthCheck,
+    /// The rest of the current DATA frame.
+    data: Bytes,
+    /// Chunk framing (a size line, a chunk's CRLF, the last chunk and the trailers) to give
+    /// before `data`.
+    framing: Vec<u8>,
+    framing_at: usize,
+    /// The current chunk's CRLF follows `data`.
+    chunk_end_due: bool,
+    /// The request body ended (its end, and for a chunked one the last chunk, is in `framing`).
+    ended: bool,
+    sink: Rc<RefCell<Sink>>,
+}
+
+fn h2_io_error(e: h2::Error) -> io::Error {
+    io::Error::new(io::ErrorKind::ConnectionReset, e)
+}
+
+impl AsyncRead for H2Downstream {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = &mut *self;
+        loop {
+            if this.framing_at < this.framing.len() {
+                let n = (this.framing.len() - this.framing_at).min(buf.remaining());
+                buf.put_slice(&this.framing[this.framing_at..this.framing_at + n]);
+                this.framing_at += n;
+                if this.framing_at == this.framing.len() {
+                    this.framing.clear();
+                    this.framing_at = 0;
+                }
+                return Poll::Ready(Ok(()));
+            }
+            if !this.data.is_empty() {
+                let n = this.data.len().min(buf.remaining());
+                buf.put_slice(&this.data[..n]);
+                this.data.advance(n);
+                // The client may send as much again: capacity is given back only as the
+                // request path takes the bytes.
+                let _ = this.recv.flow_control().release_capacity(n);
+                return Poll::Ready(Ok(()));
+            }
+            if this.chunk_end_due {
+                this.chunk_end_due = false;
+                this.framing.extend_from_slice(b"\r\n");
+                continue;
+            }
+            if this.ended {
+                return Poll::Ready(Ok(()));
+            }
+            match this.recv.poll_data(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Some(Ok(data))) => {
+                    if this.check.data(data.len() as u64).is_err() {
+                        return Poll::Ready(Err(io::Error::new(
+                            io::ErrorKind::InvalidData,
+                            "DATA beyond the request's content-length",
+                        )));
+                    }
+                    if data.is_empty() {
+                        continue;
+                    }
+                    if this.chunked {
+                        use std::io::Write as _;
+                        let _ = write!(this.framing, "{:x}\r\n", data.len());
+                        this.chunk_end_due = true;
+                    }
+                    this.data = data;
+                }
+                Poll::Ready(Some(Err(e))) => return Poll::Ready(Err(h2_io_error(e))),
+                Poll::Ready(None) => {
+                    if this.check.end().is_err() {
+                        return Poll::Ready(Err(io::Error::new(
+                            io::ErrorKind::InvalidData,
+                            "request DATA shorter than its content-length",
+                        )));
+                    }
+                    if this.chunked {
+                        let trailers = match this.recv.poll_trailers(cx) {
+                            Poll::Pending => return Poll::Pending,
+                            Poll::Ready(Ok(t)) => t,
+                            Poll::Ready(Err(e)) => return Poll::Ready(Err(h2_io_error(e))),
+                        };
+                        this.framing.extend_from_slice(b"0\r\n");
+                        for (name, value) in trailers.iter().flatten() {
+                            this.framing.extend_from_slice(name.as_str().as_bytes());
+                            this.framing.extend_from_slice(b": ");
+                            this.framing.extend_from_slice(value.as_bytes());
+                            this.framing.extend_from_slice(b"\r\n");
+                        }
+                        this.framing.extend_from_slice(b"\r\n");
+                    }
+                    this.ended = true;
+                }
+            }
+        }
+    }
+}
+
+impl AsyncWrite for H2Downstream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        self.sink.borrow_mut().poll_write(cx, buf)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.sink.borrow_mut().poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+}
+
+/// Where the response body framing stands.
+enum BodyState {
+    /// The head is still being gathered.
+    Head,
+    /// `content-length`: payload bytes left.
+    Length(u64),
+    Chunked(ChunkedDecoder),
+    /// Until the request path is done (an upstream response delimited by its close).
+    UntilDone,
+    /// The response body is complete.
+    Done,
+}
+
+/// The response side of a stream: takes the HTTP/1.1 response the request path writes and
+/// sends it as HTTP/2 within the stream's send window.
+struct Sink {
+    respond: Option<SendResponse<Bytes>>,
+    send: Option<SendStream<Bytes>>,
+    /// The request's method (a response to HEAD has no body).
+    method: Method,
+    /// The response head being gathered, then payload not yet sent.
+    buf: Vec<u8>,
+    head: Head,
+    state: BodyState,
+    /// END_STREAM (or a reset) was sent.
+    closed: bool,
+    /// The status sent, 0 before.
+    status: u16,
+    /// Payload bytes sent.
+    body_sent: u64,
+    /// A chunked response's body bytes scanned so far (for where its trailer section starts).
+    scanned: u64,
+    /// A chunked response's trailer section, as it came (sent as HTTP/2 trailers).
+    trailers: Vec<u8>,
+}
+
+impl Sink {
+    fn new(respond: SendResponse<Bytes>) -> Self {
+        Sink {
+            respond: Some(respond),
+            send: None,
+            method: Method::Get,
+            buf: Vec::new(),
+            head: Head::default(),
+            state: BodyState::Head,
+            closed: false,
+            status: 0,
+            body_sent: 0,
+            scanned: 0,
+            trailers: Vec::new(),
+        }
+    }
+
+    fn poll_reset(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        let reset = if let Some(r) = &mut self.respond {
+            r.poll_reset(cx)
+        } else if let Some(s) = &mut self.send {
+            s.poll_reset(cx)
+        } else {
+            return Poll::Pending;
+        };
+        reset.map(|_| ())
+    }
+
+    /// Sends what waits in `buf` (payload, once the head is out), within the send window;
+    /// ends the stream with the last of it when the body is complete.
+    fn poll_flush(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        if matches!(self.state, BodyState::Head) {
+            return Poll::Ready(Ok(()));
+        }
+        // Trailers end the stream themselves (in poll_finish).
+        let complete = matches!(self.state, BodyState::Done) && !self.has_trailers();
+        let Some(send) = &mut self.send else {
+            return Poll::Ready(Ok(()));
+        };
+        while !self.buf.is_empty() {
+            send.reserve_capacity(self.buf.len());
+            let capacity = match send.poll_capacity(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Some(Ok(c))) => c,
+                Poll::Ready(Some(Err(e))) => return Poll::Ready(Err(h2_io_error(e))),
+                Poll::Ready(None) => {
+                    return Poll::Ready(Err(io::ErrorKind::BrokenPipe.into()));
+                }
+            };
+            if capacity == 0 {
+                continue;
+            }
+            let n = capacity.min(self.buf.len());
+            let end = complete && n == self.buf.len();
+            let chunk = Bytes::copy_from_slice(&self.buf[..n]);
+            self.buf.drain(..n);
+            self.body_sent += n as u64;
+            send.send_data(chunk, end).map_err(h2_io_error)?;
+            if end {
+                self.closed = true;
+            }
+        }
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_write(&mut self, cx: &mut Context<'_>, data: &[u8]) -> Poll<io::Result<usize>> {
+        // One write waits at a time: the previous one goes out first.
+        match self.poll_flush(cx) {
+            Poll::Ready(Ok(())) => {}
+            other => return other.map(|r| r.map(|()| 0)),
+        }
+        match &mut self.state {
+            BodyState::Head => {
+                self.buf.extend_from_slice(data);
+                loop {
+                    match parse_response(&self.buf, self.method, &RESPONSE_LIMITS, &mut self.head) {
+                        Ok(ParseStatus::Complete) => {}
+                        Ok(ParseStatus::Partial) => return Poll::Ready(Ok(data.len())),
+                        Err(e) => {
+                            return Poll::Ready(Err(io::Error::new(
+                                io::ErrorKind::InvalidData,
+                                e.to_string(),
+                            )));
+                        }
+                    }
+                    let head_len = self.head.head_len();
+                    if self.head.is_informational() {
+                        // 100 Continue (the proxy's own, for `expect: 100-continue`) and the
+                        // like go out as an informational HEADERS frame.
+                        let status = self.head.status();
+                        if let (Some(respond), Ok(interim)) = (
+                            &mut self.respond,
+                            http::Response::builder().status(status).body(()),
+                        ) {
+                            let _ = respond.send_informational(interim);
+                        }
+                        self.buf.drain(..head_len);
+                        continue;
+                    }
+                    break;
+                }
+                let head_len = self.head.head_len();
+                let status = self.head.status();
+                let mut response = http::Response::builder().status(status);
+                if let Some(headers) = response.headers_mut() {
+                    for (name, value) in response_fields(self.head.headers(&self.buf)) {
+                        if let (Ok(n), Ok(v)) = (
+                            http::HeaderName::from_bytes(name),
+                            http::HeaderValue::from_bytes(value),
+                        ) {
+                            headers.append(n, v);
+                        }
+                    }
+                }
+                let response = response.body(()).map_err(io::Error::other)?;
+                let (state, end) = match self.head.framing() {
+                    BodyFraming::None | BodyFraming::ContentLength(0) => (BodyState::Done, true),
+                    BodyFraming::ContentLength(n) => (BodyState::Length(n), false),
+                    BodyFraming::Chunked => {
+                        (BodyState::Chunked(ChunkedDecoder::new(16 * 1024)), false)
+                    }
+                    BodyFraming::CloseDelimited => (BodyState::UntilDone, false),
+                };
+                let Some(mut respond) = self.respond.take() else {
+                    return Poll::Ready(Err(io::ErrorKind::BrokenPipe.into()));
+                };
+                let send = respond.send_response(response, end).map_err(h2_io_error)?;
+                self.status = status;
+                self.send = Some(send);
+                self.closed = end;
+                self.state = state;
+                let rest = self.buf.split_off(head_len);
+                self.buf.clear();
+                let n = self.take_payload(&rest)?;
+                debug_assert_eq!(n, rest.len());
+                Poll::Ready(Ok(data.len()))
+            }
+            _ => Poll::Ready(self.take_payload(data)),
+        }
+    }
+
+    /// Moves the payload of `data` (HTTP/1.1 body bytes in the response's framing) into
+    /// `buf`, to be sent by [`Sink::poll_flush`].
+    fn take_payload(&mut self, data: &[u8]) -> io::Result<usize> {
+        match &mut self.state {
+            BodyState::Head | BodyState::Done => {}
+            BodyState::UntilDone => self.buf.extend_from_slice(data),
+            BodyState::Length(left) => {
+                let n = (data.len() as u64).min(*left) as usize;
+                self.buf.extend_from_slice(&data[..n]);
+                *left -= n as u64;
+                if *left == 0 {
+                    self.state = BodyState::Done;
+                }
+            }
+            BodyState::Chunked(dec) => {
+                let mut at = 0;
+                while at < data.len() {
+                    let (c, run) = dec
+                        .feed_payload(&data[at..])
+                        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?;
+                    if let Some(r) = run {
+                        self.buf.extend_from_slice(&data[at..][r]);
+                    }
+                    let (consumed, done) = match c {
+                        Chunked::NeedMore { consumed } => (consumed, false),
+                        Chunked::Done { consumed } => (consumed, true),
+                    };
+                    // The bytes of the trailer section (after the last chunk's size line).
+                    if let Some(start) = dec.trailers_start() {
+                        let from = start.saturating_sub(self.scanned).min(consumed as u64) as usize;
+                        self.trailers
+                            .extend_from_slice(&data[at + from..at + consumed]);
+                    }
+                    self.scanned += consumed as u64;
+                    at += consumed;
+                    if done {
+                        self.state = BodyState::Done;
+                        break;
+                    }
+                }
+            }
+        }
+        Ok(data.len())
+    }
+
+    /// Whether the chunked response had trailer fields (more than the final CRLF).
+    fn has_trailers(&self) -> bool {
+        self.trailers.len() > 2
+    }
+
+    /// The trailer section as HTTP/2 trailers, without the fields a trailer must not carry
+    /// (the core's `write_trailers` filter); `None` when there are none.
+    fn trailer_map(&self) -> Option<http::HeaderMap> {
+        if !self.has_trailers() {
+            return None;
+        }
+        let mut section = Vec::with_capacity(self.trailers.len());
+        write_trailers(&mut section, &self.trailers);
+        let mut map = http::HeaderMap::new();
+        for line in section.split(|&b| b == b'\n') {
+            let line = line.strip_suffix(b"\r").unwrap_or(line);
+            let Some(colon) = line.iter().position(|&b| b == b':') else {
+                continue;
+            };
+            let value = line[colon + 1..].trim_ascii();
+            if let (Ok(n), Ok(v)) = (
+                http::HeaderName::from_bytes(&line[..colon]),
+                http::HeaderValue::from_bytes(value),
+            ) && !sluice_core::http2::is_connection_specific(n.as_str().as_bytes())
+            {
+                map.append(n, v);
+            }
+        }
+        (!map.is_empty()).then_some(map)
+    }
+
+    /// After the request path returned: sends what is left and ends the stream — cleanly when
+    /// the response is complete (`true`), else with RST_STREAM (INTERNAL_ERROR).
+    fn poll_finish(&mut self, cx: &mut Context<'_>) -> Poll<bool> {
+        if matches!(self.state, BodyState::UntilDone) {
+            self.state = BodyState::Done;
+        }
+        if self.closed {
+            return Poll::Ready(true);
+        }
+        if matches!(self.state, BodyState::Done) {
+            match self.poll_flush(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Err(_)) => return Poll::Ready(false),
+                Poll::Ready(Ok(())) => {}
+            }
+            let trailers = self.trailer_map();
+            if !self.closed
+                && let Some(send) = &mut self.send
+            {
+                self.closed = true;
+                return Poll::Ready(match trailers {
+                    Some(t) => send.send_trailers(t).is_ok(),
+                    None => send.send_data(Bytes::new(), true).is_ok(),
+                });
+            }
+            return Poll::Ready(true);
+        }
+        self.closed = true;
+        if let Some(send) = &mut self.send {
+            send.send_reset(h2::Reason::INTERNAL_ERROR);
+        } else if let Some(respond) = &mut self.respond {
+            respond.send_reset(h2::Reason::INTERNAL_ERROR);
+        }
+        Poll::Ready(false)
+    }
+}

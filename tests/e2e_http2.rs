@@ -1,0 +1,700 @@
+//! End-to-end tests of the `sluice` binary serving HTTP/2 cleartext (h2c, prior knowledge) on an
+//! `http` listener and forwarding each stream over HTTP/1.1, against real peers: curl
+//! (`--http2-prior-knowledge`), h2load, nginx, and the Python upstream of `tests/http_upstream.py`
+//! (which answers with a JSON description of the request it received).
+
+mod support;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use support::*;
+
+fn start_upstream(dir: &TempDir, name: &str, port: u16) -> (Proc, PathBuf) {
+    let log = dir.path().join(format!("{name}.requests"));
+    let script = repo().join("tests/http_upstream.py");
+    let mut p = spawn(
+        dir,
+        name,
+        &python(),
+        &[
+            script.to_str().unwrap(),
+            &port.to_string(),
+            log.to_str().unwrap(),
+            name,
+        ],
+    );
+    wait_listening(addr(port), &mut p);
+    (p, log)
+}
+
+/// One listener with the defaults a user gets (`codec` left out unless `codec` is given):
+/// `/none/` goes to an empty port (503), `example.com/nothing` matches no route (404).
+fn config(listen: u16, upstream: u16, codec: &str) -> String {
+    let dead = free_port();
+    format!(
+        r#"
+listeners:
+  - name: http_in
+    address: 127.0.0.1:{listen}
+    http:
+{codec}      access_log: {{ format: json }}
+      virtual_hosts:
+        - name: only
+          domains: ["example.com"]
+          routes:
+            - match: {{ prefix: /app/ }}
+              route: {{ cluster: app }}
+        - name: any
+          domains: ["*"]
+          routes:
+            - match: {{ prefix: /none/ }}
+              route: {{ cluster: dead }}
+            - match: {{ prefix: / }}
+              route: {{ cluster: app }}
+clusters:
+  - name: app
+    hosts: [ {{ address: 127.0.0.1:{upstream} }} ]
+  - name: dead
+    connect_timeout: 200ms
+    health_check: {{ tcp: {{}}, interval: 100ms, timeout: 100ms, unhealthy_threshold: 1, no_traffic_interval: 100ms }}
+    panic_threshold: 0%
+    hosts: [ {{ address: 127.0.0.1:{dead} }} ]
+drain_timeout: 2s
+"#
+    )
+}
+
+/// `curl --http2-prior-knowledge`: (HTTP version, status, body).
+fn curl_h2(url: &str, extra: &[&str]) -> (String, u16, String) {
+    let mut args = vec![
+        "-sS",
+        "--http2-prior-knowledge",
+        "-o",
+        "-",
+        "-w",
+        "\n%{http_version} %{http_code}",
+        "--max-time",
+        "10",
+    ];
+    args.extend_from_slice(extra);
+    args.push(url);
+    let out = run("curl", &args);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, tail) = text.rsplit_once('\n').expect("curl's -w line");
+    let (version, code) = tail.split_once(' ').unwrap();
+    (
+        version.to_owned(),
+        code.parse().unwrap_or(0),
+        body.to_owned(),
+    )
+}
+
+#[test]
+fn curl_get_and_post_reach_an_http11_upstream_with_the_right_host() {
+    if !require_peers(&["curl"]) {
+        return;
+    }
+    let dir = TempDir::new("h2-curl");
+    let (listen, up) = (free_port(), free_port());
+    let (_u, log) = start_upstream(&dir, "up", up);
+    let mut sluice = start_sluice(&dir, &config(listen, up, ""), 1, addr(listen));
+
+    let (version, status, body) = curl_h2(
+        &format!("http://127.0.0.1:{listen}/app/x?q=1"),
+        &["-H", "Host: example.com"],
+    );
+    assert_eq!((version.as_str(), status), ("2", 200), "{body}");
+    let seen: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(seen["method"], "GET");
+    assert_eq!(seen["path"], "/app/x?q=1");
+    assert_eq!(seen["headers"]["host"], "example.com");
+    assert!(seen["headers"].get("x-forwarded-for").is_some(), "{seen}");
+
+    // A body of known length, and one of unknown length (chunked upstream).
+    let payload = "a".repeat(100_000);
+    let file = dir.write("payload", &payload);
+    let at_file = format!("@{}", file.display());
+    let (version, status, body) = curl_h2(
+        &format!("http://127.0.0.1:{listen}/upload"),
+        &["--data-binary", &at_file],
+    );
+    assert_eq!((version.as_str(), status), ("2", 200), "{body}");
+    let seen: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(seen["method"], "POST");
+    assert_eq!(seen["body_len"], 100_000, "{seen}");
+    assert_eq!(seen["headers"]["content-length"], "100000");
+    assert_eq!(seen["headers"]["host"], format!("127.0.0.1:{listen}"));
+
+    let (_, status, body) = curl_h2(
+        &format!("http://127.0.0.1:{listen}/chunked"),
+        &["--data-binary", &at_file, "-H", "Content-Length:"],
+    );
+    assert_eq!(status, 200, "{body}");
+    let seen: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(seen["body_len"], 100_000, "{seen}");
+    assert_eq!(seen["headers"]["transfer-encoding"], "chunked", "{seen}");
+
+    let requests = std::fs::read_to_string(&log).unwrap_or_default();
+    assert_eq!(requests.lines().count(), 3, "{requests}");
+    sluice.signal("TERM");
+    sluice.wait_exit(Duration::from_secs(10));
+    assert!(
+        sluice.log_text().contains("\"protocol\":\"HTTP/2\""),
+        "access log: {}",
+        sluice.log_text()
+    );
+}
+
+#[test]
+fn local_replies_are_http2_responses() {
+    if !require_peers(&["curl"]) {
+        return;
+    }
+    let dir = TempDir::new("h2-local");
+    let (listen, up) = (free_port(), free_port());
+    let (_u, _log) = start_upstream(&dir, "up", up);
+    let _sluice = start_sluice(&dir, &config(listen, up, ""), 1, addr(listen));
+    let (version, status, body) = curl_h2(
+        &format!("http://127.0.0.1:{listen}/nothing"),
+        &["-H", "Host: example.com"],
+    );
+    assert_eq!((version.as_str(), status), ("2", 404), "{body}");
+    assert_eq!(body, "no route matched the request\n");
+    // The dead cluster's only host fails its health check: no healthy upstream, 503 (before
+    // the first check it is tried, and the connect fails: 502).
+    let mut last = (String::new(), 0, String::new());
+    for _ in 0..100 {
+        last = curl_h2(&format!("http://127.0.0.1:{listen}/none/x"), &[]);
+        if last.1 == 503 {
+            break;
+        }
+        assert_eq!((last.0.as_str(), last.1), ("2", 502), "{}", last.2);
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(
+        (last.0.as_str(), last.1, last.2.as_str()),
+        ("2", 503, "no healthy upstream\n")
+    );
+}
+
+#[test]
+fn http11_still_works_on_an_auto_listener_and_http1_only_refuses_h2c() {
+    if !require_peers(&["curl"]) {
+        return;
+    }
+    let dir = TempDir::new("h2-codec");
+    let (auto, only1, up) = (free_port(), free_port(), free_port());
+    let (_u, _log) = start_upstream(&dir, "up", up);
+    let _a = start_sluice(&dir, &config(auto, up, ""), 1, addr(auto));
+    let (status, body) = http_request(addr(auto), "GET", "/app/one");
+    assert_eq!(status, 200, "{body}");
+    let out = run(
+        "curl",
+        &[
+            "-sS",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_version} %{http_code}",
+            &format!("http://127.0.0.1:{auto}/x"),
+        ],
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "1.1 200");
+
+    let dir1 = TempDir::new("h2-codec-http1");
+    let _b = start_sluice(
+        &dir1,
+        &config(only1, up, "      codec: http1\n"),
+        1,
+        addr(only1),
+    );
+    let mut s = TcpStream::connect(addr(only1)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n").unwrap();
+    let mut answer = Vec::new();
+    let _ = s.read_to_end(&mut answer);
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(
+        answer.starts_with("HTTP/1.1 4") || answer.starts_with("HTTP/1.1 5"),
+        "{answer}"
+    );
+}
+
+/// h2load's summary: (succeeded, failed, errored).
+fn h2load_counts(out: &str) -> (u64, u64, u64) {
+    let line = out
+        .lines()
+        .find(|l| l.starts_with("requests:"))
+        .unwrap_or_else(|| panic!("no requests line in h2load output:\n{out}"));
+    let number = |word: &str| -> u64 {
+        let at = line
+            .find(word)
+            .unwrap_or_else(|| panic!("{word} in {line}"));
+        line[..at]
+            .split_whitespace()
+            .last()
+            .unwrap()
+            .parse()
+            .unwrap()
+    };
+    (number(" succeeded"), number(" failed"), number(" errored"))
+}
+
+#[test]
+fn h2load_many_concurrent_streams_all_succeed() {
+    if !require_peers(&["h2load", "nginx"]) {
+        return;
+    }
+    let dir = TempDir::new("h2-h2load");
+    let (listen, up) = (free_port(), free_port());
+    let _n = start_nginx(&dir, "nginx", up, "hello");
+    let _sluice = start_sluice(&dir, &config(listen, up, ""), 2, addr(listen));
+    let out = run(
+        "h2load",
+        &[
+            "-n",
+            "2000",
+            "-c",
+            "4",
+            "-m",
+            "10",
+            &format!("http://127.0.0.1:{listen}/"),
+        ],
+    );
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert_eq!(h2load_counts(&text), (2000, 0, 0), "{text}");
+}
+
+#[test]
+fn h2load_against_a_slow_upstream_answers_everything() {
+    if !require_peers(&["h2load"]) {
+        return;
+    }
+    let dir = TempDir::new("h2-slow");
+    let (listen, up) = (free_port(), free_port());
+    let (_u, _log) = start_upstream(&dir, "up", up);
+    let _sluice = start_sluice(&dir, &config(listen, up, ""), 1, addr(listen));
+    let out = run(
+        "h2load",
+        &[
+            "-n",
+            "200",
+            "-c",
+            "2",
+            "-m",
+            "10",
+            &format!("http://127.0.0.1:{listen}/sleep/50"),
+        ],
+    );
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert_eq!(h2load_counts(&text), (200, 0, 0), "{text}");
+}
+
+#[test]
+fn a_client_that_resets_streams_does_not_disturb_other_connections() {
+    if !require_peers(&["h2load", "nginx", "curl"]) {
+        return;
+    }
+    let dir = TempDir::new("h2-reset");
+    let (listen, up, slow) = (free_port(), free_port(), free_port());
+    let _n = start_nginx(&dir, "nginx", up, "hello");
+    let (_s, _log) = start_upstream(&dir, "slow", slow);
+    let _sluice = start_sluice(&dir, &config(listen, slow, ""), 1, addr(listen));
+    // curl gives up on slow streams (it resets them) while h2load runs on other connections.
+    let resetter = std::thread::spawn(move || {
+        for _ in 0..20 {
+            let _ = run(
+                "curl",
+                &[
+                    "-sS",
+                    "--http2-prior-knowledge",
+                    "--max-time",
+                    "0.2",
+                    "-o",
+                    "/dev/null",
+                    &format!("http://127.0.0.1:{listen}/sleep/2000"),
+                ],
+            );
+        }
+    });
+    let out = run(
+        "h2load",
+        &[
+            "-n",
+            "500",
+            "-c",
+            "2",
+            "-m",
+            "5",
+            &format!("http://127.0.0.1:{listen}/"),
+        ],
+    );
+    resetter.join().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert_eq!(h2load_counts(&text), (500, 0, 0), "{text}");
+}
+
+#[test]
+fn a_drain_lets_open_streams_finish() {
+    if !require_peers(&["curl"]) {
+        return;
+    }
+    let dir = TempDir::new("h2-drain");
+    let (listen, up) = (free_port(), free_port());
+    let (_u, _log) = start_upstream(&dir, "up", up);
+    let mut sluice = start_sluice(&dir, &config(listen, up, ""), 1, addr(listen));
+    // A stream in flight (its upstream answers after 800 ms) when the stop begins: GOAWAY
+    // tells the client no new stream is accepted, and this one still gets its answer.
+    let client =
+        std::thread::spawn(move || curl_h2(&format!("http://127.0.0.1:{listen}/sleep/800"), &[]));
+    std::thread::sleep(Duration::from_millis(300));
+    sluice.signal("TERM");
+    let (version, status, body) = client.join().unwrap();
+    assert_eq!((version.as_str(), status), ("2", 200), "{body}");
+    let seen: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(seen["path"], "/sleep/800");
+    assert!(sluice.wait_exit(Duration::from_secs(10)).is_some());
+}
+
+#[test]
+fn expect_100_continue_is_answered_over_http2() {
+    if !require_peers(&["curl"]) {
+        return;
+    }
+    let dir = TempDir::new("h2-expect");
+    let (listen, up) = (free_port(), free_port());
+    let (_u, _log) = start_upstream(&dir, "up", up);
+    let _sluice = start_sluice(&dir, &config(listen, up, ""), 1, addr(listen));
+    // curl waits for the 100 before it sends the body: far longer than --max-time if none came.
+    let (version, status, body) = curl_h2(
+        &format!("http://127.0.0.1:{listen}/upload"),
+        &[
+            "--data-binary",
+            "0123456789",
+            "-H",
+            "Expect: 100-continue",
+            "--expect100-timeout",
+            "60",
+        ],
+    );
+    assert_eq!((version.as_str(), status), ("2", 200), "{body}");
+    let seen: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(seen["body_len"], 10, "{seen}");
+}
+
+#[test]
+fn an_idle_http2_connection_gets_goaway_after_idle_timeout() {
+    if !require_peers(&["node"]) {
+        return;
+    }
+    let dir = TempDir::new("h2-idle");
+    let (listen, up) = (free_port(), free_port());
+    let (_u, _log) = start_upstream(&dir, "up", up);
+    let _sluice = start_sluice(
+        &dir,
+        &config(listen, up, "      idle_timeout: 1s\n"),
+        1,
+        addr(listen),
+    );
+    // One request, then nothing: the connection is told GOAWAY and closed by the proxy.
+    let script = format!(
+        r#"
+const http2 = require('http2');
+const session = http2.connect('http://127.0.0.1:{listen}');
+const events = [];
+session.on('goaway', () => events.push('goaway'));
+session.on('close', () => {{ console.log(events.concat('close').join(' ')); process.exit(0); }});
+session.on('error', (e) => events.push('error ' + e.code));
+const req = session.request({{ ':path': '/x' }});
+req.on('response', (h) => events.push('status ' + h[':status']));
+req.resume();
+setTimeout(() => {{ console.log(events.concat('still open').join(' ')); process.exit(1); }}, 15000);
+"#
+    );
+    let out = run("node", &["-e", &script]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        text.trim(),
+        "status 200 goaway close",
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// The proxy's resident memory, in KiB.
+fn rss_kib(proc: &Proc) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{}/status", proc.child.id())).unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+#[test]
+fn a_client_that_does_not_read_stops_the_upstream_instead_of_growing_the_proxy() {
+    if !require_peers(&["node", "nginx"]) {
+        return;
+    }
+    let dir = TempDir::new("h2-slow-reader");
+    let (listen, up) = (free_port(), free_port());
+    let big = dir.path().join("big.bin");
+    std::fs::write(&big, vec![7u8; 64 << 20]).unwrap();
+    let _n = start_nginx_with(
+        &dir,
+        "nginx",
+        up,
+        &format!("location /big {{ alias {}; }}", big.display()),
+    );
+    let sluice = start_sluice(&dir, &config(listen, up, ""), 1, addr(listen));
+    // Eight streams of 64 MiB each that the client never reads past its window: the proxy may
+    // hold one upstream read per stream and the windows, never the bodies.
+    let script = format!(
+        r#"
+const http2 = require('http2');
+const session = http2.connect('http://127.0.0.1:{listen}');
+let heads = 0;
+for (let i = 0; i < 8; i++) {{
+  const req = session.request({{ ':path': '/big' }});
+  req.on('response', (h) => {{ if (++heads === 8) console.log('heads'); }});
+  req.pause();
+}}
+setTimeout(() => {{ console.log('done'); process.exit(0); }}, 3000);
+"#
+    );
+    let before = rss_kib(&sluice);
+    let out = run("node", &["-e", &script]);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert_eq!(
+        text.trim(),
+        "heads\ndone",
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The peak (VmHWM) covers the whole time node held the streams unread. (Sink writes that do
+    // not wait for the send window took it past 500 MiB.)
+    let status = std::fs::read_to_string(format!("/proc/{}/status", sluice.child.id())).unwrap();
+    let peak: u64 = status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(
+        peak < before + 32 * 1024,
+        "the proxy grew from {before} KiB to a peak of {peak} KiB for 8 unread 64 MiB streams"
+    );
+}
+
+#[test]
+fn a_malformed_http2_request_is_answered_400_and_the_connection_keeps_serving() {
+    if !require_peers(&["node"]) {
+        return;
+    }
+    let dir = TempDir::new("h2-malformed");
+    let (listen, up) = (free_port(), free_port());
+    let (_u, log) = start_upstream(&dir, "up", up);
+    let _sluice = start_sluice(&dir, &config(listen, up, ""), 1, addr(listen));
+    // A host field that disagrees with :authority (RFC 9113 §8.3.1), then a good request on
+    // the same connection.
+    let script = format!(
+        r#"
+const http2 = require('http2');
+const session = http2.connect('http://127.0.0.1:{listen}');
+const get = (headers) => new Promise((resolve) => {{
+  const req = session.request(headers);
+  let body = '';
+  req.on('response', (h) => {{ req.on('data', (d) => body += d); req.on('end', () => resolve(h[':status'] + ' ' + body.trim())); }});
+  req.on('error', (e) => resolve('error ' + e.code));
+}});
+(async () => {{
+  console.log(await get({{ ':path': '/app/a', ':authority': '127.0.0.1:{listen}', 'host': 'elsewhere.example' }}));
+  console.log((await get({{ ':path': '/app/b' }})).split(' ')[0]);
+  session.close();
+}})();
+"#
+    );
+    let out = run("node", &["-e", &script]);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert_eq!(
+        text.trim(),
+        "400 :authority and host disagree, or more than one host\n200",
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let requests = std::fs::read_to_string(&log).unwrap_or_default();
+    assert_eq!(
+        requests.lines().count(),
+        1,
+        "only the good request went upstream: {requests}"
+    );
+}
+
+#[test]
+fn an_http2_only_listener_closes_http11_connections() {
+    if !require_peers(&["curl"]) {
+        return;
+    }
+    let dir = TempDir::new("h2-only");
+    let (listen, up) = (free_port(), free_port());
+    let (_u, _log) = start_upstream(&dir, "up", up);
+    let _sluice = start_sluice(
+        &dir,
+        &config(listen, up, "      codec: http2\n"),
+        1,
+        addr(listen),
+    );
+    let mut s = TcpStream::connect(addr(listen)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n").unwrap();
+    let mut answer = Vec::new();
+    let _ = s.read_to_end(&mut answer);
+    assert_eq!(answer, b"", "closed without an answer");
+    let (version, status, _) = curl_h2(&format!("http://127.0.0.1:{listen}/app/x"), &[]);
+    assert_eq!((version.as_str(), status), ("2", 200));
+}
+
+#[test]
+fn a_chunked_upstream_answers_trailers_reach_the_http2_client() {
+    if !require_peers(&["node"]) {
+        return;
+    }
+    let dir = TempDir::new("h2-trailers");
+    let (listen, up) = (free_port(), free_port());
+    let (_u, _log) = start_upstream(&dir, "up", up);
+    let _sluice = start_sluice(&dir, &config(listen, up, ""), 1, addr(listen));
+    let script = format!(
+        r#"
+const http2 = require('http2');
+const crypto = require('crypto');
+const session = http2.connect('http://127.0.0.1:{listen}');
+const req = session.request({{ ':path': '/trailers' }});
+const chunks = [];
+let trailers = null;
+req.on('response', (h) => console.log('status ' + h[':status'] + ' te ' + (h['transfer-encoding'] || 'none')));
+req.on('data', (d) => chunks.push(d));
+req.on('trailers', (t) => trailers = t);
+req.on('end', () => {{
+  const sum = crypto.createHash('sha256').update(Buffer.concat(chunks)).digest('hex');
+  console.log('checksum ' + (trailers && trailers['x-checksum'] === sum ? 'matches' : 'missing: ' + JSON.stringify(trailers)));
+  session.close();
+}});
+"#
+    );
+    let out = run("node", &["-e", &script]);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert_eq!(
+        text.trim(),
+        "status 200 te none\nchecksum matches",
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn http2_request_trailers_reach_the_upstream_as_a_chunked_trailer_section() {
+    if !require_peers(&["node"]) {
+        return;
+    }
+    let dir = TempDir::new("h2-req-trailers");
+    let (listen, up) = (free_port(), free_port());
+    let (_u, _log) = start_upstream(&dir, "up", up);
+    let _sluice = start_sluice(&dir, &config(listen, up, ""), 1, addr(listen));
+    let script = format!(
+        r#"
+const http2 = require('http2');
+const session = http2.connect('http://127.0.0.1:{listen}');
+const req = session.request({{ ':method': 'POST', ':path': '/upload' }}, {{ waitForTrailers: true }});
+req.on('wantTrailers', () => req.sendTrailers({{ 'x-sum': 'abc' }}));
+let body = '';
+req.on('data', (d) => body += d);
+req.on('end', () => {{ console.log(body); session.close(); }});
+req.end('hello');
+"#
+    );
+    let out = run("node", &["-e", &script]);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let seen: serde_json::Value = serde_json::from_str(text.trim())
+        .unwrap_or_else(|e| panic!("{e}: {text} {}", String::from_utf8_lossy(&out.stderr)));
+    assert_eq!(seen["body_len"], 5, "{seen}");
+    assert_eq!(seen["headers"]["transfer-encoding"], "chunked", "{seen}");
+    assert_eq!(
+        seen["trailers"],
+        serde_json::json!(["x-sum: abc"]),
+        "{seen}"
+    );
+}
+
+/// A counter or gauge of the admin API's `/stats`.
+fn stat(admin: u16, name: &str) -> u64 {
+    let mut s = TcpStream::connect(addr(admin)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(b"GET /stats HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+        .unwrap();
+    let mut text = String::new();
+    s.read_to_string(&mut text).unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix(&format!("{name}: ")))
+        .unwrap_or_else(|| panic!("no {name} in /stats:\n{text}"))
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+#[test]
+fn a_reset_stream_ends_its_request_and_the_connection_serves_on() {
+    if !require_peers(&["node"]) {
+        return;
+    }
+    let dir = TempDir::new("h2-rst");
+    let (listen, up, admin) = (free_port(), free_port(), free_port());
+    let (_u, log) = start_upstream(&dir, "up", up);
+    let config = format!(
+        "admin: {{ address: 127.0.0.1:{admin} }}\n{}",
+        config(listen, up, "")
+    );
+    let _sluice = start_sluice(&dir, &config, 1, addr(admin));
+    // A stream waiting on a slow upstream is reset (CANCEL) once the upstream has it; the next
+    // stream on the same connection is answered.
+    let script = format!(
+        r#"
+const http2 = require('http2');
+const fs = require('fs');
+const session = http2.connect('http://127.0.0.1:{listen}');
+const slow = session.request({{ ':path': '/sleep/5000' }});
+slow.on('error', () => {{}});
+slow.on('close', () => console.log('reset sent'));
+const poll = setInterval(() => {{
+  if (fs.readFileSync('{log}', 'utf8').includes('/sleep/5000')) {{
+    clearInterval(poll);
+    slow.close(http2.constants.NGHTTP2_CANCEL);
+    const next = session.request({{ ':path': '/app/after' }});
+    next.on('response', (h) => {{ console.log('next ' + h[':status']); next.resume(); next.on('end', () => session.close()); }});
+  }}
+}}, 20);
+"#,
+        log = log.display()
+    );
+    let out = run("node", &["-e", &script]);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert_eq!(
+        text.trim(),
+        "reset sent\nnext 200",
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The proxy saw the reset and holds no stream.
+    let mut counts = (0, 1);
+    for _ in 0..100 {
+        counts = (
+            stat(admin, "http2.rx_reset"),
+            stat(admin, "http2.streams_active"),
+        );
+        if counts == (1, 0) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(counts, (1, 0), "(http2.rx_reset, http2.streams_active)");
+}
