@@ -47,9 +47,12 @@ fn check_ok(config: &Config) {
     assert!(json.starts_with('{'), "{json}");
     assert!(!config.listeners.is_empty(), "Ok with no listener");
     for cluster in &config.clusters {
-        assert!(
-            !cluster.hosts.is_empty(),
-            "cluster {} has no host",
+        // A static cluster has hosts; an original_dst one has none (it connects to each
+        // connection's original destination).
+        assert_eq!(
+            cluster.hosts.is_empty(),
+            cluster.kind == sluice_core::config::ClusterKind::OriginalDst,
+            "cluster {} has hosts that do not fit its type",
             cluster.name
         );
         assert!(

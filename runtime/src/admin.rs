@@ -2072,6 +2072,8 @@ mod tests {
             address: "127.0.0.1:5".parse().unwrap(),
             filter: ListenerFilter::Echo,
             max_connections: None,
+            original_dst: None,
+            use_original_dst: false,
         });
         let stats = vec![
             Arc::new(WorkerStats::new(&config)),
