@@ -1249,6 +1249,9 @@ fn shown(
         Shown::SniListeners => listener.is_some_and(|i| {
             matches!(&config.listeners[i].filter, ListenerFilter::TcpProxy(tp) if !tp.sni_routes.is_empty())
         }),
+        Shown::CaptureListeners => {
+            listener.is_some_and(|i| config.listeners[i].original_dst.is_some())
+        }
         Shown::WithHealthCheck => {
             cluster.is_some_and(|i| config.clusters[i].health_check.is_some())
         }
@@ -1610,6 +1613,7 @@ pub fn metrics_reference() -> String {
             Shown::HttpListeners => " (only for HTTP and `protocol: auto` listeners)",
             Shown::TcpListeners => " (only for TCP proxy listeners)",
             Shown::SniListeners => " (only for TCP proxy listeners with `sni_routes`)",
+            Shown::CaptureListeners => " (only for listeners with `original_dst`)",
             Shown::WithHealthCheck => " (only with a health_check)",
             Shown::WithOutlierDetection => " (only with outlier_detection)",
             Shown::WithLimits => " (once the server set its limits)",

@@ -26,7 +26,8 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
 
 use sluice_core::cluster::{ClusterState, HostId};
-use sluice_core::config::{Config, ListenerConfig, ListenerFilter, TcpProxyConfig};
+use sluice_core::config::{ClusterKind, Config, ListenerConfig, ListenerFilter, TcpProxyConfig};
+use sluice_core::handoff::{Handoff as CaptureTarget, HandoffTable};
 use sluice_core::health::{Resource, UpstreamResult};
 use sluice_core::lb::request_hash;
 use sluice_core::rng::Rng;
@@ -47,7 +48,7 @@ use crate::net::Network;
 use crate::now;
 use crate::pool::Pool;
 use crate::relay::{BUFFER_SIZE, relay};
-use crate::stats::{SniOutcome, WorkerStats, bump, gauge_add};
+use crate::stats::{CaptureOutcome, SniOutcome, WorkerStats, bump, gauge_add};
 
 /// Buffers kept for reuse per worker (each session takes two).
 const MAX_POOLED_BUFFERS: usize = 1024;
@@ -106,6 +107,8 @@ pub struct Engine<N: Network> {
     /// Accept errors not logged yet (at most one log line per second per worker).
     accept_errors_unlogged: Cell<u64>,
     accept_error_logged_at: Cell<Option<tokio::time::Instant>>,
+    /// Which listener serves a connection captured by a `use_original_dst` listener.
+    capture_handoff: HandoffTable,
 }
 
 impl<N: Network> Engine<N> {
@@ -139,6 +142,8 @@ impl<N: Network> Engine<N> {
         shared_health: Arc<SharedHealth>,
         limits: Arc<ProcessLimits>,
     ) -> std::io::Result<Rc<Self>> {
+        // Upstream sockets marked with this config's `upstream_mark`.
+        let net = net.configured(&config);
         let all_clusters = Rc::new(RefCell::new(
             config
                 .clusters
@@ -183,6 +188,12 @@ impl<N: Network> Engine<N> {
             .iter()
             .map(|l| limits.listener_counter(l.address))
             .collect();
+        let capture_handoff = HandoffTable::new(
+            config
+                .listeners
+                .iter()
+                .map(|l| (l.address, !l.use_original_dst)),
+        );
         Ok(Rc::new(Engine {
             net,
             config,
@@ -217,6 +228,7 @@ impl<N: Network> Engine<N> {
             listener_cx,
             accept_errors_unlogged: Cell::new(0),
             accept_error_logged_at: Cell::new(None),
+            capture_handoff,
         }))
     }
 
@@ -486,7 +498,39 @@ impl<N: Network> Engine<N> {
         );
     }
 
+    /// For a capture listener (`original_dst`): the connection's original destination, and
+    /// the listener that serves it (another one on a hand-off), counted by outcome. Any other
+    /// listener serves its own connections and has no original destination.
+    fn capture(&self, index: usize, stream: &N::Stream) -> (usize, Option<SocketAddr>) {
+        let lc = &self.config.listeners[index];
+        let Some(how) = lc.original_dst else {
+            return (index, None);
+        };
+        let destination = N::original_destination(stream, how, lc.address);
+        let (outcome, serving) = match destination {
+            None => (CaptureOutcome::NoOriginalDst, index),
+            Some(d) if lc.use_original_dst => match self.capture_handoff.choose(d) {
+                CaptureTarget::Listener(to) => (CaptureOutcome::HandedOff, to),
+                CaptureTarget::OwnChain => (CaptureOutcome::OwnChain, index),
+            },
+            Some(_) => (CaptureOutcome::OwnChain, index),
+        };
+        if let Some(l) = self.stats.listener(index) {
+            bump(&l.capture_outcome[outcome as usize], 1);
+        }
+        if serving != index {
+            debug!(
+                listener = %lc.name,
+                to = %self.config.listeners[serving].name,
+                original_dst = ?destination,
+                "captured connection handed off"
+            );
+        }
+        (serving, destination)
+    }
+
     fn spawn_session(self: Rc<Self>, index: usize, stream: N::Stream, peer: SocketAddr) {
+        let (index, original_dst) = self.capture(index, &stream);
         let lc = &self.config.listeners[index];
         if let Err(over) = self
             .limits
@@ -519,7 +563,10 @@ impl<N: Network> Engine<N> {
             let guard = SessionGuard(&self, index);
             let lc = &self.config.listeners[index];
             match &lc.filter {
-                ListenerFilter::TcpProxy(tp) => self.tcp_proxy(index, lc, tp, stream, peer).await,
+                ListenerFilter::TcpProxy(tp) => {
+                    self.tcp_proxy(index, lc, tp, stream, peer, original_dst)
+                        .await;
+                }
                 ListenerFilter::Echo => self.echo(index, stream).await,
                 ListenerFilter::Http(hc) => {
                     self.http_connection(index, lc, hc, stream, peer, &[]).await;
@@ -544,6 +591,7 @@ impl<N: Network> Engine<N> {
         tp: &TcpProxyConfig,
         mut down: N::Stream,
         peer: SocketAddr,
+        original_dst: Option<SocketAddr>,
     ) {
         // With `sni_routes`, the ClientHello picks the cluster; the bytes read to see it go
         // upstream first, untouched.
@@ -565,6 +613,27 @@ impl<N: Network> Engine<N> {
             ci
         };
         let cluster_cfg = &self.config.clusters[ci];
+        // An original_dst cluster connects to the connection's original destination; one that
+        // was not captured has none (it would be this listener: a loop), and is closed.
+        let direct = match cluster_cfg.kind {
+            ClusterKind::Static => None,
+            ClusterKind::OriginalDst => match original_dst {
+                Some(d) => Some(d),
+                None => {
+                    debug!(listener = %lc.name, %peer, "no original destination for an original_dst cluster: connection closed");
+                    let reason = CloseReason::NoHealthyUpstream;
+                    bump(&self.stats.tcp_session_closed[reason.index()], 1);
+                    if let Some(l) = self.stats.listener(listener) {
+                        bump(&l.tcp_session_closed[reason.index()], 1);
+                    }
+                    if let Some((buf, _)) = hello {
+                        self.give_buffer(buf);
+                    }
+                    let _ = down.shutdown().await;
+                    return;
+                }
+            },
+        };
         let cluster = &self.clusters[ci];
         let cstats = self.stats.cluster(ci);
         // One unit of max_connections for the session's upstream connection; at the limit the
@@ -604,7 +673,10 @@ impl<N: Network> Engine<N> {
         // Created now so that a drain timeout during the connect phase is not missed (a
         // `Notified` receives `notify_waiters` from the moment it exists).
         let drain_expired = self.drain_expired.notified();
-        session.start(now(), &mut cluster.borrow_mut(), &mut self.rng.borrow_mut());
+        match direct {
+            Some(address) => session.start_direct(now(), address),
+            None => session.start(now(), &mut cluster.borrow_mut(), &mut self.rng.borrow_mut()),
+        }
 
         // Connect phase: follow the session's Connect actions until connected or closed.
         let mut up = None;
@@ -736,6 +808,7 @@ impl<N: Network> Engine<N> {
         debug!(
             listener = %lc.name,
             %peer,
+            original_dst = ?original_dst,
             reason = reason.as_str(),
             attempts = session.attempts(),
             from_down,

@@ -9,6 +9,8 @@
 //!   [`sluice_core::tcp_proxy::TcpSession`], the echo filter, graceful drain.
 //! - [`relay`]: moves bytes between two sockets with reused buffers and reports every read to
 //!   the session state machine.
+//! - [`transparent`]: transparent capture's socket options (original destination,
+//!   `IP_TRANSPARENT`, `SO_MARK`).
 //! - [`limits`]: the process-wide caps every worker shares (connections, Bolt partial frames).
 //! - [`logging`]: log level spellings (CLI and `/logging`), colour on terminals only.
 //! - [`stats`]: per-worker counters (written only by their worker; summed when read).
@@ -36,6 +38,7 @@ pub mod pool;
 pub mod relay;
 pub mod server;
 pub mod stats;
+pub mod transparent;
 pub mod worker;
 
 /// The origin of the core's [`sluice_core::Instant`]s: a point a minute before the first

@@ -30,7 +30,6 @@ use tokio::sync::watch;
 use tracing::{error, info, warn};
 
 use crate::admin::{AdminHandle, AdminShared, LogControl, ServerState};
-use crate::net::bind_reuseport;
 use crate::stats::WorkerStats;
 
 mod handover;
@@ -88,7 +87,8 @@ fn check_access_logs(config: &Config) -> io::Result<()> {
 /// Binds listener `i` of `config` once (with `SO_REUSEPORT`), naming it in the error.
 fn bind_listener(config: &Config, i: usize) -> io::Result<std::net::TcpListener> {
     let l = &config.listeners[i];
-    bind_reuseport(l.address, BACKLOG).map_err(|e| {
+    let tproxy = l.original_dst == Some(sluice_core::config::OriginalDst::Tproxy);
+    crate::transparent::bind_listener(l.address, BACKLOG, tproxy).map_err(|e| {
         io::Error::new(
             e.kind(),
             format!(
