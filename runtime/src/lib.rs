@@ -9,6 +9,7 @@
 //!   [`sluice_core::tcp_proxy::TcpSession`], the echo filter, graceful drain.
 //! - [`relay`]: moves bytes between two sockets with reused buffers and reports every read to
 //!   the session state machine.
+//! - [`iptables`]: `sluice iptables`, the capture rules for a config (printed, never run).
 //! - [`transparent`]: transparent capture's socket options (original destination,
 //!   `IP_TRANSPARENT`, `SO_MARK`).
 //! - [`limits`]: the process-wide caps every worker shares (connections, Bolt partial frames).
@@ -31,6 +32,7 @@ pub mod engine;
 pub mod fdpass;
 pub mod health;
 pub mod http;
+pub mod iptables;
 pub mod limits;
 pub mod logging;
 pub mod net;
