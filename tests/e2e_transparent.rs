@@ -1,0 +1,380 @@
+//! End-to-end tests of transparent capture in network namespaces: an application namespace
+//! (Sluice and its "pod") and a server namespace, joined by a veth pair. Sluice runs in the
+//! application namespace with the capture rules `sluice iptables` prints for its config (so
+//! the printed rules are what is tested), and the application's connections to the server's
+//! real address must go through Sluice (its counters say so) and reach the server, exactly once
+//! each: the proxy's own upstream connections, marked with `upstream_mark`, are not captured
+//! again (no loop, no connection storm).
+//!
+//! Needs root (namespaces, iptables), `ip`, `iptables`, `python3` and `curl`; skipped with a
+//! line saying why otherwise (a failure under `tests/run.sh`, which installs them). Every
+//! namespace is removed at the end, also on failure (a drop guard); the veth pair and the rules
+//! live inside the namespaces and go with them.
+
+mod support;
+
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+use support::*;
+
+const APP_IP: &str = "10.77.0.1";
+const SERVER_IP: &str = "10.77.0.2";
+const HTTP_PORT: u16 = 8080;
+const ECHO_PORT: u16 = 9000;
+const ADMIN: &str = "127.0.0.1:15000";
+
+/// A network namespace, deleted on drop (with the veth ends and the rules in it).
+struct Netns(String);
+
+impl Netns {
+    fn new(name: String) -> Netns {
+        // A leftover of a killed earlier run with the same pid: remove it first.
+        let _ = Command::new("ip").args(["netns", "del", &name]).output();
+        ip(&["netns", "add", &name]);
+        Netns(name)
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.0]).output();
+    }
+}
+
+fn ip(args: &[&str]) {
+    let out = Command::new("ip").args(args).output().expect("run ip");
+    assert!(
+        out.status.success(),
+        "ip {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Runs `program args` in namespace `ns`.
+fn in_ns(ns: &Netns, program: &str, args: &[&str]) -> Output {
+    Command::new("ip")
+        .args(["netns", "exec", &ns.0, program])
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("ip netns exec {} {program}: {e}", ns.0))
+}
+
+/// Starts `program args` in namespace `ns` (`ip netns exec` execs it: the pid is the program's).
+fn spawn_in(dir: &TempDir, ns: &Netns, name: &str, program: &str, args: &[&str]) -> Proc {
+    let mut all = vec!["netns", "exec", &ns.0, program];
+    all.extend_from_slice(args);
+    spawn(dir, name, "ip", &all)
+}
+
+/// Waits until something accepts on `ip:port` as seen from namespace `ns`.
+fn wait_listening_in(ns: &Netns, ip: &str, port: u16, proc: &mut Proc) {
+    let end = Instant::now() + Duration::from_secs(20);
+    let probe = format!("import socket; socket.create_connection(({ip:?}, {port}), 1).close()");
+    while Instant::now() < end {
+        if in_ns(ns, "python3", &["-c", &probe]).status.success() {
+            return;
+        }
+        if let Some(status) = proc.child.try_wait().unwrap() {
+            panic!("{} exited ({status}):\n{}", proc.name, proc.log_text());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!(
+        "{} not listening on {ip}:{port}:\n{}",
+        proc.name,
+        proc.log_text()
+    );
+}
+
+/// Whether this machine can run the tests; says why not when it cannot.
+fn can_run() -> bool {
+    if !require_peers(&["ip", "iptables", "python3", "curl"]) {
+        return false;
+    }
+    use std::os::unix::fs::MetadataExt;
+    let root = std::fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0);
+    if !root {
+        let test = std::thread::current().name().unwrap_or("?").to_owned();
+        if std::env::var_os(REQUIRE_PEERS_VAR).is_some_and(|v| !v.is_empty() && v != "0") {
+            panic!("e2e_transparent::{test}: needs root (network namespaces, iptables)");
+        }
+        eprintln!("SKIPPED e2e_transparent::{test}: needs root (network namespaces, iptables)");
+        return false;
+    }
+    true
+}
+
+const ECHO_SERVER: &str = r#"
+import socket, sys, threading
+l = socket.socket()
+l.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+l.bind((sys.argv[1], int(sys.argv[2])))
+l.listen(64)
+def serve(c):
+    while True:
+        d = c.recv(65536)
+        if not d:
+            break
+        c.sendall(d)
+    c.close()
+while True:
+    c, peer = l.accept()
+    print("connection from", peer[0], flush=True)
+    threading.Thread(target=serve, args=(c,), daemon=True).start()
+"#;
+
+const ECHO_CLIENT: &str = r#"
+import socket, sys
+s = socket.create_connection((sys.argv[1], int(sys.argv[2])), 5)
+s.settimeout(5)
+s.sendall(sys.argv[3].encode())
+s.shutdown(socket.SHUT_WR)
+got = b""
+while True:
+    d = s.recv(65536)
+    if not d:
+        break
+    got += d
+sys.stdout.write(got.decode())
+"#;
+
+fn config(original_dst: &str) -> String {
+    format!(
+        "admin: {{ address: {ADMIN} }}
+upstream_mark: 1337
+listeners:
+  - name: outbound
+    address: 0.0.0.0:15001
+    original_dst: {original_dst}
+    use_original_dst: true
+    tcp_proxy: {{ cluster: passthrough }}
+  - name: echo_{ECHO_PORT}
+    address: 0.0.0.0:{ECHO_PORT}
+    tcp_proxy: {{ cluster: echo }}
+clusters:
+  - {{ name: passthrough, type: original_dst, connect_timeout: 2s }}
+  - {{ name: echo, hosts: [ {{ address: {SERVER_IP}:{ECHO_PORT} }} ] }}
+"
+    )
+}
+
+/// `/stats` of the Sluice in `app`, as `name value` pairs.
+fn stats(app: &Netns) -> Vec<(String, u64)> {
+    let out = in_ns(
+        app,
+        "curl",
+        &["-sS", "--max-time", "5", &format!("http://{ADMIN}/stats")],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| {
+            let (k, v) = l.split_once(": ")?;
+            Some((k.to_owned(), v.trim().parse().ok()?))
+        })
+        .collect()
+}
+
+fn stat(all: &[(String, u64)], name: &str) -> u64 {
+    all.iter()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| *v)
+        .unwrap_or_else(|| panic!("no {name} in /stats: {all:?}"))
+}
+
+/// Outbound TCP and HTTP from the application namespace to the server's real address, captured
+/// by the rules `sluice iptables` prints for a listener with `original_dst: MODE`.
+fn outbound_capture(mode: &str, tag: &str) {
+    if !can_run() {
+        return;
+    }
+    let dir = TempDir::new(&format!("transparent-{tag}"));
+    let pid = std::process::id();
+    // Declared first: dropped last, after every process in them is gone.
+    let app = Netns::new(format!("sluice-{pid}-{tag}-app"));
+    let server = Netns::new(format!("sluice-{pid}-{tag}-srv"));
+    ip(&[
+        "-n", &app.0, "link", "add", "veth0", "type", "veth", "peer", "name", "veth1", "netns",
+        &server.0,
+    ]);
+    ip(&[
+        "-n",
+        &app.0,
+        "addr",
+        "add",
+        &format!("{APP_IP}/24"),
+        "dev",
+        "veth0",
+    ]);
+    ip(&[
+        "-n",
+        &server.0,
+        "addr",
+        "add",
+        &format!("{SERVER_IP}/24"),
+        "dev",
+        "veth1",
+    ]);
+    for (ns, dev) in [(&app, "veth0"), (&server, "veth1")] {
+        ip(&["-n", &ns.0, "link", "set", dev, "up"]);
+        ip(&["-n", &ns.0, "link", "set", "lo", "up"]);
+    }
+
+    // The server: an echo on ECHO_PORT, an HTTP file server on HTTP_PORT.
+    let files = dir.path().join("www");
+    std::fs::create_dir_all(&files).unwrap();
+    std::fs::write(files.join("hello.txt"), "hello from the server namespace\n").unwrap();
+    let echo_script = dir.write("echo.py", ECHO_SERVER);
+    let mut echo = spawn_in(
+        &dir,
+        &server,
+        "echo",
+        "python3",
+        &[
+            "-u",
+            echo_script.to_str().unwrap(),
+            SERVER_IP,
+            &ECHO_PORT.to_string(),
+        ],
+    );
+    let mut http = spawn_in(
+        &dir,
+        &server,
+        "http",
+        "python3",
+        &[
+            "-u",
+            "-m",
+            "http.server",
+            &HTTP_PORT.to_string(),
+            "--bind",
+            SERVER_IP,
+            "--directory",
+            files.to_str().unwrap(),
+        ],
+    );
+    wait_listening_in(&server, SERVER_IP, ECHO_PORT, &mut echo);
+    wait_listening_in(&server, SERVER_IP, HTTP_PORT, &mut http);
+    // Probing connected once to each: what the servers count from here on is the test's.
+    let probes_echo = echo.log_text().lines().count();
+
+    // Sluice in the application namespace.
+    let config_path = dir.write("sluice.yaml", &config(mode));
+    let config_path = config_path.to_str().unwrap();
+    let mut sluice = spawn_in(
+        &dir,
+        &app,
+        "sluice",
+        sluice_bin(),
+        &["run", "-c", config_path, "--workers", "1"],
+    );
+    wait_listening_in(&app, "127.0.0.1", 15000, &mut sluice);
+
+    // The capture rules, as printed.
+    let printed = Command::new(sluice_bin())
+        .args(["iptables", "-c", config_path])
+        .output()
+        .unwrap();
+    assert!(
+        printed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&printed.stderr)
+    );
+    let script = String::from_utf8(printed.stdout).unwrap();
+    let applied = in_ns(&app, "sh", &["-c", &script]);
+    assert!(
+        applied.status.success(),
+        "the printed rules did not apply:\n{script}\n{}",
+        String::from_utf8_lossy(&applied.stderr)
+    );
+
+    // TCP to the server's real address: handed off by the original destination to the
+    // echo_9000 listener, whose cluster is the server.
+    let client = in_ns(
+        &app,
+        "python3",
+        &[
+            "-c",
+            ECHO_CLIENT,
+            SERVER_IP,
+            &ECHO_PORT.to_string(),
+            "through sluice",
+        ],
+    );
+    assert!(
+        client.status.success(),
+        "{}",
+        String::from_utf8_lossy(&client.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&client.stdout), "through sluice");
+
+    // HTTP to the server's real address: no listener for port 8080, so the capture listener's
+    // own chain passes it through to the original destination.
+    let url = format!("http://{SERVER_IP}:{HTTP_PORT}/hello.txt");
+    let got = in_ns(
+        &app,
+        "curl",
+        &["-sS", "--max-time", "10", "-w", "\n%{http_code}", &url],
+    );
+    assert!(
+        got.status.success(),
+        "{}",
+        String::from_utf8_lossy(&got.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&got.stdout),
+        "hello from the server namespace\n\n200"
+    );
+
+    // Through Sluice, once each: the proxy's own upstream connections were not captured again.
+    let s = stats(&app);
+    let log = sluice.log_text();
+    assert_eq!(stat(&s, "listener.outbound.capture.handed_off"), 1, "{log}");
+    assert_eq!(stat(&s, "listener.outbound.capture.own_chain"), 1, "{log}");
+    assert_eq!(
+        stat(&s, "listener.outbound.capture.no_original_dst"),
+        0,
+        "{log}"
+    );
+    assert_eq!(
+        stat(&s, "listener.outbound.downstream_cx_total"),
+        1,
+        "{log}"
+    );
+    assert_eq!(
+        stat(
+            &s,
+            &format!("listener.echo_{ECHO_PORT}.downstream_cx_total")
+        ),
+        1
+    );
+    assert_eq!(stat(&s, "cluster.passthrough.upstream_cx_total"), 1);
+    assert_eq!(stat(&s, "cluster.echo.upstream_cx_total"), 1);
+    // And the servers saw exactly those connections, from the application's address.
+    let echo_log = echo.log_text();
+    let seen: Vec<&str> = echo_log.lines().skip(probes_echo).collect();
+    assert_eq!(seen, [format!("connection from {APP_IP}")], "{echo_log}");
+    let http_log = http.log_text();
+    let requests: Vec<&str> = http_log
+        .lines()
+        .filter(|l| l.contains("GET /hello.txt"))
+        .collect();
+    assert_eq!(requests.len(), 1, "{http_log}");
+    assert!(requests[0].starts_with(APP_IP), "{http_log}");
+}
+
+#[test]
+fn outbound_redirect_capture_reaches_the_real_server_once() {
+    outbound_capture("redirect", "r");
+}
+
+#[test]
+fn outbound_tproxy_capture_reaches_the_real_server_once() {
+    outbound_capture("tproxy", "t");
+}
