@@ -140,7 +140,7 @@ while True:
 sys.stdout.write(got.decode())
 "#;
 
-fn config(original_dst: &str) -> String {
+fn config(original_dst: &str, access_log: &str) -> String {
     format!(
         "admin: {{ address: {ADMIN} }}
 upstream_mark: 1337
@@ -150,12 +150,17 @@ listeners:
     original_dst: {original_dst}
     use_original_dst: true
     tcp_proxy: {{ cluster: passthrough }}
-  - name: echo_{ECHO_PORT}
-    address: 0.0.0.0:{ECHO_PORT}
-    tcp_proxy: {{ cluster: echo }}
+  - name: http_{HTTP_PORT}
+    address: 0.0.0.0:{HTTP_PORT}
+    http:
+      access_log: {{ format: text, template: \"%LISTENER% %METHOD% %PATH% %STATUS% %ORIGINAL_DST%\", path: {access_log} }}
+      virtual_hosts:
+        - name: all
+          domains: [\"*\"]
+          routes: [ {{ match: {{ prefix: / }}, route: {{ cluster: web }} }} ]
 clusters:
   - {{ name: passthrough, type: original_dst, connect_timeout: 2s }}
-  - {{ name: echo, hosts: [ {{ address: {SERVER_IP}:{ECHO_PORT} }} ] }}
+  - {{ name: web, hosts: [ {{ address: {SERVER_IP}:{HTTP_PORT} }} ] }}
 "
     )
 }
@@ -265,7 +270,8 @@ fn outbound_capture(mode: &str, tag: &str) {
     let probes_echo = echo.log_text().lines().count();
 
     // Sluice in the application namespace.
-    let config_path = dir.write("sluice.yaml", &config(mode));
+    let access_log = dir.path().join("access.log");
+    let config_path = dir.write("sluice.yaml", &config(mode, access_log.to_str().unwrap()));
     let config_path = config_path.to_str().unwrap();
     let mut sluice = spawn_in(
         &dir,
@@ -294,8 +300,8 @@ fn outbound_capture(mode: &str, tag: &str) {
         String::from_utf8_lossy(&applied.stderr)
     );
 
-    // TCP to the server's real address: handed off by the original destination to the
-    // echo_9000 listener, whose cluster is the server.
+    // TCP to the server's real address: no listener for the echo's port, so the capture
+    // listener's own chain passes it through to the original destination.
     let client = in_ns(
         &app,
         "python3",
@@ -314,8 +320,8 @@ fn outbound_capture(mode: &str, tag: &str) {
     );
     assert_eq!(String::from_utf8_lossy(&client.stdout), "through sluice");
 
-    // HTTP to the server's real address: no listener for port 8080, so the capture listener's
-    // own chain passes it through to the original destination.
+    // HTTP to the server's real address: handed off by the original destination to the
+    // http_8080 listener, which routes it to the `web` cluster (the server).
     let url = format!("http://{SERVER_IP}:{HTTP_PORT}/hello.txt");
     let got = in_ns(
         &app,
@@ -350,12 +356,26 @@ fn outbound_capture(mode: &str, tag: &str) {
     assert_eq!(
         stat(
             &s,
-            &format!("listener.echo_{ECHO_PORT}.downstream_cx_total")
+            &format!("listener.http_{HTTP_PORT}.downstream_cx_total")
         ),
         1
     );
     assert_eq!(stat(&s, "cluster.passthrough.upstream_cx_total"), 1);
-    assert_eq!(stat(&s, "cluster.echo.upstream_cx_total"), 1);
+    assert_eq!(stat(&s, "cluster.web.upstream_cx_total"), 1);
+    // The access log names the original destination (flushed at exit).
+    sluice.signal("TERM");
+    assert!(
+        sluice.wait_exit(Duration::from_secs(20)).is_some(),
+        "{}",
+        sluice.log_text()
+    );
+    let lines = std::fs::read_to_string(&access_log).unwrap_or_default();
+    assert_eq!(
+        lines,
+        format!("http_{HTTP_PORT} GET /hello.txt 200 {SERVER_IP}:{HTTP_PORT}\n"),
+        "{}",
+        sluice.log_text()
+    );
     // And the servers saw exactly those connections, from the application's address.
     let echo_log = echo.log_text();
     let seen: Vec<&str> = echo_log.lines().skip(probes_echo).collect();

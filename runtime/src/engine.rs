@@ -569,14 +569,15 @@ impl<N: Network> Engine<N> {
                 }
                 ListenerFilter::Echo => self.echo(index, stream).await,
                 ListenerFilter::Http(hc) => {
-                    self.http_connection(index, lc, hc, stream, peer, &[]).await;
+                    self.http_connection(index, lc, hc, stream, peer, &[], original_dst)
+                        .await;
                 }
                 ListenerFilter::Bolt(bc) => {
                     self.note_bolt_traffic(bc);
                     self.bolt_connection(index, stream, peer, &[], false).await;
                 }
                 ListenerFilter::Auto { http, bolt } => {
-                    self.auto_connection(index, lc, http, bolt, stream, peer)
+                    self.auto_connection(index, lc, http, bolt, stream, peer, original_dst)
                         .await;
                 }
             }
@@ -931,6 +932,7 @@ impl<N: Network> Engine<N> {
     /// `protocol: auto`: reads the first bytes and serves the connection as HTTP/1.1 (it starts
     /// with a method token and a space) or Bolt (protocol byte 1 or 2); anything else is closed
     /// and counted (`bolt.sniff_failed`). The bytes read go to the chosen driver first.
+    #[allow(clippy::too_many_arguments)]
     async fn auto_connection(
         self: &Rc<Self>,
         index: usize,
@@ -939,6 +941,7 @@ impl<N: Network> Engine<N> {
         bolt: &sluice_core::config::bolt::BoltConfig,
         mut stream: N::Stream,
         peer: SocketAddr,
+        original_dst: Option<SocketAddr>,
     ) {
         let mut first = [0u8; 16];
         let mut n = 0;
@@ -958,7 +961,7 @@ impl<N: Network> Engine<N> {
         };
         match protocol {
             Some(Sniffed::Http) => {
-                self.http_connection(index, lc, http, stream, peer, &first[..n])
+                self.http_connection(index, lc, http, stream, peer, &first[..n], original_dst)
                     .await;
             }
             Some(Sniffed::Bolt) => {

@@ -435,6 +435,7 @@ impl<N: Network> Engine<N> {
     /// Serves one downstream HTTP/1.1 connection until it closes.
     /// Serves one downstream HTTP/1.1 connection; `initial` holds bytes already read from it
     /// (by protocol detection), served before the stream's own.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) async fn http_connection(
         &self,
         listener: usize,
@@ -443,6 +444,7 @@ impl<N: Network> Engine<N> {
         mut down: N::Stream,
         peer: SocketAddr,
         initial: &[u8],
+        original_dst: Option<SocketAddr>,
     ) {
         // Once a drain's `drain_timeout` has passed, the connection ends wherever it is, as TCP
         // and Bolt sessions do: the drain must end on time. A request still waiting for its
@@ -455,7 +457,7 @@ impl<N: Network> Engine<N> {
             biased;
             () = expired => false,
             () = self.serve_http_connection(
-                listener, lc, hc, &mut down, peer, initial, &awaiting_response,
+                listener, lc, hc, &mut down, peer, initial, original_dst, &awaiting_response,
             ) => true,
         };
         if !served {
@@ -482,6 +484,7 @@ impl<N: Network> Engine<N> {
         down: &mut N::Stream,
         peer: SocketAddr,
         initial: &[u8],
+        original_dst: Option<SocketAddr>,
         awaiting_response: &Rc<Cell<bool>>,
     ) {
         let limits = Limits {
@@ -565,6 +568,7 @@ impl<N: Network> Engine<N> {
                             request_id: b"",
                             downstream: peer,
                             listener: &lc.name,
+                            original_dst,
                         });
                     }
                     tracing::debug!(listener = %lc.name, %peer, status, "rejected request: {why}");
@@ -628,6 +632,7 @@ impl<N: Network> Engine<N> {
                     request_id,
                     downstream: peer,
                     listener: &lc.name,
+                    original_dst,
                 });
             }
             // The request (head and any body) is done with: drop it from the buffer; what
