@@ -1,10 +1,11 @@
 //! End-to-end tests of transparent capture in network namespaces: an application namespace
-//! (Sluice and its "pod") and a server namespace, joined by a veth pair. Sluice runs in the
-//! application namespace with the capture rules `sluice iptables` prints for its config (so
-//! the printed rules are what is tested), and the application's connections to the server's
-//! real address must go through Sluice (its counters say so) and reach the server, exactly once
-//! each: the proxy's own upstream connections, marked with `upstream_mark`, are not captured
-//! again (no loop, no connection storm).
+//! (Sluice and its "pod", with the application's own server) and a server namespace, joined by
+//! a veth pair. Sluice runs in the application namespace with the capture rules `sluice
+//! iptables` prints for its config (so the printed rules are what is tested). The application's
+//! connections to the server's real address (outbound), and the server's to the application's
+//! server (inbound), must go through Sluice (its counters and access log say so) and reach
+//! their peer exactly once each: the proxy's own upstream connections, marked with
+//! `upstream_mark`, are not captured again (no loop, no connection storm).
 //!
 //! Needs root (namespaces, iptables), `ip`, `iptables`, `python3` and `curl`; skipped with a
 //! line saying why otherwise (a failure under `tests/run.sh`, which installs them). Every
@@ -23,6 +24,8 @@ const SERVER_IP: &str = "10.77.0.2";
 const HTTP_PORT: u16 = 8080;
 const ECHO_PORT: u16 = 9000;
 const ADMIN: &str = "127.0.0.1:15000";
+/// The application's own server in its namespace (inbound traffic goes to it).
+const LOCAL_APP_PORT: u16 = 7070;
 
 /// A network namespace, deleted on drop (with the veth ends and the rules in it).
 struct Netns(String);
@@ -150,6 +153,10 @@ listeners:
     original_dst: {original_dst}
     use_original_dst: true
     tcp_proxy: {{ cluster: passthrough }}
+  - name: inbound
+    address: 0.0.0.0:15006
+    original_dst: {original_dst}
+    tcp_proxy: {{ cluster: passthrough }}
   - name: http_{HTTP_PORT}
     address: 0.0.0.0:{HTTP_PORT}
     http:
@@ -193,9 +200,10 @@ fn stat(all: &[(String, u64)], name: &str) -> u64 {
         .unwrap_or_else(|| panic!("no {name} in /stats: {all:?}"))
 }
 
-/// Outbound TCP and HTTP from the application namespace to the server's real address, captured
-/// by the rules `sluice iptables` prints for a listener with `original_dst: MODE`.
-fn outbound_capture(mode: &str, tag: &str) {
+/// Outbound TCP and HTTP from the application namespace to the server's real address, and
+/// inbound HTTP from the server namespace to the application's own server, captured by the
+/// rules `sluice iptables` prints for listeners with `original_dst: MODE`.
+fn capture(mode: &str, tag: &str) {
     if !can_run() {
         return;
     }
@@ -266,6 +274,24 @@ fn outbound_capture(mode: &str, tag: &str) {
     );
     wait_listening_in(&server, SERVER_IP, ECHO_PORT, &mut echo);
     wait_listening_in(&server, SERVER_IP, HTTP_PORT, &mut http);
+    // The application's own server, in its namespace.
+    let mut local_app = spawn_in(
+        &dir,
+        &app,
+        "local_app",
+        "python3",
+        &[
+            "-u",
+            "-m",
+            "http.server",
+            &LOCAL_APP_PORT.to_string(),
+            "--bind",
+            APP_IP,
+            "--directory",
+            files.to_str().unwrap(),
+        ],
+    );
+    wait_listening_in(&app, APP_IP, LOCAL_APP_PORT, &mut local_app);
     // Probing connected once to each: what the servers count from here on is the test's.
     let probes_echo = echo.log_text().lines().count();
 
@@ -338,6 +364,24 @@ fn outbound_capture(mode: &str, tag: &str) {
         "hello from the server namespace\n\n200"
     );
 
+    // Inbound HTTP from the server namespace to the application's own server: captured by the
+    // inbound listener, passed through to its original destination.
+    let url = format!("http://{APP_IP}:{LOCAL_APP_PORT}/hello.txt");
+    let got = in_ns(
+        &server,
+        "curl",
+        &["-sS", "--max-time", "10", "-w", "\n%{http_code}", &url],
+    );
+    assert!(
+        got.status.success(),
+        "{}",
+        String::from_utf8_lossy(&got.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&got.stdout),
+        "hello from the server namespace\n\n200"
+    );
+
     // Through Sluice, once each: the proxy's own upstream connections were not captured again.
     let s = stats(&app);
     let log = sluice.log_text();
@@ -360,7 +404,15 @@ fn outbound_capture(mode: &str, tag: &str) {
         ),
         1
     );
-    assert_eq!(stat(&s, "cluster.passthrough.upstream_cx_total"), 1);
+    assert_eq!(stat(&s, "listener.inbound.capture.own_chain"), 1, "{log}");
+    assert_eq!(
+        stat(&s, "listener.inbound.capture.no_original_dst"),
+        0,
+        "{log}"
+    );
+    assert_eq!(stat(&s, "listener.inbound.downstream_cx_total"), 1, "{log}");
+    // The outbound echo and the inbound request.
+    assert_eq!(stat(&s, "cluster.passthrough.upstream_cx_total"), 2);
     assert_eq!(stat(&s, "cluster.web.upstream_cx_total"), 1);
     // The access log names the original destination (flushed at exit).
     sluice.signal("TERM");
@@ -387,14 +439,23 @@ fn outbound_capture(mode: &str, tag: &str) {
         .collect();
     assert_eq!(requests.len(), 1, "{http_log}");
     assert!(requests[0].starts_with(APP_IP), "{http_log}");
+    // The application's server got the inbound request once, from the proxy (the source
+    // address is not kept yet).
+    let local_log = local_app.log_text();
+    let requests: Vec<&str> = local_log
+        .lines()
+        .filter(|l| l.contains("GET /hello.txt"))
+        .collect();
+    assert_eq!(requests.len(), 1, "{local_log}");
+    assert!(requests[0].starts_with(APP_IP), "{local_log}");
 }
 
 #[test]
-fn outbound_redirect_capture_reaches_the_real_server_once() {
-    outbound_capture("redirect", "r");
+fn redirect_capture_reaches_the_real_peers_once() {
+    capture("redirect", "r");
 }
 
 #[test]
-fn outbound_tproxy_capture_reaches_the_real_server_once() {
-    outbound_capture("tproxy", "t");
+fn tproxy_capture_reaches_the_real_peers_once() {
+    capture("tproxy", "t");
 }

@@ -18,7 +18,11 @@
 //! an outbound capture needs at least one of them, or the proxy's connection to the real peer
 //! would be captured back into the proxy. Traffic on the loopback interface is never captured
 //! (it is the pod talking to itself, the proxy included), nor inbound connections to the
-//! proxy's own ports (every listener's and the admin server's).
+//! proxy's own ports (every listener's and the admin server's). With `TPROXY`, whose rules see
+//! every packet (not only a connection's first, as `nat` does), replies are left alone
+//! (`-m conntrack --ctdir REPLY`): inbound, the replies to the pod's own connections (`TPROXY`
+//! would drop them, their socket not being transparent); outbound, the replies of connections
+//! made to the pod (they must leave, not be rerouted to the proxy).
 //!
 //! Rules go into chains of their own (`SLUICE_OUTBOUND`, `SLUICE_INBOUND`, ...) jumped to from
 //! the built-in chains, so that they can be listed and flushed together. IPv4 (`iptables`) for
@@ -228,6 +232,12 @@ pub fn script(config: &Config, options: &Options) -> Result<String, String> {
                         out,
                         "{ipt} -t mangle -A {chain} -o lo -j RETURN  # loopback"
                     );
+                    // Only the pod's own connections: the replies of connections made to
+                    // the pod (captured inbound, or not) leave as they are.
+                    let _ = writeln!(
+                        out,
+                        "{ipt} -t mangle -A {chain} -m conntrack --ctdir REPLY -j RETURN  # replies to connections made to the pod"
+                    );
                     let _ = writeln!(
                         out,
                         "{ipt} -t mangle -A {chain} -p tcp -j MARK --set-mark {m}  # rerouted through lo"
@@ -285,6 +295,12 @@ pub fn script(config: &Config, options: &Options) -> Result<String, String> {
                     );
                 }
                 OriginalDst::Tproxy => {
+                    // TPROXY drops a packet whose socket is not transparent: the replies to
+                    // the proxy's own upstream connections must not reach it.
+                    let _ = writeln!(
+                        out,
+                        "{ipt} -t mangle -A {chain} -p tcp -m conntrack --ctdir REPLY -j RETURN  # replies to the pod's own connections"
+                    );
                     let _ = writeln!(
                         out,
                         "{ipt} -t mangle -A {chain} -p tcp -j TPROXY --on-port {port} --tproxy-mark {m}"
@@ -376,6 +392,7 @@ ip -6 route add local ::/0 dev lo table 133
 iptables -t mangle -N SLUICE_OUTBOUND
 iptables -t mangle -A SLUICE_OUTBOUND -m mark --mark 1337 -j RETURN  # the proxy's upstream sockets (upstream_mark)
 iptables -t mangle -A SLUICE_OUTBOUND -o lo -j RETURN  # loopback
+iptables -t mangle -A SLUICE_OUTBOUND -m conntrack --ctdir REPLY -j RETURN  # replies to connections made to the pod
 iptables -t mangle -A SLUICE_OUTBOUND -p tcp -j MARK --set-mark 1  # rerouted through lo
 iptables -t mangle -A OUTPUT -p tcp -j SLUICE_OUTBOUND
 iptables -t mangle -N SLUICE_OUTBOUND_TPROXY
@@ -384,6 +401,7 @@ iptables -t mangle -A PREROUTING -i lo -p tcp -j SLUICE_OUTBOUND_TPROXY
 ip6tables -t mangle -N SLUICE_OUTBOUND
 ip6tables -t mangle -A SLUICE_OUTBOUND -m mark --mark 1337 -j RETURN  # the proxy's upstream sockets (upstream_mark)
 ip6tables -t mangle -A SLUICE_OUTBOUND -o lo -j RETURN  # loopback
+ip6tables -t mangle -A SLUICE_OUTBOUND -m conntrack --ctdir REPLY -j RETURN  # replies to connections made to the pod
 ip6tables -t mangle -A SLUICE_OUTBOUND -p tcp -j MARK --set-mark 1  # rerouted through lo
 ip6tables -t mangle -A OUTPUT -p tcp -j SLUICE_OUTBOUND
 ip6tables -t mangle -N SLUICE_OUTBOUND_TPROXY
@@ -394,6 +412,7 @@ ip6tables -t mangle -A PREROUTING -i lo -p tcp -j SLUICE_OUTBOUND_TPROXY
 iptables -t mangle -N SLUICE_INBOUND
 iptables -t mangle -A SLUICE_INBOUND -i lo -j RETURN  # loopback
 iptables -t mangle -A SLUICE_INBOUND -p tcp -m multiport --dports 15000,15001,15006 -j RETURN  # the proxy's own ports
+iptables -t mangle -A SLUICE_INBOUND -p tcp -m conntrack --ctdir REPLY -j RETURN  # replies to the pod's own connections
 iptables -t mangle -A SLUICE_INBOUND -p tcp -j TPROXY --on-port 15006 --tproxy-mark 1
 iptables -t mangle -A PREROUTING -p tcp -j SLUICE_INBOUND
 "#;
