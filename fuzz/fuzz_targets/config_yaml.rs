@@ -16,7 +16,14 @@ use libfuzzer_sys::fuzz_target;
 use sluice_core::config::yaml::{parse_duration, parse_socket_addr};
 use sluice_core::config::{Config, ConfigErrors, ListenerFilter, format_duration};
 
-const SECTIONS: [&str; 4] = ["admin", "listeners", "clusters", "drain_timeout"];
+const SECTIONS: [&str; 6] = [
+    "admin",
+    "listeners",
+    "clusters",
+    "drain_timeout",
+    "limits",
+    "upstream_mark",
+];
 
 fuzz_target!(|data: &[u8]| {
     let text = String::from_utf8_lossy(data);
