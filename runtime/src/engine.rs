@@ -506,7 +506,7 @@ impl<N: Network> Engine<N> {
         let Some(how) = lc.original_dst else {
             return (index, None);
         };
-        let destination = N::original_destination(stream, how, lc.address);
+        let destination = self.net.original_destination(stream, how, lc.address);
         let (outcome, serving) = match destination {
             None => (CaptureOutcome::NoOriginalDst, index),
             Some(d) if lc.use_original_dst => match self.capture_handoff.choose(d) {

@@ -42,6 +42,7 @@ pub trait Network: Clone + 'static {
     /// `listener` (see [`crate::transparent::original_destination`]); `None` when it was not
     /// captured or this network cannot tell (the simulator).
     fn original_destination(
+        &self,
         _stream: &Self::Stream,
         _how: OriginalDst,
         _listener: SocketAddr,
@@ -90,6 +91,7 @@ impl Network for TokioNet {
     }
 
     fn original_destination(
+        &self,
         stream: &Self::Stream,
         how: OriginalDst,
         listener: SocketAddr,

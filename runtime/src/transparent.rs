@@ -139,3 +139,140 @@ mod tests {
         );
     }
 }
+
+/// The engine's side of capture, without a packet filter: a network whose "kernel" reports a
+/// chosen original destination for every accepted connection.
+#[cfg(test)]
+mod engine_tests {
+    use std::cell::Cell;
+    use std::rc::Rc;
+    use std::sync::Arc;
+    use std::sync::atomic::Ordering::Relaxed;
+    use std::time::Duration;
+
+    use sluice_core::config::{Config, OriginalDst};
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+    use super::*;
+    use crate::engine::Engine;
+    use crate::net::{Network, TokioNet};
+    use crate::stats::{CaptureOutcome, WorkerStats};
+    use crate::worker::{Worker, WorkerHooks};
+
+    #[derive(Clone, Default)]
+    struct CapturedNet {
+        original_dst: Rc<Cell<Option<SocketAddr>>>,
+    }
+
+    impl Network for CapturedNet {
+        type Stream = tokio::net::TcpStream;
+        type Listener = tokio::net::TcpListener;
+
+        async fn accept(
+            &self,
+            listener: &Self::Listener,
+        ) -> io::Result<(Self::Stream, SocketAddr)> {
+            TokioNet::default().accept(listener).await
+        }
+
+        async fn connect(&self, address: SocketAddr) -> io::Result<Self::Stream> {
+            TokioNet::default().connect(address).await
+        }
+
+        fn original_destination(
+            &self,
+            _stream: &Self::Stream,
+            _how: OriginalDst,
+            _listener: SocketAddr,
+        ) -> Option<SocketAddr> {
+            self.original_dst.get()
+        }
+    }
+
+    fn bound() -> (tokio::net::TcpListener, SocketAddr) {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.set_nonblocking(true).unwrap();
+        let at = l.local_addr().unwrap();
+        (tokio::net::TcpListener::from_std(l).unwrap(), at)
+    }
+
+    /// Sends `what`, half-closes, and reads until the proxy closes.
+    async fn exchange(to: SocketAddr, what: &[u8]) -> Vec<u8> {
+        let mut s = tokio::net::TcpStream::connect(to).await.unwrap();
+        s.write_all(what).await.unwrap();
+        s.shutdown().await.unwrap();
+        let mut back = Vec::new();
+        tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut back))
+            .await
+            .expect("the proxy answers in time")
+            .unwrap_or_default();
+        back
+    }
+
+    #[test]
+    fn captured_connections_are_handed_off_passed_through_or_closed_and_counted() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        tokio::task::LocalSet::new().block_on(&rt, async {
+            // The "real peer" a pass-through reaches: echoes, then closes.
+            let (peer, peer_at) = bound();
+            tokio::task::spawn_local(async move {
+                while let Ok((mut s, _)) = peer.accept().await {
+                    tokio::task::spawn_local(async move {
+                        let mut buf = Vec::new();
+                        let _ = s.read_to_end(&mut buf).await;
+                        let _ = s.write_all(&buf).await;
+                    });
+                }
+            });
+            let (capture, capture_at) = bound();
+            let (echo, echo_at) = bound();
+            let yaml = format!(
+                "listeners:
+  - {{ name: capture, address: {capture_at}, original_dst: redirect, use_original_dst: true, tcp_proxy: {{ cluster: pass }} }}
+  - {{ name: echo, address: {echo_at}, echo: {{}} }}
+clusters:
+  - {{ name: pass, type: original_dst }}
+"
+            );
+            let config = Arc::new(Config::from_yaml(&yaml).unwrap());
+            let stats = Arc::new(WorkerStats::new(&config));
+            let net = CapturedNet::default();
+            let dst = net.original_dst.clone();
+            let engine = Engine::new(net, config, 0, 1, stats.clone()).unwrap();
+            let _worker = Worker::start(
+                engine,
+                vec![capture, echo],
+                WorkerHooks {
+                    close_listeners: None,
+                    on_event: None,
+                },
+            );
+            let outcome = |o: CaptureOutcome| {
+                stats.listener(0).unwrap().capture_outcome[o as usize].load(Relaxed)
+            };
+
+            // Dialled the echo listener's address: handed to it.
+            dst.set(Some(echo_at));
+            assert_eq!(exchange(capture_at, b"to the echo").await, b"to the echo");
+            assert_eq!(outcome(CaptureOutcome::HandedOff), 1);
+            assert_eq!(stats.listener(1).unwrap().downstream_cx_total.load(Relaxed), 1);
+            assert_eq!(stats.listener(0).unwrap().downstream_cx_total.load(Relaxed), 0);
+
+            // Dialled an address no listener has: passed through to it.
+            dst.set(Some(peer_at));
+            assert_eq!(exchange(capture_at, b"to the peer").await, b"to the peer");
+            assert_eq!(outcome(CaptureOutcome::OwnChain), 1);
+            assert_eq!(stats.listener(0).unwrap().downstream_cx_total.load(Relaxed), 1);
+
+            // Not captured: no original destination, nothing to pass through to.
+            dst.set(None);
+            assert_eq!(exchange(capture_at, b"to nowhere").await, b"");
+            assert_eq!(outcome(CaptureOutcome::NoOriginalDst), 1);
+            assert_eq!(outcome(CaptureOutcome::HandedOff), 1);
+            assert_eq!(outcome(CaptureOutcome::OwnChain), 1);
+        });
+    }
+}
