@@ -19,8 +19,33 @@ use std::time::{Duration, Instant};
 
 use support::*;
 
-const APP_IP: &str = "10.77.0.1";
-const SERVER_IP: &str = "10.77.0.2";
+/// The addresses of one test: the application's and the server's, on the veth pair.
+struct Family {
+    app: &'static str,
+    server: &'static str,
+    prefix: u8,
+    /// The wildcard address the listeners bind (`[::]` takes IPv4 too).
+    any: &'static str,
+}
+
+const IPV4: Family = Family {
+    app: "10.77.0.1",
+    server: "10.77.0.2",
+    prefix: 24,
+    any: "0.0.0.0",
+};
+
+const IPV6: Family = Family {
+    app: "fd00:77::1",
+    server: "fd00:77::2",
+    prefix: 64,
+    any: "[::]",
+};
+
+/// `ip:port` as a socket address is written (`[v6]:port`).
+fn sock(ip: &str, port: u16) -> String {
+    std::net::SocketAddr::new(ip.parse().unwrap(), port).to_string()
+}
 const HTTP_PORT: u16 = 8080;
 const ECHO_PORT: u16 = 9000;
 const ADMIN: &str = "127.0.0.1:15000";
@@ -111,7 +136,7 @@ fn can_run() -> bool {
 
 const ECHO_SERVER: &str = r#"
 import socket, sys, threading
-l = socket.socket()
+l = socket.socket(socket.AF_INET6 if ":" in sys.argv[1] else socket.AF_INET)
 l.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
 l.bind((sys.argv[1], int(sys.argv[2])))
 l.listen(64)
@@ -143,22 +168,24 @@ while True:
 sys.stdout.write(got.decode())
 "#;
 
-fn config(original_dst: &str, access_log: &str) -> String {
+fn config(original_dst: &str, access_log: &str, f: &Family) -> String {
+    let any = f.any;
+    let web = sock(f.server, HTTP_PORT);
     format!(
         "admin: {{ address: {ADMIN} }}
 upstream_mark: 1337
 listeners:
   - name: outbound
-    address: 0.0.0.0:15001
+    address: \"{any}:15001\"
     original_dst: {original_dst}
     use_original_dst: true
     tcp_proxy: {{ cluster: passthrough }}
   - name: inbound
-    address: 0.0.0.0:15006
+    address: \"{any}:15006\"
     original_dst: {original_dst}
     tcp_proxy: {{ cluster: passthrough }}
   - name: http_{HTTP_PORT}
-    address: 0.0.0.0:{HTTP_PORT}
+    address: \"{any}:{HTTP_PORT}\"
     http:
       access_log: {{ format: text, template: \"%LISTENER% %METHOD% %PATH% %STATUS% %ORIGINAL_DST%\", path: {access_log} }}
       virtual_hosts:
@@ -167,7 +194,7 @@ listeners:
           routes: [ {{ match: {{ prefix: / }}, route: {{ cluster: web }} }} ]
 clusters:
   - {{ name: passthrough, type: original_dst, connect_timeout: 2s }}
-  - {{ name: web, hosts: [ {{ address: {SERVER_IP}:{HTTP_PORT} }} ] }}
+  - {{ name: web, hosts: [ {{ address: \"{web}\" }} ] }}
 "
     )
 }
@@ -203,10 +230,11 @@ fn stat(all: &[(String, u64)], name: &str) -> u64 {
 /// Outbound TCP and HTTP from the application namespace to the server's real address, and
 /// inbound HTTP from the server namespace to the application's own server, captured by the
 /// rules `sluice iptables` prints for listeners with `original_dst: MODE`.
-fn capture(mode: &str, tag: &str) {
+fn capture(mode: &str, tag: &str, f: &Family) {
     if !can_run() {
         return;
     }
+    let (app_ip, server_ip) = (f.app, f.server);
     let dir = TempDir::new(&format!("transparent-{tag}"));
     let pid = std::process::id();
     // Declared first: dropped last, after every process in them is gone.
@@ -216,24 +244,14 @@ fn capture(mode: &str, tag: &str) {
         "-n", &app.0, "link", "add", "veth0", "type", "veth", "peer", "name", "veth1", "netns",
         &server.0,
     ]);
-    ip(&[
-        "-n",
-        &app.0,
-        "addr",
-        "add",
-        &format!("{APP_IP}/24"),
-        "dev",
-        "veth0",
-    ]);
-    ip(&[
-        "-n",
-        &server.0,
-        "addr",
-        "add",
-        &format!("{SERVER_IP}/24"),
-        "dev",
-        "veth1",
-    ]);
+    // No duplicate address detection: an IPv6 address is usable at once.
+    let nodad: &[&str] = if f.prefix == 64 { &["nodad"] } else { &[] };
+    for (ns, ip_address, dev) in [(&app, app_ip, "veth0"), (&server, server_ip, "veth1")] {
+        let cidr = format!("{ip_address}/{}", f.prefix);
+        let mut args = vec!["-n", &ns.0, "addr", "add", &cidr, "dev", dev];
+        args.extend_from_slice(nodad);
+        ip(&args);
+    }
     for (ns, dev) in [(&app, "veth0"), (&server, "veth1")] {
         ip(&["-n", &ns.0, "link", "set", dev, "up"]);
         ip(&["-n", &ns.0, "link", "set", "lo", "up"]);
@@ -252,7 +270,7 @@ fn capture(mode: &str, tag: &str) {
         &[
             "-u",
             echo_script.to_str().unwrap(),
-            SERVER_IP,
+            server_ip,
             &ECHO_PORT.to_string(),
         ],
     );
@@ -267,13 +285,13 @@ fn capture(mode: &str, tag: &str) {
             "http.server",
             &HTTP_PORT.to_string(),
             "--bind",
-            SERVER_IP,
+            server_ip,
             "--directory",
             files.to_str().unwrap(),
         ],
     );
-    wait_listening_in(&server, SERVER_IP, ECHO_PORT, &mut echo);
-    wait_listening_in(&server, SERVER_IP, HTTP_PORT, &mut http);
+    wait_listening_in(&server, server_ip, ECHO_PORT, &mut echo);
+    wait_listening_in(&server, server_ip, HTTP_PORT, &mut http);
     // The application's own server, in its namespace.
     let mut local_app = spawn_in(
         &dir,
@@ -286,18 +304,21 @@ fn capture(mode: &str, tag: &str) {
             "http.server",
             &LOCAL_APP_PORT.to_string(),
             "--bind",
-            APP_IP,
+            app_ip,
             "--directory",
             files.to_str().unwrap(),
         ],
     );
-    wait_listening_in(&app, APP_IP, LOCAL_APP_PORT, &mut local_app);
+    wait_listening_in(&app, app_ip, LOCAL_APP_PORT, &mut local_app);
     // Probing connected once to each: what the servers count from here on is the test's.
     let probes_echo = echo.log_text().lines().count();
 
     // Sluice in the application namespace.
     let access_log = dir.path().join("access.log");
-    let config_path = dir.write("sluice.yaml", &config(mode, access_log.to_str().unwrap()));
+    let config_path = dir.write(
+        "sluice.yaml",
+        &config(mode, access_log.to_str().unwrap(), f),
+    );
     let config_path = config_path.to_str().unwrap();
     let mut sluice = spawn_in(
         &dir,
@@ -334,7 +355,7 @@ fn capture(mode: &str, tag: &str) {
         &[
             "-c",
             ECHO_CLIENT,
-            SERVER_IP,
+            server_ip,
             &ECHO_PORT.to_string(),
             "through sluice",
         ],
@@ -348,7 +369,7 @@ fn capture(mode: &str, tag: &str) {
 
     // HTTP to the server's real address: handed off by the original destination to the
     // http_8080 listener, which routes it to the `web` cluster (the server).
-    let url = format!("http://{SERVER_IP}:{HTTP_PORT}/hello.txt");
+    let url = format!("http://{}/hello.txt", sock(server_ip, HTTP_PORT));
     let got = in_ns(
         &app,
         "curl",
@@ -366,7 +387,7 @@ fn capture(mode: &str, tag: &str) {
 
     // Inbound HTTP from the server namespace to the application's own server: captured by the
     // inbound listener, passed through to its original destination.
-    let url = format!("http://{APP_IP}:{LOCAL_APP_PORT}/hello.txt");
+    let url = format!("http://{}/hello.txt", sock(app_ip, LOCAL_APP_PORT));
     let got = in_ns(
         &server,
         "curl",
@@ -424,21 +445,24 @@ fn capture(mode: &str, tag: &str) {
     let lines = std::fs::read_to_string(&access_log).unwrap_or_default();
     assert_eq!(
         lines,
-        format!("http_{HTTP_PORT} GET /hello.txt 200 {SERVER_IP}:{HTTP_PORT}\n"),
+        format!(
+            "http_{HTTP_PORT} GET /hello.txt 200 {}\n",
+            sock(server_ip, HTTP_PORT)
+        ),
         "{}",
         sluice.log_text()
     );
     // And the servers saw exactly those connections, from the application's address.
     let echo_log = echo.log_text();
     let seen: Vec<&str> = echo_log.lines().skip(probes_echo).collect();
-    assert_eq!(seen, [format!("connection from {APP_IP}")], "{echo_log}");
+    assert_eq!(seen, [format!("connection from {app_ip}")], "{echo_log}");
     let http_log = http.log_text();
     let requests: Vec<&str> = http_log
         .lines()
         .filter(|l| l.contains("GET /hello.txt"))
         .collect();
     assert_eq!(requests.len(), 1, "{http_log}");
-    assert!(requests[0].starts_with(APP_IP), "{http_log}");
+    assert!(requests[0].starts_with(app_ip), "{http_log}");
     // The application's server got the inbound request once, from the proxy (the source
     // address is not kept yet).
     let local_log = local_app.log_text();
@@ -447,15 +471,25 @@ fn capture(mode: &str, tag: &str) {
         .filter(|l| l.contains("GET /hello.txt"))
         .collect();
     assert_eq!(requests.len(), 1, "{local_log}");
-    assert!(requests[0].starts_with(APP_IP), "{local_log}");
+    assert!(requests[0].starts_with(app_ip), "{local_log}");
 }
 
 #[test]
 fn redirect_capture_reaches_the_real_peers_once() {
-    capture("redirect", "r");
+    capture("redirect", "r", &IPV4);
+}
+
+#[test]
+fn redirect_capture_over_ipv6_reaches_the_real_peers_once() {
+    capture("redirect", "r6", &IPV6);
 }
 
 #[test]
 fn tproxy_capture_reaches_the_real_peers_once() {
-    capture("tproxy", "t");
+    capture("tproxy", "t", &IPV4);
+}
+
+#[test]
+fn tproxy_capture_over_ipv6_reaches_the_real_peers_once() {
+    capture("tproxy", "t6", &IPV6);
 }
