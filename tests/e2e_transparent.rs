@@ -5,7 +5,9 @@
 //! connections to the server's real address (outbound), and the server's to the application's
 //! server (inbound), must go through Sluice (its counters and access log say so) and reach
 //! their peer exactly once each: the proxy's own upstream connections, marked with
-//! `upstream_mark`, are not captured again (no loop, no connection storm).
+//! `upstream_mark`, are not captured again (no loop, no connection storm). Each of REDIRECT and
+//! TPROXY runs over IPv4 and over IPv6 (`[::]` listeners, `ip6tables`). The namespaces have
+//! their own ports, so the fixed ports here cannot clash with another test.
 //!
 //! Needs root (namespaces, iptables), `ip`, `iptables`, `python3` and `curl`; skipped with a
 //! line saying why otherwise (a failure under `tests/run.sh`, which installs them). Every
