@@ -495,3 +495,46 @@ fn tproxy_capture_reaches_the_real_peers_once() {
 fn tproxy_capture_over_ipv6_reaches_the_real_peers_once() {
     capture("tproxy", "t6", &IPV6);
 }
+
+/// Marking sockets needs `CAP_NET_ADMIN`: without it, `upstream_mark` stops the start with a
+/// message naming the setting (rather than failing every upstream connection later).
+#[test]
+fn upstream_mark_without_cap_net_admin_stops_the_start_naming_it() {
+    if !require_peers(&["setpriv", "timeout"]) || !running_as_root() {
+        return;
+    }
+    let dir = TempDir::new("transparent-mark");
+    let port = free_port();
+    let path = dir.write(
+        "sluice.yaml",
+        &format!(
+            "upstream_mark: 1337
+listeners:
+  - {{ name: out, address: 127.0.0.1:{port}, original_dst: redirect, tcp_proxy: {{ cluster: pass }} }}
+clusters:
+  - {{ name: pass, type: original_dst }}
+"
+        ),
+    );
+    // As `nobody` (no capability); bounded, should it start and serve instead.
+    let out = Command::new("timeout")
+        .args([
+            "20",
+            "setpriv",
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            sluice_bin(),
+            "run",
+            "-c",
+            path.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("upstream_mark 1337: cannot mark sockets (SO_MARK needs CAP_NET_ADMIN)"),
+        "{stderr}"
+    );
+}

@@ -104,6 +104,7 @@ pub fn run(config: Config, options: ServerOptions) -> io::Result<()> {
     let mut config = Arc::new(config);
     let mut workers = options.workers.max(1);
     check_access_logs(&config)?;
+    crate::transparent::check_upstream_mark(&config)?;
 
     // One instance per config: the control socket says whether another one runs. With
     // `--upgrade`, that one hands its listening sockets over instead.
@@ -599,6 +600,7 @@ fn reload(
     let path = path.ok_or("this process was started without a config file")?;
     let next = Arc::new(load_config(path)?);
     check_access_logs(&next).map_err(|e| e.to_string())?;
+    crate::transparent::check_upstream_mark(&next).map_err(|e| e.to_string())?;
     let changes = sluice_core::config::diff::diff(current, &next);
     if changes.admin_listen_changed {
         return Err(

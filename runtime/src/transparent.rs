@@ -94,6 +94,23 @@ pub fn bind_listener(
     Ok(socket.into())
 }
 
+/// Whether this process may mark its upstream sockets with the config's `upstream_mark`
+/// (`SO_MARK` needs `CAP_NET_ADMIN`): checked once at startup and on a reload, so that a
+/// missing capability stops them with a message naming the setting, rather than failing every
+/// upstream connection.
+pub fn check_upstream_mark(config: &sluice_core::config::Config) -> io::Result<()> {
+    let Some(mark) = config.upstream_mark else {
+        return Ok(());
+    };
+    let probe = Socket::new(Domain::IPV4, Type::STREAM, None)?;
+    probe.set_mark(mark).map_err(|e| {
+        io::Error::new(
+            e.kind(),
+            format!("upstream_mark {mark}: cannot mark sockets (SO_MARK needs CAP_NET_ADMIN): {e}"),
+        )
+    })
+}
+
 /// Connects to `address` from a socket marked with `mark` (`SO_MARK`).
 pub async fn connect_marked(address: SocketAddr, mark: u32) -> io::Result<tokio::net::TcpStream> {
     let socket = if address.is_ipv4() {
