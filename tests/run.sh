@@ -17,7 +17,7 @@ step() { printf '\n==> %s\n' "$*"; }
 # ---- install what the tests need -------------------------------------------------------------
 # python3 (the system one, which user `nobody` can run) and util-linux (setpriv): the tests that
 # play another local user (a control socket squatter, a Unix admin socket client).
-APT_PACKAGES=(nginx libnginx-mod-stream haproxy wrk curl iperf3 nghttp2-client openssl python3 util-linux)
+APT_PACKAGES=(nginx libnginx-mod-stream haproxy wrk curl iperf3 nghttp2-client openssl python3 util-linux iproute2 iptables)
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -16,6 +16,8 @@
 //!   runtime speaks HTTP/2 through the `h2` crate);
 //! - [`tcp_proxy`]: the L4 session state machine (pick a host, connect with a timeout, fail over,
 //!   relay with half-close, idle timeout, close with a reason);
+//! - [`handoff`]: which listener serves a connection captured transparently (by its original
+//!   destination);
 //! - [`tls`]: the ClientHello peek (server name and ALPN of a TLS connection, read without
 //!   terminating it).
 //!
@@ -37,6 +39,7 @@
 
 pub mod bolt;
 pub mod config;
+pub mod handoff;
 pub mod handover;
 pub mod http1;
 pub mod http2;

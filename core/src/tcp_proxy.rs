@@ -31,6 +31,13 @@
 //! - exactly one `Close` is ever emitted, and nothing after it;
 //! - at most `max_connect_attempts` `Connect`s are emitted;
 //! - the session holds a host's `begin` from `handle_connected` until [`TcpSession::release`].
+//!
+//! ## Direct sessions
+//!
+//! [`TcpSession::start_direct`] connects to one given address instead of a host of a cluster
+//! (an `original_dst` cluster: the connection's original destination). Its `Connect`s name
+//! [`DIRECT_HOST`], every attempt goes to that address, and the cluster is never read or
+//! written (an `original_dst` cluster has no hosts).
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
@@ -148,6 +155,10 @@ enum State {
     Closed(CloseReason),
 }
 
+/// The host of every `Connect` of a direct session ([`TcpSession::start_direct`]): no host
+/// of a cluster.
+pub const DIRECT_HOST: HostId = HostId(u32::MAX);
+
 /// Maximum attempts tracked for host exclusion (the config caps attempts at 10).
 const MAX_TRACKED_ATTEMPTS: usize = 10;
 
@@ -171,6 +182,8 @@ pub struct TcpSession {
     closes_emitted: u8,
     /// The connection's hash for `ring_hash` / `maglev` clusters (see [`TcpSession::set_hash`]).
     hash: Option<u64>,
+    /// A direct session's one address ([`TcpSession::start_direct`]).
+    direct: Option<SocketAddr>,
 }
 
 impl TcpSession {
@@ -192,6 +205,7 @@ impl TcpSession {
             actions: VecDeque::with_capacity(2),
             closes_emitted: 0,
             hash: None,
+            direct: None,
         }
     }
 
@@ -210,14 +224,25 @@ impl TcpSession {
         self.attempt(now, cluster, rng);
     }
 
+    /// Connects to `address` rather than to a host of a cluster (see "Direct sessions" in the
+    /// module doc); failover retries the same address. The `cluster` given to later inputs is
+    /// never touched.
+    pub fn start_direct(&mut self, now: Instant, address: SocketAddr) {
+        debug_assert_eq!(self.state, State::Idle);
+        self.direct = Some(address);
+        self.attempt_direct(now, address);
+    }
+
     /// The pending connect succeeded.
     pub fn handle_connected(&mut self, now: Instant, cluster: &mut ClusterState) {
         let State::Connecting { host, .. } = self.state else {
             debug_assert!(false, "handle_connected in {:?}", self.state);
             return;
         };
-        cluster.begin(host);
-        self.holding = Some(host);
+        if self.direct.is_none() {
+            cluster.begin(host);
+            self.holding = Some(host);
+        }
         self.state = State::Relaying { host };
         self.last_activity = now;
     }
@@ -359,7 +384,24 @@ impl TcpSession {
 
     // ---- internals ----
 
+    fn attempt_direct(&mut self, now: Instant, address: SocketAddr) {
+        self.attempts += 1;
+        debug_assert!(self.attempts <= self.config.max_connect_attempts);
+        self.state = State::Connecting {
+            host: DIRECT_HOST,
+            deadline: now + self.config.connect_timeout,
+        };
+        self.actions.push_back(Action::Connect {
+            host: DIRECT_HOST,
+            address,
+        });
+    }
+
     fn attempt(&mut self, now: Instant, cluster: &mut ClusterState, rng: &mut Rng) {
+        if let Some(address) = self.direct {
+            self.attempt_direct(now, address);
+            return;
+        }
         let tried = &self.tried[..(self.attempts as usize).min(MAX_TRACKED_ATTEMPTS)];
         let Some(host) = cluster.pick_hashed(rng, tried, self.hash) else {
             self.close(if self.attempts == 0 {

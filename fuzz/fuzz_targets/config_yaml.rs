@@ -16,7 +16,14 @@ use libfuzzer_sys::fuzz_target;
 use sluice_core::config::yaml::{parse_duration, parse_socket_addr};
 use sluice_core::config::{Config, ConfigErrors, ListenerFilter, format_duration};
 
-const SECTIONS: [&str; 4] = ["admin", "listeners", "clusters", "drain_timeout"];
+const SECTIONS: [&str; 6] = [
+    "admin",
+    "listeners",
+    "clusters",
+    "drain_timeout",
+    "limits",
+    "upstream_mark",
+];
 
 fuzz_target!(|data: &[u8]| {
     let text = String::from_utf8_lossy(data);
@@ -47,9 +54,12 @@ fn check_ok(config: &Config) {
     assert!(json.starts_with('{'), "{json}");
     assert!(!config.listeners.is_empty(), "Ok with no listener");
     for cluster in &config.clusters {
-        assert!(
-            !cluster.hosts.is_empty(),
-            "cluster {} has no host",
+        // A static cluster has hosts; an original_dst one has none (it connects to each
+        // connection's original destination).
+        assert_eq!(
+            cluster.hosts.is_empty(),
+            cluster.kind == sluice_core::config::ClusterKind::OriginalDst,
+            "cluster {} has hosts that do not fit its type",
             cluster.name
         );
         assert!(

@@ -10,7 +10,8 @@
 //! Fields (text placeholders and JSON keys): `START_TIME` (RFC 3339, UTC, ms), `METHOD`,
 //! `PATH`, `PROTOCOL`, `STATUS`, `RESPONSE_FLAGS` (`-` or Envoy-style codes like `UF`, `NR`),
 //! `BYTES_RECEIVED`, `BYTES_SENT`, `DURATION` (ms), `UPSTREAM_HOST`, `REQUEST_ID`,
-//! `DOWNSTREAM_REMOTE_ADDRESS`, `LISTENER`.
+//! `DOWNSTREAM_REMOTE_ADDRESS`, `LISTENER`, `ORIGINAL_DST` (the connection's original destination
+//! when a capture listener took it, else `-`).
 //!
 //! In text lines, the fields that carry request bytes (`METHOD`, `PATH`, `REQUEST_ID`) are
 //! escaped as nginx does (`"`, `\`, control characters, DEL and non-ASCII bytes as `\xHH`), so
@@ -58,6 +59,8 @@ pub struct Entry<'a> {
     pub downstream: SocketAddr,
     /// Listener name.
     pub listener: &'a str,
+    /// The connection's original destination, when a capture listener (`original_dst`) took it.
+    pub original_dst: Option<SocketAddr>,
 }
 
 enum Sink {
@@ -85,9 +88,10 @@ enum Field {
     RequestId,
     Downstream,
     Listener,
+    OriginalDst,
 }
 
-const FIELDS: [(&str, Field); 13] = [
+const FIELDS: [(&str, Field); 14] = [
     ("START_TIME", Field::StartTime),
     ("METHOD", Field::Method),
     ("PATH", Field::Path),
@@ -101,6 +105,7 @@ const FIELDS: [(&str, Field); 13] = [
     ("REQUEST_ID", Field::RequestId),
     ("DOWNSTREAM_REMOTE_ADDRESS", Field::Downstream),
     ("LISTENER", Field::Listener),
+    ("ORIGINAL_DST", Field::OriginalDst),
 ];
 
 /// A worker's access log writer for one listener.
@@ -272,6 +277,10 @@ fn write_field(buf: &mut Vec<u8>, f: Field, e: &Entry<'_>) {
         }
         Field::Downstream => write!(buf, "{}", e.downstream),
         Field::Listener => buf.write_all(e.listener.as_bytes()),
+        Field::OriginalDst => match e.original_dst {
+            Some(a) => write!(buf, "{a}"),
+            None => buf.write_all(b"-"),
+        },
     };
 }
 
@@ -317,6 +326,7 @@ fn write_json(buf: &mut Vec<u8>, e: &Entry<'_>) {
         "request_id": s(e.request_id),
         "downstream_remote_address": e.downstream.to_string(),
         "listener": e.listener,
+        "original_dst": e.original_dst.map(|a| a.to_string()),
     });
     let _ = serde_json::to_writer(&mut *buf, &v);
 }
@@ -387,6 +397,7 @@ mod tests {
             request_id: b"abc\" 200 - 0 0 0 \"forged",
             downstream: "127.0.0.1:1".parse().unwrap(),
             listener: "l",
+            original_dst: None,
         };
         log.log(&e);
         let line = String::from_utf8(std::mem::take(&mut log.buf)).unwrap();
@@ -401,7 +412,7 @@ mod tests {
 
     #[test]
     fn template_fields_and_literal_percent() {
-        let pieces = compile("a %STATUS% 100% %NOPE% %METHOD%");
+        let pieces = compile("a %STATUS% 100% %NOPE% %METHOD% %ORIGINAL_DST%");
         let e = Entry {
             start: UNIX_EPOCH,
             method: b"GET",
@@ -416,6 +427,7 @@ mod tests {
             request_id: b"",
             downstream: "127.0.0.1:1".parse().unwrap(),
             listener: "l",
+            original_dst: Some("10.0.0.5:80".parse().unwrap()),
         };
         let mut buf = Vec::new();
         for p in &pieces {
@@ -424,7 +436,10 @@ mod tests {
                 Piece::Field(f) => write_field(&mut buf, *f, &e),
             }
         }
-        assert_eq!(String::from_utf8(buf).unwrap(), "a 204 100% %NOPE% GET");
+        assert_eq!(
+            String::from_utf8(buf).unwrap(),
+            "a 204 100% %NOPE% GET 10.0.0.5:80"
+        );
         assert_eq!(unknown_fields("%STATUS% %NOPE%"), ["NOPE"]);
     }
 }

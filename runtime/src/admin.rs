@@ -1251,6 +1251,9 @@ fn shown(
         Shown::SniListeners => listener.is_some_and(|i| {
             matches!(&config.listeners[i].filter, ListenerFilter::TcpProxy(tp) if !tp.sni_routes.is_empty())
         }),
+        Shown::CaptureListeners => {
+            listener.is_some_and(|i| config.listeners[i].original_dst.is_some())
+        }
         Shown::WithHealthCheck => {
             cluster.is_some_and(|i| config.clusters[i].health_check.is_some())
         }
@@ -1614,6 +1617,7 @@ pub fn metrics_reference() -> String {
             Shown::SniListeners => " (only for TCP proxy listeners with `sni_routes`)",
             Shown::TlsListeners => " (only for listeners with `tls`)",
             Shown::WithTls => " (only for clusters with `tls`)",
+            Shown::CaptureListeners => " (only for listeners with `original_dst`)",
             Shown::WithHealthCheck => " (only with a health_check)",
             Shown::WithOutlierDetection => " (only with outlier_detection)",
             Shown::WithLimits => " (once the server set its limits)",
@@ -2077,6 +2081,8 @@ mod tests {
             filter: ListenerFilter::Echo,
             max_connections: None,
             tls: None,
+            original_dst: None,
+            use_original_dst: false,
         });
         let stats = vec![
             Arc::new(WorkerStats::new(&config)),

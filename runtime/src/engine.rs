@@ -26,7 +26,8 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
 
 use sluice_core::cluster::{ClusterState, HostId};
-use sluice_core::config::{Config, ListenerConfig, ListenerFilter, TcpProxyConfig};
+use sluice_core::config::{ClusterKind, Config, ListenerConfig, ListenerFilter, TcpProxyConfig};
+use sluice_core::handoff::{Handoff as CaptureTarget, HandoffTable};
 use sluice_core::health::{Resource, UpstreamResult};
 use sluice_core::lb::request_hash;
 use sluice_core::rng::Rng;
@@ -47,7 +48,7 @@ use crate::net::Network;
 use crate::now;
 use crate::pool::Pool;
 use crate::relay::{BUFFER_SIZE, relay};
-use crate::stats::{SniOutcome, WorkerStats, bump, gauge_add};
+use crate::stats::{CaptureOutcome, SniOutcome, WorkerStats, bump, gauge_add};
 use crate::tls::{HandshakeOutcome, MaybeTls};
 
 /// Buffers kept for reuse per worker (each session takes two).
@@ -113,6 +114,8 @@ pub struct Engine<N: Network> {
     /// Accept errors not logged yet (at most one log line per second per worker).
     accept_errors_unlogged: Cell<u64>,
     accept_error_logged_at: Cell<Option<tokio::time::Instant>>,
+    /// Which listener serves a connection captured by a `use_original_dst` listener.
+    capture_handoff: HandoffTable,
 }
 
 impl<N: Network> Engine<N> {
@@ -146,6 +149,8 @@ impl<N: Network> Engine<N> {
         shared_health: Arc<SharedHealth>,
         limits: Arc<ProcessLimits>,
     ) -> std::io::Result<Rc<Self>> {
+        // Upstream sockets marked with this config's `upstream_mark`.
+        let net = net.configured(&config);
         let all_clusters = Rc::new(RefCell::new(
             config
                 .clusters
@@ -191,6 +196,12 @@ impl<N: Network> Engine<N> {
             .iter()
             .map(|l| limits.listener_counter(l.address))
             .collect();
+        let capture_handoff = HandoffTable::new(
+            config
+                .listeners
+                .iter()
+                .map(|l| (l.address, !l.use_original_dst)),
+        );
         Ok(Rc::new(Engine {
             net,
             config,
@@ -227,6 +238,7 @@ impl<N: Network> Engine<N> {
             listener_cx,
             accept_errors_unlogged: Cell::new(0),
             accept_error_logged_at: Cell::new(None),
+            capture_handoff,
         }))
     }
 
@@ -502,7 +514,39 @@ impl<N: Network> Engine<N> {
         );
     }
 
+    /// For a capture listener (`original_dst`): the connection's original destination, and
+    /// the listener that serves it (another one on a hand-off), counted by outcome. Any other
+    /// listener serves its own connections and has no original destination.
+    fn capture(&self, index: usize, stream: &N::Stream) -> (usize, Option<SocketAddr>) {
+        let lc = &self.config.listeners[index];
+        let Some(how) = lc.original_dst else {
+            return (index, None);
+        };
+        let destination = self.net.original_destination(stream, how, lc.address);
+        let (outcome, serving) = match destination {
+            None => (CaptureOutcome::NoOriginalDst, index),
+            Some(d) if lc.use_original_dst => match self.capture_handoff.choose(d) {
+                CaptureTarget::Listener(to) => (CaptureOutcome::HandedOff, to),
+                CaptureTarget::OwnChain => (CaptureOutcome::OwnChain, index),
+            },
+            Some(_) => (CaptureOutcome::OwnChain, index),
+        };
+        if let Some(l) = self.stats.listener(index) {
+            bump(&l.capture_outcome[outcome as usize], 1);
+        }
+        if serving != index {
+            debug!(
+                listener = %lc.name,
+                to = %self.config.listeners[serving].name,
+                original_dst = ?destination,
+                "captured connection handed off"
+            );
+        }
+        (serving, destination)
+    }
+
     fn spawn_session(self: Rc<Self>, index: usize, stream: N::Stream, peer: SocketAddr) {
+        let (index, original_dst) = self.capture(index, &stream);
         let lc = &self.config.listeners[index];
         if let Err(over) = self
             .limits
@@ -536,26 +580,38 @@ impl<N: Network> Engine<N> {
             let lc = &self.config.listeners[index];
             match &lc.filter {
                 ListenerFilter::TcpProxy(tp) => match &self.tls.acceptors[index] {
-                    None => self.tcp_proxy(index, lc, tp, stream, peer, None).await,
+                    None => {
+                        self.tcp_proxy(index, lc, tp, stream, peer, None, original_dst)
+                            .await
+                    }
                     Some(acceptor) => {
                         if let Some((tls, server_name)) =
                             self.tls_handshake(index, lc, acceptor, stream, peer).await
                         {
-                            self.tcp_proxy(index, lc, tp, tls, peer, Some(server_name))
-                                .await;
+                            self.tcp_proxy(
+                                index,
+                                lc,
+                                tp,
+                                tls,
+                                peer,
+                                Some(server_name),
+                                original_dst,
+                            )
+                            .await;
                         }
                     }
                 },
                 ListenerFilter::Echo => self.echo(index, stream).await,
                 ListenerFilter::Http(hc) => {
-                    self.http_connection(index, lc, hc, stream, peer, &[]).await;
+                    self.http_connection(index, lc, hc, stream, peer, &[], original_dst)
+                        .await;
                 }
                 ListenerFilter::Bolt(bc) => {
                     self.note_bolt_traffic(bc);
                     self.bolt_connection(index, stream, peer, &[], false).await;
                 }
                 ListenerFilter::Auto { http, bolt } => {
-                    self.auto_connection(index, lc, http, bolt, stream, peer)
+                    self.auto_connection(index, lc, http, bolt, stream, peer, original_dst)
                         .await;
                 }
             }
@@ -606,7 +662,9 @@ impl<N: Network> Engine<N> {
     /// Proxies one downstream connection to a host of the listener's cluster. `terminated`:
     /// TLS was terminated and the client asked for this server name (which then picks the
     /// `sni_routes` cluster); `None`: plaintext, or TLS passed through (then `sni_routes`
-    /// peeks at the ClientHello).
+    /// peeks at the ClientHello). `original_dst`: where a captured connection was going (an
+    /// `original_dst` cluster connects there).
+    #[allow(clippy::too_many_arguments)]
     async fn tcp_proxy<S>(
         &self,
         listener: usize,
@@ -615,6 +673,7 @@ impl<N: Network> Engine<N> {
         mut down: S,
         peer: SocketAddr,
         terminated: Option<Option<String>>,
+        original_dst: Option<SocketAddr>,
     ) where
         S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
     {
@@ -649,6 +708,27 @@ impl<N: Network> Engine<N> {
             ci
         };
         let cluster_cfg = &self.config.clusters[ci];
+        // An original_dst cluster connects to the connection's original destination; one that
+        // was not captured has none (it would be this listener: a loop), and is closed.
+        let direct = match cluster_cfg.kind {
+            ClusterKind::Static => None,
+            ClusterKind::OriginalDst => match original_dst {
+                Some(d) => Some(d),
+                None => {
+                    debug!(listener = %lc.name, %peer, "no original destination for an original_dst cluster: connection closed");
+                    let reason = CloseReason::NoHealthyUpstream;
+                    bump(&self.stats.tcp_session_closed[reason.index()], 1);
+                    if let Some(l) = self.stats.listener(listener) {
+                        bump(&l.tcp_session_closed[reason.index()], 1);
+                    }
+                    if let Some((buf, _)) = hello {
+                        self.give_buffer(buf);
+                    }
+                    let _ = down.shutdown().await;
+                    return;
+                }
+            },
+        };
         let cluster = &self.clusters[ci];
         let cstats = self.stats.cluster(ci);
         // One unit of max_connections for the session's upstream connection; at the limit the
@@ -693,7 +773,10 @@ impl<N: Network> Engine<N> {
         if self.drain_deadline_passed.get() {
             reason = Some(CloseReason::DrainTimeout);
         } else {
-            session.start(now(), &mut cluster.borrow_mut(), &mut self.rng.borrow_mut());
+            match direct {
+                Some(address) => session.start_direct(now(), address),
+                None => session.start(now(), &mut cluster.borrow_mut(), &mut self.rng.borrow_mut()),
+            }
         }
 
         // Connect phase: follow the session's Connect actions until connected or closed.
@@ -843,6 +926,7 @@ impl<N: Network> Engine<N> {
         debug!(
             listener = %lc.name,
             %peer,
+            original_dst = ?original_dst,
             reason = reason.as_str(),
             attempts = session.attempts(),
             from_down,
@@ -978,6 +1062,7 @@ impl<N: Network> Engine<N> {
     /// `protocol: auto`: reads the first bytes and serves the connection as HTTP/1.1 (it starts
     /// with a method token and a space) or Bolt (protocol byte 1 or 2); anything else is closed
     /// and counted (`bolt.sniff_failed`). The bytes read go to the chosen driver first.
+    #[allow(clippy::too_many_arguments)]
     async fn auto_connection(
         self: &Rc<Self>,
         index: usize,
@@ -986,6 +1071,7 @@ impl<N: Network> Engine<N> {
         bolt: &sluice_core::config::bolt::BoltConfig,
         mut stream: N::Stream,
         peer: SocketAddr,
+        original_dst: Option<SocketAddr>,
     ) {
         let mut first = [0u8; 16];
         let mut n = 0;
@@ -1005,7 +1091,7 @@ impl<N: Network> Engine<N> {
         };
         match protocol {
             Some(Sniffed::Http) => {
-                self.http_connection(index, lc, http, stream, peer, &first[..n])
+                self.http_connection(index, lc, http, stream, peer, &first[..n], original_dst)
                     .await;
             }
             Some(Sniffed::Bolt) => {

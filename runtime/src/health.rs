@@ -623,9 +623,9 @@ mod tests {
     async fn tcp_probe_passes_on_connect_and_fails_on_refusal() {
         let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = l.local_addr().unwrap();
-        assert!(run_probe(&TokioNet, &HealthProbe::Tcp, "c", addr).await);
+        assert!(run_probe(&TokioNet::default(), &HealthProbe::Tcp, "c", addr).await);
         drop(l);
-        assert!(!run_probe(&TokioNet, &HealthProbe::Tcp, "c", addr).await);
+        assert!(!run_probe(&TokioNet::default(), &HealthProbe::Tcp, "c", addr).await);
     }
 
     #[tokio::test]
@@ -639,7 +639,15 @@ mod tests {
             http_head_done,
         )
         .await;
-        assert!(run_probe(&TokioNet, &http("/healthz", &[(200, 299)]), "app", addr).await);
+        assert!(
+            run_probe(
+                &TokioNet::default(),
+                &http("/healthz", &[(200, 299)]),
+                "app",
+                addr
+            )
+            .await
+        );
         let req = rx.await.unwrap();
         assert!(req.starts_with("GET /healthz HTTP/1.1\r\n"), "{req}");
         assert!(req.contains("host: app\r\n"), "{req}");
@@ -650,7 +658,7 @@ mod tests {
             http_head_done,
         )
         .await;
-        assert!(!run_probe(&TokioNet, &http("/", &[(200, 299)]), "app", addr).await);
+        assert!(!run_probe(&TokioNet::default(), &http("/", &[(200, 299)]), "app", addr).await);
         let addr = serve_once(
             |_| b"HTTP/1.1 503 Service Unavailable\r\ncontent-length: 0\r\n\r\n".to_vec(),
             http_head_done,
@@ -658,7 +666,7 @@ mod tests {
         .await;
         assert!(
             run_probe(
-                &TokioNet,
+                &TokioNet::default(),
                 &http("/", &[(200, 299), (503, 503)]),
                 "app",
                 addr
@@ -667,9 +675,9 @@ mod tests {
         );
         // Garbage and an early close fail.
         let addr = serve_once(|_| b"SSH-2.0-OpenSSH\r\n\r\n".to_vec(), http_head_done).await;
-        assert!(!run_probe(&TokioNet, &http("/", &[(200, 299)]), "app", addr).await);
+        assert!(!run_probe(&TokioNet::default(), &http("/", &[(200, 299)]), "app", addr).await);
         let addr = serve_once(|_| Vec::new(), http_head_done).await;
-        assert!(!run_probe(&TokioNet, &http("/", &[(200, 299)]), "app", addr).await);
+        assert!(!run_probe(&TokioNet::default(), &http("/", &[(200, 299)]), "app", addr).await);
     }
 
     fn bolt_frame_done(b: &[u8]) -> bool {
@@ -690,7 +698,7 @@ mod tests {
             bolt_frame_done,
         )
         .await;
-        assert!(run_probe(&TokioNet, &HealthProbe::Bolt, "rpc", addr).await);
+        assert!(run_probe(&TokioNet::default(), &HealthProbe::Bolt, "rpc", addr).await);
         assert_eq!(rx.await.unwrap(), (true, 1));
 
         let addr = serve_once(
@@ -713,6 +721,6 @@ mod tests {
             bolt_frame_done,
         )
         .await;
-        assert!(!run_probe(&TokioNet, &HealthProbe::Bolt, "rpc", addr).await);
+        assert!(!run_probe(&TokioNet::default(), &HealthProbe::Bolt, "rpc", addr).await);
     }
 }

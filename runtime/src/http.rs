@@ -457,6 +457,7 @@ impl<N: Network> Engine<N> {
     /// Serves one downstream HTTP/1.1 connection until it closes.
     /// Serves one downstream HTTP/1.1 connection; `initial` holds bytes already read from it
     /// (by protocol detection), served before the stream's own.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) async fn http_connection(
         &self,
         listener: usize,
@@ -465,6 +466,7 @@ impl<N: Network> Engine<N> {
         mut down: N::Stream,
         peer: SocketAddr,
         initial: &[u8],
+        original_dst: Option<SocketAddr>,
     ) {
         // `codec: auto | http2`: a connection that starts with the HTTP/2 client preface is
         // served by the HTTP/2 driver (crate::http2); anything else is HTTP/1.1 here.
@@ -475,7 +477,7 @@ impl<N: Network> Engine<N> {
             match crate::http2::sniff(self, &mut down, initial, hc).await {
                 crate::http2::Sniffed::Http2(preface) => {
                     return self
-                        .http2_connection(listener, lc, hc, down, peer, preface)
+                        .http2_connection(listener, lc, hc, down, peer, preface, original_dst)
                         .await;
                 }
                 crate::http2::Sniffed::Http1(_) if hc.codec == HttpCodec::Http2 => {
@@ -515,7 +517,7 @@ impl<N: Network> Engine<N> {
             biased;
             () = expired => false,
             () = self.serve_http_connection(
-                listener, lc, hc, &mut down, peer, initial, accepted, &awaiting_response,
+                listener, lc, hc, &mut down, peer, initial, accepted, original_dst, &awaiting_response,
             ) => true,
         };
         if !served {
@@ -543,6 +545,7 @@ impl<N: Network> Engine<N> {
         peer: SocketAddr,
         initial: &[u8],
         accepted: sluice_core::Instant,
+        original_dst: Option<SocketAddr>,
         awaiting_response: &Rc<Cell<bool>>,
     ) {
         let limits = Limits {
@@ -616,6 +619,7 @@ impl<N: Network> Engine<N> {
                             request_id: b"",
                             downstream: peer,
                             listener: &lc.name,
+                            original_dst,
                         });
                     }
                     tracing::debug!(listener = %lc.name, %peer, status, "rejected request: {why}");
@@ -684,6 +688,7 @@ impl<N: Network> Engine<N> {
                     request_id,
                     downstream: peer,
                     listener: &lc.name,
+                    original_dst,
                 });
             }
             // The request (head and any body) is done with: drop it from the buffer; what

@@ -222,6 +222,7 @@ type StreamFuture<'a> = Pin<Box<dyn Future<Output = ()> + 'a>>;
 impl<N: Network> Engine<N> {
     /// Serves one HTTP/2 connection whose first bytes (`preface`, the client preface and maybe
     /// more) were already read.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) async fn http2_connection(
         &self,
         listener: usize,
@@ -230,6 +231,7 @@ impl<N: Network> Engine<N> {
         down: N::Stream,
         peer: SocketAddr,
         preface: Vec<u8>,
+        original_dst: Option<SocketAddr>,
     ) {
         let io = Prefixed {
             prefix: preface,
@@ -311,9 +313,16 @@ impl<N: Network> Engine<N> {
             match next {
                 None => idle_at = idle_deadline(tokio::time::Instant::now()),
                 Some(Some(Ok((request, respond)))) => {
-                    streams.push(Box::pin(
-                        self.http2_stream(listener, lc, hc, peer, &spare, request, respond),
-                    ));
+                    streams.push(Box::pin(self.http2_stream(
+                        listener,
+                        lc,
+                        hc,
+                        peer,
+                        original_dst,
+                        &spare,
+                        request,
+                        respond,
+                    )));
                 }
                 Some(Some(Err(e))) => {
                     tracing::debug!(listener = %lc.name, %peer, "HTTP/2 connection error: {e}");
@@ -332,6 +341,7 @@ impl<N: Network> Engine<N> {
         lc: &ListenerConfig,
         hc: &HttpConfig,
         peer: SocketAddr,
+        original_dst: Option<SocketAddr>,
         spare: &RefCell<Vec<StreamBuffers>>,
         request: http::Request<RecvStream>,
         respond: SendResponse<Bytes>,
@@ -517,6 +527,7 @@ impl<N: Network> Engine<N> {
                         .map_or(b"-", |p| p.as_str().as_bytes())
                 },
                 protocol: "HTTP/2",
+                original_dst,
                 status: outcome.status,
                 flag: outcome.flag.map(ResponseFlag::code),
                 bytes_received: outcome.bytes_received,

@@ -9,6 +9,9 @@
 //!   [`sluice_core::tcp_proxy::TcpSession`], the echo filter, graceful drain.
 //! - [`relay`]: moves bytes between two sockets with reused buffers and reports every read to
 //!   the session state machine.
+//! - [`iptables`]: `sluice iptables`, the capture rules for a config (printed, never run).
+//! - [`transparent`]: transparent capture's socket options (original destination,
+//!   `IP_TRANSPARENT`, `SO_MARK`).
 //! - [`limits`]: the process-wide caps every worker shares (connections, Bolt partial frames).
 //! - [`logging`]: log level spellings (CLI and `/logging`), colour on terminals only.
 //! - [`stats`]: per-worker counters (written only by their worker; summed when read).
@@ -30,6 +33,7 @@ pub mod fdpass;
 pub mod health;
 pub mod http;
 pub mod http2;
+pub mod iptables;
 pub mod limits;
 pub mod logging;
 pub mod net;
@@ -38,6 +42,7 @@ pub mod relay;
 pub mod server;
 pub mod stats;
 pub mod tls;
+pub mod transparent;
 pub mod worker;
 
 /// The origin of the core's [`sluice_core::Instant`]s: a point a minute before the first

@@ -2,6 +2,7 @@
 //!
 //! - `sluice run [-c] FILE [--workers N] [--log-format text|json] [--log-level LEVEL]`
 //! - `sluice validate [-c] FILE`
+//! - `sluice iptables [-c] FILE [--proxy-uid UID]` (prints capture rules; runs nothing)
 //!
 //! The config file is given with `-c`/`--config` or alone; `-` reads it from standard input.
 //! - `sluice sim ARGS...` (execs the `sluice-sim` binary: deterministic simulation scenarios)
@@ -57,6 +58,22 @@ enum Command {
     Validate {
         #[command(flatten)]
         config: ConfigArg,
+    },
+    /// Print (not run) the iptables / ip rule commands that capture the pod's traffic for the
+    /// config's `original_dst` listeners, with the exclusions that keep the proxy's own
+    /// connections out of them.
+    Iptables {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// Also exclude the proxy's own traffic by its user id (`-m owner --uid-owner`).
+        #[arg(long, value_name = "UID")]
+        proxy_uid: Option<u32>,
+        /// The mark TPROXY gives diverted packets (matched by the policy route).
+        #[arg(long, default_value_t = sluice_runtime::iptables::DEFAULT_TPROXY_MARK)]
+        tproxy_mark: u32,
+        /// The routing table of the TPROXY policy route.
+        #[arg(long, default_value_t = sluice_runtime::iptables::DEFAULT_ROUTE_TABLE)]
+        route_table: u32,
     },
     /// Run deterministic simulation scenarios over seed ranges (`sluice sim --help`).
     ///
@@ -224,6 +241,32 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Sim { args } => exec_sim(args),
+        Command::Iptables {
+            config,
+            proxy_uid,
+            tproxy_mark,
+            route_table,
+        } => {
+            let options = sluice_runtime::iptables::Options {
+                proxy_uid,
+                tproxy_mark,
+                route_table,
+            };
+            let source = config.source();
+            match load(&source).and_then(|c| {
+                sluice_runtime::iptables::script(&c, &options)
+                    .map_err(|e| format!("{}: {e}", source.display()))
+            }) {
+                Ok(script) => {
+                    print!("{script}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("{e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Command::Validate { config } => {
             let config = config.source();
             match load(&config) {

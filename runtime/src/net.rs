@@ -1,7 +1,9 @@
 //! The network as the engine sees it: accept on a bound listener, connect to an address.
 //!
-//! Two implementations: [`TokioNet`] (real sockets, `TCP_NODELAY` on every stream) and, with the
-//! `turmoil` feature, [`TurmoilNet`] (turmoil's simulated TCP). Binding is not part of the trait:
+//! Two implementations: [`TokioNet`] (real sockets, `TCP_NODELAY` on every stream, upstream
+//! sockets marked with the config's `upstream_mark`, original destinations read from the kernel:
+//! [`crate::transparent`]) and, with the `turmoil` feature, [`TurmoilNet`] (turmoil's simulated
+//! TCP, which has no packet filter: no connection has an original destination there). Binding is not part of the trait:
 //! the real server binds one `SO_REUSEPORT` socket per worker and listener before the workers
 //! start (so a bind error stops startup with a clear message), and the simulator binds inside
 //! its simulated host.
@@ -10,6 +12,7 @@ use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 
+use sluice_core::config::{Config, OriginalDst};
 use tokio::io::{AsyncRead, AsyncWrite};
 
 /// What the engine needs from a network.
@@ -28,6 +31,25 @@ pub trait Network: Clone + 'static {
     /// Opens a connection (no timeout here: the session state machine owns timeouts).
     fn connect(&self, address: SocketAddr) -> impl Future<Output = io::Result<Self::Stream>>;
 
+    /// This network as an engine for `config` uses it (the real one marks its upstream sockets
+    /// with `upstream_mark`).
+    #[must_use]
+    fn configured(&self, _config: &Config) -> Self {
+        self.clone()
+    }
+
+    /// The original destination of a connection accepted on a capture listener bound to
+    /// `listener` (see [`crate::transparent::original_destination`]); `None` when it was not
+    /// captured or this network cannot tell (the simulator).
+    fn original_destination(
+        &self,
+        _stream: &Self::Stream,
+        _how: OriginalDst,
+        _listener: SocketAddr,
+    ) -> Option<SocketAddr> {
+        None
+    }
+
     /// The connection's socket, to hand it to another process (connection migration on an
     /// upgrade); `None` when this network cannot (the simulator) — the stream is then closed.
     fn into_fd(stream: Self::Stream) -> Option<std::os::fd::OwnedFd> {
@@ -38,7 +60,10 @@ pub trait Network: Clone + 'static {
 
 /// Real sockets through tokio.
 #[derive(Clone, Copy, Debug, Default)]
-pub struct TokioNet;
+pub struct TokioNet {
+    /// `SO_MARK` for upstream sockets (the config's `upstream_mark`).
+    upstream_mark: Option<u32>,
+}
 
 impl Network for TokioNet {
     type Stream = tokio::net::TcpStream;
@@ -51,9 +76,27 @@ impl Network for TokioNet {
     }
 
     async fn connect(&self, address: SocketAddr) -> io::Result<Self::Stream> {
-        let stream = tokio::net::TcpStream::connect(address).await?;
+        let stream = match self.upstream_mark {
+            Some(mark) => crate::transparent::connect_marked(address, mark).await?,
+            None => tokio::net::TcpStream::connect(address).await?,
+        };
         stream.set_nodelay(true)?;
         Ok(stream)
+    }
+
+    fn configured(&self, config: &Config) -> Self {
+        TokioNet {
+            upstream_mark: config.upstream_mark,
+        }
+    }
+
+    fn original_destination(
+        &self,
+        stream: &Self::Stream,
+        how: OriginalDst,
+        listener: SocketAddr,
+    ) -> Option<SocketAddr> {
+        crate::transparent::original_destination(stream, how, listener)
     }
 
     fn into_fd(stream: Self::Stream) -> Option<std::os::fd::OwnedFd> {

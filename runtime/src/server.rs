@@ -33,7 +33,7 @@ use tokio::sync::watch;
 use tracing::{error, info, warn};
 
 use crate::admin::{AdminHandle, AdminShared, LogControl, ServerState};
-use crate::net::{bind_reuseport, probe_unshared};
+use crate::net::probe_unshared;
 use crate::stats::WorkerStats;
 
 mod handover;
@@ -91,7 +91,8 @@ fn check_access_logs(config: &Config) -> io::Result<()> {
 /// Binds listener `i` of `config` once (with `SO_REUSEPORT`), naming it in the error.
 fn bind_listener(config: &Config, i: usize) -> io::Result<std::net::TcpListener> {
     let l = &config.listeners[i];
-    bind_reuseport(l.address, BACKLOG).map_err(|e| {
+    let tproxy = l.original_dst == Some(sluice_core::config::OriginalDst::Tproxy);
+    crate::transparent::bind_listener(l.address, BACKLOG, tproxy).map_err(|e| {
         io::Error::new(
             e.kind(),
             format!(
@@ -134,6 +135,7 @@ pub fn run(config: Config, options: ServerOptions) -> io::Result<()> {
     let mut config = Arc::new(config);
     let mut workers = options.workers.max(1);
     check_access_logs(&config)?;
+    crate::transparent::check_upstream_mark(&config)?;
 
     // One instance per config: the control socket says whether another one runs. With
     // `--upgrade`, that one hands its listening sockets over instead.
@@ -631,6 +633,7 @@ fn reload(
     let path = path.ok_or("this process was started without a config file")?;
     let next = Arc::new(load_config(path)?);
     check_access_logs(&next).map_err(|e| e.to_string())?;
+    crate::transparent::check_upstream_mark(&next).map_err(|e| e.to_string())?;
     let changes = sluice_core::config::diff::diff(current, &next);
     if changes.admin_listen_changed {
         return Err(

@@ -161,6 +161,8 @@ pub enum Shown {
     TlsListeners,
     /// Clusters that originate TLS.
     WithTls,
+    /// Listeners with `original_dst` (transparent capture).
+    CaptureListeners,
     /// Clusters (and their hosts) with a `health_check`.
     WithHealthCheck,
     /// Clusters (and their hosts) with `outlier_detection`.
@@ -532,6 +534,41 @@ fn handshake_outcome(i: usize) -> &'static str {
     HandshakeOutcome::ALL[i].as_str()
 }
 
+/// What a capture listener (`original_dst`) did with a connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CaptureOutcome {
+    /// `use_original_dst`: handed to the listener matching the original destination.
+    HandedOff,
+    /// Served by this listener's own filter: no listener matches the original destination, or
+    /// the listener does not hand off.
+    OwnChain,
+    /// No original destination (the connection was not captured: a client dialled the capture
+    /// listener itself): served by this listener's own filter, which cannot pass it through.
+    NoOriginalDst,
+}
+
+impl CaptureOutcome {
+    /// Every outcome, in counter order.
+    pub const ALL: [CaptureOutcome; 3] = [
+        CaptureOutcome::HandedOff,
+        CaptureOutcome::OwnChain,
+        CaptureOutcome::NoOriginalDst,
+    ];
+    /// The label and `/stats` suffix.
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CaptureOutcome::HandedOff => "handed_off",
+            CaptureOutcome::OwnChain => "own_chain",
+            CaptureOutcome::NoOriginalDst => "no_original_dst",
+        }
+    }
+}
+
+fn capture_outcome(i: usize) -> &'static str {
+    CaptureOutcome::ALL[i].as_str()
+}
+
 /// The label value of an [`SniOutcome`] by index.
 fn sni_outcome(i: usize) -> &'static str {
     SniOutcome::ALL[i].as_str()
@@ -630,6 +667,16 @@ counters! {
             .stats("tls.handshake.")
             .prometheus_for(Shown::TlsListeners)
             .stats_for(Shown::TlsListeners);
+        /// Connections a capture listener accepted, by [`CaptureOutcome`].
+        capture_outcome: [AtomicU64; CaptureOutcome::ALL.len()], counter
+            => Metric::counter(
+                "sluice_capture_connections_total",
+                "Connections accepted on capture listeners (original_dst), by what became of them.",
+            )
+            .by("outcome", capture_outcome)
+            .stats("capture.")
+            .prometheus_for(Shown::CaptureListeners)
+            .stats_for(Shown::CaptureListeners);
     }
 }
 

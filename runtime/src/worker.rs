@@ -512,7 +512,7 @@ mod tests {
 
     fn engine(config: &Arc<Config>) -> Rc<Engine<TokioNet>> {
         let stats = Arc::new(WorkerStats::new(config));
-        Engine::new(TokioNet, config.clone(), 0, 1, stats).expect("engine")
+        Engine::new(TokioNet::default(), config.clone(), 0, 1, stats).expect("engine")
     }
 
     fn listener() -> (tokio::net::TcpListener, u16) {

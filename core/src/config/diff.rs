@@ -6,8 +6,10 @@
 //! - per listener of `next`, where its listening socket comes from ([`ListenerSocket`]): a
 //!   listener whose **address** the previous config already had keeps that socket (with the
 //!   connections queued on it — no connection is refused during a reload, even when the listener
-//!   was renamed or its filter changed); any other is bound afresh;
-//! - which listeners of `previous` close (their address is gone from `next`);
+//!   was renamed or its filter changed), unless the socket must be bound another way (with
+//!   `IP_TRANSPARENT` for `original_dst: tproxy`, or without it); any other is bound afresh
+//!   (next to the old socket, through `SO_REUSEPORT`);
+//! - which listeners of `previous` close (no listener of `next` keeps their socket);
 //! - which listeners and clusters were added, removed or changed, matched by **name**
 //!   ([`Change`]), for the reload's summary and for whoever must rebuild per-name state;
 //! - whether the admin API's listening address changed (a reload cannot move it).
@@ -102,18 +104,16 @@ pub fn diff(previous: &Config, next: &Config) -> ConfigDiff {
             previous
                 .listeners
                 .iter()
-                .position(|p| p.address == l.address)
+                .position(|p| {
+                    p.address == l.address && binds_transparent(p) == binds_transparent(l)
+                })
                 .map_or(ListenerSocket::Bind, |previous| ListenerSocket::Keep {
                     previous,
                 })
         })
-        .collect();
-    let closed_listeners = previous
-        .listeners
-        .iter()
-        .enumerate()
-        .filter(|(_, p)| !next.listeners.iter().any(|l| l.address == p.address))
-        .map(|(i, _)| i)
+        .collect::<Vec<_>>();
+    let closed_listeners = (0..previous.listeners.len())
+        .filter(|&i| !sockets.contains(&ListenerSocket::Keep { previous: i }))
         .collect();
     ConfigDiff {
         sockets,
@@ -123,6 +123,12 @@ pub fn diff(previous: &Config, next: &Config) -> ConfigDiff {
         admin_listen_changed: previous.admin.as_ref().map(|a| &a.listen)
             != next.admin.as_ref().map(|a| &a.listen),
     }
+}
+
+/// Whether a listener's socket is bound with `IP_TRANSPARENT` (`original_dst: tproxy`): a
+/// socket bound the other way cannot be kept.
+fn binds_transparent(l: &super::ListenerConfig) -> bool {
+    l.original_dst == Some(super::OriginalDst::Tproxy)
 }
 
 /// Added, removed and changed entries of two lists of uniquely named items.
@@ -167,6 +173,29 @@ mod tests {
             );
         }
         Config::from_yaml(&yaml).unwrap_or_else(|e| panic!("{e}\n{yaml}"))
+    }
+
+    #[test]
+    fn turning_tproxy_on_or_off_binds_a_new_socket() {
+        let yaml = |how: &str| {
+            format!(
+                "listeners:\n  - {{ name: in, address: 0.0.0.0:15006, {how} tcp_proxy: {{ cluster: p }} }}\n\
+                 clusters:\n  - {{ name: p, type: original_dst }}\n"
+            )
+        };
+        let plain = Config::from_yaml(&yaml("")).unwrap();
+        let redirect = Config::from_yaml(&yaml("original_dst: redirect,")).unwrap();
+        let tproxy = Config::from_yaml(&yaml("original_dst: tproxy,")).unwrap();
+        // The same socket serves an uncaptured and a REDIRECT listener.
+        assert_eq!(
+            diff(&plain, &redirect).sockets,
+            [ListenerSocket::Keep { previous: 0 }]
+        );
+        for (a, b) in [(&redirect, &tproxy), (&tproxy, &plain)] {
+            let d = diff(a, b);
+            assert_eq!(d.sockets, [ListenerSocket::Bind]);
+            assert_eq!(d.closed_listeners, [0]);
+        }
     }
 
     #[test]

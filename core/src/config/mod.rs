@@ -14,7 +14,9 @@
 //! `http` listener index `Config::clusters`), names are unique, every cluster has at least one
 //! host. An `http` listener also keeps the invariants listed in the module doc of the YAML
 //! `http` decoder (every regex compiles, domains are well-formed and unique, ...), which the
-//! router relies on. A `Config` built in code (tests) must keep them too.
+//! router relies on. The one exception to "at least one host": a cluster of
+//! [`ClusterKind::OriginalDst`] has none (it connects to each connection's original
+//! destination), and only a `tcp_proxy` refers to one. A `Config` built in code (tests) must keep them too.
 //!
 //! The `Serialize` impls are the admin API's config dump: durations are written the way the
 //! config writes them ([`format_duration`]).
@@ -144,6 +146,11 @@ pub struct Config {
     pub drain_timeout: Duration,
     /// Process-wide caps (`limits`).
     pub limits: LimitsConfig,
+    /// `SO_MARK` set on every socket the proxy opens upstream (connections and health probes),
+    /// so that the capture rules of a transparent sidecar can leave the proxy's own traffic
+    /// alone; `None`: unmarked. Process-wide: every upstream socket must be excluded from
+    /// capture, whatever its cluster, or it would loop back into the proxy.
+    pub upstream_mark: Option<u32>,
 }
 
 /// Default for [`LimitsConfig::bolt_partial_frame_bytes`] (256 MiB: sixteen frames of the
@@ -240,6 +247,33 @@ pub struct ListenerConfig {
     pub max_connections: Option<u64>,
     /// Terminate TLS on this listener (`tcp_proxy` listeners).
     pub tls: Option<Box<tls::ListenerTls>>,
+    /// How a connection's original destination (the address the client dialled before the
+    /// packet filter steered it here) is read; `None`: connections are not captured.
+    pub original_dst: Option<OriginalDst>,
+    /// Hand each connection to the listener whose address matches its original destination
+    /// (Envoy's `use_original_dst`; see [`crate::handoff`]); when none does, serve it here.
+    /// Needs `original_dst`.
+    pub use_original_dst: bool,
+}
+
+/// How a capture listener learns a connection's original destination.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OriginalDst {
+    /// The packet filter rewrote the destination (iptables `REDIRECT` / `DNAT`): the original
+    /// is read back from connection tracking (`SO_ORIGINAL_DST`, `IP6T_SO_ORIGINAL_DST`).
+    Redirect,
+    /// The packet filter delivered the connection unchanged (iptables `TPROXY`): the listener
+    /// binds with `IP_TRANSPARENT`, and an accepted socket's local address is the original.
+    Tproxy,
+}
+
+impl OriginalDst {
+    /// The names the config accepts.
+    pub const CHOICES: [(&'static str, OriginalDst); 2] = [
+        ("redirect", OriginalDst::Redirect),
+        ("tproxy", OriginalDst::Tproxy),
+    ];
 }
 
 /// What a listener does with a connection. Exactly one per listener.
@@ -428,10 +462,32 @@ pub struct ClusterConfig {
     /// Below this share (percent) of available hosts, balance over all hosts (default 50; 0
     /// disables).
     pub panic_threshold_percent: u32,
-    /// The hosts; never empty.
+    /// Where its hosts come from (`type`).
+    pub kind: ClusterKind,
+    /// The hosts; never empty for a [`ClusterKind::Static`] cluster, always empty for an
+    /// [`ClusterKind::OriginalDst`] one.
     pub hosts: Vec<HostConfig>,
     /// Originate TLS to the hosts (`tcp_proxy` listeners only, so far).
     pub tls: Option<Box<tls::UpstreamTls>>,
+}
+
+/// A cluster's `type`: where its upstream addresses come from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ClusterKind {
+    /// The `hosts` listed in the config.
+    Static,
+    /// Each connection goes to its own original destination (a transparent sidecar's
+    /// pass-through): no hosts, no balancing, no health checking.
+    OriginalDst,
+}
+
+impl ClusterKind {
+    /// The names the config accepts.
+    pub const CHOICES: [(&'static str, ClusterKind); 2] = [
+        ("static", ClusterKind::Static),
+        ("original_dst", ClusterKind::OriginalDst),
+    ];
 }
 
 impl Default for ClusterConfig {
@@ -449,6 +505,7 @@ impl Default for ClusterConfig {
             outlier_detection: None,
             circuit_breakers: CircuitBreakerSettings::default(),
             panic_threshold_percent: DEFAULT_PANIC_THRESHOLD_PERCENT,
+            kind: ClusterKind::Static,
             hosts: Vec::new(),
             tls: None,
         }

@@ -218,3 +218,38 @@ proptest! {
         prop_assert!(c.hosts().iter().all(|h| h.active == 0));
     }
 }
+
+#[test]
+fn a_direct_session_connects_to_its_address_and_never_touches_the_cluster() {
+    let t0 = epoch();
+    // An original_dst cluster has no hosts.
+    let (mut c, mut rng) = (cluster(0), Rng::from_seed(1));
+    let to: SocketAddr = "10.1.0.2:80".parse().unwrap();
+    let direct = Action::Connect {
+        host: DIRECT_HOST,
+        address: to,
+    };
+    let mut s = TcpSession::new(t0, config(2));
+    s.start_direct(t0, to);
+    assert_eq!(drain(&mut s), [direct]);
+    s.handle_connect_failed(t0, &mut c, &mut rng, ConnectFailure::Refused);
+    assert_eq!(drain(&mut s), [direct], "failover retries the same address");
+    s.handle_connected(t0, &mut c);
+    assert_eq!(s.host(), Some(DIRECT_HOST));
+    s.handle_read(t0, Side::Downstream, 5);
+    s.handle_read(t0, Side::Downstream, 0);
+    s.handle_read(t0, Side::Upstream, 0);
+    assert_eq!(
+        drain(&mut s).last(),
+        Some(&Action::Close(CloseReason::Completed))
+    );
+    s.release(&mut c);
+    assert_eq!(s.bytes(), (5, 0));
+    assert_eq!(s.attempts(), 2);
+
+    let mut s = TcpSession::new(t0, config(1));
+    s.start_direct(t0, to);
+    drain(&mut s);
+    s.handle_timeout(t0 + Duration::from_secs(1), &mut c, &mut rng);
+    assert_eq!(drain(&mut s), [Action::Close(CloseReason::ConnectFailed)]);
+}

@@ -105,7 +105,7 @@ pub(super) async fn worker_main(start: WorkerStart) -> io::Result<()> {
         .map(tokio::net::TcpListener::from_std)
         .collect::<io::Result<Vec<_>>>()?;
     let engine = Engine::new_worker(
-        TokioNet,
+        TokioNet::default(),
         config,
         index,
         workers,
@@ -151,7 +151,7 @@ pub(super) async fn worker_main(start: WorkerStart) -> io::Result<()> {
                 } = *g;
                 // The new engine first: if it cannot be built, nothing changes.
                 let engine = match Engine::new_worker(
-                    TokioNet,
+                    TokioNet::default(),
                     config.clone(),
                     index,
                     workers,

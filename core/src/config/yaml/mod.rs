@@ -32,12 +32,12 @@ use serde_json::Value;
 
 use super::upstream::{CircuitBreakerSettings, DEFAULT_PANIC_THRESHOLD_PERCENT};
 use super::{
-    AdminConfig, AdminListen, ClusterConfig, Config, ConfigError, ConfigErrors,
+    AdminConfig, AdminListen, ClusterConfig, ClusterKind, Config, ConfigError, ConfigErrors,
     DEFAULT_ADMIN_SOCKET_MODE, DEFAULT_BOLT_PARTIAL_FRAME_BYTES, DEFAULT_CLIENT_HELLO_TIMEOUT,
     DEFAULT_CONNECT_TIMEOUT, DEFAULT_DRAIN_TIMEOUT, DEFAULT_MAX_CONNECT_ATTEMPTS,
     DEFAULT_MINIMUM_RING_SIZE, DEFAULT_TCP_IDLE_TIMEOUT, DEFAULT_UPSTREAM_IDLE_TIMEOUT, HostConfig,
-    LbPolicy, LimitsConfig, ListenerConfig, ListenerFilter, MAX_CONNECTIONS_LIMIT, SniRoute,
-    TcpProxyConfig, TextPosition,
+    LbPolicy, LimitsConfig, ListenerConfig, ListenerFilter, MAX_CONNECTIONS_LIMIT, OriginalDst,
+    SniRoute, TcpProxyConfig, TextPosition,
 };
 use decoder::{Decoder, Obj, child, index};
 pub use values::{parse_duration, parse_socket_addr};
@@ -132,6 +132,13 @@ fn decode_config(dec: &mut Decoder, tree: &Value) -> Option<Config> {
         Some((v, p)) => decode_limits(dec, &p, v),
         None => Some(LimitsConfig::default()),
     };
+    let upstream_mark = match root.opt("upstream_mark") {
+        // 0 is "no mark" to the kernel: it could not be told apart in a capture rule.
+        Some((v, p)) => dec
+            .u64_in(&p, v, 1..=u64::from(u32::MAX))
+            .map(|m| Some(m as u32)),
+        None => Some(None),
+    };
     root.finish(dec);
 
     let (listeners, clusters) = (listeners?, clusters?);
@@ -159,6 +166,7 @@ fn decode_config(dec: &mut Decoder, tree: &Value) -> Option<Config> {
     );
     check_overlapping_addresses(dec, admin.as_ref().and_then(Option::as_ref), &listeners);
     let limits = limits?;
+    check_original_dst_clusters(dec, &listeners, &clusters);
     // A Bolt frame larger than the whole partial-frame budget could never be received.
     for (i, l) in listeners.iter().enumerate() {
         if let ListenerFilter::Bolt(b) | ListenerFilter::Auto { bolt: b, .. } = &l.filter
@@ -207,7 +215,65 @@ fn decode_config(dec: &mut Decoder, tree: &Value) -> Option<Config> {
         clusters,
         drain_timeout: drain_timeout?,
         limits,
+        upstream_mark: upstream_mark?,
     })
+}
+
+/// An `original_dst` cluster has no hosts to balance over: only a `tcp_proxy` (which connects
+/// to the connection's original destination) may use one.
+fn check_original_dst_clusters(
+    dec: &mut Decoder,
+    listeners: &[ListenerConfig],
+    clusters: &[ClusterConfig],
+) {
+    let is_original_dst = |ci: usize| {
+        clusters
+            .get(ci)
+            .is_some_and(|c| c.kind == ClusterKind::OriginalDst)
+    };
+    for (i, l) in listeners.iter().enumerate() {
+        let mut used: Vec<usize> = Vec::new();
+        let filter = match &l.filter {
+            ListenerFilter::TcpProxy(_) | ListenerFilter::Echo => continue,
+            ListenerFilter::Http(h) => {
+                http_clusters(h, &mut used);
+                "http"
+            }
+            ListenerFilter::Bolt(b) => {
+                used.extend(b.routes.iter().map(|r| r.action.cluster_index));
+                "bolt"
+            }
+            ListenerFilter::Auto { http, bolt } => {
+                http_clusters(http, &mut used);
+                used.extend(bolt.routes.iter().map(|r| r.action.cluster_index));
+                "http"
+            }
+        };
+        if let Some(&ci) = used.iter().find(|&&ci| is_original_dst(ci)) {
+            dec.error(
+                &child(&index("listeners", i), filter),
+                format!(
+                    "routes to cluster {:?} of type original_dst: only a tcp_proxy can use one \
+                     (HTTP and Bolt routing to the original destination is not supported yet)",
+                    clusters[ci].name
+                ),
+            );
+        }
+    }
+}
+
+fn http_clusters(h: &super::http::HttpConfig, used: &mut Vec<usize>) {
+    use super::http::{ClusterTarget, RouteAction};
+    for vh in &h.virtual_hosts {
+        for r in &vh.routes {
+            if let RouteAction::Forward(f) = &r.action {
+                match &f.target {
+                    ClusterTarget::Cluster(w) => used.push(w.cluster_index),
+                    ClusterTarget::Weighted(ws) => used.extend(ws.iter().map(|w| w.cluster_index)),
+                }
+            }
+        }
+    }
 }
 
 fn decode_limits(dec: &mut Decoder, path: &str, v: &Value) -> Option<LimitsConfig> {
@@ -539,6 +605,25 @@ fn decode_listener(
         }
         None => Some(None),
     };
+    let original_dst = match obj.opt("original_dst") {
+        Some((v, p)) => dec.one_of(&p, v, &OriginalDst::CHOICES).map(Some),
+        None => Some(None),
+    };
+    let use_original_dst = match obj.opt("use_original_dst") {
+        Some((v, p)) => dec.boolean(&p, v).and_then(|on| {
+            if on && matches!(original_dst, Some(None)) {
+                dec.error(
+                    &p,
+                    "needs `original_dst: redirect` or `original_dst: tproxy` on this listener \
+                     (without it, a connection has no original destination to hand off by)",
+                );
+                None
+            } else {
+                Some(on)
+            }
+        }),
+        None => Some(false),
+    };
     obj.finish(dec);
     Some(ListenerConfig {
         name: name?,
@@ -546,6 +631,8 @@ fn decode_listener(
         filter: filter?,
         max_connections: max_connections?,
         tls: tls?,
+        original_dst: original_dst?,
+        use_original_dst: use_original_dst?,
     })
 }
 
@@ -725,6 +812,30 @@ fn opt_duration(
 fn decode_cluster(dec: &mut Decoder, path: &str, v: &Value) -> Option<ClusterConfig> {
     let mut obj = dec.object(path, v)?;
     let name = obj.req(dec, "name").and_then(|(v, p)| dec.name(&p, v));
+    let kind = match obj.opt("type") {
+        Some((v, p)) => dec.one_of(&p, v, &ClusterKind::CHOICES),
+        None => Some(ClusterKind::Static),
+    };
+    if kind == Some(ClusterKind::OriginalDst) {
+        // Everything about picking among hosts or checking them has no hosts to apply to.
+        for key in [
+            "hosts",
+            "lb_policy",
+            "hash_policy",
+            "ring_hash",
+            "health_check",
+            "outlier_detection",
+            "panic_threshold",
+        ] {
+            if v.get(key).is_some() {
+                dec.error(
+                    &child(path, key),
+                    "does not apply to a cluster of type original_dst (it connects to each \
+                     connection's original destination: no hosts to pick among or check)",
+                );
+            }
+        }
+    }
     let connect_timeout = match obj.opt("connect_timeout") {
         Some((v, p)) => dec.duration(&p, v).and_then(|d| {
             if d.is_zero() {
@@ -796,13 +907,19 @@ fn decode_cluster(dec: &mut Decoder, path: &str, v: &Value) -> Option<ClusterCon
         Some((v, p)) => tls::decode_upstream_tls(dec, &p, v).map(|t| Some(Box::new(t))),
         None => Some(None),
     };
-    let hosts = obj.req(dec, "hosts").and_then(|(v, p)| {
-        let hosts = dec.list(&p, v, decode_host)?;
-        if hosts.is_empty() {
-            dec.error(&p, "at least one host is required");
-        }
-        Some(hosts)
-    });
+    let hosts = if kind == Some(ClusterKind::OriginalDst) {
+        // Reported above when given.
+        obj.opt("hosts");
+        Some(Vec::new())
+    } else {
+        obj.req(dec, "hosts").and_then(|(v, p)| {
+            let hosts = dec.list(&p, v, decode_host)?;
+            if hosts.is_empty() {
+                dec.error(&p, "at least one host is required");
+            }
+            Some(hosts)
+        })
+    };
     obj.finish(dec);
     Some(ClusterConfig {
         name: name?,
@@ -815,6 +932,7 @@ fn decode_cluster(dec: &mut Decoder, path: &str, v: &Value) -> Option<ClusterCon
         outlier_detection: outlier_detection?,
         circuit_breakers: circuit_breakers?,
         panic_threshold_percent: panic_threshold_percent?,
+        kind: kind?,
         hosts: hosts?,
         tls: tls?,
     })

@@ -1,5 +1,5 @@
 use super::*;
-use crate::config::{HashPolicy, HealthProbe, RetryBudgetSettings};
+use crate::config::{HashPolicy, HealthProbe, OriginalDst, RetryBudgetSettings};
 
 const GOOD: &str = r#"
 admin: { address: 127.0.0.1:9901 }
@@ -73,7 +73,7 @@ drain_timeout: 10
         r#"listeners[0].address: "127.0.0.1:99999" is not a socket address (port out of range)"#,
         r#"listeners[0].tcp_proxy.cluster: unknown cluster "nowhere" (known: c1)"#,
         r#"listeners[0].tcp_proxy.idle_timeout: "5 parsecs" has an unknown unit " parsecs" (expected a number and a unit: 250ms, 1s, 5m, 1h)"#,
-        "listeners[1].tpc_proxy: unknown field (expected one of: name, address, protocol, tcp_proxy, echo, http, bolt, max_connections, tls); did you mean 'tcp_proxy'?",
+        "listeners[1].tpc_proxy: unknown field (expected one of: name, address, protocol, tcp_proxy, echo, http, bolt, max_connections, tls, original_dst, use_original_dst); did you mean 'tcp_proxy'?",
         "clusters[0].connect_timeout: must be greater than zero",
         "clusters[0].upstream_idle_timeout: must be greater than zero",
         r#"clusters[0].lb_policy: unknown value "fastest" (expected one of: round_robin, weighted_round_robin, random, least_request, ring_hash, maglev)"#,
@@ -1009,7 +1009,121 @@ fn no_suggestion_for_a_name_far_from_every_known_one() {
     assert_eq!(
         errs,
         [
-            "listeners[0].colour: unknown field (expected one of: name, address, protocol, tcp_proxy, echo, http, bolt, max_connections, tls)"
+            "listeners[0].colour: unknown field (expected one of: name, address, protocol, tcp_proxy, echo, http, bolt, max_connections, tls, original_dst, use_original_dst)"
+        ]
+    );
+}
+
+const TRANSPARENT: &str = r#"
+upstream_mark: 1337
+listeners:
+  - name: outbound_capture
+    address: 0.0.0.0:15001
+    original_dst: redirect
+    use_original_dst: true
+    tcp_proxy: { cluster: passthrough }
+  - name: inbound_capture
+    address: 0.0.0.0:15006
+    original_dst: tproxy
+    tcp_proxy: { cluster: passthrough }
+  - name: web
+    address: 0.0.0.0:8080
+    tcp_proxy: { cluster: web }
+clusters:
+  - name: passthrough
+    type: original_dst
+    connect_timeout: 2s
+  - name: web
+    type: static
+    hosts: [ { address: 10.0.0.9:80 } ]
+"#;
+
+#[test]
+fn parses_a_transparent_sidecar_with_defaults_off() {
+    let c = Config::from_yaml(TRANSPARENT).unwrap();
+    assert_eq!(c.upstream_mark, Some(1337));
+    assert_eq!(c.listeners[0].original_dst, Some(OriginalDst::Redirect));
+    assert!(c.listeners[0].use_original_dst);
+    assert_eq!(c.listeners[1].original_dst, Some(OriginalDst::Tproxy));
+    assert!(!c.listeners[1].use_original_dst);
+    assert_eq!(c.listeners[2].original_dst, None);
+    assert_eq!(c.clusters[0].kind, ClusterKind::OriginalDst);
+    assert!(c.clusters[0].hosts.is_empty());
+    assert_eq!(c.clusters[0].connect_timeout, Duration::from_secs(2));
+    assert_eq!(c.clusters[1].kind, ClusterKind::Static);
+    // The defaults: nothing captured, nothing marked.
+    let plain = Config::from_yaml(GOOD).unwrap();
+    assert_eq!(plain.upstream_mark, None);
+    assert_eq!(plain.listeners[0].original_dst, None);
+    assert!(!plain.listeners[0].use_original_dst);
+    assert_eq!(plain.clusters[0].kind, ClusterKind::Static);
+}
+
+#[test]
+fn transparent_settings_are_validated_with_their_paths() {
+    let text = r#"
+upstream_mark: 0
+listeners:
+  - name: a
+    address: 0.0.0.0:15001
+    original_dst: nat
+    tcp_proxy: { cluster: pass }
+  - name: b
+    address: 0.0.0.0:15002
+    use_original_dst: true
+    tcp_proxy: { cluster: pass }
+  - name: c
+    address: 0.0.0.0:80
+    http:
+      virtual_hosts:
+        - name: all
+          domains: ["*"]
+          routes: [ { match: { prefix: / }, route: { cluster: pass } } ]
+clusters:
+  - name: pass
+    type: original_dst
+    hosts: [ { address: 10.0.0.1:80 } ]
+    health_check: { tcp: {} }
+  - name: bad
+    type: dynamic
+    hosts: [ { address: 10.0.0.1:80 } ]
+"#;
+    let e = errors(text);
+    let want = [
+        "upstream_mark: 0 is not a whole number from 1 to 4294967295",
+        "listeners[0].original_dst: ",
+        "listeners[1].use_original_dst: needs `original_dst: redirect` or `original_dst: tproxy`",
+        "clusters[0].hosts: does not apply to a cluster of type original_dst",
+        "clusters[0].health_check: does not apply to a cluster of type original_dst",
+        "clusters[1].type: ",
+    ];
+    for w in want {
+        assert!(
+            e.iter().any(|m| m.starts_with(w)),
+            "no error {w:?} in {e:#?}"
+        );
+    }
+}
+
+#[test]
+fn only_a_tcp_proxy_routes_to_an_original_dst_cluster() {
+    let text = r#"
+listeners:
+  - name: web
+    address: 0.0.0.0:80
+    http:
+      virtual_hosts:
+        - name: all
+          domains: ["*"]
+          routes: [ { match: { prefix: / }, route: { cluster: pass } } ]
+clusters:
+  - { name: pass, type: original_dst }
+"#;
+    assert_eq!(
+        errors(text),
+        [
+            "listeners[0].http: routes to cluster \"pass\" of type original_dst: only a tcp_proxy \
+          can use one (HTTP and Bolt routing to the original destination is not supported yet)"
         ]
     );
 }

@@ -1,0 +1,295 @@
+//! The socket side of transparent capture: reading a captured connection's original
+//! destination, binding a `tproxy` listener, marking the proxy's own upstream sockets.
+//!
+//! The choice of *which listener* serves a captured connection is pure and lives in the core
+//! ([`sluice_core::handoff`]); this module only talks to the kernel, through `socket2`'s safe
+//! wrappers of `getsockopt` / `setsockopt` (no `unsafe` here: [`crate::fdpass`] stays the only
+//! module of the runtime that has any).
+//!
+//! - `original_dst: redirect` — iptables `REDIRECT` rewrote the destination; connection
+//!   tracking remembers the original, read back with `SO_ORIGINAL_DST` (IPv4) or
+//!   `IP6T_SO_ORIGINAL_DST` (IPv6). An IPv4 connection accepted on a dual-stack `[::]` socket is
+//!   tracked as IPv4, so its local address's family (not the socket's) picks the option.
+//! - `original_dst: tproxy` — iptables `TPROXY` delivered the connection unchanged to a socket
+//!   bound with `IP_TRANSPARENT`; the accepted socket's local address *is* the original.
+//! - `upstream_mark` — `SO_MARK` on every upstream socket before it connects, so that capture
+//!   rules matching `! --mark` (or `-m mark --mark`) leave it alone.
+//!
+//! A connection that was not captured (a client dialled the capture listener itself) has no
+//! original destination: with `redirect`, connection tracking reports the address it already
+//! has; with `tproxy`, the local address is on the listener's own port. Both read as `None`, so
+//! that a pass-through never connects the proxy to itself.
+
+use std::io;
+use std::net::SocketAddr;
+
+use sluice_core::config::OriginalDst;
+use socket2::{Domain, SockRef, Socket, Type};
+
+/// The original destination of an accepted connection on a listener bound to `listener`, or
+/// `None` when it was not captured or the kernel cannot tell (no connection tracking entry).
+pub fn original_destination(
+    stream: &tokio::net::TcpStream,
+    how: OriginalDst,
+    listener: SocketAddr,
+) -> Option<SocketAddr> {
+    let local = stream.local_addr().ok()?;
+    match how {
+        OriginalDst::Redirect => {
+            let socket = SockRef::from(stream);
+            let v4 = match local {
+                SocketAddr::V4(_) => true,
+                SocketAddr::V6(v6) => v6.ip().to_ipv4_mapped().is_some(),
+            };
+            let original = if v4 {
+                socket.original_dst_v4()
+            } else {
+                socket.original_dst_v6()
+            };
+            let original = original.ok()?.as_socket()?;
+            (unmapped(original) != unmapped(local)).then_some(original)
+        }
+        OriginalDst::Tproxy => (local.port() != listener.port()).then_some(local),
+    }
+}
+
+fn unmapped(a: SocketAddr) -> SocketAddr {
+    match a {
+        SocketAddr::V6(v6) => match v6.ip().to_ipv4_mapped() {
+            Some(v4) => SocketAddr::new(v4.into(), a.port()),
+            None => a,
+        },
+        SocketAddr::V4(_) => a,
+    }
+}
+
+/// Binds a listening socket like [`crate::net::bind_reuseport`], with `IP_TRANSPARENT` first
+/// when `transparent` (a `tproxy` listener: the kernel then delivers it connections addressed
+/// to other hosts). Setting it needs `CAP_NET_ADMIN`; the error says so.
+pub fn bind_listener(
+    address: SocketAddr,
+    backlog: i32,
+    transparent: bool,
+) -> io::Result<std::net::TcpListener> {
+    if !transparent {
+        return crate::net::bind_reuseport(address, backlog);
+    }
+    let socket = Socket::new(Domain::for_address(address), Type::STREAM, None)?;
+    let set = if address.is_ipv4() {
+        socket.set_ip_transparent_v4(true)
+    } else {
+        socket.set_ip_transparent_v6(true)
+    };
+    set.map_err(|e| {
+        io::Error::new(
+            e.kind(),
+            format!("original_dst: tproxy needs IP_TRANSPARENT, which needs CAP_NET_ADMIN: {e}"),
+        )
+    })?;
+    socket.set_reuse_address(true)?;
+    socket.set_reuse_port(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&address.into())?;
+    socket.listen(backlog)?;
+    Ok(socket.into())
+}
+
+/// Whether this process may mark its upstream sockets with the config's `upstream_mark`
+/// (`SO_MARK` needs `CAP_NET_ADMIN`): checked once at startup and on a reload, so that a
+/// missing capability stops them with a message naming the setting, rather than failing every
+/// upstream connection.
+pub fn check_upstream_mark(config: &sluice_core::config::Config) -> io::Result<()> {
+    let Some(mark) = config.upstream_mark else {
+        return Ok(());
+    };
+    let probe = Socket::new(Domain::IPV4, Type::STREAM, None)?;
+    probe.set_mark(mark).map_err(|e| {
+        io::Error::new(
+            e.kind(),
+            format!("upstream_mark {mark}: cannot mark sockets (SO_MARK needs CAP_NET_ADMIN): {e}"),
+        )
+    })
+}
+
+/// Connects to `address` from a socket marked with `mark` (`SO_MARK`).
+pub async fn connect_marked(address: SocketAddr, mark: u32) -> io::Result<tokio::net::TcpStream> {
+    let socket = if address.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    SockRef::from(&socket).set_mark(mark).map_err(|e| {
+        io::Error::new(
+            e.kind(),
+            format!("upstream_mark {mark}: SO_MARK needs CAP_NET_ADMIN: {e}"),
+        )
+    })?;
+    socket.connect(address).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn an_uncaptured_connection_has_no_original_destination() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let at = listener.local_addr().unwrap();
+        let _client = tokio::net::TcpStream::connect(at).await.unwrap();
+        let (accepted, _) = listener.accept().await.unwrap();
+        // tproxy: the local address is on the listener's own port.
+        assert_eq!(
+            original_destination(&accepted, OriginalDst::Tproxy, at),
+            None
+        );
+        // redirect: no NAT entry (or one that says the address it has).
+        assert_eq!(
+            original_destination(&accepted, OriginalDst::Redirect, at),
+            None
+        );
+        // A socket on another port than the listener's (what TPROXY delivers) is its own
+        // original destination.
+        let elsewhere: SocketAddr = "0.0.0.0:1".parse().unwrap();
+        assert_eq!(
+            original_destination(&accepted, OriginalDst::Tproxy, elsewhere),
+            Some(at)
+        );
+    }
+}
+
+/// The engine's side of capture, without a packet filter: a network whose "kernel" reports a
+/// chosen original destination for every accepted connection.
+#[cfg(test)]
+mod engine_tests {
+    use std::cell::Cell;
+    use std::rc::Rc;
+    use std::sync::Arc;
+    use std::sync::atomic::Ordering::Relaxed;
+    use std::time::Duration;
+
+    use sluice_core::config::{Config, OriginalDst};
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+    use super::*;
+    use crate::engine::Engine;
+    use crate::net::{Network, TokioNet};
+    use crate::stats::{CaptureOutcome, WorkerStats};
+    use crate::worker::{Worker, WorkerHooks};
+
+    #[derive(Clone, Default)]
+    struct CapturedNet {
+        original_dst: Rc<Cell<Option<SocketAddr>>>,
+    }
+
+    impl Network for CapturedNet {
+        type Stream = tokio::net::TcpStream;
+        type Listener = tokio::net::TcpListener;
+
+        async fn accept(
+            &self,
+            listener: &Self::Listener,
+        ) -> io::Result<(Self::Stream, SocketAddr)> {
+            TokioNet::default().accept(listener).await
+        }
+
+        async fn connect(&self, address: SocketAddr) -> io::Result<Self::Stream> {
+            TokioNet::default().connect(address).await
+        }
+
+        fn original_destination(
+            &self,
+            _stream: &Self::Stream,
+            _how: OriginalDst,
+            _listener: SocketAddr,
+        ) -> Option<SocketAddr> {
+            self.original_dst.get()
+        }
+    }
+
+    fn bound() -> (tokio::net::TcpListener, SocketAddr) {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.set_nonblocking(true).unwrap();
+        let at = l.local_addr().unwrap();
+        (tokio::net::TcpListener::from_std(l).unwrap(), at)
+    }
+
+    /// Sends `what`, half-closes, and reads until the proxy closes.
+    async fn exchange(to: SocketAddr, what: &[u8]) -> Vec<u8> {
+        let mut s = tokio::net::TcpStream::connect(to).await.unwrap();
+        s.write_all(what).await.unwrap();
+        s.shutdown().await.unwrap();
+        let mut back = Vec::new();
+        tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut back))
+            .await
+            .expect("the proxy answers in time")
+            .unwrap_or_default();
+        back
+    }
+
+    #[test]
+    fn captured_connections_are_handed_off_passed_through_or_closed_and_counted() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        tokio::task::LocalSet::new().block_on(&rt, async {
+            // The "real peer" a pass-through reaches: echoes, then closes.
+            let (peer, peer_at) = bound();
+            tokio::task::spawn_local(async move {
+                while let Ok((mut s, _)) = peer.accept().await {
+                    tokio::task::spawn_local(async move {
+                        let mut buf = Vec::new();
+                        let _ = s.read_to_end(&mut buf).await;
+                        let _ = s.write_all(&buf).await;
+                    });
+                }
+            });
+            let (capture, capture_at) = bound();
+            let (echo, echo_at) = bound();
+            let yaml = format!(
+                "listeners:
+  - {{ name: capture, address: {capture_at}, original_dst: redirect, use_original_dst: true, tcp_proxy: {{ cluster: pass }} }}
+  - {{ name: echo, address: {echo_at}, echo: {{}} }}
+clusters:
+  - {{ name: pass, type: original_dst }}
+"
+            );
+            let config = Arc::new(Config::from_yaml(&yaml).unwrap());
+            let stats = Arc::new(WorkerStats::new(&config));
+            let net = CapturedNet::default();
+            let dst = net.original_dst.clone();
+            let engine = Engine::new(net, config, 0, 1, stats.clone()).unwrap();
+            let _worker = Worker::start(
+                engine,
+                vec![capture, echo],
+                WorkerHooks {
+                    close_listeners: None,
+                    on_event: None,
+                },
+            );
+            let outcome = |o: CaptureOutcome| {
+                stats.listener(0).unwrap().capture_outcome[o as usize].load(Relaxed)
+            };
+
+            // Dialled the echo listener's address: handed to it.
+            dst.set(Some(echo_at));
+            assert_eq!(exchange(capture_at, b"to the echo").await, b"to the echo");
+            assert_eq!(outcome(CaptureOutcome::HandedOff), 1);
+            assert_eq!(stats.listener(1).unwrap().downstream_cx_total.load(Relaxed), 1);
+            assert_eq!(stats.listener(0).unwrap().downstream_cx_total.load(Relaxed), 0);
+
+            // Dialled an address no listener has: passed through to it.
+            dst.set(Some(peer_at));
+            assert_eq!(exchange(capture_at, b"to the peer").await, b"to the peer");
+            assert_eq!(outcome(CaptureOutcome::OwnChain), 1);
+            assert_eq!(stats.listener(0).unwrap().downstream_cx_total.load(Relaxed), 1);
+
+            // Not captured: no original destination, nothing to pass through to.
+            dst.set(None);
+            assert_eq!(exchange(capture_at, b"to nowhere").await, b"");
+            assert_eq!(outcome(CaptureOutcome::NoOriginalDst), 1);
+            assert_eq!(outcome(CaptureOutcome::HandedOff), 1);
+            assert_eq!(outcome(CaptureOutcome::OwnChain), 1);
+        });
+    }
+}

@@ -1,0 +1,540 @@
+//! End-to-end tests of transparent capture in network namespaces: an application namespace
+//! (Sluice and its "pod", with the application's own server) and a server namespace, joined by
+//! a veth pair. Sluice runs in the application namespace with the capture rules `sluice
+//! iptables` prints for its config (so the printed rules are what is tested). The application's
+//! connections to the server's real address (outbound), and the server's to the application's
+//! server (inbound), must go through Sluice (its counters and access log say so) and reach
+//! their peer exactly once each: the proxy's own upstream connections, marked with
+//! `upstream_mark`, are not captured again (no loop, no connection storm). Each of REDIRECT and
+//! TPROXY runs over IPv4 and over IPv6 (`[::]` listeners, `ip6tables`). The namespaces have
+//! their own ports, so the fixed ports here cannot clash with another test.
+//!
+//! Needs root (namespaces, iptables), `ip`, `iptables`, `python3` and `curl`; skipped with a
+//! line saying why otherwise (a failure under `tests/run.sh`, which installs them). Every
+//! namespace is removed at the end, also on failure (a drop guard); the veth pair and the rules
+//! live inside the namespaces and go with them.
+
+mod support;
+
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+use support::*;
+
+/// The addresses of one test: the application's and the server's, on the veth pair.
+struct Family {
+    app: &'static str,
+    server: &'static str,
+    prefix: u8,
+    /// The wildcard address the listeners bind (`[::]` takes IPv4 too).
+    any: &'static str,
+}
+
+const IPV4: Family = Family {
+    app: "10.77.0.1",
+    server: "10.77.0.2",
+    prefix: 24,
+    any: "0.0.0.0",
+};
+
+const IPV6: Family = Family {
+    app: "fd00:77::1",
+    server: "fd00:77::2",
+    prefix: 64,
+    any: "[::]",
+};
+
+/// `ip:port` as a socket address is written (`[v6]:port`).
+fn sock(ip: &str, port: u16) -> String {
+    std::net::SocketAddr::new(ip.parse().unwrap(), port).to_string()
+}
+const HTTP_PORT: u16 = 8080;
+const ECHO_PORT: u16 = 9000;
+const ADMIN: &str = "127.0.0.1:15000";
+/// The application's own server in its namespace (inbound traffic goes to it).
+const LOCAL_APP_PORT: u16 = 7070;
+
+/// A network namespace, deleted on drop (with the veth ends and the rules in it).
+struct Netns(String);
+
+impl Netns {
+    fn new(name: String) -> Netns {
+        // A leftover of a killed earlier run with the same pid: remove it first.
+        let _ = Command::new("ip").args(["netns", "del", &name]).output();
+        ip(&["netns", "add", &name]);
+        Netns(name)
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.0]).output();
+    }
+}
+
+fn ip(args: &[&str]) {
+    let out = Command::new("ip").args(args).output().expect("run ip");
+    assert!(
+        out.status.success(),
+        "ip {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Runs `program args` in namespace `ns`.
+fn in_ns(ns: &Netns, program: &str, args: &[&str]) -> Output {
+    Command::new("ip")
+        .args(["netns", "exec", &ns.0, program])
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("ip netns exec {} {program}: {e}", ns.0))
+}
+
+/// Starts `program args` in namespace `ns` (`ip netns exec` execs it: the pid is the program's).
+fn spawn_in(dir: &TempDir, ns: &Netns, name: &str, program: &str, args: &[&str]) -> Proc {
+    let mut all = vec!["netns", "exec", &ns.0, program];
+    all.extend_from_slice(args);
+    spawn(dir, name, "ip", &all)
+}
+
+/// Waits until something accepts on `ip:port` as seen from namespace `ns`.
+fn wait_listening_in(ns: &Netns, ip: &str, port: u16, proc: &mut Proc) {
+    let end = Instant::now() + Duration::from_secs(20);
+    let probe = format!("import socket; socket.create_connection(({ip:?}, {port}), 1).close()");
+    while Instant::now() < end {
+        if in_ns(ns, "python3", &["-c", &probe]).status.success() {
+            return;
+        }
+        if let Some(status) = proc.child.try_wait().unwrap() {
+            panic!("{} exited ({status}):\n{}", proc.name, proc.log_text());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!(
+        "{} not listening on {ip}:{port}:\n{}",
+        proc.name,
+        proc.log_text()
+    );
+}
+
+/// Whether this machine can run the tests; says why not when it cannot.
+fn can_run() -> bool {
+    if !require_peers(&["ip", "iptables", "python3", "curl"]) {
+        return false;
+    }
+    use std::os::unix::fs::MetadataExt;
+    let root = std::fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0);
+    if !root {
+        let test = std::thread::current().name().unwrap_or("?").to_owned();
+        if std::env::var_os(REQUIRE_PEERS_VAR).is_some_and(|v| !v.is_empty() && v != "0") {
+            panic!("e2e_transparent::{test}: needs root (network namespaces, iptables)");
+        }
+        eprintln!("SKIPPED e2e_transparent::{test}: needs root (network namespaces, iptables)");
+        return false;
+    }
+    true
+}
+
+const ECHO_SERVER: &str = r#"
+import socket, sys, threading
+l = socket.socket(socket.AF_INET6 if ":" in sys.argv[1] else socket.AF_INET)
+l.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+l.bind((sys.argv[1], int(sys.argv[2])))
+l.listen(64)
+def serve(c):
+    while True:
+        d = c.recv(65536)
+        if not d:
+            break
+        c.sendall(d)
+    c.close()
+while True:
+    c, peer = l.accept()
+    print("connection from", peer[0], flush=True)
+    threading.Thread(target=serve, args=(c,), daemon=True).start()
+"#;
+
+const ECHO_CLIENT: &str = r#"
+import socket, sys
+s = socket.create_connection((sys.argv[1], int(sys.argv[2])), 5)
+s.settimeout(5)
+s.sendall(sys.argv[3].encode())
+s.shutdown(socket.SHUT_WR)
+got = b""
+while True:
+    d = s.recv(65536)
+    if not d:
+        break
+    got += d
+sys.stdout.write(got.decode())
+"#;
+
+fn config(original_dst: &str, access_log: &str, f: &Family) -> String {
+    let any = f.any;
+    let web = sock(f.server, HTTP_PORT);
+    format!(
+        "admin: {{ address: {ADMIN} }}
+upstream_mark: 1337
+listeners:
+  - name: outbound
+    address: \"{any}:15001\"
+    original_dst: {original_dst}
+    use_original_dst: true
+    tcp_proxy: {{ cluster: passthrough }}
+  - name: inbound
+    address: \"{any}:15006\"
+    original_dst: {original_dst}
+    tcp_proxy: {{ cluster: passthrough }}
+  - name: http_{HTTP_PORT}
+    address: \"{any}:{HTTP_PORT}\"
+    http:
+      access_log: {{ format: text, template: \"%LISTENER% %METHOD% %PATH% %STATUS% %ORIGINAL_DST%\", path: {access_log} }}
+      virtual_hosts:
+        - name: all
+          domains: [\"*\"]
+          routes: [ {{ match: {{ prefix: / }}, route: {{ cluster: web }} }} ]
+clusters:
+  - {{ name: passthrough, type: original_dst, connect_timeout: 2s }}
+  - {{ name: web, hosts: [ {{ address: \"{web}\" }} ] }}
+"
+    )
+}
+
+/// `/stats` of the Sluice in `app`, as `name value` pairs.
+fn stats(app: &Netns) -> Vec<(String, u64)> {
+    let out = in_ns(
+        app,
+        "curl",
+        &["-sS", "--max-time", "5", &format!("http://{ADMIN}/stats")],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| {
+            let (k, v) = l.split_once(": ")?;
+            Some((k.to_owned(), v.trim().parse().ok()?))
+        })
+        .collect()
+}
+
+fn stat(all: &[(String, u64)], name: &str) -> u64 {
+    all.iter()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| *v)
+        .unwrap_or_else(|| panic!("no {name} in /stats: {all:?}"))
+}
+
+/// Outbound TCP and HTTP from the application namespace to the server's real address, and
+/// inbound HTTP from the server namespace to the application's own server, captured by the
+/// rules `sluice iptables` prints for listeners with `original_dst: MODE`.
+fn capture(mode: &str, tag: &str, f: &Family) {
+    if !can_run() {
+        return;
+    }
+    let (app_ip, server_ip) = (f.app, f.server);
+    let dir = TempDir::new(&format!("transparent-{tag}"));
+    let pid = std::process::id();
+    // Declared first: dropped last, after every process in them is gone.
+    let app = Netns::new(format!("sluice-{pid}-{tag}-app"));
+    let server = Netns::new(format!("sluice-{pid}-{tag}-srv"));
+    ip(&[
+        "-n", &app.0, "link", "add", "veth0", "type", "veth", "peer", "name", "veth1", "netns",
+        &server.0,
+    ]);
+    // No duplicate address detection: an IPv6 address is usable at once.
+    let nodad: &[&str] = if f.prefix == 64 { &["nodad"] } else { &[] };
+    for (ns, ip_address, dev) in [(&app, app_ip, "veth0"), (&server, server_ip, "veth1")] {
+        let cidr = format!("{ip_address}/{}", f.prefix);
+        let mut args = vec!["-n", &ns.0, "addr", "add", &cidr, "dev", dev];
+        args.extend_from_slice(nodad);
+        ip(&args);
+    }
+    for (ns, dev) in [(&app, "veth0"), (&server, "veth1")] {
+        ip(&["-n", &ns.0, "link", "set", dev, "up"]);
+        ip(&["-n", &ns.0, "link", "set", "lo", "up"]);
+    }
+
+    // The server: an echo on ECHO_PORT, an HTTP file server on HTTP_PORT.
+    let files = dir.path().join("www");
+    std::fs::create_dir_all(&files).unwrap();
+    std::fs::write(files.join("hello.txt"), "hello from the server namespace\n").unwrap();
+    let echo_script = dir.write("echo.py", ECHO_SERVER);
+    let mut echo = spawn_in(
+        &dir,
+        &server,
+        "echo",
+        "python3",
+        &[
+            "-u",
+            echo_script.to_str().unwrap(),
+            server_ip,
+            &ECHO_PORT.to_string(),
+        ],
+    );
+    let mut http = spawn_in(
+        &dir,
+        &server,
+        "http",
+        "python3",
+        &[
+            "-u",
+            "-m",
+            "http.server",
+            &HTTP_PORT.to_string(),
+            "--bind",
+            server_ip,
+            "--directory",
+            files.to_str().unwrap(),
+        ],
+    );
+    wait_listening_in(&server, server_ip, ECHO_PORT, &mut echo);
+    wait_listening_in(&server, server_ip, HTTP_PORT, &mut http);
+    // The application's own server, in its namespace.
+    let mut local_app = spawn_in(
+        &dir,
+        &app,
+        "local_app",
+        "python3",
+        &[
+            "-u",
+            "-m",
+            "http.server",
+            &LOCAL_APP_PORT.to_string(),
+            "--bind",
+            app_ip,
+            "--directory",
+            files.to_str().unwrap(),
+        ],
+    );
+    wait_listening_in(&app, app_ip, LOCAL_APP_PORT, &mut local_app);
+    // Probing connected once to each: what the servers count from here on is the test's.
+    let probes_echo = echo.log_text().lines().count();
+
+    // Sluice in the application namespace.
+    let access_log = dir.path().join("access.log");
+    let config_path = dir.write(
+        "sluice.yaml",
+        &config(mode, access_log.to_str().unwrap(), f),
+    );
+    let config_path = config_path.to_str().unwrap();
+    let mut sluice = spawn_in(
+        &dir,
+        &app,
+        "sluice",
+        sluice_bin(),
+        &["run", "-c", config_path, "--workers", "1"],
+    );
+    wait_listening_in(&app, "127.0.0.1", 15000, &mut sluice);
+
+    // The capture rules, as printed.
+    let printed = Command::new(sluice_bin())
+        .args(["iptables", "-c", config_path])
+        .output()
+        .unwrap();
+    assert!(
+        printed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&printed.stderr)
+    );
+    let script = String::from_utf8(printed.stdout).unwrap();
+    let applied = in_ns(&app, "sh", &["-c", &script]);
+    assert!(
+        applied.status.success(),
+        "the printed rules did not apply:\n{script}\n{}",
+        String::from_utf8_lossy(&applied.stderr)
+    );
+
+    // TCP to the server's real address: no listener for the echo's port, so the capture
+    // listener's own chain passes it through to the original destination.
+    let client = in_ns(
+        &app,
+        "python3",
+        &[
+            "-c",
+            ECHO_CLIENT,
+            server_ip,
+            &ECHO_PORT.to_string(),
+            "through sluice",
+        ],
+    );
+    assert!(
+        client.status.success(),
+        "{}",
+        String::from_utf8_lossy(&client.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&client.stdout), "through sluice");
+
+    // HTTP to the server's real address: handed off by the original destination to the
+    // http_8080 listener, which routes it to the `web` cluster (the server).
+    let url = format!("http://{}/hello.txt", sock(server_ip, HTTP_PORT));
+    let got = in_ns(
+        &app,
+        "curl",
+        &["-sS", "--max-time", "10", "-w", "\n%{http_code}", &url],
+    );
+    assert!(
+        got.status.success(),
+        "{}",
+        String::from_utf8_lossy(&got.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&got.stdout),
+        "hello from the server namespace\n\n200"
+    );
+
+    // Inbound HTTP from the server namespace to the application's own server: captured by the
+    // inbound listener, passed through to its original destination.
+    let url = format!("http://{}/hello.txt", sock(app_ip, LOCAL_APP_PORT));
+    let got = in_ns(
+        &server,
+        "curl",
+        &["-sS", "--max-time", "10", "-w", "\n%{http_code}", &url],
+    );
+    assert!(
+        got.status.success(),
+        "{}",
+        String::from_utf8_lossy(&got.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&got.stdout),
+        "hello from the server namespace\n\n200"
+    );
+
+    // Through Sluice, once each: the proxy's own upstream connections were not captured again.
+    let s = stats(&app);
+    let log = sluice.log_text();
+    assert_eq!(stat(&s, "listener.outbound.capture.handed_off"), 1, "{log}");
+    assert_eq!(stat(&s, "listener.outbound.capture.own_chain"), 1, "{log}");
+    assert_eq!(
+        stat(&s, "listener.outbound.capture.no_original_dst"),
+        0,
+        "{log}"
+    );
+    assert_eq!(
+        stat(&s, "listener.outbound.downstream_cx_total"),
+        1,
+        "{log}"
+    );
+    assert_eq!(
+        stat(
+            &s,
+            &format!("listener.http_{HTTP_PORT}.downstream_cx_total")
+        ),
+        1
+    );
+    assert_eq!(stat(&s, "listener.inbound.capture.own_chain"), 1, "{log}");
+    assert_eq!(
+        stat(&s, "listener.inbound.capture.no_original_dst"),
+        0,
+        "{log}"
+    );
+    assert_eq!(stat(&s, "listener.inbound.downstream_cx_total"), 1, "{log}");
+    // The outbound echo and the inbound request.
+    assert_eq!(stat(&s, "cluster.passthrough.upstream_cx_total"), 2);
+    assert_eq!(stat(&s, "cluster.web.upstream_cx_total"), 1);
+    // The access log names the original destination (flushed at exit).
+    sluice.signal("TERM");
+    assert!(
+        sluice.wait_exit(Duration::from_secs(20)).is_some(),
+        "{}",
+        sluice.log_text()
+    );
+    let lines = std::fs::read_to_string(&access_log).unwrap_or_default();
+    assert_eq!(
+        lines,
+        format!(
+            "http_{HTTP_PORT} GET /hello.txt 200 {}\n",
+            sock(server_ip, HTTP_PORT)
+        ),
+        "{}",
+        sluice.log_text()
+    );
+    // And the servers saw exactly those connections, from the application's address.
+    let echo_log = echo.log_text();
+    let seen: Vec<&str> = echo_log.lines().skip(probes_echo).collect();
+    assert_eq!(seen, [format!("connection from {app_ip}")], "{echo_log}");
+    let http_log = http.log_text();
+    let requests: Vec<&str> = http_log
+        .lines()
+        .filter(|l| l.contains("GET /hello.txt"))
+        .collect();
+    assert_eq!(requests.len(), 1, "{http_log}");
+    assert!(requests[0].starts_with(app_ip), "{http_log}");
+    // The application's server got the inbound request once, from the proxy (the source
+    // address is not kept yet).
+    let local_log = local_app.log_text();
+    let requests: Vec<&str> = local_log
+        .lines()
+        .filter(|l| l.contains("GET /hello.txt"))
+        .collect();
+    assert_eq!(requests.len(), 1, "{local_log}");
+    assert!(requests[0].starts_with(app_ip), "{local_log}");
+}
+
+#[test]
+fn redirect_capture_reaches_the_real_peers_once() {
+    capture("redirect", "r", &IPV4);
+}
+
+#[test]
+fn redirect_capture_over_ipv6_reaches_the_real_peers_once() {
+    capture("redirect", "r6", &IPV6);
+}
+
+#[test]
+fn tproxy_capture_reaches_the_real_peers_once() {
+    capture("tproxy", "t", &IPV4);
+}
+
+#[test]
+fn tproxy_capture_over_ipv6_reaches_the_real_peers_once() {
+    capture("tproxy", "t6", &IPV6);
+}
+
+/// Marking sockets needs `CAP_NET_ADMIN`: without it, `upstream_mark` stops the start with a
+/// message naming the setting (rather than failing every upstream connection later).
+#[test]
+fn upstream_mark_without_cap_net_admin_stops_the_start_naming_it() {
+    if !require_peers(&["setpriv", "timeout"]) || !running_as_root() {
+        return;
+    }
+    let dir = TempDir::new("transparent-mark");
+    let port = free_port();
+    let path = dir.write(
+        "sluice.yaml",
+        &format!(
+            "upstream_mark: 1337
+listeners:
+  - {{ name: out, address: 127.0.0.1:{port}, original_dst: redirect, tcp_proxy: {{ cluster: pass }} }}
+clusters:
+  - {{ name: pass, type: original_dst }}
+"
+        ),
+    );
+    // As `nobody` (no capability); bounded, should it start and serve instead.
+    let out = Command::new("timeout")
+        .args([
+            "20",
+            "setpriv",
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            sluice_bin(),
+            "run",
+            "-c",
+            path.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("upstream_mark 1337: cannot mark sockets (SO_MARK needs CAP_NET_ADMIN)"),
+        "{stderr}"
+    );
+}
