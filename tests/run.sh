@@ -17,7 +17,8 @@ step() { printf '\n==> %s\n' "$*"; }
 # ---- install what the tests need -------------------------------------------------------------
 # python3 (the system one, which user `nobody` can run) and util-linux (setpriv): the tests that
 # play another local user (a control socket squatter, a Unix admin socket client).
-APT_PACKAGES=(nginx libnginx-mod-stream haproxy wrk curl iperf3 nghttp2-client openssl python3 util-linux iproute2 iptables)
+# chromium: the admin page's test drives a real headless browser (through puppeteer-core, below).
+APT_PACKAGES=(nginx libnginx-mod-stream haproxy wrk curl iperf3 nghttp2-client openssl python3 util-linux iproute2 iptables chromium)
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -41,6 +42,11 @@ if [ ! -d tests/bolt/node_modules ] || [ tests/bolt/package-lock.json -nt tests/
   step "installing the SOFARPC test peers (tests/bolt/package-lock.json) into tests/bolt/node_modules"
   (cd tests/bolt && npm ci --no-audit --no-fund --loglevel=error >/dev/null)
   touch tests/bolt/node_modules
+fi
+if [ ! -d tests/browser/node_modules ] || [ tests/browser/package-lock.json -nt tests/browser/node_modules ]; then
+  step "installing puppeteer-core (tests/browser/package-lock.json; it drives Debian's chromium) into tests/browser/node_modules"
+  (cd tests/browser && PUPPETEER_SKIP_DOWNLOAD=1 npm ci --no-audit --no-fund --loglevel=error >/dev/null)
+  touch tests/browser/node_modules
 fi
 if ! cargo fuzz --version >/dev/null 2>&1; then
   step "installing cargo-fuzz"

@@ -1901,10 +1901,95 @@ fn html_escape(s: &str) -> String {
         .replace('"', "&quot;")
 }
 
-/// The index page: every endpoint, and the cluster table.
+/// How often the index page re-reads its tables, in milliseconds.
+const PAGE_REFRESH_MS: u32 = 2000;
+
+/// Endpoints whose button asks before posting: they stop the process or its listeners, and a
+/// stray click on a page left open must not do that.
+const CONFIRMED_ENDPOINTS: &[(&str, &str)] = &[
+    (
+        "/quitquitquit",
+        "Stop this Sluice process? It drains open connections and exits.",
+    ),
+    (
+        "/drain_listeners",
+        "Close every listener of this Sluice process? New connections are refused until it restarts.",
+    ),
+];
+
+/// The index page's script. Every [`PAGE_REFRESH_MS`] (while "refresh" is ticked) it reads
+/// `/server_info`, `/listeners?format=json` and `/clusters?format=json` and rebuilds the tables
+/// from them. Cells are filled with `textContent`, never parsed as markup, so a name in the
+/// config cannot inject into the page. `body[data-refreshes]` counts the refreshes that
+/// succeeded (the browser test waits on it); a failed one says so in `#refresh-status`.
+const PAGE_SCRIPT: &str = r##"<script>
+(function () {
+  var box = document.getElementById("auto-refresh");
+  var status = document.getElementById("refresh-status");
+  var refreshes = 0;
+  function row(cells) {
+    var tr = document.createElement("tr");
+    cells.forEach(function (c) {
+      var td = document.createElement("td");
+      td.textContent = String(c[0]);
+      if (c[1]) td.className = c[1];
+      tr.appendChild(td);
+    });
+    return tr;
+  }
+  function fill(id, rows) {
+    var body = document.querySelector("#" + id + " tbody");
+    while (body.firstChild) body.removeChild(body.firstChild);
+    rows.forEach(function (r) { body.appendChild(r); });
+  }
+  function get(path) {
+    return fetch(path, { cache: "no-store" }).then(function (r) {
+      if (!r.ok) throw new Error(path + " answered " + r.status);
+      return r.json();
+    });
+  }
+  function refresh() {
+    if (!box.checked) return;
+    Promise.all([get("/server_info"), get("/listeners?format=json"), get("/clusters?format=json")])
+      .then(function (v) {
+        document.getElementById("state").textContent = v[0].state;
+        document.getElementById("uptime").textContent = v[0].uptime_seconds;
+        fill("listeners", v[1].listeners.map(function (l) {
+          return row([[l.name], [l.address], [l.kind], [l.open_connections]]);
+        }));
+        var hosts = [];
+        v[2].clusters.forEach(function (c) {
+          c.hosts.forEach(function (h) {
+            hosts.push(row([[c.name], [h.address], [h.weight], [h.health, h.health],
+              [h.outlier, h.outlier === "none" ? "" : "unhealthy"],
+              [h.available ? "yes" : "no", h.available ? "healthy" : "unhealthy"],
+              [h.rq_active], [h.cx_active], [h.rq_total]]));
+          });
+        });
+        fill("clusters", hosts);
+        refreshes += 1;
+        document.body.dataset.refreshes = refreshes;
+        status.className = "";
+        status.textContent = "refreshed at " + new Date().toLocaleTimeString();
+      })
+      .catch(function (e) {
+        status.className = "unhealthy";
+        status.textContent = "admin API unreachable: " + e.message;
+      });
+  }
+  setInterval(refresh, PAGE_REFRESH_MS);
+})();
+</script>
+"##;
+
+/// The index page: every endpoint (the ones that stop something ask first), the listener
+/// table and the cluster table with each host's health, outlier state and availability. It is
+/// complete as served (no script needed to read it) and refreshes its tables itself.
 fn index_html(shared: &AdminShared) -> String {
-    let view = clusters_json(shared, &scrape(shared));
-    let mut out = String::with_capacity(4096);
+    let snapshot = scrape(shared);
+    let view = clusters_json(shared, &snapshot);
+    let listeners = listeners_json(shared, &snapshot);
+    let mut out = String::with_capacity(8192);
     out.push_str(
         "<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>Sluice admin</title>\n\
          <style>body{font-family:sans-serif;margin:2em}table{border-collapse:collapse}\
@@ -1913,11 +1998,14 @@ fn index_html(shared: &AdminShared) -> String {
     );
     let _ = writeln!(
         out,
-        "<h1>Sluice {}</h1>\n<p>state: <b id=\"state\">{}</b>, workers: {}, uptime: {} s</p>",
+        "<h1>Sluice {}</h1>\n<p>state: <b id=\"state\">{}</b>, workers: {}, uptime: \
+         <span id=\"uptime\">{}</span> s \u{b7} <label><input type=\"checkbox\" \
+         id=\"auto-refresh\" checked> refresh every {} s</label> <span id=\"refresh-status\"></span></p>",
         html_escape(crate::VERSION),
         shared.state().as_str(),
         shared.workers.len(),
-        shared.uptime().as_secs()
+        shared.uptime().as_secs(),
+        PAGE_REFRESH_MS / 1000,
     );
     out.push_str("<h2>Endpoints</h2>\n<ul id=\"endpoints\">\n");
     for (path, verb, what) in ENDPOINTS {
@@ -1939,27 +2027,62 @@ fn index_html(shared: &AdminShared) -> String {
                 } else {
                     ""
                 };
+                // The question is a constant without quotes or markup; escaped all the same.
+                let confirm = CONFIRMED_ENDPOINTS
+                    .iter()
+                    .find(|(p, _)| p == path)
+                    .map(|(_, question)| {
+                        format!(
+                            " onsubmit=\"return confirm('{}')\"",
+                            html_escape(question).replace('\'', "\\'")
+                        )
+                    })
+                    .unwrap_or_default();
                 let _ = writeln!(
                     out,
-                    "<li><form method=\"post\" action=\"{p}\">{fields}<button>{p}</button></form> (POST): {w}</li>",
+                    "<li><form method=\"post\" action=\"{p}\"{confirm}>{fields}<button>{p}</button></form> (POST): {w}</li>",
                     p = html_escape(path),
                     w = html_escape(what)
                 );
             }
         }
     }
-    out.push_str("</ul>\n<h2>Clusters</h2>\n<table id=\"clusters\">\n");
     out.push_str(
-        "<tr><th>cluster</th><th>host</th><th>weight</th><th>health</th><th>active requests</th>\
-         <th>active connections</th><th>requests</th></tr>\n",
+        "</ul>\n<h2>Listeners</h2>\n<table id=\"listeners\">\n<thead><tr><th>listener</th>\
+         <th>address</th><th>kind</th><th>open connections</th></tr></thead>\n<tbody>\n",
+    );
+    for l in listeners["listeners"].as_array().into_iter().flatten() {
+        let _ = writeln!(
+            out,
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            html_escape(l["name"].as_str().unwrap_or("")),
+            html_escape(l["address"].as_str().unwrap_or("")),
+            html_escape(l["kind"].as_str().unwrap_or("")),
+            l["open_connections"],
+        );
+    }
+    out.push_str("</tbody></table>\n<h2>Clusters</h2>\n<table id=\"clusters\">\n");
+    out.push_str(
+        "<thead><tr><th>cluster</th><th>host</th><th>weight</th><th>health</th><th>outlier</th>\
+         <th>available</th><th>active requests</th><th>active connections</th><th>requests</th>\
+         </tr></thead>\n<tbody>\n",
     );
     for c in view["clusters"].as_array().into_iter().flatten() {
         let name = c["name"].as_str().unwrap_or("");
         for h in c["hosts"].as_array().into_iter().flatten() {
             let health = h["health"].as_str().unwrap_or("");
+            let outlier = h["outlier"].as_str().unwrap_or("");
+            let outlier_class = if outlier == "none" { "" } else { "unhealthy" };
+            let (available, available_class) = if h["available"].as_bool() == Some(true) {
+                ("yes", "healthy")
+            } else {
+                ("no", "unhealthy")
+            };
             let _ = writeln!(
                 out,
                 "<tr><td>{}</td><td>{}</td><td>{}</td><td class=\"{health}\">{health}</td>\
+                 <td class=\"{outlier_class}\">{outlier}</td>\
+                 <td class=\"{available_class}\">{available}</td>\
                  <td>{}</td><td>{}</td><td>{}</td></tr>",
                 html_escape(name),
                 html_escape(h["address"].as_str().unwrap_or("")),
@@ -1970,7 +2093,9 @@ fn index_html(shared: &AdminShared) -> String {
             );
         }
     }
-    out.push_str("</table>\n</body></html>\n");
+    out.push_str("</tbody></table>\n");
+    out.push_str(&PAGE_SCRIPT.replace("PAGE_REFRESH_MS", &PAGE_REFRESH_MS.to_string()));
+    out.push_str("</body></html>\n");
     out
 }
 
@@ -2443,6 +2568,27 @@ mod tests {
             assert!(html.contains(&format!("\"{p}\"")), "{p}");
         }
         assert!(html.contains("<td>app</td><td>127.0.0.1:2</td><td>3</td>"));
+        // Each listener has a row; the page refreshes itself; stopping asks first.
+        for l in &s.config.listeners {
+            assert!(
+                html.contains(&format!("<tr><td>{}</td><td>{}</td>", l.name, l.address)),
+                "{html}"
+            );
+        }
+        assert!(html.contains("setInterval(refresh, 2000)"), "{html}");
+        let quit = html
+            .lines()
+            .find(|l| l.contains("action=\"/quitquitquit\""))
+            .expect("a /quitquitquit form");
+        assert!(
+            quit.contains("onsubmit=\"return confirm('Stop this Sluice"),
+            "{quit}"
+        );
+        let reset = html
+            .lines()
+            .find(|l| l.contains("action=\"/reset_counters\""))
+            .expect("a /reset_counters form");
+        assert!(!reset.contains("confirm("), "{reset}");
     }
 
     /// `docs/metrics.md` is generated from the metric declarations; this fails when a metric

@@ -224,6 +224,13 @@ fn missing_peer(peer: &str) -> Option<String> {
                     .to_owned()
             })
         }),
+        "puppeteer-core" => missing_peer("node").or_else(|| {
+            let dir = repo().join("tests/browser/node_modules/puppeteer-core");
+            (!dir.is_dir()).then(|| {
+                "tests/browser/node_modules is missing (tests/run.sh runs `npm ci` in tests/browser)"
+                    .to_owned()
+            })
+        }),
         "test-venv" => {
             let venv = repo().join("target/test-venv/bin/python");
             let usable = Command::new(&venv)
