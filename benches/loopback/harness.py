@@ -17,6 +17,14 @@ Tests, per proxy (--mode tcp runs http + bulk, --mode http runs l7, --mode all, 
   l7    (L7) the same wrk load (plus -H 'Host: bench.local') through an HTTP/1.1 proxy that parses
         every request and response and keeps its upstream connections alive (a separate proxy
         instance with its own config). Same figures as http.
+  tls_full, tls_ka  (--mode tls only, not part of all) TLS termination in front of an L4 relay
+        to the same backend: Sluice tcp_proxy with `tls:` vs nginx stream `listen ssl` vs HAProxy
+        `bind ssl` (mode tcp), one ECDSA P-256 certificate made with openssl for the run.
+        tls_full: wrk -H 'Connection: close' over https: every request is a new connection and
+        a full handshake (wrk does not resume sessions). Reports handshakes per proxy CPU-second.
+        tls_ka: the same wrk load keep-alive over https: requests per proxy CPU-second.
+        What each proxy negotiated (version, cipher, key exchange group) is probed with
+        `openssl s_client` and shown.
   bolt  (--mode bolt only, not part of all; Sluice only: nginx and HAProxy do not speak Bolt)
         `bolt-load load` (C connections x P pipelined Bolt v1 requests, 64-byte content) through
         Sluice's bolt listener to `bolt-load serve` (an echo server). Reports req/s, p50/p99,
@@ -29,6 +37,7 @@ Usage (from the repository root):
   python3 benches/loopback/harness.py --mode http           # L7 only (tcp: L4 only)
   python3 benches/loopback/harness.py --only nginx,haproxy  # without Sluice
   python3 benches/loopback/harness.py --repeat 3 --sluice target/release/sluice
+  python3 benches/loopback/harness.py --mode tls --repeat 3  # TLS termination: handshakes, HTTPS
   python3 benches/loopback/harness.py --mode bolt --smoke   # Bolt: Sluice vs direct, 2 s
   python3 benches/loopback/harness.py --mode bolt --repeat 3 --connections 32 --pipeline 8
 
@@ -77,6 +86,12 @@ LABEL = {
     "nginx": "nginx (stream)",
     "haproxy": "HAProxy (tcp)",
 }
+LABEL_TLS = {
+    "direct": "direct (no proxy)",
+    "sluice": "Sluice (tcp_proxy, rustls)",
+    "nginx": "nginx (stream ssl, OpenSSL)",
+    "haproxy": "HAProxy (tcp, OpenSSL)",
+}
 LABEL_L7 = {
     "direct": "direct (no proxy)",
     "sluice": "Sluice (http)",
@@ -85,8 +100,9 @@ LABEL_L7 = {
 }
 SHORT = {"sluice": "Sluice", "nginx": "nginx", "haproxy": "HAProxy"}
 MODES = ("tcp", "http")  # L4, L7 (what --mode all runs; bolt is separate: Sluice only)
-MODE_TESTS = {"tcp": ("http", "bulk"), "http": ("l7",), "bolt": ("bolt",)}
-MODE_DIR_SUFFIX = {"tcp": "", "http": "-l7", "bolt": "-bolt"}  # work/<proxy><suffix>
+MODE_TESTS = {"tcp": ("http", "bulk"), "http": ("l7",), "bolt": ("bolt",),
+              "tls": ("tls_full", "tls_ka")}
+MODE_DIR_SUFFIX = {"tcp": "", "http": "-l7", "bolt": "-bolt", "tls": "-tls"}  # work/<proxy><suffix>
 DIRECT_PORT = {"http": "backend", "l7": "backend", "bulk": "iperf", "bolt": "bolt_echo"}
 BOLT_SERVICE = "com.example.EchoService:1.0"  # the one route of templates/sluice-bolt.yaml
 # Context only (another machine, another load generator): MOSN 0.1.0's published Bolt figure.
@@ -101,6 +117,8 @@ STOP_GRACE = 5.0  # seconds between SIGTERM and SIGKILL
 
 
 def label(who: str, test: str) -> str:
+    if test.startswith("tls"):
+        return LABEL_TLS[who]
     return (LABEL_L7 if test == "l7" else LABEL)[who]
 
 
@@ -456,10 +474,51 @@ def parse_wrk(text: str) -> dict:
     return out
 
 
-def wrk_argv(port: int, conns: int, secs: int, host: str | None = None) -> list[str]:
+def wrk_argv(port: int, conns: int, secs: int, host: str | None = None,
+             https: bool = False, close: bool = False) -> list[str]:
     extra = ["-H", f"Host: {host}"] if host else []
+    if close:
+        extra += ["-H", "Connection: close"]
+    scheme = "https" if https else "http"
     return ["wrk", "-t1", f"-c{conns}", f"-d{secs}s", "--latency", *extra,
-            f"http://127.0.0.1:{port}/"]
+            f"{scheme}://127.0.0.1:{port}/"]
+
+
+def https_get_ok(port: int, name: str, log_path: Path) -> None:
+    """One request over TLS through the listener (certificate not verified: it is the run's own
+    self-signed one)."""
+    import ssl
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as raw, \
+                ctx.wrap_socket(raw, server_hostname="bench.local") as tls:
+            tls.sendall(b"GET / HTTP/1.1\r\nHost: bench.local\r\nConnection: close\r\n\r\n")
+            body = b""
+            while chunk := tls.recv(4096):
+                body += chunk
+    except Exception as e:
+        raise HarnessError(f"GET https://127.0.0.1:{port}/ through {name} failed: {e}; "
+                           f"see {log_path}\n{_tail(log_path)}") from None
+    if not body.startswith(b"HTTP/1.1 200") or not body.endswith(b"hello\n"):
+        raise HarnessError(f"GET over TLS through {name}: unexpected answer {body[:80]!r}")
+
+
+def tls_negotiated(port: int) -> str:
+    """What `openssl s_client` (OpenSSL's defaults, as wrk uses them) negotiates on `port`:
+    protocol version, cipher suite and key exchange group, as s_client -brief prints them."""
+    try:
+        r = subprocess.run(["openssl", "s_client", "-brief", "-connect", f"127.0.0.1:{port}",
+                            "-servername", "bench.local"], input="", capture_output=True,
+                           text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        return f"openssl s_client failed: {e}"
+    keep = ("Protocol version", "Ciphersuite", "Peer signature type", "Server Temp Key",
+            "Negotiated TLS1.3 group")
+    lines = [x.strip() for x in (r.stdout + r.stderr).splitlines()
+             if x.strip().startswith(keep)]
+    return "; ".join(lines) or "(nothing negotiated)"
 
 
 def iperf_argv(port: int, secs: int) -> list[str]:
@@ -542,6 +601,8 @@ class Bench:
         self.iperf = None
         self.backend = None  # the nginx backend (tcp, http modes)
         self.bolt_echo = None  # `bolt-load serve` (bolt mode)
+        self.negotiated: dict[str, str] = {}  # tls mode: what each proxy negotiated
+        self.tls_material: tuple[bytes, bytes] | None = None  # (cert, key) PEM, one per run
 
     # ---- setup
 
@@ -549,7 +610,10 @@ class Bench:
         offsets = {"backend": 0, "iperf": 1, "backend_status": 2, "bolt_echo": 3,
                    "sluice_http": 10, "sluice_bulk": 11, "sluice_l7": 12, "sluice_bolt": 13,
                    "nginx_http": 20, "nginx_bulk": 21, "nginx_l7": 22,
-                   "haproxy_http": 30, "haproxy_bulk": 31, "haproxy_l7": 32}
+                   "haproxy_http": 30, "haproxy_bulk": 31, "haproxy_l7": 32,
+                   # One TLS listener per proxy serves both TLS tests.
+                   "sluice_tls_full": 14, "sluice_tls_ka": 14, "nginx_tls_full": 24,
+                   "nginx_tls_ka": 24, "haproxy_tls_full": 34, "haproxy_tls_ka": 34}
         for base in PORT_BASES:
             ports = {k: base + off for k, off in offsets.items()}
             if all(port_free(p) for p in ports.values()):
@@ -596,6 +660,26 @@ class Bench:
                                f"{r['errors']} errors (see {probe_log}, {log_path})\n"
                                f"{_tail(log_path)}")
 
+    def write_tls_files(self, d: Path) -> None:
+        """The run's certificate (ECDSA P-256, self-signed, SAN bench.local), made once with
+        openssl and written into each proxy's directory: cert.pem, key.pem (PKCS#8) and
+        combined.pem (HAProxy's cert + key in one file)."""
+        if self.tls_material is None:
+            t = self.work / "tls"
+            t.mkdir(parents=True, exist_ok=True)
+            argv = ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt",
+                    "ec_paramgen_curve:prime256v1", "-nodes", "-keyout", str(t / "key.pem"),
+                    "-out", str(t / "cert.pem"), "-days", "2", "-subj", "/CN=bench.local",
+                    "-addext", "subjectAltName=DNS:bench.local"]
+            r = subprocess.run(argv, capture_output=True, text=True, timeout=30)
+            if r.returncode != 0:
+                raise HarnessError(f"`{shlex.join(argv)}` failed:\n{r.stderr}")
+            self.tls_material = ((t / "cert.pem").read_bytes(), (t / "key.pem").read_bytes())
+        cert, key = self.tls_material
+        (d / "cert.pem").write_bytes(cert)
+        (d / "key.pem").write_bytes(key)
+        (d / "combined.pem").write_bytes(cert + key)
+
     def validate_sluice(self, cfg: Path, log: Path) -> None:
         """`sluice validate -c CFG` must say ok before the run (e.g. a binary built without the
         listener kind the config uses fails here, with Sluice's own explanation)."""
@@ -624,6 +708,11 @@ class Bench:
             ports = dict(BOLT_PORT=self.ports["sluice_bolt"], ECHO_PORT=self.ports["bolt_echo"],
                          SERVICE=BOLT_SERVICE)
             tpl = "sluice-bolt.yaml"
+        elif mode == "tls":
+            ports = dict(TLS_PORT=self.ports[f"{name}_tls_full"], BACKEND_PORT=self.ports["backend"])
+            tpl = {"sluice": "sluice-tls.yaml", "nginx": "nginx-stream-tls.conf",
+                   "haproxy": "haproxy-tls.cfg"}[name]
+            self.write_tls_files(d)
         elif mode == "tcp":
             ports = dict(HTTP_PORT=self.ports[f"{name}_http"], BULK_PORT=self.ports[f"{name}_bulk"],
                          BACKEND_PORT=self.ports["backend"], IPERF_PORT=self.ports["iperf"])
@@ -634,19 +723,21 @@ class Bench:
             tpl = {"sluice": "sluice-http.yaml", "nginx": "nginx-http.conf",
                    "haproxy": "haproxy-http.cfg"}[name]
         if name == "sluice":
-            cfg = render(tpl, d / "sluice.yaml", **ports)
+            extra = dict(DIR=d) if mode == "tls" else {}
+            cfg = render(tpl, d / "sluice.yaml", **extra, **ports)
             log = d / "sluice.log"
             self.validate_sluice(cfg, log)
             argv = [str(self.a.sluice), "run", "-c", str(cfg), "--workers", "1",
                     *shlex.split(self.a.sluice_args)]
         elif name == "nginx":
             (d / "tmp").mkdir(exist_ok=True)
-            extra = dict(LOAD_MODULE=self.load_module) if mode == "tcp" else {}
+            extra = dict(LOAD_MODULE=self.load_module) if mode in ("tcp", "tls") else {}
             cfg = render(tpl, d / "nginx.conf", DIR=d, **extra, **ports)
             argv = ["nginx", "-c", str(cfg), "-p", f"{d}/", "-g", "daemon off;"]
             log = d / "stderr.log"
         elif name == "haproxy":
-            cfg = render(tpl, d / "haproxy.cfg", **ports)
+            extra = dict(DIR=d) if mode == "tls" else {}
+            cfg = render(tpl, d / "haproxy.cfg", **extra, **ports)
             argv = ["haproxy", "-f", str(cfg), "-db"]
             log = d / "haproxy.log"
         else:
@@ -657,6 +748,9 @@ class Bench:
                 wait_listening(self.ports[f"{name}_{key}"], proc, label(name, key), log)
             if mode == "bolt":
                 self.bolt_ok(self.ports[f"{name}_bolt"], label(name, "bolt"), log)
+            elif mode == "tls":
+                https_get_ok(self.ports[f"{name}_tls_full"], label(name, "tls_full"), log)
+                self.negotiated[name] = tls_negotiated(self.ports[f"{name}_tls_full"])
             else:
                 http_get_ok(self.ports[f"{name}_{tests[0]}"], label(name, tests[0]), log)
         except BaseException:
@@ -741,6 +835,34 @@ class Bench:
     def l7_test(self, who: str, port: int, proxy, log_dir: Path, rep: int) -> dict:
         return self.http_test(who, port, proxy, log_dir, rep, host=L7_HOST)
 
+    def tls_test(self, who: str, port: int, proxy, log_dir: Path, rep: int,
+                 close: bool) -> dict:
+        """wrk over https: with close, one full handshake per request; else keep-alive."""
+        a = self.a
+        kind = "full" if close else "ka"
+        log = log_dir / f"wrk-tls-{kind}-r{rep}.log"
+        argv = lambda secs: wrk_argv(port, a.connections, secs, L7_HOST, https=True, close=close)
+        if a.warmup > 0:
+            self.p.run(f"wrk warm-up ({who}, tls {kind})", argv(a.warmup), log,
+                       timeout=a.warmup + 30, cpu=LOADGEN_CPU)
+        out, m = self.measure(proxy, self.backend, argv(a.duration), log, a.duration,
+                              f"wrk ({who}, tls {kind})")
+        r = parse_wrk(out)
+        r.update(m)
+        if r["requests"] == 0:
+            raise HarnessError(f"wrk over TLS through {who} completed no request; see {log}")
+        if r["non_2xx"] or any(r["socket_errors"].values()):
+            r["warning"] = f"non-2xx {r['non_2xx']}, socket errors {r['socket_errors']}"
+        r["negotiated"] = self.negotiated.get(who)
+        r["req_per_cpu_s"] = r["requests"] / r["proxy_cpu_s"] if r["proxy_cpu_s"] > 0 else None
+        return r
+
+    def tls_full_test(self, who: str, port: int, proxy, log_dir: Path, rep: int) -> dict:
+        return self.tls_test(who, port, proxy, log_dir, rep, close=True)
+
+    def tls_ka_test(self, who: str, port: int, proxy, log_dir: Path, rep: int) -> dict:
+        return self.tls_test(who, port, proxy, log_dir, rep, close=False)
+
     def bulk_test(self, who: str, port: int, proxy, log_dir: Path, rep: int) -> dict:
         a = self.a
         log = log_dir / f"iperf3-r{rep}.log"
@@ -798,7 +920,8 @@ class Bench:
         log_dir.mkdir(parents=True, exist_ok=True)
         proxy, plog = None, None
         fns = {"http": self.http_test, "bulk": self.bulk_test, "l7": self.l7_test,
-               "bolt": self.bolt_test}
+               "bolt": self.bolt_test, "tls_full": self.tls_full_test,
+               "tls_ka": self.tls_ka_test}
         tests = [(t, fns[t]) for t in MODE_TESTS[mode]]
         try:
             if who != "direct":
@@ -833,9 +956,9 @@ class Bench:
 
     def run(self) -> None:
         self.pick_ports()
-        if "nginx" in self.a.only and "tcp" in self.a.modes:
+        if "nginx" in self.a.only and ("tcp" in self.a.modes or "tls" in self.a.modes):
             self.load_module = nginx_load_module_line()
-        if "tcp" in self.a.modes or "http" in self.a.modes:
+        if "tcp" in self.a.modes or "http" in self.a.modes or "tls" in self.a.modes:
             self.start_backend()
         if "tcp" in self.a.modes:
             self.restart_iperf_server()
@@ -848,6 +971,8 @@ class Bench:
                 order = ["direct", *order]
             for mode in self.a.modes:
                 for who in order:
+                    if who == "direct" and mode == "tls":
+                        continue  # the backend speaks no TLS: there is no direct TLS row
                     self.run_one(who, mode, rep)
 
 
@@ -859,6 +984,9 @@ def _brief(test: str, r: dict) -> str:
               else "")
         return (f"{r['rps']:,.0f} req/s, p50 {_ms(r['p50_ms'])}, p99 {_ms(r['p99_ms'])}, "
                 f"errors {r['errors']}{cpu_txt}{up}")
+    if test in ("tls_full", "tls_ka"):
+        return (f"{r['rps']:,.0f} req/s, p50 {_ms(r['p50_ms'])}, p99 {_ms(r['p99_ms'])}"
+                f"{cpu_txt}" + (f"  WARNING {r['warning']}" if r.get("warning") else ""))
     if test in ("http", "l7"):
         conns = (f", backend conns opened {r['backend_conns']}"
                  if r.get("backend_conns") is not None else "")
@@ -945,9 +1073,12 @@ def _wrk_table(L: list[str], runs: list[dict], whos: list[str], test: str) -> di
 def render_report(args, runs: list[dict], header: dict) -> str:
     whos = (["direct"] if not args.no_direct else []) + list(args.only)
     tcp, http, bolt = "tcp" in args.modes, "http" in args.modes, "bolt" in args.modes
+    tls = "tls" in args.modes
     L = []
     if bolt:
         title = "Bolt (SOFARPC) proxying, Sluice vs direct"
+    elif tls:
+        title = "TLS termination side by side (full handshakes, HTTPS keep-alive)"
     else:
         title = {(True, False): "L4 proxies side by side",
                  (False, True): "L7 (HTTP/1.1) proxies side by side",
@@ -1073,6 +1204,45 @@ def render_report(args, runs: list[dict], header: dict) -> str:
                     f"{_x(_ratio(sa.get('p99_ms'), sb.get('p99_ms')))} |")
             L.append("")
 
+    if tls:
+        # ---- TLS
+        L.append("## TLS termination in front of an L4 relay")
+        L.append("")
+        L.append("Each proxy terminates TLS with the same ECDSA P-256 certificate (self-signed, "
+                 "made with openssl for the run) and relays the plaintext to the backend: Sluice "
+                 "`tcp_proxy` with `tls:` (rustls, aws-lc-rs), nginx `stream` `listen ssl` "
+                 "(`ssl_session_cache shared:SSL:10m`), HAProxy `mode tcp` `bind ... ssl crt`. "
+                 "Negotiated with OpenSSL's defaults, as wrk uses them (`openssl s_client "
+                 "-brief`):")
+        L.append("")
+        for w in args.only:
+            neg = next((r.get("negotiated") for r in runs
+                        if r["who"] == w and r.get("negotiated")), None)
+            L.append(f"- {label(w, 'tls_full')}: {neg or '—'}")
+        L.append("")
+        L.append(f"### Full handshakes: `wrk -t1 -c{args.connections} -d{args.duration}s "
+                 f"--latency -H 'Connection: close' https://…` (one new connection and full "
+                 "handshake per request; wrk does not resume sessions)")
+        L.append("")
+        L.append("\"req per proxy CPU-s\" is full handshakes (each with one request) per proxy "
+                 "CPU-second.")
+        L.append("")
+        ST = _wrk_table(L, runs, [w for w in whos if w != "direct"], "tls_full")
+        L.append(f"### HTTPS keep-alive: `wrk -t1 -c{args.connections} -d{args.duration}s "
+                 f"--latency https://…`")
+        L.append("")
+        SK = _wrk_table(L, runs, [w for w in whos if w != "direct"], "tls_ka")
+        if pairs:
+            L.append("### Ratios, TLS (per proxy CPU-second)")
+            L.append("")
+            L.append("| ratio | full handshakes | HTTPS keep-alive requests |")
+            L.append("|---|---:|---:|")
+            for a_, b_ in pairs:
+                L.append(f"| {SHORT[a_]} / {SHORT[b_]} | "
+                         f"{_x(_ratio((ST.get(a_) or {}).get('req_per_cpu_s'), (ST.get(b_) or {}).get('req_per_cpu_s')))} | "
+                         f"{_x(_ratio((SK.get(a_) or {}).get('req_per_cpu_s'), (SK.get(b_) or {}).get('req_per_cpu_s')))} |")
+            L.append("")
+
     if bolt:
         # ---- Bolt
         L.append(f"## Bolt v1 requests through the proxy (`bolt-load load --connections "
@@ -1134,7 +1304,7 @@ def render_report(args, runs: list[dict], header: dict) -> str:
             L.append(f"| {r['repeat'] + 1} | {lbl} | {r['test']} | FAILED | | | | | | "
                      f"{_f(r.get('loadavg1'), '.2f')} | {first.replace('|', '/')} |")
             continue
-        if r["test"] in ("http", "l7"):
+        if r["test"] in ("http", "l7", "tls_full", "tls_ka"):
             res = (f"{r['requests']:,} req in {r['wrk_seconds']:.2f} s, {r['rps']:,.0f} req/s, "
                    f"p50 {_ms(r['p50_ms'])}, p99 {_ms(r['p99_ms'])}")
         elif r["test"] == "bolt":
@@ -1221,10 +1391,11 @@ def parse_args(argv=None):
                     "tcp_proxy, nginx stream, HAProxy mode tcp) and as L7 HTTP/1.1 proxies (Sluice "
                     "http listener, nginx proxy_pass, HAProxy mode http): requests and bits per "
                     "proxy CPU-second.")
-    ap.add_argument("--mode", choices=("tcp", "http", "all", "bolt"), default="all",
+    ap.add_argument("--mode", choices=("tcp", "http", "all", "bolt", "tls"), default="all",
                     help="tcp: L4 tests (http + bulk through TCP proxies); http: L7 test (HTTP/1.1 "
                          "proxying with upstream keep-alive); all: both (default); bolt: Bolt v1 "
-                         "through Sluice vs direct (bolt-load; not part of all)")
+                         "through Sluice vs direct (bolt-load; not part of all); tls: TLS termination in front "
+                         "of an L4 relay, full handshakes and HTTPS keep-alive (not part of all)")
     ap.add_argument("--duration", type=int, default=None, help="seconds per measured run "
                     "(default 10; 2 with --smoke)")
     ap.add_argument("--connections", type=int, default=None, help="wrk connections "
@@ -1294,8 +1465,9 @@ def parse_args(argv=None):
 
 def preflight(a) -> dict:
     problems = []
-    l4l7 = "tcp" in a.modes or "http" in a.modes
+    l4l7 = "tcp" in a.modes or "http" in a.modes or "tls" in a.modes
     need = (["taskset"] + (["nginx", "wrk"] if l4l7 else [])
+            + (["openssl"] if "tls" in a.modes else [])
             + (["iperf3"] if "tcp" in a.modes else [])
             + (["haproxy"] if "haproxy" in a.only else []))
     for tool in need:
