@@ -30,6 +30,7 @@ pub mod peers;
 pub mod registry;
 pub mod resilience;
 pub mod tcp;
+pub mod tls;
 pub mod topology;
 pub mod trace;
 pub mod upgrade;

@@ -16,6 +16,7 @@ use crate::drain::{self, DrainScenario};
 use crate::http::{self, HttpScenario};
 use crate::resilience::{self, Resilience};
 use crate::tcp::{self, TcpScenario};
+use crate::tls;
 use crate::upgrade::{self, UpgradeScenario};
 
 /// A named scenario: runs for one seed and reports.
@@ -96,6 +97,11 @@ pub static SCENARIOS: &[Scenario] = &[
         "http2_upstream_crash",
         "HTTP/2: clients multiplex up to 4 streams on h2c connections; one upstream crashes mid-traffic",
         |seed| http::run(HttpScenario::Http2UpstreamCrash, seed),
+    ),
+    Scenario::new(
+        "tls_handshake_failures",
+        "TLS: clients to a terminating tcp_proxy that re-encrypts to its upstreams; one upstream's certificate is expired, one crashes; hostile clients stall, abort or send garbage mid-handshake",
+        tls::run,
     ),
     Scenario::new(
         "health_check_flap",

@@ -25,7 +25,7 @@ fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
-const SCENARIOS: [&str; 18] = [
+const SCENARIOS: [&str; 19] = [
     "tcp_steady",
     "tcp_upstream_crash",
     "tcp_crash_and_recover",
@@ -33,6 +33,7 @@ const SCENARIOS: [&str; 18] = [
     "http_upstream_crash",
     "http_upstream_partition",
     "http2_upstream_crash",
+    "tls_handshake_failures",
     "health_check_flap",
     "outlier_detection_5xx",
     "every_host_down_fast_503",
