@@ -42,6 +42,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::Notify;
 use tracing::debug;
 
+use crate::downstream::Downstream;
 use crate::engine::Engine;
 use crate::http::far_future;
 use crate::net::Network;
@@ -223,7 +224,7 @@ impl<N: Network> Engine<N> {
     pub(crate) async fn bolt_connection(
         self: &Rc<Self>,
         listener: usize,
-        mut stream: N::Stream,
+        mut stream: Downstream<N::Stream>,
         peer: SocketAddr,
         initial: &[u8],
         migrated: bool,
@@ -380,7 +381,9 @@ impl<N: Network> Engine<N> {
             // socket), let the requests in flight finish, and hand the connection over with the
             // bytes read but not processed.
             let stop = self.stop_accepting.notified();
-            let migrate = if self.stopping.get() {
+            // A TLS connection stays (its session keys are this process's): it closes once
+            // nothing is in flight, as without a new instance.
+            let migrate = if self.stopping.get() && !stream.is_tls() {
                 self.ready_handoff()
             } else {
                 None
@@ -395,12 +398,14 @@ impl<N: Network> Engine<N> {
                     self.bolt_after_input();
                     self.publish_bolt_stats();
                     debug!(%peer, unread = unread.len(), "bolt: connection handed over");
-                    to.take(
-                        self.config.listeners[listener].address,
-                        stream,
-                        peer,
-                        unread,
-                    );
+                    if let Ok(socket) = stream.into_socket() {
+                        to.take(
+                            self.config.listeners[listener].address,
+                            socket,
+                            peer,
+                            unread,
+                        );
+                    }
                     return;
                 }
                 break;

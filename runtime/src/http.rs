@@ -58,6 +58,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::time::Instant as TokioInstant;
 
 use crate::access_log::Entry;
+use crate::downstream::{Alpn, Downstream};
 use crate::engine::{ClusterRef, Engine};
 use crate::net::Network;
 use crate::now;
@@ -422,10 +423,17 @@ pub(crate) struct Scratch {
     /// valid when `request_id_generated` (reset for every request): the access log shows it.
     request_id: [u8; 36],
     request_id_generated: bool,
+    /// The request came over TLS: `x-forwarded-proto: https`.
+    over_tls: bool,
 }
 
 impl Scratch {
-    pub(crate) fn new(peer: SocketAddr, hc: &HttpConfig, awaiting: Rc<Cell<bool>>) -> Self {
+    pub(crate) fn new(
+        peer: SocketAddr,
+        hc: &HttpConfig,
+        awaiting: Rc<Cell<bool>>,
+        over_tls: bool,
+    ) -> Self {
         Scratch {
             peer_ip: peer.ip().to_string(),
             peer_addr: peer.ip(),
@@ -438,6 +446,7 @@ impl Scratch {
             awaiting,
             request_id: [0; 36],
             request_id_generated: false,
+            over_tls,
         }
     }
 }
@@ -463,17 +472,31 @@ impl<N: Network> Engine<N> {
         listener: usize,
         lc: &ListenerConfig,
         hc: &HttpConfig,
-        mut down: N::Stream,
+        mut down: Downstream<N::Stream>,
         peer: SocketAddr,
         initial: &[u8],
         original_dst: Option<SocketAddr>,
     ) {
-        // `codec: auto | http2`: a connection that starts with the HTTP/2 client preface is
-        // served by the HTTP/2 driver (crate::http2); anything else is HTTP/1.1 here.
-        // The first request's header timeout counts from the accept, detection included.
+        // Over TLS, ALPN picks the codec: `h2` is HTTP/2 from the first byte, `http/1.1` is
+        // HTTP/1.1. Otherwise (cleartext, no ALPN), with `codec: auto | http2`, a connection
+        // that starts with the HTTP/2 client preface is served by the HTTP/2 driver
+        // (crate::http2); anything else is HTTP/1.1 here. The first request's header timeout
+        // counts from the accept, detection included.
         let accepted = now();
+        let alpn = down.alpn();
+        if alpn == Alpn::Http2 {
+            if crate::http2::accepts_http2(hc.codec) {
+                return self
+                    .http2_connection(listener, lc, hc, down, peer, initial.to_vec(), original_dst)
+                    .await;
+            }
+            // The config offers `h2` only on listeners that serve it; never HTTP/1.1 to a
+            // client that was promised HTTP/2.
+            let _ = down.shutdown().await;
+            return;
+        }
         let sniffed;
-        let initial = if crate::http2::accepts_http2(hc.codec) {
+        let initial = if alpn == Alpn::None && crate::http2::accepts_http2(hc.codec) {
             match crate::http2::sniff(self, &mut down, initial, hc).await {
                 crate::http2::Sniffed::Http2(preface) => {
                     return self
@@ -541,7 +564,7 @@ impl<N: Network> Engine<N> {
         listener: usize,
         lc: &ListenerConfig,
         hc: &HttpConfig,
-        down: &mut N::Stream,
+        down: &mut Downstream<N::Stream>,
         peer: SocketAddr,
         initial: &[u8],
         accepted: sluice_core::Instant,
@@ -558,7 +581,7 @@ impl<N: Network> Engine<N> {
         let mut head = Head::default();
         let mut rhead = Head::default();
         let mut out: Vec<u8> = Vec::new();
-        let mut scratch = Scratch::new(peer, hc, awaiting_response.clone());
+        let mut scratch = Scratch::new(peer, hc, awaiting_response.clone(), down.is_tls());
         let logging = self.access_logs[listener].is_some();
         // When to wait for requests and for how long (the first must start within
         // `request_headers_timeout` of the accept; then the idle timeout; the drain grace).
@@ -718,7 +741,7 @@ impl<N: Network> Engine<N> {
     async fn read_request_head(
         &self,
         limits: &Limits,
-        down: &mut N::Stream,
+        down: &mut Downstream<N::Stream>,
         rbuf: &mut ReadBuffer,
         head: &mut Head,
         policy: &mut ConnectionPolicy,
@@ -950,6 +973,7 @@ impl<N: Network> Engine<N> {
                 // HTTP/1.0 without Host (nor an absolute-form target) goes out as HTTP/1.1,
                 // which needs one: the cluster's name.
                 missing_host: no_host.then_some(cluster_cfg.name.as_bytes()),
+                forwarded_proto: scratch.over_tls.then_some(&b"https"[..]),
             },
             &action.request_headers_to_remove,
             &action.request_headers_to_add,

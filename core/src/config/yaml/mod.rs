@@ -141,7 +141,7 @@ fn decode_config(dec: &mut Decoder, tree: &Value) -> Option<Config> {
     };
     root.finish(dec);
 
-    let (listeners, clusters) = (listeners?, clusters?);
+    let (listeners, mut clusters) = (listeners?, clusters?);
     if listeners.is_empty() {
         dec.error("listeners", "at least one listener is required");
     }
@@ -182,9 +182,21 @@ fn decode_config(dec: &mut Decoder, tree: &Value) -> Option<Config> {
             );
         }
     }
-    // TLS origination is in the TCP proxy only, so far: any other user of a TLS cluster (an
-    // HTTP route, a Bolt route) or an HTTP health check of one is refused, naming where.
-    for (ci, c) in clusters.iter().enumerate() {
+    check_tls_clusters(dec, &mut clusters);
+    Some(Config {
+        admin: admin.flatten(),
+        listeners,
+        clusters,
+        drain_timeout: drain_timeout?,
+        limits,
+        upstream_mark: upstream_mark?,
+    })
+}
+
+/// TLS origination is in the TCP proxy only, so far: any other user of a TLS cluster (an HTTP
+/// route, a Bolt route) or an HTTP health check of one is refused, naming where.
+fn check_tls_clusters(dec: &mut Decoder, clusters: &mut [ClusterConfig]) {
+    for (ci, c) in clusters.iter_mut().enumerate() {
         if c.tls.is_none() {
             continue;
         }
@@ -209,14 +221,6 @@ fn decode_config(dec: &mut Decoder, tree: &Value) -> Option<Config> {
             );
         }
     }
-    Some(Config {
-        admin: admin.flatten(),
-        listeners,
-        clusters,
-        drain_timeout: drain_timeout?,
-        limits,
-        upstream_mark: upstream_mark?,
-    })
 }
 
 /// An `original_dst` cluster has no hosts to balance over: only a `tcp_proxy` (which connects
@@ -591,17 +595,13 @@ fn decode_listener(
     };
     let tls = match obj.opt("tls") {
         Some((v, p)) => {
-            let tls = tls::decode_listener_tls(dec, &p, v);
-            if let Some(ListenerFilter::TcpProxy(_)) | None = &filter {
-                tls.map(|t| Some(Box::new(t)))
-            } else {
-                dec.error(
-                    &p,
-                    "TLS termination is on `tcp_proxy` listeners only, so far (`http`, `bolt` \
-                     and `protocol: auto` listeners: not yet)",
-                );
-                None
-            }
+            let codec = match &filter {
+                Some(ListenerFilter::Http(h) | ListenerFilter::Auto { http: h, .. }) => {
+                    Some(h.codec)
+                }
+                _ => None,
+            };
+            tls::decode_listener_tls(dec, &p, v, codec).map(|t| Some(Box::new(t)))
         }
         None => Some(None),
     };

@@ -866,8 +866,9 @@ listeners:
     tcp_proxy: { cluster: a }
   - name: h
     address: 127.0.0.1:8080
-    tls: { certificates: [ { cert_chain: a.pem, private_key: a.key } ] }
+    tls: { certificates: [ { cert_chain: a.pem, private_key: a.key } ], alpn: [h2] }
     http:
+      codec: http1
       virtual_hosts: [ { name: v, domains: ["*"], routes: [ { match: { prefix: / }, route: { cluster: a } } ] } ]
 clusters:
   - { name: a, hosts: [{ address: 127.0.0.1:9001 }] }
@@ -879,13 +880,61 @@ clusters:
         "listeners[0].tls.alpn: \"h2\" is listed twice",
         "listeners[0].tls.verify_subject_alt_names: `verify_subject_alt_names` needs `client_ca`",
         "listeners[0].tls.handshake_timeout: must be greater than zero",
-        "listeners[1].tls: TLS termination is on `tcp_proxy` listeners only, so far",
+        "listeners[1].tls.alpn: \"h2\" is not served by this listener (`codec: http1`)",
     ] {
         assert!(
             errs.iter().any(|e| e.starts_with(want)),
             "missing {want:?} in {errs:#?}"
         );
     }
+}
+
+/// TLS terminates on every listener kind; with no `alpn`, a listener offers what its HTTP codec
+/// serves (ALPN then picks the codec), and a `tcp_proxy` or `bolt` listener offers none.
+#[test]
+fn listener_tls_on_every_kind_offers_the_alpn_of_its_codec() {
+    let routes = r#"virtual_hosts: [ { name: v, domains: ["*"], routes: [ { match: { prefix: / }, route: { cluster: a } } ] } ]"#;
+    let text = format!(
+        r#"
+listeners:
+  - {{ name: auto, address: 127.0.0.1:8443, tls: {{ certificates: [ {{ cert_chain: a.pem, private_key: a.key }} ] }}, http: {{ {routes} }} }}
+  - {{ name: h1, address: 127.0.0.1:8444, tls: {{ certificates: [ {{ cert_chain: a.pem, private_key: a.key }} ] }}, http: {{ codec: http1, {routes} }} }}
+  - {{ name: h2, address: 127.0.0.1:8445, tls: {{ certificates: [ {{ cert_chain: a.pem, private_key: a.key }} ] }}, http: {{ codec: http2, {routes} }} }}
+  - {{ name: b, address: 127.0.0.1:8446, tls: {{ certificates: [ {{ cert_chain: a.pem, private_key: a.key }} ] }}, bolt: {{ routes: [ {{ route: {{ cluster: a }} }} ] }} }}
+  - {{ name: t, address: 127.0.0.1:8447, tls: {{ certificates: [ {{ cert_chain: a.pem, private_key: a.key }} ] }}, tcp_proxy: {{ cluster: a }} }}
+  - {{ name: own, address: 127.0.0.1:8448, tls: {{ certificates: [ {{ cert_chain: a.pem, private_key: a.key }} ], alpn: [http/1.1] }}, http: {{ {routes} }} }}
+clusters:
+  - {{ name: a, hosts: [{{ address: 127.0.0.1:9001 }}] }}
+"#
+    );
+    let c = Config::from_yaml(&text).unwrap();
+    let alpn: Vec<Vec<String>> = c
+        .listeners
+        .iter()
+        .map(|l| l.tls.as_deref().unwrap().alpn.clone())
+        .collect();
+    assert_eq!(
+        alpn,
+        [
+            vec!["h2".to_owned(), "http/1.1".to_owned()],
+            vec!["http/1.1".to_owned()],
+            vec!["h2".to_owned()],
+            vec![],
+            vec![],
+            vec!["http/1.1".to_owned()],
+        ]
+    );
+    let http2_only = text.replace("codec: http2,", "codec: http2, ").replace(
+        "127.0.0.1:8445, tls: { certificates: [ { cert_chain: a.pem, private_key: a.key } ] }",
+        "127.0.0.1:8445, tls: { certificates: [ { cert_chain: a.pem, private_key: a.key } ], alpn: [h2, http/1.1] }",
+    );
+    assert_eq!(
+        errors(&http2_only),
+        [
+            "listeners[2].tls.alpn: \"http/1.1\" is not served by this listener (`codec: http2`): \
+          a client that negotiated it would be refused"
+        ]
+    );
 }
 
 #[test]
