@@ -48,6 +48,7 @@ use crate::http::far_future;
 use crate::net::Network;
 use crate::now;
 use crate::stats::bump;
+use crate::tls::{HandshakeOutcome, MaybeTls};
 
 /// First size of a connection's read buffer; it grows (up to the frame size limit) for larger
 /// frames.
@@ -523,10 +524,29 @@ impl<N: Network> Engine<N> {
         if let Some(c) = self.stats.cluster(cluster) {
             bump(&c.upstream_cx_total, 1);
         }
-        let connected = tokio::time::timeout(connect_timeout, self.net.connect(address)).await;
+        // The connect and, to a TLS cluster, the handshake (verified) within connect_timeout: a
+        // failed handshake is a connect failure, and no frame is written before it succeeded.
+        let tls_failure = std::cell::Cell::new(None);
+        let attempt = async {
+            let socket = self.net.connect(address).await?;
+            match &self.tls.connectors[cluster] {
+                None => Ok(MaybeTls::Plain(socket)),
+                Some(c) => match c.connect(address, socket).await {
+                    Ok(tls) => Ok(MaybeTls::Tls(Box::new(tls))),
+                    Err(e) => {
+                        tls_failure.set(Some(HandshakeOutcome::of_error(&e)));
+                        Err(e)
+                    }
+                },
+            }
+        };
+        let connected = tokio::time::timeout(connect_timeout, attempt).await;
         let stream = match connected {
             Ok(Ok(s)) => s,
             failed => {
+                if let (Some(outcome), Some(c)) = (tls_failure.get(), self.stats.cluster(cluster)) {
+                    bump(&c.upstream_tls_fail[outcome as usize], 1);
+                }
                 let timed_out = failed.is_err();
                 bump(
                     if timed_out {

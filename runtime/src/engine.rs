@@ -97,7 +97,7 @@ pub struct Engine<N: Network> {
     pub(crate) access_logs: Vec<Option<RefCell<AccessLog>>>,
     /// The TLS acceptors (per listener) and connectors (per cluster) of this config, shared
     /// with the other workers of the generation.
-    tls: Arc<crate::tls::Contexts>,
+    pub(crate) tls: Arc<crate::tls::Contexts>,
     /// The Bolt proxy state, when a listener speaks Bolt.
     pub(crate) bolt: Option<crate::bolt::BoltWorker>,
     /// The active health checks this engine runs (worker 0), aborted when another engine takes
@@ -107,7 +107,7 @@ pub struct Engine<N: Network> {
     /// generation or instance); set by whoever runs the engine.
     pub(crate) handoff: RefCell<Option<Rc<dyn Handoff<N::Stream>>>>,
     /// This worker's idle upstream HTTP connections.
-    pub(crate) pool: Pool<crate::http::UpstreamConn<N::Stream>>,
+    pub(crate) pool: Pool<crate::http::UpstreamConn<MaybeTls<N::Stream>>>,
     /// The process-wide caps (connections, Bolt partial frames), shared by every worker.
     pub(crate) limits: Arc<ProcessLimits>,
     /// Per listener: its connection count across workers (see [`ProcessLimits`]).

@@ -63,6 +63,7 @@ use crate::engine::{ClusterRef, Engine};
 use crate::net::Network;
 use crate::now;
 use crate::stats::{WorkerStats, bump, gauge_add};
+use crate::tls::{HandshakeOutcome, MaybeTls};
 
 /// Request bodies up to this size are buffered so that a retry can resend them.
 pub const REPLAY_LIMIT: usize = 64 * 1024;
@@ -1107,9 +1108,29 @@ impl<N: Network> Engine<N> {
                         bump(&c.upstream_cx_total, 1);
                     }
                     let timer = deadline_of(stream.poll_timeout());
+                    // The connect and, to a TLS cluster, the handshake (the upstream's chain
+                    // and identity verified) within the connect deadline: a failed handshake is
+                    // a connect failure, and nothing of the request is written before it
+                    // succeeded.
+                    let tls_failure = Cell::new(None);
+                    let attempt = async {
+                        let socket = self.net.connect(address).await?;
+                        match &self.tls.connectors[ci] {
+                            None => Ok(MaybeTls::Plain(socket)),
+                            Some(c) => match c.connect(address, socket).await {
+                                Ok(tls) => Ok(MaybeTls::Tls(Box::new(tls))),
+                                Err(e) => {
+                                    tls_failure.set(Some(HandshakeOutcome::of_error(&e)));
+                                    Err(e)
+                                }
+                            },
+                        }
+                    };
                     let connected = tokio::select! {
                         biased;
-                        r = self.net.connect(address) => r.map_err(|_| ()),
+                        r = attempt => r.map_err(|e| {
+                            tracing::debug!(%address, error = %e, "upstream connect failed");
+                        }),
                         () = tokio::time::sleep_until(timer) => {
                             // The connect deadline, or the route's (which caps it): the
                             // stream's event says which.
@@ -1128,6 +1149,11 @@ impl<N: Network> Engine<N> {
                             UpstreamConn::new(s, &self.stats, ci, host.index(), unit)
                         }
                         Err(()) => {
+                            if let (Some(outcome), Some(c)) =
+                                (tls_failure.get(), self.stats.cluster(ci))
+                            {
+                                bump(&c.upstream_tls_fail[outcome as usize], 1);
+                            }
                             step = self.stream_input(ci, &mut stream, Input::ConnectFailed);
                             continue;
                         }

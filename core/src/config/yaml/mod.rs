@@ -30,6 +30,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
+use super::tls::DEFAULT_HTTP_UPSTREAM_ALPN;
 use super::upstream::{CircuitBreakerSettings, DEFAULT_PANIC_THRESHOLD_PERCENT};
 use super::{
     AdminConfig, AdminListen, ClusterConfig, ClusterKind, Config, ConfigError, ConfigErrors,
@@ -193,21 +194,31 @@ fn decode_config(dec: &mut Decoder, tree: &Value) -> Option<Config> {
     })
 }
 
-/// TLS origination is in the TCP proxy only, so far: any other user of a TLS cluster (an HTTP
-/// route, a Bolt route) or an HTTP health check of one is refused, naming where.
+/// TLS clusters used over HTTP speak HTTP/1.1 upstream (the only upstream HTTP codec so far):
+/// with no `alpn` they offer `[http/1.1]`, and an `alpn` without it, or with another protocol
+/// an upstream could pick, is refused at the route that uses the cluster. An HTTP health check
+/// of a TLS cluster is not supported yet (a TCP check is).
 fn check_tls_clusters(dec: &mut Decoder, clusters: &mut [ClusterConfig]) {
     for (ci, c) in clusters.iter_mut().enumerate() {
-        if c.tls.is_none() {
+        let Some(tls) = c.tls.as_deref_mut() else {
             continue;
-        }
-        for (_, path) in dec.cluster_refs.clone().iter().filter(|(i, _)| *i == ci) {
-            if !path.contains(".tcp_proxy.") {
+        };
+        let http_users: Vec<String> = dec
+            .cluster_refs
+            .iter()
+            .filter(|(i, path)| *i == ci && path.contains(".http."))
+            .map(|(_, path)| path.clone())
+            .collect();
+        if let Some(first) = http_users.first() {
+            if tls.alpn.is_empty() {
+                tls.alpn = vec![DEFAULT_HTTP_UPSTREAM_ALPN.to_owned()];
+            } else if tls.alpn != [DEFAULT_HTTP_UPSTREAM_ALPN] {
                 dec.error(
-                    path,
+                    first,
                     format!(
-                        "cluster {:?} originates TLS (clusters[{ci}].tls), which only \
-                         `tcp_proxy` listeners do so far",
-                        c.name
+                        "cluster {:?} offers ALPN {:?} (clusters[{ci}].tls.alpn), but HTTP routes \
+                         speak HTTP/1.1 upstream: give `alpn: [http/1.1]` or none",
+                        c.name, tls.alpn
                     ),
                 );
             }

@@ -938,7 +938,7 @@ clusters:
 }
 
 #[test]
-fn cluster_tls_needs_a_ca_and_an_identity_and_serves_tcp_proxy_only() {
+fn cluster_tls_needs_a_ca_and_an_identity_and_speaks_http1_to_http_routes() {
     let text = r#"
 listeners:
   - name: t
@@ -959,13 +959,23 @@ clusters:
         .filter(|l| !l.contains("name: b") && !l.contains("name: c"))
         .collect::<Vec<_>>()
         .join("\n");
+    // An HTTP route's TLS cluster offers `http/1.1` by ALPN unless told otherwise; another
+    // protocol is refused where the route uses it.
+    let c = Config::from_yaml(&used_by_http).unwrap();
+    assert_eq!(c.clusters[0].tls.as_deref().unwrap().alpn, ["http/1.1"]);
     assert_eq!(
-        errors(&used_by_http),
+        errors(&used_by_http.replace("ca: ca.pem }", "ca: ca.pem, alpn: [h2, http/1.1] }")),
         [
-            "listeners[1].http.virtual_hosts[0].routes[0].route.cluster: cluster \"a\" originates \
-          TLS (clusters[0].tls), which only `tcp_proxy` listeners do so far"
+            "listeners[1].http.virtual_hosts[0].routes[0].route.cluster: cluster \"a\" offers \
+          ALPN [\"h2\", \"http/1.1\"] (clusters[0].tls.alpn), but HTTP routes speak HTTP/1.1 \
+          upstream: give `alpn: [http/1.1]` or none"
         ]
     );
+    // A tcp_proxy's TLS cluster offers none.
+    let tcp_only =
+        used_by_http.replace("route: { cluster: a }", "direct_response: { status: 200 }");
+    let c = Config::from_yaml(&tcp_only).unwrap();
+    assert!(c.clusters[0].tls.as_deref().unwrap().alpn.is_empty());
     let errs = errors(text);
     for want in [
         "clusters[1].tls.ca: ",
