@@ -173,7 +173,8 @@ clusters:
 /// nginx as an HTTPS upstream of HTTP routes: verified by `sni` against the cluster's CA, it
 /// serves (on pooled keep-alive connections); with a CA that did not sign its certificate the
 /// request is answered 502 (`upstream connect error`, as any connect failure), counted as
-/// `unknown_ca`, and nginx's access log shows that no request ever reached it.
+/// `unknown_ca`, and nginx's access log shows that no request ever reached it. HTTP health
+/// checks run over TLS the same way.
 #[test]
 fn an_https_upstream_is_verified_and_an_unverified_one_is_never_sent_a_request() {
     if !require_peers(&["nginx"]) {
@@ -214,9 +215,14 @@ clusters:
   - name: good
     hosts: [ {{ address: 127.0.0.1:{up} }} ]
     tls: {{ sni: upstream.example, ca: {ca} }}
+    health_check: {{ http: {{ path: /healthz-good }}, interval: 200ms, no_traffic_interval: 200ms }}
   - name: bad
     hosts: [ {{ address: 127.0.0.1:{up} }} ]
     tls: {{ sni: upstream.example, ca: {other} }}
+  - name: bad_checked
+    hosts: [ {{ address: 127.0.0.1:{up} }} ]
+    tls: {{ sni: upstream.example, ca: {other} }}
+    health_check: {{ http: {{ path: /healthz-bad }}, interval: 200ms, no_traffic_interval: 200ms }}
 "#,
         ca = p(&ca.pem),
         other = p(&other_ca.pem),
@@ -236,7 +242,16 @@ clusters:
         assert_eq!((status, body.as_str()), (502, "upstream connect error\n"));
     }
     assert!(stat(admin, "cluster.bad.upstream_tls_fail.unknown_ca") >= 3);
-    assert_eq!(requests_logged(), Vec::<String>::new());
+
+    // Health checks over TLS: the verified host passes, the other fails without a request.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while stat(admin, "cluster.good.health_check.success") < 2
+        || stat(admin, "cluster.bad_checked.health_check.failure") < 2
+    {
+        assert!(Instant::now() < deadline, "no health check results");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(stat(admin, "cluster.bad_checked.health_check.success"), 0);
 
     for i in 0..5 {
         let (status, body) = http_request(addr(listen), "GET", &format!("/good/{i}"));
@@ -246,10 +261,16 @@ clusters:
         );
     }
     let logged = requests_logged();
-    assert_eq!(logged.len(), 5, "{logged:?}");
-    assert!(
-        logged.iter().all(|l| l.contains("GET /good/")),
+    assert_eq!(
+        logged.iter().filter(|l| l.contains("GET /good/")).count(),
+        5,
         "{logged:?}"
+    );
+    assert!(
+        logged
+            .iter()
+            .all(|l| l.contains("GET /good/") || l.contains("GET /healthz-good ")),
+        "a request reached the upstream that did not verify: {logged:?}"
     );
     assert_eq!(stat(admin, "cluster.good.upstream_tls_fail.unknown_ca"), 0);
 }

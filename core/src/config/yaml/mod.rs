@@ -194,21 +194,25 @@ fn decode_config(dec: &mut Decoder, tree: &Value) -> Option<Config> {
     })
 }
 
-/// TLS clusters used over HTTP speak HTTP/1.1 upstream (the only upstream HTTP codec so far):
-/// with no `alpn` they offer `[http/1.1]`, and an `alpn` without it, or with another protocol
-/// an upstream could pick, is refused at the route that uses the cluster. An HTTP health check
-/// of a TLS cluster is not supported yet (a TCP check is).
+/// TLS clusters used over HTTP — by a route or an HTTP health check — speak HTTP/1.1 upstream
+/// (the only upstream HTTP codec so far): with no `alpn` they offer `[http/1.1]`, and an `alpn`
+/// other than that is refused at the first route (or the health check) that uses the cluster.
 fn check_tls_clusters(dec: &mut Decoder, clusters: &mut [ClusterConfig]) {
     for (ci, c) in clusters.iter_mut().enumerate() {
         let Some(tls) = c.tls.as_deref_mut() else {
             continue;
         };
-        let http_users: Vec<String> = dec
+        let mut http_users: Vec<String> = dec
             .cluster_refs
             .iter()
             .filter(|(i, path)| *i == ci && path.contains(".http."))
             .map(|(_, path)| path.clone())
             .collect();
+        if let Some(hc) = &c.health_check
+            && matches!(hc.probe, crate::config::HealthProbe::Http { .. })
+        {
+            http_users.push(format!("clusters[{ci}].health_check"));
+        }
         if let Some(first) = http_users.first() {
             if tls.alpn.is_empty() {
                 tls.alpn = vec![DEFAULT_HTTP_UPSTREAM_ALPN.to_owned()];
@@ -216,20 +220,12 @@ fn check_tls_clusters(dec: &mut Decoder, clusters: &mut [ClusterConfig]) {
                 dec.error(
                     first,
                     format!(
-                        "cluster {:?} offers ALPN {:?} (clusters[{ci}].tls.alpn), but HTTP routes \
-                         speak HTTP/1.1 upstream: give `alpn: [http/1.1]` or none",
+                        "cluster {:?} offers ALPN {:?} (clusters[{ci}].tls.alpn), but HTTP \
+                         speaks HTTP/1.1 upstream: give `alpn: [http/1.1]` or none",
                         c.name, tls.alpn
                     ),
                 );
             }
-        }
-        if let Some(hc) = &c.health_check
-            && !matches!(hc.probe, crate::config::HealthProbe::Tcp)
-        {
-            dec.error(
-                &format!("clusters[{ci}].health_check"),
-                "an HTTP health check of a TLS cluster is not supported yet (a TCP check is)",
-            );
         }
     }
 }

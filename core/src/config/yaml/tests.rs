@@ -967,15 +967,28 @@ clusters:
         errors(&used_by_http.replace("ca: ca.pem }", "ca: ca.pem, alpn: [h2, http/1.1] }")),
         [
             "listeners[1].http.virtual_hosts[0].routes[0].route.cluster: cluster \"a\" offers \
-          ALPN [\"h2\", \"http/1.1\"] (clusters[0].tls.alpn), but HTTP routes speak HTTP/1.1 \
+          ALPN [\"h2\", \"http/1.1\"] (clusters[0].tls.alpn), but HTTP speaks HTTP/1.1 \
           upstream: give `alpn: [http/1.1]` or none"
         ]
     );
-    // A tcp_proxy's TLS cluster offers none.
+    // A tcp_proxy's TLS cluster offers none, unless an HTTP health check speaks HTTP to it.
     let tcp_only =
         used_by_http.replace("route: { cluster: a }", "direct_response: { status: 200 }");
     let c = Config::from_yaml(&tcp_only).unwrap();
     assert!(c.clusters[0].tls.as_deref().unwrap().alpn.is_empty());
+    let checked = tcp_only.replace(
+        "tls: { sni: up.example, ca: ca.pem } }",
+        "tls: { sni: up.example, ca: ca.pem }, health_check: { http: { path: /healthz } } }",
+    );
+    let c = Config::from_yaml(&checked).unwrap();
+    assert_eq!(c.clusters[0].tls.as_deref().unwrap().alpn, ["http/1.1"]);
+    assert_eq!(
+        errors(&checked.replace("ca: ca.pem }", "ca: ca.pem, alpn: [h2] }")),
+        [
+            "clusters[0].health_check: cluster \"a\" offers ALPN [\"h2\"] (clusters[0].tls.alpn), \
+          but HTTP speaks HTTP/1.1 upstream: give `alpn: [http/1.1]` or none"
+        ]
+    );
     let errs = errors(text);
     for want in [
         "clusters[1].tls.ca: ",
