@@ -5,89 +5,11 @@
 
 mod support;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
-use rcgen::{
-    BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair, KeyUsagePurpose,
-    SanType,
-};
+use rcgen::{CertificateParams, DnType, KeyPair, SanType};
+use support::pki::*;
 use support::*;
-
-/// A CA that issues the test certificates.
-struct Ca {
-    issuer: CertifiedIssuer<'static, KeyPair>,
-    pem: PathBuf,
-}
-
-fn make_ca(dir: &TempDir, name: &str) -> Ca {
-    let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
-    params.distinguished_name.push(DnType::CommonName, name);
-    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-    let issuer = CertifiedIssuer::self_signed(params, KeyPair::generate().unwrap()).unwrap();
-    let pem = dir.write(&format!("{name}.pem"), &issuer.pem());
-    Ca { issuer, pem }
-}
-
-/// A leaf certificate with common name `cn` and these DNS (and URI) SANs, issued by `ca`:
-/// the paths of its chain and key.
-fn leaf(dir: &TempDir, ca: &Ca, cn: &str, dns: &[&str], uri: Option<&str>) -> (PathBuf, PathBuf) {
-    let mut params =
-        CertificateParams::new(dns.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>()).unwrap();
-    params.distinguished_name.push(DnType::CommonName, cn);
-    if let Some(uri) = uri {
-        params
-            .subject_alt_names
-            .push(SanType::URI(uri.try_into().unwrap()));
-    }
-    let key = KeyPair::generate().unwrap();
-    let cert = params.signed_by(&key, &ca.issuer).unwrap();
-    (
-        dir.write(&format!("{cn}.pem"), &cert.pem()),
-        dir.write(&format!("{cn}.key"), &key.serialize_pem()),
-    )
-}
-
-fn p(path: &Path) -> &str {
-    path.to_str().unwrap()
-}
-
-/// `openssl s_client` to the proxy with `args`: (handshake completed, all its output).
-fn s_client(port: u16, args: &[&str]) -> (bool, String) {
-    let target = format!("127.0.0.1:{port}");
-    let mut all = vec!["s_client", "-connect", &target];
-    all.extend_from_slice(args);
-    let out = run("openssl", &all);
-    let text =
-        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
-    // `-brief` says CONNECTION ESTABLISHED; the long form `New, TLSv1.x, Cipher is X` (or
-    // `Reused, …`), with `(NONE)` for a failed handshake.
-    let established = text.contains("CONNECTION ESTABLISHED")
-        || text.lines().any(|l| {
-            (l.starts_with("New, ") || l.starts_with("Reused, "))
-                && l.contains("Cipher is ")
-                && !l.contains("(NONE)")
-        });
-    (established, text)
-}
-
-fn peer_cn(text: &str) -> &str {
-    text.lines()
-        .find_map(|l| l.strip_prefix("Peer certificate: CN = "))
-        .unwrap_or_else(|| panic!("no peer certificate in:\n{text}"))
-        .trim()
-}
-
-fn stat(admin: u16, name: &str) -> u64 {
-    let (status, body) = http_request(addr(admin), "GET", "/stats");
-    assert_eq!(status, 200);
-    body.lines()
-        .find_map(|l| l.strip_prefix(&format!("{name}: ")))
-        .unwrap_or_else(|| panic!("no {name} in /stats:\n{body}"))
-        .trim()
-        .parse()
-        .unwrap()
-}
 
 /// Certificates chosen by SNI (exact, then wildcard, else the first), a whole HTTPS request
 /// through to a plaintext nginx with the chain verified by curl, TLS 1.2 and 1.3 with 1.2

@@ -42,11 +42,13 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::Notify;
 use tracing::debug;
 
+use crate::downstream::Downstream;
 use crate::engine::Engine;
 use crate::http::far_future;
 use crate::net::Network;
 use crate::now;
 use crate::stats::bump;
+use crate::tls::{HandshakeOutcome, MaybeTls};
 
 /// First size of a connection's read buffer; it grows (up to the frame size limit) for larger
 /// frames.
@@ -223,7 +225,7 @@ impl<N: Network> Engine<N> {
     pub(crate) async fn bolt_connection(
         self: &Rc<Self>,
         listener: usize,
-        mut stream: N::Stream,
+        mut stream: Downstream<N::Stream>,
         peer: SocketAddr,
         initial: &[u8],
         migrated: bool,
@@ -380,7 +382,9 @@ impl<N: Network> Engine<N> {
             // socket), let the requests in flight finish, and hand the connection over with the
             // bytes read but not processed.
             let stop = self.stop_accepting.notified();
-            let migrate = if self.stopping.get() {
+            // A TLS connection stays (its session keys are this process's): it closes once
+            // nothing is in flight, as without a new instance.
+            let migrate = if self.stopping.get() && !stream.is_tls() {
                 self.ready_handoff()
             } else {
                 None
@@ -395,12 +399,14 @@ impl<N: Network> Engine<N> {
                     self.bolt_after_input();
                     self.publish_bolt_stats();
                     debug!(%peer, unread = unread.len(), "bolt: connection handed over");
-                    to.take(
-                        self.config.listeners[listener].address,
-                        stream,
-                        peer,
-                        unread,
-                    );
+                    if let Ok(socket) = stream.into_socket() {
+                        to.take(
+                            self.config.listeners[listener].address,
+                            socket,
+                            peer,
+                            unread,
+                        );
+                    }
                     return;
                 }
                 break;
@@ -518,10 +524,29 @@ impl<N: Network> Engine<N> {
         if let Some(c) = self.stats.cluster(cluster) {
             bump(&c.upstream_cx_total, 1);
         }
-        let connected = tokio::time::timeout(connect_timeout, self.net.connect(address)).await;
+        // The connect and, to a TLS cluster, the handshake (verified) within connect_timeout: a
+        // failed handshake is a connect failure, and no frame is written before it succeeded.
+        let tls_failure = std::cell::Cell::new(None);
+        let attempt = async {
+            let socket = self.net.connect(address).await?;
+            match &self.tls.connectors[cluster] {
+                None => Ok(MaybeTls::Plain(socket)),
+                Some(c) => match c.connect(address, socket).await {
+                    Ok(tls) => Ok(MaybeTls::Tls(Box::new(tls))),
+                    Err(e) => {
+                        tls_failure.set(Some(HandshakeOutcome::of_error(&e)));
+                        Err(e)
+                    }
+                },
+            }
+        };
+        let connected = tokio::time::timeout(connect_timeout, attempt).await;
         let stream = match connected {
             Ok(Ok(s)) => s,
             failed => {
+                if let (Some(outcome), Some(c)) = (tls_failure.get(), self.stats.cluster(cluster)) {
+                    bump(&c.upstream_tls_fail[outcome as usize], 1);
+                }
                 let timed_out = failed.is_err();
                 bump(
                     if timed_out {

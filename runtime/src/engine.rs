@@ -41,6 +41,7 @@ use tokio::sync::Notify;
 use tracing::{debug, info, warn};
 
 use crate::access_log::AccessLog;
+use crate::downstream::{Alpn, Downstream};
 use crate::health::{SharedHealth, WorkerHealth};
 use crate::http::BreakerUnit;
 use crate::limits::{Overflow, ProcessLimits};
@@ -96,7 +97,7 @@ pub struct Engine<N: Network> {
     pub(crate) access_logs: Vec<Option<RefCell<AccessLog>>>,
     /// The TLS acceptors (per listener) and connectors (per cluster) of this config, shared
     /// with the other workers of the generation.
-    tls: Arc<crate::tls::Contexts>,
+    pub(crate) tls: Arc<crate::tls::Contexts>,
     /// The Bolt proxy state, when a listener speaks Bolt.
     pub(crate) bolt: Option<crate::bolt::BoltWorker>,
     /// The active health checks this engine runs (worker 0), aborted when another engine takes
@@ -106,7 +107,7 @@ pub struct Engine<N: Network> {
     /// generation or instance); set by whoever runs the engine.
     pub(crate) handoff: RefCell<Option<Rc<dyn Handoff<N::Stream>>>>,
     /// This worker's idle upstream HTTP connections.
-    pub(crate) pool: Pool<crate::http::UpstreamConn<N::Stream>>,
+    pub(crate) pool: Pool<crate::http::UpstreamConn<MaybeTls<N::Stream>>>,
     /// The process-wide caps (connections, Bolt partial frames), shared by every worker.
     pub(crate) limits: Arc<ProcessLimits>,
     /// Per listener: its connection count across workers (see [`ProcessLimits`]).
@@ -602,17 +603,32 @@ impl<N: Network> Engine<N> {
                     }
                 },
                 ListenerFilter::Echo => self.echo(index, stream).await,
-                ListenerFilter::Http(hc) => {
-                    self.http_connection(index, lc, hc, stream, peer, &[], original_dst)
-                        .await;
-                }
-                ListenerFilter::Bolt(bc) => {
-                    self.note_bolt_traffic(bc);
-                    self.bolt_connection(index, stream, peer, &[], false).await;
-                }
-                ListenerFilter::Auto { http, bolt } => {
-                    self.auto_connection(index, lc, http, bolt, stream, peer, original_dst)
-                        .await;
+                ListenerFilter::Http(_) | ListenerFilter::Bolt(_) | ListenerFilter::Auto { .. } => {
+                    // TLS first (the listener's `tls`), then the protocol over it.
+                    let down = match &self.tls.acceptors[index] {
+                        None => Downstream::Plain(stream),
+                        Some(acceptor) => {
+                            match self.tls_handshake(index, lc, acceptor, stream, peer).await {
+                                Some((tls, _)) => Downstream::Tls(Box::new(tls)),
+                                None => return,
+                            }
+                        }
+                    };
+                    match &lc.filter {
+                        ListenerFilter::Http(hc) => {
+                            self.http_connection(index, lc, hc, down, peer, &[], original_dst)
+                                .await;
+                        }
+                        ListenerFilter::Bolt(bc) => {
+                            self.note_bolt_traffic(bc);
+                            self.bolt_connection(index, down, peer, &[], false).await;
+                        }
+                        ListenerFilter::Auto { http, bolt } => {
+                            self.auto_connection(index, lc, http, bolt, down, peer, original_dst)
+                                .await;
+                        }
+                        ListenerFilter::TcpProxy(_) | ListenerFilter::Echo => unreachable!(),
+                    }
                 }
             }
             drop(guard);
@@ -1061,7 +1077,8 @@ impl<N: Network> Engine<N> {
 
     /// `protocol: auto`: reads the first bytes and serves the connection as HTTP/1.1 (it starts
     /// with a method token and a space) or Bolt (protocol byte 1 or 2); anything else is closed
-    /// and counted (`bolt.sniff_failed`). The bytes read go to the chosen driver first.
+    /// and counted (`bolt.sniff_failed`). The bytes read go to the chosen driver first. Over TLS
+    /// with ALPN `h2` or `http/1.1` the connection is HTTP without sniffing.
     #[allow(clippy::too_many_arguments)]
     async fn auto_connection(
         self: &Rc<Self>,
@@ -1069,10 +1086,17 @@ impl<N: Network> Engine<N> {
         lc: &ListenerConfig,
         http: &sluice_core::config::http::HttpConfig,
         bolt: &sluice_core::config::bolt::BoltConfig,
-        mut stream: N::Stream,
+        mut stream: Downstream<N::Stream>,
         peer: SocketAddr,
         original_dst: Option<SocketAddr>,
     ) {
+        // Over TLS, an HTTP ALPN protocol settles it: HTTP (the codec by ALPN, in
+        // http_connection), nothing to sniff.
+        if matches!(stream.alpn(), Alpn::Http1 | Alpn::Http2) {
+            self.http_connection(index, lc, http, stream, peer, &[], original_dst)
+                .await;
+            return;
+        }
         let mut first = [0u8; 16];
         let mut n = 0;
         let deadline = tokio::time::Instant::now() + http.request_headers_timeout;
@@ -1262,7 +1286,7 @@ impl<N: Network> Engine<N> {
         self.sessions.set(self.sessions.get() + 1);
         tokio::task::spawn_local(async move {
             let guard = SessionGuard(&self, index);
-            self.bolt_connection(index, stream, peer, &unread, true)
+            self.bolt_connection(index, Downstream::Plain(stream), peer, &unread, true)
                 .await;
             drop(guard);
         });

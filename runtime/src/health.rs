@@ -394,10 +394,11 @@ impl<N: Network> Engine<N> {
                         let name = cluster.name.clone();
                         let address = cluster.hosts[host.index()].address;
                         let timeout = hc.settings.timeout;
+                        let tls = self.tls.connectors[ci].clone();
                         probes[host.index()] = Some(tokio::task::spawn_local(async move {
                             let result = match tokio::time::timeout(
                                 timeout,
-                                run_probe(&engine.net, &probe, &name, address),
+                                run_probe(&engine.net, &probe, &name, address, tls.as_ref()),
                             )
                             .await
                             {
@@ -456,15 +457,29 @@ impl<N: Network> Engine<N> {
 }
 
 /// One probe of `address` (the `Host` of an HTTP probe defaults to the cluster's name): true
-/// when the host passed. Unbounded in time: the caller applies the check's timeout.
+/// when the host passed. Unbounded in time: the caller applies the check's timeout. `tls`: the
+/// cluster's connector — an HTTP or Bolt probe then runs over TLS, and a handshake that fails
+/// (verification included) fails the probe; a TCP probe only connects.
 pub async fn run_probe<N: Network>(
     net: &N,
     probe: &HealthProbe,
     cluster: &str,
     address: std::net::SocketAddr,
+    tls: Option<&crate::tls::UpstreamConnector>,
 ) -> bool {
-    let Ok(mut stream) = net.connect(address).await else {
+    let Ok(socket) = net.connect(address).await else {
         return false;
+    };
+    let mut stream = match (probe, tls) {
+        (HealthProbe::Tcp, _) => return true,
+        (_, None) => crate::tls::MaybeTls::Plain(socket),
+        (_, Some(c)) => match c.connect(address, socket).await {
+            Ok(tls) => crate::tls::MaybeTls::Tls(Box::new(tls)),
+            Err(e) => {
+                tracing::debug!(%cluster, %address, error = %e, "health check: TLS handshake failed");
+                return false;
+            }
+        },
     };
     match probe {
         HealthProbe::Tcp => true,
@@ -623,9 +638,9 @@ mod tests {
     async fn tcp_probe_passes_on_connect_and_fails_on_refusal() {
         let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = l.local_addr().unwrap();
-        assert!(run_probe(&TokioNet::default(), &HealthProbe::Tcp, "c", addr).await);
+        assert!(run_probe(&TokioNet::default(), &HealthProbe::Tcp, "c", addr, None).await);
         drop(l);
-        assert!(!run_probe(&TokioNet::default(), &HealthProbe::Tcp, "c", addr).await);
+        assert!(!run_probe(&TokioNet::default(), &HealthProbe::Tcp, "c", addr, None).await);
     }
 
     #[tokio::test]
@@ -644,7 +659,8 @@ mod tests {
                 &TokioNet::default(),
                 &http("/healthz", &[(200, 299)]),
                 "app",
-                addr
+                addr,
+                None
             )
             .await
         );
@@ -658,7 +674,16 @@ mod tests {
             http_head_done,
         )
         .await;
-        assert!(!run_probe(&TokioNet::default(), &http("/", &[(200, 299)]), "app", addr).await);
+        assert!(
+            !run_probe(
+                &TokioNet::default(),
+                &http("/", &[(200, 299)]),
+                "app",
+                addr,
+                None
+            )
+            .await
+        );
         let addr = serve_once(
             |_| b"HTTP/1.1 503 Service Unavailable\r\ncontent-length: 0\r\n\r\n".to_vec(),
             http_head_done,
@@ -669,15 +694,34 @@ mod tests {
                 &TokioNet::default(),
                 &http("/", &[(200, 299), (503, 503)]),
                 "app",
-                addr
+                addr,
+                None
             )
             .await
         );
         // Garbage and an early close fail.
         let addr = serve_once(|_| b"SSH-2.0-OpenSSH\r\n\r\n".to_vec(), http_head_done).await;
-        assert!(!run_probe(&TokioNet::default(), &http("/", &[(200, 299)]), "app", addr).await);
+        assert!(
+            !run_probe(
+                &TokioNet::default(),
+                &http("/", &[(200, 299)]),
+                "app",
+                addr,
+                None
+            )
+            .await
+        );
         let addr = serve_once(|_| Vec::new(), http_head_done).await;
-        assert!(!run_probe(&TokioNet::default(), &http("/", &[(200, 299)]), "app", addr).await);
+        assert!(
+            !run_probe(
+                &TokioNet::default(),
+                &http("/", &[(200, 299)]),
+                "app",
+                addr,
+                None
+            )
+            .await
+        );
     }
 
     fn bolt_frame_done(b: &[u8]) -> bool {
@@ -698,7 +742,7 @@ mod tests {
             bolt_frame_done,
         )
         .await;
-        assert!(run_probe(&TokioNet::default(), &HealthProbe::Bolt, "rpc", addr).await);
+        assert!(run_probe(&TokioNet::default(), &HealthProbe::Bolt, "rpc", addr, None).await);
         assert_eq!(rx.await.unwrap(), (true, 1));
 
         let addr = serve_once(
@@ -721,6 +765,6 @@ mod tests {
             bolt_frame_done,
         )
         .await;
-        assert!(!run_probe(&TokioNet::default(), &HealthProbe::Bolt, "rpc", addr).await);
+        assert!(!run_probe(&TokioNet::default(), &HealthProbe::Bolt, "rpc", addr, None).await);
     }
 }

@@ -58,10 +58,12 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::time::Instant as TokioInstant;
 
 use crate::access_log::Entry;
+use crate::downstream::{Alpn, Downstream};
 use crate::engine::{ClusterRef, Engine};
 use crate::net::Network;
 use crate::now;
 use crate::stats::{WorkerStats, bump, gauge_add};
+use crate::tls::{HandshakeOutcome, MaybeTls};
 
 /// Request bodies up to this size are buffered so that a retry can resend them.
 pub const REPLAY_LIMIT: usize = 64 * 1024;
@@ -422,10 +424,17 @@ pub(crate) struct Scratch {
     /// valid when `request_id_generated` (reset for every request): the access log shows it.
     request_id: [u8; 36],
     request_id_generated: bool,
+    /// The request came over TLS: `x-forwarded-proto: https`.
+    over_tls: bool,
 }
 
 impl Scratch {
-    pub(crate) fn new(peer: SocketAddr, hc: &HttpConfig, awaiting: Rc<Cell<bool>>) -> Self {
+    pub(crate) fn new(
+        peer: SocketAddr,
+        hc: &HttpConfig,
+        awaiting: Rc<Cell<bool>>,
+        over_tls: bool,
+    ) -> Self {
         Scratch {
             peer_ip: peer.ip().to_string(),
             peer_addr: peer.ip(),
@@ -438,6 +447,7 @@ impl Scratch {
             awaiting,
             request_id: [0; 36],
             request_id_generated: false,
+            over_tls,
         }
     }
 }
@@ -463,17 +473,31 @@ impl<N: Network> Engine<N> {
         listener: usize,
         lc: &ListenerConfig,
         hc: &HttpConfig,
-        mut down: N::Stream,
+        mut down: Downstream<N::Stream>,
         peer: SocketAddr,
         initial: &[u8],
         original_dst: Option<SocketAddr>,
     ) {
-        // `codec: auto | http2`: a connection that starts with the HTTP/2 client preface is
-        // served by the HTTP/2 driver (crate::http2); anything else is HTTP/1.1 here.
-        // The first request's header timeout counts from the accept, detection included.
+        // Over TLS, ALPN picks the codec: `h2` is HTTP/2 from the first byte, `http/1.1` is
+        // HTTP/1.1. Otherwise (cleartext, no ALPN), with `codec: auto | http2`, a connection
+        // that starts with the HTTP/2 client preface is served by the HTTP/2 driver
+        // (crate::http2); anything else is HTTP/1.1 here. The first request's header timeout
+        // counts from the accept, detection included.
         let accepted = now();
+        let alpn = down.alpn();
+        if alpn == Alpn::Http2 {
+            if crate::http2::accepts_http2(hc.codec) {
+                return self
+                    .http2_connection(listener, lc, hc, down, peer, initial.to_vec(), original_dst)
+                    .await;
+            }
+            // The config offers `h2` only on listeners that serve it; never HTTP/1.1 to a
+            // client that was promised HTTP/2.
+            let _ = down.shutdown().await;
+            return;
+        }
         let sniffed;
-        let initial = if crate::http2::accepts_http2(hc.codec) {
+        let initial = if alpn == Alpn::None && crate::http2::accepts_http2(hc.codec) {
             match crate::http2::sniff(self, &mut down, initial, hc).await {
                 crate::http2::Sniffed::Http2(preface) => {
                     return self
@@ -541,7 +565,7 @@ impl<N: Network> Engine<N> {
         listener: usize,
         lc: &ListenerConfig,
         hc: &HttpConfig,
-        down: &mut N::Stream,
+        down: &mut Downstream<N::Stream>,
         peer: SocketAddr,
         initial: &[u8],
         accepted: sluice_core::Instant,
@@ -558,7 +582,7 @@ impl<N: Network> Engine<N> {
         let mut head = Head::default();
         let mut rhead = Head::default();
         let mut out: Vec<u8> = Vec::new();
-        let mut scratch = Scratch::new(peer, hc, awaiting_response.clone());
+        let mut scratch = Scratch::new(peer, hc, awaiting_response.clone(), down.is_tls());
         let logging = self.access_logs[listener].is_some();
         // When to wait for requests and for how long (the first must start within
         // `request_headers_timeout` of the accept; then the idle timeout; the drain grace).
@@ -718,7 +742,7 @@ impl<N: Network> Engine<N> {
     async fn read_request_head(
         &self,
         limits: &Limits,
-        down: &mut N::Stream,
+        down: &mut Downstream<N::Stream>,
         rbuf: &mut ReadBuffer,
         head: &mut Head,
         policy: &mut ConnectionPolicy,
@@ -950,6 +974,7 @@ impl<N: Network> Engine<N> {
                 // HTTP/1.0 without Host (nor an absolute-form target) goes out as HTTP/1.1,
                 // which needs one: the cluster's name.
                 missing_host: no_host.then_some(cluster_cfg.name.as_bytes()),
+                forwarded_proto: scratch.over_tls.then_some(&b"https"[..]),
             },
             &action.request_headers_to_remove,
             &action.request_headers_to_add,
@@ -1083,9 +1108,29 @@ impl<N: Network> Engine<N> {
                         bump(&c.upstream_cx_total, 1);
                     }
                     let timer = deadline_of(stream.poll_timeout());
+                    // The connect and, to a TLS cluster, the handshake (the upstream's chain
+                    // and identity verified) within the connect deadline: a failed handshake is
+                    // a connect failure, and nothing of the request is written before it
+                    // succeeded.
+                    let tls_failure = Cell::new(None);
+                    let attempt = async {
+                        let socket = self.net.connect(address).await?;
+                        match &self.tls.connectors[ci] {
+                            None => Ok(MaybeTls::Plain(socket)),
+                            Some(c) => match c.connect(address, socket).await {
+                                Ok(tls) => Ok(MaybeTls::Tls(Box::new(tls))),
+                                Err(e) => {
+                                    tls_failure.set(Some(HandshakeOutcome::of_error(&e)));
+                                    Err(e)
+                                }
+                            },
+                        }
+                    };
                     let connected = tokio::select! {
                         biased;
-                        r = self.net.connect(address) => r.map_err(|_| ()),
+                        r = attempt => r.map_err(|e| {
+                            tracing::debug!(%address, error = %e, "upstream connect failed");
+                        }),
                         () = tokio::time::sleep_until(timer) => {
                             // The connect deadline, or the route's (which caps it): the
                             // stream's event says which.
@@ -1104,6 +1149,11 @@ impl<N: Network> Engine<N> {
                             UpstreamConn::new(s, &self.stats, ci, host.index(), unit)
                         }
                         Err(()) => {
+                            if let (Some(outcome), Some(c)) =
+                                (tls_failure.get(), self.stats.cluster(ci))
+                            {
+                                bump(&c.upstream_tls_fail[outcome as usize], 1);
+                            }
                             step = self.stream_input(ci, &mut stream, Input::ConnectFailed);
                             continue;
                         }

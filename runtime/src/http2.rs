@@ -67,6 +67,7 @@ use sluice_core::l7::exchange::ResponseFlag;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 
 use crate::access_log::Entry;
+use crate::downstream::Downstream;
 use crate::engine::Engine;
 use crate::http::{Outcome, ReadBuffer, Scratch};
 use crate::net::Network;
@@ -108,7 +109,7 @@ pub(crate) enum Sniffed {
 /// read for HTTP/1.1: its first byte differs), within `request_headers_timeout` of the accept.
 pub(crate) async fn sniff<N: Network>(
     engine: &Engine<N>,
-    down: &mut N::Stream,
+    down: &mut Downstream<N::Stream>,
     initial: &[u8],
     hc: &HttpConfig,
 ) -> Sniffed {
@@ -228,11 +229,12 @@ impl<N: Network> Engine<N> {
         listener: usize,
         lc: &ListenerConfig,
         hc: &HttpConfig,
-        down: N::Stream,
+        down: Downstream<N::Stream>,
         peer: SocketAddr,
         preface: Vec<u8>,
         original_dst: Option<SocketAddr>,
     ) {
+        let over_tls = down.is_tls();
         let io = Prefixed {
             prefix: preface,
             at: 0,
@@ -319,6 +321,7 @@ impl<N: Network> Engine<N> {
                         hc,
                         peer,
                         original_dst,
+                        over_tls,
                         &spare,
                         request,
                         respond,
@@ -342,6 +345,7 @@ impl<N: Network> Engine<N> {
         hc: &HttpConfig,
         peer: SocketAddr,
         original_dst: Option<SocketAddr>,
+        over_tls: bool,
         spare: &RefCell<Vec<StreamBuffers>>,
         request: http::Request<RecvStream>,
         respond: SendResponse<Bytes>,
@@ -364,7 +368,7 @@ impl<N: Network> Engine<N> {
         let mut buffers = spare
             .borrow_mut()
             .pop()
-            .unwrap_or_else(|| StreamBuffers::new(peer, hc));
+            .unwrap_or_else(|| StreamBuffers::new(peer, hc, over_tls));
         let StreamBuffers {
             translated,
             rbuf,
@@ -565,7 +569,7 @@ struct StreamBuffers {
 }
 
 impl StreamBuffers {
-    fn new(peer: SocketAddr, hc: &HttpConfig) -> Self {
+    fn new(peer: SocketAddr, hc: &HttpConfig, over_tls: bool) -> Self {
         StreamBuffers {
             translated: Vec::with_capacity(256),
             rbuf: ReadBuffer::new(),
@@ -573,7 +577,7 @@ impl StreamBuffers {
             head: Head::default(),
             rhead: Head::default(),
             out: Vec::new(),
-            scratch: Scratch::new(peer, hc, Rc::new(Cell::new(false))),
+            scratch: Scratch::new(peer, hc, Rc::new(Cell::new(false)), over_tls),
         }
     }
 }

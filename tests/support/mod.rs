@@ -5,6 +5,8 @@
 
 #![allow(dead_code)]
 
+pub mod pki;
+
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
@@ -307,6 +309,33 @@ pub fn start_nginx(dir: &TempDir, name: &str, port: u16, body: &str) -> Proc {
 /// Starts an nginx (one process, `master_process off`) on 127.0.0.1:`port` whose `server`
 /// block holds `locations` (nginx directives, e.g. `location / { return 500; }`).
 pub fn start_nginx_with(dir: &TempDir, name: &str, port: u16, locations: &str) -> Proc {
+    start_nginx_listening(dir, name, port, "", locations)
+}
+
+/// [`start_nginx_with`] serving HTTPS (HTTP/1.1) with this certificate chain and key.
+pub fn start_nginx_tls(
+    dir: &TempDir,
+    name: &str,
+    port: u16,
+    (cert, key): (&Path, &Path),
+    locations: &str,
+) -> Proc {
+    let locations = format!(
+        "ssl_certificate {};\n        ssl_certificate_key {};\n        {locations}",
+        cert.display(),
+        key.display()
+    );
+    start_nginx_listening(dir, name, port, " ssl", &locations)
+}
+
+/// An nginx whose `listen` takes `listen_params` (e.g. ` ssl`).
+fn start_nginx_listening(
+    dir: &TempDir,
+    name: &str,
+    port: u16,
+    listen_params: &str,
+    locations: &str,
+) -> Proc {
     require("nginx");
     let root = dir.path().join(name);
     std::fs::create_dir_all(&root).unwrap();
@@ -328,7 +357,7 @@ http {{
     scgi_temp_path {root}/scgi;
     keepalive_requests 100000;
     server {{
-        listen 127.0.0.1:{port};
+        listen 127.0.0.1:{port}{listen_params};
         {locations}
     }}
 }}

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
+use super::http::HttpCodec;
 use super::ser_duration;
 
 /// The default `handshake_timeout`: a handshake not complete by then is closed.
@@ -17,7 +18,7 @@ pub struct ListenerTls {
     /// server name (exact, then wildcard) is chosen; with no server name or no match, the first.
     pub certificates: Vec<CertificateFiles>,
     /// ALPN protocols offered, in preference order (empty: no ALPN). A client that offers
-    /// ALPN but none of these is refused.
+    /// ALPN but none of these is refused. When not given: [`default_listener_alpn`].
     pub alpn: Vec<String>,
     /// PEM file of the CAs that sign client certificates (mutual TLS).
     pub client_ca: Option<String>,
@@ -33,6 +34,23 @@ pub struct ListenerTls {
     #[serde(serialize_with = "ser_duration")]
     pub handshake_timeout: Duration,
 }
+
+/// The ALPN protocols a TLS listener offers when its `tls` gives no `alpn`: what its HTTP
+/// codec serves (`codec`: the listener's HTTP codec; `None`: not an HTTP listener — `tcp_proxy`
+/// and `bolt` offer none). ALPN then picks the codec of each connection.
+#[must_use]
+pub fn default_listener_alpn(codec: Option<HttpCodec>) -> &'static [&'static str] {
+    match codec {
+        Some(HttpCodec::Auto) => &["h2", "http/1.1"],
+        Some(HttpCodec::Http1) => &["http/1.1"],
+        Some(HttpCodec::Http2) => &["h2"],
+        None => &[],
+    }
+}
+
+/// The ALPN protocols a TLS cluster offers, when its `tls` gives no `alpn`, if an HTTP route or
+/// an HTTP health check uses it: HTTP/1.1 (the proxy's only upstream HTTP codec so far).
+pub const DEFAULT_HTTP_UPSTREAM_ALPN: &str = "http/1.1";
 
 /// One certificate chain and its private key, as PEM files.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -68,6 +86,7 @@ pub struct UpstreamTls {
     /// The upstream's certificate must carry one of these SANs (DNS names or URIs, e.g. a
     /// SPIFFE ID) instead of `sni`.
     pub verify_subject_alt_names: Vec<String>,
-    /// ALPN protocols offered (empty: none).
+    /// ALPN protocols offered (empty: none). When not given and an HTTP route or health check
+    /// uses the cluster: `[http/1.1]` ([`DEFAULT_HTTP_UPSTREAM_ALPN`]).
     pub alpn: Vec<String>,
 }

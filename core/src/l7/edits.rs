@@ -4,7 +4,8 @@
 //!
 //! What it owns: the request edits of one hop — `x-forwarded-for` (the client's address
 //! appended), `x-request-id` (generated when the request has none, as a UUID v4), `host` when
-//! the request had none, then the route's `request_headers_to_remove` / `_to_add` — and the
+//! the request had none, `x-forwarded-proto: https` (replacing the client's) when the request
+//! came over TLS the proxy terminated, then the route's `request_headers_to_remove` / `_to_add` — and the
 //! response edits (the route's `response_headers_to_remove` / `_to_add`). An added field
 //! replaces fields of the same name: its name is removed too.
 //!
@@ -134,6 +135,9 @@ pub struct RequestFacts<'a> {
     pub generated_id: Option<&'a [u8]>,
     /// A `host` for a request that had none (an HTTP/1.0 request going out as HTTP/1.1).
     pub missing_host: Option<&'a [u8]>,
+    /// `x-forwarded-proto` set by the proxy (replacing the client's): `https` for a request
+    /// that came over TLS the proxy terminated; `None` leaves the request's own.
+    pub forwarded_proto: Option<&'a [u8]>,
 }
 
 /// The edits of a request forwarded upstream: `x-forwarded-for`, `x-request-id`, `host` when
@@ -150,6 +154,9 @@ pub fn request_edits<'a>(
     }
     if let Some(host) = facts.missing_host {
         edits.append("host", host);
+    }
+    if let Some(proto) = facts.forwarded_proto {
+        edits.set("x-forwarded-proto", proto);
     }
     edits.route(route_remove, route_add);
 }
@@ -218,13 +225,20 @@ mod tests {
                 forwarded_for: b"10.0.0.1, 10.0.0.2",
                 generated_id: Some(b"id"),
                 missing_host: Some(b"app"),
+                forwarded_proto: Some(b"https"),
             },
             &remove,
             &add,
         );
         assert_eq!(
             edits.removals(),
-            ["x-forwarded-for", "x-debug", "x-env", "x-team"]
+            [
+                "x-forwarded-for",
+                "x-forwarded-proto",
+                "x-debug",
+                "x-env",
+                "x-team"
+            ]
         );
         assert_eq!(
             edits.additions(),
@@ -232,6 +246,7 @@ mod tests {
                 ("x-forwarded-for", &b"10.0.0.1, 10.0.0.2"[..]),
                 ("x-request-id", b"id"),
                 ("host", b"app"),
+                ("x-forwarded-proto", b"https"),
                 ("x-env", b"prod"),
                 ("x-team", b"core"),
             ]

@@ -30,6 +30,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
+use super::tls::DEFAULT_HTTP_UPSTREAM_ALPN;
 use super::upstream::{CircuitBreakerSettings, DEFAULT_PANIC_THRESHOLD_PERCENT};
 use super::{
     AdminConfig, AdminListen, ClusterConfig, ClusterKind, Config, ConfigError, ConfigErrors,
@@ -141,7 +142,7 @@ fn decode_config(dec: &mut Decoder, tree: &Value) -> Option<Config> {
     };
     root.finish(dec);
 
-    let (listeners, clusters) = (listeners?, clusters?);
+    let (listeners, mut clusters) = (listeners?, clusters?);
     if listeners.is_empty() {
         dec.error("listeners", "at least one listener is required");
     }
@@ -182,33 +183,7 @@ fn decode_config(dec: &mut Decoder, tree: &Value) -> Option<Config> {
             );
         }
     }
-    // TLS origination is in the TCP proxy only, so far: any other user of a TLS cluster (an
-    // HTTP route, a Bolt route) or an HTTP health check of one is refused, naming where.
-    for (ci, c) in clusters.iter().enumerate() {
-        if c.tls.is_none() {
-            continue;
-        }
-        for (_, path) in dec.cluster_refs.clone().iter().filter(|(i, _)| *i == ci) {
-            if !path.contains(".tcp_proxy.") {
-                dec.error(
-                    path,
-                    format!(
-                        "cluster {:?} originates TLS (clusters[{ci}].tls), which only \
-                         `tcp_proxy` listeners do so far",
-                        c.name
-                    ),
-                );
-            }
-        }
-        if let Some(hc) = &c.health_check
-            && !matches!(hc.probe, crate::config::HealthProbe::Tcp)
-        {
-            dec.error(
-                &format!("clusters[{ci}].health_check"),
-                "an HTTP health check of a TLS cluster is not supported yet (a TCP check is)",
-            );
-        }
-    }
+    check_tls_clusters(dec, &mut clusters);
     Some(Config {
         admin: admin.flatten(),
         listeners,
@@ -217,6 +192,42 @@ fn decode_config(dec: &mut Decoder, tree: &Value) -> Option<Config> {
         limits,
         upstream_mark: upstream_mark?,
     })
+}
+
+/// TLS clusters used over HTTP — by a route or an HTTP health check — speak HTTP/1.1 upstream
+/// (the only upstream HTTP codec so far): with no `alpn` they offer `[http/1.1]`, and an `alpn`
+/// other than that is refused at the first route (or the health check) that uses the cluster.
+fn check_tls_clusters(dec: &mut Decoder, clusters: &mut [ClusterConfig]) {
+    for (ci, c) in clusters.iter_mut().enumerate() {
+        let Some(tls) = c.tls.as_deref_mut() else {
+            continue;
+        };
+        let mut http_users: Vec<String> = dec
+            .cluster_refs
+            .iter()
+            .filter(|(i, path)| *i == ci && path.contains(".http."))
+            .map(|(_, path)| path.clone())
+            .collect();
+        if let Some(hc) = &c.health_check
+            && matches!(hc.probe, crate::config::HealthProbe::Http { .. })
+        {
+            http_users.push(format!("clusters[{ci}].health_check"));
+        }
+        if let Some(first) = http_users.first() {
+            if tls.alpn.is_empty() {
+                tls.alpn = vec![DEFAULT_HTTP_UPSTREAM_ALPN.to_owned()];
+            } else if tls.alpn != [DEFAULT_HTTP_UPSTREAM_ALPN] {
+                dec.error(
+                    first,
+                    format!(
+                        "cluster {:?} offers ALPN {:?} (clusters[{ci}].tls.alpn), but HTTP \
+                         speaks HTTP/1.1 upstream: give `alpn: [http/1.1]` or none",
+                        c.name, tls.alpn
+                    ),
+                );
+            }
+        }
+    }
 }
 
 /// An `original_dst` cluster has no hosts to balance over: only a `tcp_proxy` (which connects
@@ -591,17 +602,13 @@ fn decode_listener(
     };
     let tls = match obj.opt("tls") {
         Some((v, p)) => {
-            let tls = tls::decode_listener_tls(dec, &p, v);
-            if let Some(ListenerFilter::TcpProxy(_)) | None = &filter {
-                tls.map(|t| Some(Box::new(t)))
-            } else {
-                dec.error(
-                    &p,
-                    "TLS termination is on `tcp_proxy` listeners only, so far (`http`, `bolt` \
-                     and `protocol: auto` listeners: not yet)",
-                );
-                None
-            }
+            let codec = match &filter {
+                Some(ListenerFilter::Http(h) | ListenerFilter::Auto { http: h, .. }) => {
+                    Some(h.codec)
+                }
+                _ => None,
+            };
+            tls::decode_listener_tls(dec, &p, v, codec).map(|t| Some(Box::new(t)))
         }
         None => Some(None),
     };

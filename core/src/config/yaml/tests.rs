@@ -866,8 +866,9 @@ listeners:
     tcp_proxy: { cluster: a }
   - name: h
     address: 127.0.0.1:8080
-    tls: { certificates: [ { cert_chain: a.pem, private_key: a.key } ] }
+    tls: { certificates: [ { cert_chain: a.pem, private_key: a.key } ], alpn: [h2] }
     http:
+      codec: http1
       virtual_hosts: [ { name: v, domains: ["*"], routes: [ { match: { prefix: / }, route: { cluster: a } } ] } ]
 clusters:
   - { name: a, hosts: [{ address: 127.0.0.1:9001 }] }
@@ -879,7 +880,7 @@ clusters:
         "listeners[0].tls.alpn: \"h2\" is listed twice",
         "listeners[0].tls.verify_subject_alt_names: `verify_subject_alt_names` needs `client_ca`",
         "listeners[0].tls.handshake_timeout: must be greater than zero",
-        "listeners[1].tls: TLS termination is on `tcp_proxy` listeners only, so far",
+        "listeners[1].tls.alpn: \"h2\" is not served by this listener (`codec: http1`)",
     ] {
         assert!(
             errs.iter().any(|e| e.starts_with(want)),
@@ -888,8 +889,56 @@ clusters:
     }
 }
 
+/// TLS terminates on every listener kind; with no `alpn`, a listener offers what its HTTP codec
+/// serves (ALPN then picks the codec), and a `tcp_proxy` or `bolt` listener offers none.
 #[test]
-fn cluster_tls_needs_a_ca_and_an_identity_and_serves_tcp_proxy_only() {
+fn listener_tls_on_every_kind_offers_the_alpn_of_its_codec() {
+    let routes = r#"virtual_hosts: [ { name: v, domains: ["*"], routes: [ { match: { prefix: / }, route: { cluster: a } } ] } ]"#;
+    let text = format!(
+        r#"
+listeners:
+  - {{ name: auto, address: 127.0.0.1:8443, tls: {{ certificates: [ {{ cert_chain: a.pem, private_key: a.key }} ] }}, http: {{ {routes} }} }}
+  - {{ name: h1, address: 127.0.0.1:8444, tls: {{ certificates: [ {{ cert_chain: a.pem, private_key: a.key }} ] }}, http: {{ codec: http1, {routes} }} }}
+  - {{ name: h2, address: 127.0.0.1:8445, tls: {{ certificates: [ {{ cert_chain: a.pem, private_key: a.key }} ] }}, http: {{ codec: http2, {routes} }} }}
+  - {{ name: b, address: 127.0.0.1:8446, tls: {{ certificates: [ {{ cert_chain: a.pem, private_key: a.key }} ] }}, bolt: {{ routes: [ {{ route: {{ cluster: a }} }} ] }} }}
+  - {{ name: t, address: 127.0.0.1:8447, tls: {{ certificates: [ {{ cert_chain: a.pem, private_key: a.key }} ] }}, tcp_proxy: {{ cluster: a }} }}
+  - {{ name: own, address: 127.0.0.1:8448, tls: {{ certificates: [ {{ cert_chain: a.pem, private_key: a.key }} ], alpn: [http/1.1] }}, http: {{ {routes} }} }}
+clusters:
+  - {{ name: a, hosts: [{{ address: 127.0.0.1:9001 }}] }}
+"#
+    );
+    let c = Config::from_yaml(&text).unwrap();
+    let alpn: Vec<Vec<String>> = c
+        .listeners
+        .iter()
+        .map(|l| l.tls.as_deref().unwrap().alpn.clone())
+        .collect();
+    assert_eq!(
+        alpn,
+        [
+            vec!["h2".to_owned(), "http/1.1".to_owned()],
+            vec!["http/1.1".to_owned()],
+            vec!["h2".to_owned()],
+            vec![],
+            vec![],
+            vec!["http/1.1".to_owned()],
+        ]
+    );
+    let http2_only = text.replace("codec: http2,", "codec: http2, ").replace(
+        "127.0.0.1:8445, tls: { certificates: [ { cert_chain: a.pem, private_key: a.key } ] }",
+        "127.0.0.1:8445, tls: { certificates: [ { cert_chain: a.pem, private_key: a.key } ], alpn: [h2, http/1.1] }",
+    );
+    assert_eq!(
+        errors(&http2_only),
+        [
+            "listeners[2].tls.alpn: \"http/1.1\" is not served by this listener (`codec: http2`): \
+          a client that negotiated it would be refused"
+        ]
+    );
+}
+
+#[test]
+fn cluster_tls_needs_a_ca_and_an_identity_and_speaks_http1_to_http_routes() {
     let text = r#"
 listeners:
   - name: t
@@ -910,11 +959,34 @@ clusters:
         .filter(|l| !l.contains("name: b") && !l.contains("name: c"))
         .collect::<Vec<_>>()
         .join("\n");
+    // An HTTP route's TLS cluster offers `http/1.1` by ALPN unless told otherwise; another
+    // protocol is refused where the route uses it.
+    let c = Config::from_yaml(&used_by_http).unwrap();
+    assert_eq!(c.clusters[0].tls.as_deref().unwrap().alpn, ["http/1.1"]);
     assert_eq!(
-        errors(&used_by_http),
+        errors(&used_by_http.replace("ca: ca.pem }", "ca: ca.pem, alpn: [h2, http/1.1] }")),
         [
-            "listeners[1].http.virtual_hosts[0].routes[0].route.cluster: cluster \"a\" originates \
-          TLS (clusters[0].tls), which only `tcp_proxy` listeners do so far"
+            "listeners[1].http.virtual_hosts[0].routes[0].route.cluster: cluster \"a\" offers \
+          ALPN [\"h2\", \"http/1.1\"] (clusters[0].tls.alpn), but HTTP speaks HTTP/1.1 \
+          upstream: give `alpn: [http/1.1]` or none"
+        ]
+    );
+    // A tcp_proxy's TLS cluster offers none, unless an HTTP health check speaks HTTP to it.
+    let tcp_only =
+        used_by_http.replace("route: { cluster: a }", "direct_response: { status: 200 }");
+    let c = Config::from_yaml(&tcp_only).unwrap();
+    assert!(c.clusters[0].tls.as_deref().unwrap().alpn.is_empty());
+    let checked = tcp_only.replace(
+        "tls: { sni: up.example, ca: ca.pem } }",
+        "tls: { sni: up.example, ca: ca.pem }, health_check: { http: { path: /healthz } } }",
+    );
+    let c = Config::from_yaml(&checked).unwrap();
+    assert_eq!(c.clusters[0].tls.as_deref().unwrap().alpn, ["http/1.1"]);
+    assert_eq!(
+        errors(&checked.replace("ca: ca.pem }", "ca: ca.pem, alpn: [h2] }")),
+        [
+            "clusters[0].health_check: cluster \"a\" offers ALPN [\"h2\"] (clusters[0].tls.alpn), \
+          but HTTP speaks HTTP/1.1 upstream: give `alpn: [http/1.1]` or none"
         ]
     );
     let errs = errors(text);

@@ -9,11 +9,20 @@
 use serde_json::Value;
 
 use super::decoder::Decoder;
+use crate::config::http::HttpCodec;
 use crate::config::tls::{
     CertificateFiles, DEFAULT_HANDSHAKE_TIMEOUT, ListenerTls, TlsVersion, UpstreamTls,
+    default_listener_alpn,
 };
 
-pub(super) fn decode_listener_tls(dec: &mut Decoder, path: &str, v: &Value) -> Option<ListenerTls> {
+/// `codec`: the listener's HTTP codec (`None`: not an HTTP listener), which gives the default
+/// `alpn` and the protocols it may list.
+pub(super) fn decode_listener_tls(
+    dec: &mut Decoder,
+    path: &str,
+    v: &Value,
+    codec: Option<HttpCodec>,
+) -> Option<ListenerTls> {
     let mut obj = dec.object(path, v)?;
     let certificates = obj.req(dec, "certificates").and_then(|(v, p)| {
         let list = dec.list(&p, v, |dec, path, v| {
@@ -35,8 +44,33 @@ pub(super) fn decode_listener_tls(dec: &mut Decoder, path: &str, v: &Value) -> O
         Some(list)
     });
     let alpn = match obj.opt("alpn") {
-        Some((v, p)) => unique_strings(dec, &p, v, "ALPN protocol", 255),
-        None => Some(Vec::new()),
+        Some((v, p)) => unique_strings(dec, &p, v, "ALPN protocol", 255).and_then(|list| {
+            // ALPN picks the codec: never promise one the listener does not serve.
+            let refused = match codec {
+                Some(HttpCodec::Http1) => Some(("h2", "http1")),
+                Some(HttpCodec::Http2) => Some(("http/1.1", "http2")),
+                _ => None,
+            };
+            match refused {
+                Some((proto, codec)) if list.iter().any(|p| p == proto) => {
+                    dec.error(
+                        &p,
+                        format!(
+                            "{proto:?} is not served by this listener (`codec: {codec}`): \
+                             a client that negotiated it would be refused"
+                        ),
+                    );
+                    None
+                }
+                _ => Some(list),
+            }
+        }),
+        None => Some(
+            default_listener_alpn(codec)
+                .iter()
+                .map(|p| (*p).to_owned())
+                .collect(),
+        ),
     };
     let client_ca = match obj.opt("client_ca") {
         Some((v, p)) => file(dec, &p, v).map(Some),

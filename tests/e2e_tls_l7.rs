@@ -1,0 +1,549 @@
+//! End-to-end tests of TLS on `http`, `bolt` and `protocol: auto` listeners and of TLS
+//! upstreams for HTTP and Bolt clusters, with the test PKI of `support::pki`: curl and h2load
+//! over HTTPS (ALPN picking HTTP/1.1 or HTTP/2), openssl `s_client` offering an unknown
+//! protocol, nginx as an HTTPS upstream verified by name (and never sent a request when it
+//! does not verify), raw Bolt frames over rustls through two TLS hops, and a certificate
+//! rotation by SIGHUP under wrk over HTTPS.
+
+mod support;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use sluice_core::bolt::{self, RequestSpec, ResponseStatus, Version};
+use support::pki::*;
+use support::*;
+
+/// `curl` over HTTPS to `name` (resolved to 127.0.0.1) on `port`, verifying against `ca`:
+/// (HTTP version as curl reports it, status, body).
+fn curl_https(
+    port: u16,
+    ca: &Path,
+    name: &str,
+    path: &str,
+    args: &[&str],
+) -> (String, u16, String) {
+    let resolve = format!("{name}:{port}:127.0.0.1");
+    let url = format!("https://{name}:{port}{path}");
+    let mut all = vec![
+        "-sS",
+        "--max-time",
+        "10",
+        "--cacert",
+        p(ca),
+        "--resolve",
+        &resolve,
+        "-w",
+        "\n%{http_version} %{http_code}",
+    ];
+    all.extend_from_slice(args);
+    all.push(&url);
+    let out = run("curl", &all);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, tail) = text
+        .rsplit_once('\n')
+        .unwrap_or_else(|| panic!("curl: {text}{}", String::from_utf8_lossy(&out.stderr)));
+    let (version, status) = tail.split_once(' ').unwrap();
+    (
+        version.to_owned(),
+        status.parse().unwrap_or(0),
+        body.to_owned(),
+    )
+}
+
+/// h2load's summary: (succeeded, failed, errored).
+fn h2load_counts(out: &str) -> (u64, u64, u64) {
+    let line = out
+        .lines()
+        .find(|l| l.starts_with("requests:"))
+        .unwrap_or_else(|| panic!("no requests line in h2load output:\n{out}"));
+    let number = |word: &str| -> u64 {
+        let at = line
+            .find(word)
+            .unwrap_or_else(|| panic!("{word} in {line}"));
+        line[..at]
+            .split_whitespace()
+            .last()
+            .unwrap()
+            .parse()
+            .unwrap()
+    };
+    (number(" succeeded"), number(" failed"), number(" errored"))
+}
+
+fn routes_to(cluster: &str) -> String {
+    format!(
+        r#"virtual_hosts: [ {{ name: all, domains: ["*"], routes: [ {{ match: {{ prefix: / }}, route: {{ cluster: {cluster} }} }} ] }} ]"#
+    )
+}
+
+/// An `http` listener with `tls` and no `alpn`: ALPN picks HTTP/1.1 or HTTP/2 per connection
+/// (curl and h2load), the request goes upstream with `x-forwarded-proto: https` (the client's own
+/// replaced), a client offering only an unknown protocol is refused and counted, and an
+/// `http1` listener offers `http/1.1` only.
+#[test]
+fn https_listeners_pick_the_codec_by_alpn_and_say_https_upstream() {
+    if !require_peers(&["openssl", "curl", "nginx", "h2load"]) {
+        return;
+    }
+    let dir = TempDir::new("tls-l7-alpn");
+    let ca = make_ca(&dir, "ca");
+    let (cert, key) = leaf(&dir, &ca, "web", &["web.example"], None);
+    let up = free_port();
+    let _nginx = start_nginx_with(
+        &dir,
+        "up",
+        up,
+        r#"location / { return 200 "proto=$http_x_forwarded_proto"; }"#,
+    );
+    let (listen, h1_only, admin) = (free_port(), free_port(), free_port());
+    let config = format!(
+        r#"
+admin: {{ address: 127.0.0.1:{admin} }}
+listeners:
+  - name: https_in
+    address: 127.0.0.1:{listen}
+    tls: {{ certificates: [ {{ cert_chain: {c}, private_key: {k} }} ] }}
+    http: {{ {routes} }}
+  - name: h1_only
+    address: 127.0.0.1:{h1_only}
+    tls: {{ certificates: [ {{ cert_chain: {c}, private_key: {k} }} ] }}
+    http: {{ codec: http1, {routes} }}
+clusters:
+  - {{ name: app, hosts: [ {{ address: 127.0.0.1:{up} }} ] }}
+"#,
+        c = p(&cert),
+        k = p(&key),
+        routes = routes_to("app"),
+    );
+    let _sluice = start_sluice(&dir, &config, 2, addr(listen));
+
+    let served = |port, args: &[&str]| curl_https(port, &ca.pem, "web.example", "/", args);
+    assert_eq!(
+        served(listen, &["--http1.1"]),
+        ("1.1".into(), 200, "proto=https".into())
+    );
+    assert_eq!(
+        served(listen, &["--http2"]),
+        ("2".into(), 200, "proto=https".into())
+    );
+    // The client's own claim is replaced.
+    assert_eq!(
+        served(listen, &["--http2", "-H", "x-forwarded-proto: http"]),
+        ("2".into(), 200, "proto=https".into())
+    );
+    assert_eq!(
+        served(listen, &["--http1.1", "-H", "x-forwarded-proto: http"]),
+        ("1.1".into(), 200, "proto=https".into())
+    );
+    // An http1 listener offers http/1.1 only: curl's h2 offer ends as HTTP/1.1.
+    assert_eq!(
+        served(h1_only, &["--http2"]),
+        ("1.1".into(), 200, "proto=https".into())
+    );
+
+    let out = run(
+        "h2load",
+        &[
+            "-n",
+            "2000",
+            "-c",
+            "4",
+            "-m",
+            "10",
+            &format!("https://127.0.0.1:{listen}/"),
+        ],
+    );
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert_eq!(h2load_counts(&text), (2000, 0, 0), "{text}");
+    assert!(text.contains("Application protocol: h2"), "{text}");
+
+    // Only a protocol the listener does not have: refused, counted.
+    let (ok, text) = s_client(listen, &["-brief", "-alpn", "spdy/3"]);
+    assert!(!ok, "{text}");
+    assert_eq!(stat(admin, "listener.https_in.tls.handshake.alpn"), 1);
+    let (ok, text) = s_client(h1_only, &["-brief", "-alpn", "h2"]);
+    assert!(!ok, "{text}");
+    assert_eq!(stat(admin, "listener.h1_only.tls.handshake.alpn"), 1);
+}
+
+/// nginx as an HTTPS upstream of HTTP routes: verified by `sni` against the cluster's CA, it
+/// serves (on pooled keep-alive connections); with a CA that did not sign its certificate the
+/// request is answered 502 (`upstream connect error`, as any connect failure), counted as
+/// `unknown_ca`, and nginx's access log shows that no request ever reached it. HTTP health
+/// checks run over TLS the same way.
+#[test]
+fn an_https_upstream_is_verified_and_an_unverified_one_is_never_sent_a_request() {
+    if !require_peers(&["nginx"]) {
+        return;
+    }
+    let dir = TempDir::new("tls-l7-upstream");
+    let ca = make_ca(&dir, "mesh-ca");
+    let other_ca = make_ca(&dir, "other-ca");
+    let (up_cert, up_key) = leaf(&dir, &ca, "upstream", &["upstream.example"], None);
+    let up = free_port();
+    let access_log = dir.path().join("upstream-access.log");
+    let _nginx = start_nginx_tls(
+        &dir,
+        "up",
+        up,
+        (&up_cert, &up_key),
+        &format!(
+            r#"ssl_protocols TLSv1.2 TLSv1.3; access_log {};
+               location / {{ return 200 "secure $ssl_protocol $uri"; }}"#,
+            access_log.display()
+        ),
+    );
+    let (listen, admin) = (free_port(), free_port());
+    let config = format!(
+        r#"
+admin: {{ address: 127.0.0.1:{admin} }}
+listeners:
+  - name: web
+    address: 127.0.0.1:{listen}
+    http:
+      virtual_hosts:
+        - name: all
+          domains: ["*"]
+          routes:
+            - {{ match: {{ prefix: /good }}, route: {{ cluster: good }} }}
+            - {{ match: {{ prefix: /bad }}, route: {{ cluster: bad }} }}
+clusters:
+  - name: good
+    hosts: [ {{ address: 127.0.0.1:{up} }} ]
+    tls: {{ sni: upstream.example, ca: {ca} }}
+    health_check: {{ http: {{ path: /healthz-good }}, interval: 200ms, no_traffic_interval: 200ms }}
+  - name: bad
+    hosts: [ {{ address: 127.0.0.1:{up} }} ]
+    tls: {{ sni: upstream.example, ca: {other} }}
+  - name: bad_checked
+    hosts: [ {{ address: 127.0.0.1:{up} }} ]
+    tls: {{ sni: upstream.example, ca: {other} }}
+    health_check: {{ http: {{ path: /healthz-bad }}, interval: 200ms, no_traffic_interval: 200ms }}
+"#,
+        ca = p(&ca.pem),
+        other = p(&other_ca.pem),
+    );
+    let _sluice = start_sluice(&dir, &config, 1, addr(listen));
+    let requests_logged = || {
+        std::fs::read_to_string(&access_log)
+            .unwrap_or_default()
+            .lines()
+            .map(str::to_owned)
+            .collect::<Vec<_>>()
+    };
+
+    // A handshake that does not verify is a connect failure, answered as any other: 502 UF.
+    for _ in 0..3 {
+        let (status, body) = http_request(addr(listen), "GET", "/bad");
+        assert_eq!((status, body.as_str()), (502, "upstream connect error\n"));
+    }
+    assert!(stat(admin, "cluster.bad.upstream_tls_fail.unknown_ca") >= 3);
+
+    // Health checks over TLS: the verified host passes, the other fails without a request.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while stat(admin, "cluster.good.health_check.success") < 2
+        || stat(admin, "cluster.bad_checked.health_check.failure") < 2
+    {
+        assert!(Instant::now() < deadline, "no health check results");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(stat(admin, "cluster.bad_checked.health_check.success"), 0);
+
+    for i in 0..5 {
+        let (status, body) = http_request(addr(listen), "GET", &format!("/good/{i}"));
+        assert_eq!(
+            (status, body.as_str()),
+            (200, &*format!("secure TLSv1.3 /good/{i}"))
+        );
+    }
+    let logged = requests_logged();
+    assert_eq!(
+        logged.iter().filter(|l| l.contains("GET /good/")).count(),
+        5,
+        "{logged:?}"
+    );
+    assert!(
+        logged
+            .iter()
+            .all(|l| l.contains("GET /good/") || l.contains("GET /healthz-good ")),
+        "a request reached the upstream that did not verify: {logged:?}"
+    );
+    assert_eq!(stat(admin, "cluster.good.upstream_tls_fail.unknown_ca"), 0);
+}
+
+/// A rustls client to 127.0.0.1:`port` that trusts `ca` and asks for `name`.
+fn tls_client(
+    port: u16,
+    ca: &Path,
+    name: &str,
+) -> rustls::StreamOwned<rustls::ClientConnection, TcpStream> {
+    use rustls::pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls::pki_types::CertificateDer::pem_file_iter(ca).unwrap() {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::aws_lc_rs::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let conn = rustls::ClientConnection::new(Arc::new(config), name.to_owned().try_into().unwrap())
+        .unwrap();
+    let tcp = TcpStream::connect(addr(port)).unwrap();
+    tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    rustls::StreamOwned::new(conn, tcp)
+}
+
+/// A Bolt upstream (plaintext) that answers every request with its own content.
+fn start_bolt_echo() -> u16 {
+    let upstream = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = upstream.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for conn in upstream.incoming() {
+            let Ok(mut s) = conn else { return };
+            std::thread::spawn(move || {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                loop {
+                    if let Ok(Some(f)) = bolt::decode(&buf, 1 << 20) {
+                        let mut out = Vec::new();
+                        bolt::encode_response(
+                            &mut out,
+                            f.version,
+                            f.request_id,
+                            f.codec,
+                            ResponseStatus::Success,
+                            b"",
+                            &[],
+                            f.content,
+                        )
+                        .unwrap();
+                        let n = f.len;
+                        buf.drain(..n);
+                        if s.write_all(&out).is_err() {
+                            return;
+                        }
+                        continue;
+                    }
+                    match s.read(&mut chunk) {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    }
+                }
+            });
+        }
+    });
+    port
+}
+
+/// Bolt over TLS both ways: raw Bolt frames from a rustls client to a TLS `bolt` listener, whose
+/// cluster originates TLS (verified by `sni`) to a TLS `protocol: auto` listener, whose cluster
+/// is the plaintext Bolt upstream; answers come back on the same path. The `auto` listener also
+/// serves HTTP/2 over TLS (ALPN `h2`, no sniffing).
+#[test]
+fn bolt_frames_cross_two_tls_hops_and_auto_serves_https() {
+    if !require_peers(&["curl"]) {
+        return;
+    }
+    let dir = TempDir::new("tls-l7-bolt");
+    let ca = make_ca(&dir, "ca");
+    let (cert, key) = leaf(&dir, &ca, "rpc", &["rpc.example"], None);
+    let echo = start_bolt_echo();
+    let (outer, inner, admin) = (free_port(), free_port(), free_port());
+    let config = format!(
+        r#"
+admin: {{ address: 127.0.0.1:{admin} }}
+listeners:
+  - name: bolt_tls
+    address: 127.0.0.1:{outer}
+    tls: {{ certificates: [ {{ cert_chain: {c}, private_key: {k} }} ] }}
+    bolt: {{ routes: [ {{ route: {{ cluster: hop }} }} ] }}
+  - name: auto_tls
+    address: 127.0.0.1:{inner}
+    protocol: auto
+    tls: {{ certificates: [ {{ cert_chain: {c}, private_key: {k} }} ] }}
+    http:
+      virtual_hosts: [ {{ name: all, domains: ["*"], routes: [ {{ match: {{ prefix: / }}, direct_response: {{ status: 200, body: "auto over tls" }} }} ] }} ]
+    bolt: {{ routes: [ {{ route: {{ cluster: echo }} }} ] }}
+clusters:
+  - name: hop
+    hosts: [ {{ address: 127.0.0.1:{inner} }} ]
+    tls: {{ sni: rpc.example, ca: {ca} }}
+  - {{ name: echo, hosts: [ {{ address: 127.0.0.1:{echo} }} ] }}
+"#,
+        c = p(&cert),
+        k = p(&key),
+        ca = p(&ca.pem),
+    );
+    let _sluice = start_sluice(&dir, &config, 1, addr(outer));
+
+    let mut client = tls_client(outer, &ca.pem, "rpc.example");
+    let mut buf = Vec::new();
+    for id in [7u32, 8, 9] {
+        let mut frame = Vec::new();
+        let header: [(&[u8], Option<&[u8]>); 1] =
+            [(b"service", Some(b"com.example.EchoService:1.0"))];
+        let content = format!("payload {id}");
+        bolt::encode_request(
+            &mut frame,
+            &RequestSpec {
+                version: Version::V1,
+                oneway: false,
+                cmd_code: bolt::CMD_REQUEST,
+                cmd_version: bolt::CMD_VERSION,
+                request_id: id,
+                codec: bolt::CODEC_HESSIAN2,
+                timeout_ms: 5000,
+                class: b"com.alipay.sofa.rpc.core.request.SofaRequest",
+                header: &header,
+                content: content.as_bytes(),
+            },
+        )
+        .unwrap();
+        client.write_all(&frame).unwrap();
+        client.flush().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let (request_id, status, got) = loop {
+            if let Some(f) = bolt::decode(&buf, 1 << 20).unwrap() {
+                let out = (f.request_id, f.status, f.content.to_vec());
+                let n = f.len;
+                buf.drain(..n);
+                break out;
+            }
+            assert!(Instant::now() < deadline, "no answer to request {id}");
+            let mut chunk = [0u8; 4096];
+            let n = client
+                .read(&mut chunk)
+                .expect("an answer before the timeout");
+            assert!(n > 0, "closed before an answer; have {buf:?}");
+            buf.extend_from_slice(&chunk[..n]);
+        };
+        assert_eq!(
+            (request_id, status, got),
+            (id, Some(0), content.into_bytes())
+        );
+    }
+    assert!(stat(admin, "listener.bolt_tls.tls.handshake.ok") >= 1);
+    assert!(stat(admin, "listener.auto_tls.tls.handshake.ok") >= 1);
+
+    // The auto listener over TLS: ALPN h2 and http/1.1 are HTTP, no sniffing needed.
+    for (args, version) in [(["--http2"], "2"), (["--http1.1"], "1.1")] {
+        assert_eq!(
+            curl_https(inner, &ca.pem, "rpc.example", "/", &args),
+            (version.into(), 200, "auto over tls".into())
+        );
+    }
+}
+
+/// A TLS `http` listener with the defaults, rotated by SIGHUP (new certificate files at the
+/// same paths) twice under wrk over HTTPS: no request fails, no socket error, and new
+/// handshakes present the new certificate.
+#[test]
+fn a_tls_listener_reloads_under_https_load_without_a_failed_request() {
+    if !require_peers(&["openssl", "nginx", "wrk"]) {
+        return;
+    }
+    rotate_under_https_load(
+        "tls-l7-reload",
+        |dir, port| start_nginx(dir, "up", port, "hello"),
+        "/",
+        500,
+    );
+}
+
+/// The same with an upstream that takes 50 ms per request: requests in flight at each reload
+/// finish on their old connections.
+#[test]
+fn a_tls_listener_reloads_under_https_load_with_a_slow_upstream_without_a_failed_request() {
+    if !require_peers(&["openssl", "python3", "wrk"]) {
+        return;
+    }
+    rotate_under_https_load(
+        "tls-l7-reload-slow",
+        |dir, port| start_py_upstream(dir, "up", port),
+        "/sleep/50",
+        100,
+    );
+}
+
+/// Serves `path` of the upstream `start` makes through a TLS listener (2 workers, defaults)
+/// under wrk over HTTPS while the certificate is rotated twice by SIGHUP; at least
+/// `min_requests` must be served, none may fail.
+fn rotate_under_https_load(
+    tag: &str,
+    start: impl FnOnce(&TempDir, u16) -> Proc,
+    path: &str,
+    min_requests: u64,
+) {
+    let dir = TempDir::new(tag);
+    let ca = make_ca(&dir, "ca");
+    let pairs: Vec<_> = ["one", "two", "three"]
+        .iter()
+        .map(|cn| leaf(&dir, &ca, cn, &["svc.example"], None))
+        .collect();
+    let (cert, key) = (dir.path().join("live.pem"), dir.path().join("live.key"));
+    std::fs::copy(&pairs[0].0, &cert).unwrap();
+    std::fs::copy(&pairs[0].1, &key).unwrap();
+    let up = free_port();
+    let _upstream = start(&dir, up);
+    let listen = free_port();
+    let config = format!(
+        r#"
+listeners:
+  - name: https_in
+    address: 127.0.0.1:{listen}
+    tls: {{ certificates: [ {{ cert_chain: {c}, private_key: {k} }} ] }}
+    http: {{ {routes} }}
+clusters:
+  - {{ name: app, hosts: [ {{ address: 127.0.0.1:{up} }} ] }}
+"#,
+        c = p(&cert),
+        k = p(&key),
+        routes = routes_to("app"),
+    );
+    let sluice = start_sluice(&dir, &config, 2, addr(listen));
+    let served = || {
+        let (ok, text) = s_client(listen, &["-brief", "-servername", "svc.example"]);
+        assert!(ok, "{text}");
+        peer_cn(&text).to_owned()
+    };
+    assert_eq!(served(), "one");
+
+    let wrk = {
+        let url = format!("https://127.0.0.1:{listen}{path}");
+        std::thread::spawn(move || run("wrk", &["-t2", "-c16", "-d5s", &url]))
+    };
+    std::thread::sleep(Duration::from_millis(1000));
+    for (pair, cn) in pairs[1..].iter().zip(["two", "three"]) {
+        std::fs::copy(&pair.0, &cert).unwrap();
+        std::fs::copy(&pair.1, &key).unwrap();
+        sluice.signal("HUP");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while served() != cn {
+            assert!(
+                Instant::now() < deadline,
+                "the reload did not rotate the certificate:\n{}",
+                sluice.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        std::thread::sleep(Duration::from_millis(1000));
+    }
+    let out = wrk.join().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(!text.contains("Socket errors"), "{text}");
+    assert!(!text.contains("Non-2xx"), "{text}");
+    let requests: u64 = text
+        .lines()
+        .find(|l| l.contains("requests in"))
+        .and_then(|l| l.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    assert!(requests >= min_requests, "{text}");
+}
