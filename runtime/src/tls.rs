@@ -182,78 +182,22 @@ pub fn client_config(
             }
         },
     };
-    let roots = read_pem(&tls.ca).and_then(|pem| {
-        let mut roots = RootCertStore::empty();
-        for cert in CertificateDer::pem_slice_iter(&pem) {
-            let cert = cert.map_err(|e| format!("{}: not a PEM certificate: {e}", tls.ca))?;
-            roots
-                .add(cert)
-                .map_err(|e| format!("{}: not a CA certificate: {e}", tls.ca))?;
-        }
-        if roots.is_empty() {
-            return Err(format!("{}: no certificate in it", tls.ca));
-        }
-        Ok(roots)
-    });
-    let roots = match roots {
+    let roots = match load_roots(&tls.ca, &format!("{path}.ca")) {
         Ok(r) => Some(r),
         Err(e) => {
-            errors.push(ConfigError {
-                path: format!("{path}.ca"),
-                message: e,
-                position: None,
-            });
+            errors.push(e);
             None
         }
     };
     let client_key = match &tls.client_certificate {
         None => None,
-        Some(files) => {
-            let chain = read_pem(&files.cert_chain).and_then(|pem| {
-                CertificateDer::pem_slice_iter(&pem)
-                    .collect::<Result<Vec<_>, _>>()
-                    .map_err(|e| format!("{}: not a PEM certificate chain: {e}", files.cert_chain))
-            });
-            let key = read_pem(&files.private_key).and_then(|pem| {
-                PrivateKeyDer::from_pem_slice(&pem)
-                    .map_err(|e| format!("{}: no private key in it: {e}", files.private_key))
-            });
-            match (chain, key) {
-                (Ok(chain), Ok(key)) => {
-                    match CertifiedKey::from_der(chain.clone(), key.clone_key(), &provider) {
-                        Ok(_) => Some((chain, key)),
-                        Err(e) => {
-                            errors.push(ConfigError {
-                                path: format!("{path}.private_key"),
-                                message: format!(
-                                    "{} does not go with the certificate {}: {e}",
-                                    files.private_key, files.cert_chain
-                                ),
-                                position: None,
-                            });
-                            None
-                        }
-                    }
-                }
-                (chain, key) => {
-                    if let Err(e) = chain {
-                        errors.push(ConfigError {
-                            path: format!("{path}.cert_chain"),
-                            message: e,
-                            position: None,
-                        });
-                    }
-                    if let Err(e) = key {
-                        errors.push(ConfigError {
-                            path: format!("{path}.private_key"),
-                            message: e,
-                            position: None,
-                        });
-                    }
-                    None
-                }
+        Some(files) => match load_pair(&files.cert_chain, &files.private_key, path) {
+            Ok(pair) => Some(pair),
+            Err(mut e) => {
+                errors.append(&mut e);
+                None
             }
-        }
+        },
     };
     let Some(roots) = roots.filter(|_| errors.is_empty()) else {
         return Err(errors);
@@ -290,13 +234,17 @@ pub fn client_config(
             }))
     };
     let mut config = match client_key {
-        Some((chain, key)) => builder.with_client_auth_cert(chain, key).map_err(|e| {
-            vec![ConfigError {
-                path: format!("{path}.private_key"),
-                message: e.to_string(),
-                position: None,
-            }]
-        })?,
+        Some((certified, key)) => {
+            builder
+                .with_client_auth_cert(certified.cert, key)
+                .map_err(|e| {
+                    vec![ConfigError {
+                        path: format!("{path}.private_key"),
+                        message: e.to_string(),
+                        position: None,
+                    }]
+                })?
+        }
         None => builder.with_no_client_auth(),
     };
     config.alpn_protocols = tls.alpn.iter().map(|p| p.as_bytes().to_vec()).collect();
@@ -334,19 +282,8 @@ impl rustls::client::danger::ServerCertVerifier for SanCheckingServerVerifier {
             Ok(_)
             | Err(Error::InvalidCertificate(
                 CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
-            )) => {
-                let sans = sans(end_entity)
-                    .map_err(|_| Error::InvalidCertificate(CertificateError::BadEncoding))?;
-                let admitted = sans.iter().any(|san| match san {
-                    San::Dns(d) => self.allowed.iter().any(|a| a.eq_ignore_ascii_case(d)),
-                    San::Uri(u) => self.allowed.iter().any(|a| a == u),
-                });
-                if admitted {
-                    Ok(rustls::client::danger::ServerCertVerified::assertion())
-                } else {
-                    Err(Error::InvalidCertificate(CertificateError::NotValidForName))
-                }
-            }
+            )) => san_admitted(end_entity, &self.allowed)
+                .map(|()| rustls::client::danger::ServerCertVerified::assertion()),
             Err(e) => Err(e),
         }
     }
@@ -455,101 +392,52 @@ pub fn acceptors(config: &Config) -> Result<Vec<Option<TlsAcceptor>>, String> {
 pub fn server_config(tls: &ListenerTls, path: &str) -> Result<ServerConfig, Vec<ConfigError>> {
     let provider = provider();
     let mut errors = Vec::new();
-    let mut error = |at: String, message: String| {
-        errors.push(ConfigError {
-            path: at,
-            message,
-            position: None,
-        });
-    };
     let mut certs = Vec::new();
     for (i, files) in tls.certificates.iter().enumerate() {
         let at = format!("{path}.certificates[{i}]");
-        let chain = match read_pem(&files.cert_chain) {
-            Ok(pem) => CertificateDer::pem_slice_iter(&pem)
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(|e| format!("{}: not a PEM certificate chain: {e}", files.cert_chain))
-                .and_then(|c| {
-                    if c.is_empty() {
-                        Err(format!("{}: no certificate in it", files.cert_chain))
-                    } else {
-                        Ok(c)
-                    }
+        match load_pair(&files.cert_chain, &files.private_key, &at) {
+            Ok((certified, _)) => match dns_sans(&certified.cert[0]) {
+                Ok(names) => certs.push((names, Arc::new(certified))),
+                Err(e) => errors.push(ConfigError {
+                    path: format!("{at}.cert_chain"),
+                    message: e,
+                    position: None,
                 }),
-            Err(e) => Err(e),
-        };
-        let key = read_pem(&files.private_key).and_then(|pem| {
-            PrivateKeyDer::from_pem_slice(&pem)
-                .map_err(|e| format!("{}: no private key in it: {e}", files.private_key))
-        });
-        match (chain, key) {
-            (Ok(chain), Ok(key)) => match CertifiedKey::from_der(chain, key, &provider) {
-                Ok(certified) => match dns_sans(&certified.cert[0]) {
-                    Ok(names) => certs.push((names, Arc::new(certified))),
-                    Err(e) => error(format!("{at}.cert_chain"), e),
-                },
-                Err(e) => error(
-                    format!("{at}.private_key"),
-                    format!(
-                        "{} does not go with the certificate {}: {e}",
-                        files.private_key, files.cert_chain
-                    ),
-                ),
             },
-            (chain, key) => {
-                if let Err(e) = chain {
-                    error(format!("{at}.cert_chain"), e);
-                }
-                if let Err(e) = key {
-                    error(format!("{at}.private_key"), e);
-                }
-            }
+            Err(mut e) => errors.append(&mut e),
         }
     }
     let verifier: Option<Arc<dyn ClientCertVerifier>> = match &tls.client_ca {
         None => None,
-        Some(file) => {
-            let roots = read_pem(file).and_then(|pem| {
-                let mut roots = RootCertStore::empty();
-                for cert in CertificateDer::pem_slice_iter(&pem) {
-                    let cert = cert.map_err(|e| format!("{file}: not a PEM certificate: {e}"))?;
-                    roots
-                        .add(cert)
-                        .map_err(|e| format!("{file}: not a CA certificate: {e}"))?;
-                }
-                if roots.is_empty() {
-                    return Err(format!("{file}: no certificate in it"));
-                }
-                Ok(roots)
-            });
-            match roots {
-                Ok(roots) => {
-                    let builder = WebPkiClientVerifier::builder_with_provider(
-                        Arc::new(roots),
-                        provider.clone(),
-                    );
-                    let builder = if tls.require_client_certificate {
-                        builder
-                    } else {
-                        builder.allow_unauthenticated()
-                    };
-                    match builder.build() {
-                        Ok(inner) => Some(Arc::new(SanCheckingVerifier {
-                            inner,
-                            allowed: tls.verify_subject_alt_names.clone(),
-                        })),
-                        Err(e) => {
-                            error(format!("{path}.client_ca"), format!("{file}: {e}"));
-                            None
-                        }
+        Some(file) => match load_roots(file, &format!("{path}.client_ca")) {
+            Ok(roots) => {
+                let builder =
+                    WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone());
+                let builder = if tls.require_client_certificate {
+                    builder
+                } else {
+                    builder.allow_unauthenticated()
+                };
+                match builder.build() {
+                    Ok(inner) => Some(Arc::new(SanCheckingVerifier {
+                        inner,
+                        allowed: tls.verify_subject_alt_names.clone(),
+                    })),
+                    Err(e) => {
+                        errors.push(ConfigError {
+                            path: format!("{path}.client_ca"),
+                            message: format!("{file}: {e}"),
+                            position: None,
+                        });
+                        None
                     }
                 }
-                Err(e) => {
-                    error(format!("{path}.client_ca"), e);
-                    None
-                }
             }
-        }
+            Err(e) => {
+                errors.push(e);
+                None
+            }
+        },
     };
     if !errors.is_empty() {
         return Err(errors);
@@ -581,6 +469,103 @@ pub fn server_config(tls: &ListenerTls, path: &str) -> Result<ServerConfig, Vec<
         }]
     })?;
     Ok(config)
+}
+
+/// A certificate chain and the private key that goes with its leaf, from their PEM files:
+/// each file read and parsed, the chain not empty, the key matching the leaf's public key.
+/// Errors are at `{path}.cert_chain` and `{path}.private_key` and name the files. Both the
+/// listener certificates and a cluster's client certificate load through here.
+fn load_pair(
+    cert_file: &str,
+    key_file: &str,
+    path: &str,
+) -> Result<(CertifiedKey, PrivateKeyDer<'static>), Vec<ConfigError>> {
+    let at = |field: &str, message: String| ConfigError {
+        path: format!("{path}.{field}"),
+        message,
+        position: None,
+    };
+    let chain = read_pem(cert_file)
+        .and_then(|pem| parse_chain(&pem).map_err(|e| format!("{cert_file}: {e}")));
+    let key =
+        read_pem(key_file).and_then(|pem| parse_key(&pem).map_err(|e| format!("{key_file}: {e}")));
+    match (chain, key) {
+        (Ok(chain), Ok(key)) => match CertifiedKey::from_der(chain, key.clone_key(), &provider()) {
+            Ok(certified) => Ok((certified, key)),
+            Err(e) => Err(vec![at(
+                "private_key",
+                format!("{key_file} does not go with the certificate {cert_file}: {e}"),
+            )]),
+        },
+        (chain, key) => Err(chain
+            .err()
+            .map(|e| at("cert_chain", e))
+            .into_iter()
+            .chain(key.err().map(|e| at("private_key", e)))
+            .collect()),
+    }
+}
+
+/// The trust anchors in a PEM file of CA certificates (a listener's `client_ca`, a cluster's
+/// `ca`); the error is at `path` and names the file.
+fn load_roots(file: &str, path: &str) -> Result<RootCertStore, ConfigError> {
+    read_pem(file)
+        .and_then(|pem| parse_roots(&pem).map_err(|e| format!("{file}: {e}")))
+        .map_err(|message| ConfigError {
+            path: path.to_owned(),
+            message,
+            position: None,
+        })
+}
+
+/// The certificates of a PEM chain, leaf first; at least one.
+fn parse_chain(pem: &[u8]) -> Result<Vec<CertificateDer<'static>>, String> {
+    let chain = CertificateDer::pem_slice_iter(pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("not a PEM certificate chain: {e}"))?;
+    if chain.is_empty() {
+        return Err("no certificate in it".to_owned());
+    }
+    Ok(chain)
+}
+
+/// The first private key (PKCS#8, PKCS#1 or SEC1) of a PEM file.
+fn parse_key(pem: &[u8]) -> Result<PrivateKeyDer<'static>, String> {
+    PrivateKeyDer::from_pem_slice(pem).map_err(|e| format!("no private key in it: {e}"))
+}
+
+/// Every certificate of a PEM file as a trust anchor; at least one.
+fn parse_roots(pem: &[u8]) -> Result<RootCertStore, String> {
+    let mut roots = RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(pem) {
+        let cert = cert.map_err(|e| format!("not a PEM certificate: {e}"))?;
+        roots
+            .add(cert)
+            .map_err(|e| format!("not a CA certificate: {e}"))?;
+    }
+    if roots.is_empty() {
+        return Err("no certificate in it".to_owned());
+    }
+    Ok(roots)
+}
+
+/// Whether a verified leaf carries one of `allowed` (DNS names, compared without case, or
+/// URIs such as SPIFFE IDs, compared exactly) — the identity check both SAN-checking
+/// verifiers make after rustls verified the chain. Empty `allowed`: any certificate.
+fn san_admitted(cert: &CertificateDer<'_>, allowed: &[String]) -> Result<(), Error> {
+    if allowed.is_empty() {
+        return Ok(());
+    }
+    let sans = sans(cert).map_err(|_| Error::InvalidCertificate(CertificateError::BadEncoding))?;
+    let admitted = sans.iter().any(|san| match san {
+        San::Dns(d) => allowed.iter().any(|a| a.eq_ignore_ascii_case(d)),
+        San::Uri(u) => allowed.iter().any(|a| a == u),
+    });
+    if admitted {
+        Ok(())
+    } else {
+        Err(Error::InvalidCertificate(CertificateError::NotValidForName))
+    }
 }
 
 /// A PEM file's bytes, or why not (the message names the file).
@@ -706,20 +691,7 @@ impl ClientCertVerifier for SanCheckingVerifier {
         let verified = self
             .inner
             .verify_client_cert(end_entity, intermediates, now)?;
-        if self.allowed.is_empty() {
-            return Ok(verified);
-        }
-        let sans = sans(end_entity)
-            .map_err(|_| Error::InvalidCertificate(CertificateError::BadEncoding))?;
-        let admitted = sans.iter().any(|san| match san {
-            San::Dns(d) => self.allowed.iter().any(|a| a.eq_ignore_ascii_case(d)),
-            San::Uri(u) => self.allowed.iter().any(|a| a == u),
-        });
-        if admitted {
-            Ok(verified)
-        } else {
-            Err(Error::InvalidCertificate(CertificateError::NotValidForName))
-        }
+        san_admitted(end_entity, &self.allowed).map(|()| verified)
     }
     fn verify_tls12_signature(
         &self,
