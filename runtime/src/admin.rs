@@ -1042,6 +1042,24 @@ pub const SERVER_METRICS: &[Export<AdminShared>] = &[
         read: |s, i| [&s.reloads_ok, &s.reloads_failed][i].load(Ordering::Relaxed),
     },
     Export {
+        field: "tls::ROTATIONS_SUCCEEDED, tls::ROTATIONS_FAILED",
+        metric: Metric::counter(
+            "sluice_tls_rotations_total",
+            "Certificate rotations after the TLS files changed on disk, by result \
+             (failed: the new files could not be used; the previous ones serve on).",
+        )
+        .by("result", |i| ["succeeded", "failed"][i])
+        .stats("server.tls_rotations_"),
+        len: 2,
+        read: |_, i| {
+            [
+                &crate::tls::ROTATIONS_SUCCEEDED,
+                &crate::tls::ROTATIONS_FAILED,
+            ][i]
+                .load(Ordering::Relaxed)
+        },
+    },
+    Export {
         field: "workers",
         metric: Metric::gauge("sluice_server_workers", "Worker threads.").stats("server.workers"),
         len: 1,

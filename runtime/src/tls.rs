@@ -18,13 +18,24 @@
 //!   name, or one of `verify_subject_alt_names` ([`SanCheckingServerVerifier`]); a client
 //!   certificate for upstreams that want mTLS. [`MaybeTls`] is an upstream stream either way.
 //! - **Outcomes** ([`HandshakeOutcome`]): what a failed handshake's error means, for counters.
+//! - **Rotation** ([`check_files`], [`WorkerTls`]): the contexts of the current config
+//!   generation are published in one process-wide slot with a generation number; the watcher
+//!   thread compares the TLS files' content with what they held and, on a change, rebuilds the
+//!   contexts from the same config and publishes them. Each worker holds its own handle and
+//!   looks at the slot only when the generation number moved (one atomic load per
+//!   connection): no lock on the handshake path. A set of files that cannot be used is
+//!   refused and the previous contexts serve on.
 //!
 //! The crypto provider is aws-lc-rs (rustls' default; it builds with a C compiler alone, and is
 //! the fastest rustls provider for P-256 and X25519). Session resumption: rustls' in-memory
 //! session cache (256 sessions) and stateless tickets (`Ticketer`, rotated every 6 hours), one
 //! of each per listener shared by the workers ([`contexts`]).
 
-use std::sync::Arc;
+use std::cell::{Cell, RefCell};
+use std::rc::Rc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError, Weak};
+use std::time::Duration;
 
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
@@ -39,6 +50,7 @@ use rustls::{
 use sluice_core::config::tls::{ListenerTls, TlsVersion, UpstreamTls};
 use sluice_core::config::{Config, ConfigError};
 pub use tokio_rustls::{TlsAcceptor, TlsConnector};
+use tracing::{info, warn};
 
 /// PEM files larger than this are refused (a certificate bundle is a few KiB).
 const MAX_PEM_BYTES: u64 = 1 << 20;
@@ -79,31 +91,263 @@ pub struct Contexts {
     pub connectors: Vec<Option<UpstreamConnector>>,
 }
 
-/// The contexts of the config generation the last caller built, shared with every worker
-/// that builds its engine for the same `Arc<Config>`.
-static SHARED: std::sync::Mutex<Option<(std::sync::Weak<Config>, Arc<Contexts>)>> =
-    std::sync::Mutex::new(None);
+/// What the process serves with now: the contexts of the newest config generation and what
+/// its TLS files held when they were last looked at. Replaced by a new generation (a reload)
+/// and by a rotation (the files changed); taken by a worker only when [`GENERATION`] says it
+/// was replaced, by the watcher once per check, never per handshake.
+struct Published {
+    config: Weak<Config>,
+    contexts: Arc<Contexts>,
+    files: Vec<FileStamp>,
+}
+
+static PUBLISHED: Mutex<Option<Published>> = Mutex::new(None);
+
+/// Bumped each time [`PUBLISHED`] is replaced: a worker compares it with the value it last
+/// saw (one relaxed-cost atomic load per connection) to know when to look.
+static GENERATION: AtomicU64 = AtomicU64::new(0);
+
+/// Rotations since the start: the changed files loaded and swapped in.
+pub static ROTATIONS_SUCCEEDED: AtomicU64 = AtomicU64::new(0);
+/// Rotations refused: the changed files could not be used; the previous contexts serve on.
+pub static ROTATIONS_FAILED: AtomicU64 = AtomicU64::new(0);
+
+fn published() -> std::sync::MutexGuard<'static, Option<Published>> {
+    PUBLISHED.lock().unwrap_or_else(PoisonError::into_inner)
+}
 
 /// The TLS contexts for `config`, built once per config generation and shared by its
 /// workers: the files are read once (the workers cannot disagree about them), and the
 /// session cache and ticket keys are one per listener, so a client resumes on any worker. A
-/// new generation (a reload) reads the files again — that is certificate rotation — and starts
-/// new ticket keys. Taken only while building an engine, never on the data path.
+/// new generation (a reload) reads the files again and starts new ticket keys; between
+/// reloads, [`check_files`] rotates to changed files. Taken only while building an engine,
+/// never on the data path.
 pub fn contexts(config: &Arc<Config>) -> Result<Arc<Contexts>, String> {
-    let mut shared = SHARED
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
-    if let Some((built_for, contexts)) = shared.as_ref()
-        && built_for.upgrade().is_some_and(|c| Arc::ptr_eq(&c, config))
+    let mut shared = published();
+    if let Some(p) = shared.as_ref()
+        && p.config.upgrade().is_some_and(|c| Arc::ptr_eq(&c, config))
     {
-        return Ok(contexts.clone());
+        return Ok(p.contexts.clone());
     }
+    // Stamped before they are read: a change in between is seen by the next check.
+    let files = stamps(&tls_files(config));
     let contexts = Arc::new(Contexts {
-        acceptors: acceptors(config)?,
+        acceptors: acceptors(config, None)?,
         connectors: connectors(config)?,
     });
-    *shared = Some((Arc::downgrade(config), contexts.clone()));
+    *shared = Some(Published {
+        config: Arc::downgrade(config),
+        contexts: contexts.clone(),
+        files,
+    });
+    GENERATION.fetch_add(1, Ordering::Release);
     Ok(contexts)
+}
+
+/// One worker's view of its config generation's TLS contexts: its own handle on the shared
+/// [`Contexts`], replaced when a rotation published new ones for the same config. Checking is
+/// one atomic load per connection; the lock is taken once per worker per rotation.
+pub struct WorkerTls {
+    config: Arc<Config>,
+    /// An `Rc` of its own, so that a connection holding the contexts costs a plain increment,
+    /// not an atomic one on a count every worker shares.
+    #[allow(clippy::redundant_allocation)]
+    current: RefCell<Rc<Arc<Contexts>>>,
+    /// The [`GENERATION`] `current` is up to date with.
+    seen: Cell<u64>,
+}
+
+impl WorkerTls {
+    /// The contexts of `config` (built now if no worker built them yet).
+    pub fn new(config: &Arc<Config>) -> Result<Self, String> {
+        let seen = GENERATION.load(Ordering::Acquire);
+        let contexts = contexts(config)?;
+        Ok(WorkerTls {
+            config: config.clone(),
+            current: RefCell::new(Rc::new(contexts)),
+            seen: Cell::new(seen),
+        })
+    }
+
+    /// The contexts new connections use: the newest rotation of this config's files.
+    #[allow(clippy::redundant_allocation)] // on purpose: see `current`.
+    pub fn current(&self) -> Rc<Arc<Contexts>> {
+        let generation = GENERATION.load(Ordering::Acquire);
+        if generation != self.seen.get() {
+            self.seen.set(generation);
+            let shared = published();
+            // Another config's contexts (a reload built the next generation): this engine
+            // drains with its own.
+            if let Some(p) = shared.as_ref()
+                && p.config
+                    .upgrade()
+                    .is_some_and(|c| Arc::ptr_eq(&c, &self.config))
+                && !Arc::ptr_eq(&p.contexts, &self.current.borrow())
+            {
+                *self.current.borrow_mut() = Rc::new(p.contexts.clone());
+            }
+        }
+        self.current.borrow().clone()
+    }
+}
+
+/// A TLS file's content when it was looked at: its size and a hash of its bytes, or why it
+/// could not be read. Content, not the modification time or the inode: a Kubernetes secret
+/// volume swaps a symlink to a new directory, and a copy may keep the old time.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct FileStamp {
+    file: String,
+    content: Result<(usize, u64), String>,
+}
+
+/// Every TLS file of `config` (certificate chains, keys, CAs of listeners and clusters), once.
+fn tls_files(config: &Config) -> Vec<String> {
+    let mut files: Vec<String> = Vec::new();
+    let mut add = |f: &str| {
+        if !files.iter().any(|have| have == f) {
+            files.push(f.to_owned());
+        }
+    };
+    for l in &config.listeners {
+        if let Some(tls) = &l.tls {
+            for c in &tls.certificates {
+                add(&c.cert_chain);
+                add(&c.private_key);
+            }
+            if let Some(ca) = &tls.client_ca {
+                add(ca);
+            }
+        }
+    }
+    for c in &config.clusters {
+        if let Some(tls) = &c.tls {
+            add(&tls.ca);
+            if let Some(files) = &tls.client_certificate {
+                add(&files.cert_chain);
+                add(&files.private_key);
+            }
+        }
+    }
+    files
+}
+
+fn stamps(files: &[String]) -> Vec<FileStamp> {
+    use std::hash::{Hash, Hasher};
+    files
+        .iter()
+        .map(|file| FileStamp {
+            file: file.clone(),
+            content: read_pem(file).map(|bytes| {
+                let mut h = std::collections::hash_map::DefaultHasher::new();
+                bytes.hash(&mut h);
+                (bytes.len(), h.finish())
+            }),
+        })
+        .collect()
+}
+
+/// What one look at the TLS files found.
+#[derive(Debug, PartialEq, Eq)]
+pub enum FileCheck {
+    /// No TLS, or no config generation yet.
+    Nothing,
+    /// Every file as before.
+    Unchanged,
+    /// Files changed and the contexts were rebuilt from them; new handshakes use them.
+    Rotated(Vec<String>),
+    /// Files changed but cannot be used (the message names the file and the reason); the
+    /// previous contexts serve on. The same content is not tried again.
+    Failed(Vec<String>, String),
+}
+
+/// Looks at the current generation's TLS files once; when their content changed, rebuilds
+/// its contexts from the same config and publishes them (a rotation: not a reload — listeners,
+/// clusters and open connections are untouched, and the listeners keep their session cache
+/// and ticket keys, so clients keep resuming). Counted in [`ROTATIONS_SUCCEEDED`] and
+/// [`ROTATIONS_FAILED`], logged. Called by the watcher thread ([`spawn_watcher`]).
+pub fn check_files() -> FileCheck {
+    let (config, old, before) = {
+        let shared = published();
+        let Some(p) = shared.as_ref() else {
+            return FileCheck::Nothing;
+        };
+        let Some(config) = p.config.upgrade() else {
+            return FileCheck::Nothing;
+        };
+        (config, p.contexts.clone(), p.files.clone())
+    };
+    if before.is_empty() {
+        return FileCheck::Nothing;
+    }
+    let now = stamps(&tls_files(&config));
+    if now == before {
+        return FileCheck::Unchanged;
+    }
+    let changed: Vec<String> = now
+        .iter()
+        .filter(|s| !before.contains(s))
+        .map(|s| s.file.clone())
+        .collect();
+    let rebuilt = acceptors(&config, Some(&old)).and_then(|acceptors| {
+        Ok(Contexts {
+            acceptors,
+            connectors: connectors(&config)?,
+        })
+    });
+    let mut shared = published();
+    let Some(p) = shared
+        .as_mut()
+        .filter(|p| p.config.upgrade().is_some_and(|c| Arc::ptr_eq(&c, &config)))
+    else {
+        // A reload published another generation meanwhile: it read the files itself.
+        return FileCheck::Nothing;
+    };
+    // Either way this content has been dealt with: a failure is not retried (nor counted
+    // again) until the files change once more.
+    p.files = now;
+    match rebuilt {
+        Ok(contexts) => {
+            p.contexts = Arc::new(contexts);
+            GENERATION.fetch_add(1, Ordering::Release);
+            drop(shared);
+            ROTATIONS_SUCCEEDED.fetch_add(1, Ordering::Relaxed);
+            info!(files = ?changed, "tls: certificate files changed; new handshakes use them");
+            FileCheck::Rotated(changed)
+        }
+        Err(e) => {
+            drop(shared);
+            ROTATIONS_FAILED.fetch_add(1, Ordering::Relaxed);
+            warn!(
+                files = ?changed,
+                error = %e,
+                "tls: certificate files changed but cannot be used; the previous ones serve on"
+            );
+            FileCheck::Failed(changed, e)
+        }
+    }
+}
+
+/// Starts the thread that runs [`check_files`] every `tls_file_check_interval` of the current
+/// config (a reload may change it; `0s`: it only looks at the setting, once a second). It
+/// holds nothing between checks and lives as long as the process.
+pub fn spawn_watcher() -> std::io::Result<()> {
+    std::thread::Builder::new()
+        .name("sluice-tls-watch".into())
+        .spawn(|| {
+            loop {
+                let interval = published()
+                    .as_ref()
+                    .and_then(|p| p.config.upgrade())
+                    .map_or(Duration::ZERO, |c| c.tls_file_check_interval);
+                if interval.is_zero() {
+                    std::thread::sleep(Duration::from_secs(1));
+                    continue;
+                }
+                std::thread::sleep(interval);
+                check_files();
+            }
+        })
+        .map(drop)
 }
 
 /// The connector of each cluster (`None`: plaintext).
@@ -367,8 +611,13 @@ where
 }
 
 /// The acceptor of each listener (`None`: no TLS). A file that cannot be loaded any more (it
-/// was checked when the config was) fails the whole build.
-pub fn acceptors(config: &Config) -> Result<Vec<Option<TlsAcceptor>>, String> {
+/// was checked when the config was) fails the whole build. With `previous` (the same
+/// config's contexts, before a rotation), each listener keeps its session cache and ticket
+/// keys.
+pub fn acceptors(
+    config: &Config,
+    previous: Option<&Contexts>,
+) -> Result<Vec<Option<TlsAcceptor>>, String> {
     config
         .listeners
         .iter()
@@ -376,7 +625,13 @@ pub fn acceptors(config: &Config) -> Result<Vec<Option<TlsAcceptor>>, String> {
         .map(|(i, l)| match &l.tls {
             None => Ok(None),
             Some(tls) => server_config(tls, &format!("listeners[{i}].tls"))
-                .map(|c| Some(TlsAcceptor::from(Arc::new(c))))
+                .map(|mut c| {
+                    if let Some(Some(old)) = previous.and_then(|p| p.acceptors.get(i)) {
+                        c.ticketer = old.config().ticketer.clone();
+                        c.session_storage = old.config().session_storage.clone();
+                    }
+                    Some(TlsAcceptor::from(Arc::new(c)))
+                })
                 .map_err(|errors| {
                     errors
                         .iter()
