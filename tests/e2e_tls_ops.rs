@@ -1,7 +1,7 @@
 //! End-to-end tests of TLS operations: certificate rotation when the files change on disk (a
-//! Kubernetes secret volume's symlink swap), with a test PKI made here (rcgen), openssl
-//! s_client as the client that looks at the served certificate, and a rustls client holding
-//! a connection open across the rotation.
+//! Kubernetes secret volume's symlink swap) and the admin API's `/certs` and expiry gauge, with
+//! a test PKI made here (rcgen), openssl s_client as the client that looks at the served
+//! certificate, and a rustls client holding a connection open across the rotation.
 
 mod support;
 
@@ -235,6 +235,31 @@ clusters:
         "{}",
         sluice.log_text()
     );
+    // /certs and the expiry gauge show the certificate in use now.
+    let (status, body) = http_request(addr(admin), "GET", "/certs");
+    assert_eq!(status, 200, "{body}");
+    let certs: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let file = &certs["certificates"][0];
+    assert_eq!(file["listener"], "tls_in", "{body}");
+    assert_eq!(file["file"], p(&secret.cert()), "{body}");
+    assert_eq!(file["certificates"][0]["subject"], "CN=two", "{body}");
+    assert_eq!(file["certificates"][0]["issuer"], "CN=ca", "{body}");
+    assert_eq!(
+        file["certificates"][0]["dns_sans"][0], "svc.example",
+        "{body}"
+    );
+    assert!(
+        file["certificates"][0]["seconds_until_expiry"]
+            .as_i64()
+            .unwrap()
+            > 0
+    );
+    let (_, metrics) = http_request(addr(admin), "GET", "/stats/prometheus");
+    let series = format!(
+        "sluice_tls_certificate_expiry_seconds{{listener=\"tls_in\",file=\"{}\"}} ",
+        p(&secret.cert())
+    );
+    assert!(metrics.contains(&series), "{metrics}");
     // The connection opened before the rotation carries on, on its session.
     assert_eq!(echo(&mut open, "after\n"), "after\n");
     assert_eq!(
@@ -256,5 +281,10 @@ clusters:
         "{log}"
     );
     assert_eq!(served_cn(listen), "two", "the last good pair serves on");
+    let (_, body) = http_request(addr(admin), "GET", "/certs");
+    assert!(
+        body.contains("\"CN=two\"") && !body.contains("CN=three"),
+        "{body}"
+    );
     assert_eq!(echo(&mut open, "still\n"), "still\n");
 }

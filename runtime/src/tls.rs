@@ -52,6 +52,8 @@ use sluice_core::config::{Config, ConfigError};
 pub use tokio_rustls::{TlsAcceptor, TlsConnector};
 use tracing::{info, warn};
 
+use crate::tls_certs::CertFile;
+
 /// PEM files larger than this are refused (a certificate bundle is a few KiB).
 const MAX_PEM_BYTES: u64 = 1 << 20;
 
@@ -89,6 +91,8 @@ pub struct Contexts {
     pub acceptors: Vec<Option<TlsAcceptor>>,
     /// By cluster index.
     pub connectors: Vec<Option<UpstreamConnector>>,
+    /// What the certificate chains and CA files held when these were built (`/certs`).
+    pub certificates: Vec<CertFile>,
 }
 
 /// What the process serves with now: the contexts of the newest config generation and what
@@ -134,6 +138,7 @@ pub fn contexts(config: &Arc<Config>) -> Result<Arc<Contexts>, String> {
     let contexts = Arc::new(Contexts {
         acceptors: acceptors(config, None)?,
         connectors: connectors(config)?,
+        certificates: described(config),
     });
     *shared = Some(Published {
         config: Arc::downgrade(config),
@@ -142,6 +147,40 @@ pub fn contexts(config: &Arc<Config>) -> Result<Arc<Contexts>, String> {
     });
     GENERATION.fetch_add(1, Ordering::Release);
     Ok(contexts)
+}
+
+/// The certificates of `config`'s TLS files, read now; an expired one is served (a client
+/// may not check, and refusing to start would take the whole listener down) but logged.
+fn described(config: &Config) -> Vec<CertFile> {
+    let files = crate::tls_certs::describe(config);
+    let now = crate::tls_certs::unix_now();
+    for f in &files {
+        for c in f.certificates.iter().flatten() {
+            if c.not_after < now {
+                warn!(
+                    field = %f.field,
+                    file = %f.file,
+                    subject = %c.subject,
+                    not_after = %crate::tls_certs::rfc3339(c.not_after),
+                    "tls: certificate expired"
+                );
+            }
+        }
+    }
+    files
+}
+
+/// The certificates of `config`'s TLS files as its current contexts were built from them (as
+/// read now when no worker built contexts for this config). Off the data path: the admin
+/// API's `/certs` and expiry gauge.
+#[must_use]
+pub fn certificates(config: &Arc<Config>) -> Vec<CertFile> {
+    if let Some(p) = published().as_ref()
+        && p.config.upgrade().is_some_and(|c| Arc::ptr_eq(&c, config))
+    {
+        return p.contexts.certificates.clone();
+    }
+    crate::tls_certs::describe(config)
 }
 
 /// One worker's view of its config generation's TLS contexts: its own handle on the shared
@@ -292,6 +331,7 @@ pub fn check_files() -> FileCheck {
         Ok(Contexts {
             acceptors,
             connectors: connectors(&config)?,
+            certificates: described(&config),
         })
     });
     let mut shared = published();
@@ -824,7 +864,7 @@ fn san_admitted(cert: &CertificateDer<'_>, allowed: &[String]) -> Result<(), Err
 }
 
 /// A PEM file's bytes, or why not (the message names the file).
-fn read_pem(file: &str) -> Result<Vec<u8>, String> {
+pub(crate) fn read_pem(file: &str) -> Result<Vec<u8>, String> {
     use std::io::Read;
     let f = std::fs::File::open(file).map_err(|e| format!("cannot read {file}: {e}"))?;
     let mut bytes = Vec::new();
