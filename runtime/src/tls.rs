@@ -38,7 +38,6 @@ use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::time::Duration;
 
 use rustls::crypto::CryptoProvider;
-use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
@@ -49,6 +48,7 @@ use rustls::{
 };
 use sluice_core::config::tls::{ListenerTls, TlsVersion, UpstreamTls};
 use sluice_core::config::{Config, ConfigError};
+use sluice_core::tls::pem::{San, parse_certificates, parse_chain, parse_key, subject_alt_names};
 pub use tokio_rustls::{TlsAcceptor, TlsConnector};
 use tracing::{info, warn};
 
@@ -813,33 +813,13 @@ fn load_roots(file: &str, path: &str) -> Result<RootCertStore, ConfigError> {
         })
 }
 
-/// The certificates of a PEM chain, leaf first; at least one.
-fn parse_chain(pem: &[u8]) -> Result<Vec<CertificateDer<'static>>, String> {
-    let chain = CertificateDer::pem_slice_iter(pem)
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| format!("not a PEM certificate chain: {e}"))?;
-    if chain.is_empty() {
-        return Err("no certificate in it".to_owned());
-    }
-    Ok(chain)
-}
-
-/// The first private key (PKCS#8, PKCS#1 or SEC1) of a PEM file.
-fn parse_key(pem: &[u8]) -> Result<PrivateKeyDer<'static>, String> {
-    PrivateKeyDer::from_pem_slice(pem).map_err(|e| format!("no private key in it: {e}"))
-}
-
 /// Every certificate of a PEM file as a trust anchor; at least one.
 fn parse_roots(pem: &[u8]) -> Result<RootCertStore, String> {
     let mut roots = RootCertStore::empty();
-    for cert in CertificateDer::pem_slice_iter(pem) {
-        let cert = cert.map_err(|e| format!("not a PEM certificate: {e}"))?;
+    for cert in parse_certificates(pem)? {
         roots
             .add(cert)
             .map_err(|e| format!("not a CA certificate: {e}"))?;
-    }
-    if roots.is_empty() {
-        return Err("no certificate in it".to_owned());
     }
     Ok(roots)
 }
@@ -888,32 +868,8 @@ fn dns_sans(cert: &CertificateDer<'_>) -> Result<Vec<String>, String> {
         .collect())
 }
 
-/// A subject alternative name the proxy matches on.
-#[derive(Debug, PartialEq, Eq)]
-enum San {
-    /// A DNS name, lowercase.
-    Dns(String),
-    /// A URI (SPIFFE IDs are URIs), as written.
-    Uri(String),
-}
-
 fn sans(cert: &CertificateDer<'_>) -> Result<Vec<San>, String> {
-    use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};
-    let (_, parsed) = X509Certificate::from_der(cert.as_ref())
-        .map_err(|e| format!("cannot parse the certificate: {e}"))?;
-    let Ok(Some(ext)) = parsed.subject_alternative_name() else {
-        return Ok(Vec::new());
-    };
-    Ok(ext
-        .value
-        .general_names
-        .iter()
-        .filter_map(|n| match n {
-            GeneralName::DNSName(d) => Some(San::Dns(d.to_ascii_lowercase())),
-            GeneralName::URI(u) => Some(San::Uri((*u).to_owned())),
-            _ => None,
-        })
-        .collect())
+    subject_alt_names(cert.as_ref())
 }
 
 /// Chooses the certificate per handshake by the client's server name.

@@ -8,6 +8,7 @@
 
 use serde_json::{Value, json};
 use sluice_core::config::Config;
+pub use sluice_core::tls::pem::CertInfo;
 
 /// The Prometheus family of seconds until the certificate of each TLS file that expires first
 /// does (negative once expired): its name and `# HELP`.
@@ -30,25 +31,6 @@ pub struct CertFile {
     pub file: String,
     /// Its certificates in file order, or why they could not be read.
     pub certificates: Result<Vec<CertInfo>, String>,
-}
-
-/// One certificate.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct CertInfo {
-    /// The subject's distinguished name (`CN=svc.example`).
-    pub subject: String,
-    /// The issuer's distinguished name.
-    pub issuer: String,
-    /// The serial number, hex bytes separated by colons.
-    pub serial: String,
-    /// DNS SANs, as written.
-    pub dns_sans: Vec<String>,
-    /// URI SANs (SPIFFE IDs).
-    pub uri_sans: Vec<String>,
-    /// Validity, seconds since the Unix epoch.
-    pub not_before: i64,
-    /// See `not_before`.
-    pub not_after: i64,
 }
 
 /// Every certificate chain and CA file of `config`'s listeners and clusters, read now.
@@ -95,37 +77,9 @@ fn read(file: &str) -> Result<Vec<CertInfo>, String> {
     parse(&pem).map_err(|e| format!("{file}: {e}"))
 }
 
-/// The certificates of a PEM file.
+/// The certificates of a PEM file, described (the parsing is the core's, fuzzed).
 pub fn parse(pem: &[u8]) -> Result<Vec<CertInfo>, String> {
-    use rustls::pki_types::CertificateDer;
-    use rustls::pki_types::pem::PemObject;
-    use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};
-    CertificateDer::pem_slice_iter(pem)
-        .map(|der| {
-            let der = der.map_err(|e| format!("not a PEM certificate: {e}"))?;
-            let (_, c) = X509Certificate::from_der(der.as_ref())
-                .map_err(|e| format!("cannot parse a certificate: {e}"))?;
-            let (mut dns_sans, mut uri_sans) = (Vec::new(), Vec::new());
-            if let Ok(Some(ext)) = c.subject_alternative_name() {
-                for n in &ext.value.general_names {
-                    match n {
-                        GeneralName::DNSName(d) => dns_sans.push((*d).to_owned()),
-                        GeneralName::URI(u) => uri_sans.push((*u).to_owned()),
-                        _ => {}
-                    }
-                }
-            }
-            Ok(CertInfo {
-                subject: c.subject().to_string(),
-                issuer: c.issuer().to_string(),
-                serial: c.raw_serial_as_string(),
-                dns_sans,
-                uri_sans,
-                not_before: c.validity().not_before.timestamp(),
-                not_after: c.validity().not_after.timestamp(),
-            })
-        })
-        .collect()
+    sluice_core::tls::pem::describe_pem(pem)
 }
 
 /// Seconds since the Unix epoch, now.
