@@ -664,6 +664,11 @@ const ENDPOINTS: &[(&str, Verb, &str)] = &[
     ),
     ("/config_dump", Verb::Get, "the effective config as JSON"),
     (
+        "/certs",
+        Verb::Get,
+        "TLS certificates of listeners and clusters: subject, SANs, serial, validity, seconds until expiry (JSON)",
+    ),
+    (
         "/memory",
         Verb::Get,
         "the process's memory from /proc: resident, peak, virtual (JSON)",
@@ -832,6 +837,13 @@ pub fn handle(shared: &AdminShared, method: &str, target: &str) -> (Response, Af
             Response::text(200, format!("OK: {n} counters of /stats reset\n"))
         }
         "/config_dump" => Response::json(200, &config_dump(&shared.config)),
+        "/certs" => Response::json(
+            200,
+            &crate::tls_certs::to_json(
+                &crate::tls::certificates(&shared.config),
+                crate::tls_certs::unix_now(),
+            ),
+        ),
         "/server_info" => Response::json(
             200,
             &json!({
@@ -1042,6 +1054,24 @@ pub const SERVER_METRICS: &[Export<AdminShared>] = &[
         read: |s, i| [&s.reloads_ok, &s.reloads_failed][i].load(Ordering::Relaxed),
     },
     Export {
+        field: "tls::ROTATIONS_SUCCEEDED, tls::ROTATIONS_FAILED",
+        metric: Metric::counter(
+            "sluice_tls_rotations_total",
+            "Certificate rotations after the TLS files changed on disk, by result \
+             (failed: the new files could not be used; the previous ones serve on).",
+        )
+        .by("result", |i| ["succeeded", "failed"][i])
+        .stats("server.tls_rotations_"),
+        len: 2,
+        read: |_, i| {
+            [
+                &crate::tls::ROTATIONS_SUCCEEDED,
+                &crate::tls::ROTATIONS_FAILED,
+            ][i]
+                .load(Ordering::Relaxed)
+        },
+    },
+    Export {
         field: "workers",
         metric: Metric::gauge("sluice_server_workers", "Worker threads.").stats("server.workers"),
         len: 1,
@@ -1219,6 +1249,25 @@ pub const PROCESS_METRICS: &[ProcessMetric] = &[
         read: |p| p.start_time_seconds,
     },
 ];
+
+/// Writes the TLS certificate expiry gauge ([`crate::tls_certs::EXPIRY_METRIC`]), when a
+/// listener or cluster has TLS.
+fn tls_expiry_family(out: &mut String, shared: &AdminShared) {
+    let config = &shared.config;
+    if config.listeners.iter().all(|l| l.tls.is_none())
+        && config.clusters.iter().all(|c| c.tls.is_none())
+    {
+        return;
+    }
+    let files = crate::tls::certificates(config);
+    let (name, help) = crate::tls_certs::EXPIRY_METRIC;
+    let mut f = Family::start(out, name, Kind::Gauge.as_str(), help);
+    for (scope, owner, file, seconds) in
+        crate::tls_certs::expiry_samples(&files, crate::tls_certs::unix_now())
+    {
+        f.sample(name, &[(scope, owner), ("file", file)], seconds);
+    }
+}
 
 /// Writes the [`PROCESS_METRICS`] families, reading `/proc` once.
 fn process_families(out: &mut String) {
@@ -1569,6 +1618,7 @@ pub fn prometheus(shared: &AdminShared, s: &DetailedSnapshot) -> String {
     }
     families_of(&mut out, shared, WORKER_METRICS, &[Element::of(&s.worker)]);
     families_of(&mut out, shared, SERVER_METRICS, &[Element::of(shared)]);
+    tls_expiry_family(&mut out, shared);
     process_families(&mut out);
     out
 }
@@ -1764,6 +1814,16 @@ pub fn metrics_reference() -> String {
             h.name, h.stats_key, h.help
         );
     }
+    let (name, help) = crate::tls_certs::EXPIRY_METRIC;
+    let _ = write!(
+        out,
+        "\n## TLS certificates\n\n\
+         Prometheus only, when a listener or cluster has `tls`: one series per certificate chain\n\
+         or CA file, as the TLS contexts in use were built from it (startup, reload, rotation);\n\
+         the seconds are counted at each scrape. `GET /certs` lists every certificate.\n\n\
+         | Prometheus | Type | Labels | `/stats` | Meaning |\n|---|---|---|---|---|\n\
+         | `{name}` | gauge | `listener` or `cluster`, `file` | — | {help} |\n"
+    );
     out
 }
 
@@ -2191,6 +2251,63 @@ mod tests {
             !p.contains("sluice_http_requests_total"),
             "no http listener"
         );
+    }
+
+    /// `/certs` lists each TLS file of a listener with its certificates, and the expiry gauge
+    /// has a series per file (a listener with `tls` in the config, its files written here).
+    #[test]
+    fn certs_and_the_expiry_gauge_describe_each_tls_file() {
+        let dir = std::env::temp_dir().join(format!("sluice-admin-certs-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut params = rcgen::CertificateParams::new(vec!["svc.example".to_owned()]).unwrap();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "svc");
+        params.not_before = rcgen::date_time_ymd(2020, 1, 1);
+        params.not_after = rcgen::date_time_ymd(2100, 1, 1);
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = params.self_signed(&key).unwrap();
+        let (chain, key_file) = (dir.join("svc.pem"), dir.join("svc.key"));
+        std::fs::write(&chain, cert.pem()).unwrap();
+        std::fs::write(&key_file, key.serialize_pem()).unwrap();
+        let config = Config::from_yaml(&format!(
+            "listeners:\n  - name: tls_in\n    address: 127.0.0.1:1\n    tcp_proxy: {{ cluster: app }}\n    \
+             tls: {{ certificates: [ {{ cert_chain: {}, private_key: {} }} ] }}\n\
+             clusters: [ {{ name: app, hosts: [ {{ address: 127.0.0.1:2 }} ] }} ]\n",
+            chain.display(),
+            key_file.display()
+        ))
+        .unwrap();
+        let stats = vec![Arc::new(WorkerStats::new(&config))];
+        let s = AdminShared::new(Arc::new(config), stats, None);
+        let (r, _) = handle(&s, "GET", "/certs");
+        assert_eq!(r.status, 200);
+        assert_eq!(r.content_type, "application/json");
+        let v: Value = serde_json::from_slice(&r.body).unwrap();
+        let file = &v["certificates"][0];
+        assert_eq!(file["listener"], "tls_in");
+        assert_eq!(file["field"], "listeners[0].tls.certificates[0].cert_chain");
+        assert_eq!(file["file"], chain.display().to_string());
+        let c = &file["certificates"][0];
+        assert_eq!(c["subject"], "CN=svc");
+        assert_eq!(c["dns_sans"], json!(["svc.example"]));
+        assert_eq!(c["not_before"], "2020-01-01T00:00:00Z");
+        assert_eq!(c["not_after"], "2100-01-01T00:00:00Z");
+        let left = c["seconds_until_expiry"].as_i64().unwrap();
+        assert!(left > 0 && left <= 4_102_444_800 - 1_577_836_800, "{left}");
+        let p = prometheus(&s, &scrape(&s));
+        let series = format!(
+            "sluice_tls_certificate_expiry_seconds{{listener=\"tls_in\",file=\"{}\"}} ",
+            chain.display()
+        );
+        assert!(p.contains(&series), "{p}");
+        let (r, _) = handle(&s, "GET", "/help");
+        assert!(
+            String::from_utf8(r.body)
+                .unwrap()
+                .contains("GET /certs: TLS certificates")
+        );
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     /// Checks the exposition format: every sample belongs to a family declared by `# TYPE`

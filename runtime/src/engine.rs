@@ -96,8 +96,9 @@ pub struct Engine<N: Network> {
     /// Per listener: this worker's access log writer, if the listener has one.
     pub(crate) access_logs: Vec<Option<RefCell<AccessLog>>>,
     /// The TLS acceptors (per listener) and connectors (per cluster) of this config, shared
-    /// with the other workers of the generation.
-    pub(crate) tls: Arc<crate::tls::Contexts>,
+    /// with the other workers of the generation; `current()` for a connection (certificate
+    /// files rotate under it).
+    pub(crate) tls: crate::tls::WorkerTls,
     /// The Bolt proxy state, when a listener speaks Bolt.
     pub(crate) bolt: Option<crate::bolt::BoltWorker>,
     /// The active health checks this engine runs (worker 0), aborted when another engine takes
@@ -190,7 +191,7 @@ impl<N: Network> Engine<N> {
                 .map(|c| (c.hosts.len(), c.upstream_idle_timeout)),
         );
         let bolt = crate::bolt::BoltWorker::for_config(&config)?;
-        let tls_contexts = crate::tls::contexts(&config).map_err(std::io::Error::other)?;
+        let tls_contexts = crate::tls::WorkerTls::new(&config).map_err(std::io::Error::other)?;
         let config_listeners = config.listeners.len();
         let listener_cx = config
             .listeners
@@ -580,7 +581,7 @@ impl<N: Network> Engine<N> {
             let guard = SessionGuard(&self, index);
             let lc = &self.config.listeners[index];
             match &lc.filter {
-                ListenerFilter::TcpProxy(tp) => match &self.tls.acceptors[index] {
+                ListenerFilter::TcpProxy(tp) => match &self.tls.current().acceptors[index] {
                     None => {
                         self.tcp_proxy(index, lc, tp, stream, peer, None, original_dst)
                             .await
@@ -605,7 +606,7 @@ impl<N: Network> Engine<N> {
                 ListenerFilter::Echo => self.echo(index, stream).await,
                 ListenerFilter::Http(_) | ListenerFilter::Bolt(_) | ListenerFilter::Auto { .. } => {
                     // TLS first (the listener's `tls`), then the protocol over it.
-                    let down = match &self.tls.acceptors[index] {
+                    let down = match &self.tls.current().acceptors[index] {
                         None => Downstream::Plain(stream),
                         Some(acceptor) => {
                             match self.tls_handshake(index, lc, acceptor, stream, peer).await {
@@ -811,7 +812,7 @@ impl<N: Network> Engine<N> {
                     let tls_failure = Cell::new(None);
                     let attempt = async {
                         let stream = self.net.connect(address).await?;
-                        match &self.tls.connectors[ci] {
+                        match &self.tls.current().connectors[ci] {
                             None => Ok(MaybeTls::Plain(stream)),
                             Some(c) => match c.connect(address, stream).await {
                                 Ok(tls) => Ok(MaybeTls::Tls(Box::new(tls))),

@@ -394,7 +394,7 @@ impl<N: Network> Engine<N> {
                         let name = cluster.name.clone();
                         let address = cluster.hosts[host.index()].address;
                         let timeout = hc.settings.timeout;
-                        let tls = self.tls.connectors[ci].clone();
+                        let tls = self.tls.current().connectors[ci].clone();
                         probes[host.index()] = Some(tokio::task::spawn_local(async move {
                             let result = match tokio::time::timeout(
                                 timeout,

@@ -1115,7 +1115,7 @@ impl<N: Network> Engine<N> {
                     let tls_failure = Cell::new(None);
                     let attempt = async {
                         let socket = self.net.connect(address).await?;
-                        match &self.tls.connectors[ci] {
+                        match &self.tls.current().connectors[ci] {
                             None => Ok(MaybeTls::Plain(socket)),
                             Some(c) => match c.connect(address, socket).await {
                                 Ok(tls) => Ok(MaybeTls::Tls(Box::new(tls))),

@@ -43,6 +43,7 @@ pub mod relay;
 pub mod server;
 pub mod stats;
 pub mod tls;
+pub mod tls_certs;
 pub mod transparent;
 pub mod worker;
 

@@ -309,6 +309,8 @@ pub fn run(config: Config, options: ServerOptions) -> io::Result<()> {
         crate::admin::spawn(socket, admin.clone())?;
         info!(%address, "admin server listening");
     }
+    // Certificate rotation when the TLS files change on disk (`tls_file_check_interval`).
+    crate::tls::spawn_watcher()?;
     let mut reload_requests = shared.take_reload_requests();
     let (started_tx, started_rx) = std::sync::mpsc::channel::<()>();
     let mut handles = Vec::with_capacity(workers);

@@ -18,16 +18,26 @@
 //!   name, or one of `verify_subject_alt_names` ([`SanCheckingServerVerifier`]); a client
 //!   certificate for upstreams that want mTLS. [`MaybeTls`] is an upstream stream either way.
 //! - **Outcomes** ([`HandshakeOutcome`]): what a failed handshake's error means, for counters.
+//! - **Rotation** ([`check_files`], [`WorkerTls`]): the contexts of the current config
+//!   generation are published in one process-wide slot with a generation number; the watcher
+//!   thread compares the TLS files' content with what they held and, on a change, rebuilds the
+//!   contexts from the same config and publishes them. Each worker holds its own handle and
+//!   looks at the slot only when the generation number moved (one atomic load per
+//!   connection): no lock on the handshake path. A set of files that cannot be used is
+//!   refused and the previous contexts serve on.
 //!
 //! The crypto provider is aws-lc-rs (rustls' default; it builds with a C compiler alone, and is
 //! the fastest rustls provider for P-256 and X25519). Session resumption: rustls' in-memory
 //! session cache (256 sessions) and stateless tickets (`Ticketer`, rotated every 6 hours), one
 //! of each per listener shared by the workers ([`contexts`]).
 
-use std::sync::Arc;
+use std::cell::{Cell, RefCell};
+use std::rc::Rc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError, Weak};
+use std::time::Duration;
 
 use rustls::crypto::CryptoProvider;
-use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
@@ -38,7 +48,11 @@ use rustls::{
 };
 use sluice_core::config::tls::{ListenerTls, TlsVersion, UpstreamTls};
 use sluice_core::config::{Config, ConfigError};
+use sluice_core::tls::pem::{San, parse_certificates, parse_chain, parse_key, subject_alt_names};
 pub use tokio_rustls::{TlsAcceptor, TlsConnector};
+use tracing::{info, warn};
+
+use crate::tls_certs::CertFile;
 
 /// PEM files larger than this are refused (a certificate bundle is a few KiB).
 const MAX_PEM_BYTES: u64 = 1 << 20;
@@ -77,33 +91,303 @@ pub struct Contexts {
     pub acceptors: Vec<Option<TlsAcceptor>>,
     /// By cluster index.
     pub connectors: Vec<Option<UpstreamConnector>>,
+    /// What the certificate chains and CA files held when these were built (`/certs`).
+    pub certificates: Vec<CertFile>,
 }
 
-/// The contexts of the config generation the last caller built, shared with every worker
-/// that builds its engine for the same `Arc<Config>`.
-static SHARED: std::sync::Mutex<Option<(std::sync::Weak<Config>, Arc<Contexts>)>> =
-    std::sync::Mutex::new(None);
+/// What the process serves with now: the contexts of the newest config generation and what
+/// its TLS files held when they were last looked at. Replaced by a new generation (a reload)
+/// and by a rotation (the files changed); taken by a worker only when [`GENERATION`] says it
+/// was replaced, by the watcher once per check, never per handshake.
+struct Published {
+    config: Weak<Config>,
+    contexts: Arc<Contexts>,
+    files: Vec<FileStamp>,
+}
+
+static PUBLISHED: Mutex<Option<Published>> = Mutex::new(None);
+
+/// Bumped each time [`PUBLISHED`] is replaced: a worker compares it with the value it last
+/// saw (one relaxed-cost atomic load per connection) to know when to look.
+static GENERATION: AtomicU64 = AtomicU64::new(0);
+
+/// Rotations since the start: the changed files loaded and swapped in.
+pub static ROTATIONS_SUCCEEDED: AtomicU64 = AtomicU64::new(0);
+/// Rotations refused: the changed files could not be used; the previous contexts serve on.
+pub static ROTATIONS_FAILED: AtomicU64 = AtomicU64::new(0);
+
+fn published() -> std::sync::MutexGuard<'static, Option<Published>> {
+    PUBLISHED.lock().unwrap_or_else(PoisonError::into_inner)
+}
 
 /// The TLS contexts for `config`, built once per config generation and shared by its
 /// workers: the files are read once (the workers cannot disagree about them), and the
 /// session cache and ticket keys are one per listener, so a client resumes on any worker. A
-/// new generation (a reload) reads the files again — that is certificate rotation — and starts
-/// new ticket keys. Taken only while building an engine, never on the data path.
+/// new generation (a reload) reads the files again and starts new ticket keys; between
+/// reloads, [`check_files`] rotates to changed files. Taken only while building an engine,
+/// never on the data path.
 pub fn contexts(config: &Arc<Config>) -> Result<Arc<Contexts>, String> {
-    let mut shared = SHARED
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
-    if let Some((built_for, contexts)) = shared.as_ref()
-        && built_for.upgrade().is_some_and(|c| Arc::ptr_eq(&c, config))
+    let mut shared = published();
+    if let Some(p) = shared.as_ref()
+        && p.config.upgrade().is_some_and(|c| Arc::ptr_eq(&c, config))
     {
-        return Ok(contexts.clone());
+        return Ok(p.contexts.clone());
     }
+    // Stamped before they are read: a change in between is seen by the next check.
+    let files = stamps(&tls_files(config));
     let contexts = Arc::new(Contexts {
-        acceptors: acceptors(config)?,
+        acceptors: acceptors(config, None)?,
         connectors: connectors(config)?,
+        certificates: described(config),
     });
-    *shared = Some((Arc::downgrade(config), contexts.clone()));
+    *shared = Some(Published {
+        config: Arc::downgrade(config),
+        contexts: contexts.clone(),
+        files,
+    });
+    GENERATION.fetch_add(1, Ordering::Release);
     Ok(contexts)
+}
+
+/// The certificates of `config`'s TLS files, read now; an expired one is served (a client
+/// may not check, and refusing to start would take the whole listener down) but logged.
+fn described(config: &Config) -> Vec<CertFile> {
+    let files = crate::tls_certs::describe(config);
+    let now = crate::tls_certs::unix_now();
+    for f in &files {
+        for c in f.certificates.iter().flatten() {
+            if c.not_after < now {
+                warn!(
+                    field = %f.field,
+                    file = %f.file,
+                    subject = %c.subject,
+                    not_after = %crate::tls_certs::rfc3339(c.not_after),
+                    "tls: certificate expired"
+                );
+            }
+        }
+    }
+    files
+}
+
+/// The certificates of `config`'s TLS files as its current contexts were built from them (as
+/// read now when no worker built contexts for this config). Off the data path: the admin
+/// API's `/certs` and expiry gauge.
+#[must_use]
+pub fn certificates(config: &Arc<Config>) -> Vec<CertFile> {
+    if let Some(p) = published().as_ref()
+        && p.config.upgrade().is_some_and(|c| Arc::ptr_eq(&c, config))
+    {
+        return p.contexts.certificates.clone();
+    }
+    crate::tls_certs::describe(config)
+}
+
+/// One worker's view of its config generation's TLS contexts: its own handle on the shared
+/// [`Contexts`], replaced when a rotation published new ones for the same config. Checking is
+/// one atomic load per connection; the lock is taken once per worker per rotation.
+pub struct WorkerTls {
+    config: Arc<Config>,
+    /// An `Rc` of its own, so that a connection holding the contexts costs a plain increment,
+    /// not an atomic one on a count every worker shares.
+    #[allow(clippy::redundant_allocation)]
+    current: RefCell<Rc<Arc<Contexts>>>,
+    /// The [`GENERATION`] `current` is up to date with.
+    seen: Cell<u64>,
+}
+
+impl WorkerTls {
+    /// The contexts of `config` (built now if no worker built them yet).
+    pub fn new(config: &Arc<Config>) -> Result<Self, String> {
+        let seen = GENERATION.load(Ordering::Acquire);
+        let contexts = contexts(config)?;
+        Ok(WorkerTls {
+            config: config.clone(),
+            current: RefCell::new(Rc::new(contexts)),
+            seen: Cell::new(seen),
+        })
+    }
+
+    /// The contexts new connections use: the newest rotation of this config's files.
+    #[allow(clippy::redundant_allocation)] // on purpose: see `current`.
+    pub fn current(&self) -> Rc<Arc<Contexts>> {
+        let generation = GENERATION.load(Ordering::Acquire);
+        if generation != self.seen.get() {
+            self.seen.set(generation);
+            let shared = published();
+            // Another config's contexts (a reload built the next generation): this engine
+            // drains with its own.
+            if let Some(p) = shared.as_ref()
+                && p.config
+                    .upgrade()
+                    .is_some_and(|c| Arc::ptr_eq(&c, &self.config))
+                && !Arc::ptr_eq(&p.contexts, &self.current.borrow())
+            {
+                *self.current.borrow_mut() = Rc::new(p.contexts.clone());
+            }
+        }
+        self.current.borrow().clone()
+    }
+}
+
+/// A TLS file's content when it was looked at: its size and a hash of its bytes, or why it
+/// could not be read. Content, not the modification time or the inode: a Kubernetes secret
+/// volume swaps a symlink to a new directory, and a copy may keep the old time.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct FileStamp {
+    file: String,
+    content: Result<(usize, u64), String>,
+}
+
+/// Every TLS file of `config` (certificate chains, keys, CAs of listeners and clusters), once.
+fn tls_files(config: &Config) -> Vec<String> {
+    let mut files: Vec<String> = Vec::new();
+    let mut add = |f: &str| {
+        if !files.iter().any(|have| have == f) {
+            files.push(f.to_owned());
+        }
+    };
+    for l in &config.listeners {
+        if let Some(tls) = &l.tls {
+            for c in &tls.certificates {
+                add(&c.cert_chain);
+                add(&c.private_key);
+            }
+            if let Some(ca) = &tls.client_ca {
+                add(ca);
+            }
+        }
+    }
+    for c in &config.clusters {
+        if let Some(tls) = &c.tls {
+            add(&tls.ca);
+            if let Some(files) = &tls.client_certificate {
+                add(&files.cert_chain);
+                add(&files.private_key);
+            }
+        }
+    }
+    files
+}
+
+fn stamps(files: &[String]) -> Vec<FileStamp> {
+    use std::hash::{Hash, Hasher};
+    files
+        .iter()
+        .map(|file| FileStamp {
+            file: file.clone(),
+            content: read_pem(file).map(|bytes| {
+                let mut h = std::collections::hash_map::DefaultHasher::new();
+                bytes.hash(&mut h);
+                (bytes.len(), h.finish())
+            }),
+        })
+        .collect()
+}
+
+/// What one look at the TLS files found.
+#[derive(Debug, PartialEq, Eq)]
+pub enum FileCheck {
+    /// No TLS, or no config generation yet.
+    Nothing,
+    /// Every file as before.
+    Unchanged,
+    /// Files changed and the contexts were rebuilt from them; new handshakes use them.
+    Rotated(Vec<String>),
+    /// Files changed but cannot be used (the message names the file and the reason); the
+    /// previous contexts serve on. The same content is not tried again.
+    Failed(Vec<String>, String),
+}
+
+/// Looks at the current generation's TLS files once; when their content changed, rebuilds
+/// its contexts from the same config and publishes them (a rotation: not a reload — listeners,
+/// clusters and open connections are untouched, and the listeners keep their session cache
+/// and ticket keys, so clients keep resuming). Counted in [`ROTATIONS_SUCCEEDED`] and
+/// [`ROTATIONS_FAILED`], logged. Called by the watcher thread ([`spawn_watcher`]).
+pub fn check_files() -> FileCheck {
+    let (config, old, before) = {
+        let shared = published();
+        let Some(p) = shared.as_ref() else {
+            return FileCheck::Nothing;
+        };
+        let Some(config) = p.config.upgrade() else {
+            return FileCheck::Nothing;
+        };
+        (config, p.contexts.clone(), p.files.clone())
+    };
+    if before.is_empty() {
+        return FileCheck::Nothing;
+    }
+    let now = stamps(&tls_files(&config));
+    if now == before {
+        return FileCheck::Unchanged;
+    }
+    let changed: Vec<String> = now
+        .iter()
+        .filter(|s| !before.contains(s))
+        .map(|s| s.file.clone())
+        .collect();
+    let rebuilt = acceptors(&config, Some(&old)).and_then(|acceptors| {
+        Ok(Contexts {
+            acceptors,
+            connectors: connectors(&config)?,
+            certificates: described(&config),
+        })
+    });
+    let mut shared = published();
+    let Some(p) = shared
+        .as_mut()
+        .filter(|p| p.config.upgrade().is_some_and(|c| Arc::ptr_eq(&c, &config)))
+    else {
+        // A reload published another generation meanwhile: it read the files itself.
+        return FileCheck::Nothing;
+    };
+    // Either way this content has been dealt with: a failure is not retried (nor counted
+    // again) until the files change once more.
+    p.files = now;
+    match rebuilt {
+        Ok(contexts) => {
+            p.contexts = Arc::new(contexts);
+            GENERATION.fetch_add(1, Ordering::Release);
+            drop(shared);
+            ROTATIONS_SUCCEEDED.fetch_add(1, Ordering::Relaxed);
+            info!(files = ?changed, "tls: certificate files changed; new handshakes use them");
+            FileCheck::Rotated(changed)
+        }
+        Err(e) => {
+            drop(shared);
+            ROTATIONS_FAILED.fetch_add(1, Ordering::Relaxed);
+            warn!(
+                files = ?changed,
+                error = %e,
+                "tls: certificate files changed but cannot be used; the previous ones serve on"
+            );
+            FileCheck::Failed(changed, e)
+        }
+    }
+}
+
+/// Starts the thread that runs [`check_files`] every `tls_file_check_interval` of the current
+/// config (a reload may change it; `0s`: it only looks at the setting, once a second). It
+/// holds nothing between checks and lives as long as the process.
+pub fn spawn_watcher() -> std::io::Result<()> {
+    std::thread::Builder::new()
+        .name("sluice-tls-watch".into())
+        .spawn(|| {
+            loop {
+                let interval = published()
+                    .as_ref()
+                    .and_then(|p| p.config.upgrade())
+                    .map_or(Duration::ZERO, |c| c.tls_file_check_interval);
+                if interval.is_zero() {
+                    std::thread::sleep(Duration::from_secs(1));
+                    continue;
+                }
+                std::thread::sleep(interval);
+                check_files();
+            }
+        })
+        .map(drop)
 }
 
 /// The connector of each cluster (`None`: plaintext).
@@ -182,78 +466,22 @@ pub fn client_config(
             }
         },
     };
-    let roots = read_pem(&tls.ca).and_then(|pem| {
-        let mut roots = RootCertStore::empty();
-        for cert in CertificateDer::pem_slice_iter(&pem) {
-            let cert = cert.map_err(|e| format!("{}: not a PEM certificate: {e}", tls.ca))?;
-            roots
-                .add(cert)
-                .map_err(|e| format!("{}: not a CA certificate: {e}", tls.ca))?;
-        }
-        if roots.is_empty() {
-            return Err(format!("{}: no certificate in it", tls.ca));
-        }
-        Ok(roots)
-    });
-    let roots = match roots {
+    let roots = match load_roots(&tls.ca, &format!("{path}.ca")) {
         Ok(r) => Some(r),
         Err(e) => {
-            errors.push(ConfigError {
-                path: format!("{path}.ca"),
-                message: e,
-                position: None,
-            });
+            errors.push(e);
             None
         }
     };
     let client_key = match &tls.client_certificate {
         None => None,
-        Some(files) => {
-            let chain = read_pem(&files.cert_chain).and_then(|pem| {
-                CertificateDer::pem_slice_iter(&pem)
-                    .collect::<Result<Vec<_>, _>>()
-                    .map_err(|e| format!("{}: not a PEM certificate chain: {e}", files.cert_chain))
-            });
-            let key = read_pem(&files.private_key).and_then(|pem| {
-                PrivateKeyDer::from_pem_slice(&pem)
-                    .map_err(|e| format!("{}: no private key in it: {e}", files.private_key))
-            });
-            match (chain, key) {
-                (Ok(chain), Ok(key)) => {
-                    match CertifiedKey::from_der(chain.clone(), key.clone_key(), &provider) {
-                        Ok(_) => Some((chain, key)),
-                        Err(e) => {
-                            errors.push(ConfigError {
-                                path: format!("{path}.private_key"),
-                                message: format!(
-                                    "{} does not go with the certificate {}: {e}",
-                                    files.private_key, files.cert_chain
-                                ),
-                                position: None,
-                            });
-                            None
-                        }
-                    }
-                }
-                (chain, key) => {
-                    if let Err(e) = chain {
-                        errors.push(ConfigError {
-                            path: format!("{path}.cert_chain"),
-                            message: e,
-                            position: None,
-                        });
-                    }
-                    if let Err(e) = key {
-                        errors.push(ConfigError {
-                            path: format!("{path}.private_key"),
-                            message: e,
-                            position: None,
-                        });
-                    }
-                    None
-                }
+        Some(files) => match load_pair(&files.cert_chain, &files.private_key, path) {
+            Ok(pair) => Some(pair),
+            Err(mut e) => {
+                errors.append(&mut e);
+                None
             }
-        }
+        },
     };
     let Some(roots) = roots.filter(|_| errors.is_empty()) else {
         return Err(errors);
@@ -290,13 +518,17 @@ pub fn client_config(
             }))
     };
     let mut config = match client_key {
-        Some((chain, key)) => builder.with_client_auth_cert(chain, key).map_err(|e| {
-            vec![ConfigError {
-                path: format!("{path}.private_key"),
-                message: e.to_string(),
-                position: None,
-            }]
-        })?,
+        Some((certified, key)) => {
+            builder
+                .with_client_auth_cert(certified.cert, key)
+                .map_err(|e| {
+                    vec![ConfigError {
+                        path: format!("{path}.private_key"),
+                        message: e.to_string(),
+                        position: None,
+                    }]
+                })?
+        }
         None => builder.with_no_client_auth(),
     };
     config.alpn_protocols = tls.alpn.iter().map(|p| p.as_bytes().to_vec()).collect();
@@ -334,19 +566,8 @@ impl rustls::client::danger::ServerCertVerifier for SanCheckingServerVerifier {
             Ok(_)
             | Err(Error::InvalidCertificate(
                 CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
-            )) => {
-                let sans = sans(end_entity)
-                    .map_err(|_| Error::InvalidCertificate(CertificateError::BadEncoding))?;
-                let admitted = sans.iter().any(|san| match san {
-                    San::Dns(d) => self.allowed.iter().any(|a| a.eq_ignore_ascii_case(d)),
-                    San::Uri(u) => self.allowed.iter().any(|a| a == u),
-                });
-                if admitted {
-                    Ok(rustls::client::danger::ServerCertVerified::assertion())
-                } else {
-                    Err(Error::InvalidCertificate(CertificateError::NotValidForName))
-                }
-            }
+            )) => san_admitted(end_entity, &self.allowed)
+                .map(|()| rustls::client::danger::ServerCertVerified::assertion()),
             Err(e) => Err(e),
         }
     }
@@ -430,8 +651,13 @@ where
 }
 
 /// The acceptor of each listener (`None`: no TLS). A file that cannot be loaded any more (it
-/// was checked when the config was) fails the whole build.
-pub fn acceptors(config: &Config) -> Result<Vec<Option<TlsAcceptor>>, String> {
+/// was checked when the config was) fails the whole build. With `previous` (the same
+/// config's contexts, before a rotation), each listener keeps its session cache and ticket
+/// keys.
+pub fn acceptors(
+    config: &Config,
+    previous: Option<&Contexts>,
+) -> Result<Vec<Option<TlsAcceptor>>, String> {
     config
         .listeners
         .iter()
@@ -439,7 +665,13 @@ pub fn acceptors(config: &Config) -> Result<Vec<Option<TlsAcceptor>>, String> {
         .map(|(i, l)| match &l.tls {
             None => Ok(None),
             Some(tls) => server_config(tls, &format!("listeners[{i}].tls"))
-                .map(|c| Some(TlsAcceptor::from(Arc::new(c))))
+                .map(|mut c| {
+                    if let Some(Some(old)) = previous.and_then(|p| p.acceptors.get(i)) {
+                        c.ticketer = old.config().ticketer.clone();
+                        c.session_storage = old.config().session_storage.clone();
+                    }
+                    Some(TlsAcceptor::from(Arc::new(c)))
+                })
                 .map_err(|errors| {
                     errors
                         .iter()
@@ -455,101 +687,52 @@ pub fn acceptors(config: &Config) -> Result<Vec<Option<TlsAcceptor>>, String> {
 pub fn server_config(tls: &ListenerTls, path: &str) -> Result<ServerConfig, Vec<ConfigError>> {
     let provider = provider();
     let mut errors = Vec::new();
-    let mut error = |at: String, message: String| {
-        errors.push(ConfigError {
-            path: at,
-            message,
-            position: None,
-        });
-    };
     let mut certs = Vec::new();
     for (i, files) in tls.certificates.iter().enumerate() {
         let at = format!("{path}.certificates[{i}]");
-        let chain = match read_pem(&files.cert_chain) {
-            Ok(pem) => CertificateDer::pem_slice_iter(&pem)
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(|e| format!("{}: not a PEM certificate chain: {e}", files.cert_chain))
-                .and_then(|c| {
-                    if c.is_empty() {
-                        Err(format!("{}: no certificate in it", files.cert_chain))
-                    } else {
-                        Ok(c)
-                    }
+        match load_pair(&files.cert_chain, &files.private_key, &at) {
+            Ok((certified, _)) => match dns_sans(&certified.cert[0]) {
+                Ok(names) => certs.push((names, Arc::new(certified))),
+                Err(e) => errors.push(ConfigError {
+                    path: format!("{at}.cert_chain"),
+                    message: e,
+                    position: None,
                 }),
-            Err(e) => Err(e),
-        };
-        let key = read_pem(&files.private_key).and_then(|pem| {
-            PrivateKeyDer::from_pem_slice(&pem)
-                .map_err(|e| format!("{}: no private key in it: {e}", files.private_key))
-        });
-        match (chain, key) {
-            (Ok(chain), Ok(key)) => match CertifiedKey::from_der(chain, key, &provider) {
-                Ok(certified) => match dns_sans(&certified.cert[0]) {
-                    Ok(names) => certs.push((names, Arc::new(certified))),
-                    Err(e) => error(format!("{at}.cert_chain"), e),
-                },
-                Err(e) => error(
-                    format!("{at}.private_key"),
-                    format!(
-                        "{} does not go with the certificate {}: {e}",
-                        files.private_key, files.cert_chain
-                    ),
-                ),
             },
-            (chain, key) => {
-                if let Err(e) = chain {
-                    error(format!("{at}.cert_chain"), e);
-                }
-                if let Err(e) = key {
-                    error(format!("{at}.private_key"), e);
-                }
-            }
+            Err(mut e) => errors.append(&mut e),
         }
     }
     let verifier: Option<Arc<dyn ClientCertVerifier>> = match &tls.client_ca {
         None => None,
-        Some(file) => {
-            let roots = read_pem(file).and_then(|pem| {
-                let mut roots = RootCertStore::empty();
-                for cert in CertificateDer::pem_slice_iter(&pem) {
-                    let cert = cert.map_err(|e| format!("{file}: not a PEM certificate: {e}"))?;
-                    roots
-                        .add(cert)
-                        .map_err(|e| format!("{file}: not a CA certificate: {e}"))?;
-                }
-                if roots.is_empty() {
-                    return Err(format!("{file}: no certificate in it"));
-                }
-                Ok(roots)
-            });
-            match roots {
-                Ok(roots) => {
-                    let builder = WebPkiClientVerifier::builder_with_provider(
-                        Arc::new(roots),
-                        provider.clone(),
-                    );
-                    let builder = if tls.require_client_certificate {
-                        builder
-                    } else {
-                        builder.allow_unauthenticated()
-                    };
-                    match builder.build() {
-                        Ok(inner) => Some(Arc::new(SanCheckingVerifier {
-                            inner,
-                            allowed: tls.verify_subject_alt_names.clone(),
-                        })),
-                        Err(e) => {
-                            error(format!("{path}.client_ca"), format!("{file}: {e}"));
-                            None
-                        }
+        Some(file) => match load_roots(file, &format!("{path}.client_ca")) {
+            Ok(roots) => {
+                let builder =
+                    WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone());
+                let builder = if tls.require_client_certificate {
+                    builder
+                } else {
+                    builder.allow_unauthenticated()
+                };
+                match builder.build() {
+                    Ok(inner) => Some(Arc::new(SanCheckingVerifier {
+                        inner,
+                        allowed: tls.verify_subject_alt_names.clone(),
+                    })),
+                    Err(e) => {
+                        errors.push(ConfigError {
+                            path: format!("{path}.client_ca"),
+                            message: format!("{file}: {e}"),
+                            position: None,
+                        });
+                        None
                     }
                 }
-                Err(e) => {
-                    error(format!("{path}.client_ca"), e);
-                    None
-                }
             }
-        }
+            Err(e) => {
+                errors.push(e);
+                None
+            }
+        },
     };
     if !errors.is_empty() {
         return Err(errors);
@@ -583,8 +766,85 @@ pub fn server_config(tls: &ListenerTls, path: &str) -> Result<ServerConfig, Vec<
     Ok(config)
 }
 
+/// A certificate chain and the private key that goes with its leaf, from their PEM files:
+/// each file read and parsed, the chain not empty, the key matching the leaf's public key.
+/// Errors are at `{path}.cert_chain` and `{path}.private_key` and name the files. Both the
+/// listener certificates and a cluster's client certificate load through here.
+fn load_pair(
+    cert_file: &str,
+    key_file: &str,
+    path: &str,
+) -> Result<(CertifiedKey, PrivateKeyDer<'static>), Vec<ConfigError>> {
+    let at = |field: &str, message: String| ConfigError {
+        path: format!("{path}.{field}"),
+        message,
+        position: None,
+    };
+    let chain = read_pem(cert_file)
+        .and_then(|pem| parse_chain(&pem).map_err(|e| format!("{cert_file}: {e}")));
+    let key =
+        read_pem(key_file).and_then(|pem| parse_key(&pem).map_err(|e| format!("{key_file}: {e}")));
+    match (chain, key) {
+        (Ok(chain), Ok(key)) => match CertifiedKey::from_der(chain, key.clone_key(), &provider()) {
+            Ok(certified) => Ok((certified, key)),
+            Err(e) => Err(vec![at(
+                "private_key",
+                format!("{key_file} does not go with the certificate {cert_file}: {e}"),
+            )]),
+        },
+        (chain, key) => Err(chain
+            .err()
+            .map(|e| at("cert_chain", e))
+            .into_iter()
+            .chain(key.err().map(|e| at("private_key", e)))
+            .collect()),
+    }
+}
+
+/// The trust anchors in a PEM file of CA certificates (a listener's `client_ca`, a cluster's
+/// `ca`); the error is at `path` and names the file.
+fn load_roots(file: &str, path: &str) -> Result<RootCertStore, ConfigError> {
+    read_pem(file)
+        .and_then(|pem| parse_roots(&pem).map_err(|e| format!("{file}: {e}")))
+        .map_err(|message| ConfigError {
+            path: path.to_owned(),
+            message,
+            position: None,
+        })
+}
+
+/// Every certificate of a PEM file as a trust anchor; at least one.
+fn parse_roots(pem: &[u8]) -> Result<RootCertStore, String> {
+    let mut roots = RootCertStore::empty();
+    for cert in parse_certificates(pem)? {
+        roots
+            .add(cert)
+            .map_err(|e| format!("not a CA certificate: {e}"))?;
+    }
+    Ok(roots)
+}
+
+/// Whether a verified leaf carries one of `allowed` (DNS names, compared without case, or
+/// URIs such as SPIFFE IDs, compared exactly) — the identity check both SAN-checking
+/// verifiers make after rustls verified the chain. Empty `allowed`: any certificate.
+fn san_admitted(cert: &CertificateDer<'_>, allowed: &[String]) -> Result<(), Error> {
+    if allowed.is_empty() {
+        return Ok(());
+    }
+    let sans = sans(cert).map_err(|_| Error::InvalidCertificate(CertificateError::BadEncoding))?;
+    let admitted = sans.iter().any(|san| match san {
+        San::Dns(d) => allowed.iter().any(|a| a.eq_ignore_ascii_case(d)),
+        San::Uri(u) => allowed.iter().any(|a| a == u),
+    });
+    if admitted {
+        Ok(())
+    } else {
+        Err(Error::InvalidCertificate(CertificateError::NotValidForName))
+    }
+}
+
 /// A PEM file's bytes, or why not (the message names the file).
-fn read_pem(file: &str) -> Result<Vec<u8>, String> {
+pub(crate) fn read_pem(file: &str) -> Result<Vec<u8>, String> {
     use std::io::Read;
     let f = std::fs::File::open(file).map_err(|e| format!("cannot read {file}: {e}"))?;
     let mut bytes = Vec::new();
@@ -608,32 +868,8 @@ fn dns_sans(cert: &CertificateDer<'_>) -> Result<Vec<String>, String> {
         .collect())
 }
 
-/// A subject alternative name the proxy matches on.
-#[derive(Debug, PartialEq, Eq)]
-enum San {
-    /// A DNS name, lowercase.
-    Dns(String),
-    /// A URI (SPIFFE IDs are URIs), as written.
-    Uri(String),
-}
-
 fn sans(cert: &CertificateDer<'_>) -> Result<Vec<San>, String> {
-    use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};
-    let (_, parsed) = X509Certificate::from_der(cert.as_ref())
-        .map_err(|e| format!("cannot parse the certificate: {e}"))?;
-    let Ok(Some(ext)) = parsed.subject_alternative_name() else {
-        return Ok(Vec::new());
-    };
-    Ok(ext
-        .value
-        .general_names
-        .iter()
-        .filter_map(|n| match n {
-            GeneralName::DNSName(d) => Some(San::Dns(d.to_ascii_lowercase())),
-            GeneralName::URI(u) => Some(San::Uri((*u).to_owned())),
-            _ => None,
-        })
-        .collect())
+    subject_alt_names(cert.as_ref())
 }
 
 /// Chooses the certificate per handshake by the client's server name.
@@ -706,20 +942,7 @@ impl ClientCertVerifier for SanCheckingVerifier {
         let verified = self
             .inner
             .verify_client_cert(end_entity, intermediates, now)?;
-        if self.allowed.is_empty() {
-            return Ok(verified);
-        }
-        let sans = sans(end_entity)
-            .map_err(|_| Error::InvalidCertificate(CertificateError::BadEncoding))?;
-        let admitted = sans.iter().any(|san| match san {
-            San::Dns(d) => self.allowed.iter().any(|a| a.eq_ignore_ascii_case(d)),
-            San::Uri(u) => self.allowed.iter().any(|a| a == u),
-        });
-        if admitted {
-            Ok(verified)
-        } else {
-            Err(Error::InvalidCertificate(CertificateError::NotValidForName))
-        }
+        san_admitted(end_entity, &self.allowed).map(|()| verified)
     }
     fn verify_tls12_signature(
         &self,

@@ -151,7 +151,15 @@ pub struct Config {
     /// alone; `None`: unmarked. Process-wide: every upstream socket must be excluded from
     /// capture, whatever its cluster, or it would loop back into the proxy.
     pub upstream_mark: Option<u32>,
+    /// How often the runtime looks at the TLS files (certificate chains, keys, CAs) of the
+    /// listeners and clusters for a change of content, and rotates to them when they changed;
+    /// zero: never (they are read again on a reload only).
+    #[serde(serialize_with = "ser_duration")]
+    pub tls_file_check_interval: Duration,
 }
+
+/// Default for [`Config::tls_file_check_interval`].
+pub const DEFAULT_TLS_FILE_CHECK_INTERVAL: Duration = Duration::from_secs(5);
 
 /// Default for [`LimitsConfig::bolt_partial_frame_bytes`] (256 MiB: sixteen frames of the
 /// default 16 MiB `max_frame_size`).

@@ -140,6 +140,10 @@ fn decode_config(dec: &mut Decoder, tree: &Value) -> Option<Config> {
             .map(|m| Some(m as u32)),
         None => Some(None),
     };
+    let tls_file_check_interval = match root.opt("tls_file_check_interval") {
+        Some((v, p)) => dec.duration(&p, v),
+        None => Some(crate::config::DEFAULT_TLS_FILE_CHECK_INTERVAL),
+    };
     root.finish(dec);
 
     let (listeners, mut clusters) = (listeners?, clusters?);
@@ -191,6 +195,7 @@ fn decode_config(dec: &mut Decoder, tree: &Value) -> Option<Config> {
         drain_timeout: drain_timeout?,
         limits,
         upstream_mark: upstream_mark?,
+        tls_file_check_interval: tls_file_check_interval?,
     })
 }
 

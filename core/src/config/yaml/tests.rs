@@ -639,6 +639,26 @@ fn limits_default_and_parse() {
 }
 
 #[test]
+fn tls_file_check_interval_defaults_to_5s_and_0s_turns_it_off() {
+    let c = Config::from_yaml(GOOD).unwrap();
+    assert_eq!(
+        c.tls_file_check_interval,
+        crate::config::DEFAULT_TLS_FILE_CHECK_INTERVAL
+    );
+    assert_eq!(c.tls_file_check_interval, Duration::from_secs(5));
+    let c = Config::from_yaml(&format!("{GOOD}tls_file_check_interval: 250ms\n")).unwrap();
+    assert_eq!(c.tls_file_check_interval, Duration::from_millis(250));
+    let c = Config::from_yaml(&format!("{GOOD}tls_file_check_interval: 0s\n")).unwrap();
+    assert_eq!(c.tls_file_check_interval, Duration::ZERO);
+    assert_eq!(
+        errors(&format!("{GOOD}tls_file_check_interval: 5\n")),
+        [
+            "tls_file_check_interval: 5 has no unit (expected a number and a unit: 250ms, 1s, 5m, 1h)"
+        ]
+    );
+}
+
+#[test]
 fn limits_report_bad_values_with_their_paths() {
     let text = r#"
 listeners:
