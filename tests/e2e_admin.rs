@@ -413,6 +413,8 @@ fn counters_clusters_config_dump_and_index_after_traffic() {
             "host",
             "weight",
             "health",
+            "outlier",
+            "available",
             "active requests",
             "active connections",
             "requests"
@@ -421,11 +423,19 @@ fn counters_clusters_config_dump_and_index_after_traffic() {
     assert_eq!(rows.len(), 3, "{rows:?}");
     let row = &rows[1];
     assert_eq!(
-        row[..5],
-        ["app", &format!("127.0.0.1:{up}"), "3", "healthy", "0"]
+        row[..7],
+        [
+            "app",
+            &format!("127.0.0.1:{up}"),
+            "3",
+            "healthy",
+            "none",
+            "yes",
+            "0"
+        ]
     );
-    assert_eq!(row[5], cx_total.to_string());
-    assert_eq!(row[6], "20");
+    assert_eq!(row[7], cx_total.to_string());
+    assert_eq!(row[8], "20");
     assert_eq!(
         rows[2][..4],
         ["dead", &format!("127.0.0.1:{dead}"), "1", "healthy"]
