@@ -422,6 +422,10 @@ pub(crate) struct Scratch {
     /// valid when `request_id_generated` (reset for every request): the access log shows it.
     request_id: [u8; 36],
     request_id_generated: bool,
+    /// The cluster this request was routed to and the upstream tries it made (reset for every
+    /// request), for the access log.
+    pub(crate) cluster: Option<usize>,
+    pub(crate) tries: u32,
 }
 
 impl Scratch {
@@ -438,6 +442,8 @@ impl Scratch {
             awaiting,
             request_id: [0; 36],
             request_id_generated: false,
+            cluster: None,
+            tries: 0,
         }
     }
 }
@@ -620,6 +626,9 @@ impl<N: Network> Engine<N> {
                             downstream: peer,
                             listener: &lc.name,
                             original_dst,
+                            request: None,
+                            cluster: None,
+                            tries: 0,
                         });
                     }
                     tracing::debug!(listener = %lc.name, %peer, status, "rejected request: {why}");
@@ -689,6 +698,11 @@ impl<N: Network> Engine<N> {
                     downstream: peer,
                     listener: &lc.name,
                     original_dst,
+                    request: Some((&head, buf)),
+                    cluster: scratch
+                        .cluster
+                        .map(|c| self.config.clusters[c].name.as_str()),
+                    tries: scratch.tries,
                 });
             }
             // The request (head and any body) is done with: drop it from the buffer; what
@@ -805,6 +819,8 @@ impl<N: Network> Engine<N> {
             .expect("http listener has a router");
         // The normalized path is what is routed and forwarded (in scratch.norm when it differs).
         scratch.request_id_generated = false;
+        scratch.cluster = None;
+        scratch.tries = 0;
         let opts = scratch.path_opts;
         scratch.normalized =
             match normalize_path_into(head.path(rbuf.bytes()), &opts, &mut scratch.norm) {
@@ -889,6 +905,7 @@ impl<N: Network> Engine<N> {
     ) -> Outcome {
         let target = pick_cluster(&action.target, &mut self.rng.borrow_mut());
         let ci = target.cluster_index;
+        scratch.cluster = Some(ci);
         let cluster_cfg = &self.config.clusters[ci];
         let cstats = self.stats.cluster(ci);
         let head_len = head.head_len();
@@ -1059,6 +1076,7 @@ impl<N: Network> Engine<N> {
                 }
             };
             let try_start = now();
+            scratch.tries += 1;
             last_host = Some(host);
             upstream_addr = Some(address);
             // Connection: pooled or fresh, raced against the stream's timers.

@@ -541,6 +541,14 @@ impl<N: Network> Engine<N> {
                 },
                 downstream: peer,
                 listener: &lc.name,
+                request: parsed.then_some((&*head, buf)),
+                // A stream refused before routing did not reach `serve_request`: what the
+                // scratch holds is an earlier stream's.
+                cluster: scratch
+                    .cluster
+                    .filter(|_| parsed)
+                    .map(|c| self.config.clusters[c].name.as_str()),
+                tries: if parsed { scratch.tries } else { 0 },
             });
         }
         let mut spare = spare.borrow_mut();

@@ -303,6 +303,10 @@ pub struct AccessLogConfig {
     pub format: AccessLogFormat,
     /// A file path, or `None` for stdout.
     pub path: Option<String>,
+    /// Request headers a JSON line carries in its `request_headers` object (`format: json`
+    /// only; a text template names them as `%REQ(NAME)%`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub request_headers: Vec<String>,
 }
 
 /// Access log line format.

@@ -367,6 +367,10 @@ fn decode_access_log(dec: &mut Decoder, path: &str, v: &Value) -> Option<AccessL
         }),
         None => Some(None),
     };
+    let request_headers = match obj.opt("request_headers") {
+        Some((v, p)) => decode_log_headers(dec, &p, v, json),
+        None => Some(Vec::new()),
+    };
     obj.finish(dec);
     let format = if json? {
         AccessLogFormat::Json
@@ -376,7 +380,52 @@ fn decode_access_log(dec: &mut Decoder, path: &str, v: &Value) -> Option<AccessL
     Some(AccessLogConfig {
         format,
         path: file?,
+        request_headers: request_headers?,
     })
+}
+
+/// `request_headers: [x-tenant, ...]`: header names (tokens), JSON lines only.
+fn decode_log_headers(
+    dec: &mut Decoder,
+    path: &str,
+    v: &Value,
+    json: Option<bool>,
+) -> Option<Vec<String>> {
+    if json == Some(false) {
+        dec.error(
+            path,
+            "only allowed with `format: json` (a text template names a header as `%REQ(NAME)%`)",
+        );
+        return None;
+    }
+    let Value::Array(items) = v else {
+        dec.error(path, format!("expected a list of header names, found {v}"));
+        return None;
+    };
+    let mut names = Vec::with_capacity(items.len());
+    let mut ok = true;
+    for (i, item) in items.iter().enumerate() {
+        let p = format!("{path}[{i}]");
+        match dec.string(&p, item) {
+            Some(n) if is_header_name(n) => names.push(n.to_owned()),
+            Some(n) => {
+                dec.error(&p, format!("{n:?} is not a header name"));
+                ok = false;
+            }
+            None => ok = false,
+        }
+    }
+    ok.then_some(names)
+}
+
+/// An HTTP field name (RFC 9110 token), or a request pseudo-header (`:authority`, `:path`,
+/// `:method`).
+fn is_header_name(n: &str) -> bool {
+    let tchar = |b: u8| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b);
+    matches!(
+        n.to_ascii_lowercase().as_str(),
+        ":authority" | ":path" | ":method"
+    ) || (!n.is_empty() && n.bytes().all(tchar))
 }
 
 /// Duplicate virtual host names, and duplicate domains (case-insensitively) across the
