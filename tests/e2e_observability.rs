@@ -115,3 +115,94 @@ listeners:
     assert_eq!(v["status"], 200);
     assert_eq!(v["path"], "/j");
 }
+
+/// A TCP echo server on `port` (a thread per connection), for the life of the test process.
+fn start_echo(port: u16) {
+    let listener = std::net::TcpListener::bind(addr(port)).unwrap();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { continue };
+            std::thread::spawn(move || {
+                let mut reader = conn.try_clone().unwrap();
+                let _ = std::io::copy(&mut reader, &mut conn);
+                let _ = conn.shutdown(std::net::Shutdown::Write);
+            });
+        }
+    });
+}
+
+/// A `tcp_proxy` access log: one line per session at its close, with the default text template
+/// (a session echoed through a real TCP upstream) and as JSON (a session whose connects failed:
+/// `UF`).
+#[test]
+fn tcp_proxy_access_log_has_one_line_per_session() {
+    let dir = TempDir::new("obs-tcp-log");
+    let (echo, dead, listen, listen_dead) = (free_port(), free_port(), free_port(), free_port());
+    start_echo(echo);
+    let text_log = dir.path().join("tcp.log");
+    let json_log = dir.path().join("tcp.json");
+    let config = format!(
+        r#"
+listeners:
+  - name: tcp_in
+    address: 127.0.0.1:{listen}
+    tcp_proxy: {{ cluster: echo, access_log: {{ path: {text_log} }} }}
+  - name: tcp_dead
+    address: 127.0.0.1:{listen_dead}
+    tcp_proxy: {{ cluster: dead, access_log: {{ format: json, path: {json_log} }} }}
+clusters:
+  - name: echo
+    hosts: [ {{ address: 127.0.0.1:{echo} }} ]
+  - name: dead
+    connect_timeout: 500ms
+    hosts: [ {{ address: 127.0.0.1:{dead} }} ]
+"#,
+        text_log = text_log.display(),
+        json_log = json_log.display(),
+    );
+    let s = start_sluice(&dir, &config, 1, addr(listen));
+    let data: Vec<u8> = (0..5000u32).map(|i| (i % 251) as u8).collect();
+    assert_eq!(echo_once(addr(listen), &data).unwrap(), data);
+    assert_eq!(echo_once(addr(listen_dead), b"hello").unwrap(), b"");
+    stop(s);
+
+    let text = std::fs::read_to_string(&text_log).unwrap();
+    // The readiness probe's connection (start_sluice) is a session too, with no bytes.
+    let lines: Vec<&str> = text
+        .lines()
+        .filter(|l| !l.contains(" completed 0 0 "))
+        .collect();
+    assert_eq!(lines.len(), 1, "{text}");
+    let fields: Vec<&str> = lines[0].split(' ').collect();
+    assert_eq!(fields.len(), 11, "{text}");
+    assert!(
+        fields[0].starts_with("[20") && fields[0].ends_with("Z]"),
+        "{text}"
+    );
+    assert!(fields[1].starts_with("127.0.0.1:"), "{text}");
+    assert_eq!(
+        fields[2..9],
+        [
+            "tcp_in",
+            "echo",
+            &format!("\"127.0.0.1:{echo}\""),
+            "-",
+            "completed",
+            "5000",
+            "5000",
+        ],
+        "{text}"
+    );
+    assert!(fields[9].parse::<u64>().is_ok(), "{text}");
+    assert_eq!(fields[10], "\"-\"", "{text}");
+
+    let json = std::fs::read_to_string(&json_log).unwrap();
+    let v: serde_json::Value = serde_json::from_str(json.trim_end()).unwrap();
+    assert_eq!(v["listener"], "tcp_dead");
+    assert_eq!(v["upstream_cluster"], "dead");
+    assert_eq!(v["upstream_host"], format!("127.0.0.1:{dead}"));
+    assert_eq!(v["response_flags"], "UF");
+    assert_eq!(v["close_reason"], "connect_failed");
+    assert_eq!(v["bytes_sent"], 0);
+    assert_eq!(v["requested_server_name"], serde_json::Value::Null);
+}

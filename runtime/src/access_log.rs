@@ -1,4 +1,5 @@
-//! Access log: one line per HTTP request, as text from a `%FIELD%` template or as JSON.
+//! Access log: one line per HTTP request, or per `tcp_proxy` session at its close, as text
+//! from a `%FIELD%` template or as JSON.
 //!
 //! Each worker owns its own writer per listener and buffers lines, flushing when the buffer
 //! passes [`FLUSH_BYTES`] and on a periodic tick (the engine calls [`AccessLog::flush`]), so
@@ -16,6 +17,12 @@
 //! header (case-insensitive; `%REQ(A?B)%` falls back to `B`; `%REQ(NAME):N%` keeps the first `N`
 //! bytes; `:authority`, `:path` and `:method` name the request line's parts). JSON lines carry
 //! the headers listed in `request_headers` under a `request_headers` object.
+//!
+//! A TCP session's line has `START_TIME`, `DOWNSTREAM_REMOTE_ADDRESS`, `LISTENER`,
+//! `UPSTREAM_HOST`, `UPSTREAM_CLUSTER`, `BYTES_RECEIVED`/`BYTES_SENT` (from/to the client),
+//! `DURATION`, `RESPONSE_FLAGS` (`UF`, `UH`, `UO`, `DC`, `UC`), `CLOSE_REASON`,
+//! `REQUESTED_SERVER_NAME` (SNI) and `ORIGINAL_DST`; the config refuses the HTTP-only fields in
+//! a `tcp_proxy` template (`sluice_core::config::http::HTTP_ONLY_LOG_FIELDS`).
 //!
 //! The template is compiled once into a list of parts; a request's fields are read from its
 //! parsed head only when a part asks for them, so a field the template does not use costs
@@ -41,7 +48,10 @@ pub const FLUSH_BYTES: usize = 16 * 1024;
 /// The default text template (Envoy's default, trimmed to the fields Sluice has).
 pub const DEFAULT_TEMPLATE: &str = "[%START_TIME%] \"%METHOD% %PATH% %PROTOCOL%\" %STATUS% %RESPONSE_FLAGS% %BYTES_RECEIVED% %BYTES_SENT% %DURATION% \"%UPSTREAM_HOST%\" \"%REQUEST_ID%\"";
 
-/// One request's facts.
+/// The default text template of a `tcp_proxy` access log.
+pub const DEFAULT_TCP_TEMPLATE: &str = "[%START_TIME%] %DOWNSTREAM_REMOTE_ADDRESS% %LISTENER% %UPSTREAM_CLUSTER% \"%UPSTREAM_HOST%\" %RESPONSE_FLAGS% %CLOSE_REASON% %BYTES_RECEIVED% %BYTES_SENT% %DURATION% \"%REQUESTED_SERVER_NAME%\"";
+
+/// One request's (or TCP session's) facts.
 pub struct Entry<'a> {
     /// When the request head started arriving.
     pub start: SystemTime,
@@ -79,6 +89,10 @@ pub struct Entry<'a> {
     pub cluster: Option<&'a str>,
     /// Upstream tries made (0 when none was: a local reply).
     pub tries: u32,
+    /// Why a TCP session ended (`completed`, `connect_failed`…); `None` for HTTP.
+    pub close_reason: Option<&'a str>,
+    /// The server name the client asked for (TLS SNI), when one was seen.
+    pub server_name: Option<&'a str>,
 }
 
 impl<'a> Entry<'a> {
@@ -134,9 +148,11 @@ enum Field {
     UserAgent,
     UpstreamCluster,
     RetryCount,
+    CloseReason,
+    ServerName,
 }
 
-const FIELDS: [(&str, Field); 18] = [
+const FIELDS: [(&str, Field); 20] = [
     ("START_TIME", Field::StartTime),
     ("METHOD", Field::Method),
     ("PATH", Field::Path),
@@ -155,6 +171,8 @@ const FIELDS: [(&str, Field); 18] = [
     ("USER_AGENT", Field::UserAgent),
     ("UPSTREAM_CLUSTER", Field::UpstreamCluster),
     ("RETRY_COUNT", Field::RetryCount),
+    ("CLOSE_REASON", Field::CloseReason),
+    ("REQUESTED_SERVER_NAME", Field::ServerName),
 ];
 
 /// A worker's access log writer for one listener.
@@ -162,6 +180,8 @@ pub struct AccessLog {
     /// The file, if not stdout (kept for [`AccessLog::reopen`]).
     path: Option<String>,
     json: bool,
+    /// A `tcp_proxy`'s log (its JSON lines have the session's keys).
+    tcp: bool,
     template: Vec<Piece>,
     /// The request headers a JSON line carries (lowercased).
     json_headers: Vec<String>,
@@ -170,19 +190,34 @@ pub struct AccessLog {
 }
 
 impl AccessLog {
-    /// Opens the destination (append) and compiles the template.
+    /// Opens an HTTP listener's log: the destination (append), and compiles the template.
     pub fn open(config: &AccessLogConfig) -> io::Result<Self> {
+        Self::open_for(config, false)
+    }
+
+    /// Opens a `tcp_proxy` listener's log (one line per session).
+    pub fn open_tcp(config: &AccessLogConfig) -> io::Result<Self> {
+        Self::open_for(config, true)
+    }
+
+    fn open_for(config: &AccessLogConfig, tcp: bool) -> io::Result<Self> {
+        let default = if tcp {
+            DEFAULT_TCP_TEMPLATE
+        } else {
+            DEFAULT_TEMPLATE
+        };
         let sink = match &config.path {
             None => Sink::Stdout,
             Some(p) => Sink::File(open_append(p)?),
         };
         let (json, template) = match &config.format {
             AccessLogFormat::Json => (true, Vec::new()),
-            AccessLogFormat::Text(t) => (false, compile(t.as_deref().unwrap_or(DEFAULT_TEMPLATE))),
+            AccessLogFormat::Text(t) => (false, compile(t.as_deref().unwrap_or(default))),
         };
         Ok(AccessLog {
             path: config.path.clone(),
             json,
+            tcp,
             template,
             json_headers: config
                 .request_headers
@@ -196,7 +231,9 @@ impl AccessLog {
 
     /// Appends one line; flushes when the buffer is full.
     pub fn log(&mut self, e: &Entry<'_>) {
-        if self.json {
+        if self.json && self.tcp {
+            write_tcp_json(&mut self.buf, e);
+        } else if self.json {
             write_json(&mut self.buf, e, &self.json_headers);
         } else {
             write_pieces(&mut self.buf, &self.template, e);
@@ -384,6 +421,11 @@ fn write_field(buf: &mut Vec<u8>, f: Field, e: &Entry<'_>) {
         }
         Field::UpstreamCluster => buf.write_all(e.cluster.unwrap_or("-").as_bytes()),
         Field::RetryCount => write!(buf, "{}", e.tries.saturating_sub(1)),
+        Field::CloseReason => buf.write_all(e.close_reason.unwrap_or("-").as_bytes()),
+        Field::ServerName => {
+            write_escaped(buf, e.server_name.map_or(b"-", str::as_bytes));
+            Ok(())
+        }
     };
 }
 
@@ -480,6 +522,48 @@ fn write_json(buf: &mut Vec<u8>, e: &Entry<'_>, headers: &[String]) {
     buf.push(b'}');
 }
 
+/// A TCP session's JSON line: the fields a session has.
+fn write_tcp_json(buf: &mut Vec<u8>, e: &Entry<'_>) {
+    use std::io::Write as _;
+    let opt_addr = |buf: &mut Vec<u8>, a: Option<SocketAddr>| match a {
+        Some(a) => {
+            let _ = write!(buf, "\"{a}\"");
+        }
+        None => buf.extend_from_slice(b"null"),
+    };
+    let opt_str = |buf: &mut Vec<u8>, s: Option<&str>| match s {
+        Some(s) => {
+            let _ = serde_json::to_writer(&mut *buf, s);
+        }
+        None => buf.extend_from_slice(b"null"),
+    };
+    buf.extend_from_slice(b"{\"start_time\":\"");
+    write_rfc3339(buf, e.start);
+    let _ = write!(
+        buf,
+        "\",\"downstream_remote_address\":\"{}\",\"listener\":",
+        e.downstream
+    );
+    opt_str(buf, Some(e.listener));
+    buf.extend_from_slice(b",\"upstream_cluster\":");
+    opt_str(buf, e.cluster);
+    buf.extend_from_slice(b",\"upstream_host\":");
+    opt_addr(buf, e.upstream);
+    let _ = write!(
+        buf,
+        ",\"bytes_received\":{},\"bytes_sent\":{},\"duration_ms\":{},\"response_flags\":",
+        e.bytes_received, e.bytes_sent, e.duration_ms
+    );
+    opt_str(buf, Some(e.flag.unwrap_or("-")));
+    buf.extend_from_slice(b",\"close_reason\":");
+    opt_str(buf, e.close_reason);
+    buf.extend_from_slice(b",\"requested_server_name\":");
+    opt_str(buf, e.server_name);
+    buf.extend_from_slice(b",\"original_dst\":");
+    opt_addr(buf, e.original_dst);
+    buf.push(b'}');
+}
+
 /// `2026-11-27T08:13:04.123Z`
 fn write_rfc3339(buf: &mut Vec<u8>, t: SystemTime) {
     use std::io::Write as _;
@@ -551,6 +635,8 @@ mod tests {
             request: None,
             cluster: None,
             tries: 0,
+            close_reason: None,
+            server_name: None,
         };
         log.log(&e);
         let line = String::from_utf8(std::mem::take(&mut log.buf)).unwrap();
@@ -584,6 +670,8 @@ mod tests {
             request: None,
             cluster: None,
             tries: 0,
+            close_reason: None,
+            server_name: None,
         };
         let mut buf = Vec::new();
         write_pieces(&mut buf, &pieces, &e);
@@ -627,6 +715,8 @@ mod tests {
             request,
             cluster: Some("app"),
             tries: 3,
+            close_reason: None,
+            server_name: None,
         }
     }
 
@@ -683,5 +773,59 @@ mod tests {
         assert_eq!(v["start_time"], "1970-01-01T00:00:00.000Z");
         assert_eq!(v["request_id"], "id");
         assert_eq!(v["status"], 200);
+    }
+
+    /// The core validates templates with its field lists; they must be exactly this module's.
+    #[test]
+    fn field_names_match_the_configs_lists() {
+        use sluice_core::config::http::{HTTP_ONLY_LOG_FIELDS, TCP_LOG_FIELDS};
+        let mut ours: Vec<&str> = FIELDS.iter().map(|(n, _)| *n).collect();
+        let mut config: Vec<&str> = TCP_LOG_FIELDS
+            .iter()
+            .chain(&HTTP_ONLY_LOG_FIELDS)
+            .copied()
+            .chain(["ORIGINAL_DST"])
+            .collect();
+        ours.sort_unstable();
+        config.sort_unstable();
+        assert_eq!(ours, config);
+    }
+
+    #[test]
+    fn tcp_session_lines() {
+        let config = AccessLogConfig {
+            format: AccessLogFormat::Text(None),
+            path: None,
+            request_headers: Vec::new(),
+        };
+        let mut log = AccessLog::open_tcp(&config).unwrap();
+        let mut e = entry(None);
+        e.flag = Some("UF");
+        e.close_reason = Some("connect_failed");
+        e.server_name = Some("a.example.com");
+        e.upstream = None;
+        log.log(&e);
+        let line = String::from_utf8(std::mem::take(&mut log.buf)).unwrap();
+        assert_eq!(
+            line,
+            "[1970-01-01T00:00:00.000Z] 127.0.0.1:1 l app \"-\" UF connect_failed 1 2 3 \
+             \"a.example.com\"\n"
+        );
+        let config = AccessLogConfig {
+            format: AccessLogFormat::Json,
+            path: None,
+            request_headers: Vec::new(),
+        };
+        let mut log = AccessLog::open_tcp(&config).unwrap();
+        log.log(&e);
+        let line = String::from_utf8(std::mem::take(&mut log.buf)).unwrap();
+        let v: serde_json::Value = serde_json::from_str(line.trim_end()).unwrap();
+        assert_eq!(v["close_reason"], "connect_failed");
+        assert_eq!(v["response_flags"], "UF");
+        assert_eq!(v["upstream_cluster"], "app");
+        assert_eq!(v["upstream_host"], serde_json::Value::Null);
+        assert_eq!(v["requested_server_name"], "a.example.com");
+        assert_eq!(v["bytes_received"], 1);
+        assert!(v.get("method").is_none());
     }
 }

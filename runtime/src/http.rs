@@ -629,6 +629,8 @@ impl<N: Network> Engine<N> {
                             request: None,
                             cluster: None,
                             tries: 0,
+                            close_reason: None,
+                            server_name: None,
                         });
                     }
                     tracing::debug!(listener = %lc.name, %peer, status, "rejected request: {why}");
@@ -703,6 +705,8 @@ impl<N: Network> Engine<N> {
                         .cluster
                         .map(|c| self.config.clusters[c].name.as_str()),
                     tries: scratch.tries,
+                    close_reason: None,
+                    server_name: None,
                 });
             }
             // The request (head and any body) is done with: drop it from the buffer; what

@@ -549,6 +549,8 @@ impl<N: Network> Engine<N> {
                     .filter(|_| parsed)
                     .map(|c| self.config.clusters[c].name.as_str()),
                 tries: if parsed { scratch.tries } else { 0 },
+                close_reason: None,
+                server_name: None,
             });
         }
         let mut spare = spare.borrow_mut();
