@@ -206,3 +206,67 @@ clusters:
     assert_eq!(v["bytes_sent"], 0);
     assert_eq!(v["requested_server_name"], serde_json::Value::Null);
 }
+
+/// Per-cluster response classes: every upstream response head is counted by class under its
+/// cluster (`cluster.NAME.upstream_rq_5xx`, `sluice_upstream_responses_total{cluster,class}`),
+/// a retried 503 included.
+#[test]
+fn upstream_responses_are_counted_by_cluster_and_class() {
+    if !require_peers(&["curl", "nginx"]) {
+        return;
+    }
+    let dir = TempDir::new("obs-rq-class");
+    let (up, listen, admin) = (free_port(), free_port(), free_port());
+    let _nginx = start_nginx_with(
+        &dir,
+        "up",
+        up,
+        r#"location /fail { return 503 "busy"; } location / { return 200 "ok"; }"#,
+    );
+    let config = format!(
+        r#"
+admin: {{ address: 127.0.0.1:{admin} }}
+listeners:
+  - name: http_in
+    address: 127.0.0.1:{listen}
+    http:
+      virtual_hosts:
+        - name: any
+          domains: ["*"]
+          routes:
+            - match: {{ prefix: /fail }}
+              route: {{ cluster: app, retry_policy: {{ retry_on: [5xx], num_retries: 1 }} }}
+            - match: {{ prefix: / }}
+              route: {{ cluster: other }}
+clusters:
+  - name: app
+    hosts: [ {{ address: 127.0.0.1:{up} }} ]
+  - name: other
+    hosts: [ {{ address: 127.0.0.1:{up} }} ]
+"#
+    );
+    let s = start_sluice(&dir, &config, 1, addr(listen));
+    let base = format!("http://127.0.0.1:{listen}");
+    assert_eq!(curl(&[&format!("{base}/ok")]), "ok");
+    assert_eq!(curl(&[&format!("{base}/fail")]), "busy");
+    let stats = curl(&[&format!(
+        "http://127.0.0.1:{admin}/stats?filter=upstream_rq_%5B0-9%5Dxx"
+    )]);
+    assert_eq!(
+        stats,
+        "cluster.app.upstream_rq_1xx: 0\ncluster.app.upstream_rq_2xx: 0\n\
+         cluster.app.upstream_rq_3xx: 0\ncluster.app.upstream_rq_4xx: 0\n\
+         cluster.app.upstream_rq_5xx: 2\n\
+         cluster.other.upstream_rq_1xx: 0\ncluster.other.upstream_rq_2xx: 1\n\
+         cluster.other.upstream_rq_3xx: 0\ncluster.other.upstream_rq_4xx: 0\n\
+         cluster.other.upstream_rq_5xx: 0\n"
+    );
+    let metrics = curl(&[&format!("http://127.0.0.1:{admin}/stats/prometheus")]);
+    for sample in [
+        "sluice_upstream_responses_total{cluster=\"app\",class=\"5xx\"} 2\n",
+        "sluice_upstream_responses_total{cluster=\"other\",class=\"2xx\"} 1\n",
+    ] {
+        assert!(metrics.contains(sample), "{sample} in {metrics}");
+    }
+    stop(s);
+}

@@ -2045,7 +2045,10 @@ mod tests {
         let text = String::from_utf8(r.body).unwrap();
         assert_eq!(
             text,
-            "cluster.app.upstream_rq_overflow: 0\ncluster.app.upstream_rq_pending_overflow: 0\n\
+            "cluster.app.upstream_rq_1xx: 0\ncluster.app.upstream_rq_2xx: 0\n\
+             cluster.app.upstream_rq_3xx: 0\ncluster.app.upstream_rq_4xx: 0\n\
+             cluster.app.upstream_rq_5xx: 0\n\
+             cluster.app.upstream_rq_overflow: 0\ncluster.app.upstream_rq_pending_overflow: 0\n\
              cluster.app.upstream_rq_retry: 0\ncluster.app.upstream_rq_retry_overflow: 0\n\
              cluster.app.upstream_rq_timeout: 0\ncluster.app.upstream_rq_too_many_interim: 0\n\
              cluster.app.upstream_rq_total: 0\n"

@@ -1216,6 +1216,10 @@ impl<N: Network> Engine<N> {
                 }
             };
             self.report_upstream_result(ci, host, UpstreamResult::Status(status));
+            if let Some(c) = cstats {
+                let class = (status / 100).clamp(1, 5) as usize - 1;
+                bump(&c.upstream_rq_by_class[class], 1);
+            }
             match self.stream_input(ci, &mut stream, Input::ResponseHead { status }) {
                 Some(Output::ForwardResponse) => {}
                 other => {

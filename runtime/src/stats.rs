@@ -816,6 +816,16 @@ counters! {
                 "Retries not made because the retry budget was spent (or the max_retries circuit breaker was at its limit).",
             )
             .stats("upstream_rq_retry_overflow");
+        /// HTTP response heads received from the cluster's hosts, by status class (1xx..5xx;
+        /// every try's, a response a retry then replaced included — Envoy's
+        /// `upstream_rq_<class>`).
+        upstream_rq_by_class: [AtomicU64; 5], counter
+            => Metric::counter(
+                "sluice_upstream_responses_total",
+                "HTTP responses received from the cluster's hosts, by status class (every try's).",
+            )
+            .by("class", status_class)
+            .stats("upstream_rq_");
         /// Tries failed because the upstream sent more interim (1xx) responses than allowed.
         upstream_rq_too_many_interim: AtomicU64, counter
             => Metric::counter(
