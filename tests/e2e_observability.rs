@@ -209,7 +209,7 @@ clusters:
 
 /// Per-cluster response classes: every upstream response head is counted by class under its
 /// cluster (`cluster.NAME.upstream_rq_5xx`, `sluice_upstream_responses_total{cluster,class}`),
-/// a retried 503 included.
+/// a retried 503 included; request-time histograms by listener and by cluster.
 #[test]
 fn upstream_responses_are_counted_by_cluster_and_class() {
     if !require_peers(&["curl", "nginx"]) {
@@ -265,6 +265,27 @@ clusters:
     for sample in [
         "sluice_upstream_responses_total{cluster=\"app\",class=\"5xx\"} 2\n",
         "sluice_upstream_responses_total{cluster=\"other\",class=\"2xx\"} 1\n",
+    ] {
+        assert!(metrics.contains(sample), "{sample} in {metrics}");
+    }
+
+    // The request-time histograms by listener and by cluster (the try a retry replaced is not
+    // timed: its response was discarded); the unlabelled ones stay.
+    let stats = curl(&[&format!(
+        "http://127.0.0.1:{admin}/stats?filter=rq_time%5C.count"
+    )]);
+    assert_eq!(
+        stats,
+        "cluster.app.upstream_rq_time.count: 1\ncluster.other.upstream_rq_time.count: 1\n\
+         http.downstream_rq_time.count: 2\nhttp.upstream_rq_time.count: 2\n\
+         listener.http_in.http.downstream_rq_time.count: 2\n"
+    );
+    for sample in [
+        "sluice_listener_request_duration_seconds_bucket{listener=\"http_in\",le=\"+Inf\"} 2\n",
+        "sluice_listener_request_duration_seconds_count{listener=\"http_in\"} 2\n",
+        "sluice_cluster_upstream_request_duration_seconds_count{cluster=\"app\"} 1\n",
+        "sluice_cluster_upstream_request_duration_seconds_bucket{cluster=\"other\",le=\"+Inf\"} 1\n",
+        "sluice_downstream_request_duration_seconds_count 2\n",
     ] {
         assert!(metrics.contains(sample), "{sample} in {metrics}");
     }

@@ -656,9 +656,11 @@ impl<N: Network> Engine<N> {
                 )
                 .await;
             scratch.awaiting.set(false);
-            self.stats
-                .downstream_rq_time
-                .record(now().saturating_duration_since(t_head));
+            let rq_time = now().saturating_duration_since(t_head);
+            self.stats.downstream_rq_time.record(rq_time);
+            if let Some(l) = lstats {
+                l.downstream_rq_time.record(rq_time);
+            }
             self.count_status(listener, outcome.status);
             let local = outcome
                 .flag
@@ -1298,9 +1300,11 @@ impl<N: Network> Engine<N> {
             };
             self.stream_input(ci, &mut stream, Input::ResponseComplete);
             self.publish_host_active(ci, host);
-            self.stats
-                .upstream_rq_time
-                .record(now().saturating_duration_since(try_start));
+            let try_time = now().saturating_duration_since(try_start);
+            self.stats.upstream_rq_time.record(try_time);
+            if let Some(c) = cstats {
+                c.upstream_rq_time.record(try_time);
+            }
             let (complete, sent) = match body {
                 Some(Ok(n)) => (true, n),
                 Some(Err(_)) | None => (false, 0),

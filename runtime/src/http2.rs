@@ -466,9 +466,11 @@ impl<N: Network> Engine<N> {
                 ) => Some(o),
                 () = poll_fn(|cx| watch.borrow_mut().poll_reset(cx)) => None,
             };
-            self.stats
-                .downstream_rq_time
-                .record(now().saturating_duration_since(t_head));
+            let rq_time = now().saturating_duration_since(t_head);
+            self.stats.downstream_rq_time.record(rq_time);
+            if let Some(l) = lstats {
+                l.downstream_rq_time.record(rq_time);
+            }
             served
         };
         let outcome = match outcome {
