@@ -64,7 +64,7 @@ const MANY_MISTAKES: [&str; 6] = [
     "clusters[0].hosts[0].weight: 0 is not a whole number from 1 to 1000",
     r#"listeners[0].address: "127.0.0.1:99999" is not a socket address (port out of range)"#,
     r#"listeners[0].tcp_proxy.cluster: unknown cluster "nowhere" (known: c1)"#,
-    "listeners[0].tcp_proxy.idle_timout: unknown field (expected one of: cluster, idle_timeout, max_connect_attempts, sni_routes, client_hello_timeout); did you mean 'idle_timeout'?",
+    "listeners[0].tcp_proxy.idle_timout: unknown field (expected one of: cluster, idle_timeout, max_connect_attempts, sni_routes, client_hello_timeout, access_log); did you mean 'idle_timeout'?",
 ];
 
 /// Where each of [`MANY_MISTAKES`] is in the file (`LINE:COL`), in file order.

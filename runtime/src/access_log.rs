@@ -1,4 +1,5 @@
-//! Access log: one line per HTTP request, as text from a `%FIELD%` template or as JSON.
+//! Access log: one line per HTTP request, or per `tcp_proxy` session at its close, as text
+//! from a `%FIELD%` template or as JSON.
 //!
 //! Each worker owns its own writer per listener and buffers lines, flushing when the buffer
 //! passes [`FLUSH_BYTES`] and on a periodic tick (the engine calls [`AccessLog::flush`]), so
@@ -11,9 +12,24 @@
 //! `PATH`, `PROTOCOL`, `STATUS`, `RESPONSE_FLAGS` (`-` or Envoy-style codes like `UF`, `NR`),
 //! `BYTES_RECEIVED`, `BYTES_SENT`, `DURATION` (ms), `UPSTREAM_HOST`, `REQUEST_ID`,
 //! `DOWNSTREAM_REMOTE_ADDRESS`, `LISTENER`, `ORIGINAL_DST` (the connection's original destination
-//! when a capture listener took it, else `-`).
+//! when a capture listener took it, else `-`), `AUTHORITY` (the `Host`, or HTTP/2 `:authority`),
+//! `USER_AGENT`, `UPSTREAM_CLUSTER`, `RETRY_COUNT` (tries − 1), and `%REQ(NAME)%` — any request
+//! header (case-insensitive; `%REQ(A?B)%` falls back to `B`; `%REQ(NAME):N%` keeps the first `N`
+//! bytes; `:authority`, `:path` and `:method` name the request line's parts). JSON lines carry
+//! the headers listed in `request_headers` under a `request_headers` object.
 //!
-//! In text lines, the fields that carry request bytes (`METHOD`, `PATH`, `REQUEST_ID`) are
+//! A TCP session's line has `START_TIME`, `DOWNSTREAM_REMOTE_ADDRESS`, `LISTENER`,
+//! `UPSTREAM_HOST`, `UPSTREAM_CLUSTER`, `BYTES_RECEIVED`/`BYTES_SENT` (from/to the client),
+//! `DURATION`, `RESPONSE_FLAGS` (`UF`, `UH`, `UO`, `DC`, `UC`), `CLOSE_REASON`,
+//! `REQUESTED_SERVER_NAME` (SNI) and `ORIGINAL_DST`; the config refuses the HTTP-only fields in
+//! a `tcp_proxy` template (`sluice_core::config::http::HTTP_ONLY_LOG_FIELDS`).
+//!
+//! The template is compiled once into a list of parts; a request's fields are read from its
+//! parsed head only when a part asks for them, so a field the template does not use costs
+//! nothing (no allocation, no header scan).
+//!
+//! In text lines, the fields that carry request bytes (`METHOD`, `PATH`, `REQUEST_ID`,
+//! `AUTHORITY`, `USER_AGENT`, `REQ(…)`) are
 //! escaped as nginx does (`"`, `\`, control characters, DEL and non-ASCII bytes as `\xHH`), so
 //! that a request cannot end a quoted field or a line and forge others. JSON lines are escaped by
 //! the JSON encoder.
@@ -24,6 +40,7 @@ use std::net::SocketAddr;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use sluice_core::config::http::{AccessLogConfig, AccessLogFormat};
+use sluice_core::http1::Head;
 
 /// Flush once this many bytes are buffered.
 pub const FLUSH_BYTES: usize = 16 * 1024;
@@ -31,7 +48,10 @@ pub const FLUSH_BYTES: usize = 16 * 1024;
 /// The default text template (Envoy's default, trimmed to the fields Sluice has).
 pub const DEFAULT_TEMPLATE: &str = "[%START_TIME%] \"%METHOD% %PATH% %PROTOCOL%\" %STATUS% %RESPONSE_FLAGS% %BYTES_RECEIVED% %BYTES_SENT% %DURATION% \"%UPSTREAM_HOST%\" \"%REQUEST_ID%\"";
 
-/// One request's facts.
+/// The default text template of a `tcp_proxy` access log.
+pub const DEFAULT_TCP_TEMPLATE: &str = "[%START_TIME%] %DOWNSTREAM_REMOTE_ADDRESS% %LISTENER% %UPSTREAM_CLUSTER% \"%UPSTREAM_HOST%\" %RESPONSE_FLAGS% %CLOSE_REASON% %BYTES_RECEIVED% %BYTES_SENT% %DURATION% \"%REQUESTED_SERVER_NAME%\"";
+
+/// One request's (or TCP session's) facts.
 pub struct Entry<'a> {
     /// When the request head started arriving.
     pub start: SystemTime,
@@ -61,6 +81,35 @@ pub struct Entry<'a> {
     pub listener: &'a str,
     /// The connection's original destination, when a capture listener (`original_dst`) took it.
     pub original_dst: Option<SocketAddr>,
+    /// The parsed request head and the buffer it indexes (HTTP/2 requests: their HTTP/1.1
+    /// translation), when the request got that far: `AUTHORITY`, `USER_AGENT` and `REQ(…)`
+    /// are read from it, and only when the template uses them.
+    pub request: Option<(&'a Head, &'a [u8])>,
+    /// The cluster the request was routed to.
+    pub cluster: Option<&'a str>,
+    /// Upstream tries made (0 when none was: a local reply).
+    pub tries: u32,
+    /// Why a TCP session ended (`completed`, `connect_failed`…); `None` for HTTP.
+    pub close_reason: Option<&'a str>,
+    /// The server name the client asked for (TLS SNI), when one was seen.
+    pub server_name: Option<&'a str>,
+}
+
+impl<'a> Entry<'a> {
+    /// A request header (ASCII case-insensitive); `:authority`, `:path` and `:method` are the
+    /// request line's (or the HTTP/2 pseudo-headers') values.
+    fn header(&self, name: &str) -> Option<&'a [u8]> {
+        let (head, buf) = self.request?;
+        if name.eq_ignore_ascii_case(":authority") {
+            head.host(buf)
+        } else if name.eq_ignore_ascii_case(":path") {
+            Some(head.target(buf))
+        } else if name.eq_ignore_ascii_case(":method") {
+            Some(head.method_bytes(buf))
+        } else {
+            head.header(buf, name)
+        }
+    }
 }
 
 enum Sink {
@@ -71,6 +120,12 @@ enum Sink {
 enum Piece {
     Text(String),
     Field(Field),
+    /// `%REQ(NAME?ALT):MAX%`: a request header, its fallback, at most `max` bytes of it.
+    Header {
+        name: String,
+        alt: Option<String>,
+        max: Option<usize>,
+    },
 }
 
 #[derive(Clone, Copy)]
@@ -89,9 +144,15 @@ enum Field {
     Downstream,
     Listener,
     OriginalDst,
+    Authority,
+    UserAgent,
+    UpstreamCluster,
+    RetryCount,
+    CloseReason,
+    ServerName,
 }
 
-const FIELDS: [(&str, Field); 14] = [
+const FIELDS: [(&str, Field); 20] = [
     ("START_TIME", Field::StartTime),
     ("METHOD", Field::Method),
     ("PATH", Field::Path),
@@ -106,6 +167,12 @@ const FIELDS: [(&str, Field); 14] = [
     ("DOWNSTREAM_REMOTE_ADDRESS", Field::Downstream),
     ("LISTENER", Field::Listener),
     ("ORIGINAL_DST", Field::OriginalDst),
+    ("AUTHORITY", Field::Authority),
+    ("USER_AGENT", Field::UserAgent),
+    ("UPSTREAM_CLUSTER", Field::UpstreamCluster),
+    ("RETRY_COUNT", Field::RetryCount),
+    ("CLOSE_REASON", Field::CloseReason),
+    ("REQUESTED_SERVER_NAME", Field::ServerName),
 ];
 
 /// A worker's access log writer for one listener.
@@ -113,26 +180,50 @@ pub struct AccessLog {
     /// The file, if not stdout (kept for [`AccessLog::reopen`]).
     path: Option<String>,
     json: bool,
+    /// A `tcp_proxy`'s log (its JSON lines have the session's keys).
+    tcp: bool,
     template: Vec<Piece>,
+    /// The request headers a JSON line carries (lowercased).
+    json_headers: Vec<String>,
     sink: Sink,
     buf: Vec<u8>,
 }
 
 impl AccessLog {
-    /// Opens the destination (append) and compiles the template.
+    /// Opens an HTTP listener's log: the destination (append), and compiles the template.
     pub fn open(config: &AccessLogConfig) -> io::Result<Self> {
+        Self::open_for(config, false)
+    }
+
+    /// Opens a `tcp_proxy` listener's log (one line per session).
+    pub fn open_tcp(config: &AccessLogConfig) -> io::Result<Self> {
+        Self::open_for(config, true)
+    }
+
+    fn open_for(config: &AccessLogConfig, tcp: bool) -> io::Result<Self> {
+        let default = if tcp {
+            DEFAULT_TCP_TEMPLATE
+        } else {
+            DEFAULT_TEMPLATE
+        };
         let sink = match &config.path {
             None => Sink::Stdout,
             Some(p) => Sink::File(open_append(p)?),
         };
         let (json, template) = match &config.format {
             AccessLogFormat::Json => (true, Vec::new()),
-            AccessLogFormat::Text(t) => (false, compile(t.as_deref().unwrap_or(DEFAULT_TEMPLATE))),
+            AccessLogFormat::Text(t) => (false, compile(t.as_deref().unwrap_or(default))),
         };
         Ok(AccessLog {
             path: config.path.clone(),
             json,
+            tcp,
             template,
+            json_headers: config
+                .request_headers
+                .iter()
+                .map(|h| h.to_ascii_lowercase())
+                .collect(),
             sink,
             buf: Vec::with_capacity(FLUSH_BYTES * 2),
         })
@@ -140,15 +231,12 @@ impl AccessLog {
 
     /// Appends one line; flushes when the buffer is full.
     pub fn log(&mut self, e: &Entry<'_>) {
-        if self.json {
-            write_json(&mut self.buf, e);
+        if self.json && self.tcp {
+            write_tcp_json(&mut self.buf, e);
+        } else if self.json {
+            write_json(&mut self.buf, e, &self.json_headers);
         } else {
-            for piece in &self.template {
-                match piece {
-                    Piece::Text(t) => self.buf.extend_from_slice(t.as_bytes()),
-                    Piece::Field(f) => write_field(&mut self.buf, *f, e),
-                }
-            }
+            write_pieces(&mut self.buf, &self.template, e);
         }
         self.buf.push(b'\n');
         if self.buf.len() >= FLUSH_BYTES {
@@ -201,18 +289,15 @@ fn compile(template: &str) -> Vec<Piece> {
     let mut rest = template;
     while let Some(start) = rest.find('%') {
         let after = &rest[start + 1..];
-        let field = after.find('%').and_then(|end| {
-            FIELDS
-                .iter()
-                .find(|(n, _)| *n == &after[..end])
-                .map(|(_, f)| (*f, end))
-        });
+        let field = after
+            .find('%')
+            .and_then(|end| parse_placeholder(&after[..end]).map(|p| (p, end)));
         match field {
-            Some((f, end)) => {
+            Some((piece, end)) => {
                 if start > 0 {
                     out.push(Piece::Text(rest[..start].to_owned()));
                 }
-                out.push(Piece::Field(f));
+                out.push(piece);
                 rest = &after[end + 1..];
             }
             None => {
@@ -227,12 +312,57 @@ fn compile(template: &str) -> Vec<Piece> {
     out
 }
 
+/// A placeholder's inside (between the `%`s): a field name, or `REQ(NAME?ALT):MAX`.
+fn parse_placeholder(inner: &str) -> Option<Piece> {
+    if let Some((_, f)) = FIELDS.iter().find(|(n, _)| *n == inner) {
+        return Some(Piece::Field(*f));
+    }
+    let args = inner.strip_prefix("REQ(")?;
+    let close = args.find(')')?;
+    let (names, tail) = (&args[..close], &args[close + 1..]);
+    let max = match tail {
+        "" => None,
+        t => Some(t.strip_prefix(':')?.parse::<usize>().ok()?),
+    };
+    let (name, alt) = match names.split_once('?') {
+        Some((n, a)) => (n, Some(a)),
+        None => (names, None),
+    };
+    let token = |n: &str| !n.is_empty() && !n.contains(|c: char| c.is_whitespace() || c == '%');
+    if !token(name) || !alt.is_none_or(token) {
+        return None;
+    }
+    Some(Piece::Header {
+        name: name.to_owned(),
+        alt: alt.map(str::to_owned),
+        max,
+    })
+}
+
+fn write_pieces(buf: &mut Vec<u8>, pieces: &[Piece], e: &Entry<'_>) {
+    for piece in pieces {
+        match piece {
+            Piece::Text(t) => buf.extend_from_slice(t.as_bytes()),
+            Piece::Field(f) => write_field(buf, *f, e),
+            Piece::Header { name, alt, max } => {
+                let value = e
+                    .header(name)
+                    .or_else(|| alt.as_deref().and_then(|a| e.header(a)));
+                match value {
+                    Some(v) => write_escaped(buf, &v[..max.map_or(v.len(), |m| m.min(v.len()))]),
+                    None => buf.push(b'-'),
+                }
+            }
+        }
+    }
+}
+
 /// Whether every `%NAME%` in a template names a known field (for config validation messages).
 pub fn unknown_fields(template: &str) -> Vec<String> {
     let mut unknown = Vec::new();
     let parts: Vec<&str> = template.split('%').collect();
     for (i, p) in parts.iter().enumerate() {
-        if i % 2 == 1 && i + 1 < parts.len() && !FIELDS.iter().any(|(n, _)| n == p) {
+        if i % 2 == 1 && i + 1 < parts.len() && parse_placeholder(p).is_none() {
             unknown.push((*p).to_owned());
         }
     }
@@ -281,6 +411,21 @@ fn write_field(buf: &mut Vec<u8>, f: Field, e: &Entry<'_>) {
             Some(a) => write!(buf, "{a}"),
             None => buf.write_all(b"-"),
         },
+        Field::Authority => {
+            write_escaped(buf, e.header(":authority").unwrap_or(b"-"));
+            Ok(())
+        }
+        Field::UserAgent => {
+            write_escaped(buf, e.header("user-agent").unwrap_or(b"-"));
+            Ok(())
+        }
+        Field::UpstreamCluster => buf.write_all(e.cluster.unwrap_or("-").as_bytes()),
+        Field::RetryCount => write!(buf, "{}", e.tries.saturating_sub(1)),
+        Field::CloseReason => buf.write_all(e.close_reason.unwrap_or("-").as_bytes()),
+        Field::ServerName => {
+            write_escaped(buf, e.server_name.map_or(b"-", str::as_bytes));
+            Ok(())
+        }
     };
 }
 
@@ -308,27 +453,115 @@ fn write_escaped(buf: &mut Vec<u8>, bytes: &[u8]) {
     }
 }
 
-fn write_json(buf: &mut Vec<u8>, e: &Entry<'_>) {
-    let s = |b: &[u8]| serde_json::Value::String(String::from_utf8_lossy(b).into_owned());
-    let mut ts = Vec::new();
-    write_rfc3339(&mut ts, e.start);
-    let v = serde_json::json!({
-        "start_time": s(&ts),
-        "method": s(e.method),
-        "path": s(e.path),
-        "protocol": e.protocol,
-        "status": e.status,
-        "response_flags": e.flag.unwrap_or("-"),
-        "bytes_received": e.bytes_received,
-        "bytes_sent": e.bytes_sent,
-        "duration_ms": e.duration_ms,
-        "upstream_host": e.upstream.map(|a| a.to_string()),
-        "request_id": s(e.request_id),
-        "downstream_remote_address": e.downstream.to_string(),
-        "listener": e.listener,
-        "original_dst": e.original_dst.map(|a| a.to_string()),
-    });
-    let _ = serde_json::to_writer(&mut *buf, &v);
+/// One JSON object, written straight into the buffer (no intermediate value: nothing is
+/// allocated per line). Request bytes that are not UTF-8 are written lossily.
+fn write_json(buf: &mut Vec<u8>, e: &Entry<'_>, headers: &[String]) {
+    use std::io::Write as _;
+    fn string(buf: &mut Vec<u8>, bytes: &[u8]) {
+        let _ = serde_json::to_writer(&mut *buf, &*String::from_utf8_lossy(bytes));
+    }
+    fn opt_string(buf: &mut Vec<u8>, bytes: Option<&[u8]>) {
+        match bytes {
+            Some(b) => string(buf, b),
+            None => buf.extend_from_slice(b"null"),
+        }
+    }
+    fn opt_addr(buf: &mut Vec<u8>, a: Option<SocketAddr>) {
+        match a {
+            Some(a) => {
+                let _ = write!(buf, "\"{a}\"");
+            }
+            None => buf.extend_from_slice(b"null"),
+        }
+    }
+    buf.extend_from_slice(b"{\"start_time\":\"");
+    write_rfc3339(buf, e.start);
+    buf.extend_from_slice(b"\",\"method\":");
+    string(buf, e.method);
+    buf.extend_from_slice(b",\"path\":");
+    string(buf, e.path);
+    buf.extend_from_slice(b",\"protocol\":");
+    string(buf, e.protocol.as_bytes());
+    let _ = write!(buf, ",\"status\":{},\"response_flags\":", e.status);
+    string(buf, e.flag.unwrap_or("-").as_bytes());
+    let _ = write!(
+        buf,
+        ",\"bytes_received\":{},\"bytes_sent\":{},\"duration_ms\":{},\"upstream_host\":",
+        e.bytes_received, e.bytes_sent, e.duration_ms
+    );
+    opt_addr(buf, e.upstream);
+    buf.extend_from_slice(b",\"request_id\":");
+    string(buf, e.request_id);
+    let _ = write!(
+        buf,
+        ",\"downstream_remote_address\":\"{}\",\"listener\":",
+        e.downstream
+    );
+    string(buf, e.listener.as_bytes());
+    buf.extend_from_slice(b",\"original_dst\":");
+    opt_addr(buf, e.original_dst);
+    buf.extend_from_slice(b",\"authority\":");
+    opt_string(buf, e.header(":authority"));
+    buf.extend_from_slice(b",\"user_agent\":");
+    opt_string(buf, e.header("user-agent"));
+    buf.extend_from_slice(b",\"upstream_cluster\":");
+    opt_string(buf, e.cluster.map(str::as_bytes));
+    let _ = write!(buf, ",\"retry_count\":{}", e.tries.saturating_sub(1));
+    if !headers.is_empty() {
+        buf.extend_from_slice(b",\"request_headers\":{");
+        for (i, name) in headers.iter().enumerate() {
+            if i > 0 {
+                buf.push(b',');
+            }
+            string(buf, name.as_bytes());
+            buf.push(b':');
+            opt_string(buf, e.header(name));
+        }
+        buf.push(b'}');
+    }
+    buf.push(b'}');
+}
+
+/// A TCP session's JSON line: the fields a session has.
+fn write_tcp_json(buf: &mut Vec<u8>, e: &Entry<'_>) {
+    use std::io::Write as _;
+    let opt_addr = |buf: &mut Vec<u8>, a: Option<SocketAddr>| match a {
+        Some(a) => {
+            let _ = write!(buf, "\"{a}\"");
+        }
+        None => buf.extend_from_slice(b"null"),
+    };
+    let opt_str = |buf: &mut Vec<u8>, s: Option<&str>| match s {
+        Some(s) => {
+            let _ = serde_json::to_writer(&mut *buf, s);
+        }
+        None => buf.extend_from_slice(b"null"),
+    };
+    buf.extend_from_slice(b"{\"start_time\":\"");
+    write_rfc3339(buf, e.start);
+    let _ = write!(
+        buf,
+        "\",\"downstream_remote_address\":\"{}\",\"listener\":",
+        e.downstream
+    );
+    opt_str(buf, Some(e.listener));
+    buf.extend_from_slice(b",\"upstream_cluster\":");
+    opt_str(buf, e.cluster);
+    buf.extend_from_slice(b",\"upstream_host\":");
+    opt_addr(buf, e.upstream);
+    let _ = write!(
+        buf,
+        ",\"bytes_received\":{},\"bytes_sent\":{},\"duration_ms\":{},\"response_flags\":",
+        e.bytes_received, e.bytes_sent, e.duration_ms
+    );
+    opt_str(buf, Some(e.flag.unwrap_or("-")));
+    buf.extend_from_slice(b",\"close_reason\":");
+    opt_str(buf, e.close_reason);
+    buf.extend_from_slice(b",\"requested_server_name\":");
+    opt_str(buf, e.server_name);
+    buf.extend_from_slice(b",\"original_dst\":");
+    opt_addr(buf, e.original_dst);
+    buf.push(b'}');
 }
 
 /// `2026-11-27T08:13:04.123Z`
@@ -381,6 +614,7 @@ mod tests {
         let config = AccessLogConfig {
             format: AccessLogFormat::Text(None),
             path: None,
+            request_headers: Vec::new(),
         };
         let mut log = AccessLog::open(&config).unwrap();
         let e = Entry {
@@ -398,6 +632,11 @@ mod tests {
             downstream: "127.0.0.1:1".parse().unwrap(),
             listener: "l",
             original_dst: None,
+            request: None,
+            cluster: None,
+            tries: 0,
+            close_reason: None,
+            server_name: None,
         };
         log.log(&e);
         let line = String::from_utf8(std::mem::take(&mut log.buf)).unwrap();
@@ -428,18 +667,165 @@ mod tests {
             downstream: "127.0.0.1:1".parse().unwrap(),
             listener: "l",
             original_dst: Some("10.0.0.5:80".parse().unwrap()),
+            request: None,
+            cluster: None,
+            tries: 0,
+            close_reason: None,
+            server_name: None,
         };
         let mut buf = Vec::new();
-        for p in &pieces {
-            match p {
-                Piece::Text(t) => buf.extend_from_slice(t.as_bytes()),
-                Piece::Field(f) => write_field(&mut buf, *f, &e),
-            }
-        }
+        write_pieces(&mut buf, &pieces, &e);
         assert_eq!(
             String::from_utf8(buf).unwrap(),
             "a 204 100% %NOPE% GET 10.0.0.5:80"
         );
         assert_eq!(unknown_fields("%STATUS% %NOPE%"), ["NOPE"]);
+    }
+
+    fn parsed(raw: &[u8]) -> Head {
+        use sluice_core::http1::{Limits, ParseStatus, parse_request};
+        let mut head = Head::default();
+        let limits = Limits {
+            max_head_bytes: 8192,
+            max_headers: 100,
+        };
+        assert_eq!(
+            parse_request(raw, &limits, &mut head).unwrap(),
+            ParseStatus::Complete
+        );
+        head
+    }
+
+    fn entry<'a>(request: Option<(&'a Head, &'a [u8])>) -> Entry<'a> {
+        Entry {
+            start: UNIX_EPOCH,
+            method: b"GET",
+            path: b"/x",
+            protocol: "HTTP/1.1",
+            status: 200,
+            flag: None,
+            bytes_received: 1,
+            bytes_sent: 2,
+            duration_ms: 3,
+            upstream: Some("10.0.0.9:8080".parse().unwrap()),
+            request_id: b"id",
+            downstream: "127.0.0.1:1".parse().unwrap(),
+            listener: "l",
+            original_dst: None,
+            request,
+            cluster: Some("app"),
+            tries: 3,
+            close_reason: None,
+            server_name: None,
+        }
+    }
+
+    #[test]
+    fn request_fields_and_headers_in_text_lines() {
+        let raw = b"GET /x HTTP/1.1\r\nHost: example.com\r\nUser-Agent: curl/8\r\n\
+                    X-Tenant: acme\"corp\r\nX-Long: 0123456789\r\n\r\n";
+        let head = parsed(raw);
+        let pieces = compile(
+            "%AUTHORITY% %USER_AGENT% %UPSTREAM_CLUSTER% %RETRY_COUNT% \"%REQ(x-tenant)%\" \
+             %REQ(X-LONG):4% %REQ(X-NONE)% %REQ(X-NONE?USER-AGENT)% %REQ(:AUTHORITY)% %REQ(:PATH)% \
+             %REQ(bad",
+        );
+        let mut buf = Vec::new();
+        write_pieces(&mut buf, &pieces, &entry(Some((&head, raw))));
+        assert_eq!(
+            String::from_utf8(buf).unwrap(),
+            "example.com curl/8 app 2 \"acme\\x22corp\" 0123 - curl/8 example.com /x %REQ(bad"
+        );
+        // A request refused before its head was parsed: every request field is `-`.
+        let mut buf = Vec::new();
+        let mut e = entry(None);
+        e.cluster = None;
+        e.tries = 0;
+        write_pieces(
+            &mut buf,
+            &compile("%AUTHORITY% %USER_AGENT% %REQ(X-TENANT)% %UPSTREAM_CLUSTER% %RETRY_COUNT%"),
+            &e,
+        );
+        assert_eq!(String::from_utf8(buf).unwrap(), "- - - - 0");
+        assert!(unknown_fields("%REQ(X-A):12% %REQ(X-A):z%").len() == 1);
+    }
+
+    #[test]
+    fn request_fields_and_headers_in_json_lines() {
+        let raw = b"GET /x HTTP/1.1\r\nHost: example.com\r\nX-Tenant: acme\r\n\r\n";
+        let head = parsed(raw);
+        let config = AccessLogConfig {
+            format: AccessLogFormat::Json,
+            path: None,
+            request_headers: vec!["X-Tenant".into(), "x-missing".into()],
+        };
+        let mut log = AccessLog::open(&config).unwrap();
+        log.log(&entry(Some((&head, raw))));
+        let line = String::from_utf8(std::mem::take(&mut log.buf)).unwrap();
+        let v: serde_json::Value = serde_json::from_str(line.trim_end()).unwrap();
+        assert_eq!(v["authority"], "example.com");
+        assert_eq!(v["user_agent"], serde_json::Value::Null);
+        assert_eq!(v["upstream_cluster"], "app");
+        assert_eq!(v["retry_count"], 2);
+        assert_eq!(v["request_headers"]["x-tenant"], "acme");
+        assert_eq!(v["request_headers"]["x-missing"], serde_json::Value::Null);
+        assert_eq!(v["upstream_host"], "10.0.0.9:8080");
+        assert_eq!(v["start_time"], "1970-01-01T00:00:00.000Z");
+        assert_eq!(v["request_id"], "id");
+        assert_eq!(v["status"], 200);
+    }
+
+    /// The core validates templates with its field lists; they must be exactly this module's.
+    #[test]
+    fn field_names_match_the_configs_lists() {
+        use sluice_core::config::http::{HTTP_ONLY_LOG_FIELDS, TCP_LOG_FIELDS};
+        let mut ours: Vec<&str> = FIELDS.iter().map(|(n, _)| *n).collect();
+        let mut config: Vec<&str> = TCP_LOG_FIELDS
+            .iter()
+            .chain(&HTTP_ONLY_LOG_FIELDS)
+            .copied()
+            .chain(["ORIGINAL_DST"])
+            .collect();
+        ours.sort_unstable();
+        config.sort_unstable();
+        assert_eq!(ours, config);
+    }
+
+    #[test]
+    fn tcp_session_lines() {
+        let config = AccessLogConfig {
+            format: AccessLogFormat::Text(None),
+            path: None,
+            request_headers: Vec::new(),
+        };
+        let mut log = AccessLog::open_tcp(&config).unwrap();
+        let mut e = entry(None);
+        e.flag = Some("UF");
+        e.close_reason = Some("connect_failed");
+        e.server_name = Some("a.example.com");
+        e.upstream = None;
+        log.log(&e);
+        let line = String::from_utf8(std::mem::take(&mut log.buf)).unwrap();
+        assert_eq!(
+            line,
+            "[1970-01-01T00:00:00.000Z] 127.0.0.1:1 l app \"-\" UF connect_failed 1 2 3 \
+             \"a.example.com\"\n"
+        );
+        let config = AccessLogConfig {
+            format: AccessLogFormat::Json,
+            path: None,
+            request_headers: Vec::new(),
+        };
+        let mut log = AccessLog::open_tcp(&config).unwrap();
+        log.log(&e);
+        let line = String::from_utf8(std::mem::take(&mut log.buf)).unwrap();
+        let v: serde_json::Value = serde_json::from_str(line.trim_end()).unwrap();
+        assert_eq!(v["close_reason"], "connect_failed");
+        assert_eq!(v["response_flags"], "UF");
+        assert_eq!(v["upstream_cluster"], "app");
+        assert_eq!(v["upstream_host"], serde_json::Value::Null);
+        assert_eq!(v["requested_server_name"], "a.example.com");
+        assert_eq!(v["bytes_received"], 1);
+        assert!(v.get("method").is_none());
     }
 }

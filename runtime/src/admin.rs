@@ -42,9 +42,10 @@ use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
 use crate::stats::{
-    BOLT_METRICS, CLUSTER_METRICS, ClusterSnapshot, DetailedSnapshot, Export, HISTOGRAM_BOUNDS_US,
-    HISTOGRAM_METRICS, HOST_METRICS, HistogramSnapshot, HostSnapshot, Kind, LISTENER_METRICS,
-    ListenerSnapshot, Metric, Shown, WORKER_METRICS, WorkerStats,
+    BOLT_METRICS, CLUSTER_HISTOGRAM, CLUSTER_METRICS, ClusterSnapshot, DetailedSnapshot, Export,
+    HISTOGRAM_BOUNDS_US, HISTOGRAM_METRICS, HOST_METRICS, HistogramSnapshot, HostSnapshot, Kind,
+    LISTENER_HISTOGRAM, LISTENER_METRICS, ListenerSnapshot, Metric, Shown, WORKER_METRICS,
+    WorkerStats,
 };
 
 /// Where the server is in its life, as `/server_info` and `/ready` report it.
@@ -1494,8 +1495,7 @@ fn flat_stats_kinds(shared: &AdminShared, s: &DetailedSnapshot) -> Vec<(String, 
             put(e.metric.stats_key.to_owned(), *v, e.metric.kind);
         }
     }
-    for h in HISTOGRAM_METRICS {
-        let (name, h) = (h.stats_key, (h.read)(s));
+    let mut histogram_stats = |name: String, h: &HistogramSnapshot| {
         put(format!("{name}.count"), h.count(), Kind::Histogram);
         put(format!("{name}.sum_us"), h.sum_us, Kind::Histogram);
         for (q, label) in [(0.5, "p50"), (0.9, "p90"), (0.99, "p99")] {
@@ -1503,6 +1503,19 @@ fn flat_stats_kinds(shared: &AdminShared, s: &DetailedSnapshot) -> Vec<(String, 
                 put(format!("{name}.{label}_us_le"), b, Kind::Histogram);
             }
         }
+    };
+    for h in HISTOGRAM_METRICS {
+        histogram_stats(h.stats_key.to_owned(), (h.read)(s));
+    }
+    for (i, l) in elements.listeners.iter().enumerate() {
+        if is_http(config, i) {
+            let key = format!("{}{}", l.prefix, LISTENER_HISTOGRAM.2);
+            histogram_stats(key, &l.snapshot.downstream_rq_time);
+        }
+    }
+    for c in &elements.clusters {
+        let key = format!("{}{}", c.prefix, CLUSTER_HISTOGRAM.2);
+        histogram_stats(key, &c.snapshot.upstream_rq_time);
     }
     out.sort_by(|a, b| a.0.cmp(&b.0));
     out
@@ -1610,6 +1623,25 @@ pub fn prometheus(shared: &AdminShared, s: &DetailedSnapshot) -> String {
     for h in HISTOGRAM_METRICS {
         histogram(&mut out, h.name, h.help, (h.read)(s));
     }
+    // By listener (HTTP listeners; the family only when there is one) and by cluster.
+    let http_listeners: Vec<_> = elements
+        .listeners
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| is_http(config, *i))
+        .map(|(_, l)| (l.labels.as_slice(), &l.snapshot.downstream_rq_time))
+        .collect();
+    if !http_listeners.is_empty() {
+        let (name, help, _) = LISTENER_HISTOGRAM;
+        histogram_family(&mut out, name, help, &http_listeners);
+    }
+    let clusters: Vec<_> = elements
+        .clusters
+        .iter()
+        .map(|c| (c.labels.as_slice(), &c.snapshot.upstream_rq_time))
+        .collect();
+    let (name, help, _) = CLUSTER_HISTOGRAM;
+    histogram_family(&mut out, name, help, &clusters);
     if has_bolt(config) {
         for (e, (_, v)) in BOLT_METRICS.iter().zip(&s.bolt) {
             let m = &e.metric;
@@ -1624,21 +1656,38 @@ pub fn prometheus(shared: &AdminShared, s: &DetailedSnapshot) -> String {
 }
 
 fn histogram(out: &mut String, name: &str, help: &str, h: &HistogramSnapshot) {
+    histogram_family(out, name, help, &[(&[], h)]);
+}
+
+/// A histogram family with one series set per element (told apart by its labels).
+fn histogram_family(
+    out: &mut String,
+    name: &str,
+    help: &str,
+    series: &[(&[(&'static str, String)], &HistogramSnapshot)],
+) {
     let mut f = Family::start(out, name, Kind::Histogram.as_str(), help);
     let bucket = format!("{name}_bucket");
-    let mut cumulative = 0;
-    for (i, bound) in HISTOGRAM_BOUNDS_US.iter().enumerate() {
-        cumulative += h.buckets[i];
-        let le = format!("{}", *bound as f64 / 1e6);
-        f.sample(&bucket, &[("le", &le)], cumulative);
+    let (sum, count) = (format!("{name}_sum"), format!("{name}_count"));
+    let bounds: Vec<String> = HISTOGRAM_BOUNDS_US
+        .iter()
+        .map(|b| format!("{}", *b as f64 / 1e6))
+        .collect();
+    for (labels, h) in series {
+        let mut with_le: Vec<(&str, &str)> = labels.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let plain = with_le.clone();
+        with_le.push(("le", ""));
+        let mut cumulative = 0;
+        for (i, le) in bounds.iter().enumerate() {
+            cumulative += h.buckets[i];
+            *with_le.last_mut().expect("le") = ("le", le);
+            f.sample(&bucket, &with_le, cumulative);
+        }
+        *with_le.last_mut().expect("le") = ("le", "+Inf");
+        f.sample(&bucket, &with_le, h.count());
+        f.sample(&sum, &plain, format!("{}", h.sum_us as f64 / 1e6));
+        f.sample(&count, &plain, h.count());
     }
-    f.sample(&bucket, &[("le", "+Inf")], h.count());
-    f.sample(
-        &format!("{name}_sum"),
-        &[],
-        format!("{}", h.sum_us as f64 / 1e6),
-    );
-    f.sample(&format!("{name}_count"), &[], h.count());
 }
 
 /// `docs/metrics.md`: every metric `/metrics` and `/stats` export, from the declarations
@@ -1814,6 +1863,23 @@ pub fn metrics_reference() -> String {
             h.name, h.stats_key, h.help
         );
     }
+    let (name, help, key) = LISTENER_HISTOGRAM;
+    let _ = writeln!(
+        out,
+        "| `{name}` (`listener`) | histogram | `listener.NAME.{key}.*` | {help} Only for HTTP and `protocol: auto` listeners. |"
+    );
+    let (name, help, key) = CLUSTER_HISTOGRAM;
+    let _ = writeln!(
+        out,
+        "| `{name}` (`cluster`) | histogram | `cluster.NAME.{key}.*` | {help} |"
+    );
+    let _ = writeln!(
+        out,
+        "\nThe unlabelled `sluice_downstream_request_duration_seconds` and\n\
+         `sluice_upstream_request_duration_seconds` (`http.downstream_rq_time.*`,\n\
+         `http.upstream_rq_time.*`) are the sums over listeners and clusters; they stay for existing\n\
+         dashboards."
+    );
     let (name, help) = crate::tls_certs::EXPIRY_METRIC;
     let _ = write!(
         out,
@@ -2230,8 +2296,12 @@ mod tests {
         let text = String::from_utf8(r.body).unwrap();
         assert_eq!(
             text,
-            "cluster.app.upstream_rq_overflow: 0\ncluster.app.upstream_rq_pending_overflow: 0\n\
+            "cluster.app.upstream_rq_1xx: 0\ncluster.app.upstream_rq_2xx: 0\n\
+             cluster.app.upstream_rq_3xx: 0\ncluster.app.upstream_rq_4xx: 0\n\
+             cluster.app.upstream_rq_5xx: 0\n\
+             cluster.app.upstream_rq_overflow: 0\ncluster.app.upstream_rq_pending_overflow: 0\n\
              cluster.app.upstream_rq_retry: 0\ncluster.app.upstream_rq_retry_overflow: 0\n\
+             cluster.app.upstream_rq_time.count: 0\ncluster.app.upstream_rq_time.sum_us: 0\n\
              cluster.app.upstream_rq_timeout: 0\ncluster.app.upstream_rq_too_many_interim: 0\n\
              cluster.app.upstream_rq_total: 0\n"
         );

@@ -23,7 +23,7 @@ use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use sluice_core::cluster::{ClusterState, HostId};
 use sluice_core::config::{ClusterKind, Config, ListenerConfig, ListenerFilter, TcpProxyConfig};
@@ -40,7 +40,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::Notify;
 use tracing::{debug, info, warn};
 
-use crate::access_log::AccessLog;
+use crate::access_log::{AccessLog, Entry};
 use crate::downstream::{Alpn, Downstream};
 use crate::health::{SharedHealth, WorkerHealth};
 use crate::http::BreakerUnit;
@@ -175,6 +175,13 @@ impl<N: Network> Engine<N> {
                     routers.push(Some(Router::new(hc).map_err(std::io::Error::other)?));
                     access_logs.push(match &hc.access_log {
                         Some(a) => Some(RefCell::new(AccessLog::open(a)?)),
+                        None => None,
+                    });
+                }
+                ListenerFilter::TcpProxy(tp) => {
+                    routers.push(None);
+                    access_logs.push(match &tp.access_log {
+                        Some(a) => Some(RefCell::new(AccessLog::open_tcp(a)?)),
                         None => None,
                     });
                 }
@@ -694,12 +701,33 @@ impl<N: Network> Engine<N> {
     ) where
         S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
     {
+        // The access log's start time (wall clock) and the session's start.
+        let started = if self.access_logs[listener].is_some() {
+            SystemTime::now()
+        } else {
+            SystemTime::UNIX_EPOCH
+        };
+        let t0 = now();
+        let mut log = TcpLogFacts {
+            started,
+            t0,
+            peer,
+            cluster: None,
+            upstream: None,
+            bytes: (0, 0),
+            reason: "",
+            flag: None,
+            server_name: None,
+            original_dst,
+        };
+        // The server name a ClientHello peek saw (`sni_routes` with TLS passed through).
+        let mut peeked_name = None;
         // With `sni_routes`, the ClientHello picks the cluster; the bytes read to see it go
         // upstream first, untouched.
         let mut hello: Option<(Box<[u8]>, usize)> = None;
         let ci = if tp.sni_routes.is_empty() {
             tp.cluster_index
-        } else if let Some(server_name) = terminated {
+        } else if let Some(server_name) = &terminated {
             let (ci, matched) = tp.cluster_for_server_name(server_name.as_deref());
             if let Some(l) = self.stats.listener(listener) {
                 let outcome = if matched {
@@ -711,7 +739,9 @@ impl<N: Network> Engine<N> {
             }
             ci
         } else {
-            let (buf, len, (outcome, cluster)) = self.read_client_hello(tp, &mut down).await;
+            let (buf, len, (outcome, cluster)) = self
+                .read_client_hello(tp, &mut down, &mut peeked_name)
+                .await;
             if let Some(l) = self.stats.listener(listener) {
                 bump(&l.sni_outcome[outcome as usize], 1);
             }
@@ -719,12 +749,19 @@ impl<N: Network> Engine<N> {
                 debug!(listener = %lc.name, %peer, outcome = outcome.as_str(), "no usable ClientHello: connection closed");
                 self.give_buffer(buf);
                 let _ = down.shutdown().await;
+                log.reason = "no_client_hello";
+                self.log_tcp_session(listener, lc, &log);
                 return;
             };
             hello = Some((buf, len));
             ci
         };
         let cluster_cfg = &self.config.clusters[ci];
+        log.cluster = Some(ci);
+        log.server_name = match &terminated {
+            Some(name) => name.as_deref(),
+            None => peeked_name.as_deref(),
+        };
         // An original_dst cluster connects to the connection's original destination; one that
         // was not captured has none (it would be this listener: a loop), and is closed.
         let direct = match cluster_cfg.kind {
@@ -742,6 +779,8 @@ impl<N: Network> Engine<N> {
                         self.give_buffer(buf);
                     }
                     let _ = down.shutdown().await;
+                    (log.reason, log.flag) = (reason.as_str(), tcp_flag(reason));
+                    self.log_tcp_session(listener, lc, &log);
                     return;
                 }
             },
@@ -759,6 +798,8 @@ impl<N: Network> Engine<N> {
             if let Some((buf, _)) = hello {
                 self.give_buffer(buf);
             }
+            (log.reason, log.flag) = ("upstream_overflow", Some("UO"));
+            self.log_tcp_session(listener, lc, &log);
             return;
         };
         if let Some(c) = cstats {
@@ -802,6 +843,7 @@ impl<N: Network> Engine<N> {
         while let Some(action) = session.poll_action() {
             match action {
                 Action::Connect { address, host } => {
+                    log.upstream = Some(address);
                     bump(&self.stats.upstream_cx_attempts, 1);
                     if let Some(c) = cstats {
                         bump(&c.upstream_cx_total, 1);
@@ -954,6 +996,37 @@ impl<N: Network> Engine<N> {
             // Tell the client at once (FIN) rather than leaving it to notice the drop.
             let _ = down.shutdown().await;
         }
+        log.bytes = (from_down, from_up);
+        (log.reason, log.flag) = (reason.as_str(), tcp_flag(reason));
+        self.log_tcp_session(listener, lc, &log);
+    }
+
+    /// Writes a `tcp_proxy` session's access-log line, when the listener has an access log.
+    fn log_tcp_session(&self, listener: usize, lc: &ListenerConfig, f: &TcpLogFacts<'_>) {
+        let Some(log) = &self.access_logs[listener] else {
+            return;
+        };
+        log.borrow_mut().log(&Entry {
+            start: f.started,
+            method: b"-",
+            path: b"-",
+            protocol: "TCP",
+            status: 0,
+            flag: f.flag,
+            bytes_received: f.bytes.0,
+            bytes_sent: f.bytes.1,
+            duration_ms: now().duration_since(f.t0).as_millis() as u64,
+            upstream: f.upstream,
+            request_id: b"",
+            downstream: f.peer,
+            listener: &lc.name,
+            original_dst: f.original_dst,
+            request: None,
+            cluster: f.cluster.map(|c| self.config.clusters[c].name.as_str()),
+            tries: 0,
+            close_reason: Some(f.reason),
+            server_name: f.server_name,
+        });
     }
 
     /// The echo filter: writes back every byte read, until EOF or the drain timeout.
@@ -1001,6 +1074,7 @@ impl<N: Network> Engine<N> {
         &self,
         tp: &TcpProxyConfig,
         down: &mut S,
+        server_name: &mut Option<String>,
     ) -> (Box<[u8]>, usize, (SniOutcome, Option<usize>)) {
         let mut buf = self.take_buffer();
         let mut len = 0;
@@ -1035,6 +1109,7 @@ impl<N: Network> Engine<N> {
                     } else {
                         SniOutcome::Unmatched
                     };
+                    *server_name = h.server_name;
                     break (outcome, Some(ci));
                 }
             }
@@ -1064,6 +1139,33 @@ impl<N: Network> Engine<N> {
         if pool.len() < MAX_POOLED_BUFFERS {
             pool.push(buf);
         }
+    }
+}
+
+/// What a `tcp_proxy` session's access-log line says, gathered as the session goes.
+struct TcpLogFacts<'a> {
+    started: SystemTime,
+    t0: sluice_core::Instant,
+    peer: SocketAddr,
+    cluster: Option<usize>,
+    /// The host of the last connect attempt.
+    upstream: Option<SocketAddr>,
+    /// From and to the client.
+    bytes: (u64, u64),
+    reason: &'a str,
+    flag: Option<&'static str>,
+    server_name: Option<&'a str>,
+    original_dst: Option<SocketAddr>,
+}
+
+/// A TCP session's close reason as an Envoy response flag (`None`: no flag, `-`).
+fn tcp_flag(reason: CloseReason) -> Option<&'static str> {
+    match reason {
+        CloseReason::NoHealthyUpstream => Some("UH"),
+        CloseReason::ConnectFailed => Some("UF"),
+        CloseReason::DownstreamReset => Some("DC"),
+        CloseReason::UpstreamReset => Some("UC"),
+        CloseReason::Completed | CloseReason::IdleTimeout | CloseReason::DrainTimeout => None,
     }
 }
 

@@ -426,6 +426,10 @@ pub(crate) struct Scratch {
     request_id_generated: bool,
     /// The request came over TLS: `x-forwarded-proto: https`.
     over_tls: bool,
+    /// The cluster this request was routed to and the upstream tries it made (reset for every
+    /// request), for the access log.
+    pub(crate) cluster: Option<usize>,
+    pub(crate) tries: u32,
 }
 
 impl Scratch {
@@ -448,6 +452,8 @@ impl Scratch {
             request_id: [0; 36],
             request_id_generated: false,
             over_tls,
+            cluster: None,
+            tries: 0,
         }
     }
 }
@@ -644,6 +650,11 @@ impl<N: Network> Engine<N> {
                             downstream: peer,
                             listener: &lc.name,
                             original_dst,
+                            request: None,
+                            cluster: None,
+                            tries: 0,
+                            close_reason: None,
+                            server_name: None,
                         });
                     }
                     tracing::debug!(listener = %lc.name, %peer, status, "rejected request: {why}");
@@ -669,9 +680,11 @@ impl<N: Network> Engine<N> {
                 )
                 .await;
             scratch.awaiting.set(false);
-            self.stats
-                .downstream_rq_time
-                .record(now().saturating_duration_since(t_head));
+            let rq_time = now().saturating_duration_since(t_head);
+            self.stats.downstream_rq_time.record(rq_time);
+            if let Some(l) = lstats {
+                l.downstream_rq_time.record(rq_time);
+            }
             self.count_status(listener, outcome.status);
             let local = outcome
                 .flag
@@ -713,6 +726,13 @@ impl<N: Network> Engine<N> {
                     downstream: peer,
                     listener: &lc.name,
                     original_dst,
+                    request: Some((&head, buf)),
+                    cluster: scratch
+                        .cluster
+                        .map(|c| self.config.clusters[c].name.as_str()),
+                    tries: scratch.tries,
+                    close_reason: None,
+                    server_name: None,
                 });
             }
             // The request (head and any body) is done with: drop it from the buffer; what
@@ -829,6 +849,8 @@ impl<N: Network> Engine<N> {
             .expect("http listener has a router");
         // The normalized path is what is routed and forwarded (in scratch.norm when it differs).
         scratch.request_id_generated = false;
+        scratch.cluster = None;
+        scratch.tries = 0;
         let opts = scratch.path_opts;
         scratch.normalized =
             match normalize_path_into(head.path(rbuf.bytes()), &opts, &mut scratch.norm) {
@@ -913,6 +935,7 @@ impl<N: Network> Engine<N> {
     ) -> Outcome {
         let target = pick_cluster(&action.target, &mut self.rng.borrow_mut());
         let ci = target.cluster_index;
+        scratch.cluster = Some(ci);
         let cluster_cfg = &self.config.clusters[ci];
         let cstats = self.stats.cluster(ci);
         let head_len = head.head_len();
@@ -1084,6 +1107,7 @@ impl<N: Network> Engine<N> {
                 }
             };
             let try_start = now();
+            scratch.tries += 1;
             last_host = Some(host);
             upstream_addr = Some(address);
             // Connection: pooled or fresh, raced against the stream's timers.
@@ -1244,6 +1268,10 @@ impl<N: Network> Engine<N> {
                 }
             };
             self.report_upstream_result(ci, host, UpstreamResult::Status(status));
+            if let Some(c) = cstats {
+                let class = (status / 100).clamp(1, 5) as usize - 1;
+                bump(&c.upstream_rq_by_class[class], 1);
+            }
             match self.stream_input(ci, &mut stream, Input::ResponseHead { status }) {
                 Some(Output::ForwardResponse) => {}
                 other => {
@@ -1322,9 +1350,11 @@ impl<N: Network> Engine<N> {
             };
             self.stream_input(ci, &mut stream, Input::ResponseComplete);
             self.publish_host_active(ci, host);
-            self.stats
-                .upstream_rq_time
-                .record(now().saturating_duration_since(try_start));
+            let try_time = now().saturating_duration_since(try_start);
+            self.stats.upstream_rq_time.record(try_time);
+            if let Some(c) = cstats {
+                c.upstream_rq_time.record(try_time);
+            }
             let (complete, sent) = match body {
                 Some(Ok(n)) => (true, n),
                 Some(Err(_)) | None => (false, 0),

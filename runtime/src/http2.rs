@@ -470,9 +470,11 @@ impl<N: Network> Engine<N> {
                 ) => Some(o),
                 () = poll_fn(|cx| watch.borrow_mut().poll_reset(cx)) => None,
             };
-            self.stats
-                .downstream_rq_time
-                .record(now().saturating_duration_since(t_head));
+            let rq_time = now().saturating_duration_since(t_head);
+            self.stats.downstream_rq_time.record(rq_time);
+            if let Some(l) = lstats {
+                l.downstream_rq_time.record(rq_time);
+            }
             served
         };
         let outcome = match outcome {
@@ -545,6 +547,16 @@ impl<N: Network> Engine<N> {
                 },
                 downstream: peer,
                 listener: &lc.name,
+                request: parsed.then_some((&*head, buf)),
+                // A stream refused before routing did not reach `serve_request`: what the
+                // scratch holds is an earlier stream's.
+                cluster: scratch
+                    .cluster
+                    .filter(|_| parsed)
+                    .map(|c| self.config.clusters[c].name.as_str()),
+                tries: if parsed { scratch.tries } else { 0 },
+                close_reason: None,
+                server_name: None,
             });
         }
         let mut spare = spare.borrow_mut();

@@ -84,6 +84,13 @@ fn check_access_logs(config: &Config) -> io::Result<()> {
                 io::Error::new(e.kind(), format!("listeners[{i}] ({}): {e}", l.name))
             })?;
         }
+        if let sluice_core::config::ListenerFilter::TcpProxy(tp) = &l.filter
+            && let Some(a) = &tp.access_log
+        {
+            crate::access_log::AccessLog::open_tcp(a).map_err(|e| {
+                io::Error::new(e.kind(), format!("listeners[{i}] ({}): {e}", l.name))
+            })?;
+        }
     }
     Ok(())
 }

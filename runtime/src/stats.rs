@@ -60,6 +60,12 @@ impl Histogram {
         bump(&self.sum_us, us);
     }
 
+    /// Adds `old − base` (a reload: see [`WorkerStats::transfer`]).
+    fn transfer(&self, old: &Histogram, base: &Histogram) {
+        self.buckets.transfer(&old.buckets, &base.buckets);
+        self.sum_us.transfer(&old.sum_us, &base.sum_us);
+    }
+
     /// A plain copy.
     #[must_use]
     pub fn snapshot(&self) -> HistogramSnapshot {
@@ -678,6 +684,14 @@ counters! {
             .prometheus_for(Shown::CaptureListeners)
             .stats_for(Shown::CaptureListeners);
     }
+    extra {
+        /// This listener's HTTP request times (see [`WorkerStats::downstream_rq_time`]).
+        downstream_rq_time: Histogram,
+    }
+    snapshot_extra {
+        /// See [`ListenerStats::downstream_rq_time`].
+        downstream_rq_time: HistogramSnapshot,
+    }
 }
 
 counters! {
@@ -816,6 +830,16 @@ counters! {
                 "Retries not made because the retry budget was spent (or the max_retries circuit breaker was at its limit).",
             )
             .stats("upstream_rq_retry_overflow");
+        /// HTTP response heads received from the cluster's hosts, by status class (1xx..5xx;
+        /// every try's, a response a retry then replaced included — Envoy's
+        /// `upstream_rq_<class>`).
+        upstream_rq_by_class: [AtomicU64; 5], counter
+            => Metric::counter(
+                "sluice_upstream_responses_total",
+                "HTTP responses received from the cluster's hosts, by status class (every try's).",
+            )
+            .by("class", status_class)
+            .stats("upstream_rq_");
         /// Tries failed because the upstream sent more interim (1xx) responses than allowed.
         upstream_rq_too_many_interim: AtomicU64, counter
             => Metric::counter(
@@ -872,10 +896,14 @@ counters! {
     extra {
         /// Per host, in config order.
         hosts: Box<[HostStats]>,
+        /// This cluster's HTTP upstream try times (see [`WorkerStats::upstream_rq_time`]).
+        upstream_rq_time: Histogram,
     }
     snapshot_extra {
         /// Per host.
         hosts: Vec<HostSnapshot>,
+        /// See [`ClusterStats::upstream_rq_time`].
+        upstream_rq_time: HistogramSnapshot,
     }
 }
 
@@ -1105,6 +1133,22 @@ pub const HISTOGRAM_METRICS: [HistogramExport; 2] = [
     },
 ];
 
+/// The request-time histograms labelled by listener (HTTP listeners) and by cluster, in
+/// Prometheus as one series set per element; in `/stats` under the element's prefix
+/// (`listener.NAME.http.downstream_rq_time.*`, `cluster.NAME.upstream_rq_time.*`).
+pub const LISTENER_HISTOGRAM: (&str, &str, &str) = (
+    "sluice_listener_request_duration_seconds",
+    "HTTP request time seen downstream, by listener: request head received to response sent.",
+    "http.downstream_rq_time",
+);
+
+/// See [`LISTENER_HISTOGRAM`]: `(Prometheus family, help, /stats key)`.
+pub const CLUSTER_HISTOGRAM: (&str, &str, &str) = (
+    "sluice_cluster_upstream_request_duration_seconds",
+    "HTTP upstream try time, by cluster: connect started to response received.",
+    "upstream_rq_time",
+);
+
 /// Adds to a counter that only this thread writes (a load and a store, no locked RMW).
 #[inline]
 pub fn bump(counter: &AtomicU64, by: u64) {
@@ -1205,8 +1249,7 @@ impl WorkerStats {
                 &base.upstream_rq_time,
             ),
         ] {
-            h.buckets.transfer(&o.buckets, &b.buckets);
-            h.sum_us.transfer(&o.sum_us, &b.sum_us);
+            h.transfer(o, b);
         }
         self.bolt.transfer_counters(&old.bolt, &base.bolt);
         for (l, lc) in self.listeners.iter().zip(&config.listeners) {
@@ -1217,6 +1260,8 @@ impl WorkerStats {
                 continue;
             };
             l.transfer_counters(o, z);
+            l.downstream_rq_time
+                .transfer(&o.downstream_rq_time, &z.downstream_rq_time);
         }
         for (cs, cc) in self.clusters.iter().zip(&config.clusters) {
             let Some(oi) = old_config.clusters.iter().position(|o| o.name == cc.name) else {
@@ -1226,6 +1271,8 @@ impl WorkerStats {
                 continue;
             };
             cs.transfer_counters(o, z);
+            cs.upstream_rq_time
+                .transfer(&o.upstream_rq_time, &z.upstream_rq_time);
             let old_hosts = &old_config.clusters[oi].hosts;
             for (h, hc) in cs.hosts.iter().zip(&cc.hosts) {
                 let Some(ohi) = old_hosts.iter().position(|o| o.address == hc.address) else {
@@ -1265,12 +1312,20 @@ impl WorkerStats {
     pub fn detailed(&self) -> DetailedSnapshot {
         DetailedSnapshot {
             worker: self.snapshot(),
-            listeners: self.listeners.iter().map(ListenerStats::counters).collect(),
+            listeners: self
+                .listeners
+                .iter()
+                .map(|l| ListenerSnapshot {
+                    downstream_rq_time: l.downstream_rq_time.snapshot(),
+                    ..l.counters()
+                })
+                .collect(),
             clusters: self
                 .clusters
                 .iter()
                 .map(|c| ClusterSnapshot {
                     hosts: c.hosts.iter().map(HostStats::counters).collect(),
+                    upstream_rq_time: c.upstream_rq_time.snapshot(),
                     ..c.counters()
                 })
                 .collect(),
@@ -1365,6 +1420,7 @@ impl DetailedSnapshot {
         }
         for (a, b) in self.listeners.iter_mut().zip(&o.listeners) {
             a.add_counters(b);
+            a.downstream_rq_time.add(&b.downstream_rq_time);
         }
         if self.clusters.len() < o.clusters.len() {
             self.clusters
@@ -1372,6 +1428,7 @@ impl DetailedSnapshot {
         }
         for (a, b) in self.clusters.iter_mut().zip(&o.clusters) {
             a.add_counters(b);
+            a.upstream_rq_time.add(&b.upstream_rq_time);
             if a.hosts.len() < b.hosts.len() {
                 a.hosts.resize(b.hosts.len(), HostSnapshot::default());
             }

@@ -303,6 +303,66 @@ pub struct AccessLogConfig {
     pub format: AccessLogFormat,
     /// A file path, or `None` for stdout.
     pub path: Option<String>,
+    /// Request headers a JSON line carries in its `request_headers` object (`format: json`
+    /// only; a text template names them as `%REQ(NAME)%`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub request_headers: Vec<String>,
+}
+
+/// Access-log fields that a TCP session has too (text placeholders `%NAME%`): the ones a
+/// `tcp_proxy` access log may use.
+pub const TCP_LOG_FIELDS: [&str; 11] = [
+    "START_TIME",
+    "DOWNSTREAM_REMOTE_ADDRESS",
+    "LISTENER",
+    "UPSTREAM_HOST",
+    "UPSTREAM_CLUSTER",
+    "BYTES_RECEIVED",
+    "BYTES_SENT",
+    "DURATION",
+    "RESPONSE_FLAGS",
+    "CLOSE_REASON",
+    "REQUESTED_SERVER_NAME",
+];
+
+/// Access-log fields only an HTTP request has (and `%REQ(NAME)%`): refused in a `tcp_proxy`
+/// access log template rather than printed as `-`. `ORIGINAL_DST` is in neither list: both
+/// kinds of listener have it.
+pub const HTTP_ONLY_LOG_FIELDS: [&str; 8] = [
+    "METHOD",
+    "PATH",
+    "PROTOCOL",
+    "STATUS",
+    "REQUEST_ID",
+    "AUTHORITY",
+    "USER_AGENT",
+    "RETRY_COUNT",
+];
+
+/// The placeholders of an access-log template, as the runtime reads it: at each `%`, the text up
+/// to the next `%` is a placeholder if it is a field name (`ORIGINAL_DST` included) or
+/// `REQ(…)…`; anything else is literal text and the scan moves one character on.
+pub fn template_placeholders(template: &str) -> impl Iterator<Item = &str> {
+    let mut rest = template;
+    std::iter::from_fn(move || {
+        loop {
+            let start = rest.find('%')?;
+            let after = &rest[start + 1..];
+            let known = after.find('%').map(|end| &after[..end]).filter(|inner| {
+                *inner == "ORIGINAL_DST"
+                    || inner.starts_with("REQ(")
+                    || TCP_LOG_FIELDS.contains(inner)
+                    || HTTP_ONLY_LOG_FIELDS.contains(inner)
+            });
+            match known {
+                Some(inner) => {
+                    rest = &after[inner.len() + 1..];
+                    return Some(inner);
+                }
+                None => rest = after,
+            }
+        }
+    })
 }
 
 /// Access log line format.

@@ -330,6 +330,10 @@ pub struct TcpProxyConfig {
     /// connection is closed).
     #[serde(serialize_with = "ser_duration")]
     pub client_hello_timeout: Duration,
+    /// One line per session at its close; templates use only [`http::TCP_LOG_FIELDS`] and
+    /// `ORIGINAL_DST`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub access_log: Option<http::AccessLogConfig>,
 }
 
 /// One `sni_routes` entry of a `tcp_proxy`.

@@ -6,6 +6,7 @@
 //! - [`edits`]: the header edits of a hop (`x-forwarded-for`, `x-request-id`, the route's) as a
 //!   neutral list a codec applies, allocation-free for the usual sizes;
 //! - [`grpc`]: the `grpc-timeout` header, parsed and written;
+//! - [`trace`]: trace-context headers (W3C `traceparent`, B3), parsed and written;
 //! - [`stream`]: one request from admission to its answer — it owns every circuit-breaker
 //!   permit the request takes (request, pending, connection; the retry permit through its
 //!   exchange), so that a driver can neither leak nor double-release one, and it is driven
@@ -18,3 +19,4 @@ pub mod edits;
 pub mod exchange;
 pub mod grpc;
 pub mod stream;
+pub mod trace;

@@ -39,10 +39,10 @@ use crate::config::http::{
     AccessLogConfig, AccessLogFormat, ClusterTarget, DEFAULT_HTTP_IDLE_TIMEOUT,
     DEFAULT_MAX_HEADERS_COUNT, DEFAULT_MAX_REQUEST_HEADERS_KB, DEFAULT_NUM_RETRIES,
     DEFAULT_REQUEST_HEADERS_TIMEOUT, DEFAULT_ROUTE_TIMEOUT, DEFAULT_STREAM_IDLE_TIMEOUT,
-    EscapedSlashesAction, ForwardAction, H2_MAX_WINDOW_SIZE, H2_MIN_WINDOW_SIZE, HeaderMatcher,
-    HeaderRule, HeaderValue, Http2Settings, HttpCodec, HttpConfig, MAX_HEADERS_COUNT_LIMIT,
-    PathMatch, PathNormalization, RetryOn, RetryPolicy, Route, RouteAction, RouteMatch,
-    VirtualHost, WeightedCluster,
+    EscapedSlashesAction, ForwardAction, H2_MAX_WINDOW_SIZE, H2_MIN_WINDOW_SIZE,
+    HTTP_ONLY_LOG_FIELDS, HeaderMatcher, HeaderRule, HeaderValue, Http2Settings, HttpCodec,
+    HttpConfig, MAX_HEADERS_COUNT_LIMIT, PathMatch, PathNormalization, RetryOn, RetryPolicy, Route,
+    RouteAction, RouteMatch, TCP_LOG_FIELDS, VirtualHost, WeightedCluster, template_placeholders,
 };
 use crate::pattern::compile_full_match;
 
@@ -125,7 +125,7 @@ pub(super) fn decode_http(
         None => Some(Http2Settings::DEFAULT),
     };
     let access_log = match obj.opt("access_log") {
-        Some((v, p)) => decode_access_log(dec, &p, v).map(Some),
+        Some((v, p)) => decode_access_log(dec, &p, v, false).map(Some),
         None => Some(None),
     };
     let virtual_hosts = obj.req(dec, "virtual_hosts").and_then(|(v, p)| {
@@ -333,7 +333,14 @@ fn boolean(dec: &mut Decoder, path: &str, v: &Value) -> Option<bool> {
     }
 }
 
-fn decode_access_log(dec: &mut Decoder, path: &str, v: &Value) -> Option<AccessLogConfig> {
+/// An `access_log` block; `tcp`: a `tcp_proxy`'s, whose template may use only the fields a TCP
+/// session has.
+pub(super) fn decode_access_log(
+    dec: &mut Decoder,
+    path: &str,
+    v: &Value,
+    tcp: bool,
+) -> Option<AccessLogConfig> {
     let mut obj = dec.object(path, v)?;
     let json = match obj.opt("format") {
         Some((v, p)) => dec.one_of(&p, v, &[("text", false), ("json", true)]),
@@ -346,6 +353,22 @@ fn decode_access_log(dec: &mut Decoder, path: &str, v: &Value) -> Option<AccessL
                 None
             } else if t.is_empty() {
                 dec.error(&p, "is empty (leave `template` out for the default line)");
+                None
+            } else if let Some(field) = tcp
+                .then(|| {
+                    template_placeholders(t)
+                        .find(|f| f.starts_with("REQ(") || HTTP_ONLY_LOG_FIELDS.contains(f))
+                })
+                .flatten()
+            {
+                dec.error(
+                    &p,
+                    format!(
+                        "%{field}% is a field of HTTP requests; a tcp_proxy access log has {}, \
+                         ORIGINAL_DST",
+                        TCP_LOG_FIELDS.join(", ")
+                    ),
+                );
                 None
             } else {
                 Some(Some(t.to_owned()))
@@ -367,6 +390,17 @@ fn decode_access_log(dec: &mut Decoder, path: &str, v: &Value) -> Option<AccessL
         }),
         None => Some(None),
     };
+    let request_headers = match obj.opt("request_headers") {
+        Some((_, p)) if tcp => {
+            dec.error(
+                &p,
+                "not for a tcp_proxy (a TCP session has no request headers)",
+            );
+            None
+        }
+        Some((v, p)) => decode_log_headers(dec, &p, v, json),
+        None => Some(Vec::new()),
+    };
     obj.finish(dec);
     let format = if json? {
         AccessLogFormat::Json
@@ -376,7 +410,52 @@ fn decode_access_log(dec: &mut Decoder, path: &str, v: &Value) -> Option<AccessL
     Some(AccessLogConfig {
         format,
         path: file?,
+        request_headers: request_headers?,
     })
+}
+
+/// `request_headers: [x-tenant, ...]`: header names (tokens), JSON lines only.
+fn decode_log_headers(
+    dec: &mut Decoder,
+    path: &str,
+    v: &Value,
+    json: Option<bool>,
+) -> Option<Vec<String>> {
+    if json == Some(false) {
+        dec.error(
+            path,
+            "only allowed with `format: json` (a text template names a header as `%REQ(NAME)%`)",
+        );
+        return None;
+    }
+    let Value::Array(items) = v else {
+        dec.error(path, format!("expected a list of header names, found {v}"));
+        return None;
+    };
+    let mut names = Vec::with_capacity(items.len());
+    let mut ok = true;
+    for (i, item) in items.iter().enumerate() {
+        let p = format!("{path}[{i}]");
+        match dec.string(&p, item) {
+            Some(n) if is_header_name(n) => names.push(n.to_owned()),
+            Some(n) => {
+                dec.error(&p, format!("{n:?} is not a header name"));
+                ok = false;
+            }
+            None => ok = false,
+        }
+    }
+    ok.then_some(names)
+}
+
+/// An HTTP field name (RFC 9110 token), or a request pseudo-header (`:authority`, `:path`,
+/// `:method`).
+fn is_header_name(n: &str) -> bool {
+    let tchar = |b: u8| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b);
+    matches!(
+        n.to_ascii_lowercase().as_str(),
+        ":authority" | ":path" | ":method"
+    ) || (!n.is_empty() && n.bytes().all(tchar))
 }
 
 /// Duplicate virtual host names, and duplicate domains (case-insensitively) across the

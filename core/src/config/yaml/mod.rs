@@ -688,6 +688,10 @@ fn decode_tcp_proxy(
         }),
         None => Some(DEFAULT_CLIENT_HELLO_TIMEOUT),
     };
+    let access_log = match obj.opt("access_log") {
+        Some((v, p)) => http::decode_access_log(dec, &p, v, true).map(Some),
+        None => Some(None),
+    };
     obj.finish(dec);
     let (cluster, cluster_index) = cluster?;
     Some(TcpProxyConfig {
@@ -697,6 +701,7 @@ fn decode_tcp_proxy(
         max_connect_attempts: max_connect_attempts?,
         sni_routes: sni_routes?,
         client_hello_timeout: client_hello_timeout?,
+        access_log: access_log?,
     })
 }
 

@@ -1219,3 +1219,41 @@ clusters:
         ]
     );
 }
+
+#[test]
+fn tcp_proxy_access_log_refuses_http_fields() {
+    let with = |log: &str| {
+        GOOD.replace(
+            "tcp_proxy: { cluster: echo, idle_timeout: 300s }",
+            &format!("tcp_proxy: {{ cluster: echo, access_log: {log} }}"),
+        )
+    };
+    let c = Config::from_yaml(&with(
+        "{ path: /tmp/tcp.log, template: '100% %START_TIME% %UPSTREAM_CLUSTER% %CLOSE_REASON% %REQUESTED_SERVER_NAME% %ORIGINAL_DST%' }",
+    ))
+    .unwrap();
+    let ListenerFilter::TcpProxy(tp) = &c.listeners[0].filter else {
+        panic!("not tcp_proxy")
+    };
+    let log = tp.access_log.as_ref().unwrap();
+    assert_eq!(log.path.as_deref(), Some("/tmp/tcp.log"));
+    assert!(Config::from_yaml(&with("{ format: json }")).is_ok());
+    assert_eq!(
+        errors(&with("{ template: '%START_TIME% %STATUS%' }")),
+        [format!(
+            "listeners[0].tcp_proxy.access_log.template: %STATUS% is a field of HTTP requests; a \
+             tcp_proxy access log has {}, ORIGINAL_DST",
+            crate::config::http::TCP_LOG_FIELDS.join(", ")
+        )]
+    );
+    assert!(
+        errors(&with("{ template: '%REQ(X-A)%' }"))[0].contains("%REQ(X-A)% is a field of HTTP")
+    );
+    assert_eq!(
+        errors(&with("{ format: json, request_headers: [x-a] }")),
+        [
+            "listeners[0].tcp_proxy.access_log.request_headers: not for a tcp_proxy (a TCP session \
+          has no request headers)"
+        ]
+    );
+}

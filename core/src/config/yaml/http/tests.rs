@@ -156,6 +156,7 @@ fn decodes_the_full_example() {
         access_log: Some(AccessLogConfig {
             format: AccessLogFormat::Text(None),
             path: Some("/var/log/sluice/access.log".into()),
+            request_headers: Vec::new(),
         }),
         virtual_hosts: vec![VirtualHost {
             name: "web".into(),
@@ -305,21 +306,24 @@ fn access_log_forms() {
         log("{}").unwrap(),
         AccessLogConfig {
             format: AccessLogFormat::Text(None),
-            path: None
+            path: None,
+            request_headers: Vec::new(),
         }
     );
     assert_eq!(
         log("{ format: json, path: /tmp/a.log }").unwrap(),
         AccessLogConfig {
             format: AccessLogFormat::Json,
-            path: Some("/tmp/a.log".into())
+            path: Some("/tmp/a.log".into()),
+            request_headers: Vec::new(),
         }
     );
     assert_eq!(
         log("{ template: '%START_TIME% %RESPONSE_CODE%' }").unwrap(),
         AccessLogConfig {
             format: AccessLogFormat::Text(Some("%START_TIME% %RESPONSE_CODE%".into())),
-            path: None
+            path: None,
+            request_headers: Vec::new(),
         }
     );
     let err = |spec: &str| log(spec).unwrap_err().to_string();
@@ -332,6 +336,23 @@ fn access_log_forms() {
         "listeners[0].http.access_log.format: unknown value \"xml\" (expected one of: text, json)\n\
          listeners[0].http.access_log.template: is empty (leave `template` out for the default line)\n\
          listeners[0].http.access_log.path: is empty (leave `path` out to log to stdout)"
+    );
+    assert_eq!(
+        log("{ format: json, request_headers: [X-Tenant, ':authority'] }").unwrap(),
+        AccessLogConfig {
+            format: AccessLogFormat::Json,
+            path: None,
+            request_headers: vec!["X-Tenant".into(), ":authority".into()],
+        }
+    );
+    assert_eq!(
+        err("{ request_headers: [x-tenant] }"),
+        "listeners[0].http.access_log.request_headers: only allowed with `format: json` (a text \
+         template names a header as `%REQ(NAME)%`)"
+    );
+    assert_eq!(
+        err("{ format: json, request_headers: [x-ok, 'x bad'] }"),
+        "listeners[0].http.access_log.request_headers[1]: \"x bad\" is not a header name"
     );
 }
 
