@@ -364,7 +364,12 @@ impl<N: Network> Engine<N> {
             if !outbox.buf.borrow().is_empty() {
                 std::mem::swap(&mut spare, &mut outbox.buf.borrow_mut());
                 let n = spare.len() as u64;
-                if stream.write_all(&spare).await.is_err() {
+                // Flushed: over TLS the end of a batch could otherwise wait inside rustls while
+                // this loop goes back to reading.
+                if crate::http::write_flushed(&mut stream, &spare)
+                    .await
+                    .is_err()
+                {
                     break;
                 }
                 spare.clear();
@@ -585,6 +590,7 @@ impl<N: Network> Engine<N> {
         let (mut start, mut end) = (0usize, 0usize);
         let mut spare: Vec<u8> = Vec::new();
         let mut written = 0usize;
+        let mut unflushed = false;
         let (mut rd, mut wr) = tokio::io::split(stream);
         // Upstream frames are bounded by the largest listener limit (16 MiB by default).
         let max_frame = self
@@ -666,11 +672,23 @@ impl<N: Network> Engine<N> {
                     Ok(0) | Err(_) => break,
                     Ok(n) => end += n,
                 },
-                r = wr.write(&spare[written..]), if writing => match r {
-                    Ok(0) | Err(_) => break,
-                    Ok(n) => written += n,
+                // A written batch is flushed before waiting for more: over TLS its end could
+                // otherwise stay inside rustls (a no-op on a plain socket).
+                r = async {
+                    if writing {
+                        wr.write(&spare[written..]).await.map(Some)
+                    } else {
+                        wr.flush().await.map(|()| None)
+                    }
+                }, if writing || unflushed => match r {
+                    Ok(Some(0)) | Err(_) => break,
+                    Ok(Some(n)) => {
+                        written += n;
+                        unflushed = true;
+                    }
+                    Ok(None) => unflushed = false,
                 },
-                () = outbox.wake.notified(), if !writing => {}
+                () = outbox.wake.notified(), if !writing && !unflushed => {}
             }
         }
 

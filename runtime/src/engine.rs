@@ -929,7 +929,7 @@ impl<N: Network> Engine<N> {
             (Some(mut up), None) => {
                 if let Some((buf, len)) = hello.take() {
                     // The bytes the ClientHello peek read go upstream before anything else.
-                    match up.write_all(&buf[..len]).await {
+                    match crate::http::write_flushed(&mut up, &buf[..len]).await {
                         Ok(()) => session.handle_read(now(), Side::Downstream, len),
                         Err(_) => session.handle_error(now(), Side::Upstream),
                     }

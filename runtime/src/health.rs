@@ -40,7 +40,7 @@ use sluice_core::health::{
 };
 use sluice_core::http1::{self, Head, Limits, Method, ParseStatus};
 use sluice_core::rng::Rng;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncReadExt;
 use tracing::{info, warn};
 
 use crate::engine::Engine;
@@ -492,7 +492,10 @@ pub async fn run_probe<N: Network>(
                 "GET {path} HTTP/1.1\r\nhost: {}\r\nuser-agent: sluice-health-check\r\nconnection: close\r\n\r\n",
                 host.as_deref().unwrap_or(cluster)
             );
-            if stream.write_all(request.as_bytes()).await.is_err() {
+            if crate::http::write_flushed(&mut stream, request.as_bytes())
+                .await
+                .is_err()
+            {
                 return false;
             }
             let Some(status) = read_status(&mut stream).await else {
@@ -517,7 +520,9 @@ pub async fn run_probe<N: Network>(
                 content: b"",
             };
             if bolt::encode_request(&mut request, &spec).is_err()
-                || stream.write_all(&request).await.is_err()
+                || crate::http::write_flushed(&mut stream, &request)
+                    .await
+                    .is_err()
             {
                 return false;
             }
@@ -597,6 +602,7 @@ impl Drop for Probes {
 mod tests {
     use super::*;
     use crate::net::TokioNet;
+    use tokio::io::AsyncWriteExt;
     use tokio::net::TcpListener;
 
     /// A one-shot server: reads until `until` says the request is complete, answers `answer`.

@@ -555,7 +555,7 @@ impl<N: Network> Engine<N> {
             if awaiting_response.get() {
                 let mut out = Vec::new();
                 write_local_response(&mut out, 503, &[], b"the proxy is shutting down\n", true);
-                let _ = down.write_all(&out).await;
+                let _ = write_flushed(&mut down, &out).await;
                 self.count_status(listener, 503);
                 bump(&self.stats.http_local_replies, 1);
             }
@@ -625,7 +625,7 @@ impl<N: Network> Engine<N> {
                 HeadRead::Reject(status, flag, why) => {
                     out.clear();
                     write_local_response(&mut out, status, &[], why.as_bytes(), true);
-                    let _ = down.write_all(&out).await;
+                    let _ = write_flushed(down, &out).await;
                     bump(&self.stats.http_local_replies, 1);
                     self.count_status(listener, status);
                     if let Some(l) = lstats {
@@ -881,7 +881,7 @@ impl<N: Network> Engine<N> {
                 out.clear();
                 let close = has_body || !head.keep_alive() || self.stopping.get();
                 write_local_response(out, *status, &[], body.as_bytes(), close);
-                let ok = down.write_all(out).await.is_ok();
+                let ok = write_flushed(down, out).await.is_ok();
                 Outcome {
                     status: *status,
                     flag: Some(ResponseFlag::DirectResponse),
@@ -914,7 +914,7 @@ impl<N: Network> Engine<N> {
         let close = close || self.stopping.get();
         out.clear();
         write_local_response(out, status, &[], local_body(flag), close);
-        let ok = down.write_all(out).await.is_ok();
+        let ok = write_flushed(down, out).await.is_ok();
         let mut o = Outcome::local(status, flag, out.len());
         o.reusable = ok && !close;
         o
@@ -943,7 +943,7 @@ impl<N: Network> Engine<N> {
         // --- the request body: buffer it when small enough to replay ---
         let framing = head.framing();
         if head.expect_continue() && !matches!(framing, BodyFraming::None) {
-            let _ = down.write_all(b"HTTP/1.1 100 Continue\r\n\r\n").await;
+            let _ = write_flushed(down, b"HTTP/1.1 100 Continue\r\n\r\n").await;
         }
         let body_len = match self
             .buffer_body(down, rbuf, head_len, framing, scratch.stream_idle)
@@ -1315,7 +1315,7 @@ impl<N: Network> Engine<N> {
             ubuf.consume(resp_head_len);
             if upgrade {
                 scratch.awaiting.set(false);
-                if down.write_all(out).await.is_err() {
+                if write_flushed(down, out).await.is_err() {
                     self.stream_input(ci, &mut stream, Input::Abort);
                     self.publish_host_active(ci, host);
                     return Outcome {
@@ -1572,6 +1572,18 @@ fn reject(e: &HttpError) -> HeadRead {
     HeadRead::Reject(status, flag, format!("{e}\n"))
 }
 
+/// Writes all of `data` and flushes: over TLS a write may leave ciphertext inside rustls until
+/// the next write or flush, so a driver that goes back to reading after a write must flush or
+/// the end of what it wrote can sit unsent (a client waiting for the rest of a response while
+/// the proxy waits for its next request). A no-op flush on a plain socket.
+pub(crate) async fn write_flushed<W: AsyncWrite + Unpin + ?Sized>(
+    w: &mut W,
+    data: &[u8],
+) -> io::Result<()> {
+    w.write_all(data).await?;
+    w.flush().await
+}
+
 /// Writes the request: the head and a buffered body, or the head then the body streamed as it
 /// arrives (each read of it within `stream_idle`). A failure of the client's side of the body
 /// sets `upload_fault` (the try fails, but not through the upstream's fault).
@@ -1597,7 +1609,7 @@ where
         request_written: written,
         reused: false,
     };
-    if up.write_all(request).await.is_err() {
+    if write_flushed(up, request).await.is_err() {
         return Err(closed(*written));
     }
     *written = true;
@@ -1750,8 +1762,7 @@ where
                 let avail = rbuf.len().saturating_sub(head_len);
                 let take = (avail as u64).min(left) as usize;
                 if take > 0 {
-                    up.write_all(&rbuf.bytes()[head_len..head_len + take])
-                        .await?;
+                    write_flushed(up, &rbuf.bytes()[head_len..head_len + take]).await?;
                     drop_range(rbuf, head_len, take);
                     left -= take as u64;
                     total += take as u64;
@@ -1784,8 +1795,7 @@ where
                     None => scanned,
                 };
                 if forward > 0 {
-                    up.write_all(&rbuf.bytes()[head_len..head_len + forward])
-                        .await?;
+                    write_flushed(up, &rbuf.bytes()[head_len..head_len + forward]).await?;
                     drop_range(rbuf, head_len, forward);
                     total += forward as u64;
                 }
@@ -1793,11 +1803,11 @@ where
                 if done {
                     let section = &rbuf.bytes()[head_len..head_len + held];
                     if section == b"\r\n" {
-                        up.write_all(section).await?;
+                        write_flushed(up, section).await?;
                     } else {
                         let mut trailers = Vec::with_capacity(section.len());
                         write_trailers(&mut trailers, section);
-                        up.write_all(&trailers).await?;
+                        write_flushed(up, &trailers).await?;
                     }
                     drop_range(rbuf, head_len, held);
                     return Ok(total + held as u64);
@@ -1849,10 +1859,10 @@ async fn send<D: AsyncWrite + Unpin>(
 ) -> io::Result<()> {
     awaiting.set(false);
     if pending.is_empty() {
-        down.write_all(data).await
+        write_flushed(down, data).await
     } else {
         pending.extend_from_slice(data);
-        let r = down.write_all(pending).await;
+        let r = write_flushed(down, pending).await;
         pending.clear();
         r
     }
@@ -1949,7 +1959,7 @@ where
     U: AsyncRead + AsyncWrite + Unpin,
 {
     if rbuf.len() > head_len {
-        if up.write_all(&rbuf.bytes()[head_len..]).await.is_err() {
+        if write_flushed(up, &rbuf.bytes()[head_len..]).await.is_err() {
             return 0;
         }
         let extra = rbuf.len() - head_len;
@@ -1957,7 +1967,7 @@ where
     }
     let mut sent = 0;
     if !ubuf.is_empty() {
-        if down.write_all(ubuf.bytes()).await.is_err() {
+        if write_flushed(down, ubuf.bytes()).await.is_err() {
             return 0;
         }
         sent += ubuf.len() as u64;
@@ -1966,5 +1976,98 @@ where
     match tokio::io::copy_bidirectional(down, up).await {
         Ok((_, to_down)) => sent + to_down,
         Err(_) => sent,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+
+    /// A TLS server stream over an in-memory pipe of `capacity` bytes each way, and its client.
+    async fn tls_pair(
+        capacity: usize,
+    ) -> (
+        tokio_rustls::server::TlsStream<tokio::io::DuplexStream>,
+        tokio_rustls::client::TlsStream<tokio::io::DuplexStream>,
+    ) {
+        let cert = rcgen::generate_simple_self_signed(vec!["svc.test".to_owned()]).unwrap();
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let key =
+            rustls::pki_types::PrivateKeyDer::try_from(cert.signing_key.serialize_der()).unwrap();
+        let server = rustls::ServerConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(vec![cert.cert.der().clone()], key)
+            .unwrap();
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(cert.cert.der().clone()).unwrap();
+        let client = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let (a, b) = tokio::io::duplex(capacity);
+        let name = rustls::pki_types::ServerName::try_from("svc.test").unwrap();
+        let (s, c) = tokio::join!(
+            tokio_rustls::TlsAcceptor::from(Arc::new(server)).accept(a),
+            tokio_rustls::TlsConnector::from(Arc::new(client)).connect(name, b)
+        );
+        (s.unwrap(), c.unwrap())
+    }
+
+    /// Over TLS a write can leave the end of its data inside rustls while the socket is full;
+    /// without a flush the end of a response body stays there while the proxy goes back to
+    /// reading (a client waiting for the rest of a keep-alive response hung until the idle
+    /// timeout). The body is copied while the client does not read; once copy_body returns,
+    /// the client must get all of it with no further write by the proxy.
+    #[test]
+    fn a_response_body_reaches_a_tls_client_whole_when_the_client_reads_late() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let (mut down, mut client) = tls_pair(4096).await;
+            let body: Vec<u8> = (0..40_000u32).map(|i| (i % 251) as u8).collect();
+            let (mut up, mut origin) = tokio::io::duplex(1 << 20);
+            origin.write_all(&body).await.unwrap();
+            let mut ubuf = ReadBuffer::new();
+            let mut pending = b"HTTP/1.1 200 OK\r\ncontent-length: 40000\r\n\r\n".to_vec();
+            let head_len = pending.len();
+            let awaiting = Cell::new(true);
+            let copy = copy_body(
+                &mut up,
+                &mut down,
+                &mut ubuf,
+                BodyFraming::ContentLength(body.len() as u64),
+                &mut pending,
+                &awaiting,
+            );
+            let read_late = async {
+                // Reads nothing until the copy has had every chance to finish on its own.
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                let mut got = Vec::new();
+                let mut buf = [0u8; 8192];
+                while got.len() < head_len + body.len() {
+                    match tokio::time::timeout(Duration::from_secs(2), client.read(&mut buf)).await
+                    {
+                        Ok(Ok(n)) if n > 0 => got.extend_from_slice(&buf[..n]),
+                        _ => break,
+                    }
+                }
+                got
+            };
+            let (sent, got) = tokio::join!(copy, read_late);
+            assert_eq!(sent.unwrap(), body.len() as u64);
+            assert_eq!(
+                got.len(),
+                head_len + body.len(),
+                "the end of the body never came"
+            );
+            assert_eq!(&got[head_len..], &body[..]);
+        });
     }
 }

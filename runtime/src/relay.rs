@@ -4,7 +4,8 @@
 //! one reused buffer per direction, and reports to the [`TcpSession`] state machine after each
 //! read; the session's actions (half-close, close) and timers are carried out here.
 //!
-//! Per direction ("pipe"): read into the buffer only when it is empty; write it all out; on EOF
+//! Per direction ("pipe"): read into the buffer only when it is empty; write it all out and
+//! flush it (TLS streams hold written bytes until flushed); on EOF
 //! (after everything read was written) tell the session, which answers with a half-close of the
 //! other side. A read or write error is reported against the side it happened on.
 
@@ -36,6 +37,8 @@ struct Pipe {
     eof: bool,
     shutdown_wanted: bool,
     shutdown_done: bool,
+    /// Bytes were written since the last flush: over TLS they may still be inside rustls.
+    unflushed: bool,
     /// The side this pipe reads from.
     from: Side,
 }
@@ -61,6 +64,7 @@ impl Pipe {
             eof: false,
             shutdown_wanted: false,
             shutdown_done: false,
+            unflushed: false,
             from,
         }
     }
@@ -81,7 +85,19 @@ impl Pipe {
         while self.pos < self.len {
             match Pin::new(&mut *writer).poll_write(cx, &self.buf[self.pos..self.len]) {
                 Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => return Poll::Ready(Err(to)),
-                Poll::Ready(Ok(n)) => self.pos += n,
+                Poll::Ready(Ok(n)) => {
+                    self.pos += n;
+                    self.unflushed = true;
+                }
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+        // Flushed before reading more: over TLS a write may leave the end of the data inside
+        // rustls until the next write or flush (a no-op on a plain socket).
+        if self.unflushed {
+            match Pin::new(&mut *writer).poll_flush(cx) {
+                Poll::Ready(Ok(())) => self.unflushed = false,
+                Poll::Ready(Err(_)) => return Poll::Ready(Err(to)),
                 Poll::Pending => return Poll::Pending,
             }
         }

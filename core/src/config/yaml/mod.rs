@@ -613,7 +613,8 @@ fn decode_listener(
                 }
                 _ => None,
             };
-            tls::decode_listener_tls(dec, &p, v, codec).map(|t| Some(Box::new(t)))
+            let bolt = matches!(&filter, Some(ListenerFilter::Bolt(_)));
+            tls::decode_listener_tls(dec, &p, v, codec, bolt).map(|t| Some(Box::new(t)))
         }
         None => Some(None),
     };

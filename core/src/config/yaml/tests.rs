@@ -955,6 +955,26 @@ clusters:
           a client that negotiated it would be refused"
         ]
     );
+    // A protocol no HTTP codec serves would be answered as HTTP/1.1; an HTTP protocol on a
+    // Bolt listener would be answered in Bolt.
+    let foreign = text
+        .replace(
+            "127.0.0.1:8445, tls: { certificates: [ { cert_chain: a.pem, private_key: a.key } ] }",
+            "127.0.0.1:8445, tls: { certificates: [ { cert_chain: a.pem, private_key: a.key } ], alpn: [h2, foo] }",
+        )
+        .replace(
+            "127.0.0.1:8446, tls: { certificates: [ { cert_chain: a.pem, private_key: a.key } ] }",
+            "127.0.0.1:8446, tls: { certificates: [ { cert_chain: a.pem, private_key: a.key } ], alpn: [h2] }",
+        );
+    assert_eq!(
+        errors(&foreign),
+        [
+            "listeners[2].tls.alpn: \"foo\" is not served by this listener (`codec: http2`): \
+          a client that negotiated it would be refused",
+            "listeners[3].tls.alpn: \"h2\" is an HTTP protocol and this listener speaks Bolt: \
+          a client that negotiated it would be answered in Bolt"
+        ]
+    );
 }
 
 #[test]

@@ -16,12 +16,14 @@ use crate::config::tls::{
 };
 
 /// `codec`: the listener's HTTP codec (`None`: not an HTTP listener), which gives the default
-/// `alpn` and the protocols it may list.
+/// `alpn` and the protocols it may list; `bolt`: a `bolt` listener, which may list no HTTP
+/// protocol (a `tcp_proxy` may: it can terminate TLS for an HTTP backend).
 pub(super) fn decode_listener_tls(
     dec: &mut Decoder,
     path: &str,
     v: &Value,
     codec: Option<HttpCodec>,
+    bolt: bool,
 ) -> Option<ListenerTls> {
     let mut obj = dec.object(path, v)?;
     let certificates = obj.req(dec, "certificates").and_then(|(v, p)| {
@@ -45,24 +47,43 @@ pub(super) fn decode_listener_tls(
     });
     let alpn = match obj.opt("alpn") {
         Some((v, p)) => unique_strings(dec, &p, v, "ALPN protocol", 255).and_then(|list| {
-            // ALPN picks the codec: never promise one the listener does not serve.
-            let refused = match codec {
-                Some(HttpCodec::Http1) => Some(("h2", "http1")),
-                Some(HttpCodec::Http2) => Some(("http/1.1", "http2")),
-                _ => None,
+            // ALPN picks the codec: never promise one the listener does not serve. An HTTP
+            // listener offers only the HTTP protocols its codec serves; a Bolt listener offers
+            // no HTTP protocol (a client that negotiated one would be answered in Bolt).
+            let served: Option<(&[&str], &str)> = match codec {
+                Some(HttpCodec::Http1) => Some((&["http/1.1"], "`codec: http1`")),
+                Some(HttpCodec::Http2) => Some((&["h2"], "`codec: http2`")),
+                Some(HttpCodec::Auto) => Some((&["h2", "http/1.1"], "`codec: auto`")),
+                None => None,
             };
-            match refused {
-                Some((proto, codec)) if list.iter().any(|p| p == proto) => {
-                    dec.error(
-                        &p,
+            let offending = match served {
+                Some((served, codec)) => {
+                    list.iter()
+                        .find(|p| !served.contains(&p.as_str()))
+                        .map(|p| {
+                            format!(
+                                "{p:?} is not served by this listener ({codec}): a client that \
+                             negotiated it would be refused"
+                            )
+                        })
+                }
+                None if !bolt => None,
+                None => list
+                    .iter()
+                    .find(|p| *p == "h2" || *p == "http/1.1")
+                    .map(|p| {
                         format!(
-                            "{proto:?} is not served by this listener (`codec: {codec}`): \
-                             a client that negotiated it would be refused"
-                        ),
-                    );
+                            "{p:?} is an HTTP protocol and this listener speaks Bolt: a client \
+                             that negotiated it would be answered in Bolt"
+                        )
+                    }),
+            };
+            match offending {
+                Some(message) => {
+                    dec.error(&p, message);
                     None
                 }
-                _ => Some(list),
+                None => Some(list),
             }
         }),
         None => Some(
