@@ -75,17 +75,20 @@ fuzz_target!(|data: &[u8]| {
             assert_eq!(parsed.head_len(), out.len());
             assert_eq!(parsed.method_bytes(out), method);
             assert_eq!(Some(parsed.target(out)), path);
-            let host = authority.or_else(|| {
-                fields
-                    .iter()
-                    .find(|(n, _)| *n == b"host")
-                    .map(|(_, v)| *v)
-            });
+            let host =
+                authority.or_else(|| fields.iter().find(|(n, _)| *n == b"host").map(|(_, v)| *v));
             assert_eq!(parsed.host(out), host);
             assert_eq!(parsed.header_values(out, "host").count(), 1);
             for (name, value) in parsed.headers(out) {
                 if is_connection_specific(name) {
-                    assert_eq!((name, value, body), (&b"transfer-encoding"[..], &b"chunked"[..], BodyLength::Chunked));
+                    assert_eq!(
+                        (name, value, body),
+                        (
+                            &b"transfer-encoding"[..],
+                            &b"chunked"[..],
+                            BodyLength::Chunked
+                        )
+                    );
                 }
             }
             match body {
@@ -93,14 +96,19 @@ fuzz_target!(|data: &[u8]| {
                     parsed.framing(),
                     BodyFraming::None | BodyFraming::ContentLength(0)
                 )),
-                BodyLength::Length(n) => assert_eq!(parsed.framing(), BodyFraming::ContentLength(n)),
+                BodyLength::Length(n) => {
+                    assert_eq!(parsed.framing(), BodyFraming::ContentLength(n))
+                }
                 BodyLength::Chunked => assert_eq!(parsed.framing(), BodyFraming::Chunked),
             }
         }
     }
     let kept: Vec<_> = response_fields(fields.iter().copied()).collect();
     assert!(kept.iter().all(|(n, _)| !is_connection_specific(n)));
-    let mut others = fields.iter().copied().filter(|(n, _)| !is_connection_specific(n));
+    let mut others = fields
+        .iter()
+        .copied()
+        .filter(|(n, _)| !is_connection_specific(n));
     for k in &kept {
         assert!(others.any(|f| f == *k), "kept fields out of order");
     }

@@ -59,7 +59,10 @@ fuzz_target!(|data: &[u8]| {
         );
     }
     if opts.merge_slashes {
-        assert!(!once.windows(2).any(|w| w == b"//"), "{once:?} from {path:?}");
+        assert!(
+            !once.windows(2).any(|w| w == b"//"),
+            "{once:?} from {path:?}"
+        );
     }
 });
 

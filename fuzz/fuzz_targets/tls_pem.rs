@@ -51,7 +51,11 @@ fn check_certificate(der: &[u8]) {
                 San::Uri(_) => None,
             })
             .collect();
-        let lower: Vec<String> = info.dns_sans.iter().map(|d| d.to_ascii_lowercase()).collect();
+        let lower: Vec<String> = info
+            .dns_sans
+            .iter()
+            .map(|d| d.to_ascii_lowercase())
+            .collect();
         assert_eq!(dns, lower);
     }
 }

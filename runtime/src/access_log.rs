@@ -13,7 +13,8 @@
 //! `BYTES_RECEIVED`, `BYTES_SENT`, `DURATION` (ms), `UPSTREAM_HOST`, `REQUEST_ID`,
 //! `DOWNSTREAM_REMOTE_ADDRESS`, `LISTENER`, `ORIGINAL_DST` (the connection's original destination
 //! when a capture listener took it, else `-`), `AUTHORITY` (the `Host`, or HTTP/2 `:authority`),
-//! `USER_AGENT`, `UPSTREAM_CLUSTER`, `RETRY_COUNT` (tries − 1), and `%REQ(NAME)%` — any request
+//! `USER_AGENT`, `UPSTREAM_CLUSTER`, `RETRY_COUNT` (tries − 1), `TRACE_ID` (with `tracing`), and
+//! `%REQ(NAME)%` — any request
 //! header (case-insensitive; `%REQ(A?B)%` falls back to `B`; `%REQ(NAME):N%` keeps the first `N`
 //! bytes; `:authority`, `:path` and `:method` name the request line's parts). JSON lines carry
 //! the headers listed in `request_headers` under a `request_headers` object.
@@ -93,12 +94,14 @@ pub struct Entry<'a> {
     pub close_reason: Option<&'a str>,
     /// The server name the client asked for (TLS SNI), when one was seen.
     pub server_name: Option<&'a str>,
+    /// The request's trace id (32 lowercase hex digits), when `tracing` is configured.
+    pub trace_id: Option<&'a [u8; 32]>,
 }
 
 impl<'a> Entry<'a> {
     /// A request header (ASCII case-insensitive); `:authority`, `:path` and `:method` are the
     /// request line's (or the HTTP/2 pseudo-headers') values.
-    fn header(&self, name: &str) -> Option<&'a [u8]> {
+    pub(crate) fn header(&self, name: &str) -> Option<&'a [u8]> {
         let (head, buf) = self.request?;
         if name.eq_ignore_ascii_case(":authority") {
             head.host(buf)
@@ -150,9 +153,10 @@ enum Field {
     RetryCount,
     CloseReason,
     ServerName,
+    TraceId,
 }
 
-const FIELDS: [(&str, Field); 20] = [
+const FIELDS: [(&str, Field); 21] = [
     ("START_TIME", Field::StartTime),
     ("METHOD", Field::Method),
     ("PATH", Field::Path),
@@ -173,6 +177,7 @@ const FIELDS: [(&str, Field); 20] = [
     ("RETRY_COUNT", Field::RetryCount),
     ("CLOSE_REASON", Field::CloseReason),
     ("REQUESTED_SERVER_NAME", Field::ServerName),
+    ("TRACE_ID", Field::TraceId),
 ];
 
 /// A worker's access log writer for one listener.
@@ -426,6 +431,7 @@ fn write_field(buf: &mut Vec<u8>, f: Field, e: &Entry<'_>) {
             write_escaped(buf, e.server_name.map_or(b"-", str::as_bytes));
             Ok(())
         }
+        Field::TraceId => buf.write_all(e.trace_id.map_or(&b"-"[..], |t| &t[..])),
     };
 }
 
@@ -507,6 +513,8 @@ fn write_json(buf: &mut Vec<u8>, e: &Entry<'_>, headers: &[String]) {
     buf.extend_from_slice(b",\"upstream_cluster\":");
     opt_string(buf, e.cluster.map(str::as_bytes));
     let _ = write!(buf, ",\"retry_count\":{}", e.tries.saturating_sub(1));
+    buf.extend_from_slice(b",\"trace_id\":");
+    opt_string(buf, e.trace_id.map(|t| &t[..]));
     if !headers.is_empty() {
         buf.extend_from_slice(b",\"request_headers\":{");
         for (i, name) in headers.iter().enumerate() {
@@ -637,6 +645,7 @@ mod tests {
             tries: 0,
             close_reason: None,
             server_name: None,
+            trace_id: None,
         };
         log.log(&e);
         let line = String::from_utf8(std::mem::take(&mut log.buf)).unwrap();
@@ -672,6 +681,7 @@ mod tests {
             tries: 0,
             close_reason: None,
             server_name: None,
+            trace_id: None,
         };
         let mut buf = Vec::new();
         write_pieces(&mut buf, &pieces, &e);
@@ -717,6 +727,7 @@ mod tests {
             tries: 3,
             close_reason: None,
             server_name: None,
+            trace_id: None,
         }
     }
 

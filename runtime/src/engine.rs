@@ -118,6 +118,8 @@ pub struct Engine<N: Network> {
     accept_error_logged_at: Cell<Option<tokio::time::Instant>>,
     /// Which listener serves a connection captured by a `use_original_dst` listener.
     capture_handoff: HandoffTable,
+    /// Trace propagation and span export, with `tracing`.
+    pub(crate) tracer: Option<crate::otlp::Tracer>,
 }
 
 impl<N: Network> Engine<N> {
@@ -211,6 +213,7 @@ impl<N: Network> Engine<N> {
                 .iter()
                 .map(|l| (l.address, !l.use_original_dst)),
         );
+        let tracer = config.tracing.as_ref().map(crate::otlp::Tracer::new);
         Ok(Rc::new(Engine {
             net,
             config,
@@ -248,6 +251,7 @@ impl<N: Network> Engine<N> {
             accept_errors_unlogged: Cell::new(0),
             accept_error_logged_at: Cell::new(None),
             capture_handoff,
+            tracer,
         }))
     }
 
@@ -329,6 +333,11 @@ impl<N: Network> Engine<N> {
                 }
             })
         });
+        let span_export = self
+            .tracer
+            .as_ref()
+            .is_some_and(|t| t.queue.is_some())
+            .then(|| tokio::task::spawn_local(self.clone().run_span_export()));
         // Closes pooled upstream connections idle past their cluster's upstream_idle_timeout.
         let has_http = self.routers.iter().any(Option::is_some);
         let pool_sweeper = has_http.then(|| {
@@ -357,6 +366,9 @@ impl<N: Network> Engine<N> {
             f.abort();
         }
         self.flush_access_logs();
+        if let Some(t) = span_export {
+            self.stop_span_export(t).await;
+        }
         for t in accept_tasks {
             let _ = t.await;
         }
@@ -1026,6 +1038,7 @@ impl<N: Network> Engine<N> {
             tries: 0,
             close_reason: Some(f.reason),
             server_name: f.server_name,
+            trace_id: None,
         });
     }
 

@@ -545,7 +545,7 @@ pub async fn run_probe<N: Network>(
 }
 
 /// Reads an HTTP response head; its status, or `None` on EOF, error or a malformed head.
-async fn read_status<S: tokio::io::AsyncRead + Unpin>(stream: &mut S) -> Option<u16> {
+pub(crate) async fn read_status<S: tokio::io::AsyncRead + Unpin>(stream: &mut S) -> Option<u16> {
     let mut buf = Vec::with_capacity(512);
     let mut head = Head::new();
     let limits = Limits::default();

@@ -430,6 +430,8 @@ pub(crate) struct Scratch {
     /// request), for the access log.
     pub(crate) cluster: Option<usize>,
     pub(crate) tries: u32,
+    /// This request's span and its trace headers (with `tracing`; reset for every request).
+    pub(crate) trace: crate::otlp::RequestTrace,
 }
 
 impl Scratch {
@@ -454,6 +456,7 @@ impl Scratch {
             over_tls,
             cluster: None,
             tries: 0,
+            trace: crate::otlp::RequestTrace::default(),
         }
     }
 }
@@ -655,6 +658,7 @@ impl<N: Network> Engine<N> {
                             tries: 0,
                             close_reason: None,
                             server_name: None,
+                            trace_id: None,
                         });
                     }
                     tracing::debug!(listener = %lc.name, %peer, status, "rejected request: {why}");
@@ -699,7 +703,8 @@ impl<N: Network> Engine<N> {
                 bump(&l.downstream_bytes_received, outcome.bytes_received);
                 bump(&l.downstream_bytes_sent, outcome.bytes_sent);
             }
-            if let Some(log) = &self.access_logs[listener] {
+            let log = self.access_logs[listener].as_ref();
+            if log.is_some() || scratch.trace.hop.is_some_and(|h| h.sampled) {
                 let buf = rbuf.bytes();
                 let protocol = match head.version() {
                     Version::Http10 => "HTTP/1.0",
@@ -711,7 +716,7 @@ impl<N: Network> Engine<N> {
                 } else {
                     head.header(buf, "x-request-id").unwrap_or(b"")
                 };
-                log.borrow_mut().log(&Entry {
+                let entry = Entry {
                     start: started,
                     method: head.method_bytes(buf),
                     path: head.target(buf),
@@ -733,7 +738,12 @@ impl<N: Network> Engine<N> {
                     tries: scratch.tries,
                     close_reason: None,
                     server_name: None,
-                });
+                    trace_id: scratch.trace.trace_id(),
+                };
+                if let Some(log) = log {
+                    log.borrow_mut().log(&entry);
+                }
+                self.finish_span(&scratch.trace, &entry);
             }
             // The request (head and any body) is done with: drop it from the buffer; what
             // remains is the next, pipelined, request.
@@ -851,6 +861,10 @@ impl<N: Network> Engine<N> {
         scratch.request_id_generated = false;
         scratch.cluster = None;
         scratch.tries = 0;
+        scratch.trace.hop = None;
+        if let Some(tracer) = &self.tracer {
+            self.decide_span(tracer, head, rbuf.bytes(), &mut scratch.trace);
+        }
         let opts = scratch.path_opts;
         scratch.normalized =
             match normalize_path_into(head.path(rbuf.bytes()), &opts, &mut scratch.norm) {
@@ -1002,6 +1016,9 @@ impl<N: Network> Engine<N> {
             &action.request_headers_to_remove,
             &action.request_headers_to_add,
         );
+        if scratch.trace.hop.is_some() {
+            scratch.trace.headers.edits(&mut edits);
+        }
         write_request_head(
             out,
             rbuf.bytes(),

@@ -514,10 +514,14 @@ impl<N: Network> Engine<N> {
             bump(&l.downstream_bytes_received, outcome.bytes_received);
             bump(&l.downstream_bytes_sent, outcome.bytes_sent);
         }
-        if let Some(log) = &self.access_logs[listener] {
+        let parsed = rejected.is_none();
+        // A stream refused before routing did not reach `serve_request`: what the scratch
+        // holds is an earlier stream's.
+        let trace = scratch.trace.hop.filter(|_| parsed);
+        let log = self.access_logs[listener].as_ref();
+        if log.is_some() || trace.is_some_and(|h| h.sampled) {
             let buf = rbuf.bytes();
-            let parsed = rejected.is_none();
-            log.borrow_mut().log(&Entry {
+            let entry = Entry {
                 start: started,
                 method: if parsed {
                     head.method_bytes(buf)
@@ -557,7 +561,14 @@ impl<N: Network> Engine<N> {
                 tries: if parsed { scratch.tries } else { 0 },
                 close_reason: None,
                 server_name: None,
-            });
+                trace_id: trace.and_then(|_| scratch.trace.trace_id()),
+            };
+            if let Some(log) = log {
+                log.borrow_mut().log(&entry);
+            }
+            if parsed {
+                self.finish_span(&scratch.trace, &entry);
+            }
         }
         let mut spare = spare.borrow_mut();
         if spare.len() < SPARE_STREAM_BUFFERS {

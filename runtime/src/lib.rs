@@ -38,6 +38,7 @@ pub mod iptables;
 pub mod limits;
 pub mod logging;
 pub mod net;
+mod otlp;
 pub mod pool;
 pub mod relay;
 pub mod server;

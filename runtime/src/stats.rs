@@ -1054,6 +1054,42 @@ counters! {
         http_retries: AtomicU64, counter;
         /// HTTP tries that hit a per-try or route timeout.
         http_upstream_timeouts: AtomicU64, counter;
+        /// Requests whose trace headers (`traceparent`, B3) were present but malformed, and so
+        /// replaced by a new trace (with `tracing`).
+        tracing_malformed_headers: AtomicU64, counter
+            => Metric::counter(
+                "sluice_tracing_malformed_headers_total",
+                "Requests whose trace headers were malformed and replaced by a new trace.",
+            )
+            .stats("tracing.malformed_headers");
+        /// Spans sampled (recorded for export, or only propagated when no `otlp` is set).
+        tracing_spans_sampled: AtomicU64, counter
+            => Metric::counter(
+                "sluice_tracing_spans_sampled_total",
+                "Request spans sampled.",
+            )
+            .stats("tracing.spans_sampled");
+        /// Spans the OTLP collector accepted (a 2xx answer to their export request).
+        tracing_spans_exported: AtomicU64, counter
+            => Metric::counter(
+                "sluice_tracing_spans_exported_total",
+                "Spans the OTLP collector accepted.",
+            )
+            .stats("tracing.spans_exported");
+        /// Sampled spans dropped because the worker's export queue was full.
+        tracing_spans_dropped_queue_full: AtomicU64, counter
+            => Metric::counter(
+                "sluice_tracing_spans_dropped_queue_full_total",
+                "Sampled spans dropped: the worker's export queue (max_queue) was full.",
+            )
+            .stats("tracing.spans_dropped_queue_full");
+        /// Spans lost with an export request that failed (no host, connect, timeout, non-2xx).
+        tracing_spans_export_failed: AtomicU64, counter
+            => Metric::counter(
+                "sluice_tracing_spans_export_failed_total",
+                "Spans lost with an OTLP export request that failed.",
+            )
+            .stats("tracing.spans_export_failed");
         /// HTTP/2 downstream connections (h2c) that completed the HTTP/2 handshake.
         http2_downstream_cx_total: AtomicU64, counter
             => Metric::counter(

@@ -749,3 +749,35 @@ fn read_one_response(s: &mut TcpStream) -> Result<(u16, bool), String> {
         .map_err(|e| format!("body of {len} bytes: {e}"))?;
     Ok((status, close))
 }
+
+/// A counter from the admin API's `/stats` (`name: value` lines).
+pub fn admin_stat(admin: u16, name: &str) -> u64 {
+    let mut s = TcpStream::connect(addr(admin)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(b"GET /stats HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+        .unwrap();
+    let mut text = String::new();
+    s.read_to_string(&mut text)
+        .expect("the admin API answers within 10 s");
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    text.lines()
+        .find_map(|l| l.strip_prefix(&format!("{name}: ")))
+        .unwrap_or_else(|| panic!("no {name} in /stats:\n{text}"))
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+/// Polls `check` every 50 ms until it is true or `limit` passed; its last answer.
+pub fn eventually(limit: Duration, mut check: impl FnMut() -> bool) -> bool {
+    let until = Instant::now() + limit;
+    loop {
+        if check() {
+            return true;
+        }
+        if Instant::now() > until {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}

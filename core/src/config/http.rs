@@ -328,7 +328,7 @@ pub const TCP_LOG_FIELDS: [&str; 11] = [
 /// Access-log fields only an HTTP request has (and `%REQ(NAME)%`): refused in a `tcp_proxy`
 /// access log template rather than printed as `-`. `ORIGINAL_DST` is in neither list: both
 /// kinds of listener have it.
-pub const HTTP_ONLY_LOG_FIELDS: [&str; 8] = [
+pub const HTTP_ONLY_LOG_FIELDS: [&str; 9] = [
     "METHOD",
     "PATH",
     "PROTOCOL",
@@ -337,6 +337,7 @@ pub const HTTP_ONLY_LOG_FIELDS: [&str; 8] = [
     "AUTHORITY",
     "USER_AGENT",
     "RETRY_COUNT",
+    "TRACE_ID",
 ];
 
 /// The placeholders of an access-log template, as the runtime reads it: at each `%`, the text up

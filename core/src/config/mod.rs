@@ -25,6 +25,7 @@ pub mod bolt;
 pub mod diff;
 pub mod http;
 pub mod tls;
+pub mod tracing;
 pub mod upstream;
 pub mod yaml;
 
@@ -156,6 +157,8 @@ pub struct Config {
     /// zero: never (they are read again on a reload only).
     #[serde(serialize_with = "ser_duration")]
     pub tls_file_check_interval: Duration,
+    /// Trace propagation and span export (`tracing`); `None`: trace headers pass untouched.
+    pub tracing: Option<tracing::TracingConfig>,
 }
 
 /// Default for [`Config::tls_file_check_interval`].

@@ -1,4 +1,5 @@
-//! Trace-context headers, parsed and written: W3C Trace Context (`traceparent`) and Zipkin B3
+//! Trace-context headers, parsed and written, and each hop's span decided from them
+//! ([`decide_hop`], [`HopHeaders`]): W3C Trace Context (`traceparent`) and Zipkin B3
 //! (`x-b3-traceid` / `x-b3-spanid` / `x-b3-sampled` / `x-b3-flags`, and the single `b3`
 //! header). Pure code over byte slices: no allocation, no clock, no randomness (a caller that
 //! starts a trace brings its own random ids).
@@ -9,6 +10,8 @@
 //! Invariants of a [`TraceContext`] this module returns: the trace id and the span id are not
 //! all zero (both specifications call such ids invalid). A 64-bit B3 trace id is widened to 128
 //! bits with leading zeros, as B3 prescribes.
+
+use crate::l7::edits::HeaderEdits;
 
 /// Length of a version-00 `traceparent` value: `00-<32 hex>-<16 hex>-<2 hex>`.
 pub const TRACEPARENT_LEN: usize = 55;
@@ -142,6 +145,250 @@ pub fn write_hex(bytes: &[u8], out: &mut [u8]) {
     for (i, b) in bytes.iter().enumerate() {
         out[2 * i] = HEX[usize::from(b >> 4)];
         out[2 * i + 1] = HEX[usize::from(b & 15)];
+    }
+}
+
+/// The trace-context headers of a request as it arrived (each `None` when absent).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct IncomingHeaders<'a> {
+    /// `traceparent`.
+    pub traceparent: Option<&'a [u8]>,
+    /// The single `b3` header.
+    pub b3: Option<&'a [u8]>,
+    /// `x-b3-traceid`.
+    pub b3_trace_id: Option<&'a [u8]>,
+    /// `x-b3-spanid`.
+    pub b3_span_id: Option<&'a [u8]>,
+    /// `x-b3-sampled`.
+    pub b3_sampled: Option<&'a [u8]>,
+    /// `x-b3-flags`.
+    pub b3_flags: Option<&'a [u8]>,
+}
+
+/// Which form a hop's trace context came in, and so which headers carry it upstream.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Propagation {
+    /// A valid `traceparent` (W3C): `tracestate` goes on with it.
+    W3c,
+    /// The single `b3` header.
+    B3Single,
+    /// The `x-b3-*` headers.
+    B3Multi,
+    /// No usable context: this hop started the trace.
+    Started,
+}
+
+/// This proxy's span of a request: the trace it belongs to, its own new span id, the span
+/// that sent the request (none when the trace starts here) and whether it is sampled.
+///
+/// Invariants: the ids are not all zero; `parent_span_id` is `None` exactly when
+/// `propagation` is [`Propagation::Started`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Hop {
+    /// The trace.
+    pub trace_id: [u8; 16],
+    /// The span this hop creates (sent upstream as the parent of the next one).
+    pub span_id: [u8; 8],
+    /// The sender's span.
+    pub parent_span_id: Option<[u8; 8]>,
+    /// Sampled: the parent's decision when it made one, else this hop's.
+    pub sampled: bool,
+    /// Where the context came from.
+    pub propagation: Propagation,
+    /// A trace header was present but malformed (and so ignored, never half-read).
+    pub malformed: bool,
+}
+
+/// Randomness for one hop, brought by the caller: three words (the new span id, and the new
+/// trace id when the trace starts here) and one for the sampling draw.
+#[derive(Clone, Copy, Debug)]
+pub struct HopRandom {
+    /// Words for ids.
+    pub ids: [u64; 3],
+    /// The sampling draw.
+    pub draw: u64,
+}
+
+/// One million: [`decide_hop`]'s sampling rate is in millionths.
+pub const SAMPLING_SCALE: u32 = 1_000_000;
+
+/// Decides this hop's span from the request's headers: the first valid context of
+/// `traceparent`, the single `b3`, then the `x-b3-*` headers continues (its sampling decision
+/// is kept when it made one); with none, a new trace starts. A decision-only B3 (`b3: 0`, or
+/// `x-b3-sampled` without ids) is honoured for the new trace. An undecided trace is sampled
+/// when `draw % SAMPLING_SCALE < sampling_per_million`.
+#[must_use]
+pub fn decide_hop(
+    incoming: &IncomingHeaders<'_>,
+    random: HopRandom,
+    sampling_per_million: u32,
+) -> Hop {
+    let mut malformed = false;
+    let mut decision_only: Option<bool> = None;
+    let mut found: Option<(TraceContext, Propagation)> = None;
+    if let Some(v) = incoming.traceparent {
+        match parse_traceparent(v) {
+            Some(c) => found = Some((c, Propagation::W3c)),
+            None => malformed = true,
+        }
+    }
+    if found.is_none()
+        && let Some(v) = incoming.b3
+    {
+        match parse_b3_single(v) {
+            Some(B3Single::Context(c)) => found = Some((c, Propagation::B3Single)),
+            Some(B3Single::SamplingOnly(s)) => decision_only = Some(s),
+            None => malformed = true,
+        }
+    }
+    if found.is_none() {
+        match (incoming.b3_trace_id, incoming.b3_span_id) {
+            (Some(t), Some(s)) => {
+                match parse_b3_multi(t, s, incoming.b3_sampled, incoming.b3_flags) {
+                    Some(c) => found = Some((c, Propagation::B3Multi)),
+                    None => malformed = true,
+                }
+            }
+            (None, None) => {
+                if decision_only.is_none() {
+                    let debug = incoming.b3_flags.map(trim) == Some(b"1");
+                    decision_only = match incoming.b3_sampled.map(trim) {
+                        _ if debug => Some(true),
+                        Some(s) => match sampling(s) {
+                            Some(d) => Some(d),
+                            None => {
+                                malformed = true;
+                                None
+                            }
+                        },
+                        None => None,
+                    };
+                }
+            }
+            // One id without the other.
+            _ => malformed = true,
+        }
+    }
+    let span_id = nonzero_span(random.ids[0]);
+    let drawn = || (random.draw % u64::from(SAMPLING_SCALE)) < u64::from(sampling_per_million);
+    match found {
+        Some((c, propagation)) => Hop {
+            trace_id: c.trace_id,
+            span_id: if span_id == c.span_id {
+                nonzero_span(random.ids[0] ^ u64::MAX)
+            } else {
+                span_id
+            },
+            parent_span_id: Some(c.span_id),
+            sampled: c.sampled.unwrap_or_else(drawn),
+            propagation,
+            malformed,
+        },
+        None => {
+            let mut trace_id = [0; 16];
+            trace_id[..8].copy_from_slice(&random.ids[1].to_be_bytes());
+            trace_id[8..].copy_from_slice(&random.ids[2].to_be_bytes());
+            if trace_id == [0; 16] {
+                trace_id[15] = 1;
+            }
+            Hop {
+                trace_id,
+                span_id,
+                parent_span_id: None,
+                sampled: decision_only.unwrap_or_else(drawn),
+                propagation: Propagation::Started,
+                malformed,
+            }
+        }
+    }
+}
+
+fn nonzero_span(word: u64) -> [u8; 8] {
+    (if word == 0 { 1 } else { word }).to_be_bytes()
+}
+
+/// The trace headers a hop sends upstream, written into fixed buffers (no allocation); see
+/// [`HopHeaders::edits`].
+#[derive(Clone, Debug)]
+pub struct HopHeaders {
+    traceparent: [u8; TRACEPARENT_LEN],
+    trace_id: [u8; 32],
+    span_id: [u8; 16],
+    parent_span_id: [u8; 16],
+    b3: [u8; 68],
+    b3_len: usize,
+    sampled: bool,
+    propagation: Propagation,
+    has_parent: bool,
+}
+
+impl Default for HopHeaders {
+    fn default() -> Self {
+        HopHeaders {
+            traceparent: [0; TRACEPARENT_LEN],
+            trace_id: [0; 32],
+            span_id: [0; 16],
+            parent_span_id: [0; 16],
+            b3: [0; 68],
+            b3_len: 0,
+            sampled: false,
+            propagation: Propagation::Started,
+            has_parent: false,
+        }
+    }
+}
+
+impl HopHeaders {
+    /// Writes `hop`'s headers into the buffers.
+    pub fn write(&mut self, hop: &Hop) {
+        self.traceparent = format_traceparent(&hop.trace_id, &hop.span_id, hop.sampled);
+        write_hex(&hop.trace_id, &mut self.trace_id);
+        write_hex(&hop.span_id, &mut self.span_id);
+        self.sampled = hop.sampled;
+        self.propagation = hop.propagation;
+        self.has_parent = hop.parent_span_id.is_some();
+        if let Some(p) = hop.parent_span_id {
+            write_hex(&p, &mut self.parent_span_id);
+        }
+        let mut single = [0; 51];
+        let n = format_b3_single(&hop.trace_id, &hop.span_id, hop.sampled, &mut single);
+        self.b3[..n].copy_from_slice(&single[..n]);
+        self.b3_len = n;
+        if self.has_parent {
+            self.b3[n] = b'-';
+            self.b3[n + 1..n + 17].copy_from_slice(&self.parent_span_id);
+            self.b3_len = n + 17;
+        }
+    }
+
+    /// The edits that carry the hop upstream: `traceparent` always (replacing the client's);
+    /// the B3 form the context came in, rewritten with this hop's span; `tracestate` goes on
+    /// only with the `traceparent` it belongs to — a trace this hop started (the client's
+    /// context missing or malformed) or continued from B3 drops it.
+    pub fn edits<'a>(&'a self, edits: &mut HeaderEdits<'a>) {
+        edits.set("traceparent", &self.traceparent);
+        if self.propagation != Propagation::W3c {
+            edits.remove("tracestate");
+        }
+        match self.propagation {
+            Propagation::B3Single => edits.set("b3", &self.b3[..self.b3_len]),
+            Propagation::B3Multi => {
+                edits.set("x-b3-traceid", &self.trace_id);
+                edits.set("x-b3-spanid", &self.span_id);
+                if self.has_parent {
+                    edits.set("x-b3-parentspanid", &self.parent_span_id);
+                }
+                // `x-b3-flags: 1` (debug) goes on as it came; the decision is also spelled out.
+                edits.set("x-b3-sampled", if self.sampled { b"1" } else { b"0" });
+            }
+            Propagation::W3c | Propagation::Started => {}
+        }
+    }
+
+    /// The trace id as 32 lowercase hex digits (the access log's `TRACE_ID`).
+    #[must_use]
+    pub fn trace_id_hex(&self) -> &[u8; 32] {
+        &self.trace_id
     }
 }
 
@@ -281,6 +528,222 @@ mod tests {
             parse_b3_multi(b"463ac35c9f6413ad", b"a2fb4a1d1a96d312", Some(b"yes"), None),
             None
         );
+    }
+
+    const RND: HopRandom = HopRandom {
+        ids: [
+            0x1111_2222_3333_4444,
+            0xaaaa_bbbb_cccc_dddd,
+            0x0102_0304_0506_0708,
+        ],
+        draw: 7,
+    };
+
+    fn headers(h: &HopHeaders) -> Vec<(String, String)> {
+        let mut e = HeaderEdits::new();
+        h.edits(&mut e);
+        let mut out: Vec<(String, String)> = e
+            .removals()
+            .iter()
+            .map(|n| (format!("-{n}"), String::new()))
+            .collect();
+        out.extend(
+            e.additions()
+                .iter()
+                .map(|(n, v)| ((*n).to_owned(), String::from_utf8(v.to_vec()).unwrap())),
+        );
+        out
+    }
+
+    #[test]
+    fn a_traceparent_is_continued_with_a_new_span_and_its_decision() {
+        let hop = decide_hop(
+            &IncomingHeaders {
+                traceparent: Some(TP),
+                ..Default::default()
+            },
+            RND,
+            0,
+        );
+        let parent = parse_traceparent(TP).unwrap();
+        assert_eq!(hop.trace_id, parent.trace_id);
+        assert_eq!(hop.parent_span_id, Some(parent.span_id));
+        assert_eq!(hop.span_id, 0x1111_2222_3333_4444u64.to_be_bytes());
+        assert!(hop.sampled, "the parent's decision wins over a 0% rate");
+        assert_eq!(hop.propagation, Propagation::W3c);
+        assert!(!hop.malformed);
+        let mut h = HopHeaders::default();
+        h.write(&hop);
+        assert_eq!(
+            headers(&h),
+            [
+                ("-traceparent".to_owned(), String::new()),
+                (
+                    "traceparent".to_owned(),
+                    "00-4bf92f3577b34da6a3ce929d0e0e4736-1111222233334444-01".to_owned()
+                )
+            ]
+        );
+    }
+
+    #[test]
+    fn no_context_starts_a_trace_sampled_by_the_rate() {
+        let none = IncomingHeaders::default();
+        let hop = decide_hop(&none, RND, SAMPLING_SCALE);
+        assert_eq!(hop.propagation, Propagation::Started);
+        assert_eq!(hop.parent_span_id, None);
+        assert_eq!(&hop.trace_id[..8], &0xaaaa_bbbb_cccc_ddddu64.to_be_bytes());
+        assert!(hop.sampled);
+        assert!(
+            !decide_hop(&none, RND, 7).sampled,
+            "draw 7 is not below 7 per million"
+        );
+        assert!(decide_hop(&none, RND, 8).sampled);
+        let mut h = HopHeaders::default();
+        h.write(&hop);
+        let hs = headers(&h);
+        assert!(hs.iter().any(|(k, _)| k == "-tracestate"), "{hs:?}");
+        assert!(hs.iter().any(|(k, _)| k == "traceparent"), "{hs:?}");
+        // Zero words never make zero ids.
+        let zero = decide_hop(
+            &none,
+            HopRandom {
+                ids: [0; 3],
+                draw: 0,
+            },
+            0,
+        );
+        assert_ne!(zero.trace_id, [0; 16]);
+        assert_ne!(zero.span_id, [0; 8]);
+    }
+
+    #[test]
+    fn a_malformed_traceparent_is_flagged_and_replaced_by_a_new_trace() {
+        let bad = IncomingHeaders {
+            traceparent: Some(b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7"),
+            ..Default::default()
+        };
+        let hop = decide_hop(&bad, RND, SAMPLING_SCALE);
+        assert!(hop.malformed);
+        assert_eq!(hop.propagation, Propagation::Started);
+        // A valid B3 context next to it is continued, still flagged.
+        let both = IncomingHeaders {
+            b3: Some(b"80f198ee56343ba864fe8b2a57d3eff7-e457b5a2e4d86bd1-1"),
+            ..bad
+        };
+        let hop = decide_hop(&both, RND, 0);
+        assert!(hop.malformed && hop.sampled);
+        assert_eq!(hop.propagation, Propagation::B3Single);
+    }
+
+    #[test]
+    fn b3_contexts_go_on_in_their_own_form() {
+        let multi = IncomingHeaders {
+            b3_trace_id: Some(b"463ac35c9f6413ad"),
+            b3_span_id: Some(b"A2FB4A1D1A96D312"),
+            b3_sampled: Some(b"0"),
+            ..Default::default()
+        };
+        let hop = decide_hop(&multi, RND, SAMPLING_SCALE);
+        assert_eq!(hop.propagation, Propagation::B3Multi);
+        assert!(!hop.sampled, "the sender decided not to sample");
+        let mut h = HopHeaders::default();
+        h.write(&hop);
+        let hs = headers(&h);
+        let get = |n: &str| hs.iter().find(|(k, _)| k == n).map(|(_, v)| v.clone());
+        assert_eq!(
+            get("x-b3-traceid").unwrap(),
+            "0000000000000000463ac35c9f6413ad"
+        );
+        assert_eq!(get("x-b3-spanid").unwrap(), "1111222233334444");
+        assert_eq!(get("x-b3-parentspanid").unwrap(), "a2fb4a1d1a96d312");
+        assert_eq!(get("x-b3-sampled").unwrap(), "0");
+        assert_eq!(
+            get("traceparent").unwrap(),
+            "00-0000000000000000463ac35c9f6413ad-1111222233334444-00"
+        );
+        assert!(get("-tracestate").is_some());
+
+        let single = IncomingHeaders {
+            b3: Some(b"80f198ee56343ba864fe8b2a57d3eff7-e457b5a2e4d86bd1-1-05e3ac9a4f6e3b90"),
+            ..Default::default()
+        };
+        let hop = decide_hop(&single, RND, 0);
+        h.write(&hop);
+        let hs = headers(&h);
+        let b3 = hs.iter().find(|(k, _)| k == "b3").unwrap();
+        assert_eq!(
+            b3.1,
+            "80f198ee56343ba864fe8b2a57d3eff7-1111222233334444-1-e457b5a2e4d86bd1"
+        );
+        // One id without the other is malformed.
+        let half = IncomingHeaders {
+            b3_trace_id: Some(b"463ac35c9f6413ad"),
+            ..Default::default()
+        };
+        assert!(decide_hop(&half, RND, 0).malformed);
+    }
+
+    #[test]
+    fn decision_only_b3_is_honoured_for_a_new_trace() {
+        for (inc, sampled) in [
+            (
+                IncomingHeaders {
+                    b3: Some(b"0"),
+                    ..Default::default()
+                },
+                false,
+            ),
+            (
+                IncomingHeaders {
+                    b3_sampled: Some(b"1"),
+                    ..Default::default()
+                },
+                true,
+            ),
+            (
+                IncomingHeaders {
+                    b3_flags: Some(b"1"),
+                    b3_sampled: Some(b"0"),
+                    ..Default::default()
+                },
+                true,
+            ),
+        ] {
+            let rate = if sampled { 0 } else { SAMPLING_SCALE };
+            let hop = decide_hop(&inc, RND, rate);
+            assert_eq!(hop.propagation, Propagation::Started);
+            assert_eq!(hop.sampled, sampled, "{inc:?}");
+            assert!(!hop.malformed);
+        }
+    }
+
+    proptest! {
+        /// Whatever comes in, the hop has valid ids, a new span different from its parent,
+        /// a parent exactly when it continues, and headers that parse back to it.
+        #[test]
+        fn every_hop_is_valid_and_writes_back_to_itself(
+            tp in proptest::option::of(proptest::collection::vec(any::<u8>(), 0..60)),
+            b3 in proptest::option::of(proptest::collection::vec(any::<u8>(), 0..70)),
+            ids: [u64; 3], draw: u64, rate in 0..=SAMPLING_SCALE,
+        ) {
+            let inc = IncomingHeaders { traceparent: tp.as_deref(), b3: b3.as_deref(), ..Default::default() };
+            let hop = decide_hop(&inc, HopRandom { ids, draw }, rate);
+            prop_assert_ne!(hop.trace_id, [0; 16]);
+            prop_assert_ne!(hop.span_id, [0; 8]);
+            prop_assert_eq!(hop.parent_span_id.is_none(), hop.propagation == Propagation::Started);
+            prop_assert_ne!(Some(hop.span_id), hop.parent_span_id);
+            let mut h = HopHeaders::default();
+            h.write(&hop);
+            let back = parse_traceparent(&h.traceparent).unwrap();
+            prop_assert_eq!((back.trace_id, back.span_id, back.sampled), (hop.trace_id, hop.span_id, Some(hop.sampled)));
+            if hop.propagation == Propagation::B3Single {
+                let Some(B3Single::Context(c)) = parse_b3_single(&h.b3[..h.b3_len]) else {
+                    panic!("b3 written back does not parse");
+                };
+                prop_assert_eq!((c.trace_id, c.span_id), (hop.trace_id, hop.span_id));
+            }
+        }
     }
 
     proptest! {

@@ -23,6 +23,7 @@ mod decoder;
 mod http;
 pub mod locate;
 mod tls;
+mod tracing;
 pub mod values;
 
 use std::net::{IpAddr, SocketAddr};
@@ -144,6 +145,10 @@ fn decode_config(dec: &mut Decoder, tree: &Value) -> Option<Config> {
         Some((v, p)) => dec.duration(&p, v),
         None => Some(crate::config::DEFAULT_TLS_FILE_CHECK_INTERVAL),
     };
+    let tracing = match root.opt("tracing") {
+        Some((v, p)) => tracing::decode_tracing(dec, &p, v, &cluster_names).map(Some),
+        None => Some(None),
+    };
     root.finish(dec);
 
     let (listeners, mut clusters) = (listeners?, clusters?);
@@ -187,7 +192,22 @@ fn decode_config(dec: &mut Decoder, tree: &Value) -> Option<Config> {
             );
         }
     }
-    check_tls_clusters(dec, &mut clusters);
+    let otlp_cluster = tracing
+        .as_ref()
+        .and_then(|t| t.as_ref())
+        .and_then(|t| t.otlp.as_ref())
+        .map(|o| o.cluster_index);
+    if let Some(ci) = otlp_cluster
+        && clusters
+            .get(ci)
+            .is_some_and(|c| c.kind == ClusterKind::OriginalDst)
+    {
+        dec.error(
+            "tracing.otlp.cluster",
+            "an `original_dst` cluster has no hosts to send spans to",
+        );
+    }
+    check_tls_clusters(dec, &mut clusters, otlp_cluster);
     Some(Config {
         admin: admin.flatten(),
         listeners,
@@ -196,13 +216,20 @@ fn decode_config(dec: &mut Decoder, tree: &Value) -> Option<Config> {
         limits,
         upstream_mark: upstream_mark?,
         tls_file_check_interval: tls_file_check_interval?,
+        tracing: tracing?,
     })
 }
 
 /// TLS clusters used over HTTP — by a route or an HTTP health check — speak HTTP/1.1 upstream
 /// (the only upstream HTTP codec so far): with no `alpn` they offer `[http/1.1]`, and an `alpn`
 /// other than that is refused at the first route (or the health check) that uses the cluster.
-fn check_tls_clusters(dec: &mut Decoder, clusters: &mut [ClusterConfig]) {
+///
+/// The OTLP exporter (`otlp_cluster`) speaks HTTP/1.1 too.
+fn check_tls_clusters(
+    dec: &mut Decoder,
+    clusters: &mut [ClusterConfig],
+    otlp_cluster: Option<usize>,
+) {
     for (ci, c) in clusters.iter_mut().enumerate() {
         let Some(tls) = c.tls.as_deref_mut() else {
             continue;
@@ -217,6 +244,9 @@ fn check_tls_clusters(dec: &mut Decoder, clusters: &mut [ClusterConfig]) {
             && matches!(hc.probe, crate::config::HealthProbe::Http { .. })
         {
             http_users.push(format!("clusters[{ci}].health_check"));
+        }
+        if otlp_cluster == Some(ci) {
+            http_users.push("tracing.otlp.cluster".to_owned());
         }
         if let Some(first) = http_users.first() {
             if tls.alpn.is_empty() {

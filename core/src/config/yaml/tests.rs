@@ -1277,3 +1277,38 @@ fn tcp_proxy_access_log_refuses_http_fields() {
         ]
     );
 }
+
+#[test]
+fn tracing_has_defaults_and_checks_its_fields() {
+    assert_eq!(Config::from_yaml(GOOD).unwrap().tracing, None);
+    let c = Config::from_yaml(&format!("{GOOD}tracing: {{}}\n")).unwrap();
+    let t = c.tracing.unwrap();
+    assert_eq!(t.sampling, 100.0);
+    assert_eq!(t.sampling_per_million(), 1_000_000);
+    assert_eq!(t.otlp, None);
+    let c = Config::from_yaml(&format!(
+        "{GOOD}tracing: {{ sampling: 0.5, otlp: {{ cluster: echo }} }}\n"
+    ))
+    .unwrap();
+    let t = c.tracing.unwrap();
+    assert_eq!(t.sampling_per_million(), 5_000);
+    let o = t.otlp.unwrap();
+    assert_eq!((o.cluster.as_str(), o.cluster_index), ("echo", 0));
+    assert_eq!(o.path, "/v1/traces");
+    assert_eq!(o.service_name, "sluice");
+    assert_eq!(o.export_interval, Duration::from_secs(5));
+    assert_eq!((o.max_batch, o.max_queue), (512, 2048));
+    assert_eq!(
+        errors(&format!(
+            "{GOOD}tracing: {{ sampling: 101, otlp: {{ cluster: nope, path: v1, max_batch: 10, max_queue: 5, export_interval: 0s }}, extra: 1 }}\n"
+        )),
+        [
+            "tracing.extra: unknown field (expected one of: sampling, otlp)",
+            "tracing.sampling: 101 is not a percentage from 0 to 100",
+            "tracing.otlp.cluster: unknown cluster \"nope\" (known: echo)",
+            "tracing.otlp.path: \"v1\" is not a request path (it starts with `/`, without spaces)",
+            "tracing.otlp.export_interval: must be more than 0",
+            "tracing.otlp.max_queue: max_batch (10) is more than max_queue (5): a batch could never fill",
+        ]
+    );
+}
