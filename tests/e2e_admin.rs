@@ -938,3 +938,65 @@ fn the_exit_summary_counts_http_bytes_as_stats_does() {
         "{stopped}"
     );
 }
+
+/// `/config_dump` is a config: saved to a file it passes `sluice validate`, and a proxy run
+/// from it behaves as the one it came from (the same answers on every route, the direct
+/// response's body included).
+#[test]
+fn a_config_dump_validates_and_runs_the_same() {
+    if !require_peers(&["curl", "nginx"]) {
+        return;
+    }
+    let dir = TempDir::new("admin-dump-run");
+    let (listen, admin_port) = (free_port(), free_port());
+    let (up, dead) = (free_port(), free_port());
+    let _nginx = start_nginx(&dir, "nginx", up, "from nginx");
+    let answers = |listen: u16| -> Vec<(String, String)> {
+        ["/teapot", "/item/1", "/dead/x"]
+            .iter()
+            .map(|path| {
+                let url = format!("http://127.0.0.1:{listen}{path}");
+                let out = run(
+                    "curl",
+                    &["-sS", "--max-time", "10", "-w", " %{http_code}", &url],
+                );
+                (
+                    path.to_string(),
+                    String::from_utf8_lossy(&out.stdout).into_owned(),
+                )
+            })
+            .collect()
+    };
+    let mut first = start_sluice(
+        &dir,
+        &http_config(listen, admin_port, up, dead),
+        1,
+        addr(listen),
+    );
+    wait_ready(admin_port);
+    let before = answers(listen);
+    assert_eq!(before[0].1, "short and stout\n 418");
+    assert_eq!(before[1].1, "from nginx 200");
+    let (status, dump) = get(admin_port, "/config_dump");
+    assert_eq!(status, 200);
+    first.signal("TERM");
+    assert!(
+        first
+            .wait_exit(Duration::from_secs(10))
+            .is_some_and(|s| s.success())
+    );
+
+    let file = dir.write("dump.yaml", &dump);
+    let out = run(sluice_bin(), &["validate", "-c", file.to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let _second = start_sluice(&dir, &dump, 1, addr(listen));
+    wait_ready(admin_port);
+    assert_eq!(answers(listen), before);
+    let (_, dump_again) = get(admin_port, "/config_dump");
+    assert_eq!(dump_again, dump, "a dump of the dump is the dump");
+}

@@ -945,10 +945,14 @@ fn percent_decode(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-/// Keys whose values are secrets in a config dump (TLS private keys, tokens, when they exist).
-const SECRET_KEYS: &[&str] = &["private_key", "password", "token", "secret"];
+/// Keys whose values are secrets in a config dump, should a config ever carry one inline
+/// (passwords, tokens). TLS keys are not among them: the config names key *files* by path, which
+/// is not a secret, and a dump must load back; the key itself never appears.
+const SECRET_KEYS: &[&str] = &["password", "token", "secret"];
 
-/// The config as JSON with secrets replaced by `"[redacted]"`.
+/// The config as JSON in the input schema (see `sluice_core::config::dump`): `Config::from_tree`
+/// reads it back into the same config. Unset options are left out (the decoder reads a null as
+/// a type error); secrets would be replaced by `"[redacted]"`.
 #[must_use]
 pub fn config_dump(config: &Config) -> Value {
     let mut v = serde_json::to_value(config).unwrap_or(Value::Null);
@@ -956,9 +960,11 @@ pub fn config_dump(config: &Config) -> Value {
     v
 }
 
+/// Replaces secret values by `"[redacted]"` and drops null-valued keys.
 fn redact(v: &mut Value) {
     match v {
         Value::Object(map) => {
+            map.retain(|_, child| !child.is_null());
             for (k, child) in map.iter_mut() {
                 if SECRET_KEYS.contains(&k.as_str()) && !child.is_null() {
                     *child = Value::String("[redacted]".into());
@@ -2651,12 +2657,11 @@ mod tests {
 
     #[test]
     fn config_dump_redacts_secret_keys() {
-        let mut v =
-            json!({ "a": { "private_key": "xyz", "name": "n" }, "b": [ { "token": "t" } ] });
+        let mut v = json!({ "a": { "password": "xyz", "name": "n", "tls": null }, "b": [ { "token": "t" } ] });
         redact(&mut v);
         assert_eq!(
             v,
-            json!({ "a": { "private_key": "[redacted]", "name": "n" }, "b": [ { "token": "[redacted]" } ] })
+            json!({ "a": { "password": "[redacted]", "name": "n" }, "b": [ { "token": "[redacted]" } ] })
         );
         let s = shared();
         let dump = config_dump(&s.config);

@@ -124,7 +124,12 @@ fn every_yaml_block_in_the_docs_loads_or_is_refused_as_documented() {
         let outcome = sluice_runtime::server::load_config(&path).map_err(|e| e.to_string());
         match words.next() {
             None => match outcome {
-                Ok(_) => loaded += 1,
+                Ok(config) => {
+                    loaded += 1;
+                    if let Err(e) = dump_loads_back(&config) {
+                        failures.push(format!("{at}: {e}"));
+                    }
+                }
                 Err(e) => failures.push(format!("{at}: refused:\n{e}")),
             },
             Some("fragment") => fragments.push(at),
@@ -181,6 +186,36 @@ fn every_yaml_block_in_the_docs_loads_or_is_refused_as_documented() {
         failures.join("\n\n")
     );
     assert!(loaded > 0, "no YAML block found: is the docs walk broken?");
+}
+
+/// The admin API's `/config_dump` of `config` is a config: it loads back into the same one.
+fn dump_loads_back(config: &sluice_core::config::Config) -> Result<(), String> {
+    let dump = sluice_runtime::admin::config_dump(config);
+    match sluice_core::config::Config::from_tree(&dump) {
+        Ok(back) if back == *config => Ok(()),
+        Ok(back) => Err(format!(
+            "its config dump loads back into another config:\n{config:?}\n{back:?}"
+        )),
+        Err(e) => Err(format!(
+            "its config dump does not load back:\n{e}\n{dump:#}"
+        )),
+    }
+}
+
+/// Every config of `configs/` dumps into a config that loads back into it.
+#[test]
+fn the_example_configs_dump_into_configs_that_load_back() {
+    let mut n = 0;
+    for entry in std::fs::read_dir(repo().join("configs")).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_none_or(|e| e != "yaml") {
+            continue;
+        }
+        let config = sluice_runtime::server::load_config(&path).unwrap();
+        dump_loads_back(&config).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        n += 1;
+    }
+    assert!(n >= 8, "only {n} configs in configs/");
 }
 
 /// Checks Kubernetes manifests (one or more YAML documents): each parses and has `apiVersion`

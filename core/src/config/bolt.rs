@@ -41,17 +41,16 @@ pub struct BoltConfig {
 }
 
 /// A Bolt route: what it matches and where it sends a request.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct BoltRoute {
     /// The match (every part must match; an empty match matches every request).
-    #[serde(rename = "match")]
     pub matcher: BoltRouteMatch,
     /// Where matching requests go.
     pub action: BoltRouteAction,
 }
 
 /// What a request must carry for a route to apply.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct BoltRouteMatch {
     /// The service (the `service` header, else `sofa_head_target_service`); `None`: any.
     pub service: Option<ServiceMatch>,
@@ -70,7 +69,7 @@ pub enum ServiceMatch {
 }
 
 /// A header rule. Bolt header keys are compared as written (case-sensitively).
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct BoltHeaderMatcher {
     /// The header key.
     pub name: String,
@@ -101,6 +100,9 @@ pub struct BoltRouteAction {
     pub cluster_index: usize,
     /// The proxy answers status 7 (timeout) after this long; the frame's own timeout field wins
     /// when it is shorter. `None`: only the frame's timeout applies.
-    #[serde(serialize_with = "ser_opt_duration")]
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "ser_opt_duration"
+    )]
     pub timeout: Option<Duration>,
 }

@@ -135,17 +135,16 @@ pub struct VirtualHost {
 }
 
 /// A route: what it matches and what it does.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct Route {
     /// The match.
-    #[serde(rename = "match")]
     pub matcher: RouteMatch,
     /// The action.
     pub action: RouteAction,
 }
 
 /// What a request must look like for a route to apply.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct RouteMatch {
     /// The path rule (the query string is not part of the path).
     pub path: PathMatch,
@@ -167,7 +166,7 @@ pub enum PathMatch {
 }
 
 /// A header rule (header names are compared case-insensitively; stored lowercase).
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct HeaderMatcher {
     /// Lowercase header name.
     pub name: String,
@@ -205,13 +204,12 @@ pub enum RouteAction {
 }
 
 /// Forwarding settings of a route.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct ForwardAction {
     /// Where to send the request.
     pub target: ClusterTarget,
     /// The whole request, retries included, counted from the end of the downstream request
     /// (its body included); `None` (written `0`) disables.
-    #[serde(serialize_with = "ser_opt_duration")]
     pub timeout: Option<Duration>,
     /// With a `prefix` match: replaces the matched prefix.
     pub prefix_rewrite: Option<String>,
@@ -266,12 +264,15 @@ pub struct RetryPolicy {
     /// Retries after the first try (0–10).
     pub num_retries: u32,
     /// Each try's own timeout; `None`: only the route timeout applies.
-    #[serde(serialize_with = "ser_opt_duration")]
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "ser_opt_duration"
+    )]
     pub per_try_timeout: Option<Duration>,
 }
 
 /// Retry conditions (Envoy's names).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct RetryOn {
     /// `connect-failure`: the upstream connect failed or timed out.
     pub connect_failure: bool,
@@ -297,7 +298,7 @@ impl RetryOn {
 }
 
 /// Where and how the access log is written.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct AccessLogConfig {
     /// Line format.
     pub format: AccessLogFormat,
@@ -305,7 +306,6 @@ pub struct AccessLogConfig {
     pub path: Option<String>,
     /// Request headers a JSON line carries in its `request_headers` object (`format: json`
     /// only; a text template names them as `%REQ(NAME)%`).
-    #[serde(skip_serializing_if = "Vec::is_empty")]
     pub request_headers: Vec<String>,
 }
 

@@ -18,11 +18,14 @@
 //! [`ClusterKind::OriginalDst`] has none (it connects to each connection's original
 //! destination), and only a `tcp_proxy` refers to one. A `Config` built in code (tests) must keep them too.
 //!
-//! The `Serialize` impls are the admin API's config dump: durations are written the way the
-//! config writes them ([`format_duration`]).
+//! The `Serialize` impls are the admin API's config dump, in the input schema: [`Config::from_tree`]
+//! reads a dump back into the same `Config`. Types whose YAML shape is their Rust shape derive
+//! it; the others are written by hand in `dump`. Durations are written the way the config
+//! writes them ([`format_duration`]).
 
 pub mod bolt;
 pub mod diff;
+mod dump;
 pub mod http;
 pub mod tls;
 pub mod tracing;
@@ -193,10 +196,9 @@ impl Default for LimitsConfig {
 }
 
 /// The admin server's settings.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct AdminConfig {
     /// Where it listens: a TCP address (`address`) or a Unix socket (`path`, `mode`).
-    #[serde(flatten)]
     pub listen: AdminListen,
     /// Whether a non-loopback `address` was explicitly allowed (the admin API can stop the
     /// proxy, so exposing it beyond the host must be a written decision).
@@ -251,7 +253,9 @@ pub struct ListenerConfig {
     pub name: String,
     /// Where it listens.
     pub address: SocketAddr,
-    /// What it does with each accepted connection.
+    /// What it does with each accepted connection (its key names the filter: `tcp_proxy`,
+    /// `http`…).
+    #[serde(flatten)]
     pub filter: ListenerFilter,
     /// Connections open at once on this listener (all workers); beyond it a new connection is
     /// accepted and closed at once. `None`: only the process-wide limit applies.
@@ -288,8 +292,7 @@ impl OriginalDst {
 }
 
 /// What a listener does with a connection. Exactly one per listener.
-#[derive(Clone, Debug, PartialEq, Serialize)]
-#[serde(rename_all = "snake_case")]
+#[derive(Clone, Debug, PartialEq)]
 pub enum ListenerFilter {
     /// Proxy the bytes to a host of a cluster.
     TcpProxy(TcpProxyConfig),
@@ -424,8 +427,7 @@ impl LbPolicy {
 /// One input of a request's hash for `ring_hash` / `maglev` (Envoy's route `hash_policy`). The
 /// hashes of the policies that apply to a request are combined in order; when none applies
 /// (the header is absent), the pick is random.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum HashPolicy {
     /// The value of this request header (name lowercased); HTTP and Bolt.
     Header(String),
@@ -450,16 +452,14 @@ impl LbPolicy {
 }
 
 /// A named set of upstream hosts.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct ClusterConfig {
     /// Unique cluster name.
     pub name: String,
     /// Give up a connect attempt after this long.
-    #[serde(serialize_with = "ser_duration")]
     pub connect_timeout: Duration,
     /// Close a pooled (idle keep-alive) upstream HTTP connection after this long unused
     /// (Envoy's `common_http_protocol_options.idle_timeout`); > 0.
-    #[serde(serialize_with = "ser_duration")]
     pub upstream_idle_timeout: Duration,
     /// How a host is picked.
     pub lb_policy: LbPolicy,
@@ -528,7 +528,7 @@ impl Default for ClusterConfig {
 }
 
 /// A cluster's active health check: what a probe is, and when and how its results count.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct HealthCheckConfig {
     /// The probe.
     pub probe: HealthProbe,

@@ -23,16 +23,24 @@ pub struct ListenerTls {
     /// PEM file of the CAs that sign client certificates (mutual TLS).
     pub client_ca: Option<String>,
     /// With `client_ca`: refuse a client that presents no certificate (default `true`).
+    #[serde(skip_serializing_if = "is_default_require")]
     pub require_client_certificate: bool,
     /// With `client_ca`: the client certificate must carry one of these SANs (exact DNS names
     /// or URIs such as `spiffe://cluster.local/ns/default/sa/client`); empty: any verified
     /// certificate.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
     pub verify_subject_alt_names: Vec<String>,
     /// The lowest TLS version accepted.
     pub min_version: TlsVersion,
     /// A handshake not complete in this time is closed.
     #[serde(serialize_with = "ser_duration")]
     pub handshake_timeout: Duration,
+}
+
+/// The config dump leaves `require_client_certificate` out when it has its default, `true`:
+/// the config refuses the field on a listener without `client_ca`, where it is always `true`.
+fn is_default_require(require: &bool) -> bool {
+    *require
 }
 
 /// The ALPN protocols a TLS listener offers when its `tls` gives no `alpn`: what its HTTP
@@ -81,7 +89,9 @@ pub struct UpstreamTls {
     /// PEM file of the CAs that sign the upstreams' certificates (required: an upstream is
     /// never accepted unverified).
     pub ca: String,
-    /// PEM files of a client certificate and key, for upstreams that want mutual TLS.
+    /// PEM files of a client certificate and key, for upstreams that want mutual TLS
+    /// (written `cert_chain` and `private_key` beside `ca`).
+    #[serde(flatten)]
     pub client_certificate: Option<CertificateFiles>,
     /// The upstream's certificate must carry one of these SANs (DNS names or URIs, e.g. a
     /// SPIFFE ID) instead of `sni`.

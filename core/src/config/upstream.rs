@@ -85,7 +85,7 @@ impl Default for OutlierSettings {
 }
 
 /// Circuit breaker limits of one cluster (Envoy's defaults, which issue 5's example repeats).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct CircuitBreakerSettings {
     /// Most connections open to the cluster's hosts.
     pub max_connections: u32,

@@ -206,10 +206,7 @@ fn config_dump_is_json_with_durations_as_written() {
     let c = Config::from_yaml(GOOD).unwrap();
     let v = serde_json::to_value(&c).unwrap();
     assert_eq!(v["clusters"][0]["connect_timeout"], "1s");
-    assert_eq!(
-        v["listeners"][0]["filter"]["tcp_proxy"]["idle_timeout"],
-        "5m"
-    );
+    assert_eq!(v["listeners"][0]["tcp_proxy"]["idle_timeout"], "5m");
     assert_eq!(v["listeners"][0]["address"], "127.0.0.1:10001");
 }
 

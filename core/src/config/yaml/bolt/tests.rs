@@ -102,12 +102,9 @@ fn parses_the_issue_example() {
     assert!(bolt.routes[1].matcher.headers.is_empty());
     // The dump is JSON with the size in bytes and the timeout as written.
     let dump = serde_json::to_value(&c).unwrap();
+    assert_eq!(dump["listeners"][0]["bolt"]["max_frame_size"], 16 << 20);
     assert_eq!(
-        dump["listeners"][0]["filter"]["bolt"]["max_frame_size"],
-        16 << 20
-    );
-    assert_eq!(
-        dump["listeners"][0]["filter"]["bolt"]["routes"][0]["action"]["timeout"],
+        dump["listeners"][0]["bolt"]["routes"][0]["route"]["timeout"],
         "3s"
     );
 }

@@ -799,15 +799,15 @@ fn the_example_config_file_is_valid() {
 fn dumps_as_json() {
     let config = Config::from_yaml(EXAMPLE).unwrap();
     let v = serde_json::to_value(&config).unwrap();
-    let h = &v["listeners"][0]["filter"]["http"];
+    let h = &v["listeners"][0]["http"];
     assert_eq!(h["request_headers_timeout"], "10s");
     assert_eq!(h["idle_timeout"], "1h");
     assert_eq!(
-        h["virtual_hosts"][0]["routes"][0]["match"]["path"]["exact"],
+        h["virtual_hosts"][0]["routes"][0]["match"]["path"],
         "/hello"
     );
     assert_eq!(
-        h["virtual_hosts"][0]["routes"][3]["action"]["forward"]["retry_policy"]["per_try_timeout"],
+        h["virtual_hosts"][0]["routes"][3]["route"]["retry_policy"]["per_try_timeout"],
         "5s"
     );
 }
