@@ -435,6 +435,16 @@ pub(crate) struct Scratch {
 }
 
 impl Scratch {
+    /// The request id this request went upstream with: the one generated for it, or the
+    /// client's own (empty when the request did not get that far).
+    pub(crate) fn forwarded_request_id<'a>(&'a self, head: &Head, buf: &'a [u8]) -> &'a [u8] {
+        if self.request_id_generated {
+            &self.request_id[..]
+        } else {
+            head.header(buf, "x-request-id").unwrap_or(b"")
+        }
+    }
+
     pub(crate) fn new(
         peer: SocketAddr,
         hc: &HttpConfig,
@@ -710,12 +720,7 @@ impl<N: Network> Engine<N> {
                     Version::Http10 => "HTTP/1.0",
                     Version::Http11 => "HTTP/1.1",
                 };
-                // The id forwarded upstream: generated, or the client's own.
-                let request_id = if scratch.request_id_generated {
-                    &scratch.request_id[..]
-                } else {
-                    head.header(buf, "x-request-id").unwrap_or(b"")
-                };
+                let request_id = scratch.forwarded_request_id(&head, buf);
                 let entry = Entry {
                     start: started,
                     method: head.method_bytes(buf),

@@ -544,8 +544,9 @@ impl<N: Network> Engine<N> {
                 bytes_sent: outcome.bytes_sent,
                 duration_ms: now().duration_since(t0).as_millis() as u64,
                 upstream: outcome.upstream,
+                // The id forwarded upstream (generated when the client sent none).
                 request_id: if parsed {
-                    head.header(buf, "x-request-id").unwrap_or(b"")
+                    scratch.forwarded_request_id(&head, buf)
                 } else {
                     b""
                 },
