@@ -546,7 +546,7 @@ impl<N: Network> Engine<N> {
                 upstream: outcome.upstream,
                 // The id forwarded upstream (generated when the client sent none).
                 request_id: if parsed {
-                    scratch.forwarded_request_id(&head, buf)
+                    scratch.forwarded_request_id(head, buf)
                 } else {
                     b""
                 },
