@@ -49,6 +49,7 @@ use crate::net::Network;
 use crate::now;
 use crate::pool::Pool;
 use crate::relay::{BUFFER_SIZE, relay};
+use crate::splice::AsTcpStream as _;
 use crate::stats::{CaptureOutcome, SniOutcome, WorkerStats, bump, gauge_add};
 use crate::tls::{HandshakeOutcome, MaybeTls};
 
@@ -711,7 +712,7 @@ impl<N: Network> Engine<N> {
         terminated: Option<Option<String>>,
         original_dst: Option<SocketAddr>,
     ) where
-        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + crate::splice::AsTcpStream + Unpin,
     {
         // The access log's start time (wall clock) and the session's start.
         let started = if self.access_logs[listener].is_some() {
@@ -950,26 +951,49 @@ impl<N: Network> Engine<N> {
                 if let Some(r) = session.close_reason() {
                     r
                 } else {
-                    let buffers = [self.take_buffer(), self.take_buffer()];
-                    let end = relay(
-                        &mut session,
-                        &mut down,
-                        &mut up,
-                        buffers,
-                        drain_expired,
-                        &mut |s| {
-                            s.handle_timeout(
-                                now(),
-                                &mut cluster.borrow_mut(),
-                                &mut self.rng.borrow_mut(),
-                            )
-                        },
-                    )
-                    .await;
-                    let [a, b] = end.buffers;
-                    self.give_buffer(a);
-                    self.give_buffer(b);
-                    end.reason
+                    let mut on_timeout = |s: &mut TcpSession| {
+                        s.handle_timeout(
+                            now(),
+                            &mut cluster.borrow_mut(),
+                            &mut self.rng.borrow_mut(),
+                        )
+                    };
+                    // Plaintext on real sockets: splice, unless the listener says not to or
+                    // the pipes cannot be made (then copy, as over TLS and in the simulator).
+                    let spliceable = match (down.as_tcp_stream(), up.as_tcp_stream()) {
+                        (Some(d), Some(u)) if tp.splice => {
+                            crate::splice::Pipes::new().ok().map(|p| (d, u, p))
+                        }
+                        _ => None,
+                    };
+                    if let Some((d, u, pipes)) = spliceable {
+                        bump(&self.stats.tcp_relay_spliced, 1);
+                        crate::splice::relay_spliced(
+                            &mut session,
+                            d,
+                            u,
+                            pipes,
+                            drain_expired,
+                            &mut on_timeout,
+                        )
+                        .await
+                    } else {
+                        bump(&self.stats.tcp_relay_copied, 1);
+                        let buffers = [self.take_buffer(), self.take_buffer()];
+                        let end = relay(
+                            &mut session,
+                            &mut down,
+                            &mut up,
+                            buffers,
+                            drain_expired,
+                            &mut on_timeout,
+                        )
+                        .await;
+                        let [a, b] = end.buffers;
+                        self.give_buffer(a);
+                        self.give_buffer(b);
+                        end.reason
+                    }
                 }
             }
             (_, Some(r)) => r,

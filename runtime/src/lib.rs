@@ -42,6 +42,7 @@ mod otlp;
 pub mod pool;
 pub mod relay;
 pub mod server;
+pub mod splice;
 pub mod stats;
 pub mod tls;
 pub mod tls_certs;

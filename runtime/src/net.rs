@@ -18,7 +18,8 @@ use tokio::io::{AsyncRead, AsyncWrite};
 /// What the engine needs from a network.
 pub trait Network: Clone + 'static {
     /// A connected byte stream.
-    type Stream: AsyncRead + AsyncWrite + Unpin + 'static;
+    /// (A real socket says so for the splicing relay: [`crate::splice::AsTcpStream`].)
+    type Stream: AsyncRead + AsyncWrite + crate::splice::AsTcpStream + Unpin + 'static;
     /// A bound, listening socket.
     type Listener: 'static;
 

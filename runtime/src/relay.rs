@@ -43,12 +43,12 @@ struct Pipe {
     from: Side,
 }
 
-enum Step {
+pub(crate) enum Step {
     Read(usize),
     Eof,
 }
 
-fn other(side: Side) -> Side {
+pub(crate) fn other(side: Side) -> Side {
     match side {
         Side::Downstream => Side::Upstream,
         Side::Upstream => Side::Downstream,
@@ -131,6 +131,73 @@ impl Pipe {
     }
 }
 
+/// What [`drive`] asks of a relay's IO.
+#[derive(Clone, Copy)]
+pub(crate) enum Op {
+    /// Move bytes read from this side (write what is pending, half-close when asked, read).
+    Step(Side),
+    /// The session wants this side's write half closed (done by the next steps).
+    ShutdownWrite(Side),
+}
+
+/// The session loop shared by the copying relay and the splicing one ([`crate::splice`]): polls
+/// both directions through `io`, reports each read, EOF and error to the session, runs its
+/// timers and the drain deadline, and carries out its half-closes, until it closes.
+pub(crate) async fn drive(
+    session: &mut TcpSession,
+    drain_expired: Notified<'_>,
+    on_timeout: &mut dyn FnMut(&mut TcpSession),
+    mut io: impl FnMut(&mut Context<'_>, Op) -> Poll<Result<Step, Side>>,
+) -> CloseReason {
+    let far_future = tokio::time::Instant::now() + std::time::Duration::from_secs(86_400 * 365);
+    let deadline = |s: &TcpSession| s.poll_timeout().map_or(far_future, crate::to_tokio);
+    let mut sleep: Pin<&mut Sleep> = pin!(tokio::time::sleep_until(deadline(session)));
+    let mut drain_expired = pin!(drain_expired);
+    poll_fn(|cx| {
+        for _ in 0..ROUNDS_PER_POLL {
+            let mut progressed = false;
+            for from in [Side::Downstream, Side::Upstream] {
+                match io(cx, Op::Step(from)) {
+                    Poll::Ready(Ok(Step::Read(n))) => session.handle_read(now(), from, n),
+                    Poll::Ready(Ok(Step::Eof)) => session.handle_read(now(), from, 0),
+                    Poll::Ready(Err(side)) => session.handle_error(now(), side),
+                    Poll::Pending => continue,
+                }
+                progressed = true;
+            }
+            if sleep.as_mut().poll(cx).is_ready() {
+                on_timeout(session);
+                sleep.as_mut().reset(deadline(session));
+                progressed = true;
+            }
+            if drain_expired.as_mut().poll(cx).is_ready() {
+                session.handle_drain_timeout(now());
+            }
+            while let Some(action) = session.poll_action() {
+                match action {
+                    Action::ShutdownUpstreamWrite => {
+                        let _ = io(cx, Op::ShutdownWrite(Side::Upstream));
+                    }
+                    Action::ShutdownDownstreamWrite => {
+                        let _ = io(cx, Op::ShutdownWrite(Side::Downstream));
+                    }
+                    Action::Close(reason) => return Poll::Ready(reason),
+                    Action::Connect { .. } => {
+                        debug_assert!(false, "connect while relaying");
+                    }
+                }
+                progressed = true;
+            }
+            if !progressed {
+                return Poll::Pending;
+            }
+        }
+        cx.waker().wake_by_ref();
+        Poll::Pending
+    })
+    .await
+}
+
 /// What the relay hands back: why it ended and the buffers, for reuse.
 pub struct RelayEnd {
     /// The session's close reason.
@@ -156,53 +223,17 @@ where
     let [b1, b2] = buffers;
     let mut d2u = Pipe::new(b1, Side::Downstream);
     let mut u2d = Pipe::new(b2, Side::Upstream);
-    let far_future = tokio::time::Instant::now() + std::time::Duration::from_secs(86_400 * 365);
-    let deadline = |s: &TcpSession| s.poll_timeout().map_or(far_future, crate::to_tokio);
-    let mut sleep: Pin<&mut Sleep> = pin!(tokio::time::sleep_until(deadline(session)));
-    let mut drain_expired = pin!(drain_expired);
-
-    let reason = poll_fn(|cx| {
-        for _ in 0..ROUNDS_PER_POLL {
-            let mut progressed = false;
-            for (pipe, from_down) in [(&mut d2u, true), (&mut u2d, false)] {
-                let step = if from_down {
-                    pipe.poll_step(cx, down, up)
-                } else {
-                    pipe.poll_step(cx, up, down)
-                };
-                match step {
-                    Poll::Ready(Ok(Step::Read(n))) => session.handle_read(now(), pipe.from, n),
-                    Poll::Ready(Ok(Step::Eof)) => session.handle_read(now(), pipe.from, 0),
-                    Poll::Ready(Err(side)) => session.handle_error(now(), side),
-                    Poll::Pending => continue,
-                }
-                progressed = true;
-            }
-            if sleep.as_mut().poll(cx).is_ready() {
-                on_timeout(session);
-                sleep.as_mut().reset(deadline(session));
-                progressed = true;
-            }
-            if drain_expired.as_mut().poll(cx).is_ready() {
-                session.handle_drain_timeout(now());
-            }
-            while let Some(action) = session.poll_action() {
-                match action {
-                    Action::ShutdownUpstreamWrite => d2u.shutdown_wanted = true,
-                    Action::ShutdownDownstreamWrite => u2d.shutdown_wanted = true,
-                    Action::Close(reason) => return Poll::Ready(reason),
-                    Action::Connect { .. } => {
-                        debug_assert!(false, "connect while relaying");
-                    }
-                }
-                progressed = true;
-            }
-            if !progressed {
-                return Poll::Pending;
-            }
+    let reason = drive(session, drain_expired, on_timeout, |cx, op| match op {
+        Op::Step(Side::Downstream) => d2u.poll_step(cx, down, up),
+        Op::Step(Side::Upstream) => u2d.poll_step(cx, up, down),
+        Op::ShutdownWrite(Side::Upstream) => {
+            d2u.shutdown_wanted = true;
+            Poll::Pending
         }
-        cx.waker().wake_by_ref();
-        Poll::Pending
+        Op::ShutdownWrite(Side::Downstream) => {
+            u2d.shutdown_wanted = true;
+            Poll::Pending
+        }
     })
     .await;
 

@@ -1038,6 +1038,20 @@ counters! {
         upstream_cx_connect_fail: AtomicU64, counter;
         /// Upstream connect attempts that timed out.
         upstream_cx_connect_timeout: AtomicU64, counter;
+        /// `tcp_proxy` sessions relayed by `splice(2)` (plaintext, on real sockets).
+        tcp_relay_spliced: AtomicU64, counter
+            => Metric::counter(
+                "sluice_tcp_relay_spliced_total",
+                "tcp_proxy sessions relayed by splice(2), socket to pipe to socket in the kernel.",
+            )
+            .stats("server.tcp_relay_spliced");
+        /// `tcp_proxy` sessions relayed by copying (TLS, `splice: false`, no pipe available).
+        tcp_relay_copied: AtomicU64, counter
+            => Metric::counter(
+                "sluice_tcp_relay_copied_total",
+                "tcp_proxy sessions relayed by reading and writing (TLS, splice: false, or no pipe could be made).",
+            )
+            .stats("server.tcp_relay_copied");
         /// Bytes read from downstream connections.
         bytes_from_downstream: AtomicU64, counter;
         /// Bytes read from upstream connections.

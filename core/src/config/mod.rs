@@ -340,6 +340,10 @@ pub struct TcpProxyConfig {
     /// `ORIGINAL_DST`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub access_log: Option<http::AccessLogConfig>,
+    /// Relay a plaintext session's bytes by `splice(2)` (socket → pipe → socket in the kernel,
+    /// no copy into the proxy) rather than by reading and writing them (default `true`; TLS
+    /// sessions always copy: their bytes pass through rustls).
+    pub splice: bool,
 }
 
 /// One `sni_routes` entry of a `tcp_proxy`.

@@ -723,6 +723,10 @@ fn decode_tcp_proxy(
         Some((v, p)) => http::decode_access_log(dec, &p, v, true).map(Some),
         None => Some(None),
     };
+    let splice = match obj.opt("splice") {
+        Some((v, p)) => dec.boolean(&p, v),
+        None => Some(true),
+    };
     obj.finish(dec);
     let (cluster, cluster_index) = cluster?;
     Some(TcpProxyConfig {
@@ -733,6 +737,7 @@ fn decode_tcp_proxy(
         sni_routes: sni_routes?,
         client_hello_timeout: client_hello_timeout?,
         access_log: access_log?,
+        splice: splice?,
     })
 }
 
