@@ -945,14 +945,22 @@ fn percent_decode(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-/// Keys whose values are secrets in a config dump, should a config ever carry one inline
-/// (passwords, tokens). TLS keys are not among them: the config names key *files* by path, which
-/// is not a secret, and a dump must load back; the key itself never appears.
-const SECRET_KEYS: &[&str] = &["password", "token", "secret"];
+/// Headers whose values are credentials: a config dump does not show the values a route adds
+/// or matches for them.
+const CREDENTIAL_HEADERS: &[&str] = &[
+    "authorization",
+    "proxy-authorization",
+    "cookie",
+    "set-cookie",
+    "x-api-key",
+    "x-auth-token",
+];
 
 /// The config as JSON in the input schema (see `sluice_core::config::dump`): `Config::from_tree`
-/// reads it back into the same config. Unset options are left out (the decoder reads a null as
-/// a type error); secrets would be replaced by `"[redacted]"`.
+/// reads it back into the same config, except for credentials: the values a route adds or
+/// matches for a credential header ([`CREDENTIAL_HEADERS`]) are `"[redacted]"`. Unset options
+/// are left out (the decoder reads a null as a type error). TLS keys appear as the paths of
+/// their files (a path is not a secret; the key never appears).
 #[must_use]
 pub fn config_dump(config: &Config) -> Value {
     let mut v = serde_json::to_value(config).unwrap_or(Value::Null);
@@ -960,13 +968,24 @@ pub fn config_dump(config: &Config) -> Value {
     v
 }
 
-/// Replaces secret values by `"[redacted]"` and drops null-valued keys.
+/// Drops null-valued keys and replaces credential values: an object naming a credential header
+/// (`{name, value}` of `request_headers_to_add`, `{name, exact | prefix | safe_regex}` of a
+/// header matcher) gets `"[redacted]"` for what it holds.
 fn redact(v: &mut Value) {
     match v {
         Value::Object(map) => {
             map.retain(|_, child| !child.is_null());
+            let credential = map
+                .get("name")
+                .and_then(Value::as_str)
+                .is_some_and(|n| CREDENTIAL_HEADERS.iter().any(|c| c.eq_ignore_ascii_case(n)));
             for (k, child) in map.iter_mut() {
-                if SECRET_KEYS.contains(&k.as_str()) && !child.is_null() {
+                if credential
+                    && matches!(
+                        k.as_str(),
+                        "value" | "exact" | "prefix" | "safe_regex" | "regex"
+                    )
+                {
                     *child = Value::String("[redacted]".into());
                 } else {
                     redact(child);
@@ -2656,12 +2675,19 @@ mod tests {
     }
 
     #[test]
-    fn config_dump_redacts_secret_keys() {
-        let mut v = json!({ "a": { "password": "xyz", "name": "n", "tls": null }, "b": [ { "token": "t" } ] });
+    fn config_dump_redacts_credential_headers() {
+        let mut v = json!({
+            "add": [ { "name": "Authorization", "value": "Bearer s3cr3t" }, { "name": "x-tenant", "value": "acme" } ],
+            "match": { "headers": [ { "name": "x-api-key", "exact": "k" }, { "name": "x-v", "exact": "2" } ] },
+            "tls": null
+        });
         redact(&mut v);
         assert_eq!(
             v,
-            json!({ "a": { "password": "[redacted]", "name": "n" }, "b": [ { "token": "[redacted]" } ] })
+            json!({
+                "add": [ { "name": "Authorization", "value": "[redacted]" }, { "name": "x-tenant", "value": "acme" } ],
+                "match": { "headers": [ { "name": "x-api-key", "exact": "[redacted]" }, { "name": "x-v", "exact": "2" } ] }
+            })
         );
         let s = shared();
         let dump = config_dump(&s.config);

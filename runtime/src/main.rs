@@ -41,9 +41,11 @@ enum Command {
         /// (`sluice_runtime=debug,info`); `RUST_LOG` overrides it.
         #[arg(long, default_value = "info", value_parser = parse_log_level)]
         log_level: String,
-        /// Seed of the balancers' random choices (for reproducible runs).
-        #[arg(long, default_value_t = 0x5eed)]
-        seed: u64,
+        /// Seed of the workers' random choices (balancing, generated request and trace ids), for
+        /// reproducible runs; default: random per process (ids must not repeat across the
+        /// proxies of a mesh).
+        #[arg(long)]
+        seed: Option<u64>,
         /// Take over from the instance running this config (binary upgrade): receive its
         /// listening sockets through the control socket, serve them, then let it drain.
         #[arg(long)]
@@ -323,7 +325,7 @@ fn main() -> ExitCode {
                 config,
                 ServerOptions {
                     workers,
-                    seed,
+                    seed: seed.unwrap_or_else(sluice_runtime::server::random_seed),
                     log_control: Some(log_control),
                     control_socket: control_socket.or_else(|| {
                         config_path

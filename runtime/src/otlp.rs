@@ -24,7 +24,10 @@
 //!
 //! ## Invariants
 //!
-//! - Spans queued ≤ `max_queue`; spans in a batch ≤ `max_batch`.
+//! - Spans queued ≤ `max_queue`, the batch being sent included; spans in a batch ≤
+//!   `max_batch`; a span's size is bounded whatever the request (the values taken from it —
+//!   path, authority — are cut at [`MAX_ATTRIBUTE_BYTES`]; the query is never exported), so a
+//!   worker's queue holds at most about `max_queue` × 2 KiB.
 //! - Every sampled span is counted exactly once as exported, dropped (queue full) or failed
 //!   (export failed), or is still queued.
 
@@ -167,13 +170,15 @@ impl SpanQueue {
             }
             None => return None,
         };
-        st.queued -= batch.1;
         Some(batch)
     }
 
-    fn give_back(&self, mut buf: Vec<u8>) {
+    /// A batch taken by [`SpanQueue::take_batch`] is done with (sent or failed): its spans
+    /// leave the queue's count only now, so a batch in flight counts against `max_queue`.
+    fn give_back(&self, mut buf: Vec<u8>, spans: usize) {
         buf.clear();
         let mut st = self.state.borrow_mut();
+        st.queued -= spans;
         if st.spare.len() < 2 {
             st.spare.push(buf);
         }
@@ -226,11 +231,16 @@ fn write_span(buf: &mut Vec<u8>, hop: &Hop, e: &Entry<'_>, end: SystemTime) {
         buf.extend_from_slice(b"}}");
     };
     attr(buf, "http.request.method", e.method);
-    attr(buf, "url.path", e.path);
+    // The path without its query (which may carry credentials: it is never exported), at most
+    // MAX_ATTRIBUTE_BYTES of it, like the authority: a span's size does not follow the client's.
+    let path = e.path.split(|&b| b == b'?').next().unwrap_or(b"");
+    attr(buf, "url.path", clip(path));
     if let Some(a) = e.header(":authority") {
-        attr(buf, "server.address", a);
+        attr(buf, "server.address", clip(a));
     }
-    attr(buf, "network.protocol.name", e.protocol.as_bytes());
+    attr(buf, "network.protocol.name", b"http");
+    let version = e.protocol.strip_prefix("HTTP/").unwrap_or(e.protocol);
+    attr(buf, "network.protocol.version", version.as_bytes());
     attr(buf, "sluice.listener", e.listener.as_bytes());
     if let Some(c) = e.cluster {
         attr(buf, "sluice.upstream_cluster", c.as_bytes());
@@ -259,6 +269,13 @@ fn write_span(buf: &mut Vec<u8>, hop: &Hop, e: &Entry<'_>, end: SystemTime) {
         let _ = write!(buf, ",\"status\":{{\"code\":{STATUS_CODE_ERROR}}}");
     }
     buf.push(b'}');
+}
+
+/// Longest value of a span attribute taken from the request (path, authority), in bytes.
+pub(crate) const MAX_ATTRIBUTE_BYTES: usize = 256;
+
+fn clip(v: &[u8]) -> &[u8] {
+    &v[..v.len().min(MAX_ATTRIBUTE_BYTES)]
 }
 
 fn json_string(buf: &mut Vec<u8>, bytes: &[u8]) {
@@ -358,7 +375,7 @@ impl<N: Network> Engine<N> {
             } else {
                 bump(&self.stats.tracing_spans_export_failed, n);
             }
-            q.give_back(batch);
+            q.give_back(batch, spans);
         }
     }
 
@@ -396,16 +413,16 @@ impl<N: Network> Engine<N> {
                 }
             },
         };
-        let mut body = Vec::with_capacity(spans.len() + 256);
-        body.extend_from_slice(
+        // The document around the batch, written in pieces: the batch is not copied.
+        let mut prefix = Vec::with_capacity(160);
+        prefix.extend_from_slice(
             b"{\"resourceSpans\":[{\"resource\":{\"attributes\":[{\"key\":\"service.name\",\"value\":{\"stringValue\":",
         );
-        json_string(&mut body, q.config.service_name.as_bytes());
-        body.extend_from_slice(
+        json_string(&mut prefix, q.config.service_name.as_bytes());
+        prefix.extend_from_slice(
             b"}}]},\"scopeSpans\":[{\"scope\":{\"name\":\"sluice\"},\"spans\":[",
         );
-        body.extend_from_slice(spans);
-        body.extend_from_slice(b"]}]}]}");
+        const SUFFIX: &[u8] = b"]}]}]}";
         let host = cluster
             .tls
             .as_ref()
@@ -414,13 +431,15 @@ impl<N: Network> Engine<N> {
         let head = format!(
             "POST {} HTTP/1.1\r\nhost: {host}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nuser-agent: sluice-otlp\r\nconnection: close\r\n\r\n",
             q.config.path,
-            body.len()
+            prefix.len() + spans.len() + SUFFIX.len()
         );
-        if stream.write_all(head.as_bytes()).await.is_err()
-            || crate::http::write_flushed(&mut stream, &body)
-                .await
-                .is_err()
-        {
+        let sent = async {
+            stream.write_all(head.as_bytes()).await?;
+            stream.write_all(&prefix).await?;
+            stream.write_all(spans).await?;
+            crate::http::write_flushed(&mut stream, SUFFIX).await
+        };
+        if sent.await.is_err() {
             return false;
         }
         let status = crate::health::read_status(&mut stream).await;
@@ -473,6 +492,9 @@ mod tests {
             sampled: true,
             propagation: Propagation::W3c,
             malformed: false,
+            had_b3_single: false,
+            had_b3_multi: false,
+            debug: false,
         }
     }
 
@@ -540,7 +562,7 @@ mod tests {
         doc.push(b']');
         let spans: serde_json::Value = serde_json::from_slice(&doc).unwrap();
         assert_eq!(spans.as_array().unwrap().len(), 2);
-        q.give_back(b3);
+        q.give_back(b3, n3);
         // Room again once taken.
         assert!(q.record(&hop(), &e, SystemTime::now()));
     }

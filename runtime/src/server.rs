@@ -137,6 +137,29 @@ fn bind_listener_per_worker(
     (0..workers).map(|_| bind_listener(config, i)).collect()
 }
 
+/// A seed from the operating system's randomness (`/dev/urandom`; if it cannot be read, the
+/// standard library's randomly keyed hasher), for a process run without `--seed`: two proxies —
+/// or two runs of one — must not generate the same request and trace ids.
+#[must_use]
+pub fn random_seed() -> u64 {
+    use std::io::Read as _;
+    let mut bytes = [0u8; 8];
+    if std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut bytes))
+        .is_ok()
+    {
+        return u64::from_le_bytes(bytes);
+    }
+    use std::hash::{BuildHasher as _, Hasher as _};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos()),
+    );
+    h.finish()
+}
+
 /// Runs until SIGTERM/SIGINT, then drains and returns. Errors are startup errors (bind).
 pub fn run(config: Config, options: ServerOptions) -> io::Result<()> {
     let mut config = Arc::new(config);

@@ -197,6 +197,12 @@ pub struct Hop {
     pub propagation: Propagation,
     /// A trace header was present but malformed (and so ignored, never half-read).
     pub malformed: bool,
+    /// The request carried the single `b3` header (valid or not): it goes on, rewritten.
+    pub had_b3_single: bool,
+    /// The request carried `x-b3-*` headers (valid or not): they go on, rewritten.
+    pub had_b3_multi: bool,
+    /// B3's debug flag (`b3: …-d`, `x-b3-flags: 1`) came with the context: it goes on.
+    pub debug: bool,
 }
 
 /// Randomness for one hop, brought by the caller: three words (the new span id, and the new
@@ -223,52 +229,65 @@ pub fn decide_hop(
     random: HopRandom,
     sampling_per_million: u32,
 ) -> Hop {
+    // Every form present is parsed, so that a malformed one is counted (and, being rewritten
+    // or removed upstream, never goes on) even when another form carries the context.
     let mut malformed = false;
-    let mut decision_only: Option<bool> = None;
-    let mut found: Option<(TraceContext, Propagation)> = None;
-    if let Some(v) = incoming.traceparent {
-        match parse_traceparent(v) {
-            Some(c) => found = Some((c, Propagation::W3c)),
-            None => malformed = true,
+    let w3c = incoming.traceparent.and_then(|v| {
+        let c = parse_traceparent(v);
+        malformed |= c.is_none();
+        c
+    });
+    let single = incoming.b3.and_then(|v| {
+        let c = parse_b3_single(v);
+        malformed |= c.is_none();
+        c
+    });
+    let (multi, multi_decision) = match (incoming.b3_trace_id, incoming.b3_span_id) {
+        (Some(t), Some(s)) => {
+            let c = parse_b3_multi(t, s, incoming.b3_sampled, incoming.b3_flags);
+            malformed |= c.is_none();
+            (c, None)
         }
-    }
-    if found.is_none()
-        && let Some(v) = incoming.b3
-    {
-        match parse_b3_single(v) {
-            Some(B3Single::Context(c)) => found = Some((c, Propagation::B3Single)),
-            Some(B3Single::SamplingOnly(s)) => decision_only = Some(s),
-            None => malformed = true,
-        }
-    }
-    if found.is_none() {
-        match (incoming.b3_trace_id, incoming.b3_span_id) {
-            (Some(t), Some(s)) => {
-                match parse_b3_multi(t, s, incoming.b3_sampled, incoming.b3_flags) {
-                    Some(c) => found = Some((c, Propagation::B3Multi)),
-                    None => malformed = true,
+        (None, None) => {
+            let debug = incoming.b3_flags.map(trim) == Some(b"1");
+            let decision = match incoming.b3_sampled.map(trim) {
+                _ if debug => Some(true),
+                Some(s) => {
+                    let d = sampling(s);
+                    malformed |= d.is_none();
+                    d
                 }
-            }
-            (None, None) => {
-                if decision_only.is_none() {
-                    let debug = incoming.b3_flags.map(trim) == Some(b"1");
-                    decision_only = match incoming.b3_sampled.map(trim) {
-                        _ if debug => Some(true),
-                        Some(s) => match sampling(s) {
-                            Some(d) => Some(d),
-                            None => {
-                                malformed = true;
-                                None
-                            }
-                        },
-                        None => None,
-                    };
-                }
-            }
-            // One id without the other.
-            _ => malformed = true,
+                None => None,
+            };
+            (None, decision)
         }
-    }
+        // One id without the other.
+        _ => {
+            malformed = true;
+            (None, None)
+        }
+    };
+    let found = w3c
+        .map(|c| (c, Propagation::W3c))
+        .or(match single {
+            Some(B3Single::Context(c)) => Some((c, Propagation::B3Single)),
+            _ => None,
+        })
+        .or(multi.map(|c| (c, Propagation::B3Multi)));
+    let decision_only = match single {
+        Some(B3Single::SamplingOnly(s)) => Some(s),
+        _ => multi_decision,
+    };
+    let had_b3_single = incoming.b3.is_some();
+    let had_b3_multi = incoming.b3_trace_id.is_some()
+        || incoming.b3_span_id.is_some()
+        || incoming.b3_sampled.is_some()
+        || incoming.b3_flags.is_some();
+    let debug = incoming.b3_flags.map(trim) == Some(b"1")
+        || incoming.b3.is_some_and(|v| {
+            let v = trim(v);
+            v == b"d" || v.split(|&b| b == b'-').nth(2) == Some(b"d")
+        });
     let span_id = nonzero_span(random.ids[0]);
     let drawn = || (random.draw % u64::from(SAMPLING_SCALE)) < u64::from(sampling_per_million);
     match found {
@@ -283,6 +302,9 @@ pub fn decide_hop(
             sampled: c.sampled.unwrap_or_else(drawn),
             propagation,
             malformed,
+            had_b3_single,
+            had_b3_multi,
+            debug,
         },
         None => {
             let mut trace_id = [0; 16];
@@ -298,6 +320,9 @@ pub fn decide_hop(
                 sampled: decision_only.unwrap_or_else(drawn),
                 propagation: Propagation::Started,
                 malformed,
+                had_b3_single,
+                had_b3_multi,
+                debug,
             }
         }
     }
@@ -320,6 +345,9 @@ pub struct HopHeaders {
     sampled: bool,
     propagation: Propagation,
     has_parent: bool,
+    b3_single: bool,
+    b3_multi: bool,
+    debug: bool,
 }
 
 impl Default for HopHeaders {
@@ -334,6 +362,9 @@ impl Default for HopHeaders {
             sampled: false,
             propagation: Propagation::Started,
             has_parent: false,
+            b3_single: false,
+            b3_multi: false,
+            debug: false,
         }
     }
 }
@@ -347,12 +378,18 @@ impl HopHeaders {
         self.sampled = hop.sampled;
         self.propagation = hop.propagation;
         self.has_parent = hop.parent_span_id.is_some();
+        self.b3_single = hop.had_b3_single;
+        self.b3_multi = hop.had_b3_multi;
+        self.debug = hop.debug;
         if let Some(p) = hop.parent_span_id {
             write_hex(&p, &mut self.parent_span_id);
         }
         let mut single = [0; 51];
         let n = format_b3_single(&hop.trace_id, &hop.span_id, hop.sampled, &mut single);
         self.b3[..n].copy_from_slice(&single[..n]);
+        if hop.debug {
+            self.b3[n - 1] = b'd';
+        }
         self.b3_len = n;
         if self.has_parent {
             self.b3[n] = b'-';
@@ -361,27 +398,46 @@ impl HopHeaders {
         }
     }
 
-    /// The edits that carry the hop upstream: `traceparent` always (replacing the client's);
-    /// the B3 form the context came in, rewritten with this hop's span; `tracestate` goes on
-    /// only with the `traceparent` it belongs to — a trace this hop started (the client's
-    /// context missing or malformed) or continued from B3 drops it.
+    /// The edits that carry the hop upstream, one consistent context in every form:
+    /// `traceparent` always (replacing the client's); each B3 form the request carried (the
+    /// single `b3`, the `x-b3-*` set), valid or not, rewritten with this hop's span, and every
+    /// other trace header of the request removed — so no stale, malformed or contradicting
+    /// header goes on beside the proxy's. `tracestate` goes on only with the `traceparent` it
+    /// belongs to: a trace started here or continued from B3 drops it.
     pub fn edits<'a>(&'a self, edits: &mut HeaderEdits<'a>) {
         edits.set("traceparent", &self.traceparent);
         if self.propagation != Propagation::W3c {
             edits.remove("tracestate");
         }
-        match self.propagation {
-            Propagation::B3Single => edits.set("b3", &self.b3[..self.b3_len]),
-            Propagation::B3Multi => {
-                edits.set("x-b3-traceid", &self.trace_id);
-                edits.set("x-b3-spanid", &self.span_id);
-                if self.has_parent {
-                    edits.set("x-b3-parentspanid", &self.parent_span_id);
-                }
-                // `x-b3-flags: 1` (debug) goes on as it came; the decision is also spelled out.
-                edits.set("x-b3-sampled", if self.sampled { b"1" } else { b"0" });
+        if self.b3_single {
+            edits.set("b3", &self.b3[..self.b3_len]);
+        } else {
+            edits.remove("b3");
+        }
+        if self.b3_multi {
+            edits.set("x-b3-traceid", &self.trace_id);
+            edits.set("x-b3-spanid", &self.span_id);
+            if self.has_parent {
+                edits.set("x-b3-parentspanid", &self.parent_span_id);
+            } else {
+                edits.remove("x-b3-parentspanid");
             }
-            Propagation::W3c | Propagation::Started => {}
+            edits.set("x-b3-sampled", if self.sampled { b"1" } else { b"0" });
+            if self.debug {
+                edits.set("x-b3-flags", b"1");
+            } else {
+                edits.remove("x-b3-flags");
+            }
+        } else {
+            for name in [
+                "x-b3-traceid",
+                "x-b3-spanid",
+                "x-b3-parentspanid",
+                "x-b3-sampled",
+                "x-b3-flags",
+            ] {
+                edits.remove(name);
+            }
         }
     }
 
@@ -578,6 +634,12 @@ mod tests {
             headers(&h),
             [
                 ("-traceparent".to_owned(), String::new()),
+                ("-b3".to_owned(), String::new()),
+                ("-x-b3-traceid".to_owned(), String::new()),
+                ("-x-b3-spanid".to_owned(), String::new()),
+                ("-x-b3-parentspanid".to_owned(), String::new()),
+                ("-x-b3-sampled".to_owned(), String::new()),
+                ("-x-b3-flags".to_owned(), String::new()),
                 (
                     "traceparent".to_owned(),
                     "00-4bf92f3577b34da6a3ce929d0e0e4736-1111222233334444-01".to_owned()
@@ -744,6 +806,59 @@ mod tests {
                 prop_assert_eq!((c.trace_id, c.span_id), (hop.trace_id, hop.span_id));
             }
         }
+    }
+
+    /// Every trace header the request carried goes on with the proxy's context, whatever form
+    /// it was in and whichever one was continued: nothing stale, malformed or contradicting.
+    #[test]
+    fn every_form_present_is_rewritten_to_one_context() {
+        let all = IncomingHeaders {
+            traceparent: Some(TP),
+            b3: Some(b"garbage"),
+            b3_trace_id: Some(b"1111111111111111"),
+            b3_span_id: Some(b"2222222222222222"),
+            b3_sampled: Some(b"0"),
+            b3_flags: None,
+        };
+        let hop = decide_hop(&all, RND, 0);
+        assert_eq!(hop.propagation, Propagation::W3c);
+        assert!(hop.malformed, "the b3 garbage is counted");
+        let mut h = HopHeaders::default();
+        h.write(&hop);
+        let hs = headers(&h);
+        let get = |n: &str| hs.iter().find(|(k, _)| k == n).map(|(_, v)| v.clone());
+        let trace = "4bf92f3577b34da6a3ce929d0e0e4736";
+        assert_eq!(
+            get("b3").unwrap(),
+            format!("{trace}-1111222233334444-1-00f067aa0ba902b7")
+        );
+        assert_eq!(get("x-b3-traceid").unwrap(), trace);
+        assert_eq!(get("x-b3-spanid").unwrap(), "1111222233334444");
+        assert_eq!(get("x-b3-parentspanid").unwrap(), "00f067aa0ba902b7");
+        assert_eq!(
+            get("x-b3-sampled").unwrap(),
+            "1",
+            "the W3C decision, in every form"
+        );
+        assert!(
+            get("-tracestate").is_none(),
+            "tracestate goes on with its traceparent"
+        );
+        assert!(get("-x-b3-flags").is_some());
+        // B3's debug flag goes on.
+        let debug = IncomingHeaders {
+            b3: Some(b"80f198ee56343ba864fe8b2a57d3eff7-e457b5a2e4d86bd1-d"),
+            ..Default::default()
+        };
+        let hop = decide_hop(&debug, RND, 0);
+        assert!(hop.debug && hop.sampled);
+        h.write(&hop);
+        let hs = headers(&h);
+        let b3 = &hs.iter().find(|(k, _)| k == "b3").unwrap().1;
+        assert_eq!(
+            b3,
+            "80f198ee56343ba864fe8b2a57d3eff7-1111222233334444-d-e457b5a2e4d86bd1"
+        );
     }
 
     proptest! {

@@ -117,6 +117,8 @@ pub(super) async fn worker_main(start: WorkerStart) -> io::Result<()> {
     engine.set_handoff(process_handoff(&migration));
     let _ = started.send(());
     drop(started);
+    // Reloads applied so far (each generation's engine seeds its random choices apart).
+    let mut reloads: u64 = 0;
     let mut worker = Worker::start(
         engine,
         listeners,
@@ -149,13 +151,16 @@ pub(super) async fn worker_main(start: WorkerStart) -> io::Result<()> {
                     mut fresh,
                     done,
                 } = *g;
-                // The new engine first: if it cannot be built, nothing changes.
+                // The new engine first: if it cannot be built, nothing changes. Its random
+                // choices go on from a seed of their own: a generation that started from the
+                // worker's seed again would generate the request and trace ids it already did.
+                reloads += 1;
                 let engine = match Engine::new_worker(
                     TokioNet::default(),
                     config.clone(),
                     index,
                     workers,
-                    seed,
+                    seed ^ reloads.wrapping_mul(0x9e37_79b9_7f4a_7c15),
                     stats,
                     shared_health,
                     limits.clone(),

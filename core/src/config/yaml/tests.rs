@@ -1296,6 +1296,10 @@ fn tracing_has_defaults_and_checks_its_fields() {
     assert_eq!(o.export_interval, Duration::from_secs(5));
     assert_eq!((o.max_batch, o.max_queue), (512, 2048));
     assert_eq!(
+        errors(&format!("{GOOD}tracing: {{ sampling: 0.00001 }}\n")),
+        ["tracing.sampling: 0.00001 is below the smallest sampling step, 0.0001 (percent)"]
+    );
+    assert_eq!(
         errors(&format!(
             "{GOOD}tracing: {{ sampling: 101, otlp: {{ cluster: nope, path: v1, max_batch: 10, max_queue: 5, export_interval: 0s }}, extra: 1 }}\n"
         )),

@@ -11,8 +11,9 @@ use crate::config::tracing::{
     DEFAULT_OTLP_PATH, DEFAULT_SERVICE_NAME, OtlpConfig, TracingConfig,
 };
 
-/// Largest `max_batch` / `max_queue`.
-const MAX_SPANS: u64 = 1 << 20;
+/// Largest `max_batch` / `max_queue` (a span is at most about 2 KiB: 64 Ki spans, 128 MiB
+/// per worker at worst).
+const MAX_SPANS: u64 = 1 << 16;
 
 pub(super) fn decode_tracing(
     dec: &mut Decoder,
@@ -27,6 +28,14 @@ pub(super) fn decode_tracing(
     let sampling = match sampling {
         None => Some(100.0),
         Some((v, p)) => match v.as_f64() {
+            // Sampling is drawn in millionths: a smaller share would silently be 0.
+            Some(s) if s > 0.0 && s < 0.0001 => {
+                dec.error(
+                    &p,
+                    format!("{v} is below the smallest sampling step, 0.0001 (percent)"),
+                );
+                None
+            }
             Some(s) if (0.0..=100.0).contains(&s) => Some(s),
             _ => {
                 dec.error(&p, format!("{v} is not a percentage from 0 to 100"));
