@@ -44,6 +44,7 @@ pub mod server;
 pub mod stats;
 pub mod tls;
 pub mod tls_certs;
+pub mod tls_tickets;
 pub mod transparent;
 pub mod worker;
 
