@@ -223,11 +223,19 @@ clusters:
     hosts: [ {{ address: 127.0.0.1:{up} }} ]
     tls: {{ sni: upstream.example, ca: {other} }}
     health_check: {{ http: {{ path: /healthz-bad }}, interval: 200ms, no_traffic_interval: 200ms }}
+  - name: tcp_checked
+    hosts: [ {{ address: 127.0.0.1:{up} }} ]
+    tls: {{ sni: upstream.example, ca: {other} }}
+    health_check: {{ tcp: {{}}, interval: 200ms, no_traffic_interval: 200ms }}
+  - name: tcp_good
+    hosts: [ {{ address: 127.0.0.1:{up} }} ]
+    tls: {{ sni: upstream.example, ca: {ca} }}
+    health_check: {{ tcp: {{}}, interval: 200ms, no_traffic_interval: 200ms }}
 "#,
         ca = p(&ca.pem),
         other = p(&other_ca.pem),
     );
-    let _sluice = start_sluice(&dir, &config, 1, addr(listen));
+    let sluice = start_sluice(&dir, &config, 1, addr(listen));
     let requests_logged = || {
         std::fs::read_to_string(&access_log)
             .unwrap_or_default()
@@ -245,13 +253,29 @@ clusters:
 
     // Health checks over TLS: the verified host passes, the other fails without a request.
     let deadline = Instant::now() + Duration::from_secs(10);
+    // A `tcp` check on a TLS cluster handshakes too: a certificate that does not verify makes
+    // the host unhealthy. Probe handshake failures count with the requests' (by reason) and
+    // are logged at warn.
     while stat(admin, "cluster.good.health_check.success") < 2
         || stat(admin, "cluster.bad_checked.health_check.failure") < 2
+        || stat(admin, "cluster.tcp_checked.health_check.failure") < 2
+        || stat(admin, "cluster.tcp_good.health_check.success") < 2
     {
         assert!(Instant::now() < deadline, "no health check results");
         std::thread::sleep(Duration::from_millis(100));
     }
     assert_eq!(stat(admin, "cluster.bad_checked.health_check.success"), 0);
+    assert_eq!(stat(admin, "cluster.tcp_checked.health_check.success"), 0);
+    assert_eq!(stat(admin, "cluster.tcp_good.health_check.failure"), 0);
+    assert!(stat(admin, "cluster.bad_checked.upstream_tls_fail.unknown_ca") >= 2);
+    assert!(stat(admin, "cluster.tcp_checked.upstream_tls_fail.unknown_ca") >= 2);
+    let log = sluice.log_text();
+    assert!(
+        log.lines().any(|l| l.contains("WARN")
+            && l.contains("health check: TLS handshake failed")
+            && l.contains("tcp_checked")),
+        "{log}"
+    );
 
     for i in 0..5 {
         let (status, body) = http_request(addr(listen), "GET", &format!("/good/{i}"));

@@ -218,6 +218,41 @@ fn check_tls_clusters(dec: &mut Decoder, clusters: &mut [ClusterConfig]) {
         {
             http_users.push(format!("clusters[{ci}].health_check"));
         }
+        let mut bolt_users = dec
+            .cluster_refs
+            .iter()
+            .filter(|(i, path)| *i == ci && path.contains(".bolt."))
+            .map(|(_, path)| path.clone());
+        let bolt_user = bolt_users.next().or_else(|| {
+            c.health_check
+                .as_ref()
+                .filter(|hc| matches!(hc.probe, crate::config::HealthProbe::Bolt))
+                .map(|_| format!("clusters[{ci}].health_check"))
+        });
+        // Bolt is not HTTP: its connections must never offer (and so never get) an HTTP
+        // protocol, and one ALPN list cannot be right for both.
+        if let Some(bolt) = &bolt_user {
+            if let Some(http) = http_users.first() {
+                dec.error(
+                    bolt,
+                    format!(
+                        "TLS cluster {:?} is used by Bolt and by HTTP ({http}): its ALPN offer \
+                         cannot suit both; give each protocol a cluster of its own",
+                        c.name
+                    ),
+                );
+            } else if let Some(p) = tls.alpn.iter().find(|p| is_http_alpn(p)) {
+                dec.error(
+                    bolt,
+                    format!(
+                        "cluster {:?} offers ALPN {p:?} (clusters[{ci}].tls.alpn), an HTTP \
+                         protocol, but this route speaks Bolt: remove it",
+                        c.name
+                    ),
+                );
+            }
+            continue;
+        }
         if let Some(first) = http_users.first() {
             if tls.alpn.is_empty() {
                 tls.alpn = vec![DEFAULT_HTTP_UPSTREAM_ALPN.to_owned()];
@@ -233,6 +268,14 @@ fn check_tls_clusters(dec: &mut Decoder, clusters: &mut [ClusterConfig]) {
             }
         }
     }
+}
+
+/// An ALPN protocol id of HTTP (RFC 7301's registry: HTTP/0.9 to HTTP/3 and h2c).
+fn is_http_alpn(p: &str) -> bool {
+    matches!(
+        p,
+        "http/0.9" | "http/1.0" | "http/1.1" | "h2" | "h2c" | "h3"
+    ) || p.starts_with("h3-")
 }
 
 /// An `original_dst` cluster has no hosts to balance over: only a `tcp_proxy` (which connects

@@ -1277,3 +1277,40 @@ fn tcp_proxy_access_log_refuses_http_fields() {
         ]
     );
 }
+
+#[test]
+fn a_tls_cluster_of_bolt_routes_never_offers_an_http_protocol() {
+    let text = r#"
+listeners:
+  - name: rpc
+    address: 127.0.0.1:12200
+    bolt: { routes: [ { route: { cluster: a } } ] }
+clusters:
+  - { name: a, hosts: [{ address: 127.0.0.1:9001 }], tls: { sni: up.example, ca: ca.pem } }
+"#;
+    // No ALPN unless given one.
+    let c = Config::from_yaml(text).unwrap();
+    assert!(c.clusters[0].tls.as_deref().unwrap().alpn.is_empty());
+    assert_eq!(
+        errors(&text.replace("ca: ca.pem }", "ca: ca.pem, alpn: [sofa, h2] }")),
+        [
+            "listeners[0].bolt.routes[0].route.cluster: cluster \"a\" offers ALPN \"h2\" \
+             (clusters[0].tls.alpn), an HTTP protocol, but this route speaks Bolt: remove it"
+        ]
+    );
+    let c = Config::from_yaml(&text.replace("ca: ca.pem }", "ca: ca.pem, alpn: [sofa] }")).unwrap();
+    assert_eq!(c.clusters[0].tls.as_deref().unwrap().alpn, ["sofa"]);
+    // Used by HTTP as well: one ALPN list cannot suit both (HTTP would make it `http/1.1`).
+    let both = text.replace(
+        "clusters:",
+        "  - name: web\n    address: 127.0.0.1:8080\n    http:\n      virtual_hosts: [ { name: v, domains: [\"*\"], routes: [ { match: { prefix: / }, route: { cluster: a } } ] } ]\nclusters:",
+    );
+    let errs = errors(&both);
+    assert_eq!(errs.len(), 1, "{errs:?}");
+    assert!(
+        errs[0].starts_with(
+            "listeners[0].bolt.routes[0].route.cluster: TLS cluster \"a\" is used by Bolt and by HTTP"
+        ),
+        "{errs:?}"
+    );
+}
