@@ -571,3 +571,106 @@ clusters:
         .unwrap_or(0);
     assert!(requests >= min_requests, "{text}");
 }
+
+/// The first request's header timer (HTTP) and first frame's timer (Bolt) run from the accept,
+/// the TLS handshake included: a client that stalls its ClientHello past
+/// `request_headers_timeout` (or `frame_timeout`) gets no more time after the handshake. The
+/// client here waits 1.5 s before its ClientHello (the handshake timeout is 10 s), then 0.5 s
+/// more before its request: with the timers started after the handshake the request was served.
+#[test]
+fn a_slow_handshake_does_not_extend_the_first_request_timer() {
+    let dir = TempDir::new("tls-l7-first-timer");
+    let ca = make_ca(&dir, "ca");
+    let (cert, key) = leaf(&dir, &ca, "svc", &["svc.example"], None);
+    let (web, rpc) = (free_port(), free_port());
+    let config = format!(
+        r#"
+listeners:
+  - name: web
+    address: 127.0.0.1:{web}
+    tls: {{ certificates: [ {{ cert_chain: {c}, private_key: {k} }} ] }}
+    http:
+      request_headers_timeout: 1s
+      virtual_hosts:
+        - name: all
+          domains: ["*"]
+          routes:
+            - match: {{ prefix: / }}
+              direct_response: {{ status: 200, body: "served" }}
+  - name: rpc
+    address: 127.0.0.1:{rpc}
+    tls: {{ certificates: [ {{ cert_chain: {c}, private_key: {k} }} ] }}
+    bolt:
+      frame_timeout: 1s
+      routes: [ {{ route: {{ cluster: nowhere }} }} ]
+clusters:
+  - {{ name: nowhere, hosts: [ {{ address: 127.0.0.1:{dead} }} ] }}
+"#,
+        c = p(&cert),
+        k = p(&key),
+        dead = free_port(),
+    );
+    let _sluice = start_sluice(&dir, &config, 1, addr(web));
+    // What a client that stalls its ClientHello gets for `request` once the handshake is done.
+    let slow_client = |port: u16, request: &[u8]| -> Vec<u8> {
+        let mut tls = tls_client(port, &ca.pem, "svc.example");
+        std::thread::sleep(Duration::from_millis(1500));
+        // The handshake (the proxy's handshake timeout has not passed).
+        while tls.conn.is_handshaking() {
+            tls.conn.complete_io(&mut tls.sock).unwrap();
+        }
+        std::thread::sleep(Duration::from_millis(500));
+        let _ = tls.write_all(request).and_then(|()| tls.flush());
+        let mut got = Vec::new();
+        let _ = tls.read_to_end(&mut got);
+        got
+    };
+    let http = slow_client(web, b"GET / HTTP/1.1\r\nHost: svc.example\r\n\r\n");
+    assert!(
+        !String::from_utf8_lossy(&http).contains("served"),
+        "served after the first-request deadline: {}",
+        String::from_utf8_lossy(&http)
+    );
+    // A Bolt heartbeat: the proxy answers it itself when the frame arrives in time.
+    let heartbeat = bolt_heartbeat(7);
+    let bolt = slow_client(rpc, &heartbeat);
+    assert!(
+        bolt.is_empty(),
+        "answered after the first-frame deadline: {bolt:?}"
+    );
+    // In time, both are served on the same listeners.
+    let mut tls = tls_client(web, &ca.pem, "svc.example");
+    tls.write_all(b"GET / HTTP/1.1\r\nHost: svc.example\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut got = Vec::new();
+    let _ = tls.read_to_end(&mut got);
+    assert!(String::from_utf8_lossy(&got).ends_with("served"), "{got:?}");
+    let mut tls = tls_client(rpc, &ca.pem, "svc.example");
+    tls.write_all(&heartbeat).unwrap();
+    tls.flush().unwrap();
+    let mut answer = [0u8; 20];
+    tls.read_exact(&mut answer).unwrap();
+    assert_eq!(answer[0], 1, "{answer:?}");
+}
+
+/// A Bolt v1 heartbeat request.
+fn bolt_heartbeat(id: u32) -> Vec<u8> {
+    let mut out = Vec::new();
+    bolt::encode_request(
+        &mut out,
+        &RequestSpec {
+            version: Version::V1,
+            oneway: false,
+            cmd_code: bolt::CMD_HEARTBEAT,
+            cmd_version: bolt::CMD_VERSION,
+            request_id: id,
+            codec: bolt::CODEC_HESSIAN2,
+            timeout_ms: -1,
+            class: b"",
+            header: &[],
+            content: b"",
+        },
+    )
+    .unwrap();
+    out
+}

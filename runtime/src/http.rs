@@ -483,13 +483,13 @@ impl<N: Network> Engine<N> {
         peer: SocketAddr,
         initial: &[u8],
         original_dst: Option<SocketAddr>,
+        accepted: sluice_core::Instant,
     ) {
         // Over TLS, ALPN picks the codec: `h2` is HTTP/2 from the first byte, `http/1.1` is
         // HTTP/1.1. Otherwise (cleartext, no ALPN), with `codec: auto | http2`, a connection
         // that starts with the HTTP/2 client preface is served by the HTTP/2 driver
         // (crate::http2); anything else is HTTP/1.1 here. The first request's header timeout
-        // counts from the accept, detection included.
-        let accepted = now();
+        // counts from the accept (`accepted`), TLS handshake and detection included.
         let alpn = down.alpn();
         if alpn == Alpn::Http2 {
             if crate::http2::accepts_http2(hc.codec) {
