@@ -674,3 +674,68 @@ fn bolt_heartbeat(id: u32) -> Vec<u8> {
     .unwrap();
     out
 }
+
+/// `x-forwarded-proto` tells the truth by default (`forwarded_proto: overwrite`): a cleartext
+/// client's `https` claim reaches the upstream as `http`, and a TLS request says `https`
+/// whatever the client wrote. With `preserve` (a listener behind a trusted TLS-terminating
+/// proxy) the client's own value passes, and one is set from the connection when it sent none.
+#[test]
+fn forwarded_proto_is_the_connections_unless_the_listener_preserves_it() {
+    if !require_peers(&["curl", "nginx"]) {
+        return;
+    }
+    let dir = TempDir::new("tls-l7-xfp");
+    let ca = make_ca(&dir, "ca");
+    let (cert, key) = leaf(&dir, &ca, "web", &["web.example"], None);
+    let up = free_port();
+    let _nginx = start_nginx_with(
+        &dir,
+        "up",
+        up,
+        r#"location / { return 200 "proto=$http_x_forwarded_proto"; }"#,
+    );
+    let (clear, clear_preserve, tls_preserve) = (free_port(), free_port(), free_port());
+    let config = format!(
+        r#"
+listeners:
+  - name: clear
+    address: 127.0.0.1:{clear}
+    http: {{ {routes} }}
+  - name: clear_preserve
+    address: 127.0.0.1:{clear_preserve}
+    http: {{ forwarded_proto: preserve, {routes} }}
+  - name: tls_preserve
+    address: 127.0.0.1:{tls_preserve}
+    tls: {{ certificates: [ {{ cert_chain: {c}, private_key: {k} }} ] }}
+    http: {{ forwarded_proto: preserve, {routes} }}
+clusters:
+  - {{ name: app, hosts: [ {{ address: 127.0.0.1:{up} }} ] }}
+"#,
+        c = p(&cert),
+        k = p(&key),
+        routes = routes_to("app"),
+    );
+    let _sluice = start_sluice(&dir, &config, 1, addr(clear));
+    let cleartext = |port: u16, header: Option<&str>| {
+        let url = format!("http://127.0.0.1:{port}/");
+        let mut args = vec!["-sS", "--max-time", "10"];
+        if let Some(h) = header {
+            args.extend(["-H", h]);
+        }
+        args.push(&url);
+        String::from_utf8_lossy(&run("curl", &args).stdout).into_owned()
+    };
+    assert_eq!(
+        cleartext(clear, Some("x-forwarded-proto: https")),
+        "proto=http"
+    );
+    assert_eq!(cleartext(clear, None), "proto=http");
+    assert_eq!(
+        cleartext(clear_preserve, Some("x-forwarded-proto: https")),
+        "proto=https"
+    );
+    assert_eq!(cleartext(clear_preserve, None), "proto=http");
+    let served = |args: &[&str]| curl_https(tls_preserve, &ca.pem, "web.example", "/", args).2;
+    assert_eq!(served(&["-H", "x-forwarded-proto: http"]), "proto=http");
+    assert_eq!(served(&[]), "proto=https");
+}

@@ -424,8 +424,10 @@ pub(crate) struct Scratch {
     /// valid when `request_id_generated` (reset for every request): the access log shows it.
     request_id: [u8; 36],
     request_id_generated: bool,
-    /// The request came over TLS: `x-forwarded-proto: https`.
+    /// The request came over TLS: its scheme is `https` (`x-forwarded-proto`).
     over_tls: bool,
+    /// The listener's `forwarded_proto`: whether the client's `x-forwarded-proto` is kept.
+    forwarded_proto: sluice_core::config::http::ForwardedProto,
     /// The cluster this request was routed to and the upstream tries it made (reset for every
     /// request), for the access log.
     pub(crate) cluster: Option<usize>,
@@ -452,6 +454,7 @@ impl Scratch {
             request_id: [0; 36],
             request_id_generated: false,
             over_tls,
+            forwarded_proto: hc.forwarded_proto,
             cluster: None,
             tries: 0,
         }
@@ -997,7 +1000,11 @@ impl<N: Network> Engine<N> {
                 // HTTP/1.0 without Host (nor an absolute-form target) goes out as HTTP/1.1,
                 // which needs one: the cluster's name.
                 missing_host: no_host.then_some(cluster_cfg.name.as_bytes()),
-                forwarded_proto: scratch.over_tls.then_some(&b"https"[..]),
+                forwarded_proto: scratch.forwarded_proto.value(
+                    scratch.over_tls,
+                    scratch.forwarded_proto == sluice_core::config::http::ForwardedProto::Preserve
+                        && head.header(rbuf.bytes(), "x-forwarded-proto").is_some(),
+                ),
             },
             &action.request_headers_to_remove,
             &action.request_headers_to_add,
