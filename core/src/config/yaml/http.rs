@@ -120,6 +120,10 @@ pub(super) fn decode_http(
         ),
         None => Some(HttpCodec::Auto),
     };
+    let http2 = match obj.opt("http2") {
+        Some((v, p)) => decode_http2(dec, &p, v),
+        None => Some(Http2Settings::DEFAULT),
+    };
     let forwarded_proto = match obj.opt("forwarded_proto") {
         Some((v, p)) => dec.one_of(
             &p,
@@ -130,10 +134,6 @@ pub(super) fn decode_http(
             ],
         ),
         None => Some(ForwardedProto::Overwrite),
-    };
-    let http2 = match obj.opt("http2") {
-        Some((v, p)) => decode_http2(dec, &p, v),
-        None => Some(Http2Settings::DEFAULT),
     };
     let access_log = match obj.opt("access_log") {
         Some((v, p)) => decode_access_log(dec, &p, v, false).map(Some),

@@ -722,7 +722,7 @@ clusters:
             "{h}.virtual_hosts[1].domains[0]: duplicate domain \"EXAMPLE.com\" (already used by {h}.virtual_hosts[0].domains[0])"
         ),
         format!(
-            "{h}.acess_log: unknown field (expected one of: max_request_headers_kb, max_headers_count, request_headers_timeout, stream_idle_timeout, idle_timeout, normalize_path, merge_slashes, path_with_escaped_slashes_action, codec, http2, access_log, virtual_hosts); did you mean 'access_log'?"
+            "{h}.acess_log: unknown field (expected one of: max_request_headers_kb, max_headers_count, request_headers_timeout, stream_idle_timeout, idle_timeout, normalize_path, merge_slashes, path_with_escaped_slashes_action, codec, http2, forwarded_proto, access_log, virtual_hosts); did you mean 'access_log'?"
         ),
     ];
     let got = errors(text);
