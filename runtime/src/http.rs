@@ -428,6 +428,9 @@ pub(crate) struct Scratch {
     over_tls: bool,
     /// The listener's `forwarded_proto`: whether the client's `x-forwarded-proto` is kept.
     forwarded_proto: sluice_core::config::http::ForwardedProto,
+    /// Where a captured connection was going (`original_dst`): an `original_dst` cluster sends
+    /// its requests there. Set by the connection's driver.
+    pub(crate) original_dst: Option<SocketAddr>,
     /// The cluster this request was routed to and the upstream tries it made (reset for every
     /// request), for the access log.
     pub(crate) cluster: Option<usize>,
@@ -455,6 +458,7 @@ impl Scratch {
             request_id_generated: false,
             over_tls,
             forwarded_proto: hc.forwarded_proto,
+            original_dst: None,
             cluster: None,
             tries: 0,
         }
@@ -592,6 +596,7 @@ impl<N: Network> Engine<N> {
         let mut rhead = Head::default();
         let mut out: Vec<u8> = Vec::new();
         let mut scratch = Scratch::new(peer, hc, awaiting_response.clone(), down.is_tls());
+        scratch.original_dst = original_dst;
         let logging = self.access_logs[listener].is_some();
         // When to wait for requests and for how long (the first must start within
         // `request_headers_timeout` of the accept; then the idle timeout; the drain grace).
@@ -1038,6 +1043,21 @@ impl<N: Network> Engine<N> {
         // aborts it (giving them back) if this future is dropped midway.
         let cluster = &self.clusters[ci];
         let close_on_reply = !replayable || !head.keep_alive();
+        // An `original_dst` cluster: the request goes where its connection was going (one
+        // that was not captured has nowhere to go: 503, never a loop back to the proxy).
+        let Ok(destination) =
+            crate::transparent::request_destination(cluster_cfg, scratch.original_dst)
+        else {
+            return self
+                .local_reply(
+                    down,
+                    out,
+                    503,
+                    ResponseFlag::NoHealthyUpstream,
+                    close_on_reply,
+                )
+                .await;
+        };
         let hash = if cluster_cfg.lb_policy.is_consistent_hash() {
             let bytes = rbuf.bytes();
             request_hash(
@@ -1103,7 +1123,7 @@ impl<N: Network> Engine<N> {
                     host,
                     address,
                     allow_pooled,
-                }) => (host, address, allow_pooled),
+                }) => (host, destination.unwrap_or(address), allow_pooled),
                 other => {
                     debug_assert!(other.is_none(), "unexpected stream output {other:?}");
                     // Backing off before a retry; the next pick sees the latest availability.
@@ -1118,10 +1138,10 @@ impl<N: Network> Engine<N> {
             last_host = Some(host);
             upstream_addr = Some(address);
             // Connection: pooled or fresh, raced against the stream's timers.
-            let pooled = if allow_pooled {
-                self.pool.take(ci, host.index(), now())
-            } else {
-                None
+            let pooled = match (allow_pooled, destination) {
+                (false, _) => None,
+                (true, None) => self.pool.take(ci, host.index(), now()),
+                (true, Some(d)) => self.pool.take_to(ci, d, now()),
             };
             let reused = pooled.is_some();
             let mut up = match pooled {
@@ -1399,7 +1419,10 @@ impl<N: Network> Engine<N> {
                 && !matches!(rhead.framing(), BodyFraming::CloseDelimited)
                 && ubuf.is_empty();
             if reuse_up {
-                self.pool.put(ci, host.index(), up, now());
+                match destination {
+                    None => self.pool.put(ci, host.index(), up, now()),
+                    Some(d) => self.pool.put_to(ci, d, up, now()),
+                }
             }
             return Outcome {
                 status,

@@ -9,6 +9,7 @@
 //! keeps the warmest connections busy and lets the cold ones time out).
 
 use std::cell::RefCell;
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
@@ -25,9 +26,21 @@ struct Idle<S> {
     since: Instant,
 }
 
-/// Idle upstream connections, `[cluster][host]`.
+/// Destinations of `original_dst` clusters with idle connections kept, per worker; past it
+/// the destination idle the longest loses its connections.
+pub const MAX_IDLE_DESTINATIONS: usize = 1024;
+
+/// Idle connections of `original_dst` clusters by `(cluster, destination)`.
+type ByDestination<S> = std::collections::HashMap<(usize, SocketAddr), Vec<Idle<S>>>;
+
+/// Idle upstream connections, `[cluster][host]`, and those of `original_dst` clusters by
+/// destination.
 pub struct Pool<S> {
     idle: RefCell<Vec<Vec<Vec<Idle<S>>>>>,
+    /// `original_dst` clusters: `(cluster, destination)` → idle connections (LIFO, at most
+    /// [`MAX_IDLE_PER_HOST`] each, at most [`MAX_IDLE_DESTINATIONS`] entries; an entry whose
+    /// last connection went is removed, so idle destinations are cleaned up by the sweep).
+    by_destination: RefCell<ByDestination<S>>,
     /// Each cluster's idle timeout.
     timeouts: Vec<Duration>,
 }
@@ -40,6 +53,7 @@ impl<S: AsyncRead + Unpin> Pool<S> {
             .unzip();
         Pool {
             idle: RefCell::new(idle),
+            by_destination: RefCell::default(),
             timeouts,
         }
     }
@@ -69,6 +83,14 @@ impl<S: AsyncRead + Unpin> Pool<S> {
                 closed += before - list.len();
             }
         }
+        self.by_destination
+            .borrow_mut()
+            .retain(|(cluster, _), list| {
+                let before = list.len();
+                list.retain(|c| now.duration_since(c.since) < self.timeouts[*cluster]);
+                closed += before - list.len();
+                !list.is_empty()
+            });
         closed
     }
 
@@ -94,9 +116,59 @@ impl<S: AsyncRead + Unpin> Pool<S> {
         list.push(Idle { stream, since: now });
     }
 
+    /// A live idle connection of the `original_dst` cluster `cluster` to `destination`.
+    pub fn take_to(&self, cluster: usize, destination: SocketAddr, now: Instant) -> Option<S> {
+        let timeout = self.timeouts[cluster];
+        let mut all = self.by_destination.borrow_mut();
+        let list = all.get_mut(&(cluster, destination))?;
+        let mut found = None;
+        while let Some(mut c) = list.pop() {
+            if now.duration_since(c.since) < timeout && still_open(&mut c.stream) {
+                found = Some(c.stream);
+                break;
+            }
+        }
+        if list.is_empty() {
+            all.remove(&(cluster, destination));
+        }
+        found
+    }
+
+    /// Gives back a connection of the `original_dst` cluster `cluster` to `destination`.
+    pub fn put_to(&self, cluster: usize, destination: SocketAddr, stream: S, now: Instant) {
+        let mut all = self.by_destination.borrow_mut();
+        if all.len() >= MAX_IDLE_DESTINATIONS && !all.contains_key(&(cluster, destination)) {
+            // The destination whose newest idle connection is the oldest goes (rare: a worker
+            // talking to over a thousand destinations at once).
+            let coldest = all
+                .iter()
+                .min_by_key(|(_, list)| list.last().map(|c| c.since))
+                .map(|(k, _)| *k);
+            if let Some(k) = coldest {
+                all.remove(&k);
+            }
+        }
+        let list = all.entry((cluster, destination)).or_default();
+        if list.len() >= MAX_IDLE_PER_HOST {
+            list.remove(0);
+        }
+        list.push(Idle { stream, since: now });
+    }
+
     /// Idle connections held now.
     pub fn idle_count(&self) -> usize {
-        self.idle.borrow().iter().flatten().map(Vec::len).sum()
+        self.idle
+            .borrow()
+            .iter()
+            .flatten()
+            .map(Vec::len)
+            .sum::<usize>()
+            + self
+                .by_destination
+                .borrow()
+                .values()
+                .map(Vec::len)
+                .sum::<usize>()
     }
 }
 

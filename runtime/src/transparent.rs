@@ -293,3 +293,24 @@ clusters:
         });
     }
 }
+
+/// A request routed to an `original_dst` cluster on a connection that was not captured (a
+/// client dialled the listener itself): there is nowhere to send it, and the listener's own
+/// address would loop.
+#[derive(Debug, PartialEq, Eq)]
+pub struct NoOriginalDestination;
+
+/// Where a request routed to the cluster `cluster` goes when that is not one of its hosts:
+/// `Ok(None)` for a cluster with hosts; `Ok(Some(d))` for an `original_dst` cluster, `d` being
+/// the original destination of the request's connection.
+pub fn request_destination(
+    cluster: &sluice_core::config::ClusterConfig,
+    original_dst: Option<SocketAddr>,
+) -> Result<Option<SocketAddr>, NoOriginalDestination> {
+    match cluster.kind {
+        sluice_core::config::ClusterKind::OriginalDst => {
+            original_dst.map(Some).ok_or(NoOriginalDestination)
+        }
+        _ => Ok(None),
+    }
+}

@@ -278,8 +278,8 @@ fn is_http_alpn(p: &str) -> bool {
     ) || p.starts_with("h3-")
 }
 
-/// An `original_dst` cluster has no hosts to balance over: only a `tcp_proxy` (which connects
-/// to the connection's original destination) may use one.
+/// An `original_dst` cluster has no hosts to balance over: a `tcp_proxy` and HTTP routes (which
+/// connect to the connection's original destination) may use one; Bolt routes may not (yet).
 fn check_original_dst_clusters(
     dec: &mut Decoder,
     listeners: &[ListenerConfig],
@@ -293,44 +293,27 @@ fn check_original_dst_clusters(
     for (i, l) in listeners.iter().enumerate() {
         let mut used: Vec<usize> = Vec::new();
         let filter = match &l.filter {
-            ListenerFilter::TcpProxy(_) | ListenerFilter::Echo => continue,
-            ListenerFilter::Http(h) => {
-                http_clusters(h, &mut used);
-                "http"
+            ListenerFilter::TcpProxy(_) | ListenerFilter::Echo | ListenerFilter::Http(_) => {
+                continue;
             }
             ListenerFilter::Bolt(b) => {
                 used.extend(b.routes.iter().map(|r| r.action.cluster_index));
                 "bolt"
             }
-            ListenerFilter::Auto { http, bolt } => {
-                http_clusters(http, &mut used);
+            ListenerFilter::Auto { bolt, .. } => {
                 used.extend(bolt.routes.iter().map(|r| r.action.cluster_index));
-                "http"
+                "bolt"
             }
         };
         if let Some(&ci) = used.iter().find(|&&ci| is_original_dst(ci)) {
             dec.error(
                 &child(&index("listeners", i), filter),
                 format!(
-                    "routes to cluster {:?} of type original_dst: only a tcp_proxy can use one \
-                     (HTTP and Bolt routing to the original destination is not supported yet)",
+                    "routes to cluster {:?} of type original_dst: a tcp_proxy and HTTP routes \
+                     can use one (Bolt routing to the original destination is not supported yet)",
                     clusters[ci].name
                 ),
             );
-        }
-    }
-}
-
-fn http_clusters(h: &super::http::HttpConfig, used: &mut Vec<usize>) {
-    use super::http::{ClusterTarget, RouteAction};
-    for vh in &h.virtual_hosts {
-        for r in &vh.routes {
-            if let RouteAction::Forward(f) = &r.action {
-                match &f.target {
-                    ClusterTarget::Cluster(w) => used.push(w.cluster_index),
-                    ClusterTarget::Weighted(ws) => used.extend(ws.iter().map(|w| w.cluster_index)),
-                }
-            }
         }
     }
 }

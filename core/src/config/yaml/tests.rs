@@ -1218,7 +1218,7 @@ clusters:
 }
 
 #[test]
-fn only_a_tcp_proxy_routes_to_an_original_dst_cluster() {
+fn http_routes_may_use_an_original_dst_cluster_and_bolt_routes_may_not() {
     let text = r#"
 listeners:
   - name: web
@@ -1231,11 +1231,18 @@ listeners:
 clusters:
   - { name: pass, type: original_dst }
 "#;
+    // HTTP routes connect to the connection's original destination (issue 14).
+    let c = Config::from_yaml(text).unwrap();
+    assert_eq!(c.clusters[0].kind, ClusterKind::OriginalDst);
+    let bolt = text.replace(
+        "    http:\n      virtual_hosts:\n        - name: all\n          domains: [\"*\"]\n          routes: [ { match: { prefix: / }, route: { cluster: pass } } ]",
+        "    bolt: { routes: [ { route: { cluster: pass } } ] }",
+    );
     assert_eq!(
-        errors(text),
+        errors(&bolt),
         [
-            "listeners[0].http: routes to cluster \"pass\" of type original_dst: only a tcp_proxy \
-          can use one (HTTP and Bolt routing to the original destination is not supported yet)"
+            "listeners[0].bolt: routes to cluster \"pass\" of type original_dst: a tcp_proxy and \
+          HTTP routes can use one (Bolt routing to the original destination is not supported yet)"
         ]
     );
 }
