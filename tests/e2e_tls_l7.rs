@@ -739,3 +739,123 @@ clusters:
     assert_eq!(served(&["-H", "x-forwarded-proto: http"]), "proto=http");
     assert_eq!(served(&[]), "proto=https");
 }
+
+/// A TLS upstream that completes its handshake and then never reads: a TLS server in Python
+/// that holds every connection open without a `recv`.
+const STALLED_TLS_UPSTREAM: &str = r#"
+import socket, ssl, sys, threading, time
+ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+ctx.load_cert_chain(sys.argv[1], sys.argv[2])
+l = socket.socket()
+l.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+l.bind(("127.0.0.1", int(sys.argv[3])))
+l.listen(512)
+held = []
+def hold(c):
+    try:
+        held.append(ctx.wrap_socket(c, server_side=True))
+    except Exception:
+        c.close()
+while True:
+    c, _ = l.accept()
+    threading.Thread(target=hold, args=(c,), daemon=True).start()
+"#;
+
+/// The proxy's resident memory in KiB.
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap()
+}
+
+/// A TLS upstream that stops reading, under load, with the defaults: 64 clients each send a
+/// request with a 60 KiB body (kept for a retry, so written whole) to an HTTPS upstream that
+/// handshakes and then never reads. Every client gets a bounded answer — the route timeout's
+/// 504 (15 s by default) — and the proxy's memory stays bounded (what it holds per request is
+/// the request, not a growing queue).
+#[test]
+fn a_tls_upstream_that_stops_reading_gets_bounded_memory_and_answers() {
+    if !require_peers(&["python3"]) {
+        return;
+    }
+    let dir = TempDir::new("tls-l7-stalled-upstream");
+    let ca = make_ca(&dir, "ca");
+    let (cert, key) = leaf(&dir, &ca, "upstream", &["upstream.example"], None);
+    let up = free_port();
+    let script = dir.write("stalled.py", STALLED_TLS_UPSTREAM);
+    let mut upstream = spawn(
+        &dir,
+        "stalled",
+        "python3",
+        &[script.to_str().unwrap(), p(&cert), p(&key), &up.to_string()],
+    );
+    let end = Instant::now() + Duration::from_secs(10);
+    while TcpStream::connect(addr(up)).is_err() {
+        assert!(Instant::now() < end, "{}", upstream.log_text());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = upstream.child.try_wait();
+    let listen = free_port();
+    let config = format!(
+        r#"
+listeners:
+  - name: web
+    address: 127.0.0.1:{listen}
+    http: {{ {routes} }}
+clusters:
+  - name: stalled
+    hosts: [ {{ address: 127.0.0.1:{up} }} ]
+    tls: {{ sni: upstream.example, ca: {ca} }}
+"#,
+        routes = routes_to("stalled"),
+        ca = p(&ca.pem),
+    );
+    let sluice = start_sluice(&dir, &config, 1, addr(listen));
+    let pid = sluice.child.id();
+    let before = rss_kib(pid);
+    let started = Instant::now();
+    let body = vec![b'x'; 60 * 1024];
+    let clients: Vec<_> = (0..64)
+        .map(|_| {
+            let body = body.clone();
+            std::thread::spawn(move || {
+                let mut s = TcpStream::connect(addr(listen)).unwrap();
+                s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+                let head = format!(
+                    "POST /upload HTTP/1.1\r\nHost: web\r\nConnection: close\r\nContent-Length: {}\r\n\r\n",
+                    body.len()
+                );
+                s.write_all(head.as_bytes()).unwrap();
+                s.write_all(&body).unwrap();
+                let mut got = Vec::new();
+                let _ = s.read_to_end(&mut got);
+                String::from_utf8_lossy(&got).into_owned()
+            })
+        })
+        .collect();
+    let mut peak = 0;
+    while !clients.iter().all(std::thread::JoinHandle::is_finished) {
+        peak = peak.max(rss_kib(pid));
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "the clients got no answer within a minute"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    for c in clients {
+        let answer = c.join().unwrap();
+        assert!(
+            answer.starts_with("HTTP/1.1 504 "),
+            "{answer}\n{}",
+            sluice.log_text()
+        );
+    }
+    // 64 requests of 60 KiB are under 4 MiB; a growing queue would be far more.
+    assert!(
+        peak < before + 32 * 1024,
+        "memory grew from {before} KiB to {peak} KiB"
+    );
+}

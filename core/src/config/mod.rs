@@ -16,7 +16,8 @@
 //! `http` decoder (every regex compiles, domains are well-formed and unique, ...), which the
 //! router relies on. The one exception to "at least one host": a cluster of
 //! [`ClusterKind::OriginalDst`] has none (it connects to each connection's original
-//! destination), and only a `tcp_proxy` refers to one. A `Config` built in code (tests) must keep them too.
+//! destination), and only a `tcp_proxy` or HTTP routes refer to one. A `Config` built in code
+//! (tests) must keep them too.
 //!
 //! The `Serialize` impls are the admin API's config dump: durations are written the way the
 //! config writes them ([`format_duration`]).
