@@ -715,3 +715,68 @@ clusters:
         "{log}"
     );
 }
+
+/// `use_http_header` on an `original_dst` cluster (Envoy's): a request's
+/// `x-envoy-original-dst-host: IP:PORT` says where it goes, on a connection that was not
+/// captured too. Without it the header is ignored (anyone who can send a request could
+/// otherwise make the proxy connect anywhere), and a request with no destination is a 503.
+/// Loopback only: no namespace, no root needed.
+#[test]
+fn use_http_header_sends_a_request_where_its_header_says() {
+    if !require_peers(&["python3", "curl"]) {
+        return;
+    }
+    let dir = TempDir::new("transparent-http-header");
+    let up = free_port();
+    let _upstream = start_py_upstream(&dir, "up", up);
+    let (trusting, plain) = (free_port(), free_port());
+    let route = |cluster: &str| {
+        format!(
+            "http: {{ virtual_hosts: [ {{ name: all, domains: [\"*\"], routes: [ {{ match: {{ prefix: / }}, route: {{ cluster: {cluster} }} }} ] }} ] }}"
+        )
+    };
+    let config = format!(
+        "listeners:
+  - name: trusting
+    address: 127.0.0.1:{trusting}
+    {}
+  - name: plain
+    address: 127.0.0.1:{plain}
+    {}
+clusters:
+  - {{ name: by_header, type: original_dst, use_http_header: true }}
+  - {{ name: by_connection, type: original_dst }}
+",
+        route("by_header"),
+        route("by_connection"),
+    );
+    let _sluice = start_sluice(&dir, &config, 1, addr(trusting));
+    let status = |port: u16, header: Option<String>| {
+        let url = format!("http://127.0.0.1:{port}/status/200");
+        let mut args = vec![
+            "-sS".to_owned(),
+            "--max-time".into(),
+            "10".into(),
+            "-o".into(),
+            "/dev/null".into(),
+            "-w".into(),
+            "%{http_code}".into(),
+        ];
+        if let Some(h) = header {
+            args.extend(["-H".to_owned(), h]);
+        }
+        args.push(url);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        String::from_utf8_lossy(&run("curl", &args).stdout).into_owned()
+    };
+    let header = Some(format!("x-envoy-original-dst-host: 127.0.0.1:{up}"));
+    assert_eq!(status(trusting, header.clone()), "200");
+    assert_eq!(status(trusting, None), "503");
+    assert_eq!(
+        status(trusting, Some("x-envoy-original-dst-host: nonsense".into())),
+        "503"
+    );
+    assert_eq!(status(plain, header), "503");
+    let requests = std::fs::read_to_string(dir.path().join("up.requests")).unwrap_or_default();
+    assert_eq!(requests.lines().count(), 1, "{requests}");
+}

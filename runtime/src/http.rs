@@ -1046,7 +1046,9 @@ impl<N: Network> Engine<N> {
         // An `original_dst` cluster: the request goes where its connection was going (one
         // that was not captured has nowhere to go: 503, never a loop back to the proxy).
         let Ok(destination) =
-            crate::transparent::request_destination(cluster_cfg, scratch.original_dst)
+            crate::transparent::request_destination(cluster_cfg, scratch.original_dst, |name| {
+                head.header(rbuf.bytes(), name)
+            })
         else {
             return self
                 .local_reply(

@@ -480,6 +480,11 @@ pub struct ClusterConfig {
     /// The hosts; never empty for a [`ClusterKind::Static`] cluster, always empty for an
     /// [`ClusterKind::OriginalDst`] one.
     pub hosts: Vec<HostConfig>,
+    /// An `original_dst` cluster: an HTTP request's `x-envoy-original-dst-host` (`IP:PORT`)
+    /// says where it goes, before the connection's original destination (Envoy's
+    /// `use_http_header`). Off by default: whoever can send a request could make the proxy
+    /// connect anywhere it can reach.
+    pub use_http_header: bool,
     /// Originate TLS to the hosts (`tcp_proxy` listeners only, so far).
     pub tls: Option<Box<tls::UpstreamTls>>,
 }
@@ -520,6 +525,7 @@ impl Default for ClusterConfig {
             panic_threshold_percent: DEFAULT_PANIC_THRESHOLD_PERCENT,
             kind: ClusterKind::Static,
             hosts: Vec::new(),
+            use_http_header: false,
             tls: None,
         }
     }

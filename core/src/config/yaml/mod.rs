@@ -951,6 +951,20 @@ fn decode_cluster(dec: &mut Decoder, path: &str, v: &Value) -> Option<ClusterCon
         Some((v, p)) => tls::decode_upstream_tls(dec, &p, v).map(|t| Some(Box::new(t))),
         None => Some(None),
     };
+    let use_http_header = match obj.opt("use_http_header") {
+        Some((v, p)) => dec.boolean(&p, v).and_then(|on| {
+            if on && kind != Some(ClusterKind::OriginalDst) {
+                dec.error(
+                    &p,
+                    "applies only to a cluster of type original_dst (the header names where \
+                     the request goes instead of a host)",
+                );
+                return None;
+            }
+            Some(on)
+        }),
+        None => Some(false),
+    };
     let hosts = if kind == Some(ClusterKind::OriginalDst) {
         // Reported above when given.
         obj.opt("hosts");
@@ -978,6 +992,7 @@ fn decode_cluster(dec: &mut Decoder, path: &str, v: &Value) -> Option<ClusterCon
         panic_threshold_percent: panic_threshold_percent?,
         kind: kind?,
         hosts: hosts?,
+        use_http_header: use_http_header?,
         tls: tls?,
     })
 }

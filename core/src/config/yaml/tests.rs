@@ -1321,3 +1321,32 @@ clusters:
         "{errs:?}"
     );
 }
+
+#[test]
+fn use_http_header_is_off_by_default_and_only_for_original_dst_clusters() {
+    let text = r#"
+listeners:
+  - name: t
+    address: 127.0.0.1:15001
+    tcp_proxy: { cluster: pass }
+clusters:
+  - { name: pass, type: original_dst }
+  - { name: web, hosts: [ { address: 127.0.0.1:80 } ] }
+"#;
+    let c = Config::from_yaml(text).unwrap();
+    assert!(!c.clusters[0].use_http_header);
+    let on = text.replace(
+        "type: original_dst }",
+        "type: original_dst, use_http_header: true }",
+    );
+    assert!(Config::from_yaml(&on).unwrap().clusters[0].use_http_header);
+    let wrong = text.replace("{ name: web,", "{ name: web, use_http_header: true,");
+    let errs = errors(&wrong);
+    assert_eq!(errs.len(), 1, "{errs:?}");
+    assert!(
+        errs[0].starts_with(
+            "clusters[1].use_http_header: applies only to a cluster of type original_dst"
+        ),
+        "{errs:?}"
+    );
+}
