@@ -181,3 +181,46 @@ fn still_open<S: AsyncRead + Unpin>(stream: &mut S) -> bool {
     let mut buf = ReadBuf::new(&mut byte);
     matches!(Pin::new(stream).poll_read(&mut cx, &mut buf), Poll::Pending)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(ms: u64) -> Instant {
+        Instant::from_origin(Duration::from_millis(ms))
+    }
+
+    fn destination(i: usize) -> SocketAddr {
+        SocketAddr::from(([10, 0, (i >> 8) as u8, i as u8], 80))
+    }
+
+    #[test]
+    fn original_dst_connections_are_pooled_by_destination_and_bounded() {
+        let pool: Pool<tokio::io::DuplexStream> =
+            Pool::new([(1, Duration::from_secs(30))].into_iter());
+        // Peers kept alive: a connection whose peer closed is not handed out.
+        let mut peers = Vec::new();
+        let mut conn = || {
+            let (a, b) = tokio::io::duplex(64);
+            peers.push(b);
+            a
+        };
+        pool.put_to(0, destination(1), conn(), at(0));
+        assert!(pool.take_to(0, destination(2), at(1)).is_none());
+        assert!(pool.take_to(0, destination(1), at(1)).is_some());
+        // Taken: the destination is forgotten.
+        assert_eq!(pool.idle_count(), 0);
+        assert!(pool.by_destination.borrow().is_empty());
+        // At most MAX_IDLE_DESTINATIONS destinations: the coldest goes.
+        for i in 0..=MAX_IDLE_DESTINATIONS {
+            pool.put_to(0, destination(i), conn(), at(10 + i as u64));
+        }
+        assert_eq!(pool.idle_count(), MAX_IDLE_DESTINATIONS);
+        assert!(pool.take_to(0, destination(0), at(5000)).is_none());
+        assert!(pool.take_to(0, destination(1), at(5000)).is_some());
+        // The sweep closes idle ones past the timeout and forgets their destinations.
+        assert_eq!(pool.sweep(at(60_000)), MAX_IDLE_DESTINATIONS - 1);
+        assert_eq!(pool.idle_count(), 0);
+        assert!(pool.by_destination.borrow().is_empty());
+    }
+}
