@@ -223,11 +223,19 @@ clusters:
     hosts: [ {{ address: 127.0.0.1:{up} }} ]
     tls: {{ sni: upstream.example, ca: {other} }}
     health_check: {{ http: {{ path: /healthz-bad }}, interval: 200ms, no_traffic_interval: 200ms }}
+  - name: tcp_checked
+    hosts: [ {{ address: 127.0.0.1:{up} }} ]
+    tls: {{ sni: upstream.example, ca: {other} }}
+    health_check: {{ tcp: {{}}, interval: 200ms, no_traffic_interval: 200ms }}
+  - name: tcp_good
+    hosts: [ {{ address: 127.0.0.1:{up} }} ]
+    tls: {{ sni: upstream.example, ca: {ca} }}
+    health_check: {{ tcp: {{}}, interval: 200ms, no_traffic_interval: 200ms }}
 "#,
         ca = p(&ca.pem),
         other = p(&other_ca.pem),
     );
-    let _sluice = start_sluice(&dir, &config, 1, addr(listen));
+    let sluice = start_sluice(&dir, &config, 1, addr(listen));
     let requests_logged = || {
         std::fs::read_to_string(&access_log)
             .unwrap_or_default()
@@ -245,13 +253,29 @@ clusters:
 
     // Health checks over TLS: the verified host passes, the other fails without a request.
     let deadline = Instant::now() + Duration::from_secs(10);
+    // A `tcp` check on a TLS cluster handshakes too: a certificate that does not verify makes
+    // the host unhealthy. Probe handshake failures count with the requests' (by reason) and
+    // are logged at warn.
     while stat(admin, "cluster.good.health_check.success") < 2
         || stat(admin, "cluster.bad_checked.health_check.failure") < 2
+        || stat(admin, "cluster.tcp_checked.health_check.failure") < 2
+        || stat(admin, "cluster.tcp_good.health_check.success") < 2
     {
         assert!(Instant::now() < deadline, "no health check results");
         std::thread::sleep(Duration::from_millis(100));
     }
     assert_eq!(stat(admin, "cluster.bad_checked.health_check.success"), 0);
+    assert_eq!(stat(admin, "cluster.tcp_checked.health_check.success"), 0);
+    assert_eq!(stat(admin, "cluster.tcp_good.health_check.failure"), 0);
+    assert!(stat(admin, "cluster.bad_checked.upstream_tls_fail.unknown_ca") >= 2);
+    assert!(stat(admin, "cluster.tcp_checked.upstream_tls_fail.unknown_ca") >= 2);
+    let log = sluice.log_text();
+    assert!(
+        log.lines().any(|l| l.contains("WARN")
+            && l.contains("health check: TLS handshake failed")
+            && l.contains("tcp_checked")),
+        "{log}"
+    );
 
     for i in 0..5 {
         let (status, body) = http_request(addr(listen), "GET", &format!("/good/{i}"));
@@ -546,4 +570,292 @@ clusters:
         .and_then(|n| n.parse().ok())
         .unwrap_or(0);
     assert!(requests >= min_requests, "{text}");
+}
+
+/// The first request's header timer (HTTP) and first frame's timer (Bolt) run from the accept,
+/// the TLS handshake included: a client that stalls its ClientHello past
+/// `request_headers_timeout` (or `frame_timeout`) gets no more time after the handshake. The
+/// client here waits 1.5 s before its ClientHello (the handshake timeout is 10 s), then 0.5 s
+/// more before its request: with the timers started after the handshake the request was served.
+#[test]
+fn a_slow_handshake_does_not_extend_the_first_request_timer() {
+    let dir = TempDir::new("tls-l7-first-timer");
+    let ca = make_ca(&dir, "ca");
+    let (cert, key) = leaf(&dir, &ca, "svc", &["svc.example"], None);
+    let (web, rpc) = (free_port(), free_port());
+    let config = format!(
+        r#"
+listeners:
+  - name: web
+    address: 127.0.0.1:{web}
+    tls: {{ certificates: [ {{ cert_chain: {c}, private_key: {k} }} ] }}
+    http:
+      request_headers_timeout: 1s
+      virtual_hosts:
+        - name: all
+          domains: ["*"]
+          routes:
+            - match: {{ prefix: / }}
+              direct_response: {{ status: 200, body: "served" }}
+  - name: rpc
+    address: 127.0.0.1:{rpc}
+    tls: {{ certificates: [ {{ cert_chain: {c}, private_key: {k} }} ] }}
+    bolt:
+      frame_timeout: 1s
+      routes: [ {{ route: {{ cluster: nowhere }} }} ]
+clusters:
+  - {{ name: nowhere, hosts: [ {{ address: 127.0.0.1:{dead} }} ] }}
+"#,
+        c = p(&cert),
+        k = p(&key),
+        dead = free_port(),
+    );
+    let _sluice = start_sluice(&dir, &config, 1, addr(web));
+    // What a client that stalls its ClientHello gets for `request` once the handshake is done.
+    let slow_client = |port: u16, request: &[u8]| -> Vec<u8> {
+        let mut tls = tls_client(port, &ca.pem, "svc.example");
+        std::thread::sleep(Duration::from_millis(1500));
+        // The handshake (the proxy's handshake timeout has not passed).
+        while tls.conn.is_handshaking() {
+            tls.conn.complete_io(&mut tls.sock).unwrap();
+        }
+        std::thread::sleep(Duration::from_millis(500));
+        let _ = tls.write_all(request).and_then(|()| tls.flush());
+        let mut got = Vec::new();
+        let _ = tls.read_to_end(&mut got);
+        got
+    };
+    let http = slow_client(web, b"GET / HTTP/1.1\r\nHost: svc.example\r\n\r\n");
+    assert!(
+        !String::from_utf8_lossy(&http).contains("served"),
+        "served after the first-request deadline: {}",
+        String::from_utf8_lossy(&http)
+    );
+    // A Bolt heartbeat: the proxy answers it itself when the frame arrives in time.
+    let heartbeat = bolt_heartbeat(7);
+    let bolt = slow_client(rpc, &heartbeat);
+    assert!(
+        bolt.is_empty(),
+        "answered after the first-frame deadline: {bolt:?}"
+    );
+    // In time, both are served on the same listeners.
+    let mut tls = tls_client(web, &ca.pem, "svc.example");
+    tls.write_all(b"GET / HTTP/1.1\r\nHost: svc.example\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut got = Vec::new();
+    let _ = tls.read_to_end(&mut got);
+    assert!(String::from_utf8_lossy(&got).ends_with("served"), "{got:?}");
+    let mut tls = tls_client(rpc, &ca.pem, "svc.example");
+    tls.write_all(&heartbeat).unwrap();
+    tls.flush().unwrap();
+    let mut answer = [0u8; 20];
+    tls.read_exact(&mut answer).unwrap();
+    assert_eq!(answer[0], 1, "{answer:?}");
+}
+
+/// A Bolt v1 heartbeat request.
+fn bolt_heartbeat(id: u32) -> Vec<u8> {
+    let mut out = Vec::new();
+    bolt::encode_request(
+        &mut out,
+        &RequestSpec {
+            version: Version::V1,
+            oneway: false,
+            cmd_code: bolt::CMD_HEARTBEAT,
+            cmd_version: bolt::CMD_VERSION,
+            request_id: id,
+            codec: bolt::CODEC_HESSIAN2,
+            timeout_ms: -1,
+            class: b"",
+            header: &[],
+            content: b"",
+        },
+    )
+    .unwrap();
+    out
+}
+
+/// `x-forwarded-proto` tells the truth by default (`forwarded_proto: overwrite`): a cleartext
+/// client's `https` claim reaches the upstream as `http`, and a TLS request says `https`
+/// whatever the client wrote. With `preserve` (a listener behind a trusted TLS-terminating
+/// proxy) the client's own value passes, and one is set from the connection when it sent none.
+#[test]
+fn forwarded_proto_is_the_connections_unless_the_listener_preserves_it() {
+    if !require_peers(&["curl", "nginx"]) {
+        return;
+    }
+    let dir = TempDir::new("tls-l7-xfp");
+    let ca = make_ca(&dir, "ca");
+    let (cert, key) = leaf(&dir, &ca, "web", &["web.example"], None);
+    let up = free_port();
+    let _nginx = start_nginx_with(
+        &dir,
+        "up",
+        up,
+        r#"location / { return 200 "proto=$http_x_forwarded_proto"; }"#,
+    );
+    let (clear, clear_preserve, tls_preserve) = (free_port(), free_port(), free_port());
+    let config = format!(
+        r#"
+listeners:
+  - name: clear
+    address: 127.0.0.1:{clear}
+    http: {{ {routes} }}
+  - name: clear_preserve
+    address: 127.0.0.1:{clear_preserve}
+    http: {{ forwarded_proto: preserve, {routes} }}
+  - name: tls_preserve
+    address: 127.0.0.1:{tls_preserve}
+    tls: {{ certificates: [ {{ cert_chain: {c}, private_key: {k} }} ] }}
+    http: {{ forwarded_proto: preserve, {routes} }}
+clusters:
+  - {{ name: app, hosts: [ {{ address: 127.0.0.1:{up} }} ] }}
+"#,
+        c = p(&cert),
+        k = p(&key),
+        routes = routes_to("app"),
+    );
+    let _sluice = start_sluice(&dir, &config, 1, addr(clear));
+    let cleartext = |port: u16, header: Option<&str>| {
+        let url = format!("http://127.0.0.1:{port}/");
+        let mut args = vec!["-sS", "--max-time", "10"];
+        if let Some(h) = header {
+            args.extend(["-H", h]);
+        }
+        args.push(&url);
+        String::from_utf8_lossy(&run("curl", &args).stdout).into_owned()
+    };
+    assert_eq!(
+        cleartext(clear, Some("x-forwarded-proto: https")),
+        "proto=http"
+    );
+    assert_eq!(cleartext(clear, None), "proto=http");
+    assert_eq!(
+        cleartext(clear_preserve, Some("x-forwarded-proto: https")),
+        "proto=https"
+    );
+    assert_eq!(cleartext(clear_preserve, None), "proto=http");
+    let served = |args: &[&str]| curl_https(tls_preserve, &ca.pem, "web.example", "/", args).2;
+    assert_eq!(served(&["-H", "x-forwarded-proto: http"]), "proto=http");
+    assert_eq!(served(&[]), "proto=https");
+}
+
+/// A TLS upstream that completes its handshake and then never reads: a TLS server in Python
+/// that holds every connection open without a `recv`.
+const STALLED_TLS_UPSTREAM: &str = r#"
+import socket, ssl, sys, threading, time
+ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+ctx.load_cert_chain(sys.argv[1], sys.argv[2])
+l = socket.socket()
+l.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+l.bind(("127.0.0.1", int(sys.argv[3])))
+l.listen(512)
+held = []
+def hold(c):
+    try:
+        held.append(ctx.wrap_socket(c, server_side=True))
+    except Exception:
+        c.close()
+while True:
+    c, _ = l.accept()
+    threading.Thread(target=hold, args=(c,), daemon=True).start()
+"#;
+
+/// The proxy's resident memory in KiB.
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap()
+}
+
+/// A TLS upstream that stops reading, under load, with the defaults: 64 clients each send a
+/// request with a 60 KiB body (kept for a retry, so written whole) to an HTTPS upstream that
+/// handshakes and then never reads. Every client gets a bounded answer — the route timeout's
+/// 504 (15 s by default) — and the proxy's memory stays bounded (what it holds per request is
+/// the request, not a growing queue).
+#[test]
+fn a_tls_upstream_that_stops_reading_gets_bounded_memory_and_answers() {
+    if !require_peers(&["python3"]) {
+        return;
+    }
+    let dir = TempDir::new("tls-l7-stalled-upstream");
+    let ca = make_ca(&dir, "ca");
+    let (cert, key) = leaf(&dir, &ca, "upstream", &["upstream.example"], None);
+    let up = free_port();
+    let script = dir.write("stalled.py", STALLED_TLS_UPSTREAM);
+    let mut upstream = spawn(
+        &dir,
+        "stalled",
+        "python3",
+        &[script.to_str().unwrap(), p(&cert), p(&key), &up.to_string()],
+    );
+    let end = Instant::now() + Duration::from_secs(10);
+    while TcpStream::connect(addr(up)).is_err() {
+        assert!(Instant::now() < end, "{}", upstream.log_text());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = upstream.child.try_wait();
+    let listen = free_port();
+    let config = format!(
+        r#"
+listeners:
+  - name: web
+    address: 127.0.0.1:{listen}
+    http: {{ {routes} }}
+clusters:
+  - name: stalled
+    hosts: [ {{ address: 127.0.0.1:{up} }} ]
+    tls: {{ sni: upstream.example, ca: {ca} }}
+"#,
+        routes = routes_to("stalled"),
+        ca = p(&ca.pem),
+    );
+    let sluice = start_sluice(&dir, &config, 1, addr(listen));
+    let pid = sluice.child.id();
+    let before = rss_kib(pid);
+    let started = Instant::now();
+    let body = vec![b'x'; 60 * 1024];
+    let clients: Vec<_> = (0..64)
+        .map(|_| {
+            let body = body.clone();
+            std::thread::spawn(move || {
+                let mut s = TcpStream::connect(addr(listen)).unwrap();
+                s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+                let head = format!(
+                    "POST /upload HTTP/1.1\r\nHost: web\r\nConnection: close\r\nContent-Length: {}\r\n\r\n",
+                    body.len()
+                );
+                s.write_all(head.as_bytes()).unwrap();
+                s.write_all(&body).unwrap();
+                let mut got = Vec::new();
+                let _ = s.read_to_end(&mut got);
+                String::from_utf8_lossy(&got).into_owned()
+            })
+        })
+        .collect();
+    let mut peak = 0;
+    while !clients.iter().all(std::thread::JoinHandle::is_finished) {
+        peak = peak.max(rss_kib(pid));
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "the clients got no answer within a minute"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    for c in clients {
+        let answer = c.join().unwrap();
+        assert!(
+            answer.starts_with("HTTP/1.1 504 "),
+            "{answer}\n{}",
+            sluice.log_text()
+        );
+    }
+    // 64 requests of 60 KiB are under 4 MiB; a growing queue would be far more.
+    assert!(
+        peak < before + 32 * 1024,
+        "memory grew from {before} KiB to {peak} KiB"
+    );
 }

@@ -538,3 +538,245 @@ clusters:
         "{stderr}"
     );
 }
+
+/// An HTTP server that answers every GET with the `Host` it was sent, logging each request.
+const HOST_ECHO_SERVER: &str = r#"
+import sys
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+class H(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    def do_GET(self):
+        body = ("host=" + self.headers.get("Host", "")).encode()
+        self.send_response(200)
+        self.send_header("content-length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+    def log_message(self, fmt, *args):
+        print("request", self.client_address[0], self.requestline, flush=True)
+ThreadingHTTPServer.address_family = __import__("socket").AF_INET
+ThreadingHTTPServer((sys.argv[1], int(sys.argv[2])), H).serve_forever()
+"#;
+
+/// Issue 14: an HTTP route to a cluster of `type: original_dst`. The application's request to
+/// the server's real address is captured by REDIRECT, handed off by its original destination
+/// to the HTTP listener, routed, and sent to that original destination — exactly once, with
+/// the application's `Host`. A request that was not captured (the application dialling the
+/// HTTP listener itself) has no original destination: 503, and nothing is sent anywhere.
+#[test]
+fn redirect_capture_routes_http_to_the_original_destination() {
+    if !can_run() {
+        return;
+    }
+    let f = &IPV4;
+    let tag = "http-odst";
+    let (app_ip, server_ip) = (f.app, f.server);
+    let dir = TempDir::new(&format!("transparent-{tag}"));
+    let pid = std::process::id();
+    let app = Netns::new(format!("sluice-{pid}-{tag}-app"));
+    let server = Netns::new(format!("sluice-{pid}-{tag}-srv"));
+    ip(&[
+        "-n", &app.0, "link", "add", "veth0", "type", "veth", "peer", "name", "veth1", "netns",
+        &server.0,
+    ]);
+    for (ns, ip_address, dev) in [(&app, app_ip, "veth0"), (&server, server_ip, "veth1")] {
+        let cidr = format!("{ip_address}/{}", f.prefix);
+        ip(&["-n", &ns.0, "addr", "add", &cidr, "dev", dev]);
+        ip(&["-n", &ns.0, "link", "set", dev, "up"]);
+        ip(&["-n", &ns.0, "link", "set", "lo", "up"]);
+    }
+    let script = dir.write("host_echo.py", HOST_ECHO_SERVER);
+    let mut web = spawn_in(
+        &dir,
+        &server,
+        "web",
+        "python3",
+        &[
+            "-u",
+            script.to_str().unwrap(),
+            server_ip,
+            &HTTP_PORT.to_string(),
+        ],
+    );
+    wait_listening_in(&server, server_ip, HTTP_PORT, &mut web);
+    let access_log = dir.path().join("access.log");
+    let config = format!(
+        "admin: {{ address: {ADMIN} }}
+upstream_mark: 1337
+listeners:
+  - name: outbound
+    address: \"0.0.0.0:15001\"
+    original_dst: redirect
+    use_original_dst: true
+    tcp_proxy: {{ cluster: passthrough }}
+  - name: http_{HTTP_PORT}
+    address: \"0.0.0.0:{HTTP_PORT}\"
+    http:
+      access_log: {{ format: text, template: \"%LISTENER% %REQ(HOST)% %STATUS% %UPSTREAM_HOST% %ORIGINAL_DST%\", path: {log} }}
+      virtual_hosts:
+        - name: all
+          domains: [\"*\"]
+          routes: [ {{ match: {{ prefix: / }}, route: {{ cluster: original }} }} ]
+clusters:
+  - {{ name: passthrough, type: original_dst, connect_timeout: 2s }}
+  - {{ name: original, type: original_dst, connect_timeout: 2s }}
+",
+        log = access_log.display()
+    );
+    let config_path = dir.write("sluice.yaml", &config);
+    let config_path = config_path.to_str().unwrap();
+    let mut sluice = spawn_in(
+        &dir,
+        &app,
+        "sluice",
+        sluice_bin(),
+        &["run", "-c", config_path, "--workers", "1"],
+    );
+    wait_listening_in(&app, "127.0.0.1", 15000, &mut sluice);
+    let printed = Command::new(sluice_bin())
+        .args(["iptables", "-c", config_path])
+        .output()
+        .unwrap();
+    assert!(printed.status.success());
+    let rules = String::from_utf8(printed.stdout).unwrap();
+    let applied = in_ns(&app, "sh", &["-c", &rules]);
+    assert!(
+        applied.status.success(),
+        "{rules}\n{}",
+        String::from_utf8_lossy(&applied.stderr)
+    );
+    let probes = web.log_text().lines().filter(|l| l.contains("GET")).count();
+
+    // Captured: to the original destination, with the application's Host.
+    let url = format!("http://{}/hello", sock(server_ip, HTTP_PORT));
+    let got = in_ns(
+        &app,
+        "curl",
+        &[
+            "-sS",
+            "--max-time",
+            "10",
+            "-H",
+            "Host: api.example",
+            "-w",
+            " %{http_code}",
+            &url,
+        ],
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&got.stdout),
+        "host=api.example 200",
+        "{}\n{}",
+        String::from_utf8_lossy(&got.stderr),
+        sluice.log_text()
+    );
+    // Not captured (loopback is excluded from capture): no original destination, 503.
+    let direct = in_ns(
+        &app,
+        "curl",
+        &[
+            "-sS",
+            "--max-time",
+            "10",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            &format!("http://127.0.0.1:{HTTP_PORT}/direct"),
+        ],
+    );
+    assert_eq!(String::from_utf8_lossy(&direct.stdout), "503");
+
+    let s = stats(&app);
+    let log = sluice.log_text();
+    assert_eq!(stat(&s, "listener.outbound.capture.handed_off"), 1, "{log}");
+    assert_eq!(stat(&s, "cluster.original.upstream_rq_total"), 1, "{log}");
+    assert_eq!(stat(&s, "cluster.original.upstream_cx_total"), 1, "{log}");
+    sluice.signal("TERM");
+    assert!(sluice.wait_exit(Duration::from_secs(20)).is_some(), "{log}");
+    // The server got the captured request once, from the application's address.
+    let web_log = web.log_text();
+    let requests: Vec<&str> = web_log
+        .lines()
+        .filter(|l| l.contains("GET"))
+        .skip(probes)
+        .collect();
+    assert_eq!(
+        requests,
+        [format!("request {app_ip} GET /hello HTTP/1.1")],
+        "{web_log}"
+    );
+    let lines = std::fs::read_to_string(&access_log).unwrap_or_default();
+    let dest = sock(server_ip, HTTP_PORT);
+    assert_eq!(
+        lines,
+        format!(
+            "http_{HTTP_PORT} api.example 200 {dest} {dest}\nhttp_{HTTP_PORT} 127.0.0.1:{HTTP_PORT} 503 - -\n"
+        ),
+        "{log}"
+    );
+}
+
+/// `use_http_header` on an `original_dst` cluster (Envoy's): a request's
+/// `x-envoy-original-dst-host: IP:PORT` says where it goes, on a connection that was not
+/// captured too. Without it the header is ignored (anyone who can send a request could
+/// otherwise make the proxy connect anywhere), and a request with no destination is a 503.
+/// Loopback only: no namespace, no root needed.
+#[test]
+fn use_http_header_sends_a_request_where_its_header_says() {
+    if !require_peers(&["python3", "curl"]) {
+        return;
+    }
+    let dir = TempDir::new("transparent-http-header");
+    let up = free_port();
+    let _upstream = start_py_upstream(&dir, "up", up);
+    let (trusting, plain) = (free_port(), free_port());
+    let route = |cluster: &str| {
+        format!(
+            "http: {{ virtual_hosts: [ {{ name: all, domains: [\"*\"], routes: [ {{ match: {{ prefix: / }}, route: {{ cluster: {cluster} }} }} ] }} ] }}"
+        )
+    };
+    let config = format!(
+        "listeners:
+  - name: trusting
+    address: 127.0.0.1:{trusting}
+    {}
+  - name: plain
+    address: 127.0.0.1:{plain}
+    {}
+clusters:
+  - {{ name: by_header, type: original_dst, use_http_header: true }}
+  - {{ name: by_connection, type: original_dst }}
+",
+        route("by_header"),
+        route("by_connection"),
+    );
+    let _sluice = start_sluice(&dir, &config, 1, addr(trusting));
+    let status = |port: u16, header: Option<String>| {
+        let url = format!("http://127.0.0.1:{port}/status/200");
+        let mut args = vec![
+            "-sS".to_owned(),
+            "--max-time".into(),
+            "10".into(),
+            "-o".into(),
+            "/dev/null".into(),
+            "-w".into(),
+            "%{http_code}".into(),
+        ];
+        if let Some(h) = header {
+            args.extend(["-H".to_owned(), h]);
+        }
+        args.push(url);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        String::from_utf8_lossy(&run("curl", &args).stdout).into_owned()
+    };
+    let header = Some(format!("x-envoy-original-dst-host: 127.0.0.1:{up}"));
+    assert_eq!(status(trusting, header.clone()), "200");
+    assert_eq!(status(trusting, None), "503");
+    assert_eq!(
+        status(trusting, Some("x-envoy-original-dst-host: nonsense".into())),
+        "503"
+    );
+    assert_eq!(status(plain, header), "503");
+    let requests = std::fs::read_to_string(dir.path().join("up.requests")).unwrap_or_default();
+    assert_eq!(requests.lines().count(), 1, "{requests}");
+}

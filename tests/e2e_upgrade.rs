@@ -612,3 +612,101 @@ time.sleep(30)
     let _ = squatter.kill();
     let _ = squatter.wait();
 }
+
+/// Session tickets outlive a binary upgrade and a reload: the old instance hands its TLS
+/// listeners' ticket keys to the new one over the control socket, and a reload that keeps a
+/// listener keeps its keys — a client resumes (`Reused`) with a ticket the first instance
+/// issued, after an upgrade and then after a reload of the new instance, with TLS 1.3 and 1.2.
+/// A listener whose admission rules change (`require_client_certificate`) gets new keys.
+#[test]
+fn session_tickets_resume_across_an_upgrade_and_a_reload() {
+    use support::pki::*;
+    if !require_peers(&["openssl"]) {
+        return;
+    }
+    let dir = TempDir::new("upgrade-tickets");
+    let ca = make_ca(&dir, "ca");
+    let (cert, key) = leaf(&dir, &ca, "svc", &["svc.example"], None);
+    let (listen, admin) = (free_port(), free_port());
+    let yaml = |version: &str| {
+        format!(
+            r#"
+admin: {{ address: 127.0.0.1:{admin} }}
+listeners:
+  - name: tls_in
+    address: 127.0.0.1:{listen}
+    tls: {{ certificates: [ {{ cert_chain: {c}, private_key: {k} }} ] }}
+    http:
+      virtual_hosts:
+        - name: all
+          domains: ["*"]
+          routes:
+            - match: {{ prefix: / }}
+              direct_response: {{ status: 200, body: "{version}" }}
+clusters: []
+"#,
+            c = p(&cert),
+            k = p(&key),
+        )
+    };
+    let path = dir.write("sluice.yaml", &yaml("v1"));
+    let control = dir.path().join("control.sock");
+    let mut first = sluice(&dir, "sluice-1", &path, &control, false);
+    wait_log(&mut first, "sluice ready", Duration::from_secs(20));
+    let session = |v: &str| dir.path().join(format!("session-{v}.pem"));
+    for v in ["tls1_3", "tls1_2"] {
+        let (ok, text) = s_client_request(listen, &[&format!("-{v}"), "-sess_out", p(&session(v))]);
+        assert!(ok, "{v}: {text}");
+        assert!(session(v).exists(), "{v}: no session written:\n{text}");
+    }
+    let resumes = |who: &str| {
+        for (v, name) in [("tls1_3", "TLSv1.3"), ("tls1_2", "TLSv1.2")] {
+            let (ok, text) =
+                s_client_request(listen, &[&format!("-{v}"), "-sess_in", p(&session(v))]);
+            assert!(
+                ok && text.contains(&format!("Reused, {name}")),
+                "{who}: the {name} session did not resume:\n{text}"
+            );
+        }
+    };
+    resumes("the first instance");
+
+    let mut second = sluice(&dir, "sluice-2", &path, &control, true);
+    wait_log(&mut second, "sluice ready", Duration::from_secs(20));
+    assert!(wait_exit(&mut first, Duration::from_secs(15)).success());
+    resumes("the upgraded instance");
+    assert!(
+        second
+            .log_text()
+            .contains("took over the session-ticket keys"),
+        "{}",
+        second.log_text()
+    );
+
+    std::fs::write(&path, yaml("v2")).unwrap();
+    let (status, body) = http_request(addr(admin), "POST", "/reload");
+    assert_eq!(status, 200, "{body}");
+    resumes("the upgraded instance after a reload");
+
+    // Stricter admission rules: the tickets of the old rules are not honoured.
+    let stricter = yaml("v3").replace(
+        "tls: { certificates:",
+        &format!(
+            "tls: {{ client_ca: {}, require_client_certificate: false, verify_subject_alt_names: [ spiffe://x ], certificates:",
+            p(&ca.pem)
+        ),
+    );
+    std::fs::write(&path, stricter).unwrap();
+    let (status, body) = http_request(addr(admin), "POST", "/reload");
+    assert_eq!(status, 200, "{body}");
+    let (ok, text) = s_client_request(listen, &["-tls1_3", "-sess_in", p(&session("tls1_3"))]);
+    assert!(ok && text.contains("New, TLSv1.3"), "{text}");
+    // The key material never reaches the log.
+    assert!(
+        !second.log_text().contains("secret"),
+        "{}",
+        second.log_text()
+    );
+    second.signal("TERM");
+    assert!(wait_exit(&mut second, Duration::from_secs(15)).success());
+}

@@ -29,6 +29,11 @@ Tests, per proxy (--mode tcp runs http + bulk, --mode http runs l7, --mode all, 
         `bolt-load load` (C connections x P pipelined Bolt v1 requests, 64-byte content) through
         Sluice's bolt listener to `bolt-load serve` (an echo server). Reports req/s, p50/p99,
         proxy CPU-s, requests per proxy CPU-second and errors (any error fails the run).
+  transparent  (--mode transparent only, root; Sluice only) wrk in an application network
+        namespace against an nginx in a server namespace (a veth pair): HTTP captured by
+        iptables REDIRECT (`sluice iptables` rules; hand-off to an HTTP listener routing to an
+        `original_dst` cluster) vs the same Sluice as an explicit proxy (127.0.0.1, a static
+        cluster). Reports requests per Sluice CPU-second of each; <out>/transparent.md.
 A "direct (no proxy)" row shows what the load generator reaches without a proxy.
 
 Usage (from the repository root):
@@ -40,6 +45,7 @@ Usage (from the repository root):
   python3 benches/loopback/harness.py --mode tls --repeat 3  # TLS termination: handshakes, HTTPS
   python3 benches/loopback/harness.py --mode bolt --smoke   # Bolt: Sluice vs direct, 2 s
   python3 benches/loopback/harness.py --mode bolt --repeat 3 --connections 32 --pipeline 8
+  python3 benches/loopback/harness.py --mode transparent --smoke  # root: capture vs explicit
 
 Needs: python3 (stdlib only), taskset, nginx (for L4 with the stream module; Debian: nginx +
 libnginx-mod-stream), haproxy, wrk, iperf3 (L4 only), at least 2 CPUs; --mode bolt needs only
@@ -1391,11 +1397,15 @@ def parse_args(argv=None):
                     "tcp_proxy, nginx stream, HAProxy mode tcp) and as L7 HTTP/1.1 proxies (Sluice "
                     "http listener, nginx proxy_pass, HAProxy mode http): requests and bits per "
                     "proxy CPU-second.")
-    ap.add_argument("--mode", choices=("tcp", "http", "all", "bolt", "tls"), default="all",
+    ap.add_argument("--mode", choices=("tcp", "http", "all", "bolt", "tls", "transparent"),
+                    default="all",
                     help="tcp: L4 tests (http + bulk through TCP proxies); http: L7 test (HTTP/1.1 "
                          "proxying with upstream keep-alive); all: both (default); bolt: Bolt v1 "
                          "through Sluice vs direct (bolt-load; not part of all); tls: TLS termination in front "
-                         "of an L4 relay, full handshakes and HTTPS keep-alive (not part of all)")
+                         "of an L4 relay, full handshakes and HTTPS keep-alive (not part of all); "
+                         "transparent: Sluice only, HTTP requests captured by iptables REDIRECT in "
+                         "a network namespace (an original_dst route) vs the same Sluice as an "
+                         "explicit proxy (root; not part of all)")
     ap.add_argument("--duration", type=int, default=None, help="seconds per measured run "
                     "(default 10; 2 with --smoke)")
     ap.add_argument("--connections", type=int, default=None, help="wrk connections "
@@ -1444,6 +1454,8 @@ def parse_args(argv=None):
     if bad or not only:
         ap.error(f"--only: unknown {bad or 'empty list'}; choose from {','.join(PROXIES)}")
     a.only = [w for w in PROXIES if w in only]  # canonical order, no duplicates
+    if a.mode == "transparent":
+        a.only = ["sluice"]
     if bolt:
         # nginx and HAProxy have no Bolt support: Sluice is the only proxy of this mode.
         if only_given and a.only != ["sluice"]:
@@ -1523,10 +1535,184 @@ def preflight(a) -> dict:
     return versions
 
 
+# --------------------------------------------------------------------------------------------
+# --mode transparent: capture vs explicit proxy, in network namespaces
+
+TRANSPARENT_CONFIG = """\
+admin: {{ address: 127.0.0.1:{admin} }}
+upstream_mark: 1337
+listeners:
+  - name: outbound
+    address: "0.0.0.0:15001"
+    original_dst: redirect
+    use_original_dst: true
+    tcp_proxy: {{ cluster: passthrough }}
+  - name: captured_http
+    address: "0.0.0.0:{port}"
+    http:
+      virtual_hosts:
+        - name: all
+          domains: ["*"]
+          routes: [ {{ match: {{ prefix: / }}, route: {{ cluster: original }} }} ]
+  - name: explicit_http
+    address: "127.0.0.1:{explicit}"
+    http:
+      virtual_hosts:
+        - name: all
+          domains: ["*"]
+          routes: [ {{ match: {{ prefix: / }}, route: {{ cluster: server }} }} ]
+clusters:
+  - {{ name: passthrough, type: original_dst }}
+  - {{ name: original, type: original_dst }}
+  - {{ name: server, hosts: [ {{ address: "{server}:{port}" }} ] }}
+"""
+
+TRANSPARENT_BACKEND = """\
+worker_processes 1;
+pid {d}/nginx.pid;
+error_log {d}/error.log warn;
+events {{ worker_connections 8192; }}
+http {{
+    access_log off;
+    keepalive_requests 100000000;
+    client_body_temp_path {d}/tmp/body;
+    proxy_temp_path {d}/tmp/proxy;
+    fastcgi_temp_path {d}/tmp/fastcgi;
+    uwsgi_temp_path {d}/tmp/uwsgi;
+    scgi_temp_path {d}/tmp/scgi;
+    server {{
+        listen {server}:{port} backlog=4096;
+        location / {{ default_type text/plain; return 200 "hello\\n"; }}
+    }}
+}}
+"""
+
+
+def transparent_main(a) -> int:
+    """Requests per Sluice CPU-second for HTTP captured by iptables REDIRECT (the application
+    dials the server's real address; the capture listener hands the connection to an HTTP
+    listener whose route goes to an `original_dst` cluster) vs the same Sluice as an explicit
+    proxy (the application dials 127.0.0.1:PORT, routed to a static cluster). Everything runs
+    in two network namespaces joined by a veth pair, removed at the end."""
+    for tool in ("ip", "iptables", "nginx", "wrk"):
+        if shutil.which(tool) is None:
+            print(f"harness: --mode transparent needs {tool}", file=sys.stderr)
+            return 2
+    if os.geteuid() != 0:
+        print("harness: --mode transparent needs root (network namespaces, iptables)",
+              file=sys.stderr)
+        return 2
+    if not Path(a.sluice).exists():
+        print(f"harness: no Sluice binary at {a.sluice} (pass --sluice PATH)", file=sys.stderr)
+        return 2
+    work = a.out / "work" / "transparent"
+    shutil.rmtree(work, ignore_errors=True)
+    (work / "backend" / "tmp").mkdir(parents=True)
+    pid = os.getpid()
+    app, srv = f"sluice-bench-{pid}-app", f"sluice-bench-{pid}-srv"
+    app_ip, server_ip, port, explicit, admin = "10.213.0.1", "10.213.0.2", 8080, 18080, 15000
+
+    def sh(*argv: str, ns: str | None = None, check: bool = True) -> subprocess.CompletedProcess:
+        full = (["ip", "netns", "exec", ns] if ns else []) + list(argv)
+        r = subprocess.run(full, capture_output=True, text=True, timeout=60)
+        if check and r.returncode != 0:
+            raise HarnessError(f"`{shlex.join(full)}` failed: {r.stderr.strip()}")
+        return r
+
+    procs: list[subprocess.Popen] = []
+
+    def start(name: str, argv: list[str], ns: str) -> subprocess.Popen:
+        log = open(work / f"{name}.log", "w")
+        p = subprocess.Popen(["ip", "netns", "exec", ns] + argv, stdout=log,
+                             stderr=subprocess.STDOUT)
+        procs.append(p)
+        return p
+
+    def wait_port(ns: str, host: str, p: int) -> None:
+        for _ in range(200):
+            if sh("bash", "-c", f"exec 3<>/dev/tcp/{host}/{p}", ns=ns, check=False).returncode == 0:
+                return
+            time.sleep(0.05)
+        raise HarnessError(f"nothing listens on {host}:{p} in {ns}")
+
+    def wrk(url: str, seconds: int) -> dict:
+        r = sh("wrk", "-t", "1", "-c", str(a.connections), "-d", f"{seconds}s", url, ns=app)
+        return parse_wrk(r.stdout)
+
+    rows = []
+    try:
+        sh("ip", "netns", "add", app)
+        sh("ip", "netns", "add", srv)
+        sh("ip", "-n", app, "link", "add", "veth0", "type", "veth", "peer", "name", "veth1",
+           "netns", srv)
+        for ns, ip_addr, dev in ((app, app_ip, "veth0"), (srv, server_ip, "veth1")):
+            sh("ip", "-n", ns, "addr", "add", f"{ip_addr}/24", "dev", dev)
+            sh("ip", "-n", ns, "link", "set", dev, "up")
+            sh("ip", "-n", ns, "link", "set", "lo", "up")
+        backend = work / "backend"
+        (backend / "nginx.conf").write_text(TRANSPARENT_BACKEND.format(
+            d=backend, server=server_ip, port=port))
+        start("backend", ["nginx", "-c", str(backend / "nginx.conf"), "-p", f"{backend}/",
+                          "-g", "daemon off;"], srv)
+        wait_port(srv, server_ip, port)
+        cfg = work / "sluice.yaml"
+        cfg.write_text(TRANSPARENT_CONFIG.format(admin=admin, port=port, explicit=explicit,
+                                                 server=server_ip))
+        sluice = start("sluice", [str(a.sluice), "run", "-c", str(cfg), "--workers", "1",
+                                  *shlex.split(a.sluice_args)], app)
+        wait_port(app, "127.0.0.1", admin)
+        rules = subprocess.run([str(a.sluice), "iptables", "-c", str(cfg)], capture_output=True,
+                               text=True, timeout=30, check=True).stdout
+        (work / "rules.sh").write_text(rules)
+        sh("sh", "-c", rules, ns=app)
+        # The Sluice process inside `ip netns exec`: its CPU time is the tree's.
+        for name, url in (("explicit", f"http://127.0.0.1:{explicit}/"),
+                          ("captured", f"http://{server_ip}:{port}/")):
+            if a.warmup:
+                wrk(url, a.warmup)
+            before = tree_cpu_ticks(sluice.pid)[0]
+            t0 = time.monotonic()
+            w = wrk(url, a.duration)
+            cpu = (tree_cpu_ticks(sluice.pid)[0] - before) / os.sysconf("SC_CLK_TCK")
+            wall = time.monotonic() - t0
+            requests = w.get("requests", 0)
+            if not requests or w["non_2xx"] or any(w["socket_errors"].values()):
+                raise HarnessError(f"{name}: wrk through Sluice failed: {w}")
+            rows.append((name, requests, wall, cpu, requests / cpu if cpu else float("nan")))
+        # The captured run went through the capture: its connections were handed off.
+        stats = sh("curl", "-sS", f"http://127.0.0.1:{admin}/stats", ns=app).stdout
+        handed = re.search(r"^listener\.outbound\.capture\.handed_off: (\d+)", stats, re.M)
+        if not handed or int(handed.group(1)) == 0:
+            raise HarnessError("the captured run was not captured (no hand-off counted)")
+    except (HarnessError, subprocess.SubprocessError, OSError) as e:
+        print(f"harness: {e}", file=sys.stderr)
+        return 1
+    finally:
+        for p in procs:
+            p.terminate()
+        for p in procs:
+            try:
+                p.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                p.kill()
+        for ns in (app, srv):
+            subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+    lines = ["| path | requests | seconds | Sluice CPU s | requests per Sluice CPU-second |",
+             "|---|---|---|---|---|"]
+    lines += [f"| {n} | {r} | {w:.1f} | {c:.2f} | {rc:.0f} |" for n, r, w, c, rc in rows]
+    report = "\n".join(lines) + "\n"
+    print(report)
+    (a.out / "transparent.md").write_text(report)
+    return 0
+
+
 def main(argv=None) -> int:
     a = parse_args(argv)
     signal.signal(signal.SIGTERM, _on_signal)
     signal.signal(signal.SIGHUP, _on_signal)
+    if a.mode == "transparent":
+        (a.out / "work").mkdir(parents=True, exist_ok=True)
+        return transparent_main(a)
     try:
         versions = preflight(a)
     except HarnessError as e:

@@ -220,16 +220,18 @@ impl<N: Network> Engine<N> {
     /// Timeouts (the listener's `frame_timeout` and `idle_timeout`): a new connection must send
     /// its first whole frame within `frame_timeout`; a frame started must complete within
     /// `frame_timeout` of the last frame completed; with nothing in flight and no partial
-    /// frame, the connection closes after `idle_timeout`. A migrated connection was already
-    /// proven a client's: it skips the first-frame deadline.
+    /// frame, the connection closes after `idle_timeout`. `accepted`: when the connection was
+    /// accepted — the first frame's deadline counts from then, TLS handshake included; `None`
+    /// for a migrated connection, which was already proven a client's and skips that deadline.
     pub(crate) async fn bolt_connection(
         self: &Rc<Self>,
         listener: usize,
         mut stream: Downstream<N::Stream>,
         peer: SocketAddr,
         initial: &[u8],
-        migrated: bool,
+        accepted: Option<sluice_core::Instant>,
     ) {
+        let migrated = accepted.is_none();
         let bw = self.bolt();
         let (frame_timeout, idle_timeout) = match &self.config.listeners[listener].filter {
             ListenerFilter::Bolt(b) | ListenerFilter::Auto { bolt: b, .. } => {
@@ -237,7 +239,7 @@ impl<N: Network> Engine<N> {
             }
             _ => (DEFAULT_BOLT_FRAME_TIMEOUT, Some(DEFAULT_BOLT_IDLE_TIMEOUT)),
         };
-        let started = tokio::time::Instant::now();
+        let started = accepted.map_or_else(tokio::time::Instant::now, crate::to_tokio);
         // Whether a whole frame arrived yet (a migrated connection needs none to prove itself),
         // and when the connection last made progress (a frame completed or an answer went out).
         let mut framed = migrated;

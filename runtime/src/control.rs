@@ -21,12 +21,16 @@
 //! | direction | message | descriptors |
 //! |---|---|---|
 //! | new → old | `{"v":1,"type":"upgrade","pid":P}` | |
-//! | old → new | `{"v":1,"type":"offer","workers":W,"listeners":[{"address":"A","fds":K},...],"admin":"A"\|null,"health":[{"cluster":C,"host":A,"healthy":B},...]}` | every listener's K sockets in order, then the admin socket |
+//! | old → new | `{"v":1,"type":"offer","workers":W,"listeners":[{"address":"A","fds":K},...],"admin":"A"\|null,"health":[{"cluster":C,"host":A,"healthy":B},...],"tickets":[{"listener":ID,"keys":[{"name":HEX,"secret":HEX,"created":T},...]},...]}` | every listener's K sockets in order, then the admin socket |
 //! | old → new | `{"v":1,"type":"refused","reason":"..."}` (then closes) | |
 //! | new → old | `{"v":1,"type":"serving"}` | |
 //! | old → new | `{"v":1,"type":"draining"}` (the acknowledgement) | |
 //!
 //! A peer speaking another version is refused (`refused` with the reason).
+//!
+//! `tickets` are the TLS listeners' session-ticket keys ([`crate::tls_tickets`]), so that
+//! clients resume against the new instance with tickets the old one issued. They are secrets:
+//! they travel only here (never to a file or a log) and are why the checks below matter.
 //!
 //! ## Who may take part
 //!
@@ -503,6 +507,8 @@ pub struct HandoverOffer {
     /// The active health checks' verdicts: (cluster, host address, healthy), so that the new
     /// instance does not start with every checked host unknown.
     pub health: Vec<(String, SocketAddr, bool)>,
+    /// Every TLS listener's session-ticket keys (secrets: see the module docs).
+    pub tickets: Vec<crate::tls_tickets::ExportedKeys>,
 }
 
 /// The running instance's control socket.
@@ -825,6 +831,7 @@ impl Shared {
                 .iter()
                 .map(|(c, h, ok)| json!({"cluster": c, "host": h.to_string(), "healthy": ok}))
                 .collect::<Vec<_>>(),
+            "tickets": offer.tickets.iter().map(tickets_json).collect::<Vec<_>>(),
         });
         send_json(stream, &header, &fds)?;
         info!(
@@ -879,6 +886,50 @@ fn send_migrations(stream: &UnixStream, m: Migration) {
     (m.finished)();
 }
 
+/// One listener's ticket keys in the offer (hex).
+fn tickets_json(t: &crate::tls_tickets::ExportedKeys) -> Value {
+    use crate::tls_tickets::hex;
+    json!({
+        "listener": t.listener,
+        "keys": t.keys.iter().map(|k| json!({
+            "name": hex(&k.name),
+            "secret": hex(&k.secret),
+            "created": k.created,
+        })).collect::<Vec<_>>(),
+    })
+}
+
+/// The ticket keys of an offer; a listener whose keys do not parse is skipped (it starts new
+/// ones), never reported with its content.
+fn parse_tickets(v: &Value) -> Vec<crate::tls_tickets::ExportedKeys> {
+    use crate::tls_tickets::{ExportedKey, ExportedKeys, unhex};
+    let key = |k: &Value| {
+        Some(ExportedKey {
+            name: unhex(k.get("name")?.as_str()?)?,
+            secret: unhex(k.get("secret")?.as_str()?)?,
+            created: k.get("created")?.as_u64()?,
+        })
+    };
+    v.get("tickets")
+        .and_then(Value::as_array)
+        .map(|list| {
+            list.iter()
+                .filter_map(|t| {
+                    Some(ExportedKeys {
+                        listener: t.get("listener")?.as_str()?.to_owned(),
+                        keys: t
+                            .get("keys")?
+                            .as_array()?
+                            .iter()
+                            .map(key)
+                            .collect::<Option<Vec<_>>>()?,
+                    })
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 fn send_json(stream: &UnixStream, v: &Value, fds: &[BorrowedFd<'_>]) -> io::Result<()> {
     fdpass::send(stream, v.to_string().as_bytes(), fds)
 }
@@ -919,6 +970,8 @@ pub struct Inherited {
     pub admin: Option<(AdminAddress, crate::admin::AdminListener)>,
     /// The old instance's health verdicts (see [`HandoverOffer::health`]).
     pub health: Vec<(String, SocketAddr, bool)>,
+    /// The old instance's session-ticket keys (see [`HandoverOffer::tickets`]).
+    pub tickets: Vec<crate::tls_tickets::ExportedKeys>,
 }
 
 /// A handover in progress on the new instance's side: it holds the inherited sockets.
@@ -1126,6 +1179,8 @@ fn parse_offer(v: &Value, fds: Vec<OwnedFd>) -> Result<Inherited, String> {
         listeners,
         admin,
         health,
+        // Optional too (an older instance sends none: clients then do full handshakes once).
+        tickets: parse_tickets(v),
     })
 }
 
@@ -1443,6 +1498,7 @@ mod tests {
                     };
                     Ok(HandoverOffer {
                         health: Vec::new(),
+                        tickets: Vec::new(),
                         workers: 1,
                         listeners: vec![(address, vec![fd])],
                         admin: None,
@@ -1642,6 +1698,7 @@ mod tests {
                 move || {
                     Ok(HandoverOffer {
                         health: Vec::new(),
+                        tickets: Vec::new(),
                         workers: 2,
                         listeners: sockets
                             .iter()

@@ -597,6 +597,9 @@ impl<N: Network> Engine<N> {
             bump(&l.downstream_cx_total, 1);
         }
         self.sessions.set(self.sessions.get() + 1);
+        // The first request's (or frame's) timer runs from here: a slow TLS handshake comes
+        // out of it rather than adding to it.
+        let accepted = now();
         tokio::task::spawn_local(async move {
             let guard = SessionGuard(&self, index);
             let lc = &self.config.listeners[index];
@@ -637,16 +640,35 @@ impl<N: Network> Engine<N> {
                     };
                     match &lc.filter {
                         ListenerFilter::Http(hc) => {
-                            self.http_connection(index, lc, hc, down, peer, &[], original_dst)
-                                .await;
+                            self.http_connection(
+                                index,
+                                lc,
+                                hc,
+                                down,
+                                peer,
+                                &[],
+                                original_dst,
+                                accepted,
+                            )
+                            .await;
                         }
                         ListenerFilter::Bolt(bc) => {
                             self.note_bolt_traffic(bc);
-                            self.bolt_connection(index, down, peer, &[], false).await;
+                            self.bolt_connection(index, down, peer, &[], Some(accepted))
+                                .await;
                         }
                         ListenerFilter::Auto { http, bolt } => {
-                            self.auto_connection(index, lc, http, bolt, down, peer, original_dst)
-                                .await;
+                            self.auto_connection(
+                                index,
+                                lc,
+                                http,
+                                bolt,
+                                down,
+                                peer,
+                                original_dst,
+                                accepted,
+                            )
+                            .await;
                         }
                         ListenerFilter::TcpProxy(_) | ListenerFilter::Echo => unreachable!(),
                     }
@@ -1229,17 +1251,18 @@ impl<N: Network> Engine<N> {
         mut stream: Downstream<N::Stream>,
         peer: SocketAddr,
         original_dst: Option<SocketAddr>,
+        accepted: sluice_core::Instant,
     ) {
         // Over TLS, an HTTP ALPN protocol settles it: HTTP (the codec by ALPN, in
         // http_connection), nothing to sniff.
         if matches!(stream.alpn(), Alpn::Http1 | Alpn::Http2) {
-            self.http_connection(index, lc, http, stream, peer, &[], original_dst)
+            self.http_connection(index, lc, http, stream, peer, &[], original_dst, accepted)
                 .await;
             return;
         }
         let mut first = [0u8; 16];
         let mut n = 0;
-        let deadline = tokio::time::Instant::now() + http.request_headers_timeout;
+        let deadline = crate::to_tokio(accepted) + http.request_headers_timeout;
         let protocol = loop {
             match sniff(&first[..n]) {
                 Sniffed::NeedMore if n < first.len() => {}
@@ -1255,12 +1278,21 @@ impl<N: Network> Engine<N> {
         };
         match protocol {
             Some(Sniffed::Http) => {
-                self.http_connection(index, lc, http, stream, peer, &first[..n], original_dst)
-                    .await;
+                self.http_connection(
+                    index,
+                    lc,
+                    http,
+                    stream,
+                    peer,
+                    &first[..n],
+                    original_dst,
+                    accepted,
+                )
+                .await;
             }
             Some(Sniffed::Bolt) => {
                 self.note_bolt_traffic(bolt);
-                self.bolt_connection(index, stream, peer, &first[..n], false)
+                self.bolt_connection(index, stream, peer, &first[..n], Some(accepted))
                     .await;
             }
             _ => {
@@ -1426,7 +1458,7 @@ impl<N: Network> Engine<N> {
         self.sessions.set(self.sessions.get() + 1);
         tokio::task::spawn_local(async move {
             let guard = SessionGuard(&self, index);
-            self.bolt_connection(index, Downstream::Plain(stream), peer, &unread, true)
+            self.bolt_connection(index, Downstream::Plain(stream), peer, &unread, None)
                 .await;
             drop(guard);
         });

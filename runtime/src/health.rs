@@ -376,7 +376,14 @@ impl<N: Network> Engine<N> {
         let cluster = &self.config.clusters[ci];
         let hosts = cluster.hosts.len();
         let mut checker = ActiveHealthChecker::new(now(), hosts, hc.settings, rng);
-        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(HostId, ProbeResult)>();
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(
+            HostId,
+            ProbeResult,
+            Option<(crate::tls::HandshakeOutcome, std::io::Error)>,
+        )>();
+        // TLS handshake failures of probes: logged at most once a second (with how many were
+        // not), like the other upstream warnings.
+        let mut tls_log = TlsFailureLog::default();
         // Outstanding probes by host, aborted if this task is (the engine stopped).
         let mut probes = Probes((0..hosts).map(|_| None).collect());
         let probes = &mut probes.0;
@@ -396,17 +403,20 @@ impl<N: Network> Engine<N> {
                         let timeout = hc.settings.timeout;
                         let tls = self.tls.current().connectors[ci].clone();
                         probes[host.index()] = Some(tokio::task::spawn_local(async move {
-                            let result = match tokio::time::timeout(
+                            let (result, tls_failure) = match tokio::time::timeout(
                                 timeout,
-                                run_probe(&engine.net, &probe, &name, address, tls.as_ref()),
+                                probe_host(&engine.net, &probe, &name, address, tls.as_ref()),
                             )
                             .await
                             {
-                                Ok(true) => ProbeResult::Success,
-                                Ok(false) => ProbeResult::Failure,
-                                Err(_) => ProbeResult::Timeout,
+                                Ok(Ok(())) => (ProbeResult::Success, None),
+                                Ok(Err(ProbeFailure::Tls(outcome, e))) => {
+                                    (ProbeResult::Failure, Some((outcome, e)))
+                                }
+                                Ok(Err(ProbeFailure::Other)) => (ProbeResult::Failure, None),
+                                Err(_) => (ProbeResult::Timeout, None),
                             };
-                            let _ = tx.send((host, result));
+                            let _ = tx.send((host, result, tls_failure));
                         }));
                     }
                     HealthAction::Cancel { host } => {
@@ -440,13 +450,23 @@ impl<N: Network> Engine<N> {
             tokio::select! {
                 // The first request: probes go from no_traffic_interval to interval now.
                 () = self.shared_health.clusters[ci].traffic_started.notified(), if quiet => {}
-                Some((host, result)) = rx.recv() => {
+                Some((host, result, tls_failure)) = rx.recv() => {
                     probes[host.index()] = None;
                     if let Some(s) = self.stats.cluster(ci) {
                         match result {
                             ProbeResult::Success => bump(&s.health_check_success, 1),
                             _ => bump(&s.health_check_failure, 1),
                         }
+                        // Counted with the requests' handshake failures: a host whose
+                        // certificate stops verifying shows up there before any request
+                        // reaches it.
+                        if let Some((outcome, _)) = &tls_failure {
+                            bump(&s.upstream_tls_fail[*outcome as usize], 1);
+                        }
+                    }
+                    if let Some((outcome, e)) = &tls_failure {
+                        let address = cluster.hosts[host.index()].address;
+                        tls_log.note(&cluster.name, address, *outcome, e);
                     }
                     checker.handle_probe_result(now(), host, result);
                 }
@@ -456,10 +476,54 @@ impl<N: Network> Engine<N> {
     }
 }
 
+/// Why a probe failed: its TLS handshake (with what it means, and the error), or anything else
+/// (refused, reset, a bad answer).
+#[derive(Debug)]
+pub enum ProbeFailure {
+    /// The TLS handshake failed (verification included); nothing was sent.
+    Tls(crate::tls::HandshakeOutcome, std::io::Error),
+    /// Connect, write, read or the answer.
+    Other,
+}
+
+/// At most one warning a second for a health check's TLS failures, with how many were not
+/// logged since.
+#[derive(Default)]
+struct TlsFailureLog {
+    logged_at: Option<tokio::time::Instant>,
+    unlogged: u64,
+}
+
+impl TlsFailureLog {
+    fn note(
+        &mut self,
+        cluster: &str,
+        address: std::net::SocketAddr,
+        outcome: crate::tls::HandshakeOutcome,
+        e: &std::io::Error,
+    ) {
+        let now = tokio::time::Instant::now();
+        if self
+            .logged_at
+            .is_some_and(|t| now.duration_since(t) < Duration::from_secs(1))
+        {
+            self.unlogged += 1;
+            return;
+        }
+        self.logged_at = Some(now);
+        warn!(
+            %cluster,
+            host = %address,
+            reason = outcome.as_str(),
+            error = %e,
+            suppressed = std::mem::take(&mut self.unlogged),
+            "health check: TLS handshake failed"
+        );
+    }
+}
+
 /// One probe of `address` (the `Host` of an HTTP probe defaults to the cluster's name): true
-/// when the host passed. Unbounded in time: the caller applies the check's timeout. `tls`: the
-/// cluster's connector — an HTTP or Bolt probe then runs over TLS, and a handshake that fails
-/// (verification included) fails the probe; a TCP probe only connects.
+/// when the host passed. See [`probe_host`].
 pub async fn run_probe<N: Network>(
     net: &N,
     probe: &HealthProbe,
@@ -467,20 +531,46 @@ pub async fn run_probe<N: Network>(
     address: std::net::SocketAddr,
     tls: Option<&crate::tls::UpstreamConnector>,
 ) -> bool {
+    probe_host(net, probe, cluster, address, tls).await.is_ok()
+}
+
+/// One probe of `address`, and why it failed. Unbounded in time: the caller applies the
+/// check's timeout. `tls`: the cluster's connector — every probe then runs over TLS, and a
+/// handshake that fails (verification included) fails the probe with nothing sent; a `tcp`
+/// probe passes once the handshake is done (a host whose certificate does not verify is
+/// unhealthy, as the requests would find it).
+pub async fn probe_host<N: Network>(
+    net: &N,
+    probe: &HealthProbe,
+    cluster: &str,
+    address: std::net::SocketAddr,
+    tls: Option<&crate::tls::UpstreamConnector>,
+) -> Result<(), ProbeFailure> {
+    let passed = |ok: bool| if ok { Ok(()) } else { Err(ProbeFailure::Other) };
     let Ok(socket) = net.connect(address).await else {
-        return false;
+        return Err(ProbeFailure::Other);
     };
     let mut stream = match (probe, tls) {
-        (HealthProbe::Tcp, _) => return true,
+        (HealthProbe::Tcp, None) => return Ok(()),
         (_, None) => crate::tls::MaybeTls::Plain(socket),
         (_, Some(c)) => match c.connect(address, socket).await {
             Ok(tls) => crate::tls::MaybeTls::Tls(Box::new(tls)),
             Err(e) => {
-                tracing::debug!(%cluster, %address, error = %e, "health check: TLS handshake failed");
-                return false;
+                return Err(ProbeFailure::Tls(
+                    crate::tls::HandshakeOutcome::of_error(&e),
+                    e,
+                ));
             }
         },
     };
+    passed(exchange(probe, cluster, &mut stream).await)
+}
+
+/// A probe's request and the check of its answer, over an established (maybe TLS) stream.
+async fn exchange<S>(probe: &HealthProbe, cluster: &str, mut stream: S) -> bool
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
     match probe {
         HealthProbe::Tcp => true,
         HealthProbe::Http {

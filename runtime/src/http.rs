@@ -424,8 +424,13 @@ pub(crate) struct Scratch {
     /// valid when `request_id_generated` (reset for every request): the access log shows it.
     request_id: [u8; 36],
     request_id_generated: bool,
-    /// The request came over TLS: `x-forwarded-proto: https`.
+    /// The request came over TLS: its scheme is `https` (`x-forwarded-proto`).
     over_tls: bool,
+    /// The listener's `forwarded_proto`: whether the client's `x-forwarded-proto` is kept.
+    forwarded_proto: sluice_core::config::http::ForwardedProto,
+    /// Where a captured connection was going (`original_dst`): an `original_dst` cluster sends
+    /// its requests there. Set by the connection's driver.
+    pub(crate) original_dst: Option<SocketAddr>,
     /// The cluster this request was routed to and the upstream tries it made (reset for every
     /// request), for the access log.
     pub(crate) cluster: Option<usize>,
@@ -464,6 +469,8 @@ impl Scratch {
             request_id: [0; 36],
             request_id_generated: false,
             over_tls,
+            forwarded_proto: hc.forwarded_proto,
+            original_dst: None,
             cluster: None,
             tries: 0,
             trace: crate::otlp::RequestTrace::default(),
@@ -496,13 +503,13 @@ impl<N: Network> Engine<N> {
         peer: SocketAddr,
         initial: &[u8],
         original_dst: Option<SocketAddr>,
+        accepted: sluice_core::Instant,
     ) {
         // Over TLS, ALPN picks the codec: `h2` is HTTP/2 from the first byte, `http/1.1` is
         // HTTP/1.1. Otherwise (cleartext, no ALPN), with `codec: auto | http2`, a connection
         // that starts with the HTTP/2 client preface is served by the HTTP/2 driver
         // (crate::http2); anything else is HTTP/1.1 here. The first request's header timeout
-        // counts from the accept, detection included.
-        let accepted = now();
+        // counts from the accept (`accepted`), TLS handshake and detection included.
         let alpn = down.alpn();
         if alpn == Alpn::Http2 {
             if crate::http2::accepts_http2(hc.codec) {
@@ -602,6 +609,7 @@ impl<N: Network> Engine<N> {
         let mut rhead = Head::default();
         let mut out: Vec<u8> = Vec::new();
         let mut scratch = Scratch::new(peer, hc, awaiting_response.clone(), down.is_tls());
+        scratch.original_dst = original_dst;
         let logging = self.access_logs[listener].is_some();
         // When to wait for requests and for how long (the first must start within
         // `request_headers_timeout` of the accept; then the idle timeout; the drain grace).
@@ -1016,7 +1024,11 @@ impl<N: Network> Engine<N> {
                 // HTTP/1.0 without Host (nor an absolute-form target) goes out as HTTP/1.1,
                 // which needs one: the cluster's name.
                 missing_host: no_host.then_some(cluster_cfg.name.as_bytes()),
-                forwarded_proto: scratch.over_tls.then_some(&b"https"[..]),
+                forwarded_proto: scratch.forwarded_proto.value(
+                    scratch.over_tls,
+                    scratch.forwarded_proto == sluice_core::config::http::ForwardedProto::Preserve
+                        && head.header(rbuf.bytes(), "x-forwarded-proto").is_some(),
+                ),
             },
             &action.request_headers_to_remove,
             &action.request_headers_to_add,
@@ -1053,6 +1065,23 @@ impl<N: Network> Engine<N> {
         // aborts it (giving them back) if this future is dropped midway.
         let cluster = &self.clusters[ci];
         let close_on_reply = !replayable || !head.keep_alive();
+        // An `original_dst` cluster: the request goes where its connection was going (one
+        // that was not captured has nowhere to go: 503, never a loop back to the proxy).
+        let Ok(destination) =
+            crate::transparent::request_destination(cluster_cfg, scratch.original_dst, |name| {
+                head.header(rbuf.bytes(), name)
+            })
+        else {
+            return self
+                .local_reply(
+                    down,
+                    out,
+                    503,
+                    ResponseFlag::NoHealthyUpstream,
+                    close_on_reply,
+                )
+                .await;
+        };
         let hash = if cluster_cfg.lb_policy.is_consistent_hash() {
             let bytes = rbuf.bytes();
             request_hash(
@@ -1118,7 +1147,7 @@ impl<N: Network> Engine<N> {
                     host,
                     address,
                     allow_pooled,
-                }) => (host, address, allow_pooled),
+                }) => (host, destination.unwrap_or(address), allow_pooled),
                 other => {
                     debug_assert!(other.is_none(), "unexpected stream output {other:?}");
                     // Backing off before a retry; the next pick sees the latest availability.
@@ -1133,10 +1162,10 @@ impl<N: Network> Engine<N> {
             last_host = Some(host);
             upstream_addr = Some(address);
             // Connection: pooled or fresh, raced against the stream's timers.
-            let pooled = if allow_pooled {
-                self.pool.take(ci, host.index(), now())
-            } else {
-                None
+            let pooled = match (allow_pooled, destination) {
+                (false, _) => None,
+                (true, None) => self.pool.take(ci, host.index(), now()),
+                (true, Some(d)) => self.pool.take_to(ci, d, now()),
             };
             let reused = pooled.is_some();
             let mut up = match pooled {
@@ -1414,7 +1443,10 @@ impl<N: Network> Engine<N> {
                 && !matches!(rhead.framing(), BodyFraming::CloseDelimited)
                 && ubuf.is_empty();
             if reuse_up {
-                self.pool.put(ci, host.index(), up, now());
+                match destination {
+                    None => self.pool.put(ci, host.index(), up, now()),
+                    Some(d) => self.pool.put_to(ci, d, up, now()),
+                }
             }
             return Outcome {
                 status,

@@ -369,6 +369,7 @@ impl<N: Network> Engine<N> {
             .borrow_mut()
             .pop()
             .unwrap_or_else(|| StreamBuffers::new(peer, hc, over_tls));
+        buffers.scratch.original_dst = original_dst;
         let StreamBuffers {
             translated,
             rbuf,

@@ -46,6 +46,7 @@ pub mod splice;
 pub mod stats;
 pub mod tls;
 pub mod tls_certs;
+pub mod tls_tickets;
 pub mod transparent;
 pub mod worker;
 

@@ -9,6 +9,7 @@
 //! keeps the warmest connections busy and lets the cold ones time out).
 
 use std::cell::RefCell;
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
@@ -25,9 +26,21 @@ struct Idle<S> {
     since: Instant,
 }
 
-/// Idle upstream connections, `[cluster][host]`.
+/// Destinations of `original_dst` clusters with idle connections kept, per worker; past it
+/// the destination idle the longest loses its connections.
+pub const MAX_IDLE_DESTINATIONS: usize = 1024;
+
+/// Idle connections of `original_dst` clusters by `(cluster, destination)`.
+type ByDestination<S> = std::collections::HashMap<(usize, SocketAddr), Vec<Idle<S>>>;
+
+/// Idle upstream connections, `[cluster][host]`, and those of `original_dst` clusters by
+/// destination.
 pub struct Pool<S> {
     idle: RefCell<Vec<Vec<Vec<Idle<S>>>>>,
+    /// `original_dst` clusters: `(cluster, destination)` → idle connections (LIFO, at most
+    /// [`MAX_IDLE_PER_HOST`] each, at most [`MAX_IDLE_DESTINATIONS`] entries; an entry whose
+    /// last connection went is removed, so idle destinations are cleaned up by the sweep).
+    by_destination: RefCell<ByDestination<S>>,
     /// Each cluster's idle timeout.
     timeouts: Vec<Duration>,
 }
@@ -40,6 +53,7 @@ impl<S: AsyncRead + Unpin> Pool<S> {
             .unzip();
         Pool {
             idle: RefCell::new(idle),
+            by_destination: RefCell::default(),
             timeouts,
         }
     }
@@ -69,6 +83,14 @@ impl<S: AsyncRead + Unpin> Pool<S> {
                 closed += before - list.len();
             }
         }
+        self.by_destination
+            .borrow_mut()
+            .retain(|(cluster, _), list| {
+                let before = list.len();
+                list.retain(|c| now.duration_since(c.since) < self.timeouts[*cluster]);
+                closed += before - list.len();
+                !list.is_empty()
+            });
         closed
     }
 
@@ -94,9 +116,59 @@ impl<S: AsyncRead + Unpin> Pool<S> {
         list.push(Idle { stream, since: now });
     }
 
+    /// A live idle connection of the `original_dst` cluster `cluster` to `destination`.
+    pub fn take_to(&self, cluster: usize, destination: SocketAddr, now: Instant) -> Option<S> {
+        let timeout = self.timeouts[cluster];
+        let mut all = self.by_destination.borrow_mut();
+        let list = all.get_mut(&(cluster, destination))?;
+        let mut found = None;
+        while let Some(mut c) = list.pop() {
+            if now.duration_since(c.since) < timeout && still_open(&mut c.stream) {
+                found = Some(c.stream);
+                break;
+            }
+        }
+        if list.is_empty() {
+            all.remove(&(cluster, destination));
+        }
+        found
+    }
+
+    /// Gives back a connection of the `original_dst` cluster `cluster` to `destination`.
+    pub fn put_to(&self, cluster: usize, destination: SocketAddr, stream: S, now: Instant) {
+        let mut all = self.by_destination.borrow_mut();
+        if all.len() >= MAX_IDLE_DESTINATIONS && !all.contains_key(&(cluster, destination)) {
+            // The destination whose newest idle connection is the oldest goes (rare: a worker
+            // talking to over a thousand destinations at once).
+            let coldest = all
+                .iter()
+                .min_by_key(|(_, list)| list.last().map(|c| c.since))
+                .map(|(k, _)| *k);
+            if let Some(k) = coldest {
+                all.remove(&k);
+            }
+        }
+        let list = all.entry((cluster, destination)).or_default();
+        if list.len() >= MAX_IDLE_PER_HOST {
+            list.remove(0);
+        }
+        list.push(Idle { stream, since: now });
+    }
+
     /// Idle connections held now.
     pub fn idle_count(&self) -> usize {
-        self.idle.borrow().iter().flatten().map(Vec::len).sum()
+        self.idle
+            .borrow()
+            .iter()
+            .flatten()
+            .map(Vec::len)
+            .sum::<usize>()
+            + self
+                .by_destination
+                .borrow()
+                .values()
+                .map(Vec::len)
+                .sum::<usize>()
     }
 }
 
@@ -108,4 +180,47 @@ fn still_open<S: AsyncRead + Unpin>(stream: &mut S) -> bool {
     let mut byte = [0u8; 1];
     let mut buf = ReadBuf::new(&mut byte);
     matches!(Pin::new(stream).poll_read(&mut cx, &mut buf), Poll::Pending)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(ms: u64) -> Instant {
+        Instant::from_origin(Duration::from_millis(ms))
+    }
+
+    fn destination(i: usize) -> SocketAddr {
+        SocketAddr::from(([10, 0, (i >> 8) as u8, i as u8], 80))
+    }
+
+    #[test]
+    fn original_dst_connections_are_pooled_by_destination_and_bounded() {
+        let pool: Pool<tokio::io::DuplexStream> =
+            Pool::new([(1, Duration::from_secs(30))].into_iter());
+        // Peers kept alive: a connection whose peer closed is not handed out.
+        let mut peers = Vec::new();
+        let mut conn = || {
+            let (a, b) = tokio::io::duplex(64);
+            peers.push(b);
+            a
+        };
+        pool.put_to(0, destination(1), conn(), at(0));
+        assert!(pool.take_to(0, destination(2), at(1)).is_none());
+        assert!(pool.take_to(0, destination(1), at(1)).is_some());
+        // Taken: the destination is forgotten.
+        assert_eq!(pool.idle_count(), 0);
+        assert!(pool.by_destination.borrow().is_empty());
+        // At most MAX_IDLE_DESTINATIONS destinations: the coldest goes.
+        for i in 0..=MAX_IDLE_DESTINATIONS {
+            pool.put_to(0, destination(i), conn(), at(10 + i as u64));
+        }
+        assert_eq!(pool.idle_count(), MAX_IDLE_DESTINATIONS);
+        assert!(pool.take_to(0, destination(0), at(5000)).is_none());
+        assert!(pool.take_to(0, destination(1), at(5000)).is_some());
+        // The sweep closes idle ones past the timeout and forgets their destinations.
+        assert_eq!(pool.sweep(at(60_000)), MAX_IDLE_DESTINATIONS - 1);
+        assert_eq!(pool.idle_count(), 0);
+        assert!(pool.by_destination.borrow().is_empty());
+    }
 }

@@ -177,7 +177,7 @@ pub fn run(config: Config, options: ServerOptions) -> io::Result<()> {
     let (migrated_tx, migrated_rx) = std::sync::mpsc::channel::<()>();
     if let Some(path) = &options.control_socket {
         if options.upgrade {
-            let u = crate::control::request_upgrade(path, UPGRADE_STEP_TIMEOUT)
+            let mut u = crate::control::request_upgrade(path, UPGRADE_STEP_TIMEOUT)
                 .map_err(io::Error::from)?;
             if u.inherited.workers != workers {
                 warn!(
@@ -188,6 +188,15 @@ pub fn run(config: Config, options: ServerOptions) -> io::Result<()> {
                 workers = u.inherited.workers.max(1);
             }
             info!(path = %path.display(), "upgrade: received the running instance's sockets");
+            // Before any TLS context is built: the listeners seal and open tickets with the
+            // running instance's keys, so its clients resume here.
+            let adopted = crate::tls_tickets::adopt(&std::mem::take(&mut u.inherited.tickets));
+            if adopted > 0 {
+                info!(
+                    listeners = adopted,
+                    "upgrade: took over the session-ticket keys"
+                );
+            }
             upgrade = Some(u);
         } else {
             control = Some(

@@ -28,8 +28,10 @@
 //!
 //! The crypto provider is aws-lc-rs (rustls' default; it builds with a C compiler alone, and is
 //! the fastest rustls provider for P-256 and X25519). Session resumption: rustls' in-memory
-//! session cache (256 sessions) and stateless tickets (`Ticketer`, rotated every 6 hours), one
-//! of each per listener shared by the workers ([`contexts`]).
+//! session cache (256 sessions) and stateless tickets sealed with keys Sluice holds
+//! ([`crate::tls_tickets`], rotated every 6 hours), one of each per listener shared by the
+//! workers ([`contexts`]); the ticket keys outlive a reload that keeps the listener and are
+//! handed to the new process by a binary upgrade.
 
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
@@ -123,7 +125,8 @@ fn published() -> std::sync::MutexGuard<'static, Option<Published>> {
 /// The TLS contexts for `config`, built once per config generation and shared by its
 /// workers: the files are read once (the workers cannot disagree about them), and the
 /// session cache and ticket keys are one per listener, so a client resumes on any worker. A
-/// new generation (a reload) reads the files again and starts new ticket keys; between
+/// new generation (a reload) reads the files again and starts a new session cache (the
+/// ticket keys stay, [`acceptors`]); between
 /// reloads, [`check_files`] rotates to changed files. Taken only while building an engine,
 /// never on the data path.
 pub fn contexts(config: &Arc<Config>) -> Result<Arc<Contexts>, String> {
@@ -651,36 +654,52 @@ where
 }
 
 /// The acceptor of each listener (`None`: no TLS). A file that cannot be loaded any more (it
-/// was checked when the config was) fails the whole build. With `previous` (the same
-/// config's contexts, before a rotation), each listener keeps its session cache and ticket
-/// keys.
+/// was checked when the config was) fails the whole build. Each listener seals tickets with
+/// its own keys ([`crate::tls_tickets`]): the ones it had before this build (a rotation, a
+/// reload that keeps its identity, or the previous process after an upgrade), else new ones.
+/// With `previous` (the same config's contexts, before a rotation), each listener also keeps
+/// its session cache.
 pub fn acceptors(
     config: &Config,
     previous: Option<&Contexts>,
 ) -> Result<Vec<Option<TlsAcceptor>>, String> {
-    config
+    let identities: Vec<String> = config
+        .listeners
+        .iter()
+        .filter_map(|l| Some(crate::tls_tickets::identity(&l.name, l.tls.as_ref()?)))
+        .collect();
+    let built = config
         .listeners
         .iter()
         .enumerate()
         .map(|(i, l)| match &l.tls {
             None => Ok(None),
-            Some(tls) => server_config(tls, &format!("listeners[{i}].tls"))
-                .map(|mut c| {
-                    if let Some(Some(old)) = previous.and_then(|p| p.acceptors.get(i)) {
-                        c.ticketer = old.config().ticketer.clone();
-                        c.session_storage = old.config().session_storage.clone();
-                    }
-                    Some(TlsAcceptor::from(Arc::new(c)))
-                })
-                .map_err(|errors| {
-                    errors
-                        .iter()
-                        .map(ToString::to_string)
-                        .collect::<Vec<_>>()
-                        .join("; ")
-                }),
+            Some(tls) => {
+                let ticketer =
+                    crate::tls_tickets::for_listener(&crate::tls_tickets::identity(&l.name, tls))
+                        .map_err(|e| format!("listeners[{i}].tls: {e}"))?;
+                server_config(tls, &format!("listeners[{i}].tls"))
+                    .map(|mut c| {
+                        c.ticketer = ticketer;
+                        if let Some(Some(old)) = previous.and_then(|p| p.acceptors.get(i)) {
+                            c.session_storage = old.config().session_storage.clone();
+                        }
+                        Some(TlsAcceptor::from(Arc::new(c)))
+                    })
+                    .map_err(|errors| {
+                        errors
+                            .iter()
+                            .map(ToString::to_string)
+                            .collect::<Vec<_>>()
+                            .join("; ")
+                    })
+            }
         })
-        .collect()
+        .collect();
+    // Listeners this config no longer has (or whose admission rules changed) are not handed
+    // over; the draining generation keeps its keys in its contexts.
+    crate::tls_tickets::retain(&identities);
+    built
 }
 
 /// The rustls server configuration for `tls`; errors carry paths under `path`.
@@ -756,13 +775,8 @@ pub fn server_config(tls: &ListenerTls, path: &str) -> Result<ServerConfig, Vec<
     };
     let mut config = builder.with_cert_resolver(Arc::new(SniResolver { certs }));
     config.alpn_protocols = tls.alpn.iter().map(|p| p.as_bytes().to_vec()).collect();
-    config.ticketer = rustls::crypto::aws_lc_rs::Ticketer::new().map_err(|e| {
-        vec![ConfigError {
-            path: path.to_owned(),
-            message: format!("cannot make a session ticket key: {e}"),
-            position: None,
-        }]
-    })?;
+    // Tickets are sealed by the listener's keys, set by `acceptors`: this config may only be a
+    // check (`sluice validate`), which must not make keys.
     Ok(config)
 }
 

@@ -293,3 +293,39 @@ clusters:
         });
     }
 }
+
+/// A request routed to an `original_dst` cluster on a connection that was not captured (a
+/// client dialled the listener itself): there is nowhere to send it, and the listener's own
+/// address would loop.
+#[derive(Debug, PartialEq, Eq)]
+pub struct NoOriginalDestination;
+
+/// The header that names a request's destination for an `original_dst` cluster with
+/// `use_http_header` (Envoy's).
+pub const ORIGINAL_DST_HOST_HEADER: &str = "x-envoy-original-dst-host";
+
+/// Where a request routed to the cluster `cluster` goes when that is not one of its hosts:
+/// `Ok(None)` for a cluster with hosts; `Ok(Some(d))` for an `original_dst` cluster — the
+/// `IP:PORT` of the request's `x-envoy-original-dst-host` when the cluster has
+/// `use_http_header` and the value parses (`header` reads a request header), else the original
+/// destination of the request's connection.
+pub fn request_destination<'h>(
+    cluster: &sluice_core::config::ClusterConfig,
+    original_dst: Option<SocketAddr>,
+    header: impl FnOnce(&str) -> Option<&'h [u8]>,
+) -> Result<Option<SocketAddr>, NoOriginalDestination> {
+    match cluster.kind {
+        sluice_core::config::ClusterKind::OriginalDst => {
+            let named = cluster
+                .use_http_header
+                .then(|| header(ORIGINAL_DST_HOST_HEADER))
+                .flatten()
+                .and_then(|v| std::str::from_utf8(v).ok()?.trim().parse().ok());
+            named
+                .or(original_dst)
+                .map(Some)
+                .ok_or(NoOriginalDestination)
+        }
+        _ => Ok(None),
+    }
+}

@@ -91,3 +91,35 @@ pub fn stat(admin: u16, name: &str) -> u64 {
         .parse()
         .unwrap()
 }
+
+/// `openssl s_client` that sends one HTTP/1.1 request with `Connection: close` and reads until
+/// the proxy closes (`-ign_eof`): unlike [`s_client`], it is still reading when the server sends
+/// its TLS 1.3 session tickets (after the handshake), so `-sess_out` has one to write.
+pub fn s_client_request(port: u16, args: &[&str]) -> (bool, String) {
+    use std::io::Write as _;
+    use std::process::{Command, Stdio};
+    let target = format!("127.0.0.1:{port}");
+    let mut child = Command::new("openssl")
+        .args(["s_client", "-connect", &target, "-ign_eof"])
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("cannot run openssl");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"GET / HTTP/1.1\r\nHost: svc.example\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    let established = text.lines().any(|l| {
+        (l.starts_with("New, ") || l.starts_with("Reused, "))
+            && l.contains("Cipher is ")
+            && !l.contains("(NONE)")
+    });
+    (established, text)
+}

@@ -92,6 +92,9 @@ impl Serialize for ClusterConfig {
         if self.kind != ClusterKind::Static {
             m.put("type", &self.kind)?;
         }
+        if self.use_http_header {
+            m.put("use_http_header", &true)?;
+        }
         m.put("connect_timeout", &format_duration(self.connect_timeout))?;
         m.put(
             "upstream_idle_timeout",

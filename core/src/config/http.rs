@@ -56,6 +56,33 @@ pub enum HttpCodec {
     Http2,
 }
 
+/// `listeners[].http.forwarded_proto`: whose `x-forwarded-proto` the upstream gets.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ForwardedProto {
+    /// The scheme of the connection this listener accepted — `https` over TLS it terminated,
+    /// `http` in cleartext — replacing the client's (Envoy with `use_remote_address: true`).
+    /// The default: a sidecar's application then never takes a cleartext client's word that
+    /// it came over TLS.
+    #[default]
+    Overwrite,
+    /// The client's own when it sent one, else the connection's scheme (Envoy's non-edge
+    /// behaviour): for a listener reached only through a trusted proxy that terminated TLS.
+    Preserve,
+}
+
+impl ForwardedProto {
+    /// The value the proxy sets for a request (`None`: the client's is forwarded as it is).
+    #[must_use]
+    pub fn value(self, over_tls: bool, client_sent: bool) -> Option<&'static [u8]> {
+        let scheme: &'static [u8] = if over_tls { b"https" } else { b"http" };
+        match self {
+            ForwardedProto::Overwrite => Some(scheme),
+            ForwardedProto::Preserve => (!client_sent).then_some(scheme),
+        }
+    }
+}
+
 /// `listeners[].http.http2`: limits of downstream HTTP/2 connections.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 pub struct Http2Settings {
@@ -116,6 +143,8 @@ pub struct HttpConfig {
     pub codec: HttpCodec,
     /// Limits of HTTP/2 connections (when `codec` allows HTTP/2).
     pub http2: Http2Settings,
+    /// Whose `x-forwarded-proto` goes upstream.
+    pub forwarded_proto: ForwardedProto,
     /// Virtual hosts, in order.
     pub virtual_hosts: Vec<VirtualHost>,
     /// Access log, if any.

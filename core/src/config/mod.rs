@@ -16,7 +16,8 @@
 //! `http` decoder (every regex compiles, domains are well-formed and unique, ...), which the
 //! router relies on. The one exception to "at least one host": a cluster of
 //! [`ClusterKind::OriginalDst`] has none (it connects to each connection's original
-//! destination), and only a `tcp_proxy` refers to one. A `Config` built in code (tests) must keep them too.
+//! destination), and only a `tcp_proxy` or HTTP routes refer to one. A `Config` built in code
+//! (tests) must keep them too.
 //!
 //! The `Serialize` impls are the admin API's config dump, in the input schema: [`Config::from_tree`]
 //! reads a dump back into the same `Config`. Types whose YAML shape is their Rust shape derive
@@ -486,6 +487,11 @@ pub struct ClusterConfig {
     /// The hosts; never empty for a [`ClusterKind::Static`] cluster, always empty for an
     /// [`ClusterKind::OriginalDst`] one.
     pub hosts: Vec<HostConfig>,
+    /// An `original_dst` cluster: an HTTP request's `x-envoy-original-dst-host` (`IP:PORT`)
+    /// says where it goes, before the connection's original destination (Envoy's
+    /// `use_http_header`). Off by default: whoever can send a request could make the proxy
+    /// connect anywhere it can reach.
+    pub use_http_header: bool,
     /// Originate TLS to the hosts (`tcp_proxy` listeners only, so far).
     pub tls: Option<Box<tls::UpstreamTls>>,
 }
@@ -526,6 +532,7 @@ impl Default for ClusterConfig {
             panic_threshold_percent: DEFAULT_PANIC_THRESHOLD_PERCENT,
             kind: ClusterKind::Static,
             hosts: Vec::new(),
+            use_http_header: false,
             tls: None,
         }
     }

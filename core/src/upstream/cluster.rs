@@ -16,6 +16,11 @@ pub use crate::host::{Host, HostId};
 use crate::lb::Balancer;
 use crate::rng::Rng;
 
+/// The placeholder address of an `original_dst` cluster's one host (see
+/// [`ClusterState::from_config`]).
+pub const ORIGINAL_DESTINATION: std::net::SocketAddr =
+    std::net::SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED), 0);
+
 /// A cluster's hosts and its balancer.
 #[derive(Clone, Debug)]
 pub struct ClusterState {
@@ -30,7 +35,7 @@ impl ClusterState {
     /// A fresh state for a configured cluster: every host available, nothing active.
     #[must_use]
     pub fn from_config(cfg: &ClusterConfig) -> Self {
-        let hosts: Vec<Host> = cfg
+        let mut hosts: Vec<Host> = cfg
             .hosts
             .iter()
             .map(|h| Host {
@@ -41,6 +46,18 @@ impl ClusterState {
                 swrr_current: 0,
             })
             .collect();
+        // An `original_dst` cluster has one host: "the connection's original destination",
+        // whose address the driver supplies per request (the unspecified address here never
+        // reaches a socket). The breakers, retries and timeouts apply to it as to any host.
+        if cfg.kind == crate::config::ClusterKind::OriginalDst {
+            hosts.push(Host {
+                address: ORIGINAL_DESTINATION,
+                weight: 1,
+                available: true,
+                active: 0,
+                swrr_current: 0,
+            });
+        }
         let balancer = Balancer::for_hosts(cfg.lb_policy, &hosts, cfg.minimum_ring_size);
         ClusterState {
             name: cfg.name.clone(),

@@ -96,6 +96,7 @@ impl HandoverSockets {
                 .as_ref()
                 .map(|(h, c)| h.verdicts(c))
                 .unwrap_or_default(),
+            tickets: crate::tls_tickets::export(),
         })
     }
 }

@@ -10,7 +10,7 @@
 //! - `max_request_headers_kb` is 1..=8192, `max_headers_count` 1..=[`MAX_HEADERS_COUNT_LIMIT`],
 //!   `request_headers_timeout` > 0; `normalize_path` and `merge_slashes` are booleans and
 //!   `path_with_escaped_slashes_action` one of its three names; `codec` is `auto`, `http1` or
-//!   `http2`; `http2.max_concurrent_streams` is 1..=10000, `max_header_list_size` 1 KiB..=1 MiB,
+//!   `http2`; `forwarded_proto` is `overwrite` or `preserve`; `http2.max_concurrent_streams` is 1..=10000, `max_header_list_size` 1 KiB..=1 MiB,
 //!   the windows 65535..=2^31-1 with the connection window at least the stream window; an access log `template` only comes with the text format;
 //! - there is at least one virtual host; their names are unique; each has at least one domain;
 //!   a domain is `*`, a host name with at most one `*` at its start or end, or an IPv6 address
@@ -39,7 +39,7 @@ use crate::config::http::{
     AccessLogConfig, AccessLogFormat, ClusterTarget, DEFAULT_HTTP_IDLE_TIMEOUT,
     DEFAULT_MAX_HEADERS_COUNT, DEFAULT_MAX_REQUEST_HEADERS_KB, DEFAULT_NUM_RETRIES,
     DEFAULT_REQUEST_HEADERS_TIMEOUT, DEFAULT_ROUTE_TIMEOUT, DEFAULT_STREAM_IDLE_TIMEOUT,
-    EscapedSlashesAction, ForwardAction, H2_MAX_WINDOW_SIZE, H2_MIN_WINDOW_SIZE,
+    EscapedSlashesAction, ForwardAction, ForwardedProto, H2_MAX_WINDOW_SIZE, H2_MIN_WINDOW_SIZE,
     HTTP_ONLY_LOG_FIELDS, HeaderMatcher, HeaderRule, HeaderValue, Http2Settings, HttpCodec,
     HttpConfig, MAX_HEADERS_COUNT_LIMIT, PathMatch, PathNormalization, RetryOn, RetryPolicy, Route,
     RouteAction, RouteMatch, TCP_LOG_FIELDS, VirtualHost, WeightedCluster, template_placeholders,
@@ -124,6 +124,17 @@ pub(super) fn decode_http(
         Some((v, p)) => decode_http2(dec, &p, v),
         None => Some(Http2Settings::DEFAULT),
     };
+    let forwarded_proto = match obj.opt("forwarded_proto") {
+        Some((v, p)) => dec.one_of(
+            &p,
+            v,
+            &[
+                ("overwrite", ForwardedProto::Overwrite),
+                ("preserve", ForwardedProto::Preserve),
+            ],
+        ),
+        None => Some(ForwardedProto::Overwrite),
+    };
     let access_log = match obj.opt("access_log") {
         Some((v, p)) => decode_access_log(dec, &p, v, false).map(Some),
         None => Some(None),
@@ -152,6 +163,7 @@ pub(super) fn decode_http(
         path_normalization: path_normalization?,
         codec: codec?,
         http2: http2?,
+        forwarded_proto: forwarded_proto?,
         virtual_hosts: virtual_hosts?,
         access_log: access_log?,
     })

@@ -248,6 +248,41 @@ fn check_tls_clusters(
         if otlp_cluster == Some(ci) {
             http_users.push("tracing.otlp.cluster".to_owned());
         }
+        let mut bolt_users = dec
+            .cluster_refs
+            .iter()
+            .filter(|(i, path)| *i == ci && path.contains(".bolt."))
+            .map(|(_, path)| path.clone());
+        let bolt_user = bolt_users.next().or_else(|| {
+            c.health_check
+                .as_ref()
+                .filter(|hc| matches!(hc.probe, crate::config::HealthProbe::Bolt))
+                .map(|_| format!("clusters[{ci}].health_check"))
+        });
+        // Bolt is not HTTP: its connections must never offer (and so never get) an HTTP
+        // protocol, and one ALPN list cannot be right for both.
+        if let Some(bolt) = &bolt_user {
+            if let Some(http) = http_users.first() {
+                dec.error(
+                    bolt,
+                    format!(
+                        "TLS cluster {:?} is used by Bolt and by HTTP ({http}): its ALPN offer \
+                         cannot suit both; give each protocol a cluster of its own",
+                        c.name
+                    ),
+                );
+            } else if let Some(p) = tls.alpn.iter().find(|p| is_http_alpn(p)) {
+                dec.error(
+                    bolt,
+                    format!(
+                        "cluster {:?} offers ALPN {p:?} (clusters[{ci}].tls.alpn), an HTTP \
+                         protocol, but this route speaks Bolt: remove it",
+                        c.name
+                    ),
+                );
+            }
+            continue;
+        }
         if let Some(first) = http_users.first() {
             if tls.alpn.is_empty() {
                 tls.alpn = vec![DEFAULT_HTTP_UPSTREAM_ALPN.to_owned()];
@@ -265,8 +300,16 @@ fn check_tls_clusters(
     }
 }
 
-/// An `original_dst` cluster has no hosts to balance over: only a `tcp_proxy` (which connects
-/// to the connection's original destination) may use one.
+/// An ALPN protocol id of HTTP (RFC 7301's registry: HTTP/0.9 to HTTP/3 and h2c).
+fn is_http_alpn(p: &str) -> bool {
+    matches!(
+        p,
+        "http/0.9" | "http/1.0" | "http/1.1" | "h2" | "h2c" | "h3"
+    ) || p.starts_with("h3-")
+}
+
+/// An `original_dst` cluster has no hosts to balance over: a `tcp_proxy` and HTTP routes (which
+/// connect to the connection's original destination) may use one; Bolt routes may not (yet).
 fn check_original_dst_clusters(
     dec: &mut Decoder,
     listeners: &[ListenerConfig],
@@ -280,44 +323,27 @@ fn check_original_dst_clusters(
     for (i, l) in listeners.iter().enumerate() {
         let mut used: Vec<usize> = Vec::new();
         let filter = match &l.filter {
-            ListenerFilter::TcpProxy(_) | ListenerFilter::Echo => continue,
-            ListenerFilter::Http(h) => {
-                http_clusters(h, &mut used);
-                "http"
+            ListenerFilter::TcpProxy(_) | ListenerFilter::Echo | ListenerFilter::Http(_) => {
+                continue;
             }
             ListenerFilter::Bolt(b) => {
                 used.extend(b.routes.iter().map(|r| r.action.cluster_index));
                 "bolt"
             }
-            ListenerFilter::Auto { http, bolt } => {
-                http_clusters(http, &mut used);
+            ListenerFilter::Auto { bolt, .. } => {
                 used.extend(bolt.routes.iter().map(|r| r.action.cluster_index));
-                "http"
+                "bolt"
             }
         };
         if let Some(&ci) = used.iter().find(|&&ci| is_original_dst(ci)) {
             dec.error(
                 &child(&index("listeners", i), filter),
                 format!(
-                    "routes to cluster {:?} of type original_dst: only a tcp_proxy can use one \
-                     (HTTP and Bolt routing to the original destination is not supported yet)",
+                    "routes to cluster {:?} of type original_dst: a tcp_proxy and HTTP routes \
+                     can use one (Bolt routing to the original destination is not supported yet)",
                     clusters[ci].name
                 ),
             );
-        }
-    }
-}
-
-fn http_clusters(h: &super::http::HttpConfig, used: &mut Vec<usize>) {
-    use super::http::{ClusterTarget, RouteAction};
-    for vh in &h.virtual_hosts {
-        for r in &vh.routes {
-            if let RouteAction::Forward(f) = &r.action {
-                match &f.target {
-                    ClusterTarget::Cluster(w) => used.push(w.cluster_index),
-                    ClusterTarget::Weighted(ws) => used.extend(ws.iter().map(|w| w.cluster_index)),
-                }
-            }
         }
     }
 }
@@ -960,6 +986,20 @@ fn decode_cluster(dec: &mut Decoder, path: &str, v: &Value) -> Option<ClusterCon
         Some((v, p)) => tls::decode_upstream_tls(dec, &p, v).map(|t| Some(Box::new(t))),
         None => Some(None),
     };
+    let use_http_header = match obj.opt("use_http_header") {
+        Some((v, p)) => dec.boolean(&p, v).and_then(|on| {
+            if on && kind != Some(ClusterKind::OriginalDst) {
+                dec.error(
+                    &p,
+                    "applies only to a cluster of type original_dst (the header names where \
+                     the request goes instead of a host)",
+                );
+                return None;
+            }
+            Some(on)
+        }),
+        None => Some(false),
+    };
     let hosts = if kind == Some(ClusterKind::OriginalDst) {
         // Reported above when given.
         obj.opt("hosts");
@@ -987,6 +1027,7 @@ fn decode_cluster(dec: &mut Decoder, path: &str, v: &Value) -> Option<ClusterCon
         panic_threshold_percent: panic_threshold_percent?,
         kind: kind?,
         hosts: hosts?,
+        use_http_header: use_http_header?,
         tls: tls?,
     })
 }

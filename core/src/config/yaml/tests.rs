@@ -1215,7 +1215,7 @@ clusters:
 }
 
 #[test]
-fn only_a_tcp_proxy_routes_to_an_original_dst_cluster() {
+fn http_routes_may_use_an_original_dst_cluster_and_bolt_routes_may_not() {
     let text = r#"
 listeners:
   - name: web
@@ -1228,11 +1228,18 @@ listeners:
 clusters:
   - { name: pass, type: original_dst }
 "#;
+    // HTTP routes connect to the connection's original destination (issue 14).
+    let c = Config::from_yaml(text).unwrap();
+    assert_eq!(c.clusters[0].kind, ClusterKind::OriginalDst);
+    let bolt = text.replace(
+        "    http:\n      virtual_hosts:\n        - name: all\n          domains: [\"*\"]\n          routes: [ { match: { prefix: / }, route: { cluster: pass } } ]",
+        "    bolt: { routes: [ { route: { cluster: pass } } ] }",
+    );
     assert_eq!(
-        errors(text),
+        errors(&bolt),
         [
-            "listeners[0].http: routes to cluster \"pass\" of type original_dst: only a tcp_proxy \
-          can use one (HTTP and Bolt routing to the original destination is not supported yet)"
+            "listeners[0].bolt: routes to cluster \"pass\" of type original_dst: a tcp_proxy and \
+          HTTP routes can use one (Bolt routing to the original destination is not supported yet)"
         ]
     );
 }
@@ -1311,5 +1318,71 @@ fn tracing_has_defaults_and_checks_its_fields() {
             "tracing.otlp.export_interval: must be more than 0",
             "tracing.otlp.max_queue: max_batch (10) is more than max_queue (5): a batch could never fill",
         ]
+    );
+}
+
+#[test]
+fn a_tls_cluster_of_bolt_routes_never_offers_an_http_protocol() {
+    let text = r#"
+listeners:
+  - name: rpc
+    address: 127.0.0.1:12200
+    bolt: { routes: [ { route: { cluster: a } } ] }
+clusters:
+  - { name: a, hosts: [{ address: 127.0.0.1:9001 }], tls: { sni: up.example, ca: ca.pem } }
+"#;
+    // No ALPN unless given one.
+    let c = Config::from_yaml(text).unwrap();
+    assert!(c.clusters[0].tls.as_deref().unwrap().alpn.is_empty());
+    assert_eq!(
+        errors(&text.replace("ca: ca.pem }", "ca: ca.pem, alpn: [sofa, h2] }")),
+        [
+            "listeners[0].bolt.routes[0].route.cluster: cluster \"a\" offers ALPN \"h2\" \
+             (clusters[0].tls.alpn), an HTTP protocol, but this route speaks Bolt: remove it"
+        ]
+    );
+    let c = Config::from_yaml(&text.replace("ca: ca.pem }", "ca: ca.pem, alpn: [sofa] }")).unwrap();
+    assert_eq!(c.clusters[0].tls.as_deref().unwrap().alpn, ["sofa"]);
+    // Used by HTTP as well: one ALPN list cannot suit both (HTTP would make it `http/1.1`).
+    let both = text.replace(
+        "clusters:",
+        "  - name: web\n    address: 127.0.0.1:8080\n    http:\n      virtual_hosts: [ { name: v, domains: [\"*\"], routes: [ { match: { prefix: / }, route: { cluster: a } } ] } ]\nclusters:",
+    );
+    let errs = errors(&both);
+    assert_eq!(errs.len(), 1, "{errs:?}");
+    assert!(
+        errs[0].starts_with(
+            "listeners[0].bolt.routes[0].route.cluster: TLS cluster \"a\" is used by Bolt and by HTTP"
+        ),
+        "{errs:?}"
+    );
+}
+
+#[test]
+fn use_http_header_is_off_by_default_and_only_for_original_dst_clusters() {
+    let text = r#"
+listeners:
+  - name: t
+    address: 127.0.0.1:15001
+    tcp_proxy: { cluster: pass }
+clusters:
+  - { name: pass, type: original_dst }
+  - { name: web, hosts: [ { address: 127.0.0.1:80 } ] }
+"#;
+    let c = Config::from_yaml(text).unwrap();
+    assert!(!c.clusters[0].use_http_header);
+    let on = text.replace(
+        "type: original_dst }",
+        "type: original_dst, use_http_header: true }",
+    );
+    assert!(Config::from_yaml(&on).unwrap().clusters[0].use_http_header);
+    let wrong = text.replace("{ name: web,", "{ name: web, use_http_header: true,");
+    let errs = errors(&wrong);
+    assert_eq!(errs.len(), 1, "{errs:?}");
+    assert!(
+        errs[0].starts_with(
+            "clusters[1].use_http_header: applies only to a cluster of type original_dst"
+        ),
+        "{errs:?}"
     );
 }

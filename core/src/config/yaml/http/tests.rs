@@ -153,6 +153,7 @@ fn decodes_the_full_example() {
         path_normalization: crate::config::http::PathNormalization::DEFAULT,
         codec: crate::config::http::HttpCodec::Auto,
         http2: crate::config::http::Http2Settings::DEFAULT,
+        forwarded_proto: crate::config::http::ForwardedProto::Overwrite,
         access_log: Some(AccessLogConfig {
             format: AccessLogFormat::Text(None),
             path: Some("/var/log/sluice/access.log".into()),
@@ -721,7 +722,7 @@ clusters:
             "{h}.virtual_hosts[1].domains[0]: duplicate domain \"EXAMPLE.com\" (already used by {h}.virtual_hosts[0].domains[0])"
         ),
         format!(
-            "{h}.acess_log: unknown field (expected one of: max_request_headers_kb, max_headers_count, request_headers_timeout, stream_idle_timeout, idle_timeout, normalize_path, merge_slashes, path_with_escaped_slashes_action, codec, http2, access_log, virtual_hosts); did you mean 'access_log'?"
+            "{h}.acess_log: unknown field (expected one of: max_request_headers_kb, max_headers_count, request_headers_timeout, stream_idle_timeout, idle_timeout, normalize_path, merge_slashes, path_with_escaped_slashes_action, codec, http2, forwarded_proto, access_log, virtual_hosts); did you mean 'access_log'?"
         ),
     ];
     let got = errors(text);
@@ -874,4 +875,34 @@ fn codec_and_http2_settings_decode_with_defaults_and_errors_name_the_field() {
         ),
         "{errs:?}"
     );
+}
+
+#[test]
+fn forwarded_proto_is_overwrite_by_default_and_one_of_two_names() {
+    use crate::config::http::ForwardedProto;
+    let routes = r#"virtual_hosts: [ { name: v, domains: ["*"], routes: [ { match: { prefix: / }, direct_response: { status: 200 } } ] } ]"#;
+    let config = |extra: &str| {
+        format!(
+            "listeners:\n  - name: l\n    address: 127.0.0.1:8080\n    http: {{ {extra}{routes} }}\n"
+        )
+    };
+    assert_eq!(http(&config("")).forwarded_proto, ForwardedProto::Overwrite);
+    assert_eq!(
+        http(&config("forwarded_proto: preserve, ")).forwarded_proto,
+        ForwardedProto::Preserve
+    );
+    let errs = errors(&config("forwarded_proto: trust, "));
+    assert_eq!(errs.len(), 1, "{errs:?}");
+    assert!(
+        errs[0].starts_with("listeners[0].http.forwarded_proto: "),
+        "{errs:?}"
+    );
+    // What goes upstream: (over TLS, the client sent one) → the value set.
+    let o = ForwardedProto::Overwrite;
+    let p = ForwardedProto::Preserve;
+    assert_eq!(o.value(false, true), Some(&b"http"[..]));
+    assert_eq!(o.value(true, true), Some(&b"https"[..]));
+    assert_eq!(p.value(false, true), None);
+    assert_eq!(p.value(true, false), Some(&b"https"[..]));
+    assert_eq!(p.value(false, false), Some(&b"http"[..]));
 }
