@@ -35,8 +35,8 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime};
 
-use sluice_core::config::ListenerConfig;
 use sluice_core::config::http::{ForwardAction, HttpCodec, HttpConfig, PathMatch, RouteAction};
+use sluice_core::config::{ListenerConfig, UpstreamProtocol};
 use sluice_core::health::{Permit, Resource, UpstreamResult};
 use sluice_core::http1::conn::{ConnectionPolicy, ConnectionSettings, Expired, keeps_alive};
 use sluice_core::http1::{
@@ -60,10 +60,12 @@ use tokio::time::Instant as TokioInstant;
 use crate::access_log::Entry;
 use crate::downstream::{Alpn, Downstream};
 use crate::engine::{ClusterRef, Engine};
+use crate::h2_upstream::{H2Upstream, is_refused};
 use crate::net::Network;
 use crate::now;
 use crate::stats::{WorkerStats, bump, gauge_add};
 use crate::tls::{HandshakeOutcome, MaybeTls};
+use sluice_core::http2::te_wants_trailers;
 
 /// Request bodies up to this size are buffered so that a retry can resend them.
 pub const REPLAY_LIMIT: usize = 64 * 1024;
@@ -194,6 +196,71 @@ impl<S> UpstreamConn<S> {
             cluster: cluster as u32,
             host: host as u32,
             _connection_unit: connection_unit,
+        }
+    }
+}
+
+/// The upstream of one try: an HTTP/1.1 connection (pooled between requests), or a stream on
+/// a pooled HTTP/2 connection seen as one ([`crate::h2_upstream`]).
+pub(crate) enum Upstream<S> {
+    Http1(UpstreamConn<S>),
+    Http2(Box<H2Upstream>),
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for Upstream<S> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Upstream::Http1(c) => Pin::new(c).poll_read(cx, buf),
+            Upstream::Http2(s) => Pin::new(&mut **s).poll_read(cx, buf),
+        }
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for Upstream<S> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Upstream::Http1(c) => Pin::new(c).poll_write(cx, buf),
+            Upstream::Http2(s) => Pin::new(&mut **s).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Upstream::Http1(c) => Pin::new(c).poll_write_vectored(cx, bufs),
+            Upstream::Http2(s) => Pin::new(&mut **s).poll_write_vectored(cx, bufs),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            Upstream::Http1(c) => c.is_write_vectored(),
+            Upstream::Http2(_) => false,
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Upstream::Http1(c) => Pin::new(c).poll_flush(cx),
+            Upstream::Http2(s) => Pin::new(&mut **s).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Upstream::Http1(c) => Pin::new(c).poll_shutdown(cx),
+            Upstream::Http2(s) => Pin::new(&mut **s).poll_shutdown(cx),
         }
     }
 }
@@ -937,6 +1004,7 @@ impl<N: Network> Engine<N> {
         let ci = target.cluster_index;
         scratch.cluster = Some(ci);
         let cluster_cfg = &self.config.clusters[ci];
+        let tls_cluster = cluster_cfg.tls.is_some();
         let cstats = self.stats.cluster(ci);
         let head_len = head.head_len();
 
@@ -1002,6 +1070,14 @@ impl<N: Network> Engine<N> {
             &action.request_headers_to_remove,
             &action.request_headers_to_add,
         );
+        // HTTP/1.1 drops `te` as hop-by-hop; HTTP/2 keeps `te: trailers` (gRPC needs it).
+        if cluster_cfg.protocol == UpstreamProtocol::Http2
+            && head
+                .headers(rbuf.bytes())
+                .any(|(n, v)| n.eq_ignore_ascii_case(b"te") && te_wants_trailers(v))
+        {
+            edits.append("te", b"trailers");
+        }
         write_request_head(
             out,
             rbuf.bytes(),
@@ -1111,10 +1187,19 @@ impl<N: Network> Engine<N> {
             last_host = Some(host);
             upstream_addr = Some(address);
             // Connection: pooled or fresh, raced against the stream's timers.
-            let pooled = if allow_pooled {
-                self.pool.take(ci, host.index(), now())
-            } else {
+            let http2 = cluster_cfg.protocol == UpstreamProtocol::Http2;
+            let pooled = if !allow_pooled {
                 None
+            } else if http2 {
+                let timer = deadline_of(stream.poll_timeout());
+                self.h2_pool
+                    .wait_for_room(ci, host.index(), &self.stats, timer)
+                    .await
+                    .map(|c| {
+                        Upstream::Http2(Box::new(H2Upstream::new(c, &self.stats, tls_cluster)))
+                    })
+            } else {
+                self.pool.take(ci, host.index(), now()).map(Upstream::Http1)
             };
             let reused = pooled.is_some();
             let mut up = match pooled {
@@ -1127,6 +1212,8 @@ impl<N: Network> Engine<N> {
                     if !matches!(step, Some(Output::OpenConnection)) {
                         continue;
                     }
+                    // Requests for this host wait for this connection rather than open theirs.
+                    let _connecting = http2.then(|| self.h2_pool.connecting(ci, host.index()));
                     bump(&self.stats.upstream_cx_attempts, 1);
                     if let Some(c) = cstats {
                         bump(&c.upstream_cx_total, 1);
@@ -1170,7 +1257,33 @@ impl<N: Network> Engine<N> {
                                 Input::Connected { reused: false },
                             );
                             let unit = stream.take_connection_unit();
-                            UpstreamConn::new(s, &self.stats, ci, host.index(), unit)
+                            let conn = UpstreamConn::new(s, &self.stats, ci, host.index(), unit);
+                            if http2 {
+                                let timer = deadline_of(stream.poll_timeout());
+                                match self
+                                    .open_http2(ci, host.index(), conn, tls_cluster, timer)
+                                    .await
+                                {
+                                    Some(Ok(up)) => up,
+                                    Some(Err(())) => {
+                                        step = self.stream_input(
+                                            ci,
+                                            &mut stream,
+                                            Input::TryFailed(TryFailure::Closed {
+                                                request_written: false,
+                                                reused: false,
+                                            }),
+                                        );
+                                        continue;
+                                    }
+                                    None => {
+                                        step = self.stream_input(ci, &mut stream, Input::Timeout);
+                                        continue;
+                                    }
+                                }
+                            } else {
+                                Upstream::Http1(conn)
+                            }
                         }
                         Err(()) => {
                             if let (Some(outcome), Some(c)) =
@@ -1391,7 +1504,7 @@ impl<N: Network> Engine<N> {
                 && rhead.keep_alive()
                 && !matches!(rhead.framing(), BodyFraming::CloseDelimited)
                 && ubuf.is_empty();
-            if reuse_up {
+            if reuse_up && let Upstream::Http1(up) = up {
                 self.pool.put(ci, host.index(), up, now());
             }
             return Outcome {
@@ -1403,6 +1516,38 @@ impl<N: Network> Engine<N> {
                 reusable: complete && keep_down,
             };
         }
+    }
+
+    /// Starts HTTP/2 on a new upstream connection of a `protocol: http2` cluster, pools it, and
+    /// opens the request's stream on it. `None`: the stream's timer (`timer`) fired first;
+    /// `Some(Err)`: the handshake failed (nothing of the request was written).
+    async fn open_http2(
+        &self,
+        ci: usize,
+        host: usize,
+        conn: UpstreamConn<MaybeTls<N::Stream>>,
+        tls: bool,
+        timer: TokioInstant,
+    ) -> Option<Result<Upstream<MaybeTls<N::Stream>>, ()>> {
+        let handshake = tokio::select! {
+            biased;
+            r = crate::h2_upstream::handshake(conn, &self.stats, now()) => r,
+            () = tokio::time::sleep_until(timer) => return None,
+        };
+        Some(match handshake {
+            Ok(c) => {
+                self.h2_pool.put(ci, host, c.clone());
+                Ok(Upstream::Http2(Box::new(H2Upstream::new(
+                    c,
+                    &self.stats,
+                    tls,
+                ))))
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "HTTP/2 upstream handshake failed");
+                Err(())
+            }
+        })
     }
 
     /// Feeds one input to a request's stream and carries out its outputs but the one action
@@ -1498,7 +1643,9 @@ impl<N: Network> Engine<N> {
                     bump(&c.upstream_rq_timeout, 1);
                 }
             }
-            ExchangeEvent::UpstreamReset { .. } | ExchangeEvent::UpstreamProtocolError { .. } => {}
+            ExchangeEvent::UpstreamReset { .. }
+            | ExchangeEvent::UpstreamProtocolError { .. }
+            | ExchangeEvent::UpstreamRefused { .. } => {}
         }
         if let Some((host, result)) = event.upstream_result() {
             self.report_upstream_result(ci, host, result);
@@ -1609,7 +1756,10 @@ where
         request_written: written,
         reused: false,
     };
-    if write_flushed(up, request).await.is_err() {
+    if let Err(e) = write_flushed(up, request).await {
+        if is_refused(&e) {
+            return Err(TryFailure::Refused);
+        }
         return Err(closed(*written));
     }
     *written = true;
@@ -1664,6 +1814,8 @@ where
             Err(_) => return Err(TryFailure::ProtocolError),
         }
         match ubuf.fill(up).await {
+            // An HTTP/2 upstream said it did not process the request.
+            Err(e) if is_refused(&e) => return Err(TryFailure::Refused),
             Ok(0) | Err(_) => {
                 return Err(TryFailure::Closed {
                     request_written: true,

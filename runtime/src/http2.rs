@@ -38,7 +38,10 @@
 //!
 //! A connection with no open stream for the listener's `idle_timeout` gets GOAWAY and closes.
 //!
-//! Not yet: PING keepalive, HTTP/2 upstreams, gRPC semantics (trailers-only errors,
+//! HTTP/2 upstreams (`protocol: http2` clusters) are [`crate::h2_upstream`]'s: the request path
+//! is the same, only its last hop differs.
+//!
+//! Not yet: PING keepalive, gRPC semantics (trailers-only errors,
 //! `grpc-timeout`).
 
 use std::cell::{Cell, RefCell};

@@ -570,3 +570,58 @@ fn route_and_per_try_timeouts_after_the_connect_are_timeouts_of_the_host() {
         Some((second, UpstreamResult::Timeout))
     );
 }
+
+#[test]
+fn refused_unprocessed_try_is_sent_again_whatever_the_method() {
+    let (mut c, mut rng, mut now) = (cluster(2), Rng::from_seed(1), epoch());
+    // A POST (not idempotent) with a buffered body and no retry policy.
+    let mut cfg = config(false, 0);
+    cfg.retry = None;
+    let mut e = Exchange::new(now, cfg);
+    e.start(now, &mut c, &mut rng);
+    next_action(&mut e, &mut now, &mut c, &mut rng);
+    for _ in 0..super::MAX_UNPROCESSED_RETRIES {
+        e.handle_connected(now, true, &mut c);
+        e.handle_request_written();
+        e.handle_failure(now, TryFailure::Refused, &mut c, &mut rng);
+        assert!(
+            matches!(e.poll_action(), Some(Action::Connect { .. })),
+            "a refused stream is sent again"
+        );
+        let mut refused = false;
+        while let Some(ev) = e.poll_event() {
+            refused |= matches!(ev, Event::UpstreamRefused { .. });
+            assert!(ev.upstream_result().is_none(), "not a host fault: {ev:?}");
+        }
+        assert!(refused);
+    }
+    e.handle_connected(now, true, &mut c);
+    e.handle_request_written();
+    e.handle_failure(now, TryFailure::Refused, &mut c, &mut rng);
+    assert_eq!(
+        e.poll_action(),
+        Some(Action::LocalReply {
+            status: 502,
+            flag: ResponseFlag::UpstreamConnectionTermination
+        }),
+        "bounded"
+    );
+    assert!(c.hosts().iter().all(|h| h.active == 0));
+}
+
+#[test]
+fn refused_try_with_a_streamed_body_is_not_sent_again() {
+    let (mut c, mut rng, mut now) = (cluster(2), Rng::from_seed(1), epoch());
+    let mut cfg = config(true, 3);
+    cfg.replayable = false;
+    let mut e = Exchange::new(now, cfg);
+    e.start(now, &mut c, &mut rng);
+    next_action(&mut e, &mut now, &mut c, &mut rng);
+    e.handle_connected(now, false, &mut c);
+    e.handle_request_written();
+    e.handle_failure(now, TryFailure::Refused, &mut c, &mut rng);
+    assert!(matches!(
+        e.poll_action(),
+        Some(Action::LocalReply { status: 502, .. })
+    ));
+}
