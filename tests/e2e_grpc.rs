@@ -330,3 +330,178 @@ fn a_refused_stream_is_sent_again_whatever_the_method() {
     assert_eq!(lines[1]["path"], "/refuse-once/t1");
     assert_eq!(stat(admin, "http2.upstream_refused"), 1);
 }
+
+// ---- gRPC with grpc-js (tests/grpc/peer.js) on both sides ----------------------------------
+
+fn start_grpc_server(dir: &TempDir, name: &str, port: u16) -> Proc {
+    let script = repo().join("tests/grpc/peer.js");
+    let mut p = spawn(
+        dir,
+        name,
+        "node",
+        &[script.to_str().unwrap(), "server", &port.to_string(), name],
+    );
+    wait_listening(addr(port), &mut p);
+    p
+}
+
+/// Runs a grpc-js client case through the proxy on `listen`; its JSON line.
+fn grpc_client(listen: u16, case: &str) -> serde_json::Value {
+    let script = repo().join("tests/grpc/peer.js");
+    let out = run(
+        "timeout",
+        &[
+            "20",
+            "node",
+            script.to_str().unwrap(),
+            "client",
+            &format!("127.0.0.1:{listen}"),
+            case,
+        ],
+    );
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    serde_json::from_str(text.trim()).unwrap_or_else(|e| {
+        panic!(
+            "{case}: {e}: {text} {}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })
+}
+
+/// [`config`] with the route's `timeout` set.
+fn config_with_timeout(listen: u16, admin: u16, upstreams: &[u16], timeout: &str) -> String {
+    config(listen, admin, upstreams).replace(
+        "route: { cluster: app }",
+        &format!("route: {{ cluster: app, timeout: {timeout} }}"),
+    )
+}
+
+#[test]
+fn grpc_unary_streaming_bidi_and_errors_through_an_http2_cluster() {
+    if !require_peers(&["grpc-js"]) {
+        return;
+    }
+    let dir = TempDir::new("grpc-calls");
+    let (listen, admin, a, b) = (free_port(), free_port(), free_port(), free_port());
+    let _a = start_grpc_server(&dir, "a", a);
+    let _b = start_grpc_server(&dir, "b", b);
+    let _sluice = start_sluice(&dir, &config(listen, admin, &[a, b]), 1, addr(listen));
+
+    // 200 unary calls (20 in flight, 20 ms answers) over two upstreams: all answered, both used.
+    let unary = grpc_client(listen, "unary:200");
+    assert_eq!(unary["ok"], true, "{unary}");
+    let (na, nb) = (
+        unary["by"]["a"].as_u64().unwrap_or(0),
+        unary["by"]["b"].as_u64().unwrap_or(0),
+    );
+    assert_eq!(na + nb, 200, "{unary}");
+    assert!(na > 0 && nb > 0, "{unary}");
+
+    let stream = grpc_client(listen, "stream");
+    assert_eq!(stream["ok"], true, "{stream}");
+    assert_eq!(
+        stream["got"],
+        serde_json::json!(["s:0", "s:1", "s:2", "s:3", "s:4"])
+    );
+
+    let bidi = grpc_client(listen, "bidi");
+    assert_eq!(bidi["ok"], true, "{bidi}");
+    assert_eq!(bidi["got"], serde_json::json!(["b0", "b1", "b2"]));
+
+    // An error status of the server reaches the client as it was sent.
+    let error = grpc_client(listen, "error");
+    assert_eq!(error["code"], 5, "{error}");
+    assert_eq!(error["details"], "told to fail: e", "{error}");
+    assert_eq!(stat(admin, "http2.upstream_streams_active"), 0);
+}
+
+#[test]
+fn grpc_errors_the_proxy_answers_are_trailers_only_with_envoys_status() {
+    if !require_peers(&["grpc-js"]) {
+        return;
+    }
+    let dir = TempDir::new("grpc-local");
+    let (listen, admin, up, dead) = (free_port(), free_port(), free_port(), free_port());
+    let _up = start_grpc_server(&dir, "up", up);
+    // The route's timeout passes before the answer: DEADLINE_EXCEEDED from the proxy.
+    let _sluice = start_sluice(
+        &dir,
+        &config_with_timeout(listen, admin, &[up], "300ms"),
+        1,
+        addr(listen),
+    );
+    let slow = grpc_client(listen, "slow:3000");
+    assert_eq!(slow["code"], 4, "{slow}");
+    assert_eq!(slow["details"], "upstream request timeout", "{slow}");
+
+    // No upstream listening: UNAVAILABLE with the proxy's reason.
+    let dir2 = TempDir::new("grpc-local-dead");
+    let (listen2, admin2) = (free_port(), free_port());
+    let _sluice2 = start_sluice(&dir2, &config(listen2, admin2, &[dead]), 1, addr(listen2));
+    let refused = grpc_client(listen2, "error");
+    assert_eq!(refused["code"], 14, "{refused}");
+    assert_eq!(refused["details"], "upstream connect error", "{refused}");
+}
+
+#[test]
+fn a_grpc_upstream_killed_mid_stream_ends_the_call_unavailable() {
+    if !require_peers(&["grpc-js"]) {
+        return;
+    }
+    let dir = TempDir::new("grpc-die");
+    let (listen, admin, up) = (free_port(), free_port(), free_port());
+    let _up = start_grpc_server(&dir, "up", up);
+    let _sluice = start_sluice(&dir, &config(listen, admin, &[up]), 1, addr(listen));
+    let died = grpc_client(listen, "die");
+    assert_eq!(died["code"], 14, "{died}");
+    assert_eq!(died["got"], 2, "{died}");
+}
+
+#[test]
+fn grpc_timeout_caps_the_route_timeout_and_the_upstream_gets_the_time_left() {
+    if !require_peers(&["node", "curl"]) {
+        return;
+    }
+    let dir = TempDir::new("grpc-timeout");
+    let (listen, admin, up) = (free_port(), free_port(), free_port());
+    let (_u, _log) = start_h2_upstream(&dir, "up", up);
+    let _sluice = start_sluice(
+        &dir,
+        &config_with_timeout(listen, admin, &[up], "1s"),
+        1,
+        addr(listen),
+    );
+    let seen_timeout = |value: &str| -> f64 {
+        let (status, body) = curl(&[
+            "--http2-prior-knowledge",
+            "-H",
+            "content-type: application/grpc",
+            "-H",
+            &format!("grpc-timeout: {value}"),
+            &format!("http://127.0.0.1:{listen}/x"),
+        ]);
+        assert_eq!(status, 200, "{body}");
+        let seen = json(&body);
+        let v = seen["headers"]["grpc-timeout"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{seen}"))
+            .to_owned();
+        let (digits, unit) = v.split_at(v.len() - 1);
+        let n: f64 = digits.parse().unwrap();
+        n * match unit {
+            "H" => 3600.0,
+            "M" => 60.0,
+            "S" => 1.0,
+            "m" => 1e-3,
+            "u" => 1e-6,
+            "n" => 1e-9,
+            u => panic!("unit {u}"),
+        }
+    };
+    // Shorter than the route's 1 s: the upstream gets it (less the time spent so far).
+    let left = seen_timeout("500m");
+    assert!(left > 0.0 && left <= 0.5, "{left}");
+    // Longer: the route's timeout caps it.
+    let left = seen_timeout("30S");
+    assert!(left > 0.0 && left <= 1.0, "{left}");
+}

@@ -50,6 +50,7 @@ use sluice_core::l7::edits::{
 use sluice_core::l7::exchange::{
     Event as ExchangeEvent, ExchangeConfig, ResponseFlag, RetryPolicyView, TryFailure, status_for,
 };
+use sluice_core::l7::grpc::{self, is_grpc};
 use sluice_core::l7::stream::{Event as StreamEvent, Input, Output, Stream};
 use sluice_core::lb::request_hash;
 use sluice_core::path::{PathNormalization, normalize_path_into};
@@ -75,6 +76,18 @@ const RESPONSE_LIMITS: Limits = Limits {
     max_headers: 256,
 };
 const READ_CHUNK: usize = 16 * 1024;
+/// The `grpc-timeout` value written upstream before each try's time left is known: as wide as
+/// the longest value (8 digits and a unit), rewritten in place.
+const GRPC_TIMEOUT_SLOT: &[u8] = b"99999999H";
+
+/// Writes `left` as a `grpc-timeout` value into its slot, padded with spaces (optional
+/// whitespace after a field value, which HTTP/1.1 and the HTTP/2 adapter drop).
+fn write_grpc_timeout(slot: &mut [u8], left: Duration) {
+    let mut buf = [0u8; 9];
+    let value = grpc::format_grpc_timeout(left, &mut buf);
+    slot.fill(b' ');
+    slot[..value.len()].copy_from_slice(value);
+}
 const MAX_TRAILER_BYTES: usize = 16 * 1024;
 /// Interim (1xx) responses accepted before the final one (Go's limit); one more is a 502 and
 /// the upstream connection is closed, so that an endless `100 Continue` stream cannot pin a
@@ -497,6 +510,12 @@ pub(crate) struct Scratch {
     /// request), for the access log.
     pub(crate) cluster: Option<usize>,
     pub(crate) tries: u32,
+    /// The request is gRPC (`content-type: application/grpc*`): the proxy's own answers are
+    /// trailers-only gRPC responses, and `grpc-timeout` caps the route timeout.
+    pub(crate) grpc: bool,
+    /// Where the value of the `grpc-timeout` the proxy writes upstream starts in the request
+    /// bytes (a fixed-width slot rewritten to the time left before each try).
+    grpc_timeout_at: Option<usize>,
 }
 
 impl Scratch {
@@ -521,6 +540,8 @@ impl Scratch {
             over_tls,
             cluster: None,
             tries: 0,
+            grpc: false,
+            grpc_timeout_at: None,
         }
     }
 }
@@ -918,13 +939,19 @@ impl<N: Network> Engine<N> {
         scratch.request_id_generated = false;
         scratch.cluster = None;
         scratch.tries = 0;
+        scratch.grpc = head
+            .header(rbuf.bytes(), "content-type")
+            .is_some_and(is_grpc);
+        scratch.grpc_timeout_at = None;
         let opts = scratch.path_opts;
         scratch.normalized =
             match normalize_path_into(head.path(rbuf.bytes()), &opts, &mut scratch.norm) {
                 Ok(changed) => changed,
                 Err(_) => {
                     let flag = ResponseFlag::DownstreamProtocolError;
-                    return self.local_reply(down, out, 400, flag, true).await;
+                    return self
+                        .local_reply(scratch.grpc, down, out, 400, flag, true)
+                        .await;
                 }
             };
         let route = {
@@ -940,7 +967,14 @@ impl<N: Network> Engine<N> {
         let has_body = !matches!(head.framing(), BodyFraming::None);
         let Some(route) = route else {
             return self
-                .local_reply(down, out, 404, ResponseFlag::NoRoute, has_body)
+                .local_reply(
+                    scratch.grpc,
+                    down,
+                    out,
+                    404,
+                    ResponseFlag::NoRoute,
+                    has_body,
+                )
                 .await;
         };
         match &route.route.action {
@@ -969,8 +1003,11 @@ impl<N: Network> Engine<N> {
         }
     }
 
+    /// Answers the request from the proxy: `status` with a short text, or for a gRPC request
+    /// (`grpc`) a trailers-only gRPC answer (HTTP 200) with the matching `grpc-status`.
     async fn local_reply<D: AsyncWrite + Unpin>(
         &self,
+        grpc: bool,
         down: &mut D,
         out: &mut Vec<u8>,
         status: u16,
@@ -980,7 +1017,14 @@ impl<N: Network> Engine<N> {
         // Draining: the client must reconnect for its next request.
         let close = close || self.stopping.get();
         out.clear();
-        write_local_response(out, status, &[], local_body(flag), close);
+        let status = if grpc {
+            let code = grpc::local_status(flag, status);
+            grpc::write_trailers_only(out, code, local_body(flag).trim_ascii_end(), close);
+            200
+        } else {
+            write_local_response(out, status, &[], local_body(flag), close);
+            status
+        };
         let ok = write_flushed(down, out).await.is_ok();
         let mut o = Outcome::local(status, flag, out.len());
         o.reusable = ok && !close;
@@ -1014,7 +1058,14 @@ impl<N: Network> Engine<N> {
             let _ = write_flushed(down, b"HTTP/1.1 100 Continue\r\n\r\n").await;
         }
         let body_len = match self
-            .buffer_body(down, rbuf, head_len, framing, scratch.stream_idle)
+            .buffer_body(
+                down,
+                rbuf,
+                head_len,
+                framing,
+                scratch.stream_idle,
+                scratch.grpc,
+            )
             .await
         {
             Ok(b) => b,
@@ -1024,7 +1075,9 @@ impl<N: Network> Engine<N> {
                 } else {
                     ResponseFlag::DownstreamProtocolError
                 };
-                return self.local_reply(down, out, status, flag, true).await;
+                return self
+                    .local_reply(scratch.grpc, down, out, status, flag, true)
+                    .await;
             }
         };
         let replayable = body_len.is_some();
@@ -1078,6 +1131,21 @@ impl<N: Network> Engine<N> {
         {
             edits.append("te", b"trailers");
         }
+        // gRPC: `grpc-timeout` caps the route timeout, and the upstream gets the time left
+        // (rewritten in place before each try, in a slot as wide as the longest value).
+        let grpc_timeout = if scratch.grpc {
+            head.header(rbuf.bytes(), "grpc-timeout")
+                .and_then(grpc::parse_grpc_timeout)
+        } else {
+            None
+        };
+        let route_timeout = match (action.timeout, grpc_timeout) {
+            (Some(route), Some(g)) => Some(route.min(g)),
+            (route, g) => route.or(g),
+        };
+        if scratch.grpc && route_timeout.is_some() {
+            edits.set("grpc-timeout", GRPC_TIMEOUT_SLOT);
+        }
         write_request_head(
             out,
             rbuf.bytes(),
@@ -1090,6 +1158,12 @@ impl<N: Network> Engine<N> {
                 version: Some(Version::Http11),
             },
         );
+        scratch.grpc_timeout_at = if scratch.grpc && route_timeout.is_some() {
+            out.windows(GRPC_TIMEOUT_SLOT.len())
+                .rposition(|w| w == GRPC_TIMEOUT_SLOT)
+        } else {
+            None
+        };
         if let Some(n) = body_len {
             // The body goes into the upstream request once; from here on rbuf holds the head
             // (for the log) followed by the next pipelined request.
@@ -1122,7 +1196,7 @@ impl<N: Network> Engine<N> {
             Stream::new(
                 now(),
                 ExchangeConfig {
-                    timeout: action.timeout,
+                    timeout: route_timeout,
                     connect_timeout: cluster_cfg.connect_timeout,
                     retry: action.retry_policy.as_ref().map(RetryPolicyView::from),
                     idempotent: head.method().is_idempotent(),
@@ -1137,7 +1211,7 @@ impl<N: Network> Engine<N> {
             self.stream_input(ci, &mut stream, Input::Admit)
         {
             let mut o = self
-                .local_reply(down, out, status, flag, close_on_reply)
+                .local_reply(scratch.grpc, down, out, status, flag, close_on_reply)
                 .await;
             o.bytes_received = bytes_received;
             return o;
@@ -1162,7 +1236,7 @@ impl<N: Network> Engine<N> {
                     }
                     scratch.awaiting.set(false);
                     let mut o = self
-                        .local_reply(down, out, status, flag, close_on_reply)
+                        .local_reply(scratch.grpc, down, out, status, flag, close_on_reply)
                         .await;
                     o.upstream = upstream_addr;
                     o.bytes_received = bytes_received;
@@ -1310,6 +1384,14 @@ impl<N: Network> Engine<N> {
             let mut written = false;
             let mut too_many_interim = false;
             let mut upload_fault = None;
+            if let (Some(at), Some(timeout)) = (scratch.grpc_timeout_at, route_timeout) {
+                // The time left of the route's timeout (all of it while the body streams).
+                let left = stream
+                    .stream
+                    .deadline()
+                    .map_or(timeout, |d| d.saturating_duration_since(now()));
+                write_grpc_timeout(&mut out[at..at + GRPC_TIMEOUT_SLOT.len()], left);
+            }
             let timer = deadline_of(stream.poll_timeout());
             ubuf.clear();
             let sent = tokio::select! {
@@ -1336,7 +1418,9 @@ impl<N: Network> Engine<N> {
                     }
                 };
                 scratch.awaiting.set(false);
-                let mut o = self.local_reply(down, out, status, flag, true).await;
+                let mut o = self
+                    .local_reply(scratch.grpc, down, out, status, flag, true)
+                    .await;
                 o.upstream = upstream_addr;
                 o.bytes_received = bytes_received;
                 return o;
@@ -1493,7 +1577,7 @@ impl<N: Network> Engine<N> {
                 }
                 scratch.awaiting.set(false);
                 let mut o = self
-                    .local_reply(down, out, status_for(flag), flag, true)
+                    .local_reply(scratch.grpc, down, out, status_for(flag), flag, true)
                     .await;
                 o.upstream = upstream_addr;
                 o.bytes_received = bytes_received;
@@ -1662,7 +1746,21 @@ impl<N: Network> Engine<N> {
         head_len: usize,
         framing: BodyFraming,
         stream_idle: Option<Duration>,
+        full_duplex: bool,
     ) -> Result<Option<usize>, u16> {
+        // A gRPC stream's client may wait for answers before sending more: hold only what has
+        // arrived; the first read that would wait streams the body instead.
+        let fill = async |rbuf: &mut ReadBuffer, down: &mut D| {
+            if full_duplex {
+                tokio::select! {
+                    biased;
+                    r = fill_within(rbuf, down, stream_idle) => Some(r),
+                    () = std::future::ready(()) => None,
+                }
+            } else {
+                Some(fill_within(rbuf, down, stream_idle).await)
+            }
+        };
         match framing {
             BodyFraming::None | BodyFraming::CloseDelimited => Ok(Some(0)),
             BodyFraming::ContentLength(n) => {
@@ -1671,7 +1769,10 @@ impl<N: Network> Engine<N> {
                 }
                 let need = head_len + n as usize;
                 while rbuf.len() < need {
-                    match fill_within(rbuf, down, stream_idle).await {
+                    let Some(read) = fill(rbuf, down).await else {
+                        return Ok(None);
+                    };
+                    match read {
                         Ok(0) => return Err(400),
                         Err(e) => {
                             return Err(if is_stall(&e) { 408 } else { 400 });
@@ -1696,7 +1797,10 @@ impl<N: Network> Engine<N> {
                         // Too large to hold: stream it (what was scanned is re-scanned there).
                         return Ok(None);
                     }
-                    match fill_within(rbuf, down, stream_idle).await {
+                    let Some(read) = fill(rbuf, down).await else {
+                        return Ok(None);
+                    };
+                    match read {
                         Ok(0) => return Err(400),
                         Err(e) => {
                             return Err(if is_stall(&e) { 408 } else { 400 });

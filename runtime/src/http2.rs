@@ -41,8 +41,8 @@
 //! HTTP/2 upstreams (`protocol: http2` clusters) are [`crate::h2_upstream`]'s: the request path
 //! is the same, only its last hop differs.
 //!
-//! Not yet: PING keepalive, gRPC semantics (trailers-only errors,
-//! `grpc-timeout`).
+//! A gRPC response cut short after its head ends with `grpc-status: 14` trailers rather than a
+//! reset (gRPC clients read a reset as INTERNAL). Not yet: PING keepalive.
 
 use std::cell::{Cell, RefCell};
 use std::future::{Future, poll_fn};
@@ -757,6 +757,9 @@ struct Sink {
     scanned: u64,
     /// A chunked response's trailer section, as it came (sent as HTTP/2 trailers).
     trailers: Vec<u8>,
+    /// The response is gRPC's (`content-type: application/grpc*`): cut short, it ends with
+    /// `grpc-status: 14` trailers instead of a reset, so the client sees UNAVAILABLE.
+    grpc: bool,
 }
 
 impl Sink {
@@ -773,6 +776,7 @@ impl Sink {
             body_sent: 0,
             scanned: 0,
             trailers: Vec::new(),
+            grpc: false,
         }
     }
 
@@ -862,6 +866,10 @@ impl Sink {
                 }
                 let head_len = self.head.head_len();
                 let status = self.head.status();
+                self.grpc = self
+                    .head
+                    .header(&self.buf, "content-type")
+                    .is_some_and(sluice_core::l7::grpc::is_grpc);
                 let mut response = http::Response::builder().status(status);
                 if let Some(headers) = response.headers_mut() {
                     for (name, value) in response_fields(self.head.headers(&self.buf)) {
@@ -1005,6 +1013,19 @@ impl Sink {
         }
         self.closed = true;
         if let Some(send) = &mut self.send {
+            if self.grpc {
+                // The upstream went away mid-response: a gRPC client reads UNAVAILABLE from
+                // the trailers (a reset would read as INTERNAL).
+                let mut trailers = http::HeaderMap::new();
+                trailers.insert("grpc-status", http::HeaderValue::from_static("14"));
+                trailers.insert(
+                    "grpc-message",
+                    http::HeaderValue::from_static("upstream connection reset mid-response"),
+                );
+                if send.send_trailers(trailers).is_ok() {
+                    return Poll::Ready(false);
+                }
+            }
             send.send_reset(h2::Reason::INTERNAL_ERROR);
         } else if let Some(respond) = &mut self.respond {
             respond.send_reset(h2::Reason::INTERNAL_ERROR);

@@ -662,6 +662,14 @@ impl Exchange {
 
     // ---- queries ----
 
+    /// When the route's timeout expires (`None`: no timeout, or it has not started — it starts
+    /// when the request is complete). A gRPC request's `grpc-timeout` is rewritten to the time
+    /// left until it for each try.
+    #[must_use]
+    pub fn deadline(&self) -> Option<Instant> {
+        self.deadline
+    }
+
     /// The host of the current try.
     #[must_use]
     pub fn host(&self) -> Option<HostId> {

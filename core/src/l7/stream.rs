@@ -361,6 +361,12 @@ impl Stream {
         }
     }
 
+    /// When the route's timeout expires ([`Exchange::deadline`]).
+    #[must_use]
+    pub fn deadline(&self) -> Option<Instant> {
+        self.exchange.deadline()
+    }
+
     /// Tries started so far.
     #[must_use]
     pub fn tries(&self) -> usize {
