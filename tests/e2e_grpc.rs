@@ -505,3 +505,24 @@ fn grpc_timeout_caps_the_route_timeout_and_the_upstream_gets_the_time_left() {
     let left = seen_timeout("30S");
     assert!(left > 0.0 && left <= 1.0, "{left}");
 }
+
+#[test]
+fn retry_on_unavailable_retries_a_grpc_call_on_the_other_upstream() {
+    if !require_peers(&["grpc-js"]) {
+        return;
+    }
+    let dir = TempDir::new("grpc-retry");
+    let (listen, admin, a, b) = (free_port(), free_port(), free_port(), free_port());
+    let _a = start_grpc_server(&dir, "a", a);
+    let _b = start_grpc_server(&dir, "b", b);
+    let text = config(listen, admin, &[a, b]).replace(
+        "route: { cluster: app }",
+        "route: { cluster: app, retry_policy: { retry_on: [unavailable], num_retries: 2 } }",
+    );
+    let _sluice = start_sluice(&dir, &text, 1, addr(listen));
+    // Upstream `a` answers every call UNAVAILABLE (trailers-only): each goes on to `b`.
+    let calls = grpc_client(listen, "retry:10");
+    assert_eq!(calls["succeeded"], 10, "{calls}");
+    let retries = stat(admin, "cluster.app.upstream_rq_retry");
+    assert!((5..=10).contains(&retries), "{retries}");
+}

@@ -1469,7 +1469,19 @@ impl<N: Network> Engine<N> {
                 let class = (status / 100).clamp(1, 5) as usize - 1;
                 bump(&c.upstream_rq_by_class[class], 1);
             }
-            match self.stream_input(ci, &mut stream, Input::ResponseHead { status }) {
+            // A gRPC answer's head carries its status when it is trailers-only.
+            let grpc_status = if scratch.grpc {
+                rhead
+                    .header(ubuf.bytes(), "grpc-status")
+                    .and_then(|v| std::str::from_utf8(v).ok()?.trim().parse().ok())
+            } else {
+                None
+            };
+            let head_input = Input::ResponseHead {
+                status,
+                grpc_status,
+            };
+            match self.stream_input(ci, &mut stream, head_input) {
                 Some(Output::ForwardResponse) => {}
                 other => {
                     debug_assert_eq!(other, Some(Output::DiscardResponse));

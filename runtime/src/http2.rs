@@ -274,6 +274,10 @@ impl<N: Network> Engine<N> {
         // Declared before the streams, which borrow it.
         let spare: RefCell<Vec<StreamBuffers>> = RefCell::new(Vec::new());
         let mut streams: Vec<StreamFuture<'_>> = Vec::new();
+        // Streams accepted but not started: a stream starts once the connection has read all
+        // that arrived, so that the DATA sent with its HEADERS is there when the request path
+        // decides whether the body can be held for a retry (a gRPC call's whole body usually).
+        let mut fresh: Vec<StreamFuture<'_>> = Vec::new();
         let mut draining = false;
         let mut goaway_sent = false;
         // With no stream open for `idle_timeout`, the connection gets GOAWAY and closes.
@@ -298,16 +302,25 @@ impl<N: Network> Engine<N> {
                     draining = true;
                     continue;
                 }
-                () = idle, if idle_at.is_some() && streams.is_empty() && !goaway_sent => {
+                () = idle, if idle_at.is_some() && streams.is_empty() && fresh.is_empty() && !goaway_sent => {
                     tracing::debug!(listener = %lc.name, %peer, "HTTP/2 connection idle for idle_timeout: GOAWAY");
                     draining = true;
                     continue;
                 }
                 r = poll_fn(|cx| {
                     // The streams first: a stream that finishes makes room for the next.
-                    let open = streams.len();
+                    let open = streams.len() + fresh.len();
                     streams.retain_mut(|f| f.as_mut().poll(cx).is_pending());
-                    match conn.poll_accept(cx) {
+                    let accepted = conn.poll_accept(cx);
+                    if accepted.is_pending() {
+                        // Everything that arrived is read: the new streams start.
+                        for mut f in fresh.drain(..) {
+                            if f.as_mut().poll(cx).is_pending() {
+                                streams.push(f);
+                            }
+                        }
+                    }
+                    match accepted {
                         Poll::Ready(r) => Poll::Ready(Some(r)),
                         // The last stream ended: the idle timer starts (in the loop).
                         Poll::Pending if open > 0 && streams.is_empty() => Poll::Ready(None),
@@ -318,7 +331,7 @@ impl<N: Network> Engine<N> {
             match next {
                 None => idle_at = idle_deadline(tokio::time::Instant::now()),
                 Some(Some(Ok((request, respond)))) => {
-                    streams.push(Box::pin(self.http2_stream(
+                    fresh.push(Box::pin(self.http2_stream(
                         listener,
                         lc,
                         hc,

@@ -5,7 +5,8 @@
 //                                      JSON line: { ok, code, details, ... }
 //
 // Client cases: unary:N (N calls, 20 at a time; counts answers per server), stream, bidi,
-// error (the server fails with NOT_FOUND), die (a server stream whose server exits mid-way).
+// error (the server fails with NOT_FOUND), die (a server stream whose server exits mid-way),
+// retry:N (N calls that server `a` fails UNAVAILABLE), slow:MS (an answer after MS ms).
 const path = require('path');
 const grpc = require('@grpc/grpc-js');
 const loader = require('@grpc/proto-loader');
@@ -26,7 +27,9 @@ if (mode === 'server') {
     Unary(call, cb) {
       const m = call.request;
       later(m.delay_ms, () => {
-        if (m.fail_code) cb({ code: m.fail_code, details: 'told to fail: ' + m.text });
+        // `fail-on-NAME` fails only on server NAME; any other text fails everywhere.
+        const fails = m.fail_code && (!m.text.startsWith('fail-on-') || m.text === 'fail-on-' + name);
+        if (fails) cb({ code: m.fail_code, details: 'told to fail: ' + m.text });
         else cb(null, { text: name + ':' + m.text });
       });
     },
@@ -102,6 +105,22 @@ if (mode === 'server') {
   } else if (kind === 'error') {
     client.Unary({ text: 'e', fail_code: grpc.status.NOT_FOUND }, (e, r) =>
       done(e ? failed(e) : { ok: true, text: r.text }));
+  } else if (kind === 'retry') {
+    // N calls in turn that server `a` fails UNAVAILABLE (trailers-only): how many succeeded.
+    const total = Number(n);
+    let ok = 0;
+    let i = 0;
+    const codes = [];
+    const next = () => {
+      if (i === total) return done({ ok: ok === total, succeeded: ok, codes });
+      i += 1;
+      client.Unary({ text: 'fail-on-a', fail_code: grpc.status.UNAVAILABLE }, (e) => {
+        if (e) codes.push(e.code);
+        else ok += 1;
+        next();
+      });
+    };
+    next();
   } else if (kind === 'die') {
     const got = [];
     const call = client.ServerStream({ text: 'd', count: 10, delay_ms: 50, die: true });

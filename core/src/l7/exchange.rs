@@ -541,6 +541,21 @@ impl Exchange {
         cluster: &mut ClusterState,
         rng: &mut Rng,
     ) -> Verdict {
+        self.handle_grpc_response_head(now, status, None, cluster, rng)
+    }
+
+    /// A complete response head arrived on the current try, with the `grpc-status` it carries
+    /// (a gRPC trailers-only answer): a status named in `retry_on` (`unavailable`, …) is
+    /// retried when the body can be replayed — whatever the method, since every gRPC call is a
+    /// POST and the route's `retry_on` opted in.
+    pub fn handle_grpc_response_head(
+        &mut self,
+        now: Instant,
+        status: u16,
+        grpc_status: Option<u8>,
+        cluster: &mut ClusterState,
+        rng: &mut Rng,
+    ) -> Verdict {
         let State::Waiting { host, .. } = self.state else {
             debug_assert!(false, "handle_response_head in {:?}", self.state);
             return Verdict::Forward;
@@ -552,8 +567,8 @@ impl Exchange {
             409 if on.retriable_4xx => true,
             _ => false,
         };
-        if retriable_status
-            && self.config.idempotent
+        let retriable_grpc = grpc_status.is_some_and(|g| on.grpc(g));
+        if ((retriable_status && self.config.idempotent) || retriable_grpc)
             && self.config.replayable
             && self.retry_budget_left()
             && self.deadline.is_none_or(|d| now < d)
