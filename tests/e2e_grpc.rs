@@ -526,3 +526,57 @@ fn retry_on_unavailable_retries_a_grpc_call_on_the_other_upstream() {
     let retries = stat(admin, "cluster.app.upstream_rq_retry");
     assert!((5..=10).contains(&retries), "{retries}");
 }
+
+#[test]
+fn a_client_reset_cancels_the_upstream_stream_and_gives_everything_back() {
+    if !require_peers(&["node"]) {
+        return;
+    }
+    let dir = TempDir::new("h2up-cancel");
+    let (listen, admin, up) = (free_port(), free_port(), free_port());
+    let (_u, log) = start_h2_upstream(&dir, "up", up);
+    let _sluice = start_sluice(&dir, &config(listen, admin, &[up]), 1, addr(listen));
+    // The client resets its stream once the upstream has it (its answer would come in 10 s).
+    let script = format!(
+        r#"
+const http2 = require('http2');
+const session = http2.connect('http://127.0.0.1:{listen}');
+const req = session.request({{ ':path': '/slow/10000/x' }});
+req.on('error', () => {{}});
+req.on('close', () => {{ console.log('closed ' + req.rstCode); session.close(); }});
+setTimeout(() => req.close(http2.constants.NGHTTP2_CANCEL), 500);
+"#
+    );
+    let out = run("node", &["-e", &script]);
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "closed 8",
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The upstream sees its stream cancelled (RST_STREAM CANCEL = 8), well before its answer.
+    let mut cancelled = None;
+    for _ in 0..100 {
+        cancelled = log_lines(&log)
+            .into_iter()
+            .find(|l| l.get("cancelled").is_some());
+        if cancelled.is_some() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let cancelled = cancelled.expect("the upstream stream was not cancelled");
+    assert_eq!(cancelled["cancelled"], "/slow/10000/x");
+    assert_eq!(cancelled["code"], 8, "{cancelled}");
+    assert_eq!(stat(admin, "http2.upstream_tx_reset"), 1);
+    assert_eq!(stat(admin, "http2.upstream_streams_active"), 0);
+    // The connection stays for the next request; after it, the host's in-flight count (the
+    // gauge is published as requests pass) shows the cancelled request gave its unit back.
+    let (status, _) = curl(&["--http1.1", &format!("http://127.0.0.1:{listen}/after")]);
+    assert_eq!(status, 200);
+    assert_eq!(stat(admin, "http2.upstream_cx_total"), 1);
+    assert_eq!(
+        stat(admin, &format!("cluster.app.host.127.0.0.1:{up}.rq_active")),
+        0
+    );
+}

@@ -6,7 +6,8 @@
 // Every request is answered 200 with a JSON description of what arrived (method, path,
 // authority, headers, body length, trailers, and which upstream answered), and each processed
 // request is appended to LOG as one JSON line. Paths:
-//   /slow/MS/...    answers after MS milliseconds;
+//   /slow/MS/...    answers after MS milliseconds (a stream reset before is logged as
+//                   { cancelled: PATH, code: RST_STREAM code });
 //   /trailers...    answers with a body and an `x-checksum` trailer (no content-length);
 //   /refuse-once/T  refuses the first stream for tag T with RST_STREAM(REFUSED_STREAM);
 //   /goaway/T       holds streams until 4 arrived on one connection (the first time only), then
@@ -26,6 +27,7 @@ function record(entry) {
 
 function answer(stream, headers, body, trailers) {
   const path = headers[':path'];
+  stream.answered = true;
   const seen = {
     upstream: name,
     method: headers[':method'],
@@ -68,6 +70,12 @@ server.on('stream', (stream, headers) => {
   });
   stream.on('data', (d) => chunks.push(d));
   stream.on('error', () => {});
+  // A stream closed before its answer (the proxy cancelled it) is logged with its reset code.
+  stream.on('close', () => {
+    if (!stream.answered && !session.destroyed) {
+      record({ upstream: name, cancelled: headers[':path'], code: stream.rstCode });
+    }
+  });
   stream.on('end', () => {
     const body = Buffer.concat(chunks);
     const path = headers[':path'];
