@@ -48,6 +48,11 @@ if [ ! -d tests/browser/node_modules ] || [ tests/browser/package-lock.json -nt 
   (cd tests/browser && PUPPETEER_SKIP_DOWNLOAD=1 npm ci --no-audit --no-fund --loglevel=error >/dev/null)
   touch tests/browser/node_modules
 fi
+if [ ! -d tests/grpc/node_modules ] || [ tests/grpc/package-lock.json -nt tests/grpc/node_modules ]; then
+  step "installing grpc-js (tests/grpc/package-lock.json) into tests/grpc/node_modules"
+  (cd tests/grpc && npm ci --no-audit --no-fund --loglevel=error >/dev/null)
+  touch tests/grpc/node_modules
+fi
 if ! cargo fuzz --version >/dev/null 2>&1; then
   step "installing cargo-fuzz"
   cargo install --locked cargo-fuzz@0.13.2

@@ -1,5 +1,5 @@
-//! The HTTP/2 → HTTP/1.1 request head translation, the HTTP/1.1 → HTTP/2 response field filter
-//! and `grpc-timeout` parsing, on arbitrary heads.
+//! The HTTP/2 → HTTP/1.1 request head translation, the HTTP/1.1 → HTTP/2 response and request
+//! field filters and `grpc-timeout` parsing, on arbitrary heads.
 //!
 //! Input: a flags byte (bit 0: the HEADERS frame ends the stream; bit 1: there is an
 //! `:authority`; bit 2: there is a `:path`), then lines: the method, the authority, the path,
@@ -12,13 +12,16 @@
 //!   framing the translation chose; no connection-specific field but the `transfer-encoding:
 //!   chunked` a body of unknown length gets;
 //! - the response filter keeps no connection-specific field, and keeps the others in order;
+//! - the request filter (HTTP/1.1 → HTTP/2 upstream) keeps a subset of those, in order, with no
+//!   `host` and no `te` but one that names `trailers`;
 //! - a `grpc-timeout` that parses formats back to a value that parses to at least as long.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
 use sluice_core::http1::{BodyFraming, Head, Limits, ParseStatus, parse_request};
 use sluice_core::http2::translate::{
-    BodyLength, RequestHead, is_connection_specific, request_to_http1, response_fields,
+    BodyLength, RequestHead, is_connection_specific, request_fields, request_to_http1,
+    response_fields, te_wants_trailers,
 };
 use sluice_core::l7::grpc::{format_grpc_timeout, parse_grpc_timeout};
 
@@ -111,6 +114,16 @@ fuzz_target!(|data: &[u8]| {
         .filter(|(n, _)| !is_connection_specific(n));
     for k in &kept {
         assert!(others.any(|f| f == *k), "kept fields out of order");
+    }
+    let sent: Vec<_> = request_fields(fields.iter().copied()).collect();
+    let mut from = kept.iter();
+    for (n, v) in &sent {
+        assert!(
+            from.any(|k| k == &(*n, *v)),
+            "request fields not a subset of the response filter's, in order"
+        );
+        assert!(!n.eq_ignore_ascii_case(b"host"));
+        assert!(!n.eq_ignore_ascii_case(b"te") || te_wants_trailers(v));
     }
     for (_, value) in &fields {
         if let Some(d) = parse_grpc_timeout(value) {

@@ -110,6 +110,8 @@ pub struct Engine<N: Network> {
     pub(crate) handoff: RefCell<Option<Rc<dyn Handoff<N::Stream>>>>,
     /// This worker's idle upstream HTTP connections.
     pub(crate) pool: Pool<crate::http::UpstreamConn<MaybeTls<N::Stream>>>,
+    /// The worker's HTTP/2 upstream connections (`protocol: http2` clusters).
+    pub(crate) h2_pool: crate::h2_upstream::H2Pool,
     /// The process-wide caps (connections, Bolt partial frames), shared by every worker.
     pub(crate) limits: Arc<ProcessLimits>,
     /// Per listener: its connection count across workers (see [`ProcessLimits`]).
@@ -200,6 +202,12 @@ impl<N: Network> Engine<N> {
                 .iter()
                 .map(|c| (c.hosts.len(), c.upstream_idle_timeout)),
         );
+        let h2_pool = crate::h2_upstream::H2Pool::new(
+            config
+                .clusters
+                .iter()
+                .map(|c| (c.hosts.len(), c.upstream_idle_timeout)),
+        );
         let bolt = crate::bolt::BoltWorker::for_config(&config)?;
         let tls_contexts = crate::tls::WorkerTls::new(&config).map_err(std::io::Error::other)?;
         let config_listeners = config.listeners.len();
@@ -244,6 +252,7 @@ impl<N: Network> Engine<N> {
             access_logs,
             tls: tls_contexts,
             pool,
+            h2_pool,
             bolt,
             handoff: RefCell::new(None),
             health_task: RefCell::new(None),
@@ -348,6 +357,7 @@ impl<N: Network> Engine<N> {
                 loop {
                     tick.tick().await;
                     engine.pool.sweep(crate::now());
+                    engine.h2_pool.sweep(crate::now());
                 }
             })
         });

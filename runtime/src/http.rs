@@ -35,8 +35,8 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime};
 
-use sluice_core::config::ListenerConfig;
 use sluice_core::config::http::{ForwardAction, HttpCodec, HttpConfig, PathMatch, RouteAction};
+use sluice_core::config::{ListenerConfig, UpstreamProtocol};
 use sluice_core::health::{Permit, Resource, UpstreamResult};
 use sluice_core::http1::conn::{ConnectionPolicy, ConnectionSettings, Expired, keeps_alive};
 use sluice_core::http1::{
@@ -50,6 +50,7 @@ use sluice_core::l7::edits::{
 use sluice_core::l7::exchange::{
     Event as ExchangeEvent, ExchangeConfig, ResponseFlag, RetryPolicyView, TryFailure, status_for,
 };
+use sluice_core::l7::grpc::{self, is_grpc};
 use sluice_core::l7::stream::{Event as StreamEvent, Input, Output, Stream};
 use sluice_core::lb::request_hash;
 use sluice_core::path::{PathNormalization, normalize_path_into};
@@ -60,10 +61,12 @@ use tokio::time::Instant as TokioInstant;
 use crate::access_log::Entry;
 use crate::downstream::{Alpn, Downstream};
 use crate::engine::{ClusterRef, Engine};
+use crate::h2_upstream::{H2Upstream, is_refused};
 use crate::net::Network;
 use crate::now;
 use crate::stats::{WorkerStats, bump, gauge_add};
 use crate::tls::{HandshakeOutcome, MaybeTls};
+use sluice_core::http2::te_wants_trailers;
 
 /// Request bodies up to this size are buffered so that a retry can resend them.
 pub const REPLAY_LIMIT: usize = 64 * 1024;
@@ -73,6 +76,18 @@ const RESPONSE_LIMITS: Limits = Limits {
     max_headers: 256,
 };
 const READ_CHUNK: usize = 16 * 1024;
+/// The `grpc-timeout` value written upstream before each try's time left is known: as wide as
+/// the longest value (8 digits and a unit), rewritten in place.
+const GRPC_TIMEOUT_SLOT: &[u8] = b"99999999H";
+
+/// Writes `left` as a `grpc-timeout` value into its slot, padded with spaces (optional
+/// whitespace after a field value, which HTTP/1.1 and the HTTP/2 adapter drop).
+fn write_grpc_timeout(slot: &mut [u8], left: Duration) {
+    let mut buf = [0u8; 9];
+    let value = grpc::format_grpc_timeout(left, &mut buf);
+    slot.fill(b' ');
+    slot[..value.len()].copy_from_slice(value);
+}
 const MAX_TRAILER_BYTES: usize = 16 * 1024;
 /// Interim (1xx) responses accepted before the final one (Go's limit); one more is a 502 and
 /// the upstream connection is closed, so that an endless `100 Continue` stream cannot pin a
@@ -194,6 +209,71 @@ impl<S> UpstreamConn<S> {
             cluster: cluster as u32,
             host: host as u32,
             _connection_unit: connection_unit,
+        }
+    }
+}
+
+/// The upstream of one try: an HTTP/1.1 connection (pooled between requests), or a stream on
+/// a pooled HTTP/2 connection seen as one ([`crate::h2_upstream`]).
+pub(crate) enum Upstream<S> {
+    Http1(UpstreamConn<S>),
+    Http2(Box<H2Upstream>),
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for Upstream<S> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Upstream::Http1(c) => Pin::new(c).poll_read(cx, buf),
+            Upstream::Http2(s) => Pin::new(&mut **s).poll_read(cx, buf),
+        }
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for Upstream<S> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Upstream::Http1(c) => Pin::new(c).poll_write(cx, buf),
+            Upstream::Http2(s) => Pin::new(&mut **s).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Upstream::Http1(c) => Pin::new(c).poll_write_vectored(cx, bufs),
+            Upstream::Http2(s) => Pin::new(&mut **s).poll_write_vectored(cx, bufs),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            Upstream::Http1(c) => c.is_write_vectored(),
+            Upstream::Http2(_) => false,
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Upstream::Http1(c) => Pin::new(c).poll_flush(cx),
+            Upstream::Http2(s) => Pin::new(&mut **s).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Upstream::Http1(c) => Pin::new(c).poll_shutdown(cx),
+            Upstream::Http2(s) => Pin::new(&mut **s).poll_shutdown(cx),
         }
     }
 }
@@ -437,6 +517,12 @@ pub(crate) struct Scratch {
     pub(crate) tries: u32,
     /// This request's span and its trace headers (with `tracing`; reset for every request).
     pub(crate) trace: crate::otlp::RequestTrace,
+    /// The request is gRPC (`content-type: application/grpc*`): the proxy's own answers are
+    /// trailers-only gRPC responses, and `grpc-timeout` caps the route timeout.
+    pub(crate) grpc: bool,
+    /// Where the value of the `grpc-timeout` the proxy writes upstream starts in the request
+    /// bytes (a fixed-width slot rewritten to the time left before each try).
+    grpc_timeout_at: Option<usize>,
 }
 
 impl Scratch {
@@ -474,6 +560,8 @@ impl Scratch {
             cluster: None,
             tries: 0,
             trace: crate::otlp::RequestTrace::default(),
+            grpc: false,
+            grpc_timeout_at: None,
         }
     }
 }
@@ -878,13 +966,19 @@ impl<N: Network> Engine<N> {
         if let Some(tracer) = &self.tracer {
             self.decide_span(tracer, head, rbuf.bytes(), &mut scratch.trace);
         }
+        scratch.grpc = head
+            .header(rbuf.bytes(), "content-type")
+            .is_some_and(is_grpc);
+        scratch.grpc_timeout_at = None;
         let opts = scratch.path_opts;
         scratch.normalized =
             match normalize_path_into(head.path(rbuf.bytes()), &opts, &mut scratch.norm) {
                 Ok(changed) => changed,
                 Err(_) => {
                     let flag = ResponseFlag::DownstreamProtocolError;
-                    return self.local_reply(down, out, 400, flag, true).await;
+                    return self
+                        .local_reply(scratch.grpc, down, out, 400, flag, true)
+                        .await;
                 }
             };
         let route = {
@@ -900,7 +994,14 @@ impl<N: Network> Engine<N> {
         let has_body = !matches!(head.framing(), BodyFraming::None);
         let Some(route) = route else {
             return self
-                .local_reply(down, out, 404, ResponseFlag::NoRoute, has_body)
+                .local_reply(
+                    scratch.grpc,
+                    down,
+                    out,
+                    404,
+                    ResponseFlag::NoRoute,
+                    has_body,
+                )
                 .await;
         };
         match &route.route.action {
@@ -929,8 +1030,11 @@ impl<N: Network> Engine<N> {
         }
     }
 
+    /// Answers the request from the proxy: `status` with a short text, or for a gRPC request
+    /// (`grpc`) a trailers-only gRPC answer (HTTP 200) with the matching `grpc-status`.
     async fn local_reply<D: AsyncWrite + Unpin>(
         &self,
+        grpc: bool,
         down: &mut D,
         out: &mut Vec<u8>,
         status: u16,
@@ -940,7 +1044,14 @@ impl<N: Network> Engine<N> {
         // Draining: the client must reconnect for its next request.
         let close = close || self.stopping.get();
         out.clear();
-        write_local_response(out, status, &[], local_body(flag), close);
+        let status = if grpc {
+            let code = grpc::local_status(flag, status);
+            grpc::write_trailers_only(out, code, local_body(flag).trim_ascii_end(), close);
+            200
+        } else {
+            write_local_response(out, status, &[], local_body(flag), close);
+            status
+        };
         let ok = write_flushed(down, out).await.is_ok();
         let mut o = Outcome::local(status, flag, out.len());
         o.reusable = ok && !close;
@@ -964,6 +1075,7 @@ impl<N: Network> Engine<N> {
         let ci = target.cluster_index;
         scratch.cluster = Some(ci);
         let cluster_cfg = &self.config.clusters[ci];
+        let tls_cluster = cluster_cfg.tls.is_some();
         let cstats = self.stats.cluster(ci);
         let head_len = head.head_len();
 
@@ -973,7 +1085,14 @@ impl<N: Network> Engine<N> {
             let _ = write_flushed(down, b"HTTP/1.1 100 Continue\r\n\r\n").await;
         }
         let body_len = match self
-            .buffer_body(down, rbuf, head_len, framing, scratch.stream_idle)
+            .buffer_body(
+                down,
+                rbuf,
+                head_len,
+                framing,
+                scratch.stream_idle,
+                scratch.grpc,
+            )
             .await
         {
             Ok(b) => b,
@@ -983,7 +1102,9 @@ impl<N: Network> Engine<N> {
                 } else {
                     ResponseFlag::DownstreamProtocolError
                 };
-                return self.local_reply(down, out, status, flag, true).await;
+                return self
+                    .local_reply(scratch.grpc, down, out, status, flag, true)
+                    .await;
             }
         };
         let replayable = body_len.is_some();
@@ -1036,6 +1157,29 @@ impl<N: Network> Engine<N> {
         if scratch.trace.hop.is_some() {
             scratch.trace.headers.edits(&mut edits);
         }
+        // HTTP/1.1 drops `te` as hop-by-hop; HTTP/2 keeps `te: trailers` (gRPC needs it).
+        if cluster_cfg.protocol == UpstreamProtocol::Http2
+            && head
+                .headers(rbuf.bytes())
+                .any(|(n, v)| n.eq_ignore_ascii_case(b"te") && te_wants_trailers(v))
+        {
+            edits.append("te", b"trailers");
+        }
+        // gRPC: `grpc-timeout` caps the route timeout, and the upstream gets the time left
+        // (rewritten in place before each try, in a slot as wide as the longest value).
+        let grpc_timeout = if scratch.grpc {
+            head.header(rbuf.bytes(), "grpc-timeout")
+                .and_then(grpc::parse_grpc_timeout)
+        } else {
+            None
+        };
+        let route_timeout = match (action.timeout, grpc_timeout) {
+            (Some(route), Some(g)) => Some(route.min(g)),
+            (route, g) => route.or(g),
+        };
+        if scratch.grpc && route_timeout.is_some() {
+            edits.set("grpc-timeout", GRPC_TIMEOUT_SLOT);
+        }
         write_request_head(
             out,
             rbuf.bytes(),
@@ -1048,6 +1192,12 @@ impl<N: Network> Engine<N> {
                 version: Some(Version::Http11),
             },
         );
+        scratch.grpc_timeout_at = if scratch.grpc && route_timeout.is_some() {
+            out.windows(GRPC_TIMEOUT_SLOT.len())
+                .rposition(|w| w == GRPC_TIMEOUT_SLOT)
+        } else {
+            None
+        };
         if let Some(n) = body_len {
             // The body goes into the upstream request once; from here on rbuf holds the head
             // (for the log) followed by the next pipelined request.
@@ -1074,6 +1224,7 @@ impl<N: Network> Engine<N> {
         else {
             return self
                 .local_reply(
+                    scratch.grpc,
                     down,
                     out,
                     503,
@@ -1097,7 +1248,7 @@ impl<N: Network> Engine<N> {
             Stream::new(
                 now(),
                 ExchangeConfig {
-                    timeout: action.timeout,
+                    timeout: route_timeout,
                     connect_timeout: cluster_cfg.connect_timeout,
                     retry: action.retry_policy.as_ref().map(RetryPolicyView::from),
                     idempotent: head.method().is_idempotent(),
@@ -1112,7 +1263,7 @@ impl<N: Network> Engine<N> {
             self.stream_input(ci, &mut stream, Input::Admit)
         {
             let mut o = self
-                .local_reply(down, out, status, flag, close_on_reply)
+                .local_reply(scratch.grpc, down, out, status, flag, close_on_reply)
                 .await;
             o.bytes_received = bytes_received;
             return o;
@@ -1137,7 +1288,7 @@ impl<N: Network> Engine<N> {
                     }
                     scratch.awaiting.set(false);
                     let mut o = self
-                        .local_reply(down, out, status, flag, close_on_reply)
+                        .local_reply(scratch.grpc, down, out, status, flag, close_on_reply)
                         .await;
                     o.upstream = upstream_addr;
                     o.bytes_received = bytes_received;
@@ -1162,10 +1313,23 @@ impl<N: Network> Engine<N> {
             last_host = Some(host);
             upstream_addr = Some(address);
             // Connection: pooled or fresh, raced against the stream's timers.
-            let pooled = match (allow_pooled, destination) {
-                (false, _) => None,
-                (true, None) => self.pool.take(ci, host.index(), now()),
-                (true, Some(d)) => self.pool.take_to(ci, d, now()),
+            let http2 = cluster_cfg.protocol == UpstreamProtocol::Http2;
+            let pooled = if !allow_pooled {
+                None
+            } else if http2 {
+                let timer = deadline_of(stream.poll_timeout());
+                self.h2_pool
+                    .wait_for_room(ci, host.index(), &self.stats, timer)
+                    .await
+                    .map(|c| {
+                        Upstream::Http2(Box::new(H2Upstream::new(c, &self.stats, tls_cluster)))
+                    })
+            } else {
+                match destination {
+                    None => self.pool.take(ci, host.index(), now()),
+                    Some(d) => self.pool.take_to(ci, d, now()),
+                }
+                .map(Upstream::Http1)
             };
             let reused = pooled.is_some();
             let mut up = match pooled {
@@ -1178,6 +1342,8 @@ impl<N: Network> Engine<N> {
                     if !matches!(step, Some(Output::OpenConnection)) {
                         continue;
                     }
+                    // Requests for this host wait for this connection rather than open theirs.
+                    let _connecting = http2.then(|| self.h2_pool.connecting(ci, host.index()));
                     bump(&self.stats.upstream_cx_attempts, 1);
                     if let Some(c) = cstats {
                         bump(&c.upstream_cx_total, 1);
@@ -1221,7 +1387,33 @@ impl<N: Network> Engine<N> {
                                 Input::Connected { reused: false },
                             );
                             let unit = stream.take_connection_unit();
-                            UpstreamConn::new(s, &self.stats, ci, host.index(), unit)
+                            let conn = UpstreamConn::new(s, &self.stats, ci, host.index(), unit);
+                            if http2 {
+                                let timer = deadline_of(stream.poll_timeout());
+                                match self
+                                    .open_http2(ci, host.index(), conn, tls_cluster, timer)
+                                    .await
+                                {
+                                    Some(Ok(up)) => up,
+                                    Some(Err(())) => {
+                                        step = self.stream_input(
+                                            ci,
+                                            &mut stream,
+                                            Input::TryFailed(TryFailure::Closed {
+                                                request_written: false,
+                                                reused: false,
+                                            }),
+                                        );
+                                        continue;
+                                    }
+                                    None => {
+                                        step = self.stream_input(ci, &mut stream, Input::Timeout);
+                                        continue;
+                                    }
+                                }
+                            } else {
+                                Upstream::Http1(conn)
+                            }
                         }
                         Err(()) => {
                             if let (Some(outcome), Some(c)) =
@@ -1248,6 +1440,14 @@ impl<N: Network> Engine<N> {
             let mut written = false;
             let mut too_many_interim = false;
             let mut upload_fault = None;
+            if let (Some(at), Some(timeout)) = (scratch.grpc_timeout_at, route_timeout) {
+                // The time left of the route's timeout (all of it while the body streams).
+                let left = stream
+                    .stream
+                    .deadline()
+                    .map_or(timeout, |d| d.saturating_duration_since(now()));
+                write_grpc_timeout(&mut out[at..at + GRPC_TIMEOUT_SLOT.len()], left);
+            }
             let timer = deadline_of(stream.poll_timeout());
             ubuf.clear();
             let sent = tokio::select! {
@@ -1274,7 +1474,9 @@ impl<N: Network> Engine<N> {
                     }
                 };
                 scratch.awaiting.set(false);
-                let mut o = self.local_reply(down, out, status, flag, true).await;
+                let mut o = self
+                    .local_reply(scratch.grpc, down, out, status, flag, true)
+                    .await;
                 o.upstream = upstream_addr;
                 o.bytes_received = bytes_received;
                 return o;
@@ -1323,7 +1525,19 @@ impl<N: Network> Engine<N> {
                 let class = (status / 100).clamp(1, 5) as usize - 1;
                 bump(&c.upstream_rq_by_class[class], 1);
             }
-            match self.stream_input(ci, &mut stream, Input::ResponseHead { status }) {
+            // A gRPC answer's head carries its status when it is trailers-only.
+            let grpc_status = if scratch.grpc {
+                rhead
+                    .header(ubuf.bytes(), "grpc-status")
+                    .and_then(|v| std::str::from_utf8(v).ok()?.trim().parse().ok())
+            } else {
+                None
+            };
+            let head_input = Input::ResponseHead {
+                status,
+                grpc_status,
+            };
+            match self.stream_input(ci, &mut stream, head_input) {
                 Some(Output::ForwardResponse) => {}
                 other => {
                     debug_assert_eq!(other, Some(Output::DiscardResponse));
@@ -1431,7 +1645,7 @@ impl<N: Network> Engine<N> {
                 }
                 scratch.awaiting.set(false);
                 let mut o = self
-                    .local_reply(down, out, status_for(flag), flag, true)
+                    .local_reply(scratch.grpc, down, out, status_for(flag), flag, true)
                     .await;
                 o.upstream = upstream_addr;
                 o.bytes_received = bytes_received;
@@ -1442,7 +1656,7 @@ impl<N: Network> Engine<N> {
                 && rhead.keep_alive()
                 && !matches!(rhead.framing(), BodyFraming::CloseDelimited)
                 && ubuf.is_empty();
-            if reuse_up {
+            if reuse_up && let Upstream::Http1(up) = up {
                 match destination {
                     None => self.pool.put(ci, host.index(), up, now()),
                     Some(d) => self.pool.put_to(ci, d, up, now()),
@@ -1457,6 +1671,38 @@ impl<N: Network> Engine<N> {
                 reusable: complete && keep_down,
             };
         }
+    }
+
+    /// Starts HTTP/2 on a new upstream connection of a `protocol: http2` cluster, pools it, and
+    /// opens the request's stream on it. `None`: the stream's timer (`timer`) fired first;
+    /// `Some(Err)`: the handshake failed (nothing of the request was written).
+    async fn open_http2(
+        &self,
+        ci: usize,
+        host: usize,
+        conn: UpstreamConn<MaybeTls<N::Stream>>,
+        tls: bool,
+        timer: TokioInstant,
+    ) -> Option<Result<Upstream<MaybeTls<N::Stream>>, ()>> {
+        let handshake = tokio::select! {
+            biased;
+            r = crate::h2_upstream::handshake(conn, &self.stats, now()) => r,
+            () = tokio::time::sleep_until(timer) => return None,
+        };
+        Some(match handshake {
+            Ok(c) => {
+                self.h2_pool.put(ci, host, c.clone());
+                Ok(Upstream::Http2(Box::new(H2Upstream::new(
+                    c,
+                    &self.stats,
+                    tls,
+                ))))
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "HTTP/2 upstream handshake failed");
+                Err(())
+            }
+        })
     }
 
     /// Feeds one input to a request's stream and carries out its outputs but the one action
@@ -1552,7 +1798,9 @@ impl<N: Network> Engine<N> {
                     bump(&c.upstream_rq_timeout, 1);
                 }
             }
-            ExchangeEvent::UpstreamReset { .. } | ExchangeEvent::UpstreamProtocolError { .. } => {}
+            ExchangeEvent::UpstreamReset { .. }
+            | ExchangeEvent::UpstreamProtocolError { .. }
+            | ExchangeEvent::UpstreamRefused { .. } => {}
         }
         if let Some((host, result)) = event.upstream_result() {
             self.report_upstream_result(ci, host, result);
@@ -1569,7 +1817,21 @@ impl<N: Network> Engine<N> {
         head_len: usize,
         framing: BodyFraming,
         stream_idle: Option<Duration>,
+        full_duplex: bool,
     ) -> Result<Option<usize>, u16> {
+        // A gRPC stream's client may wait for answers before sending more: hold only what has
+        // arrived; the first read that would wait streams the body instead.
+        let fill = async |rbuf: &mut ReadBuffer, down: &mut D| {
+            if full_duplex {
+                tokio::select! {
+                    biased;
+                    r = fill_within(rbuf, down, stream_idle) => Some(r),
+                    () = std::future::ready(()) => None,
+                }
+            } else {
+                Some(fill_within(rbuf, down, stream_idle).await)
+            }
+        };
         match framing {
             BodyFraming::None | BodyFraming::CloseDelimited => Ok(Some(0)),
             BodyFraming::ContentLength(n) => {
@@ -1578,7 +1840,10 @@ impl<N: Network> Engine<N> {
                 }
                 let need = head_len + n as usize;
                 while rbuf.len() < need {
-                    match fill_within(rbuf, down, stream_idle).await {
+                    let Some(read) = fill(rbuf, down).await else {
+                        return Ok(None);
+                    };
+                    match read {
                         Ok(0) => return Err(400),
                         Err(e) => {
                             return Err(if is_stall(&e) { 408 } else { 400 });
@@ -1603,7 +1868,10 @@ impl<N: Network> Engine<N> {
                         // Too large to hold: stream it (what was scanned is re-scanned there).
                         return Ok(None);
                     }
-                    match fill_within(rbuf, down, stream_idle).await {
+                    let Some(read) = fill(rbuf, down).await else {
+                        return Ok(None);
+                    };
+                    match read {
                         Ok(0) => return Err(400),
                         Err(e) => {
                             return Err(if is_stall(&e) { 408 } else { 400 });
@@ -1663,7 +1931,10 @@ where
         request_written: written,
         reused: false,
     };
-    if write_flushed(up, request).await.is_err() {
+    if let Err(e) = write_flushed(up, request).await {
+        if is_refused(&e) {
+            return Err(TryFailure::Refused);
+        }
         return Err(closed(*written));
     }
     *written = true;
@@ -1718,6 +1989,8 @@ where
             Err(_) => return Err(TryFailure::ProtocolError),
         }
         match ubuf.fill(up).await {
+            // An HTTP/2 upstream said it did not process the request.
+            Err(e) if is_refused(&e) => return Err(TryFailure::Refused),
             Ok(0) | Err(_) => {
                 return Err(TryFailure::Closed {
                     request_written: true,

@@ -38,8 +38,11 @@
 //!
 //! A connection with no open stream for the listener's `idle_timeout` gets GOAWAY and closes.
 //!
-//! Not yet: PING keepalive, HTTP/2 upstreams, gRPC semantics (trailers-only errors,
-//! `grpc-timeout`).
+//! HTTP/2 upstreams (`protocol: http2` clusters) are [`crate::h2_upstream`]'s: the request path
+//! is the same, only its last hop differs.
+//!
+//! A gRPC response cut short after its head ends with `grpc-status: 14` trailers rather than a
+//! reset (gRPC clients read a reset as INTERNAL). Not yet: PING keepalive.
 
 use std::cell::{Cell, RefCell};
 use std::future::{Future, poll_fn};
@@ -271,6 +274,10 @@ impl<N: Network> Engine<N> {
         // Declared before the streams, which borrow it.
         let spare: RefCell<Vec<StreamBuffers>> = RefCell::new(Vec::new());
         let mut streams: Vec<StreamFuture<'_>> = Vec::new();
+        // Streams accepted but not started: a stream starts once the connection has read all
+        // that arrived, so that the DATA sent with its HEADERS is there when the request path
+        // decides whether the body can be held for a retry (a gRPC call's whole body usually).
+        let mut fresh: Vec<StreamFuture<'_>> = Vec::new();
         let mut draining = false;
         let mut goaway_sent = false;
         // With no stream open for `idle_timeout`, the connection gets GOAWAY and closes.
@@ -295,16 +302,25 @@ impl<N: Network> Engine<N> {
                     draining = true;
                     continue;
                 }
-                () = idle, if idle_at.is_some() && streams.is_empty() && !goaway_sent => {
+                () = idle, if idle_at.is_some() && streams.is_empty() && fresh.is_empty() && !goaway_sent => {
                     tracing::debug!(listener = %lc.name, %peer, "HTTP/2 connection idle for idle_timeout: GOAWAY");
                     draining = true;
                     continue;
                 }
                 r = poll_fn(|cx| {
                     // The streams first: a stream that finishes makes room for the next.
-                    let open = streams.len();
+                    let open = streams.len() + fresh.len();
                     streams.retain_mut(|f| f.as_mut().poll(cx).is_pending());
-                    match conn.poll_accept(cx) {
+                    let accepted = conn.poll_accept(cx);
+                    if accepted.is_pending() {
+                        // Everything that arrived is read: the new streams start.
+                        for mut f in fresh.drain(..) {
+                            if f.as_mut().poll(cx).is_pending() {
+                                streams.push(f);
+                            }
+                        }
+                    }
+                    match accepted {
                         Poll::Ready(r) => Poll::Ready(Some(r)),
                         // The last stream ended: the idle timer starts (in the loop).
                         Poll::Pending if open > 0 && streams.is_empty() => Poll::Ready(None),
@@ -315,7 +331,7 @@ impl<N: Network> Engine<N> {
             match next {
                 None => idle_at = idle_deadline(tokio::time::Instant::now()),
                 Some(Some(Ok((request, respond)))) => {
-                    streams.push(Box::pin(self.http2_stream(
+                    fresh.push(Box::pin(self.http2_stream(
                         listener,
                         lc,
                         hc,
@@ -767,6 +783,9 @@ struct Sink {
     scanned: u64,
     /// A chunked response's trailer section, as it came (sent as HTTP/2 trailers).
     trailers: Vec<u8>,
+    /// The response is gRPC's (`content-type: application/grpc*`): cut short, it ends with
+    /// `grpc-status: 14` trailers instead of a reset, so the client sees UNAVAILABLE.
+    grpc: bool,
 }
 
 impl Sink {
@@ -783,6 +802,7 @@ impl Sink {
             body_sent: 0,
             scanned: 0,
             trailers: Vec::new(),
+            grpc: false,
         }
     }
 
@@ -872,6 +892,10 @@ impl Sink {
                 }
                 let head_len = self.head.head_len();
                 let status = self.head.status();
+                self.grpc = self
+                    .head
+                    .header(&self.buf, "content-type")
+                    .is_some_and(sluice_core::l7::grpc::is_grpc);
                 let mut response = http::Response::builder().status(status);
                 if let Some(headers) = response.headers_mut() {
                     for (name, value) in response_fields(self.head.headers(&self.buf)) {
@@ -1015,6 +1039,19 @@ impl Sink {
         }
         self.closed = true;
         if let Some(send) = &mut self.send {
+            if self.grpc {
+                // The upstream went away mid-response: a gRPC client reads UNAVAILABLE from
+                // the trailers (a reset would read as INTERNAL).
+                let mut trailers = http::HeaderMap::new();
+                trailers.insert("grpc-status", http::HeaderValue::from_static("14"));
+                trailers.insert(
+                    "grpc-message",
+                    http::HeaderValue::from_static("upstream connection reset mid-response"),
+                );
+                if send.send_trailers(trailers).is_ok() {
+                    return Poll::Ready(false);
+                }
+            }
             send.send_reset(h2::Reason::INTERNAL_ERROR);
         } else if let Some(respond) = &mut self.respond {
             respond.send_reset(h2::Reason::INTERNAL_ERROR);

@@ -31,6 +31,7 @@ pub mod control;
 mod downstream;
 pub mod engine;
 pub mod fdpass;
+pub mod h2_upstream;
 pub mod health;
 pub mod http;
 pub mod http2;

@@ -1139,6 +1139,63 @@ counters! {
                 "HTTP/2 streams the client reset before their response was complete.",
             )
             .stats("http2.rx_reset");
+        /// HTTP/2 upstream connections opened (`protocol: http2` clusters).
+        http2_upstream_cx_total: AtomicU64, counter
+            => Metric::counter(
+                "sluice_http2_upstream_cx_total",
+                "HTTP/2 upstream connections opened (protocol: http2 clusters).",
+            )
+            .stats("http2.upstream_cx_total");
+        /// HTTP/2 upstream connections open now.
+        http2_upstream_cx_active: AtomicU64, gauge
+            => Metric::gauge(
+                "sluice_http2_upstream_cx_active",
+                "HTTP/2 upstream connections open now.",
+            )
+            .stats("http2.upstream_cx_active");
+        /// HTTP/2 request streams opened to upstreams.
+        http2_upstream_streams_total: AtomicU64, counter
+            => Metric::counter(
+                "sluice_http2_upstream_streams_total",
+                "HTTP/2 request streams opened to upstreams.",
+            )
+            .stats("http2.upstream_streams_total");
+        /// HTTP/2 upstream streams open now.
+        http2_upstream_streams_active: AtomicU64, gauge
+            => Metric::gauge(
+                "sluice_http2_upstream_streams_active",
+                "HTTP/2 request streams open to upstreams now.",
+            )
+            .stats("http2.upstream_streams_active");
+        /// HTTP/2 upstream streams the upstream reset (RST_STREAM) or cut by its connection ending.
+        http2_upstream_rx_reset: AtomicU64, counter
+            => Metric::counter(
+                "sluice_http2_upstream_rx_reset_total",
+                "HTTP/2 upstream streams reset by the upstream or cut by its connection ending.",
+            )
+            .stats("http2.upstream_rx_reset");
+        /// HTTP/2 upstream streams the proxy cancelled (RST_STREAM CANCEL: the client went away).
+        http2_upstream_tx_reset: AtomicU64, counter
+            => Metric::counter(
+                "sluice_http2_upstream_tx_reset_total",
+                "HTTP/2 upstream streams the proxy cancelled (RST_STREAM CANCEL) because the client went away.",
+            )
+            .stats("http2.upstream_tx_reset");
+        /// HTTP/2 upstream streams refused unprocessed (REFUSED_STREAM, or above a GOAWAY's
+        /// last stream id), each sent again when it could be.
+        http2_upstream_refused: AtomicU64, counter
+            => Metric::counter(
+                "sluice_http2_upstream_refused_total",
+                "HTTP/2 upstream streams refused unprocessed (REFUSED_STREAM or above a GOAWAY's last stream id).",
+            )
+            .stats("http2.upstream_refused");
+        /// GOAWAY frames received from HTTP/2 upstreams (seen by a stream or a pool check).
+        http2_upstream_goaway_received: AtomicU64, counter
+            => Metric::counter(
+                "sluice_http2_upstream_goaway_received_total",
+                "HTTP/2 upstream connections found going away (GOAWAY received).",
+            )
+            .stats("http2.upstream_goaway_received");
     }
     extra {
         /// Per listener, in config order (empty when made with `Default`).

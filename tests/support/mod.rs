@@ -193,8 +193,8 @@ pub const REQUIRE_PEERS_VAR: &str = "SLUICE_REQUIRE_PEERS";
 ///
 /// A peer is a program on `PATH` (`nginx`, `wrk`, `curl`, `python3`, `setpriv`…), or one of the
 /// installed test peers `tests/run.sh` makes: `sofa-rpc-node` (`node` and
-/// `tests/bolt/node_modules`) and `test-venv` (`target/test-venv` with the Python
-/// `websockets`). When one is missing the test is skipped with one line on stderr, written past
+/// `tests/bolt/node_modules`), `grpc-js` (`node` and `tests/grpc/node_modules`) and `test-venv`
+/// (`target/test-venv` with the Python `websockets`). When one is missing the test is skipped with one line on stderr, written past
 /// the test harness's capture so that a plain `cargo test` shows it:
 /// `SKIPPED e2e_http::foo: nginx not found on PATH (tests/run.sh installs it)`; when
 /// [`REQUIRE_PEERS_VAR`] is set (to anything but `0`) it panics with the same words instead.
@@ -223,6 +223,13 @@ fn missing_peer(peer: &str) -> Option<String> {
             let dir = repo().join("tests/bolt/node_modules/sofa-rpc-node");
             (!dir.is_dir()).then(|| {
                 "tests/bolt/node_modules is missing (tests/run.sh runs `npm ci` in tests/bolt)"
+                    .to_owned()
+            })
+        }),
+        "grpc-js" => missing_peer("node").or_else(|| {
+            let dir = repo().join("tests/grpc/node_modules/@grpc/grpc-js");
+            (!dir.is_dir()).then(|| {
+                "tests/grpc/node_modules is missing (tests/run.sh runs `npm ci` in tests/grpc)"
                     .to_owned()
             })
         }),

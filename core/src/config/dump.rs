@@ -95,6 +95,9 @@ impl Serialize for ClusterConfig {
         if self.use_http_header {
             m.put("use_http_header", &true)?;
         }
+        if self.protocol != super::UpstreamProtocol::Http1 {
+            m.put("protocol", &self.protocol)?;
+        }
         m.put("connect_timeout", &format_duration(self.connect_timeout))?;
         m.put(
             "upstream_idle_timeout",

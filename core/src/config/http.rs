@@ -313,16 +313,33 @@ pub struct RetryOn {
     pub gateway_error: bool,
     /// `retriable-4xx`: the upstream answered 409.
     pub retriable_4xx: bool,
+    /// gRPC statuses that are retried when a gRPC answer carries them in its head (a
+    /// trailers-only answer), one bit per code (`1 << code`): `cancelled` (1),
+    /// `deadline-exceeded` (4), `resource-exhausted` (8), `internal` (13), `unavailable` (14).
+    pub grpc_codes: u32,
+}
+
+impl RetryOn {
+    /// Whether gRPC status `code` is retried.
+    #[must_use]
+    pub fn grpc(self, code: u8) -> bool {
+        code < 32 && self.grpc_codes & (1 << code) != 0
+    }
 }
 
 impl RetryOn {
     /// The names the config accepts.
-    pub const NAMES: [&'static str; 5] = [
+    pub const NAMES: [&'static str; 10] = [
         "connect-failure",
         "reset",
         "5xx",
         "gateway-error",
         "retriable-4xx",
+        "cancelled",
+        "deadline-exceeded",
+        "internal",
+        "resource-exhausted",
+        "unavailable",
     ];
 }
 

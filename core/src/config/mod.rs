@@ -494,6 +494,37 @@ pub struct ClusterConfig {
     pub use_http_header: bool,
     /// Originate TLS to the hosts (`tcp_proxy` listeners only, so far).
     pub tls: Option<Box<tls::UpstreamTls>>,
+    /// The HTTP version spoken to the hosts by HTTP routes (`protocol`, default `http1`).
+    pub protocol: UpstreamProtocol,
+}
+
+/// A cluster's `protocol`: the HTTP version its hosts are spoken to in.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum UpstreamProtocol {
+    /// HTTP/1.1, a request at a time per pooled keep-alive connection.
+    #[default]
+    Http1,
+    /// HTTP/2 (h2c by prior knowledge, or ALPN `h2` over TLS), requests multiplexed as
+    /// streams on a few connections per host.
+    Http2,
+}
+
+impl UpstreamProtocol {
+    /// The names the config accepts.
+    pub const CHOICES: [(&'static str, UpstreamProtocol); 2] = [
+        ("http1", UpstreamProtocol::Http1),
+        ("http2", UpstreamProtocol::Http2),
+    ];
+
+    /// The ALPN protocol a TLS cluster offers for it when its `tls` gives no `alpn`.
+    #[must_use]
+    pub fn alpn(self) -> &'static str {
+        match self {
+            UpstreamProtocol::Http1 => tls::DEFAULT_HTTP_UPSTREAM_ALPN,
+            UpstreamProtocol::Http2 => "h2",
+        }
+    }
 }
 
 /// A cluster's `type`: where its upstream addresses come from.
@@ -534,6 +565,7 @@ impl Default for ClusterConfig {
             hosts: Vec::new(),
             use_http_header: false,
             tls: None,
+            protocol: UpstreamProtocol::Http1,
         }
     }
 }

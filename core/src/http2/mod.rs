@@ -8,8 +8,8 @@
 pub mod translate;
 
 pub use translate::{
-    BodyLength, ContentLengthCheck, TranslateError, is_connection_specific, request_to_http1,
-    response_fields,
+    BodyLength, ContentLengthCheck, TranslateError, is_connection_specific, request_fields,
+    request_to_http1, response_fields, te_wants_trailers,
 };
 
 /// The HTTP/2 client connection preface (RFC 9113 §3.4): a connection that starts with it

@@ -267,6 +267,30 @@ where
     fields.filter(move |&(name, _)| !is_connection_specific(name) && !named_by_connection(name))
 }
 
+/// The fields of an HTTP/1.1 request head that its HTTP/2 form carries as regular fields, in
+/// order: [`response_fields`]' filter, and without `host` (which becomes `:authority`) and `te`
+/// unless it is exactly `trailers` (the only `te` HTTP/2 allows, RFC 9113 §8.2.2; gRPC needs
+/// it).
+pub fn request_fields<'a, I>(fields: I) -> impl Iterator<Item = (&'a [u8], &'a [u8])>
+where
+    I: Iterator<Item = (&'a [u8], &'a [u8])> + Clone,
+{
+    response_fields(fields).filter(|&(name, value)| {
+        !name.eq_ignore_ascii_case(b"host")
+            && (!name.eq_ignore_ascii_case(b"te") || trim(value).eq_ignore_ascii_case(b"trailers"))
+    })
+}
+
+/// Whether a `te` value names `trailers` (the client accepts trailers: an HTTP/2 request
+/// carries `te: trailers` on).
+#[must_use]
+pub fn te_wants_trailers(value: &[u8]) -> bool {
+    value.split(|&b| b == b',').any(|token| {
+        let name = token.split(|&b| b == b';').next().unwrap_or(token);
+        trim(name).eq_ignore_ascii_case(b"trailers")
+    })
+}
+
 /// A request's DATA held to its `content-length` (RFC 9113 §8.1.1).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ContentLengthCheck {

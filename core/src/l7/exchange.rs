@@ -31,6 +31,11 @@
 //!   connection, outside `num_retries`, and only for idempotent methods — a non-idempotent
 //!   request that reached an upstream is never sent twice. (The driver also checks a pooled
 //!   connection for EOF before using it, which avoids most of these races for every method.)
+//! - **Refused unprocessed** ([`TryFailure::Refused`]: an HTTP/2 upstream's `REFUSED_STREAM`, or
+//!   a stream above a GOAWAY's `last_stream_id`, RFC 9113 §8.7): the upstream guarantees it did
+//!   not act on the request, so it is sent again at once whatever its method, outside
+//!   `num_retries` and without a `retry_on` condition, when its body can be replayed — at most
+//!   [`MAX_UNPROCESSED_RETRIES`] times per request. Not reported to outlier detection.
 //! - Retries go to a host not tried yet when one is available, after a jittered exponential
 //!   backoff: uniform in `[0, min(250ms, 25ms × 2^n)]` from the injected RNG.
 //! - A retry needs the cluster's leave ([`CircuitBreakers::try_retry`]): by default every retry
@@ -71,6 +76,9 @@ pub const BACKOFF_BASE: Duration = Duration::from_millis(25);
 /// Longest backoff interval (Envoy: 10 × base).
 pub const BACKOFF_MAX: Duration = Duration::from_millis(250);
 const MAX_TRIES: usize = 12;
+/// Tries of one request the upstreams may refuse unprocessed ([`TryFailure::Refused`]) and
+/// that are sent again outside `num_retries`; one more refusal answers the request.
+pub const MAX_UNPROCESSED_RETRIES: u8 = 3;
 
 /// Why the proxy answered itself; short codes as in Envoy's access log `%RESPONSE_FLAGS%`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -132,6 +140,10 @@ pub enum TryFailure {
     },
     /// The upstream's response could not be framed (malformed, ambiguous).
     ProtocolError,
+    /// The upstream said it did not process the request: HTTP/2 `REFUSED_STREAM`, or a stream
+    /// above the `last_stream_id` of a GOAWAY (RFC 9113 §8.7). Safe to send again whatever the
+    /// method.
+    Refused,
 }
 
 /// What the driver must do next.
@@ -179,6 +191,12 @@ pub enum Event {
         /// The host.
         host: HostId,
     },
+    /// `host` refused the request unprocessed (HTTP/2 `REFUSED_STREAM` or GOAWAY): load
+    /// shedding or a graceful close, not a fault of the host.
+    UpstreamRefused {
+        /// The host.
+        host: HostId,
+    },
     /// The try on `host` got no response head within the per-try timeout.
     PerTryTimedOut {
         /// The host.
@@ -209,7 +227,7 @@ impl Event {
                 host: Some(host),
                 connected: true,
             } => Some((host, UpstreamResult::Timeout)),
-            Event::RouteTimedOut { .. } => None,
+            Event::RouteTimedOut { .. } | Event::UpstreamRefused { .. } => None,
         }
     }
 }
@@ -329,6 +347,8 @@ pub struct Exchange {
     tries: usize,
     retries_used: u32,
     stale_retry_used: bool,
+    /// Tries sent again because the upstream refused them unprocessed.
+    unprocessed_retries: u8,
     next_allow_pooled: bool,
     holding: Option<HostId>,
     last_failure: Option<ResponseFlag>,
@@ -357,6 +377,7 @@ impl Exchange {
             tries: 0,
             retries_used: 0,
             stale_retry_used: false,
+            unprocessed_retries: 0,
             next_allow_pooled: true,
             holding: None,
             last_failure: None,
@@ -460,6 +481,7 @@ impl Exchange {
             TryFailure::ConnectFailed => Event::ConnectFailed { host },
             TryFailure::Closed { .. } => Event::UpstreamReset { host },
             TryFailure::ProtocolError => Event::UpstreamProtocolError { host },
+            TryFailure::Refused => Event::UpstreamRefused { host },
         });
         self.release_host(cluster);
         let on = self.config.retry.map(|r| r.retry_on).unwrap_or_default();
@@ -488,9 +510,19 @@ impl Exchange {
                 )
             }
             TryFailure::ProtocolError => (ResponseFlag::UpstreamProtocolError, false, false),
+            TryFailure::Refused => (ResponseFlag::UpstreamConnectionTermination, false, false),
         };
         self.last_failure = Some(flag);
-        if stale {
+        // Not processed: sent again whatever the method (nothing of it reached the
+        // application), outside `num_retries`, at once, as long as the body can be replayed.
+        let unprocessed = failure == TryFailure::Refused
+            && self.config.replayable
+            && self.unprocessed_retries < MAX_UNPROCESSED_RETRIES
+            && self.deadline.is_none_or(|d| now < d);
+        if unprocessed {
+            self.unprocessed_retries += 1;
+            self.begin_try(now, cluster, rng);
+        } else if stale {
             // The pooled connection had gone stale: once, outside the retry budget, on a fresh
             // connection, at once.
             self.stale_retry_used = true;
@@ -509,6 +541,21 @@ impl Exchange {
         cluster: &mut ClusterState,
         rng: &mut Rng,
     ) -> Verdict {
+        self.handle_grpc_response_head(now, status, None, cluster, rng)
+    }
+
+    /// A complete response head arrived on the current try, with the `grpc-status` it carries
+    /// (a gRPC trailers-only answer): a status named in `retry_on` (`unavailable`, …) is
+    /// retried when the body can be replayed — whatever the method, since every gRPC call is a
+    /// POST and the route's `retry_on` opted in.
+    pub fn handle_grpc_response_head(
+        &mut self,
+        now: Instant,
+        status: u16,
+        grpc_status: Option<u8>,
+        cluster: &mut ClusterState,
+        rng: &mut Rng,
+    ) -> Verdict {
         let State::Waiting { host, .. } = self.state else {
             debug_assert!(false, "handle_response_head in {:?}", self.state);
             return Verdict::Forward;
@@ -520,8 +567,8 @@ impl Exchange {
             409 if on.retriable_4xx => true,
             _ => false,
         };
-        if retriable_status
-            && self.config.idempotent
+        let retriable_grpc = grpc_status.is_some_and(|g| on.grpc(g));
+        if ((retriable_status && self.config.idempotent) || retriable_grpc)
             && self.config.replayable
             && self.retry_budget_left()
             && self.deadline.is_none_or(|d| now < d)
@@ -629,6 +676,14 @@ impl Exchange {
     }
 
     // ---- queries ----
+
+    /// When the route's timeout expires (`None`: no timeout, or it has not started — it starts
+    /// when the request is complete). A gRPC request's `grpc-timeout` is rewritten to the time
+    /// left until it for each try.
+    #[must_use]
+    pub fn deadline(&self) -> Option<Instant> {
+        self.deadline
+    }
 
     /// The host of the current try.
     #[must_use]

@@ -1,8 +1,115 @@
 //! gRPC over HTTP/2 details the proxy reads or writes: the `grpc-timeout` header
 //! ([gRPC over HTTP/2](https://github.com/grpc/grpc/blob/master/doc/PROTOCOL-HTTP2.md):
-//! `TimeoutValue TimeoutUnit`, at most 8 ASCII digits, then one of `H M S m u n`).
+//! `TimeoutValue TimeoutUnit`, at most 8 ASCII digits, then one of `H M S m u n`), whether a
+//! request is gRPC (its `content-type`), and the answers the proxy gives a gRPC client itself:
+//! trailers-only responses (HTTP 200, `grpc-status`, `grpc-message`) with Envoy's mapping from
+//! why the proxy answered ([`local_status`]).
 
 use std::time::Duration;
+
+use super::exchange::ResponseFlag;
+
+/// gRPC status codes the proxy produces or reads (a subset of the 17).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum GrpcStatus {
+    /// 1: the call was cancelled.
+    Cancelled = 1,
+    /// 2: unknown error.
+    Unknown = 2,
+    /// 4: the deadline passed before the call completed.
+    DeadlineExceeded = 4,
+    /// 7: the caller may not do this.
+    PermissionDenied = 7,
+    /// 8: a resource (here: a circuit breaker) is exhausted.
+    ResourceExhausted = 8,
+    /// 12: the method is not implemented (here: no route).
+    Unimplemented = 12,
+    /// 13: internal error.
+    Internal = 13,
+    /// 14: the service is unavailable (no host, connect failure, reset); retrying may help.
+    Unavailable = 14,
+    /// 16: the caller is not authenticated.
+    Unauthenticated = 16,
+}
+
+impl GrpcStatus {
+    /// The numeric code.
+    #[must_use]
+    pub fn code(self) -> u8 {
+        self as u8
+    }
+}
+
+/// Whether a request's `content-type` is gRPC's: `application/grpc`, alone or followed by
+/// `+format` or `;parameters`.
+#[must_use]
+pub fn is_grpc(content_type: &[u8]) -> bool {
+    const GRPC: &[u8] = b"application/grpc";
+    content_type.len() >= GRPC.len()
+        && content_type[..GRPC.len()].eq_ignore_ascii_case(GRPC)
+        && matches!(content_type.get(GRPC.len()), None | Some(b'+' | b';'))
+}
+
+/// The gRPC status of an answer the proxy gives a gRPC request itself (Envoy's mapping): by
+/// why it answered when that says more than the HTTP status, else by the HTTP status
+/// (Envoy's `Grpc::Utility::httpToGrpcStatus`).
+#[must_use]
+pub fn local_status(flag: ResponseFlag, http_status: u16) -> GrpcStatus {
+    match flag {
+        ResponseFlag::NoRoute => GrpcStatus::Unimplemented,
+        ResponseFlag::NoHealthyUpstream
+        | ResponseFlag::UpstreamConnectFailure
+        | ResponseFlag::UpstreamConnectionTermination => GrpcStatus::Unavailable,
+        ResponseFlag::UpstreamTimeout => GrpcStatus::DeadlineExceeded,
+        ResponseFlag::UpstreamOverflow => GrpcStatus::ResourceExhausted,
+        ResponseFlag::UpstreamProtocolError
+        | ResponseFlag::DownstreamProtocolError
+        | ResponseFlag::DownstreamLimit
+        | ResponseFlag::DirectResponse => http_to_grpc(http_status),
+    }
+}
+
+/// Envoy's mapping of an HTTP status to a gRPC status.
+#[must_use]
+pub fn http_to_grpc(status: u16) -> GrpcStatus {
+    match status {
+        400 => GrpcStatus::Internal,
+        401 => GrpcStatus::Unauthenticated,
+        403 => GrpcStatus::PermissionDenied,
+        404 => GrpcStatus::Unimplemented,
+        429 | 502..=504 => GrpcStatus::Unavailable,
+        _ => GrpcStatus::Unknown,
+    }
+}
+
+/// Writes a trailers-only gRPC answer as an HTTP/1.1 response (the form the request path
+/// writes to any downstream; over HTTP/2 it becomes one HEADERS frame that ends the stream):
+/// HTTP 200, `content-type: application/grpc`, `grpc-status`, `grpc-message` (`message`
+/// percent-encoded as gRPC requires), no body.
+pub fn write_trailers_only(out: &mut Vec<u8>, status: GrpcStatus, message: &[u8], close: bool) {
+    out.extend_from_slice(b"HTTP/1.1 200 OK\r\ncontent-type: application/grpc\r\ngrpc-status: ");
+    let code = status.code();
+    if code >= 10 {
+        out.push(b'0' + code / 10);
+    }
+    out.push(b'0' + code % 10);
+    out.extend_from_slice(b"\r\ngrpc-message: ");
+    for &b in message {
+        // Percent-encoded: anything outside printable ASCII, and '%' itself.
+        if (0x20..0x7f).contains(&b) && b != b'%' {
+            out.push(b);
+        } else {
+            const HEX: &[u8; 16] = b"0123456789ABCDEF";
+            out.extend_from_slice(&[b'%', HEX[usize::from(b >> 4)], HEX[usize::from(b & 15)]]);
+        }
+    }
+    out.extend_from_slice(b"\r\ncontent-length: 0\r\n");
+    if close {
+        out.extend_from_slice(b"connection: close\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+}
 
 /// The longest `grpc-timeout` value: 8 digits.
 const MAX_VALUE: u64 = 99_999_999;
@@ -62,6 +169,66 @@ pub fn format_grpc_timeout(timeout: Duration, out: &mut [u8; 9]) -> &[u8] {
     }
     out[len] = unit;
     &out[..=len]
+}
+
+#[cfg(test)]
+mod grpc_tests {
+    use super::*;
+
+    #[test]
+    fn grpc_content_types() {
+        assert!(is_grpc(b"application/grpc"));
+        assert!(is_grpc(b"application/grpc+proto"));
+        assert!(is_grpc(b"Application/GRPC;charset=utf-8"));
+        assert!(!is_grpc(b"application/grpc-web"));
+        assert!(!is_grpc(b"application/json"));
+        assert!(!is_grpc(b"application/grp"));
+    }
+
+    #[test]
+    fn local_answers_map_like_envoy() {
+        use GrpcStatus::*;
+        let cases = [
+            (ResponseFlag::NoRoute, 404, Unimplemented),
+            (ResponseFlag::NoHealthyUpstream, 503, Unavailable),
+            (ResponseFlag::UpstreamConnectFailure, 502, Unavailable),
+            (
+                ResponseFlag::UpstreamConnectionTermination,
+                502,
+                Unavailable,
+            ),
+            (ResponseFlag::UpstreamTimeout, 504, DeadlineExceeded),
+            (ResponseFlag::UpstreamOverflow, 503, ResourceExhausted),
+            (ResponseFlag::UpstreamProtocolError, 502, Unavailable),
+            (ResponseFlag::DownstreamProtocolError, 400, Internal),
+            (ResponseFlag::DownstreamLimit, 431, Unknown),
+        ];
+        for (flag, http, grpc) in cases {
+            assert_eq!(local_status(flag, http), grpc, "{flag:?}");
+        }
+    }
+
+    #[test]
+    fn trailers_only_answer() {
+        let mut out = Vec::new();
+        write_trailers_only(
+            &mut out,
+            GrpcStatus::Unavailable,
+            b"no healthy upstream\n%",
+            false,
+        );
+        assert_eq!(
+            out,
+            b"HTTP/1.1 200 OK\r\ncontent-type: application/grpc\r\ngrpc-status: 14\r\n\
+              grpc-message: no healthy upstream%0A%25\r\ncontent-length: 0\r\n\r\n"
+        );
+        out.clear();
+        write_trailers_only(&mut out, GrpcStatus::DeadlineExceeded, b"", true);
+        assert!(out.starts_with(
+            b"HTTP/1.1 200 OK\r\ncontent-type: application/grpc\r\ngrpc-status: 4\r\n"
+        ));
+        assert!(out.ends_with(b"connection: close\r\n\r\n"));
+    }
 }
 
 #[cfg(test)]

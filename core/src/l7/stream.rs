@@ -80,6 +80,8 @@ pub enum Input {
     ResponseHead {
         /// The status.
         status: u16,
+        /// The `grpc-status` of a gRPC answer's head (trailers-only), if any.
+        grpc_status: Option<u8>,
     },
     /// The forwarded response was a protocol upgrade: the upstream is done with, the tunnel
     /// that follows still counts as a request until `ResponseComplete`.
@@ -315,11 +317,17 @@ impl Stream {
             Input::RequestWritten => self.exchange.handle_request_written(),
             Input::RequestComplete => self.exchange.handle_request_complete(now),
             Input::TryFailed(failure) => self.exchange.handle_failure(now, failure, cluster, rng),
-            Input::ResponseHead { status } => {
-                match self
-                    .exchange
-                    .handle_response_head(now, status, cluster, rng)
-                {
+            Input::ResponseHead {
+                status,
+                grpc_status,
+            } => {
+                match self.exchange.handle_grpc_response_head(
+                    now,
+                    status,
+                    grpc_status,
+                    cluster,
+                    rng,
+                ) {
                     Verdict::Retry => self.outputs.push(Output::DiscardResponse),
                     Verdict::Forward => {
                         if self.exchange.retry_overflowed() {
@@ -359,6 +367,12 @@ impl Stream {
             [Some(a), Some(b)] => Some(a.min(b)),
             [a, b] => a.or(b),
         }
+    }
+
+    /// When the route's timeout expires ([`Exchange::deadline`]).
+    #[must_use]
+    pub fn deadline(&self) -> Option<Instant> {
+        self.exchange.deadline()
     }
 
     /// Tries started so far.

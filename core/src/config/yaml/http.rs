@@ -63,12 +63,18 @@ type SetRetryOn = fn(&mut RetryOn);
 
 /// The retry conditions by config name; the same names, in the same order, as
 /// [`RetryOn::NAMES`].
-const RETRY_ON: [(&str, SetRetryOn); 5] = [
+const RETRY_ON: [(&str, SetRetryOn); 10] = [
     ("connect-failure", |r| r.connect_failure = true),
     ("reset", |r| r.reset = true),
     ("5xx", |r| r.server_error = true),
     ("gateway-error", |r| r.gateway_error = true),
     ("retriable-4xx", |r| r.retriable_4xx = true),
+    // gRPC statuses (Envoy's x-envoy-retry-grpc-on names), read from a trailers-only answer.
+    ("cancelled", |r| r.grpc_codes |= 1 << 1),
+    ("deadline-exceeded", |r| r.grpc_codes |= 1 << 4),
+    ("internal", |r| r.grpc_codes |= 1 << 13),
+    ("resource-exhausted", |r| r.grpc_codes |= 1 << 8),
+    ("unavailable", |r| r.grpc_codes |= 1 << 14),
 ];
 
 /// The path rules of a `match`, as config keys.

@@ -31,7 +31,6 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use super::tls::DEFAULT_HTTP_UPSTREAM_ALPN;
 use super::upstream::{CircuitBreakerSettings, DEFAULT_PANIC_THRESHOLD_PERCENT};
 use super::{
     AdminConfig, AdminListen, ClusterConfig, ClusterKind, Config, ConfigError, ConfigErrors,
@@ -39,7 +38,7 @@ use super::{
     DEFAULT_CONNECT_TIMEOUT, DEFAULT_DRAIN_TIMEOUT, DEFAULT_MAX_CONNECT_ATTEMPTS,
     DEFAULT_MINIMUM_RING_SIZE, DEFAULT_TCP_IDLE_TIMEOUT, DEFAULT_UPSTREAM_IDLE_TIMEOUT, HostConfig,
     LbPolicy, LimitsConfig, ListenerConfig, ListenerFilter, MAX_CONNECTIONS_LIMIT, OriginalDst,
-    SniRoute, TcpProxyConfig, TextPosition,
+    SniRoute, TcpProxyConfig, TextPosition, UpstreamProtocol,
 };
 use decoder::{Decoder, Obj, child, index};
 pub use values::{parse_duration, parse_socket_addr};
@@ -220,9 +219,11 @@ fn decode_config(dec: &mut Decoder, tree: &Value) -> Option<Config> {
     })
 }
 
-/// TLS clusters used over HTTP — by a route or an HTTP health check — speak HTTP/1.1 upstream
-/// (the only upstream HTTP codec so far): with no `alpn` they offer `[http/1.1]`, and an `alpn`
-/// other than that is refused at the first route (or the health check) that uses the cluster.
+/// TLS clusters used over HTTP — by a route or an HTTP health check — speak their `protocol`
+/// upstream: with no `alpn` they offer `[http/1.1]` (`protocol: http1`) or `[h2]`
+/// (`protocol: http2`), and an `alpn` other than that is refused at the first route (or the
+/// health check) that uses the cluster. An HTTP health check probes in HTTP/1.1, which a TLS
+/// cluster offering only `h2` cannot carry: refused.
 ///
 /// The OTLP exporter (`otlp_cluster`) speaks HTTP/1.1 too.
 fn check_tls_clusters(
@@ -284,14 +285,32 @@ fn check_tls_clusters(
             continue;
         }
         if let Some(first) = http_users.first() {
+            let alpn = c.protocol.alpn();
+            if c.protocol == UpstreamProtocol::Http2
+                && let Some(hc) = http_users.iter().find(|p| p.ends_with(".health_check"))
+            {
+                dec.error(
+                    hc,
+                    format!(
+                        "an HTTP health check probes in HTTP/1.1, which cluster {:?} \
+                         (protocol: http2 over TLS, ALPN h2) cannot carry: use a tcp health \
+                         check",
+                        c.name
+                    ),
+                );
+            }
             if tls.alpn.is_empty() {
-                tls.alpn = vec![DEFAULT_HTTP_UPSTREAM_ALPN.to_owned()];
-            } else if tls.alpn != [DEFAULT_HTTP_UPSTREAM_ALPN] {
+                tls.alpn = vec![alpn.to_owned()];
+            } else if tls.alpn != [alpn] {
+                let version = match c.protocol {
+                    UpstreamProtocol::Http1 => "HTTP/1.1",
+                    UpstreamProtocol::Http2 => "HTTP/2 (protocol: http2)",
+                };
                 dec.error(
                     first,
                     format!(
                         "cluster {:?} offers ALPN {:?} (clusters[{ci}].tls.alpn), but HTTP \
-                         speaks HTTP/1.1 upstream: give `alpn: [http/1.1]` or none",
+                         speaks {version} upstream: give `alpn: [{alpn}]` or none",
                         c.name, tls.alpn
                     ),
                 );
@@ -1000,6 +1019,24 @@ fn decode_cluster(dec: &mut Decoder, path: &str, v: &Value) -> Option<ClusterCon
         }),
         None => Some(false),
     };
+    let protocol = match obj.opt("protocol") {
+        Some((v, p)) => dec
+            .one_of(&p, v, &UpstreamProtocol::CHOICES)
+            .and_then(|proto| {
+                // The HTTP/2 pool is per host; an original_dst cluster's destinations are not
+                // hosts.
+                if proto == UpstreamProtocol::Http2 && kind == Some(ClusterKind::OriginalDst) {
+                    dec.error(
+                        &p,
+                        "http2 is not supported on a cluster of type original_dst (its \
+                         requests go to each connection's own destination over HTTP/1.1)",
+                    );
+                    return None;
+                }
+                Some(proto)
+            }),
+        None => Some(UpstreamProtocol::Http1),
+    };
     let hosts = if kind == Some(ClusterKind::OriginalDst) {
         // Reported above when given.
         obj.opt("hosts");
@@ -1029,6 +1066,7 @@ fn decode_cluster(dec: &mut Decoder, path: &str, v: &Value) -> Option<ClusterCon
         hosts: hosts?,
         use_http_header: use_http_header?,
         tls: tls?,
+        protocol: protocol?,
     })
 }
 

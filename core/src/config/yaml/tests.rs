@@ -1386,3 +1386,52 @@ clusters:
         "{errs:?}"
     );
 }
+
+#[test]
+fn cluster_protocol_defaults_to_http1_and_http2_offers_h2_over_tls() {
+    let text = r#"
+listeners:
+  - name: h
+    address: 127.0.0.1:8080
+    http:
+      virtual_hosts: [ { name: v, domains: ["*"], routes: [ { match: { prefix: / }, route: { cluster: a } } ] } ]
+clusters:
+  - { name: a, hosts: [{ address: 127.0.0.1:9001 }] }
+"#;
+    let c = Config::from_yaml(text).unwrap();
+    assert_eq!(c.clusters[0].protocol, UpstreamProtocol::Http1);
+    let h2 = text.replace("name: a,", "name: a, protocol: http2,");
+    let c = Config::from_yaml(&h2).unwrap();
+    assert_eq!(c.clusters[0].protocol, UpstreamProtocol::Http2);
+    assert_eq!(
+        errors(&text.replace("name: a,", "name: a, protocol: h2,")),
+        ["clusters[0].protocol: unknown value \"h2\" (expected one of: http1, http2)"]
+    );
+    // Over TLS, an HTTP/2 cluster offers `h2` by ALPN; another protocol is refused where a
+    // route uses it, and so is an HTTP health check (it probes in HTTP/1.1).
+    let tls = h2.replace(
+        "9001 }] }",
+        "9001 }], tls: { sni: up.example, ca: ca.pem } }",
+    );
+    let c = Config::from_yaml(&tls).unwrap();
+    assert_eq!(c.clusters[0].tls.as_deref().unwrap().alpn, ["h2"]);
+    assert_eq!(
+        errors(&tls.replace("ca: ca.pem }", "ca: ca.pem, alpn: [http/1.1] }")),
+        [
+            "listeners[0].http.virtual_hosts[0].routes[0].route.cluster: cluster \"a\" offers \
+          ALPN [\"http/1.1\"] (clusters[0].tls.alpn), but HTTP speaks HTTP/2 (protocol: \
+          http2) upstream: give `alpn: [h2]` or none"
+        ]
+    );
+    let checked = tls.replace(
+        "ca: ca.pem } }",
+        "ca: ca.pem }, health_check: { http: { path: /healthz } } }",
+    );
+    assert_eq!(
+        errors(&checked),
+        [
+            "clusters[0].health_check: an HTTP health check probes in HTTP/1.1, which cluster \
+          \"a\" (protocol: http2 over TLS, ALPN h2) cannot carry: use a tcp health check"
+        ]
+    );
+}

@@ -329,3 +329,36 @@ proptest! {
         prop_assert_eq!(kept, want);
     }
 }
+
+#[test]
+fn request_fields_drop_host_connection_fields_and_te_other_than_trailers() {
+    let fields: Vec<(&[u8], &[u8])> = vec![
+        (b"Host", b"a.example"),
+        (b"Connection", b"keep-alive, x-hop"),
+        (b"x-hop", b"1"),
+        (b"Transfer-Encoding", b"chunked"),
+        (b"content-type", b"application/grpc"),
+        (b"TE", b" trailers "),
+        (b"x-id", b"7"),
+    ];
+    let kept: Vec<_> = request_fields(fields.iter().copied()).collect();
+    assert_eq!(
+        kept,
+        vec![
+            (&b"content-type"[..], &b"application/grpc"[..]),
+            (b"TE", b" trailers "),
+            (b"x-id", b"7"),
+        ]
+    );
+    let gzip: Vec<(&[u8], &[u8])> = vec![(b"te", b"gzip")];
+    assert_eq!(request_fields(gzip.iter().copied()).count(), 0);
+}
+
+#[test]
+fn te_trailers_is_found_among_other_codings() {
+    assert!(te_wants_trailers(b"trailers"));
+    assert!(te_wants_trailers(b"gzip, Trailers"));
+    assert!(te_wants_trailers(b"deflate;q=0.5, trailers;q=1"));
+    assert!(!te_wants_trailers(b"gzip"));
+    assert!(!te_wants_trailers(b""));
+}

@@ -10,6 +10,7 @@ fn cluster(n: usize) -> ClusterState {
 
 fn all_retry_on() -> RetryOn {
     RetryOn {
+        grpc_codes: 0,
         connect_failure: true,
         reset: true,
         server_error: true,
@@ -568,5 +569,92 @@ fn route_and_per_try_timeouts_after_the_connect_are_timeouts_of_the_host() {
     assert_eq!(
         events[0].upstream_result(),
         Some((second, UpstreamResult::Timeout))
+    );
+}
+
+#[test]
+fn refused_unprocessed_try_is_sent_again_whatever_the_method() {
+    let (mut c, mut rng, mut now) = (cluster(2), Rng::from_seed(1), epoch());
+    // A POST (not idempotent) with a buffered body and no retry policy.
+    let mut cfg = config(false, 0);
+    cfg.retry = None;
+    let mut e = Exchange::new(now, cfg);
+    e.start(now, &mut c, &mut rng);
+    next_action(&mut e, &mut now, &mut c, &mut rng);
+    for _ in 0..super::MAX_UNPROCESSED_RETRIES {
+        e.handle_connected(now, true, &mut c);
+        e.handle_request_written();
+        e.handle_failure(now, TryFailure::Refused, &mut c, &mut rng);
+        assert!(
+            matches!(e.poll_action(), Some(Action::Connect { .. })),
+            "a refused stream is sent again"
+        );
+        let mut refused = false;
+        while let Some(ev) = e.poll_event() {
+            refused |= matches!(ev, Event::UpstreamRefused { .. });
+            assert!(ev.upstream_result().is_none(), "not a host fault: {ev:?}");
+        }
+        assert!(refused);
+    }
+    e.handle_connected(now, true, &mut c);
+    e.handle_request_written();
+    e.handle_failure(now, TryFailure::Refused, &mut c, &mut rng);
+    assert_eq!(
+        e.poll_action(),
+        Some(Action::LocalReply {
+            status: 502,
+            flag: ResponseFlag::UpstreamConnectionTermination
+        }),
+        "bounded"
+    );
+    assert!(c.hosts().iter().all(|h| h.active == 0));
+}
+
+#[test]
+fn refused_try_with_a_streamed_body_is_not_sent_again() {
+    let (mut c, mut rng, mut now) = (cluster(2), Rng::from_seed(1), epoch());
+    let mut cfg = config(true, 3);
+    cfg.replayable = false;
+    let mut e = Exchange::new(now, cfg);
+    e.start(now, &mut c, &mut rng);
+    next_action(&mut e, &mut now, &mut c, &mut rng);
+    e.handle_connected(now, false, &mut c);
+    e.handle_request_written();
+    e.handle_failure(now, TryFailure::Refused, &mut c, &mut rng);
+    assert!(matches!(
+        e.poll_action(),
+        Some(Action::LocalReply { status: 502, .. })
+    ));
+}
+
+#[test]
+fn a_grpc_status_named_in_retry_on_is_retried_for_a_post() {
+    let (mut c, mut rng, mut now) = (cluster(2), Rng::from_seed(1), epoch());
+    let mut cfg = config(false, 2);
+    cfg.retry = Some(RetryPolicyView {
+        retry_on: RetryOn {
+            grpc_codes: 1 << 14,
+            ..RetryOn::default()
+        },
+        num_retries: 2,
+        per_try_timeout: None,
+    });
+    let mut e = Exchange::new(now, cfg);
+    e.start(now, &mut c, &mut rng);
+    next_action(&mut e, &mut now, &mut c, &mut rng);
+    e.handle_connected(now, false, &mut c);
+    e.handle_request_written();
+    // UNAVAILABLE in a trailers-only answer: retried, although the call is a POST.
+    assert_eq!(
+        e.handle_grpc_response_head(now, 200, Some(14), &mut c, &mut rng),
+        Verdict::Retry
+    );
+    next_action(&mut e, &mut now, &mut c, &mut rng);
+    e.handle_connected(now, false, &mut c);
+    e.handle_request_written();
+    // A status not named is forwarded; so is an answer without one.
+    assert_eq!(
+        e.handle_grpc_response_head(now, 200, Some(13), &mut c, &mut rng),
+        Verdict::Forward
     );
 }

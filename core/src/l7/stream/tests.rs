@@ -40,6 +40,7 @@ fn config(timeout_ms: u64, retries: u32) -> ExchangeConfig {
         connect_timeout: Duration::from_secs(1),
         retry: Some(RetryPolicyView {
             retry_on: RetryOn {
+                grpc_codes: 0,
                 connect_failure: true,
                 reset: true,
                 server_error: true,
@@ -124,7 +125,15 @@ fn a_request_forwarded_on_a_fresh_connection() {
     assert_eq!(in_use(&c, Resource::PendingRequests), 0);
     s.handle_input(now, Input::RequestWritten, &mut c, &mut rng);
     assert!(drain(&mut s).is_empty());
-    s.handle_input(now, Input::ResponseHead { status: 200 }, &mut c, &mut rng);
+    s.handle_input(
+        now,
+        Input::ResponseHead {
+            status: 200,
+            grpc_status: None,
+        },
+        &mut c,
+        &mut rng,
+    );
     assert_eq!(
         drain(&mut s),
         [
@@ -287,7 +296,10 @@ fn an_upgrade_keeps_the_request_unit_until_the_tunnel_closes() {
         Input::Admit,
         Input::Start,
         Input::Connected { reused: true },
-        Input::ResponseHead { status: 101 },
+        Input::ResponseHead {
+            status: 101,
+            grpc_status: None,
+        },
         Input::Upgraded,
     ] {
         s.handle_input(now, input, &mut c, &mut rng);
@@ -388,7 +400,7 @@ proptest! {
                 (Step::Complete, _) => Some(Input::RequestComplete),
                 (Step::Closed(w, r), Seen::Connected) => Some(Input::TryFailed(TryFailure::Closed { request_written: w, reused: r })),
                 (Step::Protocol, Seen::Connected) => Some(Input::TryFailed(TryFailure::ProtocolError)),
-                (Step::Head(st), Seen::Connected) => Some(Input::ResponseHead { status: st }),
+                (Step::Head(st), Seen::Connected) => Some(Input::ResponseHead { status: st, grpc_status: None }),
                 (Step::Upgrade, Seen::Forwarding) => Some(Input::Upgraded),
                 (Step::Done, Seen::Forwarding | Seen::Tunnel) => Some(Input::ResponseComplete),
                 (Step::Abort, _) => Some(Input::Abort),

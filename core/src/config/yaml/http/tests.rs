@@ -206,6 +206,7 @@ fn decodes_the_full_example() {
                         prefix_rewrite: Some("/".into()),
                         retry_policy: Some(RetryPolicy {
                             retry_on: RetryOn {
+                                grpc_codes: 0,
                                 connect_failure: true,
                                 reset: true,
                                 server_error: true,
@@ -517,6 +518,11 @@ fn retry_on_names_are_the_models() {
             on.server_error,
             on.gateway_error,
             on.retriable_4xx,
+            on.grpc(1),
+            on.grpc(4),
+            on.grpc(13),
+            on.grpc(8),
+            on.grpc(14),
         ];
         assert_eq!(flags.iter().filter(|f| **f).count(), 1);
         assert!(flags[i], "{} sets another flag", RetryOn::NAMES[i]);
@@ -649,7 +655,7 @@ clusters:
             r(3)
         ),
         format!(
-            "{}.route.retry_policy.retry_on[1]: unknown value \"5xxx\" (expected one of: connect-failure, reset, 5xx, gateway-error, retriable-4xx); did you mean '5xx'?",
+            "{}.route.retry_policy.retry_on[1]: unknown value \"5xxx\" (expected one of: connect-failure, reset, 5xx, gateway-error, retriable-4xx, cancelled, deadline-exceeded, internal, resource-exhausted, unavailable); did you mean '5xx'?",
             r(3)
         ),
         format!(
@@ -674,7 +680,7 @@ clusters:
             r(4)
         ),
         format!(
-            "{}.route.retry_policy.retry_on: at least one retry condition is required (any of: connect-failure, reset, 5xx, gateway-error, retriable-4xx)",
+            "{}.route.retry_policy.retry_on: at least one retry condition is required (any of: connect-failure, reset, 5xx, gateway-error, retriable-4xx, cancelled, deadline-exceeded, internal, resource-exhausted, unavailable)",
             r(4)
         ),
         // routes[5]
@@ -905,4 +911,19 @@ fn forwarded_proto_is_overwrite_by_default_and_one_of_two_names() {
     assert_eq!(p.value(false, true), None);
     assert_eq!(p.value(true, false), Some(&b"https"[..]));
     assert_eq!(p.value(false, false), Some(&b"http"[..]));
+}
+
+#[test]
+fn retry_on_takes_grpc_status_names() {
+    let got = http(&with_route(
+        "{ match: { prefix: / }, route: { cluster: b, retry_policy: { retry_on: [unavailable, resource-exhausted, cancelled, deadline-exceeded, internal] } } }",
+    ));
+    let RouteAction::Forward(f) = &got.virtual_hosts[0].routes[0].action else {
+        panic!()
+    };
+    let on = f.retry_policy.as_ref().unwrap().retry_on;
+    for code in [1, 4, 8, 13, 14] {
+        assert!(on.grpc(code), "{code}");
+    }
+    assert!(!on.grpc(2) && !on.reset && !on.server_error);
 }

@@ -1,0 +1,792 @@
+//! HTTP/2 upstreams (`protocol: http2` clusters): the per-worker pool of multiplexed
+//! connections, and the adapter that carries one request as an HTTP/2 stream.
+//!
+//! ## Pool
+//!
+//! Owned by one worker (no lock): `[cluster][host]` lists of connections. A request takes a
+//! stream on the first connection of its host that is alive, not going away (no GOAWAY seen)
+//! and has fewer streams open than the peer's `SETTINGS_MAX_CONCURRENT_STREAMS` (until the
+//! peer's first SETTINGS arrive, [`STREAMS_BEFORE_SETTINGS`] may be queued on it; `h2` opens
+//! none before those SETTINGS, since it starts with a limit of 0). When every connection is full
+//! the request opens another one, through the core's `OpenConnection` like an HTTP/1.1 request,
+//! so the cluster's `max_connections` breaker bounds them. A connection's breaker unit and its
+//! host's `cx_active` are held by the connection itself, inside the task that drives it, and
+//! given back when it closes. A connection with no stream for the cluster's
+//! `upstream_idle_timeout` is dropped from the pool ([`H2Pool::sweep`]); `h2` then closes it.
+//!
+//! ## One request as a stream ([`H2Upstream`])
+//!
+//! The request path ([`crate::http`]) speaks HTTP/1.1 bytes to its upstream; for an HTTP/2
+//! cluster its upstream is an [`H2Upstream`], which translates both ways, mirroring
+//! [`crate::http2`]'s downstream adapter:
+//!
+//! - written bytes are the HTTP/1.1 request (head with the route's edits, then the body in its
+//!   framing): the head becomes HEADERS (`Host` → `:authority`, connection-specific fields
+//!   dropped, `te: trailers` kept — `sluice_core::http2::request_fields`), the body DATA sent
+//!   within the stream's send window, chunked trailers HTTP/2 trailers. A write is pending
+//!   until the previous one went out: one read of the client's body waits per stream.
+//! - reads give the response as HTTP/1.1: the head (with `transfer-encoding: chunked` when the
+//!   response has no `content-length`), DATA as the body (as chunks then), HTTP/2 trailers as
+//!   chunked trailers. Receive window is given back to the upstream only as the request path
+//!   reads: a client that does not read stops its upstream stream after the stream window
+//!   ([`STREAM_WINDOW`]) plus one DATA frame.
+//!
+//! A stream dropped before its end (the client went away, a timeout) is reset with
+//! RST_STREAM(CANCEL) by `h2`; its connection stays for the other streams.
+//!
+//! ## Refused streams
+//!
+//! A stream the upstream refused (RST_STREAM `REFUSED_STREAM`) or that a GOAWAY left
+//! unprocessed (its id above `last_stream_id`, or opened after the GOAWAY) fails with an error
+//! [`is_refused`] recognizes; the request path reports it as `TryFailure::Refused` and the
+//! core's exchange sends it again (on another connection: a connection going away is never
+//! picked again), whatever the method. Streams at or below `last_stream_id` finish.
+//!
+//! Cost per stream against HTTP/1.1: the `http::Request` / `HeaderMap` the `h2` crate takes, a
+//! copy of each body chunk into a `Bytes`, and the response head formatted as HTTP/1.1 and
+//! parsed again by the request path.
+
+use std::cell::{Cell, RefCell};
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::task::{Context, Poll, Waker};
+use std::time::Duration;
+
+use bytes::Bytes;
+use h2::client::{ResponseFuture, SendRequest};
+use h2::{RecvStream, SendStream};
+use sluice_core::Instant;
+use sluice_core::http1::{
+    BodyFraming, Chunked, ChunkedDecoder, Head, Limits, Method, ParseStatus, parse_request,
+    write_trailers,
+};
+use sluice_core::http2::{is_connection_specific, request_fields};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+use crate::stats::{WorkerStats, bump, gauge_add};
+
+/// Streams queued on a new connection before the peer's first SETTINGS say how many may be
+/// open (RFC 9113 §6.5.2 recommends a limit of at least 100); `h2` opens none of them before.
+pub const STREAMS_BEFORE_SETTINGS: usize = 100;
+/// The receive window of each upstream stream: what an upstream may send ahead of a client that
+/// does not read (h2's default, 64 KiB, throttles a fast upstream on a long path).
+pub const STREAM_WINDOW: u32 = 256 * 1024;
+/// The receive window of each upstream connection: several streams' worth, so that one slow
+/// reader does not stall the others.
+pub const CONNECTION_WINDOW: u32 = 4 * STREAM_WINDOW;
+/// The largest response header list accepted from an upstream (h2's default is 16 MiB): the
+/// HTTP/1.1 path's response head limit.
+pub const MAX_HEADER_LIST_SIZE: u32 = 128 * 1024;
+/// Bytes `h2` buffers per stream beyond the peer's window (the adapter sends only within it).
+const MAX_SEND_BUFFER: usize = 64 * 1024;
+/// Limits for the request heads the adapter parses (the request path built them).
+const REQUEST_LIMITS: Limits = Limits {
+    max_head_bytes: 1024 * 1024,
+    max_headers: 1024,
+};
+
+/// The `h2` client settings of every upstream connection.
+pub(crate) fn client_builder() -> h2::client::Builder {
+    let mut b = h2::client::Builder::new();
+    b.initial_max_send_streams(0)
+        .enable_push(false)
+        .initial_window_size(STREAM_WINDOW)
+        .initial_connection_window_size(CONNECTION_WINDOW)
+        .max_header_list_size(MAX_HEADER_LIST_SIZE)
+        .max_send_buffer_size(MAX_SEND_BUFFER);
+    b
+}
+
+/// One pooled HTTP/2 connection.
+pub(crate) struct H2Conn {
+    send: SendRequest<Bytes>,
+    /// Streams open on it (held by [`H2Upstream`]s).
+    streams: Cell<usize>,
+    /// The task driving the connection ended (closed, failed).
+    ended: Rc<Cell<bool>>,
+    /// A GOAWAY arrived (seen by a stream or by the pool).
+    going_away: Cell<bool>,
+    /// When its last stream ended (for the idle timeout).
+    idle_since: Cell<Instant>,
+}
+
+impl H2Conn {
+    /// Whether a new stream may go on it: alive, not going away, below the peer's limit.
+    fn usable(&self, stats: &WorkerStats) -> bool {
+        if self.ended.get() || self.going_away.get() {
+            return false;
+        }
+        // A GOAWAY sets h2's connection error: a fresh handle's readiness says so without IO.
+        let mut probe = self.send.clone();
+        match probe.poll_ready(&mut Context::from_waker(Waker::noop())) {
+            Poll::Ready(Ok(())) => {}
+            Poll::Ready(Err(e)) => {
+                if e.is_go_away() {
+                    bump(&stats.http2_upstream_goaway_received, 1);
+                }
+                self.going_away.set(true);
+                return false;
+            }
+            Poll::Pending => return false,
+        }
+        let limit = match self.send.current_max_send_streams() {
+            0 => STREAMS_BEFORE_SETTINGS,
+            n => n,
+        };
+        self.streams.get() < limit
+    }
+}
+
+/// One cluster's connections, per host.
+type ClusterConns = Vec<Vec<Rc<H2Conn>>>;
+
+/// The worker's HTTP/2 upstream connections, `[cluster][host]`.
+pub struct H2Pool {
+    conns: RefCell<Vec<ClusterConns>>,
+    timeouts: Vec<Duration>,
+    /// Connections being established, `[cluster][host]`: a request that finds every
+    /// connection full waits for one of these rather than opening its own (a burst opens one
+    /// connection, not one per request).
+    connecting: RefCell<Vec<Vec<usize>>>,
+    /// Woken when a connection attempt ends (made or failed).
+    settled: tokio::sync::Notify,
+}
+
+/// Counts one connection attempt to a host while alive (see [`H2Pool::connecting`]).
+pub(crate) struct Connecting<'a> {
+    pool: &'a H2Pool,
+    cluster: usize,
+    host: usize,
+}
+
+impl Drop for Connecting<'_> {
+    fn drop(&mut self) {
+        self.pool.connecting.borrow_mut()[self.cluster][self.host] -= 1;
+        self.pool.settled.notify_waiters();
+    }
+}
+
+impl H2Pool {
+    /// An empty pool shaped like the clusters: `(host count, idle timeout)` of each.
+    pub fn new(clusters: impl Iterator<Item = (usize, Duration)>) -> Self {
+        let (conns, timeouts): (Vec<ClusterConns>, Vec<Duration>) = clusters
+            .map(|(n, timeout)| ((0..n).map(|_| Vec::new()).collect(), timeout))
+            .unzip();
+        let connecting = conns.iter().map(|hosts| vec![0; hosts.len()]).collect();
+        H2Pool {
+            conns: RefCell::new(conns),
+            timeouts,
+            connecting: RefCell::new(connecting),
+            settled: tokio::sync::Notify::new(),
+        }
+    }
+
+    /// Marks a connection attempt to the host until the guard is dropped (after the new
+    /// connection is in the pool, or failed).
+    pub(crate) fn connecting(&self, cluster: usize, host: usize) -> Connecting<'_> {
+        self.connecting.borrow_mut()[cluster][host] += 1;
+        Connecting {
+            pool: self,
+            cluster,
+            host,
+        }
+    }
+
+    /// A connection with room for one more stream: one in the pool, or the next one being
+    /// established to the host (waited for until `deadline`). `None`: open a new one.
+    pub(crate) async fn wait_for_room(
+        &self,
+        cluster: usize,
+        host: usize,
+        stats: &WorkerStats,
+        deadline: tokio::time::Instant,
+    ) -> Option<Rc<H2Conn>> {
+        loop {
+            if let Some(c) = self.take(cluster, host, stats) {
+                return Some(c);
+            }
+            if self.connecting.borrow()[cluster][host] == 0 {
+                return None;
+            }
+            // Created before any await: a notification from now on is not missed.
+            let settled = self.settled.notified();
+            tokio::select! {
+                biased;
+                () = settled => {}
+                () = tokio::time::sleep_until(deadline) => return None,
+            }
+        }
+    }
+
+    /// A connection to the host with room for one more stream, if any; connections found
+    /// closed or going away leave the pool.
+    pub(crate) fn take(
+        &self,
+        cluster: usize,
+        host: usize,
+        stats: &WorkerStats,
+    ) -> Option<Rc<H2Conn>> {
+        let mut conns = self.conns.borrow_mut();
+        let list = &mut conns[cluster][host];
+        list.retain(|c| !c.ended.get() && !c.going_away.get());
+        let found = list.iter().find(|c| c.usable(stats)).cloned();
+        list.retain(|c| !c.going_away.get());
+        found
+    }
+
+    /// Hands a new connection (from [`crate::h2_upstream::handshake`]) to the pool.
+    pub(crate) fn put(&self, cluster: usize, host: usize, conn: Rc<H2Conn>) {
+        self.conns.borrow_mut()[cluster][host].push(conn);
+    }
+
+    /// Drops the connections that ended, go away, or had no stream for their cluster's idle
+    /// timeout; returns how many.
+    pub fn sweep(&self, now: Instant) -> usize {
+        let mut dropped = 0;
+        for (hosts, &timeout) in self.conns.borrow_mut().iter_mut().zip(&self.timeouts) {
+            for list in hosts {
+                let before = list.len();
+                list.retain(|c| {
+                    !c.ended.get()
+                        && !c.going_away.get()
+                        && (c.streams.get() > 0 || now.duration_since(c.idle_since.get()) < timeout)
+                });
+                dropped += before - list.len();
+            }
+        }
+        dropped
+    }
+
+    /// HTTP/2 connections in the pool.
+    pub fn connection_count(&self) -> usize {
+        self.conns.borrow().iter().flatten().map(Vec::len).sum()
+    }
+}
+
+/// Starts HTTP/2 on a new upstream connection (`io` holds the connection's accounting: its
+/// host's `cx_active` and its `max_connections` unit, given back when the connection closes)
+/// and spawns the task that drives it. Must run inside the worker's `LocalSet`.
+pub(crate) async fn handshake<S>(
+    io: S,
+    stats: &Arc<WorkerStats>,
+    now: Instant,
+) -> io::Result<Rc<H2Conn>>
+where
+    S: AsyncRead + AsyncWrite + Unpin + 'static,
+{
+    let (send, connection) = client_builder()
+        .handshake::<_, Bytes>(io)
+        .await
+        .map_err(io::Error::other)?;
+    bump(&stats.http2_upstream_cx_total, 1);
+    let ended = Rc::new(Cell::new(false));
+    let done = ended.clone();
+    let task_stats = stats.clone();
+    gauge_add(&stats.http2_upstream_cx_active, true);
+    tokio::task::spawn_local(async move {
+        if let Err(e) = connection.await {
+            tracing::debug!(error = %e, "HTTP/2 upstream connection ended");
+        }
+        done.set(true);
+        gauge_add(&task_stats.http2_upstream_cx_active, false);
+    });
+    Ok(Rc::new(H2Conn {
+        send,
+        streams: Cell::new(0),
+        ended,
+        going_away: Cell::new(false),
+        idle_since: Cell::new(now),
+    }))
+}
+
+/// What an upstream did to a stream that says it was never processed.
+#[derive(Debug)]
+struct Unprocessed(h2::Error);
+
+impl std::fmt::Display for Unprocessed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "refused by the upstream, not processed: {}", self.0)
+    }
+}
+
+impl std::error::Error for Unprocessed {}
+
+/// Whether `e` is an HTTP/2 upstream's refusal of a stream it did not process
+/// (`REFUSED_STREAM`, or a GOAWAY that left the stream out).
+pub(crate) fn is_refused(e: &io::Error) -> bool {
+    e.get_ref().is_some_and(|inner| inner.is::<Unprocessed>())
+}
+
+/// Whether an `h2` stream error means the upstream did not process the stream: its own
+/// `REFUSED_STREAM`, or its GOAWAY (`h2` fails with it only the streams above the GOAWAY's
+/// `last_stream_id`, and the streams opened after it).
+fn refused(e: &h2::Error) -> bool {
+    e.is_remote()
+        && (e.is_go_away() || (e.is_reset() && e.reason() == Some(h2::Reason::REFUSED_STREAM)))
+}
+
+/// Where the request stands.
+enum RequestState {
+    /// The head is being gathered.
+    Head,
+    /// `content-length`: payload bytes left.
+    Length(u64),
+    Chunked(ChunkedDecoder),
+    /// The body is complete; END_STREAM (or the trailers) not sent yet.
+    Ending,
+    /// END_STREAM sent.
+    Sent,
+}
+
+/// How the response body is given to the reader.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum ResponseBody {
+    /// DATA as it comes (the response has a `content-length`, or no body).
+    Raw,
+    /// DATA as chunks, trailers as chunked trailers.
+    Chunked,
+}
+
+/// One request carried as an HTTP/2 stream, seen by the request path as an HTTP/1.1 upstream
+/// connection (see the module doc).
+pub(crate) struct H2Upstream {
+    conn: Rc<H2Conn>,
+    stats: Arc<WorkerStats>,
+    tls: bool,
+    /// The request head as written, until parsed.
+    head_buf: Vec<u8>,
+    head: Head,
+    state: RequestState,
+    /// Payload written but not sent yet (waiting for send window).
+    pending: Vec<u8>,
+    /// The request's chunked trailer section (sent as HTTP/2 trailers).
+    trailers: Vec<u8>,
+    scanned: u64,
+    send: Option<SendStream<Bytes>>,
+    response: Option<ResponseFuture>,
+    recv: Option<RecvStream>,
+    body: ResponseBody,
+    /// Response bytes formatted but not read yet.
+    out: Vec<u8>,
+    out_at: usize,
+    /// The response ended (EOF to the reader).
+    finished: bool,
+    /// The stream failed (counted once).
+    failed: bool,
+}
+
+impl H2Upstream {
+    /// A new stream on `conn` (taken from the pool or just made).
+    pub(crate) fn new(conn: Rc<H2Conn>, stats: &Arc<WorkerStats>, tls: bool) -> Self {
+        conn.streams.set(conn.streams.get() + 1);
+        bump(&stats.http2_upstream_streams_total, 1);
+        gauge_add(&stats.http2_upstream_streams_active, true);
+        H2Upstream {
+            conn,
+            stats: stats.clone(),
+            tls,
+            head_buf: Vec::new(),
+            head: Head::default(),
+            state: RequestState::Head,
+            pending: Vec::new(),
+            trailers: Vec::new(),
+            scanned: 0,
+            send: None,
+            response: None,
+            recv: None,
+            body: ResponseBody::Raw,
+            out: Vec::new(),
+            out_at: 0,
+            finished: false,
+            failed: false,
+        }
+    }
+
+    /// An `h2` error as the IO error the request path sees; a refusal is marked for
+    /// [`is_refused`], and a GOAWAY takes the connection out of the pool.
+    fn error(&mut self, e: h2::Error) -> io::Error {
+        if e.is_go_away() && e.is_remote() && !self.conn.going_away.replace(true) {
+            bump(&self.stats.http2_upstream_goaway_received, 1);
+        }
+        if !self.failed {
+            self.failed = true;
+            if refused(&e) {
+                bump(&self.stats.http2_upstream_refused, 1);
+            } else if e.is_remote() || e.is_io() {
+                bump(&self.stats.http2_upstream_rx_reset, 1);
+            }
+        }
+        if refused(&e) {
+            io::Error::new(io::ErrorKind::ConnectionRefused, Unprocessed(e))
+        } else if e.is_io() {
+            e.into_io()
+                .unwrap_or_else(|| io::ErrorKind::BrokenPipe.into())
+        } else {
+            io::Error::new(io::ErrorKind::ConnectionReset, e)
+        }
+    }
+
+    /// Sends the parsed head as HEADERS; `end` when the request has no body.
+    fn send_head(&mut self, end: bool) -> io::Result<()> {
+        let buf = &self.head_buf;
+        let head = &self.head;
+        let target = head.target(buf);
+        let authority = head.host(buf).unwrap_or(b"");
+        let uri = if target.first() == Some(&b'/') {
+            let mut uri = Vec::with_capacity(8 + authority.len() + target.len());
+            uri.extend_from_slice(if self.tls { b"https://" } else { b"http://" });
+            uri.extend_from_slice(authority);
+            uri.extend_from_slice(target);
+            http::Uri::try_from(uri)
+        } else {
+            http::Uri::try_from(target)
+        }
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+        let method = http::Method::from_bytes(head.method_bytes(buf))
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+        let mut request = http::Request::builder()
+            .method(method)
+            .uri(uri)
+            .version(http::Version::HTTP_2);
+        if let Some(headers) = request.headers_mut() {
+            headers.reserve(head.headers(buf).len());
+            for (name, value) in request_fields(head.headers(buf)) {
+                let value = value.trim_ascii();
+                if let (Ok(n), Ok(v)) = (
+                    http::HeaderName::from_bytes(name),
+                    http::HeaderValue::from_bytes(value),
+                ) {
+                    headers.append(n, v);
+                }
+            }
+        }
+        let request = request
+            .body(())
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+        let (response, send) = match self.conn.send.clone().send_request(request, end) {
+            Ok(r) => r,
+            Err(e) => return Err(self.error(e)),
+        };
+        self.response = Some(response);
+        self.send = Some(send);
+        Ok(())
+    }
+
+    /// Sends what waits in `pending` within the send window, then the end of the stream once
+    /// the body is complete.
+    fn poll_send(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let Some(send) = &mut self.send else {
+            return Poll::Ready(Ok(()));
+        };
+        while !self.pending.is_empty() {
+            send.reserve_capacity(self.pending.len());
+            let capacity = match send.poll_capacity(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Some(Ok(c))) => c,
+                Poll::Ready(Some(Err(e))) => return Poll::Ready(Err(self.error(e))),
+                Poll::Ready(None) => return Poll::Ready(Err(io::ErrorKind::BrokenPipe.into())),
+            };
+            if capacity == 0 {
+                continue;
+            }
+            let n = capacity.min(self.pending.len());
+            let chunk = Bytes::copy_from_slice(&self.pending[..n]);
+            self.pending.drain(..n);
+            if let Err(e) = send.send_data(chunk, false) {
+                return Poll::Ready(Err(self.error(e)));
+            }
+        }
+        if matches!(self.state, RequestState::Ending) {
+            self.state = RequestState::Sent;
+            let sent = match trailer_map(&self.trailers) {
+                Some(t) => send.send_trailers(t),
+                None => send.send_data(Bytes::new(), true),
+            };
+            if let Err(e) = sent {
+                return Poll::Ready(Err(self.error(e)));
+            }
+        }
+        Poll::Ready(Ok(()))
+    }
+
+    /// Moves the payload of `data` (body bytes in the request's HTTP/1.1 framing) to `pending`.
+    fn take_payload(&mut self, data: &[u8]) -> io::Result<()> {
+        match &mut self.state {
+            RequestState::Head | RequestState::Ending | RequestState::Sent => {}
+            RequestState::Length(left) => {
+                let n = (data.len() as u64).min(*left) as usize;
+                self.pending.extend_from_slice(&data[..n]);
+                *left -= n as u64;
+                if *left == 0 {
+                    self.state = RequestState::Ending;
+                }
+            }
+            RequestState::Chunked(dec) => {
+                let mut at = 0;
+                while at < data.len() {
+                    let (c, run) = dec
+                        .feed_payload(&data[at..])
+                        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?;
+                    if let Some(r) = run {
+                        self.pending.extend_from_slice(&data[at..][r]);
+                    }
+                    let (consumed, done) = match c {
+                        Chunked::NeedMore { consumed } => (consumed, false),
+                        Chunked::Done { consumed } => (consumed, true),
+                    };
+                    if let Some(start) = dec.trailers_start() {
+                        let from = start.saturating_sub(self.scanned).min(consumed as u64) as usize;
+                        self.trailers
+                            .extend_from_slice(&data[at + from..at + consumed]);
+                    }
+                    self.scanned += consumed as u64;
+                    at += consumed;
+                    if done {
+                        self.state = RequestState::Ending;
+                        break;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Formats the response head as HTTP/1.1 into `out`; picks how the body is framed.
+    fn format_head(&mut self, response: &http::Response<RecvStream>, end: bool) {
+        use std::io::Write as _;
+        let status = response.status();
+        let _ = write!(
+            self.out,
+            "HTTP/1.1 {} {}\r\n",
+            status.as_u16(),
+            status.canonical_reason().unwrap_or("")
+        );
+        let headers = response.headers();
+        for (name, value) in headers {
+            if is_connection_specific(name.as_str().as_bytes()) {
+                continue;
+            }
+            self.out.extend_from_slice(name.as_str().as_bytes());
+            self.out.extend_from_slice(b": ");
+            self.out.extend_from_slice(value.as_bytes());
+            self.out.extend_from_slice(b"\r\n");
+        }
+        let code = status.as_u16();
+        let bodiless = self.head.method() == Method::Head
+            || (100..200).contains(&code)
+            || code == 204
+            || code == 304;
+        self.body = ResponseBody::Raw;
+        if !bodiless && !headers.contains_key(http::header::CONTENT_LENGTH) {
+            if end {
+                self.out.extend_from_slice(b"content-length: 0\r\n");
+            } else {
+                self.out
+                    .extend_from_slice(b"transfer-encoding: chunked\r\n");
+                self.body = ResponseBody::Chunked;
+            }
+        }
+        self.out.extend_from_slice(b"\r\n");
+    }
+
+    /// Fills `out` with the next part of the response; `Ready(Ok(false))` at its end.
+    fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<bool>> {
+        if let Some(response) = &mut self.response {
+            let response = match Pin::new(response).poll(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Ok(r)) => r,
+                Poll::Ready(Err(e)) => {
+                    self.response = None;
+                    return Poll::Ready(Err(self.error(e)));
+                }
+            };
+            self.response = None;
+            let end = response.body().is_end_stream();
+            self.format_head(&response, end);
+            self.finished = end;
+            self.recv = Some(response.into_body());
+            return Poll::Ready(Ok(true));
+        }
+        let Some(recv) = &mut self.recv else {
+            return Poll::Ready(Ok(false));
+        };
+        match recv.poll_data(cx) {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(Some(Ok(data))) => {
+                // The window goes back as the request path takes the bytes (they are in `out`
+                // until it reads them, which it does as it writes them downstream).
+                let _ = recv.flow_control().release_capacity(data.len());
+                if data.is_empty() {
+                    return Poll::Ready(Ok(true));
+                }
+                if self.body == ResponseBody::Chunked {
+                    use std::io::Write as _;
+                    let _ = write!(self.out, "{:x}\r\n", data.len());
+                    self.out.extend_from_slice(&data);
+                    self.out.extend_from_slice(b"\r\n");
+                } else {
+                    self.out.extend_from_slice(&data);
+                }
+                Poll::Ready(Ok(true))
+            }
+            Poll::Ready(Some(Err(e))) => {
+                self.recv = None;
+                Poll::Ready(Err(self.error(e)))
+            }
+            Poll::Ready(None) => {
+                let trailers = match recv.poll_trailers(cx) {
+                    Poll::Pending => return Poll::Pending,
+                    Poll::Ready(Ok(t)) => t,
+                    Poll::Ready(Err(e)) => {
+                        self.recv = None;
+                        return Poll::Ready(Err(self.error(e)));
+                    }
+                };
+                self.recv = None;
+                self.finished = true;
+                if self.body == ResponseBody::Chunked {
+                    self.out.extend_from_slice(b"0\r\n");
+                    for (name, value) in trailers.iter().flatten() {
+                        self.out.extend_from_slice(name.as_str().as_bytes());
+                        self.out.extend_from_slice(b": ");
+                        self.out.extend_from_slice(value.as_bytes());
+                        self.out.extend_from_slice(b"\r\n");
+                    }
+                    self.out.extend_from_slice(b"\r\n");
+                    return Poll::Ready(Ok(true));
+                }
+                Poll::Ready(Ok(false))
+            }
+        }
+    }
+}
+
+/// A chunked trailer section as HTTP/2 trailers, without the fields a trailer must not carry;
+/// `None` when it has no field.
+fn trailer_map(section: &[u8]) -> Option<http::HeaderMap> {
+    if section.len() <= 2 {
+        return None;
+    }
+    let mut filtered = Vec::with_capacity(section.len());
+    write_trailers(&mut filtered, section);
+    let mut map = http::HeaderMap::new();
+    for line in filtered.split(|&b| b == b'\n') {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        let Some(colon) = line.iter().position(|&b| b == b':') else {
+            continue;
+        };
+        if let (Ok(n), Ok(v)) = (
+            http::HeaderName::from_bytes(&line[..colon]),
+            http::HeaderValue::from_bytes(line[colon + 1..].trim_ascii()),
+        ) && !is_connection_specific(n.as_str().as_bytes())
+        {
+            map.append(n, v);
+        }
+    }
+    (!map.is_empty()).then_some(map)
+}
+
+impl AsyncWrite for H2Upstream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        // One write waits at a time: the previous one goes out first.
+        match this.poll_send(cx) {
+            Poll::Ready(Ok(())) => {}
+            other => return other.map(|r| r.map(|()| 0)),
+        }
+        if matches!(this.state, RequestState::Head) {
+            this.head_buf.extend_from_slice(data);
+            match parse_request(&this.head_buf, &REQUEST_LIMITS, &mut this.head) {
+                Ok(ParseStatus::Complete) => {}
+                Ok(ParseStatus::Partial) => return Poll::Ready(Ok(data.len())),
+                Err(e) => {
+                    return Poll::Ready(Err(io::Error::new(
+                        io::ErrorKind::InvalidInput,
+                        e.to_string(),
+                    )));
+                }
+            }
+            let (state, end) = match this.head.framing() {
+                BodyFraming::None | BodyFraming::CloseDelimited | BodyFraming::ContentLength(0) => {
+                    (RequestState::Sent, true)
+                }
+                BodyFraming::ContentLength(n) => (RequestState::Length(n), false),
+                BodyFraming::Chunked => {
+                    (RequestState::Chunked(ChunkedDecoder::new(64 * 1024)), false)
+                }
+            };
+            this.send_head(end)?;
+            this.state = state;
+            let head_len = this.head.head_len();
+            let rest = this.head_buf.split_off(head_len);
+            this.take_payload(&rest)?;
+            return Poll::Ready(Ok(data.len()));
+        }
+        this.take_payload(data)?;
+        Poll::Ready(Ok(data.len()))
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.get_mut().poll_send(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl AsyncRead for H2Upstream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        loop {
+            if this.out_at < this.out.len() {
+                let n = (this.out.len() - this.out_at).min(buf.remaining());
+                buf.put_slice(&this.out[this.out_at..this.out_at + n]);
+                this.out_at += n;
+                if this.out_at == this.out.len() {
+                    this.out.clear();
+                    this.out_at = 0;
+                }
+                return Poll::Ready(Ok(()));
+            }
+            // The request's body may still be waiting for window (a response can come first).
+            if let Poll::Ready(Err(e)) = this.poll_send(cx) {
+                return Poll::Ready(Err(e));
+            }
+            match this.poll_fill(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Ready(Ok(false)) => return Poll::Ready(Ok(())),
+                Poll::Ready(Ok(true)) => {}
+            }
+        }
+    }
+}
+
+impl Drop for H2Upstream {
+    fn drop(&mut self) {
+        let finished = self.finished || self.recv.as_ref().is_some_and(RecvStream::is_end_stream);
+        let unfinished = !finished && !self.failed && self.send.is_some();
+        if unfinished {
+            // Dropping the stream's handles makes h2 send RST_STREAM(CANCEL).
+            bump(&self.stats.http2_upstream_tx_reset, 1);
+        }
+        gauge_add(&self.stats.http2_upstream_streams_active, false);
+        let left = self.conn.streams.get() - 1;
+        self.conn.streams.set(left);
+        if left == 0 {
+            self.conn.idle_since.set(crate::now());
+        }
+    }
+}

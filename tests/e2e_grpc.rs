@@ -1,0 +1,582 @@
+//! End-to-end tests of HTTP/2 upstreams (`protocol: http2` clusters) against real peers: node's
+//! `http2` module as the h2c upstream (`tests/grpc/h2_upstream.js`, which describes each request
+//! it got as JSON and logs it), curl over HTTP/1.1 and HTTP/2, node and h2load as clients.
+
+mod support;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+
+use support::pki::stat;
+use support::*;
+
+fn start_h2_upstream(dir: &TempDir, name: &str, port: u16) -> (Proc, PathBuf) {
+    let log = dir.path().join(format!("{name}.requests"));
+    let script = repo().join("tests/grpc/h2_upstream.js");
+    let mut p = spawn(
+        dir,
+        name,
+        "node",
+        &[
+            script.to_str().unwrap(),
+            &port.to_string(),
+            name,
+            log.to_str().unwrap(),
+        ],
+    );
+    wait_listening(addr(port), &mut p);
+    (p, log)
+}
+
+/// One `http` listener (the defaults a user gets) routing everything to cluster `app`, which
+/// speaks HTTP/2 to its hosts; an admin port for the stats.
+fn config(listen: u16, admin: u16, upstreams: &[u16]) -> String {
+    let hosts: Vec<String> = upstreams
+        .iter()
+        .map(|p| format!("{{ address: 127.0.0.1:{p} }}"))
+        .collect();
+    format!(
+        r#"
+admin: {{ address: 127.0.0.1:{admin} }}
+listeners:
+  - name: http_in
+    address: 127.0.0.1:{listen}
+    http:
+      virtual_hosts:
+        - name: any
+          domains: ["*"]
+          routes:
+            - match: {{ prefix: / }}
+              route: {{ cluster: app }}
+clusters:
+  - name: app
+    protocol: http2
+    hosts: [ {} ]
+"#,
+        hosts.join(", ")
+    )
+}
+
+/// `curl` with `args`: (status, body).
+fn curl(args: &[&str]) -> (u16, String) {
+    let mut all = vec!["-sS", "-o", "-", "-w", "\n%{http_code}", "--max-time", "10"];
+    all.extend_from_slice(args);
+    let out = run("curl", &all);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, code) = text.rsplit_once('\n').expect("curl's -w line");
+    (code.trim().parse().unwrap_or(0), body.to_owned())
+}
+
+fn json(body: &str) -> serde_json::Value {
+    serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {body}"))
+}
+
+fn log_lines(log: &PathBuf) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(log)
+        .unwrap_or_default()
+        .lines()
+        .map(json)
+        .collect()
+}
+
+#[test]
+fn an_http11_client_reaches_an_http2_upstream_with_host_as_authority_and_bodies_as_data() {
+    if !require_peers(&["node", "curl"]) {
+        return;
+    }
+    let dir = TempDir::new("h2up-curl");
+    let (listen, admin, up) = (free_port(), free_port(), free_port());
+    let (_u, log) = start_h2_upstream(&dir, "up", up);
+    let _sluice = start_sluice(&dir, &config(listen, admin, &[up]), 1, addr(listen));
+    let base = format!("http://127.0.0.1:{listen}");
+
+    let (status, body) = curl(&[
+        "--http1.1",
+        "-H",
+        "Host: api.example",
+        "-H",
+        "TE: trailers",
+        "-H",
+        "Connection: keep-alive, x-hop",
+        "-H",
+        "x-hop: 1",
+        &format!("{base}/x?q=1"),
+    ]);
+    assert_eq!(status, 200, "{body}");
+    let seen = json(&body);
+    assert_eq!(seen["method"], "GET");
+    assert_eq!(seen["path"], "/x?q=1");
+    assert_eq!(seen["authority"], "api.example");
+    assert_eq!(seen["scheme"], "http");
+    assert_eq!(seen["headers"]["te"], "trailers", "{seen}");
+    assert!(seen["headers"].get("host").is_none(), "{seen}");
+    assert!(seen["headers"].get("connection").is_none(), "{seen}");
+    assert!(seen["headers"].get("x-hop").is_none(), "{seen}");
+    assert!(seen["headers"].get("x-forwarded-for").is_some(), "{seen}");
+
+    // A body of known length (larger than the stream window) and a chunked one with trailers.
+    let payload = "a".repeat(300_000);
+    let file = dir.write("payload", &payload);
+    let at_file = format!("@{}", file.display());
+    let (status, body) = curl(&[
+        "--http1.1",
+        "--data-binary",
+        &at_file,
+        &format!("{base}/upload"),
+    ]);
+    assert_eq!(status, 200, "{body}");
+    let seen = json(&body);
+    assert_eq!(seen["method"], "POST");
+    assert_eq!(seen["body_len"], 300_000, "{seen}");
+    assert_eq!(seen["headers"]["content-length"], "300000");
+
+    let (status, body) = curl(&[
+        "--http1.1",
+        "--data-binary",
+        &at_file,
+        "-H",
+        "Content-Length:",
+        "-H",
+        "Transfer-Encoding: chunked",
+        &format!("{base}/chunked"),
+    ]);
+    assert_eq!(status, 200, "{body}");
+    let seen = json(&body);
+    assert_eq!(seen["body_len"], 300_000, "{seen}");
+    assert!(seen["headers"].get("transfer-encoding").is_none(), "{seen}");
+
+    // A response with trailers and no length reaches an HTTP/1.1 client chunked, trailers
+    // included.
+    let (status, raw) = curl(&[
+        "--http1.1",
+        "--raw",
+        "-H",
+        "TE: trailers",
+        &format!("{base}/trailers"),
+    ]);
+    assert_eq!(status, 200, "{raw}");
+    assert!(
+        raw.contains("\r\n0\r\nx-checksum: "),
+        "no chunked trailer: {raw:.200}"
+    );
+    assert_eq!(log_lines(&log).len(), 4);
+    assert_eq!(
+        stat(admin, "http2.upstream_cx_total"),
+        1,
+        "one multiplexed connection"
+    );
+    assert_eq!(stat(admin, "http2.upstream_streams_total"), 4);
+}
+
+#[test]
+fn http2_client_to_http2_upstream_passes_trailers_through() {
+    if !require_peers(&["node"]) {
+        return;
+    }
+    let dir = TempDir::new("h2up-h2h2");
+    let (listen, admin, up) = (free_port(), free_port(), free_port());
+    let (_u, _log) = start_h2_upstream(&dir, "up", up);
+    let _sluice = start_sluice(&dir, &config(listen, admin, &[up]), 1, addr(listen));
+    let script = format!(
+        r#"
+const http2 = require('http2');
+const crypto = require('crypto');
+const session = http2.connect('http://127.0.0.1:{listen}');
+const req = session.request({{ ':method': 'POST', ':path': '/trailers', 'te': 'trailers' }}, {{ waitForTrailers: true }});
+req.on('wantTrailers', () => req.sendTrailers({{ 'x-sum': 'abc' }}));
+const chunks = [];
+let trailers = null;
+req.on('response', (h) => console.log('status ' + h[':status']));
+req.on('data', (d) => chunks.push(d));
+req.on('trailers', (t) => trailers = t);
+req.on('end', () => {{
+  const body = Buffer.concat(chunks);
+  const sum = crypto.createHash('sha256').update(body).digest('hex');
+  const seen = JSON.parse(body.toString().slice(0, body.length / 50));
+  console.log('request trailers ' + JSON.stringify(seen.trailers));
+  console.log('checksum ' + (trailers && trailers['x-checksum'] === sum ? 'matches' : 'missing: ' + JSON.stringify(trailers)));
+  session.close();
+}});
+req.end('hello');
+"#
+    );
+    let out = run("node", &["-e", &script]);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert_eq!(
+        text.trim(),
+        "status 200\nrequest trailers {\"x-sum\":\"abc\"}\nchecksum matches",
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn h2load_through_an_http2_upstream_with_slow_answers_has_no_failure() {
+    if !require_peers(&["node", "h2load"]) {
+        return;
+    }
+    let dir = TempDir::new("h2up-h2load");
+    let (listen, admin, a, b) = (free_port(), free_port(), free_port(), free_port());
+    let (_a, log_a) = start_h2_upstream(&dir, "a", a);
+    let (_b, log_b) = start_h2_upstream(&dir, "b", b);
+    let _sluice = start_sluice(&dir, &config(listen, admin, &[a, b]), 1, addr(listen));
+    let out = run(
+        "h2load",
+        &[
+            "-n",
+            "400",
+            "-c",
+            "4",
+            "-m",
+            "25",
+            &format!("http://127.0.0.1:{listen}/slow/30/x"),
+        ],
+    );
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        text.contains("400 succeeded, 0 failed, 0 errored"),
+        "{text}"
+    );
+    assert!(text.contains("status codes: 400 2xx"), "{text}");
+    let (na, nb) = (log_lines(&log_a).len(), log_lines(&log_b).len());
+    assert_eq!(na + nb, 400);
+    assert!(na > 0 && nb > 0, "both upstreams used: {na} / {nb}");
+    // Multiplexed: a few connections per upstream, not one per request in flight.
+    assert!(
+        stat(admin, "http2.upstream_cx_total") <= 20,
+        "{}",
+        stat(admin, "http2.upstream_cx_total")
+    );
+    assert_eq!(stat(admin, "http2.upstream_streams_active"), 0);
+}
+
+/// Runs `n` HTTP/1.1 POSTs at once (one connection each) and prints each status.
+fn concurrent_posts(listen: u16, paths: &[&str]) -> Vec<u16> {
+    let list = serde_json::to_string(paths).unwrap();
+    let script = format!(
+        r#"
+const http = require('http');
+const agent = new http.Agent({{ keepAlive: true, maxSockets: 64 }});
+const paths = {list};
+Promise.all(paths.map((p) => new Promise((resolve) => {{
+  const req = http.request({{ host: '127.0.0.1', port: {listen}, method: 'POST', path: p, agent,
+    headers: {{ 'content-type': 'text/plain' }} }}, (res) => {{ res.resume(); res.on('end', () => resolve(res.statusCode)); }});
+  req.on('error', () => resolve(0));
+  req.end('payload');
+}}))).then((codes) => {{ console.log(codes.join(' ')); agent.destroy(); }});
+"#
+    );
+    let out = run("node", &["-e", &script]);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    text.split_whitespace()
+        .map(|c| {
+            c.parse()
+                .unwrap_or_else(|_| panic!("{text} {}", String::from_utf8_lossy(&out.stderr)))
+        })
+        .collect()
+}
+
+#[test]
+fn streams_a_goaway_left_unprocessed_are_sent_again_even_posts_and_processed_ones_finish() {
+    if !require_peers(&["node", "curl"]) {
+        return;
+    }
+    let dir = TempDir::new("h2up-goaway");
+    let (listen, admin, up) = (free_port(), free_port(), free_port());
+    let (_u, log) = start_h2_upstream(&dir, "up", up);
+    let _sluice = start_sluice(&dir, &config(listen, admin, &[up]), 1, addr(listen));
+    // The connection exists, so that the four requests share it.
+    let (status, _) = curl(&["--http1.1", &format!("http://127.0.0.1:{listen}/warm")]);
+    assert_eq!(status, 200);
+    let paths = ["/goaway/a", "/goaway/b", "/goaway/c", "/goaway/d"];
+    let codes = concurrent_posts(listen, &paths);
+    assert_eq!(codes, vec![200; 4]);
+    // Every POST was processed exactly once: two before the GOAWAY, two after it on a new
+    // connection.
+    let mut processed: HashMap<String, usize> = HashMap::new();
+    for line in log_lines(&log) {
+        if let Some(p) = line["path"].as_str()
+            && p.starts_with("/goaway/")
+        {
+            *processed.entry(p.to_owned()).or_default() += 1;
+        }
+    }
+    assert_eq!(processed.len(), 4, "{processed:?}");
+    assert!(processed.values().all(|&n| n == 1), "{processed:?}");
+    assert_eq!(stat(admin, "http2.upstream_refused"), 2);
+    assert_eq!(stat(admin, "http2.upstream_cx_total"), 2);
+}
+
+#[test]
+fn a_refused_stream_is_sent_again_whatever_the_method() {
+    if !require_peers(&["node", "curl"]) {
+        return;
+    }
+    let dir = TempDir::new("h2up-refused");
+    let (listen, admin, up) = (free_port(), free_port(), free_port());
+    let (_u, log) = start_h2_upstream(&dir, "up", up);
+    let _sluice = start_sluice(&dir, &config(listen, admin, &[up]), 1, addr(listen));
+    let (status, body) = curl(&[
+        "--http1.1",
+        "-d",
+        "x",
+        &format!("http://127.0.0.1:{listen}/refuse-once/t1"),
+    ]);
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(json(&body)["method"], "POST");
+    let lines = log_lines(&log);
+    assert_eq!(lines.len(), 2, "{lines:?}");
+    assert_eq!(lines[0]["refused"], "/refuse-once/t1");
+    assert_eq!(lines[1]["path"], "/refuse-once/t1");
+    assert_eq!(stat(admin, "http2.upstream_refused"), 1);
+}
+
+// ---- gRPC with grpc-js (tests/grpc/peer.js) on both sides ----------------------------------
+
+fn start_grpc_server(dir: &TempDir, name: &str, port: u16) -> Proc {
+    let script = repo().join("tests/grpc/peer.js");
+    let mut p = spawn(
+        dir,
+        name,
+        "node",
+        &[script.to_str().unwrap(), "server", &port.to_string(), name],
+    );
+    wait_listening(addr(port), &mut p);
+    p
+}
+
+/// Runs a grpc-js client case through the proxy on `listen`; its JSON line.
+fn grpc_client(listen: u16, case: &str) -> serde_json::Value {
+    let script = repo().join("tests/grpc/peer.js");
+    let out = run(
+        "timeout",
+        &[
+            "20",
+            "node",
+            script.to_str().unwrap(),
+            "client",
+            &format!("127.0.0.1:{listen}"),
+            case,
+        ],
+    );
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    serde_json::from_str(text.trim()).unwrap_or_else(|e| {
+        panic!(
+            "{case}: {e}: {text} {}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })
+}
+
+/// [`config`] with the route's `timeout` set.
+fn config_with_timeout(listen: u16, admin: u16, upstreams: &[u16], timeout: &str) -> String {
+    config(listen, admin, upstreams).replace(
+        "route: { cluster: app }",
+        &format!("route: {{ cluster: app, timeout: {timeout} }}"),
+    )
+}
+
+#[test]
+fn grpc_unary_streaming_bidi_and_errors_through_an_http2_cluster() {
+    if !require_peers(&["grpc-js"]) {
+        return;
+    }
+    let dir = TempDir::new("grpc-calls");
+    let (listen, admin, a, b) = (free_port(), free_port(), free_port(), free_port());
+    let _a = start_grpc_server(&dir, "a", a);
+    let _b = start_grpc_server(&dir, "b", b);
+    let _sluice = start_sluice(&dir, &config(listen, admin, &[a, b]), 1, addr(listen));
+
+    // 200 unary calls (20 in flight, 20 ms answers) over two upstreams: all answered, both used.
+    let unary = grpc_client(listen, "unary:200");
+    assert_eq!(unary["ok"], true, "{unary}");
+    let (na, nb) = (
+        unary["by"]["a"].as_u64().unwrap_or(0),
+        unary["by"]["b"].as_u64().unwrap_or(0),
+    );
+    assert_eq!(na + nb, 200, "{unary}");
+    assert!(na > 0 && nb > 0, "{unary}");
+
+    let stream = grpc_client(listen, "stream");
+    assert_eq!(stream["ok"], true, "{stream}");
+    assert_eq!(
+        stream["got"],
+        serde_json::json!(["s:0", "s:1", "s:2", "s:3", "s:4"])
+    );
+
+    let bidi = grpc_client(listen, "bidi");
+    assert_eq!(bidi["ok"], true, "{bidi}");
+    assert_eq!(bidi["got"], serde_json::json!(["b0", "b1", "b2"]));
+
+    // An error status of the server reaches the client as it was sent.
+    let error = grpc_client(listen, "error");
+    assert_eq!(error["code"], 5, "{error}");
+    assert_eq!(error["details"], "told to fail: e", "{error}");
+    assert_eq!(stat(admin, "http2.upstream_streams_active"), 0);
+}
+
+#[test]
+fn grpc_errors_the_proxy_answers_are_trailers_only_with_envoys_status() {
+    if !require_peers(&["grpc-js"]) {
+        return;
+    }
+    let dir = TempDir::new("grpc-local");
+    let (listen, admin, up, dead) = (free_port(), free_port(), free_port(), free_port());
+    let _up = start_grpc_server(&dir, "up", up);
+    // The route's timeout passes before the answer: DEADLINE_EXCEEDED from the proxy.
+    let _sluice = start_sluice(
+        &dir,
+        &config_with_timeout(listen, admin, &[up], "300ms"),
+        1,
+        addr(listen),
+    );
+    let slow = grpc_client(listen, "slow:3000");
+    assert_eq!(slow["code"], 4, "{slow}");
+    assert_eq!(slow["details"], "upstream request timeout", "{slow}");
+
+    // No upstream listening: UNAVAILABLE with the proxy's reason.
+    let dir2 = TempDir::new("grpc-local-dead");
+    let (listen2, admin2) = (free_port(), free_port());
+    let _sluice2 = start_sluice(&dir2, &config(listen2, admin2, &[dead]), 1, addr(listen2));
+    let refused = grpc_client(listen2, "error");
+    assert_eq!(refused["code"], 14, "{refused}");
+    assert_eq!(refused["details"], "upstream connect error", "{refused}");
+}
+
+#[test]
+fn a_grpc_upstream_killed_mid_stream_ends_the_call_unavailable() {
+    if !require_peers(&["grpc-js"]) {
+        return;
+    }
+    let dir = TempDir::new("grpc-die");
+    let (listen, admin, up) = (free_port(), free_port(), free_port());
+    let _up = start_grpc_server(&dir, "up", up);
+    let _sluice = start_sluice(&dir, &config(listen, admin, &[up]), 1, addr(listen));
+    let died = grpc_client(listen, "die");
+    assert_eq!(died["code"], 14, "{died}");
+    assert_eq!(died["got"], 2, "{died}");
+}
+
+#[test]
+fn grpc_timeout_caps_the_route_timeout_and_the_upstream_gets_the_time_left() {
+    if !require_peers(&["node", "curl"]) {
+        return;
+    }
+    let dir = TempDir::new("grpc-timeout");
+    let (listen, admin, up) = (free_port(), free_port(), free_port());
+    let (_u, _log) = start_h2_upstream(&dir, "up", up);
+    let _sluice = start_sluice(
+        &dir,
+        &config_with_timeout(listen, admin, &[up], "1s"),
+        1,
+        addr(listen),
+    );
+    let seen_timeout = |value: &str| -> f64 {
+        let (status, body) = curl(&[
+            "--http2-prior-knowledge",
+            "-H",
+            "content-type: application/grpc",
+            "-H",
+            &format!("grpc-timeout: {value}"),
+            &format!("http://127.0.0.1:{listen}/x"),
+        ]);
+        assert_eq!(status, 200, "{body}");
+        let seen = json(&body);
+        let v = seen["headers"]["grpc-timeout"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{seen}"))
+            .to_owned();
+        let (digits, unit) = v.split_at(v.len() - 1);
+        let n: f64 = digits.parse().unwrap();
+        n * match unit {
+            "H" => 3600.0,
+            "M" => 60.0,
+            "S" => 1.0,
+            "m" => 1e-3,
+            "u" => 1e-6,
+            "n" => 1e-9,
+            u => panic!("unit {u}"),
+        }
+    };
+    // Shorter than the route's 1 s: the upstream gets it (less the time spent so far).
+    let left = seen_timeout("500m");
+    assert!(left > 0.0 && left <= 0.5, "{left}");
+    // Longer: the route's timeout caps it.
+    let left = seen_timeout("30S");
+    assert!(left > 0.0 && left <= 1.0, "{left}");
+}
+
+#[test]
+fn retry_on_unavailable_retries_a_grpc_call_on_the_other_upstream() {
+    if !require_peers(&["grpc-js"]) {
+        return;
+    }
+    let dir = TempDir::new("grpc-retry");
+    let (listen, admin, a, b) = (free_port(), free_port(), free_port(), free_port());
+    let _a = start_grpc_server(&dir, "a", a);
+    let _b = start_grpc_server(&dir, "b", b);
+    let text = config(listen, admin, &[a, b]).replace(
+        "route: { cluster: app }",
+        "route: { cluster: app, retry_policy: { retry_on: [unavailable], num_retries: 2 } }",
+    );
+    let _sluice = start_sluice(&dir, &text, 1, addr(listen));
+    // Upstream `a` answers every call UNAVAILABLE (trailers-only): each goes on to `b`.
+    let calls = grpc_client(listen, "retry:10");
+    assert_eq!(calls["succeeded"], 10, "{calls}");
+    let retries = stat(admin, "cluster.app.upstream_rq_retry");
+    assert!((5..=10).contains(&retries), "{retries}");
+}
+
+#[test]
+fn a_client_reset_cancels_the_upstream_stream_and_gives_everything_back() {
+    if !require_peers(&["node"]) {
+        return;
+    }
+    let dir = TempDir::new("h2up-cancel");
+    let (listen, admin, up) = (free_port(), free_port(), free_port());
+    let (_u, log) = start_h2_upstream(&dir, "up", up);
+    let _sluice = start_sluice(&dir, &config(listen, admin, &[up]), 1, addr(listen));
+    // The client resets its stream once the upstream has it (its answer would come in 10 s).
+    let script = format!(
+        r#"
+const http2 = require('http2');
+const session = http2.connect('http://127.0.0.1:{listen}');
+const req = session.request({{ ':path': '/slow/10000/x' }});
+req.on('error', () => {{}});
+req.on('close', () => {{ console.log('closed ' + req.rstCode); session.close(); }});
+setTimeout(() => req.close(http2.constants.NGHTTP2_CANCEL), 500);
+"#
+    );
+    let out = run("node", &["-e", &script]);
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "closed 8",
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The upstream sees its stream cancelled (RST_STREAM CANCEL = 8), well before its answer.
+    let mut cancelled = None;
+    for _ in 0..100 {
+        cancelled = log_lines(&log)
+            .into_iter()
+            .find(|l| l.get("cancelled").is_some());
+        if cancelled.is_some() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let cancelled = cancelled.expect("the upstream stream was not cancelled");
+    assert_eq!(cancelled["cancelled"], "/slow/10000/x");
+    assert_eq!(cancelled["code"], 8, "{cancelled}");
+    assert_eq!(stat(admin, "http2.upstream_tx_reset"), 1);
+    assert_eq!(stat(admin, "http2.upstream_streams_active"), 0);
+    // The connection stays for the next request; after it, the host's in-flight count (the
+    // gauge is published as requests pass) shows the cancelled request gave its unit back.
+    let (status, _) = curl(&["--http1.1", &format!("http://127.0.0.1:{listen}/after")]);
+    assert_eq!(status, 200);
+    assert_eq!(stat(admin, "http2.upstream_cx_total"), 1);
+    assert_eq!(
+        stat(admin, &format!("cluster.app.host.127.0.0.1:{up}.rq_active")),
+        0
+    );
+}

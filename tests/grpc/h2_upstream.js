@@ -1,0 +1,110 @@
+// An HTTP/2 cleartext (h2c, prior knowledge) upstream for the end-to-end tests of HTTP/2
+// upstreams (tests/e2e_grpc.rs), on node's own `http2` module.
+//
+//   node h2_upstream.js PORT NAME LOG
+//
+// Every request is answered 200 with a JSON description of what arrived (method, path,
+// authority, headers, body length, trailers, and which upstream answered), and each processed
+// request is appended to LOG as one JSON line. Paths:
+//   /slow/MS/...    answers after MS milliseconds (a stream reset before is logged as
+//                   { cancelled: PATH, code: RST_STREAM code });
+//   /trailers...    answers with a body and an `x-checksum` trailer (no content-length);
+//   /refuse-once/T  refuses the first stream for tag T with RST_STREAM(REFUSED_STREAM);
+//   /goaway/T       holds streams until 4 arrived on one connection (the first time only), then
+//                   sends GOAWAY with the second one's id as last_stream_id, answers the first
+//                   two and never processes the others (a graceful shutdown, RFC 9113 §6.8).
+const http2 = require('http2');
+const fs = require('fs');
+const crypto = require('crypto');
+
+const [port, name, log] = process.argv.slice(2);
+const refused = new Set();
+let goawayDone = false;
+
+function record(entry) {
+  fs.appendFileSync(log, JSON.stringify(entry) + '\n');
+}
+
+function answer(stream, headers, body, trailers) {
+  const path = headers[':path'];
+  stream.answered = true;
+  const seen = {
+    upstream: name,
+    method: headers[':method'],
+    path,
+    authority: headers[':authority'] || null,
+    scheme: headers[':scheme'] || null,
+    headers: Object.fromEntries(Object.entries(headers).filter(([k]) => !k.startsWith(':'))),
+    body_len: body.length,
+    trailers,
+  };
+  record({ upstream: name, method: seen.method, path, stream: stream.id });
+  const text = JSON.stringify(seen);
+  if (path.startsWith('/trailers')) {
+    const payload = Buffer.from(text.repeat(50));
+    const sum = crypto.createHash('sha256').update(payload).digest('hex');
+    stream.respond({ ':status': 200, 'content-type': 'application/json' }, { waitForTrailers: true });
+    stream.on('wantTrailers', () => stream.sendTrailers({ 'x-checksum': sum }));
+    stream.end(payload);
+    return;
+  }
+  stream.respond({
+    ':status': 200,
+    'content-type': 'application/json',
+    'content-length': Buffer.byteLength(text),
+    'x-upstream': name,
+  });
+  stream.end(text);
+}
+
+const server = http2.createServer();
+server.on('session', (session) => {
+  session.held = [];
+});
+server.on('stream', (stream, headers) => {
+  const session = stream.session;
+  const chunks = [];
+  let trailers = null;
+  stream.on('trailers', (t) => {
+    trailers = Object.fromEntries(Object.entries(t).filter(([k]) => !k.startsWith(':')));
+  });
+  stream.on('data', (d) => chunks.push(d));
+  stream.on('error', () => {});
+  // A stream closed before its answer (the proxy cancelled it) is logged with its reset code.
+  stream.on('close', () => {
+    if (!stream.answered && !session.destroyed) {
+      record({ upstream: name, cancelled: headers[':path'], code: stream.rstCode });
+    }
+  });
+  stream.on('end', () => {
+    const body = Buffer.concat(chunks);
+    const path = headers[':path'];
+    if (path.startsWith('/refuse-once/') && !refused.has(path)) {
+      refused.add(path);
+      record({ upstream: name, refused: path, stream: stream.id });
+      stream.close(http2.constants.NGHTTP2_REFUSED_STREAM);
+      return;
+    }
+    if (path.startsWith('/goaway/') && !goawayDone) {
+      session.held.push({ stream, headers, body, trailers });
+      if (session.held.length === 4) {
+        goawayDone = true;
+        const held = session.held.sort((a, b) => a.stream.id - b.stream.id);
+        const last = held[1].stream.id;
+        record({ upstream: name, goaway_last_stream_id: last });
+        session.goaway(http2.constants.NGHTTP2_NO_ERROR, last);
+        for (const h of held) {
+          if (h.stream.id <= last) answer(h.stream, h.headers, h.body, h.trailers);
+        }
+      }
+      return;
+    }
+    const slow = path.match(/^\/slow\/(\d+)/);
+    if (slow) {
+      setTimeout(() => answer(stream, headers, body, trailers), Number(slow[1]));
+      return;
+    }
+    answer(stream, headers, body, trailers);
+  });
+});
+server.listen(Number(port), '127.0.0.1');
