@@ -21,6 +21,8 @@
 //!   `initial_fetch_timeout` when warming starts, expires: then what is missing is an error).
 //!   The config is all of it at once — the workers never see a route to a cluster they lack,
 //!   which is make-before-break in CDS → EDS → LDS → RDS order by construction.
+//! - A response that changes nothing (same resources as the serving config) is ACKed at once,
+//!   without an apply.
 //! - **One apply at a time**; the responses folded into a config are ACKed (version and nonce of
 //!   the latest response of each type in it) only when [`Input::Applied`] says the workers
 //!   switched; [`Input::ApplyFailed`] NACKs them.
@@ -233,19 +235,16 @@ impl Ads {
                     return;
                 };
                 self.applied = done.resources;
-                let same_stream = done.stream == self.stream && self.connected;
-                let mut latest: BTreeMap<ResourceType, &Pending> = BTreeMap::new();
-                for p in &done.responses {
-                    latest.insert(p.kind, p);
-                }
-                for (kind, p) in latest {
-                    self.types
-                        .get_mut(&kind)
-                        .expect("every type")
-                        .accepted_version = p.version.clone();
-                    if same_stream {
-                        let nonce = p.nonce.clone();
-                        self.request(kind, Some((nonce, None)));
+                if done.stream == self.stream {
+                    self.accept(&done.responses);
+                } else {
+                    // Not ACKed on a stream that never sent them; the versions still count.
+                    for p in &done.responses {
+                        self.types
+                            .get_mut(&p.kind)
+                            .expect("every type")
+                            .accepted_version
+                            .clone_from(&p.version);
                     }
                 }
                 self.evaluate();
@@ -301,6 +300,26 @@ impl Ads {
                 }),
                 ..Default::default()
             })));
+    }
+
+    /// The responses are in the serving config: their versions are accepted, and the latest of
+    /// each type is ACKed.
+    fn accept(&mut self, responses: &[Pending]) {
+        let mut latest: BTreeMap<ResourceType, &Pending> = BTreeMap::new();
+        for p in responses {
+            latest.insert(p.kind, p);
+        }
+        let latest: Vec<(ResourceType, String, String)> = latest
+            .into_iter()
+            .map(|(k, p)| (k, p.version.clone(), p.nonce.clone()))
+            .collect();
+        for (kind, version, nonce) in latest {
+            self.types
+                .get_mut(&kind)
+                .expect("every type")
+                .accepted_version = version;
+            self.request(kind, Some((nonce, None)));
+        }
     }
 
     fn nack(&mut self, kind: ResourceType, nonce: String, error: String) {
@@ -386,6 +405,13 @@ impl Ads {
             }
             self.warming_timer = None;
             self.warming_expired = false;
+            if candidate == self.applied {
+                // Nothing changes (a server resending what serves, e.g. after a reconnect):
+                // the serving config already is this one.
+                let done = std::mem::take(&mut self.pending);
+                self.accept(&done);
+                return;
+            }
             match translate::assemble(&self.bootstrap, &candidate) {
                 Ok(assembled) => {
                     let id = self.next_id();

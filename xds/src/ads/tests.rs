@@ -395,10 +395,26 @@ fn a_reconnect_resubscribes_with_the_accepted_versions_and_no_nonce() {
         ]
     );
     assert!(reqs[0].node.is_some());
-    // The same version again (the server resends after a reconnect) applies the same config.
+    // The same resources again (the server resends after a reconnect): ACKed, nothing applied.
     a.handle_input(response(Cds, "1", "c9", vec![any(&eds_cluster("web"))]));
     let out = drain(&mut a);
-    assert_eq!(applied_config(&out).clusters[0].name, "web");
+    assert!(apply_id(&out).is_none());
+    assert_eq!(
+        sent(&out).iter().map(|r| summary(r)).collect::<Vec<_>>(),
+        [(Cds, "1", "c9", vec![], None)]
+    );
+    // A change applies.
+    a.handle_input(response(
+        Eds,
+        "2",
+        "e9",
+        vec![any(&assignment("web", &[("127.0.0.1", 8009, 0)]))],
+    ));
+    let out = drain(&mut a);
+    assert_eq!(
+        applied_config(&out).clusters[0].hosts[0].address.port(),
+        8009
+    );
 }
 
 #[test]
