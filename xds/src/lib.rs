@@ -16,4 +16,5 @@ pub use envoy_types;
 
 pub mod ads;
 pub mod fixtures;
+pub mod fuzzing;
 pub mod translate;

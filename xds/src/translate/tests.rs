@@ -480,3 +480,230 @@ fn first_set_field_names_the_field() {
         Some("per_connection_buffer_limit_bytes")
     );
 }
+
+/// Resources shaped like what istiod generates for a sidecar (field choices and values as in
+/// published config dumps of Istio 1.2x, written by hand): each is refused with a named field,
+/// and none panics.
+mod istio {
+    use envoy_types::pb::envoy::config::cluster::v3::{
+        CircuitBreakers, Cluster, circuit_breakers::Thresholds, cluster::CommonLbConfig,
+        cluster::TransportSocketMatch,
+    };
+    use envoy_types::pb::envoy::config::core::v3::{Metadata, TransportSocket};
+    use envoy_types::pb::envoy::config::listener::v3::ListenerFilter as EnvoyListenerFilter;
+    use envoy_types::pb::envoy::config::route::v3::{
+        RetryPolicy, VirtualHost, route::Action, route_action::MaxStreamDuration,
+    };
+    use envoy_types::pb::google::protobuf::{BoolValue, Duration as PbDuration, UInt32Value};
+
+    use super::*;
+
+    fn outbound_cluster() -> Cluster {
+        let mut c = eds_cluster("outbound|9080||reviews.default.svc.cluster.local");
+        c.connect_timeout = Some(PbDuration {
+            seconds: 10,
+            nanos: 0,
+        });
+        c.circuit_breakers = Some(CircuitBreakers {
+            thresholds: vec![Thresholds {
+                max_connections: Some(UInt32Value { value: u32::MAX }),
+                max_pending_requests: Some(UInt32Value { value: u32::MAX }),
+                max_requests: Some(UInt32Value { value: u32::MAX }),
+                max_retries: Some(UInt32Value { value: u32::MAX }),
+                track_remaining: true,
+                ..Default::default()
+            }],
+            ..Default::default()
+        });
+        c.common_lb_config = Some(CommonLbConfig::default());
+        c.metadata = Some(Metadata::default());
+        c.transport_socket_matches = vec![TransportSocketMatch {
+            name: "tlsMode-istio".into(),
+            transport_socket: Some(TransportSocket {
+                name: "envoy.transport_sockets.tls".into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }];
+        c
+    }
+
+    #[test]
+    fn an_outbound_cluster_is_refused_at_its_transport_socket_matches() {
+        let mut notes = Notes::default();
+        let e = translate_cluster(&outbound_cluster(), None, &mut notes).expect_err("refused");
+        assert_eq!(
+            e.to_string(),
+            "cluster \"outbound|9080||reviews.default.svc.cluster.local\" \
+             transport_socket_matches: unsupported"
+        );
+        // Without mTLS matching, the name itself is what the model refuses.
+        let mut c = outbound_cluster();
+        c.transport_socket_matches.clear();
+        let mut r = Resources::default();
+        r.clusters.insert(c.name.clone(), c.clone());
+        r.endpoints.insert(
+            c.name.clone(),
+            assignment(&c.name, &[("10.0.0.7", 9080, HealthStatus::Healthy as i32)]),
+        );
+        let e = assemble(&json!({ "listeners": [], "clusters": [] }), &r).expect_err("refused");
+        assert!(
+            e.iter()
+                .any(|e| e.to_string().contains("is not a valid name")),
+            "{e:?}"
+        );
+    }
+
+    #[test]
+    fn the_virtual_outbound_listener_is_refused_at_use_original_dst() {
+        let mut l = tcp_listener("virtualOutbound", "0.0.0.0", 15001, "PassthroughCluster");
+        l.use_original_dst = Some(BoolValue { value: true });
+        l.listener_filters = vec![EnvoyListenerFilter {
+            name: "envoy.filters.listener.original_dst".into(),
+            ..Default::default()
+        }];
+        l.traffic_direction = 2; // OUTBOUND
+        let mut notes = Notes::default();
+        let e = translate_listener(&l, &BTreeMap::new(), &mut notes).expect_err("refused");
+        assert_eq!(
+            e.to_string(),
+            "listener \"virtualOutbound\" use_original_dst: unsupported"
+        );
+    }
+
+    #[test]
+    fn an_istio_route_is_refused_at_its_first_unsupported_field() {
+        let mut rc = route_config("9080", "outbound|9080||reviews.default.svc.cluster.local");
+        rc.validate_clusters = Some(BoolValue { value: false });
+        let vh: &mut VirtualHost = &mut rc.virtual_hosts[0];
+        vh.name = "reviews.default.svc.cluster.local:9080".into();
+        vh.domains = vec![
+            "reviews.default.svc.cluster.local".into(),
+            "reviews:9080".into(),
+        ];
+        vh.include_request_attempt_count = true;
+        let route = &mut vh.routes[0];
+        route.name = "default".into();
+        let Some(Action::Route(a)) = &mut route.action else {
+            panic!("route")
+        };
+        a.timeout = Some(PbDuration::default());
+        a.retry_policy = Some(RetryPolicy {
+            retry_on: "connect-failure,refused-stream,unavailable,cancelled,retriable-status-codes"
+                .into(),
+            num_retries: Some(UInt32Value { value: 2 }),
+            host_selection_retry_max_attempts: 5,
+            retriable_status_codes: vec![503],
+            ..Default::default()
+        });
+        a.max_stream_duration = Some(MaxStreamDuration {
+            max_stream_duration: Some(PbDuration::default()),
+            grpc_timeout_header_max: Some(PbDuration::default()),
+            ..Default::default()
+        });
+        let mut notes = Notes::default();
+        let e = translate_route_configuration(&rc, &mut notes).expect_err("refused");
+        assert_eq!(
+            e.to_string(),
+            "route_configuration \"9080\" virtual_hosts[0].include_request_attempt_count: \
+             unsupported"
+        );
+        rc.virtual_hosts[0].include_request_attempt_count = false;
+        let e = translate_route_configuration(&rc, &mut notes).expect_err("refused");
+        assert!(
+            e.to_string().starts_with(
+                "route_configuration \"9080\" virtual_hosts[0].routes[0].route.retry_policy.\
+                 retry_on: \"refused-stream\" is unsupported"
+            ),
+            "{e}"
+        );
+    }
+}
+
+/// The committed corpus of the `xds_translate` fuzz target: real-looking resources, encoded
+/// for `crate::fuzzing`. `SLUICE_BLESS=1` rewrites it; every run drives each entry.
+#[test]
+fn fuzz_corpus_entries_drive_without_panicking() {
+    use crate::fuzzing::{drive, encode};
+    use prost::Message;
+    let web = eds_cluster("web");
+    let cla = assignment("web", &[("127.0.0.1", 8001, 0), ("127.0.0.1", 8002, 2)]);
+    let listener = http_listener("in", "127.0.0.1", 9000, "routes");
+    let routes = route_config("routes", "web");
+    let tcp = tcp_listener("tcp", "127.0.0.1", 9001, "web");
+    let corpus: Vec<(&str, Vec<u8>)> = vec![
+        (
+            "full_http",
+            encode(&[
+                (ResourceType::Cluster, web.encode_to_vec()),
+                (ResourceType::Listener, listener.encode_to_vec()),
+                (ResourceType::Endpoints, cla.encode_to_vec()),
+                (ResourceType::Route, routes.encode_to_vec()),
+            ]),
+        ),
+        (
+            "tcp_proxy",
+            encode(&[
+                (ResourceType::Cluster, web.encode_to_vec()),
+                (ResourceType::Endpoints, cla.encode_to_vec()),
+                (ResourceType::Listener, tcp.encode_to_vec()),
+            ]),
+        ),
+        (
+            "bad_port",
+            encode(&[
+                (ResourceType::Cluster, web.encode_to_vec()),
+                (ResourceType::Endpoints, cla.encode_to_vec()),
+                (
+                    ResourceType::Listener,
+                    http_listener("in", "127.0.0.1", 99999, "routes").encode_to_vec(),
+                ),
+                (ResourceType::Route, routes.encode_to_vec()),
+            ]),
+        ),
+        (
+            "istio_outbound",
+            encode(&[
+                (ResourceType::Cluster, istio_cluster_bytes()),
+                (ResourceType::Listener, listener.encode_to_vec()),
+            ]),
+        ),
+    ];
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/corpus/xds_translate");
+    let bless = std::env::var_os("SLUICE_BLESS").is_some_and(|v| v == "1");
+    if bless {
+        std::fs::create_dir_all(&dir).expect("corpus dir");
+    }
+    for (name, bytes) in &corpus {
+        if bless {
+            std::fs::write(dir.join(name), bytes).expect("write");
+        } else {
+            let committed = std::fs::read(dir.join(name)).expect("the corpus is committed");
+            assert_eq!(&committed, bytes, "{name}: regenerate with SLUICE_BLESS=1");
+        }
+    }
+    assert_eq!(drive(&corpus[0].1), 1, "the full config applies");
+    // The cluster and its endpoints apply first (nothing waits for them), then the listener.
+    assert_eq!(drive(&corpus[1].1), 2);
+    assert_eq!(
+        drive(&corpus[2].1),
+        1,
+        "the cluster applies, a listener on port 99999 never does"
+    );
+    drive(&corpus[3].1);
+    // Truncated and garbled inputs.
+    for (_, bytes) in &corpus {
+        for cut in [1, 2, 3, bytes.len() / 2, bytes.len() - 1] {
+            drive(&bytes[..cut]);
+        }
+        let flipped: Vec<u8> = bytes.iter().map(|b| b ^ 0x55).collect();
+        drive(&flipped);
+    }
+}
+
+fn istio_cluster_bytes() -> Vec<u8> {
+    use prost::Message;
+    let mut c = eds_cluster("outbound|9080||reviews.default.svc.cluster.local");
+    c.common_lb_config = Some(Default::default());
+    c.encode_to_vec()
+}
