@@ -160,12 +160,27 @@ clusters:
     for _ in 0..20 {
         assert_eq!(get(to), (200, "b".into()), "the last good config serves");
     }
+    // The metrics say so.
+    let metrics = || http_request(addr(admin), "GET", "/stats/prometheus").1;
+    let text = metrics();
+    assert!(
+        text.lines()
+            .any(|l| l == "sluice_xds_nacked_total{type=\"listener\"} 1")
+            && text.lines().any(|l| l == "sluice_xds_connected 1")
+            && text
+                .lines()
+                .any(|l| l == "sluice_xds_nacked_total{type=\"cluster\"} 0"),
+        "{text}"
+    );
 
     // The management server dies: traffic goes on.
     server.stop();
     for _ in 0..20 {
         assert_eq!(get(to), (200, "b".into()), "serving while disconnected");
     }
+    eventually("the connection gauge drops", &sluice, || {
+        metrics().lines().any(|l| l == "sluice_xds_connected 0")
+    });
     // It comes back with a later version: the client resubscribes and takes it.
     let server = AdsServer::start(
         ads_port,

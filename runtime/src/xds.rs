@@ -20,6 +20,7 @@
 use std::io;
 use std::net::SocketAddr;
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use envoy_types::pb::envoy::config::core::v3::{Locality, Node};
@@ -31,9 +32,19 @@ use envoy_types::pb::google::protobuf::{
 use serde_json::Value;
 use sluice_core::config::Config;
 use sluice_xds::ads::{Ads, Input, Output};
+use sluice_xds::translate::ResourceType;
 use tracing::{debug, info, warn};
 
 use crate::admin::ReloadRequest;
+
+/// 1 while the ADS stream is open (`sluice_xds_connected`).
+pub static CONNECTED: AtomicU64 = AtomicU64::new(0);
+/// ACKs sent, by type in [`ResourceType::ALL`] order (`sluice_xds_acked_total`).
+pub static ACKED: [AtomicU64; 4] = [const { AtomicU64::new(0) }; 4];
+/// NACKs sent, by type (`sluice_xds_nacked_total`).
+pub static NACKED: [AtomicU64; 4] = [const { AtomicU64::new(0) }; 4];
+/// The `type` label of each element of [`ACKED`] and [`NACKED`].
+pub const TYPE_LABELS: [&str; 4] = ["cluster", "endpoints", "listener", "route"];
 
 /// A config assembled from xDS for the server loop to apply; `reply` says how it went.
 pub struct Update {
@@ -171,6 +182,8 @@ struct Client {
     applying: Option<(u64, tokio::sync::oneshot::Receiver<Result<String, String>>)>,
     timer: Option<(tokio::time::Instant, u64)>,
     initial_fetch_timeout: Duration,
+    /// The nonce of the last request of each type without an error (to count ACKs once).
+    last_acked: [String; 4],
 }
 
 impl Client {
@@ -179,8 +192,19 @@ impl Client {
         while let Some(out) = self.ads.poll_output() {
             match out {
                 Output::Send(req) => {
+                    let kind = ResourceType::ALL
+                        .iter()
+                        .position(|t| t.type_url() == req.type_url)
+                        .unwrap_or(0);
                     if let Some(e) = &req.error_detail {
                         warn!(type_url = %req.type_url, nonce = %req.response_nonce, error = %e.message, "xds: NACK");
+                        NACKED[kind].fetch_add(1, Ordering::Relaxed);
+                    } else if !req.response_nonce.is_empty()
+                        && self.last_acked[kind] != req.response_nonce
+                    {
+                        // An ACK (a subscription change repeats the nonce last answered).
+                        self.last_acked[kind].clone_from(&req.response_nonce);
+                        ACKED[kind].fetch_add(1, Ordering::Relaxed);
                     }
                     if let Some(s) = stream {
                         let _ = s.send(*req);
@@ -250,6 +274,7 @@ async fn run(b: Bootstrap, updates: tokio::sync::mpsc::UnboundedSender<Update>) 
         applying: None,
         timer: None,
         initial_fetch_timeout: b.initial_fetch_timeout,
+        last_acked: Default::default(),
     };
     let mut jitter = Jitter(
         std::time::SystemTime::now()
@@ -264,6 +289,8 @@ async fn run(b: Bootstrap, updates: tokio::sync::mpsc::UnboundedSender<Update>) 
             return;
         }
         let got_response = stream_once(&mut client, &uri, b.connect_timeout).await;
+        CONNECTED.store(0, Ordering::Relaxed);
+        client.last_acked = Default::default();
         client.feed(Input::Disconnected);
         client.drain(None);
         if got_response {
@@ -316,6 +343,7 @@ async fn stream_once(client: &mut Client, uri: &str, connect_timeout: Duration) 
         }
     };
     info!(server = uri, "xds: connected");
+    CONNECTED.store(1, Ordering::Relaxed);
     let mut got = false;
     loop {
         tokio::select! {
