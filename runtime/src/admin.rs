@@ -1080,6 +1080,39 @@ pub const SERVER_METRICS: &[Export<AdminShared>] = &[
         read: |s, i| [&s.reloads_ok, &s.reloads_failed][i].load(Ordering::Relaxed),
     },
     Export {
+        field: "xds::CONNECTED",
+        metric: Metric::gauge(
+            "sluice_xds_connected",
+            "1 while the ADS stream to the xDS management server is open, else 0 (always 0 \
+             without xds).",
+        )
+        .stats("xds.connected"),
+        len: 1,
+        read: |_, _| crate::xds::CONNECTED.load(Ordering::Relaxed),
+    },
+    Export {
+        field: "xds::ACKED",
+        metric: Metric::counter(
+            "sluice_xds_acked_total",
+            "xDS responses ACKed (their config applied, or nothing changed), by resource type.",
+        )
+        .by("type", |i| crate::xds::TYPE_LABELS[i])
+        .stats("xds.acked_"),
+        len: 4,
+        read: |_, i| crate::xds::ACKED[i].load(Ordering::Relaxed),
+    },
+    Export {
+        field: "xds::NACKED",
+        metric: Metric::counter(
+            "sluice_xds_nacked_total",
+            "xDS responses NACKed (refused: the last good config serves on), by resource type.",
+        )
+        .by("type", |i| crate::xds::TYPE_LABELS[i])
+        .stats("xds.nacked_"),
+        len: 4,
+        read: |_, i| crate::xds::NACKED[i].load(Ordering::Relaxed),
+    },
+    Export {
         field: "tls::ROTATIONS_SUCCEEDED, tls::ROTATIONS_FAILED",
         metric: Metric::counter(
             "sluice_tls_rotations_total",

@@ -50,6 +50,7 @@ pub mod tls_certs;
 pub mod tls_tickets;
 pub mod transparent;
 pub mod worker;
+pub mod xds;
 
 /// The origin of the core's [`sluice_core::Instant`]s: a point a minute before the first
 /// reading (so that no tokio clock of this process — real, or virtual under turmoil, which

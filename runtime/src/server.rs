@@ -166,6 +166,10 @@ pub fn run(config: Config, options: ServerOptions) -> io::Result<()> {
     let mut workers = options.workers.max(1);
     check_access_logs(&config)?;
     crate::transparent::check_upstream_mark(&config)?;
+    // With `xds`, configs also come from a management server (see `crate::xds`).
+    let xds_bootstrap = crate::xds::bootstrap(&config, options.config_path.as_deref())?;
+    let (xds_updates_tx, xds_updates_rx) = tokio::sync::mpsc::unbounded_channel();
+    let mut xds_updates = xds_bootstrap.is_some().then_some(xds_updates_rx);
 
     // One instance per config: the control socket says whether another one runs. With
     // `--upgrade`, that one hands its listening sockets over instead.
@@ -500,6 +504,9 @@ pub fn run(config: Config, options: ServerOptions) -> io::Result<()> {
             version = crate::VERSION,
             "sluice ready"
         );
+        if let Some(bootstrap) = xds_bootstrap {
+            crate::xds::spawn_client(bootstrap, xds_updates_tx)?;
+        }
         let mut quit = shared.quit.subscribe();
         let mut closed = shared.close_listeners.subscribe();
         let mut listeners_closed = false;
@@ -511,7 +518,22 @@ pub fn run(config: Config, options: ServerOptions) -> io::Result<()> {
                         None => std::future::pending().await,
                     }
                 };
-                let (why, reply) = tokio::select! {
+                let xds_update = async {
+                    match xds_updates.as_mut() {
+                        Some(r) => r.recv().await,
+                        None => std::future::pending().await,
+                    }
+                };
+                let (why, reply, from_xds) = tokio::select! {
+                    u = xds_update => match u {
+                        Some(crate::xds::Update { config, reply }) => {
+                            ("xDS", Some(reply), Some(Arc::new(*config)))
+                        }
+                        None => {
+                            xds_updates = None;
+                            continue;
+                        }
+                    },
                     s = signals.recv() => match s? {
                         Caught::Stop(name) => return Ok::<_, io::Error>(name),
                         Caught::Reopen => {
@@ -519,10 +541,10 @@ pub fn run(config: Config, options: ServerOptions) -> io::Result<()> {
                             reopen_tx.send_modify(|g| *g += 1);
                             continue;
                         }
-                        Caught::Reload => ("SIGHUP", None),
+                        Caught::Reload => ("SIGHUP", None, None),
                     },
                     r = reload_request => match r {
-                        Some(reply) => ("POST /reload", Some(reply)),
+                        Some(reply) => ("POST /reload", Some(reply), None),
                         None => {
                             reload_requests = None;
                             continue;
@@ -543,6 +565,8 @@ pub fn run(config: Config, options: ServerOptions) -> io::Result<()> {
                 };
                 let outcome = if listeners_closed {
                     Err("the listeners were closed by /drain_listeners: this instance only drains now".to_owned())
+                } else if let Some(next) = from_xds {
+                    switch_to(next, &config, workers, &commands, &all_stats, &shared_health, &handover)
                 } else {
                     reload(
                     options.config_path.as_deref(),
@@ -673,6 +697,29 @@ fn reload(
 ) -> Result<Reloaded, String> {
     let path = path.ok_or("this process was started without a config file")?;
     let next = Arc::new(load_config(path)?);
+    crate::xds::check_file_reload(current, &next)?;
+    switch_to(
+        next,
+        current,
+        workers,
+        commands,
+        stats,
+        shared_health,
+        handover,
+    )
+}
+
+/// Switches every worker to `next` (from the file or from xDS) when its new listeners can
+/// bind. On any error nothing changed.
+fn switch_to(
+    next: Arc<Config>,
+    current: &Arc<Config>,
+    workers: usize,
+    commands: &[tokio::sync::mpsc::UnboundedSender<WorkerCommand>],
+    stats: &[Arc<WorkerStats>],
+    shared_health: &Arc<crate::health::SharedHealth>,
+    handover: &std::sync::Mutex<HandoverSockets>,
+) -> Result<Reloaded, String> {
     check_access_logs(&next).map_err(|e| e.to_string())?;
     crate::transparent::check_upstream_mark(&next).map_err(|e| e.to_string())?;
     let changes = sluice_core::config::diff::diff(current, &next);

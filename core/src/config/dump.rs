@@ -299,6 +299,14 @@ mod http_impls {
     /// The list of condition names, as written.
     impl Serialize for RetryOn {
         fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+            // gRPC status names in `NAMES` order, with their codes.
+            const GRPC: [(&str, u8); 5] = [
+                ("cancelled", 1),
+                ("deadline-exceeded", 4),
+                ("internal", 13),
+                ("resource-exhausted", 8),
+                ("unavailable", 14),
+            ];
             let on = [
                 self.connect_failure,
                 self.reset,
@@ -310,6 +318,11 @@ mod http_impls {
                 .iter()
                 .zip(on)
                 .filter_map(|(n, set)| set.then_some(*n))
+                .chain(
+                    GRPC.iter()
+                        .filter(|(_, code)| self.grpc(*code))
+                        .map(|(n, _)| *n),
+                )
                 .collect();
             names.serialize(s)
         }

@@ -10,7 +10,8 @@
 //! produce the same types and reuse the same validation rules.
 //!
 //! Invariant of a `Config` produced by a decoder: every reference resolves
-//! (`TcpProxyConfig::cluster_index` and every `http::WeightedCluster::cluster_index` of an
+//! (`TcpProxyConfig::cluster_index`, `xds::XdsConfig::cluster_index` (a static cluster) and
+//! every `http::WeightedCluster::cluster_index` of an
 //! `http` listener index `Config::clusters`), names are unique, every cluster has at least one
 //! host. An `http` listener also keeps the invariants listed in the module doc of the YAML
 //! `http` decoder (every regex compiles, domains are well-formed and unique, ...), which the
@@ -31,6 +32,7 @@ pub mod http;
 pub mod tls;
 pub mod tracing;
 pub mod upstream;
+pub mod xds;
 pub mod yaml;
 
 use std::fmt;
@@ -163,6 +165,12 @@ pub struct Config {
     pub tls_file_check_interval: Duration,
     /// Trace propagation and span export (`tracing`); `None`: trace headers pass untouched.
     pub tracing: Option<tracing::TracingConfig>,
+    /// Who this proxy is to an xDS management server (`node`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub node: Option<xds::NodeConfig>,
+    /// The xDS management server (`xds`); `None`: the config is the file alone.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub xds: Option<xds::XdsConfig>,
 }
 
 /// Default for [`Config::tls_file_check_interval`].

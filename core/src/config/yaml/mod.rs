@@ -25,6 +25,7 @@ pub mod locate;
 mod tls;
 mod tracing;
 pub mod values;
+mod xds;
 
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
@@ -148,10 +149,19 @@ fn decode_config(dec: &mut Decoder, tree: &Value) -> Option<Config> {
         Some((v, p)) => tracing::decode_tracing(dec, &p, v, &cluster_names).map(Some),
         None => Some(None),
     };
+    let node = match root.opt("node") {
+        Some((v, p)) => xds::decode_node(dec, &p, v).map(Some),
+        None => Some(None),
+    };
+    let xds = match root.opt("xds") {
+        Some((v, p)) => xds::decode_xds(dec, &p, v, &cluster_names).map(Some),
+        None => Some(None),
+    };
     root.finish(dec);
 
     let (listeners, mut clusters) = (listeners?, clusters?);
-    if listeners.is_empty() {
+    // With xDS, listeners may all come from the management server.
+    if listeners.is_empty() && tree.get("xds").is_none_or(Value::is_null) {
         dec.error("listeners", "at least one listener is required");
     }
     check_unique(
@@ -207,6 +217,7 @@ fn decode_config(dec: &mut Decoder, tree: &Value) -> Option<Config> {
         );
     }
     check_tls_clusters(dec, &mut clusters, otlp_cluster);
+    let xds = xds::check_xds_cluster(dec, xds?, &clusters)?;
     Some(Config {
         admin: admin.flatten(),
         listeners,
@@ -216,6 +227,8 @@ fn decode_config(dec: &mut Decoder, tree: &Value) -> Option<Config> {
         upstream_mark: upstream_mark?,
         tls_file_check_interval: tls_file_check_interval?,
         tracing: tracing?,
+        node: node?,
+        xds,
     })
 }
 

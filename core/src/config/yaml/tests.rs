@@ -1435,3 +1435,66 @@ clusters:
         ]
     );
 }
+
+const XDS: &str = r#"
+node:
+  id: sidecar-1
+  cluster: web
+  metadata: { ISTIO_VERSION: "1.24" }
+  locality: { region: eu-west-1, zone: eu-west-1a }
+xds: { cluster: xds_server, initial_fetch_timeout: 5s }
+listeners: []
+clusters:
+  - name: xds_server
+    hosts: [ { address: 127.0.0.1:18000 } ]
+"#;
+
+#[test]
+fn the_xds_bootstrap_parses_and_allows_no_static_listener() {
+    let c = Config::from_yaml(XDS).unwrap();
+    assert!(c.listeners.is_empty());
+    let node = c.node.as_ref().unwrap();
+    assert_eq!(
+        (node.id.as_str(), node.cluster.as_str()),
+        ("sidecar-1", "web")
+    );
+    assert_eq!(node.metadata.as_ref().unwrap()["ISTIO_VERSION"], "1.24");
+    assert_eq!(node.locality.as_ref().unwrap().zone, "eu-west-1a");
+    let xds = c.xds.as_ref().unwrap();
+    assert_eq!((xds.cluster.as_str(), xds.cluster_index), ("xds_server", 0));
+    assert_eq!(xds.mode, crate::config::xds::XdsMode::Sotw);
+    assert_eq!(xds.initial_fetch_timeout, Duration::from_secs(5));
+    // Defaults.
+    let c = Config::from_yaml(&XDS.replace(", initial_fetch_timeout: 5s", "")).unwrap();
+    assert_eq!(
+        c.xds.unwrap().initial_fetch_timeout,
+        crate::config::xds::DEFAULT_INITIAL_FETCH_TIMEOUT
+    );
+    assert!(Config::from_yaml(GOOD).unwrap().xds.is_none());
+}
+
+#[test]
+fn xds_bootstrap_errors_are_named() {
+    assert_eq!(
+        errors(&XDS.replace("cluster: xds_server,", "cluster: nowhere,")),
+        ["xds.cluster: unknown cluster \"nowhere\" (known: xds_server)"]
+    );
+    assert_eq!(
+        errors(&XDS.replace("initial_fetch_timeout: 5s", "mode: delta")),
+        [
+            "xds.mode: delta xDS is not supported yet (give `sotw`, the state-of-the-world \
+             protocol)"
+        ]
+    );
+    assert_eq!(
+        errors(&XDS.replace("  id: sidecar-1\n", "")),
+        ["node.id: missing (this field is required)"]
+    );
+    assert_eq!(
+        errors(&XDS.replace(
+            "xds: { cluster: xds_server, initial_fetch_timeout: 5s }\n",
+            ""
+        )),
+        ["listeners: at least one listener is required"]
+    );
+}

@@ -1,0 +1,142 @@
+//! `node` and `xds`: the xDS bootstrap ([`crate::config::xds`]).
+
+use serde_json::Value;
+
+use super::decoder::{Decoder, child};
+use super::{cluster_ref, opt_duration};
+use crate::config::xds::{DEFAULT_INITIAL_FETCH_TIMEOUT, Locality, NodeConfig, XdsConfig, XdsMode};
+use crate::config::{ClusterConfig, ClusterKind};
+
+/// `node: { id, cluster, metadata, locality: { region, zone, sub_zone } }`.
+pub(super) fn decode_node(dec: &mut Decoder, path: &str, v: &Value) -> Option<NodeConfig> {
+    let mut obj = dec.object(path, v)?;
+    let id = obj.req(dec, "id").and_then(|(v, p)| non_empty(dec, &p, v));
+    let cluster = obj
+        .req(dec, "cluster")
+        .and_then(|(v, p)| non_empty(dec, &p, v));
+    let metadata = match obj.opt("metadata") {
+        Some((v, p)) => {
+            if v.is_object() {
+                Some(Some(v.clone()))
+            } else {
+                dec.error(
+                    &p,
+                    "expected a mapping (sent to the server as a protobuf Struct)",
+                );
+                None
+            }
+        }
+        None => Some(None),
+    };
+    let locality = match obj.opt("locality") {
+        Some((v, p)) => decode_locality(dec, &p, v).map(Some),
+        None => Some(None),
+    };
+    obj.finish(dec);
+    Some(NodeConfig {
+        id: id?,
+        cluster: cluster?,
+        metadata: metadata?,
+        locality: locality?,
+    })
+}
+
+fn non_empty(dec: &mut Decoder, path: &str, v: &Value) -> Option<String> {
+    let s = dec.string(path, v)?;
+    if s.is_empty() {
+        dec.error(path, "cannot be empty");
+        return None;
+    }
+    Some(s.to_owned())
+}
+
+fn decode_locality(dec: &mut Decoder, path: &str, v: &Value) -> Option<Locality> {
+    let mut obj = dec.object(path, v)?;
+    let mut field = |dec: &mut Decoder, key: &'static str| match obj.opt(key) {
+        Some((v, p)) => dec.string(&p, v).map(str::to_owned),
+        None => Some(String::new()),
+    };
+    let region = field(dec, "region");
+    let zone = field(dec, "zone");
+    let sub_zone = field(dec, "sub_zone");
+    obj.finish(dec);
+    Some(Locality {
+        region: region?,
+        zone: zone?,
+        sub_zone: sub_zone?,
+    })
+}
+
+/// `xds: { cluster, mode, initial_fetch_timeout }`.
+pub(super) fn decode_xds(
+    dec: &mut Decoder,
+    path: &str,
+    v: &Value,
+    cluster_names: &[&str],
+) -> Option<XdsConfig> {
+    let mut obj = dec.object(path, v)?;
+    let cluster = obj
+        .req(dec, "cluster")
+        .and_then(|(v, p)| cluster_ref(dec, &p, v, cluster_names));
+    let mode = match obj.opt("mode") {
+        Some((Value::String(s), p)) if s == "delta" => {
+            dec.error(
+                &p,
+                "delta xDS is not supported yet (give `sotw`, the state-of-the-world protocol)",
+            );
+            None
+        }
+        Some((v, p)) => dec.one_of(&p, v, &XdsMode::CHOICES),
+        None => Some(XdsMode::default()),
+    };
+    let timeout = opt_duration(
+        dec,
+        &mut obj,
+        "initial_fetch_timeout",
+        DEFAULT_INITIAL_FETCH_TIMEOUT,
+    )
+    .and_then(|d| {
+        if d.is_zero() {
+            dec.error(
+                &child(path, "initial_fetch_timeout"),
+                "must be greater than zero",
+            );
+            None
+        } else {
+            Some(d)
+        }
+    });
+    obj.finish(dec);
+    let (cluster, cluster_index) = cluster?;
+    Some(XdsConfig {
+        cluster,
+        cluster_index,
+        mode: mode?,
+        initial_fetch_timeout: timeout?,
+    })
+}
+
+/// The management server's cluster must have hosts to dial: a static one.
+pub(super) fn check_xds_cluster(
+    dec: &mut Decoder,
+    xds: Option<XdsConfig>,
+    clusters: &[ClusterConfig],
+) -> Option<Option<XdsConfig>> {
+    let Some(x) = xds else {
+        return Some(None);
+    };
+    match clusters.get(x.cluster_index) {
+        Some(c) if c.kind == ClusterKind::Static => Some(Some(x)),
+        _ => {
+            dec.error(
+                "xds.cluster",
+                format!(
+                    "cluster {:?} is of type original_dst: the management server needs a \
+                     static cluster (its first host is dialled)",
+                    x.cluster
+                ),
+            );
+            None
+        }
+    }
+}

@@ -1,0 +1,371 @@
+//! The xDS client: configs from an Envoy v3 management server over ADS (state of the world).
+//!
+//! Owns one thread (`xds`) with its own current-thread tokio runtime, which drives the sans-IO
+//! [`sluice_xds::ads::Ads`] state machine over a tonic ADS stream: it connects to the first
+//! host of the bootstrap's `xds.cluster`, feeds every response to the machine, sends the
+//! requests it produces, arms its warming timer, and hands each assembled config to the server
+//! loop ([`Update`]), which applies it through the same switch as a file reload
+//! (`server::switch_to`: new sockets bound first, every worker switched, nothing changed on an
+//! error). The machine ACKs a response only when that switch succeeded, and NACKs it when it
+//! failed.
+//!
+//! Connection states: connecting → streaming → (stream ends or fails) → backoff → connecting.
+//! The backoff is exponential from 250 ms to 30 s with full jitter, and starts again from the
+//! bottom after a stream that delivered a response. While disconnected the config serving
+//! stays as it is.
+//!
+//! A file reload (SIGHUP, `POST /reload`) is refused while xDS is in use, and one that would
+//! add or remove `xds` too: the bootstrap changes only with a restart.
+
+use std::io;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use envoy_types::pb::envoy::config::core::v3::{Locality, Node};
+use envoy_types::pb::envoy::service::discovery::v3::DiscoveryRequest;
+use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
+use envoy_types::pb::google::protobuf::{
+    ListValue, NullValue, Struct, Value as PbValue, value::Kind,
+};
+use serde_json::Value;
+use sluice_core::config::Config;
+use sluice_xds::ads::{Ads, Input, Output};
+use sluice_xds::translate::ResourceType;
+use tracing::{debug, info, warn};
+
+use crate::admin::ReloadRequest;
+
+/// 1 while the ADS stream is open (`sluice_xds_connected`).
+pub static CONNECTED: AtomicU64 = AtomicU64::new(0);
+/// ACKs sent, by type in [`ResourceType::ALL`] order (`sluice_xds_acked_total`).
+pub static ACKED: [AtomicU64; 4] = [const { AtomicU64::new(0) }; 4];
+/// NACKs sent, by type (`sluice_xds_nacked_total`).
+pub static NACKED: [AtomicU64; 4] = [const { AtomicU64::new(0) }; 4];
+/// The `type` label of each element of [`ACKED`] and [`NACKED`].
+pub const TYPE_LABELS: [&str; 4] = ["cluster", "endpoints", "listener", "route"];
+
+/// A config assembled from xDS for the server loop to apply; `reply` says how it went.
+pub struct Update {
+    /// The config (the file's static part and the dynamic resources).
+    pub config: Box<Config>,
+    /// `Ok(summary)` once every worker switched, `Err(why)` when nothing changed.
+    pub reply: ReloadRequest,
+}
+
+/// What the client needs from the file: the management server's address, the timeout, the
+/// node, and the file's tree (the static part of every config).
+pub struct Bootstrap {
+    server: SocketAddr,
+    connect_timeout: Duration,
+    initial_fetch_timeout: Duration,
+    node: Node,
+    tree: Value,
+}
+
+/// The bootstrap of a config with `xds` (`None` without); the file is read again for its
+/// tree.
+pub fn bootstrap(config: &Config, path: Option<&Path>) -> io::Result<Option<Bootstrap>> {
+    let Some(xds) = &config.xds else {
+        return Ok(None);
+    };
+    let path = path.ok_or_else(|| {
+        io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "xds: needs the config from a file (-c PATH), not from stdin",
+        )
+    })?;
+    let text = crate::config_file::read_config_file(path).map_err(io::Error::other)?;
+    let tree: Value = serde_saphyr::from_str(&text)
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?;
+    let cluster = &config.clusters[xds.cluster_index];
+    let server = cluster.hosts.first().map(|h| h.address).ok_or_else(|| {
+        io::Error::new(io::ErrorKind::InvalidInput, "xds: the cluster has no host")
+    })?;
+    let node = config.node.as_ref().map_or_else(Node::default, |n| Node {
+        id: n.id.clone(),
+        cluster: n.cluster.clone(),
+        metadata: n.metadata.as_ref().and_then(|m| match to_pb(m).kind {
+            Some(Kind::StructValue(s)) => Some(s),
+            _ => None,
+        }),
+        locality: n.locality.as_ref().map(|l| Locality {
+            region: l.region.clone(),
+            zone: l.zone.clone(),
+            sub_zone: l.sub_zone.clone(),
+        }),
+        user_agent_name: "sluice".to_owned(),
+        ..Default::default()
+    });
+    Ok(Some(Bootstrap {
+        server,
+        connect_timeout: cluster.connect_timeout,
+        initial_fetch_timeout: xds.initial_fetch_timeout,
+        node,
+        tree,
+    }))
+}
+
+/// A JSON value as a protobuf `Value` (the node's metadata is a `Struct`).
+fn to_pb(v: &Value) -> PbValue {
+    let kind = match v {
+        Value::Null => Kind::NullValue(NullValue::NullValue as i32),
+        Value::Bool(b) => Kind::BoolValue(*b),
+        Value::Number(n) => Kind::NumberValue(n.as_f64().unwrap_or_default()),
+        Value::String(s) => Kind::StringValue(s.clone()),
+        Value::Array(a) => Kind::ListValue(ListValue {
+            values: a.iter().map(to_pb).collect(),
+        }),
+        Value::Object(o) => Kind::StructValue(Struct {
+            fields: o.iter().map(|(k, v)| (k.clone(), to_pb(v))).collect(),
+        }),
+    };
+    PbValue { kind: Some(kind) }
+}
+
+/// A file reload cannot start, stop or change xDS.
+pub fn check_file_reload(current: &Config, next: &Config) -> Result<(), String> {
+    if current.xds.is_some() || next.xds.is_some() {
+        return Err(
+            "xds: this config comes from an xDS management server; changing the \
+                    bootstrap file needs a restart"
+                .to_owned(),
+        );
+    }
+    Ok(())
+}
+
+/// Starts the client thread.
+pub fn spawn_client(
+    bootstrap: Bootstrap,
+    updates: tokio::sync::mpsc::UnboundedSender<Update>,
+) -> io::Result<()> {
+    std::thread::Builder::new()
+        .name("xds".to_owned())
+        .spawn(move || {
+            let rt = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => {
+                    warn!(error = %e, "xds: cannot start the client's runtime");
+                    return;
+                }
+            };
+            rt.block_on(run(bootstrap, updates));
+        })
+        .map(|_| ())
+}
+
+const BACKOFF_BASE: Duration = Duration::from_millis(250);
+const BACKOFF_MAX: Duration = Duration::from_secs(30);
+
+/// A small xorshift for the backoff's jitter (no cryptographic need).
+struct Jitter(u64);
+
+impl Jitter {
+    fn below(&mut self, d: Duration) -> Duration {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        let ms = u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1);
+        Duration::from_millis(self.0 % ms)
+    }
+}
+
+/// The client loop state shared across streams: the machine, the apply in flight, the timer.
+struct Client {
+    ads: Ads,
+    updates: tokio::sync::mpsc::UnboundedSender<Update>,
+    applying: Option<(u64, tokio::sync::oneshot::Receiver<Result<String, String>>)>,
+    timer: Option<(tokio::time::Instant, u64)>,
+    initial_fetch_timeout: Duration,
+    /// The nonce of the last request of each type without an error (to count ACKs once).
+    last_acked: [String; 4],
+}
+
+impl Client {
+    /// Drains the machine's outputs: requests go to `stream` (when connected).
+    fn drain(&mut self, stream: Option<&tokio::sync::mpsc::UnboundedSender<DiscoveryRequest>>) {
+        while let Some(out) = self.ads.poll_output() {
+            match out {
+                Output::Send(req) => {
+                    let kind = ResourceType::ALL
+                        .iter()
+                        .position(|t| t.type_url() == req.type_url)
+                        .unwrap_or(0);
+                    if let Some(e) = &req.error_detail {
+                        warn!(type_url = %req.type_url, nonce = %req.response_nonce, error = %e.message, "xds: NACK");
+                        NACKED[kind].fetch_add(1, Ordering::Relaxed);
+                    } else if !req.response_nonce.is_empty()
+                        && self.last_acked[kind] != req.response_nonce
+                    {
+                        // An ACK (a subscription change repeats the nonce last answered).
+                        self.last_acked[kind].clone_from(&req.response_nonce);
+                        ACKED[kind].fetch_add(1, Ordering::Relaxed);
+                    }
+                    if let Some(s) = stream {
+                        let _ = s.send(*req);
+                    }
+                }
+                Output::Apply { id, config, notes } => {
+                    for n in &notes.ignored {
+                        debug!("xds: ignored (telemetry only, or an optional filter): {n}");
+                    }
+                    let (reply, answer) = tokio::sync::oneshot::channel();
+                    if self.updates.send(Update { config, reply }).is_ok() {
+                        self.applying = Some((id, answer));
+                    }
+                }
+                Output::ArmWarmingTimer(id) => {
+                    self.timer =
+                        Some((tokio::time::Instant::now() + self.initial_fetch_timeout, id));
+                }
+            }
+        }
+    }
+
+    /// Waits for the apply in flight or the warming timer, and feeds the outcome.
+    async fn next_event(&mut self) -> Input {
+        let applying = async {
+            match self.applying.as_mut() {
+                Some((id, rx)) => {
+                    let id = *id;
+                    match rx.await {
+                        Ok(Ok(_)) => Input::Applied(id),
+                        Ok(Err(why)) => Input::ApplyFailed(id, why),
+                        Err(_) => Input::ApplyFailed(id, "the server loop stopped".to_owned()),
+                    }
+                }
+                None => std::future::pending().await,
+            }
+        };
+        let timer = async {
+            match self.timer {
+                Some((at, id)) => {
+                    tokio::time::sleep_until(at).await;
+                    Input::WarmingTimeout(id)
+                }
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            i = applying => i,
+            i = timer => i,
+        }
+    }
+
+    fn feed(&mut self, input: Input) {
+        match &input {
+            Input::Applied(_) | Input::ApplyFailed(..) => self.applying = None,
+            Input::WarmingTimeout(_) => self.timer = None,
+            _ => {}
+        }
+        self.ads.handle_input(input);
+    }
+}
+
+async fn run(b: Bootstrap, updates: tokio::sync::mpsc::UnboundedSender<Update>) {
+    let mut client = Client {
+        ads: Ads::new(b.node.clone(), b.tree.clone()),
+        updates,
+        applying: None,
+        timer: None,
+        initial_fetch_timeout: b.initial_fetch_timeout,
+        last_acked: Default::default(),
+    };
+    let mut jitter = Jitter(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0x9e37_79b9, |d| d.as_nanos() as u64)
+            | 1,
+    );
+    let mut backoff = BACKOFF_BASE;
+    let uri = format!("http://{}", b.server);
+    loop {
+        if client.updates.is_closed() {
+            return;
+        }
+        let got_response = stream_once(&mut client, &uri, b.connect_timeout).await;
+        CONNECTED.store(0, Ordering::Relaxed);
+        client.last_acked = Default::default();
+        client.feed(Input::Disconnected);
+        client.drain(None);
+        if got_response {
+            backoff = BACKOFF_BASE;
+        }
+        let wait = jitter.below(backoff);
+        backoff = (backoff * 2).min(BACKOFF_MAX);
+        let until = tokio::time::Instant::now() + wait;
+        // Applies and warming go on while disconnected.
+        loop {
+            tokio::select! {
+                () = tokio::time::sleep_until(until) => break,
+                input = client.next_event() => {
+                    client.feed(input);
+                    client.drain(None);
+                }
+            }
+        }
+    }
+}
+
+/// One ADS stream, until it ends; whether it delivered a response.
+async fn stream_once(client: &mut Client, uri: &str, connect_timeout: Duration) -> bool {
+    let endpoint = match tonic::transport::Endpoint::from_shared(uri.to_owned()) {
+        Ok(e) => e.connect_timeout(connect_timeout),
+        Err(e) => {
+            warn!(error = %e, "xds: bad server address");
+            return false;
+        }
+    };
+    let channel = match endpoint.connect().await {
+        Ok(c) => c,
+        Err(e) => {
+            warn!(server = uri, error = %e, "xds: cannot connect to the management server");
+            return false;
+        }
+    };
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    client.feed(Input::Connected);
+    client.drain(Some(&tx));
+    let mut ads = AggregatedDiscoveryServiceClient::new(channel);
+    let mut inbound = match ads
+        .stream_aggregated_resources(tokio_stream::wrappers::UnboundedReceiverStream::new(rx))
+        .await
+    {
+        Ok(r) => r.into_inner(),
+        Err(e) => {
+            warn!(server = uri, error = %e, "xds: the ADS stream was refused");
+            return false;
+        }
+    };
+    info!(server = uri, "xds: connected");
+    CONNECTED.store(1, Ordering::Relaxed);
+    let mut got = false;
+    loop {
+        tokio::select! {
+            m = inbound.message() => match m {
+                Ok(Some(response)) => {
+                    got = true;
+                    client.feed(Input::Response(response));
+                    client.drain(Some(&tx));
+                }
+                Ok(None) => {
+                    warn!(server = uri, "xds: the management server closed the stream");
+                    return got;
+                }
+                Err(e) => {
+                    warn!(server = uri, error = %e, "xds: the stream failed");
+                    return got;
+                }
+            },
+            input = client.next_event() => {
+                client.feed(input);
+                client.drain(Some(&tx));
+            }
+        }
+    }
+}

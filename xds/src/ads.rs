@@ -1,0 +1,536 @@
+//! The Aggregated Discovery Service client, state-of-the-world, as a sans-IO state machine.
+//!
+//! Owns, per resource type (CDS, EDS, LDS, RDS): the last **accepted** version (that of the
+//! last response whose resources went into a config the workers switched to), the last nonce
+//! seen on the current stream, and the subscribed names (CDS and LDS: wildcard; RDS: the route
+//! configurations the listeners name; EDS: the service names of the EDS clusters). It keeps
+//! the **applied** resources (those of the config serving) and the responses received since,
+//! not yet applied (**pending**); the candidate state is the applied resources with the pending
+//! responses folded over them, in arrival order (a CDS or LDS response replaces every resource
+//! of its type: a cluster it no longer lists is removed; an RDS or EDS response replaces the
+//! ones it carries; route configurations and assignments nothing refers to any more are
+//! dropped).
+//!
+//! Inputs ([`Input`]): the stream connected or lost, a response, the outcome of applying a
+//! config, the expiry of the warming timer. Outputs ([`Output`]), drained with
+//! [`Ads::poll_output`] after every input: requests to send, a config to apply, a timer to arm.
+//!
+//! Rules:
+//! - **Warming**: a config is produced only when every EDS cluster has its assignment and every
+//!   listener its route configuration (or when the warming timer, armed for the bootstrap's
+//!   `initial_fetch_timeout` when warming starts, expires: then what is missing is an error).
+//!   The config is all of it at once — the workers never see a route to a cluster they lack,
+//!   which is make-before-break in CDS → EDS → LDS → RDS order by construction.
+//! - A response that changes nothing (same resources as the serving config) is ACKed at once,
+//!   without an apply.
+//! - **One apply at a time**; the responses folded into a config are ACKed (version and nonce of
+//!   the latest response of each type in it) only when [`Input::Applied`] says the workers
+//!   switched; [`Input::ApplyFailed`] NACKs them.
+//! - **NACK**: `version_info` is the type's last accepted version, `response_nonce` the
+//!   refused response's, `error_detail` the errors (each naming resource and field). A refused
+//!   response is dropped from the pending list (the config serving stays as it was). An error
+//!   naming a resource is charged to the latest pending response that carries that resource;
+//!   one that names none (or a resource already applied) to every pending response.
+//! - A response that cannot even be decoded (a resource of another type, undecodable bytes,
+//!   a name twice) is NACKed at once.
+//! - **Reconnect**: nonces are per stream and forgotten; the pending responses are dropped (the
+//!   server resends); the first request of each type carries its last accepted version and the
+//!   node. The config serving is untouched while disconnected.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+
+use envoy_types::pb::envoy::config::cluster::v3::Cluster;
+use envoy_types::pb::envoy::config::core::v3::Node;
+use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
+use envoy_types::pb::envoy::config::listener::v3::{Listener, filter};
+use envoy_types::pb::envoy::config::route::v3::RouteConfiguration;
+use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
+    HttpConnectionManager, http_connection_manager::RouteSpecifier,
+};
+use envoy_types::pb::envoy::service::discovery::v3::{DiscoveryRequest, DiscoveryResponse};
+use envoy_types::pb::google::protobuf::Any;
+use envoy_types::pb::google::rpc::Status;
+use prost::{Message, Name};
+use serde_json::Value;
+use sluice_core::config::Config;
+
+use crate::translate::{self, Notes, ResourceType, Resources, TranslateError};
+
+/// gRPC's INVALID_ARGUMENT, the code of a NACK's `error_detail`.
+const INVALID_ARGUMENT: i32 = 3;
+
+/// What happened, as the runtime tells it.
+#[derive(Clone, Debug)]
+pub enum Input {
+    /// A new ADS stream is open: (re)subscribe.
+    Connected,
+    /// The stream ended (or could not be opened); the config serving stays.
+    Disconnected,
+    /// A response arrived on the stream.
+    Response(DiscoveryResponse),
+    /// The workers switched to the config of [`Output::Apply`] with this id.
+    Applied(u64),
+    /// Applying the config with this id failed (the previous one serves); why.
+    ApplyFailed(u64, String),
+    /// The warming timer of [`Output::ArmWarmingTimer`] with this id expired.
+    WarmingTimeout(u64),
+}
+
+/// What the runtime must do.
+#[derive(Clone, Debug)]
+pub enum Output {
+    /// Send this request on the stream.
+    Send(Box<DiscoveryRequest>),
+    /// Apply this config (the file's static part and the dynamic resources) through the
+    /// reload path, then report [`Input::Applied`] or [`Input::ApplyFailed`] with `id`.
+    Apply {
+        /// Names this apply in the answer.
+        id: u64,
+        /// The validated config.
+        config: Box<Config>,
+        /// What translation ignored on purpose.
+        notes: Notes,
+    },
+    /// Deliver [`Input::WarmingTimeout`] with this id after the initial fetch timeout (an
+    /// earlier timer is void).
+    ArmWarmingTimer(u64),
+}
+
+/// A response's resources, decoded.
+#[derive(Clone, Debug)]
+enum Decoded {
+    Clusters(Vec<Cluster>),
+    Endpoints(Vec<ClusterLoadAssignment>),
+    Listeners(Vec<Listener>),
+    Routes(Vec<RouteConfiguration>),
+}
+
+#[derive(Clone, Debug)]
+struct Pending {
+    kind: ResourceType,
+    version: String,
+    nonce: String,
+    decoded: Decoded,
+}
+
+impl Pending {
+    fn names(&self) -> Vec<&str> {
+        match &self.decoded {
+            Decoded::Clusters(v) => v.iter().map(|c| c.name.as_str()).collect(),
+            Decoded::Endpoints(v) => v.iter().map(|c| c.cluster_name.as_str()).collect(),
+            Decoded::Listeners(v) => v.iter().map(|c| c.name.as_str()).collect(),
+            Decoded::Routes(v) => v.iter().map(|c| c.name.as_str()).collect(),
+        }
+    }
+}
+
+/// Per type: accepted version, last nonce, subscription.
+#[derive(Clone, Debug, Default)]
+struct TypeState {
+    accepted_version: String,
+    nonce: String,
+    /// Names subscribed to (RDS, EDS); CDS and LDS are wildcard.
+    names: BTreeSet<String>,
+    /// A request of this type was sent on the current stream.
+    requested: bool,
+}
+
+/// An apply in flight: which pending responses (by index in arrival order) it includes.
+#[derive(Clone, Debug)]
+struct InFlight {
+    id: u64,
+    stream: u64,
+    resources: Resources,
+    responses: Vec<Pending>,
+}
+
+/// The ADS client state machine (see the module doc).
+#[derive(Debug)]
+pub struct Ads {
+    node: Node,
+    bootstrap: Value,
+    types: BTreeMap<ResourceType, TypeState>,
+    applied: Resources,
+    pending: Vec<Pending>,
+    in_flight: Option<InFlight>,
+    connected: bool,
+    /// Counts streams, so that an apply that completes after a reconnect is not ACKed on the
+    /// new stream with an old nonce.
+    stream: u64,
+    node_sent: bool,
+    next_id: u64,
+    /// The warming timer armed, if any (its id), and whether it expired.
+    warming_timer: Option<u64>,
+    warming_expired: bool,
+    outputs: VecDeque<Output>,
+}
+
+impl Ads {
+    /// A client for `node`, whose configs are `bootstrap` (the config file's tree: its static
+    /// listeners and clusters and every other setting) plus the dynamic resources.
+    #[must_use]
+    pub fn new(node: Node, bootstrap: Value) -> Ads {
+        Ads {
+            node,
+            bootstrap,
+            types: ResourceType::ALL
+                .into_iter()
+                .map(|t| (t, TypeState::default()))
+                .collect(),
+            applied: Resources::default(),
+            pending: Vec::new(),
+            in_flight: None,
+            connected: false,
+            stream: 0,
+            node_sent: false,
+            next_id: 1,
+            warming_timer: None,
+            warming_expired: false,
+            outputs: VecDeque::new(),
+        }
+    }
+
+    /// The next thing to do, if any.
+    pub fn poll_output(&mut self) -> Option<Output> {
+        self.outputs.pop_front()
+    }
+
+    /// The resources of the config serving.
+    #[must_use]
+    pub fn applied(&self) -> &Resources {
+        &self.applied
+    }
+
+    /// The last accepted version of a type (empty: none yet).
+    #[must_use]
+    pub fn accepted_version(&self, kind: ResourceType) -> &str {
+        &self.types[&kind].accepted_version
+    }
+
+    /// Feeds one input.
+    pub fn handle_input(&mut self, input: Input) {
+        match input {
+            Input::Connected => {
+                self.connected = true;
+                self.stream += 1;
+                self.node_sent = false;
+                for t in self.types.values_mut() {
+                    t.nonce.clear();
+                    t.requested = false;
+                }
+                self.pending.clear();
+                for kind in ResourceType::ALL {
+                    if kind.is_full_state() || !self.types[&kind].names.is_empty() {
+                        self.request(kind, None);
+                    }
+                }
+            }
+            Input::Disconnected => {
+                self.connected = false;
+                self.pending.clear();
+            }
+            Input::Response(r) => self.on_response(r),
+            Input::Applied(id) => {
+                let Some(done) = self.in_flight.take_if(|f| f.id == id) else {
+                    return;
+                };
+                self.applied = done.resources;
+                if done.stream == self.stream {
+                    self.accept(&done.responses);
+                } else {
+                    // Not ACKed on a stream that never sent them; the versions still count.
+                    for p in &done.responses {
+                        self.types
+                            .get_mut(&p.kind)
+                            .expect("every type")
+                            .accepted_version
+                            .clone_from(&p.version);
+                    }
+                }
+                self.evaluate();
+            }
+            Input::ApplyFailed(id, why) => {
+                let Some(failed) = self.in_flight.take_if(|f| f.id == id) else {
+                    return;
+                };
+                if failed.stream == self.stream && self.connected {
+                    for p in &failed.responses {
+                        self.nack(p.kind, p.nonce.clone(), format!("applying failed: {why}"));
+                    }
+                }
+                self.evaluate();
+            }
+            Input::WarmingTimeout(id) => {
+                if self.warming_timer == Some(id) {
+                    self.warming_expired = true;
+                    self.evaluate();
+                }
+            }
+        }
+    }
+
+    /// Sends a request of `kind`: an ACK (`Some((nonce, None))`), a NACK (`Some((nonce,
+    /// Some(error)))`), or a subscription change (`None`: the last nonce seen).
+    fn request(&mut self, kind: ResourceType, answer: Option<(String, Option<String>)>) {
+        if !self.connected {
+            return;
+        }
+        let state = self.types.get_mut(&kind).expect("every type");
+        let (nonce, error) = match answer {
+            Some((nonce, error)) => {
+                state.nonce.clone_from(&nonce);
+                (nonce, error)
+            }
+            None => (state.nonce.clone(), None),
+        };
+        state.requested = true;
+        let node = (!self.node_sent).then(|| self.node.clone());
+        self.node_sent = true;
+        self.outputs
+            .push_back(Output::Send(Box::new(DiscoveryRequest {
+                version_info: state.accepted_version.clone(),
+                node,
+                resource_names: state.names.iter().cloned().collect(),
+                type_url: kind.type_url().to_owned(),
+                response_nonce: nonce,
+                error_detail: error.map(|message| Status {
+                    code: INVALID_ARGUMENT,
+                    message,
+                    details: Vec::new(),
+                }),
+                ..Default::default()
+            })));
+    }
+
+    /// The responses are in the serving config: their versions are accepted, and the latest of
+    /// each type is ACKed.
+    fn accept(&mut self, responses: &[Pending]) {
+        let mut latest: BTreeMap<ResourceType, &Pending> = BTreeMap::new();
+        for p in responses {
+            latest.insert(p.kind, p);
+        }
+        let latest: Vec<(ResourceType, String, String)> = latest
+            .into_iter()
+            .map(|(k, p)| (k, p.version.clone(), p.nonce.clone()))
+            .collect();
+        for (kind, version, nonce) in latest {
+            self.types
+                .get_mut(&kind)
+                .expect("every type")
+                .accepted_version = version;
+            self.request(kind, Some((nonce, None)));
+        }
+    }
+
+    fn nack(&mut self, kind: ResourceType, nonce: String, error: String) {
+        self.request(kind, Some((nonce, Some(error))));
+    }
+
+    fn on_response(&mut self, r: DiscoveryResponse) {
+        let Some(kind) = ResourceType::from_type_url(&r.type_url) else {
+            // A type never subscribed to: nothing to ACK it with but an error.
+            return;
+        };
+        match decode(kind, &r.resources) {
+            Ok(decoded) => {
+                self.pending.push(Pending {
+                    kind,
+                    version: r.version_info,
+                    nonce: r.nonce,
+                    decoded,
+                });
+                self.evaluate();
+            }
+            Err(e) => self.nack(kind, r.nonce, e),
+        }
+    }
+
+    /// The candidate resources: the applied ones (or the in-flight apply's), with the pending
+    /// responses folded over them, unreferenced RDS/EDS resources dropped.
+    fn candidate(&self) -> Resources {
+        let mut res = self
+            .in_flight
+            .as_ref()
+            .map_or_else(|| self.applied.clone(), |f| f.resources.clone());
+        for p in &self.pending {
+            match &p.decoded {
+                Decoded::Clusters(v) => {
+                    res.clusters = v.iter().map(|c| (c.name.clone(), c.clone())).collect();
+                }
+                Decoded::Listeners(v) => {
+                    res.listeners = v.iter().map(|l| (l.name.clone(), l.clone())).collect();
+                }
+                Decoded::Endpoints(v) => {
+                    for e in v {
+                        res.endpoints.insert(e.cluster_name.clone(), e.clone());
+                    }
+                }
+                Decoded::Routes(v) => {
+                    for rc in v {
+                        res.routes.insert(rc.name.clone(), rc.clone());
+                    }
+                }
+            }
+        }
+        let eds = eds_names(&res);
+        let rds = rds_names(&res);
+        res.endpoints.retain(|k, _| eds.contains(k));
+        res.routes.retain(|k, _| rds.contains(k));
+        res
+    }
+
+    /// After any change: update subscriptions, then produce a config when the candidate is
+    /// complete (or warming timed out) and nothing is in flight.
+    fn evaluate(&mut self) {
+        loop {
+            let candidate = self.candidate();
+            self.subscribe(ResourceType::Endpoints, eds_names(&candidate));
+            self.subscribe(ResourceType::Route, rds_names(&candidate));
+            if self.in_flight.is_some() || self.pending.is_empty() {
+                return;
+            }
+            let missing = eds_names(&candidate)
+                .iter()
+                .any(|n| !candidate.endpoints.contains_key(n))
+                || rds_names(&candidate)
+                    .iter()
+                    .any(|n| !candidate.routes.contains_key(n));
+            if missing && !self.warming_expired {
+                if self.warming_timer.is_none() {
+                    let id = self.next_id();
+                    self.warming_timer = Some(id);
+                    self.outputs.push_back(Output::ArmWarmingTimer(id));
+                }
+                return;
+            }
+            self.warming_timer = None;
+            self.warming_expired = false;
+            if candidate == self.applied {
+                // Nothing changes (a server resending what serves, e.g. after a reconnect):
+                // the serving config already is this one.
+                let done = std::mem::take(&mut self.pending);
+                self.accept(&done);
+                return;
+            }
+            match translate::assemble(&self.bootstrap, &candidate) {
+                Ok(assembled) => {
+                    let id = self.next_id();
+                    self.in_flight = Some(InFlight {
+                        id,
+                        stream: self.stream,
+                        resources: candidate,
+                        responses: std::mem::take(&mut self.pending),
+                    });
+                    self.outputs.push_back(Output::Apply {
+                        id,
+                        config: Box::new(assembled.config),
+                        notes: assembled.notes,
+                    });
+                    return;
+                }
+                Err(errors) => self.refuse(&errors),
+            }
+        }
+    }
+
+    /// NACKs the pending responses the errors are charged to and drops them.
+    fn refuse(&mut self, errors: &[TranslateError]) {
+        let mut charged: BTreeMap<usize, Vec<String>> = BTreeMap::new();
+        for e in errors {
+            let owner = self
+                .pending
+                .iter()
+                .rposition(|p| p.kind == e.kind && p.names().contains(&e.name.as_str()));
+            match owner {
+                Some(i) => charged.entry(i).or_default().push(e.to_string()),
+                None => {
+                    for i in 0..self.pending.len() {
+                        charged.entry(i).or_default().push(e.to_string());
+                    }
+                }
+            }
+        }
+        for (i, messages) in charged.into_iter().rev() {
+            let p = self.pending.remove(i);
+            self.nack(p.kind, p.nonce, messages.join("; "));
+        }
+    }
+
+    fn subscribe(&mut self, kind: ResourceType, names: BTreeSet<String>) {
+        let state = self.types.get_mut(&kind).expect("every type");
+        if state.names != names {
+            state.names = names;
+            self.request(kind, None);
+        }
+    }
+
+    fn next_id(&mut self) -> u64 {
+        let id = self.next_id;
+        self.next_id += 1;
+        id
+    }
+}
+
+/// Decodes a response's resources, refusing another type, undecodable bytes and a name twice.
+fn decode(kind: ResourceType, resources: &[Any]) -> Result<Decoded, String> {
+    fn all<T: Message + Name + Default>(
+        resources: &[Any],
+        name: impl Fn(&T) -> &str,
+    ) -> Result<Vec<T>, String> {
+        let mut out: Vec<T> = Vec::with_capacity(resources.len());
+        for (i, any) in resources.iter().enumerate() {
+            if any.type_url != T::type_url() {
+                return Err(format!(
+                    "resources[{i}]: expected {}, found {:?}",
+                    T::type_url(),
+                    any.type_url
+                ));
+            }
+            let r = T::decode(any.value.as_slice())
+                .map_err(|e| format!("resources[{i}]: undecodable: {e}"))?;
+            if out.iter().any(|o| name(o) == name(&r)) {
+                return Err(format!("resources[{i}]: {:?} is listed twice", name(&r)));
+            }
+            out.push(r);
+        }
+        Ok(out)
+    }
+    Ok(match kind {
+        ResourceType::Cluster => Decoded::Clusters(all(resources, |c: &Cluster| &c.name)?),
+        ResourceType::Endpoints => {
+            Decoded::Endpoints(all(resources, |c: &ClusterLoadAssignment| &c.cluster_name)?)
+        }
+        ResourceType::Listener => Decoded::Listeners(all(resources, |l: &Listener| &l.name)?),
+        ResourceType::Route => Decoded::Routes(all(resources, |r: &RouteConfiguration| &r.name)?),
+    })
+}
+
+/// The EDS service names the clusters need.
+fn eds_names(res: &Resources) -> BTreeSet<String> {
+    res.clusters
+        .values()
+        .filter_map(|c| translate::eds_service_name(c).map(str::to_owned))
+        .collect()
+}
+
+/// The route configurations the listeners name (RDS).
+fn rds_names(res: &Resources) -> BTreeSet<String> {
+    let mut out = BTreeSet::new();
+    for l in res.listeners.values() {
+        for chain in &l.filter_chains {
+            for f in &chain.filters {
+                if let Some(filter::ConfigType::TypedConfig(any)) = &f.config_type
+                    && any.type_url == HttpConnectionManager::type_url()
+                    && let Ok(hcm) = HttpConnectionManager::decode(any.value.as_slice())
+                    && let Some(RouteSpecifier::Rds(rds)) = hcm.route_specifier
+                {
+                    out.insert(rds.route_config_name);
+                }
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests;

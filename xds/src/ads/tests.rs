@@ -1,0 +1,490 @@
+use envoy_types::pb::envoy::config::core::v3::Node;
+use envoy_types::pb::envoy::service::discovery::v3::{DiscoveryRequest, DiscoveryResponse};
+use envoy_types::pb::google::protobuf::Any;
+use serde_json::json;
+
+use super::*;
+use crate::fixtures::*;
+
+fn ads() -> Ads {
+    let node = Node {
+        id: "sidecar-1".into(),
+        cluster: "web".into(),
+        ..Default::default()
+    };
+    Ads::new(node, json!({ "listeners": [], "clusters": [] }))
+}
+
+fn drain(a: &mut Ads) -> Vec<Output> {
+    std::iter::from_fn(|| a.poll_output()).collect()
+}
+
+fn sent(outputs: &[Output]) -> Vec<&DiscoveryRequest> {
+    outputs
+        .iter()
+        .filter_map(|o| match o {
+            Output::Send(r) => Some(&**r),
+            _ => None,
+        })
+        .collect()
+}
+
+fn apply_id(outputs: &[Output]) -> Option<u64> {
+    outputs.iter().find_map(|o| match o {
+        Output::Apply { id, .. } => Some(*id),
+        _ => None,
+    })
+}
+
+fn applied_config(outputs: &[Output]) -> &Config {
+    outputs
+        .iter()
+        .find_map(|o| match o {
+            Output::Apply { config, .. } => Some(&**config),
+            _ => None,
+        })
+        .expect("an apply")
+}
+
+fn response(kind: ResourceType, version: &str, nonce: &str, resources: Vec<Any>) -> Input {
+    Input::Response(DiscoveryResponse {
+        version_info: version.into(),
+        resources,
+        type_url: kind.type_url().into(),
+        nonce: nonce.into(),
+        ..Default::default()
+    })
+}
+
+/// (type, version, nonce, names, error?) of a request, for compact assertions.
+fn summary(r: &DiscoveryRequest) -> (ResourceType, &str, &str, Vec<&str>, Option<&str>) {
+    (
+        ResourceType::from_type_url(&r.type_url).expect("known type"),
+        r.version_info.as_str(),
+        r.response_nonce.as_str(),
+        r.resource_names.iter().map(String::as_str).collect(),
+        r.error_detail.as_ref().map(|e| e.message.as_str()),
+    )
+}
+
+use ResourceType::{Cluster as Cds, Endpoints as Eds, Listener as Lds, Route as Rds};
+
+/// Connected, and the first complete config (cluster web with one endpoint, listener `in`
+/// on 127.0.0.1:9000 with routes `routes`) applied and ACKed, all at version 1.
+fn serving() -> Ads {
+    let mut a = ads();
+    a.handle_input(Input::Connected);
+    drain(&mut a);
+    a.handle_input(response(Cds, "1", "c1", vec![any(&eds_cluster("web"))]));
+    a.handle_input(response(
+        Lds,
+        "1",
+        "l1",
+        vec![any(&http_listener("in", "127.0.0.1", 9000, "routes"))],
+    ));
+    a.handle_input(response(
+        Eds,
+        "1",
+        "e1",
+        vec![any(&assignment("web", &[("127.0.0.1", 8001, 0)]))],
+    ));
+    a.handle_input(response(
+        Rds,
+        "1",
+        "r1",
+        vec![any(&route_config("routes", "web"))],
+    ));
+    let out = drain(&mut a);
+    let id = apply_id(&out).expect("complete");
+    a.handle_input(Input::Applied(id));
+    drain(&mut a);
+    a
+}
+
+#[test]
+fn first_requests_subscribe_to_clusters_and_listeners_with_the_node() {
+    let mut a = ads();
+    a.handle_input(Input::Connected);
+    let out = drain(&mut a);
+    let reqs = sent(&out);
+    assert_eq!(
+        reqs.iter().map(|r| summary(r)).collect::<Vec<_>>(),
+        [(Cds, "", "", vec![], None), (Lds, "", "", vec![], None)]
+    );
+    assert_eq!(
+        reqs[0].node.as_ref().map(|n| n.id.as_str()),
+        Some("sidecar-1")
+    );
+    assert!(
+        reqs[1].node.is_none(),
+        "only the first request carries the node"
+    );
+}
+
+#[test]
+fn a_config_is_applied_only_when_warm_and_acked_only_after_the_switch() {
+    let mut a = ads();
+    a.handle_input(Input::Connected);
+    drain(&mut a);
+    // CDS: the EDS cluster makes an EDS subscription; nothing is ACKed or applied yet.
+    a.handle_input(response(Cds, "1", "c1", vec![any(&eds_cluster("web"))]));
+    let out = drain(&mut a);
+    assert_eq!(
+        sent(&out).iter().map(|r| summary(r)).collect::<Vec<_>>(),
+        [(Eds, "", "", vec!["web"], None)]
+    );
+    assert!(matches!(out.last(), Some(Output::ArmWarmingTimer(_))));
+    // LDS: the listener names its routes.
+    a.handle_input(response(
+        Lds,
+        "1",
+        "l1",
+        vec![any(&http_listener("in", "127.0.0.1", 9000, "routes"))],
+    ));
+    let out = drain(&mut a);
+    assert_eq!(
+        sent(&out).iter().map(|r| summary(r)).collect::<Vec<_>>(),
+        [(Rds, "", "", vec!["routes"], None)]
+    );
+    assert!(apply_id(&out).is_none());
+    a.handle_input(response(
+        Eds,
+        "1",
+        "e1",
+        vec![any(&assignment("web", &[("127.0.0.1", 8001, 0)]))],
+    ));
+    assert!(
+        apply_id(&drain(&mut a)).is_none(),
+        "the listener still waits for its routes"
+    );
+    a.handle_input(response(
+        Rds,
+        "1",
+        "r1",
+        vec![any(&route_config("routes", "web"))],
+    ));
+    let out = drain(&mut a);
+    assert!(sent(&out).is_empty(), "no ACK before the workers switched");
+    let config = applied_config(&out);
+    assert_eq!(config.listeners[0].name, "in");
+    assert_eq!(config.clusters[0].hosts.len(), 1);
+    let id = apply_id(&out).expect("apply");
+    a.handle_input(Input::Applied(id));
+    let out = drain(&mut a);
+    assert_eq!(
+        sent(&out).iter().map(|r| summary(r)).collect::<Vec<_>>(),
+        [
+            (Cds, "1", "c1", vec![], None),
+            (Eds, "1", "e1", vec!["web"], None),
+            (Lds, "1", "l1", vec![], None),
+            (Rds, "1", "r1", vec!["routes"], None),
+        ]
+    );
+    for kind in ResourceType::ALL {
+        assert_eq!(a.accepted_version(kind), "1");
+    }
+}
+
+#[test]
+fn an_invalid_listener_is_nacked_with_the_previous_version_and_a_useful_error() {
+    let mut a = serving();
+    a.handle_input(response(
+        Lds,
+        "2",
+        "l2",
+        vec![any(&http_listener("in", "127.0.0.1", 99999, "routes"))],
+    ));
+    let out = drain(&mut a);
+    assert!(
+        apply_id(&out).is_none(),
+        "nothing applied: the last good config serves"
+    );
+    let reqs = sent(&out);
+    assert_eq!(reqs.len(), 1);
+    let (kind, version, nonce, _, error) = summary(reqs[0]);
+    assert_eq!((kind, version, nonce), (Lds, "1", "l2"));
+    let error = error.expect("error_detail");
+    assert!(
+        error.starts_with("listener \"in\": listeners[0].address: ") && error.contains("99999"),
+        "{error}"
+    );
+    assert_eq!(reqs[0].error_detail.as_ref().map(|e| e.code), Some(3));
+    assert_eq!(a.accepted_version(Lds), "1");
+    assert_eq!(
+        a.applied().listeners["in"],
+        http_listener("in", "127.0.0.1", 9000, "routes")
+    );
+
+    // The next good version is taken.
+    a.handle_input(response(
+        Lds,
+        "3",
+        "l3",
+        vec![any(&http_listener("in", "127.0.0.1", 9001, "routes"))],
+    ));
+    let out = drain(&mut a);
+    assert_eq!(applied_config(&out).listeners[0].address.port(), 9001);
+}
+
+#[test]
+fn a_cds_update_that_drops_a_cluster_removes_it_and_its_endpoints() {
+    let mut a = serving();
+    let mut api = eds_cluster("api");
+    api.name = "api".into();
+    a.handle_input(response(
+        Cds,
+        "2",
+        "c2",
+        vec![any(&eds_cluster("web")), any(&api)],
+    ));
+    let out = drain(&mut a);
+    assert_eq!(
+        sent(&out).iter().map(|r| summary(r)).collect::<Vec<_>>(),
+        [(Eds, "1", "e1", vec!["api", "web"], None)]
+    );
+    a.handle_input(response(
+        Eds,
+        "2",
+        "e2",
+        vec![any(&assignment("api", &[("127.0.0.1", 8100, 0)]))],
+    ));
+    let out = drain(&mut a);
+    assert_eq!(applied_config(&out).clusters.len(), 2);
+    a.handle_input(Input::Applied(apply_id(&out).expect("apply")));
+    drain(&mut a);
+
+    // State of the world: `api` is no longer listed.
+    a.handle_input(response(Cds, "3", "c3", vec![any(&eds_cluster("web"))]));
+    let out = drain(&mut a);
+    let names: Vec<&str> = applied_config(&out)
+        .clusters
+        .iter()
+        .map(|c| c.name.as_str())
+        .collect();
+    assert_eq!(names, ["web"]);
+    assert_eq!(
+        sent(&out).iter().map(|r| summary(r)).collect::<Vec<_>>(),
+        [(Eds, "2", "e2", vec!["web"], None)]
+    );
+    a.handle_input(Input::Applied(apply_id(&out).expect("apply")));
+    assert!(!a.applied().endpoints.contains_key("api"));
+}
+
+#[test]
+fn removing_a_cluster_a_route_still_uses_is_refused() {
+    let mut a = serving();
+    a.handle_input(response(Cds, "2", "c2", vec![]));
+    let out = drain(&mut a);
+    assert!(apply_id(&out).is_none());
+    let reqs = sent(&out);
+    let nack = reqs
+        .iter()
+        .map(|r| summary(r))
+        .find(|s| s.0 == Cds)
+        .expect("a CDS NACK");
+    assert_eq!((nack.1, nack.2), ("1", "c2"));
+    assert!(nack.4.expect("error").contains("web"), "{nack:?}");
+    assert!(a.applied().clusters.contains_key("web"));
+}
+
+#[test]
+fn warming_is_bounded_by_the_initial_fetch_timeout() {
+    let mut a = serving();
+    let mut api = eds_cluster("api");
+    api.name = "api".into();
+    a.handle_input(response(
+        Cds,
+        "2",
+        "c2",
+        vec![any(&eds_cluster("web")), any(&api)],
+    ));
+    let out = drain(&mut a);
+    let Some(Output::ArmWarmingTimer(timer)) = out.last().cloned() else {
+        panic!("a warming timer: {out:?}")
+    };
+    // A stale timer is ignored.
+    a.handle_input(Input::WarmingTimeout(timer + 100));
+    assert!(drain(&mut a).is_empty());
+    a.handle_input(Input::WarmingTimeout(timer));
+    let out = drain(&mut a);
+    let reqs: Vec<_> = sent(&out).iter().map(|r| summary(r)).collect();
+    assert_eq!(reqs.len(), 2, "{reqs:?}");
+    assert_eq!((reqs[0].0, reqs[0].1, reqs[0].2), (Cds, "1", "c2"));
+    assert_eq!(
+        reqs[0].4,
+        Some("cluster \"api\": no ClusterLoadAssignment \"api\" received")
+    );
+    // The EDS subscription goes back to what the serving config needs.
+    assert_eq!(reqs[1].0, Eds);
+    assert_eq!(reqs[1].3, ["web"]);
+}
+
+#[test]
+fn a_failed_apply_is_nacked_and_the_next_update_still_applies() {
+    let mut a = serving();
+    a.handle_input(response(
+        Eds,
+        "2",
+        "e2",
+        vec![any(&assignment("web", &[("127.0.0.1", 8002, 0)]))],
+    ));
+    let out = drain(&mut a);
+    let id = apply_id(&out).expect("apply");
+    a.handle_input(Input::ApplyFailed(id, "bind: address in use".into()));
+    let out = drain(&mut a);
+    assert_eq!(
+        sent(&out).iter().map(|r| summary(r)).collect::<Vec<_>>(),
+        [(
+            Eds,
+            "1",
+            "e2",
+            vec!["web"],
+            Some("applying failed: bind: address in use")
+        )]
+    );
+    assert_eq!(
+        a.applied().endpoints["web"],
+        assignment("web", &[("127.0.0.1", 8001, 0)])
+    );
+}
+
+#[test]
+fn updates_during_an_apply_wait_for_it_then_apply_together() {
+    let mut a = serving();
+    a.handle_input(response(
+        Eds,
+        "2",
+        "e2",
+        vec![any(&assignment("web", &[("127.0.0.1", 8002, 0)]))],
+    ));
+    let first = apply_id(&drain(&mut a)).expect("apply");
+    a.handle_input(response(
+        Eds,
+        "3",
+        "e3",
+        vec![any(&assignment("web", &[("127.0.0.1", 8003, 0)]))],
+    ));
+    assert!(drain(&mut a).is_empty(), "one apply at a time");
+    a.handle_input(Input::Applied(first));
+    let out = drain(&mut a);
+    assert_eq!(
+        sent(&out).iter().map(|r| summary(r)).collect::<Vec<_>>(),
+        [(Eds, "2", "e2", vec!["web"], None)]
+    );
+    assert_eq!(
+        applied_config(&out).clusters[0].hosts[0].address.port(),
+        8003
+    );
+}
+
+#[test]
+fn a_reconnect_resubscribes_with_the_accepted_versions_and_no_nonce() {
+    let mut a = serving();
+    a.handle_input(Input::Disconnected);
+    assert!(drain(&mut a).is_empty());
+    a.handle_input(Input::Connected);
+    let out = drain(&mut a);
+    let reqs = sent(&out);
+    assert_eq!(
+        reqs.iter().map(|r| summary(r)).collect::<Vec<_>>(),
+        [
+            (Cds, "1", "", vec![], None),
+            (Eds, "1", "", vec!["web"], None),
+            (Lds, "1", "", vec![], None),
+            (Rds, "1", "", vec!["routes"], None),
+        ]
+    );
+    assert!(reqs[0].node.is_some());
+    // The same resources again (the server resends after a reconnect): ACKed, nothing applied.
+    a.handle_input(response(Cds, "1", "c9", vec![any(&eds_cluster("web"))]));
+    let out = drain(&mut a);
+    assert!(apply_id(&out).is_none());
+    assert_eq!(
+        sent(&out).iter().map(|r| summary(r)).collect::<Vec<_>>(),
+        [(Cds, "1", "c9", vec![], None)]
+    );
+    // A change applies.
+    a.handle_input(response(
+        Eds,
+        "2",
+        "e9",
+        vec![any(&assignment("web", &[("127.0.0.1", 8009, 0)]))],
+    ));
+    let out = drain(&mut a);
+    assert_eq!(
+        applied_config(&out).clusters[0].hosts[0].address.port(),
+        8009
+    );
+}
+
+#[test]
+fn an_apply_completed_after_a_reconnect_is_not_acked_on_the_new_stream() {
+    let mut a = serving();
+    a.handle_input(response(
+        Eds,
+        "2",
+        "e2",
+        vec![any(&assignment("web", &[("127.0.0.1", 8002, 0)]))],
+    ));
+    let id = apply_id(&drain(&mut a)).expect("apply");
+    a.handle_input(Input::Disconnected);
+    a.handle_input(Input::Connected);
+    drain(&mut a);
+    a.handle_input(Input::Applied(id));
+    assert!(sent(&drain(&mut a)).is_empty());
+    assert_eq!(a.accepted_version(Eds), "2");
+}
+
+#[test]
+fn undecodable_or_duplicate_resources_are_nacked_at_once() {
+    let mut a = serving();
+    a.handle_input(response(
+        Cds,
+        "2",
+        "c2",
+        vec![any(&eds_cluster("web")), any(&eds_cluster("web"))],
+    ));
+    let out = drain(&mut a);
+    let reqs: Vec<_> = sent(&out).iter().map(|r| summary(r)).collect();
+    assert_eq!(
+        reqs,
+        [(
+            Cds,
+            "1",
+            "c2",
+            vec![],
+            Some("resources[1]: \"web\" is listed twice")
+        )]
+    );
+    a.handle_input(response(
+        Lds,
+        "2",
+        "l2",
+        vec![any(&route_config("routes", "web"))],
+    ));
+    let out = drain(&mut a);
+    let reqs: Vec<_> = sent(&out).iter().map(|r| summary(r)).collect();
+    assert_eq!(reqs[0].2, "l2");
+    assert!(
+        reqs[0]
+            .4
+            .expect("error")
+            .starts_with("resources[0]: expected ")
+    );
+    a.handle_input(response(
+        Rds,
+        "2",
+        "r2",
+        vec![Any {
+            type_url: Rds.type_url().into(),
+            value: vec![0xff, 0xff, 0xff],
+        }],
+    ));
+    let out = drain(&mut a);
+    assert!(
+        sent(&out)[0]
+            .error_detail
+            .as_ref()
+            .is_some_and(|e| e.message.contains("undecodable"))
+    );
+}

@@ -1,0 +1,197 @@
+//! Builders of Envoy v3 resources for tests (unit tests here, the runtime's e2e tests, the
+//! fuzz corpus): the shapes a go-control-plane server sends.
+
+use envoy_types::pb::envoy::config::cluster::v3::{
+    Cluster,
+    cluster::{ClusterDiscoveryType, DiscoveryType, EdsClusterConfig},
+};
+use envoy_types::pb::envoy::config::core::v3::{
+    Address, AggregatedConfigSource, ConfigSource, SocketAddress, address,
+    config_source::ConfigSourceSpecifier, socket_address::PortSpecifier,
+};
+use envoy_types::pb::envoy::config::endpoint::v3::{
+    ClusterLoadAssignment, Endpoint, LbEndpoint, LocalityLbEndpoints, lb_endpoint::HostIdentifier,
+};
+use envoy_types::pb::envoy::config::listener::v3::{Filter, FilterChain, Listener, filter};
+use envoy_types::pb::envoy::config::route::v3::{
+    Route, RouteAction, RouteConfiguration, RouteMatch, VirtualHost, route::Action,
+    route_action::ClusterSpecifier, route_match::PathSpecifier,
+};
+use envoy_types::pb::envoy::extensions::filters::http::router::v3::Router;
+use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
+    HttpConnectionManager, HttpFilter, Rds, http_connection_manager::RouteSpecifier, http_filter,
+};
+use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::{
+    TcpProxy, tcp_proxy::ClusterSpecifier as TcpClusterSpecifier,
+};
+use envoy_types::pb::google::protobuf::Any;
+use prost::{Message, Name};
+
+/// Packs a message into an `Any`.
+pub fn any<T: Message + Name>(m: &T) -> Any {
+    Any {
+        type_url: T::type_url(),
+        value: m.encode_to_vec(),
+    }
+}
+
+/// A socket address.
+#[must_use]
+pub fn address(ip: &str, port: u32) -> Address {
+    Address {
+        address: Some(address::Address::SocketAddress(SocketAddress {
+            address: ip.to_owned(),
+            port_specifier: Some(PortSpecifier::PortValue(port)),
+            ..Default::default()
+        })),
+    }
+}
+
+/// `ads: {}`.
+#[must_use]
+pub fn ads_source() -> ConfigSource {
+    ConfigSource {
+        config_source_specifier: Some(ConfigSourceSpecifier::Ads(AggregatedConfigSource {})),
+        resource_api_version: 2, // V3
+        ..Default::default()
+    }
+}
+
+/// An EDS cluster whose endpoints come over ADS under its own name.
+#[must_use]
+pub fn eds_cluster(name: &str) -> Cluster {
+    Cluster {
+        name: name.to_owned(),
+        cluster_discovery_type: Some(ClusterDiscoveryType::Type(DiscoveryType::Eds as i32)),
+        eds_cluster_config: Some(EdsClusterConfig {
+            eds_config: Some(ads_source()),
+            service_name: String::new(),
+        }),
+        connect_timeout: Some(envoy_types::pb::google::protobuf::Duration {
+            seconds: 1,
+            nanos: 0,
+        }),
+        ..Default::default()
+    }
+}
+
+/// An assignment of `hosts` (`ip:port`, health status) to `cluster`.
+#[must_use]
+pub fn assignment(cluster: &str, hosts: &[(&str, u32, i32)]) -> ClusterLoadAssignment {
+    ClusterLoadAssignment {
+        cluster_name: cluster.to_owned(),
+        endpoints: vec![LocalityLbEndpoints {
+            lb_endpoints: hosts
+                .iter()
+                .map(|(ip, port, status)| LbEndpoint {
+                    health_status: *status,
+                    host_identifier: Some(HostIdentifier::Endpoint(Endpoint {
+                        address: Some(address(ip, *port)),
+                        ..Default::default()
+                    })),
+                    ..Default::default()
+                })
+                .collect(),
+            ..Default::default()
+        }],
+        ..Default::default()
+    }
+}
+
+/// The router HTTP filter.
+#[must_use]
+pub fn router_filter() -> HttpFilter {
+    HttpFilter {
+        name: "envoy.filters.http.router".to_owned(),
+        config_type: Some(http_filter::ConfigType::TypedConfig(
+            any(&Router::default()),
+        )),
+        ..Default::default()
+    }
+}
+
+/// A listener on `ip:port` whose HTTP connection manager takes route configuration `routes`
+/// over RDS.
+#[must_use]
+pub fn http_listener(name: &str, ip: &str, port: u32, routes: &str) -> Listener {
+    http_listener_with(
+        name,
+        ip,
+        port,
+        RouteSpecifier::Rds(Rds {
+            config_source: Some(ads_source()),
+            route_config_name: routes.to_owned(),
+        }),
+    )
+}
+
+/// A listener on `ip:port` with an HTTP connection manager routing by `routes`.
+#[must_use]
+pub fn http_listener_with(name: &str, ip: &str, port: u32, routes: RouteSpecifier) -> Listener {
+    let hcm = HttpConnectionManager {
+        stat_prefix: name.to_owned(),
+        http_filters: vec![router_filter()],
+        route_specifier: Some(routes),
+        ..Default::default()
+    };
+    Listener {
+        name: name.to_owned(),
+        address: Some(address(ip, port)),
+        filter_chains: vec![FilterChain {
+            filters: vec![Filter {
+                name: "envoy.filters.network.http_connection_manager".to_owned(),
+                config_type: Some(filter::ConfigType::TypedConfig(any(&hcm))),
+            }],
+            ..Default::default()
+        }],
+        ..Default::default()
+    }
+}
+
+/// A listener on `ip:port` proxying TCP to `cluster`.
+#[must_use]
+pub fn tcp_listener(name: &str, ip: &str, port: u32, cluster: &str) -> Listener {
+    let tcp = TcpProxy {
+        stat_prefix: name.to_owned(),
+        cluster_specifier: Some(TcpClusterSpecifier::Cluster(cluster.to_owned())),
+        ..Default::default()
+    };
+    Listener {
+        name: name.to_owned(),
+        address: Some(address(ip, port)),
+        filter_chains: vec![FilterChain {
+            filters: vec![Filter {
+                name: "envoy.filters.network.tcp_proxy".to_owned(),
+                config_type: Some(filter::ConfigType::TypedConfig(any(&tcp))),
+            }],
+            ..Default::default()
+        }],
+        ..Default::default()
+    }
+}
+
+/// A route configuration with one virtual host (`*`) sending every path under `/` to
+/// `cluster`.
+#[must_use]
+pub fn route_config(name: &str, cluster: &str) -> RouteConfiguration {
+    RouteConfiguration {
+        name: name.to_owned(),
+        virtual_hosts: vec![VirtualHost {
+            name: "all".to_owned(),
+            domains: vec!["*".to_owned()],
+            routes: vec![Route {
+                r#match: Some(RouteMatch {
+                    path_specifier: Some(PathSpecifier::Prefix("/".to_owned())),
+                    ..Default::default()
+                }),
+                action: Some(Action::Route(RouteAction {
+                    cluster_specifier: Some(ClusterSpecifier::Cluster(cluster.to_owned())),
+                    ..Default::default()
+                })),
+                ..Default::default()
+            }],
+            ..Default::default()
+        }],
+        ..Default::default()
+    }
+}

@@ -1,0 +1,20 @@
+//! xDS for Sluice: configuration from an Envoy v3 management server.
+//!
+//! - [`translate`]: Envoy v3 resources (Listener, RouteConfiguration, Cluster,
+//!   ClusterLoadAssignment) into the core's config model, through the same validation as the
+//!   YAML file.
+//! - [`ads`]: the sans-IO Aggregated Discovery Service state machine — versions, nonces,
+//!   ACK/NACK, warming, and when a complete config can be applied. It never reads a clock and
+//!   does no IO: responses and timer expiries are its inputs, requests and configs to apply
+//!   its outputs.
+//!
+//! The crate is separate from `sluice-core` so that the core does not compile the Envoy protos
+//! (`envoy-types`, prost, and the tonic it brings).
+#![forbid(unsafe_code)]
+
+pub use envoy_types;
+
+pub mod ads;
+pub mod fixtures;
+pub mod fuzzing;
+pub mod translate;

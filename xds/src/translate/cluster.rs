@@ -1,0 +1,485 @@
+//! `Cluster` and `ClusterLoadAssignment` → a `clusters[]` entry.
+//!
+//! Mapped: `name`; `type` STATIC, EDS (hosts from the assignment named by
+//! `eds_cluster_config.service_name`, else the cluster's name) and ORIGINAL_DST; `lb_policy`
+//! (Envoy's ROUND_ROBIN is weighted: `weighted_round_robin`); `ring_hash_lb_config.minimum_ring_size`;
+//! `connect_timeout`; one `health_checks` entry (HTTP or TCP); `outlier_detection`
+//! (consecutive 5xx and gateway failures with their `enforcing_*` at 0 or 100, ejection times and
+//! percentage); `circuit_breakers` (DEFAULT priority); `common_lb_config.healthy_panic_threshold`.
+//! Endpoints: every locality of priority 0, hosts whose `health_status` is UNHEALTHY, DRAINING
+//! or TIMEOUT left out, `load_balancing_weight` kept. HTTP/2 protocol options are noted (the
+//! upstream protocol is the HTTP/2 lane's `protocol` field), telemetry fields ignored.
+
+use envoy_types::pb::envoy::config::cluster::v3::{
+    CircuitBreakers, Cluster, OutlierDetection,
+    cluster::{ClusterDiscoveryType, DiscoveryType, LbConfig, LbPolicy},
+};
+use envoy_types::pb::envoy::config::core::v3::{
+    Address, ConfigSource, HealthCheck, HealthStatus, RoutingPriority, address,
+    config_source::ConfigSourceSpecifier, health_check::HealthChecker, socket_address,
+};
+use envoy_types::pb::envoy::config::endpoint::v3::{
+    ClusterLoadAssignment, lb_endpoint::HostIdentifier,
+};
+use serde_json::{Value, json};
+
+use super::{At, Notes, ResourceType, TranslateError, duration, object, reject_rest, take};
+
+/// The EDS service name a cluster's endpoints come under (`None`: not an EDS cluster).
+#[must_use]
+pub fn eds_service_name(c: &Cluster) -> Option<&str> {
+    match c.cluster_discovery_type {
+        Some(ClusterDiscoveryType::Type(t)) if t == DiscoveryType::Eds as i32 => {
+            Some(match &c.eds_cluster_config {
+                Some(eds) if !eds.service_name.is_empty() => eds.service_name.as_str(),
+                _ => c.name.as_str(),
+            })
+        }
+        _ => None,
+    }
+}
+
+/// Translates a cluster; `endpoints` is its assignment when it is an EDS cluster (`None`: not
+/// received yet, an error).
+pub fn translate_cluster(
+    c: &Cluster,
+    endpoints: Option<&ClusterLoadAssignment>,
+    notes: &mut Notes,
+) -> Result<Value, TranslateError> {
+    let at = At::root(ResourceType::Cluster, &c.name);
+    let mut rest = c.clone();
+    let name = take(&mut rest.name);
+    for (set, field) in [
+        (!take(&mut rest.alt_stat_name).is_empty(), "alt_stat_name"),
+        (take(&mut rest.metadata).is_some(), "metadata"),
+        (
+            take(&mut rest.track_cluster_stats).is_some(),
+            "track_cluster_stats",
+        ),
+        (take(&mut rest.stats_matcher).is_some(), "stats_matcher"),
+    ] {
+        if set {
+            at.note(notes, field);
+        }
+    }
+    let discovery = take(&mut rest.cluster_discovery_type);
+    let kind = match discovery {
+        None => DiscoveryType::Static,
+        Some(ClusterDiscoveryType::Type(t)) => match DiscoveryType::try_from(t) {
+            Ok(t @ (DiscoveryType::Static | DiscoveryType::Eds | DiscoveryType::OriginalDst)) => t,
+            Ok(other) => {
+                return Err(at
+                    .field("type")
+                    .error(format!("{} is unsupported", other.as_str_name())));
+            }
+            Err(_) => return Err(at.field("type").error(format!("unknown type {t}"))),
+        },
+        Some(ClusterDiscoveryType::ClusterType(_)) => {
+            return Err(at.field("cluster_type").unsupported());
+        }
+    };
+    if let Some(mut eds) = take(&mut rest.eds_cluster_config) {
+        let eds_at = at.field("eds_cluster_config");
+        if kind != DiscoveryType::Eds {
+            return Err(eds_at.error("set on a cluster whose type is not EDS"));
+        }
+        take(&mut eds.service_name);
+        if let Some(source) = take(&mut eds.eds_config) {
+            config_source(&source, &eds_at.field("eds_config"))?;
+        }
+        reject_rest(&eds, &eds_at)?;
+    }
+    // Without DNS these do nothing.
+    if take(&mut rest.dns_lookup_family) != 0 {
+        at.note(notes, "dns_lookup_family");
+    }
+    let connect_timeout = take(&mut rest.connect_timeout)
+        .map(|d| duration(&d, &at.field("connect_timeout")))
+        .transpose()?;
+    let lb = take(&mut rest.lb_policy);
+    let lb_policy = match (kind, LbPolicy::try_from(lb)) {
+        (DiscoveryType::OriginalDst, Ok(LbPolicy::ClusterProvided)) => None,
+        (DiscoveryType::OriginalDst, _) => {
+            return Err(at
+                .field("lb_policy")
+                .error("an ORIGINAL_DST cluster takes lb_policy CLUSTER_PROVIDED"));
+        }
+        (_, Ok(LbPolicy::RoundRobin)) => Some("weighted_round_robin"),
+        (_, Ok(LbPolicy::LeastRequest)) => Some("least_request"),
+        (_, Ok(LbPolicy::Random)) => Some("random"),
+        (_, Ok(LbPolicy::RingHash)) => Some("ring_hash"),
+        (_, Ok(LbPolicy::Maglev)) => Some("maglev"),
+        (_, Ok(other)) => {
+            return Err(at
+                .field("lb_policy")
+                .error(format!("{} is unsupported", other.as_str_name())));
+        }
+        (_, Err(_)) => return Err(at.field("lb_policy").error(format!("unknown policy {lb}"))),
+    };
+    let ring_hash = match take(&mut rest.lb_config) {
+        None => None,
+        Some(LbConfig::RingHashLbConfig(mut r)) => {
+            let r_at = at.field("ring_hash_lb_config");
+            let min =
+                take(&mut r.minimum_ring_size).map(|v| json!({ "minimum_ring_size": v.value }));
+            reject_rest(&r, &r_at)?;
+            min
+        }
+        Some(_) => return Err(at.field("lb_config").unsupported()),
+    };
+    let health_checks = take(&mut rest.health_checks);
+    let health_check = match health_checks.as_slice() {
+        [] => None,
+        [hc] => Some(health_check(hc, &at.field("health_checks").index(0))?),
+        _ => {
+            return Err(at
+                .field("health_checks")
+                .index(1)
+                .error("at most one health check"));
+        }
+    };
+    let outlier_detection = take(&mut rest.outlier_detection)
+        .map(|o| outlier(o, &at.field("outlier_detection")))
+        .transpose()?;
+    let circuit_breakers = take(&mut rest.circuit_breakers)
+        .map(|cb| circuit_breakers(cb, &at.field("circuit_breakers")))
+        .transpose()?;
+    let panic_threshold = match take(&mut rest.common_lb_config) {
+        None => None,
+        Some(mut common) => {
+            let c_at = at.field("common_lb_config");
+            let p = take(&mut common.healthy_panic_threshold).map(|p| p.value);
+            reject_rest(&common, &c_at)?;
+            match p {
+                Some(v) if (0.0..=100.0).contains(&v) && v.fract() == 0.0 => Some(json!(v as u32)),
+                Some(v) => {
+                    return Err(c_at
+                        .field("healthy_panic_threshold")
+                        .error(format!("{v} is not a whole percentage from 0 to 100")));
+                }
+                None => None,
+            }
+        }
+    };
+    #[allow(deprecated)]
+    if take(&mut rest.http2_protocol_options).is_some() {
+        at.note(notes, "http2_protocol_options");
+    }
+    for key in take(&mut rest.typed_extension_protocol_options).into_keys() {
+        if key == "envoy.extensions.upstreams.http.v3.HttpProtocolOptions" {
+            at.note(notes, &format!("typed_extension_protocol_options[{key:?}]"));
+        } else {
+            return Err(at
+                .field(&format!("typed_extension_protocol_options[{key:?}]"))
+                .unsupported());
+        }
+    }
+    if take(&mut rest.transport_socket).is_some() {
+        return Err(at
+            .field("transport_socket")
+            .error("unsupported (upstream TLS from xDS is not translated yet)"));
+    }
+    let load_assignment = take(&mut rest.load_assignment);
+    reject_rest(&rest, &at)?;
+
+    let (type_name, hosts) = match kind {
+        DiscoveryType::OriginalDst => ("original_dst", None),
+        DiscoveryType::Eds => {
+            if load_assignment.is_some() {
+                return Err(at.field("load_assignment").error("set on an EDS cluster"));
+            }
+            let service = eds_service_name(c).unwrap_or(&c.name);
+            let Some(cla) = endpoints else {
+                return Err(at.error(format!("no ClusterLoadAssignment {service:?} received")));
+            };
+            let cla_at = At::root(ResourceType::Endpoints, &cla.cluster_name);
+            ("static", Some(hosts(cla, &cla_at, notes)?))
+        }
+        _ => {
+            let Some(cla) = load_assignment else {
+                return Err(at
+                    .field("load_assignment")
+                    .error("a STATIC cluster needs its hosts"));
+            };
+            (
+                "static",
+                Some(hosts(&cla, &at.field("load_assignment"), notes)?),
+            )
+        }
+    };
+    Ok(object([
+        ("name", Some(json!(name))),
+        ("type", Some(json!(type_name))),
+        ("connect_timeout", connect_timeout),
+        ("lb_policy", lb_policy.map(|p| json!(p))),
+        ("ring_hash", ring_hash),
+        ("health_check", health_check),
+        ("outlier_detection", outlier_detection),
+        ("circuit_breakers", circuit_breakers),
+        ("panic_threshold", panic_threshold),
+        ("hosts", hosts.map(Value::Array)),
+    ]))
+}
+
+/// Only the ADS stream (`ads: {}`, or `self: {}`, the server the resource came from) exists.
+pub(crate) fn config_source(source: &ConfigSource, at: &At<'_>) -> Result<(), TranslateError> {
+    let mut rest = source.clone();
+    take(&mut rest.resource_api_version);
+    take(&mut rest.initial_fetch_timeout);
+    match take(&mut rest.config_source_specifier) {
+        None | Some(ConfigSourceSpecifier::Ads(_) | ConfigSourceSpecifier::Self_(_)) => {}
+        Some(_) => {
+            return Err(at.error("only `ads` (the aggregated stream) is supported"));
+        }
+    }
+    reject_rest(&rest, at)
+}
+
+/// The usable hosts of an assignment: priority 0, not UNHEALTHY / DRAINING / TIMEOUT.
+fn hosts(
+    cla: &ClusterLoadAssignment,
+    at: &At<'_>,
+    notes: &mut Notes,
+) -> Result<Vec<Value>, TranslateError> {
+    let mut rest = cla.clone();
+    take(&mut rest.cluster_name);
+    if let Some(mut policy) = take(&mut rest.policy) {
+        let p_at = at.field("policy");
+        // One priority level: over-provisioning changes nothing.
+        take(&mut policy.overprovisioning_factor);
+        reject_rest(&policy, &p_at)?;
+    }
+    let localities = take(&mut rest.endpoints);
+    reject_rest(&rest, at)?;
+    let mut out = Vec::new();
+    for (i, mut locality) in localities.into_iter().enumerate() {
+        let l_at = at.field("endpoints").index(i);
+        if take(&mut locality.priority) != 0 {
+            return Err(l_at.field("priority").error("only priority 0 is supported"));
+        }
+        for (set, field) in [
+            (take(&mut locality.locality).is_some(), "locality"),
+            (take(&mut locality.metadata).is_some(), "metadata"),
+            (
+                take(&mut locality.load_balancing_weight).is_some(),
+                "load_balancing_weight",
+            ),
+        ] {
+            if set {
+                l_at.note(notes, field);
+            }
+        }
+        let endpoints = take(&mut locality.lb_endpoints);
+        reject_rest(&locality, &l_at)?;
+        for (j, mut lb) in endpoints.into_iter().enumerate() {
+            let e_at = l_at.field("lb_endpoints").index(j);
+            if take(&mut lb.metadata).is_some() {
+                e_at.note(notes, "metadata");
+            }
+            let status = take(&mut lb.health_status);
+            let weight = take(&mut lb.load_balancing_weight).map(|w| json!(w.value));
+            let endpoint = match take(&mut lb.host_identifier) {
+                Some(HostIdentifier::Endpoint(e)) => e,
+                Some(HostIdentifier::EndpointName(_)) => {
+                    return Err(e_at.field("endpoint_name").unsupported());
+                }
+                None => return Err(e_at.error("no endpoint")),
+            };
+            reject_rest(&lb, &e_at)?;
+            let mut endpoint = endpoint;
+            let ep_at = e_at.field("endpoint");
+            take(&mut endpoint.hostname);
+            take(&mut endpoint.observability_name);
+            let address = take(&mut endpoint.address);
+            reject_rest(&endpoint, &ep_at)?;
+            let address = socket_address(address.as_ref(), &ep_at.field("address"))?;
+            let usable = !matches!(
+                HealthStatus::try_from(status),
+                Ok(HealthStatus::Unhealthy | HealthStatus::Draining | HealthStatus::Timeout)
+            );
+            if usable {
+                out.push(object([
+                    ("address", Some(json!(address))),
+                    ("weight", weight),
+                ]));
+            }
+        }
+    }
+    if out.is_empty() {
+        return Err(at.error(
+            "no usable endpoint (every host is UNHEALTHY, DRAINING or TIMEOUT, or none is \
+             listed; a cluster needs at least one host)",
+        ));
+    }
+    Ok(out)
+}
+
+/// `ip:port` of a TCP socket address (no named ports, no resolver).
+pub(crate) fn socket_address(a: Option<&Address>, at: &At<'_>) -> Result<String, TranslateError> {
+    let Some(address::Address::SocketAddress(sa)) = a.and_then(|a| a.address.as_ref()) else {
+        return Err(at.error("expected a socket_address"));
+    };
+    let sa_at = at.field("socket_address");
+    let mut rest = sa.clone();
+    let ip = take(&mut rest.address);
+    let port = match take(&mut rest.port_specifier) {
+        Some(socket_address::PortSpecifier::PortValue(p)) => p,
+        Some(socket_address::PortSpecifier::NamedPort(_)) => {
+            return Err(sa_at.field("named_port").unsupported());
+        }
+        None => 0,
+    };
+    if take(&mut rest.protocol) != 0 {
+        return Err(sa_at.field("protocol").error("only TCP is supported"));
+    }
+    reject_rest(&rest, &sa_at)?;
+    Ok(if ip.contains(':') {
+        format!("[{ip}]:{port}")
+    } else {
+        format!("{ip}:{port}")
+    })
+}
+
+fn health_check(hc: &HealthCheck, at: &At<'_>) -> Result<Value, TranslateError> {
+    let mut rest = hc.clone();
+    let interval = take(&mut rest.interval)
+        .map(|d| duration(&d, &at.field("interval")))
+        .transpose()?;
+    let timeout = take(&mut rest.timeout)
+        .map(|d| duration(&d, &at.field("timeout")))
+        .transpose()?;
+    let no_traffic = take(&mut rest.no_traffic_interval)
+        .map(|d| duration(&d, &at.field("no_traffic_interval")))
+        .transpose()?;
+    let jitter = match take(&mut rest.interval_jitter_percent) {
+        0 => None,
+        p => Some(json!(p)),
+    };
+    let unhealthy = take(&mut rest.unhealthy_threshold).map(|v| json!(v.value));
+    let healthy = take(&mut rest.healthy_threshold).map(|v| json!(v.value));
+    let probe = match take(&mut rest.health_checker) {
+        Some(HealthChecker::TcpHealthCheck(t)) => {
+            reject_rest(&t, &at.field("tcp_health_check"))?;
+            ("tcp", json!({}))
+        }
+        Some(HealthChecker::HttpHealthCheck(mut h)) => {
+            let h_at = at.field("http_health_check");
+            let path = take(&mut h.path);
+            let host = match take(&mut h.host) {
+                s if s.is_empty() => None,
+                s => Some(json!(s)),
+            };
+            let statuses: Vec<Value> = take(&mut h.expected_statuses)
+                .into_iter()
+                // Envoy's ranges are half-open.
+                .map(|r| json!(format!("{}-{}", r.start, r.end.saturating_sub(1))))
+                .collect();
+            reject_rest(&h, &h_at)?;
+            let statuses = (!statuses.is_empty()).then(|| Value::Array(statuses));
+            (
+                "http",
+                object([
+                    ("path", Some(json!(path))),
+                    ("host", host),
+                    ("expected_statuses", statuses),
+                ]),
+            )
+        }
+        Some(_) => {
+            return Err(at.error("only http_health_check and tcp_health_check are supported"));
+        }
+        None => return Err(at.error("no health checker")),
+    };
+    reject_rest(&rest, at)?;
+    let mut v = object([
+        ("interval", interval),
+        ("timeout", timeout),
+        ("jitter", jitter),
+        ("unhealthy_threshold", unhealthy),
+        ("healthy_threshold", healthy),
+        ("no_traffic_interval", no_traffic),
+    ]);
+    if let Value::Object(m) = &mut v {
+        m.insert(probe.0.to_owned(), probe.1);
+    }
+    Ok(v)
+}
+
+/// `enforcing_*` is a percentage; only all (100) or nothing (0) can be said here.
+fn enforced(v: Option<u32>, default: bool, at: &At<'_>) -> Result<bool, TranslateError> {
+    match v {
+        None => Ok(default),
+        Some(0) => Ok(false),
+        Some(100) => Ok(true),
+        Some(p) => Err(at.error(format!("{p}: only 0 or 100 is supported"))),
+    }
+}
+
+fn outlier(mut o: OutlierDetection, at: &At<'_>) -> Result<Value, TranslateError> {
+    let c5xx = take(&mut o.consecutive_5xx).map_or(5, |v| v.value);
+    let c5xx_on = enforced(
+        take(&mut o.enforcing_consecutive_5xx).map(|v| v.value),
+        true,
+        &at.field("enforcing_consecutive_5xx"),
+    )?;
+    let gw = take(&mut o.consecutive_gateway_failure).map_or(5, |v| v.value);
+    // Envoy does not enforce gateway failures unless told to.
+    let gw_on = enforced(
+        take(&mut o.enforcing_consecutive_gateway_failure).map(|v| v.value),
+        false,
+        &at.field("enforcing_consecutive_gateway_failure"),
+    )?;
+    let d = |v: Option<envoy_types::pb::google::protobuf::Duration>, f: &str| {
+        v.map(|d| duration(&d, &at.field(f))).transpose()
+    };
+    let interval = d(take(&mut o.interval), "interval")?;
+    let base = d(take(&mut o.base_ejection_time), "base_ejection_time")?;
+    let max = d(take(&mut o.max_ejection_time), "max_ejection_time")?;
+    let pct = take(&mut o.max_ejection_percent).map(|v| json!(v.value));
+    // Envoy's success-rate detection runs only with enough traffic; it is not translated, so
+    // settings of it are refused below — but its enforcement defaults are left alone.
+    reject_rest(&o, at)?;
+    Ok(object([
+        (
+            "consecutive_5xx",
+            Some(json!(if c5xx_on { c5xx } else { 0 })),
+        ),
+        (
+            "consecutive_gateway_failure",
+            Some(json!(if gw_on { gw } else { 0 })),
+        ),
+        // Envoy counts connect failures as 5xx (no split of local-origin errors).
+        ("consecutive_connect_failure", Some(json!(0))),
+        ("interval", interval),
+        ("base_ejection_time", base),
+        ("max_ejection_time", max),
+        ("max_ejection_percent", pct),
+    ]))
+}
+
+fn circuit_breakers(mut cb: CircuitBreakers, at: &At<'_>) -> Result<Value, TranslateError> {
+    let thresholds = take(&mut cb.thresholds);
+    reject_rest(&cb, at)?;
+    let mut out = serde_json::Map::new();
+    for (i, mut t) in thresholds.into_iter().enumerate() {
+        let t_at = at.field("thresholds").index(i);
+        if take(&mut t.priority) != RoutingPriority::Default as i32 {
+            return Err(t_at.field("priority").error("only DEFAULT is supported"));
+        }
+        if take(&mut t.track_remaining) {
+            // A stat only.
+        }
+        for (key, v) in [
+            ("max_connections", take(&mut t.max_connections)),
+            ("max_pending_requests", take(&mut t.max_pending_requests)),
+            ("max_requests", take(&mut t.max_requests)),
+            ("max_retries", take(&mut t.max_retries)),
+        ] {
+            if let Some(v) = v {
+                out.insert(key.to_owned(), json!(v.value));
+            }
+        }
+        reject_rest(&t, &t_at)?;
+    }
+    Ok(Value::Object(out))
+}

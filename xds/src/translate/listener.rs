@@ -1,0 +1,315 @@
+//! `Listener` → a `listeners[]` entry.
+//!
+//! Mapped: `name`, `address` (a TCP socket address), one filter chain without
+//! `filter_chain_match`, whose one network filter is an `HttpConnectionManager` (routes from RDS
+//! over ADS or inline; `codec_type`; `max_request_headers_kb`; `stream_idle_timeout`;
+//! `request_headers_timeout`; `common_http_protocol_options.idle_timeout`; `normalize_path`,
+//! `merge_slashes`, `path_with_escaped_slashes_action`; HTTP filters ending with the router, any
+//! other filter only when `is_optional` or `disabled`) or a `TcpProxy` (`cluster`,
+//! `idle_timeout`, `max_connect_attempts`).
+
+use std::collections::BTreeMap;
+
+use envoy_types::pb::envoy::config::core::v3::HttpProtocolOptions;
+use envoy_types::pb::envoy::config::listener::v3::{FilterChain, Listener, filter};
+use envoy_types::pb::envoy::config::route::v3::RouteConfiguration;
+use envoy_types::pb::envoy::extensions::filters::http::router::v3::Router;
+use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
+    HttpConnectionManager,
+    http_connection_manager::{CodecType, PathWithEscapedSlashesAction, RouteSpecifier},
+    http_filter,
+};
+use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::{
+    TcpProxy, tcp_proxy::ClusterSpecifier,
+};
+use prost::Name;
+use serde_json::{Value, json};
+
+use super::cluster::{config_source, socket_address};
+use super::route::translate_route_configuration;
+use super::{At, Notes, ResourceType, TranslateError, duration, object, reject_rest, take, unpack};
+
+/// Translates a listener; `routes` are the route configurations received over RDS, by name.
+pub fn translate_listener(
+    l: &Listener,
+    routes: &BTreeMap<String, RouteConfiguration>,
+    notes: &mut Notes,
+) -> Result<Value, TranslateError> {
+    let at = At::root(ResourceType::Listener, &l.name);
+    let mut rest = l.clone();
+    let name = take(&mut rest.name);
+    for (set, field) in [
+        (!take(&mut rest.stat_prefix).is_empty(), "stat_prefix"),
+        (take(&mut rest.metadata).is_some(), "metadata"),
+        (!take(&mut rest.access_log).is_empty(), "access_log"),
+        (take(&mut rest.traffic_direction) != 0, "traffic_direction"),
+        (take(&mut rest.stats_matcher).is_some(), "stats_matcher"),
+    ] {
+        if set {
+            at.note(notes, field);
+        }
+    }
+    // Every listening socket has SO_REUSEPORT here.
+    take(&mut rest.enable_reuse_port);
+    #[allow(deprecated)]
+    take(&mut rest.reuse_port);
+    let address = socket_address(take(&mut rest.address).as_ref(), &at.field("address"))?;
+    let chains = take(&mut rest.filter_chains);
+    reject_rest(&rest, &at)?;
+    let chain = match chains.as_slice() {
+        [chain] => chain,
+        [] => return Err(at.field("filter_chains").error("no filter chain")),
+        _ => {
+            return Err(at
+                .field("filter_chains")
+                .index(1)
+                .error("unsupported (one filter chain per listener)"));
+        }
+    };
+    let (key, filter) = filter_chain(chain, &at.field("filter_chains").index(0), routes, notes)?;
+    let mut v = json!({ "name": name, "address": address });
+    if let Value::Object(m) = &mut v {
+        m.insert(key.to_owned(), filter);
+    }
+    Ok(v)
+}
+
+fn filter_chain(
+    chain: &FilterChain,
+    at: &At<'_>,
+    routes: &BTreeMap<String, RouteConfiguration>,
+    notes: &mut Notes,
+) -> Result<(&'static str, Value), TranslateError> {
+    let mut rest = chain.clone();
+    for (set, field) in [
+        (!take(&mut rest.name).is_empty(), "name"),
+        (take(&mut rest.metadata).is_some(), "metadata"),
+    ] {
+        if set {
+            at.note(notes, field);
+        }
+    }
+    if let Some(m) = take(&mut rest.filter_chain_match) {
+        reject_rest(&m, &at.field("filter_chain_match"))?;
+    }
+    if take(&mut rest.transport_socket).is_some() {
+        return Err(at
+            .field("transport_socket")
+            .error("unsupported (TLS termination from xDS is not translated yet)"));
+    }
+    let filters = take(&mut rest.filters);
+    reject_rest(&rest, at)?;
+    let mut terminal = None;
+    for (i, f) in filters.iter().enumerate() {
+        let f_at = at.field("filters").index(i);
+        let named = At {
+            path: format!("{} ({})", f_at.path, f.name),
+            ..f_at.clone()
+        };
+        let any = match &f.config_type {
+            Some(filter::ConfigType::TypedConfig(any)) => any,
+            Some(filter::ConfigType::ConfigDiscovery(_)) => {
+                return Err(named.error("unsupported (config_discovery)"));
+            }
+            None => return Err(named.error("unsupported (no typed_config)")),
+        };
+        if terminal.is_some() {
+            return Err(named.error("unsupported (after the terminal filter)"));
+        }
+        terminal = Some(if any.type_url == HttpConnectionManager::type_url() {
+            let hcm: HttpConnectionManager = unpack(any, &named)?;
+            (
+                "http",
+                http(hcm, &f_at.field("typed_config"), routes, notes)?,
+            )
+        } else if any.type_url == TcpProxy::type_url() {
+            let tcp: TcpProxy = unpack(any, &named)?;
+            (
+                "tcp_proxy",
+                tcp_proxy(tcp, &f_at.field("typed_config"), notes)?,
+            )
+        } else {
+            return Err(named.unsupported());
+        });
+    }
+    terminal.ok_or_else(|| {
+        at.field("filters")
+            .error("no http_connection_manager or tcp_proxy")
+    })
+}
+
+fn http(
+    mut h: HttpConnectionManager,
+    at: &At<'_>,
+    routes: &BTreeMap<String, RouteConfiguration>,
+    notes: &mut Notes,
+) -> Result<Value, TranslateError> {
+    for (set, field) in [
+        (!take(&mut h.stat_prefix).is_empty(), "stat_prefix"),
+        (!take(&mut h.access_log).is_empty(), "access_log"),
+        (
+            take(&mut h.access_log_options).is_some(),
+            "access_log_options",
+        ),
+        (take(&mut h.tracing).is_some(), "tracing"),
+    ] {
+        if set {
+            at.note(notes, field);
+        }
+    }
+    let codec = match CodecType::try_from(take(&mut h.codec_type)) {
+        Ok(CodecType::Auto) => None,
+        Ok(CodecType::Http1) => Some(json!("http1")),
+        Ok(CodecType::Http2) => Some(json!("http2")),
+        _ => {
+            return Err(at
+                .field("codec_type")
+                .error("only AUTO, HTTP1 and HTTP2 are supported"));
+        }
+    };
+    let max_kb = take(&mut h.max_request_headers_kb).map(|v| json!(v.value));
+    let stream_idle = take(&mut h.stream_idle_timeout)
+        .map(|d| duration(&d, &at.field("stream_idle_timeout")))
+        .transpose()?;
+    let headers_timeout = take(&mut h.request_headers_timeout)
+        .map(|d| duration(&d, &at.field("request_headers_timeout")))
+        .transpose()?;
+    let (idle, max_headers) = match take(&mut h.common_http_protocol_options) {
+        None => (None, None),
+        Some(mut o) => {
+            let o_at = at.field("common_http_protocol_options");
+            let idle = take(&mut o.idle_timeout)
+                .map(|d| duration(&d, &o_at.field("idle_timeout")))
+                .transpose()?;
+            let max_headers = take(&mut o.max_headers_count).map(|n| json!(n.value));
+            reject_rest::<HttpProtocolOptions>(&o, &o_at)?;
+            (idle, max_headers)
+        }
+    };
+    let normalize = take(&mut h.normalize_path).map(|b| json!(b.value));
+    let merge = take(&mut h.merge_slashes).then(|| json!(true));
+    let escaped =
+        match PathWithEscapedSlashesAction::try_from(take(&mut h.path_with_escaped_slashes_action))
+        {
+            Ok(PathWithEscapedSlashesAction::ImplementationSpecificDefault) => None,
+            Ok(PathWithEscapedSlashesAction::KeepUnchanged) => Some(json!("keep_unchanged")),
+            Ok(PathWithEscapedSlashesAction::RejectRequest) => Some(json!("reject_request")),
+            Ok(PathWithEscapedSlashesAction::UnescapeAndForward) => {
+                Some(json!("unescape_and_forward"))
+            }
+            _ => {
+                return Err(at
+                    .field("path_with_escaped_slashes_action")
+                    .error("UNESCAPE_AND_REDIRECT is unsupported"));
+            }
+        };
+    let filters = take(&mut h.http_filters);
+    let route_specifier = take(&mut h.route_specifier);
+    reject_rest(&h, at)?;
+    let f_at = at.field("http_filters");
+    let mut router = false;
+    for (i, mut f) in filters.into_iter().enumerate() {
+        let named = At {
+            path: format!("{}[{i}] ({})", f_at.path, f.name),
+            ..f_at.clone()
+        };
+        if router {
+            return Err(named.error("unsupported (after the router filter)"));
+        }
+        let any = match take(&mut f.config_type) {
+            Some(http_filter::ConfigType::TypedConfig(any)) => Some(any),
+            Some(http_filter::ConfigType::ConfigDiscovery(_)) => None,
+            None => None,
+        };
+        if any
+            .as_ref()
+            .is_some_and(|a| a.type_url == Router::type_url())
+        {
+            let mut r: Router = unpack(any.as_ref().unwrap_or(&Default::default()), &named)?;
+            take(&mut r.dynamic_stats);
+            #[allow(deprecated)]
+            take(&mut r.start_child_span);
+            take(&mut r.upstream_log);
+            take(&mut r.upstream_log_options);
+            reject_rest(&r, &named)?;
+            router = true;
+        } else if f.is_optional || f.disabled {
+            named.note(notes, "");
+        } else {
+            return Err(named.unsupported());
+        }
+    }
+    if !router {
+        return Err(f_at.error("the last filter must be the router (envoy.filters.http.router)"));
+    }
+    let virtual_hosts = match route_specifier {
+        Some(RouteSpecifier::Rds(mut rds)) => {
+            let r_at = at.field("rds");
+            if let Some(s) = take(&mut rds.config_source) {
+                config_source(&s, &r_at.field("config_source"))?;
+            }
+            let name = take(&mut rds.route_config_name);
+            reject_rest(&rds, &r_at)?;
+            let Some(rc) = routes.get(&name) else {
+                return Err(r_at.error(format!("route_configuration {name:?} not received")));
+            };
+            translate_route_configuration(rc, notes)?
+        }
+        Some(RouteSpecifier::RouteConfig(rc)) => translate_route_configuration(&rc, notes)
+            .map_err(|mut e| {
+                // Inline: the error belongs to the listener.
+                e.path = format!("{}.route_config.{}", at.path, e.path);
+                e.kind = ResourceType::Listener;
+                e.name = at.name.to_owned();
+                e
+            })?,
+        Some(RouteSpecifier::ScopedRoutes(_)) => {
+            return Err(at.field("scoped_routes").unsupported());
+        }
+        None => return Err(at.error("no routes (rds or route_config)")),
+    };
+    Ok(object([
+        ("codec", codec),
+        ("max_request_headers_kb", max_kb),
+        ("max_headers_count", max_headers),
+        ("stream_idle_timeout", stream_idle),
+        ("request_headers_timeout", headers_timeout),
+        ("idle_timeout", idle),
+        ("normalize_path", normalize),
+        ("merge_slashes", merge),
+        ("path_with_escaped_slashes_action", escaped),
+        ("virtual_hosts", Some(Value::Array(virtual_hosts))),
+    ]))
+}
+
+fn tcp_proxy(mut t: TcpProxy, at: &At<'_>, notes: &mut Notes) -> Result<Value, TranslateError> {
+    for (set, field) in [
+        (!take(&mut t.stat_prefix).is_empty(), "stat_prefix"),
+        (!take(&mut t.access_log).is_empty(), "access_log"),
+        (
+            take(&mut t.access_log_options).is_some(),
+            "access_log_options",
+        ),
+    ] {
+        if set {
+            at.note(notes, field);
+        }
+    }
+    let cluster = match take(&mut t.cluster_specifier) {
+        Some(ClusterSpecifier::Cluster(c)) => c,
+        Some(ClusterSpecifier::WeightedClusters(_)) => {
+            return Err(at.field("weighted_clusters").unsupported());
+        }
+        None => return Err(at.error("no cluster")),
+    };
+    let idle = take(&mut t.idle_timeout)
+        .map(|d| duration(&d, &at.field("idle_timeout")))
+        .transpose()?;
+    let attempts = take(&mut t.max_connect_attempts).map(|v| json!(v.value));
+    reject_rest(&t, at)?;
+    Ok(object([
+        ("cluster", Some(json!(cluster))),
+        ("idle_timeout", idle),
+        ("max_connect_attempts", attempts),
+    ]))
+}

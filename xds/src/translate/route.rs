@@ -1,0 +1,457 @@
+//! `RouteConfiguration` → the `virtual_hosts` of an `http` listener.
+//!
+//! Mapped: virtual hosts (`name`, `domains`, `routes`, `retry_policy` as the default of its
+//! routes), route matches (`prefix`, `path`, `safe_regex`, `headers` with exact / prefix /
+//! present / safe_regex / string_match without `ignore_case`, `case_sensitive: true`), actions
+//! (`cluster`, `weighted_clusters`, `timeout`, `retry_policy` with the conditions the model
+//! knows, `prefix_rewrite`, `direct_response` with an inline body), header edits that overwrite
+//! (`append_action: OVERWRITE_IF_EXISTS_OR_ADD` or `append: false`) at route, virtual host and
+//! route configuration level, folded into each route in Envoy's order (the outer level wins).
+
+use envoy_types::pb::envoy::config::core::v3::{
+    HeaderValueOption, data_source::Specifier, header_value_option::HeaderAppendAction,
+};
+use envoy_types::pb::envoy::config::route::v3::{
+    HeaderMatcher, RetryPolicy, Route, RouteAction, RouteConfiguration, VirtualHost,
+    header_matcher::HeaderMatchSpecifier, route::Action, route_action::ClusterSpecifier,
+    route_match::PathSpecifier,
+};
+use envoy_types::pb::envoy::r#type::matcher::v3::{RegexMatcher, string_matcher::MatchPattern};
+use serde_json::{Value, json};
+use sluice_core::config::http::RetryOn;
+
+use super::{At, Notes, ResourceType, TranslateError, duration, object, reject_rest, take};
+
+/// Header edits of one level (route, virtual host or route configuration).
+#[derive(Clone, Default)]
+struct Edits {
+    request_add: Vec<(String, String)>,
+    request_remove: Vec<String>,
+    response_add: Vec<(String, String)>,
+    response_remove: Vec<String>,
+}
+
+impl Edits {
+    fn is_empty(&self) -> bool {
+        self.request_add.is_empty()
+            && self.request_remove.is_empty()
+            && self.response_add.is_empty()
+            && self.response_remove.is_empty()
+    }
+
+    /// `inner` applied first, then `self` (an outer level wins a name both set).
+    fn after(&self, inner: &Edits) -> Edits {
+        let add = |a: &[(String, String)], b: &[(String, String)]| {
+            let mut out: Vec<(String, String)> = Vec::new();
+            for (n, v) in a.iter().chain(b) {
+                out.retain(|(m, _)| !m.eq_ignore_ascii_case(n));
+                out.push((n.clone(), v.clone()));
+            }
+            out
+        };
+        let remove = |a: &[String], b: &[String]| {
+            let mut out: Vec<String> = Vec::new();
+            for n in a.iter().chain(b) {
+                let n = n.to_ascii_lowercase();
+                if !out.contains(&n) {
+                    out.push(n);
+                }
+            }
+            out
+        };
+        Edits {
+            request_add: add(&inner.request_add, &self.request_add),
+            request_remove: remove(&inner.request_remove, &self.request_remove),
+            response_add: add(&inner.response_add, &self.response_add),
+            response_remove: remove(&inner.response_remove, &self.response_remove),
+        }
+    }
+}
+
+fn headers_to_add(
+    list: Vec<HeaderValueOption>,
+    at: &At<'_>,
+) -> Result<Vec<(String, String)>, TranslateError> {
+    let mut out = Vec::new();
+    for (i, mut h) in list.into_iter().enumerate() {
+        let h_at = at.index(i);
+        #[allow(deprecated)]
+        let append = take(&mut h.append).map(|b| b.value);
+        let action = take(&mut h.append_action);
+        let overwrite = action == HeaderAppendAction::OverwriteIfExistsOrAdd as i32
+            || (action == HeaderAppendAction::AppendIfExistsOrAdd as i32 && append == Some(false));
+        if !overwrite {
+            return Err(h_at.error(
+                "only overwriting edits are supported (append_action: \
+                 OVERWRITE_IF_EXISTS_OR_ADD, or append: false)",
+            ));
+        }
+        let Some(mut header) = take(&mut h.header) else {
+            return Err(h_at.field("header").error("missing"));
+        };
+        reject_rest(&h, &h_at)?;
+        let hv_at = h_at.field("header");
+        let key = take(&mut header.key);
+        let mut value = take(&mut header.value);
+        let raw = take(&mut header.raw_value);
+        if !raw.is_empty() {
+            value =
+                String::from_utf8(raw).map_err(|_| hv_at.field("raw_value").error("not UTF-8"))?;
+        }
+        reject_rest(&header, &hv_at)?;
+        out.push((key, value));
+    }
+    Ok(out)
+}
+
+macro_rules! edits {
+    ($msg:expr, $at:expr) => {{
+        Edits {
+            request_add: headers_to_add(
+                take(&mut $msg.request_headers_to_add),
+                &$at.field("request_headers_to_add"),
+            )?,
+            request_remove: take(&mut $msg.request_headers_to_remove),
+            response_add: headers_to_add(
+                take(&mut $msg.response_headers_to_add),
+                &$at.field("response_headers_to_add"),
+            )?,
+            response_remove: take(&mut $msg.response_headers_to_remove),
+        }
+    }};
+}
+
+/// Translates a route configuration into a list of virtual hosts.
+pub fn translate_route_configuration(
+    rc: &RouteConfiguration,
+    notes: &mut Notes,
+) -> Result<Vec<Value>, TranslateError> {
+    let at = At::root(ResourceType::Route, &rc.name);
+    let mut rest = rc.clone();
+    take(&mut rest.name);
+    if take(&mut rest.metadata).is_some() {
+        at.note(notes, "metadata");
+    }
+    // The config is always validated: a route to an unknown cluster is refused either way.
+    take(&mut rest.validate_clusters);
+    // The Host header's port is never matched.
+    take(&mut rest.ignore_port_in_host_matching);
+    let config_edits = edits!(rest, at);
+    let vhosts = take(&mut rest.virtual_hosts);
+    reject_rest(&rest, &at)?;
+    vhosts
+        .into_iter()
+        .enumerate()
+        .map(|(i, vh)| {
+            virtual_host(
+                vh,
+                &at.field("virtual_hosts").index(i),
+                &config_edits,
+                notes,
+            )
+        })
+        .collect()
+}
+
+fn virtual_host(
+    mut vh: VirtualHost,
+    at: &At<'_>,
+    config_edits: &Edits,
+    notes: &mut Notes,
+) -> Result<Value, TranslateError> {
+    for (set, field) in [
+        (take(&mut vh.metadata).is_some(), "metadata"),
+        (
+            !take(&mut vh.virtual_clusters).is_empty(),
+            "virtual_clusters",
+        ),
+    ] {
+        if set {
+            at.note(notes, field);
+        }
+    }
+    let name = take(&mut vh.name);
+    let domains = take(&mut vh.domains);
+    let edits = config_edits.after(&edits!(vh, at));
+    let retry = take(&mut vh.retry_policy)
+        .map(|r| retry_policy(r, &at.field("retry_policy")))
+        .transpose()?;
+    let routes = take(&mut vh.routes);
+    reject_rest(&vh, at)?;
+    let routes = routes
+        .into_iter()
+        .enumerate()
+        .map(|(i, r)| {
+            route(
+                r,
+                &at.field("routes").index(i),
+                &edits,
+                retry.as_ref(),
+                notes,
+            )
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(json!({ "name": name, "domains": domains, "routes": routes }))
+}
+
+fn route(
+    mut r: Route,
+    at: &At<'_>,
+    outer: &Edits,
+    vhost_retry: Option<&Value>,
+    notes: &mut Notes,
+) -> Result<Value, TranslateError> {
+    for (set, field) in [
+        (!take(&mut r.name).is_empty(), "name"),
+        (take(&mut r.metadata).is_some(), "metadata"),
+        (take(&mut r.decorator).is_some(), "decorator"),
+        (take(&mut r.tracing).is_some(), "tracing"),
+        (!take(&mut r.stat_prefix).is_empty(), "stat_prefix"),
+    ] {
+        if set {
+            at.note(notes, field);
+        }
+    }
+    let edits = outer.after(&edits!(r, at));
+    let matcher = match take(&mut r.r#match) {
+        Some(m) => route_match(m, &at.field("match"))?,
+        None => return Err(at.field("match").error("missing")),
+    };
+    let action = take(&mut r.action);
+    reject_rest(&r, at)?;
+    let (key, action) = match action {
+        Some(Action::Route(a)) => (
+            "route",
+            route_action(a, &at.field("route"), &edits, vhost_retry)?,
+        ),
+        Some(Action::DirectResponse(mut d)) => {
+            let d_at = at.field("direct_response");
+            if !edits.is_empty() {
+                return Err(d_at.error(
+                    "header edits on a direct response are unsupported (route, virtual host or \
+                     route configuration level)",
+                ));
+            }
+            let status = take(&mut d.status);
+            let body = match take(&mut d.body).and_then(|b| b.specifier) {
+                None => None,
+                Some(Specifier::InlineString(s)) => Some(s),
+                Some(Specifier::InlineBytes(b)) => Some(
+                    String::from_utf8(b)
+                        .map_err(|_| d_at.field("body.inline_bytes").error("not UTF-8"))?,
+                ),
+                Some(_) => {
+                    return Err(d_at.field("body").error("only an inline body is supported"));
+                }
+            };
+            reject_rest(&d, &d_at)?;
+            (
+                "direct_response",
+                object([
+                    ("status", Some(json!(status))),
+                    ("body", body.map(Value::String)),
+                ]),
+            )
+        }
+        Some(Action::Redirect(_)) => return Err(at.field("redirect").unsupported()),
+        Some(Action::FilterAction(_)) => return Err(at.field("filter_action").unsupported()),
+        Some(Action::NonForwardingAction(_)) => {
+            return Err(at.field("non_forwarding_action").unsupported());
+        }
+        None => return Err(at.error("no action")),
+    };
+    let mut v = json!({ "match": matcher });
+    if let Value::Object(m) = &mut v {
+        m.insert(key.to_owned(), action);
+    }
+    Ok(v)
+}
+
+fn regex(mut r: RegexMatcher, at: &At<'_>) -> Result<Value, TranslateError> {
+    let re = take(&mut r.regex);
+    // The engine (Google RE2) is the only one; the `regex` crate has the same linear-time
+    // guarantees.
+    take(&mut r.engine_type);
+    reject_rest(&r, at)?;
+    Ok(json!(re))
+}
+
+fn route_match(
+    mut m: envoy_types::pb::envoy::config::route::v3::RouteMatch,
+    at: &At<'_>,
+) -> Result<Value, TranslateError> {
+    match take(&mut m.case_sensitive) {
+        None => {}
+        Some(b) if b.value => {}
+        Some(_) => {
+            return Err(at
+                .field("case_sensitive")
+                .error("only case-sensitive matching is supported"));
+        }
+    }
+    let path = match take(&mut m.path_specifier) {
+        Some(PathSpecifier::Prefix(p)) => ("prefix", json!(p)),
+        Some(PathSpecifier::Path(p)) => ("path", json!(p)),
+        Some(PathSpecifier::SafeRegex(r)) => ("safe_regex", regex(r, &at.field("safe_regex"))?),
+        Some(PathSpecifier::ConnectMatcher(_)) => {
+            return Err(at.field("connect_matcher").unsupported());
+        }
+        Some(PathSpecifier::PathSeparatedPrefix(_)) => {
+            return Err(at.field("path_separated_prefix").unsupported());
+        }
+        Some(PathSpecifier::PathMatchPolicy(_)) => {
+            return Err(at.field("path_match_policy").unsupported());
+        }
+        None => return Err(at.error("no path rule (prefix, path or safe_regex)")),
+    };
+    let headers = take(&mut m.headers)
+        .into_iter()
+        .enumerate()
+        .map(|(i, h)| header_matcher(h, &at.field("headers").index(i)))
+        .collect::<Result<Vec<_>, _>>()?;
+    reject_rest(&m, at)?;
+    let mut v = json!({ path.0: path.1 });
+    if !headers.is_empty()
+        && let Value::Object(o) = &mut v
+    {
+        o.insert("headers".to_owned(), Value::Array(headers));
+    }
+    Ok(v)
+}
+
+fn header_matcher(mut h: HeaderMatcher, at: &At<'_>) -> Result<Value, TranslateError> {
+    let name = take(&mut h.name);
+    if take(&mut h.invert_match) {
+        return Err(at.field("invert_match").unsupported());
+    }
+    #[allow(deprecated)]
+    let (key, value) = match take(&mut h.header_match_specifier) {
+        // No rule: the header must be present.
+        None => ("present", json!(true)),
+        Some(HeaderMatchSpecifier::ExactMatch(s)) => ("exact", json!(s)),
+        Some(HeaderMatchSpecifier::PrefixMatch(s)) => ("prefix", json!(s)),
+        Some(HeaderMatchSpecifier::PresentMatch(b)) => ("present", json!(b)),
+        Some(HeaderMatchSpecifier::SafeRegexMatch(r)) => {
+            ("safe_regex", regex(r, &at.field("safe_regex_match"))?)
+        }
+        Some(HeaderMatchSpecifier::StringMatch(mut s)) => {
+            let s_at = at.field("string_match");
+            if take(&mut s.ignore_case) {
+                return Err(s_at.field("ignore_case").unsupported());
+            }
+            let rule = match take(&mut s.match_pattern) {
+                Some(MatchPattern::Exact(e)) => ("exact", json!(e)),
+                Some(MatchPattern::Prefix(p)) => ("prefix", json!(p)),
+                Some(MatchPattern::SafeRegex(r)) => {
+                    ("safe_regex", regex(r, &s_at.field("safe_regex"))?)
+                }
+                Some(_) => {
+                    return Err(s_at.error("only exact, prefix and safe_regex are supported"));
+                }
+                None => return Err(s_at.error("no pattern")),
+            };
+            reject_rest(&s, &s_at)?;
+            rule
+        }
+        Some(_) => {
+            return Err(at.error(
+                "only exact, prefix, present, safe_regex and string_match rules are supported",
+            ));
+        }
+    };
+    reject_rest(&h, at)?;
+    Ok(json!({ "name": name, key: value }))
+}
+
+fn route_action(
+    mut a: RouteAction,
+    at: &At<'_>,
+    edits: &Edits,
+    vhost_retry: Option<&Value>,
+) -> Result<Value, TranslateError> {
+    // Every referenced cluster exists (validation), so this code is never used.
+    take(&mut a.cluster_not_found_response_code);
+    let (key, target) = match take(&mut a.cluster_specifier) {
+        Some(ClusterSpecifier::Cluster(c)) => ("cluster", json!(c)),
+        Some(ClusterSpecifier::WeightedClusters(mut w)) => {
+            let w_at = at.field("weighted_clusters");
+            #[allow(deprecated)]
+            take(&mut w.total_weight);
+            let clusters = take(&mut w.clusters);
+            reject_rest(&w, &w_at)?;
+            let mut list = Vec::new();
+            for (i, mut c) in clusters.into_iter().enumerate() {
+                let c_at = w_at.field("clusters").index(i);
+                let name = take(&mut c.name);
+                let weight = take(&mut c.weight).map_or(0, |w| w.value);
+                reject_rest(&c, &c_at)?;
+                list.push(json!({ "cluster": name, "weight": weight }));
+            }
+            ("weighted_clusters", Value::Array(list))
+        }
+        Some(ClusterSpecifier::ClusterHeader(_)) => {
+            return Err(at.field("cluster_header").unsupported());
+        }
+        Some(_) => return Err(at.field("cluster_specifier_plugin").unsupported()),
+        None => return Err(at.error("no cluster")),
+    };
+    let timeout = take(&mut a.timeout)
+        .map(|d| duration(&d, &at.field("timeout")))
+        .transpose()?;
+    let prefix_rewrite = match take(&mut a.prefix_rewrite) {
+        s if s.is_empty() => None,
+        s => Some(json!(s)),
+    };
+    let retry = match take(&mut a.retry_policy) {
+        Some(r) => Some(retry_policy(r, &at.field("retry_policy"))?),
+        None => vhost_retry.cloned(),
+    };
+    reject_rest(&a, at)?;
+    let list = |l: &[(String, String)]| -> Option<Value> {
+        (!l.is_empty()).then(|| {
+            Value::Array(
+                l.iter()
+                    .map(|(n, v)| json!({ "name": n, "value": v }))
+                    .collect(),
+            )
+        })
+    };
+    let names = |l: &[String]| (!l.is_empty()).then(|| json!(l));
+    let mut v = object([
+        ("timeout", timeout),
+        ("prefix_rewrite", prefix_rewrite),
+        ("retry_policy", retry),
+        ("request_headers_to_add", list(&edits.request_add)),
+        ("request_headers_to_remove", names(&edits.request_remove)),
+        ("response_headers_to_add", list(&edits.response_add)),
+        ("response_headers_to_remove", names(&edits.response_remove)),
+    ]);
+    if let Value::Object(m) = &mut v {
+        m.insert(key.to_owned(), target);
+    }
+    Ok(v)
+}
+
+fn retry_policy(mut r: RetryPolicy, at: &At<'_>) -> Result<Value, TranslateError> {
+    let retry_on = take(&mut r.retry_on);
+    let mut conditions = Vec::new();
+    for c in retry_on.split(',').map(str::trim).filter(|c| !c.is_empty()) {
+        if !RetryOn::NAMES.contains(&c) {
+            return Err(at.field("retry_on").error(format!(
+                "{c:?} is unsupported (supported: {})",
+                RetryOn::NAMES.join(", ")
+            )));
+        }
+        conditions.push(json!(c));
+    }
+    let num = take(&mut r.num_retries).map(|n| json!(n.value));
+    let per_try = take(&mut r.per_try_timeout)
+        .map(|d| duration(&d, &at.field("per_try_timeout")))
+        .transpose()?;
+    reject_rest(&r, at)?;
+    Ok(object([
+        ("retry_on", Some(Value::Array(conditions))),
+        ("num_retries", num),
+        ("per_try_timeout", per_try),
+    ]))
+}
