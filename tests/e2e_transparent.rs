@@ -776,7 +776,33 @@ clusters:
         status(trusting, Some("x-envoy-original-dst-host: nonsense".into())),
         "503"
     );
-    assert_eq!(status(plain, header), "503");
+    assert_eq!(status(plain, header.clone()), "503");
+    // gRPC to an original destination (spoken to in HTTP/1.1 only) is answered UNAVAILABLE at
+    // once, trailers-only, and sent nowhere.
+    let url = format!("http://127.0.0.1:{trusting}/pkg.Svc/Call");
+    let out = run(
+        "curl",
+        &[
+            "-sS",
+            "--max-time",
+            "10",
+            "--http2-prior-knowledge",
+            "-D",
+            "-",
+            "-o",
+            "/dev/null",
+            "-H",
+            "content-type: application/grpc",
+            "-H",
+            header.as_deref().unwrap(),
+            "--data-binary",
+            "@/dev/null",
+            &url,
+        ],
+    );
+    let head = String::from_utf8_lossy(&out.stdout).to_ascii_lowercase();
+    assert!(head.starts_with("http/2 200"), "{head}");
+    assert!(head.contains("grpc-status: 14"), "{head}");
     let requests = std::fs::read_to_string(dir.path().join("up.requests")).unwrap_or_default();
     assert_eq!(requests.lines().count(), 1, "{requests}");
 }

@@ -1233,6 +1233,21 @@ impl<N: Network> Engine<N> {
                 )
                 .await;
         };
+        // gRPC needs HTTP/2 upstream, and an original destination is spoken to in HTTP/1.1
+        // only: answered UNAVAILABLE at once rather than sent where it cannot be understood.
+        if scratch.grpc && destination.is_some() {
+            tracing::debug!(cluster = %cluster_cfg.name, "gRPC to an original_dst cluster: not supported (HTTP/1.1 only)");
+            return self
+                .local_reply(
+                    true,
+                    down,
+                    out,
+                    503,
+                    ResponseFlag::NoHealthyUpstream,
+                    close_on_reply,
+                )
+                .await;
+        }
         let hash = if cluster_cfg.lb_policy.is_consistent_hash() {
             let bytes = rbuf.bytes();
             request_hash(
@@ -1313,7 +1328,13 @@ impl<N: Network> Engine<N> {
             last_host = Some(host);
             upstream_addr = Some(address);
             // Connection: pooled or fresh, raced against the stream's timers.
-            let http2 = cluster_cfg.protocol == UpstreamProtocol::Http2;
+            // The HTTP/2 pool is per host: an original destination is spoken to in HTTP/1.1
+            // (the config refuses `protocol: http2` on an original_dst cluster).
+            let http2 = cluster_cfg.protocol == UpstreamProtocol::Http2 && destination.is_none();
+            debug_assert!(
+                destination.is_none() || cluster_cfg.protocol != UpstreamProtocol::Http2,
+                "http2 to an original destination"
+            );
             let pooled = if !allow_pooled {
                 None
             } else if http2 {

@@ -72,7 +72,8 @@ server.on('stream', (stream, headers) => {
   stream.on('error', () => {});
   // A stream closed before its answer (the proxy cancelled it) is logged with its reset code.
   stream.on('close', () => {
-    if (!stream.answered && !session.destroyed) {
+    // (A stream this server refused itself is not a cancellation: it was logged as refused.)
+    if (!stream.answered && !stream.refusedHere && !session.destroyed) {
       record({ upstream: name, cancelled: headers[':path'], code: stream.rstCode });
     }
   });
@@ -82,6 +83,7 @@ server.on('stream', (stream, headers) => {
     if (path.startsWith('/refuse-once/') && !refused.has(path)) {
       refused.add(path);
       record({ upstream: name, refused: path, stream: stream.id });
+      stream.refusedHere = true;
       stream.close(http2.constants.NGHTTP2_REFUSED_STREAM);
       return;
     }

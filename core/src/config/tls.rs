@@ -56,8 +56,9 @@ pub fn default_listener_alpn(codec: Option<HttpCodec>) -> &'static [&'static str
     }
 }
 
-/// The ALPN protocols a TLS cluster offers, when its `tls` gives no `alpn`, if an HTTP route or
-/// an HTTP health check uses it: HTTP/1.1 (the proxy's only upstream HTTP codec so far).
+/// The ALPN protocol a TLS cluster of `protocol: http1` offers, when its `tls` gives no `alpn`,
+/// if an HTTP route, an HTTP health check or the OTLP exporter uses it (`protocol: http2`
+/// offers `h2`: `UpstreamProtocol::alpn`).
 pub const DEFAULT_HTTP_UPSTREAM_ALPN: &str = "http/1.1";
 
 /// One certificate chain and its private key, as PEM files.

@@ -161,17 +161,56 @@ pub fn translate_cluster(
             }
         }
     };
+    // The upstream HTTP version: the deprecated `http2_protocol_options`, or the explicit
+    // config of `HttpProtocolOptions` (the protocol is read; its other options are noted).
+    let mut protocol: Option<&str> = None;
     #[allow(deprecated)]
     if take(&mut rest.http2_protocol_options).is_some() {
-        at.note(notes, "http2_protocol_options");
+        protocol = Some("http2");
+        at.note(
+            notes,
+            "http2_protocol_options (settings other than the protocol)",
+        );
     }
-    for key in take(&mut rest.typed_extension_protocol_options).into_keys() {
+    for (key, any) in take(&mut rest.typed_extension_protocol_options) {
+        let k_at = at.field(&format!("typed_extension_protocol_options[{key:?}]"));
         if key == "envoy.extensions.upstreams.http.v3.HttpProtocolOptions" {
-            at.note(notes, &format!("typed_extension_protocol_options[{key:?}]"));
+            use envoy_types::pb::envoy::extensions::upstreams::http::v3::HttpProtocolOptions;
+            use envoy_types::pb::envoy::extensions::upstreams::http::v3::http_protocol_options::{
+                UpstreamProtocolOptions, explicit_http_config::ProtocolConfig,
+            };
+            let opts: HttpProtocolOptions = super::unpack(&any, &k_at)?;
+            match opts.upstream_protocol_options {
+                Some(UpstreamProtocolOptions::ExplicitHttpConfig(e)) => match e.protocol_config {
+                    Some(ProtocolConfig::HttpProtocolOptions(_)) => protocol = Some("http1"),
+                    Some(ProtocolConfig::Http2ProtocolOptions(_)) => protocol = Some("http2"),
+                    Some(ProtocolConfig::Http3ProtocolOptions(_)) => {
+                        return Err(k_at
+                            .field("explicit_http_config.http3_protocol_options")
+                            .unsupported());
+                    }
+                    None => {}
+                },
+                Some(UpstreamProtocolOptions::UseDownstreamProtocolConfig(_)) => {
+                    return Err(k_at.field("use_downstream_protocol_config").error(
+                        "unsupported (the upstream protocol is fixed per cluster: give explicit_http_config)",
+                    ));
+                }
+                Some(UpstreamProtocolOptions::AutoConfig(_)) => {
+                    return Err(k_at.field("auto_config").error(
+                        "unsupported (the upstream protocol is fixed per cluster: give explicit_http_config)",
+                    ));
+                }
+                None => {}
+            }
+            at.note(
+                notes,
+                &format!(
+                    "typed_extension_protocol_options[{key:?}] (settings other than the protocol)"
+                ),
+            );
         } else {
-            return Err(at
-                .field(&format!("typed_extension_protocol_options[{key:?}]"))
-                .unsupported());
+            return Err(k_at.unsupported());
         }
     }
     if take(&mut rest.transport_socket).is_some() {
@@ -212,6 +251,7 @@ pub fn translate_cluster(
         ("type", Some(json!(type_name))),
         ("connect_timeout", connect_timeout),
         ("lb_policy", lb_policy.map(|p| json!(p))),
+        ("protocol", protocol.map(|p| json!(p))),
         ("ring_hash", ring_hash),
         ("health_check", health_check),
         ("outlier_detection", outlier_detection),

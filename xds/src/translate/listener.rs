@@ -167,6 +167,14 @@ fn http(
                 .error("only AUTO, HTTP1 and HTTP2 are supported"));
         }
     };
+    // Envoy sets x-forwarded-proto from the connection only at the edge
+    // (`use_remote_address: true`); otherwise the client's value passes (`preserve`, which
+    // still sets it when absent).
+    let forwarded_proto = if take(&mut h.use_remote_address).is_some_and(|b| b.value) {
+        "overwrite"
+    } else {
+        "preserve"
+    };
     let max_kb = take(&mut h.max_request_headers_kb).map(|v| json!(v.value));
     let stream_idle = take(&mut h.stream_idle_timeout)
         .map(|d| duration(&d, &at.field("stream_idle_timeout")))
@@ -270,6 +278,7 @@ fn http(
     };
     Ok(object([
         ("codec", codec),
+        ("forwarded_proto", Some(json!(forwarded_proto))),
         ("max_request_headers_kb", max_kb),
         ("max_headers_count", max_headers),
         ("stream_idle_timeout", stream_idle),

@@ -707,3 +707,65 @@ fn istio_cluster_bytes() -> Vec<u8> {
     c.common_lb_config = Some(Default::default());
     c.encode_to_vec()
 }
+
+/// The upstream HTTP version a CDS cluster asks for (`HttpProtocolOptions`' explicit config)
+/// becomes its `protocol`; a version chosen per request (downstream's, auto) is refused by name.
+#[test]
+fn the_explicit_http_protocol_of_a_cluster_is_its_protocol() {
+    use envoy_types::pb::envoy::config::core::v3::Http2ProtocolOptions;
+    use envoy_types::pb::envoy::extensions::upstreams::http::v3::HttpProtocolOptions;
+    use envoy_types::pb::envoy::extensions::upstreams::http::v3::http_protocol_options::{
+        AutoHttpConfig, ExplicitHttpConfig, UpstreamProtocolOptions,
+        explicit_http_config::ProtocolConfig,
+    };
+    use envoy_types::pb::google::protobuf::Any;
+    use prost::{Message as _, Name as _};
+    const KEY: &str = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions";
+    let with = |u: UpstreamProtocolOptions| {
+        let mut r = resources();
+        let o = HttpProtocolOptions {
+            upstream_protocol_options: Some(u),
+            ..Default::default()
+        };
+        r.clusters
+            .get_mut("web")
+            .expect("web")
+            .typed_extension_protocol_options
+            .insert(
+                KEY.into(),
+                Any {
+                    type_url: HttpProtocolOptions::type_url(),
+                    value: o.encode_to_vec(),
+                },
+            );
+        r
+    };
+    let h2 = with(UpstreamProtocolOptions::ExplicitHttpConfig(
+        ExplicitHttpConfig {
+            protocol_config: Some(ProtocolConfig::Http2ProtocolOptions(
+                Http2ProtocolOptions::default(),
+            )),
+        },
+    ));
+    let a = assemble(&bootstrap(), &h2).expect("valid");
+    assert_eq!(
+        a.config.clusters[0].protocol,
+        sluice_core::config::UpstreamProtocol::Http2
+    );
+    let plain = assemble(&bootstrap(), &resources()).expect("valid");
+    assert_eq!(
+        plain.config.clusters[0].protocol,
+        sluice_core::config::UpstreamProtocol::Http1
+    );
+    let auto = with(UpstreamProtocolOptions::AutoConfig(
+        AutoHttpConfig::default(),
+    ));
+    let errs = errors(&auto);
+    assert_eq!(errs.len(), 1, "{errs:?}");
+    assert!(
+        errs[0].starts_with(&format!(
+            "cluster \"web\" typed_extension_protocol_options[{KEY:?}].auto_config: unsupported"
+        )),
+        "{errs:?}"
+    );
+}

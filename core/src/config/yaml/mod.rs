@@ -216,7 +216,36 @@ fn decode_config(dec: &mut Decoder, tree: &Value) -> Option<Config> {
             "an `original_dst` cluster has no hosts to send spans to",
         );
     }
+    if let Some(ci) = otlp_cluster
+        && clusters
+            .get(ci)
+            .is_some_and(|c| c.protocol == UpstreamProtocol::Http2)
+    {
+        dec.error(
+            "tracing.otlp.cluster",
+            "the OTLP exporter speaks HTTP/1.1: its cluster cannot have `protocol: http2`",
+        );
+    }
     check_tls_clusters(dec, &mut clusters, otlp_cluster);
+    // In cleartext too: an h2c host is spoken to in HTTP/2 by prior knowledge, and an HTTP
+    // health check probes in HTTP/1.1 (the TLS case is refused in check_tls_clusters).
+    for (ci, c) in clusters.iter().enumerate() {
+        if c.protocol == UpstreamProtocol::Http2
+            && c.tls.is_none()
+            && c.health_check
+                .as_ref()
+                .is_some_and(|hc| matches!(hc.probe, crate::config::HealthProbe::Http { .. }))
+        {
+            dec.error(
+                &format!("clusters[{ci}].health_check"),
+                format!(
+                    "an HTTP health check probes in HTTP/1.1, which cluster {:?} (protocol: \
+                     http2, h2c) cannot carry: use a tcp health check",
+                    c.name
+                ),
+            );
+        }
+    }
     let xds = xds::check_xds_cluster(dec, xds?, &clusters)?;
     Some(Config {
         admin: admin.flatten(),

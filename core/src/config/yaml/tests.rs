@@ -1498,3 +1498,29 @@ fn xds_bootstrap_errors_are_named() {
         ["listeners: at least one listener is required"]
     );
 }
+
+#[test]
+fn an_otlp_cluster_speaks_http1_and_an_h2c_cluster_takes_no_http_health_check() {
+    let errs = errors(
+        &format!("{GOOD}tracing: {{ otlp: {{ cluster: echo }} }}\n").replace(
+            "lb_policy: round_robin",
+            "lb_policy: round_robin\n    protocol: http2",
+        ),
+    );
+    assert_eq!(
+        errs,
+        [
+            "tracing.otlp.cluster: the OTLP exporter speaks HTTP/1.1: its cluster cannot have `protocol: http2`"
+        ]
+    );
+    let errs = errors(&GOOD.replace(
+        "lb_policy: round_robin",
+        "lb_policy: round_robin\n    protocol: http2\n    health_check: { http: { path: /healthz } }",
+    ));
+    assert_eq!(
+        errs,
+        [
+            "clusters[0].health_check: an HTTP health check probes in HTTP/1.1, which cluster \"echo\" (protocol: http2, h2c) cannot carry: use a tcp health check"
+        ]
+    );
+}

@@ -126,6 +126,19 @@ pub(super) fn check_xds_cluster(
         return Some(None);
     };
     match clusters.get(x.cluster_index) {
+        // The client dials the management server in cleartext (TLS to it is not built yet):
+        // a `tls` there would be silently ignored.
+        Some(c) if c.kind == ClusterKind::Static && c.tls.is_some() => {
+            dec.error(
+                "xds.cluster",
+                format!(
+                    "cluster {:?} has `tls`, but the xDS client does not speak TLS to the \
+                     management server yet (it would connect in cleartext): remove `tls`",
+                    x.cluster
+                ),
+            );
+            None
+        }
         Some(c) if c.kind == ClusterKind::Static => Some(Some(x)),
         _ => {
             dec.error(
