@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Runs every fuzz target for SECONDS each on stable Rust (--sanitizer none), starting from the
+# Runs every fuzz target for SECONDS each on stable Rust (--sanitizer none), as many at once as
+# there are cores (FUZZ_JOBS=N overrides), starting from the
 # committed seed corpus, and exits non-zero if any target crashed (panic, timeout, OOM).
 #
 #   fuzz/run-all.sh SECONDS [TARGET...]
@@ -36,30 +37,27 @@ cargo fuzz build --sanitizer none
 work_root=$(mktemp -d "${TMPDIR:-/tmp}/sluice-fuzz.XXXXXX")
 trap 'rm -rf "$work_root"' EXIT
 
-failed=()
-summary=()
-for t in "${targets[@]}"; do
-    seeds="corpus/$t"
-    work="$work_root/$t"
+# One target: fuzzes it, writes its summary line to $work_root/$t.line, and keeps its log as an
+# artifact when it crashed (exit status non-zero then).
+run_target() {
+    local t=$1 seeds="corpus/$1" work="$work_root/$1" log="$work_root/$1.log" rc
     mkdir -p "$work" "artifacts/$t"
-    corpora=("$work")
+    local corpora=("$work") from="NO seeds (commit some in fuzz/$seeds)"
     if [[ -d $seeds ]]; then
         cp -r "$seeds/." "$work/"
         corpora+=("$seeds")
-        echo "=== $t: ${seconds}s from $(find "$seeds" -type f | wc -l) seeds"
-    else
-        echo "=== $t: ${seconds}s from NO seeds (commit some in fuzz/$seeds)"
+        from="$(find "$seeds" -type f | wc -l) seeds"
     fi
-    log="$work_root/$t.log"
+    echo "=== $t: ${seconds}s from $from"
     set +e
     cargo fuzz run --sanitizer none "$t" "${corpora[@]}" -- \
         -max_total_time="$seconds" -timeout=10 -rss_limit_mb=2048 -print_final_stats=1 \
         >"$log" 2>&1
     rc=$?
     set -e
+    local runs elapsed eps="?" cov corpus_now line
     runs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$log" | tail -n1)
     elapsed=$(sed -n 's/^Done [0-9]* runs in \([0-9]*\) second.*/\1/p' "$log" | tail -n1)
-    eps="?"
     if [[ -n ${runs:-} && -n ${elapsed:-} && $elapsed -gt 0 ]]; then
         eps=$((runs / elapsed))
     fi
@@ -69,15 +67,37 @@ for t in "${targets[@]}"; do
         line="$t: ok, ${runs:-?} runs in ${elapsed:-?}s (${eps} exec/s), ${cov:-cov: ?}, corpus ${corpus_now}"
     else
         line="$t: FAILED (exit $rc)"
-        failed+=("$t")
         cp "$log" "artifacts/$t/run-all.log"
-        echo "--- $t: the failure (whole log: fuzz/artifacts/$t/run-all.log)"
-        awk '/panicked at/ {p = 1} /^stack backtrace:/ {p = 0} p' "$log" | head -n 20
-        echo "--- $t: last 40 lines of the libFuzzer log"
-        tail -n 40 "$log"
+        {
+            echo "--- $t: the failure (whole log: fuzz/artifacts/$t/run-all.log)"
+            awk '/panicked at/ {p = 1} /^stack backtrace:/ {p = 0} p' "$log" | head -n 20
+            echo "--- $t: last 40 lines of the libFuzzer log"
+            tail -n 40 "$log"
+        } >&2
     fi
-    echo "$line"
+    echo "$line" | tee "$work_root/$t.line"
+    return "$rc"
+}
+
+# libFuzzer runs one process per target on one core: as many targets at once as there are
+# cores (FUZZ_JOBS overrides), so the suite's fuzzing takes SECONDS x targets / cores.
+jobs=${FUZZ_JOBS:-$(nproc)}
+failed=()
+running=0
+for t in "${targets[@]}"; do
+    if ((running >= jobs)); then
+        wait -n || true
+        running=$((running - 1))
+    fi
+    run_target "$t" &
+    running=$((running + 1))
+done
+wait || true
+summary=()
+for t in "${targets[@]}"; do
+    line=$(cat "$work_root/$t.line" 2>/dev/null || echo "$t: FAILED (no result)")
     summary+=("$line")
+    [[ $line == "$t: ok,"* ]] || failed+=("$t")
 done
 
 echo
