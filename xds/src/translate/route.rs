@@ -1,6 +1,7 @@
 //! `RouteConfiguration` → the `virtual_hosts` of an `http` listener.
 //!
-//! Mapped: virtual hosts (`name`, `domains`, `routes`, `retry_policy` as the default of its
+//! Mapped: virtual hosts (`name`, `domains` — without their ports, see
+//! [`domains_without_ports`] —, `routes`, `retry_policy` as the default of its
 //! routes), route matches (`prefix`, `path`, `safe_regex`, `headers` with exact / prefix /
 //! present / safe_regex / string_match without `ignore_case`, `case_sensitive: true`), actions
 //! (`cluster`, `weighted_clusters`, `timeout`, `retry_policy` with the conditions the model
@@ -171,7 +172,7 @@ fn virtual_host(
         }
     }
     let name = take(&mut vh.name);
-    let domains = take(&mut vh.domains);
+    let domains = domains_without_ports(take(&mut vh.domains));
     let edits = config_edits.after(&edits!(vh, at));
     let retry = take(&mut vh.retry_policy)
         .map(|r| retry_policy(r, &at.field("retry_policy")))
@@ -192,6 +193,33 @@ fn virtual_host(
         })
         .collect::<Result<Vec<_>, _>>()?;
     Ok(json!({ "name": name, "domains": domains, "routes": routes }))
+}
+
+/// A virtual host's domains with any `:port` taken off and duplicates dropped (first one kept):
+/// Sluice matches the Host header without its port, so Istio's pairs (`reviews` and
+/// `reviews:9080`, one route configuration per port) become one domain. Two virtual hosts of one
+/// route configuration that differ only by port end up with the same domain, which validation
+/// then refuses by name.
+fn domains_without_ports(domains: Vec<String>) -> Vec<String> {
+    let mut out: Vec<String> = Vec::with_capacity(domains.len());
+    for d in domains {
+        let host = match d.rsplit_once(':') {
+            // `[v6]:port` or `name:port`; a bare IPv6 address without brackets is left as is
+            // (validation names it).
+            Some((host, port))
+                if !port.is_empty()
+                    && port.bytes().all(|b| b.is_ascii_digit())
+                    && (host.ends_with(']') || !host.contains(':')) =>
+            {
+                host.to_owned()
+            }
+            _ => d,
+        };
+        if !out.contains(&host) {
+            out.push(host);
+        }
+    }
+    out
 }
 
 fn route(

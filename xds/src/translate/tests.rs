@@ -537,7 +537,8 @@ mod istio {
             "cluster \"outbound|9080||reviews.default.svc.cluster.local\" \
              transport_socket_matches: unsupported"
         );
-        // Without mTLS matching, the name itself is what the model refuses.
+        // Without mTLS matching it is accepted under Istio's own name (`|` is a name character),
+        // so routes and metrics use the names istiod sends.
         let mut c = outbound_cluster();
         c.transport_socket_matches.clear();
         let mut r = Resources::default();
@@ -546,12 +547,15 @@ mod istio {
             c.name.clone(),
             assignment(&c.name, &[("10.0.0.7", 9080, HealthStatus::Healthy as i32)]),
         );
-        let e = assemble(&json!({ "listeners": [], "clusters": [] }), &r).expect_err("refused");
-        assert!(
-            e.iter()
-                .any(|e| e.to_string().contains("is not a valid name")),
-            "{e:?}"
-        );
+        let assembled =
+            assemble(&json!({ "listeners": [], "clusters": [] }), &r).expect("accepted");
+        let names: Vec<&str> = assembled
+            .config
+            .clusters
+            .iter()
+            .map(|c| c.name.as_str())
+            .collect();
+        assert_eq!(names, ["outbound|9080||reviews.default.svc.cluster.local"]);
     }
 
     #[test]
@@ -767,5 +771,36 @@ fn the_explicit_http_protocol_of_a_cluster_is_its_protocol() {
             "cluster \"web\" typed_extension_protocol_options[{KEY:?}].auto_config: unsupported"
         )),
         "{errs:?}"
+    );
+}
+
+/// Istio lists each service with and without its port (`reviews`, `reviews:9080`); Sluice
+/// matches the Host header without its port, so they become one domain each.
+#[test]
+fn virtual_host_domains_lose_their_ports() {
+    use envoy_types::pb::envoy::config::route::v3::VirtualHost;
+    let mut rc = route_config("9080", "web");
+    let vh: &mut VirtualHost = &mut rc.virtual_hosts[0];
+    vh.domains = [
+        "reviews.default.svc.cluster.local",
+        "reviews.default.svc.cluster.local:9080",
+        "reviews",
+        "reviews:9080",
+        "10.96.0.7:9080",
+        "[fd00::7]:9080",
+        "[fd00::7]",
+    ]
+    .map(String::from)
+    .to_vec();
+    let mut notes = Notes::default();
+    let v = translate_route_configuration(&rc, &mut notes).expect("accepted");
+    assert_eq!(
+        v[0]["domains"],
+        serde_json::json!([
+            "reviews.default.svc.cluster.local",
+            "reviews",
+            "10.96.0.7",
+            "[fd00::7]"
+        ])
     );
 }

@@ -138,20 +138,22 @@ impl Decoder {
         }
     }
 
-    /// A non-empty name made of letters, digits and `_ - . :`.
+    /// A non-empty name made of letters, digits and `_ - . : |` — `|` because Istio names its
+    /// clusters `outbound|80||svc.ns.svc.cluster.local`; none of these needs quoting or escaping
+    /// in a metric label, a log line, a YAML plain scalar after its first character or HTML.
     pub(crate) fn name(&mut self, path: &str, v: &Value) -> Option<String> {
         let s = self.string(path, v)?;
         let ok = !s.is_empty()
             && s.len() <= 128
             && s.bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b"_-.:".contains(&b));
+                .all(|b| b.is_ascii_alphanumeric() || b"_-.:|".contains(&b));
         if ok {
             Some(s.to_owned())
         } else {
             self.error(
                 path,
                 format!(
-                    "{s:?} is not a valid name (1 to 128 characters: letters, digits, '_', '-', '.', ':')"
+                    "{s:?} is not a valid name (1 to 128 characters: letters, digits, '_', '-', '.', ':', '|')"
                 ),
             );
             None
@@ -292,10 +294,16 @@ impl<'v> Obj<'v> {
 /// `; did you mean 'NAME'?` for the known name closest to `typed`, when it is within a small
 /// edit distance (one edit for names of up to four characters, two beyond; ties go to the
 /// first known name), else nothing.
+///
+/// Names whose lengths differ by more than the limit are skipped without computing the
+/// distance (the length difference is a lower bound of it): a hostile multi-megabyte key then
+/// costs one pass, not a quadratic table per known name.
 fn suggestion(typed: &str, known: &[&str]) -> String {
-    let limit = if typed.chars().count() <= 4 { 1 } else { 2 };
+    let typed_chars = typed.chars().count();
+    let limit = if typed_chars <= 4 { 1 } else { 2 };
     known
         .iter()
+        .filter(|k| k.chars().count().abs_diff(typed_chars) <= limit)
         .map(|k| (edit_distance(typed, k), *k))
         .filter(|(d, _)| *d <= limit)
         .min_by_key(|(d, _)| *d)

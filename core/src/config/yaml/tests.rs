@@ -173,7 +173,7 @@ fn structural_problems() {
     assert_eq!(
         errors("listeners: [ { name: 'bad name', address: 127.0.0.1:1, echo: } ]"),
         [
-            r#"listeners[0].name: "bad name" is not a valid name (1 to 128 characters: letters, digits, '_', '-', '.', ':')"#
+            r#"listeners[0].name: "bad name" is not a valid name (1 to 128 characters: letters, digits, '_', '-', '.', ':', '|')"#
         ]
     );
     assert_eq!(
@@ -1523,4 +1523,35 @@ fn an_otlp_cluster_speaks_http1_and_an_h2c_cluster_takes_no_http_health_check() 
             "clusters[0].health_check: an HTTP health check probes in HTTP/1.1, which cluster \"echo\" (protocol: http2, h2c) cannot carry: use a tcp health check"
         ]
     );
+}
+
+/// Istio names its clusters `outbound|PORT||FQDN`: such a name is valid, referable and survives
+/// the dump (JSON, which loads back as YAML).
+#[test]
+fn istio_cluster_names_with_bars_are_valid_names() {
+    let text = r#"
+listeners:
+  - name: virtualOutbound|15001
+    address: 127.0.0.1:15001
+    tcp_proxy: { cluster: outbound|9080||reviews.default.svc.cluster.local }
+clusters:
+  - name: outbound|9080||reviews.default.svc.cluster.local
+    hosts: [ { address: 10.0.0.7:9080 } ]
+"#;
+    let c = Config::from_yaml(text).unwrap();
+    assert_eq!(
+        c.clusters[0].name,
+        "outbound|9080||reviews.default.svc.cluster.local"
+    );
+    let dumped = serde_json::to_string(&c).unwrap();
+    let again = Config::from_yaml(&dumped).unwrap();
+    assert_eq!(again.clusters[0].name, c.clusters[0].name);
+    assert_eq!(again.listeners[0].name, "virtualOutbound|15001");
+    // Still refused: characters that need quoting or escaping somewhere names go.
+    for bad in ["a b", "a\"b", "a{b", "a/b", "a\\\\b"] {
+        let e = errors(&format!(
+            "listeners: [ {{ name: \"{bad}\", address: 127.0.0.1:1, echo: }} ]"
+        ));
+        assert!(e[0].contains("is not a valid name"), "{bad}: {e:?}");
+    }
 }
