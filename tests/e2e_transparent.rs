@@ -1011,3 +1011,166 @@ clusters:
     let seen: Vec<&str> = rpc_log.lines().skip(probes).collect();
     assert_eq!(seen, [format!("connection from {app_ip}")], "{rpc_log}");
 }
+
+/// A virtual listener (`bind_to_port: false`): a captured HTTP connection to the server's port
+/// is handed to it and served (to its original destination), while nothing listens on its
+/// port in the application's namespace — a direct connection is refused.
+#[test]
+fn a_virtual_listener_serves_hand_offs_and_binds_nothing() {
+    if !can_run() {
+        return;
+    }
+    let f = &IPV4;
+    let tag = "virtual";
+    let (app_ip, server_ip) = (f.app, f.server);
+    let dir = TempDir::new(&format!("transparent-{tag}"));
+    let pid = std::process::id();
+    let app = Netns::new(format!("sluice-{pid}-{tag}-app"));
+    let server = Netns::new(format!("sluice-{pid}-{tag}-srv"));
+    ip(&[
+        "-n", &app.0, "link", "add", "veth0", "type", "veth", "peer", "name", "veth1", "netns",
+        &server.0,
+    ]);
+    for (ns, ip_address, dev) in [(&app, app_ip, "veth0"), (&server, server_ip, "veth1")] {
+        let cidr = format!("{ip_address}/{}", f.prefix);
+        ip(&["-n", &ns.0, "addr", "add", &cidr, "dev", dev]);
+        ip(&["-n", &ns.0, "link", "set", dev, "up"]);
+        ip(&["-n", &ns.0, "link", "set", "lo", "up"]);
+    }
+    let script = dir.write("host_echo.py", HOST_ECHO_SERVER);
+    let mut web = spawn_in(
+        &dir,
+        &server,
+        "web",
+        "python3",
+        &[
+            "-u",
+            script.to_str().unwrap(),
+            server_ip,
+            &HTTP_PORT.to_string(),
+        ],
+    );
+    wait_listening_in(&server, server_ip, HTTP_PORT, &mut web);
+    let config = format!(
+        "admin: {{ address: {ADMIN} }}
+upstream_mark: 1337
+listeners:
+  - name: outbound
+    address: \"0.0.0.0:15001\"
+    original_dst: redirect
+    use_original_dst: true
+    tcp_proxy: {{ cluster: passthrough }}
+  - name: http_{HTTP_PORT}
+    address: \"0.0.0.0:{HTTP_PORT}\"
+    bind_to_port: false
+    http:
+      virtual_hosts:
+        - name: all
+          domains: [\"*\"]
+          routes: [ {{ match: {{ prefix: / }}, route: {{ cluster: original }} }} ]
+clusters:
+  - {{ name: passthrough, type: original_dst, connect_timeout: 2s }}
+  - {{ name: original, type: original_dst, connect_timeout: 2s }}
+"
+    );
+    let config_path = dir.write("sluice.yaml", &config);
+    let config_path = config_path.to_str().unwrap();
+    let mut sluice = spawn_in(
+        &dir,
+        &app,
+        "sluice",
+        sluice_bin(),
+        &["run", "-c", config_path, "--workers", "2"],
+    );
+    wait_listening_in(&app, "127.0.0.1", 15000, &mut sluice);
+    let printed = Command::new(sluice_bin())
+        .args(["iptables", "-c", config_path])
+        .output()
+        .unwrap();
+    assert!(printed.status.success());
+    let rules = String::from_utf8(printed.stdout).unwrap();
+    let applied = in_ns(&app, "sh", &["-c", &rules]);
+    assert!(
+        applied.status.success(),
+        "{rules}\n{}",
+        String::from_utf8_lossy(&applied.stderr)
+    );
+
+    // Nothing listens on the virtual listener's port: refused (loopback is not captured).
+    let direct = in_ns(
+        &app,
+        "curl",
+        &[
+            "-sS",
+            "--max-time",
+            "5",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            &format!("http://127.0.0.1:{HTTP_PORT}/direct"),
+        ],
+    );
+    assert_eq!(direct.status.code(), Some(7), "curl: could not connect");
+    let probe = format!("import socket; socket.create_connection(('127.0.0.1', {HTTP_PORT}), 2)");
+    let direct = in_ns(&app, "python3", &["-c", &probe]);
+    assert!(
+        String::from_utf8_lossy(&direct.stderr).contains("ConnectionRefusedError"),
+        "{}",
+        String::from_utf8_lossy(&direct.stderr)
+    );
+    // Captured and handed off to it: served, to the original destination.
+    let url = format!("http://{}/hello", sock(server_ip, HTTP_PORT));
+    let got = in_ns(
+        &app,
+        "curl",
+        &[
+            "-sS",
+            "--max-time",
+            "10",
+            "-H",
+            "Host: api.example",
+            "-w",
+            " %{http_code}",
+            &url,
+        ],
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&got.stdout),
+        "host=api.example 200",
+        "{}\n{}",
+        String::from_utf8_lossy(&got.stderr),
+        sluice.log_text()
+    );
+    let s = stats(&app);
+    let log = sluice.log_text();
+    assert_eq!(stat(&s, "listener.outbound.capture.handed_off"), 1, "{log}");
+    assert_eq!(
+        stat(
+            &s,
+            &format!("listener.http_{HTTP_PORT}.downstream_cx_total")
+        ),
+        1,
+        "{log}"
+    );
+    assert_eq!(stat(&s, "cluster.original.upstream_rq_total"), 1, "{log}");
+    // The admin view says it is virtual.
+    let listeners = in_ns(
+        &app,
+        "curl",
+        &[
+            "-sS",
+            "--max-time",
+            "5",
+            &format!("http://{ADMIN}/listeners"),
+        ],
+    );
+    let listeners = String::from_utf8_lossy(&listeners.stdout);
+    assert!(
+        listeners.contains(&format!("http_{HTTP_PORT}::virtual::true\n")),
+        "{listeners}"
+    );
+    assert!(!listeners.contains("outbound::virtual"), "{listeners}");
+    sluice.signal("TERM");
+    assert!(sluice.wait_exit(Duration::from_secs(20)).is_some(), "{log}");
+}

@@ -472,7 +472,9 @@ impl<N: Network> Engine<N> {
                 () = stop => break,
                 () = close => break,
                 () = handover => continue,
-                r = self.net.accept(&listener) => r,
+                // A virtual listener (`bind_to_port: false`) has a socket that listens nowhere:
+                // it is only held (and handed to the next generation), never accepted on.
+                r = self.net.accept(&listener), if lc.bind_to_port => r,
             };
             match accepted {
                 Ok((stream, peer)) => {

@@ -184,6 +184,20 @@ fn decode_config(dec: &mut Decoder, tree: &Value) -> Option<Config> {
         "address",
     );
     check_overlapping_addresses(dec, admin.as_ref().and_then(Option::as_ref), &listeners);
+    // A listener that binds nothing is reached only by a hand-off. Envoy accepts one with no
+    // capture listener (its listeners come one by one over LDS); a Sluice config is whole, so
+    // such a listener could never receive a connection: a mistake, said so.
+    if !listeners.iter().any(|l| l.use_original_dst) {
+        for (i, l) in listeners.iter().enumerate() {
+            if !l.bind_to_port {
+                dec.error(
+                    &child(&index("listeners", i), "bind_to_port"),
+                    "false, but no listener has `use_original_dst: true`: nothing would ever \
+                     hand this listener a connection",
+                );
+            }
+        }
+    }
     let limits = limits?;
     // A Bolt frame larger than the whole partial-frame budget could never be received.
     for (i, l) in listeners.iter().enumerate() {
@@ -713,6 +727,21 @@ fn decode_listener(
         }),
         None => Some(false),
     };
+    let bind_to_port = match obj.opt("bind_to_port") {
+        Some((v, p)) => dec.boolean(&p, v).and_then(|on| {
+            if !on && matches!(original_dst, Some(Some(_))) {
+                dec.error(
+                    &p,
+                    "false is not for a capture listener (`original_dst`): a listener that binds \
+                     nothing receives only the connections a capture listener hands it",
+                );
+                None
+            } else {
+                Some(on)
+            }
+        }),
+        None => Some(true),
+    };
     obj.finish(dec);
     Some(ListenerConfig {
         name: name?,
@@ -722,6 +751,7 @@ fn decode_listener(
         tls: tls?,
         original_dst: original_dst?,
         use_original_dst: use_original_dst?,
+        bind_to_port: bind_to_port?,
     })
 }
 

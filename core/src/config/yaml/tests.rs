@@ -1215,7 +1215,51 @@ clusters:
 }
 
 #[test]
-fn http_routes_may_use_an_original_dst_cluster_and_bolt_routes_may_not() {
+fn bind_to_port_false_is_a_virtual_listener_reached_only_by_hand_off() {
+    let text = r#"
+listeners:
+  - name: outbound
+    address: 0.0.0.0:15001
+    original_dst: redirect
+    use_original_dst: true
+    tcp_proxy: { cluster: pass }
+  - name: web
+    address: 0.0.0.0:80
+    bind_to_port: false
+    tcp_proxy: { cluster: pass }
+clusters:
+  - { name: pass, type: original_dst }
+"#;
+    let c = Config::from_yaml(text).unwrap();
+    assert!(c.listeners[0].bind_to_port, "binds by default");
+    assert!(!c.listeners[1].bind_to_port);
+    // The dump says it (and only for a virtual listener), and loads back.
+    let dumped = serde_json::to_string(&c).unwrap();
+    assert_eq!(dumped.matches("bind_to_port").count(), 1, "{dumped}");
+    // No capture listener to hand it connections; a capture listener that binds nothing.
+    let alone = text.replace("    use_original_dst: true\n", "");
+    assert_eq!(
+        errors(&alone),
+        [
+            "listeners[1].bind_to_port: false, but no listener has `use_original_dst: true`: \
+             nothing would ever hand this listener a connection"
+        ]
+    );
+    let capture = text.replace(
+        "    use_original_dst: true\n",
+        "    use_original_dst: true\n    bind_to_port: false\n",
+    );
+    assert_eq!(
+        errors(&capture),
+        [
+            "listeners[0].bind_to_port: false is not for a capture listener (`original_dst`): a \
+             listener that binds nothing receives only the connections a capture listener hands it"
+        ]
+    );
+}
+
+#[test]
+fn http_and_bolt_routes_may_use_an_original_dst_cluster() {
     let text = r#"
 listeners:
   - name: web
