@@ -806,3 +806,371 @@ clusters:
     let requests = std::fs::read_to_string(dir.path().join("up.requests")).unwrap_or_default();
     assert_eq!(requests.lines().count(), 1, "{requests}");
 }
+
+/// A Bolt v1 server: answers each request status 0 with `srv:` and the request's content, and
+/// prints each connection's peer.
+const BOLT_SERVER: &str = r#"
+import socket, struct, sys, threading
+l = socket.socket(socket.AF_INET)
+l.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+l.bind((sys.argv[1], int(sys.argv[2])))
+l.listen(64)
+def read(c, n):
+    b = b""
+    while len(b) < n:
+        d = c.recv(n - len(b))
+        if not d:
+            return None
+        b += d
+    return b
+def serve(c):
+    while True:
+        h = read(c, 22)
+        if h is None:
+            break
+        rid, codec = h[5:9], h[9:10]
+        cl, hl, bl = struct.unpack(">HHI", h[14:22])
+        rest = read(c, cl + hl + bl)
+        if rest is None:
+            break
+        body = b"srv:" + rest[cl + hl:]
+        c.sendall(b"\x01\x00\x00\x02\x01" + rid + codec + struct.pack(">HHHI", 0, 0, 0, len(body)) + body)
+    c.close()
+while True:
+    c, peer = l.accept()
+    print("connection from", peer[0], flush=True)
+    threading.Thread(target=serve, args=(c,), daemon=True).start()
+"#;
+
+/// A Bolt v1 client: on one connection to `ip port`, sends requests for service `svc` with
+/// ids and contents from the arguments that follow; prints `id status content` per answer.
+const BOLT_CLIENT: &str = r#"
+import socket, struct, sys
+s = socket.create_connection((sys.argv[1], int(sys.argv[2])), 5)
+s.settimeout(5)
+svc = sys.argv[3].encode()
+reqs = sys.argv[4:]
+for i, content in enumerate(reqs):
+    header = struct.pack(">I", 7) + b"service" + struct.pack(">I", len(svc)) + svc
+    body = content.encode()
+    s.sendall(struct.pack(">BBHBIBiHHI", 1, 1, 1, 1, 100 + i, 1, 5000, 0, len(header), len(body)) + header + body)
+def read(n):
+    b = b""
+    while len(b) < n:
+        d = s.recv(n - len(b))
+        if not d:
+            raise SystemExit("closed after " + repr(b))
+        b += d
+    return b
+for _ in reqs:
+    h = read(20)
+    rid, = struct.unpack(">I", h[5:9])
+    status, cl, hl, bl = struct.unpack(">HHHI", h[10:20])
+    rest = read(cl + hl + bl)
+    print(rid, status, rest[cl + hl:].decode(), flush=True)
+"#;
+
+const BOLT_PORT: u16 = 12200;
+
+/// Bolt to an `original_dst` cluster: a Bolt request on a connection captured by REDIRECT and
+/// handed to the Bolt listener goes to the connection's original destination (the real server,
+/// reached once, from the application's address); a request on a connection that was not
+/// captured is answered status 6 (no processor), counted, and nothing is sent anywhere.
+#[test]
+fn redirect_capture_routes_bolt_to_the_original_destination() {
+    if !can_run() {
+        return;
+    }
+    let f = &IPV4;
+    let tag = "bolt-odst";
+    let (app_ip, server_ip) = (f.app, f.server);
+    let dir = TempDir::new(&format!("transparent-{tag}"));
+    let pid = std::process::id();
+    let app = Netns::new(format!("sluice-{pid}-{tag}-app"));
+    let server = Netns::new(format!("sluice-{pid}-{tag}-srv"));
+    ip(&[
+        "-n", &app.0, "link", "add", "veth0", "type", "veth", "peer", "name", "veth1", "netns",
+        &server.0,
+    ]);
+    for (ns, ip_address, dev) in [(&app, app_ip, "veth0"), (&server, server_ip, "veth1")] {
+        let cidr = format!("{ip_address}/{}", f.prefix);
+        ip(&["-n", &ns.0, "addr", "add", &cidr, "dev", dev]);
+        ip(&["-n", &ns.0, "link", "set", dev, "up"]);
+        ip(&["-n", &ns.0, "link", "set", "lo", "up"]);
+    }
+    let script = dir.write("bolt_server.py", BOLT_SERVER);
+    let mut rpc = spawn_in(
+        &dir,
+        &server,
+        "rpc",
+        "python3",
+        &[
+            "-u",
+            script.to_str().unwrap(),
+            server_ip,
+            &BOLT_PORT.to_string(),
+        ],
+    );
+    wait_listening_in(&server, server_ip, BOLT_PORT, &mut rpc);
+    let probes = rpc.log_text().lines().count();
+    let config = format!(
+        "admin: {{ address: {ADMIN} }}
+upstream_mark: 1337
+listeners:
+  - name: outbound
+    address: \"0.0.0.0:15001\"
+    original_dst: redirect
+    use_original_dst: true
+    tcp_proxy: {{ cluster: passthrough }}
+  - name: bolt_{BOLT_PORT}
+    address: \"0.0.0.0:{BOLT_PORT}\"
+    bolt:
+      routes: [ {{ match: {{ service: \"com.example.Echo:1.0\" }}, route: {{ cluster: original }} }} ]
+clusters:
+  - {{ name: passthrough, type: original_dst, connect_timeout: 2s }}
+  - {{ name: original, type: original_dst, connect_timeout: 2s }}
+"
+    );
+    let config_path = dir.write("sluice.yaml", &config);
+    let config_path = config_path.to_str().unwrap();
+    let mut sluice = spawn_in(
+        &dir,
+        &app,
+        "sluice",
+        sluice_bin(),
+        &["run", "-c", config_path, "--workers", "1"],
+    );
+    wait_listening_in(&app, "127.0.0.1", 15000, &mut sluice);
+    let printed = Command::new(sluice_bin())
+        .args(["iptables", "-c", config_path])
+        .output()
+        .unwrap();
+    assert!(printed.status.success());
+    let rules = String::from_utf8(printed.stdout).unwrap();
+    let applied = in_ns(&app, "sh", &["-c", &rules]);
+    assert!(
+        applied.status.success(),
+        "{rules}\n{}",
+        String::from_utf8_lossy(&applied.stderr)
+    );
+
+    // Captured: both requests of the connection reach the real server, answered in order
+    // with their own ids.
+    let got = in_ns(
+        &app,
+        "python3",
+        &[
+            "-c",
+            BOLT_CLIENT,
+            server_ip,
+            &BOLT_PORT.to_string(),
+            "com.example.Echo:1.0",
+            "one",
+            "two",
+        ],
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&got.stdout),
+        "100 0 srv:one\n101 0 srv:two\n",
+        "{}\n{}",
+        String::from_utf8_lossy(&got.stderr),
+        sluice.log_text()
+    );
+    // Not captured (loopback is excluded from capture): no original destination, status 6.
+    let direct = in_ns(
+        &app,
+        "python3",
+        &[
+            "-c",
+            BOLT_CLIENT,
+            "127.0.0.1",
+            &BOLT_PORT.to_string(),
+            "com.example.Echo:1.0",
+            "direct",
+        ],
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&direct.stdout),
+        "100 6 \n",
+        "{}",
+        String::from_utf8_lossy(&direct.stderr)
+    );
+
+    let s = stats(&app);
+    let log = sluice.log_text();
+    assert_eq!(stat(&s, "listener.outbound.capture.handed_off"), 1, "{log}");
+    assert_eq!(stat(&s, "bolt.requests"), 2, "{log}");
+    assert_eq!(stat(&s, "bolt.responses"), 2, "{log}");
+    assert_eq!(stat(&s, "bolt.no_original_dst"), 1, "{log}");
+    assert_eq!(stat(&s, "cluster.original.upstream_cx_total"), 1, "{log}");
+    sluice.signal("TERM");
+    assert!(sluice.wait_exit(Duration::from_secs(20)).is_some(), "{log}");
+    // The server saw one connection (both requests multiplexed on it), from the application's
+    // address: the proxy's own connection was not captured again.
+    let rpc_log = rpc.log_text();
+    let seen: Vec<&str> = rpc_log.lines().skip(probes).collect();
+    assert_eq!(seen, [format!("connection from {app_ip}")], "{rpc_log}");
+}
+
+/// A virtual listener (`bind_to_port: false`): a captured HTTP connection to the server's port
+/// is handed to it and served (to its original destination), while nothing listens on its
+/// port in the application's namespace — a direct connection is refused.
+#[test]
+fn a_virtual_listener_serves_hand_offs_and_binds_nothing() {
+    if !can_run() {
+        return;
+    }
+    let f = &IPV4;
+    let tag = "virtual";
+    let (app_ip, server_ip) = (f.app, f.server);
+    let dir = TempDir::new(&format!("transparent-{tag}"));
+    let pid = std::process::id();
+    let app = Netns::new(format!("sluice-{pid}-{tag}-app"));
+    let server = Netns::new(format!("sluice-{pid}-{tag}-srv"));
+    ip(&[
+        "-n", &app.0, "link", "add", "veth0", "type", "veth", "peer", "name", "veth1", "netns",
+        &server.0,
+    ]);
+    for (ns, ip_address, dev) in [(&app, app_ip, "veth0"), (&server, server_ip, "veth1")] {
+        let cidr = format!("{ip_address}/{}", f.prefix);
+        ip(&["-n", &ns.0, "addr", "add", &cidr, "dev", dev]);
+        ip(&["-n", &ns.0, "link", "set", dev, "up"]);
+        ip(&["-n", &ns.0, "link", "set", "lo", "up"]);
+    }
+    let script = dir.write("host_echo.py", HOST_ECHO_SERVER);
+    let mut web = spawn_in(
+        &dir,
+        &server,
+        "web",
+        "python3",
+        &[
+            "-u",
+            script.to_str().unwrap(),
+            server_ip,
+            &HTTP_PORT.to_string(),
+        ],
+    );
+    wait_listening_in(&server, server_ip, HTTP_PORT, &mut web);
+    let config = format!(
+        "admin: {{ address: {ADMIN} }}
+upstream_mark: 1337
+listeners:
+  - name: outbound
+    address: \"0.0.0.0:15001\"
+    original_dst: redirect
+    use_original_dst: true
+    tcp_proxy: {{ cluster: passthrough }}
+  - name: http_{HTTP_PORT}
+    address: \"0.0.0.0:{HTTP_PORT}\"
+    bind_to_port: false
+    http:
+      virtual_hosts:
+        - name: all
+          domains: [\"*\"]
+          routes: [ {{ match: {{ prefix: / }}, route: {{ cluster: original }} }} ]
+clusters:
+  - {{ name: passthrough, type: original_dst, connect_timeout: 2s }}
+  - {{ name: original, type: original_dst, connect_timeout: 2s }}
+"
+    );
+    let config_path = dir.write("sluice.yaml", &config);
+    let config_path = config_path.to_str().unwrap();
+    let mut sluice = spawn_in(
+        &dir,
+        &app,
+        "sluice",
+        sluice_bin(),
+        &["run", "-c", config_path, "--workers", "2"],
+    );
+    wait_listening_in(&app, "127.0.0.1", 15000, &mut sluice);
+    let printed = Command::new(sluice_bin())
+        .args(["iptables", "-c", config_path])
+        .output()
+        .unwrap();
+    assert!(printed.status.success());
+    let rules = String::from_utf8(printed.stdout).unwrap();
+    let applied = in_ns(&app, "sh", &["-c", &rules]);
+    assert!(
+        applied.status.success(),
+        "{rules}\n{}",
+        String::from_utf8_lossy(&applied.stderr)
+    );
+
+    // Nothing listens on the virtual listener's port: refused (loopback is not captured).
+    let direct = in_ns(
+        &app,
+        "curl",
+        &[
+            "-sS",
+            "--max-time",
+            "5",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            &format!("http://127.0.0.1:{HTTP_PORT}/direct"),
+        ],
+    );
+    assert_eq!(direct.status.code(), Some(7), "curl: could not connect");
+    let probe = format!("import socket; socket.create_connection(('127.0.0.1', {HTTP_PORT}), 2)");
+    let direct = in_ns(&app, "python3", &["-c", &probe]);
+    assert!(
+        String::from_utf8_lossy(&direct.stderr).contains("ConnectionRefusedError"),
+        "{}",
+        String::from_utf8_lossy(&direct.stderr)
+    );
+    // Captured and handed off to it: served, to the original destination.
+    let url = format!("http://{}/hello", sock(server_ip, HTTP_PORT));
+    let got = in_ns(
+        &app,
+        "curl",
+        &[
+            "-sS",
+            "--max-time",
+            "10",
+            "-H",
+            "Host: api.example",
+            "-w",
+            " %{http_code}",
+            &url,
+        ],
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&got.stdout),
+        "host=api.example 200",
+        "{}\n{}",
+        String::from_utf8_lossy(&got.stderr),
+        sluice.log_text()
+    );
+    let s = stats(&app);
+    let log = sluice.log_text();
+    assert_eq!(stat(&s, "listener.outbound.capture.handed_off"), 1, "{log}");
+    assert_eq!(
+        stat(
+            &s,
+            &format!("listener.http_{HTTP_PORT}.downstream_cx_total")
+        ),
+        1,
+        "{log}"
+    );
+    assert_eq!(stat(&s, "cluster.original.upstream_rq_total"), 1, "{log}");
+    // The admin view says it is virtual.
+    let listeners = in_ns(
+        &app,
+        "curl",
+        &[
+            "-sS",
+            "--max-time",
+            "5",
+            &format!("http://{ADMIN}/listeners"),
+        ],
+    );
+    let listeners = String::from_utf8_lossy(&listeners.stdout);
+    assert!(
+        listeners.contains(&format!("http_{HTTP_PORT}::virtual::true\n")),
+        "{listeners}"
+    );
+    assert!(!listeners.contains("outbound::virtual"), "{listeners}");
+    sluice.signal("TERM");
+    assert!(sluice.wait_exit(Duration::from_secs(20)).is_some(), "{log}");
+}

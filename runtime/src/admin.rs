@@ -810,8 +810,9 @@ pub fn handle(shared: &AdminShared, method: &str, target: &str) -> (Response, Af
                 let mut body = String::new();
                 for l in view["listeners"].as_array().into_iter().flatten() {
                     let name = l["name"].as_str().unwrap_or("");
-                    for field in ["address", "kind", "open_connections"] {
+                    for field in ["address", "kind", "open_connections", "virtual"] {
                         let v = match &l[field] {
+                            Value::Null => continue,
                             Value::String(s) => s.clone(),
                             other => other.to_string(),
                         };
@@ -2022,12 +2023,17 @@ fn listeners_json(shared: &AdminShared, s: &DetailedSnapshot) -> Value {
         .iter()
         .enumerate()
         .map(|(i, l)| {
-            json!({
+            let mut view = json!({
                 "name": l.name,
                 "address": l.address.to_string(),
                 "kind": listener_kind(&l.filter),
                 "open_connections": s.listeners.get(i).map_or(0, ListenerSnapshot::downstream_cx_active),
-            })
+            });
+            // A virtual listener (`bind_to_port: false`) says so: nothing listens on its address.
+            if !l.bind_to_port {
+                view["virtual"] = Value::Bool(true);
+            }
+            view
         })
         .collect();
     json!({ "listeners": listeners })
@@ -2453,6 +2459,7 @@ mod tests {
             tls: None,
             original_dst: None,
             use_original_dst: false,
+            bind_to_port: true,
         });
         let stats = vec![
             Arc::new(WorkerStats::new(&config)),

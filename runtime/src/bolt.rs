@@ -215,7 +215,9 @@ impl<N: Network> Engine<N> {
     }
 
     /// Serves one downstream Bolt connection; `initial` holds bytes already read from it (by
-    /// protocol detection, or the unread bytes of a `migrated` connection).
+    /// protocol detection, or the unread bytes of a `migrated` connection). `original_dst`:
+    /// where a captured connection was going (its requests routed to an `original_dst`
+    /// cluster go there; without one they are answered status 6).
     ///
     /// Timeouts (the listener's `frame_timeout` and `idle_timeout`): a new connection must send
     /// its first whole frame within `frame_timeout`; a frame started must complete within
@@ -229,6 +231,7 @@ impl<N: Network> Engine<N> {
         mut stream: Downstream<N::Stream>,
         peer: SocketAddr,
         initial: &[u8],
+        original_dst: Option<SocketAddr>,
         accepted: Option<sluice_core::Instant>,
     ) {
         let migrated = accepted.is_none();
@@ -247,7 +250,7 @@ impl<N: Network> Engine<N> {
         let (down, max_frame) = {
             let mut p = bw.proxy.borrow_mut();
             (
-                p.open_downstream(listener, Some(peer)),
+                p.open_captured_downstream(listener, Some(peer), original_dst),
                 p.max_frame_size(listener),
             )
         };
@@ -492,6 +495,13 @@ impl<N: Network> Engine<N> {
                 Some(Action::Reply(r)) => {
                     if let Some(o) = bw.downs.borrow().get(&r.down) {
                         o.push(|b| r.encode(b));
+                    }
+                }
+                Some(Action::Close { up }) => {
+                    // An idle destination connection the proxy forgot: its task ends it.
+                    if let Some(o) = bw.ups.borrow().get(&up) {
+                        o.close.set(true);
+                        o.wake.notify_one();
                     }
                 }
                 Some(Action::Connect {
@@ -816,6 +826,14 @@ impl<N: Network> Engine<N> {
         );
         bump(&s.no_route, now.no_route - was.no_route);
         bump(&s.no_host, now.no_host - was.no_host);
+        bump(
+            &s.no_original_dst,
+            now.no_original_dst - was.no_original_dst,
+        );
+        bump(
+            &s.destinations_closed,
+            now.destinations_closed - was.destinations_closed,
+        );
         bump(&s.overflow, now.overflow - was.overflow);
         bump(&s.timeouts, now.timeouts - was.timeouts);
         bump(&s.codec_errors, now.codec_errors - was.codec_errors);

@@ -472,7 +472,9 @@ impl<N: Network> Engine<N> {
                 () = stop => break,
                 () = close => break,
                 () = handover => continue,
-                r = self.net.accept(&listener) => r,
+                // A virtual listener (`bind_to_port: false`) has a socket that listens nowhere:
+                // it is only held (and handed to the next generation), never accepted on.
+                r = self.net.accept(&listener), if lc.bind_to_port => r,
             };
             match accepted {
                 Ok((stream, peer)) => {
@@ -664,8 +666,15 @@ impl<N: Network> Engine<N> {
                         }
                         ListenerFilter::Bolt(bc) => {
                             self.note_bolt_traffic(bc);
-                            self.bolt_connection(index, down, peer, &[], Some(accepted))
-                                .await;
+                            self.bolt_connection(
+                                index,
+                                down,
+                                peer,
+                                &[],
+                                original_dst,
+                                Some(accepted),
+                            )
+                            .await;
                         }
                         ListenerFilter::Auto { http, bolt } => {
                             self.auto_connection(
@@ -1302,8 +1311,15 @@ impl<N: Network> Engine<N> {
             }
             Some(Sniffed::Bolt) => {
                 self.note_bolt_traffic(bolt);
-                self.bolt_connection(index, stream, peer, &first[..n], Some(accepted))
-                    .await;
+                self.bolt_connection(
+                    index,
+                    stream,
+                    peer,
+                    &first[..n],
+                    original_dst,
+                    Some(accepted),
+                )
+                .await;
             }
             _ => {
                 bump(&self.stats.bolt.sniff_failed, 1);
@@ -1466,10 +1482,24 @@ impl<N: Network> Engine<N> {
             bump(&l.downstream_cx_total, 1);
         }
         self.sessions.set(self.sessions.get() + 1);
+        // A captured connection keeps its original destination across the upgrade: the kernel
+        // still knows it (connection tracking, or the socket's local address for TPROXY). It
+        // may have been handed off, so it is read as the config's capture listener reads.
+        let original_dst = self.config.listeners.iter().find_map(|l| {
+            let how = l.original_dst?;
+            self.net.original_destination(&stream, how, l.address)
+        });
         tokio::task::spawn_local(async move {
             let guard = SessionGuard(&self, index);
-            self.bolt_connection(index, Downstream::Plain(stream), peer, &unread, None)
-                .await;
+            self.bolt_connection(
+                index,
+                Downstream::Plain(stream),
+                peer,
+                &unread,
+                original_dst,
+                None,
+            )
+            .await;
             drop(guard);
         });
     }

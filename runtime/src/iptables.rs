@@ -18,7 +18,8 @@
 //! an outbound capture needs at least one of them, or the proxy's connection to the real peer
 //! would be captured back into the proxy. Traffic on the loopback interface is never captured
 //! (it is the pod talking to itself, the proxy included), nor inbound connections to the
-//! proxy's own ports (every listener's and the admin server's). With `TPROXY`, whose rules see
+//! proxy's own ports (every bound listener's and the admin server's; a virtual listener,
+//! `bind_to_port: false`, has none). With `TPROXY`, whose rules see
 //! every packet (not only a connection's first, as `nat` does), replies are left alone
 //! (`-m conntrack --ctdir REPLY`): inbound, the replies to the pod's own connections (`TPROXY`
 //! would drop them, their socket not being transparent); outbound, the replies of connections
@@ -145,8 +146,14 @@ pub fn script(config: &Config, options: &Options) -> Result<String, String> {
             options.tproxy_mark
         ));
     }
-    // The proxy's own ports: never captured inbound.
-    let mut own_ports: Vec<u16> = config.listeners.iter().map(|l| l.address.port()).collect();
+    // The proxy's own ports: never captured inbound. A virtual listener (`bind_to_port:
+    // false`) listens on no port: its port may be the application's own, captured as any.
+    let mut own_ports: Vec<u16> = config
+        .listeners
+        .iter()
+        .filter(|l| l.bind_to_port)
+        .map(|l| l.address.port())
+        .collect();
     if let Some(admin) = config.admin.as_ref().and_then(|a| a.tcp_address()) {
         own_ports.push(admin.port());
     }
@@ -337,6 +344,23 @@ listeners:
 clusters:
   - { name: pass, type: original_dst }
 ";
+
+    #[test]
+    fn a_virtual_listener_port_is_not_the_proxys_own() {
+        // Port 8080 is bound by nobody in the proxy: inbound traffic to it (the application's
+        // own server) is captured like any; the bound listener's 9090 is left alone.
+        let text = REDIRECT.replace(
+            "clusters:",
+            "  - { name: virtual, address: 0.0.0.0:8080, bind_to_port: false, tcp_proxy: { cluster: pass } }
+  - { name: bound, address: 0.0.0.0:9090, tcp_proxy: { cluster: pass } }
+clusters:",
+        );
+        let got = script(&config(&text), &Options::default()).unwrap();
+        assert!(
+            got.contains("--dports 9090,15000,15001,15006 -j RETURN  # the proxy's own ports"),
+            "got:\n{got}"
+        );
+    }
 
     #[test]
     fn redirect_captures_both_ways_with_the_exclusions() {

@@ -95,9 +95,21 @@ fn check_access_logs(config: &Config) -> io::Result<()> {
     Ok(())
 }
 
-/// Binds listener `i` of `config` once (with `SO_REUSEPORT`), naming it in the error.
+/// Binds listener `i` of `config` once (with `SO_REUSEPORT`), naming it in the error. A
+/// virtual listener (`bind_to_port: false`) gets a socket that is neither bound nor listening:
+/// it keeps the listeners' per-index shape and is never accepted on (nothing listens on its
+/// address; it only receives hand-offs).
 fn bind_listener(config: &Config, i: usize) -> io::Result<std::net::TcpListener> {
     let l = &config.listeners[i];
+    if !l.bind_to_port {
+        let socket = socket2::Socket::new(
+            socket2::Domain::for_address(l.address),
+            socket2::Type::STREAM,
+            None,
+        )?;
+        socket.set_nonblocking(true)?;
+        return Ok(socket.into());
+    }
     let tproxy = l.original_dst == Some(sluice_core::config::OriginalDst::Tproxy);
     crate::transparent::bind_listener(l.address, BACKLOG, tproxy).map_err(|e| {
         io::Error::new(
@@ -119,6 +131,9 @@ fn bind_listener_per_worker(
     workers: usize,
 ) -> io::Result<Vec<std::net::TcpListener>> {
     let l = &config.listeners[i];
+    if !l.bind_to_port {
+        return (0..workers).map(|_| bind_listener(config, i)).collect();
+    }
     probe_unshared(l.address).map_err(|e| {
         let why = if e.kind() == io::ErrorKind::AddrInUse {
             "address already in use (another socket listens there; sluice does not share it)"
@@ -268,6 +283,7 @@ pub fn run(config: Config, options: ServerOptions) -> io::Result<()> {
     for (i, l) in config.listeners.iter().enumerate() {
         let mut given = inherited
             .as_mut()
+            .filter(|_| l.bind_to_port)
             .and_then(|(ls, _)| {
                 let pos = ls.iter().position(|(a, _)| *a == l.address)?;
                 Some(ls.swap_remove(pos).1)

@@ -945,6 +945,21 @@ counters! {
                 "Bolt requests answered status 6: no available host.",
             )
             .stats("bolt.no_host");
+        /// Status 6 answers: routed to an `original_dst` cluster on a connection that was not
+        /// captured (no original destination).
+        no_original_dst: AtomicU64, counter
+            => Metric::counter(
+                "sluice_bolt_no_original_dst_total",
+                "Bolt requests answered status 6: an original_dst cluster, on a connection with no original destination.",
+            )
+            .stats("bolt.no_original_dst");
+        /// Connections to original destinations closed idle (or to make room for a new one).
+        destinations_closed: AtomicU64, counter
+            => Metric::counter(
+                "sluice_bolt_destinations_closed_total",
+                "Bolt connections to original destinations closed idle or evicted.",
+            )
+            .stats("bolt.destinations_closed");
         /// Status 4 answers: circuit breaker overflow.
         overflow: AtomicU64, counter
             => Metric::counter(

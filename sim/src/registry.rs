@@ -104,6 +104,11 @@ pub static SCENARIOS: &[Scenario] = &[
         tls::run,
     ),
     Scenario::new(
+        "tls_certificate_rotation",
+        "TLS: clients keep connecting while the listener's certificate is replaced by a reload, a refused bad reload, a refused bad rewrite and a good rewrite of its files; a connection opened before keeps working",
+        tls::rotation::run,
+    ),
+    Scenario::new(
         "health_check_flap",
         "health: a host's health check fails then recovers under traffic; drained and readmitted in bounded time",
         |seed| resilience::run(Resilience::HealthFlap, seed),

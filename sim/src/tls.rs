@@ -45,6 +45,8 @@ use crate::topology::{
 };
 use crate::trace::Trace;
 
+pub mod rotation;
+
 const UPSTREAMS: [&str; 3] = ["up1", "up2", "up3"];
 const LISTEN_PORT: u16 = 10_443;
 const UPSTREAM_PORT: u16 = 7_443;

@@ -25,7 +25,7 @@ fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
-const SCENARIOS: [&str; 19] = [
+const SCENARIOS: [&str; 20] = [
     "tcp_steady",
     "tcp_upstream_crash",
     "tcp_crash_and_recover",
@@ -34,6 +34,7 @@ const SCENARIOS: [&str; 19] = [
     "http_upstream_partition",
     "http2_upstream_crash",
     "tls_handshake_failures",
+    "tls_certificate_rotation",
     "health_check_flap",
     "outlier_detection_5xx",
     "every_host_down_fast_503",

@@ -46,8 +46,9 @@
 //! downstream:  open ──codec error / closed──▶ forgotten (its streams become orphans)
 //! upstream:    Connecting ──handle_upstream_connected──▶ Connected
 //!                   └────────────── handle_upstream_closed ─────────────┴──▶ forgotten
-//!              (one per (cluster, host); opened on demand when a request picks a host that has
-//!               none; holds one `max_connections` breaker unit while it exists)
+//!                                       idle past its timeout (original_dst) ──▶ Action::Close
+//!              (one per (cluster, host, destination); opened on demand when a request picks
+//!               a host that has none; holds one `max_connections` breaker unit while it exists)
 //! stream:      registered (request forwarded; holds a `max_requests` unit and a host `begin`)
 //!                 ├─ upstream response   → Forward to its downstream with its original id
 //!                 ├─ deadline            → Reply status 7
@@ -64,6 +65,22 @@
 //! upstream request id. The deadline is the shorter of the frame's timeout field (when > 0) and
 //! the route's `timeout` (when set); without either the stream waits for its response or the
 //! loss of its upstream connection.
+//!
+//! ## `original_dst` clusters
+//!
+//! A cluster of type `original_dst` has one placeholder host; a request routed to it goes to
+//! the *original destination* of its downstream connection (given to
+//! [`BoltProxy::open_captured_downstream`] by the driver, read from the kernel for a connection
+//! a capture listener took). Multiplexing stays per destination: one upstream connection per
+//! (cluster, destination), ids remapped as for any host. A request on a connection that has no
+//! original destination (it dialled the listener itself) is answered status 6 (no processor:
+//! there is nowhere to send it, and the listener's own address would loop), counted in
+//! [`BoltStats::no_original_dst`]. Destinations are bounded and cleaned up like the HTTP/1.1
+//! pool's: a destination's connection with no request in flight for the cluster's
+//! `upstream_idle_timeout` is closed ([`Action::Close`]), and at most
+//! [`MAX_DESTINATIONS`] destination connections exist per proxy (one worker) — a new
+//! destination past it closes the one idle the longest, or, when every one is busy, is
+//! answered status 4 (overflow).
 //!
 //! Heartbeats (`cmd_code` 0, type 1) are answered by the proxy, from either side. A oneway
 //! request (type 2) is routed and forwarded with a fresh upstream id (so that it cannot collide
@@ -87,8 +104,9 @@
 //!   or one proxy reply) unless that downstream closed first;
 //! - an answer goes only to the downstream that sent the request, with its original id;
 //! - upstream ids in flight are unique per upstream connection (they are map keys);
-//! - there is at most one upstream connection per (cluster, host), and `by_host` and the
-//!   connections agree;
+//! - there is at most one upstream connection per (cluster, host, destination), and `by_host`
+//!   and the connections agree; every destination connection (and none other) has one idle
+//!   timer; there are at most [`MAX_DESTINATIONS`] of them;
 //! - every stream with a deadline has exactly one timer, and every timer a stream;
 //! - a downstream's `in_flight` is the number of streams that answer to it;
 //! - host `active` counts and breaker units held by the proxy are exactly its streams (one
@@ -105,7 +123,7 @@ use super::router::BoltRouter;
 use super::{CMD_HEARTBEAT, Frame, Kind, PROTOCOL_V1, PROTOCOL_V2, ResponseStatus, Version};
 use super::{encode_response, request_id_offset};
 use crate::cluster::{ClusterState, HostId};
-use crate::config::{Config, HashPolicy, ListenerFilter};
+use crate::config::{ClusterKind, Config, HashPolicy, ListenerFilter};
 use crate::health::{Permit, Resource};
 use crate::lb::request_hash;
 use crate::pattern::RegexError;
@@ -186,6 +204,10 @@ pub enum UpstreamVerdict {
     Drop,
 }
 
+/// Upstream connections to original destinations (`original_dst` clusters) one proxy (one
+/// worker) keeps at most: the HTTP/1.1 pool's bound on destinations.
+pub const MAX_DESTINATIONS: usize = 1024;
+
 /// An output that is not about the frame just handed in.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Action {
@@ -203,6 +225,13 @@ pub enum Action {
     },
     /// Append this reply to `reply.down`'s write buffer.
     Reply(ProxyReply),
+    /// Close upstream connection `up` (a destination connection idle past its timeout, or
+    /// evicted for a new destination): it has no request in flight, and the proxy already
+    /// forgot it, so its closing answers nobody.
+    Close {
+        /// The connection.
+        up: UpstreamId,
+    },
 }
 
 /// Counters of one proxy.
@@ -226,6 +255,11 @@ pub struct BoltStats {
     pub no_route: u64,
     /// Status 6 replies (no available host).
     pub no_host: u64,
+    /// Status 6 replies: routed to an `original_dst` cluster on a connection with no original
+    /// destination.
+    pub no_original_dst: u64,
+    /// Destination connections closed idle (or evicted for a new destination).
+    pub destinations_closed: u64,
     /// Status 4 replies.
     pub overflow: u64,
     /// Status 7 replies.
@@ -248,13 +282,24 @@ struct Listener {
 struct Downstream {
     listener: usize,
     peer: Option<IpAddr>,
+    /// Where the connection was going, when a capture listener took it.
+    original_dst: Option<SocketAddr>,
     in_flight: usize,
 }
+
+/// What an upstream connection is for: a host of a cluster, and for an `original_dst`
+/// cluster's placeholder host, the destination.
+type UpstreamKey = (usize, HostId, Option<SocketAddr>);
 
 #[derive(Debug)]
 struct Upstream {
     cluster: usize,
     host: HostId,
+    /// `Some` for a connection to an original destination.
+    destination: Option<SocketAddr>,
+    /// A destination connection: when it last had a request forwarded or answered (its idle
+    /// timer is lazily moved on from this).
+    last_used: Instant,
     connected: bool,
     next_id: u32,
     streams: BTreeMap<u32, Stream>,
@@ -277,10 +322,14 @@ struct Stream {
 pub struct BoltProxy {
     listeners: Vec<Option<Listener>>,
     hash_policies: Vec<Vec<HashPolicy>>,
+    /// Per cluster: its `upstream_idle_timeout` when it is of type `original_dst`.
+    original_dst: Vec<Option<Duration>>,
     downstreams: BTreeMap<DownstreamId, Downstream>,
     upstreams: BTreeMap<UpstreamId, Upstream>,
-    by_host: BTreeMap<(usize, HostId), UpstreamId>,
+    by_host: BTreeMap<UpstreamKey, UpstreamId>,
     timers: BTreeSet<(Instant, UpstreamId, u32)>,
+    /// One per destination connection: not before then may it be closed idle.
+    idle_timers: BTreeSet<(Instant, UpstreamId)>,
     actions: VecDeque<Action>,
     next_down: u64,
     next_up: u64,
@@ -343,13 +392,20 @@ impl BoltProxy {
             .iter()
             .map(|c| c.hash_policy.clone())
             .collect();
+        let original_dst = config
+            .clusters
+            .iter()
+            .map(|c| (c.kind == ClusterKind::OriginalDst).then_some(c.upstream_idle_timeout))
+            .collect();
         Ok(BoltProxy {
             listeners,
             hash_policies,
+            original_dst,
             downstreams: BTreeMap::new(),
             upstreams: BTreeMap::new(),
             by_host: BTreeMap::new(),
             timers: BTreeSet::new(),
+            idle_timers: BTreeSet::new(),
             actions: VecDeque::new(),
             next_down: 0,
             next_up: 0,
@@ -378,6 +434,18 @@ impl BoltProxy {
     /// A downstream connection accepted on `listener` from `peer` (its IP feeds a `source_ip`
     /// hash policy).
     pub fn open_downstream(&mut self, listener: usize, peer: Option<SocketAddr>) -> DownstreamId {
+        self.open_captured_downstream(listener, peer, None)
+    }
+
+    /// A downstream connection, as [`BoltProxy::open_downstream`], that a capture listener
+    /// took on its way to `original_dst` (`None`: not captured): its requests routed to an
+    /// `original_dst` cluster go there.
+    pub fn open_captured_downstream(
+        &mut self,
+        listener: usize,
+        peer: Option<SocketAddr>,
+        original_dst: Option<SocketAddr>,
+    ) -> DownstreamId {
         let id = DownstreamId(self.next_down);
         self.next_down += 1;
         self.downstreams.insert(
@@ -385,6 +453,7 @@ impl BoltProxy {
             Downstream {
                 listener,
                 peer: peer.map(|p| p.ip()),
+                original_dst,
                 in_flight: 0,
             },
         );
@@ -432,7 +501,7 @@ impl BoltProxy {
             Kind::Request => false,
             Kind::Oneway => true,
         };
-        let (listener, peer) = (d.listener, d.peer);
+        let (listener, peer, original_dst) = (d.listener, d.peer, d.original_dst);
         let reply = |status| {
             DownstreamVerdict::Reply(ProxyReply {
                 down,
@@ -464,6 +533,22 @@ impl BoltProxy {
                 reply(ResponseStatus::NoProcessor)
             };
         };
+        // An original_dst cluster sends to the connection's original destination; without
+        // one there is nowhere to send (see the module doc).
+        let destination = match self.original_dst.get(cluster).copied().flatten() {
+            None => None,
+            Some(_) => match original_dst {
+                Some(d) => Some(d),
+                None => {
+                    if oneway {
+                        self.stats.oneway_dropped += 1;
+                        return DownstreamVerdict::Drop;
+                    }
+                    self.stats.no_original_dst += 1;
+                    return reply(ResponseStatus::NoProcessor);
+                }
+            },
+        };
         let policies = self
             .hash_policies
             .get(cluster)
@@ -492,8 +577,26 @@ impl BoltProxy {
                 }
             }
         };
-        let up = match self.by_host.get(&(cluster, host)) {
-            Some(&up) => up,
+        let key = (cluster, host, destination);
+        let existing = self.by_host.get(&key).copied();
+        // A new destination past the bound: the one idle the longest makes room, if any.
+        if existing.is_none()
+            && destination.is_some()
+            && self.idle_timers.len() >= MAX_DESTINATIONS
+            && !self.evict_idle_destination(clusters)
+        {
+            let state = &mut clusters[cluster];
+            if let Some(p) = permit {
+                state.breakers_mut().release(p);
+                self.stats.overflow += 1;
+                return reply(ResponseStatus::ServerThreadpoolBusy);
+            }
+            self.stats.oneway_dropped += 1;
+            return DownstreamVerdict::Drop;
+        }
+        let state = &mut clusters[cluster];
+        let up = match existing {
+            Some(up) => up,
             None => match state.breakers_mut().try_acquire(Resource::Connections) {
                 Ok(conn_permit) => {
                     let up = UpstreamId(self.next_up);
@@ -503,19 +606,24 @@ impl BoltProxy {
                         Upstream {
                             cluster,
                             host,
+                            destination,
+                            last_used: now,
                             connected: false,
                             next_id: 1,
                             streams: BTreeMap::new(),
                             permit: conn_permit,
                         },
                     );
-                    self.by_host.insert((cluster, host), up);
+                    self.by_host.insert(key, up);
+                    if let Some(idle) = self.original_dst.get(cluster).copied().flatten() {
+                        self.idle_timers.insert((now + idle, up));
+                    }
                     self.stats.upstream_connects += 1;
                     self.actions.push_back(Action::Connect {
                         up,
                         cluster,
                         host,
-                        address: state.host(host).address,
+                        address: destination.unwrap_or(state.host(host).address),
                     });
                     up
                 }
@@ -534,6 +642,7 @@ impl BoltProxy {
             .upstreams
             .get_mut(&up)
             .expect("by_host names a live upstream");
+        upstream.last_used = now;
         let request_id = loop {
             let id = upstream.next_id;
             upstream.next_id = upstream.next_id.wrapping_add(1);
@@ -630,18 +739,19 @@ impl BoltProxy {
     /// A frame decoded from upstream `up`. See [`UpstreamVerdict`].
     pub fn handle_upstream_frame(
         &mut self,
-        _now: Instant,
+        now: Instant,
         up: UpstreamId,
         frame: &Frame<'_>,
         clusters: &mut [ClusterState],
     ) -> UpstreamVerdict {
-        let verdict = self.upstream_frame(up, frame, clusters);
+        let verdict = self.upstream_frame(now, up, frame, clusters);
         self.debug_check();
         verdict
     }
 
     fn upstream_frame(
         &mut self,
+        now: Instant,
         up: UpstreamId,
         frame: &Frame<'_>,
         clusters: &mut [ClusterState],
@@ -649,6 +759,7 @@ impl BoltProxy {
         let Some(u) = self.upstreams.get_mut(&up) else {
             return UpstreamVerdict::Drop;
         };
+        u.last_used = now;
         match frame.kind {
             Kind::Request if frame.cmd_code == CMD_HEARTBEAT => {
                 self.stats.heartbeats += 1;
@@ -691,7 +802,10 @@ impl BoltProxy {
         clusters: &mut [ClusterState],
     ) {
         if let Some(u) = self.upstreams.remove(&up) {
-            self.by_host.remove(&(u.cluster, u.host));
+            self.by_host.remove(&(u.cluster, u.host, u.destination));
+            if u.destination.is_some() {
+                self.idle_timers.retain(|&(_, t)| t != up);
+            }
             for (id, s) in u.streams {
                 if let Some(at) = s.deadline {
                     self.timers.remove(&(at, up, id));
@@ -724,12 +838,89 @@ impl BoltProxy {
     /// When [`BoltProxy::handle_timeout`] must next be called.
     #[must_use]
     pub fn poll_timeout(&self) -> Option<Instant> {
-        self.timers.first().map(|&(at, _, _)| at)
+        let request = self.timers.first().map(|&(at, _, _)| at);
+        let idle = self.idle_timers.first().map(|&(at, _)| at);
+        match (request, idle) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
     /// Ends every stream whose deadline is at or before `now`: status 7 to its downstream
-    /// (when open); its late response, if any, will be dropped.
+    /// (when open); its late response, if any, will be dropped. Closes destination
+    /// connections idle for their cluster's `upstream_idle_timeout` ([`Action::Close`]).
     pub fn handle_timeout(&mut self, now: Instant, clusters: &mut [ClusterState]) {
+        self.expire_requests(now, clusters);
+        self.expire_idle_destinations(now, clusters);
+        self.debug_check();
+    }
+
+    /// Destination connections whose idle timer is due: closed when nothing is in flight and
+    /// nothing was sent or answered for the idle timeout; else the timer moves on.
+    fn expire_idle_destinations(&mut self, now: Instant, clusters: &mut [ClusterState]) {
+        while let Some(&(at, up)) = self.idle_timers.first() {
+            if at > now {
+                break;
+            }
+            self.idle_timers.pop_first();
+            let Some(u) = self.upstreams.get(&up) else {
+                continue;
+            };
+            let idle = self
+                .original_dst
+                .get(u.cluster)
+                .copied()
+                .flatten()
+                .unwrap_or_default();
+            let due = u.last_used + idle;
+            if u.streams.is_empty() && due <= now {
+                self.close_destination(up, clusters);
+            } else {
+                // Busy or used since: look again one idle timeout after the last use (or
+                // after now, while requests are in flight).
+                self.idle_timers.insert((due.max(now + idle), up));
+            }
+        }
+    }
+
+    /// Closes the destination connection idle the longest (nothing in flight) to make room
+    /// for a new one; `false` when every one is busy.
+    fn evict_idle_destination(&mut self, clusters: &mut [ClusterState]) -> bool {
+        let victim = self
+            .upstreams
+            .iter()
+            .filter(|(_, u)| u.destination.is_some() && u.streams.is_empty())
+            .min_by_key(|(_, u)| u.last_used)
+            .map(|(&up, _)| up);
+        match victim {
+            Some(up) => {
+                self.close_destination(up, clusters);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Forgets destination connection `up` (no stream in flight) and tells the driver to close
+    /// it.
+    fn close_destination(&mut self, up: UpstreamId, clusters: &mut [ClusterState]) {
+        let Some(u) = self.upstreams.remove(&up) else {
+            return;
+        };
+        debug_assert!(
+            u.streams.is_empty(),
+            "closing a busy destination connection"
+        );
+        self.by_host.remove(&(u.cluster, u.host, u.destination));
+        self.idle_timers.retain(|&(_, t)| t != up);
+        if let Some(c) = clusters.get_mut(u.cluster) {
+            c.breakers_mut().release(u.permit);
+        }
+        self.stats.destinations_closed += 1;
+        self.actions.push_back(Action::Close { up });
+    }
+
+    fn expire_requests(&mut self, now: Instant, clusters: &mut [ClusterState]) {
         while let Some(&(at, up, id)) = self.timers.first() {
             if at > now {
                 break;
@@ -755,7 +946,6 @@ impl BoltProxy {
                 }));
             }
         }
-        self.debug_check();
     }
 
     /// The counters.
@@ -788,6 +978,13 @@ impl BoltProxy {
         self.upstreams.len()
     }
 
+    /// The original destination an upstream connection goes to (`None`: a host's address, or
+    /// an unknown connection).
+    #[must_use]
+    pub fn upstream_destination(&self, up: UpstreamId) -> Option<SocketAddr> {
+        self.upstreams.get(&up).and_then(|u| u.destination)
+    }
+
     /// The cluster, host and connectedness of an upstream connection.
     #[must_use]
     pub fn upstream(&self, up: UpstreamId) -> Option<(usize, HostId, bool)> {
@@ -817,9 +1014,28 @@ impl BoltProxy {
             self.upstreams.len(),
             "by_host/upstreams"
         );
-        for (&(cluster, host), up) in &self.by_host {
+        for (&(cluster, host, destination), up) in &self.by_host {
             let u = &self.upstreams[up];
-            assert_eq!((u.cluster, u.host), (cluster, host), "by_host of {up:?}");
+            assert_eq!(
+                (u.cluster, u.host, u.destination),
+                (cluster, host, destination),
+                "by_host of {up:?}"
+            );
+        }
+        let destinations = self
+            .upstreams
+            .values()
+            .filter(|u| u.destination.is_some())
+            .count();
+        assert_eq!(destinations, self.idle_timers.len(), "idle timers");
+        assert!(destinations <= MAX_DESTINATIONS, "destinations bounded");
+        for &(_, up) in &self.idle_timers {
+            assert!(
+                self.upstreams
+                    .get(&up)
+                    .is_some_and(|u| u.destination.is_some()),
+                "idle timer of {up:?}"
+            );
         }
         let mut in_flight: BTreeMap<DownstreamId, usize> = BTreeMap::new();
         let mut deadlines = 0;

@@ -7,7 +7,8 @@
 //!   listener whose **address** the previous config already had keeps that socket (with the
 //!   connections queued on it — no connection is refused during a reload, even when the listener
 //!   was renamed or its filter changed), unless the socket must be bound another way (with
-//!   `IP_TRANSPARENT` for `original_dst: tproxy`, or without it); any other is bound afresh
+//!   `IP_TRANSPARENT` for `original_dst: tproxy`, or without it; or a virtual listener,
+//!   `bind_to_port: false`, becomes a bound one or the reverse); any other is bound afresh
 //!   (next to the old socket, through `SO_REUSEPORT`);
 //! - which listeners of `previous` close (no listener of `next` keeps their socket);
 //! - which listeners and clusters were added, removed or changed, matched by **name**
@@ -105,7 +106,9 @@ pub fn diff(previous: &Config, next: &Config) -> ConfigDiff {
                 .listeners
                 .iter()
                 .position(|p| {
-                    p.address == l.address && binds_transparent(p) == binds_transparent(l)
+                    p.address == l.address
+                        && binds_transparent(p) == binds_transparent(l)
+                        && p.bind_to_port == l.bind_to_port
                 })
                 .map_or(ListenerSocket::Bind, |previous| ListenerSocket::Keep {
                     previous,
@@ -196,6 +199,28 @@ mod tests {
             assert_eq!(d.sockets, [ListenerSocket::Bind]);
             assert_eq!(d.closed_listeners, [0]);
         }
+    }
+
+    #[test]
+    fn turning_bind_to_port_on_or_off_binds_or_releases_the_address() {
+        let yaml = |bind: &str| {
+            format!(
+                "listeners:\n  - {{ name: out, address: 0.0.0.0:15001, original_dst: redirect, use_original_dst: true, tcp_proxy: {{ cluster: p }} }}\n\
+                 \x20 - {{ name: web, address: 0.0.0.0:80, {bind} tcp_proxy: {{ cluster: p }} }}\n\
+                 clusters:\n  - {{ name: p, type: original_dst }}\n"
+            )
+        };
+        let bound = Config::from_yaml(&yaml("")).unwrap();
+        let virtual_ = Config::from_yaml(&yaml("bind_to_port: false,")).unwrap();
+        for (a, b) in [(&bound, &virtual_), (&virtual_, &bound)] {
+            let d = diff(a, b);
+            assert_eq!(
+                d.sockets,
+                [ListenerSocket::Keep { previous: 0 }, ListenerSocket::Bind]
+            );
+            assert_eq!(d.closed_listeners, [1]);
+        }
+        assert!(diff(&virtual_, &virtual_).is_empty());
     }
 
     #[test]

@@ -278,6 +278,17 @@ pub struct ListenerConfig {
     /// (Envoy's `use_original_dst`; see [`crate::handoff`]); when none does, serve it here.
     /// Needs `original_dst`.
     pub use_original_dst: bool,
+    /// Whether the listener binds its address (the default). `false` (Envoy's
+    /// `bind_to_port: false`, a *virtual* listener): nothing is bound; the listener only serves
+    /// connections a `use_original_dst` capture listener hands it by their original
+    /// destination. Not with `original_dst`; needs a `use_original_dst` listener in the config.
+    #[serde(skip_serializing_if = "is_true")]
+    pub bind_to_port: bool,
+}
+
+#[allow(clippy::trivially_copy_pass_by_ref)] // serde's skip_serializing_if passes a reference
+fn is_true(b: &bool) -> bool {
+    *b
 }
 
 /// How a capture listener learns a connection's original destination.

@@ -22,7 +22,11 @@ pub(crate) struct HandoverSockets {
 impl HandoverSockets {
     pub(super) fn new(config: &Config, sockets: &[Vec<std::net::TcpListener>]) -> io::Result<Self> {
         let mut listeners = Vec::with_capacity(config.listeners.len());
+        // A virtual listener's socket listens nowhere: nothing to hand over.
         for (i, l) in config.listeners.iter().enumerate() {
+            if !l.bind_to_port {
+                continue;
+            }
             let fds = sockets
                 .iter()
                 .map(|mine| mine[i].try_clone().map(std::os::fd::OwnedFd::from))
@@ -46,6 +50,9 @@ impl HandoverSockets {
     ) -> io::Result<Self> {
         let mut listeners = Vec::with_capacity(next.listeners.len());
         for (i, l) in next.listeners.iter().enumerate() {
+            if !l.bind_to_port {
+                continue;
+            }
             let fds = match self.listeners.iter().find(|(a, _)| *a == l.address) {
                 Some((_, fds)) => fds
                     .iter()

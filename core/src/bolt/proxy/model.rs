@@ -228,6 +228,7 @@ impl Model {
                     self.ups.insert(up, BTreeMap::new());
                 }
                 Action::Reply(r) => r.encode(self.down_out.entry(r.down).or_default()),
+                Action::Close { up } => panic!("{up:?} closed: the model has no original_dst cluster"),
             }
         }
     }

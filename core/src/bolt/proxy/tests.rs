@@ -54,6 +54,8 @@ listeners:
           route: { cluster: noconn }
         - match: { service: "com.example.Hashed:1.0" }
           route: { cluster: hashed }
+        - match: { service: "com.example.Original:1.0" }
+          route: { cluster: original }
 clusters:
   - name: echo
     hosts: [ { address: 10.0.0.1:12220 } ]
@@ -69,6 +71,10 @@ clusters:
     lb_policy: ring_hash
     hash_policy: [ { header: user } ]
     hosts: [ { address: 10.0.1.1:12220 }, { address: 10.0.1.2:12220 }, { address: 10.0.1.3:12220 }, { address: 10.0.1.4:12220 } ]
+  - name: original
+    type: original_dst
+    upstream_idle_timeout: 10s
+    circuit_breakers: { max_connections: 4096, max_requests: 4096 }
 "#;
 
 const ECHO: &[u8] = b"com.example.EchoService:1.0";
@@ -84,6 +90,7 @@ struct H {
     down_out: BTreeMap<DownstreamId, Vec<u8>>,
     up_out: BTreeMap<UpstreamId, Vec<u8>>,
     connects: Vec<Action>,
+    closed: Vec<UpstreamId>,
 }
 
 fn req(version: Version, id: u32, headers: &[(&[u8], Option<&[u8]>)], timeout_ms: i32) -> Vec<u8> {
@@ -174,6 +181,7 @@ impl H {
             down_out: BTreeMap::new(),
             up_out: BTreeMap::new(),
             connects: Vec::new(),
+            closed: Vec::new(),
         }
     }
 
@@ -186,6 +194,7 @@ impl H {
             match a {
                 Action::Reply(r) => r.encode(self.down_out.entry(r.down).or_default()),
                 c @ Action::Connect { .. } => self.connects.push(c),
+                Action::Close { up } => self.closed.push(up),
             }
         }
     }
@@ -817,4 +826,135 @@ fn the_model_answers_a_busy_scenario() {
     }
     m.finish();
     assert!(m.answered > 100, "only {} answers", m.answered);
+}
+
+const ORIGINAL: &[u8] = b"com.example.Original:1.0";
+
+fn original_req(id: u32) -> Vec<u8> {
+    req(Version::V1, id, &[(b"service", Some(ORIGINAL))], 0)
+}
+
+fn dst(i: u32) -> SocketAddr {
+    SocketAddr::from(([10, 9, (i >> 8) as u8, i as u8], 12200))
+}
+
+#[test]
+fn original_dst_requests_go_to_their_connections_destination_multiplexed_per_destination() {
+    let mut h = H::new();
+    let peer = "192.0.2.1:5000".parse().ok();
+    let a1 = h.p.open_captured_downstream(0, peer, Some(dst(1)));
+    let a2 = h.p.open_captured_downstream(0, peer, Some(dst(1)));
+    let b = h.p.open_captured_downstream(0, peer, Some(dst(2)));
+    let (up_a, id_a1) = forward(h.down(a1, original_req(7)));
+    let (up_a2, id_a2) = forward(h.down(a2, original_req(7)));
+    let (up_b, _) = forward(h.down(b, original_req(8)));
+    // One connection per destination, to that destination; requests multiplexed on it.
+    assert_eq!(up_a, up_a2);
+    assert_ne!(id_a1, id_a2);
+    assert_ne!(up_a, up_b);
+    let addresses: Vec<SocketAddr> = h
+        .connects
+        .iter()
+        .map(|c| match c {
+            Action::Connect { address, .. } => *address,
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    assert_eq!(addresses, [dst(1), dst(2)]);
+    assert_eq!(h.p.upstream_destination(up_a), Some(dst(1)));
+    // Answers go back to their own downstream with its own id.
+    h.up(
+        up_a,
+        resp(Version::V1, id_a2, ResponseStatus::Success, b"a2"),
+    );
+    h.up(
+        up_a,
+        resp(Version::V1, id_a1, ResponseStatus::Success, b"a1"),
+    );
+    let got = frames(&h.take_down(a1));
+    assert_eq!((got[0].id, got[0].content.as_slice()), (7, &b"a1"[..]));
+    let got = frames(&h.take_down(a2));
+    assert_eq!((got[0].id, got[0].content.as_slice()), (7, &b"a2"[..]));
+
+    // A connection that was not captured: status 6, counted, nothing opened.
+    let plain = h.open();
+    assert_eq!(
+        h.down(plain, original_req(9)),
+        DownstreamVerdict::Reply(ProxyReply {
+            down: plain,
+            request_id: 9,
+            version: Version::V1,
+            codec: CODEC_HESSIAN2,
+            status: ResponseStatus::NoProcessor,
+        })
+    );
+    assert_eq!(h.take_down(plain), v1_reply(9, 6));
+    assert_eq!(h.p.stats().no_original_dst, 1);
+    assert_eq!(h.connects.len(), 2);
+    // A cluster with hosts on a captured connection still goes to its hosts.
+    let (up_echo, _) = forward(h.down(a1, echo_req(Version::V1, 10)));
+    assert_eq!(h.p.upstream_destination(up_echo), None);
+
+    // Idle cleanup: the idle destination closes after upstream_idle_timeout; the busy one
+    // (b's request in flight) stays, and closes once idle that long.
+    h.advance(9_999);
+    assert!(h.closed.is_empty());
+    h.advance(1);
+    assert_eq!(h.closed, [up_a]);
+    assert_eq!(h.p.upstream(up_a), None);
+    h.advance(10_000);
+    assert_eq!(h.closed, [up_a]);
+    let got = h.take_up(up_b);
+    h.up(
+        up_b,
+        resp(Version::V1, got[0].id, ResponseStatus::Success, b"b"),
+    );
+    h.advance(9_999);
+    assert_eq!(h.closed, [up_a]);
+    h.advance(10_001);
+    assert_eq!(h.closed, [up_a, up_b]);
+    assert_eq!(h.p.stats().destinations_closed, 2);
+    // The closed connection answers nobody; a new request opens a new one.
+    h.p.handle_upstream_closed(h.now, up_a, &mut h.clusters);
+    h.drain();
+    let (again, _) = forward(h.down(a1, original_req(11)));
+    assert_ne!(again, up_a);
+    assert_eq!(h.p.upstream_destination(again), Some(dst(1)));
+}
+
+#[test]
+fn original_destinations_are_bounded_evicting_the_idle_one_longest() {
+    let mut h = H::new();
+    let peer = "192.0.2.1:5000".parse().ok();
+    let downs: Vec<DownstreamId> = (0..=MAX_DESTINATIONS as u32)
+        .map(|i| h.p.open_captured_downstream(0, peer, Some(dst(i))))
+        .collect();
+    let mut ups = Vec::new();
+    for (i, &d) in downs[..MAX_DESTINATIONS].iter().enumerate() {
+        h.advance(1);
+        ups.push(forward(h.down(d, original_req(i as u32))));
+    }
+    // Every destination busy: a new one is an overflow (status 4).
+    let last = downs[MAX_DESTINATIONS];
+    assert!(matches!(
+        h.down(last, original_req(1)),
+        DownstreamVerdict::Reply(ProxyReply {
+            status: ResponseStatus::ServerThreadpoolBusy,
+            ..
+        })
+    ));
+    // Answer the second, then the first: the second has been idle the longest, so it makes
+    // room.
+    let (up1, id1) = ups[1];
+    h.up(up1, resp(Version::V1, id1, ResponseStatus::Success, b""));
+    h.advance(1);
+    let (up0, id0) = ups[0];
+    h.up(up0, resp(Version::V1, id0, ResponseStatus::Success, b""));
+    let (new, _) = forward(h.down(last, original_req(2)));
+    assert_eq!(h.closed, [up1]);
+    assert_eq!(
+        h.p.upstream_destination(new),
+        Some(dst(MAX_DESTINATIONS as u32))
+    );
+    assert_eq!(h.p.upstream_count(), MAX_DESTINATIONS);
 }

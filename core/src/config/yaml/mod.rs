@@ -184,8 +184,21 @@ fn decode_config(dec: &mut Decoder, tree: &Value) -> Option<Config> {
         "address",
     );
     check_overlapping_addresses(dec, admin.as_ref().and_then(Option::as_ref), &listeners);
+    // A listener that binds nothing is reached only by a hand-off. Envoy accepts one with no
+    // capture listener (its listeners come one by one over LDS); a Sluice config is whole, so
+    // such a listener could never receive a connection: a mistake, said so.
+    if !listeners.iter().any(|l| l.use_original_dst) {
+        for (i, l) in listeners.iter().enumerate() {
+            if !l.bind_to_port {
+                dec.error(
+                    &child(&index("listeners", i), "bind_to_port"),
+                    "false, but no listener has `use_original_dst: true`: nothing would ever \
+                     hand this listener a connection",
+                );
+            }
+        }
+    }
     let limits = limits?;
-    check_original_dst_clusters(dec, &listeners, &clusters);
     // A Bolt frame larger than the whole partial-frame budget could never be received.
     for (i, l) in listeners.iter().enumerate() {
         if let ListenerFilter::Bolt(b) | ListenerFilter::Auto { bolt: b, .. } = &l.filter
@@ -367,46 +380,6 @@ fn is_http_alpn(p: &str) -> bool {
         p,
         "http/0.9" | "http/1.0" | "http/1.1" | "h2" | "h2c" | "h3"
     ) || p.starts_with("h3-")
-}
-
-/// An `original_dst` cluster has no hosts to balance over: a `tcp_proxy` and HTTP routes (which
-/// connect to the connection's original destination) may use one; Bolt routes may not (yet).
-fn check_original_dst_clusters(
-    dec: &mut Decoder,
-    listeners: &[ListenerConfig],
-    clusters: &[ClusterConfig],
-) {
-    let is_original_dst = |ci: usize| {
-        clusters
-            .get(ci)
-            .is_some_and(|c| c.kind == ClusterKind::OriginalDst)
-    };
-    for (i, l) in listeners.iter().enumerate() {
-        let mut used: Vec<usize> = Vec::new();
-        let filter = match &l.filter {
-            ListenerFilter::TcpProxy(_) | ListenerFilter::Echo | ListenerFilter::Http(_) => {
-                continue;
-            }
-            ListenerFilter::Bolt(b) => {
-                used.extend(b.routes.iter().map(|r| r.action.cluster_index));
-                "bolt"
-            }
-            ListenerFilter::Auto { bolt, .. } => {
-                used.extend(bolt.routes.iter().map(|r| r.action.cluster_index));
-                "bolt"
-            }
-        };
-        if let Some(&ci) = used.iter().find(|&&ci| is_original_dst(ci)) {
-            dec.error(
-                &child(&index("listeners", i), filter),
-                format!(
-                    "routes to cluster {:?} of type original_dst: a tcp_proxy and HTTP routes \
-                     can use one (Bolt routing to the original destination is not supported yet)",
-                    clusters[ci].name
-                ),
-            );
-        }
-    }
 }
 
 fn decode_limits(dec: &mut Decoder, path: &str, v: &Value) -> Option<LimitsConfig> {
@@ -754,6 +727,21 @@ fn decode_listener(
         }),
         None => Some(false),
     };
+    let bind_to_port = match obj.opt("bind_to_port") {
+        Some((v, p)) => dec.boolean(&p, v).and_then(|on| {
+            if !on && matches!(original_dst, Some(Some(_))) {
+                dec.error(
+                    &p,
+                    "false is not for a capture listener (`original_dst`): a listener that binds \
+                     nothing receives only the connections a capture listener hands it",
+                );
+                None
+            } else {
+                Some(on)
+            }
+        }),
+        None => Some(true),
+    };
     obj.finish(dec);
     Some(ListenerConfig {
         name: name?,
@@ -763,6 +751,7 @@ fn decode_listener(
         tls: tls?,
         original_dst: original_dst?,
         use_original_dst: use_original_dst?,
+        bind_to_port: bind_to_port?,
     })
 }
 

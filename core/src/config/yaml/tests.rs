@@ -73,7 +73,7 @@ drain_timeout: 10
         r#"listeners[0].address: "127.0.0.1:99999" is not a socket address (port out of range)"#,
         r#"listeners[0].tcp_proxy.cluster: unknown cluster "nowhere" (known: c1)"#,
         r#"listeners[0].tcp_proxy.idle_timeout: "5 parsecs" has an unknown unit " parsecs" (expected a number and a unit: 250ms, 1s, 5m, 1h)"#,
-        "listeners[1].tpc_proxy: unknown field (expected one of: name, address, protocol, tcp_proxy, echo, http, bolt, max_connections, tls, original_dst, use_original_dst); did you mean 'tcp_proxy'?",
+        "listeners[1].tpc_proxy: unknown field (expected one of: name, address, protocol, tcp_proxy, echo, http, bolt, max_connections, tls, original_dst, use_original_dst, bind_to_port); did you mean 'tcp_proxy'?",
         "clusters[0].connect_timeout: must be greater than zero",
         "clusters[0].upstream_idle_timeout: must be greater than zero",
         r#"clusters[0].lb_policy: unknown value "fastest" (expected one of: round_robin, weighted_round_robin, random, least_request, ring_hash, maglev)"#,
@@ -1118,7 +1118,7 @@ fn no_suggestion_for_a_name_far_from_every_known_one() {
     assert_eq!(
         errs,
         [
-            "listeners[0].colour: unknown field (expected one of: name, address, protocol, tcp_proxy, echo, http, bolt, max_connections, tls, original_dst, use_original_dst)"
+            "listeners[0].colour: unknown field (expected one of: name, address, protocol, tcp_proxy, echo, http, bolt, max_connections, tls, original_dst, use_original_dst, bind_to_port)"
         ]
     );
 }
@@ -1215,7 +1215,51 @@ clusters:
 }
 
 #[test]
-fn http_routes_may_use_an_original_dst_cluster_and_bolt_routes_may_not() {
+fn bind_to_port_false_is_a_virtual_listener_reached_only_by_hand_off() {
+    let text = r#"
+listeners:
+  - name: outbound
+    address: 0.0.0.0:15001
+    original_dst: redirect
+    use_original_dst: true
+    tcp_proxy: { cluster: pass }
+  - name: web
+    address: 0.0.0.0:80
+    bind_to_port: false
+    tcp_proxy: { cluster: pass }
+clusters:
+  - { name: pass, type: original_dst }
+"#;
+    let c = Config::from_yaml(text).unwrap();
+    assert!(c.listeners[0].bind_to_port, "binds by default");
+    assert!(!c.listeners[1].bind_to_port);
+    // The dump says it (and only for a virtual listener), and loads back.
+    let dumped = serde_json::to_string(&c).unwrap();
+    assert_eq!(dumped.matches("bind_to_port").count(), 1, "{dumped}");
+    // No capture listener to hand it connections; a capture listener that binds nothing.
+    let alone = text.replace("    use_original_dst: true\n", "");
+    assert_eq!(
+        errors(&alone),
+        [
+            "listeners[1].bind_to_port: false, but no listener has `use_original_dst: true`: \
+             nothing would ever hand this listener a connection"
+        ]
+    );
+    let capture = text.replace(
+        "    use_original_dst: true\n",
+        "    use_original_dst: true\n    bind_to_port: false\n",
+    );
+    assert_eq!(
+        errors(&capture),
+        [
+            "listeners[0].bind_to_port: false is not for a capture listener (`original_dst`): a \
+             listener that binds nothing receives only the connections a capture listener hands it"
+        ]
+    );
+}
+
+#[test]
+fn http_and_bolt_routes_may_use_an_original_dst_cluster() {
     let text = r#"
 listeners:
   - name: web
@@ -1235,13 +1279,9 @@ clusters:
         "    http:\n      virtual_hosts:\n        - name: all\n          domains: [\"*\"]\n          routes: [ { match: { prefix: / }, route: { cluster: pass } } ]",
         "    bolt: { routes: [ { route: { cluster: pass } } ] }",
     );
-    assert_eq!(
-        errors(&bolt),
-        [
-            "listeners[0].bolt: routes to cluster \"pass\" of type original_dst: a tcp_proxy and \
-          HTTP routes can use one (Bolt routing to the original destination is not supported yet)"
-        ]
-    );
+    // So do Bolt routes (each request to its connection's original destination).
+    let c = Config::from_yaml(&bolt).unwrap();
+    assert!(matches!(c.listeners[0].filter, ListenerFilter::Bolt(_)));
 }
 
 #[test]
