@@ -497,6 +497,9 @@ fn outlier(mut o: OutlierDetection, at: &At<'_>) -> Result<Value, TranslateError
     ]))
 }
 
+/// The largest circuit-breaker threshold the config model takes.
+const BREAKER_CEILING: u32 = 10_000_000;
+
 fn circuit_breakers(mut cb: CircuitBreakers, at: &At<'_>) -> Result<Value, TranslateError> {
     let thresholds = take(&mut cb.thresholds);
     reject_rest(&cb, at)?;
@@ -516,7 +519,9 @@ fn circuit_breakers(mut cb: CircuitBreakers, at: &At<'_>) -> Result<Value, Trans
             ("max_retries", take(&mut t.max_retries)),
         ] {
             if let Some(v) = v {
-                out.insert(key.to_owned(), json!(v.value));
+                // Istio writes u32::MAX for "no limit"; the model's ceiling (ten million at
+                // once) is as good as none for one sidecar, so larger limits are capped to it.
+                out.insert(key.to_owned(), json!(v.value.min(BREAKER_CEILING)));
             }
         }
         reject_rest(&t, &t_at)?;

@@ -529,7 +529,7 @@ mod istio {
     }
 
     #[test]
-    fn an_outbound_cluster_is_refused_at_its_transport_socket_matches() {
+    fn an_outbound_cluster_is_refused_at_its_transport_socket_matches_and_accepted_without() {
         let mut notes = Notes::default();
         let e = translate_cluster(&outbound_cluster(), None, &mut notes).expect_err("refused");
         assert_eq!(
@@ -547,8 +547,15 @@ mod istio {
             c.name.clone(),
             assignment(&c.name, &[("10.0.0.7", 9080, HealthStatus::Healthy as i32)]),
         );
-        let assembled =
-            assemble(&json!({ "listeners": [], "clusters": [] }), &r).expect("accepted");
+        let bootstrap = json!({
+            "listeners": [{
+                "name": "out",
+                "address": "127.0.0.1:15001",
+                "tcp_proxy": { "cluster": "outbound|9080||reviews.default.svc.cluster.local" }
+            }],
+            "clusters": []
+        });
+        let assembled = assemble(&bootstrap, &r).expect("accepted");
         let names: Vec<&str> = assembled
             .config
             .clusters
