@@ -200,13 +200,13 @@ impl<N: Network> Engine<N> {
             config
                 .clusters
                 .iter()
-                .map(|c| (c.hosts.len(), c.upstream_idle_timeout)),
+                .map(|c| (c.host_slots(), c.upstream_idle_timeout)),
         );
         let h2_pool = crate::h2_upstream::H2Pool::new(
             config
                 .clusters
                 .iter()
-                .map(|c| (c.hosts.len(), c.upstream_idle_timeout)),
+                .map(|c| (c.host_slots(), c.upstream_idle_timeout)),
         );
         let bolt = crate::bolt::BoltWorker::for_config(&config)?;
         let tls_contexts = crate::tls::WorkerTls::new(&config).map_err(std::io::Error::other)?;
@@ -320,7 +320,7 @@ impl<N: Network> Engine<N> {
                 .config
                 .clusters
                 .iter()
-                .any(|c| c.health_check.is_some()))
+                .any(|c| c.health_check.is_some() || c.dns.is_some()))
         .then(|| {
             let engine = self.clone();
             let seed = self.seed;
@@ -329,6 +329,11 @@ impl<N: Network> Engine<N> {
         if let Some(h) = &health_checks {
             *self.health_task.borrow_mut() = Some(h.abort_handle());
         }
+        // Every worker follows its DNS clusters' answers (resolved by worker 0's task above).
+        let dns_followers: Vec<_> = (0..self.config.clusters.len())
+            .filter(|&ci| self.config.clusters[ci].dns.is_some())
+            .map(|ci| tokio::task::spawn_local(self.clone().follow_dns(ci)))
+            .collect();
         let bolt_timer = self
             .bolt
             .is_some()
@@ -369,6 +374,9 @@ impl<N: Network> Engine<N> {
         self.drain().await;
         if let Some(h) = health_checks {
             h.abort();
+        }
+        for t in dns_followers {
+            t.abort();
         }
         if let Some(t) = bolt_timer {
             t.abort();
@@ -810,7 +818,7 @@ impl<N: Network> Engine<N> {
         // An original_dst cluster connects to the connection's original destination; one that
         // was not captured has none (it would be this listener: a loop), and is closed.
         let direct = match cluster_cfg.kind {
-            ClusterKind::Static => None,
+            ClusterKind::Static | ClusterKind::StrictDns | ClusterKind::LogicalDns => None,
             ClusterKind::OriginalDst => match original_dst {
                 Some(d) => Some(d),
                 None => {

@@ -155,6 +155,21 @@ impl OutlierDetector {
         self.check_invariants();
     }
 
+    /// Host id `host` names another host now (a DNS answer moved a new address into its slot,
+    /// or freed it): its counts and ejection history start over; an ejection in force ends
+    /// (an `Unejected` event, so that the driver's gauges follow).
+    pub fn forget_host(&mut self, host: HostId) {
+        let Some(h) = self.hosts.get_mut(host.index()) else {
+            return;
+        };
+        if h.ejected_until.is_some() {
+            self.ejected -= 1;
+            self.events.push_back(OutlierEvent::Unejected(host));
+        }
+        *h = HostState::default();
+        self.check_invariants();
+    }
+
     /// Time passed: ejections may have ended.
     pub fn handle_timeout(&mut self, now: Instant) {
         for (i, h) in self.hosts.iter_mut().enumerate() {
