@@ -25,7 +25,7 @@ fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
-const SCENARIOS: [&str; 19] = [
+const SCENARIOS: [&str; 20] = [
     "tcp_steady",
     "tcp_upstream_crash",
     "tcp_crash_and_recover",
@@ -45,6 +45,7 @@ const SCENARIOS: [&str; 19] = [
     "upgrade_whose_new_instance_crashes",
     "reload_under_slow_http_traffic",
     "sigterm_drain_under_slow_http_traffic",
+    "dns_answers_change_under_traffic",
 ];
 
 #[test]
