@@ -343,3 +343,106 @@ impl<N: Network> Engine<N> {
         wh.hosts_replaced(changed);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TWO: &str = r#"
+listeners:
+  - { name: t, address: 127.0.0.1:1, tcp_proxy: { cluster: a } }
+clusters:
+  - name: a
+    type: strict_dns
+    max_hosts: 4
+    hosts: [ { address: "a.example:80" }, { address: "b.example:81", weight: 3 } ]
+  - name: b
+    type: logical_dns
+    hosts: [ { address: "c.example:80" } ]
+"#;
+
+    fn addr(n: u8, port: u16) -> SocketAddr {
+        SocketAddr::from(([10, 0, 0, n], port))
+    }
+
+    #[test]
+    fn answers_make_one_host_set_and_a_failure_keeps_it() {
+        let config = Config::from_yaml(TWO).unwrap();
+        let dns = SharedDns::new(&config);
+        assert_eq!(dns.view(0).unwrap().slots, vec![None; 4]);
+        assert!(dns.view(2).is_none());
+        let m = dns.answered(0, 0, vec![addr(1, 80), addr(2, 80)]);
+        assert_eq!((m.added, m.removed), (2, 0));
+        let m = dns.answered(0, 1, vec![addr(3, 81)]);
+        assert_eq!((m.added, m.removed), (1, 0));
+        let slots = dns.view(0).unwrap().slots.clone();
+        assert_eq!(
+            slots,
+            vec![
+                Some((addr(1, 80), 1)),
+                Some((addr(2, 80), 1)),
+                Some((addr(3, 81), 3)),
+                None
+            ]
+        );
+        assert_eq!(dns.failed(0, 0), 1);
+        assert_eq!(dns.failed(0, 0), 2);
+        let view = dns.view(0).unwrap();
+        assert_eq!(view.slots, slots, "a failure keeps the last answer");
+        assert_eq!(view.failing, vec![2, 0]);
+        // The name's next answer drops 10.0.0.1: its slot is freed, the others stay.
+        let m = dns.answered(0, 0, vec![addr(2, 80)]);
+        assert_eq!((m.added, m.removed), (0, 1));
+        let view = dns.view(0).unwrap();
+        assert_eq!(view.slots[0], None);
+        assert_eq!(view.slots[1], slots[1]);
+        assert_eq!(view.slots[2], slots[2]);
+        assert_eq!(view.failing, vec![0, 0]);
+    }
+
+    #[test]
+    fn a_reload_keeps_the_answers_of_unchanged_clusters_only() {
+        let old_config = Config::from_yaml(TWO).unwrap();
+        let old = SharedDns::new(&old_config);
+        old.answered(0, 0, vec![addr(1, 80)]);
+        old.answered(1, 0, vec![addr(5, 80)]);
+        // `b` changes (its refresh rate); `a` does not.
+        let next_config = Config::from_yaml(&TWO.replace(
+            "type: logical_dns",
+            "type: logical_dns\n    dns_refresh_rate: 1s",
+        ))
+        .unwrap();
+        let next = SharedDns::new(&next_config);
+        next.inherit(&old, &old_config, &next_config);
+        assert_eq!(next.view(0), old.view(0));
+        assert_eq!(next.view(1).unwrap().slots, vec![None]);
+    }
+
+    #[test]
+    fn refreshes_follow_the_rate_or_the_bounded_ttl_and_failures_back_off() {
+        let config = Config::from_yaml(TWO).unwrap();
+        let mut dns = config.clusters[0].dns.clone().unwrap();
+        assert_eq!(
+            refresh_after(&dns, Some(Duration::from_secs(30))),
+            dns.refresh_rate
+        );
+        dns.respect_dns_ttl = true;
+        assert_eq!(refresh_after(&dns, None), dns.refresh_rate);
+        assert_eq!(refresh_after(&dns, Some(Duration::ZERO)), MIN_DNS_TTL);
+        assert_eq!(
+            refresh_after(&dns, Some(Duration::from_secs(86_400))),
+            MAX_DNS_TTL
+        );
+        assert_eq!(
+            refresh_after(&dns, Some(Duration::from_secs(30))),
+            Duration::from_secs(30)
+        );
+        let mut rng = Rng::from_seed(1);
+        let rate = Duration::from_secs(5);
+        for failures in 1..20 {
+            let cap = Duration::from_secs(1 << (failures - 1).min(16)).min(rate);
+            let wait = failure_backoff(rate, failures, &mut rng);
+            assert!(wait >= cap / 2 && wait <= cap, "{failures}: {wait:?}");
+        }
+    }
+}
