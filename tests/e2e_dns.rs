@@ -51,7 +51,7 @@ fn admin_get(port: u16, path: &str) -> (u16, String) {
 
 /// The first listener routes to cluster `local` (`localhost:UP`), the second to `nowhere` (a
 /// name under `.invalid`, which never resolves: RFC 6761); defaults everywhere else.
-fn config(listen: u16, listen_bad: u16, tcp: u16, admin: u16, up: u16) -> String {
+fn config(listen: u16, listen_bad: u16, tcp: u16, admin: u16, up: u16, checked: u16) -> String {
     format!(
         r#"
 admin: {{ address: 127.0.0.1:{admin} }}
@@ -73,6 +73,9 @@ listeners:
   - name: tcp
     address: 127.0.0.1:{tcp}
     tcp_proxy: {{ cluster: local }}
+  - name: checked
+    address: 127.0.0.1:{checked}
+    tcp_proxy: {{ cluster: checked }}
 clusters:
   - name: local
     type: strict_dns
@@ -80,6 +83,10 @@ clusters:
   - name: nowhere
     type: strict_dns
     hosts: [ {{ address: "nowhere.invalid:80" }} ]
+  - name: checked
+    type: strict_dns
+    health_check: {{ tcp: {{}}, interval: 1s, no_traffic_interval: 1s }}
+    hosts: [ {{ address: "localhost:{up}" }} ]
 "#
     )
 }
@@ -90,7 +97,8 @@ fn a_strict_dns_cluster_serves_what_its_name_resolves_to_and_a_dead_name_is_coun
         return;
     }
     let dir = TempDir::new("dns");
-    let (listen, listen_bad, tcp, admin, up) = (
+    let (listen, listen_bad, tcp, admin, up, checked) = (
+        free_port(),
         free_port(),
         free_port(),
         free_port(),
@@ -100,7 +108,7 @@ fn a_strict_dns_cluster_serves_what_its_name_resolves_to_and_a_dead_name_is_coun
     backend(up, "from-localhost");
     let _sluice = start_sluice(
         &dir,
-        &config(listen, listen_bad, tcp, admin, up),
+        &config(listen, listen_bad, tcp, admin, up, checked),
         2,
         addr(listen),
     );
@@ -162,6 +170,23 @@ fn a_strict_dns_cluster_serves_what_its_name_resolves_to_and_a_dead_name_is_coun
         admin_stat(admin, "cluster.nowhere.upstream_dns.resolutions"),
         0
     );
+    // A health-checked DNS cluster: its resolved host is probed and found healthy.
+    let checked_health = || {
+        let (_, body) = admin_get(admin, "/clusters?format=json");
+        let json: serde_json::Value = serde_json::from_str(&body).unwrap();
+        json["clusters"][2]["hosts"][0]["health"] == "healthy"
+    };
+    assert!(
+        eventually(Duration::from_secs(20), checked_health),
+        "the resolved host of the checked cluster never passed its probe"
+    );
+    assert!(admin_stat(admin, "cluster.checked.health_check.success") >= 1);
+    let mut s = std::net::TcpStream::connect(addr(checked)).unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n").unwrap();
+    let mut answer = String::new();
+    s.read_to_string(&mut answer).unwrap();
+    assert!(answer.ends_with("from-localhost"), "{answer}");
+
     let (_, prom) = admin_get(admin, "/stats/prometheus");
     assert!(
         prom.contains("sluice_upstream_dns_failures_total{cluster=\"nowhere\"}"),
