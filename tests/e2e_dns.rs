@@ -51,7 +51,8 @@ fn admin_get(port: u16, path: &str) -> (u16, String) {
 
 /// The first listener routes to cluster `local` (`localhost:UP`), the second to `nowhere` (a
 /// name under `.invalid`, which never resolves: RFC 6761); defaults everywhere else.
-fn config(listen: u16, listen_bad: u16, tcp: u16, admin: u16, up: u16, checked: u16) -> String {
+fn config(ports: [u16; 7]) -> String {
+    let [listen, listen_bad, tcp, admin, up, checked, logical] = ports;
     format!(
         r#"
 admin: {{ address: 127.0.0.1:{admin} }}
@@ -76,6 +77,9 @@ listeners:
   - name: checked
     address: 127.0.0.1:{checked}
     tcp_proxy: {{ cluster: checked }}
+  - name: logical
+    address: 127.0.0.1:{logical}
+    tcp_proxy: {{ cluster: logical }}
 clusters:
   - name: local
     type: strict_dns
@@ -87,6 +91,9 @@ clusters:
     type: strict_dns
     health_check: {{ tcp: {{}}, interval: 1s, no_traffic_interval: 1s }}
     hosts: [ {{ address: "localhost:{up}" }} ]
+  - name: logical
+    type: logical_dns
+    hosts: [ {{ address: "localhost:{up}" }} ]
 "#
     )
 }
@@ -97,21 +104,10 @@ fn a_strict_dns_cluster_serves_what_its_name_resolves_to_and_a_dead_name_is_coun
         return;
     }
     let dir = TempDir::new("dns");
-    let (listen, listen_bad, tcp, admin, up, checked) = (
-        free_port(),
-        free_port(),
-        free_port(),
-        free_port(),
-        free_port(),
-        free_port(),
-    );
+    let ports = [(); 7].map(|()| free_port());
+    let [listen, listen_bad, tcp, admin, up, checked, logical] = ports;
     backend(up, "from-localhost");
-    let _sluice = start_sluice(
-        &dir,
-        &config(listen, listen_bad, tcp, admin, up, checked),
-        2,
-        addr(listen),
-    );
+    let _sluice = start_sluice(&dir, &config(ports), 2, addr(listen));
 
     // No warming: until the first answer the cluster has no host (503); then it has.
     assert!(
@@ -186,6 +182,27 @@ fn a_strict_dns_cluster_serves_what_its_name_resolves_to_and_a_dead_name_is_coun
     let mut answer = String::new();
     s.read_to_string(&mut answer).unwrap();
     assert!(answer.ends_with("from-localhost"), "{answer}");
+
+    // logical_dns: one host, the first address of the answer.
+    let logical_answers = || {
+        let Ok(mut s) = std::net::TcpStream::connect(addr(logical)) else {
+            return false;
+        };
+        let _ = s.write_all(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n");
+        let mut answer = String::new();
+        let _ = s.read_to_string(&mut answer);
+        answer.ends_with("from-localhost")
+    };
+    assert!(eventually(Duration::from_secs(20), logical_answers));
+    let (_, body) = admin_get(admin, "/clusters?format=json");
+    let json: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let logical = &json["clusters"][3];
+    assert_eq!(logical["type"], "logical_dns", "{logical}");
+    assert_eq!(
+        logical["hosts"].as_array().map(Vec::len),
+        Some(1),
+        "{logical}"
+    );
 
     let (_, prom) = admin_get(admin, "/stats/prometheus");
     assert!(
