@@ -248,3 +248,82 @@ fn a_name_in_a_static_cluster_is_refused_with_its_line_and_what_to_use() {
         .unwrap();
     assert_eq!(out.status.code(), Some(0), "{out:?}");
 }
+
+/// A reload keeps an unchanged DNS cluster's hosts (ids, per-host counters) and starts a
+/// changed one over.
+#[test]
+fn a_reload_keeps_the_hosts_of_an_unchanged_dns_cluster() {
+    if !require_peers(&[]) {
+        return;
+    }
+    let dir = TempDir::new("dns-reload");
+    let [listen, admin, up] = [(); 3].map(|()| free_port());
+    backend(up, "from-localhost");
+    let config = |version: &str, other_refresh: &str| {
+        format!(
+            r#"
+admin: {{ address: 127.0.0.1:{admin} }}
+listeners:
+  - name: web
+    address: 127.0.0.1:{listen}
+    http:
+      virtual_hosts:
+        - name: all
+          domains: ["*"]
+          routes:
+            - {{ match: {{ path: /version }}, direct_response: {{ status: 200, body: {version} }} }}
+            - {{ match: {{ prefix: /other }}, route: {{ cluster: other }} }}
+            - {{ match: {{ prefix: / }}, route: {{ cluster: local }} }}
+clusters:
+  - name: local
+    type: strict_dns
+    hosts: [ {{ address: "localhost:{up}" }} ]
+  - name: other
+    type: strict_dns
+    dns_refresh_rate: {other_refresh}
+    hosts: [ {{ address: "localhost:{up}" }} ]
+"#
+        )
+    };
+    let path = dir.write("sluice.yaml", &config("one", "5s"));
+    let mut p = spawn(
+        &dir,
+        "sluice",
+        sluice_bin(),
+        &["run", "-c", path.to_str().unwrap(), "--workers", "2"],
+    );
+    wait_listening(addr(listen), &mut p);
+    assert!(eventually(Duration::from_secs(20), || {
+        http_request(addr(listen), "GET", "/").0 == 200
+            && http_request(addr(listen), "GET", "/other").0 == 200
+    }));
+    for _ in 0..5 {
+        assert_eq!(http_request(addr(listen), "GET", "/").0, 200);
+        assert_eq!(http_request(addr(listen), "GET", "/other").0, 200);
+    }
+    let rq_total = |cluster: usize| {
+        let (_, body) = admin_get(admin, "/clusters?format=json");
+        let json: serde_json::Value = serde_json::from_str(&body).unwrap();
+        json["clusters"][cluster]["hosts"][0]["rq_total"]
+            .as_u64()
+            .unwrap_or(0)
+    };
+    assert!(rq_total(0) >= 5 && rq_total(1) >= 5);
+
+    // `local` unchanged, `other` changed (its refresh rate).
+    std::fs::write(&path, config("two", "7s")).unwrap();
+    let (status, body) = http_request(addr(admin), "POST", "/reload");
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        http_request(addr(listen), "GET", "/version"),
+        (200, "two".into())
+    );
+    // The unchanged cluster serves at once and its host kept its counters.
+    assert_eq!(http_request(addr(listen), "GET", "/").0, 200);
+    assert!(rq_total(0) >= 6, "local's host lost its counters");
+    // The changed one resolved again: a new host, counting from 0.
+    assert!(eventually(Duration::from_secs(20), || {
+        http_request(addr(listen), "GET", "/other").0 == 200
+    }));
+    assert!(rq_total(1) < 5, "other was not started over");
+}

@@ -165,6 +165,13 @@ impl<N: Network> Engine<N> {
                 .map(|c| ClusterState::for_worker(c, worker, workers))
                 .collect::<Vec<_>>(),
         ));
+        // DNS clusters start with the answers the generation has (a reload's unchanged ones
+        // inherited theirs): hosts from the first request on, before `follow_dns` runs.
+        for ci in 0..config.clusters.len() {
+            if let Some(view) = shared_health.dns.view(ci) {
+                all_clusters.borrow_mut()[ci].update_hosts(&view.slots);
+            }
+        }
         let clusters = (0..config.clusters.len())
             .map(|index| ClusterRef {
                 all: all_clusters.clone(),
