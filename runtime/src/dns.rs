@@ -339,8 +339,13 @@ impl<N: Network> Engine<N> {
     /// The ids of cluster `ci` whose host changed: their outlier state starts over and the
     /// availability is recomputed before the next pick.
     fn health_changed(&self, ci: usize, changed: &[HostId]) {
-        let mut wh = self.health[ci].borrow_mut();
-        wh.hosts_replaced(changed);
+        let live = {
+            let cluster = self.clusters[ci].borrow();
+            (0..cluster.hosts().len())
+                .filter(|&i| cluster.is_present(HostId(i as u32)))
+                .count()
+        };
+        self.health[ci].borrow_mut().hosts_replaced(changed, live);
     }
 }
 

@@ -165,13 +165,7 @@ impl<N: Network> Engine<N> {
                 .map(|c| ClusterState::for_worker(c, worker, workers))
                 .collect::<Vec<_>>(),
         ));
-        // DNS clusters start with the answers the generation has (a reload's unchanged ones
-        // inherited theirs): hosts from the first request on, before `follow_dns` runs.
-        for ci in 0..config.clusters.len() {
-            if let Some(view) = shared_health.dns.view(ci) {
-                all_clusters.borrow_mut()[ci].update_hosts(&view.slots);
-            }
-        }
+
         let clusters = (0..config.clusters.len())
             .map(|index| ClusterRef {
                 all: all_clusters.clone(),
@@ -179,6 +173,15 @@ impl<N: Network> Engine<N> {
             })
             .collect();
         let health = WorkerHealth::new(&config);
+        // DNS clusters start with the answers the generation has (a reload's unchanged ones
+        // inherited theirs): hosts from the first request on, before `follow_dns` runs.
+        for (ci, wh) in health.iter().enumerate() {
+            if let Some(view) = shared_health.dns.view(ci) {
+                let live = view.slots.iter().flatten().count();
+                all_clusters.borrow_mut()[ci].update_hosts(&view.slots);
+                wh.borrow_mut().hosts_replaced(&[], live);
+            }
+        }
         let mut routers = Vec::with_capacity(config.listeners.len());
         let mut access_logs = Vec::with_capacity(config.listeners.len());
         for l in &config.listeners {

@@ -255,7 +255,14 @@ impl WorkerHealth {
                     present: c.kind.is_dns().then(|| vec![false; n]),
                     applied_generation: u64::MAX,
                     dirty: true,
-                    outlier: c.outlier_detection.map(|s| OutlierDetector::new(n, s)),
+                    outlier: c.outlier_detection.map(|s| {
+                        let mut o = OutlierDetector::new(n, s);
+                        if c.kind.is_dns() {
+                            // No host until the first answer.
+                            o.set_live_hosts(0);
+                        }
+                        o
+                    }),
                     panic_threshold_percent: c.panic_threshold_percent,
                     healthy: vec![true; n],
                     ejected: vec![false; n],
@@ -270,12 +277,13 @@ impl WorkerHealth {
 impl WorkerHealth {
     /// DNS: ids now naming another host (or none). Their outlier state starts over (an
     /// ejection was the old address's) and availability is recomputed before the next pick.
-    pub(crate) fn hosts_replaced(&mut self, ids: &[HostId]) {
+    pub(crate) fn hosts_replaced(&mut self, ids: &[HostId], live_hosts: usize) {
         self.dirty = true;
         if let Some(o) = self.outlier.as_mut() {
             for &id in ids {
                 o.forget_host(id);
             }
+            o.set_live_hosts(live_hosts);
         }
     }
 }

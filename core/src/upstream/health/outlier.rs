@@ -103,6 +103,9 @@ pub struct OutlierDetector {
     skipped: u64,
     ejections: u64,
     events: VecDeque<OutlierEvent>,
+    /// A DNS cluster: how many of the ids hold a host now (`max_ejection_percent` is of
+    /// those, not of the slots); `None`: every id is a host.
+    live_hosts: Option<usize>,
 }
 
 impl OutlierDetector {
@@ -117,6 +120,7 @@ impl OutlierDetector {
             skipped: 0,
             ejections: 0,
             events: VecDeque::new(),
+            live_hosts: None,
         }
     }
 
@@ -222,10 +226,17 @@ impl OutlierDetector {
         self.ejected
     }
 
+    /// A DNS cluster's ids are slots: `n` of them hold a host now, and the ejection cap is a
+    /// share of those. Ejections in force stay when the set shrinks (the cap applies when
+    /// ejecting, as in Envoy).
+    pub fn set_live_hosts(&mut self, n: usize) {
+        self.live_hosts = Some(n.min(self.hosts.len()));
+    }
+
     /// The most hosts that may be ejected at once.
     #[must_use]
     pub fn max_ejected(&self) -> usize {
-        let n = self.hosts.len();
+        let n = self.live_hosts.unwrap_or(self.hosts.len());
         (n * self.settings.max_ejection_percent as usize / 100)
             .max(1)
             .min(n)
@@ -288,7 +299,12 @@ impl OutlierDetector {
                 .filter(|h| h.ejected_until.is_some())
                 .count();
             debug_assert_eq!(n, self.ejected);
-            debug_assert!(self.hosts.is_empty() || self.ejected <= self.max_ejected());
+            // (A shrinking DNS host set may leave more ejections than its new cap.)
+            debug_assert!(
+                self.hosts.is_empty()
+                    || self.live_hosts.is_some()
+                    || self.ejected <= self.max_ejected()
+            );
         }
     }
 }

@@ -1315,3 +1315,21 @@ fn only_present_hosts_count_toward_the_panic_threshold() {
     ));
     assert_eq!(out, [true, false, false, false]);
 }
+
+#[test]
+fn the_ejection_cap_of_a_dns_cluster_is_a_share_of_its_live_hosts() {
+    let t0 = epoch();
+    let settings = OutlierSettings {
+        max_ejection_percent: 50,
+        ..OutlierSettings::default()
+    };
+    // 8 slots, 2 hosts: at most one ejected (50 % of 2), not four.
+    let mut d = OutlierDetector::new(8, settings);
+    d.set_live_hosts(2);
+    assert_eq!(d.max_ejected(), 1);
+    fail(&mut d, t0, 0, UpstreamResult::Status(500), 5);
+    fail(&mut d, t0, 1, UpstreamResult::Status(500), 5);
+    assert!(d.is_ejected(HostId(0)));
+    assert!(!d.is_ejected(HostId(1)));
+    assert_eq!(d.ejections_skipped(), 1);
+}
