@@ -79,11 +79,17 @@ fn check_ok(config: &Config) {
     assert!(!config.listeners.is_empty(), "Ok with no listener");
     for cluster in &config.clusters {
         // A static cluster has hosts; an original_dst one has none (it connects to each
-        // connection's original destination).
+        // connection's original destination); a DNS one has names instead (resolved).
         assert_eq!(
             cluster.hosts.is_empty(),
-            cluster.kind == sluice_core::config::ClusterKind::OriginalDst,
+            cluster.kind != sluice_core::config::ClusterKind::Static,
             "cluster {} has hosts that do not fit its type",
+            cluster.name
+        );
+        assert_eq!(
+            cluster.dns.as_ref().is_some_and(|d| !d.names.is_empty()),
+            cluster.kind.is_dns(),
+            "cluster {} has DNS names that do not fit its type",
             cluster.name
         );
         assert!(

@@ -30,6 +30,7 @@
 
 use std::fmt::Write as _;
 use std::io;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::time::{Duration, Instant};
@@ -1370,6 +1371,7 @@ fn shown(
             cluster.is_some_and(|i| config.clusters[i].outlier_detection.is_some())
         }
         Shown::WithLimits => shared.limits.get().is_some(),
+        Shown::WithDns => cluster.is_some_and(|i| config.clusters[i].kind.is_dns()),
     }
 }
 
@@ -1411,7 +1413,8 @@ static EMPTY_HOST: std::sync::LazyLock<HostSnapshot> =
     std::sync::LazyLock::new(HostSnapshot::default);
 
 impl<'a> Elements<'a> {
-    fn new(config: &Config, s: &'a DetailedSnapshot) -> Self {
+    fn new(shared: &AdminShared, s: &'a DetailedSnapshot) -> Self {
+        let config = &shared.config;
         let listeners = config
             .listeners
             .iter()
@@ -1441,20 +1444,19 @@ impl<'a> Elements<'a> {
             .iter()
             .enumerate()
             .flat_map(|(i, cc)| {
-                cc.hosts.iter().enumerate().map(move |(j, hc)| Element {
-                    labels: vec![
-                        ("cluster", cc.name.clone()),
-                        ("host", hc.address.to_string()),
-                    ],
-                    prefix: format!("cluster.{}.host.{}.", cc.name, hc.address),
-                    snapshot: s
-                        .clusters
-                        .get(i)
-                        .and_then(|c| c.hosts.get(j))
-                        .unwrap_or(&EMPTY_HOST),
-                    listener: None,
-                    cluster: Some(i),
-                })
+                host_addresses(shared, i)
+                    .into_iter()
+                    .map(move |(j, address, _)| Element {
+                        labels: vec![("cluster", cc.name.clone()), ("host", address.to_string())],
+                        prefix: format!("cluster.{}.host.{}.", cc.name, address),
+                        snapshot: s
+                            .clusters
+                            .get(i)
+                            .and_then(|c| c.hosts.get(j))
+                            .unwrap_or(&EMPTY_HOST),
+                        listener: None,
+                        cluster: Some(i),
+                    })
             })
             .collect();
         Elements {
@@ -1541,7 +1543,7 @@ fn forget_reset_of_removed(shared: &AdminShared) {
 /// Every stat as `(name, value, kind)`, sorted by name, as the counters read.
 fn flat_stats_kinds(shared: &AdminShared, s: &DetailedSnapshot) -> Vec<(String, u64, Kind)> {
     let config = &shared.config;
-    let elements = Elements::new(config, s);
+    let elements = Elements::new(shared, s);
     let mut out: Vec<(String, u64, Kind)> = Vec::new();
     let mut put = |name: String, v: u64, kind: Kind| out.push((name, v, kind));
     stats_of(shared, SERVER_METRICS, &[Element::of(shared)], &mut put);
@@ -1591,8 +1593,8 @@ pub fn scrape(shared: &AdminShared) -> DetailedSnapshot {
             continue;
         }
         if let Some(c) = s.clusters.get_mut(i) {
-            if c.hosts.len() < cc.hosts.len() {
-                c.hosts.resize_with(cc.hosts.len(), HostSnapshot::default);
+            if c.hosts.len() < cc.host_slots() {
+                c.hosts.resize_with(cc.host_slots(), HostSnapshot::default);
             }
             for h in &mut c.hosts {
                 h.healthy = 1;
@@ -1674,7 +1676,7 @@ fn families_of<S>(
 #[must_use]
 pub fn prometheus(shared: &AdminShared, s: &DetailedSnapshot) -> String {
     let config = &shared.config;
-    let elements = Elements::new(config, s);
+    let elements = Elements::new(shared, s);
     let mut out = String::with_capacity(8192);
     families_of(&mut out, shared, LISTENER_METRICS, &elements.listeners);
     families_of(&mut out, shared, CLUSTER_METRICS, &elements.clusters);
@@ -1778,6 +1780,7 @@ pub fn metrics_reference() -> String {
             Shown::CaptureListeners => " (only for listeners with `original_dst`)",
             Shown::WithHealthCheck => " (only with a health_check)",
             Shown::WithOutlierDetection => " (only with outlier_detection)",
+            Shown::WithDns => " (only for strict_dns and logical_dns clusters)",
             Shown::WithLimits => " (once the server set its limits)",
             Shown::Never => "",
         }
@@ -1952,6 +1955,41 @@ pub fn metrics_reference() -> String {
     out
 }
 
+/// A DNS cluster's latest view, as worker 0 (which resolves for the process) applied it.
+fn dns_view(shared: &AdminShared, ci: usize) -> Option<Arc<crate::dns::DnsView>> {
+    shared
+        .workers
+        .first()?
+        .cluster(ci)?
+        .dns
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .clone()
+}
+
+/// Cluster `ci`'s hosts as `(id, address, weight)`: the configured ones, or a DNS cluster's
+/// resolved ones (its filled slots, by id).
+fn host_addresses(shared: &AdminShared, ci: usize) -> Vec<(usize, SocketAddr, u32)> {
+    let cc = &shared.config.clusters[ci];
+    if cc.dns.is_none() {
+        return cc
+            .hosts
+            .iter()
+            .enumerate()
+            .map(|(j, h)| (j, h.address, h.weight))
+            .collect();
+    }
+    dns_view(shared, ci)
+        .map(|v| {
+            v.slots
+                .iter()
+                .enumerate()
+                .filter_map(|(j, s)| s.map(|(a, w)| (j, a, w)))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 /// The cluster view as JSON: every cluster and host, with the load summed over workers.
 fn clusters_json(shared: &AdminShared, s: &DetailedSnapshot) -> Value {
     let clusters: Vec<Value> = shared
@@ -1960,11 +1998,9 @@ fn clusters_json(shared: &AdminShared, s: &DetailedSnapshot) -> Value {
         .iter()
         .enumerate()
         .map(|(i, cc)| {
-            let hosts: Vec<Value> = cc
-                .hosts
-                .iter()
-                .enumerate()
-                .map(|(j, hc)| {
+            let hosts: Vec<Value> = host_addresses(shared, i)
+                .into_iter()
+                .map(|(j, address, weight)| {
                     let h = s
                         .clusters
                         .get(i)
@@ -1976,8 +2012,8 @@ fn clusters_json(shared: &AdminShared, s: &DetailedSnapshot) -> Value {
                     // workers eject the host now.
                     let healthy = h.healthy > 0;
                     json!({
-                        "address": hc.address.to_string(),
-                        "weight": hc.weight,
+                        "address": address.to_string(),
+                        "weight": weight,
                         "health": if healthy { "healthy" } else { "unhealthy" },
                         "available": healthy && h.ejected == 0,
                         "outlier": if h.ejected > 0 { "ejected" } else { "none" },
@@ -1997,6 +2033,28 @@ fn clusters_json(shared: &AdminShared, s: &DetailedSnapshot) -> Value {
                 serde_json::to_value(cc.lb_policy).unwrap_or(Value::Null),
             );
             m.insert("hosts".into(), Value::Array(hosts));
+            if let Some(dns) = &cc.dns {
+                // The names and their last answers (`hosts` above is what they resolved to).
+                let view = dns_view(shared, i);
+                let names: Vec<Value> = dns
+                    .names
+                    .iter()
+                    .enumerate()
+                    .map(|(n, name)| {
+                        let answer = view.as_ref().and_then(|v| v.answers.get(n));
+                        json!({
+                            "name": name.name,
+                            "port": name.port,
+                            "addresses": answer
+                                .map(|a| a.iter().map(ToString::to_string).collect::<Vec<_>>())
+                                .unwrap_or_default(),
+                            "failing": view.as_ref().and_then(|v| v.failing.get(n)).copied().unwrap_or(0),
+                        })
+                    })
+                    .collect();
+                m.insert("type".into(), cc.kind.as_str().into());
+                m.insert("dns".into(), Value::Array(names));
+            }
             Value::Object(m)
         })
         .collect();
@@ -2060,6 +2118,29 @@ fn clusters_text(view: &Value) -> String {
             "{name}::lb_policy::{}",
             c["lb_policy"].as_str().unwrap_or("")
         );
+        // A DNS cluster: each name, what it resolved to last, and its failures in a row.
+        for d in c["dns"].as_array().into_iter().flatten() {
+            let addresses: Vec<&str> = d["addresses"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(Value::as_str)
+                .collect();
+            let _ = writeln!(
+                out,
+                "{name}::dns::{}:{}::addresses::{}",
+                d["name"].as_str().unwrap_or(""),
+                d["port"],
+                addresses.join(",")
+            );
+            let _ = writeln!(
+                out,
+                "{name}::dns::{}:{}::failing::{}",
+                d["name"].as_str().unwrap_or(""),
+                d["port"],
+                d["failing"]
+            );
+        }
         for h in c["hosts"].as_array().into_iter().flatten() {
             let addr = h["address"].as_str().unwrap_or("");
             for field in [

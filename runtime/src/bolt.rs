@@ -781,7 +781,7 @@ impl<N: Network> Engine<N> {
         let mut went_down: Vec<(usize, usize)> = Vec::new();
         was.resize_with(self.config.clusters.len(), Vec::new);
         for (ci, c) in self.config.clusters.iter().enumerate() {
-            was[ci].resize(c.hosts.len(), false);
+            was[ci].resize(c.host_slots(), false);
             for (hi, w) in was[ci].iter_mut().enumerate() {
                 let now = self.shared_health.is_healthy(ci, hi);
                 if *w && !now && !first_look {

@@ -165,6 +165,7 @@ impl<N: Network> Engine<N> {
                 .map(|c| ClusterState::for_worker(c, worker, workers))
                 .collect::<Vec<_>>(),
         ));
+
         let clusters = (0..config.clusters.len())
             .map(|index| ClusterRef {
                 all: all_clusters.clone(),
@@ -172,6 +173,15 @@ impl<N: Network> Engine<N> {
             })
             .collect();
         let health = WorkerHealth::new(&config);
+        // DNS clusters start with the answers the generation has (a reload's unchanged ones
+        // inherited theirs): hosts from the first request on, before `follow_dns` runs.
+        for (ci, wh) in health.iter().enumerate() {
+            if let Some(view) = shared_health.dns.view(ci) {
+                let live = view.slots.iter().flatten().count();
+                all_clusters.borrow_mut()[ci].update_hosts(&view.slots);
+                wh.borrow_mut().hosts_replaced(&[], live);
+            }
+        }
         let mut routers = Vec::with_capacity(config.listeners.len());
         let mut access_logs = Vec::with_capacity(config.listeners.len());
         for l in &config.listeners {
@@ -200,13 +210,13 @@ impl<N: Network> Engine<N> {
             config
                 .clusters
                 .iter()
-                .map(|c| (c.hosts.len(), c.upstream_idle_timeout)),
+                .map(|c| (c.host_slots(), c.upstream_idle_timeout)),
         );
         let h2_pool = crate::h2_upstream::H2Pool::new(
             config
                 .clusters
                 .iter()
-                .map(|c| (c.hosts.len(), c.upstream_idle_timeout)),
+                .map(|c| (c.host_slots(), c.upstream_idle_timeout)),
         );
         let bolt = crate::bolt::BoltWorker::for_config(&config)?;
         let tls_contexts = crate::tls::WorkerTls::new(&config).map_err(std::io::Error::other)?;
@@ -320,7 +330,7 @@ impl<N: Network> Engine<N> {
                 .config
                 .clusters
                 .iter()
-                .any(|c| c.health_check.is_some()))
+                .any(|c| c.health_check.is_some() || c.dns.is_some()))
         .then(|| {
             let engine = self.clone();
             let seed = self.seed;
@@ -329,6 +339,11 @@ impl<N: Network> Engine<N> {
         if let Some(h) = &health_checks {
             *self.health_task.borrow_mut() = Some(h.abort_handle());
         }
+        // Every worker follows its DNS clusters' answers (resolved by worker 0's task above).
+        let dns_followers: Vec<_> = (0..self.config.clusters.len())
+            .filter(|&ci| self.config.clusters[ci].dns.is_some())
+            .map(|ci| tokio::task::spawn_local(self.clone().follow_dns(ci)))
+            .collect();
         let bolt_timer = self
             .bolt
             .is_some()
@@ -369,6 +384,9 @@ impl<N: Network> Engine<N> {
         self.drain().await;
         if let Some(h) = health_checks {
             h.abort();
+        }
+        for t in dns_followers {
+            t.abort();
         }
         if let Some(t) = bolt_timer {
             t.abort();
@@ -819,7 +837,7 @@ impl<N: Network> Engine<N> {
         // An original_dst cluster connects to the connection's original destination; one that
         // was not captured has none (it would be this listener: a loop), and is closed.
         let direct = match cluster_cfg.kind {
-            ClusterKind::Static => None,
+            ClusterKind::Static | ClusterKind::StrictDns | ClusterKind::LogicalDns => None,
             ClusterKind::OriginalDst => match original_dst {
                 Some(d) => Some(d),
                 None => {

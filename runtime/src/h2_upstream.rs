@@ -237,6 +237,15 @@ impl H2Pool {
         found
     }
 
+    /// Forgets the host's connections (a DNS answer gave its id to another address): no new
+    /// stream goes on them; streams already open finish, and each connection closes when its
+    /// last stream is dropped.
+    pub(crate) fn forget_host(&self, cluster: usize, host: usize) {
+        if let Some(list) = self.conns.borrow_mut()[cluster].get_mut(host) {
+            list.clear();
+        }
+    }
+
     /// Hands a new connection (from [`crate::h2_upstream::handshake`]) to the pool.
     pub(crate) fn put(&self, cluster: usize, host: usize, conn: Rc<H2Conn>) {
         self.conns.borrow_mut()[cluster][host].push(conn);

@@ -55,6 +55,9 @@ const MAX_PROBE_RESPONSE: usize = 16 * 1024;
 #[derive(Debug)]
 pub struct SharedHealth {
     clusters: Box<[ClusterHealth]>,
+    /// The DNS clusters' answers ([`crate::dns`]): kept here because this is what every
+    /// worker of a generation shares and a reload carries over.
+    pub(crate) dns: crate::dns::SharedDns,
 }
 
 #[derive(Debug)]
@@ -87,13 +90,16 @@ impl SharedHealth {
                     let checked = c.health_check.is_some();
                     ClusterHealth {
                         checked,
-                        healthy: c.hosts.iter().map(|_| AtomicBool::new(!checked)).collect(),
+                        healthy: (0..c.host_slots())
+                            .map(|_| AtomicBool::new(!checked))
+                            .collect(),
                         generation: AtomicU64::new(0),
                         traffic: AtomicBool::new(false),
                         traffic_started: tokio::sync::Notify::new(),
                     }
                 })
                 .collect(),
+            dns: crate::dns::SharedDns::new(config),
         }
     }
 
@@ -101,12 +107,23 @@ impl SharedHealth {
     /// and address) of `config`, so that a reload does not send traffic to a host known to be
     /// down, nor hold back one known to be up.
     pub fn inherit(&self, old: &SharedHealth, old_config: &Config, config: &Config) {
+        self.dns.inherit(&old.dns, old_config, config);
         for (ci, c) in config.clusters.iter().enumerate() {
             let Some(oi) = old_config.clusters.iter().position(|o| o.name == c.name) else {
                 continue;
             };
             if !(self.clusters[ci].checked && old.clusters[oi].checked) {
                 continue;
+            }
+            // A DNS cluster kept its slots (same names): the verdicts go with them.
+            if c.dns.is_some() && old_config.clusters[oi].dns == c.dns {
+                for (mine, theirs) in self.clusters[ci]
+                    .healthy
+                    .iter()
+                    .zip(&old.clusters[oi].healthy)
+                {
+                    mine.store(theirs.load(Relaxed), Relaxed);
+                }
             }
             for (hi, h) in c.hosts.iter().enumerate() {
                 if let Some(ohi) = old_config.clusters[oi]
@@ -223,6 +240,8 @@ pub(crate) struct WorkerHealth {
     ejected: Vec<bool>,
     available: Vec<bool>,
     panic: bool,
+    /// A DNS cluster: which ids hold a host (only they count toward the panic threshold).
+    present: Option<Vec<bool>>,
 }
 
 impl WorkerHealth {
@@ -231,11 +250,19 @@ impl WorkerHealth {
             .clusters
             .iter()
             .map(|c| {
-                let n = c.hosts.len();
+                let n = c.host_slots();
                 RefCell::new(WorkerHealth {
+                    present: c.kind.is_dns().then(|| vec![false; n]),
                     applied_generation: u64::MAX,
                     dirty: true,
-                    outlier: c.outlier_detection.map(|s| OutlierDetector::new(n, s)),
+                    outlier: c.outlier_detection.map(|s| {
+                        let mut o = OutlierDetector::new(n, s);
+                        if c.kind.is_dns() {
+                            // No host until the first answer.
+                            o.set_live_hosts(0);
+                        }
+                        o
+                    }),
                     panic_threshold_percent: c.panic_threshold_percent,
                     healthy: vec![true; n],
                     ejected: vec![false; n],
@@ -244,6 +271,20 @@ impl WorkerHealth {
                 })
             })
             .collect()
+    }
+}
+
+impl WorkerHealth {
+    /// DNS: ids now naming another host (or none). Their outlier state starts over (an
+    /// ejection was the old address's) and availability is recomputed before the next pick.
+    pub(crate) fn hosts_replaced(&mut self, ids: &[HostId], live_hosts: usize) {
+        self.dirty = true;
+        if let Some(o) = self.outlier.as_mut() {
+            for &id in ids {
+                o.forget_host(id);
+            }
+            o.set_live_hosts(live_hosts);
+        }
     }
 }
 
@@ -282,12 +323,27 @@ impl<N: Network> Engine<N> {
                 *e = o.is_ejected(HostId(i as u32));
             }
         }
-        let panic = fill_availability(
-            &wh.healthy,
-            &wh.ejected,
-            wh.panic_threshold_percent,
-            &mut wh.available,
-        );
+        let panic = match wh.present.as_mut() {
+            Some(present) => {
+                let cluster = self.clusters[ci].borrow();
+                for (i, p) in present.iter_mut().enumerate() {
+                    *p = cluster.is_present(HostId(i as u32));
+                }
+                sluice_core::health::fill_availability_of_present(
+                    &wh.healthy,
+                    &wh.ejected,
+                    present,
+                    wh.panic_threshold_percent,
+                    &mut wh.available,
+                )
+            }
+            None => fill_availability(
+                &wh.healthy,
+                &wh.ejected,
+                wh.panic_threshold_percent,
+                &mut wh.available,
+            ),
+        };
         if panic != wh.panic {
             if panic {
                 warn!(worker = self.worker, cluster = %self.config.clusters[ci].name,
@@ -306,6 +362,15 @@ impl<N: Network> Engine<N> {
         let mut cluster = self.clusters[ci].borrow_mut();
         for (i, &a) in wh.available.iter().enumerate() {
             cluster.set_available(HostId(i as u32), a);
+        }
+    }
+
+    /// Host `host` of cluster `ci`'s address, for a log line ("?" if the cluster state is
+    /// borrowed right now: this may run inside a pick).
+    fn host_address(&self, ci: usize, host: HostId) -> String {
+        match self.all_clusters.try_borrow() {
+            Ok(all) => all[ci].host(host).address.to_string(),
+            Err(_) => "?".to_owned(),
         }
     }
 
@@ -330,7 +395,7 @@ impl<N: Network> Engine<N> {
                 OutlierEvent::Unejected(host) => (host, false),
                 OutlierEvent::EjectionSkipped(host) => {
                     warn!(worker = self.worker, cluster = %self.config.clusters[ci].name,
-                        host = %self.config.clusters[ci].hosts[host.index()].address,
+                        host = %self.host_address(ci, host),
                         "outlier not ejected: max_ejection_percent reached");
                     if let Some(c) = self.stats.cluster(ci) {
                         bump(&c.outlier_ejections_overflow, 1);
@@ -338,7 +403,7 @@ impl<N: Network> Engine<N> {
                     continue;
                 }
             };
-            let address = self.config.clusters[ci].hosts[host.index()].address;
+            let address = self.host_address(ci, host);
             if ejected {
                 warn!(worker = self.worker, cluster = %self.config.clusters[ci].name, host = %address, ?event, "host ejected");
                 if let Some(c) = self.stats.cluster(ci) {
@@ -356,7 +421,8 @@ impl<N: Network> Engine<N> {
     /// Runs the active health checks of every checked cluster until the engine stops. Called on
     /// worker 0 only.
     pub(crate) async fn run_health_checks(self: Rc<Self>, seed: u64) {
-        let mut tasks = Vec::new();
+        // The DNS resolver lives and ends with the health checks (see `crate::dns`).
+        let mut tasks = self.start_dns(seed);
         for (ci, c) in self.config.clusters.iter().enumerate() {
             if let Some(hc) = c.health_check.clone() {
                 let engine = self.clone();
@@ -374,8 +440,20 @@ impl<N: Network> Engine<N> {
 
     async fn health_check_cluster(self: Rc<Self>, ci: usize, hc: HealthCheckConfig, rng: Rng) {
         let cluster = &self.config.clusters[ci];
-        let hosts = cluster.hosts.len();
+        let hosts = cluster.host_slots();
         let mut checker = ActiveHealthChecker::new(now(), hosts, hc.settings, rng);
+        // A DNS cluster's hosts are its slots' addresses, followed here (a free slot is not
+        // probed: it "passes" at once, and is never available anyway).
+        let mut dns = self.shared_health.dns.subscribe(ci);
+        let mut slots: Vec<Option<std::net::SocketAddr>> = match &dns {
+            Some(rx) => rx
+                .borrow()
+                .slots
+                .iter()
+                .map(|s| s.map(|(a, _)| a))
+                .collect(),
+            None => cluster.hosts.iter().map(|h| Some(h.address)).collect(),
+        };
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(
             HostId,
             ProbeResult,
@@ -392,6 +470,10 @@ impl<N: Network> Engine<N> {
             while let Some(action) = checker.poll_action() {
                 match action {
                     HealthAction::Probe { host } => {
+                        let Some(address) = slots[host.index()] else {
+                            let _ = tx.send((host, ProbeResult::Success, None));
+                            continue;
+                        };
                         if let Some(s) = self.stats.cluster(ci) {
                             bump(&s.health_check_attempt, 1);
                         }
@@ -399,7 +481,6 @@ impl<N: Network> Engine<N> {
                         let tx = tx.clone();
                         let probe = hc.probe.clone();
                         let name = cluster.name.clone();
-                        let address = cluster.hosts[host.index()].address;
                         let timeout = hc.settings.timeout;
                         let tls = self.tls.current().connectors[ci].clone();
                         probes[host.index()] = Some(tokio::task::spawn_local(async move {
@@ -431,7 +512,11 @@ impl<N: Network> Engine<N> {
                     HealthEvent::BecameHealthy(h) => (h, true),
                     HealthEvent::BecameUnhealthy(h) => (h, false),
                 };
-                let address = cluster.hosts[host.index()].address;
+                let Some(address) = slots[host.index()] else {
+                    // A free slot: its verdict is never used.
+                    self.shared_health.set_healthy(ci, host.index(), healthy);
+                    continue;
+                };
                 if healthy {
                     info!(cluster = %cluster.name, host = %address, "health check: host healthy");
                 } else {
@@ -447,12 +532,39 @@ impl<N: Network> Engine<N> {
                 crate::to_tokio,
             );
             let quiet = !self.shared_health.has_traffic(ci);
+            let dns_changed = async {
+                match dns.as_mut() {
+                    Some(rx) => rx.changed().await.is_ok(),
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
+                // A DNS answer moved hosts: a new one starts unknown, probed at once.
+                alive = dns_changed => {
+                    let Some(rx) = dns.as_mut().filter(|_| alive) else {
+                        dns = None;
+                        continue;
+                    };
+                    let view = rx.borrow_and_update().clone();
+                    for (i, slot) in view.slots.iter().enumerate() {
+                        let address = slot.map(|(a, _)| a);
+                        if address != slots[i] {
+                            slots[i] = address;
+                            checker.replace_host(now(), HostId(i as u32));
+                            self.shared_health.set_healthy(ci, i, false);
+                            if let Some(h) = self.stats.host(ci, i) {
+                                h.healthy.store(0, Relaxed);
+                            }
+                        }
+                    }
+                }
                 // The first request: probes go from no_traffic_interval to interval now.
                 () = self.shared_health.clusters[ci].traffic_started.notified(), if quiet => {}
                 Some((host, result, tls_failure)) = rx.recv() => {
                     probes[host.index()] = None;
-                    if let Some(s) = self.stats.cluster(ci) {
+                    if slots[host.index()].is_none() {
+                        // A free slot's stand-in result: not a probe.
+                    } else if let Some(s) = self.stats.cluster(ci) {
                         match result {
                             ProbeResult::Success => bump(&s.health_check_success, 1),
                             _ => bump(&s.health_check_failure, 1),
@@ -464,8 +576,9 @@ impl<N: Network> Engine<N> {
                             bump(&s.upstream_tls_fail[*outcome as usize], 1);
                         }
                     }
-                    if let Some((outcome, e)) = &tls_failure {
-                        let address = cluster.hosts[host.index()].address;
+                    if let Some((outcome, e)) = &tls_failure
+                        && let Some(address) = slots[host.index()]
+                    {
                         tls_log.note(&cluster.name, address, *outcome, e);
                     }
                     checker.handle_probe_result(now(), host, result);

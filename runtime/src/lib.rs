@@ -28,6 +28,7 @@ pub mod admin;
 pub mod bolt;
 pub mod config_file;
 pub mod control;
+pub mod dns;
 mod downstream;
 pub mod engine;
 pub mod fdpass;

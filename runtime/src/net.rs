@@ -1,4 +1,5 @@
-//! The network as the engine sees it: accept on a bound listener, connect to an address.
+//! The network as the engine sees it: accept on a bound listener, connect to an address,
+//! resolve a name (DNS clusters).
 //!
 //! Two implementations: [`TokioNet`] (real sockets, `TCP_NODELAY` on every stream, upstream
 //! sockets marked with the config's `upstream_mark`, original destinations read from the kernel:
@@ -32,6 +33,13 @@ pub trait Network: Clone + 'static {
     /// Opens a connection (no timeout here: the session state machine owns timeouts).
     fn connect(&self, address: SocketAddr) -> impl Future<Output = io::Result<Self::Stream>>;
 
+    /// Resolves `name` (a DNS name or an IP literal) to addresses with `port`, in the
+    /// resolver's order ([`crate::dns`] calls it, off the data path; no timeout here). By
+    /// default the system's resolver: [`getaddrinfo`].
+    fn resolve(&self, name: &str, port: u16) -> impl Future<Output = io::Result<Resolved>> {
+        getaddrinfo(name.to_owned(), port)
+    }
+
     /// This network as an engine for `config` uses it (the real one marks its upstream sockets
     /// with `upstream_mark`).
     #[must_use]
@@ -57,6 +65,28 @@ pub trait Network: Clone + 'static {
         drop(stream);
         None
     }
+}
+
+/// A DNS answer.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Resolved {
+    /// The addresses, in the resolver's order.
+    pub addresses: Vec<SocketAddr>,
+    /// How long the answer may be cached, when the resolver says (`getaddrinfo` does not).
+    pub ttl: Option<std::time::Duration>,
+}
+
+/// The system's resolver: `getaddrinfo` (tokio's `lookup_host`) on tokio's blocking pool, so
+/// the worker's event loop never waits for it. It honours `/etc/hosts`, `resolv.conf` (search
+/// domains, which Kubernetes' short names rely on) and nsswitch, and reports no TTL.
+pub async fn getaddrinfo(name: String, port: u16) -> io::Result<Resolved> {
+    let addresses: Vec<SocketAddr> = tokio::net::lookup_host((name.as_str(), port))
+        .await?
+        .collect();
+    Ok(Resolved {
+        addresses,
+        ttl: None,
+    })
 }
 
 /// Real sockets through tokio.
@@ -165,6 +195,53 @@ mod simulated {
 
         async fn connect(&self, address: SocketAddr) -> io::Result<Self::Stream> {
             turmoil::net::TcpStream::connect(address).await
+        }
+
+        /// The answer scripted for `name` ([`TurmoilNet::script_dns`]); a name with no script
+        /// does not resolve.
+        async fn resolve(&self, name: &str, port: u16) -> io::Result<Resolved> {
+            DNS_SCRIPT.with(|s| match s.borrow().get(name) {
+                Some(Some((ips, ttl))) => Ok(Resolved {
+                    addresses: ips.iter().map(|&ip| SocketAddr::new(ip, port)).collect(),
+                    ttl: *ttl,
+                }),
+                Some(None) => Err(io::Error::other(format!("{name}: scripted failure"))),
+                None => Err(io::Error::new(
+                    io::ErrorKind::NotFound,
+                    format!("{name}: no scripted answer"),
+                )),
+            })
+        }
+    }
+
+    /// Scripted DNS answers: name → addresses and TTL, or `None` (the lookup fails).
+    type Script = std::collections::HashMap<
+        String,
+        Option<(Vec<std::net::IpAddr>, Option<std::time::Duration>)>,
+    >;
+
+    thread_local! {
+        // turmoil runs every simulated host on the simulation's thread: one script per run.
+        static DNS_SCRIPT: std::cell::RefCell<Script> = std::cell::RefCell::default();
+    }
+
+    impl TurmoilNet {
+        /// From now on `name` answers `answer` (`None`: the lookup fails); `ttl` as a real
+        /// resolver would report it.
+        pub fn script_dns(
+            name: &str,
+            answer: Option<Vec<std::net::IpAddr>>,
+            ttl: Option<std::time::Duration>,
+        ) {
+            DNS_SCRIPT.with(|s| {
+                s.borrow_mut()
+                    .insert(name.to_owned(), answer.map(|a| (a, ttl)))
+            });
+        }
+
+        /// Forgets every scripted answer (a new run).
+        pub fn clear_dns() {
+            DNS_SCRIPT.with(|s| s.borrow_mut().clear());
         }
     }
 }

@@ -173,6 +173,8 @@ pub enum Shown {
     WithHealthCheck,
     /// Clusters (and their hosts) with `outlier_detection`.
     WithOutlierDetection,
+    /// Clusters of type `strict_dns` or `logical_dns`.
+    WithDns,
     /// The server when its process-wide limits are set (always, in a running server).
     WithLimits,
     /// Not exported there.
@@ -892,10 +894,47 @@ counters! {
                 "Times a worker entered panic mode (too few available hosts) for the cluster.",
             )
             .stats("lb_healthy_panic");
+        /// DNS resolutions of the cluster's names that answered (counted on worker 0, which
+        /// resolves for the process).
+        upstream_dns_resolutions: AtomicU64, counter
+            => Metric::counter(
+                "sluice_upstream_dns_resolutions_total",
+                "DNS resolutions of a strict_dns or logical_dns cluster's names that answered.",
+            )
+            .stats("upstream_dns.resolutions")
+            .stats_for(Shown::WithDns);
+        /// DNS resolutions that failed (error, timeout, or no address of the lookup family):
+        /// the last answer is kept.
+        upstream_dns_failures: AtomicU64, counter
+            => Metric::counter(
+                "sluice_upstream_dns_failures_total",
+                "DNS resolutions that failed (the last answer is kept).",
+            )
+            .stats("upstream_dns.failures")
+            .stats_for(Shown::WithDns);
+        /// Answers that changed the cluster's host set (hosts added, removed or moved).
+        upstream_dns_host_changes: AtomicU64, counter
+            => Metric::counter(
+                "sluice_upstream_dns_host_changes_total",
+                "DNS answers that changed a cluster's hosts.",
+            )
+            .stats("upstream_dns.host_changes")
+            .stats_for(Shown::WithDns);
+        /// Addresses left out because the cluster's `max_hosts` slots were taken.
+        upstream_dns_hosts_dropped: AtomicU64, counter
+            => Metric::counter(
+                "sluice_upstream_dns_hosts_dropped_total",
+                "Resolved addresses left out because every one of max_hosts was taken.",
+            )
+            .stats("upstream_dns.hosts_dropped")
+            .stats_for(Shown::WithDns);
     }
     extra {
         /// Per host, in config order.
         hosts: Box<[HostStats]>,
+        /// A DNS cluster: the names' answers and the host set this worker applied last, for
+        /// the admin API (written on a change only; the data path never reads it).
+        dns: std::sync::Mutex<Option<std::sync::Arc<crate::dns::DnsView>>>,
         /// This cluster's HTTP upstream try times (see [`WorkerStats::upstream_rq_time`]).
         upstream_rq_time: Histogram,
     }
@@ -1306,7 +1345,7 @@ impl WorkerStats {
                 .clusters
                 .iter()
                 .map(|c| ClusterStats {
-                    hosts: c.hosts.iter().map(|_| HostStats::default()).collect(),
+                    hosts: (0..c.host_slots()).map(|_| HostStats::default()).collect(),
                     ..ClusterStats::default()
                 })
                 .collect(),
@@ -1396,6 +1435,14 @@ impl WorkerStats {
             cs.upstream_rq_time
                 .transfer(&o.upstream_rq_time, &z.upstream_rq_time);
             let old_hosts = &old_config.clusters[oi].hosts;
+            // A DNS cluster whose names did not change keeps its slots across the reload (the
+            // answers carry over): its hosts' counters go with the slot.
+            if cc.dns.is_some() && old_config.clusters[oi].dns == cc.dns {
+                for ((h, oh), zh) in cs.hosts.iter().zip(&*o.hosts).zip(&*z.hosts) {
+                    h.transfer_counters(oh, zh);
+                }
+                continue;
+            }
             for (h, hc) in cs.hosts.iter().zip(&cc.hosts) {
                 let Some(ohi) = old_hosts.iter().position(|o| o.address == hc.address) else {
                     continue;

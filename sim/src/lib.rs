@@ -24,6 +24,7 @@
 //! real network address.
 
 pub mod bolt;
+pub mod dns;
 pub mod drain;
 pub mod http;
 pub mod peers;

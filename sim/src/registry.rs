@@ -12,6 +12,7 @@
 
 use crate::RunReport;
 use crate::bolt::{self, BoltScenario};
+use crate::dns;
 use crate::drain::{self, DrainScenario};
 use crate::http::{self, HttpScenario};
 use crate::resilience::{self, Resilience};
@@ -162,6 +163,11 @@ pub static SCENARIOS: &[Scenario] = &[
         "sigterm_drain_under_slow_http_traffic",
         "drain: a SIGTERM drain under keep-alive HTTP/1.1 traffic to slow upstreams; kept-alive requests answered, ends within drain_timeout",
         |seed| drain::run(DrainScenario::Sigterm, seed),
+    ),
+    Scenario::new(
+        "dns_answers_change_under_traffic",
+        "DNS: a strict_dns name gains a host, fails, loses a host under HTTP traffic; every request 200, hosts changed in place",
+        dns::run,
     ),
 ];
 

@@ -46,6 +46,7 @@ const SCENARIOS: [&str; 20] = [
     "upgrade_whose_new_instance_crashes",
     "reload_under_slow_http_traffic",
     "sigterm_drain_under_slow_http_traffic",
+    "dns_answers_change_under_traffic",
 ];
 
 #[test]

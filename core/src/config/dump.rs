@@ -135,6 +135,25 @@ impl Serialize for ClusterConfig {
         if self.kind == ClusterKind::Static {
             m.put("hosts", &self.hosts)?;
         }
+        if let Some(dns) = &self.dns {
+            let hosts: Vec<serde_json::Value> = dns
+                .names
+                .iter()
+                .map(|n| {
+                    let address = if n.name.contains(':') {
+                        format!("[{}]:{}", n.name, n.port)
+                    } else {
+                        format!("{}:{}", n.name, n.port)
+                    };
+                    serde_json::json!({ "address": address, "weight": n.weight })
+                })
+                .collect();
+            m.put("hosts", &hosts)?;
+            m.put("dns_refresh_rate", &format_duration(dns.refresh_rate))?;
+            m.put("respect_dns_ttl", &dns.respect_dns_ttl)?;
+            m.put("dns_lookup_family", &dns.lookup_family)?;
+            m.put("max_hosts", &dns.max_hosts)?;
+        }
         m.0.end()
     }
 }

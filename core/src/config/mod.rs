@@ -42,8 +42,8 @@ use std::time::Duration;
 use serde::Serialize;
 
 pub use upstream::{
-    CircuitBreakerSettings, DEFAULT_PANIC_THRESHOLD_PERCENT, HealthCheckSettings, OutlierSettings,
-    RetryBudgetSettings,
+    CircuitBreakerSettings, DEFAULT_PANIC_THRESHOLD_PERCENT, DnsLookupFamily, DnsName, DnsSettings,
+    HealthCheckSettings, OutlierSettings, RetryBudgetSettings,
 };
 
 /// One problem in a config: where, and what is wrong.
@@ -504,8 +504,11 @@ pub struct ClusterConfig {
     /// Where its hosts come from (`type`).
     pub kind: ClusterKind,
     /// The hosts; never empty for a [`ClusterKind::Static`] cluster, always empty for an
-    /// [`ClusterKind::OriginalDst`] one.
+    /// [`ClusterKind::OriginalDst`] one and for a DNS one (whose hosts are resolved: `dns`).
     pub hosts: Vec<HostConfig>,
+    /// The names a [`ClusterKind::StrictDns`] or [`ClusterKind::LogicalDns`] cluster resolves
+    /// and how; `None` for the other types.
+    pub dns: Option<upstream::DnsSettings>,
     /// An `original_dst` cluster: an HTTP request's `x-envoy-original-dst-host` (`IP:PORT`)
     /// says where it goes, before the connection's original destination (Envoy's
     /// `use_http_header`). Off by default: whoever can send a request could make the proxy
@@ -555,14 +558,37 @@ pub enum ClusterKind {
     /// Each connection goes to its own original destination (a transparent sidecar's
     /// pass-through): no hosts, no balancing, no health checking.
     OriginalDst,
+    /// Every address of every name in `hosts` is a host; hosts come and go as the answers
+    /// change (Envoy's `STRICT_DNS`).
+    StrictDns,
+    /// One logical host per name, which connects to the first address of the name's latest
+    /// answer; a changed answer leaves open connections alone (Envoy's `LOGICAL_DNS`).
+    LogicalDns,
 }
 
 impl ClusterKind {
     /// The names the config accepts.
-    pub const CHOICES: [(&'static str, ClusterKind); 2] = [
+    pub const CHOICES: [(&'static str, ClusterKind); 4] = [
         ("static", ClusterKind::Static),
+        ("strict_dns", ClusterKind::StrictDns),
+        ("logical_dns", ClusterKind::LogicalDns),
         ("original_dst", ClusterKind::OriginalDst),
     ];
+
+    /// The name the config uses for it.
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        Self::CHOICES
+            .iter()
+            .find(|(_, k)| *k == self)
+            .map_or("?", |(n, _)| n)
+    }
+
+    /// Whether its hosts come from DNS.
+    #[must_use]
+    pub fn is_dns(self) -> bool {
+        matches!(self, ClusterKind::StrictDns | ClusterKind::LogicalDns)
+    }
 }
 
 impl Default for ClusterConfig {
@@ -582,6 +608,7 @@ impl Default for ClusterConfig {
             panic_threshold_percent: DEFAULT_PANIC_THRESHOLD_PERCENT,
             kind: ClusterKind::Static,
             hosts: Vec::new(),
+            dns: None,
             use_http_header: false,
             tls: None,
             protocol: UpstreamProtocol::Http1,
@@ -624,6 +651,20 @@ pub struct HostConfig {
     pub address: SocketAddr,
     /// Relative weight, 1 to 1000 (default 1).
     pub weight: u32,
+}
+
+impl ClusterConfig {
+    /// How many host ids a worker keeps for this cluster: its hosts (static), one per name
+    /// (`logical_dns`), `max_hosts` (`strict_dns`: slots the answers fill and free), none
+    /// (`original_dst`: its one placeholder host has no per-host state). Per-host state (counters, pools, health) is kept per id.
+    #[must_use]
+    pub fn host_slots(&self) -> usize {
+        match (&self.dns, self.kind) {
+            (Some(d), ClusterKind::LogicalDns) => d.names.len(),
+            (Some(d), _) => d.max_hosts as usize,
+            (None, _) => self.hosts.len(),
+        }
+    }
 }
 
 impl Config {

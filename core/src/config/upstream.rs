@@ -138,3 +138,88 @@ impl Default for CircuitBreakerSettings {
         }
     }
 }
+
+/// Envoy's default `dns_refresh_rate`.
+pub const DEFAULT_DNS_REFRESH_RATE: Duration = Duration::from_secs(5);
+/// With `respect_dns_ttl`, a TTL below this refreshes after this long (a TTL of 0 would
+/// otherwise resolve in a loop).
+pub const MIN_DNS_TTL: Duration = Duration::from_secs(1);
+/// With `respect_dns_ttl`, a TTL above this refreshes after this long (a name whose records
+/// say "a day" still moves within the hour).
+pub const MAX_DNS_TTL: Duration = Duration::from_secs(3600);
+/// Default `max_hosts` of a `strict_dns` cluster.
+pub const DEFAULT_DNS_MAX_HOSTS: u32 = 64;
+/// Largest `max_hosts`.
+pub const MAX_DNS_MAX_HOSTS: u32 = 4096;
+
+/// Which address families a DNS cluster asks for (`dns_lookup_family`, Envoy's names).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DnsLookupFamily {
+    /// IPv6 addresses when the name has any, else IPv4 ones (Envoy's default, `AUTO`).
+    #[default]
+    Auto,
+    /// IPv4 addresses only.
+    V4Only,
+    /// IPv6 addresses only.
+    V6Only,
+}
+
+impl DnsLookupFamily {
+    /// The names the config accepts.
+    pub const CHOICES: [(&'static str, DnsLookupFamily); 3] = [
+        ("auto", DnsLookupFamily::Auto),
+        ("v4_only", DnsLookupFamily::V4Only),
+        ("v6_only", DnsLookupFamily::V6Only),
+    ];
+
+    /// The addresses of an answer this family keeps, in answer order.
+    pub fn filter(
+        self,
+        answer: impl IntoIterator<Item = std::net::SocketAddr> + Clone,
+    ) -> Vec<std::net::SocketAddr> {
+        match self {
+            DnsLookupFamily::V4Only => answer.into_iter().filter(|a| a.is_ipv4()).collect(),
+            DnsLookupFamily::V6Only => answer.into_iter().filter(|a| a.is_ipv6()).collect(),
+            DnsLookupFamily::Auto => {
+                let v6: Vec<_> = answer.clone().into_iter().filter(|a| a.is_ipv6()).collect();
+                if v6.is_empty() {
+                    answer.into_iter().filter(|a| a.is_ipv4()).collect()
+                } else {
+                    v6
+                }
+            }
+        }
+    }
+}
+
+/// One name a DNS cluster resolves: `hosts: [{ address: NAME:PORT, weight }]`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DnsName {
+    /// The DNS name (or an IP literal, which resolves to itself).
+    pub name: String,
+    /// The port every address of the name gets.
+    pub port: u16,
+    /// The weight every address of the name gets (1 to 1000).
+    pub weight: u32,
+}
+
+/// How a `strict_dns` or `logical_dns` cluster finds its hosts.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DnsSettings {
+    /// The names, in config order (at least one; a `logical_dns` cluster has exactly one per
+    /// logical host).
+    pub names: Vec<DnsName>,
+    /// Each name is resolved again this long after its last answer (`dns_refresh_rate`,
+    /// default 5 s as in Envoy).
+    pub refresh_rate: Duration,
+    /// Refresh after the answer's TTL instead, within [`MIN_DNS_TTL`]..=[`MAX_DNS_TTL`], when
+    /// the resolver reports one (`respect_dns_ttl`, default false as in Envoy).
+    pub respect_dns_ttl: bool,
+    /// Which address families are used (`dns_lookup_family`, default `auto`).
+    pub lookup_family: DnsLookupFamily,
+    /// `strict_dns`: most hosts the answers may add up to (`max_hosts`, default 64); the
+    /// addresses past it are left out (counted). Every worker keeps that many host slots, so
+    /// hosts come and go without a new config generation.
+    pub max_hosts: u32,
+}

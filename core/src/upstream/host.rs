@@ -32,3 +32,181 @@ pub struct Host {
     /// Smooth weighted round robin's running weight.
     pub(crate) swrr_current: i64,
 }
+
+/// What a host id holds in a cluster whose hosts change (DNS): an address and its weight, or
+/// nothing (a free slot, never picked).
+pub type Slot = Option<(SocketAddr, u32)>;
+
+/// A host set after an answer ([`merge_answer`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Merged {
+    /// The new slots, as many as before.
+    pub slots: Vec<Slot>,
+    /// Addresses that took a slot.
+    pub added: usize,
+    /// Addresses whose slot was freed.
+    pub removed: usize,
+    /// New addresses left out because every slot was taken.
+    pub dropped: usize,
+}
+
+impl Merged {
+    /// Whether the host set changed.
+    #[must_use]
+    pub fn changed(&self) -> bool {
+        self.added > 0 || self.removed > 0
+    }
+}
+
+/// The host set after a DNS answer: `answer` (addresses and weights; a repeated address counts
+/// once, the first) replaces the addresses in `slots`, and ids stay meaningful:
+///
+/// - an address in both keeps its slot, so its id and everything kept per id (health,
+///   outlier and load state, pooled connections, counters) stays with it; its weight follows
+///   the answer;
+/// - an address only in `slots` frees its slot;
+/// - an address only in `answer` takes a free slot, in answer order: first the slots that were
+///   free before this answer, lowest first, then those it freed (so a slot whose old host still
+///   drains connections is reused last); with no slot left it is dropped (counted).
+///
+/// Pure: the same inputs give the same slots, on every worker.
+#[must_use]
+pub fn merge_answer(slots: &[Slot], answer: &[(SocketAddr, u32)]) -> Merged {
+    let mut unique: Vec<(SocketAddr, u32)> = Vec::with_capacity(answer.len());
+    for &(a, w) in answer {
+        if !unique.iter().any(|(u, _)| *u == a) {
+            unique.push((a, w));
+        }
+    }
+    let mut next: Vec<Slot> = slots.to_vec();
+    let mut removed = 0;
+    let mut freed_now = Vec::new();
+    for (i, slot) in next.iter_mut().enumerate() {
+        if let Some((address, weight)) = slot {
+            match unique.iter().find(|(a, _)| a == address) {
+                Some(&(_, w)) => *weight = w,
+                None => {
+                    *slot = None;
+                    removed += 1;
+                    freed_now.push(i);
+                }
+            }
+        }
+    }
+    let mut free = slots
+        .iter()
+        .enumerate()
+        .filter(|(_, s)| s.is_none())
+        .map(|(i, _)| i)
+        .chain(freed_now);
+    let (mut added, mut dropped) = (0, 0);
+    for &(a, w) in &unique {
+        if slots.iter().flatten().any(|(s, _)| *s == a) {
+            continue;
+        }
+        match free.next() {
+            Some(i) => {
+                next[i] = Some((a, w));
+                added += 1;
+            }
+            None => dropped += 1,
+        }
+    }
+    Merged {
+        slots: next,
+        added,
+        removed,
+        dropped,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn addr(n: u8) -> SocketAddr {
+        SocketAddr::from(([10, 0, 0, n], 80))
+    }
+
+    #[test]
+    fn an_answer_fills_free_slots_in_order_and_frees_the_addresses_it_lost() {
+        let empty = vec![None; 3];
+        let first = merge_answer(&empty, &[(addr(1), 1), (addr(2), 1)]);
+        assert_eq!(
+            first.slots,
+            vec![Some((addr(1), 1)), Some((addr(2), 1)), None]
+        );
+        assert_eq!((first.added, first.removed, first.dropped), (2, 0, 0));
+        // 1 goes, 3 comes: 3 takes the slot that was free before (2), not 1's.
+        let second = merge_answer(&first.slots, &[(addr(2), 5), (addr(3), 1)]);
+        assert_eq!(
+            second.slots,
+            vec![None, Some((addr(2), 5)), Some((addr(3), 1))]
+        );
+        assert_eq!((second.added, second.removed, second.dropped), (1, 1, 0));
+        // Full: a fourth and fifth address; only the freed slot is left.
+        let third = merge_answer(
+            &second.slots,
+            &[(addr(2), 5), (addr(3), 1), (addr(4), 1), (addr(5), 1)],
+        );
+        assert_eq!(third.slots[0], Some((addr(4), 1)));
+        assert_eq!((third.added, third.removed, third.dropped), (1, 0, 1));
+        // The same answer again changes nothing.
+        let same = merge_answer(&third.slots, &[(addr(2), 5), (addr(3), 1), (addr(4), 1)]);
+        assert!(!same.changed());
+        assert_eq!(same.slots, third.slots);
+    }
+
+    proptest! {
+        #[test]
+        fn merging_keeps_ids_and_never_duplicates(
+            before in proptest::collection::vec(proptest::option::of(0u8..12), 1..10),
+            answer in proptest::collection::vec((0u8..12, 1u32..4), 0..16),
+        ) {
+            // Slots without duplicates, as a merge leaves them.
+            let mut seen = Vec::new();
+            let slots: Vec<Slot> = before
+                .iter()
+                .map(|s| s.filter(|n| !seen.contains(n) && { seen.push(*n); true })
+                    .map(|n| (addr(n), 1)))
+                .collect();
+            let answer: Vec<(SocketAddr, u32)> =
+                answer.iter().map(|&(n, w)| (addr(n), w)).collect();
+            let merged = merge_answer(&slots, &answer);
+            prop_assert_eq!(merged.slots.len(), slots.len());
+            // No address twice.
+            let present: Vec<SocketAddr> = merged.slots.iter().flatten().map(|s| s.0).collect();
+            let mut dedup = present.clone();
+            dedup.sort();
+            dedup.dedup();
+            prop_assert_eq!(dedup.len(), present.len());
+            // Only answered addresses, each with its first weight.
+            for (a, w) in merged.slots.iter().flatten() {
+                let first = answer.iter().find(|(x, _)| x == a);
+                prop_assert_eq!(first.map(|f| f.1), Some(*w));
+            }
+            // A host that stays keeps its id.
+            for (i, s) in slots.iter().enumerate() {
+                if let Some((a, _)) = s
+                    && answer.iter().any(|(x, _)| x == a)
+                {
+                    prop_assert_eq!(merged.slots[i].map(|m| m.0), Some(*a));
+                }
+            }
+            // Every answered address is present, unless every slot is taken.
+            let unique = {
+                let mut u: Vec<SocketAddr> = answer.iter().map(|x| x.0).collect();
+                u.sort();
+                u.dedup();
+                u.len()
+            };
+            prop_assert_eq!(present.len() + merged.dropped, unique);
+            prop_assert!(merged.dropped == 0 || present.len() == slots.len());
+            // Merging the same answer again is a no-op (stable order).
+            let again = merge_answer(&merged.slots, &answer);
+            prop_assert!(!again.changed());
+            prop_assert_eq!(again.slots, merged.slots);
+        }
+    }
+}

@@ -32,7 +32,10 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use super::upstream::{CircuitBreakerSettings, DEFAULT_PANIC_THRESHOLD_PERCENT};
+use super::upstream::{
+    CircuitBreakerSettings, DEFAULT_DNS_MAX_HOSTS, DEFAULT_DNS_REFRESH_RATE,
+    DEFAULT_PANIC_THRESHOLD_PERCENT, DnsLookupFamily, DnsName, DnsSettings, MAX_DNS_MAX_HOSTS,
+};
 use super::{
     AdminConfig, AdminListen, ClusterConfig, ClusterKind, Config, ConfigError, ConfigErrors,
     DEFAULT_ADMIN_SOCKET_MODE, DEFAULT_BOLT_PARTIAL_FRAME_BYTES, DEFAULT_CLIENT_HELLO_TIMEOUT,
@@ -227,6 +230,16 @@ fn decode_config(dec: &mut Decoder, tree: &Value) -> Option<Config> {
         dec.error(
             "tracing.otlp.cluster",
             "an `original_dst` cluster has no hosts to send spans to",
+        );
+    }
+    if let Some(ci) = otlp_cluster
+        && clusters.get(ci).is_some_and(|c| c.kind.is_dns())
+    {
+        // The exporter picks among the configured hosts; a DNS cluster's are resolved.
+        dec.error(
+            "tracing.otlp.cluster",
+            "the span exporter needs a static cluster (IP addresses); a DNS cluster is not \
+             supported there yet",
         );
     }
     if let Some(ci) = otlp_cluster
@@ -1068,18 +1081,53 @@ fn decode_cluster(dec: &mut Decoder, path: &str, v: &Value) -> Option<ClusterCon
             }),
         None => Some(UpstreamProtocol::Http1),
     };
-    let hosts = if kind == Some(ClusterKind::OriginalDst) {
+    let is_dns = kind.is_some_and(ClusterKind::is_dns);
+    let dns_fields = dns_fields(dec, &mut obj, path, kind);
+    let (hosts, dns) = if kind == Some(ClusterKind::OriginalDst) {
         // Reported above when given.
         obj.opt("hosts");
-        Some(Vec::new())
+        (Some(Vec::new()), Some(None))
+    } else if is_dns {
+        let names = obj.req(dec, "hosts").and_then(|(v, p)| {
+            let names = dec.list(&p, v, decode_dns_name)?;
+            if names.is_empty() {
+                dec.error(&p, "at least one host is required");
+            } else if kind == Some(ClusterKind::LogicalDns) && names.len() > 1 {
+                // Envoy's rule: a logical_dns cluster is one logical host.
+                dec.error(
+                    &p,
+                    format!(
+                        "a logical_dns cluster has exactly one host (found {}); use type: \
+                         strict_dns to balance over several names",
+                        names.len()
+                    ),
+                );
+                return None;
+            }
+            Some(names)
+        });
+        let dns = match (names, dns_fields) {
+            (Some(names), Some((refresh_rate, respect_dns_ttl, lookup_family, max_hosts))) => {
+                Some(Some(DnsSettings {
+                    names,
+                    refresh_rate,
+                    respect_dns_ttl,
+                    lookup_family,
+                    max_hosts,
+                }))
+            }
+            _ => None,
+        };
+        (Some(Vec::new()), dns)
     } else {
-        obj.req(dec, "hosts").and_then(|(v, p)| {
+        let hosts = obj.req(dec, "hosts").and_then(|(v, p)| {
             let hosts = dec.list(&p, v, decode_host)?;
             if hosts.is_empty() {
                 dec.error(&p, "at least one host is required");
             }
             Some(hosts)
-        })
+        });
+        (hosts, Some(None))
     };
     obj.finish(dec);
     Some(ClusterConfig {
@@ -1095,17 +1143,128 @@ fn decode_cluster(dec: &mut Decoder, path: &str, v: &Value) -> Option<ClusterCon
         panic_threshold_percent: panic_threshold_percent?,
         kind: kind?,
         hosts: hosts?,
+        dns: dns?,
         use_http_header: use_http_header?,
         tls: tls?,
         protocol: protocol?,
     })
 }
 
-fn decode_host(dec: &mut Decoder, path: &str, v: &Value) -> Option<HostConfig> {
+/// The DNS settings of a cluster (`dns_refresh_rate`, `respect_dns_ttl`, `dns_lookup_family`,
+/// `max_hosts`), each refused on a cluster whose hosts do not come from DNS.
+fn dns_fields(
+    dec: &mut Decoder,
+    obj: &mut Obj<'_>,
+    path: &str,
+    kind: Option<ClusterKind>,
+) -> Option<(Duration, bool, DnsLookupFamily, u32)> {
+    const KEYS: [&str; 4] = [
+        "dns_refresh_rate",
+        "respect_dns_ttl",
+        "dns_lookup_family",
+        "max_hosts",
+    ];
+    if !kind.is_some_and(ClusterKind::is_dns) {
+        for key in KEYS {
+            // (An unknown `type` was reported; these are not reported twice.)
+            if obj.opt(key).is_some() && kind.is_some() {
+                dec.error(
+                    &child(path, key),
+                    "applies only to a cluster of type strict_dns or logical_dns",
+                );
+            }
+        }
+        return None;
+    }
+    let refresh_rate = match obj.opt("dns_refresh_rate") {
+        Some((v, p)) => dec.duration(&p, v).and_then(|d| {
+            if d < Duration::from_millis(1) {
+                dec.error(&p, "must be at least 1ms");
+                None
+            } else {
+                Some(d)
+            }
+        }),
+        None => Some(DEFAULT_DNS_REFRESH_RATE),
+    };
+    let respect_dns_ttl = match obj.opt("respect_dns_ttl") {
+        Some((v, p)) => dec.boolean(&p, v),
+        None => Some(false),
+    };
+    let lookup_family = match obj.opt("dns_lookup_family") {
+        Some((v, p)) => dec.one_of(&p, v, &DnsLookupFamily::CHOICES),
+        None => Some(DnsLookupFamily::Auto),
+    };
+    let max_hosts = match obj.opt("max_hosts") {
+        Some((v, p)) => dec
+            .u64_in(&p, v, 1..=u64::from(MAX_DNS_MAX_HOSTS))
+            .map(|n| n as u32),
+        None => Some(DEFAULT_DNS_MAX_HOSTS),
+    };
+    Some((refresh_rate?, respect_dns_ttl?, lookup_family?, max_hosts?))
+}
+
+/// A DNS cluster's host: `{ address: NAME:PORT, weight }` (an IP literal is a name that
+/// resolves to itself).
+fn decode_dns_name(dec: &mut Decoder, path: &str, v: &Value) -> Option<DnsName> {
     let mut obj = dec.object(path, v)?;
     let address = obj
         .req(dec, "address")
-        .and_then(|(v, p)| dec.parsed(&p, v, parse_socket_addr));
+        .and_then(|(v, p)| dec.parsed(&p, v, parse_name_and_port));
+    let weight = match obj.opt("weight") {
+        Some((v, p)) => dec.u64_in(&p, v, 1..=1000).map(|w| w as u32),
+        None => Some(1),
+    };
+    obj.finish(dec);
+    let (name, port) = address?;
+    Some(DnsName {
+        name,
+        port,
+        weight: weight?,
+    })
+}
+
+/// `NAME:PORT` (or `IP:PORT`, `[IPv6]:PORT`): a DNS name of letters, digits, `-`, `_` and
+/// dots, at most 253 bytes.
+pub fn parse_name_and_port(text: &str) -> Result<(String, u16), String> {
+    if let Ok(a) = parse_socket_addr(text) {
+        return Ok((a.ip().to_string(), a.port()));
+    }
+    let bad = |why: &str| format!("{text:?} is not a NAME:PORT address ({why})");
+    let (name, port) = text
+        .rsplit_once(':')
+        .ok_or_else(|| bad("expected NAME:PORT, e.g. backend.default.svc.cluster.local:8080"))?;
+    if port.is_empty() || !port.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(bad(&format!("{port:?} is not a port number")));
+    }
+    let port: u16 = port.parse().map_err(|_| bad("port out of range"))?;
+    let name = name.strip_suffix('.').unwrap_or(name);
+    let label_ok = |l: &str| {
+        !l.is_empty()
+            && l.len() <= 63
+            && l.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    };
+    if name.is_empty() || name.len() > 253 || !name.split('.').all(label_ok) {
+        return Err(bad(&format!("{name:?} is not a DNS name")));
+    }
+    Ok((name.to_ascii_lowercase(), port))
+}
+
+fn decode_host(dec: &mut Decoder, path: &str, v: &Value) -> Option<HostConfig> {
+    let mut obj = dec.object(path, v)?;
+    let address = obj.req(dec, "address").and_then(|(v, p)| {
+        dec.parsed(&p, v, |text| {
+            parse_socket_addr(text).map_err(|e| match parse_name_and_port(text) {
+                // A name where an IP address belongs: say how to have it resolved.
+                Ok((name, _)) if name.parse::<IpAddr>().is_err() => format!(
+                    "{text:?} is a DNS name, and a static cluster's hosts are IP addresses: \
+                     use type: strict_dns (or logical_dns) to resolve it"
+                ),
+                _ => e,
+            })
+        })
+    });
     let weight = match obj.opt("weight") {
         Some((v, p)) => dec.u64_in(&p, v, 1..=1000).map(|w| w as u32),
         None => Some(1),

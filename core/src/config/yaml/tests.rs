@@ -1607,3 +1607,106 @@ clusters:
         assert!(e[0].contains("is not a valid name"), "{bad}: {e:?}");
     }
 }
+
+const DNS: &str = r#"
+listeners:
+  - name: tcp_in
+    address: 127.0.0.1:10001
+    tcp_proxy: { cluster: web }
+clusters:
+  - name: web
+    type: strict_dns
+    hosts:
+      - { address: backend.default.svc.cluster.local:8080 }
+      - { address: "10.0.0.9:81", weight: 3 }
+  - name: one
+    type: logical_dns
+    dns_refresh_rate: 30s
+    respect_dns_ttl: true
+    dns_lookup_family: v4_only
+    hosts: [{ address: "API.example.com.:443" }]
+"#;
+
+#[test]
+fn dns_clusters_take_names_with_envoys_defaults() {
+    use crate::config::{DnsLookupFamily, DnsName};
+    let c = Config::from_yaml(DNS).unwrap();
+    let web = &c.clusters[0];
+    assert_eq!(web.kind, ClusterKind::StrictDns);
+    assert!(web.hosts.is_empty());
+    let dns = web.dns.as_ref().unwrap();
+    assert_eq!(
+        dns.names,
+        vec![
+            DnsName {
+                name: "backend.default.svc.cluster.local".into(),
+                port: 8080,
+                weight: 1
+            },
+            DnsName {
+                name: "10.0.0.9".into(),
+                port: 81,
+                weight: 3
+            },
+        ]
+    );
+    assert_eq!(dns.refresh_rate, Duration::from_secs(5));
+    assert!(!dns.respect_dns_ttl);
+    assert_eq!(dns.lookup_family, DnsLookupFamily::Auto);
+    assert_eq!(dns.max_hosts, 64);
+    assert_eq!(web.host_slots(), 64);
+    let one = &c.clusters[1];
+    let dns = one.dns.as_ref().unwrap();
+    assert_eq!(dns.names[0].name, "api.example.com");
+    assert_eq!(dns.refresh_rate, Duration::from_secs(30));
+    assert!(dns.respect_dns_ttl);
+    assert_eq!(dns.lookup_family, DnsLookupFamily::V4Only);
+    assert_eq!(one.host_slots(), 1);
+    // (The dump reading back into the same config: `runtime/tests/docs_yaml.rs`, with the
+    // docs' DNS example.)
+}
+
+#[test]
+fn a_name_in_a_static_cluster_says_to_use_strict_dns() {
+    let text = GOOD.replace("127.0.0.1:7002", "backend.local:7002");
+    let errs = errors(&text);
+    assert_eq!(errs.len(), 1, "{errs:?}");
+    assert!(
+        errs[0].contains("clusters[0].hosts[1].address")
+            && errs[0].contains("\"backend.local:7002\" is a DNS name")
+            && errs[0].contains("use type: strict_dns"),
+        "{errs:?}"
+    );
+}
+
+#[test]
+fn dns_settings_are_checked() {
+    let errs = errors(&GOOD.replace(
+        "lb_policy: round_robin",
+        "lb_policy: round_robin\n    dns_refresh_rate: 1s",
+    ));
+    assert!(
+        errs[0].contains("clusters[0].dns_refresh_rate: applies only to a cluster of type strict_dns or logical_dns"),
+        "{errs:?}"
+    );
+    let errs = errors(&DNS.replace("v4_only", "v4"));
+    assert!(
+        errs[0].contains("clusters[1].dns_lookup_family"),
+        "{errs:?}"
+    );
+    let errs = errors(&DNS.replace(
+        "hosts: [{ address: \"API.example.com.:443\" }]",
+        "hosts: [{ address: \"a:1\" }, { address: \"b:2\" }]",
+    ));
+    assert!(
+        errs[0].contains("clusters[1].hosts: a logical_dns cluster has exactly one host"),
+        "{errs:?}"
+    );
+    let errs = errors(&DNS.replace("backend.default.svc.cluster.local:8080", "bad name:80"));
+    assert!(
+        errs[0].contains("clusters[0].hosts[0].address") && errs[0].contains("not a DNS name"),
+        "{errs:?}"
+    );
+    let errs = errors(&DNS.replace("backend.default.svc.cluster.local:8080", "backend"));
+    assert!(errs[0].contains("expected NAME:PORT"), "{errs:?}");
+}

@@ -144,9 +144,12 @@ pub(super) fn check_xds_cluster(
             dec.error(
                 "xds.cluster",
                 format!(
-                    "cluster {:?} is of type original_dst: the management server needs a \
-                     static cluster (its first host is dialled)",
-                    x.cluster
+                    "cluster {:?} is of type {}: the management server needs a static \
+                     cluster (its first host is dialled)",
+                    x.cluster,
+                    clusters
+                        .get(x.cluster_index)
+                        .map_or("?", |c| c.kind.as_str())
                 ),
             );
             None

@@ -179,6 +179,28 @@ impl ActiveHealthChecker {
         self.check_invariants();
     }
 
+    /// Host id `host` names another host now (a DNS answer moved a new address into its
+    /// slot): it starts over as unknown, as a new host does, its outstanding probe (to the old
+    /// address) cancelled, and a probe is due at `now`. No event: the driver marks the id
+    /// unknown itself.
+    pub fn replace_host(&mut self, now: Instant, host: HostId) {
+        let i = host.index();
+        if self.hosts[i].outstanding.take().is_some() {
+            self.settled += 1;
+            self.actions.push_back(HealthAction::Cancel { host });
+        }
+        self.hosts[i] = HostState {
+            health: HostHealth::Unknown,
+            successes: 0,
+            failures: 0,
+            outstanding: None,
+            next_at: now,
+            last_start: now,
+        };
+        self.maybe_probe(now, i);
+        self.check_invariants();
+    }
+
     /// Time passed: probes may have timed out, others may be due.
     pub fn handle_timeout(&mut self, now: Instant) {
         for i in 0..self.hosts.len() {

@@ -92,5 +92,32 @@ pub fn fill_availability(
     panic
 }
 
+/// [`fill_availability`] for a cluster whose ids are slots (DNS): only the `present` ones are
+/// hosts, so only they count toward the panic threshold (a cluster with 2 hosts in 64 slots
+/// is in panic when both are down, not never); a free slot is unavailable.
+pub fn fill_availability_of_present(
+    hosts_healthy: &[bool],
+    ejected: &[bool],
+    present: &[bool],
+    panic_threshold_percent: u32,
+    out: &mut [bool],
+) -> bool {
+    debug_assert_eq!(hosts_healthy.len(), present.len());
+    debug_assert_eq!(hosts_healthy.len(), out.len());
+    let (mut usable, mut total) = (0usize, 0usize);
+    for (((o, &h), &e), &p) in out.iter_mut().zip(hosts_healthy).zip(ejected).zip(present) {
+        *o = p && h && !e;
+        usable += usize::from(*o);
+        total += usize::from(p);
+    }
+    let panic = total > 0 && usable * 100 < total * panic_threshold_percent as usize;
+    if panic {
+        for (o, &p) in out.iter_mut().zip(present) {
+            *o = p;
+        }
+    }
+    panic
+}
+
 #[cfg(test)]
 mod tests;

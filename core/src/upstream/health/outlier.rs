@@ -103,6 +103,9 @@ pub struct OutlierDetector {
     skipped: u64,
     ejections: u64,
     events: VecDeque<OutlierEvent>,
+    /// A DNS cluster: how many of the ids hold a host now (`max_ejection_percent` is of
+    /// those, not of the slots); `None`: every id is a host.
+    live_hosts: Option<usize>,
 }
 
 impl OutlierDetector {
@@ -117,6 +120,7 @@ impl OutlierDetector {
             skipped: 0,
             ejections: 0,
             events: VecDeque::new(),
+            live_hosts: None,
         }
     }
 
@@ -152,6 +156,21 @@ impl OutlierDetector {
             h.connect = 0;
             self.try_eject(now, host);
         }
+        self.check_invariants();
+    }
+
+    /// Host id `host` names another host now (a DNS answer moved a new address into its slot,
+    /// or freed it): its counts and ejection history start over; an ejection in force ends
+    /// (an `Unejected` event, so that the driver's gauges follow).
+    pub fn forget_host(&mut self, host: HostId) {
+        let Some(h) = self.hosts.get_mut(host.index()) else {
+            return;
+        };
+        if h.ejected_until.is_some() {
+            self.ejected -= 1;
+            self.events.push_back(OutlierEvent::Unejected(host));
+        }
+        *h = HostState::default();
         self.check_invariants();
     }
 
@@ -207,10 +226,17 @@ impl OutlierDetector {
         self.ejected
     }
 
+    /// A DNS cluster's ids are slots: `n` of them hold a host now, and the ejection cap is a
+    /// share of those. Ejections in force stay when the set shrinks (the cap applies when
+    /// ejecting, as in Envoy).
+    pub fn set_live_hosts(&mut self, n: usize) {
+        self.live_hosts = Some(n.min(self.hosts.len()));
+    }
+
     /// The most hosts that may be ejected at once.
     #[must_use]
     pub fn max_ejected(&self) -> usize {
-        let n = self.hosts.len();
+        let n = self.live_hosts.unwrap_or(self.hosts.len());
         (n * self.settings.max_ejection_percent as usize / 100)
             .max(1)
             .min(n)
@@ -273,7 +299,12 @@ impl OutlierDetector {
                 .filter(|h| h.ejected_until.is_some())
                 .count();
             debug_assert_eq!(n, self.ejected);
-            debug_assert!(self.hosts.is_empty() || self.ejected <= self.max_ejected());
+            // (A shrinking DNS host set may leave more ejections than its new cap.)
+            debug_assert!(
+                self.hosts.is_empty()
+                    || self.live_hosts.is_some()
+                    || self.ejected <= self.max_ejected()
+            );
         }
     }
 }

@@ -1254,3 +1254,82 @@ proptest! {
         }
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// Host ids that change hands (DNS clusters)
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn a_replaced_host_starts_over_unknown_with_a_probe_at_once() {
+    let t0 = epoch();
+    let mut c = healthy_checker(t0, 2, hc_settings());
+    // Host 1's probe is out when its id gets a new address: cancelled, and a new probe sent.
+    let t1 = t0 + 5 * S;
+    c.handle_timeout(t1);
+    assert_eq!(actions(&mut c), [probe(0), probe(1)]);
+    c.replace_host(t1 + MS, HostId(1));
+    assert_eq!(actions(&mut c), [cancel(1), probe(1)]);
+    assert_eq!(c.health(HostId(1)), HostHealth::Unknown);
+    assert!(events(&mut c).is_empty(), "the driver marks the id itself");
+    // The new probe passes: healthy again, from unknown (one success).
+    c.handle_probe_result(t1 + 2 * MS, HostId(1), ProbeResult::Success);
+    assert_eq!(events(&mut c), [HealthEvent::BecameHealthy(HostId(1))]);
+    // Host 0 was not touched.
+    assert_eq!(c.health(HostId(0)), HostHealth::Healthy);
+    assert!(c.probing(HostId(0)));
+}
+
+#[test]
+fn a_forgotten_host_loses_its_ejection_and_its_counts() {
+    let t0 = epoch();
+    let mut d = OutlierDetector::new(10, OutlierSettings::default());
+    fail(&mut d, t0, 3, UpstreamResult::Status(500), 5);
+    assert!(d.is_ejected(HostId(3)));
+    let _ = od_events(&mut d);
+    fail(&mut d, t0, 4, UpstreamResult::Status(500), 4);
+    d.forget_host(HostId(3));
+    d.forget_host(HostId(4));
+    assert_eq!(od_events(&mut d), [OutlierEvent::Unejected(HostId(3))]);
+    assert!(!d.is_ejected(HostId(3)));
+    assert_eq!(d.ejected_count(), 0);
+    // Host 4's four 5xx were forgotten: one more does not eject.
+    fail(&mut d, t0, 4, UpstreamResult::Status(500), 1);
+    assert!(!d.is_ejected(HostId(4)));
+}
+
+#[test]
+fn only_present_hosts_count_toward_the_panic_threshold() {
+    // Two hosts in four slots, both down: panic over the two (not "2 of 4 usable").
+    let healthy = [false, false, true, true];
+    let ejected = [false; 4];
+    let present = [true, true, false, false];
+    let mut out = [false; 4];
+    assert!(fill_availability_of_present(
+        &healthy, &ejected, &present, 50, &mut out
+    ));
+    assert_eq!(out, [true, true, false, false]);
+    // One of the two up: 50 % is not below the threshold; a free slot is never available.
+    let healthy = [true, false, true, true];
+    assert!(!fill_availability_of_present(
+        &healthy, &ejected, &present, 50, &mut out
+    ));
+    assert_eq!(out, [true, false, false, false]);
+}
+
+#[test]
+fn the_ejection_cap_of_a_dns_cluster_is_a_share_of_its_live_hosts() {
+    let t0 = epoch();
+    let settings = OutlierSettings {
+        max_ejection_percent: 50,
+        ..OutlierSettings::default()
+    };
+    // 8 slots, 2 hosts: at most one ejected (50 % of 2), not four.
+    let mut d = OutlierDetector::new(8, settings);
+    d.set_live_hosts(2);
+    assert_eq!(d.max_ejected(), 1);
+    fail(&mut d, t0, 0, UpstreamResult::Status(500), 5);
+    fail(&mut d, t0, 1, UpstreamResult::Status(500), 5);
+    assert!(d.is_ejected(HostId(0)));
+    assert!(!d.is_ejected(HostId(1)));
+    assert_eq!(d.ejections_skipped(), 1);
+}

@@ -1,0 +1,453 @@
+//! DNS clusters (`type: strict_dns | logical_dns`): resolving their names and moving the
+//! answers into every worker's host set, off the data path.
+//!
+//! Who does what:
+//!
+//! - **One resolver per process** (a task on worker 0, like the active health checks), not one
+//!   per worker: N workers resolving the same names would multiply the DNS traffic by N and,
+//!   worse, could see different answers and number hosts differently, while health verdicts
+//!   (shared by the workers) and per-host counters are kept per host id. One resolver makes one
+//!   host set, which every worker applies. Each name has a task of its own, which calls
+//!   [`Network::resolve`] (the real network: `getaddrinfo` on tokio's blocking pool, so no
+//!   worker's event loop ever waits for DNS; the simulator: scripted answers) within
+//!   [`RESOLVE_TIMEOUT`].
+//! - **[`SharedDns`]** holds, per DNS cluster, the latest [`DnsView`]: each name's last
+//!   answer and the host set made of them, as slots ([`sluice_core::host::merge_answer`]: a
+//!   host that stays keeps its id). It is published on a `watch` channel; it lives in the
+//!   generation's [`crate::health::SharedHealth`] (the one handle every worker of a generation
+//!   shares and a reload carries over).
+//! - **Every worker** watches the channel and puts the slots into its own `ClusterState`
+//!   (`update_hosts`): no new config generation, no connection cut. A removed host's
+//!   connections finish; its idle pooled ones are closed (`strict_dns`; a `logical_dns`
+//!   cluster's one host keeps its connections when its address changes, as in Envoy).
+//!
+//! States of a name: *unresolved* (no answer yet: the cluster has no host from it; a request
+//! with no host gets 503 `UH`, as a cluster whose hosts are all down — no warming), *answered*
+//! (refreshed every `dns_refresh_rate`, or after the TTL with `respect_dns_ttl` when the
+//! resolver reports one, within `MIN_DNS_TTL..=MAX_DNS_TTL`), *failing* (an error, a timeout,
+//! or no address of the `dns_lookup_family`: the last answer is kept, the failure counted and
+//! logged at most once a minute per name, and the next try comes after a jittered backoff:
+//! 1 s doubling per failure, at most `dns_refresh_rate`, each wait drawn from its upper half).
+//!
+//! Reload: a cluster with the same name, type and DNS settings keeps its answers (its hosts,
+//! ids and counters) across a reload and goes on refreshing; a changed one starts over.
+
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Duration;
+
+use sluice_core::config::upstream::{MAX_DNS_TTL, MIN_DNS_TTL};
+use sluice_core::config::{ClusterKind, Config, DnsSettings};
+use sluice_core::host::{HostId, Slot, merge_answer};
+use sluice_core::rng::Rng;
+use tokio::sync::watch;
+use tracing::{info, warn};
+
+use crate::engine::Engine;
+use crate::net::Network;
+use crate::stats::bump;
+
+/// A resolution that has not answered after this long failed.
+pub const RESOLVE_TIMEOUT: Duration = Duration::from_secs(10);
+/// The first wait after a failure (doubling per failure in a row, at most the refresh rate).
+pub const FAILURE_BACKOFF_BASE: Duration = Duration::from_secs(1);
+/// A failing name is logged at most this often (with the failures not logged).
+pub const FAILURE_LOG_INTERVAL: Duration = Duration::from_secs(60);
+
+/// One DNS cluster's names and host set as the resolver last made them.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct DnsView {
+    /// The host set: one slot per host id (`host_slots` of the cluster).
+    pub slots: Vec<Slot>,
+    /// Per name (config order): its last answer, as the cluster uses it (filtered by the
+    /// lookup family; a `logical_dns` name's first address only). Empty until it answers.
+    pub answers: Vec<Vec<SocketAddr>>,
+    /// Per name: resolutions failed in a row since its last answer.
+    pub failing: Vec<u32>,
+}
+
+/// One DNS cluster's shared state.
+#[derive(Debug)]
+struct DnsCluster {
+    kind: ClusterKind,
+    settings: DnsSettings,
+    view: watch::Sender<Arc<DnsView>>,
+}
+
+/// The DNS state of one config generation, shared by its workers: per cluster, `Some` for a
+/// DNS cluster.
+#[derive(Debug, Default)]
+pub struct SharedDns {
+    clusters: Vec<Option<DnsCluster>>,
+}
+
+impl SharedDns {
+    /// Shaped like `config`: every DNS cluster with no answer yet (no host).
+    #[must_use]
+    pub fn new(config: &Config) -> Self {
+        SharedDns {
+            clusters: config
+                .clusters
+                .iter()
+                .map(|c| {
+                    let settings = c.dns.clone()?;
+                    let view = DnsView {
+                        slots: vec![None; c.host_slots()],
+                        answers: vec![Vec::new(); settings.names.len()],
+                        failing: vec![0; settings.names.len()],
+                    };
+                    Some(DnsCluster {
+                        kind: c.kind,
+                        settings,
+                        view: watch::Sender::new(Arc::new(view)),
+                    })
+                })
+                .collect(),
+        }
+    }
+
+    /// Takes over the answers of `old`'s clusters that `self` has unchanged (same name, type
+    /// and DNS settings): their hosts keep their ids across a reload.
+    pub fn inherit(&self, old: &SharedDns, old_config: &Config, config: &Config) {
+        for (ci, c) in config.clusters.iter().enumerate() {
+            let Some(Some(mine)) = self.clusters.get(ci) else {
+                continue;
+            };
+            let Some(oi) = old_config.clusters.iter().position(|o| o.name == c.name) else {
+                continue;
+            };
+            if let Some(Some(theirs)) = old.clusters.get(oi)
+                && theirs.kind == mine.kind
+                && theirs.settings == mine.settings
+            {
+                mine.view.send_replace(theirs.view.borrow().clone());
+            }
+        }
+    }
+
+    /// Cluster `ci`'s current view, if it is a DNS cluster.
+    #[must_use]
+    pub fn view(&self, ci: usize) -> Option<Arc<DnsView>> {
+        Some(self.clusters.get(ci)?.as_ref()?.view.borrow().clone())
+    }
+
+    /// Cluster `ci`'s view from now on, if it is a DNS cluster.
+    #[must_use]
+    pub fn subscribe(&self, ci: usize) -> Option<watch::Receiver<Arc<DnsView>>> {
+        Some(self.clusters.get(ci)?.as_ref()?.view.subscribe())
+    }
+
+    /// Name `ni` of cluster `ci` answered `addresses` (already filtered): the host set is
+    /// merged and published. Returns what the merge did.
+    fn answered(
+        &self,
+        ci: usize,
+        ni: usize,
+        addresses: Vec<SocketAddr>,
+    ) -> sluice_core::host::Merged {
+        let c = self.clusters[ci].as_ref().expect("a DNS cluster");
+        let mut merged = None;
+        c.view.send_if_modified(|view| {
+            let mut next = (**view).clone();
+            next.answers[ni] = addresses;
+            next.failing[ni] = 0;
+            let union: Vec<(SocketAddr, u32)> = next
+                .answers
+                .iter()
+                .zip(&c.settings.names)
+                .flat_map(|(a, n)| a.iter().map(move |&addr| (addr, n.weight)))
+                .collect();
+            let m = merge_answer(&next.slots, &union);
+            next.slots.clone_from(&m.slots);
+            merged = Some(m);
+            let changed = next != **view;
+            *view = Arc::new(next);
+            changed
+        });
+        merged.expect("set above")
+    }
+
+    /// Name `ni` of cluster `ci` failed: the answer is kept. Returns the failures in a row.
+    fn failed(&self, ci: usize, ni: usize) -> u32 {
+        let c = self.clusters[ci].as_ref().expect("a DNS cluster");
+        let mut failing = 0;
+        c.view.send_modify(|view| {
+            let mut next = (**view).clone();
+            next.failing[ni] = next.failing[ni].saturating_add(1);
+            failing = next.failing[ni];
+            *view = Arc::new(next);
+        });
+        failing
+    }
+}
+
+/// The wait before retrying a name that failed `failures` times in a row: 1 s doubling, at
+/// most `refresh_rate`, drawn from the upper half of that (so that names failing together do
+/// not retry in step).
+#[must_use]
+pub fn failure_backoff(refresh_rate: Duration, failures: u32, rng: &mut Rng) -> Duration {
+    let doubled = FAILURE_BACKOFF_BASE.saturating_mul(1 << failures.saturating_sub(1).min(16));
+    let cap = doubled.min(refresh_rate);
+    let half = cap / 2;
+    let nanos = u64::try_from(half.as_nanos()).unwrap_or(u64::MAX);
+    half + Duration::from_nanos(rng.below(nanos.saturating_add(1)))
+}
+
+/// When a name that answered is resolved again.
+#[must_use]
+pub fn refresh_after(settings: &DnsSettings, ttl: Option<Duration>) -> Duration {
+    match ttl {
+        Some(ttl) if settings.respect_dns_ttl => ttl.clamp(MIN_DNS_TTL, MAX_DNS_TTL),
+        _ => settings.refresh_rate,
+    }
+}
+
+impl<N: Network> Engine<N> {
+    /// Starts resolving every name of every DNS cluster, a task per name, until the tasks are
+    /// aborted (with the active health checks, when the engine stops or a reload's next
+    /// generation takes over). Called on worker 0 only (see the module doc).
+    pub(crate) fn start_dns(self: &Rc<Self>, seed: u64) -> Vec<tokio::task::JoinHandle<()>> {
+        let mut tasks = Vec::new();
+        for (ci, c) in self.config.clusters.iter().enumerate() {
+            let Some(dns) = &c.dns else { continue };
+            for ni in 0..dns.names.len() {
+                let engine = self.clone();
+                let rng = Rng::from_seed(
+                    seed ^ 0xd1b5_4a32_d192_ed03_u64.wrapping_mul((ci * 4096 + ni + 1) as u64),
+                );
+                tasks.push(tokio::task::spawn_local(engine.resolve_name(ci, ni, rng)));
+            }
+        }
+        tasks
+    }
+
+    async fn resolve_name(self: Rc<Self>, ci: usize, ni: usize, mut rng: Rng) {
+        let cluster = &self.config.clusters[ci];
+        let dns = cluster.dns.as_ref().expect("a DNS cluster");
+        let name = &dns.names[ni];
+        let shared = &self.shared_health.dns;
+        // Failures not logged yet, and when the last was.
+        let mut unlogged = 0u64;
+        let mut logged_at: Option<tokio::time::Instant> = None;
+        loop {
+            let outcome = match tokio::time::timeout(
+                RESOLVE_TIMEOUT,
+                self.net.resolve(&name.name, name.port),
+            )
+            .await
+            {
+                Ok(Ok(r)) => {
+                    let mut addresses = dns.lookup_family.filter(r.addresses.iter().copied());
+                    if cluster.kind == ClusterKind::LogicalDns {
+                        addresses.truncate(1);
+                    }
+                    if addresses.is_empty() {
+                        Err(format!(
+                            "no address of lookup family {:?} in the answer {:?}",
+                            dns.lookup_family, r.addresses
+                        ))
+                    } else {
+                        Ok((addresses, r.ttl))
+                    }
+                }
+                Ok(Err(e)) => Err(e.to_string()),
+                Err(_) => Err(format!("no answer within {RESOLVE_TIMEOUT:?}")),
+            };
+            let wait = match outcome {
+                Ok((addresses, ttl)) => {
+                    let shown = addresses.clone();
+                    let merged = shared.answered(ci, ni, addresses);
+                    if let Some(c) = self.stats.cluster(ci) {
+                        bump(&c.upstream_dns_resolutions, 1);
+                        if merged.changed() {
+                            bump(&c.upstream_dns_host_changes, 1);
+                        }
+                        bump(&c.upstream_dns_hosts_dropped, merged.dropped as u64);
+                    }
+                    if merged.changed() {
+                        info!(cluster = %cluster.name, name = %name.name, addresses = ?shown,
+                            added = merged.added, removed = merged.removed,
+                            "dns: hosts changed");
+                    }
+                    if merged.dropped > 0 {
+                        warn!(cluster = %cluster.name, name = %name.name, dropped = merged.dropped,
+                            max_hosts = dns.max_hosts, "dns: more addresses than max_hosts; some left out");
+                    }
+                    refresh_after(dns, ttl)
+                }
+                Err(why) => {
+                    let failures = shared.failed(ci, ni);
+                    if let Some(c) = self.stats.cluster(ci) {
+                        bump(&c.upstream_dns_failures, 1);
+                    }
+                    unlogged += 1;
+                    let now = tokio::time::Instant::now();
+                    if logged_at.is_none_or(|t| now.duration_since(t) >= FAILURE_LOG_INTERVAL) {
+                        warn!(cluster = %cluster.name, name = %name.name, error = %why,
+                            failures = unlogged, "dns: resolution failed; keeping the last answer");
+                        logged_at = Some(now);
+                        unlogged = 0;
+                    }
+                    failure_backoff(dns.refresh_rate, failures, &mut rng)
+                }
+            };
+            tokio::time::sleep(wait).await;
+        }
+    }
+
+    /// Puts cluster `ci`'s DNS host set into this worker's state, and keeps it so until the
+    /// engine stops (spawned on every worker for every DNS cluster).
+    pub(crate) async fn follow_dns(self: Rc<Self>, ci: usize) {
+        let Some(mut rx) = self.shared_health.dns.subscribe(ci) else {
+            return;
+        };
+        loop {
+            let view = rx.borrow_and_update().clone();
+            self.apply_dns(ci, &view);
+            if rx.changed().await.is_err() {
+                return;
+            }
+        }
+    }
+
+    /// Applies a view of cluster `ci` to this worker: hosts in place, stale pooled connections
+    /// closed, availability recomputed.
+    pub(crate) fn apply_dns(&self, ci: usize, view: &Arc<DnsView>) {
+        if let Some(c) = self.stats.cluster(ci) {
+            *c.dns
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(view.clone());
+        }
+        let changed = self.clusters[ci].borrow_mut().update_hosts(&view.slots);
+        if changed.is_empty() {
+            return;
+        }
+        let strict = self.config.clusters[ci].kind == ClusterKind::StrictDns;
+        let now = crate::now();
+        for id in &changed {
+            if strict {
+                // Idle connections to an address the id no longer names: closed.
+                while self.pool.take(ci, id.index(), now).is_some() {}
+                self.h2_pool.forget_host(ci, id.index());
+            }
+            self.publish_host_active(ci, *id);
+        }
+        self.health_changed(ci, &changed);
+    }
+
+    /// The ids of cluster `ci` whose host changed: their outlier state starts over and the
+    /// availability is recomputed before the next pick.
+    fn health_changed(&self, ci: usize, changed: &[HostId]) {
+        let live = {
+            let cluster = self.clusters[ci].borrow();
+            (0..cluster.hosts().len())
+                .filter(|&i| cluster.is_present(HostId(i as u32)))
+                .count()
+        };
+        self.health[ci].borrow_mut().hosts_replaced(changed, live);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TWO: &str = r#"
+listeners:
+  - { name: t, address: 127.0.0.1:1, tcp_proxy: { cluster: a } }
+clusters:
+  - name: a
+    type: strict_dns
+    max_hosts: 4
+    hosts: [ { address: "a.example:80" }, { address: "b.example:81", weight: 3 } ]
+  - name: b
+    type: logical_dns
+    hosts: [ { address: "c.example:80" } ]
+"#;
+
+    fn addr(n: u8, port: u16) -> SocketAddr {
+        SocketAddr::from(([10, 0, 0, n], port))
+    }
+
+    #[test]
+    fn answers_make_one_host_set_and_a_failure_keeps_it() {
+        let config = Config::from_yaml(TWO).unwrap();
+        let dns = SharedDns::new(&config);
+        assert_eq!(dns.view(0).unwrap().slots, vec![None; 4]);
+        assert!(dns.view(2).is_none());
+        let m = dns.answered(0, 0, vec![addr(1, 80), addr(2, 80)]);
+        assert_eq!((m.added, m.removed), (2, 0));
+        let m = dns.answered(0, 1, vec![addr(3, 81)]);
+        assert_eq!((m.added, m.removed), (1, 0));
+        let slots = dns.view(0).unwrap().slots.clone();
+        assert_eq!(
+            slots,
+            vec![
+                Some((addr(1, 80), 1)),
+                Some((addr(2, 80), 1)),
+                Some((addr(3, 81), 3)),
+                None
+            ]
+        );
+        assert_eq!(dns.failed(0, 0), 1);
+        assert_eq!(dns.failed(0, 0), 2);
+        let view = dns.view(0).unwrap();
+        assert_eq!(view.slots, slots, "a failure keeps the last answer");
+        assert_eq!(view.failing, vec![2, 0]);
+        // The name's next answer drops 10.0.0.1: its slot is freed, the others stay.
+        let m = dns.answered(0, 0, vec![addr(2, 80)]);
+        assert_eq!((m.added, m.removed), (0, 1));
+        let view = dns.view(0).unwrap();
+        assert_eq!(view.slots[0], None);
+        assert_eq!(view.slots[1], slots[1]);
+        assert_eq!(view.slots[2], slots[2]);
+        assert_eq!(view.failing, vec![0, 0]);
+    }
+
+    #[test]
+    fn a_reload_keeps_the_answers_of_unchanged_clusters_only() {
+        let old_config = Config::from_yaml(TWO).unwrap();
+        let old = SharedDns::new(&old_config);
+        old.answered(0, 0, vec![addr(1, 80)]);
+        old.answered(1, 0, vec![addr(5, 80)]);
+        // `b` changes (its refresh rate); `a` does not.
+        let next_config = Config::from_yaml(&TWO.replace(
+            "type: logical_dns",
+            "type: logical_dns\n    dns_refresh_rate: 1s",
+        ))
+        .unwrap();
+        let next = SharedDns::new(&next_config);
+        next.inherit(&old, &old_config, &next_config);
+        assert_eq!(next.view(0), old.view(0));
+        assert_eq!(next.view(1).unwrap().slots, vec![None]);
+    }
+
+    #[test]
+    fn refreshes_follow_the_rate_or_the_bounded_ttl_and_failures_back_off() {
+        let config = Config::from_yaml(TWO).unwrap();
+        let mut dns = config.clusters[0].dns.clone().unwrap();
+        assert_eq!(
+            refresh_after(&dns, Some(Duration::from_secs(30))),
+            dns.refresh_rate
+        );
+        dns.respect_dns_ttl = true;
+        assert_eq!(refresh_after(&dns, None), dns.refresh_rate);
+        assert_eq!(refresh_after(&dns, Some(Duration::ZERO)), MIN_DNS_TTL);
+        assert_eq!(
+            refresh_after(&dns, Some(Duration::from_secs(86_400))),
+            MAX_DNS_TTL
+        );
+        assert_eq!(
+            refresh_after(&dns, Some(Duration::from_secs(30))),
+            Duration::from_secs(30)
+        );
+        let mut rng = Rng::from_seed(1);
+        let rate = Duration::from_secs(5);
+        for failures in 1..20 {
+            let cap = Duration::from_secs(1 << (failures - 1).min(16)).min(rate);
+            let wait = failure_backoff(rate, failures, &mut rng);
+            assert!(wait >= cap / 2 && wait <= cap, "{failures}: {wait:?}");
+        }
+    }
+}

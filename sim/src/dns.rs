@@ -1,0 +1,358 @@
+//! DNS scenario: clients → sidecar (real engine, `http` listener) → a `strict_dns` cluster whose
+//! one name's answers change under traffic, through the engine's resolver seam (scripted answers,
+//! [`TurmoilNet::script_dns`]).
+//!
+//! The name first answers `{up1, up2}`; at `t_add` it answers `{up1, up2, up3}` (a host added);
+//! from `t_fail` the lookups fail (the last answer must be kept); at `t_remove` it answers
+//! `{up2, up3}` (up1 removed — up1 itself stays up, so a request sent to it still completes).
+//! Every upstream stays alive: no request has a reason to fail.
+//!
+//! Invariants checked after every run:
+//!
+//! 1. every request got exactly one response within its deadline, a 200 carrying its own id
+//!    (every request had a live host the whole time);
+//! 2. requests reach the added host: up3 receives requests after `t_add`;
+//! 3. the last answer is kept on failure: up1, up2 and up3 all receive requests while the lookups
+//!    fail (between `t_fail` + a refresh and `t_remove`), and the failures are counted;
+//! 4. none reaches the removed host once its connections drained: up1 receives no request
+//!    later than `t_remove` + a refresh + [`DRAIN_MARGIN`];
+//! 5. the cluster's host changes were counted (first answer, add, remove), and at the end the
+//!    sidecar has no open connection left.
+
+use std::cell::RefCell;
+use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv6Addr, SocketAddr};
+use std::rc::Rc;
+use std::time::Duration;
+
+use sluice_core::config::Config;
+use sluice_core::rng::Rng;
+use sluice_runtime::net::TurmoilNet;
+use sluice_runtime::stats::{DetailedSnapshot, WorkerStats};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use turmoil::net::{TcpListener, TcpStream};
+
+use crate::RunReport;
+use crate::peers;
+use crate::topology::{
+    SIDECAR, add_observer, add_sidecar, add_upstreams, elapsed, new_sim, report, run_to_end,
+};
+use crate::trace::Trace;
+
+const UPSTREAMS: [&str; 3] = ["up1", "up2", "up3"];
+/// The name the cluster resolves.
+const NAME: &str = "app.sim.internal";
+const LISTEN_PORT: u16 = 10_000;
+const UPSTREAM_PORT: u16 = 8_080;
+const CLIENTS: usize = 4;
+const TRAFFIC_FROM: Duration = Duration::from_millis(200);
+const TRAFFIC_UNTIL: Duration = Duration::from_millis(4_500);
+const CLIENT_DEADLINE: Duration = Duration::from_secs(5);
+const REFRESH_MS: u64 = 200;
+/// How long after its removal a request may still reach a removed host: one in flight when
+/// the answer came (an upstream takes at most 120 ms) plus latencies.
+const DRAIN_MARGIN: Duration = Duration::from_millis(300);
+
+#[derive(Debug)]
+struct Req {
+    id: String,
+    start: Duration,
+    end: Duration,
+    outcome: Result<u16, String>,
+}
+
+#[derive(Default)]
+struct World {
+    requests: Vec<Req>,
+    started: usize,
+    /// Per upstream: when it received each request.
+    received: BTreeMap<usize, Vec<Duration>>,
+    clients_done: usize,
+}
+
+fn config(_upstreams: &[IpAddr]) -> Config {
+    let yaml = format!(
+        r#"
+listeners:
+  - name: http_in
+    address: "[::]:{LISTEN_PORT}"
+    http:
+      virtual_hosts:
+        - name: all
+          domains: ["*"]
+          routes:
+            - match: {{ prefix: / }}
+              route:
+                cluster: app
+                timeout: 3s
+                retry_policy: {{ retry_on: [connect-failure, reset], num_retries: 2 }}
+clusters:
+  - name: app
+    type: strict_dns
+    dns_refresh_rate: {REFRESH_MS}ms
+    connect_timeout: 300ms
+    hosts:
+      - {{ address: "{NAME}:{UPSTREAM_PORT}" }}
+drain_timeout: 1s
+"#
+    );
+    Config::from_yaml(&yaml).unwrap_or_else(|e| panic!("sim config invalid: {e}\n{yaml}"))
+}
+
+/// The moments the answers change.
+struct Schedule {
+    add: Duration,
+    fail: Duration,
+    remove: Duration,
+}
+
+/// Runs the DNS scenario for one seed.
+#[must_use]
+pub fn run(seed: u64) -> RunReport {
+    let trace = Trace::default();
+    let world = Rc::new(RefCell::new(World::default()));
+    let mut schedule = Rng::from_seed(seed ^ 0x0d45_1a5e);
+    let add = Duration::from_millis(700 + schedule.below(500));
+    let fail = add + Duration::from_millis(600 + schedule.below(400));
+    let remove = fail + Duration::from_millis(600 + schedule.below(400));
+    let at = Schedule { add, fail, remove };
+
+    let mut sim = new_sim(seed, Duration::from_millis(15));
+    let ips: Vec<IpAddr> = {
+        add_upstreams(&mut sim, &UPSTREAMS, &world, &trace, upstream);
+        UPSTREAMS.iter().map(|u| sim.lookup(*u)).collect()
+    };
+    // One script per run, on this (the simulation's) thread.
+    TurmoilNet::clear_dns();
+    TurmoilNet::script_dns(NAME, Some(vec![ips[0], ips[1]]), None);
+    let sidecar = add_sidecar(&mut sim, seed, LISTEN_PORT, &UPSTREAMS, config);
+    for c in 0..CLIENTS {
+        let (world, trace) = (world.clone(), trace.clone());
+        let client_seed = seed.wrapping_mul(131).wrapping_add(c as u64);
+        sim.client(format!("client{c}"), async move {
+            client(c, client_seed, world, trace).await;
+            Ok(())
+        });
+    }
+    let final_stats = {
+        let world = world.clone();
+        add_observer(
+            &mut sim,
+            move || world.borrow().clients_done == CLIENTS,
+            Duration::from_millis(500),
+            sidecar,
+            WorkerStats::detailed,
+        )
+    };
+
+    let mut violations = Vec::new();
+    let mut step = 0;
+    let t = trace.clone();
+    run_to_end(&mut sim, &mut violations, |_, now| {
+        let answers: [(Duration, Option<Vec<IpAddr>>, &str); 3] = [
+            (at.add, Some(ips.clone()), "answers up1, up2, up3"),
+            (at.fail, None, "fails"),
+            (at.remove, Some(vec![ips[1], ips[2]]), "answers up2, up3"),
+        ];
+        while step < answers.len() && now >= answers[step].0 {
+            let (_, answer, what) = &answers[step];
+            TurmoilNet::script_dns(NAME, answer.clone(), None);
+            t.record(now, "SIM", format!("{NAME} {what}"));
+            step += 1;
+        }
+    });
+    drop(sim);
+    TurmoilNet::clear_dns();
+
+    let w = world.borrow();
+    check(&w, final_stats.borrow().as_ref(), &at, &mut violations);
+    let ok = w
+        .requests
+        .iter()
+        .filter(|r| matches!(r.outcome, Ok(200)))
+        .count();
+    let per_host: Vec<usize> = (0..UPSTREAMS.len())
+        .map(|i| w.received.get(&i).map_or(0, Vec::len))
+        .collect();
+    let summary = format!(
+        "dns: {} requests, {ok} 200, received per host {per_host:?}",
+        w.requests.len()
+    );
+    report(seed, &trace, violations, summary)
+}
+
+fn check(w: &World, stats: Option<&DetailedSnapshot>, at: &Schedule, violations: &mut Vec<String>) {
+    if w.requests.len() != w.started {
+        violations.push(format!(
+            "{} of {} requests finished",
+            w.requests.len(),
+            w.started
+        ));
+    }
+    for r in &w.requests {
+        if r.end - r.start > CLIENT_DEADLINE + Duration::from_millis(10) {
+            violations.push(format!("{} took {:?}", r.id, r.end - r.start));
+        }
+        if r.outcome != Ok(200) {
+            violations.push(format!(
+                "{} started at {:?} (a live host all along) and got {:?}",
+                r.id, r.start, r.outcome
+            ));
+        }
+    }
+    let refresh = Duration::from_millis(REFRESH_MS);
+    let received = |host: usize, from: Duration, to: Duration| {
+        w.received
+            .get(&host)
+            .into_iter()
+            .flatten()
+            .filter(|&&t| t >= from && t < to)
+            .count()
+    };
+    if received(2, at.add, TRAFFIC_UNTIL + refresh) == 0 {
+        violations.push(format!(
+            "the added host up3 received no request after it was added at {:?}",
+            at.add
+        ));
+    }
+    // While the lookups fail the last answer (all three) stays.
+    for (host, name) in UPSTREAMS.iter().enumerate() {
+        if received(host, at.fail + refresh, at.remove) == 0 {
+            violations.push(format!(
+                "{name} received nothing while the lookups failed ({:?}..{:?}): the last answer \
+                 was not kept",
+                at.fail + refresh,
+                at.remove
+            ));
+        }
+    }
+    let drained = at.remove + refresh + DRAIN_MARGIN;
+    let late = received(0, drained, Duration::MAX);
+    if late > 0 {
+        violations.push(format!(
+            "the removed host up1 received {late} requests after {drained:?} (removed at {:?})",
+            at.remove
+        ));
+    }
+    match stats {
+        None => violations.push("the observer never read the sidecar's counters".into()),
+        Some(s) => {
+            if s.worker.downstream_cx_active() != 0 {
+                violations.push(format!(
+                    "{} sidecar connections still open",
+                    s.worker.downstream_cx_active()
+                ));
+            }
+            let c = &s.clusters[0];
+            if c.upstream_dns_failures == 0 {
+                violations.push("the failed lookups were not counted".into());
+            }
+            if c.upstream_dns_host_changes < 3 {
+                violations.push(format!(
+                    "{} host changes counted; expected at least 3 (first answer, add, remove)",
+                    c.upstream_dns_host_changes
+                ));
+            }
+        }
+    }
+}
+
+async fn upstream(index: usize, world: Rc<RefCell<World>>, trace: Trace) -> turmoil::Result {
+    let listener = TcpListener::bind(SocketAddr::new(
+        IpAddr::V6(Ipv6Addr::UNSPECIFIED),
+        UPSTREAM_PORT,
+    ))
+    .await?;
+    trace.record(elapsed(), UPSTREAMS[index], "listening");
+    loop {
+        let (mut stream, _) = listener.accept().await?;
+        let world = world.clone();
+        tokio::task::spawn_local(async move {
+            let mut buf = Vec::with_capacity(4096);
+            let mut chunk = [0u8; 4096];
+            loop {
+                let (id, total) = loop {
+                    let mut headers = [httparse::EMPTY_HEADER; 32];
+                    let mut req = httparse::Request::new(&mut headers);
+                    if let Ok(httparse::Status::Complete(head_len)) = req.parse(&buf) {
+                        let id = req
+                            .headers
+                            .iter()
+                            .find(|h| h.name.eq_ignore_ascii_case("x-sim-id"))
+                            .map(|h| String::from_utf8_lossy(h.value).into_owned())
+                            .unwrap_or_default();
+                        break (id, head_len);
+                    }
+                    match stream.read(&mut chunk).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    }
+                };
+                buf.drain(..total);
+                world
+                    .borrow_mut()
+                    .received
+                    .entry(index)
+                    .or_default()
+                    .push(elapsed());
+                tokio::time::sleep(peers::work(id.as_bytes(), 120)).await;
+                let resp = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{id}",
+                    id.len()
+                );
+                if stream.write_all(resp.as_bytes()).await.is_err() {
+                    return;
+                }
+            }
+        });
+    }
+}
+
+async fn client(c: usize, seed: u64, world: Rc<RefCell<World>>, trace: Trace) {
+    let mut rng = Rng::from_seed(seed);
+    let who = format!("client{c}");
+    let mut seq = 0;
+    let mut conn: Option<TcpStream> = None;
+    let mut buf = Vec::with_capacity(4096);
+    tokio::time::sleep(TRAFFIC_FROM).await;
+    while elapsed() < TRAFFIC_UNTIL {
+        tokio::time::sleep(Duration::from_millis(rng.below(40))).await;
+        let id = format!("c{c}-{seq}");
+        seq += 1;
+        let request = format!(
+            "GET /item HTTP/1.1\r\nhost: sim\r\nx-sim-id: {id}\r\ncontent-length: 0\r\n\r\n"
+        );
+        world.borrow_mut().started += 1;
+        let start = elapsed();
+        if conn.is_none() {
+            conn = TcpStream::connect((SIDECAR, LISTEN_PORT)).await.ok();
+            buf.clear();
+        }
+        let outcome = match conn.as_mut() {
+            None => Err("connect failed".to_owned()),
+            Some(s) => match tokio::time::timeout(
+                CLIENT_DEADLINE,
+                peers::http::exchange::<4096>(s, &mut buf, request.as_bytes()),
+            )
+            .await
+            {
+                Ok(r) => r.map_err(|e| e.to_string()).and_then(|a| a.answering(&id)),
+                Err(_) => Err("gave up at the deadline".to_owned()),
+            },
+        };
+        let keep = matches!(&outcome, Ok((_, true)));
+        let outcome = outcome.map(|(status, _)| status);
+        if !keep {
+            conn = None;
+        }
+        let end = elapsed();
+        trace.record(end, &who, format_args!("{id} -> {outcome:?}"));
+        world.borrow_mut().requests.push(Req {
+            id,
+            start,
+            end,
+            outcome,
+        });
+    }
+    world.borrow_mut().clients_done += 1;
+}

@@ -1,0 +1,329 @@
+//! DNS clusters end to end: a `strict_dns` cluster on `localhost:PORT` through the system's
+//! resolver (`getaddrinfo`), with the defaults a user gets; a name that does not resolve
+//! (counted, answered 503 `UH`); a name in a static cluster refused by `sluice validate` with
+//! its line and "use type: strict_dns"; a tcp_proxy over a DNS cluster.
+
+mod support;
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener};
+use std::process::Command;
+use std::time::Duration;
+
+use support::*;
+
+/// An HTTP/1.1 upstream answering every request `200 body` on `port`, on 127.0.0.1 and, when the
+/// machine has it, on [::1] (so that `localhost` works whichever address it resolves to).
+fn backend(port: u16, body: &'static str) {
+    let mut sockets = vec![TcpListener::bind(addr(port)).unwrap()];
+    if let Ok(l) = TcpListener::bind(SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, port))) {
+        sockets.push(l);
+    }
+    for l in sockets {
+        std::thread::spawn(move || {
+            for s in l.incoming() {
+                let Ok(mut s) = s else { continue };
+                std::thread::spawn(move || {
+                    let mut head = Vec::new();
+                    let mut byte = [0u8; 1];
+                    while !head.ends_with(b"\r\n\r\n") {
+                        match s.read(&mut byte) {
+                            Ok(1) => head.push(byte[0]),
+                            _ => return,
+                        }
+                    }
+                    let _ = s.write_all(
+                        format!(
+                            "HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                            body.len()
+                        )
+                        .as_bytes(),
+                    );
+                });
+            }
+        });
+    }
+}
+
+fn admin_get(port: u16, path: &str) -> (u16, String) {
+    http_request(addr(port), "GET", path)
+}
+
+/// The first listener routes to cluster `local` (`localhost:UP`), the second to `nowhere` (a
+/// name under `.invalid`, which never resolves: RFC 6761); defaults everywhere else.
+fn config(ports: [u16; 7]) -> String {
+    let [listen, listen_bad, tcp, admin, up, checked, logical] = ports;
+    format!(
+        r#"
+admin: {{ address: 127.0.0.1:{admin} }}
+listeners:
+  - name: web
+    address: 127.0.0.1:{listen}
+    http:
+      virtual_hosts:
+        - name: all
+          domains: ["*"]
+          routes: [ {{ match: {{ prefix: / }}, route: {{ cluster: local }} }} ]
+  - name: bad
+    address: 127.0.0.1:{listen_bad}
+    http:
+      virtual_hosts:
+        - name: all
+          domains: ["*"]
+          routes: [ {{ match: {{ prefix: / }}, route: {{ cluster: nowhere }} }} ]
+  - name: tcp
+    address: 127.0.0.1:{tcp}
+    tcp_proxy: {{ cluster: local }}
+  - name: checked
+    address: 127.0.0.1:{checked}
+    tcp_proxy: {{ cluster: checked }}
+  - name: logical
+    address: 127.0.0.1:{logical}
+    tcp_proxy: {{ cluster: logical }}
+clusters:
+  - name: local
+    type: strict_dns
+    hosts: [ {{ address: "localhost:{up}" }} ]
+  - name: nowhere
+    type: strict_dns
+    hosts: [ {{ address: "nowhere.invalid:80" }} ]
+  - name: checked
+    type: strict_dns
+    health_check: {{ tcp: {{}}, interval: 1s, no_traffic_interval: 1s }}
+    hosts: [ {{ address: "localhost:{up}" }} ]
+  - name: logical
+    type: logical_dns
+    hosts: [ {{ address: "localhost:{up}" }} ]
+"#
+    )
+}
+
+#[test]
+fn a_strict_dns_cluster_serves_what_its_name_resolves_to_and_a_dead_name_is_counted() {
+    if !require_peers(&[]) {
+        return;
+    }
+    let dir = TempDir::new("dns");
+    let ports = [(); 7].map(|()| free_port());
+    let [listen, listen_bad, tcp, admin, up, checked, logical] = ports;
+    backend(up, "from-localhost");
+    let _sluice = start_sluice(&dir, &config(ports), 2, addr(listen));
+
+    // No warming: until the first answer the cluster has no host (503); then it has.
+    assert!(
+        eventually(Duration::from_secs(20), || http_request(
+            addr(listen),
+            "GET",
+            "/"
+        )
+        .0 == 200),
+        "the cluster never got localhost's address"
+    );
+    for _ in 0..10 {
+        assert_eq!(
+            http_request(addr(listen), "GET", "/"),
+            (200, "from-localhost".to_owned())
+        );
+    }
+    // tcp_proxy over the same cluster.
+    let mut s = std::net::TcpStream::connect(addr(tcp)).unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n").unwrap();
+    let mut answer = String::new();
+    s.read_to_string(&mut answer).unwrap();
+    assert!(
+        answer.starts_with("HTTP/1.1 200") && answer.ends_with("from-localhost"),
+        "{answer}"
+    );
+
+    // The admin API shows the name and what it resolved to.
+    let (status, body) = admin_get(admin, "/clusters?format=json");
+    assert_eq!(status, 200, "{body}");
+    let json: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let local = &json["clusters"][0];
+    assert_eq!(local["type"], "strict_dns", "{local}");
+    assert_eq!(local["dns"][0]["name"], "localhost", "{local}");
+    let mine = [format!("127.0.0.1:{up}"), format!("[::1]:{up}")];
+    let hosts = local["hosts"].as_array().unwrap();
+    assert!(!hosts.is_empty(), "{local}");
+    for h in hosts {
+        assert!(mine.iter().any(|m| h["address"] == m.as_str()), "{local}");
+    }
+    let (_, text) = admin_get(admin, "/clusters");
+    assert!(text.contains("local::dns::localhost:"), "{text}");
+    assert!(admin_stat(admin, "cluster.local.upstream_dns.resolutions") >= 1);
+    assert_eq!(admin_stat(admin, "cluster.local.upstream_dns.failures"), 0);
+
+    // A name that does not resolve: counted, and its requests answered 503 (no host).
+    assert!(
+        eventually(Duration::from_secs(20), || {
+            admin_stat(admin, "cluster.nowhere.upstream_dns.failures") >= 1
+        }),
+        "the failed resolution was not counted"
+    );
+    let (status, _) = http_request(addr(listen_bad), "GET", "/");
+    assert_eq!(status, 503);
+    assert_eq!(
+        admin_stat(admin, "cluster.nowhere.upstream_dns.resolutions"),
+        0
+    );
+    // A health-checked DNS cluster: its resolved host is probed and found healthy.
+    let checked_health = || {
+        let (_, body) = admin_get(admin, "/clusters?format=json");
+        let json: serde_json::Value = serde_json::from_str(&body).unwrap();
+        json["clusters"][2]["hosts"][0]["health"] == "healthy"
+    };
+    assert!(
+        eventually(Duration::from_secs(20), checked_health),
+        "the resolved host of the checked cluster never passed its probe"
+    );
+    assert!(admin_stat(admin, "cluster.checked.health_check.success") >= 1);
+    let mut s = std::net::TcpStream::connect(addr(checked)).unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n").unwrap();
+    let mut answer = String::new();
+    s.read_to_string(&mut answer).unwrap();
+    assert!(answer.ends_with("from-localhost"), "{answer}");
+
+    // logical_dns: one host, the first address of the answer.
+    let logical_answers = || {
+        let Ok(mut s) = std::net::TcpStream::connect(addr(logical)) else {
+            return false;
+        };
+        let _ = s.write_all(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n");
+        let mut answer = String::new();
+        let _ = s.read_to_string(&mut answer);
+        answer.ends_with("from-localhost")
+    };
+    assert!(eventually(Duration::from_secs(20), logical_answers));
+    let (_, body) = admin_get(admin, "/clusters?format=json");
+    let json: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let logical = &json["clusters"][3];
+    assert_eq!(logical["type"], "logical_dns", "{logical}");
+    assert_eq!(
+        logical["hosts"].as_array().map(Vec::len),
+        Some(1),
+        "{logical}"
+    );
+
+    let (_, prom) = admin_get(admin, "/stats/prometheus");
+    assert!(
+        prom.contains("sluice_upstream_dns_failures_total{cluster=\"nowhere\"}"),
+        "{prom}"
+    );
+}
+
+/// A DNS name in a static cluster is a validation error at its line, which says what to do.
+#[test]
+fn a_name_in_a_static_cluster_is_refused_with_its_line_and_what_to_use() {
+    if !require_peers(&[]) {
+        return;
+    }
+    let dir = TempDir::new("dns-validate");
+    let path = dir.write(
+        "static.yaml",
+        "listeners:\n  - { name: a, address: 127.0.0.1:1000, tcp_proxy: { cluster: c } }\n\
+         clusters:\n  - name: c\n    hosts:\n      - { address: \"backend.default.svc.cluster.local:8080\" }\n",
+    );
+    let out = Command::new(sluice_bin())
+        .args(["validate", path.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let file = path.display();
+    assert!(
+        stderr.contains(&format!("{file}:6:")) && stderr.contains("clusters[0].hosts[0].address"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("use type: strict_dns"), "{stderr}");
+
+    // The same with `type: strict_dns` is valid.
+    let ok = dir.write(
+        "dns.yaml",
+        "listeners:\n  - { name: a, address: 127.0.0.1:1000, tcp_proxy: { cluster: c } }\n\
+         clusters:\n  - name: c\n    type: strict_dns\n    hosts:\n      - { address: \"backend.default.svc.cluster.local:8080\" }\n",
+    );
+    let out = Command::new(sluice_bin())
+        .args(["validate", ok.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+}
+
+/// A reload keeps an unchanged DNS cluster's hosts (ids, per-host counters) and starts a
+/// changed one over.
+#[test]
+fn a_reload_keeps_the_hosts_of_an_unchanged_dns_cluster() {
+    if !require_peers(&[]) {
+        return;
+    }
+    let dir = TempDir::new("dns-reload");
+    let [listen, admin, up] = [(); 3].map(|()| free_port());
+    backend(up, "from-localhost");
+    let config = |version: &str, other_refresh: &str| {
+        format!(
+            r#"
+admin: {{ address: 127.0.0.1:{admin} }}
+listeners:
+  - name: web
+    address: 127.0.0.1:{listen}
+    http:
+      virtual_hosts:
+        - name: all
+          domains: ["*"]
+          routes:
+            - {{ match: {{ path: /version }}, direct_response: {{ status: 200, body: {version} }} }}
+            - {{ match: {{ prefix: /other }}, route: {{ cluster: other }} }}
+            - {{ match: {{ prefix: / }}, route: {{ cluster: local }} }}
+clusters:
+  - name: local
+    type: strict_dns
+    hosts: [ {{ address: "localhost:{up}" }} ]
+  - name: other
+    type: strict_dns
+    dns_refresh_rate: {other_refresh}
+    hosts: [ {{ address: "localhost:{up}" }} ]
+"#
+        )
+    };
+    let path = dir.write("sluice.yaml", &config("one", "5s"));
+    let mut p = spawn(
+        &dir,
+        "sluice",
+        sluice_bin(),
+        &["run", "-c", path.to_str().unwrap(), "--workers", "2"],
+    );
+    wait_listening(addr(listen), &mut p);
+    assert!(eventually(Duration::from_secs(20), || {
+        http_request(addr(listen), "GET", "/").0 == 200
+            && http_request(addr(listen), "GET", "/other").0 == 200
+    }));
+    for _ in 0..5 {
+        assert_eq!(http_request(addr(listen), "GET", "/").0, 200);
+        assert_eq!(http_request(addr(listen), "GET", "/other").0, 200);
+    }
+    let rq_total = |cluster: usize| {
+        let (_, body) = admin_get(admin, "/clusters?format=json");
+        let json: serde_json::Value = serde_json::from_str(&body).unwrap();
+        json["clusters"][cluster]["hosts"][0]["rq_total"]
+            .as_u64()
+            .unwrap_or(0)
+    };
+    assert!(rq_total(0) >= 5 && rq_total(1) >= 5);
+
+    // `local` unchanged, `other` changed (its refresh rate).
+    std::fs::write(&path, config("two", "7s")).unwrap();
+    let (status, body) = http_request(addr(admin), "POST", "/reload");
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        http_request(addr(listen), "GET", "/version"),
+        (200, "two".into())
+    );
+    // The unchanged cluster serves at once and its host kept its counters.
+    assert_eq!(http_request(addr(listen), "GET", "/").0, 200);
+    assert!(rq_total(0) >= 6, "local's host lost its counters");
+    // The changed one resolved again: a new host, counting from 0.
+    assert!(eventually(Duration::from_secs(20), || {
+        http_request(addr(listen), "GET", "/other").0 == 200
+    }));
+    assert!(rq_total(1) < 5, "other was not started over");
+}
