@@ -381,7 +381,13 @@ pub(crate) struct H2Upstream {
 impl H2Upstream {
     /// A new stream on `conn` (taken from the pool or just made).
     pub(crate) fn new(conn: Rc<H2Conn>, stats: &Arc<WorkerStats>, tls: bool) -> Self {
-        conn.streams.set(conn.streams.get() + 1);
+        let open = conn.streams.get() + 1;
+        conn.streams.set(open);
+        // The pool picks a connection below the peer's limit: one above it waits inside `h2`.
+        let limit = conn.send.current_max_send_streams();
+        if limit > 0 && open > limit {
+            bump(&stats.http2_upstream_streams_queued, 1);
+        }
         bump(&stats.http2_upstream_streams_total, 1);
         gauge_add(&stats.http2_upstream_streams_active, true);
         H2Upstream {

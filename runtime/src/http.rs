@@ -1353,6 +1353,11 @@ impl<N: Network> Engine<N> {
                 .map(Upstream::Http1)
             };
             let reused = pooled.is_some();
+            // The core retries a try on a pooled connection that closed with no answer once
+            // (the stale keep-alive race). An HTTP/2 stream has no such race: a connection the
+            // upstream closes says so with GOAWAY (unprocessed streams fail as `Refused`), and a
+            // reset stream may have been processed — sent again only if `retry_on` says so.
+            let may_be_stale = reused && !http2;
             let mut up = match pooled {
                 Some(s) => s,
                 None => {
@@ -1449,7 +1454,13 @@ impl<N: Network> Engine<N> {
                 }
             };
             if reused {
-                step = self.stream_input(ci, &mut stream, Input::Connected { reused: true });
+                step = self.stream_input(
+                    ci,
+                    &mut stream,
+                    Input::Connected {
+                        reused: may_be_stale,
+                    },
+                );
             }
             debug_assert!(step.is_none(), "unexpected stream output {step:?}");
             if let Some(h) = self.stats.host(ci, host.index()) {
@@ -1532,7 +1543,7 @@ impl<N: Network> Engine<N> {
                             request_written, ..
                         } => TryFailure::Closed {
                             request_written: request_written || written,
-                            reused,
+                            reused: may_be_stale,
                         },
                         f => f,
                     };

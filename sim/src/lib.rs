@@ -25,6 +25,7 @@
 
 pub mod bolt;
 pub mod drain;
+pub mod h2_upstream;
 pub mod http;
 pub mod peers;
 pub mod registry;
