@@ -5,7 +5,11 @@
 mod support;
 
 use std::collections::HashMap;
+use std::io::ErrorKind;
 use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 use support::pki::stat;
 use support::*;
@@ -329,6 +333,96 @@ fn a_refused_stream_is_sent_again_whatever_the_method() {
     assert_eq!(lines[0]["refused"], "/refuse-once/t1");
     assert_eq!(lines[1]["path"], "/refuse-once/t1");
     assert_eq!(stat(admin, "http2.upstream_refused"), 1);
+}
+
+/// A TCP relay from `listen` to `to` that forwards both ways until `stall` is set, then holds
+/// its connections without reading or writing (an upstream that stops answering, PINGs
+/// included), until `stop` is set.
+fn stalling_relay(listen: u16, to: u16, stall: Arc<AtomicBool>, stop: Arc<AtomicBool>) {
+    let listener = std::net::TcpListener::bind(addr(listen)).unwrap();
+    listener.set_nonblocking(true).unwrap();
+    std::thread::spawn(move || {
+        while !stop.load(Ordering::SeqCst) {
+            let Ok((down, _)) = listener.accept() else {
+                std::thread::sleep(Duration::from_millis(10));
+                continue;
+            };
+            down.set_nonblocking(false).unwrap();
+            let up = std::net::TcpStream::connect(addr(to)).unwrap();
+            for (from, into) in [
+                (down.try_clone().unwrap(), up.try_clone().unwrap()),
+                (up, down),
+            ] {
+                let (stall, stop) = (stall.clone(), stop.clone());
+                std::thread::spawn(move || relay_one_way(from, into, &stall, &stop));
+            }
+        }
+    });
+}
+
+fn relay_one_way(
+    mut from: std::net::TcpStream,
+    mut into: std::net::TcpStream,
+    stall: &AtomicBool,
+    stop: &AtomicBool,
+) {
+    use std::io::{Read, Write};
+    from.set_read_timeout(Some(Duration::from_millis(20)))
+        .unwrap();
+    let mut buf = [0u8; 16 * 1024];
+    while !stop.load(Ordering::SeqCst) {
+        if stall.load(Ordering::SeqCst) {
+            std::thread::sleep(Duration::from_millis(20));
+            continue;
+        }
+        match from.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => {
+                if into.write_all(&buf[..n]).is_err() {
+                    break;
+                }
+            }
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
+            Err(_) => break,
+        }
+    }
+    let _ = into.shutdown(std::net::Shutdown::Write);
+}
+
+#[test]
+fn an_unanswered_keepalive_ping_closes_the_connection_and_fails_its_streams_as_resets() {
+    if !require_peers(&["node", "curl"]) {
+        return;
+    }
+    let dir = TempDir::new("h2up-keepalive");
+    let (listen, admin, up, relay) = (free_port(), free_port(), free_port(), free_port());
+    let (_u, _log) = start_h2_upstream(&dir, "up", up);
+    let (stall, stop) = (
+        Arc::new(AtomicBool::new(false)),
+        Arc::new(AtomicBool::new(false)),
+    );
+    stalling_relay(relay, up, stall.clone(), stop.clone());
+    let yaml = config(listen, admin, &[relay]).replace(
+        "    protocol: http2\n",
+        "    protocol: http2\n    http2: { connection_keepalive: { interval: 200ms, timeout: 300ms } }\n",
+    );
+    let _sluice = start_sluice(&dir, &yaml, 1, addr(listen));
+    let base = format!("http://127.0.0.1:{listen}");
+    // Answered PINGs keep the connection: a request after a few intervals reuses it.
+    assert_eq!(curl(&["--http1.1", &format!("{base}/first")]).0, 200);
+    std::thread::sleep(Duration::from_millis(700));
+    assert_eq!(curl(&["--http1.1", &format!("{base}/second")]).0, 200);
+    assert_eq!(stat(admin, "http2.upstream_cx_total"), 1);
+    assert_eq!(stat(admin, "http2.upstream_keepalive_timeout"), 0);
+
+    // The upstream stops answering: the request's stream fails as a reset (502 UC) once a PING
+    // goes unanswered, long before the route's 15 s timeout (curl gives up at 10 s).
+    stall.store(true, Ordering::SeqCst);
+    let (status, body) = curl(&["--http1.1", &format!("{base}/stalled")]);
+    assert_eq!(status, 502, "{body}");
+    assert!(stat(admin, "http2.upstream_keepalive_timeout") >= 1);
+    assert!(stat(admin, "http2.upstream_rx_reset") >= 1);
+    stop.store(true, Ordering::SeqCst);
 }
 
 // ---- gRPC with grpc-js (tests/grpc/peer.js) on both sides ----------------------------------

@@ -59,6 +59,7 @@ use bytes::Bytes;
 use h2::client::{ResponseFuture, SendRequest};
 use h2::{RecvStream, SendStream};
 use sluice_core::Instant;
+use sluice_core::config::Http2Keepalive;
 use sluice_core::http1::{
     BodyFraming, Chunked, ChunkedDecoder, Head, Limits, Method, ParseStatus, parse_request,
     write_trailers,
@@ -273,11 +274,12 @@ pub(crate) async fn handshake<S>(
     io: S,
     stats: &Arc<WorkerStats>,
     now: Instant,
+    keepalive: Option<Http2Keepalive>,
 ) -> io::Result<Rc<H2Conn>>
 where
     S: AsyncRead + AsyncWrite + Unpin + 'static,
 {
-    let (send, connection) = client_builder()
+    let (send, mut connection) = client_builder()
         .handshake::<_, Bytes>(io)
         .await
         .map_err(io::Error::other)?;
@@ -286,10 +288,19 @@ where
     let done = ended.clone();
     let task_stats = stats.clone();
     gauge_add(&stats.http2_upstream_cx_active, true);
+    let pings = keepalive.and_then(|k| Some((k, connection.ping_pong()?)));
     tokio::task::spawn_local(async move {
-        if let Err(e) = connection.await {
+        let ended = match pings {
+            None => (&mut connection).await,
+            Some((keepalive, pings)) => {
+                drive_with_keepalive(&mut connection, keepalive, pings, &task_stats).await
+            }
+        };
+        if let Err(e) = ended {
             tracing::debug!(error = %e, "HTTP/2 upstream connection ended");
         }
+        // Dropping the connection fails the streams still on it (as resets).
+        drop(connection);
         done.set(true);
         gauge_add(&task_stats.http2_upstream_cx_active, false);
     });
@@ -300,6 +311,40 @@ where
         going_away: Cell::new(false),
         idle_since: Cell::new(now),
     }))
+}
+
+/// Drives a connection while sending a PING every `keepalive.interval`; one not answered
+/// within `keepalive.timeout` ends it (`Ok`: the caller drops the connection, which closes the
+/// socket and fails its streams as resets, seen by outlier detection like any reset).
+async fn drive_with_keepalive<C>(
+    connection: &mut C,
+    keepalive: Http2Keepalive,
+    mut pings: h2::PingPong,
+    stats: &WorkerStats,
+) -> Result<(), h2::Error>
+where
+    C: Future<Output = Result<(), h2::Error>> + Unpin,
+{
+    loop {
+        tokio::select! {
+            r = &mut *connection => return r,
+            () = tokio::time::sleep(keepalive.interval) => {}
+        }
+        let pong = tokio::select! {
+            r = &mut *connection => return r,
+            pong = tokio::time::timeout(keepalive.timeout, pings.ping(h2::Ping::opaque())) => pong,
+        };
+        match pong {
+            Ok(Ok(_)) => {}
+            // The connection failed: its own poll says how.
+            Ok(Err(_)) => return connection.await,
+            Err(_) => {
+                bump(&stats.http2_upstream_keepalive_timeout, 1);
+                tracing::debug!("HTTP/2 upstream PING unanswered: closing the connection");
+                return Ok(());
+            }
+        }
+    }
 }
 
 /// What an upstream did to a stream that says it was never processed.

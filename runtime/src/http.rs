@@ -1718,7 +1718,12 @@ impl<N: Network> Engine<N> {
     ) -> Option<Result<Upstream<MaybeTls<N::Stream>>, ()>> {
         let handshake = tokio::select! {
             biased;
-            r = crate::h2_upstream::handshake(conn, &self.stats, now()) => r,
+            r = crate::h2_upstream::handshake(
+                conn,
+                &self.stats,
+                now(),
+                self.config.clusters[ci].http2_keepalive,
+            ) => r,
             () = tokio::time::sleep_until(timer) => return None,
         };
         Some(match handshake {

@@ -1198,6 +1198,14 @@ counters! {
                 "HTTP/2 upstream streams refused unprocessed (REFUSED_STREAM or above a GOAWAY's last stream id).",
             )
             .stats("http2.upstream_refused");
+        /// HTTP/2 upstream connections closed because a keepalive PING went unanswered
+        /// (`http2.connection_keepalive`).
+        http2_upstream_keepalive_timeout: AtomicU64, counter
+            => Metric::counter(
+                "sluice_http2_upstream_keepalive_timeout_total",
+                "HTTP/2 upstream connections closed because a keepalive PING went unanswered within its timeout.",
+            )
+            .stats("http2.upstream_keepalive_timeout");
         /// GOAWAY frames received from HTTP/2 upstreams (seen by a stream or a pool check).
         http2_upstream_goaway_received: AtomicU64, counter
             => Metric::counter(
