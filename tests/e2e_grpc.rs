@@ -509,6 +509,97 @@ fn grpc_unary_streaming_bidi_and_errors_through_an_http2_cluster() {
     assert_eq!(stat(admin, "http2.upstream_streams_active"), 0);
 }
 
+/// Stops the proxy as an operator does (SIGTERM: it drains and flushes its access log).
+fn stop(mut s: Proc) {
+    s.signal("TERM");
+    assert!(
+        s.wait_exit(Duration::from_secs(10))
+            .is_some_and(|st| st.success()),
+        "{}",
+        s.log_text()
+    );
+}
+
+#[test]
+fn the_access_log_has_each_grpc_calls_status_over_http2_and_http11() {
+    if !require_peers(&["grpc-js", "curl"]) {
+        return;
+    }
+    let with_log = |yaml: String, log: &PathBuf| {
+        yaml.replace(
+            "    http:\n",
+            &format!(
+                "    http:\n      access_log: {{ format: json, path: {} }}\n",
+                log.display()
+            ),
+        )
+    };
+    let statuses = |log: &PathBuf| -> Vec<(String, String, serde_json::Value)> {
+        log_lines(log)
+            .into_iter()
+            .map(|l| {
+                let path = l["path"].as_str().unwrap_or("");
+                let method = path.rsplit('/').next().unwrap_or("").to_owned();
+                (
+                    l["protocol"].as_str().unwrap_or("").to_owned(),
+                    method,
+                    l["grpc_status"].clone(),
+                )
+            })
+            .collect()
+    };
+    let dir = TempDir::new("grpc-log");
+    let (listen, admin, up, dead) = (free_port(), free_port(), free_port(), free_port());
+    let _up = start_grpc_server(&dir, "up", up);
+    let log = dir.path().join("access.log");
+    let sluice = start_sluice(
+        &dir,
+        &with_log(config(listen, admin, &[up]), &log),
+        1,
+        addr(listen),
+    );
+    // HTTP/2 clients: a success (status 0 in the trailers), an error (trailers-only, 5).
+    assert_eq!(grpc_client(listen, "unary:1")["ok"], true);
+    assert_eq!(grpc_client(listen, "error")["code"], 5);
+    // HTTP/1.1 clients: a gRPC call to a method the server lacks (trailers-only
+    // UNIMPLEMENTED, 12), and a request that is not gRPC.
+    let base = format!("http://127.0.0.1:{listen}");
+    let nope = format!("{base}/sluice.Nope/Nope");
+    let grpc_type = "content-type: application/grpc";
+    assert_eq!(
+        curl(&["--http1.1", "-H", grpc_type, "-d", "x", &nope]).0,
+        200
+    );
+    curl(&["--http1.1", &format!("{base}/plain")]);
+    // Lines are written at the latest when the process ends (SIGTERM).
+    stop(sluice);
+    assert_eq!(
+        statuses(&log),
+        [
+            ("HTTP/2".into(), "Unary".into(), serde_json::json!(0)),
+            ("HTTP/2".into(), "Unary".into(), serde_json::json!(5)),
+            ("HTTP/1.1".into(), "Nope".into(), serde_json::json!(12)),
+            ("HTTP/1.1".into(), "plain".into(), serde_json::Value::Null),
+        ]
+    );
+
+    // The proxy's own answer to a gRPC call (no upstream: UNAVAILABLE, 14).
+    let (listen, admin) = (free_port(), free_port());
+    let log = dir.path().join("access-dead.log");
+    let sluice = start_sluice(
+        &dir,
+        &with_log(config(listen, admin, &[dead]), &log),
+        1,
+        addr(listen),
+    );
+    assert_eq!(grpc_client(listen, "error")["code"], 14);
+    stop(sluice);
+    assert_eq!(
+        statuses(&log),
+        [("HTTP/2".into(), "Unary".into(), serde_json::json!(14))]
+    );
+}
+
 #[test]
 fn grpc_errors_the_proxy_answers_are_trailers_only_with_envoys_status() {
     if !require_peers(&["grpc-js"]) {

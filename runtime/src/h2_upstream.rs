@@ -421,6 +421,8 @@ pub(crate) struct H2Upstream {
     finished: bool,
     /// The stream failed (counted once).
     failed: bool,
+    /// The `grpc-status` of the response's trailers, once they arrived.
+    grpc_status: Option<u8>,
 }
 
 impl H2Upstream {
@@ -453,7 +455,13 @@ impl H2Upstream {
             out_at: 0,
             finished: false,
             failed: false,
+            grpc_status: None,
         }
+    }
+
+    /// The `grpc-status` of the response's trailers (`None` before them, or without one).
+    pub(crate) fn grpc_status(&self) -> Option<u8> {
+        self.grpc_status
     }
 
     /// An `h2` error as the IO error the request path sees; a refusal is marked for
@@ -698,6 +706,10 @@ impl H2Upstream {
                 };
                 self.recv = None;
                 self.finished = true;
+                self.grpc_status = trailers
+                    .as_ref()
+                    .and_then(|t| t.get("grpc-status"))
+                    .and_then(|v| v.to_str().ok()?.trim().parse().ok());
                 if self.body == ResponseBody::Chunked {
                     self.out.extend_from_slice(b"0\r\n");
                     for (name, value) in trailers.iter().flatten() {
