@@ -5,7 +5,11 @@
 mod support;
 
 use std::collections::HashMap;
+use std::io::ErrorKind;
 use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 use support::pki::stat;
 use support::*;
@@ -331,6 +335,96 @@ fn a_refused_stream_is_sent_again_whatever_the_method() {
     assert_eq!(stat(admin, "http2.upstream_refused"), 1);
 }
 
+/// A TCP relay from `listen` to `to` that forwards both ways until `stall` is set, then holds
+/// its connections without reading or writing (an upstream that stops answering, PINGs
+/// included), until `stop` is set.
+fn stalling_relay(listen: u16, to: u16, stall: Arc<AtomicBool>, stop: Arc<AtomicBool>) {
+    let listener = std::net::TcpListener::bind(addr(listen)).unwrap();
+    listener.set_nonblocking(true).unwrap();
+    std::thread::spawn(move || {
+        while !stop.load(Ordering::SeqCst) {
+            let Ok((down, _)) = listener.accept() else {
+                std::thread::sleep(Duration::from_millis(10));
+                continue;
+            };
+            down.set_nonblocking(false).unwrap();
+            let up = std::net::TcpStream::connect(addr(to)).unwrap();
+            for (from, into) in [
+                (down.try_clone().unwrap(), up.try_clone().unwrap()),
+                (up, down),
+            ] {
+                let (stall, stop) = (stall.clone(), stop.clone());
+                std::thread::spawn(move || relay_one_way(from, into, &stall, &stop));
+            }
+        }
+    });
+}
+
+fn relay_one_way(
+    mut from: std::net::TcpStream,
+    mut into: std::net::TcpStream,
+    stall: &AtomicBool,
+    stop: &AtomicBool,
+) {
+    use std::io::{Read, Write};
+    from.set_read_timeout(Some(Duration::from_millis(20)))
+        .unwrap();
+    let mut buf = [0u8; 16 * 1024];
+    while !stop.load(Ordering::SeqCst) {
+        if stall.load(Ordering::SeqCst) {
+            std::thread::sleep(Duration::from_millis(20));
+            continue;
+        }
+        match from.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => {
+                if into.write_all(&buf[..n]).is_err() {
+                    break;
+                }
+            }
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
+            Err(_) => break,
+        }
+    }
+    let _ = into.shutdown(std::net::Shutdown::Write);
+}
+
+#[test]
+fn an_unanswered_keepalive_ping_closes_the_connection_and_fails_its_streams_as_resets() {
+    if !require_peers(&["node", "curl"]) {
+        return;
+    }
+    let dir = TempDir::new("h2up-keepalive");
+    let (listen, admin, up, relay) = (free_port(), free_port(), free_port(), free_port());
+    let (_u, _log) = start_h2_upstream(&dir, "up", up);
+    let (stall, stop) = (
+        Arc::new(AtomicBool::new(false)),
+        Arc::new(AtomicBool::new(false)),
+    );
+    stalling_relay(relay, up, stall.clone(), stop.clone());
+    let yaml = config(listen, admin, &[relay]).replace(
+        "    protocol: http2\n",
+        "    protocol: http2\n    http2: { connection_keepalive: { interval: 200ms, timeout: 300ms } }\n",
+    );
+    let _sluice = start_sluice(&dir, &yaml, 1, addr(listen));
+    let base = format!("http://127.0.0.1:{listen}");
+    // Answered PINGs keep the connection: a request after a few intervals reuses it.
+    assert_eq!(curl(&["--http1.1", &format!("{base}/first")]).0, 200);
+    std::thread::sleep(Duration::from_millis(700));
+    assert_eq!(curl(&["--http1.1", &format!("{base}/second")]).0, 200);
+    assert_eq!(stat(admin, "http2.upstream_cx_total"), 1);
+    assert_eq!(stat(admin, "http2.upstream_keepalive_timeout"), 0);
+
+    // The upstream stops answering: the request's stream fails as a reset (502 UC) once a PING
+    // goes unanswered, long before the route's 15 s timeout (curl gives up at 10 s).
+    stall.store(true, Ordering::SeqCst);
+    let (status, body) = curl(&["--http1.1", &format!("{base}/stalled")]);
+    assert_eq!(status, 502, "{body}");
+    assert!(stat(admin, "http2.upstream_keepalive_timeout") >= 1);
+    assert!(stat(admin, "http2.upstream_rx_reset") >= 1);
+    stop.store(true, Ordering::SeqCst);
+}
+
 // ---- gRPC with grpc-js (tests/grpc/peer.js) on both sides ----------------------------------
 
 fn start_grpc_server(dir: &TempDir, name: &str, port: u16) -> Proc {
@@ -413,6 +507,97 @@ fn grpc_unary_streaming_bidi_and_errors_through_an_http2_cluster() {
     assert_eq!(error["code"], 5, "{error}");
     assert_eq!(error["details"], "told to fail: e", "{error}");
     assert_eq!(stat(admin, "http2.upstream_streams_active"), 0);
+}
+
+/// Stops the proxy as an operator does (SIGTERM: it drains and flushes its access log).
+fn stop(mut s: Proc) {
+    s.signal("TERM");
+    assert!(
+        s.wait_exit(Duration::from_secs(10))
+            .is_some_and(|st| st.success()),
+        "{}",
+        s.log_text()
+    );
+}
+
+#[test]
+fn the_access_log_has_each_grpc_calls_status_over_http2_and_http11() {
+    if !require_peers(&["grpc-js", "curl"]) {
+        return;
+    }
+    let with_log = |yaml: String, log: &PathBuf| {
+        yaml.replace(
+            "    http:\n",
+            &format!(
+                "    http:\n      access_log: {{ format: json, path: {} }}\n",
+                log.display()
+            ),
+        )
+    };
+    let statuses = |log: &PathBuf| -> Vec<(String, String, serde_json::Value)> {
+        log_lines(log)
+            .into_iter()
+            .map(|l| {
+                let path = l["path"].as_str().unwrap_or("");
+                let method = path.rsplit('/').next().unwrap_or("").to_owned();
+                (
+                    l["protocol"].as_str().unwrap_or("").to_owned(),
+                    method,
+                    l["grpc_status"].clone(),
+                )
+            })
+            .collect()
+    };
+    let dir = TempDir::new("grpc-log");
+    let (listen, admin, up, dead) = (free_port(), free_port(), free_port(), free_port());
+    let _up = start_grpc_server(&dir, "up", up);
+    let log = dir.path().join("access.log");
+    let sluice = start_sluice(
+        &dir,
+        &with_log(config(listen, admin, &[up]), &log),
+        1,
+        addr(listen),
+    );
+    // HTTP/2 clients: a success (status 0 in the trailers), an error (trailers-only, 5).
+    assert_eq!(grpc_client(listen, "unary:1")["ok"], true);
+    assert_eq!(grpc_client(listen, "error")["code"], 5);
+    // HTTP/1.1 clients: a gRPC call to a method the server lacks (trailers-only
+    // UNIMPLEMENTED, 12), and a request that is not gRPC.
+    let base = format!("http://127.0.0.1:{listen}");
+    let nope = format!("{base}/sluice.Nope/Nope");
+    let grpc_type = "content-type: application/grpc";
+    assert_eq!(
+        curl(&["--http1.1", "-H", grpc_type, "-d", "x", &nope]).0,
+        200
+    );
+    curl(&["--http1.1", &format!("{base}/plain")]);
+    // Lines are written at the latest when the process ends (SIGTERM).
+    stop(sluice);
+    assert_eq!(
+        statuses(&log),
+        [
+            ("HTTP/2".into(), "Unary".into(), serde_json::json!(0)),
+            ("HTTP/2".into(), "Unary".into(), serde_json::json!(5)),
+            ("HTTP/1.1".into(), "Nope".into(), serde_json::json!(12)),
+            ("HTTP/1.1".into(), "plain".into(), serde_json::Value::Null),
+        ]
+    );
+
+    // The proxy's own answer to a gRPC call (no upstream: UNAVAILABLE, 14).
+    let (listen, admin) = (free_port(), free_port());
+    let log = dir.path().join("access-dead.log");
+    let sluice = start_sluice(
+        &dir,
+        &with_log(config(listen, admin, &[dead]), &log),
+        1,
+        addr(listen),
+    );
+    assert_eq!(grpc_client(listen, "error")["code"], 14);
+    stop(sluice);
+    assert_eq!(
+        statuses(&log),
+        [("HTTP/2".into(), "Unary".into(), serde_json::json!(14))]
+    );
 }
 
 #[test]

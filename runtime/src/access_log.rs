@@ -13,7 +13,9 @@
 //! `BYTES_RECEIVED`, `BYTES_SENT`, `DURATION` (ms), `UPSTREAM_HOST`, `REQUEST_ID`,
 //! `DOWNSTREAM_REMOTE_ADDRESS`, `LISTENER`, `ORIGINAL_DST` (the connection's original destination
 //! when a capture listener took it, else `-`), `AUTHORITY` (the `Host`, or HTTP/2 `:authority`),
-//! `USER_AGENT`, `UPSTREAM_CLUSTER`, `RETRY_COUNT` (tries − 1), `TRACE_ID` (with `tracing`), and
+//! `USER_AGENT`, `UPSTREAM_CLUSTER`, `RETRY_COUNT` (tries − 1), `TRACE_ID` (with `tracing`),
+//! `GRPC_STATUS` (a gRPC request's status code as a number: from the response's trailers, its
+//! trailers-only head, or the proxy's own answer; `-` for other requests), and
 //! `%REQ(NAME)%` — any request
 //! header (case-insensitive; `%REQ(A?B)%` falls back to `B`; `%REQ(NAME):N%` keeps the first `N`
 //! bytes; `:authority`, `:path` and `:method` name the request line's parts). JSON lines carry
@@ -96,6 +98,8 @@ pub struct Entry<'a> {
     pub server_name: Option<&'a str>,
     /// The request's trace id (32 lowercase hex digits), when `tracing` is configured.
     pub trace_id: Option<&'a [u8; 32]>,
+    /// A gRPC request's `grpc-status` (`None`: not gRPC, or no status seen).
+    pub grpc_status: Option<u8>,
 }
 
 impl<'a> Entry<'a> {
@@ -154,9 +158,10 @@ enum Field {
     CloseReason,
     ServerName,
     TraceId,
+    GrpcStatus,
 }
 
-const FIELDS: [(&str, Field); 21] = [
+const FIELDS: [(&str, Field); 22] = [
     ("START_TIME", Field::StartTime),
     ("METHOD", Field::Method),
     ("PATH", Field::Path),
@@ -178,6 +183,7 @@ const FIELDS: [(&str, Field); 21] = [
     ("CLOSE_REASON", Field::CloseReason),
     ("REQUESTED_SERVER_NAME", Field::ServerName),
     ("TRACE_ID", Field::TraceId),
+    ("GRPC_STATUS", Field::GrpcStatus),
 ];
 
 /// A worker's access log writer for one listener.
@@ -432,6 +438,10 @@ fn write_field(buf: &mut Vec<u8>, f: Field, e: &Entry<'_>) {
             Ok(())
         }
         Field::TraceId => buf.write_all(e.trace_id.map_or(&b"-"[..], |t| &t[..])),
+        Field::GrpcStatus => match e.grpc_status {
+            Some(code) => write!(buf, "{code}"),
+            None => buf.write_all(b"-"),
+        },
     };
 }
 
@@ -515,6 +525,12 @@ fn write_json(buf: &mut Vec<u8>, e: &Entry<'_>, headers: &[String]) {
     let _ = write!(buf, ",\"retry_count\":{}", e.tries.saturating_sub(1));
     buf.extend_from_slice(b",\"trace_id\":");
     opt_string(buf, e.trace_id.map(|t| &t[..]));
+    match e.grpc_status {
+        Some(code) => {
+            let _ = write!(buf, ",\"grpc_status\":{code}");
+        }
+        None => buf.extend_from_slice(b",\"grpc_status\":null"),
+    }
     if !headers.is_empty() {
         buf.extend_from_slice(b",\"request_headers\":{");
         for (i, name) in headers.iter().enumerate() {
@@ -646,6 +662,7 @@ mod tests {
             close_reason: None,
             server_name: None,
             trace_id: None,
+            grpc_status: None,
         };
         log.log(&e);
         let line = String::from_utf8(std::mem::take(&mut log.buf)).unwrap();
@@ -682,6 +699,7 @@ mod tests {
             close_reason: None,
             server_name: None,
             trace_id: None,
+            grpc_status: None,
         };
         let mut buf = Vec::new();
         write_pieces(&mut buf, &pieces, &e);
@@ -728,6 +746,7 @@ mod tests {
             close_reason: None,
             server_name: None,
             trace_id: None,
+            grpc_status: None,
         }
     }
 
@@ -784,6 +803,30 @@ mod tests {
         assert_eq!(v["start_time"], "1970-01-01T00:00:00.000Z");
         assert_eq!(v["request_id"], "id");
         assert_eq!(v["status"], 200);
+        assert_eq!(v["grpc_status"], serde_json::Value::Null);
+    }
+
+    #[test]
+    fn grpc_status_in_text_and_json_lines() {
+        let pieces = compile("%STATUS% %GRPC_STATUS%");
+        let mut e = entry(None);
+        let mut buf = Vec::new();
+        write_pieces(&mut buf, &pieces, &e);
+        assert_eq!(buf, b"200 -");
+        e.grpc_status = Some(14);
+        buf.clear();
+        write_pieces(&mut buf, &pieces, &e);
+        assert_eq!(buf, b"200 14");
+        let config = AccessLogConfig {
+            format: AccessLogFormat::Json,
+            path: None,
+            request_headers: Vec::new(),
+        };
+        let mut log = AccessLog::open(&config).unwrap();
+        log.log(&e);
+        let line = String::from_utf8(std::mem::take(&mut log.buf)).unwrap();
+        let v: serde_json::Value = serde_json::from_str(line.trim_end()).unwrap();
+        assert_eq!(v["grpc_status"], 14);
     }
 
     /// The core validates templates with its field lists; they must be exactly this module's.

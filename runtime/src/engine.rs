@@ -1122,6 +1122,7 @@ impl<N: Network> Engine<N> {
             close_reason: Some(f.reason),
             server_name: f.server_name,
             trace_id: None,
+            grpc_status: None,
         });
     }
 

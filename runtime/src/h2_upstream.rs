@@ -59,6 +59,7 @@ use bytes::Bytes;
 use h2::client::{ResponseFuture, SendRequest};
 use h2::{RecvStream, SendStream};
 use sluice_core::Instant;
+use sluice_core::config::Http2Keepalive;
 use sluice_core::http1::{
     BodyFraming, Chunked, ChunkedDecoder, Head, Limits, Method, ParseStatus, parse_request,
     write_trailers,
@@ -282,11 +283,12 @@ pub(crate) async fn handshake<S>(
     io: S,
     stats: &Arc<WorkerStats>,
     now: Instant,
+    keepalive: Option<Http2Keepalive>,
 ) -> io::Result<Rc<H2Conn>>
 where
     S: AsyncRead + AsyncWrite + Unpin + 'static,
 {
-    let (send, connection) = client_builder()
+    let (send, mut connection) = client_builder()
         .handshake::<_, Bytes>(io)
         .await
         .map_err(io::Error::other)?;
@@ -295,10 +297,19 @@ where
     let done = ended.clone();
     let task_stats = stats.clone();
     gauge_add(&stats.http2_upstream_cx_active, true);
+    let pings = keepalive.and_then(|k| Some((k, connection.ping_pong()?)));
     tokio::task::spawn_local(async move {
-        if let Err(e) = connection.await {
+        let ended = match pings {
+            None => (&mut connection).await,
+            Some((keepalive, pings)) => {
+                drive_with_keepalive(&mut connection, keepalive, pings, &task_stats).await
+            }
+        };
+        if let Err(e) = ended {
             tracing::debug!(error = %e, "HTTP/2 upstream connection ended");
         }
+        // Dropping the connection fails the streams still on it (as resets).
+        drop(connection);
         done.set(true);
         gauge_add(&task_stats.http2_upstream_cx_active, false);
     });
@@ -309,6 +320,40 @@ where
         going_away: Cell::new(false),
         idle_since: Cell::new(now),
     }))
+}
+
+/// Drives a connection while sending a PING every `keepalive.interval`; one not answered
+/// within `keepalive.timeout` ends it (`Ok`: the caller drops the connection, which closes the
+/// socket and fails its streams as resets, seen by outlier detection like any reset).
+async fn drive_with_keepalive<C>(
+    connection: &mut C,
+    keepalive: Http2Keepalive,
+    mut pings: h2::PingPong,
+    stats: &WorkerStats,
+) -> Result<(), h2::Error>
+where
+    C: Future<Output = Result<(), h2::Error>> + Unpin,
+{
+    loop {
+        tokio::select! {
+            r = &mut *connection => return r,
+            () = tokio::time::sleep(keepalive.interval) => {}
+        }
+        let pong = tokio::select! {
+            r = &mut *connection => return r,
+            pong = tokio::time::timeout(keepalive.timeout, pings.ping(h2::Ping::opaque())) => pong,
+        };
+        match pong {
+            Ok(Ok(_)) => {}
+            // The connection failed: its own poll says how.
+            Ok(Err(_)) => return connection.await,
+            Err(_) => {
+                bump(&stats.http2_upstream_keepalive_timeout, 1);
+                tracing::debug!("HTTP/2 upstream PING unanswered: closing the connection");
+                return Ok(());
+            }
+        }
+    }
 }
 
 /// What an upstream did to a stream that says it was never processed.
@@ -385,12 +430,20 @@ pub(crate) struct H2Upstream {
     finished: bool,
     /// The stream failed (counted once).
     failed: bool,
+    /// The `grpc-status` of the response's trailers, once they arrived.
+    grpc_status: Option<u8>,
 }
 
 impl H2Upstream {
     /// A new stream on `conn` (taken from the pool or just made).
     pub(crate) fn new(conn: Rc<H2Conn>, stats: &Arc<WorkerStats>, tls: bool) -> Self {
-        conn.streams.set(conn.streams.get() + 1);
+        let open = conn.streams.get() + 1;
+        conn.streams.set(open);
+        // The pool picks a connection below the peer's limit: one above it waits inside `h2`.
+        let limit = conn.send.current_max_send_streams();
+        if limit > 0 && open > limit {
+            bump(&stats.http2_upstream_streams_queued, 1);
+        }
         bump(&stats.http2_upstream_streams_total, 1);
         gauge_add(&stats.http2_upstream_streams_active, true);
         H2Upstream {
@@ -411,7 +464,13 @@ impl H2Upstream {
             out_at: 0,
             finished: false,
             failed: false,
+            grpc_status: None,
         }
+    }
+
+    /// The `grpc-status` of the response's trailers (`None` before them, or without one).
+    pub(crate) fn grpc_status(&self) -> Option<u8> {
+        self.grpc_status
     }
 
     /// An `h2` error as the IO error the request path sees; a refusal is marked for
@@ -656,6 +715,10 @@ impl H2Upstream {
                 };
                 self.recv = None;
                 self.finished = true;
+                self.grpc_status = trailers
+                    .as_ref()
+                    .and_then(|t| t.get("grpc-status"))
+                    .and_then(|v| v.to_str().ok()?.trim().parse().ok());
                 if self.body == ResponseBody::Chunked {
                     self.out.extend_from_slice(b"0\r\n");
                     for (name, value) in trailers.iter().flatten() {

@@ -523,6 +523,9 @@ pub(crate) struct Scratch {
     /// Where the value of the `grpc-timeout` the proxy writes upstream starts in the request
     /// bytes (a fixed-width slot rewritten to the time left before each try).
     grpc_timeout_at: Option<usize>,
+    /// The `grpc-status` of a gRPC request's forwarded answer (its trailers-only head or its
+    /// trailers), for the access log.
+    grpc_status: Option<u8>,
 }
 
 impl Scratch {
@@ -533,6 +536,20 @@ impl Scratch {
             &self.request_id[..]
         } else {
             head.header(buf, "x-request-id").unwrap_or(b"")
+        }
+    }
+
+    /// The `GRPC_STATUS` of a gRPC request that ended with `outcome`: the proxy's own answer's
+    /// (a trailers-only gRPC answer), else the upstream's; `None` for other requests.
+    pub(crate) fn logged_grpc_status(&self, outcome: &Outcome) -> Option<u8> {
+        if !self.grpc {
+            return None;
+        }
+        match outcome.flag {
+            Some(flag) if flag != ResponseFlag::DirectResponse => {
+                Some(grpc::local_status(flag, status_for(flag)).code())
+            }
+            _ => self.grpc_status,
         }
     }
 
@@ -562,6 +579,7 @@ impl Scratch {
             trace: crate::otlp::RequestTrace::default(),
             grpc: false,
             grpc_timeout_at: None,
+            grpc_status: None,
         }
     }
 }
@@ -765,6 +783,7 @@ impl<N: Network> Engine<N> {
                             close_reason: None,
                             server_name: None,
                             trace_id: None,
+                            grpc_status: None,
                         });
                     }
                     tracing::debug!(listener = %lc.name, %peer, status, "rejected request: {why}");
@@ -840,6 +859,7 @@ impl<N: Network> Engine<N> {
                     close_reason: None,
                     server_name: None,
                     trace_id: scratch.trace.trace_id(),
+                    grpc_status: scratch.logged_grpc_status(&outcome),
                 };
                 if let Some(log) = log {
                     log.borrow_mut().log(&entry);
@@ -970,6 +990,7 @@ impl<N: Network> Engine<N> {
             .header(rbuf.bytes(), "content-type")
             .is_some_and(is_grpc);
         scratch.grpc_timeout_at = None;
+        scratch.grpc_status = None;
         let opts = scratch.path_opts;
         scratch.normalized =
             match normalize_path_into(head.path(rbuf.bytes()), &opts, &mut scratch.norm) {
@@ -1353,6 +1374,11 @@ impl<N: Network> Engine<N> {
                 .map(Upstream::Http1)
             };
             let reused = pooled.is_some();
+            // The core retries a try on a pooled connection that closed with no answer once
+            // (the stale keep-alive race). An HTTP/2 stream has no such race: a connection the
+            // upstream closes says so with GOAWAY (unprocessed streams fail as `Refused`), and a
+            // reset stream may have been processed — sent again only if `retry_on` says so.
+            let may_be_stale = reused && !http2;
             let mut up = match pooled {
                 Some(s) => s,
                 None => {
@@ -1449,7 +1475,13 @@ impl<N: Network> Engine<N> {
                 }
             };
             if reused {
-                step = self.stream_input(ci, &mut stream, Input::Connected { reused: true });
+                step = self.stream_input(
+                    ci,
+                    &mut stream,
+                    Input::Connected {
+                        reused: may_be_stale,
+                    },
+                );
             }
             debug_assert!(step.is_none(), "unexpected stream output {step:?}");
             if let Some(h) = self.stats.host(ci, host.index()) {
@@ -1532,7 +1564,7 @@ impl<N: Network> Engine<N> {
                             request_written, ..
                         } => TryFailure::Closed {
                             request_written: request_written || written,
-                            reused,
+                            reused: may_be_stale,
                         },
                         f => f,
                     };
@@ -1554,6 +1586,7 @@ impl<N: Network> Engine<N> {
             } else {
                 None
             };
+            scratch.grpc_status = grpc_status;
             let head_input = Input::ResponseHead {
                 status,
                 grpc_status,
@@ -1636,6 +1669,13 @@ impl<N: Network> Engine<N> {
             };
             self.stream_input(ci, &mut stream, Input::ResponseComplete);
             self.publish_host_active(ci, host);
+            // A gRPC status in the HTTP/2 upstream's trailers (the usual place).
+            if scratch.grpc
+                && let Upstream::Http2(h2) = &up
+                && let Some(code) = h2.grpc_status()
+            {
+                scratch.grpc_status = Some(code);
+            }
             let try_time = now().saturating_duration_since(try_start);
             self.stats.upstream_rq_time.record(try_time);
             if let Some(c) = cstats {
@@ -1707,7 +1747,12 @@ impl<N: Network> Engine<N> {
     ) -> Option<Result<Upstream<MaybeTls<N::Stream>>, ()>> {
         let handshake = tokio::select! {
             biased;
-            r = crate::h2_upstream::handshake(conn, &self.stats, now()) => r,
+            r = crate::h2_upstream::handshake(
+                conn,
+                &self.stats,
+                now(),
+                self.config.clusters[ci].http2_keepalive,
+            ) => r,
             () = tokio::time::sleep_until(timer) => return None,
         };
         Some(match handshake {

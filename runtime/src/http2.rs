@@ -580,6 +580,7 @@ impl<N: Network> Engine<N> {
                 close_reason: None,
                 server_name: None,
                 trace_id: trace.and_then(|_| scratch.trace.trace_id()),
+                grpc_status: scratch.logged_grpc_status(&outcome).filter(|_| parsed),
             };
             if let Some(log) = log {
                 log.borrow_mut().log(&entry);

@@ -481,6 +481,7 @@ mod tests {
             close_reason: None,
             server_name: None,
             trace_id: None,
+            grpc_status: None,
         }
     }
 

@@ -1221,6 +1221,15 @@ counters! {
                 "HTTP/2 request streams open to upstreams now.",
             )
             .stats("http2.upstream_streams_active");
+        /// HTTP/2 upstream streams put on a connection that already had as many open as the
+        /// peer's SETTINGS_MAX_CONCURRENT_STREAMS (`h2` holds them until one ends). The pool opens
+        /// another connection instead, so this stays 0 unless a peer lowers its limit.
+        http2_upstream_streams_queued: AtomicU64, counter
+            => Metric::counter(
+                "sluice_http2_upstream_streams_queued_total",
+                "HTTP/2 upstream streams put on a connection already at the peer's SETTINGS_MAX_CONCURRENT_STREAMS (held until a stream ends; 0 unless a peer lowers its limit).",
+            )
+            .stats("http2.upstream_streams_queued");
         /// HTTP/2 upstream streams the upstream reset (RST_STREAM) or cut by its connection ending.
         http2_upstream_rx_reset: AtomicU64, counter
             => Metric::counter(
@@ -1243,6 +1252,14 @@ counters! {
                 "HTTP/2 upstream streams refused unprocessed (REFUSED_STREAM or above a GOAWAY's last stream id).",
             )
             .stats("http2.upstream_refused");
+        /// HTTP/2 upstream connections closed because a keepalive PING went unanswered
+        /// (`http2.connection_keepalive`).
+        http2_upstream_keepalive_timeout: AtomicU64, counter
+            => Metric::counter(
+                "sluice_http2_upstream_keepalive_timeout_total",
+                "HTTP/2 upstream connections closed because a keepalive PING went unanswered within its timeout.",
+            )
+            .stats("http2.upstream_keepalive_timeout");
         /// GOAWAY frames received from HTTP/2 upstreams (seen by a stream or a pool check).
         http2_upstream_goaway_received: AtomicU64, counter
             => Metric::counter(

@@ -26,6 +26,7 @@
 pub mod bolt;
 pub mod dns;
 pub mod drain;
+pub mod h2_upstream;
 pub mod http;
 pub mod peers;
 pub mod registry;

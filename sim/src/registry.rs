@@ -14,6 +14,7 @@ use crate::RunReport;
 use crate::bolt::{self, BoltScenario};
 use crate::dns;
 use crate::drain::{self, DrainScenario};
+use crate::h2_upstream::{self, H2UpstreamScenario};
 use crate::http::{self, HttpScenario};
 use crate::resilience::{self, Resilience};
 use crate::tcp::{self, TcpScenario};
@@ -98,6 +99,26 @@ pub static SCENARIOS: &[Scenario] = &[
         "http2_upstream_crash",
         "HTTP/2: clients multiplex up to 4 streams on h2c connections; one upstream crashes mid-traffic",
         |seed| http::run(HttpScenario::Http2UpstreamCrash, seed),
+    ),
+    Scenario::new(
+        "http2_upstream_goaway",
+        "HTTP/2 upstreams send GOAWAY with a last_stream_id mid-traffic; streams above it are sent again and answered, nothing processed twice",
+        |seed| h2_upstream::run(H2UpstreamScenario::GoAway, seed),
+    ),
+    Scenario::new(
+        "http2_upstream_refused_stream",
+        "HTTP/2 upstreams refuse a request's first arrivals with REFUSED_STREAM; every request sent again and answered, whatever its method",
+        |seed| h2_upstream::run(H2UpstreamScenario::RefusedStream, seed),
+    ),
+    Scenario::new(
+        "http2_upstream_max_streams",
+        "HTTP/2 upstreams advertise max_concurrent_streams 2 under 10 concurrent clients; the pool never exceeds it",
+        |seed| h2_upstream::run(H2UpstreamScenario::MaxStreams, seed),
+    ),
+    Scenario::new(
+        "http2_upstream_resets",
+        "HTTP/2 upstreams reset streams after the request or after the response head; no request processed twice, none hangs",
+        |seed| h2_upstream::run(H2UpstreamScenario::ResetAfterHeaders, seed),
     ),
     Scenario::new(
         "tls_handshake_failures",

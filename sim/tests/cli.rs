@@ -25,7 +25,7 @@ fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
-const SCENARIOS: [&str; 21] = [
+const SCENARIOS: [&str; 25] = [
     "tcp_steady",
     "tcp_upstream_crash",
     "tcp_crash_and_recover",
@@ -33,6 +33,10 @@ const SCENARIOS: [&str; 21] = [
     "http_upstream_crash",
     "http_upstream_partition",
     "http2_upstream_crash",
+    "http2_upstream_goaway",
+    "http2_upstream_refused_stream",
+    "http2_upstream_max_streams",
+    "http2_upstream_resets",
     "tls_handshake_failures",
     "tls_certificate_rotation",
     "health_check_flap",

@@ -98,6 +98,15 @@ impl Serialize for ClusterConfig {
         if self.protocol != super::UpstreamProtocol::Http1 {
             m.put("protocol", &self.protocol)?;
         }
+        if let Some(k) = &self.http2_keepalive {
+            m.put(
+                "http2",
+                &serde_json::json!({ "connection_keepalive": {
+                    "interval": format_duration(k.interval),
+                    "timeout": format_duration(k.timeout),
+                } }),
+            )?;
+        }
         m.put("connect_timeout", &format_duration(self.connect_timeout))?;
         m.put(
             "upstream_idle_timeout",

@@ -374,7 +374,7 @@ pub const TCP_LOG_FIELDS: [&str; 11] = [
 /// Access-log fields only an HTTP request has (and `%REQ(NAME)%`): refused in a `tcp_proxy`
 /// access log template rather than printed as `-`. `ORIGINAL_DST` is in neither list: both
 /// kinds of listener have it.
-pub const HTTP_ONLY_LOG_FIELDS: [&str; 9] = [
+pub const HTTP_ONLY_LOG_FIELDS: [&str; 10] = [
     "METHOD",
     "PATH",
     "PROTOCOL",
@@ -384,6 +384,7 @@ pub const HTTP_ONLY_LOG_FIELDS: [&str; 9] = [
     "USER_AGENT",
     "RETRY_COUNT",
     "TRACE_ID",
+    "GRPC_STATUS",
 ];
 
 /// The placeholders of an access-log template, as the runtime reads it: at each `%`, the text up

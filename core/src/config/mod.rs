@@ -518,6 +518,20 @@ pub struct ClusterConfig {
     pub tls: Option<Box<tls::UpstreamTls>>,
     /// The HTTP version spoken to the hosts by HTTP routes (`protocol`, default `http1`).
     pub protocol: UpstreamProtocol,
+    /// PING keepalive on the cluster's HTTP/2 connections (`http2.connection_keepalive`,
+    /// Envoy's name); `None` (the default, as in Envoy): no PINGs.
+    pub http2_keepalive: Option<Http2Keepalive>,
+}
+
+/// `http2.connection_keepalive` of a `protocol: http2` cluster: each connection sends a PING
+/// every `interval`; one not answered within `timeout` closes the connection, failing its
+/// streams as resets.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Http2Keepalive {
+    /// Time between PINGs (> 0).
+    pub interval: Duration,
+    /// How long a PING may go unanswered (> 0).
+    pub timeout: Duration,
 }
 
 /// A cluster's `protocol`: the HTTP version its hosts are spoken to in.
@@ -612,6 +626,7 @@ impl Default for ClusterConfig {
             use_http_header: false,
             tls: None,
             protocol: UpstreamProtocol::Http1,
+            http2_keepalive: None,
         }
     }
 }

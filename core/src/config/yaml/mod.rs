@@ -19,6 +19,7 @@
 
 mod bolt;
 mod cluster;
+mod cluster_http2;
 mod decoder;
 mod http;
 pub mod locate;
@@ -1083,6 +1084,15 @@ fn decode_cluster(dec: &mut Decoder, path: &str, v: &Value) -> Option<ClusterCon
     };
     let is_dns = kind.is_some_and(ClusterKind::is_dns);
     let dns_fields = dns_fields(dec, &mut obj, path, kind);
+    let http2_keepalive = match obj.opt("http2") {
+        Some((v, p)) => {
+            if protocol.is_some_and(|proto| proto != UpstreamProtocol::Http2) {
+                dec.error(&p, "applies only to a cluster with `protocol: http2`");
+            }
+            cluster_http2::options(dec, &p, v)
+        }
+        None => Some(None),
+    };
     let (hosts, dns) = if kind == Some(ClusterKind::OriginalDst) {
         // Reported above when given.
         obj.opt("hosts");
@@ -1147,6 +1157,7 @@ fn decode_cluster(dec: &mut Decoder, path: &str, v: &Value) -> Option<ClusterCon
         use_http_header: use_http_header?,
         tls: tls?,
         protocol: protocol?,
+        http2_keepalive: http2_keepalive?,
     })
 }
 

@@ -1476,6 +1476,53 @@ clusters:
     );
 }
 
+#[test]
+fn http2_connection_keepalive_is_off_by_default_and_needs_protocol_http2() {
+    let text = r#"
+listeners:
+  - name: h
+    address: 127.0.0.1:8080
+    http:
+      virtual_hosts: [ { name: v, domains: ["*"], routes: [ { match: { prefix: / }, route: { cluster: a } } ] } ]
+clusters:
+  - { name: a, protocol: http2, hosts: [{ address: 127.0.0.1:9001 }] }
+"#;
+    assert_eq!(
+        Config::from_yaml(text).unwrap().clusters[0].http2_keepalive,
+        None
+    );
+    let on = text.replace(
+        "protocol: http2,",
+        "protocol: http2, http2: { connection_keepalive: { interval: 30s, timeout: 5s } },",
+    );
+    assert_eq!(
+        Config::from_yaml(&on).unwrap().clusters[0].http2_keepalive,
+        Some(crate::config::Http2Keepalive {
+            interval: Duration::from_secs(30),
+            timeout: Duration::from_secs(5),
+        })
+    );
+    assert_eq!(
+        errors(&on.replace("protocol: http2,", "")),
+        ["clusters[0].http2: applies only to a cluster with `protocol: http2`"]
+    );
+    assert_eq!(
+        errors(&on.replace("timeout: 5s", "timeout: 0")),
+        ["clusters[0].http2.connection_keepalive.timeout: must be greater than zero"]
+    );
+    assert_eq!(
+        errors(&on.replace(", timeout: 5s", "")),
+        ["clusters[0].http2.connection_keepalive.timeout: missing (this field is required)"]
+    );
+    assert_eq!(
+        errors(&on.replace("interval: 30s", "interval_jitter: 15")),
+        [
+            "clusters[0].http2.connection_keepalive.interval: missing (this field is required)",
+            "clusters[0].http2.connection_keepalive.interval_jitter: unknown field (expected one of: interval, timeout)"
+        ]
+    );
+}
+
 const XDS: &str = r#"
 node:
   id: sidecar-1
