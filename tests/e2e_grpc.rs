@@ -378,7 +378,12 @@ fn relay_one_way(
         match from.read(&mut buf) {
             Ok(0) => break,
             Ok(n) => {
-                if into.write_all(&buf[..n]).is_err() {
+                // A read already in progress when the stall begins must not forward what it
+                // got: the bytes are held until `stop`, so nothing crosses once stalled.
+                while stall.load(Ordering::SeqCst) && !stop.load(Ordering::SeqCst) {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                if stop.load(Ordering::SeqCst) || into.write_all(&buf[..n]).is_err() {
                     break;
                 }
             }
