@@ -335,6 +335,44 @@ fn a_refused_stream_is_sent_again_whatever_the_method() {
     assert_eq!(stat(admin, "http2.upstream_refused"), 1);
 }
 
+#[test]
+fn a_pooled_connection_the_upstream_dropped_without_goaway_is_stale_for_idempotent_requests() {
+    if !require_peers(&["node", "curl"]) {
+        return;
+    }
+    let dir = TempDir::new("h2up-dropped");
+    let (listen, admin, up) = (free_port(), free_port(), free_port());
+    let (_u, log) = start_h2_upstream(&dir, "up", up);
+    let _sluice = start_sluice(&dir, &config(listen, admin, &[up]), 1, addr(listen));
+    let base = format!("http://127.0.0.1:{listen}");
+    assert_eq!(curl(&["--http1.1", &format!("{base}/warm")]).0, 200);
+    assert_eq!(stat(admin, "http2.upstream_cx_total"), 1);
+
+    // The upstream closes the pooled connection as the GET goes out on it, with no GOAWAY: the
+    // GET is sent again once, on a fresh connection (the keep-alive race, as for HTTP/1.1).
+    let (status, body) = curl(&["--http1.1", &format!("{base}/drop-connection/get")]);
+    assert_eq!(status, 200, "{body}");
+    let lines = log_lines(&log);
+    assert_eq!(lines.len(), 3, "{lines:?}");
+    assert_eq!(lines[1]["dropped"], "/drop-connection/get");
+    assert_eq!(lines[2]["path"], "/drop-connection/get");
+    assert_eq!(stat(admin, "http2.upstream_cx_total"), 2);
+
+    // A POST that met the same fate may have been acted on: never sent twice (502 UC).
+    let (status, body) = curl(&[
+        "--http1.1",
+        "-d",
+        "x",
+        &format!("{base}/drop-connection/post"),
+    ]);
+    assert_eq!(status, 502, "{body}");
+    let lines = log_lines(&log);
+    assert_eq!(lines.len(), 4, "{lines:?}");
+    assert_eq!(lines[3]["dropped"], "/drop-connection/post");
+    assert_eq!(lines[3]["method"], "POST");
+    assert_eq!(stat(admin, "http2.upstream_cx_total"), 2);
+}
+
 /// A TCP relay from `listen` to `to` that forwards both ways until `stall` is set, then holds
 /// its connections without reading or writing (an upstream that stops answering, PINGs
 /// included), until `stop` is set.

@@ -42,6 +42,17 @@
 //! core's exchange sends it again (on another connection: a connection going away is never
 //! picked again), whatever the method. Streams at or below `last_stream_id` finish.
 //!
+//! ## Lost connections
+//!
+//! A connection the upstream closed or reset **without a GOAWAY** fails its streams with an IO
+//! error; [`H2Upstream::connection_lost`] says so, and the request path reports such a failure
+//! on a pooled connection as a possibly stale one (the HTTP/1.1 keep-alive race: the upstream
+//! closed an idle connection as a request went out on it), which the core's exchange sends again
+//! once on a fresh connection for an idempotent request. A stream the upstream reset itself
+//! (RST_STREAM) may have been processed and is not such a failure; neither is a connection that
+//! got a GOAWAY (it said which streams it processed) nor one that Sluice closed because a PING
+//! went unanswered (the upstream is hung, not gone).
+//!
 //! Cost per stream against HTTP/1.1: the `http::Request` / `HeaderMap` the `h2` crate takes, a
 //! copy of each body chunk into a `Bytes`, and the response head formatted as HTTP/1.1 and
 //! parsed again by the request path.
@@ -110,6 +121,8 @@ pub(crate) struct H2Conn {
     ended: Rc<Cell<bool>>,
     /// A GOAWAY arrived (seen by a stream or by the pool).
     going_away: Cell<bool>,
+    /// Sluice closed it because a keepalive PING went unanswered.
+    ping_unanswered: Rc<Cell<bool>>,
     /// When its last stream ended (for the idle timeout).
     idle_since: Cell<Instant>,
 }
@@ -295,6 +308,8 @@ where
     bump(&stats.http2_upstream_cx_total, 1);
     let ended = Rc::new(Cell::new(false));
     let done = ended.clone();
+    let ping_unanswered = Rc::new(Cell::new(false));
+    let hung = ping_unanswered.clone();
     let task_stats = stats.clone();
     gauge_add(&stats.http2_upstream_cx_active, true);
     let pings = keepalive.and_then(|k| Some((k, connection.ping_pong()?)));
@@ -302,7 +317,7 @@ where
         let ended = match pings {
             None => (&mut connection).await,
             Some((keepalive, pings)) => {
-                drive_with_keepalive(&mut connection, keepalive, pings, &task_stats).await
+                drive_with_keepalive(&mut connection, keepalive, pings, &task_stats, &hung).await
             }
         };
         if let Err(e) = ended {
@@ -318,18 +333,21 @@ where
         streams: Cell::new(0),
         ended,
         going_away: Cell::new(false),
+        ping_unanswered,
         idle_since: Cell::new(now),
     }))
 }
 
 /// Drives a connection while sending a PING every `keepalive.interval`; one not answered
-/// within `keepalive.timeout` ends it (`Ok`: the caller drops the connection, which closes the
-/// socket and fails its streams as resets, seen by outlier detection like any reset).
+/// within `keepalive.timeout` ends it (`Ok`, with `unanswered` set: the caller drops the
+/// connection, which closes the socket and fails its streams as resets, seen by outlier
+/// detection like any reset).
 async fn drive_with_keepalive<C>(
     connection: &mut C,
     keepalive: Http2Keepalive,
     mut pings: h2::PingPong,
     stats: &WorkerStats,
+    unanswered: &Cell<bool>,
 ) -> Result<(), h2::Error>
 where
     C: Future<Output = Result<(), h2::Error>> + Unpin,
@@ -349,6 +367,7 @@ where
             Ok(Err(_)) => return connection.await,
             Err(_) => {
                 bump(&stats.http2_upstream_keepalive_timeout, 1);
+                unanswered.set(true);
                 tracing::debug!("HTTP/2 upstream PING unanswered: closing the connection");
                 return Ok(());
             }
@@ -430,6 +449,8 @@ pub(crate) struct H2Upstream {
     finished: bool,
     /// The stream failed (counted once).
     failed: bool,
+    /// It failed because the upstream closed or reset the connection without a GOAWAY.
+    connection_lost: bool,
     /// The `grpc-status` of the response's trailers, once they arrived.
     grpc_status: Option<u8>,
 }
@@ -464,6 +485,7 @@ impl H2Upstream {
             out_at: 0,
             finished: false,
             failed: false,
+            connection_lost: false,
             grpc_status: None,
         }
     }
@@ -473,11 +495,21 @@ impl H2Upstream {
         self.grpc_status
     }
 
+    /// Whether the stream failed because the upstream closed or reset the whole connection
+    /// without a GOAWAY (see "Lost connections" in the module doc).
+    pub(crate) fn connection_lost(&self) -> bool {
+        self.connection_lost
+    }
+
     /// An `h2` error as the IO error the request path sees; a refusal is marked for
-    /// [`is_refused`], and a GOAWAY takes the connection out of the pool.
+    /// [`is_refused`], a lost connection for [`Self::connection_lost`], and a GOAWAY takes the
+    /// connection out of the pool.
     fn error(&mut self, e: h2::Error) -> io::Error {
         if e.is_go_away() && e.is_remote() && !self.conn.going_away.replace(true) {
             bump(&self.stats.http2_upstream_goaway_received, 1);
+        }
+        if e.is_io() && !self.conn.going_away.get() && !self.conn.ping_unanswered.get() {
+            self.connection_lost = true;
         }
         if !self.failed {
             self.failed = true;

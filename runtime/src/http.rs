@@ -1375,9 +1375,10 @@ impl<N: Network> Engine<N> {
             };
             let reused = pooled.is_some();
             // The core retries a try on a pooled connection that closed with no answer once
-            // (the stale keep-alive race). An HTTP/2 stream has no such race: a connection the
-            // upstream closes says so with GOAWAY (unprocessed streams fail as `Refused`), and a
-            // reset stream may have been processed — sent again only if `retry_on` says so.
+            // (the stale keep-alive race). For HTTP/2 only a connection the upstream closed or
+            // reset without a GOAWAY can be stale (known once the try failed, below): a GOAWAY
+            // says which streams were processed (the others fail as `Refused`), and a reset
+            // stream may have been processed — sent again only if `retry_on` says so.
             let may_be_stale = reused && !http2;
             let mut up = match pooled {
                 Some(s) => s,
@@ -1564,7 +1565,9 @@ impl<N: Network> Engine<N> {
                             request_written, ..
                         } => TryFailure::Closed {
                             request_written: request_written || written,
-                            reused: may_be_stale,
+                            reused: may_be_stale
+                                || (reused
+                                    && matches!(&up, Upstream::Http2(h) if h.connection_lost())),
                         },
                         f => f,
                     };

@@ -12,13 +12,17 @@
 //   /refuse-once/T  refuses the first stream for tag T with RST_STREAM(REFUSED_STREAM);
 //   /goaway/T       holds streams until 4 arrived on one connection (the first time only), then
 //                   sends GOAWAY with the second one's id as last_stream_id, answers the first
-//                   two and never processes the others (a graceful shutdown, RFC 9113 §6.8).
+//                   two and never processes the others (a graceful shutdown, RFC 9113 §6.8);
+//   /drop-connection/T  the first time for tag T, closes the connection's socket without a
+//                   GOAWAY and without answering (an upstream that closed an idle connection
+//                   just as the request went out on it).
 const http2 = require('http2');
 const fs = require('fs');
 const crypto = require('crypto');
 
 const [port, name, log] = process.argv.slice(2);
 const refused = new Set();
+const dropped = new Set();
 let goawayDone = false;
 
 function record(entry) {
@@ -58,6 +62,12 @@ function answer(stream, headers, body, trailers) {
 }
 
 const server = http2.createServer();
+const sockets = new Map();
+server.on('connection', (socket) => {
+  const port = socket.remotePort;
+  sockets.set(port, socket);
+  socket.on('close', () => sockets.delete(port));
+});
 server.on('session', (session) => {
   session.held = [];
 });
@@ -85,6 +95,14 @@ server.on('stream', (stream, headers) => {
       record({ upstream: name, refused: path, stream: stream.id });
       stream.refusedHere = true;
       stream.close(http2.constants.NGHTTP2_REFUSED_STREAM);
+      return;
+    }
+    if (path.startsWith('/drop-connection/') && !dropped.has(path)) {
+      dropped.add(path);
+      record({ upstream: name, dropped: path, method: headers[':method'], stream: stream.id });
+      stream.refusedHere = true;
+      // (node forbids destroying `session.socket`: the raw socket is kept from 'connection'.)
+      sockets.get(session.socket.remotePort).destroy();
       return;
     }
     if (path.startsWith('/goaway/') && !goawayDone) {
