@@ -84,7 +84,9 @@ use turmoil::net::{TcpListener, TcpStream};
 
 use crate::RunReport;
 use crate::peers;
-use crate::topology::{SIDECAR, add_upstreams, elapsed, hosts_yaml, new_sim, report, run_to_end};
+use crate::topology::{
+    SIDECAR, add_clients, add_upstreams, elapsed, hosts_yaml, new_sim, report, run_to_end,
+};
 use crate::trace::Trace;
 
 const UPSTREAMS: [&str; 3] = ["up1", "up2", "up3"];
@@ -223,12 +225,11 @@ pub fn run(scenario: DrainScenario, seed: u64) -> RunReport {
             async move { sidecar(scenario, seed, plan, world, trace).await }
         });
     }
-    for c in 0..CLIENTS {
+    {
         let (world, trace) = (world.clone(), trace.clone());
-        let client_seed = seed.wrapping_mul(151).wrapping_add(c as u64);
-        sim.client(format!("http{c}"), async move {
-            client(c, client_seed, world, trace).await;
-            Ok(())
+        add_clients(&mut sim, "http_clients", CLIENTS, move |c| {
+            let client_seed = seed.wrapping_mul(151).wrapping_add(c as u64);
+            client(c, client_seed, world.clone(), trace.clone())
         });
     }
     {

@@ -34,8 +34,8 @@ use turmoil::net::{TcpListener, TcpStream};
 use crate::RunReport;
 use crate::peers;
 use crate::topology::{
-    SIDECAR, add_observer, add_sidecar, add_upstreams, crash_or_partition, elapsed, hosts_yaml,
-    new_sim, report, run_to_end,
+    SIDECAR, add_clients, add_observer, add_sidecar, add_upstreams, crash_or_partition, elapsed,
+    hosts_yaml, new_sim, report, run_to_end,
 };
 use crate::trace::Trace;
 
@@ -140,16 +140,18 @@ pub fn run(scenario: HttpScenario, seed: u64) -> RunReport {
     } else {
         add_sidecar(&mut sim, seed, LISTEN_PORT, &UPSTREAMS, config)
     };
-    for c in 0..CLIENTS {
+    {
         let (world, trace) = (world.clone(), trace.clone());
-        let client_seed = seed.wrapping_mul(131).wrapping_add(c as u64);
-        sim.client(format!("client{c}"), async move {
-            if scenario == HttpScenario::Http2UpstreamCrash {
-                client_h2(c, client_seed, world, trace).await;
-            } else {
-                client(c, client_seed, world, trace).await;
+        add_clients(&mut sim, "clients", CLIENTS, move |c| {
+            let client_seed = seed.wrapping_mul(131).wrapping_add(c as u64);
+            let (world, trace) = (world.clone(), trace.clone());
+            async move {
+                if scenario == HttpScenario::Http2UpstreamCrash {
+                    client_h2(c, client_seed, world, trace).await;
+                } else {
+                    client(c, client_seed, world, trace).await;
+                }
             }
-            Ok(())
         });
     }
     let final_stats = {

@@ -27,8 +27,8 @@ use turmoil::net::{TcpListener, TcpStream};
 use crate::RunReport;
 use crate::peers;
 use crate::topology::{
-    SIDECAR, add_observer, add_sidecar, add_upstreams, elapsed, hosts_yaml, new_sim, report,
-    run_to_end,
+    SIDECAR, add_clients, add_observer, add_sidecar, add_upstreams, elapsed, hosts_yaml, new_sim,
+    report, run_to_end,
 };
 use crate::trace::Trace;
 
@@ -233,23 +233,18 @@ pub fn run(scenario: Resilience, seed: u64) -> RunReport {
     };
     let sidecar = add_sidecar(&mut sim, seed, LISTEN_PORT, &UPSTREAMS, make_config);
     let clients = if scenario == Resilience::Breaker {
-        for (b, at) in BURSTS.iter().enumerate() {
-            for k in 0..BURST {
-                let (world, trace, at) = (world.clone(), trace.clone(), *at);
-                sim.client(format!("burst{b}-{k}"), async move {
-                    burst_client(b, k, at, world, trace).await;
-                    Ok(())
-                });
-            }
-        }
+        let (world, trace) = (world.clone(), trace.clone());
+        add_clients(&mut sim, "bursts", BURSTS.len() * BURST, move |i| {
+            let (b, k) = (i / BURST, i % BURST);
+            burst_client(b, k, BURSTS[b], world.clone(), trace.clone())
+        });
         BURSTS.len() * BURST
     } else {
-        for c in 0..CLIENTS {
+        {
             let (world, trace) = (world.clone(), trace.clone());
-            let client_seed = seed.wrapping_mul(131).wrapping_add(c as u64);
-            sim.client(format!("client{c}"), async move {
-                client(c, client_seed, world, trace).await;
-                Ok(())
+            add_clients(&mut sim, "clients", CLIENTS, move |c| {
+                let client_seed = seed.wrapping_mul(131).wrapping_add(c as u64);
+                client(c, client_seed, world.clone(), trace.clone())
             });
         }
         CLIENTS

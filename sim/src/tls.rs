@@ -40,8 +40,8 @@ use turmoil::net::{TcpListener, TcpStream};
 
 use crate::RunReport;
 use crate::topology::{
-    SIDECAR, add_observer, add_sidecar, add_upstreams, elapsed, hosts_yaml, new_sim, report,
-    run_to_end,
+    SIDECAR, add_clients, add_observer, add_sidecar, add_upstreams, elapsed, hosts_yaml, new_sim,
+    report, run_to_end,
 };
 use crate::trace::Trace;
 
@@ -239,12 +239,11 @@ pub fn run(seed: u64) -> RunReport {
     );
     let sidecar = add_sidecar(&mut sim, seed, LISTEN_PORT, &UPSTREAMS, sidecar_config);
 
-    for c in 0..CLIENTS {
+    {
         let (world, trace) = (world.clone(), trace.clone());
-        let client_seed = seed.wrapping_mul(31).wrapping_add(c as u64);
-        sim.client(format!("client{c}"), async move {
-            client(c, client_seed, world, trace).await;
-            Ok(())
+        add_clients(&mut sim, "clients", CLIENTS, move |c| {
+            let client_seed = seed.wrapping_mul(31).wrapping_add(c as u64);
+            client(c, client_seed, world.clone(), trace.clone())
         });
     }
     {

@@ -77,7 +77,9 @@ use turmoil::net::{TcpListener, TcpStream};
 use crate::RunReport;
 use crate::bolt::wire;
 use crate::peers;
-use crate::topology::{SIDECAR, add_upstreams, elapsed, hosts_yaml, new_sim, report, run_to_end};
+use crate::topology::{
+    SIDECAR, add_clients, add_upstreams, elapsed, hosts_yaml, new_sim, report, run_to_end,
+};
 use crate::trace::Trace;
 
 const UPSTREAMS: [&str; 3] = ["up1", "up2", "up3"];
@@ -370,20 +372,18 @@ pub fn run(scenario: UpgradeScenario, seed: u64) -> RunReport {
             async move { sidecar(seed, plan, world, trace).await }
         });
     }
-    for c in 0..HTTP_CLIENTS {
+    {
         let (world, trace) = (world.clone(), trace.clone());
-        let client_seed = seed.wrapping_mul(131).wrapping_add(c as u64);
-        sim.client(format!("http{c}"), async move {
-            http_client(c, client_seed, world, trace).await;
-            Ok(())
+        add_clients(&mut sim, "http_clients", HTTP_CLIENTS, move |c| {
+            let client_seed = seed.wrapping_mul(131).wrapping_add(c as u64);
+            http_client(c, client_seed, world.clone(), trace.clone())
         });
     }
-    for c in 0..BOLT_CLIENTS {
+    {
         let (world, trace) = (world.clone(), trace.clone());
-        let client_seed = seed.wrapping_mul(137).wrapping_add(100 + c as u64);
-        sim.client(format!("bolt{c}"), async move {
-            bolt_client(c, client_seed, world, trace).await;
-            Ok(())
+        add_clients(&mut sim, "bolt_clients", BOLT_CLIENTS, move |c| {
+            let client_seed = seed.wrapping_mul(137).wrapping_add(100 + c as u64);
+            bolt_client(c, client_seed, world.clone(), trace.clone())
         });
     }
     {

@@ -59,7 +59,9 @@ use turmoil::net::{TcpListener, TcpStream};
 
 use super::provider;
 use crate::RunReport;
-use crate::topology::{SIDECAR, add_upstreams, elapsed, hosts_yaml, new_sim, report, run_to_end};
+use crate::topology::{
+    SIDECAR, add_clients, add_upstreams, elapsed, hosts_yaml, new_sim, report, run_to_end,
+};
 use crate::trace::Trace;
 
 const UPSTREAMS: [&str; 3] = ["up1", "up2", "up3"];
@@ -270,12 +272,11 @@ pub fn run(seed: u64) -> RunReport {
             sidecar(seed, dir.clone(), plan, world.clone(), trace.clone())
         });
     }
-    for c in 0..CLIENTS {
+    {
         let (world, trace) = (world.clone(), trace.clone());
-        let client_seed = seed.wrapping_mul(31).wrapping_add(c as u64);
-        sim.client(format!("client{c}"), async move {
-            client(c, client_seed, world, trace).await;
-            Ok(())
+        add_clients(&mut sim, "clients", CLIENTS, move |c| {
+            let client_seed = seed.wrapping_mul(31).wrapping_add(c as u64);
+            client(c, client_seed, world.clone(), trace.clone())
         });
     }
     {
