@@ -413,6 +413,48 @@ fn connect_failures_are_retried_on_another_host() {
     );
 }
 
+/// Istio's default route retry policy (`retriable-status-codes` with 503) on a virtual host
+/// with `include_request_attempt_count`: each try carries its number, replacing the client's.
+#[test]
+fn retriable_status_codes_retry_the_listed_codes_and_each_try_carries_its_number() {
+    if !require_peers(&["python3"]) {
+        return;
+    }
+    let dir = TempDir::new("http-retriable-codes");
+    let (up1, up2, listen) = (free_port(), free_port(), free_port());
+    let (_u1, log1) = start_upstream(&dir, "up1", up1);
+    let (_u2, log2) = start_upstream(&dir, "up2", up2);
+    let retry = "                retry_policy: { retry_on: [connect-failure, refused-stream, retriable-status-codes], retriable_status_codes: [503], num_retries: 2 }\n";
+    let config = http_config(listen, &[up1, up2], "", retry).replace(
+        "        - name: local\n",
+        "        - name: local\n          include_request_attempt_count: true\n",
+    );
+    let _s = start_sluice(&dir, &config, 1, addr(listen));
+    let reached = || upstream_requests(&log1).len() + upstream_requests(&log2).len();
+    let attempt = |path: &str| -> (u16, String) {
+        let r = raw(
+            listen,
+            format!("GET {path} HTTP/1.1\r\nHost: example.com\r\nx-envoy-attempt-count: 7\r\nConnection: close\r\n\r\n").as_bytes(),
+        );
+        let status = status_of(&r);
+        let body = r.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+        let v: serde_json::Value =
+            serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {body}"));
+        let n = v["headers"]["x-envoy-attempt-count"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no attempt count upstream: {body}"))
+            .to_owned();
+        (status, n)
+    };
+    // 503 is listed: tried three times, and the answer forwarded is the third try's.
+    assert_eq!(attempt("/status/503"), (503, "3".to_owned()));
+    assert_eq!(reached(), 3);
+    // 500 is not: forwarded from the first try.
+    assert_eq!(attempt("/status/500"), (500, "1".to_owned()));
+    assert_eq!(reached(), 4);
+    assert_eq!(attempt("/fine"), (200, "1".to_owned()));
+}
+
 #[test]
 fn idempotent_5xx_answers_are_retried_and_timeouts_answer_504() {
     if !require_peers(&["python3"]) {

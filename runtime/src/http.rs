@@ -82,6 +82,20 @@ const GRPC_TIMEOUT_SLOT: &[u8] = b"99999999H";
 
 /// Writes `left` as a `grpc-timeout` value into its slot, padded with spaces (optional
 /// whitespace after a field value, which HTTP/1.1 and the HTTP/2 adapter drop).
+/// The field a virtual host with `include_request_attempt_count` adds to each try, as written
+/// (the value follows in a slot of [`ATTEMPT_COUNT_SLOT`]'s width, rewritten before each try).
+const ATTEMPT_COUNT_FIELD: &[u8] = b"x-envoy-attempt-count: ";
+/// Two digits, right-aligned (a leading space is optional whitespace to every HTTP parser): a
+/// request has at most 1 + 10 retries + the stale resend + 3 unprocessed resends tries.
+const ATTEMPT_COUNT_SLOT: &[u8] = b" 1";
+
+/// Writes try number `n` (from 1) into an attempt-count slot.
+fn write_attempt_count(slot: &mut [u8], n: u32) {
+    let n = n.min(99) as u8;
+    slot[0] = if n >= 10 { b'0' + n / 10 } else { b' ' };
+    slot[1] = b'0' + n % 10;
+}
+
 fn write_grpc_timeout(slot: &mut [u8], left: Duration) {
     let mut buf = [0u8; 9];
     let value = grpc::format_grpc_timeout(left, &mut buf);
@@ -523,6 +537,11 @@ pub(crate) struct Scratch {
     /// Where the value of the `grpc-timeout` the proxy writes upstream starts in the request
     /// bytes (a fixed-width slot rewritten to the time left before each try).
     grpc_timeout_at: Option<usize>,
+    /// The request's virtual host has `include_request_attempt_count`.
+    include_attempt_count: bool,
+    /// Where the value of the `x-envoy-attempt-count` the proxy writes upstream starts in the
+    /// request bytes (a slot rewritten with the try's number before each try).
+    attempt_count_at: Option<usize>,
     /// The `grpc-status` of a gRPC request's forwarded answer (its trailers-only head or its
     /// trailers), for the access log.
     grpc_status: Option<u8>,
@@ -579,6 +598,8 @@ impl Scratch {
             trace: crate::otlp::RequestTrace::default(),
             grpc: false,
             grpc_timeout_at: None,
+            include_attempt_count: false,
+            attempt_count_at: None,
             grpc_status: None,
         }
     }
@@ -990,6 +1011,7 @@ impl<N: Network> Engine<N> {
             .header(rbuf.bytes(), "content-type")
             .is_some_and(is_grpc);
         scratch.grpc_timeout_at = None;
+        scratch.attempt_count_at = None;
         scratch.grpc_status = None;
         let opts = scratch.path_opts;
         scratch.normalized =
@@ -1041,6 +1063,7 @@ impl<N: Network> Engine<N> {
                 }
             }
             RouteAction::Forward(action) => {
+                scratch.include_attempt_count = route.virtual_host.include_request_attempt_count;
                 let prefix = match &route.route.matcher.path {
                     PathMatch::Prefix(p) => Some(p.as_str()),
                     _ => None,
@@ -1201,6 +1224,9 @@ impl<N: Network> Engine<N> {
         if scratch.grpc && route_timeout.is_some() {
             edits.set("grpc-timeout", GRPC_TIMEOUT_SLOT);
         }
+        if scratch.include_attempt_count {
+            edits.set("x-envoy-attempt-count", ATTEMPT_COUNT_SLOT);
+        }
         write_request_head(
             out,
             rbuf.bytes(),
@@ -1216,6 +1242,14 @@ impl<N: Network> Engine<N> {
         scratch.grpc_timeout_at = if scratch.grpc && route_timeout.is_some() {
             out.windows(GRPC_TIMEOUT_SLOT.len())
                 .rposition(|w| w == GRPC_TIMEOUT_SLOT)
+        } else {
+            None
+        };
+        // The proxy's own field comes after the request's (which `set` removed).
+        scratch.attempt_count_at = if scratch.include_attempt_count {
+            out.windows(ATTEMPT_COUNT_FIELD.len())
+                .rposition(|w| w == ATTEMPT_COUNT_FIELD)
+                .map(|at| at + ATTEMPT_COUNT_FIELD.len())
         } else {
             None
         };
@@ -1501,6 +1535,9 @@ impl<N: Network> Engine<N> {
                     .deadline()
                     .map_or(timeout, |d| d.saturating_duration_since(now()));
                 write_grpc_timeout(&mut out[at..at + GRPC_TIMEOUT_SLOT.len()], left);
+            }
+            if let Some(at) = scratch.attempt_count_at {
+                write_attempt_count(&mut out[at..at + ATTEMPT_COUNT_SLOT.len()], scratch.tries);
             }
             let timer = deadline_of(stream.poll_timeout());
             ubuf.clear();

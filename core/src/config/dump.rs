@@ -233,7 +233,7 @@ mod http_impls {
     use crate::config::format_duration;
     use crate::config::http::{
         AccessLogConfig, AccessLogFormat, ClusterTarget, ForwardAction, HeaderMatcher, HeaderRule,
-        PathMatch, RetryOn, Route, RouteAction, RouteMatch,
+        PathMatch, RetryOn, RetryPolicy, Route, RouteAction, RouteMatch,
     };
 
     /// `match:` then the action's key (`route:` or `direct_response:`).
@@ -324,6 +324,22 @@ mod http_impls {
         }
     }
 
+    impl Serialize for RetryPolicy {
+        fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+            let mut m = Map(s.serialize_map(None)?);
+            m.put("retry_on", &self.retry_on)?;
+            if !self.retry_on.status_codes.is_empty() {
+                let codes: Vec<u16> = self.retry_on.status_codes.iter().collect();
+                m.put("retriable_status_codes", &codes)?;
+            }
+            m.put("num_retries", &self.num_retries)?;
+            if let Some(t) = self.per_try_timeout {
+                m.put("per_try_timeout", &format_duration(t))?;
+            }
+            m.0.end()
+        }
+    }
+
     /// The list of condition names, as written.
     impl Serialize for RetryOn {
         fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
@@ -341,6 +357,8 @@ mod http_impls {
                 self.server_error,
                 self.gateway_error,
                 self.retriable_4xx,
+                self.refused_stream,
+                self.retriable_status_codes,
             ];
             let names: Vec<&str> = RetryOn::NAMES
                 .iter()

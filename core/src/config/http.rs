@@ -161,6 +161,10 @@ pub struct VirtualHost {
     pub domains: Vec<String>,
     /// Routes, first match wins.
     pub routes: Vec<Route>,
+    /// Envoy's `include_request_attempt_count`: each try sent upstream carries
+    /// `x-envoy-attempt-count: N` (1 for the first try), replacing the client's.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub include_request_attempt_count: bool,
 }
 
 /// A route: what it matches and what it does.
@@ -218,6 +222,9 @@ pub enum HeaderRule {
 }
 
 /// What a route does.
+// Config data, built once and read by reference (never moved on the request path): the size
+// of the forwarding variant (its retry policy's status-code set) costs nothing there.
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone, Debug, PartialEq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum RouteAction {
@@ -285,18 +292,15 @@ pub struct WeightedCluster {
     pub weight: u32,
 }
 
-/// When and how often to retry.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+/// When and how often to retry (written by `config::dump`: the codes of
+/// `retriable-status-codes` go back to their own `retriable_status_codes` key).
+#[derive(Clone, Debug, PartialEq)]
 pub struct RetryPolicy {
     /// The conditions that allow a retry.
     pub retry_on: RetryOn,
     /// Retries after the first try (0–10).
     pub num_retries: u32,
     /// Each try's own timeout; `None`: only the route timeout applies.
-    #[serde(
-        skip_serializing_if = "Option::is_none",
-        serialize_with = "ser_opt_duration"
-    )]
     pub per_try_timeout: Option<Duration>,
 }
 
@@ -313,10 +317,66 @@ pub struct RetryOn {
     pub gateway_error: bool,
     /// `retriable-4xx`: the upstream answered 409.
     pub retriable_4xx: bool,
+    /// `refused-stream`: an HTTP/2 upstream refused the stream (`REFUSED_STREAM`). Such a
+    /// stream was not processed and is sent again whether or not this is set (outside
+    /// `num_retries`); the condition is accepted, for Envoy's and Istio's policies, and kept.
+    pub refused_stream: bool,
+    /// `retriable-status-codes`: the upstream answered one of `status_codes`.
+    pub retriable_status_codes: bool,
+    /// The `retriable_status_codes` of the policy (100–599).
+    pub status_codes: StatusCodes,
     /// gRPC statuses that are retried when a gRPC answer carries them in its head (a
     /// trailers-only answer), one bit per code (`1 << code`): `cancelled` (1),
     /// `deadline-exceeded` (4), `resource-exhausted` (8), `internal` (13), `unavailable` (14).
     pub grpc_codes: u32,
+}
+
+/// A set of HTTP status codes (100–599), as bits: `Copy`, and a lookup costs no scan.
+#[derive(Clone, Copy, Default, PartialEq, Eq)]
+pub struct StatusCodes([u64; 8]);
+
+impl StatusCodes {
+    /// The lowest code the set holds.
+    pub const MIN: u16 = 100;
+    /// The highest code the set holds.
+    pub const MAX: u16 = 599;
+
+    /// Adds `code`; `false` when it is outside 100–599 (not added).
+    pub fn insert(&mut self, code: u16) -> bool {
+        if !(Self::MIN..=Self::MAX).contains(&code) {
+            return false;
+        }
+        let bit = usize::from(code - Self::MIN);
+        self.0[bit / 64] |= 1 << (bit % 64);
+        true
+    }
+
+    /// Whether `code` is in the set.
+    #[must_use]
+    pub fn contains(self, code: u16) -> bool {
+        if !(Self::MIN..=Self::MAX).contains(&code) {
+            return false;
+        }
+        let bit = usize::from(code - Self::MIN);
+        self.0[bit / 64] & (1 << (bit % 64)) != 0
+    }
+
+    /// Whether the set is empty.
+    #[must_use]
+    pub fn is_empty(self) -> bool {
+        self.0.iter().all(|w| *w == 0)
+    }
+
+    /// The codes, ascending.
+    pub fn iter(self) -> impl Iterator<Item = u16> {
+        (Self::MIN..=Self::MAX).filter(move |c| self.contains(*c))
+    }
+}
+
+impl std::fmt::Debug for StatusCodes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_set().entries(self.iter()).finish()
+    }
 }
 
 impl RetryOn {
@@ -329,12 +389,14 @@ impl RetryOn {
 
 impl RetryOn {
     /// The names the config accepts.
-    pub const NAMES: [&'static str; 10] = [
+    pub const NAMES: [&'static str; 12] = [
         "connect-failure",
         "reset",
         "5xx",
         "gateway-error",
         "retriable-4xx",
+        "refused-stream",
+        "retriable-status-codes",
         "cancelled",
         "deadline-exceeded",
         "internal",

@@ -565,7 +565,7 @@ impl Exchange {
             500..=599 if on.server_error => true,
             502..=504 if on.gateway_error => true,
             409 if on.retriable_4xx => true,
-            _ => false,
+            _ => on.retriable_status_codes && on.status_codes.contains(status),
         };
         let retriable_grpc = grpc_status.is_some_and(|g| on.grpc(g));
         if ((retriable_status && self.config.idempotent) || retriable_grpc)

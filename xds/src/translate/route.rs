@@ -5,7 +5,9 @@
 //! routes), route matches (`prefix`, `path`, `safe_regex`, `headers` with exact / prefix /
 //! present / safe_regex / string_match without `ignore_case`, `case_sensitive: true`), actions
 //! (`cluster`, `weighted_clusters`, `timeout`, `retry_policy` with the conditions the model
-//! knows, `prefix_rewrite`, `direct_response` with an inline body), header edits that overwrite
+//! knows, `retriable_status_codes` and the `previous_hosts` predicate, `max_stream_duration`
+//! when it asks for no limit, `prefix_rewrite`, `direct_response` with an inline body), a
+//! virtual host's `include_request_attempt_count`, header edits that overwrite
 //! (`append_action: OVERWRITE_IF_EXISTS_OR_ADD` or `append: false`) at route, virtual host and
 //! route configuration level, folded into each route in Envoy's order (the outer level wins).
 
@@ -14,10 +16,12 @@ use envoy_types::pb::envoy::config::core::v3::{
 };
 use envoy_types::pb::envoy::config::route::v3::{
     HeaderMatcher, RetryPolicy, Route, RouteAction, RouteConfiguration, VirtualHost,
-    header_matcher::HeaderMatchSpecifier, route::Action, route_action::ClusterSpecifier,
-    route_match::PathSpecifier,
+    header_matcher::HeaderMatchSpecifier, retry_policy::RetryHostPredicate,
+    retry_policy::retry_host_predicate, route::Action, route_action::ClusterSpecifier,
+    route_action::MaxStreamDuration, route_match::PathSpecifier,
 };
 use envoy_types::pb::envoy::r#type::matcher::v3::{RegexMatcher, string_matcher::MatchPattern};
+use envoy_types::pb::google::protobuf::Duration as PbDuration;
 use serde_json::{Value, json};
 use sluice_core::config::http::RetryOn;
 
@@ -177,6 +181,7 @@ fn virtual_host(
     let retry = take(&mut vh.retry_policy)
         .map(|r| retry_policy(r, &at.field("retry_policy")))
         .transpose()?;
+    let attempt_count = take(&mut vh.include_request_attempt_count);
     let routes = take(&mut vh.routes);
     reject_rest(&vh, at)?;
     let routes = routes
@@ -192,7 +197,11 @@ fn virtual_host(
             )
         })
         .collect::<Result<Vec<_>, _>>()?;
-    Ok(json!({ "name": name, "domains": domains, "routes": routes }))
+    let mut v = json!({ "name": name, "domains": domains, "routes": routes });
+    if attempt_count && let Value::Object(m) = &mut v {
+        m.insert("include_request_attempt_count".into(), json!(true));
+    }
+    Ok(v)
 }
 
 /// A virtual host's domains with any `:port` taken off and duplicates dropped (first one kept):
@@ -434,6 +443,9 @@ fn route_action(
         Some(r) => Some(retry_policy(r, &at.field("retry_policy"))?),
         None => vhost_retry.cloned(),
     };
+    if let Some(mut m) = take(&mut a.max_stream_duration) {
+        max_stream_duration(&mut m, &at.field("max_stream_duration"))?;
+    }
     reject_rest(&a, at)?;
     let list = |l: &[(String, String)]| -> Option<Value> {
         (!l.is_empty()).then(|| {
@@ -472,14 +484,75 @@ fn retry_policy(mut r: RetryPolicy, at: &At<'_>) -> Result<Value, TranslateError
         }
         conditions.push(json!(c));
     }
+    // Envoy takes a code listed twice; the config model's list has each code once.
+    let mut codes = take(&mut r.retriable_status_codes);
+    let mut seen = Vec::with_capacity(codes.len());
+    codes.retain(|c| {
+        !seen.contains(c) && {
+            seen.push(*c);
+            true
+        }
+    });
+    let codes = (!codes.is_empty()).then(|| json!(codes));
     let num = take(&mut r.num_retries).map(|n| json!(n.value));
     let per_try = take(&mut r.per_try_timeout)
         .map(|d| duration(&d, &at.field("per_try_timeout")))
         .transpose()?;
+    // Istio's default policy asks for a host not tried yet, re-picking up to 5 times: Sluice's
+    // retries always go to a host not tried yet when one is available, so `previous_hosts` is
+    // what they do already, and the re-pick bound has nothing to bound.
+    for (i, p) in take(&mut r.retry_host_predicate).into_iter().enumerate() {
+        if !is_previous_hosts(&p) {
+            return Err(at.field("retry_host_predicate").index(i).error(format!(
+                "{:?} is unsupported (supported: {PREVIOUS_HOSTS}, which is what Sluice's \
+                 retries do)",
+                p.name
+            )));
+        }
+    }
+    if take(&mut r.host_selection_retry_max_attempts) < 0 {
+        return Err(at
+            .field("host_selection_retry_max_attempts")
+            .error("must not be negative"));
+    }
     reject_rest(&r, at)?;
     Ok(object([
         ("retry_on", Some(Value::Array(conditions))),
+        ("retriable_status_codes", codes),
         ("num_retries", num),
         ("per_try_timeout", per_try),
     ]))
+}
+
+/// Envoy's `previous_hosts` retry host predicate, by name.
+const PREVIOUS_HOSTS: &str = "envoy.retry_host_predicates.previous_hosts";
+/// … and by the type of its (empty) config.
+const PREVIOUS_HOSTS_TYPE: &str =
+    "type.googleapis.com/envoy.extensions.retry.host.previous_hosts.v3.PreviousHostsPredicate";
+
+fn is_previous_hosts(p: &RetryHostPredicate) -> bool {
+    match &p.config_type {
+        Some(retry_host_predicate::ConfigType::TypedConfig(any)) => {
+            any.type_url == PREVIOUS_HOSTS_TYPE
+        }
+        None => p.name == PREVIOUS_HOSTS,
+    }
+}
+
+/// A route's `max_stream_duration`: accepted when it asks for what Sluice does — no stream
+/// duration limit (`0` or unset), and a `grpc-timeout` header honoured without a cap
+/// (`grpc_timeout_header_max: 0`, Istio's setting; Sluice always honours it) — else refused.
+fn max_stream_duration(m: &mut MaxStreamDuration, at: &At<'_>) -> Result<(), TranslateError> {
+    let zero = |d: Option<PbDuration>| d.is_none_or(|d| d.seconds == 0 && d.nanos == 0);
+    if !zero(take(&mut m.max_stream_duration)) {
+        return Err(at
+            .field("max_stream_duration")
+            .error("unsupported (only 0: no limit)"));
+    }
+    if !zero(take(&mut m.grpc_timeout_header_max)) {
+        return Err(at.field("grpc_timeout_header_max").error(
+            "unsupported (only 0: Sluice honours a gRPC request's grpc-timeout without a cap)",
+        ));
+    }
+    reject_rest(m, at)
 }

@@ -419,7 +419,7 @@ fn a_retry_condition_the_model_lacks_is_named() {
         panic!("route")
     };
     a.retry_policy = Some(RetryPolicy {
-        retry_on: "5xx,refused-stream".into(),
+        retry_on: "5xx,envoy-ratelimited".into(),
         ..Default::default()
     });
     r.routes.insert("routes".into(), rc);
@@ -427,7 +427,7 @@ fn a_retry_condition_the_model_lacks_is_named() {
     assert!(
         e[0].starts_with(
             "route_configuration \"routes\" virtual_hosts[0].routes[0].route.retry_policy.retry_on: \
-             \"refused-stream\" is unsupported"
+             \"envoy-ratelimited\" is unsupported"
         ),
         "{e:?}"
     );
@@ -492,8 +492,11 @@ mod istio {
     use envoy_types::pb::envoy::config::core::v3::{Metadata, TransportSocket};
     use envoy_types::pb::envoy::config::listener::v3::ListenerFilter as EnvoyListenerFilter;
     use envoy_types::pb::envoy::config::route::v3::{
-        RetryPolicy, VirtualHost, route::Action, route_action::MaxStreamDuration,
+        RetryPolicy, RouteAction, RouteConfiguration, VirtualHost,
+        retry_policy::RetryHostPredicate, retry_policy::retry_host_predicate, route::Action,
+        route_action::MaxStreamDuration,
     };
+    use envoy_types::pb::google::protobuf::Any;
     use envoy_types::pb::google::protobuf::{BoolValue, Duration as PbDuration, UInt32Value};
 
     use super::*;
@@ -582,8 +585,10 @@ mod istio {
         );
     }
 
-    #[test]
-    fn an_istio_route_is_refused_at_its_first_unsupported_field() {
+    /// The route istiod sends for an outbound service port: its default retry policy
+    /// (`retriable-status-codes` with 503, `refused-stream`, `previous_hosts`), the attempt count
+    /// header, a zero `max_stream_duration` and `grpc_timeout_header_max`.
+    fn istio_route() -> RouteConfiguration {
         let mut rc = route_config("9080", "outbound|9080||reviews.default.svc.cluster.local");
         rc.validate_clusters = Some(BoolValue { value: false });
         let vh: &mut VirtualHost = &mut rc.virtual_hosts[0];
@@ -603,6 +608,13 @@ mod istio {
             retry_on: "connect-failure,refused-stream,unavailable,cancelled,retriable-status-codes"
                 .into(),
             num_retries: Some(UInt32Value { value: 2 }),
+            retry_host_predicate: vec![RetryHostPredicate {
+                name: "envoy.retry_host_predicates.previous_hosts".into(),
+                config_type: Some(retry_host_predicate::ConfigType::TypedConfig(Any {
+                    type_url: "type.googleapis.com/envoy.extensions.retry.host.previous_hosts.v3.PreviousHostsPredicate".into(),
+                    value: Vec::new(),
+                })),
+            }],
             host_selection_retry_max_attempts: 5,
             retriable_status_codes: vec![503],
             ..Default::default()
@@ -612,21 +624,122 @@ mod istio {
             grpc_timeout_header_max: Some(PbDuration::default()),
             ..Default::default()
         });
+        rc
+    }
+
+    fn istio_action(rc: &mut RouteConfiguration) -> &mut RouteAction {
+        let Some(Action::Route(a)) = &mut rc.virtual_hosts[0].routes[0].action else {
+            panic!("route")
+        };
+        a
+    }
+
+    #[test]
+    fn an_istio_route_with_its_default_retry_policy_is_accepted() {
         let mut notes = Notes::default();
-        let e = translate_route_configuration(&rc, &mut notes).expect_err("refused");
+        let vhosts = translate_route_configuration(&istio_route(), &mut notes).expect("accepted");
+        assert_eq!(vhosts.len(), 1);
+        let vh = &vhosts[0];
+        assert_eq!(vh["include_request_attempt_count"], true);
         assert_eq!(
-            e.to_string(),
-            "route_configuration \"9080\" virtual_hosts[0].include_request_attempt_count: \
-             unsupported"
+            vh["domains"],
+            serde_json::json!(["reviews.default.svc.cluster.local", "reviews"])
         );
-        rc.virtual_hosts[0].include_request_attempt_count = false;
-        let e = translate_route_configuration(&rc, &mut notes).expect_err("refused");
-        assert!(
-            e.to_string().starts_with(
-                "route_configuration \"9080\" virtual_hosts[0].routes[0].route.retry_policy.\
-                 retry_on: \"refused-stream\" is unsupported"
-            ),
-            "{e}"
+        let retry = &vh["routes"][0]["route"]["retry_policy"];
+        assert_eq!(
+            retry["retry_on"],
+            serde_json::json!([
+                "connect-failure",
+                "refused-stream",
+                "unavailable",
+                "cancelled",
+                "retriable-status-codes"
+            ])
+        );
+        assert_eq!(retry["retriable_status_codes"], serde_json::json!([503]));
+        assert_eq!(retry["num_retries"], 2);
+
+        // What Sluice cannot do is refused, naming the field.
+        let refused = |edit: &dyn Fn(&mut RouteAction), error: &str| {
+            let mut rc = istio_route();
+            edit(istio_action(&mut rc));
+            let e = translate_route_configuration(&rc, &mut Notes::default())
+                .expect_err(error)
+                .to_string();
+            assert!(e.contains(error), "{e}");
+        };
+        refused(
+            &|a| {
+                a.retry_policy.as_mut().unwrap().retry_host_predicate[0] = RetryHostPredicate {
+                    name: "envoy.retry_host_predicates.omit_canary_hosts".into(),
+                    config_type: None,
+                };
+            },
+            "retry_policy.retry_host_predicate[0]: \"envoy.retry_host_predicates.omit_canary_hosts\" is unsupported",
+        );
+        refused(
+            &|a| {
+                a.max_stream_duration.as_mut().unwrap().max_stream_duration = Some(PbDuration {
+                    seconds: 30,
+                    nanos: 0,
+                });
+            },
+            "max_stream_duration.max_stream_duration: unsupported (only 0: no limit)",
+        );
+        refused(
+            &|a| {
+                a.max_stream_duration
+                    .as_mut()
+                    .unwrap()
+                    .grpc_timeout_header_max = Some(PbDuration {
+                    seconds: 5,
+                    nanos: 0,
+                });
+            },
+            "max_stream_duration.grpc_timeout_header_max: unsupported",
+        );
+        // Through the whole assembly (the config model's own validation), behind an RDS
+        // listener, next to the outbound cluster (without its mTLS matching).
+        let mut c = outbound_cluster();
+        c.transport_socket_matches.clear();
+        let mut r = Resources::default();
+        r.clusters.insert(c.name.clone(), c.clone());
+        r.endpoints.insert(
+            c.name.clone(),
+            assignment(&c.name, &[("10.0.0.7", 9080, HealthStatus::Healthy as i32)]),
+        );
+        r.listeners.insert(
+            "out".into(),
+            http_listener("out", "127.0.0.1", 15001, "9080"),
+        );
+        r.routes.insert("9080".into(), istio_route());
+        let assembled = assemble(&bootstrap(), &r).expect("accepted");
+        let sluice_core::config::ListenerFilter::Http(http) = &assembled.config.listeners[0].filter
+        else {
+            panic!("http")
+        };
+        let vh = &http.virtual_hosts[0];
+        assert!(vh.include_request_attempt_count);
+        let sluice_core::config::http::RouteAction::Forward(f) = &vh.routes[0].action else {
+            panic!("forward")
+        };
+        let on = f.retry_policy.as_ref().expect("retry policy").retry_on;
+        assert!(on.retriable_status_codes && on.refused_stream && on.connect_failure);
+        assert!(on.grpc(14) && on.grpc(1));
+        assert_eq!(on.status_codes.iter().collect::<Vec<_>>(), [503]);
+        assert_eq!(f.timeout, None, "0s: no timeout");
+
+        // A code listed twice (Envoy takes it) is one code.
+        let mut rc = istio_route();
+        istio_action(&mut rc)
+            .retry_policy
+            .as_mut()
+            .unwrap()
+            .retriable_status_codes = vec![503, 429, 503];
+        let vhosts = translate_route_configuration(&rc, &mut Notes::default()).expect("accepted");
+        assert_eq!(
+            vhosts[0]["routes"][0]["route"]["retry_policy"]["retriable_status_codes"],
+            serde_json::json!([503, 429])
         );
     }
 }

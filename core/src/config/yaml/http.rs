@@ -42,7 +42,8 @@ use crate::config::http::{
     EscapedSlashesAction, ForwardAction, ForwardedProto, H2_MAX_WINDOW_SIZE, H2_MIN_WINDOW_SIZE,
     HTTP_ONLY_LOG_FIELDS, HeaderMatcher, HeaderRule, HeaderValue, Http2Settings, HttpCodec,
     HttpConfig, MAX_HEADERS_COUNT_LIMIT, PathMatch, PathNormalization, RetryOn, RetryPolicy, Route,
-    RouteAction, RouteMatch, TCP_LOG_FIELDS, VirtualHost, WeightedCluster, template_placeholders,
+    RouteAction, RouteMatch, StatusCodes, TCP_LOG_FIELDS, VirtualHost, WeightedCluster,
+    template_placeholders,
 };
 use crate::pattern::compile_full_match;
 
@@ -63,12 +64,16 @@ type SetRetryOn = fn(&mut RetryOn);
 
 /// The retry conditions by config name; the same names, in the same order, as
 /// [`RetryOn::NAMES`].
-const RETRY_ON: [(&str, SetRetryOn); 10] = [
+const RETRY_ON: [(&str, SetRetryOn); 12] = [
     ("connect-failure", |r| r.connect_failure = true),
     ("reset", |r| r.reset = true),
     ("5xx", |r| r.server_error = true),
     ("gateway-error", |r| r.gateway_error = true),
     ("retriable-4xx", |r| r.retriable_4xx = true),
+    ("refused-stream", |r| r.refused_stream = true),
+    ("retriable-status-codes", |r| {
+        r.retriable_status_codes = true
+    }),
     // gRPC statuses (Envoy's x-envoy-retry-grpc-on names), read from a trailers-only answer.
     ("cancelled", |r| r.grpc_codes |= 1 << 1),
     ("deadline-exceeded", |r| r.grpc_codes |= 1 << 4),
@@ -536,11 +541,16 @@ fn decode_virtual_host(
             decode_route(dec, path, v, cluster_names)
         })
     });
+    let include_request_attempt_count = match obj.opt("include_request_attempt_count") {
+        Some((v, p)) => boolean(dec, &p, v),
+        None => Some(false),
+    };
     obj.finish(dec);
     Some(VirtualHost {
         name: name?,
         domains: domains?,
         routes: routes?,
+        include_request_attempt_count: include_request_attempt_count?,
     })
 }
 
@@ -908,14 +918,60 @@ fn decode_retry_policy(dec: &mut Decoder, path: &str, v: &Value) -> Option<Retry
     let retry_on = obj
         .req(dec, "retry_on")
         .and_then(|(v, p)| decode_retry_on(dec, &p, v));
+    let codes = match obj.opt("retriable_status_codes") {
+        Some((v, p)) => decode_status_codes(dec, &p, v).map(Some),
+        None => Some(None),
+    };
     let num_retries = opt_u32(dec, &mut obj, "num_retries", 0..=10, DEFAULT_NUM_RETRIES);
     let per_try_timeout = opt_positive_duration(dec, &mut obj, "per_try_timeout");
     obj.finish(dec);
+    let (mut retry_on, codes) = (retry_on?, codes?);
+    // Each needs the other: codes without the condition would never be retried, and the
+    // condition without codes retries nothing (Envoy accepts both silently).
+    match (retry_on.retriable_status_codes, codes) {
+        (true, Some(codes)) => retry_on.status_codes = codes,
+        (true, None) => {
+            dec.error(
+                &format!("{path}.retry_on"),
+                "retriable-status-codes needs the codes: add retriable_status_codes: [503, …]",
+            );
+            return None;
+        }
+        (false, Some(_)) => {
+            dec.error(
+                &format!("{path}.retriable_status_codes"),
+                "the codes are retried only with retriable-status-codes in retry_on",
+            );
+            return None;
+        }
+        (false, None) => {}
+    }
     Some(RetryPolicy {
-        retry_on: retry_on?,
+        retry_on,
         num_retries: num_retries?,
         per_try_timeout: per_try_timeout?,
     })
+}
+
+/// `retriable_status_codes`: a non-empty list of distinct codes, 100–599.
+fn decode_status_codes(dec: &mut Decoder, path: &str, v: &Value) -> Option<StatusCodes> {
+    let codes = dec.list(path, v, |dec, p, v| {
+        let range = u64::from(StatusCodes::MIN)..=u64::from(StatusCodes::MAX);
+        dec.u64_in(p, v, range).and_then(|c| u16::try_from(c).ok())
+    })?;
+    if codes.is_empty() {
+        dec.error(path, "at least one status code is required");
+        return None;
+    }
+    let mut set = StatusCodes::default();
+    for (i, c) in codes.into_iter().enumerate() {
+        if set.contains(c) {
+            dec.error(&format!("{path}[{i}]"), format!("{c} is listed twice"));
+            return None;
+        }
+        set.insert(c);
+    }
+    Some(set)
 }
 
 fn decode_retry_on(dec: &mut Decoder, path: &str, v: &Value) -> Option<RetryOn> {

@@ -16,6 +16,9 @@ fn all_retry_on() -> RetryOn {
         server_error: true,
         gateway_error: true,
         retriable_4xx: true,
+        refused_stream: true,
+        retriable_status_codes: false,
+        status_codes: Default::default(),
     }
 }
 
@@ -230,6 +233,84 @@ fn retriable_5xx_for_idempotent_requests_then_the_last_answer_is_forwarded() {
         e.handle_response_head(now, 500, &mut c, &mut rng),
         Verdict::Forward
     );
+}
+
+#[test]
+fn retriable_status_codes_retry_the_listed_codes_only() {
+    use crate::config::http::StatusCodes;
+    let mut codes = StatusCodes::default();
+    assert!(codes.insert(429) && codes.insert(503) && !codes.insert(600));
+    let retry_on = RetryOn {
+        retriable_status_codes: true,
+        status_codes: codes,
+        ..RetryOn::default()
+    };
+    let with = |idempotent: bool| ExchangeConfig {
+        retry: Some(RetryPolicyView {
+            retry_on,
+            num_retries: 2,
+            per_try_timeout: None,
+        }),
+        ..config(idempotent, 2)
+    };
+    let (mut c, mut rng, mut now) = (cluster(2), Rng::from_seed(1), epoch());
+    for (status, idempotent, verdict) in [
+        (503, true, Verdict::Retry),
+        (429, true, Verdict::Retry),
+        (500, true, Verdict::Forward),
+        (502, true, Verdict::Forward),
+        // A non-idempotent request that reached an upstream is never sent twice.
+        (503, false, Verdict::Forward),
+    ] {
+        let mut e = Exchange::new(now, with(idempotent));
+        e.start(now, &mut c, &mut rng);
+        next_action(&mut e, &mut now, &mut c, &mut rng);
+        e.handle_connected(now, false, &mut c);
+        assert_eq!(
+            e.handle_response_head(now, status, &mut c, &mut rng),
+            verdict,
+            "{status} idempotent={idempotent}"
+        );
+        if verdict == Verdict::Forward {
+            e.handle_response_complete(&mut c);
+        } else {
+            next_action(&mut e, &mut now, &mut c, &mut rng);
+            e.handle_connected(now, false, &mut c);
+            e.handle_response_head(now, 200, &mut c, &mut rng);
+            e.handle_response_complete(&mut c);
+        }
+        assert!(e.is_done());
+    }
+    // The condition alone retries nothing; the codes alone neither.
+    for retry_on in [
+        RetryOn {
+            retriable_status_codes: true,
+            ..RetryOn::default()
+        },
+        RetryOn {
+            status_codes: codes,
+            ..RetryOn::default()
+        },
+    ] {
+        let mut e = Exchange::new(
+            now,
+            ExchangeConfig {
+                retry: Some(RetryPolicyView {
+                    retry_on,
+                    num_retries: 2,
+                    per_try_timeout: None,
+                }),
+                ..config(true, 2)
+            },
+        );
+        e.start(now, &mut c, &mut rng);
+        next_action(&mut e, &mut now, &mut c, &mut rng);
+        e.handle_connected(now, false, &mut c);
+        assert_eq!(
+            e.handle_response_head(now, 503, &mut c, &mut rng),
+            Verdict::Forward
+        );
+    }
 }
 
 #[test]

@@ -212,6 +212,9 @@ fn decodes_the_full_example() {
                                 server_error: true,
                                 gateway_error: true,
                                 retriable_4xx: false,
+                                refused_stream: false,
+                                retriable_status_codes: false,
+                                status_codes: Default::default(),
                             },
                             num_retries: 2,
                             per_try_timeout: Some(Duration::from_secs(5)),
@@ -224,6 +227,7 @@ fn decodes_the_full_example() {
                     }),
                 },
             ],
+            include_request_attempt_count: false,
         }],
     };
     assert_eq!(got, want);
@@ -518,6 +522,8 @@ fn retry_on_names_are_the_models() {
             on.server_error,
             on.gateway_error,
             on.retriable_4xx,
+            on.refused_stream,
+            on.retriable_status_codes,
             on.grpc(1),
             on.grpc(4),
             on.grpc(13),
@@ -655,7 +661,7 @@ clusters:
             r(3)
         ),
         format!(
-            "{}.route.retry_policy.retry_on[1]: unknown value \"5xxx\" (expected one of: connect-failure, reset, 5xx, gateway-error, retriable-4xx, cancelled, deadline-exceeded, internal, resource-exhausted, unavailable); did you mean '5xx'?",
+            "{}.route.retry_policy.retry_on[1]: unknown value \"5xxx\" (expected one of: connect-failure, reset, 5xx, gateway-error, retriable-4xx, refused-stream, retriable-status-codes, cancelled, deadline-exceeded, internal, resource-exhausted, unavailable); did you mean '5xx'?",
             r(3)
         ),
         format!(
@@ -667,7 +673,7 @@ clusters:
             r(3)
         ),
         format!(
-            "{}.route.retry_policy.retries: unknown field (expected one of: retry_on, num_retries, per_try_timeout)",
+            "{}.route.retry_policy.retries: unknown field (expected one of: retry_on, retriable_status_codes, num_retries, per_try_timeout)",
             r(3)
         ),
         // routes[4]
@@ -680,7 +686,7 @@ clusters:
             r(4)
         ),
         format!(
-            "{}.route.retry_policy.retry_on: at least one retry condition is required (any of: connect-failure, reset, 5xx, gateway-error, retriable-4xx, cancelled, deadline-exceeded, internal, resource-exhausted, unavailable)",
+            "{}.route.retry_policy.retry_on: at least one retry condition is required (any of: connect-failure, reset, 5xx, gateway-error, retriable-4xx, refused-stream, retriable-status-codes, cancelled, deadline-exceeded, internal, resource-exhausted, unavailable)",
             r(4)
         ),
         // routes[5]
@@ -766,7 +772,7 @@ fn listener_level_problems() {
         )),
         [
             r#"listeners[0].http.virtual_hosts[0].routes[0].route.cluster: unknown cluster "c" (known: a, b)"#,
-            "listeners[0].http.virtual_hosts[0].extra: unknown field (expected one of: name, domains, routes)",
+            "listeners[0].http.virtual_hosts[0].extra: unknown field (expected one of: name, domains, routes, include_request_attempt_count)",
         ]
     );
     assert_eq!(
@@ -926,4 +932,81 @@ fn retry_on_takes_grpc_status_names() {
         assert!(on.grpc(code), "{code}");
     }
     assert!(!on.grpc(2) && !on.reset && !on.server_error);
+}
+
+/// Istio's default retry policy, and its virtual hosts' attempt count, as Sluice writes them.
+#[test]
+fn retriable_status_codes_and_the_attempt_count_decode_and_need_each_other() {
+    let yaml = |vhost_extra: &str, retry: &str| {
+        format!(
+            r#"
+listeners:
+  - name: in
+    address: 127.0.0.1:10000
+    http:
+      virtual_hosts:
+        - name: web
+          domains: ["*"]
+          {vhost_extra}
+          routes:
+            - match: {{ prefix: / }}
+              route: {{ cluster: app, retry_policy: {retry} }}
+clusters:
+  - name: app
+    hosts: [ {{ address: 127.0.0.1:8080 }} ]
+"#
+        )
+    };
+    let ok = Config::from_yaml(&yaml(
+        "include_request_attempt_count: true",
+        "{ retry_on: [connect-failure, refused-stream, unavailable, cancelled, retriable-status-codes], \
+         retriable_status_codes: [503, 429], num_retries: 2 }",
+    ))
+    .expect("valid");
+    let ListenerFilter::Http(http) = &ok.listeners[0].filter else {
+        panic!("http")
+    };
+    let vhost = &http.virtual_hosts[0];
+    assert!(vhost.include_request_attempt_count);
+    let RouteAction::Forward(f) = &vhost.routes[0].action else {
+        panic!("forward")
+    };
+    let on = f.retry_policy.as_ref().expect("policy").retry_on;
+    assert!(on.retriable_status_codes && on.refused_stream && on.connect_failure);
+    assert_eq!(on.status_codes.iter().collect::<Vec<_>>(), [429, 503]);
+
+    for (retry, error) in [
+        (
+            "{ retry_on: [retriable-status-codes] }",
+            "retriable-status-codes needs the codes",
+        ),
+        (
+            "{ retry_on: [5xx], retriable_status_codes: [503] }",
+            "retried only with retriable-status-codes in retry_on",
+        ),
+        (
+            "{ retry_on: [retriable-status-codes], retriable_status_codes: [503, 503] }",
+            "retriable_status_codes[1]: 503 is listed twice",
+        ),
+        (
+            "{ retry_on: [retriable-status-codes], retriable_status_codes: [600] }",
+            "600 is not a whole number from 100 to 599",
+        ),
+        (
+            "{ retry_on: [retriable-status-codes], retriable_status_codes: [] }",
+            "at least one status code is required",
+        ),
+    ] {
+        let e = Config::from_yaml(&yaml("", retry))
+            .expect_err(retry)
+            .to_string();
+        assert!(e.contains(error), "{retry}: {e}");
+    }
+    let e = Config::from_yaml(&yaml(
+        "include_request_attempt_count: always",
+        "{ retry_on: [5xx] }",
+    ))
+    .expect_err("not a boolean")
+    .to_string();
+    assert!(e.contains("include_request_attempt_count"), "{e}");
 }
