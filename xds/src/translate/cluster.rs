@@ -164,9 +164,11 @@ pub fn translate_cluster(
     // The upstream HTTP version: the deprecated `http2_protocol_options`, or the explicit
     // config of `HttpProtocolOptions` (the protocol is read; its other options are noted).
     let mut protocol: Option<&str> = None;
+    let mut http2: Option<Value> = None;
     #[allow(deprecated)]
-    if take(&mut rest.http2_protocol_options).is_some() {
+    if let Some(o) = take(&mut rest.http2_protocol_options) {
         protocol = Some("http2");
+        http2 = http2_settings(&o, &at.field("http2_protocol_options"))?;
         at.note(
             notes,
             "http2_protocol_options (settings other than the protocol)",
@@ -183,7 +185,13 @@ pub fn translate_cluster(
             match opts.upstream_protocol_options {
                 Some(UpstreamProtocolOptions::ExplicitHttpConfig(e)) => match e.protocol_config {
                     Some(ProtocolConfig::HttpProtocolOptions(_)) => protocol = Some("http1"),
-                    Some(ProtocolConfig::Http2ProtocolOptions(_)) => protocol = Some("http2"),
+                    Some(ProtocolConfig::Http2ProtocolOptions(o)) => {
+                        protocol = Some("http2");
+                        http2 = http2_settings(
+                            &o,
+                            &k_at.field("explicit_http_config.http2_protocol_options"),
+                        )?;
+                    }
                     Some(ProtocolConfig::Http3ProtocolOptions(_)) => {
                         return Err(k_at
                             .field("explicit_http_config.http3_protocol_options")
@@ -252,6 +260,7 @@ pub fn translate_cluster(
         ("connect_timeout", connect_timeout),
         ("lb_policy", lb_policy.map(|p| json!(p))),
         ("protocol", protocol.map(|p| json!(p))),
+        ("http2", http2),
         ("ring_hash", ring_hash),
         ("health_check", health_check),
         ("outlier_detection", outlier_detection),
@@ -527,4 +536,34 @@ fn circuit_breakers(mut cb: CircuitBreakers, at: &At<'_>) -> Result<Value, Trans
         reject_rest(&t, &t_at)?;
     }
     Ok(Value::Object(out))
+}
+
+/// The settings of an upstream `Http2ProtocolOptions` that Sluice applies: its
+/// `connection_keepalive` (`interval`, `timeout`; the jitter and the idle interval are left
+/// out, with the rest, as the caller notes). `None` when there is none or it sends no periodic
+/// PING.
+fn http2_settings(
+    o: &envoy_types::pb::envoy::config::core::v3::Http2ProtocolOptions,
+    at: &At<'_>,
+) -> Result<Option<Value>, TranslateError> {
+    let Some(k) = &o.connection_keepalive else {
+        return Ok(None);
+    };
+    let k_at = at.field("connection_keepalive");
+    let positive = |d: &Option<envoy_types::pb::google::protobuf::Duration>, field: &str| {
+        let f_at = k_at.field(field);
+        match d {
+            Some(d) if d.seconds > 0 || d.nanos > 0 => super::duration(d, &f_at),
+            _ => Err(f_at.error("must be set and above zero")),
+        }
+    };
+    // Envoy: no interval (or zero) sends no periodic PING.
+    if k.interval.is_none_or(|d| d.seconds == 0 && d.nanos == 0) {
+        return Ok(None);
+    }
+    let interval = positive(&k.interval, "interval")?;
+    let timeout = positive(&k.timeout, "timeout")?;
+    Ok(Some(
+        json!({ "connection_keepalive": { "interval": interval, "timeout": timeout } }),
+    ))
 }

@@ -836,13 +836,13 @@ fn istio_cluster_bytes() -> Vec<u8> {
 /// becomes its `protocol`; a version chosen per request (downstream's, auto) is refused by name.
 #[test]
 fn the_explicit_http_protocol_of_a_cluster_is_its_protocol() {
-    use envoy_types::pb::envoy::config::core::v3::Http2ProtocolOptions;
+    use envoy_types::pb::envoy::config::core::v3::{Http2ProtocolOptions, KeepaliveSettings};
     use envoy_types::pb::envoy::extensions::upstreams::http::v3::HttpProtocolOptions;
     use envoy_types::pb::envoy::extensions::upstreams::http::v3::http_protocol_options::{
         AutoHttpConfig, ExplicitHttpConfig, UpstreamProtocolOptions,
         explicit_http_config::ProtocolConfig,
     };
-    use envoy_types::pb::google::protobuf::Any;
+    use envoy_types::pb::google::protobuf::{Any, Duration as PbDuration};
     use prost::{Message as _, Name as _};
     const KEY: &str = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions";
     let with = |u: UpstreamProtocolOptions| {
@@ -875,6 +875,45 @@ fn the_explicit_http_protocol_of_a_cluster_is_its_protocol() {
     assert_eq!(
         a.config.clusters[0].protocol,
         sluice_core::config::UpstreamProtocol::Http2
+    );
+    assert_eq!(a.config.clusters[0].http2_keepalive, None);
+    // Its PING keepalive is the cluster's (without a periodic interval Envoy sends none).
+    let keepalive = |interval: i64, timeout: i64| {
+        with(UpstreamProtocolOptions::ExplicitHttpConfig(
+            ExplicitHttpConfig {
+                protocol_config: Some(ProtocolConfig::Http2ProtocolOptions(Http2ProtocolOptions {
+                    connection_keepalive: Some(KeepaliveSettings {
+                        interval: Some(PbDuration {
+                            seconds: interval,
+                            nanos: 0,
+                        }),
+                        timeout: Some(PbDuration {
+                            seconds: timeout,
+                            nanos: 0,
+                        }),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                })),
+            },
+        ))
+    };
+    let a = assemble(&bootstrap(), &keepalive(30, 5)).expect("valid");
+    assert_eq!(
+        a.config.clusters[0].http2_keepalive,
+        Some(sluice_core::config::Http2Keepalive {
+            interval: std::time::Duration::from_secs(30),
+            timeout: std::time::Duration::from_secs(5),
+        })
+    );
+    let a = assemble(&bootstrap(), &keepalive(0, 5)).expect("valid");
+    assert_eq!(a.config.clusters[0].http2_keepalive, None);
+    let errs = errors(&keepalive(30, 0));
+    assert!(
+        errs[0].contains(
+            "http2_protocol_options.connection_keepalive.timeout: must be set and above zero"
+        ),
+        "{errs:?}"
     );
     let plain = assemble(&bootstrap(), &resources()).expect("valid");
     assert_eq!(
