@@ -233,7 +233,7 @@ impl<N: Network> Engine<N> {
         loop {
             let outcome = match tokio::time::timeout(
                 RESOLVE_TIMEOUT,
-                self.net.resolve(&name.name, name.port),
+                self.net.resolve(&name.name, name.port, dns.respect_dns_ttl),
             )
             .await
             {

@@ -43,6 +43,7 @@ pub mod net;
 mod otlp;
 pub mod pool;
 pub mod relay;
+pub mod resolver;
 pub mod server;
 pub mod splice;
 pub mod stats;

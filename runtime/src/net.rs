@@ -35,9 +35,23 @@ pub trait Network: Clone + 'static {
 
     /// Resolves `name` (a DNS name or an IP literal) to addresses with `port`, in the
     /// resolver's order ([`crate::dns`] calls it, off the data path; no timeout here). By
-    /// default the system's resolver: [`getaddrinfo`].
-    fn resolve(&self, name: &str, port: u16) -> impl Future<Output = io::Result<Resolved>> {
-        getaddrinfo(name.to_owned(), port)
+    /// default the system's resolver, [`getaddrinfo`]; when the caller needs the answer's TTL
+    /// (`with_ttl`: the cluster has `respect_dns_ttl`), the DNS client of
+    /// [`crate::resolver`], which asks the name servers itself and reports it.
+    fn resolve(
+        &self,
+        name: &str,
+        port: u16,
+        with_ttl: bool,
+    ) -> impl Future<Output = io::Result<Resolved>> {
+        let name = name.to_owned();
+        async move {
+            if with_ttl {
+                crate::resolver::resolve(&name, port).await
+            } else {
+                getaddrinfo(name, port).await
+            }
+        }
     }
 
     /// This network as an engine for `config` uses it (the real one marks its upstream sockets
@@ -197,9 +211,9 @@ mod simulated {
             turmoil::net::TcpStream::connect(address).await
         }
 
-        /// The answer scripted for `name` ([`TurmoilNet::script_dns`]); a name with no script
-        /// does not resolve.
-        async fn resolve(&self, name: &str, port: u16) -> io::Result<Resolved> {
+        /// The answer scripted for `name` ([`TurmoilNet::script_dns`]), with its scripted TTL
+        /// (whether or not the caller wants it); a name with no script does not resolve.
+        async fn resolve(&self, name: &str, port: u16, _with_ttl: bool) -> io::Result<Resolved> {
             DNS_SCRIPT.with(|s| match s.borrow().get(name) {
                 Some(Some((ips, ttl))) => Ok(Resolved {
                     addresses: ips.iter().map(|&ip| SocketAddr::new(ip, port)).collect(),
