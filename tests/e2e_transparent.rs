@@ -913,6 +913,7 @@ fn redirect_capture_routes_bolt_to_the_original_destination() {
     );
     wait_listening_in(&server, server_ip, BOLT_PORT, &mut rpc);
     let probes = rpc.log_text().lines().count();
+    let access_log = dir.path().join("bolt.log");
     let config = format!(
         "admin: {{ address: {ADMIN} }}
 upstream_mark: 1337
@@ -925,11 +926,13 @@ listeners:
   - name: bolt_{BOLT_PORT}
     address: \"0.0.0.0:{BOLT_PORT}\"
     bolt:
+      access_log: {{ path: {log}, template: \"%LISTENER% %BOLT_SERVICE% %BOLT_REQUEST_ID% %BOLT_STATUS% %RESPONSE_FLAGS% %UPSTREAM_CLUSTER% %UPSTREAM_HOST% %ORIGINAL_DST%\" }}
       routes: [ {{ match: {{ service: \"com.example.Echo:1.0\" }}, route: {{ cluster: original }} }} ]
 clusters:
   - {{ name: passthrough, type: original_dst, connect_timeout: 2s }}
   - {{ name: original, type: original_dst, connect_timeout: 2s }}
-"
+",
+        log = access_log.display()
     );
     let config_path = dir.write("sluice.yaml", &config);
     let config_path = config_path.to_str().unwrap();
@@ -1010,6 +1013,19 @@ clusters:
     let rpc_log = rpc.log_text();
     let seen: Vec<&str> = rpc_log.lines().skip(probes).collect();
     assert_eq!(seen, [format!("connection from {app_ip}")], "{rpc_log}");
+    // Sluice's access log: each captured request with its original destination (where it was
+    // sent), the direct one with none (answered by the proxy: no host to send it to).
+    let lines = std::fs::read_to_string(&access_log).unwrap_or_default();
+    let to = format!("{server_ip}:{BOLT_PORT}");
+    assert_eq!(
+        lines,
+        format!(
+            "bolt_{BOLT_PORT} com.example.Echo:1.0 100 0 - original {to} {to}\n\
+             bolt_{BOLT_PORT} com.example.Echo:1.0 101 0 - original {to} {to}\n\
+             bolt_{BOLT_PORT} com.example.Echo:1.0 100 6 UH original - -\n"
+        ),
+        "{log}"
+    );
 }
 
 /// A virtual listener (`bind_to_port: false`): a captured HTTP connection to the server's port
