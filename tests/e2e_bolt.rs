@@ -680,3 +680,163 @@ clusters:
     assert_eq!(admin_stat(admin, "bolt.downstream_timeouts"), 4);
     assert_eq!(admin_stat(admin, "listener.rpc_in.downstream_cx_active"), 1);
 }
+
+/// The Bolt access log with the defaults a user gets (one line per exchange, JSON here so that
+/// the test reads fields by name): sofa-rpc-node invokes through the proxy give one line each
+/// with their service, method, status 0, cluster and upstream host; the proxy's own answers
+/// carry its flags (`NR` no route, `UF` upstream connect failed) and their status; a heartbeat
+/// gives no line.
+#[test]
+fn bolt_access_log_has_one_line_per_exchange() {
+    if !require_peers(&["sofa-rpc-node"]) {
+        return;
+    }
+    let dir = TempDir::new("bolt-access-log");
+    let (pa, listen, admin, dead) = (free_port(), free_port(), free_port(), free_port());
+    let log_path = dir.path().join("bolt.log");
+    let _a = start_sofa_server(&dir, "a", pa);
+    let silent = SilentUpstream::start(false);
+    let config = format!(
+        r#"
+admin: {{ address: 127.0.0.1:{admin} }}
+listeners:
+  - name: rpc_in
+    address: 127.0.0.1:{listen}
+    bolt:
+      access_log: {{ format: json, path: {log} }}
+      routes:
+        - match: {{ service: "{SERVICE}" }}
+          route: {{ cluster: rpc }}
+        - match: {{ service: "dead" }}
+          route: {{ cluster: dead }}
+        - match: {{ service: "silent" }}
+          route: {{ cluster: silent }}
+clusters:
+  - name: rpc
+    hosts: [ {{ address: 127.0.0.1:{pa} }} ]
+  - name: silent
+    hosts: [ {{ address: 127.0.0.1:{} }} ]
+  - name: dead
+    connect_timeout: 500ms
+    hosts: [ {{ address: 127.0.0.1:{dead} }} ]
+"#,
+        silent.port,
+        log = log_path.display()
+    );
+    let sluice = start_sluice(&dir, &config, 1, addr(listen));
+    let target = format!("127.0.0.1:{listen}");
+    let v = sofa_client(&target, "echo", &["--count", "20", "--concurrency", "5"]);
+    assert_eq!(v["ok"], 20, "{v}");
+
+    let mut s = TcpStream::connect(addr(listen)).unwrap();
+    let mut buf = Vec::new();
+    s.write_all(&heartbeat(Version::V1, 7)).unwrap();
+    assert_eq!(read_response(&mut s, &mut buf).3, 0);
+    // A request as SOFARPC (Java) sends it: the method in the header map.
+    let mut with_method = Vec::new();
+    let header: [(&[u8], Option<&[u8]>); 2] = [
+        (b"service", Some(b"nowhere")),
+        (b"sofa_head_method_name", Some(b"sayHello")),
+    ];
+    bolt::encode_request(
+        &mut with_method,
+        &RequestSpec {
+            version: Version::V1,
+            oneway: false,
+            cmd_code: bolt::CMD_REQUEST,
+            cmd_version: bolt::CMD_VERSION,
+            request_id: 41,
+            codec: bolt::CODEC_HESSIAN2,
+            timeout_ms: 3000,
+            class: b"com.alipay.sofa.rpc.core.request.SofaRequest",
+            header: &header,
+            content: b"payload",
+        },
+    )
+    .unwrap();
+    s.write_all(&with_method).unwrap();
+    assert_eq!(
+        read_response(&mut s, &mut buf),
+        (Version::V1, 41, bolt::CMD_RESPONSE, 6)
+    );
+    s.write_all(&request(Version::V1, 42, "dead", 3000))
+        .unwrap();
+    assert_eq!(
+        read_response(&mut s, &mut buf),
+        (Version::V1, 42, bolt::CMD_RESPONSE, 16)
+    );
+    // A client that leaves before its answer: its line says so when its connection ends.
+    s.write_all(&request(Version::V1, 43, "silent", 0)).unwrap();
+    let forwarded = Instant::now() + Duration::from_secs(10);
+    while admin_stat(admin, "bolt.requests") < 21 {
+        assert!(Instant::now() < forwarded, "request 43 never forwarded");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    drop(s);
+
+    // Lines are flushed within half a second.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let lines: Vec<serde_json::Value> = loop {
+        let text = std::fs::read_to_string(&log_path).unwrap_or_default();
+        let lines: Vec<serde_json::Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+            .collect();
+        if lines.len() >= 23 || Instant::now() > deadline {
+            break lines;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(lines.len(), 23, "{lines:#?}\n{}", sluice.log_text());
+    let (invokes, own): (Vec<_>, Vec<_>) = lines.iter().partition(|l| l["bolt_service"] == SERVICE);
+    assert_eq!(invokes.len(), 20, "{lines:#?}");
+    for l in &invokes {
+        assert_eq!(l["bolt_status"], 0, "{l}");
+        // sofa-rpc-node puts the method in the header map only with protobuf (with Hessian2
+        // it is inside the content, which the proxy does not decode).
+        assert_eq!(l["bolt_method"], serde_json::Value::Null, "{l}");
+        assert_eq!(l["response_flags"], "-", "{l}");
+        assert_eq!(l["upstream_cluster"], "rpc", "{l}");
+        assert_eq!(l["upstream_host"], format!("127.0.0.1:{pa}"), "{l}");
+        assert_eq!(l["listener"], "rpc_in", "{l}");
+        assert_eq!(l["original_dst"], serde_json::Value::Null, "{l}");
+        assert!(l["bytes_received"].as_u64().unwrap() > 22, "{l}");
+        assert!(l["bytes_sent"].as_u64().unwrap() > 20, "{l}");
+    }
+    // The client numbers its requests: each id once.
+    let mut ids: Vec<u64> = invokes
+        .iter()
+        .map(|l| l["bolt_request_id"].as_u64().unwrap())
+        .collect();
+    ids.sort_unstable();
+    ids.dedup();
+    assert_eq!(ids.len(), 20, "{ids:?}");
+    let no_route = own
+        .iter()
+        .find(|l| l["bolt_request_id"] == 41)
+        .expect("a line for the request without a route");
+    assert_eq!(no_route["bolt_service"], "nowhere");
+    assert_eq!(no_route["bolt_method"], "sayHello");
+    assert_eq!(no_route["bytes_received"], with_method.len());
+    assert_eq!(no_route["bolt_status"], 6);
+    assert_eq!(no_route["response_flags"], "NR");
+    assert_eq!(no_route["upstream_cluster"], serde_json::Value::Null);
+    assert_eq!(no_route["bytes_sent"], 20);
+    let failed = own
+        .iter()
+        .find(|l| l["bolt_request_id"] == 42)
+        .expect("a line for the request to the dead host");
+    assert_eq!(failed["bolt_status"], 16);
+    assert_eq!(failed["response_flags"], "UF");
+    assert_eq!(failed["upstream_cluster"], "dead");
+    assert_eq!(failed["upstream_host"], format!("127.0.0.1:{dead}"));
+    let left = own
+        .iter()
+        .find(|l| l["bolt_request_id"] == 43)
+        .expect("a line for the request whose client left");
+    assert_eq!(left["bolt_status"], serde_json::Value::Null);
+    assert_eq!(left["response_flags"], "DC");
+    assert_eq!(left["upstream_cluster"], "silent");
+    assert_eq!(left["upstream_host"], format!("127.0.0.1:{}", silent.port));
+    assert_eq!(left["bytes_sent"], 0);
+}

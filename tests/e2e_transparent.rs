@@ -913,6 +913,7 @@ fn redirect_capture_routes_bolt_to_the_original_destination() {
     );
     wait_listening_in(&server, server_ip, BOLT_PORT, &mut rpc);
     let probes = rpc.log_text().lines().count();
+    let access_log = dir.path().join("bolt.log");
     let config = format!(
         "admin: {{ address: {ADMIN} }}
 upstream_mark: 1337
@@ -925,11 +926,13 @@ listeners:
   - name: bolt_{BOLT_PORT}
     address: \"0.0.0.0:{BOLT_PORT}\"
     bolt:
+      access_log: {{ path: {log}, template: \"%LISTENER% %BOLT_SERVICE% %BOLT_REQUEST_ID% %BOLT_STATUS% %RESPONSE_FLAGS% %UPSTREAM_CLUSTER% %UPSTREAM_HOST% %ORIGINAL_DST%\" }}
       routes: [ {{ match: {{ service: \"com.example.Echo:1.0\" }}, route: {{ cluster: original }} }} ]
 clusters:
   - {{ name: passthrough, type: original_dst, connect_timeout: 2s }}
   - {{ name: original, type: original_dst, connect_timeout: 2s }}
-"
+",
+        log = access_log.display()
     );
     let config_path = dir.write("sluice.yaml", &config);
     let config_path = config_path.to_str().unwrap();
@@ -1010,6 +1013,155 @@ clusters:
     let rpc_log = rpc.log_text();
     let seen: Vec<&str> = rpc_log.lines().skip(probes).collect();
     assert_eq!(seen, [format!("connection from {app_ip}")], "{rpc_log}");
+    // Sluice's access log: each captured request with its original destination (where it was
+    // sent), the direct one with none (answered by the proxy: no host to send it to).
+    let lines = std::fs::read_to_string(&access_log).unwrap_or_default();
+    let to = format!("{server_ip}:{BOLT_PORT}");
+    assert_eq!(
+        lines,
+        format!(
+            "bolt_{BOLT_PORT} com.example.Echo:1.0 100 0 - original {to} {to}\n\
+             bolt_{BOLT_PORT} com.example.Echo:1.0 101 0 - original {to} {to}\n\
+             bolt_{BOLT_PORT} com.example.Echo:1.0 100 6 UH original - -\n"
+        ),
+        "{log}"
+    );
+}
+
+/// A TCP server that prints each connection's peer and holds it open (it speaks no HTTP/2: the
+/// test looks only at where the connection came from).
+const PEER_LOGGER: &str = r#"
+import socket, sys
+l = socket.socket(socket.AF_INET)
+l.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+l.bind((sys.argv[1], int(sys.argv[2])))
+l.listen(64)
+held = []
+while True:
+    c, peer = l.accept()
+    held.append(c)
+    print("connection from", peer[0], flush=True)
+"#;
+
+const XDS_PORT: u16 = 18000;
+
+/// The xDS client's connection under outbound capture (the rules `sluice iptables` prints):
+/// it carries `upstream_mark`, so the rules leave it alone — it reaches the management server
+/// directly from the application's address, and the capture listener never sees it (neither
+/// handed off nor passed through). Without the mark it would be captured into the proxy itself
+/// (here passed through by the capture listener's own chain; with listeners only from xDS,
+/// refused, and the proxy would never get a config).
+#[test]
+fn the_xds_connection_is_not_captured() {
+    if !can_run() {
+        return;
+    }
+    let f = &IPV4;
+    let tag = "xds-mark";
+    let (app_ip, server_ip) = (f.app, f.server);
+    let dir = TempDir::new(&format!("transparent-{tag}"));
+    let pid = std::process::id();
+    let app = Netns::new(format!("sluice-{pid}-{tag}-app"));
+    let server = Netns::new(format!("sluice-{pid}-{tag}-srv"));
+    ip(&[
+        "-n", &app.0, "link", "add", "veth0", "type", "veth", "peer", "name", "veth1", "netns",
+        &server.0,
+    ]);
+    for (ns, ip_address, dev) in [(&app, app_ip, "veth0"), (&server, server_ip, "veth1")] {
+        let cidr = format!("{ip_address}/{}", f.prefix);
+        ip(&["-n", &ns.0, "addr", "add", &cidr, "dev", dev]);
+        ip(&["-n", &ns.0, "link", "set", dev, "up"]);
+        ip(&["-n", &ns.0, "link", "set", "lo", "up"]);
+    }
+    let script = dir.write("peer_logger.py", PEER_LOGGER);
+    let mut control_plane = spawn_in(
+        &dir,
+        &server,
+        "control-plane",
+        "python3",
+        &[
+            "-u",
+            script.to_str().unwrap(),
+            server_ip,
+            &XDS_PORT.to_string(),
+        ],
+    );
+    wait_listening_in(&server, server_ip, XDS_PORT, &mut control_plane);
+    let probes = control_plane.log_text().lines().count();
+    let config = format!(
+        "admin: {{ address: {ADMIN} }}
+upstream_mark: 1337
+node: {{ id: sidecar-1, cluster: e2e }}
+xds: {{ cluster: xds_server }}
+listeners:
+  - name: outbound
+    address: \"0.0.0.0:15001\"
+    original_dst: redirect
+    use_original_dst: true
+    tcp_proxy: {{ cluster: passthrough }}
+clusters:
+  - {{ name: passthrough, type: original_dst, connect_timeout: 2s }}
+  - {{ name: xds_server, connect_timeout: 2s, hosts: [ {{ address: \"{}\" }} ] }}
+",
+        sock(server_ip, XDS_PORT)
+    );
+    let config_path = dir.write("sluice.yaml", &config);
+    let config_path = config_path.to_str().unwrap();
+    let printed = Command::new(sluice_bin())
+        .args(["iptables", "-c", config_path])
+        .output()
+        .unwrap();
+    assert!(
+        printed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&printed.stderr)
+    );
+    let rules = String::from_utf8(printed.stdout).unwrap();
+    // The rules are in place before the proxy starts: its first connection is already subject
+    // to them.
+    let applied = in_ns(&app, "sh", &["-c", &rules]);
+    assert!(
+        applied.status.success(),
+        "{rules}\n{}",
+        String::from_utf8_lossy(&applied.stderr)
+    );
+    let mut sluice = spawn_in(
+        &dir,
+        &app,
+        "sluice",
+        sluice_bin(),
+        &["run", "-c", config_path, "--workers", "1"],
+    );
+    wait_listening_in(&app, "127.0.0.1", 15000, &mut sluice);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while control_plane.log_text().lines().count() == probes {
+        assert!(
+            Instant::now() < deadline,
+            "the xDS client never reached the management server\n{}",
+            sluice.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let s = stats(&app);
+    let log = sluice.log_text();
+    assert_eq!(stat(&s, "listener.outbound.capture.handed_off"), 0, "{log}");
+    assert_eq!(stat(&s, "listener.outbound.capture.own_chain"), 0, "{log}");
+    assert_eq!(
+        stat(&s, "cluster.passthrough.upstream_cx_total"),
+        0,
+        "{log}"
+    );
+    sluice.signal("TERM");
+    assert!(sluice.wait_exit(Duration::from_secs(20)).is_some(), "{log}");
+    let seen = control_plane.log_text();
+    let seen: Vec<&str> = seen.lines().skip(probes).collect();
+    assert!(
+        !seen.is_empty()
+            && seen
+                .iter()
+                .all(|l| *l == format!("connection from {app_ip}")),
+        "{seen:?}"
+    );
 }
 
 /// A virtual listener (`bind_to_port: false`): a captured HTTP connection to the server's port

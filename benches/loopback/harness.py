@@ -33,7 +33,8 @@ Tests, per proxy (--mode tcp runs http + bulk, --mode http runs l7, --mode all, 
         namespace against an nginx in a server namespace (a veth pair): HTTP captured by
         iptables REDIRECT (`sluice iptables` rules; hand-off to an HTTP listener routing to an
         `original_dst` cluster) vs the same Sluice as an explicit proxy (127.0.0.1, a static
-        cluster). Reports requests per Sluice CPU-second of each; <out>/transparent.md.
+        cluster). Reports requests per Sluice CPU-second of each, and captured / explicit per
+        run and the median over --repeat runs (paths alternate order); <out>/transparent.md.
 A "direct (no proxy)" row shows what the load generator reaches without a proxy.
 
 Usage (from the repository root):
@@ -46,6 +47,7 @@ Usage (from the repository root):
   python3 benches/loopback/harness.py --mode bolt --smoke   # Bolt: Sluice vs direct, 2 s
   python3 benches/loopback/harness.py --mode bolt --repeat 3 --connections 32 --pipeline 8
   python3 benches/loopback/harness.py --mode transparent --smoke  # root: capture vs explicit
+  python3 benches/loopback/harness.py --mode transparent --repeat 3  # medians of 3 runs
 
 Needs: python3 (stdlib only), taskset, nginx (for L4 with the stream module; Debian: nginx +
 libnginx-mod-stream), haproxy, wrk, iperf3 (L4 only), at least 2 CPUs; --mode bolt needs only
@@ -1419,8 +1421,8 @@ def parse_args(argv=None):
                     default=REPO / "target" / "release" / "bolt-load",
                     help="--mode bolt: the bolt-load binary (load generator and echo server; "
                          "default <repo>/target/release/bolt-load)")
-    ap.add_argument("--repeat", type=int, default=1, help="runs per proxy; the median is "
-                    "reported (default 1)")
+    ap.add_argument("--repeat", type=int, default=1, help="runs per proxy (--mode transparent: "
+                    "of both paths); the median is reported (default 1)")
     ap.add_argument("--warmup", type=int, default=1, help="wrk warm-up seconds before each "
                     "measured HTTP run, not counted (default 1; 0 disables)")
     ap.add_argument("--only", default=",".join(PROXIES),
@@ -1665,20 +1667,25 @@ def transparent_main(a) -> int:
                                text=True, timeout=30, check=True).stdout
         (work / "rules.sh").write_text(rules)
         sh("sh", "-c", rules, ns=app)
-        # The Sluice process inside `ip netns exec`: its CPU time is the tree's.
-        for name, url in (("explicit", f"http://127.0.0.1:{explicit}/"),
-                          ("captured", f"http://{server_ip}:{port}/")):
-            if a.warmup:
-                wrk(url, a.warmup)
-            before = tree_cpu_ticks(sluice.pid)[0]
-            t0 = time.monotonic()
-            w = wrk(url, a.duration)
-            cpu = (tree_cpu_ticks(sluice.pid)[0] - before) / os.sysconf("SC_CLK_TCK")
-            wall = time.monotonic() - t0
-            requests = w.get("requests", 0)
-            if not requests or w["non_2xx"] or any(w["socket_errors"].values()):
-                raise HarnessError(f"{name}: wrk through Sluice failed: {w}")
-            rows.append((name, requests, wall, cpu, requests / cpu if cpu else float("nan")))
+        # The Sluice process inside `ip netns exec`: its CPU time is the tree's. Each repeat
+        # runs both paths, in alternating order (neither always gets the warmer machine).
+        paths = [("explicit", f"http://127.0.0.1:{explicit}/"),
+                 ("captured", f"http://{server_ip}:{port}/")]
+        for run in range(a.repeat):
+            for name, url in (paths if run % 2 == 0 else paths[::-1]):
+                print(f"  [{run + 1}/{a.repeat}] {name} ...", flush=True)
+                if a.warmup:
+                    wrk(url, a.warmup)
+                before = tree_cpu_ticks(sluice.pid)[0]
+                t0 = time.monotonic()
+                w = wrk(url, a.duration)
+                cpu = (tree_cpu_ticks(sluice.pid)[0] - before) / os.sysconf("SC_CLK_TCK")
+                wall = time.monotonic() - t0
+                requests = w.get("requests", 0)
+                if not requests or w["non_2xx"] or any(w["socket_errors"].values()):
+                    raise HarnessError(f"{name}: wrk through Sluice failed: {w}")
+                rows.append((run, name, requests, wall, cpu,
+                             requests / cpu if cpu else float("nan")))
         # The captured run went through the capture: its connections were handed off.
         stats = sh("curl", "-sS", f"http://127.0.0.1:{admin}/stats", ns=app).stdout
         handed = re.search(r"^listener\.outbound\.capture\.handed_off: (\d+)", stats, re.M)
@@ -1697,21 +1704,43 @@ def transparent_main(a) -> int:
                 p.kill()
         for ns in (app, srv):
             subprocess.run(["ip", "netns", "del", ns], capture_output=True)
-    lines = ["| path | requests | seconds | Sluice CPU s | requests per Sluice CPU-second |",
-             "|---|---|---|---|---|"]
-    lines += [f"| {n} | {r} | {w:.1f} | {c:.2f} | {rc:.0f} |" for n, r, w, c, rc in rows]
-    # The figures the benchmark is for: what capture costs against the same path explicitly.
-    by = {n: (r / w if w else None, rc) for n, r, w, _, rc in rows}
-    (exp_rps, exp_cpu), (cap_rps, cap_cpu) = by["explicit"], by["captured"]
-    lines += ["",
-              f"captured / explicit, requests per Sluice CPU-second: {_x(_ratio(cap_cpu, exp_cpu))}",
-              f"captured / explicit, requests per second: {_x(_ratio(cap_rps, exp_rps))}"]
+    report = transparent_report(rows, a.repeat)
     if a.smoke:
-        lines.append("(smoke run: checks that the harness works; not a measurement)")
-    report = "\n".join(lines) + "\n"
+        report += "(smoke run: checks that the harness works; not a measurement)\n"
     print(report)
     (a.out / "transparent.md").write_text(report)
     return 0
+
+
+def transparent_report(rows: list[tuple], repeat: int) -> str:
+    """The transparent mode's report from its runs, `(run, path, requests, seconds, Sluice CPU
+    s, requests per Sluice CPU-second)`: every run, then per run the ratios captured / explicit
+    (per Sluice CPU-second and per second), and their medians over the runs (a ratio is taken
+    within a run, where both paths saw the same machine, then the median of those)."""
+    lines = ["| run | path | requests | seconds | Sluice CPU s | requests per Sluice CPU-second |",
+             "|---|---|---|---|---|---|"]
+    lines += [f"| {n + 1} | {p} | {r} | {w:.1f} | {c:.2f} | {rc:.0f} |"
+              for n, p, r, w, c, rc in rows]
+    # The figures the benchmark is for: what capture costs against the same path explicitly.
+    by = {(n, p): (r / w if w else None, rc) for n, p, r, w, _, rc in rows}
+    lines += ["", "| run | explicit req per Sluice CPU-s | captured req per Sluice CPU-s | "
+              "captured / explicit (per CPU-s) | (per second) |", "|---|---|---|---|---|"]
+    per_cpu, per_second, exp_cpus, cap_cpus = [], [], [], []
+    for n in range(repeat):
+        (exp_rps, exp_cpu), (cap_rps, cap_cpu) = by[(n, "explicit")], by[(n, "captured")]
+        per_cpu.append(_ratio(cap_cpu, exp_cpu))
+        per_second.append(_ratio(cap_rps, exp_rps))
+        exp_cpus.append(exp_cpu)
+        cap_cpus.append(cap_cpu)
+        lines.append(f"| {n + 1} | {exp_cpu:.0f} | {cap_cpu:.0f} | {_x(per_cpu[-1])} | "
+                     f"{_x(per_second[-1])} |")
+    lines.append(f"| median | {_median(exp_cpus):.0f} | {_median(cap_cpus):.0f} | "
+                 f"**{_x(_median(per_cpu))}** | {_x(_median(per_second))} |")
+    of = f" (median of {repeat} runs)" if repeat > 1 else ""
+    lines += ["",
+              f"captured / explicit, requests per Sluice CPU-second: {_x(_median(per_cpu))}{of}",
+              f"captured / explicit, requests per second: {_x(_median(per_second))}{of}"]
+    return "\n".join(lines) + "\n"
 
 
 def main(argv=None) -> int:

@@ -27,6 +27,14 @@
 //! `REQUESTED_SERVER_NAME` (SNI) and `ORIGINAL_DST`; the config refuses the HTTP-only fields in
 //! a `tcp_proxy` template (`sluice_core::config::http::HTTP_ONLY_LOG_FIELDS`).
 //!
+//! A Bolt exchange's line (a `bolt` listener's `access_log`, [`AccessLog::log_bolt`]) has
+//! `START_TIME`, `DURATION`, `DOWNSTREAM_REMOTE_ADDRESS`, `LISTENER`, `UPSTREAM_HOST`,
+//! `UPSTREAM_CLUSTER`, `ORIGINAL_DST`, `RESPONSE_FLAGS` (`NR`, `UH`, `UO`, `UT`, `UF`, `UC`, `DC`),
+//! `BYTES_RECEIVED`/`BYTES_SENT` (the request and response frames' sizes), `BOLT_SERVICE` (the
+//! `service` header, else `sofa_head_target_service`), `BOLT_METHOD` (`sofa_head_method_name`),
+//! `BOLT_REQUEST_ID` (as the client sent it) and `BOLT_STATUS` (the response's status code, `-`
+//! when none was sent); the config refuses other fields in a `bolt` template.
+//!
 //! The template is compiled once into a list of parts; a request's fields are read from its
 //! parsed head only when a part asks for them, so a field the template does not use costs
 //! nothing (no allocation, no header scan).
@@ -42,7 +50,7 @@ use std::io::{self, Write};
 use std::net::SocketAddr;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use sluice_core::config::http::{AccessLogConfig, AccessLogFormat};
+use sluice_core::config::http::{AccessLogConfig, AccessLogFormat, AccessLogKind};
 use sluice_core::http1::Head;
 
 /// Flush once this many bytes are buffered.
@@ -53,6 +61,41 @@ pub const DEFAULT_TEMPLATE: &str = "[%START_TIME%] \"%METHOD% %PATH% %PROTOCOL%\
 
 /// The default text template of a `tcp_proxy` access log.
 pub const DEFAULT_TCP_TEMPLATE: &str = "[%START_TIME%] %DOWNSTREAM_REMOTE_ADDRESS% %LISTENER% %UPSTREAM_CLUSTER% \"%UPSTREAM_HOST%\" %RESPONSE_FLAGS% %CLOSE_REASON% %BYTES_RECEIVED% %BYTES_SENT% %DURATION% \"%REQUESTED_SERVER_NAME%\"";
+
+/// The default text template of a `bolt` listener's access log.
+pub const DEFAULT_BOLT_TEMPLATE: &str = "[%START_TIME%] %DOWNSTREAM_REMOTE_ADDRESS% %LISTENER% \"%BOLT_SERVICE%\" \"%BOLT_METHOD%\" %BOLT_REQUEST_ID% %BOLT_STATUS% %RESPONSE_FLAGS% %UPSTREAM_CLUSTER% \"%UPSTREAM_HOST%\" %BYTES_RECEIVED% %BYTES_SENT% %DURATION% %ORIGINAL_DST%";
+
+/// One Bolt request/response exchange's facts (a oneway request's: no response).
+pub struct BoltEntry<'a> {
+    /// When the request frame was decoded.
+    pub start: SystemTime,
+    /// From the request frame to its answer, in milliseconds.
+    pub duration_ms: u64,
+    /// The client.
+    pub downstream: SocketAddr,
+    /// Listener name.
+    pub listener: &'a str,
+    /// The connection's original destination, when a capture listener took it.
+    pub original_dst: Option<SocketAddr>,
+    /// The cluster the request was routed to.
+    pub cluster: Option<&'a str>,
+    /// The upstream host (or original destination) it was sent to.
+    pub upstream: Option<SocketAddr>,
+    /// Why the proxy answered (or dropped) it itself, if it did (Envoy-style code).
+    pub flag: Option<&'static str>,
+    /// The request frame's size.
+    pub bytes_received: u64,
+    /// The response frame's size (0 when none was sent).
+    pub bytes_sent: u64,
+    /// The service id (empty when the request carries none).
+    pub service: &'a [u8],
+    /// The method (`sofa_head_method_name`; empty when absent).
+    pub method: &'a [u8],
+    /// The request id as the client sent it.
+    pub request_id: u32,
+    /// The response's status code (`None`: no response was sent — oneway, or the client left).
+    pub status: Option<u16>,
+}
 
 /// One request's (or TCP session's) facts.
 pub struct Entry<'a> {
@@ -159,9 +202,13 @@ enum Field {
     ServerName,
     TraceId,
     GrpcStatus,
+    BoltService,
+    BoltMethod,
+    BoltRequestId,
+    BoltStatus,
 }
 
-const FIELDS: [(&str, Field); 22] = [
+const FIELDS: [(&str, Field); 26] = [
     ("START_TIME", Field::StartTime),
     ("METHOD", Field::Method),
     ("PATH", Field::Path),
@@ -184,6 +231,10 @@ const FIELDS: [(&str, Field); 22] = [
     ("REQUESTED_SERVER_NAME", Field::ServerName),
     ("TRACE_ID", Field::TraceId),
     ("GRPC_STATUS", Field::GrpcStatus),
+    ("BOLT_SERVICE", Field::BoltService),
+    ("BOLT_METHOD", Field::BoltMethod),
+    ("BOLT_REQUEST_ID", Field::BoltRequestId),
+    ("BOLT_STATUS", Field::BoltStatus),
 ];
 
 /// A worker's access log writer for one listener.
@@ -191,8 +242,8 @@ pub struct AccessLog {
     /// The file, if not stdout (kept for [`AccessLog::reopen`]).
     path: Option<String>,
     json: bool,
-    /// A `tcp_proxy`'s log (its JSON lines have the session's keys).
-    tcp: bool,
+    /// Whose log: its JSON lines have that kind's keys.
+    kind: AccessLogKind,
     template: Vec<Piece>,
     /// The request headers a JSON line carries (lowercased).
     json_headers: Vec<String>,
@@ -203,19 +254,24 @@ pub struct AccessLog {
 impl AccessLog {
     /// Opens an HTTP listener's log: the destination (append), and compiles the template.
     pub fn open(config: &AccessLogConfig) -> io::Result<Self> {
-        Self::open_for(config, false)
+        Self::open_for(config, AccessLogKind::Http)
     }
 
     /// Opens a `tcp_proxy` listener's log (one line per session).
     pub fn open_tcp(config: &AccessLogConfig) -> io::Result<Self> {
-        Self::open_for(config, true)
+        Self::open_for(config, AccessLogKind::Tcp)
     }
 
-    fn open_for(config: &AccessLogConfig, tcp: bool) -> io::Result<Self> {
-        let default = if tcp {
-            DEFAULT_TCP_TEMPLATE
-        } else {
-            DEFAULT_TEMPLATE
+    /// Opens a `bolt` listener's log (one line per exchange: [`AccessLog::log_bolt`]).
+    pub fn open_bolt(config: &AccessLogConfig) -> io::Result<Self> {
+        Self::open_for(config, AccessLogKind::Bolt)
+    }
+
+    fn open_for(config: &AccessLogConfig, kind: AccessLogKind) -> io::Result<Self> {
+        let default = match kind {
+            AccessLogKind::Http => DEFAULT_TEMPLATE,
+            AccessLogKind::Tcp => DEFAULT_TCP_TEMPLATE,
+            AccessLogKind::Bolt => DEFAULT_BOLT_TEMPLATE,
         };
         let sink = match &config.path {
             None => Sink::Stdout,
@@ -228,7 +284,7 @@ impl AccessLog {
         Ok(AccessLog {
             path: config.path.clone(),
             json,
-            tcp,
+            kind,
             template,
             json_headers: config
                 .request_headers
@@ -242,13 +298,34 @@ impl AccessLog {
 
     /// Appends one line; flushes when the buffer is full.
     pub fn log(&mut self, e: &Entry<'_>) {
-        if self.json && self.tcp {
+        if self.json && self.kind == AccessLogKind::Tcp {
             write_tcp_json(&mut self.buf, e);
         } else if self.json {
             write_json(&mut self.buf, e, &self.json_headers);
         } else {
             write_pieces(&mut self.buf, &self.template, e);
         }
+        self.end_line();
+    }
+
+    /// Appends one Bolt exchange's line; flushes when the buffer is full.
+    pub fn log_bolt(&mut self, e: &BoltEntry<'_>) {
+        if self.json {
+            write_bolt_json(&mut self.buf, e);
+        } else {
+            for piece in &self.template {
+                match piece {
+                    Piece::Text(t) => self.buf.extend_from_slice(t.as_bytes()),
+                    Piece::Field(f) => write_bolt_field(&mut self.buf, *f, e),
+                    // Refused by the config for a bolt listener.
+                    Piece::Header { .. } => self.buf.push(b'-'),
+                }
+            }
+        }
+        self.end_line();
+    }
+
+    fn end_line(&mut self) {
         self.buf.push(b'\n');
         if self.buf.len() >= FLUSH_BYTES {
             self.flush();
@@ -442,7 +519,108 @@ fn write_field(buf: &mut Vec<u8>, f: Field, e: &Entry<'_>) {
             Some(code) => write!(buf, "{code}"),
             None => buf.write_all(b"-"),
         },
+        // Refused by the config outside a bolt listener.
+        Field::BoltService | Field::BoltMethod | Field::BoltRequestId | Field::BoltStatus => {
+            buf.write_all(b"-")
+        }
     };
+}
+
+/// A field of a Bolt exchange's text line; the fields a Bolt exchange does not have (refused by
+/// the config in a bolt template) are `-`.
+fn write_bolt_field(buf: &mut Vec<u8>, f: Field, e: &BoltEntry<'_>) {
+    use std::io::Write as _;
+    let opt_addr = |buf: &mut Vec<u8>, a: Option<SocketAddr>| match a {
+        Some(a) => write!(buf, "{a}"),
+        None => buf.write_all(b"-"),
+    };
+    fn or_dash(bytes: &[u8]) -> &[u8] {
+        if bytes.is_empty() { b"-" } else { bytes }
+    }
+    let _ = match f {
+        Field::StartTime => {
+            write_rfc3339(buf, e.start);
+            Ok(())
+        }
+        Field::Duration => write!(buf, "{}", e.duration_ms),
+        Field::Downstream => write!(buf, "{}", e.downstream),
+        Field::Listener => buf.write_all(e.listener.as_bytes()),
+        Field::UpstreamHost => opt_addr(buf, e.upstream),
+        Field::UpstreamCluster => buf.write_all(e.cluster.unwrap_or("-").as_bytes()),
+        Field::OriginalDst => opt_addr(buf, e.original_dst),
+        Field::Flags => buf.write_all(e.flag.unwrap_or("-").as_bytes()),
+        Field::BytesReceived => write!(buf, "{}", e.bytes_received),
+        Field::BytesSent => write!(buf, "{}", e.bytes_sent),
+        Field::BoltService => {
+            write_escaped(buf, or_dash(e.service));
+            Ok(())
+        }
+        Field::BoltMethod => {
+            write_escaped(buf, or_dash(e.method));
+            Ok(())
+        }
+        Field::BoltRequestId => write!(buf, "{}", e.request_id),
+        Field::BoltStatus => match e.status {
+            Some(code) => write!(buf, "{code}"),
+            None => buf.write_all(b"-"),
+        },
+        _ => buf.write_all(b"-"),
+    };
+}
+
+/// A Bolt exchange's JSON line.
+fn write_bolt_json(buf: &mut Vec<u8>, e: &BoltEntry<'_>) {
+    use std::io::Write as _;
+    let opt_addr = |buf: &mut Vec<u8>, a: Option<SocketAddr>| match a {
+        Some(a) => {
+            let _ = write!(buf, "\"{a}\"");
+        }
+        None => buf.extend_from_slice(b"null"),
+    };
+    let opt_bytes = |buf: &mut Vec<u8>, b: &[u8]| {
+        if b.is_empty() {
+            buf.extend_from_slice(b"null");
+        } else {
+            let _ = serde_json::to_writer(&mut *buf, &*String::from_utf8_lossy(b));
+        }
+    };
+    buf.extend_from_slice(b"{\"start_time\":\"");
+    write_rfc3339(buf, e.start);
+    let _ = write!(
+        buf,
+        "\",\"downstream_remote_address\":\"{}\",\"listener\":",
+        e.downstream
+    );
+    let _ = serde_json::to_writer(&mut *buf, e.listener);
+    buf.extend_from_slice(b",\"bolt_service\":");
+    opt_bytes(buf, e.service);
+    buf.extend_from_slice(b",\"bolt_method\":");
+    opt_bytes(buf, e.method);
+    let _ = write!(buf, ",\"bolt_request_id\":{}", e.request_id);
+    match e.status {
+        Some(code) => {
+            let _ = write!(buf, ",\"bolt_status\":{code}");
+        }
+        None => buf.extend_from_slice(b",\"bolt_status\":null"),
+    }
+    buf.extend_from_slice(b",\"response_flags\":");
+    let _ = serde_json::to_writer(&mut *buf, e.flag.unwrap_or("-"));
+    buf.extend_from_slice(b",\"upstream_cluster\":");
+    match e.cluster {
+        Some(c) => {
+            let _ = serde_json::to_writer(&mut *buf, c);
+        }
+        None => buf.extend_from_slice(b"null"),
+    }
+    buf.extend_from_slice(b",\"upstream_host\":");
+    opt_addr(buf, e.upstream);
+    let _ = write!(
+        buf,
+        ",\"bytes_received\":{},\"bytes_sent\":{},\"duration_ms\":{},\"original_dst\":",
+        e.bytes_received, e.bytes_sent, e.duration_ms
+    );
+    opt_addr(buf, e.original_dst);
+    buf.push(b'}');
 }
 
 /// Request bytes in a text line, escaped as nginx does: `"`, `\\`, control characters, DEL
@@ -832,17 +1010,106 @@ mod tests {
     /// The core validates templates with its field lists; they must be exactly this module's.
     #[test]
     fn field_names_match_the_configs_lists() {
-        use sluice_core::config::http::{HTTP_ONLY_LOG_FIELDS, TCP_LOG_FIELDS};
+        use sluice_core::config::http::{
+            BOLT_LOG_FIELDS, BOLT_ONLY_LOG_FIELDS, HTTP_ONLY_LOG_FIELDS, TCP_LOG_FIELDS,
+        };
         let mut ours: Vec<&str> = FIELDS.iter().map(|(n, _)| *n).collect();
+        // Every Bolt field is a field.
+        assert!(BOLT_LOG_FIELDS.iter().all(|f| ours.contains(f)));
         let mut config: Vec<&str> = TCP_LOG_FIELDS
             .iter()
             .chain(&HTTP_ONLY_LOG_FIELDS)
+            .chain(&BOLT_ONLY_LOG_FIELDS)
             .copied()
             .chain(["ORIGINAL_DST"])
             .collect();
         ours.sort_unstable();
         config.sort_unstable();
         assert_eq!(ours, config);
+    }
+
+    fn bolt_entry() -> BoltEntry<'static> {
+        BoltEntry {
+            start: UNIX_EPOCH,
+            duration_ms: 4,
+            downstream: "10.0.0.2:40000".parse().unwrap(),
+            listener: "rpc",
+            original_dst: Some("10.0.0.9:12200".parse().unwrap()),
+            cluster: Some("echo"),
+            upstream: Some("10.0.0.9:12200".parse().unwrap()),
+            flag: None,
+            bytes_received: 120,
+            bytes_sent: 60,
+            service: b"com.example.Echo:1.0",
+            method: b"",
+            request_id: 101,
+            status: Some(0),
+        }
+    }
+
+    #[test]
+    fn bolt_exchange_lines() {
+        let text = |template: Option<&str>| AccessLogConfig {
+            format: AccessLogFormat::Text(template.map(str::to_owned)),
+            path: None,
+            request_headers: Vec::new(),
+        };
+        let mut log = AccessLog::open_bolt(&text(None)).unwrap();
+        log.log_bolt(&bolt_entry());
+        // A proxy's own answer: no host, flag and status; a service that would forge a field.
+        let mut e = bolt_entry();
+        (e.upstream, e.flag, e.status, e.bytes_sent) = (None, Some("UH"), Some(6), 20);
+        e.service = b"a\" 0 - x";
+        e.method = b"echo";
+        log.log_bolt(&e);
+        // A oneway request, or one whose client left: no status.
+        let mut e = bolt_entry();
+        (e.status, e.flag, e.original_dst) = (None, Some("DC"), None);
+        log.log_bolt(&e);
+        let lines = String::from_utf8(std::mem::take(&mut log.buf)).unwrap();
+        assert_eq!(
+            lines,
+            "[1970-01-01T00:00:00.000Z] 10.0.0.2:40000 rpc \"com.example.Echo:1.0\" \"-\" 101 0 - \
+             echo \"10.0.0.9:12200\" 120 60 4 10.0.0.9:12200\n\
+             [1970-01-01T00:00:00.000Z] 10.0.0.2:40000 rpc \"a\\x22 0 - x\" \"echo\" 101 6 UH echo \
+             \"-\" 120 20 4 10.0.0.9:12200\n\
+             [1970-01-01T00:00:00.000Z] 10.0.0.2:40000 rpc \"com.example.Echo:1.0\" \"-\" 101 - DC \
+             echo \"10.0.0.9:12200\" 120 60 4 -\n"
+        );
+        let mut log = AccessLog::open_bolt(&text(Some("%BOLT_STATUS%|%ORIGINAL_DST%"))).unwrap();
+        log.log_bolt(&bolt_entry());
+        assert_eq!(log.buf, b"0|10.0.0.9:12200\n");
+        let json = AccessLogConfig {
+            format: AccessLogFormat::Json,
+            path: None,
+            request_headers: Vec::new(),
+        };
+        let mut log = AccessLog::open_bolt(&json).unwrap();
+        let mut e = bolt_entry();
+        e.status = None;
+        log.log_bolt(&bolt_entry());
+        log.log_bolt(&e);
+        let text = String::from_utf8(std::mem::take(&mut log.buf)).unwrap();
+        let lines: Vec<serde_json::Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        let v = &lines[0];
+        assert_eq!(v["bolt_service"], "com.example.Echo:1.0");
+        assert_eq!(v["bolt_method"], serde_json::Value::Null);
+        assert_eq!(v["bolt_request_id"], 101);
+        assert_eq!(v["bolt_status"], 0);
+        assert_eq!(v["response_flags"], "-");
+        assert_eq!(v["upstream_cluster"], "echo");
+        assert_eq!(v["upstream_host"], "10.0.0.9:12200");
+        assert_eq!(v["original_dst"], "10.0.0.9:12200");
+        assert_eq!(v["bytes_received"], 120);
+        assert_eq!(v["bytes_sent"], 60);
+        assert_eq!(v["duration_ms"], 4);
+        assert_eq!(v["listener"], "rpc");
+        assert_eq!(v["downstream_remote_address"], "10.0.0.2:40000");
+        assert_eq!(lines[1]["bolt_status"], serde_json::Value::Null);
+        assert!(v.get("method").is_none());
     }
 
     #[test]

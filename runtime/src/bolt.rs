@@ -18,6 +18,21 @@
 //! re-encoded on the way through: the bytes read are the bytes written, with the 4-byte id (and a
 //! v2 CRC) patched.
 //!
+//! ## Access log
+//!
+//! A `bolt` listener with an `access_log` gets one line per request/response exchange, written
+//! when the answer is queued for the client: the upstream's response (`BOLT_STATUS` its status),
+//! or the proxy's own answer with its Envoy-style flag — `NR` no route, `UH` no host (or no
+//! original destination), `UO` overflow (status 4), `UT` timeout (status 7), `UF`/`UC` the
+//! upstream connection failed to open / was lost (status 16). A oneway request gets its line
+//! when it is forwarded (or dropped: `NR`, or `UH` for any other reason) with no status; a
+//! request whose client closed before its answer gets `DC` and no status when the connection
+//! ends. Heartbeats are answered by the proxy and not logged (a client sends one every few
+//! seconds per connection; MOSN does not log them either). The facts of a request in flight
+//! (start, service, method, upstream) wait in [`BoltWorker`]'s `exchanges`, their buffers
+//! reused from `spare_exchanges`, so a logged request allocates nothing once warm; a listener
+//! without a log costs one `Option` check per frame.
+//!
 //! All state is the worker's own (`RefCell`s, borrowed for one statement at a time); nothing is
 //! shared with other workers.
 
@@ -26,13 +41,13 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::atomic::Ordering::Relaxed;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use sluice_core::Instant;
 
 use sluice_core::bolt::{
-    self, Action, BoltProxy, DownstreamId, DownstreamVerdict, ResponseStatus, UpstreamId,
-    UpstreamVerdict,
+    self, Action, BoltProxy, BoltStats, DownstreamId, DownstreamVerdict, Frame, Kind, ProxyReply,
+    ResponseStatus, UpstreamId, UpstreamVerdict,
 };
 use sluice_core::cluster::HostId;
 use sluice_core::config::bolt::{DEFAULT_BOLT_FRAME_TIMEOUT, DEFAULT_BOLT_IDLE_TIMEOUT};
@@ -42,6 +57,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::Notify;
 use tracing::debug;
 
+use crate::access_log::BoltEntry;
 use crate::downstream::Downstream;
 use crate::engine::Engine;
 use crate::http::far_future;
@@ -102,6 +118,47 @@ pub(crate) struct BoltWorker {
     /// Per cluster and host: the health verdict last seen (a connection closes only when its
     /// host goes from healthy to unhealthy, not while it is still unknown).
     was_healthy: RefCell<Vec<Vec<bool>>>,
+    /// The access-log facts of each logged request in flight, by its downstream and the id its
+    /// client gave it (requests on listeners with an access log only).
+    exchanges: RefCell<HashMap<(DownstreamId, u32), Exchange>>,
+    /// Finished exchanges, kept so that their buffers are reused.
+    spare_exchanges: RefCell<Vec<Exchange>>,
+    /// The flag of the status-16 answers being made: `UF` while an upstream connection that
+    /// never connected is being forgotten, else `UC`.
+    lost_flag: Cell<&'static str>,
+}
+
+/// A logged request in flight: what its access-log line needs once it is answered.
+struct Exchange {
+    start: SystemTime,
+    t0: Instant,
+    listener: usize,
+    peer: SocketAddr,
+    original_dst: Option<SocketAddr>,
+    cluster: Option<usize>,
+    upstream: Option<SocketAddr>,
+    bytes_received: u64,
+    service: Vec<u8>,
+    method: Vec<u8>,
+}
+
+/// The connection a logged request came on.
+struct LoggedConnection {
+    listener: usize,
+    down: DownstreamId,
+    peer: SocketAddr,
+    original_dst: Option<SocketAddr>,
+}
+
+/// Finished exchanges a worker keeps for reuse (beyond it, a burst's extra ones are freed).
+const MAX_SPARE_EXCHANGES: usize = 1024;
+
+/// The Bolt header key carrying the method name.
+const METHOD_KEY: &[u8] = b"sofa_head_method_name";
+
+/// The size of the response frame a proxy's own answer is (no class, header or content).
+fn reply_len(r: &ProxyReply) -> u64 {
+    (r.version.fixed_header_len(Kind::Response) + r.version.trailer_len()) as u64
 }
 
 impl BoltWorker {
@@ -127,6 +184,9 @@ impl BoltWorker {
             published: Cell::new(bolt::BoltStats::default()),
             health_seen: Cell::new(u64::MAX),
             was_healthy: RefCell::new(Vec::new()),
+            exchanges: RefCell::default(),
+            spare_exchanges: RefCell::default(),
+            lost_flag: Cell::new("UC"),
         }))
     }
 }
@@ -256,6 +316,7 @@ impl<N: Network> Engine<N> {
         };
         let outbox = Rc::new(Outbox::default());
         bw.downs.borrow_mut().insert(down, outbox.clone());
+        let logged = self.bolt_access_logs[listener].is_some();
         let lstats = self.stats.listener(listener);
         // Bytes beyond the first chunk (a large frame, or a migrated connection's unread
         // bytes) come out of the process's partial-frame budget.
@@ -289,6 +350,7 @@ impl<N: Network> Engine<N> {
                         framed = true;
                         progress = tokio::time::Instant::now();
                         let len = frame.len;
+                        let before = logged.then(|| *bw.proxy.borrow().stats());
                         let verdict = bw.proxy.borrow_mut().handle_downstream_frame(
                             now,
                             down,
@@ -296,6 +358,15 @@ impl<N: Network> Engine<N> {
                             &mut self.all_clusters.borrow_mut(),
                             &mut self.rng.borrow_mut(),
                         );
+                        if let Some(before) = &before {
+                            let conn = LoggedConnection {
+                                listener,
+                                down,
+                                peer,
+                                original_dst,
+                            };
+                            self.bolt_log_request(&conn, &frame, verdict, before, now);
+                        }
                         match verdict {
                             DownstreamVerdict::Forward { up, request_id } => {
                                 let bytes = &mut buf[start..start + len];
@@ -320,6 +391,10 @@ impl<N: Network> Engine<N> {
                     Ok(None) => break,
                     Err(e) => {
                         debug!(%peer, error = %e, "bolt: codec error from downstream; closing");
+                        // The proxy forgets the connection now: its logged requests end here.
+                        if logged && bw.proxy.borrow().downstream_in_flight(down) > 0 {
+                            self.bolt_log_abandoned(down);
+                        }
                         let reply = bw.proxy.borrow_mut().handle_downstream_codec_error(
                             now,
                             down,
@@ -478,6 +553,9 @@ impl<N: Network> Engine<N> {
         }
         drop(hold);
         bw.downs.borrow_mut().remove(&down);
+        if logged && bw.proxy.borrow().downstream_in_flight(down) > 0 {
+            self.bolt_log_abandoned(down);
+        }
         bw.proxy.borrow_mut().handle_downstream_closed(down);
         self.bolt_after_input();
         self.publish_bolt_stats();
@@ -496,6 +574,18 @@ impl<N: Network> Engine<N> {
                     if let Some(o) = bw.downs.borrow().get(&r.down) {
                         o.push(|b| r.encode(b));
                     }
+                    let flag = match r.status {
+                        ResponseStatus::Timeout => "UT",
+                        ResponseStatus::ConnectionClosed => bw.lost_flag.get(),
+                        _ => "-",
+                    };
+                    self.bolt_log_answer(
+                        r.down,
+                        r.request_id,
+                        Some(r.status.code()),
+                        Some(flag),
+                        reply_len(&r),
+                    );
                 }
                 Some(Action::Close { up }) => {
                     // An idle destination connection the proxy forgot: its task ends it.
@@ -641,6 +731,7 @@ impl<N: Network> Engine<N> {
                                     }
                                 }
                                 self.report_upstream_result(cluster, host, upstream_result(status));
+                                self.bolt_log_answer(down, request_id, status, None, len as u64);
                                 if let Some(h) = self.stats.host(cluster, host.index()) {
                                     bump(&h.rq_total, 1);
                                 }
@@ -719,6 +810,8 @@ impl<N: Network> Engine<N> {
     /// Forgets an upstream connection: its requests in flight are answered status 16.
     fn end_upstream(self: &Rc<Self>, up: UpstreamId) {
         let bw = self.bolt();
+        let connected = bw.proxy.borrow().upstream(up).is_some_and(|(_, _, c)| c);
+        bw.lost_flag.set(if connected { "UC" } else { "UF" });
         let gone = bw.ups.borrow_mut().remove(&up);
         if let Some(o) = gone {
             // Whoever waits on this outbox must not wait for a connection that is gone.
@@ -732,6 +825,7 @@ impl<N: Network> Engine<N> {
             &mut self.all_clusters.borrow_mut(),
         );
         self.bolt_after_input();
+        bw.lost_flag.set("UC");
         self.publish_bolt_stats();
     }
 
@@ -838,5 +932,198 @@ impl<N: Network> Engine<N> {
         bump(&s.timeouts, now.timeouts - was.timeouts);
         bump(&s.codec_errors, now.codec_errors - was.codec_errors);
         bump(&s.upstream_lost, now.upstream_lost - was.upstream_lost);
+    }
+
+    /// A request frame from a downstream of a logged listener, and the proxy's verdict on it:
+    /// its exchange begins (forwarded, expecting an answer), or its line is written now (the
+    /// proxy answered or dropped it, or it is oneway). `before`: the proxy's counters before the
+    /// frame, which tell why it answered status 6 or dropped a oneway request.
+    fn bolt_log_request(
+        &self,
+        conn: &LoggedConnection,
+        frame: &Frame<'_>,
+        verdict: DownstreamVerdict,
+        before: &BoltStats,
+        now: Instant,
+    ) {
+        if frame.is_heartbeat() || frame.kind == Kind::Response {
+            return;
+        }
+        let bw = self.bolt();
+        let oneway = frame.kind == Kind::Oneway;
+        let mut x = self.take_exchange(conn, now);
+        x.bytes_received = frame.len as u64;
+        x.service
+            .extend_from_slice(bolt::router::service(frame).unwrap_or_default());
+        x.method
+            .extend_from_slice(frame.header.get(METHOD_KEY).unwrap_or_default());
+        let (status, flag, bytes_sent) = match verdict {
+            DownstreamVerdict::Forward { up, .. } => {
+                let proxy = bw.proxy.borrow();
+                if let Some((cluster, host, _)) = proxy.upstream(up) {
+                    x.cluster = Some(cluster);
+                    x.upstream = proxy.upstream_destination(up).or_else(|| {
+                        self.all_clusters
+                            .borrow()
+                            .get(cluster)
+                            .map(|c| c.host(host).address)
+                    });
+                }
+                drop(proxy);
+                if !oneway {
+                    let old = self
+                        .bolt()
+                        .exchanges
+                        .borrow_mut()
+                        .insert((conn.down, frame.request_id), x);
+                    // A client reusing an id in flight: the older request's line is lost.
+                    if let Some(old) = old {
+                        self.give_back(old);
+                    }
+                    return;
+                }
+                (None, None, 0)
+            }
+            DownstreamVerdict::Reply(r) => {
+                let stats = *bw.proxy.borrow().stats();
+                let flag = match r.status {
+                    ResponseStatus::ServerThreadpoolBusy => "UO",
+                    ResponseStatus::NoProcessor if stats.no_route > before.no_route => "NR",
+                    ResponseStatus::NoProcessor => "UH",
+                    _ => "-",
+                };
+                (Some(r.status.code()), Some(flag), reply_len(&r))
+            }
+            DownstreamVerdict::Drop if oneway => (None, None, 0),
+            DownstreamVerdict::Drop | DownstreamVerdict::AnswerHeartbeat => {
+                self.give_back(x);
+                return;
+            }
+        };
+        // Answered or dropped by the proxy: which route (and cluster) it took, if any.
+        if x.cluster.is_none() {
+            x.cluster = bw
+                .proxy
+                .borrow()
+                .router(conn.listener)
+                .and_then(|r| r.route(frame))
+                .map(|r| r.cluster_index);
+        }
+        let route = x.cluster;
+        let flag = match (flag, verdict) {
+            (_, DownstreamVerdict::Drop) => Some(if route.is_none() { "NR" } else { "UH" }),
+            (f, _) => f,
+        };
+        self.write_exchange(&x, frame.request_id, status, flag, bytes_sent, now);
+        self.give_back(x);
+    }
+
+    /// A logged request was answered (by its upstream, `flag` `None`, or by the proxy): writes
+    /// its line. Nothing for a request that is not logged.
+    fn bolt_log_answer(
+        &self,
+        down: DownstreamId,
+        request_id: u32,
+        status: Option<u16>,
+        flag: Option<&'static str>,
+        bytes_sent: u64,
+    ) {
+        let bw = self.bolt();
+        if bw.exchanges.borrow().is_empty() {
+            return;
+        }
+        let Some(x) = bw.exchanges.borrow_mut().remove(&(down, request_id)) else {
+            return;
+        };
+        self.write_exchange(&x, request_id, status, flag, bytes_sent, now());
+        self.give_back(x);
+    }
+
+    /// Downstream `down` closes with logged requests in flight: each gets its line, flag `DC`
+    /// and no status (its answer, if any comes, is dropped).
+    fn bolt_log_abandoned(&self, down: DownstreamId) {
+        let bw = self.bolt();
+        let mine: Vec<(DownstreamId, u32)> = bw
+            .exchanges
+            .borrow()
+            .keys()
+            .filter(|(d, _)| *d == down)
+            .copied()
+            .collect();
+        let now = now();
+        for key in mine {
+            if let Some(x) = bw.exchanges.borrow_mut().remove(&key) {
+                self.write_exchange(&x, key.1, None, Some("DC"), 0, now);
+                self.give_back(x);
+            }
+        }
+    }
+
+    fn write_exchange(
+        &self,
+        x: &Exchange,
+        request_id: u32,
+        status: Option<u16>,
+        flag: Option<&'static str>,
+        bytes_sent: u64,
+        now: Instant,
+    ) {
+        let Some(log) = &self.bolt_access_logs[x.listener] else {
+            return;
+        };
+        log.borrow_mut().log_bolt(&BoltEntry {
+            start: x.start,
+            duration_ms: now.duration_since(x.t0).as_millis() as u64,
+            downstream: x.peer,
+            listener: &self.config.listeners[x.listener].name,
+            original_dst: x.original_dst,
+            cluster: x
+                .cluster
+                .and_then(|c| self.config.clusters.get(c))
+                .map(|c| c.name.as_str()),
+            upstream: x.upstream,
+            flag: flag.filter(|f| *f != "-"),
+            bytes_received: x.bytes_received,
+            bytes_sent,
+            service: &x.service,
+            method: &x.method,
+            request_id,
+            status,
+        });
+    }
+
+    /// A cleared exchange for a request of `conn` starting now (a spare one when there is one).
+    fn take_exchange(&self, conn: &LoggedConnection, now: Instant) -> Exchange {
+        let spare = self.bolt().spare_exchanges.borrow_mut().pop();
+        let mut x = spare.unwrap_or_else(|| Exchange {
+            start: SystemTime::UNIX_EPOCH,
+            t0: now,
+            listener: 0,
+            peer: conn.peer,
+            original_dst: None,
+            cluster: None,
+            upstream: None,
+            bytes_received: 0,
+            service: Vec::new(),
+            method: Vec::new(),
+        });
+        x.start = SystemTime::now();
+        x.t0 = now;
+        x.listener = conn.listener;
+        x.peer = conn.peer;
+        x.original_dst = conn.original_dst;
+        x.cluster = None;
+        x.upstream = None;
+        x.service.clear();
+        x.method.clear();
+        x
+    }
+
+    /// Keeps a finished exchange's buffers for the next one (a bounded number of them).
+    fn give_back(&self, x: Exchange) {
+        let mut spare = self.bolt().spare_exchanges.borrow_mut();
+        if spare.len() < MAX_SPARE_EXCHANGES && x.service.capacity() <= 4096 {
+            spare.push(x);
+        }
     }
 }

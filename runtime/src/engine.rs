@@ -96,6 +96,9 @@ pub struct Engine<N: Network> {
     pub(crate) routers: Vec<Option<Router>>,
     /// Per listener: this worker's access log writer, if the listener has one.
     pub(crate) access_logs: Vec<Option<RefCell<AccessLog>>>,
+    /// Per listener: this worker's Bolt access log writer, if the listener's `bolt` section
+    /// has one (beside an `auto` listener's HTTP log in `access_logs`).
+    pub(crate) bolt_access_logs: Vec<Option<RefCell<AccessLog>>>,
     /// The TLS acceptors (per listener) and connectors (per cluster) of this config, shared
     /// with the other workers of the generation; `current()` for a connection (certificate
     /// files rotate under it).
@@ -184,7 +187,17 @@ impl<N: Network> Engine<N> {
         }
         let mut routers = Vec::with_capacity(config.listeners.len());
         let mut access_logs = Vec::with_capacity(config.listeners.len());
+        let mut bolt_access_logs = Vec::with_capacity(config.listeners.len());
         for l in &config.listeners {
+            bolt_access_logs.push(match &l.filter {
+                ListenerFilter::Bolt(b) | ListenerFilter::Auto { bolt: b, .. } => {
+                    match &b.access_log {
+                        Some(a) => Some(RefCell::new(AccessLog::open_bolt(a)?)),
+                        None => None,
+                    }
+                }
+                _ => None,
+            });
             match &l.filter {
                 ListenerFilter::Http(hc) | ListenerFilter::Auto { http: hc, .. } => {
                     routers.push(Some(Router::new(hc).map_err(std::io::Error::other)?));
@@ -260,6 +273,7 @@ impl<N: Network> Engine<N> {
             drain_deadline_passed: Cell::new(false),
             routers,
             access_logs,
+            bolt_access_logs,
             tls: tls_contexts,
             pool,
             h2_pool,
@@ -348,7 +362,7 @@ impl<N: Network> Engine<N> {
             .bolt
             .is_some()
             .then(|| tokio::task::spawn_local(self.clone().bolt_timer()));
-        let flusher = self.access_logs.iter().any(Option::is_some).then(|| {
+        let flusher = self.all_access_logs().next().is_some().then(|| {
             let engine = self.clone();
             tokio::task::spawn_local(async move {
                 let mut tick = tokio::time::interval(Duration::from_millis(500));
@@ -440,7 +454,7 @@ impl<N: Network> Engine<N> {
     /// Reopens every access log file by its path (log rotation; the server calls it on
     /// SIGUSR1).
     pub fn reopen_access_logs(&self) {
-        for log in self.access_logs.iter().flatten() {
+        for log in self.all_access_logs() {
             if let Err(e) = log.borrow_mut().reopen() {
                 warn!(worker = self.worker, error = %e, "cannot reopen the access log; keeping the old file");
             }
@@ -448,9 +462,17 @@ impl<N: Network> Engine<N> {
     }
 
     fn flush_access_logs(&self) {
-        for log in self.access_logs.iter().flatten() {
+        for log in self.all_access_logs() {
             log.borrow_mut().flush();
         }
+    }
+
+    /// Every access log writer of this worker (HTTP, `tcp_proxy` and Bolt).
+    fn all_access_logs(&self) -> impl Iterator<Item = &RefCell<AccessLog>> {
+        self.access_logs
+            .iter()
+            .chain(&self.bolt_access_logs)
+            .flatten()
     }
 
     async fn wait_idle(&self) {

@@ -198,7 +198,7 @@ pub fn script(config: &Config, options: &Options) -> Result<String, String> {
         if let Some(mark) = config.upstream_mark {
             let _ = writeln!(
                 out,
-                "{ipt} -t {table} -A {chain} -m mark --mark {mark} -j RETURN  # the proxy's upstream sockets (upstream_mark)"
+                "{ipt} -t {table} -A {chain} -m mark --mark {mark} -j RETURN  # the proxy's upstream and xDS sockets (upstream_mark)"
             );
         }
         if let Some(uid) = options.proxy_uid {
@@ -379,7 +379,7 @@ set -e
 
 # Outbound: the pod's connections to any address go to listener "outbound" (0.0.0.0:15001, original_dst: redirect).
 iptables -t nat -N SLUICE_OUTBOUND
-iptables -t nat -A SLUICE_OUTBOUND -m mark --mark 1337 -j RETURN  # the proxy's upstream sockets (upstream_mark)
+iptables -t nat -A SLUICE_OUTBOUND -m mark --mark 1337 -j RETURN  # the proxy's upstream and xDS sockets (upstream_mark)
 iptables -t nat -A SLUICE_OUTBOUND -m owner --uid-owner 1337 -j RETURN  # the proxy's user
 iptables -t nat -A SLUICE_OUTBOUND -o lo -j RETURN  # loopback
 iptables -t nat -A SLUICE_OUTBOUND -p tcp -j REDIRECT --to-ports 15001
@@ -414,7 +414,7 @@ ip -6 route add local ::/0 dev lo table 133
 
 # Outbound: the pod's connections to any address go to listener "outbound" ([::]:15001, original_dst: tproxy).
 iptables -t mangle -N SLUICE_OUTBOUND
-iptables -t mangle -A SLUICE_OUTBOUND -m mark --mark 1337 -j RETURN  # the proxy's upstream sockets (upstream_mark)
+iptables -t mangle -A SLUICE_OUTBOUND -m mark --mark 1337 -j RETURN  # the proxy's upstream and xDS sockets (upstream_mark)
 iptables -t mangle -A SLUICE_OUTBOUND -o lo -j RETURN  # loopback
 iptables -t mangle -A SLUICE_OUTBOUND -m conntrack --ctdir REPLY -j RETURN  # replies to connections made to the pod
 iptables -t mangle -A SLUICE_OUTBOUND -p tcp -j MARK --set-mark 1  # rerouted through lo
@@ -423,7 +423,7 @@ iptables -t mangle -N SLUICE_OUTBOUND_TPROXY
 iptables -t mangle -A SLUICE_OUTBOUND_TPROXY -p tcp -m mark --mark 1 -j TPROXY --on-port 15001 --tproxy-mark 1
 iptables -t mangle -A PREROUTING -i lo -p tcp -j SLUICE_OUTBOUND_TPROXY
 ip6tables -t mangle -N SLUICE_OUTBOUND
-ip6tables -t mangle -A SLUICE_OUTBOUND -m mark --mark 1337 -j RETURN  # the proxy's upstream sockets (upstream_mark)
+ip6tables -t mangle -A SLUICE_OUTBOUND -m mark --mark 1337 -j RETURN  # the proxy's upstream and xDS sockets (upstream_mark)
 ip6tables -t mangle -A SLUICE_OUTBOUND -o lo -j RETURN  # loopback
 ip6tables -t mangle -A SLUICE_OUTBOUND -m conntrack --ctdir REPLY -j RETURN  # replies to connections made to the pod
 ip6tables -t mangle -A SLUICE_OUTBOUND -p tcp -j MARK --set-mark 1  # rerouted through lo

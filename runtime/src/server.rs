@@ -91,6 +91,14 @@ fn check_access_logs(config: &Config) -> io::Result<()> {
                 io::Error::new(e.kind(), format!("listeners[{i}] ({}): {e}", l.name))
             })?;
         }
+        if let sluice_core::config::ListenerFilter::Bolt(b)
+        | sluice_core::config::ListenerFilter::Auto { bolt: b, .. } = &l.filter
+            && let Some(a) = &b.access_log
+        {
+            crate::access_log::AccessLog::open_bolt(a).map_err(|e| {
+                io::Error::new(e.kind(), format!("listeners[{i}] ({}): {e}", l.name))
+            })?;
+        }
     }
     Ok(())
 }

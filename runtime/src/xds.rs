@@ -14,6 +14,12 @@
 //! bottom after a stream that delivered a response. While disconnected the config serving
 //! stays as it is.
 //!
+//! The connection to the management server is made by Sluice ([`XdsConnector`]), not by tonic's
+//! own connector: with `upstream_mark` it carries the same `SO_MARK` as every other upstream
+//! socket of the proxy, so that outbound capture rules, which exclude that mark, do not send the
+//! proxy's own control-plane traffic back into the proxy (where, before the first config, no
+//! listener would take it).
+//!
 //! A file reload (SIGHUP, `POST /reload`) is refused while xDS is in use, and one that would
 //! add or remove `xds` too: the bootstrap changes only with a restart.
 
@@ -58,6 +64,8 @@ pub struct Update {
 /// node, and the file's tree (the static part of every config).
 pub struct Bootstrap {
     server: SocketAddr,
+    /// The config's `upstream_mark`, set on the connection's socket.
+    mark: Option<u32>,
     connect_timeout: Duration,
     initial_fetch_timeout: Duration,
     node: Node,
@@ -100,11 +108,75 @@ pub fn bootstrap(config: &Config, path: Option<&Path>) -> io::Result<Option<Boot
     });
     Ok(Some(Bootstrap {
         server,
+        mark: config.upstream_mark,
         connect_timeout: cluster.connect_timeout,
         initial_fetch_timeout: xds.initial_fetch_timeout,
         node,
         tree,
     }))
+}
+
+impl Bootstrap {
+    /// The connector of the channel to the management server.
+    fn connector(&self) -> XdsConnector {
+        XdsConnector {
+            server: self.server,
+            mark: self.mark,
+            connect_timeout: self.connect_timeout,
+        }
+    }
+}
+
+/// Opens the connection to the management server, from a socket marked with the config's
+/// `upstream_mark` (`SO_MARK`) when it has one, within the xDS cluster's `connect_timeout`.
+/// tonic's channel calls it for each (re)connection; the URI it passes is ignored: the address
+/// is the xDS cluster's host.
+#[derive(Clone, Debug)]
+pub struct XdsConnector {
+    server: SocketAddr,
+    mark: Option<u32>,
+    connect_timeout: Duration,
+}
+
+impl XdsConnector {
+    async fn connect(self) -> io::Result<hyper_util::rt::TokioIo<tokio::net::TcpStream>> {
+        let attempt = async {
+            match self.mark {
+                Some(mark) => crate::transparent::connect_marked(self.server, mark).await,
+                None => tokio::net::TcpStream::connect(self.server).await,
+            }
+        };
+        let stream = tokio::time::timeout(self.connect_timeout, attempt)
+            .await
+            .map_err(|_| {
+                io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!("no connection within {:?}", self.connect_timeout),
+                )
+            })??;
+        // gRPC messages are small and latency-bound (tonic's own connector does the same).
+        stream.set_nodelay(true)?;
+        Ok(hyper_util::rt::TokioIo::new(stream))
+    }
+}
+
+impl tower_service::Service<http::Uri> for XdsConnector {
+    type Response = hyper_util::rt::TokioIo<tokio::net::TcpStream>;
+    type Error = io::Error;
+    type Future = std::pin::Pin<
+        Box<dyn std::future::Future<Output = io::Result<Self::Response>> + Send + 'static>,
+    >;
+
+    fn poll_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, _uri: http::Uri) -> Self::Future {
+        Box::pin(self.clone().connect())
+    }
 }
 
 /// A JSON value as a protobuf `Value` (the node's metadata is a `Struct`).
@@ -288,7 +360,7 @@ async fn run(b: Bootstrap, updates: tokio::sync::mpsc::UnboundedSender<Update>) 
         if client.updates.is_closed() {
             return;
         }
-        let got_response = stream_once(&mut client, &uri, b.connect_timeout).await;
+        let got_response = stream_once(&mut client, &uri, b.connect_timeout, b.connector()).await;
         CONNECTED.store(0, Ordering::Relaxed);
         client.last_acked = Default::default();
         client.feed(Input::Disconnected);
@@ -313,7 +385,12 @@ async fn run(b: Bootstrap, updates: tokio::sync::mpsc::UnboundedSender<Update>) 
 }
 
 /// One ADS stream, until it ends; whether it delivered a response.
-async fn stream_once(client: &mut Client, uri: &str, connect_timeout: Duration) -> bool {
+async fn stream_once(
+    client: &mut Client,
+    uri: &str,
+    connect_timeout: Duration,
+    connector: XdsConnector,
+) -> bool {
     let endpoint = match tonic::transport::Endpoint::from_shared(uri.to_owned()) {
         Ok(e) => e.connect_timeout(connect_timeout),
         Err(e) => {
@@ -321,7 +398,7 @@ async fn stream_once(client: &mut Client, uri: &str, connect_timeout: Duration) 
             return false;
         }
     };
-    let channel = match endpoint.connect().await {
+    let channel = match endpoint.connect_with_connector(connector).await {
         Ok(c) => c,
         Err(e) => {
             warn!(server = uri, error = %e, "xds: cannot connect to the management server");
@@ -367,5 +444,46 @@ async fn stream_once(client: &mut Client, uri: &str, connect_timeout: Duration) 
                 client.drain(Some(&tx));
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tower_service::Service as _;
+
+    /// The socket of the connection to the management server carries the config's
+    /// `upstream_mark`, read back with `getsockopt(SO_MARK)`; without one it is unmarked.
+    #[tokio::test]
+    async fn the_management_server_connection_carries_the_upstream_mark() {
+        if !nix::unistd::Uid::effective().is_root() {
+            eprintln!(
+                "SKIPPED the_management_server_connection_carries_the_upstream_mark: setting \
+                 SO_MARK needs CAP_NET_ADMIN (run as root)"
+            );
+            return;
+        }
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let server = listener.local_addr().unwrap();
+        let config = Config::from_yaml(&format!(
+            "upstream_mark: 1337\nlisteners: []\nxds: {{ cluster: xds }}\nclusters:\n  - {{ name: xds, hosts: \
+             [ {{ address: \"{server}\" }} ] }}\n"
+        ))
+        .unwrap_or_else(|e| panic!("{e}"));
+        let dir = std::env::temp_dir().join(format!("sluice-xds-mark-{}", std::process::id()));
+        std::fs::write(&dir, "{}").unwrap();
+        let b = bootstrap(&config, Some(&dir)).unwrap().unwrap();
+        let _ = std::fs::remove_file(&dir);
+        let uri: http::Uri = format!("http://{server}").parse().unwrap();
+        let io = b.connector().call(uri.clone()).await.unwrap();
+        let (_accepted, peer) = listener.accept().await.unwrap();
+        assert_eq!(peer, io.inner().local_addr().unwrap());
+        assert_eq!(socket2::SockRef::from(io.inner()).mark().unwrap(), 1337);
+        let unmarked = XdsConnector {
+            mark: None,
+            ..b.connector()
+        };
+        let io = unmarked.clone().call(uri).await.unwrap();
+        assert_eq!(socket2::SockRef::from(io.inner()).mark().unwrap(), 0);
     }
 }

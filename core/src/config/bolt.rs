@@ -38,6 +38,10 @@ pub struct BoltConfig {
     pub idle_timeout: Option<Duration>,
     /// Routes, first match wins; never empty.
     pub routes: Vec<BoltRoute>,
+    /// One line per request/response exchange (and per oneway request); its template uses
+    /// only [`super::http::BOLT_LOG_FIELDS`]. Heartbeats are not logged.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub access_log: Option<super::http::AccessLogConfig>,
 }
 
 /// A Bolt route: what it matches and where it sends a request.

@@ -434,8 +434,8 @@ pub const TCP_LOG_FIELDS: [&str; 11] = [
 ];
 
 /// Access-log fields only an HTTP request has (and `%REQ(NAME)%`): refused in a `tcp_proxy`
-/// access log template rather than printed as `-`. `ORIGINAL_DST` is in neither list: both
-/// kinds of listener have it.
+/// access log template rather than printed as `-`. `ORIGINAL_DST` is in neither list: every
+/// kind of listener has it.
 pub const HTTP_ONLY_LOG_FIELDS: [&str; 10] = [
     "METHOD",
     "PATH",
@@ -448,6 +448,79 @@ pub const HTTP_ONLY_LOG_FIELDS: [&str; 10] = [
     "TRACE_ID",
     "GRPC_STATUS",
 ];
+
+/// Access-log fields only a Bolt request has: refused in an HTTP or `tcp_proxy` template.
+pub const BOLT_ONLY_LOG_FIELDS: [&str; 4] = [
+    "BOLT_SERVICE",
+    "BOLT_METHOD",
+    "BOLT_REQUEST_ID",
+    "BOLT_STATUS",
+];
+
+/// The access-log fields a `bolt` listener's template may use (one line per request/response
+/// exchange).
+pub const BOLT_LOG_FIELDS: [&str; 14] = [
+    "START_TIME",
+    "DURATION",
+    "DOWNSTREAM_REMOTE_ADDRESS",
+    "LISTENER",
+    "UPSTREAM_HOST",
+    "UPSTREAM_CLUSTER",
+    "ORIGINAL_DST",
+    "RESPONSE_FLAGS",
+    "BYTES_RECEIVED",
+    "BYTES_SENT",
+    "BOLT_SERVICE",
+    "BOLT_METHOD",
+    "BOLT_REQUEST_ID",
+    "BOLT_STATUS",
+];
+
+/// Which kind of listener an access log belongs to: it decides the fields its template may use.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AccessLogKind {
+    /// An `http` listener: one line per request.
+    Http,
+    /// A `tcp_proxy` listener: one line per session ([`TCP_LOG_FIELDS`], `ORIGINAL_DST`).
+    Tcp,
+    /// A `bolt` listener: one line per request/response exchange ([`BOLT_LOG_FIELDS`]).
+    Bolt,
+}
+
+impl AccessLogKind {
+    /// What a listener of this kind is called in messages.
+    pub const fn name(self) -> &'static str {
+        match self {
+            AccessLogKind::Http => "http",
+            AccessLogKind::Tcp => "tcp_proxy",
+            AccessLogKind::Bolt => "bolt",
+        }
+    }
+
+    /// Why a template placeholder (as [`template_placeholders`] gives it) is refused in this
+    /// kind's template (`"HTTP requests"`: it belongs to those), `None` when it is allowed.
+    pub fn refuses(self, placeholder: &str) -> Option<&'static str> {
+        let http = placeholder.starts_with("REQ(") || HTTP_ONLY_LOG_FIELDS.contains(&placeholder);
+        let bolt = BOLT_ONLY_LOG_FIELDS.contains(&placeholder);
+        match self {
+            AccessLogKind::Http => bolt.then_some("Bolt requests"),
+            AccessLogKind::Tcp if http => Some("HTTP requests"),
+            AccessLogKind::Tcp => bolt.then_some("Bolt requests"),
+            AccessLogKind::Bolt if BOLT_LOG_FIELDS.contains(&placeholder) => None,
+            AccessLogKind::Bolt if http => Some("HTTP requests"),
+            AccessLogKind::Bolt => Some("TCP sessions"),
+        }
+    }
+
+    /// The fields this kind's template may use, for messages (`None`: HTTP, nearly all).
+    pub fn fields(self) -> Option<String> {
+        match self {
+            AccessLogKind::Http => None,
+            AccessLogKind::Tcp => Some(format!("{}, ORIGINAL_DST", TCP_LOG_FIELDS.join(", "))),
+            AccessLogKind::Bolt => Some(BOLT_LOG_FIELDS.join(", ")),
+        }
+    }
+}
 
 /// The placeholders of an access-log template, as the runtime reads it: at each `%`, the text up
 /// to the next `%` is a placeholder if it is a field name (`ORIGINAL_DST` included) or
@@ -463,6 +536,7 @@ pub fn template_placeholders(template: &str) -> impl Iterator<Item = &str> {
                     || inner.starts_with("REQ(")
                     || TCP_LOG_FIELDS.contains(inner)
                     || HTTP_ONLY_LOG_FIELDS.contains(inner)
+                    || BOLT_ONLY_LOG_FIELDS.contains(inner)
             });
             match known {
                 Some(inner) => {

@@ -21,6 +21,7 @@ use crate::config::bolt::{
     DEFAULT_BOLT_FRAME_TIMEOUT, DEFAULT_BOLT_IDLE_TIMEOUT, DEFAULT_MAX_FRAME_SIZE,
     MAX_BOLT_FRAME_SIZE, MIN_BOLT_FRAME_SIZE, ServiceMatch,
 };
+use crate::config::http::AccessLogKind;
 use crate::pattern::compile_full_match;
 
 /// Decodes `listeners[i].bolt`; `cluster_names` are the cluster names as written in the file.
@@ -61,12 +62,17 @@ pub(super) fn decode_bolt(
         }
         Some(routes)
     });
+    let access_log = match obj.opt("access_log") {
+        Some((v, p)) => super::http::decode_access_log(dec, &p, v, AccessLogKind::Bolt).map(Some),
+        None => Some(None),
+    };
     obj.finish(dec);
     Some(BoltConfig {
         max_frame_size: max_frame_size?,
         frame_timeout: frame_timeout?,
         idle_timeout: idle_timeout?,
         routes: routes?,
+        access_log: access_log?,
     })
 }
 

@@ -36,14 +36,13 @@ use serde_json::Value;
 use super::decoder::{Decoder, Obj, child, index};
 use super::{cluster_ref, opt_duration};
 use crate::config::http::{
-    AccessLogConfig, AccessLogFormat, ClusterTarget, DEFAULT_HTTP_IDLE_TIMEOUT,
+    AccessLogConfig, AccessLogFormat, AccessLogKind, ClusterTarget, DEFAULT_HTTP_IDLE_TIMEOUT,
     DEFAULT_MAX_HEADERS_COUNT, DEFAULT_MAX_REQUEST_HEADERS_KB, DEFAULT_NUM_RETRIES,
     DEFAULT_REQUEST_HEADERS_TIMEOUT, DEFAULT_ROUTE_TIMEOUT, DEFAULT_STREAM_IDLE_TIMEOUT,
     EscapedSlashesAction, ForwardAction, ForwardedProto, H2_MAX_WINDOW_SIZE, H2_MIN_WINDOW_SIZE,
-    HTTP_ONLY_LOG_FIELDS, HeaderMatcher, HeaderRule, HeaderValue, Http2Settings, HttpCodec,
-    HttpConfig, MAX_HEADERS_COUNT_LIMIT, PathMatch, PathNormalization, RetryOn, RetryPolicy, Route,
-    RouteAction, RouteMatch, StatusCodes, TCP_LOG_FIELDS, VirtualHost, WeightedCluster,
-    template_placeholders,
+    HeaderMatcher, HeaderRule, HeaderValue, Http2Settings, HttpCodec, HttpConfig,
+    MAX_HEADERS_COUNT_LIMIT, PathMatch, PathNormalization, RetryOn, RetryPolicy, Route,
+    RouteAction, RouteMatch, StatusCodes, VirtualHost, WeightedCluster, template_placeholders,
 };
 use crate::pattern::compile_full_match;
 
@@ -147,7 +146,7 @@ pub(super) fn decode_http(
         None => Some(ForwardedProto::Overwrite),
     };
     let access_log = match obj.opt("access_log") {
-        Some((v, p)) => decode_access_log(dec, &p, v, false).map(Some),
+        Some((v, p)) => decode_access_log(dec, &p, v, AccessLogKind::Http).map(Some),
         None => Some(None),
     };
     let virtual_hosts = obj.req(dec, "virtual_hosts").and_then(|(v, p)| {
@@ -356,13 +355,13 @@ fn boolean(dec: &mut Decoder, path: &str, v: &Value) -> Option<bool> {
     }
 }
 
-/// An `access_log` block; `tcp`: a `tcp_proxy`'s, whose template may use only the fields a TCP
-/// session has.
+/// An `access_log` block of a listener of `kind`, whose template may use only the fields that
+/// kind has.
 pub(super) fn decode_access_log(
     dec: &mut Decoder,
     path: &str,
     v: &Value,
-    tcp: bool,
+    kind: AccessLogKind,
 ) -> Option<AccessLogConfig> {
     let mut obj = dec.object(path, v)?;
     let json = match obj.opt("format") {
@@ -377,21 +376,14 @@ pub(super) fn decode_access_log(
             } else if t.is_empty() {
                 dec.error(&p, "is empty (leave `template` out for the default line)");
                 None
-            } else if let Some(field) = tcp
-                .then(|| {
-                    template_placeholders(t)
-                        .find(|f| f.starts_with("REQ(") || HTTP_ONLY_LOG_FIELDS.contains(f))
-                })
-                .flatten()
+            } else if let Some((field, owner)) =
+                template_placeholders(t).find_map(|f| kind.refuses(f).map(|owner| (f, owner)))
             {
-                dec.error(
-                    &p,
-                    format!(
-                        "%{field}% is a field of HTTP requests; a tcp_proxy access log has {}, \
-                         ORIGINAL_DST",
-                        TCP_LOG_FIELDS.join(", ")
-                    ),
-                );
+                let has = match kind.fields() {
+                    Some(fields) => format!("a {} access log has {fields}", kind.name()),
+                    None => "an http access log has every other field".to_owned(),
+                };
+                dec.error(&p, format!("%{field}% is a field of {owner}; {has}"));
                 None
             } else {
                 Some(Some(t.to_owned()))
@@ -414,10 +406,17 @@ pub(super) fn decode_access_log(
         None => Some(None),
     };
     let request_headers = match obj.opt("request_headers") {
-        Some((_, p)) if tcp => {
+        Some((_, p)) if kind == AccessLogKind::Tcp => {
             dec.error(
                 &p,
                 "not for a tcp_proxy (a TCP session has no request headers)",
+            );
+            None
+        }
+        Some((_, p)) if kind == AccessLogKind::Bolt => {
+            dec.error(
+                &p,
+                "not for a bolt listener (its JSON lines carry bolt_service and bolt_method)",
             );
             None
         }

@@ -810,7 +810,9 @@ fn decode_tcp_proxy(
         None => Some(DEFAULT_CLIENT_HELLO_TIMEOUT),
     };
     let access_log = match obj.opt("access_log") {
-        Some((v, p)) => http::decode_access_log(dec, &p, v, true).map(Some),
+        Some((v, p)) => {
+            http::decode_access_log(dec, &p, v, crate::config::http::AccessLogKind::Tcp).map(Some)
+        }
         None => Some(None),
     };
     let splice = match obj.opt("splice") {

@@ -185,7 +185,7 @@ clusters:
     let want = [
         "listeners[0].bolt.max_frame_size: \"16MB\" has an unknown unit \"MB\" (expected a number of bytes, or a number and a unit: 64KiB, 16MiB)",
         "listeners[0].bolt.routes: missing (this field is required)",
-        "listeners[0].bolt.rutes: unknown field (expected one of: max_frame_size, frame_timeout, idle_timeout, routes); did you mean 'routes'?",
+        "listeners[0].bolt.rutes: unknown field (expected one of: max_frame_size, frame_timeout, idle_timeout, routes, access_log); did you mean 'routes'?",
         "listeners[1].bolt.max_frame_size: 100 bytes is out of range (1KiB to 1GiB, i.e. 1024 to 1073741824)",
         "listeners[1].bolt.routes[0].match: both `service` and `service_regex`: give at most one of them",
         "listeners[1].bolt.routes[0].route.cluster: unknown cluster \"nowhere\" (known: c1)",
@@ -210,4 +210,73 @@ clusters:
         "listeners[6].protocol: `protocol: auto` needs exactly the filters `http` and `bolt` (given: echo, http, bolt)",
     ];
     assert_eq!(got, want, "\n{}", got.join("\n"));
+}
+
+/// A `bolt` listener's `access_log`: the Bolt fields and the common ones load; an HTTP-only or
+/// TCP-only field, and `request_headers`, are refused naming the field; an HTTP or tcp_proxy
+/// template refuses the Bolt fields.
+#[test]
+fn bolt_access_log_takes_only_bolt_fields() {
+    let with = |log: &str| {
+        format!(
+            "listeners:\n  - name: rpc\n    address: 127.0.0.1:12200\n    bolt:\n      \
+             access_log: {log}\n      routes: [ {{ route: {{ cluster: c1 }} }} ]\n\
+             clusters:\n  - {{ name: c1, hosts: [ {{ address: 127.0.0.1:1 }} ] }}\n"
+        )
+    };
+    let c = Config::from_yaml(&with(
+        "{ path: /tmp/bolt.log, template: '%START_TIME% %BOLT_SERVICE% %BOLT_METHOD% \
+         %BOLT_REQUEST_ID% %BOLT_STATUS% %RESPONSE_FLAGS% %UPSTREAM_CLUSTER% %UPSTREAM_HOST% \
+         %ORIGINAL_DST% %BYTES_RECEIVED% %BYTES_SENT% %DURATION% %LISTENER% \
+         %DOWNSTREAM_REMOTE_ADDRESS%' }",
+    ))
+    .unwrap_or_else(|e| panic!("{e}"));
+    let ListenerFilter::Bolt(b) = &c.listeners[0].filter else {
+        panic!("not bolt")
+    };
+    assert_eq!(
+        b.access_log.as_ref().unwrap().path.as_deref(),
+        Some("/tmp/bolt.log")
+    );
+    assert!(Config::from_yaml(&with("{ format: json }")).is_ok());
+    let fields = crate::config::http::BOLT_LOG_FIELDS.join(", ");
+    assert_eq!(
+        errors(&with("{ template: '%BOLT_STATUS% %STATUS%' }")),
+        [format!(
+            "listeners[0].bolt.access_log.template: %STATUS% is a field of HTTP requests; a bolt \
+             access log has {fields}"
+        )]
+    );
+    assert_eq!(
+        errors(&with("{ template: '%CLOSE_REASON%' }")),
+        [format!(
+            "listeners[0].bolt.access_log.template: %CLOSE_REASON% is a field of TCP sessions; a \
+             bolt access log has {fields}"
+        )]
+    );
+    assert!(
+        errors(&with("{ template: '%REQ(X-A)%' }"))[0].contains("%REQ(X-A)% is a field of HTTP")
+    );
+    assert_eq!(
+        errors(&with("{ format: json, request_headers: [x-a] }")),
+        [
+            "listeners[0].bolt.access_log.request_headers: not for a bolt listener (its JSON \
+             lines carry bolt_service and bolt_method)"
+        ]
+    );
+    let http = "listeners:\n  - name: web\n    address: 127.0.0.1:8080\n    http:\n      \
+                access_log: { template: '%STATUS% %BOLT_STATUS%' }\n      virtual_hosts: [ { \
+                name: all, domains: ['*'], routes: [ { match: { prefix: / }, route: { cluster: \
+                c1 } } ] } ]\nclusters:\n  - { name: c1, hosts: [ { address: 127.0.0.1:1 } ] }\n";
+    assert_eq!(
+        errors(http),
+        [
+            "listeners[0].http.access_log.template: %BOLT_STATUS% is a field of Bolt requests; an \
+             http access log has every other field"
+        ]
+    );
+    let tcp = "listeners:\n  - name: t\n    address: 127.0.0.1:8080\n    tcp_proxy: { cluster: \
+               c1, access_log: { template: '%BOLT_SERVICE%' } }\nclusters:\n  - { name: c1, \
+               hosts: [ { address: 127.0.0.1:1 } ] }\n";
+    assert!(errors(tcp)[0].contains("%BOLT_SERVICE% is a field of Bolt requests; a tcp_proxy"));
 }
