@@ -1,7 +1,8 @@
 //! DNS clusters end to end: a `strict_dns` cluster on `localhost:PORT` through the system's
 //! resolver (`getaddrinfo`), with the defaults a user gets; a name that does not resolve
 //! (counted, answered 503 `UH`); a name in a static cluster refused by `sluice validate` with
-//! its line and "use type: strict_dns"; a tcp_proxy over a DNS cluster.
+//! its line and "use type: strict_dns"; a tcp_proxy over a DNS cluster; `respect_dns_ttl`
+//! following a 1 s TTL, against a DNS server of the test's in a network namespace.
 
 mod support;
 
@@ -326,4 +327,143 @@ clusters:
         http_request(addr(listen), "GET", "/other").0 == 200
     }));
     assert!(rq_total(1) < 5, "other was not started over");
+}
+
+/// An HTTP server answering every GET with `body`, on `ip:port` (run inside a namespace).
+const NAMED_HTTP_SERVER: &str = r#"
+import http.server, sys
+class H(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        b = sys.argv[3].encode()
+        self.send_response(200)
+        self.send_header("content-length", str(len(b)))
+        self.end_headers()
+        self.wfile.write(b)
+    def log_message(self, *a):
+        pass
+http.server.ThreadingHTTPServer((sys.argv[1], int(sys.argv[2])), H).serve_forever()
+"#;
+
+/// `respect_dns_ttl`: the name is resolved again when its answer's TTL (1 s here) runs out, not
+/// at `dns_refresh_rate` (1 h here), so a changed answer is followed within seconds. The name
+/// is served by a DNS server of the test's (`tests/dns/dns_server.py`) on port 53 of a network
+/// namespace whose `resolv.conf` names it; Sluice runs in that namespace. (With the system's
+/// resolver, which reports no TTL, the change would wait an hour.)
+#[test]
+fn respect_dns_ttl_follows_the_answers_ttl() {
+    use support::netns::{self, Netns, in_ns, ip, spawn_in, wait_listening_in};
+    if !netns::can_run("e2e_dns", &["ip", "python3", "curl"]) {
+        return;
+    }
+    let dir = TempDir::new("dns-ttl");
+    let ns = Netns::new(format!("sl-dnsttl-{}", std::process::id()));
+    ip(&["-n", &ns.0, "link", "set", "lo", "up"]);
+    ns.etc_file(
+        "resolv.conf",
+        "nameserver 127.0.0.1\noptions timeout:1 attempts:2\n",
+    );
+    let answers = dir.path().join("answers");
+    let queries = dir.path().join("queries");
+    std::fs::write(&answers, "127.0.0.1\n").unwrap();
+    let script = repo().join("tests/dns/dns_server.py");
+    let mut dns = spawn_in(
+        &dir,
+        &ns,
+        "dns",
+        "python3",
+        &[
+            script.to_str().unwrap(),
+            "127.0.0.1",
+            "53",
+            answers.to_str().unwrap(),
+            "1",
+            queries.to_str().unwrap(),
+        ],
+    );
+    let end = std::time::Instant::now() + Duration::from_secs(10);
+    while !dns.log_text().contains("listening") {
+        assert!(
+            std::time::Instant::now() < end,
+            "dns server: {}",
+            dns.log_text()
+        );
+        assert!(
+            dns.child.try_wait().unwrap().is_none(),
+            "{}",
+            dns.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let mut upstreams = Vec::new();
+    for (ip, body) in [("127.0.0.1", "one"), ("127.0.0.2", "two")] {
+        let mut p = spawn_in(
+            &dir,
+            &ns,
+            body,
+            "python3",
+            &["-c", NAMED_HTTP_SERVER, ip, "8081", body],
+        );
+        wait_listening_in(&ns, ip, 8081, &mut p);
+        upstreams.push(p);
+    }
+    let config = dir.write(
+        "sluice.yaml",
+        r#"
+listeners:
+  - name: web
+    address: 127.0.0.1:8080
+    http:
+      virtual_hosts:
+        - name: any
+          domains: ["*"]
+          routes: [ { match: { prefix: / }, route: { cluster: svc } } ]
+clusters:
+  - name: svc
+    type: strict_dns
+    respect_dns_ttl: true
+    dns_refresh_rate: 1h
+    hosts: [ { address: svc.sluice.test:8081 } ]
+"#,
+    );
+    let mut sluice = spawn_in(
+        &dir,
+        &ns,
+        "sluice",
+        sluice_bin(),
+        &["run", "-c", config.to_str().unwrap(), "--workers", "1"],
+    );
+    wait_listening_in(&ns, "127.0.0.1", 8080, &mut sluice);
+    let get = || {
+        let out = in_ns(
+            &ns,
+            "curl",
+            &["-sS", "--max-time", "5", "http://127.0.0.1:8080/"],
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    // Until `want` answers (the first resolution, then the changed one), within `within`.
+    let answers_within = |want: &str, within: Duration| {
+        let end = std::time::Instant::now() + within;
+        loop {
+            let got = get();
+            if got == want {
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < end,
+                "still {got:?}, not {want:?}; queries:\n{}\nsluice:\n{}",
+                std::fs::read_to_string(&queries).unwrap_or_default(),
+                sluice.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    answers_within("one", Duration::from_secs(10));
+    std::fs::write(&answers, "127.0.0.2\n").unwrap();
+    answers_within("two", Duration::from_secs(15));
+    let asked = std::fs::read_to_string(&queries).unwrap_or_default();
+    assert!(
+        asked.lines().filter(|l| *l == "A svc.sluice.test").count() >= 2,
+        "{asked}"
+    );
 }

@@ -16,9 +16,10 @@
 
 mod support;
 
-use std::process::{Command, Output};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
+use support::netns::{self, Netns, in_ns, ip, spawn_in, wait_listening_in};
 use support::*;
 
 /// The addresses of one test: the application's and the server's, on the veth pair.
@@ -54,86 +55,9 @@ const ADMIN: &str = "127.0.0.1:15000";
 /// The application's own server in its namespace (inbound traffic goes to it).
 const LOCAL_APP_PORT: u16 = 7070;
 
-/// A network namespace, deleted on drop (with the veth ends and the rules in it).
-struct Netns(String);
-
-impl Netns {
-    fn new(name: String) -> Netns {
-        // A leftover of a killed earlier run with the same pid: remove it first.
-        let _ = Command::new("ip").args(["netns", "del", &name]).output();
-        ip(&["netns", "add", &name]);
-        Netns(name)
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.0]).output();
-    }
-}
-
-fn ip(args: &[&str]) {
-    let out = Command::new("ip").args(args).output().expect("run ip");
-    assert!(
-        out.status.success(),
-        "ip {}: {}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-/// Runs `program args` in namespace `ns`.
-fn in_ns(ns: &Netns, program: &str, args: &[&str]) -> Output {
-    Command::new("ip")
-        .args(["netns", "exec", &ns.0, program])
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("ip netns exec {} {program}: {e}", ns.0))
-}
-
-/// Starts `program args` in namespace `ns` (`ip netns exec` execs it: the pid is the program's).
-fn spawn_in(dir: &TempDir, ns: &Netns, name: &str, program: &str, args: &[&str]) -> Proc {
-    let mut all = vec!["netns", "exec", &ns.0, program];
-    all.extend_from_slice(args);
-    spawn(dir, name, "ip", &all)
-}
-
-/// Waits until something accepts on `ip:port` as seen from namespace `ns`.
-fn wait_listening_in(ns: &Netns, ip: &str, port: u16, proc: &mut Proc) {
-    let end = Instant::now() + Duration::from_secs(20);
-    let probe = format!("import socket; socket.create_connection(({ip:?}, {port}), 1).close()");
-    while Instant::now() < end {
-        if in_ns(ns, "python3", &["-c", &probe]).status.success() {
-            return;
-        }
-        if let Some(status) = proc.child.try_wait().unwrap() {
-            panic!("{} exited ({status}):\n{}", proc.name, proc.log_text());
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    panic!(
-        "{} not listening on {ip}:{port}:\n{}",
-        proc.name,
-        proc.log_text()
-    );
-}
-
 /// Whether this machine can run the tests; says why not when it cannot.
 fn can_run() -> bool {
-    if !require_peers(&["ip", "iptables", "python3", "curl"]) {
-        return false;
-    }
-    use std::os::unix::fs::MetadataExt;
-    let root = std::fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0);
-    if !root {
-        let test = std::thread::current().name().unwrap_or("?").to_owned();
-        if std::env::var_os(REQUIRE_PEERS_VAR).is_some_and(|v| !v.is_empty() && v != "0") {
-            panic!("e2e_transparent::{test}: needs root (network namespaces, iptables)");
-        }
-        eprintln!("SKIPPED e2e_transparent::{test}: needs root (network namespaces, iptables)");
-        return false;
-    }
-    true
+    netns::can_run("e2e_transparent", &["ip", "iptables", "python3", "curl"])
 }
 
 const ECHO_SERVER: &str = r#"

@@ -5,6 +5,7 @@
 
 #![allow(dead_code)]
 
+pub mod netns;
 pub mod pki;
 
 use std::io::{Read, Write};
