@@ -173,6 +173,42 @@ clusters:
         "{text}"
     );
 
+    // `/xds` shows each type's accepted version, its resources and the listener's NACK.
+    let (status, body) = http_request(addr(admin), "GET", "/xds");
+    assert_eq!(status, 200, "{body}");
+    let view: serde_json::Value = serde_json::from_str(&body).expect("json");
+    assert_eq!(view["connected"], true, "{view}");
+    let listener = &view["types"]["listener"];
+    assert_eq!(listener["version"], good.to_string(), "{view}");
+    assert_eq!(listener["resources"], serde_json::json!(["in"]), "{view}");
+    assert!(
+        listener["updated_at"].as_u64().is_some_and(|t| t > 0),
+        "{view}"
+    );
+    let nack = listener["last_nack"]["error"].as_str().unwrap_or("");
+    assert!(
+        nack.contains("listener \"in\"") && nack.contains("99999"),
+        "{view}"
+    );
+    assert_eq!(
+        view["types"]["cluster"]["last_nack"],
+        serde_json::Value::Null,
+        "{view}"
+    );
+    // The same clusters came with the refused listener: ACKed at that version.
+    assert_eq!(
+        view["types"]["cluster"]["version"],
+        server.version().to_string(),
+        "{view}"
+    );
+    assert!(
+        text.lines().any(
+            |l| l.starts_with("sluice_xds_update_timestamp_seconds{type=\"route\"} ")
+                && !l.ends_with(" 0")
+        ),
+        "{text}"
+    );
+
     // The management server dies: traffic goes on.
     server.stop();
     for _ in 0..20 {

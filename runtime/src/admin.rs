@@ -666,6 +666,11 @@ const ENDPOINTS: &[(&str, Verb, &str)] = &[
     ),
     ("/config_dump", Verb::Get, "the effective config as JSON"),
     (
+        "/xds",
+        Verb::Get,
+        "xDS: connected, and per resource type the accepted version, when, the resources, the last NACK (JSON)",
+    ),
+    (
         "/certs",
         Verb::Get,
         "TLS certificates of listeners and clusters: subject, SANs, serial, validity, seconds until expiry (JSON)",
@@ -840,6 +845,10 @@ pub fn handle(shared: &AdminShared, method: &str, target: &str) -> (Response, Af
             Response::text(200, format!("OK: {n} counters of /stats reset\n"))
         }
         "/config_dump" => Response::json(200, &config_dump(&shared.config)),
+        "/xds" => match crate::xds::status_json() {
+            Value::Null => Response::text(404, "no xds in the config\n"),
+            status => Response::json(200, &status),
+        },
         "/certs" => Response::json(
             200,
             &crate::tls_certs::to_json(
@@ -1102,6 +1111,18 @@ pub const SERVER_METRICS: &[Export<AdminShared>] = &[
         .stats("xds.acked_"),
         len: 4,
         read: |_, i| crate::xds::ACKED[i].load(Ordering::Relaxed),
+    },
+    Export {
+        field: "xds::UPDATED_AT",
+        metric: Metric::gauge(
+            "sluice_xds_update_timestamp_seconds",
+            "When each resource type's last xDS response was ACKed, in Unix seconds (0: none \
+             yet); time() minus it is the time since the last update.",
+        )
+        .by("type", |i| crate::xds::TYPE_LABELS[i])
+        .stats("xds.updated_at_"),
+        len: 4,
+        read: |_, i| crate::xds::UPDATED_AT[i].load(Ordering::Relaxed),
     },
     Export {
         field: "xds::NACKED",

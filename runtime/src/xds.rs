@@ -49,6 +49,74 @@ pub static CONNECTED: AtomicU64 = AtomicU64::new(0);
 pub static ACKED: [AtomicU64; 4] = [const { AtomicU64::new(0) }; 4];
 /// NACKs sent, by type (`sluice_xds_nacked_total`).
 pub static NACKED: [AtomicU64; 4] = [const { AtomicU64::new(0) }; 4];
+/// When each type's last ACK went out, in Unix seconds (0: none yet;
+/// `sluice_xds_update_timestamp_seconds`).
+pub static UPDATED_AT: [AtomicU64; 4] = [const { AtomicU64::new(0) }; 4];
+
+/// What the admin API's `/xds` shows: per type, in [`ResourceType::ALL`] order, the state of
+/// the last ACK and NACK. Written by the client's thread on each ACK or NACK (never on the
+/// data path), read by the admin server; `None` without `xds`.
+pub static STATUS: std::sync::Mutex<Option<[TypeStatus; 4]>> = std::sync::Mutex::new(None);
+
+/// One resource type's xDS status.
+#[derive(Clone, Debug, Default)]
+pub struct TypeStatus {
+    /// The last accepted version (empty: none yet).
+    pub version: String,
+    /// When it was ACKed (Unix seconds).
+    pub updated_at: Option<u64>,
+    /// The names of this type's resources in the config serving.
+    pub resources: Vec<String>,
+    /// The last response refused, if any.
+    pub last_nack: Option<NackStatus>,
+}
+
+/// A refused response: its nonce, why (the `error_detail` sent), when (Unix seconds).
+#[derive(Clone, Debug)]
+pub struct NackStatus {
+    /// The refused response's nonce.
+    pub nonce: String,
+    /// The NACK's `error_detail` message.
+    pub error: String,
+    /// When it was sent (Unix seconds).
+    pub at: u64,
+}
+
+/// The `/xds` view: connection state and each type's [`TypeStatus`] (`null` without `xds`).
+#[must_use]
+pub fn status_json() -> Value {
+    let guard = STATUS
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let Some(types) = guard.as_ref() else {
+        return Value::Null;
+    };
+    let mut by_type = serde_json::Map::new();
+    for (i, t) in types.iter().enumerate() {
+        by_type.insert(
+            TYPE_LABELS[i].to_owned(),
+            serde_json::json!({
+                "version": t.version,
+                "updated_at": t.updated_at,
+                "resources": t.resources,
+                "last_nack": t.last_nack.as_ref().map(|n| serde_json::json!({
+                    "nonce": n.nonce, "error": n.error, "at": n.at,
+                })),
+            }),
+        );
+    }
+    serde_json::json!({
+        "connected": CONNECTED.load(Ordering::Relaxed) == 1,
+        "types": by_type,
+    })
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
 /// The `type` label of each element of [`ACKED`] and [`NACKED`].
 pub const TYPE_LABELS: [&str; 4] = ["cluster", "endpoints", "listener", "route"];
 
@@ -271,12 +339,27 @@ impl Client {
                     if let Some(e) = &req.error_detail {
                         warn!(type_url = %req.type_url, nonce = %req.response_nonce, error = %e.message, "xds: NACK");
                         NACKED[kind].fetch_add(1, Ordering::Relaxed);
+                        self.record(kind, |t| {
+                            t.last_nack = Some(NackStatus {
+                                nonce: req.response_nonce.clone(),
+                                error: e.message.clone(),
+                                at: unix_now(),
+                            });
+                        });
                     } else if !req.response_nonce.is_empty()
                         && self.last_acked[kind] != req.response_nonce
                     {
                         // An ACK (a subscription change repeats the nonce last answered).
                         self.last_acked[kind].clone_from(&req.response_nonce);
                         ACKED[kind].fetch_add(1, Ordering::Relaxed);
+                        let now = unix_now();
+                        UPDATED_AT[kind].store(now, Ordering::Relaxed);
+                        let resources = applied_names(self.ads.applied(), ResourceType::ALL[kind]);
+                        self.record(kind, |t| {
+                            t.version.clone_from(&req.version_info);
+                            t.updated_at = Some(now);
+                            t.resources = resources;
+                        });
                     }
                     if let Some(s) = stream {
                         let _ = s.send(*req);
@@ -329,6 +412,14 @@ impl Client {
         }
     }
 
+    /// Updates type `kind`'s entry of [`STATUS`].
+    fn record(&self, kind: usize, update: impl FnOnce(&mut TypeStatus)) {
+        let mut guard = STATUS
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        update(&mut guard.get_or_insert_with(Default::default)[kind]);
+    }
+
     fn feed(&mut self, input: Input) {
         match &input {
             Input::Applied(_) | Input::ApplyFailed(..) => self.applying = None,
@@ -339,7 +430,21 @@ impl Client {
     }
 }
 
+/// The names of the `kind` resources in `applied`, sorted.
+fn applied_names(applied: &sluice_xds::translate::Resources, kind: ResourceType) -> Vec<String> {
+    let names: Vec<&String> = match kind {
+        ResourceType::Cluster => applied.clusters.keys().collect(),
+        ResourceType::Endpoints => applied.endpoints.keys().collect(),
+        ResourceType::Listener => applied.listeners.keys().collect(),
+        ResourceType::Route => applied.routes.keys().collect(),
+    };
+    names.into_iter().cloned().collect()
+}
+
 async fn run(b: Bootstrap, updates: tokio::sync::mpsc::UnboundedSender<Update>) {
+    *STATUS
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(Default::default());
     let mut client = Client {
         ads: Ads::new(b.node.clone(), b.tree.clone()),
         updates,
