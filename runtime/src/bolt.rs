@@ -34,7 +34,7 @@ use sluice_core::bolt::{
     self, Action, BoltProxy, DownstreamId, DownstreamVerdict, ResponseStatus, UpstreamId,
     UpstreamVerdict,
 };
-use sluice_core::cluster::HostId;
+use sluice_core::cluster::HostRef;
 use sluice_core::config::bolt::{DEFAULT_BOLT_FRAME_TIMEOUT, DEFAULT_BOLT_IDLE_TIMEOUT};
 use sluice_core::config::{Config, ListenerFilter};
 use sluice_core::health::UpstreamResult;
@@ -531,10 +531,11 @@ impl<N: Network> Engine<N> {
         self: Rc<Self>,
         up: UpstreamId,
         cluster: usize,
-        host: HostId,
+        picked: HostRef,
         address: SocketAddr,
         outbox: Rc<Outbox>,
     ) {
+        let host = picked.id;
         let bw = self.bolt();
         let connect_timeout = self.config.clusters[cluster].connect_timeout;
         bump(&self.stats.upstream_cx_attempts, 1);
@@ -587,7 +588,7 @@ impl<N: Network> Engine<N> {
                     bump(&h.cx_connect_fail, 1);
                 }
                 debug!(%address, timed_out, "bolt: upstream connect failed");
-                self.report_upstream_result(cluster, host, UpstreamResult::ConnectFailure);
+                self.report_upstream_result(cluster, picked, UpstreamResult::ConnectFailure);
                 self.end_upstream(up);
                 return;
             }
@@ -640,7 +641,11 @@ impl<N: Network> Engine<N> {
                                         o.push(|b| b.extend_from_slice(bytes));
                                     }
                                 }
-                                self.report_upstream_result(cluster, host, upstream_result(status));
+                                self.report_upstream_result(
+                                    cluster,
+                                    picked,
+                                    upstream_result(status),
+                                );
                                 if let Some(h) = self.stats.host(cluster, host.index()) {
                                     bump(&h.rq_total, 1);
                                 }
@@ -710,7 +715,7 @@ impl<N: Network> Engine<N> {
         }
         let in_flight = bw.proxy.borrow().upstream_ids_in_flight(up).count();
         if in_flight > 0 {
-            self.report_upstream_result(cluster, host, UpstreamResult::Reset);
+            self.report_upstream_result(cluster, picked, UpstreamResult::Reset);
         }
         debug!(%address, in_flight, "bolt: upstream connection closed");
         self.end_upstream(up);
@@ -797,12 +802,12 @@ impl<N: Network> Engine<N> {
         let proxy = bw.proxy.borrow();
         for (up, outbox) in bw.ups.borrow().iter() {
             if let Some((ci, host, _)) = proxy.upstream(*up)
-                && went_down.contains(&(ci, host.index()))
+                && went_down.contains(&(ci, host.id.index()))
                 && !outbox.close.replace(true)
             {
                 debug!(
                     cluster = ci,
-                    host = host.index(),
+                    host = host.id.index(),
                     "bolt: host failed its health check; closing its connection"
                 );
                 outbox.wake.notify_one();

@@ -39,7 +39,7 @@ use std::time::Duration;
 
 use sluice_core::config::upstream::{MAX_DNS_TTL, MIN_DNS_TTL};
 use sluice_core::config::{ClusterKind, Config, DnsSettings};
-use sluice_core::host::{HostId, Slot, merge_answer};
+use sluice_core::host::{HostId, HostRef, Slot, advance_epochs, merge_answer};
 use sluice_core::rng::Rng;
 use tokio::sync::watch;
 use tracing::{info, warn};
@@ -60,6 +60,11 @@ pub const FAILURE_LOG_INTERVAL: Duration = Duration::from_secs(60);
 pub struct DnsView {
     /// The host set: one slot per host id (`host_slots` of the cluster).
     pub slots: Vec<Slot>,
+    /// Per slot: its epoch, bumped here whenever the slot's address changes
+    /// ([`sluice_core::host::advance_epochs`]). Every worker takes these numbers, so a
+    /// [`sluice_core::host::HostRef`] means the same host on every worker and in the shared
+    /// health verdicts.
+    pub epochs: Vec<u32>,
     /// Per name (config order): its last answer, as the cluster uses it (filtered by the
     /// lookup family; a `logical_dns` name's first address only). Empty until it answers.
     pub answers: Vec<Vec<SocketAddr>>,
@@ -94,6 +99,7 @@ impl SharedDns {
                     let settings = c.dns.clone()?;
                     let view = DnsView {
                         slots: vec![None; c.host_slots()],
+                        epochs: vec![0; c.host_slots()],
                         answers: vec![Vec::new(); settings.names.len()],
                         failing: vec![0; settings.names.len()],
                     };
@@ -159,6 +165,7 @@ impl SharedDns {
                 .flat_map(|(a, n)| a.iter().map(move |&addr| (addr, n.weight)))
                 .collect();
             let m = merge_answer(&next.slots, &union);
+            advance_epochs(&view.slots, &m.slots, &mut next.epochs);
             next.slots.clone_from(&m.slots);
             merged = Some(m);
             let changed = next != **view;
@@ -319,7 +326,12 @@ impl<N: Network> Engine<N> {
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(view.clone());
         }
-        let changed = self.clusters[ci].borrow_mut().update_hosts(&view.slots);
+        let (changed, refs): (Vec<HostId>, Vec<HostRef>) = {
+            let mut cluster = self.clusters[ci].borrow_mut();
+            let changed = cluster.update_hosts(&view.slots, &view.epochs);
+            let refs = changed.iter().map(|&id| cluster.host_ref(id)).collect();
+            (changed, refs)
+        };
         if changed.is_empty() {
             return;
         }
@@ -333,12 +345,12 @@ impl<N: Network> Engine<N> {
             }
             self.publish_host_active(ci, *id);
         }
-        self.health_changed(ci, &changed);
+        self.health_changed(ci, &refs);
     }
 
-    /// The ids of cluster `ci` whose host changed: their outlier state starts over and the
-    /// availability is recomputed before the next pick.
-    fn health_changed(&self, ci: usize, changed: &[HostId]) {
+    /// The ids of cluster `ci` whose host changed (with their new epochs): their outlier
+    /// state starts over and the availability is recomputed before the next pick.
+    fn health_changed(&self, ci: usize, changed: &[HostRef]) {
         let live = {
             let cluster = self.clusters[ci].borrow();
             (0..cluster.hosts().len())

@@ -178,7 +178,7 @@ impl<N: Network> Engine<N> {
         for (ci, wh) in health.iter().enumerate() {
             if let Some(view) = shared_health.dns.view(ci) {
                 let live = view.slots.iter().flatten().count();
-                all_clusters.borrow_mut()[ci].update_hosts(&view.slots);
+                all_clusters.borrow_mut()[ci].update_hosts(&view.slots, &view.epochs);
                 wh.borrow_mut().hosts_replaced(&[], live);
             }
         }
@@ -915,6 +915,8 @@ impl<N: Network> Engine<N> {
         while let Some(action) = session.poll_action() {
             match action {
                 Action::Connect { address, host } => {
+                    // The host as picked (nothing awaited since): its results are for it.
+                    let picked = cluster.borrow().host_ref(host);
                     log.upstream = Some(address);
                     bump(&self.stats.upstream_cx_attempts, 1);
                     if let Some(c) = cstats {
@@ -943,7 +945,7 @@ impl<N: Network> Engine<N> {
                     };
                     let failure = match result {
                         Ok(Ok(stream)) => {
-                            self.report_upstream_result(ci, host, UpstreamResult::Success);
+                            self.report_upstream_result(ci, picked, UpstreamResult::Success);
                             session.handle_connected(now(), &mut cluster.borrow_mut());
                             if let Some(h) = self.stats.host(ci, host.index()) {
                                 bump(&h.rq_total, 1);
@@ -981,7 +983,7 @@ impl<N: Network> Engine<N> {
                             ConnectFailure::Timeout
                         }
                     };
-                    self.report_upstream_result(ci, host, UpstreamResult::ConnectFailure);
+                    self.report_upstream_result(ci, picked, UpstreamResult::ConnectFailure);
                     self.refresh_availability(ci);
                     session.handle_connect_failed(
                         now(),

@@ -122,7 +122,7 @@ use crate::time::Instant;
 use super::router::BoltRouter;
 use super::{CMD_HEARTBEAT, Frame, Kind, PROTOCOL_V1, PROTOCOL_V2, ResponseStatus, Version};
 use super::{encode_response, request_id_offset};
-use crate::cluster::{ClusterState, HostId};
+use crate::cluster::{ClusterState, HostId, HostRef};
 use crate::config::{ClusterKind, Config, HashPolicy, ListenerFilter};
 use crate::health::{Permit, Resource};
 use crate::lb::request_hash;
@@ -218,8 +218,9 @@ pub enum Action {
         up: UpstreamId,
         /// Index in `Config::clusters`.
         cluster: usize,
-        /// The host.
-        host: HostId,
+        /// The host, with its slot's epoch (a DNS cluster's slot may have another host by the
+        /// time the connection reports: its results are for this one).
+        host: HostRef,
         /// The host's address.
         address: SocketAddr,
     },
@@ -287,14 +288,16 @@ struct Downstream {
     in_flight: usize,
 }
 
-/// What an upstream connection is for: a host of a cluster, and for an `original_dst`
-/// cluster's placeholder host, the destination.
-type UpstreamKey = (usize, HostId, Option<SocketAddr>);
+/// What an upstream connection is for: a host of a cluster — the host, not the slot: with the
+/// slot's epoch, so that when a DNS answer gives the slot to another address, that host's
+/// requests open a connection of their own rather than go to the old address — and for an
+/// `original_dst` cluster's placeholder host, the destination.
+type UpstreamKey = (usize, HostRef, Option<SocketAddr>);
 
 #[derive(Debug)]
 struct Upstream {
     cluster: usize,
-    host: HostId,
+    host: HostRef,
     /// `Some` for a connection to an original destination.
     destination: Option<SocketAddr>,
     /// A destination connection: when it last had a request forwarded or answered (its idle
@@ -577,7 +580,8 @@ impl BoltProxy {
                 }
             }
         };
-        let key = (cluster, host, destination);
+        let picked = state.host_ref(host);
+        let key = (cluster, picked, destination);
         let existing = self.by_host.get(&key).copied();
         // A new destination past the bound: the one idle the longest makes room, if any.
         if existing.is_none()
@@ -605,7 +609,7 @@ impl BoltProxy {
                         up,
                         Upstream {
                             cluster,
-                            host,
+                            host: picked,
                             destination,
                             last_used: now,
                             connected: false,
@@ -622,7 +626,7 @@ impl BoltProxy {
                     self.actions.push_back(Action::Connect {
                         up,
                         cluster,
-                        host,
+                        host: picked,
                         address: destination.unwrap_or(state.host(host).address),
                     });
                     up
@@ -775,7 +779,7 @@ impl BoltProxy {
             self.stats.responses_dropped += 1;
             return UpstreamVerdict::Drop;
         };
-        let (cluster, host) = (u.cluster, u.host);
+        let (cluster, host) = (u.cluster, u.host.id);
         if let Some(at) = s.deadline {
             self.timers.remove(&(at, up, frame.request_id));
         }
@@ -811,7 +815,7 @@ impl BoltProxy {
                     self.timers.remove(&(at, up, id));
                 }
                 if let Some((down, request_id, version, codec)) =
-                    end_stream(&mut self.downstreams, clusters, u.cluster, u.host, s)
+                    end_stream(&mut self.downstreams, clusters, u.cluster, u.host.id, s)
                 {
                     self.stats.upstream_lost += 1;
                     self.actions.push_back(Action::Reply(ProxyReply {
@@ -932,7 +936,7 @@ impl BoltProxy {
             let Some(s) = u.streams.remove(&id) else {
                 continue;
             };
-            let (cluster, host) = (u.cluster, u.host);
+            let (cluster, host) = (u.cluster, u.host.id);
             if let Some((down, request_id, version, codec)) =
                 end_stream(&mut self.downstreams, clusters, cluster, host, s)
             {
@@ -985,9 +989,10 @@ impl BoltProxy {
         self.upstreams.get(&up).and_then(|u| u.destination)
     }
 
-    /// The cluster, host and connectedness of an upstream connection.
+    /// The cluster, host (as picked: id and slot epoch) and connectedness of an upstream
+    /// connection.
     #[must_use]
-    pub fn upstream(&self, up: UpstreamId) -> Option<(usize, HostId, bool)> {
+    pub fn upstream(&self, up: UpstreamId) -> Option<(usize, HostRef, bool)> {
         self.upstreams
             .get(&up)
             .map(|u| (u.cluster, u.host, u.connected))
