@@ -24,8 +24,10 @@
 //! States of a name: *unresolved* (no answer yet: the cluster has no host from it; a request
 //! with no host gets 503 `UH`, as a cluster whose hosts are all down — no warming), *answered*
 //! (refreshed every `dns_refresh_rate`, or after the TTL with `respect_dns_ttl` when the
-//! resolver reports one, within `MIN_DNS_TTL..=MAX_DNS_TTL`), *failing* (an error, a timeout,
-//! or no address of the `dns_lookup_family`: the last answer is kept, the failure counted and
+//! resolver reports one, within `MIN_DNS_TTL..=MAX_DNS_TTL`; an answer with no address —
+//! NXDOMAIN, no data, none of the `dns_lookup_family` — is an answer: a `strict_dns` name's
+//! hosts are removed, a `logical_dns` host keeps its address, as in Envoy), *failing* (any
+//! other error, or a timeout: the last answer is kept, the failure counted and
 //! logged at most once a minute per name, and the next try comes after a jittered backoff:
 //! 1 s doubling per failure, at most `dns_refresh_rate`, each wait drawn from its upper half).
 //!
@@ -45,7 +47,7 @@ use tokio::sync::watch;
 use tracing::{info, warn};
 
 use crate::engine::Engine;
-use crate::net::Network;
+use crate::net::{Network, Resolved};
 use crate::stats::bump;
 
 /// A resolution that has not answered after this long failed.
@@ -189,6 +191,39 @@ impl SharedDns {
     }
 }
 
+/// What one resolution of a name means for its hosts.
+#[derive(Debug, PartialEq, Eq)]
+enum Outcome {
+    /// The name's hosts are these now (the addresses of the lookup family, a `logical_dns`
+    /// name's first only) — none at all for a `strict_dns` name that no longer exists or has
+    /// no address of the family: its hosts are removed, as in Envoy.
+    Answer(Vec<SocketAddr>, Option<Duration>),
+    /// A `logical_dns` name answered no address: its one host keeps its last address (Envoy
+    /// never drains a logical DNS cluster's host, an empty answer included).
+    KeptOnEmpty(Option<Duration>),
+    /// The resolution failed (an error other than "no such name", or no answer in time): the
+    /// last answer is kept and the failure counted.
+    Failure(String),
+}
+
+/// Classifies a resolution (`Err`: why it failed). A resolver's "no such name" (NXDOMAIN) or
+/// "no address" is a successful, empty answer ([`crate::net::getaddrinfo`] returns it so).
+fn outcome(kind: ClusterKind, dns: &DnsSettings, resolved: Result<Resolved, String>) -> Outcome {
+    match resolved {
+        Ok(r) => {
+            let mut addresses = dns.lookup_family.filter(r.addresses.iter().copied());
+            if kind == ClusterKind::LogicalDns {
+                addresses.truncate(1);
+                if addresses.is_empty() {
+                    return Outcome::KeptOnEmpty(r.ttl);
+                }
+            }
+            Outcome::Answer(addresses, r.ttl)
+        }
+        Err(why) => Outcome::Failure(why),
+    }
+}
+
 /// The wait before retrying a name that failed `failures` times in a row: 1 s doubling, at
 /// most `refresh_rate`, drawn from the upper half of that (so that names failing together do
 /// not retry in step).
@@ -237,32 +272,26 @@ impl<N: Network> Engine<N> {
         // Failures not logged yet, and when the last was.
         let mut unlogged = 0u64;
         let mut logged_at: Option<tokio::time::Instant> = None;
+        // The name's last answer (to count the addresses `max_hosts` leaves out once).
+        let mut last_answer: Option<Vec<SocketAddr>> = None;
         loop {
-            let outcome = match tokio::time::timeout(
-                RESOLVE_TIMEOUT,
-                self.net.resolve(&name.name, name.port),
-            )
-            .await
-            {
-                Ok(Ok(r)) => {
-                    let mut addresses = dns.lookup_family.filter(r.addresses.iter().copied());
-                    if cluster.kind == ClusterKind::LogicalDns {
-                        addresses.truncate(1);
+            let resolved =
+                tokio::time::timeout(RESOLVE_TIMEOUT, self.net.resolve(&name.name, name.port))
+                    .await
+                    .map_err(|_| format!("no answer within {RESOLVE_TIMEOUT:?}"))
+                    .and_then(|r| r.map_err(|e| e.to_string()));
+            let wait = match outcome(cluster.kind, dns, resolved) {
+                Outcome::KeptOnEmpty(ttl) => {
+                    // logical_dns: an answer with no address leaves the one host as it is.
+                    if let Some(c) = self.stats.cluster(ci) {
+                        bump(&c.upstream_dns_resolutions, 1);
                     }
-                    if addresses.is_empty() {
-                        Err(format!(
-                            "no address of lookup family {:?} in the answer {:?}",
-                            dns.lookup_family, r.addresses
-                        ))
-                    } else {
-                        Ok((addresses, r.ttl))
-                    }
+                    refresh_after(dns, ttl)
                 }
-                Ok(Err(e)) => Err(e.to_string()),
-                Err(_) => Err(format!("no answer within {RESOLVE_TIMEOUT:?}")),
-            };
-            let wait = match outcome {
-                Ok((addresses, ttl)) => {
+                Outcome::Answer(addresses, ttl) => {
+                    // The same answer again leaves out the same addresses: counted once.
+                    let new_answer = last_answer.as_ref() != Some(&addresses);
+                    last_answer = Some(addresses.clone());
                     let shown = addresses.clone();
                     let merged = shared.answered(ci, ni, addresses);
                     if let Some(c) = self.stats.cluster(ci) {
@@ -270,20 +299,22 @@ impl<N: Network> Engine<N> {
                         if merged.changed() {
                             bump(&c.upstream_dns_host_changes, 1);
                         }
-                        bump(&c.upstream_dns_hosts_dropped, merged.dropped as u64);
+                        if new_answer {
+                            bump(&c.upstream_dns_hosts_dropped, merged.dropped as u64);
+                        }
                     }
                     if merged.changed() {
                         info!(cluster = %cluster.name, name = %name.name, addresses = ?shown,
                             added = merged.added, removed = merged.removed,
                             "dns: hosts changed");
                     }
-                    if merged.dropped > 0 {
+                    if merged.dropped > 0 && new_answer {
                         warn!(cluster = %cluster.name, name = %name.name, dropped = merged.dropped,
                             max_hosts = dns.max_hosts, "dns: more addresses than max_hosts; some left out");
                     }
                     refresh_after(dns, ttl)
                 }
-                Err(why) => {
+                Outcome::Failure(why) => {
                     let failures = shared.failed(ci, ni);
                     if let Some(c) = self.stats.cluster(ci) {
                         bump(&c.upstream_dns_failures, 1);
@@ -415,6 +446,53 @@ clusters:
         assert_eq!(view.slots[1], slots[1]);
         assert_eq!(view.slots[2], slots[2]);
         assert_eq!(view.failing, vec![0, 0]);
+    }
+
+    #[test]
+    fn no_such_name_empties_a_strict_name_and_leaves_a_logical_one_alone() {
+        let config = Config::from_yaml(TWO).unwrap();
+        let strict = config.clusters[0].dns.as_ref().unwrap();
+        let logical = config.clusters[1].dns.as_ref().unwrap();
+        let empty = || Ok(Resolved::default());
+        assert_eq!(
+            outcome(ClusterKind::StrictDns, strict, empty()),
+            Outcome::Answer(Vec::new(), None)
+        );
+        assert_eq!(
+            outcome(ClusterKind::LogicalDns, logical, empty()),
+            Outcome::KeptOnEmpty(None)
+        );
+        // No address of the lookup family is no address (Envoy asks only for that family).
+        let mut v4_only = strict.clone();
+        v4_only.lookup_family = sluice_core::config::DnsLookupFamily::V4Only;
+        let v6 = Resolved {
+            addresses: vec!["[::1]:80".parse().unwrap()],
+            ttl: None,
+        };
+        assert_eq!(
+            outcome(ClusterKind::StrictDns, &v4_only, Ok(v6)),
+            Outcome::Answer(Vec::new(), None)
+        );
+        assert_eq!(
+            outcome(ClusterKind::StrictDns, strict, Err("timeout".into())),
+            Outcome::Failure("timeout".into())
+        );
+        // The resolver's own words for "no such name" and "no address" are empty answers;
+        // a temporary failure is not.
+        for text in crate::net::NO_SUCH_NAME {
+            let e = std::io::Error::other(format!("failed to lookup address information: {text}"));
+            assert!(crate::net::is_no_such_name(&e), "{text}");
+        }
+        let again = std::io::Error::other(
+            "failed to lookup address information: Temporary failure in name resolution",
+        );
+        assert!(!crate::net::is_no_such_name(&again));
+        // The empty answer frees the name's slots.
+        let dns = SharedDns::new(&config);
+        dns.answered(0, 0, vec![addr(1, 80), addr(2, 80)]);
+        let m = dns.answered(0, 0, Vec::new());
+        assert_eq!((m.added, m.removed), (0, 2));
+        assert_eq!(dns.view(0).unwrap().slots, vec![None; 4]);
     }
 
     #[test]

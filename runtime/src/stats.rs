@@ -920,11 +920,12 @@ counters! {
             )
             .stats("upstream_dns.host_changes")
             .stats_for(Shown::WithDns);
-        /// Addresses left out because the cluster's `max_hosts` slots were taken.
+        /// Addresses left out because the cluster's `max_hosts` slots were taken (counted
+        /// when a name's answer changes, not again at every refresh of the same answer).
         upstream_dns_hosts_dropped: AtomicU64, counter
             => Metric::counter(
                 "sluice_upstream_dns_hosts_dropped_total",
-                "Resolved addresses left out because every one of max_hosts was taken.",
+                "Resolved addresses left out because every one of max_hosts was taken (once per new answer, not per refresh).",
             )
             .stats("upstream_dns.hosts_dropped")
             .stats_for(Shown::WithDns);
