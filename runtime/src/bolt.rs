@@ -214,6 +214,23 @@ impl<N: Network> Engine<N> {
             .expect("a Bolt listener implies the worker's Bolt state")
     }
 
+    /// A DNS answer changed cluster `ci`'s hosts: this worker's idle Bolt connections to hosts
+    /// that left their slot are closed, giving back their `max_connections` unit (busy ones
+    /// close after their last response).
+    pub(crate) fn bolt_hosts_changed(self: &Rc<Self>, ci: usize) {
+        let Some(bw) = self.bolt.as_ref() else {
+            return;
+        };
+        let closed = bw
+            .proxy
+            .borrow_mut()
+            .close_stale_upstreams(ci, &mut self.all_clusters.borrow_mut());
+        if closed > 0 {
+            self.bolt_after_input();
+            self.publish_bolt_stats();
+        }
+    }
+
     /// Serves one downstream Bolt connection; `initial` holds bytes already read from it (by
     /// protocol detection, or the unread bytes of a `migrated` connection). `original_dst`:
     /// where a captured connection was going (its requests routed to an `original_dst`
@@ -498,7 +515,8 @@ impl<N: Network> Engine<N> {
                     }
                 }
                 Some(Action::Close { up }) => {
-                    // An idle destination connection the proxy forgot: its task ends it.
+                    // An idle connection the proxy forgot (a destination's, or one to a host that
+                    // left its slot): its task ends it.
                     if let Some(o) = bw.ups.borrow().get(&up) {
                         o.close.set(true);
                         o.wake.notify_one();

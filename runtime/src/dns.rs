@@ -342,7 +342,9 @@ impl<N: Network> Engine<N> {
         };
         loop {
             let view = rx.borrow_and_update().clone();
-            self.apply_dns(ci, &view);
+            if self.apply_dns(ci, &view) {
+                self.bolt_hosts_changed(ci);
+            }
             if rx.changed().await.is_err() {
                 return;
             }
@@ -351,7 +353,8 @@ impl<N: Network> Engine<N> {
 
     /// Applies a view of cluster `ci` to this worker: hosts in place, stale pooled connections
     /// closed, availability recomputed.
-    pub(crate) fn apply_dns(&self, ci: usize, view: &Arc<DnsView>) {
+    /// Returns whether any host changed.
+    pub(crate) fn apply_dns(&self, ci: usize, view: &Arc<DnsView>) -> bool {
         if let Some(c) = self.stats.cluster(ci) {
             *c.dns
                 .lock()
@@ -364,7 +367,7 @@ impl<N: Network> Engine<N> {
             (changed, refs)
         };
         if changed.is_empty() {
-            return;
+            return false;
         }
         let strict = self.config.clusters[ci].kind == ClusterKind::StrictDns;
         let now = crate::now();
@@ -377,6 +380,7 @@ impl<N: Network> Engine<N> {
             self.publish_host_active(ci, *id);
         }
         self.health_changed(ci, &refs);
+        true
     }
 
     /// The ids of cluster `ci` whose host changed (with their new epochs): their outlier

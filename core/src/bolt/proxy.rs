@@ -261,6 +261,9 @@ pub struct BoltStats {
     pub no_original_dst: u64,
     /// Destination connections closed idle (or evicted for a new destination).
     pub destinations_closed: u64,
+    /// Connections to a host whose slot has another host now (a DNS answer moved it), closed
+    /// once idle ([`BoltProxy::close_stale_upstreams`]).
+    pub stale_closed: u64,
     /// Status 4 replies.
     pub overflow: u64,
     /// Status 7 replies.
@@ -784,6 +787,14 @@ impl BoltProxy {
             self.timers.remove(&(at, up, frame.request_id));
         }
         let down = end_stream(&mut self.downstreams, clusters, cluster, host, s);
+        // The last stream of a connection to a host that left its slot: nothing else will go
+        // on it.
+        if u.streams.is_empty()
+            && u.destination.is_none()
+            && clusters.get(cluster).is_some_and(|c| !c.is_current(u.host))
+        {
+            self.close_idle(up, clusters);
+        }
         match down {
             Some((down, request_id, _, _)) => {
                 self.stats.responses += 1;
@@ -908,20 +919,57 @@ impl BoltProxy {
     /// Forgets destination connection `up` (no stream in flight) and tells the driver to close
     /// it.
     fn close_destination(&mut self, up: UpstreamId, clusters: &mut [ClusterState]) {
+        self.close_idle(up, clusters);
+    }
+
+    /// Forgets connection `up` (no stream in flight: a destination connection, or one to a
+    /// host that left its slot), gives its `max_connections` unit back, and tells the driver
+    /// to close it.
+    fn close_idle(&mut self, up: UpstreamId, clusters: &mut [ClusterState]) {
         let Some(u) = self.upstreams.remove(&up) else {
             return;
         };
-        debug_assert!(
-            u.streams.is_empty(),
-            "closing a busy destination connection"
-        );
+        debug_assert!(u.streams.is_empty(), "closing a busy upstream connection");
         self.by_host.remove(&(u.cluster, u.host, u.destination));
         self.idle_timers.retain(|&(_, t)| t != up);
         if let Some(c) = clusters.get_mut(u.cluster) {
             c.breakers_mut().release(u.permit);
         }
-        self.stats.destinations_closed += 1;
+        if u.destination.is_some() {
+            self.stats.destinations_closed += 1;
+        } else {
+            self.stats.stale_closed += 1;
+        }
         self.actions.push_back(Action::Close { up });
+    }
+
+    /// Cluster `cluster`'s hosts changed (a DNS answer): its idle connections to hosts whose
+    /// slot has another host now are closed ([`Action::Close`]); a busy one closes when its
+    /// last stream ends. (No request goes on them either way: connections are kept per host
+    /// *and* slot epoch.) Returns how many were closed now.
+    pub fn close_stale_upstreams(
+        &mut self,
+        cluster: usize,
+        clusters: &mut [ClusterState],
+    ) -> usize {
+        let Some(state) = clusters.get(cluster) else {
+            return 0;
+        };
+        let stale: Vec<UpstreamId> = self
+            .upstreams
+            .iter()
+            .filter(|(_, u)| {
+                u.cluster == cluster
+                    && u.destination.is_none()
+                    && u.streams.is_empty()
+                    && !state.is_current(u.host)
+            })
+            .map(|(&up, _)| up)
+            .collect();
+        for &up in &stale {
+            self.close_idle(up, clusters);
+        }
+        stale.len()
     }
 
     fn expire_requests(&mut self, now: Instant, clusters: &mut [ClusterState]) {
