@@ -787,14 +787,7 @@ impl BoltProxy {
             self.timers.remove(&(at, up, frame.request_id));
         }
         let down = end_stream(&mut self.downstreams, clusters, cluster, host, s);
-        // The last stream of a connection to a host that left its slot: nothing else will go
-        // on it.
-        if u.streams.is_empty()
-            && u.destination.is_none()
-            && clusters.get(cluster).is_some_and(|c| !c.is_current(u.host))
-        {
-            self.close_idle(up, clusters);
-        }
+        self.close_if_stale_and_idle(up, clusters);
         match down {
             Some((down, request_id, _, _)) => {
                 self.stats.responses += 1;
@@ -997,6 +990,23 @@ impl BoltProxy {
                     status: ResponseStatus::Timeout,
                 }));
             }
+            self.close_if_stale_and_idle(up, clusters);
+        }
+    }
+
+    /// Closes `up` if it has no stream left and goes to a host that left its slot (a DNS
+    /// answer moved it): nothing else will go on it.
+    fn close_if_stale_and_idle(&mut self, up: UpstreamId, clusters: &mut [ClusterState]) {
+        let Some(u) = self.upstreams.get(&up) else {
+            return;
+        };
+        if u.streams.is_empty()
+            && u.destination.is_none()
+            && clusters
+                .get(u.cluster)
+                .is_some_and(|c| !c.is_current(u.host))
+        {
+            self.close_idle(up, clusters);
         }
     }
 

@@ -670,6 +670,22 @@ fn an_idle_connection_to_a_host_that_left_its_slot_is_closed_when_the_hosts_chan
 }
 
 #[test]
+fn a_connection_to_a_host_that_left_its_slot_closes_when_its_last_request_times_out() {
+    let mut h = H::new();
+    let a = h.open();
+    // The route's timeout is 3 s.
+    let (old, _) = forward(h.down(a, echo_req(Version::V1, 1)));
+    h.p.handle_upstream_connected(old);
+    h.clusters[0].update_hosts(&[Some(("10.0.0.9:12220".parse().unwrap(), 1))], &[1]);
+    assert_eq!(h.p.close_stale_upstreams(0, &mut h.clusters), 0);
+    h.advance(3_001);
+    assert_eq!(h.take_down(a), v1_reply(1, 7), "timed out (status 7)");
+    assert_eq!(h.closed, [old]);
+    assert_eq!(h.clusters[0].breakers().in_use(Resource::Connections), 0);
+    h.idle();
+}
+
+#[test]
 fn colliding_ids_from_two_downstreams_get_their_own_answers() {
     let mut h = H::new();
     let (a, b) = (h.open(), h.open());
