@@ -224,6 +224,19 @@ fn outcome(kind: ClusterKind, dns: &DnsSettings, resolved: Result<Resolved, Stri
     }
 }
 
+/// How many of the addresses `max_hosts` left out (`dropped`) to count for a name whose
+/// previous answer was `last`: none when the answer is the same again (its addresses were
+/// counted when it came), all of them for a new answer. Keeps the answer in `last`.
+fn newly_dropped(
+    last: &mut Option<Vec<SocketAddr>>,
+    answer: Vec<SocketAddr>,
+    dropped: usize,
+) -> u64 {
+    let new_answer = last.as_ref() != Some(&answer);
+    *last = Some(answer);
+    if new_answer { dropped as u64 } else { 0 }
+}
+
 /// The wait before retrying a name that failed `failures` times in a row: 1 s doubling, at
 /// most `refresh_rate`, drawn from the upper half of that (so that names failing together do
 /// not retry in step).
@@ -289,19 +302,16 @@ impl<N: Network> Engine<N> {
                     refresh_after(dns, ttl)
                 }
                 Outcome::Answer(addresses, ttl) => {
-                    // The same answer again leaves out the same addresses: counted once.
-                    let new_answer = last_answer.as_ref() != Some(&addresses);
-                    last_answer = Some(addresses.clone());
                     let shown = addresses.clone();
-                    let merged = shared.answered(ci, ni, addresses);
+                    let new_answer = last_answer.as_ref() != Some(&addresses);
+                    let merged = shared.answered(ci, ni, addresses.clone());
+                    let dropped = newly_dropped(&mut last_answer, addresses, merged.dropped);
                     if let Some(c) = self.stats.cluster(ci) {
                         bump(&c.upstream_dns_resolutions, 1);
                         if merged.changed() {
                             bump(&c.upstream_dns_host_changes, 1);
                         }
-                        if new_answer {
-                            bump(&c.upstream_dns_hosts_dropped, merged.dropped as u64);
-                        }
+                        bump(&c.upstream_dns_hosts_dropped, dropped);
                     }
                     if merged.changed() {
                         info!(cluster = %cluster.name, name = %name.name, addresses = ?shown,
@@ -497,6 +507,18 @@ clusters:
         let m = dns.answered(0, 0, Vec::new());
         assert_eq!((m.added, m.removed), (0, 2));
         assert_eq!(dns.view(0).unwrap().slots, vec![None; 4]);
+    }
+
+    #[test]
+    fn addresses_left_out_are_counted_once_per_answer_not_per_refresh() {
+        let mut last = None;
+        let answer = vec![addr(1, 80), addr(2, 80)];
+        assert_eq!(newly_dropped(&mut last, answer.clone(), 1), 1);
+        assert_eq!(newly_dropped(&mut last, answer.clone(), 1), 0, "a refresh");
+        assert_eq!(newly_dropped(&mut last, answer.clone(), 1), 0, "a refresh");
+        let other = vec![addr(1, 80), addr(3, 80)];
+        assert_eq!(newly_dropped(&mut last, other, 1), 1, "a new answer");
+        assert_eq!(newly_dropped(&mut last, answer, 1), 1, "back again: new");
     }
 
     #[test]
