@@ -522,6 +522,47 @@ clusters:
     }
 
     #[test]
+    fn an_engine_made_with_an_inherited_view_counts_results_with_its_epochs() {
+        let config = Arc::new(
+            Config::from_yaml(&TWO.replace(
+                "max_hosts: 4",
+                "max_hosts: 4\n    outlier_detection: { consecutive_5xx: 2, max_ejection_percent: 100 }",
+            ))
+            .unwrap(),
+        );
+        // Slot 0: 10.0.0.1 came, went and came back (epoch 3), as a reload inherits it.
+        let shared = Arc::new(crate::health::SharedHealth::new(&config));
+        shared.dns.answered(0, 0, vec![addr(1, 80)]);
+        shared.dns.answered(0, 0, Vec::new());
+        shared.dns.answered(0, 0, vec![addr(1, 80)]);
+        assert_eq!(shared.dns.view(0).unwrap().epochs[0], 3);
+        let engine = Engine::new_worker(
+            crate::net::TokioNet::default(),
+            config.clone(),
+            0,
+            1,
+            1,
+            Arc::new(crate::stats::WorkerStats::new(&config)),
+            shared,
+            Arc::new(crate::limits::ProcessLimits::new(&config)),
+        )
+        .unwrap();
+        let host = engine.clusters[0].borrow().host_ref(HostId(0));
+        assert_eq!(host.epoch, 3);
+        for _ in 0..2 {
+            engine.report_upstream_result(
+                0,
+                host,
+                sluice_core::health::UpstreamResult::Status(503),
+            );
+        }
+        assert!(
+            engine.health[0].borrow().is_ejected(HostId(0)),
+            "the results of the slot's current host were dropped as stale"
+        );
+    }
+
+    #[test]
     fn a_reload_keeps_the_answers_of_unchanged_clusters_only() {
         let old_config = Config::from_yaml(TWO).unwrap();
         let old = SharedDns::new(&old_config);

@@ -178,8 +178,12 @@ impl<N: Network> Engine<N> {
         for (ci, wh) in health.iter().enumerate() {
             if let Some(view) = shared_health.dns.view(ci) {
                 let live = view.slots.iter().flatten().count();
-                all_clusters.borrow_mut()[ci].update_hosts(&view.slots, &view.epochs);
-                wh.borrow_mut().hosts_replaced(&[], live);
+                let mut all = all_clusters.borrow_mut();
+                let changed = all[ci].update_hosts(&view.slots, &view.epochs);
+                // The outlier detector numbers its hosts as the slots are numbered (a reload
+                // inherits epochs past 0): results taken with those epochs count.
+                let refs: Vec<_> = changed.iter().map(|&id| all[ci].host_ref(id)).collect();
+                wh.borrow_mut().hosts_replaced(&refs, live);
             }
         }
         let mut routers = Vec::with_capacity(config.listeners.len());

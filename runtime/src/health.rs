@@ -304,6 +304,12 @@ impl WorkerHealth {
 }
 
 impl WorkerHealth {
+    /// Whether this worker's outlier detector has host `id` ejected.
+    #[cfg(test)]
+    pub(crate) fn is_ejected(&self, id: HostId) -> bool {
+        self.outlier.as_ref().is_some_and(|o| o.is_ejected(id))
+    }
+
     /// DNS: ids now naming another host (or none), with their new epochs. Their outlier
     /// state starts over (an ejection was the old address's; results of the old epoch still
     /// arriving are dropped) and availability is recomputed before the next pick.
