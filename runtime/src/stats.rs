@@ -894,17 +894,17 @@ counters! {
                 "Times a worker entered panic mode (too few available hosts) for the cluster.",
             )
             .stats("lb_healthy_panic");
-        /// DNS resolutions of the cluster's names that answered (counted on worker 0, which
-        /// resolves for the process).
+        /// DNS resolutions of the cluster's names that answered, an answer with no address
+        /// (NXDOMAIN) included (counted on worker 0, which resolves for the process).
         upstream_dns_resolutions: AtomicU64, counter
             => Metric::counter(
                 "sluice_upstream_dns_resolutions_total",
-                "DNS resolutions of a strict_dns or logical_dns cluster's names that answered.",
+                "DNS resolutions of a strict_dns or logical_dns cluster's names that answered (NXDOMAIN, an answer with no address, included).",
             )
             .stats("upstream_dns.resolutions")
             .stats_for(Shown::WithDns);
-        /// DNS resolutions that failed (error, timeout, or no address of the lookup family):
-        /// the last answer is kept.
+        /// DNS resolutions that failed (an error other than "no such name", or a timeout): the
+        /// last answer is kept.
         upstream_dns_failures: AtomicU64, counter
             => Metric::counter(
                 "sluice_upstream_dns_failures_total",
