@@ -49,7 +49,7 @@ use sluice_core::bolt::{
     self, Action, BoltProxy, BoltStats, DownstreamId, DownstreamVerdict, Frame, Kind, ProxyReply,
     ResponseStatus, UpstreamId, UpstreamVerdict,
 };
-use sluice_core::cluster::HostId;
+use sluice_core::cluster::HostRef;
 use sluice_core::config::bolt::{DEFAULT_BOLT_FRAME_TIMEOUT, DEFAULT_BOLT_IDLE_TIMEOUT};
 use sluice_core::config::{Config, ListenerFilter};
 use sluice_core::health::UpstreamResult;
@@ -272,6 +272,23 @@ impl<N: Network> Engine<N> {
         self.bolt
             .as_ref()
             .expect("a Bolt listener implies the worker's Bolt state")
+    }
+
+    /// A DNS answer changed cluster `ci`'s hosts: this worker's idle Bolt connections to hosts
+    /// that left their slot are closed, giving back their `max_connections` unit (busy ones
+    /// close after their last response).
+    pub(crate) fn bolt_hosts_changed(self: &Rc<Self>, ci: usize) {
+        let Some(bw) = self.bolt.as_ref() else {
+            return;
+        };
+        let closed = bw
+            .proxy
+            .borrow_mut()
+            .close_stale_upstreams(ci, &mut self.all_clusters.borrow_mut());
+        if closed > 0 {
+            self.bolt_after_input();
+            self.publish_bolt_stats();
+        }
     }
 
     /// Serves one downstream Bolt connection; `initial` holds bytes already read from it (by
@@ -588,7 +605,8 @@ impl<N: Network> Engine<N> {
                     );
                 }
                 Some(Action::Close { up }) => {
-                    // An idle destination connection the proxy forgot: its task ends it.
+                    // An idle connection the proxy forgot (a destination's, or one to a host that
+                    // left its slot): its task ends it.
                     if let Some(o) = bw.ups.borrow().get(&up) {
                         o.close.set(true);
                         o.wake.notify_one();
@@ -621,10 +639,11 @@ impl<N: Network> Engine<N> {
         self: Rc<Self>,
         up: UpstreamId,
         cluster: usize,
-        host: HostId,
+        picked: HostRef,
         address: SocketAddr,
         outbox: Rc<Outbox>,
     ) {
+        let host = picked.id;
         let bw = self.bolt();
         let connect_timeout = self.config.clusters[cluster].connect_timeout;
         bump(&self.stats.upstream_cx_attempts, 1);
@@ -677,7 +696,7 @@ impl<N: Network> Engine<N> {
                     bump(&h.cx_connect_fail, 1);
                 }
                 debug!(%address, timed_out, "bolt: upstream connect failed");
-                self.report_upstream_result(cluster, host, UpstreamResult::ConnectFailure);
+                self.report_upstream_result(cluster, picked, UpstreamResult::ConnectFailure);
                 self.end_upstream(up);
                 return;
             }
@@ -730,7 +749,11 @@ impl<N: Network> Engine<N> {
                                         o.push(|b| b.extend_from_slice(bytes));
                                     }
                                 }
-                                self.report_upstream_result(cluster, host, upstream_result(status));
+                                self.report_upstream_result(
+                                    cluster,
+                                    picked,
+                                    upstream_result(status),
+                                );
                                 self.bolt_log_answer(down, request_id, status, None, len as u64);
                                 if let Some(h) = self.stats.host(cluster, host.index()) {
                                     bump(&h.rq_total, 1);
@@ -801,7 +824,7 @@ impl<N: Network> Engine<N> {
         }
         let in_flight = bw.proxy.borrow().upstream_ids_in_flight(up).count();
         if in_flight > 0 {
-            self.report_upstream_result(cluster, host, UpstreamResult::Reset);
+            self.report_upstream_result(cluster, picked, UpstreamResult::Reset);
         }
         debug!(%address, in_flight, "bolt: upstream connection closed");
         self.end_upstream(up);
@@ -891,12 +914,12 @@ impl<N: Network> Engine<N> {
         let proxy = bw.proxy.borrow();
         for (up, outbox) in bw.ups.borrow().iter() {
             if let Some((ci, host, _)) = proxy.upstream(*up)
-                && went_down.contains(&(ci, host.index()))
+                && went_down.contains(&(ci, host.id.index()))
                 && !outbox.close.replace(true)
             {
                 debug!(
                     cluster = ci,
-                    host = host.index(),
+                    host = host.id.index(),
                     "bolt: host failed its health check; closing its connection"
                 );
                 outbox.wake.notify_one();
@@ -966,7 +989,7 @@ impl<N: Network> Engine<N> {
                         self.all_clusters
                             .borrow()
                             .get(cluster)
-                            .map(|c| c.host(host).address)
+                            .map(|c| c.host(host.id).address)
                     });
                 }
                 drop(proxy);

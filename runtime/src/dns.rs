@@ -24,8 +24,10 @@
 //! States of a name: *unresolved* (no answer yet: the cluster has no host from it; a request
 //! with no host gets 503 `UH`, as a cluster whose hosts are all down — no warming), *answered*
 //! (refreshed every `dns_refresh_rate`, or after the TTL with `respect_dns_ttl` when the
-//! resolver reports one, within `MIN_DNS_TTL..=MAX_DNS_TTL`), *failing* (an error, a timeout,
-//! or no address of the `dns_lookup_family`: the last answer is kept, the failure counted and
+//! resolver reports one, within `MIN_DNS_TTL..=MAX_DNS_TTL`; an answer with no address —
+//! NXDOMAIN, no data, none of the `dns_lookup_family` — is an answer: a `strict_dns` name's
+//! hosts are removed, a `logical_dns` host keeps its address, as in Envoy), *failing* (any
+//! other error, or a timeout: the last answer is kept, the failure counted and
 //! logged at most once a minute per name, and the next try comes after a jittered backoff:
 //! 1 s doubling per failure, at most `dns_refresh_rate`, each wait drawn from its upper half).
 //!
@@ -39,13 +41,13 @@ use std::time::Duration;
 
 use sluice_core::config::upstream::{MAX_DNS_TTL, MIN_DNS_TTL};
 use sluice_core::config::{ClusterKind, Config, DnsSettings};
-use sluice_core::host::{HostId, Slot, merge_answer};
+use sluice_core::host::{HostId, HostRef, Slot, advance_epochs, merge_answer};
 use sluice_core::rng::Rng;
 use tokio::sync::watch;
 use tracing::{info, warn};
 
 use crate::engine::Engine;
-use crate::net::Network;
+use crate::net::{Network, Resolved};
 use crate::stats::bump;
 
 /// A resolution that has not answered after this long failed.
@@ -60,6 +62,11 @@ pub const FAILURE_LOG_INTERVAL: Duration = Duration::from_secs(60);
 pub struct DnsView {
     /// The host set: one slot per host id (`host_slots` of the cluster).
     pub slots: Vec<Slot>,
+    /// Per slot: its epoch, bumped here whenever the slot's address changes
+    /// ([`sluice_core::host::advance_epochs`]). Every worker takes these numbers, so a
+    /// [`sluice_core::host::HostRef`] means the same host on every worker and in the shared
+    /// health verdicts.
+    pub epochs: Vec<u32>,
     /// Per name (config order): its last answer, as the cluster uses it (filtered by the
     /// lookup family; a `logical_dns` name's first address only). Empty until it answers.
     pub answers: Vec<Vec<SocketAddr>>,
@@ -94,6 +101,7 @@ impl SharedDns {
                     let settings = c.dns.clone()?;
                     let view = DnsView {
                         slots: vec![None; c.host_slots()],
+                        epochs: vec![0; c.host_slots()],
                         answers: vec![Vec::new(); settings.names.len()],
                         failing: vec![0; settings.names.len()],
                     };
@@ -159,6 +167,7 @@ impl SharedDns {
                 .flat_map(|(a, n)| a.iter().map(move |&addr| (addr, n.weight)))
                 .collect();
             let m = merge_answer(&next.slots, &union);
+            advance_epochs(&view.slots, &m.slots, &mut next.epochs);
             next.slots.clone_from(&m.slots);
             merged = Some(m);
             let changed = next != **view;
@@ -180,6 +189,52 @@ impl SharedDns {
         });
         failing
     }
+}
+
+/// What one resolution of a name means for its hosts.
+#[derive(Debug, PartialEq, Eq)]
+enum Outcome {
+    /// The name's hosts are these now (the addresses of the lookup family, a `logical_dns`
+    /// name's first only) — none at all for a `strict_dns` name that no longer exists or has
+    /// no address of the family: its hosts are removed, as in Envoy.
+    Answer(Vec<SocketAddr>, Option<Duration>),
+    /// A `logical_dns` name answered no address: its one host keeps its last address (Envoy
+    /// never drains a logical DNS cluster's host, an empty answer included).
+    KeptOnEmpty(Option<Duration>),
+    /// The resolution failed (an error other than "no such name", or no answer in time): the
+    /// last answer is kept and the failure counted.
+    Failure(String),
+}
+
+/// Classifies a resolution (`Err`: why it failed). A resolver's "no such name" (NXDOMAIN) or
+/// "no address" is a successful, empty answer ([`crate::net::getaddrinfo`] returns it so).
+fn outcome(kind: ClusterKind, dns: &DnsSettings, resolved: Result<Resolved, String>) -> Outcome {
+    match resolved {
+        Ok(r) => {
+            let mut addresses = dns.lookup_family.filter(r.addresses.iter().copied());
+            if kind == ClusterKind::LogicalDns {
+                addresses.truncate(1);
+                if addresses.is_empty() {
+                    return Outcome::KeptOnEmpty(r.ttl);
+                }
+            }
+            Outcome::Answer(addresses, r.ttl)
+        }
+        Err(why) => Outcome::Failure(why),
+    }
+}
+
+/// How many of the addresses `max_hosts` left out (`dropped`) to count for a name whose
+/// previous answer was `last`: none when the answer is the same again (its addresses were
+/// counted when it came), all of them for a new answer. Keeps the answer in `last`.
+fn newly_dropped(
+    last: &mut Option<Vec<SocketAddr>>,
+    answer: Vec<SocketAddr>,
+    dropped: usize,
+) -> u64 {
+    let new_answer = last.as_ref() != Some(&answer);
+    *last = Some(answer);
+    if new_answer { dropped as u64 } else { 0 }
 }
 
 /// The wait before retrying a name that failed `failures` times in a row: 1 s doubling, at
@@ -230,53 +285,48 @@ impl<N: Network> Engine<N> {
         // Failures not logged yet, and when the last was.
         let mut unlogged = 0u64;
         let mut logged_at: Option<tokio::time::Instant> = None;
+        // The name's last answer (to count the addresses `max_hosts` leaves out once).
+        let mut last_answer: Option<Vec<SocketAddr>> = None;
         loop {
-            let outcome = match tokio::time::timeout(
+            let resolved = tokio::time::timeout(
                 RESOLVE_TIMEOUT,
                 self.net.resolve(&name.name, name.port, dns.respect_dns_ttl),
             )
             .await
-            {
-                Ok(Ok(r)) => {
-                    let mut addresses = dns.lookup_family.filter(r.addresses.iter().copied());
-                    if cluster.kind == ClusterKind::LogicalDns {
-                        addresses.truncate(1);
+            .map_err(|_| format!("no answer within {RESOLVE_TIMEOUT:?}"))
+            .and_then(|r| r.map_err(|e| e.to_string()));
+            let wait = match outcome(cluster.kind, dns, resolved) {
+                Outcome::KeptOnEmpty(ttl) => {
+                    // logical_dns: an answer with no address leaves the one host as it is.
+                    if let Some(c) = self.stats.cluster(ci) {
+                        bump(&c.upstream_dns_resolutions, 1);
                     }
-                    if addresses.is_empty() {
-                        Err(format!(
-                            "no address of lookup family {:?} in the answer {:?}",
-                            dns.lookup_family, r.addresses
-                        ))
-                    } else {
-                        Ok((addresses, r.ttl))
-                    }
+                    refresh_after(dns, ttl)
                 }
-                Ok(Err(e)) => Err(e.to_string()),
-                Err(_) => Err(format!("no answer within {RESOLVE_TIMEOUT:?}")),
-            };
-            let wait = match outcome {
-                Ok((addresses, ttl)) => {
+                Outcome::Answer(addresses, ttl) => {
                     let shown = addresses.clone();
-                    let merged = shared.answered(ci, ni, addresses);
+                    let new_answer = last_answer.as_ref() != Some(&addresses);
+                    let merged = shared.answered(ci, ni, addresses.clone());
+                    let dropped = newly_dropped(&mut last_answer, addresses, merged.dropped);
                     if let Some(c) = self.stats.cluster(ci) {
                         bump(&c.upstream_dns_resolutions, 1);
                         if merged.changed() {
                             bump(&c.upstream_dns_host_changes, 1);
                         }
-                        bump(&c.upstream_dns_hosts_dropped, merged.dropped as u64);
+                        bump(&c.upstream_dns_hosts_dropped, dropped);
                     }
                     if merged.changed() {
                         info!(cluster = %cluster.name, name = %name.name, addresses = ?shown,
                             added = merged.added, removed = merged.removed,
                             "dns: hosts changed");
                     }
-                    if merged.dropped > 0 {
+                    if merged.dropped > 0 && new_answer {
                         warn!(cluster = %cluster.name, name = %name.name, dropped = merged.dropped,
                             max_hosts = dns.max_hosts, "dns: more addresses than max_hosts; some left out");
                     }
                     refresh_after(dns, ttl)
                 }
-                Err(why) => {
+                Outcome::Failure(why) => {
                     let failures = shared.failed(ci, ni);
                     if let Some(c) = self.stats.cluster(ci) {
                         bump(&c.upstream_dns_failures, 1);
@@ -304,7 +354,9 @@ impl<N: Network> Engine<N> {
         };
         loop {
             let view = rx.borrow_and_update().clone();
-            self.apply_dns(ci, &view);
+            if self.apply_dns(ci, &view) {
+                self.bolt_hosts_changed(ci);
+            }
             if rx.changed().await.is_err() {
                 return;
             }
@@ -313,15 +365,21 @@ impl<N: Network> Engine<N> {
 
     /// Applies a view of cluster `ci` to this worker: hosts in place, stale pooled connections
     /// closed, availability recomputed.
-    pub(crate) fn apply_dns(&self, ci: usize, view: &Arc<DnsView>) {
+    /// Returns whether any host changed.
+    pub(crate) fn apply_dns(&self, ci: usize, view: &Arc<DnsView>) -> bool {
         if let Some(c) = self.stats.cluster(ci) {
             *c.dns
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(view.clone());
         }
-        let changed = self.clusters[ci].borrow_mut().update_hosts(&view.slots);
+        let (changed, refs): (Vec<HostId>, Vec<HostRef>) = {
+            let mut cluster = self.clusters[ci].borrow_mut();
+            let changed = cluster.update_hosts(&view.slots, &view.epochs);
+            let refs = changed.iter().map(|&id| cluster.host_ref(id)).collect();
+            (changed, refs)
+        };
         if changed.is_empty() {
-            return;
+            return false;
         }
         let strict = self.config.clusters[ci].kind == ClusterKind::StrictDns;
         let now = crate::now();
@@ -333,12 +391,13 @@ impl<N: Network> Engine<N> {
             }
             self.publish_host_active(ci, *id);
         }
-        self.health_changed(ci, &changed);
+        self.health_changed(ci, &refs);
+        true
     }
 
-    /// The ids of cluster `ci` whose host changed: their outlier state starts over and the
-    /// availability is recomputed before the next pick.
-    fn health_changed(&self, ci: usize, changed: &[HostId]) {
+    /// The ids of cluster `ci` whose host changed (with their new epochs): their outlier
+    /// state starts over and the availability is recomputed before the next pick.
+    fn health_changed(&self, ci: usize, changed: &[HostRef]) {
         let live = {
             let cluster = self.clusters[ci].borrow();
             (0..cluster.hosts().len())
@@ -403,6 +462,106 @@ clusters:
         assert_eq!(view.slots[1], slots[1]);
         assert_eq!(view.slots[2], slots[2]);
         assert_eq!(view.failing, vec![0, 0]);
+    }
+
+    #[test]
+    fn no_such_name_empties_a_strict_name_and_leaves_a_logical_one_alone() {
+        let config = Config::from_yaml(TWO).unwrap();
+        let strict = config.clusters[0].dns.as_ref().unwrap();
+        let logical = config.clusters[1].dns.as_ref().unwrap();
+        let empty = || Ok(Resolved::default());
+        assert_eq!(
+            outcome(ClusterKind::StrictDns, strict, empty()),
+            Outcome::Answer(Vec::new(), None)
+        );
+        assert_eq!(
+            outcome(ClusterKind::LogicalDns, logical, empty()),
+            Outcome::KeptOnEmpty(None)
+        );
+        // No address of the lookup family is no address (Envoy asks only for that family).
+        let mut v4_only = strict.clone();
+        v4_only.lookup_family = sluice_core::config::DnsLookupFamily::V4Only;
+        let v6 = Resolved {
+            addresses: vec!["[::1]:80".parse().unwrap()],
+            ttl: None,
+        };
+        assert_eq!(
+            outcome(ClusterKind::StrictDns, &v4_only, Ok(v6)),
+            Outcome::Answer(Vec::new(), None)
+        );
+        assert_eq!(
+            outcome(ClusterKind::StrictDns, strict, Err("timeout".into())),
+            Outcome::Failure("timeout".into())
+        );
+        // The resolver's own words for "no such name" and "no address" are empty answers;
+        // a temporary failure is not.
+        for text in crate::net::NO_SUCH_NAME {
+            let e = std::io::Error::other(format!("failed to lookup address information: {text}"));
+            assert!(crate::net::is_no_such_name(&e), "{text}");
+        }
+        let again = std::io::Error::other(
+            "failed to lookup address information: Temporary failure in name resolution",
+        );
+        assert!(!crate::net::is_no_such_name(&again));
+        // The empty answer frees the name's slots.
+        let dns = SharedDns::new(&config);
+        dns.answered(0, 0, vec![addr(1, 80), addr(2, 80)]);
+        let m = dns.answered(0, 0, Vec::new());
+        assert_eq!((m.added, m.removed), (0, 2));
+        assert_eq!(dns.view(0).unwrap().slots, vec![None; 4]);
+    }
+
+    #[test]
+    fn addresses_left_out_are_counted_once_per_answer_not_per_refresh() {
+        let mut last = None;
+        let answer = vec![addr(1, 80), addr(2, 80)];
+        assert_eq!(newly_dropped(&mut last, answer.clone(), 1), 1);
+        assert_eq!(newly_dropped(&mut last, answer.clone(), 1), 0, "a refresh");
+        assert_eq!(newly_dropped(&mut last, answer.clone(), 1), 0, "a refresh");
+        let other = vec![addr(1, 80), addr(3, 80)];
+        assert_eq!(newly_dropped(&mut last, other, 1), 1, "a new answer");
+        assert_eq!(newly_dropped(&mut last, answer, 1), 1, "back again: new");
+    }
+
+    #[test]
+    fn an_engine_made_with_an_inherited_view_counts_results_with_its_epochs() {
+        let config = Arc::new(
+            Config::from_yaml(&TWO.replace(
+                "max_hosts: 4",
+                "max_hosts: 4\n    outlier_detection: { consecutive_5xx: 2, max_ejection_percent: 100 }",
+            ))
+            .unwrap(),
+        );
+        // Slot 0: 10.0.0.1 came, went and came back (epoch 3), as a reload inherits it.
+        let shared = Arc::new(crate::health::SharedHealth::new(&config));
+        shared.dns.answered(0, 0, vec![addr(1, 80)]);
+        shared.dns.answered(0, 0, Vec::new());
+        shared.dns.answered(0, 0, vec![addr(1, 80)]);
+        assert_eq!(shared.dns.view(0).unwrap().epochs[0], 3);
+        let engine = Engine::new_worker(
+            crate::net::TokioNet::default(),
+            config.clone(),
+            0,
+            1,
+            1,
+            Arc::new(crate::stats::WorkerStats::new(&config)),
+            shared,
+            Arc::new(crate::limits::ProcessLimits::new(&config)),
+        )
+        .unwrap();
+        let host = engine.clusters[0].borrow().host_ref(HostId(0));
+        assert_eq!(host.epoch, 3);
+        for _ in 0..2 {
+            engine.report_upstream_result(
+                0,
+                host,
+                sluice_core::health::UpstreamResult::Status(503),
+            );
+        }
+        assert!(
+            engine.health[0].borrow().is_ejected(HostId(0)),
+            "the results of the slot's current host were dropped as stale"
+        );
     }
 
     #[test]

@@ -181,8 +181,12 @@ impl<N: Network> Engine<N> {
         for (ci, wh) in health.iter().enumerate() {
             if let Some(view) = shared_health.dns.view(ci) {
                 let live = view.slots.iter().flatten().count();
-                all_clusters.borrow_mut()[ci].update_hosts(&view.slots);
-                wh.borrow_mut().hosts_replaced(&[], live);
+                let mut all = all_clusters.borrow_mut();
+                let changed = all[ci].update_hosts(&view.slots, &view.epochs);
+                // The outlier detector numbers its hosts as the slots are numbered (a reload
+                // inherits epochs past 0): results taken with those epochs count.
+                let refs: Vec<_> = changed.iter().map(|&id| all[ci].host_ref(id)).collect();
+                wh.borrow_mut().hosts_replaced(&refs, live);
             }
         }
         let mut routers = Vec::with_capacity(config.listeners.len());
@@ -937,6 +941,8 @@ impl<N: Network> Engine<N> {
         while let Some(action) = session.poll_action() {
             match action {
                 Action::Connect { address, host } => {
+                    // The host as picked (nothing awaited since): its results are for it.
+                    let picked = cluster.borrow().host_ref(host);
                     log.upstream = Some(address);
                     bump(&self.stats.upstream_cx_attempts, 1);
                     if let Some(c) = cstats {
@@ -965,7 +971,7 @@ impl<N: Network> Engine<N> {
                     };
                     let failure = match result {
                         Ok(Ok(stream)) => {
-                            self.report_upstream_result(ci, host, UpstreamResult::Success);
+                            self.report_upstream_result(ci, picked, UpstreamResult::Success);
                             session.handle_connected(now(), &mut cluster.borrow_mut());
                             if let Some(h) = self.stats.host(ci, host.index()) {
                                 bump(&h.rq_total, 1);
@@ -1003,7 +1009,7 @@ impl<N: Network> Engine<N> {
                             ConnectFailure::Timeout
                         }
                     };
-                    self.report_upstream_result(ci, host, UpstreamResult::ConnectFailure);
+                    self.report_upstream_result(ci, picked, UpstreamResult::ConnectFailure);
                     self.refresh_availability(ci);
                     session.handle_connect_failed(
                         now(),

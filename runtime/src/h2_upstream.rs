@@ -163,10 +163,20 @@ pub struct H2Pool {
     timeouts: Vec<Duration>,
     /// Connections being established, `[cluster][host]`: a request that finds every
     /// connection full waits for one of these rather than opening its own (a burst opens one
-    /// connection, not one per request).
-    connecting: RefCell<Vec<Vec<usize>>>,
+    /// connection, not one per request). With each count, the host id's generation: moved
+    /// when the id names another host ([`H2Pool::forget_host`]), which forgets the attempts to
+    /// the old one — its requests no longer wait for them.
+    connecting: RefCell<Vec<Vec<Attempts>>>,
     /// Woken when a connection attempt ends (made or failed).
     settled: tokio::sync::Notify,
+}
+
+/// Connection attempts under way to one host id, and the id's generation (see
+/// [`H2Pool::connecting`]).
+#[derive(Clone, Copy, Debug, Default)]
+struct Attempts {
+    generation: u64,
+    count: usize,
 }
 
 /// Counts one connection attempt to a host while alive (see [`H2Pool::connecting`]).
@@ -174,11 +184,19 @@ pub(crate) struct Connecting<'a> {
     pool: &'a H2Pool,
     cluster: usize,
     host: usize,
+    /// The host id's generation when the attempt started: it no longer counts once the id
+    /// names another host.
+    generation: u64,
 }
 
 impl Drop for Connecting<'_> {
     fn drop(&mut self) {
-        self.pool.connecting.borrow_mut()[self.cluster][self.host] -= 1;
+        let mut connecting = self.pool.connecting.borrow_mut();
+        let attempts = &mut connecting[self.cluster][self.host];
+        if attempts.generation == self.generation {
+            attempts.count -= 1;
+        }
+        drop(connecting);
         self.pool.settled.notify_waiters();
     }
 }
@@ -189,7 +207,10 @@ impl H2Pool {
         let (conns, timeouts): (Vec<ClusterConns>, Vec<Duration>) = clusters
             .map(|(n, timeout)| ((0..n).map(|_| Vec::new()).collect(), timeout))
             .unzip();
-        let connecting = conns.iter().map(|hosts| vec![0; hosts.len()]).collect();
+        let connecting = conns
+            .iter()
+            .map(|hosts| vec![Attempts::default(); hosts.len()])
+            .collect();
         H2Pool {
             conns: RefCell::new(conns),
             timeouts,
@@ -201,11 +222,14 @@ impl H2Pool {
     /// Marks a connection attempt to the host until the guard is dropped (after the new
     /// connection is in the pool, or failed).
     pub(crate) fn connecting(&self, cluster: usize, host: usize) -> Connecting<'_> {
-        self.connecting.borrow_mut()[cluster][host] += 1;
+        let mut connecting = self.connecting.borrow_mut();
+        let attempts = &mut connecting[cluster][host];
+        attempts.count += 1;
         Connecting {
             pool: self,
             cluster,
             host,
+            generation: attempts.generation,
         }
     }
 
@@ -222,7 +246,7 @@ impl H2Pool {
             if let Some(c) = self.take(cluster, host, stats) {
                 return Some(c);
             }
-            if self.connecting.borrow()[cluster][host] == 0 {
+            if self.connecting.borrow()[cluster][host].count == 0 {
                 return None;
             }
             // Created before any await: a notification from now on is not missed.
@@ -258,6 +282,13 @@ impl H2Pool {
         if let Some(list) = self.conns.borrow_mut()[cluster].get_mut(host) {
             list.clear();
         }
+        // Attempts to the old host no longer hold the new one's requests back: they open
+        // their own connection (an attempt that finishes is not pooled for the new host).
+        if let Some(attempts) = self.connecting.borrow_mut()[cluster].get_mut(host) {
+            attempts.generation += 1;
+            attempts.count = 0;
+        }
+        self.settled.notify_waiters();
     }
 
     /// Hands a new connection (from [`crate::h2_upstream::handshake`]) to the pool.
@@ -892,5 +923,47 @@ impl Drop for H2Upstream {
         if left == 0 {
             self.conn.idle_since.set(crate::now());
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn requests_stop_waiting_for_a_connect_to_the_host_their_slot_no_longer_names() {
+        let config = sluice_core::config::Config::from_yaml(
+            "listeners: [ { name: t, address: 127.0.0.1:1, tcp_proxy: { cluster: a } } ]\n\
+             clusters: [ { name: a, hosts: [ { address: 127.0.0.1:2 } ] } ]\n",
+        )
+        .unwrap();
+        let stats = WorkerStats::new(&config);
+        let pool = H2Pool::new(std::iter::once((1, Duration::from_secs(60))));
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        let old = pool.connecting(0, 0);
+        // While a connect to the host is under way, a request for it waits for that one.
+        let waited = tokio::time::timeout(
+            Duration::from_millis(20),
+            pool.wait_for_room(0, 0, &stats, deadline),
+        )
+        .await;
+        assert!(waited.is_err(), "did not wait for the connect under way");
+        // A DNS answer gives the id to another host: its requests open their own at once.
+        pool.forget_host(0, 0);
+        let waited = tokio::time::timeout(
+            Duration::from_millis(20),
+            pool.wait_for_room(0, 0, &stats, deadline),
+        )
+        .await;
+        assert!(
+            matches!(waited, Ok(None)),
+            "still waiting for the old host's connect"
+        );
+        // The old attempt ending does not count against the new host's.
+        let new = pool.connecting(0, 0);
+        drop(old);
+        assert_eq!(pool.connecting.borrow()[0][0].count, 1);
+        drop(new);
+        assert_eq!(pool.connecting.borrow()[0][0].count, 0);
     }
 }

@@ -6,7 +6,8 @@
 //!
 //! - **Active health checks run once per process**, on worker 0 (one task per cluster with a
 //!   `health_check`), so a host sees one probe per interval whatever the worker count. Verdicts
-//!   go to [`SharedHealth`]: one `AtomicBool` per host plus a per-cluster generation counter,
+//!   go to [`SharedHealth`]: one word per host (the verdict and the slot epoch of the host it is
+//!   about: see [`SharedHealth::is_healthy_for`]) plus a per-cluster generation counter,
 //!   written only by that task (no lock; readers use relaxed loads).
 //! - **Outlier detection runs per worker**, on the results of that worker's own requests: no
 //!   cross-thread traffic on the data path. The deviation from Envoy (which aggregates every
@@ -32,7 +33,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::time::Duration;
 
 use sluice_core::bolt;
-use sluice_core::cluster::HostId;
+use sluice_core::cluster::{HostId, HostRef};
 use sluice_core::config::{Config, HealthCheckConfig, HealthProbe};
 use sluice_core::health::{
     ActiveHealthChecker, HealthAction, HealthEvent, OutlierDetector, OutlierEvent, ProbeResult,
@@ -51,6 +52,11 @@ use crate::stats::{bump, gauge_add};
 /// Largest probe response read (an HTTP head or a heartbeat reply).
 const MAX_PROBE_RESPONSE: usize = 16 * 1024;
 
+/// A verdict as [`SharedHealth`] stores it: the epoch of the host it is about, and the bit.
+fn verdict_word(epoch: u32, healthy: bool) -> u64 {
+    (u64::from(epoch) << 1) | u64::from(healthy)
+}
+
 /// Health verdicts shared by the workers of one process. See the module doc.
 #[derive(Debug)]
 pub struct SharedHealth {
@@ -64,8 +70,12 @@ pub struct SharedHealth {
 struct ClusterHealth {
     /// The cluster has a `health_check`.
     checked: bool,
-    /// Per host: the active checker's verdict (always true without a health check).
-    healthy: Box<[AtomicBool]>,
+    /// Per host: the active checker's verdict (always true without a health check) and the
+    /// slot epoch of the host it is about, as one word ([`verdict_word`]): a verdict counts
+    /// for a worker's host only while the worker's slot has that epoch, so a refilled slot's
+    /// new host is not healthy until a probe of *it* passed, on any worker, whichever of the
+    /// DNS update and the health task runs first.
+    healthy: Box<[AtomicU64]>,
     /// Bumped after every change of `healthy`.
     generation: AtomicU64,
     /// A worker sent the cluster a request or session (switches probes from
@@ -91,7 +101,7 @@ impl SharedHealth {
                     ClusterHealth {
                         checked,
                         healthy: (0..c.host_slots())
-                            .map(|_| AtomicBool::new(!checked))
+                            .map(|_| AtomicU64::new(verdict_word(0, !checked)))
                             .collect(),
                         generation: AtomicU64::new(0),
                         traffic: AtomicBool::new(false),
@@ -131,8 +141,8 @@ impl SharedHealth {
                     .iter()
                     .position(|o| o.address == h.address)
                 {
-                    let healthy = old.clusters[oi].healthy[ohi].load(Relaxed);
-                    self.clusters[ci].healthy[hi].store(healthy, Relaxed);
+                    let verdict = old.clusters[oi].healthy[ohi].load(Relaxed);
+                    self.clusters[ci].healthy[hi].store(verdict, Relaxed);
                 }
             }
             let traffic = old.clusters[oi].traffic.load(Relaxed);
@@ -155,7 +165,7 @@ impl SharedHealth {
                 .iter()
                 .position(|h| h.address == *host)
             {
-                self.clusters[ci].healthy[hi].store(*healthy, Relaxed);
+                self.clusters[ci].healthy[hi].store(verdict_word(0, *healthy), Relaxed);
             }
         }
     }
@@ -172,7 +182,7 @@ impl SharedHealth {
                 out.push((
                     c.name.clone(),
                     h.address,
-                    self.clusters[ci].healthy[hi].load(Relaxed),
+                    self.clusters[ci].healthy[hi].load(Relaxed) & 1 == 1,
                 ));
             }
         }
@@ -185,13 +195,32 @@ impl SharedHealth {
         self.clusters.get(cluster).is_some_and(|c| c.checked)
     }
 
-    /// The active checker's verdict on a host (true when the cluster is not checked).
+    /// The active checker's last verdict on a host id, whichever host of the slot it was
+    /// about (true when the cluster is not checked). To decide whether a worker may pick the
+    /// host, [`SharedHealth::is_healthy_for`].
     #[must_use]
     pub fn is_healthy(&self, cluster: usize, host: usize) -> bool {
         self.clusters
             .get(cluster)
             .and_then(|c| c.healthy.get(host))
-            .is_none_or(|h| h.load(Relaxed))
+            .is_none_or(|h| h.load(Relaxed) & 1 == 1)
+    }
+
+    /// Whether the active checker found `host` (the slot's host of that epoch) healthy: true
+    /// when the cluster is not checked; false while the last verdict is about another epoch
+    /// (the slot's previous host, or a free slot's stand-in) — a new host is not healthy
+    /// before its own first probe passed, as in Envoy.
+    #[must_use]
+    pub fn is_healthy_for(&self, cluster: usize, host: HostRef) -> bool {
+        let Some(c) = self.clusters.get(cluster) else {
+            return true;
+        };
+        if !c.checked {
+            return true;
+        }
+        c.healthy
+            .get(host.id.index())
+            .is_none_or(|h| h.load(Relaxed) == verdict_word(host.epoch, true))
     }
 
     fn generation(&self, cluster: usize) -> u64 {
@@ -206,9 +235,9 @@ impl SharedHealth {
             .fold(0, u64::wrapping_add)
     }
 
-    fn set_healthy(&self, cluster: usize, host: usize, healthy: bool) {
+    fn set_healthy(&self, cluster: usize, host: usize, epoch: u32, healthy: bool) {
         let c = &self.clusters[cluster];
-        c.healthy[host].store(healthy, Relaxed);
+        c.healthy[host].store(verdict_word(epoch, healthy), Relaxed);
         c.generation.fetch_add(1, Relaxed);
     }
 
@@ -275,13 +304,20 @@ impl WorkerHealth {
 }
 
 impl WorkerHealth {
-    /// DNS: ids now naming another host (or none). Their outlier state starts over (an
-    /// ejection was the old address's) and availability is recomputed before the next pick.
-    pub(crate) fn hosts_replaced(&mut self, ids: &[HostId], live_hosts: usize) {
+    /// Whether this worker's outlier detector has host `id` ejected.
+    #[cfg(test)]
+    pub(crate) fn is_ejected(&self, id: HostId) -> bool {
+        self.outlier.as_ref().is_some_and(|o| o.is_ejected(id))
+    }
+
+    /// DNS: ids now naming another host (or none), with their new epochs. Their outlier
+    /// state starts over (an ejection was the old address's; results of the old epoch still
+    /// arriving are dropped) and availability is recomputed before the next pick.
+    pub(crate) fn hosts_replaced(&mut self, ids: &[HostRef], live_hosts: usize) {
         self.dirty = true;
         if let Some(o) = self.outlier.as_mut() {
             for &id in ids {
-                o.forget_host(id);
+                o.replace_host(id);
             }
             o.set_live_hosts(live_hosts);
         }
@@ -315,8 +351,12 @@ impl<N: Network> Engine<N> {
         let wh = &mut *wh;
         wh.applied_generation = generation;
         wh.dirty = false;
-        for (i, h) in wh.healthy.iter_mut().enumerate() {
-            *h = self.shared_health.is_healthy(ci, i);
+        {
+            let cluster = self.clusters[ci].borrow();
+            for (i, h) in wh.healthy.iter_mut().enumerate() {
+                let host = cluster.host_ref(HostId(i as u32));
+                *h = self.shared_health.is_healthy_for(ci, host);
+            }
         }
         if let Some(o) = &wh.outlier {
             for (i, e) in wh.ejected.iter_mut().enumerate() {
@@ -374,13 +414,18 @@ impl<N: Network> Engine<N> {
         }
     }
 
-    /// Feeds one request (or session) result on `host` to the worker's outlier detector.
-    pub(crate) fn report_upstream_result(&self, ci: usize, host: HostId, result: UpstreamResult) {
+    /// Feeds one request (or session) result on `host` (as it was picked) to the worker's
+    /// outlier detector; the result of a host whose slot has another host by now is dropped
+    /// there (it must not count for the new one).
+    pub(crate) fn report_upstream_result(&self, ci: usize, host: HostRef, result: UpstreamResult) {
         let mut wh = self.health[ci].borrow_mut();
         let Some(o) = wh.outlier.as_mut() else {
             return;
         };
-        o.handle_result(now(), host, result);
+        if !o.handle_result_for(now(), host, result) && !o.is_ejected(host.id) {
+            tracing::debug!(cluster = %self.config.clusters[ci].name, ?host, ?result,
+                "outlier detection: result of a host no longer in its slot, dropped");
+        }
         self.drain_outlier_events(ci, &mut wh);
     }
 
@@ -445,17 +490,34 @@ impl<N: Network> Engine<N> {
         // A DNS cluster's hosts are its slots' addresses, followed here (a free slot is not
         // probed: it "passes" at once, and is never available anyway).
         let mut dns = self.shared_health.dns.subscribe(ci);
-        let mut slots: Vec<Option<std::net::SocketAddr>> = match &dns {
-            Some(rx) => rx
-                .borrow()
-                .slots
-                .iter()
-                .map(|s| s.map(|(a, _)| a))
-                .collect(),
-            None => cluster.hosts.iter().map(|h| Some(h.address)).collect(),
+        let (mut slots, mut epochs): (Vec<Option<std::net::SocketAddr>>, Vec<u32>) = match &dns {
+            Some(rx) => {
+                let view = rx.borrow();
+                (
+                    view.slots.iter().map(|s| s.map(|(a, _)| a)).collect(),
+                    view.epochs.clone(),
+                )
+            }
+            None => (
+                cluster.hosts.iter().map(|h| Some(h.address)).collect(),
+                vec![0; hosts],
+            ),
         };
+        // Slots already numbered (a reload kept the answers): the checker's verdicts are
+        // about those hosts.
+        for (i, &epoch) in epochs.iter().enumerate() {
+            if epoch != 0 {
+                checker.replace_host(
+                    now(),
+                    HostRef {
+                        id: HostId(i as u32),
+                        epoch,
+                    },
+                );
+            }
+        }
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(
-            HostId,
+            HostRef,
             ProbeResult,
             Option<(crate::tls::HandshakeOutcome, std::io::Error)>,
         )>();
@@ -469,9 +531,10 @@ impl<N: Network> Engine<N> {
             checker.set_traffic(self.shared_health.has_traffic(ci));
             while let Some(action) = checker.poll_action() {
                 match action {
-                    HealthAction::Probe { host } => {
+                    HealthAction::Probe { host, epoch } => {
+                        let probed = HostRef { id: host, epoch };
                         let Some(address) = slots[host.index()] else {
-                            let _ = tx.send((host, ProbeResult::Success, None));
+                            let _ = tx.send((probed, ProbeResult::Success, None));
                             continue;
                         };
                         if let Some(s) = self.stats.cluster(ci) {
@@ -497,7 +560,7 @@ impl<N: Network> Engine<N> {
                                 Ok(Err(ProbeFailure::Other)) => (ProbeResult::Failure, None),
                                 Err(_) => (ProbeResult::Timeout, None),
                             };
-                            let _ = tx.send((host, result, tls_failure));
+                            let _ = tx.send((probed, result, tls_failure));
                         }));
                     }
                     HealthAction::Cancel { host } => {
@@ -512,9 +575,11 @@ impl<N: Network> Engine<N> {
                     HealthEvent::BecameHealthy(h) => (h, true),
                     HealthEvent::BecameUnhealthy(h) => (h, false),
                 };
+                let epoch = checker.epoch(host);
                 let Some(address) = slots[host.index()] else {
                     // A free slot: its verdict is never used.
-                    self.shared_health.set_healthy(ci, host.index(), healthy);
+                    self.shared_health
+                        .set_healthy(ci, host.index(), epoch, healthy);
                     continue;
                 };
                 if healthy {
@@ -522,7 +587,8 @@ impl<N: Network> Engine<N> {
                 } else {
                     warn!(cluster = %cluster.name, host = %address, "health check: host unhealthy");
                 }
-                self.shared_health.set_healthy(ci, host.index(), healthy);
+                self.shared_health
+                    .set_healthy(ci, host.index(), epoch, healthy);
                 if let Some(h) = self.stats.host(ci, host.index()) {
                     h.healthy.store(u64::from(healthy), Relaxed);
                 }
@@ -548,10 +614,12 @@ impl<N: Network> Engine<N> {
                     let view = rx.borrow_and_update().clone();
                     for (i, slot) in view.slots.iter().enumerate() {
                         let address = slot.map(|(a, _)| a);
-                        if address != slots[i] {
+                        let epoch = view.epochs[i];
+                        if address != slots[i] || epoch != epochs[i] {
                             slots[i] = address;
-                            checker.replace_host(now(), HostId(i as u32));
-                            self.shared_health.set_healthy(ci, i, false);
+                            epochs[i] = epoch;
+                            checker.replace_host(now(), HostRef { id: HostId(i as u32), epoch });
+                            self.shared_health.set_healthy(ci, i, epoch, false);
                             if let Some(h) = self.stats.host(ci, i) {
                                 h.healthy.store(0, Relaxed);
                             }
@@ -560,7 +628,13 @@ impl<N: Network> Engine<N> {
                 }
                 // The first request: probes go from no_traffic_interval to interval now.
                 () = self.shared_health.clusters[ci].traffic_started.notified(), if quiet => {}
-                Some((host, result, tls_failure)) = rx.recv() => {
+                Some((probed, result, tls_failure)) = rx.recv() => {
+                    let host = probed.id;
+                    if probed.epoch != epochs[host.index()] {
+                        // The slot's previous host answered after the slot changed: its result
+                        // is not the new host's (the checker would drop it too).
+                        continue;
+                    }
                     probes[host.index()] = None;
                     if slots[host.index()].is_none() {
                         // A free slot's stand-in result: not a probe.
@@ -581,7 +655,7 @@ impl<N: Network> Engine<N> {
                     {
                         tls_log.note(&cluster.name, address, *outcome, e);
                     }
-                    checker.handle_probe_result(now(), host, result);
+                    checker.handle_probe_result_for(now(), probed, result);
                 }
                 () = tokio::time::sleep_until(deadline) => checker.handle_timeout(now()),
             }
@@ -829,6 +903,39 @@ mod tests {
             s.write_all(&answer(&buf)).await.unwrap();
         });
         addr
+    }
+
+    #[test]
+    fn a_verdict_counts_only_for_the_host_of_the_slot_epoch_it_was_made_for() {
+        let config = Config::from_yaml(
+            r#"
+listeners:
+  - { name: t, address: 127.0.0.1:1, tcp_proxy: { cluster: a } }
+clusters:
+  - name: a
+    type: strict_dns
+    max_hosts: 2
+    health_check: { tcp: {} }
+    hosts: [ { address: "a.example:80" } ]
+"#,
+        )
+        .unwrap();
+        let shared = SharedHealth::new(&config);
+        let slot = |epoch| HostRef {
+            id: HostId(0),
+            epoch,
+        };
+        // A free slot's stand-in probe "passes" (epoch 0); the slot is then filled (epoch 1):
+        // the new host is not healthy on any worker before its own probe passed.
+        shared.set_healthy(0, 0, 0, true);
+        assert!(shared.is_healthy_for(0, slot(0)));
+        assert!(!shared.is_healthy_for(0, slot(1)));
+        shared.set_healthy(0, 0, 1, true);
+        assert!(shared.is_healthy_for(0, slot(1)));
+        // A late verdict about the old host (the health task had not seen the change yet)
+        // does not make the slot's next host healthy either.
+        shared.set_healthy(0, 0, 1, true);
+        assert!(!shared.is_healthy_for(0, slot(2)));
     }
 
     fn http_head_done(b: &[u8]) -> bool {

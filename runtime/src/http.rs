@@ -38,6 +38,7 @@ use std::time::{Duration, SystemTime};
 use sluice_core::config::http::{ForwardAction, HttpCodec, HttpConfig, PathMatch, RouteAction};
 use sluice_core::config::{ListenerConfig, UpstreamProtocol};
 use sluice_core::health::{Permit, Resource, UpstreamResult};
+use sluice_core::host::HostRef;
 use sluice_core::http1::conn::{ConnectionPolicy, ConnectionSettings, Expired, keeps_alive};
 use sluice_core::http1::{
     BodyFraming, Chunked, ChunkedDecoder, Head, HeadEdits, HttpError, Limits, Method, ParseStatus,
@@ -334,6 +335,10 @@ struct StreamGuard {
     /// A new connection's max_connections unit, between the stream handing it over and the
     /// connection taking it.
     connection_permit: Option<Permit>,
+    /// The host of the latest try as it was picked (id and slot epoch): what the try's
+    /// results and its connection are for, even if a DNS answer gives the slot to another
+    /// host before they come back.
+    picked: Option<HostRef>,
 }
 
 impl StreamGuard {
@@ -342,6 +347,7 @@ impl StreamGuard {
             stream,
             cluster: cluster.clone(),
             connection_permit: None,
+            picked: None,
         }
     }
 
@@ -1378,6 +1384,9 @@ impl<N: Network> Engine<N> {
                     continue;
                 }
             };
+            let picked = stream
+                .picked
+                .unwrap_or_else(|| self.clusters[ci].borrow().host_ref(host));
             let try_start = now();
             scratch.tries += 1;
             last_host = Some(host);
@@ -1472,10 +1481,7 @@ impl<N: Network> Engine<N> {
                             let conn = UpstreamConn::new(s, &self.stats, ci, host.index(), unit);
                             if http2 {
                                 let timer = deadline_of(stream.poll_timeout());
-                                match self
-                                    .open_http2(ci, host.index(), conn, tls_cluster, timer)
-                                    .await
-                                {
+                                match self.open_http2(ci, picked, conn, tls_cluster, timer).await {
                                     Some(Ok(up)) => up,
                                     Some(Err(())) => {
                                         step = self.stream_input(
@@ -1613,7 +1619,7 @@ impl<N: Network> Engine<N> {
                     continue;
                 }
             };
-            self.report_upstream_result(ci, host, UpstreamResult::Status(status));
+            self.report_upstream_result(ci, picked, UpstreamResult::Status(status));
             if let Some(c) = cstats {
                 let class = (status / 100).clamp(1, 5) as usize - 1;
                 bump(&c.upstream_rq_by_class[class], 1);
@@ -1737,7 +1743,7 @@ impl<N: Network> Engine<N> {
                         UpstreamResult::Reset,
                     )
                 };
-                self.report_upstream_result(ci, host, result);
+                self.report_upstream_result(ci, picked, result);
                 if body.is_none() {
                     bump(&self.stats.http_upstream_timeouts, 1);
                     if let Some(c) = cstats {
@@ -1757,7 +1763,15 @@ impl<N: Network> Engine<N> {
                 && rhead.keep_alive()
                 && !matches!(rhead.framing(), BodyFraming::CloseDelimited)
                 && ubuf.is_empty();
-            if reuse_up && let Upstream::Http1(up) = up {
+            // A connection to a host whose slot has another host by now (a DNS answer moved it
+            // while this request was in flight) is closed, never pooled under the slot: the
+            // pool holds only connections to the slots' current hosts (an answer that moves a
+            // slot empties its idle list), so a checkout needs no check of its own.
+            let current = destination.is_some() || self.clusters[ci].borrow().is_current(picked);
+            if reuse_up
+                && current
+                && let Upstream::Http1(up) = up
+            {
                 match destination {
                     None => self.pool.put(ci, host.index(), up, now()),
                     Some(d) => self.pool.put_to(ci, d, up, now()),
@@ -1780,7 +1794,7 @@ impl<N: Network> Engine<N> {
     async fn open_http2(
         &self,
         ci: usize,
-        host: usize,
+        host: HostRef,
         conn: UpstreamConn<MaybeTls<N::Stream>>,
         tls: bool,
         timer: TokioInstant,
@@ -1797,7 +1811,12 @@ impl<N: Network> Engine<N> {
         };
         Some(match handshake {
             Ok(c) => {
-                self.h2_pool.put(ci, host, c.clone());
+                // Pooled only if the slot still has the host it was made for (the connect or
+                // handshake may have outlasted a DNS answer that moved the slot): otherwise it
+                // serves this request alone, and closes with it.
+                if self.clusters[ci].borrow().is_current(host) {
+                    self.h2_pool.put(ci, host.id.index(), c.clone());
+                }
                 Ok(Upstream::Http2(Box::new(H2Upstream::new(
                     c,
                     &self.stats,
@@ -1866,18 +1885,23 @@ impl<N: Network> Engine<N> {
                         bump(&c.upstream_rq_retry_overflow, 1);
                     }
                 }
-                StreamEvent::Exchange(e) => self.observe_exchange_event(ci, e),
+                StreamEvent::Exchange(e) => self.observe_exchange_event(ci, e, stream.picked),
                 StreamEvent::Admitted
                 | StreamEvent::TryStarted { .. }
                 | StreamEvent::ResponseStarted { .. }
                 | StreamEvent::Finished { .. } => {}
             }
         }
+        // A pick: the host as it is now (nothing awaited since the core picked it).
+        if let Some(Output::Connect { host, .. }) = &action {
+            stream.picked = Some(stream.cluster.borrow().host_ref(*host));
+        }
         action
     }
 
-    /// Counts what the exchange says happened and feeds outlier detection from it.
-    fn observe_exchange_event(&self, ci: usize, event: ExchangeEvent) {
+    /// Counts what the exchange says happened and feeds outlier detection from it (`picked`:
+    /// the latest try's host as it was picked, whose epoch the result carries).
+    fn observe_exchange_event(&self, ci: usize, event: ExchangeEvent, picked: Option<HostRef>) {
         let cstats = self.stats.cluster(ci);
         match event {
             ExchangeEvent::ConnectFailed { host } => {
@@ -1909,6 +1933,9 @@ impl<N: Network> Engine<N> {
             | ExchangeEvent::UpstreamRefused { .. } => {}
         }
         if let Some((host, result)) = event.upstream_result() {
+            let host = picked
+                .filter(|p| p.id == host)
+                .unwrap_or_else(|| self.clusters[ci].borrow().host_ref(host));
             self.report_upstream_result(ci, host, result);
         }
     }

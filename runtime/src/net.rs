@@ -93,14 +93,38 @@ pub struct Resolved {
 /// The system's resolver: `getaddrinfo` (tokio's `lookup_host`) on tokio's blocking pool, so
 /// the worker's event loop never waits for it. It honours `/etc/hosts`, `resolv.conf` (search
 /// domains, which Kubernetes' short names rely on) and nsswitch, and reports no TTL.
+///
+/// A name that does not exist (`EAI_NONAME`: NXDOMAIN) or has no address (`EAI_NODATA`) is a
+/// successful answer with no address, as Envoy treats them; any other error (`EAI_AGAIN`, a
+/// resolver that cannot be reached) is a failure.
 pub async fn getaddrinfo(name: String, port: u16) -> io::Result<Resolved> {
-    let addresses: Vec<SocketAddr> = tokio::net::lookup_host((name.as_str(), port))
-        .await?
-        .collect();
+    let addresses: Vec<SocketAddr> = match tokio::net::lookup_host((name.as_str(), port)).await {
+        Ok(found) => found.collect(),
+        Err(e) if is_no_such_name(&e) => Vec::new(),
+        Err(e) => return Err(e),
+    };
     Ok(Resolved {
         addresses,
         ttl: None,
     })
+}
+
+/// `gai_strerror`'s text for `EAI_NONAME` and `EAI_NODATA` (glibc, then musl): the standard
+/// library's lookup error carries only that text (`failed to lookup address information:
+/// TEXT`), not the code. The process never calls `setlocale`, so the texts are these.
+pub const NO_SUCH_NAME: [&str; 4] = [
+    "Name or service not known",
+    "No address associated with hostname",
+    "Name does not resolve",
+    "Name has no usable address",
+];
+
+/// Whether a lookup error says the name does not exist or has no address (see
+/// [`NO_SUCH_NAME`]).
+#[must_use]
+pub fn is_no_such_name(e: &io::Error) -> bool {
+    let text = e.to_string();
+    NO_SUCH_NAME.iter().any(|m| text.ends_with(m))
 }
 
 /// Real sockets through tokio.

@@ -894,17 +894,17 @@ counters! {
                 "Times a worker entered panic mode (too few available hosts) for the cluster.",
             )
             .stats("lb_healthy_panic");
-        /// DNS resolutions of the cluster's names that answered (counted on worker 0, which
-        /// resolves for the process).
+        /// DNS resolutions of the cluster's names that answered, an answer with no address
+        /// (NXDOMAIN) included (counted on worker 0, which resolves for the process).
         upstream_dns_resolutions: AtomicU64, counter
             => Metric::counter(
                 "sluice_upstream_dns_resolutions_total",
-                "DNS resolutions of a strict_dns or logical_dns cluster's names that answered.",
+                "DNS resolutions of a strict_dns or logical_dns cluster's names that answered (NXDOMAIN, an answer with no address, included).",
             )
             .stats("upstream_dns.resolutions")
             .stats_for(Shown::WithDns);
-        /// DNS resolutions that failed (error, timeout, or no address of the lookup family):
-        /// the last answer is kept.
+        /// DNS resolutions that failed (an error other than "no such name", or a timeout): the
+        /// last answer is kept.
         upstream_dns_failures: AtomicU64, counter
             => Metric::counter(
                 "sluice_upstream_dns_failures_total",
@@ -920,11 +920,12 @@ counters! {
             )
             .stats("upstream_dns.host_changes")
             .stats_for(Shown::WithDns);
-        /// Addresses left out because the cluster's `max_hosts` slots were taken.
+        /// Addresses left out because the cluster's `max_hosts` slots were taken (counted
+        /// when a name's answer changes, not again at every refresh of the same answer).
         upstream_dns_hosts_dropped: AtomicU64, counter
             => Metric::counter(
                 "sluice_upstream_dns_hosts_dropped_total",
-                "Resolved addresses left out because every one of max_hosts was taken.",
+                "Resolved addresses left out because every one of max_hosts was taken (once per new answer, not per refresh).",
             )
             .stats("upstream_dns.hosts_dropped")
             .stats_for(Shown::WithDns);

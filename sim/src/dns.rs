@@ -4,8 +4,11 @@
 //!
 //! The name first answers `{up1, up2}`; at `t_add` it answers `{up1, up2, up3}` (a host added);
 //! from `t_fail` the lookups fail (the last answer must be kept); at `t_remove` it answers
-//! `{up2, up3}` (up1 removed — up1 itself stays up, so a request sent to it still completes).
-//! Every upstream stays alive: no request has a reason to fail.
+//! `{up2, up3, up4}` (up1 removed — up1 itself stays up, so a request sent to it still
+//! completes — and up4 added). The cluster has `max_hosts: 3`, so up4 takes the slot up1 had
+//! (host id 0) at once, while up1 still has requests in flight on kept-alive connections: the
+//! case of a slot reused while its old host is busy. Every upstream stays alive: no request
+//! has a reason to fail.
 //!
 //! Invariants checked after every run:
 //!
@@ -15,8 +18,14 @@
 //! 3. the last answer is kept on failure: up1, up2 and up3 all receive requests while the lookups
 //!    fail (between `t_fail` + a refresh and `t_remove`), and the failures are counted;
 //! 4. none reaches the removed host once its connections drained: up1 receives no request
-//!    later than `t_remove` + a refresh + [`DRAIN_MARGIN`];
-//! 5. the cluster's host changes were counted (first answer, add, remove), and at the end the
+//!    later than `t_remove` + a refresh + [`DRAIN_MARGIN`] — in particular every request
+//!    picked for slot 0 after up4 took it reaches up4, the address the slot had when the
+//!    request was picked: a connection to up1 that finished its request after the change is
+//!    not pooled under the slot (with the slot epoch check disabled, up1's kept-alive
+//!    connections serve slot 0's requests until the end of the run);
+//! 5. the host that took the freed slot serves: up4 receives requests after `t_remove`, none
+//!    before;
+//! 6. the cluster's host changes were counted (first answer, add, remove), and at the end the
 //!    sidecar has no open connection left.
 
 use std::cell::RefCell;
@@ -39,7 +48,7 @@ use crate::topology::{
 };
 use crate::trace::Trace;
 
-const UPSTREAMS: [&str; 3] = ["up1", "up2", "up3"];
+const UPSTREAMS: [&str; 4] = ["up1", "up2", "up3", "up4"];
 /// The name the cluster resolves.
 const NAME: &str = "app.sim.internal";
 const LISTEN_PORT: u16 = 10_000;
@@ -89,6 +98,7 @@ listeners:
 clusters:
   - name: app
     type: strict_dns
+    max_hosts: 3
     dns_refresh_rate: {REFRESH_MS}ms
     connect_timeout: 300ms
     hosts:
@@ -150,9 +160,13 @@ pub fn run(seed: u64) -> RunReport {
     let t = trace.clone();
     run_to_end(&mut sim, &mut violations, |_, now| {
         let answers: [(Duration, Option<Vec<IpAddr>>, &str); 3] = [
-            (at.add, Some(ips.clone()), "answers up1, up2, up3"),
+            (at.add, Some(ips[..3].to_vec()), "answers up1, up2, up3"),
             (at.fail, None, "fails"),
-            (at.remove, Some(vec![ips[1], ips[2]]), "answers up2, up3"),
+            (
+                at.remove,
+                Some(vec![ips[1], ips[2], ips[3]]),
+                "answers up2, up3, up4",
+            ),
         ];
         while step < answers.len() && now >= answers[step].0 {
             let (_, answer, what) = &answers[step];
@@ -216,7 +230,7 @@ fn check(w: &World, stats: Option<&DetailedSnapshot>, at: &Schedule, violations:
         ));
     }
     // While the lookups fail the last answer (all three) stays.
-    for (host, name) in UPSTREAMS.iter().enumerate() {
+    for (host, name) in UPSTREAMS.iter().enumerate().take(3) {
         if received(host, at.fail + refresh, at.remove) == 0 {
             violations.push(format!(
                 "{name} received nothing while the lookups failed ({:?}..{:?}): the last answer \
@@ -225,6 +239,15 @@ fn check(w: &World, stats: Option<&DetailedSnapshot>, at: &Schedule, violations:
                 at.remove
             ));
         }
+    }
+    if received(3, at.remove, TRAFFIC_UNTIL + refresh) == 0 {
+        violations.push(format!(
+            "up4, which took up1's slot at {:?}, received no request",
+            at.remove
+        ));
+    }
+    if received(3, Duration::ZERO, at.remove) > 0 {
+        violations.push("up4 received a request before it was in an answer".into());
     }
     let drained = at.remove + refresh + DRAIN_MARGIN;
     let late = received(0, drained, Duration::MAX);

@@ -122,7 +122,7 @@ use crate::time::Instant;
 use super::router::BoltRouter;
 use super::{CMD_HEARTBEAT, Frame, Kind, PROTOCOL_V1, PROTOCOL_V2, ResponseStatus, Version};
 use super::{encode_response, request_id_offset};
-use crate::cluster::{ClusterState, HostId};
+use crate::cluster::{ClusterState, HostId, HostRef};
 use crate::config::{ClusterKind, Config, HashPolicy, ListenerFilter};
 use crate::health::{Permit, Resource};
 use crate::lb::request_hash;
@@ -218,8 +218,9 @@ pub enum Action {
         up: UpstreamId,
         /// Index in `Config::clusters`.
         cluster: usize,
-        /// The host.
-        host: HostId,
+        /// The host, with its slot's epoch (a DNS cluster's slot may have another host by the
+        /// time the connection reports: its results are for this one).
+        host: HostRef,
         /// The host's address.
         address: SocketAddr,
     },
@@ -260,6 +261,9 @@ pub struct BoltStats {
     pub no_original_dst: u64,
     /// Destination connections closed idle (or evicted for a new destination).
     pub destinations_closed: u64,
+    /// Connections to a host whose slot has another host now (a DNS answer moved it), closed
+    /// once idle ([`BoltProxy::close_stale_upstreams`]).
+    pub stale_closed: u64,
     /// Status 4 replies.
     pub overflow: u64,
     /// Status 7 replies.
@@ -287,14 +291,16 @@ struct Downstream {
     in_flight: usize,
 }
 
-/// What an upstream connection is for: a host of a cluster, and for an `original_dst`
-/// cluster's placeholder host, the destination.
-type UpstreamKey = (usize, HostId, Option<SocketAddr>);
+/// What an upstream connection is for: a host of a cluster — the host, not the slot: with the
+/// slot's epoch, so that when a DNS answer gives the slot to another address, that host's
+/// requests open a connection of their own rather than go to the old address — and for an
+/// `original_dst` cluster's placeholder host, the destination.
+type UpstreamKey = (usize, HostRef, Option<SocketAddr>);
 
 #[derive(Debug)]
 struct Upstream {
     cluster: usize,
-    host: HostId,
+    host: HostRef,
     /// `Some` for a connection to an original destination.
     destination: Option<SocketAddr>,
     /// A destination connection: when it last had a request forwarded or answered (its idle
@@ -577,7 +583,8 @@ impl BoltProxy {
                 }
             }
         };
-        let key = (cluster, host, destination);
+        let picked = state.host_ref(host);
+        let key = (cluster, picked, destination);
         let existing = self.by_host.get(&key).copied();
         // A new destination past the bound: the one idle the longest makes room, if any.
         if existing.is_none()
@@ -605,7 +612,7 @@ impl BoltProxy {
                         up,
                         Upstream {
                             cluster,
-                            host,
+                            host: picked,
                             destination,
                             last_used: now,
                             connected: false,
@@ -622,7 +629,7 @@ impl BoltProxy {
                     self.actions.push_back(Action::Connect {
                         up,
                         cluster,
-                        host,
+                        host: picked,
                         address: destination.unwrap_or(state.host(host).address),
                     });
                     up
@@ -775,11 +782,12 @@ impl BoltProxy {
             self.stats.responses_dropped += 1;
             return UpstreamVerdict::Drop;
         };
-        let (cluster, host) = (u.cluster, u.host);
+        let (cluster, host) = (u.cluster, u.host.id);
         if let Some(at) = s.deadline {
             self.timers.remove(&(at, up, frame.request_id));
         }
         let down = end_stream(&mut self.downstreams, clusters, cluster, host, s);
+        self.close_if_stale_and_idle(up, clusters);
         match down {
             Some((down, request_id, _, _)) => {
                 self.stats.responses += 1;
@@ -811,7 +819,7 @@ impl BoltProxy {
                     self.timers.remove(&(at, up, id));
                 }
                 if let Some((down, request_id, version, codec)) =
-                    end_stream(&mut self.downstreams, clusters, u.cluster, u.host, s)
+                    end_stream(&mut self.downstreams, clusters, u.cluster, u.host.id, s)
                 {
                     self.stats.upstream_lost += 1;
                     self.actions.push_back(Action::Reply(ProxyReply {
@@ -904,20 +912,57 @@ impl BoltProxy {
     /// Forgets destination connection `up` (no stream in flight) and tells the driver to close
     /// it.
     fn close_destination(&mut self, up: UpstreamId, clusters: &mut [ClusterState]) {
+        self.close_idle(up, clusters);
+    }
+
+    /// Forgets connection `up` (no stream in flight: a destination connection, or one to a
+    /// host that left its slot), gives its `max_connections` unit back, and tells the driver
+    /// to close it.
+    fn close_idle(&mut self, up: UpstreamId, clusters: &mut [ClusterState]) {
         let Some(u) = self.upstreams.remove(&up) else {
             return;
         };
-        debug_assert!(
-            u.streams.is_empty(),
-            "closing a busy destination connection"
-        );
+        debug_assert!(u.streams.is_empty(), "closing a busy upstream connection");
         self.by_host.remove(&(u.cluster, u.host, u.destination));
         self.idle_timers.retain(|&(_, t)| t != up);
         if let Some(c) = clusters.get_mut(u.cluster) {
             c.breakers_mut().release(u.permit);
         }
-        self.stats.destinations_closed += 1;
+        if u.destination.is_some() {
+            self.stats.destinations_closed += 1;
+        } else {
+            self.stats.stale_closed += 1;
+        }
         self.actions.push_back(Action::Close { up });
+    }
+
+    /// Cluster `cluster`'s hosts changed (a DNS answer): its idle connections to hosts whose
+    /// slot has another host now are closed ([`Action::Close`]); a busy one closes when its
+    /// last stream ends. (No request goes on them either way: connections are kept per host
+    /// *and* slot epoch.) Returns how many were closed now.
+    pub fn close_stale_upstreams(
+        &mut self,
+        cluster: usize,
+        clusters: &mut [ClusterState],
+    ) -> usize {
+        let Some(state) = clusters.get(cluster) else {
+            return 0;
+        };
+        let stale: Vec<UpstreamId> = self
+            .upstreams
+            .iter()
+            .filter(|(_, u)| {
+                u.cluster == cluster
+                    && u.destination.is_none()
+                    && u.streams.is_empty()
+                    && !state.is_current(u.host)
+            })
+            .map(|(&up, _)| up)
+            .collect();
+        for &up in &stale {
+            self.close_idle(up, clusters);
+        }
+        stale.len()
     }
 
     fn expire_requests(&mut self, now: Instant, clusters: &mut [ClusterState]) {
@@ -932,7 +977,7 @@ impl BoltProxy {
             let Some(s) = u.streams.remove(&id) else {
                 continue;
             };
-            let (cluster, host) = (u.cluster, u.host);
+            let (cluster, host) = (u.cluster, u.host.id);
             if let Some((down, request_id, version, codec)) =
                 end_stream(&mut self.downstreams, clusters, cluster, host, s)
             {
@@ -945,6 +990,23 @@ impl BoltProxy {
                     status: ResponseStatus::Timeout,
                 }));
             }
+            self.close_if_stale_and_idle(up, clusters);
+        }
+    }
+
+    /// Closes `up` if it has no stream left and goes to a host that left its slot (a DNS
+    /// answer moved it): nothing else will go on it.
+    fn close_if_stale_and_idle(&mut self, up: UpstreamId, clusters: &mut [ClusterState]) {
+        let Some(u) = self.upstreams.get(&up) else {
+            return;
+        };
+        if u.streams.is_empty()
+            && u.destination.is_none()
+            && clusters
+                .get(u.cluster)
+                .is_some_and(|c| !c.is_current(u.host))
+        {
+            self.close_idle(up, clusters);
         }
     }
 
@@ -985,9 +1047,10 @@ impl BoltProxy {
         self.upstreams.get(&up).and_then(|u| u.destination)
     }
 
-    /// The cluster, host and connectedness of an upstream connection.
+    /// The cluster, host (as picked: id and slot epoch) and connectedness of an upstream
+    /// connection.
     #[must_use]
-    pub fn upstream(&self, up: UpstreamId) -> Option<(usize, HostId, bool)> {
+    pub fn upstream(&self, up: UpstreamId) -> Option<(usize, HostRef, bool)> {
         self.upstreams
             .get(&up)
             .map(|u| (u.cluster, u.host, u.connected))

@@ -161,7 +161,10 @@ impl Serialize for ClusterConfig {
             m.put("dns_refresh_rate", &format_duration(dns.refresh_rate))?;
             m.put("respect_dns_ttl", &dns.respect_dns_ttl)?;
             m.put("dns_lookup_family", &dns.lookup_family)?;
-            m.put("max_hosts", &dns.max_hosts)?;
+            // (`logical_dns` refuses it: one host per name.)
+            if self.kind == ClusterKind::StrictDns {
+                m.put("max_hosts", &dns.max_hosts)?;
+            }
         }
         m.0.end()
     }

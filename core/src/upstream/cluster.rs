@@ -14,12 +14,18 @@
 //! slot is never available to the balancer, whatever health checking says (the verdict is
 //! kept for when the slot is filled), and a host that stays keeps its id and every per-id
 //! state; `active` is untouched (a removed host's connections finish and still `end`).
+//!
+//! Each slot has an epoch ([`crate::host`]: bumped whenever the slot's address changes; 0
+//! forever in a static cluster). [`ClusterState::host_ref`] names the host a pick got, and
+//! [`ClusterState::is_current`] says whether a [`HostRef`] still names the slot's host: the
+//! test every user of a host id applies to what outlived the pick (a pooled connection, a
+//! request's result) before it counts for the slot.
 
 use crate::config::{ClusterConfig, LbPolicy};
 use crate::health::{Availability, CircuitBreakers};
 // The host types are their own module, below the balancers and health checking (which work on
 // hosts and host ids) and this module (which owns them); re-exported at their old paths.
-pub use crate::host::{Host, HostId, Slot};
+pub use crate::host::{Host, HostId, HostRef, Slot};
 use crate::lb::Balancer;
 use crate::rng::Rng;
 
@@ -38,6 +44,8 @@ pub struct ClusterState {
     /// Per host: the availability health checking and outlier detection decided (a free
     /// slot's host is unavailable whatever this says).
     wanted: Vec<bool>,
+    /// Per host: its slot's epoch (see [`crate::host`]).
+    epochs: Vec<u32>,
     balancer: Balancer,
     /// `ring_hash`'s minimum ring size, to rebuild the balancer when the hosts change.
     minimum_ring_size: u32,
@@ -85,10 +93,12 @@ impl ClusterState {
                 .collect();
         }
         let present = vec![!cfg.kind.is_dns(); hosts.len()];
-        let balancer = Balancer::for_hosts(cfg.lb_policy, &hosts, cfg.minimum_ring_size);
+        let balancer =
+            Balancer::for_present_hosts(cfg.lb_policy, &hosts, &present, cfg.minimum_ring_size);
         ClusterState {
             name: cfg.name.clone(),
             wanted: vec![true; hosts.len()],
+            epochs: vec![0; hosts.len()],
             present,
             hosts,
             balancer,
@@ -125,6 +135,12 @@ impl ClusterState {
     #[must_use]
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// The balancer (to inspect it: how many points `ring_hash`'s ring has).
+    #[must_use]
+    pub fn balancer(&self) -> &Balancer {
+        &self.balancer
     }
 
     /// The balancing policy.
@@ -185,6 +201,34 @@ impl ClusterState {
         }
     }
 
+    /// Host `id` as it is now: its id and its slot's epoch (what whatever outlives a pick
+    /// keeps, to be checked with [`ClusterState::is_current`]). An id that is no host of the
+    /// cluster (`tcp_proxy`'s [`crate::tcp_proxy::DIRECT_HOST`]) has epoch 0 forever.
+    #[must_use]
+    pub fn host_ref(&self, id: HostId) -> HostRef {
+        HostRef {
+            id,
+            epoch: self.epochs.get(id.index()).copied().unwrap_or(0),
+        }
+    }
+
+    /// Whether `host` still names its slot's host: the slot's epoch has not moved since. A
+    /// result, probe verdict or connection for a stale one is the old host's and must not
+    /// count for (or serve) the slot's new host. (An id that is no host of the cluster never
+    /// changes: current.)
+    #[must_use]
+    pub fn is_current(&self, host: HostRef) -> bool {
+        self.epochs
+            .get(host.id.index())
+            .is_none_or(|&e| e == host.epoch)
+    }
+
+    /// The slots' epochs, one per host id.
+    #[must_use]
+    pub fn epochs(&self) -> &[u32] {
+        &self.epochs
+    }
+
     /// Whether host `id`'s slot holds an address (always, except in a DNS cluster).
     #[must_use]
     pub fn is_present(&self, id: HostId) -> bool {
@@ -204,19 +248,35 @@ impl ClusterState {
     /// Puts `slots` (one per host id; extra ones are ignored, missing ones are free) in
     /// place: a host whose address stays keeps everything; a filled slot's host is available
     /// as far as health checking said for its id; a freed one is never picked again (its
-    /// connections finish). The balancer is rebuilt when anything changed. Returns the ids
-    /// whose address changed (filled, moved or freed): whatever the caller keeps per id for
-    /// the old address (idle pooled connections) is stale.
-    pub fn update_hosts(&mut self, slots: &[Slot]) -> Vec<HostId> {
+    /// connections finish). The balancer is rebuilt when anything changed.
+    ///
+    /// `epochs` are the slots' epochs as whoever made `slots` numbered them
+    /// ([`crate::host::advance_epochs`]; every worker applies the same numbers, even when it
+    /// skipped an intermediate host set); when it is empty, a slot whose address changed gets
+    /// its epoch bumped here. A slot whose epoch moves is changed even if its address is the
+    /// one it had (the address left and came back meanwhile).
+    ///
+    /// Returns the ids whose host changed (filled, moved or freed): whatever the caller keeps
+    /// per id for the old host (idle pooled connections) is stale, as is every [`HostRef`]
+    /// taken before.
+    pub fn update_hosts(&mut self, slots: &[Slot], epochs: &[u32]) -> Vec<HostId> {
         let mut gone = Vec::new();
         let mut changed = false;
         for i in 0..self.hosts.len() {
             let slot = slots.get(i).copied().flatten();
             let host = &mut self.hosts[i];
             let was = self.present[i].then_some(host.address);
+            let moved = was != slot.map(|s| s.0);
+            let epoch = match epochs.get(i) {
+                Some(&e) => e,
+                None if moved => self.epochs[i].wrapping_add(1),
+                None => self.epochs[i],
+            };
+            let renumbered = epoch != self.epochs[i];
+            self.epochs[i] = epoch;
             match slot {
                 Some((address, weight)) => {
-                    if was != Some(address) {
+                    if moved || renumbered {
                         gone.push(HostId(i as u32));
                         host.address = address;
                         host.swrr_current = 0;
@@ -228,7 +288,7 @@ impl ClusterState {
                         changed = true;
                     }
                 }
-                None if was.is_some() => {
+                None if was.is_some() || renumbered => {
                     self.present[i] = false;
                     gone.push(HostId(i as u32));
                     changed = true;
@@ -242,7 +302,12 @@ impl ClusterState {
             }
         }
         if changed {
-            self.balancer = Balancer::for_hosts(self.policy(), &self.hosts, self.minimum_ring_size);
+            self.balancer = Balancer::for_present_hosts(
+                self.policy(),
+                &self.hosts,
+                &self.present,
+                self.minimum_ring_size,
+            );
         }
         gone
     }
@@ -317,8 +382,11 @@ mod tests {
             assert_eq!(c.pick(&mut rng, &[]), None);
 
             let first = merge_answer(&c.slots(), &[(addr(1), 1), (addr(2), 1)]);
-            assert_eq!(c.update_hosts(&first.slots), vec![HostId(0), HostId(1)]);
-            assert!(c.update_hosts(&first.slots).is_empty());
+            assert_eq!(
+                c.update_hosts(&first.slots, &[]),
+                vec![HostId(0), HostId(1)]
+            );
+            assert!(c.update_hosts(&first.slots, &[]).is_empty());
             c.begin(HostId(0));
             c.set_available(HostId(1), false); // ejected: stays so across the update
             for _ in 0..20 {
@@ -326,7 +394,10 @@ mod tests {
             }
             // 2 stays (still ejected), 1 goes (its request still in flight), 3 comes.
             let second = merge_answer(&c.slots(), &[(addr(2), 1), (addr(3), 1)]);
-            assert_eq!(c.update_hosts(&second.slots), vec![HostId(0), HostId(2)]);
+            assert_eq!(
+                c.update_hosts(&second.slots, &[]),
+                vec![HostId(0), HostId(2)]
+            );
             assert_eq!(c.host(HostId(1)).address, addr(2));
             assert!(!c.host(HostId(1)).available);
             assert_eq!(c.host(HostId(0)).active, 1);
@@ -342,6 +413,114 @@ mod tests {
                 "{policy:?}"
             );
             assert_eq!(c.available_count(), 2);
+        }
+    }
+
+    #[test]
+    fn a_refilled_slot_gets_a_new_epoch_and_old_refs_are_stale() {
+        let mut c = ClusterState::from_config(&dns_cluster(LbPolicy::RoundRobin));
+        let first = merge_answer(&c.slots(), &[(addr(1), 1)]);
+        c.update_hosts(&first.slots, &[]);
+        let old = c.host_ref(HostId(0));
+        assert!(c.is_current(old));
+        // 1 goes, then 2 comes and takes slot 0 again.
+        let gone = merge_answer(&c.slots(), &[]);
+        c.update_hosts(&gone.slots, &[]);
+        let refill = merge_answer(&c.slots(), &[(addr(2), 1)]);
+        c.update_hosts(&refill.slots, &[]);
+        assert_eq!(c.host(HostId(0)).address, addr(2));
+        assert!(!c.is_current(old), "slot 0 names 10.0.0.2 now");
+        assert!(c.is_current(c.host_ref(HostId(0))));
+        // Epochs numbered elsewhere (a worker that skipped the middle set): same address, new
+        // epoch, still a change.
+        let skipped = ClusterState::from_config(&dns_cluster(LbPolicy::RoundRobin));
+        let mut skipped = skipped;
+        skipped.update_hosts(&first.slots, &[1, 0, 0, 0]);
+        let before = skipped.host_ref(HostId(0));
+        let changed = skipped.update_hosts(&first.slots, &[3, 0, 0, 0]);
+        assert_eq!(changed, vec![HostId(0)]);
+        assert!(!skipped.is_current(before));
+        // A static cluster's epochs stay 0.
+        let fixed = ClusterState::from_config(&ClusterConfig {
+            hosts: vec![crate::config::HostConfig {
+                address: addr(9),
+                weight: 1,
+            }],
+            ..ClusterConfig::default()
+        });
+        assert_eq!(fixed.host_ref(HostId(0)), HostRef::fixed(HostId(0)));
+    }
+
+    #[test]
+    fn the_ring_of_a_dns_cluster_is_built_over_its_present_hosts() {
+        let mut cfg = dns_cluster(LbPolicy::RingHash);
+        cfg.dns.as_mut().unwrap().max_hosts = 64;
+        cfg.minimum_ring_size = 1024;
+        let mut c = ClusterState::from_config(&cfg);
+        let answer = merge_answer(&c.slots(), &[(addr(1), 1), (addr(2), 1), (addr(3), 1)]);
+        c.update_hosts(&answer.slots, &[]);
+        // ⌈1024 / 3⌉ points each, not ⌈1024 / 64⌉.
+        assert_eq!(c.balancer().ring_points(), Some(3 * 342));
+    }
+
+    use crate::health::{OutlierDetector, OutlierSettings, UpstreamResult};
+    use crate::rng::Rng;
+    use proptest::prelude::{Just, prop_assert, prop_assert_eq, prop_oneof, proptest};
+
+    proptest! {
+        /// After any sequence of answers, a result carrying an old epoch never changes the
+        /// slot's new host's outlier state, a pick never returns a free slot, and the ring has
+        /// at least `minimum_ring_size` points over the present hosts.
+        #[test]
+        fn stale_refs_never_count_and_free_slots_are_never_picked(
+            answers in proptest::collection::vec(
+                proptest::collection::vec(1u8..10, 0..6), 1..12),
+            policy in prop_oneof![
+                Just(LbPolicy::RoundRobin), Just(LbPolicy::LeastRequest),
+                Just(LbPolicy::RingHash), Just(LbPolicy::Maglev)],
+        ) {
+            let mut cfg = dns_cluster(policy);
+            cfg.minimum_ring_size = 64;
+            let mut c = ClusterState::from_config(&cfg);
+            let settings = OutlierSettings { consecutive_5xx: 1, ..OutlierSettings::default() };
+            let mut outlier = OutlierDetector::new(c.hosts().len(), settings);
+            let mut rng = Rng::from_seed(3);
+            let mut taken: Vec<HostRef> = Vec::new();
+            let t0 = crate::test_support::epoch();
+            // As the runtime does: the resolver numbers the epochs, every worker applies them.
+            let mut epochs = vec![0u32; c.hosts().len()];
+            for answer in &answers {
+                let answer: Vec<_> = answer.iter().map(|&n| (addr(n), 1)).collect();
+                let before = c.slots();
+                let merged = merge_answer(&before, &answer);
+                crate::host::advance_epochs(&before, &merged.slots, &mut epochs);
+                for id in c.update_hosts(&merged.slots, &epochs) {
+                    outlier.replace_host(c.host_ref(id));
+                }
+                while outlier.poll_event().is_some() {}
+                // Every ref taken before whose slot changed is stale and does nothing.
+                for &r in &taken {
+                    if !c.is_current(r) {
+                        let ejected = outlier.is_ejected(r.id);
+                        prop_assert!(!outlier.handle_result_for(t0, r, UpstreamResult::Status(503)));
+                        prop_assert_eq!(outlier.is_ejected(r.id), ejected);
+                    }
+                }
+                for _ in 0..8 {
+                    if let Some(id) = c.pick(&mut rng, &[]) {
+                        prop_assert!(c.is_present(id), "picked free slot {:?}", id);
+                        taken.push(c.host_ref(id));
+                    }
+                }
+                if policy == LbPolicy::RingHash {
+                    let present = (0..c.hosts().len())
+                        .filter(|&i| c.is_present(HostId(i as u32)))
+                        .count();
+                    if present > 0 {
+                        prop_assert!(c.balancer().ring_points().unwrap() >= 64);
+                    }
+                }
+            }
         }
     }
 }

@@ -1,8 +1,19 @@
-//! An upstream host as a worker sees it ([`Host`]) and its index in its cluster ([`HostId`]).
+//! An upstream host as a worker sees it ([`Host`]), its index in its cluster ([`HostId`]) and
+//! which host an index meant when something was started for it ([`HostRef`]).
 //!
 //! The bottom of the upstream layer: the balancers ([`crate::lb`]) pick among hosts, health
 //! checking and outlier detection ([`crate::health`]) track them by id, and a cluster
 //! ([`crate::cluster::ClusterState`]) owns them; this module reads none of those.
+//!
+//! ## Slots and epochs (DNS clusters)
+//!
+//! A DNS cluster's host ids are *slots* of a fixed table: a slot's address changes when an
+//! answer removes its host and a later one gives the slot to another address. Each slot has an
+//! *epoch*, bumped whenever its address changes (freed or refilled: [`advance_epochs`]); a
+//! static cluster's epochs stay 0. The one rule every user of a host id obeys: whatever
+//! outlives a pick (a pooled connection, a health probe, a request's result for outlier
+//! detection, a multiplexed connection) carries the [`HostRef`] it was made for, and counts for
+//! the slot only while the slot's epoch is still that one; a stale one is dropped or closed.
 
 use std::net::SocketAddr;
 
@@ -15,6 +26,37 @@ impl HostId {
     #[must_use]
     pub fn index(self) -> usize {
         self.0 as usize
+    }
+}
+
+/// A host id and the epoch its slot had when it was picked: which host (address) the id meant.
+/// See the module doc.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct HostRef {
+    /// The slot.
+    pub id: HostId,
+    /// The slot's epoch then.
+    pub epoch: u32,
+}
+
+impl HostRef {
+    /// A host of a cluster whose ids never change address (epoch 0).
+    #[must_use]
+    pub fn fixed(id: HostId) -> Self {
+        HostRef { id, epoch: 0 }
+    }
+}
+
+/// Bumps the epoch of every slot whose address differs between `before` and `after` (filled,
+/// freed or moved to another address); a slot whose address stays keeps its epoch. The slices
+/// have one entry per slot (a missing one is free).
+pub fn advance_epochs(before: &[Slot], after: &[Slot], epochs: &mut [u32]) {
+    for (i, epoch) in epochs.iter_mut().enumerate() {
+        let was = before.get(i).copied().flatten().map(|s| s.0);
+        let now = after.get(i).copied().flatten().map(|s| s.0);
+        if was != now {
+            *epoch = epoch.wrapping_add(1);
+        }
     }
 }
 

@@ -7,7 +7,7 @@
 //! | weighted round robin | nginx's smooth WRR: over any `Σweights` consecutive picks each host gets exactly its weight, interleaved | a running weight per host |
 //! | random | uniformly among candidates | none (RNG) |
 //! | least request | power of two choices: two distinct random candidates, the one with fewer active requests per unit of weight | none (RNG) |
-//! | ring hash | the host of the first virtual node at or after the request's hash on a Ketama ring, walking clockwise to the first candidate ([`ring`]) | the ring: `w × ⌈minimum_ring_size / Σw⌉` points per host of weight `w`, built once over all hosts |
+//! | ring hash | the host of the first virtual node at or after the request's hash on a Ketama ring, walking clockwise to the first candidate ([`ring`]) | the ring: `w × ⌈minimum_ring_size / Σw⌉` points per host of weight `w`, built once over all hosts (a DNS cluster's present ones) |
 //! | maglev | the host at entry `hash mod 65537` of a Maglev table, walking forward to the first candidate ([`maglev`]) | the table (65537 entries) over the available hosts, rebuilt lazily when availability changed |
 //!
 //! A *candidate* is a host that is available and not excluded. When exclusion leaves no
@@ -80,10 +80,26 @@ impl Balancer {
     /// a change of addresses or weights alone does not (build a new balancer then).
     #[must_use]
     pub fn for_hosts(policy: LbPolicy, hosts: &[Host], minimum_ring_size: u32) -> Self {
+        Self::for_present_hosts(policy, hosts, &[], minimum_ring_size)
+    }
+
+    /// [`Balancer::for_hosts`] for a cluster whose ids are slots (DNS): `ring_hash`'s ring is
+    /// built over the hosts whose `present` entry is true only (all when it is empty), so that
+    /// they share at least `minimum_ring_size` points. (Maglev's table is built over the
+    /// available hosts, which a free slot never is.)
+    #[must_use]
+    pub fn for_present_hosts(
+        policy: LbPolicy,
+        hosts: &[Host],
+        present: &[bool],
+        minimum_ring_size: u32,
+    ) -> Self {
         let mut b = Balancer::new(policy);
         b.minimum_ring_size = minimum_ring_size;
         match policy {
-            LbPolicy::RingHash => b.ring = Some(Ring::new(hosts, minimum_ring_size)),
+            LbPolicy::RingHash => {
+                b.ring = Some(Ring::over_present(hosts, present, minimum_ring_size));
+            }
             LbPolicy::Maglev => b.maglev = Some(Maglev::new(hosts, b.generation)),
             _ => {}
         }
@@ -96,6 +112,13 @@ impl Balancer {
     /// skipping hosts no longer available.)
     pub fn availability_changed(&mut self) {
         self.generation = self.generation.wrapping_add(1);
+    }
+
+    /// `ring_hash`: how many points its ring has (`None` before it is built, or for another
+    /// policy).
+    #[must_use]
+    pub fn ring_points(&self) -> Option<usize> {
+        self.ring.as_ref().map(Ring::len)
     }
 
     /// Its policy.

@@ -223,7 +223,7 @@ impl Model {
                     host,
                     address,
                 } => {
-                    assert_eq!(self.clusters[cluster].host(host).address, address);
+                    assert_eq!(self.clusters[cluster].host(host.id).address, address);
                     assert!(!self.ups.contains_key(&up), "{up:?} opened twice");
                     self.ups.insert(up, BTreeMap::new());
                 }

@@ -605,6 +605,87 @@ fn upstream_loss_is_status_16_for_every_request_in_flight() {
 }
 
 #[test]
+fn a_slot_given_to_another_address_gets_its_own_connection_and_the_old_one_closes() {
+    let mut h = H::new();
+    let a = h.open();
+    // Two requests in flight on the connection to 10.0.0.1 (slot 0, epoch 0).
+    let (old, uid1) = forward(h.down(a, echo_req(Version::V1, 1)));
+    let (_, uid2) = forward(h.down(a, echo_req(Version::V1, 2)));
+    h.p.handle_upstream_connected(old);
+    // A DNS answer gives slot 0 to 10.0.0.9 (epoch 1) while they are in flight.
+    let new_address: std::net::SocketAddr = "10.0.0.9:12220".parse().unwrap();
+    h.clusters[0].update_hosts(&[Some((new_address, 1))], &[1]);
+    assert_eq!(
+        h.p.close_stale_upstreams(0, &mut h.clusters),
+        0,
+        "busy: kept"
+    );
+    // The slot's new host gets a connection of its own, to its address.
+    let (new, _) = forward(h.down(a, echo_req(Version::V1, 3)));
+    assert_ne!(new, old);
+    match h.connects.last() {
+        Some(Action::Connect {
+            up, host, address, ..
+        }) => {
+            assert_eq!(*up, new);
+            assert_eq!(*host, h.clusters[0].host_ref(HostId(0)));
+            assert_eq!(*address, new_address);
+        }
+        other => panic!("{other:?}"),
+    }
+    // The old host's answers still reach their requests; after the last one its connection
+    // closes and gives back its max_connections unit.
+    h.up(
+        old,
+        resp(Version::V1, uid1, ResponseStatus::Success, b"one"),
+    );
+    assert!(h.closed.is_empty());
+    h.up(
+        old,
+        resp(Version::V1, uid2, ResponseStatus::Success, b"two"),
+    );
+    assert_eq!(h.closed, [old]);
+    assert_eq!(h.p.stats().stale_closed, 1);
+    assert_eq!(h.clusters[0].breakers().in_use(Resource::Connections), 1);
+    let got: Vec<Vec<u8>> = frames(&h.take_down(a))
+        .into_iter()
+        .map(|f| f.content)
+        .collect();
+    assert_eq!(got, [b"one".to_vec(), b"two".to_vec()]);
+}
+
+#[test]
+fn an_idle_connection_to_a_host_that_left_its_slot_is_closed_when_the_hosts_change() {
+    let mut h = H::new();
+    let a = h.open();
+    let (old, uid) = forward(h.down(a, echo_req(Version::V1, 1)));
+    h.p.handle_upstream_connected(old);
+    h.up(old, resp(Version::V1, uid, ResponseStatus::Success, b"one"));
+    h.clusters[0].update_hosts(&[Some(("10.0.0.9:12220".parse().unwrap(), 1))], &[1]);
+    assert_eq!(h.p.close_stale_upstreams(0, &mut h.clusters), 1);
+    h.drain();
+    assert_eq!(h.closed, [old]);
+    assert_eq!(h.clusters[0].breakers().in_use(Resource::Connections), 0);
+    h.idle();
+}
+
+#[test]
+fn a_connection_to_a_host_that_left_its_slot_closes_when_its_last_request_times_out() {
+    let mut h = H::new();
+    let a = h.open();
+    // The route's timeout is 3 s.
+    let (old, _) = forward(h.down(a, echo_req(Version::V1, 1)));
+    h.p.handle_upstream_connected(old);
+    h.clusters[0].update_hosts(&[Some(("10.0.0.9:12220".parse().unwrap(), 1))], &[1]);
+    assert_eq!(h.p.close_stale_upstreams(0, &mut h.clusters), 0);
+    h.advance(3_001);
+    assert_eq!(h.take_down(a), v1_reply(1, 7), "timed out (status 7)");
+    assert_eq!(h.closed, [old]);
+    assert_eq!(h.clusters[0].breakers().in_use(Resource::Connections), 0);
+    h.idle();
+}
+
+#[test]
 fn colliding_ids_from_two_downstreams_get_their_own_answers() {
     let mut h = H::new();
     let (a, b) = (h.open(), h.open());

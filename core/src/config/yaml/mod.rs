@@ -1209,6 +1209,14 @@ fn dns_fields(
         None => Some(DnsLookupFamily::Auto),
     };
     let max_hosts = match obj.opt("max_hosts") {
+        // One host per name, whatever the answers: nothing for a bound to bound.
+        Some((_, p)) if kind == Some(ClusterKind::LogicalDns) => {
+            dec.error(
+                &p,
+                "applies only to a cluster of type strict_dns (a logical_dns cluster has one host per name)",
+            );
+            None
+        }
         Some((v, p)) => dec
             .u64_in(&p, v, 1..=u64::from(MAX_DNS_MAX_HOSTS))
             .map(|n| n as u32),
@@ -1238,7 +1246,7 @@ fn decode_dns_name(dec: &mut Decoder, path: &str, v: &Value) -> Option<DnsName> 
 }
 
 /// `NAME:PORT` (or `IP:PORT`, `[IPv6]:PORT`): a DNS name of letters, digits, `-`, `_` and
-/// dots, at most 253 bytes.
+/// dots, at most 253 bytes, lowercased; a trailing dot (an absolute name) is kept.
 pub fn parse_name_and_port(text: &str) -> Result<(String, u16), String> {
     if let Ok(a) = parse_socket_addr(text) {
         return Ok((a.ip().to_string(), a.port()));
@@ -1251,15 +1259,17 @@ pub fn parse_name_and_port(text: &str) -> Result<(String, u16), String> {
         return Err(bad(&format!("{port:?} is not a port number")));
     }
     let port: u16 = port.parse().map_err(|_| bad("port out of range"))?;
-    let name = name.strip_suffix('.').unwrap_or(name);
+    // A trailing dot makes the name absolute (the resolver applies no search domain to it):
+    // it is checked without the dot, and kept — resolved, shown and dumped as written.
+    let bare = name.strip_suffix('.').unwrap_or(name);
     let label_ok = |l: &str| {
         !l.is_empty()
             && l.len() <= 63
             && l.bytes()
                 .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
     };
-    if name.is_empty() || name.len() > 253 || !name.split('.').all(label_ok) {
-        return Err(bad(&format!("{name:?} is not a DNS name")));
+    if bare.is_empty() || bare.len() > 253 || !bare.split('.').all(label_ok) {
+        return Err(bad(&format!("{bare:?} is not a DNS name")));
     }
     Ok((name.to_ascii_lowercase(), port))
 }

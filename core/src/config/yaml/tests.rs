@@ -1704,7 +1704,8 @@ fn dns_clusters_take_names_with_envoys_defaults() {
     assert_eq!(web.host_slots(), 64);
     let one = &c.clusters[1];
     let dns = one.dns.as_ref().unwrap();
-    assert_eq!(dns.names[0].name, "api.example.com");
+    // Lowercased; the trailing dot kept: an absolute name, resolved without search domains.
+    assert_eq!(dns.names[0].name, "api.example.com.");
     assert_eq!(dns.refresh_rate, Duration::from_secs(30));
     assert!(dns.respect_dns_ttl);
     assert_eq!(dns.lookup_family, DnsLookupFamily::V4Only);
@@ -1739,6 +1740,12 @@ fn dns_settings_are_checked() {
     let errs = errors(&DNS.replace("v4_only", "v4"));
     assert!(
         errs[0].contains("clusters[1].dns_lookup_family"),
+        "{errs:?}"
+    );
+    // `max_hosts` bounds a strict_dns cluster's hosts; a logical_dns one has one per name.
+    let errs = errors(&DNS.replace("v4_only", "v4_only\n    max_hosts: 4"));
+    assert!(
+        errs[0].contains("clusters[1].max_hosts: applies only to a cluster of type strict_dns"),
         "{errs:?}"
     );
     let errs = errors(&DNS.replace(

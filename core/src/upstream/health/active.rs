@@ -50,7 +50,7 @@ use std::time::Duration;
 use crate::time::Instant;
 
 use crate::config::HealthCheckSettings;
-use crate::host::HostId;
+use crate::host::{HostId, HostRef};
 use crate::rng::Rng;
 
 /// The shortest wait between two probes of a host (jitter never shortens a wait below it).
@@ -70,10 +70,14 @@ pub enum ProbeResult {
 /// What the driver must do.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum HealthAction {
-    /// Start a probe of this host now and report its result.
+    /// Start a probe of this host now and report its result
+    /// ([`ActiveHealthChecker::handle_probe_result_for`] with this epoch).
     Probe {
         /// The host to probe.
         host: HostId,
+        /// Its slot's epoch (see [`crate::host`]; 0 in a static cluster): the result is for
+        /// this host, and dropped if the slot has another by then.
+        epoch: u32,
     },
     /// This host's probe timed out (already counted as a failure): abandon it.
     Cancel {
@@ -109,6 +113,8 @@ struct HostState {
     failures: u32,
     /// Deadline of the outstanding probe.
     outstanding: Option<Instant>,
+    /// The slot's epoch: which host the id names now ([`ActiveHealthChecker::replace_host`]).
+    epoch: u32,
     /// When the next probe is due.
     next_at: Instant,
     /// When the last probe started (the cadence's base).
@@ -147,6 +153,7 @@ impl ActiveHealthChecker {
                     successes: 0,
                     failures: 0,
                     outstanding: None,
+                    epoch: 0,
                     next_at: now,
                     last_start: now,
                 };
@@ -163,37 +170,56 @@ impl ActiveHealthChecker {
 
     // ---- input ----
 
-    /// The outcome of `host`'s outstanding probe. Ignored when it has none (a late result for a
-    /// probe that already timed out).
+    /// The outcome of `host`'s outstanding probe, in a cluster whose ids never change host:
+    /// [`ActiveHealthChecker::handle_probe_result_for`] with the id's current epoch.
     pub fn handle_probe_result(&mut self, now: Instant, host: HostId, result: ProbeResult) {
-        let Some(h) = self.hosts.get_mut(host.index()) else {
-            debug_assert!(false, "probe result for unknown host {host:?}");
-            return;
-        };
-        if h.outstanding.take().is_none() {
-            return;
-        }
-        self.settled += 1;
-        self.apply(host, result == ProbeResult::Success);
-        self.maybe_probe(now, host.index());
-        self.check_invariants();
+        let epoch = self.hosts.get(host.index()).map_or(0, |h| h.epoch);
+        self.handle_probe_result_for(now, HostRef { id: host, epoch }, result);
     }
 
-    /// Host id `host` names another host now (a DNS answer moved a new address into its
-    /// slot): it starts over as unknown, as a new host does, its outstanding probe (to the old
-    /// address) cancelled, and a probe is due at `now`. No event: the driver marks the id
-    /// unknown itself.
-    pub fn replace_host(&mut self, now: Instant, host: HostId) {
-        let i = host.index();
+    /// The outcome of the probe issued for `host` (the epoch its [`HealthAction::Probe`]
+    /// carried). Ignored when the host has no probe outstanding (a late result for a probe
+    /// that already timed out), and **dropped when the epoch is stale**: the probe went to the
+    /// slot's previous host, and its verdict must not count for the new one (whose own probe
+    /// may be outstanding). Returns whether the result counted.
+    pub fn handle_probe_result_for(
+        &mut self,
+        now: Instant,
+        host: HostRef,
+        result: ProbeResult,
+    ) -> bool {
+        let Some(h) = self.hosts.get_mut(host.id.index()) else {
+            debug_assert!(false, "probe result for unknown host {host:?}");
+            return false;
+        };
+        if h.epoch != host.epoch || h.outstanding.take().is_none() {
+            return false;
+        }
+        self.settled += 1;
+        self.apply(host.id, result == ProbeResult::Success);
+        self.maybe_probe(now, host.id.index());
+        self.check_invariants();
+        true
+    }
+
+    /// Host id `host.id` names another host now, whose slot epoch is `host.epoch` (a DNS
+    /// answer moved a new address into its slot, or freed it): it starts over as unknown, as
+    /// a new host does, its outstanding probe (to the old address) cancelled — a result of it
+    /// that still arrives is stale and dropped — and a probe is due at `now`. No event: the
+    /// driver marks the id unknown itself.
+    pub fn replace_host(&mut self, now: Instant, host: HostRef) {
+        let i = host.id.index();
         if self.hosts[i].outstanding.take().is_some() {
             self.settled += 1;
-            self.actions.push_back(HealthAction::Cancel { host });
+            self.actions
+                .push_back(HealthAction::Cancel { host: host.id });
         }
         self.hosts[i] = HostState {
             health: HostHealth::Unknown,
             successes: 0,
             failures: 0,
             outstanding: None,
+            epoch: host.epoch,
             next_at: now,
             last_start: now,
         };
@@ -268,6 +294,13 @@ impl ActiveHealthChecker {
         self.hosts[host.index()].health
     }
 
+    /// The epoch `host` was last given ([`ActiveHealthChecker::replace_host`]; 0 before):
+    /// which host of the slot the checker's verdict is about.
+    #[must_use]
+    pub fn epoch(&self, host: HostId) -> u32 {
+        self.hosts[host.index()].epoch
+    }
+
     /// Whether `host` has a probe outstanding.
     #[must_use]
     pub fn probing(&self, host: HostId) -> bool {
@@ -320,8 +353,10 @@ impl ActiveHealthChecker {
         h.last_start = now;
         h.next_at = now + wait;
         self.issued += 1;
+        let epoch = h.epoch;
         self.actions.push_back(HealthAction::Probe {
             host: HostId(i as u32),
+            epoch,
         });
     }
 

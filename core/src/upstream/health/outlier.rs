@@ -49,7 +49,7 @@ use std::time::Duration;
 use crate::time::Instant;
 
 use crate::config::OutlierSettings;
-use crate::host::HostId;
+use crate::host::{HostId, HostRef};
 
 /// The outcome of one upstream request (or connect), as the driver saw it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -92,6 +92,8 @@ struct HostState {
     ejected_until: Option<Instant>,
     /// When its last ejection ended (for the multiplier's decay).
     unejected_at: Option<Instant>,
+    /// The slot's epoch: which host the id names now ([`OutlierDetector::replace_host`]).
+    epoch: u32,
 }
 
 /// Outlier detection over one cluster's hosts. See the module doc.
@@ -126,16 +128,32 @@ impl OutlierDetector {
 
     // ---- input ----
 
-    /// One request to `host` ended with `result`.
+    /// One request to `host` ended with `result`, in a cluster whose ids never change host:
+    /// [`OutlierDetector::handle_result_for`] with the id's current epoch.
     pub fn handle_result(&mut self, now: Instant, host: HostId, result: UpstreamResult) {
+        let epoch = self.hosts.get(host.index()).map_or(0, |h| h.epoch);
+        self.handle_result_for(now, HostRef { id: host, epoch }, result);
+    }
+
+    /// One request to `host` (the id and slot epoch it was picked with) ended with `result`.
+    /// **Dropped when the epoch is stale**: the request went to the slot's previous host, and
+    /// its result must not count toward (or eject) the new one. Returns whether it counted
+    /// (a result for an ejected host does not count either).
+    pub fn handle_result_for(
+        &mut self,
+        now: Instant,
+        host: HostRef,
+        result: UpstreamResult,
+    ) -> bool {
         let s = self.settings;
-        let Some(h) = self.hosts.get_mut(host.index()) else {
+        let Some(h) = self.hosts.get_mut(host.id.index()) else {
             debug_assert!(false, "result for unknown host {host:?}");
-            return;
+            return false;
         };
-        if h.ejected_until.is_some() {
-            return;
+        if h.epoch != host.epoch || h.ejected_until.is_some() {
+            return false;
         }
+        let host = host.id;
         let (is_5xx, is_gateway, is_connect) = match result {
             UpstreamResult::Success => (false, false, false),
             UpstreamResult::Status(code) => (code >= 500, (502..=504).contains(&code), false),
@@ -157,20 +175,25 @@ impl OutlierDetector {
             self.try_eject(now, host);
         }
         self.check_invariants();
+        true
     }
 
-    /// Host id `host` names another host now (a DNS answer moved a new address into its slot,
-    /// or freed it): its counts and ejection history start over; an ejection in force ends
-    /// (an `Unejected` event, so that the driver's gauges follow).
-    pub fn forget_host(&mut self, host: HostId) {
-        let Some(h) = self.hosts.get_mut(host.index()) else {
+    /// Host id `host.id` names another host now, whose slot epoch is `host.epoch` (a DNS
+    /// answer moved a new address into its slot, or freed it): its counts and ejection history
+    /// start over; an ejection in force ends (an `Unejected` event, so that the driver's gauges
+    /// follow); results still arriving for the old epoch are dropped.
+    pub fn replace_host(&mut self, host: HostRef) {
+        let Some(h) = self.hosts.get_mut(host.id.index()) else {
             return;
         };
         if h.ejected_until.is_some() {
             self.ejected -= 1;
-            self.events.push_back(OutlierEvent::Unejected(host));
+            self.events.push_back(OutlierEvent::Unejected(host.id));
         }
-        *h = HostState::default();
+        *h = HostState {
+            epoch: host.epoch,
+            ..HostState::default()
+        };
         self.check_invariants();
     }
 

@@ -1,5 +1,5 @@
 use super::*;
-use crate::host::HostId;
+use crate::host::{HostId, HostRef};
 use crate::rng::Rng;
 use crate::test_support::{self, epoch};
 use proptest::prelude::*;
@@ -31,7 +31,10 @@ fn events(c: &mut ActiveHealthChecker) -> Vec<HealthEvent> {
 }
 
 fn probe(host: u32) -> HealthAction {
-    HealthAction::Probe { host: HostId(host) }
+    HealthAction::Probe {
+        host: HostId(host),
+        epoch: 0,
+    }
 }
 
 fn cancel(host: u32) -> HealthAction {
@@ -345,7 +348,7 @@ impl Shadow {
     fn drain(&mut self, c: &mut ActiveHealthChecker, at: Duration) -> Result<(), TestCaseError> {
         while let Some(a) = c.poll_action() {
             match a {
-                HealthAction::Probe { host } => {
+                HealthAction::Probe { host, .. } => {
                     prop_assert!(!self.outstanding[host.index()], "second probe for {host:?}");
                     self.outstanding[host.index()] = true;
                 }
@@ -1267,10 +1270,33 @@ fn a_replaced_host_starts_over_unknown_with_a_probe_at_once() {
     let t1 = t0 + 5 * S;
     c.handle_timeout(t1);
     assert_eq!(actions(&mut c), [probe(0), probe(1)]);
-    c.replace_host(t1 + MS, HostId(1));
-    assert_eq!(actions(&mut c), [cancel(1), probe(1)]);
+    let new = HostRef {
+        id: HostId(1),
+        epoch: 1,
+    };
+    c.replace_host(t1 + MS, new);
+    assert_eq!(
+        actions(&mut c),
+        [
+            cancel(1),
+            HealthAction::Probe {
+                host: HostId(1),
+                epoch: 1
+            }
+        ]
+    );
     assert_eq!(c.health(HostId(1)), HostHealth::Unknown);
     assert!(events(&mut c).is_empty(), "the driver marks the id itself");
+    // The old host's probe answers after all (it was under way): stale, dropped, and the new
+    // host's probe is still outstanding.
+    let old = HostRef {
+        id: HostId(1),
+        epoch: 0,
+    };
+    assert!(!c.handle_probe_result_for(t1 + MS, old, ProbeResult::Success));
+    assert!(events(&mut c).is_empty());
+    assert_eq!(c.health(HostId(1)), HostHealth::Unknown);
+    assert!(c.probing(HostId(1)));
     // The new probe passes: healthy again, from unknown (one success).
     c.handle_probe_result(t1 + 2 * MS, HostId(1), ProbeResult::Success);
     assert_eq!(events(&mut c), [HealthEvent::BecameHealthy(HostId(1))]);
@@ -1287,9 +1313,29 @@ fn a_forgotten_host_loses_its_ejection_and_its_counts() {
     assert!(d.is_ejected(HostId(3)));
     let _ = od_events(&mut d);
     fail(&mut d, t0, 4, UpstreamResult::Status(500), 4);
-    d.forget_host(HostId(3));
-    d.forget_host(HostId(4));
+    let renumbered = |id| HostRef {
+        id: HostId(id),
+        epoch: 1,
+    };
+    d.replace_host(renumbered(3));
+    d.replace_host(renumbered(4));
     assert_eq!(od_events(&mut d), [OutlierEvent::Unejected(HostId(3))]);
+    // The old host 4's results still arriving are dropped: four more 5xx of the old epoch
+    // plus one of the new do not eject the new host.
+    let old = HostRef {
+        id: HostId(4),
+        epoch: 0,
+    };
+    for _ in 0..4 {
+        assert!(!d.handle_result_for(t0, old, UpstreamResult::Status(500)));
+    }
+    assert!(d.handle_result_for(t0, renumbered(4), UpstreamResult::Status(500)));
+    assert!(!d.is_ejected(HostId(4)));
+    // Back to the state the rest of the test expects: the new host's one 5xx forgotten.
+    d.replace_host(HostRef {
+        id: HostId(4),
+        epoch: 2,
+    });
     assert!(!d.is_ejected(HostId(3)));
     assert_eq!(d.ejected_count(), 0);
     // Host 4's four 5xx were forgotten: one more does not eject.

@@ -62,11 +62,27 @@ impl fmt::Debug for Ring {
 impl Ring {
     /// The ring over `hosts` (availability does not count).
     pub(crate) fn new(hosts: &[Host], minimum_ring_size: u32) -> Self {
-        let total: u64 = hosts.iter().map(weight).sum();
+        Self::over_present(hosts, &[], minimum_ring_size)
+    }
+
+    /// The ring over the hosts whose `present` entry is true (all of them when `present` is
+    /// empty): a DNS cluster's free slots get no point and no share of the ring's size, so
+    /// `minimum_ring_size` counts for the hosts it has, not for its `max_hosts` slots.
+    pub(crate) fn over_present(hosts: &[Host], present: &[bool], minimum_ring_size: u32) -> Self {
+        let counts = |i: usize| present.get(i).copied().unwrap_or(true);
+        let total: u64 = hosts
+            .iter()
+            .enumerate()
+            .filter(|&(i, _)| counts(i))
+            .map(|(_, h)| weight(h))
+            .sum();
         let per_weight = nodes_per_weight(total, minimum_ring_size);
         let mut entries: Vec<(u64, u32)> = Vec::with_capacity((total * per_weight) as usize);
         let mut key = String::with_capacity(64);
         for (i, h) in hosts.iter().enumerate() {
+            if !counts(i) {
+                continue;
+            }
             key.clear();
             write!(key, "{}_", h.address).expect("writing to a String");
             let prefix = key.len();
@@ -91,7 +107,6 @@ impl Ring {
     }
 
     /// Number of points.
-    #[cfg(test)]
     pub(crate) fn len(&self) -> usize {
         self.points.len()
     }
