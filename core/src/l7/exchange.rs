@@ -75,7 +75,9 @@ use crate::rng::Rng;
 pub const BACKOFF_BASE: Duration = Duration::from_millis(25);
 /// Longest backoff interval (Envoy: 10 × base).
 pub const BACKOFF_MAX: Duration = Duration::from_millis(250);
-const MAX_TRIES: usize = 12;
+/// The most tries a request can have: the first, `num_retries` (at most 10), the stale-connection
+/// resend and [`MAX_UNPROCESSED_RETRIES`] resends of refused tries.
+const MAX_TRIES: usize = 1 + 10 + 1 + MAX_UNPROCESSED_RETRIES as usize;
 /// Tries of one request the upstreams may refuse unprocessed ([`TryFailure::Refused`]) and
 /// that are sent again outside `num_retries`; one more refusal answers the request.
 pub const MAX_UNPROCESSED_RETRIES: u8 = 3;
@@ -768,8 +770,8 @@ impl Exchange {
     }
 
     fn begin_try(&mut self, now: Instant, cluster: &mut ClusterState, rng: &mut Rng) {
-        let Some(host) = cluster.pick_hashed(rng, &self.tried[..self.tries], self.config.hash)
-        else {
+        let tried = &self.tried[..self.tries.min(MAX_TRIES)];
+        let Some(host) = cluster.pick_hashed(rng, tried, self.config.hash) else {
             let flag = if self.tries == 0 {
                 ResponseFlag::NoHealthyUpstream
             } else {

@@ -653,6 +653,64 @@ fn route_and_per_try_timeouts_after_the_connect_are_timeouts_of_the_host() {
     );
 }
 
+/// Every kind of try at once — ten retries, the stale resend, three refused resends — stays
+/// within the exchange's bounds (a refused stream after the last retry used to index past its
+/// list of tried hosts).
+#[test]
+fn retries_then_a_stale_connection_then_refusals_stay_in_bounds() {
+    let (mut c, mut rng, mut now) = (cluster(2), Rng::from_seed(1), epoch());
+    let mut e = Exchange::new(now, config(true, 10));
+    e.start(now, &mut c, &mut rng);
+    for _ in 0..10 {
+        next_action(&mut e, &mut now, &mut c, &mut rng);
+        e.handle_connected(now, false, &mut c);
+        e.handle_request_written();
+        assert_eq!(
+            e.handle_response_head(now, 503, &mut c, &mut rng),
+            Verdict::Retry
+        );
+    }
+    next_action(&mut e, &mut now, &mut c, &mut rng);
+    e.handle_connected(now, true, &mut c);
+    e.handle_request_written();
+    e.handle_failure(
+        now,
+        TryFailure::Closed {
+            request_written: true,
+            reused: true,
+        },
+        &mut c,
+        &mut rng,
+    );
+    assert!(
+        matches!(
+            e.poll_action(),
+            Some(Action::Connect {
+                allow_pooled: false,
+                ..
+            })
+        ),
+        "stale resend"
+    );
+    for _ in 0..super::MAX_UNPROCESSED_RETRIES {
+        e.handle_connected(now, false, &mut c);
+        e.handle_request_written();
+        e.handle_failure(now, TryFailure::Refused, &mut c, &mut rng);
+        assert!(
+            matches!(e.poll_action(), Some(Action::Connect { .. })),
+            "refused: sent again"
+        );
+    }
+    e.handle_connected(now, false, &mut c);
+    e.handle_request_written();
+    e.handle_failure(now, TryFailure::Refused, &mut c, &mut rng);
+    assert!(matches!(
+        e.poll_action(),
+        Some(Action::LocalReply { status: 502, .. })
+    ));
+    assert!(c.hosts().iter().all(|h| h.active == 0));
+}
+
 #[test]
 fn refused_unprocessed_try_is_sent_again_whatever_the_method() {
     let (mut c, mut rng, mut now) = (cluster(2), Rng::from_seed(1), epoch());
