@@ -45,10 +45,13 @@
 //! ## Lost connections
 //!
 //! A connection the upstream closed or reset **without a GOAWAY** fails its streams with an IO
-//! error; [`H2Upstream::connection_lost`] says so, and the request path reports such a failure
-//! on a pooled connection as a possibly stale one (the HTTP/1.1 keep-alive race: the upstream
-//! closed an idle connection as a request went out on it), which the core's exchange sends again
-//! once on a fresh connection for an idempotent request. A stream the upstream reset itself
+//! error; [`H2Upstream::connection_lost`] says so for a stream that was **alone** on its pooled
+//! connection when it was put on it, and the request path reports such a failure as a possibly
+//! stale connection (the HTTP/1.1 keep-alive race: the upstream closed an idle connection as a
+//! request went out on it), which the core's exchange sends again once on a fresh connection
+//! for an idempotent request. Streams that shared a busy connection are not resent: a crash
+//! that kills many streams at once (maybe caused by one of them) must not fan out into as many
+//! untracked resends; they fail as resets, for `retry_on` to decide. A stream the upstream reset itself
 //! (RST_STREAM) may have been processed and is not such a failure; neither is a connection that
 //! got a GOAWAY (it said which streams it processed) nor one that Sluice closed because a PING
 //! went unanswered (the upstream is hung, not gone).
@@ -128,6 +131,16 @@ pub(crate) struct H2Conn {
 }
 
 impl H2Conn {
+    /// Whether `h2` saw a GOAWAY on the connection (kept as its connection error after the
+    /// EOF that follows a graceful shutdown), read without IO.
+    fn got_goaway(&self) -> bool {
+        let mut probe = self.send.clone();
+        matches!(
+            probe.poll_ready(&mut Context::from_waker(Waker::noop())),
+            Poll::Ready(Err(e)) if e.is_go_away()
+        )
+    }
+
     /// Whether a new stream may go on it: alive, not going away, below the peer's limit.
     fn usable(&self, stats: &WorkerStats) -> bool {
         if self.ended.get() || self.going_away.get() {
@@ -482,6 +495,8 @@ pub(crate) struct H2Upstream {
     failed: bool,
     /// It failed because the upstream closed or reset the connection without a GOAWAY.
     connection_lost: bool,
+    /// No other stream was open on the connection when this one was put on it.
+    alone: bool,
     /// The `grpc-status` of the response's trailers, once they arrived.
     grpc_status: Option<u8>,
 }
@@ -517,6 +532,7 @@ impl H2Upstream {
             finished: false,
             failed: false,
             connection_lost: false,
+            alone: open == 1,
             grpc_status: None,
         }
     }
@@ -539,7 +555,12 @@ impl H2Upstream {
         if e.is_go_away() && e.is_remote() && !self.conn.going_away.replace(true) {
             bump(&self.stats.http2_upstream_goaway_received, 1);
         }
-        if e.is_io() && !self.conn.going_away.get() && !self.conn.ping_unanswered.get() {
+        if e.is_io()
+            && self.alone
+            && !self.conn.going_away.get()
+            && !self.conn.ping_unanswered.get()
+            && !self.conn.got_goaway()
+        {
             self.connection_lost = true;
         }
         if !self.failed {
