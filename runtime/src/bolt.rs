@@ -151,6 +151,13 @@ struct LoggedConnection {
 }
 
 /// Finished exchanges a worker keeps for reuse (beyond it, a burst's extra ones are freed).
+/// The longest service or method name an access-log line carries (the rest is cut).
+const MAX_LOGGED_NAME: usize = 512;
+
+/// The first [`MAX_LOGGED_NAME`] bytes of a name for the access log.
+fn logged(v: &[u8]) -> &[u8] {
+    &v[..v.len().min(MAX_LOGGED_NAME)]
+}
 const MAX_SPARE_EXCHANGES: usize = 1024;
 
 /// The Bolt header key carrying the method name.
@@ -976,10 +983,12 @@ impl<N: Network> Engine<N> {
         let oneway = frame.kind == Kind::Oneway;
         let mut x = self.take_exchange(conn, now);
         x.bytes_received = frame.len as u64;
+        // At most MAX_LOGGED_NAME bytes of each: a client's names must not make the log's
+        // reusable buffers (and its lines) as large as a frame.
         x.service
-            .extend_from_slice(bolt::router::service(frame).unwrap_or_default());
+            .extend_from_slice(logged(bolt::router::service(frame).unwrap_or_default()));
         x.method
-            .extend_from_slice(frame.header.get(METHOD_KEY).unwrap_or_default());
+            .extend_from_slice(logged(frame.header.get(METHOD_KEY).unwrap_or_default()));
         let (status, flag, bytes_sent) = match verdict {
             DownstreamVerdict::Forward { up, .. } => {
                 let proxy = bw.proxy.borrow();
@@ -1145,7 +1154,10 @@ impl<N: Network> Engine<N> {
     /// Keeps a finished exchange's buffers for the next one (a bounded number of them).
     fn give_back(&self, x: Exchange) {
         let mut spare = self.bolt().spare_exchanges.borrow_mut();
-        if spare.len() < MAX_SPARE_EXCHANGES && x.service.capacity() <= 4096 {
+        if spare.len() < MAX_SPARE_EXCHANGES
+            && x.service.capacity() <= 4096
+            && x.method.capacity() <= 4096
+        {
             spare.push(x);
         }
     }
