@@ -13,8 +13,12 @@
 //!
 //! A name that does not exist (NXDOMAIN) or has no address record is an **answer with no
 //! address**, not a failure (the caller decides what an empty answer does); a timeout or a
-//! server failure is an error. When `/etc/resolv.conf` cannot be read, every lookup fails with
-//! that error (logged by the caller like any failed resolution).
+//! server failure is an error. When `/etc/resolv.conf` cannot be read, the lookup fails with
+//! that error (logged by the caller like any failed resolution) and the next one tries again.
+//!
+//! Limits: the configuration and `/etc/hosts` are read once, when the client is built (a later
+//! edit needs a restart); its sockets do not carry `upstream_mark` (nor do `getaddrinfo`'s), so
+//! with outbound capture DNS must be excluded by the rules (as Istio's are).
 
 use std::io;
 use std::net::SocketAddr;
@@ -26,20 +30,27 @@ use hickory_resolver::config::LookupIpStrategy;
 
 use crate::net::Resolved;
 
-/// The process's client, or why it could not be built.
-static CLIENT: OnceLock<Result<TokioResolver, String>> = OnceLock::new();
+/// The process's client, once one could be built.
+static CLIENT: OnceLock<TokioResolver> = OnceLock::new();
 
+/// The client; built on first use, and tried again at the next lookup when that failed (a
+/// `resolv.conf` that appears after the start is read then).
 fn client() -> io::Result<&'static TokioResolver> {
-    CLIENT
-        .get_or_init(|| {
-            let mut builder = TokioResolver::builder_tokio()
-                .map_err(|e| format!("the system's DNS configuration (/etc/resolv.conf): {e}"))?;
-            // Both families: the cluster's `dns_lookup_family` filters the answer.
-            builder.options_mut().ip_strategy = LookupIpStrategy::Ipv4AndIpv6;
-            builder.build().map_err(|e| format!("the DNS client: {e}"))
-        })
-        .as_ref()
-        .map_err(|e| io::Error::other(e.clone()))
+    if let Some(c) = CLIENT.get() {
+        return Ok(c);
+    }
+    let mut builder = TokioResolver::builder_tokio().map_err(|e| {
+        io::Error::other(format!(
+            "the system's DNS configuration (/etc/resolv.conf): {e}"
+        ))
+    })?;
+    // Both families: the cluster's `dns_lookup_family` filters the answer.
+    builder.options_mut().ip_strategy = LookupIpStrategy::Ipv4AndIpv6;
+    let built = builder
+        .build()
+        .map_err(|e| io::Error::other(format!("the DNS client: {e}")))?;
+    // Only worker 0's resolution tasks call this: a lost race keeps the first client.
+    Ok(CLIENT.get_or_init(|| built))
 }
 
 /// Resolves `name` to its addresses with `port`, and how long the answer may be kept.

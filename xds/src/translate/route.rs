@@ -23,7 +23,7 @@ use envoy_types::pb::envoy::config::route::v3::{
 use envoy_types::pb::envoy::r#type::matcher::v3::{RegexMatcher, string_matcher::MatchPattern};
 use envoy_types::pb::google::protobuf::Duration as PbDuration;
 use serde_json::{Value, json};
-use sluice_core::config::http::RetryOn;
+use sluice_core::config::http::{RetryOn, StatusCodes};
 
 use super::{At, Notes, ResourceType, TranslateError, duration, object, reject_rest, take};
 
@@ -180,7 +180,8 @@ fn virtual_host(
     let edits = config_edits.after(&edits!(vh, at));
     let retry = take(&mut vh.retry_policy)
         .map(|r| retry_policy(r, &at.field("retry_policy")))
-        .transpose()?;
+        .transpose()?
+        .flatten();
     let attempt_count = take(&mut vh.include_request_attempt_count);
     let routes = take(&mut vh.routes);
     reject_rest(&vh, at)?;
@@ -440,7 +441,7 @@ fn route_action(
         s => Some(json!(s)),
     };
     let retry = match take(&mut a.retry_policy) {
-        Some(r) => Some(retry_policy(r, &at.field("retry_policy"))?),
+        Some(r) => retry_policy(r, &at.field("retry_policy"))?,
         None => vhost_retry.cloned(),
     };
     if let Some(mut m) = take(&mut a.max_stream_duration) {
@@ -472,7 +473,8 @@ fn route_action(
     Ok(v)
 }
 
-fn retry_policy(mut r: RetryPolicy, at: &At<'_>) -> Result<Value, TranslateError> {
+/// A retry policy, or `None` when it retries nothing.
+fn retry_policy(mut r: RetryPolicy, at: &At<'_>) -> Result<Option<Value>, TranslateError> {
     let retry_on = take(&mut r.retry_on);
     let mut conditions = Vec::new();
     for c in retry_on.split(',').map(str::trim).filter(|c| !c.is_empty()) {
@@ -485,14 +487,30 @@ fn retry_policy(mut r: RetryPolicy, at: &At<'_>) -> Result<Value, TranslateError
         conditions.push(json!(c));
     }
     // Envoy takes a code listed twice; the config model's list has each code once.
-    let mut codes = take(&mut r.retriable_status_codes);
-    let mut seen = Vec::with_capacity(codes.len());
-    codes.retain(|c| {
-        !seen.contains(c) && {
-            seen.push(*c);
-            true
+    let mut set = StatusCodes::default();
+    let mut codes = Vec::new();
+    for c in take(&mut r.retriable_status_codes) {
+        let code = u16::try_from(c)
+            .ok()
+            .filter(|c| (StatusCodes::MIN..=StatusCodes::MAX).contains(c));
+        let Some(code) = code else {
+            return Err(at
+                .field("retriable_status_codes")
+                .error(format!("{c} is not an HTTP status code (100–599)")));
+        };
+        if !set.contains(code) {
+            set.insert(code);
+            codes.push(code);
         }
-    });
+    }
+    // Envoy ignores codes without the condition, and the condition without codes retries
+    // nothing: the model, stricter for a hand-written file, gets neither in those cases.
+    let condition = json!("retriable-status-codes");
+    if codes.is_empty() {
+        conditions.retain(|c| *c != condition);
+    } else if !conditions.contains(&condition) {
+        codes.clear();
+    }
     let codes = (!codes.is_empty()).then(|| json!(codes));
     let num = take(&mut r.num_retries).map(|n| json!(n.value));
     let per_try = take(&mut r.per_try_timeout)
@@ -516,12 +534,16 @@ fn retry_policy(mut r: RetryPolicy, at: &At<'_>) -> Result<Value, TranslateError
             .error("must not be negative"));
     }
     reject_rest(&r, at)?;
-    Ok(object([
+    // No condition left (an empty `retry_on`): a policy that retries nothing, as in Envoy.
+    if conditions.is_empty() {
+        return Ok(None);
+    }
+    Ok(Some(object([
         ("retry_on", Some(Value::Array(conditions))),
         ("retriable_status_codes", codes),
         ("num_retries", num),
         ("per_try_timeout", per_try),
-    ]))
+    ])))
 }
 
 /// Envoy's `previous_hosts` retry host predicate, by name.

@@ -729,6 +729,38 @@ mod istio {
         assert_eq!(on.status_codes.iter().collect::<Vec<_>>(), [503]);
         assert_eq!(f.timeout, None, "0s: no timeout");
 
+        // What Envoy takes and the YAML model would refuse: codes without the condition are
+        // ignored, the condition without codes retries nothing, and a policy left with no
+        // condition is no policy.
+        let policy_of = |edit: &dyn Fn(&mut RetryPolicy)| {
+            let mut rc = istio_route();
+            edit(istio_action(&mut rc).retry_policy.as_mut().unwrap());
+            let v = translate_route_configuration(&rc, &mut Notes::default()).expect("accepted");
+            v[0]["routes"][0]["route"]["retry_policy"].clone()
+        };
+        let p = policy_of(&|r| r.retry_on = "connect-failure".into());
+        assert_eq!(p["retry_on"], serde_json::json!(["connect-failure"]));
+        assert_eq!(p["retriable_status_codes"], serde_json::Value::Null);
+        let p = policy_of(&|r| r.retriable_status_codes.clear());
+        assert_eq!(
+            p["retry_on"],
+            serde_json::json!([
+                "connect-failure",
+                "refused-stream",
+                "unavailable",
+                "cancelled"
+            ])
+        );
+        let p = policy_of(&|r| {
+            r.retry_on = "retriable-status-codes".into();
+            r.retriable_status_codes.clear();
+        });
+        assert_eq!(p, serde_json::Value::Null, "no policy");
+        refused(
+            &|a| a.retry_policy.as_mut().unwrap().retriable_status_codes = vec![503, 700],
+            "retry_policy.retriable_status_codes: 700 is not an HTTP status code (100–599)",
+        );
+
         // A code listed twice (Envoy takes it) is one code.
         let mut rc = istio_route();
         istio_action(&mut rc)
