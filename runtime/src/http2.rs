@@ -58,6 +58,7 @@ use h2::server::SendResponse;
 use h2::{RecvStream, SendStream};
 use sluice_core::config::ListenerConfig;
 use sluice_core::config::http::{HttpCodec, HttpConfig};
+use sluice_core::http1::conn::DRAIN_IDLE_GRACE;
 use sluice_core::http1::{
     BodyFraming, Chunked, ChunkedDecoder, Head, Limits, Method, ParseStatus, parse_request,
     parse_response, write_local_response, write_trailers,
@@ -104,19 +105,32 @@ pub(crate) enum Sniffed {
     Http1(Vec<u8>),
     /// Nothing arrived within `request_headers_timeout` of the accept.
     FirstByteTimeout,
-    /// The client closed, or a drain began before it sent anything.
+    /// The client closed, or a drain began and its grace passed before it sent anything.
     Closed,
 }
 
 /// Reads just enough of a new connection to tell the HTTP/2 preface from anything else (one
 /// read for HTTP/1.1: its first byte differs), within `request_headers_timeout` of the accept.
+///
+/// A drain (begun before or while this waits) does not close a connection that has sent
+/// nothing yet at once: its first request may already be on its way (the client connected
+/// just before the drain), so the wait for a first byte is cut to [`DRAIN_IDLE_GRACE`], as the
+/// HTTP/1.1 connection policy does for an idle keep-alive connection; a request that arrives
+/// is served (HTTP/1.1: answered with `connection: close`; HTTP/2: under GOAWAY).
 pub(crate) async fn sniff<N: Network>(
     engine: &Engine<N>,
     down: &mut Downstream<N::Stream>,
     initial: &[u8],
     hc: &HttpConfig,
 ) -> Sniffed {
-    let deadline = tokio::time::Instant::now() + hc.request_headers_timeout;
+    let head_deadline = tokio::time::Instant::now() + hc.request_headers_timeout;
+    let grace = || (tokio::time::Instant::now() + DRAIN_IDLE_GRACE).min(head_deadline);
+    // While nothing has arrived: the head deadline, or the drain grace once a drain began.
+    let mut first_byte_deadline = head_deadline;
+    let mut drain_seen = engine.stopping.get();
+    if drain_seen {
+        first_byte_deadline = grace();
+    }
     let mut bytes = initial.to_vec();
     loop {
         match detect_preface(&bytes) {
@@ -126,12 +140,24 @@ pub(crate) async fn sniff<N: Network>(
         }
         let mut chunk = [0u8; 24];
         let stop = engine.stop_accepting.notified();
-        let draining = engine.stopping.get();
+        let deadline = if bytes.is_empty() {
+            first_byte_deadline
+        } else {
+            head_deadline
+        };
         let read = tokio::select! {
             biased;
-            () = stop, if !draining && bytes.is_empty() => return Sniffed::Closed,
+            () = stop, if !drain_seen => {
+                drain_seen = true;
+                first_byte_deadline = grace();
+                continue;
+            }
             () = tokio::time::sleep_until(deadline) => {
-                return if bytes.is_empty() { Sniffed::FirstByteTimeout } else { Sniffed::Http1(bytes) };
+                return match (bytes.is_empty(), drain_seen) {
+                    (false, _) => Sniffed::Http1(bytes),
+                    (true, false) => Sniffed::FirstByteTimeout,
+                    (true, true) => Sniffed::Closed,
+                };
             }
             r = down.read(&mut chunk) => r,
         };

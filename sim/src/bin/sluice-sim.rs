@@ -3,7 +3,8 @@
 //! - `sluice-sim --list`
 //! - `sluice-sim SCENARIO [--seeds A..B | --seeds N]` (N means `0..N`; default `0..16`)
 //! - `sluice-sim SCENARIO --seed N` replays one seed: full summary and trace digest
-//!   (`SLUICE_SIM_TRACE=1` prints the trace of a failing run)
+//!   (`SLUICE_SIM_TRACE=1` prints the trace of a failing run; `SLUICE_SIM_LOG=FILTER`, e.g.
+//!   `sluice_runtime=debug`, prints the runtime's own log lines, stamped with simulated time)
 //! - `sluice-sim all --seeds ...` runs every scenario
 //!
 //! Exit code: 0 when every seed passed, 1 when any failed, 2 on a usage error.
@@ -190,6 +191,38 @@ fn usage_error(msg: &str) -> ExitCode {
     ExitCode::from(2)
 }
 
+/// With `SLUICE_SIM_LOG=FILTER` (an `EnvFilter`), a replay prints the runtime's log lines to
+/// stderr, each stamped with the simulation's elapsed time like the trace's lines.
+fn init_log() {
+    let Ok(filter) = std::env::var("SLUICE_SIM_LOG") else {
+        return;
+    };
+    let filter = match tracing_subscriber::EnvFilter::try_new(&filter) {
+        Ok(f) => f,
+        Err(e) => {
+            eprintln!("SLUICE_SIM_LOG={filter:?} is not a log filter: {e}");
+            return;
+        }
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_timer(SimTime)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+/// The log lines' time: the simulation's, as the trace prints it.
+struct SimTime;
+
+impl tracing_subscriber::fmt::time::FormatTime for SimTime {
+    fn format_time(&self, w: &mut tracing_subscriber::fmt::format::Writer<'_>) -> std::fmt::Result {
+        match turmoil::sim_elapsed() {
+            Some(t) => write!(w, "{:>10.3}ms", t.as_secs_f64() * 1000.0),
+            None => write!(w, "{:>12}", "-"),
+        }
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     if cli.list {
@@ -214,6 +247,7 @@ fn main() -> ExitCode {
         ));
     };
     if let Some(seed) = cli.seed {
+        init_log();
         return replay(&scenarios[0], seed);
     }
     let seeds = cli.seeds.unwrap_or(0..DEFAULT_SEEDS);
