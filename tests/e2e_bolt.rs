@@ -772,6 +772,14 @@ clusters:
         assert!(Instant::now() < forwarded, "request 43 never forwarded");
         std::thread::sleep(Duration::from_millis(20));
     }
+    // The client reuses id 43 while the first is in flight (the proxy gives each its own id
+    // upstream): the second gets its own line, and the first keeps its own.
+    s.write_all(&request(Version::V1, 43, "dead", 3000))
+        .unwrap();
+    assert_eq!(
+        read_response(&mut s, &mut buf),
+        (Version::V1, 43, bolt::CMD_RESPONSE, 16)
+    );
     drop(s);
 
     // Lines are flushed within half a second.
@@ -782,12 +790,12 @@ clusters:
             .lines()
             .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
             .collect();
-        if lines.len() >= 23 || Instant::now() > deadline {
+        if lines.len() >= 24 || Instant::now() > deadline {
             break lines;
         }
         std::thread::sleep(Duration::from_millis(100));
     };
-    assert_eq!(lines.len(), 23, "{lines:#?}\n{}", sluice.log_text());
+    assert_eq!(lines.len(), 24, "{lines:#?}\n{}", sluice.log_text());
     let (invokes, own): (Vec<_>, Vec<_>) = lines.iter().partition(|l| l["bolt_service"] == SERVICE);
     assert_eq!(invokes.len(), 20, "{lines:#?}");
     for l in &invokes {
@@ -830,10 +838,15 @@ clusters:
     assert_eq!(failed["response_flags"], "UF");
     assert_eq!(failed["upstream_cluster"], "dead");
     assert_eq!(failed["upstream_host"], format!("127.0.0.1:{dead}"));
-    let left = own
+    let (left, reused): (Vec<_>, Vec<_>) = own
         .iter()
-        .find(|l| l["bolt_request_id"] == 43)
-        .expect("a line for the request whose client left");
+        .filter(|l| l["bolt_request_id"] == 43)
+        .partition(|l| l["bolt_service"] == "silent");
+    assert_eq!((left.len(), reused.len()), (1, 1), "{own:#?}");
+    let (left, reused): (&serde_json::Value, &serde_json::Value) = (left[0], reused[0]);
+    assert_eq!(reused["bolt_service"], "dead");
+    assert_eq!(reused["bolt_status"], 16);
+    assert_eq!(reused["response_flags"], "UF");
     assert_eq!(left["bolt_status"], serde_json::Value::Null);
     assert_eq!(left["response_flags"], "DC");
     assert_eq!(left["upstream_cluster"], "silent");

@@ -25,13 +25,14 @@
 //! or the proxy's own answer with its Envoy-style flag — `NR` no route, `UH` no host (or no
 //! original destination), `UO` overflow (status 4), `UT` timeout (status 7), `UF`/`UC` the
 //! upstream connection failed to open / was lost (status 16). A oneway request gets its line
-//! when it is forwarded (or dropped: `NR`, or `UH` for any other reason) with no status; a
-//! request whose client closed before its answer gets `DC` and no status when the connection
-//! ends. Heartbeats are answered by the proxy and not logged (a client sends one every few
-//! seconds per connection; MOSN does not log them either). The facts of a request in flight
-//! (start, service, method, upstream) wait in [`BoltWorker`]'s `exchanges`, their buffers
-//! reused from `spare_exchanges`, so a logged request allocates nothing once warm; a listener
-//! without a log costs one `Option` check per frame.
+//! when it is forwarded (or dropped: `NR`, `UH` or `UO`, as the core's [`Dropped`] says) with
+//! no status; a request whose client closed before its answer gets `DC` and no status when the
+//! connection ends. Heartbeats are answered by the proxy and not logged (a client sends one
+//! every few seconds per connection; MOSN does not log them either). The facts of a request in
+//! flight (start, service, method, upstream) wait in [`BoltWorker`]'s `exchanges`, keyed by the
+//! upstream connection and the id the request carries there (unique while in flight, where a
+//! client's own id is not), their buffers reused from `spare_exchanges`, so a logged request
+//! allocates nothing once warm; a listener without a log costs one `Option` check per frame.
 //!
 //! All state is the worker's own (`RefCell`s, borrowed for one statement at a time); nothing is
 //! shared with other workers.
@@ -46,8 +47,8 @@ use std::time::{Duration, SystemTime};
 use sluice_core::Instant;
 
 use sluice_core::bolt::{
-    self, Action, BoltProxy, BoltStats, DownstreamId, DownstreamVerdict, Frame, Kind, ProxyReply,
-    ResponseStatus, UpstreamId, UpstreamVerdict,
+    self, Action, BoltProxy, BoltStats, DownstreamId, DownstreamVerdict, Dropped, Frame, Kind,
+    ProxyReply, ResponseStatus, UpstreamId, UpstreamVerdict,
 };
 use sluice_core::cluster::HostRef;
 use sluice_core::config::bolt::{DEFAULT_BOLT_FRAME_TIMEOUT, DEFAULT_BOLT_IDLE_TIMEOUT};
@@ -118,9 +119,11 @@ pub(crate) struct BoltWorker {
     /// Per cluster and host: the health verdict last seen (a connection closes only when its
     /// host goes from healthy to unhealthy, not while it is still unknown).
     was_healthy: RefCell<Vec<Vec<bool>>>,
-    /// The access-log facts of each logged request in flight, by its downstream and the id its
-    /// client gave it (requests on listeners with an access log only).
-    exchanges: RefCell<HashMap<(DownstreamId, u32), Exchange>>,
+    /// The access-log facts of each logged request in flight, by the upstream connection it
+    /// went on and the id it carries there — unique while it is in flight, where the id its
+    /// client gave it is not (a client may reuse an id before its answer; requests on listeners
+    /// with an access log only).
+    exchanges: RefCell<HashMap<(UpstreamId, u32), Exchange>>,
     /// Finished exchanges, kept so that their buffers are reused.
     spare_exchanges: RefCell<Vec<Exchange>>,
     /// The flag of the status-16 answers being made: `UF` while an upstream connection that
@@ -130,6 +133,9 @@ pub(crate) struct BoltWorker {
 
 /// A logged request in flight: what its access-log line needs once it is answered.
 struct Exchange {
+    /// The connection it came on and the id its client gave it.
+    down: DownstreamId,
+    request_id: u32,
     start: SystemTime,
     t0: Instant,
     listener: usize,
@@ -407,7 +413,7 @@ impl<N: Network> Engine<N> {
                                 bolt::encode_heartbeat_reply(&mut outbox.buf.borrow_mut(), &frame);
                             }
                             DownstreamVerdict::Reply(r) => r.encode(&mut outbox.buf.borrow_mut()),
-                            DownstreamVerdict::Drop => {}
+                            DownstreamVerdict::Drop(_) => {}
                         }
                         start += len;
                         self.bolt_after_input();
@@ -603,13 +609,15 @@ impl<N: Network> Engine<N> {
                         ResponseStatus::ConnectionClosed => bw.lost_flag.get(),
                         _ => "-",
                     };
-                    self.bolt_log_answer(
-                        r.down,
-                        r.request_id,
-                        Some(r.status.code()),
-                        Some(flag),
-                        reply_len(&r),
-                    );
+                    // An answer given as the request arrived was logged then.
+                    if let Some(stream) = r.stream {
+                        self.bolt_log_answer(
+                            stream,
+                            Some(r.status.code()),
+                            Some(flag),
+                            reply_len(&r),
+                        );
+                    }
                 }
                 Some(Action::Close { up }) => {
                     // An idle connection the proxy forgot (a destination's, or one to a host that
@@ -738,6 +746,7 @@ impl<N: Network> Engine<N> {
                     Ok(Some(frame)) => {
                         let len = frame.len;
                         let status = frame.status;
+                        let upstream_id = frame.request_id;
                         let verdict = bw.proxy.borrow_mut().handle_upstream_frame(
                             now,
                             up,
@@ -761,7 +770,7 @@ impl<N: Network> Engine<N> {
                                     picked,
                                     upstream_result(status),
                                 );
-                                self.bolt_log_answer(down, request_id, status, None, len as u64);
+                                self.bolt_log_answer((up, upstream_id), status, None, len as u64);
                                 if let Some(h) = self.stats.host(cluster, host.index()) {
                                     bump(&h.rq_total, 1);
                                 }
@@ -982,6 +991,7 @@ impl<N: Network> Engine<N> {
         let bw = self.bolt();
         let oneway = frame.kind == Kind::Oneway;
         let mut x = self.take_exchange(conn, now);
+        x.request_id = frame.request_id;
         x.bytes_received = frame.len as u64;
         // At most MAX_LOGGED_NAME bytes of each: a client's names must not make the log's
         // reusable buffers (and its lines) as large as a frame.
@@ -990,7 +1000,7 @@ impl<N: Network> Engine<N> {
         x.method
             .extend_from_slice(logged(frame.header.get(METHOD_KEY).unwrap_or_default()));
         let (status, flag, bytes_sent) = match verdict {
-            DownstreamVerdict::Forward { up, .. } => {
+            DownstreamVerdict::Forward { up, request_id } => {
                 let proxy = bw.proxy.borrow();
                 if let Some((cluster, host, _)) = proxy.upstream(up) {
                     x.cluster = Some(cluster);
@@ -1007,8 +1017,9 @@ impl<N: Network> Engine<N> {
                         .bolt()
                         .exchanges
                         .borrow_mut()
-                        .insert((conn.down, frame.request_id), x);
-                    // A client reusing an id in flight: the older request's line is lost.
+                        .insert((up, request_id), x);
+                    // The proxy never gives one id to two requests in flight on a connection.
+                    debug_assert!(old.is_none(), "an upstream id in flight twice");
                     if let Some(old) = old {
                         self.give_back(old);
                     }
@@ -1026,8 +1037,10 @@ impl<N: Network> Engine<N> {
                 };
                 (Some(r.status.code()), Some(flag), reply_len(&r))
             }
-            DownstreamVerdict::Drop if oneway => (None, None, 0),
-            DownstreamVerdict::Drop | DownstreamVerdict::AnswerHeartbeat => {
+            DownstreamVerdict::Drop(Dropped::NoRoute) => (None, Some("NR"), 0),
+            DownstreamVerdict::Drop(Dropped::NoHost) => (None, Some("UH"), 0),
+            DownstreamVerdict::Drop(Dropped::Overflow) => (None, Some("UO"), 0),
+            DownstreamVerdict::Drop(Dropped::NotARequest) | DownstreamVerdict::AnswerHeartbeat => {
                 self.give_back(x);
                 return;
             }
@@ -1041,12 +1054,7 @@ impl<N: Network> Engine<N> {
                 .and_then(|r| r.route(frame))
                 .map(|r| r.cluster_index);
         }
-        let route = x.cluster;
-        let flag = match (flag, verdict) {
-            (_, DownstreamVerdict::Drop) => Some(if route.is_none() { "NR" } else { "UH" }),
-            (f, _) => f,
-        };
-        self.write_exchange(&x, frame.request_id, status, flag, bytes_sent, now);
+        self.write_exchange(&x, status, flag, bytes_sent, now);
         self.give_back(x);
     }
 
@@ -1054,8 +1062,7 @@ impl<N: Network> Engine<N> {
     /// its line. Nothing for a request that is not logged.
     fn bolt_log_answer(
         &self,
-        down: DownstreamId,
-        request_id: u32,
+        stream: (UpstreamId, u32),
         status: Option<u16>,
         flag: Option<&'static str>,
         bytes_sent: u64,
@@ -1064,10 +1071,10 @@ impl<N: Network> Engine<N> {
         if bw.exchanges.borrow().is_empty() {
             return;
         }
-        let Some(x) = bw.exchanges.borrow_mut().remove(&(down, request_id)) else {
+        let Some(x) = bw.exchanges.borrow_mut().remove(&stream) else {
             return;
         };
-        self.write_exchange(&x, request_id, status, flag, bytes_sent, now());
+        self.write_exchange(&x, status, flag, bytes_sent, now());
         self.give_back(x);
     }
 
@@ -1075,17 +1082,17 @@ impl<N: Network> Engine<N> {
     /// and no status (its answer, if any comes, is dropped).
     fn bolt_log_abandoned(&self, down: DownstreamId) {
         let bw = self.bolt();
-        let mine: Vec<(DownstreamId, u32)> = bw
+        let mine: Vec<(UpstreamId, u32)> = bw
             .exchanges
             .borrow()
-            .keys()
-            .filter(|(d, _)| *d == down)
-            .copied()
+            .iter()
+            .filter(|(_, x)| x.down == down)
+            .map(|(key, _)| *key)
             .collect();
         let now = now();
         for key in mine {
             if let Some(x) = bw.exchanges.borrow_mut().remove(&key) {
-                self.write_exchange(&x, key.1, None, Some("DC"), 0, now);
+                self.write_exchange(&x, None, Some("DC"), 0, now);
                 self.give_back(x);
             }
         }
@@ -1094,7 +1101,6 @@ impl<N: Network> Engine<N> {
     fn write_exchange(
         &self,
         x: &Exchange,
-        request_id: u32,
         status: Option<u16>,
         flag: Option<&'static str>,
         bytes_sent: u64,
@@ -1119,7 +1125,7 @@ impl<N: Network> Engine<N> {
             bytes_sent,
             service: &x.service,
             method: &x.method,
-            request_id,
+            request_id: x.request_id,
             status,
         });
     }
@@ -1128,6 +1134,8 @@ impl<N: Network> Engine<N> {
     fn take_exchange(&self, conn: &LoggedConnection, now: Instant) -> Exchange {
         let spare = self.bolt().spare_exchanges.borrow_mut().pop();
         let mut x = spare.unwrap_or_else(|| Exchange {
+            down: conn.down,
+            request_id: 0,
             start: SystemTime::UNIX_EPOCH,
             t0: now,
             listener: 0,
@@ -1139,6 +1147,7 @@ impl<N: Network> Engine<N> {
             service: Vec::new(),
             method: Vec::new(),
         });
+        x.down = conn.down;
         x.start = SystemTime::now();
         x.t0 = now;
         x.listener = conn.listener;

@@ -85,8 +85,8 @@ pub use crc32::crc32;
 pub use decode::{decode, header_value, request_id_offset, set_request_id};
 pub use encode::{RequestSpec, encode_heartbeat_reply, encode_request, encode_response};
 pub use proxy::{
-    Action, BoltProxy, BoltStats, DownstreamId, DownstreamVerdict, ListenerRoutesError, ProxyReply,
-    UpstreamId, UpstreamVerdict,
+    Action, BoltProxy, BoltStats, DownstreamId, DownstreamVerdict, Dropped, ListenerRoutesError,
+    ProxyReply, UpstreamId, UpstreamVerdict,
 };
 pub use router::BoltRouter;
 

@@ -150,6 +150,10 @@ pub struct ProxyReply {
     pub codec: u8,
     /// Why.
     pub status: ResponseStatus,
+    /// The upstream stream it answers in place of (its connection and the id the request
+    /// carried there): a timeout or a lost connection. `None` for an answer given when the
+    /// request arrived.
+    pub stream: Option<(UpstreamId, u32)>,
 }
 
 impl ProxyReply {
@@ -183,8 +187,23 @@ pub enum DownstreamVerdict {
     AnswerHeartbeat,
     /// Append this reply to this downstream's write buffer.
     Reply(ProxyReply),
-    /// Nothing to write.
-    Drop,
+    /// Nothing to write, and why.
+    Drop(Dropped),
+}
+
+/// Why a frame from a downstream was dropped with nothing written back.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Dropped {
+    /// Not a request to forward: a response or a oneway heartbeat from a client, or a frame
+    /// of a connection the proxy does not know.
+    NotARequest,
+    /// A oneway request no route matched.
+    NoRoute,
+    /// A oneway request with nowhere to go: no available host, or (an `original_dst` cluster)
+    /// no original destination.
+    NoHost,
+    /// A oneway request over a circuit breaker's limit (connections, or destinations).
+    Overflow,
 }
 
 /// What to do with the bytes of a frame read from an upstream.
@@ -489,12 +508,12 @@ impl BoltProxy {
         rng: &mut Rng,
     ) -> DownstreamVerdict {
         let Some(d) = self.downstreams.get(&down) else {
-            return DownstreamVerdict::Drop;
+            return DownstreamVerdict::Drop(Dropped::NotARequest);
         };
         let oneway = match frame.kind {
             Kind::Response => {
                 self.stats.unexpected_frames += 1;
-                return DownstreamVerdict::Drop;
+                return DownstreamVerdict::Drop(Dropped::NotARequest);
             }
             Kind::Request if frame.cmd_code == CMD_HEARTBEAT => {
                 self.stats.heartbeats += 1;
@@ -502,7 +521,7 @@ impl BoltProxy {
             }
             Kind::Oneway if frame.cmd_code == CMD_HEARTBEAT => {
                 self.stats.unexpected_frames += 1;
-                return DownstreamVerdict::Drop;
+                return DownstreamVerdict::Drop(Dropped::NotARequest);
             }
             Kind::Request => false,
             Kind::Oneway => true,
@@ -515,6 +534,7 @@ impl BoltProxy {
                 version: frame.version,
                 codec: frame.codec,
                 status,
+                stream: None,
             })
         };
         let route = self
@@ -525,19 +545,19 @@ impl BoltProxy {
         let Some(route) = route else {
             if oneway {
                 self.stats.oneway_dropped += 1;
-                return DownstreamVerdict::Drop;
+                return DownstreamVerdict::Drop(Dropped::NoRoute);
             }
             self.stats.no_route += 1;
             return reply(ResponseStatus::NoProcessor);
         };
         let (cluster, route_timeout) = (route.cluster_index, route.timeout);
         let Some(state) = clusters.get_mut(cluster) else {
+            if oneway {
+                self.stats.oneway_dropped += 1;
+                return DownstreamVerdict::Drop(Dropped::NoHost);
+            }
             self.stats.no_host += 1;
-            return if oneway {
-                DownstreamVerdict::Drop
-            } else {
-                reply(ResponseStatus::NoProcessor)
-            };
+            return reply(ResponseStatus::NoProcessor);
         };
         // An original_dst cluster sends to the connection's original destination; without
         // one there is nowhere to send (see the module doc).
@@ -548,7 +568,7 @@ impl BoltProxy {
                 None => {
                     if oneway {
                         self.stats.oneway_dropped += 1;
-                        return DownstreamVerdict::Drop;
+                        return DownstreamVerdict::Drop(Dropped::NoHost);
                     }
                     self.stats.no_original_dst += 1;
                     return reply(ResponseStatus::NoProcessor);
@@ -567,7 +587,7 @@ impl BoltProxy {
         let Some(host) = state.pick_hashed(rng, &[], hash) else {
             if oneway {
                 self.stats.oneway_dropped += 1;
-                return DownstreamVerdict::Drop;
+                return DownstreamVerdict::Drop(Dropped::NoHost);
             }
             self.stats.no_host += 1;
             return reply(ResponseStatus::NoProcessor);
@@ -599,7 +619,7 @@ impl BoltProxy {
                 return reply(ResponseStatus::ServerThreadpoolBusy);
             }
             self.stats.oneway_dropped += 1;
-            return DownstreamVerdict::Drop;
+            return DownstreamVerdict::Drop(Dropped::Overflow);
         }
         let state = &mut clusters[cluster];
         let up = match existing {
@@ -641,7 +661,7 @@ impl BoltProxy {
                         return reply(ResponseStatus::ServerThreadpoolBusy);
                     }
                     self.stats.oneway_dropped += 1;
-                    return DownstreamVerdict::Drop;
+                    return DownstreamVerdict::Drop(Dropped::Overflow);
                 }
             },
         };
@@ -713,6 +733,7 @@ impl BoltProxy {
             version,
             codec,
             status: ResponseStatus::CodecException,
+            stream: None,
         });
         self.handle_downstream_closed(down);
         reply
@@ -828,6 +849,7 @@ impl BoltProxy {
                         version,
                         codec,
                         status: ResponseStatus::ConnectionClosed,
+                        stream: Some((up, id)),
                     }));
                 }
             }
@@ -988,6 +1010,7 @@ impl BoltProxy {
                     version,
                     codec,
                     status: ResponseStatus::Timeout,
+                    stream: Some((up, id)),
                 }));
             }
             self.close_if_stale_and_idle(up, clusters);

@@ -412,7 +412,10 @@ impl Model {
                         );
                         r.encode(self.down_out.entry(d).or_default());
                     }
-                    DownstreamVerdict::Drop => assert!(oneway, "a request dropped"),
+                    DownstreamVerdict::Drop(why) => {
+                        assert!(oneway, "a request dropped");
+                        assert_ne!(why, super::Dropped::NotARequest, "a oneway request dropped as no request");
+                    }
                     DownstreamVerdict::AnswerHeartbeat => {
                         panic!("a request answered as a heartbeat")
                     }

@@ -91,6 +91,8 @@ struct H {
     up_out: BTreeMap<UpstreamId, Vec<u8>>,
     connects: Vec<Action>,
     closed: Vec<UpstreamId>,
+    /// The proxy's own answers, as made ([`Action::Reply`]).
+    replies: Vec<ProxyReply>,
 }
 
 fn req(version: Version, id: u32, headers: &[(&[u8], Option<&[u8]>)], timeout_ms: i32) -> Vec<u8> {
@@ -182,6 +184,7 @@ impl H {
             up_out: BTreeMap::new(),
             connects: Vec::new(),
             closed: Vec::new(),
+            replies: Vec::new(),
         }
     }
 
@@ -192,7 +195,10 @@ impl H {
     fn drain(&mut self) {
         while let Some(a) = self.p.poll_action() {
             match a {
-                Action::Reply(r) => r.encode(self.down_out.entry(r.down).or_default()),
+                Action::Reply(r) => {
+                    r.encode(self.down_out.entry(r.down).or_default());
+                    self.replies.push(r);
+                }
                 c @ Action::Connect { .. } => self.connects.push(c),
                 Action::Close { up } => self.closed.push(up),
             }
@@ -214,7 +220,7 @@ impl H {
                 encode_heartbeat_reply(self.down_out.entry(d).or_default(), &f);
             }
             DownstreamVerdict::Reply(r) => r.encode(self.down_out.entry(d).or_default()),
-            DownstreamVerdict::Drop => {}
+            DownstreamVerdict::Drop(_) => {}
         }
         self.drain();
         v
@@ -486,6 +492,24 @@ fn overflow_is_status_4() {
     );
     assert_eq!(h.clusters[3].breakers().in_use(Resource::Requests), 0);
     assert_eq!(h.p.stats().overflow, 2);
+    // A oneway request there is dropped, and the verdict says why (the access log's flag).
+    let mut oneway = req(
+        Version::V1,
+        4,
+        &[(b"service", Some(b"com.example.NoConn:1.0"))],
+        0,
+    );
+    oneway[1] = 2;
+    assert_eq!(
+        h.down(d, oneway),
+        DownstreamVerdict::Drop(Dropped::Overflow)
+    );
+    h.clusters[0].set_available(crate::cluster::HostId(0), false);
+    let mut oneway = echo_req(Version::V1, 5);
+    oneway[1] = 2;
+    assert_eq!(h.down(d, oneway), DownstreamVerdict::Drop(Dropped::NoHost));
+    assert!(h.take_down(d).is_empty());
+    assert_eq!(h.p.stats().oneway_dropped, 2);
 }
 
 #[test]
@@ -500,6 +524,8 @@ fn timeout_is_status_7_and_the_late_response_is_dropped() {
     assert!(h.take_down(d).is_empty());
     h.advance(1);
     assert_eq!(h.take_down(d), v1_reply(5, 7));
+    // The answer names the upstream stream it replaces (the access log's key).
+    assert_eq!(h.replies.last().and_then(|r| r.stream), Some((up, uid)));
     assert_eq!(h.clusters[0].hosts()[0].active, 0);
     assert_eq!(
         h.up(up, resp(Version::V1, uid, ResponseStatus::Success, b"late")),
@@ -739,7 +765,7 @@ fn oneway_is_forwarded_with_a_fresh_id_and_expects_nothing() {
     // Unrouted oneway: dropped, no reply.
     let mut lost = req(Version::V1, 3, &[], 0);
     lost[1] = 2;
-    assert_eq!(h.down(d, lost), DownstreamVerdict::Drop);
+    assert_eq!(h.down(d, lost), DownstreamVerdict::Drop(Dropped::NoRoute));
     assert!(h.take_down(d).is_empty());
     let (_, u3) = forward(h.down(d, echo_req(Version::V1, 4)));
     assert!(u3 != u1 && u3 != u2);
@@ -967,6 +993,7 @@ fn original_dst_requests_go_to_their_connections_destination_multiplexed_per_des
             version: Version::V1,
             codec: CODEC_HESSIAN2,
             status: ResponseStatus::NoProcessor,
+            stream: None,
         })
     );
     assert_eq!(h.take_down(plain), v1_reply(9, 6));
