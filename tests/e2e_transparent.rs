@@ -922,6 +922,39 @@ clusters:
     assert_eq!(pki_stat(admin, "http2.upstream_cx_total"), 1);
     let h2_requests = std::fs::read_to_string(&h2_log).unwrap_or_default();
     assert_eq!(h2_requests.lines().count(), 4, "{h2_requests}");
+    // A stream the destination refuses (REFUSED_STREAM) is sent again, a POST too, as to a
+    // host.
+    let out = run(
+        "curl",
+        &[
+            "-sS",
+            "--max-time",
+            "10",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "-d",
+            "x",
+            "-H",
+            &format!("x-envoy-original-dst-host: 127.0.0.1:{h2_up}"),
+            &format!("http://127.0.0.1:{trusting_h2}/refuse-once/odst"),
+        ],
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "200");
+    let h2_requests = std::fs::read_to_string(&h2_log).unwrap_or_default();
+    let last: Vec<&str> = h2_requests.lines().skip(4).collect();
+    assert_eq!(last.len(), 2, "{h2_requests}");
+    assert!(
+        last[0].contains(r#""refused":"/refuse-once/odst""#),
+        "{h2_requests}"
+    );
+    assert!(
+        last[1].contains(r#""path":"/refuse-once/odst""#),
+        "{h2_requests}"
+    );
+    assert_eq!(pki_stat(admin, "http2.upstream_refused"), 1);
+    assert_eq!(pki_stat(admin, "http2.upstream_cx_total"), 1);
     // To the HTTP/1.1 cluster, gRPC is answered UNAVAILABLE at once, trailers-only, and sent
     // nowhere.
     let got = grpc(trusting, up, "/pkg.Svc/Call").to_ascii_lowercase();
@@ -929,6 +962,93 @@ clusters:
     assert!(got.contains("grpc-status: 14"), "{got}");
     let requests = std::fs::read_to_string(dir.path().join("up.requests")).unwrap_or_default();
     assert_eq!(requests.lines().count(), 1, "{requests}");
+}
+
+/// An HTTP/2 server over TLS (node): answers each request with the ALPN protocol, the
+/// `:authority` and the client's port (which says which connection carried it).
+const H2_TLS_SERVER: &str = r#"
+const http2 = require('http2');
+const fs = require('fs');
+const [port, cert, key] = process.argv.slice(2);
+const server = http2.createSecureServer({ cert: fs.readFileSync(cert), key: fs.readFileSync(key) });
+server.on('stream', (stream, headers) => {
+  stream.respond({ ':status': 200, 'content-type': 'text/plain' });
+  stream.end(`${stream.session.alpnProtocol} ${headers[':authority']} ${stream.session.socket.remotePort}`);
+});
+server.listen(Number(port), '127.0.0.1');
+"#;
+
+/// An `original_dst` cluster with `protocol: http2` and `tls`: the destination is verified
+/// (`sni`, `ca`) and spoken to in HTTP/2 over TLS (ALPN `h2`), its requests multiplexed on
+/// one connection. Loopback (`use_http_header`): no namespace, no root needed.
+#[test]
+fn an_original_destination_is_spoken_to_in_http2_over_tls() {
+    if !require_peers(&["node", "curl"]) {
+        return;
+    }
+    let dir = TempDir::new("transparent-h2-tls");
+    let ca = support::pki::make_ca(&dir, "ca");
+    let (cert, key) = support::pki::leaf(&dir, &ca, "upstream", &["upstream.example"], None);
+    let (up, listen, admin) = (free_port(), free_port(), free_port());
+    let script = dir.write("h2_tls.js", H2_TLS_SERVER);
+    let mut upstream = spawn(
+        &dir,
+        "up",
+        "node",
+        &[
+            script.to_str().unwrap(),
+            &up.to_string(),
+            cert.to_str().unwrap(),
+            key.to_str().unwrap(),
+        ],
+    );
+    wait_listening(addr(up), &mut upstream);
+    let config = format!(
+        "admin: {{ address: 127.0.0.1:{admin} }}
+listeners:
+  - name: web
+    address: 127.0.0.1:{listen}
+    http: {{ virtual_hosts: [ {{ name: all, domains: [\"*\"], routes: [ {{ match: {{ prefix: / }}, route: {{ cluster: h2_tls }} }} ] }} ] }}
+clusters:
+  - name: h2_tls
+    type: original_dst
+    use_http_header: true
+    protocol: http2
+    tls: {{ sni: upstream.example, ca: {} }}
+",
+        ca.pem.display()
+    );
+    let _sluice = start_sluice(&dir, &config, 1, addr(listen));
+    let mut ports = Vec::new();
+    for _ in 0..3 {
+        let out = run(
+            "curl",
+            &[
+                "-sS",
+                "--max-time",
+                "10",
+                "--http1.1",
+                "-H",
+                "Host: api.example",
+                "-H",
+                &format!("x-envoy-original-dst-host: 127.0.0.1:{up}"),
+                &format!("http://127.0.0.1:{listen}/x"),
+            ],
+        );
+        let body = String::from_utf8_lossy(&out.stdout).into_owned();
+        let words: Vec<&str> = body.split(' ').collect();
+        assert_eq!(
+            words[..2],
+            ["h2", "api.example"],
+            "{body} {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        ports.push(words[2].to_owned());
+    }
+    ports.dedup();
+    assert_eq!(ports.len(), 1, "not one connection: {ports:?}");
+    assert_eq!(pki_stat(admin, "http2.upstream_cx_total"), 1);
+    assert_eq!(pki_stat(admin, "cluster.h2_tls.upstream_rq_total"), 3);
 }
 
 /// A Bolt v1 server: answers each request status 0 with `srv:` and the request's content, and
