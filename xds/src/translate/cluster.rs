@@ -217,7 +217,8 @@ pub fn translate_cluster(
                 }
                 Some(UpstreamProtocolOptions::AutoConfig(_)) => {
                     return Err(k_at.field("auto_config").error(
-                        "unsupported (the upstream protocol is fixed per cluster: give explicit_http_config)",
+                        "unsupported (no upstream protocol is negotiated by ALPN: give \
+                         explicit_http_config or use_downstream_protocol_config)",
                     ));
                 }
                 None => {}

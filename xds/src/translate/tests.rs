@@ -865,7 +865,7 @@ fn istio_cluster_bytes() -> Vec<u8> {
 }
 
 /// The upstream HTTP version a CDS cluster asks for (`HttpProtocolOptions`' explicit config)
-/// becomes its `protocol`; a version chosen per request (downstream's, auto) is refused by name.
+/// becomes its `protocol`; one negotiated by ALPN (`auto_config`) is refused by name.
 #[test]
 fn the_explicit_http_protocol_of_a_cluster_is_its_protocol() {
     use envoy_types::pb::envoy::config::core::v3::{Http2ProtocolOptions, KeepaliveSettings};
