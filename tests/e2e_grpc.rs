@@ -808,3 +808,101 @@ setTimeout(() => req.close(http2.constants.NGHTTP2_CANCEL), 500);
         0
     );
 }
+
+/// `protocol: downstream` (Envoy's `use_downstream_protocol_config`, on Istio's pass-through and
+/// inbound clusters): one cluster, one host that speaks both versions; an HTTP/1.1 client's
+/// requests go up in HTTP/1.1 on a pooled keep-alive connection, an HTTP/2 client's (gRPC
+/// included: `te: trailers` kept, trailers back) in HTTP/2 as streams of one connection.
+#[test]
+fn protocol_downstream_speaks_each_clients_version_upstream() {
+    if !require_peers(&["node", "curl"]) {
+        return;
+    }
+    let dir = TempDir::new("h2up-downstream");
+    let (listen, admin, up) = (free_port(), free_port(), free_port());
+    let log = dir.path().join("up.requests");
+    let script = repo().join("tests/grpc/h2_upstream.js");
+    let mut upstream = spawn(
+        &dir,
+        "up",
+        "node",
+        &[
+            script.to_str().unwrap(),
+            &up.to_string(),
+            "up",
+            log.to_str().unwrap(),
+            "both",
+        ],
+    );
+    wait_listening(addr(up), &mut upstream);
+    let config = config(listen, admin, &[up]).replace("protocol: http2", "protocol: downstream");
+    let _sluice = start_sluice(&dir, &config, 1, addr(listen));
+    let base = format!("http://127.0.0.1:{listen}");
+
+    for i in 0..2 {
+        let (status, body) = curl(&["--http1.1", &format!("{base}/h1/{i}")]);
+        assert_eq!(status, 200, "{body}");
+        let seen = json(&body);
+        assert_eq!(seen["version"], "1.1", "{seen}");
+        assert_eq!(seen["path"], format!("/h1/{i}"), "{seen}");
+    }
+    for i in 0..2 {
+        let (status, body) = curl(&["--http2-prior-knowledge", &format!("{base}/h2/{i}")]);
+        assert_eq!(status, 200, "{body}");
+        let seen = json(&body);
+        assert_eq!(seen["version"], "2.0", "{seen}");
+        assert_eq!(seen["path"], format!("/h2/{i}"), "{seen}");
+    }
+    // gRPC over h2c: HTTP/2 upstream with `te: trailers`; the answer's trailers come back.
+    let out = run(
+        "curl",
+        &[
+            "-sS",
+            "--max-time",
+            "10",
+            "--http2-prior-knowledge",
+            "-D",
+            "-",
+            "-H",
+            "content-type: application/grpc",
+            "-H",
+            "te: trailers",
+            "--data-binary",
+            "@/dev/null",
+            &format!("{base}/trailers/grpc"),
+        ],
+    );
+    let got = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(got.starts_with("HTTP/2 200"), "{got:.300}");
+    assert!(got.contains("x-checksum: "), "no trailer: {got:.300}");
+    let (_, body) = got.split_once("\r\n\r\n").expect("a head");
+    // (The body is the description 50 times over.)
+    let seen = json(&body[..body.find("}{").map_or(body.len(), |i| i + 1)]);
+    assert_eq!(seen["version"], "2.0", "{seen}");
+    assert_eq!(seen["headers"]["te"], "trailers", "{seen}");
+
+    let versions: Vec<(String, String)> = log_lines(&log)
+        .iter()
+        .map(|l| {
+            (
+                l["version"].as_str().unwrap_or("").to_owned(),
+                l["path"].as_str().unwrap_or("").to_owned(),
+            )
+        })
+        .collect();
+    let want: Vec<(String, String)> = [
+        ("1.1", "/h1/0"),
+        ("1.1", "/h1/1"),
+        ("2.0", "/h2/0"),
+        ("2.0", "/h2/1"),
+        ("2.0", "/trailers/grpc"),
+    ]
+    .iter()
+    .map(|(v, p)| ((*v).to_owned(), (*p).to_owned()))
+    .collect();
+    assert_eq!(versions, want);
+    // One keep-alive HTTP/1.1 connection and one HTTP/2 connection carrying three streams.
+    assert_eq!(stat(admin, "cluster.app.upstream_cx_total"), 2);
+    assert_eq!(stat(admin, "http2.upstream_cx_total"), 1);
+    assert_eq!(stat(admin, "http2.upstream_streams_total"), 3);
+}

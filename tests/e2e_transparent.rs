@@ -20,6 +20,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use support::netns::{self, Netns, in_ns, ip, spawn_in, wait_listening_in};
+use support::pki::stat as pki_stat;
 use support::*;
 
 /// The addresses of one test: the application's and the server's, on the veth pair.
@@ -640,39 +641,197 @@ clusters:
     );
 }
 
+/// gRPC (grpc-js on both sides) captured by REDIRECT to an `original_dst` cluster with
+/// `protocol: http2`: each call reaches the real server it was addressed to, over HTTP/2
+/// (grpc-js serves nothing else), with its status, message and trailers as the server sent
+/// them; the calls to one destination share one upstream connection (a burst of 20 calls to a
+/// new destination opens one), and a second destination gets its own.
+#[test]
+fn redirect_capture_routes_grpc_over_http2_to_the_original_destination() {
+    if !netns::can_run("e2e_transparent", &["ip", "iptables", "python3", "grpc-js"]) {
+        return;
+    }
+    let f = &IPV4;
+    let tag = "grpc-odst";
+    let (app_ip, server_ip) = (f.app, f.server);
+    let dir = TempDir::new(&format!("transparent-{tag}"));
+    let pid = std::process::id();
+    let app = Netns::new(format!("sluice-{pid}-{tag}-app"));
+    let server = Netns::new(format!("sluice-{pid}-{tag}-srv"));
+    ip(&[
+        "-n", &app.0, "link", "add", "veth0", "type", "veth", "peer", "name", "veth1", "netns",
+        &server.0,
+    ]);
+    for (ns, ip_address, dev) in [(&app, app_ip, "veth0"), (&server, server_ip, "veth1")] {
+        let cidr = format!("{ip_address}/{}", f.prefix);
+        ip(&["-n", &ns.0, "addr", "add", &cidr, "dev", dev]);
+        ip(&["-n", &ns.0, "link", "set", dev, "up"]);
+        ip(&["-n", &ns.0, "link", "set", "lo", "up"]);
+    }
+    // Two gRPC servers at two destinations of the server namespace.
+    let peer = repo().join("tests/grpc/peer.js");
+    let peer = peer.to_str().unwrap();
+    let (port_a, port_b) = (HTTP_PORT, HTTP_PORT + 1);
+    let mut servers = Vec::new();
+    for (name, port) in [("a", port_a), ("b", port_b)] {
+        let mut p = spawn_in(
+            &dir,
+            &server,
+            name,
+            "node",
+            &[peer, "server", &sock(server_ip, port), name],
+        );
+        wait_listening_in(&server, server_ip, port, &mut p);
+        servers.push(p);
+    }
+    let route = "http: { virtual_hosts: [ { name: all, domains: [\"*\"], routes: [ { match: { prefix: / }, route: { cluster: original } } ] } ] }";
+    let config = format!(
+        "admin: {{ address: {ADMIN} }}
+upstream_mark: 1337
+listeners:
+  - name: outbound
+    address: \"0.0.0.0:15001\"
+    original_dst: redirect
+    use_original_dst: true
+    tcp_proxy: {{ cluster: passthrough }}
+  - name: grpc_a
+    address: \"0.0.0.0:{port_a}\"
+    {route}
+  - name: grpc_b
+    address: \"0.0.0.0:{port_b}\"
+    {route}
+clusters:
+  - {{ name: passthrough, type: original_dst, connect_timeout: 2s }}
+  - {{ name: original, type: original_dst, protocol: http2, connect_timeout: 2s }}
+"
+    );
+    let config_path = dir.write("sluice.yaml", &config);
+    let config_path = config_path.to_str().unwrap();
+    let mut sluice = spawn_in(
+        &dir,
+        &app,
+        "sluice",
+        sluice_bin(),
+        &["run", "-c", config_path, "--workers", "1"],
+    );
+    wait_listening_in(&app, "127.0.0.1", 15000, &mut sluice);
+    let printed = Command::new(sluice_bin())
+        .args(["iptables", "-c", config_path])
+        .output()
+        .unwrap();
+    assert!(printed.status.success());
+    let rules = String::from_utf8(printed.stdout).unwrap();
+    let applied = in_ns(&app, "sh", &["-c", &rules]);
+    assert!(
+        applied.status.success(),
+        "{rules}\n{}",
+        String::from_utf8_lossy(&applied.stderr)
+    );
+    // A grpc-js client in the application namespace calls the server's real address.
+    let call = |port: u16, case: &str| -> serde_json::Value {
+        let out = in_ns(
+            &app,
+            "timeout",
+            &["20", "node", peer, "client", &sock(server_ip, port), case],
+        );
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        serde_json::from_str(text.trim()).unwrap_or_else(|e| {
+            panic!(
+                "{case}: {e}: {text} {}\n{}",
+                String::from_utf8_lossy(&out.stderr),
+                sluice.log_text()
+            )
+        })
+    };
+
+    // 20 calls at once to destination a: all answered by a.
+    let unary = call(port_a, "unary:20");
+    assert_eq!(unary["ok"], true, "{unary}");
+    assert_eq!(unary["by"], serde_json::json!({ "a": 20 }), "{unary}");
+    // A server's error status and message (in its trailers) reach the client as sent.
+    let error = call(port_a, "error");
+    assert_eq!(error["code"], 5, "{error}");
+    assert_eq!(error["details"], "told to fail: e", "{error}");
+    // Destination b: a server stream, then 20 calls.
+    let stream = call(port_b, "stream");
+    assert_eq!(stream["ok"], true, "{stream}");
+    assert_eq!(
+        stream["got"],
+        serde_json::json!(["s:0", "s:1", "s:2", "s:3", "s:4"])
+    );
+    let unary = call(port_b, "unary:20");
+    assert_eq!(unary["ok"], true, "{unary}");
+    assert_eq!(unary["by"], serde_json::json!({ "b": 20 }), "{unary}");
+
+    let s = stats(&app);
+    let log = sluice.log_text();
+    assert_eq!(stat(&s, "listener.outbound.capture.handed_off"), 4, "{log}");
+    assert_eq!(stat(&s, "cluster.original.upstream_rq_total"), 42, "{log}");
+    // One HTTP/2 connection per destination, reused by every call to it.
+    assert_eq!(stat(&s, "cluster.original.upstream_cx_total"), 2, "{log}");
+    assert_eq!(stat(&s, "http2.upstream_cx_total"), 2, "{log}");
+    assert_eq!(stat(&s, "http2.upstream_streams_total"), 42, "{log}");
+    assert_eq!(stat(&s, "http2.upstream_streams_active"), 0, "{log}");
+    sluice.signal("TERM");
+    assert!(sluice.wait_exit(Duration::from_secs(20)).is_some(), "{log}");
+}
+
 /// `use_http_header` on an `original_dst` cluster (Envoy's): a request's
 /// `x-envoy-original-dst-host: IP:PORT` says where it goes, on a connection that was not
 /// captured too. Without it the header is ignored (anyone who can send a request could
 /// otherwise make the proxy connect anywhere), and a request with no destination is a 503.
+/// A gRPC request goes to its destination over HTTP/2 from a `protocol: http2` cluster
+/// (`grpc-timeout`, `te: trailers`, the answer's trailers as for any HTTP/2 cluster); from an
+/// HTTP/1.1 one it is answered UNAVAILABLE at once and sent nowhere.
 /// Loopback only: no namespace, no root needed.
 #[test]
 fn use_http_header_sends_a_request_where_its_header_says() {
-    if !require_peers(&["python3", "curl"]) {
+    if !require_peers(&["python3", "curl", "node"]) {
         return;
     }
     let dir = TempDir::new("transparent-http-header");
-    let up = free_port();
+    let (up, h2_up, admin) = (free_port(), free_port(), free_port());
     let _upstream = start_py_upstream(&dir, "up", up);
-    let (trusting, plain) = (free_port(), free_port());
+    let h2_log = dir.path().join("h2.requests");
+    let script = repo().join("tests/grpc/h2_upstream.js");
+    let mut h2_upstream = spawn(
+        &dir,
+        "h2",
+        "node",
+        &[
+            script.to_str().unwrap(),
+            &h2_up.to_string(),
+            "h2",
+            h2_log.to_str().unwrap(),
+        ],
+    );
+    wait_listening(addr(h2_up), &mut h2_upstream);
+    let (trusting, plain, trusting_h2) = (free_port(), free_port(), free_port());
     let route = |cluster: &str| {
         format!(
             "http: {{ virtual_hosts: [ {{ name: all, domains: [\"*\"], routes: [ {{ match: {{ prefix: / }}, route: {{ cluster: {cluster} }} }} ] }} ] }}"
         )
     };
     let config = format!(
-        "listeners:
+        "admin: {{ address: 127.0.0.1:{admin} }}
+listeners:
   - name: trusting
     address: 127.0.0.1:{trusting}
     {}
   - name: plain
     address: 127.0.0.1:{plain}
     {}
+  - name: trusting_h2
+    address: 127.0.0.1:{trusting_h2}
+    {}
 clusters:
   - {{ name: by_header, type: original_dst, use_http_header: true }}
   - {{ name: by_connection, type: original_dst }}
+  - {{ name: by_header_h2, type: original_dst, use_http_header: true, protocol: http2 }}
 ",
         route("by_header"),
         route("by_connection"),
+        route("by_header_h2"),
     );
     let _sluice = start_sluice(&dir, &config, 1, addr(trusting));
     let status = |port: u16, header: Option<String>| {
@@ -701,34 +860,195 @@ clusters:
         "503"
     );
     assert_eq!(status(plain, header.clone()), "503");
-    // gRPC to an original destination (spoken to in HTTP/1.1 only) is answered UNAVAILABLE at
-    // once, trailers-only, and sent nowhere.
-    let url = format!("http://127.0.0.1:{trusting}/pkg.Svc/Call");
+    // gRPC (curl over h2c, with a deadline) to the HTTP/2 cluster: to the header's
+    // destination, over HTTP/2, with the time left as `grpc-timeout` and `te: trailers`; the
+    // answer's trailers reach the client.
+    let grpc = |port: u16, to: u16, path: &str| {
+        let out = run(
+            "curl",
+            &[
+                "-sS",
+                "--max-time",
+                "10",
+                "--http2-prior-knowledge",
+                "-D",
+                "-",
+                "-H",
+                "content-type: application/grpc",
+                "-H",
+                "te: trailers",
+                "-H",
+                "grpc-timeout: 5S",
+                "-H",
+                &format!("x-envoy-original-dst-host: 127.0.0.1:{to}"),
+                "--data-binary",
+                "@/dev/null",
+                &format!("http://127.0.0.1:{port}{path}"),
+            ],
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    for _ in 0..3 {
+        let got = grpc(trusting_h2, h2_up, "/pkg.Svc/Call");
+        let (head, body) = got.split_once("\r\n\r\n").expect("a head");
+        assert!(head.to_ascii_lowercase().starts_with("http/2 200"), "{got}");
+        let seen: serde_json::Value =
+            serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {got}"));
+        assert_eq!(seen["version"], "2.0", "{seen}");
+        assert_eq!(seen["method"], "POST", "{seen}");
+        assert_eq!(seen["path"], "/pkg.Svc/Call", "{seen}");
+        assert_eq!(
+            seen["headers"]["content-type"], "application/grpc",
+            "{seen}"
+        );
+        assert_eq!(seen["headers"]["te"], "trailers", "{seen}");
+        // The time left of the client's 5 s.
+        let timeout = seen["headers"]["grpc-timeout"].as_str().unwrap_or("");
+        let (value, unit) = timeout.split_at(timeout.len().saturating_sub(1));
+        let per_ms = match unit {
+            "m" => 1.0,
+            "u" => 1e-3,
+            "n" => 1e-6,
+            _ => panic!("grpc-timeout {timeout:?}: {seen}"),
+        };
+        let left_ms = value.parse::<f64>().unwrap_or(0.0) * per_ms;
+        assert!(left_ms > 4000.0 && left_ms <= 5000.0, "{seen}");
+    }
+    let got = grpc(trusting_h2, h2_up, "/trailers");
+    assert!(got.contains("x-checksum: "), "no trailer: {got:.300}");
+    // Every request to the one destination went on one connection.
+    assert_eq!(pki_stat(admin, "cluster.by_header_h2.upstream_rq_total"), 4);
+    assert_eq!(pki_stat(admin, "cluster.by_header_h2.upstream_cx_total"), 1);
+    assert_eq!(pki_stat(admin, "http2.upstream_cx_total"), 1);
+    let h2_requests = std::fs::read_to_string(&h2_log).unwrap_or_default();
+    assert_eq!(h2_requests.lines().count(), 4, "{h2_requests}");
+    // A stream the destination refuses (REFUSED_STREAM) is sent again, a POST too, as to a
+    // host.
     let out = run(
         "curl",
         &[
             "-sS",
             "--max-time",
             "10",
-            "--http2-prior-knowledge",
-            "-D",
-            "-",
             "-o",
             "/dev/null",
+            "-w",
+            "%{http_code}",
+            "-d",
+            "x",
             "-H",
-            "content-type: application/grpc",
-            "-H",
-            header.as_deref().unwrap(),
-            "--data-binary",
-            "@/dev/null",
-            &url,
+            &format!("x-envoy-original-dst-host: 127.0.0.1:{h2_up}"),
+            &format!("http://127.0.0.1:{trusting_h2}/refuse-once/odst"),
         ],
     );
-    let head = String::from_utf8_lossy(&out.stdout).to_ascii_lowercase();
-    assert!(head.starts_with("http/2 200"), "{head}");
-    assert!(head.contains("grpc-status: 14"), "{head}");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "200");
+    let h2_requests = std::fs::read_to_string(&h2_log).unwrap_or_default();
+    let last: Vec<&str> = h2_requests.lines().skip(4).collect();
+    assert_eq!(last.len(), 2, "{h2_requests}");
+    assert!(
+        last[0].contains(r#""refused":"/refuse-once/odst""#),
+        "{h2_requests}"
+    );
+    assert!(
+        last[1].contains(r#""path":"/refuse-once/odst""#),
+        "{h2_requests}"
+    );
+    assert_eq!(pki_stat(admin, "http2.upstream_refused"), 1);
+    assert_eq!(pki_stat(admin, "http2.upstream_cx_total"), 1);
+    // To the HTTP/1.1 cluster, gRPC is answered UNAVAILABLE at once, trailers-only, and sent
+    // nowhere.
+    let got = grpc(trusting, up, "/pkg.Svc/Call").to_ascii_lowercase();
+    assert!(got.starts_with("http/2 200"), "{got}");
+    assert!(got.contains("grpc-status: 14"), "{got}");
     let requests = std::fs::read_to_string(dir.path().join("up.requests")).unwrap_or_default();
     assert_eq!(requests.lines().count(), 1, "{requests}");
+}
+
+/// An HTTP/2 server over TLS (node): answers each request with the ALPN protocol, the
+/// `:authority` and the client's port (which says which connection carried it).
+const H2_TLS_SERVER: &str = r#"
+const http2 = require('http2');
+const fs = require('fs');
+const [port, cert, key] = process.argv.slice(2);
+const server = http2.createSecureServer({ cert: fs.readFileSync(cert), key: fs.readFileSync(key) });
+server.on('stream', (stream, headers) => {
+  stream.respond({ ':status': 200, 'content-type': 'text/plain' });
+  stream.end(`${stream.session.alpnProtocol} ${headers[':authority']} ${stream.session.socket.remotePort}`);
+});
+server.listen(Number(port), '127.0.0.1');
+"#;
+
+/// An `original_dst` cluster with `protocol: http2` and `tls`: the destination is verified
+/// (`sni`, `ca`) and spoken to in HTTP/2 over TLS (ALPN `h2`), its requests multiplexed on
+/// one connection. Loopback (`use_http_header`): no namespace, no root needed.
+#[test]
+fn an_original_destination_is_spoken_to_in_http2_over_tls() {
+    if !require_peers(&["node", "curl"]) {
+        return;
+    }
+    let dir = TempDir::new("transparent-h2-tls");
+    let ca = support::pki::make_ca(&dir, "ca");
+    let (cert, key) = support::pki::leaf(&dir, &ca, "upstream", &["upstream.example"], None);
+    let (up, listen, admin) = (free_port(), free_port(), free_port());
+    let script = dir.write("h2_tls.js", H2_TLS_SERVER);
+    let mut upstream = spawn(
+        &dir,
+        "up",
+        "node",
+        &[
+            script.to_str().unwrap(),
+            &up.to_string(),
+            cert.to_str().unwrap(),
+            key.to_str().unwrap(),
+        ],
+    );
+    wait_listening(addr(up), &mut upstream);
+    let config = format!(
+        "admin: {{ address: 127.0.0.1:{admin} }}
+listeners:
+  - name: web
+    address: 127.0.0.1:{listen}
+    http: {{ virtual_hosts: [ {{ name: all, domains: [\"*\"], routes: [ {{ match: {{ prefix: / }}, route: {{ cluster: h2_tls }} }} ] }} ] }}
+clusters:
+  - name: h2_tls
+    type: original_dst
+    use_http_header: true
+    protocol: http2
+    tls: {{ sni: upstream.example, ca: {} }}
+",
+        ca.pem.display()
+    );
+    let _sluice = start_sluice(&dir, &config, 1, addr(listen));
+    let mut ports = Vec::new();
+    for _ in 0..3 {
+        let out = run(
+            "curl",
+            &[
+                "-sS",
+                "--max-time",
+                "10",
+                "--http1.1",
+                "-H",
+                "Host: api.example",
+                "-H",
+                &format!("x-envoy-original-dst-host: 127.0.0.1:{up}"),
+                &format!("http://127.0.0.1:{listen}/x"),
+            ],
+        );
+        let body = String::from_utf8_lossy(&out.stdout).into_owned();
+        let words: Vec<&str> = body.split(' ').collect();
+        assert_eq!(
+            words[..2],
+            ["h2", "api.example"],
+            "{body} {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        ports.push(words[2].to_owned());
+    }
+    ports.dedup();
+    assert_eq!(ports.len(), 1, "not one connection: {ports:?}");
+    assert_eq!(pki_stat(admin, "http2.upstream_cx_total"), 1);
+    assert_eq!(pki_stat(admin, "cluster.h2_tls.upstream_rq_total"), 3);
 }
 
 /// A Bolt v1 server: answers each request status 0 with `srv:` and the request's content, and

@@ -14,6 +14,13 @@
 //! given back when it closes. A connection with no stream for the cluster's
 //! `upstream_idle_timeout` is dropped from the pool ([`H2Pool::sweep`]); `h2` then closes it.
 //!
+//! An `original_dst` cluster's connections are kept by `(cluster, destination)` instead of
+//! `[cluster][host]` ([`Peer::Destination`]), with the same rules (connect dedup included). The
+//! destinations are bounded ([`MAX_DESTINATIONS`] per worker: one more takes the place of the
+//! one idle the longest, or is not pooled while all are busy) and swept: a destination whose
+//! last connection went is forgotten. Invariant: no destination entry is empty, and an attempt
+//! entry exists only while it counts an attempt under way.
+//!
 //! ## One request as a stream ([`H2Upstream`])
 //!
 //! The request path ([`crate::http`]) speaks HTTP/1.1 bytes to its upstream; for an HTTP/2
@@ -61,8 +68,10 @@
 //! parsed again by the request path.
 
 use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
 use std::future::Future;
 use std::io;
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::Arc;
@@ -170,9 +179,33 @@ impl H2Conn {
 /// One cluster's connections, per host.
 type ClusterConns = Vec<Vec<Rc<H2Conn>>>;
 
-/// The worker's HTTP/2 upstream connections, `[cluster][host]`.
+/// Where a pooled connection goes: one of its cluster's hosts (by index), or, for an
+/// `original_dst` cluster, a destination address (its one placeholder host stands for them
+/// all).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub(crate) enum Peer {
+    Host(usize),
+    Destination(SocketAddr),
+}
+
+/// Destinations of `original_dst` clusters with HTTP/2 connections pooled, per worker (as many
+/// as HTTP/1.1's [`crate::pool::MAX_IDLE_DESTINATIONS`]). A connection to one more destination
+/// takes the place of the destination idle the longest (no stream open on any of its
+/// connections), whose connections close; when every destination has a stream open, it is not
+/// pooled and serves its one request.
+pub const MAX_DESTINATIONS: usize = crate::pool::MAX_IDLE_DESTINATIONS;
+
+/// Connections of `original_dst` clusters by `(cluster, destination)`; an entry whose last
+/// connection went is removed.
+type ByDestination = HashMap<(usize, SocketAddr), Vec<Rc<H2Conn>>>;
+
+/// The worker's HTTP/2 upstream connections, `[cluster][host]`, and those of `original_dst`
+/// clusters by destination.
 pub struct H2Pool {
     conns: RefCell<Vec<ClusterConns>>,
+    /// `original_dst` clusters: `(cluster, destination)` → connections, at most
+    /// [`MAX_DESTINATIONS`] entries; the multiplexing rules are a host's.
+    by_destination: RefCell<ByDestination>,
     timeouts: Vec<Duration>,
     /// Connections being established, `[cluster][host]`: a request that finds every
     /// connection full waits for one of these rather than opening its own (a burst opens one
@@ -180,8 +213,13 @@ pub struct H2Pool {
     /// when the id names another host ([`H2Pool::forget_host`]), which forgets the attempts to
     /// the old one — its requests no longer wait for them.
     connecting: RefCell<Vec<Vec<Attempts>>>,
+    /// The same for destinations of `original_dst` clusters: attempts under way by
+    /// `(cluster, destination)` (an entry leaves with its last attempt).
+    connecting_to: RefCell<HashMap<(usize, SocketAddr), usize>>,
     /// Woken when a connection attempt ends (made or failed).
     settled: tokio::sync::Notify,
+    /// [`MAX_DESTINATIONS`] (smaller in tests).
+    max_destinations: usize,
 }
 
 /// Connection attempts under way to one host id, and the id's generation (see
@@ -192,11 +230,12 @@ struct Attempts {
     count: usize,
 }
 
-/// Counts one connection attempt to a host while alive (see [`H2Pool::connecting`]).
+/// Counts one connection attempt to a host or destination while alive (see
+/// [`H2Pool::connecting`]).
 pub(crate) struct Connecting<'a> {
     pool: &'a H2Pool,
     cluster: usize,
-    host: usize,
+    peer: Peer,
     /// The host id's generation when the attempt started: it no longer counts once the id
     /// names another host.
     generation: u64,
@@ -204,14 +243,47 @@ pub(crate) struct Connecting<'a> {
 
 impl Drop for Connecting<'_> {
     fn drop(&mut self) {
-        let mut connecting = self.pool.connecting.borrow_mut();
-        let attempts = &mut connecting[self.cluster][self.host];
-        if attempts.generation == self.generation {
-            attempts.count -= 1;
+        match self.peer {
+            Peer::Host(host) => {
+                let mut connecting = self.pool.connecting.borrow_mut();
+                let attempts = &mut connecting[self.cluster][host];
+                if attempts.generation == self.generation {
+                    attempts.count -= 1;
+                }
+            }
+            Peer::Destination(d) => {
+                let mut connecting = self.pool.connecting_to.borrow_mut();
+                if let Some(count) = connecting.get_mut(&(self.cluster, d)) {
+                    *count -= 1;
+                    if *count == 0 {
+                        connecting.remove(&(self.cluster, d));
+                    }
+                }
+            }
         }
-        drop(connecting);
         self.pool.settled.notify_waiters();
     }
+}
+
+/// The first connection of `list` with room for one more stream; connections found closed or
+/// going away leave the list.
+fn pick(list: &mut Vec<Rc<H2Conn>>, stats: &WorkerStats) -> Option<Rc<H2Conn>> {
+    list.retain(|c| !c.ended.get() && !c.going_away.get());
+    let found = list.iter().find(|c| c.usable(stats)).cloned();
+    list.retain(|c| !c.going_away.get());
+    found
+}
+
+/// Keeps the connections of `list` that are alive, not going away, and busy or idle for less
+/// than `timeout`; returns how many it dropped.
+fn sweep_list(list: &mut Vec<Rc<H2Conn>>, now: Instant, timeout: Duration) -> usize {
+    let before = list.len();
+    list.retain(|c| {
+        !c.ended.get()
+            && !c.going_away.get()
+            && (c.streams.get() > 0 || now.duration_since(c.idle_since.get()) < timeout)
+    });
+    before - list.len()
 }
 
 impl H2Pool {
@@ -226,40 +298,70 @@ impl H2Pool {
             .collect();
         H2Pool {
             conns: RefCell::new(conns),
+            by_destination: RefCell::default(),
             timeouts,
             connecting: RefCell::new(connecting),
+            connecting_to: RefCell::default(),
             settled: tokio::sync::Notify::new(),
+            max_destinations: MAX_DESTINATIONS,
         }
     }
 
-    /// Marks a connection attempt to the host until the guard is dropped (after the new
-    /// connection is in the pool, or failed).
-    pub(crate) fn connecting(&self, cluster: usize, host: usize) -> Connecting<'_> {
-        let mut connecting = self.connecting.borrow_mut();
-        let attempts = &mut connecting[cluster][host];
-        attempts.count += 1;
+    /// Marks a connection attempt to the host or destination until the guard is dropped
+    /// (after the new connection is in the pool, or failed).
+    pub(crate) fn connecting(&self, cluster: usize, peer: Peer) -> Connecting<'_> {
+        let generation = match peer {
+            Peer::Host(host) => {
+                let mut connecting = self.connecting.borrow_mut();
+                let attempts = &mut connecting[cluster][host];
+                attempts.count += 1;
+                attempts.generation
+            }
+            Peer::Destination(d) => {
+                *self
+                    .connecting_to
+                    .borrow_mut()
+                    .entry((cluster, d))
+                    .or_default() += 1;
+                0
+            }
+        };
         Connecting {
             pool: self,
             cluster,
-            host,
-            generation: attempts.generation,
+            peer,
+            generation,
+        }
+    }
+
+    /// Connection attempts under way to the host or destination.
+    fn attempts(&self, cluster: usize, peer: Peer) -> usize {
+        match peer {
+            Peer::Host(host) => self.connecting.borrow()[cluster][host].count,
+            Peer::Destination(d) => self
+                .connecting_to
+                .borrow()
+                .get(&(cluster, d))
+                .copied()
+                .unwrap_or(0),
         }
     }
 
     /// A connection with room for one more stream: one in the pool, or the next one being
-    /// established to the host (waited for until `deadline`). `None`: open a new one.
+    /// established to the host or destination (waited for until `deadline`). `None`: open a
+    /// new one.
     pub(crate) async fn wait_for_room(
         &self,
         cluster: usize,
-        host: usize,
+        peer: Peer,
         stats: &WorkerStats,
         deadline: tokio::time::Instant,
     ) -> Option<Rc<H2Conn>> {
         loop {
-            if let Some(c) = self.take(cluster, host, stats) {
+            if let Some(c) = self.take(cluster, peer, stats) {
                 return Some(c);
             }
-            if self.connecting.borrow()[cluster][host].count == 0 {
+            if self.attempts(cluster, peer) == 0 {
                 return None;
             }
             // Created before any await: a notification from now on is not missed.
@@ -272,20 +374,26 @@ impl H2Pool {
         }
     }
 
-    /// A connection to the host with room for one more stream, if any; connections found
-    /// closed or going away leave the pool.
+    /// A connection to the host or destination with room for one more stream, if any;
+    /// connections found closed or going away leave the pool.
     pub(crate) fn take(
         &self,
         cluster: usize,
-        host: usize,
+        peer: Peer,
         stats: &WorkerStats,
     ) -> Option<Rc<H2Conn>> {
-        let mut conns = self.conns.borrow_mut();
-        let list = &mut conns[cluster][host];
-        list.retain(|c| !c.ended.get() && !c.going_away.get());
-        let found = list.iter().find(|c| c.usable(stats)).cloned();
-        list.retain(|c| !c.going_away.get());
-        found
+        match peer {
+            Peer::Host(host) => pick(&mut self.conns.borrow_mut()[cluster][host], stats),
+            Peer::Destination(d) => {
+                let mut all = self.by_destination.borrow_mut();
+                let list = all.get_mut(&(cluster, d))?;
+                let found = pick(list, stats);
+                if list.is_empty() {
+                    all.remove(&(cluster, d));
+                }
+                found
+            }
+        }
     }
 
     /// Forgets the host's connections (a DNS answer gave its id to another address): no new
@@ -304,32 +412,72 @@ impl H2Pool {
         self.settled.notify_waiters();
     }
 
-    /// Hands a new connection (from [`crate::h2_upstream::handshake`]) to the pool.
-    pub(crate) fn put(&self, cluster: usize, host: usize, conn: Rc<H2Conn>) {
-        self.conns.borrow_mut()[cluster][host].push(conn);
+    /// Hands a new connection (from [`crate::h2_upstream::handshake`]) to the pool; `false`
+    /// when it was not pooled (one destination more than [`MAX_DESTINATIONS`], every one busy).
+    pub(crate) fn put(&self, cluster: usize, peer: Peer, conn: Rc<H2Conn>) -> bool {
+        let d = match peer {
+            Peer::Host(host) => {
+                self.conns.borrow_mut()[cluster][host].push(conn);
+                return true;
+            }
+            Peer::Destination(d) => d,
+        };
+        let mut all = self.by_destination.borrow_mut();
+        if all.len() >= self.max_destinations && !all.contains_key(&(cluster, d)) {
+            // The destination idle the longest goes; one with a stream open stays.
+            let coldest = all
+                .iter()
+                .filter(|(_, list)| list.iter().all(|c| c.streams.get() == 0))
+                .min_by_key(|(_, list)| list.iter().map(|c| c.idle_since.get()).max())
+                .map(|(k, _)| *k);
+            match coldest {
+                Some(k) => {
+                    all.remove(&k);
+                }
+                None => return false,
+            }
+        }
+        all.entry((cluster, d)).or_default().push(conn);
+        true
     }
 
     /// Drops the connections that ended, go away, or had no stream for their cluster's idle
-    /// timeout; returns how many.
+    /// timeout (and the destinations left with none); returns how many.
     pub fn sweep(&self, now: Instant) -> usize {
         let mut dropped = 0;
         for (hosts, &timeout) in self.conns.borrow_mut().iter_mut().zip(&self.timeouts) {
             for list in hosts {
-                let before = list.len();
-                list.retain(|c| {
-                    !c.ended.get()
-                        && !c.going_away.get()
-                        && (c.streams.get() > 0 || now.duration_since(c.idle_since.get()) < timeout)
-                });
-                dropped += before - list.len();
+                dropped += sweep_list(list, now, timeout);
             }
         }
+        self.by_destination
+            .borrow_mut()
+            .retain(|&(cluster, _), list| {
+                dropped += sweep_list(list, now, self.timeouts[cluster]);
+                !list.is_empty()
+            });
         dropped
     }
 
     /// HTTP/2 connections in the pool.
     pub fn connection_count(&self) -> usize {
-        self.conns.borrow().iter().flatten().map(Vec::len).sum()
+        self.conns
+            .borrow()
+            .iter()
+            .flatten()
+            .map(Vec::len)
+            .sum::<usize>()
+            + self
+                .by_destination
+                .borrow()
+                .values()
+                .map(Vec::len)
+                .sum::<usize>()
+    }
+
+    /// Destinations of `original_dst` clusters with connections in the pool.
+    pub fn destination_count(&self) -> usize {
+        self.by_destination.borrow().len()
     }
 }
 
@@ -951,6 +1099,111 @@ impl Drop for H2Upstream {
 mod tests {
     use super::*;
 
+    fn destination(i: u8) -> SocketAddr {
+        SocketAddr::from(([10, 0, 0, i], 80))
+    }
+
+    fn at(ms: u64) -> Instant {
+        Instant::from_origin(Duration::from_millis(ms))
+    }
+
+    /// A pooled connection to an in-memory HTTP/2 server that accepts everything (run inside
+    /// a `LocalSet`), idle since `idle_since`.
+    async fn connection(stats: &Arc<WorkerStats>, idle_since: Instant) -> Rc<H2Conn> {
+        let (client, server) = tokio::io::duplex(64 * 1024);
+        tokio::task::spawn_local(async move {
+            let Ok(mut conn) = h2::server::handshake(server).await else {
+                return;
+            };
+            while let Some(Ok(_)) = conn.accept().await {}
+        });
+        handshake(client, stats, idle_since, None).await.unwrap()
+    }
+
+    fn stats() -> Arc<WorkerStats> {
+        let config = sluice_core::config::Config::from_yaml(
+            "listeners: [ { name: t, address: 127.0.0.1:1, tcp_proxy: { cluster: a } } ]\n\
+             clusters: [ { name: a, type: original_dst, protocol: http2 } ]\n",
+        )
+        .unwrap();
+        Arc::new(WorkerStats::new(&config))
+    }
+
+    /// An `original_dst` cluster's HTTP/2 connections are pooled per destination, multiplexed
+    /// (a connection is handed out again while it has room), bounded in destinations (the one
+    /// idle the longest goes; a connection to one more is not pooled while every destination
+    /// is busy) and swept when idle past the cluster's idle timeout (the destination with
+    /// them).
+    #[tokio::test]
+    async fn original_dst_connections_are_pooled_by_destination_bounded_and_swept() {
+        let local = tokio::task::LocalSet::new();
+        local
+            .run_until(async {
+                let stats = stats();
+                // The original_dst cluster has no host slots: only destinations.
+                let mut pool = H2Pool::new(std::iter::once((0, Duration::from_secs(30))));
+                pool.max_destinations = 2;
+                let (d1, d2, d3, d4) = (
+                    destination(1),
+                    destination(2),
+                    destination(3),
+                    destination(4),
+                );
+                assert!(pool.take(0, Peer::Destination(d1), &stats).is_none());
+                let c1 = connection(&stats, at(0)).await;
+                assert!(pool.put(0, Peer::Destination(d1), c1.clone()));
+                // Handed out again and again (multiplexed), to its destination only.
+                for _ in 0..3 {
+                    let got = pool.take(0, Peer::Destination(d1), &stats).expect("pooled");
+                    assert!(Rc::ptr_eq(&got, &c1));
+                }
+                assert!(pool.take(0, Peer::Destination(d2), &stats).is_none());
+                // A connect under way to a destination holds its requests back (a burst opens
+                // one connection); another destination's do not wait.
+                let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+                let attempt = pool.connecting(0, Peer::Destination(d2));
+                let waited = tokio::time::timeout(
+                    Duration::from_millis(20),
+                    pool.wait_for_room(0, Peer::Destination(d2), &stats, deadline),
+                )
+                .await;
+                assert!(waited.is_err(), "did not wait for the connect under way");
+                let other = pool
+                    .wait_for_room(0, Peer::Destination(d3), &stats, deadline)
+                    .await;
+                assert!(other.is_none());
+                drop(attempt);
+                assert!(pool.connecting_to.borrow().is_empty(), "attempt entry left");
+
+                let c2 = connection(&stats, at(10)).await;
+                assert!(pool.put(0, Peer::Destination(d2), c2.clone()));
+                // A third destination: the one idle the longest (d1) makes room.
+                let c3 = connection(&stats, at(20)).await;
+                assert!(pool.put(0, Peer::Destination(d3), c3.clone()));
+                assert_eq!(pool.destination_count(), 2);
+                assert!(pool.take(0, Peer::Destination(d1), &stats).is_none());
+                // Every destination busy: one more is not pooled (it serves its request).
+                c2.streams.set(1);
+                c3.streams.set(1);
+                let c4 = connection(&stats, at(30)).await;
+                assert!(!pool.put(0, Peer::Destination(d4), c4));
+                assert!(pool.take(0, Peer::Destination(d4), &stats).is_none());
+                assert_eq!(pool.connection_count(), 2);
+                // The sweep: a busy connection stays whatever its age; an idle one past the
+                // timeout goes, and its destination with it.
+                c3.streams.set(0);
+                assert_eq!(pool.sweep(at(25_000)), 0);
+                assert_eq!(pool.sweep(at(60_000)), 1);
+                assert_eq!(pool.destination_count(), 1);
+                assert!(pool.take(0, Peer::Destination(d2), &stats).is_some());
+                c2.streams.set(0);
+                assert_eq!(pool.sweep(at(60_000)), 1);
+                assert_eq!(pool.destination_count(), 0);
+                assert_eq!(pool.connection_count(), 0);
+            })
+            .await;
+    }
+
     #[tokio::test]
     async fn requests_stop_waiting_for_a_connect_to_the_host_their_slot_no_longer_names() {
         let config = sluice_core::config::Config::from_yaml(
@@ -961,11 +1214,11 @@ mod tests {
         let stats = WorkerStats::new(&config);
         let pool = H2Pool::new(std::iter::once((1, Duration::from_secs(60))));
         let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-        let old = pool.connecting(0, 0);
+        let old = pool.connecting(0, Peer::Host(0));
         // While a connect to the host is under way, a request for it waits for that one.
         let waited = tokio::time::timeout(
             Duration::from_millis(20),
-            pool.wait_for_room(0, 0, &stats, deadline),
+            pool.wait_for_room(0, Peer::Host(0), &stats, deadline),
         )
         .await;
         assert!(waited.is_err(), "did not wait for the connect under way");
@@ -973,7 +1226,7 @@ mod tests {
         pool.forget_host(0, 0);
         let waited = tokio::time::timeout(
             Duration::from_millis(20),
-            pool.wait_for_room(0, 0, &stats, deadline),
+            pool.wait_for_room(0, Peer::Host(0), &stats, deadline),
         )
         .await;
         assert!(
@@ -981,7 +1234,7 @@ mod tests {
             "still waiting for the old host's connect"
         );
         // The old attempt ending does not count against the new host's.
-        let new = pool.connecting(0, 0);
+        let new = pool.connecting(0, Peer::Host(0));
         drop(old);
         assert_eq!(pool.connecting.borrow()[0][0].count, 1);
         drop(new);

@@ -35,8 +35,8 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime};
 
+use sluice_core::config::ListenerConfig;
 use sluice_core::config::http::{ForwardAction, HttpCodec, HttpConfig, PathMatch, RouteAction};
-use sluice_core::config::{ListenerConfig, UpstreamProtocol};
 use sluice_core::health::{Permit, Resource, UpstreamResult};
 use sluice_core::host::HostRef;
 use sluice_core::http1::conn::{ConnectionPolicy, ConnectionSettings, Expired, keeps_alive};
@@ -62,7 +62,7 @@ use tokio::time::Instant as TokioInstant;
 use crate::access_log::Entry;
 use crate::downstream::{Alpn, Downstream};
 use crate::engine::{ClusterRef, Engine};
-use crate::h2_upstream::{H2Upstream, is_refused};
+use crate::h2_upstream::{H2Upstream, Peer, is_refused};
 use crate::net::Network;
 use crate::now;
 use crate::stats::{WorkerStats, bump, gauge_add};
@@ -531,6 +531,9 @@ pub(crate) struct Scratch {
     /// Where a captured connection was going (`original_dst`): an `original_dst` cluster sends
     /// its requests there. Set by the connection's driver.
     pub(crate) original_dst: Option<SocketAddr>,
+    /// The request came over HTTP/2 (set for the streams of [`crate::http2`]): a
+    /// `protocol: downstream` cluster sends it up in HTTP/2.
+    pub(crate) downstream_http2: bool,
     /// The cluster this request was routed to and the upstream tries it made (reset for every
     /// request), for the access log.
     pub(crate) cluster: Option<usize>,
@@ -599,6 +602,7 @@ impl Scratch {
             over_tls,
             forwarded_proto: hc.forwarded_proto,
             original_dst: None,
+            downstream_http2: false,
             cluster: None,
             tries: 0,
             trace: crate::otlp::RequestTrace::default(),
@@ -1128,6 +1132,9 @@ impl<N: Network> Engine<N> {
         let tls_cluster = cluster_cfg.tls.is_some();
         let cstats = self.stats.cluster(ci);
         let head_len = head.head_len();
+        // The HTTP version of the upstream: the cluster's, or (`protocol: downstream`) the
+        // client's.
+        let http2 = cluster_cfg.protocol.speaks_http2(scratch.downstream_http2);
 
         // --- the request body: buffer it when small enough to replay ---
         let framing = head.framing();
@@ -1208,7 +1215,7 @@ impl<N: Network> Engine<N> {
             scratch.trace.headers.edits(&mut edits);
         }
         // HTTP/1.1 drops `te` as hop-by-hop; HTTP/2 keeps `te: trailers` (gRPC needs it).
-        if cluster_cfg.protocol == UpstreamProtocol::Http2
+        if http2
             && head
                 .headers(rbuf.bytes())
                 .any(|(n, v)| n.eq_ignore_ascii_case(b"te") && te_wants_trailers(v))
@@ -1294,10 +1301,11 @@ impl<N: Network> Engine<N> {
                 )
                 .await;
         };
-        // gRPC needs HTTP/2 upstream, and an original destination is spoken to in HTTP/1.1
-        // only: answered UNAVAILABLE at once rather than sent where it cannot be understood.
-        if scratch.grpc && destination.is_some() {
-            tracing::debug!(cluster = %cluster_cfg.name, "gRPC to an original_dst cluster: not supported (HTTP/1.1 only)");
+        // gRPC needs HTTP/2 upstream: to an original destination that the cluster speaks
+        // HTTP/1.1 to, it is answered UNAVAILABLE at once rather than sent to a server that is
+        // most likely gRPC's and cannot understand it.
+        if scratch.grpc && destination.is_some() && !http2 {
+            tracing::debug!(cluster = %cluster_cfg.name, "gRPC to an original_dst cluster that speaks HTTP/1.1: not forwarded");
             return self
                 .local_reply(
                     true,
@@ -1391,20 +1399,18 @@ impl<N: Network> Engine<N> {
             scratch.tries += 1;
             last_host = Some(host);
             upstream_addr = Some(address);
-            // Connection: pooled or fresh, raced against the stream's timers.
-            // The HTTP/2 pool is per host: an original destination is spoken to in HTTP/1.1
-            // (the config refuses `protocol: http2` on an original_dst cluster).
-            let http2 = cluster_cfg.protocol == UpstreamProtocol::Http2 && destination.is_none();
-            debug_assert!(
-                destination.is_none() || cluster_cfg.protocol != UpstreamProtocol::Http2,
-                "http2 to an original destination"
-            );
+            // Connection: pooled or fresh, raced against the stream's timers. The HTTP/2 pool
+            // is per host, and per destination for an original_dst cluster.
+            let peer = match destination {
+                Some(d) => Peer::Destination(d),
+                None => Peer::Host(host.index()),
+            };
             let pooled = if !allow_pooled {
                 None
             } else if http2 {
                 let timer = deadline_of(stream.poll_timeout());
                 self.h2_pool
-                    .wait_for_room(ci, host.index(), &self.stats, timer)
+                    .wait_for_room(ci, peer, &self.stats, timer)
                     .await
                     .map(|c| {
                         Upstream::Http2(Box::new(H2Upstream::new(c, &self.stats, tls_cluster)))
@@ -1433,8 +1439,9 @@ impl<N: Network> Engine<N> {
                     if !matches!(step, Some(Output::OpenConnection)) {
                         continue;
                     }
-                    // Requests for this host wait for this connection rather than open theirs.
-                    let _connecting = http2.then(|| self.h2_pool.connecting(ci, host.index()));
+                    // Requests for this host (destination) wait for this connection rather than
+                    // open theirs.
+                    let _connecting = http2.then(|| self.h2_pool.connecting(ci, peer));
                     bump(&self.stats.upstream_cx_attempts, 1);
                     if let Some(c) = cstats {
                         bump(&c.upstream_cx_total, 1);
@@ -1481,7 +1488,10 @@ impl<N: Network> Engine<N> {
                             let conn = UpstreamConn::new(s, &self.stats, ci, host.index(), unit);
                             if http2 {
                                 let timer = deadline_of(stream.poll_timeout());
-                                match self.open_http2(ci, picked, conn, tls_cluster, timer).await {
+                                match self
+                                    .open_http2(ci, picked, peer, conn, tls_cluster, timer)
+                                    .await
+                                {
                                     Some(Ok(up)) => up,
                                     Some(Err(())) => {
                                         step = self.stream_input(
@@ -1788,13 +1798,15 @@ impl<N: Network> Engine<N> {
         }
     }
 
-    /// Starts HTTP/2 on a new upstream connection of a `protocol: http2` cluster, pools it, and
-    /// opens the request's stream on it. `None`: the stream's timer (`timer`) fired first;
+    /// Starts HTTP/2 on a new upstream connection to `peer` (the host `host`, or a
+    /// destination of an `original_dst` cluster), pools it, and opens the request's stream on
+    /// it. `None`: the stream's timer (`timer`) fired first;
     /// `Some(Err)`: the handshake failed (nothing of the request was written).
     async fn open_http2(
         &self,
         ci: usize,
         host: HostRef,
+        peer: Peer,
         conn: UpstreamConn<MaybeTls<N::Stream>>,
         tls: bool,
         timer: TokioInstant,
@@ -1813,9 +1825,11 @@ impl<N: Network> Engine<N> {
             Ok(c) => {
                 // Pooled only if the slot still has the host it was made for (the connect or
                 // handshake may have outlasted a DNS answer that moved the slot): otherwise it
-                // serves this request alone, and closes with it.
-                if self.clusters[ci].borrow().is_current(host) {
-                    self.h2_pool.put(ci, host.id.index(), c.clone());
+                // serves this request alone, and closes with it. A destination is always current.
+                if matches!(peer, Peer::Destination(_))
+                    || self.clusters[ci].borrow().is_current(host)
+                {
+                    self.h2_pool.put(ci, peer, c.clone());
                 }
                 Ok(Upstream::Http2(Box::new(H2Upstream::new(
                     c,

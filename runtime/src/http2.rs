@@ -638,6 +638,9 @@ struct StreamBuffers {
 
 impl StreamBuffers {
     fn new(peer: SocketAddr, hc: &HttpConfig, over_tls: bool) -> Self {
+        let mut scratch = Scratch::new(peer, hc, Rc::new(Cell::new(false)), over_tls);
+        // A `protocol: downstream` cluster speaks HTTP/2 to this stream's upstream.
+        scratch.downstream_http2 = true;
         StreamBuffers {
             translated: Vec::with_capacity(256),
             rbuf: ReadBuffer::new(),
@@ -645,7 +648,7 @@ impl StreamBuffers {
             head: Head::default(),
             rhead: Head::default(),
             out: Vec::new(),
-            scratch: Scratch::new(peer, hc, Rc::new(Cell::new(false)), over_tls),
+            scratch,
         }
     }
 }

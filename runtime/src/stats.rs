@@ -1194,11 +1194,11 @@ counters! {
                 "HTTP/2 streams the client reset before their response was complete.",
             )
             .stats("http2.rx_reset");
-        /// HTTP/2 upstream connections opened (`protocol: http2` clusters).
+        /// HTTP/2 upstream connections opened (`protocol: http2` and `downstream` clusters).
         http2_upstream_cx_total: AtomicU64, counter
             => Metric::counter(
                 "sluice_http2_upstream_cx_total",
-                "HTTP/2 upstream connections opened (protocol: http2 clusters).",
+                "HTTP/2 upstream connections opened (protocol: http2 clusters, original_dst ones included; protocol: downstream clusters for HTTP/2 clients).",
             )
             .stats("http2.upstream_cx_total");
         /// HTTP/2 upstream connections open now.

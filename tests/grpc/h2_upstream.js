@@ -1,11 +1,15 @@
 // An HTTP/2 cleartext (h2c, prior knowledge) upstream for the end-to-end tests of HTTP/2
 // upstreams (tests/e2e_grpc.rs), on node's own `http2` module.
 //
-//   node h2_upstream.js PORT NAME LOG
+//   node h2_upstream.js [HOST:]PORT NAME LOG [both]
 //
-// Every request is answered 200 with a JSON description of what arrived (method, path,
-// authority, headers, body length, trailers, and which upstream answered), and each processed
-// request is appended to LOG as one JSON line. Paths:
+// It listens on HOST (default 127.0.0.1); with `both` it serves HTTP/1.1 on the same port too
+// (a connection that does not start with the HTTP/2 preface), for the tests of clusters that
+// speak each client's version (`protocol: downstream`).
+//
+// Every request is answered 200 with a JSON description of what arrived (HTTP version, method,
+// path, authority, headers, body length, trailers, and which upstream answered), and each
+// processed request is appended to LOG as one JSON line (with its HTTP version). Paths:
 //   /slow/MS/...    answers after MS milliseconds (a stream reset before is logged as
 //                   { cancelled: PATH, code: RST_STREAM code });
 //   /trailers...    answers with a body and an `x-checksum` trailer (no content-length);
@@ -20,7 +24,10 @@ const http2 = require('http2');
 const fs = require('fs');
 const crypto = require('crypto');
 
-const [port, name, log] = process.argv.slice(2);
+const [where, name, log, mode] = process.argv.slice(2);
+const colon = where.lastIndexOf(':');
+const host = colon < 0 ? '127.0.0.1' : where.slice(0, colon);
+const port = colon < 0 ? where : where.slice(colon + 1);
 const refused = new Set();
 const dropped = new Set();
 let goawayDone = false;
@@ -34,6 +41,7 @@ function answer(stream, headers, body, trailers) {
   stream.answered = true;
   const seen = {
     upstream: name,
+    version: '2.0',
     method: headers[':method'],
     path,
     authority: headers[':authority'] || null,
@@ -42,7 +50,7 @@ function answer(stream, headers, body, trailers) {
     body_len: body.length,
     trailers,
   };
-  record({ upstream: name, method: seen.method, path, stream: stream.id });
+  record({ upstream: name, version: '2.0', method: seen.method, path, stream: stream.id });
   const text = JSON.stringify(seen);
   if (path.startsWith('/trailers')) {
     const payload = Buffer.from(text.repeat(50));
@@ -127,4 +135,47 @@ server.on('stream', (stream, headers) => {
     answer(stream, headers, body, trailers);
   });
 });
-server.listen(Number(port), '127.0.0.1');
+if (mode === 'both') {
+  // HTTP/1.1 on the same port: each connection goes to the server its first bytes name.
+  const h1 = require('http').createServer((req, res) => {
+    let n = 0;
+    req.on('data', (d) => { n += d.length; });
+    req.on('end', () => {
+      record({ upstream: name, version: req.httpVersion, method: req.method, path: req.url });
+      const text = JSON.stringify({
+        upstream: name,
+        version: req.httpVersion,
+        method: req.method,
+        path: req.url,
+        headers: req.headers,
+        body_len: n,
+      });
+      res.writeHead(200, {
+        'content-type': 'application/json',
+        'content-length': Buffer.byteLength(text),
+        'x-upstream': name,
+      });
+      res.end(text);
+    });
+  });
+  // (node's http2 server cannot take a socket whose first bytes were read already: each
+  // connection is relayed to the server its first bytes name, both listening on loopback.)
+  const net = require('net');
+  server.listen(0, '127.0.0.1');
+  h1.listen(0, '127.0.0.1');
+  net.createServer((socket) => {
+    socket.once('data', (first) => {
+      const h2 = first.toString('latin1').startsWith('PRI * HTTP/2.0');
+      const inner = net.connect((h2 ? server : h1).address().port, '127.0.0.1');
+      inner.write(first);
+      socket.pipe(inner).pipe(socket);
+      const end = () => { socket.destroy(); inner.destroy(); };
+      socket.on('error', end);
+      inner.on('error', end);
+      socket.on('close', end);
+      inner.on('close', end);
+    });
+  }).listen(Number(port), host);
+} else {
+  server.listen(Number(port), host);
+}

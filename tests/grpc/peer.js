@@ -1,6 +1,7 @@
 // grpc-js as a gRPC server or client for tests/e2e_grpc.rs (service: echo.proto).
 //
-//   node peer.js server PORT NAME      serves Echo on 127.0.0.1:PORT (h2c); answers carry NAME
+//   node peer.js server [HOST:]PORT NAME  serves Echo on HOST:PORT (h2c; HOST defaults to
+//                                      127.0.0.1); answers carry NAME
 //   node peer.js client TARGET CASE    runs CASE against TARGET (host:port, h2c) and prints one
 //                                      JSON line: { ok, code, details, ... }
 //
@@ -51,7 +52,7 @@ if (mode === 'server') {
       call.on('end', () => call.end());
     },
   });
-  server.bindAsync('127.0.0.1:' + where, grpc.ServerCredentials.createInsecure(), (err) => {
+  server.bindAsync(where.includes(':') ? where : '127.0.0.1:' + where, grpc.ServerCredentials.createInsecure(), (err) => {
     if (err) throw err;
   });
 } else {

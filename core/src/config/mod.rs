@@ -518,7 +518,8 @@ pub struct ClusterConfig {
     pub tls: Option<Box<tls::UpstreamTls>>,
     /// The HTTP version spoken to the hosts by HTTP routes (`protocol`, default `http1`).
     pub protocol: UpstreamProtocol,
-    /// PING keepalive on the cluster's HTTP/2 connections (`http2.connection_keepalive`,
+    /// PING keepalive on the cluster's HTTP/2 connections (`protocol: http2` or `downstream`;
+    /// `http2.connection_keepalive`,
     /// Envoy's name); `None` (the default, as in Envoy): no PINGs.
     pub http2_keepalive: Option<Http2Keepalive>,
 }
@@ -542,24 +543,49 @@ pub enum UpstreamProtocol {
     #[default]
     Http1,
     /// HTTP/2 (h2c by prior knowledge, or ALPN `h2` over TLS), requests multiplexed as
-    /// streams on a few connections per host.
+    /// streams on a few connections per host (per destination on an `original_dst` cluster).
     Http2,
+    /// The client's own version, request by request (Envoy's `use_downstream_protocol_config`,
+    /// which Istio puts on its pass-through and inbound clusters): a request that came over
+    /// HTTP/1.1 goes up in HTTP/1.1, one that came over HTTP/2 (gRPC included) in HTTP/2
+    /// (h2c by prior knowledge; not with `tls`, whose ALPN offer is one list per cluster).
+    Downstream,
 }
 
 impl UpstreamProtocol {
     /// The names the config accepts.
-    pub const CHOICES: [(&'static str, UpstreamProtocol); 2] = [
+    pub const CHOICES: [(&'static str, UpstreamProtocol); 3] = [
         ("http1", UpstreamProtocol::Http1),
         ("http2", UpstreamProtocol::Http2),
+        ("downstream", UpstreamProtocol::Downstream),
     ];
 
-    /// The ALPN protocol a TLS cluster offers for it when its `tls` gives no `alpn`.
+    /// The ALPN protocol a TLS cluster offers for it when its `tls` gives no `alpn`
+    /// (`downstream` is refused with `tls`; it would offer HTTP/1.1's).
     #[must_use]
     pub fn alpn(self) -> &'static str {
         match self {
-            UpstreamProtocol::Http1 => tls::DEFAULT_HTTP_UPSTREAM_ALPN,
+            UpstreamProtocol::Http1 | UpstreamProtocol::Downstream => {
+                tls::DEFAULT_HTTP_UPSTREAM_ALPN
+            }
             UpstreamProtocol::Http2 => "h2",
         }
+    }
+
+    /// Whether a request that came in over HTTP/2 (`downstream_http2`) goes up in HTTP/2.
+    #[must_use]
+    pub fn speaks_http2(self, downstream_http2: bool) -> bool {
+        match self {
+            UpstreamProtocol::Http1 => false,
+            UpstreamProtocol::Http2 => true,
+            UpstreamProtocol::Downstream => downstream_http2,
+        }
+    }
+
+    /// Whether some requests go up in HTTP/2 (the cluster's `http2` options apply).
+    #[must_use]
+    pub fn may_speak_http2(self) -> bool {
+        self != UpstreamProtocol::Http1
     }
 }
 

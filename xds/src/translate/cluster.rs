@@ -7,8 +7,10 @@
 //! (consecutive 5xx and gateway failures with their `enforcing_*` at 0 or 100, ejection times and
 //! percentage); `circuit_breakers` (DEFAULT priority); `common_lb_config.healthy_panic_threshold`.
 //! Endpoints: every locality of priority 0, hosts whose `health_status` is UNHEALTHY, DRAINING
-//! or TIMEOUT left out, `load_balancing_weight` kept. HTTP/2 protocol options are noted (the
-//! upstream protocol is the HTTP/2 lane's `protocol` field), telemetry fields ignored.
+//! or TIMEOUT left out, `load_balancing_weight` kept. The upstream HTTP version
+//! (`HttpProtocolOptions`: `explicit_http_config` → `http1` / `http2`,
+//! `use_downstream_protocol_config` → `downstream`) becomes `protocol`, HTTP/2 keepalive
+//! `http2.connection_keepalive`; other protocol options are noted, telemetry fields ignored.
 
 use envoy_types::pb::envoy::config::cluster::v3::{
     CircuitBreakers, Cluster, OutlierDetection,
@@ -199,14 +201,24 @@ pub fn translate_cluster(
                     }
                     None => {}
                 },
-                Some(UpstreamProtocolOptions::UseDownstreamProtocolConfig(_)) => {
-                    return Err(k_at.field("use_downstream_protocol_config").error(
-                        "unsupported (the upstream protocol is fixed per cluster: give explicit_http_config)",
-                    ));
+                // The client's version, request by request (Istio's pass-through and inbound
+                // clusters): HTTP/1.1 options are noted like explicit_http_config's, HTTP/2's
+                // keepalive applies to the cluster's HTTP/2 connections, and HTTP/3 (which no
+                // client of Sluice speaks) is refused as there.
+                Some(UpstreamProtocolOptions::UseDownstreamProtocolConfig(d)) => {
+                    let d_at = k_at.field("use_downstream_protocol_config");
+                    if d.http3_protocol_options.is_some() {
+                        return Err(d_at.field("http3_protocol_options").unsupported());
+                    }
+                    protocol = Some("downstream");
+                    if let Some(o) = &d.http2_protocol_options {
+                        http2 = http2_settings(o, &d_at.field("http2_protocol_options"))?;
+                    }
                 }
                 Some(UpstreamProtocolOptions::AutoConfig(_)) => {
                     return Err(k_at.field("auto_config").error(
-                        "unsupported (the upstream protocol is fixed per cluster: give explicit_http_config)",
+                        "unsupported (no upstream protocol is negotiated by ALPN: give \
+                         explicit_http_config or use_downstream_protocol_config)",
                     ));
                 }
                 None => {}

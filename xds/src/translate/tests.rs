@@ -865,7 +865,7 @@ fn istio_cluster_bytes() -> Vec<u8> {
 }
 
 /// The upstream HTTP version a CDS cluster asks for (`HttpProtocolOptions`' explicit config)
-/// becomes its `protocol`; a version chosen per request (downstream's, auto) is refused by name.
+/// becomes its `protocol`; one negotiated by ALPN (`auto_config`) is refused by name.
 #[test]
 fn the_explicit_http_protocol_of_a_cluster_is_its_protocol() {
     use envoy_types::pb::envoy::config::core::v3::{Http2ProtocolOptions, KeepaliveSettings};
@@ -960,6 +960,114 @@ fn the_explicit_http_protocol_of_a_cluster_is_its_protocol() {
     assert!(
         errs[0].starts_with(&format!(
             "cluster \"web\" typed_extension_protocol_options[{KEY:?}].auto_config: unsupported"
+        )),
+        "{errs:?}"
+    );
+}
+
+/// `use_downstream_protocol_config` (Istio's pass-through and inbound clusters) becomes
+/// `protocol: downstream`, its HTTP/2 options' keepalive the cluster's `http2` one; its
+/// HTTP/3 options are refused by their path (no client of Sluice speaks HTTP/3).
+#[test]
+fn use_downstream_protocol_config_is_the_downstream_protocol() {
+    use envoy_types::pb::envoy::config::core::v3::{
+        Http1ProtocolOptions, Http2ProtocolOptions, Http3ProtocolOptions, KeepaliveSettings,
+    };
+    use envoy_types::pb::envoy::extensions::upstreams::http::v3::HttpProtocolOptions;
+    use envoy_types::pb::envoy::extensions::upstreams::http::v3::http_protocol_options::{
+        UpstreamProtocolOptions, UseDownstreamHttpConfig,
+    };
+    use envoy_types::pb::google::protobuf::{Any, Duration as PbDuration};
+    use prost::{Message as _, Name as _};
+    const KEY: &str = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions";
+    let with = |d: UseDownstreamHttpConfig| {
+        let mut r = resources();
+        let o = HttpProtocolOptions {
+            upstream_protocol_options: Some(UpstreamProtocolOptions::UseDownstreamProtocolConfig(
+                d,
+            )),
+            ..Default::default()
+        };
+        r.clusters
+            .get_mut("web")
+            .expect("web")
+            .typed_extension_protocol_options
+            .insert(
+                KEY.into(),
+                Any {
+                    type_url: HttpProtocolOptions::type_url(),
+                    value: o.encode_to_vec(),
+                },
+            );
+        r
+    };
+    // As Istio writes it: both versions' options, no keepalive.
+    let istio = with(UseDownstreamHttpConfig {
+        http_protocol_options: Some(Http1ProtocolOptions::default()),
+        http2_protocol_options: Some(Http2ProtocolOptions::default()),
+        http3_protocol_options: None,
+    });
+    let a = assemble(&bootstrap(), &istio).expect("valid");
+    assert_eq!(
+        a.config.clusters[0].protocol,
+        sluice_core::config::UpstreamProtocol::Downstream
+    );
+    assert_eq!(a.config.clusters[0].http2_keepalive, None);
+    let keepalive = with(UseDownstreamHttpConfig {
+        http2_protocol_options: Some(Http2ProtocolOptions {
+            connection_keepalive: Some(KeepaliveSettings {
+                interval: Some(PbDuration {
+                    seconds: 30,
+                    nanos: 0,
+                }),
+                timeout: Some(PbDuration {
+                    seconds: 5,
+                    nanos: 0,
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    let a = assemble(&bootstrap(), &keepalive).expect("valid");
+    assert_eq!(
+        a.config.clusters[0].http2_keepalive,
+        Some(sluice_core::config::Http2Keepalive {
+            interval: std::time::Duration::from_secs(30),
+            timeout: std::time::Duration::from_secs(5),
+        })
+    );
+    let errs = errors(&with(UseDownstreamHttpConfig {
+        http2_protocol_options: Some(Http2ProtocolOptions {
+            connection_keepalive: Some(KeepaliveSettings {
+                interval: Some(PbDuration {
+                    seconds: 30,
+                    nanos: 0,
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }));
+    assert_eq!(errs.len(), 1, "{errs:?}");
+    assert!(
+        errs[0].contains(
+            "use_downstream_protocol_config.http2_protocol_options.connection_keepalive.timeout: \
+             must be set and above zero"
+        ),
+        "{errs:?}"
+    );
+    let errs = errors(&with(UseDownstreamHttpConfig {
+        http3_protocol_options: Some(Http3ProtocolOptions::default()),
+        ..Default::default()
+    }));
+    assert_eq!(errs.len(), 1, "{errs:?}");
+    assert!(
+        errs[0].starts_with(&format!(
+            "cluster \"web\" typed_extension_protocol_options[{KEY:?}].\
+             use_downstream_protocol_config.http3_protocol_options: unsupported"
         )),
         "{errs:?}"
     );

@@ -372,7 +372,7 @@ fn check_tls_clusters(
                 tls.alpn = vec![alpn.to_owned()];
             } else if tls.alpn != [alpn] {
                 let version = match c.protocol {
-                    UpstreamProtocol::Http1 => "HTTP/1.1",
+                    UpstreamProtocol::Http1 | UpstreamProtocol::Downstream => "HTTP/1.1",
                     UpstreamProtocol::Http2 => "HTTP/2 (protocol: http2)",
                 };
                 dec.error(
@@ -1070,13 +1070,15 @@ fn decode_cluster(dec: &mut Decoder, path: &str, v: &Value) -> Option<ClusterCon
         Some((v, p)) => dec
             .one_of(&p, v, &UpstreamProtocol::CHOICES)
             .and_then(|proto| {
-                // The HTTP/2 pool is per host; an original_dst cluster's destinations are not
-                // hosts.
-                if proto == UpstreamProtocol::Http2 && kind == Some(ClusterKind::OriginalDst) {
+                // One ALPN list per cluster cannot follow each request's version.
+                if proto == UpstreamProtocol::Downstream
+                    && tls.as_ref().is_some_and(Option::is_some)
+                {
                     dec.error(
                         &p,
-                        "http2 is not supported on a cluster of type original_dst (its \
-                         requests go to each connection's own destination over HTTP/1.1)",
+                        "downstream cannot be combined with `tls` (the ALPN offer is one list \
+                         per cluster, and this protocol changes with each request): give \
+                         http1 or http2",
                     );
                     return None;
                 }
@@ -1088,8 +1090,11 @@ fn decode_cluster(dec: &mut Decoder, path: &str, v: &Value) -> Option<ClusterCon
     let dns_fields = dns_fields(dec, &mut obj, path, kind);
     let http2_keepalive = match obj.opt("http2") {
         Some((v, p)) => {
-            if protocol.is_some_and(|proto| proto != UpstreamProtocol::Http2) {
-                dec.error(&p, "applies only to a cluster with `protocol: http2`");
+            if protocol.is_some_and(|proto| !proto.may_speak_http2()) {
+                dec.error(
+                    &p,
+                    "applies only to a cluster with `protocol: http2` or `protocol: downstream`",
+                );
             }
             cluster_http2::options(dec, &p, v)
         }

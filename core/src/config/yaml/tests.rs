@@ -1284,6 +1284,72 @@ clusters:
     assert!(matches!(c.listeners[0].filter, ListenerFilter::Bolt(_)));
 }
 
+/// An `original_dst` cluster speaks HTTP/2 to its destinations when told (over TLS too, offering
+/// `h2`); `protocol: downstream` follows each client's version, on any cluster type, with the
+/// HTTP/2 options of its HTTP/2 connections, and is refused with `tls` (one ALPN offer per
+/// cluster).
+#[test]
+fn original_dst_clusters_speak_http2_and_any_cluster_the_downstream_protocol() {
+    let text = r#"
+listeners:
+  - name: web
+    address: 0.0.0.0:80
+    http:
+      virtual_hosts:
+        - name: all
+          domains: ["*"]
+          routes:
+            - { match: { prefix: /a }, route: { cluster: pass } }
+            - { match: { prefix: / }, route: { cluster: down } }
+clusters:
+  - { name: pass, type: original_dst, protocol: http2 }
+  - { name: down, protocol: downstream, hosts: [ { address: 127.0.0.1:9001 } ] }
+"#;
+    let c = Config::from_yaml(text).unwrap();
+    assert_eq!(c.clusters[0].kind, ClusterKind::OriginalDst);
+    assert_eq!(c.clusters[0].protocol, UpstreamProtocol::Http2);
+    assert_eq!(c.clusters[1].protocol, UpstreamProtocol::Downstream);
+    assert!(UpstreamProtocol::Downstream.speaks_http2(true));
+    assert!(!UpstreamProtocol::Downstream.speaks_http2(false));
+    // The dump names it (and loads back: `runtime/tests/docs_yaml.rs`, with the docs' example).
+    let dumped = serde_json::to_string(&c).unwrap();
+    assert!(dumped.contains(r#""protocol":"downstream""#), "{dumped}");
+    // Its HTTP/2 connections take the HTTP/2 options.
+    let keepalive = text.replace(
+        "protocol: downstream,",
+        "protocol: downstream, http2: { connection_keepalive: { interval: 30s, timeout: 5s } },",
+    );
+    assert!(
+        Config::from_yaml(&keepalive).unwrap().clusters[1]
+            .http2_keepalive
+            .is_some()
+    );
+    // Over TLS an original_dst cluster offers h2 for protocol: http2.
+    let tls = text.replace(
+        "protocol: http2 }",
+        "protocol: http2, tls: { sni: up.example, ca: ca.pem } }",
+    );
+    assert_eq!(
+        Config::from_yaml(&tls).unwrap().clusters[0]
+            .tls
+            .as_deref()
+            .unwrap()
+            .alpn,
+        ["h2"]
+    );
+    assert_eq!(
+        errors(&text.replace(
+            "protocol: downstream,",
+            "protocol: downstream, tls: { sni: up.example, ca: ca.pem },"
+        )),
+        [
+            "clusters[1].protocol: downstream cannot be combined with `tls` (the ALPN offer is \
+             one list per cluster, and this protocol changes with each request): give http1 or \
+             http2"
+        ]
+    );
+}
+
 #[test]
 fn tcp_proxy_access_log_refuses_http_fields() {
     let with = |log: &str| {
@@ -1445,7 +1511,7 @@ clusters:
     assert_eq!(c.clusters[0].protocol, UpstreamProtocol::Http2);
     assert_eq!(
         errors(&text.replace("name: a,", "name: a, protocol: h2,")),
-        ["clusters[0].protocol: unknown value \"h2\" (expected one of: http1, http2)"]
+        ["clusters[0].protocol: unknown value \"h2\" (expected one of: http1, http2, downstream)"]
     );
     // Over TLS, an HTTP/2 cluster offers `h2` by ALPN; another protocol is refused where a
     // route uses it, and so is an HTTP health check (it probes in HTTP/1.1).
@@ -1504,7 +1570,10 @@ clusters:
     );
     assert_eq!(
         errors(&on.replace("protocol: http2,", "")),
-        ["clusters[0].http2: applies only to a cluster with `protocol: http2`"]
+        [
+            "clusters[0].http2: applies only to a cluster with `protocol: http2` or `protocol: \
+             downstream`"
+        ]
     );
     assert_eq!(
         errors(&on.replace("timeout: 5s", "timeout: 0")),
