@@ -251,30 +251,41 @@ clusters:
     assert!(first_lds.response_nonce.is_empty());
 }
 
-/// Requests `GET /` on `to` every 20 ms until stopped; returns every answer that was not a 200
+/// Requests `GET /` on `to` every 5 ms until stopped, keeping every answer that was not a 200
 /// from one of `bodies` (traffic must never stop).
 struct Traffic {
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    done: std::sync::Arc<std::sync::atomic::AtomicUsize>,
     thread: std::thread::JoinHandle<(usize, Vec<(u16, String)>)>,
 }
 
 impl Traffic {
     fn start(to: SocketAddr, bodies: &'static [&'static str]) -> Traffic {
+        use std::sync::atomic::Ordering::Relaxed;
         let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let flag = stop.clone();
+        let done = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let (flag, counter) = (stop.clone(), done.clone());
         let thread = std::thread::spawn(move || {
-            let (mut count, mut bad) = (0, Vec::new());
-            while !flag.load(std::sync::atomic::Ordering::Relaxed) {
+            let mut bad = Vec::new();
+            while !flag.load(Relaxed) {
                 let (status, body) = get(to);
-                count += 1;
                 if status != 200 || !bodies.contains(&body.as_str()) {
                     bad.push((status, body));
                 }
-                std::thread::sleep(Duration::from_millis(20));
+                counter.fetch_add(1, Relaxed);
+                std::thread::sleep(Duration::from_millis(5));
             }
-            (count, bad)
+            (counter.load(Relaxed), bad)
         });
-        Traffic { stop, thread }
+        Traffic { stop, done, thread }
+    }
+
+    /// Waits until `n` more requests completed: traffic was checked in the current phase.
+    fn during(&self, phase: &str, sluice: &Proc, n: usize) {
+        let until = self.done.load(std::sync::atomic::Ordering::Relaxed) + n;
+        eventually(phase, sluice, || {
+            self.done.load(std::sync::atomic::Ordering::Relaxed) >= until
+        });
     }
 
     /// How many requests were made, and the failures.
@@ -349,7 +360,10 @@ clusters:
     });
     assert!(server.requests().is_empty(), "no state-of-the-world stream");
     let first = &server.delta_requests()[0];
-    assert_eq!(first.node.as_ref().map(|n| n.id.as_str()), Some("sidecar-1"));
+    assert_eq!(
+        first.node.as_ref().map(|n| n.id.as_str()),
+        Some("sidecar-1")
+    );
     assert_eq!(first.type_url, ResourceType::Cluster.type_url());
     assert_eq!(first.resource_names_subscribe, ["*"]);
     assert!(first.initial_resource_versions.is_empty());
@@ -365,6 +379,7 @@ clusters:
     eventually("the new endpoint is used", &sluice, || {
         get(to) == (200, "b".into())
     });
+    traffic.during("traffic after the EDS change", &sluice, 5);
     let b_assignment = any(&assignment("web", &[("127.0.0.1", u32::from(up_b), 0)]));
     eventually("the assignment's version shown", &sluice, || {
         xds()["types"]["endpoints"]["resource_versions"]
@@ -377,15 +392,25 @@ clusters:
         get(addr(extra)).0 == 0
             && xds()["types"]["listener"]["resources"] == serde_json::json!(["in"])
     });
+    traffic.during("traffic after the removal", &sluice, 5);
     let good = server.version();
-    let good_listener = any(&http_listener("in", "127.0.0.1", u32::from(listen), "routes"));
+    let good_listener = any(&http_listener(
+        "in",
+        "127.0.0.1",
+        u32::from(listen),
+        "routes",
+    ));
     let view = xds();
     assert_eq!(
         view["types"]["listener"]["resource_versions"],
         serde_json::json!({ "in": AdsServer::resource_version(&good_listener) }),
         "{view}"
     );
-    assert_eq!(view["types"]["listener"]["version"], good.to_string(), "{view}");
+    assert_eq!(
+        view["types"]["listener"]["version"],
+        good.to_string(),
+        "{view}"
+    );
 
     // An invalid listener is NACKed with a useful error; the last good config serves.
     let mut bad = resources(u32::from(listen), u32::from(up_b));
@@ -406,8 +431,13 @@ clusters:
     for _ in 0..20 {
         assert_eq!(get(to), (200, "b".into()), "the last good config serves");
     }
+    traffic.during("traffic after the NACK", &sluice, 5);
     let view = xds();
-    assert_eq!(view["types"]["listener"]["version"], good.to_string(), "{view}");
+    assert_eq!(
+        view["types"]["listener"]["version"],
+        good.to_string(),
+        "{view}"
+    );
     assert!(
         view["types"]["listener"]["last_nack"]["error"]
             .as_str()
@@ -430,6 +460,7 @@ clusters:
             .lines()
             .any(|l| l == "sluice_xds_connected 0")
     });
+    traffic.during("traffic while the server is down", &sluice, 5);
     let server = AdsServer::start(
         ads_port,
         Snapshot {
@@ -441,6 +472,7 @@ clusters:
     eventually("the restarted server's endpoint applies", &sluice, || {
         get(to) == (200, "a".into())
     });
+    traffic.during("traffic after the restart", &sluice, 5);
     // It resubscribed with the versions of what serves (the NACKed listener never was).
     let again = server.delta_requests();
     let first_of = |t: ResourceType| {
@@ -449,24 +481,39 @@ clusters:
             .find(|r| r.type_url == t.type_url())
             .unwrap_or_else(|| panic!("a {t:?} request: {again:?}"))
     };
-    let version_of = |r: &sluice_xds::envoy_types::pb::envoy::service::discovery::v3::DeltaDiscoveryRequest| {
-        let mut v: Vec<(String, String)> = r.initial_resource_versions.clone().into_iter().collect();
-        v.sort();
-        v
-    };
-    let expect = |name: &str, body: &Any| vec![(name.to_owned(), AdsServer::resource_version(body))];
+    let version_of =
+        |r: &sluice_xds::envoy_types::pb::envoy::service::discovery::v3::DeltaDiscoveryRequest| {
+            let mut v: Vec<(String, String)> =
+                r.initial_resource_versions.clone().into_iter().collect();
+            v.sort();
+            v
+        };
+    let expect =
+        |name: &str, body: &Any| vec![(name.to_owned(), AdsServer::resource_version(body))];
     assert_eq!(
         version_of(first_of(ResourceType::Cluster)),
         expect("web", &any(&eds_cluster("web")))
     );
-    assert_eq!(version_of(first_of(ResourceType::Endpoints)), expect("web", &b_assignment));
-    assert_eq!(version_of(first_of(ResourceType::Listener)), expect("in", &good_listener));
+    assert_eq!(
+        version_of(first_of(ResourceType::Endpoints)),
+        expect("web", &b_assignment)
+    );
+    assert_eq!(
+        version_of(first_of(ResourceType::Listener)),
+        expect("in", &good_listener)
+    );
     assert_eq!(
         version_of(first_of(ResourceType::Route)),
         expect("routes", &any(&route_config("routes", "web")))
     );
-    assert_eq!(first_of(ResourceType::Endpoints).resource_names_subscribe, ["web"]);
-    assert_eq!(first_of(ResourceType::Listener).resource_names_subscribe, ["*"]);
+    assert_eq!(
+        first_of(ResourceType::Endpoints).resource_names_subscribe,
+        ["web"]
+    );
+    assert_eq!(
+        first_of(ResourceType::Listener).resource_names_subscribe,
+        ["*"]
+    );
     assert!(again[0].node.is_some());
     // So the server resent only the assignment: the one ACK after the restart is EDS's.
     eventually("the EDS ACK", &sluice, || {
@@ -483,6 +530,9 @@ clusters:
     assert_eq!(acked, [ResourceType::Endpoints.type_url()], "{again:?}");
 
     let (count, failures) = traffic.finish();
-    assert!(count > 20, "{count} requests");
-    assert!(failures.is_empty(), "traffic stopped: {failures:?}");
+    assert!(
+        failures.is_empty(),
+        "traffic stopped ({} of {count} requests failed): {failures:?}",
+        failures.len()
+    );
 }

@@ -32,8 +32,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use envoy_types::pb::envoy::config::core::v3::{Locality, Node};
-use envoy_types::pb::envoy::service::discovery::v3::{DeltaDiscoveryRequest, DiscoveryRequest};
 use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
+use envoy_types::pb::envoy::service::discovery::v3::{DeltaDiscoveryRequest, DiscoveryRequest};
 use envoy_types::pb::google::protobuf::{
     ListValue, NullValue, Struct, Value as PbValue, value::Kind,
 };
@@ -344,13 +344,21 @@ impl Client {
         while let Some(out) = self.ads.poll_output() {
             match out {
                 Output::Send(req) => {
-                    self.count(&req.type_url, &req.response_nonce, req.error_detail.as_ref());
+                    self.count(
+                        &req.type_url,
+                        &req.response_nonce,
+                        req.error_detail.as_ref(),
+                    );
                     if let Some(Tx::Sotw(s)) = stream {
                         let _ = s.send(*req);
                     }
                 }
                 Output::SendDelta(req) => {
-                    self.count(&req.type_url, &req.response_nonce, req.error_detail.as_ref());
+                    self.count(
+                        &req.type_url,
+                        &req.response_nonce,
+                        req.error_detail.as_ref(),
+                    );
                     if let Some(Tx::Delta(s)) = stream {
                         let _ = s.send(*req);
                     }
@@ -381,7 +389,10 @@ impl Client {
         nonce: &str,
         error: Option<&envoy_types::pb::google::rpc::Status>,
     ) {
-        let Some(kind) = ResourceType::ALL.iter().position(|t| t.type_url() == type_url) else {
+        let Some(kind) = ResourceType::ALL
+            .iter()
+            .position(|t| t.type_url() == type_url)
+        else {
             return;
         };
         if let Some(e) = error {

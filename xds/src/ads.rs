@@ -446,7 +446,9 @@ impl Ads {
                     state.resource_versions.remove(name);
                 }
                 for (name, version) in &d.versions {
-                    state.resource_versions.insert(name.clone(), version.clone());
+                    state
+                        .resource_versions
+                        .insert(name.clone(), version.clone());
                 }
             }
         }

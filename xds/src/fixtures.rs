@@ -29,7 +29,11 @@ use prost::{Message, Name};
 
 /// A delta response's entry: `name` at `version`, with its body.
 #[must_use]
-pub fn resource(name: &str, version: &str, body: Any) -> envoy_types::pb::envoy::service::discovery::v3::Resource {
+pub fn resource(
+    name: &str,
+    version: &str,
+    body: Any,
+) -> envoy_types::pb::envoy::service::discovery::v3::Resource {
     envoy_types::pb::envoy::service::discovery::v3::Resource {
         name: name.to_owned(),
         version: version.to_owned(),

@@ -155,7 +155,11 @@ fn serving() -> Ads {
         Rds,
         "1",
         "n4",
-        vec![resource("routes", "r1", any(&route_config("routes", "web")))],
+        vec![resource(
+            "routes",
+            "r1",
+            any(&route_config("routes", "web")),
+        )],
         &[],
     ));
     let out = drain(&mut a);
@@ -235,7 +239,11 @@ fn delta_a_config_is_applied_when_warm_and_acked_by_nonce_after_the_switch() {
         Rds,
         "7",
         "n4",
-        vec![resource("routes", "r1", any(&route_config("routes", "web")))],
+        vec![resource(
+            "routes",
+            "r1",
+            any(&route_config("routes", "web")),
+        )],
         &[],
     ));
     let out = drain(&mut a);
@@ -320,7 +328,11 @@ fn delta_removing_a_cluster_a_route_still_uses_is_nacked_naming_it() {
     let out = drain(&mut a);
     assert!(apply_id(&out).is_none());
     let reqs = summaries(&out);
-    assert_eq!(reqs.len(), 1, "only the NACK, no subscription churn: {reqs:?}");
+    assert_eq!(
+        reqs.len(),
+        1,
+        "only the NACK, no subscription churn: {reqs:?}"
+    );
     let (kind, nonce, sub, unsub, error) = reqs[0].clone();
     assert_eq!((kind, nonce, sub, unsub), (Cds, "n5", vec![], vec![]));
     let error = error.expect("error_detail");

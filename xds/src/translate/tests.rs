@@ -864,7 +864,11 @@ fn fuzz_corpus_entries_drive_without_panicking() {
         "the cluster applies, a listener on port 99999 never does"
     );
     drive(&corpus[3].1);
-    assert_eq!(drive_delta(&corpus[0].1), 1, "the full config applies (delta)");
+    assert_eq!(
+        drive_delta(&corpus[0].1),
+        1,
+        "the full config applies (delta)"
+    );
     assert_eq!(drive_delta(&corpus[1].1), 2);
     assert_eq!(drive_delta(&corpus[2].1), 1);
     assert_eq!(

@@ -1552,10 +1552,7 @@ fn the_xds_bootstrap_parses_and_allows_no_static_listener() {
     assert_eq!(xds.mode, crate::config::xds::XdsMode::Sotw);
     assert_eq!(xds.initial_fetch_timeout, Duration::from_secs(5));
     let c = Config::from_yaml(&XDS.replace("initial_fetch_timeout: 5s", "mode: delta")).unwrap();
-    assert_eq!(
-        c.xds.unwrap().mode,
-        crate::config::xds::XdsMode::Delta
-    );
+    assert_eq!(c.xds.unwrap().mode, crate::config::xds::XdsMode::Delta);
     // Defaults.
     let c = Config::from_yaml(&XDS.replace(", initial_fetch_timeout: 5s", "")).unwrap();
     assert_eq!(
@@ -1573,9 +1570,7 @@ fn xds_bootstrap_errors_are_named() {
     );
     assert_eq!(
         errors(&XDS.replace("initial_fetch_timeout: 5s", "mode: incremental")),
-        [
-            "xds.mode: unknown value \"incremental\" (expected one of: sotw, delta)"
-        ]
+        ["xds.mode: unknown value \"incremental\" (expected one of: sotw, delta)"]
     );
     assert_eq!(
         errors(&XDS.replace("  id: sidecar-1\n", "")),
