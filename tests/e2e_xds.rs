@@ -3,6 +3,10 @@
 //! Checked: the first config serves; an EDS change is applied; an invalid listener is NACKed
 //! with a useful `error_detail` while traffic goes on; the management server killed and
 //! restarted — traffic never stops, and the client resubscribes and takes the next version.
+//! The same over delta xDS (plus a resource removed with `removed_resources`, and the
+//! resubscription's `initial_resource_versions`). And against a management server not written
+//! in this project (`tests/xds_server.py`: Python, grpcio and the `xds-protos` package), run as
+//! a separate process, once per protocol: the first config and an update.
 
 #[path = "support/ads.rs"]
 mod ads;
@@ -535,4 +539,163 @@ clusters:
         "traffic stopped ({} of {count} requests failed): {failures:?}",
         failures.len()
     );
+}
+
+/// The Python management server of `tests/xds_server.py` (grpcio and the `xds-protos`
+/// package's Envoy protos — not this project's code), as a separate process, serving the
+/// snapshot `{"version", "listen", "upstream"}` written to a file it watches.
+struct PyServer {
+    proc: Proc,
+    snapshot: std::path::PathBuf,
+    log: std::path::PathBuf,
+}
+
+impl PyServer {
+    fn start(dir: &TempDir, port: u16, version: u64, listen: u16, upstream: u16) -> PyServer {
+        let snapshot = dir.path().join("xds-snapshot.json");
+        let log = dir.path().join("xds-requests.jsonl");
+        let server = PyServer {
+            proc: spawn(
+                dir,
+                "xds_server",
+                &python(),
+                &[
+                    repo().join("tests/xds_server.py").to_str().unwrap(),
+                    &port.to_string(),
+                    snapshot.to_str().unwrap(),
+                    log.to_str().unwrap(),
+                ],
+            ),
+            snapshot,
+            log,
+        };
+        server.serve(version, listen, upstream);
+        server
+    }
+
+    /// Serves the next snapshot (written beside, then renamed over the watched file).
+    fn serve(&self, version: u64, listen: u16, upstream: u16) {
+        let tmp = self.snapshot.with_extension("tmp");
+        std::fs::write(
+            &tmp,
+            serde_json::json!({ "version": version, "listen": listen, "upstream": upstream })
+                .to_string(),
+        )
+        .unwrap();
+        std::fs::rename(&tmp, &self.snapshot).unwrap();
+    }
+
+    /// The requests it received (one JSON object each).
+    fn requests(&self) -> Vec<serde_json::Value> {
+        std::fs::read_to_string(&self.log)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
+    }
+
+    /// Whether a request ACKs `type_url` (a nonce, no error; in state of the world, at
+    /// `version`).
+    fn acked(&self, type_url: &str, version: Option<u64>) -> usize {
+        self.requests()
+            .iter()
+            .filter(|r| {
+                r["type_url"] == type_url
+                    && r["nonce"].as_str().is_some_and(|n| !n.is_empty())
+                    && r["error"].is_null()
+                    && version.is_none_or(|v| r["version_info"].as_str() == Some(&*v.to_string()))
+            })
+            .count()
+    }
+}
+
+/// Against the Python management server, in `mode`: the first config serves and every type is
+/// ACKed; an EDS update (the endpoint moves from upstream a to b) is applied and ACKed.
+fn against_the_python_server(mode: &str) {
+    let dir = TempDir::new(&format!("xds-py-{mode}"));
+    let (up_a, up_b, listen, admin, ads_port) = (
+        free_port(),
+        free_port(),
+        free_port(),
+        free_port(),
+        free_port(),
+    );
+    let _a = start_nginx(&dir, "a", up_a, "a");
+    let _b = start_nginx(&dir, "b", up_b, "b");
+    let mut server = PyServer::start(&dir, ads_port, 1, listen, up_a);
+    wait_listening(addr(ads_port), &mut server.proc);
+    let config = format!(
+        r#"
+admin: {{ address: 127.0.0.1:{admin} }}
+node: {{ id: sidecar-py, cluster: e2e }}
+xds: {{ cluster: xds_server, mode: {mode} }}
+listeners: []
+clusters:
+  - name: xds_server
+    protocol: http2
+    hosts: [ {{ address: 127.0.0.1:{ads_port} }} ]
+"#
+    );
+    let sluice = start_sluice(&dir, &config, 2, addr(admin));
+    let to = addr(listen);
+    let sotw = mode == "sotw";
+    eventually("the first config serves", &sluice, || {
+        get(to) == (200, "a".into())
+    });
+    eventually("every type ACKed", &sluice, || {
+        ResourceType::ALL
+            .iter()
+            .all(|t| server.acked(t.type_url(), sotw.then_some(1)) >= 1)
+    });
+    let requests = server.requests();
+    assert!(requests.iter().all(|r| r["mode"] == mode), "{requests:?}");
+    assert_eq!(requests[0]["node"], "sidecar-py", "{requests:?}");
+    if !sotw {
+        assert_eq!(
+            requests[0]["subscribe"],
+            serde_json::json!(["*"]),
+            "{requests:?}"
+        );
+    }
+
+    server.serve(2, listen, up_b);
+    eventually("the EDS update applies", &sluice, || {
+        get(to) == (200, "b".into())
+    });
+    eventually("the EDS update ACKed", &sluice, || {
+        if sotw {
+            server.acked(ResourceType::Endpoints.type_url(), Some(2)) == 1
+        } else {
+            server.acked(ResourceType::Endpoints.type_url(), None) == 2
+        }
+    });
+    for _ in 0..10 {
+        assert_eq!(get(to), (200, "b".into()));
+    }
+    if !sotw {
+        // Delta: only the assignment changed, so only it was sent (and ACKed) again.
+        for t in [
+            ResourceType::Cluster,
+            ResourceType::Listener,
+            ResourceType::Route,
+        ] {
+            assert_eq!(server.acked(t.type_url(), None), 1, "{t:?}");
+        }
+    }
+}
+
+#[test]
+fn a_python_management_server_configures_sluice_over_sotw() {
+    if !require_peers(&["nginx", "xds-protos"]) {
+        return;
+    }
+    against_the_python_server("sotw");
+}
+
+#[test]
+fn a_python_management_server_configures_sluice_over_delta() {
+    if !require_peers(&["nginx", "xds-protos"]) {
+        return;
+    }
+    against_the_python_server("delta");
 }
