@@ -410,17 +410,30 @@ impl Client {
             ACKED[kind].fetch_add(1, Ordering::Relaxed);
             let now = unix_now();
             UPDATED_AT[kind].store(now, Ordering::Relaxed);
-            let rtype = ResourceType::ALL[kind];
-            let resources = self.ads.applied().names(rtype);
-            let version = self.ads.accepted_version(rtype).to_owned();
-            let resource_versions = (self.ads.mode() == XdsMode::Delta)
-                .then(|| self.ads.resource_versions(rtype).clone());
+            let version = self
+                .ads
+                .accepted_version(ResourceType::ALL[kind])
+                .to_owned();
             self.record(kind, |t| {
                 t.version = version;
                 t.updated_at = Some(now);
-                t.resources = resources;
-                t.resource_versions = resource_versions;
             });
+            // What serves may have changed for other types too (a cluster removed takes its
+            // endpoints along).
+            self.record_serving();
+        }
+    }
+
+    /// Records the names (and, in delta, versions) of the resources serving, for every type.
+    fn record_serving(&self) {
+        let delta = self.ads.mode() == XdsMode::Delta;
+        let mut guard = STATUS
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let types = guard.get_or_insert_with(Default::default);
+        for (i, kind) in ResourceType::ALL.into_iter().enumerate() {
+            types[i].resources = self.ads.applied().names(kind);
+            types[i].resource_versions = delta.then(|| self.ads.resource_versions(kind).clone());
         }
     }
 
