@@ -143,6 +143,18 @@ struct DeltaChange {
     versions: Vec<(String, String)>,
 }
 
+impl Decoded {
+    /// The resources' names, in order.
+    fn names(&self) -> Vec<&str> {
+        match self {
+            Decoded::Clusters(v) => v.iter().map(|c| c.name.as_str()).collect(),
+            Decoded::Endpoints(v) => v.iter().map(|c| c.cluster_name.as_str()).collect(),
+            Decoded::Listeners(v) => v.iter().map(|c| c.name.as_str()).collect(),
+            Decoded::Routes(v) => v.iter().map(|c| c.name.as_str()).collect(),
+        }
+    }
+}
+
 #[derive(Clone, Debug)]
 struct Pending {
     kind: ResourceType,
@@ -157,12 +169,7 @@ struct Pending {
 impl Pending {
     /// The names the response carries, and (delta) those it removes.
     fn names(&self) -> Vec<&str> {
-        let mut names: Vec<&str> = match &self.decoded {
-            Decoded::Clusters(v) => v.iter().map(|c| c.name.as_str()).collect(),
-            Decoded::Endpoints(v) => v.iter().map(|c| c.cluster_name.as_str()).collect(),
-            Decoded::Listeners(v) => v.iter().map(|c| c.name.as_str()).collect(),
-            Decoded::Routes(v) => v.iter().map(|c| c.name.as_str()).collect(),
-        };
+        let mut names = self.decoded.names();
         if let Some(d) = &self.delta {
             names.extend(d.removed.iter().map(String::as_str));
         }
@@ -486,11 +493,11 @@ impl Ads {
         }
     }
 
-    fn on_delta_response(&mut self, r: DeltaDiscoveryResponse) {
+    fn on_delta_response(&mut self, mut r: DeltaDiscoveryResponse) {
         let Some(kind) = ResourceType::from_type_url(&r.type_url) else {
             return;
         };
-        match decode_delta(kind, &r) {
+        match decode_delta(kind, &mut r) {
             Ok((decoded, change)) => {
                 self.pending.push(Pending {
                     kind,
@@ -728,37 +735,31 @@ fn upsert(res: &mut Resources, decoded: &Decoded) {
 
 /// Decodes a delta response: its resources (as [`decode`] does, each also named by its
 /// wrapper, which must agree), the names removed and each resource's version.
+/// (Takes the resources' bodies out of `r`.)
 fn decode_delta(
     kind: ResourceType,
-    r: &DeltaDiscoveryResponse,
+    r: &mut DeltaDiscoveryResponse,
 ) -> Result<(Decoded, DeltaChange), String> {
     if !r.removed_resource_names.is_empty() {
         return Err("removed_resource_names: xdstp resource names are not supported".to_owned());
     }
     let mut anys = Vec::with_capacity(r.resources.len());
     let mut versions = Vec::with_capacity(r.resources.len());
-    for (i, res) in r.resources.iter().enumerate() {
-        let Some(any) = &res.resource else {
+    for (i, res) in r.resources.iter_mut().enumerate() {
+        let Some(any) = res.resource.take() else {
             return Err(format!(
                 "resources[{i}] ({:?}): no resource (TTL heartbeats are not supported)",
                 res.name
             ));
         };
-        anys.push(any.clone());
-        versions.push((res.name.clone(), res.version.clone()));
+        anys.push(any);
+        versions.push((
+            std::mem::take(&mut res.name),
+            std::mem::take(&mut res.version),
+        ));
     }
     let decoded = decode(kind, &anys)?;
-    let inner: Vec<String> = Pending {
-        kind,
-        version: String::new(),
-        nonce: String::new(),
-        decoded: decoded.clone(),
-        delta: None,
-    }
-    .names()
-    .into_iter()
-    .map(str::to_owned)
-    .collect();
+    let inner = decoded.names();
     for (i, ((outer, _), inner)) in versions.iter().zip(&inner).enumerate() {
         if outer != inner {
             return Err(format!(
@@ -768,7 +769,7 @@ fn decode_delta(
         }
     }
     for (j, name) in r.removed_resources.iter().enumerate() {
-        if inner.contains(name) {
+        if inner.contains(&name.as_str()) {
             return Err(format!(
                 "removed_resources[{j}]: {name:?} is also in resources"
             ));
@@ -777,13 +778,8 @@ fn decode_delta(
             return Err(format!("removed_resources[{j}]: {name:?} is listed twice"));
         }
     }
-    Ok((
-        decoded,
-        DeltaChange {
-            removed: r.removed_resources.clone(),
-            versions,
-        },
-    ))
+    let removed = std::mem::take(&mut r.removed_resources);
+    Ok((decoded, DeltaChange { removed, versions }))
 }
 
 /// The EDS service names the clusters need.
