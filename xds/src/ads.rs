@@ -412,6 +412,9 @@ impl Ads {
         let state = &self.types[&kind];
         let subscribe: Vec<String> = if kind.is_full_state() {
             vec!["*".to_owned()]
+        } else if state.names.is_empty() {
+            // A first request naming nothing would be a (legacy) wildcard subscription.
+            return;
         } else {
             state.names.iter().cloned().collect()
         };
