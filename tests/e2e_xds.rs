@@ -3,6 +3,10 @@
 //! Checked: the first config serves; an EDS change is applied; an invalid listener is NACKed
 //! with a useful `error_detail` while traffic goes on; the management server killed and
 //! restarted — traffic never stops, and the client resubscribes and takes the next version.
+//! The same over delta xDS (plus a resource removed with `removed_resources`, and the
+//! resubscription's `initial_resource_versions`). And against a management server not written
+//! in this project (`tests/xds_server.py`: Python, grpcio and the `xds-protos` package), run as
+//! a separate process, once per protocol: the first config and an update.
 
 #[path = "support/ads.rs"]
 mod ads;
@@ -249,4 +253,449 @@ clusters:
         .expect("an LDS request");
     assert_eq!(first_lds.version_info, good.to_string());
     assert!(first_lds.response_nonce.is_empty());
+}
+
+/// Requests `GET /` on `to` every 5 ms until stopped, keeping every answer that was not a 200
+/// from one of `bodies` (traffic must never stop).
+struct Traffic {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    done: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    thread: std::thread::JoinHandle<(usize, Vec<(u16, String)>)>,
+}
+
+impl Traffic {
+    fn start(to: SocketAddr, bodies: &'static [&'static str]) -> Traffic {
+        use std::sync::atomic::Ordering::Relaxed;
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let done = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let (flag, counter) = (stop.clone(), done.clone());
+        let thread = std::thread::spawn(move || {
+            let mut bad = Vec::new();
+            while !flag.load(Relaxed) {
+                let (status, body) = get(to);
+                if status != 200 || !bodies.contains(&body.as_str()) {
+                    bad.push((status, body));
+                }
+                counter.fetch_add(1, Relaxed);
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            (counter.load(Relaxed), bad)
+        });
+        Traffic { stop, done, thread }
+    }
+
+    /// Waits until `n` more requests completed: traffic was checked in the current phase.
+    fn during(&self, phase: &str, sluice: &Proc, n: usize) {
+        let until = self.done.load(std::sync::atomic::Ordering::Relaxed) + n;
+        eventually(phase, sluice, || {
+            self.done.load(std::sync::atomic::Ordering::Relaxed) >= until
+        });
+    }
+
+    /// How many requests were made, and the failures.
+    fn finish(self) -> (usize, Vec<(u16, String)>) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.thread.join().expect("the traffic thread")
+    }
+}
+
+/// Delta xDS against the in-repo server: the first config, an EDS change, a listener removed
+/// by `removed_resources`, a bad listener NACKed, and a server restart after which the client
+/// resubscribes with `initial_resource_versions` — so that the server resends only what
+/// changed — while requests never fail.
+#[test]
+fn delta_xds_serves_updates_removals_refuses_bad_listeners_and_resumes_with_resource_versions() {
+    if !require_peers(&["nginx"]) {
+        return;
+    }
+    let dir = TempDir::new("xds-delta");
+    let (up_a, up_b, listen, extra, admin, ads_port) = (
+        free_port(),
+        free_port(),
+        free_port(),
+        free_port(),
+        free_port(),
+        free_port(),
+    );
+    let _a = start_nginx(&dir, "a", up_a, "a");
+    let _b = start_nginx(&dir, "b", up_b, "b");
+    let lds = ResourceType::Listener.type_url().to_owned();
+    // Two listeners: `in`, and `extra` on another port with the same routes.
+    let with_extra = |upstream: u16| {
+        let mut r = resources(u32::from(listen), u32::from(upstream));
+        r.get_mut(&lds).expect("listeners").push(any(&http_listener(
+            "extra",
+            "127.0.0.1",
+            u32::from(extra),
+            "routes",
+        )));
+        r
+    };
+    let server = AdsServer::start(ads_port, Snapshot::default());
+    server.push(with_extra(up_a));
+    let config = format!(
+        r#"
+admin: {{ address: 127.0.0.1:{admin} }}
+node: {{ id: sidecar-1, cluster: e2e }}
+xds: {{ cluster: xds_server, mode: delta }}
+listeners: []
+clusters:
+  - name: xds_server
+    hosts: [ {{ address: 127.0.0.1:{ads_port} }} ]
+"#
+    );
+    let sluice = start_sluice(&dir, &config, 2, addr(admin));
+    let to = addr(listen);
+
+    // The first config, over the delta stream only.
+    eventually("the first config serves", &sluice, || {
+        get(to) == (200, "a".into()) && get(addr(extra)) == (200, "a".into())
+    });
+    let traffic = Traffic::start(to, &["a", "b"]);
+    eventually("every type ACKed", &sluice, || {
+        let requests = server.delta_requests();
+        ResourceType::ALL.iter().all(|t| {
+            requests.iter().any(|r| {
+                r.type_url == t.type_url()
+                    && !r.response_nonce.is_empty()
+                    && r.error_detail.is_none()
+            })
+        })
+    });
+    assert!(server.requests().is_empty(), "no state-of-the-world stream");
+    let first = &server.delta_requests()[0];
+    assert_eq!(
+        first.node.as_ref().map(|n| n.id.as_str()),
+        Some("sidecar-1")
+    );
+    assert_eq!(first.type_url, ResourceType::Cluster.type_url());
+    assert_eq!(first.resource_names_subscribe, ["*"]);
+    assert!(first.initial_resource_versions.is_empty());
+    let xds = || {
+        let (status, body) = http_request(addr(admin), "GET", "/xds");
+        assert_eq!(status, 200, "{body}");
+        serde_json::from_str::<serde_json::Value>(&body).expect("json")
+    };
+    assert_eq!(xds()["mode"], "delta");
+
+    // An EDS change: only the assignment is sent; the endpoint moves to upstream b.
+    server.push(with_extra(up_b));
+    eventually("the new endpoint is used", &sluice, || {
+        get(to) == (200, "b".into())
+    });
+    traffic.during("traffic after the EDS change", &sluice, 5);
+    let b_assignment = any(&assignment("web", &[("127.0.0.1", u32::from(up_b), 0)]));
+    eventually("the assignment's version shown", &sluice, || {
+        xds()["types"]["endpoints"]["resource_versions"]
+            == serde_json::json!({ "web": AdsServer::resource_version(&b_assignment) })
+    });
+
+    // `extra` removed (`removed_resources`): its port closes, `in` serves on.
+    server.push(resources(u32::from(listen), u32::from(up_b)));
+    eventually("the removed listener is gone", &sluice, || {
+        get(addr(extra)).0 == 0
+            && xds()["types"]["listener"]["resources"] == serde_json::json!(["in"])
+    });
+    traffic.during("traffic after the removal", &sluice, 5);
+    let good = server.version();
+    let good_listener = any(&http_listener(
+        "in",
+        "127.0.0.1",
+        u32::from(listen),
+        "routes",
+    ));
+    let view = xds();
+    assert_eq!(
+        view["types"]["listener"]["resource_versions"],
+        serde_json::json!({ "in": AdsServer::resource_version(&good_listener) }),
+        "{view}"
+    );
+    assert_eq!(
+        view["types"]["listener"]["version"],
+        good.to_string(),
+        "{view}"
+    );
+
+    // An invalid listener is NACKed with a useful error; the last good config serves.
+    let mut bad = resources(u32::from(listen), u32::from(up_b));
+    bad.insert(
+        lds.clone(),
+        vec![any(&http_listener("in", "127.0.0.1", 99999, "routes"))],
+    );
+    server.push(bad);
+    eventually("the bad listener NACKed", &sluice, || {
+        server.delta_requests().iter().any(|r| {
+            r.type_url == lds
+                && !r.response_nonce.is_empty()
+                && r.error_detail.as_ref().is_some_and(|e| {
+                    e.message.contains("listener \"in\"") && e.message.contains("99999")
+                })
+        })
+    });
+    for _ in 0..20 {
+        assert_eq!(get(to), (200, "b".into()), "the last good config serves");
+    }
+    traffic.during("traffic after the NACK", &sluice, 5);
+    let view = xds();
+    assert_eq!(
+        view["types"]["listener"]["version"],
+        good.to_string(),
+        "{view}"
+    );
+    assert!(
+        view["types"]["listener"]["last_nack"]["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("99999")),
+        "{view}"
+    );
+    let metrics = http_request(addr(admin), "GET", "/stats/prometheus").1;
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l == "sluice_xds_nacked_total{type=\"listener\"} 1"),
+        "{metrics}"
+    );
+
+    // The management server dies and comes back with the endpoint on a again.
+    server.stop();
+    eventually("the connection gauge drops", &sluice, || {
+        http_request(addr(admin), "GET", "/stats/prometheus")
+            .1
+            .lines()
+            .any(|l| l == "sluice_xds_connected 0")
+    });
+    traffic.during("traffic while the server is down", &sluice, 5);
+    let server = AdsServer::start(
+        ads_port,
+        Snapshot {
+            version: 100,
+            ..Snapshot::default()
+        },
+    );
+    server.push(resources(u32::from(listen), u32::from(up_a)));
+    eventually("the restarted server's endpoint applies", &sluice, || {
+        get(to) == (200, "a".into())
+    });
+    traffic.during("traffic after the restart", &sluice, 5);
+    // It resubscribed with the versions of what serves (the NACKed listener never was).
+    let again = server.delta_requests();
+    let first_of = |t: ResourceType| {
+        again
+            .iter()
+            .find(|r| r.type_url == t.type_url())
+            .unwrap_or_else(|| panic!("a {t:?} request: {again:?}"))
+    };
+    let version_of =
+        |r: &sluice_xds::envoy_types::pb::envoy::service::discovery::v3::DeltaDiscoveryRequest| {
+            let mut v: Vec<(String, String)> =
+                r.initial_resource_versions.clone().into_iter().collect();
+            v.sort();
+            v
+        };
+    let expect =
+        |name: &str, body: &Any| vec![(name.to_owned(), AdsServer::resource_version(body))];
+    assert_eq!(
+        version_of(first_of(ResourceType::Cluster)),
+        expect("web", &any(&eds_cluster("web")))
+    );
+    assert_eq!(
+        version_of(first_of(ResourceType::Endpoints)),
+        expect("web", &b_assignment)
+    );
+    assert_eq!(
+        version_of(first_of(ResourceType::Listener)),
+        expect("in", &good_listener)
+    );
+    assert_eq!(
+        version_of(first_of(ResourceType::Route)),
+        expect("routes", &any(&route_config("routes", "web")))
+    );
+    assert_eq!(
+        first_of(ResourceType::Endpoints).resource_names_subscribe,
+        ["web"]
+    );
+    assert_eq!(
+        first_of(ResourceType::Listener).resource_names_subscribe,
+        ["*"]
+    );
+    assert!(again[0].node.is_some());
+    // So the server resent only the assignment: the one ACK after the restart is EDS's.
+    eventually("the EDS ACK", &sluice, || {
+        server.delta_requests().iter().any(|r| {
+            r.type_url == ResourceType::Endpoints.type_url() && !r.response_nonce.is_empty()
+        })
+    });
+    let acked: Vec<String> = server
+        .delta_requests()
+        .iter()
+        .filter(|r| !r.response_nonce.is_empty())
+        .map(|r| r.type_url.clone())
+        .collect();
+    assert_eq!(acked, [ResourceType::Endpoints.type_url()], "{again:?}");
+
+    let (count, failures) = traffic.finish();
+    assert!(
+        failures.is_empty(),
+        "traffic stopped ({} of {count} requests failed): {failures:?}",
+        failures.len()
+    );
+}
+
+/// The Python management server of `tests/xds_server.py` (grpcio and the `xds-protos`
+/// package's Envoy protos — not this project's code), as a separate process, serving the
+/// snapshot `{"version", "listen", "upstream"}` written to a file it watches.
+struct PyServer {
+    proc: Proc,
+    snapshot: std::path::PathBuf,
+    log: std::path::PathBuf,
+}
+
+impl PyServer {
+    fn start(dir: &TempDir, port: u16, version: u64, listen: u16, upstream: u16) -> PyServer {
+        let snapshot = dir.path().join("xds-snapshot.json");
+        let log = dir.path().join("xds-requests.jsonl");
+        let server = PyServer {
+            proc: spawn(
+                dir,
+                "xds_server",
+                &python(),
+                &[
+                    repo().join("tests/xds_server.py").to_str().unwrap(),
+                    &port.to_string(),
+                    snapshot.to_str().unwrap(),
+                    log.to_str().unwrap(),
+                ],
+            ),
+            snapshot,
+            log,
+        };
+        server.serve(version, listen, upstream);
+        server
+    }
+
+    /// Serves the next snapshot (written beside, then renamed over the watched file).
+    fn serve(&self, version: u64, listen: u16, upstream: u16) {
+        let tmp = self.snapshot.with_extension("tmp");
+        std::fs::write(
+            &tmp,
+            serde_json::json!({ "version": version, "listen": listen, "upstream": upstream })
+                .to_string(),
+        )
+        .unwrap();
+        std::fs::rename(&tmp, &self.snapshot).unwrap();
+    }
+
+    /// The requests it received (one JSON object each).
+    fn requests(&self) -> Vec<serde_json::Value> {
+        std::fs::read_to_string(&self.log)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
+    }
+
+    /// Whether a request ACKs `type_url` (a nonce, no error; in state of the world, at
+    /// `version`).
+    fn acked(&self, type_url: &str, version: Option<u64>) -> usize {
+        self.requests()
+            .iter()
+            .filter(|r| {
+                r["type_url"] == type_url
+                    && r["nonce"].as_str().is_some_and(|n| !n.is_empty())
+                    && r["error"].is_null()
+                    && version.is_none_or(|v| r["version_info"].as_str() == Some(&*v.to_string()))
+            })
+            .count()
+    }
+}
+
+/// Against the Python management server, in `mode`: the first config serves and every type is
+/// ACKed; an EDS update (the endpoint moves from upstream a to b) is applied and ACKed.
+fn against_the_python_server(mode: &str) {
+    let dir = TempDir::new(&format!("xds-py-{mode}"));
+    let (up_a, up_b, listen, admin, ads_port) = (
+        free_port(),
+        free_port(),
+        free_port(),
+        free_port(),
+        free_port(),
+    );
+    let _a = start_nginx(&dir, "a", up_a, "a");
+    let _b = start_nginx(&dir, "b", up_b, "b");
+    let mut server = PyServer::start(&dir, ads_port, 1, listen, up_a);
+    wait_listening(addr(ads_port), &mut server.proc);
+    let config = format!(
+        r#"
+admin: {{ address: 127.0.0.1:{admin} }}
+node: {{ id: sidecar-py, cluster: e2e }}
+xds: {{ cluster: xds_server, mode: {mode} }}
+listeners: []
+clusters:
+  - name: xds_server
+    protocol: http2
+    hosts: [ {{ address: 127.0.0.1:{ads_port} }} ]
+"#
+    );
+    let sluice = start_sluice(&dir, &config, 2, addr(admin));
+    let to = addr(listen);
+    let sotw = mode == "sotw";
+    eventually("the first config serves", &sluice, || {
+        get(to) == (200, "a".into())
+    });
+    eventually("every type ACKed", &sluice, || {
+        ResourceType::ALL
+            .iter()
+            .all(|t| server.acked(t.type_url(), sotw.then_some(1)) >= 1)
+    });
+    let requests = server.requests();
+    assert!(requests.iter().all(|r| r["mode"] == mode), "{requests:?}");
+    assert_eq!(requests[0]["node"], "sidecar-py", "{requests:?}");
+    if !sotw {
+        assert_eq!(
+            requests[0]["subscribe"],
+            serde_json::json!(["*"]),
+            "{requests:?}"
+        );
+    }
+
+    server.serve(2, listen, up_b);
+    eventually("the EDS update applies", &sluice, || {
+        get(to) == (200, "b".into())
+    });
+    eventually("the EDS update ACKed", &sluice, || {
+        if sotw {
+            server.acked(ResourceType::Endpoints.type_url(), Some(2)) == 1
+        } else {
+            server.acked(ResourceType::Endpoints.type_url(), None) == 2
+        }
+    });
+    for _ in 0..10 {
+        assert_eq!(get(to), (200, "b".into()));
+    }
+    if !sotw {
+        // Delta: only the assignment changed, so only it was sent (and ACKed) again.
+        for t in [
+            ResourceType::Cluster,
+            ResourceType::Listener,
+            ResourceType::Route,
+        ] {
+            assert_eq!(server.acked(t.type_url(), None), 1, "{t:?}");
+        }
+    }
+}
+
+#[test]
+fn a_python_management_server_configures_sluice_over_sotw() {
+    if !require_peers(&["nginx", "xds-protos"]) {
+        return;
+    }
+    against_the_python_server("sotw");
+}
+
+#[test]
+fn a_python_management_server_configures_sluice_over_delta() {
+    if !require_peers(&["nginx", "xds-protos"]) {
+        return;
+    }
+    against_the_python_server("delta");
 }

@@ -29,7 +29,7 @@ if ((${#missing[@]})); then
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
-if [ ! -x target/test-venv/bin/python ] || ! target/test-venv/bin/python -c 'import websockets' 2>/dev/null; then
+if [ ! -x target/test-venv/bin/python ] || ! target/test-venv/bin/python -c 'import websockets, grpc, envoy.service.discovery.v3.ads_pb2_grpc' 2>/dev/null; then
   step "installing Python test peers (tests/requirements.txt) into target/test-venv"
   python3 -m venv target/test-venv
   target/test-venv/bin/pip install -q -r tests/requirements.txt

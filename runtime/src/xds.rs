@@ -1,4 +1,5 @@
-//! The xDS client: configs from an Envoy v3 management server over ADS (state of the world).
+//! The xDS client: configs from an Envoy v3 management server over ADS, state of the world
+//! (`StreamAggregatedResources`) or delta (`DeltaAggregatedResources`, `xds.mode: delta`).
 //!
 //! Owns one thread (`xds`) with its own current-thread tokio runtime, which drives the sans-IO
 //! [`sluice_xds::ads::Ads`] state machine over a tonic ADS stream: it connects to the first
@@ -23,21 +24,22 @@
 //! A file reload (SIGHUP, `POST /reload`) is refused while xDS is in use, and one that would
 //! add or remove `xds` too: the bootstrap changes only with a restart.
 
+use std::collections::BTreeMap;
 use std::io;
 use std::net::SocketAddr;
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use envoy_types::pb::envoy::config::core::v3::{Locality, Node};
-use envoy_types::pb::envoy::service::discovery::v3::DiscoveryRequest;
 use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
+use envoy_types::pb::envoy::service::discovery::v3::{DeltaDiscoveryRequest, DiscoveryRequest};
 use envoy_types::pb::google::protobuf::{
     ListValue, NullValue, Struct, Value as PbValue, value::Kind,
 };
 use serde_json::Value;
 use sluice_core::config::Config;
-use sluice_xds::ads::{Ads, Input, Output};
+use sluice_xds::ads::{Ads, Input, Output, XdsMode};
 use sluice_xds::translate::ResourceType;
 use tracing::{debug, info, warn};
 
@@ -57,12 +59,17 @@ pub static UPDATED_AT: [AtomicU64; 4] = [const { AtomicU64::new(0) }; 4];
 /// the last ACK and NACK. Written by the client's thread on each ACK or NACK (never on the
 /// data path), read by the admin server; `None` without `xds`.
 pub static STATUS: std::sync::Mutex<Option<[TypeStatus; 4]>> = std::sync::Mutex::new(None);
+/// Whether the client speaks delta (for `/xds`'s `mode`).
+pub static DELTA: AtomicBool = AtomicBool::new(false);
 
 /// One resource type's xDS status.
 #[derive(Clone, Debug, Default)]
 pub struct TypeStatus {
-    /// The last accepted version (empty: none yet).
+    /// The last accepted version (empty: none yet); in delta, the `system_version_info` of the
+    /// last response accepted.
     pub version: String,
+    /// Delta: the accepted version of each resource serving (`None` in state of the world).
+    pub resource_versions: Option<BTreeMap<String, String>>,
     /// When it was ACKed (Unix seconds).
     pub updated_at: Option<u64>,
     /// The names of this type's resources in the config serving.
@@ -93,19 +100,22 @@ pub fn status_json() -> Value {
     };
     let mut by_type = serde_json::Map::new();
     for (i, t) in types.iter().enumerate() {
-        by_type.insert(
-            TYPE_LABELS[i].to_owned(),
-            serde_json::json!({
-                "version": t.version,
-                "updated_at": t.updated_at,
-                "resources": t.resources,
-                "last_nack": t.last_nack.as_ref().map(|n| serde_json::json!({
-                    "nonce": n.nonce, "error": n.error, "at": n.at,
-                })),
-            }),
-        );
+        let mut entry = serde_json::json!({
+            "version": t.version,
+            "updated_at": t.updated_at,
+            "resources": t.resources,
+            "last_nack": t.last_nack.as_ref().map(|n| serde_json::json!({
+                "nonce": n.nonce, "error": n.error, "at": n.at,
+            })),
+        });
+        if let Some(v) = &t.resource_versions {
+            entry["resource_versions"] = serde_json::json!(v);
+        }
+        by_type.insert(TYPE_LABELS[i].to_owned(), entry);
     }
+    let delta = DELTA.load(Ordering::Relaxed);
     serde_json::json!({
+        "mode": if delta { "delta" } else { "sotw" },
         "connected": CONNECTED.load(Ordering::Relaxed) == 1,
         "types": by_type,
     })
@@ -132,6 +142,7 @@ pub struct Update {
 /// node, and the file's tree (the static part of every config).
 pub struct Bootstrap {
     server: SocketAddr,
+    mode: XdsMode,
     /// The config's `upstream_mark`, set on the connection's socket.
     mark: Option<u32>,
     connect_timeout: Duration,
@@ -176,6 +187,7 @@ pub fn bootstrap(config: &Config, path: Option<&Path>) -> io::Result<Option<Boot
     });
     Ok(Some(Bootstrap {
         server,
+        mode: xds.mode,
         mark: config.upstream_mark,
         connect_timeout: cluster.connect_timeout,
         initial_fetch_timeout: xds.initial_fetch_timeout,
@@ -328,40 +340,26 @@ struct Client {
 
 impl Client {
     /// Drains the machine's outputs: requests go to `stream` (when connected).
-    fn drain(&mut self, stream: Option<&tokio::sync::mpsc::UnboundedSender<DiscoveryRequest>>) {
+    fn drain(&mut self, stream: Option<&Tx>) {
         while let Some(out) = self.ads.poll_output() {
             match out {
                 Output::Send(req) => {
-                    let kind = ResourceType::ALL
-                        .iter()
-                        .position(|t| t.type_url() == req.type_url)
-                        .unwrap_or(0);
-                    if let Some(e) = &req.error_detail {
-                        warn!(type_url = %req.type_url, nonce = %req.response_nonce, error = %e.message, "xds: NACK");
-                        NACKED[kind].fetch_add(1, Ordering::Relaxed);
-                        self.record(kind, |t| {
-                            t.last_nack = Some(NackStatus {
-                                nonce: req.response_nonce.clone(),
-                                error: e.message.clone(),
-                                at: unix_now(),
-                            });
-                        });
-                    } else if !req.response_nonce.is_empty()
-                        && self.last_acked[kind] != req.response_nonce
-                    {
-                        // An ACK (a subscription change repeats the nonce last answered).
-                        self.last_acked[kind].clone_from(&req.response_nonce);
-                        ACKED[kind].fetch_add(1, Ordering::Relaxed);
-                        let now = unix_now();
-                        UPDATED_AT[kind].store(now, Ordering::Relaxed);
-                        let resources = applied_names(self.ads.applied(), ResourceType::ALL[kind]);
-                        self.record(kind, |t| {
-                            t.version.clone_from(&req.version_info);
-                            t.updated_at = Some(now);
-                            t.resources = resources;
-                        });
+                    self.count(
+                        &req.type_url,
+                        &req.response_nonce,
+                        req.error_detail.as_ref(),
+                    );
+                    if let Some(Tx::Sotw(s)) = stream {
+                        let _ = s.send(*req);
                     }
-                    if let Some(s) = stream {
+                }
+                Output::SendDelta(req) => {
+                    self.count(
+                        &req.type_url,
+                        &req.response_nonce,
+                        req.error_detail.as_ref(),
+                    );
+                    if let Some(Tx::Delta(s)) = stream {
                         let _ = s.send(*req);
                     }
                 }
@@ -379,6 +377,63 @@ impl Client {
                         Some((tokio::time::Instant::now() + self.initial_fetch_timeout, id));
                 }
             }
+        }
+    }
+
+    /// Counts a request about to be sent: a NACK (`error_detail`), or an ACK (a nonce not
+    /// answered before without an error: a state-of-the-world subscription change repeats the
+    /// nonce last answered, a delta one has none), and records it in [`STATUS`].
+    fn count(
+        &mut self,
+        type_url: &str,
+        nonce: &str,
+        error: Option<&envoy_types::pb::google::rpc::Status>,
+    ) {
+        let Some(kind) = ResourceType::ALL
+            .iter()
+            .position(|t| t.type_url() == type_url)
+        else {
+            return;
+        };
+        if let Some(e) = error {
+            warn!(type_url, nonce, error = %e.message, "xds: NACK");
+            NACKED[kind].fetch_add(1, Ordering::Relaxed);
+            self.record(kind, |t| {
+                t.last_nack = Some(NackStatus {
+                    nonce: nonce.to_owned(),
+                    error: e.message.clone(),
+                    at: unix_now(),
+                });
+            });
+        } else if !nonce.is_empty() && self.last_acked[kind] != nonce {
+            nonce.clone_into(&mut self.last_acked[kind]);
+            ACKED[kind].fetch_add(1, Ordering::Relaxed);
+            let now = unix_now();
+            UPDATED_AT[kind].store(now, Ordering::Relaxed);
+            let version = self
+                .ads
+                .accepted_version(ResourceType::ALL[kind])
+                .to_owned();
+            self.record(kind, |t| {
+                t.version = version;
+                t.updated_at = Some(now);
+            });
+            // What serves may have changed for other types too (a cluster removed takes its
+            // endpoints along).
+            self.record_serving();
+        }
+    }
+
+    /// Records the names (and, in delta, versions) of the resources serving, for every type.
+    fn record_serving(&self) {
+        let delta = self.ads.mode() == XdsMode::Delta;
+        let mut guard = STATUS
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let types = guard.get_or_insert_with(Default::default);
+        for (i, kind) in ResourceType::ALL.into_iter().enumerate() {
+            types[i].resources = self.ads.applied().names(kind);
+            types[i].resource_versions = delta.then(|| self.ads.resource_versions(kind).clone());
         }
     }
 
@@ -430,23 +485,19 @@ impl Client {
     }
 }
 
-/// The names of the `kind` resources in `applied`, sorted.
-fn applied_names(applied: &sluice_xds::translate::Resources, kind: ResourceType) -> Vec<String> {
-    let names: Vec<&String> = match kind {
-        ResourceType::Cluster => applied.clusters.keys().collect(),
-        ResourceType::Endpoints => applied.endpoints.keys().collect(),
-        ResourceType::Listener => applied.listeners.keys().collect(),
-        ResourceType::Route => applied.routes.keys().collect(),
-    };
-    names.into_iter().cloned().collect()
+/// The sending half of the stream's requests, of the protocol spoken.
+enum Tx {
+    Sotw(tokio::sync::mpsc::UnboundedSender<DiscoveryRequest>),
+    Delta(tokio::sync::mpsc::UnboundedSender<DeltaDiscoveryRequest>),
 }
 
 async fn run(b: Bootstrap, updates: tokio::sync::mpsc::UnboundedSender<Update>) {
     *STATUS
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(Default::default());
+    DELTA.store(b.mode == XdsMode::Delta, Ordering::Relaxed);
     let mut client = Client {
-        ads: Ads::new(b.node.clone(), b.tree.clone()),
+        ads: Ads::with_mode(b.mode, b.node.clone(), b.tree.clone()),
         updates,
         applying: None,
         timer: None,
@@ -465,7 +516,8 @@ async fn run(b: Bootstrap, updates: tokio::sync::mpsc::UnboundedSender<Update>) 
         if client.updates.is_closed() {
             return;
         }
-        let got_response = stream_once(&mut client, &uri, b.connect_timeout, b.connector()).await;
+        let got_response =
+            stream_once(&mut client, &uri, b.mode, b.connect_timeout, b.connector()).await;
         CONNECTED.store(0, Ordering::Relaxed);
         client.last_acked = Default::default();
         client.feed(Input::Disconnected);
@@ -493,6 +545,7 @@ async fn run(b: Bootstrap, updates: tokio::sync::mpsc::UnboundedSender<Update>) 
 async fn stream_once(
     client: &mut Client,
     uri: &str,
+    mode: XdsMode,
     connect_timeout: Duration,
     connector: XdsConnector,
 ) -> bool {
@@ -510,14 +563,45 @@ async fn stream_once(
             return false;
         }
     };
-    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-    client.feed(Input::Connected);
-    client.drain(Some(&tx));
     let mut ads = AggregatedDiscoveryServiceClient::new(channel);
-    let mut inbound = match ads
-        .stream_aggregated_resources(tokio_stream::wrappers::UnboundedReceiverStream::new(rx))
-        .await
-    {
+    match mode {
+        XdsMode::Sotw => {
+            let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+            let tx = Tx::Sotw(tx);
+            client.feed(Input::Connected);
+            client.drain(Some(&tx));
+            let opened = ads
+                .stream_aggregated_resources(tokio_stream::wrappers::UnboundedReceiverStream::new(
+                    rx,
+                ))
+                .await;
+            pump(client, uri, opened, &tx, Input::Response).await
+        }
+        XdsMode::Delta => {
+            let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+            let tx = Tx::Delta(tx);
+            client.feed(Input::Connected);
+            client.drain(Some(&tx));
+            let opened = ads
+                .delta_aggregated_resources(tokio_stream::wrappers::UnboundedReceiverStream::new(
+                    rx,
+                ))
+                .await;
+            pump(client, uri, opened, &tx, Input::DeltaResponse).await
+        }
+    }
+}
+
+/// Feeds the responses of an opened stream to the machine until the stream ends; whether it
+/// delivered a response.
+async fn pump<M>(
+    client: &mut Client,
+    uri: &str,
+    opened: Result<tonic::Response<tonic::Streaming<M>>, tonic::Status>,
+    tx: &Tx,
+    input: fn(M) -> Input,
+) -> bool {
+    let mut inbound = match opened {
         Ok(r) => r.into_inner(),
         Err(e) => {
             warn!(server = uri, error = %e, "xds: the ADS stream was refused");
@@ -532,8 +616,8 @@ async fn stream_once(
             m = inbound.message() => match m {
                 Ok(Some(response)) => {
                     got = true;
-                    client.feed(Input::Response(response));
-                    client.drain(Some(&tx));
+                    client.feed(input(response));
+                    client.drain(Some(tx));
                 }
                 Ok(None) => {
                     warn!(server = uri, "xds: the management server closed the stream");
@@ -544,9 +628,9 @@ async fn stream_once(
                     return got;
                 }
             },
-            input = client.next_event() => {
-                client.feed(input);
-                client.drain(Some(&tx));
+            event = client.next_event() => {
+                client.feed(event);
+                client.drain(Some(tx));
             }
         }
     }

@@ -195,7 +195,8 @@ pub const REQUIRE_PEERS_VAR: &str = "SLUICE_REQUIRE_PEERS";
 /// A peer is a program on `PATH` (`nginx`, `wrk`, `curl`, `python3`, `setpriv`…), or one of the
 /// installed test peers `tests/run.sh` makes: `sofa-rpc-node` (`node` and
 /// `tests/bolt/node_modules`), `grpc-js` (`node` and `tests/grpc/node_modules`) and `test-venv`
-/// (`target/test-venv` with the Python `websockets`). When one is missing the test is skipped with one line on stderr, written past
+/// (`target/test-venv` with the Python `websockets`), `xds-protos` (the test venv with `grpcio`
+/// and `xds-protos`). When one is missing the test is skipped with one line on stderr, written past
 /// the test harness's capture so that a plain `cargo test` shows it:
 /// `SKIPPED e2e_http::foo: nginx not found on PATH (tests/run.sh installs it)`; when
 /// [`REQUIRE_PEERS_VAR`] is set (to anything but `0`) it panics with the same words instead.
@@ -251,6 +252,20 @@ fn missing_peer(peer: &str) -> Option<String> {
                 .is_ok_and(|s| s.success());
             (!usable).then(|| {
                 "target/test-venv with the Python websockets package is missing \
+                 (tests/run.sh makes it from tests/requirements.txt)"
+                    .to_owned()
+            })
+        }
+        "xds-protos" => {
+            let venv = repo().join("target/test-venv/bin/python");
+            let usable = Command::new(&venv)
+                .args(["-c", "import grpc, envoy.service.discovery.v3.ads_pb2_grpc"])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success());
+            (!usable).then(|| {
+                "target/test-venv with the Python grpcio and xds-protos packages is missing \
                  (tests/run.sh makes it from tests/requirements.txt)"
                     .to_owned()
             })

@@ -1,4 +1,5 @@
-//! The Aggregated Discovery Service client, state-of-the-world, as a sans-IO state machine.
+//! The Aggregated Discovery Service client, state-of-the-world and delta (incremental), as a
+//! sans-IO state machine.
 //!
 //! Owns, per resource type (CDS, EDS, LDS, RDS): the last **accepted** version (that of the
 //! last response whose resources went into a config the workers switched to), the last nonce
@@ -36,6 +37,28 @@
 //! - **Reconnect**: nonces are per stream and forgotten; the pending responses are dropped (the
 //!   server resends); the first request of each type carries its last accepted version and the
 //!   node. The config serving is untouched while disconnected.
+//!
+//! **Delta** ([`XdsMode::Delta`], `DeltaAggregatedResources`) changes only the wire, not the
+//! rules above: warming, the fold, one apply at a time, when to ACK and whom a NACK is charged
+//! to are the same code.
+//! - A delta response carries only the resources that changed (each with its own version) and
+//!   the names of those removed (`removed_resources`): folded over the candidate as upserts and
+//!   removals, for every type (a CDS delta response does not replace the set). A response is
+//!   refused at once (NACK) when a resource is missing its body, its name differs from the
+//!   name inside, a name is listed twice or both changed and removed, or it uses xdstp
+//!   `removed_resource_names`.
+//! - Subscriptions are sent as changes: the first request of CDS and LDS on a stream subscribes
+//!   to `*` (wildcard); RDS and EDS subscribe to the names the listeners and clusters need and
+//!   unsubscribe from the names no longer needed, in a request without a nonce, as soon as the
+//!   candidate changes them.
+//! - ACK: a request with the response's nonce and no `error_detail`; NACK: the nonce and
+//!   `error_detail`. There is no `version_info`: the type's accepted version is the response's
+//!   `system_version_info` (shown in status, for debugging), and each accepted resource's own
+//!   version is kept (those of the resources in the config serving).
+//! - Reconnect: the first request of each type resends the whole subscription (`*` for CDS and
+//!   LDS, the needed names for RDS and EDS) and carries `initial_resource_versions`: the
+//!   accepted version of each resource of that type serving (for RDS and EDS, of the names
+//!   subscribed to), so that the server sends only what changed and the removals.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
@@ -47,12 +70,15 @@ use envoy_types::pb::envoy::config::route::v3::RouteConfiguration;
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
     HttpConnectionManager, http_connection_manager::RouteSpecifier,
 };
-use envoy_types::pb::envoy::service::discovery::v3::{DiscoveryRequest, DiscoveryResponse};
+use envoy_types::pb::envoy::service::discovery::v3::{
+    DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
+};
 use envoy_types::pb::google::protobuf::Any;
 use envoy_types::pb::google::rpc::Status;
 use prost::{Message, Name};
 use serde_json::Value;
 use sluice_core::config::Config;
+pub use sluice_core::config::xds::XdsMode;
 
 use crate::translate::{self, Notes, ResourceType, Resources, TranslateError};
 
@@ -66,8 +92,10 @@ pub enum Input {
     Connected,
     /// The stream ended (or could not be opened); the config serving stays.
     Disconnected,
-    /// A response arrived on the stream.
+    /// A response arrived on the stream (state of the world).
     Response(DiscoveryResponse),
+    /// A response arrived on the stream (delta).
+    DeltaResponse(DeltaDiscoveryResponse),
     /// The workers switched to the config of [`Output::Apply`] with this id.
     Applied(u64),
     /// Applying the config with this id failed (the previous one serves); why.
@@ -79,8 +107,10 @@ pub enum Input {
 /// What the runtime must do.
 #[derive(Clone, Debug)]
 pub enum Output {
-    /// Send this request on the stream.
+    /// Send this request on the stream (state of the world).
     Send(Box<DiscoveryRequest>),
+    /// Send this request on the stream (delta).
+    SendDelta(Box<DeltaDiscoveryRequest>),
     /// Apply this config (the file's static part and the dynamic resources) through the
     /// reload path, then report [`Input::Applied`] or [`Input::ApplyFailed`] with `id`.
     Apply {
@@ -105,22 +135,45 @@ enum Decoded {
     Routes(Vec<RouteConfiguration>),
 }
 
+/// What a delta response changes besides its resources: the names it removes, and the version
+/// of each resource it carries.
 #[derive(Clone, Debug)]
-struct Pending {
-    kind: ResourceType,
-    version: String,
-    nonce: String,
-    decoded: Decoded,
+struct DeltaChange {
+    removed: Vec<String>,
+    versions: Vec<(String, String)>,
 }
 
-impl Pending {
+impl Decoded {
+    /// The resources' names, in order.
     fn names(&self) -> Vec<&str> {
-        match &self.decoded {
+        match self {
             Decoded::Clusters(v) => v.iter().map(|c| c.name.as_str()).collect(),
             Decoded::Endpoints(v) => v.iter().map(|c| c.cluster_name.as_str()).collect(),
             Decoded::Listeners(v) => v.iter().map(|c| c.name.as_str()).collect(),
             Decoded::Routes(v) => v.iter().map(|c| c.name.as_str()).collect(),
         }
+    }
+}
+
+#[derive(Clone, Debug)]
+struct Pending {
+    kind: ResourceType,
+    /// `version_info` (state of the world) or `system_version_info` (delta).
+    version: String,
+    nonce: String,
+    decoded: Decoded,
+    /// `None`: a state-of-the-world response.
+    delta: Option<DeltaChange>,
+}
+
+impl Pending {
+    /// The names the response carries, and (delta) those it removes.
+    fn names(&self) -> Vec<&str> {
+        let mut names = self.decoded.names();
+        if let Some(d) = &self.delta {
+            names.extend(d.removed.iter().map(String::as_str));
+        }
+        names
     }
 }
 
@@ -131,6 +184,8 @@ struct TypeState {
     nonce: String,
     /// Names subscribed to (RDS, EDS); CDS and LDS are wildcard.
     names: BTreeSet<String>,
+    /// Delta: the accepted version of each resource of the config serving.
+    resource_versions: BTreeMap<String, String>,
     /// A request of this type was sent on the current stream.
     requested: bool,
 }
@@ -147,6 +202,7 @@ struct InFlight {
 /// The ADS client state machine (see the module doc).
 #[derive(Debug)]
 pub struct Ads {
+    mode: XdsMode,
     node: Node,
     bootstrap: Value,
     types: BTreeMap<ResourceType, TypeState>,
@@ -166,11 +222,19 @@ pub struct Ads {
 }
 
 impl Ads {
-    /// A client for `node`, whose configs are `bootstrap` (the config file's tree: its static
-    /// listeners and clusters and every other setting) plus the dynamic resources.
+    /// A state-of-the-world client for `node`, whose configs are `bootstrap` (the config
+    /// file's tree: its static listeners and clusters and every other setting) plus the dynamic
+    /// resources.
     #[must_use]
     pub fn new(node: Node, bootstrap: Value) -> Ads {
+        Ads::with_mode(XdsMode::Sotw, node, bootstrap)
+    }
+
+    /// A client speaking `mode` (see [`Ads::new`]).
+    #[must_use]
+    pub fn with_mode(mode: XdsMode, node: Node, bootstrap: Value) -> Ads {
         Ads {
+            mode,
             node,
             bootstrap,
             types: ResourceType::ALL
@@ -201,10 +265,24 @@ impl Ads {
         &self.applied
     }
 
-    /// The last accepted version of a type (empty: none yet).
+    /// The last accepted version of a type (empty: none yet); in delta, the
+    /// `system_version_info` of the last response accepted.
     #[must_use]
     pub fn accepted_version(&self, kind: ResourceType) -> &str {
         &self.types[&kind].accepted_version
+    }
+
+    /// Delta: the accepted version of each resource of a type in the config serving (empty in
+    /// state of the world).
+    #[must_use]
+    pub fn resource_versions(&self, kind: ResourceType) -> &BTreeMap<String, String> {
+        &self.types[&kind].resource_versions
+    }
+
+    /// The protocol spoken.
+    #[must_use]
+    pub fn mode(&self) -> XdsMode {
+        self.mode
     }
 
     /// Feeds one input.
@@ -221,7 +299,10 @@ impl Ads {
                 self.pending.clear();
                 for kind in ResourceType::ALL {
                     if kind.is_full_state() || !self.types[&kind].names.is_empty() {
-                        self.request(kind, None);
+                        match self.mode {
+                            XdsMode::Sotw => self.request(kind, None),
+                            XdsMode::Delta => self.resubscribe_delta(kind),
+                        }
                     }
                 }
             }
@@ -230,6 +311,7 @@ impl Ads {
                 self.pending.clear();
             }
             Input::Response(r) => self.on_response(r),
+            Input::DeltaResponse(r) => self.on_delta_response(r),
             Input::Applied(id) => {
                 let Some(done) = self.in_flight.take_if(|f| f.id == id) else {
                     return;
@@ -239,13 +321,7 @@ impl Ads {
                     self.accept(&done.responses);
                 } else {
                     // Not ACKed on a stream that never sent them; the versions still count.
-                    for p in &done.responses {
-                        self.types
-                            .get_mut(&p.kind)
-                            .expect("every type")
-                            .accepted_version
-                            .clone_from(&p.version);
-                    }
+                    self.record_accepted(&done.responses);
                 }
                 self.evaluate();
             }
@@ -275,6 +351,23 @@ impl Ads {
         if !self.connected {
             return;
         }
+        if self.mode == XdsMode::Delta {
+            // Delta subscription changes are sent by `subscribe` and on connecting.
+            if let Some((nonce, error)) = answer {
+                self.types
+                    .get_mut(&kind)
+                    .expect("every type")
+                    .nonce
+                    .clone_from(&nonce);
+                self.send_delta(DeltaDiscoveryRequest {
+                    type_url: kind.type_url().to_owned(),
+                    response_nonce: nonce,
+                    error_detail: error.map(error_status),
+                    ..Default::default()
+                });
+            }
+            return;
+        }
         let state = self.types.get_mut(&kind).expect("every type");
         let (nonce, error) = match answer {
             Some((nonce, error)) => {
@@ -293,32 +386,89 @@ impl Ads {
                 resource_names: state.names.iter().cloned().collect(),
                 type_url: kind.type_url().to_owned(),
                 response_nonce: nonce,
-                error_detail: error.map(|message| Status {
-                    code: INVALID_ARGUMENT,
-                    message,
-                    details: Vec::new(),
-                }),
+                error_detail: error.map(error_status),
                 ..Default::default()
             })));
+    }
+
+    /// Sends a delta request, with the node when it is the stream's first.
+    fn send_delta(&mut self, mut req: DeltaDiscoveryRequest) {
+        if !self.connected {
+            return;
+        }
+        if let Some(kind) = ResourceType::from_type_url(&req.type_url) {
+            self.types.get_mut(&kind).expect("every type").requested = true;
+        }
+        if !self.node_sent {
+            req.node = Some(self.node.clone());
+            self.node_sent = true;
+        }
+        self.outputs.push_back(Output::SendDelta(Box::new(req)));
+    }
+
+    /// Delta, on a new stream: the whole subscription of `kind` (`*` for CDS and LDS) and the
+    /// versions of the resources of it serving.
+    fn resubscribe_delta(&mut self, kind: ResourceType) {
+        let state = &self.types[&kind];
+        let subscribe: Vec<String> = if kind.is_full_state() {
+            vec!["*".to_owned()]
+        } else if state.names.is_empty() {
+            // A first request naming nothing would be a (legacy) wildcard subscription.
+            return;
+        } else {
+            state.names.iter().cloned().collect()
+        };
+        let initial_resource_versions = state
+            .resource_versions
+            .iter()
+            .filter(|(name, _)| kind.is_full_state() || state.names.contains(*name))
+            .map(|(n, v)| (n.clone(), v.clone()))
+            .collect();
+        self.send_delta(DeltaDiscoveryRequest {
+            type_url: kind.type_url().to_owned(),
+            resource_names_subscribe: subscribe,
+            initial_resource_versions,
+            ..Default::default()
+        });
     }
 
     /// The responses are in the serving config: their versions are accepted, and the latest of
     /// each type is ACKed.
     fn accept(&mut self, responses: &[Pending]) {
-        let mut latest: BTreeMap<ResourceType, &Pending> = BTreeMap::new();
+        self.record_accepted(responses);
+        let mut latest: BTreeMap<ResourceType, String> = BTreeMap::new();
         for p in responses {
-            latest.insert(p.kind, p);
+            latest.insert(p.kind, p.nonce.clone());
         }
-        let latest: Vec<(ResourceType, String, String)> = latest
-            .into_iter()
-            .map(|(k, p)| (k, p.version.clone(), p.nonce.clone()))
-            .collect();
-        for (kind, version, nonce) in latest {
+        for (kind, nonce) in latest {
+            self.request(kind, Some((nonce, None)));
+        }
+    }
+
+    /// The versions of responses now in the serving config (`self.applied`): each type's, and
+    /// (delta) each resource's, kept only for the resources serving.
+    fn record_accepted(&mut self, responses: &[Pending]) {
+        for p in responses {
+            let state = self.types.get_mut(&p.kind).expect("every type");
+            state.accepted_version.clone_from(&p.version);
+            if let Some(d) = &p.delta {
+                for name in &d.removed {
+                    state.resource_versions.remove(name);
+                }
+                for (name, version) in &d.versions {
+                    state
+                        .resource_versions
+                        .insert(name.clone(), version.clone());
+                }
+            }
+        }
+        for kind in ResourceType::ALL {
+            let applied = &self.applied;
             self.types
                 .get_mut(&kind)
                 .expect("every type")
-                .accepted_version = version;
-            self.request(kind, Some((nonce, None)));
+                .resource_versions
+                .retain(|name, _| applied.contains(kind, name));
         }
     }
 
@@ -338,6 +488,26 @@ impl Ads {
                     version: r.version_info,
                     nonce: r.nonce,
                     decoded,
+                    delta: None,
+                });
+                self.evaluate();
+            }
+            Err(e) => self.nack(kind, r.nonce, e),
+        }
+    }
+
+    fn on_delta_response(&mut self, mut r: DeltaDiscoveryResponse) {
+        let Some(kind) = ResourceType::from_type_url(&r.type_url) else {
+            return;
+        };
+        match decode_delta(kind, &mut r) {
+            Ok((decoded, change)) => {
+                self.pending.push(Pending {
+                    kind,
+                    version: r.system_version_info,
+                    nonce: r.nonce,
+                    decoded,
+                    delta: Some(change),
                 });
                 self.evaluate();
             }
@@ -353,22 +523,19 @@ impl Ads {
             .as_ref()
             .map_or_else(|| self.applied.clone(), |f| f.resources.clone());
         for p in &self.pending {
-            match &p.decoded {
-                Decoded::Clusters(v) => {
+            match (&p.delta, &p.decoded) {
+                (None, Decoded::Clusters(v)) => {
                     res.clusters = v.iter().map(|c| (c.name.clone(), c.clone())).collect();
                 }
-                Decoded::Listeners(v) => {
+                (None, Decoded::Listeners(v)) => {
                     res.listeners = v.iter().map(|l| (l.name.clone(), l.clone())).collect();
                 }
-                Decoded::Endpoints(v) => {
-                    for e in v {
-                        res.endpoints.insert(e.cluster_name.clone(), e.clone());
+                (None, decoded) => upsert(&mut res, decoded),
+                (Some(d), decoded) => {
+                    for name in &d.removed {
+                        res.remove(p.kind, name);
                     }
-                }
-                Decoded::Routes(v) => {
-                    for rc in v {
-                        res.routes.insert(rc.name.clone(), rc.clone());
-                    }
+                    upsert(&mut res, decoded);
                 }
             }
         }
@@ -379,14 +546,14 @@ impl Ads {
         res
     }
 
-    /// After any change: update subscriptions, then produce a config when the candidate is
-    /// complete (or warming timed out) and nothing is in flight.
+    /// After any change: produce a config when the candidate is complete (or warming timed
+    /// out) and nothing is in flight, refusing what does not assemble; then subscribe to what
+    /// the candidate left standing needs.
     fn evaluate(&mut self) {
         loop {
             let candidate = self.candidate();
-            self.subscribe(ResourceType::Endpoints, eds_names(&candidate));
-            self.subscribe(ResourceType::Route, rds_names(&candidate));
             if self.in_flight.is_some() || self.pending.is_empty() {
+                self.follow(&candidate);
                 return;
             }
             let missing = eds_names(&candidate)
@@ -396,6 +563,7 @@ impl Ads {
                     .iter()
                     .any(|n| !candidate.routes.contains_key(n));
             if missing && !self.warming_expired {
+                self.follow(&candidate);
                 if self.warming_timer.is_none() {
                     let id = self.next_id();
                     self.warming_timer = Some(id);
@@ -406,6 +574,7 @@ impl Ads {
             self.warming_timer = None;
             self.warming_expired = false;
             if candidate == self.applied {
+                self.follow(&candidate);
                 // Nothing changes (a server resending what serves, e.g. after a reconnect):
                 // the serving config already is this one.
                 let done = std::mem::take(&mut self.pending);
@@ -414,6 +583,7 @@ impl Ads {
             }
             match translate::assemble(&self.bootstrap, &candidate) {
                 Ok(assembled) => {
+                    self.follow(&candidate);
                     let id = self.next_id();
                     self.in_flight = Some(InFlight {
                         id,
@@ -456,11 +626,37 @@ impl Ads {
         }
     }
 
+    /// Subscribes to the endpoints and route configurations `candidate` needs (and only
+    /// those). Called with the candidate that stands, not one a refusal is about to undo, so
+    /// that a refused update does not unsubscribe and resubscribe.
+    fn follow(&mut self, candidate: &Resources) {
+        self.subscribe(ResourceType::Endpoints, eds_names(candidate));
+        self.subscribe(ResourceType::Route, rds_names(candidate));
+    }
+
     fn subscribe(&mut self, kind: ResourceType, names: BTreeSet<String>) {
         let state = self.types.get_mut(&kind).expect("every type");
-        if state.names != names {
-            state.names = names;
-            self.request(kind, None);
+        if state.names == names {
+            return;
+        }
+        let subscribe: Vec<String> = names.difference(&state.names).cloned().collect();
+        let unsubscribe: Vec<String> = state.names.difference(&names).cloned().collect();
+        state.names = names;
+        match self.mode {
+            XdsMode::Sotw => self.request(kind, None),
+            XdsMode::Delta => {
+                // The first request of a type on a stream is the whole subscription.
+                if !self.types[&kind].requested {
+                    self.resubscribe_delta(kind);
+                } else {
+                    self.send_delta(DeltaDiscoveryRequest {
+                        type_url: kind.type_url().to_owned(),
+                        resource_names_subscribe: subscribe,
+                        resource_names_unsubscribe: unsubscribe,
+                        ..Default::default()
+                    });
+                }
+            }
         }
     }
 
@@ -505,6 +701,90 @@ fn decode(kind: ResourceType, resources: &[Any]) -> Result<Decoded, String> {
     })
 }
 
+/// A NACK's `error_detail`.
+fn error_status(message: String) -> Status {
+    Status {
+        code: INVALID_ARGUMENT,
+        message,
+        details: Vec::new(),
+    }
+}
+
+/// Puts the resources of a response into `res` (replacing those of the same name).
+fn upsert(res: &mut Resources, decoded: &Decoded) {
+    match decoded {
+        Decoded::Clusters(v) => {
+            for c in v {
+                res.clusters.insert(c.name.clone(), c.clone());
+            }
+        }
+        Decoded::Listeners(v) => {
+            for l in v {
+                res.listeners.insert(l.name.clone(), l.clone());
+            }
+        }
+        Decoded::Endpoints(v) => {
+            for e in v {
+                res.endpoints.insert(e.cluster_name.clone(), e.clone());
+            }
+        }
+        Decoded::Routes(v) => {
+            for rc in v {
+                res.routes.insert(rc.name.clone(), rc.clone());
+            }
+        }
+    }
+}
+
+/// Decodes a delta response: its resources (as [`decode`] does, each also named by its
+/// wrapper, which must agree), the names removed and each resource's version.
+/// (Takes the resources' bodies out of `r`.)
+fn decode_delta(
+    kind: ResourceType,
+    r: &mut DeltaDiscoveryResponse,
+) -> Result<(Decoded, DeltaChange), String> {
+    if !r.removed_resource_names.is_empty() {
+        return Err("removed_resource_names: xdstp resource names are not supported".to_owned());
+    }
+    let mut anys = Vec::with_capacity(r.resources.len());
+    let mut versions = Vec::with_capacity(r.resources.len());
+    for (i, res) in r.resources.iter_mut().enumerate() {
+        let Some(any) = res.resource.take() else {
+            return Err(format!(
+                "resources[{i}] ({:?}): no resource (TTL heartbeats are not supported)",
+                res.name
+            ));
+        };
+        anys.push(any);
+        versions.push((
+            std::mem::take(&mut res.name),
+            std::mem::take(&mut res.version),
+        ));
+    }
+    let decoded = decode(kind, &anys)?;
+    let inner = decoded.names();
+    for (i, ((outer, _), inner)) in versions.iter().zip(&inner).enumerate() {
+        if outer != inner {
+            return Err(format!(
+                "resources[{i}]: named {outer:?} but the {} inside is {inner:?}",
+                kind.noun()
+            ));
+        }
+    }
+    for (j, name) in r.removed_resources.iter().enumerate() {
+        if inner.contains(&name.as_str()) {
+            return Err(format!(
+                "removed_resources[{j}]: {name:?} is also in resources"
+            ));
+        }
+        if r.removed_resources[..j].contains(name) {
+            return Err(format!("removed_resources[{j}]: {name:?} is listed twice"));
+        }
+    }
+    let removed = std::mem::take(&mut r.removed_resources);
+    Ok((decoded, DeltaChange { removed, versions }))
+}
+
 /// The EDS service names the clusters need.
 fn eds_names(res: &Resources) -> BTreeSet<String> {
     res.clusters
@@ -534,3 +814,5 @@ fn rds_names(res: &Resources) -> BTreeSet<String> {
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_delta;

@@ -27,6 +27,21 @@ use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::{
 use envoy_types::pb::google::protobuf::Any;
 use prost::{Message, Name};
 
+/// A delta response's entry: `name` at `version`, with its body.
+#[must_use]
+pub fn resource(
+    name: &str,
+    version: &str,
+    body: Any,
+) -> envoy_types::pb::envoy::service::discovery::v3::Resource {
+    envoy_types::pb::envoy::service::discovery::v3::Resource {
+        name: name.to_owned(),
+        version: version.to_owned(),
+        resource: Some(body),
+        ..Default::default()
+    }
+}
+
 /// Packs a message into an `Any`.
 pub fn any<T: Message + Name>(m: &T) -> Any {
     Any {
@@ -194,4 +209,20 @@ pub fn route_config(name: &str, cluster: &str) -> RouteConfiguration {
         }],
         ..Default::default()
     }
+}
+
+/// The name of a packed resource of one of the four types (a cluster's or listener's `name`,
+/// an assignment's `cluster_name`), or `None` when it is none of them or does not decode: what
+/// a test server or the fuzz driver names a delta response's entry with.
+#[must_use]
+pub fn resource_name(any: &Any) -> Option<String> {
+    fn named<T: Message + Name + Default>(any: &Any, name: impl Fn(T) -> String) -> Option<String> {
+        (any.type_url == T::type_url())
+            .then(|| T::decode(any.value.as_slice()).ok().map(name))
+            .flatten()
+    }
+    named(any, |c: Cluster| c.name)
+        .or_else(|| named(any, |c: ClusterLoadAssignment| c.cluster_name))
+        .or_else(|| named(any, |l: Listener| l.name))
+        .or_else(|| named(any, |r: RouteConfiguration| r.name))
 }

@@ -1,6 +1,6 @@
 //! The input format of the `xds_translate` fuzz target, and the driver it runs: arbitrary
 //! bytes become ADS responses fed to the state machine, which decodes, translates, assembles
-//! and validates them ([`drive`] must never panic).
+//! and validates them ([`drive`] and [`drive_delta`] must never panic).
 //!
 //! Input: records `[tag][len: u16 LE][len bytes]`. The tag's low two bits name the resource
 //! type (cluster, endpoints, listener, route); the bytes are one encoded resource of it.
@@ -8,23 +8,55 @@
 //! A tag of `0xff` (no length) fires what the machine waits for: its warming timer, and the
 //! outcome of its apply (applied when the next byte is even, failed otherwise). At the end,
 //! the timer fires and the apply succeeds once more.
+//!
+//! [`drive_delta`] reads the same records as delta responses: each resource is wrapped in a
+//! `Resource` named after what it decodes to (empty when it does not) at the record's index as
+//! version, and a record whose tag has bit 2 set ([`REMOVE`]) is a name (its bytes, as UTF-8
+//! with replacements) in the response's `removed_resources`.
 
 use envoy_types::pb::envoy::config::core::v3::Node;
-use envoy_types::pb::envoy::service::discovery::v3::DiscoveryResponse;
+use envoy_types::pb::envoy::service::discovery::v3::{
+    DeltaDiscoveryResponse, DiscoveryResponse, Resource,
+};
 use envoy_types::pb::google::protobuf::Any;
 
-use crate::ads::{Ads, Input, Output};
+use crate::ads::{Ads, Input, Output, XdsMode};
 use crate::translate::ResourceType;
+
+/// The tag bit of a delta removal record.
+pub const REMOVE: u8 = 4;
 
 /// Encodes resources as an input of the format (for the committed corpus).
 #[must_use]
 pub fn encode(records: &[(ResourceType, Vec<u8>)]) -> Vec<u8> {
+    let tagged: Vec<(u8, Vec<u8>)> = records
+        .iter()
+        .map(|(kind, bytes)| (tag(*kind), bytes.clone()))
+        .collect();
+    encode_tagged(&tagged)
+}
+
+/// The tag of a resource record of `kind` (add [`REMOVE`] for a delta removal).
+#[must_use]
+pub fn tag(kind: ResourceType) -> u8 {
+    ResourceType::ALL
+        .iter()
+        .position(|k| *k == kind)
+        .unwrap_or(0) as u8
+}
+
+/// Encodes records with their tags (`0xff` entries fire the timer and apply, see the module
+/// doc) as an input of the format.
+#[must_use]
+pub fn encode_tagged(records: &[(u8, Vec<u8>)]) -> Vec<u8> {
     let mut out = Vec::new();
-    for (kind, bytes) in records {
-        let tag = ResourceType::ALL
-            .iter()
-            .position(|k| k == kind)
-            .unwrap_or(0) as u8;
+    for (tag, bytes) in records {
+        let tag = *tag;
+        if tag == 0xff {
+            out.push(0xff);
+            out.push(bytes.first().copied().unwrap_or(0));
+            continue;
+        }
         let len = u16::try_from(bytes.len()).unwrap_or(u16::MAX);
         out.push(tag);
         out.extend_from_slice(&len.to_le_bytes());
@@ -35,18 +67,31 @@ pub fn encode(records: &[(ResourceType, Vec<u8>)]) -> Vec<u8> {
     out
 }
 
-/// Runs the state machine over an input; returns how many configs it applied.
+/// Runs the state machine (state of the world) over an input; returns how many configs it
+/// applied.
 pub fn drive(data: &[u8]) -> usize {
+    run(XdsMode::Sotw, data)
+}
+
+/// Runs the state machine (delta) over an input; returns how many configs it applied.
+pub fn drive_delta(data: &[u8]) -> usize {
+    run(XdsMode::Delta, data)
+}
+
+/// A response being gathered: its type, resources and (delta) removed names.
+type Batch = Option<(ResourceType, Vec<Any>, Vec<String>)>;
+
+fn run(mode: XdsMode, data: &[u8]) -> usize {
     let bootstrap = serde_json::json!({
         "xds": { "cluster": "xds" },
         "listeners": [],
         "clusters": [ { "name": "xds", "hosts": [ { "address": "127.0.0.1:18000" } ] } ],
     });
-    let mut ads = Ads::new(Node::default(), bootstrap);
+    let mut ads = Ads::with_mode(mode, Node::default(), bootstrap);
     ads.handle_input(Input::Connected);
     let mut state = State::default();
     state.drain(&mut ads);
-    let mut batch: Option<(ResourceType, Vec<Any>)> = None;
+    let mut batch: Batch = None;
     let mut rest = data;
     let mut index = 0usize;
     while let Some((&tag, after)) = rest.split_first() {
@@ -65,16 +110,20 @@ pub fn drive(data: &[u8]) -> usize {
         let (bytes, next) = body.split_at(len);
         rest = next;
         let kind = ResourceType::ALL[usize::from(tag & 3)];
-        let any = Any {
-            type_url: kind.type_url().to_owned(),
-            value: bytes.to_vec(),
+        if !matches!(&batch, Some((k, ..)) if *k == kind) {
+            flush(&mut ads, &mut batch, index, &mut state);
+            batch = Some((kind, Vec::new(), Vec::new()));
+        }
+        let Some((_, list, removed)) = &mut batch else {
+            continue;
         };
-        match &mut batch {
-            Some((k, list)) if *k == kind => list.push(any),
-            _ => {
-                flush(&mut ads, &mut batch, index, &mut state);
-                batch = Some((kind, vec![any]));
-            }
+        if mode == XdsMode::Delta && tag & REMOVE != 0 {
+            removed.push(String::from_utf8_lossy(bytes).into_owned());
+        } else {
+            list.push(Any {
+                type_url: kind.type_url().to_owned(),
+                value: bytes.to_vec(),
+            });
         }
     }
     flush(&mut ads, &mut batch, index, &mut state);
@@ -93,7 +142,7 @@ impl State {
     fn drain(&mut self, ads: &mut Ads) {
         while let Some(out) = ads.poll_output() {
             match out {
-                Output::Send(_) => {}
+                Output::Send(_) | Output::SendDelta(_) => {}
                 Output::Apply { id, .. } => self.apply = Some(id),
                 Output::ArmWarmingTimer(id) => self.timer = Some(id),
             }
@@ -117,20 +166,35 @@ impl State {
     }
 }
 
-fn flush(
-    ads: &mut Ads,
-    batch: &mut Option<(ResourceType, Vec<Any>)>,
-    index: usize,
-    state: &mut State,
-) {
-    if let Some((kind, resources)) = batch.take() {
-        ads.handle_input(Input::Response(DiscoveryResponse {
+fn flush(ads: &mut Ads, batch: &mut Batch, index: usize, state: &mut State) {
+    let Some((kind, resources, removed)) = batch.take() else {
+        return;
+    };
+    let input = match ads.mode() {
+        XdsMode::Sotw => Input::Response(DiscoveryResponse {
             version_info: index.to_string(),
             resources,
             type_url: kind.type_url().to_owned(),
             nonce: index.to_string(),
             ..Default::default()
-        }));
-        state.drain(ads);
-    }
+        }),
+        XdsMode::Delta => Input::DeltaResponse(DeltaDiscoveryResponse {
+            system_version_info: index.to_string(),
+            resources: resources
+                .into_iter()
+                .map(|any| Resource {
+                    name: crate::fixtures::resource_name(&any).unwrap_or_default(),
+                    version: index.to_string(),
+                    resource: Some(any),
+                    ..Default::default()
+                })
+                .collect(),
+            type_url: kind.type_url().to_owned(),
+            removed_resources: removed,
+            nonce: index.to_string(),
+            ..Default::default()
+        }),
+    };
+    ads.handle_input(input);
+    state.drain(ads);
 }

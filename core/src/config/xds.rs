@@ -45,11 +45,15 @@ pub enum XdsMode {
     /// State of the world over ADS (`StreamAggregatedResources`).
     #[default]
     Sotw,
+    /// Incremental over ADS (`DeltaAggregatedResources`): only changed resources and the names
+    /// removed are sent, with a version per resource.
+    Delta,
 }
 
 impl XdsMode {
     /// The names the config accepts.
-    pub const CHOICES: [(&'static str, XdsMode); 1] = [("sotw", XdsMode::Sotw)];
+    pub const CHOICES: [(&'static str, XdsMode); 2] =
+        [("sotw", XdsMode::Sotw), ("delta", XdsMode::Delta)];
 }
 
 /// `xds`: the management server.

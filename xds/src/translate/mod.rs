@@ -300,6 +300,40 @@ pub struct Resources {
     pub endpoints: BTreeMap<String, ClusterLoadAssignment>,
 }
 
+impl Resources {
+    /// Whether a resource of `kind` named `name` is here.
+    #[must_use]
+    pub fn contains(&self, kind: ResourceType, name: &str) -> bool {
+        match kind {
+            ResourceType::Cluster => self.clusters.contains_key(name),
+            ResourceType::Endpoints => self.endpoints.contains_key(name),
+            ResourceType::Listener => self.listeners.contains_key(name),
+            ResourceType::Route => self.routes.contains_key(name),
+        }
+    }
+
+    /// Removes the resource of `kind` named `name`, if any.
+    pub fn remove(&mut self, kind: ResourceType, name: &str) {
+        match kind {
+            ResourceType::Cluster => drop(self.clusters.remove(name)),
+            ResourceType::Endpoints => drop(self.endpoints.remove(name)),
+            ResourceType::Listener => drop(self.listeners.remove(name)),
+            ResourceType::Route => drop(self.routes.remove(name)),
+        }
+    }
+
+    /// The names of the resources of `kind`, sorted.
+    #[must_use]
+    pub fn names(&self, kind: ResourceType) -> Vec<String> {
+        match kind {
+            ResourceType::Cluster => self.clusters.keys().cloned().collect(),
+            ResourceType::Endpoints => self.endpoints.keys().cloned().collect(),
+            ResourceType::Listener => self.listeners.keys().cloned().collect(),
+            ResourceType::Route => self.routes.keys().cloned().collect(),
+        }
+    }
+}
+
 /// A config assembled from the bootstrap and the dynamic resources.
 #[derive(Clone, Debug)]
 pub struct Assembled {

@@ -780,7 +780,7 @@ mod istio {
 /// for `crate::fuzzing`. `SLUICE_BLESS=1` rewrites it; every run drives each entry.
 #[test]
 fn fuzz_corpus_entries_drive_without_panicking() {
-    use crate::fuzzing::{drive, encode};
+    use crate::fuzzing::{REMOVE, drive, drive_delta, encode, encode_tagged, tag};
     use prost::Message;
     let web = eds_cluster("web");
     let cla = assignment("web", &[("127.0.0.1", 8001, 0), ("127.0.0.1", 8002, 2)]);
@@ -824,6 +824,23 @@ fn fuzz_corpus_entries_drive_without_panicking() {
                 (ResourceType::Listener, listener.encode_to_vec()),
             ]),
         ),
+        (
+            // Delta: the full config, then removals: of the cluster a route uses (refused), of
+            // the listener (applies), of the cluster's endpoints (waits, then refused).
+            "delta_removals",
+            encode_tagged(&[
+                (tag(ResourceType::Cluster), web.encode_to_vec()),
+                (tag(ResourceType::Listener), listener.encode_to_vec()),
+                (tag(ResourceType::Endpoints), cla.encode_to_vec()),
+                (tag(ResourceType::Route), routes.encode_to_vec()),
+                (0xff, vec![0]),
+                (tag(ResourceType::Cluster) | REMOVE, b"web".to_vec()),
+                (0xff, vec![0]),
+                (tag(ResourceType::Listener) | REMOVE, b"in".to_vec()),
+                (0xff, vec![0]),
+                (tag(ResourceType::Endpoints) | REMOVE, b"web".to_vec()),
+            ]),
+        ),
     ];
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/corpus/xds_translate");
     let bless = std::env::var_os("SLUICE_BLESS").is_some_and(|v| v == "1");
@@ -847,13 +864,27 @@ fn fuzz_corpus_entries_drive_without_panicking() {
         "the cluster applies, a listener on port 99999 never does"
     );
     drive(&corpus[3].1);
+    assert_eq!(
+        drive_delta(&corpus[0].1),
+        1,
+        "the full config applies (delta)"
+    );
+    assert_eq!(drive_delta(&corpus[1].1), 2);
+    assert_eq!(drive_delta(&corpus[2].1), 1);
+    assert_eq!(
+        drive_delta(&corpus[4].1),
+        2,
+        "the full config, then the listener's removal; the other removals are refused"
+    );
     // Truncated and garbled inputs.
     for (_, bytes) in &corpus {
         for cut in [1, 2, 3, bytes.len() / 2, bytes.len() - 1] {
             drive(&bytes[..cut]);
+            drive_delta(&bytes[..cut]);
         }
         let flipped: Vec<u8> = bytes.iter().map(|b| b ^ 0x55).collect();
         drive(&flipped);
+        drive_delta(&flipped);
     }
 }
 

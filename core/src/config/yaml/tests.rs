@@ -1620,6 +1620,8 @@ fn the_xds_bootstrap_parses_and_allows_no_static_listener() {
     assert_eq!((xds.cluster.as_str(), xds.cluster_index), ("xds_server", 0));
     assert_eq!(xds.mode, crate::config::xds::XdsMode::Sotw);
     assert_eq!(xds.initial_fetch_timeout, Duration::from_secs(5));
+    let c = Config::from_yaml(&XDS.replace("initial_fetch_timeout: 5s", "mode: delta")).unwrap();
+    assert_eq!(c.xds.unwrap().mode, crate::config::xds::XdsMode::Delta);
     // Defaults.
     let c = Config::from_yaml(&XDS.replace(", initial_fetch_timeout: 5s", "")).unwrap();
     assert_eq!(
@@ -1636,11 +1638,8 @@ fn xds_bootstrap_errors_are_named() {
         ["xds.cluster: unknown cluster \"nowhere\" (known: xds_server)"]
     );
     assert_eq!(
-        errors(&XDS.replace("initial_fetch_timeout: 5s", "mode: delta")),
-        [
-            "xds.mode: delta xDS is not supported yet (give `sotw`, the state-of-the-world \
-             protocol)"
-        ]
+        errors(&XDS.replace("initial_fetch_timeout: 5s", "mode: incremental")),
+        ["xds.mode: unknown value \"incremental\" (expected one of: sotw, delta)"]
     );
     assert_eq!(
         errors(&XDS.replace("  id: sidecar-1\n", "")),

@@ -79,13 +79,6 @@ pub(super) fn decode_xds(
         .req(dec, "cluster")
         .and_then(|(v, p)| cluster_ref(dec, &p, v, cluster_names));
     let mode = match obj.opt("mode") {
-        Some((Value::String(s), p)) if s == "delta" => {
-            dec.error(
-                &p,
-                "delta xDS is not supported yet (give `sotw`, the state-of-the-world protocol)",
-            );
-            None
-        }
         Some((v, p)) => dec.one_of(&p, v, &XdsMode::CHOICES),
         None => Some(XdsMode::default()),
     };

@@ -1,0 +1,592 @@
+//! The delta protocol: the same rules as state of the world (`tests.rs`), on the delta wire.
+
+use std::collections::HashMap;
+
+use envoy_types::pb::envoy::config::core::v3::Node;
+use envoy_types::pb::envoy::service::discovery::v3::{
+    DeltaDiscoveryRequest, DeltaDiscoveryResponse, Resource,
+};
+use serde_json::json;
+
+use super::*;
+use crate::fixtures::*;
+
+use ResourceType::{Cluster as Cds, Endpoints as Eds, Listener as Lds, Route as Rds};
+
+fn ads() -> Ads {
+    let node = Node {
+        id: "sidecar-1".into(),
+        cluster: "web".into(),
+        ..Default::default()
+    };
+    Ads::with_mode(
+        XdsMode::Delta,
+        node,
+        json!({ "listeners": [], "clusters": [] }),
+    )
+}
+
+fn drain(a: &mut Ads) -> Vec<Output> {
+    std::iter::from_fn(|| a.poll_output()).collect()
+}
+
+fn sent(outputs: &[Output]) -> Vec<&DeltaDiscoveryRequest> {
+    assert!(
+        !outputs.iter().any(|o| matches!(o, Output::Send(_))),
+        "a state-of-the-world request in delta: {outputs:?}"
+    );
+    outputs
+        .iter()
+        .filter_map(|o| match o {
+            Output::SendDelta(r) => Some(&**r),
+            _ => None,
+        })
+        .collect()
+}
+
+fn apply_id(outputs: &[Output]) -> Option<u64> {
+    outputs.iter().find_map(|o| match o {
+        Output::Apply { id, .. } => Some(*id),
+        _ => None,
+    })
+}
+
+fn applied_config(outputs: &[Output]) -> &Config {
+    outputs
+        .iter()
+        .find_map(|o| match o {
+            Output::Apply { config, .. } => Some(&**config),
+            _ => None,
+        })
+        .expect("an apply")
+}
+
+/// A delta response of `kind`: `resources` as (name, version, body), and the names removed.
+fn response(
+    kind: ResourceType,
+    system_version: &str,
+    nonce: &str,
+    resources: Vec<Resource>,
+    removed: &[&str],
+) -> Input {
+    Input::DeltaResponse(DeltaDiscoveryResponse {
+        system_version_info: system_version.into(),
+        resources,
+        type_url: kind.type_url().into(),
+        removed_resources: removed.iter().map(|&s| s.to_owned()).collect(),
+        nonce: nonce.into(),
+        ..Default::default()
+    })
+}
+
+/// (type, nonce, subscribe, unsubscribe, error?) of a request.
+type Summary<'a> = (
+    ResourceType,
+    &'a str,
+    Vec<&'a str>,
+    Vec<&'a str>,
+    Option<&'a str>,
+);
+
+fn summary(r: &DeltaDiscoveryRequest) -> Summary<'_> {
+    (
+        ResourceType::from_type_url(&r.type_url).expect("known type"),
+        r.response_nonce.as_str(),
+        r.resource_names_subscribe
+            .iter()
+            .map(String::as_str)
+            .collect(),
+        r.resource_names_unsubscribe
+            .iter()
+            .map(String::as_str)
+            .collect(),
+        r.error_detail.as_ref().map(|e| e.message.as_str()),
+    )
+}
+
+fn summaries(out: &[Output]) -> Vec<Summary<'_>> {
+    sent(out).into_iter().map(summary).collect()
+}
+
+fn versions(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+    pairs
+        .iter()
+        .map(|(n, v)| ((*n).to_owned(), (*v).to_owned()))
+        .collect()
+}
+
+/// Connected, and the first complete config (cluster `web` at version c1 with one endpoint
+/// at e1, listener `in` on 127.0.0.1:9000 at l1 with routes `routes` at r1) applied and
+/// ACKed; each response's system version is "1".
+fn serving() -> Ads {
+    let mut a = ads();
+    a.handle_input(Input::Connected);
+    drain(&mut a);
+    a.handle_input(response(
+        Cds,
+        "1",
+        "n1",
+        vec![resource("web", "c1", any(&eds_cluster("web")))],
+        &[],
+    ));
+    a.handle_input(response(
+        Lds,
+        "1",
+        "n2",
+        vec![resource(
+            "in",
+            "l1",
+            any(&http_listener("in", "127.0.0.1", 9000, "routes")),
+        )],
+        &[],
+    ));
+    a.handle_input(response(
+        Eds,
+        "1",
+        "n3",
+        vec![resource(
+            "web",
+            "e1",
+            any(&assignment("web", &[("127.0.0.1", 8001, 0)])),
+        )],
+        &[],
+    ));
+    a.handle_input(response(
+        Rds,
+        "1",
+        "n4",
+        vec![resource(
+            "routes",
+            "r1",
+            any(&route_config("routes", "web")),
+        )],
+        &[],
+    ));
+    let out = drain(&mut a);
+    let id = apply_id(&out).expect("complete");
+    a.handle_input(Input::Applied(id));
+    drain(&mut a);
+    a
+}
+
+fn api_cluster() -> Resource {
+    resource("api", "c2", any(&eds_cluster("api")))
+}
+
+#[test]
+fn delta_first_requests_subscribe_to_every_cluster_and_listener_with_the_node() {
+    let mut a = ads();
+    a.handle_input(Input::Connected);
+    let out = drain(&mut a);
+    let reqs = sent(&out);
+    assert_eq!(
+        reqs.iter().map(|r| summary(r)).collect::<Vec<_>>(),
+        [
+            (Cds, "", vec!["*"], vec![], None),
+            (Lds, "", vec!["*"], vec![], None)
+        ]
+    );
+    assert_eq!(
+        reqs[0].node.as_ref().map(|n| n.id.as_str()),
+        Some("sidecar-1")
+    );
+    assert!(reqs[1].node.is_none());
+    assert!(reqs.iter().all(|r| r.initial_resource_versions.is_empty()));
+}
+
+#[test]
+fn delta_a_config_is_applied_when_warm_and_acked_by_nonce_after_the_switch() {
+    let mut a = ads();
+    a.handle_input(Input::Connected);
+    drain(&mut a);
+    a.handle_input(response(
+        Cds,
+        "1",
+        "n1",
+        vec![resource("web", "c1", any(&eds_cluster("web")))],
+        &[],
+    ));
+    let out = drain(&mut a);
+    // The EDS cluster subscribes to its endpoints, in a request without a nonce.
+    assert_eq!(summaries(&out), [(Eds, "", vec!["web"], vec![], None)]);
+    assert!(matches!(out.last(), Some(Output::ArmWarmingTimer(_))));
+    a.handle_input(response(
+        Lds,
+        "1",
+        "n2",
+        vec![resource(
+            "in",
+            "l1",
+            any(&http_listener("in", "127.0.0.1", 9000, "routes")),
+        )],
+        &[],
+    ));
+    let out = drain(&mut a);
+    assert_eq!(summaries(&out), [(Rds, "", vec!["routes"], vec![], None)]);
+    a.handle_input(response(
+        Eds,
+        "1",
+        "n3",
+        vec![resource(
+            "web",
+            "e1",
+            any(&assignment("web", &[("127.0.0.1", 8001, 0)])),
+        )],
+        &[],
+    ));
+    assert!(apply_id(&drain(&mut a)).is_none(), "the listener waits");
+    a.handle_input(response(
+        Rds,
+        "7",
+        "n4",
+        vec![resource(
+            "routes",
+            "r1",
+            any(&route_config("routes", "web")),
+        )],
+        &[],
+    ));
+    let out = drain(&mut a);
+    assert!(sent(&out).is_empty(), "no ACK before the workers switched");
+    let config = applied_config(&out);
+    assert_eq!(config.listeners[0].name, "in");
+    assert_eq!(config.clusters[0].hosts.len(), 1);
+    a.handle_input(Input::Applied(apply_id(&out).expect("apply")));
+    let out = drain(&mut a);
+    assert_eq!(
+        summaries(&out),
+        [
+            (Cds, "n1", vec![], vec![], None),
+            (Eds, "n3", vec![], vec![], None),
+            (Lds, "n2", vec![], vec![], None),
+            (Rds, "n4", vec![], vec![], None),
+        ]
+    );
+    assert_eq!(a.accepted_version(Rds), "7", "the system version");
+    assert_eq!(a.resource_versions(Cds), &versions(&[("web", "c1")]));
+    assert_eq!(a.resource_versions(Eds), &versions(&[("web", "e1")]));
+    assert_eq!(a.resource_versions(Lds), &versions(&[("in", "l1")]));
+    assert_eq!(a.resource_versions(Rds), &versions(&[("routes", "r1")]));
+}
+
+#[test]
+fn delta_responses_add_and_remove_resources_and_subscriptions_follow() {
+    let mut a = serving();
+    // Only the new cluster comes: `web` stays (a delta response is not the full set).
+    a.handle_input(response(Cds, "2", "n5", vec![api_cluster()], &[]));
+    let out = drain(&mut a);
+    assert_eq!(summaries(&out), [(Eds, "", vec!["api"], vec![], None)]);
+    a.handle_input(response(
+        Eds,
+        "2",
+        "n6",
+        vec![resource(
+            "api",
+            "e2",
+            any(&assignment("api", &[("127.0.0.1", 8100, 0)])),
+        )],
+        &[],
+    ));
+    let out = drain(&mut a);
+    let names: Vec<&str> = applied_config(&out)
+        .clusters
+        .iter()
+        .map(|c| c.name.as_str())
+        .collect();
+    assert_eq!(names, ["api", "web"]);
+    a.handle_input(Input::Applied(apply_id(&out).expect("apply")));
+    drain(&mut a);
+    assert_eq!(
+        a.resource_versions(Cds),
+        &versions(&[("api", "c2"), ("web", "c1")])
+    );
+
+    // `api` removed: gone from the config, its endpoints unsubscribed and dropped.
+    a.handle_input(response(Cds, "3", "n7", vec![], &["api"]));
+    let out = drain(&mut a);
+    let names: Vec<&str> = applied_config(&out)
+        .clusters
+        .iter()
+        .map(|c| c.name.as_str())
+        .collect();
+    assert_eq!(names, ["web"]);
+    assert_eq!(summaries(&out), [(Eds, "", vec![], vec!["api"], None)]);
+    a.handle_input(Input::Applied(apply_id(&out).expect("apply")));
+    let out = drain(&mut a);
+    assert_eq!(summaries(&out), [(Cds, "n7", vec![], vec![], None)]);
+    assert!(!a.applied().clusters.contains_key("api"));
+    assert!(!a.applied().endpoints.contains_key("api"));
+    assert_eq!(a.resource_versions(Cds), &versions(&[("web", "c1")]));
+    assert_eq!(a.resource_versions(Eds), &versions(&[("web", "e1")]));
+    assert_eq!(a.accepted_version(Cds), "3");
+}
+
+#[test]
+fn delta_removing_a_cluster_a_route_still_uses_is_nacked_naming_it() {
+    let mut a = serving();
+    a.handle_input(response(Cds, "2", "n5", vec![], &["web"]));
+    let out = drain(&mut a);
+    assert!(apply_id(&out).is_none());
+    let reqs = summaries(&out);
+    assert_eq!(
+        reqs.len(),
+        1,
+        "only the NACK, no subscription churn: {reqs:?}"
+    );
+    let (kind, nonce, sub, unsub, error) = reqs[0].clone();
+    assert_eq!((kind, nonce, sub, unsub), (Cds, "n5", vec![], vec![]));
+    let error = error.expect("error_detail");
+    assert!(error.contains("\"web\""), "{error}");
+    assert_eq!(sent(&out)[0].error_detail.as_ref().map(|e| e.code), Some(3));
+    assert!(a.applied().clusters.contains_key("web"));
+    assert_eq!(a.accepted_version(Cds), "1");
+    assert_eq!(a.resource_versions(Cds), &versions(&[("web", "c1")]));
+}
+
+#[test]
+fn delta_a_nack_keeps_the_serving_config_and_the_next_good_update_applies() {
+    let mut a = serving();
+    a.handle_input(response(
+        Lds,
+        "2",
+        "n5",
+        vec![resource(
+            "in",
+            "l2",
+            any(&http_listener("in", "127.0.0.1", 99999, "routes")),
+        )],
+        &[],
+    ));
+    let out = drain(&mut a);
+    assert!(apply_id(&out).is_none());
+    let reqs = summaries(&out);
+    assert_eq!(reqs.len(), 1);
+    let error = reqs[0].4.expect("error_detail");
+    assert_eq!((reqs[0].0, reqs[0].1), (Lds, "n5"));
+    assert!(
+        error.starts_with("listener \"in\": listeners[0].address: ") && error.contains("99999"),
+        "{error}"
+    );
+    assert_eq!(
+        a.applied().listeners["in"],
+        http_listener("in", "127.0.0.1", 9000, "routes")
+    );
+    assert_eq!(a.resource_versions(Lds), &versions(&[("in", "l1")]));
+
+    a.handle_input(response(
+        Lds,
+        "3",
+        "n6",
+        vec![resource(
+            "in",
+            "l3",
+            any(&http_listener("in", "127.0.0.1", 9001, "routes")),
+        )],
+        &[],
+    ));
+    let out = drain(&mut a);
+    assert_eq!(applied_config(&out).listeners[0].address.port(), 9001);
+    a.handle_input(Input::Applied(apply_id(&out).expect("apply")));
+    assert_eq!(
+        summaries(&drain(&mut a)),
+        [(Lds, "n6", vec![], vec![], None)]
+    );
+    assert_eq!(a.resource_versions(Lds), &versions(&[("in", "l3")]));
+}
+
+#[test]
+fn delta_a_reconnect_resubscribes_with_initial_resource_versions() {
+    let mut a = serving();
+    a.handle_input(Input::Disconnected);
+    assert!(drain(&mut a).is_empty());
+    a.handle_input(Input::Connected);
+    let out = drain(&mut a);
+    let reqs = sent(&out);
+    assert_eq!(
+        reqs.iter().map(|r| summary(r)).collect::<Vec<_>>(),
+        [
+            (Cds, "", vec!["*"], vec![], None),
+            (Eds, "", vec!["web"], vec![], None),
+            (Lds, "", vec!["*"], vec![], None),
+            (Rds, "", vec!["routes"], vec![], None),
+        ]
+    );
+    let initial: Vec<HashMap<String, String>> = reqs
+        .iter()
+        .map(|r| r.initial_resource_versions.clone())
+        .collect();
+    let map = |n: &str, v: &str| HashMap::from([(n.to_owned(), v.to_owned())]);
+    assert_eq!(
+        initial,
+        [
+            map("web", "c1"),
+            map("web", "e1"),
+            map("in", "l1"),
+            map("routes", "r1")
+        ]
+    );
+    assert!(reqs[0].node.is_some());
+    // The server sends only what changed: an EDS update applies.
+    a.handle_input(response(
+        Eds,
+        "2",
+        "m1",
+        vec![resource(
+            "web",
+            "e2",
+            any(&assignment("web", &[("127.0.0.1", 8009, 0)])),
+        )],
+        &[],
+    ));
+    let out = drain(&mut a);
+    assert_eq!(
+        applied_config(&out).clusters[0].hosts[0].address.port(),
+        8009
+    );
+    a.handle_input(Input::Applied(apply_id(&out).expect("apply")));
+    assert_eq!(
+        summaries(&drain(&mut a)),
+        [(Eds, "m1", vec![], vec![], None)]
+    );
+    // The same resource again changes nothing: ACKed without an apply.
+    a.handle_input(response(
+        Eds,
+        "2",
+        "m2",
+        vec![resource(
+            "web",
+            "e2",
+            any(&assignment("web", &[("127.0.0.1", 8009, 0)])),
+        )],
+        &[],
+    ));
+    let out = drain(&mut a);
+    assert!(apply_id(&out).is_none());
+    assert_eq!(summaries(&out), [(Eds, "m2", vec![], vec![], None)]);
+}
+
+#[test]
+fn delta_warming_waits_for_endpoints_bounded_by_the_initial_fetch_timeout() {
+    let mut a = serving();
+    a.handle_input(response(Cds, "2", "n5", vec![api_cluster()], &[]));
+    let out = drain(&mut a);
+    let Some(Output::ArmWarmingTimer(timer)) = out.last().cloned() else {
+        panic!("a warming timer: {out:?}")
+    };
+    assert!(apply_id(&out).is_none());
+    a.handle_input(Input::WarmingTimeout(timer));
+    let out = drain(&mut a);
+    assert_eq!(
+        summaries(&out),
+        [
+            (
+                Cds,
+                "n5",
+                vec![],
+                vec![],
+                Some("cluster \"api\": no ClusterLoadAssignment \"api\" received")
+            ),
+            (Eds, "", vec![], vec!["api"], None),
+        ]
+    );
+    assert_eq!(a.resource_versions(Cds), &versions(&[("web", "c1")]));
+}
+
+#[test]
+fn delta_an_assignment_removed_by_the_server_makes_its_cluster_wait_then_refused() {
+    let mut a = serving();
+    a.handle_input(response(Eds, "2", "n5", vec![], &["web"]));
+    let out = drain(&mut a);
+    let Some(Output::ArmWarmingTimer(timer)) = out.last().cloned() else {
+        panic!("a warming timer: {out:?}")
+    };
+    a.handle_input(Input::WarmingTimeout(timer));
+    let out = drain(&mut a);
+    let reqs = summaries(&out);
+    assert_eq!((reqs[0].0, reqs[0].1), (Eds, "n5"));
+    assert!(reqs[0].4.expect("error").contains("\"web\""), "{reqs:?}");
+    assert_eq!(
+        a.applied().endpoints["web"],
+        assignment("web", &[("127.0.0.1", 8001, 0)])
+    );
+}
+
+#[test]
+fn delta_malformed_responses_are_nacked_at_once() {
+    let mut a = serving();
+    let cases: Vec<(Vec<Resource>, &[&str], &str)> = vec![
+        (
+            vec![resource("other", "c2", any(&eds_cluster("web")))],
+            &[],
+            "resources[0]: named \"other\" but the cluster inside is \"web\"",
+        ),
+        (
+            vec![Resource {
+                name: "web".into(),
+                version: "c2".into(),
+                ..Default::default()
+            }],
+            &[],
+            "resources[0] (\"web\"): no resource (TTL heartbeats are not supported)",
+        ),
+        (
+            vec![resource("web", "c2", any(&eds_cluster("web")))],
+            &["web"],
+            "removed_resources[0]: \"web\" is also in resources",
+        ),
+        (
+            vec![
+                resource("web", "c2", any(&eds_cluster("web"))),
+                resource("web", "c3", any(&eds_cluster("web"))),
+            ],
+            &[],
+            "resources[1]: \"web\" is listed twice",
+        ),
+        (
+            vec![resource("in", "c2", any(&route_config("in", "web")))],
+            &[],
+            "resources[0]: expected ",
+        ),
+    ];
+    for (i, (resources, removed, error)) in cases.into_iter().enumerate() {
+        let nonce = format!("bad{i}");
+        a.handle_input(response(Cds, "9", &nonce, resources, removed));
+        let out = drain(&mut a);
+        assert!(apply_id(&out).is_none());
+        let reqs = summaries(&out);
+        assert_eq!(reqs.len(), 1, "{reqs:?}");
+        assert_eq!(reqs[0].1, nonce);
+        let got = reqs[0].4.expect("a NACK");
+        assert!(got.starts_with(error), "case {i}: {got}");
+    }
+    assert_eq!(a.resource_versions(Cds), &versions(&[("web", "c1")]));
+}
+
+#[test]
+fn delta_a_failed_apply_is_nacked() {
+    let mut a = serving();
+    a.handle_input(response(
+        Eds,
+        "2",
+        "n5",
+        vec![resource(
+            "web",
+            "e2",
+            any(&assignment("web", &[("127.0.0.1", 8002, 0)])),
+        )],
+        &[],
+    ));
+    let id = apply_id(&drain(&mut a)).expect("apply");
+    a.handle_input(Input::ApplyFailed(id, "bind: address in use".into()));
+    assert_eq!(
+        summaries(&drain(&mut a)),
+        [(
+            Eds,
+            "n5",
+            vec![],
+            vec![],
+            Some("applying failed: bind: address in use")
+        )]
+    );
+    assert_eq!(a.resource_versions(Eds), &versions(&[("web", "e1")]));
+}
