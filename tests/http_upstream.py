@@ -81,6 +81,9 @@ class Handler(BaseHTTPRequestHandler):
             "method": self.command,
             "path": self.path,
             "headers": {k.lower(): v for k, v in self.headers.items()},
+            # Field names that came more than once (`headers` keeps the last of each).
+            "repeated": sorted({k.lower() for k in self.headers.keys()
+                                if len(self.headers.get_all(k)) > 1}),
             "body_len": len(body),
             "body_sha256": hashlib.sha256(body).hexdigest(),
             "trailers": self.trailers,

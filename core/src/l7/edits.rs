@@ -19,6 +19,8 @@
 //! - No heap allocation for up to [`INLINE_EDITS`] removals and as many additions (routes
 //!   rarely have more); past that a spill `Vec` takes them, in order.
 //! - Additions keep their order: the first added, the first written.
+//! - A field [`HeaderEdits::set`] goes out once: it replaces the message's fields of its name
+//!   and the additions made before it.
 
 use crate::config::http::HeaderValue;
 
@@ -52,6 +54,27 @@ impl<T: Copy> Slots<T> {
             self.spill.push(item);
         }
         self.len += 1;
+    }
+
+    /// Keeps the items `keep` accepts, in order.
+    fn retain(&mut self, keep: impl Fn(&T) -> bool) {
+        if self.len <= INLINE_EDITS {
+            let mut kept = 0;
+            for i in 0..self.len {
+                if keep(&self.inline[i]) {
+                    self.inline[kept] = self.inline[i];
+                    kept += 1;
+                }
+            }
+            self.len = kept;
+        } else {
+            self.spill.retain(|t| keep(t));
+            self.len = self.spill.len();
+            if self.len <= INLINE_EDITS {
+                self.inline[..self.len].copy_from_slice(&self.spill);
+                self.spill.clear();
+            }
+        }
     }
 
     fn as_slice(&self) -> &[T] {
@@ -96,9 +119,12 @@ impl<'a> HeaderEdits<'a> {
         self.add.push((name, value));
     }
 
-    /// Replaces the fields named `name` with `name: value`.
+    /// Replaces the fields named `name` with `name: value`: the message's own, and any an
+    /// earlier edit added (a route's `x-envoy-attempt-count` or `grpc-timeout` gives way to the
+    /// proxy's, which is set last; of two route fields of one name, the last wins).
     pub fn set(&mut self, name: &'a str, value: &'a [u8]) {
         self.remove(name);
+        self.add.retain(|(n, _)| !n.eq_ignore_ascii_case(name));
         self.append(name, value);
     }
 
@@ -212,6 +238,70 @@ mod tests {
             name: name.into(),
             value: value.into(),
         }
+    }
+
+    /// A field set replaces what earlier edits added under its name (any case), so it goes out
+    /// once; other additions keep their order, inline or spilled.
+    #[test]
+    fn set_replaces_earlier_additions_of_its_name() {
+        let route = vec![
+            hv("x-envoy-attempt-count", "9"),
+            hv("x-team", "core"),
+            hv("Grpc-Timeout", "1S"),
+        ];
+        let mut edits = HeaderEdits::new();
+        edits.route(&[], &route);
+        edits.set("x-envoy-attempt-count", b"1");
+        edits.set("grpc-timeout", b"500m");
+        assert_eq!(
+            edits.additions(),
+            [
+                ("x-team", &b"core"[..]),
+                ("x-envoy-attempt-count", &b"1"[..]),
+                ("grpc-timeout", &b"500m"[..]),
+            ]
+        );
+        // Spilled past the inline slots, and back.
+        let names: Vec<String> = (0..INLINE_EDITS + 4).map(|i| format!("x-{i}")).collect();
+        let mut edits = HeaderEdits::new();
+        for n in &names {
+            edits.append(n, b"v");
+        }
+        edits.set("x-0", b"last");
+        assert_eq!(edits.additions().len(), INLINE_EDITS + 4);
+        assert_eq!(edits.additions().last(), Some(&("x-0", &b"last"[..])));
+        for n in &names[1..6] {
+            edits.set(n, b"again");
+        }
+        assert_eq!(edits.additions().len(), INLINE_EDITS + 4);
+        assert_eq!(edits.additions()[0], ("x-6", &b"v"[..]));
+        let mut edits = HeaderEdits::new();
+        for n in &names {
+            edits.append(n, b"v");
+            edits.append("x-dup", b"d");
+        }
+        edits.set("x-dup", b"once");
+        assert_eq!(edits.additions().len(), names.len() + 1);
+        assert_eq!(
+            edits
+                .additions()
+                .iter()
+                .filter(|(n, _)| *n == "x-dup")
+                .count(),
+            1
+        );
+        assert_eq!(edits.additions()[0], ("x-0", &b"v"[..]));
+        // Spilled, then back within the inline slots.
+        let mut edits = HeaderEdits::new();
+        edits.append("x-first", b"v");
+        for _ in 0..INLINE_EDITS {
+            edits.append("x-dup", b"d");
+        }
+        edits.set("x-dup", b"once");
+        assert_eq!(
+            edits.additions(),
+            [("x-first", &b"v"[..]), ("x-dup", &b"once"[..])]
+        );
     }
 
     #[test]
