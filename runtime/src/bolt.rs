@@ -364,7 +364,9 @@ impl<N: Network> Engine<N> {
         let mut spare: Vec<u8> = Vec::new();
         let expired = self.drain_expired.notified();
         tokio::pin!(expired);
-        let mut close = overflow;
+        // A drain deadline that passed before the watch above began (during a TLS handshake's
+        // last steps or protocol detection) closes the connection at once.
+        let mut close = overflow || self.drain_deadline_passed.get();
         // Upstream outboxes this connection wrote to in the current batch.
         let mut touched: Vec<Rc<Outbox>> = Vec::new();
         // While handing over: until when reading stays paused (see MIGRATION_PAUSE).

@@ -91,7 +91,7 @@ pub struct Engine<N: Network> {
     pub(crate) drain_expired: Notify,
     /// Set when `drain_expired` is notified: a session past a stage that watched it (a TLS
     /// handshake, a ClientHello peek) checks this before starting the next.
-    drain_deadline_passed: Cell<bool>,
+    pub(crate) drain_deadline_passed: Cell<bool>,
     /// Per listener: the compiled router of an `http` listener.
     pub(crate) routers: Vec<Option<Router>>,
     /// Per listener: this worker's access log writer, if the listener has one.
@@ -1329,13 +1329,23 @@ impl<N: Network> Engine<N> {
         let mut first = [0u8; 16];
         let mut n = 0;
         let deadline = crate::to_tokio(accepted) + http.request_headers_timeout;
+        // The drain's deadline ends the wait (the flag: it passed before this watch began).
+        let expired = self.drain_expired.notified();
+        tokio::pin!(expired);
+        if self.drain_deadline_passed.get() {
+            return;
+        }
         let protocol = loop {
             match sniff(&first[..n]) {
                 Sniffed::NeedMore if n < first.len() => {}
                 Sniffed::NeedMore | Sniffed::Unknown => break None,
                 known => break Some(known),
             }
-            let read = tokio::time::timeout_at(deadline, stream.read(&mut first[n..])).await;
+            let read = tokio::select! {
+                biased;
+                () = &mut expired => return,
+                r = tokio::time::timeout_at(deadline, stream.read(&mut first[n..])) => r,
+            };
             match read {
                 Ok(Ok(0)) | Ok(Err(_)) => return,
                 Ok(Ok(k)) => n += k,

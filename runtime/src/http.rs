@@ -697,7 +697,14 @@ impl<N: Network> Engine<N> {
         // and Bolt sessions do: the drain must end on time. A request still waiting for its
         // upstream (nothing of a response sent yet) is answered 503 with `connection: close`
         // first — a clean answer, not a connection closed under it; its upstream connection
-        // closes with it.
+        // closes with it. (A deadline that passed before this point — during the TLS
+        // handshake's last steps or the sniff — is seen by the flag: `drain_expired` only wakes
+        // those already waiting.)
+        if self.drain_deadline_passed.get() {
+            tracing::debug!(%peer, "drain timeout passed; closing the HTTP connection");
+            let _ = down.shutdown().await;
+            return;
+        }
         let expired = self.drain_expired.notified();
         let awaiting_response = Rc::new(Cell::new(false));
         let served = tokio::select! {

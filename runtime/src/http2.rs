@@ -116,7 +116,8 @@ pub(crate) enum Sniffed {
 /// nothing yet at once: its first request may already be on its way (the client connected
 /// just before the drain), so the wait for a first byte is cut to [`DRAIN_IDLE_GRACE`], as the
 /// HTTP/1.1 connection policy does for an idle keep-alive connection; a request that arrives
-/// is served (HTTP/1.1: answered with `connection: close`; HTTP/2: under GOAWAY).
+/// is served (HTTP/1.1: answered with `connection: close`; HTTP/2: under GOAWAY). Once the
+/// drain's `drain_timeout` has passed, the wait ends at once, whatever was read (`Closed`).
 pub(crate) async fn sniff<N: Network>(
     engine: &Engine<N>,
     down: &mut Downstream<N::Stream>,
@@ -133,6 +134,9 @@ pub(crate) async fn sniff<N: Network>(
     }
     let mut bytes = initial.to_vec();
     loop {
+        if engine.drain_deadline_passed.get() {
+            return Sniffed::Closed;
+        }
         match detect_preface(&bytes) {
             Preface::Http2 => return Sniffed::Http2(bytes),
             Preface::Other => return Sniffed::Http1(bytes),
@@ -140,6 +144,7 @@ pub(crate) async fn sniff<N: Network>(
         }
         let mut chunk = [0u8; 24];
         let stop = engine.stop_accepting.notified();
+        let expired = engine.drain_expired.notified();
         let deadline = if bytes.is_empty() {
             first_byte_deadline
         } else {
@@ -147,6 +152,7 @@ pub(crate) async fn sniff<N: Network>(
         };
         let read = tokio::select! {
             biased;
+            () = expired => return Sniffed::Closed,
             () = stop, if !drain_seen => {
                 drain_seen = true;
                 first_byte_deadline = grace();
@@ -310,6 +316,13 @@ impl<N: Network> Engine<N> {
         let idle_deadline = |from: tokio::time::Instant| hc.idle_timeout.map(|d| from + d);
         let mut idle_at = idle_deadline(tokio::time::Instant::now());
         loop {
+            // The drain's deadline may have passed while this connection was not waiting on
+            // it (during the sniff, or between two turns of this loop): `drain_expired` only
+            // wakes those waiting.
+            if self.drain_deadline_passed.get() {
+                tracing::debug!(listener = %lc.name, %peer, open = streams.len(), "drain timeout passed; closing the HTTP/2 connection");
+                break;
+            }
             if (draining || self.stopping.get()) && !goaway_sent {
                 // GOAWAY: the streams opened so far finish, no new one is accepted.
                 conn.graceful_shutdown();

@@ -840,4 +840,50 @@ mod tests {
             });
         }
     }
+
+    /// The drain grace of a fresh connection ends with the drain: once `drain_timeout` has
+    /// passed, a connection still waiting for its first request is closed, and a request
+    /// arriving later gets nothing (before, the grace outlasted a short `drain_timeout`, and a
+    /// request arriving in it was served past the drain's end).
+    #[test]
+    fn a_fresh_connection_waits_no_longer_than_the_drain() {
+        for codec in ["auto", "http1"] {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            tokio::task::LocalSet::new().block_on(&rt, async {
+                let (socket, port) = listener();
+                let yaml = format!(
+                    "listeners:\n  - name: web\n    address: 127.0.0.1:{port}\n    http:\n      codec: {codec}\n      virtual_hosts:\n        - {{ name: all, domains: ['*'], routes: [ {{ match: {{ prefix: / }}, direct_response: {{ status: 200, body: served }} }} ] }}\nclusters: [{{ name: unused, hosts: [{{ address: 127.0.0.1:9 }}] }}]\ndrain_timeout: 100ms\n"
+                );
+                let config =
+                    Arc::new(Config::from_yaml(&yaml).unwrap_or_else(|e| panic!("{e}\n{yaml}")));
+                let mut worker =
+                    Worker::start(engine(&config), vec![socket], WorkerHooks::default());
+                let status = worker.status();
+                let mut client = tokio::net::TcpStream::connect(("127.0.0.1", port))
+                    .await
+                    .expect("connect");
+                until("the connection to be accepted", || {
+                    status
+                        .generation(0)
+                        .is_some_and(|g| g.open_connections() == 1)
+                })
+                .await;
+                worker.stop();
+                // Past the drain deadline (100 ms), within the grace (1 s).
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                let _ = client
+                    .write_all(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
+                    .await;
+                let mut answer = Vec::new();
+                let _ = tokio::time::timeout(Duration::from_secs(5), client.read_to_end(&mut answer))
+                    .await
+                    .expect("closed in time");
+                assert_eq!(String::from_utf8_lossy(&answer), "", "codec {codec}");
+                worker.drained().await;
+            });
+        }
+    }
 }
