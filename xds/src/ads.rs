@@ -60,7 +60,7 @@
 //!   accepted version of each resource of that type serving (for RDS and EDS, of the names
 //!   subscribed to), so that the server sends only what changed and the removals.
 
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashSet, VecDeque};
 
 use envoy_types::pb::envoy::config::cluster::v3::Cluster;
 use envoy_types::pb::envoy::config::core::v3::Node;
@@ -606,11 +606,18 @@ impl Ads {
     /// NACKs the pending responses the errors are charged to and drops them.
     fn refuse(&mut self, errors: &[TranslateError]) {
         let mut charged: BTreeMap<usize, Vec<String>> = BTreeMap::new();
+        // Each pending response's names, once (errors × names would be quadratic).
+        let names: Vec<HashSet<&str>> = self
+            .pending
+            .iter()
+            .map(|p| p.names().into_iter().collect())
+            .collect();
         for e in errors {
             let owner = self
                 .pending
                 .iter()
-                .rposition(|p| p.kind == e.kind && p.names().contains(&e.name.as_str()));
+                .zip(&names)
+                .rposition(|(p, names)| p.kind == e.kind && names.contains(e.name.as_str()));
             match owner {
                 Some(i) => charged.entry(i).or_default().push(e.to_string()),
                 None => {
@@ -620,6 +627,7 @@ impl Ads {
                 }
             }
         }
+        drop(names);
         for (i, messages) in charged.into_iter().rev() {
             let p = self.pending.remove(i);
             self.nack(p.kind, p.nonce, messages.join("; "));
@@ -684,10 +692,14 @@ fn decode(kind: ResourceType, resources: &[Any]) -> Result<Decoded, String> {
             }
             let r = T::decode(any.value.as_slice())
                 .map_err(|e| format!("resources[{i}]: undecodable: {e}"))?;
-            if out.iter().any(|o| name(o) == name(&r)) {
-                return Err(format!("resources[{i}]: {:?} is listed twice", name(&r)));
-            }
             out.push(r);
+        }
+        // A set, not a scan per resource: a response may carry hundreds of thousands.
+        let mut seen = HashSet::with_capacity(out.len());
+        for (i, r) in out.iter().enumerate() {
+            if !seen.insert(name(r)) {
+                return Err(format!("resources[{i}]: {:?} is listed twice", name(r)));
+            }
         }
         Ok(out)
     }
@@ -771,13 +783,16 @@ fn decode_delta(
             ));
         }
     }
+    // Sets, not scans: a hostile server's response may name hundreds of thousands.
+    let changed: HashSet<&str> = inner.iter().copied().collect();
+    let mut removed_seen: HashSet<&str> = HashSet::with_capacity(r.removed_resources.len());
     for (j, name) in r.removed_resources.iter().enumerate() {
-        if inner.contains(&name.as_str()) {
+        if changed.contains(name.as_str()) {
             return Err(format!(
                 "removed_resources[{j}]: {name:?} is also in resources"
             ));
         }
-        if r.removed_resources[..j].contains(name) {
+        if !removed_seen.insert(name.as_str()) {
             return Err(format!("removed_resources[{j}]: {name:?} is listed twice"));
         }
     }
