@@ -23,8 +23,14 @@
 //!
 //! `tcp`: the connection is established. `http`: `GET path HTTP/1.1` with `Connection: close`,
 //! success when the response status is in `expected_statuses`. `bolt`: a Bolt v1 heartbeat,
-//! success when answered with status 0. Each probe is bounded by the check's `timeout`; the
-//! checker also times it out on its own and ignores a late result.
+//! success when answered with status 0. `grpc`: a `grpc.health.v1.Health/Check` call over a
+//! new HTTP/2 connection (h2c by prior knowledge, or TLS offering ALPN `h2` alone, whatever the
+//! cluster's `protocol`), judged by [`sluice_core::health::grpc::check_answer`] (HTTP 200,
+//! `grpc-status: 0`, one message saying `SERVING`). One connection per probe, closed after it,
+//! like the other probes: no connection state outlives a probe (Envoy keeps one open per host
+//! unless `reuse_connection: false`; a probe every few seconds pays one more handshake here).
+//! Each probe is bounded by the check's `timeout`; the checker also times it out on its own
+//! and ignores a late result.
 
 use std::cell::RefCell;
 use std::rc::Rc;
@@ -36,7 +42,7 @@ use sluice_core::bolt;
 use sluice_core::cluster::{HostId, HostRef};
 use sluice_core::config::{Config, HealthCheckConfig, HealthProbe};
 use sluice_core::health::{
-    ActiveHealthChecker, HealthAction, HealthEvent, OutlierDetector, OutlierEvent, ProbeResult,
+    grpc, ActiveHealthChecker, HealthAction, HealthEvent, OutlierDetector, OutlierEvent, ProbeResult,
     UpstreamResult, fill_availability,
 };
 use sluice_core::http1::{self, Head, Limits, Method, ParseStatus};
@@ -740,7 +746,11 @@ pub async fn probe_host<N: Network>(
     let mut stream = match (probe, tls) {
         (HealthProbe::Tcp, None) => return Ok(()),
         (_, None) => crate::tls::MaybeTls::Plain(socket),
-        (_, Some(c)) => match c.connect(address, socket).await {
+        (_, Some(c)) => match if matches!(probe, HealthProbe::Grpc { .. }) {
+            c.connect_h2(address, socket).await
+        } else {
+            c.connect(address, socket).await
+        } {
             Ok(tls) => crate::tls::MaybeTls::Tls(Box::new(tls)),
             Err(e) => {
                 return Err(ProbeFailure::Tls(
@@ -750,7 +760,115 @@ pub async fn probe_host<N: Network>(
             }
         },
     };
+    if let HealthProbe::Grpc {
+        service_name,
+        authority,
+    } = probe
+    {
+        // The cluster's name unless it cannot be an authority (an Istio name has '|'): then
+        // the host's address.
+        let fallback;
+        let authority = match authority {
+            Some(a) => a.as_str(),
+            None if grpc::is_authority(cluster) => cluster,
+            None => {
+                fallback = address.to_string();
+                &fallback
+            }
+        };
+        let tls = tls.is_some();
+        return match grpc_check(&mut stream, service_name, authority, tls).await {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                tracing::debug!(%cluster, host = %address, error = %e, "gRPC health check failed");
+                Err(ProbeFailure::Other)
+            }
+        };
+    }
     passed(exchange(probe, cluster, &mut stream).await)
+}
+
+/// Why a gRPC probe failed.
+#[derive(Debug, thiserror::Error)]
+enum GrpcProbeError {
+    #[error("HTTP/2: {0}")]
+    H2(#[from] h2::Error),
+    #[error("request: {0}")]
+    Request(#[from] http::Error),
+    #[error("answer: {0}")]
+    Answer(#[from] grpc::ProbeError),
+}
+
+/// One `grpc.health.v1.Health/Check` call on a new HTTP/2 connection over `stream`, which is
+/// driven here (nothing is spawned: dropping the future closes everything).
+async fn grpc_check<S>(
+    stream: S,
+    service: &str,
+    authority: &str,
+    tls: bool,
+) -> Result<(), GrpcProbeError>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let (send, connection) = crate::h2_upstream::client_builder()
+        .handshake::<_, bytes::Bytes>(stream)
+        .await?;
+    let call = async move {
+        // Waits for the server's SETTINGS (the builder opens no stream before them).
+        let mut send = send.ready().await?;
+        let scheme = if tls { "https" } else { "http" };
+        let request = http::Request::builder()
+            .method(http::Method::POST)
+            .uri(format!("{scheme}://{authority}{}", grpc::PATH))
+            .header(http::header::CONTENT_TYPE, "application/grpc")
+            .header(http::header::TE, "trailers")
+            .header(http::header::USER_AGENT, "sluice-health-check")
+            .body(())?;
+        let mut body = Vec::with_capacity(16 + service.len());
+        grpc::encode_request(service, &mut body);
+        let (response, mut out) = send.send_request(request, false)?;
+        out.send_data(bytes::Bytes::from(body), true)?;
+        let (head, mut recv) = response.await?.into_parts();
+        let content_type = head.headers.get(http::header::CONTENT_TYPE);
+        if recv.is_end_stream() {
+            // Trailers-only: the status is in the headers.
+            let status = head.headers.get("grpc-status").map(|v| v.as_bytes());
+            grpc::check_answer(
+                head.status.as_u16(),
+                content_type.map(|v| v.as_bytes()),
+                status,
+                &[],
+            )?;
+            return Ok(());
+        }
+        let mut data = Vec::new();
+        while let Some(chunk) = recv.data().await {
+            let chunk = chunk?;
+            let _ = recv.flow_control().release_capacity(chunk.len());
+            if data.len() + chunk.len() > grpc::MAX_RESPONSE_BYTES {
+                return Err(grpc::ProbeError::Decode(grpc::DecodeError::TooLarge).into());
+            }
+            data.extend_from_slice(&chunk);
+        }
+        let trailers = recv.trailers().await?;
+        let status = trailers
+            .as_ref()
+            .and_then(|t| t.get("grpc-status"))
+            .map(|v| v.as_bytes());
+        grpc::check_answer(
+            head.status.as_u16(),
+            content_type.map(|v| v.as_bytes()),
+            status,
+            &data,
+        )?;
+        Ok(())
+    };
+    tokio::pin!(call, connection);
+    tokio::select! {
+        result = &mut call => result,
+        // The connection ended: what it delivered before still reaches the call.
+        _ = &mut connection => call.await,
+    }
 }
 
 /// A probe's request and the check of its answer, over an established (maybe TLS) stream.
@@ -760,6 +878,8 @@ where
 {
     match probe {
         HealthProbe::Tcp => true,
+        // Not here: `probe_host` makes the call itself.
+        HealthProbe::Grpc { .. } => false,
         HealthProbe::Http {
             path,
             host,
