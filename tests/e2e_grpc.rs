@@ -1083,3 +1083,55 @@ fn a_grpc_health_check_fails_an_unknown_service_and_a_server_that_is_not_grpc() 
         "the service name and authority were sent: {log}"
     );
 }
+
+#[test]
+fn a_grpc_health_check_over_tls_offers_h2_whatever_the_clusters_alpn() {
+    if !require_peers(&["grpc-js"]) {
+        return;
+    }
+    let dir = TempDir::new("grpc-hc-tls");
+    let ca = support::pki::make_ca(&dir, "ca");
+    let (cert, key) = support::pki::leaf(&dir, &ca, "front", &["front.example"], None);
+    let (listen, front, admin, up) = (free_port(), free_port(), free_port(), free_port());
+    let health = dir.write("up.health", "SERVING\n");
+    let _up = start_grpc_health_server(&dir, "up", up, &health, None);
+    // Cluster `app` (HTTP/1.1, used by an HTTP route: its TLS offers ALPN http/1.1) reaches
+    // a TLS listener of the proxy itself, whose ALPN (h2, http/1.1) picks the codec, in front
+    // of the grpc-js server. A probe offering the cluster's http/1.1 would be answered in
+    // HTTP/1.1 and fail; the probe offers h2 alone.
+    let cfg = format!(
+        r#"
+admin: {{ address: 127.0.0.1:{admin} }}
+listeners:
+  - name: http_in
+    address: 127.0.0.1:{listen}
+    http:
+      virtual_hosts:
+        - {{ name: any, domains: ["*"], routes: [ {{ match: {{ prefix: / }}, route: {{ cluster: app }} }} ] }}
+  - name: tls_front
+    address: 127.0.0.1:{front}
+    tls: {{ certificates: [ {{ cert_chain: {c}, private_key: {k} }} ] }}
+    http:
+      virtual_hosts:
+        - {{ name: any, domains: ["*"], routes: [ {{ match: {{ prefix: / }}, route: {{ cluster: grpc_up }} }} ] }}
+clusters:
+  - name: app
+    hosts: [ {{ address: 127.0.0.1:{front} }} ]
+    tls: {{ sni: front.example, ca: {ca} }}
+{GRPC_HEALTH_CHECK}  - name: grpc_up
+    protocol: http2
+    hosts: [ {{ address: 127.0.0.1:{up} }} ]
+"#,
+        c = support::pki::p(&cert),
+        k = support::pki::p(&key),
+        ca = support::pki::p(&ca.pem),
+    );
+    let sluice = start_sluice(&dir, &cfg, 1, addr(listen));
+    wait_host_health(admin, front, "healthy", Duration::from_secs(10), &sluice);
+    // The probe went through the TLS listener, as HTTP/2, to the gRPC server.
+    assert!(stat(admin, "cluster.grpc_up.upstream_rq_total") >= 1);
+    let log = std::fs::read_to_string(dir.path().join("up.log")).unwrap();
+    assert!(log.contains(r#"{"check":"","status":"SERVING","authority":"app"}"#), "{log}");
+    std::fs::write(&health, "NOT_SERVING\n").unwrap();
+    wait_host_health(admin, front, "unhealthy", Duration::from_secs(5), &sluice);
+}
