@@ -944,13 +944,25 @@ fn host_health(admin: u16, port: u16) -> String {
         .unwrap()
         .iter()
         .find(|c| c["name"] == "app")
-        .and_then(|c| c["hosts"].as_array().unwrap().iter().find(|h| h["address"] == want.as_str()))
+        .and_then(|c| {
+            c["hosts"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|h| h["address"] == want.as_str())
+        })
         .map(|h| h["health"].as_str().unwrap_or("?").to_owned())
         .unwrap_or_else(|| panic!("no host {want} in cluster app: {body}"))
 }
 
 /// Waits until host `port` is `health`; how long it took (panics past `limit`).
-fn wait_host_health(admin: u16, port: u16, health: &str, limit: Duration, sluice: &Proc) -> Duration {
+fn wait_host_health(
+    admin: u16,
+    port: u16,
+    health: &str,
+    limit: Duration,
+    sluice: &Proc,
+) -> Duration {
     let start = std::time::Instant::now();
     while start.elapsed() < limit {
         if host_health(admin, port) == health {
@@ -1056,7 +1068,13 @@ fn a_grpc_health_check_fails_an_unknown_service_and_a_server_that_is_not_grpc() 
         &dir,
         "plain",
         "python3",
-        &["-m", "http.server", "--bind", "127.0.0.1", &plain.to_string()],
+        &[
+            "-m",
+            "http.server",
+            "--bind",
+            "127.0.0.1",
+            &plain.to_string(),
+        ],
     );
     wait_listening(addr(plain), &mut http1);
     // The cluster speaks HTTP/1.1 (the default protocol): the probe is HTTP/2 all the same.
@@ -1070,7 +1088,13 @@ fn a_grpc_health_check_fails_an_unknown_service_and_a_server_that_is_not_grpc() 
     );
     let sluice = start_sluice(&dir, &cfg, 1, addr(listen));
     wait_host_health(admin, good, "healthy", Duration::from_secs(10), &sluice);
-    wait_host_health(admin, unknown, "unhealthy", Duration::from_secs(10), &sluice);
+    wait_host_health(
+        admin,
+        unknown,
+        "unhealthy",
+        Duration::from_secs(10),
+        &sluice,
+    );
     wait_host_health(admin, plain, "unhealthy", Duration::from_secs(10), &sluice);
     // They stay so.
     std::thread::sleep(Duration::from_millis(600));
@@ -1079,7 +1103,9 @@ fn a_grpc_health_check_fails_an_unknown_service_and_a_server_that_is_not_grpc() 
     assert_eq!(host_health(admin, plain), "unhealthy");
     let log = std::fs::read_to_string(dir.path().join("unknown.log")).unwrap();
     assert!(
-        log.contains(r#"{"check":"sluice.test.Echo","status":"SERVING","authority":"echo.internal"}"#),
+        log.contains(
+            r#"{"check":"sluice.test.Echo","status":"SERVING","authority":"echo.internal"}"#
+        ),
         "the service name and authority were sent: {log}"
     );
 }
@@ -1131,7 +1157,10 @@ clusters:
     // The probe went through the TLS listener, as HTTP/2, to the gRPC server.
     assert!(stat(admin, "cluster.grpc_up.upstream_rq_total") >= 1);
     let log = std::fs::read_to_string(dir.path().join("up.log")).unwrap();
-    assert!(log.contains(r#"{"check":"","status":"SERVING","authority":"app"}"#), "{log}");
+    assert!(
+        log.contains(r#"{"check":"","status":"SERVING","authority":"app"}"#),
+        "{log}"
+    );
     std::fs::write(&health, "NOT_SERVING\n").unwrap();
     wait_host_health(admin, front, "unhealthy", Duration::from_secs(5), &sluice);
 }

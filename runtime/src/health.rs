@@ -42,8 +42,8 @@ use sluice_core::bolt;
 use sluice_core::cluster::{HostId, HostRef};
 use sluice_core::config::{Config, HealthCheckConfig, HealthProbe};
 use sluice_core::health::{
-    grpc, ActiveHealthChecker, HealthAction, HealthEvent, OutlierDetector, OutlierEvent, ProbeResult,
-    UpstreamResult, fill_availability,
+    ActiveHealthChecker, HealthAction, HealthEvent, OutlierDetector, OutlierEvent, ProbeResult,
+    UpstreamResult, fill_availability, grpc,
 };
 use sluice_core::http1::{self, Head, Limits, Method, ParseStatus};
 use sluice_core::rng::Rng;
@@ -1202,5 +1202,144 @@ clusters:
         )
         .await;
         assert!(!run_probe(&TokioNet::default(), &HealthProbe::Bolt, "rpc", addr, None).await);
+    }
+
+    /// What an h2c server got from one gRPC probe: (authority, path, headers, body).
+    type Got = (String, String, http::HeaderMap, Vec<u8>);
+
+    /// A one-shot h2c server: answers the first request with `headers` (trailers-only when
+    /// `body` is `None`), then `body` and `trailers`.
+    async fn h2_serve_once(
+        status: u16,
+        headers: &'static [(&'static str, &'static str)],
+        body: Option<Vec<u8>>,
+        trailers: &'static [(&'static str, &'static str)],
+    ) -> (std::net::SocketAddr, tokio::sync::oneshot::Receiver<Got>) {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        tokio::spawn(async move {
+            let (s, _) = l.accept().await.unwrap();
+            let mut conn = h2::server::handshake(s).await.unwrap();
+            let (req, mut respond) = conn.accept().await.unwrap().unwrap();
+            let served = async move {
+                let (head, mut recv) = req.into_parts();
+                let mut got = Vec::new();
+                while let Some(chunk) = recv.data().await {
+                    got.extend_from_slice(&chunk.unwrap());
+                }
+                let _ = tx.send((
+                    head.uri
+                        .authority()
+                        .map(ToString::to_string)
+                        .unwrap_or_default(),
+                    head.uri.path().to_owned(),
+                    head.headers,
+                    got,
+                ));
+                let mut response = http::Response::builder().status(status);
+                for (k, v) in headers {
+                    response = response.header(*k, *v);
+                }
+                let mut send = respond
+                    .send_response(response.body(()).unwrap(), body.is_none())
+                    .unwrap();
+                if let Some(body) = body {
+                    send.send_data(bytes::Bytes::from(body), false).unwrap();
+                    let mut t = http::HeaderMap::new();
+                    for (k, v) in trailers {
+                        t.insert(*k, v.parse().unwrap());
+                    }
+                    send.send_trailers(t).unwrap();
+                }
+            };
+            tokio::join!(served, async { while conn.accept().await.is_some() {} });
+        });
+        (addr, rx)
+    }
+
+    fn grpc(service: &str, authority: Option<&str>) -> HealthProbe {
+        HealthProbe::Grpc {
+            service_name: service.into(),
+            authority: authority.map(Into::into),
+        }
+    }
+
+    const GRPC: &[(&str, &str)] = &[("content-type", "application/grpc")];
+    const OK: &[(&str, &str)] = &[("grpc-status", "0")];
+
+    #[tokio::test]
+    async fn grpc_probe_calls_health_check_and_wants_serving() {
+        let net = TokioNet::default();
+        // SERVING, with the service name and authority given.
+        let (addr, got) = h2_serve_once(200, GRPC, Some(vec![0, 0, 0, 0, 2, 8, 1]), OK).await;
+        assert!(
+            run_probe(
+                &net,
+                &grpc("echo.Echo", Some("echo.internal")),
+                "app",
+                addr,
+                None
+            )
+            .await
+        );
+        let (authority, path, headers, body) = got.await.unwrap();
+        assert_eq!(authority, "echo.internal");
+        assert_eq!(path, "/grpc.health.v1.Health/Check");
+        assert_eq!(headers["content-type"], "application/grpc");
+        assert_eq!(headers["te"], "trailers");
+        let mut want = vec![0, 0, 0, 0, 11, 0x0a, 9];
+        want.extend_from_slice(b"echo.Echo");
+        assert_eq!(body, want);
+
+        // The cluster's name is the default authority; one that cannot be an authority (an
+        // Istio name) gives way to the host's address.
+        let (addr, got) = h2_serve_once(200, GRPC, Some(vec![0, 0, 0, 0, 2, 8, 1]), OK).await;
+        assert!(run_probe(&net, &grpc("", None), "app", addr, None).await);
+        let (authority, _, _, body) = got.await.unwrap();
+        assert_eq!(
+            (authority.as_str(), body.as_slice()),
+            ("app", &[0u8, 0, 0, 0, 0][..])
+        );
+        let (addr, got) = h2_serve_once(200, GRPC, Some(vec![0, 0, 0, 0, 2, 8, 1]), OK).await;
+        assert!(run_probe(&net, &grpc("", None), "outbound|80||a.svc", addr, None).await);
+        assert_eq!(got.await.unwrap().0, addr.to_string());
+
+        // Failures: NOT_SERVING, a non-zero grpc-status in trailers or trailers-only, no
+        // grpc-status, a non-gRPC content-type, a 503.
+        let not_serving = Some(vec![0, 0, 0, 0, 2, 8, 2]);
+        let serving = Some(vec![0, 0, 0, 0, 2, 8, 1]);
+        for (status, headers, body, trailers) in [
+            (200, GRPC, not_serving, OK),
+            (200, GRPC, serving.clone(), &[("grpc-status", "14")][..]),
+            (
+                200,
+                &[("content-type", "application/grpc"), ("grpc-status", "5")][..],
+                None,
+                &[][..],
+            ),
+            (200, GRPC, serving.clone(), &[][..]),
+            (
+                200,
+                &[("content-type", "text/plain")][..],
+                serving.clone(),
+                OK,
+            ),
+            (503, GRPC, serving, OK),
+        ] {
+            let (addr, _got) = h2_serve_once(status, headers, body.clone(), trailers).await;
+            assert!(
+                !run_probe(&net, &grpc("", None), "app", addr, None).await,
+                "{status} {headers:?} {body:?} {trailers:?}"
+            );
+        }
+
+        // An HTTP/1.1 server is no gRPC server.
+        let addr = serve_once(
+            |_| b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n".to_vec(),
+            |b| !b.is_empty(),
+        )
+        .await;
+        assert!(!run_probe(&net, &grpc("", None), "app", addr, None).await);
     }
 }

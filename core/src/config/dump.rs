@@ -181,9 +181,7 @@ impl Serialize for HealthCheckConfig {
                 authority,
             } => {
                 let mut grpc = serde_json::Map::new();
-                if !service_name.is_empty() {
-                    grpc.insert("service_name".into(), service_name.as_str().into());
-                }
+                grpc.insert("service_name".into(), service_name.as_str().into());
                 if let Some(a) = authority {
                     grpc.insert("authority".into(), a.as_str().into());
                 }

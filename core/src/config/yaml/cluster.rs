@@ -135,7 +135,11 @@ pub(super) fn health_check(dec: &mut Decoder, path: &str, v: &Value) -> Option<H
         obj.opt("bolt"),
         obj.opt("grpc"),
     ];
-    let set: Vec<_> = probes.iter().enumerate().filter_map(|(i, p)| Some((i, p.as_ref()?))).collect();
+    let set: Vec<_> = probes
+        .iter()
+        .enumerate()
+        .filter_map(|(i, p)| Some((i, p.as_ref()?)))
+        .collect();
     let probe = match set.as_slice() {
         [] => {
             dec.error(path, "missing the probe: set one of http, tcp, bolt, grpc");
@@ -224,7 +228,9 @@ fn grpc_probe(dec: &mut Decoder, path: &str, v: &Value) -> Option<HealthProbe> {
             } else {
                 dec.error(
                     &p,
-                    format!("{s:?} is not an authority (host[:port], no spaces, '/', '?', '#', '@')"),
+                    format!(
+                        "{s:?} is not an authority (host[:port], no spaces, '/', '?', '#', '@')"
+                    ),
                 );
                 None
             }

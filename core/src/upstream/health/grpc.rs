@@ -263,9 +263,8 @@ fn is_grpc(content_type: &[u8]) -> bool {
 pub fn is_authority(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 255
-        && s.bytes().all(|b| {
-            b.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=:[]%".contains(&b)
-        })
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=:[]%".contains(&b))
 }
 
 #[cfg(test)]
@@ -334,7 +333,10 @@ mod tests {
         // An empty message is status UNKNOWN, skipped as an empty frame: no answer.
         assert_eq!(decode_response(&frame(&[])), Err(DecodeError::NoMessage));
         assert_eq!(decode_response(&[0, 0, 0]), Err(DecodeError::Truncated));
-        assert_eq!(decode_response(&[0, 0, 0, 0, 3, 8, 1]), Err(DecodeError::Truncated));
+        assert_eq!(
+            decode_response(&[0, 0, 0, 0, 3, 8, 1]),
+            Err(DecodeError::Truncated)
+        );
         let mut two = frame(&[8, 1]);
         two.extend(frame(&[8, 1]));
         assert_eq!(decode_response(&two), Err(DecodeError::Streaming));
@@ -343,7 +345,9 @@ mod tests {
         assert_eq!(decode_response(&compressed), Err(DecodeError::Flags(1)));
         assert_eq!(decode_response(&frame(&[8])), Err(DecodeError::Truncated));
         assert_eq!(
-            decode_response(&frame(&[8, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 1])),
+            decode_response(&frame(&[
+                8, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 1
+            ])),
             Err(DecodeError::Varint)
         );
         assert_eq!(
@@ -386,7 +390,10 @@ mod tests {
             check_answer(200, Some(b"text/plain"), ok, &serving),
             Err(ProbeError::NotGrpc)
         );
-        assert_eq!(check_answer(200, None, ok, &serving), Err(ProbeError::NotGrpc));
+        assert_eq!(
+            check_answer(200, None, ok, &serving),
+            Err(ProbeError::NotGrpc)
+        );
         assert_eq!(
             check_answer(200, ct, None, &serving),
             Err(ProbeError::NoGrpcStatus)
