@@ -1019,6 +1019,16 @@ fn a_grpc_health_check_drains_a_not_serving_host_and_readmits_it_when_serving() 
     std::fs::write(&health_b, "NOT_SERVING\n").unwrap();
     let took = wait_host_health(admin, b, "unhealthy", Duration::from_secs(5), &sluice);
     eprintln!("b unhealthy after {took:?}");
+    // Not before two NOT_SERVING answers; about 2 × 200 ms (slack for a loaded machine).
+    let not_serving = std::fs::read_to_string(dir.path().join("b.log"))
+        .unwrap()
+        .matches(r#""status":"NOT_SERVING""#)
+        .count();
+    assert!(
+        not_serving >= 2,
+        "unhealthy after {not_serving} NOT_SERVING answers"
+    );
+    assert!(took < Duration::from_secs(3), "drained after {took:?}");
     assert_eq!(host_health(admin, a), "healthy");
     assert_eq!(by("unary:40"), (40, 0), "only a serves once b is drained");
 
