@@ -1342,4 +1342,24 @@ clusters:
         .await;
         assert!(!run_probe(&net, &grpc("", None), "app", addr, None).await);
     }
+
+    /// Every authority the config accepts makes a request URI `http` takes (else the probe
+    /// could never be sent).
+    #[test]
+    fn accepted_authorities_make_request_uris() {
+        let samples = [
+            "app",
+            "app.ns.svc.cluster.local:8080",
+            "10.0.0.1:80",
+            "[::1]:80",
+            "[2001:db8::1]",
+            "a-b_c~d!e$f&g'h(i)j*k+l,m;n=o",
+        ];
+        for a in samples {
+            assert!(grpc::is_authority(a), "{a}");
+            let uri = format!("http://{a}{}", grpc::PATH);
+            let uri = http::Uri::try_from(uri.as_str()).unwrap_or_else(|e| panic!("{a}: {e}"));
+            assert_eq!(uri.authority().map(http::uri::Authority::as_str), Some(a));
+        }
+    }
 }

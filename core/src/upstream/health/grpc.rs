@@ -257,14 +257,45 @@ fn is_grpc(content_type: &[u8]) -> bool {
         && matches!(content_type.get(GRPC.len()), None | Some(b'+' | b';'))
 }
 
-/// Whether `s` is an `:authority` the probe can send: a host (name, IPv4, or a bracketed
-/// IPv6) with an optional port, in RFC 3986's characters (no userinfo, path, spaces).
+/// Whether `s` is an `:authority` the probe can send: a host (a name or IPv4 address in
+/// RFC 3986's reg-name characters, or a bracketed IPv6 address) with an optional numeric port;
+/// no userinfo, path, spaces.
 #[must_use]
 pub fn is_authority(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= 255
-        && s.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=:[]%".contains(&b))
+    if s.is_empty() || s.len() > 255 {
+        return false;
+    }
+    let (host, port) = if let Some(rest) = s.strip_prefix('[') {
+        let Some((ip, after)) = rest.split_once(']') else {
+            return false;
+        };
+        if ip.is_empty()
+            || !ip
+                .bytes()
+                .all(|b| b.is_ascii_hexdigit() || b == b':' || b == b'.')
+        {
+            return false;
+        }
+        match after {
+            "" => ("x", None),
+            _ => match after.strip_prefix(':') {
+                Some(port) => ("x", Some(port)),
+                None => return false,
+            },
+        }
+    } else {
+        match s.split_once(':') {
+            Some((host, port)) => (host, Some(port)),
+            None => (s, None),
+        }
+    };
+    let host_ok = !host.is_empty()
+        && host
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=".contains(&b));
+    let port_ok =
+        port.is_none_or(|p| !p.is_empty() && p.len() <= 5 && p.bytes().all(|b| b.is_ascii_digit()));
+    host_ok && port_ok
 }
 
 #[cfg(test)]
@@ -425,7 +456,23 @@ mod tests {
         for ok in ["app", "app.ns.svc:8080", "10.0.0.1:80", "[::1]:80"] {
             assert!(is_authority(ok), "{ok}");
         }
-        for bad in ["", "a b", "a/b", "u@h", "a?b", "a#b", "outbound|80||x"] {
+        for bad in [
+            "",
+            "a b",
+            "a/b",
+            "u@h",
+            "a?b",
+            "a#b",
+            "outbound|80||x",
+            "a:b",
+            "a:1:2",
+            "a[b",
+            "[::1",
+            "[::1]x",
+            "a%2",
+            ":80",
+            "a:",
+        ] {
             assert!(!is_authority(bad), "{bad}");
         }
     }
