@@ -915,3 +915,271 @@ fn protocol_downstream_speaks_each_clients_version_upstream() {
     assert_eq!(stat(admin, "http2.upstream_cx_total"), 1);
     assert_eq!(stat(admin, "http2.upstream_streams_total"), 3);
 }
+
+// ---- gRPC health checks (grpc.health.v1, served by tests/grpc/peer.js) ----------------------
+
+/// A grpc-js Echo server that also serves `grpc.health.v1.Health/Check`, answering the status
+/// written in `health` for `services` (a comma list; `None`: the overall health and Echo's).
+fn start_grpc_health_server(
+    dir: &TempDir,
+    name: &str,
+    port: u16,
+    health: &std::path::Path,
+    services: Option<&str>,
+) -> Proc {
+    let script = repo().join("tests/grpc/peer.js");
+    let port = port.to_string();
+    let mut args = vec![
+        script.to_str().unwrap(),
+        "server",
+        &port,
+        name,
+        health.to_str().unwrap(),
+    ];
+    args.extend(services);
+    let mut p = spawn(dir, name, "node", &args);
+    wait_listening(addr(port.parse().unwrap()), &mut p);
+    p
+}
+
+/// The `health` of host `127.0.0.1:port` of cluster `app` in `/clusters`.
+fn host_health(admin: u16, port: u16) -> String {
+    let (status, body) = curl(&[&format!("http://127.0.0.1:{admin}/clusters?format=json")]);
+    assert_eq!(status, 200, "/clusters: {body}");
+    let view = json(&body);
+    let want = format!("127.0.0.1:{port}");
+    view["clusters"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "app")
+        .and_then(|c| {
+            c["hosts"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|h| h["address"] == want.as_str())
+        })
+        .map(|h| h["health"].as_str().unwrap_or("?").to_owned())
+        .unwrap_or_else(|| panic!("no host {want} in cluster app: {body}"))
+}
+
+/// Waits until host `port` is `health`; how long it took (panics past `limit`).
+fn wait_host_health(
+    admin: u16,
+    port: u16,
+    health: &str,
+    limit: Duration,
+    sluice: &Proc,
+) -> Duration {
+    let start = std::time::Instant::now();
+    while start.elapsed() < limit {
+        if host_health(admin, port) == health {
+            return start.elapsed();
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!(
+        "127.0.0.1:{port} not {health} after {limit:?} (is {}):\n{}",
+        host_health(admin, port),
+        sluice.log_text()
+    );
+}
+
+/// Fast probes for the tests (the cadence, not the probe, is what they shorten).
+const GRPC_HEALTH_CHECK: &str = "    health_check:
+      grpc: {}
+      interval: 200ms
+      timeout: 1s
+      unhealthy_threshold: 2
+      healthy_threshold: 2
+      no_traffic_interval: 200ms
+";
+
+#[test]
+fn a_grpc_health_check_drains_a_not_serving_host_and_readmits_it_when_serving() {
+    if !require_peers(&["grpc-js"]) {
+        return;
+    }
+    let dir = TempDir::new("grpc-hc");
+    let (listen, admin, a, b) = (free_port(), free_port(), free_port(), free_port());
+    let health_a = dir.write("a.health", "SERVING\n");
+    let health_b = dir.write("b.health", "SERVING\n");
+    let _a = start_grpc_health_server(&dir, "a", a, &health_a, None);
+    let _b = start_grpc_health_server(&dir, "b", b, &health_b, None);
+    let cfg = format!("{}{GRPC_HEALTH_CHECK}", config(listen, admin, &[a, b]));
+    let sluice = start_sluice(&dir, &cfg, 2, addr(listen));
+    wait_host_health(admin, a, "healthy", Duration::from_secs(10), &sluice);
+    wait_host_health(admin, b, "healthy", Duration::from_secs(10), &sluice);
+
+    let by = |case: &str| {
+        let out = grpc_client(listen, case);
+        assert_eq!(out["ok"], true, "{out}");
+        (
+            out["by"]["a"].as_u64().unwrap_or(0),
+            out["by"]["b"].as_u64().unwrap_or(0),
+        )
+    };
+    let (na, nb) = by("unary:40");
+    assert_eq!(na + nb, 40);
+    assert!(na > 0 && nb > 0, "both serve: a {na}, b {nb}");
+
+    // B says NOT_SERVING: drained after unhealthy_threshold (2) probes 200 ms apart.
+    std::fs::write(&health_b, "NOT_SERVING\n").unwrap();
+    let took = wait_host_health(admin, b, "unhealthy", Duration::from_secs(5), &sluice);
+    eprintln!("b unhealthy after {took:?}");
+    // Not before two NOT_SERVING answers; about 2 × 200 ms (slack for a loaded machine).
+    let not_serving = std::fs::read_to_string(dir.path().join("b.log"))
+        .unwrap()
+        .matches(r#""status":"NOT_SERVING""#)
+        .count();
+    assert!(
+        not_serving >= 2,
+        "unhealthy after {not_serving} NOT_SERVING answers"
+    );
+    assert!(took < Duration::from_secs(3), "drained after {took:?}");
+    assert_eq!(host_health(admin, a), "healthy");
+    assert_eq!(by("unary:40"), (40, 0), "only a serves once b is drained");
+
+    // SERVING again: readmitted after healthy_threshold probes, and used.
+    std::fs::write(&health_b, "SERVING\n").unwrap();
+    let took = wait_host_health(admin, b, "healthy", Duration::from_secs(5), &sluice);
+    eprintln!("b healthy again after {took:?}");
+    let (na, nb) = by("unary:40");
+    assert_eq!(na + nb, 40);
+    assert!(nb > 0, "b readmitted: a {na}, b {nb}");
+
+    // Counted with the other probes' stats.
+    let (ok, failed, attempts) = (
+        stat(admin, "cluster.app.health_check.success"),
+        stat(admin, "cluster.app.health_check.failure"),
+        stat(admin, "cluster.app.health_check.attempt"),
+    );
+    assert!(failed >= 2 && ok >= 4, "success {ok}, failure {failed}");
+    assert!(ok + failed <= attempts, "{ok} + {failed} > {attempts}");
+    // The probes asked for the server's overall health (service ""), as `service_name`'s
+    // default says, with the cluster's name as the authority.
+    let log = std::fs::read_to_string(dir.path().join("b.log")).unwrap();
+    let checks: Vec<serde_json::Value> = log
+        .lines()
+        .filter(|l| l.starts_with("{\"check\""))
+        .map(json)
+        .collect();
+    assert!(checks.len() >= 6, "{log}");
+    assert!(checks.iter().all(|c| c["check"] == ""), "{log}");
+    assert!(checks.iter().all(|c| c["authority"] == "app"), "{log}");
+}
+
+#[test]
+fn a_grpc_health_check_fails_an_unknown_service_and_a_server_that_is_not_grpc() {
+    if !require_peers(&["grpc-js", "python3"]) {
+        return;
+    }
+    let dir = TempDir::new("grpc-hc-bad");
+    let (listen, admin) = (free_port(), free_port());
+    let (good, unknown, plain) = (free_port(), free_port(), free_port());
+    let health = dir.write("serving.health", "SERVING\n");
+    // Both grpc-js servers say SERVING; only `good` knows the service asked about.
+    let _good = start_grpc_health_server(&dir, "good", good, &health, None);
+    let _unknown = start_grpc_health_server(&dir, "unknown", unknown, &health, Some(""));
+    // An HTTP/1.1 server that answers every GET with 200.
+    let mut http1 = spawn(
+        &dir,
+        "plain",
+        "python3",
+        &[
+            "-m",
+            "http.server",
+            "--bind",
+            "127.0.0.1",
+            &plain.to_string(),
+        ],
+    );
+    wait_listening(addr(plain), &mut http1);
+    // The cluster speaks HTTP/1.1 (the default protocol): the probe is HTTP/2 all the same.
+    let cfg = format!(
+        "{}{}",
+        config(listen, admin, &[good, unknown, plain]).replace("    protocol: http2\n", ""),
+        GRPC_HEALTH_CHECK.replace(
+            "grpc: {}",
+            "grpc: { service_name: sluice.test.Echo, authority: echo.internal }"
+        )
+    );
+    let sluice = start_sluice(&dir, &cfg, 1, addr(listen));
+    wait_host_health(admin, good, "healthy", Duration::from_secs(10), &sluice);
+    wait_host_health(
+        admin,
+        unknown,
+        "unhealthy",
+        Duration::from_secs(10),
+        &sluice,
+    );
+    wait_host_health(admin, plain, "unhealthy", Duration::from_secs(10), &sluice);
+    // They stay so.
+    std::thread::sleep(Duration::from_millis(600));
+    assert_eq!(host_health(admin, good), "healthy");
+    assert_eq!(host_health(admin, unknown), "unhealthy");
+    assert_eq!(host_health(admin, plain), "unhealthy");
+    let log = std::fs::read_to_string(dir.path().join("unknown.log")).unwrap();
+    assert!(
+        log.contains(
+            r#"{"check":"sluice.test.Echo","status":"SERVING","authority":"echo.internal"}"#
+        ),
+        "the service name and authority were sent: {log}"
+    );
+}
+
+#[test]
+fn a_grpc_health_check_over_tls_offers_h2_whatever_the_clusters_alpn() {
+    if !require_peers(&["grpc-js"]) {
+        return;
+    }
+    let dir = TempDir::new("grpc-hc-tls");
+    let ca = support::pki::make_ca(&dir, "ca");
+    let (cert, key) = support::pki::leaf(&dir, &ca, "front", &["front.example"], None);
+    let (listen, front, admin, up) = (free_port(), free_port(), free_port(), free_port());
+    let health = dir.write("up.health", "SERVING\n");
+    let _up = start_grpc_health_server(&dir, "up", up, &health, None);
+    // Cluster `app` (HTTP/1.1, used by an HTTP route: its TLS offers ALPN http/1.1) reaches
+    // a TLS listener of the proxy itself, whose ALPN (h2, http/1.1) picks the codec, in front
+    // of the grpc-js server. A probe offering the cluster's http/1.1 would be answered in
+    // HTTP/1.1 and fail; the probe offers h2 alone.
+    let cfg = format!(
+        r#"
+admin: {{ address: 127.0.0.1:{admin} }}
+listeners:
+  - name: http_in
+    address: 127.0.0.1:{listen}
+    http:
+      virtual_hosts:
+        - {{ name: any, domains: ["*"], routes: [ {{ match: {{ prefix: / }}, route: {{ cluster: app }} }} ] }}
+  - name: tls_front
+    address: 127.0.0.1:{front}
+    tls: {{ certificates: [ {{ cert_chain: {c}, private_key: {k} }} ] }}
+    http:
+      virtual_hosts:
+        - {{ name: any, domains: ["*"], routes: [ {{ match: {{ prefix: / }}, route: {{ cluster: grpc_up }} }} ] }}
+clusters:
+  - name: app
+    hosts: [ {{ address: 127.0.0.1:{front} }} ]
+    tls: {{ sni: front.example, ca: {ca} }}
+{GRPC_HEALTH_CHECK}  - name: grpc_up
+    protocol: http2
+    hosts: [ {{ address: 127.0.0.1:{up} }} ]
+"#,
+        c = support::pki::p(&cert),
+        k = support::pki::p(&key),
+        ca = support::pki::p(&ca.pem),
+    );
+    let sluice = start_sluice(&dir, &cfg, 1, addr(listen));
+    wait_host_health(admin, front, "healthy", Duration::from_secs(10), &sluice);
+    // The probe went through the TLS listener, as HTTP/2, to the gRPC server.
+    assert!(stat(admin, "cluster.grpc_up.upstream_rq_total") >= 1);
+    let log = std::fs::read_to_string(dir.path().join("up.log")).unwrap();
+    assert!(
+        log.contains(r#"{"check":"","status":"SERVING","authority":"app"}"#),
+        "{log}"
+    );
+    std::fs::write(&health, "NOT_SERVING\n").unwrap();
+    wait_host_health(admin, front, "unhealthy", Duration::from_secs(5), &sluice);
+}

@@ -23,8 +23,14 @@
 //!
 //! `tcp`: the connection is established. `http`: `GET path HTTP/1.1` with `Connection: close`,
 //! success when the response status is in `expected_statuses`. `bolt`: a Bolt v1 heartbeat,
-//! success when answered with status 0. Each probe is bounded by the check's `timeout`; the
-//! checker also times it out on its own and ignores a late result.
+//! success when answered with status 0. `grpc`: a `grpc.health.v1.Health/Check` call over a
+//! new HTTP/2 connection (h2c by prior knowledge, or TLS offering ALPN `h2` alone, whatever the
+//! cluster's `protocol`), judged by [`sluice_core::health::grpc::check_answer`] (HTTP 200,
+//! `grpc-status: 0`, one message saying `SERVING`). One connection per probe, closed after it,
+//! like the other probes: no connection state outlives a probe (Envoy keeps one open per host
+//! unless `reuse_connection: false`; a probe every few seconds pays one more handshake here).
+//! Each probe is bounded by the check's `timeout`; the checker also times it out on its own
+//! and ignores a late result.
 
 use std::cell::RefCell;
 use std::rc::Rc;
@@ -37,7 +43,7 @@ use sluice_core::cluster::{HostId, HostRef};
 use sluice_core::config::{Config, HealthCheckConfig, HealthProbe};
 use sluice_core::health::{
     ActiveHealthChecker, HealthAction, HealthEvent, OutlierDetector, OutlierEvent, ProbeResult,
-    UpstreamResult, fill_availability,
+    UpstreamResult, fill_availability, grpc,
 };
 use sluice_core::http1::{self, Head, Limits, Method, ParseStatus};
 use sluice_core::rng::Rng;
@@ -740,7 +746,11 @@ pub async fn probe_host<N: Network>(
     let mut stream = match (probe, tls) {
         (HealthProbe::Tcp, None) => return Ok(()),
         (_, None) => crate::tls::MaybeTls::Plain(socket),
-        (_, Some(c)) => match c.connect(address, socket).await {
+        (_, Some(c)) => match if matches!(probe, HealthProbe::Grpc { .. }) {
+            c.connect_h2(address, socket).await
+        } else {
+            c.connect(address, socket).await
+        } {
             Ok(tls) => crate::tls::MaybeTls::Tls(Box::new(tls)),
             Err(e) => {
                 return Err(ProbeFailure::Tls(
@@ -750,7 +760,115 @@ pub async fn probe_host<N: Network>(
             }
         },
     };
+    if let HealthProbe::Grpc {
+        service_name,
+        authority,
+    } = probe
+    {
+        // The cluster's name unless it cannot be an authority (an Istio name has '|'): then
+        // the host's address.
+        let fallback;
+        let authority = match authority {
+            Some(a) => a.as_str(),
+            None if grpc::is_authority(cluster) => cluster,
+            None => {
+                fallback = address.to_string();
+                &fallback
+            }
+        };
+        let tls = tls.is_some();
+        return match grpc_check(&mut stream, service_name, authority, tls).await {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                tracing::debug!(%cluster, host = %address, error = %e, "gRPC health check failed");
+                Err(ProbeFailure::Other)
+            }
+        };
+    }
     passed(exchange(probe, cluster, &mut stream).await)
+}
+
+/// Why a gRPC probe failed.
+#[derive(Debug, thiserror::Error)]
+enum GrpcProbeError {
+    #[error("HTTP/2: {0}")]
+    H2(#[from] h2::Error),
+    #[error("request: {0}")]
+    Request(#[from] http::Error),
+    #[error("answer: {0}")]
+    Answer(#[from] grpc::ProbeError),
+}
+
+/// One `grpc.health.v1.Health/Check` call on a new HTTP/2 connection over `stream`, which is
+/// driven here (nothing is spawned: dropping the future closes everything).
+async fn grpc_check<S>(
+    stream: S,
+    service: &str,
+    authority: &str,
+    tls: bool,
+) -> Result<(), GrpcProbeError>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let (send, connection) = crate::h2_upstream::client_builder()
+        .handshake::<_, bytes::Bytes>(stream)
+        .await?;
+    let call = async move {
+        // Waits for the server's SETTINGS (the builder opens no stream before them).
+        let mut send = send.ready().await?;
+        let scheme = if tls { "https" } else { "http" };
+        let request = http::Request::builder()
+            .method(http::Method::POST)
+            .uri(format!("{scheme}://{authority}{}", grpc::PATH))
+            .header(http::header::CONTENT_TYPE, "application/grpc")
+            .header(http::header::TE, "trailers")
+            .header(http::header::USER_AGENT, "sluice-health-check")
+            .body(())?;
+        let mut body = Vec::with_capacity(16 + service.len());
+        grpc::encode_request(service, &mut body);
+        let (response, mut out) = send.send_request(request, false)?;
+        out.send_data(bytes::Bytes::from(body), true)?;
+        let (head, mut recv) = response.await?.into_parts();
+        let content_type = head.headers.get(http::header::CONTENT_TYPE);
+        if recv.is_end_stream() {
+            // Trailers-only: the status is in the headers.
+            let status = head.headers.get("grpc-status").map(|v| v.as_bytes());
+            grpc::check_answer(
+                head.status.as_u16(),
+                content_type.map(|v| v.as_bytes()),
+                status,
+                &[],
+            )?;
+            return Ok(());
+        }
+        let mut data = Vec::new();
+        while let Some(chunk) = recv.data().await {
+            let chunk = chunk?;
+            let _ = recv.flow_control().release_capacity(chunk.len());
+            if data.len() + chunk.len() > grpc::MAX_RESPONSE_BYTES {
+                return Err(grpc::ProbeError::Decode(grpc::DecodeError::TooLarge).into());
+            }
+            data.extend_from_slice(&chunk);
+        }
+        let trailers = recv.trailers().await?;
+        let status = trailers
+            .as_ref()
+            .and_then(|t| t.get("grpc-status"))
+            .map(|v| v.as_bytes());
+        grpc::check_answer(
+            head.status.as_u16(),
+            content_type.map(|v| v.as_bytes()),
+            status,
+            &data,
+        )?;
+        Ok(())
+    };
+    tokio::pin!(call, connection);
+    tokio::select! {
+        result = &mut call => result,
+        // The connection ended: what it delivered before still reaches the call.
+        _ = &mut connection => call.await,
+    }
 }
 
 /// A probe's request and the check of its answer, over an established (maybe TLS) stream.
@@ -760,6 +878,8 @@ where
 {
     match probe {
         HealthProbe::Tcp => true,
+        // Not here: `probe_host` makes the call itself.
+        HealthProbe::Grpc { .. } => false,
         HealthProbe::Http {
             path,
             host,
@@ -1082,5 +1202,164 @@ clusters:
         )
         .await;
         assert!(!run_probe(&TokioNet::default(), &HealthProbe::Bolt, "rpc", addr, None).await);
+    }
+
+    /// What an h2c server got from one gRPC probe: (authority, path, headers, body).
+    type Got = (String, String, http::HeaderMap, Vec<u8>);
+
+    /// A one-shot h2c server: answers the first request with `headers` (trailers-only when
+    /// `body` is `None`), then `body` and `trailers`.
+    async fn h2_serve_once(
+        status: u16,
+        headers: &'static [(&'static str, &'static str)],
+        body: Option<Vec<u8>>,
+        trailers: &'static [(&'static str, &'static str)],
+    ) -> (std::net::SocketAddr, tokio::sync::oneshot::Receiver<Got>) {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        tokio::spawn(async move {
+            let (s, _) = l.accept().await.unwrap();
+            let mut conn = h2::server::handshake(s).await.unwrap();
+            let (req, mut respond) = conn.accept().await.unwrap().unwrap();
+            let served = async move {
+                let (head, mut recv) = req.into_parts();
+                let mut got = Vec::new();
+                while let Some(chunk) = recv.data().await {
+                    got.extend_from_slice(&chunk.unwrap());
+                }
+                let _ = tx.send((
+                    head.uri
+                        .authority()
+                        .map(ToString::to_string)
+                        .unwrap_or_default(),
+                    head.uri.path().to_owned(),
+                    head.headers,
+                    got,
+                ));
+                let mut response = http::Response::builder().status(status);
+                for (k, v) in headers {
+                    response = response.header(*k, *v);
+                }
+                let mut send = respond
+                    .send_response(response.body(()).unwrap(), body.is_none())
+                    .unwrap();
+                if let Some(body) = body {
+                    send.send_data(bytes::Bytes::from(body), false).unwrap();
+                    let mut t = http::HeaderMap::new();
+                    for (k, v) in trailers {
+                        t.insert(*k, v.parse().unwrap());
+                    }
+                    send.send_trailers(t).unwrap();
+                }
+            };
+            tokio::join!(served, async { while conn.accept().await.is_some() {} });
+        });
+        (addr, rx)
+    }
+
+    fn grpc(service: &str, authority: Option<&str>) -> HealthProbe {
+        HealthProbe::Grpc {
+            service_name: service.into(),
+            authority: authority.map(Into::into),
+        }
+    }
+
+    const GRPC: &[(&str, &str)] = &[("content-type", "application/grpc")];
+    const OK: &[(&str, &str)] = &[("grpc-status", "0")];
+
+    #[tokio::test]
+    async fn grpc_probe_calls_health_check_and_wants_serving() {
+        let net = TokioNet::default();
+        // SERVING, with the service name and authority given.
+        let (addr, got) = h2_serve_once(200, GRPC, Some(vec![0, 0, 0, 0, 2, 8, 1]), OK).await;
+        assert!(
+            run_probe(
+                &net,
+                &grpc("echo.Echo", Some("echo.internal")),
+                "app",
+                addr,
+                None
+            )
+            .await
+        );
+        let (authority, path, headers, body) = got.await.unwrap();
+        assert_eq!(authority, "echo.internal");
+        assert_eq!(path, "/grpc.health.v1.Health/Check");
+        assert_eq!(headers["content-type"], "application/grpc");
+        assert_eq!(headers["te"], "trailers");
+        let mut want = vec![0, 0, 0, 0, 11, 0x0a, 9];
+        want.extend_from_slice(b"echo.Echo");
+        assert_eq!(body, want);
+
+        // The cluster's name is the default authority; one that cannot be an authority (an
+        // Istio name) gives way to the host's address.
+        let (addr, got) = h2_serve_once(200, GRPC, Some(vec![0, 0, 0, 0, 2, 8, 1]), OK).await;
+        assert!(run_probe(&net, &grpc("", None), "app", addr, None).await);
+        let (authority, _, _, body) = got.await.unwrap();
+        assert_eq!(
+            (authority.as_str(), body.as_slice()),
+            ("app", &[0u8, 0, 0, 0, 0][..])
+        );
+        let (addr, got) = h2_serve_once(200, GRPC, Some(vec![0, 0, 0, 0, 2, 8, 1]), OK).await;
+        assert!(run_probe(&net, &grpc("", None), "outbound|80||a.svc", addr, None).await);
+        assert_eq!(got.await.unwrap().0, addr.to_string());
+
+        // Failures: NOT_SERVING, a non-zero grpc-status in trailers or trailers-only, no
+        // grpc-status, a non-gRPC content-type, a 503.
+        let not_serving = Some(vec![0, 0, 0, 0, 2, 8, 2]);
+        let serving = Some(vec![0, 0, 0, 0, 2, 8, 1]);
+        for (status, headers, body, trailers) in [
+            (200, GRPC, not_serving, OK),
+            (200, GRPC, serving.clone(), &[("grpc-status", "14")][..]),
+            (
+                200,
+                &[("content-type", "application/grpc"), ("grpc-status", "5")][..],
+                None,
+                &[][..],
+            ),
+            (200, GRPC, serving.clone(), &[][..]),
+            (
+                200,
+                &[("content-type", "text/plain")][..],
+                serving.clone(),
+                OK,
+            ),
+            (503, GRPC, serving, OK),
+        ] {
+            let (addr, _got) = h2_serve_once(status, headers, body.clone(), trailers).await;
+            assert!(
+                !run_probe(&net, &grpc("", None), "app", addr, None).await,
+                "{status} {headers:?} {body:?} {trailers:?}"
+            );
+        }
+
+        // An HTTP/1.1 server is no gRPC server.
+        let addr = serve_once(
+            |_| b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n".to_vec(),
+            |b| !b.is_empty(),
+        )
+        .await;
+        assert!(!run_probe(&net, &grpc("", None), "app", addr, None).await);
+    }
+
+    /// Every authority the config accepts makes a request URI `http` takes (else the probe
+    /// could never be sent).
+    #[test]
+    fn accepted_authorities_make_request_uris() {
+        let samples = [
+            "app",
+            "app.ns.svc.cluster.local:8080",
+            "10.0.0.1:80",
+            "[::1]:80",
+            "[2001:db8::1]",
+            "a-b_c~d!e$f&g'h(i)j*k+l,m;n=o",
+        ];
+        for a in samples {
+            assert!(grpc::is_authority(a), "{a}");
+            let uri = format!("http://{a}{}", grpc::PATH);
+            let uri = http::Uri::try_from(uri.as_str()).unwrap_or_else(|e| panic!("{a}: {e}"));
+            assert_eq!(uri.authority().map(http::uri::Authority::as_str), Some(a));
+        }
     }
 }

@@ -49,7 +49,7 @@ use rustls::{
     PeerIncompatible, RootCertStore, ServerConfig, SignatureScheme,
 };
 use sluice_core::config::tls::{ListenerTls, TlsVersion, UpstreamTls};
-use sluice_core::config::{Config, ConfigError};
+use sluice_core::config::{Config, ConfigError, HealthProbe};
 use sluice_core::tls::pem::{San, parse_certificates, parse_chain, parse_key, subject_alt_names};
 pub use tokio_rustls::{TlsAcceptor, TlsConnector};
 use tracing::{info, warn};
@@ -403,8 +403,20 @@ pub fn connectors(config: &Config) -> Result<Vec<Option<UpstreamConnector>>, Str
             None => Ok(None),
             Some(tls) => client_config(tls, &format!("clusters[{i}].tls"))
                 .map(|(config, sni)| {
+                    // A gRPC health check speaks HTTP/2 whatever the cluster's protocol:
+                    // its probes offer `h2` alone, on a connector of their own.
+                    let grpc_health = c
+                        .health_check
+                        .as_ref()
+                        .is_some_and(|hc| matches!(hc.probe, HealthProbe::Grpc { .. }));
+                    let h2 = grpc_health.then(|| {
+                        let mut h2 = config.clone();
+                        h2.alpn_protocols = vec![b"h2".to_vec()];
+                        TlsConnector::from(Arc::new(h2))
+                    });
                     Some(UpstreamConnector {
                         connector: TlsConnector::from(Arc::new(config)),
+                        h2,
                         sni,
                     })
                 })
@@ -423,6 +435,9 @@ pub fn connectors(config: &Config) -> Result<Vec<Option<UpstreamConnector>>, Str
 #[derive(Clone)]
 pub struct UpstreamConnector {
     connector: TlsConnector,
+    /// The same, offering ALPN `h2` only: the gRPC health probe's (`None`: the cluster has no
+    /// gRPC health check).
+    h2: Option<TlsConnector>,
     /// The name sent and verified; `None`: the host's IP address is passed to rustls (which
     /// sends no SNI for an address) and `verify_subject_alt_names` decides.
     sni: Option<ServerName<'static>>,
@@ -438,11 +453,37 @@ impl UpstreamConnector {
     where
         S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
     {
+        self.connect_with(&self.connector, address, stream).await
+    }
+
+    /// [`UpstreamConnector::connect`] offering ALPN `h2` alone, for the gRPC health probe
+    /// (the cluster's own offer when it has no gRPC health check).
+    pub async fn connect_h2<S>(
+        &self,
+        address: std::net::SocketAddr,
+        stream: S,
+    ) -> std::io::Result<tokio_rustls::client::TlsStream<S>>
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    {
+        let connector = self.h2.as_ref().unwrap_or(&self.connector);
+        self.connect_with(connector, address, stream).await
+    }
+
+    async fn connect_with<S>(
+        &self,
+        connector: &TlsConnector,
+        address: std::net::SocketAddr,
+        stream: S,
+    ) -> std::io::Result<tokio_rustls::client::TlsStream<S>>
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    {
         let name = self
             .sni
             .clone()
             .unwrap_or_else(|| ServerName::IpAddress(address.ip().into()));
-        self.connector.connect(name, stream).await
+        connector.connect(name, stream).await
     }
 }
 

@@ -1,7 +1,14 @@
 // grpc-js as a gRPC server or client for tests/e2e_grpc.rs (service: echo.proto).
 //
-//   node peer.js server [HOST:]PORT NAME  serves Echo on HOST:PORT (h2c; HOST defaults to
-//                                      127.0.0.1); answers carry NAME
+//   node peer.js server [HOST:]PORT NAME [HEALTH_FILE [SERVICES]]
+//                                      serves Echo on HOST:PORT (h2c; HOST defaults to
+//                                      127.0.0.1); answers carry NAME. With HEALTH_FILE, also
+//                                      grpc.health.v1.Health/Check (health.proto): each call
+//                                      answers the status named in the file (SERVING,
+//                                      NOT_SERVING...) for the services in SERVICES (a comma
+//                                      list; default ",sluice.test.Echo": the server's overall
+//                                      health and Echo's) and NOT_FOUND for any other, as the
+//                                      standard health service does; each call is logged.
 //   node peer.js client TARGET CASE    runs CASE against TARGET (host:port, h2c) and prints one
 //                                      JSON line: { ok, code, details, ... }
 //
@@ -14,7 +21,7 @@ const loader = require('@grpc/proto-loader');
 
 const def = loader.loadSync(path.join(__dirname, 'echo.proto'), { keepCase: true });
 const { Echo } = grpc.loadPackageDefinition(def).sluice.test;
-const [mode, where, arg] = process.argv.slice(2);
+const [mode, where, arg, healthFile, services] = process.argv.slice(2);
 
 function later(ms, f) {
   if (ms > 0) setTimeout(f, ms);
@@ -52,6 +59,21 @@ if (mode === 'server') {
       call.on('end', () => call.end());
     },
   });
+  if (healthFile) {
+    const fs = require('fs');
+    const hdef = loader.loadSync(path.join(__dirname, 'health.proto'), { keepCase: true });
+    const { Health } = grpc.loadPackageDefinition(hdef).grpc.health.v1;
+    const known = (services === undefined ? ',sluice.test.Echo' : services).split(',');
+    server.addService(Health.service, {
+      Check(call, cb) {
+        const service = call.request.service || '';
+        const status = fs.readFileSync(healthFile, 'utf8').trim();
+        console.log(JSON.stringify({ check: service, status, authority: call.getHost ? call.getHost() : null }));
+        if (!known.includes(service)) cb({ code: grpc.status.NOT_FOUND, details: 'unknown service' });
+        else cb(null, { status });
+      },
+    });
+  }
   server.bindAsync(where.includes(':') ? where : '127.0.0.1:' + where, grpc.ServerCredentials.createInsecure(), (err) => {
     if (err) throw err;
   });

@@ -176,6 +176,17 @@ impl Serialize for HealthCheckConfig {
         match &self.probe {
             HealthProbe::Tcp => m.put("tcp", &Empty)?,
             HealthProbe::Bolt => m.put("bolt", &Empty)?,
+            HealthProbe::Grpc {
+                service_name,
+                authority,
+            } => {
+                let mut grpc = serde_json::Map::new();
+                grpc.insert("service_name".into(), service_name.as_str().into());
+                if let Some(a) = authority {
+                    grpc.insert("authority".into(), a.as_str().into());
+                }
+                m.put("grpc", &grpc)?;
+            }
             HealthProbe::Http {
                 path,
                 host,

@@ -683,6 +683,16 @@ pub enum HealthProbe {
     },
     /// A Bolt v1 heartbeat; success when it is answered with status 0.
     Bolt,
+    /// A `grpc.health.v1.Health/Check` call over HTTP/2 (h2c, or h2 by ALPN over the
+    /// cluster's TLS), whatever the cluster's `protocol`; success when it answers `SERVING`
+    /// (Envoy's `grpc_health_check`).
+    Grpc {
+        /// `HealthCheckRequest.service`: empty (the default) asks for the server's overall
+        /// health.
+        service_name: String,
+        /// The request's `:authority`; default the cluster's name.
+        authority: Option<String>,
+    },
 }
 
 /// One upstream host.

@@ -3,7 +3,8 @@
 //! Mapped: `name`; `type` STATIC, EDS (hosts from the assignment named by
 //! `eds_cluster_config.service_name`, else the cluster's name) and ORIGINAL_DST; `lb_policy`
 //! (Envoy's ROUND_ROBIN is weighted: `weighted_round_robin`); `ring_hash_lb_config.minimum_ring_size`;
-//! `connect_timeout`; one `health_checks` entry (HTTP or TCP); `outlier_detection`
+//! `connect_timeout`; one `health_checks` entry (HTTP, TCP or gRPC: `grpc_health_check`'s
+//! `service_name` and `authority`; `initial_metadata` refused); `outlier_detection`
 //! (consecutive 5xx and gateway failures with their `enforcing_*` at 0 or 100, ejection times and
 //! percentage); `circuit_breakers` (DEFAULT priority); `common_lb_config.healthy_panic_threshold`.
 //! Endpoints: every locality of priority 0, hosts whose `health_status` is UNHEALTHY, DRAINING
@@ -446,8 +447,28 @@ fn health_check(hc: &HealthCheck, at: &At<'_>) -> Result<Value, TranslateError> 
                 ]),
             )
         }
+        Some(HealthChecker::GrpcHealthCheck(mut g)) => {
+            let g_at = at.field("grpc_health_check");
+            // Envoy's empty defaults: the overall health, the cluster's name as authority.
+            let service_name = json!(take(&mut g.service_name));
+            let authority = match take(&mut g.authority) {
+                s if s.is_empty() => None,
+                s => Some(json!(s)),
+            };
+            // `initial_metadata` (headers added to the call) is not supported: named.
+            reject_rest(&g, &g_at)?;
+            (
+                "grpc",
+                object([
+                    ("service_name", Some(service_name)),
+                    ("authority", authority),
+                ]),
+            )
+        }
         Some(_) => {
-            return Err(at.error("only http_health_check and tcp_health_check are supported"));
+            return Err(at.error(
+                "only http_health_check, tcp_health_check and grpc_health_check are supported",
+            ));
         }
         None => return Err(at.error("no health checker")),
     };

@@ -1134,3 +1134,122 @@ fn virtual_host_domains_lose_their_ports() {
         ])
     );
 }
+
+fn grpc_health_check(
+    g: envoy_types::pb::envoy::config::core::v3::health_check::GrpcHealthCheck,
+) -> envoy_types::pb::envoy::config::core::v3::HealthCheck {
+    use envoy_types::pb::envoy::config::core::v3::{HealthCheck, health_check::HealthChecker};
+    HealthCheck {
+        timeout: Some(PbDuration {
+            seconds: 2,
+            nanos: 0,
+        }),
+        interval: Some(PbDuration {
+            seconds: 5,
+            nanos: 0,
+        }),
+        unhealthy_threshold: Some(UInt32Value { value: 3 }),
+        healthy_threshold: Some(UInt32Value { value: 1 }),
+        health_checker: Some(HealthChecker::GrpcHealthCheck(g)),
+        ..HealthCheck::default()
+    }
+}
+
+#[test]
+fn a_grpc_health_check_translates_and_initial_metadata_is_named() {
+    use envoy_types::pb::envoy::config::core::v3::health_check::GrpcHealthCheck;
+    use sluice_core::config::HealthProbe;
+
+    let with = |g: GrpcHealthCheck| {
+        let mut r = resources();
+        r.clusters
+            .get_mut("web")
+            .expect("web")
+            .health_checks
+            .push(grpc_health_check(g));
+        r
+    };
+    // Envoy's defaults (empty): the overall health, the cluster's name as authority.
+    let c = assemble(&bootstrap(), &with(GrpcHealthCheck::default()))
+        .expect("valid")
+        .config;
+    let hc = c.clusters[0].health_check.as_ref().expect("checked");
+    assert_eq!(
+        hc.probe,
+        HealthProbe::Grpc {
+            service_name: String::new(),
+            authority: None
+        }
+    );
+    assert_eq!(hc.settings.interval, std::time::Duration::from_secs(5));
+    assert_eq!(hc.settings.timeout, std::time::Duration::from_secs(2));
+    assert_eq!(
+        (
+            hc.settings.unhealthy_threshold,
+            hc.settings.healthy_threshold
+        ),
+        (3, 1)
+    );
+
+    let c = assemble(
+        &bootstrap(),
+        &with(GrpcHealthCheck {
+            service_name: "reviews.Reviews".into(),
+            authority: "reviews.default.svc".into(),
+            ..GrpcHealthCheck::default()
+        }),
+    )
+    .expect("valid")
+    .config;
+    assert_eq!(
+        c.clusters[0].health_check.as_ref().expect("checked").probe,
+        HealthProbe::Grpc {
+            service_name: "reviews.Reviews".into(),
+            authority: Some("reviews.default.svc".into())
+        }
+    );
+
+    // Headers added to the call: not supported, named with their path (a NACK).
+    let e = errors(&with(GrpcHealthCheck {
+        initial_metadata: vec![overwrite("x-probe", "1")],
+        ..GrpcHealthCheck::default()
+    }));
+    assert_eq!(
+        e,
+        ["cluster \"web\" health_checks[0].grpc_health_check.initial_metadata: unsupported"]
+    );
+    // An authority the config refuses: the error names the resource and the config path.
+    let e = errors(&with(GrpcHealthCheck {
+        authority: "a b".into(),
+        ..GrpcHealthCheck::default()
+    }));
+    assert_eq!(e.len(), 1, "{e:?}");
+    assert!(
+        e[0].starts_with("cluster \"web\"") && e[0].contains("health_check.grpc.authority"),
+        "{e:?}"
+    );
+}
+
+#[test]
+fn other_health_checkers_are_refused_by_name() {
+    use envoy_types::pb::envoy::config::core::v3::{
+        HealthCheck, health_check::CustomHealthCheck, health_check::HealthChecker,
+    };
+    let mut r = resources();
+    r.clusters
+        .get_mut("web")
+        .expect("web")
+        .health_checks
+        .push(HealthCheck {
+            health_checker: Some(HealthChecker::CustomHealthCheck(
+                CustomHealthCheck::default(),
+            )),
+            ..grpc_health_check(Default::default())
+        });
+    let e = errors(&r);
+    assert_eq!(e.len(), 1, "{e:?}");
+    assert!(
+        e[0].contains("only http_health_check, tcp_health_check and grpc_health_check"),
+        "{e:?}"
+    );
+}

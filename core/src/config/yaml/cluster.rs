@@ -125,33 +125,39 @@ pub(super) fn ring_hash(dec: &mut Decoder, path: &str, v: &Value, default: u32) 
     size
 }
 
-/// `health_check: { http: {...} | tcp: {} | bolt: {}, interval, timeout, jitter, ... }`.
+/// `health_check: { http: {...} | tcp: {} | bolt: {} | grpc: {...}, interval, timeout, ... }`.
 pub(super) fn health_check(dec: &mut Decoder, path: &str, v: &Value) -> Option<HealthCheckConfig> {
     let mut obj = dec.object(path, v)?;
     let d = HealthCheckSettings::default();
-    let probes = [obj.opt("http"), obj.opt("tcp"), obj.opt("bolt")];
-    let set: Vec<_> = probes.iter().flatten().collect();
-    let probe = match set.len() {
-        0 => {
-            dec.error(path, "missing the probe: set one of http, tcp, bolt");
+    let probes = [
+        obj.opt("http"),
+        obj.opt("tcp"),
+        obj.opt("bolt"),
+        obj.opt("grpc"),
+    ];
+    let set: Vec<_> = probes
+        .iter()
+        .enumerate()
+        .filter_map(|(i, p)| Some((i, p.as_ref()?)))
+        .collect();
+    let probe = match set.as_slice() {
+        [] => {
+            dec.error(path, "missing the probe: set one of http, tcp, bolt, grpc");
             None
         }
-        1 => {
-            let (v, p) = set[0];
-            if probes[0].is_some() {
-                http_probe(dec, p, v)
+        [(0, (v, p))] => http_probe(dec, p, v),
+        [(3, (v, p))] => grpc_probe(dec, p, v),
+        [(i, (v, p))] => {
+            let empty = dec.object(p, v)?;
+            empty.finish(dec);
+            Some(if *i == 1 {
+                HealthProbe::Tcp
             } else {
-                let empty = dec.object(p, v)?;
-                empty.finish(dec);
-                Some(if probes[1].is_some() {
-                    HealthProbe::Tcp
-                } else {
-                    HealthProbe::Bolt
-                })
-            }
+                HealthProbe::Bolt
+            })
         }
         _ => {
-            dec.error(path, "set only one of http, tcp, bolt");
+            dec.error(path, "set only one of http, tcp, bolt, grpc");
             None
         }
     };
@@ -190,6 +196,51 @@ pub(super) fn health_check(dec: &mut Decoder, path: &str, v: &Value) -> Option<H
             healthy_threshold: healthy?,
             no_traffic_interval: no_traffic?,
         },
+    })
+}
+
+/// `grpc: { service_name: "", authority: "" }` (Envoy's `grpc_health_check` names).
+fn grpc_probe(dec: &mut Decoder, path: &str, v: &Value) -> Option<HealthProbe> {
+    let mut obj = dec.object(path, v)?;
+    let service_name = match obj.opt("service_name") {
+        Some((v, p)) => dec.string(&p, v).and_then(|s| {
+            if s.len() <= crate::health::grpc::MAX_SERVICE_NAME {
+                Some(s.to_owned())
+            } else {
+                dec.error(
+                    &p,
+                    format!(
+                        "longer than {} bytes",
+                        crate::health::grpc::MAX_SERVICE_NAME
+                    ),
+                );
+                None
+            }
+        }),
+        None => Some(String::new()),
+    };
+    let authority = match obj.opt("authority") {
+        // Envoy's empty default: the cluster's name.
+        Some((Value::String(s), _)) if s.is_empty() => Some(None),
+        Some((v, p)) => dec.string(&p, v).and_then(|s| {
+            if crate::health::grpc::is_authority(s) {
+                Some(Some(s.to_owned()))
+            } else {
+                dec.error(
+                    &p,
+                    format!(
+                        "{s:?} is not an authority (host[:port], no spaces, '/', '?', '#', '@')"
+                    ),
+                );
+                None
+            }
+        }),
+        None => Some(None),
+    };
+    obj.finish(dec);
+    Some(HealthProbe::Grpc {
+        service_name: service_name?,
+        authority: authority?,
     })
 }
 

@@ -372,7 +372,7 @@ clusters:
     let errs = errors(text);
     let expected = [
         "clusters[0].hash_policy: applies only to lb_policy ring_hash or maglev (this cluster uses round_robin)",
-        "clusters[0].health_check: set only one of http, tcp, bolt",
+        "clusters[0].health_check: set only one of http, tcp, bolt, grpc",
         "clusters[0].health_check.interval: must be greater than zero",
         "clusters[0].health_check.jitter: \"150%\" is not a percentage from 0% to 100% (e.g. 10%)",
         "clusters[0].health_check.unhealthy_threshold: 0 is not a whole number from 1 to 1000",
@@ -382,7 +382,7 @@ clusters:
         "clusters[1].hash_policy[0].header: \"bad header\" is not a valid header name",
         "clusters[1].hash_policy[1]: expected one of: header, source_ip",
         "clusters[1].hash_policy[2].source_ip: must be true (leave the entry out instead)",
-        "clusters[1].health_check: missing the probe: set one of http, tcp, bolt",
+        "clusters[1].health_check: missing the probe: set one of http, tcp, bolt, grpc",
     ];
     for e in expected {
         assert!(
@@ -1831,4 +1831,97 @@ fn dns_settings_are_checked() {
     );
     let errs = errors(&DNS.replace("backend.default.svc.cluster.local:8080", "backend"));
     assert!(errs[0].contains("expected NAME:PORT"), "{errs:?}");
+}
+
+#[test]
+fn a_grpc_health_check_takes_envoys_fields_and_names_its_mistakes() {
+    let c = Config::from_yaml(
+        r#"
+listeners:
+  - { name: t, address: 127.0.0.1:10001, tcp_proxy: { cluster: plain } }
+clusters:
+  - name: plain
+    health_check: { grpc: {} }
+    hosts: [ { address: 127.0.0.1:7001 } ]
+  - name: named
+    protocol: http2
+    health_check:
+      grpc: { service_name: sluice.test.Echo, authority: "echo.internal:50051" }
+      interval: 2s
+    hosts: [ { address: 127.0.0.1:7002 } ]
+  - name: empty_authority
+    health_check: { grpc: { service_name: "", authority: "" } }
+    hosts: [ { address: 127.0.0.1:7003 } ]
+"#,
+    )
+    .unwrap();
+    let probe = |i: usize| c.clusters[i].health_check.as_ref().unwrap().probe.clone();
+    // Envoy's defaults: the server's overall health, the cluster's name as authority.
+    assert_eq!(
+        probe(0),
+        HealthProbe::Grpc {
+            service_name: String::new(),
+            authority: None
+        }
+    );
+    assert_eq!(
+        probe(1),
+        HealthProbe::Grpc {
+            service_name: "sluice.test.Echo".into(),
+            authority: Some("echo.internal:50051".into())
+        }
+    );
+    assert_eq!(probe(2), probe(0));
+    // The dump (without its nulls, as `/config_dump` serves it) loads back into the same
+    // clusters, defaults written out.
+    let mut dumped = serde_json::to_value(&c).unwrap();
+    assert_eq!(
+        dumped["clusters"][1]["health_check"]["grpc"],
+        serde_json::json!({ "service_name": "sluice.test.Echo", "authority": "echo.internal:50051" })
+    );
+    assert_eq!(
+        dumped["clusters"][0]["health_check"]["grpc"],
+        serde_json::json!({ "service_name": "" })
+    );
+    fn without_nulls(v: &mut serde_json::Value) {
+        match v {
+            serde_json::Value::Object(m) => {
+                m.retain(|_, c| !c.is_null());
+                m.values_mut().for_each(without_nulls);
+            }
+            serde_json::Value::Array(a) => a.iter_mut().for_each(without_nulls),
+            _ => {}
+        }
+    }
+    without_nulls(&mut dumped);
+    assert_eq!(
+        Config::from_yaml(&dumped.to_string()).unwrap().clusters,
+        c.clusters
+    );
+
+    let errs = errors(
+        r#"
+clusters:
+  - name: a
+    health_check: { grpc: { service: x } }
+    hosts: [ { address: 127.0.0.1:7001 } ]
+  - name: b
+    health_check: { grpc: {}, tcp: {} }
+    hosts: [ { address: 127.0.0.1:7002 } ]
+  - name: c
+    health_check: { grpc: { authority: "a b/c", service_name: 7 } }
+    hosts: [ { address: 127.0.0.1:7003 } ]
+"#,
+    );
+    for e in [
+        "clusters[0].health_check.grpc.service: unknown field",
+        "clusters[1].health_check: set only one of http, tcp, bolt, grpc",
+        "clusters[2].health_check.grpc.service_name: ",
+        "clusters[2].health_check.grpc.authority: \"a b/c\" is not an authority",
+    ] {
+        assert!(
+            errs.iter().any(|got| got.starts_with(e)),
+            "missing {e:?} in {errs:#?}"
+        );
+    }
 }

@@ -8,7 +8,8 @@
 //! | [`CircuitBreakers`] | whether one more connection / pending request / request / retry may start | acquire and release |
 //! | [`availability`] | which hosts the balancer may pick, and whether the cluster is in panic | the two above |
 //!
-//! None of them does IO: the runtime runs the probes (TCP connect, HTTP GET, Bolt heartbeat),
+//! None of them does IO: the runtime runs the probes (TCP connect, HTTP GET, Bolt heartbeat,
+//! gRPC `Health/Check`, whose messages and verdict are [`grpc`]'s),
 //! feeds the results back, and copies [`Availability`] into its `ClusterState`
 //! ([`crate::cluster::ClusterState::apply_availability`]) whenever a [`HealthEvent`] or an
 //! [`OutlierEvent`] came out.
@@ -26,6 +27,7 @@
 
 mod active;
 mod breaker;
+pub mod grpc;
 mod outlier;
 
 pub use active::{ActiveHealthChecker, HealthAction, HealthEvent, HostHealth, ProbeResult};
