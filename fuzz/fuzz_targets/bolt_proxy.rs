@@ -27,7 +27,7 @@ mod model {
 
     use sluice_core::bolt::{
         Action, BoltProxy, CMD_HEARTBEAT, CMD_REQUEST, CMD_VERSION, CODEC_HESSIAN2,
-        DEFAULT_MAX_FRAME_SIZE, DownstreamId, DownstreamVerdict, Kind, RequestSpec, ResponseStatus,
+        DEFAULT_MAX_FRAME_SIZE, DownstreamId, DownstreamVerdict, Dropped, Kind, RequestSpec, ResponseStatus,
         UpstreamId, UpstreamVerdict, Version, decode, encode_heartbeat_reply, encode_request,
         encode_response, set_request_id,
     };

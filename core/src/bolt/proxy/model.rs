@@ -414,7 +414,7 @@ impl Model {
                     }
                     DownstreamVerdict::Drop(why) => {
                         assert!(oneway, "a request dropped");
-                        assert_ne!(why, super::Dropped::NotARequest, "a oneway request dropped as no request");
+                        assert_ne!(why, Dropped::NotARequest, "a oneway request dropped as no request");
                     }
                     DownstreamVerdict::AnswerHeartbeat => {
                         panic!("a request answered as a heartbeat")

@@ -25,9 +25,9 @@ mod model {
 
     use crate::bolt::{
         Action, BoltProxy, CMD_HEARTBEAT, CMD_REQUEST, CMD_VERSION, CODEC_HESSIAN2,
-        DEFAULT_MAX_FRAME_SIZE, DownstreamId, DownstreamVerdict, Kind, RequestSpec, ResponseStatus,
-        UpstreamId, UpstreamVerdict, Version, decode, encode_heartbeat_reply, encode_request,
-        encode_response, set_request_id,
+        DEFAULT_MAX_FRAME_SIZE, DownstreamId, DownstreamVerdict, Dropped, Kind, RequestSpec,
+        ResponseStatus, UpstreamId, UpstreamVerdict, Version, decode, encode_heartbeat_reply,
+        encode_request, encode_response, set_request_id,
     };
     use crate::cluster::{ClusterState, HostId};
     use crate::config::Config;
