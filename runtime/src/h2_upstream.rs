@@ -191,8 +191,10 @@ pub(crate) enum Peer {
 /// Destinations of `original_dst` clusters with HTTP/2 connections pooled, per worker (as many
 /// as HTTP/1.1's [`crate::pool::MAX_IDLE_DESTINATIONS`]). A connection to one more destination
 /// takes the place of the destination idle the longest (no stream open on any of its
-/// connections), whose connections close; when every destination has a stream open, it is not
-/// pooled and serves its one request.
+/// connections), whose connections close; when every destination has a stream open, of the one
+/// with the fewest streams open: its connections leave the pool (no new stream goes on them),
+/// finish the streams they carry and then close — so the new destination is pooled, and a
+/// burst to it still opens one connection.
 pub const MAX_DESTINATIONS: usize = crate::pool::MAX_IDLE_DESTINATIONS;
 
 /// Connections of `original_dst` clusters by `(cluster, destination)`; an entry whose last
@@ -412,33 +414,32 @@ impl H2Pool {
         self.settled.notify_waiters();
     }
 
-    /// Hands a new connection (from [`crate::h2_upstream::handshake`]) to the pool; `false`
-    /// when it was not pooled (one destination more than [`MAX_DESTINATIONS`], every one busy).
-    pub(crate) fn put(&self, cluster: usize, peer: Peer, conn: Rc<H2Conn>) -> bool {
+    /// Hands a new connection (from [`crate::h2_upstream::handshake`]) to the pool. A
+    /// destination beyond [`MAX_DESTINATIONS`] makes room (see there).
+    pub(crate) fn put(&self, cluster: usize, peer: Peer, conn: Rc<H2Conn>) {
         let d = match peer {
             Peer::Host(host) => {
                 self.conns.borrow_mut()[cluster][host].push(conn);
-                return true;
+                return;
             }
             Peer::Destination(d) => d,
         };
         let mut all = self.by_destination.borrow_mut();
         if all.len() >= self.max_destinations && !all.contains_key(&(cluster, d)) {
-            // The destination idle the longest goes; one with a stream open stays.
-            let coldest = all
+            // The destination idle the longest goes; when every one has a stream open, the
+            // one with the fewest (its streams finish on connections that left the pool).
+            let streams =
+                |list: &Vec<Rc<H2Conn>>| list.iter().map(|c| c.streams.get()).sum::<usize>();
+            let idle_since = |list: &Vec<Rc<H2Conn>>| list.iter().map(|c| c.idle_since.get()).max();
+            let leaving = all
                 .iter()
-                .filter(|(_, list)| list.iter().all(|c| c.streams.get() == 0))
-                .min_by_key(|(_, list)| list.iter().map(|c| c.idle_since.get()).max())
+                .min_by_key(|(_, list)| (streams(list), idle_since(list)))
                 .map(|(k, _)| *k);
-            match coldest {
-                Some(k) => {
-                    all.remove(&k);
-                }
-                None => return false,
+            if let Some(k) = leaving {
+                all.remove(&k);
             }
         }
         all.entry((cluster, d)).or_default().push(conn);
-        true
     }
 
     /// Drops the connections that ended, go away, or had no stream for their cluster's idle
@@ -1151,7 +1152,7 @@ mod tests {
                 );
                 assert!(pool.take(0, Peer::Destination(d1), &stats).is_none());
                 let c1 = connection(&stats, at(0)).await;
-                assert!(pool.put(0, Peer::Destination(d1), c1.clone()));
+                pool.put(0, Peer::Destination(d1), c1.clone());
                 // Handed out again and again (multiplexed), to its destination only.
                 for _ in 0..3 {
                     let got = pool.take(0, Peer::Destination(d1), &stats).expect("pooled");
@@ -1176,22 +1177,35 @@ mod tests {
                 assert!(pool.connecting_to.borrow().is_empty(), "attempt entry left");
 
                 let c2 = connection(&stats, at(10)).await;
-                assert!(pool.put(0, Peer::Destination(d2), c2.clone()));
+                pool.put(0, Peer::Destination(d2), c2.clone());
                 // A third destination: the one idle the longest (d1) makes room.
                 let c3 = connection(&stats, at(20)).await;
-                assert!(pool.put(0, Peer::Destination(d3), c3.clone()));
+                pool.put(0, Peer::Destination(d3), c3.clone());
                 assert_eq!(pool.destination_count(), 2);
                 assert!(pool.take(0, Peer::Destination(d1), &stats).is_none());
-                // Every destination busy: one more is not pooled (it serves its request).
-                c2.streams.set(1);
+                // Every destination busy: the one with the fewest streams open (d3) leaves the
+                // pool — its connection keeps its streams, takes no new one — and the new
+                // destination is pooled, so its next requests share its connection.
+                c2.streams.set(2);
                 c3.streams.set(1);
                 let c4 = connection(&stats, at(30)).await;
-                assert!(!pool.put(0, Peer::Destination(d4), c4));
-                assert!(pool.take(0, Peer::Destination(d4), &stats).is_none());
+                pool.put(0, Peer::Destination(d4), c4.clone());
+                assert_eq!(pool.destination_count(), 2);
+                assert!(pool.take(0, Peer::Destination(d3), &stats).is_none());
+                let got = pool
+                    .take(0, Peer::Destination(d4), &stats)
+                    .expect("d4 pooled");
+                assert!(Rc::ptr_eq(&got, &c4));
+                assert!(
+                    !c3.ended.get(),
+                    "a connection that left the pool keeps its streams"
+                );
                 assert_eq!(pool.connection_count(), 2);
                 // The sweep: a busy connection stays whatever its age; an idle one past the
                 // timeout goes, and its destination with it.
-                c3.streams.set(0);
+                c4.streams.set(0);
+                c4.idle_since.set(at(30));
+                c2.streams.set(1);
                 assert_eq!(pool.sweep(at(25_000)), 0);
                 assert_eq!(pool.sweep(at(60_000)), 1);
                 assert_eq!(pool.destination_count(), 1);
