@@ -650,17 +650,44 @@ fn grpc_errors_the_proxy_answers_are_trailers_only_with_envoys_status() {
     }
     let dir = TempDir::new("grpc-local");
     let (listen, admin, up, dead) = (free_port(), free_port(), free_port(), free_port());
-    let _up = start_grpc_server(&dir, "up", up);
-    // The route's timeout passes before the answer: DEADLINE_EXCEEDED from the proxy.
+    // The route's timeout passes before the answer: DEADLINE_EXCEEDED from the proxy. (An
+    // upstream that ignores `grpc-timeout`: a grpc-js server enforces the deadline the proxy
+    // sends it — the time left of the route's — and its own DEADLINE_EXCEEDED could reach the
+    // client first on a loaded machine.)
+    let (_up, _) = start_h2_upstream(&dir, "up", up);
     let _sluice = start_sluice(
         &dir,
         &config_with_timeout(listen, admin, &[up], "300ms"),
         1,
         addr(listen),
     );
-    let slow = grpc_client(listen, "slow:3000");
-    assert_eq!(slow["code"], 4, "{slow}");
-    assert_eq!(slow["details"], "upstream request timeout", "{slow}");
+    let out = run(
+        "curl",
+        &[
+            "-sS",
+            "--max-time",
+            "10",
+            "--http2-prior-knowledge",
+            "-D",
+            "-",
+            "-o",
+            "/dev/null",
+            "-H",
+            "content-type: application/grpc",
+            "-H",
+            "te: trailers",
+            "--data-binary",
+            "",
+            &format!("http://127.0.0.1:{listen}/slow/3000/sluice.test.Echo/Unary"),
+        ],
+    );
+    let head = String::from_utf8_lossy(&out.stdout).to_lowercase();
+    assert!(head.starts_with("http/2 200"), "{head}");
+    assert!(head.contains("grpc-status: 4\r\n"), "{head}");
+    assert!(
+        head.contains("grpc-message: upstream request timeout\r\n"),
+        "{head}"
+    );
 
     // No upstream listening: UNAVAILABLE with the proxy's reason.
     let dir2 = TempDir::new("grpc-local-dead");
