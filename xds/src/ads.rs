@@ -14,7 +14,8 @@
 //!
 //! Inputs ([`Input`]): the stream connected or lost, a response, the outcome of applying a
 //! config, the expiry of the warming timer. Outputs ([`Output`]), drained with
-//! [`Ads::poll_output`] after every input: requests to send, a config to apply, a timer to arm.
+//! [`Ads::poll_output`] after every input: requests to send (each saying what it is: an ACK, a
+//! NACK or a subscription, [`Answer`]), a config to apply, a timer to arm, (delta) a resync.
 //!
 //! Rules:
 //! - **Warming**: a config is produced only when every EDS cluster has its assignment and every
@@ -52,13 +53,23 @@
 //!   unsubscribe from the names no longer needed, in a request without a nonce, as soon as the
 //!   candidate changes them.
 //! - ACK: a request with the response's nonce and no `error_detail`; NACK: the nonce and
-//!   `error_detail`. There is no `version_info`: the type's accepted version is the response's
+//!   `error_detail`. An ACK or NACK that would be the type's first request on the stream (an
+//!   unsolicited RDS or EDS response before any name is needed) carries the whole subscription,
+//!   or is not sent when there is none: a first request naming nothing would subscribe to
+//!   everything (legacy wildcard). There is no `version_info`: the type's accepted version is the response's
 //!   `system_version_info` (shown in status, for debugging), and each accepted resource's own
 //!   version is kept (those of the resources in the config serving).
 //! - Reconnect: the first request of each type resends the whole subscription (`*` for CDS and
 //!   LDS, the needed names for RDS and EDS) and carries `initial_resource_versions`: the
 //!   accepted version of each resource of that type serving (for RDS and EDS, of the names
 //!   subscribed to), so that the server sends only what changed and the removals.
+//! - **Resync after a NACK**: a delta server records what it sent and does not send it again
+//!   until it changes, so the responses a NACK drops (a good update refused along with a bad
+//!   one, a listener whose apply failed) would be lost for the stream's life. After the first
+//!   NACK on a stream the machine emits [`Output::Resync`]: the runtime ends the stream and
+//!   opens a new one after its backoff (not reset by such a stream, so a resource refused on
+//!   every resync is retried at most as often as the backoff allows); the new stream's
+//!   `initial_resource_versions` name only what serves, so the server sends the rest again.
 
 use std::collections::{BTreeMap, BTreeSet, HashSet, VecDeque};
 
@@ -104,13 +115,31 @@ pub enum Input {
     WarmingTimeout(u64),
 }
 
+/// What a request says, for the runtime's counters and status (an ACK and a subscription change
+/// may look alike on the wire: a state-of-the-world subscription change repeats the last nonce).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Answer {
+    /// Accepts the response of its nonce.
+    Ack,
+    /// Refuses the response of its nonce (`error_detail`).
+    Nack,
+    /// A subscription (first request of a type on a stream, or a change of names): answers no
+    /// response.
+    Subscription,
+}
+
 /// What the runtime must do.
 #[derive(Clone, Debug)]
 pub enum Output {
-    /// Send this request on the stream (state of the world).
-    Send(Box<DiscoveryRequest>),
-    /// Send this request on the stream (delta).
-    SendDelta(Box<DeltaDiscoveryRequest>),
+    /// Send this request on the stream (state of the world); what it says.
+    Send(Box<DiscoveryRequest>, Answer),
+    /// Send this request on the stream (delta); what it says.
+    SendDelta(Box<DeltaDiscoveryRequest>, Answer),
+    /// Delta: end the stream and open a new one after the usual backoff (without resetting it).
+    /// Emitted (once per stream) after a NACK: the refused responses are dropped, and a delta
+    /// server never resends what it sent until it changes; on the new stream
+    /// `initial_resource_versions` names only what serves, so the server sends the rest again.
+    Resync,
     /// Apply this config (the file's static part and the dynamic resources) through the
     /// reload path, then report [`Input::Applied`] or [`Input::ApplyFailed`] with `id`.
     Apply {
@@ -214,6 +243,8 @@ pub struct Ads {
     /// new stream with an old nonce.
     stream: u64,
     node_sent: bool,
+    /// Delta: [`Output::Resync`] was emitted on the current stream.
+    resync: bool,
     next_id: u64,
     /// The warming timer armed, if any (its id), and whether it expired.
     warming_timer: Option<u64>,
@@ -247,6 +278,7 @@ impl Ads {
             connected: false,
             stream: 0,
             node_sent: false,
+            resync: false,
             next_id: 1,
             warming_timer: None,
             warming_expired: false,
@@ -292,6 +324,7 @@ impl Ads {
                 self.connected = true;
                 self.stream += 1;
                 self.node_sent = false;
+                self.resync = false;
                 for t in self.types.values_mut() {
                     t.nonce.clear();
                     t.requested = false;
@@ -301,7 +334,7 @@ impl Ads {
                     if kind.is_full_state() || !self.types[&kind].names.is_empty() {
                         match self.mode {
                             XdsMode::Sotw => self.request(kind, None),
-                            XdsMode::Delta => self.resubscribe_delta(kind),
+                            XdsMode::Delta => self.resubscribe_delta(kind, None),
                         }
                     }
                 }
@@ -354,33 +387,46 @@ impl Ads {
         if self.mode == XdsMode::Delta {
             // Delta subscription changes are sent by `subscribe` and on connecting.
             if let Some((nonce, error)) = answer {
-                self.types
-                    .get_mut(&kind)
-                    .expect("every type")
-                    .nonce
-                    .clone_from(&nonce);
-                self.send_delta(DeltaDiscoveryRequest {
-                    type_url: kind.type_url().to_owned(),
-                    response_nonce: nonce,
-                    error_detail: error.map(error_status),
-                    ..Default::default()
-                });
+                let state = self.types.get_mut(&kind).expect("every type");
+                state.nonce.clone_from(&nonce);
+                if !state.requested {
+                    // The type's first request on this stream: an ACK or NACK without names
+                    // would be a (legacy) wildcard subscription, so it is the whole
+                    // subscription (or nothing, when there is none).
+                    self.resubscribe_delta(kind, Some((nonce, error)));
+                    return;
+                }
+                let nack = error.is_some();
+                self.send_delta(
+                    DeltaDiscoveryRequest {
+                        type_url: kind.type_url().to_owned(),
+                        response_nonce: nonce,
+                        error_detail: error.map(error_status),
+                        ..Default::default()
+                    },
+                    if nack { Answer::Nack } else { Answer::Ack },
+                );
             }
             return;
         }
         let state = self.types.get_mut(&kind).expect("every type");
-        let (nonce, error) = match answer {
+        let (nonce, error, what) = match answer {
             Some((nonce, error)) => {
                 state.nonce.clone_from(&nonce);
-                (nonce, error)
+                let what = if error.is_some() {
+                    Answer::Nack
+                } else {
+                    Answer::Ack
+                };
+                (nonce, error, what)
             }
-            None => (state.nonce.clone(), None),
+            None => (state.nonce.clone(), None, Answer::Subscription),
         };
         state.requested = true;
         let node = (!self.node_sent).then(|| self.node.clone());
         self.node_sent = true;
-        self.outputs
-            .push_back(Output::Send(Box::new(DiscoveryRequest {
+        self.outputs.push_back(Output::Send(
+            Box::new(DiscoveryRequest {
                 version_info: state.accepted_version.clone(),
                 node,
                 resource_names: state.names.iter().cloned().collect(),
@@ -388,11 +434,14 @@ impl Ads {
                 response_nonce: nonce,
                 error_detail: error.map(error_status),
                 ..Default::default()
-            })));
+            }),
+            what,
+        ));
     }
 
-    /// Sends a delta request, with the node when it is the stream's first.
-    fn send_delta(&mut self, mut req: DeltaDiscoveryRequest) {
+    /// Sends a delta request, with the node when it is the stream's first; after a NACK, asks
+    /// for a resync (once per stream).
+    fn send_delta(&mut self, mut req: DeltaDiscoveryRequest, what: Answer) {
         if !self.connected {
             return;
         }
@@ -403,12 +452,18 @@ impl Ads {
             req.node = Some(self.node.clone());
             self.node_sent = true;
         }
-        self.outputs.push_back(Output::SendDelta(Box::new(req)));
+        self.outputs
+            .push_back(Output::SendDelta(Box::new(req), what));
+        if what == Answer::Nack && !self.resync {
+            self.resync = true;
+            self.outputs.push_back(Output::Resync);
+        }
     }
 
-    /// Delta, on a new stream: the whole subscription of `kind` (`*` for CDS and LDS) and the
-    /// versions of the resources of it serving.
-    fn resubscribe_delta(&mut self, kind: ResourceType) {
+    /// Delta, the first request of `kind` on a stream: the whole subscription (`*` for CDS and
+    /// LDS) and the versions of the resources of it serving; with `answer`, it also ACKs or
+    /// NACKs that nonce. Nothing when RDS or EDS has no names.
+    fn resubscribe_delta(&mut self, kind: ResourceType, answer: Option<(String, Option<String>)>) {
         let state = &self.types[&kind];
         let subscribe: Vec<String> = if kind.is_full_state() {
             vec!["*".to_owned()]
@@ -424,12 +479,22 @@ impl Ads {
             .filter(|(name, _)| kind.is_full_state() || state.names.contains(*name))
             .map(|(n, v)| (n.clone(), v.clone()))
             .collect();
-        self.send_delta(DeltaDiscoveryRequest {
-            type_url: kind.type_url().to_owned(),
-            resource_names_subscribe: subscribe,
-            initial_resource_versions,
-            ..Default::default()
-        });
+        let (response_nonce, error, what) = match answer {
+            None => (String::new(), None, Answer::Subscription),
+            Some((nonce, None)) => (nonce, None, Answer::Ack),
+            Some((nonce, Some(e))) => (nonce, Some(error_status(e)), Answer::Nack),
+        };
+        self.send_delta(
+            DeltaDiscoveryRequest {
+                type_url: kind.type_url().to_owned(),
+                resource_names_subscribe: subscribe,
+                initial_resource_versions,
+                response_nonce,
+                error_detail: error,
+                ..Default::default()
+            },
+            what,
+        );
     }
 
     /// The responses are in the serving config: their versions are accepted, and the latest of
@@ -655,14 +720,17 @@ impl Ads {
             XdsMode::Delta => {
                 // The first request of a type on a stream is the whole subscription.
                 if !self.types[&kind].requested {
-                    self.resubscribe_delta(kind);
+                    self.resubscribe_delta(kind, None);
                 } else {
-                    self.send_delta(DeltaDiscoveryRequest {
-                        type_url: kind.type_url().to_owned(),
-                        resource_names_subscribe: subscribe,
-                        resource_names_unsubscribe: unsubscribe,
-                        ..Default::default()
-                    });
+                    self.send_delta(
+                        DeltaDiscoveryRequest {
+                            type_url: kind.type_url().to_owned(),
+                            resource_names_subscribe: subscribe,
+                            resource_names_unsubscribe: unsubscribe,
+                            ..Default::default()
+                        },
+                        Answer::Subscription,
+                    );
                 }
             }
         }

@@ -23,7 +23,7 @@ fn sent(outputs: &[Output]) -> Vec<&DiscoveryRequest> {
     outputs
         .iter()
         .filter_map(|o| match o {
-            Output::Send(r) => Some(&**r),
+            Output::Send(r, _) => Some(&**r),
             _ => None,
         })
         .collect()
@@ -486,5 +486,72 @@ fn undecodable_or_duplicate_resources_are_nacked_at_once() {
             .error_detail
             .as_ref()
             .is_some_and(|e| e.message.contains("undecodable"))
+    );
+}
+
+/// What each request says, from the machine: after an EDS NACK, the EDS subscription change a
+/// new cluster brings repeats the NACKed nonce without `error_detail`; it is a subscription,
+/// not an ACK (the runtime counted it as one).
+#[test]
+fn requests_say_whether_they_ack_nack_or_subscribe() {
+    let whats = |out: &[Output]| -> Vec<(ResourceType, String, Answer)> {
+        out.iter()
+            .filter_map(|o| match o {
+                Output::Send(r, what) => Some((
+                    ResourceType::from_type_url(&r.type_url).expect("known"),
+                    r.response_nonce.clone(),
+                    *what,
+                )),
+                _ => None,
+            })
+            .collect()
+    };
+    let mut a = ads();
+    a.handle_input(Input::Connected);
+    assert!(
+        whats(&drain(&mut a))
+            .iter()
+            .all(|(_, _, w)| *w == Answer::Subscription)
+    );
+    let mut a = serving();
+    a.handle_input(response(
+        Eds,
+        "2",
+        "e2",
+        vec![Any {
+            type_url: Eds.type_url().into(),
+            value: vec![0xff, 0xff, 0xff],
+        }],
+    ));
+    assert_eq!(
+        whats(&drain(&mut a)),
+        [(Eds, "e2".to_owned(), Answer::Nack)]
+    );
+    a.handle_input(response(
+        Cds,
+        "2",
+        "c2",
+        vec![any(&eds_cluster("web")), any(&eds_cluster("api"))],
+    ));
+    let out = drain(&mut a);
+    assert_eq!(sent(&out)[0].error_detail, None);
+    assert_eq!(whats(&out), [(Eds, "e2".to_owned(), Answer::Subscription)]);
+    a.handle_input(response(
+        Eds,
+        "3",
+        "e3",
+        vec![
+            any(&assignment("web", &[("127.0.0.1", 8001, 0)])),
+            any(&assignment("api", &[("127.0.0.1", 8002, 0)])),
+        ],
+    ));
+    let out = drain(&mut a);
+    a.handle_input(Input::Applied(apply_id(&out).expect("apply")));
+    assert_eq!(
+        whats(&drain(&mut a)),
+        [
+            (Cds, "c2".to_owned(), Answer::Ack),
+            (Eds, "e3".to_owned(), Answer::Ack)
+        ]
     );
 }
