@@ -317,6 +317,20 @@ pub fn spawn_client(
 const BACKOFF_BASE: Duration = Duration::from_millis(250);
 const BACKOFF_MAX: Duration = Duration::from_secs(30);
 
+/// The bound of the wait before the next stream (the wait is jittered below it), and the
+/// bound after that: doubling from 250 ms to 30 s, back to the bottom after a stream that
+/// delivered a response — unless it ended for a resync: a resource the server keeps sending
+/// and the proxy keeps refusing is then retried ever more slowly (at most every 30 s), never in
+/// a loop.
+fn next_backoff(backoff: &mut Duration, got_response: bool, resync: bool) -> Duration {
+    if got_response && !resync {
+        *backoff = BACKOFF_BASE;
+    }
+    let bound = *backoff;
+    *backoff = (bound * 2).min(BACKOFF_MAX);
+    bound
+}
+
 /// A small xorshift for the backoff's jitter (no cryptographic need).
 struct Jitter(u64);
 
@@ -533,13 +547,8 @@ async fn run(b: Bootstrap, updates: tokio::sync::mpsc::UnboundedSender<Update>) 
         CONNECTED.store(0, Ordering::Relaxed);
         client.feed(Input::Disconnected);
         client.drain(None);
-        // A stream ended for a resync does not reset the backoff: a resource the server keeps
-        // sending and the proxy keeps refusing is retried at most every 30 s, not in a loop.
-        if got_response && !std::mem::take(&mut client.resync) {
-            backoff = BACKOFF_BASE;
-        }
-        let wait = jitter.below(backoff);
-        backoff = (backoff * 2).min(BACKOFF_MAX);
+        let resync = std::mem::take(&mut client.resync);
+        let wait = jitter.below(next_backoff(&mut backoff, got_response, resync));
         let until = tokio::time::Instant::now() + wait;
         // Applies and warming go on while disconnected.
         loop {
@@ -671,6 +680,23 @@ async fn pump<M>(
 mod tests {
     use super::*;
     use tower_service::Service as _;
+
+    /// Streams each ended by a resync (each delivered a response: the refused one) back off
+    /// like failed connections, up to 30 s; a stream that ended otherwise after a response
+    /// starts again from the bottom.
+    #[test]
+    fn resyncs_back_off_and_never_loop() {
+        let mut backoff = BACKOFF_BASE;
+        let bounds: Vec<u64> = (0..10)
+            .map(|_| u64::try_from(next_backoff(&mut backoff, true, true).as_millis()).unwrap())
+            .collect();
+        assert_eq!(
+            bounds,
+            [250, 500, 1000, 2000, 4000, 8000, 16000, 30000, 30000, 30000]
+        );
+        assert_eq!(next_backoff(&mut backoff, true, false), BACKOFF_BASE);
+        assert_eq!(next_backoff(&mut backoff, false, false), BACKOFF_BASE * 2);
+    }
 
     /// The socket of the connection to the management server carries the config's
     /// `upstream_mark`, read back with `getsockopt(SO_MARK)`; without one it is unmarked.
