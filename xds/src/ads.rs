@@ -6,11 +6,13 @@
 //! seen on the current stream, and the subscribed names (CDS and LDS: wildcard; RDS: the route
 //! configurations the listeners name; EDS: the service names of the EDS clusters). It keeps
 //! the **applied** resources (those of the config serving) and the responses received since,
-//! not yet applied (**pending**); the candidate state is the applied resources with the pending
-//! responses folded over them, in arrival order (a CDS or LDS response replaces every resource
-//! of its type: a cluster it no longer lists is removed; an RDS or EDS response replaces the
-//! ones it carries; route configurations and assignments nothing refers to any more are
-//! dropped).
+//! not yet applied (**pending**: at most one per type — a response folded into the pending
+//! one of its type as it arrives, with the later nonce and version, so that a server flooding
+//! responses during an apply costs neither memory nor a fold per response); the candidate
+//! state is the applied resources with the pending responses folded over them, in arrival
+//! order (a CDS or LDS response replaces every resource of its type: a cluster it no longer
+//! lists is removed; an RDS or EDS response replaces the ones it carries; route
+//! configurations and assignments nothing refers to any more are dropped).
 //!
 //! Inputs ([`Input`]): the stream connected or lost, a response, the outcome of applying a
 //! config, the expiry of the warming timer. Outputs ([`Output`]), drained with
@@ -31,8 +33,8 @@
 //! - **NACK**: `version_info` is the type's last accepted version, `response_nonce` the
 //!   refused response's, `error_detail` the errors (each naming resource and field). A refused
 //!   response is dropped from the pending list (the config serving stays as it was). An error
-//!   naming a resource is charged to the latest pending response that carries that resource;
-//!   one that names none (or a resource already applied) to every pending response.
+//!   naming a resource is charged to the pending response that carries that resource; one
+//!   that names none (or a resource already applied) to every pending response.
 //! - A response that cannot even be decoded (a resource of another type, undecodable bytes,
 //!   a name twice) is NACKed at once.
 //! - **Reconnect**: nonces are per stream and forgotten; the pending responses are dropped (the
@@ -173,6 +175,27 @@ struct DeltaChange {
 }
 
 impl Decoded {
+    /// Keeps only the resources whose name `keep` accepts.
+    fn retain(&mut self, keep: impl Fn(&str) -> bool) {
+        match self {
+            Decoded::Clusters(v) => v.retain(|c| keep(&c.name)),
+            Decoded::Endpoints(v) => v.retain(|c| keep(&c.cluster_name)),
+            Decoded::Listeners(v) => v.retain(|c| keep(&c.name)),
+            Decoded::Routes(v) => v.retain(|c| keep(&c.name)),
+        }
+    }
+
+    /// Appends `other`'s resources (of the same type; another type is ignored).
+    fn extend(&mut self, other: Decoded) {
+        match (self, other) {
+            (Decoded::Clusters(a), Decoded::Clusters(b)) => a.extend(b),
+            (Decoded::Endpoints(a), Decoded::Endpoints(b)) => a.extend(b),
+            (Decoded::Listeners(a), Decoded::Listeners(b)) => a.extend(b),
+            (Decoded::Routes(a), Decoded::Routes(b)) => a.extend(b),
+            _ => {}
+        }
+    }
+
     /// The resources' names, in order.
     fn names(&self) -> Vec<&str> {
         match self {
@@ -196,6 +219,42 @@ struct Pending {
 }
 
 impl Pending {
+    /// Folds `newer`, a later response of the same type, into this one, so that folding the
+    /// result gives what folding both in turn gave: state of the world, a CDS or LDS response
+    /// replaces the set, an RDS or EDS one replaces the resources it carries; delta, the later
+    /// upserts and removals win over the earlier ones of the same names. The version and nonce
+    /// become `newer`'s (the one an ACK or NACK answers).
+    fn absorb(&mut self, newer: Pending) {
+        match (&mut self.delta, newer.delta) {
+            (None, None) if self.kind.is_full_state() => self.decoded = newer.decoded,
+            (None, None) => {
+                let touched: HashSet<&str> = newer.decoded.names().into_iter().collect();
+                self.decoded.retain(|n| !touched.contains(n));
+                drop(touched);
+                self.decoded.extend(newer.decoded);
+            }
+            (Some(old), Some(new)) => {
+                let upserted: HashSet<&str> = newer.decoded.names().into_iter().collect();
+                let removed: HashSet<&str> = new.removed.iter().map(String::as_str).collect();
+                let touched = |n: &str| upserted.contains(n) || removed.contains(n);
+                self.decoded.retain(|n| !touched(n));
+                old.versions.retain(|(n, _)| !touched(n));
+                old.removed.retain(|n| !touched(n));
+                drop((upserted, removed));
+                old.removed.extend(new.removed);
+                old.versions.extend(new.versions);
+                self.decoded.extend(newer.decoded);
+            }
+            // The protocol is fixed for a client: not reached.
+            (_, delta) => {
+                self.decoded = newer.decoded;
+                self.delta = delta;
+            }
+        }
+        self.version = newer.version;
+        self.nonce = newer.nonce;
+    }
+
     /// The names the response carries, and (delta) those it removes.
     fn names(&self) -> Vec<&str> {
         let mut names = self.decoded.names();
@@ -548,7 +607,7 @@ impl Ads {
         };
         match decode(kind, &r.resources) {
             Ok(decoded) => {
-                self.pending.push(Pending {
+                self.push_pending(Pending {
                     kind,
                     version: r.version_info,
                     nonce: r.nonce,
@@ -567,7 +626,7 @@ impl Ads {
         };
         match decode_delta(kind, &mut r) {
             Ok((decoded, change)) => {
-                self.pending.push(Pending {
+                self.push_pending(Pending {
                     kind,
                     version: r.system_version_info,
                     nonce: r.nonce,
@@ -577,6 +636,20 @@ impl Ads {
                 self.evaluate();
             }
             Err(e) => self.nack(kind, r.nonce, e),
+        }
+    }
+
+    /// Adds a response to the pending ones: folded into the pending response of its type, if
+    /// any (then moved last, where the latest arrival goes), so that there is at most one per
+    /// type however many arrive during an apply.
+    fn push_pending(&mut self, p: Pending) {
+        match self.pending.iter().position(|q| q.kind == p.kind) {
+            Some(i) => {
+                let mut earlier = self.pending.remove(i);
+                earlier.absorb(p);
+                self.pending.push(earlier);
+            }
+            None => self.pending.push(p),
         }
     }
 

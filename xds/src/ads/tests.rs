@@ -555,3 +555,51 @@ fn requests_say_whether_they_ack_nack_or_subscribe() {
         ]
     );
 }
+
+/// A server flooding responses during one apply: each is folded into the pending response of
+/// its type (at most one per type, not one per response); when the apply completes, the fold
+/// applies as one config and only the latest nonce of each type is ACKed.
+#[test]
+fn responses_during_an_apply_are_folded_per_type() {
+    let mut a = serving();
+    a.handle_input(response(
+        Eds,
+        "2",
+        "e2",
+        vec![any(&assignment("web", &[("127.0.0.1", 8002, 0)]))],
+    ));
+    let first = apply_id(&drain(&mut a)).expect("apply");
+    for i in 0..1000u32 {
+        a.handle_input(response(
+            Eds,
+            &format!("{}", 3 + i),
+            &format!("e{}", 3 + i),
+            vec![any(&assignment("web", &[("127.0.0.1", 10_000 + i, 0)]))],
+        ));
+        a.handle_input(response(
+            Lds,
+            &format!("{}", 2 + i),
+            &format!("l{}", 2 + i),
+            vec![any(&http_listener("in", "127.0.0.1", 20_000 + i, "routes"))],
+        ));
+        assert!(a.pending.len() <= 2, "{} pending", a.pending.len());
+        assert!(sent(&drain(&mut a)).is_empty());
+    }
+    a.handle_input(Input::Applied(first));
+    let out = drain(&mut a);
+    let reqs: Vec<_> = sent(&out).iter().map(|r| summary(r)).collect();
+    assert_eq!(reqs, [(Eds, "2", "e2", vec!["web"], None)]);
+    let config = applied_config(&out);
+    assert_eq!(config.clusters[0].hosts[0].address.port(), 10_999);
+    assert_eq!(config.listeners[0].address.port(), 20_999);
+    a.handle_input(Input::Applied(apply_id(&out).expect("apply")));
+    let out = drain(&mut a);
+    let reqs: Vec<_> = sent(&out).iter().map(|r| summary(r)).collect();
+    assert_eq!(
+        reqs,
+        [
+            (Eds, "1002", "e1002", vec!["web"], None),
+            (Lds, "1001", "l1001", vec![], None)
+        ]
+    );
+}

@@ -811,3 +811,68 @@ fn delta_requests_say_whether_they_ack_nack_or_subscribe() {
         .collect();
     assert_eq!(whats, [(Eds, Answer::Subscription)]);
 }
+
+/// Delta responses of a type arriving during an apply are folded into one as they come: a
+/// resource added then removed is gone (and so is its version), the later upsert of a name
+/// wins; the latest nonce is ACKed.
+#[test]
+fn delta_responses_during_an_apply_are_folded_per_type() {
+    let mut a = serving();
+    a.handle_input(response(
+        Eds,
+        "2",
+        "n5",
+        vec![resource(
+            "web",
+            "e2",
+            any(&assignment("web", &[("127.0.0.1", 8002, 0)])),
+        )],
+        &[],
+    ));
+    let first = apply_id(&drain(&mut a)).expect("apply");
+    let tcp = |name: &str, version: &str, port: u32| {
+        vec![resource(
+            name,
+            version,
+            any(&tcp_listener(name, "127.0.0.1", port, "web")),
+        )]
+    };
+    a.handle_input(response(Lds, "2", "n6", tcp("in2", "l2", 9002), &[]));
+    a.handle_input(response(Lds, "3", "n7", vec![], &["in2"]));
+    a.handle_input(response(Lds, "4", "n8", tcp("in3", "l3", 9003), &[]));
+    a.handle_input(response(Lds, "5", "n9", tcp("in3", "l4", 9004), &[]));
+    a.handle_input(response(
+        Eds,
+        "3",
+        "n10",
+        vec![resource(
+            "web",
+            "e3",
+            any(&assignment("web", &[("127.0.0.1", 8003, 0)])),
+        )],
+        &[],
+    ));
+    assert_eq!(a.pending.len(), 2);
+    assert!(sent(&drain(&mut a)).is_empty());
+    a.handle_input(Input::Applied(first));
+    let out = drain(&mut a);
+    assert_eq!(summaries(&out), [(Eds, "n5", vec![], vec![], None)]);
+    let config = applied_config(&out);
+    let mut ports: Vec<u16> = config.listeners.iter().map(|l| l.address.port()).collect();
+    ports.sort_unstable();
+    assert_eq!(ports, [9000, 9004]);
+    assert_eq!(config.clusters[0].hosts[0].address.port(), 8003);
+    a.handle_input(Input::Applied(apply_id(&out).expect("apply")));
+    assert_eq!(
+        summaries(&drain(&mut a)),
+        [
+            (Eds, "n10", vec![], vec![], None),
+            (Lds, "n9", vec![], vec![], None)
+        ]
+    );
+    assert_eq!(
+        a.resource_versions(Lds),
+        &versions(&[("in", "l1"), ("in3", "l4")])
+    );
+    assert_eq!(a.accepted_version(Lds), "5");
+}
