@@ -317,13 +317,18 @@ pub fn spawn_client(
 const BACKOFF_BASE: Duration = Duration::from_millis(250);
 const BACKOFF_MAX: Duration = Duration::from_secs(30);
 
+/// A stream ended for a resync resets the backoff only if it lasted this long.
+const RESYNC_RESET_AFTER: Duration = BACKOFF_MAX;
+
 /// The bound of the wait before the next stream (the wait is jittered below it), and the
 /// bound after that: doubling from 250 ms to 30 s, back to the bottom after a stream that
-/// delivered a response — unless it ended for a resync: a resource the server keeps sending
-/// and the proxy keeps refusing is then retried ever more slowly (at most every 30 s), never in
-/// a loop.
-fn next_backoff(backoff: &mut Duration, got_response: bool, resync: bool) -> Duration {
-    if got_response && !resync {
+/// delivered a response — unless it ended for a resync before [`RESYNC_RESET_AFTER`]: a
+/// resource the server keeps sending and the proxy keeps refusing is then retried ever more
+/// slowly (at most every 30 s), never in a loop, while the first NACK after a long healthy
+/// stream resyncs at once.
+fn next_backoff(backoff: &mut Duration, got_response: bool, resync: Option<Duration>) -> Duration {
+    let short_resync = resync.is_some_and(|lasted| lasted < RESYNC_RESET_AFTER);
+    if got_response && !short_resync {
         *backoff = BACKOFF_BASE;
     }
     let bound = *backoff;
@@ -542,12 +547,14 @@ async fn run(b: Bootstrap, updates: tokio::sync::mpsc::UnboundedSender<Update>) 
         if client.updates.is_closed() {
             return;
         }
+        let started = tokio::time::Instant::now();
         let got_response =
             stream_once(&mut client, &uri, b.mode, b.connect_timeout, b.connector()).await;
         CONNECTED.store(0, Ordering::Relaxed);
         client.feed(Input::Disconnected);
         client.drain(None);
-        let resync = std::mem::take(&mut client.resync);
+        // A resync: how long the stream lasted.
+        let resync = std::mem::take(&mut client.resync).then(|| started.elapsed());
         let wait = jitter.below(next_backoff(&mut backoff, got_response, resync));
         let until = tokio::time::Instant::now() + wait;
         // Applies and warming go on while disconnected.
@@ -681,21 +688,25 @@ mod tests {
     use super::*;
     use tower_service::Service as _;
 
-    /// Streams each ended by a resync (each delivered a response: the refused one) back off
-    /// like failed connections, up to 30 s; a stream that ended otherwise after a response
-    /// starts again from the bottom.
+    /// Short streams each ended by a resync (each delivered a response: the refused one)
+    /// back off like failed connections, up to 30 s; a stream that ended otherwise after a
+    /// response, or a resync after a long stream, starts again from the bottom.
     #[test]
     fn resyncs_back_off_and_never_loop() {
+        let short = Some(Duration::from_millis(20));
         let mut backoff = BACKOFF_BASE;
         let bounds: Vec<u64> = (0..10)
-            .map(|_| u64::try_from(next_backoff(&mut backoff, true, true).as_millis()).unwrap())
+            .map(|_| u64::try_from(next_backoff(&mut backoff, true, short).as_millis()).unwrap())
             .collect();
         assert_eq!(
             bounds,
             [250, 500, 1000, 2000, 4000, 8000, 16000, 30000, 30000, 30000]
         );
-        assert_eq!(next_backoff(&mut backoff, true, false), BACKOFF_BASE);
-        assert_eq!(next_backoff(&mut backoff, false, false), BACKOFF_BASE * 2);
+        assert_eq!(next_backoff(&mut backoff, true, None), BACKOFF_BASE);
+        assert_eq!(next_backoff(&mut backoff, false, None), BACKOFF_BASE * 2);
+        assert_eq!(next_backoff(&mut backoff, true, short), BACKOFF_BASE * 4);
+        let long = Some(Duration::from_secs(3600));
+        assert_eq!(next_backoff(&mut backoff, true, long), BACKOFF_BASE);
     }
 
     /// The socket of the connection to the management server carries the config's

@@ -58,9 +58,9 @@
 //!   `error_detail`. An ACK or NACK that would be the type's first request on the stream (an
 //!   unsolicited RDS or EDS response before any name is needed) carries the whole subscription,
 //!   or is not sent when there is none: a first request naming nothing would subscribe to
-//!   everything (legacy wildcard). There is no `version_info`: the type's accepted version is the response's
-//!   `system_version_info` (shown in status, for debugging), and each accepted resource's own
-//!   version is kept (those of the resources in the config serving).
+//!   everything (legacy wildcard). There is no `version_info`: the type's accepted version is
+//!   the response's `system_version_info` (shown in status, for debugging), and each accepted
+//!   resource's own version is kept (those of the resources in the config serving).
 //! - Reconnect: the first request of each type resends the whole subscription (`*` for CDS and
 //!   LDS, the needed names for RDS and EDS) and carries `initial_resource_versions`: the
 //!   accepted version of each resource of that type serving (for RDS and EDS, of the names
@@ -69,8 +69,8 @@
 //!   until it changes, so the responses a NACK drops (a good update refused along with a bad
 //!   one, a listener whose apply failed) would be lost for the stream's life. After the first
 //!   NACK on a stream the machine emits [`Output::Resync`]: the runtime ends the stream and
-//!   opens a new one after its backoff (not reset by such a stream, so a resource refused on
-//!   every resync is retried at most as often as the backoff allows); the new stream's
+//!   opens a new one after its backoff (not reset by such a stream unless it lasted long, so
+//!   a resource refused on every resync is retried ever more slowly); the new stream's
 //!   `initial_resource_versions` name only what serves, so the server sends the rest again.
 
 use std::collections::{BTreeMap, BTreeSet, HashSet, VecDeque};
@@ -137,7 +137,8 @@ pub enum Output {
     Send(Box<DiscoveryRequest>, Answer),
     /// Send this request on the stream (delta); what it says.
     SendDelta(Box<DeltaDiscoveryRequest>, Answer),
-    /// Delta: end the stream and open a new one after the usual backoff (without resetting it).
+    /// Delta: end the stream and open a new one after the usual backoff (which a short stream
+    /// ended so does not reset).
     /// Emitted (once per stream) after a NACK: the refused responses are dropped, and a delta
     /// server never resends what it sent until it changes; on the new stream
     /// `initial_resource_versions` names only what serves, so the server sends the rest again.
