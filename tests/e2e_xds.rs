@@ -444,6 +444,11 @@ clusters:
         .and_then(|v| v.parse().ok())
         .unwrap_or_else(|| panic!("sluice_xds_resyncs_total: {metrics}"));
     assert!(resyncs >= 1, "{metrics}");
+    assert!(
+        xds()["resyncs"].as_u64().is_some_and(|n| n >= resyncs),
+        "{}",
+        xds()
+    );
     drop(holder);
     eventually("extra serves after a resync", &sluice, || {
         get(addr(extra)) == (200, "b".into())

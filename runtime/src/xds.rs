@@ -117,11 +117,15 @@ pub fn status_json() -> Value {
         by_type.insert(TYPE_LABELS[i].to_owned(), entry);
     }
     let delta = DELTA.load(Ordering::Relaxed);
-    serde_json::json!({
+    let mut view = serde_json::json!({
         "mode": if delta { "delta" } else { "sotw" },
         "connected": CONNECTED.load(Ordering::Relaxed) == 1,
         "types": by_type,
-    })
+    });
+    if delta {
+        view["resyncs"] = RESYNCS.load(Ordering::Relaxed).into();
+    }
+    view
 }
 
 fn unix_now() -> u64 {
