@@ -10,10 +10,12 @@
 //! error). The machine ACKs a response only when that switch succeeded, and NACKs it when it
 //! failed.
 //!
-//! Connection states: connecting → streaming → (stream ends or fails) → backoff → connecting.
-//! The backoff is exponential from 250 ms to 30 s with full jitter, and starts again from the
-//! bottom after a stream that delivered a response. While disconnected the config serving
-//! stays as it is.
+//! Connection states: connecting → streaming → (stream ends or fails, or, delta, the machine
+//! asks for a resync after a NACK: the client ends its requests and lets the server close) →
+//! backoff → connecting. The backoff is exponential from 250 ms to 30 s with full jitter, and
+//! starts again from the bottom after a stream that delivered a response — but not after a
+//! stream shorter than 30 s ended by a resync, so that a resource refused on every resync is
+//! retried ever more slowly. While disconnected the config serving stays as it is.
 //!
 //! The connection to the management server is made by Sluice ([`XdsConnector`]), not by tonic's
 //! own connector: with `upstream_mark` it carries the same `SO_MARK` as every other upstream
