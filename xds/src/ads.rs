@@ -690,6 +690,12 @@ impl Ads {
     /// the candidate left standing needs.
     fn evaluate(&mut self) {
         loop {
+            if self.in_flight.is_some() && !self.pending.iter().any(|p| p.kind.is_full_state()) {
+                // Only clusters and listeners decide the subscriptions, and none is pending:
+                // those of the apply in flight stand (no copy of every resource per response
+                // while a server floods endpoints or routes during an apply).
+                return;
+            }
             let candidate = self.candidate();
             if self.in_flight.is_some() || self.pending.is_empty() {
                 self.follow(&candidate);
