@@ -3,8 +3,9 @@
 //! Checked: the first config serves; an EDS change is applied; an invalid listener is NACKed
 //! with a useful `error_detail` while traffic goes on; the management server killed and
 //! restarted — traffic never stops, and the client resubscribes and takes the next version.
-//! The same over delta xDS (plus a resource removed with `removed_resources`, and the
-//! resubscription's `initial_resource_versions`). And against a management server not written
+//! The same over delta xDS (plus a resource removed with `removed_resources`, the
+//! resubscription's `initial_resource_versions`, and the resync after a NACK: a listener whose
+//! switch failed, its port held, comes back once the port is free). And against a management server not written
 //! in this project (`tests/xds_server.py`: Python, grpcio and the `xds-protos` package), run as
 //! a separate process, once per protocol: the first config and an update.
 
@@ -390,6 +391,70 @@ clusters:
             == serde_json::json!({ "web": AdsServer::resource_version(&b_assignment) })
     });
 
+    // Resync after a NACK. `extra` removed, then added back while its port is held by another
+    // socket: the switch fails (NACK "applying failed"), the config serving stays. The server
+    // never resends what it sent, so the client ends the stream and opens a new one whose
+    // `initial_resource_versions` lack `extra`: the server sends it again (NACKed again while
+    // the port is held); once the port is free, `extra` serves.
+    server.push(resources(u32::from(listen), u32::from(up_b)));
+    eventually("extra removed", &sluice, || get(addr(extra)).0 == 0);
+    let holder = std::net::TcpListener::bind(addr(extra)).expect("hold extra's port");
+    let streams = |server: &AdsServer| {
+        server
+            .delta_requests()
+            .iter()
+            .filter(|r| r.node.is_some())
+            .count()
+    };
+    let apply_nacks = |server: &AdsServer| {
+        server
+            .delta_requests()
+            .iter()
+            .filter(|r| {
+                r.type_url == lds
+                    && r.error_detail
+                        .as_ref()
+                        .is_some_and(|e| e.message.starts_with("applying failed"))
+            })
+            .count()
+    };
+    let streams_before = streams(&server);
+    server.push(with_extra(up_b));
+    eventually("the failed switch NACKed on two streams", &sluice, || {
+        apply_nacks(&server) >= 2 && streams(&server) >= streams_before + 2
+    });
+    // The new stream's listener subscription names only what serves.
+    let resubscribed = server
+        .delta_requests()
+        .into_iter()
+        .rfind(|r| r.type_url == lds && r.resource_names_subscribe == ["*"])
+        .expect("a listener subscription");
+    assert_eq!(
+        resubscribed
+            .initial_resource_versions
+            .keys()
+            .collect::<Vec<_>>(),
+        ["in"]
+    );
+    assert_eq!(get(to), (200, "b".into()), "the config serving stays");
+    let metrics = http_request(addr(admin), "GET", "/stats/prometheus").1;
+    let resyncs: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("sluice_xds_resyncs_total "))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("sluice_xds_resyncs_total: {metrics}"));
+    assert!(resyncs >= 1, "{metrics}");
+    assert!(
+        xds()["resyncs"].as_u64().is_some_and(|n| n >= resyncs),
+        "{}",
+        xds()
+    );
+    drop(holder);
+    eventually("extra serves after a resync", &sluice, || {
+        get(addr(extra)) == (200, "b".into())
+    });
+    traffic.during("traffic after the resync", &sluice, 5);
+
     // `extra` removed (`removed_resources`): its port closes, `in` serves on.
     server.push(resources(u32::from(listen), u32::from(up_b)));
     eventually("the removed listener is gone", &sluice, || {
@@ -448,13 +513,35 @@ clusters:
             .is_some_and(|e| e.contains("99999")),
         "{view}"
     );
-    let metrics = http_request(addr(admin), "GET", "/stats/prometheus").1;
-    assert!(
-        metrics
-            .lines()
-            .any(|l| l == "sluice_xds_nacked_total{type=\"listener\"} 1"),
-        "{metrics}"
+    // Each resync brings the bad listener again, and it is NACKed again (not a hot loop: the
+    // backoff between resyncs is not reset by them).
+    let bad_nacks = |server: &AdsServer| {
+        server
+            .delta_requests()
+            .iter()
+            .filter(|r| {
+                r.type_url == lds
+                    && r.error_detail
+                        .as_ref()
+                        .is_some_and(|e| e.message.contains("99999"))
+            })
+            .count()
+    };
+    eventually(
+        "the bad listener NACKed again after a resync",
+        &sluice,
+        || bad_nacks(&server) >= 2,
     );
+    // Every NACK counted: the client counts each before sending it, so the counter is never
+    // behind what the server received.
+    let received = apply_nacks(&server) + bad_nacks(&server);
+    let metrics = http_request(addr(admin), "GET", "/stats/prometheus").1;
+    let nacked: usize = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("sluice_xds_nacked_total{type=\"listener\"} "))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("sluice_xds_nacked_total: {metrics}"));
+    assert!(nacked >= received && received >= 4, "{nacked} {received}");
 
     // The management server dies and comes back with the endpoint on a again.
     server.stop();

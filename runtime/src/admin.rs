@@ -1136,6 +1136,17 @@ pub const SERVER_METRICS: &[Export<AdminShared>] = &[
         read: |_, i| crate::xds::NACKED[i].load(Ordering::Relaxed),
     },
     Export {
+        field: "xds::RESYNCS",
+        metric: Metric::counter(
+            "sluice_xds_resyncs_total",
+            "Delta xDS streams restarted after a NACK, so that the server sends again what was \
+             refused along with it (one per NACKing stream, after the reconnect backoff).",
+        )
+        .stats("xds.resyncs"),
+        len: 1,
+        read: |_, _| crate::xds::RESYNCS.load(Ordering::Relaxed),
+    },
+    Export {
         field: "tls::ROTATIONS_SUCCEEDED, tls::ROTATIONS_FAILED",
         metric: Metric::counter(
             "sluice_tls_rotations_total",

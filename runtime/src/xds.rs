@@ -10,10 +10,12 @@
 //! error). The machine ACKs a response only when that switch succeeded, and NACKs it when it
 //! failed.
 //!
-//! Connection states: connecting → streaming → (stream ends or fails) → backoff → connecting.
-//! The backoff is exponential from 250 ms to 30 s with full jitter, and starts again from the
-//! bottom after a stream that delivered a response. While disconnected the config serving
-//! stays as it is.
+//! Connection states: connecting → streaming → (stream ends or fails, or, delta, the machine
+//! asks for a resync after a NACK: the client ends its requests and lets the server close) →
+//! backoff → connecting. The backoff is exponential from 250 ms to 30 s with full jitter, and
+//! starts again from the bottom after a stream that delivered a response — but not after a
+//! stream shorter than 30 s ended by a resync, so that a resource refused on every resync is
+//! retried ever more slowly. While disconnected the config serving stays as it is.
 //!
 //! The connection to the management server is made by Sluice ([`XdsConnector`]), not by tonic's
 //! own connector: with `upstream_mark` it carries the same `SO_MARK` as every other upstream
@@ -39,7 +41,7 @@ use envoy_types::pb::google::protobuf::{
 };
 use serde_json::Value;
 use sluice_core::config::Config;
-use sluice_xds::ads::{Ads, Input, Output, XdsMode};
+use sluice_xds::ads::{Ads, Answer, Input, Output, XdsMode};
 use sluice_xds::translate::ResourceType;
 use tracing::{debug, info, warn};
 
@@ -51,6 +53,9 @@ pub static CONNECTED: AtomicU64 = AtomicU64::new(0);
 pub static ACKED: [AtomicU64; 4] = [const { AtomicU64::new(0) }; 4];
 /// NACKs sent, by type (`sluice_xds_nacked_total`).
 pub static NACKED: [AtomicU64; 4] = [const { AtomicU64::new(0) }; 4];
+/// Delta resyncs: streams ended after a NACK so that the server sends again what it refused
+/// along with (`sluice_xds_resyncs_total`).
+pub static RESYNCS: AtomicU64 = AtomicU64::new(0);
 /// When each type's last ACK went out, in Unix seconds (0: none yet;
 /// `sluice_xds_update_timestamp_seconds`).
 pub static UPDATED_AT: [AtomicU64; 4] = [const { AtomicU64::new(0) }; 4];
@@ -114,11 +119,15 @@ pub fn status_json() -> Value {
         by_type.insert(TYPE_LABELS[i].to_owned(), entry);
     }
     let delta = DELTA.load(Ordering::Relaxed);
-    serde_json::json!({
+    let mut view = serde_json::json!({
         "mode": if delta { "delta" } else { "sotw" },
         "connected": CONNECTED.load(Ordering::Relaxed) == 1,
         "types": by_type,
-    })
+    });
+    if delta {
+        view["resyncs"] = RESYNCS.load(Ordering::Relaxed).into();
+    }
+    view
 }
 
 fn unix_now() -> u64 {
@@ -314,6 +323,25 @@ pub fn spawn_client(
 const BACKOFF_BASE: Duration = Duration::from_millis(250);
 const BACKOFF_MAX: Duration = Duration::from_secs(30);
 
+/// A stream ended for a resync resets the backoff only if it lasted this long.
+const RESYNC_RESET_AFTER: Duration = BACKOFF_MAX;
+
+/// The bound of the wait before the next stream (the wait is jittered below it), and the
+/// bound after that: doubling from 250 ms to 30 s, back to the bottom after a stream that
+/// delivered a response — unless it ended for a resync before [`RESYNC_RESET_AFTER`]: a
+/// resource the server keeps sending and the proxy keeps refusing is then retried ever more
+/// slowly (at most every 30 s), never in a loop, while the first NACK after a long healthy
+/// stream resyncs at once.
+fn next_backoff(backoff: &mut Duration, got_response: bool, resync: Option<Duration>) -> Duration {
+    let short_resync = resync.is_some_and(|lasted| lasted < RESYNC_RESET_AFTER);
+    if got_response && !short_resync {
+        *backoff = BACKOFF_BASE;
+    }
+    let bound = *backoff;
+    *backoff = (bound * 2).min(BACKOFF_MAX);
+    bound
+}
+
 /// A small xorshift for the backoff's jitter (no cryptographic need).
 struct Jitter(u64);
 
@@ -334,8 +362,8 @@ struct Client {
     applying: Option<(u64, tokio::sync::oneshot::Receiver<Result<String, String>>)>,
     timer: Option<(tokio::time::Instant, u64)>,
     initial_fetch_timeout: Duration,
-    /// The nonce of the last request of each type without an error (to count ACKs once).
-    last_acked: [String; 4],
+    /// Delta: the machine asked to end this stream and open a new one ([`Output::Resync`]).
+    resync: bool,
 }
 
 impl Client {
@@ -343,21 +371,23 @@ impl Client {
     fn drain(&mut self, stream: Option<&Tx>) {
         while let Some(out) = self.ads.poll_output() {
             match out {
-                Output::Send(req) => {
+                Output::Send(req, what) => {
                     self.count(
                         &req.type_url,
                         &req.response_nonce,
                         req.error_detail.as_ref(),
+                        what,
                     );
                     if let Some(Tx::Sotw(s)) = stream {
                         let _ = s.send(*req);
                     }
                 }
-                Output::SendDelta(req) => {
+                Output::SendDelta(req, what) => {
                     self.count(
                         &req.type_url,
                         &req.response_nonce,
                         req.error_detail.as_ref(),
+                        what,
                     );
                     if let Some(Tx::Delta(s)) = stream {
                         let _ = s.send(*req);
@@ -372,6 +402,12 @@ impl Client {
                         self.applying = Some((id, answer));
                     }
                 }
+                Output::Resync => {
+                    if stream.is_some() {
+                        RESYNCS.fetch_add(1, Ordering::Relaxed);
+                        self.resync = true;
+                    }
+                }
                 Output::ArmWarmingTimer(id) => {
                     self.timer =
                         Some((tokio::time::Instant::now() + self.initial_fetch_timeout, id));
@@ -380,14 +416,15 @@ impl Client {
         }
     }
 
-    /// Counts a request about to be sent: a NACK (`error_detail`), or an ACK (a nonce not
-    /// answered before without an error: a state-of-the-world subscription change repeats the
-    /// nonce last answered, a delta one has none), and records it in [`STATUS`].
+    /// Counts a request about to be sent, as the machine says what it is: a NACK, an ACK (a
+    /// subscription change is neither, though in state of the world it repeats the last
+    /// nonce), and records it in [`STATUS`].
     fn count(
         &mut self,
         type_url: &str,
         nonce: &str,
         error: Option<&envoy_types::pb::google::rpc::Status>,
+        what: Answer,
     ) {
         let Some(kind) = ResourceType::ALL
             .iter()
@@ -395,18 +432,18 @@ impl Client {
         else {
             return;
         };
-        if let Some(e) = error {
-            warn!(type_url, nonce, error = %e.message, "xds: NACK");
+        if what == Answer::Nack {
+            let message = error.map_or("", |e| e.message.as_str());
+            warn!(type_url, nonce, error = %message, "xds: NACK");
             NACKED[kind].fetch_add(1, Ordering::Relaxed);
             self.record(kind, |t| {
                 t.last_nack = Some(NackStatus {
                     nonce: nonce.to_owned(),
-                    error: e.message.clone(),
+                    error: message.to_owned(),
                     at: unix_now(),
                 });
             });
-        } else if !nonce.is_empty() && self.last_acked[kind] != nonce {
-            nonce.clone_into(&mut self.last_acked[kind]);
+        } else if what == Answer::Ack {
             ACKED[kind].fetch_add(1, Ordering::Relaxed);
             let now = unix_now();
             UPDATED_AT[kind].store(now, Ordering::Relaxed);
@@ -502,7 +539,7 @@ async fn run(b: Bootstrap, updates: tokio::sync::mpsc::UnboundedSender<Update>) 
         applying: None,
         timer: None,
         initial_fetch_timeout: b.initial_fetch_timeout,
-        last_acked: Default::default(),
+        resync: false,
     };
     let mut jitter = Jitter(
         std::time::SystemTime::now()
@@ -516,17 +553,15 @@ async fn run(b: Bootstrap, updates: tokio::sync::mpsc::UnboundedSender<Update>) 
         if client.updates.is_closed() {
             return;
         }
+        let started = tokio::time::Instant::now();
         let got_response =
             stream_once(&mut client, &uri, b.mode, b.connect_timeout, b.connector()).await;
         CONNECTED.store(0, Ordering::Relaxed);
-        client.last_acked = Default::default();
         client.feed(Input::Disconnected);
         client.drain(None);
-        if got_response {
-            backoff = BACKOFF_BASE;
-        }
-        let wait = jitter.below(backoff);
-        backoff = (backoff * 2).min(BACKOFF_MAX);
+        // A resync: how long the stream lasted.
+        let resync = std::mem::take(&mut client.resync).then(|| started.elapsed());
+        let wait = jitter.below(next_backoff(&mut backoff, got_response, resync));
         let until = tokio::time::Instant::now() + wait;
         // Applies and warming go on while disconnected.
         loop {
@@ -575,7 +610,7 @@ async fn stream_once(
                     rx,
                 ))
                 .await;
-            pump(client, uri, opened, &tx, Input::Response).await
+            pump(client, uri, opened, tx, Input::Response).await
         }
         XdsMode::Delta => {
             let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
@@ -587,18 +622,22 @@ async fn stream_once(
                     rx,
                 ))
                 .await;
-            pump(client, uri, opened, &tx, Input::DeltaResponse).await
+            pump(client, uri, opened, tx, Input::DeltaResponse).await
         }
     }
 }
 
-/// Feeds the responses of an opened stream to the machine until the stream ends; whether it
-/// delivered a response.
+/// How long a stream ended for a resync waits for the server to close it (after the NACK and
+/// the end of the requests), so that the NACK is read before the stream goes.
+const RESYNC_CLOSE_GRACE: Duration = Duration::from_secs(1);
+
+/// Feeds the responses of an opened stream to the machine until the stream ends, or the
+/// machine asks for a resync; whether it delivered a response.
 async fn pump<M>(
     client: &mut Client,
     uri: &str,
     opened: Result<tonic::Response<tonic::Streaming<M>>, tonic::Status>,
-    tx: &Tx,
+    tx: Tx,
     input: fn(M) -> Input,
 ) -> bool {
     let mut inbound = match opened {
@@ -617,7 +656,7 @@ async fn pump<M>(
                 Ok(Some(response)) => {
                     got = true;
                     client.feed(input(response));
-                    client.drain(Some(tx));
+                    client.drain(Some(&tx));
                 }
                 Ok(None) => {
                     warn!(server = uri, "xds: the management server closed the stream");
@@ -630,8 +669,22 @@ async fn pump<M>(
             },
             event = client.next_event() => {
                 client.feed(event);
-                client.drain(Some(tx));
+                client.drain(Some(&tx));
             }
+        }
+        if client.resync {
+            info!(
+                server = uri,
+                "xds: resynchronising after a NACK (a new stream after the backoff)"
+            );
+            // End the requests (the NACK goes first), then let the server end the stream;
+            // what it sends meanwhile is not read: the new stream gets it again.
+            drop(tx);
+            let _ = tokio::time::timeout(RESYNC_CLOSE_GRACE, async {
+                while let Ok(Some(_)) = inbound.message().await {}
+            })
+            .await;
+            return got;
         }
     }
 }
@@ -640,6 +693,27 @@ async fn pump<M>(
 mod tests {
     use super::*;
     use tower_service::Service as _;
+
+    /// Short streams each ended by a resync (each delivered a response: the refused one)
+    /// back off like failed connections, up to 30 s; a stream that ended otherwise after a
+    /// response, or a resync after a long stream, starts again from the bottom.
+    #[test]
+    fn resyncs_back_off_and_never_loop() {
+        let short = Some(Duration::from_millis(20));
+        let mut backoff = BACKOFF_BASE;
+        let bounds: Vec<u64> = (0..10)
+            .map(|_| u64::try_from(next_backoff(&mut backoff, true, short).as_millis()).unwrap())
+            .collect();
+        assert_eq!(
+            bounds,
+            [250, 500, 1000, 2000, 4000, 8000, 16000, 30000, 30000, 30000]
+        );
+        assert_eq!(next_backoff(&mut backoff, true, None), BACKOFF_BASE);
+        assert_eq!(next_backoff(&mut backoff, false, None), BACKOFF_BASE * 2);
+        assert_eq!(next_backoff(&mut backoff, true, short), BACKOFF_BASE * 4);
+        let long = Some(Duration::from_secs(3600));
+        assert_eq!(next_backoff(&mut backoff, true, long), BACKOFF_BASE);
+    }
 
     /// The socket of the connection to the management server carries the config's
     /// `upstream_mark`, read back with `getsockopt(SO_MARK)`; without one it is unmarked.

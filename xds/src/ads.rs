@@ -6,15 +6,18 @@
 //! seen on the current stream, and the subscribed names (CDS and LDS: wildcard; RDS: the route
 //! configurations the listeners name; EDS: the service names of the EDS clusters). It keeps
 //! the **applied** resources (those of the config serving) and the responses received since,
-//! not yet applied (**pending**); the candidate state is the applied resources with the pending
-//! responses folded over them, in arrival order (a CDS or LDS response replaces every resource
-//! of its type: a cluster it no longer lists is removed; an RDS or EDS response replaces the
-//! ones it carries; route configurations and assignments nothing refers to any more are
-//! dropped).
+//! not yet applied (**pending**: at most one per type — a response folded into the pending
+//! one of its type as it arrives, with the later nonce and version, so that a server flooding
+//! responses during an apply costs neither memory nor a fold per response); the candidate
+//! state is the applied resources with the pending responses folded over them, in arrival
+//! order (a CDS or LDS response replaces every resource of its type: a cluster it no longer
+//! lists is removed; an RDS or EDS response replaces the ones it carries; route
+//! configurations and assignments nothing refers to any more are dropped).
 //!
 //! Inputs ([`Input`]): the stream connected or lost, a response, the outcome of applying a
 //! config, the expiry of the warming timer. Outputs ([`Output`]), drained with
-//! [`Ads::poll_output`] after every input: requests to send, a config to apply, a timer to arm.
+//! [`Ads::poll_output`] after every input: requests to send (each saying what it is: an ACK, a
+//! NACK or a subscription, [`Answer`]), a config to apply, a timer to arm, (delta) a resync.
 //!
 //! Rules:
 //! - **Warming**: a config is produced only when every EDS cluster has its assignment and every
@@ -30,8 +33,8 @@
 //! - **NACK**: `version_info` is the type's last accepted version, `response_nonce` the
 //!   refused response's, `error_detail` the errors (each naming resource and field). A refused
 //!   response is dropped from the pending list (the config serving stays as it was). An error
-//!   naming a resource is charged to the latest pending response that carries that resource;
-//!   one that names none (or a resource already applied) to every pending response.
+//!   naming a resource is charged to the pending response that carries that resource; one
+//!   that names none (or a resource already applied) to every pending response.
 //! - A response that cannot even be decoded (a resource of another type, undecodable bytes,
 //!   a name twice) is NACKed at once.
 //! - **Reconnect**: nonces are per stream and forgotten; the pending responses are dropped (the
@@ -52,13 +55,23 @@
 //!   unsubscribe from the names no longer needed, in a request without a nonce, as soon as the
 //!   candidate changes them.
 //! - ACK: a request with the response's nonce and no `error_detail`; NACK: the nonce and
-//!   `error_detail`. There is no `version_info`: the type's accepted version is the response's
-//!   `system_version_info` (shown in status, for debugging), and each accepted resource's own
-//!   version is kept (those of the resources in the config serving).
+//!   `error_detail`. An ACK or NACK that would be the type's first request on the stream (an
+//!   unsolicited RDS or EDS response before any name is needed) carries the whole subscription,
+//!   or is not sent when there is none: a first request naming nothing would subscribe to
+//!   everything (legacy wildcard). There is no `version_info`: the type's accepted version is
+//!   the response's `system_version_info` (shown in status, for debugging), and each accepted
+//!   resource's own version is kept (those of the resources in the config serving).
 //! - Reconnect: the first request of each type resends the whole subscription (`*` for CDS and
 //!   LDS, the needed names for RDS and EDS) and carries `initial_resource_versions`: the
 //!   accepted version of each resource of that type serving (for RDS and EDS, of the names
 //!   subscribed to), so that the server sends only what changed and the removals.
+//! - **Resync after a NACK**: a delta server records what it sent and does not send it again
+//!   until it changes, so the responses a NACK drops (a good update refused along with a bad
+//!   one, a listener whose apply failed) would be lost for the stream's life. After the first
+//!   NACK on a stream the machine emits [`Output::Resync`]: the runtime ends the stream and
+//!   opens a new one after its backoff (not reset by such a stream unless it lasted long, so
+//!   a resource refused on every resync is retried ever more slowly); the new stream's
+//!   `initial_resource_versions` name only what serves, so the server sends the rest again.
 
 use std::collections::{BTreeMap, BTreeSet, HashSet, VecDeque};
 
@@ -104,13 +117,32 @@ pub enum Input {
     WarmingTimeout(u64),
 }
 
+/// What a request says, for the runtime's counters and status (an ACK and a subscription change
+/// may look alike on the wire: a state-of-the-world subscription change repeats the last nonce).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Answer {
+    /// Accepts the response of its nonce.
+    Ack,
+    /// Refuses the response of its nonce (`error_detail`).
+    Nack,
+    /// A subscription (first request of a type on a stream, or a change of names): answers no
+    /// response.
+    Subscription,
+}
+
 /// What the runtime must do.
 #[derive(Clone, Debug)]
 pub enum Output {
-    /// Send this request on the stream (state of the world).
-    Send(Box<DiscoveryRequest>),
-    /// Send this request on the stream (delta).
-    SendDelta(Box<DeltaDiscoveryRequest>),
+    /// Send this request on the stream (state of the world); what it says.
+    Send(Box<DiscoveryRequest>, Answer),
+    /// Send this request on the stream (delta); what it says.
+    SendDelta(Box<DeltaDiscoveryRequest>, Answer),
+    /// Delta: end the stream and open a new one after the usual backoff (which a short stream
+    /// ended so does not reset).
+    /// Emitted (once per stream) after a NACK: the refused responses are dropped, and a delta
+    /// server never resends what it sent until it changes; on the new stream
+    /// `initial_resource_versions` names only what serves, so the server sends the rest again.
+    Resync,
     /// Apply this config (the file's static part and the dynamic resources) through the
     /// reload path, then report [`Input::Applied`] or [`Input::ApplyFailed`] with `id`.
     Apply {
@@ -144,6 +176,27 @@ struct DeltaChange {
 }
 
 impl Decoded {
+    /// Keeps only the resources whose name `keep` accepts.
+    fn retain(&mut self, keep: impl Fn(&str) -> bool) {
+        match self {
+            Decoded::Clusters(v) => v.retain(|c| keep(&c.name)),
+            Decoded::Endpoints(v) => v.retain(|c| keep(&c.cluster_name)),
+            Decoded::Listeners(v) => v.retain(|c| keep(&c.name)),
+            Decoded::Routes(v) => v.retain(|c| keep(&c.name)),
+        }
+    }
+
+    /// Appends `other`'s resources (of the same type; another type is ignored).
+    fn extend(&mut self, other: Decoded) {
+        match (self, other) {
+            (Decoded::Clusters(a), Decoded::Clusters(b)) => a.extend(b),
+            (Decoded::Endpoints(a), Decoded::Endpoints(b)) => a.extend(b),
+            (Decoded::Listeners(a), Decoded::Listeners(b)) => a.extend(b),
+            (Decoded::Routes(a), Decoded::Routes(b)) => a.extend(b),
+            _ => {}
+        }
+    }
+
     /// The resources' names, in order.
     fn names(&self) -> Vec<&str> {
         match self {
@@ -167,6 +220,42 @@ struct Pending {
 }
 
 impl Pending {
+    /// Folds `newer`, a later response of the same type, into this one, so that folding the
+    /// result gives what folding both in turn gave: state of the world, a CDS or LDS response
+    /// replaces the set, an RDS or EDS one replaces the resources it carries; delta, the later
+    /// upserts and removals win over the earlier ones of the same names. The version and nonce
+    /// become `newer`'s (the one an ACK or NACK answers).
+    fn absorb(&mut self, newer: Pending) {
+        match (&mut self.delta, newer.delta) {
+            (None, None) if self.kind.is_full_state() => self.decoded = newer.decoded,
+            (None, None) => {
+                let touched: HashSet<&str> = newer.decoded.names().into_iter().collect();
+                self.decoded.retain(|n| !touched.contains(n));
+                drop(touched);
+                self.decoded.extend(newer.decoded);
+            }
+            (Some(old), Some(new)) => {
+                let upserted: HashSet<&str> = newer.decoded.names().into_iter().collect();
+                let removed: HashSet<&str> = new.removed.iter().map(String::as_str).collect();
+                let touched = |n: &str| upserted.contains(n) || removed.contains(n);
+                self.decoded.retain(|n| !touched(n));
+                old.versions.retain(|(n, _)| !touched(n));
+                old.removed.retain(|n| !touched(n));
+                drop((upserted, removed));
+                old.removed.extend(new.removed);
+                old.versions.extend(new.versions);
+                self.decoded.extend(newer.decoded);
+            }
+            // The protocol is fixed for a client: not reached.
+            (_, delta) => {
+                self.decoded = newer.decoded;
+                self.delta = delta;
+            }
+        }
+        self.version = newer.version;
+        self.nonce = newer.nonce;
+    }
+
     /// The names the response carries, and (delta) those it removes.
     fn names(&self) -> Vec<&str> {
         let mut names = self.decoded.names();
@@ -214,6 +303,8 @@ pub struct Ads {
     /// new stream with an old nonce.
     stream: u64,
     node_sent: bool,
+    /// Delta: [`Output::Resync`] was emitted on the current stream.
+    resync: bool,
     next_id: u64,
     /// The warming timer armed, if any (its id), and whether it expired.
     warming_timer: Option<u64>,
@@ -247,6 +338,7 @@ impl Ads {
             connected: false,
             stream: 0,
             node_sent: false,
+            resync: false,
             next_id: 1,
             warming_timer: None,
             warming_expired: false,
@@ -292,6 +384,7 @@ impl Ads {
                 self.connected = true;
                 self.stream += 1;
                 self.node_sent = false;
+                self.resync = false;
                 for t in self.types.values_mut() {
                     t.nonce.clear();
                     t.requested = false;
@@ -301,7 +394,7 @@ impl Ads {
                     if kind.is_full_state() || !self.types[&kind].names.is_empty() {
                         match self.mode {
                             XdsMode::Sotw => self.request(kind, None),
-                            XdsMode::Delta => self.resubscribe_delta(kind),
+                            XdsMode::Delta => self.resubscribe_delta(kind, None),
                         }
                     }
                 }
@@ -354,33 +447,46 @@ impl Ads {
         if self.mode == XdsMode::Delta {
             // Delta subscription changes are sent by `subscribe` and on connecting.
             if let Some((nonce, error)) = answer {
-                self.types
-                    .get_mut(&kind)
-                    .expect("every type")
-                    .nonce
-                    .clone_from(&nonce);
-                self.send_delta(DeltaDiscoveryRequest {
-                    type_url: kind.type_url().to_owned(),
-                    response_nonce: nonce,
-                    error_detail: error.map(error_status),
-                    ..Default::default()
-                });
+                let state = self.types.get_mut(&kind).expect("every type");
+                state.nonce.clone_from(&nonce);
+                if !state.requested {
+                    // The type's first request on this stream: an ACK or NACK without names
+                    // would be a (legacy) wildcard subscription, so it is the whole
+                    // subscription (or nothing, when there is none).
+                    self.resubscribe_delta(kind, Some((nonce, error)));
+                    return;
+                }
+                let nack = error.is_some();
+                self.send_delta(
+                    DeltaDiscoveryRequest {
+                        type_url: kind.type_url().to_owned(),
+                        response_nonce: nonce,
+                        error_detail: error.map(error_status),
+                        ..Default::default()
+                    },
+                    if nack { Answer::Nack } else { Answer::Ack },
+                );
             }
             return;
         }
         let state = self.types.get_mut(&kind).expect("every type");
-        let (nonce, error) = match answer {
+        let (nonce, error, what) = match answer {
             Some((nonce, error)) => {
                 state.nonce.clone_from(&nonce);
-                (nonce, error)
+                let what = if error.is_some() {
+                    Answer::Nack
+                } else {
+                    Answer::Ack
+                };
+                (nonce, error, what)
             }
-            None => (state.nonce.clone(), None),
+            None => (state.nonce.clone(), None, Answer::Subscription),
         };
         state.requested = true;
         let node = (!self.node_sent).then(|| self.node.clone());
         self.node_sent = true;
-        self.outputs
-            .push_back(Output::Send(Box::new(DiscoveryRequest {
+        self.outputs.push_back(Output::Send(
+            Box::new(DiscoveryRequest {
                 version_info: state.accepted_version.clone(),
                 node,
                 resource_names: state.names.iter().cloned().collect(),
@@ -388,11 +494,14 @@ impl Ads {
                 response_nonce: nonce,
                 error_detail: error.map(error_status),
                 ..Default::default()
-            })));
+            }),
+            what,
+        ));
     }
 
-    /// Sends a delta request, with the node when it is the stream's first.
-    fn send_delta(&mut self, mut req: DeltaDiscoveryRequest) {
+    /// Sends a delta request, with the node when it is the stream's first; after a NACK, asks
+    /// for a resync (once per stream).
+    fn send_delta(&mut self, mut req: DeltaDiscoveryRequest, what: Answer) {
         if !self.connected {
             return;
         }
@@ -403,12 +512,18 @@ impl Ads {
             req.node = Some(self.node.clone());
             self.node_sent = true;
         }
-        self.outputs.push_back(Output::SendDelta(Box::new(req)));
+        self.outputs
+            .push_back(Output::SendDelta(Box::new(req), what));
+        if what == Answer::Nack && !self.resync {
+            self.resync = true;
+            self.outputs.push_back(Output::Resync);
+        }
     }
 
-    /// Delta, on a new stream: the whole subscription of `kind` (`*` for CDS and LDS) and the
-    /// versions of the resources of it serving.
-    fn resubscribe_delta(&mut self, kind: ResourceType) {
+    /// Delta, the first request of `kind` on a stream: the whole subscription (`*` for CDS and
+    /// LDS) and the versions of the resources of it serving; with `answer`, it also ACKs or
+    /// NACKs that nonce. Nothing when RDS or EDS has no names.
+    fn resubscribe_delta(&mut self, kind: ResourceType, answer: Option<(String, Option<String>)>) {
         let state = &self.types[&kind];
         let subscribe: Vec<String> = if kind.is_full_state() {
             vec!["*".to_owned()]
@@ -424,12 +539,22 @@ impl Ads {
             .filter(|(name, _)| kind.is_full_state() || state.names.contains(*name))
             .map(|(n, v)| (n.clone(), v.clone()))
             .collect();
-        self.send_delta(DeltaDiscoveryRequest {
-            type_url: kind.type_url().to_owned(),
-            resource_names_subscribe: subscribe,
-            initial_resource_versions,
-            ..Default::default()
-        });
+        let (response_nonce, error, what) = match answer {
+            None => (String::new(), None, Answer::Subscription),
+            Some((nonce, None)) => (nonce, None, Answer::Ack),
+            Some((nonce, Some(e))) => (nonce, Some(error_status(e)), Answer::Nack),
+        };
+        self.send_delta(
+            DeltaDiscoveryRequest {
+                type_url: kind.type_url().to_owned(),
+                resource_names_subscribe: subscribe,
+                initial_resource_versions,
+                response_nonce,
+                error_detail: error,
+                ..Default::default()
+            },
+            what,
+        );
     }
 
     /// The responses are in the serving config: their versions are accepted, and the latest of
@@ -483,7 +608,7 @@ impl Ads {
         };
         match decode(kind, &r.resources) {
             Ok(decoded) => {
-                self.pending.push(Pending {
+                self.push_pending(Pending {
                     kind,
                     version: r.version_info,
                     nonce: r.nonce,
@@ -502,7 +627,7 @@ impl Ads {
         };
         match decode_delta(kind, &mut r) {
             Ok((decoded, change)) => {
-                self.pending.push(Pending {
+                self.push_pending(Pending {
                     kind,
                     version: r.system_version_info,
                     nonce: r.nonce,
@@ -512,6 +637,20 @@ impl Ads {
                 self.evaluate();
             }
             Err(e) => self.nack(kind, r.nonce, e),
+        }
+    }
+
+    /// Adds a response to the pending ones: folded into the pending response of its type, if
+    /// any (then moved last, where the latest arrival goes), so that there is at most one per
+    /// type however many arrive during an apply.
+    fn push_pending(&mut self, p: Pending) {
+        match self.pending.iter().position(|q| q.kind == p.kind) {
+            Some(i) => {
+                let mut earlier = self.pending.remove(i);
+                earlier.absorb(p);
+                self.pending.push(earlier);
+            }
+            None => self.pending.push(p),
         }
     }
 
@@ -551,6 +690,12 @@ impl Ads {
     /// the candidate left standing needs.
     fn evaluate(&mut self) {
         loop {
+            if self.in_flight.is_some() && !self.pending.iter().any(|p| p.kind.is_full_state()) {
+                // Only clusters and listeners decide the subscriptions, and none is pending:
+                // those of the apply in flight stand (no copy of every resource per response
+                // while a server floods endpoints or routes during an apply).
+                return;
+            }
             let candidate = self.candidate();
             if self.in_flight.is_some() || self.pending.is_empty() {
                 self.follow(&candidate);
@@ -655,14 +800,17 @@ impl Ads {
             XdsMode::Delta => {
                 // The first request of a type on a stream is the whole subscription.
                 if !self.types[&kind].requested {
-                    self.resubscribe_delta(kind);
+                    self.resubscribe_delta(kind, None);
                 } else {
-                    self.send_delta(DeltaDiscoveryRequest {
-                        type_url: kind.type_url().to_owned(),
-                        resource_names_subscribe: subscribe,
-                        resource_names_unsubscribe: unsubscribe,
-                        ..Default::default()
-                    });
+                    self.send_delta(
+                        DeltaDiscoveryRequest {
+                            type_url: kind.type_url().to_owned(),
+                            resource_names_subscribe: subscribe,
+                            resource_names_unsubscribe: unsubscribe,
+                            ..Default::default()
+                        },
+                        Answer::Subscription,
+                    );
                 }
             }
         }

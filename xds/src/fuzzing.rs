@@ -142,7 +142,7 @@ impl State {
     fn drain(&mut self, ads: &mut Ads) {
         while let Some(out) = ads.poll_output() {
             match out {
-                Output::Send(_) | Output::SendDelta(_) => {}
+                Output::Send(..) | Output::SendDelta(..) | Output::Resync => {}
                 Output::Apply { id, .. } => self.apply = Some(id),
                 Output::ArmWarmingTimer(id) => self.timer = Some(id),
             }

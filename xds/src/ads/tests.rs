@@ -23,7 +23,7 @@ fn sent(outputs: &[Output]) -> Vec<&DiscoveryRequest> {
     outputs
         .iter()
         .filter_map(|o| match o {
-            Output::Send(r) => Some(&**r),
+            Output::Send(r, _) => Some(&**r),
             _ => None,
         })
         .collect()
@@ -486,5 +486,120 @@ fn undecodable_or_duplicate_resources_are_nacked_at_once() {
             .error_detail
             .as_ref()
             .is_some_and(|e| e.message.contains("undecodable"))
+    );
+}
+
+/// What each request says, from the machine: after an EDS NACK, the EDS subscription change a
+/// new cluster brings repeats the NACKed nonce without `error_detail`; it is a subscription,
+/// not an ACK (the runtime counted it as one).
+#[test]
+fn requests_say_whether_they_ack_nack_or_subscribe() {
+    let whats = |out: &[Output]| -> Vec<(ResourceType, String, Answer)> {
+        out.iter()
+            .filter_map(|o| match o {
+                Output::Send(r, what) => Some((
+                    ResourceType::from_type_url(&r.type_url).expect("known"),
+                    r.response_nonce.clone(),
+                    *what,
+                )),
+                _ => None,
+            })
+            .collect()
+    };
+    let mut a = ads();
+    a.handle_input(Input::Connected);
+    assert!(
+        whats(&drain(&mut a))
+            .iter()
+            .all(|(_, _, w)| *w == Answer::Subscription)
+    );
+    let mut a = serving();
+    a.handle_input(response(
+        Eds,
+        "2",
+        "e2",
+        vec![Any {
+            type_url: Eds.type_url().into(),
+            value: vec![0xff, 0xff, 0xff],
+        }],
+    ));
+    assert_eq!(
+        whats(&drain(&mut a)),
+        [(Eds, "e2".to_owned(), Answer::Nack)]
+    );
+    a.handle_input(response(
+        Cds,
+        "2",
+        "c2",
+        vec![any(&eds_cluster("web")), any(&eds_cluster("api"))],
+    ));
+    let out = drain(&mut a);
+    assert_eq!(sent(&out)[0].error_detail, None);
+    assert_eq!(whats(&out), [(Eds, "e2".to_owned(), Answer::Subscription)]);
+    a.handle_input(response(
+        Eds,
+        "3",
+        "e3",
+        vec![
+            any(&assignment("web", &[("127.0.0.1", 8001, 0)])),
+            any(&assignment("api", &[("127.0.0.1", 8002, 0)])),
+        ],
+    ));
+    let out = drain(&mut a);
+    a.handle_input(Input::Applied(apply_id(&out).expect("apply")));
+    assert_eq!(
+        whats(&drain(&mut a)),
+        [
+            (Cds, "c2".to_owned(), Answer::Ack),
+            (Eds, "e3".to_owned(), Answer::Ack)
+        ]
+    );
+}
+
+/// A server flooding responses during one apply: each is folded into the pending response of
+/// its type (at most one per type, not one per response); when the apply completes, the fold
+/// applies as one config and only the latest nonce of each type is ACKed.
+#[test]
+fn responses_during_an_apply_are_folded_per_type() {
+    let mut a = serving();
+    a.handle_input(response(
+        Eds,
+        "2",
+        "e2",
+        vec![any(&assignment("web", &[("127.0.0.1", 8002, 0)]))],
+    ));
+    let first = apply_id(&drain(&mut a)).expect("apply");
+    for i in 0..1000u32 {
+        a.handle_input(response(
+            Eds,
+            &format!("{}", 3 + i),
+            &format!("e{}", 3 + i),
+            vec![any(&assignment("web", &[("127.0.0.1", 10_000 + i, 0)]))],
+        ));
+        a.handle_input(response(
+            Lds,
+            &format!("{}", 2 + i),
+            &format!("l{}", 2 + i),
+            vec![any(&http_listener("in", "127.0.0.1", 20_000 + i, "routes"))],
+        ));
+        assert!(a.pending.len() <= 2, "{} pending", a.pending.len());
+        assert!(sent(&drain(&mut a)).is_empty());
+    }
+    a.handle_input(Input::Applied(first));
+    let out = drain(&mut a);
+    let reqs: Vec<_> = sent(&out).iter().map(|r| summary(r)).collect();
+    assert_eq!(reqs, [(Eds, "2", "e2", vec!["web"], None)]);
+    let config = applied_config(&out);
+    assert_eq!(config.clusters[0].hosts[0].address.port(), 10_999);
+    assert_eq!(config.listeners[0].address.port(), 20_999);
+    a.handle_input(Input::Applied(apply_id(&out).expect("apply")));
+    let out = drain(&mut a);
+    let reqs: Vec<_> = sent(&out).iter().map(|r| summary(r)).collect();
+    assert_eq!(
+        reqs,
+        [
+            (Eds, "1002", "e1002", vec!["web"], None),
+            (Lds, "1001", "l1001", vec![], None)
+        ]
     );
 }

@@ -32,13 +32,13 @@ fn drain(a: &mut Ads) -> Vec<Output> {
 
 fn sent(outputs: &[Output]) -> Vec<&DeltaDiscoveryRequest> {
     assert!(
-        !outputs.iter().any(|o| matches!(o, Output::Send(_))),
+        !outputs.iter().any(|o| matches!(o, Output::Send(..))),
         "a state-of-the-world request in delta: {outputs:?}"
     );
     outputs
         .iter()
         .filter_map(|o| match o {
-            Output::SendDelta(r) => Some(&**r),
+            Output::SendDelta(r, _) => Some(&**r),
             _ => None,
         })
         .collect()
@@ -589,4 +589,290 @@ fn delta_a_failed_apply_is_nacked() {
         )]
     );
     assert_eq!(a.resource_versions(Eds), &versions(&[("web", "e1")]));
+}
+
+fn resyncs(out: &[Output]) -> usize {
+    out.iter().filter(|o| matches!(o, Output::Resync)).count()
+}
+
+/// The initial resource versions of the first request of `kind` in `out` (a new stream's).
+fn initial_versions(out: &[Output], kind: ResourceType) -> BTreeMap<String, String> {
+    let req = sent(out)
+        .into_iter()
+        .find(|r| r.type_url == kind.type_url())
+        .expect("a request of the type");
+    req.initial_resource_versions
+        .iter()
+        .map(|(n, v)| (n.clone(), v.clone()))
+        .collect()
+}
+
+/// A delta server sends a resource once and never again until it changes: a good EDS update
+/// NACKed together with a bad LDS one (they were in one apply, which failed: the listener's
+/// port was in use) would be lost until a reconnect. The NACK asks for a resync (once per
+/// stream); the new stream's `initial_resource_versions` name only what serves, so the server
+/// sends the EDS update again and it applies.
+#[test]
+fn delta_a_good_update_nacked_with_a_bad_one_is_applied_after_the_resync() {
+    let mut a = serving();
+    // An apply in flight (an endpoint change); meanwhile an EDS and an LDS update arrive.
+    a.handle_input(response(
+        Eds,
+        "2",
+        "n5",
+        vec![resource(
+            "web",
+            "e1b",
+            any(&assignment("web", &[("127.0.0.1", 8003, 0)])),
+        )],
+        &[],
+    ));
+    let first = apply_id(&drain(&mut a));
+    let eds_e2 = || {
+        vec![resource(
+            "web",
+            "e2",
+            any(&assignment("web", &[("127.0.0.1", 8002, 0)])),
+        )]
+    };
+    let in2 = || {
+        vec![resource(
+            "in2",
+            "l9",
+            any(&tcp_listener("in2", "127.0.0.1", 9002, "web")),
+        )]
+    };
+    a.handle_input(response(Eds, "2", "n6", eds_e2(), &[]));
+    a.handle_input(response(Lds, "2", "n7", in2(), &[]));
+    a.handle_input(Input::Applied(first.expect("apply")));
+    let out = drain(&mut a);
+    assert_eq!(
+        applied_config(&out).clusters[0].hosts[0].address.port(),
+        8002
+    );
+    a.handle_input(Input::ApplyFailed(
+        apply_id(&out).expect("apply"),
+        "bind 127.0.0.1:9002: address in use".into(),
+    ));
+    let out = drain(&mut a);
+    let nacks: Vec<_> = summaries(&out)
+        .into_iter()
+        .filter(|s| s.4.is_some())
+        .map(|s| (s.0, s.1))
+        .collect();
+    assert_eq!(nacks, [(Eds, "n6"), (Lds, "n7")], "{out:?}");
+    assert_eq!(resyncs(&out), 1, "one resync for the stream: {out:?}");
+    assert_eq!(a.resource_versions(Eds), &versions(&[("web", "e1b")]));
+
+    // The runtime ends the stream and, after the backoff, opens a new one.
+    a.handle_input(Input::Disconnected);
+    drain(&mut a);
+    a.handle_input(Input::Connected);
+    let out = drain(&mut a);
+    assert_eq!(initial_versions(&out, Eds), versions(&[("web", "e1b")]));
+    assert_eq!(initial_versions(&out, Lds), versions(&[("in", "l1")]));
+    // So the server (which diffs against those) sends the EDS update again: it applies.
+    a.handle_input(response(Eds, "2", "m1", eds_e2(), &[]));
+    let out = drain(&mut a);
+    assert_eq!(
+        applied_config(&out).clusters[0].hosts[0].address.port(),
+        8002
+    );
+    a.handle_input(Input::Applied(apply_id(&out).expect("apply")));
+    assert_eq!(
+        summaries(&drain(&mut a)),
+        [(Eds, "m1", vec![], vec![], None)]
+    );
+    assert_eq!(a.resource_versions(Eds), &versions(&[("web", "e2")]));
+    // The bad listener, sent again, is NACKed again: one more resync, on this stream.
+    a.handle_input(response(
+        Lds,
+        "2",
+        "m2",
+        vec![resource(
+            "in",
+            "l2",
+            any(&http_listener("in", "127.0.0.1", 99999, "routes")),
+        )],
+        &[],
+    ));
+    let out = drain(&mut a);
+    assert_eq!(summaries(&out)[0].1, "m2");
+    assert!(summaries(&out)[0].4.is_some());
+    assert_eq!(resyncs(&out), 1);
+}
+
+/// A listener whose apply failed (its port briefly in use) comes back after the resync.
+#[test]
+fn delta_a_failed_apply_resyncs_and_the_listener_comes_back() {
+    let mut a = serving();
+    let in2 = || {
+        vec![resource(
+            "in2",
+            "l9",
+            any(&tcp_listener("in2", "127.0.0.1", 9002, "web")),
+        )]
+    };
+    a.handle_input(response(Lds, "2", "n5", in2(), &[]));
+    let id = apply_id(&drain(&mut a)).expect("apply");
+    a.handle_input(Input::ApplyFailed(id, "bind: address in use".into()));
+    let out = drain(&mut a);
+    assert_eq!(summaries(&out).len(), 1);
+    assert_eq!(resyncs(&out), 1);
+    a.handle_input(Input::Disconnected);
+    drain(&mut a);
+    a.handle_input(Input::Connected);
+    let out = drain(&mut a);
+    assert_eq!(initial_versions(&out, Lds), versions(&[("in", "l1")]));
+    assert_eq!(resyncs(&out), 0);
+    a.handle_input(response(Lds, "2", "m1", in2(), &[]));
+    let out = drain(&mut a);
+    assert_eq!(applied_config(&out).listeners.len(), 2);
+    a.handle_input(Input::Applied(apply_id(&out).expect("apply")));
+    assert_eq!(
+        summaries(&drain(&mut a)),
+        [(Lds, "m1", vec![], vec![], None)]
+    );
+    assert_eq!(
+        a.resource_versions(Lds),
+        &versions(&[("in", "l1"), ("in2", "l9")])
+    );
+}
+
+/// An ACK or NACK of a type not yet requested on the stream would, with no names, be a
+/// wildcard subscription: RDS and EDS answer an unsolicited response only once they have a
+/// subscription (then the answer carries it).
+#[test]
+fn delta_an_unsolicited_response_does_not_subscribe_to_everything() {
+    let mut a = ads();
+    a.handle_input(Input::Connected);
+    drain(&mut a);
+    a.handle_input(response(
+        Rds,
+        "1",
+        "u1",
+        vec![resource(
+            "routes",
+            "r1",
+            any(&route_config("routes", "web")),
+        )],
+        &[],
+    ));
+    let out = drain(&mut a);
+    assert!(
+        sent(&out).iter().all(|r| r.type_url != Rds.type_url()),
+        "{out:?}"
+    );
+    a.handle_input(Input::DeltaResponse(DeltaDiscoveryResponse {
+        type_url: Eds.type_url().into(),
+        nonce: "u2".into(),
+        resources: vec![Resource {
+            name: "web".into(),
+            resource: Some(Any {
+                type_url: Eds.type_url().into(),
+                value: vec![0xff, 0xff, 0xff],
+            }),
+            ..Default::default()
+        }],
+        ..Default::default()
+    }));
+    let out = drain(&mut a);
+    assert!(sent(&out).is_empty(), "{out:?}");
+    assert_eq!(resyncs(&out), 0);
+    // Once a listener names "routes", the first RDS request subscribes to it.
+    a.handle_input(response(
+        Lds,
+        "1",
+        "n1",
+        vec![resource(
+            "in",
+            "l1",
+            any(&http_listener("in", "127.0.0.1", 9000, "routes")),
+        )],
+        &[],
+    ));
+    let out = drain(&mut a);
+    assert!(summaries(&out).contains(&(Rds, "", vec!["routes"], vec![], None)));
+}
+
+/// Each request says what it is; an EDS subscription change after an EDS NACK repeats no
+/// nonce in delta, and is a subscription.
+#[test]
+fn delta_requests_say_whether_they_ack_nack_or_subscribe() {
+    let mut a = serving();
+    a.handle_input(response(Cds, "2", "n5", vec![api_cluster()], &[]));
+    let out = drain(&mut a);
+    let whats: Vec<_> = out
+        .iter()
+        .filter_map(|o| match o {
+            Output::SendDelta(r, what) => Some((summary(r).0, *what)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(whats, [(Eds, Answer::Subscription)]);
+}
+
+/// Delta responses of a type arriving during an apply are folded into one as they come: a
+/// resource added then removed is gone (and so is its version), the later upsert of a name
+/// wins; the latest nonce is ACKed.
+#[test]
+fn delta_responses_during_an_apply_are_folded_per_type() {
+    let mut a = serving();
+    a.handle_input(response(
+        Eds,
+        "2",
+        "n5",
+        vec![resource(
+            "web",
+            "e2",
+            any(&assignment("web", &[("127.0.0.1", 8002, 0)])),
+        )],
+        &[],
+    ));
+    let first = apply_id(&drain(&mut a)).expect("apply");
+    let tcp = |name: &str, version: &str, port: u32| {
+        vec![resource(
+            name,
+            version,
+            any(&tcp_listener(name, "127.0.0.1", port, "web")),
+        )]
+    };
+    a.handle_input(response(Lds, "2", "n6", tcp("in2", "l2", 9002), &[]));
+    a.handle_input(response(Lds, "3", "n7", vec![], &["in2"]));
+    a.handle_input(response(Lds, "4", "n8", tcp("in3", "l3", 9003), &[]));
+    a.handle_input(response(Lds, "5", "n9", tcp("in3", "l4", 9004), &[]));
+    a.handle_input(response(
+        Eds,
+        "3",
+        "n10",
+        vec![resource(
+            "web",
+            "e3",
+            any(&assignment("web", &[("127.0.0.1", 8003, 0)])),
+        )],
+        &[],
+    ));
+    assert_eq!(a.pending.len(), 2);
+    assert!(sent(&drain(&mut a)).is_empty());
+    a.handle_input(Input::Applied(first));
+    let out = drain(&mut a);
+    assert_eq!(summaries(&out), [(Eds, "n5", vec![], vec![], None)]);
+    let config = applied_config(&out);
+    let mut ports: Vec<u16> = config.listeners.iter().map(|l| l.address.port()).collect();
+    ports.sort_unstable();
+    assert_eq!(ports, [9000, 9004]);
+    assert_eq!(config.clusters[0].hosts[0].address.port(), 8003);
+    a.handle_input(Input::Applied(apply_id(&out).expect("apply")));
+    assert_eq!(
+        summaries(&drain(&mut a)),
+        [
+            (Eds, "n10", vec![], vec![], None),
+            (Lds, "n9", vec![], vec![], None)
+        ]
+    );
+    assert_eq!(
+        a.resource_versions(Lds),
+        &versions(&[("in", "l1"), ("in3", "l4")])
+    );
+    assert_eq!(a.accepted_version(Lds), "5");
 }
