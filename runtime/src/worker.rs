@@ -790,6 +790,59 @@ mod tests {
         });
     }
 
+    /// For each HTTP codec setting: a worker serving `direct_response: 200 served` with this
+    /// `drain_timeout`, a client connected to it (its connection accepted, nothing sent), and
+    /// the worker stopped — a drain beginning — then `after` later the client's request. What
+    /// the client got back, until the connection closed.
+    fn request_sent_into_a_drain(drain_timeout: &str, after: Duration) -> Vec<(String, String)> {
+        ["auto", "http1"]
+            .into_iter()
+            .map(|codec| {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .expect("runtime");
+                let answer = tokio::task::LocalSet::new().block_on(&rt, async {
+                    let (socket, port) = listener();
+                    let yaml = format!(
+                        "listeners:\n  - name: web\n    address: 127.0.0.1:{port}\n    http:\n      codec: {codec}\n      virtual_hosts:\n        - {{ name: all, domains: ['*'], routes: [ {{ match: {{ prefix: / }}, direct_response: {{ status: 200, body: served }} }} ] }}\nclusters: [{{ name: unused, hosts: [{{ address: 127.0.0.1:9 }}] }}]\ndrain_timeout: {drain_timeout}\n"
+                    );
+                    let config = Arc::new(
+                        Config::from_yaml(&yaml).unwrap_or_else(|e| panic!("{e}\n{yaml}")),
+                    );
+                    let mut worker =
+                        Worker::start(engine(&config), vec![socket], WorkerHooks::default());
+                    let status = worker.status();
+                    let mut client = tokio::net::TcpStream::connect(("127.0.0.1", port))
+                        .await
+                        .expect("connect");
+                    until("the connection to be accepted", || {
+                        status
+                            .generation(0)
+                            .is_some_and(|g| g.open_connections() == 1)
+                    })
+                    .await;
+                    worker.stop();
+                    // The request is on its way as the drain goes on.
+                    tokio::time::sleep(after).await;
+                    let _ = client
+                        .write_all(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
+                        .await;
+                    let mut answer = Vec::new();
+                    let _ = tokio::time::timeout(
+                        Duration::from_secs(5),
+                        client.read_to_end(&mut answer),
+                    )
+                    .await
+                    .expect("answered or closed in time");
+                    worker.drained().await;
+                    String::from_utf8_lossy(&answer).to_lowercase()
+                });
+                (codec.to_owned(), answer)
+            })
+            .collect()
+    }
+
     /// A connection accepted just before a drain, whose first request is still on its way,
     /// is served when the request arrives within the drain grace (answered with `connection:
     /// close`), for each HTTP codec setting. Before, a listener with `codec: auto` (the
@@ -797,47 +850,16 @@ mod tests {
     /// 829 of `upgrade_whose_new_instance_crashes`).
     #[test]
     fn a_first_request_arriving_in_the_drain_grace_is_served() {
-        for codec in ["auto", "http1"] {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("runtime");
-            tokio::task::LocalSet::new().block_on(&rt, async {
-                let (socket, port) = listener();
-                let yaml = format!(
-                    "listeners:\n  - name: web\n    address: 127.0.0.1:{port}\n    http:\n      codec: {codec}\n      virtual_hosts:\n        - {{ name: all, domains: ['*'], routes: [ {{ match: {{ prefix: / }}, direct_response: {{ status: 200, body: served }} }} ] }}\nclusters: [{{ name: unused, hosts: [{{ address: 127.0.0.1:9 }}] }}]\ndrain_timeout: 5s\n"
-                );
-                let config =
-                    Arc::new(Config::from_yaml(&yaml).unwrap_or_else(|e| panic!("{e}\n{yaml}")));
-                let mut worker = Worker::start(engine(&config), vec![socket], WorkerHooks::default());
-                let status = worker.status();
-                let mut client = tokio::net::TcpStream::connect(("127.0.0.1", port))
-                    .await
-                    .expect("connect");
-                until("the connection to be accepted", || {
-                    status
-                        .generation(0)
-                        .is_some_and(|g| g.open_connections() == 1)
-                })
-                .await;
-                worker.stop();
-                // The request is on its way as the drain begins.
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                client
-                    .write_all(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
-                    .await
-                    .expect("write");
-                let mut answer = Vec::new();
-                tokio::time::timeout(Duration::from_secs(5), client.read_to_end(&mut answer))
-                    .await
-                    .expect("answered and closed in time")
-                    .expect("read");
-                let answer = String::from_utf8_lossy(&answer).to_lowercase();
-                assert!(answer.starts_with("http/1.1 200"), "codec {codec}: {answer:?}");
-                assert!(answer.contains("connection: close"), "codec {codec}: {answer:?}");
-                assert!(answer.ends_with("served"), "codec {codec}: {answer:?}");
-                worker.drained().await;
-            });
+        for (codec, answer) in request_sent_into_a_drain("5s", Duration::from_millis(100)) {
+            assert!(
+                answer.starts_with("http/1.1 200"),
+                "codec {codec}: {answer:?}"
+            );
+            assert!(
+                answer.contains("connection: close"),
+                "codec {codec}: {answer:?}"
+            );
+            assert!(answer.ends_with("served"), "codec {codec}: {answer:?}");
         }
     }
 
@@ -847,43 +869,9 @@ mod tests {
     /// request arriving in it was served past the drain's end).
     #[test]
     fn a_fresh_connection_waits_no_longer_than_the_drain() {
-        for codec in ["auto", "http1"] {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("runtime");
-            tokio::task::LocalSet::new().block_on(&rt, async {
-                let (socket, port) = listener();
-                let yaml = format!(
-                    "listeners:\n  - name: web\n    address: 127.0.0.1:{port}\n    http:\n      codec: {codec}\n      virtual_hosts:\n        - {{ name: all, domains: ['*'], routes: [ {{ match: {{ prefix: / }}, direct_response: {{ status: 200, body: served }} }} ] }}\nclusters: [{{ name: unused, hosts: [{{ address: 127.0.0.1:9 }}] }}]\ndrain_timeout: 100ms\n"
-                );
-                let config =
-                    Arc::new(Config::from_yaml(&yaml).unwrap_or_else(|e| panic!("{e}\n{yaml}")));
-                let mut worker =
-                    Worker::start(engine(&config), vec![socket], WorkerHooks::default());
-                let status = worker.status();
-                let mut client = tokio::net::TcpStream::connect(("127.0.0.1", port))
-                    .await
-                    .expect("connect");
-                until("the connection to be accepted", || {
-                    status
-                        .generation(0)
-                        .is_some_and(|g| g.open_connections() == 1)
-                })
-                .await;
-                worker.stop();
-                // Past the drain deadline (100 ms), within the grace (1 s).
-                tokio::time::sleep(Duration::from_millis(500)).await;
-                let _ = client
-                    .write_all(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
-                    .await;
-                let mut answer = Vec::new();
-                let _ = tokio::time::timeout(Duration::from_secs(5), client.read_to_end(&mut answer))
-                    .await
-                    .expect("closed in time");
-                assert_eq!(String::from_utf8_lossy(&answer), "", "codec {codec}");
-                worker.drained().await;
-            });
+        // Past the drain deadline (100 ms), within the grace (1 s).
+        for (codec, answer) in request_sent_into_a_drain("100ms", Duration::from_millis(500)) {
+            assert_eq!(answer, "", "codec {codec}");
         }
     }
 }
