@@ -154,6 +154,60 @@ fn stat(all: &[(String, u64)], name: &str) -> u64 {
         .unwrap_or_else(|| panic!("no {name} in /stats: {all:?}"))
 }
 
+/// An application namespace and a server namespace for the test `tag`, joined by a veth pair
+/// (`veth0` in the application's, `veth1` in the server's) with `f`'s addresses, links and
+/// loopback up. Every namespace and veth goes when the `Netns` are dropped.
+fn namespaces(tag: &str, f: &Family) -> (Netns, Netns) {
+    let pid = std::process::id();
+    let app = Netns::new(format!("sluice-{pid}-{tag}-app"));
+    let server = Netns::new(format!("sluice-{pid}-{tag}-srv"));
+    ip(&[
+        "-n", &app.0, "link", "add", "veth0", "type", "veth", "peer", "name", "veth1", "netns",
+        &server.0,
+    ]);
+    // No duplicate address detection: an IPv6 address is usable at once.
+    let nodad: &[&str] = if f.prefix == 64 { &["nodad"] } else { &[] };
+    for (ns, ip_address, dev) in [(&app, f.app, "veth0"), (&server, f.server, "veth1")] {
+        let cidr = format!("{ip_address}/{}", f.prefix);
+        let mut args = vec!["-n", &ns.0, "addr", "add", &cidr, "dev", dev];
+        args.extend_from_slice(nodad);
+        ip(&args);
+        ip(&["-n", &ns.0, "link", "set", dev, "up"]);
+        ip(&["-n", &ns.0, "link", "set", "lo", "up"]);
+    }
+    (app, server)
+}
+
+/// Starts Sluice in `app` on the config at `config_path` (its admin on 127.0.0.1:15000), then
+/// applies there the capture rules `sluice iptables` prints for that config.
+fn start_capturing(dir: &TempDir, app: &Netns, config_path: &str) -> Proc {
+    let mut sluice = spawn_in(
+        dir,
+        app,
+        "sluice",
+        sluice_bin(),
+        &["run", "-c", config_path, "--workers", "1"],
+    );
+    wait_listening_in(app, "127.0.0.1", 15000, &mut sluice);
+    let printed = Command::new(sluice_bin())
+        .args(["iptables", "-c", config_path])
+        .output()
+        .unwrap();
+    assert!(
+        printed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&printed.stderr)
+    );
+    let rules = String::from_utf8(printed.stdout).unwrap();
+    let applied = in_ns(app, "sh", &["-c", &rules]);
+    assert!(
+        applied.status.success(),
+        "the printed rules did not apply:\n{rules}\n{}",
+        String::from_utf8_lossy(&applied.stderr)
+    );
+    sluice
+}
+
 /// Outbound TCP and HTTP from the application namespace to the server's real address, and
 /// inbound HTTP from the server namespace to the application's own server, captured by the
 /// rules `sluice iptables` prints for listeners with `original_dst: MODE`.
@@ -163,26 +217,8 @@ fn capture(mode: &str, tag: &str, f: &Family) {
     }
     let (app_ip, server_ip) = (f.app, f.server);
     let dir = TempDir::new(&format!("transparent-{tag}"));
-    let pid = std::process::id();
-    // Declared first: dropped last, after every process in them is gone.
-    let app = Netns::new(format!("sluice-{pid}-{tag}-app"));
-    let server = Netns::new(format!("sluice-{pid}-{tag}-srv"));
-    ip(&[
-        "-n", &app.0, "link", "add", "veth0", "type", "veth", "peer", "name", "veth1", "netns",
-        &server.0,
-    ]);
-    // No duplicate address detection: an IPv6 address is usable at once.
-    let nodad: &[&str] = if f.prefix == 64 { &["nodad"] } else { &[] };
-    for (ns, ip_address, dev) in [(&app, app_ip, "veth0"), (&server, server_ip, "veth1")] {
-        let cidr = format!("{ip_address}/{}", f.prefix);
-        let mut args = vec!["-n", &ns.0, "addr", "add", &cidr, "dev", dev];
-        args.extend_from_slice(nodad);
-        ip(&args);
-    }
-    for (ns, dev) in [(&app, "veth0"), (&server, "veth1")] {
-        ip(&["-n", &ns.0, "link", "set", dev, "up"]);
-        ip(&["-n", &ns.0, "link", "set", "lo", "up"]);
-    }
+    // Declared before any process in them: dropped last, after every process is gone.
+    let (app, server) = namespaces(tag, f);
 
     // The server: an echo on ECHO_PORT, an HTTP file server on HTTP_PORT.
     let files = dir.path().join("www");
@@ -247,32 +283,7 @@ fn capture(mode: &str, tag: &str, f: &Family) {
         &config(mode, access_log.to_str().unwrap(), f),
     );
     let config_path = config_path.to_str().unwrap();
-    let mut sluice = spawn_in(
-        &dir,
-        &app,
-        "sluice",
-        sluice_bin(),
-        &["run", "-c", config_path, "--workers", "1"],
-    );
-    wait_listening_in(&app, "127.0.0.1", 15000, &mut sluice);
-
-    // The capture rules, as printed.
-    let printed = Command::new(sluice_bin())
-        .args(["iptables", "-c", config_path])
-        .output()
-        .unwrap();
-    assert!(
-        printed.status.success(),
-        "{}",
-        String::from_utf8_lossy(&printed.stderr)
-    );
-    let script = String::from_utf8(printed.stdout).unwrap();
-    let applied = in_ns(&app, "sh", &["-c", &script]);
-    assert!(
-        applied.status.success(),
-        "the printed rules did not apply:\n{script}\n{}",
-        String::from_utf8_lossy(&applied.stderr)
-    );
+    let mut sluice = start_capturing(&dir, &app, config_path);
 
     // TCP to the server's real address: no listener for the echo's port, so the capture
     // listener's own chain passes it through to the original destination.
@@ -496,19 +507,8 @@ fn redirect_capture_routes_http_to_the_original_destination() {
     let tag = "http-odst";
     let (app_ip, server_ip) = (f.app, f.server);
     let dir = TempDir::new(&format!("transparent-{tag}"));
-    let pid = std::process::id();
-    let app = Netns::new(format!("sluice-{pid}-{tag}-app"));
-    let server = Netns::new(format!("sluice-{pid}-{tag}-srv"));
-    ip(&[
-        "-n", &app.0, "link", "add", "veth0", "type", "veth", "peer", "name", "veth1", "netns",
-        &server.0,
-    ]);
-    for (ns, ip_address, dev) in [(&app, app_ip, "veth0"), (&server, server_ip, "veth1")] {
-        let cidr = format!("{ip_address}/{}", f.prefix);
-        ip(&["-n", &ns.0, "addr", "add", &cidr, "dev", dev]);
-        ip(&["-n", &ns.0, "link", "set", dev, "up"]);
-        ip(&["-n", &ns.0, "link", "set", "lo", "up"]);
-    }
+    // Declared before any process in them: dropped last, after every process is gone.
+    let (app, server) = namespaces(tag, f);
     let script = dir.write("host_echo.py", HOST_ECHO_SERVER);
     let mut web = spawn_in(
         &dir,
@@ -549,26 +549,7 @@ clusters:
     );
     let config_path = dir.write("sluice.yaml", &config);
     let config_path = config_path.to_str().unwrap();
-    let mut sluice = spawn_in(
-        &dir,
-        &app,
-        "sluice",
-        sluice_bin(),
-        &["run", "-c", config_path, "--workers", "1"],
-    );
-    wait_listening_in(&app, "127.0.0.1", 15000, &mut sluice);
-    let printed = Command::new(sluice_bin())
-        .args(["iptables", "-c", config_path])
-        .output()
-        .unwrap();
-    assert!(printed.status.success());
-    let rules = String::from_utf8(printed.stdout).unwrap();
-    let applied = in_ns(&app, "sh", &["-c", &rules]);
-    assert!(
-        applied.status.success(),
-        "{rules}\n{}",
-        String::from_utf8_lossy(&applied.stderr)
-    );
+    let mut sluice = start_capturing(&dir, &app, config_path);
     let probes = web.log_text().lines().filter(|l| l.contains("GET")).count();
 
     // Captured: to the original destination, with the application's Host.
@@ -653,21 +634,10 @@ fn redirect_capture_routes_grpc_over_http2_to_the_original_destination() {
     }
     let f = &IPV4;
     let tag = "grpc-odst";
-    let (app_ip, server_ip) = (f.app, f.server);
+    let server_ip = f.server;
     let dir = TempDir::new(&format!("transparent-{tag}"));
-    let pid = std::process::id();
-    let app = Netns::new(format!("sluice-{pid}-{tag}-app"));
-    let server = Netns::new(format!("sluice-{pid}-{tag}-srv"));
-    ip(&[
-        "-n", &app.0, "link", "add", "veth0", "type", "veth", "peer", "name", "veth1", "netns",
-        &server.0,
-    ]);
-    for (ns, ip_address, dev) in [(&app, app_ip, "veth0"), (&server, server_ip, "veth1")] {
-        let cidr = format!("{ip_address}/{}", f.prefix);
-        ip(&["-n", &ns.0, "addr", "add", &cidr, "dev", dev]);
-        ip(&["-n", &ns.0, "link", "set", dev, "up"]);
-        ip(&["-n", &ns.0, "link", "set", "lo", "up"]);
-    }
+    // Declared before any process in them: dropped last, after every process is gone.
+    let (app, server) = namespaces(tag, f);
     // Two gRPC servers at two destinations of the server namespace.
     let peer = repo().join("tests/grpc/peer.js");
     let peer = peer.to_str().unwrap();
@@ -707,26 +677,7 @@ clusters:
     );
     let config_path = dir.write("sluice.yaml", &config);
     let config_path = config_path.to_str().unwrap();
-    let mut sluice = spawn_in(
-        &dir,
-        &app,
-        "sluice",
-        sluice_bin(),
-        &["run", "-c", config_path, "--workers", "1"],
-    );
-    wait_listening_in(&app, "127.0.0.1", 15000, &mut sluice);
-    let printed = Command::new(sluice_bin())
-        .args(["iptables", "-c", config_path])
-        .output()
-        .unwrap();
-    assert!(printed.status.success());
-    let rules = String::from_utf8(printed.stdout).unwrap();
-    let applied = in_ns(&app, "sh", &["-c", &rules]);
-    assert!(
-        applied.status.success(),
-        "{rules}\n{}",
-        String::from_utf8_lossy(&applied.stderr)
-    );
+    let mut sluice = start_capturing(&dir, &app, config_path);
     // A grpc-js client in the application namespace calls the server's real address.
     let call = |port: u16, case: &str| -> serde_json::Value {
         let out = in_ns(
@@ -1129,19 +1080,8 @@ fn redirect_capture_routes_bolt_to_the_original_destination() {
     let tag = "bolt-odst";
     let (app_ip, server_ip) = (f.app, f.server);
     let dir = TempDir::new(&format!("transparent-{tag}"));
-    let pid = std::process::id();
-    let app = Netns::new(format!("sluice-{pid}-{tag}-app"));
-    let server = Netns::new(format!("sluice-{pid}-{tag}-srv"));
-    ip(&[
-        "-n", &app.0, "link", "add", "veth0", "type", "veth", "peer", "name", "veth1", "netns",
-        &server.0,
-    ]);
-    for (ns, ip_address, dev) in [(&app, app_ip, "veth0"), (&server, server_ip, "veth1")] {
-        let cidr = format!("{ip_address}/{}", f.prefix);
-        ip(&["-n", &ns.0, "addr", "add", &cidr, "dev", dev]);
-        ip(&["-n", &ns.0, "link", "set", dev, "up"]);
-        ip(&["-n", &ns.0, "link", "set", "lo", "up"]);
-    }
+    // Declared before any process in them: dropped last, after every process is gone.
+    let (app, server) = namespaces(tag, f);
     let script = dir.write("bolt_server.py", BOLT_SERVER);
     let mut rpc = spawn_in(
         &dir,
@@ -1180,26 +1120,7 @@ clusters:
     );
     let config_path = dir.write("sluice.yaml", &config);
     let config_path = config_path.to_str().unwrap();
-    let mut sluice = spawn_in(
-        &dir,
-        &app,
-        "sluice",
-        sluice_bin(),
-        &["run", "-c", config_path, "--workers", "1"],
-    );
-    wait_listening_in(&app, "127.0.0.1", 15000, &mut sluice);
-    let printed = Command::new(sluice_bin())
-        .args(["iptables", "-c", config_path])
-        .output()
-        .unwrap();
-    assert!(printed.status.success());
-    let rules = String::from_utf8(printed.stdout).unwrap();
-    let applied = in_ns(&app, "sh", &["-c", &rules]);
-    assert!(
-        applied.status.success(),
-        "{rules}\n{}",
-        String::from_utf8_lossy(&applied.stderr)
-    );
+    let mut sluice = start_capturing(&dir, &app, config_path);
 
     // Captured: both requests of the connection reach the real server, answered in order
     // with their own ids.
@@ -1304,19 +1225,8 @@ fn the_xds_connection_is_not_captured() {
     let tag = "xds-mark";
     let (app_ip, server_ip) = (f.app, f.server);
     let dir = TempDir::new(&format!("transparent-{tag}"));
-    let pid = std::process::id();
-    let app = Netns::new(format!("sluice-{pid}-{tag}-app"));
-    let server = Netns::new(format!("sluice-{pid}-{tag}-srv"));
-    ip(&[
-        "-n", &app.0, "link", "add", "veth0", "type", "veth", "peer", "name", "veth1", "netns",
-        &server.0,
-    ]);
-    for (ns, ip_address, dev) in [(&app, app_ip, "veth0"), (&server, server_ip, "veth1")] {
-        let cidr = format!("{ip_address}/{}", f.prefix);
-        ip(&["-n", &ns.0, "addr", "add", &cidr, "dev", dev]);
-        ip(&["-n", &ns.0, "link", "set", dev, "up"]);
-        ip(&["-n", &ns.0, "link", "set", "lo", "up"]);
-    }
+    // Declared before any process in them: dropped last, after every process is gone.
+    let (app, server) = namespaces(tag, f);
     let script = dir.write("peer_logger.py", PEER_LOGGER);
     let mut control_plane = spawn_in(
         &dir,
@@ -1418,21 +1328,10 @@ fn a_virtual_listener_serves_hand_offs_and_binds_nothing() {
     }
     let f = &IPV4;
     let tag = "virtual";
-    let (app_ip, server_ip) = (f.app, f.server);
+    let server_ip = f.server;
     let dir = TempDir::new(&format!("transparent-{tag}"));
-    let pid = std::process::id();
-    let app = Netns::new(format!("sluice-{pid}-{tag}-app"));
-    let server = Netns::new(format!("sluice-{pid}-{tag}-srv"));
-    ip(&[
-        "-n", &app.0, "link", "add", "veth0", "type", "veth", "peer", "name", "veth1", "netns",
-        &server.0,
-    ]);
-    for (ns, ip_address, dev) in [(&app, app_ip, "veth0"), (&server, server_ip, "veth1")] {
-        let cidr = format!("{ip_address}/{}", f.prefix);
-        ip(&["-n", &ns.0, "addr", "add", &cidr, "dev", dev]);
-        ip(&["-n", &ns.0, "link", "set", dev, "up"]);
-        ip(&["-n", &ns.0, "link", "set", "lo", "up"]);
-    }
+    // Declared before any process in them: dropped last, after every process is gone.
+    let (app, server) = namespaces(tag, f);
     let script = dir.write("host_echo.py", HOST_ECHO_SERVER);
     let mut web = spawn_in(
         &dir,
