@@ -6,16 +6,20 @@ use serde_json::json;
 use super::*;
 use crate::fixtures::*;
 
-fn ads() -> Ads {
-    let node = Node {
+/// The node of every test (shared with the delta tests).
+pub(super) fn node() -> Node {
+    Node {
         id: "sidecar-1".into(),
         cluster: "web".into(),
         ..Default::default()
-    };
-    Ads::new(node, json!({ "listeners": [], "clusters": [] }))
+    }
 }
 
-fn drain(a: &mut Ads) -> Vec<Output> {
+fn ads() -> Ads {
+    Ads::new(node(), json!({ "listeners": [], "clusters": [] }))
+}
+
+pub(super) fn drain(a: &mut Ads) -> Vec<Output> {
     std::iter::from_fn(|| a.poll_output()).collect()
 }
 
@@ -29,14 +33,14 @@ fn sent(outputs: &[Output]) -> Vec<&DiscoveryRequest> {
         .collect()
 }
 
-fn apply_id(outputs: &[Output]) -> Option<u64> {
+pub(super) fn apply_id(outputs: &[Output]) -> Option<u64> {
     outputs.iter().find_map(|o| match o {
         Output::Apply { id, .. } => Some(*id),
         _ => None,
     })
 }
 
-fn applied_config(outputs: &[Output]) -> &Config {
+pub(super) fn applied_config(outputs: &[Output]) -> &Config {
     outputs
         .iter()
         .find_map(|o| match o {

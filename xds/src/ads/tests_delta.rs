@@ -2,32 +2,23 @@
 
 use std::collections::HashMap;
 
-use envoy_types::pb::envoy::config::core::v3::Node;
 use envoy_types::pb::envoy::service::discovery::v3::{
     DeltaDiscoveryRequest, DeltaDiscoveryResponse, Resource,
 };
 use serde_json::json;
 
+use super::tests::{applied_config, apply_id, drain, node};
 use super::*;
 use crate::fixtures::*;
 
 use ResourceType::{Cluster as Cds, Endpoints as Eds, Listener as Lds, Route as Rds};
 
 fn ads() -> Ads {
-    let node = Node {
-        id: "sidecar-1".into(),
-        cluster: "web".into(),
-        ..Default::default()
-    };
     Ads::with_mode(
         XdsMode::Delta,
-        node,
+        node(),
         json!({ "listeners": [], "clusters": [] }),
     )
-}
-
-fn drain(a: &mut Ads) -> Vec<Output> {
-    std::iter::from_fn(|| a.poll_output()).collect()
 }
 
 fn sent(outputs: &[Output]) -> Vec<&DeltaDiscoveryRequest> {
@@ -42,23 +33,6 @@ fn sent(outputs: &[Output]) -> Vec<&DeltaDiscoveryRequest> {
             _ => None,
         })
         .collect()
-}
-
-fn apply_id(outputs: &[Output]) -> Option<u64> {
-    outputs.iter().find_map(|o| match o {
-        Output::Apply { id, .. } => Some(*id),
-        _ => None,
-    })
-}
-
-fn applied_config(outputs: &[Output]) -> &Config {
-    outputs
-        .iter()
-        .find_map(|o| match o {
-            Output::Apply { config, .. } => Some(&**config),
-            _ => None,
-        })
-        .expect("an apply")
 }
 
 /// A delta response of `kind`: `resources` as (name, version, body), and the names removed.
