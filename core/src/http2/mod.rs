@@ -1,10 +1,12 @@
 //! HTTP/2 semantics the proxy needs beside the `h2` crate (which the runtime uses for framing,
 //! HPACK and flow control): recognizing a connection's client preface, and translating message
-//! heads between HTTP/2 and the HTTP/1.1 the upstream path speaks ([`translate`]).
+//! heads between HTTP/2 and the HTTP/1.1 the upstream path speaks ([`translate`]), and Envoy's
+//! rule against clients that reset their streams prematurely ([`premature`]).
 //!
 //! Nothing here reads a socket or knows an `h2` type: heads come in as neutral byte pairs, so the
 //! same code is unit-tested, property-tested and fuzzed without a connection.
 
+pub mod premature;
 pub mod translate;
 
 pub use translate::{
