@@ -337,6 +337,64 @@ fn a_client_that_resets_streams_does_not_disturb_other_connections() {
     assert_eq!(h2load_counts(&text), (500, 0, 0), "{text}");
 }
 
+/// Envoy's premature-reset rule: a client that opens streams and cancels each soon after it
+/// was accepted (forwarded upstream, then reset: work for nothing, and `h2`'s rapid-reset
+/// guard does not see it — those streams were accepted) gets GOAWAY `ENHANCE_YOUR_CALM` once
+/// half of 500 streams were reset within a second, and its connection closes; another
+/// connection is served meanwhile. A client that cancels a few streams is left alone.
+#[test]
+fn a_client_resetting_its_streams_prematurely_gets_goaway() {
+    if !require_peers(&["node", "curl"]) {
+        return;
+    }
+    let dir = TempDir::new("h2-premature");
+    let (listen, up, admin) = (free_port(), free_port(), free_port());
+    let (_u, _log) = start_upstream(&dir, "up", up);
+    let yaml = format!(
+        "{}admin: {{ address: 127.0.0.1:{admin} }}\n",
+        config(listen, up, "")
+    );
+    let _sluice = start_sluice(&dir, &yaml, 1, addr(listen));
+    // N streams, 20 open at a time, each cancelled 100 ms after its request went out (its
+    // upstream answers after 3 s); prints the GOAWAY's code, or that none came.
+    let resetter = move |n: u32| {
+        let script = format!(
+            r#"
+const http2 = require('http2');
+const session = http2.connect('http://127.0.0.1:{listen}');
+let started = 0, goaway = null;
+session.on('error', () => {{}});
+session.on('goaway', (code) => {{ goaway = code; }});
+session.on('close', () => {{ console.log(goaway === null ? 'closed' : 'goaway ' + goaway); process.exit(0); }});
+function next() {{
+  if (goaway !== null || session.closed || session.destroyed) return;
+  if (started === {n}) {{ console.log('no goaway'); process.exit(0); }}
+  started++;
+  const req = session.request({{ ':path': '/sleep/3000' }});
+  req.on('error', () => {{}});
+  req.on('close', next);
+  setTimeout(() => req.close(http2.constants.NGHTTP2_CANCEL), 100);
+}}
+for (let i = 0; i < 20; i++) next();
+setTimeout(() => {{ console.log('timed out after ' + started); process.exit(1); }}, 60000);
+"#
+        );
+        let out = run("node", &["-e", &script]);
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    };
+    // A few cancels: nothing happens.
+    assert_eq!(resetter(40), "no goaway");
+    assert_eq!(stat(admin, "http2.premature_reset_closed"), 0);
+    // Hundreds: GOAWAY with ENHANCE_YOUR_CALM (11), counted; others still served.
+    let abuser = std::thread::spawn(move || resetter(400));
+    let (version, status, _) = curl_h2(&format!("http://127.0.0.1:{listen}/x"), &[]);
+    assert_eq!((version.as_str(), status), ("2", 200));
+    assert_eq!(abuser.join().unwrap(), "goaway 11");
+    assert_eq!(stat(admin, "http2.premature_reset_closed"), 1);
+    let (version, status, _) = curl_h2(&format!("http://127.0.0.1:{listen}/x"), &[]);
+    assert_eq!((version.as_str(), status), ("2", 200));
+}
+
 #[test]
 fn a_drain_lets_open_streams_finish() {
     if !require_peers(&["curl"]) {

@@ -63,6 +63,7 @@ use sluice_core::http1::{
     BodyFraming, Chunked, ChunkedDecoder, Head, Limits, Method, ParseStatus, parse_request,
     parse_response, write_local_response, write_trailers,
 };
+use sluice_core::http2::premature::{PrematureResets, StreamEnd, Verdict};
 use sluice_core::http2::translate::RequestHead;
 use sluice_core::http2::{
     BodyLength, ContentLengthCheck, Preface, detect_preface, request_to_http1, response_fields,
@@ -84,6 +85,8 @@ pub const MAX_PENDING_ACCEPT_RESET_STREAMS: usize = 100;
 /// Streams the proxy may reset for a client's errors before the connection gets GOAWAY (`h2`'s
 /// guard against provoked resets, "MadeYouReset"; its default, kept explicit).
 pub const MAX_LOCAL_ERROR_RESET_STREAMS: usize = 1024;
+/// How long a connection closed for premature resets has to get its GOAWAY out.
+const GOAWAY_FLUSH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1);
 /// Bytes `h2` buffers per stream for sending beyond what the peer's window allows. The driver
 /// sends only within the window, so this is a backstop.
 const MAX_SEND_BUFFER: usize = 64 * 1024;
@@ -253,7 +256,7 @@ impl Drop for GaugeGuard<'_> {
     }
 }
 
-type StreamFuture<'a> = Pin<Box<dyn Future<Output = ()> + 'a>>;
+type StreamFuture<'a> = Pin<Box<dyn Future<Output = StreamEnd> + 'a>>;
 
 impl<N: Network> Engine<N> {
     /// Serves one HTTP/2 connection whose first bytes (`preface`, the client preface and maybe
@@ -312,6 +315,10 @@ impl<N: Network> Engine<N> {
         let mut fresh: Vec<StreamFuture<'_>> = Vec::new();
         let mut draining = false;
         let mut goaway_sent = false;
+        // Envoy's rule against clients that reset streams prematurely (sluice_core::http2::
+        // premature): set when they trip it, checked after each turn.
+        let mut resets = PrematureResets::new();
+        let mut abusive = false;
         // With no stream open for `idle_timeout`, the connection gets GOAWAY and closes.
         let idle_deadline = |from: tokio::time::Instant| hc.idle_timeout.map(|d| from + d);
         let mut idle_at = idle_deadline(tokio::time::Instant::now());
@@ -349,15 +356,30 @@ impl<N: Network> Engine<N> {
                 r = poll_fn(|cx| {
                     // The streams first: a stream that finishes makes room for the next.
                     let open = streams.len() + fresh.len();
-                    streams.retain_mut(|f| f.as_mut().poll(cx).is_pending());
+                    let mut ended = |end| {
+                        if resets.stream_ended(end) == Verdict::Close {
+                            abusive = true;
+                        }
+                    };
+                    streams.retain_mut(|f| match f.as_mut().poll(cx) {
+                        Poll::Ready(end) => {
+                            ended(end);
+                            false
+                        }
+                        Poll::Pending => true,
+                    });
                     let accepted = conn.poll_accept(cx);
                     if accepted.is_pending() {
                         // Everything that arrived is read: the new streams start.
                         for mut f in fresh.drain(..) {
-                            if f.as_mut().poll(cx).is_pending() {
-                                streams.push(f);
+                            match f.as_mut().poll(cx) {
+                                Poll::Ready(end) => ended(end),
+                                Poll::Pending => streams.push(f),
                             }
                         }
+                    }
+                    if abusive {
+                        return Poll::Ready(None);
                     }
                     match accepted {
                         Poll::Ready(r) => Poll::Ready(Some(r)),
@@ -367,6 +389,19 @@ impl<N: Network> Engine<N> {
                     }
                 }) => r,
             };
+            if abusive {
+                // GOAWAY ENHANCE_YOUR_CALM (what it processed stays the last stream id), then
+                // close: its other streams end with it.
+                bump(&self.stats.http2_premature_reset_closed, 1);
+                tracing::debug!(listener = %lc.name, %peer, premature = resets.premature(), "too many streams reset prematurely: GOAWAY and close");
+                streams.clear();
+                fresh.clear();
+                conn.abrupt_shutdown(h2::Reason::ENHANCE_YOUR_CALM);
+                let _ =
+                    tokio::time::timeout(GOAWAY_FLUSH_TIMEOUT, poll_fn(|cx| conn.poll_closed(cx)))
+                        .await;
+                break;
+            }
             match next {
                 None => idle_at = idle_deadline(tokio::time::Instant::now()),
                 Some(Some(Ok((request, respond)))) => {
@@ -404,7 +439,7 @@ impl<N: Network> Engine<N> {
         spare: &RefCell<Vec<StreamBuffers>>,
         request: http::Request<RecvStream>,
         respond: SendResponse<Bytes>,
-    ) {
+    ) -> StreamEnd {
         bump(&self.stats.http2_streams_total, 1);
         let _active = GaugeGuard::new(&self.stats.http2_streams_active);
         let logging = self.access_logs[listener].is_some();
@@ -533,6 +568,7 @@ impl<N: Network> Engine<N> {
             }
             served
         };
+        let mut reset_by_client = false;
         let outcome = match outcome {
             Some(mut o) => {
                 // Ends cleanly, or with a reset for an incomplete response.
@@ -544,6 +580,7 @@ impl<N: Network> Engine<N> {
             }
             None => {
                 bump(&self.stats.http2_rx_reset, 1);
+                reset_by_client = true;
                 Outcome {
                     status: sink.borrow().status,
                     flag: None,
@@ -631,6 +668,11 @@ impl<N: Network> Engine<N> {
         let mut spare = spare.borrow_mut();
         if spare.len() < SPARE_STREAM_BUFFERS {
             spare.push(buffers);
+        }
+        if reset_by_client {
+            StreamEnd::ResetByClient(now().saturating_duration_since(t0))
+        } else {
+            StreamEnd::Completed
         }
     }
 }

@@ -1194,6 +1194,14 @@ counters! {
                 "HTTP/2 streams the client reset before their response was complete.",
             )
             .stats("http2.rx_reset");
+        /// HTTP/2 connections closed (GOAWAY ENHANCE_YOUR_CALM) because their client reset too
+        /// many streams prematurely (sluice_core::http2::premature).
+        http2_premature_reset_closed: AtomicU64, counter
+            => Metric::counter(
+                "sluice_http2_premature_reset_closed_total",
+                "HTTP/2 connections closed (GOAWAY ENHANCE_YOUR_CALM) because their client reset too many streams within 1 s of their start.",
+            )
+            .stats("http2.premature_reset_closed");
         /// HTTP/2 upstream connections opened (`protocol: http2` and `downstream` clusters).
         http2_upstream_cx_total: AtomicU64, counter
             => Metric::counter(

@@ -110,7 +110,11 @@ mod tests {
     fn late_resets_and_answered_streams_never_trip_it() {
         let mut p = PrematureResets::new();
         for i in 0..10 * TOTAL_STREAMS {
-            let end = if i % 2 == 0 { LATE } else { StreamEnd::Completed };
+            let end = if i % 2 == 0 {
+                LATE
+            } else {
+                StreamEnd::Completed
+            };
             assert_eq!(p.stream_ended(end), Verdict::Continue);
         }
         assert_eq!(p.premature(), 0);
