@@ -552,6 +552,36 @@ fn grpc_unary_streaming_bidi_and_errors_through_an_http2_cluster() {
     assert_eq!(stat(admin, "http2.upstream_streams_active"), 0);
 }
 
+/// A bidirectional call whose client waits for each answer before it sends its next message
+/// (ping-pong): the proxy reads and forwards the upstream's answers while the request body is
+/// still open (full duplex), so each round trip takes milliseconds and the call ends well
+/// before its 10 s deadline — rather than stalling until it.
+#[test]
+fn a_grpc_bidi_call_whose_client_waits_for_each_echo_is_carried_full_duplex() {
+    if !require_peers(&["grpc-js"]) {
+        return;
+    }
+    let dir = TempDir::new("grpc-pingpong");
+    let (listen, admin, a) = (free_port(), free_port(), free_port());
+    let _a = start_grpc_server(&dir, "a", a);
+    let _sluice = start_sluice(&dir, &config(listen, admin, &[a]), 1, addr(listen));
+
+    let call = grpc_client(listen, "pingpong:20");
+    assert_eq!(call["ok"], true, "{call}");
+    let want: Vec<String> = (0..20).map(|i| format!("a:p{i}")).collect();
+    assert_eq!(call["got"], serde_json::json!(want), "{call}");
+    let ms = call["ms"].as_u64().unwrap();
+    assert!(ms < 5_000, "20 rounds took {ms} ms: {call}");
+    // One call, one upstream stream, answered 200 (grpc-status 0 in its trailers), nothing
+    // reset either way and nothing left open.
+    assert_eq!(stat(admin, "cluster.app.upstream_rq_total"), 1);
+    assert_eq!(stat(admin, "cluster.app.upstream_rq_2xx"), 1);
+    assert_eq!(stat(admin, "http2.upstream_streams_total"), 1);
+    assert_eq!(stat(admin, "http2.upstream_tx_reset"), 0);
+    assert_eq!(stat(admin, "http2.upstream_rx_reset"), 0);
+    assert_eq!(stat(admin, "http2.upstream_streams_active"), 0);
+}
+
 /// Stops the proxy as an operator does (SIGTERM: it drains and flushes its access log).
 fn stop(mut s: Proc) {
     s.signal("TERM");
