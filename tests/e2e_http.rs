@@ -922,3 +922,200 @@ fn the_access_log_shows_the_request_id_that_was_forwarded() {
     );
     assert!(line("/given").ends_with("\"client-chose-this\""), "{text}");
 }
+
+/// An HTTP/1.1 upstream on `listener` (threads, one per connection) for the full-duplex test:
+/// `POST /pingpong` (chunked) is answered at once with a chunked response that echoes each
+/// request chunk as it arrives (`got N: <first bytes>`), and ends after the request's last
+/// chunk; `POST /early` is answered whole at once, before its body is read, and the rest of the
+/// connection is read to its end (`early_eof` set then); `GET /plain` gets `ok`. Counts the
+/// connections it accepted.
+fn duplex_upstream(
+    listener: std::net::TcpListener,
+    conns: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    early_eof: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) {
+    use std::io::BufRead;
+    use std::sync::atomic::Ordering;
+    for s in listener.incoming() {
+        let Ok(mut w) = s else { return };
+        conns.fetch_add(1, Ordering::SeqCst);
+        let early_eof = early_eof.clone();
+        std::thread::spawn(move || {
+            let mut r = std::io::BufReader::new(w.try_clone().unwrap());
+            loop {
+                let mut line = String::new();
+                if r.read_line(&mut line).unwrap_or(0) == 0 {
+                    return;
+                }
+                let path = line.split(' ').nth(1).unwrap_or("").to_owned();
+                loop {
+                    let mut h = String::new();
+                    if r.read_line(&mut h).unwrap_or(0) == 0 {
+                        return;
+                    }
+                    if h == "\r\n" {
+                        break;
+                    }
+                }
+                match path.as_str() {
+                    "/pingpong" => {
+                        w.write_all(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n")
+                            .unwrap();
+                        loop {
+                            let mut size = String::new();
+                            r.read_line(&mut size).unwrap();
+                            let n = usize::from_str_radix(size.trim(), 16).unwrap();
+                            if n == 0 {
+                                let mut end = String::new();
+                                r.read_line(&mut end).unwrap();
+                                w.write_all(b"0\r\n\r\n").unwrap();
+                                break;
+                            }
+                            let mut data = vec![0; n + 2];
+                            r.read_exact(&mut data).unwrap();
+                            let head = String::from_utf8_lossy(&data[..n.min(8)]).into_owned();
+                            let echo = format!("got {n}: {head}");
+                            w.write_all(format!("{:x}\r\n{echo}\r\n", echo.len()).as_bytes())
+                                .unwrap();
+                        }
+                    }
+                    "/early" => {
+                        w.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nearly")
+                            .unwrap();
+                        let mut sink = Vec::new();
+                        let _ = r.read_to_end(&mut sink);
+                        early_eof.store(true, Ordering::SeqCst);
+                        return;
+                    }
+                    _ => w
+                        .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                        .unwrap(),
+                }
+            }
+        });
+    }
+}
+
+/// Reads a response head from `r` (lines up to the empty one).
+fn read_head(r: &mut impl std::io::BufRead) -> String {
+    let mut head = String::new();
+    loop {
+        let mut line = String::new();
+        assert!(
+            r.read_line(&mut line).expect("a response head") > 0,
+            "{head}"
+        );
+        head.push_str(&line);
+        if line == "\r\n" {
+            return head;
+        }
+    }
+}
+
+/// HTTP/1.1 both sides, full duplex: a chunked upload streams (its first chunk is over the
+/// 64 KiB replay buffer) while the upstream's answer, started at once, streams back — the
+/// client sends each next chunk only once the echo of the previous one arrived. The answer
+/// started before the request ended, so the client's connection closes after it (`connection:
+/// close`, as Envoy does). An upstream that answers whole before reading the body: the answer
+/// reaches the client, the rest of the body is not sent, and that upstream connection is closed,
+/// never reused (the next request opens another).
+#[test]
+fn a_streamed_http11_upload_and_its_early_streamed_answer_flow_at_once() {
+    use std::io::BufRead;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    let dir = TempDir::new("http-duplex");
+    let (listen, admin) = (free_port(), free_port());
+    let upstream = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let up = upstream.local_addr().unwrap().port();
+    let conns = Arc::new(AtomicUsize::new(0));
+    let early_eof = Arc::new(AtomicBool::new(false));
+    {
+        let (conns, early_eof) = (conns.clone(), early_eof.clone());
+        std::thread::spawn(move || duplex_upstream(upstream, conns, early_eof));
+    }
+    let cfg = format!(
+        "admin: {{ address: 127.0.0.1:{admin} }}\n{}",
+        http_config(listen, &[up], "", "")
+    );
+    let _s = start_sluice(&dir, &cfg, 1, addr(listen));
+
+    // Ping-pong: 20 rounds, each chunk sent only after the previous one's echo came back.
+    let t0 = Instant::now();
+    let mut s = TcpStream::connect(addr(listen)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut r = std::io::BufReader::new(s.try_clone().unwrap());
+    s.write_all(b"POST /pingpong HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n")
+        .unwrap();
+    let first = "a".repeat(70_000);
+    let mut head = None;
+    for i in 0..20 {
+        let chunk = if i == 0 {
+            first.clone()
+        } else {
+            format!("p{i}")
+        };
+        s.write_all(format!("{:x}\r\n{chunk}\r\n", chunk.len()).as_bytes())
+            .unwrap();
+        if head.is_none() {
+            head = Some(read_head(&mut r));
+        }
+        let mut size = String::new();
+        r.read_line(&mut size)
+            .unwrap_or_else(|e| panic!("round {i}: no echo: {e}"));
+        let n = usize::from_str_radix(size.trim(), 16).unwrap();
+        let mut data = vec![0; n + 2];
+        r.read_exact(&mut data).unwrap();
+        let want = if i == 0 {
+            "got 70000: aaaaaaaa".to_owned()
+        } else {
+            format!("got {}: p{i}", chunk.len())
+        };
+        assert_eq!(String::from_utf8_lossy(&data[..n]), want, "round {i}");
+    }
+    s.write_all(b"0\r\n\r\n").unwrap();
+    let mut end = String::new();
+    r.read_line(&mut end).unwrap();
+    assert_eq!(end, "0\r\n");
+    let mut rest = Vec::new();
+    r.read_to_end(&mut rest)
+        .expect("the proxy closes the connection");
+    assert_eq!(rest, b"\r\n");
+    let head = head.unwrap();
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert!(
+        head.to_ascii_lowercase().contains("connection: close"),
+        "{head}"
+    );
+    assert!(t0.elapsed() < Duration::from_secs(3), "{:?}", t0.elapsed());
+
+    // An early whole answer to a 200 kB upload of which the client sent half and then waits.
+    let mut s = TcpStream::connect(addr(listen)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.write_all(b"POST /early HTTP/1.1\r\nHost: x\r\nContent-Length: 200000\r\n\r\n")
+        .unwrap();
+    s.write_all(&[b'e'; 100_000]).unwrap();
+    let mut got = Vec::new();
+    s.read_to_end(&mut got)
+        .expect("the answer, then the proxy closes");
+    let got = String::from_utf8_lossy(&got);
+    assert!(got.starts_with("HTTP/1.1 200"), "{got}");
+    assert!(got.ends_with("\r\n\r\nearly"), "{got}");
+    assert!(
+        got.to_ascii_lowercase().contains("connection: close"),
+        "{got}"
+    );
+    // The proxy closed that upstream connection rather than pool it with a body half sent.
+    assert!(
+        eventually(Duration::from_secs(3), || early_eof.load(Ordering::SeqCst)),
+        "the early upstream connection stayed open"
+    );
+    let (status, body) = http_request(addr(listen), "GET", "/plain");
+    assert_eq!((status, body.as_str()), (200, "ok"));
+    // The ping-pong's connection (request sent whole) was reused for /early; /early's was
+    // not reused: /plain opened a second one.
+    assert_eq!(conns.load(Ordering::SeqCst), 2);
+    assert_eq!(admin_stat(admin, "cluster.app.upstream_rq_total"), 3);
+    assert_eq!(admin_stat(admin, "cluster.app.upstream_rq_2xx"), 3);
+    assert_eq!(admin_stat(admin, "cluster.app.upstream_cx_total"), 2);
+}
