@@ -926,7 +926,8 @@ fn the_access_log_shows_the_request_id_that_was_forwarded() {
 /// An HTTP/1.1 upstream on `listener` (threads, one per connection) for the full-duplex test:
 /// `POST /pingpong` (chunked) is answered at once with a chunked response that echoes each
 /// request chunk as it arrives (`got N: <first bytes>`), and ends after the request's last
-/// chunk; `POST /early` is answered whole at once, before its body is read, and the rest of the
+/// chunk; `POST /watch` (chunked) likewise, with six `tick K` chunks 250 ms apart for each
+/// request chunk; `POST /early` is answered whole at once, before its body is read, and the rest of the
 /// connection is read to its end (`early_eof` set then); `GET /plain` gets `ok`. Counts the
 /// connections it accepted.
 fn duplex_upstream(
@@ -977,6 +978,28 @@ fn duplex_upstream(
                             let echo = format!("got {n}: {head}");
                             w.write_all(format!("{:x}\r\n{echo}\r\n", echo.len()).as_bytes())
                                 .unwrap();
+                        }
+                    }
+                    "/watch" => {
+                        w.write_all(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n")
+                            .unwrap();
+                        loop {
+                            let mut size = String::new();
+                            r.read_line(&mut size).unwrap();
+                            let n = usize::from_str_radix(size.trim(), 16).unwrap();
+                            if n == 0 {
+                                let mut end = String::new();
+                                r.read_line(&mut end).unwrap();
+                                w.write_all(b"0\r\n\r\n").unwrap();
+                                break;
+                            }
+                            let mut data = vec![0; n + 2];
+                            r.read_exact(&mut data).unwrap();
+                            for k in 0..6 {
+                                std::thread::sleep(Duration::from_millis(250));
+                                w.write_all(format!("6\r\ntick {k}\r\n").as_bytes())
+                                    .unwrap();
+                            }
                         }
                     }
                     "/early" => {
@@ -1118,4 +1141,51 @@ fn a_streamed_http11_upload_and_its_early_streamed_answer_flow_at_once() {
     assert_eq!(admin_stat(admin, "cluster.app.upstream_rq_total"), 3);
     assert_eq!(admin_stat(admin, "cluster.app.upstream_rq_2xx"), 3);
     assert_eq!(admin_stat(admin, "cluster.app.upstream_cx_total"), 2);
+}
+
+/// Full duplex keeps Envoy's stream idle rule: the stream is idle only when neither way moves.
+/// A watch whose client sends nothing for 1.5 s (over `stream_idle_timeout: 1s`) while its
+/// answer flows (a tick every 250 ms) is not cut as a stalled upload.
+#[test]
+fn a_streamed_upload_is_not_idle_while_its_answer_flows() {
+    use std::io::BufRead;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, AtomicUsize};
+    let dir = TempDir::new("http-duplex-idle");
+    let listen = free_port();
+    let upstream = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let up = upstream.local_addr().unwrap().port();
+    let (conns, early_eof) = (
+        Arc::new(AtomicUsize::new(0)),
+        Arc::new(AtomicBool::new(false)),
+    );
+    std::thread::spawn(move || duplex_upstream(upstream, conns, early_eof));
+    let cfg = http_config(listen, &[up], "      stream_idle_timeout: 1s\n", "");
+    let _s = start_sluice(&dir, &cfg, 1, addr(listen));
+
+    let mut s = TcpStream::connect(addr(listen)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut r = std::io::BufReader::new(s.try_clone().unwrap());
+    s.write_all(b"POST /watch HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n")
+        .unwrap();
+    for (round, chunk) in ["a".repeat(70_000), "again".to_owned()].iter().enumerate() {
+        s.write_all(format!("{:x}\r\n{chunk}\r\n", chunk.len()).as_bytes())
+            .unwrap();
+        if round == 0 {
+            let head = read_head(&mut r);
+            assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+        }
+        for k in 0..6 {
+            let mut line = String::new();
+            r.read_line(&mut line).unwrap();
+            assert_eq!(line, "6\r\n", "round {round} tick {k}");
+            line.clear();
+            r.read_line(&mut line).unwrap();
+            assert_eq!(line, format!("tick {k}\r\n"), "round {round}");
+        }
+    }
+    s.write_all(b"0\r\n\r\n").unwrap();
+    let mut rest = Vec::new();
+    r.read_to_end(&mut rest).unwrap();
+    assert_eq!(rest, b"0\r\n\r\n");
 }

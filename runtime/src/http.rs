@@ -1617,6 +1617,9 @@ impl<N: Network> Engine<N> {
                 let rbuf_cell = RefCell::new(&mut *rbuf);
                 let mut upw = Shared(&up_cell);
                 let mut downw = Shared(&down_cell);
+                // When answer bytes last went to the client, for the upload's idle timer.
+                let answered = Cell::new(TokioInstant::now());
+                let answered = duplex.then_some(&answered);
                 // The rest of a streamed body, once the head went out; `None` when there is
                 // none left to send (held, sent, or given up).
                 let mut upload = std::pin::pin!(None);
@@ -1668,6 +1671,7 @@ impl<N: Network> Engine<N> {
                                     head_len,
                                     framing,
                                     idle,
+                                    answered,
                                 )
                                 .await
                             }));
@@ -1855,6 +1859,7 @@ impl<N: Network> Engine<N> {
                     rhead.framing(),
                     out,
                     &scratch.awaiting,
+                    answered,
                 );
                 let body = match self
                     .alongside(
@@ -2214,11 +2219,11 @@ impl<N: Network> Engine<N> {
             if full_duplex {
                 tokio::select! {
                     biased;
-                    r = fill_within(rbuf, down, stream_idle) => Some(r),
+                    r = fill_within(rbuf, down, stream_idle, None) => Some(r),
                     () = std::future::ready(()) => None,
                 }
             } else {
-                Some(fill_within(rbuf, down, stream_idle).await)
+                Some(fill_within(rbuf, down, stream_idle, None).await)
             }
         };
         match framing {
@@ -2328,7 +2333,7 @@ where
     }
     *written = true;
     if stream_body {
-        match stream_request_body(up, down, rbuf, head_len, framing, stream_idle).await {
+        match stream_request_body(up, down, rbuf, head_len, framing, stream_idle, None).await {
             Ok(n) => *bytes_received += n,
             Err(e) => {
                 *upload_fault = fault_of(&e);
@@ -2444,17 +2449,30 @@ fn is_stall(e: &io::Error) -> bool {
 }
 
 /// One read from downstream into `rbuf`, within `idle`: an error, a stall or an end of stream
-/// come back as the client's [`UploadFault`].
+/// come back as the client's [`UploadFault`]. While the answer streams alongside (full duplex),
+/// `answered` is when its bytes last went to the client: the stream is idle only when neither
+/// way moved for `idle` (Envoy's stream idle timeout), so a watch whose client sends nothing
+/// while its answer flows is not cut.
 async fn fill_within<D: AsyncRead + Unpin>(
     rbuf: &mut ReadBuffer,
     down: &mut D,
     idle: Option<Duration>,
+    answered: Option<&Cell<TokioInstant>>,
 ) -> io::Result<usize> {
     let read = match idle {
-        Some(d) => match tokio::time::timeout(d, rbuf.fill(down)).await {
-            Ok(r) => r,
-            Err(_) => return Err(UploadFault::Stalled.into_io(io::ErrorKind::TimedOut)),
-        },
+        Some(d) => {
+            let mut fill = std::pin::pin!(rbuf.fill(down));
+            let mut from = TokioInstant::now();
+            loop {
+                match tokio::time::timeout_at(from + d, &mut fill).await {
+                    Ok(r) => break r,
+                    Err(_) => match answered.map(Cell::get) {
+                        Some(at) if at > from => from = at,
+                        _ => return Err(UploadFault::Stalled.into_io(io::ErrorKind::TimedOut)),
+                    },
+                }
+            }
+        }
         None => rbuf.fill(down).await,
     };
     match read {
@@ -2465,7 +2483,8 @@ async fn fill_within<D: AsyncRead + Unpin>(
 }
 
 /// Streams a large request body downstream → upstream; returns its size. Leaves `rbuf`
-/// holding only bytes after the body (the next pipelined request).
+/// holding only bytes after the body (the next pipelined request). `answered`: see
+/// [`fill_within`].
 async fn stream_request_body<U, D>(
     up: &mut U,
     down: &mut D,
@@ -2473,6 +2492,7 @@ async fn stream_request_body<U, D>(
     head_len: usize,
     framing: BodyFraming,
     stream_idle: Option<Duration>,
+    answered: Option<&Cell<TokioInstant>>,
 ) -> io::Result<u64>
 where
     U: AsyncWrite + Unpin,
@@ -2497,7 +2517,7 @@ where
                     return Ok(total);
                 }
                 // An end of stream comes back as the client's UploadFault::Aborted.
-                fill_within(rbuf, down, stream_idle).await?;
+                fill_within(rbuf, down, stream_idle, answered).await?;
             }
         }
         BodyFraming::Chunked => {
@@ -2539,7 +2559,7 @@ where
                     return Ok(total + held as u64);
                 }
                 // An end of stream comes back as the client's UploadFault::Aborted.
-                fill_within(rbuf, down, stream_idle).await?;
+                fill_within(rbuf, down, stream_idle, answered).await?;
             }
         }
         BodyFraming::None | BodyFraming::CloseDelimited => Ok(0),
@@ -2581,17 +2601,22 @@ async fn send<D: AsyncWrite + Unpin>(
     down: &mut D,
     pending: &mut Vec<u8>,
     awaiting: &Cell<bool>,
+    answered: Option<&Cell<TokioInstant>>,
     data: &[u8],
 ) -> io::Result<()> {
     awaiting.set(false);
-    if pending.is_empty() {
+    let r = if pending.is_empty() {
         write_flushed(down, data).await
     } else {
         pending.extend_from_slice(data);
         let r = write_flushed(down, pending).await;
         pending.clear();
         r
+    };
+    if let Some(at) = answered {
+        at.set(TokioInstant::now());
     }
+    r
 }
 
 /// Copies the response body upstream → downstream by its framing, after the head in `pending`;
@@ -2603,6 +2628,7 @@ async fn copy_body<U, D>(
     framing: BodyFraming,
     pending: &mut Vec<u8>,
     awaiting: &Cell<bool>,
+    answered: Option<&Cell<TokioInstant>>,
 ) -> io::Result<u64>
 where
     U: AsyncRead + Unpin,
@@ -2616,7 +2642,7 @@ where
             loop {
                 let take = (ubuf.len() as u64).min(left) as usize;
                 if take > 0 {
-                    send(down, pending, awaiting, &ubuf.bytes()[..take]).await?;
+                    send(down, pending, awaiting, answered, &ubuf.bytes()[..take]).await?;
                     ubuf.consume(take);
                     left -= take as u64;
                     sent += take as u64;
@@ -2640,7 +2666,7 @@ where
                     }
                 };
                 if consumed > 0 {
-                    send(down, pending, awaiting, &ubuf.bytes()[..consumed]).await?;
+                    send(down, pending, awaiting, answered, &ubuf.bytes()[..consumed]).await?;
                     ubuf.consume(consumed);
                     sent += consumed as u64;
                 }
@@ -2654,12 +2680,12 @@ where
         }
         BodyFraming::CloseDelimited => loop {
             if !ubuf.is_empty() {
-                send(down, pending, awaiting, ubuf.bytes()).await?;
+                send(down, pending, awaiting, answered, ubuf.bytes()).await?;
                 sent += ubuf.len() as u64;
                 ubuf.clear();
             }
             if !pending.is_empty() {
-                send(down, pending, awaiting, &[]).await?;
+                send(down, pending, awaiting, answered, &[]).await?;
             }
             if ubuf.fill(up).await? == 0 {
                 break;
@@ -2667,7 +2693,7 @@ where
         },
     }
     if !pending.is_empty() {
-        send(down, pending, awaiting, &[]).await?;
+        send(down, pending, awaiting, answered, &[]).await?;
     }
     Ok(sent)
 }
@@ -2771,6 +2797,7 @@ mod tests {
                 BodyFraming::ContentLength(body.len() as u64),
                 &mut pending,
                 &awaiting,
+                None,
             );
             let read_late = async {
                 // Reads nothing until the copy has had every chance to finish on its own.
