@@ -1614,7 +1614,11 @@ impl<N: Network> Engine<N> {
             let (outcome, pool_up) = {
                 let up_cell = RefCell::new(&mut up);
                 let down_cell = RefCell::new(&mut *down);
-                let rbuf_cell = RefCell::new(&mut *rbuf);
+                // The request buffer, lent whole to the upload of a streamed body once the head
+                // went out (the upload reads the client into it); before that, and on a path
+                // with no upload (an upgrade's tunnel), used here.
+                let mut rbuf_slot = Some(&mut *rbuf);
+                let mut no_rbuf = ReadBuffer::new();
                 let mut upw = Shared(&up_cell);
                 let mut downw = Shared(&down_cell);
                 // When answer bytes last went to the client, for the upload's idle timer.
@@ -1642,11 +1646,11 @@ impl<N: Network> Engine<N> {
                 let timer = deadline_of(stream.poll_timeout());
                 ubuf.clear();
                 let sent = {
-                    let mut rb = rbuf_cell.borrow_mut();
+                    let rb = rbuf_slot.as_deref_mut().unwrap_or(&mut no_rbuf);
                     tokio::select! {
                         biased;
                         r = send_request(
-                            &mut upw, &mut downw, out, &mut rb, head_len, framing,
+                            &mut upw, &mut downw, out, rb, head_len, framing,
                             body_len.is_none() && !duplex, scratch.stream_idle, &mut written,
                             &mut bytes_received, &mut upload_fault,
                         ) => Some(r),
@@ -1659,15 +1663,14 @@ impl<N: Network> Engine<N> {
                 // The response head (the route timeout starts once the whole request is in).
                 let result = match sent {
                     Some(Ok(())) => {
-                        if duplex {
-                            let (up_w, down_r, rb) = (&up_cell, &down_cell, &rbuf_cell);
+                        if duplex && let Some(rb) = rbuf_slot.take() {
+                            let (up_w, down_r) = (&up_cell, &down_cell);
                             let idle = scratch.stream_idle;
                             upload.set(Some(async move {
-                                let mut rb = rb.borrow_mut();
                                 stream_request_body(
                                     &mut Shared(up_w),
                                     &mut Shared(down_r),
-                                    &mut rb,
+                                    rb,
                                     head_len,
                                     framing,
                                     idle,
@@ -1833,14 +1836,15 @@ impl<N: Network> Engine<N> {
                     // The upstream try is over; the tunnel still counts as a request.
                     self.stream_input(ci, &mut stream, Input::Upgraded);
                     self.publish_host_active(ci, host);
-                    bytes_sent += tunnel(
+                    let tunnelled = tunnel(
                         &mut downw,
                         &mut upw,
-                        &mut rbuf_cell.borrow_mut(),
+                        rbuf_slot.unwrap_or(&mut no_rbuf),
                         head_len,
                         ubuf,
                     )
                     .await;
+                    bytes_sent += tunnelled;
                     self.stream_input(ci, &mut stream, Input::ResponseComplete);
                     return Outcome {
                         status,
