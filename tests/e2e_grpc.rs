@@ -172,6 +172,79 @@ fn an_http11_client_reaches_an_http2_upstream_with_host_as_authority_and_bodies_
     assert_eq!(stat(admin, "http2.upstream_streams_total"), 4);
 }
 
+/// Full duplex from an HTTP/1.1 client to an HTTP/2 upstream: a chunked upload streams (its
+/// first chunk is over the 64 KiB replay buffer) while the upstream's answer, started at once,
+/// streams back the size of each DATA frame it got; the client sends each next chunk only once
+/// the sizes of the previous one came back.
+#[test]
+fn an_http11_upload_to_an_http2_upstream_is_carried_full_duplex() {
+    use std::io::{BufRead, Read, Write};
+    if !require_peers(&["node"]) {
+        return;
+    }
+    let dir = TempDir::new("h2up-duplex");
+    let (listen, admin, up) = (free_port(), free_port(), free_port());
+    let (_u, _log) = start_h2_upstream(&dir, "up", up);
+    let _sluice = start_sluice(&dir, &config(listen, admin, &[up]), 1, addr(listen));
+
+    let t0 = std::time::Instant::now();
+    let mut s = std::net::TcpStream::connect(addr(listen)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut r = std::io::BufReader::new(s.try_clone().unwrap());
+    s.write_all(b"POST /echo-sizes HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n")
+        .unwrap();
+    // Reads response chunks until the echoed sizes add up to `want` more bytes.
+    let mut text = String::new();
+    let mut echoed = 0usize;
+    let read_chunk = |r: &mut std::io::BufReader<std::net::TcpStream>, text: &mut String| {
+        let mut size = String::new();
+        r.read_line(&mut size).expect("an answer chunk");
+        let n = usize::from_str_radix(size.trim(), 16).unwrap();
+        let mut data = vec![0; n + 2];
+        r.read_exact(&mut data).unwrap();
+        text.push_str(std::str::from_utf8(&data[..n]).unwrap());
+        n
+    };
+    let mut head = String::new();
+    for i in 0..11 {
+        let chunk = if i == 0 {
+            "a".repeat(70_000)
+        } else {
+            format!("p{i}")
+        };
+        s.write_all(format!("{:x}\r\n{chunk}\r\n", chunk.len()).as_bytes())
+            .unwrap();
+        if i == 0 {
+            loop {
+                let mut line = String::new();
+                r.read_line(&mut line).expect("a response head");
+                head.push_str(&line);
+                if line == "\r\n" {
+                    break;
+                }
+            }
+        }
+        let target = echoed + chunk.len();
+        while echoed < target {
+            read_chunk(&mut r, &mut text);
+            echoed = text
+                .split(';')
+                .filter_map(|n| n.parse::<usize>().ok())
+                .sum();
+        }
+        assert_eq!(echoed, target, "round {i}: {text}");
+    }
+    s.write_all(b"0\r\n\r\n").unwrap();
+    while !text.ends_with("end") {
+        assert!(read_chunk(&mut r, &mut text) > 0, "{text}");
+    }
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert!(head.contains("x-upstream: up"), "{head}");
+    assert!(t0.elapsed() < Duration::from_secs(3), "{:?}", t0.elapsed());
+    assert_eq!(stat(admin, "http2.upstream_streams_total"), 1);
+    assert_eq!(stat(admin, "http2.upstream_tx_reset"), 0);
+}
+
 #[test]
 fn http2_client_to_http2_upstream_passes_trailers_through() {
     if !require_peers(&["node"]) {

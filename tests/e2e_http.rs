@@ -1189,3 +1189,64 @@ fn a_streamed_upload_is_not_idle_while_its_answer_flows() {
     r.read_to_end(&mut rest).unwrap();
     assert_eq!(rest, b"0\r\n\r\n");
 }
+
+/// Full duplex from an HTTP/2 client (node's `http2`) to an HTTP/1.1 upstream: the request's
+/// DATA stream upstream as chunks while the upstream's answer, started at once, echoes each
+/// chunk; the client sends each next message only once the previous one was echoed whole.
+#[test]
+fn an_http2_upload_to_an_http11_upstream_is_carried_full_duplex() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, AtomicUsize};
+    if !require_peers(&["node"]) {
+        return;
+    }
+    let dir = TempDir::new("http-duplex-h2");
+    let listen = free_port();
+    let upstream = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let up = upstream.local_addr().unwrap().port();
+    let (conns, early_eof) = (
+        Arc::new(AtomicUsize::new(0)),
+        Arc::new(AtomicBool::new(false)),
+    );
+    std::thread::spawn(move || duplex_upstream(upstream, conns, early_eof));
+    let _s = start_sluice(&dir, &http_config(listen, &[up], "", ""), 1, addr(listen));
+
+    let script = format!(
+        r#"
+const http2 = require('http2');
+const c = http2.connect('http://127.0.0.1:{listen}');
+const req = c.request({{ ':method': 'POST', ':path': '/pingpong', host: 'x' }});
+const t0 = Date.now();
+let text = '', want = 70000, round = 0, status = 0;
+req.setEncoding('utf8');
+req.on('response', (h) => {{ status = h[':status']; }});
+req.on('data', (d) => {{
+  text += d;
+  const got = [...text.matchAll(/got (\d+):/g)].reduce((a, m) => a + Number(m[1]), 0);
+  if (got !== want) return;
+  round += 1;
+  if (round === 10) return req.end();
+  const m = 'p' + round;
+  want += m.length;
+  req.write(m);
+}});
+req.on('end', () => {{
+  console.log(JSON.stringify({{ status, rounds: round, want, text, ms: Date.now() - t0 }}));
+  c.close();
+}});
+req.on('error', (e) => {{ console.log(JSON.stringify({{ error: String(e), rounds: round }})); process.exit(0); }});
+req.write('a'.repeat(70000));
+"#
+    );
+    let out = run("timeout", &["10", "node", "-e", &script]);
+    let line = String::from_utf8_lossy(&out.stdout).into_owned();
+    let v: serde_json::Value = serde_json::from_str(line.trim())
+        .unwrap_or_else(|e| panic!("{e}: {line} {}", String::from_utf8_lossy(&out.stderr)));
+    assert_eq!(v["status"], 200, "{v}");
+    assert_eq!(v["rounds"], 10, "{v}");
+    let text = v["text"].as_str().unwrap();
+    for i in 1..10 {
+        assert!(text.contains(&format!("got 2: p{i}")), "{text}");
+    }
+    assert!(v["ms"].as_u64().unwrap() < 3_000, "{v}");
+}

@@ -10,6 +10,8 @@
 // Every request is answered 200 with a JSON description of what arrived (HTTP version, method,
 // path, authority, headers, body length, trailers, and which upstream answered), and each
 // processed request is appended to LOG as one JSON line (with its HTTP version). Paths:
+//   /echo-sizes     answers at once and echoes the size of each request DATA frame as it
+//                   arrives (`N;`), then `end` after the request's end (full duplex);
 //   /slow/MS/...    answers after MS milliseconds (a stream reset before is logged as
 //                   { cancelled: PATH, code: RST_STREAM code });
 //   /trailers...    answers with a body and an `x-checksum` trailer (no content-length);
@@ -81,6 +83,16 @@ server.on('session', (session) => {
 });
 server.on('stream', (stream, headers) => {
   const session = stream.session;
+  if (headers[':path'] === '/echo-sizes') {
+    // Full duplex: answers at once, and as each DATA frame of the request arrives writes its
+    // size (`N;`); ends after the request's end.
+    stream.answered = true;
+    stream.respond({ ':status': 200, 'x-upstream': name });
+    stream.on('data', (d) => stream.write(d.length + ';'));
+    stream.on('end', () => stream.end('end'));
+    stream.on('error', () => {});
+    return;
+  }
   const chunks = [];
   let trailers = null;
   stream.on('trailers', (t) => {
