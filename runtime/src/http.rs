@@ -22,7 +22,19 @@
 //! Bodies up to [`REPLAY_LIMIT`] are buffered before the first try so that a retry can send them
 //! again; larger ones stream and are never retried once written. The route timeout starts once
 //! the request is complete; until then each body read must come within `stream_idle_timeout`
-//! (else 408). A request's trailer section loses the fields a trailer must not carry. `Expect: 100-continue` is
+//! (else 408), the answer's bytes to the client counting as activity too.
+//!
+//! A streamed body is sent **full duplex**: once the head went out, the rest of the body is an
+//! upload future that [`Engine::alongside`] polls with every step of the response path (reading
+//! the head, copying the body), so an upstream may answer and stream before the body ends (gRPC
+//! bidi calls, watches, early answers). Both directions share each side's connection through
+//! [`Shared`] handles (a `RefCell` borrowed for one poll at a time, in one task: no lock, no
+//! allocation); the request buffer is lent to the upload whole. Invariants: `RequestComplete`
+//! goes to the core when the upload ends, whenever that is; an answer that ends first drops the
+//! upload (an HTTP/2 upstream stream is reset; an HTTP/1.1 connection is never pooled with a
+//! body half sent) and the client's HTTP/1.1 connection is not kept (`connection: close` when
+//! the body was still open at the response head); a client's body failing mid-answer aborts the
+//! call. A held body, and an upgrade's, go out whole before the answer is read. A request's trailer section loses the fields a trailer must not carry. `Expect: 100-continue` is
 //! answered by the proxy itself when it starts reading the body (the header is not forwarded).
 //! An `Upgrade` request whose response is `101` turns the connection into a byte tunnel.
 
