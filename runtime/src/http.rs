@@ -25,10 +25,10 @@
 //! (else 408), the answer's bytes to the client counting as activity too.
 //!
 //! A streamed body is sent **full duplex**: once the head went out, the rest of the body is an
-//! upload future that [`Engine::alongside`] polls with every step of the response path (reading
+//! upload future that `Engine::alongside` polls with every step of the response path (reading
 //! the head, copying the body), so an upstream may answer and stream before the body ends (gRPC
 //! bidi calls, watches, early answers). Both directions share each side's connection through
-//! [`Shared`] handles (a `RefCell` borrowed for one poll at a time, in one task: no lock, no
+//! `Shared` handles (a `RefCell` borrowed for one poll at a time, in one task: no lock, no
 //! allocation); the request buffer is lent to the upload whole. Invariants: `RequestComplete`
 //! goes to the core when the upload ends, whenever that is; an answer that ends first drops the
 //! upload (an HTTP/2 upstream stream is reset; an HTTP/1.1 connection is never pooled with a
