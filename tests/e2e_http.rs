@@ -985,7 +985,10 @@ fn duplex_upstream(
                             .unwrap();
                         loop {
                             let mut size = String::new();
-                            r.read_line(&mut size).unwrap();
+                            // The proxy may close the connection mid-body (a stalled client).
+                            if r.read_line(&mut size).unwrap_or(0) == 0 {
+                                return;
+                            }
                             let n = usize::from_str_radix(size.trim(), 16).unwrap();
                             if n == 0 {
                                 let mut end = String::new();
@@ -1249,4 +1252,51 @@ req.write('a'.repeat(70000));
         assert!(text.contains(&format!("got 2: p{i}")), "{text}");
     }
     assert!(v["ms"].as_u64().unwrap() < 3_000, "{v}");
+}
+
+/// A streamed upload that stalls while its answer is silent too (neither way moves for
+/// `stream_idle_timeout`) ends the call: the answer already under way is cut short (the
+/// client's connection closes without the last chunk) and nothing more waits on it.
+#[test]
+fn a_duplex_call_idle_both_ways_is_cut_after_stream_idle_timeout() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, AtomicUsize};
+    let dir = TempDir::new("http-duplex-stall");
+    let listen = free_port();
+    let upstream = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let up = upstream.local_addr().unwrap().port();
+    let (conns, early_eof) = (
+        Arc::new(AtomicUsize::new(0)),
+        Arc::new(AtomicBool::new(false)),
+    );
+    std::thread::spawn(move || duplex_upstream(upstream, conns, early_eof));
+    let cfg = http_config(listen, &[up], "      stream_idle_timeout: 1s\n", "");
+    let _s = start_sluice(&dir, &cfg, 1, addr(listen));
+
+    let mut s = TcpStream::connect(addr(listen)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut r = std::io::BufReader::new(s.try_clone().unwrap());
+    s.write_all(b"POST /watch HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n")
+        .unwrap();
+    let chunk = "a".repeat(70_000);
+    s.write_all(format!("{:x}\r\n{chunk}\r\n", chunk.len()).as_bytes())
+        .unwrap();
+    let head = read_head(&mut r);
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    let t0 = Instant::now();
+    // Six ticks over 1.5 s, then silence both ways: cut about 1 s after the last tick.
+    let mut rest = Vec::new();
+    r.read_to_end(&mut rest)
+        .expect("the proxy closes the connection");
+    let rest = String::from_utf8_lossy(&rest);
+    assert!(rest.contains("tick 5"), "{rest}");
+    assert!(
+        !rest.contains("0\r\n\r\n"),
+        "the answer ended cleanly: {rest}"
+    );
+    let waited = t0.elapsed();
+    assert!(
+        waited > Duration::from_millis(2_200) && waited < Duration::from_millis(4_000),
+        "{waited:?}"
+    );
 }
