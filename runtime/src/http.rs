@@ -2016,8 +2016,8 @@ impl<N: Network> Engine<N> {
     /// end, raced against the stream's timers, while the rest of a streamed request body
     /// (`upload`, `None` when nothing is left to send) is sent alongside. A body sent whole
     /// gives the stream its `RequestComplete` (the route timeout starts, so the timer is armed
-    /// again); one the upstream stopped taking (a write failed) is given up, and the answer,
-    /// or its failure, says the rest.
+    /// again); one the upstream stopped taking (a write failed) is given up — the route timeout
+    /// starts then too — and the answer, or its failure, says the rest.
     async fn alongside<T, W, U>(
         &self,
         ci: usize,
@@ -2056,6 +2056,10 @@ impl<N: Network> Engine<N> {
                         return Alongside::UploadFailed(fault);
                     }
                     tracing::debug!(error = %e, "upstream stopped taking the request body");
+                    // Nothing more of the request can go: the route timeout starts, so that
+                    // the wait for an answer stays bounded (the body stays incomplete: the
+                    // connection is not reused).
+                    self.stream_input(ci, stream, Input::RequestComplete);
                 }
             }
         }
