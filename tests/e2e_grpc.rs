@@ -245,6 +245,58 @@ fn an_http11_upload_to_an_http2_upstream_is_carried_full_duplex() {
     assert_eq!(stat(admin, "http2.upstream_tx_reset"), 0);
 }
 
+/// An HTTP/2 upstream that answers whole before it read the request body (full duplex): the
+/// client gets the whole answer at once although it has not finished sending, the proxy stops
+/// sending, and the upstream's stream does not stay open.
+#[test]
+fn an_answer_that_ends_before_the_request_body_ends_the_call_and_its_upstream_stream() {
+    if !require_peers(&["node"]) {
+        return;
+    }
+    let dir = TempDir::new("h2up-early");
+    let (listen, admin, up) = (free_port(), free_port(), free_port());
+    let (_u, log) = start_h2_upstream(&dir, "up", up);
+    let _sluice = start_sluice(&dir, &config(listen, admin, &[up]), 1, addr(listen));
+    // An HTTP/2 client that sends 100 kB (streamed: over the replay buffer) and never ends its
+    // request; it reports the answer once it ended.
+    let script = format!(
+        r#"
+const http2 = require('http2');
+const c = http2.connect('http://127.0.0.1:{listen}');
+const req = c.request({{ ':method': 'POST', ':path': '/answer-early' }});
+let body = '', status = 0;
+req.setEncoding('utf8');
+req.on('response', (h) => {{ status = h[':status']; }});
+req.on('data', (d) => {{ body += d; }});
+req.on('error', () => {{}});
+req.on('end', () => {{ console.log(JSON.stringify({{ status, body }})); c.close(); c.destroy(); }});
+req.write('x'.repeat(100000));
+"#
+    );
+    let out = run("timeout", &["5", "node", "-e", &script]);
+    let line = String::from_utf8_lossy(&out.stdout).into_owned();
+    let v = json(line.trim());
+    assert_eq!(v["status"], 200, "{v}");
+    assert_eq!(v["body"], "early", "{v}");
+    let mut closed = None;
+    for _ in 0..100 {
+        closed = log_lines(&log)
+            .into_iter()
+            .find(|l| l.get("early_closed").is_some());
+        if closed.is_some() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // Closed by the upstream's own RST_STREAM(NO_ERROR) after its answer (RFC 9113 §8.1, as
+    // node does) or by the proxy's CANCEL, whichever came first; either way not left open.
+    let closed = closed.expect("the upstream stream stayed open");
+    let code = closed["early_closed"].as_u64().unwrap();
+    assert!(code == 0 || code == 8, "{closed}");
+    assert_eq!(stat(admin, "http2.upstream_streams_active"), 0);
+    assert_eq!(stat(admin, "cluster.app.upstream_rq_2xx"), 1);
+}
+
 #[test]
 fn http2_client_to_http2_upstream_passes_trailers_through() {
     if !require_peers(&["node"]) {
