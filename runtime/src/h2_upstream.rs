@@ -1093,8 +1093,8 @@ impl Drop for H2Upstream {
                 s.poll_reset(&mut Context::from_waker(Waker::noop()))
                     .is_ready()
             });
-        let unfinished =
-            !(finished && sent) && !reset_by_peer && !self.failed && self.send.is_some();
+        let over = (finished && sent) || reset_by_peer || self.failed;
+        let unfinished = !over && self.send.is_some();
         if unfinished {
             // Dropping the stream's handles makes h2 send RST_STREAM(CANCEL).
             bump(&self.stats.http2_upstream_tx_reset, 1);
