@@ -1067,9 +1067,11 @@ impl AsyncRead for H2Upstream {
                 return Poll::Ready(Ok(()));
             }
             // The request's body may still be waiting for window (a response can come first).
-            if let Poll::Ready(Err(e)) = this.poll_send(cx) {
-                return Poll::Ready(Err(e));
-            }
+            // A failure to send it is the writer's to see (its next write fails the same way):
+            // the answer is still read — an upstream may answer whole and then reset the
+            // stream with NO_ERROR while the body was still coming (RFC 9113 §8.1); one that
+            // reset it before its answer fails the read below.
+            let _ = this.poll_send(cx);
             match this.poll_fill(cx) {
                 Poll::Pending => return Poll::Pending,
                 Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
