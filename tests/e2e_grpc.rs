@@ -172,6 +172,131 @@ fn an_http11_client_reaches_an_http2_upstream_with_host_as_authority_and_bodies_
     assert_eq!(stat(admin, "http2.upstream_streams_total"), 4);
 }
 
+/// Full duplex from an HTTP/1.1 client to an HTTP/2 upstream: a chunked upload streams (its
+/// first chunk is over the 64 KiB replay buffer) while the upstream's answer, started at once,
+/// streams back the size of each DATA frame it got; the client sends each next chunk only once
+/// the sizes of the previous one came back.
+#[test]
+fn an_http11_upload_to_an_http2_upstream_is_carried_full_duplex() {
+    use std::io::{BufRead, Read, Write};
+    if !require_peers(&["node"]) {
+        return;
+    }
+    let dir = TempDir::new("h2up-duplex");
+    let (listen, admin, up) = (free_port(), free_port(), free_port());
+    let (_u, _log) = start_h2_upstream(&dir, "up", up);
+    let _sluice = start_sluice(&dir, &config(listen, admin, &[up]), 1, addr(listen));
+
+    let t0 = std::time::Instant::now();
+    let mut s = std::net::TcpStream::connect(addr(listen)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut r = std::io::BufReader::new(s.try_clone().unwrap());
+    s.write_all(b"POST /echo-sizes HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n")
+        .unwrap();
+    // Reads response chunks until the echoed sizes add up to `want` more bytes.
+    let mut text = String::new();
+    let mut echoed = 0usize;
+    let read_chunk = |r: &mut std::io::BufReader<std::net::TcpStream>, text: &mut String| {
+        let mut size = String::new();
+        r.read_line(&mut size).expect("an answer chunk");
+        let n = usize::from_str_radix(size.trim(), 16).unwrap();
+        let mut data = vec![0; n + 2];
+        r.read_exact(&mut data).unwrap();
+        text.push_str(std::str::from_utf8(&data[..n]).unwrap());
+        n
+    };
+    let mut head = String::new();
+    for i in 0..11 {
+        let chunk = if i == 0 {
+            "a".repeat(70_000)
+        } else {
+            format!("p{i}")
+        };
+        s.write_all(format!("{:x}\r\n{chunk}\r\n", chunk.len()).as_bytes())
+            .unwrap();
+        if i == 0 {
+            loop {
+                let mut line = String::new();
+                r.read_line(&mut line).expect("a response head");
+                head.push_str(&line);
+                if line == "\r\n" {
+                    break;
+                }
+            }
+        }
+        let target = echoed + chunk.len();
+        while echoed < target {
+            read_chunk(&mut r, &mut text);
+            echoed = text
+                .split(';')
+                .filter_map(|n| n.parse::<usize>().ok())
+                .sum();
+        }
+        assert_eq!(echoed, target, "round {i}: {text}");
+    }
+    s.write_all(b"0\r\n\r\n").unwrap();
+    while !text.ends_with("end") {
+        assert!(read_chunk(&mut r, &mut text) > 0, "{text}");
+    }
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert!(head.contains("x-upstream: up"), "{head}");
+    assert!(t0.elapsed() < Duration::from_secs(3), "{:?}", t0.elapsed());
+    assert_eq!(stat(admin, "http2.upstream_streams_total"), 1);
+    assert_eq!(stat(admin, "http2.upstream_tx_reset"), 0);
+}
+
+/// An HTTP/2 upstream that answers whole before it read the request body (full duplex): the
+/// client gets the whole answer at once although it has not finished sending, the proxy stops
+/// sending, and the upstream's stream does not stay open.
+#[test]
+fn an_answer_that_ends_before_the_request_body_ends_the_call_and_its_upstream_stream() {
+    if !require_peers(&["node"]) {
+        return;
+    }
+    let dir = TempDir::new("h2up-early");
+    let (listen, admin, up) = (free_port(), free_port(), free_port());
+    let (_u, log) = start_h2_upstream(&dir, "up", up);
+    let _sluice = start_sluice(&dir, &config(listen, admin, &[up]), 1, addr(listen));
+    // An HTTP/2 client that sends 100 kB (streamed: over the replay buffer) and never ends its
+    // request; it reports the answer once it ended.
+    let script = format!(
+        r#"
+const http2 = require('http2');
+const c = http2.connect('http://127.0.0.1:{listen}');
+const req = c.request({{ ':method': 'POST', ':path': '/answer-early' }});
+let body = '', status = 0;
+req.setEncoding('utf8');
+req.on('response', (h) => {{ status = h[':status']; }});
+req.on('data', (d) => {{ body += d; }});
+req.on('error', () => {{}});
+req.on('end', () => {{ console.log(JSON.stringify({{ status, body }})); c.close(); c.destroy(); }});
+req.write('x'.repeat(100000));
+"#
+    );
+    let out = run("timeout", &["5", "node", "-e", &script]);
+    let line = String::from_utf8_lossy(&out.stdout).into_owned();
+    let v = json(line.trim());
+    assert_eq!(v["status"], 200, "{v}");
+    assert_eq!(v["body"], "early", "{v}");
+    let mut closed = None;
+    for _ in 0..100 {
+        closed = log_lines(&log)
+            .into_iter()
+            .find(|l| l.get("early_closed").is_some());
+        if closed.is_some() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // Closed by the upstream's own RST_STREAM(NO_ERROR) after its answer (RFC 9113 §8.1, as
+    // node does) or by the proxy's CANCEL, whichever came first; either way not left open.
+    let closed = closed.expect("the upstream stream stayed open");
+    let code = closed["early_closed"].as_u64().unwrap();
+    assert!(code == 0 || code == 8, "{closed}");
+    assert_eq!(stat(admin, "http2.upstream_streams_active"), 0);
+    assert_eq!(stat(admin, "cluster.app.upstream_rq_2xx"), 1);
+}
+
 #[test]
 fn http2_client_to_http2_upstream_passes_trailers_through() {
     if !require_peers(&["node"]) {
@@ -549,6 +674,36 @@ fn grpc_unary_streaming_bidi_and_errors_through_an_http2_cluster() {
     let error = grpc_client(listen, "error");
     assert_eq!(error["code"], 5, "{error}");
     assert_eq!(error["details"], "told to fail: e", "{error}");
+    assert_eq!(stat(admin, "http2.upstream_streams_active"), 0);
+}
+
+/// A bidirectional call whose client waits for each answer before it sends its next message
+/// (ping-pong): the proxy reads and forwards the upstream's answers while the request body is
+/// still open (full duplex), so each round trip takes milliseconds and the call ends well
+/// before its 10 s deadline — rather than stalling until it.
+#[test]
+fn a_grpc_bidi_call_whose_client_waits_for_each_echo_is_carried_full_duplex() {
+    if !require_peers(&["grpc-js"]) {
+        return;
+    }
+    let dir = TempDir::new("grpc-pingpong");
+    let (listen, admin, a) = (free_port(), free_port(), free_port());
+    let _a = start_grpc_server(&dir, "a", a);
+    let _sluice = start_sluice(&dir, &config(listen, admin, &[a]), 1, addr(listen));
+
+    let call = grpc_client(listen, "pingpong:20");
+    assert_eq!(call["ok"], true, "{call}");
+    let want: Vec<String> = (0..20).map(|i| format!("a:p{i}")).collect();
+    assert_eq!(call["got"], serde_json::json!(want), "{call}");
+    let ms = call["ms"].as_u64().unwrap();
+    assert!(ms < 5_000, "20 rounds took {ms} ms: {call}");
+    // One call, one upstream stream, answered 200 (grpc-status 0 in its trailers), nothing
+    // reset either way and nothing left open.
+    assert_eq!(stat(admin, "cluster.app.upstream_rq_total"), 1);
+    assert_eq!(stat(admin, "cluster.app.upstream_rq_2xx"), 1);
+    assert_eq!(stat(admin, "http2.upstream_streams_total"), 1);
+    assert_eq!(stat(admin, "http2.upstream_tx_reset"), 0);
+    assert_eq!(stat(admin, "http2.upstream_rx_reset"), 0);
     assert_eq!(stat(admin, "http2.upstream_streams_active"), 0);
 }
 

@@ -922,3 +922,381 @@ fn the_access_log_shows_the_request_id_that_was_forwarded() {
     );
     assert!(line("/given").ends_with("\"client-chose-this\""), "{text}");
 }
+
+/// An HTTP/1.1 upstream on `listener` (threads, one per connection) for the full-duplex test:
+/// `POST /pingpong` (chunked) is answered at once with a chunked response that echoes each
+/// request chunk as it arrives (`got N: <first bytes>`), and ends after the request's last
+/// chunk; `POST /watch` (chunked) likewise, with six `tick K` chunks 250 ms apart for each
+/// request chunk; `POST /early` is answered whole at once, before its body is read, and the rest of the
+/// connection is read to its end (`early_eof` set then); `GET /plain` gets `ok`. Counts the
+/// connections it accepted.
+fn duplex_upstream(
+    listener: std::net::TcpListener,
+    conns: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    early_eof: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) {
+    use std::io::BufRead;
+    use std::sync::atomic::Ordering;
+    for s in listener.incoming() {
+        let Ok(mut w) = s else { return };
+        conns.fetch_add(1, Ordering::SeqCst);
+        let early_eof = early_eof.clone();
+        std::thread::spawn(move || {
+            let mut r = std::io::BufReader::new(w.try_clone().unwrap());
+            loop {
+                let mut line = String::new();
+                if r.read_line(&mut line).unwrap_or(0) == 0 {
+                    return;
+                }
+                let path = line.split(' ').nth(1).unwrap_or("").to_owned();
+                loop {
+                    let mut h = String::new();
+                    if r.read_line(&mut h).unwrap_or(0) == 0 {
+                        return;
+                    }
+                    if h == "\r\n" {
+                        break;
+                    }
+                }
+                match path.as_str() {
+                    "/pingpong" => {
+                        w.write_all(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n")
+                            .unwrap();
+                        loop {
+                            let mut size = String::new();
+                            r.read_line(&mut size).unwrap();
+                            let n = usize::from_str_radix(size.trim(), 16).unwrap();
+                            if n == 0 {
+                                let mut end = String::new();
+                                r.read_line(&mut end).unwrap();
+                                w.write_all(b"0\r\n\r\n").unwrap();
+                                break;
+                            }
+                            let mut data = vec![0; n + 2];
+                            r.read_exact(&mut data).unwrap();
+                            let head = String::from_utf8_lossy(&data[..n.min(8)]).into_owned();
+                            let echo = format!("got {n}: {head}");
+                            w.write_all(format!("{:x}\r\n{echo}\r\n", echo.len()).as_bytes())
+                                .unwrap();
+                        }
+                    }
+                    "/watch" => {
+                        w.write_all(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n")
+                            .unwrap();
+                        loop {
+                            let mut size = String::new();
+                            // The proxy may close the connection mid-body (a stalled client).
+                            if r.read_line(&mut size).unwrap_or(0) == 0 {
+                                return;
+                            }
+                            let n = usize::from_str_radix(size.trim(), 16).unwrap();
+                            if n == 0 {
+                                let mut end = String::new();
+                                r.read_line(&mut end).unwrap();
+                                w.write_all(b"0\r\n\r\n").unwrap();
+                                break;
+                            }
+                            let mut data = vec![0; n + 2];
+                            r.read_exact(&mut data).unwrap();
+                            for k in 0..6 {
+                                std::thread::sleep(Duration::from_millis(250));
+                                w.write_all(format!("6\r\ntick {k}\r\n").as_bytes())
+                                    .unwrap();
+                            }
+                        }
+                    }
+                    "/early" => {
+                        w.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nearly")
+                            .unwrap();
+                        let mut sink = Vec::new();
+                        let _ = r.read_to_end(&mut sink);
+                        early_eof.store(true, Ordering::SeqCst);
+                        return;
+                    }
+                    _ => w
+                        .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                        .unwrap(),
+                }
+            }
+        });
+    }
+}
+
+/// Reads a response head from `r` (lines up to the empty one).
+fn read_head(r: &mut impl std::io::BufRead) -> String {
+    let mut head = String::new();
+    loop {
+        let mut line = String::new();
+        assert!(
+            r.read_line(&mut line).expect("a response head") > 0,
+            "{head}"
+        );
+        head.push_str(&line);
+        if line == "\r\n" {
+            return head;
+        }
+    }
+}
+
+/// HTTP/1.1 both sides, full duplex: a chunked upload streams (its first chunk is over the
+/// 64 KiB replay buffer) while the upstream's answer, started at once, streams back — the
+/// client sends each next chunk only once the echo of the previous one arrived. The answer
+/// started before the request ended, so the client's connection closes after it (`connection:
+/// close`, as Envoy does). An upstream that answers whole before reading the body: the answer
+/// reaches the client, the rest of the body is not sent, and that upstream connection is closed,
+/// never reused (the next request opens another).
+#[test]
+fn a_streamed_http11_upload_and_its_early_streamed_answer_flow_at_once() {
+    use std::io::BufRead;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    let dir = TempDir::new("http-duplex");
+    let (listen, admin) = (free_port(), free_port());
+    let upstream = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let up = upstream.local_addr().unwrap().port();
+    let conns = Arc::new(AtomicUsize::new(0));
+    let early_eof = Arc::new(AtomicBool::new(false));
+    {
+        let (conns, early_eof) = (conns.clone(), early_eof.clone());
+        std::thread::spawn(move || duplex_upstream(upstream, conns, early_eof));
+    }
+    let cfg = format!(
+        "admin: {{ address: 127.0.0.1:{admin} }}\n{}",
+        http_config(listen, &[up], "", "")
+    );
+    let _s = start_sluice(&dir, &cfg, 1, addr(listen));
+
+    // Ping-pong: 20 rounds, each chunk sent only after the previous one's echo came back.
+    let t0 = Instant::now();
+    let mut s = TcpStream::connect(addr(listen)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut r = std::io::BufReader::new(s.try_clone().unwrap());
+    s.write_all(b"POST /pingpong HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n")
+        .unwrap();
+    let first = "a".repeat(70_000);
+    let mut head = None;
+    for i in 0..20 {
+        let chunk = if i == 0 {
+            first.clone()
+        } else {
+            format!("p{i}")
+        };
+        s.write_all(format!("{:x}\r\n{chunk}\r\n", chunk.len()).as_bytes())
+            .unwrap();
+        if head.is_none() {
+            head = Some(read_head(&mut r));
+        }
+        let mut size = String::new();
+        r.read_line(&mut size)
+            .unwrap_or_else(|e| panic!("round {i}: no echo: {e}"));
+        let n = usize::from_str_radix(size.trim(), 16).unwrap();
+        let mut data = vec![0; n + 2];
+        r.read_exact(&mut data).unwrap();
+        let want = if i == 0 {
+            "got 70000: aaaaaaaa".to_owned()
+        } else {
+            format!("got {}: p{i}", chunk.len())
+        };
+        assert_eq!(String::from_utf8_lossy(&data[..n]), want, "round {i}");
+    }
+    s.write_all(b"0\r\n\r\n").unwrap();
+    let mut end = String::new();
+    r.read_line(&mut end).unwrap();
+    assert_eq!(end, "0\r\n");
+    let mut rest = Vec::new();
+    r.read_to_end(&mut rest)
+        .expect("the proxy closes the connection");
+    assert_eq!(rest, b"\r\n");
+    let head = head.unwrap();
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert!(
+        head.to_ascii_lowercase().contains("connection: close"),
+        "{head}"
+    );
+    assert!(t0.elapsed() < Duration::from_secs(3), "{:?}", t0.elapsed());
+
+    // An early whole answer to a 200 kB upload of which the client sent half and then waits.
+    let mut s = TcpStream::connect(addr(listen)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.write_all(b"POST /early HTTP/1.1\r\nHost: x\r\nContent-Length: 200000\r\n\r\n")
+        .unwrap();
+    s.write_all(&[b'e'; 100_000]).unwrap();
+    let mut got = Vec::new();
+    s.read_to_end(&mut got)
+        .expect("the answer, then the proxy closes");
+    let got = String::from_utf8_lossy(&got);
+    assert!(got.starts_with("HTTP/1.1 200"), "{got}");
+    assert!(got.ends_with("\r\n\r\nearly"), "{got}");
+    assert!(
+        got.to_ascii_lowercase().contains("connection: close"),
+        "{got}"
+    );
+    // The proxy closed that upstream connection rather than pool it with a body half sent.
+    assert!(
+        eventually(Duration::from_secs(3), || early_eof.load(Ordering::SeqCst)),
+        "the early upstream connection stayed open"
+    );
+    let (status, body) = http_request(addr(listen), "GET", "/plain");
+    assert_eq!((status, body.as_str()), (200, "ok"));
+    // The ping-pong's connection (request sent whole) was reused for /early; /early's was
+    // not reused: /plain opened a second one.
+    assert_eq!(conns.load(Ordering::SeqCst), 2);
+    assert_eq!(admin_stat(admin, "cluster.app.upstream_rq_total"), 3);
+    assert_eq!(admin_stat(admin, "cluster.app.upstream_rq_2xx"), 3);
+    assert_eq!(admin_stat(admin, "cluster.app.upstream_cx_total"), 2);
+}
+
+/// Full duplex keeps Envoy's stream idle rule: the stream is idle only when neither way moves.
+/// A watch whose client sends nothing for 1.5 s (over `stream_idle_timeout: 1s`) while its
+/// answer flows (a tick every 250 ms) is not cut as a stalled upload.
+#[test]
+fn a_streamed_upload_is_not_idle_while_its_answer_flows() {
+    use std::io::BufRead;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, AtomicUsize};
+    let dir = TempDir::new("http-duplex-idle");
+    let listen = free_port();
+    let upstream = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let up = upstream.local_addr().unwrap().port();
+    let (conns, early_eof) = (
+        Arc::new(AtomicUsize::new(0)),
+        Arc::new(AtomicBool::new(false)),
+    );
+    std::thread::spawn(move || duplex_upstream(upstream, conns, early_eof));
+    let cfg = http_config(listen, &[up], "      stream_idle_timeout: 1s\n", "");
+    let _s = start_sluice(&dir, &cfg, 1, addr(listen));
+
+    let mut s = TcpStream::connect(addr(listen)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut r = std::io::BufReader::new(s.try_clone().unwrap());
+    s.write_all(b"POST /watch HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n")
+        .unwrap();
+    for (round, chunk) in ["a".repeat(70_000), "again".to_owned()].iter().enumerate() {
+        s.write_all(format!("{:x}\r\n{chunk}\r\n", chunk.len()).as_bytes())
+            .unwrap();
+        if round == 0 {
+            let head = read_head(&mut r);
+            assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+        }
+        for k in 0..6 {
+            let mut line = String::new();
+            r.read_line(&mut line).unwrap();
+            assert_eq!(line, "6\r\n", "round {round} tick {k}");
+            line.clear();
+            r.read_line(&mut line).unwrap();
+            assert_eq!(line, format!("tick {k}\r\n"), "round {round}");
+        }
+    }
+    s.write_all(b"0\r\n\r\n").unwrap();
+    let mut rest = Vec::new();
+    r.read_to_end(&mut rest).unwrap();
+    assert_eq!(rest, b"0\r\n\r\n");
+}
+
+/// Full duplex from an HTTP/2 client (node's `http2`) to an HTTP/1.1 upstream: the request's
+/// DATA stream upstream as chunks while the upstream's answer, started at once, echoes each
+/// chunk; the client sends each next message only once the previous one was echoed whole.
+#[test]
+fn an_http2_upload_to_an_http11_upstream_is_carried_full_duplex() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, AtomicUsize};
+    if !require_peers(&["node"]) {
+        return;
+    }
+    let dir = TempDir::new("http-duplex-h2");
+    let listen = free_port();
+    let upstream = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let up = upstream.local_addr().unwrap().port();
+    let (conns, early_eof) = (
+        Arc::new(AtomicUsize::new(0)),
+        Arc::new(AtomicBool::new(false)),
+    );
+    std::thread::spawn(move || duplex_upstream(upstream, conns, early_eof));
+    let _s = start_sluice(&dir, &http_config(listen, &[up], "", ""), 1, addr(listen));
+
+    let script = format!(
+        r#"
+const http2 = require('http2');
+const c = http2.connect('http://127.0.0.1:{listen}');
+const req = c.request({{ ':method': 'POST', ':path': '/pingpong', host: 'x' }});
+const t0 = Date.now();
+let text = '', want = 70000, round = 0, status = 0;
+req.setEncoding('utf8');
+req.on('response', (h) => {{ status = h[':status']; }});
+req.on('data', (d) => {{
+  text += d;
+  const got = [...text.matchAll(/got (\d+):/g)].reduce((a, m) => a + Number(m[1]), 0);
+  if (got !== want) return;
+  round += 1;
+  if (round === 10) return req.end();
+  const m = 'p' + round;
+  want += m.length;
+  req.write(m);
+}});
+req.on('end', () => {{
+  console.log(JSON.stringify({{ status, rounds: round, want, text, ms: Date.now() - t0 }}));
+  c.close();
+}});
+req.on('error', (e) => {{ console.log(JSON.stringify({{ error: String(e), rounds: round }})); process.exit(0); }});
+req.write('a'.repeat(70000));
+"#
+    );
+    let out = run("timeout", &["10", "node", "-e", &script]);
+    let line = String::from_utf8_lossy(&out.stdout).into_owned();
+    let v: serde_json::Value = serde_json::from_str(line.trim())
+        .unwrap_or_else(|e| panic!("{e}: {line} {}", String::from_utf8_lossy(&out.stderr)));
+    assert_eq!(v["status"], 200, "{v}");
+    assert_eq!(v["rounds"], 10, "{v}");
+    let text = v["text"].as_str().unwrap();
+    for i in 1..10 {
+        assert!(text.contains(&format!("got 2: p{i}")), "{text}");
+    }
+    assert!(v["ms"].as_u64().unwrap() < 3_000, "{v}");
+}
+
+/// A streamed upload that stalls while its answer is silent too (neither way moves for
+/// `stream_idle_timeout`) ends the call: the answer already under way is cut short (the
+/// client's connection closes without the last chunk) and nothing more waits on it.
+#[test]
+fn a_duplex_call_idle_both_ways_is_cut_after_stream_idle_timeout() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, AtomicUsize};
+    let dir = TempDir::new("http-duplex-stall");
+    let listen = free_port();
+    let upstream = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let up = upstream.local_addr().unwrap().port();
+    let (conns, early_eof) = (
+        Arc::new(AtomicUsize::new(0)),
+        Arc::new(AtomicBool::new(false)),
+    );
+    std::thread::spawn(move || duplex_upstream(upstream, conns, early_eof));
+    let cfg = http_config(listen, &[up], "      stream_idle_timeout: 1s\n", "");
+    let _s = start_sluice(&dir, &cfg, 1, addr(listen));
+
+    let mut s = TcpStream::connect(addr(listen)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut r = std::io::BufReader::new(s.try_clone().unwrap());
+    s.write_all(b"POST /watch HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n")
+        .unwrap();
+    let chunk = "a".repeat(70_000);
+    s.write_all(format!("{:x}\r\n{chunk}\r\n", chunk.len()).as_bytes())
+        .unwrap();
+    let head = read_head(&mut r);
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    let t0 = Instant::now();
+    // Six ticks over 1.5 s, then silence both ways: cut about 1 s after the last tick.
+    let mut rest = Vec::new();
+    r.read_to_end(&mut rest)
+        .expect("the proxy closes the connection");
+    let rest = String::from_utf8_lossy(&rest);
+    assert!(rest.contains("tick 5"), "{rest}");
+    assert!(
+        !rest.contains("0\r\n\r\n"),
+        "the answer ended cleanly: {rest}"
+    );
+    let waited = t0.elapsed();
+    assert!(
+        waited > Duration::from_millis(2_200) && waited < Duration::from_millis(4_000),
+        "{waited:?}"
+    );
+}

@@ -38,8 +38,9 @@
 //!   reads: a client that does not read stops its upstream stream after the stream window
 //!   ([`STREAM_WINDOW`]) plus one DATA frame.
 //!
-//! A stream dropped before its end (the client went away, a timeout) is reset with
-//! RST_STREAM(CANCEL) by `h2`; its connection stays for the other streams.
+//! A stream dropped before its end (the client went away, a timeout, or an answer that ended
+//! while the request body was still being sent) is reset with RST_STREAM(CANCEL) by `h2`; its
+//! connection stays for the other streams.
 //!
 //! ## Refused streams
 //!
@@ -1066,9 +1067,11 @@ impl AsyncRead for H2Upstream {
                 return Poll::Ready(Ok(()));
             }
             // The request's body may still be waiting for window (a response can come first).
-            if let Poll::Ready(Err(e)) = this.poll_send(cx) {
-                return Poll::Ready(Err(e));
-            }
+            // A failure to send it is the writer's to see (its next write fails the same way):
+            // the answer is still read — an upstream may answer whole and then reset the
+            // stream with NO_ERROR while the body was still coming (RFC 9113 §8.1); one that
+            // reset it before its answer fails the read below.
+            let _ = this.poll_send(cx);
             match this.poll_fill(cx) {
                 Poll::Pending => return Poll::Pending,
                 Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
@@ -1082,7 +1085,18 @@ impl AsyncRead for H2Upstream {
 impl Drop for H2Upstream {
     fn drop(&mut self) {
         let finished = self.finished || self.recv.as_ref().is_some_and(RecvStream::is_end_stream);
-        let unfinished = !finished && !self.failed && self.send.is_some();
+        // A request still being sent when its answer ended (full duplex) is reset too — unless
+        // the upstream reset it already (a server that ends its answer first usually sends
+        // RST_STREAM(NO_ERROR), RFC 9113 §8.1).
+        let sent = matches!(self.state, RequestState::Sent);
+        let reset_by_peer = finished
+            && !sent
+            && self.send.as_mut().is_some_and(|s| {
+                s.poll_reset(&mut Context::from_waker(Waker::noop()))
+                    .is_ready()
+            });
+        let over = (finished && sent) || reset_by_peer || self.failed;
+        let unfinished = !over && self.send.is_some();
         if unfinished {
             // Dropping the stream's handles makes h2 send RST_STREAM(CANCEL).
             bump(&self.stats.http2_upstream_tx_reset, 1);

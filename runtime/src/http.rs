@@ -22,11 +22,24 @@
 //! Bodies up to [`REPLAY_LIMIT`] are buffered before the first try so that a retry can send them
 //! again; larger ones stream and are never retried once written. The route timeout starts once
 //! the request is complete; until then each body read must come within `stream_idle_timeout`
-//! (else 408). A request's trailer section loses the fields a trailer must not carry. `Expect: 100-continue` is
+//! (else 408), the answer's bytes to the client counting as activity too.
+//!
+//! A streamed body is sent **full duplex**: once the head went out, the rest of the body is an
+//! upload future that `Engine::alongside` polls with every step of the response path (reading
+//! the head, copying the body), so an upstream may answer and stream before the body ends (gRPC
+//! bidi calls, watches, early answers). Both directions share each side's connection through
+//! `Shared` handles (a `RefCell` borrowed for one poll at a time, in one task: no lock, no
+//! allocation); the request buffer is lent to the upload whole. Invariants: `RequestComplete`
+//! goes to the core when the upload ends, whenever that is; an answer that ends first drops the
+//! upload (an HTTP/2 upstream stream is reset; an HTTP/1.1 connection is never pooled with a
+//! body half sent) and the client's HTTP/1.1 connection is not kept (`connection: close` when
+//! the body was still open at the response head); a client's body failing mid-answer aborts the
+//! call. A held body, and an upgrade's, go out whole before the answer is read. A request's trailer section loses the fields a trailer must not carry. `Expect: 100-continue` is
 //! answered by the proxy itself when it starts reading the body (the header is not forwarded).
 //! An `Upgrade` request whose response is `101` turns the connection into a byte tunnel.
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
+use std::future::{Future, poll_fn};
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -291,6 +304,61 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for Upstream<S> {
             Upstream::Http2(s) => Pin::new(&mut **s).poll_shutdown(cx),
         }
     }
+}
+
+/// One side of a connection shared by the two directions of a full-duplex exchange (a streamed
+/// request body sent while the response is read), within one task: each poll borrows the
+/// connection for that poll only, and the task polls one direction at a time, so a borrow never
+/// meets another. No allocation, no lock.
+struct Shared<'a, T>(&'a RefCell<T>);
+
+impl<T: AsyncRead + Unpin> AsyncRead for Shared<'_, T> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut *self.0.borrow_mut()).poll_read(cx, buf)
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for Shared<'_, T> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut *self.0.borrow_mut()).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut *self.0.borrow_mut()).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.0.borrow().is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut *self.0.borrow_mut()).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut *self.0.borrow_mut()).poll_shutdown(cx)
+    }
+}
+
+/// How a step of the response path ([`Engine::alongside`]) ended.
+enum Alongside<T> {
+    Done(T),
+    /// A timer of the request's stream fired (its `Timeout` input not given yet).
+    Timeout,
+    /// The client's side of the streamed body failed (the try is over).
+    UploadFailed(UploadFault),
 }
 
 /// One unit of a cluster's circuit breaker, given back when dropped (on every path out of a
@@ -1547,245 +1615,391 @@ impl<N: Network> Engine<N> {
             }
             self.publish_host_active(ci, host);
 
-            // Send the request and read the response head, raced against the timers.
-            let mut written = false;
-            let mut too_many_interim = false;
-            let mut upload_fault = None;
-            if let (Some(at), Some(timeout)) = (scratch.grpc_timeout_at, route_timeout) {
-                // The time left of the route's timeout (all of it while the body streams).
-                let left = stream
-                    .stream
-                    .deadline()
-                    .map_or(timeout, |d| d.saturating_duration_since(now()));
-                write_grpc_timeout(&mut out[at..at + GRPC_TIMEOUT_SLOT.len()], left);
-            }
-            if let Some(at) = scratch.attempt_count_at {
-                write_attempt_count(&mut out[at..at + ATTEMPT_COUNT_SLOT.len()], scratch.tries);
-            }
-            let timer = deadline_of(stream.poll_timeout());
-            ubuf.clear();
-            let sent = tokio::select! {
-                biased;
-                r = send_request(
-                    &mut up, down, out, rbuf, head_len, framing, body_len.is_none(),
-                    scratch.stream_idle, &mut written, &mut bytes_received, &mut upload_fault,
-                ) => Some(r),
-                () = tokio::time::sleep_until(timer) => None,
-            };
-            if written {
-                self.stream_input(ci, &mut stream, Input::RequestWritten);
-            }
-            if let Some(fault) = upload_fault {
-                // The client stopped sending its body, sent a malformed one, or went away
-                // while streaming it: its fault, not the upstream's — nothing is reported to
-                // outlier detection (a client must not get a healthy host ejected).
-                self.stream_input(ci, &mut stream, Input::Abort);
-                self.publish_host_active(ci, host);
-                let (status, flag) = match fault {
-                    UploadFault::Stalled => (408, ResponseFlag::DownstreamLimit),
-                    UploadFault::Malformed | UploadFault::Aborted => {
-                        (400, ResponseFlag::DownstreamProtocolError)
-                    }
-                };
-                scratch.awaiting.set(false);
-                let mut o = self
-                    .local_reply(scratch.grpc, down, out, status, flag, true)
-                    .await;
-                o.upstream = upstream_addr;
-                o.bytes_received = bytes_received;
-                return o;
-            }
-            // The whole request is in: the route timeout starts now (when the body streamed).
-            let result = match sent {
-                Some(Ok(())) => {
-                    self.stream_input(ci, &mut stream, Input::RequestComplete);
-                    let timer = deadline_of(stream.poll_timeout());
+            // Send the request and read the response head, raced against the timers. A body
+            // that streams (not held for a retry) is sent alongside the response path, full
+            // duplex: the upstream may answer, and stream its answer, before the body ends (a
+            // gRPC bidirectional call, a watch). Both directions share each side's connection
+            // through `Shared` handles (each poll borrows it for its own duration; one task, so
+            // never two at once). An upgrade request's body still goes first (its 101 turns the
+            // connection into a tunnel).
+            let duplex = body_len.is_none() && !head.upgrade();
+            let (outcome, pool_up) = {
+                let up_cell = RefCell::new(&mut up);
+                let down_cell = RefCell::new(&mut *down);
+                // The request buffer, lent whole to the upload of a streamed body once the head
+                // went out (the upload reads the client into it); before that, and on a path
+                // with no upload (an upgrade's tunnel), used here.
+                let mut rbuf_slot = Some(&mut *rbuf);
+                let mut no_rbuf = ReadBuffer::new();
+                let mut upw = Shared(&up_cell);
+                let mut downw = Shared(&down_cell);
+                // When answer bytes last went to the client, for the upload's idle timer.
+                let answered = Cell::new(TokioInstant::now());
+                let answered = duplex.then_some(&answered);
+                // The rest of a streamed body, once the head went out; `None` when there is
+                // none left to send (held, sent, or given up).
+                let mut upload = std::pin::pin!(None);
+                // The whole request body went upstream (at once, or streamed to its end).
+                let mut request_complete = !duplex;
+                let mut written = false;
+                let mut too_many_interim = false;
+                let mut upload_fault = None;
+                if let (Some(at), Some(timeout)) = (scratch.grpc_timeout_at, route_timeout) {
+                    // The time left of the route's timeout (all of it while the body streams).
+                    let left = stream
+                        .stream
+                        .deadline()
+                        .map_or(timeout, |d| d.saturating_duration_since(now()));
+                    write_grpc_timeout(&mut out[at..at + GRPC_TIMEOUT_SLOT.len()], left);
+                }
+                if let Some(at) = scratch.attempt_count_at {
+                    write_attempt_count(&mut out[at..at + ATTEMPT_COUNT_SLOT.len()], scratch.tries);
+                }
+                let timer = deadline_of(stream.poll_timeout());
+                ubuf.clear();
+                let sent = {
+                    let rb = rbuf_slot.as_deref_mut().unwrap_or(&mut no_rbuf);
                     tokio::select! {
                         biased;
-                        r = read_response_head(&mut up, ubuf, rhead, head.method(), head.upgrade(), &mut too_many_interim) => Some(r),
+                        r = send_request(
+                            &mut upw, &mut downw, out, rb, head_len, framing,
+                            body_len.is_none() && !duplex, scratch.stream_idle, &mut written,
+                            &mut bytes_received, &mut upload_fault,
+                        ) => Some(r),
                         () = tokio::time::sleep_until(timer) => None,
                     }
+                };
+                if written {
+                    self.stream_input(ci, &mut stream, Input::RequestWritten);
                 }
-                other => other,
-            };
-            let Some(result) = result else {
-                // A per-try or the route timeout (the stream's event says which).
-                step = self.stream_input(ci, &mut stream, Input::Timeout);
-                self.publish_host_active(ci, host);
-                continue;
-            };
-            let status = match result {
-                Ok(()) => rhead.status(),
-                Err(failure) => {
-                    if too_many_interim && let Some(c) = cstats {
-                        bump(&c.upstream_rq_too_many_interim, 1);
+                // The response head (the route timeout starts once the whole request is in).
+                let result = match sent {
+                    Some(Ok(())) => {
+                        if duplex && let Some(rb) = rbuf_slot.take() {
+                            let (up_w, down_r) = (&up_cell, &down_cell);
+                            let idle = scratch.stream_idle;
+                            upload.set(Some(async move {
+                                stream_request_body(
+                                    &mut Shared(up_w),
+                                    &mut Shared(down_r),
+                                    rb,
+                                    head_len,
+                                    framing,
+                                    idle,
+                                    answered,
+                                )
+                                .await
+                            }));
+                        } else {
+                            self.stream_input(ci, &mut stream, Input::RequestComplete);
+                        }
+                        let read = read_response_head(
+                            &mut upw,
+                            ubuf,
+                            rhead,
+                            head.method(),
+                            head.upgrade(),
+                            &mut too_many_interim,
+                        );
+                        match self
+                            .alongside(
+                                ci,
+                                &mut stream,
+                                read,
+                                upload.as_mut(),
+                                &mut request_complete,
+                                &mut bytes_received,
+                            )
+                            .await
+                        {
+                            Alongside::Done(r) => Some(r),
+                            Alongside::Timeout => None,
+                            Alongside::UploadFailed(fault) => {
+                                upload_fault = Some(fault);
+                                Some(Err(TryFailure::Closed {
+                                    request_written: true,
+                                    reused: false,
+                                }))
+                            }
+                        }
                     }
-                    let failure = match failure {
-                        TryFailure::Closed {
-                            request_written, ..
-                        } => TryFailure::Closed {
-                            request_written: request_written || written,
-                            reused: may_be_stale
-                                || (reused
-                                    && matches!(&up, Upstream::Http2(h) if h.connection_lost())),
-                        },
-                        f => f,
-                    };
-                    step = self.stream_input(ci, &mut stream, Input::TryFailed(failure));
-                    self.publish_host_active(ci, host);
-                    continue;
-                }
-            };
-            self.report_upstream_result(ci, picked, UpstreamResult::Status(status));
-            if let Some(c) = cstats {
-                let class = (status / 100).clamp(1, 5) as usize - 1;
-                bump(&c.upstream_rq_by_class[class], 1);
-            }
-            // A gRPC answer's head carries its status when it is trailers-only.
-            let grpc_status = if scratch.grpc {
-                rhead
-                    .header(ubuf.bytes(), "grpc-status")
-                    .and_then(|v| std::str::from_utf8(v).ok()?.trim().parse().ok())
-            } else {
-                None
-            };
-            scratch.grpc_status = grpc_status;
-            let head_input = Input::ResponseHead {
-                status,
-                grpc_status,
-            };
-            match self.stream_input(ci, &mut stream, head_input) {
-                Some(Output::ForwardResponse) => {}
-                other => {
-                    debug_assert_eq!(other, Some(Output::DiscardResponse));
-                    self.publish_host_active(ci, host);
-                    continue;
-                }
-            }
-
-            // --- forward the response ---
-            let keep_down = keeps_alive(
-                head.keep_alive(),
-                matches!(rhead.framing(), BodyFraming::CloseDelimited),
-                self.stopping.get(),
-            );
-            let upgrade = status == 101 && head.upgrade();
-            let mut edits = HeaderEdits::new();
-            edits.route(
-                &action.response_headers_to_remove,
-                &action.response_headers_to_add,
-            );
-            // An HTTP/1.0 client keeps its connection only when the answer says so.
-            if keep_down && !upgrade && head.version() == Version::Http10 {
-                edits.append("connection", b"keep-alive");
-            }
-            out.clear();
-            write_response_head(
-                out,
-                ubuf.bytes(),
-                rhead,
-                &HeadEdits {
-                    path: None,
-                    remove: edits.removals(),
-                    add: edits.additions(),
-                    force_close: !keep_down && !upgrade,
-                    version: None,
-                },
-            );
-            let mut bytes_sent = out.len() as u64;
-            let resp_head_len = rhead.head_len();
-            ubuf.consume(resp_head_len);
-            if upgrade {
-                scratch.awaiting.set(false);
-                if write_flushed(down, out).await.is_err() {
+                    other => other,
+                };
+                if let Some(fault) = upload_fault {
+                    // The client stopped sending its body, sent a malformed one, or went away
+                    // while streaming it: its fault, not the upstream's — nothing is reported
+                    // to outlier detection (a client must not get a healthy host ejected).
                     self.stream_input(ci, &mut stream, Input::Abort);
                     self.publish_host_active(ci, host);
+                    let (status, flag) = fault.status();
+                    scratch.awaiting.set(false);
+                    let mut o = self
+                        .local_reply(scratch.grpc, &mut downw, out, status, flag, true)
+                        .await;
+                    o.upstream = upstream_addr;
+                    o.bytes_received = bytes_received;
+                    return o;
+                }
+                let Some(result) = result else {
+                    // A per-try or the route timeout (the stream's event says which).
+                    step = self.stream_input(ci, &mut stream, Input::Timeout);
+                    self.publish_host_active(ci, host);
+                    continue;
+                };
+                let status = match result {
+                    Ok(()) => rhead.status(),
+                    Err(failure) => {
+                        if too_many_interim && let Some(c) = cstats {
+                            bump(&c.upstream_rq_too_many_interim, 1);
+                        }
+                        let failure = match failure {
+                            TryFailure::Closed {
+                                request_written, ..
+                            } => TryFailure::Closed {
+                                request_written: request_written || written,
+                                reused: may_be_stale
+                                    || (reused
+                                        && matches!(&**up_cell.borrow(), Upstream::Http2(h) if h.connection_lost())),
+                            },
+                            f => f,
+                        };
+                        step = self.stream_input(ci, &mut stream, Input::TryFailed(failure));
+                        self.publish_host_active(ci, host);
+                        continue;
+                    }
+                };
+                self.report_upstream_result(ci, picked, UpstreamResult::Status(status));
+                if let Some(c) = cstats {
+                    let class = (status / 100).clamp(1, 5) as usize - 1;
+                    bump(&c.upstream_rq_by_class[class], 1);
+                }
+                // A gRPC answer's head carries its status when it is trailers-only.
+                let grpc_status = if scratch.grpc {
+                    rhead
+                        .header(ubuf.bytes(), "grpc-status")
+                        .and_then(|v| std::str::from_utf8(v).ok()?.trim().parse().ok())
+                } else {
+                    None
+                };
+                scratch.grpc_status = grpc_status;
+                let head_input = Input::ResponseHead {
+                    status,
+                    grpc_status,
+                };
+                match self.stream_input(ci, &mut stream, head_input) {
+                    Some(Output::ForwardResponse) => {}
+                    other => {
+                        debug_assert_eq!(other, Some(Output::DiscardResponse));
+                        self.publish_host_active(ci, host);
+                        continue;
+                    }
+                }
+
+                // --- forward the response ---
+                // A response that starts before the request body ended closes the client's
+                // connection after it (what the client still sends is not read as a request),
+                // as Envoy does for HTTP/1.1.
+                let keep_down = request_complete
+                    && keeps_alive(
+                        head.keep_alive(),
+                        matches!(rhead.framing(), BodyFraming::CloseDelimited),
+                        self.stopping.get(),
+                    );
+                let upgrade = status == 101 && head.upgrade();
+                let mut edits = HeaderEdits::new();
+                edits.route(
+                    &action.response_headers_to_remove,
+                    &action.response_headers_to_add,
+                );
+                // An HTTP/1.0 client keeps its connection only when the answer says so.
+                if keep_down && !upgrade && head.version() == Version::Http10 {
+                    edits.append("connection", b"keep-alive");
+                }
+                out.clear();
+                write_response_head(
+                    out,
+                    ubuf.bytes(),
+                    rhead,
+                    &HeadEdits {
+                        path: None,
+                        remove: edits.removals(),
+                        add: edits.additions(),
+                        force_close: !keep_down && !upgrade,
+                        version: None,
+                    },
+                );
+                let mut bytes_sent = out.len() as u64;
+                let resp_head_len = rhead.head_len();
+                ubuf.consume(resp_head_len);
+                if upgrade {
+                    scratch.awaiting.set(false);
+                    if write_flushed(&mut downw, out).await.is_err() {
+                        self.stream_input(ci, &mut stream, Input::Abort);
+                        self.publish_host_active(ci, host);
+                        return Outcome {
+                            status,
+                            flag: None,
+                            upstream: upstream_addr,
+                            bytes_received,
+                            bytes_sent: 0,
+                            reusable: false,
+                        };
+                    }
+                    // The upstream try is over; the tunnel still counts as a request.
+                    self.stream_input(ci, &mut stream, Input::Upgraded);
+                    self.publish_host_active(ci, host);
+                    let tunnelled = tunnel(
+                        &mut downw,
+                        &mut upw,
+                        rbuf_slot.unwrap_or(&mut no_rbuf),
+                        head_len,
+                        ubuf,
+                    )
+                    .await;
+                    bytes_sent += tunnelled;
+                    self.stream_input(ci, &mut stream, Input::ResponseComplete);
                     return Outcome {
                         status,
                         flag: None,
                         upstream: upstream_addr,
                         bytes_received,
-                        bytes_sent: 0,
+                        bytes_sent,
                         reusable: false,
                     };
                 }
-                // The upstream try is over; the tunnel still counts as a request.
-                self.stream_input(ci, &mut stream, Input::Upgraded);
-                self.publish_host_active(ci, host);
-                bytes_sent += tunnel(down, &mut up, rbuf, head_len, ubuf).await;
-                self.stream_input(ci, &mut stream, Input::ResponseComplete);
-                return Outcome {
-                    status,
-                    flag: None,
-                    upstream: upstream_addr,
-                    bytes_received,
-                    bytes_sent,
-                    reusable: false,
-                };
-            }
-            let timer = deadline_of(stream.poll_timeout());
-            // The head goes out with the first body bytes: one write for a small response.
-            let body = tokio::select! {
-                biased;
-                r = copy_body(&mut up, down, ubuf, rhead.framing(), out, &scratch.awaiting) => Some(r),
-                () = tokio::time::sleep_until(timer) => None,
-            };
-            self.stream_input(ci, &mut stream, Input::ResponseComplete);
-            self.publish_host_active(ci, host);
-            // A gRPC status in the HTTP/2 upstream's trailers (the usual place).
-            if scratch.grpc
-                && let Upstream::Http2(h2) = &up
-                && let Some(code) = h2.grpc_status()
-            {
-                scratch.grpc_status = Some(code);
-            }
-            let try_time = now().saturating_duration_since(try_start);
-            self.stats.upstream_rq_time.record(try_time);
-            if let Some(c) = cstats {
-                c.upstream_rq_time.record(try_time);
-            }
-            let (complete, sent) = match body {
-                Some(Ok(n)) => (true, n),
-                Some(Err(_)) | None => (false, 0),
-            };
-            if !complete && !out.is_empty() {
-                // The upstream failed (or the route timed out) between its head and the first
-                // body bytes: the head still waits in `out`, nothing reached the client, so the
-                // proxy can still answer instead of closing under the request.
-                let (flag, result) = if body.is_none() {
-                    (ResponseFlag::UpstreamTimeout, UpstreamResult::Timeout)
-                } else {
-                    (
-                        ResponseFlag::UpstreamConnectionTermination,
-                        UpstreamResult::Reset,
+                // The head goes out with the first body bytes: one write for a small response.
+                let copy = copy_body(
+                    &mut upw,
+                    &mut downw,
+                    ubuf,
+                    rhead.framing(),
+                    out,
+                    &scratch.awaiting,
+                    answered,
+                );
+                let body = match self
+                    .alongside(
+                        ci,
+                        &mut stream,
+                        copy,
+                        upload.as_mut(),
+                        &mut request_complete,
+                        &mut bytes_received,
                     )
-                };
-                self.report_upstream_result(ci, picked, result);
-                if body.is_none() {
-                    bump(&self.stats.http_upstream_timeouts, 1);
-                    if let Some(c) = cstats {
-                        bump(&c.upstream_rq_timeout, 1);
+                    .await
+                {
+                    Alongside::Done(r) => Some(r),
+                    Alongside::Timeout => None,
+                    Alongside::UploadFailed(fault) => {
+                        // The client's body failed while the answer was under way: the call is
+                        // over (the upstream's stream is reset or its connection closed).
+                        self.stream_input(ci, &mut stream, Input::Abort);
+                        self.publish_host_active(ci, host);
+                        let (fault_status, flag) = fault.status();
+                        scratch.awaiting.set(false);
+                        if !out.is_empty() {
+                            // Nothing of the answer reached the client yet.
+                            let mut o = self
+                                .local_reply(
+                                    scratch.grpc,
+                                    &mut downw,
+                                    out,
+                                    fault_status,
+                                    flag,
+                                    true,
+                                )
+                                .await;
+                            o.upstream = upstream_addr;
+                            o.bytes_received = bytes_received;
+                            return o;
+                        }
+                        return Outcome {
+                            status,
+                            flag: Some(flag),
+                            upstream: upstream_addr,
+                            bytes_received,
+                            bytes_sent,
+                            reusable: false,
+                        };
                     }
+                };
+                // An answer that ended before the request body: the rest of the body is not
+                // sent (an HTTP/2 upstream's stream is reset when dropped; an HTTP/1.1
+                // connection is closed, never pooled, below).
+                upload.set(None);
+                self.stream_input(ci, &mut stream, Input::ResponseComplete);
+                self.publish_host_active(ci, host);
+                // A gRPC status in the HTTP/2 upstream's trailers (the usual place).
+                if scratch.grpc
+                    && let Upstream::Http2(h2) = &**up_cell.borrow()
+                    && let Some(code) = h2.grpc_status()
+                {
+                    scratch.grpc_status = Some(code);
                 }
-                scratch.awaiting.set(false);
-                let mut o = self
-                    .local_reply(scratch.grpc, down, out, status_for(flag), flag, true)
-                    .await;
-                o.upstream = upstream_addr;
-                o.bytes_received = bytes_received;
-                return o;
-            }
-            bytes_sent += sent;
-            let reuse_up = complete
-                && rhead.keep_alive()
-                && !matches!(rhead.framing(), BodyFraming::CloseDelimited)
-                && ubuf.is_empty();
+                let try_time = now().saturating_duration_since(try_start);
+                self.stats.upstream_rq_time.record(try_time);
+                if let Some(c) = cstats {
+                    c.upstream_rq_time.record(try_time);
+                }
+                let (complete, sent) = match body {
+                    Some(Ok(n)) => (true, n),
+                    Some(Err(_)) | None => (false, 0),
+                };
+                if !complete && !out.is_empty() {
+                    // The upstream failed (or the route timed out) between its head and the
+                    // first body bytes: the head still waits in `out`, nothing reached the
+                    // client, so the proxy can still answer instead of closing under the
+                    // request.
+                    let (flag, result) = if body.is_none() {
+                        (ResponseFlag::UpstreamTimeout, UpstreamResult::Timeout)
+                    } else {
+                        (
+                            ResponseFlag::UpstreamConnectionTermination,
+                            UpstreamResult::Reset,
+                        )
+                    };
+                    self.report_upstream_result(ci, picked, result);
+                    if body.is_none() {
+                        bump(&self.stats.http_upstream_timeouts, 1);
+                        if let Some(c) = cstats {
+                            bump(&c.upstream_rq_timeout, 1);
+                        }
+                    }
+                    scratch.awaiting.set(false);
+                    let mut o = self
+                        .local_reply(scratch.grpc, &mut downw, out, status_for(flag), flag, true)
+                        .await;
+                    o.upstream = upstream_addr;
+                    o.bytes_received = bytes_received;
+                    return o;
+                }
+                bytes_sent += sent;
+                // An HTTP/1.1 connection is reused only when the request went out whole: one
+                // that answered early while the body was still being sent would read the rest
+                // of it as a next request.
+                let reuse_up = complete
+                    && request_complete
+                    && rhead.keep_alive()
+                    && !matches!(rhead.framing(), BodyFraming::CloseDelimited)
+                    && ubuf.is_empty();
+                (
+                    Outcome {
+                        status,
+                        flag: None,
+                        upstream: upstream_addr,
+                        bytes_received,
+                        bytes_sent,
+                        reusable: complete && keep_down && request_complete,
+                    },
+                    reuse_up,
+                )
+            };
             // A connection to a host whose slot has another host by now (a DNS answer moved it
             // while this request was in flight) is closed, never pooled under the slot: the
             // pool holds only connections to the slots' current hosts (an answer that moves a
             // slot empties its idle list), so a checkout needs no check of its own.
             let current = destination.is_some() || self.clusters[ci].borrow().is_current(picked);
-            if reuse_up
+            if pool_up
                 && current
                 && let Upstream::Http1(up) = up
             {
@@ -1794,14 +2008,60 @@ impl<N: Network> Engine<N> {
                     Some(d) => self.pool.put_to(ci, d, up, now()),
                 }
             }
-            return Outcome {
-                status,
-                flag: None,
-                upstream: upstream_addr,
-                bytes_received,
-                bytes_sent,
-                reusable: complete && keep_down,
+            return outcome;
+        }
+    }
+
+    /// Runs `work` (a step of the response path: reading its head, copying its body) to its
+    /// end, raced against the stream's timers, while the rest of a streamed request body
+    /// (`upload`, `None` when nothing is left to send) is sent alongside. A body sent whole
+    /// gives the stream its `RequestComplete` (the route timeout starts, so the timer is armed
+    /// again); one the upstream stopped taking (a write failed) is given up — the route timeout
+    /// starts then too — and the answer, or its failure, says the rest.
+    async fn alongside<T, W, U>(
+        &self,
+        ci: usize,
+        stream: &mut StreamGuard,
+        work: W,
+        mut upload: Pin<&mut Option<U>>,
+        request_complete: &mut bool,
+        bytes_received: &mut u64,
+    ) -> Alongside<T>
+    where
+        W: Future<Output = T>,
+        U: Future<Output = io::Result<u64>>,
+    {
+        let mut work = std::pin::pin!(work);
+        loop {
+            let timer = deadline_of(stream.poll_timeout());
+            let sending = upload.is_some();
+            let sent = tokio::select! {
+                biased;
+                r = &mut work => return Alongside::Done(r),
+                () = tokio::time::sleep_until(timer) => return Alongside::Timeout,
+                r = poll_fn(|cx| match upload.as_mut().as_pin_mut() {
+                    Some(f) => f.poll(cx),
+                    None => Poll::Pending,
+                }), if sending => r,
             };
+            upload.set(None);
+            match sent {
+                Ok(n) => {
+                    *bytes_received += n;
+                    *request_complete = true;
+                    self.stream_input(ci, stream, Input::RequestComplete);
+                }
+                Err(e) => {
+                    if let Some(fault) = fault_of(&e) {
+                        return Alongside::UploadFailed(fault);
+                    }
+                    tracing::debug!(error = %e, "upstream stopped taking the request body");
+                    // Nothing more of the request can go: the route timeout starts, so that
+                    // the wait for an answer stays bounded (the body stays incomplete: the
+                    // connection is not reused).
+                    self.stream_input(ci, stream, Input::RequestComplete);
+                }
+            }
         }
     }
 
@@ -1979,11 +2239,11 @@ impl<N: Network> Engine<N> {
             if full_duplex {
                 tokio::select! {
                     biased;
-                    r = fill_within(rbuf, down, stream_idle) => Some(r),
+                    r = fill_within(rbuf, down, stream_idle, None) => Some(r),
                     () = std::future::ready(()) => None,
                 }
             } else {
-                Some(fill_within(rbuf, down, stream_idle).await)
+                Some(fill_within(rbuf, down, stream_idle, None).await)
             }
         };
         match framing {
@@ -2093,7 +2353,7 @@ where
     }
     *written = true;
     if stream_body {
-        match stream_request_body(up, down, rbuf, head_len, framing, stream_idle).await {
+        match stream_request_body(up, down, rbuf, head_len, framing, stream_idle, None).await {
             Ok(n) => *bytes_received += n,
             Err(e) => {
                 *upload_fault = fault_of(&e);
@@ -2181,6 +2441,16 @@ impl std::fmt::Display for UploadFault {
 impl std::error::Error for UploadFault {}
 
 impl UploadFault {
+    /// The local answer to a request whose body failed this way.
+    fn status(self) -> (u16, ResponseFlag) {
+        match self {
+            UploadFault::Stalled => (408, ResponseFlag::DownstreamLimit),
+            UploadFault::Malformed | UploadFault::Aborted => {
+                (400, ResponseFlag::DownstreamProtocolError)
+            }
+        }
+    }
+
     fn into_io(self, kind: io::ErrorKind) -> io::Error {
         io::Error::new(kind, self)
     }
@@ -2199,17 +2469,30 @@ fn is_stall(e: &io::Error) -> bool {
 }
 
 /// One read from downstream into `rbuf`, within `idle`: an error, a stall or an end of stream
-/// come back as the client's [`UploadFault`].
+/// come back as the client's [`UploadFault`]. While the answer streams alongside (full duplex),
+/// `answered` is when its bytes last went to the client: the stream is idle only when neither
+/// way moved for `idle` (Envoy's stream idle timeout), so a watch whose client sends nothing
+/// while its answer flows is not cut.
 async fn fill_within<D: AsyncRead + Unpin>(
     rbuf: &mut ReadBuffer,
     down: &mut D,
     idle: Option<Duration>,
+    answered: Option<&Cell<TokioInstant>>,
 ) -> io::Result<usize> {
     let read = match idle {
-        Some(d) => match tokio::time::timeout(d, rbuf.fill(down)).await {
-            Ok(r) => r,
-            Err(_) => return Err(UploadFault::Stalled.into_io(io::ErrorKind::TimedOut)),
-        },
+        Some(d) => {
+            let mut fill = std::pin::pin!(rbuf.fill(down));
+            let mut from = TokioInstant::now();
+            loop {
+                match tokio::time::timeout_at(from + d, &mut fill).await {
+                    Ok(r) => break r,
+                    Err(_) => match answered.map(Cell::get) {
+                        Some(at) if at > from => from = at,
+                        _ => return Err(UploadFault::Stalled.into_io(io::ErrorKind::TimedOut)),
+                    },
+                }
+            }
+        }
         None => rbuf.fill(down).await,
     };
     match read {
@@ -2220,7 +2503,8 @@ async fn fill_within<D: AsyncRead + Unpin>(
 }
 
 /// Streams a large request body downstream → upstream; returns its size. Leaves `rbuf`
-/// holding only bytes after the body (the next pipelined request).
+/// holding only bytes after the body (the next pipelined request). `answered`: see
+/// [`fill_within`].
 async fn stream_request_body<U, D>(
     up: &mut U,
     down: &mut D,
@@ -2228,6 +2512,7 @@ async fn stream_request_body<U, D>(
     head_len: usize,
     framing: BodyFraming,
     stream_idle: Option<Duration>,
+    answered: Option<&Cell<TokioInstant>>,
 ) -> io::Result<u64>
 where
     U: AsyncWrite + Unpin,
@@ -2252,7 +2537,7 @@ where
                     return Ok(total);
                 }
                 // An end of stream comes back as the client's UploadFault::Aborted.
-                fill_within(rbuf, down, stream_idle).await?;
+                fill_within(rbuf, down, stream_idle, answered).await?;
             }
         }
         BodyFraming::Chunked => {
@@ -2294,7 +2579,7 @@ where
                     return Ok(total + held as u64);
                 }
                 // An end of stream comes back as the client's UploadFault::Aborted.
-                fill_within(rbuf, down, stream_idle).await?;
+                fill_within(rbuf, down, stream_idle, answered).await?;
             }
         }
         BodyFraming::None | BodyFraming::CloseDelimited => Ok(0),
@@ -2336,17 +2621,22 @@ async fn send<D: AsyncWrite + Unpin>(
     down: &mut D,
     pending: &mut Vec<u8>,
     awaiting: &Cell<bool>,
+    answered: Option<&Cell<TokioInstant>>,
     data: &[u8],
 ) -> io::Result<()> {
     awaiting.set(false);
-    if pending.is_empty() {
+    let r = if pending.is_empty() {
         write_flushed(down, data).await
     } else {
         pending.extend_from_slice(data);
         let r = write_flushed(down, pending).await;
         pending.clear();
         r
+    };
+    if let Some(at) = answered {
+        at.set(TokioInstant::now());
     }
+    r
 }
 
 /// Copies the response body upstream → downstream by its framing, after the head in `pending`;
@@ -2358,6 +2648,7 @@ async fn copy_body<U, D>(
     framing: BodyFraming,
     pending: &mut Vec<u8>,
     awaiting: &Cell<bool>,
+    answered: Option<&Cell<TokioInstant>>,
 ) -> io::Result<u64>
 where
     U: AsyncRead + Unpin,
@@ -2371,7 +2662,7 @@ where
             loop {
                 let take = (ubuf.len() as u64).min(left) as usize;
                 if take > 0 {
-                    send(down, pending, awaiting, &ubuf.bytes()[..take]).await?;
+                    send(down, pending, awaiting, answered, &ubuf.bytes()[..take]).await?;
                     ubuf.consume(take);
                     left -= take as u64;
                     sent += take as u64;
@@ -2395,7 +2686,7 @@ where
                     }
                 };
                 if consumed > 0 {
-                    send(down, pending, awaiting, &ubuf.bytes()[..consumed]).await?;
+                    send(down, pending, awaiting, answered, &ubuf.bytes()[..consumed]).await?;
                     ubuf.consume(consumed);
                     sent += consumed as u64;
                 }
@@ -2409,12 +2700,12 @@ where
         }
         BodyFraming::CloseDelimited => loop {
             if !ubuf.is_empty() {
-                send(down, pending, awaiting, ubuf.bytes()).await?;
+                send(down, pending, awaiting, answered, ubuf.bytes()).await?;
                 sent += ubuf.len() as u64;
                 ubuf.clear();
             }
             if !pending.is_empty() {
-                send(down, pending, awaiting, &[]).await?;
+                send(down, pending, awaiting, answered, &[]).await?;
             }
             if ubuf.fill(up).await? == 0 {
                 break;
@@ -2422,7 +2713,7 @@ where
         },
     }
     if !pending.is_empty() {
-        send(down, pending, awaiting, &[]).await?;
+        send(down, pending, awaiting, answered, &[]).await?;
     }
     Ok(sent)
 }
@@ -2526,6 +2817,7 @@ mod tests {
                 BodyFraming::ContentLength(body.len() as u64),
                 &mut pending,
                 &awaiting,
+                None,
             );
             let read_late = async {
                 // Reads nothing until the copy has had every chance to finish on its own.

@@ -10,6 +10,10 @@
 // Every request is answered 200 with a JSON description of what arrived (HTTP version, method,
 // path, authority, headers, body length, trailers, and which upstream answered), and each
 // processed request is appended to LOG as one JSON line (with its HTTP version). Paths:
+//   /answer-early   answers `early` at once, whole, without reading the request body (logs
+//                   { early_closed: RST_STREAM code } when the stream closes);
+//   /echo-sizes     answers at once and echoes the size of each request DATA frame as it
+//                   arrives (`N;`), then `end` after the request's end (full duplex);
 //   /slow/MS/...    answers after MS milliseconds (a stream reset before is logged as
 //                   { cancelled: PATH, code: RST_STREAM code });
 //   /trailers...    answers with a body and an `x-checksum` trailer (no content-length);
@@ -81,6 +85,25 @@ server.on('session', (session) => {
 });
 server.on('stream', (stream, headers) => {
   const session = stream.session;
+  if (headers[':path'] === '/answer-early') {
+    // Answers whole at once, without reading the request body (the proxy must stop sending it).
+    stream.answered = true;
+    stream.on('error', () => {});
+    stream.on('close', () => record({ upstream: name, early_closed: stream.rstCode }));
+    stream.respond({ ':status': 200, 'x-upstream': name });
+    stream.end('early');
+    return;
+  }
+  if (headers[':path'] === '/echo-sizes') {
+    // Full duplex: answers at once, and as each DATA frame of the request arrives writes its
+    // size (`N;`); ends after the request's end.
+    stream.answered = true;
+    stream.respond({ ':status': 200, 'x-upstream': name });
+    stream.on('data', (d) => stream.write(d.length + ';'));
+    stream.on('end', () => stream.end('end'));
+    stream.on('error', () => {});
+    return;
+  }
   const chunks = [];
   let trailers = null;
   stream.on('trailers', (t) => {

@@ -14,7 +14,9 @@
 //
 // Client cases: unary:N (N calls, 20 at a time; counts answers per server), stream, bidi,
 // error (the server fails with NOT_FOUND), die (a server stream whose server exits mid-way),
-// retry:N (N calls that server `a` fails UNAVAILABLE), slow:MS (an answer after MS ms).
+// retry:N (N calls that server `a` fails UNAVAILABLE), slow:MS (an answer after MS ms),
+// pingpong:N (a bidi call that sends one message, waits for its echo, then sends the next, N
+// rounds, with a 10 s deadline; reports the echoes in order and the call's time in ms).
 const path = require('path');
 const grpc = require('@grpc/grpc-js');
 const loader = require('@grpc/proto-loader');
@@ -117,14 +119,26 @@ if (mode === 'server') {
     call.on('end', () => done({ ok: true, got }));
   } else if (kind === 'bidi') {
     const got = [];
-    // Sends its three messages, then reads the three echoes (the proxy does not yet carry a
-    // call whose client waits for an answer before it sends more).
+    // Sends its three messages, then reads the three echoes.
     const call = client.Bidi();
     call.on('data', (m) => got.push(m.text.split(':')[1]));
     call.on('error', (e) => done({ ...failed(e), got }));
     call.on('end', () => done({ ok: true, got }));
     for (const t of ['b0', 'b1', 'b2']) call.write({ text: t });
     call.end();
+  } else if (kind === 'pingpong') {
+    const rounds = Number(n);
+    const got = [];
+    const t0 = Date.now();
+    const call = client.Bidi({ deadline: Date.now() + 10000 });
+    call.on('data', (m) => {
+      got.push(m.text);
+      if (got.length === rounds) call.end();
+      else call.write({ text: 'p' + got.length });
+    });
+    call.on('error', (e) => done({ ...failed(e), got, ms: Date.now() - t0 }));
+    call.on('end', () => done({ ok: true, got, ms: Date.now() - t0 }));
+    call.write({ text: 'p0' });
   } else if (kind === 'error') {
     client.Unary({ text: 'e', fail_code: grpc.status.NOT_FOUND }, (e, r) =>
       done(e ? failed(e) : { ok: true, text: r.text }));
