@@ -331,7 +331,7 @@ struct Plan {
 }
 
 fn plan(seed: u64) -> Plan {
-    let mut r = Rng::from_seed(seed ^ 0x0a_d5_c0de);
+    let mut r = Rng::from_seed(seed ^ 0x0ad5_c0de);
     let mut j = |base: u64, spread: u64| Duration::from_millis(base + r.below(spread));
     let v2 = j(1_200, 300);
     let v3 = v2 + j(500, 300);
