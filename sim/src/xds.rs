@@ -50,9 +50,14 @@
 //!    sidecar ACKs the endpoints version served then (or a later one), and the last config
 //!    applied has v7's endpoints.
 //!
-//! Shown failing with what it guards disabled: with the ADS machine's resubscription on a new
-//! stream removed (no request sent on `Connected`), invariant 6 fails on every seed (the
-//! sidecar never gets v4 or anything later) — see `docs/simulation.md`.
+//! Shown failing with what they guard disabled, each by a temporary change (see
+//! `docs/simulation.md`): without the ADS machine's requests on a new stream, the sidecar never
+//! takes a version pushed after the crash (5 and 6 fail on every seed); a translator that takes
+//! a locality at priority 1 applies the invalid update (2 and 5); a sidecar that ACKs configs
+//! without switching to them sends requests to removed hosts (3).
+//!
+//! The server crashes strictly inside the push of v4 (one to three of its four types sent) in
+//! 48 of seeds 0..64, before its first type in the other 16.
 
 use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
