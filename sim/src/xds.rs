@@ -60,7 +60,7 @@
 //! 48 of seeds 0..64, before its first type in the other 16.
 
 use std::cell::RefCell;
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::rc::Rc;
 use std::sync::{Arc, Mutex};
@@ -73,17 +73,12 @@ use sluice_runtime::net::TurmoilNet;
 use sluice_runtime::stats::WorkerStats;
 use sluice_runtime::worker::{Worker, WorkerHooks};
 use sluice_runtime::xds::{Bootstrap, TurmoilXdsConnector, Update};
-use sluice_xds::envoy_types::pb::envoy::service::discovery::v3::{
-    DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
-    aggregated_discovery_service_server::{
-        AggregatedDiscoveryService, AggregatedDiscoveryServiceServer,
-    },
-};
+use sluice_xds::envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_server::AggregatedDiscoveryServiceServer;
 use sluice_xds::envoy_types::pb::google::protobuf::Any;
+use sluice_xds::test_server::{AdsLog, AdsService, Snapshot};
 use sluice_xds::fixtures::{any, assignment, eds_cluster, http_listener, route_config};
 use sluice_xds::translate::ResourceType;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio_stream::wrappers::UnboundedReceiverStream;
 use turmoil::net::{TcpListener, TcpStream};
 
 use crate::RunReport;
@@ -121,107 +116,9 @@ const CONVERGE_WITHIN: Duration = Duration::from_millis(3_000);
 // ---------------------------------------------------------------------------------------------
 // The management server.
 
-/// What the server serves: a version and the resources of each type URL.
-#[derive(Clone, Debug, Default)]
-struct Snapshot {
-    version: u64,
-    resources: BTreeMap<String, Vec<Any>>,
-}
-
-/// What the server saw, shared by its tasks (they may be sent across threads: `Mutex`).
-#[derive(Default)]
-struct ServerLog {
-    /// Every request received, with when.
-    requests: Vec<(Duration, DiscoveryRequest)>,
-    /// Streams opened.
-    streams: usize,
-    /// Every response sent: when, its type URL, its version.
-    sent: Vec<(Duration, String, u64)>,
-}
-
-#[derive(Clone)]
-struct Service {
-    snapshot: tokio::sync::watch::Receiver<Snapshot>,
-    log: Arc<Mutex<ServerLog>>,
-}
-
-#[tonic::async_trait]
-impl AggregatedDiscoveryService for Service {
-    type StreamAggregatedResourcesStream =
-        UnboundedReceiverStream<Result<DiscoveryResponse, tonic::Status>>;
-
-    async fn stream_aggregated_resources(
-        &self,
-        request: tonic::Request<tonic::Streaming<DiscoveryRequest>>,
-    ) -> Result<tonic::Response<Self::StreamAggregatedResourcesStream>, tonic::Status> {
-        let mut inbound = request.into_inner();
-        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-        let log = self.log.clone();
-        log.lock().unwrap().streams += 1;
-        let mut snapshots = self.snapshot.clone();
-        snapshots.mark_changed();
-        tokio::spawn(async move {
-            let mut sent: HashMap<String, u64> = HashMap::new();
-            // Ordered: a push sends the types in the same order on every run.
-            let mut subscribed: BTreeSet<String> = BTreeSet::new();
-            let mut nonce = 0u64;
-            loop {
-                tokio::select! {
-                    r = inbound.message() => match r {
-                        Ok(Some(r)) => {
-                            subscribed.insert(r.type_url.clone());
-                            log.lock().unwrap().requests.push((elapsed(), r));
-                        }
-                        _ => return,
-                    },
-                    changed = snapshots.changed() => if changed.is_err() { return },
-                }
-                let snap = snapshots.borrow_and_update().clone();
-                for type_url in &subscribed {
-                    if sent.get(type_url) == Some(&snap.version) {
-                        continue;
-                    }
-                    if nonce > 0 {
-                        tokio::time::sleep(PUSH_SPACING).await;
-                    }
-                    nonce += 1;
-                    let response = DiscoveryResponse {
-                        version_info: snap.version.to_string(),
-                        resources: snap.resources.get(type_url).cloned().unwrap_or_default(),
-                        type_url: type_url.clone(),
-                        nonce: nonce.to_string(),
-                        ..Default::default()
-                    };
-                    if tx.send(Ok(response)).is_err() {
-                        return;
-                    }
-                    log.lock()
-                        .unwrap()
-                        .sent
-                        .push((elapsed(), type_url.clone(), snap.version));
-                    sent.insert(type_url.clone(), snap.version);
-                }
-            }
-        });
-        Ok(tonic::Response::new(UnboundedReceiverStream::new(rx)))
-    }
-
-    type DeltaAggregatedResourcesStream =
-        UnboundedReceiverStream<Result<DeltaDiscoveryResponse, tonic::Status>>;
-
-    async fn delta_aggregated_resources(
-        &self,
-        _request: tonic::Request<tonic::Streaming<DeltaDiscoveryRequest>>,
-    ) -> Result<tonic::Response<Self::DeltaAggregatedResourcesStream>, tonic::Status> {
-        Err(tonic::Status::unimplemented(
-            "this scenario's server speaks state of the world only",
-        ))
-    }
-}
-
 /// The server's host: accepts HTTP/2 connections and serves the ADS service on each (again
 /// after a restart: the snapshot lives outside the host).
-async fn server(service: Service, trace: Trace) -> turmoil::Result {
+async fn server(service: AdsService, trace: Trace) -> turmoil::Result {
     let listener = TcpListener::bind(SocketAddr::new(
         IpAddr::V6(Ipv6Addr::UNSPECIFIED),
         SERVER_PORT,
@@ -399,12 +296,9 @@ pub fn run(seed: u64) -> RunReport {
         ),
     };
     let (snapshots, receiver) = tokio::sync::watch::channel(snapshot(&plan.pushes[0]));
-    let log = Arc::new(Mutex::new(ServerLog::default()));
+    let log = Arc::new(Mutex::new(AdsLog::default()));
     {
-        let service = Service {
-            snapshot: receiver,
-            log: log.clone(),
-        };
+        let service = AdsService::new(receiver, log.clone(), PUSH_SPACING, elapsed);
         let trace = trace.clone();
         sim.host(SERVER, move || server(service.clone(), trace.clone()));
     }
@@ -490,7 +384,7 @@ pub fn run(seed: u64) -> RunReport {
     report(seed, &trace, violations, summary)
 }
 
-fn check(w: &World, log: &ServerLog, plan: &Plan, ips: &[IpAddr], violations: &mut Vec<String>) {
+fn check(w: &World, log: &AdsLog, plan: &Plan, ips: &[IpAddr], violations: &mut Vec<String>) {
     // 1. Every request 200, traffic through the outage and the partition.
     if w.requests.len() != w.started {
         violations.push(format!(
