@@ -10,8 +10,9 @@
 //! listeners it adds bound first, then the runtime's [`Worker`] reloads to it; the reply
 //! (switched or refused) goes back to the client, which ACKs or NACKs.
 //!
-//! The management server is a tonic ADS server (state of the world) from the `envoy-types`
-//! protos, served over hyper on turmoil. It serves the snapshot of a `watch` channel that the
+//! The management server is the ADS service of `sluice_xds::test_server` (the one the
+//! runtime's e2e tests serve; state of the world is what this scenario speaks), hosted over
+//! hyper on turmoil. It serves the snapshot of a `watch` channel that the
 //! simulation (outside every host) sets on a seeded schedule, so the snapshot survives the
 //! server's crash the way a real control plane's store does. A push sends the four types one
 //! after another, [`PUSH_SPACING`] apart, so that the crash lands mid-push.
