@@ -23,6 +23,11 @@
 //! proxy's own control-plane traffic back into the proxy (where, before the first config, no
 //! listener would take it).
 //!
+//! The client loop itself ([`run`]) takes its connector and the seed of its backoff jitter, so
+//! that the simulator (`sluice-sim`'s xDS scenario) runs it as a task on a turmoil host, over
+//! turmoil's network (`TurmoilXdsConnector`, feature `turmoil`), with a [`Bootstrap::new`] of
+//! its own: the only seam it needs.
+//!
 //! A file reload (SIGHUP, `POST /reload`) is refused while xDS is in use, and one that would
 //! add or remove `xds` too: the bootstrap changes only with a restart.
 
@@ -606,7 +611,7 @@ enum Tx {
 
 /// The client loop: streams to the management server one after another, with the backoff in
 /// between, until `updates` closes. `connector` opens each connection (the binary's is
-/// [`XdsConnector`]; the simulator's, [`TurmoilXdsConnector`], goes over turmoil's network);
+/// [`XdsConnector`]; the simulator's, `TurmoilXdsConnector`, goes over turmoil's network);
 /// `jitter_seed` seeds the backoff's jitter (the binary's is the clock, the simulator's comes
 /// from the seed, so that a run replays). [`spawn_client`] runs it on its own thread; the
 /// simulator runs it as a task of the sidecar host.
