@@ -23,6 +23,11 @@
 //! proxy's own control-plane traffic back into the proxy (where, before the first config, no
 //! listener would take it).
 //!
+//! The client loop itself ([`run`]) takes its connector and the seed of its backoff jitter, so
+//! that the simulator (`sluice-sim`'s xDS scenario) runs it as a task on a turmoil host, over
+//! turmoil's network (`TurmoilXdsConnector`, feature `turmoil`), with a [`Bootstrap::new`] of
+//! its own: the only seam it needs.
+//!
 //! A file reload (SIGHUP, `POST /reload`) is refused while xDS is in use, and one that would
 //! add or remove `xds` too: the bootstrap changes only with a restart.
 
@@ -163,9 +168,9 @@ pub struct Bootstrap {
 /// The bootstrap of a config with `xds` (`None` without); the file is read again for its
 /// tree.
 pub fn bootstrap(config: &Config, path: Option<&Path>) -> io::Result<Option<Bootstrap>> {
-    let Some(xds) = &config.xds else {
+    if config.xds.is_none() {
         return Ok(None);
-    };
+    }
     let path = path.ok_or_else(|| {
         io::Error::new(
             io::ErrorKind::InvalidInput,
@@ -175,37 +180,55 @@ pub fn bootstrap(config: &Config, path: Option<&Path>) -> io::Result<Option<Boot
     let text = crate::config_file::read_config_file(path).map_err(io::Error::other)?;
     let tree: Value = serde_saphyr::from_str(&text)
         .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?;
-    let cluster = &config.clusters[xds.cluster_index];
-    let server = cluster.hosts.first().map(|h| h.address).ok_or_else(|| {
-        io::Error::new(io::ErrorKind::InvalidInput, "xds: the cluster has no host")
-    })?;
-    let node = config.node.as_ref().map_or_else(Node::default, |n| Node {
-        id: n.id.clone(),
-        cluster: n.cluster.clone(),
-        metadata: n.metadata.as_ref().and_then(|m| match to_pb(m).kind {
-            Some(Kind::StructValue(s)) => Some(s),
-            _ => None,
-        }),
-        locality: n.locality.as_ref().map(|l| Locality {
-            region: l.region.clone(),
-            zone: l.zone.clone(),
-            sub_zone: l.sub_zone.clone(),
-        }),
-        user_agent_name: "sluice".to_owned(),
-        ..Default::default()
-    });
-    Ok(Some(Bootstrap {
-        server,
-        mode: xds.mode,
-        mark: config.upstream_mark,
-        connect_timeout: cluster.connect_timeout,
-        initial_fetch_timeout: xds.initial_fetch_timeout,
-        node,
-        tree,
-    }))
+    Bootstrap::new(config, tree).map(Some)
 }
 
 impl Bootstrap {
+    /// The bootstrap of `config` (which has `xds`), whose file parsed as `tree`; what
+    /// [`bootstrap`] builds once it has read the file. The simulator builds its own.
+    pub fn new(config: &Config, tree: Value) -> io::Result<Bootstrap> {
+        let Some(xds) = &config.xds else {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "xds: the config has no `xds`",
+            ));
+        };
+        let cluster = &config.clusters[xds.cluster_index];
+        let server = cluster.hosts.first().map(|h| h.address).ok_or_else(|| {
+            io::Error::new(io::ErrorKind::InvalidInput, "xds: the cluster has no host")
+        })?;
+        let node = config.node.as_ref().map_or_else(Node::default, |n| Node {
+            id: n.id.clone(),
+            cluster: n.cluster.clone(),
+            metadata: n.metadata.as_ref().and_then(|m| match to_pb(m).kind {
+                Some(Kind::StructValue(s)) => Some(s),
+                _ => None,
+            }),
+            locality: n.locality.as_ref().map(|l| Locality {
+                region: l.region.clone(),
+                zone: l.zone.clone(),
+                sub_zone: l.sub_zone.clone(),
+            }),
+            user_agent_name: "sluice".to_owned(),
+            ..Default::default()
+        });
+        Ok(Bootstrap {
+            server,
+            mode: xds.mode,
+            mark: config.upstream_mark,
+            connect_timeout: cluster.connect_timeout,
+            initial_fetch_timeout: xds.initial_fetch_timeout,
+            node,
+            tree,
+        })
+    }
+
+    /// The management server's address (the first host of the `xds.cluster`).
+    #[must_use]
+    pub fn server(&self) -> SocketAddr {
+        self.server
+    }
+
     /// The connector of the channel to the management server.
     fn connector(&self) -> XdsConnector {
         XdsConnector {
@@ -268,6 +291,60 @@ impl tower_service::Service<http::Uri> for XdsConnector {
     }
 }
 
+/// The simulator's connector: the connection to the management server over turmoil's
+/// network (`turmoil::net::TcpStream`), within the xDS cluster's `connect_timeout`; the seam
+/// that lets [`run`] drive the real client in `sluice-sim`. The URI tonic passes is ignored,
+/// as [`XdsConnector`] does.
+#[cfg(feature = "turmoil")]
+#[derive(Clone, Debug)]
+pub struct TurmoilXdsConnector {
+    server: SocketAddr,
+    connect_timeout: Duration,
+}
+
+#[cfg(feature = "turmoil")]
+impl TurmoilXdsConnector {
+    /// The connector to `bootstrap`'s management server.
+    #[must_use]
+    pub fn new(bootstrap: &Bootstrap) -> Self {
+        Self {
+            server: bootstrap.server,
+            connect_timeout: bootstrap.connect_timeout,
+        }
+    }
+}
+
+#[cfg(feature = "turmoil")]
+impl tower_service::Service<http::Uri> for TurmoilXdsConnector {
+    type Response = hyper_util::rt::TokioIo<turmoil::net::TcpStream>;
+    type Error = io::Error;
+    type Future = std::pin::Pin<
+        Box<dyn std::future::Future<Output = io::Result<Self::Response>> + Send + 'static>,
+    >;
+
+    fn poll_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, _uri: http::Uri) -> Self::Future {
+        let (server, timeout) = (self.server, self.connect_timeout);
+        Box::pin(async move {
+            let stream = tokio::time::timeout(timeout, turmoil::net::TcpStream::connect(server))
+                .await
+                .map_err(|_| {
+                    io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        format!("no connection within {timeout:?}"),
+                    )
+                })??;
+            Ok(hyper_util::rt::TokioIo::new(stream))
+        })
+    }
+}
+
 /// A JSON value as a protobuf `Value` (the node's metadata is a `Struct`).
 fn to_pb(v: &Value) -> PbValue {
     let kind = match v {
@@ -315,7 +392,11 @@ pub fn spawn_client(
                     return;
                 }
             };
-            rt.block_on(run(bootstrap, updates));
+            let jitter = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0x9e37_79b9, |d| d.as_nanos() as u64);
+            let connector = bootstrap.connector();
+            rt.block_on(run(bootstrap, updates, connector, jitter));
         })
         .map(|_| ())
 }
@@ -528,7 +609,22 @@ enum Tx {
     Delta(tokio::sync::mpsc::UnboundedSender<DeltaDiscoveryRequest>),
 }
 
-async fn run(b: Bootstrap, updates: tokio::sync::mpsc::UnboundedSender<Update>) {
+/// The client loop: streams to the management server one after another, with the backoff in
+/// between, until `updates` closes. `connector` opens each connection (the binary's is
+/// [`XdsConnector`]; the simulator's, `TurmoilXdsConnector`, goes over turmoil's network);
+/// `jitter_seed` seeds the backoff's jitter (the binary's is the clock, the simulator's comes
+/// from the seed, so that a run replays). [`spawn_client`] runs it on its own thread; the
+/// simulator runs it as a task of the sidecar host.
+pub async fn run<C>(
+    b: Bootstrap,
+    updates: tokio::sync::mpsc::UnboundedSender<Update>,
+    connector: C,
+    jitter_seed: u64,
+) where
+    C: tower_service::Service<http::Uri, Error = io::Error> + Clone + Send + 'static,
+    C::Future: Send,
+    C::Response: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
     *STATUS
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(Default::default());
@@ -541,12 +637,7 @@ async fn run(b: Bootstrap, updates: tokio::sync::mpsc::UnboundedSender<Update>) 
         initial_fetch_timeout: b.initial_fetch_timeout,
         resync: false,
     };
-    let mut jitter = Jitter(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0x9e37_79b9, |d| d.as_nanos() as u64)
-            | 1,
-    );
+    let mut jitter = Jitter(jitter_seed | 1);
     let mut backoff = BACKOFF_BASE;
     let uri = format!("http://{}", b.server);
     loop {
@@ -554,8 +645,14 @@ async fn run(b: Bootstrap, updates: tokio::sync::mpsc::UnboundedSender<Update>) 
             return;
         }
         let started = tokio::time::Instant::now();
-        let got_response =
-            stream_once(&mut client, &uri, b.mode, b.connect_timeout, b.connector()).await;
+        let got_response = stream_once(
+            &mut client,
+            &uri,
+            b.mode,
+            b.connect_timeout,
+            connector.clone(),
+        )
+        .await;
         CONNECTED.store(0, Ordering::Relaxed);
         client.feed(Input::Disconnected);
         client.drain(None);
@@ -577,13 +674,18 @@ async fn run(b: Bootstrap, updates: tokio::sync::mpsc::UnboundedSender<Update>) 
 }
 
 /// One ADS stream, until it ends; whether it delivered a response.
-async fn stream_once(
+async fn stream_once<C>(
     client: &mut Client,
     uri: &str,
     mode: XdsMode,
     connect_timeout: Duration,
-    connector: XdsConnector,
-) -> bool {
+    connector: C,
+) -> bool
+where
+    C: tower_service::Service<http::Uri, Error = io::Error> + Send + 'static,
+    C::Future: Send,
+    C::Response: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
     let endpoint = match tonic::transport::Endpoint::from_shared(uri.to_owned()) {
         Ok(e) => e.connect_timeout(connect_timeout),
         Err(e) => {

@@ -36,6 +36,7 @@ pub mod tls;
 pub mod topology;
 pub mod trace;
 pub mod upgrade;
+pub mod xds;
 
 use std::fmt::Write as _;
 

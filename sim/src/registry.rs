@@ -190,6 +190,11 @@ pub static SCENARIOS: &[Scenario] = &[
         "DNS: a strict_dns name gains a host, fails, loses a host under HTTP traffic; every request 200, hosts changed in place",
         dns::run,
     ),
+    Scenario::new(
+        "xds_control_plane_fails_under_traffic",
+        "xDS: the management server churns endpoints, crashes mid-push, is partitioned and sends an invalid update under HTTP traffic; every request 200, no half-applied config, NACKed update never applied, versions never go back, converges after repair",
+        crate::xds::run,
+    ),
 ];
 
 /// Shown only when `SLUICE_SIM_SELFTEST=1`: fails on odd seeds, to test the failure path of

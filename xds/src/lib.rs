@@ -7,6 +7,8 @@
 //!   ACK/NACK, warming, and when a complete config can be applied. It never reads a clock and
 //!   does no IO: responses and timer expiries are its inputs, requests and configs to apply
 //!   its outputs.
+//! - `test_server` (feature `test-server`): an ADS management server's service for the
+//!   runtime's end-to-end tests and the simulator.
 //!
 //! The crate is separate from `sluice-core` so that the core does not compile the Envoy protos
 //! (`envoy-types`, prost, and the tonic it brings).
@@ -17,4 +19,6 @@ pub use envoy_types;
 pub mod ads;
 pub mod fixtures;
 pub mod fuzzing;
+#[cfg(feature = "test-server")]
+pub mod test_server;
 pub mod translate;
