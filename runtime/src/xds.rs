@@ -160,6 +160,9 @@ pub struct Bootstrap {
     /// The config's `upstream_mark`, set on the connection's socket.
     mark: Option<u32>,
     connect_timeout: Duration,
+    /// The xDS cluster's `http2` keepalive: PINGs on the channel, so that a connection gone
+    /// silent (a partition, a server host that vanished) is noticed and the client reconnects.
+    keepalive: Option<sluice_core::config::Http2Keepalive>,
     initial_fetch_timeout: Duration,
     node: Node,
     tree: Value,
@@ -217,6 +220,7 @@ impl Bootstrap {
             mode: xds.mode,
             mark: config.upstream_mark,
             connect_timeout: cluster.connect_timeout,
+            keepalive: cluster.http2_keepalive,
             initial_fetch_timeout: xds.initial_fetch_timeout,
             node,
             tree,
@@ -238,6 +242,13 @@ impl Bootstrap {
         }
     }
 }
+
+/// Idle time before the first TCP keepalive probe on the connection to the management server.
+const TCP_KEEPALIVE_IDLE: Duration = Duration::from_secs(30);
+/// Time between TCP keepalive probes.
+const TCP_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
+/// Unanswered probes that end the connection (with the idle time: about a minute).
+const TCP_KEEPALIVE_PROBES: u32 = 3;
 
 /// Opens the connection to the management server, from a socket marked with the config's
 /// `upstream_mark` (`SO_MARK`) when it has one, within the xDS cluster's `connect_timeout`.
@@ -268,6 +279,15 @@ impl XdsConnector {
             })??;
         // gRPC messages are small and latency-bound (tonic's own connector does the same).
         stream.set_nodelay(true)?;
+        // The ADS stream is long and often quiet: TCP keepalive notices a peer that vanished
+        // without a reset within about a minute (the kernel's default waits two hours), with
+        // no PING a server could call abuse (the cluster's `http2.keepalive` adds PINGs).
+        socket2::SockRef::from(&stream).set_tcp_keepalive(
+            &socket2::TcpKeepalive::new()
+                .with_time(TCP_KEEPALIVE_IDLE)
+                .with_interval(TCP_KEEPALIVE_INTERVAL)
+                .with_retries(TCP_KEEPALIVE_PROBES),
+        )?;
         Ok(hyper_util::rt::TokioIo::new(stream))
     }
 }
@@ -650,6 +670,7 @@ pub async fn run<C>(
             &uri,
             b.mode,
             b.connect_timeout,
+            b.keepalive,
             connector.clone(),
         )
         .await;
@@ -679,6 +700,7 @@ async fn stream_once<C>(
     uri: &str,
     mode: XdsMode,
     connect_timeout: Duration,
+    keepalive: Option<sluice_core::config::Http2Keepalive>,
     connector: C,
 ) -> bool
 where
@@ -687,7 +709,18 @@ where
     C::Response: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
 {
     let endpoint = match tonic::transport::Endpoint::from_shared(uri.to_owned()) {
-        Ok(e) => e.connect_timeout(connect_timeout),
+        Ok(e) => {
+            let e = e.connect_timeout(connect_timeout);
+            match keepalive {
+                // PINGs while the stream is open (it always is): a silent connection ends
+                // after `timeout` without an answer.
+                Some(k) => e
+                    .http2_keep_alive_interval(k.interval)
+                    .keep_alive_timeout(k.timeout)
+                    .keep_alive_while_idle(true),
+                None => e,
+            }
+        }
         Err(e) => {
             warn!(error = %e, "xds: bad server address");
             return false;
@@ -850,5 +883,39 @@ mod tests {
         };
         let io = unmarked.clone().call(uri).await.unwrap();
         assert_eq!(socket2::SockRef::from(io.inner()).mark().unwrap(), 0);
+    }
+
+    /// The connection to the management server has TCP keepalive (a peer that vanished
+    /// without a reset is noticed within about a minute), whatever the config; the xDS
+    /// cluster's `http2.keepalive` reaches the bootstrap (PINGs on the channel).
+    #[tokio::test]
+    async fn the_management_server_connection_is_kept_alive() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let server = listener.local_addr().unwrap();
+        let config = Config::from_yaml(&format!(
+            "listeners: []\nxds: {{ cluster: xds }}\nclusters:\n  - {{ name: xds, protocol: http2, \
+             http2: {{ connection_keepalive: {{ interval: 20s, timeout: 5s }} }}, hosts: \
+             [ {{ address: \"{server}\" }} ] }}\n"
+        ))
+        .unwrap_or_else(|e| panic!("{e}"));
+        let dir = std::env::temp_dir().join(format!("sluice-xds-keepalive-{}", std::process::id()));
+        std::fs::write(&dir, "{}").unwrap();
+        let b = bootstrap(&config, Some(&dir)).unwrap().unwrap();
+        let _ = std::fs::remove_file(&dir);
+        let k = b.keepalive.expect("the cluster's keepalive");
+        assert_eq!(
+            (k.interval, k.timeout),
+            (Duration::from_secs(20), Duration::from_secs(5))
+        );
+        let uri: http::Uri = format!("http://{server}").parse().unwrap();
+        let io = b.connector().call(uri).await.unwrap();
+        let sock = socket2::SockRef::from(io.inner());
+        assert!(sock.keepalive().unwrap());
+        assert_eq!(sock.tcp_keepalive_time().unwrap(), TCP_KEEPALIVE_IDLE);
+        assert_eq!(
+            sock.tcp_keepalive_interval().unwrap(),
+            TCP_KEEPALIVE_INTERVAL
+        );
+        assert_eq!(sock.tcp_keepalive_retries().unwrap(), TCP_KEEPALIVE_PROBES);
     }
 }
