@@ -1116,6 +1116,8 @@ fn a_streamed_http11_upload_and_its_early_streamed_answer_flow_at_once() {
     assert!(t0.elapsed() < Duration::from_secs(3), "{:?}", t0.elapsed());
 
     // An early whole answer to a 200 kB upload of which the client sent half and then waits.
+    let received = "listener.http_in.downstream_bytes_received";
+    let received_before = admin_stat(admin, received);
     let mut s = TcpStream::connect(addr(listen)).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     s.write_all(b"POST /early HTTP/1.1\r\nHost: x\r\nContent-Length: 200000\r\n\r\n")
@@ -1136,6 +1138,9 @@ fn a_streamed_http11_upload_and_its_early_streamed_answer_flow_at_once() {
         eventually(Duration::from_secs(3), || early_eof.load(Ordering::SeqCst)),
         "the early upstream connection stayed open"
     );
+    // What of the cut-short upload went upstream counts as received (not the head alone).
+    let early_received = admin_stat(admin, received) - received_before;
+    assert!(early_received > 1_000, "{early_received}");
     let (status, body) = http_request(addr(listen), "GET", "/plain");
     assert_eq!((status, body.as_str()), (200, "ok"));
     // The ping-pong's connection (request sent whole) was reused for /early; /early's was

@@ -1417,14 +1417,16 @@ impl<N: Network> Engine<N> {
                 },
             ),
         );
-        let mut bytes_received = head_len as u64 + body_len.unwrap_or(0) as u64;
+        // What of the request reached the upstream (a streamed body's upload adds to it as it goes,
+        // so that an upload cut short still counts what it sent).
+        let bytes_received = Cell::new(head_len as u64 + body_len.unwrap_or(0) as u64);
         if let Some(Output::Respond { status, flag }) =
             self.stream_input(ci, &mut stream, Input::Admit)
         {
             let mut o = self
                 .local_reply(scratch.grpc, down, out, status, flag, close_on_reply)
                 .await;
-            o.bytes_received = bytes_received;
+            o.bytes_received = bytes_received.get();
             return o;
         }
         if let Some(c) = cstats {
@@ -1450,7 +1452,7 @@ impl<N: Network> Engine<N> {
                         .local_reply(scratch.grpc, down, out, status, flag, close_on_reply)
                         .await;
                     o.upstream = upstream_addr;
-                    o.bytes_received = bytes_received;
+                    o.bytes_received = bytes_received.get();
                     return o;
                 }
                 Some(Output::Connect {
@@ -1664,7 +1666,7 @@ impl<N: Network> Engine<N> {
                         r = send_request(
                             &mut upw, &mut downw, out, rb, head_len, framing,
                             body_len.is_none() && !duplex, scratch.stream_idle, &mut written,
-                            &mut bytes_received, &mut upload_fault,
+                            &bytes_received, &mut upload_fault,
                         ) => Some(r),
                         () = tokio::time::sleep_until(timer) => None,
                     }
@@ -1678,6 +1680,7 @@ impl<N: Network> Engine<N> {
                         if duplex && let Some(rb) = rbuf_slot.take() {
                             let (up_w, down_r) = (&up_cell, &down_cell);
                             let idle = scratch.stream_idle;
+                            let received = &bytes_received;
                             upload.set(Some(async move {
                                 stream_request_body(
                                     &mut Shared(up_w),
@@ -1687,6 +1690,7 @@ impl<N: Network> Engine<N> {
                                     framing,
                                     idle,
                                     answered,
+                                    received,
                                 )
                                 .await
                             }));
@@ -1708,7 +1712,6 @@ impl<N: Network> Engine<N> {
                                 read,
                                 upload.as_mut(),
                                 &mut request_complete,
-                                &mut bytes_received,
                             )
                             .await
                         {
@@ -1737,7 +1740,7 @@ impl<N: Network> Engine<N> {
                         .local_reply(scratch.grpc, &mut downw, out, status, flag, true)
                         .await;
                     o.upstream = upstream_addr;
-                    o.bytes_received = bytes_received;
+                    o.bytes_received = bytes_received.get();
                     return o;
                 }
                 let Some(result) = result else {
@@ -1840,7 +1843,7 @@ impl<N: Network> Engine<N> {
                             status,
                             flag: None,
                             upstream: upstream_addr,
-                            bytes_received,
+                            bytes_received: bytes_received.get(),
                             bytes_sent: 0,
                             reusable: false,
                         };
@@ -1862,7 +1865,7 @@ impl<N: Network> Engine<N> {
                         status,
                         flag: None,
                         upstream: upstream_addr,
-                        bytes_received,
+                        bytes_received: bytes_received.get(),
                         bytes_sent,
                         reusable: false,
                     };
@@ -1884,7 +1887,6 @@ impl<N: Network> Engine<N> {
                         copy,
                         upload.as_mut(),
                         &mut request_complete,
-                        &mut bytes_received,
                     )
                     .await
                 {
@@ -1910,14 +1912,14 @@ impl<N: Network> Engine<N> {
                                 )
                                 .await;
                             o.upstream = upstream_addr;
-                            o.bytes_received = bytes_received;
+                            o.bytes_received = bytes_received.get();
                             return o;
                         }
                         return Outcome {
                             status,
                             flag: Some(flag),
                             upstream: upstream_addr,
-                            bytes_received,
+                            bytes_received: bytes_received.get(),
                             bytes_sent,
                             reusable: false,
                         };
@@ -1970,7 +1972,7 @@ impl<N: Network> Engine<N> {
                         .local_reply(scratch.grpc, &mut downw, out, status_for(flag), flag, true)
                         .await;
                     o.upstream = upstream_addr;
-                    o.bytes_received = bytes_received;
+                    o.bytes_received = bytes_received.get();
                     return o;
                 }
                 bytes_sent += sent;
@@ -1987,7 +1989,7 @@ impl<N: Network> Engine<N> {
                         status,
                         flag: None,
                         upstream: upstream_addr,
-                        bytes_received,
+                        bytes_received: bytes_received.get(),
                         bytes_sent,
                         reusable: complete && keep_down && request_complete,
                     },
@@ -2025,7 +2027,6 @@ impl<N: Network> Engine<N> {
         work: W,
         mut upload: Pin<&mut Option<U>>,
         request_complete: &mut bool,
-        bytes_received: &mut u64,
     ) -> Alongside<T>
     where
         W: Future<Output = T>,
@@ -2046,8 +2047,7 @@ impl<N: Network> Engine<N> {
             };
             upload.set(None);
             match sent {
-                Ok(n) => {
-                    *bytes_received += n;
+                Ok(_) => {
                     *request_complete = true;
                     self.stream_input(ci, stream, Input::RequestComplete);
                 }
@@ -2334,7 +2334,7 @@ async fn send_request<U, D>(
     stream_body: bool,
     stream_idle: Option<Duration>,
     written: &mut bool,
-    bytes_received: &mut u64,
+    bytes_received: &Cell<u64>,
     upload_fault: &mut Option<UploadFault>,
 ) -> Result<(), TryFailure>
 where
@@ -2353,8 +2353,19 @@ where
     }
     *written = true;
     if stream_body {
-        match stream_request_body(up, down, rbuf, head_len, framing, stream_idle, None).await {
-            Ok(n) => *bytes_received += n,
+        match stream_request_body(
+            up,
+            down,
+            rbuf,
+            head_len,
+            framing,
+            stream_idle,
+            None,
+            bytes_received,
+        )
+        .await
+        {
+            Ok(_) => {}
             Err(e) => {
                 *upload_fault = fault_of(&e);
                 return Err(closed(true));
@@ -2505,6 +2516,7 @@ async fn fill_within<D: AsyncRead + Unpin>(
 /// Streams a large request body downstream → upstream; returns its size. Leaves `rbuf`
 /// holding only bytes after the body (the next pipelined request). `answered`: see
 /// [`fill_within`].
+#[allow(clippy::too_many_arguments)]
 async fn stream_request_body<U, D>(
     up: &mut U,
     down: &mut D,
@@ -2513,6 +2525,7 @@ async fn stream_request_body<U, D>(
     framing: BodyFraming,
     stream_idle: Option<Duration>,
     answered: Option<&Cell<TokioInstant>>,
+    received: &Cell<u64>,
 ) -> io::Result<u64>
 where
     U: AsyncWrite + Unpin,
@@ -2532,6 +2545,7 @@ where
                     drop_range(rbuf, head_len, take);
                     left -= take as u64;
                     total += take as u64;
+                    received.set(received.get() + take as u64);
                 }
                 if left == 0 {
                     return Ok(total);
@@ -2564,6 +2578,7 @@ where
                     write_flushed(up, &rbuf.bytes()[head_len..head_len + forward]).await?;
                     drop_range(rbuf, head_len, forward);
                     total += forward as u64;
+                    received.set(received.get() + forward as u64);
                 }
                 held = scanned - forward;
                 if done {
@@ -2576,6 +2591,7 @@ where
                         write_flushed(up, &trailers).await?;
                     }
                     drop_range(rbuf, head_len, held);
+                    received.set(received.get() + held as u64);
                     return Ok(total + held as u64);
                 }
                 // An end of stream comes back as the client's UploadFault::Aborted.
