@@ -21,17 +21,22 @@
 //! v4 = {up2, up3, up4} is pushed and the server crashes during that push, restarting
 //! [`DOWN_FOR`] later; then the sidecar is partitioned from the server, v5 = {up3, up4} (up2
 //! removed) is pushed during the partition, and the partition is repaired; v6 is invalid (an
-//! endpoint at priority 1, which Sluice refuses); v7 = {up1, up3, up4}. Every upstream stays
+//! endpoint at priority 1, which Sluice refuses), pushed once the sidecar is back (after
+//! [`REPAIRED_WITHIN`]); v7 = {up1, up3, up4}. Every upstream stays
 //! up all along: no request has a reason to fail.
 //!
-//! The partition is turmoil's `hold` (messages between the two hosts queued) and the repair
-//! its `release` (delivered): what TCP does for a partition shorter than its retransmission
-//! timeout — the segments are sent again and arrive after the repair, the connection lives.
-//! turmoil's `partition` instead drops the segments of an established connection for good
-//! while neither end learns of it, which TCP never does; with it the sidecar waits on its
-//! silent ADS stream for ever (the client has no keepalive on that stream: it notices a dead
-//! connection only by an error or the server's close) — a black-holed connection, which a
-//! long real partition or a server host gone without a reset also gives; not covered here.
+//! The partition is turmoil's `partition` and the repair its `repair`: every segment between
+//! the two hosts is dropped, on the established ADS connection too, and neither end is told —
+//! a black-holed connection, what a long real partition or a server host gone without a reset
+//! gives. The sidecar's xDS cluster has `protocol: http2` and
+//! `http2: { connection_keepalive: { interval: 300ms, timeout: 300ms } }`: the client PINGs the
+//! silent connection, no answer comes, the stream ends within interval + timeout, and the client
+//! retries with its backoff; after the repair the next attempt connects, the new stream's
+//! requests get the server's current snapshot. Without the keepalive the client waits on the
+//! silent stream for ever. Unlike TCP, a connect inside the partition is refused at once
+//! (turmoil drops the SYN with the sender of its answer) rather than timing out at the
+//! cluster's `connect_timeout`, so the client makes more attempts inside the partition than it
+//! would over TCP, and its backoff grows faster: [`REPAIRED_WITHIN`] allows for it.
 //!
 //! Invariants checked after every run:
 //!
@@ -47,15 +52,17 @@
 //! 5. the invalid update is NACKed (a request with `error_detail` for the endpoints type) and
 //!    never ACKed nor applied;
 //! 6. convergence: within [`RESUBSCRIBED_WITHIN`] of the server's restart (so before the
-//!    partition), and within [`CONVERGE_WITHIN`] of the repair and of the last push, the
-//!    sidecar ACKs the endpoints version served then (or a later one), and the last config
-//!    applied has v7's endpoints.
+//!    partition), within [`REPAIRED_WITHIN`] of the repair (keepalive and backoff) and within
+//!    [`CONVERGE_WITHIN`] of the last push, the sidecar ACKs the endpoints version served then
+//!    (or a later one), and the last config applied has v7's endpoints.
 //!
 //! Shown failing with what they guard disabled, each by a temporary change (see
 //! `docs/simulation.md`): without the ADS machine's requests on a new stream, the sidecar never
 //! takes a version pushed after the crash (5 and 6 fail on every seed); a translator that takes
 //! a locality at priority 1 applies the invalid update (2 and 5); a sidecar that ACKs configs
-//! without switching to them sends requests to removed hosts (3).
+//! without switching to them sends requests to removed hosts (3); without the keepalive in the
+//! xDS cluster the sidecar stays on its silent stream after the repair (5 and 6 fail on every
+//! seed; 1–4 hold).
 //!
 //! The server crashes strictly inside the push of v4 (one to three of its four types sent) in
 //! 48 of seeds 0..64, before its first type in the other 16.
@@ -95,13 +102,16 @@ const UPSTREAM_PORT: u16 = 8_080;
 const CLIENTS: usize = 3;
 const TRAFFIC_FROM: Duration = Duration::from_millis(800);
 const TRAFFIC_UNTIL: Duration = Duration::from_millis(7_000);
-/// The run lasts at least this long, so that the last push can converge.
-const RUN_UNTIL: Duration = Duration::from_millis(9_000);
 const CLIENT_DEADLINE: Duration = Duration::from_secs(5);
 /// Between two types' responses of one push.
 const PUSH_SPACING: Duration = Duration::from_millis(20);
 const DOWN_FOR: Duration = Duration::from_millis(700);
 const PARTITION_FOR: Duration = Duration::from_millis(900);
+/// The xDS cluster's `http2.connection_keepalive`: a PING after this long without a frame
+/// from the server...
+const KEEPALIVE_INTERVAL: Duration = Duration::from_millis(300);
+/// ...and the connection closed when it is not answered within this.
+const KEEPALIVE_TIMEOUT: Duration = Duration::from_millis(300);
 /// How long after its removal a request may still reach a removed host (one picked just before
 /// the switch: an upstream takes at most 120 ms) plus latencies.
 const DRAIN_MARGIN: Duration = Duration::from_millis(300);
@@ -110,9 +120,18 @@ const DRAIN_MARGIN: Duration = Duration::from_millis(300);
 /// server is down (700 ms) wait at most 250, 500 and 1000 ms: the last one starts at most
 /// ~1.05 s after the restart, then a stream's setup and one push (4 types, 20 ms apart).
 const RESUBSCRIBED_WITHIN: Duration = Duration::from_millis(1_500);
-/// The convergence bound after a repair: the client's backoff (250 ms doubling, jittered)
-/// after at most a few failed attempts, plus a stream's setup and one push.
+/// The convergence bound after the last push (the stream is healthy then): a stream's setup
+/// and one push, with room.
 const CONVERGE_WITHIN: Duration = Duration::from_millis(3_000);
+/// The convergence bound after the repair. The keepalive ends the silent stream within
+/// [`KEEPALIVE_INTERVAL`] + [`KEEPALIVE_TIMEOUT`] (+ a latency) of the partition, so ~0.3–0.63 s
+/// into it; the client then retries with its backoff, jittered below 250, 500, 1000, 2000 ms…,
+/// and each attempt inside the partition fails at once (turmoil drops the SYN and the connect
+/// is refused). k failed attempts leave a wait below 250 ms · 2^k after the repair; in the
+/// ≤ 0.6 s left, seeds 0..256 see at most four (the first request of the new stream comes at
+/// most 3.5 s after the repair): a wait below 4 s, then a stream's setup and one push (4 types,
+/// 20 ms apart). A fifth needs four jittered waits under ~0.6 s in all: not an absolute bound.
+const REPAIRED_WITHIN: Duration = Duration::from_millis(4_500);
 
 // ---------------------------------------------------------------------------------------------
 // The management server.
@@ -246,7 +265,8 @@ fn plan(seed: u64) -> Plan {
     let partition = restart + RESUBSCRIBED_WITHIN + j(0, 300);
     let v5 = partition + j(150, 300);
     let repair = partition + PARTITION_FOR;
-    let v6 = repair + j(500, 300);
+    // Once the sidecar is back (see REPAIRED_WITHIN): it sees the invalid update.
+    let v6 = repair + REPAIRED_WITHIN + j(0, 300);
     let v7 = v6 + j(400, 300);
     let p = |at, version, hosts: &[usize], invalid| Push {
         at,
@@ -315,8 +335,10 @@ pub fn run(seed: u64) -> RunReport {
             Ok(())
         });
     }
-    sim.client("clock", async {
-        tokio::time::sleep(RUN_UNTIL).await;
+    // The run lasts until the last push has had time to converge.
+    let run_until = plan.pushes.last().expect("pushes").at + CONVERGE_WITHIN;
+    sim.client("clock", async move {
+        tokio::time::sleep(run_until).await;
         Ok(())
     });
 
@@ -342,13 +364,14 @@ pub fn run(seed: u64) -> RunReport {
             restarted = true;
         }
         if !parted && now >= plan.partition {
-            // `hold`, not `partition`: see the module docs.
-            sim.hold(SIDECAR, SERVER);
+            // Every segment between the two dropped, neither end told: the ADS connection
+            // goes silent, and the sidecar's keepalive PINGs go unanswered.
+            sim.partition(SIDECAR, SERVER);
             t.record(now, "SIM", "partition sidecar / management server");
             parted = true;
         }
         if !repaired && now >= plan.repair {
-            sim.release(SIDECAR, SERVER);
+            sim.repair(SIDECAR, SERVER);
             t.record(now, "SIM", "repair sidecar / management server");
             repaired = true;
         }
@@ -373,9 +396,17 @@ pub fn run(seed: u64) -> RunReport {
         .iter()
         .filter(|(at, _, v)| *v == cut.version && *at < plan.crash)
         .count();
+    // How long after the repair the sidecar was back: its first request to the server (the
+    // keepalive ended the silent stream during the partition, a new one opens after it).
+    let back = log
+        .requests
+        .iter()
+        .find(|(at, _)| *at >= plan.repair)
+        .map(|(at, _)| *at - plan.repair);
     let summary = format!(
         "xds: {} requests, {ok} 200, received per host {per_host:?}, {} configs applied, {} ADS \
-         streams, {} requests to the server, {cut_sent}/4 types of v{} sent before the crash",
+         streams, {} requests to the server, {cut_sent}/4 types of v{} sent before the crash, \
+         back {back:?} after the repair",
         w.requests.len(),
         w.applied.len(),
         log.streams,
@@ -516,7 +547,7 @@ fn check(w: &World, log: &AdsLog, plan: &Plan, ips: &[IpAddr], violations: &mut 
     let last_push = plan.pushes.last().expect("pushes");
     for (what, at, within) in [
         ("the server's restart", plan.restart, RESUBSCRIBED_WITHIN),
-        ("the repair", plan.repair, CONVERGE_WITHIN),
+        ("the repair", plan.repair, REPAIRED_WITHIN),
         ("the last push", last_push.at, CONVERGE_WITHIN),
     ] {
         let serving = plan
@@ -554,9 +585,13 @@ listeners: []
 clusters:
   - name: xds_server
     connect_timeout: 250ms
+    protocol: http2
+    http2: {{ connection_keepalive: {{ interval: {}ms, timeout: {}ms }} }}
     hosts: [ {{ address: "{}" }} ]
 drain_timeout: 1s
 "#,
+        KEEPALIVE_INTERVAL.as_millis(),
+        KEEPALIVE_TIMEOUT.as_millis(),
         SocketAddr::new(server, SERVER_PORT)
     )
 }
