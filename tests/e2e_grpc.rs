@@ -187,7 +187,6 @@ fn an_http11_upload_to_an_http2_upstream_is_carried_full_duplex() {
     let (_u, _log) = start_h2_upstream(&dir, "up", up);
     let _sluice = start_sluice(&dir, &config(listen, admin, &[up]), 1, addr(listen));
 
-    let t0 = std::time::Instant::now();
     let mut s = std::net::TcpStream::connect(addr(listen)).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     let mut r = std::io::BufReader::new(s.try_clone().unwrap());
@@ -240,7 +239,6 @@ fn an_http11_upload_to_an_http2_upstream_is_carried_full_duplex() {
     }
     assert!(head.starts_with("HTTP/1.1 200"), "{head}");
     assert!(head.contains("x-upstream: up"), "{head}");
-    assert!(t0.elapsed() < Duration::from_secs(3), "{:?}", t0.elapsed());
     assert_eq!(stat(admin, "http2.upstream_streams_total"), 1);
     assert_eq!(stat(admin, "http2.upstream_tx_reset"), 0);
 }

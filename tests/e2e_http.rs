@@ -1067,7 +1067,6 @@ fn a_streamed_http11_upload_and_its_early_streamed_answer_flow_at_once() {
     let _s = start_sluice(&dir, &cfg, 1, addr(listen));
 
     // Ping-pong: 20 rounds, each chunk sent only after the previous one's echo came back.
-    let t0 = Instant::now();
     let mut s = TcpStream::connect(addr(listen)).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     let mut r = std::io::BufReader::new(s.try_clone().unwrap());
@@ -1113,7 +1112,6 @@ fn a_streamed_http11_upload_and_its_early_streamed_answer_flow_at_once() {
         head.to_ascii_lowercase().contains("connection: close"),
         "{head}"
     );
-    assert!(t0.elapsed() < Duration::from_secs(3), "{:?}", t0.elapsed());
 
     // An early whole answer to a 200 kB upload of which the client sent half and then waits.
     let received = "listener.http_in.downstream_bytes_received";
