@@ -269,14 +269,7 @@ impl XdsConnector {
                 None => tokio::net::TcpStream::connect(self.server).await,
             }
         };
-        let stream = tokio::time::timeout(self.connect_timeout, attempt)
-            .await
-            .map_err(|_| {
-                io::Error::new(
-                    io::ErrorKind::TimedOut,
-                    format!("no connection within {:?}", self.connect_timeout),
-                )
-            })??;
+        let stream = connect_within(self.connect_timeout, attempt).await?;
         // gRPC messages are small and latency-bound (tonic's own connector does the same).
         stream.set_nodelay(true)?;
         // The ADS stream is long and often quiet: TCP keepalive notices a peer that vanished
@@ -290,6 +283,19 @@ impl XdsConnector {
         )?;
         Ok(hyper_util::rt::TokioIo::new(stream))
     }
+}
+
+/// A connect attempt bounded by the xDS cluster's `connect_timeout` (both connectors).
+async fn connect_within<S>(
+    timeout: Duration,
+    attempt: impl std::future::Future<Output = io::Result<S>>,
+) -> io::Result<S> {
+    tokio::time::timeout(timeout, attempt).await.map_err(|_| {
+        io::Error::new(
+            io::ErrorKind::TimedOut,
+            format!("no connection within {timeout:?}"),
+        )
+    })?
 }
 
 impl tower_service::Service<http::Uri> for XdsConnector {
@@ -352,14 +358,7 @@ impl tower_service::Service<http::Uri> for TurmoilXdsConnector {
     fn call(&mut self, _uri: http::Uri) -> Self::Future {
         let (server, timeout) = (self.server, self.connect_timeout);
         Box::pin(async move {
-            let stream = tokio::time::timeout(timeout, turmoil::net::TcpStream::connect(server))
-                .await
-                .map_err(|_| {
-                    io::Error::new(
-                        io::ErrorKind::TimedOut,
-                        format!("no connection within {timeout:?}"),
-                    )
-                })??;
+            let stream = connect_within(timeout, turmoil::net::TcpStream::connect(server)).await?;
             Ok(hyper_util::rt::TokioIo::new(stream))
         })
     }
