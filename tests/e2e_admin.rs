@@ -856,10 +856,21 @@ fn the_admin_api_on_a_unix_socket_answers_only_whom_its_mode_allows() {
         1,
         addr(listen),
     );
-    let out = run_as_nobody(
-        "curl",
-        &["-sS", "--unix-socket", sock, "http://localhost/ready"],
-    );
+    // The listener accepts a moment before the workers report live: wait out PRE_INITIALIZING.
+    let ready = || {
+        run_as_nobody(
+            "curl",
+            &["-sS", "--unix-socket", sock, "http://localhost/ready"],
+        )
+    };
+    let mut out = ready();
+    for _ in 0..100 {
+        if String::from_utf8_lossy(&out.stdout) != "PRE_INITIALIZING\n" {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+        out = ready();
+    }
     assert_eq!(String::from_utf8_lossy(&out.stdout), "LIVE\n", "{out:?}");
     // A second instance cannot take the live socket (nor remove it).
     let out = run(
