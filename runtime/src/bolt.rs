@@ -64,6 +64,7 @@ use crate::engine::Engine;
 use crate::http::far_future;
 use crate::net::Network;
 use crate::now;
+use crate::shared_io::Shared;
 use crate::stats::bump;
 use crate::tls::{HandshakeOutcome, MaybeTls};
 
@@ -729,7 +730,10 @@ impl<N: Network> Engine<N> {
         let mut spare: Vec<u8> = Vec::new();
         let mut written = 0usize;
         let mut unflushed = false;
-        let (mut rd, mut wr) = tokio::io::split(stream);
+        // Read and write from this one task: two lock-free handles on one cell, not
+        // `tokio::io::split`'s halves (a lock taken on every poll).
+        let stream = std::cell::RefCell::new(stream);
+        let (mut rd, mut wr) = (Shared(&stream), Shared(&stream));
         // Upstream frames are bounded by the largest listener limit (16 MiB by default).
         let max_frame = self
             .config

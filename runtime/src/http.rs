@@ -78,6 +78,7 @@ use crate::engine::{ClusterRef, Engine};
 use crate::h2_upstream::{H2Upstream, Peer, is_refused};
 use crate::net::Network;
 use crate::now;
+use crate::shared_io::Shared;
 use crate::stats::{WorkerStats, bump, gauge_add};
 use crate::tls::{HandshakeOutcome, MaybeTls};
 use sluice_core::http2::te_wants_trailers;
@@ -303,52 +304,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for Upstream<S> {
             Upstream::Http1(c) => Pin::new(c).poll_shutdown(cx),
             Upstream::Http2(s) => Pin::new(&mut **s).poll_shutdown(cx),
         }
-    }
-}
-
-/// One side of a connection shared by the two directions of a full-duplex exchange (a streamed
-/// request body sent while the response is read), within one task: each poll borrows the
-/// connection for that poll only, and the task polls one direction at a time, so a borrow never
-/// meets another. No allocation, no lock.
-struct Shared<'a, T>(&'a RefCell<T>);
-
-impl<T: AsyncRead + Unpin> AsyncRead for Shared<'_, T> {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        Pin::new(&mut *self.0.borrow_mut()).poll_read(cx, buf)
-    }
-}
-
-impl<T: AsyncWrite + Unpin> AsyncWrite for Shared<'_, T> {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut *self.0.borrow_mut()).poll_write(cx, buf)
-    }
-
-    fn poll_write_vectored(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut *self.0.borrow_mut()).poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.0.borrow().is_write_vectored()
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut *self.0.borrow_mut()).poll_flush(cx)
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut *self.0.borrow_mut()).poll_shutdown(cx)
     }
 }
 

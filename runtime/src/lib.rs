@@ -45,6 +45,7 @@ pub mod pool;
 pub mod relay;
 pub mod resolver;
 pub mod server;
+mod shared_io;
 pub mod splice;
 pub mod stats;
 pub mod tls;
