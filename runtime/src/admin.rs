@@ -320,33 +320,34 @@ pub fn spawn(
     listener: AdminListener,
     handle: Arc<AdminHandle>,
 ) -> io::Result<std::thread::JoinHandle<()>> {
+    // The runtime (its epoll and wake descriptors) and the reserved descriptor are taken here,
+    // on the caller's thread, before the workers start: a flood of connections accepted by the
+    // workers at startup could otherwise leave the admin server without either.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let spare = reserve_descriptor();
     std::thread::Builder::new()
         .name("sluice-admin".into())
         .spawn(move || {
-            let rt = match tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            {
-                Ok(rt) => rt,
-                Err(e) => {
-                    warn!(error = %e, "admin server: cannot build its runtime");
-                    return;
-                }
-            };
             let local = tokio::task::LocalSet::new();
             local.block_on(&rt, async move {
                 match listener {
                     AdminListener::Tcp(l) => match tokio::net::TcpListener::from_std(l) {
                         Ok(l) => {
-                            accept_loop(&handle, || async { l.accept().await.map(|(s, _)| s) })
-                                .await
+                            accept_loop(&handle, spare, || async {
+                                l.accept().await.map(|(s, _)| s)
+                            })
+                            .await
                         }
                         Err(e) => warn!(error = %e, "admin server: cannot use its socket"),
                     },
                     AdminListener::Unix(l) => match tokio::net::UnixListener::from_std(l) {
                         Ok(l) => {
-                            accept_loop(&handle, || async { l.accept().await.map(|(s, _)| s) })
-                                .await
+                            accept_loop(&handle, spare, || async {
+                                l.accept().await.map(|(s, _)| s)
+                            })
+                            .await
                         }
                         Err(e) => warn!(error = %e, "admin server: cannot use its socket"),
                     },
@@ -358,26 +359,36 @@ pub fn spawn(
 /// Accepts admin connections until the socket is handed over.
 ///
 /// A descriptor is kept in reserve (nginx, HAProxy): when the process runs out of descriptors,
-/// the admin server closes it to accept its own connection, so that it still answers; it takes
-/// it again once one is free.
-async fn accept_loop<S, F>(handle: &AdminHandle, mut accept: impl FnMut() -> F)
-where
-    S: AsyncRead + AsyncWrite + Unpin + 'static,
+/// the admin server closes it to accept its own connection, so that it still answers.
+///
+/// Workers accept on other threads, so a descriptor freed for a moment can be taken by one of
+/// them before the admin server takes it back. Two rules keep the slot the admin server's:
+/// when it has no reserve, the socket of a connection it served becomes the reserve (shut down
+/// and kept open, never closed: no moment where the slot is free), and while it swaps its
+/// reserve for an accept, [`ADMIN_TAKING_RESERVE`] holds back workers that retry an accept
+/// after running out of descriptors. Failed accepts are logged at most once a second.
+async fn accept_loop<S, F>(
+    handle: &AdminHandle,
+    spare: Option<std::os::fd::OwnedFd>,
+    mut accept: impl FnMut() -> F,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + KeepSlot + 'static,
     F: std::future::Future<Output = io::Result<S>>,
 {
     let mut closed = handle.get().admin_closed.subscribe();
-    let spare = std::rc::Rc::new(std::cell::RefCell::new(reserve_descriptor()));
-    let serve = |stream: S| {
+    let spare = std::rc::Rc::new(std::cell::RefCell::new(spare.or_else(reserve_descriptor)));
+    let serve = |mut stream: S| {
         let shared = handle.get();
         let spare = spare.clone();
         tokio::task::spawn_local(async move {
-            serve_connection(stream, &shared).await;
-            // Its descriptor is free again: back in reserve.
+            serve_connection(&mut stream, &shared).await;
+            // Its descriptor becomes the reserve if there is none (or is closed).
             if spare.borrow().is_none() {
-                *spare.borrow_mut() = reserve_descriptor();
+                *spare.borrow_mut() = stream.keep_slot().or_else(reserve_descriptor);
             }
         });
     };
+    let mut failures = AcceptFailures::default();
     loop {
         let accepted = tokio::select! {
             biased;
@@ -393,24 +404,27 @@ where
                 // Free the reserved descriptor and accept at once with it (an accept fails for
                 // want of a descriptor even with nothing waiting: then the descriptor goes
                 // straight back into reserve).
+                ADMIN_TAKING_RESERVE.store(true, Ordering::SeqCst);
                 drop(spare.borrow_mut().take());
-                match tokio::time::timeout(Duration::ZERO, accept()).await {
+                let taken = tokio::time::timeout(Duration::ZERO, accept()).await;
+                if !matches!(taken, Ok(Ok(_))) {
+                    *spare.borrow_mut() = reserve_descriptor();
+                }
+                ADMIN_TAKING_RESERVE.store(false, Ordering::SeqCst);
+                match taken {
                     Ok(Ok(stream)) => {
                         debug!("admin server: out of descriptors; answering with the reserved one");
                         serve(stream);
                     }
                     Ok(Err(e)) => {
-                        warn!(error = %e, "admin server: accept failed");
+                        failures.log(&e);
                         tokio::time::sleep(Duration::from_millis(50)).await;
                     }
                     Err(_) => {}
                 }
-                if spare.borrow().is_none() {
-                    *spare.borrow_mut() = reserve_descriptor();
-                }
             }
             Err(e) => {
-                warn!(error = %e, "admin server: accept failed");
+                failures.log(&e);
                 tokio::time::sleep(Duration::from_millis(50)).await;
                 if spare.borrow().is_none() {
                     *spare.borrow_mut() = reserve_descriptor();
@@ -420,9 +434,58 @@ where
     }
 }
 
+/// Set while the admin server has freed its reserved descriptor to accept with it: a worker
+/// retrying an accept after running out of descriptors waits (the engine's accept loop), so
+/// that it does not take the slot. Process-wide; touched only on those error paths.
+pub(crate) static ADMIN_TAKING_RESERVE: AtomicBool = AtomicBool::new(false);
+
+/// An admin connection whose descriptor can be kept open, shut down, as the reserve.
+trait KeepSlot {
+    fn keep_slot(self) -> Option<std::os::fd::OwnedFd>;
+}
+
+impl KeepSlot for tokio::net::TcpStream {
+    fn keep_slot(self) -> Option<std::os::fd::OwnedFd> {
+        let s = self.into_std().ok()?;
+        let _ = s.shutdown(std::net::Shutdown::Both);
+        Some(s.into())
+    }
+}
+
+impl KeepSlot for tokio::net::UnixStream {
+    fn keep_slot(self) -> Option<std::os::fd::OwnedFd> {
+        let s = self.into_std().ok()?;
+        let _ = s.shutdown(std::net::Shutdown::Both);
+        Some(s.into())
+    }
+}
+
+/// Failed admin accepts, logged at most once a second with how many were not.
+#[derive(Default)]
+struct AcceptFailures {
+    logged_at: Option<Instant>,
+    unlogged: u64,
+}
+
+impl AcceptFailures {
+    fn log(&mut self, e: &io::Error) {
+        let now = Instant::now();
+        if self
+            .logged_at
+            .is_some_and(|t| now.duration_since(t) < Duration::from_secs(1))
+        {
+            self.unlogged += 1;
+            return;
+        }
+        self.logged_at = Some(now);
+        let suppressed = std::mem::take(&mut self.unlogged);
+        warn!(error = %e, suppressed, "admin server: accept failed");
+    }
+}
+
 /// A descriptor to hold in reserve (`/dev/null`, read-only).
-fn reserve_descriptor() -> Option<std::fs::File> {
-    std::fs::File::open("/dev/null").ok()
+fn reserve_descriptor() -> Option<std::os::fd::OwnedFd> {
+    std::fs::File::open("/dev/null").ok().map(Into::into)
 }
 
 /// Whether an accept failed for want of a descriptor (EMFILE, ENFILE).

@@ -534,6 +534,11 @@ impl<N: Network> Engine<N> {
                         () = self.stop_accepting.notified() => break,
                         () = tokio::time::sleep(backoff) => {}
                     }
+                    // Out of descriptors, the admin server may be swapping its reserved one
+                    // for its own connection: leave it that slot.
+                    while crate::admin::ADMIN_TAKING_RESERVE.load(Relaxed) {
+                        tokio::time::sleep(Duration::from_millis(1)).await;
+                    }
                 }
             }
         }
