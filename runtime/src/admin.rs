@@ -1109,7 +1109,7 @@ pub const SERVER_METRICS: &[Export<AdminShared>] = &[
         )
         .by("type", |i| crate::xds::TYPE_LABELS[i])
         .stats("xds.acked_"),
-        len: 4,
+        len: crate::xds::TYPES,
         read: |_, i| crate::xds::ACKED[i].load(Ordering::Relaxed),
     },
     Export {
@@ -1121,7 +1121,7 @@ pub const SERVER_METRICS: &[Export<AdminShared>] = &[
         )
         .by("type", |i| crate::xds::TYPE_LABELS[i])
         .stats("xds.updated_at_"),
-        len: 4,
+        len: crate::xds::TYPES,
         read: |_, i| crate::xds::UPDATED_AT[i].load(Ordering::Relaxed),
     },
     Export {
@@ -1132,7 +1132,7 @@ pub const SERVER_METRICS: &[Export<AdminShared>] = &[
         )
         .by("type", |i| crate::xds::TYPE_LABELS[i])
         .stats("xds.nacked_"),
-        len: 4,
+        len: crate::xds::TYPES,
         read: |_, i| crate::xds::NACKED[i].load(Ordering::Relaxed),
     },
     Export {

@@ -6,7 +6,8 @@
 //! `request_headers_timeout`; `common_http_protocol_options.idle_timeout`; `normalize_path`,
 //! `merge_slashes`, `path_with_escaped_slashes_action`; HTTP filters ending with the router, any
 //! other filter only when `is_optional` or `disabled`) or a `TcpProxy` (`cluster`,
-//! `idle_timeout`, `max_connect_attempts`).
+//! `idle_timeout`, `max_connect_attempts`). The chain's `transport_socket` (TLS,
+//! `DownstreamTlsContext`) becomes the listener's `tls` ([`super::tls`]).
 
 use std::collections::BTreeMap;
 
@@ -22,6 +23,7 @@ use envoy_types::pb::envoy::extensions::filters::network::http_connection_manage
 use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::{
     TcpProxy, tcp_proxy::ClusterSpecifier,
 };
+use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::Secret;
 use prost::Name;
 use serde_json::{Value, json};
 
@@ -29,10 +31,12 @@ use super::cluster::{config_source, socket_address};
 use super::route::translate_route_configuration;
 use super::{At, Notes, ResourceType, TranslateError, duration, object, reject_rest, take, unpack};
 
-/// Translates a listener; `routes` are the route configurations received over RDS, by name.
+/// Translates a listener; `routes` are the route configurations received over RDS, by name,
+/// `secrets` the SDS secrets.
 pub fn translate_listener(
     l: &Listener,
     routes: &BTreeMap<String, RouteConfiguration>,
+    secrets: &BTreeMap<String, Secret>,
     notes: &mut Notes,
 ) -> Result<Value, TranslateError> {
     let at = At::root(ResourceType::Listener, &l.name);
@@ -66,20 +70,31 @@ pub fn translate_listener(
                 .error("unsupported (one filter chain per listener)"));
         }
     };
-    let (key, filter) = filter_chain(chain, &at.field("filter_chains").index(0), routes, notes)?;
+    let (key, filter, tls) = filter_chain(
+        chain,
+        &at.field("filter_chains").index(0),
+        routes,
+        secrets,
+        notes,
+    )?;
     let mut v = json!({ "name": name, "address": address });
     if let Value::Object(m) = &mut v {
         m.insert(key.to_owned(), filter);
+        if let Some(tls) = tls {
+            m.insert("tls".to_owned(), tls);
+        }
     }
     Ok(v)
 }
 
+/// A filter chain: its terminal filter (key and value) and its TLS (`tls` of the listener).
 fn filter_chain(
     chain: &FilterChain,
     at: &At<'_>,
     routes: &BTreeMap<String, RouteConfiguration>,
+    secrets: &BTreeMap<String, Secret>,
     notes: &mut Notes,
-) -> Result<(&'static str, Value), TranslateError> {
+) -> Result<(&'static str, Value, Option<Value>), TranslateError> {
     let mut rest = chain.clone();
     for (set, field) in [
         (!take(&mut rest.name).is_empty(), "name"),
@@ -92,11 +107,9 @@ fn filter_chain(
     if let Some(m) = take(&mut rest.filter_chain_match) {
         reject_rest(&m, &at.field("filter_chain_match"))?;
     }
-    if take(&mut rest.transport_socket).is_some() {
-        return Err(at
-            .field("transport_socket")
-            .error("unsupported (TLS termination from xDS is not translated yet)"));
-    }
+    let tls = take(&mut rest.transport_socket)
+        .map(|ts| super::tls::downstream_tls(&ts, &at.field("transport_socket"), secrets, notes))
+        .transpose()?;
     let filters = take(&mut rest.filters);
     reject_rest(&rest, at)?;
     let mut terminal = None;
@@ -132,10 +145,11 @@ fn filter_chain(
             return Err(named.unsupported());
         });
     }
-    terminal.ok_or_else(|| {
+    let (key, value) = terminal.ok_or_else(|| {
         at.field("filters")
             .error("no http_connection_manager or tcp_proxy")
-    })
+    })?;
+    Ok((key, value, tls))
 }
 
 fn http(

@@ -534,7 +534,8 @@ mod istio {
     #[test]
     fn an_outbound_cluster_is_refused_at_its_transport_socket_matches_and_accepted_without() {
         let mut notes = Notes::default();
-        let e = translate_cluster(&outbound_cluster(), None, &mut notes).expect_err("refused");
+        let e = translate_cluster(&outbound_cluster(), None, &BTreeMap::new(), &mut notes)
+            .expect_err("refused");
         assert_eq!(
             e.to_string(),
             "cluster \"outbound|9080||reviews.default.svc.cluster.local\" \
@@ -578,7 +579,8 @@ mod istio {
         }];
         l.traffic_direction = 2; // OUTBOUND
         let mut notes = Notes::default();
-        let e = translate_listener(&l, &BTreeMap::new(), &mut notes).expect_err("refused");
+        let e = translate_listener(&l, &BTreeMap::new(), &BTreeMap::new(), &mut notes)
+            .expect_err("refused");
         assert_eq!(
             e.to_string(),
             "listener \"virtualOutbound\" use_original_dst: unsupported"
