@@ -469,4 +469,4 @@ fn append(root: &mut Map<String, Value>, key: &str, items: Vec<Value>) {
 #[cfg(test)]
 mod tests;
 #[cfg(test)]
-mod tests_tls;
+pub(crate) mod tests_tls;

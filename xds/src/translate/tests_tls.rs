@@ -18,7 +18,7 @@ use super::*;
 use crate::fixtures::*;
 
 /// A CA's PEM and a leaf it issued for `names`: (ca, chain, key).
-fn pki(names: &[&str]) -> (String, String, String) {
+pub(crate) fn pki(names: &[&str]) -> (String, String, String) {
     let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
     params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
     let ca = CertifiedIssuer::self_signed(params, KeyPair::generate().unwrap()).unwrap();
