@@ -638,9 +638,17 @@ fn serving_tls(ca: &str) -> Ads {
         out.iter().any(|o| matches!(o, Output::ArmWarmingTimer(_))),
         "{out:?}"
     );
-    a.handle_input(response(Sds, "1", "s1", vec![any(&ca_secret("root-ca", ca))]));
+    a.handle_input(response(
+        Sds,
+        "1",
+        "s1",
+        vec![any(&ca_secret("root-ca", ca))],
+    ));
     let out = drain(&mut a);
-    let tls = applied_config(&out).clusters[0].tls.as_deref().expect("tls");
+    let tls = applied_config(&out).clusters[0]
+        .tls
+        .as_deref()
+        .expect("tls");
     assert_eq!(
         tls.ca,
         sluice_core::config::tls::Pem::Inline {
@@ -651,7 +659,10 @@ fn serving_tls(ca: &str) -> Ads {
     a.handle_input(Input::Applied(apply_id(&out).unwrap()));
     let out = drain(&mut a);
     let acks: Vec<_> = sent(&out).iter().map(|r| summary(r)).collect();
-    assert!(acks.contains(&(Sds, "1", "s1", vec!["root-ca"], None)), "{acks:?}");
+    assert!(
+        acks.contains(&(Sds, "1", "s1", vec!["root-ca"], None)),
+        "{acks:?}"
+    );
     a
 }
 
@@ -661,7 +672,12 @@ fn a_cluster_naming_an_sds_secret_waits_for_it_then_a_rotation_applies() {
     let mut a = serving_tls(&ca);
     // A new CA over SDS: a new config (new handshakes use it), ACKed after the switch.
     let (ca2, _, _) = crate::translate::tests_tls::pki(&["x"]);
-    a.handle_input(response(Sds, "2", "s2", vec![any(&ca_secret("root-ca", &ca2))]));
+    a.handle_input(response(
+        Sds,
+        "2",
+        "s2",
+        vec![any(&ca_secret("root-ca", &ca2))],
+    ));
     let out = drain(&mut a);
     let tls = applied_config(&out).clusters[0].tls.as_deref().unwrap();
     assert_eq!(
@@ -681,7 +697,12 @@ fn a_secret_that_does_not_parse_is_nacked_naming_it_and_the_old_one_serves() {
     let (ca, _, _) = crate::translate::tests_tls::pki(&["x"]);
     let mut a = serving_tls(&ca);
     let bad = "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n";
-    a.handle_input(response(Sds, "2", "s2", vec![any(&ca_secret("root-ca", bad))]));
+    a.handle_input(response(
+        Sds,
+        "2",
+        "s2",
+        vec![any(&ca_secret("root-ca", bad))],
+    ));
     let out = drain(&mut a);
     assert_eq!(apply_id(&out), None);
     let reqs: Vec<_> = sent(&out).iter().map(|r| summary(r)).collect();

@@ -894,6 +894,12 @@ fn delta_a_listener_naming_an_sds_certificate_subscribes_to_it_and_warms_until_i
     a.handle_input(Input::Applied(apply_id(&out).unwrap()));
     let out = drain(&mut a);
     let acks = summaries(&out);
-    assert!(acks.contains(&(Sds, "n6", vec![], vec![], None)), "{acks:?}");
-    assert_eq!(a.resource_versions(Sds), &versions(&[("server-cert", "s1")]));
+    assert!(
+        acks.contains(&(Sds, "n6", vec![], vec![], None)),
+        "{acks:?}"
+    );
+    assert_eq!(
+        a.resource_versions(Sds),
+        &versions(&[("server-cert", "s1")])
+    );
 }
