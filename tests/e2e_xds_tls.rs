@@ -243,6 +243,13 @@ clusters:
         served_cn(listen) == "sds-two"
     });
     assert!(curl(listen, &in_ca.pem).starts_with("over TLSv1."));
+    // `/certs` describes the rotated certificate under the secret's name.
+    let (status, certs) = http_request(addr(admin), "GET", "/certs");
+    assert_eq!(status, 200);
+    assert!(
+        certs.contains(r#"sds secret \"server-cert\""#) && certs.contains("CN=sds-two"),
+        "{certs}"
+    );
     let again = get_on(&mut held, "over TLSv1.x".len());
     assert!(again.starts_with("HTTP/1.1 200"), "{again}");
     assert!(
