@@ -252,6 +252,37 @@ clusters:
     );
     let again = get_on(&mut held, "over TLSv1.x".len());
     assert!(again.starts_with("HTTP/1.1 200"), "{again}");
+
+    // A certificate with another certificate's key: refused (NACK naming the field and the
+    // secret), and the last good one serves on.
+    server.push(resources(
+        listen,
+        upstream,
+        &read(&up_ca.pem),
+        (&read(&one_cert), &read(&two_key)),
+    ));
+    let bad_version = server.version().to_string();
+    eventually("the mismatched pair NACKed", &sluice, || {
+        server.requests().iter().any(|r| {
+            r.type_url == ResourceType::Secret.type_url()
+                && r.error_detail.as_ref().is_some_and(|e| {
+                    e.message.contains("private_key")
+                        && e.message.contains(r#"sds secret "server-cert""#)
+                        && e.message.contains("does not go with the certificate")
+                })
+        })
+    });
+    // (The unchanged cluster, listener and routes of that version are ACKed: nothing changed.)
+    assert!(
+        server
+            .requests()
+            .iter()
+            .all(|r| r.type_url != ResourceType::Secret.type_url()
+                || r.version_info != bad_version),
+        "the secrets of the version with the bad pair were ACKed"
+    );
+    assert_eq!(served_cn(listen), "sds-two");
+    assert!(curl(listen, &in_ca.pem).starts_with("over TLSv1."));
     assert!(
         !sluice.log_text().contains("PRIVATE KEY"),
         "{}",
