@@ -745,3 +745,44 @@ fn a_secret_no_resource_names_any_more_is_unsubscribed_and_dropped() {
     a.handle_input(Input::Applied(apply_id(&out).unwrap()));
     assert!(a.applied().secrets.is_empty());
 }
+
+#[test]
+fn a_secret_never_sent_is_refused_when_the_initial_fetch_timeout_expires() {
+    let mut a = ads();
+    a.handle_input(Input::Connected);
+    drain(&mut a);
+    let mut l = tcp_listener("tls", "127.0.0.1", 9443, "up");
+    l.filter_chains[0].transport_socket = Some(tls_socket(&downstream_tls_sds("server-cert")));
+    a.handle_input(response(
+        Cds,
+        "1",
+        "c1",
+        vec![any(&static_cluster("up", &[("127.0.0.1", 8080, 0)]))],
+    ));
+    a.handle_input(response(Lds, "1", "l1", vec![any(&l)]));
+    let out = drain(&mut a);
+    assert_eq!(apply_id(&out), None);
+    let timer = out
+        .iter()
+        .find_map(|o| match o {
+            Output::ArmWarmingTimer(id) => Some(*id),
+            _ => None,
+        })
+        .expect("a warming timer");
+    a.handle_input(Input::WarmingTimeout(timer));
+    let out = drain(&mut a);
+    let nacks: Vec<_> = sent(&out)
+        .iter()
+        .map(|r| summary(r))
+        .filter(|s| s.4.is_some())
+        .collect();
+    assert_eq!(nacks.len(), 1, "{nacks:?}");
+    assert_eq!((nacks[0].0, nacks[0].2), (Lds, "l1"));
+    assert_eq!(
+        nacks[0].4,
+        Some(
+            "listener \"tls\" filter_chains[0].transport_socket.typed_config.common_tls_context.\
+             tls_certificate_sds_secret_configs[0]: secret \"server-cert\" not received"
+        )
+    );
+}
