@@ -1,9 +1,9 @@
 //! Envoy v3 resources → the config model.
 //!
 //! Owns the mapping from xDS resources (Listener, RouteConfiguration, Cluster,
-//! ClusterLoadAssignment; Secrets are read where a TLS transport socket names them, module `tls`) to
-//! the **same config tree the YAML file is made of**: each resource becomes the JSON value of a
-//! `listeners[]` or `clusters[]` entry, [`assemble`] puts them next to
+//! ClusterLoadAssignment; Secrets are read where a TLS transport socket names them, in the
+//! module `tls`) to the **same config tree the YAML file is made of**: each resource becomes the
+//! JSON value of a `listeners[]` or `clusters[]` entry, [`assemble`] puts them next to
 //! the static entries of the bootstrap file and hands the whole tree to
 //! [`Config::from_tree`] — so an xDS config is validated by exactly the code that validates a
 //! file (names, addresses, references, ranges), and produces the same model.
