@@ -300,7 +300,9 @@ fn common_context(
         Some(_) => return Err(at.field("validation_context_type").unsupported()),
     }
     reject_rest(&c, at)?;
-    sans.dedup();
+    // The default and the SDS context may both list a SAN: once each, in order.
+    let mut seen = BTreeSet::new();
+    sans.retain(|s| seen.insert(s.clone()));
     Ok(Common {
         certificates,
         ca,
