@@ -858,6 +858,23 @@ fn fuzz_corpus_entries_drive_without_panicking() {
             ]),
         ),
         (
+            // TLS passthrough: filter chains by server name and a default chain.
+            "sni_passthrough",
+            {
+                let r = super::tests_tls::sni_listener(&[
+                    (&["api.example.com"], "api"),
+                    (&[], "fallback"),
+                ]);
+                let mut records: Vec<(ResourceType, Vec<u8>)> = r
+                    .clusters
+                    .values()
+                    .map(|c| (ResourceType::Cluster, c.encode_to_vec()))
+                    .collect();
+                records.push((ResourceType::Listener, r.listeners["sni"].encode_to_vec()));
+                encode(&records)
+            },
+        ),
+        (
             // TLS both ways with SDS secrets, then a rotated certificate, then a secret that
             // does not parse (refused).
             "tls_sds",
@@ -926,10 +943,15 @@ fn fuzz_corpus_entries_drive_without_panicking() {
     );
     assert_eq!(
         drive(&corpus[5].1),
+        2,
+        "the clusters apply (nothing waits for them), then the passthrough listener"
+    );
+    assert_eq!(
+        drive(&corpus[6].1),
         1,
         "TLS with its secrets applies; the same secret again changes nothing; a bad CA is refused"
     );
-    assert_eq!(drive_delta(&corpus[5].1), 1);
+    assert_eq!(drive_delta(&corpus[6].1), 1);
     // Truncated and garbled inputs.
     for (_, bytes) in &corpus {
         for cut in [1, 2, 3, bytes.len() / 2, bytes.len() - 1] {

@@ -445,3 +445,131 @@ fn the_secrets_named_by_clusters_and_listeners_are_what_sds_subscribes_to() {
         .collect();
     assert_eq!(names, ["root-ca", "server-cert"]);
 }
+
+/// Listener `sni` on 127.0.0.1:9443 with these filter chains: (server names, cluster).
+pub(crate) fn sni_listener(chains: &[(&[&str], &str)]) -> Resources {
+    use envoy_types::pb::envoy::config::listener::v3::{FilterChainMatch, ListenerFilter};
+    let mut r = Resources::default();
+    let mut l = tcp_listener("sni", "127.0.0.1", 9443, "x");
+    l.filter_chains = chains
+        .iter()
+        .map(|(names, cluster)| {
+            let mut c = tcp_listener("sni", "127.0.0.1", 9443, cluster).filter_chains[0].clone();
+            if !names.is_empty() {
+                c.filter_chain_match = Some(FilterChainMatch {
+                    server_names: names.iter().map(|n| (*n).to_owned()).collect(),
+                    transport_protocol: "tls".into(),
+                    ..Default::default()
+                });
+            }
+            r.clusters.insert(
+                (*cluster).to_owned(),
+                static_cluster(
+                    cluster,
+                    &[("127.0.0.1", 8443, HealthStatus::Healthy as i32)],
+                ),
+            );
+            c
+        })
+        .collect();
+    l.listener_filters = vec![ListenerFilter {
+        name: "envoy.filters.listener.tls_inspector".into(),
+        ..Default::default()
+    }];
+    l.listener_filters_timeout = Some(envoy_types::pb::google::protobuf::Duration {
+        seconds: 5,
+        nanos: 0,
+    });
+    r.listeners.insert("sni".into(), l);
+    r
+}
+
+#[test]
+fn filter_chains_by_server_name_become_tls_passthrough_routes() {
+    let r = sni_listener(&[
+        (&["api.example.com", "*.api.example.com"], "api"),
+        (&[], "fallback"),
+        (&["*.example.com"], "web"),
+    ]);
+    let a = assemble(&bootstrap(), &r).expect("valid");
+    let sluice_core::config::ListenerFilter::TcpProxy(tcp) = &a.config.listeners[0].filter else {
+        panic!("a tcp_proxy: {:?}", a.config.listeners[0].filter)
+    };
+    assert_eq!(tcp.cluster, "fallback");
+    assert_eq!(tcp.client_hello_timeout, std::time::Duration::from_secs(5));
+    let routes: Vec<(Vec<&str>, &str)> = tcp
+        .sni_routes
+        .iter()
+        .map(|r| {
+            (
+                r.server_names.iter().map(String::as_str).collect(),
+                r.cluster.as_str(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        routes,
+        [
+            (vec!["api.example.com", "*.api.example.com"], "api"),
+            (vec!["*.example.com"], "web"),
+        ]
+    );
+    // The route's choice: exact, then the longest wildcard, else the fallback.
+    let pick = |name| {
+        let (i, _) = tcp.cluster_for_server_name(Some(name));
+        a.config.clusters[i].name.clone()
+    };
+    assert_eq!(pick("api.example.com"), "api");
+    assert_eq!(pick("v1.api.example.com"), "api");
+    assert_eq!(pick("www.example.com"), "web");
+    assert_eq!(pick("other.org"), "fallback");
+}
+
+#[test]
+fn filter_chains_sluice_cannot_choose_between_are_refused() {
+    // No chain for the rest: Envoy closes such connections, Sluice would need a cluster.
+    let r = sni_listener(&[(&["a.example.com"], "a"), (&["b.example.com"], "b")]);
+    assert_eq!(
+        errors(&r),
+        [
+            "listener \"sni\" filter_chains: no filter chain without filter_chain_match: Sluice \
+             sends a connection that names no listed server (or is not TLS) to that chain's \
+             cluster, where Envoy would close it"
+        ]
+    );
+    // A chain that terminates TLS.
+    let mut r = sni_listener(&[(&["a.example.com"], "a"), (&[], "b")]);
+    r.listeners.get_mut("sni").unwrap().filter_chains[0].transport_socket =
+        Some(tls_socket(&downstream_tls_sds("c")));
+    assert!(
+        errors(&r)[0].starts_with(
+            "listener \"sni\" filter_chains[0].transport_socket: unsupported on one of several \
+             filter chains"
+        ),
+        "{:?}",
+        errors(&r)
+    );
+    // Chains by ALPN or port.
+    let mut r = sni_listener(&[(&["a.example.com"], "a"), (&[], "b")]);
+    r.listeners.get_mut("sni").unwrap().filter_chains[0]
+        .filter_chain_match
+        .as_mut()
+        .unwrap()
+        .application_protocols = vec!["h2".into()];
+    assert_eq!(
+        errors(&r),
+        ["listener \"sni\" filter_chains[0].filter_chain_match.application_protocols: unsupported"]
+    );
+    // Another listener filter.
+    let mut r = sni_listener(&[(&["a.example.com"], "a"), (&[], "b")]);
+    r.listeners.get_mut("sni").unwrap().listener_filters[0].name =
+        "envoy.filters.listener.http_inspector".into();
+    assert!(
+        errors(&r)[0].starts_with(
+            "listener \"sni\" listener_filters[0] (envoy.filters.listener.http_inspector): \
+             unsupported"
+        ),
+        "{:?}",
+        errors(&r)
+    );
+}
