@@ -1,8 +1,9 @@
 //! TLS from xDS end to end: the in-repo ADS server (`support/ads.rs`) pushes a cluster whose
 //! `transport_socket` originates TLS to an nginx HTTPS upstream (its CA an SDS secret) and a
 //! listener whose filter chain terminates TLS with an SDS certificate; curl reaches the
-//! upstream through both, with the defaults (SotW). Then a new certificate pushed over ADS is
-//! what new handshakes see, while a connection opened before carries on.
+//! upstream through both, with the defaults (SotW), and over delta. Then a new certificate
+//! pushed over ADS is what new handshakes see, while a connection opened before carries on; a
+//! certificate with the wrong key is NACKed and the last good one serves on.
 
 #[path = "support/ads.rs"]
 #[allow(dead_code)]
@@ -149,9 +150,20 @@ fn eventually(what: &str, sluice: &Proc, mut check: impl FnMut() -> bool) {
 
 #[test]
 fn tls_clusters_and_listeners_with_sds_secrets_serve_and_rotate_over_ads() {
+    scenario("sotw");
+}
+
+#[test]
+fn tls_clusters_and_listeners_with_sds_secrets_serve_and_rotate_over_delta_ads() {
+    scenario("delta");
+}
+
+/// The whole story over `mode` (`sotw`: the default, or `delta`).
+fn scenario(mode: &str) {
     if !require_peers(&["nginx", "curl", "openssl"]) {
         return;
     }
+    let sotw = mode == "sotw";
     let dir = TempDir::new("xds-tls");
     // The upstream's PKI (its CA comes over SDS) and the listener's (its certificate does).
     let up_ca = make_ca(&dir, "upstream-ca");
@@ -179,7 +191,7 @@ fn tls_clusters_and_listeners_with_sds_secrets_serve_and_rotate_over_ads() {
         r#"
 admin: {{ address: 127.0.0.1:{admin} }}
 node: {{ id: sidecar-tls, cluster: e2e }}
-xds: {{ cluster: xds_server }}
+xds: {{ cluster: xds_server, mode: {mode} }}
 listeners: []
 clusters:
   - name: xds_server
@@ -194,28 +206,45 @@ clusters:
     });
     assert_eq!(served_cn(listen), "sds-one");
     // Every type pushed, SDS included, ACKed; the secrets were asked for by name.
-    let requests = server.requests();
-    let version = server.version().to_string();
-    for t in ResourceType::ALL
-        .into_iter()
-        .filter(|t| *t != ResourceType::Endpoints)
-    {
+    let secret_names: Vec<String> = if sotw {
+        let requests = server.requests();
+        let version = server.version().to_string();
+        for t in ResourceType::ALL
+            .into_iter()
+            .filter(|t| *t != ResourceType::Endpoints)
+        {
+            assert!(
+                requests.iter().any(|r| r.type_url == t.type_url()
+                    && r.version_info == version
+                    && !r.response_nonce.is_empty()
+                    && r.error_detail.is_none()),
+                "{t:?} not ACKed: {requests:?}"
+            );
+        }
+        requests
+            .iter()
+            .filter(|r| r.type_url == ResourceType::Secret.type_url())
+            .flat_map(|r| r.resource_names.clone())
+            .collect()
+    } else {
+        let requests = server.delta_requests();
         assert!(
-            requests.iter().any(|r| r.type_url == t.type_url()
-                && r.version_info == version
-                && !r.response_nonce.is_empty()
-                && r.error_detail.is_none()),
-            "{t:?} not ACKed: {requests:?}"
+            requests
+                .iter()
+                .any(|r| r.type_url == ResourceType::Secret.type_url()
+                    && !r.response_nonce.is_empty()
+                    && r.error_detail.is_none()),
+            "no SDS ACK: {requests:?}"
         );
-    }
-    let secret_names: Vec<&String> = requests
-        .iter()
-        .filter(|r| r.type_url == ResourceType::Secret.type_url())
-        .flat_map(|r| &r.resource_names)
-        .collect();
+        requests
+            .iter()
+            .filter(|r| r.type_url == ResourceType::Secret.type_url())
+            .flat_map(|r| r.resource_names_subscribe.clone())
+            .collect()
+    };
     assert!(
-        secret_names.contains(&&"upstream-ca".to_owned())
-            && secret_names.contains(&&"server-cert".to_owned()),
+        secret_names.contains(&"upstream-ca".to_owned())
+            && secret_names.contains(&"server-cert".to_owned()),
         "{secret_names:?}"
     );
     // The dump shows where the PEM came from, never what it holds.
@@ -262,25 +291,38 @@ clusters:
         (&read(&one_cert), &read(&two_key)),
     ));
     let bad_version = server.version().to_string();
+    let refused = |type_url: &str, e: Option<&sluice_xds::envoy_types::pb::google::rpc::Status>| {
+        type_url == ResourceType::Secret.type_url()
+            && e.is_some_and(|e| {
+                e.message.contains("private_key")
+                    && e.message.contains(r#"sds secret "server-cert""#)
+                    && e.message.contains("does not go with the certificate")
+            })
+    };
     eventually("the mismatched pair NACKed", &sluice, || {
-        server.requests().iter().any(|r| {
-            r.type_url == ResourceType::Secret.type_url()
-                && r.error_detail.as_ref().is_some_and(|e| {
-                    e.message.contains("private_key")
-                        && e.message.contains(r#"sds secret "server-cert""#)
-                        && e.message.contains("does not go with the certificate")
-                })
-        })
+        if sotw {
+            server
+                .requests()
+                .iter()
+                .any(|r| refused(&r.type_url, r.error_detail.as_ref()))
+        } else {
+            server
+                .delta_requests()
+                .iter()
+                .any(|r| refused(&r.type_url, r.error_detail.as_ref()))
+        }
     });
     // (The unchanged cluster, listener and routes of that version are ACKed: nothing changed.)
-    assert!(
-        server
-            .requests()
-            .iter()
-            .all(|r| r.type_url != ResourceType::Secret.type_url()
-                || r.version_info != bad_version),
-        "the secrets of the version with the bad pair were ACKed"
-    );
+    if sotw {
+        assert!(
+            server
+                .requests()
+                .iter()
+                .all(|r| r.type_url != ResourceType::Secret.type_url()
+                    || r.version_info != bad_version),
+            "the secrets of the version with the bad pair were ACKed"
+        );
+    }
     assert_eq!(served_cn(listen), "sds-two");
     assert!(curl(listen, &in_ca.pem).starts_with("over TLSv1."));
     assert!(
