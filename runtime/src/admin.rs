@@ -1172,7 +1172,7 @@ pub const SERVER_METRICS: &[Export<AdminShared>] = &[
         )
         .by("type", |i| crate::xds::TYPE_LABELS[i])
         .stats("xds.acked_"),
-        len: 4,
+        len: crate::xds::TYPES,
         read: |_, i| crate::xds::ACKED[i].load(Ordering::Relaxed),
     },
     Export {
@@ -1184,7 +1184,7 @@ pub const SERVER_METRICS: &[Export<AdminShared>] = &[
         )
         .by("type", |i| crate::xds::TYPE_LABELS[i])
         .stats("xds.updated_at_"),
-        len: 4,
+        len: crate::xds::TYPES,
         read: |_, i| crate::xds::UPDATED_AT[i].load(Ordering::Relaxed),
     },
     Export {
@@ -1195,7 +1195,7 @@ pub const SERVER_METRICS: &[Export<AdminShared>] = &[
         )
         .by("type", |i| crate::xds::TYPE_LABELS[i])
         .stats("xds.nacked_"),
-        len: 4,
+        len: crate::xds::TYPES,
         read: |_, i| crate::xds::NACKED[i].load(Ordering::Relaxed),
     },
     Export {

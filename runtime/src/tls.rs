@@ -48,7 +48,7 @@ use rustls::{
     CertificateError, ClientConfig, DigitallySignedStruct, DistinguishedName, Error,
     PeerIncompatible, RootCertStore, ServerConfig, SignatureScheme,
 };
-use sluice_core::config::tls::{ListenerTls, TlsVersion, UpstreamTls};
+use sluice_core::config::tls::{ListenerTls, Pem, TlsVersion, UpstreamTls};
 use sluice_core::config::{Config, ConfigError, HealthProbe};
 use sluice_core::tls::pem::{San, parse_certificates, parse_chain, parse_key, subject_alt_names};
 pub use tokio_rustls::{TlsAcceptor, TlsConnector};
@@ -245,8 +245,11 @@ struct FileStamp {
 /// Every TLS file of `config` (certificate chains, keys, CAs of listeners and clusters), once.
 fn tls_files(config: &Config) -> Vec<String> {
     let mut files: Vec<String> = Vec::new();
-    let mut add = |f: &str| {
-        if !files.iter().any(|have| have == f) {
+    // Inline PEM (from xDS) changes only with the config: nothing to watch.
+    let mut add = |pem: &Pem| {
+        if let Some(f) = pem.file()
+            && !files.iter().any(|have| have == f)
+        {
             files.push(f.to_owned());
         }
     };
@@ -279,7 +282,7 @@ fn stamps(files: &[String]) -> Vec<FileStamp> {
         .iter()
         .map(|file| FileStamp {
             file: file.clone(),
-            content: read_pem(file).map(|bytes| {
+            content: read_pem_file(file).map(|bytes| {
                 let mut h = std::collections::hash_map::DefaultHasher::new();
                 bytes.hash(&mut h);
                 (bytes.len(), h.finish())
@@ -826,8 +829,8 @@ pub fn server_config(tls: &ListenerTls, path: &str) -> Result<ServerConfig, Vec<
 /// Errors are at `{path}.cert_chain` and `{path}.private_key` and name the files. Both the
 /// listener certificates and a cluster's client certificate load through here.
 fn load_pair(
-    cert_file: &str,
-    key_file: &str,
+    cert_file: &Pem,
+    key_file: &Pem,
     path: &str,
 ) -> Result<(CertifiedKey, PrivateKeyDer<'static>), Vec<ConfigError>> {
     let at = |field: &str, message: String| ConfigError {
@@ -858,7 +861,7 @@ fn load_pair(
 
 /// The trust anchors in a PEM file of CA certificates (a listener's `client_ca`, a cluster's
 /// `ca`); the error is at `path` and names the file.
-fn load_roots(file: &str, path: &str) -> Result<RootCertStore, ConfigError> {
+fn load_roots(file: &Pem, path: &str) -> Result<RootCertStore, ConfigError> {
     read_pem(file)
         .and_then(|pem| parse_roots(&pem).map_err(|e| format!("{file}: {e}")))
         .map_err(|message| ConfigError {
@@ -898,8 +901,20 @@ fn san_admitted(cert: &CertificateDer<'_>, allowed: &[String]) -> Result<(), Err
     }
 }
 
+/// The bytes of a PEM file or of inline PEM, or why not (the message names the file or the
+/// secret, never inline bytes).
+pub(crate) fn read_pem(pem: &Pem) -> Result<std::borrow::Cow<'_, [u8]>, String> {
+    match pem {
+        Pem::File(file) => read_pem_file(file).map(std::borrow::Cow::Owned),
+        Pem::Inline { pem, .. } if pem.len() as u64 > MAX_PEM_BYTES => {
+            Err(format!("{pem}: larger than {MAX_PEM_BYTES} bytes"))
+        }
+        Pem::Inline { pem, .. } => Ok(std::borrow::Cow::Borrowed(pem.as_bytes())),
+    }
+}
+
 /// A PEM file's bytes, or why not (the message names the file).
-pub(crate) fn read_pem(file: &str) -> Result<Vec<u8>, String> {
+pub(crate) fn read_pem_file(file: &str) -> Result<Vec<u8>, String> {
     use std::io::Read;
     let f = std::fs::File::open(file).map_err(|e| format!("cannot read {file}: {e}"))?;
     let mut bytes = Vec::new();

@@ -8,6 +8,7 @@
 
 use serde_json::{Value, json};
 use sluice_core::config::Config;
+use sluice_core::config::tls::Pem;
 pub use sluice_core::tls::pem::CertInfo;
 
 /// The Prometheus family of seconds until the certificate of each TLS file that expires first
@@ -27,7 +28,7 @@ pub struct CertFile {
     pub name: String,
     /// The config field (`listeners[0].tls.certificates[1].cert_chain`, `clusters[0].tls.ca`).
     pub field: String,
-    /// The file as configured.
+    /// The file as configured (inline PEM: `sds secret "NAME"` or `inline PEM`).
     pub file: String,
     /// Its certificates in file order, or why they could not be read.
     pub certificates: Result<Vec<CertInfo>, String>,
@@ -37,12 +38,12 @@ pub struct CertFile {
 #[must_use]
 pub fn describe(config: &Config) -> Vec<CertFile> {
     let mut files = Vec::new();
-    let mut add = |scope, name: &str, field: String, file: &str| {
+    let mut add = |scope, name: &str, field: String, file: &Pem| {
         files.push(CertFile {
             scope,
             name: name.to_owned(),
             field,
-            file: file.to_owned(),
+            file: file.to_string(),
             certificates: read(file),
         });
     };
@@ -72,7 +73,7 @@ pub fn describe(config: &Config) -> Vec<CertFile> {
     files
 }
 
-fn read(file: &str) -> Result<Vec<CertInfo>, String> {
+fn read(file: &Pem) -> Result<Vec<CertInfo>, String> {
     let pem = crate::tls::read_pem(file)?;
     parse(&pem).map_err(|e| format!("{file}: {e}"))
 }

@@ -33,7 +33,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use aws_lc_rs::aead::{AES_256_GCM, Aad, LessSafeKey, NONCE_LEN, Nonce, UnboundKey};
 use aws_lc_rs::rand::{SecureRandom, SystemRandom};
-use sluice_core::config::tls::{ListenerTls, TlsVersion};
+use sluice_core::config::tls::{ListenerTls, Pem, TlsVersion};
 
 /// How long a key seals new tickets before the next one takes over.
 pub const ROTATION: u64 = 6 * 60 * 60;
@@ -306,7 +306,9 @@ pub fn identity(listener: &str, tls: &ListenerTls) -> String {
     };
     format!(
         "{listener}\nclient_ca={:?}\nrequire_client_certificate={}\nverify_subject_alt_names={:?}\nmin_version={version}",
-        tls.client_ca, tls.require_client_certificate, tls.verify_subject_alt_names
+        tls.client_ca.as_ref().map(Pem::identity),
+        tls.require_client_certificate,
+        tls.verify_subject_alt_names
     )
 }
 

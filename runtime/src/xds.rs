@@ -54,21 +54,24 @@ use crate::admin::ReloadRequest;
 
 /// 1 while the ADS stream is open (`sluice_xds_connected`).
 pub static CONNECTED: AtomicU64 = AtomicU64::new(0);
+/// How many resource types there are ([`ResourceType::ALL`]).
+pub const TYPES: usize = ResourceType::ALL.len();
+
 /// ACKs sent, by type in [`ResourceType::ALL`] order (`sluice_xds_acked_total`).
-pub static ACKED: [AtomicU64; 4] = [const { AtomicU64::new(0) }; 4];
+pub static ACKED: [AtomicU64; TYPES] = [const { AtomicU64::new(0) }; TYPES];
 /// NACKs sent, by type (`sluice_xds_nacked_total`).
-pub static NACKED: [AtomicU64; 4] = [const { AtomicU64::new(0) }; 4];
+pub static NACKED: [AtomicU64; TYPES] = [const { AtomicU64::new(0) }; TYPES];
 /// Delta resyncs: streams ended after a NACK so that the server sends again what it refused
 /// along with (`sluice_xds_resyncs_total`).
 pub static RESYNCS: AtomicU64 = AtomicU64::new(0);
 /// When each type's last ACK went out, in Unix seconds (0: none yet;
 /// `sluice_xds_update_timestamp_seconds`).
-pub static UPDATED_AT: [AtomicU64; 4] = [const { AtomicU64::new(0) }; 4];
+pub static UPDATED_AT: [AtomicU64; TYPES] = [const { AtomicU64::new(0) }; TYPES];
 
 /// What the admin API's `/xds` shows: per type, in [`ResourceType::ALL`] order, the state of
 /// the last ACK and NACK. Written by the client's thread on each ACK or NACK (never on the
 /// data path), read by the admin server; `None` without `xds`.
-pub static STATUS: std::sync::Mutex<Option<[TypeStatus; 4]>> = std::sync::Mutex::new(None);
+pub static STATUS: std::sync::Mutex<Option<[TypeStatus; TYPES]>> = std::sync::Mutex::new(None);
 /// Whether the client speaks delta (for `/xds`'s `mode`).
 pub static DELTA: AtomicBool = AtomicBool::new(false);
 
@@ -142,7 +145,7 @@ fn unix_now() -> u64 {
 }
 
 /// The `type` label of each element of [`ACKED`] and [`NACKED`].
-pub const TYPE_LABELS: [&str; 4] = ["cluster", "endpoints", "listener", "route"];
+pub const TYPE_LABELS: [&str; TYPES] = ["cluster", "endpoints", "listener", "route", "secret"];
 
 /// A config assembled from xDS for the server loop to apply; `reply` says how it went.
 pub struct Update {

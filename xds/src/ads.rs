@@ -1,18 +1,19 @@
 //! The Aggregated Discovery Service client, state-of-the-world and delta (incremental), as a
 //! sans-IO state machine.
 //!
-//! Owns, per resource type (CDS, EDS, LDS, RDS): the last **accepted** version (that of the
-//! last response whose resources went into a config the workers switched to), the last nonce
-//! seen on the current stream, and the subscribed names (CDS and LDS: wildcard; RDS: the route
-//! configurations the listeners name; EDS: the service names of the EDS clusters). It keeps
+//! Owns, per resource type (CDS, EDS, LDS, RDS, SDS): the last **accepted** version (that of
+//! the last response whose resources went into a config the workers switched to), the last
+//! nonce seen on the current stream, and the subscribed names (CDS and LDS: wildcard; RDS: the
+//! route configurations the listeners name; EDS: the service names of the EDS clusters; SDS:
+//! the TLS secrets the clusters' and listeners' transport sockets name). It keeps
 //! the **applied** resources (those of the config serving) and the responses received since,
 //! not yet applied (**pending**: at most one per type — a response folded into the pending
 //! one of its type as it arrives, with the later nonce and version, so that a server flooding
 //! responses during an apply costs neither memory nor a fold per response); the candidate
 //! state is the applied resources with the pending responses folded over them, in arrival
 //! order (a CDS or LDS response replaces every resource of its type: a cluster it no longer
-//! lists is removed; an RDS or EDS response replaces the ones it carries; route
-//! configurations and assignments nothing refers to any more are dropped).
+//! lists is removed; an RDS, EDS or SDS response replaces the ones it carries; route
+//! configurations, assignments and secrets nothing refers to any more are dropped).
 //!
 //! Inputs ([`Input`]): the stream connected or lost, a response, the outcome of applying a
 //! config, the expiry of the warming timer. Outputs ([`Output`]), drained with
@@ -20,8 +21,9 @@
 //! NACK or a subscription, [`Answer`]), a config to apply, a timer to arm, (delta) a resync.
 //!
 //! Rules:
-//! - **Warming**: a config is produced only when every EDS cluster has its assignment and every
-//!   listener its route configuration (or when the warming timer, armed for the bootstrap's
+//! - **Warming**: a config is produced only when every EDS cluster has its assignment, every
+//!   listener its route configuration and every TLS context its SDS secrets (or when the
+//!   warming timer, armed for the bootstrap's
 //!   `initial_fetch_timeout` when warming starts, expires: then what is missing is an error).
 //!   The config is all of it at once — the workers never see a route to a cluster they lack,
 //!   which is make-before-break in CDS → EDS → LDS → RDS order by construction.
@@ -51,19 +53,19 @@
 //!   name inside, a name is listed twice or both changed and removed, or it uses xdstp
 //!   `removed_resource_names`.
 //! - Subscriptions are sent as changes: the first request of CDS and LDS on a stream subscribes
-//!   to `*` (wildcard); RDS and EDS subscribe to the names the listeners and clusters need and
+//!   to `*` (wildcard); RDS, EDS and SDS subscribe to the names the listeners and clusters need and
 //!   unsubscribe from the names no longer needed, in a request without a nonce, as soon as the
 //!   candidate changes them.
 //! - ACK: a request with the response's nonce and no `error_detail`; NACK: the nonce and
 //!   `error_detail`. An ACK or NACK that would be the type's first request on the stream (an
-//!   unsolicited RDS or EDS response before any name is needed) carries the whole subscription,
+//!   unsolicited RDS, EDS or SDS response before any name is needed) carries the whole subscription,
 //!   or is not sent when there is none: a first request naming nothing would subscribe to
 //!   everything (legacy wildcard). There is no `version_info`: the type's accepted version is
 //!   the response's `system_version_info` (shown in status, for debugging), and each accepted
 //!   resource's own version is kept (those of the resources in the config serving).
 //! - Reconnect: the first request of each type resends the whole subscription (`*` for CDS and
-//!   LDS, the needed names for RDS and EDS) and carries `initial_resource_versions`: the
-//!   accepted version of each resource of that type serving (for RDS and EDS, of the names
+//!   LDS, the needed names for RDS, EDS and SDS) and carries `initial_resource_versions`: the
+//!   accepted version of each resource of that type serving (for RDS, EDS and SDS, of the names
 //!   subscribed to), so that the server sends only what changed and the removals.
 //! - **Resync after a NACK**: a delta server records what it sent and does not send it again
 //!   until it changes, so the responses a NACK drops (a good update refused along with a bad
@@ -83,6 +85,7 @@ use envoy_types::pb::envoy::config::route::v3::RouteConfiguration;
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
     HttpConnectionManager, http_connection_manager::RouteSpecifier,
 };
+use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::Secret;
 use envoy_types::pb::envoy::service::discovery::v3::{
     DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
 };
@@ -165,6 +168,7 @@ enum Decoded {
     Endpoints(Vec<ClusterLoadAssignment>),
     Listeners(Vec<Listener>),
     Routes(Vec<RouteConfiguration>),
+    Secrets(Vec<Secret>),
 }
 
 /// What a delta response changes besides its resources: the names it removes, and the version
@@ -183,6 +187,7 @@ impl Decoded {
             Decoded::Endpoints(v) => v.retain(|c| keep(&c.cluster_name)),
             Decoded::Listeners(v) => v.retain(|c| keep(&c.name)),
             Decoded::Routes(v) => v.retain(|c| keep(&c.name)),
+            Decoded::Secrets(v) => v.retain(|c| keep(&c.name)),
         }
     }
 
@@ -193,6 +198,7 @@ impl Decoded {
             (Decoded::Endpoints(a), Decoded::Endpoints(b)) => a.extend(b),
             (Decoded::Listeners(a), Decoded::Listeners(b)) => a.extend(b),
             (Decoded::Routes(a), Decoded::Routes(b)) => a.extend(b),
+            (Decoded::Secrets(a), Decoded::Secrets(b)) => a.extend(b),
             _ => {}
         }
     }
@@ -204,6 +210,7 @@ impl Decoded {
             Decoded::Endpoints(v) => v.iter().map(|c| c.cluster_name.as_str()).collect(),
             Decoded::Listeners(v) => v.iter().map(|c| c.name.as_str()).collect(),
             Decoded::Routes(v) => v.iter().map(|c| c.name.as_str()).collect(),
+            Decoded::Secrets(v) => v.iter().map(|c| c.name.as_str()).collect(),
         }
     }
 }
@@ -222,7 +229,7 @@ struct Pending {
 impl Pending {
     /// Folds `newer`, a later response of the same type, into this one, so that folding the
     /// result gives what folding both in turn gave: state of the world, a CDS or LDS response
-    /// replaces the set, an RDS or EDS one replaces the resources it carries; delta, the later
+    /// replaces the set, an RDS, EDS or SDS one replaces the resources it carries; delta, the later
     /// upserts and removals win over the earlier ones of the same names. The version and nonce
     /// become `newer`'s (the one an ACK or NACK answers).
     fn absorb(&mut self, newer: Pending) {
@@ -271,7 +278,7 @@ impl Pending {
 struct TypeState {
     accepted_version: String,
     nonce: String,
-    /// Names subscribed to (RDS, EDS); CDS and LDS are wildcard.
+    /// Names subscribed to (RDS, EDS, SDS); CDS and LDS are wildcard.
     names: BTreeSet<String>,
     /// Delta: the accepted version of each resource of the config serving.
     resource_versions: BTreeMap<String, String>,
@@ -522,7 +529,7 @@ impl Ads {
 
     /// Delta, the first request of `kind` on a stream: the whole subscription (`*` for CDS and
     /// LDS) and the versions of the resources of it serving; with `answer`, it also ACKs or
-    /// NACKs that nonce. Nothing when RDS or EDS has no names.
+    /// NACKs that nonce. Nothing when RDS, EDS or SDS has no names.
     fn resubscribe_delta(&mut self, kind: ResourceType, answer: Option<(String, Option<String>)>) {
         let state = &self.types[&kind];
         let subscribe: Vec<String> = if kind.is_full_state() {
@@ -655,7 +662,7 @@ impl Ads {
     }
 
     /// The candidate resources: the applied ones (or the in-flight apply's), with the pending
-    /// responses folded over them, unreferenced RDS/EDS resources dropped.
+    /// responses folded over them, unreferenced RDS/EDS/SDS resources dropped.
     fn candidate(&self) -> Resources {
         let mut res = self
             .in_flight
@@ -680,8 +687,10 @@ impl Ads {
         }
         let eds = eds_names(&res);
         let rds = rds_names(&res);
+        let sds = sds_names(&res);
         res.endpoints.retain(|k, _| eds.contains(k));
         res.routes.retain(|k, _| rds.contains(k));
+        res.secrets.retain(|k, _| sds.contains(k));
         res
     }
 
@@ -706,7 +715,10 @@ impl Ads {
                 .any(|n| !candidate.endpoints.contains_key(n))
                 || rds_names(&candidate)
                     .iter()
-                    .any(|n| !candidate.routes.contains_key(n));
+                    .any(|n| !candidate.routes.contains_key(n))
+                || sds_names(&candidate)
+                    .iter()
+                    .any(|n| !candidate.secrets.contains_key(n));
             if missing && !self.warming_expired {
                 self.follow(&candidate);
                 if self.warming_timer.is_none() {
@@ -779,12 +791,13 @@ impl Ads {
         }
     }
 
-    /// Subscribes to the endpoints and route configurations `candidate` needs (and only
-    /// those). Called with the candidate that stands, not one a refusal is about to undo, so
+    /// Subscribes to the endpoints, route configurations and secrets `candidate` needs (and
+    /// only those). Called with the candidate that stands, not one a refusal is about to undo, so
     /// that a refused update does not unsubscribe and resubscribe.
     fn follow(&mut self, candidate: &Resources) {
         self.subscribe(ResourceType::Endpoints, eds_names(candidate));
         self.subscribe(ResourceType::Route, rds_names(candidate));
+        self.subscribe(ResourceType::Secret, sds_names(candidate));
     }
 
     fn subscribe(&mut self, kind: ResourceType, names: BTreeSet<String>) {
@@ -858,6 +871,7 @@ fn decode(kind: ResourceType, resources: &[Any]) -> Result<Decoded, String> {
         }
         ResourceType::Listener => Decoded::Listeners(all(resources, |l: &Listener| &l.name)?),
         ResourceType::Route => Decoded::Routes(all(resources, |r: &RouteConfiguration| &r.name)?),
+        ResourceType::Secret => Decoded::Secrets(all(resources, |s: &Secret| &s.name)?),
     })
 }
 
@@ -891,6 +905,11 @@ fn upsert(res: &mut Resources, decoded: &Decoded) {
         Decoded::Routes(v) => {
             for rc in v {
                 res.routes.insert(rc.name.clone(), rc.clone());
+            }
+        }
+        Decoded::Secrets(v) => {
+            for s in v {
+                res.secrets.insert(s.name.clone(), s.clone());
             }
         }
     }
@@ -954,6 +973,11 @@ fn eds_names(res: &Resources) -> BTreeSet<String> {
         .values()
         .filter_map(|c| translate::eds_service_name(c).map(str::to_owned))
         .collect()
+}
+
+/// The TLS secrets the clusters and listeners name (SDS).
+fn sds_names(res: &Resources) -> BTreeSet<String> {
+    translate::sds_names(res.clusters.values(), res.listeners.values())
 }
 
 /// The route configurations the listeners name (RDS).

@@ -9,6 +9,9 @@ use envoy_types::pb::envoy::config::core::v3::{
     Address, AggregatedConfigSource, ConfigSource, SocketAddress, address,
     config_source::ConfigSourceSpecifier, socket_address::PortSpecifier,
 };
+use envoy_types::pb::envoy::config::core::v3::{
+    DataSource, TransportSocket, data_source::Specifier, transport_socket,
+};
 use envoy_types::pb::envoy::config::endpoint::v3::{
     ClusterLoadAssignment, Endpoint, LbEndpoint, LocalityLbEndpoints, lb_endpoint::HostIdentifier,
 };
@@ -23,6 +26,10 @@ use envoy_types::pb::envoy::extensions::filters::network::http_connection_manage
 };
 use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::{
     TcpProxy, tcp_proxy::ClusterSpecifier as TcpClusterSpecifier,
+};
+use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{
+    CertificateValidationContext, CommonTlsContext, DownstreamTlsContext, SdsSecretConfig, Secret,
+    TlsCertificate, UpstreamTlsContext, common_tls_context::ValidationContextType, secret,
 };
 use envoy_types::pb::google::protobuf::Any;
 use prost::{Message, Name};
@@ -47,6 +54,17 @@ pub fn any<T: Message + Name>(m: &T) -> Any {
     Any {
         type_url: T::type_url(),
         value: m.encode_to_vec(),
+    }
+}
+
+/// A STATIC cluster with these hosts (ip, port, health status).
+#[must_use]
+pub fn static_cluster(name: &str, hosts: &[(&str, u32, i32)]) -> Cluster {
+    Cluster {
+        name: name.to_owned(),
+        cluster_discovery_type: Some(ClusterDiscoveryType::Type(DiscoveryType::Static as i32)),
+        load_assignment: Some(assignment(name, hosts)),
+        ..Default::default()
     }
 }
 
@@ -225,4 +243,86 @@ pub fn resource_name(any: &Any) -> Option<String> {
         .or_else(|| named(any, |c: ClusterLoadAssignment| c.cluster_name))
         .or_else(|| named(any, |l: Listener| l.name))
         .or_else(|| named(any, |r: RouteConfiguration| r.name))
+        .or_else(|| named(any, |s: Secret| s.name))
+}
+
+/// PEM given inline (`inline_string`).
+#[must_use]
+pub fn inline_pem(pem: &str) -> DataSource {
+    DataSource {
+        specifier: Some(Specifier::InlineString(pem.to_owned())),
+        ..Default::default()
+    }
+}
+
+/// A reference to the SDS secret `name`, over ADS.
+#[must_use]
+pub fn sds(name: &str) -> SdsSecretConfig {
+    SdsSecretConfig {
+        name: name.to_owned(),
+        sds_config: Some(ads_source()),
+    }
+}
+
+/// A `tls_certificate` secret.
+#[must_use]
+pub fn certificate_secret(name: &str, chain: &str, key: &str) -> Secret {
+    Secret {
+        name: name.to_owned(),
+        r#type: Some(secret::Type::TlsCertificate(TlsCertificate {
+            certificate_chain: Some(inline_pem(chain)),
+            private_key: Some(inline_pem(key)),
+            ..Default::default()
+        })),
+    }
+}
+
+/// A `validation_context` secret: trust `ca`.
+#[must_use]
+pub fn ca_secret(name: &str, ca: &str) -> Secret {
+    Secret {
+        name: name.to_owned(),
+        r#type: Some(secret::Type::ValidationContext(
+            CertificateValidationContext {
+                trusted_ca: Some(inline_pem(ca)),
+                ..Default::default()
+            },
+        )),
+    }
+}
+
+/// An `envoy.transport_sockets.tls` socket of `context` (an `UpstreamTlsContext` or a
+/// `DownstreamTlsContext`).
+pub fn tls_socket<T: Message + Name>(context: &T) -> TransportSocket {
+    TransportSocket {
+        name: crate::translate::TLS_TRANSPORT_SOCKET.to_owned(),
+        config_type: Some(transport_socket::ConfigType::TypedConfig(any(context))),
+    }
+}
+
+/// An upstream TLS context: `sni`, the CA from the SDS secret `ca_secret`.
+#[must_use]
+pub fn upstream_tls_sds(sni: &str, ca_secret: &str) -> UpstreamTlsContext {
+    UpstreamTlsContext {
+        sni: sni.to_owned(),
+        common_tls_context: Some(CommonTlsContext {
+            validation_context_type: Some(ValidationContextType::ValidationContextSdsSecretConfig(
+                sds(ca_secret),
+            )),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// A downstream TLS context serving the certificate of the SDS secret `cert_secret`.
+#[must_use]
+pub fn downstream_tls_sds(cert_secret: &str) -> DownstreamTlsContext {
+    DownstreamTlsContext {
+        common_tls_context: Some(CommonTlsContext {
+            tls_certificate_sds_secret_configs: vec![sds(cert_secret)],
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
 }

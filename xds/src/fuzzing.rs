@@ -3,7 +3,8 @@
 //! and validates them ([`drive`] and [`drive_delta`] must never panic).
 //!
 //! Input: records `[tag][len: u16 LE][len bytes]`. The tag's low two bits name the resource
-//! type (cluster, endpoints, listener, route); the bytes are one encoded resource of it.
+//! type (cluster, endpoints, listener, route), or bit 3 ([`SECRET`]) an SDS secret; the bytes
+//! are one encoded resource of it.
 //! Consecutive records of one type make one response (version and nonce: the record's index).
 //! A tag of `0xff` (no length) fires what the machine waits for: its warming timer, and the
 //! outcome of its apply (applied when the next byte is even, failed otherwise). At the end,
@@ -26,6 +27,9 @@ use crate::translate::ResourceType;
 /// The tag bit of a delta removal record.
 pub const REMOVE: u8 = 4;
 
+/// The tag bit of a secret (SDS) record (over the low two bits).
+pub const SECRET: u8 = 8;
+
 /// Encodes resources as an input of the format (for the committed corpus).
 #[must_use]
 pub fn encode(records: &[(ResourceType, Vec<u8>)]) -> Vec<u8> {
@@ -39,6 +43,9 @@ pub fn encode(records: &[(ResourceType, Vec<u8>)]) -> Vec<u8> {
 /// The tag of a resource record of `kind` (add [`REMOVE`] for a delta removal).
 #[must_use]
 pub fn tag(kind: ResourceType) -> u8 {
+    if kind == ResourceType::Secret {
+        return SECRET;
+    }
     ResourceType::ALL
         .iter()
         .position(|k| *k == kind)
@@ -109,7 +116,11 @@ fn run(mode: XdsMode, data: &[u8]) -> usize {
         let len = usize::from(u16::from_le_bytes(*len)).min(body.len());
         let (bytes, next) = body.split_at(len);
         rest = next;
-        let kind = ResourceType::ALL[usize::from(tag & 3)];
+        let kind = if tag & SECRET != 0 {
+            ResourceType::Secret
+        } else {
+            ResourceType::ALL[usize::from(tag & 3)]
+        };
         if !matches!(&batch, Some((k, ..)) if *k == kind) {
             flush(&mut ads, &mut batch, index, &mut state);
             batch = Some((kind, Vec::new(), Vec::new()));

@@ -1,8 +1,8 @@
 //! xDS for Sluice: configuration from an Envoy v3 management server.
 //!
 //! - [`translate`]: Envoy v3 resources (Listener, RouteConfiguration, Cluster,
-//!   ClusterLoadAssignment) into the core's config model, through the same validation as the
-//!   YAML file.
+//!   ClusterLoadAssignment, and the TLS transport sockets with their SDS Secrets) into the
+//!   core's config model, through the same validation as the YAML file.
 //! - [`ads`]: the sans-IO Aggregated Discovery Service state machine — versions, nonces,
 //!   ACK/NACK, warming, and when a complete config can be applied. It never reads a clock and
 //!   does no IO: responses and timer expiries are its inputs, requests and configs to apply

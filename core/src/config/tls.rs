@@ -1,6 +1,14 @@
 //! TLS settings of a listener (termination). Types and defaults only: the runtime reads the
 //! PEM files and builds the rustls configuration from them.
+//!
+//! PEM comes from a file or from the config itself ([`Pem`]): a file is read when the TLS
+//! contexts are built and watched for rotation; inline PEM (`{ inline: PEM }`, what xDS
+//! translation produces from inline bytes and SDS secrets) changes only with the config.
+//! Invariant: inline PEM never leaves the process through `Debug` or the config dump — both
+//! show its secret's name and its length, never its bytes.
 
+use std::fmt;
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Serialize;
@@ -20,8 +28,8 @@ pub struct ListenerTls {
     /// ALPN protocols offered, in preference order (empty: no ALPN). A client that offers
     /// ALPN but none of these is refused. When not given: [`default_listener_alpn`].
     pub alpn: Vec<String>,
-    /// PEM file of the CAs that sign client certificates (mutual TLS).
-    pub client_ca: Option<String>,
+    /// PEM of the CAs that sign client certificates (mutual TLS).
+    pub client_ca: Option<Pem>,
     /// With `client_ca`: refuse a client that presents no certificate (default `true`).
     #[serde(skip_serializing_if = "is_default_require")]
     pub require_client_certificate: bool,
@@ -61,13 +69,104 @@ pub fn default_listener_alpn(codec: Option<HttpCodec>) -> &'static [&'static str
 /// offers `h2`: `UpstreamProtocol::alpn`).
 pub const DEFAULT_HTTP_UPSTREAM_ALPN: &str = "http/1.1";
 
-/// One certificate chain and its private key, as PEM files.
+/// One certificate chain and its private key, as PEM (files or inline).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct CertificateFiles {
-    /// PEM file: the leaf certificate first, then intermediates.
-    pub cert_chain: String,
-    /// PEM file: the private key (PKCS#8, PKCS#1 RSA or SEC1 EC).
-    pub private_key: String,
+    /// PEM: the leaf certificate first, then intermediates.
+    pub cert_chain: Pem,
+    /// PEM: the private key (PKCS#8, PKCS#1 RSA or SEC1 EC).
+    pub private_key: Pem,
+}
+
+/// Where PEM comes from: a file path (written as a string) or the config itself (written
+/// `{ inline: PEM, secret: NAME }`; `secret`, optional, names the SDS secret it came from).
+#[derive(Clone, PartialEq, Eq)]
+pub enum Pem {
+    /// A PEM file, read when the TLS contexts are built and watched for rotation.
+    File(String),
+    /// PEM given in the config (from xDS: inline bytes or an SDS secret).
+    Inline {
+        /// The SDS secret it came from, if any (for messages and the dump).
+        secret: Option<String>,
+        /// The PEM text.
+        pem: Arc<str>,
+    },
+}
+
+impl Pem {
+    /// The file, if this is one.
+    #[must_use]
+    pub fn file(&self) -> Option<&str> {
+        match self {
+            Pem::File(f) => Some(f),
+            Pem::Inline { .. } => None,
+        }
+    }
+
+    /// A stable name for what this PEM is, without its secret bytes: the file path, `sds
+    /// secret "NAME"`, or for other inline PEM a 64-bit FNV-1a digest of it (only for public
+    /// material such as a CA: the ticket keys of a listener are tied to its client CA by it).
+    #[must_use]
+    pub fn identity(&self) -> String {
+        match self {
+            Pem::File(f) => f.clone(),
+            Pem::Inline {
+                secret: Some(name), ..
+            } => format!("sds secret {name:?}"),
+            Pem::Inline { secret: None, pem } => {
+                let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+                for b in pem.bytes() {
+                    h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+                }
+                format!("inline PEM {h:016x}")
+            }
+        }
+    }
+}
+
+/// In messages: the file's path, `sds secret "NAME"`, or `inline PEM` — never the bytes.
+impl fmt::Display for Pem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Pem::File(file) => f.write_str(file),
+            Pem::Inline {
+                secret: Some(name), ..
+            } => write!(f, "sds secret {name:?}"),
+            Pem::Inline { secret: None, .. } => f.write_str("inline PEM"),
+        }
+    }
+}
+
+/// Redacted: a file's path, or an inline PEM's secret name and length.
+impl fmt::Debug for Pem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Pem::File(file) => f.debug_tuple("File").field(file).finish(),
+            Pem::Inline { secret, pem } => f
+                .debug_struct("Inline")
+                .field("secret", secret)
+                .field("bytes", &pem.len())
+                .finish_non_exhaustive(),
+        }
+    }
+}
+
+/// A file as its path; inline PEM as `{ inline: "[redacted: N bytes]", secret: NAME }`.
+impl Serialize for Pem {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        match self {
+            Pem::File(file) => s.serialize_str(file),
+            Pem::Inline { secret, pem } => {
+                let mut m = s.serialize_map(None)?;
+                m.serialize_entry("inline", &format!("[redacted: {} bytes]", pem.len()))?;
+                if let Some(name) = secret {
+                    m.serialize_entry("secret", name)?;
+                }
+                m.end()
+            }
+        }
+    }
 }
 
 /// A TLS protocol version.
@@ -87,9 +186,9 @@ pub struct UpstreamTls {
     /// The server name sent (SNI) and, unless `verify_subject_alt_names` is given, the DNS
     /// name the upstream's certificate must carry.
     pub sni: Option<String>,
-    /// PEM file of the CAs that sign the upstreams' certificates (required: an upstream is
+    /// PEM of the CAs that sign the upstreams' certificates (required: an upstream is
     /// never accepted unverified).
-    pub ca: String,
+    pub ca: Pem,
     /// PEM files of a client certificate and key, for upstreams that want mutual TLS
     /// (written `cert_chain` and `private_key` beside `ca`).
     #[serde(flatten)]

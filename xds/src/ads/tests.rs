@@ -184,7 +184,7 @@ fn a_config_is_applied_only_when_warm_and_acked_only_after_the_switch() {
             (Rds, "1", "r1", vec!["routes"], None),
         ]
     );
-    for kind in ResourceType::ALL {
+    for kind in [Cds, Eds, Lds, Rds] {
         assert_eq!(a.accepted_version(kind), "1");
     }
 }
@@ -605,5 +605,184 @@ fn responses_during_an_apply_are_folded_per_type() {
             (Eds, "1002", "e1002", vec!["web"], None),
             (Lds, "1001", "l1001", vec![], None)
         ]
+    );
+}
+
+use ResourceType::Secret as Sds;
+
+/// Serving: a TCP listener to cluster `up`, whose TLS trusts the CA of SDS secret `root-ca`
+/// (version 1 of every type, secret included).
+fn serving_tls(ca: &str) -> Ads {
+    let mut a = ads();
+    a.handle_input(Input::Connected);
+    drain(&mut a);
+    let mut up = static_cluster("up", &[("127.0.0.1", 8443, 0)]);
+    up.transport_socket = Some(tls_socket(&upstream_tls_sds("up.example.com", "root-ca")));
+    a.handle_input(response(Cds, "1", "c1", vec![any(&up)]));
+    a.handle_input(response(
+        Lds,
+        "1",
+        "l1",
+        vec![any(&tcp_listener("out", "127.0.0.1", 9001, "up"))],
+    ));
+    let out = drain(&mut a);
+    // Warming: no config without the secret, a subscription to it by name.
+    assert_eq!(apply_id(&out), None, "{out:?}");
+    let subs: Vec<_> = sent(&out)
+        .iter()
+        .map(|r| summary(r))
+        .filter(|s| s.0 == Sds)
+        .collect();
+    assert_eq!(subs, [(Sds, "", "", vec!["root-ca"], None)]);
+    assert!(
+        out.iter().any(|o| matches!(o, Output::ArmWarmingTimer(_))),
+        "{out:?}"
+    );
+    a.handle_input(response(
+        Sds,
+        "1",
+        "s1",
+        vec![any(&ca_secret("root-ca", ca))],
+    ));
+    let out = drain(&mut a);
+    let tls = applied_config(&out).clusters[0]
+        .tls
+        .as_deref()
+        .expect("tls");
+    assert_eq!(
+        tls.ca,
+        sluice_core::config::tls::Pem::Inline {
+            secret: Some("root-ca".into()),
+            pem: ca.into()
+        }
+    );
+    a.handle_input(Input::Applied(apply_id(&out).unwrap()));
+    let out = drain(&mut a);
+    let acks: Vec<_> = sent(&out).iter().map(|r| summary(r)).collect();
+    assert!(
+        acks.contains(&(Sds, "1", "s1", vec!["root-ca"], None)),
+        "{acks:?}"
+    );
+    a
+}
+
+#[test]
+fn a_cluster_naming_an_sds_secret_waits_for_it_then_a_rotation_applies() {
+    let (ca, _, _) = crate::translate::tests_tls::pki(&["x"]);
+    let mut a = serving_tls(&ca);
+    // A new CA over SDS: a new config (new handshakes use it), ACKed after the switch.
+    let (ca2, _, _) = crate::translate::tests_tls::pki(&["x"]);
+    a.handle_input(response(
+        Sds,
+        "2",
+        "s2",
+        vec![any(&ca_secret("root-ca", &ca2))],
+    ));
+    let out = drain(&mut a);
+    let tls = applied_config(&out).clusters[0].tls.as_deref().unwrap();
+    assert_eq!(
+        tls.ca,
+        sluice_core::config::tls::Pem::Inline {
+            secret: Some("root-ca".into()),
+            pem: ca2.as_str().into()
+        }
+    );
+    a.handle_input(Input::Applied(apply_id(&out).unwrap()));
+    drain(&mut a);
+    assert_eq!(a.accepted_version(Sds), "2");
+}
+
+#[test]
+fn a_secret_that_does_not_parse_is_nacked_naming_it_and_the_old_one_serves() {
+    let (ca, _, _) = crate::translate::tests_tls::pki(&["x"]);
+    let mut a = serving_tls(&ca);
+    let bad = "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n";
+    a.handle_input(response(
+        Sds,
+        "2",
+        "s2",
+        vec![any(&ca_secret("root-ca", bad))],
+    ));
+    let out = drain(&mut a);
+    assert_eq!(apply_id(&out), None);
+    let reqs: Vec<_> = sent(&out).iter().map(|r| summary(r)).collect();
+    assert_eq!(reqs.len(), 1, "{reqs:?}");
+    let (kind, version, nonce, _, error) = reqs[0].clone();
+    assert_eq!((kind, version, nonce), (Sds, "1", "s2"));
+    let error = error.expect("a NACK");
+    assert!(
+        error.starts_with(
+            "secret \"root-ca\" validation_context.trusted_ca: not usable PEM: certificate 0"
+        ),
+        "{error}"
+    );
+    assert_eq!(a.accepted_version(Sds), "1");
+    assert_eq!(
+        a.applied().secrets["root-ca"],
+        ca_secret("root-ca", &ca),
+        "the serving secret stays"
+    );
+}
+
+#[test]
+fn a_secret_no_resource_names_any_more_is_unsubscribed_and_dropped() {
+    let (ca, _, _) = crate::translate::tests_tls::pki(&["x"]);
+    let mut a = serving_tls(&ca);
+    a.handle_input(response(
+        Cds,
+        "2",
+        "c2",
+        vec![any(&static_cluster("up", &[("127.0.0.1", 8443, 0)]))],
+    ));
+    let out = drain(&mut a);
+    let subs: Vec<_> = sent(&out)
+        .iter()
+        .map(|r| summary(r))
+        .filter(|s| s.0 == Sds)
+        .collect();
+    assert_eq!(subs, [(Sds, "1", "s1", vec![], None)]);
+    assert!(applied_config(&out).clusters[0].tls.is_none());
+    a.handle_input(Input::Applied(apply_id(&out).unwrap()));
+    assert!(a.applied().secrets.is_empty());
+}
+
+#[test]
+fn a_secret_never_sent_is_refused_when_the_initial_fetch_timeout_expires() {
+    let mut a = ads();
+    a.handle_input(Input::Connected);
+    drain(&mut a);
+    let mut l = tcp_listener("tls", "127.0.0.1", 9443, "up");
+    l.filter_chains[0].transport_socket = Some(tls_socket(&downstream_tls_sds("server-cert")));
+    a.handle_input(response(
+        Cds,
+        "1",
+        "c1",
+        vec![any(&static_cluster("up", &[("127.0.0.1", 8080, 0)]))],
+    ));
+    a.handle_input(response(Lds, "1", "l1", vec![any(&l)]));
+    let out = drain(&mut a);
+    assert_eq!(apply_id(&out), None);
+    let timer = out
+        .iter()
+        .find_map(|o| match o {
+            Output::ArmWarmingTimer(id) => Some(*id),
+            _ => None,
+        })
+        .expect("a warming timer");
+    a.handle_input(Input::WarmingTimeout(timer));
+    let out = drain(&mut a);
+    let nacks: Vec<_> = sent(&out)
+        .iter()
+        .map(|r| summary(r))
+        .filter(|s| s.4.is_some())
+        .collect();
+    assert_eq!(nacks.len(), 1, "{nacks:?}");
+    assert_eq!((nacks[0].0, nacks[0].2), (Lds, "l1"));
+    assert_eq!(
+        nacks[0].4,
+        Some(
+            "listener \"tls\" filter_chains[0].transport_socket.typed_config.common_tls_context.\
+             tls_certificate_sds_secret_configs[0]: secret \"server-cert\" not received"
+        )
     );
 }

@@ -850,3 +850,56 @@ fn delta_responses_during_an_apply_are_folded_per_type() {
     );
     assert_eq!(a.accepted_version(Lds), "5");
 }
+
+#[test]
+fn delta_a_listener_naming_an_sds_certificate_subscribes_to_it_and_warms_until_it_arrives() {
+    use ResourceType::Secret as Sds;
+    let (_, chain, key) = crate::translate::tests_tls::pki(&["in.example.com"]);
+    let mut a = serving();
+    let mut l = tcp_listener("tls", "127.0.0.1", 9443, "web");
+    l.filter_chains[0].transport_socket = Some(tls_socket(&downstream_tls_sds("server-cert")));
+    a.handle_input(response(
+        Lds,
+        "2",
+        "n5",
+        vec![
+            resource(
+                "in",
+                "l1",
+                any(&http_listener("in", "127.0.0.1", 9000, "routes")),
+            ),
+            resource("tls", "l2", any(&l)),
+        ],
+        &[],
+    ));
+    let out = drain(&mut a);
+    assert_eq!(apply_id(&out), None, "warming: {out:?}");
+    let subs: Vec<_> = summaries(&out).into_iter().filter(|s| s.0 == Sds).collect();
+    assert_eq!(subs, [(Sds, "", vec!["server-cert"], vec![], None)]);
+    a.handle_input(response(
+        Sds,
+        "1",
+        "n6",
+        vec![resource(
+            "server-cert",
+            "s1",
+            any(&certificate_secret("server-cert", &chain, &key)),
+        )],
+        &[],
+    ));
+    let out = drain(&mut a);
+    let config = applied_config(&out);
+    let tls = config.listeners[1].tls.as_deref().expect("tls");
+    assert_eq!(tls.certificates.len(), 1);
+    a.handle_input(Input::Applied(apply_id(&out).unwrap()));
+    let out = drain(&mut a);
+    let acks = summaries(&out);
+    assert!(
+        acks.contains(&(Sds, "n6", vec![], vec![], None)),
+        "{acks:?}"
+    );
+    assert_eq!(
+        a.resource_versions(Sds),
+        &versions(&[("server-cert", "s1")])
+    );
+}

@@ -12,6 +12,7 @@
 //! (`HttpProtocolOptions`: `explicit_http_config` → `http1` / `http2`,
 //! `use_downstream_protocol_config` → `downstream`) becomes `protocol`, HTTP/2 keepalive
 //! `http2.connection_keepalive`; other protocol options are noted, telemetry fields ignored.
+//! `transport_socket` (TLS, `UpstreamTlsContext`) becomes `tls` ([`super::tls`]).
 
 use envoy_types::pb::envoy::config::cluster::v3::{
     CircuitBreakers, Cluster, OutlierDetection,
@@ -24,7 +25,9 @@ use envoy_types::pb::envoy::config::core::v3::{
 use envoy_types::pb::envoy::config::endpoint::v3::{
     ClusterLoadAssignment, lb_endpoint::HostIdentifier,
 };
+use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::Secret;
 use serde_json::{Value, json};
+use std::collections::BTreeMap;
 
 use super::{At, Notes, ResourceType, TranslateError, duration, object, reject_rest, take};
 
@@ -43,10 +46,11 @@ pub fn eds_service_name(c: &Cluster) -> Option<&str> {
 }
 
 /// Translates a cluster; `endpoints` is its assignment when it is an EDS cluster (`None`: not
-/// received yet, an error).
+/// received yet, an error); `secrets` the SDS secrets received, by name.
 pub fn translate_cluster(
     c: &Cluster,
     endpoints: Option<&ClusterLoadAssignment>,
+    secrets: &BTreeMap<String, Secret>,
     notes: &mut Notes,
 ) -> Result<Value, TranslateError> {
     let at = At::root(ResourceType::Cluster, &c.name);
@@ -234,11 +238,9 @@ pub fn translate_cluster(
             return Err(k_at.unsupported());
         }
     }
-    if take(&mut rest.transport_socket).is_some() {
-        return Err(at
-            .field("transport_socket")
-            .error("unsupported (upstream TLS from xDS is not translated yet)"));
-    }
+    let tls = take(&mut rest.transport_socket)
+        .map(|ts| super::tls::upstream_tls(&ts, &at.field("transport_socket"), secrets, notes))
+        .transpose()?;
     let load_assignment = take(&mut rest.load_assignment);
     reject_rest(&rest, &at)?;
 
@@ -274,6 +276,7 @@ pub fn translate_cluster(
         ("lb_policy", lb_policy.map(|p| json!(p))),
         ("protocol", protocol.map(|p| json!(p))),
         ("http2", http2),
+        ("tls", tls),
         ("ring_hash", ring_hash),
         ("health_check", health_check),
         ("outlier_detection", outlier_detection),

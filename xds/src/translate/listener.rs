@@ -6,14 +6,26 @@
 //! `request_headers_timeout`; `common_http_protocol_options.idle_timeout`; `normalize_path`,
 //! `merge_slashes`, `path_with_escaped_slashes_action`; HTTP filters ending with the router, any
 //! other filter only when `is_optional` or `disabled`) or a `TcpProxy` (`cluster`,
-//! `idle_timeout`, `max_connect_attempts`).
+//! `idle_timeout`, `max_connect_attempts`). The chain's `transport_socket` (TLS,
+//! `DownstreamTlsContext`) becomes the listener's `tls` ([`super::tls`]).
+//!
+//! Several filter chains (or one with `filter_chain_match.server_names`) are taken only as TLS
+//! passthrough by server name: every chain a `tcp_proxy` without `transport_socket`, chosen by
+//! `server_names` (`transport_protocol` `tls` or unset), one chain without a match for the rest,
+//! the same tcp_proxy settings but the cluster — a `tcp_proxy` with `sni_routes`; the listener
+//! filters only `tls_inspector`, `listener_filters_timeout` its `client_hello_timeout`. Chains
+//! that terminate TLS per server name, or pick a filter by ALPN, are refused: one listener has
+//! one filter and one TLS context in the config model.
 
 use std::collections::BTreeMap;
 
 use envoy_types::pb::envoy::config::core::v3::HttpProtocolOptions;
-use envoy_types::pb::envoy::config::listener::v3::{FilterChain, Listener, filter};
+use envoy_types::pb::envoy::config::listener::v3::{
+    FilterChain, Listener, ListenerFilter, filter, listener_filter,
+};
 use envoy_types::pb::envoy::config::route::v3::RouteConfiguration;
 use envoy_types::pb::envoy::extensions::filters::http::router::v3::Router;
+use envoy_types::pb::envoy::extensions::filters::listener::tls_inspector::v3::TlsInspector;
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
     HttpConnectionManager,
     http_connection_manager::{CodecType, PathWithEscapedSlashesAction, RouteSpecifier},
@@ -22,6 +34,7 @@ use envoy_types::pb::envoy::extensions::filters::network::http_connection_manage
 use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::{
     TcpProxy, tcp_proxy::ClusterSpecifier,
 };
+use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::Secret;
 use prost::Name;
 use serde_json::{Value, json};
 
@@ -29,10 +42,12 @@ use super::cluster::{config_source, socket_address};
 use super::route::translate_route_configuration;
 use super::{At, Notes, ResourceType, TranslateError, duration, object, reject_rest, take, unpack};
 
-/// Translates a listener; `routes` are the route configurations received over RDS, by name.
+/// Translates a listener; `routes` are the route configurations received over RDS, by name,
+/// `secrets` the SDS secrets.
 pub fn translate_listener(
     l: &Listener,
     routes: &BTreeMap<String, RouteConfiguration>,
+    secrets: &BTreeMap<String, Secret>,
     notes: &mut Notes,
 ) -> Result<Value, TranslateError> {
     let at = At::root(ResourceType::Listener, &l.name);
@@ -55,31 +70,188 @@ pub fn translate_listener(
     take(&mut rest.reuse_port);
     let address = socket_address(take(&mut rest.address).as_ref(), &at.field("address"))?;
     let chains = take(&mut rest.filter_chains);
+    let sni = chains.len() > 1
+        || chains.iter().any(|c| {
+            c.filter_chain_match
+                .as_ref()
+                .is_some_and(|m| !m.server_names.is_empty())
+        });
+    if sni {
+        // TLS passthrough by server name: what the tls_inspector reads is what the
+        // `sni_routes` of a tcp_proxy peek at (Envoy adds the inspector when a chain needs it).
+        let filters = take(&mut rest.listener_filters);
+        for (i, f) in filters.iter().enumerate() {
+            tls_inspector(f, &at.field("listener_filters").index(i), notes)?;
+        }
+        let timeout = take(&mut rest.listener_filters_timeout)
+            .map(|d| duration(&d, &at.field("listener_filters_timeout")))
+            .transpose()?;
+        reject_rest(&rest, &at)?;
+        let tcp = sni_passthrough(&chains, &at, routes, secrets, timeout, notes)?;
+        return Ok(json!({ "name": name, "address": address, "tcp_proxy": tcp }));
+    }
     reject_rest(&rest, &at)?;
     let chain = match chains.as_slice() {
         [chain] => chain,
-        [] => return Err(at.field("filter_chains").error("no filter chain")),
-        _ => {
-            return Err(at
-                .field("filter_chains")
-                .index(1)
-                .error("unsupported (one filter chain per listener)"));
-        }
+        _ => return Err(at.field("filter_chains").error("no filter chain")),
     };
-    let (key, filter) = filter_chain(chain, &at.field("filter_chains").index(0), routes, notes)?;
+    let (key, filter, tls) = filter_chain(
+        chain,
+        &at.field("filter_chains").index(0),
+        routes,
+        secrets,
+        notes,
+    )?;
     let mut v = json!({ "name": name, "address": address });
     if let Value::Object(m) = &mut v {
         m.insert(key.to_owned(), filter);
+        if let Some(tls) = tls {
+            m.insert("tls".to_owned(), tls);
+        }
     }
     Ok(v)
 }
 
+/// Only `envoy.filters.listener.tls_inspector` (JA3/JA4 fingerprints, telemetry, noted).
+fn tls_inspector(f: &ListenerFilter, at: &At<'_>, notes: &mut Notes) -> Result<(), TranslateError> {
+    let named = At {
+        path: format!("{} ({})", at.path, f.name),
+        ..at.clone()
+    };
+    if f.filter_disabled.is_some() {
+        return Err(named.field("filter_disabled").unsupported());
+    }
+    match &f.config_type {
+        None if f.name == TLS_INSPECTOR => Ok(()),
+        Some(listener_filter::ConfigType::TypedConfig(any))
+            if any.type_url == TlsInspector::type_url() =>
+        {
+            let mut t: TlsInspector = unpack(any, &named)?;
+            for (set, field) in [
+                (
+                    take(&mut t.enable_ja3_fingerprinting).is_some(),
+                    "enable_ja3_fingerprinting",
+                ),
+                (
+                    take(&mut t.enable_ja4_fingerprinting).is_some(),
+                    "enable_ja4_fingerprinting",
+                ),
+                (
+                    take(&mut t.initial_read_buffer_size).is_some(),
+                    "initial_read_buffer_size",
+                ),
+            ] {
+                if set {
+                    named.note(notes, field);
+                }
+            }
+            reject_rest(&t, &named)
+        }
+        _ => Err(named.error(format!(
+            "unsupported (only {TLS_INSPECTOR}, with filter chains by server name)"
+        ))),
+    }
+}
+
+const TLS_INSPECTOR: &str = "envoy.filters.listener.tls_inspector";
+
+/// Several filter chains chosen by `filter_chain_match.server_names`, each a `tcp_proxy`
+/// without TLS (passed through): a `tcp_proxy` with `sni_routes`, whose `cluster` is the chain
+/// without a match (required: Sluice sends a connection no name matches there, where Envoy
+/// would close it). The chains' tcp_proxy settings other than the cluster must agree (one
+/// tcp_proxy per listener here). `timeout`: `listener_filters_timeout`, the ClientHello wait.
+fn sni_passthrough(
+    chains: &[FilterChain],
+    at: &At<'_>,
+    routes: &BTreeMap<String, RouteConfiguration>,
+    secrets: &BTreeMap<String, Secret>,
+    timeout: Option<Value>,
+    notes: &mut Notes,
+) -> Result<Value, TranslateError> {
+    let mut default: Option<Value> = None;
+    let mut sni_routes = Vec::new();
+    let mut settings: Option<(usize, Value)> = None;
+    for (i, chain) in chains.iter().enumerate() {
+        let c_at = at.field("filter_chains").index(i);
+        let mut chain = chain.clone();
+        let names = match take(&mut chain.filter_chain_match) {
+            None => Vec::new(),
+            Some(mut m) => {
+                let m_at = c_at.field("filter_chain_match");
+                let names = take(&mut m.server_names);
+                let protocol = take(&mut m.transport_protocol);
+                if !protocol.is_empty() && (protocol != "tls" || names.is_empty()) {
+                    return Err(m_at
+                        .field("transport_protocol")
+                        .error("unsupported (only \"tls\", beside server_names)"));
+                }
+                reject_rest(&m, &m_at)?;
+                names
+            }
+        };
+        if chain.transport_socket.is_some() {
+            return Err(c_at.field("transport_socket").error(
+                "unsupported on one of several filter chains (chains by server name are passed \
+                 through to their cluster, not terminated)",
+            ));
+        }
+        let (key, mut value, _) = filter_chain(&chain, &c_at, routes, secrets, notes)?;
+        if key != "tcp_proxy" {
+            return Err(c_at.field("filters").error(
+                "unsupported: with several filter chains, each is a tcp_proxy (TLS passthrough \
+                 by server name)",
+            ));
+        }
+        let cluster = value
+            .as_object_mut()
+            .and_then(|m| m.remove("cluster"))
+            .unwrap_or(Value::Null);
+        match &settings {
+            None => settings = Some((i, value)),
+            Some((first, v)) if *v != value => {
+                return Err(c_at.field("filters").error(format!(
+                    "tcp_proxy settings other than the cluster differ from filter_chains[{first}]'s \
+                     (one tcp_proxy per listener)"
+                )));
+            }
+            Some(_) => {}
+        }
+        if names.is_empty() {
+            if default.is_some() {
+                return Err(c_at
+                    .field("filter_chain_match")
+                    .error("a second filter chain without server_names"));
+            }
+            default = Some(cluster);
+        } else {
+            sni_routes.push(json!({ "server_names": names, "cluster": cluster }));
+        }
+    }
+    let Some(cluster) = default else {
+        return Err(at.field("filter_chains").error(
+            "no filter chain without filter_chain_match: Sluice sends a connection that names \
+             no listed server (or is not TLS) to that chain's cluster, where Envoy would close it",
+        ));
+    };
+    let mut tcp = settings.map(|(_, v)| v).unwrap_or_else(|| json!({}));
+    if let Value::Object(m) = &mut tcp {
+        m.insert("cluster".to_owned(), cluster);
+        m.insert("sni_routes".to_owned(), Value::Array(sni_routes));
+        if let Some(t) = timeout {
+            m.insert("client_hello_timeout".to_owned(), t);
+        }
+    }
+    Ok(tcp)
+}
+
+/// A filter chain: its terminal filter (key and value) and its TLS (`tls` of the listener).
 fn filter_chain(
     chain: &FilterChain,
     at: &At<'_>,
     routes: &BTreeMap<String, RouteConfiguration>,
+    secrets: &BTreeMap<String, Secret>,
     notes: &mut Notes,
-) -> Result<(&'static str, Value), TranslateError> {
+) -> Result<(&'static str, Value, Option<Value>), TranslateError> {
     let mut rest = chain.clone();
     for (set, field) in [
         (!take(&mut rest.name).is_empty(), "name"),
@@ -92,11 +264,9 @@ fn filter_chain(
     if let Some(m) = take(&mut rest.filter_chain_match) {
         reject_rest(&m, &at.field("filter_chain_match"))?;
     }
-    if take(&mut rest.transport_socket).is_some() {
-        return Err(at
-            .field("transport_socket")
-            .error("unsupported (TLS termination from xDS is not translated yet)"));
-    }
+    let tls = take(&mut rest.transport_socket)
+        .map(|ts| super::tls::downstream_tls(&ts, &at.field("transport_socket"), secrets, notes))
+        .transpose()?;
     let filters = take(&mut rest.filters);
     reject_rest(&rest, at)?;
     let mut terminal = None;
@@ -132,10 +302,11 @@ fn filter_chain(
             return Err(named.unsupported());
         });
     }
-    terminal.ok_or_else(|| {
+    let (key, value) = terminal.ok_or_else(|| {
         at.field("filters")
             .error("no http_connection_manager or tcp_proxy")
-    })
+    })?;
+    Ok((key, value, tls))
 }
 
 fn http(

@@ -1,8 +1,9 @@
 //! Envoy v3 resources → the config model.
 //!
 //! Owns the mapping from xDS resources (Listener, RouteConfiguration, Cluster,
-//! ClusterLoadAssignment) to the **same config tree the YAML file is made of**: each resource
-//! becomes the JSON value of a `listeners[]` or `clusters[]` entry, [`assemble`] puts them next to
+//! ClusterLoadAssignment; Secrets are read where a TLS transport socket names them, in the
+//! module `tls`) to the **same config tree the YAML file is made of**: each resource becomes the
+//! JSON value of a `listeners[]` or `clusters[]` entry, [`assemble`] puts them next to
 //! the static entries of the bootstrap file and hands the whole tree to
 //! [`Config::from_tree`] — so an xDS config is validated by exactly the code that validates a
 //! file (names, addresses, references, ranges), and produces the same model.
@@ -20,6 +21,7 @@
 mod cluster;
 mod listener;
 mod route;
+mod tls;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -29,6 +31,7 @@ use envoy_types::pb::envoy::config::cluster::v3::Cluster;
 use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
 use envoy_types::pb::envoy::config::listener::v3::Listener;
 use envoy_types::pb::envoy::config::route::v3::RouteConfiguration;
+use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::Secret;
 use envoy_types::pb::google::protobuf::Any;
 use serde_json::{Map, Value};
 use sluice_core::config::{Config, format_duration};
@@ -36,8 +39,9 @@ use sluice_core::config::{Config, format_duration};
 pub use cluster::{eds_service_name, translate_cluster};
 pub use listener::translate_listener;
 pub use route::translate_route_configuration;
+pub use tls::{TLS_TRANSPORT_SOCKET, sds_names};
 
-/// The four resource types translated, by type URL.
+/// The resource types translated, by type URL.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum ResourceType {
     /// `envoy.config.cluster.v3.Cluster` (CDS).
@@ -48,15 +52,19 @@ pub enum ResourceType {
     Listener,
     /// `envoy.config.route.v3.RouteConfiguration` (RDS).
     Route,
+    /// `envoy.extensions.transport_sockets.tls.v3.Secret` (SDS over ADS).
+    Secret,
 }
 
 impl ResourceType {
-    /// Every type, in the order an update is applied (make-before-break: CDS, EDS, LDS, RDS).
-    pub const ALL: [ResourceType; 4] = [
+    /// Every type, in the order an update is applied (make-before-break: CDS, EDS, LDS, RDS;
+    /// then SDS, whose secrets the clusters and listeners name).
+    pub const ALL: [ResourceType; 5] = [
         ResourceType::Cluster,
         ResourceType::Endpoints,
         ResourceType::Listener,
         ResourceType::Route,
+        ResourceType::Secret,
     ];
 
     /// The type URL on the wire.
@@ -69,10 +77,13 @@ impl ResourceType {
             }
             ResourceType::Listener => "type.googleapis.com/envoy.config.listener.v3.Listener",
             ResourceType::Route => "type.googleapis.com/envoy.config.route.v3.RouteConfiguration",
+            ResourceType::Secret => {
+                "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret"
+            }
         }
     }
 
-    /// The type a type URL names, if it is one of the four.
+    /// The type a type URL names, if it is one of these.
     #[must_use]
     pub fn from_type_url(url: &str) -> Option<ResourceType> {
         Self::ALL.into_iter().find(|t| t.type_url() == url)
@@ -86,11 +97,12 @@ impl ResourceType {
             ResourceType::Endpoints => "cluster_load_assignment",
             ResourceType::Listener => "listener",
             ResourceType::Route => "route_configuration",
+            ResourceType::Secret => "secret",
         }
     }
 
     /// Whether a state-of-the-world response carries every resource of the type (LDS, CDS:
-    /// absence means removal), as opposed to only the ones it names (RDS, EDS).
+    /// absence means removal), as opposed to only the ones it names (RDS, EDS, SDS).
     #[must_use]
     pub fn is_full_state(self) -> bool {
         matches!(self, ResourceType::Cluster | ResourceType::Listener)
@@ -298,6 +310,8 @@ pub struct Resources {
     pub clusters: BTreeMap<String, Cluster>,
     /// Endpoints (EDS), by `cluster_name` (the EDS service name).
     pub endpoints: BTreeMap<String, ClusterLoadAssignment>,
+    /// TLS secrets (SDS), by name.
+    pub secrets: BTreeMap<String, Secret>,
 }
 
 impl Resources {
@@ -309,6 +323,7 @@ impl Resources {
             ResourceType::Endpoints => self.endpoints.contains_key(name),
             ResourceType::Listener => self.listeners.contains_key(name),
             ResourceType::Route => self.routes.contains_key(name),
+            ResourceType::Secret => self.secrets.contains_key(name),
         }
     }
 
@@ -319,6 +334,7 @@ impl Resources {
             ResourceType::Endpoints => drop(self.endpoints.remove(name)),
             ResourceType::Listener => drop(self.listeners.remove(name)),
             ResourceType::Route => drop(self.routes.remove(name)),
+            ResourceType::Secret => drop(self.secrets.remove(name)),
         }
     }
 
@@ -330,6 +346,7 @@ impl Resources {
             ResourceType::Endpoints => self.endpoints.keys().cloned().collect(),
             ResourceType::Listener => self.listeners.keys().cloned().collect(),
             ResourceType::Route => self.routes.keys().cloned().collect(),
+            ResourceType::Secret => self.secrets.keys().cloned().collect(),
         }
     }
 }
@@ -371,7 +388,7 @@ pub fn assemble(
     for (name, c) in &resources.clusters {
         let eds_name = cluster::eds_service_name(c);
         let endpoints = eds_name.and_then(|n| resources.endpoints.get(n));
-        match translate_cluster(c, endpoints, &mut notes) {
+        match translate_cluster(c, endpoints, &resources.secrets, &mut notes) {
             Ok(v) => {
                 origins.push((
                     "clusters",
@@ -386,7 +403,7 @@ pub fn assemble(
     }
     let mut listeners = Vec::new();
     for (name, l) in &resources.listeners {
-        match translate_listener(l, &resources.routes, &mut notes) {
+        match translate_listener(l, &resources.routes, &resources.secrets, &mut notes) {
             Ok(v) => {
                 origins.push((
                     "listeners",
@@ -452,3 +469,5 @@ fn append(root: &mut Map<String, Value>, key: &str, items: Vec<Value>) {
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+pub(crate) mod tests_tls;

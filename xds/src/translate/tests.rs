@@ -534,7 +534,8 @@ mod istio {
     #[test]
     fn an_outbound_cluster_is_refused_at_its_transport_socket_matches_and_accepted_without() {
         let mut notes = Notes::default();
-        let e = translate_cluster(&outbound_cluster(), None, &mut notes).expect_err("refused");
+        let e = translate_cluster(&outbound_cluster(), None, &BTreeMap::new(), &mut notes)
+            .expect_err("refused");
         assert_eq!(
             e.to_string(),
             "cluster \"outbound|9080||reviews.default.svc.cluster.local\" \
@@ -578,7 +579,8 @@ mod istio {
         }];
         l.traffic_direction = 2; // OUTBOUND
         let mut notes = Notes::default();
-        let e = translate_listener(&l, &BTreeMap::new(), &mut notes).expect_err("refused");
+        let e = translate_listener(&l, &BTreeMap::new(), &BTreeMap::new(), &mut notes)
+            .expect_err("refused");
         assert_eq!(
             e.to_string(),
             "listener \"virtualOutbound\" use_original_dst: unsupported"
@@ -776,6 +778,12 @@ mod istio {
     }
 }
 
+/// A fixed test PKI for the fuzz corpus (generated once with openssl: a P-256 CA `fuzz-ca`
+/// and a leaf `fuzz-leaf` for `in.example.com`, valid for a century). Test material only.
+const FUZZ_CA: &str = "-----BEGIN CERTIFICATE-----\nMIIBjDCCATGgAwIBAgIUeXBO3YBA2QcKKAxgmVOpwQKW2FAwCgYIKoZIzj0EAwIw\nEjEQMA4GA1UEAwwHZnV6ei1jYTAgFw0yNjEyMDYxOTQ0NDNaGA8yMTI2MTExMjE5\nNDQ0M1owEjEQMA4GA1UEAwwHZnV6ei1jYTBZMBMGByqGSM49AgEGCCqGSM49AwEH\nA0IABCraM4zKjAUZa7vDHIWcRuAVo2Cd83eOHKKFR82PrS+oV1DiJrIV0cvXK8Tb\nDyZWDCMbD7PjRCpmm4SZT0dvsv+jYzBhMB0GA1UdDgQWBBSWcllks7hNWZAJJRvn\nQsEm8zkbEzAfBgNVHSMEGDAWgBSWcllks7hNWZAJJRvnQsEm8zkbEzAPBgNVHRMB\nAf8EBTADAQH/MA4GA1UdDwEB/wQEAwICBDAKBggqhkjOPQQDAgNJADBGAiEA5Zj9\nDqM8qbzWr35mNedxMFwXeomh+cl0PB9dJKUxXvECIQDeVOfD6Li/lSFGv5I6dsaQ\nsf1ZM7jzMkj71/b9AnZ+PQ==\n-----END CERTIFICATE-----\n";
+const FUZZ_CHAIN: &str = "-----BEGIN CERTIFICATE-----\nMIIBhzCCAS2gAwIBAgIUAlw42J8kXR7zCL8nzk99jBOIPrMwCgYIKoZIzj0EAwIw\nEjEQMA4GA1UEAwwHZnV6ei1jYTAgFw0yNjEyMDYxOTQ0NDNaGA8yMTI2MTExMjE5\nNDQ0M1owFDESMBAGA1UEAwwJZnV6ei1sZWFmMFkwEwYHKoZIzj0CAQYIKoZIzj0D\nAQcDQgAEuPqBwV/Hdgvz4R55k93nKVuHQ0iYU3EJ6H+e/zbfQ8p/GKar3hL4MAZs\nzPMw/Zboa3yZBKaznLZMEpqEKKv3pqNdMFswGQYDVR0RBBIwEIIOaW4uZXhhbXBs\nZS5jb20wHQYDVR0OBBYEFEGBqAxFEqR0SMnyU2y+g8OCLrTEMB8GA1UdIwQYMBaA\nFJZyWWSzuE1ZkAklG+dCwSbzORsTMAoGCCqGSM49BAMCA0gAMEUCIQD5IUYyA1GB\nW1psApH7XKIFedn2WM9pgQjLNYvnHrObLAIgZJ6hCF+Er6ReX1gzltGeh9REzhgA\nlT21ddOUa8eKA/4=\n-----END CERTIFICATE-----\n";
+const FUZZ_KEY: &str = "-----BEGIN PRIVATE KEY-----\nMIGHAgEAMBMGByqGSM49AgEGCCqGSM49AwEHBG0wawIBAQQgLbNI3PLTKtrhuM9d\n4soU65NaLFsQS2XnN13CjprEHDmhRANCAAS4+oHBX8d2C/PhHnmT3ecpW4dDSJhT\ncQnof57/Nt9Dyn8YpqveEvgwBmzM8zD9luhrfJkEprOctkwSmoQoq/em\n-----END PRIVATE KEY-----\n";
+
 /// The committed corpus of the `xds_translate` fuzz target: real-looking resources, encoded
 /// for `crate::fuzzing`. `SLUICE_BLESS=1` rewrites it; every run drives each entry.
 #[test]
@@ -787,6 +795,14 @@ fn fuzz_corpus_entries_drive_without_panicking() {
     let listener = http_listener("in", "127.0.0.1", 9000, "routes");
     let routes = route_config("routes", "web");
     let tcp = tcp_listener("tcp", "127.0.0.1", 9001, "web");
+    // TLS: a cluster trusting the SDS CA `root-ca`, a TCP listener serving the SDS certificate
+    // `server-cert` (fixed PEM: the corpus must not change from run to run).
+    let mut tls_web = eds_cluster("web");
+    tls_web.transport_socket = Some(tls_socket(&upstream_tls_sds("web.example.com", "root-ca")));
+    let mut tls_tcp = tcp.clone();
+    tls_tcp.filter_chains[0].transport_socket =
+        Some(tls_socket(&downstream_tls_sds("server-cert")));
+    let (ca, chain, key) = (FUZZ_CA, FUZZ_CHAIN, FUZZ_KEY);
     let corpus: Vec<(&str, Vec<u8>)> = vec![
         (
             "full_http",
@@ -841,6 +857,55 @@ fn fuzz_corpus_entries_drive_without_panicking() {
                 (tag(ResourceType::Endpoints) | REMOVE, b"web".to_vec()),
             ]),
         ),
+        (
+            // TLS passthrough: filter chains by server name and a default chain.
+            "sni_passthrough",
+            {
+                let r = super::tests_tls::sni_listener(&[
+                    (&["api.example.com"], "api"),
+                    (&[], "fallback"),
+                ]);
+                let mut records: Vec<(ResourceType, Vec<u8>)> = r
+                    .clusters
+                    .values()
+                    .map(|c| (ResourceType::Cluster, c.encode_to_vec()))
+                    .collect();
+                records.push((ResourceType::Listener, r.listeners["sni"].encode_to_vec()));
+                encode(&records)
+            },
+        ),
+        (
+            // TLS both ways with SDS secrets, then a rotated certificate, then a secret that
+            // does not parse (refused).
+            "tls_sds",
+            encode_tagged(&[
+                (tag(ResourceType::Cluster), tls_web.encode_to_vec()),
+                (tag(ResourceType::Endpoints), cla.encode_to_vec()),
+                (tag(ResourceType::Listener), tls_tcp.encode_to_vec()),
+                (
+                    tag(ResourceType::Secret),
+                    ca_secret("root-ca", ca).encode_to_vec(),
+                ),
+                (
+                    tag(ResourceType::Secret),
+                    certificate_secret("server-cert", chain, key).encode_to_vec(),
+                ),
+                (0xff, vec![0]),
+                (
+                    tag(ResourceType::Secret),
+                    certificate_secret("server-cert", chain, key).encode_to_vec(),
+                ),
+                (0xff, vec![0]),
+                (
+                    tag(ResourceType::Secret),
+                    ca_secret(
+                        "root-ca",
+                        "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n",
+                    )
+                    .encode_to_vec(),
+                ),
+            ]),
+        ),
     ];
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/corpus/xds_translate");
     let bless = std::env::var_os("SLUICE_BLESS").is_some_and(|v| v == "1");
@@ -876,6 +941,17 @@ fn fuzz_corpus_entries_drive_without_panicking() {
         2,
         "the full config, then the listener's removal; the other removals are refused"
     );
+    assert_eq!(
+        drive(&corpus[5].1),
+        2,
+        "the clusters apply (nothing waits for them), then the passthrough listener"
+    );
+    assert_eq!(
+        drive(&corpus[6].1),
+        1,
+        "TLS with its secrets applies; the same secret again changes nothing; a bad CA is refused"
+    );
+    assert_eq!(drive_delta(&corpus[6].1), 1);
     // Truncated and garbled inputs.
     for (_, bytes) in &corpus {
         for cut in [1, 2, 3, bytes.len() / 2, bytes.len() - 1] {

@@ -906,6 +906,64 @@ clusters:
     }
 }
 
+/// PEM fields take a file or `{ inline, secret }` (what xDS produces); inline PEM is redacted
+/// in the dump and in `Debug`.
+#[test]
+fn pem_fields_take_a_file_or_inline_pem_which_the_dump_redacts() {
+    use crate::config::tls::Pem;
+    let good = r#"
+listeners:
+  - name: t
+    address: 127.0.0.1:8443
+    tls:
+      certificates:
+        - cert_chain: { inline: "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n", secret: web-cert }
+          private_key: { inline: "-----BEGIN PRIVATE KEY-----\nBBBB\n-----END PRIVATE KEY-----\n", secret: web-cert }
+      client_ca: ca.pem
+    tcp_proxy: { cluster: a }
+clusters:
+  - { name: a, hosts: [{ address: 127.0.0.1:9001 }] }
+"#;
+    let c = Config::from_yaml(good).unwrap();
+    let tls = c.listeners[0].tls.as_deref().unwrap();
+    assert_eq!(
+        tls.certificates[0].private_key,
+        Pem::Inline {
+            secret: Some("web-cert".into()),
+            pem: "-----BEGIN PRIVATE KEY-----\nBBBB\n-----END PRIVATE KEY-----\n".into()
+        }
+    );
+    assert_eq!(tls.client_ca, Some(Pem::File("ca.pem".into())));
+    let dump = serde_json::to_value(&c.listeners[0]).unwrap();
+    assert_eq!(
+        dump["tls"]["certificates"][0]["private_key"],
+        serde_json::json!({ "inline": "[redacted: 59 bytes]", "secret": "web-cert" })
+    );
+    assert_eq!(dump["tls"]["client_ca"], "ca.pem");
+    assert!(!format!("{c:?}").contains("BBBB"));
+    let bad = r#"
+listeners:
+  - name: t
+    address: 127.0.0.1:8443
+    tls:
+      certificates: [ { cert_chain: { inline: "not pem" }, private_key: { file: a.key } } ]
+    tcp_proxy: { cluster: a }
+clusters:
+  - { name: a, hosts: [{ address: 127.0.0.1:9001 }] }
+"#;
+    let errs = errors(bad);
+    for want in [
+        "listeners[0].tls.certificates[0].cert_chain.inline: not PEM (no -----BEGIN line)",
+        "listeners[0].tls.certificates[0].private_key.inline: missing",
+        "listeners[0].tls.certificates[0].private_key.file: unknown field",
+    ] {
+        assert!(
+            errs.iter().any(|e| e.starts_with(want)),
+            "missing {want:?} in {errs:#?}"
+        );
+    }
+}
+
 /// TLS terminates on every listener kind; with no `alpn`, a listener offers what its HTTP codec
 /// serves (ALPN then picks the codec), and a `tcp_proxy` or `bolt` listener offers none.
 #[test]

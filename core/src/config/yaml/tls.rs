@@ -11,7 +11,7 @@ use serde_json::Value;
 use super::decoder::Decoder;
 use crate::config::http::HttpCodec;
 use crate::config::tls::{
-    CertificateFiles, DEFAULT_HANDSHAKE_TIMEOUT, ListenerTls, TlsVersion, UpstreamTls,
+    CertificateFiles, DEFAULT_HANDSHAKE_TIMEOUT, ListenerTls, Pem, TlsVersion, UpstreamTls,
     default_listener_alpn,
 };
 
@@ -167,14 +167,35 @@ pub(super) fn decode_listener_tls(
     })
 }
 
-/// A file path: a non-empty string.
-fn file(dec: &mut Decoder, path: &str, v: &Value) -> Option<String> {
+/// PEM: a file path (a non-empty string), or `{ inline: PEM, secret: NAME }` (PEM text in the
+/// config, what xDS produces; `secret` optional, the SDS secret it came from).
+fn file(dec: &mut Decoder, path: &str, v: &Value) -> Option<Pem> {
+    if v.is_object() {
+        let mut obj = dec.object(path, v)?;
+        let pem = obj.req(dec, "inline").and_then(|(v, p)| {
+            let s = dec.string(&p, v)?;
+            if !s.contains("-----BEGIN ") {
+                dec.error(&p, "not PEM (no -----BEGIN line)");
+                return None;
+            }
+            Some(s.to_owned())
+        });
+        let secret = match obj.opt("secret") {
+            Some((v, p)) => dec.string(&p, v).map(|s| Some(s.to_owned())),
+            None => Some(None),
+        };
+        obj.finish(dec);
+        return Some(Pem::Inline {
+            secret: secret?,
+            pem: pem?.into(),
+        });
+    }
     let s = dec.string(path, v)?;
     if s.is_empty() {
         dec.error(path, "give a file path");
         return None;
     }
-    Some(s.to_owned())
+    Some(Pem::File(s.to_owned()))
 }
 
 /// A list of distinct non-empty strings of at most `max` bytes.

@@ -1,0 +1,333 @@
+//! TLS from xDS end to end: the in-repo ADS server (`support/ads.rs`) pushes a cluster whose
+//! `transport_socket` originates TLS to an nginx HTTPS upstream (its CA an SDS secret) and a
+//! listener whose filter chain terminates TLS with an SDS certificate; curl reaches the
+//! upstream through both, with the defaults (SotW), and over delta. Then a new certificate
+//! pushed over ADS is what new handshakes see, while a connection opened before carries on; a
+//! certificate with the wrong key is NACKed and the last good one serves on.
+
+#[path = "support/ads.rs"]
+#[allow(dead_code)]
+mod ads;
+mod support;
+
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use ads::{AdsServer, Snapshot};
+use sluice_xds::envoy_types::pb::google::protobuf::Any;
+use sluice_xds::fixtures::{
+    any, ca_secret, certificate_secret, downstream_tls_sds, http_listener, route_config,
+    static_cluster, tls_socket, upstream_tls_sds,
+};
+use sluice_xds::translate::ResourceType;
+use support::pki::*;
+use support::*;
+
+/// Listener `in` on `listen` (TLS, certificate: SDS secret `server-cert`) routing to cluster
+/// `up` at 127.0.0.1:`upstream` (TLS to `up.example.com`, CA: SDS secret `upstream-ca`); the
+/// secrets hold `ca` and the `(chain, key)` given.
+fn resources(
+    listen: u16,
+    upstream: u16,
+    ca: &str,
+    (chain, key): (&str, &str),
+) -> BTreeMap<String, Vec<Any>> {
+    let mut up = static_cluster("up", &[("127.0.0.1", u32::from(upstream), 0)]);
+    up.transport_socket = Some(tls_socket(&upstream_tls_sds(
+        "up.example.com",
+        "upstream-ca",
+    )));
+    let mut l = http_listener("in", "127.0.0.1", u32::from(listen), "routes");
+    l.filter_chains[0].transport_socket = Some(tls_socket(&downstream_tls_sds("server-cert")));
+    BTreeMap::from([
+        (ResourceType::Cluster.type_url().to_owned(), vec![any(&up)]),
+        (ResourceType::Listener.type_url().to_owned(), vec![any(&l)]),
+        (
+            ResourceType::Route.type_url().to_owned(),
+            vec![any(&route_config("routes", "up"))],
+        ),
+        (
+            ResourceType::Secret.type_url().to_owned(),
+            vec![
+                any(&ca_secret("upstream-ca", ca)),
+                any(&certificate_secret("server-cert", chain, key)),
+            ],
+        ),
+    ])
+}
+
+fn read(path: &Path) -> String {
+    std::fs::read_to_string(path).unwrap()
+}
+
+/// `curl https://in.example.com:PORT/`, verified against `ca`: its body, or why not.
+fn curl(listen: u16, ca: &Path) -> String {
+    let out = run(
+        "curl",
+        &[
+            "-sS",
+            "--max-time",
+            "10",
+            "--cacert",
+            p(ca),
+            "--resolve",
+            &format!("in.example.com:{listen}:127.0.0.1"),
+            &format!("https://in.example.com:{listen}/"),
+        ],
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr)
+}
+
+/// The common name of the certificate served for `in.example.com`.
+fn served_cn(listen: u16) -> String {
+    let (ok, text) = s_client(listen, &["-brief", "-servername", "in.example.com"]);
+    assert!(ok, "{text}");
+    peer_cn(&text).to_owned()
+}
+
+/// A TLS connection to the listener, held open by the test (HTTP/1.1 keep-alive).
+fn tls_client(
+    port: u16,
+    ca: &Path,
+) -> rustls::StreamOwned<rustls::ClientConnection, std::net::TcpStream> {
+    use rustls::pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    for c in rustls::pki_types::CertificateDer::pem_file_iter(ca).unwrap() {
+        roots.add(c.unwrap()).unwrap();
+    }
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::aws_lc_rs::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let conn =
+        rustls::ClientConnection::new(Arc::new(config), "in.example.com".try_into().unwrap())
+            .unwrap();
+    let tcp = std::net::TcpStream::connect(addr(port)).unwrap();
+    tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    rustls::StreamOwned::new(conn, tcp)
+}
+
+/// One keep-alive `GET /` on `s`: the response head and body (`body_len` bytes).
+fn get_on(s: &mut impl ReadWriteish, body_len: usize) -> String {
+    s.write_all(b"GET / HTTP/1.1\r\nhost: in.example.com\r\n\r\n")
+        .unwrap();
+    s.flush().unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        let text = String::from_utf8_lossy(&got);
+        if let Some((_, body)) = text.split_once("\r\n\r\n")
+            && body.len() >= body_len
+        {
+            return text.into_owned();
+        }
+        let n = s.read(&mut buf).unwrap();
+        assert!(n > 0, "closed after {text:?}");
+        got.extend_from_slice(&buf[..n]);
+    }
+}
+
+trait ReadWriteish: Read + Write {}
+impl<T: Read + Write> ReadWriteish for T {}
+
+fn eventually(what: &str, sluice: &Proc, mut check: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !check() {
+        assert!(
+            Instant::now() < deadline,
+            "{what}: not reached\n--- sluice log ---\n{}",
+            sluice.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn tls_clusters_and_listeners_with_sds_secrets_serve_and_rotate_over_ads() {
+    scenario("sotw");
+}
+
+#[test]
+fn tls_clusters_and_listeners_with_sds_secrets_serve_and_rotate_over_delta_ads() {
+    scenario("delta");
+}
+
+/// The whole story over `mode` (`sotw`: the default, or `delta`).
+fn scenario(mode: &str) {
+    if !require_peers(&["nginx", "curl", "openssl"]) {
+        return;
+    }
+    let sotw = mode == "sotw";
+    let dir = TempDir::new("xds-tls");
+    // The upstream's PKI (its CA comes over SDS) and the listener's (its certificate does).
+    let up_ca = make_ca(&dir, "upstream-ca");
+    let (up_cert, up_key) = leaf(&dir, &up_ca, "upstream", &["up.example.com"], None);
+    let in_ca = make_ca(&dir, "in-ca");
+    let (one_cert, one_key) = leaf(&dir, &in_ca, "sds-one", &["in.example.com"], None);
+    let (two_cert, two_key) = leaf(&dir, &in_ca, "sds-two", &["in.example.com"], None);
+    let upstream = free_port();
+    let _nginx = start_nginx_tls(
+        &dir,
+        "up",
+        upstream,
+        (&up_cert, &up_key),
+        r#"location / { return 200 "over $ssl_protocol"; }"#,
+    );
+    let (listen, admin, ads_port) = (free_port(), free_port(), free_port());
+    let server = AdsServer::start(ads_port, Snapshot::default());
+    server.push(resources(
+        listen,
+        upstream,
+        &read(&up_ca.pem),
+        (&read(&one_cert), &read(&one_key)),
+    ));
+    let config = format!(
+        r#"
+admin: {{ address: 127.0.0.1:{admin} }}
+node: {{ id: sidecar-tls, cluster: e2e }}
+xds: {{ cluster: xds_server, mode: {mode} }}
+listeners: []
+clusters:
+  - name: xds_server
+    hosts: [ {{ address: 127.0.0.1:{ads_port} }} ]
+"#
+    );
+    let sluice = start_sluice(&dir, &config, 2, addr(admin));
+
+    // TLS in (an SDS certificate curl verifies), TLS out (verified against the SDS CA).
+    eventually("the TLS config serves", &sluice, || {
+        curl(listen, &in_ca.pem).starts_with("over TLSv1.")
+    });
+    assert_eq!(served_cn(listen), "sds-one");
+    // Every type pushed, SDS included, ACKed; the secrets were asked for by name.
+    let secret_names: Vec<String> = if sotw {
+        let requests = server.requests();
+        let version = server.version().to_string();
+        for t in ResourceType::ALL
+            .into_iter()
+            .filter(|t| *t != ResourceType::Endpoints)
+        {
+            assert!(
+                requests.iter().any(|r| r.type_url == t.type_url()
+                    && r.version_info == version
+                    && !r.response_nonce.is_empty()
+                    && r.error_detail.is_none()),
+                "{t:?} not ACKed: {requests:?}"
+            );
+        }
+        requests
+            .iter()
+            .filter(|r| r.type_url == ResourceType::Secret.type_url())
+            .flat_map(|r| r.resource_names.clone())
+            .collect()
+    } else {
+        let requests = server.delta_requests();
+        assert!(
+            requests
+                .iter()
+                .any(|r| r.type_url == ResourceType::Secret.type_url()
+                    && !r.response_nonce.is_empty()
+                    && r.error_detail.is_none()),
+            "no SDS ACK: {requests:?}"
+        );
+        requests
+            .iter()
+            .filter(|r| r.type_url == ResourceType::Secret.type_url())
+            .flat_map(|r| r.resource_names_subscribe.clone())
+            .collect()
+    };
+    assert!(
+        secret_names.contains(&"upstream-ca".to_owned())
+            && secret_names.contains(&"server-cert".to_owned()),
+        "{secret_names:?}"
+    );
+    // The dump shows where the PEM came from, never what it holds.
+    let (status, dump) = http_request(addr(admin), "GET", "/config_dump");
+    assert_eq!(status, 200);
+    assert!(dump.contains("server-cert"), "{dump}");
+    assert!(
+        !dump.contains("PRIVATE KEY") && !dump.contains("BEGIN CERTIFICATE"),
+        "{dump}"
+    );
+
+    // A connection opened before the rotation.
+    let mut held = tls_client(listen, &in_ca.pem);
+    let first = get_on(&mut held, "over TLSv1.x".len());
+    assert!(first.starts_with("HTTP/1.1 200"), "{first}");
+
+    // A new certificate over SDS: new handshakes see it; the held connection carries on.
+    server.push(resources(
+        listen,
+        upstream,
+        &read(&up_ca.pem),
+        (&read(&two_cert), &read(&two_key)),
+    ));
+    eventually("the rotated certificate is served", &sluice, || {
+        served_cn(listen) == "sds-two"
+    });
+    assert!(curl(listen, &in_ca.pem).starts_with("over TLSv1."));
+    // `/certs` describes the rotated certificate under the secret's name.
+    let (status, certs) = http_request(addr(admin), "GET", "/certs");
+    assert_eq!(status, 200);
+    assert!(
+        certs.contains(r#"sds secret \"server-cert\""#) && certs.contains("CN=sds-two"),
+        "{certs}"
+    );
+    let again = get_on(&mut held, "over TLSv1.x".len());
+    assert!(again.starts_with("HTTP/1.1 200"), "{again}");
+
+    // A certificate with another certificate's key: refused (NACK naming the field and the
+    // secret), and the last good one serves on.
+    server.push(resources(
+        listen,
+        upstream,
+        &read(&up_ca.pem),
+        (&read(&one_cert), &read(&two_key)),
+    ));
+    let bad_version = server.version().to_string();
+    let refused = |type_url: &str, e: Option<&sluice_xds::envoy_types::pb::google::rpc::Status>| {
+        type_url == ResourceType::Secret.type_url()
+            && e.is_some_and(|e| {
+                e.message.contains("private_key")
+                    && e.message.contains(r#"sds secret "server-cert""#)
+                    && e.message.contains("does not go with the certificate")
+            })
+    };
+    eventually("the mismatched pair NACKed", &sluice, || {
+        if sotw {
+            server
+                .requests()
+                .iter()
+                .any(|r| refused(&r.type_url, r.error_detail.as_ref()))
+        } else {
+            server
+                .delta_requests()
+                .iter()
+                .any(|r| refused(&r.type_url, r.error_detail.as_ref()))
+        }
+    });
+    // (The unchanged cluster, listener and routes of that version are ACKed: nothing changed.)
+    if sotw {
+        assert!(
+            server
+                .requests()
+                .iter()
+                .all(|r| r.type_url != ResourceType::Secret.type_url()
+                    || r.version_info != bad_version),
+            "the secrets of the version with the bad pair were ACKed"
+        );
+    }
+    assert_eq!(served_cn(listen), "sds-two");
+    assert!(curl(listen, &in_ca.pem).starts_with("over TLSv1."));
+    assert!(
+        !sluice.log_text().contains("PRIVATE KEY"),
+        "{}",
+        sluice.log_text()
+    );
+}

@@ -1,0 +1,575 @@
+//! TLS transport sockets and SDS secrets → the config model's `tls`.
+
+use envoy_types::pb::envoy::config::core::v3::{HealthStatus, TransportSocket};
+use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{
+    CertificateValidationContext, CommonTlsContext, DownstreamTlsContext, SubjectAltNameMatcher,
+    TlsCertificate, TlsParameters, UpstreamTlsContext,
+    common_tls_context::{CombinedCertificateValidationContext, ValidationContextType},
+    subject_alt_name_matcher::SanType,
+    tls_parameters::TlsProtocol,
+};
+use envoy_types::pb::envoy::r#type::matcher::v3::{StringMatcher, string_matcher::MatchPattern};
+use envoy_types::pb::google::protobuf::BoolValue;
+use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+use serde_json::json;
+use sluice_core::config::tls::{Pem, TlsVersion};
+
+use super::*;
+use crate::fixtures::*;
+
+/// A CA's PEM and a leaf it issued for `names`: (ca, chain, key).
+pub(crate) fn pki(names: &[&str]) -> (String, String, String) {
+    let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca = CertifiedIssuer::self_signed(params, KeyPair::generate().unwrap()).unwrap();
+    let key = KeyPair::generate().unwrap();
+    let leaf = CertificateParams::new(names.iter().map(|n| (*n).to_owned()).collect::<Vec<_>>())
+        .unwrap()
+        .signed_by(&key, &ca)
+        .unwrap();
+    (ca.pem(), leaf.pem(), key.serialize_pem())
+}
+
+fn exact_dns(name: &str) -> SubjectAltNameMatcher {
+    SubjectAltNameMatcher {
+        san_type: SanType::Dns as i32,
+        matcher: Some(StringMatcher {
+            match_pattern: Some(MatchPattern::Exact(name.to_owned())),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// A static cluster `up` with one host and this transport socket.
+fn tls_cluster(socket: TransportSocket) -> Resources {
+    let mut c = static_cluster("up", &[("127.0.0.1", 8443, HealthStatus::Healthy as i32)]);
+    c.transport_socket = Some(socket);
+    let mut r = Resources::default();
+    r.clusters.insert("up".into(), c);
+    r.listeners
+        .insert("out".into(), tcp_listener("out", "127.0.0.1", 9001, "up"));
+    r
+}
+
+/// A TCP proxy listener `in` to cluster `up` (plaintext) with this transport socket.
+fn tls_listener(socket: TransportSocket) -> Resources {
+    let mut r = Resources::default();
+    r.clusters.insert(
+        "up".into(),
+        static_cluster("up", &[("127.0.0.1", 8080, HealthStatus::Healthy as i32)]),
+    );
+    let mut l = tcp_listener("in", "127.0.0.1", 9443, "up");
+    l.filter_chains[0].transport_socket = Some(socket);
+    r.listeners.insert("in".into(), l);
+    r
+}
+
+fn bootstrap() -> Value {
+    json!({ "listeners": [], "clusters": [] })
+}
+
+fn errors(r: &Resources) -> Vec<String> {
+    assemble(&bootstrap(), r)
+        .expect_err("refused")
+        .iter()
+        .map(ToString::to_string)
+        .collect()
+}
+
+fn inline(pem: &str, secret: Option<&str>) -> Pem {
+    Pem::Inline {
+        secret: secret.map(str::to_owned),
+        pem: pem.into(),
+    }
+}
+
+#[test]
+fn an_upstream_tls_context_with_an_sds_ca_becomes_the_clusters_tls() {
+    let (ca, chain, key) = pki(&["up.example.com"]);
+    let mut ctx = upstream_tls_sds("up.example.com", "root-ca");
+    let common = ctx.common_tls_context.as_mut().unwrap();
+    common.alpn_protocols = vec!["h2".into()];
+    common.tls_certificates = vec![TlsCertificate {
+        certificate_chain: Some(inline_pem(&chain)),
+        private_key: Some(inline_pem(&key)),
+        ..Default::default()
+    }];
+    common.tls_params = Some(TlsParameters {
+        tls_minimum_protocol_version: TlsProtocol::TlSv12 as i32,
+        tls_maximum_protocol_version: TlsProtocol::TlSv13 as i32,
+        ..Default::default()
+    });
+    let mut r = tls_cluster(tls_socket(&ctx));
+    r.secrets
+        .insert("root-ca".into(), ca_secret("root-ca", &ca));
+    let a = assemble(&bootstrap(), &r).expect("valid");
+    let tls = a.config.clusters[0].tls.as_deref().expect("tls");
+    assert_eq!(tls.sni.as_deref(), Some("up.example.com"));
+    assert_eq!(tls.ca, inline(&ca, Some("root-ca")));
+    let client = tls.client_certificate.as_ref().expect("client certificate");
+    assert_eq!(client.cert_chain, inline(&chain, None));
+    assert_eq!(client.private_key, inline(&key, None));
+    assert_eq!(tls.alpn, ["h2"]);
+}
+
+#[test]
+fn an_inline_validation_context_gives_the_ca_and_the_exact_sans_to_verify() {
+    let (ca, _, _) = pki(&["x"]);
+    let ctx = UpstreamTlsContext {
+        common_tls_context: Some(CommonTlsContext {
+            validation_context_type: Some(ValidationContextType::ValidationContext(
+                CertificateValidationContext {
+                    trusted_ca: Some(inline_pem(&ca)),
+                    match_typed_subject_alt_names: vec![
+                        exact_dns("up.example.com"),
+                        SubjectAltNameMatcher {
+                            san_type: SanType::Uri as i32,
+                            ..exact_dns("spiffe://cluster.local/ns/default/sa/up")
+                        },
+                    ],
+                    ..Default::default()
+                },
+            )),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let a = assemble(&bootstrap(), &tls_cluster(tls_socket(&ctx))).expect("valid");
+    let tls = a.config.clusters[0].tls.as_deref().unwrap();
+    assert_eq!(tls.sni, None);
+    assert_eq!(tls.ca, inline(&ca, None));
+    assert_eq!(
+        tls.verify_subject_alt_names,
+        ["up.example.com", "spiffe://cluster.local/ns/default/sa/up"]
+    );
+    // A file stays a file (read and watched by the runtime).
+    let ctx = UpstreamTlsContext {
+        sni: "up.example.com".into(),
+        common_tls_context: Some(CommonTlsContext {
+            validation_context_type: Some(ValidationContextType::ValidationContext(
+                CertificateValidationContext {
+                    trusted_ca: Some(DataSource {
+                        specifier: Some(Specifier::Filename("/etc/ca.pem".into())),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                },
+            )),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let a = assemble(&bootstrap(), &tls_cluster(tls_socket(&ctx))).expect("valid");
+    let tls = a.config.clusters[0].tls.as_deref().unwrap();
+    assert_eq!(tls.ca, Pem::File("/etc/ca.pem".into()));
+}
+
+use envoy_types::pb::envoy::config::core::v3::{DataSource, data_source::Specifier};
+
+#[test]
+fn an_upstream_context_without_a_ca_is_refused_sluice_never_originates_unverified() {
+    let ctx = UpstreamTlsContext {
+        sni: "up.example.com".into(),
+        ..Default::default()
+    };
+    assert_eq!(
+        errors(&tls_cluster(tls_socket(&ctx))),
+        [
+            "cluster \"up\" transport_socket.typed_config.common_tls_context: no validation \
+             context with a trusted_ca: Sluice never originates TLS to an upstream it does not \
+             verify"
+        ]
+    );
+}
+
+#[test]
+fn unsupported_tls_fields_and_sockets_are_refused_by_path() {
+    let (ca, _, _) = pki(&["x"]);
+    let with_ca = |mut ctx: UpstreamTlsContext| {
+        ctx.common_tls_context
+            .get_or_insert_default()
+            .validation_context_type = Some(ValidationContextType::ValidationContext(
+            CertificateValidationContext {
+                trusted_ca: Some(inline_pem(&ca)),
+                ..Default::default()
+            },
+        ));
+        ctx.sni = "up.example.com".into();
+        ctx
+    };
+    let at = "cluster \"up\" transport_socket";
+    let renegotiate = with_ca(UpstreamTlsContext {
+        allow_renegotiation: true,
+        ..Default::default()
+    });
+    assert_eq!(
+        errors(&tls_cluster(tls_socket(&renegotiate))),
+        [format!(
+            "{at}.typed_config.allow_renegotiation: unsupported"
+        )]
+    );
+    let mut ciphers = with_ca(UpstreamTlsContext::default());
+    ciphers.common_tls_context.as_mut().unwrap().tls_params = Some(TlsParameters {
+        cipher_suites: vec!["AES128-SHA".into()],
+        ..Default::default()
+    });
+    assert_eq!(
+        errors(&tls_cluster(tls_socket(&ciphers))),
+        [format!(
+            "{at}.typed_config.common_tls_context.tls_params.cipher_suites: unsupported"
+        )]
+    );
+    let mut old = with_ca(UpstreamTlsContext::default());
+    old.common_tls_context.as_mut().unwrap().tls_params = Some(TlsParameters {
+        tls_minimum_protocol_version: TlsProtocol::TlSv10 as i32,
+        ..Default::default()
+    });
+    assert_eq!(
+        errors(&tls_cluster(tls_socket(&old))),
+        [format!(
+            "{at}.typed_config.common_tls_context.tls_params.tls_minimum_protocol_version: only \
+             TLS_AUTO, TLSv1_2 or TLSv1_3 (Sluice speaks TLS 1.2 and 1.3)"
+        )]
+    );
+    let mut prefix = with_ca(UpstreamTlsContext::default());
+    if let Some(ValidationContextType::ValidationContext(v)) = &mut prefix
+        .common_tls_context
+        .as_mut()
+        .unwrap()
+        .validation_context_type
+    {
+        v.match_typed_subject_alt_names = vec![SubjectAltNameMatcher {
+            matcher: Some(StringMatcher {
+                match_pattern: Some(MatchPattern::Prefix("up".into())),
+                ..Default::default()
+            }),
+            ..exact_dns("")
+        }];
+    }
+    assert_eq!(
+        errors(&tls_cluster(tls_socket(&prefix))),
+        [format!(
+            "{at}.typed_config.common_tls_context.validation_context.\
+             match_typed_subject_alt_names[0].matcher: unsupported (only a non-empty `exact` \
+             without ignore_case)"
+        )]
+    );
+    let raw = TransportSocket {
+        name: "envoy.transport_sockets.raw_buffer".into(),
+        config_type: None,
+    };
+    assert_eq!(
+        errors(&tls_cluster(raw)),
+        [format!(
+            "{at}: \"envoy.transport_sockets.raw_buffer\": unsupported (only \
+             envoy.transport_sockets.tls with a typed_config)"
+        )]
+    );
+    // A downstream context on a cluster is another type.
+    let wrong = tls_socket(&DownstreamTlsContext::default());
+    assert!(
+        errors(&tls_cluster(wrong))[0].contains("unsupported (only envoy.transport_sockets.tls: type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext)"),
+    );
+}
+
+#[test]
+fn a_downstream_context_with_an_sds_certificate_becomes_the_listeners_tls() {
+    let (ca, chain, key) = pki(&["in.example.com"]);
+    let mut ctx = downstream_tls_sds("server-cert");
+    ctx.require_client_certificate = Some(BoolValue { value: true });
+    let common = ctx.common_tls_context.as_mut().unwrap();
+    common.validation_context_type = Some(ValidationContextType::CombinedValidationContext(
+        CombinedCertificateValidationContext {
+            default_validation_context: Some(CertificateValidationContext {
+                match_typed_subject_alt_names: vec![SubjectAltNameMatcher {
+                    san_type: SanType::Uri as i32,
+                    ..exact_dns("spiffe://cluster.local/ns/default/sa/client")
+                }],
+                ..Default::default()
+            }),
+            validation_context_sds_secret_config: Some(sds("client-ca")),
+            ..Default::default()
+        },
+    ));
+    common.tls_params = Some(TlsParameters {
+        tls_minimum_protocol_version: TlsProtocol::TlSv13 as i32,
+        ..Default::default()
+    });
+    let mut r = tls_listener(tls_socket(&ctx));
+    r.secrets.insert(
+        "server-cert".into(),
+        certificate_secret("server-cert", &chain, &key),
+    );
+    r.secrets
+        .insert("client-ca".into(), ca_secret("client-ca", &ca));
+    let a = assemble(&bootstrap(), &r).expect("valid");
+    let tls = a.config.listeners[0].tls.as_deref().expect("tls");
+    assert_eq!(tls.certificates.len(), 1);
+    assert_eq!(
+        tls.certificates[0].cert_chain,
+        inline(&chain, Some("server-cert"))
+    );
+    assert_eq!(
+        tls.certificates[0].private_key,
+        inline(&key, Some("server-cert"))
+    );
+    assert_eq!(tls.client_ca, Some(inline(&ca, Some("client-ca"))));
+    assert!(tls.require_client_certificate);
+    assert_eq!(
+        tls.verify_subject_alt_names,
+        ["spiffe://cluster.local/ns/default/sa/client"]
+    );
+    assert_eq!(tls.min_version, TlsVersion::Tls13);
+
+    // Envoy's default: a client certificate is asked for, not required.
+    let mut ctx = downstream_tls_sds("server-cert");
+    ctx.common_tls_context
+        .as_mut()
+        .unwrap()
+        .validation_context_type = Some(ValidationContextType::ValidationContextSdsSecretConfig(
+        sds("client-ca"),
+    ));
+    r.listeners.get_mut("in").unwrap().filter_chains[0].transport_socket = Some(tls_socket(&ctx));
+    let a = assemble(&bootstrap(), &r).expect("valid");
+    let tls = a.config.listeners[0].tls.as_deref().unwrap();
+    assert!(tls.client_ca.is_some() && !tls.require_client_certificate);
+}
+
+#[test]
+fn secret_contents_never_appear_in_the_dump_or_debug_output() {
+    let (_, chain, key) = pki(&["in.example.com"]);
+    let mut r = tls_listener(tls_socket(&downstream_tls_sds("server-cert")));
+    r.secrets.insert(
+        "server-cert".into(),
+        certificate_secret("server-cert", &chain, &key),
+    );
+    let a = assemble(&bootstrap(), &r).expect("valid");
+    let dump = serde_json::to_string(&a.config.listeners[0]).unwrap();
+    let debug = format!("{:?}", a.config);
+    for text in [&dump, &debug] {
+        assert!(!text.contains("PRIVATE KEY"), "{text}");
+        assert!(!text.contains("BEGIN CERTIFICATE"), "{text}");
+    }
+    assert!(dump.contains("\"secret\":\"server-cert\""), "{dump}");
+    assert!(dump.contains("[redacted: "), "{dump}");
+}
+
+#[test]
+fn a_missing_wrong_or_unparsable_secret_is_refused_naming_it() {
+    let (ca, chain, key) = pki(&["in.example.com"]);
+    let mut r = tls_listener(tls_socket(&downstream_tls_sds("server-cert")));
+    assert_eq!(
+        errors(&r),
+        [
+            "listener \"in\" filter_chains[0].transport_socket.typed_config.common_tls_context.\
+             tls_certificate_sds_secret_configs[0]: secret \"server-cert\" not received"
+        ]
+    );
+    r.secrets
+        .insert("server-cert".into(), ca_secret("server-cert", &ca));
+    assert_eq!(
+        errors(&r),
+        ["secret \"server-cert\": is used as a certificate \
+             (tls_certificate_sds_secret_configs) but holds no tls_certificate"]
+    );
+    let garbage = "-----BEGIN PRIVATE KEY-----\nnot base64!\n-----END PRIVATE KEY-----\n";
+    r.secrets.insert(
+        "server-cert".into(),
+        certificate_secret("server-cert", &chain, garbage),
+    );
+    let e = errors(&r);
+    assert_eq!(e.len(), 1);
+    assert!(
+        e[0].starts_with("secret \"server-cert\" tls_certificate.private_key: not usable PEM: "),
+        "{e:?}"
+    );
+    assert!(!e[0].contains("not base64!"), "{e:?}");
+    // A certificate whose DER is not X.509.
+    let not_x509 = "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n";
+    r.secrets.insert(
+        "server-cert".into(),
+        certificate_secret("server-cert", not_x509, &key),
+    );
+    assert!(
+        errors(&r)[0].starts_with(
+            "secret \"server-cert\" tls_certificate.certificate_chain: not usable PEM: certificate 0"
+        ),
+        "{:?}",
+        errors(&r)
+    );
+    // Only over ADS.
+    let mut ctx = downstream_tls_sds("server-cert");
+    ctx.common_tls_context
+        .as_mut()
+        .unwrap()
+        .tls_certificate_sds_secret_configs[0]
+        .sds_config = None;
+    let r = tls_listener(tls_socket(&ctx));
+    assert!(errors(&r)[0].contains("sds_config: missing (secrets come over ADS"));
+}
+
+#[test]
+fn a_listener_without_a_certificate_or_with_a_requirement_it_cannot_check_is_refused() {
+    let ctx = DownstreamTlsContext::default();
+    assert_eq!(
+        errors(&tls_listener(tls_socket(&ctx))),
+        [
+            "listener \"in\" filter_chains[0].transport_socket.typed_config.common_tls_context: \
+             no certificate (tls_certificates or tls_certificate_sds_secret_configs)"
+        ]
+    );
+    let (_, chain, key) = pki(&["in.example.com"]);
+    let mut ctx = downstream_tls_sds("c");
+    ctx.require_client_certificate = Some(BoolValue { value: true });
+    let mut r = tls_listener(tls_socket(&ctx));
+    r.secrets
+        .insert("c".into(), certificate_secret("c", &chain, &key));
+    assert_eq!(
+        errors(&r),
+        [
+            "listener \"in\" filter_chains[0].transport_socket.typed_config.\
+             require_client_certificate: set without a validation context (trusted_ca) to \
+             verify clients with"
+        ]
+    );
+}
+
+#[test]
+fn the_secrets_named_by_clusters_and_listeners_are_what_sds_subscribes_to() {
+    let mut r = tls_listener(tls_socket(&downstream_tls_sds("server-cert")));
+    r.clusters.get_mut("up").unwrap().transport_socket =
+        Some(tls_socket(&upstream_tls_sds("up.example.com", "root-ca")));
+    let names: Vec<String> = sds_names(r.clusters.values(), r.listeners.values())
+        .into_iter()
+        .collect();
+    assert_eq!(names, ["root-ca", "server-cert"]);
+}
+
+/// Listener `sni` on 127.0.0.1:9443 with these filter chains: (server names, cluster).
+pub(crate) fn sni_listener(chains: &[(&[&str], &str)]) -> Resources {
+    use envoy_types::pb::envoy::config::listener::v3::{FilterChainMatch, ListenerFilter};
+    let mut r = Resources::default();
+    let mut l = tcp_listener("sni", "127.0.0.1", 9443, "x");
+    l.filter_chains = chains
+        .iter()
+        .map(|(names, cluster)| {
+            let mut c = tcp_listener("sni", "127.0.0.1", 9443, cluster).filter_chains[0].clone();
+            if !names.is_empty() {
+                c.filter_chain_match = Some(FilterChainMatch {
+                    server_names: names.iter().map(|n| (*n).to_owned()).collect(),
+                    transport_protocol: "tls".into(),
+                    ..Default::default()
+                });
+            }
+            r.clusters.insert(
+                (*cluster).to_owned(),
+                static_cluster(
+                    cluster,
+                    &[("127.0.0.1", 8443, HealthStatus::Healthy as i32)],
+                ),
+            );
+            c
+        })
+        .collect();
+    l.listener_filters = vec![ListenerFilter {
+        name: "envoy.filters.listener.tls_inspector".into(),
+        ..Default::default()
+    }];
+    l.listener_filters_timeout = Some(envoy_types::pb::google::protobuf::Duration {
+        seconds: 5,
+        nanos: 0,
+    });
+    r.listeners.insert("sni".into(), l);
+    r
+}
+
+#[test]
+fn filter_chains_by_server_name_become_tls_passthrough_routes() {
+    let r = sni_listener(&[
+        (&["api.example.com", "*.api.example.com"], "api"),
+        (&[], "fallback"),
+        (&["*.example.com"], "web"),
+    ]);
+    let a = assemble(&bootstrap(), &r).expect("valid");
+    let sluice_core::config::ListenerFilter::TcpProxy(tcp) = &a.config.listeners[0].filter else {
+        panic!("a tcp_proxy: {:?}", a.config.listeners[0].filter)
+    };
+    assert_eq!(tcp.cluster, "fallback");
+    assert_eq!(tcp.client_hello_timeout, std::time::Duration::from_secs(5));
+    let routes: Vec<(Vec<&str>, &str)> = tcp
+        .sni_routes
+        .iter()
+        .map(|r| {
+            (
+                r.server_names.iter().map(String::as_str).collect(),
+                r.cluster.as_str(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        routes,
+        [
+            (vec!["api.example.com", "*.api.example.com"], "api"),
+            (vec!["*.example.com"], "web"),
+        ]
+    );
+    // The route's choice: exact, then the longest wildcard, else the fallback.
+    let pick = |name| {
+        let (i, _) = tcp.cluster_for_server_name(Some(name));
+        a.config.clusters[i].name.clone()
+    };
+    assert_eq!(pick("api.example.com"), "api");
+    assert_eq!(pick("v1.api.example.com"), "api");
+    assert_eq!(pick("www.example.com"), "web");
+    assert_eq!(pick("other.org"), "fallback");
+}
+
+#[test]
+fn filter_chains_sluice_cannot_choose_between_are_refused() {
+    // No chain for the rest: Envoy closes such connections, Sluice would need a cluster.
+    let r = sni_listener(&[(&["a.example.com"], "a"), (&["b.example.com"], "b")]);
+    assert_eq!(
+        errors(&r),
+        [
+            "listener \"sni\" filter_chains: no filter chain without filter_chain_match: Sluice \
+             sends a connection that names no listed server (or is not TLS) to that chain's \
+             cluster, where Envoy would close it"
+        ]
+    );
+    // A chain that terminates TLS.
+    let mut r = sni_listener(&[(&["a.example.com"], "a"), (&[], "b")]);
+    r.listeners.get_mut("sni").unwrap().filter_chains[0].transport_socket =
+        Some(tls_socket(&downstream_tls_sds("c")));
+    assert!(
+        errors(&r)[0].starts_with(
+            "listener \"sni\" filter_chains[0].transport_socket: unsupported on one of several \
+             filter chains"
+        ),
+        "{:?}",
+        errors(&r)
+    );
+    // Chains by ALPN or port.
+    let mut r = sni_listener(&[(&["a.example.com"], "a"), (&[], "b")]);
+    r.listeners.get_mut("sni").unwrap().filter_chains[0]
+        .filter_chain_match
+        .as_mut()
+        .unwrap()
+        .application_protocols = vec!["h2".into()];
+    assert_eq!(
+        errors(&r),
+        ["listener \"sni\" filter_chains[0].filter_chain_match.application_protocols: unsupported"]
+    );
+    // Another listener filter.
+    let mut r = sni_listener(&[(&["a.example.com"], "a"), (&[], "b")]);
+    r.listeners.get_mut("sni").unwrap().listener_filters[0].name =
+        "envoy.filters.listener.http_inspector".into();
+    assert!(
+        errors(&r)[0].starts_with(
+            "listener \"sni\" listener_filters[0] (envoy.filters.listener.http_inspector): \
+             unsupported"
+        ),
+        "{:?}",
+        errors(&r)
+    );
+}

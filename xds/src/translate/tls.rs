@@ -1,0 +1,553 @@
+//! TLS transport sockets (`envoy.transport_sockets.tls`) and SDS secrets → a cluster's or a
+//! listener's `tls`.
+//!
+//! Mapped, on a Cluster (`UpstreamTlsContext` → `clusters[].tls`): `sni`;
+//! `common_tls_context.tls_certificates` (one: the client certificate) or
+//! `tls_certificate_sds_secret_configs`; the validation context — inline `validation_context`,
+//! `validation_context_sds_secret_config`, or `combined_validation_context` (its
+//! `default_validation_context` merged with the SDS one, as Istio sends) — whose `trusted_ca`
+//! becomes `ca` and whose exact DNS / URI SAN matchers (`match_typed_subject_alt_names`,
+//! `match_subject_alt_names`) become `verify_subject_alt_names`; `alpn_protocols`; `tls_params`
+//! versions within TLS 1.2–1.3. No CA is refused: Sluice never originates TLS to an unverified
+//! upstream.
+//!
+//! On a filter chain (`DownstreamTlsContext` → `listeners[].tls`): the certificates (inline or
+//! SDS; several are chosen by SNI as in a file config), `require_client_certificate` (Envoy's
+//! default, `false`, is written out: the file's default is `true`), the validation context →
+//! `client_ca` and `verify_subject_alt_names`, `alpn_protocols`, `tls_params` minimum version.
+//!
+//! PEM: a `filename` stays a file (read, checked and watched by the runtime); inline bytes or
+//! strings and SDS secrets become inline PEM (`{ inline, secret }`), parsed here so that a
+//! secret that does not parse is refused naming the secret ([`ResourceType::Secret`]); its
+//! bytes never appear in a message.
+//!
+//! SDS: only over ADS (`sds_config: { ads: {} }`); a secret not received yet is an error the
+//! warming rule waits on ([`sds_names`] says which secrets a set of resources needs).
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use envoy_types::pb::envoy::config::core::v3::{
+    DataSource, TransportSocket, data_source::Specifier, transport_socket::ConfigType,
+};
+use envoy_types::pb::envoy::config::listener::v3::Listener;
+use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{
+    CertificateValidationContext, CommonTlsContext, DownstreamTlsContext, SdsSecretConfig, Secret,
+    SubjectAltNameMatcher, TlsCertificate, TlsParameters, UpstreamTlsContext,
+    common_tls_context::ValidationContextType, secret, subject_alt_name_matcher::SanType,
+    tls_parameters::TlsProtocol,
+};
+use envoy_types::pb::envoy::r#type::matcher::v3::{StringMatcher, string_matcher::MatchPattern};
+use prost::{Message, Name};
+use serde_json::{Map, Value, json};
+use sluice_core::tls::pem::{describe, parse_certificates, parse_chain, parse_key};
+
+use super::cluster::config_source;
+use super::{At, Notes, ResourceType, TranslateError, reject_rest, take, unpack};
+
+/// The transport socket name of TLS.
+pub const TLS_TRANSPORT_SOCKET: &str = "envoy.transport_sockets.tls";
+
+/// Which side a TLS context is for.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Side {
+    Upstream,
+    Downstream,
+}
+
+/// A cluster's `transport_socket` → its `tls` value.
+pub(crate) fn upstream_tls(
+    ts: &TransportSocket,
+    at: &At<'_>,
+    secrets: &BTreeMap<String, Secret>,
+    notes: &mut Notes,
+) -> Result<Value, TranslateError> {
+    let any = tls_any(ts, at, UpstreamTlsContext::type_url())?;
+    let t_at = at.field("typed_config");
+    let mut u: UpstreamTlsContext = unpack(any, &t_at)?;
+    let sni = take(&mut u.sni);
+    // A client-side limit of the session cache: no behaviour to keep.
+    if take(&mut u.max_session_keys).is_some() {
+        t_at.note(notes, "max_session_keys");
+    }
+    let common = take(&mut u.common_tls_context).unwrap_or_default();
+    reject_rest(&u, &t_at)?;
+    let c = common_context(
+        common,
+        &t_at.field("common_tls_context"),
+        secrets,
+        Side::Upstream,
+    )?;
+    let Some(ca) = c.ca else {
+        return Err(t_at.field("common_tls_context").error(
+            "no validation context with a trusted_ca: Sluice never originates TLS to an \
+             upstream it does not verify",
+        ));
+    };
+    if c.certificates.len() > 1 {
+        return Err(t_at
+            .field("common_tls_context.tls_certificates")
+            .error("at most one client certificate"));
+    }
+    if sni.is_empty() && c.sans.is_empty() {
+        return Err(t_at.error(
+            "give `sni` or subject alt name matchers: the identity the upstream's certificate \
+             must prove",
+        ));
+    }
+    let mut m = Map::new();
+    if !sni.is_empty() {
+        m.insert("sni".to_owned(), json!(sni));
+    }
+    m.insert("ca".to_owned(), ca);
+    if let Some((chain, key)) = c.certificates.into_iter().next() {
+        m.insert("cert_chain".to_owned(), chain);
+        m.insert("private_key".to_owned(), key);
+    }
+    if !c.sans.is_empty() {
+        m.insert("verify_subject_alt_names".to_owned(), json!(c.sans));
+    }
+    if !c.alpn.is_empty() {
+        m.insert("alpn".to_owned(), json!(c.alpn));
+    }
+    Ok(Value::Object(m))
+}
+
+/// A filter chain's `transport_socket` → its listener's `tls` value.
+pub(crate) fn downstream_tls(
+    ts: &TransportSocket,
+    at: &At<'_>,
+    secrets: &BTreeMap<String, Secret>,
+    notes: &mut Notes,
+) -> Result<Value, TranslateError> {
+    let any = tls_any(ts, at, DownstreamTlsContext::type_url())?;
+    let t_at = at.field("typed_config");
+    let mut d: DownstreamTlsContext = unpack(any, &t_at)?;
+    let require = take(&mut d.require_client_certificate).map(|b| b.value);
+    // Session resumption is Sluice's own (cache and tickets): these only tune it.
+    for (set, field) in [
+        (take(&mut d.session_timeout).is_some(), "session_timeout"),
+        (
+            take(&mut d.disable_stateful_session_resumption),
+            "disable_stateful_session_resumption",
+        ),
+    ] {
+        if set {
+            t_at.note(notes, field);
+        }
+    }
+    let common = take(&mut d.common_tls_context).unwrap_or_default();
+    reject_rest(&d, &t_at)?;
+    let c_at = t_at.field("common_tls_context");
+    let c = common_context(common, &c_at, secrets, Side::Downstream)?;
+    if c.certificates.is_empty() {
+        return Err(
+            c_at.error("no certificate (tls_certificates or tls_certificate_sds_secret_configs)")
+        );
+    }
+    let mut m = Map::new();
+    m.insert(
+        "certificates".to_owned(),
+        Value::Array(
+            c.certificates
+                .into_iter()
+                .map(|(chain, key)| json!({ "cert_chain": chain, "private_key": key }))
+                .collect(),
+        ),
+    );
+    match c.ca {
+        Some(ca) => {
+            m.insert("client_ca".to_owned(), ca);
+            // Envoy's default is not to require one; the file's is to require it.
+            m.insert(
+                "require_client_certificate".to_owned(),
+                json!(require.unwrap_or(false)),
+            );
+            if !c.sans.is_empty() {
+                m.insert("verify_subject_alt_names".to_owned(), json!(c.sans));
+            }
+        }
+        None if require == Some(true) => {
+            return Err(t_at
+                .field("require_client_certificate")
+                .error("set without a validation context (trusted_ca) to verify clients with"));
+        }
+        None if !c.sans.is_empty() => {
+            return Err(c_at.error("subject alt name matchers without a trusted_ca"));
+        }
+        None => {}
+    }
+    if !c.alpn.is_empty() {
+        m.insert("alpn".to_owned(), json!(c.alpn));
+    }
+    if let Some(v) = c.min_version {
+        m.insert("min_version".to_owned(), json!(v));
+    }
+    Ok(Value::Object(m))
+}
+
+/// The `Any` of a TLS transport socket, refusing any other socket.
+fn tls_any<'t>(
+    ts: &'t TransportSocket,
+    at: &At<'_>,
+    type_url: String,
+) -> Result<&'t envoy_types::pb::google::protobuf::Any, TranslateError> {
+    let any = match &ts.config_type {
+        Some(ConfigType::TypedConfig(any)) => any,
+        None => {
+            return Err(at.error(format!(
+                "{:?}: unsupported (only {TLS_TRANSPORT_SOCKET} with a typed_config)",
+                ts.name
+            )));
+        }
+    };
+    if any.type_url != type_url {
+        return Err(at.error(format!(
+            "{:?} ({}): unsupported (only {TLS_TRANSPORT_SOCKET}: {type_url})",
+            ts.name, any.type_url
+        )));
+    }
+    Ok(any)
+}
+
+/// What a `CommonTlsContext` gives.
+struct Common {
+    /// (cert_chain, private_key) PEM values.
+    certificates: Vec<(Value, Value)>,
+    ca: Option<Value>,
+    sans: Vec<String>,
+    alpn: Vec<String>,
+    min_version: Option<&'static str>,
+}
+
+fn common_context(
+    mut c: CommonTlsContext,
+    at: &At<'_>,
+    secrets: &BTreeMap<String, Secret>,
+    side: Side,
+) -> Result<Common, TranslateError> {
+    let alpn = take(&mut c.alpn_protocols);
+    let min_version = match take(&mut c.tls_params) {
+        Some(p) => tls_params(p, &at.field("tls_params"), side)?,
+        None => None,
+    };
+    let mut certificates = Vec::new();
+    for (i, cert) in take(&mut c.tls_certificates).into_iter().enumerate() {
+        certificates.push(certificate(
+            cert,
+            &at.field("tls_certificates").index(i),
+            None,
+        )?);
+    }
+    for (i, sds) in take(&mut c.tls_certificate_sds_secret_configs)
+        .into_iter()
+        .enumerate()
+    {
+        let s_at = at.field("tls_certificate_sds_secret_configs").index(i);
+        let (name, secret) = sds_secret(sds, &s_at, secrets)?;
+        let s_at = At::root(ResourceType::Secret, &name);
+        match secret {
+            Some(secret::Type::TlsCertificate(cert)) => {
+                certificates.push(certificate(
+                    cert,
+                    &s_at.field("tls_certificate"),
+                    Some(&name),
+                )?);
+            }
+            _ => {
+                return Err(s_at.error(
+                    "is used as a certificate (tls_certificate_sds_secret_configs) but holds no \
+                     tls_certificate",
+                ));
+            }
+        }
+    }
+    let (mut ca, mut sans) = (None, Vec::new());
+    match take(&mut c.validation_context_type) {
+        None => {}
+        Some(ValidationContextType::ValidationContext(v)) => {
+            (ca, sans) = validation(v, &at.field("validation_context"), None)?;
+        }
+        Some(ValidationContextType::ValidationContextSdsSecretConfig(sds)) => {
+            (ca, sans) = sds_validation(
+                sds,
+                &at.field("validation_context_sds_secret_config"),
+                secrets,
+            )?;
+        }
+        Some(ValidationContextType::CombinedValidationContext(mut combined)) => {
+            let c_at = at.field("combined_validation_context");
+            if let Some(default) = take(&mut combined.default_validation_context) {
+                (ca, sans) = validation(default, &c_at.field("default_validation_context"), None)?;
+            }
+            if let Some(sds) = take(&mut combined.validation_context_sds_secret_config) {
+                let (sds_ca, sds_sans) = sds_validation(
+                    sds,
+                    &c_at.field("validation_context_sds_secret_config"),
+                    secrets,
+                )?;
+                if sds_ca.is_some() {
+                    if ca.is_some() {
+                        return Err(c_at.error(
+                            "trusted_ca in both the default and the SDS validation context",
+                        ));
+                    }
+                    ca = sds_ca;
+                }
+                sans.extend(sds_sans);
+            }
+            reject_rest(&combined, &c_at)?;
+        }
+        Some(_) => return Err(at.field("validation_context_type").unsupported()),
+    }
+    reject_rest(&c, at)?;
+    // The default and the SDS context may both list a SAN: once each, in order.
+    let mut seen = BTreeSet::new();
+    sans.retain(|s| seen.insert(s.clone()));
+    Ok(Common {
+        certificates,
+        ca,
+        sans,
+        alpn,
+        min_version,
+    })
+}
+
+/// Only TLS 1.2 and 1.3 exist here (rustls); no cipher, curve or algorithm lists.
+fn tls_params(
+    mut p: TlsParameters,
+    at: &At<'_>,
+    side: Side,
+) -> Result<Option<&'static str>, TranslateError> {
+    let min = TlsProtocol::try_from(take(&mut p.tls_minimum_protocol_version));
+    let max = TlsProtocol::try_from(take(&mut p.tls_maximum_protocol_version));
+    reject_rest(&p, at)?;
+    match max {
+        Ok(TlsProtocol::TlsAuto | TlsProtocol::TlSv13) => {}
+        _ => {
+            return Err(at
+                .field("tls_maximum_protocol_version")
+                .error("only TLS_AUTO or TLSv1_3 (Sluice speaks TLS 1.2 and 1.3)"));
+        }
+    }
+    let min_at = at.field("tls_minimum_protocol_version");
+    match (min, side) {
+        (Ok(TlsProtocol::TlsAuto | TlsProtocol::TlSv12), _) => Ok(None),
+        (Ok(TlsProtocol::TlSv13), Side::Downstream) => Ok(Some("1.3")),
+        (Ok(TlsProtocol::TlSv13), Side::Upstream) => {
+            Err(min_at.error("TLSv1_3 is unsupported on a cluster (it offers TLS 1.2 and 1.3)"))
+        }
+        _ => Err(min_at.error("only TLS_AUTO, TLSv1_2 or TLSv1_3 (Sluice speaks TLS 1.2 and 1.3)")),
+    }
+}
+
+/// A certificate and its key as PEM values, parsed (`secret`: the SDS secret it is from).
+fn certificate(
+    mut t: TlsCertificate,
+    at: &At<'_>,
+    secret: Option<&str>,
+) -> Result<(Value, Value), TranslateError> {
+    let chain = take(&mut t.certificate_chain);
+    let key = take(&mut t.private_key);
+    reject_rest(&t, at)?;
+    let c_at = at.field("certificate_chain");
+    let chain = pem(chain.as_ref(), &c_at, secret, |b| {
+        certificates(parse_chain(b))
+    })?;
+    let k_at = at.field("private_key");
+    let key = pem(key.as_ref(), &k_at, secret, |b| parse_key(b).map(drop))?;
+    Ok((chain, key))
+}
+
+/// Every certificate of a parsed PEM is an X.509 certificate.
+fn certificates<D: AsRef<[u8]>>(parsed: Result<Vec<D>, String>) -> Result<(), String> {
+    for (i, der) in parsed?.iter().enumerate() {
+        describe(der.as_ref()).map_err(|e| format!("certificate {i}: {e}"))?;
+    }
+    Ok(())
+}
+
+/// A `DataSource` of PEM → a file path or `{ inline, secret }`, inline PEM checked by `parse`.
+fn pem(
+    source: Option<&DataSource>,
+    at: &At<'_>,
+    secret: Option<&str>,
+    parse: impl Fn(&[u8]) -> Result<(), String>,
+) -> Result<Value, TranslateError> {
+    let Some(source) = source else {
+        return Err(at.error("missing"));
+    };
+    let mut rest = source.clone();
+    let spec = take(&mut rest.specifier);
+    reject_rest(&rest, at)?;
+    let bytes = match spec {
+        Some(Specifier::Filename(f)) if !f.is_empty() => return Ok(json!(f)),
+        Some(Specifier::InlineBytes(b)) => b,
+        Some(Specifier::InlineString(s)) => s.into_bytes(),
+        Some(Specifier::EnvironmentVariable(_)) => {
+            return Err(at.field("environment_variable").unsupported());
+        }
+        _ => return Err(at.error("missing (filename, inline_bytes or inline_string)")),
+    };
+    // Never the bytes in a message: the parser's errors name what is wrong, not the content.
+    let text = String::from_utf8(bytes).map_err(|_| at.error("not PEM (not UTF-8 text)"))?;
+    parse(text.as_bytes()).map_err(|e| at.error(format!("not usable PEM: {e}")))?;
+    let mut m = Map::new();
+    m.insert("inline".to_owned(), Value::String(text));
+    if let Some(name) = secret {
+        m.insert("secret".to_owned(), json!(name));
+    }
+    Ok(Value::Object(m))
+}
+
+/// A validation context → (`ca` PEM value, SANs).
+fn validation(
+    mut v: CertificateValidationContext,
+    at: &At<'_>,
+    secret: Option<&str>,
+) -> Result<(Option<Value>, Vec<String>), TranslateError> {
+    let ca = take(&mut v.trusted_ca);
+    let typed = take(&mut v.match_typed_subject_alt_names);
+    #[allow(deprecated)]
+    let plain = take(&mut v.match_subject_alt_names);
+    reject_rest(&v, at)?;
+    let ca = ca
+        .map(|ca| {
+            pem(Some(&ca), &at.field("trusted_ca"), secret, |b| {
+                certificates(parse_certificates(b))
+            })
+        })
+        .transpose()?;
+    let mut sans = Vec::new();
+    for (i, m) in typed.iter().enumerate() {
+        sans.push(typed_san(
+            m,
+            &at.field("match_typed_subject_alt_names").index(i),
+        )?);
+    }
+    for (i, m) in plain.iter().enumerate() {
+        sans.push(exact(m, &at.field("match_subject_alt_names").index(i))?);
+    }
+    Ok((ca, sans))
+}
+
+fn typed_san(m: &SubjectAltNameMatcher, at: &At<'_>) -> Result<String, TranslateError> {
+    match SanType::try_from(m.san_type) {
+        Ok(SanType::Dns | SanType::Uri) => {}
+        _ => {
+            return Err(at
+                .field("san_type")
+                .error("only DNS and URI subject alt names are matched"));
+        }
+    }
+    if !m.oid.is_empty() {
+        return Err(at.field("oid").unsupported());
+    }
+    let Some(matcher) = &m.matcher else {
+        return Err(at.field("matcher").error("missing"));
+    };
+    exact(matcher, &at.field("matcher"))
+}
+
+/// Only exact, case-sensitive matchers (DNS names are compared without case anyway).
+fn exact(m: &StringMatcher, at: &At<'_>) -> Result<String, TranslateError> {
+    match (&m.match_pattern, m.ignore_case) {
+        (Some(MatchPattern::Exact(s)), false) if !s.is_empty() => Ok(s.clone()),
+        _ => Err(at.error("unsupported (only a non-empty `exact` without ignore_case)")),
+    }
+}
+
+/// An SDS secret reference: its name and, when received, its content. Over ADS only.
+fn sds_secret(
+    mut sds: SdsSecretConfig,
+    at: &At<'_>,
+    secrets: &BTreeMap<String, Secret>,
+) -> Result<(String, Option<secret::Type>), TranslateError> {
+    let name = take(&mut sds.name);
+    match take(&mut sds.sds_config) {
+        Some(source) => config_source(&source, &at.field("sds_config"))?,
+        None => {
+            return Err(at.field("sds_config").error(
+                "missing (secrets come over ADS: `sds_config: { ads: {} }`; static secrets \
+                 are not supported)",
+            ));
+        }
+    }
+    reject_rest(&sds, at)?;
+    if name.is_empty() {
+        return Err(at.field("name").error("missing"));
+    }
+    let Some(secret) = secrets.get(&name) else {
+        return Err(at.error(format!("secret {name:?} not received")));
+    };
+    Ok((name, secret.r#type.clone()))
+}
+
+fn sds_validation(
+    sds: SdsSecretConfig,
+    at: &At<'_>,
+    secrets: &BTreeMap<String, Secret>,
+) -> Result<(Option<Value>, Vec<String>), TranslateError> {
+    let (name, secret) = sds_secret(sds, at, secrets)?;
+    let s_at = At::root(ResourceType::Secret, &name);
+    match secret {
+        Some(secret::Type::ValidationContext(v)) => {
+            validation(v, &s_at.field("validation_context"), Some(&name))
+        }
+        _ => Err(s_at.error("is used as a validation context but holds no validation_context")),
+    }
+}
+
+/// Every SDS secret name the clusters' and listeners' TLS contexts refer to (what to subscribe
+/// to, and what warming waits for). Undecodable contexts name nothing (translation refuses
+/// them).
+#[must_use]
+pub fn sds_names<'a>(
+    clusters: impl IntoIterator<Item = &'a envoy_types::pb::envoy::config::cluster::v3::Cluster>,
+    listeners: impl IntoIterator<Item = &'a Listener>,
+) -> BTreeSet<String> {
+    let mut out = BTreeSet::new();
+    let mut from_common = |c: &CommonTlsContext| {
+        for s in &c.tls_certificate_sds_secret_configs {
+            out.insert(s.name.clone());
+        }
+        match &c.validation_context_type {
+            Some(ValidationContextType::ValidationContextSdsSecretConfig(s)) => {
+                out.insert(s.name.clone());
+            }
+            Some(ValidationContextType::CombinedValidationContext(c)) => {
+                if let Some(s) = &c.validation_context_sds_secret_config {
+                    out.insert(s.name.clone());
+                }
+            }
+            _ => {}
+        }
+    };
+    for c in clusters {
+        if let Some(TransportSocket {
+            config_type: Some(ConfigType::TypedConfig(any)),
+            ..
+        }) = &c.transport_socket
+            && any.type_url == UpstreamTlsContext::type_url()
+            && let Ok(u) = UpstreamTlsContext::decode(any.value.as_slice())
+            && let Some(common) = &u.common_tls_context
+        {
+            from_common(common);
+        }
+    }
+    for l in listeners {
+        for chain in &l.filter_chains {
+            if let Some(TransportSocket {
+                config_type: Some(ConfigType::TypedConfig(any)),
+                ..
+            }) = &chain.transport_socket
+                && any.type_url == DownstreamTlsContext::type_url()
+                && let Ok(d) = DownstreamTlsContext::decode(any.value.as_slice())
+                && let Some(common) = &d.common_tls_context
+            {
+                from_common(common);
+            }
+        }
+    }
+    out.remove("");
+    out
+}
