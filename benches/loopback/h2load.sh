@@ -10,8 +10,8 @@
 #         grpc-status: 0. Each proxy is first probed with one call whose whole answer is checked
 #         (`grpc-echo probe`: status, content-type, body, trailers);
 #   idle  memory per idle HTTP/2 connection: h2_idle.py holds N h2c connections open and idle
-#         (preface and SETTINGS exchanged), then N more that each made one request first, and
-#         reports (RSS held − RSS before) / N of the proxy (Sluice's process, nginx's worker).
+#         (preface and SETTINGS exchanged), then, against a fresh proxy, N that each made one
+#         request first, and reports (RSS held − RSS before) / N of the proxy (Sluice's process, nginx's worker).
 #
 # For h2c and grpc each run is: a warm-up (not counted), the measured run at saturation
 # (`h2load -n … -c … -m 10`: requests per proxy CPU-second, user/system split, p50/p99 from
@@ -33,8 +33,9 @@
 #     --out DIR           keep configs, logs and results there (default: a temporary directory)
 #     --ports BASE        six ports from BASE on 127.0.0.1 (default 18080): nginx backend +0,
 #                         Sluice h2c +1, nginx h2c +2, grpc-echo +3, Sluice gRPC +4, nginx gRPC +5
-#     --smoke             seconds, not minutes: 1 run, small counts, a debug build is fine;
-#                         checks the whole script, measures nothing
+#     --smoke             seconds, not minutes: 1 run, small counts; checks the whole script,
+#                         measures nothing (without --sluice/--grpc-echo, the debug binaries
+#                         when there are no release ones)
 #
 # Prints one line per run, then a summary table (also in DIR/summary.md with --out).
 set -euo pipefail
@@ -61,6 +62,10 @@ while (($#)); do
 done
 ((${#pos[@]} > 0)) && sluice=${pos[0]}
 ((${#pos[@]} > 1)) && runs=${pos[1]}
+if ((smoke)); then
+  [ "$sluice" = target/release/sluice ] && [ ! -x "$sluice" ] && sluice=target/debug/sluice
+  [ "$grpc_echo" = target/release/grpc-echo ] && [ ! -x "$grpc_echo" ] && grpc_echo=target/debug/grpc-echo
+fi
 # Load sizes: requests of the measured run, warm-up, fixed-rate run seconds.
 n_h2c=600000 n_grpc=400000 warm=50000 rate_secs=10
 if ((smoke)); then
