@@ -91,7 +91,7 @@ use sluice_core::http1::{
 use sluice_core::http2::{is_connection_specific, request_fields};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-use crate::stats::{WorkerStats, bump, gauge_add};
+use crate::stats::{PoolGauge, WorkerStats, bump, gauge_add};
 
 /// Streams queued on a new connection before the peer's first SETTINGS say how many may be
 /// open (RFC 9113 §6.5.2 recommends a limit of at least 100); `h2` opens none of them before.
@@ -138,6 +138,10 @@ pub(crate) struct H2Conn {
     ping_unanswered: Rc<Cell<bool>>,
     /// When its last stream ended (for the idle timeout).
     idle_since: Cell<Instant>,
+    /// Its cluster and host (`None`: an `original_dst` destination), whose pool gauges count
+    /// it and its streams.
+    cluster: usize,
+    host: Option<usize>,
 }
 
 impl H2Conn {
@@ -483,14 +487,18 @@ impl H2Pool {
     }
 }
 
-/// Starts HTTP/2 on a new upstream connection (`io` holds the connection's accounting: its
-/// host's `cx_active` and its `max_connections` unit, given back when the connection closes)
-/// and spawns the task that drives it. Must run inside the worker's `LocalSet`.
+/// Starts HTTP/2 on a new upstream connection to `peer` of cluster `cluster` (`io` holds the
+/// connection's accounting: its host's `cx_active` and its `max_connections` unit, given back
+/// when the connection closes) and spawns the task that drives it; the connection counts in
+/// its cluster's and host's [`PoolGauge::Http2Connections`] while that task runs. Must run
+/// inside the worker's `LocalSet`.
 pub(crate) async fn handshake<S>(
     io: S,
     stats: &Arc<WorkerStats>,
     now: Instant,
     keepalive: Option<Http2Keepalive>,
+    cluster: usize,
+    peer: Peer,
 ) -> io::Result<Rc<H2Conn>>
 where
     S: AsyncRead + AsyncWrite + Unpin + 'static,
@@ -505,7 +513,12 @@ where
     let ping_unanswered = Rc::new(Cell::new(false));
     let hung = ping_unanswered.clone();
     let task_stats = stats.clone();
+    let host = match peer {
+        Peer::Host(h) => Some(h),
+        Peer::Destination(_) => None,
+    };
     gauge_add(&stats.http2_upstream_cx_active, true);
+    stats.pool_gauge_add(cluster, host, PoolGauge::Http2Connections, 1);
     let pings = keepalive.and_then(|k| Some((k, connection.ping_pong()?)));
     tokio::task::spawn_local(async move {
         let ended = match pings {
@@ -521,6 +534,7 @@ where
         drop(connection);
         done.set(true);
         gauge_add(&task_stats.http2_upstream_cx_active, false);
+        task_stats.pool_gauge_add(cluster, host, PoolGauge::Http2Connections, -1);
     });
     Ok(Rc::new(H2Conn {
         send,
@@ -529,6 +543,8 @@ where
         going_away: Cell::new(false),
         ping_unanswered,
         idle_since: Cell::new(now),
+        cluster,
+        host,
     }))
 }
 
@@ -663,6 +679,7 @@ impl H2Upstream {
         }
         bump(&stats.http2_upstream_streams_total, 1);
         gauge_add(&stats.http2_upstream_streams_active, true);
+        stats.pool_gauge_add(conn.cluster, conn.host, PoolGauge::Http2Streams, 1);
         H2Upstream {
             conn,
             stats: stats.clone(),
@@ -1102,6 +1119,12 @@ impl Drop for H2Upstream {
             bump(&self.stats.http2_upstream_tx_reset, 1);
         }
         gauge_add(&self.stats.http2_upstream_streams_active, false);
+        self.stats.pool_gauge_add(
+            self.conn.cluster,
+            self.conn.host,
+            PoolGauge::Http2Streams,
+            -1,
+        );
         let left = self.conn.streams.get() - 1;
         self.conn.streams.set(left);
         if left == 0 {
@@ -1132,7 +1155,9 @@ mod tests {
             };
             while let Some(Ok(_)) = conn.accept().await {}
         });
-        handshake(client, stats, idle_since, None).await.unwrap()
+        handshake(client, stats, idle_since, None, 0, Peer::Host(0))
+            .await
+            .unwrap()
     }
 
     fn stats() -> Arc<WorkerStats> {

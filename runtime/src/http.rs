@@ -2085,6 +2085,8 @@ impl<N: Network> Engine<N> {
                 &self.stats,
                 now(),
                 self.config.clusters[ci].http2_keepalive,
+                ci,
+                peer,
             ) => r,
             () = tokio::time::sleep_until(timer) => return None,
         };

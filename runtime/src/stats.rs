@@ -725,6 +725,28 @@ counters! {
                 "Upstream connections to the host open now (idle pooled ones included).",
             )
             .stats("cx_active");
+        /// HTTP/1.1 connections to the host idle in this worker's keep-alive pool (a gauge).
+        http1_cx_idle: AtomicU64, gauge
+            => Metric::gauge(
+                "sluice_upstream_host_http1_cx_idle",
+                "HTTP/1.1 connections to the host idle in the keep-alive pools now (summed over workers).",
+            )
+            .stats("http1_cx_idle");
+        /// HTTP/2 connections to the host open now, from their handshake until they close
+        /// (pooled, or left the pool and finishing their streams) (a gauge).
+        http2_cx_active: AtomicU64, gauge
+            => Metric::gauge(
+                "sluice_upstream_host_http2_cx_active",
+                "HTTP/2 connections to the host open now (summed over workers' pools).",
+            )
+            .stats("http2_cx_active");
+        /// Request streams open on the host's HTTP/2 connections now (a gauge).
+        http2_streams_active: AtomicU64, gauge
+            => Metric::gauge(
+                "sluice_upstream_host_http2_streams_active",
+                "Request streams open on the host's HTTP/2 connections now.",
+            )
+            .stats("http2_streams_active");
         /// Connect attempts that failed or timed out.
         cx_connect_fail: AtomicU64, counter
             => Metric::counter(
@@ -775,6 +797,28 @@ counters! {
                 "Upstream connect attempts refused or errored.",
             )
             .stats("upstream_cx_connect_fail");
+        /// HTTP/1.1 connections idle in this worker's keep-alive pool, all the cluster's hosts
+        /// (an `original_dst` cluster's destinations included) (a gauge).
+        upstream_cx_http1_idle: AtomicU64, gauge
+            => Metric::gauge(
+                "sluice_upstream_http1_cx_idle",
+                "HTTP/1.1 connections idle in the keep-alive pools now, all the cluster's hosts (original_dst destinations included).",
+            )
+            .stats("upstream_cx_http1_idle");
+        /// HTTP/2 connections open now, all the cluster's hosts and destinations (a gauge).
+        upstream_cx_http2_active: AtomicU64, gauge
+            => Metric::gauge(
+                "sluice_upstream_http2_cx_active",
+                "HTTP/2 connections open now, all the cluster's hosts (original_dst destinations included).",
+            )
+            .stats("upstream_cx_http2_active");
+        /// Request streams open on the cluster's HTTP/2 connections now (a gauge).
+        upstream_rq_http2_streams_active: AtomicU64, gauge
+            => Metric::gauge(
+                "sluice_upstream_http2_streams_active",
+                "Request streams open on the cluster's HTTP/2 connections now.",
+            )
+            .stats("upstream_http2_streams_active");
         /// TLS handshakes to the cluster's hosts that failed, by [`HandshakeOutcome`] (each is
         /// also a connect failure).
         upstream_tls_fail: [AtomicU64; HandshakeOutcome::ALL.len()], counter
@@ -1355,6 +1399,50 @@ pub fn gauge_add(gauge: &AtomicU64, up: bool) {
         },
         Relaxed,
     );
+}
+
+/// One of the upstream pool gauges kept per host and per cluster (see
+/// [`WorkerStats::pool_gauge_add`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PoolGauge {
+    /// HTTP/1.1 connections idle in the keep-alive pool.
+    Http1Idle,
+    /// HTTP/2 connections open.
+    Http2Connections,
+    /// Streams open on HTTP/2 connections.
+    Http2Streams,
+}
+
+impl WorkerStats {
+    /// Adds `delta` to a pool gauge of cluster `cluster` and, unless `host` is `None` (an
+    /// `original_dst` destination, which has no host slot), of its host `host`: two relaxed
+    /// load-and-stores on this worker's own lines. Counters made with `Default` have no
+    /// cluster slots: nothing is counted.
+    #[inline]
+    pub fn pool_gauge_add(
+        &self,
+        cluster: usize,
+        host: Option<usize>,
+        gauge: PoolGauge,
+        delta: i64,
+    ) {
+        let Some(c) = self.clusters.get(cluster) else {
+            return;
+        };
+        let add = |g: &AtomicU64| g.store(g.load(Relaxed).wrapping_add_signed(delta), Relaxed);
+        add(match gauge {
+            PoolGauge::Http1Idle => &c.upstream_cx_http1_idle,
+            PoolGauge::Http2Connections => &c.upstream_cx_http2_active,
+            PoolGauge::Http2Streams => &c.upstream_rq_http2_streams_active,
+        });
+        if let Some(h) = host.and_then(|h| c.hosts.get(h)) {
+            add(match gauge {
+                PoolGauge::Http1Idle => &h.http1_cx_idle,
+                PoolGauge::Http2Connections => &h.http2_cx_active,
+                PoolGauge::Http2Streams => &h.http2_streams_active,
+            });
+        }
+    }
 }
 
 impl WorkerStats {
