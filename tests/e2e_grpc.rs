@@ -1363,3 +1363,91 @@ clusters:
     std::fs::write(&health, "NOT_SERVING\n").unwrap();
     wait_host_health(admin, front, "unhealthy", Duration::from_secs(5), &sluice);
 }
+
+/// `/clusters?format=json`'s HTTP/2 pool numbers: `[cluster http2_cx_active, cluster
+/// http2_streams_active, host http2_cx_active, host http2_streams_active]`.
+fn http2_pool(admin: u16) -> [u64; 4] {
+    let (status, body) = curl(&[&format!("http://127.0.0.1:{admin}/clusters?format=json")]);
+    assert_eq!(status, 200);
+    let v = json(&body);
+    let c = &v["clusters"][0];
+    let n = |v: &serde_json::Value| v.as_u64().unwrap_or_else(|| panic!("{body}"));
+    [
+        n(&c["pool"]["http2_cx_active"]),
+        n(&c["pool"]["http2_streams_active"]),
+        n(&c["hosts"][0]["http2_cx_active"]),
+        n(&c["hosts"][0]["http2_streams_active"]),
+    ]
+}
+
+/// Polls `check` for up to 10 s.
+fn within_10s(what: &str, mut check: impl FnMut() -> bool) {
+    for _ in 0..200 {
+        if check() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("not within 10 s: {what}");
+}
+
+/// `/clusters` shows the HTTP/2 pool: three requests held by a slow upstream are three streams
+/// on one connection (per host and for the cluster, in JSON, text and Prometheus); once
+/// answered, the connection stays with no stream, and the idle sweep closes it (0 again).
+#[test]
+fn clusters_show_http2_connections_and_their_active_streams() {
+    if !require_peers(&["node", "curl"]) {
+        return;
+    }
+    let dir = TempDir::new("h2up-pool");
+    let (listen, admin, up) = (free_port(), free_port(), free_port());
+    let (_u, _log) = start_h2_upstream(&dir, "up", up);
+    // The default idle timeout is 30 s: shorter here, so that the sweep is seen.
+    let text = config(listen, admin, &[up]).replace(
+        "protocol: http2\n",
+        "protocol: http2\n    upstream_idle_timeout: 2s\n",
+    );
+    let _sluice = start_sluice(&dir, &text, 1, addr(listen));
+    assert_eq!(http2_pool(admin), [0, 0, 0, 0]);
+
+    std::thread::scope(|scope| {
+        let get = |i: usize| {
+            let url = format!("http://127.0.0.1:{listen}/slow/2000/{i}");
+            move || assert_eq!(curl(&["--http1.1", &url]).0, 200)
+        };
+        scope.spawn(get(0));
+        within_10s("one stream", || http2_pool(admin) == [1, 1, 1, 1]);
+        scope.spawn(get(1));
+        scope.spawn(get(2));
+        within_10s("three streams on one connection", || {
+            http2_pool(admin) == [1, 3, 1, 3]
+        });
+        let (_, clusters) = curl(&[&format!("http://127.0.0.1:{admin}/clusters")]);
+        for line in [
+            "app::pool::http2_cx_active::1\n".to_owned(),
+            "app::pool::http2_streams_active::3\n".to_owned(),
+            format!("app::127.0.0.1:{up}::http2_cx_active::1\n"),
+            format!("app::127.0.0.1:{up}::http2_streams_active::3\n"),
+        ] {
+            assert!(clusters.contains(&line), "{line} in {clusters}");
+        }
+        let (_, metrics) = curl(&[&format!("http://127.0.0.1:{admin}/stats/prometheus")]);
+        for line in [
+            "sluice_upstream_http2_cx_active{cluster=\"app\"} 1\n".to_owned(),
+            "sluice_upstream_http2_streams_active{cluster=\"app\"} 3\n".to_owned(),
+            format!(
+                "sluice_upstream_host_http2_streams_active{{cluster=\"app\",host=\"127.0.0.1:{up}\"}} 3\n"
+            ),
+        ] {
+            assert!(metrics.contains(&line), "{line} in {metrics}");
+        }
+    });
+    // Answered: the connection is pooled with no stream, until the sweep closes it.
+    within_10s("no stream, the connection pooled", || {
+        http2_pool(admin) == [1, 0, 1, 0]
+    });
+    within_10s("the sweep closed the connection", || {
+        http2_pool(admin) == [0, 0, 0, 0]
+    });
+    assert_eq!(stat(admin, "http2.upstream_cx_total"), 1);
+}
