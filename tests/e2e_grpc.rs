@@ -1451,3 +1451,83 @@ fn clusters_show_http2_connections_and_their_active_streams() {
     });
     assert_eq!(stat(admin, "http2.upstream_cx_total"), 1);
 }
+
+/// An HTTP/1.1 upstream that answers gRPC with its status in a chunked trailer section (an
+/// HTTP/1.1 gRPC bridge, `tests/http_upstream.py`'s `/grpc-status/N`, whose trailer section
+/// arrives in two pieces): the access log's `GRPC_STATUS` is that status, for an HTTP/1.1 and
+/// an HTTP/2 client; a request that is not gRPC logs none.
+#[test]
+fn the_access_log_has_the_grpc_status_of_an_http11_upstreams_chunked_trailers() {
+    if !require_peers(&["curl", "python3"]) {
+        return;
+    }
+    let dir = TempDir::new("grpc-h1-trailers");
+    let (listen, admin, up) = (free_port(), free_port(), free_port());
+    let _up = start_py_upstream(&dir, "up", up);
+    let log = dir.path().join("access.log");
+    let yaml = config(listen, admin, &[up])
+        .replace("    protocol: http2\n", "")
+        .replace(
+            "    http:\n",
+            &format!(
+                "    http:\n      access_log: {{ format: json, path: {} }}\n",
+                log.display()
+            ),
+        );
+    let sluice = start_sluice(&dir, &yaml, 1, addr(listen));
+    let base = format!("http://127.0.0.1:{listen}");
+    let grpc = ["-H", "content-type: application/grpc", "-H", "te: trailers"];
+    let (status, _) = curl(
+        &[
+            &["--http1.1"][..],
+            &grpc,
+            &["-d", "x", &format!("{base}/grpc-status/7")],
+        ]
+        .concat(),
+    );
+    assert_eq!(status, 200);
+    let (status, _) = curl(
+        &[
+            &["--http2-prior-knowledge"][..],
+            &grpc,
+            &["-d", "x", &format!("{base}/grpc-status/13")],
+        ]
+        .concat(),
+    );
+    assert_eq!(status, 200);
+    // Not gRPC: no status logged, whatever the trailers say.
+    let (status, _) = curl(&["--http1.1", &format!("{base}/grpc-status/5")]);
+    assert_eq!(status, 200);
+    // Lines are written at the latest when the process ends (SIGTERM).
+    stop(sluice);
+    let logged: Vec<(String, String, serde_json::Value)> = log_lines(&log)
+        .into_iter()
+        .map(|l| {
+            (
+                l["protocol"].as_str().unwrap_or("").to_owned(),
+                l["path"].as_str().unwrap_or("").to_owned(),
+                l["grpc_status"].clone(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        logged,
+        [
+            (
+                "HTTP/1.1".into(),
+                "/grpc-status/7".into(),
+                serde_json::json!(7)
+            ),
+            (
+                "HTTP/2".into(),
+                "/grpc-status/13".into(),
+                serde_json::json!(13)
+            ),
+            (
+                "HTTP/1.1".into(),
+                "/grpc-status/5".into(),
+                serde_json::Value::Null
+            ),
+        ]
+    );
+}

@@ -622,6 +622,9 @@ pub(crate) struct Scratch {
     /// The `grpc-status` of a gRPC request's forwarded answer (its trailers-only head or its
     /// trailers), for the access log.
     grpc_status: Option<u8>,
+    /// A gRPC request's answer from an HTTP/1.1 upstream: its chunked trailer section as it
+    /// was forwarded (read for `grpc-status`; reused, at most `MAX_TRAILER_BYTES` + 2).
+    grpc_trailers: Vec<u8>,
 }
 
 impl Scratch {
@@ -679,6 +682,7 @@ impl Scratch {
             include_attempt_count: false,
             attempt_count_at: None,
             grpc_status: None,
+            grpc_trailers: Vec::new(),
         }
     }
 }
@@ -1871,6 +1875,10 @@ impl<N: Network> Engine<N> {
                     };
                 }
                 // The head goes out with the first body bytes: one write for a small response.
+                // A gRPC answer's chunked trailer section is kept as it passes, for its
+                // `grpc-status` (an HTTP/2 upstream's trailers are read by its adapter).
+                scratch.grpc_trailers.clear();
+                let keep_trailers = (scratch.grpc && !http2).then_some(&mut scratch.grpc_trailers);
                 let copy = copy_body(
                     &mut upw,
                     &mut downw,
@@ -1879,6 +1887,7 @@ impl<N: Network> Engine<N> {
                     out,
                     &scratch.awaiting,
                     answered,
+                    keep_trailers,
                 );
                 let body = match self
                     .alongside(
@@ -1931,12 +1940,16 @@ impl<N: Network> Engine<N> {
                 upload.set(None);
                 self.stream_input(ci, &mut stream, Input::ResponseComplete);
                 self.publish_host_active(ci, host);
-                // A gRPC status in the HTTP/2 upstream's trailers (the usual place).
-                if scratch.grpc
-                    && let Upstream::Http2(h2) = &**up_cell.borrow()
-                    && let Some(code) = h2.grpc_status()
-                {
-                    scratch.grpc_status = Some(code);
+                // A gRPC status in the upstream's trailers (the usual place): HTTP/2 trailers,
+                // or an HTTP/1.1 answer's chunked trailer section.
+                if scratch.grpc {
+                    let code = match &**up_cell.borrow() {
+                        Upstream::Http2(h2) => h2.grpc_status(),
+                        Upstream::Http1(_) => grpc::status_in_trailers(&scratch.grpc_trailers),
+                    };
+                    if code.is_some() {
+                        scratch.grpc_status = code;
+                    }
                 }
                 let try_time = now().saturating_duration_since(try_start);
                 self.stats.upstream_rq_time.record(try_time);
@@ -2667,6 +2680,7 @@ async fn copy_body<U, D>(
     pending: &mut Vec<u8>,
     awaiting: &Cell<bool>,
     answered: Option<&Cell<TokioInstant>>,
+    mut trailers: Option<&mut Vec<u8>>,
 ) -> io::Result<u64>
 where
     U: AsyncRead + Unpin,
@@ -2703,6 +2717,13 @@ where
                         return Err(io::Error::new(io::ErrorKind::InvalidData, e.to_string()));
                     }
                 };
+                if let Some(t) = trailers.as_deref_mut()
+                    && let Some(at) = dec.trailers_start()
+                {
+                    // The part of these bytes at or past the trailer section's start.
+                    let from = at.saturating_sub(sent).min(consumed as u64) as usize;
+                    t.extend_from_slice(&ubuf.bytes()[from..consumed]);
+                }
                 if consumed > 0 {
                     send(down, pending, awaiting, answered, &ubuf.bytes()[..consumed]).await?;
                     ubuf.consume(consumed);
@@ -2835,6 +2856,7 @@ mod tests {
                 BodyFraming::ContentLength(body.len() as u64),
                 &mut pending,
                 &awaiting,
+                None,
                 None,
             );
             let read_late = async {
