@@ -1303,3 +1303,149 @@ fn a_duplex_call_idle_both_ways_is_cut_after_stream_idle_timeout() {
         "{waited:?}"
     );
 }
+
+/// Reads a request head from `r` and returns it with its `content-length`.
+fn read_request_head(r: &mut impl std::io::BufRead) -> (String, usize) {
+    let mut head = String::new();
+    loop {
+        let mut line = String::new();
+        if r.read_line(&mut line).unwrap_or(0) == 0 {
+            return (head, 0);
+        }
+        head.push_str(&line);
+        if line == "\r\n" {
+            break;
+        }
+    }
+    let length = head
+        .lines()
+        .find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.eq_ignore_ascii_case("content-length")
+                .then(|| v.trim().parse().unwrap())
+        })
+        .unwrap_or(0);
+    (head, length)
+}
+
+/// A small body (200 bytes, well within the 64 KiB replay buffer) whose client sends the first
+/// half, then waits for the answer: the first 100 bytes reach the upstream as they arrive, and
+/// the upstream's answer — sent once it read them — reaches the client before the rest is
+/// sent (a proxy that holds small bodies whole until they end would wait for ever). Defaults.
+/// (An answer that ends before the request does ends the call: the rest is not sent.)
+#[test]
+fn a_small_body_streams_upstream_as_it_arrives() {
+    let dir = TempDir::new("http-small-streamed");
+    let listen = free_port();
+    let upstream = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let up = upstream.local_addr().unwrap().port();
+    // Answers once it read 100 bytes of the body, echoing them.
+    let upstream = std::thread::spawn(move || {
+        let (s, _) = upstream.accept().unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let mut w = s.try_clone().unwrap();
+        let mut r = std::io::BufReader::new(s);
+        let (_, length) = read_request_head(&mut r);
+        assert_eq!(length, 200);
+        let mut first = vec![0; 100];
+        r.read_exact(&mut first).unwrap();
+        let answer = format!("got:{}", String::from_utf8_lossy(&first));
+        w.write_all(
+            format!(
+                "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{answer}",
+                answer.len()
+            )
+            .as_bytes(),
+        )
+        .unwrap();
+    });
+    let _s = start_sluice(&dir, &http_config(listen, &[up], "", ""), 1, addr(listen));
+    let mut c = TcpStream::connect(addr(listen)).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    c.write_all(
+        format!(
+            "POST /watch HTTP/1.1\r\nHost: example.com\r\nContent-Length: 200\r\n\r\n{}",
+            "a".repeat(100)
+        )
+        .as_bytes(),
+    )
+    .unwrap();
+    let mut r = std::io::BufReader::new(c.try_clone().unwrap());
+    let head = read_head(&mut r);
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    let mut body = vec![0; 104];
+    r.read_exact(&mut body)
+        .expect("the answer before the rest of the body");
+    assert_eq!(body, format!("got:{}", "a".repeat(100)).as_bytes());
+    upstream.join().unwrap();
+}
+
+/// A small body that streamed (its client sent it in two parts, 300 ms apart) is kept for
+/// retries: the upstream reads all of it and resets the connection without answering, and the
+/// retry (`retry_on: [reset]`, an idempotent PUT) sends the whole body again — the second
+/// connection gets all 200 bytes, and the client its answer.
+#[test]
+fn a_streamed_small_body_is_replayed_whole_by_a_retry() {
+    let dir = TempDir::new("http-small-replayed");
+    let listen = free_port();
+    let upstream = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let up = upstream.local_addr().unwrap().port();
+    // First connection: reads the whole request, then closes unanswered. Second: answers with
+    // what it got.
+    let seen = std::thread::spawn(move || {
+        let mut bodies = Vec::new();
+        for answer in [false, true] {
+            let (s, _) = upstream.accept().unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+            let mut w = s.try_clone().unwrap();
+            let mut r = std::io::BufReader::new(s);
+            let (_, length) = read_request_head(&mut r);
+            let mut body = vec![0; length];
+            r.read_exact(&mut body).unwrap();
+            let body = String::from_utf8(body).unwrap();
+            if answer {
+                let text = format!("len={}", body.len());
+                w.write_all(
+                    format!(
+                        "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{text}",
+                        text.len()
+                    )
+                    .as_bytes(),
+                )
+                .unwrap();
+            }
+            bodies.push(body);
+        }
+        bodies
+    });
+    let _s = start_sluice(
+        &dir,
+        &http_config(
+            listen,
+            &[up],
+            "",
+            "                retry_policy: { retry_on: [reset], num_retries: 1 }\n",
+        ),
+        1,
+        addr(listen),
+    );
+    let mut c = TcpStream::connect(addr(listen)).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    c.write_all(
+        format!(
+            "PUT /doc HTTP/1.1\r\nHost: example.com\r\nContent-Length: 200\r\n\
+             Connection: close\r\n\r\n{}",
+            "a".repeat(100)
+        )
+        .as_bytes(),
+    )
+    .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    c.write_all("b".repeat(100).as_bytes()).unwrap();
+    let mut got = String::new();
+    let _ = c.read_to_string(&mut got);
+    assert_eq!(status_of(&got), 200, "{got}");
+    assert!(got.ends_with("len=200"), "{got}");
+    let whole = format!("{}{}", "a".repeat(100), "b".repeat(100));
+    assert_eq!(seen.join().unwrap(), [whole.clone(), whole]);
+}

@@ -19,9 +19,13 @@
 //!    body, reads the response head, and streams the response body by its framing;
 //! 4. log it, then serve the next (possibly pipelined) request in order, or close.
 //!
-//! Bodies up to [`REPLAY_LIMIT`] are buffered before the first try so that a retry can send them
-//! again; larger ones stream and are never retried once written. The route timeout starts once
-//! the request is complete; until then each body read must come within `stream_idle_timeout`
+//! A body that arrived whole with its head (at most [`REPLAY_LIMIT`]) is held and goes out with
+//! the head; any other streams as it arrives (a watch, a slow uploader, a gRPC stream: nothing
+//! waits for the body's end), and a copy of what was sent is kept up to [`REPLAY_LIMIT`] (Envoy's
+//! rule). A streamed body that ended within it is replayable from then on (the core's
+//! `BodyBuffered`): a retry sends head and copy whole, as for a held body. One that outgrew it,
+//! or a try that failed while the body was still arriving, is not retried once written. The
+//! route timeout starts once the request is complete; until then each body read must come within `stream_idle_timeout`
 //! (else 408), the answer's bytes to the client counting as activity too.
 //!
 //! A streamed body is sent **full duplex**: once the head went out, the rest of the body is an
@@ -34,7 +38,7 @@
 //! upload (an HTTP/2 upstream stream is reset; an HTTP/1.1 connection is never pooled with a
 //! body half sent) and the client's HTTP/1.1 connection is not kept (`connection: close` when
 //! the body was still open at the response head); a client's body failing mid-answer aborts the
-//! call. A held body, and an upgrade's, go out whole before the answer is read. A request's trailer section loses the fields a trailer must not carry. `Expect: 100-continue` is
+//! call. A held (or replayed) body, and an upgrade's, go out whole before the answer is read. A request's trailer section loses the fields a trailer must not carry. `Expect: 100-continue` is
 //! answered by the proxy itself when it starts reading the body (the header is not forwarded).
 //! An `Upgrade` request whose response is `101` turns the connection into a byte tunnel.
 
@@ -625,6 +629,9 @@ pub(crate) struct Scratch {
     /// A gRPC request's answer from an HTTP/1.1 upstream: its chunked trailer section as it
     /// was forwarded (read for `grpc-status`; reused, at most `MAX_TRAILER_BYTES` + 2).
     grpc_trailers: Vec<u8>,
+    /// A streamed request body's copy for retries, as written upstream (at most
+    /// [`REPLAY_LIMIT`]; reused).
+    replay: Vec<u8>,
 }
 
 impl Scratch {
@@ -683,6 +690,7 @@ impl Scratch {
             attempt_count_at: None,
             grpc_status: None,
             grpc_trailers: Vec::new(),
+            replay: Vec::new(),
         }
     }
 }
@@ -1221,14 +1229,7 @@ impl<N: Network> Engine<N> {
             let _ = write_flushed(down, b"HTTP/1.1 100 Continue\r\n\r\n").await;
         }
         let body_len = match self
-            .buffer_body(
-                down,
-                rbuf,
-                head_len,
-                framing,
-                scratch.stream_idle,
-                scratch.grpc,
-            )
+            .buffer_body(down, rbuf, head_len, framing, scratch.stream_idle)
             .await
         {
             Ok(b) => b,
@@ -1243,7 +1244,12 @@ impl<N: Network> Engine<N> {
                     .await;
             }
         };
+        let mut body_len = body_len;
         let replayable = body_len.is_some();
+        // A streamed body's copy for retries (see `stream_request_body`), this request's only.
+        scratch.replay.clear();
+        // The copy is whole (the body ended within REPLAY_LIMIT): a retry sends it.
+        let mut body_kept = false;
 
         // --- the upstream head, built once (no heap allocation once the connection is warm) ---
         out.clear();
@@ -1628,6 +1634,12 @@ impl<N: Network> Engine<N> {
             // through `Shared` handles (each poll borrows it for its own duration; one task, so
             // never two at once). An upgrade request's body still goes first (its 101 turns the
             // connection into a tunnel).
+            if body_kept && body_len.is_none() {
+                // A retry of a body an earlier try streamed and kept whole: it goes out with
+                // the head, as a held body does (from here on `out` is head and body).
+                out.extend_from_slice(&scratch.replay);
+                body_len = Some(scratch.replay.len());
+            }
             let duplex = body_len.is_none() && !head.upgrade();
             let (outcome, pool_up) = {
                 let up_cell = RefCell::new(&mut up);
@@ -1685,6 +1697,11 @@ impl<N: Network> Engine<N> {
                             let (up_w, down_r) = (&up_cell, &down_cell);
                             let idle = scratch.stream_idle;
                             let received = &bytes_received;
+                            // A body that may fit the replay buffer is copied as it goes.
+                            let replay = match framing {
+                                BodyFraming::ContentLength(n) if n as usize > REPLAY_LIMIT => None,
+                                _ => Some(&mut scratch.replay),
+                            };
                             upload.set(Some(async move {
                                 stream_request_body(
                                     &mut Shared(up_w),
@@ -1695,6 +1712,7 @@ impl<N: Network> Engine<N> {
                                     idle,
                                     answered,
                                     received,
+                                    replay,
                                 )
                                 .await
                             }));
@@ -1716,6 +1734,7 @@ impl<N: Network> Engine<N> {
                                 read,
                                 upload.as_mut(),
                                 &mut request_complete,
+                                &mut body_kept,
                             )
                             .await
                         {
@@ -1896,6 +1915,7 @@ impl<N: Network> Engine<N> {
                         copy,
                         upload.as_mut(),
                         &mut request_complete,
+                        &mut body_kept,
                     )
                     .await
                 {
@@ -2032,7 +2052,9 @@ impl<N: Network> Engine<N> {
     /// (`upload`, `None` when nothing is left to send) is sent alongside. A body sent whole
     /// gives the stream its `RequestComplete` (the route timeout starts, so the timer is armed
     /// again); one the upstream stopped taking (a write failed) is given up — the route timeout
-    /// starts then too — and the answer, or its failure, says the rest.
+    /// starts then too — and the answer, or its failure, says the rest. A body sent whole and
+    /// kept whole for retries (`Uploaded::kept`) gives the stream its `BodyBuffered` first, and
+    /// sets `kept`.
     async fn alongside<T, W, U>(
         &self,
         ci: usize,
@@ -2040,10 +2062,11 @@ impl<N: Network> Engine<N> {
         work: W,
         mut upload: Pin<&mut Option<U>>,
         request_complete: &mut bool,
+        kept: &mut bool,
     ) -> Alongside<T>
     where
         W: Future<Output = T>,
-        U: Future<Output = io::Result<u64>>,
+        U: Future<Output = io::Result<Uploaded>>,
     {
         let mut work = std::pin::pin!(work);
         loop {
@@ -2060,8 +2083,12 @@ impl<N: Network> Engine<N> {
             };
             upload.set(None);
             match sent {
-                Ok(_) => {
+                Ok(uploaded) => {
                     *request_complete = true;
+                    if uploaded.kept {
+                        *kept = true;
+                        self.stream_input(ci, stream, Input::BodyBuffered);
+                    }
                     self.stream_input(ci, stream, Input::RequestComplete);
                 }
                 Err(e) => {
@@ -2236,9 +2263,13 @@ impl<N: Network> Engine<N> {
         }
     }
 
-    /// Reads the whole request body into `rbuf` when it is at most [`REPLAY_LIMIT`] bytes.
-    /// `Ok(Some(n))`: buffered, `n` bytes after the head. `Ok(None)`: too large, will stream.
-    /// `Err(status)`: the body is malformed or the client went away.
+    /// Holds the request body in `rbuf` when all of it, at most [`REPLAY_LIMIT`] bytes, has
+    /// arrived: reads what the client already sent, never waits for more (a client may wait
+    /// for an answer before it sends the rest — a watch, a gRPC stream — and a slow uploader's
+    /// bytes go upstream as they come). `Ok(Some(n))`: held, `n` bytes after the head.
+    /// `Ok(None)`: still arriving, or too large: it streams (a copy of it is kept for retries
+    /// up to [`REPLAY_LIMIT`], see [`stream_request_body`]). `Err(status)`: the body is
+    /// malformed or the client went away.
     async fn buffer_body<D: AsyncRead + Unpin>(
         &self,
         down: &mut D,
@@ -2246,19 +2277,13 @@ impl<N: Network> Engine<N> {
         head_len: usize,
         framing: BodyFraming,
         stream_idle: Option<Duration>,
-        full_duplex: bool,
     ) -> Result<Option<usize>, u16> {
-        // A gRPC stream's client may wait for answers before sending more: hold only what has
-        // arrived; the first read that would wait streams the body instead.
+        // What is readable now, without waiting: `None` when a read would wait.
         let fill = async |rbuf: &mut ReadBuffer, down: &mut D| {
-            if full_duplex {
-                tokio::select! {
-                    biased;
-                    r = fill_within(rbuf, down, stream_idle, None) => Some(r),
-                    () = std::future::ready(()) => None,
-                }
-            } else {
-                Some(fill_within(rbuf, down, stream_idle, None).await)
+            tokio::select! {
+                biased;
+                r = fill_within(rbuf, down, stream_idle, None) => Some(r),
+                () = std::future::ready(()) => None,
             }
         };
         match framing {
@@ -2377,6 +2402,7 @@ where
             stream_idle,
             None,
             bytes_received,
+            None,
         )
         .await
         {
@@ -2528,9 +2554,35 @@ async fn fill_within<D: AsyncRead + Unpin>(
     }
 }
 
-/// Streams a large request body downstream → upstream; returns its size. Leaves `rbuf`
-/// holding only bytes after the body (the next pipelined request). `answered`: see
-/// [`fill_within`].
+/// What [`stream_request_body`] sent.
+#[derive(Clone, Copy, Debug)]
+struct Uploaded {
+    /// The replay copy holds all of it, as written upstream.
+    kept: bool,
+}
+
+/// Where [`stream_request_body`] copies what it writes upstream, while it fits in
+/// [`REPLAY_LIMIT`] (a body that outgrows it loses its copy: it is not retried).
+struct ReplayCopy<'a>(Option<&'a mut Vec<u8>>);
+
+impl ReplayCopy<'_> {
+    fn keep(&mut self, bytes: &[u8]) {
+        if let Some(copy) = self.0.as_deref_mut() {
+            if copy.len() + bytes.len() > REPLAY_LIMIT {
+                copy.clear();
+                self.0 = None;
+            } else {
+                copy.extend_from_slice(bytes);
+            }
+        }
+    }
+}
+
+/// Streams a request body downstream → upstream as it arrives; returns whether
+/// `replay` (when given) holds a copy of all of it as written upstream — so a retry can send it
+/// again (Envoy's rule: bytes go upstream as they come, and a copy is kept up to the buffer
+/// limit). Leaves `rbuf` holding only bytes after the body (the next pipelined request).
+/// `answered`: see [`fill_within`].
 #[allow(clippy::too_many_arguments)]
 async fn stream_request_body<U, D>(
     up: &mut U,
@@ -2541,6 +2593,42 @@ async fn stream_request_body<U, D>(
     stream_idle: Option<Duration>,
     answered: Option<&Cell<TokioInstant>>,
     received: &Cell<u64>,
+    replay: Option<&mut Vec<u8>>,
+) -> io::Result<Uploaded>
+where
+    U: AsyncWrite + Unpin,
+    D: AsyncRead + Unpin,
+{
+    let mut copy = ReplayCopy(replay);
+    stream_body_kept(
+        up,
+        down,
+        rbuf,
+        head_len,
+        framing,
+        stream_idle,
+        answered,
+        received,
+        &mut copy,
+    )
+    .await?;
+    Ok(Uploaded {
+        kept: copy.0.is_some(),
+    })
+}
+
+/// [`stream_request_body`]'s loop, copying what it writes into `copy`.
+#[allow(clippy::too_many_arguments)]
+async fn stream_body_kept<U, D>(
+    up: &mut U,
+    down: &mut D,
+    rbuf: &mut ReadBuffer,
+    head_len: usize,
+    framing: BodyFraming,
+    stream_idle: Option<Duration>,
+    answered: Option<&Cell<TokioInstant>>,
+    received: &Cell<u64>,
+    copy: &mut ReplayCopy<'_>,
 ) -> io::Result<u64>
 where
     U: AsyncWrite + Unpin,
@@ -2556,7 +2644,9 @@ where
                 let avail = rbuf.len().saturating_sub(head_len);
                 let take = (avail as u64).min(left) as usize;
                 if take > 0 {
-                    write_flushed(up, &rbuf.bytes()[head_len..head_len + take]).await?;
+                    let piece = &rbuf.bytes()[head_len..head_len + take];
+                    write_flushed(up, piece).await?;
+                    copy.keep(piece);
                     drop_range(rbuf, head_len, take);
                     left -= take as u64;
                     total += take as u64;
@@ -2590,7 +2680,9 @@ where
                     None => scanned,
                 };
                 if forward > 0 {
-                    write_flushed(up, &rbuf.bytes()[head_len..head_len + forward]).await?;
+                    let piece = &rbuf.bytes()[head_len..head_len + forward];
+                    write_flushed(up, piece).await?;
+                    copy.keep(piece);
                     drop_range(rbuf, head_len, forward);
                     total += forward as u64;
                     received.set(received.get() + forward as u64);
@@ -2600,10 +2692,12 @@ where
                     let section = &rbuf.bytes()[head_len..head_len + held];
                     if section == b"\r\n" {
                         write_flushed(up, section).await?;
+                        copy.keep(section);
                     } else {
                         let mut trailers = Vec::with_capacity(section.len());
                         write_trailers(&mut trailers, section);
                         write_flushed(up, &trailers).await?;
+                        copy.keep(&trailers);
                     }
                     drop_range(rbuf, head_len, held);
                     received.set(received.get() + held as u64);

@@ -17,6 +17,12 @@
 //! (and a per-try timeout) counts from the end of the downstream request: from the start when the
 //! body was buffered, else from [`Exchange::handle_request_complete`].
 //!
+//! A request is replayable (its body can be sent again) when it has no body or the driver holds
+//! all of it: from the start ([`ExchangeConfig::replayable`]), or once a body streamed as it
+//! arrived ended within the driver's replay buffer ([`Exchange::handle_body_buffered`], Envoy's
+//! rule: a body is sent upstream as it arrives and a copy is kept for retries up to the buffer
+//! limit; past it, the request is not retried).
+//!
 //! ## Retry rules (RFC 9110 §9.2.2: a proxy must not retry a non-idempotent request that may
 //! have been processed)
 //!
@@ -419,6 +425,14 @@ impl Exchange {
             .and_then(|r| r.per_try_timeout)
             .filter(|_| self.config.request_complete)
             .map(|t| now + t);
+    }
+
+    /// A body streamed as it arrived was kept whole by the driver after all (it ended within
+    /// the replay buffer): the request is replayable from now on, for the retry rules above. A
+    /// try that failed before this (its body still arriving, or past the buffer) was decided
+    /// with the body not replayable.
+    pub fn handle_body_buffered(&mut self) {
+        self.config.replayable = true;
     }
 
     /// The downstream request's body was received in full (only needed when

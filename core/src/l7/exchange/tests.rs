@@ -797,3 +797,39 @@ fn a_grpc_status_named_in_retry_on_is_retried_for_a_post() {
         Verdict::Forward
     );
 }
+
+/// A body streamed as it arrives is not replayable until the driver says it kept all of it: a
+/// reset before that answers 502; once `handle_body_buffered` came, the same failure retries.
+#[test]
+fn a_streamed_body_becomes_replayable_once_buffered_whole() {
+    let reset_after_writing = |buffered: bool| {
+        let (mut c, mut rng, mut now) = (cluster(2), Rng::from_seed(1), epoch());
+        let mut cfg = config(true, 3);
+        cfg.replayable = false;
+        cfg.request_complete = false;
+        let mut e = Exchange::new(now, cfg);
+        e.start(now, &mut c, &mut rng);
+        next_action(&mut e, &mut now, &mut c, &mut rng);
+        e.handle_connected(now, false, &mut c);
+        e.handle_request_written();
+        if buffered {
+            e.handle_body_buffered();
+        }
+        e.handle_request_complete(now);
+        e.handle_failure(
+            now,
+            TryFailure::Closed {
+                request_written: true,
+                reused: false,
+            },
+            &mut c,
+            &mut rng,
+        );
+        next_action(&mut e, &mut now, &mut c, &mut rng)
+    };
+    assert!(matches!(
+        reset_after_writing(false),
+        Action::LocalReply { status: 502, .. }
+    ));
+    assert!(matches!(reset_after_writing(true), Action::Connect { .. }));
+}
