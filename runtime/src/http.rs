@@ -2765,7 +2765,9 @@ async fn send<D: AsyncWrite + Unpin>(
 }
 
 /// Copies the response body upstream → downstream by its framing, after the head in `pending`;
-/// returns body bytes sent.
+/// returns body bytes sent. With `trailers`, a chunked body's trailer section is appended to it
+/// as it passes (for a gRPC answer's `grpc-status`).
+#[allow(clippy::too_many_arguments)]
 async fn copy_body<U, D>(
     up: &mut U,
     down: &mut D,
