@@ -588,6 +588,11 @@ fn an_unanswered_keepalive_ping_closes_the_connection_and_fails_its_streams_as_r
     assert_eq!(status, 502, "{body}");
     assert!(stat(admin, "http2.upstream_keepalive_timeout") >= 1);
     assert!(stat(admin, "http2.upstream_rx_reset") >= 1);
+    // No RST_STREAM: the streams were cut by their connection ending.
+    assert_eq!(
+        stat(admin, "http2.upstream_rx_reset_code.connection"),
+        stat(admin, "http2.upstream_rx_reset")
+    );
     stop.store(true, Ordering::SeqCst);
 }
 

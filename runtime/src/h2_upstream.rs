@@ -736,6 +736,15 @@ impl H2Upstream {
                 bump(&self.stats.http2_upstream_refused, 1);
             } else if e.is_remote() || e.is_io() {
                 bump(&self.stats.http2_upstream_rx_reset, 1);
+                let code = if e.is_io() || e.is_go_away() {
+                    None
+                } else {
+                    e.reason().map(u32::from)
+                };
+                bump(
+                    &self.stats.http2_upstream_rx_reset_code[crate::stats::reset_code(code)],
+                    1,
+                );
             }
         }
         if refused(&e) {

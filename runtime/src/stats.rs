@@ -582,6 +582,70 @@ fn sni_outcome(i: usize) -> &'static str {
     SniOutcome::ALL[i].as_str()
 }
 
+/// Why an HTTP/2 stream was reset, as counted: the RST_STREAM error codes seen in practice,
+/// `other` for the rest, and `connection` for a stream cut by its connection ending (no
+/// RST_STREAM).
+pub const RESET_CODES: [&str; 7] = [
+    "no_error",
+    "protocol_error",
+    "internal_error",
+    "refused_stream",
+    "cancel",
+    "other",
+    "connection",
+];
+
+/// The [`RESET_CODES`] index of an RST_STREAM error code (`None`: the connection ended).
+#[must_use]
+pub fn reset_code(code: Option<u32>) -> usize {
+    match code {
+        Some(0) => 0,
+        Some(1) => 1,
+        Some(2) => 2,
+        Some(7) => 3,
+        Some(8) => 4,
+        Some(_) => 5,
+        None => 6,
+    }
+}
+
+fn reset_code_label(i: usize) -> &'static str {
+    RESET_CODES[i]
+}
+
+/// Why the proxy sent an HTTP/2 client GOAWAY (the [`WorkerStats::http2_goaway_sent`] index).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GoawayCause {
+    /// A drain (reload, upgrade, stop, `/drain_listeners`): `NO_ERROR`, open streams finish.
+    Drain,
+    /// No stream open for the listener's `idle_timeout`: `NO_ERROR`.
+    IdleTimeout,
+    /// Too many streams reset prematurely: `ENHANCE_YOUR_CALM`, the connection closes.
+    PrematureResets,
+}
+
+impl GoawayCause {
+    /// Every cause, in counter order.
+    pub const ALL: [GoawayCause; 3] = [
+        GoawayCause::Drain,
+        GoawayCause::IdleTimeout,
+        GoawayCause::PrematureResets,
+    ];
+    /// The label and `/stats` suffix.
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            GoawayCause::Drain => "drain",
+            GoawayCause::IdleTimeout => "idle_timeout",
+            GoawayCause::PrematureResets => "premature_resets",
+        }
+    }
+}
+
+fn goaway_cause(i: usize) -> &'static str {
+    GoawayCause::ALL[i].as_str()
+}
+
 counters! {
     /// Counters of one listener in one worker.
     #[repr(align(128))]
@@ -1238,6 +1302,32 @@ counters! {
                 "HTTP/2 streams the client reset before their response was complete.",
             )
             .stats("http2.rx_reset");
+        /// HTTP/2 client streams reset by the client, by error code ([`RESET_CODES`]; the
+        /// total is `http2_rx_reset`).
+        http2_rx_reset_code: [AtomicU64; RESET_CODES.len()], counter
+            => Metric::counter(
+                "sluice_http2_rx_reset_by_code_total",
+                "HTTP/2 streams the client reset before their response was complete, by RST_STREAM error code.",
+            )
+            .by("code", reset_code_label)
+            .stats("http2.rx_reset_code.");
+        /// HTTP/2 client streams the proxy reset (RST_STREAM INTERNAL_ERROR: the upstream's
+        /// answer broke off after its head went out, and the request is not gRPC — a gRPC
+        /// client gets UNAVAILABLE trailers instead).
+        http2_tx_reset: AtomicU64, counter
+            => Metric::counter(
+                "sluice_http2_tx_reset_total",
+                "HTTP/2 client streams the proxy reset (RST_STREAM INTERNAL_ERROR: the upstream's answer broke off mid-way).",
+            )
+            .stats("http2.tx_reset");
+        /// GOAWAY frames sent to HTTP/2 clients, by [`GoawayCause`].
+        http2_goaway_sent: [AtomicU64; GoawayCause::ALL.len()], counter
+            => Metric::counter(
+                "sluice_http2_goaway_sent_total",
+                "GOAWAY frames sent to HTTP/2 clients, by cause (drain, idle_timeout, premature_resets).",
+            )
+            .by("reason", goaway_cause)
+            .stats("http2.goaway_sent.");
         /// HTTP/2 connections closed (GOAWAY ENHANCE_YOUR_CALM) because their client reset too
         /// many streams prematurely (sluice_core::http2::premature).
         http2_premature_reset_closed: AtomicU64, counter
@@ -1290,6 +1380,15 @@ counters! {
                 "HTTP/2 upstream streams reset by the upstream or cut by its connection ending.",
             )
             .stats("http2.upstream_rx_reset");
+        /// The same by error code ([`RESET_CODES`]; `connection` for a stream cut by its
+        /// connection ending).
+        http2_upstream_rx_reset_code: [AtomicU64; RESET_CODES.len()], counter
+            => Metric::counter(
+                "sluice_http2_upstream_rx_reset_by_code_total",
+                "HTTP/2 upstream streams reset by the upstream, by RST_STREAM error code (connection: cut by the connection ending).",
+            )
+            .by("code", reset_code_label)
+            .stats("http2.upstream_rx_reset_code.");
         /// HTTP/2 upstream streams the proxy cancelled (RST_STREAM CANCEL: the client went away).
         http2_upstream_tx_reset: AtomicU64, counter
             => Metric::counter(
