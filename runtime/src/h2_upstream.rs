@@ -21,6 +21,12 @@
 //! last connection went is forgotten. Invariant: no destination entry is empty, and an attempt
 //! entry exists only while it counts an attempt under way.
 //!
+//! The pool's state is published in the worker's stats, per host and per cluster
+//! ([`crate::stats::PoolGauge`]; a destination counts under its cluster only): a connection from
+//! its handshake until the task driving it ends (in the pool or not), a stream from
+//! [`H2Upstream::new`] to its drop. Relaxed stores on the worker's own lines; nothing else per
+//! request.
+//!
 //! ## One request as a stream ([`H2Upstream`])
 //!
 //! The request path ([`crate::http`]) speaks HTTP/1.1 bytes to its upstream; for an HTTP/2
@@ -1145,6 +1151,7 @@ impl Drop for H2Upstream {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::atomic::Ordering::Relaxed;
 
     fn destination(i: u8) -> SocketAddr {
         SocketAddr::from(([10, 0, 0, i], 80))
@@ -1164,9 +1171,16 @@ mod tests {
             };
             while let Some(Ok(_)) = conn.accept().await {}
         });
-        handshake(client, stats, idle_since, None, 0, Peer::Host(0))
-            .await
-            .unwrap()
+        handshake(
+            client,
+            stats,
+            idle_since,
+            None,
+            0,
+            Peer::Destination(destination(0)),
+        )
+        .await
+        .unwrap()
     }
 
     fn stats() -> Arc<WorkerStats> {
@@ -1262,6 +1276,25 @@ mod tests {
                 assert_eq!(pool.sweep(at(60_000)), 1);
                 assert_eq!(pool.destination_count(), 0);
                 assert_eq!(pool.connection_count(), 0);
+
+                // The pool gauges: destinations count under their cluster (no host entry),
+                // connections while open (in the pool or not), streams while they exist.
+                let c = &stats.clusters[0];
+                let open = || c.upstream_cx_http2_active.load(Relaxed);
+                let streams = || c.upstream_rq_http2_streams_active.load(Relaxed);
+                assert_eq!(open(), 4);
+                let stream = H2Upstream::new(c2.clone(), &stats, false);
+                assert_eq!(streams(), 1);
+                drop(stream);
+                assert_eq!(streams(), 0);
+                drop((c1, c2, c3, c4, got));
+                for _ in 0..100 {
+                    if open() == 0 {
+                        break;
+                    }
+                    tokio::task::yield_now().await;
+                }
+                assert_eq!(open(), 0, "closed connections still counted");
             })
             .await;
     }
