@@ -24,9 +24,10 @@
 //! waits for the body's end), and a copy of what was sent is kept up to [`REPLAY_LIMIT`] (Envoy's
 //! rule). A streamed body that ended within it is replayable from then on (the core's
 //! `BodyBuffered`): a retry sends head and copy whole, as for a held body. One that outgrew it,
-//! or a try that failed while the body was still arriving, is not retried once written. The
-//! route timeout starts once the request is complete; until then each body read must come within `stream_idle_timeout`
-//! (else 408), the answer's bytes to the client counting as activity too.
+//! or a try that failed while the body was still arriving, is not retried once written (Envoy
+//! would replay the part it kept and stream the rest: not done here). The route timeout starts
+//! once the request is complete; until then each body read must come within
+//! `stream_idle_timeout` (else 408), the answer's bytes to the client counting as activity too.
 //!
 //! A streamed body is sent **full duplex**: once the head went out, the rest of the body is an
 //! upload future that `Engine::alongside` polls with every step of the response path (reading
