@@ -458,6 +458,47 @@ fn a_refused_stream_is_sent_again_whatever_the_method() {
     assert_eq!(stat(admin, "http2.upstream_refused"), 1);
 }
 
+/// A POST whose body arrives in two reads 200 ms apart, refused (REFUSED_STREAM) by the
+/// upstream as soon as its HEADERS arrived — before the body's end: the proxy reads the rest of
+/// the body into its replay copy and sends the request again, whole; the client gets 200 and
+/// the upstream the whole 200 bytes. (Defaults: no retry policy.)
+#[test]
+fn a_stream_refused_while_its_body_still_arrives_is_sent_again_whole() {
+    if !require_peers(&["node"]) {
+        return;
+    }
+    let dir = TempDir::new("h2up-refused-early");
+    let (listen, admin, up) = (free_port(), free_port(), free_port());
+    let (_u, log) = start_h2_upstream(&dir, "up", up);
+    let _sluice = start_sluice(&dir, &config(listen, admin, &[up]), 1, addr(listen));
+    let mut c = std::net::TcpStream::connect(addr(listen)).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    use std::io::{Read, Write};
+    c.write_all(
+        format!(
+            "POST /refuse-early/t1 HTTP/1.1\r\nHost: example.com\r\nContent-Length: 200\r\n\
+             Connection: close\r\n\r\n{}",
+            "a".repeat(100)
+        )
+        .as_bytes(),
+    )
+    .unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    c.write_all("b".repeat(100).as_bytes()).unwrap();
+    let mut got = String::new();
+    let _ = c.read_to_string(&mut got);
+    assert!(got.starts_with("HTTP/1.1 200"), "{got}");
+    let (_, body) = got.split_once("\r\n\r\n").expect("a response head");
+    let seen = json(body);
+    assert_eq!(seen["method"], "POST", "{seen}");
+    assert_eq!(seen["body_len"], 200, "{seen}");
+    let lines = log_lines(&log);
+    assert_eq!(lines.len(), 2, "{lines:?}");
+    assert_eq!(lines[0]["refused"], "/refuse-early/t1");
+    assert_eq!(lines[1]["path"], "/refuse-early/t1");
+    assert_eq!(stat(admin, "http2.upstream_refused"), 1);
+}
+
 #[test]
 fn a_pooled_connection_the_upstream_dropped_without_goaway_is_stale_for_idempotent_requests() {
     if !require_peers(&["node", "curl"]) {

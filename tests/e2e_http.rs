@@ -1449,3 +1449,126 @@ fn a_streamed_small_body_is_replayed_whole_by_a_retry() {
     let whole = format!("{}{}", "a".repeat(100), "b".repeat(100));
     assert_eq!(seen.join().unwrap(), [whole.clone(), whole]);
 }
+
+/// Answers one connection's request (head and `content-length` body) with `len=N`, N the body
+/// length it read; returns the body.
+fn answer_with_length(s: std::net::TcpStream) -> String {
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut w = s.try_clone().unwrap();
+    let mut r = std::io::BufReader::new(s);
+    let (_, length) = read_request_head(&mut r);
+    let mut body = vec![0; length];
+    r.read_exact(&mut body).unwrap();
+    let text = format!("len={length}");
+    w.write_all(
+        format!(
+            "HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{text}",
+            text.len()
+        )
+        .as_bytes(),
+    )
+    .unwrap();
+    String::from_utf8(body).unwrap()
+}
+
+/// Sends `method /doc` with a 200-byte body in two parts 200 ms apart (`a`s, then `b`s) and
+/// returns the whole answer.
+fn two_part_request(listen: u16, method: &str) -> String {
+    let mut c = TcpStream::connect(addr(listen)).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    c.write_all(
+        format!(
+            "{method} /doc HTTP/1.1\r\nHost: example.com\r\nContent-Length: 200\r\n\
+             Connection: close\r\n\r\n{}",
+            "a".repeat(100)
+        )
+        .as_bytes(),
+    )
+    .unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    c.write_all("b".repeat(100).as_bytes()).unwrap();
+    let mut got = String::new();
+    let _ = c.read_to_string(&mut got);
+    got
+}
+
+/// A pooled keep-alive connection the upstream closes once the next request's head arrived
+/// (the stale keep-alive race), while that request's body (a PUT, in two parts 200 ms apart)
+/// is still arriving: the proxy reads the rest of the body into its replay copy and sends the
+/// request again, whole, on a fresh connection — with the defaults (no retry policy), as for a
+/// body that arrived whole.
+#[test]
+fn a_stale_pooled_connection_is_retried_while_a_small_body_still_arrives() {
+    let dir = TempDir::new("http-stale-streamed");
+    let listen = free_port();
+    let upstream = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let up = upstream.local_addr().unwrap().port();
+    let seen = std::thread::spawn(move || {
+        // The first connection answers /warm, keeps alive, and closes once the next head came.
+        let (s, _) = upstream.accept().unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let mut w = s.try_clone().unwrap();
+        let mut r = std::io::BufReader::new(s);
+        let (warm, _) = read_request_head(&mut r);
+        assert!(warm.starts_with("GET /warm"), "{warm}");
+        w.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+            .unwrap();
+        let (next, _) = read_request_head(&mut r);
+        drop((r, w));
+        let (s, _) = upstream.accept().unwrap();
+        (next, answer_with_length(s))
+    });
+    let _s = start_sluice(&dir, &http_config(listen, &[up], "", ""), 1, addr(listen));
+    let warm = raw(
+        listen,
+        b"GET /warm HTTP/1.1\r\nHost: example.com\r\nConnection: close\r\n\r\n",
+    );
+    assert_eq!(status_of(&warm), 200, "{warm}");
+    let got = two_part_request(listen, "PUT");
+    assert_eq!(status_of(&got), 200, "{got}");
+    assert!(got.ends_with("len=200"), "{got}");
+    let (stale_head, body) = seen.join().unwrap();
+    assert!(stale_head.starts_with("PUT /doc"), "{stale_head}");
+    assert_eq!(body, format!("{}{}", "a".repeat(100), "b".repeat(100)));
+}
+
+/// A PUT whose upstream closes the connection mid-upload (it read the head and the first 100
+/// of 200 bytes, the rest still on its way from the client) is retried under
+/// `retry_on: [reset]`: the proxy reads the rest into its replay copy, and the second
+/// connection gets the whole body.
+#[test]
+fn a_reset_mid_upload_is_retried_with_the_whole_body() {
+    let dir = TempDir::new("http-reset-mid-upload");
+    let listen = free_port();
+    let upstream = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let up = upstream.local_addr().unwrap().port();
+    let seen = std::thread::spawn(move || {
+        let (s, _) = upstream.accept().unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let mut r = std::io::BufReader::new(s);
+        let (_, length) = read_request_head(&mut r);
+        assert_eq!(length, 200);
+        let mut first = vec![0; 100];
+        r.read_exact(&mut first).unwrap();
+        drop(r);
+        let (s, _) = upstream.accept().unwrap();
+        (String::from_utf8(first).unwrap(), answer_with_length(s))
+    });
+    let _s = start_sluice(
+        &dir,
+        &http_config(
+            listen,
+            &[up],
+            "",
+            "                retry_policy: { retry_on: [reset], num_retries: 1 }\n",
+        ),
+        1,
+        addr(listen),
+    );
+    let got = two_part_request(listen, "PUT");
+    assert_eq!(status_of(&got), 200, "{got}");
+    assert!(got.ends_with("len=200"), "{got}");
+    let (first, whole) = seen.join().unwrap();
+    assert_eq!(first, "a".repeat(100));
+    assert_eq!(whole, format!("{}{}", "a".repeat(100), "b".repeat(100)));
+}

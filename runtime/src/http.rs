@@ -1655,6 +1655,8 @@ impl<N: Network> Engine<N> {
                 // When answer bytes last went to the client, for the upload's idle timer.
                 let answered = Cell::new(TokioInstant::now());
                 let answered = duplex.then_some(&answered);
+                // Whether the upload still writes upstream, and whether its copy is whole.
+                let detach = Detach::default();
                 // The rest of a streamed body, once the head went out; `None` when there is
                 // none left to send (held, sent, or given up).
                 let mut upload = std::pin::pin!(None);
@@ -1698,6 +1700,7 @@ impl<N: Network> Engine<N> {
                             let (up_w, down_r) = (&up_cell, &down_cell);
                             let idle = scratch.stream_idle;
                             let received = &bytes_received;
+                            let detach = &detach;
                             // A body that may fit the replay buffer is copied as it goes.
                             let replay = match framing {
                                 BodyFraming::ContentLength(n) if n as usize > REPLAY_LIMIT => None,
@@ -1714,6 +1717,7 @@ impl<N: Network> Engine<N> {
                                     answered,
                                     received,
                                     replay,
+                                    detach,
                                 )
                                 .await
                             }));
@@ -1752,6 +1756,53 @@ impl<N: Network> Engine<N> {
                     }
                     other => other,
                 };
+                // What the try's failure says to the core: a failure after the head went out
+                // was written; a pooled connection may have been stale.
+                let result = match result {
+                    Some(Err(TryFailure::Closed {
+                        request_written, ..
+                    })) => Some(Err(TryFailure::Closed {
+                        request_written: request_written || written,
+                        reused: may_be_stale
+                            || (reused
+                                && matches!(&**up_cell.borrow(), Upstream::Http2(h) if h.connection_lost())),
+                    })),
+                    r => r,
+                };
+                // A try that failed while the body is still arriving, kept whole so far, when
+                // the core would retry it were the body replayable: the rest of the body is
+                // read into the copy (nothing more goes upstream), each read within
+                // `stream_idle_timeout`, and if it ends within REPLAY_LIMIT the body is
+                // replayable (`BodyBuffered`) before the core decides. Not for gRPC: its client
+                // may wait for answers before it sends more.
+                if let Some(Err(failure)) = result
+                    && upload_fault.is_none()
+                    && upload.is_some()
+                    && !scratch.grpc
+                    && !detach.lost.get()
+                    && stream.stream.retry_wants_body(now(), failure)
+                {
+                    detach.off.set(true);
+                    let rest = poll_fn(|cx| match upload.as_mut().as_pin_mut() {
+                        Some(f) => f.poll(cx),
+                        None => Poll::Ready(Ok(Uploaded {
+                            kept: false,
+                            detached: true,
+                        })),
+                    })
+                    .await;
+                    upload.set(None);
+                    match rest {
+                        Ok(Uploaded { kept: true, .. }) => {
+                            body_kept = true;
+                            self.stream_input(ci, &mut stream, Input::BodyBuffered);
+                            self.stream_input(ci, &mut stream, Input::RequestComplete);
+                        }
+                        Ok(_) => {}
+                        // The client's own failure is answered as such, below.
+                        Err(e) => upload_fault = fault_of(&e),
+                    }
+                }
                 if let Some(fault) = upload_fault {
                     // The client stopped sending its body, sent a malformed one, or went away
                     // while streaming it: its fault, not the upstream's — nothing is reported
@@ -1779,17 +1830,6 @@ impl<N: Network> Engine<N> {
                         if too_many_interim && let Some(c) = cstats {
                             bump(&c.upstream_rq_too_many_interim, 1);
                         }
-                        let failure = match failure {
-                            TryFailure::Closed {
-                                request_written, ..
-                            } => TryFailure::Closed {
-                                request_written: request_written || written,
-                                reused: may_be_stale
-                                    || (reused
-                                        && matches!(&**up_cell.borrow(), Upstream::Http2(h) if h.connection_lost())),
-                            },
-                            f => f,
-                        };
                         step = self.stream_input(ci, &mut stream, Input::TryFailed(failure));
                         self.publish_host_active(ci, host);
                         continue;
@@ -2085,7 +2125,9 @@ impl<N: Network> Engine<N> {
             upload.set(None);
             match sent {
                 Ok(uploaded) => {
-                    *request_complete = true;
+                    // An upload that went on past a failed write (to keep the body for a
+                    // retry) did not deliver it: the connection is not reused.
+                    *request_complete = !uploaded.detached;
                     if uploaded.kept {
                         *kept = true;
                         self.stream_input(ci, stream, Input::BodyBuffered);
@@ -2404,6 +2446,7 @@ where
             None,
             bytes_received,
             None,
+            &Detach::default(),
         )
         .await
         {
@@ -2558,20 +2601,40 @@ async fn fill_within<D: AsyncRead + Unpin>(
 /// What [`stream_request_body`] sent.
 #[derive(Clone, Copy, Debug)]
 struct Uploaded {
-    /// The replay copy holds all of it, as written upstream.
+    /// The replay copy holds all of it, as written upstream (or as it would have been).
     kept: bool,
+    /// The upstream did not take all of it ([`Detach::off`]): the rest was only copied.
+    detached: bool,
+}
+
+/// What the driver and a streamed body's upload share about it, for one try.
+#[derive(Debug, Default)]
+struct Detach {
+    /// Nothing more goes upstream; what arrives is only copied, while it fits. Set by the
+    /// driver when the try failed and the core wants the whole body for a retry
+    /// (`Stream::retry_wants_body`), or by the upload when a write to the upstream failed
+    /// while the copy was whole (the try's failure follows on the response path). An upload
+    /// whose copy is lost then ends with an error.
+    off: Cell<bool>,
+    /// No whole copy: none was kept (too large a `content-length`), or it outgrew
+    /// [`REPLAY_LIMIT`]. The body cannot be replayed.
+    lost: Cell<bool>,
 }
 
 /// Where [`stream_request_body`] copies what it writes upstream, while it fits in
 /// [`REPLAY_LIMIT`] (a body that outgrows it loses its copy: it is not retried).
-struct ReplayCopy<'a>(Option<&'a mut Vec<u8>>);
+struct ReplayCopy<'a> {
+    copy: Option<&'a mut Vec<u8>>,
+    detach: &'a Detach,
+}
 
 impl ReplayCopy<'_> {
     fn keep(&mut self, bytes: &[u8]) {
-        if let Some(copy) = self.0.as_deref_mut() {
+        if let Some(copy) = self.copy.as_deref_mut() {
             if copy.len() + bytes.len() > REPLAY_LIMIT {
                 copy.clear();
-                self.0 = None;
+                self.copy = None;
+                self.detach.lost.set(true);
             } else {
                 copy.extend_from_slice(bytes);
             }
@@ -2579,11 +2642,50 @@ impl ReplayCopy<'_> {
     }
 }
 
+/// Writes a piece of the body upstream (unless detached, see [`Detach::off`]) and keeps it in
+/// the copy. A write under way stops when the driver detaches the upload (it is polled again
+/// after). A failed write detaches the upload when the copy is whole, so that a retry can
+/// still have the body; else it is the upload's error.
+async fn send_kept<U: AsyncWrite + Unpin>(
+    up: &mut U,
+    piece: &[u8],
+    copy: &mut ReplayCopy<'_>,
+) -> io::Result<()> {
+    let detach = copy.detach;
+    if !detach.off.get() {
+        let mut write = std::pin::pin!(write_flushed(up, piece));
+        let written = poll_fn(|cx| {
+            if detach.off.get() {
+                Poll::Ready(Ok(()))
+            } else {
+                write.as_mut().poll(cx)
+            }
+        })
+        .await;
+        if let Err(e) = written {
+            if copy.copy.is_none() {
+                return Err(e);
+            }
+            tracing::debug!(error = %e, "upstream stopped taking the request body; kept for a retry");
+            detach.off.set(true);
+        }
+    }
+    copy.keep(piece);
+    if detach.off.get() && copy.copy.is_none() {
+        return Err(io::Error::new(
+            io::ErrorKind::BrokenPipe,
+            "the upstream stopped taking a request body larger than the replay buffer",
+        ));
+    }
+    Ok(())
+}
+
 /// Streams a request body downstream → upstream as it arrives; returns whether
 /// `replay` (when given) holds a copy of all of it as written upstream — so a retry can send it
 /// again (Envoy's rule: bytes go upstream as they come, and a copy is kept up to the buffer
 /// limit). Leaves `rbuf` holding only bytes after the body (the next pipelined request).
-/// `answered`: see [`fill_within`].
+/// `answered`: see [`fill_within`]; `detach`: see [`Detach`] (when detached, the rest of the
+/// body is read into the copy only, and an upload whose copy is lost ends with an error).
 #[allow(clippy::too_many_arguments)]
 async fn stream_request_body<U, D>(
     up: &mut U,
@@ -2595,12 +2697,19 @@ async fn stream_request_body<U, D>(
     answered: Option<&Cell<TokioInstant>>,
     received: &Cell<u64>,
     replay: Option<&mut Vec<u8>>,
+    detach: &Detach,
 ) -> io::Result<Uploaded>
 where
     U: AsyncWrite + Unpin,
     D: AsyncRead + Unpin,
 {
-    let mut copy = ReplayCopy(replay);
+    if replay.is_none() {
+        detach.lost.set(true);
+    }
+    let mut copy = ReplayCopy {
+        copy: replay,
+        detach,
+    };
     stream_body_kept(
         up,
         down,
@@ -2614,7 +2723,8 @@ where
     )
     .await?;
     Ok(Uploaded {
-        kept: copy.0.is_some(),
+        kept: copy.copy.is_some(),
+        detached: detach.off.get(),
     })
 }
 
@@ -2646,8 +2756,7 @@ where
                 let take = (avail as u64).min(left) as usize;
                 if take > 0 {
                     let piece = &rbuf.bytes()[head_len..head_len + take];
-                    write_flushed(up, piece).await?;
-                    copy.keep(piece);
+                    send_kept(up, piece, copy).await?;
                     drop_range(rbuf, head_len, take);
                     left -= take as u64;
                     total += take as u64;
@@ -2692,13 +2801,11 @@ where
                 if done {
                     let section = &rbuf.bytes()[head_len..head_len + held];
                     if section == b"\r\n" {
-                        write_flushed(up, section).await?;
-                        copy.keep(section);
+                        send_kept(up, section, copy).await?;
                     } else {
                         let mut trailers = Vec::with_capacity(section.len());
                         write_trailers(&mut trailers, section);
-                        write_flushed(up, &trailers).await?;
-                        copy.keep(&trailers);
+                        send_kept(up, &trailers, copy).await?;
                     }
                     drop_range(rbuf, head_len, held);
                     received.set(received.get() + held as u64);
@@ -2978,6 +3085,81 @@ mod tests {
                 "the end of the body never came"
             );
             assert_eq!(&got[head_len..], &body[..]);
+        });
+    }
+
+    /// An upstream that takes `0` more bytes, then fails every write.
+    struct FailAfter(usize);
+
+    impl AsyncWrite for FailAfter {
+        fn poll_write(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            buf: &[u8],
+        ) -> Poll<io::Result<usize>> {
+            if buf.len() <= self.0 {
+                self.0 -= buf.len();
+                Poll::Ready(Ok(buf.len()))
+            } else {
+                Poll::Ready(Err(io::ErrorKind::BrokenPipe.into()))
+            }
+        }
+        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+        fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    /// A write to the upstream that fails while a small body is still arriving (the upstream
+    /// took its first half) leaves the upload reading the rest into the replay copy, so that a
+    /// retry has the whole body (`kept`, `detached`: the upstream did not get it all). Without
+    /// a copy (a body too large for it) the failed write is the upload's error, as before.
+    #[test]
+    fn a_failed_body_write_keeps_reading_a_small_body_into_the_copy() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let upload = async |replay: Option<&mut Vec<u8>>| {
+                let (mut down, mut client) = tokio::io::duplex(1024);
+                let send = async {
+                    client.write_all(&[b'a'; 100]).await.unwrap();
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    client.write_all(&[b'b'; 100]).await.unwrap();
+                };
+                let detach = Detach::default();
+                let mut rbuf = ReadBuffer::new();
+                let received = Cell::new(0);
+                let mut up = FailAfter(100);
+                let (r, ()) = tokio::join!(
+                    stream_request_body(
+                        &mut up,
+                        &mut down,
+                        &mut rbuf,
+                        0,
+                        BodyFraming::ContentLength(200),
+                        Some(Duration::from_secs(5)),
+                        None,
+                        &received,
+                        replay,
+                        &detach,
+                    ),
+                    send
+                );
+                (r, detach.off.get())
+            };
+            let mut copy = Vec::new();
+            let (r, off) = upload(Some(&mut copy)).await;
+            let uploaded = r.unwrap();
+            assert!(uploaded.kept && uploaded.detached && off, "{uploaded:?}");
+            assert_eq!(copy, [[b'a'; 100], [b'b'; 100]].concat());
+            let (r, _) = upload(None).await;
+            let e = r.unwrap_err();
+            assert_eq!(e.kind(), io::ErrorKind::BrokenPipe, "{e}");
+            assert!(fault_of(&e).is_none(), "not the client's fault: {e}");
         });
     }
 }

@@ -380,6 +380,15 @@ impl Stream {
         self.exchange.deadline()
     }
 
+    /// Whether the current try's `failure`, about to be handed in, would be retried were the
+    /// body (still arriving, kept whole so far) replayable ([`Exchange::retry_wants_body`]):
+    /// then the driver reads the rest of it first, and gives `BodyBuffered` when it ended
+    /// within the copy, before `TryFailed`.
+    #[must_use]
+    pub fn retry_wants_body(&self, now: Instant, failure: TryFailure) -> bool {
+        !self.is_finished() && self.exchange.retry_wants_body(now, failure)
+    }
+
     /// Tries started so far.
     #[must_use]
     pub fn tries(&self) -> usize {
