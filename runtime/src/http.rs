@@ -23,11 +23,22 @@
 //! the head; any other streams as it arrives (a watch, a slow uploader, a gRPC stream: nothing
 //! waits for the body's end), and a copy of what was sent is kept up to [`REPLAY_LIMIT`] (Envoy's
 //! rule). A streamed body that ended within it is replayable from then on (the core's
-//! `BodyBuffered`): a retry sends head and copy whole, as for a held body. One that outgrew it,
-//! or a try that failed while the body was still arriving, is not retried once written (Envoy
-//! would replay the part it kept and stream the rest: not done here). The route timeout starts
-//! once the request is complete; until then each body read must come within
-//! `stream_idle_timeout` (else 408), the answer's bytes to the client counting as activity too.
+//! `BodyBuffered`): a retry sends head and copy whole, as for a held body. One that outgrew it is
+//! not retried once written. A try that fails while the body is still arriving, its copy whole
+//! so far: when the core says a replayable body would make it retried
+//! (`Stream::retry_wants_body`: a refused stream, a stale pooled connection, a reset under
+//! `retry_on` of an idempotent request), the upload is **detached** (`Detach`: nothing more
+//! goes upstream) and run to the body's end, reading the rest into the copy (each read within
+//! `stream_idle_timeout`); if it ended within [`REPLAY_LIMIT`] the core gets `BodyBuffered`
+//! and `RequestComplete`, then the failure, and decides (the retry sends head and copy whole);
+//! if it outgrew the copy, the failure is decided with the body not replayable (502), and a
+//! client's fault meanwhile is answered as such (408, 400). A write to the upstream that fails
+//! while the copy is whole detaches the upload too (it goes on reading into the copy, for the
+//! try's failure that follows); the connection is then not reused. Not for gRPC (its client may
+//! wait for answers before it sends more). Envoy instead replays the part it kept and streams
+//! the rest onto the new try. The route timeout starts once the request is complete; until
+//! then each body read must come within `stream_idle_timeout` (else 408), the answer's bytes to
+//! the client counting as activity too.
 //!
 //! A streamed body is sent **full duplex**: once the head went out, the rest of the body is an
 //! upload future that `Engine::alongside` polls with every step of the response path (reading
@@ -87,7 +98,8 @@ use crate::stats::{WorkerStats, bump, gauge_add};
 use crate::tls::{HandshakeOutcome, MaybeTls};
 use sluice_core::http2::te_wants_trailers;
 
-/// Request bodies up to this size are buffered so that a retry can resend them.
+/// Request bodies up to this size are held, or a copy of them kept as they stream, so that a
+/// retry can resend them.
 pub const REPLAY_LIMIT: usize = 64 * 1024;
 /// Limits for upstream response heads.
 const RESPONSE_LIMITS: Limits = Limits {
@@ -2093,9 +2105,10 @@ impl<N: Network> Engine<N> {
     /// (`upload`, `None` when nothing is left to send) is sent alongside. A body sent whole
     /// gives the stream its `RequestComplete` (the route timeout starts, so the timer is armed
     /// again); one the upstream stopped taking (a write failed) is given up — the route timeout
-    /// starts then too — and the answer, or its failure, says the rest. A body sent whole and
-    /// kept whole for retries (`Uploaded::kept`) gives the stream its `BodyBuffered` first, and
-    /// sets `kept`.
+    /// starts then too — and the answer, or its failure, says the rest. A body kept whole for
+    /// retries (`Uploaded::kept`) gives the stream its `BodyBuffered` first, and sets `kept`;
+    /// one the upstream did not take all of (`Uploaded::detached`) leaves `request_complete`
+    /// false (the connection is not reused).
     async fn alongside<T, W, U>(
         &self,
         ci: usize,
