@@ -1572,3 +1572,49 @@ fn a_reset_mid_upload_is_retried_with_the_whole_body() {
     assert_eq!(first, "a".repeat(100));
     assert_eq!(whole, format!("{}{}", "a".repeat(100), "b".repeat(100)));
 }
+
+/// A POST (not idempotent: not retried once written) whose upstream closes mid-upload under
+/// `retry_on: [reset]` is answered 502 at once: the proxy reads the rest of a body only for a
+/// retry, so a client that waits for the answer before finishing its body is not left waiting.
+#[test]
+fn a_reset_mid_upload_that_will_not_be_retried_is_answered_without_waiting_for_the_body() {
+    let dir = TempDir::new("http-reset-no-retry");
+    let listen = free_port();
+    let upstream = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let up = upstream.local_addr().unwrap().port();
+    let closer = std::thread::spawn(move || {
+        let (s, _) = upstream.accept().unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let mut r = std::io::BufReader::new(s);
+        let (_, length) = read_request_head(&mut r);
+        let mut first = vec![0; 100];
+        r.read_exact(&mut first).unwrap();
+        length
+    });
+    let _s = start_sluice(
+        &dir,
+        &http_config(
+            listen,
+            &[up],
+            "",
+            "                retry_policy: { retry_on: [reset], num_retries: 1 }\n",
+        ),
+        1,
+        addr(listen),
+    );
+    let mut c = TcpStream::connect(addr(listen)).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+    c.write_all(
+        format!(
+            "POST /doc HTTP/1.1\r\nHost: example.com\r\nContent-Length: 200\r\n\r\n{}",
+            "a".repeat(100)
+        )
+        .as_bytes(),
+    )
+    .unwrap();
+    // The rest of the body is never sent: the answer must come anyway.
+    let mut r = std::io::BufReader::new(c.try_clone().unwrap());
+    let head = read_head(&mut r);
+    assert_eq!(status_of(&head), 502, "{head}");
+    assert_eq!(closer.join().unwrap(), 200);
+}
