@@ -43,7 +43,8 @@
 //! - **Refused unprocessed** ([`TryFailure::Refused`]: an HTTP/2 upstream's `REFUSED_STREAM`, or
 //!   a stream above a GOAWAY's `last_stream_id`, RFC 9113 §8.7): the upstream guarantees it did
 //!   not act on the request, so it is sent again at once whatever its method, outside
-//!   `num_retries` and without a `retry_on` condition, when its body can be replayed — at most
+//!   `num_retries` and without a `retry_on` condition, when its body can be replayed (or none
+//!   of it was written on this try: refused as its head went out) — at most
 //!   [`MAX_UNPROCESSED_RETRIES`] times per request. Not reported to outlier detection.
 //! - Retries go to a host not tried yet when one is available, after a jittered exponential
 //!   backoff: uniform in `[0, min(250ms, 25ms × 2^n)]` from the injected RNG.
@@ -576,9 +577,12 @@ impl Exchange {
             TryFailure::Refused => (ResponseFlag::UpstreamConnectionTermination, false, false),
         };
         // Not processed: sent again whatever the method (nothing of it reached the
-        // application), outside `num_retries`, at once, as long as the body can be replayed.
+        // application), outside `num_retries`, at once, as long as the body can be replayed —
+        // or nothing of it was written on this try (refused as its head went out): a streamed
+        // body is then still whole with the driver (an earlier try that wrote was retried only
+        // when replayable).
         let unprocessed = failure == TryFailure::Refused
-            && replayable
+            && (replayable || !written)
             && self.unprocessed_retries < MAX_UNPROCESSED_RETRIES
             && self.deadline.is_none_or(|d| now < d);
         let rule = if unprocessed {

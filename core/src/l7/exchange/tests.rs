@@ -871,3 +871,22 @@ fn a_failure_while_the_body_arrives_asks_for_the_body_only_when_it_would_retry()
         Action::Connect { .. }
     ));
 }
+
+/// A stream refused as its head went out (nothing of the request written on this try) is sent
+/// again even when its body streams and is not replayable: none of it was consumed yet.
+#[test]
+fn a_refused_try_that_wrote_nothing_is_sent_again_with_a_streamed_body() {
+    let (mut c, mut rng, mut now) = (cluster(2), Rng::from_seed(1), epoch());
+    let mut cfg = config(false, 0);
+    cfg.replayable = false;
+    cfg.request_complete = false;
+    let mut e = Exchange::new(now, cfg);
+    e.start(now, &mut c, &mut rng);
+    next_action(&mut e, &mut now, &mut c, &mut rng);
+    e.handle_connected(now, false, &mut c);
+    e.handle_failure(now, TryFailure::Refused, &mut c, &mut rng);
+    assert!(matches!(
+        next_action(&mut e, &mut now, &mut c, &mut rng),
+        Action::Connect { .. }
+    ));
+}
