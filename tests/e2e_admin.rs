@@ -1011,3 +1011,120 @@ fn a_config_dump_validates_and_runs_the_same() {
     let (_, dump_again) = get(admin_port, "/config_dump");
     assert_eq!(dump_again, dump, "a dump of the dump is the dump");
 }
+
+/// A keep-alive HTTP/1.1 request on `s` (one of the test's client connections): the status.
+fn keep_alive_get(s: &mut TcpStream, path: &str) -> u16 {
+    s.write_all(format!("GET {path} HTTP/1.1\r\nhost: x\r\n\r\n").as_bytes())
+        .unwrap();
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        assert_eq!(s.read(&mut byte).unwrap(), 1, "the answer ended early");
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8(head).unwrap();
+    let length: usize = head
+        .lines()
+        .find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.eq_ignore_ascii_case("content-length")
+                .then(|| v.trim().parse().unwrap())
+        })
+        .expect("a content-length");
+    let mut body = vec![0; length];
+    s.read_exact(&mut body).unwrap();
+    head.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+/// `/clusters?format=json`'s pool numbers of cluster `app` and of its first host: `[cluster
+/// http1_cx_idle, host http1_cx_idle, host cx_active]`.
+fn http1_pool(admin_port: u16) -> [u64; 3] {
+    let (_, json) = get(admin_port, "/clusters?format=json");
+    let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+    let c = &v["clusters"][0];
+    [
+        c["pool"]["http1_cx_idle"].as_u64().unwrap(),
+        c["hosts"][0]["http1_cx_idle"].as_u64().unwrap(),
+        c["hosts"][0]["cx_active"].as_u64().unwrap(),
+    ]
+}
+
+/// `/clusters` shows the HTTP/1.1 keep-alive pool: three requests in flight at once (three
+/// client keep-alive connections) leave three upstream connections idle in the pool, per host
+/// and for the cluster, in JSON, text and Prometheus; a request that reuses one takes it out
+/// and puts it back (still three, not four); the idle sweep closes them, and the counts go
+/// back to 0.
+#[test]
+fn clusters_show_the_http11_keep_alive_pool_until_the_idle_sweep() {
+    let dir = TempDir::new("admin-pool-http1");
+    let (listen, admin_port, up) = (free_port(), free_port(), free_port());
+    let _up = start_py_upstream(&dir, "up", up);
+    // The default idle timeout is 30 s: shorter here, so that the sweep is seen.
+    let config = format!(
+        r#"
+admin: {{ address: 127.0.0.1:{admin_port} }}
+listeners:
+  - name: http_in
+    address: 127.0.0.1:{listen}
+    http:
+      virtual_hosts:
+        - name: any
+          domains: ["*"]
+          routes:
+            - match: {{ prefix: / }}
+              route: {{ cluster: app }}
+clusters:
+  - name: app
+    upstream_idle_timeout: 2s
+    hosts: [ {{ address: 127.0.0.1:{up} }} ]
+"#
+    );
+    let _s = start_sluice(&dir, &config, 1, addr(listen));
+    wait_ready(admin_port);
+    assert_eq!(http1_pool(admin_port), [0, 0, 0]);
+
+    let mut clients: Vec<TcpStream> = (0..3)
+        .map(|_| TcpStream::connect(addr(listen)).unwrap())
+        .collect();
+    for c in &clients {
+        c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    }
+    // Three at once: each needs its own upstream connection.
+    std::thread::scope(|scope| {
+        for c in &mut clients {
+            scope.spawn(|| assert_eq!(keep_alive_get(c, "/sleep/300"), 200));
+        }
+    });
+    eventually("three idle pooled connections", || {
+        http1_pool(admin_port) == [3, 3, 3]
+    });
+    let (_, text) = get(admin_port, "/clusters");
+    assert!(text.contains("app::pool::http1_cx_idle::3\n"), "{text}");
+    assert!(
+        text.contains(&format!("app::127.0.0.1:{up}::http1_cx_idle::3\n")),
+        "{text}"
+    );
+    let (_, metrics) = get(admin_port, "/stats/prometheus");
+    assert_eq!(
+        sample(
+            &metrics,
+            &format!(
+                "sluice_upstream_host_http1_cx_idle{{cluster=\"app\",host=\"127.0.0.1:{up}\"}}"
+            )
+        ),
+        3
+    );
+    assert_eq!(
+        sample(&metrics, "sluice_upstream_http1_cx_idle{cluster=\"app\"}"),
+        3
+    );
+
+    // Reused: taken out for the request and put back after it.
+    assert_eq!(keep_alive_get(&mut clients[0], "/again"), 200);
+    eventually("still three idle", || http1_pool(admin_port) == [3, 3, 3]);
+
+    // The idle sweep closes them (2 s idle timeout, a sweep every second).
+    eventually("the sweep closed them", || {
+        http1_pool(admin_port) == [0, 0, 0]
+    });
+}

@@ -458,6 +458,47 @@ fn a_refused_stream_is_sent_again_whatever_the_method() {
     assert_eq!(stat(admin, "http2.upstream_refused"), 1);
 }
 
+/// A POST whose body arrives in two reads 200 ms apart, refused (REFUSED_STREAM) by the
+/// upstream as soon as its HEADERS arrived — before the body's end: the proxy reads the rest of
+/// the body into its replay copy and sends the request again, whole; the client gets 200 and
+/// the upstream the whole 200 bytes. (Defaults: no retry policy.)
+#[test]
+fn a_stream_refused_while_its_body_still_arrives_is_sent_again_whole() {
+    if !require_peers(&["node"]) {
+        return;
+    }
+    let dir = TempDir::new("h2up-refused-early");
+    let (listen, admin, up) = (free_port(), free_port(), free_port());
+    let (_u, log) = start_h2_upstream(&dir, "up", up);
+    let _sluice = start_sluice(&dir, &config(listen, admin, &[up]), 1, addr(listen));
+    let mut c = std::net::TcpStream::connect(addr(listen)).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    use std::io::{Read, Write};
+    c.write_all(
+        format!(
+            "POST /refuse-early/t1 HTTP/1.1\r\nHost: example.com\r\nContent-Length: 200\r\n\
+             Connection: close\r\n\r\n{}",
+            "a".repeat(100)
+        )
+        .as_bytes(),
+    )
+    .unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    c.write_all("b".repeat(100).as_bytes()).unwrap();
+    let mut got = String::new();
+    let _ = c.read_to_string(&mut got);
+    assert!(got.starts_with("HTTP/1.1 200"), "{got}");
+    let (_, body) = got.split_once("\r\n\r\n").expect("a response head");
+    let seen = json(body);
+    assert_eq!(seen["method"], "POST", "{seen}");
+    assert_eq!(seen["body_len"], 200, "{seen}");
+    let lines = log_lines(&log);
+    assert_eq!(lines.len(), 2, "{lines:?}");
+    assert_eq!(lines[0]["refused"], "/refuse-early/t1");
+    assert_eq!(lines[1]["path"], "/refuse-early/t1");
+    assert_eq!(stat(admin, "http2.upstream_refused"), 1);
+}
+
 #[test]
 fn a_pooled_connection_the_upstream_dropped_without_goaway_is_stale_for_idempotent_requests() {
     if !require_peers(&["node", "curl"]) {
@@ -588,6 +629,11 @@ fn an_unanswered_keepalive_ping_closes_the_connection_and_fails_its_streams_as_r
     assert_eq!(status, 502, "{body}");
     assert!(stat(admin, "http2.upstream_keepalive_timeout") >= 1);
     assert!(stat(admin, "http2.upstream_rx_reset") >= 1);
+    // No RST_STREAM: the streams were cut by their connection ending.
+    assert_eq!(
+        stat(admin, "http2.upstream_rx_reset_code.connection"),
+        stat(admin, "http2.upstream_rx_reset")
+    );
     stop.store(true, Ordering::SeqCst);
 }
 
@@ -1362,4 +1408,172 @@ clusters:
     );
     std::fs::write(&health, "NOT_SERVING\n").unwrap();
     wait_host_health(admin, front, "unhealthy", Duration::from_secs(5), &sluice);
+}
+
+/// `/clusters?format=json`'s HTTP/2 pool numbers: `[cluster http2_cx_active, cluster
+/// http2_streams_active, host http2_cx_active, host http2_streams_active]`.
+fn http2_pool(admin: u16) -> [u64; 4] {
+    let (status, body) = curl(&[&format!("http://127.0.0.1:{admin}/clusters?format=json")]);
+    assert_eq!(status, 200);
+    let v = json(&body);
+    let c = &v["clusters"][0];
+    let n = |v: &serde_json::Value| v.as_u64().unwrap_or_else(|| panic!("{body}"));
+    [
+        n(&c["pool"]["http2_cx_active"]),
+        n(&c["pool"]["http2_streams_active"]),
+        n(&c["hosts"][0]["http2_cx_active"]),
+        n(&c["hosts"][0]["http2_streams_active"]),
+    ]
+}
+
+/// Polls `check` for up to 10 s.
+fn within_10s(what: &str, mut check: impl FnMut() -> bool) {
+    for _ in 0..200 {
+        if check() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("not within 10 s: {what}");
+}
+
+/// `/clusters` shows the HTTP/2 pool: three requests held by a slow upstream are three streams
+/// on one connection (per host and for the cluster, in JSON, text and Prometheus); once
+/// answered, the connection stays with no stream, and the idle sweep closes it (0 again).
+#[test]
+fn clusters_show_http2_connections_and_their_active_streams() {
+    if !require_peers(&["node", "curl"]) {
+        return;
+    }
+    let dir = TempDir::new("h2up-pool");
+    let (listen, admin, up) = (free_port(), free_port(), free_port());
+    let (_u, _log) = start_h2_upstream(&dir, "up", up);
+    // The default idle timeout is 30 s: shorter here, so that the sweep is seen.
+    let text = config(listen, admin, &[up]).replace(
+        "protocol: http2\n",
+        "protocol: http2\n    upstream_idle_timeout: 2s\n",
+    );
+    let _sluice = start_sluice(&dir, &text, 1, addr(listen));
+    assert_eq!(http2_pool(admin), [0, 0, 0, 0]);
+
+    std::thread::scope(|scope| {
+        let get = |i: usize| {
+            let url = format!("http://127.0.0.1:{listen}/slow/2000/{i}");
+            move || assert_eq!(curl(&["--http1.1", &url]).0, 200)
+        };
+        scope.spawn(get(0));
+        within_10s("one stream", || http2_pool(admin) == [1, 1, 1, 1]);
+        scope.spawn(get(1));
+        scope.spawn(get(2));
+        within_10s("three streams on one connection", || {
+            http2_pool(admin) == [1, 3, 1, 3]
+        });
+        let (_, clusters) = curl(&[&format!("http://127.0.0.1:{admin}/clusters")]);
+        for line in [
+            "app::pool::http2_cx_active::1\n".to_owned(),
+            "app::pool::http2_streams_active::3\n".to_owned(),
+            format!("app::127.0.0.1:{up}::http2_cx_active::1\n"),
+            format!("app::127.0.0.1:{up}::http2_streams_active::3\n"),
+        ] {
+            assert!(clusters.contains(&line), "{line} in {clusters}");
+        }
+        let (_, metrics) = curl(&[&format!("http://127.0.0.1:{admin}/stats/prometheus")]);
+        for line in [
+            "sluice_upstream_http2_cx_active{cluster=\"app\"} 1\n".to_owned(),
+            "sluice_upstream_http2_streams_active{cluster=\"app\"} 3\n".to_owned(),
+            format!(
+                "sluice_upstream_host_http2_streams_active{{cluster=\"app\",host=\"127.0.0.1:{up}\"}} 3\n"
+            ),
+        ] {
+            assert!(metrics.contains(&line), "{line} in {metrics}");
+        }
+    });
+    // Answered: the connection is pooled with no stream, until the sweep closes it.
+    within_10s("no stream, the connection pooled", || {
+        http2_pool(admin) == [1, 0, 1, 0]
+    });
+    within_10s("the sweep closed the connection", || {
+        http2_pool(admin) == [0, 0, 0, 0]
+    });
+    assert_eq!(stat(admin, "http2.upstream_cx_total"), 1);
+}
+
+/// An HTTP/1.1 upstream that answers gRPC with its status in a chunked trailer section (an
+/// HTTP/1.1 gRPC bridge, `tests/http_upstream.py`'s `/grpc-status/N`, whose trailer section
+/// arrives in two pieces): the access log's `GRPC_STATUS` is that status, for an HTTP/1.1 and
+/// an HTTP/2 client; a request that is not gRPC logs none.
+#[test]
+fn the_access_log_has_the_grpc_status_of_an_http11_upstreams_chunked_trailers() {
+    if !require_peers(&["curl", "python3"]) {
+        return;
+    }
+    let dir = TempDir::new("grpc-h1-trailers");
+    let (listen, admin, up) = (free_port(), free_port(), free_port());
+    let _up = start_py_upstream(&dir, "up", up);
+    let log = dir.path().join("access.log");
+    let yaml = config(listen, admin, &[up])
+        .replace("    protocol: http2\n", "")
+        .replace(
+            "    http:\n",
+            &format!(
+                "    http:\n      access_log: {{ format: json, path: {} }}\n",
+                log.display()
+            ),
+        );
+    let sluice = start_sluice(&dir, &yaml, 1, addr(listen));
+    let base = format!("http://127.0.0.1:{listen}");
+    let grpc = ["-H", "content-type: application/grpc", "-H", "te: trailers"];
+    let (status, _) = curl(
+        &[
+            &["--http1.1"][..],
+            &grpc,
+            &["-d", "x", &format!("{base}/grpc-status/7")],
+        ]
+        .concat(),
+    );
+    assert_eq!(status, 200);
+    let (status, _) = curl(
+        &[
+            &["--http2-prior-knowledge"][..],
+            &grpc,
+            &["-d", "x", &format!("{base}/grpc-status/13")],
+        ]
+        .concat(),
+    );
+    assert_eq!(status, 200);
+    // Not gRPC: no status logged, whatever the trailers say.
+    let (status, _) = curl(&["--http1.1", &format!("{base}/grpc-status/5")]);
+    assert_eq!(status, 200);
+    // Lines are written at the latest when the process ends (SIGTERM).
+    stop(sluice);
+    let logged: Vec<(String, String, serde_json::Value)> = log_lines(&log)
+        .into_iter()
+        .map(|l| {
+            (
+                l["protocol"].as_str().unwrap_or("").to_owned(),
+                l["path"].as_str().unwrap_or("").to_owned(),
+                l["grpc_status"].clone(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        logged,
+        [
+            (
+                "HTTP/1.1".into(),
+                "/grpc-status/7".into(),
+                serde_json::json!(7)
+            ),
+            (
+                "HTTP/2".into(),
+                "/grpc-status/13".into(),
+                serde_json::json!(13)
+            ),
+            (
+                "HTTP/1.1".into(),
+                "/grpc-status/5".into(),
+                serde_json::Value::Null
+            ),
+        ]
+    );
 }

@@ -1303,3 +1303,318 @@ fn a_duplex_call_idle_both_ways_is_cut_after_stream_idle_timeout() {
         "{waited:?}"
     );
 }
+
+/// Reads a request head from `r` and returns it with its `content-length`.
+fn read_request_head(r: &mut impl std::io::BufRead) -> (String, usize) {
+    let mut head = String::new();
+    loop {
+        let mut line = String::new();
+        if r.read_line(&mut line).unwrap_or(0) == 0 {
+            return (head, 0);
+        }
+        head.push_str(&line);
+        if line == "\r\n" {
+            break;
+        }
+    }
+    let length = head
+        .lines()
+        .find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.eq_ignore_ascii_case("content-length")
+                .then(|| v.trim().parse().unwrap())
+        })
+        .unwrap_or(0);
+    (head, length)
+}
+
+/// A small body (200 bytes, well within the 64 KiB replay buffer) whose client sends the first
+/// half, then waits for the answer: the first 100 bytes reach the upstream as they arrive, and
+/// the upstream's answer — sent once it read them — reaches the client before the rest is
+/// sent (a proxy that holds small bodies whole until they end would wait for ever). Defaults.
+/// (An answer that ends before the request does ends the call: the rest is not sent.)
+#[test]
+fn a_small_body_streams_upstream_as_it_arrives() {
+    let dir = TempDir::new("http-small-streamed");
+    let listen = free_port();
+    let upstream = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let up = upstream.local_addr().unwrap().port();
+    // Answers once it read 100 bytes of the body, echoing them.
+    let upstream = std::thread::spawn(move || {
+        let (s, _) = upstream.accept().unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let mut w = s.try_clone().unwrap();
+        let mut r = std::io::BufReader::new(s);
+        let (_, length) = read_request_head(&mut r);
+        assert_eq!(length, 200);
+        let mut first = vec![0; 100];
+        r.read_exact(&mut first).unwrap();
+        let answer = format!("got:{}", String::from_utf8_lossy(&first));
+        w.write_all(
+            format!(
+                "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{answer}",
+                answer.len()
+            )
+            .as_bytes(),
+        )
+        .unwrap();
+    });
+    let _s = start_sluice(&dir, &http_config(listen, &[up], "", ""), 1, addr(listen));
+    let mut c = TcpStream::connect(addr(listen)).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    c.write_all(
+        format!(
+            "POST /watch HTTP/1.1\r\nHost: example.com\r\nContent-Length: 200\r\n\r\n{}",
+            "a".repeat(100)
+        )
+        .as_bytes(),
+    )
+    .unwrap();
+    let mut r = std::io::BufReader::new(c.try_clone().unwrap());
+    let head = read_head(&mut r);
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    let mut body = vec![0; 104];
+    r.read_exact(&mut body)
+        .expect("the answer before the rest of the body");
+    assert_eq!(body, format!("got:{}", "a".repeat(100)).as_bytes());
+    upstream.join().unwrap();
+}
+
+/// A small body that streamed (its client sent it in two parts, 300 ms apart) is kept for
+/// retries: the upstream reads all of it and resets the connection without answering, and the
+/// retry (`retry_on: [reset]`, an idempotent PUT) sends the whole body again — the second
+/// connection gets all 200 bytes, and the client its answer.
+#[test]
+fn a_streamed_small_body_is_replayed_whole_by_a_retry() {
+    let dir = TempDir::new("http-small-replayed");
+    let listen = free_port();
+    let upstream = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let up = upstream.local_addr().unwrap().port();
+    // First connection: reads the whole request, then closes unanswered. Second: answers with
+    // what it got.
+    let seen = std::thread::spawn(move || {
+        let mut bodies = Vec::new();
+        for answer in [false, true] {
+            let (s, _) = upstream.accept().unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+            let mut w = s.try_clone().unwrap();
+            let mut r = std::io::BufReader::new(s);
+            let (_, length) = read_request_head(&mut r);
+            let mut body = vec![0; length];
+            r.read_exact(&mut body).unwrap();
+            let body = String::from_utf8(body).unwrap();
+            if answer {
+                let text = format!("len={}", body.len());
+                w.write_all(
+                    format!(
+                        "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{text}",
+                        text.len()
+                    )
+                    .as_bytes(),
+                )
+                .unwrap();
+            }
+            bodies.push(body);
+        }
+        bodies
+    });
+    let _s = start_sluice(
+        &dir,
+        &http_config(
+            listen,
+            &[up],
+            "",
+            "                retry_policy: { retry_on: [reset], num_retries: 1 }\n",
+        ),
+        1,
+        addr(listen),
+    );
+    let mut c = TcpStream::connect(addr(listen)).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    c.write_all(
+        format!(
+            "PUT /doc HTTP/1.1\r\nHost: example.com\r\nContent-Length: 200\r\n\
+             Connection: close\r\n\r\n{}",
+            "a".repeat(100)
+        )
+        .as_bytes(),
+    )
+    .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    c.write_all("b".repeat(100).as_bytes()).unwrap();
+    let mut got = String::new();
+    let _ = c.read_to_string(&mut got);
+    assert_eq!(status_of(&got), 200, "{got}");
+    assert!(got.ends_with("len=200"), "{got}");
+    let whole = format!("{}{}", "a".repeat(100), "b".repeat(100));
+    assert_eq!(seen.join().unwrap(), [whole.clone(), whole]);
+}
+
+/// Answers one connection's request (head and `content-length` body) with `len=N`, N the body
+/// length it read; returns the body.
+fn answer_with_length(s: std::net::TcpStream) -> String {
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut w = s.try_clone().unwrap();
+    let mut r = std::io::BufReader::new(s);
+    let (_, length) = read_request_head(&mut r);
+    let mut body = vec![0; length];
+    r.read_exact(&mut body).unwrap();
+    let text = format!("len={length}");
+    w.write_all(
+        format!(
+            "HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{text}",
+            text.len()
+        )
+        .as_bytes(),
+    )
+    .unwrap();
+    String::from_utf8(body).unwrap()
+}
+
+/// Sends `method /doc` with a 200-byte body in two parts 200 ms apart (`a`s, then `b`s) and
+/// returns the whole answer.
+fn two_part_request(listen: u16, method: &str) -> String {
+    let mut c = TcpStream::connect(addr(listen)).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    c.write_all(
+        format!(
+            "{method} /doc HTTP/1.1\r\nHost: example.com\r\nContent-Length: 200\r\n\
+             Connection: close\r\n\r\n{}",
+            "a".repeat(100)
+        )
+        .as_bytes(),
+    )
+    .unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    c.write_all("b".repeat(100).as_bytes()).unwrap();
+    let mut got = String::new();
+    let _ = c.read_to_string(&mut got);
+    got
+}
+
+/// A pooled keep-alive connection the upstream closes once the next request's head arrived
+/// (the stale keep-alive race), while that request's body (a PUT, in two parts 200 ms apart)
+/// is still arriving: the proxy reads the rest of the body into its replay copy and sends the
+/// request again, whole, on a fresh connection — with the defaults (no retry policy), as for a
+/// body that arrived whole.
+#[test]
+fn a_stale_pooled_connection_is_retried_while_a_small_body_still_arrives() {
+    let dir = TempDir::new("http-stale-streamed");
+    let listen = free_port();
+    let upstream = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let up = upstream.local_addr().unwrap().port();
+    let seen = std::thread::spawn(move || {
+        // The first connection answers /warm, keeps alive, and closes once the next head came.
+        let (s, _) = upstream.accept().unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let mut w = s.try_clone().unwrap();
+        let mut r = std::io::BufReader::new(s);
+        let (warm, _) = read_request_head(&mut r);
+        assert!(warm.starts_with("GET /warm"), "{warm}");
+        w.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+            .unwrap();
+        let (next, _) = read_request_head(&mut r);
+        drop((r, w));
+        let (s, _) = upstream.accept().unwrap();
+        (next, answer_with_length(s))
+    });
+    let _s = start_sluice(&dir, &http_config(listen, &[up], "", ""), 1, addr(listen));
+    let warm = raw(
+        listen,
+        b"GET /warm HTTP/1.1\r\nHost: example.com\r\nConnection: close\r\n\r\n",
+    );
+    assert_eq!(status_of(&warm), 200, "{warm}");
+    let got = two_part_request(listen, "PUT");
+    assert_eq!(status_of(&got), 200, "{got}");
+    assert!(got.ends_with("len=200"), "{got}");
+    let (stale_head, body) = seen.join().unwrap();
+    assert!(stale_head.starts_with("PUT /doc"), "{stale_head}");
+    assert_eq!(body, format!("{}{}", "a".repeat(100), "b".repeat(100)));
+}
+
+/// A PUT whose upstream closes the connection mid-upload (it read the head and the first 100
+/// of 200 bytes, the rest still on its way from the client) is retried under
+/// `retry_on: [reset]`: the proxy reads the rest into its replay copy, and the second
+/// connection gets the whole body.
+#[test]
+fn a_reset_mid_upload_is_retried_with_the_whole_body() {
+    let dir = TempDir::new("http-reset-mid-upload");
+    let listen = free_port();
+    let upstream = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let up = upstream.local_addr().unwrap().port();
+    let seen = std::thread::spawn(move || {
+        let (s, _) = upstream.accept().unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let mut r = std::io::BufReader::new(s);
+        let (_, length) = read_request_head(&mut r);
+        assert_eq!(length, 200);
+        let mut first = vec![0; 100];
+        r.read_exact(&mut first).unwrap();
+        drop(r);
+        let (s, _) = upstream.accept().unwrap();
+        (String::from_utf8(first).unwrap(), answer_with_length(s))
+    });
+    let _s = start_sluice(
+        &dir,
+        &http_config(
+            listen,
+            &[up],
+            "",
+            "                retry_policy: { retry_on: [reset], num_retries: 1 }\n",
+        ),
+        1,
+        addr(listen),
+    );
+    let got = two_part_request(listen, "PUT");
+    assert_eq!(status_of(&got), 200, "{got}");
+    assert!(got.ends_with("len=200"), "{got}");
+    let (first, whole) = seen.join().unwrap();
+    assert_eq!(first, "a".repeat(100));
+    assert_eq!(whole, format!("{}{}", "a".repeat(100), "b".repeat(100)));
+}
+
+/// A POST (not idempotent: not retried once written) whose upstream closes mid-upload under
+/// `retry_on: [reset]` is answered 502 at once: the proxy reads the rest of a body only for a
+/// retry, so a client that waits for the answer before finishing its body is not left waiting.
+#[test]
+fn a_reset_mid_upload_that_will_not_be_retried_is_answered_without_waiting_for_the_body() {
+    let dir = TempDir::new("http-reset-no-retry");
+    let listen = free_port();
+    let upstream = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let up = upstream.local_addr().unwrap().port();
+    let closer = std::thread::spawn(move || {
+        let (s, _) = upstream.accept().unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let mut r = std::io::BufReader::new(s);
+        let (_, length) = read_request_head(&mut r);
+        let mut first = vec![0; 100];
+        r.read_exact(&mut first).unwrap();
+        length
+    });
+    let _s = start_sluice(
+        &dir,
+        &http_config(
+            listen,
+            &[up],
+            "",
+            "                retry_policy: { retry_on: [reset], num_retries: 1 }\n",
+        ),
+        1,
+        addr(listen),
+    );
+    let mut c = TcpStream::connect(addr(listen)).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+    c.write_all(
+        format!(
+            "POST /doc HTTP/1.1\r\nHost: example.com\r\nContent-Length: 200\r\n\r\n{}",
+            "a".repeat(100)
+        )
+        .as_bytes(),
+    )
+    .unwrap();
+    // The rest of the body is never sent: the answer must come anyway.
+    let mut r = std::io::BufReader::new(c.try_clone().unwrap());
+    let head = read_head(&mut r);
+    assert_eq!(status_of(&head), 502, "{head}");
+    assert_eq!(closer.join().unwrap(), 200);
+}

@@ -391,6 +391,12 @@ setTimeout(() => {{ console.log('timed out after ' + started); process.exit(1); 
     assert_eq!((version.as_str(), status), ("2", 200));
     assert_eq!(abuser.join().unwrap(), "goaway 11");
     assert_eq!(stat(admin, "http2.premature_reset_closed"), 1);
+    assert_eq!(stat(admin, "http2.goaway_sent.premature_resets"), 1);
+    assert_eq!(stat(admin, "http2.goaway_sent.drain"), 0);
+    // Every reset was the client's CANCEL, counted by its code.
+    let resets = stat(admin, "http2.rx_reset");
+    assert!(resets > 40, "{resets}");
+    assert_eq!(stat(admin, "http2.rx_reset_code.cancel"), resets);
     let (version, status, _) = curl_h2(&format!("http://127.0.0.1:{listen}/x"), &[]);
     assert_eq!((version.as_str(), status), ("2", 200));
 }
@@ -449,14 +455,13 @@ fn an_idle_http2_connection_gets_goaway_after_idle_timeout() {
         return;
     }
     let dir = TempDir::new("h2-idle");
-    let (listen, up) = (free_port(), free_port());
+    let (listen, up, admin) = (free_port(), free_port(), free_port());
     let (_u, _log) = start_upstream(&dir, "up", up);
-    let _sluice = start_sluice(
-        &dir,
-        &config(listen, up, "      idle_timeout: 1s\n"),
-        1,
-        addr(listen),
+    let yaml = format!(
+        "{}admin: {{ address: 127.0.0.1:{admin} }}\n",
+        config(listen, up, "      idle_timeout: 1s\n")
     );
+    let _sluice = start_sluice(&dir, &yaml, 1, addr(listen));
     // One request, then nothing: the connection is told GOAWAY and closed by the proxy.
     let script = format!(
         r#"
@@ -480,6 +485,60 @@ setTimeout(() => {{ console.log(events.concat('still open').join(' ')); process.
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    assert_eq!(stat(admin, "http2.goaway_sent.idle_timeout"), 1);
+    assert_eq!(stat(admin, "http2.goaway_sent.drain"), 0);
+}
+
+/// An upstream that breaks off its answer mid-way (a 100-byte body announced, 4 bytes sent, then
+/// the connection closed): the HTTP/2 client's stream is reset by the proxy (INTERNAL_ERROR),
+/// counted as a reset the proxy sent.
+#[test]
+fn an_answer_broken_off_mid_way_resets_the_http2_clients_stream_and_is_counted() {
+    if !require_peers(&["curl"]) {
+        return;
+    }
+    let dir = TempDir::new("h2-tx-reset");
+    let (listen, admin) = (free_port(), free_port());
+    let upstream = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let up = upstream.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for s in upstream.incoming() {
+            let Ok(mut s) = s else { return };
+            let mut head = Vec::new();
+            let mut byte = [0u8; 1];
+            while !head.ends_with(b"\r\n\r\n") && s.read(&mut byte).unwrap_or(0) == 1 {
+                head.push(byte[0]);
+            }
+            let _ = s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\nhalf");
+            let _ = s.flush();
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    });
+    let yaml = format!(
+        "{}admin: {{ address: 127.0.0.1:{admin} }}\n",
+        config(listen, up, "")
+    );
+    let _sluice = start_sluice(&dir, &yaml, 1, addr(listen));
+    let out = run(
+        "curl",
+        &[
+            "-sS",
+            "--http2-prior-knowledge",
+            "--max-time",
+            "10",
+            "-o",
+            "/dev/null",
+            &format!("http://127.0.0.1:{listen}/broken"),
+        ],
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "curl got the whole answer: {err}");
+    assert!(
+        err.contains("INTERNAL_ERROR") || err.contains("(92)"),
+        "{err}"
+    );
+    assert_eq!(stat(admin, "http2.tx_reset"), 1);
+    assert_eq!(stat(admin, "http2.rx_reset"), 0);
 }
 
 /// The proxy's resident memory, in KiB.

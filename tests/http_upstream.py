@@ -13,6 +13,9 @@ body length and SHA-256, the trailer field lines of a chunked body), and appends
   /switch          answer 101 Switching Protocols whatever the request asked for
   /ambiguous       answer with both Content-Length and Transfer-Encoding (a smuggling vector)
   /trailers        answer chunked, with an `x-checksum` trailer (the body's SHA-256)
+  /grpc-status/N   answer as an HTTP/1.1 gRPC bridge does: `content-type: application/grpc`,
+                   chunked, one empty gRPC message, then a trailer section with `grpc-status: N`
+                   (sent in two pieces 50 ms apart, so that it arrives split)
 
 Usage: http_upstream.py PORT LOGFILE [NAME]
 """
@@ -88,6 +91,18 @@ class Handler(BaseHTTPRequestHandler):
             "body_sha256": hashlib.sha256(body).hexdigest(),
             "trailers": self.trailers,
         }).encode()
+        if self.path.startswith("/grpc-status/"):
+            code = self.path.split("/")[2]
+            self.send_response(200)
+            self.send_header("Content-Type", "application/grpc")
+            self.send_header("Transfer-Encoding", "chunked")
+            self.send_header("Trailer", "grpc-status, grpc-message")
+            self.end_headers()
+            self.wfile.write(b"5\r\n\x00\x00\x00\x00\x00\r\n0\r\nx-before: 1\r\ngrpc-")
+            self.wfile.flush()
+            time.sleep(0.05)
+            self.wfile.write(b"status: %s\r\ngrpc-message: from-upstream\r\n\r\n" % code.encode())
+            return
         if self.path.startswith("/trailers"):
             # A chunked answer with a trailer section.
             self.send_response(status)

@@ -14,8 +14,9 @@
 //! `DOWNSTREAM_REMOTE_ADDRESS`, `LISTENER`, `ORIGINAL_DST` (the connection's original destination
 //! when a capture listener took it, else `-`), `AUTHORITY` (the `Host`, or HTTP/2 `:authority`),
 //! `USER_AGENT`, `UPSTREAM_CLUSTER`, `RETRY_COUNT` (tries − 1), `TRACE_ID` (with `tracing`),
-//! `GRPC_STATUS` (a gRPC request's status code as a number: from the response's trailers, its
-//! trailers-only head, or the proxy's own answer; `-` for other requests), and
+//! `GRPC_STATUS` (a gRPC request's status code as a number: from the response's trailers —
+//! HTTP/2 trailers or an HTTP/1.1 upstream's chunked trailer section —, its trailers-only head,
+//! or the proxy's own answer; `-` for other requests), and
 //! `%REQ(NAME)%` — any request
 //! header (case-insensitive; `%REQ(A?B)%` falls back to `B`; `%REQ(NAME):N%` keeps the first `N`
 //! bytes; `:authority`, `:path` and `:method` name the request line's parts). JSON lines carry

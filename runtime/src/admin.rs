@@ -2118,15 +2118,27 @@ fn clusters_json(shared: &AdminShared, s: &DetailedSnapshot) -> Value {
                         "rq_total": h.rq_total,
                         "cx_total": h.cx_total,
                         "cx_connect_fail": h.cx_connect_fail,
+                        "http1_cx_idle": h.http1_cx_idle,
+                        "http2_cx_active": h.http2_cx_active,
+                        "http2_streams_active": h.http2_streams_active,
                     })
                 })
                 .collect();
+            // The cluster's upstream pools, summed over hosts and workers (an original_dst
+            // cluster's destinations, which have no host entry, included).
+            let c = s.clusters.get(i).unwrap_or(&EMPTY_CLUSTER);
+            let pool = json!({
+                "http1_cx_idle": c.upstream_cx_http1_idle,
+                "http2_cx_active": c.upstream_cx_http2_active,
+                "http2_streams_active": c.upstream_rq_http2_streams_active,
+            });
             let mut m = Map::new();
             m.insert("name".into(), cc.name.clone().into());
             m.insert(
                 "lb_policy".into(),
                 serde_json::to_value(cc.lb_policy).unwrap_or(Value::Null),
             );
+            m.insert("pool".into(), pool);
             m.insert("hosts".into(), Value::Array(hosts));
             if let Some(dns) = &cc.dns {
                 // The names and their last answers (`hosts` above is what they resolved to).
@@ -2213,6 +2225,9 @@ fn clusters_text(view: &Value) -> String {
             "{name}::lb_policy::{}",
             c["lb_policy"].as_str().unwrap_or("")
         );
+        for field in ["http1_cx_idle", "http2_cx_active", "http2_streams_active"] {
+            let _ = writeln!(out, "{name}::pool::{field}::{}", c["pool"][field]);
+        }
         // A DNS cluster: each name, what it resolved to last, and its failures in a row.
         for d in c["dns"].as_array().into_iter().flatten() {
             let addresses: Vec<&str> = d["addresses"]
@@ -2248,6 +2263,9 @@ fn clusters_text(view: &Value) -> String {
                 "rq_total",
                 "cx_total",
                 "cx_connect_fail",
+                "http1_cx_idle",
+                "http2_cx_active",
+                "http2_streams_active",
             ] {
                 let v = match &h[field] {
                     Value::String(s) => s.clone(),

@@ -228,6 +228,7 @@ impl<N: Network> Engine<N> {
                 .clusters
                 .iter()
                 .map(|c| (c.host_slots(), c.upstream_idle_timeout)),
+            stats.clone(),
         );
         let h2_pool = crate::h2_upstream::H2Pool::new(
             config

@@ -21,6 +21,12 @@
 //! last connection went is forgotten. Invariant: no destination entry is empty, and an attempt
 //! entry exists only while it counts an attempt under way.
 //!
+//! The pool's state is published in the worker's stats, per host and per cluster
+//! ([`crate::stats::PoolGauge`]; a destination counts under its cluster only): a connection from
+//! its handshake until the task driving it ends (in the pool or not), a stream from
+//! [`H2Upstream::new`] to its drop. Relaxed stores on the worker's own lines; nothing else per
+//! request.
+//!
 //! ## One request as a stream ([`H2Upstream`])
 //!
 //! The request path ([`crate::http`]) speaks HTTP/1.1 bytes to its upstream; for an HTTP/2
@@ -91,7 +97,7 @@ use sluice_core::http1::{
 use sluice_core::http2::{is_connection_specific, request_fields};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-use crate::stats::{WorkerStats, bump, gauge_add};
+use crate::stats::{PoolGauge, WorkerStats, bump, gauge_add};
 
 /// Streams queued on a new connection before the peer's first SETTINGS say how many may be
 /// open (RFC 9113 §6.5.2 recommends a limit of at least 100); `h2` opens none of them before.
@@ -138,6 +144,10 @@ pub(crate) struct H2Conn {
     ping_unanswered: Rc<Cell<bool>>,
     /// When its last stream ended (for the idle timeout).
     idle_since: Cell<Instant>,
+    /// Its cluster and host (`None`: an `original_dst` destination), whose pool gauges count
+    /// it and its streams.
+    cluster: usize,
+    host: Option<usize>,
 }
 
 impl H2Conn {
@@ -483,14 +493,18 @@ impl H2Pool {
     }
 }
 
-/// Starts HTTP/2 on a new upstream connection (`io` holds the connection's accounting: its
-/// host's `cx_active` and its `max_connections` unit, given back when the connection closes)
-/// and spawns the task that drives it. Must run inside the worker's `LocalSet`.
+/// Starts HTTP/2 on a new upstream connection to `peer` of cluster `cluster` (`io` holds the
+/// connection's accounting: its host's `cx_active` and its `max_connections` unit, given back
+/// when the connection closes) and spawns the task that drives it; the connection counts in
+/// its cluster's and host's [`PoolGauge::Http2Connections`] while that task runs. Must run
+/// inside the worker's `LocalSet`.
 pub(crate) async fn handshake<S>(
     io: S,
     stats: &Arc<WorkerStats>,
     now: Instant,
     keepalive: Option<Http2Keepalive>,
+    cluster: usize,
+    peer: Peer,
 ) -> io::Result<Rc<H2Conn>>
 where
     S: AsyncRead + AsyncWrite + Unpin + 'static,
@@ -505,7 +519,12 @@ where
     let ping_unanswered = Rc::new(Cell::new(false));
     let hung = ping_unanswered.clone();
     let task_stats = stats.clone();
+    let host = match peer {
+        Peer::Host(h) => Some(h),
+        Peer::Destination(_) => None,
+    };
     gauge_add(&stats.http2_upstream_cx_active, true);
+    stats.pool_gauge_add(cluster, host, PoolGauge::Http2Connections, 1);
     let pings = keepalive.and_then(|k| Some((k, connection.ping_pong()?)));
     tokio::task::spawn_local(async move {
         let ended = match pings {
@@ -521,6 +540,7 @@ where
         drop(connection);
         done.set(true);
         gauge_add(&task_stats.http2_upstream_cx_active, false);
+        task_stats.pool_gauge_add(cluster, host, PoolGauge::Http2Connections, -1);
     });
     Ok(Rc::new(H2Conn {
         send,
@@ -529,6 +549,8 @@ where
         going_away: Cell::new(false),
         ping_unanswered,
         idle_since: Cell::new(now),
+        cluster,
+        host,
     }))
 }
 
@@ -663,6 +685,7 @@ impl H2Upstream {
         }
         bump(&stats.http2_upstream_streams_total, 1);
         gauge_add(&stats.http2_upstream_streams_active, true);
+        stats.pool_gauge_add(conn.cluster, conn.host, PoolGauge::Http2Streams, 1);
         H2Upstream {
             conn,
             stats: stats.clone(),
@@ -719,6 +742,15 @@ impl H2Upstream {
                 bump(&self.stats.http2_upstream_refused, 1);
             } else if e.is_remote() || e.is_io() {
                 bump(&self.stats.http2_upstream_rx_reset, 1);
+                let code = if e.is_io() || e.is_go_away() {
+                    None
+                } else {
+                    e.reason().map(u32::from)
+                };
+                bump(
+                    &self.stats.http2_upstream_rx_reset_code[crate::stats::reset_code(code)],
+                    1,
+                );
             }
         }
         if refused(&e) {
@@ -1102,6 +1134,12 @@ impl Drop for H2Upstream {
             bump(&self.stats.http2_upstream_tx_reset, 1);
         }
         gauge_add(&self.stats.http2_upstream_streams_active, false);
+        self.stats.pool_gauge_add(
+            self.conn.cluster,
+            self.conn.host,
+            PoolGauge::Http2Streams,
+            -1,
+        );
         let left = self.conn.streams.get() - 1;
         self.conn.streams.set(left);
         if left == 0 {
@@ -1113,6 +1151,7 @@ impl Drop for H2Upstream {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::atomic::Ordering::Relaxed;
 
     fn destination(i: u8) -> SocketAddr {
         SocketAddr::from(([10, 0, 0, i], 80))
@@ -1132,7 +1171,16 @@ mod tests {
             };
             while let Some(Ok(_)) = conn.accept().await {}
         });
-        handshake(client, stats, idle_since, None).await.unwrap()
+        handshake(
+            client,
+            stats,
+            idle_since,
+            None,
+            0,
+            Peer::Destination(destination(0)),
+        )
+        .await
+        .unwrap()
     }
 
     fn stats() -> Arc<WorkerStats> {
@@ -1228,6 +1276,25 @@ mod tests {
                 assert_eq!(pool.sweep(at(60_000)), 1);
                 assert_eq!(pool.destination_count(), 0);
                 assert_eq!(pool.connection_count(), 0);
+
+                // The pool gauges: destinations count under their cluster (no host entry),
+                // connections while open (in the pool or not), streams while they exist.
+                let c = &stats.clusters[0];
+                let open = || c.upstream_cx_http2_active.load(Relaxed);
+                let streams = || c.upstream_rq_http2_streams_active.load(Relaxed);
+                assert_eq!(open(), 4);
+                let stream = H2Upstream::new(c2.clone(), &stats, false);
+                assert_eq!(streams(), 1);
+                drop(stream);
+                assert_eq!(streams(), 0);
+                drop((c1, c2, c3, c4, got));
+                for _ in 0..100 {
+                    if open() == 0 {
+                        break;
+                    }
+                    tokio::task::yield_now().await;
+                }
+                assert_eq!(open(), 0, "closed connections still counted");
             })
             .await;
     }

@@ -19,10 +19,26 @@
 //!    body, reads the response head, and streams the response body by its framing;
 //! 4. log it, then serve the next (possibly pipelined) request in order, or close.
 //!
-//! Bodies up to [`REPLAY_LIMIT`] are buffered before the first try so that a retry can send them
-//! again; larger ones stream and are never retried once written. The route timeout starts once
-//! the request is complete; until then each body read must come within `stream_idle_timeout`
-//! (else 408), the answer's bytes to the client counting as activity too.
+//! A body that arrived whole with its head (at most [`REPLAY_LIMIT`]) is held and goes out with
+//! the head; any other streams as it arrives (a watch, a slow uploader, a gRPC stream: nothing
+//! waits for the body's end), and a copy of what was sent is kept up to [`REPLAY_LIMIT`] (Envoy's
+//! rule). A streamed body that ended within it is replayable from then on (the core's
+//! `BodyBuffered`): a retry sends head and copy whole, as for a held body. One that outgrew it is
+//! not retried once written. A try that fails while the body is still arriving, its copy whole
+//! so far: when the core says a replayable body would make it retried
+//! (`Stream::retry_wants_body`: a refused stream, a stale pooled connection, a reset under
+//! `retry_on` of an idempotent request), the upload is **detached** (`Detach`: nothing more
+//! goes upstream) and run to the body's end, reading the rest into the copy (each read within
+//! `stream_idle_timeout`); if it ended within [`REPLAY_LIMIT`] the core gets `BodyBuffered`
+//! and `RequestComplete`, then the failure, and decides (the retry sends head and copy whole);
+//! if it outgrew the copy, the failure is decided with the body not replayable (502), and a
+//! client's fault meanwhile is answered as such (408, 400). A write to the upstream that fails
+//! while the copy is whole detaches the upload too (it goes on reading into the copy, for the
+//! try's failure that follows); the connection is then not reused. Not for gRPC (its client may
+//! wait for answers before it sends more). Envoy instead replays the part it kept and streams
+//! the rest onto the new try. The route timeout starts once the request is complete; until
+//! then each body read must come within `stream_idle_timeout` (else 408), the answer's bytes to
+//! the client counting as activity too.
 //!
 //! A streamed body is sent **full duplex**: once the head went out, the rest of the body is an
 //! upload future that `Engine::alongside` polls with every step of the response path (reading
@@ -34,7 +50,7 @@
 //! upload (an HTTP/2 upstream stream is reset; an HTTP/1.1 connection is never pooled with a
 //! body half sent) and the client's HTTP/1.1 connection is not kept (`connection: close` when
 //! the body was still open at the response head); a client's body failing mid-answer aborts the
-//! call. A held body, and an upgrade's, go out whole before the answer is read. A request's trailer section loses the fields a trailer must not carry. `Expect: 100-continue` is
+//! call. A held (or replayed) body, and an upgrade's, go out whole before the answer is read. A request's trailer section loses the fields a trailer must not carry. `Expect: 100-continue` is
 //! answered by the proxy itself when it starts reading the body (the header is not forwarded).
 //! An `Upgrade` request whose response is `101` turns the connection into a byte tunnel.
 
@@ -83,7 +99,8 @@ use crate::stats::{WorkerStats, bump, gauge_add};
 use crate::tls::{HandshakeOutcome, MaybeTls};
 use sluice_core::http2::te_wants_trailers;
 
-/// Request bodies up to this size are buffered so that a retry can resend them.
+/// Request bodies up to this size are held, or a copy of them kept as they stream, so that a
+/// retry can resend them.
 pub const REPLAY_LIMIT: usize = 64 * 1024;
 /// Limits for upstream response heads.
 const RESPONSE_LIMITS: Limits = Limits {
@@ -577,6 +594,12 @@ pub(crate) struct Scratch {
     /// The `grpc-status` of a gRPC request's forwarded answer (its trailers-only head or its
     /// trailers), for the access log.
     grpc_status: Option<u8>,
+    /// A gRPC request's answer from an HTTP/1.1 upstream: its chunked trailer section as it
+    /// was forwarded (read for `grpc-status`; reused, at most `MAX_TRAILER_BYTES` + 2).
+    grpc_trailers: Vec<u8>,
+    /// A streamed request body's copy for retries, as written upstream (at most
+    /// [`REPLAY_LIMIT`]; reused).
+    replay: Vec<u8>,
 }
 
 impl Scratch {
@@ -634,6 +657,8 @@ impl Scratch {
             include_attempt_count: false,
             attempt_count_at: None,
             grpc_status: None,
+            grpc_trailers: Vec::new(),
+            replay: Vec::new(),
         }
     }
 }
@@ -1172,14 +1197,7 @@ impl<N: Network> Engine<N> {
             let _ = write_flushed(down, b"HTTP/1.1 100 Continue\r\n\r\n").await;
         }
         let body_len = match self
-            .buffer_body(
-                down,
-                rbuf,
-                head_len,
-                framing,
-                scratch.stream_idle,
-                scratch.grpc,
-            )
+            .buffer_body(down, rbuf, head_len, framing, scratch.stream_idle)
             .await
         {
             Ok(b) => b,
@@ -1194,7 +1212,12 @@ impl<N: Network> Engine<N> {
                     .await;
             }
         };
+        let mut body_len = body_len;
         let replayable = body_len.is_some();
+        // A streamed body's copy for retries (see `stream_request_body`), this request's only.
+        scratch.replay.clear();
+        // The copy is whole (the body ended within REPLAY_LIMIT): a retry sends it.
+        let mut body_kept = false;
 
         // --- the upstream head, built once (no heap allocation once the connection is warm) ---
         out.clear();
@@ -1579,6 +1602,12 @@ impl<N: Network> Engine<N> {
             // through `Shared` handles (each poll borrows it for its own duration; one task, so
             // never two at once). An upgrade request's body still goes first (its 101 turns the
             // connection into a tunnel).
+            if body_kept && body_len.is_none() {
+                // A retry of a body an earlier try streamed and kept whole: it goes out with
+                // the head, as a held body does (from here on `out` is head and body).
+                out.extend_from_slice(&scratch.replay);
+                body_len = Some(scratch.replay.len());
+            }
             let duplex = body_len.is_none() && !head.upgrade();
             let (outcome, pool_up) = {
                 let up_cell = RefCell::new(&mut up);
@@ -1593,6 +1622,8 @@ impl<N: Network> Engine<N> {
                 // When answer bytes last went to the client, for the upload's idle timer.
                 let answered = Cell::new(TokioInstant::now());
                 let answered = duplex.then_some(&answered);
+                // Whether the upload still writes upstream, and whether its copy is whole.
+                let detach = Detach::default();
                 // The rest of a streamed body, once the head went out; `None` when there is
                 // none left to send (held, sent, or given up).
                 let mut upload = std::pin::pin!(None);
@@ -1636,6 +1667,12 @@ impl<N: Network> Engine<N> {
                             let (up_w, down_r) = (&up_cell, &down_cell);
                             let idle = scratch.stream_idle;
                             let received = &bytes_received;
+                            let detach = &detach;
+                            // A body that may fit the replay buffer is copied as it goes.
+                            let replay = match framing {
+                                BodyFraming::ContentLength(n) if n as usize > REPLAY_LIMIT => None,
+                                _ => Some(&mut scratch.replay),
+                            };
                             upload.set(Some(async move {
                                 stream_request_body(
                                     &mut Shared(up_w),
@@ -1646,6 +1683,8 @@ impl<N: Network> Engine<N> {
                                     idle,
                                     answered,
                                     received,
+                                    replay,
+                                    detach,
                                 )
                                 .await
                             }));
@@ -1667,6 +1706,7 @@ impl<N: Network> Engine<N> {
                                 read,
                                 upload.as_mut(),
                                 &mut request_complete,
+                                &mut body_kept,
                             )
                             .await
                         {
@@ -1683,6 +1723,53 @@ impl<N: Network> Engine<N> {
                     }
                     other => other,
                 };
+                // What the try's failure says to the core: a failure after the head went out
+                // was written; a pooled connection may have been stale.
+                let result = match result {
+                    Some(Err(TryFailure::Closed {
+                        request_written, ..
+                    })) => Some(Err(TryFailure::Closed {
+                        request_written: request_written || written,
+                        reused: may_be_stale
+                            || (reused
+                                && matches!(&**up_cell.borrow(), Upstream::Http2(h) if h.connection_lost())),
+                    })),
+                    r => r,
+                };
+                // A try that failed while the body is still arriving, kept whole so far, when
+                // the core would retry it were the body replayable: the rest of the body is
+                // read into the copy (nothing more goes upstream), each read within
+                // `stream_idle_timeout`, and if it ends within REPLAY_LIMIT the body is
+                // replayable (`BodyBuffered`) before the core decides. Not for gRPC: its client
+                // may wait for answers before it sends more.
+                if let Some(Err(failure)) = result
+                    && upload_fault.is_none()
+                    && upload.is_some()
+                    && !scratch.grpc
+                    && !detach.lost.get()
+                    && stream.stream.retry_wants_body(now(), failure)
+                {
+                    detach.off.set(true);
+                    let rest = poll_fn(|cx| match upload.as_mut().as_pin_mut() {
+                        Some(f) => f.poll(cx),
+                        None => Poll::Ready(Ok(Uploaded {
+                            kept: false,
+                            detached: true,
+                        })),
+                    })
+                    .await;
+                    upload.set(None);
+                    match rest {
+                        Ok(Uploaded { kept: true, .. }) => {
+                            body_kept = true;
+                            self.stream_input(ci, &mut stream, Input::BodyBuffered);
+                            self.stream_input(ci, &mut stream, Input::RequestComplete);
+                        }
+                        Ok(_) => {}
+                        // The client's own failure is answered as such, below.
+                        Err(e) => upload_fault = fault_of(&e),
+                    }
+                }
                 if let Some(fault) = upload_fault {
                     // The client stopped sending its body, sent a malformed one, or went away
                     // while streaming it: its fault, not the upstream's — nothing is reported
@@ -1710,17 +1797,6 @@ impl<N: Network> Engine<N> {
                         if too_many_interim && let Some(c) = cstats {
                             bump(&c.upstream_rq_too_many_interim, 1);
                         }
-                        let failure = match failure {
-                            TryFailure::Closed {
-                                request_written, ..
-                            } => TryFailure::Closed {
-                                request_written: request_written || written,
-                                reused: may_be_stale
-                                    || (reused
-                                        && matches!(&**up_cell.borrow(), Upstream::Http2(h) if h.connection_lost())),
-                            },
-                            f => f,
-                        };
                         step = self.stream_input(ci, &mut stream, Input::TryFailed(failure));
                         self.publish_host_active(ci, host);
                         continue;
@@ -1826,6 +1902,10 @@ impl<N: Network> Engine<N> {
                     };
                 }
                 // The head goes out with the first body bytes: one write for a small response.
+                // A gRPC answer's chunked trailer section is kept as it passes, for its
+                // `grpc-status` (an HTTP/2 upstream's trailers are read by its adapter).
+                scratch.grpc_trailers.clear();
+                let keep_trailers = (scratch.grpc && !http2).then_some(&mut scratch.grpc_trailers);
                 let copy = copy_body(
                     &mut upw,
                     &mut downw,
@@ -1834,6 +1914,7 @@ impl<N: Network> Engine<N> {
                     out,
                     &scratch.awaiting,
                     answered,
+                    keep_trailers,
                 );
                 let body = match self
                     .alongside(
@@ -1842,6 +1923,7 @@ impl<N: Network> Engine<N> {
                         copy,
                         upload.as_mut(),
                         &mut request_complete,
+                        &mut body_kept,
                     )
                     .await
                 {
@@ -1886,12 +1968,16 @@ impl<N: Network> Engine<N> {
                 upload.set(None);
                 self.stream_input(ci, &mut stream, Input::ResponseComplete);
                 self.publish_host_active(ci, host);
-                // A gRPC status in the HTTP/2 upstream's trailers (the usual place).
-                if scratch.grpc
-                    && let Upstream::Http2(h2) = &**up_cell.borrow()
-                    && let Some(code) = h2.grpc_status()
-                {
-                    scratch.grpc_status = Some(code);
+                // A gRPC status in the upstream's trailers (the usual place): HTTP/2 trailers,
+                // or an HTTP/1.1 answer's chunked trailer section.
+                if scratch.grpc {
+                    let code = match &**up_cell.borrow() {
+                        Upstream::Http2(h2) => h2.grpc_status(),
+                        Upstream::Http1(_) => grpc::status_in_trailers(&scratch.grpc_trailers),
+                    };
+                    if code.is_some() {
+                        scratch.grpc_status = code;
+                    }
                 }
                 let try_time = now().saturating_duration_since(try_start);
                 self.stats.upstream_rq_time.record(try_time);
@@ -1974,7 +2060,10 @@ impl<N: Network> Engine<N> {
     /// (`upload`, `None` when nothing is left to send) is sent alongside. A body sent whole
     /// gives the stream its `RequestComplete` (the route timeout starts, so the timer is armed
     /// again); one the upstream stopped taking (a write failed) is given up — the route timeout
-    /// starts then too — and the answer, or its failure, says the rest.
+    /// starts then too — and the answer, or its failure, says the rest. A body kept whole for
+    /// retries (`Uploaded::kept`) gives the stream its `BodyBuffered` first, and sets `kept`;
+    /// one the upstream did not take all of (`Uploaded::detached`) leaves `request_complete`
+    /// false (the connection is not reused).
     async fn alongside<T, W, U>(
         &self,
         ci: usize,
@@ -1982,10 +2071,11 @@ impl<N: Network> Engine<N> {
         work: W,
         mut upload: Pin<&mut Option<U>>,
         request_complete: &mut bool,
+        kept: &mut bool,
     ) -> Alongside<T>
     where
         W: Future<Output = T>,
-        U: Future<Output = io::Result<u64>>,
+        U: Future<Output = io::Result<Uploaded>>,
     {
         let mut work = std::pin::pin!(work);
         loop {
@@ -2002,8 +2092,14 @@ impl<N: Network> Engine<N> {
             };
             upload.set(None);
             match sent {
-                Ok(_) => {
-                    *request_complete = true;
+                Ok(uploaded) => {
+                    // An upload that went on past a failed write (to keep the body for a
+                    // retry) did not deliver it: the connection is not reused.
+                    *request_complete = !uploaded.detached;
+                    if uploaded.kept {
+                        *kept = true;
+                        self.stream_input(ci, stream, Input::BodyBuffered);
+                    }
                     self.stream_input(ci, stream, Input::RequestComplete);
                 }
                 Err(e) => {
@@ -2040,6 +2136,8 @@ impl<N: Network> Engine<N> {
                 &self.stats,
                 now(),
                 self.config.clusters[ci].http2_keepalive,
+                ci,
+                peer,
             ) => r,
             () = tokio::time::sleep_until(timer) => return None,
         };
@@ -2176,9 +2274,13 @@ impl<N: Network> Engine<N> {
         }
     }
 
-    /// Reads the whole request body into `rbuf` when it is at most [`REPLAY_LIMIT`] bytes.
-    /// `Ok(Some(n))`: buffered, `n` bytes after the head. `Ok(None)`: too large, will stream.
-    /// `Err(status)`: the body is malformed or the client went away.
+    /// Holds the request body in `rbuf` when all of it, at most [`REPLAY_LIMIT`] bytes, has
+    /// arrived: reads what the client already sent, never waits for more (a client may wait
+    /// for an answer before it sends the rest — a watch, a gRPC stream — and a slow uploader's
+    /// bytes go upstream as they come). `Ok(Some(n))`: held, `n` bytes after the head.
+    /// `Ok(None)`: still arriving, or too large: it streams (a copy of it is kept for retries
+    /// up to [`REPLAY_LIMIT`], see [`stream_request_body`]). `Err(status)`: the body is
+    /// malformed or the client went away.
     async fn buffer_body<D: AsyncRead + Unpin>(
         &self,
         down: &mut D,
@@ -2186,19 +2288,13 @@ impl<N: Network> Engine<N> {
         head_len: usize,
         framing: BodyFraming,
         stream_idle: Option<Duration>,
-        full_duplex: bool,
     ) -> Result<Option<usize>, u16> {
-        // A gRPC stream's client may wait for answers before sending more: hold only what has
-        // arrived; the first read that would wait streams the body instead.
+        // What is readable now, without waiting: `None` when a read would wait.
         let fill = async |rbuf: &mut ReadBuffer, down: &mut D| {
-            if full_duplex {
-                tokio::select! {
-                    biased;
-                    r = fill_within(rbuf, down, stream_idle, None) => Some(r),
-                    () = std::future::ready(()) => None,
-                }
-            } else {
-                Some(fill_within(rbuf, down, stream_idle, None).await)
+            tokio::select! {
+                biased;
+                r = fill_within(rbuf, down, stream_idle, None) => Some(r),
+                () = std::future::ready(()) => None,
             }
         };
         match framing {
@@ -2317,6 +2413,8 @@ where
             stream_idle,
             None,
             bytes_received,
+            None,
+            &Detach::default(),
         )
         .await
         {
@@ -2468,9 +2566,94 @@ async fn fill_within<D: AsyncRead + Unpin>(
     }
 }
 
-/// Streams a large request body downstream → upstream; returns its size. Leaves `rbuf`
-/// holding only bytes after the body (the next pipelined request). `answered`: see
-/// [`fill_within`].
+/// What [`stream_request_body`] sent.
+#[derive(Clone, Copy, Debug)]
+struct Uploaded {
+    /// The replay copy holds all of it, as written upstream (or as it would have been).
+    kept: bool,
+    /// The upstream did not take all of it ([`Detach::off`]): the rest was only copied.
+    detached: bool,
+}
+
+/// What the driver and a streamed body's upload share about it, for one try.
+#[derive(Debug, Default)]
+struct Detach {
+    /// Nothing more goes upstream; what arrives is only copied, while it fits. Set by the
+    /// driver when the try failed and the core wants the whole body for a retry
+    /// (`Stream::retry_wants_body`), or by the upload when a write to the upstream failed
+    /// while the copy was whole (the try's failure follows on the response path). An upload
+    /// whose copy is lost then ends with an error.
+    off: Cell<bool>,
+    /// No whole copy: none was kept (too large a `content-length`), or it outgrew
+    /// [`REPLAY_LIMIT`]. The body cannot be replayed.
+    lost: Cell<bool>,
+}
+
+/// Where [`stream_request_body`] copies what it writes upstream, while it fits in
+/// [`REPLAY_LIMIT`] (a body that outgrows it loses its copy: it is not retried).
+struct ReplayCopy<'a> {
+    copy: Option<&'a mut Vec<u8>>,
+    detach: &'a Detach,
+}
+
+impl ReplayCopy<'_> {
+    fn keep(&mut self, bytes: &[u8]) {
+        if let Some(copy) = self.copy.as_deref_mut() {
+            if copy.len() + bytes.len() > REPLAY_LIMIT {
+                copy.clear();
+                self.copy = None;
+                self.detach.lost.set(true);
+            } else {
+                copy.extend_from_slice(bytes);
+            }
+        }
+    }
+}
+
+/// Writes a piece of the body upstream (unless detached, see [`Detach::off`]) and keeps it in
+/// the copy. A write under way stops when the driver detaches the upload (it is polled again
+/// after). A failed write detaches the upload when the copy is whole, so that a retry can
+/// still have the body; else it is the upload's error.
+async fn send_kept<U: AsyncWrite + Unpin>(
+    up: &mut U,
+    piece: &[u8],
+    copy: &mut ReplayCopy<'_>,
+) -> io::Result<()> {
+    let detach = copy.detach;
+    if !detach.off.get() {
+        let mut write = std::pin::pin!(write_flushed(up, piece));
+        let written = poll_fn(|cx| {
+            if detach.off.get() {
+                Poll::Ready(Ok(()))
+            } else {
+                write.as_mut().poll(cx)
+            }
+        })
+        .await;
+        if let Err(e) = written {
+            if copy.copy.is_none() {
+                return Err(e);
+            }
+            tracing::debug!(error = %e, "upstream stopped taking the request body; kept for a retry");
+            detach.off.set(true);
+        }
+    }
+    copy.keep(piece);
+    if detach.off.get() && copy.copy.is_none() {
+        return Err(io::Error::new(
+            io::ErrorKind::BrokenPipe,
+            "the upstream stopped taking a request body larger than the replay buffer",
+        ));
+    }
+    Ok(())
+}
+
+/// Streams a request body downstream → upstream as it arrives; returns whether
+/// `replay` (when given) holds a copy of all of it as written upstream — so a retry can send it
+/// again (Envoy's rule: bytes go upstream as they come, and a copy is kept up to the buffer
+/// limit). Leaves `rbuf` holding only bytes after the body (the next pipelined request).
+/// `answered`: see [`fill_within`]; `detach`: see [`Detach`] (when detached, the rest of the
+/// body is read into the copy only, and an upload whose copy is lost ends with an error).
 #[allow(clippy::too_many_arguments)]
 async fn stream_request_body<U, D>(
     up: &mut U,
@@ -2481,6 +2664,50 @@ async fn stream_request_body<U, D>(
     stream_idle: Option<Duration>,
     answered: Option<&Cell<TokioInstant>>,
     received: &Cell<u64>,
+    replay: Option<&mut Vec<u8>>,
+    detach: &Detach,
+) -> io::Result<Uploaded>
+where
+    U: AsyncWrite + Unpin,
+    D: AsyncRead + Unpin,
+{
+    if replay.is_none() {
+        detach.lost.set(true);
+    }
+    let mut copy = ReplayCopy {
+        copy: replay,
+        detach,
+    };
+    stream_body_kept(
+        up,
+        down,
+        rbuf,
+        head_len,
+        framing,
+        stream_idle,
+        answered,
+        received,
+        &mut copy,
+    )
+    .await?;
+    Ok(Uploaded {
+        kept: copy.copy.is_some(),
+        detached: detach.off.get(),
+    })
+}
+
+/// [`stream_request_body`]'s loop, copying what it writes into `copy`.
+#[allow(clippy::too_many_arguments)]
+async fn stream_body_kept<U, D>(
+    up: &mut U,
+    down: &mut D,
+    rbuf: &mut ReadBuffer,
+    head_len: usize,
+    framing: BodyFraming,
+    stream_idle: Option<Duration>,
+    answered: Option<&Cell<TokioInstant>>,
+    received: &Cell<u64>,
+    copy: &mut ReplayCopy<'_>,
 ) -> io::Result<u64>
 where
     U: AsyncWrite + Unpin,
@@ -2496,7 +2723,8 @@ where
                 let avail = rbuf.len().saturating_sub(head_len);
                 let take = (avail as u64).min(left) as usize;
                 if take > 0 {
-                    write_flushed(up, &rbuf.bytes()[head_len..head_len + take]).await?;
+                    let piece = &rbuf.bytes()[head_len..head_len + take];
+                    send_kept(up, piece, copy).await?;
                     drop_range(rbuf, head_len, take);
                     left -= take as u64;
                     total += take as u64;
@@ -2530,7 +2758,9 @@ where
                     None => scanned,
                 };
                 if forward > 0 {
-                    write_flushed(up, &rbuf.bytes()[head_len..head_len + forward]).await?;
+                    let piece = &rbuf.bytes()[head_len..head_len + forward];
+                    write_flushed(up, piece).await?;
+                    copy.keep(piece);
                     drop_range(rbuf, head_len, forward);
                     total += forward as u64;
                     received.set(received.get() + forward as u64);
@@ -2539,11 +2769,11 @@ where
                 if done {
                     let section = &rbuf.bytes()[head_len..head_len + held];
                     if section == b"\r\n" {
-                        write_flushed(up, section).await?;
+                        send_kept(up, section, copy).await?;
                     } else {
                         let mut trailers = Vec::with_capacity(section.len());
                         write_trailers(&mut trailers, section);
-                        write_flushed(up, &trailers).await?;
+                        send_kept(up, &trailers, copy).await?;
                     }
                     drop_range(rbuf, head_len, held);
                     received.set(received.get() + held as u64);
@@ -2611,7 +2841,9 @@ async fn send<D: AsyncWrite + Unpin>(
 }
 
 /// Copies the response body upstream → downstream by its framing, after the head in `pending`;
-/// returns body bytes sent.
+/// returns body bytes sent. With `trailers`, a chunked body's trailer section is appended to it
+/// as it passes (for a gRPC answer's `grpc-status`).
+#[allow(clippy::too_many_arguments)]
 async fn copy_body<U, D>(
     up: &mut U,
     down: &mut D,
@@ -2620,6 +2852,7 @@ async fn copy_body<U, D>(
     pending: &mut Vec<u8>,
     awaiting: &Cell<bool>,
     answered: Option<&Cell<TokioInstant>>,
+    mut trailers: Option<&mut Vec<u8>>,
 ) -> io::Result<u64>
 where
     U: AsyncRead + Unpin,
@@ -2656,6 +2889,13 @@ where
                         return Err(io::Error::new(io::ErrorKind::InvalidData, e.to_string()));
                     }
                 };
+                if let Some(t) = trailers.as_deref_mut()
+                    && let Some(at) = dec.trailers_start()
+                {
+                    // The part of these bytes at or past the trailer section's start.
+                    let from = at.saturating_sub(sent).min(consumed as u64) as usize;
+                    t.extend_from_slice(&ubuf.bytes()[from..consumed]);
+                }
                 if consumed > 0 {
                     send(down, pending, awaiting, answered, &ubuf.bytes()[..consumed]).await?;
                     ubuf.consume(consumed);
@@ -2789,6 +3029,7 @@ mod tests {
                 &mut pending,
                 &awaiting,
                 None,
+                None,
             );
             let read_late = async {
                 // Reads nothing until the copy has had every chance to finish on its own.
@@ -2812,6 +3053,81 @@ mod tests {
                 "the end of the body never came"
             );
             assert_eq!(&got[head_len..], &body[..]);
+        });
+    }
+
+    /// An upstream that takes `0` more bytes, then fails every write.
+    struct FailAfter(usize);
+
+    impl AsyncWrite for FailAfter {
+        fn poll_write(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            buf: &[u8],
+        ) -> Poll<io::Result<usize>> {
+            if buf.len() <= self.0 {
+                self.0 -= buf.len();
+                Poll::Ready(Ok(buf.len()))
+            } else {
+                Poll::Ready(Err(io::ErrorKind::BrokenPipe.into()))
+            }
+        }
+        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+        fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    /// A write to the upstream that fails while a small body is still arriving (the upstream
+    /// took its first half) leaves the upload reading the rest into the replay copy, so that a
+    /// retry has the whole body (`kept`, `detached`: the upstream did not get it all). Without
+    /// a copy (a body too large for it) the failed write is the upload's error, as before.
+    #[test]
+    fn a_failed_body_write_keeps_reading_a_small_body_into_the_copy() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let upload = async |replay: Option<&mut Vec<u8>>| {
+                let (mut down, mut client) = tokio::io::duplex(1024);
+                let send = async {
+                    client.write_all(&[b'a'; 100]).await.unwrap();
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    client.write_all(&[b'b'; 100]).await.unwrap();
+                };
+                let detach = Detach::default();
+                let mut rbuf = ReadBuffer::new();
+                let received = Cell::new(0);
+                let mut up = FailAfter(100);
+                let (r, ()) = tokio::join!(
+                    stream_request_body(
+                        &mut up,
+                        &mut down,
+                        &mut rbuf,
+                        0,
+                        BodyFraming::ContentLength(200),
+                        Some(Duration::from_secs(5)),
+                        None,
+                        &received,
+                        replay,
+                        &detach,
+                    ),
+                    send
+                );
+                (r, detach.off.get())
+            };
+            let mut copy = Vec::new();
+            let (r, off) = upload(Some(&mut copy)).await;
+            let uploaded = r.unwrap();
+            assert!(uploaded.kept && uploaded.detached && off, "{uploaded:?}");
+            assert_eq!(copy, [[b'a'; 100], [b'b'; 100]].concat());
+            let (r, _) = upload(None).await;
+            let e = r.unwrap_err();
+            assert_eq!(e.kind(), io::ErrorKind::BrokenPipe, "{e}");
+            assert!(fault_of(&e).is_none(), "not the client's fault: {e}");
         });
     }
 }

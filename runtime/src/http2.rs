@@ -77,7 +77,7 @@ use crate::engine::Engine;
 use crate::http::{Outcome, ReadBuffer, Scratch};
 use crate::net::Network;
 use crate::now;
-use crate::stats::{bump, gauge_add};
+use crate::stats::{GoawayCause, bump, gauge_add};
 
 /// Reset streams a client may have waiting to be accepted before the connection gets GOAWAY
 /// (`h2`'s rapid-reset guard; its default, kept explicit).
@@ -315,6 +315,8 @@ impl<N: Network> Engine<N> {
         let mut fresh: Vec<StreamFuture<'_>> = Vec::new();
         let mut draining = false;
         let mut goaway_sent = false;
+        // The GOAWAY is for the idle timeout (else a drain).
+        let mut idle_goaway = false;
         // Envoy's rule against clients that reset streams prematurely (sluice_core::http2::
         // premature): set when they trip it, checked after each turn.
         let mut resets = PrematureResets::new();
@@ -334,6 +336,12 @@ impl<N: Network> Engine<N> {
                 // GOAWAY: the streams opened so far finish, no new one is accepted.
                 conn.graceful_shutdown();
                 goaway_sent = true;
+                let cause = if idle_goaway {
+                    GoawayCause::IdleTimeout
+                } else {
+                    GoawayCause::Drain
+                };
+                bump(&self.stats.http2_goaway_sent[cause as usize], 1);
             }
             let expired = self.drain_expired.notified();
             let stop = self.stop_accepting.notified();
@@ -351,6 +359,7 @@ impl<N: Network> Engine<N> {
                 () = idle, if idle_at.is_some() && streams.is_empty() && fresh.is_empty() && !goaway_sent => {
                     tracing::debug!(listener = %lc.name, %peer, "HTTP/2 connection idle for idle_timeout: GOAWAY");
                     draining = true;
+                    idle_goaway = true;
                     continue;
                 }
                 r = poll_fn(|cx| {
@@ -393,6 +402,10 @@ impl<N: Network> Engine<N> {
                 // GOAWAY ENHANCE_YOUR_CALM (what it processed stays the last stream id), then
                 // close: its other streams end with it.
                 bump(&self.stats.http2_premature_reset_closed, 1);
+                bump(
+                    &self.stats.http2_goaway_sent[GoawayCause::PrematureResets as usize],
+                    1,
+                );
                 tracing::debug!(listener = %lc.name, %peer, premature = resets.premature(), "too many streams reset prematurely: GOAWAY and close");
                 streams.clear();
                 fresh.clear();
@@ -532,6 +545,8 @@ impl<N: Network> Engine<N> {
             sink: sink.clone(),
         };
         let lstats = self.stats.listener(listener);
+        // The client's RST_STREAM error code (`None` inside: its connection ended).
+        let reset_code = std::cell::Cell::new(None);
         let outcome = if let Some((status, flag, why)) = &rejected {
             tracing::debug!(listener = %lc.name, %peer, status, "rejected HTTP/2 request: {why}");
             write_local_response(out, *status, &[], why.as_bytes(), false);
@@ -559,7 +574,10 @@ impl<N: Network> Engine<N> {
                 o = self.serve_request(
                     listener, &mut down, scratch, rbuf, head, ubuf, rhead, out,
                 ) => Some(o),
-                () = poll_fn(|cx| watch.borrow_mut().poll_reset(cx)) => None,
+                code = poll_fn(|cx| watch.borrow_mut().poll_reset(cx)) => {
+                    reset_code.set(Some(code));
+                    None
+                }
             };
             let rq_time = now().saturating_duration_since(t_head);
             self.stats.downstream_rq_time.record(rq_time);
@@ -573,6 +591,9 @@ impl<N: Network> Engine<N> {
             Some(mut o) => {
                 // Ends cleanly, or with a reset for an incomplete response.
                 poll_fn(|cx| sink.borrow_mut().poll_finish(cx)).await;
+                if sink.borrow().reset_sent {
+                    bump(&self.stats.http2_tx_reset, 1);
+                }
                 // What an HTTP/2 stream sends is counted as its DATA payload (the request
                 // path counted HTTP/1.1 bytes; HEADERS go out compressed).
                 o.bytes_sent = sink.borrow().body_sent;
@@ -580,6 +601,8 @@ impl<N: Network> Engine<N> {
             }
             None => {
                 bump(&self.stats.http2_rx_reset, 1);
+                let code = crate::stats::reset_code(reset_code.get().flatten());
+                bump(&self.stats.http2_rx_reset_code[code], 1);
                 reset_by_client = true;
                 Outcome {
                     status: sink.borrow().status,
@@ -871,6 +894,8 @@ struct Sink {
     /// The response is gRPC's (`content-type: application/grpc*`): cut short, it ends with
     /// `grpc-status: 14` trailers instead of a reset, so the client sees UNAVAILABLE.
     grpc: bool,
+    /// The proxy reset the stream (INTERNAL_ERROR: the answer broke off).
+    reset_sent: bool,
 }
 
 impl Sink {
@@ -888,10 +913,13 @@ impl Sink {
             scanned: 0,
             trailers: Vec::new(),
             grpc: false,
+            reset_sent: false,
         }
     }
 
-    fn poll_reset(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+    /// Ready when the client reset the stream: with its error code (`None`: the connection
+    /// failed).
+    fn poll_reset(&mut self, cx: &mut Context<'_>) -> Poll<Option<u32>> {
         let reset = if let Some(r) = &mut self.respond {
             r.poll_reset(cx)
         } else if let Some(s) = &mut self.send {
@@ -899,7 +927,7 @@ impl Sink {
         } else {
             return Poll::Pending;
         };
-        reset.map(|_| ())
+        reset.map(|r| r.ok().map(u32::from))
     }
 
     /// Sends what waits in `buf` (payload, once the head is out), within the send window;
@@ -1138,8 +1166,10 @@ impl Sink {
                 }
             }
             send.send_reset(h2::Reason::INTERNAL_ERROR);
+            self.reset_sent = true;
         } else if let Some(respond) = &mut self.respond {
             respond.send_reset(h2::Reason::INTERNAL_ERROR);
+            self.reset_sent = true;
         }
         Poll::Ready(false)
     }

@@ -7,16 +7,25 @@
 //! [`Pool::sweep_interval`]), so that it does not stay open upstream until its next use. At most
 //! [`MAX_IDLE_PER_HOST`] idle connections are kept per host; the oldest are reused last (LIFO
 //! keeps the warmest connections busy and lets the cold ones time out).
+//!
+//! The pool publishes how many connections it holds idle in the worker's stats (per host and
+//! per cluster, `original_dst` destinations under their cluster only: [`PoolGauge::Http1Idle`]):
+//! every connection put in adds one, every connection that leaves — taken, found dead at a
+//! checkout, evicted, swept — takes one away. Invariant: the gauges equal the idle lists'
+//! lengths.
 
 use std::cell::RefCell;
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use sluice_core::Instant;
 
 use tokio::io::{AsyncRead, ReadBuf};
+
+use crate::stats::{PoolGauge, WorkerStats};
 
 /// Idle connections kept per host and worker.
 pub const MAX_IDLE_PER_HOST: usize = 64;
@@ -43,11 +52,14 @@ pub struct Pool<S> {
     by_destination: RefCell<ByDestination<S>>,
     /// Each cluster's idle timeout.
     timeouts: Vec<Duration>,
+    /// The worker's stats, where the idle gauges are published.
+    stats: Arc<WorkerStats>,
 }
 
 impl<S: AsyncRead + Unpin> Pool<S> {
-    /// An empty pool shaped like the clusters: `(host count, idle timeout)` of each.
-    pub fn new(clusters: impl Iterator<Item = (usize, Duration)>) -> Self {
+    /// An empty pool shaped like the clusters: `(host count, idle timeout)` of each; it
+    /// publishes its idle counts in `stats`.
+    pub fn new(clusters: impl Iterator<Item = (usize, Duration)>, stats: Arc<WorkerStats>) -> Self {
         let (idle, timeouts) = clusters
             .map(|(n, timeout)| ((0..n).map(|_| Vec::new()).collect(), timeout))
             .unzip();
@@ -55,6 +67,17 @@ impl<S: AsyncRead + Unpin> Pool<S> {
             idle: RefCell::new(idle),
             by_destination: RefCell::default(),
             timeouts,
+            stats,
+        }
+    }
+
+    /// Adds `delta` to the idle gauges of the cluster and host (`None`: a destination).
+    fn count(&self, cluster: usize, host: Option<usize>, delta: usize, up: bool) {
+        if delta > 0 {
+            let delta = i64::try_from(delta).unwrap_or(i64::MAX);
+            let delta = if up { delta } else { -delta };
+            self.stats
+                .pool_gauge_add(cluster, host, PoolGauge::Http1Idle, delta);
         }
     }
 
@@ -64,6 +87,7 @@ impl<S: AsyncRead + Unpin> Pool<S> {
         let mut idle = self.idle.borrow_mut();
         let list = &mut idle[cluster][host];
         while let Some(mut c) = list.pop() {
+            self.count(cluster, Some(host), 1, false);
             if now.duration_since(c.since) < timeout && still_open(&mut c.stream) {
                 return Some(c.stream);
             }
@@ -76,10 +100,11 @@ impl<S: AsyncRead + Unpin> Pool<S> {
     pub fn sweep(&self, now: Instant) -> usize {
         let mut closed = 0;
         let mut idle = self.idle.borrow_mut();
-        for (hosts, &timeout) in idle.iter_mut().zip(&self.timeouts) {
-            for list in hosts {
+        for (ci, (hosts, &timeout)) in idle.iter_mut().zip(&self.timeouts).enumerate() {
+            for (hi, list) in hosts.iter_mut().enumerate() {
                 let before = list.len();
                 list.retain(|c| now.duration_since(c.since) < timeout);
+                self.count(ci, Some(hi), before - list.len(), false);
                 closed += before - list.len();
             }
         }
@@ -88,6 +113,7 @@ impl<S: AsyncRead + Unpin> Pool<S> {
             .retain(|(cluster, _), list| {
                 let before = list.len();
                 list.retain(|c| now.duration_since(c.since) < self.timeouts[*cluster]);
+                self.count(*cluster, None, before - list.len(), false);
                 closed += before - list.len();
                 !list.is_empty()
             });
@@ -112,6 +138,8 @@ impl<S: AsyncRead + Unpin> Pool<S> {
         let list = &mut idle[cluster][host];
         if list.len() >= MAX_IDLE_PER_HOST {
             list.remove(0);
+        } else {
+            self.count(cluster, Some(host), 1, true);
         }
         list.push(Idle { stream, since: now });
     }
@@ -123,6 +151,7 @@ impl<S: AsyncRead + Unpin> Pool<S> {
         let list = all.get_mut(&(cluster, destination))?;
         let mut found = None;
         while let Some(mut c) = list.pop() {
+            self.count(cluster, None, 1, false);
             if now.duration_since(c.since) < timeout && still_open(&mut c.stream) {
                 found = Some(c.stream);
                 break;
@@ -144,13 +173,17 @@ impl<S: AsyncRead + Unpin> Pool<S> {
                 .iter()
                 .min_by_key(|(_, list)| list.last().map(|c| c.since))
                 .map(|(k, _)| *k);
-            if let Some(k) = coldest {
-                all.remove(&k);
+            if let Some(k) = coldest
+                && let Some(list) = all.remove(&k)
+            {
+                self.count(k.0, None, list.len(), false);
             }
         }
         let list = all.entry((cluster, destination)).or_default();
         if list.len() >= MAX_IDLE_PER_HOST {
             list.remove(0);
+        } else {
+            self.count(cluster, None, 1, true);
         }
         list.push(Idle { stream, since: now });
     }
@@ -185,6 +218,7 @@ fn still_open<S: AsyncRead + Unpin>(stream: &mut S) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::atomic::Ordering::Relaxed;
 
     fn at(ms: u64) -> Instant {
         Instant::from_origin(Duration::from_millis(ms))
@@ -196,8 +230,15 @@ mod tests {
 
     #[test]
     fn original_dst_connections_are_pooled_by_destination_and_bounded() {
+        let config = sluice_core::config::Config::from_yaml(
+            "listeners: [ { name: t, address: 127.0.0.1:1, tcp_proxy: { cluster: a } } ]\n\
+             clusters: [ { name: a, type: original_dst } ]\n",
+        )
+        .unwrap();
+        let stats = Arc::new(WorkerStats::new(&config));
+        let idle = || stats.clusters[0].upstream_cx_http1_idle.load(Relaxed);
         let pool: Pool<tokio::io::DuplexStream> =
-            Pool::new([(1, Duration::from_secs(30))].into_iter());
+            Pool::new([(1, Duration::from_secs(30))].into_iter(), stats.clone());
         // Peers kept alive: a connection whose peer closed is not handed out.
         let mut peers = Vec::new();
         let mut conn = || {
@@ -210,17 +251,24 @@ mod tests {
         assert!(pool.take_to(0, destination(1), at(1)).is_some());
         // Taken: the destination is forgotten.
         assert_eq!(pool.idle_count(), 0);
+        assert_eq!(idle(), 0);
         assert!(pool.by_destination.borrow().is_empty());
         // At most MAX_IDLE_DESTINATIONS destinations: the coldest goes.
         for i in 0..=MAX_IDLE_DESTINATIONS {
             pool.put_to(0, destination(i), conn(), at(10 + i as u64));
         }
         assert_eq!(pool.idle_count(), MAX_IDLE_DESTINATIONS);
+        assert_eq!(
+            idle(),
+            MAX_IDLE_DESTINATIONS as u64,
+            "the gauge follows the pool"
+        );
         assert!(pool.take_to(0, destination(0), at(5000)).is_none());
         assert!(pool.take_to(0, destination(1), at(5000)).is_some());
         // The sweep closes idle ones past the timeout and forgets their destinations.
         assert_eq!(pool.sweep(at(60_000)), MAX_IDLE_DESTINATIONS - 1);
         assert_eq!(pool.idle_count(), 0);
+        assert_eq!(idle(), 0);
         assert!(pool.by_destination.borrow().is_empty());
     }
 }

@@ -582,6 +582,70 @@ fn sni_outcome(i: usize) -> &'static str {
     SniOutcome::ALL[i].as_str()
 }
 
+/// Why an HTTP/2 stream was reset, as counted: the RST_STREAM error codes seen in practice,
+/// `other` for the rest, and `connection` for a stream cut by its connection ending (no
+/// RST_STREAM).
+pub const RESET_CODES: [&str; 7] = [
+    "no_error",
+    "protocol_error",
+    "internal_error",
+    "refused_stream",
+    "cancel",
+    "other",
+    "connection",
+];
+
+/// The [`RESET_CODES`] index of an RST_STREAM error code (`None`: the connection ended).
+#[must_use]
+pub fn reset_code(code: Option<u32>) -> usize {
+    match code {
+        Some(0) => 0,
+        Some(1) => 1,
+        Some(2) => 2,
+        Some(7) => 3,
+        Some(8) => 4,
+        Some(_) => 5,
+        None => 6,
+    }
+}
+
+fn reset_code_label(i: usize) -> &'static str {
+    RESET_CODES[i]
+}
+
+/// Why the proxy sent an HTTP/2 client GOAWAY (the [`WorkerStats::http2_goaway_sent`] index).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GoawayCause {
+    /// A drain (reload, upgrade, stop, `/drain_listeners`): `NO_ERROR`, open streams finish.
+    Drain,
+    /// No stream open for the listener's `idle_timeout`: `NO_ERROR`.
+    IdleTimeout,
+    /// Too many streams reset prematurely: `ENHANCE_YOUR_CALM`, the connection closes.
+    PrematureResets,
+}
+
+impl GoawayCause {
+    /// Every cause, in counter order.
+    pub const ALL: [GoawayCause; 3] = [
+        GoawayCause::Drain,
+        GoawayCause::IdleTimeout,
+        GoawayCause::PrematureResets,
+    ];
+    /// The label and `/stats` suffix.
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            GoawayCause::Drain => "drain",
+            GoawayCause::IdleTimeout => "idle_timeout",
+            GoawayCause::PrematureResets => "premature_resets",
+        }
+    }
+}
+
+fn goaway_cause(i: usize) -> &'static str {
+    GoawayCause::ALL[i].as_str()
+}
+
 counters! {
     /// Counters of one listener in one worker.
     #[repr(align(128))]
@@ -725,6 +789,28 @@ counters! {
                 "Upstream connections to the host open now (idle pooled ones included).",
             )
             .stats("cx_active");
+        /// HTTP/1.1 connections to the host idle in this worker's keep-alive pool (a gauge).
+        http1_cx_idle: AtomicU64, gauge
+            => Metric::gauge(
+                "sluice_upstream_host_http1_cx_idle",
+                "HTTP/1.1 connections to the host idle in the keep-alive pools now (summed over workers).",
+            )
+            .stats("http1_cx_idle");
+        /// HTTP/2 connections to the host open now, from their handshake until they close
+        /// (pooled, or left the pool and finishing their streams) (a gauge).
+        http2_cx_active: AtomicU64, gauge
+            => Metric::gauge(
+                "sluice_upstream_host_http2_cx_active",
+                "HTTP/2 connections to the host open now (summed over workers' pools).",
+            )
+            .stats("http2_cx_active");
+        /// Request streams open on the host's HTTP/2 connections now (a gauge).
+        http2_streams_active: AtomicU64, gauge
+            => Metric::gauge(
+                "sluice_upstream_host_http2_streams_active",
+                "Request streams open on the host's HTTP/2 connections now.",
+            )
+            .stats("http2_streams_active");
         /// Connect attempts that failed or timed out.
         cx_connect_fail: AtomicU64, counter
             => Metric::counter(
@@ -775,6 +861,28 @@ counters! {
                 "Upstream connect attempts refused or errored.",
             )
             .stats("upstream_cx_connect_fail");
+        /// HTTP/1.1 connections idle in this worker's keep-alive pool, all the cluster's hosts
+        /// (an `original_dst` cluster's destinations included) (a gauge).
+        upstream_cx_http1_idle: AtomicU64, gauge
+            => Metric::gauge(
+                "sluice_upstream_http1_cx_idle",
+                "HTTP/1.1 connections idle in the keep-alive pools now, all the cluster's hosts (original_dst destinations included).",
+            )
+            .stats("upstream_cx_http1_idle");
+        /// HTTP/2 connections open now, all the cluster's hosts and destinations (a gauge).
+        upstream_cx_http2_active: AtomicU64, gauge
+            => Metric::gauge(
+                "sluice_upstream_http2_cx_active",
+                "HTTP/2 connections open now, all the cluster's hosts (original_dst destinations included).",
+            )
+            .stats("upstream_cx_http2_active");
+        /// Request streams open on the cluster's HTTP/2 connections now (a gauge).
+        upstream_rq_http2_streams_active: AtomicU64, gauge
+            => Metric::gauge(
+                "sluice_upstream_http2_streams_active",
+                "Request streams open on the cluster's HTTP/2 connections now.",
+            )
+            .stats("upstream_http2_streams_active");
         /// TLS handshakes to the cluster's hosts that failed, by [`HandshakeOutcome`] (each is
         /// also a connect failure).
         upstream_tls_fail: [AtomicU64; HandshakeOutcome::ALL.len()], counter
@@ -1194,6 +1302,32 @@ counters! {
                 "HTTP/2 streams the client reset before their response was complete.",
             )
             .stats("http2.rx_reset");
+        /// HTTP/2 client streams reset by the client, by error code ([`RESET_CODES`]; the
+        /// total is `http2_rx_reset`).
+        http2_rx_reset_code: [AtomicU64; RESET_CODES.len()], counter
+            => Metric::counter(
+                "sluice_http2_rx_reset_by_code_total",
+                "HTTP/2 streams the client reset before their response was complete, by RST_STREAM error code.",
+            )
+            .by("code", reset_code_label)
+            .stats("http2.rx_reset_code.");
+        /// HTTP/2 client streams the proxy reset (RST_STREAM INTERNAL_ERROR: the upstream's
+        /// answer broke off after its head went out, and the request is not gRPC — a gRPC
+        /// client gets UNAVAILABLE trailers instead).
+        http2_tx_reset: AtomicU64, counter
+            => Metric::counter(
+                "sluice_http2_tx_reset_total",
+                "HTTP/2 client streams the proxy reset (RST_STREAM INTERNAL_ERROR: the upstream's answer broke off mid-way).",
+            )
+            .stats("http2.tx_reset");
+        /// GOAWAY frames sent to HTTP/2 clients, by [`GoawayCause`].
+        http2_goaway_sent: [AtomicU64; GoawayCause::ALL.len()], counter
+            => Metric::counter(
+                "sluice_http2_goaway_sent_total",
+                "GOAWAY frames sent to HTTP/2 clients, by cause (drain, idle_timeout, premature_resets).",
+            )
+            .by("reason", goaway_cause)
+            .stats("http2.goaway_sent.");
         /// HTTP/2 connections closed (GOAWAY ENHANCE_YOUR_CALM) because their client reset too
         /// many streams prematurely (sluice_core::http2::premature).
         http2_premature_reset_closed: AtomicU64, counter
@@ -1246,6 +1380,15 @@ counters! {
                 "HTTP/2 upstream streams reset by the upstream or cut by its connection ending.",
             )
             .stats("http2.upstream_rx_reset");
+        /// The same by error code ([`RESET_CODES`]; `connection` for a stream cut by its
+        /// connection ending).
+        http2_upstream_rx_reset_code: [AtomicU64; RESET_CODES.len()], counter
+            => Metric::counter(
+                "sluice_http2_upstream_rx_reset_by_code_total",
+                "HTTP/2 upstream streams reset by the upstream, by RST_STREAM error code (connection: cut by the connection ending).",
+            )
+            .by("code", reset_code_label)
+            .stats("http2.upstream_rx_reset_code.");
         /// HTTP/2 upstream streams the proxy cancelled (RST_STREAM CANCEL: the client went away).
         http2_upstream_tx_reset: AtomicU64, counter
             => Metric::counter(
@@ -1355,6 +1498,50 @@ pub fn gauge_add(gauge: &AtomicU64, up: bool) {
         },
         Relaxed,
     );
+}
+
+/// One of the upstream pool gauges kept per host and per cluster (see
+/// [`WorkerStats::pool_gauge_add`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PoolGauge {
+    /// HTTP/1.1 connections idle in the keep-alive pool.
+    Http1Idle,
+    /// HTTP/2 connections open.
+    Http2Connections,
+    /// Streams open on HTTP/2 connections.
+    Http2Streams,
+}
+
+impl WorkerStats {
+    /// Adds `delta` to a pool gauge of cluster `cluster` and, unless `host` is `None` (an
+    /// `original_dst` destination, which has no host slot), of its host `host`: two relaxed
+    /// load-and-stores on this worker's own lines. Counters made with `Default` have no
+    /// cluster slots: nothing is counted.
+    #[inline]
+    pub fn pool_gauge_add(
+        &self,
+        cluster: usize,
+        host: Option<usize>,
+        gauge: PoolGauge,
+        delta: i64,
+    ) {
+        let Some(c) = self.clusters.get(cluster) else {
+            return;
+        };
+        let add = |g: &AtomicU64| g.store(g.load(Relaxed).wrapping_add_signed(delta), Relaxed);
+        add(match gauge {
+            PoolGauge::Http1Idle => &c.upstream_cx_http1_idle,
+            PoolGauge::Http2Connections => &c.upstream_cx_http2_active,
+            PoolGauge::Http2Streams => &c.upstream_rq_http2_streams_active,
+        });
+        if let Some(h) = host.and_then(|h| c.hosts.get(h)) {
+            add(match gauge {
+                PoolGauge::Http1Idle => &h.http1_cx_idle,
+                PoolGauge::Http2Connections => &h.http2_cx_active,
+                PoolGauge::Http2Streams => &h.http2_streams_active,
+            });
+        }
+    }
 }
 
 impl WorkerStats {

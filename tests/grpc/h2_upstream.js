@@ -18,6 +18,8 @@
 //                   { cancelled: PATH, code: RST_STREAM code });
 //   /trailers...    answers with a body and an `x-checksum` trailer (no content-length);
 //   /refuse-once/T  refuses the first stream for tag T with RST_STREAM(REFUSED_STREAM);
+//   /refuse-early/T refuses the first stream for tag T at once, before its body's end (the
+//                   request's HEADERS are enough), with RST_STREAM(REFUSED_STREAM);
 //   /goaway/T       holds streams until 4 arrived on one connection (the first time only), then
 //                   sends GOAWAY with the second one's id as last_stream_id, answers the first
 //                   two and never processes the others (a graceful shutdown, RFC 9113 §6.8);
@@ -85,6 +87,14 @@ server.on('session', (session) => {
 });
 server.on('stream', (stream, headers) => {
   const session = stream.session;
+  if (headers[':path'].startsWith('/refuse-early/') && !refused.has(headers[':path'])) {
+    refused.add(headers[':path']);
+    record({ upstream: name, refused: headers[':path'], stream: stream.id });
+    stream.refusedHere = true;
+    stream.on('error', () => {});
+    stream.close(http2.constants.NGHTTP2_REFUSED_STREAM);
+    return;
+  }
   if (headers[':path'] === '/answer-early') {
     // Answers whole at once, without reading the request body (the proxy must stop sending it).
     stream.answered = true;

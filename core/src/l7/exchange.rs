@@ -17,6 +17,15 @@
 //! (and a per-try timeout) counts from the end of the downstream request: from the start when the
 //! body was buffered, else from [`Exchange::handle_request_complete`].
 //!
+//! A request is replayable (its body can be sent again) when it has no body or the driver holds
+//! all of it: from the start ([`ExchangeConfig::replayable`]), or once a body streamed as it
+//! arrived ended within the driver's replay buffer ([`Exchange::handle_body_buffered`], Envoy's
+//! rule: a body is sent upstream as it arrives and a copy is kept for retries up to the buffer
+//! limit; past it, the request is not retried). A try that fails while such a body is still
+//! arriving is asked about first ([`Exchange::retry_wants_body`]): when the body being
+//! replayable would make it retried, the driver reads the rest of the body into its copy and
+//! says [`Exchange::handle_body_buffered`] if it ended within it, then hands the failure in.
+//!
 //! ## Retry rules (RFC 9110 §9.2.2: a proxy must not retry a non-idempotent request that may
 //! have been processed)
 //!
@@ -34,7 +43,8 @@
 //! - **Refused unprocessed** ([`TryFailure::Refused`]: an HTTP/2 upstream's `REFUSED_STREAM`, or
 //!   a stream above a GOAWAY's `last_stream_id`, RFC 9113 §8.7): the upstream guarantees it did
 //!   not act on the request, so it is sent again at once whatever its method, outside
-//!   `num_retries` and without a `retry_on` condition, when its body can be replayed — at most
+//!   `num_retries` and without a `retry_on` condition, when its body can be replayed (or none
+//!   of it was written on this try: refused as its head went out) — at most
 //!   [`MAX_UNPROCESSED_RETRIES`] times per request. Not reported to outlier detection.
 //! - Retries go to a host not tried yet when one is available, after a jittered exponential
 //!   backoff: uniform in `[0, min(250ms, 25ms × 2^n)]` from the injected RNG.
@@ -273,6 +283,17 @@ pub enum Verdict {
     Retry,
 }
 
+/// Which retry rule (module docs) a failed try falls under.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Rule {
+    /// Refused unprocessed: sent again at once, outside `num_retries`.
+    Unprocessed,
+    /// A stale pooled connection: sent again once, at once, on a fresh connection.
+    Stale,
+    /// The route's retry policy: retried (after a backoff) when `true` and the budget allows.
+    Policy(bool),
+}
+
 /// Settings of one exchange.
 #[derive(Clone, Copy, Debug)]
 pub struct ExchangeConfig {
@@ -421,6 +442,14 @@ impl Exchange {
             .map(|t| now + t);
     }
 
+    /// A body streamed as it arrived was kept whole by the driver after all (it ended within
+    /// the replay buffer): the request is replayable from now on, for the retry rules above. A
+    /// try that failed before this (its body still arriving, or past the buffer) was decided
+    /// with the body not replayable.
+    pub fn handle_body_buffered(&mut self) {
+        self.config.replayable = true;
+    }
+
     /// The downstream request's body was received in full (only needed when
     /// [`ExchangeConfig::request_complete`] was false): the route timeout, and the current try's
     /// per-try timeout, start now. Later calls change nothing.
@@ -486,8 +515,41 @@ impl Exchange {
             TryFailure::Refused => Event::UpstreamRefused { host },
         });
         self.release_host(cluster);
+        let (flag, rule) = self.rule(now, failure, written, reused, self.config.replayable);
+        self.last_failure = Some(flag);
+        match rule {
+            Rule::Unprocessed => {
+                self.unprocessed_retries += 1;
+                self.begin_try(now, cluster, rng);
+            }
+            Rule::Stale => {
+                // The pooled connection had gone stale: once, outside the retry budget, on a
+                // fresh connection, at once.
+                self.stale_retry_used = true;
+                self.next_allow_pooled = false;
+                self.begin_try(now, cluster, rng);
+            }
+            Rule::Policy(retry) => {
+                if !(retry && self.retry_budget_left() && self.schedule_retry(now, cluster, rng)) {
+                    self.local_reply(cluster, status_for(flag), flag);
+                }
+            }
+        }
+    }
+
+    /// The retry rule (module docs) for `failure` of the current try (`written`, `reused`: its
+    /// state), with the body `replayable` or not. Pure: [`Exchange::retry_wants_body`] asks it
+    /// too.
+    fn rule(
+        &self,
+        now: Instant,
+        failure: TryFailure,
+        written: bool,
+        reused: bool,
+        replayable: bool,
+    ) -> (ResponseFlag, Rule) {
         let on = self.config.retry.map(|r| r.retry_on).unwrap_or_default();
-        let safe_to_replay = self.config.idempotent && self.config.replayable;
+        let safe_to_replay = self.config.idempotent && replayable;
         let (flag, retry, stale) = match failure {
             TryFailure::ConnectFailed => (
                 ResponseFlag::UpstreamConnectFailure,
@@ -514,25 +576,51 @@ impl Exchange {
             TryFailure::ProtocolError => (ResponseFlag::UpstreamProtocolError, false, false),
             TryFailure::Refused => (ResponseFlag::UpstreamConnectionTermination, false, false),
         };
-        self.last_failure = Some(flag);
         // Not processed: sent again whatever the method (nothing of it reached the
-        // application), outside `num_retries`, at once, as long as the body can be replayed.
+        // application), outside `num_retries`, at once, as long as the body can be replayed —
+        // or nothing of it was written on this try (refused as its head went out): a streamed
+        // body is then still whole with the driver (an earlier try that wrote was retried only
+        // when replayable).
         let unprocessed = failure == TryFailure::Refused
-            && self.config.replayable
+            && (replayable || !written)
             && self.unprocessed_retries < MAX_UNPROCESSED_RETRIES
             && self.deadline.is_none_or(|d| now < d);
-        if unprocessed {
-            self.unprocessed_retries += 1;
-            self.begin_try(now, cluster, rng);
+        let rule = if unprocessed {
+            Rule::Unprocessed
         } else if stale {
-            // The pooled connection had gone stale: once, outside the retry budget, on a fresh
-            // connection, at once.
-            self.stale_retry_used = true;
-            self.next_allow_pooled = false;
-            self.begin_try(now, cluster, rng);
-        } else if !(retry && self.retry_budget_left() && self.schedule_retry(now, cluster, rng)) {
-            self.local_reply(cluster, status_for(flag), flag);
+            Rule::Stale
+        } else {
+            Rule::Policy(retry)
+        };
+        (flag, rule)
+    }
+
+    /// Whether `failure` of the current try, which the driver is about to hand in, would be
+    /// retried were the body replayable while it is not yet: a body still arriving that the
+    /// driver keeps a whole copy of so far. When true the driver reads the rest of the body
+    /// into its copy and, if it ended within the copy, gives [`Exchange::handle_body_buffered`]
+    /// before [`Exchange::handle_failure`], which then decides (the retry budget and the
+    /// circuit breaker's leave are asked there). False when the body is replayable already (it
+    /// makes no difference) or the failure is not retried either way.
+    #[must_use]
+    pub fn retry_wants_body(&self, now: Instant, failure: TryFailure) -> bool {
+        let (written, reused) = match self.state {
+            State::Connecting { .. } => (false, false),
+            State::Waiting {
+                written, reused, ..
+            } => (written, reused),
+            _ => return false,
+        };
+        if self.config.replayable {
+            return false;
         }
+        let (_, without) = self.rule(now, failure, written, reused, false);
+        let (_, with) = self.rule(now, failure, written, reused, true);
+        let retried = |r: Rule| match r {
+            Rule::Unprocessed | Rule::Stale => true,
+            Rule::Policy(retry) => retry && self.retry_budget_left(),
+        };
+        retried(with) && !retried(without)
     }
 
     /// A complete response head arrived on the current try.

@@ -143,6 +143,28 @@ pub fn parse_grpc_timeout(value: &[u8]) -> Option<Duration> {
     ))
 }
 
+/// The `grpc-status` of an HTTP/1.1 chunked trailer section (its field lines, then the final
+/// CRLF: what follows the last-chunk line, as [`crate::http1::ChunkedDecoder::trailers_start`]
+/// locates it) — how a gRPC status arrives from an HTTP/1.1 upstream (a gRPC-Web or HTTP/1.1
+/// gRPC bridge). `None` without the field, or when its value is not a code (0–255); the first
+/// `grpc-status` line counts.
+#[must_use]
+pub fn status_in_trailers(section: &[u8]) -> Option<u8> {
+    const NAME: &[u8] = b"grpc-status";
+    let line = section.split(|&b| b == b'\n').find(|line| {
+        line.len() > NAME.len()
+            && line[..NAME.len()].eq_ignore_ascii_case(NAME)
+            && line[NAME.len()] == b':'
+    })?;
+    let value = line[NAME.len() + 1..].trim_ascii();
+    if value.is_empty() || value.len() > 3 || !value.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    value
+        .iter()
+        .try_fold(0u8, |n, &d| n.checked_mul(10)?.checked_add(d - b'0'))
+}
+
 /// Writes `timeout` as a `grpc-timeout` value into `out` and returns it: the finest unit whose
 /// value fits in 8 digits, rounded up to that unit (a time left that is not zero never becomes
 /// `0`). A timeout past `99999999H` is written as that.
@@ -206,6 +228,24 @@ mod grpc_tests {
         for (flag, http, grpc) in cases {
             assert_eq!(local_status(flag, http), grpc, "{flag:?}");
         }
+    }
+
+    #[test]
+    fn status_from_a_chunked_trailer_section() {
+        assert_eq!(status_in_trailers(b"grpc-status: 7\r\n\r\n"), Some(7));
+        assert_eq!(
+            status_in_trailers(b"x-a: 1\r\nGRPC-Status:14\r\ngrpc-message: no\r\n\r\n"),
+            Some(14)
+        );
+        assert_eq!(status_in_trailers(b"grpc-status: 0\n\n"), Some(0));
+        assert_eq!(status_in_trailers(b"\r\n"), None);
+        assert_eq!(
+            status_in_trailers(b"grpc-status-details-bin: 3\r\n\r\n"),
+            None
+        );
+        assert_eq!(status_in_trailers(b"grpc-status: x\r\n\r\n"), None);
+        assert_eq!(status_in_trailers(b"grpc-status: 256\r\n\r\n"), None);
+        assert_eq!(status_in_trailers(b"grpc-status: \r\n\r\n"), None);
     }
 
     #[test]

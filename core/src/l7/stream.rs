@@ -74,6 +74,10 @@ pub enum Input {
     RequestWritten,
     /// The downstream request, body included, was received in full.
     RequestComplete,
+    /// A body that was streamed while it arrived (not replayable at the start) ended within the
+    /// driver's replay buffer, of which it kept a copy: from now on a retry can send it again.
+    /// Comes before the `RequestComplete` of the same upload.
+    BodyBuffered,
     /// The try failed after its connection was ready.
     TryFailed(TryFailure),
     /// A complete response head arrived with this status.
@@ -316,6 +320,7 @@ impl Stream {
             }
             Input::RequestWritten => self.exchange.handle_request_written(),
             Input::RequestComplete => self.exchange.handle_request_complete(now),
+            Input::BodyBuffered => self.exchange.handle_body_buffered(),
             Input::TryFailed(failure) => self.exchange.handle_failure(now, failure, cluster, rng),
             Input::ResponseHead {
                 status,
@@ -373,6 +378,15 @@ impl Stream {
     #[must_use]
     pub fn deadline(&self) -> Option<Instant> {
         self.exchange.deadline()
+    }
+
+    /// Whether the current try's `failure`, about to be handed in, would be retried were the
+    /// body (still arriving, kept whole so far) replayable ([`Exchange::retry_wants_body`]):
+    /// then the driver reads the rest of it first, and gives `BodyBuffered` when it ended
+    /// within the copy, before `TryFailed`.
+    #[must_use]
+    pub fn retry_wants_body(&self, now: Instant, failure: TryFailure) -> bool {
+        !self.is_finished() && self.exchange.retry_wants_body(now, failure)
     }
 
     /// Tries started so far.

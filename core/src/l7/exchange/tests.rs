@@ -797,3 +797,96 @@ fn a_grpc_status_named_in_retry_on_is_retried_for_a_post() {
         Verdict::Forward
     );
 }
+
+/// A body streamed as it arrives is not replayable until the driver says it kept all of it: a
+/// reset before that answers 502; once `handle_body_buffered` came, the same failure retries.
+#[test]
+fn a_streamed_body_becomes_replayable_once_buffered_whole() {
+    let reset_after_writing = |buffered: bool| {
+        let (mut c, mut rng, mut now) = (cluster(2), Rng::from_seed(1), epoch());
+        let mut cfg = config(true, 3);
+        cfg.replayable = false;
+        cfg.request_complete = false;
+        let mut e = Exchange::new(now, cfg);
+        e.start(now, &mut c, &mut rng);
+        next_action(&mut e, &mut now, &mut c, &mut rng);
+        e.handle_connected(now, false, &mut c);
+        e.handle_request_written();
+        if buffered {
+            e.handle_body_buffered();
+        }
+        e.handle_request_complete(now);
+        e.handle_failure(
+            now,
+            TryFailure::Closed {
+                request_written: true,
+                reused: false,
+            },
+            &mut c,
+            &mut rng,
+        );
+        next_action(&mut e, &mut now, &mut c, &mut rng)
+    };
+    assert!(matches!(
+        reset_after_writing(false),
+        Action::LocalReply { status: 502, .. }
+    ));
+    assert!(matches!(reset_after_writing(true), Action::Connect { .. }));
+}
+
+/// A try that failed while its body was still arriving asks for the body only when having it
+/// whole changes the decision: a refused POST (unprocessed) and a reset PUT under
+/// `retry_on: reset` do; a reset POST (not idempotent) does not; nor does anything once the
+/// body is replayable. Then, once `handle_body_buffered` came, the refusal is sent again.
+#[test]
+fn a_failure_while_the_body_arrives_asks_for_the_body_only_when_it_would_retry() {
+    let setup = |idempotent: bool| {
+        let (mut c, mut rng, mut now) = (cluster(2), Rng::from_seed(1), epoch());
+        let mut cfg = config(idempotent, 3);
+        cfg.replayable = false;
+        cfg.request_complete = false;
+        let mut e = Exchange::new(now, cfg);
+        e.start(now, &mut c, &mut rng);
+        next_action(&mut e, &mut now, &mut c, &mut rng);
+        e.handle_connected(now, false, &mut c);
+        e.handle_request_written();
+        (e, c, rng, now)
+    };
+    let reset = TryFailure::Closed {
+        request_written: true,
+        reused: false,
+    };
+    let (e, ..) = setup(false);
+    assert!(e.retry_wants_body(epoch(), TryFailure::Refused));
+    assert!(!e.retry_wants_body(epoch(), reset));
+    assert!(!e.retry_wants_body(epoch(), TryFailure::ProtocolError));
+    let (mut e, mut c, mut rng, mut now) = setup(true);
+    assert!(e.retry_wants_body(now, reset));
+    e.handle_body_buffered();
+    assert!(!e.retry_wants_body(now, reset));
+    e.handle_request_complete(now);
+    e.handle_failure(now, TryFailure::Refused, &mut c, &mut rng);
+    assert!(matches!(
+        next_action(&mut e, &mut now, &mut c, &mut rng),
+        Action::Connect { .. }
+    ));
+}
+
+/// A stream refused as its head went out (nothing of the request written on this try) is sent
+/// again even when its body streams and is not replayable: none of it was consumed yet.
+#[test]
+fn a_refused_try_that_wrote_nothing_is_sent_again_with_a_streamed_body() {
+    let (mut c, mut rng, mut now) = (cluster(2), Rng::from_seed(1), epoch());
+    let mut cfg = config(false, 0);
+    cfg.replayable = false;
+    cfg.request_complete = false;
+    let mut e = Exchange::new(now, cfg);
+    e.start(now, &mut c, &mut rng);
+    next_action(&mut e, &mut now, &mut c, &mut rng);
+    e.handle_connected(now, false, &mut c);
+    e.handle_failure(now, TryFailure::Refused, &mut c, &mut rng);
+    assert!(matches!(
+        next_action(&mut e, &mut now, &mut c, &mut rng),
+        Action::Connect { .. }
+    ));
+}
