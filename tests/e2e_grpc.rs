@@ -471,31 +471,90 @@ fn a_stream_refused_while_its_body_still_arrives_is_sent_again_whole() {
     let (listen, admin, up) = (free_port(), free_port(), free_port());
     let (_u, log) = start_h2_upstream(&dir, "up", up);
     let _sluice = start_sluice(&dir, &config(listen, admin, &[up]), 1, addr(listen));
+    use std::io::{Read, Write};
+    // The body in three parts 200 ms apart, framed by a content-length and then chunked (the
+    // chunked copy went through another path).
+    let chunk = |c: char, n: usize| format!("{n:x}\r\n{}\r\n", c.to_string().repeat(n));
+    let framings = [
+        (
+            "Content-Length: 200",
+            ["a".repeat(60), "b".repeat(70), "c".repeat(70)],
+        ),
+        (
+            "Transfer-Encoding: chunked",
+            [
+                chunk('a', 60),
+                chunk('b', 70),
+                format!("{}0\r\n\r\n", chunk('c', 70)),
+            ],
+        ),
+    ];
+    for (i, (framing, parts)) in framings.iter().enumerate() {
+        let mut c = std::net::TcpStream::connect(addr(listen)).unwrap();
+        c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        c.write_all(
+            format!(
+                "POST /refuse-early/t{i} HTTP/1.1\r\nHost: example.com\r\n{framing}\r\n\
+                 Connection: close\r\n\r\n{}",
+                parts[0]
+            )
+            .as_bytes(),
+        )
+        .unwrap();
+        for part in &parts[1..] {
+            std::thread::sleep(Duration::from_millis(200));
+            c.write_all(part.as_bytes()).unwrap();
+        }
+        let mut got = String::new();
+        let _ = c.read_to_string(&mut got);
+        assert!(got.starts_with("HTTP/1.1 200"), "{framing}: {got}");
+        let (_, body) = got.split_once("\r\n\r\n").expect("a response head");
+        let seen = json(
+            body.trim_start_matches(|c: char| c.is_ascii_hexdigit() || c == '\r' || c == '\n'),
+        );
+        assert_eq!(seen["method"], "POST", "{framing}: {seen}");
+        assert_eq!(seen["body_len"], 200, "{framing}: {seen}");
+        let lines = log_lines(&log);
+        assert_eq!(lines.len(), 2 * (i + 1), "{framing}: {lines:?}");
+        assert_eq!(lines[2 * i]["refused"], format!("/refuse-early/t{i}"));
+        assert_eq!(lines[2 * i + 1]["path"], format!("/refuse-early/t{i}"));
+        assert_eq!(stat(admin, "http2.upstream_refused"), i as u64 + 1);
+    }
+}
+
+#[test]
+fn a_refused_stream_whose_client_waits_before_the_rest_of_its_body_is_answered_without_the_retry() {
+    if !require_peers(&["node"]) {
+        return;
+    }
+    let dir = TempDir::new("h2up-refused-waiting");
+    let (listen, admin, up) = (free_port(), free_port(), free_port());
+    let (_u, log) = start_h2_upstream(&dir, "up", up);
+    // Defaults: `stream_idle_timeout` is 5 minutes.
+    let _sluice = start_sluice(&dir, &config(listen, admin, &[up]), 1, addr(listen));
+    use std::io::{Read, Write};
     let mut c = std::net::TcpStream::connect(addr(listen)).unwrap();
     c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    use std::io::{Read, Write};
+    // Half the body, then the client waits for an answer (a watch-like client): the refused
+    // try cannot be replayed until the body is whole, which it will not be.
     c.write_all(
         format!(
-            "POST /refuse-early/t1 HTTP/1.1\r\nHost: example.com\r\nContent-Length: 200\r\n\
-             Connection: close\r\n\r\n{}",
+            "POST /refuse-early/w HTTP/1.1\r\nHost: example.com\r\nContent-Length: 200\r\n\r\n{}",
             "a".repeat(100)
         )
         .as_bytes(),
     )
     .unwrap();
-    std::thread::sleep(Duration::from_millis(200));
-    c.write_all("b".repeat(100).as_bytes()).unwrap();
     let mut got = String::new();
     let _ = c.read_to_string(&mut got);
-    assert!(got.starts_with("HTTP/1.1 200"), "{got}");
-    let (_, body) = got.split_once("\r\n\r\n").expect("a response head");
-    let seen = json(body);
-    assert_eq!(seen["method"], "POST", "{seen}");
-    assert_eq!(seen["body_len"], 200, "{seen}");
+    assert!(got.starts_with("HTTP/1.1 502"), "{got:?}");
+    assert!(
+        got.to_ascii_lowercase().contains("connection: close"),
+        "{got}"
+    );
     let lines = log_lines(&log);
-    assert_eq!(lines.len(), 2, "{lines:?}");
-    assert_eq!(lines[0]["refused"], "/refuse-early/t1");
-    assert_eq!(lines[1]["path"], "/refuse-early/t1");
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    assert_eq!(lines[0]["refused"], "/refuse-early/w");
     assert_eq!(stat(admin, "http2.upstream_refused"), 1);
 }
 

@@ -29,7 +29,9 @@
 //! (`Stream::retry_wants_body`: a refused stream, a stale pooled connection, a reset under
 //! `retry_on` of an idempotent request), the upload is **detached** (`Detach`: nothing more
 //! goes upstream) and run to the body's end, reading the rest into the copy (each read within
-//! `stream_idle_timeout`); if it ended within [`REPLAY_LIMIT`] the core gets `BodyBuffered`
+//! `stream_idle_timeout`, all of it within `DETACHED_BODY_WAIT`, 3 s: a client that waits for
+//! an answer before it sends more gets the failure's answer then); if it ended within
+//! [`REPLAY_LIMIT`] the core gets `BodyBuffered`
 //! and `RequestComplete`, then the failure, and decides (the retry sends head and copy whole);
 //! if it outgrew the copy, the failure is decided with the body not replayable (502), and a
 //! client's fault meanwhile is answered as such (408, 400). A write to the upstream that fails
@@ -102,6 +104,11 @@ use sluice_core::http2::te_wants_trailers;
 /// Request bodies up to this size are held, or a copy of them kept as they stream, so that a
 /// retry can resend them.
 pub const REPLAY_LIMIT: usize = 64 * 1024;
+
+/// The longest a failed try waits for the rest of a small streamed body to make it replayable
+/// (the detached upload: see the module docs); past it the failure is answered as for a body
+/// that cannot be replayed.
+const DETACHED_BODY_WAIT: Duration = Duration::from_secs(3);
 /// Limits for upstream response heads.
 const RESPONSE_LIMITS: Limits = Limits {
     max_head_bytes: 64 * 1024,
@@ -1750,14 +1757,27 @@ impl<N: Network> Engine<N> {
                     && stream.stream.retry_wants_body(now(), failure)
                 {
                     detach.off.set(true);
-                    let rest = poll_fn(|cx| match upload.as_mut().as_pin_mut() {
-                        Some(f) => f.poll(cx),
-                        None => Poll::Ready(Ok(Uploaded {
-                            kept: false,
-                            detached: true,
-                        })),
-                    })
-                    .await;
+                    // Bounded as a whole (DETACHED_BODY_WAIT): a client that waits for an answer
+                    // before it sends more gets the failure's answer then, not a 408 after
+                    // `stream_idle_timeout` (or never, with 0).
+                    let budget = scratch
+                        .stream_idle
+                        .map_or(DETACHED_BODY_WAIT, |idle| idle.min(DETACHED_BODY_WAIT));
+                    let rest = tokio::time::timeout(
+                        budget,
+                        poll_fn(|cx| match upload.as_mut().as_pin_mut() {
+                            Some(f) => f.poll(cx),
+                            None => Poll::Ready(Ok(Uploaded {
+                                kept: false,
+                                detached: true,
+                            })),
+                        }),
+                    )
+                    .await
+                    .unwrap_or(Ok(Uploaded {
+                        kept: false,
+                        detached: true,
+                    }));
                     upload.set(None);
                     match rest {
                         Ok(Uploaded { kept: true, .. }) => {
@@ -2759,8 +2779,7 @@ where
                 };
                 if forward > 0 {
                     let piece = &rbuf.bytes()[head_len..head_len + forward];
-                    write_flushed(up, piece).await?;
-                    copy.keep(piece);
+                    send_kept(up, piece, copy).await?;
                     drop_range(rbuf, head_len, forward);
                     total += forward as u64;
                     received.set(received.get() + forward as u64);
