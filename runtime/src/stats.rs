@@ -1320,11 +1320,11 @@ counters! {
                 "HTTP/2 client streams the proxy reset (RST_STREAM INTERNAL_ERROR: the upstream's answer broke off mid-way).",
             )
             .stats("http2.tx_reset");
-        /// GOAWAY frames sent to HTTP/2 clients, by [`GoawayCause`].
+        /// Client connections the proxy sent GOAWAY on (a graceful shutdown, whatever number of GOAWAY frames it takes), by [`GoawayCause`]; GOAWAYs the `h2` crate sends on its own (protocol errors, its rapid-reset guard) are not counted.
         http2_goaway_sent: [AtomicU64; GoawayCause::ALL.len()], counter
             => Metric::counter(
                 "sluice_http2_goaway_sent_total",
-                "GOAWAY frames sent to HTTP/2 clients, by cause (drain, idle_timeout, premature_resets).",
+                "HTTP/2 client connections the proxy sent GOAWAY on, by cause (drain, idle_timeout, premature_resets); the h2 crate's own GOAWAYs (protocol errors) are not counted.",
             )
             .by("reason", goaway_cause)
             .stats("http2.goaway_sent.");

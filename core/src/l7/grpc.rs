@@ -145,7 +145,7 @@ pub fn parse_grpc_timeout(value: &[u8]) -> Option<Duration> {
 
 /// The `grpc-status` of an HTTP/1.1 chunked trailer section (its field lines, then the final
 /// CRLF: what follows the last-chunk line, as [`crate::http1::ChunkedDecoder::trailers_start`]
-/// locates it) — how a gRPC status arrives from an HTTP/1.1 upstream (a gRPC-Web or HTTP/1.1
+/// locates it) — how a gRPC status arrives from an HTTP/1.1 upstream (an HTTP/1.1
 /// gRPC bridge). `None` without the field, or when its value is not a code (0–255); the first
 /// `grpc-status` line counts.
 #[must_use]
