@@ -5,7 +5,8 @@
 //! been idle less than its cluster's `upstream_idle_timeout` (default 30 s). An idle connection
 //! older than that is also closed by [`Pool::sweep`], which the engine runs periodically (every
 //! [`Pool::sweep_interval`]), so that it does not stay open upstream until its next use. At most
-//! [`MAX_IDLE_PER_HOST`] idle connections are kept per host; the oldest are reused last (LIFO
+//! [`MAX_IDLE_PER_HOST`] idle connections are kept per host ([`MAX_IDLE_PER_DESTINATION`] per
+//! original destination); the oldest are reused last (LIFO
 //! keeps the warmest connections busy and lets the cold ones time out).
 //!
 //! The pool publishes how many connections it holds idle in the worker's stats (per host and
@@ -27,8 +28,16 @@ use tokio::io::{AsyncRead, ReadBuf};
 
 use crate::stats::{PoolGauge, WorkerStats};
 
-/// Idle connections kept per host and worker.
-pub const MAX_IDLE_PER_HOST: usize = 64;
+/// Idle connections kept per host and worker. As many as Envoy's default `max_connections`
+/// breaker allows a cluster: under a burst of N concurrent requests a host's N connections stay
+/// for the next burst instead of being closed and opened again (at 64, h2load with 500 streams
+/// in flight made Sluice open a connection for one request in four). An idle connection holds
+/// no buffer here (only its socket); `upstream_idle_timeout` closes the ones not reused.
+pub const MAX_IDLE_PER_HOST: usize = 1024;
+
+/// Idle connections kept per `original_dst` destination and worker (up to
+/// [`MAX_IDLE_DESTINATIONS`] destinations).
+pub const MAX_IDLE_PER_DESTINATION: usize = 64;
 
 struct Idle<S> {
     stream: S,
@@ -47,7 +56,7 @@ type ByDestination<S> = std::collections::HashMap<(usize, SocketAddr), Vec<Idle<
 pub struct Pool<S> {
     idle: RefCell<Vec<Vec<Vec<Idle<S>>>>>,
     /// `original_dst` clusters: `(cluster, destination)` → idle connections (LIFO, at most
-    /// [`MAX_IDLE_PER_HOST`] each, at most [`MAX_IDLE_DESTINATIONS`] entries; an entry whose
+    /// [`MAX_IDLE_PER_DESTINATION`] each, at most [`MAX_IDLE_DESTINATIONS`] entries; an entry whose
     /// last connection went is removed, so idle destinations are cleaned up by the sweep).
     by_destination: RefCell<ByDestination<S>>,
     /// Each cluster's idle timeout.
@@ -180,7 +189,7 @@ impl<S: AsyncRead + Unpin> Pool<S> {
             }
         }
         let list = all.entry((cluster, destination)).or_default();
-        if list.len() >= MAX_IDLE_PER_HOST {
+        if list.len() >= MAX_IDLE_PER_DESTINATION {
             list.remove(0);
         } else {
             self.count(cluster, None, 1, true);
@@ -226,6 +235,45 @@ mod tests {
 
     fn destination(i: usize) -> SocketAddr {
         SocketAddr::from(([10, 0, (i >> 8) as u8, i as u8], 80))
+    }
+
+    #[test]
+    fn a_burst_of_connections_to_one_host_stays_pooled_up_to_the_bound() {
+        let config = sluice_core::config::Config::from_yaml(
+            "listeners: [ { name: t, address: 127.0.0.1:1, tcp_proxy: { cluster: a } } ]\n\
+             clusters: [ { name: a, hosts: [ { address: 127.0.0.1:2 } ] }, \
+                         { name: o, type: original_dst } ]\n",
+        )
+        .unwrap();
+        let stats = Arc::new(WorkerStats::new(&config));
+        let pool: Pool<tokio::io::DuplexStream> = Pool::new(
+            [(1, Duration::from_secs(30)), (0, Duration::from_secs(30))].into_iter(),
+            stats,
+        );
+        let mut peers = Vec::new();
+        let mut conn = || {
+            let (a, b) = tokio::io::duplex(64);
+            peers.push(b);
+            a
+        };
+        // The 500 connections of 500 concurrent requests all come back and stay (at 64, 436
+        // of them were closed, and the next burst opened them again).
+        for i in 0..500 {
+            pool.put(0, 0, conn(), at(i));
+        }
+        assert_eq!(pool.idle_count(), 500);
+        for i in 0..(MAX_IDLE_PER_HOST as u64) {
+            pool.put(0, 0, conn(), at(500 + i));
+        }
+        assert_eq!(pool.idle_count(), MAX_IDLE_PER_HOST);
+        // Per original destination the bound stays small (up to 1024 destinations).
+        for i in 0..100 {
+            pool.put_to(1, destination(1), conn(), at(i));
+        }
+        assert_eq!(
+            pool.idle_count(),
+            MAX_IDLE_PER_HOST + MAX_IDLE_PER_DESTINATION
+        );
     }
 
     #[test]
