@@ -48,7 +48,7 @@ use rustls::{
     CertificateError, ClientConfig, DigitallySignedStruct, DistinguishedName, Error,
     PeerIncompatible, RootCertStore, ServerConfig, SignatureScheme,
 };
-use sluice_core::config::tls::{ListenerTls, Pem, TlsVersion, UpstreamTls};
+use sluice_core::config::tls::{ListenerTls, MAX_PEM_BYTES, Pem, TlsVersion, UpstreamTls};
 use sluice_core::config::{Config, ConfigError, HealthProbe};
 use sluice_core::tls::pem::{San, parse_certificates, parse_chain, parse_key, subject_alt_names};
 pub use tokio_rustls::{TlsAcceptor, TlsConnector};
@@ -56,8 +56,6 @@ use tracing::{info, warn};
 
 use crate::tls_certs::CertFile;
 
-/// PEM files larger than this are refused (a certificate bundle is a few KiB).
-const MAX_PEM_BYTES: u64 = 1 << 20;
 
 /// The crypto provider every TLS context uses.
 fn provider() -> Arc<CryptoProvider> {
@@ -906,10 +904,11 @@ fn san_admitted(cert: &CertificateDer<'_>, allowed: &[String]) -> Result<(), Err
 pub(crate) fn read_pem(pem: &Pem) -> Result<std::borrow::Cow<'_, [u8]>, String> {
     match pem {
         Pem::File(file) => read_pem_file(file).map(std::borrow::Cow::Owned),
-        Pem::Inline { pem, .. } if pem.len() as u64 > MAX_PEM_BYTES => {
+        // `text`, not `pem`: the message names `pem` (its secret), never the text.
+        Pem::Inline { pem: text, .. } if text.len() as u64 > MAX_PEM_BYTES => {
             Err(format!("{pem}: larger than {MAX_PEM_BYTES} bytes"))
         }
-        Pem::Inline { pem, .. } => Ok(std::borrow::Cow::Borrowed(pem.as_bytes())),
+        Pem::Inline { pem: text, .. } => Ok(std::borrow::Cow::Borrowed(text.as_bytes())),
     }
 }
 
@@ -1156,6 +1155,23 @@ mod tests {
         assert_eq!(r.choose(Some("a.b.example.com")), 0);
         assert_eq!(r.choose(Some("example.com")), 0);
         assert_eq!(r.choose(None), 0);
+    }
+
+    /// Oversized inline PEM: the message names the secret, never the text (issue 13, H1).
+    #[test]
+    fn oversized_inline_pem_is_refused_naming_its_secret_not_its_text() {
+        let text = format!(
+            "-----BEGIN PRIVATE KEY-----\nBBBB\n-----END PRIVATE KEY-----\n{}",
+            "# padding\n".repeat(150_000)
+        );
+        let pem = Pem::Inline {
+            secret: Some("web-key".into()),
+            pem: text.into(),
+        };
+        let e = read_pem(&pem).unwrap_err();
+        assert_eq!(e, "sds secret \"web-key\": larger than 1048576 bytes");
+        // `/certs` reads through the same function.
+        assert_eq!(crate::tls_certs::read(&pem).unwrap_err(), e);
     }
 
     #[test]

@@ -16,6 +16,10 @@ use serde::Serialize;
 use super::http::HttpCodec;
 use super::ser_duration;
 
+/// PEM larger than this is refused, from a file, the YAML config or xDS (a certificate bundle
+/// is a few KiB); the message names the file, field or secret, never the bytes.
+pub const MAX_PEM_BYTES: u64 = 1 << 20;
+
 /// The default `handshake_timeout`: a handshake not complete by then is closed.
 pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 

@@ -355,6 +355,29 @@ fn secret_contents_never_appear_in_the_dump_or_debug_output() {
     assert!(dump.contains("[redacted: "), "{dump}");
 }
 
+/// A key padded past `MAX_PEM_BYTES` (comment lines parse) is refused at translation, naming
+/// the secret and never quoting the text (issue 13, H1).
+#[test]
+fn an_oversized_secret_is_refused_naming_it_without_its_text() {
+    let (_, chain, key) = pki(&["in.example.com"]);
+    let padded = format!("{key}{}", "# padding padding padding padding padding\n".repeat(34_000));
+    assert!(padded.len() > 1 << 20);
+    let mut r = tls_listener(tls_socket(&downstream_tls_sds("server-cert")));
+    r.secrets.insert(
+        "server-cert".into(),
+        certificate_secret("server-cert", &chain, &padded),
+    );
+    let e = errors(&r);
+    assert_eq!(e.len(), 1, "{e:?}");
+    assert!(
+        e[0].starts_with("secret \"server-cert\" tls_certificate.private_key: ")
+            && e[0].contains("larger than 1048576 bytes"),
+        "{}",
+        &e[0][..e[0].len().min(400)]
+    );
+    assert!(!e[0].contains("BEGIN") && !e[0].contains("padding"));
+}
+
 #[test]
 fn a_missing_wrong_or_unparsable_secret_is_refused_naming_it() {
     let (ca, chain, key) = pki(&["in.example.com"]);

@@ -39,6 +39,7 @@ use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{
 use envoy_types::pb::envoy::r#type::matcher::v3::{StringMatcher, string_matcher::MatchPattern};
 use prost::{Message, Name};
 use serde_json::{Map, Value, json};
+use sluice_core::config::tls::MAX_PEM_BYTES;
 use sluice_core::tls::pem::{describe, parse_certificates, parse_chain, parse_key};
 
 use super::cluster::config_source;
@@ -388,7 +389,14 @@ fn pem(
         }
         _ => return Err(at.error("missing (filename, inline_bytes or inline_string)")),
     };
-    // Never the bytes in a message: the parser's errors name what is wrong, not the content.
+    // Never the bytes in a message: the parser's errors name what is wrong, not the content;
+    // `at` names the secret (or the resource's field) the PEM came from.
+    if bytes.len() as u64 > MAX_PEM_BYTES {
+        return Err(at.error(format!(
+            "{} bytes of PEM: larger than {MAX_PEM_BYTES} bytes",
+            bytes.len()
+        )));
+    }
     let text = String::from_utf8(bytes).map_err(|_| at.error("not PEM (not UTF-8 text)"))?;
     parse(text.as_bytes()).map_err(|e| at.error(format!("not usable PEM: {e}")))?;
     let mut m = Map::new();
