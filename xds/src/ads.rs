@@ -635,14 +635,19 @@ impl Ads {
             return;
         };
         match decode_delta(kind, &mut r) {
-            Ok((_, change)) if kind == ResourceType::Secret && self.removes_used_secret(&change) => {
+            Ok((_, change))
+                if kind == ResourceType::Secret && self.removes_used_secret(&change) =>
+            {
                 // A secret a listener or cluster still uses cannot be removed: refused at once
                 // and charged to this response alone (waiting for warming would hold every
                 // other type back, then charge the error to all of them). The last one
                 // received serves on.
                 let used = sds_names(&self.candidate());
-                let still: Vec<&String> =
-                    change.removed.iter().filter(|n| used.contains(*n)).collect();
+                let still: Vec<&String> = change
+                    .removed
+                    .iter()
+                    .filter(|n| used.contains(*n))
+                    .collect();
                 let error = format!(
                     "removed_resources: {still:?} still used by a listener's or a cluster's TLS \
                      context (remove or change that first); the last secret received serves on"

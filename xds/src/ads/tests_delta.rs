@@ -986,7 +986,10 @@ fn delta_removing_a_secret_still_in_use_is_nacked_at_once_and_holds_nothing_back
     a.handle_input(Input::Applied(id));
     let out = drain(&mut a);
     let acks = summaries(&out);
-    assert!(acks.contains(&(Eds, "n8", vec![], vec![], None)), "{acks:?}");
+    assert!(
+        acks.contains(&(Eds, "n8", vec![], vec![], None)),
+        "{acks:?}"
+    );
     // Once the listener no longer uses it, the removal is accepted.
     a.handle_input(response(Lds, "3", "n9", vec![], &["tls"]));
     let out = drain(&mut a);

@@ -265,7 +265,7 @@ fn filter_chain(
         reject_rest(&m, &at.field("filter_chain_match"))?;
     }
     let tls = take(&mut rest.transport_socket)
-        .map(|ts| super::tls::downstream_tls(&ts, &at.field("transport_socket"), secrets, notes))
+        .map(|ts| super::tls::downstream_tls(&ts, &at.field("transport_socket"), secrets))
         .transpose()?;
     let filters = take(&mut rest.filters);
     reject_rest(&rest, at)?;

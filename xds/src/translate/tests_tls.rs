@@ -273,6 +273,118 @@ fn unsupported_tls_fields_and_sockets_are_refused_by_path() {
     );
 }
 
+/// Session tuning and per-request SNI / SAN validation are refused by path unless at their
+/// defaults, which are what Sluice does (issue 13, M4: they were noted and ignored).
+#[test]
+fn session_and_per_request_sni_settings_are_refused_by_path_unless_default() {
+    use envoy_types::pb::envoy::config::core::v3::UpstreamHttpProtocolOptions;
+    use envoy_types::pb::envoy::extensions::upstreams::http::v3::HttpProtocolOptions;
+    use envoy_types::pb::google::protobuf::{Any, Duration as PbDuration, UInt32Value};
+    use prost::{Message as _, Name as _};
+    const KEY: &str = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions";
+    let (ca, chain, key) = pki(&["in.example.com"]);
+    let upstream = |keys: Option<u32>| {
+        let mut ctx = upstream_tls_sds("up.example.com", "root-ca");
+        ctx.max_session_keys = keys.map(|value| UInt32Value { value });
+        let mut r = tls_cluster(tls_socket(&ctx));
+        r.secrets
+            .insert("root-ca".into(), ca_secret("root-ca", &ca));
+        r
+    };
+    assert!(assemble(&bootstrap(), &upstream(Some(1))).is_ok());
+    assert_eq!(
+        errors(&upstream(Some(0))),
+        [
+            "cluster \"up\" transport_socket.typed_config.max_session_keys: unsupported (only 1, \
+          the default: Sluice resumes sessions with its own cache)"
+        ]
+    );
+    let with_options = |u: UpstreamHttpProtocolOptions| {
+        let mut r = upstream(None);
+        let o = HttpProtocolOptions {
+            upstream_http_protocol_options: Some(u),
+            ..Default::default()
+        };
+        r.clusters
+            .get_mut("up")
+            .unwrap()
+            .typed_extension_protocol_options
+            .insert(
+                KEY.into(),
+                Any {
+                    type_url: HttpProtocolOptions::type_url(),
+                    value: o.encode_to_vec(),
+                },
+            );
+        r
+    };
+    assert!(
+        assemble(
+            &bootstrap(),
+            &with_options(UpstreamHttpProtocolOptions::default())
+        )
+        .is_ok()
+    );
+    for (u, field) in [
+        (
+            UpstreamHttpProtocolOptions {
+                auto_sni: true,
+                ..Default::default()
+            },
+            "auto_sni",
+        ),
+        (
+            UpstreamHttpProtocolOptions {
+                auto_san_validation: true,
+                ..Default::default()
+            },
+            "auto_san_validation",
+        ),
+    ] {
+        let e = errors(&with_options(u));
+        assert_eq!(e.len(), 1, "{e:?}");
+        assert!(
+            e[0].starts_with(&format!(
+                "cluster \"up\" typed_extension_protocol_options[{KEY:?}].\
+                 upstream_http_protocol_options.{field}: unsupported"
+            )),
+            "{e:?}"
+        );
+    }
+    let downstream = |f: &dyn Fn(&mut DownstreamTlsContext)| {
+        let mut ctx = downstream_tls_sds("server-cert");
+        f(&mut ctx);
+        let mut r = tls_listener(tls_socket(&ctx));
+        r.secrets.insert(
+            "server-cert".into(),
+            certificate_secret("server-cert", &chain, &key),
+        );
+        r
+    };
+    assert!(assemble(&bootstrap(), &downstream(&|_| {})).is_ok());
+    let at = "listener \"in\" filter_chains[0].transport_socket.typed_config";
+    let e = errors(&downstream(&|c| {
+        c.session_timeout = Some(PbDuration {
+            seconds: 60,
+            nanos: 0,
+        });
+    }));
+    assert!(
+        e.len() == 1 && e[0].starts_with(&format!("{at}.session_timeout: unsupported")),
+        "{e:?}"
+    );
+    let e = errors(&downstream(&|c| {
+        c.disable_stateful_session_resumption = true
+    }));
+    assert!(
+        e.len() == 1
+            && e[0].starts_with(&format!(
+                "{at}.disable_stateful_session_resumption: unsupported"
+            )),
+        "{e:?}"
+    );
+}
+
 #[test]
 fn a_downstream_context_with_an_sds_certificate_becomes_the_listeners_tls() {
     let (ca, chain, key) = pki(&["in.example.com"]);
@@ -360,7 +472,10 @@ fn secret_contents_never_appear_in_the_dump_or_debug_output() {
 #[test]
 fn an_oversized_secret_is_refused_naming_it_without_its_text() {
     let (_, chain, key) = pki(&["in.example.com"]);
-    let padded = format!("{key}{}", "# padding padding padding padding padding\n".repeat(34_000));
+    let padded = format!(
+        "{key}{}",
+        "# padding padding padding padding padding\n".repeat(34_000)
+    );
     assert!(padded.len() > 1 << 20);
     let mut r = tls_listener(tls_socket(&downstream_tls_sds("server-cert")));
     r.secrets.insert(

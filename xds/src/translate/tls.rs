@@ -8,13 +8,15 @@
 //! `default_validation_context` merged with the SDS one, as Istio sends) — whose `trusted_ca`
 //! becomes `ca` and whose exact DNS / URI SAN matchers (`match_typed_subject_alt_names`,
 //! `match_subject_alt_names`) become `verify_subject_alt_names`; `alpn_protocols`; `tls_params`
-//! versions within TLS 1.2–1.3. No CA is refused: Sluice never originates TLS to an unverified
-//! upstream.
+//! versions within TLS 1.2–1.3; `max_session_keys` only at its default, 1. No CA is refused:
+//! Sluice never originates TLS to an unverified upstream.
 //!
 //! On a filter chain (`DownstreamTlsContext` → `listeners[].tls`): the certificates (inline or
 //! SDS; several are chosen by SNI as in a file config), `require_client_certificate` (Envoy's
 //! default, `false`, is written out: the file's default is `true`), the validation context →
 //! `client_ca` and `verify_subject_alt_names`, `alpn_protocols`, `tls_params` minimum version.
+//! `session_timeout` and `disable_stateful_session_resumption: true` are refused by path
+//! (resumption is Sluice's own, with a fixed lifetime), not ignored.
 //!
 //! PEM: a `filename` stays a file (read, checked and watched by the runtime); inline bytes or
 //! strings and SDS secrets become inline PEM (`{ inline, secret }`), parsed here so that a
@@ -43,7 +45,7 @@ use sluice_core::config::tls::MAX_PEM_BYTES;
 use sluice_core::tls::pem::{describe, parse_certificates, parse_chain, parse_key};
 
 use super::cluster::config_source;
-use super::{At, Notes, ResourceType, TranslateError, reject_rest, take, unpack};
+use super::{At, ResourceType, TranslateError, reject_rest, take, unpack};
 
 /// The transport socket name of TLS.
 pub const TLS_TRANSPORT_SOCKET: &str = "envoy.transport_sockets.tls";
@@ -60,15 +62,19 @@ pub(crate) fn upstream_tls(
     ts: &TransportSocket,
     at: &At<'_>,
     secrets: &BTreeMap<String, Secret>,
-    notes: &mut Notes,
 ) -> Result<Value, TranslateError> {
     let any = tls_any(ts, at, UpstreamTlsContext::type_url())?;
     let t_at = at.field("typed_config");
     let mut u: UpstreamTlsContext = unpack(any, &t_at)?;
     let sni = take(&mut u.sni);
-    // A client-side limit of the session cache: no behaviour to keep.
-    if take(&mut u.max_session_keys).is_some() {
-        t_at.note(notes, "max_session_keys");
+    // The client's session cache: Sluice resumes with its own (rustls') cache. Envoy's
+    // default, 1, is accepted; 0 (no resumption) or another size is refused by path.
+    if let Some(n) = take(&mut u.max_session_keys)
+        && n.value != 1
+    {
+        return Err(t_at.field("max_session_keys").error(
+            "unsupported (only 1, the default: Sluice resumes sessions with its own cache)",
+        ));
     }
     let common = take(&mut u.common_tls_context).unwrap_or_default();
     reject_rest(&u, &t_at)?;
@@ -118,13 +124,14 @@ pub(crate) fn downstream_tls(
     ts: &TransportSocket,
     at: &At<'_>,
     secrets: &BTreeMap<String, Secret>,
-    notes: &mut Notes,
 ) -> Result<Value, TranslateError> {
     let any = tls_any(ts, at, DownstreamTlsContext::type_url())?;
     let t_at = at.field("typed_config");
     let mut d: DownstreamTlsContext = unpack(any, &t_at)?;
     let require = take(&mut d.require_client_certificate).map(|b| b.value);
-    // Session resumption is Sluice's own (cache and tickets): these only tune it.
+    // Session resumption is Sluice's own (a cache and tickets with a fixed lifetime): a
+    // timeout or turning stateful resumption off would be a promise it does not keep, so
+    // they are refused by path (the default, `false`, is what Sluice does).
     for (set, field) in [
         (take(&mut d.session_timeout).is_some(), "session_timeout"),
         (
@@ -133,7 +140,10 @@ pub(crate) fn downstream_tls(
         ),
     ] {
         if set {
-            t_at.note(notes, field);
+            return Err(t_at.field(field).error(
+                "unsupported (Sluice resumes sessions with its own cache and tickets; their \
+                 lifetime is not configurable)",
+            ));
         }
     }
     let common = take(&mut d.common_tls_context).unwrap_or_default();
