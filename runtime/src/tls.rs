@@ -56,7 +56,6 @@ use tracing::{info, warn};
 
 use crate::tls_certs::CertFile;
 
-
 /// The crypto provider every TLS context uses.
 fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::aws_lc_rs::default_provider())

@@ -11,8 +11,8 @@ use serde_json::Value;
 use super::decoder::Decoder;
 use crate::config::http::HttpCodec;
 use crate::config::tls::{
-    CertificateFiles, DEFAULT_HANDSHAKE_TIMEOUT, ListenerTls, MAX_PEM_BYTES, Pem, TlsVersion, UpstreamTls,
-    default_listener_alpn,
+    CertificateFiles, DEFAULT_HANDSHAKE_TIMEOUT, ListenerTls, MAX_PEM_BYTES, Pem, TlsVersion,
+    UpstreamTls, default_listener_alpn,
 };
 
 /// `codec`: the listener's HTTP codec (`None`: not an HTTP listener), which gives the default
