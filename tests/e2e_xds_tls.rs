@@ -2,8 +2,10 @@
 //! `transport_socket` originates TLS to an nginx HTTPS upstream (its CA an SDS secret) and a
 //! listener whose filter chain terminates TLS with an SDS certificate; curl reaches the
 //! upstream through both, with the defaults (SotW), and over delta. Then a new certificate
-//! pushed over ADS is what new handshakes see, while a connection opened before carries on; a
-//! certificate with the wrong key is NACKed and the last good one serves on.
+//! pushed over ADS is what new handshakes see, while a keep-alive connection opened before
+//! carries on, request after request, never told to close (a secret rotation swaps TLS
+//! contexts; it is not a reload that drains); a certificate with the wrong key is NACKed and
+//! the last good one serves on.
 
 #[path = "support/ads.rs"]
 #[allow(dead_code)]
@@ -279,8 +281,16 @@ clusters:
         certs.contains(r#"sds secret \"server-cert\""#) && certs.contains("CN=sds-two"),
         "{certs}"
     );
-    let again = get_on(&mut held, "over TLSv1.x".len());
-    assert!(again.starts_with("HTTP/1.1 200"), "{again}");
+    // The held keep-alive connection is not drained by the rotation: it keeps serving,
+    // never told to close.
+    for _ in 0..3 {
+        let again = get_on(&mut held, "over TLSv1.x".len());
+        assert!(again.starts_with("HTTP/1.1 200"), "{again}");
+        assert!(
+            !again.to_ascii_lowercase().contains("connection: close"),
+            "the rotation drained a keep-alive connection: {again}"
+        );
+    }
 
     // A certificate with another certificate's key: refused (NACK naming the field and the
     // secret), and the last good one serves on.
@@ -325,6 +335,12 @@ clusters:
     }
     assert_eq!(served_cn(listen), "sds-two");
     assert!(curl(listen, &in_ca.pem).starts_with("over TLSv1."));
+    let still = get_on(&mut held, "over TLSv1.x".len());
+    assert!(
+        still.starts_with("HTTP/1.1 200")
+            && !still.to_ascii_lowercase().contains("connection: close"),
+        "{still}"
+    );
     assert!(
         !sluice.log_text().contains("PRIVATE KEY"),
         "{}",

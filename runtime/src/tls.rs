@@ -92,16 +92,26 @@ pub struct Contexts {
     pub connectors: Vec<Option<UpstreamConnector>>,
     /// What the certificate chains and CA files held when these were built (`/certs`).
     pub certificates: Vec<CertFile>,
+    /// By listener index: the identity its ticket keys are tied to
+    /// ([`crate::tls_tickets::identity`]); a rotation keeps a listener's session cache only
+    /// when it is unchanged (new client CA content: sessions of the old one cannot resume).
+    identities: Vec<Option<String>>,
 }
 
 /// What the process serves with now: the contexts of the newest config generation and what
 /// its TLS files held when they were last looked at. Replaced by a new generation (a reload)
-/// and by a rotation (the files changed); taken by a worker only when [`GENERATION`] says it
-/// was replaced, by the watcher once per check, never per handshake.
+/// and by a rotation (the files changed, or an xDS update changed only inline PEM:
+/// [`rotate_inline`]); taken by a worker only when [`GENERATION`] says it was replaced, by
+/// the watcher once per check, never per handshake.
 struct Published {
+    /// The config the contexts were built from (after [`rotate_inline`], the rotated config,
+    /// which the workers' engines do not hold: they go by `lineage`).
     config: Weak<Config>,
     contexts: Arc<Contexts>,
     files: Vec<FileStamp>,
+    /// The config generation the contexts are for: new with each generation a reload builds,
+    /// kept by rotations. A worker takes published contexts only of its own lineage.
+    lineage: u64,
 }
 
 static PUBLISHED: Mutex<Option<Published>> = Mutex::new(None);
@@ -127,26 +137,82 @@ fn published() -> std::sync::MutexGuard<'static, Option<Published>> {
 /// reloads, [`check_files`] rotates to changed files. Taken only while building an engine,
 /// never on the data path.
 pub fn contexts(config: &Arc<Config>) -> Result<Arc<Contexts>, String> {
+    contexts_of_lineage(config).map(|(contexts, _)| contexts)
+}
+
+/// [`contexts`], with the lineage they are published under.
+fn contexts_of_lineage(config: &Arc<Config>) -> Result<(Arc<Contexts>, u64), String> {
     let mut shared = published();
     if let Some(p) = shared.as_ref()
         && p.config.upgrade().is_some_and(|c| Arc::ptr_eq(&c, config))
     {
-        return Ok(p.contexts.clone());
+        return Ok((p.contexts.clone(), p.lineage));
     }
+    let lineage = shared.as_ref().map_or(0, |p| p.lineage + 1);
     // Stamped before they are read: a change in between is seen by the next check.
     let files = stamps(&tls_files(config));
     let contexts = Arc::new(Contexts {
         acceptors: acceptors(config, None)?,
         connectors: connectors(config)?,
         certificates: described(config),
+        identities: identities(config),
     });
     *shared = Some(Published {
         config: Arc::downgrade(config),
         contexts: contexts.clone(),
         files,
+        lineage,
     });
     GENERATION.fetch_add(1, Ordering::Release);
-    Ok(contexts)
+    Ok((contexts, lineage))
+}
+
+/// By listener index: the identity of its ticket keys (`None`: no TLS).
+fn identities(config: &Config) -> Vec<Option<String>> {
+    config
+        .listeners
+        .iter()
+        .map(|l| {
+            l.tls
+                .as_ref()
+                .map(|tls| crate::tls_tickets::identity(&l.name, tls))
+        })
+        .collect()
+}
+
+/// An xDS update that changed only inline PEM (SDS secrets rotated:
+/// [`sluice_core::config::diff::only_inline_pem_differs`]) applied as a rotation, not a
+/// reload: contexts built from `next` are published for the serving generation (`current`'s),
+/// so new handshakes on every worker use them from now on while listeners, clusters and open
+/// connections are untouched (no drain). A listener keeps its session cache and ticket keys
+/// unless its client CA changed. On error nothing changed (the message names the field).
+pub fn rotate_inline(current: &Arc<Config>, next: &Arc<Config>) -> Result<(), String> {
+    let serving = |p: &Published| p.config.upgrade().is_some_and(|c| Arc::ptr_eq(&c, current));
+    let (old, lineage) = match published().as_ref() {
+        Some(p) if serving(p) => (p.contexts.clone(), p.lineage),
+        _ => return Err("no TLS contexts serve the current config".to_owned()),
+    };
+    let files = stamps(&tls_files(next));
+    let contexts = Contexts {
+        acceptors: acceptors(next, Some(&old))?,
+        connectors: connectors(next)?,
+        certificates: described(next),
+        identities: identities(next),
+    };
+    let mut shared = published();
+    if !shared.as_ref().is_some_and(serving) {
+        return Err("a reload published other TLS contexts meanwhile".to_owned());
+    }
+    *shared = Some(Published {
+        config: Arc::downgrade(next),
+        contexts: Arc::new(contexts),
+        files,
+        lineage,
+    });
+    GENERATION.fetch_add(1, Ordering::Release);
+    drop(shared);
+    info!("tls: secrets rotated; new handshakes use them, open connections carry on");
+    Ok(())
 }
 
 /// The certificates of `config`'s TLS files, read now; an expired one is served (a client
@@ -187,7 +253,8 @@ pub fn certificates(config: &Arc<Config>) -> Vec<CertFile> {
 /// [`Contexts`], replaced when a rotation published new ones for the same config. Checking is
 /// one atomic load per connection; the lock is taken once per worker per rotation.
 pub struct WorkerTls {
-    config: Arc<Config>,
+    /// The [`Published::lineage`] of its config generation.
+    lineage: u64,
     /// An `Rc` of its own, so that a connection holding the contexts costs a plain increment,
     /// not an atomic one on a count every worker shares.
     #[allow(clippy::redundant_allocation)]
@@ -200,9 +267,9 @@ impl WorkerTls {
     /// The contexts of `config` (built now if no worker built them yet).
     pub fn new(config: &Arc<Config>) -> Result<Self, String> {
         let seen = GENERATION.load(Ordering::Acquire);
-        let contexts = contexts(config)?;
+        let (contexts, lineage) = contexts_of_lineage(config)?;
         Ok(WorkerTls {
-            config: config.clone(),
+            lineage,
             current: RefCell::new(Rc::new(contexts)),
             seen: Cell::new(seen),
         })
@@ -218,9 +285,7 @@ impl WorkerTls {
             // Another config's contexts (a reload built the next generation): this engine
             // drains with its own.
             if let Some(p) = shared.as_ref()
-                && p.config
-                    .upgrade()
-                    .is_some_and(|c| Arc::ptr_eq(&c, &self.config))
+                && p.lineage == self.lineage
                 && !Arc::ptr_eq(&p.contexts, &self.current.borrow())
             {
                 *self.current.borrow_mut() = Rc::new(p.contexts.clone());
@@ -335,6 +400,7 @@ pub fn check_files() -> FileCheck {
             acceptors,
             connectors: connectors(&config)?,
             certificates: described(&config),
+            identities: identities(&config),
         })
     });
     let mut shared = published();
@@ -698,8 +764,8 @@ where
 /// was checked when the config was) fails the whole build. Each listener seals tickets with
 /// its own keys ([`crate::tls_tickets`]): the ones it had before this build (a rotation, a
 /// reload that keeps its identity, or the previous process after an upgrade), else new ones.
-/// With `previous` (the same config's contexts, before a rotation), each listener also keeps
-/// its session cache.
+/// With `previous` (the same generation's contexts, before a rotation), each listener also
+/// keeps its session cache, unless its identity changed (new client CA content).
 pub fn acceptors(
     config: &Config,
     previous: Option<&Contexts>,
@@ -716,13 +782,17 @@ pub fn acceptors(
         .map(|(i, l)| match &l.tls {
             None => Ok(None),
             Some(tls) => {
-                let ticketer =
-                    crate::tls_tickets::for_listener(&crate::tls_tickets::identity(&l.name, tls))
-                        .map_err(|e| format!("listeners[{i}].tls: {e}"))?;
+                let identity = crate::tls_tickets::identity(&l.name, tls);
+                let ticketer = crate::tls_tickets::for_listener(&identity)
+                    .map_err(|e| format!("listeners[{i}].tls: {e}"))?;
                 server_config(tls, &format!("listeners[{i}].tls"))
                     .map(|mut c| {
                         c.ticketer = ticketer;
-                        if let Some(Some(old)) = previous.and_then(|p| p.acceptors.get(i)) {
+                        if let Some(p) = previous
+                            && let Some(Some(old)) = p.acceptors.get(i)
+                            && p.identities.get(i).and_then(Option::as_deref)
+                                == Some(identity.as_str())
+                        {
                             c.session_storage = old.config().session_storage.clone();
                         }
                         Some(TlsAcceptor::from(Arc::new(c)))
