@@ -13,7 +13,8 @@
 //! state is the applied resources with the pending responses folded over them, in arrival
 //! order (a CDS or LDS response replaces every resource of its type: a cluster it no longer
 //! lists is removed; an RDS, EDS or SDS response replaces the ones it carries; route
-//! configurations, assignments and secrets nothing refers to any more are dropped).
+//! configurations, assignments and secrets nothing refers to any more are dropped; in state of
+//! the world, those not subscribed to are dropped on arrival).
 //!
 //! Inputs ([`Input`]): the stream connected or lost, a response, the outcome of applying a
 //! config, the expiry of the warming timer. Outputs ([`Output`]), drained with
@@ -616,7 +617,14 @@ impl Ads {
             return;
         };
         match decode(kind, &r.resources) {
-            Ok(decoded) => {
+            Ok(mut decoded) => {
+                // Endpoints, routes and secrets nothing subscribed to are dropped on arrival
+                // (a server sending more than asked must not pile them up in the pending
+                // response); a later subscription to one gets it sent again.
+                if !kind.is_full_state() {
+                    let names = &self.types[&kind].names;
+                    decoded.retain(|n| names.contains(n));
+                }
                 self.push_pending(Pending {
                     kind,
                     version: r.version_info,

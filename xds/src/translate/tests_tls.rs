@@ -582,6 +582,61 @@ fn the_secrets_named_by_clusters_and_listeners_are_what_sds_subscribes_to() {
         .into_iter()
         .collect();
     assert_eq!(names, ["root-ca", "server-cert"]);
+    // A secret from another SDS source (Istio's `sds-grpc` cluster) is not subscribed to over
+    // ADS, and translation refuses it at once (issue 13, L2).
+    let mut ctx = downstream_tls_sds("server-cert");
+    ctx.common_tls_context
+        .as_mut()
+        .unwrap()
+        .tls_certificate_sds_secret_configs[0]
+        .sds_config = Some(ConfigSource {
+        config_source_specifier: Some(ConfigSourceSpecifier::ApiConfigSource(Default::default())),
+        ..Default::default()
+    });
+    let r = tls_listener(tls_socket(&ctx));
+    assert!(sds_names(r.clusters.values(), r.listeners.values()).is_empty());
+    let e = errors(&r);
+    assert!(
+        e.len() == 1 && e[0].contains("sds_config: only `ads: {}`"),
+        "{e:?}"
+    );
+}
+
+use envoy_types::pb::envoy::config::core::v3::{
+    ConfigSource, config_source::ConfigSourceSpecifier,
+};
+
+/// DNS and URI SAN matchers share one list, so a value that could match the other type is
+/// refused (issue 13, L1).
+#[test]
+fn a_dns_san_matcher_with_a_scheme_or_a_uri_one_without_is_refused() {
+    let (ca, _, _) = pki(&["x"]);
+    let with = |m: SubjectAltNameMatcher| {
+        let ctx = UpstreamTlsContext {
+            common_tls_context: Some(CommonTlsContext {
+                validation_context_type: Some(ValidationContextType::ValidationContext(
+                    CertificateValidationContext {
+                        trusted_ca: Some(inline_pem(&ca)),
+                        match_typed_subject_alt_names: vec![m],
+                        ..Default::default()
+                    },
+                )),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        tls_cluster(tls_socket(&ctx))
+    };
+    let uri = |v: &str| SubjectAltNameMatcher {
+        san_type: SanType::Uri as i32,
+        ..exact_dns(v)
+    };
+    assert!(assemble(&bootstrap(), &with(exact_dns("up.example.com"))).is_ok());
+    assert!(assemble(&bootstrap(), &with(uri("spiffe://cluster.local/ns/a/sa/b"))).is_ok());
+    let e = errors(&with(exact_dns("spiffe://cluster.local/ns/a/sa/b")));
+    assert!(e[0].contains("is not a DNS name"), "{e:?}");
+    let e = errors(&with(uri("up.example.com")));
+    assert!(e[0].contains("is not a URI"), "{e:?}");
 }
 
 /// Listener `sni` on 127.0.0.1:9443 with these filter chains: (server names, cluster).

@@ -448,22 +448,42 @@ fn validation(
     Ok((ca, sans))
 }
 
+/// A typed SAN matcher. DNS and URI SANs end up in one list (`verify_subject_alt_names`), and
+/// a certificate's DNS SANs are compared with it as well as its URI SANs, so a value that
+/// could match the other type is refused: a DNS name never holds `://`, a URI always has a
+/// scheme.
 fn typed_san(m: &SubjectAltNameMatcher, at: &At<'_>) -> Result<String, TranslateError> {
-    match SanType::try_from(m.san_type) {
-        Ok(SanType::Dns | SanType::Uri) => {}
+    let uri = match SanType::try_from(m.san_type) {
+        Ok(SanType::Dns) => false,
+        Ok(SanType::Uri) => true,
         _ => {
             return Err(at
                 .field("san_type")
                 .error("only DNS and URI subject alt names are matched"));
         }
-    }
+    };
     if !m.oid.is_empty() {
         return Err(at.field("oid").unsupported());
     }
     let Some(matcher) = &m.matcher else {
         return Err(at.field("matcher").error("missing"));
     };
-    exact(matcher, &at.field("matcher"))
+    let m_at = at.field("matcher");
+    let value = exact(matcher, &m_at)?;
+    let has_scheme = value
+        .split_once(':')
+        .is_some_and(|(scheme, _)| !scheme.is_empty() && !scheme.contains(['.', '/']));
+    if uri && !has_scheme {
+        return Err(m_at.error(format!(
+            "{value:?} is not a URI (no scheme, e.g. spiffe://...): a URI SAN matcher"
+        )));
+    }
+    if !uri && value.contains("://") {
+        return Err(m_at.error(format!(
+            "{value:?} is not a DNS name: a DNS SAN matcher (use san_type URI)"
+        )));
+    }
+    Ok(value)
 }
 
 /// Only exact, case-sensitive matchers (DNS names are compared without case anyway).
@@ -482,7 +502,13 @@ fn sds_secret(
 ) -> Result<(String, Option<secret::Type>), TranslateError> {
     let name = take(&mut sds.name);
     match take(&mut sds.sds_config) {
-        Some(source) => config_source(&source, &at.field("sds_config"))?,
+        Some(source) if is_ads(&source) => config_source(&source, &at.field("sds_config"))?,
+        Some(_) => {
+            return Err(at.field("sds_config").error(
+                "only `ads: {}` (secrets come over the aggregated stream; an SDS server of its \
+                 own, such as Istio's `sds-grpc`, is not supported)",
+            ));
+        }
         None => {
             return Err(at.field("sds_config").error(
                 "missing (secrets come over ADS: `sds_config: { ads: {} }`; static secrets \
@@ -515,9 +541,18 @@ fn sds_validation(
     }
 }
 
-/// Every SDS secret name the clusters' and listeners' TLS contexts refer to (what to subscribe
-/// to, and what warming waits for). Undecodable contexts name nothing (translation refuses
-/// them).
+/// Whether an `sds_config` names the ADS stream (`ads: {}` or `self: {}`).
+fn is_ads(source: &envoy_types::pb::envoy::config::core::v3::ConfigSource) -> bool {
+    use envoy_types::pb::envoy::config::core::v3::config_source::ConfigSourceSpecifier;
+    matches!(
+        source.config_source_specifier,
+        Some(ConfigSourceSpecifier::Ads(_) | ConfigSourceSpecifier::Self_(_))
+    )
+}
+
+/// Every SDS secret name the clusters' and listeners' TLS contexts refer to over ADS (what to
+/// subscribe to, and what warming waits for). Undecodable contexts, and secrets from any other
+/// source, name nothing (translation refuses them at once rather than waiting for them).
 #[must_use]
 pub fn sds_names<'a>(
     clusters: impl IntoIterator<Item = &'a envoy_types::pb::envoy::config::cluster::v3::Cluster>,
@@ -525,16 +560,19 @@ pub fn sds_names<'a>(
 ) -> BTreeSet<String> {
     let mut out = BTreeSet::new();
     let mut from_common = |c: &CommonTlsContext| {
-        for s in &c.tls_certificate_sds_secret_configs {
-            out.insert(s.name.clone());
-        }
-        match &c.validation_context_type {
-            Some(ValidationContextType::ValidationContextSdsSecretConfig(s)) => {
+        let mut add = |s: &SdsSecretConfig| {
+            if s.sds_config.as_ref().is_some_and(is_ads) {
                 out.insert(s.name.clone());
             }
+        };
+        for s in &c.tls_certificate_sds_secret_configs {
+            add(s);
+        }
+        match &c.validation_context_type {
+            Some(ValidationContextType::ValidationContextSdsSecretConfig(s)) => add(s),
             Some(ValidationContextType::CombinedValidationContext(c)) => {
                 if let Some(s) = &c.validation_context_sds_secret_config {
-                    out.insert(s.name.clone());
+                    add(s);
                 }
             }
             _ => {}
