@@ -716,6 +716,19 @@ fn filter_chains_by_server_name_become_tls_passthrough_routes() {
     assert_eq!(pick("v1.api.example.com"), "api");
     assert_eq!(pick("www.example.com"), "web");
     assert_eq!(pick("other.org"), "fallback");
+    // `listener_filters_timeout: 0s` is no timeout in Envoy: refused by its path, not
+    // reported at a config path the server never wrote (issue 13, L5).
+    let mut r = r.clone();
+    r.listeners.get_mut("sni").unwrap().listener_filters_timeout =
+        Some(envoy_types::pb::google::protobuf::Duration::default());
+    let e = errors(&r);
+    assert!(
+        e.len() == 1
+            && e[0].starts_with(
+                "listener \"sni\" listener_filters_timeout: 0s (no timeout) is unsupported"
+            ),
+        "{e:?}"
+    );
 }
 
 #[test]
