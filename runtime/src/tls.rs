@@ -167,16 +167,31 @@ fn contexts_of_lineage(config: &Arc<Config>) -> Result<(Arc<Contexts>, u64), Str
     Ok((contexts, lineage))
 }
 
+/// The identity a listener's ticket keys (and, across a rotation, its session cache) are tied
+/// to: [`crate::tls_tickets::identity`], plus, for a client CA from a file, a digest of the
+/// file's content as read now — so that a CA file rotated on disk, like new CA content over
+/// SDS, ends the resumption of sessions the old CA admitted.
+fn listener_identity(name: &str, tls: &ListenerTls) -> String {
+    let mut identity = crate::tls_tickets::identity(name, tls);
+    if let Some(Pem::File(file)) = &tls.client_ca {
+        // FNV-1a, as for inline PEM: stable across builds, so that an upgrade's new process
+        // finds the keys it is handed. An unreadable file fails the build that reads it anyway.
+        let digest = read_pem_file(file).map_or(0, |bytes| {
+            bytes.iter().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+                (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
+            })
+        });
+        identity.push_str(&format!("\nclient_ca_content={digest:016x}"));
+    }
+    identity
+}
+
 /// By listener index: the identity of its ticket keys (`None`: no TLS).
 fn identities(config: &Config) -> Vec<Option<String>> {
     config
         .listeners
         .iter()
-        .map(|l| {
-            l.tls
-                .as_ref()
-                .map(|tls| crate::tls_tickets::identity(&l.name, tls))
-        })
+        .map(|l| l.tls.as_ref().map(|tls| listener_identity(&l.name, tls)))
         .collect()
 }
 
@@ -773,7 +788,7 @@ pub fn acceptors(
     let identities: Vec<String> = config
         .listeners
         .iter()
-        .filter_map(|l| Some(crate::tls_tickets::identity(&l.name, l.tls.as_ref()?)))
+        .filter_map(|l| Some(listener_identity(&l.name, l.tls.as_ref()?)))
         .collect();
     let built = config
         .listeners
@@ -782,7 +797,7 @@ pub fn acceptors(
         .map(|(i, l)| match &l.tls {
             None => Ok(None),
             Some(tls) => {
-                let identity = crate::tls_tickets::identity(&l.name, tls);
+                let identity = listener_identity(&l.name, tls);
                 let ticketer = crate::tls_tickets::for_listener(&identity)
                     .map_err(|e| format!("listeners[{i}].tls: {e}"))?;
                 server_config(tls, &format!("listeners[{i}].tls"))
@@ -1241,6 +1256,32 @@ mod tests {
         assert_eq!(e, "sds secret \"web-key\": larger than 1048576 bytes");
         // `/certs` reads through the same function.
         assert_eq!(crate::tls_certs::read(&pem).unwrap_err(), e);
+    }
+
+    /// A client CA file rotated on disk is a new identity (new ticket keys, no session cache
+    /// kept): the old CA's clients cannot resume.
+    #[test]
+    fn a_client_ca_file_with_new_content_is_a_new_identity() {
+        use sluice_core::config::tls::{CertificateFiles, DEFAULT_HANDSHAKE_TIMEOUT};
+        let path = std::env::temp_dir().join(format!("sluice-ca-id-{}.pem", std::process::id()));
+        let tls = ListenerTls {
+            certificates: vec![CertificateFiles {
+                cert_chain: Pem::File("a.pem".into()),
+                private_key: Pem::File("a.key".into()),
+            }],
+            alpn: Vec::new(),
+            client_ca: Some(Pem::File(path.display().to_string())),
+            require_client_certificate: true,
+            verify_subject_alt_names: Vec::new(),
+            min_version: TlsVersion::Tls12,
+            handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
+        };
+        std::fs::write(&path, "-----BEGIN CERTIFICATE-----\nAAAA\n").unwrap();
+        let old = listener_identity("in", &tls);
+        assert_eq!(listener_identity("in", &tls), old);
+        std::fs::write(&path, "-----BEGIN CERTIFICATE-----\nBBBB\n").unwrap();
+        assert_ne!(listener_identity("in", &tls), old);
+        let _ = std::fs::remove_file(&path);
     }
 
     #[test]
