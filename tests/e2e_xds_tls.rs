@@ -2,8 +2,11 @@
 //! `transport_socket` originates TLS to an nginx HTTPS upstream (its CA an SDS secret) and a
 //! listener whose filter chain terminates TLS with an SDS certificate; curl reaches the
 //! upstream through both, with the defaults (SotW), and over delta. Then a new certificate
-//! pushed over ADS is what new handshakes see, while a connection opened before carries on; a
-//! certificate with the wrong key is NACKed and the last good one serves on.
+//! pushed over ADS is what new handshakes see, while a keep-alive connection opened before
+//! carries on, request after request, never told to close (a secret rotation swaps TLS
+//! contexts; it is not a reload that drains); a certificate with the wrong key is NACKed and
+//! the last good one serves on. And a client CA rotated under the same secret name ends the
+//! resumption of sessions its predecessor admitted.
 
 #[path = "support/ads.rs"]
 #[allow(dead_code)]
@@ -279,8 +282,16 @@ clusters:
         certs.contains(r#"sds secret \"server-cert\""#) && certs.contains("CN=sds-two"),
         "{certs}"
     );
-    let again = get_on(&mut held, "over TLSv1.x".len());
-    assert!(again.starts_with("HTTP/1.1 200"), "{again}");
+    // The held keep-alive connection is not drained by the rotation: it keeps serving,
+    // never told to close.
+    for _ in 0..3 {
+        let again = get_on(&mut held, "over TLSv1.x".len());
+        assert!(again.starts_with("HTTP/1.1 200"), "{again}");
+        assert!(
+            !again.to_ascii_lowercase().contains("connection: close"),
+            "the rotation drained a keep-alive connection: {again}"
+        );
+    }
 
     // A certificate with another certificate's key: refused (NACK naming the field and the
     // secret), and the last good one serves on.
@@ -325,9 +336,144 @@ clusters:
     }
     assert_eq!(served_cn(listen), "sds-two");
     assert!(curl(listen, &in_ca.pem).starts_with("over TLSv1."));
+    let still = get_on(&mut held, "over TLSv1.x".len());
+    assert!(
+        still.starts_with("HTTP/1.1 200")
+            && !still.to_ascii_lowercase().contains("connection: close"),
+        "{still}"
+    );
     assert!(
         !sluice.log_text().contains("PRIVATE KEY"),
         "{}",
         sluice.log_text()
+    );
+}
+
+/// A listener requiring client certificates from the CA of SDS secret `client-ca` (`ca`),
+/// serving the certificate of `server-cert`, proxying TCP to 127.0.0.1:`upstream`.
+fn mtls_resources(
+    listen: u16,
+    upstream: u16,
+    ca: &str,
+    (chain, key): (&str, &str),
+) -> BTreeMap<String, Vec<Any>> {
+    use sluice_xds::envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::common_tls_context::ValidationContextType;
+    use sluice_xds::envoy_types::pb::google::protobuf::BoolValue;
+    use sluice_xds::fixtures::{sds, tcp_listener};
+    let mut ctx = downstream_tls_sds("server-cert");
+    ctx.require_client_certificate = Some(BoolValue { value: true });
+    ctx.common_tls_context
+        .as_mut()
+        .unwrap()
+        .validation_context_type = Some(ValidationContextType::ValidationContextSdsSecretConfig(
+        sds("client-ca"),
+    ));
+    let mut l = tcp_listener("in", "127.0.0.1", u32::from(listen), "up");
+    l.filter_chains[0].transport_socket = Some(tls_socket(&ctx));
+    let up = static_cluster("up", &[("127.0.0.1", u32::from(upstream), 0)]);
+    BTreeMap::from([
+        (ResourceType::Cluster.type_url().to_owned(), vec![any(&up)]),
+        (ResourceType::Listener.type_url().to_owned(), vec![any(&l)]),
+        (
+            ResourceType::Secret.type_url().to_owned(),
+            vec![
+                any(&ca_secret("client-ca", ca)),
+                any(&certificate_secret("server-cert", chain, key)),
+            ],
+        ),
+    ])
+}
+
+/// Rotating the client CA over SDS under the same secret name ends resumption of sessions
+/// admitted by the old CA: a client of the removed CA cannot resume (rustls does not verify
+/// the client chain again on resumption), it gets a full handshake and is refused (issue 13,
+/// M1).
+#[test]
+fn a_client_ca_rotated_over_sds_ends_resumption_of_the_old_cas_clients() {
+    if !require_peers(&["openssl"]) {
+        return;
+    }
+    let dir = TempDir::new("xds-tls-ca");
+    let server_ca = make_ca(&dir, "server-ca");
+    let (cert, key) = leaf(&dir, &server_ca, "server", &["in.example.com"], None);
+    let (old_ca, new_ca) = (
+        make_ca(&dir, "old-client-ca"),
+        make_ca(&dir, "new-client-ca"),
+    );
+    let (old_cert, old_key) = leaf(&dir, &old_ca, "old-client", &["client"], None);
+    let (new_cert, new_key) = leaf(&dir, &new_ca, "new-client", &["client"], None);
+    let (listen, admin, ads_port, upstream) = (free_port(), free_port(), free_port(), free_port());
+    // Something to proxy to, so that a session ends cleanly.
+    let echo = std::net::TcpListener::bind(addr(upstream)).unwrap();
+    std::thread::spawn(move || {
+        for s in echo.incoming().flatten() {
+            std::thread::spawn(move || {
+                let (mut r, mut w) = (s.try_clone().unwrap(), s);
+                let _ = std::io::copy(&mut r, &mut w);
+            });
+        }
+    });
+    let server = AdsServer::start(ads_port, Snapshot::default());
+    let pair = (read(&cert), read(&key));
+    server.push(mtls_resources(
+        listen,
+        upstream,
+        &read(&old_ca.pem),
+        (&pair.0, &pair.1),
+    ));
+    let config = format!(
+        r#"
+admin: {{ address: 127.0.0.1:{admin} }}
+node: {{ id: sidecar-mtls, cluster: e2e }}
+xds: {{ cluster: xds_server }}
+listeners: []
+clusters:
+  - name: xds_server
+    hosts: [ {{ address: 127.0.0.1:{ads_port} }} ]
+"#
+    );
+    let sluice = start_sluice(&dir, &config, 2, addr(admin));
+    let session = dir.path().join("session.pem");
+    // (admitted: the handshake completed and the listener sent no alert — with TLS 1.2,
+    // s_client prints the negotiated session even when the server then refuses the client's
+    // certificate with an alert.)
+    let connect = |(c, k): (&Path, &Path), extra: &[&str]| {
+        let mut args = vec!["-tls1_2", "-cert", p(c), "-key", p(k)];
+        args.extend_from_slice(extra);
+        let (ok, text) = s_client(listen, &args);
+        (ok && !text.contains(" alert "), text)
+    };
+    eventually("the mTLS listener serves", &sluice, || {
+        connect((&old_cert, &old_key), &["-sess_out", p(&session)]).0
+    });
+    // The control: before the rotation, the old CA's client resumes.
+    let (ok, text) = connect((&old_cert, &old_key), &["-sess_in", p(&session)]);
+    assert!(
+        ok && text.contains("Reused, TLSv1.2"),
+        "not resumed:\n{text}"
+    );
+    let (ok, text) = connect((&new_cert, &new_key), &[]);
+    assert!(
+        !ok,
+        "a client of the new CA admitted before the rotation:\n{text}"
+    );
+    // The client CA rotated under the same secret name.
+    server.push(mtls_resources(
+        listen,
+        upstream,
+        &read(&new_ca.pem),
+        (&pair.0, &pair.1),
+    ));
+    eventually("the new CA admits its clients", &sluice, || {
+        connect((&new_cert, &new_key), &[]).0
+    });
+    let (ok, text) = connect((&old_cert, &old_key), &["-sess_in", p(&session)]);
+    assert!(
+        !text.contains("Reused,"),
+        "a session of the removed CA resumed:\n{text}"
+    );
+    assert!(
+        !ok && text.contains("alert unknown ca"),
+        "a client of the removed CA was admitted:\n{text}"
     );
 }

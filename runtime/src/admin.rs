@@ -1034,7 +1034,9 @@ const CREDENTIAL_HEADERS: &[&str] = &[
 /// reads it back into the same config, except for credentials: the values a route adds or
 /// matches for a credential header ([`CREDENTIAL_HEADERS`]) are `"[redacted]"`. Unset options
 /// are left out (the decoder reads a null as a type error). TLS keys appear as the paths of
-/// their files (a path is not a secret; the key never appears).
+/// their files (a path is not a secret); inline PEM (from xDS) as its secret's name and length,
+/// `{ inline: "[redacted: N bytes]", secret: NAME }` — such a dump does not read back into a
+/// usable config (the PEM is not there), which is the point: the key never appears.
 #[must_use]
 pub fn config_dump(config: &Config) -> Value {
     let mut v = serde_json::to_value(config).unwrap_or(Value::Null);

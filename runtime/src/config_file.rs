@@ -94,7 +94,8 @@ impl From<LoadConfigError> for String {
 
 /// `NAME: N problems in the config:`, then each problem in file order (those with no place in
 /// the text first) as `NAME:LINE:COL: path: message` — the form editors and terminals jump to —
-/// followed by the offending line and a caret under the column.
+/// followed by the offending line and a caret under the column — unless that line holds PEM
+/// (inline `{ inline: PEM }`, which may be a private key): then only the place is given.
 pub fn problems(name: &str, text: &str, errors: &ConfigErrors) -> String {
     use std::fmt::Write as _;
     let n = errors.0.len();
@@ -118,7 +119,9 @@ pub fn problems(name: &str, text: &str, errors: &ConfigErrors) -> String {
             continue;
         };
         let _ = write!(out, "\n{name}:{}:{}: {e}", at.line, at.column);
-        if let Some(line) = at.line.checked_sub(1).and_then(|i| lines.get(i)) {
+        if let Some(line) = at.line.checked_sub(1).and_then(|i| lines.get(i))
+            && !line.contains("-----BEGIN ")
+        {
             // The caret lines up under the column: tabs before it are kept as tabs.
             let pad: String = line
                 .chars()
@@ -371,5 +374,35 @@ mod tests {
         );
         assert_eq!(err.to_string(), expected);
         assert_eq!(String::from(err), expected);
+    }
+
+    /// A problem on a line holding inline PEM gives its place, never the line: it may hold a
+    /// private key (issue 13, H1: `sluice validate` echoed a 1.4 MB key).
+    #[test]
+    fn a_problem_on_a_line_of_inline_pem_does_not_echo_it() {
+        let dir = TempDir::new("pem");
+        let path = dir.0.join("pem.yaml");
+        let key = format!(
+            "-----BEGIN PRIVATE KEY-----\\nSECRETBYTES\\n-----END PRIVATE KEY-----\\n{}",
+            "# padding\\n".repeat(120_000)
+        );
+        std::fs::write(
+            &path,
+            format!(
+                "listeners:\n  - name: t\n    address: 127.0.0.1:8443\n    tls:\n      certificates:\n        - cert_chain: a.pem\n          private_key: {{ inline: \"{key}\", secret: k }}\n    tcp_proxy: {{ cluster: a }}\nclusters:\n  - {{ name: a, hosts: [{{ address: 127.0.0.1:9001 }}] }}\n"
+            ),
+        )
+        .unwrap();
+        let text = load_config(&path).unwrap_err().to_string();
+        assert!(
+            text.contains(":7:") && text.contains("larger than 1048576 bytes"),
+            "{}",
+            &text[..text.len().min(600)]
+        );
+        assert!(
+            !text.contains("SECRETBYTES") && !text.contains("BEGIN"),
+            "{}",
+            &text[..text.len().min(600)]
+        );
     }
 }

@@ -590,7 +590,20 @@ pub fn run(config: Config, options: ServerOptions) -> io::Result<()> {
                 let outcome = if listeners_closed {
                     Err("the listeners were closed by /drain_listeners: this instance only drains now".to_owned())
                 } else if let Some(next) = from_xds {
-                    switch_to(next, &config, workers, &commands, &all_stats, &shared_health, &handover)
+                    if sluice_core::config::diff::only_inline_pem_differs(&config, &next) {
+                        // SDS secrets rotated: new TLS contexts, no generation switch (no
+                        // drain); ACKed once published, which every new handshake uses.
+                        crate::tls::rotate_inline(&config, &next).map(|()| Reloaded {
+                            config: next,
+                            stats: all_stats.clone(),
+                            shared_health: shared_health.clone(),
+                            summary: "TLS secrets rotated (new handshakes use them; open \
+                                      connections untouched)"
+                                .to_owned(),
+                        })
+                    } else {
+                        switch_to(next, &config, workers, &commands, &all_stats, &shared_health, &handover)
+                    }
                 } else {
                     reload(
                     options.config_path.as_deref(),

@@ -48,16 +48,13 @@ use rustls::{
     CertificateError, ClientConfig, DigitallySignedStruct, DistinguishedName, Error,
     PeerIncompatible, RootCertStore, ServerConfig, SignatureScheme,
 };
-use sluice_core::config::tls::{ListenerTls, Pem, TlsVersion, UpstreamTls};
+use sluice_core::config::tls::{ListenerTls, MAX_PEM_BYTES, Pem, TlsVersion, UpstreamTls};
 use sluice_core::config::{Config, ConfigError, HealthProbe};
 use sluice_core::tls::pem::{San, parse_certificates, parse_chain, parse_key, subject_alt_names};
 pub use tokio_rustls::{TlsAcceptor, TlsConnector};
 use tracing::{info, warn};
 
 use crate::tls_certs::CertFile;
-
-/// PEM files larger than this are refused (a certificate bundle is a few KiB).
-const MAX_PEM_BYTES: u64 = 1 << 20;
 
 /// The crypto provider every TLS context uses.
 fn provider() -> Arc<CryptoProvider> {
@@ -95,16 +92,26 @@ pub struct Contexts {
     pub connectors: Vec<Option<UpstreamConnector>>,
     /// What the certificate chains and CA files held when these were built (`/certs`).
     pub certificates: Vec<CertFile>,
+    /// By listener index: the identity its ticket keys are tied to
+    /// ([`crate::tls_tickets::identity`]); a rotation keeps a listener's session cache only
+    /// when it is unchanged (new client CA content: sessions of the old one cannot resume).
+    identities: Vec<Option<String>>,
 }
 
 /// What the process serves with now: the contexts of the newest config generation and what
 /// its TLS files held when they were last looked at. Replaced by a new generation (a reload)
-/// and by a rotation (the files changed); taken by a worker only when [`GENERATION`] says it
-/// was replaced, by the watcher once per check, never per handshake.
+/// and by a rotation (the files changed, or an xDS update changed only inline PEM:
+/// [`rotate_inline`]); taken by a worker only when [`GENERATION`] says it was replaced, by
+/// the watcher once per check, never per handshake.
 struct Published {
+    /// The config the contexts were built from (after [`rotate_inline`], the rotated config,
+    /// which the workers' engines do not hold: they go by `lineage`).
     config: Weak<Config>,
     contexts: Arc<Contexts>,
     files: Vec<FileStamp>,
+    /// The config generation the contexts are for: new with each generation a reload builds,
+    /// kept by rotations. A worker takes published contexts only of its own lineage.
+    lineage: u64,
 }
 
 static PUBLISHED: Mutex<Option<Published>> = Mutex::new(None);
@@ -130,26 +137,97 @@ fn published() -> std::sync::MutexGuard<'static, Option<Published>> {
 /// reloads, [`check_files`] rotates to changed files. Taken only while building an engine,
 /// never on the data path.
 pub fn contexts(config: &Arc<Config>) -> Result<Arc<Contexts>, String> {
+    contexts_of_lineage(config).map(|(contexts, _)| contexts)
+}
+
+/// [`contexts`], with the lineage they are published under.
+fn contexts_of_lineage(config: &Arc<Config>) -> Result<(Arc<Contexts>, u64), String> {
     let mut shared = published();
     if let Some(p) = shared.as_ref()
         && p.config.upgrade().is_some_and(|c| Arc::ptr_eq(&c, config))
     {
-        return Ok(p.contexts.clone());
+        return Ok((p.contexts.clone(), p.lineage));
     }
+    let lineage = shared.as_ref().map_or(0, |p| p.lineage + 1);
     // Stamped before they are read: a change in between is seen by the next check.
     let files = stamps(&tls_files(config));
     let contexts = Arc::new(Contexts {
         acceptors: acceptors(config, None)?,
         connectors: connectors(config)?,
         certificates: described(config),
+        identities: identities(config),
     });
     *shared = Some(Published {
         config: Arc::downgrade(config),
         contexts: contexts.clone(),
         files,
+        lineage,
     });
     GENERATION.fetch_add(1, Ordering::Release);
-    Ok(contexts)
+    Ok((contexts, lineage))
+}
+
+/// The identity a listener's ticket keys (and, across a rotation, its session cache) are tied
+/// to: [`crate::tls_tickets::identity`], plus, for a client CA from a file, a digest of the
+/// file's content as read now — so that a CA file rotated on disk, like new CA content over
+/// SDS, ends the resumption of sessions the old CA admitted.
+fn listener_identity(name: &str, tls: &ListenerTls) -> String {
+    let mut identity = crate::tls_tickets::identity(name, tls);
+    if let Some(Pem::File(file)) = &tls.client_ca {
+        // FNV-1a, as for inline PEM: stable across builds, so that an upgrade's new process
+        // finds the keys it is handed. An unreadable file fails the build that reads it anyway.
+        let digest = read_pem_file(file).map_or(0, |bytes| {
+            bytes.iter().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+                (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
+            })
+        });
+        identity.push_str(&format!("\nclient_ca_content={digest:016x}"));
+    }
+    identity
+}
+
+/// By listener index: the identity of its ticket keys (`None`: no TLS).
+fn identities(config: &Config) -> Vec<Option<String>> {
+    config
+        .listeners
+        .iter()
+        .map(|l| l.tls.as_ref().map(|tls| listener_identity(&l.name, tls)))
+        .collect()
+}
+
+/// An xDS update that changed only inline PEM (SDS secrets rotated:
+/// [`sluice_core::config::diff::only_inline_pem_differs`]) applied as a rotation, not a
+/// reload: contexts built from `next` are published for the serving generation (`current`'s),
+/// so new handshakes on every worker use them from now on while listeners, clusters and open
+/// connections are untouched (no drain). A listener keeps its session cache and ticket keys
+/// unless its client CA changed. On error nothing changed (the message names the field).
+pub fn rotate_inline(current: &Arc<Config>, next: &Arc<Config>) -> Result<(), String> {
+    let serving = |p: &Published| p.config.upgrade().is_some_and(|c| Arc::ptr_eq(&c, current));
+    let (old, lineage) = match published().as_ref() {
+        Some(p) if serving(p) => (p.contexts.clone(), p.lineage),
+        _ => return Err("no TLS contexts serve the current config".to_owned()),
+    };
+    let files = stamps(&tls_files(next));
+    let contexts = Contexts {
+        acceptors: acceptors(next, Some(&old))?,
+        connectors: connectors(next)?,
+        certificates: described(next),
+        identities: identities(next),
+    };
+    let mut shared = published();
+    if !shared.as_ref().is_some_and(serving) {
+        return Err("a reload published other TLS contexts meanwhile".to_owned());
+    }
+    *shared = Some(Published {
+        config: Arc::downgrade(next),
+        contexts: Arc::new(contexts),
+        files,
+        lineage,
+    });
+    GENERATION.fetch_add(1, Ordering::Release);
+    drop(shared);
+    info!("tls: secrets rotated; new handshakes use them, open connections carry on");
+    Ok(())
 }
 
 /// The certificates of `config`'s TLS files, read now; an expired one is served (a client
@@ -190,7 +268,8 @@ pub fn certificates(config: &Arc<Config>) -> Vec<CertFile> {
 /// [`Contexts`], replaced when a rotation published new ones for the same config. Checking is
 /// one atomic load per connection; the lock is taken once per worker per rotation.
 pub struct WorkerTls {
-    config: Arc<Config>,
+    /// The [`Published::lineage`] of its config generation.
+    lineage: u64,
     /// An `Rc` of its own, so that a connection holding the contexts costs a plain increment,
     /// not an atomic one on a count every worker shares.
     #[allow(clippy::redundant_allocation)]
@@ -203,9 +282,9 @@ impl WorkerTls {
     /// The contexts of `config` (built now if no worker built them yet).
     pub fn new(config: &Arc<Config>) -> Result<Self, String> {
         let seen = GENERATION.load(Ordering::Acquire);
-        let contexts = contexts(config)?;
+        let (contexts, lineage) = contexts_of_lineage(config)?;
         Ok(WorkerTls {
-            config: config.clone(),
+            lineage,
             current: RefCell::new(Rc::new(contexts)),
             seen: Cell::new(seen),
         })
@@ -221,9 +300,7 @@ impl WorkerTls {
             // Another config's contexts (a reload built the next generation): this engine
             // drains with its own.
             if let Some(p) = shared.as_ref()
-                && p.config
-                    .upgrade()
-                    .is_some_and(|c| Arc::ptr_eq(&c, &self.config))
+                && p.lineage == self.lineage
                 && !Arc::ptr_eq(&p.contexts, &self.current.borrow())
             {
                 *self.current.borrow_mut() = Rc::new(p.contexts.clone());
@@ -338,6 +415,7 @@ pub fn check_files() -> FileCheck {
             acceptors,
             connectors: connectors(&config)?,
             certificates: described(&config),
+            identities: identities(&config),
         })
     });
     let mut shared = published();
@@ -701,8 +779,8 @@ where
 /// was checked when the config was) fails the whole build. Each listener seals tickets with
 /// its own keys ([`crate::tls_tickets`]): the ones it had before this build (a rotation, a
 /// reload that keeps its identity, or the previous process after an upgrade), else new ones.
-/// With `previous` (the same config's contexts, before a rotation), each listener also keeps
-/// its session cache.
+/// With `previous` (the same generation's contexts, before a rotation), each listener also
+/// keeps its session cache, unless its identity changed (new client CA content).
 pub fn acceptors(
     config: &Config,
     previous: Option<&Contexts>,
@@ -710,7 +788,7 @@ pub fn acceptors(
     let identities: Vec<String> = config
         .listeners
         .iter()
-        .filter_map(|l| Some(crate::tls_tickets::identity(&l.name, l.tls.as_ref()?)))
+        .filter_map(|l| Some(listener_identity(&l.name, l.tls.as_ref()?)))
         .collect();
     let built = config
         .listeners
@@ -719,13 +797,17 @@ pub fn acceptors(
         .map(|(i, l)| match &l.tls {
             None => Ok(None),
             Some(tls) => {
-                let ticketer =
-                    crate::tls_tickets::for_listener(&crate::tls_tickets::identity(&l.name, tls))
-                        .map_err(|e| format!("listeners[{i}].tls: {e}"))?;
+                let identity = listener_identity(&l.name, tls);
+                let ticketer = crate::tls_tickets::for_listener(&identity)
+                    .map_err(|e| format!("listeners[{i}].tls: {e}"))?;
                 server_config(tls, &format!("listeners[{i}].tls"))
                     .map(|mut c| {
                         c.ticketer = ticketer;
-                        if let Some(Some(old)) = previous.and_then(|p| p.acceptors.get(i)) {
+                        if let Some(p) = previous
+                            && let Some(Some(old)) = p.acceptors.get(i)
+                            && p.identities.get(i).and_then(Option::as_deref)
+                                == Some(identity.as_str())
+                        {
                             c.session_storage = old.config().session_storage.clone();
                         }
                         Some(TlsAcceptor::from(Arc::new(c)))
@@ -906,10 +988,11 @@ fn san_admitted(cert: &CertificateDer<'_>, allowed: &[String]) -> Result<(), Err
 pub(crate) fn read_pem(pem: &Pem) -> Result<std::borrow::Cow<'_, [u8]>, String> {
     match pem {
         Pem::File(file) => read_pem_file(file).map(std::borrow::Cow::Owned),
-        Pem::Inline { pem, .. } if pem.len() as u64 > MAX_PEM_BYTES => {
+        // `text`, not `pem`: the message names `pem` (its secret), never the text.
+        Pem::Inline { pem: text, .. } if text.len() as u64 > MAX_PEM_BYTES => {
             Err(format!("{pem}: larger than {MAX_PEM_BYTES} bytes"))
         }
-        Pem::Inline { pem, .. } => Ok(std::borrow::Cow::Borrowed(pem.as_bytes())),
+        Pem::Inline { pem: text, .. } => Ok(std::borrow::Cow::Borrowed(text.as_bytes())),
     }
 }
 
@@ -1156,6 +1239,49 @@ mod tests {
         assert_eq!(r.choose(Some("a.b.example.com")), 0);
         assert_eq!(r.choose(Some("example.com")), 0);
         assert_eq!(r.choose(None), 0);
+    }
+
+    /// Oversized inline PEM: the message names the secret, never the text (issue 13, H1).
+    #[test]
+    fn oversized_inline_pem_is_refused_naming_its_secret_not_its_text() {
+        let text = format!(
+            "-----BEGIN PRIVATE KEY-----\nBBBB\n-----END PRIVATE KEY-----\n{}",
+            "# padding\n".repeat(150_000)
+        );
+        let pem = Pem::Inline {
+            secret: Some("web-key".into()),
+            pem: text.into(),
+        };
+        let e = read_pem(&pem).unwrap_err();
+        assert_eq!(e, "sds secret \"web-key\": larger than 1048576 bytes");
+        // `/certs` reads through the same function.
+        assert_eq!(crate::tls_certs::read(&pem).unwrap_err(), e);
+    }
+
+    /// A client CA file rotated on disk is a new identity (new ticket keys, no session cache
+    /// kept): the old CA's clients cannot resume.
+    #[test]
+    fn a_client_ca_file_with_new_content_is_a_new_identity() {
+        use sluice_core::config::tls::{CertificateFiles, DEFAULT_HANDSHAKE_TIMEOUT};
+        let path = std::env::temp_dir().join(format!("sluice-ca-id-{}.pem", std::process::id()));
+        let tls = ListenerTls {
+            certificates: vec![CertificateFiles {
+                cert_chain: Pem::File("a.pem".into()),
+                private_key: Pem::File("a.key".into()),
+            }],
+            alpn: Vec::new(),
+            client_ca: Some(Pem::File(path.display().to_string())),
+            require_client_certificate: true,
+            verify_subject_alt_names: Vec::new(),
+            min_version: TlsVersion::Tls12,
+            handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
+        };
+        std::fs::write(&path, "-----BEGIN CERTIFICATE-----\nAAAA\n").unwrap();
+        let old = listener_identity("in", &tls);
+        assert_eq!(listener_identity("in", &tls), old);
+        std::fs::write(&path, "-----BEGIN CERTIFICATE-----\nBBBB\n").unwrap();
+        assert_ne!(listener_identity("in", &tls), old);
+        let _ = std::fs::remove_file(&path);
     }
 
     #[test]

@@ -73,7 +73,7 @@ pub fn describe(config: &Config) -> Vec<CertFile> {
     files
 }
 
-fn read(file: &Pem) -> Result<Vec<CertInfo>, String> {
+pub(crate) fn read(file: &Pem) -> Result<Vec<CertInfo>, String> {
     let pem = crate::tls::read_pem(file)?;
     parse(&pem).map_err(|e| format!("{file}: {e}"))
 }

@@ -429,6 +429,33 @@ mod tests {
         assert_eq!(adopted.open_at(t2 + 2 * ROTATION, &second), None);
     }
 
+    /// New client CA content under the same SDS secret name is a new identity: the listener
+    /// gets new ticket keys, so a client of a removed CA cannot resume (issue 13, M1).
+    #[test]
+    fn a_client_ca_rotated_under_the_same_secret_name_is_a_new_identity() {
+        use sluice_core::config::tls::{CertificateFiles, DEFAULT_HANDSHAKE_TIMEOUT};
+        let tls = |ca: &str| ListenerTls {
+            certificates: vec![CertificateFiles {
+                cert_chain: Pem::File("a.pem".into()),
+                private_key: Pem::File("a.key".into()),
+            }],
+            alpn: Vec::new(),
+            client_ca: Some(Pem::Inline {
+                secret: Some("root-ca".into()),
+                pem: ca.into(),
+            }),
+            require_client_certificate: true,
+            verify_subject_alt_names: Vec::new(),
+            min_version: TlsVersion::Tls12,
+            handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
+        };
+        let old = "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n";
+        let new = "-----BEGIN CERTIFICATE-----\nBBBB\n-----END CERTIFICATE-----\n";
+        assert_eq!(identity("in", &tls(old)), identity("in", &tls(old)));
+        assert_ne!(identity("in", &tls(old)), identity("in", &tls(new)));
+        assert!(identity("in", &tls(old)).contains("root-ca"));
+    }
+
     #[test]
     fn hex_round_trips_and_refuses_bad_text() {
         assert_eq!(unhex::<2>("0aff"), Some([0x0a, 0xff]));

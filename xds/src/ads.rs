@@ -13,7 +13,8 @@
 //! state is the applied resources with the pending responses folded over them, in arrival
 //! order (a CDS or LDS response replaces every resource of its type: a cluster it no longer
 //! lists is removed; an RDS, EDS or SDS response replaces the ones it carries; route
-//! configurations, assignments and secrets nothing refers to any more are dropped).
+//! configurations, assignments and secrets nothing refers to any more are dropped; in state of
+//! the world, those not subscribed to are dropped on arrival).
 //!
 //! Inputs ([`Input`]): the stream connected or lost, a response, the outcome of applying a
 //! config, the expiry of the warming timer. Outputs ([`Output`]), drained with
@@ -51,7 +52,9 @@
 //!   removals, for every type (a CDS delta response does not replace the set). A response is
 //!   refused at once (NACK) when a resource is missing its body, its name differs from the
 //!   name inside, a name is listed twice or both changed and removed, or it uses xdstp
-//!   `removed_resource_names`.
+//!   `removed_resource_names`. An SDS response removing a secret the candidate config still
+//!   uses is refused at once too, charged to it alone (the secret serves on; no warming wait
+//!   holding the other types back).
 //! - Subscriptions are sent as changes: the first request of CDS and LDS on a stream subscribes
 //!   to `*` (wildcard); RDS, EDS and SDS subscribe to the names the listeners and clusters need and
 //!   unsubscribe from the names no longer needed, in a request without a nonce, as soon as the
@@ -614,7 +617,14 @@ impl Ads {
             return;
         };
         match decode(kind, &r.resources) {
-            Ok(decoded) => {
+            Ok(mut decoded) => {
+                // Endpoints, routes and secrets nothing subscribed to are dropped on arrival
+                // (a server sending more than asked must not pile them up in the pending
+                // response); a later subscription to one gets it sent again.
+                if !kind.is_full_state() {
+                    let names = &self.types[&kind].names;
+                    decoded.retain(|n| names.contains(n));
+                }
                 self.push_pending(Pending {
                     kind,
                     version: r.version_info,
@@ -633,6 +643,25 @@ impl Ads {
             return;
         };
         match decode_delta(kind, &mut r) {
+            Ok((_, change))
+                if kind == ResourceType::Secret && self.removes_used_secret(&change) =>
+            {
+                // A secret a listener or cluster still uses cannot be removed: refused at once
+                // and charged to this response alone (waiting for warming would hold every
+                // other type back, then charge the error to all of them). The last one
+                // received serves on.
+                let used = sds_names(&self.candidate());
+                let still: Vec<&String> = change
+                    .removed
+                    .iter()
+                    .filter(|n| used.contains(*n))
+                    .collect();
+                let error = format!(
+                    "removed_resources: {still:?} still used by a listener's or a cluster's TLS \
+                     context (remove or change that first); the last secret received serves on"
+                );
+                self.nack(kind, r.nonce, error);
+            }
             Ok((decoded, change)) => {
                 self.push_pending(Pending {
                     kind,
@@ -645,6 +674,16 @@ impl Ads {
             }
             Err(e) => self.nack(kind, r.nonce, e),
         }
+    }
+
+    /// Whether a delta SDS change removes a secret the candidate (serving, in flight or
+    /// pending) config still uses.
+    fn removes_used_secret(&self, change: &DeltaChange) -> bool {
+        if change.removed.is_empty() {
+            return false;
+        }
+        let used = sds_names(&self.candidate());
+        change.removed.iter().any(|n| used.contains(n))
     }
 
     /// Adds a response to the pending ones: folded into the pending response of its type, if

@@ -15,6 +15,10 @@
 //!   ([`Change`]), for the reload's summary and for whoever must rebuild per-name state;
 //! - whether the admin API's listening address changed (a reload cannot move it).
 //!
+//! [`only_inline_pem_differs`] says whether two configs differ only in the content of inline
+//! PEM (an SDS secret rotated): then the runtime swaps TLS contexts (a rotation) instead of
+//! switching generations, and no connection is drained.
+//!
 //! Everything is given as indices into `previous.listeners` / `next.listeners` (or the
 //! `clusters`), in config order, so the result borrows nothing and iterates deterministically.
 //! Invariant (configs are validated: names and addresses are unique within one config): every
@@ -22,6 +26,7 @@
 //! either kept by exactly one next listener or listed in [`ConfigDiff::closed_listeners`].
 
 use super::Config;
+use super::tls::Pem;
 
 /// Where a listener of the next config gets its listening socket.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -155,6 +160,44 @@ fn by_name<T: PartialEq>(previous: &[T], next: &[T], name: impl Fn(&T) -> &Strin
     changes
 }
 
+/// Whether `next` differs from `previous` only in the bytes of inline PEM (certificates, keys
+/// and CAs from xDS, SDS secrets rotated): same secret names, same files, everything else
+/// equal. `false` when they are equal.
+#[must_use]
+pub fn only_inline_pem_differs(previous: &Config, next: &Config) -> bool {
+    /// The config with every inline PEM's text emptied (its secret name kept).
+    fn blanked(c: &Config) -> Config {
+        let mut c = c.clone();
+        let blank = |p: &mut Pem| {
+            if let Pem::Inline { pem, .. } = p {
+                *pem = "".into();
+            }
+        };
+        for l in &mut c.listeners {
+            if let Some(tls) = &mut l.tls {
+                for cert in &mut tls.certificates {
+                    blank(&mut cert.cert_chain);
+                    blank(&mut cert.private_key);
+                }
+                if let Some(ca) = &mut tls.client_ca {
+                    blank(ca);
+                }
+            }
+        }
+        for cl in &mut c.clusters {
+            if let Some(tls) = &mut cl.tls {
+                blank(&mut tls.ca);
+                if let Some(cert) = &mut tls.client_certificate {
+                    blank(&mut cert.cert_chain);
+                    blank(&mut cert.private_key);
+                }
+            }
+        }
+        c
+    }
+    previous != next && blanked(previous) == blanked(next)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -176,6 +219,23 @@ mod tests {
             );
         }
         Config::from_yaml(&yaml).unwrap_or_else(|e| panic!("{e}\n{yaml}"))
+    }
+
+    /// New inline PEM under the same secret names is a rotation; a new secret name, a file,
+    /// or any other change is not (issue 13, M2).
+    #[test]
+    fn a_config_differing_only_in_inline_pem_content_is_a_rotation() {
+        let yaml = |cert: &str, secret: &str, port: u16| {
+            Config::from_yaml(&format!(
+                "listeners:\n  - name: t\n    address: 127.0.0.1:{port}\n    tls:\n      certificates:\n        - cert_chain: {{ inline: \"-----BEGIN CERTIFICATE-----\\n{cert}\\n-----END CERTIFICATE-----\\n\", secret: {secret} }}\n          private_key: {{ inline: \"-----BEGIN PRIVATE KEY-----\\n{cert}\\n-----END PRIVATE KEY-----\\n\", secret: {secret} }}\n    tcp_proxy: {{ cluster: a }}\nclusters:\n  - {{ name: a, hosts: [{{ address: 127.0.0.1:9001 }}] }}\n"
+            ))
+            .unwrap()
+        };
+        let a = yaml("AAAA", "web", 8443);
+        assert!(only_inline_pem_differs(&a, &yaml("BBBB", "web", 8443)));
+        assert!(!only_inline_pem_differs(&a, &a.clone()));
+        assert!(!only_inline_pem_differs(&a, &yaml("BBBB", "web2", 8443)));
+        assert!(!only_inline_pem_differs(&a, &yaml("BBBB", "web", 8444)));
     }
 
     #[test]

@@ -16,6 +16,10 @@ use serde::Serialize;
 use super::http::HttpCodec;
 use super::ser_duration;
 
+/// PEM larger than this is refused, from a file, the YAML config or xDS (a certificate bundle
+/// is a few KiB); the message names the file, field or secret, never the bytes.
+pub const MAX_PEM_BYTES: u64 = 1 << 20;
+
 /// The default `handshake_timeout`: a handshake not complete by then is closed.
 pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -103,22 +107,24 @@ impl Pem {
         }
     }
 
-    /// A stable name for what this PEM is, without its secret bytes: the file path, `sds
-    /// secret "NAME"`, or for other inline PEM a 64-bit FNV-1a digest of it (only for public
-    /// material such as a CA: the ticket keys of a listener are tied to its client CA by it).
+    /// A stable name for what this PEM is, without its secret bytes: the file path, or for
+    /// inline PEM its secret's name (if any) and a 64-bit FNV-1a digest of its content (only
+    /// for public material such as a CA: the ticket keys of a listener are tied to its client
+    /// CA by it, so new CA content under the same SDS secret name is a new identity — a
+    /// client of a removed CA cannot resume).
     #[must_use]
     pub fn identity(&self) -> String {
         match self {
             Pem::File(f) => f.clone(),
-            Pem::Inline {
-                secret: Some(name), ..
-            } => format!("sds secret {name:?}"),
-            Pem::Inline { secret: None, pem } => {
+            Pem::Inline { secret, pem } => {
                 let mut h: u64 = 0xcbf2_9ce4_8422_2325;
                 for b in pem.bytes() {
                     h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
                 }
-                format!("inline PEM {h:016x}")
+                match secret {
+                    Some(name) => format!("sds secret {name:?} {h:016x}"),
+                    None => format!("inline PEM {h:016x}"),
+                }
             }
         }
     }

@@ -786,3 +786,34 @@ fn a_secret_never_sent_is_refused_when_the_initial_fetch_timeout_expires() {
         )
     );
 }
+
+/// Secrets nobody subscribed to are dropped on arrival: they do not pile up in the pending
+/// response while an apply is in flight (issue 13, L3).
+#[test]
+fn secrets_not_subscribed_to_are_dropped_on_arrival() {
+    let (ca, _, _) = crate::translate::tests_tls::pki(&["x"]);
+    let mut a = serving_tls(&ca);
+    let (ca2, _, _) = crate::translate::tests_tls::pki(&["x"]);
+    a.handle_input(response(
+        Sds,
+        "2",
+        "s2",
+        vec![any(&ca_secret("root-ca", &ca2))],
+    ));
+    let out = drain(&mut a);
+    let id = apply_id(&out).expect("an apply in flight");
+    for (i, name) in ["stranger-1", "stranger-2"].into_iter().enumerate() {
+        a.handle_input(response(
+            Sds,
+            &format!("{}", 3 + i),
+            &format!("s{}", 3 + i),
+            vec![any(&ca_secret(name, &ca))],
+        ));
+    }
+    drain(&mut a);
+    let pending: Vec<&str> = a.pending.iter().flat_map(|p| p.names()).collect();
+    assert!(pending.is_empty(), "{pending:?}");
+    a.handle_input(Input::Applied(id));
+    drain(&mut a);
+    assert!(!a.applied().secrets.contains_key("stranger-1"));
+}

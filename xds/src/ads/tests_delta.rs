@@ -903,3 +903,103 @@ fn delta_a_listener_naming_an_sds_certificate_subscribes_to_it_and_warms_until_i
         &versions(&[("server-cert", "s1")])
     );
 }
+
+/// [`serving`] plus listener `tls` (l2) using SDS secret `server-cert` (s1), applied and ACKed.
+fn serving_with_secret() -> Ads {
+    use ResourceType::Secret as Sds;
+    let (_, chain, key) = crate::translate::tests_tls::pki(&["in.example.com"]);
+    let mut a = serving();
+    let mut l = tcp_listener("tls", "127.0.0.1", 9443, "web");
+    l.filter_chains[0].transport_socket = Some(tls_socket(&downstream_tls_sds("server-cert")));
+    a.handle_input(response(
+        Lds,
+        "2",
+        "n5",
+        vec![
+            resource(
+                "in",
+                "l1",
+                any(&http_listener("in", "127.0.0.1", 9000, "routes")),
+            ),
+            resource("tls", "l2", any(&l)),
+        ],
+        &[],
+    ));
+    drain(&mut a);
+    a.handle_input(response(
+        Sds,
+        "1",
+        "n6",
+        vec![resource(
+            "server-cert",
+            "s1",
+            any(&certificate_secret("server-cert", &chain, &key)),
+        )],
+        &[],
+    ));
+    let out = drain(&mut a);
+    a.handle_input(Input::Applied(apply_id(&out).expect("complete")));
+    drain(&mut a);
+    a
+}
+
+/// Removing a secret a listener still uses is NACKed at once, charged to that response alone:
+/// no warming wait, the secret serves on, and an update of another type arriving next applies
+/// at once (issue 13, M3).
+#[test]
+fn delta_removing_a_secret_still_in_use_is_nacked_at_once_and_holds_nothing_back() {
+    use ResourceType::Secret as Sds;
+    let mut a = serving_with_secret();
+    a.handle_input(response(Sds, "2", "n7", vec![], &["server-cert"]));
+    let out = drain(&mut a);
+    assert!(
+        !out.iter().any(|o| matches!(o, Output::ArmWarmingTimer(_))),
+        "no warming: {out:?}"
+    );
+    let reqs = summaries(&out);
+    assert_eq!(reqs.len(), 1, "{reqs:?}");
+    assert_eq!((reqs[0].0, reqs[0].1), (Sds, "n7"));
+    let error = reqs[0].4.expect("a NACK");
+    assert!(
+        error.contains("\"server-cert\"") && error.contains("still used"),
+        "{error}"
+    );
+    assert!(a.applied().secrets.contains_key("server-cert"));
+    assert_eq!(
+        a.resource_versions(Sds),
+        &versions(&[("server-cert", "s1")])
+    );
+    // An endpoint update right after is applied and ACKed, not held back.
+    a.handle_input(response(
+        Eds,
+        "2",
+        "n8",
+        vec![resource(
+            "web",
+            "e2",
+            any(&assignment("web", &[("127.0.0.1", 8002, 0)])),
+        )],
+        &[],
+    ));
+    let out = drain(&mut a);
+    let id = apply_id(&out).expect("applied at once");
+    a.handle_input(Input::Applied(id));
+    let out = drain(&mut a);
+    let acks = summaries(&out);
+    assert!(
+        acks.contains(&(Eds, "n8", vec![], vec![], None)),
+        "{acks:?}"
+    );
+    // Once the listener no longer uses it, the removal is accepted.
+    a.handle_input(response(Lds, "3", "n9", vec![], &["tls"]));
+    let out = drain(&mut a);
+    a.handle_input(Input::Applied(apply_id(&out).expect("applied")));
+    drain(&mut a);
+    a.handle_input(response(Sds, "3", "n10", vec![], &["server-cert"]));
+    let out = drain(&mut a);
+    let reqs = summaries(&out);
+    assert!(
+        reqs.iter().all(|r| r.4.is_none()),
+        "no NACK once unused: {reqs:?}"
+    );
+}

@@ -189,6 +189,27 @@ pub fn translate_cluster(
                 UpstreamProtocolOptions, explicit_http_config::ProtocolConfig,
             };
             let opts: HttpProtocolOptions = super::unpack(&any, &k_at)?;
+            // SNI and the SAN to verify taken from each request's host: security-relevant,
+            // so refused by path rather than noted (Sluice sends the cluster's `sni` and
+            // verifies its SAN matchers). Their defaults (false, empty) are what Sluice does.
+            if let Some(u) = &opts.upstream_http_protocol_options {
+                let u_at = k_at.field("upstream_http_protocol_options");
+                for (set, field) in [
+                    (u.auto_sni, "auto_sni"),
+                    (u.auto_san_validation, "auto_san_validation"),
+                    (
+                        !u.override_auto_sni_header.is_empty(),
+                        "override_auto_sni_header",
+                    ),
+                ] {
+                    if set {
+                        return Err(u_at.field(field).error(
+                            "unsupported (Sluice sends the cluster's `sni` and verifies the \
+                             transport socket's SAN matchers, not per request host)",
+                        ));
+                    }
+                }
+            }
             match opts.upstream_protocol_options {
                 Some(UpstreamProtocolOptions::ExplicitHttpConfig(e)) => match e.protocol_config {
                     Some(ProtocolConfig::HttpProtocolOptions(_)) => protocol = Some("http1"),
@@ -239,7 +260,7 @@ pub fn translate_cluster(
         }
     }
     let tls = take(&mut rest.transport_socket)
-        .map(|ts| super::tls::upstream_tls(&ts, &at.field("transport_socket"), secrets, notes))
+        .map(|ts| super::tls::upstream_tls(&ts, &at.field("transport_socket"), secrets))
         .transpose()?;
     let load_assignment = take(&mut rest.load_assignment);
     reject_rest(&rest, &at)?;

@@ -83,9 +83,17 @@ pub fn translate_listener(
         for (i, f) in filters.iter().enumerate() {
             tls_inspector(f, &at.field("listener_filters").index(i), notes)?;
         }
-        let timeout = take(&mut rest.listener_filters_timeout)
-            .map(|d| duration(&d, &at.field("listener_filters_timeout")))
-            .transpose()?;
+        let timeout = match take(&mut rest.listener_filters_timeout) {
+            // Envoy reads 0 as no timeout; here the ClientHello wait is always bounded.
+            Some(d) if d.seconds == 0 && d.nanos == 0 => {
+                return Err(at.field("listener_filters_timeout").error(
+                    "0s (no timeout) is unsupported: the wait for the ClientHello is always \
+                     bounded here (leave it unset for the default, 15s, or give a duration)",
+                ));
+            }
+            Some(d) => Some(duration(&d, &at.field("listener_filters_timeout"))?),
+            None => None,
+        };
         reject_rest(&rest, &at)?;
         let tcp = sni_passthrough(&chains, &at, routes, secrets, timeout, notes)?;
         return Ok(json!({ "name": name, "address": address, "tcp_proxy": tcp }));
@@ -265,7 +273,7 @@ fn filter_chain(
         reject_rest(&m, &at.field("filter_chain_match"))?;
     }
     let tls = take(&mut rest.transport_socket)
-        .map(|ts| super::tls::downstream_tls(&ts, &at.field("transport_socket"), secrets, notes))
+        .map(|ts| super::tls::downstream_tls(&ts, &at.field("transport_socket"), secrets))
         .transpose()?;
     let filters = take(&mut rest.filters);
     reject_rest(&rest, at)?;

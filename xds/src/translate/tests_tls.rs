@@ -273,6 +273,118 @@ fn unsupported_tls_fields_and_sockets_are_refused_by_path() {
     );
 }
 
+/// Session tuning and per-request SNI / SAN validation are refused by path unless at their
+/// defaults, which are what Sluice does (issue 13, M4: they were noted and ignored).
+#[test]
+fn session_and_per_request_sni_settings_are_refused_by_path_unless_default() {
+    use envoy_types::pb::envoy::config::core::v3::UpstreamHttpProtocolOptions;
+    use envoy_types::pb::envoy::extensions::upstreams::http::v3::HttpProtocolOptions;
+    use envoy_types::pb::google::protobuf::{Any, Duration as PbDuration, UInt32Value};
+    use prost::{Message as _, Name as _};
+    const KEY: &str = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions";
+    let (ca, chain, key) = pki(&["in.example.com"]);
+    let upstream = |keys: Option<u32>| {
+        let mut ctx = upstream_tls_sds("up.example.com", "root-ca");
+        ctx.max_session_keys = keys.map(|value| UInt32Value { value });
+        let mut r = tls_cluster(tls_socket(&ctx));
+        r.secrets
+            .insert("root-ca".into(), ca_secret("root-ca", &ca));
+        r
+    };
+    assert!(assemble(&bootstrap(), &upstream(Some(1))).is_ok());
+    assert_eq!(
+        errors(&upstream(Some(0))),
+        [
+            "cluster \"up\" transport_socket.typed_config.max_session_keys: unsupported (only 1, \
+          the default: Sluice resumes sessions with its own cache)"
+        ]
+    );
+    let with_options = |u: UpstreamHttpProtocolOptions| {
+        let mut r = upstream(None);
+        let o = HttpProtocolOptions {
+            upstream_http_protocol_options: Some(u),
+            ..Default::default()
+        };
+        r.clusters
+            .get_mut("up")
+            .unwrap()
+            .typed_extension_protocol_options
+            .insert(
+                KEY.into(),
+                Any {
+                    type_url: HttpProtocolOptions::type_url(),
+                    value: o.encode_to_vec(),
+                },
+            );
+        r
+    };
+    assert!(
+        assemble(
+            &bootstrap(),
+            &with_options(UpstreamHttpProtocolOptions::default())
+        )
+        .is_ok()
+    );
+    for (u, field) in [
+        (
+            UpstreamHttpProtocolOptions {
+                auto_sni: true,
+                ..Default::default()
+            },
+            "auto_sni",
+        ),
+        (
+            UpstreamHttpProtocolOptions {
+                auto_san_validation: true,
+                ..Default::default()
+            },
+            "auto_san_validation",
+        ),
+    ] {
+        let e = errors(&with_options(u));
+        assert_eq!(e.len(), 1, "{e:?}");
+        assert!(
+            e[0].starts_with(&format!(
+                "cluster \"up\" typed_extension_protocol_options[{KEY:?}].\
+                 upstream_http_protocol_options.{field}: unsupported"
+            )),
+            "{e:?}"
+        );
+    }
+    let downstream = |f: &dyn Fn(&mut DownstreamTlsContext)| {
+        let mut ctx = downstream_tls_sds("server-cert");
+        f(&mut ctx);
+        let mut r = tls_listener(tls_socket(&ctx));
+        r.secrets.insert(
+            "server-cert".into(),
+            certificate_secret("server-cert", &chain, &key),
+        );
+        r
+    };
+    assert!(assemble(&bootstrap(), &downstream(&|_| {})).is_ok());
+    let at = "listener \"in\" filter_chains[0].transport_socket.typed_config";
+    let e = errors(&downstream(&|c| {
+        c.session_timeout = Some(PbDuration {
+            seconds: 60,
+            nanos: 0,
+        });
+    }));
+    assert!(
+        e.len() == 1 && e[0].starts_with(&format!("{at}.session_timeout: unsupported")),
+        "{e:?}"
+    );
+    let e = errors(&downstream(&|c| {
+        c.disable_stateful_session_resumption = true
+    }));
+    assert!(
+        e.len() == 1
+            && e[0].starts_with(&format!(
+                "{at}.disable_stateful_session_resumption: unsupported"
+            )),
+        "{e:?}"
+    );
+}
+
 #[test]
 fn a_downstream_context_with_an_sds_certificate_becomes_the_listeners_tls() {
     let (ca, chain, key) = pki(&["in.example.com"]);
@@ -353,6 +465,32 @@ fn secret_contents_never_appear_in_the_dump_or_debug_output() {
     }
     assert!(dump.contains("\"secret\":\"server-cert\""), "{dump}");
     assert!(dump.contains("[redacted: "), "{dump}");
+}
+
+/// A key padded past `MAX_PEM_BYTES` (comment lines parse) is refused at translation, naming
+/// the secret and never quoting the text (issue 13, H1).
+#[test]
+fn an_oversized_secret_is_refused_naming_it_without_its_text() {
+    let (_, chain, key) = pki(&["in.example.com"]);
+    let padded = format!(
+        "{key}{}",
+        "# padding padding padding padding padding\n".repeat(34_000)
+    );
+    assert!(padded.len() > 1 << 20);
+    let mut r = tls_listener(tls_socket(&downstream_tls_sds("server-cert")));
+    r.secrets.insert(
+        "server-cert".into(),
+        certificate_secret("server-cert", &chain, &padded),
+    );
+    let e = errors(&r);
+    assert_eq!(e.len(), 1, "{e:?}");
+    assert!(
+        e[0].starts_with("secret \"server-cert\" tls_certificate.private_key: ")
+            && e[0].contains("larger than 1048576 bytes"),
+        "{}",
+        &e[0][..e[0].len().min(400)]
+    );
+    assert!(!e[0].contains("BEGIN") && !e[0].contains("padding"));
 }
 
 #[test]
@@ -444,6 +582,61 @@ fn the_secrets_named_by_clusters_and_listeners_are_what_sds_subscribes_to() {
         .into_iter()
         .collect();
     assert_eq!(names, ["root-ca", "server-cert"]);
+    // A secret from another SDS source (Istio's `sds-grpc` cluster) is not subscribed to over
+    // ADS, and translation refuses it at once (issue 13, L2).
+    let mut ctx = downstream_tls_sds("server-cert");
+    ctx.common_tls_context
+        .as_mut()
+        .unwrap()
+        .tls_certificate_sds_secret_configs[0]
+        .sds_config = Some(ConfigSource {
+        config_source_specifier: Some(ConfigSourceSpecifier::ApiConfigSource(Default::default())),
+        ..Default::default()
+    });
+    let r = tls_listener(tls_socket(&ctx));
+    assert!(sds_names(r.clusters.values(), r.listeners.values()).is_empty());
+    let e = errors(&r);
+    assert!(
+        e.len() == 1 && e[0].contains("sds_config: only `ads: {}`"),
+        "{e:?}"
+    );
+}
+
+use envoy_types::pb::envoy::config::core::v3::{
+    ConfigSource, config_source::ConfigSourceSpecifier,
+};
+
+/// DNS and URI SAN matchers share one list, so a value that could match the other type is
+/// refused (issue 13, L1).
+#[test]
+fn a_dns_san_matcher_with_a_scheme_or_a_uri_one_without_is_refused() {
+    let (ca, _, _) = pki(&["x"]);
+    let with = |m: SubjectAltNameMatcher| {
+        let ctx = UpstreamTlsContext {
+            common_tls_context: Some(CommonTlsContext {
+                validation_context_type: Some(ValidationContextType::ValidationContext(
+                    CertificateValidationContext {
+                        trusted_ca: Some(inline_pem(&ca)),
+                        match_typed_subject_alt_names: vec![m],
+                        ..Default::default()
+                    },
+                )),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        tls_cluster(tls_socket(&ctx))
+    };
+    let uri = |v: &str| SubjectAltNameMatcher {
+        san_type: SanType::Uri as i32,
+        ..exact_dns(v)
+    };
+    assert!(assemble(&bootstrap(), &with(exact_dns("up.example.com"))).is_ok());
+    assert!(assemble(&bootstrap(), &with(uri("spiffe://cluster.local/ns/a/sa/b"))).is_ok());
+    let e = errors(&with(exact_dns("spiffe://cluster.local/ns/a/sa/b")));
+    assert!(e[0].contains("is not a DNS name"), "{e:?}");
+    let e = errors(&with(uri("up.example.com")));
+    assert!(e[0].contains("is not a URI"), "{e:?}");
 }
 
 /// Listener `sni` on 127.0.0.1:9443 with these filter chains: (server names, cluster).
@@ -523,6 +716,19 @@ fn filter_chains_by_server_name_become_tls_passthrough_routes() {
     assert_eq!(pick("v1.api.example.com"), "api");
     assert_eq!(pick("www.example.com"), "web");
     assert_eq!(pick("other.org"), "fallback");
+    // `listener_filters_timeout: 0s` is no timeout in Envoy: refused by its path, not
+    // reported at a config path the server never wrote (issue 13, L5).
+    let mut r = r.clone();
+    r.listeners.get_mut("sni").unwrap().listener_filters_timeout =
+        Some(envoy_types::pb::google::protobuf::Duration::default());
+    let e = errors(&r);
+    assert!(
+        e.len() == 1
+            && e[0].starts_with(
+                "listener \"sni\" listener_filters_timeout: 0s (no timeout) is unsupported"
+            ),
+        "{e:?}"
+    );
 }
 
 #[test]

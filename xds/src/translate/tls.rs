@@ -8,13 +8,15 @@
 //! `default_validation_context` merged with the SDS one, as Istio sends) — whose `trusted_ca`
 //! becomes `ca` and whose exact DNS / URI SAN matchers (`match_typed_subject_alt_names`,
 //! `match_subject_alt_names`) become `verify_subject_alt_names`; `alpn_protocols`; `tls_params`
-//! versions within TLS 1.2–1.3. No CA is refused: Sluice never originates TLS to an unverified
-//! upstream.
+//! versions within TLS 1.2–1.3; `max_session_keys` only at its default, 1. No CA is refused:
+//! Sluice never originates TLS to an unverified upstream.
 //!
 //! On a filter chain (`DownstreamTlsContext` → `listeners[].tls`): the certificates (inline or
 //! SDS; several are chosen by SNI as in a file config), `require_client_certificate` (Envoy's
 //! default, `false`, is written out: the file's default is `true`), the validation context →
 //! `client_ca` and `verify_subject_alt_names`, `alpn_protocols`, `tls_params` minimum version.
+//! `session_timeout` and `disable_stateful_session_resumption: true` are refused by path
+//! (resumption is Sluice's own, with a fixed lifetime), not ignored.
 //!
 //! PEM: a `filename` stays a file (read, checked and watched by the runtime); inline bytes or
 //! strings and SDS secrets become inline PEM (`{ inline, secret }`), parsed here so that a
@@ -39,10 +41,11 @@ use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{
 use envoy_types::pb::envoy::r#type::matcher::v3::{StringMatcher, string_matcher::MatchPattern};
 use prost::{Message, Name};
 use serde_json::{Map, Value, json};
+use sluice_core::config::tls::MAX_PEM_BYTES;
 use sluice_core::tls::pem::{describe, parse_certificates, parse_chain, parse_key};
 
 use super::cluster::config_source;
-use super::{At, Notes, ResourceType, TranslateError, reject_rest, take, unpack};
+use super::{At, ResourceType, TranslateError, reject_rest, take, unpack};
 
 /// The transport socket name of TLS.
 pub const TLS_TRANSPORT_SOCKET: &str = "envoy.transport_sockets.tls";
@@ -59,15 +62,19 @@ pub(crate) fn upstream_tls(
     ts: &TransportSocket,
     at: &At<'_>,
     secrets: &BTreeMap<String, Secret>,
-    notes: &mut Notes,
 ) -> Result<Value, TranslateError> {
     let any = tls_any(ts, at, UpstreamTlsContext::type_url())?;
     let t_at = at.field("typed_config");
     let mut u: UpstreamTlsContext = unpack(any, &t_at)?;
     let sni = take(&mut u.sni);
-    // A client-side limit of the session cache: no behaviour to keep.
-    if take(&mut u.max_session_keys).is_some() {
-        t_at.note(notes, "max_session_keys");
+    // The client's session cache: Sluice resumes with its own (rustls') cache. Envoy's
+    // default, 1, is accepted; 0 (no resumption) or another size is refused by path.
+    if let Some(n) = take(&mut u.max_session_keys)
+        && n.value != 1
+    {
+        return Err(t_at.field("max_session_keys").error(
+            "unsupported (only 1, the default: Sluice resumes sessions with its own cache)",
+        ));
     }
     let common = take(&mut u.common_tls_context).unwrap_or_default();
     reject_rest(&u, &t_at)?;
@@ -117,13 +124,14 @@ pub(crate) fn downstream_tls(
     ts: &TransportSocket,
     at: &At<'_>,
     secrets: &BTreeMap<String, Secret>,
-    notes: &mut Notes,
 ) -> Result<Value, TranslateError> {
     let any = tls_any(ts, at, DownstreamTlsContext::type_url())?;
     let t_at = at.field("typed_config");
     let mut d: DownstreamTlsContext = unpack(any, &t_at)?;
     let require = take(&mut d.require_client_certificate).map(|b| b.value);
-    // Session resumption is Sluice's own (cache and tickets): these only tune it.
+    // Session resumption is Sluice's own (a cache and tickets with a fixed lifetime): a
+    // timeout or turning stateful resumption off would be a promise it does not keep, so
+    // they are refused by path (the default, `false`, is what Sluice does).
     for (set, field) in [
         (take(&mut d.session_timeout).is_some(), "session_timeout"),
         (
@@ -132,7 +140,10 @@ pub(crate) fn downstream_tls(
         ),
     ] {
         if set {
-            t_at.note(notes, field);
+            return Err(t_at.field(field).error(
+                "unsupported (Sluice resumes sessions with its own cache and tickets; their \
+                 lifetime is not configurable)",
+            ));
         }
     }
     let common = take(&mut d.common_tls_context).unwrap_or_default();
@@ -388,7 +399,14 @@ fn pem(
         }
         _ => return Err(at.error("missing (filename, inline_bytes or inline_string)")),
     };
-    // Never the bytes in a message: the parser's errors name what is wrong, not the content.
+    // Never the bytes in a message: the parser's errors name what is wrong, not the content;
+    // `at` names the secret (or the resource's field) the PEM came from.
+    if bytes.len() as u64 > MAX_PEM_BYTES {
+        return Err(at.error(format!(
+            "{} bytes of PEM: larger than {MAX_PEM_BYTES} bytes",
+            bytes.len()
+        )));
+    }
     let text = String::from_utf8(bytes).map_err(|_| at.error("not PEM (not UTF-8 text)"))?;
     parse(text.as_bytes()).map_err(|e| at.error(format!("not usable PEM: {e}")))?;
     let mut m = Map::new();
@@ -430,22 +448,42 @@ fn validation(
     Ok((ca, sans))
 }
 
+/// A typed SAN matcher. DNS and URI SANs end up in one list (`verify_subject_alt_names`), and
+/// a certificate's DNS SANs are compared with it as well as its URI SANs, so a value that
+/// could match the other type is refused: a DNS name never holds `://`, a URI always has a
+/// scheme.
 fn typed_san(m: &SubjectAltNameMatcher, at: &At<'_>) -> Result<String, TranslateError> {
-    match SanType::try_from(m.san_type) {
-        Ok(SanType::Dns | SanType::Uri) => {}
+    let uri = match SanType::try_from(m.san_type) {
+        Ok(SanType::Dns) => false,
+        Ok(SanType::Uri) => true,
         _ => {
             return Err(at
                 .field("san_type")
                 .error("only DNS and URI subject alt names are matched"));
         }
-    }
+    };
     if !m.oid.is_empty() {
         return Err(at.field("oid").unsupported());
     }
     let Some(matcher) = &m.matcher else {
         return Err(at.field("matcher").error("missing"));
     };
-    exact(matcher, &at.field("matcher"))
+    let m_at = at.field("matcher");
+    let value = exact(matcher, &m_at)?;
+    let has_scheme = value
+        .split_once(':')
+        .is_some_and(|(scheme, _)| !scheme.is_empty() && !scheme.contains(['.', '/']));
+    if uri && !has_scheme {
+        return Err(m_at.error(format!(
+            "{value:?} is not a URI (no scheme, e.g. spiffe://...): a URI SAN matcher"
+        )));
+    }
+    if !uri && value.contains("://") {
+        return Err(m_at.error(format!(
+            "{value:?} is not a DNS name: a DNS SAN matcher (use san_type URI)"
+        )));
+    }
+    Ok(value)
 }
 
 /// Only exact, case-sensitive matchers (DNS names are compared without case anyway).
@@ -464,7 +502,13 @@ fn sds_secret(
 ) -> Result<(String, Option<secret::Type>), TranslateError> {
     let name = take(&mut sds.name);
     match take(&mut sds.sds_config) {
-        Some(source) => config_source(&source, &at.field("sds_config"))?,
+        Some(source) if is_ads(&source) => config_source(&source, &at.field("sds_config"))?,
+        Some(_) => {
+            return Err(at.field("sds_config").error(
+                "only `ads: {}` (secrets come over the aggregated stream; an SDS server of its \
+                 own, such as Istio's `sds-grpc`, is not supported)",
+            ));
+        }
         None => {
             return Err(at.field("sds_config").error(
                 "missing (secrets come over ADS: `sds_config: { ads: {} }`; static secrets \
@@ -497,9 +541,18 @@ fn sds_validation(
     }
 }
 
-/// Every SDS secret name the clusters' and listeners' TLS contexts refer to (what to subscribe
-/// to, and what warming waits for). Undecodable contexts name nothing (translation refuses
-/// them).
+/// Whether an `sds_config` names the ADS stream (`ads: {}` or `self: {}`).
+fn is_ads(source: &envoy_types::pb::envoy::config::core::v3::ConfigSource) -> bool {
+    use envoy_types::pb::envoy::config::core::v3::config_source::ConfigSourceSpecifier;
+    matches!(
+        source.config_source_specifier,
+        Some(ConfigSourceSpecifier::Ads(_) | ConfigSourceSpecifier::Self_(_))
+    )
+}
+
+/// Every SDS secret name the clusters' and listeners' TLS contexts refer to over ADS (what to
+/// subscribe to, and what warming waits for). Undecodable contexts, and secrets from any other
+/// source, name nothing (translation refuses them at once rather than waiting for them).
 #[must_use]
 pub fn sds_names<'a>(
     clusters: impl IntoIterator<Item = &'a envoy_types::pb::envoy::config::cluster::v3::Cluster>,
@@ -507,16 +560,19 @@ pub fn sds_names<'a>(
 ) -> BTreeSet<String> {
     let mut out = BTreeSet::new();
     let mut from_common = |c: &CommonTlsContext| {
-        for s in &c.tls_certificate_sds_secret_configs {
-            out.insert(s.name.clone());
-        }
-        match &c.validation_context_type {
-            Some(ValidationContextType::ValidationContextSdsSecretConfig(s)) => {
+        let mut add = |s: &SdsSecretConfig| {
+            if s.sds_config.as_ref().is_some_and(is_ads) {
                 out.insert(s.name.clone());
             }
+        };
+        for s in &c.tls_certificate_sds_secret_configs {
+            add(s);
+        }
+        match &c.validation_context_type {
+            Some(ValidationContextType::ValidationContextSdsSecretConfig(s)) => add(s),
             Some(ValidationContextType::CombinedValidationContext(c)) => {
                 if let Some(s) = &c.validation_context_sds_secret_config {
-                    out.insert(s.name.clone());
+                    add(s);
                 }
             }
             _ => {}

@@ -964,6 +964,41 @@ clusters:
     }
 }
 
+/// Inline PEM past `MAX_PEM_BYTES` is refused naming its field, never quoting the text (a
+/// private key padded with comment lines: issue 13, H1).
+#[test]
+fn oversized_inline_pem_is_refused_by_field_without_its_text() {
+    let padded = format!(
+        "-----BEGIN PRIVATE KEY-----\\nBBBB\\n-----END PRIVATE KEY-----\\n{}",
+        "# padding padding padding padding\\n".repeat(40_000)
+    );
+    let text = format!(
+        r#"
+listeners:
+  - name: t
+    address: 127.0.0.1:8443
+    tls:
+      certificates:
+        - cert_chain: a.pem
+          private_key: {{ inline: "{padded}", secret: web-key }}
+    tcp_proxy: {{ cluster: a }}
+clusters:
+  - {{ name: a, hosts: [{{ address: 127.0.0.1:9001 }}] }}
+"#
+    );
+    assert!(text.len() > 1 << 20);
+    let errs = errors(&text);
+    assert_eq!(errs.len(), 1, "{}", errs.len());
+    let e = &errs[0];
+    assert!(
+        e.starts_with("listeners[0].tls.certificates[0].private_key.inline: ")
+            && e.contains("larger than 1048576 bytes"),
+        "{}",
+        &e[..e.len().min(400)]
+    );
+    assert!(!e.contains("BEGIN") && !e.contains("padding"));
+}
+
 /// TLS terminates on every listener kind; with no `alpn`, a listener offers what its HTTP codec
 /// serves (ALPN then picks the codec), and a `tcp_proxy` or `bolt` listener offers none.
 #[test]

@@ -11,8 +11,8 @@ use serde_json::Value;
 use super::decoder::Decoder;
 use crate::config::http::HttpCodec;
 use crate::config::tls::{
-    CertificateFiles, DEFAULT_HANDSHAKE_TIMEOUT, ListenerTls, Pem, TlsVersion, UpstreamTls,
-    default_listener_alpn,
+    CertificateFiles, DEFAULT_HANDSHAKE_TIMEOUT, ListenerTls, MAX_PEM_BYTES, Pem, TlsVersion,
+    UpstreamTls, default_listener_alpn,
 };
 
 /// `codec`: the listener's HTTP codec (`None`: not an HTTP listener), which gives the default
@@ -174,6 +174,17 @@ fn file(dec: &mut Decoder, path: &str, v: &Value) -> Option<Pem> {
         let mut obj = dec.object(path, v)?;
         let pem = obj.req(dec, "inline").and_then(|(v, p)| {
             let s = dec.string(&p, v)?;
+            // The message names the field, never the text (it may hold a private key).
+            if s.len() as u64 > MAX_PEM_BYTES {
+                dec.error(
+                    &p,
+                    format!(
+                        "{} bytes of PEM: larger than {MAX_PEM_BYTES} bytes",
+                        s.len()
+                    ),
+                );
+                return None;
+            }
             if !s.contains("-----BEGIN ") {
                 dec.error(&p, "not PEM (no -----BEGIN line)");
                 return None;
