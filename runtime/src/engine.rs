@@ -73,6 +73,8 @@ pub struct Engine<N: Network> {
     pub(crate) rng: RefCell<Rng>,
     pub(crate) stats: Arc<WorkerStats>,
     buffers: RefCell<Vec<Box<[u8]>>>,
+    /// HTTP/1.1 connections' read and write buffers, held only while a request is in flight.
+    pub(crate) http_buffers: crate::bufpool::BufPool,
     sessions: Cell<usize>,
     sessions_idle: Notify,
     pub(crate) stopping: Cell<bool>,
@@ -263,6 +265,7 @@ impl<N: Network> Engine<N> {
             rng: RefCell::new(Rng::from_seed(seed)),
             stats,
             buffers: RefCell::new(Vec::new()),
+            http_buffers: crate::bufpool::BufPool::default(),
             sessions: Cell::new(0),
             sessions_idle: Notify::new(),
             stopping: Cell::new(false),
