@@ -67,6 +67,7 @@ impl BufPool {
     }
 
     /// Buffers in the pool now: (read, write).
+    #[cfg(test)]
     pub(crate) fn pooled(&self) -> (usize, usize) {
         (self.read.borrow().len(), self.write.borrow().len())
     }

@@ -751,9 +751,16 @@ impl<N: Network> Engine<N> {
         let alpn = down.alpn();
         if alpn == Alpn::Http2 {
             if crate::http2::accepts_http2(hc.codec) {
-                return self
-                    .http2_connection(listener, lc, hc, down, peer, initial.to_vec(), original_dst)
-                    .await;
+                return Box::pin(self.http2_connection(
+                    listener,
+                    lc,
+                    hc,
+                    down,
+                    peer,
+                    initial.to_vec(),
+                    original_dst,
+                ))
+                .await;
             }
             // The config offers `h2` only on listeners that serve it; never HTTP/1.1 to a
             // client that was promised HTTP/2.
@@ -764,9 +771,16 @@ impl<N: Network> Engine<N> {
         let initial = if alpn == Alpn::None && crate::http2::accepts_http2(hc.codec) {
             match crate::http2::sniff(self, &mut down, initial, hc).await {
                 crate::http2::Sniffed::Http2(preface) => {
-                    return self
-                        .http2_connection(listener, lc, hc, down, peer, preface, original_dst)
-                        .await;
+                    return Box::pin(self.http2_connection(
+                        listener,
+                        lc,
+                        hc,
+                        down,
+                        peer,
+                        preface,
+                        original_dst,
+                    ))
+                    .await;
                 }
                 crate::http2::Sniffed::Http1(_) if hc.codec == HttpCodec::Http2 => {
                     tracing::debug!(listener = %lc.name, %peer, "not HTTP/2 on an http2-only listener: closed");
@@ -808,12 +822,25 @@ impl<N: Network> Engine<N> {
         }
         let expired = self.drain_expired.notified();
         let awaiting_response = Rc::new(Cell::new(false));
+        // Boxed once per connection, in a statement of its own (a temporary would live across
+        // the `select!` and be laid out in this future too). With `codec: auto` (the default)
+        // the sniff above waited for the first bytes: a connection that sends nothing holds
+        // only this function's small state, not the request path's (issue 15).
+        let serve = Box::pin(self.serve_http_connection(
+            listener,
+            lc,
+            hc,
+            &mut down,
+            peer,
+            initial,
+            accepted,
+            original_dst,
+            &awaiting_response,
+        ));
         let served = tokio::select! {
             biased;
             () = expired => false,
-            () = self.serve_http_connection(
-                listener, lc, hc, &mut down, peer, initial, accepted, original_dst, &awaiting_response,
-            ) => true,
+            () = serve => true,
         };
         if !served {
             tracing::debug!(%peer, awaiting_response = awaiting_response.get(), "drain timeout passed; closing the HTTP connection");
