@@ -3406,4 +3406,65 @@ clusters:
             assert_eq!(pooled_becomes(&engine, (2, 1)).await, (2, 1));
         });
     }
+
+    /// An HTTP/2 stream takes its buffers from the worker's pool and gives them back when it
+    /// ends: a connection with no open stream holds none, and its next stream reuses them.
+    #[test]
+    fn an_http2_stream_gives_its_buffers_back_to_the_pool_when_it_ends() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        tokio::task::LocalSet::new().block_on(&rt, async {
+            let (listener, at) = bound();
+            let yaml = format!(
+                r#"
+listeners:
+  - name: web
+    address: {at}
+    http:
+      virtual_hosts:
+        - name: all
+          domains: ["*"]
+          routes:
+            - match: {{ prefix: / }}
+              direct_response: {{ status: 200, body: "first" }}
+"#
+            );
+            let config = Arc::new(Config::from_yaml(&yaml).unwrap());
+            let stats = Arc::new(WorkerStats::new(&config));
+            let engine = Engine::new(TokioNet::default(), config, 0, 1, stats).unwrap();
+            tokio::task::spawn_local(
+                engine
+                    .clone()
+                    .run(vec![listener], std::future::pending::<()>()),
+            );
+            let tcp = tokio::net::TcpStream::connect(at).await.unwrap();
+            let (mut client, conn) = h2::client::handshake(tcp).await.unwrap();
+            tokio::task::spawn_local(async move {
+                let _ = conn.await;
+            });
+            for _ in 0..2 {
+                client = client.ready().await.unwrap();
+                let request = http::Request::get("http://x/a").body(()).unwrap();
+                let (response, _) = client.send_request(request, true).unwrap();
+                let response = tokio::time::timeout(Duration::from_secs(5), response)
+                    .await
+                    .expect("answered in time")
+                    .unwrap();
+                assert_eq!(response.status(), 200);
+                let mut body = response.into_body();
+                let mut got = Vec::new();
+                while let Some(data) = body.data().await {
+                    let data = data.unwrap();
+                    let _ = body.flow_control().release_capacity(data.len());
+                    got.extend_from_slice(&data);
+                }
+                assert_eq!(got, b"first");
+                // The stream ended: its request, upstream-response and write buffers are the
+                // pool's (the second stream took the same ones: the count does not grow).
+                assert_eq!(pooled_becomes(&engine, (2, 1)).await, (2, 1));
+            }
+        });
+    }
 }
