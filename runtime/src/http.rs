@@ -1617,7 +1617,9 @@ impl<N: Network> Engine<N> {
                     // a connect failure, and nothing of the request is written before it
                     // succeeded.
                     let tls_failure = Cell::new(None);
-                    let attempt = async {
+                    // Boxed (once per new upstream connection): the TLS handshake's state is
+                    // large and would otherwise be laid out in every connection's request path.
+                    let attempt = Box::pin(async {
                         let socket = self.net.connect(address).await?;
                         match &self.tls.current().connectors[ci] {
                             None => Ok(MaybeTls::Plain(socket)),
@@ -1629,7 +1631,7 @@ impl<N: Network> Engine<N> {
                                 }
                             },
                         }
-                    };
+                    });
                     let connected = tokio::select! {
                         biased;
                         r = attempt => r.map_err(|e| {
@@ -1653,10 +1655,15 @@ impl<N: Network> Engine<N> {
                             let conn = UpstreamConn::new(s, &self.stats, ci, host.index(), unit);
                             if http2 {
                                 let timer = deadline_of(stream.poll_timeout());
-                                match self
-                                    .open_http2(ci, picked, peer, conn, tls_cluster, timer)
-                                    .await
-                                {
+                                let opened = Box::pin(self.open_http2(
+                                    ci,
+                                    picked,
+                                    peer,
+                                    conn,
+                                    tls_cluster,
+                                    timer,
+                                ));
+                                match opened.await {
                                     Some(Ok(up)) => up,
                                     Some(Err(())) => {
                                         step = self.stream_input(
