@@ -19,6 +19,13 @@
 //!    body, reads the response head, and streams the response body by its framing;
 //! 4. log it, then serve the next (possibly pipelined) request in order, or close.
 //!
+//! Buffers: a connection holds its read, upstream-response and write buffers only while a
+//! request is in flight. They come from the worker's pool ([`crate::bufpool`]) with a request's
+//! first byte; when a response is out and the next request is not there yet (a read would
+//! wait), they go back, and the wait for the next request is a 1-byte read on the stack
+//! (`ReadBuffer::fill_first`). A busy connection (pipelined or back-to-back requests) keeps
+//! them. The request path's future is boxed once per connection, after the first bytes.
+//!
 //! A body that arrived whole with its head (at most [`REPLAY_LIMIT`]) is held and goes out with
 //! the head; any other streams as it arrives (a watch, a slow uploader, a gRPC stream: nothing
 //! waits for the body's end), and a copy of what was sent is kept up to [`REPLAY_LIMIT`] (Envoy's

@@ -26,7 +26,7 @@
 pub mod access_log;
 pub mod admin;
 pub mod bolt;
-mod bufpool;
+pub mod bufpool;
 pub mod config_file;
 pub mod control;
 pub mod dns;
