@@ -14,6 +14,8 @@
 //! worker's thread (a `RefCell`, never shared across workers: no lock); a worker's steady state
 //! allocates nothing. `!Send`, like the engine that owns it.
 
+#[cfg(test)]
+use std::cell::Cell;
 use std::cell::RefCell;
 
 /// Size of a pooled read buffer (the HTTP/1.1 read size).
@@ -26,11 +28,16 @@ pub(crate) const MAX_POOLED: usize = 256;
 pub(crate) struct BufPool {
     read: RefCell<Vec<Vec<u8>>>,
     write: RefCell<Vec<Vec<u8>>>,
+    /// Read buffers taken so far (tests: a busy connection takes none between its requests).
+    #[cfg(test)]
+    read_takes: Cell<usize>,
 }
 
 impl BufPool {
     /// A read buffer of [`READ_BUFFER`] bytes (its contents are unspecified).
     pub(crate) fn take_read(&self) -> Vec<u8> {
+        #[cfg(test)]
+        self.read_takes.set(self.read_takes.get() + 1);
         self.read
             .borrow_mut()
             .pop()
@@ -64,6 +71,12 @@ impl BufPool {
         if pool.len() < MAX_POOLED {
             pool.push(buf);
         }
+    }
+
+    /// Read buffers taken so far.
+    #[cfg(test)]
+    pub(crate) fn read_takes(&self) -> usize {
+        self.read_takes.get()
     }
 
     /// Buffers in the pool now: (read, write).

@@ -3394,7 +3394,9 @@ clusters:
             assert!(got.starts_with("HTTP/1.1 200 OK\r\n"), "{got}");
             assert_eq!(pooled_becomes(&engine, (2, 1)).await, (2, 1));
 
-            // Pipelined requests in one write: all answered, in order.
+            // Pipelined requests in one write: all answered, in order, and the connection
+            // stays busy between them: it takes its two read buffers once for the four.
+            let takes = engine.http_buffers.read_takes();
             c.write_all(
                 b"GET /a HTTP/1.1\r\nhost: x\r\n\r\nGET /b HTTP/1.1\r\nhost: x\r\n\r\n\
                   GET /up HTTP/1.1\r\nhost: x\r\n\r\nGET /a HTTP/1.1\r\nhost: x\r\n\r\n",
@@ -3409,6 +3411,7 @@ clusters:
                 .collect();
             assert_eq!(bodies, ["first", "second", "upstream", "first"], "{got}");
             assert_eq!(pooled_becomes(&engine, (2, 1)).await, (2, 1));
+            assert_eq!(engine.http_buffers.read_takes() - takes, 2);
 
             // A second connection while the first is idle reuses the same pooled buffers.
             let mut d = tokio::net::TcpStream::connect(at).await.unwrap();
