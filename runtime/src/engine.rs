@@ -73,6 +73,8 @@ pub struct Engine<N: Network> {
     pub(crate) rng: RefCell<Rng>,
     pub(crate) stats: Arc<WorkerStats>,
     buffers: RefCell<Vec<Box<[u8]>>>,
+    /// HTTP/1.1 connections' read and write buffers, held only while a request is in flight.
+    pub(crate) http_buffers: crate::bufpool::BufPool,
     sessions: Cell<usize>,
     sessions_idle: Notify,
     pub(crate) stopping: Cell<bool>,
@@ -263,6 +265,7 @@ impl<N: Network> Engine<N> {
             rng: RefCell::new(Rng::from_seed(seed)),
             stats,
             buffers: RefCell::new(Vec::new()),
+            http_buffers: crate::bufpool::BufPool::default(),
             sessions: Cell::new(0),
             sessions_idle: Notify::new(),
             stopping: Cell::new(false),
@@ -662,20 +665,32 @@ impl<N: Network> Engine<N> {
         // The first request's (or frame's) timer runs from here: a slow TLS handshake comes
         // out of it rather than adding to it.
         let accepted = now();
-        tokio::task::spawn_local(async move {
+        // Each protocol's connection future is boxed, once per connection, in a statement of
+        // its own (a temporary lives to the end of its statement, across the `.await`, and
+        // would be laid out in this task too): the task itself is only as large as this
+        // block's own state, not as its largest protocol's (issue 15).
+        let session = async move {
             let guard = SessionGuard(&self, index);
             let lc = &self.config.listeners[index];
             match &lc.filter {
                 ListenerFilter::TcpProxy(tp) => match &self.tls.current().acceptors[index] {
                     None => {
-                        self.tcp_proxy(index, lc, tp, stream, peer, None, original_dst)
-                            .await
+                        let f = Box::pin(self.tcp_proxy(
+                            index,
+                            lc,
+                            tp,
+                            stream,
+                            peer,
+                            None,
+                            original_dst,
+                        ));
+                        f.await;
                     }
                     Some(acceptor) => {
-                        if let Some((tls, server_name)) =
-                            self.tls_handshake(index, lc, acceptor, stream, peer).await
-                        {
-                            self.tcp_proxy(
+                        let handshake =
+                            Box::pin(self.tls_handshake(index, lc, acceptor, stream, peer));
+                        if let Some((tls, server_name)) = handshake.await {
+                            let f = Box::pin(self.tcp_proxy(
                                 index,
                                 lc,
                                 tp,
@@ -683,18 +698,23 @@ impl<N: Network> Engine<N> {
                                 peer,
                                 Some(server_name),
                                 original_dst,
-                            )
-                            .await;
+                            ));
+                            f.await;
                         }
                     }
                 },
-                ListenerFilter::Echo => self.echo(index, stream).await,
+                ListenerFilter::Echo => {
+                    let f = Box::pin(self.echo(index, stream));
+                    f.await;
+                }
                 ListenerFilter::Http(_) | ListenerFilter::Bolt(_) | ListenerFilter::Auto { .. } => {
                     // TLS first (the listener's `tls`), then the protocol over it.
                     let down = match &self.tls.current().acceptors[index] {
                         None => Downstream::Plain(stream),
                         Some(acceptor) => {
-                            match self.tls_handshake(index, lc, acceptor, stream, peer).await {
+                            let handshake =
+                                Box::pin(self.tls_handshake(index, lc, acceptor, stream, peer));
+                            match handshake.await {
                                 Some((tls, _)) => Downstream::Tls(Box::new(tls)),
                                 None => return,
                             }
@@ -702,7 +722,7 @@ impl<N: Network> Engine<N> {
                     };
                     match &lc.filter {
                         ListenerFilter::Http(hc) => {
-                            self.http_connection(
+                            let f = Box::pin(self.http_connection(
                                 index,
                                 lc,
                                 hc,
@@ -711,23 +731,23 @@ impl<N: Network> Engine<N> {
                                 &[],
                                 original_dst,
                                 accepted,
-                            )
-                            .await;
+                            ));
+                            f.await;
                         }
                         ListenerFilter::Bolt(bc) => {
                             self.note_bolt_traffic(bc);
-                            self.bolt_connection(
+                            let f = Box::pin(self.bolt_connection(
                                 index,
                                 down,
                                 peer,
                                 &[],
                                 original_dst,
                                 Some(accepted),
-                            )
-                            .await;
+                            ));
+                            f.await;
                         }
                         ListenerFilter::Auto { http, bolt } => {
-                            self.auto_connection(
+                            let f = Box::pin(self.auto_connection(
                                 index,
                                 lc,
                                 http,
@@ -736,15 +756,16 @@ impl<N: Network> Engine<N> {
                                 peer,
                                 original_dst,
                                 accepted,
-                            )
-                            .await;
+                            ));
+                            f.await;
                         }
                         ListenerFilter::TcpProxy(_) | ListenerFilter::Echo => unreachable!(),
                     }
                 }
             }
             drop(guard);
-        });
+        };
+        tokio::task::spawn_local(session);
     }
 
     /// Terminates TLS on `stream` within the listener's handshake timeout: the TLS stream and

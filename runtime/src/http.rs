@@ -19,6 +19,13 @@
 //!    body, reads the response head, and streams the response body by its framing;
 //! 4. log it, then serve the next (possibly pipelined) request in order, or close.
 //!
+//! Buffers: a connection holds its read, upstream-response and write buffers only while a
+//! request is in flight. They come from the worker's pool ([`crate::bufpool`]) with a request's
+//! first byte; when a response is out and the next request is not there yet (a read would
+//! wait), they go back, and the wait for the next request is a 1-byte read on the stack
+//! (`ReadBuffer::fill_first`). A busy connection (pipelined or back-to-back requests) keeps
+//! them. The request path's future is boxed once per connection, after the first bytes.
+//!
 //! A body that arrived whole with its head (at most [`REPLAY_LIMIT`]) is held and goes out with
 //! the head; any other streams as it arrives (a watch, a slow uploader, a gRPC stream: nothing
 //! waits for the body's end), and a copy of what was sent is kept up to [`REPLAY_LIMIT`] (Envoy's
@@ -91,6 +98,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::time::Instant as TokioInstant;
 
 use crate::access_log::Entry;
+use crate::bufpool::{BufPool, READ_BUFFER};
 use crate::downstream::{Alpn, Downstream};
 use crate::engine::{ClusterRef, Engine};
 use crate::h2_upstream::{H2Upstream, Peer, is_refused};
@@ -114,7 +122,7 @@ const RESPONSE_LIMITS: Limits = Limits {
     max_head_bytes: 64 * 1024,
     max_headers: 256,
 };
-const READ_CHUNK: usize = 16 * 1024;
+const READ_CHUNK: usize = READ_BUFFER;
 /// The `grpc-timeout` value written upstream before each try's time left is known: as wide as
 /// the longest value (8 digits and a unit), rewritten in place.
 const GRPC_TIMEOUT_SLOT: &[u8] = b"99999999H";
@@ -170,6 +178,10 @@ impl ReadBuffer {
 
     /// Starts with these bytes (already read from the connection).
     pub(crate) fn preload(&mut self, bytes: &[u8]) {
+        if bytes.is_empty() {
+            self.clear();
+            return;
+        }
         if self.data.len() < bytes.len() {
             self.data.resize(bytes.len().max(READ_CHUNK), 0);
         }
@@ -200,19 +212,49 @@ impl ReadBuffer {
         self.end = 0;
     }
 
-    /// Like [`ReadBuffer::fill`], but while nothing is allocated yet it waits for the first
-    /// byte without a buffer (one byte read on the stack), so that a connection that sends
-    /// nothing holds none.
-    async fn fill_first<R: AsyncRead + Unpin>(&mut self, r: &mut R) -> io::Result<usize> {
+    /// Like [`ReadBuffer::fill`], but while it holds no buffer it waits for the first byte
+    /// without one (one byte read on the stack), then takes a buffer from `pool` and puts that
+    /// byte first: a connection that sends nothing, or is idle between requests, holds none.
+    async fn fill_first<R: AsyncRead + Unpin>(
+        &mut self,
+        r: &mut R,
+        pool: &BufPool,
+    ) -> io::Result<usize> {
         if !self.data.is_empty() {
             return self.fill(r).await;
         }
         let mut one = [0u8; 1];
         let n = r.read(&mut one).await?;
         if n == 1 {
-            self.preload(&one);
+            self.data = pool.take_read();
+            self.data[0] = one[0];
+            self.start = 0;
+            self.end = 1;
         }
         Ok(n)
+    }
+
+    /// Whether it holds a buffer.
+    pub(crate) fn is_allocated(&self) -> bool {
+        !self.data.is_empty()
+    }
+
+    /// Takes a buffer from `pool` if it holds none.
+    pub(crate) fn ensure(&mut self, pool: &BufPool) {
+        if self.data.is_empty() {
+            self.data = pool.take_read();
+            self.start = 0;
+            self.end = 0;
+        }
+    }
+
+    /// Gives its buffer back to `pool` when no unread byte is in it (else keeps it).
+    pub(crate) fn release(&mut self, pool: &BufPool) {
+        if self.is_empty() && !self.data.is_empty() {
+            pool.give_read(std::mem::take(&mut self.data));
+            self.start = 0;
+            self.end = 0;
+        }
     }
 
     /// Reads once more into the buffer (making room first); returns bytes read (0 = EOF).
@@ -670,6 +712,24 @@ impl Scratch {
     }
 }
 
+/// Gives an idle HTTP/1.1 connection's buffers back to the worker's pool (a read buffer that
+/// still holds bytes is kept), and frees the per-request copies that only some requests grow
+/// (a streamed body's replay copy, a gRPC answer's trailers).
+fn release_idle(
+    pool: &BufPool,
+    rbuf: &mut ReadBuffer,
+    ubuf: &mut ReadBuffer,
+    out: &mut Vec<u8>,
+    scratch: &mut Scratch,
+) {
+    rbuf.release(pool);
+    ubuf.clear();
+    ubuf.release(pool);
+    pool.give_write(std::mem::take(out));
+    scratch.replay = Vec::new();
+    scratch.grpc_trailers = Vec::new();
+}
+
 /// How the request head ended up.
 enum HeadRead {
     Ready,
@@ -705,9 +765,16 @@ impl<N: Network> Engine<N> {
         let alpn = down.alpn();
         if alpn == Alpn::Http2 {
             if crate::http2::accepts_http2(hc.codec) {
-                return self
-                    .http2_connection(listener, lc, hc, down, peer, initial.to_vec(), original_dst)
-                    .await;
+                return Box::pin(self.http2_connection(
+                    listener,
+                    lc,
+                    hc,
+                    down,
+                    peer,
+                    initial.to_vec(),
+                    original_dst,
+                ))
+                .await;
             }
             // The config offers `h2` only on listeners that serve it; never HTTP/1.1 to a
             // client that was promised HTTP/2.
@@ -718,9 +785,16 @@ impl<N: Network> Engine<N> {
         let initial = if alpn == Alpn::None && crate::http2::accepts_http2(hc.codec) {
             match crate::http2::sniff(self, &mut down, initial, hc).await {
                 crate::http2::Sniffed::Http2(preface) => {
-                    return self
-                        .http2_connection(listener, lc, hc, down, peer, preface, original_dst)
-                        .await;
+                    return Box::pin(self.http2_connection(
+                        listener,
+                        lc,
+                        hc,
+                        down,
+                        peer,
+                        preface,
+                        original_dst,
+                    ))
+                    .await;
                 }
                 crate::http2::Sniffed::Http1(_) if hc.codec == HttpCodec::Http2 => {
                     tracing::debug!(listener = %lc.name, %peer, "not HTTP/2 on an http2-only listener: closed");
@@ -762,12 +836,25 @@ impl<N: Network> Engine<N> {
         }
         let expired = self.drain_expired.notified();
         let awaiting_response = Rc::new(Cell::new(false));
+        // Boxed once per connection, in a statement of its own (a temporary would live across
+        // the `select!` and be laid out in this future too). With `codec: auto` (the default)
+        // the sniff above waited for the first bytes: a connection that sends nothing holds
+        // only this function's small state, not the request path's (issue 15).
+        let serve = Box::pin(self.serve_http_connection(
+            listener,
+            lc,
+            hc,
+            &mut down,
+            peer,
+            initial,
+            accepted,
+            original_dst,
+            &awaiting_response,
+        ));
         let served = tokio::select! {
             biased;
             () = expired => false,
-            () = self.serve_http_connection(
-                listener, lc, hc, &mut down, peer, initial, accepted, original_dst, &awaiting_response,
-            ) => true,
+            () = serve => true,
         };
         if !served {
             tracing::debug!(%peer, awaiting_response = awaiting_response.get(), "drain timeout passed; closing the HTTP connection");
@@ -801,7 +888,13 @@ impl<N: Network> Engine<N> {
             max_head_bytes: hc.max_request_headers_kb as usize * 1024,
             max_headers: hc.max_headers_count as usize,
         };
+        // The connection's buffers come from the worker's pool while a request is in flight
+        // and go back to it when the connection goes idle (see `release_idle` below).
+        let pool = &self.http_buffers;
         let mut rbuf = ReadBuffer::new();
+        if !initial.is_empty() && initial.len() <= READ_BUFFER {
+            rbuf.ensure(pool);
+        }
         rbuf.preload(initial);
         let mut ubuf = ReadBuffer::new();
         let mut head = Head::default();
@@ -829,6 +922,23 @@ impl<N: Network> Engine<N> {
             };
             let t0 = if logging { Some(now()) } else { None };
             let lstats = self.stats.listener(listener);
+            // Between requests: a connection whose next request is not there yet (a read would
+            // wait) is idle and gives its buffers back; a busy one (pipelined or back-to-back
+            // requests) keeps them. The idle wait is the 1-byte stack read of `fill_first`.
+            if rbuf.is_empty() && rbuf.is_allocated() {
+                let read = poll_fn(|cx| {
+                    let mut fill = std::pin::pin!(rbuf.fill(&mut *down));
+                    Poll::Ready(match fill.as_mut().poll(cx) {
+                        Poll::Ready(r) => Some(r),
+                        Poll::Pending => None,
+                    })
+                })
+                .await;
+                if !matches!(read, Some(Ok(n)) if n > 0) {
+                    // Nothing yet, or the end: the wait below reads it again (the end twice).
+                    release_idle(pool, &mut rbuf, &mut ubuf, &mut out, &mut scratch);
+                }
+            }
             match self
                 .read_request_head(&limits, &mut *down, &mut rbuf, &mut head, &mut policy)
                 .await
@@ -887,6 +997,11 @@ impl<N: Network> Engine<N> {
             bump(&self.stats.http_requests, 1);
             if let Some(l) = lstats {
                 bump(&l.http_requests, 1);
+            }
+            // Back from idle: the buffers the request path needs, from the pool.
+            ubuf.ensure(pool);
+            if out.capacity() == 0 {
+                out = pool.take_write();
             }
             let t_head = now();
             let outcome = self
@@ -972,6 +1087,8 @@ impl<N: Network> Engine<N> {
                 break;
             }
         }
+        rbuf.clear();
+        release_idle(pool, &mut rbuf, &mut ubuf, &mut out, &mut scratch);
         let _ = down.shutdown().await;
     }
 
@@ -1010,7 +1127,7 @@ impl<N: Network> Engine<N> {
                             _ => HeadRead::Closed,
                         };
                     }
-                    r = rbuf.fill_first(down) => r,
+                    r = rbuf.fill_first(down, &self.http_buffers) => r,
                 };
                 match read {
                     Ok(0) | Err(_) => {
@@ -1514,7 +1631,9 @@ impl<N: Network> Engine<N> {
                     // a connect failure, and nothing of the request is written before it
                     // succeeded.
                     let tls_failure = Cell::new(None);
-                    let attempt = async {
+                    // Boxed (once per new upstream connection): the TLS handshake's state is
+                    // large and would otherwise be laid out in every connection's request path.
+                    let attempt = Box::pin(async {
                         let socket = self.net.connect(address).await?;
                         match &self.tls.current().connectors[ci] {
                             None => Ok(MaybeTls::Plain(socket)),
@@ -1526,7 +1645,7 @@ impl<N: Network> Engine<N> {
                                 }
                             },
                         }
-                    };
+                    });
                     let connected = tokio::select! {
                         biased;
                         r = attempt => r.map_err(|e| {
@@ -1550,10 +1669,15 @@ impl<N: Network> Engine<N> {
                             let conn = UpstreamConn::new(s, &self.stats, ci, host.index(), unit);
                             if http2 {
                                 let timer = deadline_of(stream.poll_timeout());
-                                match self
-                                    .open_http2(ci, picked, peer, conn, tls_cluster, timer)
-                                    .await
-                                {
+                                let opened = Box::pin(self.open_http2(
+                                    ci,
+                                    picked,
+                                    peer,
+                                    conn,
+                                    tls_cluster,
+                                    timer,
+                                ));
+                                match opened.await {
                                     Some(Ok(up)) => up,
                                     Some(Err(())) => {
                                         step = self.stream_input(
@@ -3147,6 +3271,236 @@ mod tests {
             let e = r.unwrap_err();
             assert_eq!(e.kind(), io::ErrorKind::BrokenPipe, "{e}");
             assert!(fault_of(&e).is_none(), "not the client's fault: {e}");
+        });
+    }
+}
+
+/// Issue 15: an idle keep-alive connection gives its buffers back to the worker's pool.
+#[cfg(test)]
+mod idle_buffer_tests {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use sluice_core::config::Config;
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+    use crate::engine::Engine;
+    use crate::net::TokioNet;
+    use crate::stats::WorkerStats;
+
+    fn bound() -> (tokio::net::TcpListener, std::net::SocketAddr) {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.set_nonblocking(true).unwrap();
+        let at = l.local_addr().unwrap();
+        (tokio::net::TcpListener::from_std(l).unwrap(), at)
+    }
+
+    /// Reads until `n` responses ending in `last` arrived, within 5 s.
+    async fn read_responses(s: &mut tokio::net::TcpStream, n: usize, last: &str) -> String {
+        let mut got = Vec::new();
+        let mut chunk = [0u8; 4096];
+        tokio::time::timeout(Duration::from_secs(5), async {
+            loop {
+                let text = String::from_utf8_lossy(&got);
+                if text.matches("HTTP/1.1 ").count() == n && text.ends_with(last) {
+                    break;
+                }
+                let k = s.read(&mut chunk).await.unwrap();
+                assert!(k > 0, "closed after {:?}", String::from_utf8_lossy(&got));
+                got.extend_from_slice(&chunk[..k]);
+            }
+        })
+        .await
+        .expect("the responses arrive in time");
+        String::from_utf8(got).unwrap()
+    }
+
+    /// Waits (up to 2 s) until the worker's pool holds `want` (read, write) buffers.
+    async fn pooled_becomes(engine: &Engine<TokioNet>, want: (usize, usize)) -> (usize, usize) {
+        for _ in 0..200 {
+            if engine.http_buffers.pooled() == want {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        engine.http_buffers.pooled()
+    }
+
+    /// With the defaults, a keep-alive connection that answered a request (one forwarded
+    /// upstream: it used the request, upstream-response and write buffers) and waits for the
+    /// next holds none of them: all three are back in the worker's pool. Its next request takes
+    /// the same ones back (nothing new is allocated: the pool count does not grow), and
+    /// pipelined requests are answered whole and in order.
+    #[test]
+    fn an_idle_keep_alive_connection_gives_its_buffers_back_to_the_pool() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        tokio::task::LocalSet::new().block_on(&rt, async {
+            let (up, up_at) = bound();
+            tokio::task::spawn_local(async move {
+                loop {
+                    let (mut s, _) = up.accept().await.unwrap();
+                    tokio::task::spawn_local(async move {
+                        let mut buf = vec![0u8; 4096];
+                        let mut have = Vec::new();
+                        loop {
+                            let n = s.read(&mut buf).await.unwrap_or(0);
+                            if n == 0 {
+                                return;
+                            }
+                            have.extend_from_slice(&buf[..n]);
+                            while let Some(end) = have.windows(4).position(|w| w == b"\r\n\r\n") {
+                                have.drain(..end + 4);
+                                s.write_all(
+                                    b"HTTP/1.1 200 OK\r\ncontent-length: 8\r\n\r\nupstream",
+                                )
+                                .await
+                                .unwrap();
+                            }
+                        }
+                    });
+                }
+            });
+            let (listener, at) = bound();
+            let yaml = format!(
+                r#"
+listeners:
+  - name: web
+    address: {at}
+    http:
+      virtual_hosts:
+        - name: all
+          domains: ["*"]
+          routes:
+            - match: {{ prefix: /up }}
+              route: {{ cluster: up }}
+            - match: {{ prefix: /a }}
+              direct_response: {{ status: 200, body: "first" }}
+            - match: {{ prefix: /b }}
+              direct_response: {{ status: 200, body: "second" }}
+clusters:
+  - name: up
+    hosts: [ {{ address: "{up_at}" }} ]
+"#
+            );
+            let config = Arc::new(Config::from_yaml(&yaml).unwrap());
+            let stats = Arc::new(WorkerStats::new(&config));
+            let engine = Engine::new(TokioNet::default(), config, 0, 1, stats).unwrap();
+            tokio::task::spawn_local(
+                engine
+                    .clone()
+                    .run(vec![listener], std::future::pending::<()>()),
+            );
+            assert_eq!(engine.http_buffers.pooled(), (0, 0));
+
+            let mut c = tokio::net::TcpStream::connect(at).await.unwrap();
+            c.write_all(b"GET /up HTTP/1.1\r\nhost: x\r\n\r\n")
+                .await
+                .unwrap();
+            let got = read_responses(&mut c, 1, "upstream").await;
+            assert!(got.starts_with("HTTP/1.1 200 OK\r\n"), "{got}");
+            // Idle: the request buffer, the upstream response buffer and the write buffer are
+            // the pool's.
+            assert_eq!(pooled_becomes(&engine, (2, 1)).await, (2, 1));
+
+            // The next request on the same connection takes them back and is answered.
+            c.write_all(b"GET /up HTTP/1.1\r\nhost: x\r\n\r\n")
+                .await
+                .unwrap();
+            let got = read_responses(&mut c, 1, "upstream").await;
+            assert!(got.starts_with("HTTP/1.1 200 OK\r\n"), "{got}");
+            assert_eq!(pooled_becomes(&engine, (2, 1)).await, (2, 1));
+
+            // Pipelined requests in one write: all answered, in order, and the connection
+            // stays busy between them: it takes its two read buffers once for the four.
+            let takes = engine.http_buffers.read_takes();
+            c.write_all(
+                b"GET /a HTTP/1.1\r\nhost: x\r\n\r\nGET /b HTTP/1.1\r\nhost: x\r\n\r\n\
+                  GET /up HTTP/1.1\r\nhost: x\r\n\r\nGET /a HTTP/1.1\r\nhost: x\r\n\r\n",
+            )
+            .await
+            .unwrap();
+            let got = read_responses(&mut c, 4, "first").await;
+            let bodies: Vec<&str> = got
+                .split("HTTP/1.1 200 OK\r\n")
+                .skip(1)
+                .map(|r| r.rsplit("\r\n\r\n").next().unwrap())
+                .collect();
+            assert_eq!(bodies, ["first", "second", "upstream", "first"], "{got}");
+            assert_eq!(pooled_becomes(&engine, (2, 1)).await, (2, 1));
+            assert_eq!(engine.http_buffers.read_takes() - takes, 2);
+
+            // A second connection while the first is idle reuses the same pooled buffers.
+            let mut d = tokio::net::TcpStream::connect(at).await.unwrap();
+            d.write_all(b"GET /b HTTP/1.1\r\nhost: x\r\n\r\n")
+                .await
+                .unwrap();
+            let got = read_responses(&mut d, 1, "second").await;
+            assert!(got.starts_with("HTTP/1.1 200 OK\r\n"), "{got}");
+            assert_eq!(pooled_becomes(&engine, (2, 1)).await, (2, 1));
+        });
+    }
+
+    /// An HTTP/2 stream takes its buffers from the worker's pool and gives them back when it
+    /// ends: a connection with no open stream holds none, and its next stream reuses them.
+    #[test]
+    fn an_http2_stream_gives_its_buffers_back_to_the_pool_when_it_ends() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        tokio::task::LocalSet::new().block_on(&rt, async {
+            let (listener, at) = bound();
+            let yaml = format!(
+                r#"
+listeners:
+  - name: web
+    address: {at}
+    http:
+      virtual_hosts:
+        - name: all
+          domains: ["*"]
+          routes:
+            - match: {{ prefix: / }}
+              direct_response: {{ status: 200, body: "first" }}
+"#
+            );
+            let config = Arc::new(Config::from_yaml(&yaml).unwrap());
+            let stats = Arc::new(WorkerStats::new(&config));
+            let engine = Engine::new(TokioNet::default(), config, 0, 1, stats).unwrap();
+            tokio::task::spawn_local(
+                engine
+                    .clone()
+                    .run(vec![listener], std::future::pending::<()>()),
+            );
+            let tcp = tokio::net::TcpStream::connect(at).await.unwrap();
+            let (mut client, conn) = h2::client::handshake(tcp).await.unwrap();
+            tokio::task::spawn_local(async move {
+                let _ = conn.await;
+            });
+            for _ in 0..2 {
+                client = client.ready().await.unwrap();
+                let request = http::Request::get("http://x/a").body(()).unwrap();
+                let (response, _) = client.send_request(request, true).unwrap();
+                let response = tokio::time::timeout(Duration::from_secs(5), response)
+                    .await
+                    .expect("answered in time")
+                    .unwrap();
+                assert_eq!(response.status(), 200);
+                let mut body = response.into_body();
+                let mut got = Vec::new();
+                while let Some(data) = body.data().await {
+                    let data = data.unwrap();
+                    let _ = body.flow_control().release_capacity(data.len());
+                    got.extend_from_slice(&data);
+                }
+                assert_eq!(got, b"first");
+                // The stream ended: its request, upstream-response and write buffers are the
+                // pool's (the second stream took the same ones: the count does not grow).
+                assert_eq!(pooled_becomes(&engine, (2, 1)).await, (2, 1));
+            }
         });
     }
 }

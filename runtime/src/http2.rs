@@ -37,6 +37,9 @@
 //! explicitly ([`MAX_PENDING_ACCEPT_RESET_STREAMS`], [`MAX_LOCAL_ERROR_RESET_STREAMS`]).
 //!
 //! A connection with no open stream for the listener's `idle_timeout` gets GOAWAY and closes.
+//! A stream's buffers are the worker's ([`crate::bufpool`]), taken when it starts and given
+//! back when it ends; a connection keeps a few streams' other state for its next streams only
+//! while it has streams open: an idle connection holds only the `h2` crate's own state.
 //!
 //! HTTP/2 upstreams (`protocol: http2` clusters) are [`crate::h2_upstream`]'s: the request path
 //! is the same, only its last hop differs.
@@ -72,6 +75,7 @@ use sluice_core::l7::exchange::ResponseFlag;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 
 use crate::access_log::Entry;
+use crate::bufpool::{BufPool, READ_BUFFER};
 use crate::downstream::Downstream;
 use crate::engine::Engine;
 use crate::http::{Outcome, ReadBuffer, Scratch};
@@ -416,7 +420,11 @@ impl<N: Network> Engine<N> {
                 break;
             }
             match next {
-                None => idle_at = idle_deadline(tokio::time::Instant::now()),
+                None => {
+                    // The last stream ended: the connection is idle and keeps no stream state.
+                    spare.borrow_mut().clear();
+                    idle_at = idle_deadline(tokio::time::Instant::now());
+                }
                 Some(Some(Ok((request, respond)))) => {
                     fresh.push(Box::pin(self.http2_stream(
                         listener,
@@ -486,6 +494,13 @@ impl<N: Network> Engine<N> {
         rbuf.clear();
         ubuf.clear();
         out.clear();
+        // The stream's read and write buffers come from the worker's pool and go back to it
+        // when the stream ends (see `StreamBuffers`).
+        let pool = &self.http_buffers;
+        ubuf.ensure(pool);
+        if out.capacity() == 0 {
+            *out = pool.take_write();
+        }
         let result = request_to_http1(
             translated,
             &RequestHead {
@@ -502,6 +517,9 @@ impl<N: Network> Engine<N> {
         let mut rejected = None;
         let body_length = match result {
             Ok(b) => {
+                if translated.len() <= READ_BUFFER {
+                    rbuf.ensure(pool);
+                }
                 rbuf.preload(translated);
                 let limits = Limits {
                     max_head_bytes: (hc.max_request_headers_kb as usize * 1024)
@@ -688,6 +706,7 @@ impl<N: Network> Engine<N> {
                 self.finish_span(&scratch.trace, &entry);
             }
         }
+        buffers.release(&self.http_buffers);
         let mut spare = spare.borrow_mut();
         if spare.len() < SPARE_STREAM_BUFFERS {
             spare.push(buffers);
@@ -700,9 +719,11 @@ impl<N: Network> Engine<N> {
     }
 }
 
-/// The buffers of one stream's request, kept by its connection for the next stream (as an
-/// HTTP/1.1 connection keeps its buffers for its next request): a warm connection allocates
-/// little per stream.
+/// The state of one stream's request, kept by its connection for its next stream while it has
+/// streams open (up to [`SPARE_STREAM_BUFFERS`] sets; dropped when its last stream ends, so an
+/// idle connection holds none). Its read and write buffers are the worker's
+/// ([`crate::bufpool`]): taken when a stream starts and given back when it ends, so a busy
+/// connection allocates nothing per stream and an idle one holds no buffer.
 struct StreamBuffers {
     /// The translated HTTP/1.1 request head.
     translated: Vec<u8>,
@@ -715,6 +736,15 @@ struct StreamBuffers {
 }
 
 impl StreamBuffers {
+    /// Gives the read and write buffers back to the worker's pool.
+    fn release(&mut self, pool: &BufPool) {
+        self.rbuf.clear();
+        self.rbuf.release(pool);
+        self.ubuf.clear();
+        self.ubuf.release(pool);
+        pool.give_write(std::mem::take(&mut self.out));
+    }
+
     fn new(peer: SocketAddr, hc: &HttpConfig, over_tls: bool) -> Self {
         let mut scratch = Scratch::new(peer, hc, Rc::new(Cell::new(false)), over_tls);
         // A `protocol: downstream` cluster speaks HTTP/2 to this stream's upstream.

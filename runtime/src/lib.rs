@@ -26,6 +26,7 @@
 pub mod access_log;
 pub mod admin;
 pub mod bolt;
+pub mod bufpool;
 pub mod config_file;
 pub mod control;
 pub mod dns;
