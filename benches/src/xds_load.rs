@@ -30,7 +30,7 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
@@ -1029,10 +1029,4 @@ fn clusters_scenario(o: &Options) -> Result<ClusterFigures, String> {
         one_latency,
         one_cpu,
     })
-}
-
-/// The path of the log of scenario `name` (for a failing run's report).
-#[must_use]
-pub fn log_path(o: &Options, name: &str) -> PathBuf {
-    Path::new(&o.work_dir).join(name).join("sluice.log")
 }
