@@ -415,7 +415,7 @@ impl Server {
                     .log
                     .lock()
                     .unwrap_or_else(std::sync::PoisonError::into_inner);
-                // The nonces of the responses of this version, by type.
+                // When the response of this version of a type was sent, and ACKed.
                 let sent = |t: ResourceType| {
                     log.sent
                         .iter()
