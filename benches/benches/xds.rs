@@ -62,6 +62,7 @@ fn many(n: usize, m: usize, port: u32) -> Resources {
             .iter()
             .map(|c| (c.clone(), endpoints(c, m, port)))
             .collect(),
+        secrets: BTreeMap::new(),
     }
 }
 
@@ -72,8 +73,13 @@ fn translate_bench(c: &mut Criterion) {
     g.bench_function("cluster_1000_endpoints", |b| {
         b.iter(|| {
             let mut notes = Notes::default();
-            translate_cluster(black_box(&cluster), Some(black_box(&cla)), &mut notes)
-                .expect("translates")
+            translate_cluster(
+                black_box(&cluster),
+                Some(black_box(&cla)),
+                &BTreeMap::new(),
+                &mut notes,
+            )
+            .expect("translates")
         })
     });
     let tree = bootstrap();
@@ -127,6 +133,7 @@ fn serving(r: &Resources) -> Ads {
             ResourceType::Endpoints => r.endpoints.values().map(any).collect(),
             ResourceType::Listener => r.listeners.values().map(any).collect(),
             ResourceType::Route => r.routes.values().map(any).collect(),
+            ResourceType::Secret => r.secrets.values().map(any).collect(),
         }
     };
     for kind in ResourceType::ALL {
