@@ -55,6 +55,14 @@ impl BufPool {
         }
     }
 
+    /// Gives back a read buffer taken for one poll that read nothing into it (not counted as
+    /// taken).
+    pub(crate) fn untake_read(&self, buf: Vec<u8>) {
+        #[cfg(test)]
+        self.read_takes.set(self.read_takes.get() - 1);
+        self.give_read(buf);
+    }
+
     /// An empty write buffer (a pooled one keeps its capacity; else unallocated).
     pub(crate) fn take_write(&self) -> Vec<u8> {
         self.write.borrow_mut().pop().unwrap_or_default()

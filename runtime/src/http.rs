@@ -22,8 +22,8 @@
 //! Buffers: a connection holds its read, upstream-response and write buffers only while a
 //! request is in flight. They come from the worker's pool ([`crate::bufpool`]) with a request's
 //! first byte; when a response is out and the next request is not there yet (a read would
-//! wait), they go back, and the wait for the next request is a 1-byte read on the stack
-//! (`ReadBuffer::fill_first`). A busy connection (pipelined or back-to-back requests) keeps
+//! wait), they go back, and the wait for the next request borrows a read buffer from the pool
+//! for each poll only (`ReadBuffer::fill_first`: no buffer held while idle, no extra read). A busy connection (pipelined or back-to-back requests) keeps
 //! them. The request path's future is boxed once per connection, after the first bytes.
 //!
 //! A body that arrived whole with its head (at most [`REPLAY_LIMIT`]) is held and goes out with
@@ -212,9 +212,11 @@ impl ReadBuffer {
         self.end = 0;
     }
 
-    /// Like [`ReadBuffer::fill`], but while it holds no buffer it waits for the first byte
-    /// without one (one byte read on the stack), then takes a buffer from `pool` and puts that
-    /// byte first: a connection that sends nothing, or is idle between requests, holds none.
+    /// Like [`ReadBuffer::fill`], but while it holds no buffer it waits for the first bytes
+    /// without keeping one: each poll borrows a buffer from `pool` for the read itself and gives
+    /// it back when nothing came, so a connection that sends nothing, or is idle between
+    /// requests, holds none — and a request costs no extra read (a one-byte read on the stack
+    /// first cost one more `read` per request on a keep-alive connection).
     async fn fill_first<R: AsyncRead + Unpin>(
         &mut self,
         r: &mut R,
@@ -223,15 +225,32 @@ impl ReadBuffer {
         if !self.data.is_empty() {
             return self.fill(r).await;
         }
-        let mut one = [0u8; 1];
-        let n = r.read(&mut one).await?;
-        if n == 1 {
-            self.data = pool.take_read();
-            self.data[0] = one[0];
-            self.start = 0;
-            self.end = 1;
-        }
-        Ok(n)
+        poll_fn(|cx| {
+            let mut buf = pool.take_read();
+            let mut rb = ReadBuf::new(&mut buf);
+            match Pin::new(&mut *r).poll_read(cx, &mut rb) {
+                Poll::Ready(Ok(())) => {
+                    let n = rb.filled().len();
+                    if n == 0 {
+                        pool.untake_read(buf);
+                    } else {
+                        self.data = buf;
+                        self.start = 0;
+                        self.end = n;
+                    }
+                    Poll::Ready(Ok(n))
+                }
+                Poll::Ready(Err(e)) => {
+                    pool.untake_read(buf);
+                    Poll::Ready(Err(e))
+                }
+                Poll::Pending => {
+                    pool.untake_read(buf);
+                    Poll::Pending
+                }
+            }
+        })
+        .await
     }
 
     /// Whether it holds a buffer.
@@ -924,7 +943,7 @@ impl<N: Network> Engine<N> {
             let lstats = self.stats.listener(listener);
             // Between requests: a connection whose next request is not there yet (a read would
             // wait) is idle and gives its buffers back; a busy one (pipelined or back-to-back
-            // requests) keeps them. The idle wait is the 1-byte stack read of `fill_first`.
+            // requests) keeps them. The idle wait is `fill_first` (a buffer borrowed per poll).
             if rbuf.is_empty() && rbuf.is_allocated() {
                 let read = poll_fn(|cx| {
                     let mut fill = std::pin::pin!(rbuf.fill(&mut *down));
