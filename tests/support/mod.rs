@@ -221,6 +221,11 @@ pub fn require_peers(peers: &[&str]) -> bool {
 /// Why `peer` is unusable here, or `None` when it is installed.
 fn missing_peer(peer: &str) -> Option<String> {
     match peer {
+        "root" => {
+            use std::os::unix::fs::MetadataExt;
+            let root = std::fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0);
+            (!root).then(|| "needs root to play another user (uid 65534)".to_owned())
+        }
         "sofa-rpc-node" => missing_peer("node").or_else(|| {
             let dir = repo().join("tests/bolt/node_modules/sofa-rpc-node");
             (!dir.is_dir()).then(|| {
@@ -635,13 +640,10 @@ pub fn run_as_nobody(program: &str, args: &[&str]) -> Output {
 
 /// Whether the tests run as root (those that play another local user need it; they are
 /// skipped, saying so, otherwise).
+/// Through [`require_peers`] (the peer `root`): the skip names the test, and under
+/// `tests/run.sh` ([`REQUIRE_PEERS_VAR`]) not being root is a failure, not a silent skip.
 pub fn running_as_root() -> bool {
-    use std::os::unix::fs::MetadataExt;
-    let root = std::fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0);
-    if !root {
-        eprintln!("skipped: needs root to play another user (uid 65534)");
-    }
-    root
+    require_peers(&["root"])
 }
 
 /// What [`keep_alive_load`] saw.
