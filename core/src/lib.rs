@@ -11,7 +11,7 @@
 //!   [`rng::Rng`];
 //! - [`l7`]: the protocol-independent request stream (admission with every circuit-breaker
 //!   permit, tries, retries and timeouts, with events saying what happened), shared by HTTP/1.1
-//!   and, next, HTTP/2;
+//!   and HTTP/2 (whose streams the runtime re-frames as HTTP/1.1 for now);
 //! - [`http2`]: the HTTP/2 client preface and the HTTP/2 ↔ HTTP/1.1 head translation (the
 //!   runtime speaks HTTP/2 through the `h2` crate);
 //! - [`tcp_proxy`]: the L4 session state machine (pick a host, connect with a timeout, fail over,

@@ -2,6 +2,10 @@
 //! `sluice validate` uses ([`sluice_runtime::server::load_config`]), so the documentation never
 //! shows a config the code refuses (or accepts one it says is refused).
 //!
+//! The same file checks the book itself: `book.toml` points mdBook at `docs/`, `docs/SUMMARY.md`
+//! lists every page once, and every relative link of the README and the book leads to a file
+//! (and, for a `#fragment`, a heading) that exists.
+//!
 //! A fenced block's info string says what it is:
 //!
 //! - ```` ```yaml ````: a whole config; it must load;
@@ -319,4 +323,158 @@ fn with_test_certificates(text: &str, dir: &Path) -> String {
         std::fs::write(dir.join(&key_name), key.serialize_pem()).unwrap();
     }
     text.replace(PREFIX, &format!("{}/", dir.display()))
+}
+
+// The book: `book.toml` points mdBook at `docs/`, `docs/SUMMARY.md` lists every page, and every
+// relative link of the README and the book leads to a file (and heading) that exists.
+
+/// The lines of a Markdown text outside its fenced blocks, with their line numbers (from 1).
+fn prose(text: &str) -> Vec<(usize, &str)> {
+    let mut fenced = false;
+    let mut out = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        let trimmed = line.trim_start();
+        if trimmed.starts_with("```") && (fenced || !trimmed[3..].contains('`')) {
+            fenced = !fenced;
+        } else if !fenced {
+            out.push((i + 1, line));
+        }
+    }
+    out
+}
+
+/// The targets of the inline links of a line: `[text](target)`, up to the first space or `)`.
+fn link_targets(line: &str) -> Vec<&str> {
+    let mut out = Vec::new();
+    let mut rest = line;
+    while let Some(at) = rest.find("](") {
+        let after = &rest[at + 2..];
+        let end = after.find([')', ' ']).unwrap_or(after.len());
+        out.push(&after[..end]);
+        rest = &after[end..];
+    }
+    out
+}
+
+/// A heading's anchor as mdBook and the forge make it: lower case, letters, digits, `-` and `_`
+/// kept, spaces made `-`, anything else dropped.
+fn anchor(heading: &str) -> String {
+    heading
+        .trim()
+        .to_lowercase()
+        .chars()
+        .filter_map(|c| match c {
+            ' ' => Some('-'),
+            c if c.is_alphanumeric() || c == '-' || c == '_' => Some(c),
+            _ => None,
+        })
+        .collect()
+}
+
+/// The anchors of a Markdown file's headings.
+fn anchors(file: &Path) -> Vec<String> {
+    let text = std::fs::read_to_string(file).unwrap();
+    prose(&text)
+        .into_iter()
+        .filter_map(|(_, l)| {
+            let h = l.trim_start_matches('#');
+            (h.len() < l.len() && h.starts_with(' ')).then(|| anchor(h))
+        })
+        .collect()
+}
+
+/// `book.toml`'s value of `key` in `[table]` (a plain `key = value` line; quotes removed).
+fn book_setting(toml: &str, table: &str, key: &str) -> Option<String> {
+    let mut current = "";
+    for line in toml.lines().map(str::trim) {
+        if line.starts_with('[') {
+            current = line;
+        } else if current == format!("[{table}]")
+            && let Some((k, v)) = line.split_once('=')
+            && k.trim() == key
+        {
+            return Some(v.trim().trim_matches('"').to_owned());
+        }
+    }
+    None
+}
+
+#[test]
+fn the_book_builds_from_docs_and_summary_lists_every_page() {
+    let toml = std::fs::read_to_string(repo().join("book.toml")).expect(
+        "book.toml at the repository root (mdBook's config; without it mdBook looks in src/)",
+    );
+    assert_eq!(
+        book_setting(&toml, "book", "src").as_deref(),
+        Some("docs"),
+        "book.toml: [book] src must be \"docs\" (mdBook's default is src/)"
+    );
+    assert_eq!(
+        book_setting(&toml, "build", "create-missing").as_deref(),
+        Some("false"),
+        "book.toml: [build] create-missing must be false (a page SUMMARY.md lists but the \
+         repository lacks must fail the build, not be made up empty)"
+    );
+    let docs = repo().join("docs");
+    let summary = std::fs::read_to_string(docs.join("SUMMARY.md")).unwrap();
+    let mut listed: Vec<PathBuf> = Vec::new();
+    let mut problems = Vec::new();
+    for (n, line) in prose(&summary) {
+        for t in link_targets(line) {
+            let page = docs.join(t);
+            if !page.is_file() {
+                problems.push(format!("docs/SUMMARY.md:{n}: {t} does not exist"));
+            } else if listed.contains(&page) {
+                problems.push(format!("docs/SUMMARY.md:{n}: {t} is listed twice"));
+            }
+            listed.push(page);
+        }
+    }
+    for page in documents().into_iter().filter(|p| p.starts_with(&docs)) {
+        if !page.ends_with("SUMMARY.md") && !listed.contains(&page) {
+            let name = page.strip_prefix(&docs).unwrap().display();
+            problems.push(format!(
+                "docs/{name} is not in docs/SUMMARY.md (mdBook would leave it out of the book)"
+            ));
+        }
+    }
+    assert!(problems.is_empty(), "the book:\n{}", problems.join("\n"));
+}
+
+#[test]
+fn every_relative_link_in_the_readme_and_the_book_resolves() {
+    let mut checked = 0;
+    let mut broken = Vec::new();
+    for file in documents() {
+        let text = std::fs::read_to_string(&file).unwrap();
+        let at = file.strip_prefix(repo()).unwrap().display().to_string();
+        for (n, line) in prose(&text) {
+            for t in link_targets(line) {
+                if t.is_empty() || t.contains("://") || t.starts_with("mailto:") {
+                    continue;
+                }
+                checked += 1;
+                let (path, fragment) = t.split_once('#').unwrap_or((t, ""));
+                let target = if path.is_empty() {
+                    file.clone()
+                } else {
+                    file.parent().unwrap().join(path)
+                };
+                if !target.exists() {
+                    broken.push(format!("{at}:{n}: {t}: no such file"));
+                } else if !fragment.is_empty()
+                    && target.extension().is_some_and(|e| e == "md")
+                    && !anchors(&target).iter().any(|a| a == fragment)
+                {
+                    broken.push(format!("{at}:{n}: {t}: no heading with that anchor"));
+                }
+            }
+        }
+    }
+    eprintln!("{checked} relative links checked");
+    assert!(
+        checked > 100,
+        "only {checked} links found: the link scan is broken"
+    );
+    assert!(broken.is_empty(), "broken links:\n{}", broken.join("\n"));
 }

@@ -1,5 +1,7 @@
 //! The protocol-independent request stream (L7), shared by every codec that carries HTTP
-//! semantics: HTTP/1.1 today, HTTP/2 next.
+//! semantics: HTTP/1.1, and HTTP/2 streams, which the runtime re-frames as HTTP/1.1 bytes on the
+//! same request path for now (`runtime/src/http2.rs`; a codec interface of their own is the
+//! next step, see `docs/architecture.md`).
 //!
 //! - [`exchange`]: tries, retries and timeouts of one request against its cluster, with events
 //!   saying what happened (connect failed or timed out, reset, per-try or route timeout);
