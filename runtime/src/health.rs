@@ -141,13 +141,26 @@ impl SharedHealth {
                     mine.store(theirs.load(Relaxed), Relaxed);
                 }
             }
+            // A static cluster whose endpoints were updated in place: its hosts are slots,
+            // and a verdict counts only for the slot's host of its epoch.
+            let slots = old.dns.endpoints_view(oi);
             for (hi, h) in c.hosts.iter().enumerate() {
-                if let Some(ohi) = old_config.clusters[oi]
-                    .hosts
-                    .iter()
-                    .position(|o| o.address == h.address)
-                {
-                    let verdict = old.clusters[oi].healthy[ohi].load(Relaxed);
+                let verdict = match &slots {
+                    Some(view) => view
+                        .slots
+                        .iter()
+                        .position(|s| s.is_some_and(|(a, _)| a == h.address))
+                        .map(|ohi| {
+                            let word = old.clusters[oi].healthy[ohi].load(Relaxed);
+                            verdict_word(0, word == verdict_word(view.epochs[ohi], true))
+                        }),
+                    None => old_config.clusters[oi]
+                        .hosts
+                        .iter()
+                        .position(|o| o.address == h.address)
+                        .map(|ohi| old.clusters[oi].healthy[ohi].load(Relaxed)),
+                };
+                if let Some(verdict) = verdict {
                     self.clusters[ci].healthy[hi].store(verdict, Relaxed);
                 }
             }
@@ -182,6 +195,20 @@ impl SharedHealth {
         let mut out = Vec::new();
         for (ci, c) in config.clusters.iter().enumerate() {
             if !self.clusters[ci].checked {
+                continue;
+            }
+            if let Some(view) = self.dns.endpoints_view(ci) {
+                // Endpoints updated in place: the slots' hosts, each with its own verdict.
+                for (hi, slot) in view.slots.iter().enumerate() {
+                    if let Some((address, _)) = slot {
+                        let word = self.clusters[ci].healthy[hi].load(Relaxed);
+                        out.push((
+                            c.name.clone(),
+                            *address,
+                            word == verdict_word(view.epochs[hi], true),
+                        ));
+                    }
+                }
                 continue;
             }
             for (hi, h) in c.hosts.iter().enumerate() {
@@ -321,6 +348,11 @@ impl WorkerHealth {
     /// arriving are dropped) and availability is recomputed before the next pick.
     pub(crate) fn hosts_replaced(&mut self, ids: &[HostRef], live_hosts: usize) {
         self.dirty = true;
+        // A static cluster whose endpoints were updated in place may have free slots now:
+        // only present hosts count toward the panic threshold from here on.
+        if self.present.is_none() && !ids.is_empty() {
+            self.present = Some(vec![true; self.healthy.len()]);
+        }
         if let Some(o) = self.outlier.as_mut() {
             for &id in ids {
                 o.replace_host(id);
@@ -495,7 +527,8 @@ impl<N: Network> Engine<N> {
         let mut checker = ActiveHealthChecker::new(now(), hosts, hc.settings, rng);
         // A DNS cluster's hosts are its slots' addresses, followed here (a free slot is not
         // probed: it "passes" at once, and is never available anyway).
-        let mut dns = self.shared_health.dns.subscribe(ci);
+        // So are a static cluster's once endpoints-only updates (EDS) change them in place.
+        let mut dns = self.shared_health.dns.subscribe_hosts(ci, cluster);
         let (mut slots, mut epochs): (Vec<Option<std::net::SocketAddr>>, Vec<u32>) = match &dns {
             Some(rx) => {
                 let view = rx.borrow();

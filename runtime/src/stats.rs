@@ -1575,11 +1575,10 @@ impl WorkerStats {
                 continue;
             };
             for (h, hc) in cs.hosts.iter().zip(&cc.hosts) {
-                let oh = old_config.clusters[oi]
-                    .hosts
-                    .iter()
-                    .position(|o| o.address == hc.address)
-                    .and_then(|ohi| old.clusters.get(oi)?.hosts.get(ohi));
+                let oh = old.clusters.get(oi).and_then(|o| {
+                    o.hosts
+                        .get(old_host_index(o, &old_config.clusters[oi], hc.address)?)
+                });
                 if let Some(oh) = oh {
                     h.healthy.store(oh.healthy.load(Relaxed), Relaxed);
                 }
@@ -1647,7 +1646,6 @@ impl WorkerStats {
             cs.transfer_counters(o, z);
             cs.upstream_rq_time
                 .transfer(&o.upstream_rq_time, &z.upstream_rq_time);
-            let old_hosts = &old_config.clusters[oi].hosts;
             // A DNS cluster whose names did not change keeps its slots across the reload (the
             // answers carry over): its hosts' counters go with the slot.
             if cc.dns.is_some() && old_config.clusters[oi].dns == cc.dns {
@@ -1657,7 +1655,7 @@ impl WorkerStats {
                 continue;
             }
             for (h, hc) in cs.hosts.iter().zip(&cc.hosts) {
-                let Some(ohi) = old_hosts.iter().position(|o| o.address == hc.address) else {
+                let Some(ohi) = old_host_index(o, &old_config.clusters[oi], hc.address) else {
                     continue;
                 };
                 let (Some(oh), Some(zh)) = (o.hosts.get(ohi), z.hosts.get(ohi)) else {
@@ -1828,6 +1826,26 @@ impl DetailedSnapshot {
             }
         }
     }
+}
+
+/// Which host id of a cluster's counters `o` (of a worker whose config of the cluster is
+/// `old`) held `address`: its index in the config, or, once the worker applied a view of the
+/// cluster's slots (a static cluster whose endpoints were updated in place), its slot.
+fn old_host_index(
+    o: &ClusterStats,
+    old: &sluice_core::config::ClusterConfig,
+    address: std::net::SocketAddr,
+) -> Option<usize> {
+    if old.dns.is_none()
+        && let Some(view) = o
+            .dns
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .as_ref()
+    {
+        return view.slots.iter().position(|s| s.is_some_and(|(a, _)| a == address));
+    }
+    old.hosts.iter().position(|h| h.address == address)
 }
 
 #[cfg(test)]
