@@ -7,7 +7,9 @@
 //! resubscription's `initial_resource_versions`, and the resync after a NACK: a listener whose
 //! switch failed, its port held, comes back once the port is free). And against a management server not written
 //! in this project (`tests/xds_server.py`: Python, grpcio and the `xds-protos` package), run as
-//! a separate process, once per protocol: the first config and an update.
+//! a separate process, once per protocol: the first config and an update. And an EDS update
+//! applied in place: a kept-alive client connection carries on across pushes that add and
+//! remove endpoints.
 
 #[path = "support/ads.rs"]
 mod ads;
@@ -960,7 +962,10 @@ clusters:
     let mut expected = [host(a), host(c)];
     expected.sort();
     assert_eq!(addresses, expected, "/clusters lists the new hosts");
-    let a_after = listed.iter().find(|(h, _)| *h == host(a)).map_or(0, |h| h.1);
+    let a_after = listed
+        .iter()
+        .find(|(h, _)| *h == host(a))
+        .map_or(0, |h| h.1);
     assert!(
         a_after > a_before,
         "host a kept its counters and went on counting: {a_before} then {a_after}"
@@ -994,7 +999,11 @@ clusters:
         eds_acked(server.version())
     });
     let (status, close, _) = keep_alive_get(&mut client).expect("an answer");
-    assert_eq!((status, close), (200, true), "a switch recycles the connection");
+    assert_eq!(
+        (status, close),
+        (200, true),
+        "a switch recycles the connection"
+    );
     let mut seen = std::collections::BTreeSet::new();
     for _ in 0..30 {
         let (status, body) = get(addr(listen));

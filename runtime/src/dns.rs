@@ -37,7 +37,7 @@
 //! (first the generation's configured hosts, id = index; a host that stays keeps its id, a new
 //! one takes a free slot, no slot left: the update needs a generation switch), the server
 //! publishes the view ([`SharedDns::publish_endpoints`], which the active health checks follow)
-//! and every worker applies it ([`Engine::apply_dns`]) before the update is acknowledged. The
+//! and every worker applies it ([`Engine::apply_endpoints`]) before the update is acknowledged. The
 //! view exists from the first such update of the generation on (none before: the configured
 //! hosts are the slots).
 //!
@@ -295,6 +295,78 @@ impl SharedDns {
     }
 }
 
+/// An endpoints-only update merged into a generation's slots ([`merge_endpoints_update`]),
+/// ready for every worker to apply ([`Engine::apply_endpoints`]).
+#[derive(Clone, Debug)]
+pub struct EndpointsUpdate {
+    /// Per changed cluster (index): its slots now.
+    pub clusters: Vec<(usize, Arc<DnsView>)>,
+    /// Hosts that took an id.
+    pub added: usize,
+    /// Hosts whose id was freed.
+    pub removed: usize,
+}
+
+impl EndpointsUpdate {
+    /// A line for the log: which clusters, how many hosts added and removed.
+    #[must_use]
+    pub fn summary(&self, next: &Config) -> String {
+        let names: Vec<&str> = self
+            .clusters
+            .iter()
+            .map(|(ci, _)| next.clusters[*ci].name.as_str())
+            .collect();
+        format!(
+            "endpoints updated in place (no generation switch) in cluster{} [{}]: {} host{} \
+             added, {} removed",
+            if names.len() == 1 { "" } else { "s" },
+            names.join(", "),
+            self.added,
+            if self.added == 1 { "" } else { "s" },
+            self.removed,
+        )
+    }
+}
+
+/// Merges the hosts of clusters `changed` of `next` (an endpoints-only update of `current`,
+/// the serving config: [`sluice_core::config::diff::only_endpoints_differ`]) into the slots of
+/// the generation `shared` belongs to, and publishes them (the active health checks follow);
+/// each worker then applies them ([`Engine::apply_endpoints`]). All or nothing: `None`, with
+/// nothing published, when a new host of some cluster finds no free slot (the update needs a
+/// generation switch).
+#[must_use]
+pub fn merge_endpoints_update(
+    shared: &crate::health::SharedHealth,
+    current: &Config,
+    next: &Config,
+    changed: &[usize],
+) -> Option<EndpointsUpdate> {
+    // The slots start as the generation's hosts (id = index): until a cluster's first update
+    // in place, the serving config's hosts are those (a switch makes new slots); after it, the
+    // merge starts from the published slots.
+    let mut update = EndpointsUpdate {
+        clusters: Vec::with_capacity(changed.len()),
+        added: 0,
+        removed: 0,
+    };
+    for &ci in changed {
+        let (view, merged) = shared.dns.merge_endpoints(
+            ci,
+            current.clusters.get(ci)?,
+            &next.clusters.get(ci)?.hosts,
+        )?;
+        update.added += merged.added;
+        update.removed += merged.removed;
+        update.clusters.push((ci, view));
+    }
+    for (ci, view) in &update.clusters {
+        shared
+            .dns
+            .publish_endpoints(*ci, &current.clusters[*ci], view.clone());
+    }
+    Some(update)
+}
+
 /// What one resolution of a name means for its hosts.
 #[derive(Debug, PartialEq, Eq)]
 enum Outcome {
@@ -500,6 +572,15 @@ impl<N: Network> Engine<N> {
         }
         self.health_changed(ci, &refs);
         true
+    }
+
+    /// Applies an endpoints-only update (see the module doc) to this worker's clusters.
+    pub fn apply_endpoints(self: &Rc<Self>, update: &EndpointsUpdate) {
+        for (ci, view) in &update.clusters {
+            if self.apply_dns(*ci, view) {
+                self.bolt_hosts_changed(*ci);
+            }
+        }
     }
 
     /// The ids of cluster `ci` whose host changed (with their new epochs): their outlier

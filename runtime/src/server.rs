@@ -40,7 +40,7 @@ mod handover;
 mod worker_thread;
 
 use handover::{HandoverSockets, SocketFile};
-use worker_thread::{EndpointsUpdate, Generation, WorkerCommand, WorkerStart, worker_main};
+use worker_thread::{Generation, WorkerCommand, WorkerStart, worker_main};
 
 /// How the server runs.
 #[derive(Clone, Debug)]
@@ -774,36 +774,17 @@ fn apply_endpoints(
     commands: &[tokio::sync::mpsc::UnboundedSender<WorkerCommand>],
     shared_health: &Arc<crate::health::SharedHealth>,
 ) -> Option<Result<String, String>> {
-    // The slots start as the generation's hosts (id = index): until a cluster's first update
-    // in place, the serving config's hosts are those (a switch makes new slots); after it,
-    // the merge starts from the published slots.
-    let (mut added, mut removed) = (0, 0);
-    let mut views = Vec::with_capacity(changed.len());
-    for &ci in changed {
-        let generation_cluster = &current.clusters[ci];
-        let (view, merged) = shared_health.dns.merge_endpoints(
-            ci,
-            generation_cluster,
-            &next.clusters[ci].hosts,
-        )?;
-        added += merged.added;
-        removed += merged.removed;
-        views.push((ci, generation_cluster, view));
-    }
-    for (ci, cluster, view) in &views {
-        shared_health.dns.publish_endpoints(*ci, cluster, view.clone());
-    }
-    let clusters: Vec<(usize, Arc<crate::dns::DnsView>)> =
-        views.iter().map(|(ci, _, v)| (*ci, v.clone())).collect();
+    let update = Arc::new(crate::dns::merge_endpoints_update(
+        shared_health,
+        current,
+        next,
+        changed,
+    )?);
     let mut answers = Vec::with_capacity(commands.len());
     for command in commands {
         let (done, answer) = std::sync::mpsc::channel();
-        let update = EndpointsUpdate {
-            clusters: clusters.clone(),
-            done,
-        };
         if command
-            .send(WorkerCommand::Endpoints(Box::new(update)))
+            .send(WorkerCommand::Endpoints(update.clone(), done))
             .is_err()
         {
             return Some(Err("a worker is gone".into()));
@@ -817,17 +798,7 @@ fn apply_endpoints(
             Err(_) => return Some(Err(format!("worker {worker} did not apply the endpoints"))),
         }
     }
-    let names: Vec<&str> = changed
-        .iter()
-        .map(|&ci| next.clusters[ci].name.as_str())
-        .collect();
-    Some(Ok(format!(
-        "endpoints updated in place (no generation switch) in cluster{} [{}]: {added} host{} \
-         added, {removed} removed",
-        if names.len() == 1 { "" } else { "s" },
-        names.join(", "),
-        if added == 1 { "" } else { "s" },
-    )))
+    Some(Ok(update.summary(next)))
 }
 
 /// Switches every worker to `next` (from the file or from xDS) when its new listeners can

@@ -1843,7 +1843,10 @@ fn old_host_index(
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .as_ref()
     {
-        return view.slots.iter().position(|s| s.is_some_and(|(a, _)| a == address));
+        return view
+            .slots
+            .iter()
+            .position(|s| s.is_some_and(|(a, _)| a == address));
     }
     old.hosts.iter().position(|h| h.address == address)
 }

@@ -372,6 +372,25 @@ impl<N: Network> Worker<N> {
         self.drain(&previous);
     }
 
+    /// An endpoints-only update of `current` (the serving config) to `next` (clusters
+    /// `changed`: [`sluice_core::config::diff::only_endpoints_differ`]) for a process of this
+    /// one worker: merged into the serving generation's host slots, published and applied in
+    /// place (see [`crate::dns`]); no generation switch. `None` (nothing changed) when a new
+    /// host finds no free slot: switch instead. A process of several workers merges once
+    /// ([`crate::dns::merge_endpoints_update`]) and has each apply it.
+    pub fn apply_endpoints(
+        &self,
+        current: &Config,
+        next: &Config,
+        changed: &[usize],
+    ) -> Option<crate::dns::EndpointsUpdate> {
+        let engine = self.engine();
+        let update =
+            crate::dns::merge_endpoints_update(&engine.shared_health, current, next, changed)?;
+        engine.apply_endpoints(&update);
+        Some(update)
+    }
+
     /// Stops the worker: the serving generation drains too (no successor). Await
     /// [`Worker::drained`] for the end.
     pub fn stop(&mut self) {

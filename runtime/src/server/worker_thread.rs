@@ -23,15 +23,11 @@ pub(super) enum WorkerCommand {
     /// Serve a connection the previous instance migrated (upgrade).
     Adopt(crate::control::Migrated),
     /// Put new host sets into the serving generation's clusters, in place (an endpoints-only
-    /// xDS update): per cluster (index), its slots as the server merged them.
-    Endpoints(Box<EndpointsUpdate>),
-}
-
-/// An endpoints-only update for one worker.
-pub(super) struct EndpointsUpdate {
-    pub(super) clusters: Vec<(usize, Arc<crate::dns::DnsView>)>,
-    /// The worker's answer once applied (or why not).
-    pub(super) done: std::sync::mpsc::Sender<Result<(), String>>,
+    /// xDS update), then answer.
+    Endpoints(
+        Arc<crate::dns::EndpointsUpdate>,
+        std::sync::mpsc::Sender<Result<(), String>>,
+    ),
 }
 
 /// One config generation for one worker.
@@ -153,14 +149,8 @@ pub(super) async fn worker_main(start: WorkerStart) -> io::Result<()> {
                 break;
             }
             Some(WorkerCommand::Adopt(m)) => adopt(&worker, index, m),
-            Some(WorkerCommand::Endpoints(u)) => {
-                let EndpointsUpdate { clusters, done } = *u;
-                let engine = worker.engine();
-                for (ci, view) in &clusters {
-                    if engine.apply_dns(*ci, view) {
-                        engine.bolt_hosts_changed(*ci);
-                    }
-                }
+            Some(WorkerCommand::Endpoints(update, done)) => {
+                worker.engine().apply_endpoints(&update);
                 let _ = done.send(Ok(()));
             }
             Some(WorkerCommand::Reload(g)) => {
