@@ -729,14 +729,15 @@ mod tests {
             assert!(!shared.is_healthy_for(0, slot(1, 1)), "c is not healthy yet");
             until("c probed and healthy", || shared.is_healthy_for(0, slot(1, 1))).await;
             // The worker's cluster has a and c, not b.
-            let engine = worker.engine();
-            let cluster = engine.clusters[0].borrow();
-            let addresses: Vec<u16> = (0..2)
-                .filter(|&i| cluster.is_present(sluice_core::cluster::HostId(i)))
-                .map(|i| cluster.host(sluice_core::cluster::HostId(i)).address.port())
-                .collect();
+            let addresses: Vec<u16> = {
+                let engine = worker.engine();
+                let cluster = engine.clusters[0].borrow();
+                (0..2)
+                    .filter(|&i| cluster.is_present(sluice_core::cluster::HostId(i)))
+                    .map(|i| cluster.host(sluice_core::cluster::HostId(i)).address.port())
+                    .collect()
+            };
             assert_eq!(addresses, [port_a, port_c]);
-            drop(cluster);
             let mut worker = worker;
             worker.stop();
             worker.drained().await;
