@@ -1091,6 +1091,62 @@ clusters:
         assert!(!shared.is_healthy_for(0, slot(2)));
     }
 
+    /// A switch after endpoints were updated in place (issue 13) carries each verdict over to
+    /// the same host, found by its slot (not its index in the serving config, which EDS orders
+    /// its own way), and only a verdict about the slot's current host.
+    #[test]
+    fn a_switch_after_endpoints_in_place_carries_verdicts_by_slot() {
+        let yaml = |ports: &[u16]| {
+            let hosts: Vec<String> = ports
+                .iter()
+                .map(|p| format!("{{ address: 127.0.0.1:{p} }}"))
+                .collect();
+            Config::from_yaml(&format!(
+                "listeners:\n  - {{ name: t, address: 127.0.0.1:1, tcp_proxy: {{ cluster: a }} }}\n\
+                 clusters:\n  - {{ name: a, health_check: {{ tcp: {{}} }}, hosts: [{}] }}\n",
+                hosts.join(", ")
+            ))
+            .unwrap()
+        };
+        let before = yaml(&[1, 2]);
+        let old = SharedHealth::new(&before);
+        old.set_healthy(0, 0, 0, true);
+        old.set_healthy(0, 1, 0, true);
+        // 2 replaced by 3 in place (3 takes id 1, epoch 1), then 3's probe passes; the serving
+        // config lists 3 first.
+        let after = yaml(&[3, 1]);
+        let changed = sluice_core::config::diff::only_endpoints_differ(&before, &after).unwrap();
+        let update = crate::dns::merge_endpoints_update(&old, &before, &after, &changed).unwrap();
+        assert_eq!(update.clusters[0].1.epochs, [0, 1]);
+        assert!(!old.is_healthy_for(
+            0,
+            HostRef {
+                id: HostId(1),
+                epoch: 1
+            }
+        ));
+        old.set_healthy(0, 1, 1, true);
+        // A switch to [3, 1, 4] (a host more than the ids): each keeps its verdict, 4 unknown.
+        let next = yaml(&[3, 1, 4]);
+        let new = SharedHealth::new(&next);
+        new.inherit(&old, &after, &next);
+        let fixed = |i| HostRef::fixed(HostId(i));
+        assert!(new.is_healthy_for(0, fixed(0)), "3 kept its verdict");
+        assert!(new.is_healthy_for(0, fixed(1)), "1 kept its verdict");
+        assert!(!new.is_healthy_for(0, fixed(2)), "4 is unknown");
+        // And the verdicts handed to an upgrade name the slots' hosts.
+        let mut verdicts = old.verdicts(&after);
+        verdicts.sort();
+        let addr = |p: u16| std::net::SocketAddr::from(([127, 0, 0, 1], p));
+        assert_eq!(
+            verdicts,
+            [
+                ("a".to_owned(), addr(1), true),
+                ("a".to_owned(), addr(3), true)
+            ]
+        );
+    }
+
     fn http_head_done(b: &[u8]) -> bool {
         b.windows(4).any(|w| w == b"\r\n\r\n")
     }
