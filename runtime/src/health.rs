@@ -8,7 +8,10 @@
 //!   `health_check`), so a host sees one probe per interval whatever the worker count. Verdicts
 //!   go to [`SharedHealth`]: one word per host (the verdict and the slot epoch of the host it is
 //!   about: see [`SharedHealth::is_healthy_for`]) plus a per-cluster generation counter,
-//!   written only by that task (no lock; readers use relaxed loads).
+//!   written only by that task (no lock; readers use relaxed loads). The task follows host
+//!   sets that change without a new generation — a DNS cluster's answers, a static cluster's
+//!   endpoints updated in place by xDS (see [`crate::dns`]) — probing a new host from its
+//!   arrival (unknown until then) and no longer the removed ones.
 //! - **Outlier detection runs per worker**, on the results of that worker's own requests: no
 //!   cross-thread traffic on the data path. The deviation from Envoy (which aggregates every
 //!   worker's results on its main thread): with `W` workers a failing host is ejected by each

@@ -25,6 +25,9 @@
 //! - **stop** ([`Worker::stop`]): the current generation drains too, without a successor;
 //!   [`Worker::drained`] completes once every generation has ended.
 //!
+//! Not every config change is a generation: an endpoints-only xDS update changes the serving
+//! generation's host sets in place ([`Worker::apply_endpoints`], see [`crate::dns`]).
+//!
 //! What happened is observable: [`WorkerEvent`]s are given, as they happen, to the hook the
 //! driver set ([`WorkerHooks::on_event`]), and [`WorkerStatus`] (a handle that outlives the
 //! worker) lists every generation with when it started and ended and its open connections.

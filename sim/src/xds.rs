@@ -67,7 +67,9 @@
 //! `docs/simulation.md`): without the ADS machine's requests on a new stream, the sidecar never
 //! takes a version pushed after the crash (5 and 6 fail on every seed); a translator that takes
 //! a locality at priority 1 applies the invalid update (2 and 5); a sidecar that ACKs configs
-//! without switching to them sends requests to removed hosts (3); without the keepalive in the
+//! without switching to them sends requests to removed hosts (3), and so does one that takes an
+//! endpoints-only update in place ([`Worker::apply_endpoints`]) without applying it to the
+//! worker's clusters (3, seed 39 of 0..40); without the keepalive in the
 //! xDS cluster the sidecar stays on its silent stream after the repair (5 and 6 fail on every
 //! seed; 1–4 hold).
 //!
