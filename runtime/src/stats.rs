@@ -1896,4 +1896,41 @@ mod tests {
         assert_eq!(total.listeners[0].downstream_cx_active(), 6);
         assert!(WorkerStats::default().listener(0).is_none());
     }
+
+    /// A switch after endpoints were updated in place (issue 13): a host's counters are found
+    /// by its slot (as the worker applied the slots), not by its index in the old config.
+    #[test]
+    fn a_switch_after_endpoints_in_place_carries_host_counters_by_slot() {
+        let yaml = |ports: &[u16]| {
+            let hosts: Vec<String> = ports
+                .iter()
+                .map(|p| format!("{{ address: 127.0.0.1:{p} }}"))
+                .collect();
+            Config::from_yaml(&format!(
+                "listeners: [ {{ name: l, address: 127.0.0.1:1, tcp_proxy: {{ cluster: c }} }} ]\n\
+                 clusters: [ {{ name: c, hosts: [{}] }} ]",
+                hosts.join(", ")
+            ))
+            .unwrap()
+        };
+        let addr = |p: u16| std::net::SocketAddr::from(([127, 0, 0, 1], p));
+        let generation = yaml(&[2, 3]);
+        let old = WorkerStats::new(&generation);
+        bump(&old.host(0, 0).unwrap().rq_total, 5);
+        // 3 replaced by 4 in place: 4 takes id 1, as the worker's view says; 4 serves 7.
+        *old.cluster(0).unwrap().dns.lock().unwrap() =
+            Some(std::sync::Arc::new(crate::dns::DnsView {
+                slots: vec![Some((addr(2), 1)), Some((addr(4), 1))],
+                epochs: vec![0, 1],
+                answers: Vec::new(),
+                failing: Vec::new(),
+            }));
+        bump(&old.host(0, 1).unwrap().rq_total, 7);
+        // The switch, to [4, 2, 5]: 4's and 2's counters follow them.
+        let next = yaml(&[4, 2, 5]);
+        let new = WorkerStats::new(&next);
+        new.carry_over(&old, &generation, &next);
+        let rq = |i| new.host(0, i).unwrap().rq_total.load(Relaxed);
+        assert_eq!((rq(0), rq(1), rq(2)), (7, 5, 0));
+    }
 }
