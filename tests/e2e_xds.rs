@@ -7,7 +7,9 @@
 //! resubscription's `initial_resource_versions`, and the resync after a NACK: a listener whose
 //! switch failed, its port held, comes back once the port is free). And against a management server not written
 //! in this project (`tests/xds_server.py`: Python, grpcio and the `xds-protos` package), run as
-//! a separate process, once per protocol: the first config and an update.
+//! a separate process, once per protocol: the first config and an update. And an EDS update
+//! applied in place: a kept-alive client connection carries on across pushes that add and
+//! remove endpoints.
 
 #[path = "support/ads.rs"]
 mod ads;
@@ -797,4 +799,220 @@ fn a_python_management_server_configures_sluice_over_delta() {
         return;
     }
     against_the_python_server("delta");
+}
+
+/// [`resources`] with the cluster's endpoints on these upstream ports.
+fn resources_to(listen: u32, upstreams: &[u32]) -> BTreeMap<String, Vec<Any>> {
+    let hosts: Vec<(&str, u32, i32)> = upstreams.iter().map(|&p| ("127.0.0.1", p, 0)).collect();
+    let mut r = resources(listen, upstreams[0]);
+    r.insert(
+        ResourceType::Endpoints.type_url().to_owned(),
+        vec![any(&assignment("web", &hosts))],
+    );
+    r
+}
+
+/// One `GET /` on a kept-alive connection: `(status, whether the answer said connection:
+/// close, body)`; `None` when the connection gave no complete answer.
+fn keep_alive_get(s: &mut TcpStream) -> Option<(u16, bool, String)> {
+    s.write_all(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n").ok()?;
+    let mut buf = Vec::new();
+    let mut byte = [0u8; 1];
+    while !buf.ends_with(b"\r\n\r\n") {
+        if s.read(&mut byte).ok()? == 0 {
+            return None;
+        }
+        buf.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&buf).to_ascii_lowercase();
+    let status = head.split_whitespace().nth(1)?.parse().ok()?;
+    let length: usize = head
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length:"))?
+        .trim()
+        .parse()
+        .ok()?;
+    let mut body = vec![0; length];
+    s.read_exact(&mut body).ok()?;
+    let close = head.lines().any(|l| l.trim() == "connection: close");
+    Some((status, close, String::from_utf8_lossy(&body).into_owned()))
+}
+
+/// Issue 13: an EDS update changes the host set in place. One HTTP/1.1 client connection is
+/// kept alive across EDS pushes that add, remove and re-add endpoints: it is never closed nor
+/// answered `connection: close` (a generation switch would recycle it), each push is ACKed
+/// only once every worker uses it (the next request never reaches a removed host and reaches
+/// the new ones), `/clusters` lists the new hosts, and a host that stays keeps its counters.
+/// A push with more hosts than the generation has slots switches generations (the fallback).
+#[test]
+fn an_eds_update_changes_hosts_in_place_without_cutting_client_connections() {
+    if !require_peers(&["nginx"]) {
+        return;
+    }
+    let dir = TempDir::new("xds-eds-in-place");
+    let (up_a, up_b, up_c, listen, admin, ads_port) = (
+        free_port(),
+        free_port(),
+        free_port(),
+        free_port(),
+        free_port(),
+        free_port(),
+    );
+    let _a = start_nginx(&dir, "a", up_a, "a");
+    let _b = start_nginx(&dir, "b", up_b, "b");
+    let _c = start_nginx(&dir, "c", up_c, "c");
+    let (a, b, c) = (u32::from(up_a), u32::from(up_b), u32::from(up_c));
+    let l = u32::from(listen);
+    let server = AdsServer::start(ads_port, Snapshot::default());
+    server.push(resources_to(l, &[a, b]));
+    let config = format!(
+        r#"
+admin: {{ address: 127.0.0.1:{admin} }}
+node: {{ id: sidecar-1, cluster: e2e }}
+xds: {{ cluster: xds_server }}
+listeners: []
+clusters:
+  - name: xds_server
+    hosts: [ {{ address: 127.0.0.1:{ads_port} }} ]
+"#
+    );
+    let sluice = start_sluice(&dir, &config, 2, addr(admin));
+    eventually("the first config serves", &sluice, || {
+        get(addr(listen)).0 == 200
+    });
+    let eds_acked = |version: u64| {
+        server.requests().iter().any(|r| {
+            r.type_url == ResourceType::Endpoints.type_url()
+                && r.version_info == version.to_string()
+                && r.error_detail.is_none()
+        })
+    };
+    // `/clusters`: cluster web's hosts, as (address, rq_total summed over workers).
+    let hosts = || -> Vec<(String, u64)> {
+        let (_, json) = http_request(addr(admin), "GET", "/clusters?format=json");
+        let v: serde_json::Value = serde_json::from_str(&json).expect("json");
+        let web = v["clusters"]
+            .as_array()
+            .and_then(|cs| cs.iter().find(|c| c["name"] == "web"))
+            .cloned()
+            .unwrap_or_default();
+        web["hosts"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|h| {
+                (
+                    h["address"].as_str().unwrap_or("").to_owned(),
+                    h["rq_total"].as_u64().unwrap_or(0),
+                )
+            })
+            .collect()
+    };
+    let host = |port: u32| format!("127.0.0.1:{port}");
+
+    let mut client = TcpStream::connect(addr(listen)).expect("connect");
+    client
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    // 20 requests on the one connection: each a 200 from one of `allowed`, never with
+    // `connection: close`; the bodies seen.
+    let mut requests = |phase: &str, allowed: &[&str]| -> Vec<String> {
+        let mut seen = Vec::new();
+        for i in 0..20 {
+            let answer = keep_alive_get(&mut client);
+            let Some((status, close, body)) = answer else {
+                panic!(
+                    "{phase}: request {i}: the client connection was closed\n{}",
+                    sluice.log_text()
+                );
+            };
+            assert_eq!(status, 200, "{phase}: request {i}: {body}");
+            assert!(
+                !close,
+                "{phase}: request {i}: answered `connection: close` (the connection is recycled)"
+            );
+            assert!(
+                allowed.contains(&body.as_str()),
+                "{phase}: request {i} reached {body:?}, not one of {allowed:?}"
+            );
+            if !seen.contains(&body) {
+                seen.push(body);
+            }
+        }
+        seen.sort();
+        seen
+    };
+    assert_eq!(requests("first", &["a", "b"]), ["a", "b"]);
+    let a_before = hosts()
+        .iter()
+        .find(|(h, _)| *h == host(a))
+        .map(|h| h.1)
+        .expect("host a listed");
+    assert!(a_before >= 1, "{:?}", hosts());
+
+    // b removed, c added: applied in place, ACKed once every worker has it.
+    server.push(resources_to(l, &[a, c]));
+    eventually("the EDS update ACKed", &sluice, || {
+        eds_acked(server.version())
+    });
+    assert_eq!(requests("b replaced by c", &["a", "c"]), ["a", "c"]);
+    let listed = hosts();
+    let mut addresses: Vec<&str> = listed.iter().map(|h| h.0.as_str()).collect();
+    addresses.sort_unstable();
+    let mut expected = [host(a), host(c)];
+    expected.sort();
+    assert_eq!(addresses, expected, "/clusters lists the new hosts");
+    let a_after = listed
+        .iter()
+        .find(|(h, _)| *h == host(a))
+        .map_or(0, |h| h.1);
+    assert!(
+        a_after > a_before,
+        "host a kept its counters and went on counting: {a_before} then {a_after}"
+    );
+
+    // c removed: only a; then b back (into a free slot): a and b, never c.
+    server.push(resources_to(l, &[a]));
+    eventually("the removal ACKed", &sluice, || eds_acked(server.version()));
+    assert_eq!(requests("only a", &["a"]), ["a"]);
+    server.push(resources_to(l, &[a, b]));
+    eventually("the re-addition ACKed", &sluice, || {
+        eds_acked(server.version())
+    });
+    assert_eq!(requests("b back", &["a", "b"]), ["a", "b"]);
+    let log = sluice.log_text();
+    assert_eq!(
+        log.matches("added listeners").count(),
+        1,
+        "no generation switch after the first config:\n{log}"
+    );
+    assert_eq!(
+        log.matches("endpoints updated in place").count(),
+        3,
+        "three updates in place:\n{log}"
+    );
+
+    // Three hosts: more than the generation's two slots, so a generation switch (the
+    // fallback): the kept-alive connection is told to close, a new one reaches all three.
+    server.push(resources_to(l, &[a, b, c]));
+    eventually("the larger update ACKed", &sluice, || {
+        eds_acked(server.version())
+    });
+    let (status, close, _) = keep_alive_get(&mut client).expect("an answer");
+    assert_eq!(
+        (status, close),
+        (200, true),
+        "a switch recycles the connection"
+    );
+    let mut seen = std::collections::BTreeSet::new();
+    for _ in 0..30 {
+        let (status, body) = get(addr(listen));
+        assert_eq!(status, 200, "{body}");
+        seen.insert(body);
+    }
+    assert_eq!(
+        seen.into_iter().collect::<Vec<_>>(),
+        ["a", "b", "c"],
+        "every host of the new generation"
+    );
 }

@@ -36,7 +36,7 @@ use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::time::{Duration, Instant};
 
 use serde_json::{Map, Value, json};
-use sluice_core::config::{AdminListen, Config, ListenerFilter};
+use sluice_core::config::{AdminListen, ClusterKind, Config, ListenerFilter};
 use sluice_core::http1::write_local_response;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::watch;
@@ -2065,10 +2065,11 @@ fn dns_view(shared: &AdminShared, ci: usize) -> Option<Arc<crate::dns::DnsView>>
 }
 
 /// Cluster `ci`'s hosts as `(id, address, weight)`: the configured ones, or a DNS cluster's
-/// resolved ones (its filled slots, by id).
+/// resolved ones, or a static cluster's once its endpoints were updated in place (its filled
+/// slots, by id, as a worker applied them).
 fn host_addresses(shared: &AdminShared, ci: usize) -> Vec<(usize, SocketAddr, u32)> {
     let cc = &shared.config.clusters[ci];
-    if cc.dns.is_none() {
+    if cc.dns.is_none() && (cc.kind != ClusterKind::Static || dns_view(shared, ci).is_none()) {
         return cc
             .hosts
             .iter()

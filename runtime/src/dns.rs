@@ -31,6 +31,16 @@
 //! logged at most once a minute per name, and the next try comes after a jittered backoff:
 //! 1 s doubling per failure, at most `dns_refresh_rate`, each wait drawn from its upper half).
 //!
+//! **Endpoints updated in place** (issue 13): a `static` cluster whose hosts alone change in an
+//! xDS update (EDS; [`sluice_core::config::diff::only_endpoints_differ`]) gets the same
+//! treatment: [`SharedDns::merge_endpoints`] merges the new host list into the cluster's slots
+//! (first the generation's configured hosts, id = index; a host that stays keeps its id, a new
+//! one takes a free slot, no slot left: the update needs a generation switch), the server
+//! publishes the view ([`SharedDns::publish_endpoints`], which the active health checks follow)
+//! and every worker applies it ([`Engine::apply_endpoints`]) before the update is acknowledged. The
+//! view exists from the first such update of the generation on (none before: the configured
+//! hosts are the slots).
+//!
 //! Reload: a cluster with the same name, type and DNS settings keeps its answers (its hosts,
 //! ids and counters) across a reload and goes on refreshing; a changed one starts over.
 
@@ -87,6 +97,9 @@ struct DnsCluster {
 #[derive(Debug, Default)]
 pub struct SharedDns {
     clusters: Vec<Option<DnsCluster>>,
+    /// Per cluster: a `static` cluster's slots once an endpoints-only update changed them in
+    /// place (see the module doc), or once the health checks follow them; empty until then.
+    endpoints: Box<[std::sync::OnceLock<watch::Sender<Arc<DnsView>>>]>,
 }
 
 impl SharedDns {
@@ -112,7 +125,98 @@ impl SharedDns {
                     })
                 })
                 .collect(),
+            endpoints: config
+                .clusters
+                .iter()
+                .map(|_| std::sync::OnceLock::new())
+                .collect(),
         }
+    }
+
+    /// The channel of static cluster `ci`'s slots, made from `cluster` (the generation's
+    /// config of it: id = index) the first time.
+    fn endpoints_channel(
+        &self,
+        ci: usize,
+        cluster: &sluice_core::config::ClusterConfig,
+    ) -> Option<&watch::Sender<Arc<DnsView>>> {
+        if cluster.kind != ClusterKind::Static {
+            return None;
+        }
+        Some(self.endpoints.get(ci)?.get_or_init(|| {
+            watch::Sender::new(Arc::new(DnsView {
+                slots: cluster
+                    .hosts
+                    .iter()
+                    .map(|h| Some((h.address, h.weight)))
+                    .collect(),
+                epochs: vec![0; cluster.hosts.len()],
+                answers: Vec::new(),
+                failing: Vec::new(),
+            }))
+        }))
+    }
+
+    /// Cluster `ci`'s slots from now on: a DNS cluster's, or a static cluster's (whose slots
+    /// endpoints-only updates change; `cluster` is the generation's config of it).
+    #[must_use]
+    pub fn subscribe_hosts(
+        &self,
+        ci: usize,
+        cluster: &sluice_core::config::ClusterConfig,
+    ) -> Option<watch::Receiver<Arc<DnsView>>> {
+        self.subscribe(ci)
+            .or_else(|| Some(self.endpoints_channel(ci, cluster)?.subscribe()))
+    }
+
+    /// Static cluster `ci`'s slots with `hosts` (its new host list) merged in: a host that
+    /// stays keeps its id (and epoch), a removed one frees its slot, a new one takes a free
+    /// slot (epoch bumped). `cluster` is the generation's config of it (the slots, before any
+    /// update). `None` when a new host found no free slot (the slots are as many as the
+    /// generation's config had hosts): the update needs a generation switch. Publishes
+    /// nothing ([`SharedDns::publish_endpoints`]).
+    #[must_use]
+    pub fn merge_endpoints(
+        &self,
+        ci: usize,
+        cluster: &sluice_core::config::ClusterConfig,
+        hosts: &[sluice_core::config::HostConfig],
+    ) -> Option<(Arc<DnsView>, sluice_core::host::Merged)> {
+        let current = self.endpoints_channel(ci, cluster)?.borrow().clone();
+        let answer: Vec<(SocketAddr, u32)> = hosts.iter().map(|h| (h.address, h.weight)).collect();
+        let merged = merge_answer(&current.slots, &answer);
+        if merged.dropped > 0 {
+            return None;
+        }
+        let mut epochs = current.epochs.clone();
+        advance_epochs(&current.slots, &merged.slots, &mut epochs);
+        let view = DnsView {
+            slots: merged.slots.clone(),
+            epochs,
+            answers: Vec::new(),
+            failing: Vec::new(),
+        };
+        Some((Arc::new(view), merged))
+    }
+
+    /// Publishes static cluster `ci`'s new slots (from [`SharedDns::merge_endpoints`]): the
+    /// active health checks follow them; each worker applies them itself.
+    pub fn publish_endpoints(
+        &self,
+        ci: usize,
+        cluster: &sluice_core::config::ClusterConfig,
+        view: Arc<DnsView>,
+    ) {
+        if let Some(c) = self.endpoints_channel(ci, cluster) {
+            c.send_replace(view);
+        }
+    }
+
+    /// Static cluster `ci`'s slots, if an endpoints-only update (or the health checks) made
+    /// them a view.
+    #[must_use]
+    pub fn endpoints_view(&self, ci: usize) -> Option<Arc<DnsView>> {
+        Some(self.endpoints.get(ci)?.get()?.borrow().clone())
     }
 
     /// Takes over the answers of `old`'s clusters that `self` has unchanged (same name, type
@@ -189,6 +293,78 @@ impl SharedDns {
         });
         failing
     }
+}
+
+/// An endpoints-only update merged into a generation's slots ([`merge_endpoints_update`]),
+/// ready for every worker to apply ([`Engine::apply_endpoints`]).
+#[derive(Clone, Debug)]
+pub struct EndpointsUpdate {
+    /// Per changed cluster (index): its slots now.
+    pub clusters: Vec<(usize, Arc<DnsView>)>,
+    /// Hosts that took an id.
+    pub added: usize,
+    /// Hosts whose id was freed.
+    pub removed: usize,
+}
+
+impl EndpointsUpdate {
+    /// A line for the log: which clusters, how many hosts added and removed.
+    #[must_use]
+    pub fn summary(&self, next: &Config) -> String {
+        let names: Vec<&str> = self
+            .clusters
+            .iter()
+            .map(|(ci, _)| next.clusters[*ci].name.as_str())
+            .collect();
+        format!(
+            "endpoints updated in place (no generation switch) in cluster{} [{}]: {} host{} \
+             added, {} removed",
+            if names.len() == 1 { "" } else { "s" },
+            names.join(", "),
+            self.added,
+            if self.added == 1 { "" } else { "s" },
+            self.removed,
+        )
+    }
+}
+
+/// Merges the hosts of clusters `changed` of `next` (an endpoints-only update of `current`,
+/// the serving config: [`sluice_core::config::diff::only_endpoints_differ`]) into the slots of
+/// the generation `shared` belongs to, and publishes them (the active health checks follow);
+/// each worker then applies them ([`Engine::apply_endpoints`]). All or nothing: `None`, with
+/// nothing published, when a new host of some cluster finds no free slot (the update needs a
+/// generation switch).
+#[must_use]
+pub fn merge_endpoints_update(
+    shared: &crate::health::SharedHealth,
+    current: &Config,
+    next: &Config,
+    changed: &[usize],
+) -> Option<EndpointsUpdate> {
+    // The slots start as the generation's hosts (id = index): until a cluster's first update
+    // in place, the serving config's hosts are those (a switch makes new slots); after it, the
+    // merge starts from the published slots.
+    let mut update = EndpointsUpdate {
+        clusters: Vec::with_capacity(changed.len()),
+        added: 0,
+        removed: 0,
+    };
+    for &ci in changed {
+        let (view, merged) = shared.dns.merge_endpoints(
+            ci,
+            current.clusters.get(ci)?,
+            &next.clusters.get(ci)?.hosts,
+        )?;
+        update.added += merged.added;
+        update.removed += merged.removed;
+        update.clusters.push((ci, view));
+    }
+    for (ci, view) in &update.clusters {
+        shared
+            .dns
+            .publish_endpoints(*ci, &current.clusters[*ci], view.clone());
+    }
+    Some(update)
 }
 
 /// What one resolution of a name means for its hosts.
@@ -363,8 +539,9 @@ impl<N: Network> Engine<N> {
         }
     }
 
-    /// Applies a view of cluster `ci` to this worker: hosts in place, stale pooled connections
-    /// closed, availability recomputed.
+    /// Applies a view of cluster `ci` (a DNS cluster's, or a static cluster's after an
+    /// endpoints-only update) to this worker: hosts in place, stale pooled connections closed,
+    /// availability recomputed.
     /// Returns whether any host changed.
     pub(crate) fn apply_dns(&self, ci: usize, view: &Arc<DnsView>) -> bool {
         if let Some(c) = self.stats.cluster(ci) {
@@ -381,7 +558,9 @@ impl<N: Network> Engine<N> {
         if changed.is_empty() {
             return false;
         }
-        let strict = self.config.clusters[ci].kind == ClusterKind::StrictDns;
+        // A strict_dns or static (endpoints updated in place) cluster's id names another
+        // address now; a logical_dns host keeps its connections (see the module doc).
+        let strict = self.config.clusters[ci].kind != ClusterKind::LogicalDns;
         let now = crate::now();
         for id in &changed {
             if strict {
@@ -393,6 +572,15 @@ impl<N: Network> Engine<N> {
         }
         self.health_changed(ci, &refs);
         true
+    }
+
+    /// Applies an endpoints-only update (see the module doc) to this worker's clusters.
+    pub fn apply_endpoints(self: &Rc<Self>, update: &EndpointsUpdate) {
+        for (ci, view) in &update.clusters {
+            if self.apply_dns(*ci, view) {
+                self.bolt_hosts_changed(*ci);
+            }
+        }
     }
 
     /// The ids of cluster `ci` whose host changed (with their new epochs): their outlier

@@ -8,7 +8,10 @@
 //!   `health_check`), so a host sees one probe per interval whatever the worker count. Verdicts
 //!   go to [`SharedHealth`]: one word per host (the verdict and the slot epoch of the host it is
 //!   about: see [`SharedHealth::is_healthy_for`]) plus a per-cluster generation counter,
-//!   written only by that task (no lock; readers use relaxed loads).
+//!   written only by that task (no lock; readers use relaxed loads). The task follows host
+//!   sets that change without a new generation — a DNS cluster's answers, a static cluster's
+//!   endpoints updated in place by xDS (see [`crate::dns`]) — probing a new host from its
+//!   arrival (unknown until then) and no longer the removed ones.
 //! - **Outlier detection runs per worker**, on the results of that worker's own requests: no
 //!   cross-thread traffic on the data path. The deviation from Envoy (which aggregates every
 //!   worker's results on its main thread): with `W` workers a failing host is ejected by each
@@ -141,13 +144,26 @@ impl SharedHealth {
                     mine.store(theirs.load(Relaxed), Relaxed);
                 }
             }
+            // A static cluster whose endpoints were updated in place: its hosts are slots,
+            // and a verdict counts only for the slot's host of its epoch.
+            let slots = old.dns.endpoints_view(oi);
             for (hi, h) in c.hosts.iter().enumerate() {
-                if let Some(ohi) = old_config.clusters[oi]
-                    .hosts
-                    .iter()
-                    .position(|o| o.address == h.address)
-                {
-                    let verdict = old.clusters[oi].healthy[ohi].load(Relaxed);
+                let verdict = match &slots {
+                    Some(view) => view
+                        .slots
+                        .iter()
+                        .position(|s| s.is_some_and(|(a, _)| a == h.address))
+                        .map(|ohi| {
+                            let word = old.clusters[oi].healthy[ohi].load(Relaxed);
+                            verdict_word(0, word == verdict_word(view.epochs[ohi], true))
+                        }),
+                    None => old_config.clusters[oi]
+                        .hosts
+                        .iter()
+                        .position(|o| o.address == h.address)
+                        .map(|ohi| old.clusters[oi].healthy[ohi].load(Relaxed)),
+                };
+                if let Some(verdict) = verdict {
                     self.clusters[ci].healthy[hi].store(verdict, Relaxed);
                 }
             }
@@ -182,6 +198,20 @@ impl SharedHealth {
         let mut out = Vec::new();
         for (ci, c) in config.clusters.iter().enumerate() {
             if !self.clusters[ci].checked {
+                continue;
+            }
+            if let Some(view) = self.dns.endpoints_view(ci) {
+                // Endpoints updated in place: the slots' hosts, each with its own verdict.
+                for (hi, slot) in view.slots.iter().enumerate() {
+                    if let Some((address, _)) = slot {
+                        let word = self.clusters[ci].healthy[hi].load(Relaxed);
+                        out.push((
+                            c.name.clone(),
+                            *address,
+                            word == verdict_word(view.epochs[hi], true),
+                        ));
+                    }
+                }
                 continue;
             }
             for (hi, h) in c.hosts.iter().enumerate() {
@@ -321,6 +351,11 @@ impl WorkerHealth {
     /// arriving are dropped) and availability is recomputed before the next pick.
     pub(crate) fn hosts_replaced(&mut self, ids: &[HostRef], live_hosts: usize) {
         self.dirty = true;
+        // A static cluster whose endpoints were updated in place may have free slots now:
+        // only present hosts count toward the panic threshold from here on.
+        if self.present.is_none() && !ids.is_empty() {
+            self.present = Some(vec![true; self.healthy.len()]);
+        }
         if let Some(o) = self.outlier.as_mut() {
             for &id in ids {
                 o.replace_host(id);
@@ -495,7 +530,8 @@ impl<N: Network> Engine<N> {
         let mut checker = ActiveHealthChecker::new(now(), hosts, hc.settings, rng);
         // A DNS cluster's hosts are its slots' addresses, followed here (a free slot is not
         // probed: it "passes" at once, and is never available anyway).
-        let mut dns = self.shared_health.dns.subscribe(ci);
+        // So are a static cluster's once endpoints-only updates (EDS) change them in place.
+        let mut dns = self.shared_health.dns.subscribe_hosts(ci, cluster);
         let (mut slots, mut epochs): (Vec<Option<std::net::SocketAddr>>, Vec<u32>) = match &dns {
             Some(rx) => {
                 let view = rx.borrow();
@@ -1056,6 +1092,62 @@ clusters:
         // does not make the slot's next host healthy either.
         shared.set_healthy(0, 0, 1, true);
         assert!(!shared.is_healthy_for(0, slot(2)));
+    }
+
+    /// A switch after endpoints were updated in place (issue 13) carries each verdict over to
+    /// the same host, found by its slot (not its index in the serving config, which EDS orders
+    /// its own way), and only a verdict about the slot's current host.
+    #[test]
+    fn a_switch_after_endpoints_in_place_carries_verdicts_by_slot() {
+        let yaml = |ports: &[u16]| {
+            let hosts: Vec<String> = ports
+                .iter()
+                .map(|p| format!("{{ address: 127.0.0.1:{p} }}"))
+                .collect();
+            Config::from_yaml(&format!(
+                "listeners:\n  - {{ name: t, address: 127.0.0.1:1, tcp_proxy: {{ cluster: a }} }}\n\
+                 clusters:\n  - {{ name: a, health_check: {{ tcp: {{}} }}, hosts: [{}] }}\n",
+                hosts.join(", ")
+            ))
+            .unwrap()
+        };
+        let before = yaml(&[1, 2]);
+        let old = SharedHealth::new(&before);
+        old.set_healthy(0, 0, 0, true);
+        old.set_healthy(0, 1, 0, true);
+        // 2 replaced by 3 in place (3 takes id 1, epoch 1), then 3's probe passes; the serving
+        // config lists 3 first.
+        let after = yaml(&[3, 1]);
+        let changed = sluice_core::config::diff::only_endpoints_differ(&before, &after).unwrap();
+        let update = crate::dns::merge_endpoints_update(&old, &before, &after, &changed).unwrap();
+        assert_eq!(update.clusters[0].1.epochs, [0, 1]);
+        assert!(!old.is_healthy_for(
+            0,
+            HostRef {
+                id: HostId(1),
+                epoch: 1
+            }
+        ));
+        old.set_healthy(0, 1, 1, true);
+        // A switch to [3, 1, 4] (a host more than the ids): each keeps its verdict, 4 unknown.
+        let next = yaml(&[3, 1, 4]);
+        let new = SharedHealth::new(&next);
+        new.inherit(&old, &after, &next);
+        let fixed = |i| HostRef::fixed(HostId(i));
+        assert!(new.is_healthy_for(0, fixed(0)), "3 kept its verdict");
+        assert!(new.is_healthy_for(0, fixed(1)), "1 kept its verdict");
+        assert!(!new.is_healthy_for(0, fixed(2)), "4 is unknown");
+        // And the verdicts handed to an upgrade name the slots' hosts.
+        let mut verdicts = old.verdicts(&after);
+        verdicts.sort();
+        let addr = |p: u16| std::net::SocketAddr::from(([127, 0, 0, 1], p));
+        assert_eq!(
+            verdicts,
+            [
+                ("a".to_owned(), addr(1), true),
+                ("a".to_owned(), addr(3), true)
+            ]
+        );
     }
 
     fn http_head_done(b: &[u8]) -> bool {

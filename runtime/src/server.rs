@@ -601,6 +601,19 @@ pub fn run(config: Config, options: ServerOptions) -> io::Result<()> {
                                       connections untouched)"
                                 .to_owned(),
                         })
+                    } else if let Some(changed) =
+                        sluice_core::config::diff::only_endpoints_differ(&config, &next)
+                        && let Some(applied) =
+                            apply_endpoints(&config, &next, &changed, &commands, &shared_health)
+                    {
+                        // EDS: host sets changed in place on every worker (no generation
+                        // switch, no connection cut); ACKed once every worker applied them.
+                        applied.map(|summary| Reloaded {
+                            config: next,
+                            stats: all_stats.clone(),
+                            shared_health: shared_health.clone(),
+                            summary,
+                        })
                     } else {
                         switch_to(next, &config, workers, &commands, &all_stats, &shared_health, &handover)
                     }
@@ -744,6 +757,48 @@ fn reload(
         shared_health,
         handover,
     )
+}
+
+/// Applies an endpoints-only update in place: the new hosts of clusters `changed` of `next`
+/// (the others and everything else as serving) are merged into the generation's host slots
+/// (a host that stays keeps its id, health verdict, outlier state and counters: see
+/// [`crate::dns`]), published, and put into every worker's clusters; removed hosts' idle
+/// pooled connections close, requests in flight to them finish. `None` when a new host finds no
+/// free slot (more hosts than the generation started with): nothing was changed, the caller
+/// switches generations instead. `Some(Err)`: a worker did not answer (the slots were
+/// published; the workers that answered serve the new hosts).
+fn apply_endpoints(
+    current: &Config,
+    next: &Config,
+    changed: &[usize],
+    commands: &[tokio::sync::mpsc::UnboundedSender<WorkerCommand>],
+    shared_health: &Arc<crate::health::SharedHealth>,
+) -> Option<Result<String, String>> {
+    let update = Arc::new(crate::dns::merge_endpoints_update(
+        shared_health,
+        current,
+        next,
+        changed,
+    )?);
+    let mut answers = Vec::with_capacity(commands.len());
+    for command in commands {
+        let (done, answer) = std::sync::mpsc::channel();
+        if command
+            .send(WorkerCommand::Endpoints(update.clone(), done))
+            .is_err()
+        {
+            return Some(Err("a worker is gone".into()));
+        }
+        answers.push(answer);
+    }
+    for (worker, answer) in answers.into_iter().enumerate() {
+        match answer.recv_timeout(std::time::Duration::from_secs(30)) {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return Some(Err(format!("worker {worker}: {e}"))),
+            Err(_) => return Some(Err(format!("worker {worker} did not apply the endpoints"))),
+        }
+    }
+    Some(Ok(update.summary(next)))
 }
 
 /// Switches every worker to `next` (from the file or from xDS) when its new listeners can

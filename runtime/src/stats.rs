@@ -1575,11 +1575,10 @@ impl WorkerStats {
                 continue;
             };
             for (h, hc) in cs.hosts.iter().zip(&cc.hosts) {
-                let oh = old_config.clusters[oi]
-                    .hosts
-                    .iter()
-                    .position(|o| o.address == hc.address)
-                    .and_then(|ohi| old.clusters.get(oi)?.hosts.get(ohi));
+                let oh = old.clusters.get(oi).and_then(|o| {
+                    o.hosts
+                        .get(old_host_index(o, &old_config.clusters[oi], hc.address)?)
+                });
                 if let Some(oh) = oh {
                     h.healthy.store(oh.healthy.load(Relaxed), Relaxed);
                 }
@@ -1647,7 +1646,6 @@ impl WorkerStats {
             cs.transfer_counters(o, z);
             cs.upstream_rq_time
                 .transfer(&o.upstream_rq_time, &z.upstream_rq_time);
-            let old_hosts = &old_config.clusters[oi].hosts;
             // A DNS cluster whose names did not change keeps its slots across the reload (the
             // answers carry over): its hosts' counters go with the slot.
             if cc.dns.is_some() && old_config.clusters[oi].dns == cc.dns {
@@ -1657,7 +1655,7 @@ impl WorkerStats {
                 continue;
             }
             for (h, hc) in cs.hosts.iter().zip(&cc.hosts) {
-                let Some(ohi) = old_hosts.iter().position(|o| o.address == hc.address) else {
+                let Some(ohi) = old_host_index(o, &old_config.clusters[oi], hc.address) else {
                     continue;
                 };
                 let (Some(oh), Some(zh)) = (o.hosts.get(ohi), z.hosts.get(ohi)) else {
@@ -1830,6 +1828,29 @@ impl DetailedSnapshot {
     }
 }
 
+/// Which host id of a cluster's counters `o` (of a worker whose config of the cluster is
+/// `old`) held `address`: its index in the config, or, once the worker applied a view of the
+/// cluster's slots (a static cluster whose endpoints were updated in place), its slot.
+fn old_host_index(
+    o: &ClusterStats,
+    old: &sluice_core::config::ClusterConfig,
+    address: std::net::SocketAddr,
+) -> Option<usize> {
+    if old.dns.is_none()
+        && let Some(view) = o
+            .dns
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .as_ref()
+    {
+        return view
+            .slots
+            .iter()
+            .position(|s| s.is_some_and(|(a, _)| a == address));
+    }
+    old.hosts.iter().position(|h| h.address == address)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1874,5 +1895,42 @@ mod tests {
         assert_eq!(total.listeners[0].downstream_cx_total, 7);
         assert_eq!(total.listeners[0].downstream_cx_active(), 6);
         assert!(WorkerStats::default().listener(0).is_none());
+    }
+
+    /// A switch after endpoints were updated in place (issue 13): a host's counters are found
+    /// by its slot (as the worker applied the slots), not by its index in the old config.
+    #[test]
+    fn a_switch_after_endpoints_in_place_carries_host_counters_by_slot() {
+        let yaml = |ports: &[u16]| {
+            let hosts: Vec<String> = ports
+                .iter()
+                .map(|p| format!("{{ address: 127.0.0.1:{p} }}"))
+                .collect();
+            Config::from_yaml(&format!(
+                "listeners: [ {{ name: l, address: 127.0.0.1:1, tcp_proxy: {{ cluster: c }} }} ]\n\
+                 clusters: [ {{ name: c, hosts: [{}] }} ]",
+                hosts.join(", ")
+            ))
+            .unwrap()
+        };
+        let addr = |p: u16| std::net::SocketAddr::from(([127, 0, 0, 1], p));
+        let generation = yaml(&[2, 3]);
+        let old = WorkerStats::new(&generation);
+        bump(&old.host(0, 0).unwrap().rq_total, 5);
+        // 3 replaced by 4 in place: 4 takes id 1, as the worker's view says; 4 serves 7.
+        *old.cluster(0).unwrap().dns.lock().unwrap() =
+            Some(std::sync::Arc::new(crate::dns::DnsView {
+                slots: vec![Some((addr(2), 1)), Some((addr(4), 1))],
+                epochs: vec![0, 1],
+                answers: Vec::new(),
+                failing: Vec::new(),
+            }));
+        bump(&old.host(0, 1).unwrap().rq_total, 7);
+        // The switch, to [4, 2, 5]: 4's and 2's counters follow them.
+        let next = yaml(&[4, 2, 5]);
+        let new = WorkerStats::new(&next);
+        new.carry_over(&old, &generation, &next);
+        let rq = |i| new.host(0, i).unwrap().rq_total.load(Relaxed);
+        assert_eq!((rq(0), rq(1), rq(2)), (7, 5, 0));
     }
 }

@@ -25,6 +25,9 @@
 //! - **stop** ([`Worker::stop`]): the current generation drains too, without a successor;
 //!   [`Worker::drained`] completes once every generation has ended.
 //!
+//! Not every config change is a generation: an endpoints-only xDS update changes the serving
+//! generation's host sets in place ([`Worker::apply_endpoints`], see [`crate::dns`]).
+//!
 //! What happened is observable: [`WorkerEvent`]s are given, as they happen, to the hook the
 //! driver set ([`WorkerHooks::on_event`]), and [`WorkerStatus`] (a handle that outlives the
 //! worker) lists every generation with when it started and ended and its open connections.
@@ -372,6 +375,25 @@ impl<N: Network> Worker<N> {
         self.drain(&previous);
     }
 
+    /// An endpoints-only update of `current` (the serving config) to `next` (clusters
+    /// `changed`: [`sluice_core::config::diff::only_endpoints_differ`]) for a process of this
+    /// one worker: merged into the serving generation's host slots, published and applied in
+    /// place (see [`crate::dns`]); no generation switch. `None` (nothing changed) when a new
+    /// host finds no free slot: switch instead. A process of several workers merges once
+    /// ([`crate::dns::merge_endpoints_update`]) and has each apply it.
+    pub fn apply_endpoints(
+        &self,
+        current: &Config,
+        next: &Config,
+        changed: &[usize],
+    ) -> Option<crate::dns::EndpointsUpdate> {
+        let engine = self.engine();
+        let update =
+            crate::dns::merge_endpoints_update(&engine.shared_health, current, next, changed)?;
+        engine.apply_endpoints(&update);
+        Some(update)
+    }
+
     /// Stops the worker: the serving generation drains too (no successor). Await
     /// [`Worker::drained`] for the end.
     pub fn stop(&mut self) {
@@ -636,6 +658,92 @@ mod tests {
                 events.borrow().last(),
                 Some(&GenerationEnded { generation: 1 })
             );
+        });
+    }
+
+    /// An endpoints-only update applied in place (issue 13): no new generation; the host that
+    /// stays keeps its health verdict at once; the active health checks (worker 0) follow the
+    /// new host set: the new host is probed and becomes healthy, the removed one's slot is no
+    /// longer probed as it; the worker's cluster picks only the new set.
+    #[test]
+    fn endpoints_updated_in_place_are_health_checked_and_keep_the_verdicts_of_hosts_that_stay() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        tokio::task::LocalSet::new().block_on(&rt, async {
+            let (a, port_a) = listener();
+            let (b, port_b) = listener();
+            let (c, port_c) = listener();
+            // The upstreams only accept (TCP probes pass on connect).
+            for l in [a, b, c] {
+                tokio::task::spawn_local(async move {
+                    loop {
+                        let _ = l.accept().await;
+                    }
+                });
+            }
+            let (socket, _) = listener();
+            let yaml = |ports: &[u16]| {
+                let hosts: Vec<String> = ports
+                    .iter()
+                    .map(|p| format!("{{ address: 127.0.0.1:{p} }}"))
+                    .collect();
+                format!(
+                    "listeners:\n  - {{ name: t, address: 127.0.0.1:1, tcp_proxy: {{ cluster: app }} }}\n\
+                     clusters:\n  - name: app\n    hosts: [{}]\n    health_check: {{ tcp: {{}}, interval: 50ms, timeout: 200ms, no_traffic_interval: 50ms, healthy_threshold: 1, unhealthy_threshold: 1 }}\n",
+                    hosts.join(", ")
+                )
+            };
+            let before = Arc::new(Config::from_yaml(&yaml(&[port_a, port_b])).expect("config"));
+            let after = Config::from_yaml(&yaml(&[port_a, port_c])).expect("config");
+            let shared = Arc::new(crate::health::SharedHealth::new(&before));
+            let engine = Engine::new_worker(
+                TokioNet::default(),
+                before.clone(),
+                0,
+                1,
+                1,
+                Arc::new(WorkerStats::new(&before)),
+                shared.clone(),
+                Arc::new(crate::limits::ProcessLimits::new(&before)),
+            )
+            .expect("engine");
+            let worker = Worker::start(engine, vec![socket], WorkerHooks::default());
+            let slot = |id: u32, epoch: u32| sluice_core::cluster::HostRef {
+                id: sluice_core::cluster::HostId(id),
+                epoch,
+            };
+            until("a and b healthy", || {
+                shared.is_healthy_for(0, slot(0, 0)) && shared.is_healthy_for(0, slot(1, 0))
+            })
+            .await;
+
+            let changed = sluice_core::config::diff::only_endpoints_differ(&before, &after)
+                .expect("an endpoints-only update");
+            let update = worker
+                .apply_endpoints(&before, &after, &changed)
+                .expect("room for c: b's id");
+            assert_eq!((update.added, update.removed), (1, 1));
+            assert_eq!(worker.generation(), 0, "no new generation");
+            // a stays (id 0, its verdict kept); c took b's id with a new epoch: unknown until
+            // its own probe passed.
+            assert!(shared.is_healthy_for(0, slot(0, 0)), "a keeps its verdict");
+            assert!(!shared.is_healthy_for(0, slot(1, 1)), "c is not healthy yet");
+            until("c probed and healthy", || shared.is_healthy_for(0, slot(1, 1))).await;
+            // The worker's cluster has a and c, not b.
+            let addresses: Vec<u16> = {
+                let engine = worker.engine();
+                let cluster = engine.clusters[0].borrow();
+                (0..2)
+                    .filter(|&i| cluster.is_present(sluice_core::cluster::HostId(i)))
+                    .map(|i| cluster.host(sluice_core::cluster::HostId(i)).address.port())
+                    .collect()
+            };
+            assert_eq!(addresses, [port_a, port_c]);
+            let mut worker = worker;
+            worker.stop();
+            worker.drained().await;
         });
     }
 

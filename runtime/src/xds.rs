@@ -7,8 +7,9 @@
 //! requests it produces, arms its warming timer, and hands each assembled config to the server
 //! loop ([`Update`]), which applies it through the same switch as a file reload
 //! (`server::switch_to`: new sockets bound first, every worker switched, nothing changed on an
-//! error). The machine ACKs a response only when that switch succeeded, and NACKs it when it
-//! failed.
+//! error) — or, when only cluster hosts changed (EDS), in place on every worker (`server`'s
+//! `apply_endpoints`, see [`crate::dns`]), or, when only SDS secrets did, by a TLS rotation.
+//! The machine ACKs a response only when that succeeded, and NACKs it when it failed.
 //!
 //! Connection states: connecting → streaming → (stream ends or fails, or, delta, the machine
 //! asks for a resync after a NACK: the client ends its requests and lets the server close) →

@@ -67,7 +67,9 @@
 //! `docs/simulation.md`): without the ADS machine's requests on a new stream, the sidecar never
 //! takes a version pushed after the crash (5 and 6 fail on every seed); a translator that takes
 //! a locality at priority 1 applies the invalid update (2 and 5); a sidecar that ACKs configs
-//! without switching to them sends requests to removed hosts (3); without the keepalive in the
+//! without switching to them sends requests to removed hosts (3), and so does one that takes an
+//! endpoints-only update in place ([`Worker::apply_endpoints`]) without applying it to the
+//! worker's clusters (3, seed 39 of 0..40); without the keepalive in the
 //! xDS cluster the sidecar stays on its silent stream after the repair (5 and 6 fail on every
 //! seed; 1–4 hold).
 //!
@@ -684,7 +686,8 @@ fn engine(config: Arc<Config>, seed: u64) -> std::io::Result<Rc<Engine<TurmoilNe
 }
 
 /// The sidecar: the real xDS client as a task, and the server loop's part: each config it
-/// assembles switched to through the [`Worker`], its new listeners bound first.
+/// assembles switched to through the [`Worker`], its new listeners bound first — or, when
+/// only endpoints changed, applied in place ([`Worker::apply_endpoints`]), as the binary does.
 async fn sidecar(seed: u64, world: Shared, trace: Trace) -> turmoil::Result {
     let yaml = bootstrap_yaml(turmoil::lookup(SERVER));
     let config = Config::from_yaml(&yaml).map_err(|e| format!("bootstrap: {e}"))?;
@@ -720,6 +723,21 @@ async fn sidecar(seed: u64, world: Shared, trace: Trace) -> turmoil::Result {
             .find(|c| c.name == "app")
             .map(|c| c.hosts.iter().map(|h| h.address).collect())
             .unwrap_or_default();
+        // Only endpoints changed (and the slots have room): in place, as the binary does.
+        if let Some(changed) = sluice_core::config::diff::only_endpoints_differ(&serving, &config)
+            && let Some(update) = worker.apply_endpoints(&serving, &config, &changed)
+        {
+            let summary = update.summary(&config);
+            serving = config;
+            trace.record(
+                elapsed(),
+                SIDECAR,
+                format_args!("applied {hosts:?} in place"),
+            );
+            world.borrow_mut().applied.push((elapsed(), hosts));
+            let _ = reply.send(Ok(summary));
+            continue;
+        }
         let next = engine(config.clone(), seed ^ generation)?;
         let outcome = worker
             .reload(next, |i| {

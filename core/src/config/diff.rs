@@ -19,6 +19,12 @@
 //! PEM (an SDS secret rotated): then the runtime swaps TLS contexts (a rotation) instead of
 //! switching generations, and no connection is drained.
 //!
+//! [`only_endpoints_differ`] says whether two configs differ only in the `hosts` of some
+//! `static` clusters (an EDS update: endpoints added, removed, re-weighted, or their health
+//! status changed, which the translation turns into a host left out): then the runtime changes
+//! those clusters' host sets in place on every worker (as DNS answers do), and no connection is
+//! drained.
+//!
 //! Everything is given as indices into `previous.listeners` / `next.listeners` (or the
 //! `clusters`), in config order, so the result borrows nothing and iterates deterministically.
 //! Invariant (configs are validated: names and addresses are unique within one config): every
@@ -198,6 +204,92 @@ pub fn only_inline_pem_differs(previous: &Config, next: &Config) -> bool {
     previous != next && blanked(previous) == blanked(next)
 }
 
+/// The clusters (indices, the same in both configs) whose `hosts` differ, when `next` differs
+/// from `previous` only there: same clusters in the same order, every one of them `static`
+/// (where a host list comes from the config, or from EDS) where hosts differ, everything else
+/// equal. `None` when anything else differs, or nothing does.
+#[must_use]
+pub fn only_endpoints_differ(previous: &Config, next: &Config) -> Option<Vec<usize>> {
+    // Every field named (no `..`): a field added to `Config` must be considered here.
+    let Config {
+        admin,
+        listeners,
+        clusters,
+        drain_timeout,
+        limits,
+        upstream_mark,
+        tls_file_check_interval,
+        tracing,
+        node,
+        xds,
+    } = previous;
+    let rest_equal = *admin == next.admin
+        && *listeners == next.listeners
+        && *drain_timeout == next.drain_timeout
+        && *limits == next.limits
+        && *upstream_mark == next.upstream_mark
+        && *tls_file_check_interval == next.tls_file_check_interval
+        && *tracing == next.tracing
+        && *node == next.node
+        && *xds == next.xds;
+    if !rest_equal || clusters.len() != next.clusters.len() {
+        return None;
+    }
+    let mut changed = Vec::new();
+    for (i, (p, n)) in clusters.iter().zip(&next.clusters).enumerate() {
+        if p.hosts == n.hosts {
+            if p != n {
+                return None;
+            }
+            continue;
+        }
+        if p.kind != super::ClusterKind::Static || !same_but_hosts(p, n) {
+            return None;
+        }
+        changed.push(i);
+    }
+    (!changed.is_empty()).then_some(changed)
+}
+
+/// Whether two clusters are equal but for their `hosts`.
+fn same_but_hosts(p: &super::ClusterConfig, n: &super::ClusterConfig) -> bool {
+    let super::ClusterConfig {
+        name,
+        connect_timeout,
+        upstream_idle_timeout,
+        lb_policy,
+        hash_policy,
+        minimum_ring_size,
+        health_check,
+        outlier_detection,
+        circuit_breakers,
+        panic_threshold_percent,
+        kind,
+        hosts: _,
+        dns,
+        use_http_header,
+        tls,
+        protocol,
+        http2_keepalive,
+    } = p;
+    *name == n.name
+        && *connect_timeout == n.connect_timeout
+        && *upstream_idle_timeout == n.upstream_idle_timeout
+        && *lb_policy == n.lb_policy
+        && *hash_policy == n.hash_policy
+        && *minimum_ring_size == n.minimum_ring_size
+        && *health_check == n.health_check
+        && *outlier_detection == n.outlier_detection
+        && *circuit_breakers == n.circuit_breakers
+        && *panic_threshold_percent == n.panic_threshold_percent
+        && *kind == n.kind
+        && *dns == n.dns
+        && *use_http_header == n.use_http_header
+        && *tls == n.tls
+        && *protocol == n.protocol
+        && *http2_keepalive == n.http2_keepalive
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -236,6 +328,61 @@ mod tests {
         assert!(!only_inline_pem_differs(&a, &a.clone()));
         assert!(!only_inline_pem_differs(&a, &yaml("BBBB", "web2", 8443)));
         assert!(!only_inline_pem_differs(&a, &yaml("BBBB", "web", 8444)));
+    }
+
+    /// Hosts added, removed or re-weighted in `static` clusters are an endpoints-only change
+    /// (issue 13: applied in place); any other difference, or none, is not.
+    #[test]
+    fn a_config_differing_only_in_static_hosts_is_an_endpoints_update() {
+        let yaml = |hosts_a: &str, hosts_b: &str, extra: &str| {
+            Config::from_yaml(&format!(
+                "listeners:\n  - {{ name: t, address: 127.0.0.1:8000, tcp_proxy: {{ cluster: a }} }}\n\
+                 clusters:\n  - {{ name: a, hosts: [{hosts_a}] }}\n  - {{ name: b, hosts: [{hosts_b}]{extra} }}\n"
+            ))
+            .unwrap()
+        };
+        let h = |ports: &[u16]| {
+            ports
+                .iter()
+                .map(|p| format!("{{ address: 127.0.0.1:{p} }}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let base = yaml(&h(&[1, 2]), &h(&[3]), "");
+        assert_eq!(only_endpoints_differ(&base, &base.clone()), None, "equal");
+        // Added, removed, replaced hosts; one cluster or both.
+        assert_eq!(
+            only_endpoints_differ(&base, &yaml(&h(&[1, 2, 4]), &h(&[3]), "")),
+            Some(vec![0])
+        );
+        assert_eq!(
+            only_endpoints_differ(&base, &yaml(&h(&[2]), &h(&[5]), "")),
+            Some(vec![0, 1])
+        );
+        // A weight.
+        let weighted = yaml(&h(&[1, 2]), "{ address: 127.0.0.1:3, weight: 7 }", "");
+        assert_eq!(only_endpoints_differ(&base, &weighted), Some(vec![1]));
+        // Hosts and a cluster setting: a full switch.
+        assert_eq!(
+            only_endpoints_differ(&base, &yaml(&h(&[1]), &h(&[3]), ", connect_timeout: 3s")),
+            None
+        );
+        assert_eq!(
+            only_endpoints_differ(&base, &yaml(&h(&[1, 2]), &h(&[3]), ", connect_timeout: 3s")),
+            None
+        );
+        // Hosts and a listener.
+        let mut moved = yaml(&h(&[1]), &h(&[3]), "");
+        moved.listeners[0].address = "127.0.0.1:8001".parse().unwrap();
+        assert_eq!(only_endpoints_differ(&base, &moved), None);
+        // A cluster added or removed.
+        let mut fewer = yaml(&h(&[1]), &h(&[3]), "");
+        fewer.clusters.pop();
+        assert_eq!(only_endpoints_differ(&base, &fewer), None);
+        // A drain timeout.
+        let mut slower = yaml(&h(&[1]), &h(&[3]), "");
+        slower.drain_timeout *= 2;
+        assert_eq!(only_endpoints_differ(&base, &slower), None);
     }
 
     #[test]

@@ -22,6 +22,12 @@ pub(super) enum WorkerCommand {
     Reload(Box<Generation>),
     /// Serve a connection the previous instance migrated (upgrade).
     Adopt(crate::control::Migrated),
+    /// Put new host sets into the serving generation's clusters, in place (an endpoints-only
+    /// xDS update), then answer.
+    Endpoints(
+        Arc<crate::dns::EndpointsUpdate>,
+        std::sync::mpsc::Sender<Result<(), String>>,
+    ),
 }
 
 /// One config generation for one worker.
@@ -143,6 +149,10 @@ pub(super) async fn worker_main(start: WorkerStart) -> io::Result<()> {
                 break;
             }
             Some(WorkerCommand::Adopt(m)) => adopt(&worker, index, m),
+            Some(WorkerCommand::Endpoints(update, done)) => {
+                worker.engine().apply_endpoints(&update);
+                let _ = done.send(Ok(()));
+            }
             Some(WorkerCommand::Reload(g)) => {
                 let Generation {
                     config,
