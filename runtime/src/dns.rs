@@ -299,6 +299,11 @@ impl SharedDns {
 /// ready for every worker to apply ([`Engine::apply_endpoints`]).
 #[derive(Clone, Debug)]
 pub struct EndpointsUpdate {
+    /// Which generation the slots were merged for (the address of its `SharedHealth`): a worker
+    /// that serves another one (a switch that timed out on the main thread and finished later
+    /// on the worker) refuses the update instead of putting one generation's slots into
+    /// another's clusters.
+    pub generation: usize,
     /// Per changed cluster (index): its slots now.
     pub clusters: Vec<(usize, Arc<DnsView>)>,
     /// Hosts that took an id.
@@ -345,6 +350,7 @@ pub fn merge_endpoints_update(
     // in place, the serving config's hosts are those (a switch makes new slots); after it, the
     // merge starts from the published slots.
     let mut update = EndpointsUpdate {
+        generation: std::ptr::from_ref(shared) as usize,
         clusters: Vec::with_capacity(changed.len()),
         added: 0,
         removed: 0,

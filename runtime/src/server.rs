@@ -534,6 +534,8 @@ pub fn run(config: Config, options: ServerOptions) -> io::Result<()> {
         let mut quit = shared.quit.subscribe();
         let mut closed = shared.close_listeners.subscribe();
         let mut listeners_closed = false;
+        // An in-place endpoints update failed part-way: the next xDS update switches.
+        let mut endpoints_unsure = false;
         signal_rt.block_on(async {
             loop {
                 let reload_request = async {
@@ -601,13 +603,18 @@ pub fn run(config: Config, options: ServerOptions) -> io::Result<()> {
                                       connections untouched)"
                                 .to_owned(),
                         })
-                    } else if let Some(changed) =
-                        sluice_core::config::diff::only_endpoints_differ(&config, &next)
+                    } else if !endpoints_unsure
+                        && let Some(changed) =
+                            sluice_core::config::diff::only_endpoints_differ(&config, &next)
                         && let Some(applied) =
                             apply_endpoints(&config, &next, &changed, &commands, &shared_health)
                     {
                         // EDS: host sets changed in place on every worker (no generation
                         // switch, no connection cut); ACKed once every worker applied them.
+                        // One that failed part-way (a worker did not answer) leaves the workers'
+                        // hosts unsure: the next update switches generations, which rebuilds
+                        // every host set from its config.
+                        endpoints_unsure = applied.is_err();
                         applied.map(|summary| Reloaded {
                             config: next,
                             stats: all_stats.clone(),
@@ -615,7 +622,9 @@ pub fn run(config: Config, options: ServerOptions) -> io::Result<()> {
                             summary,
                         })
                     } else {
-                        switch_to(next, &config, workers, &commands, &all_stats, &shared_health, &handover)
+                        let switched = switch_to(next, &config, workers, &commands, &all_stats, &shared_health, &handover);
+                        endpoints_unsure &= switched.is_err();
+                        switched
                     }
                 } else {
                     reload(
@@ -794,8 +803,18 @@ fn apply_endpoints(
     for (worker, answer) in answers.into_iter().enumerate() {
         match answer.recv_timeout(std::time::Duration::from_secs(30)) {
             Ok(Ok(())) => {}
-            Ok(Err(e)) => return Some(Err(format!("worker {worker}: {e}"))),
-            Err(_) => return Some(Err(format!("worker {worker} did not apply the endpoints"))),
+            Ok(Err(e)) => {
+                return Some(Err(format!(
+                    "worker {worker} did not apply the endpoints: {e} (the workers that \
+                     answered serve the new hosts; the next update switches generations)"
+                )));
+            }
+            Err(_) => {
+                return Some(Err(format!(
+                    "worker {worker} did not apply the endpoints within 30 s (the workers that \
+                     answered serve the new hosts; the next update switches generations)"
+                )));
+            }
         }
     }
     Some(Ok(update.summary(next)))

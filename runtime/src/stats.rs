@@ -1591,7 +1591,7 @@ impl WorkerStats {
     #[must_use]
     pub fn frozen(&self, config: &Config) -> WorkerStats {
         let copy = WorkerStats::new(config);
-        copy.transfer(self, &WorkerStats::new(config), config, config);
+        copy.transfer_shaped(self, &WorkerStats::new(config), config, config, true);
         copy
     }
 
@@ -1608,6 +1608,22 @@ impl WorkerStats {
         base: &WorkerStats,
         old_config: &Config,
         config: &Config,
+    ) {
+        self.transfer_shaped(old, base, old_config, config, false);
+    }
+
+    /// [`WorkerStats::transfer`]; with `hosts_by_index`, per-host counters go index to index
+    /// (a same-shaped copy: [`WorkerStats::frozen`]) rather than by address — after endpoints
+    /// updated in place a host's counters live at its slot, which address matching against
+    /// the generation's config would miss (a new host in a freed slot copied as zero, then its
+    /// whole count added again when the generation's drain ended).
+    fn transfer_shaped(
+        &self,
+        old: &WorkerStats,
+        base: &WorkerStats,
+        old_config: &Config,
+        config: &Config,
+        hosts_by_index: bool,
     ) {
         self.transfer_counters(old, base);
         for (h, o, b) in [
@@ -1648,7 +1664,7 @@ impl WorkerStats {
                 .transfer(&o.upstream_rq_time, &z.upstream_rq_time);
             // A DNS cluster whose names did not change keeps its slots across the reload (the
             // answers carry over): its hosts' counters go with the slot.
-            if cc.dns.is_some() && old_config.clusters[oi].dns == cc.dns {
+            if hosts_by_index || (cc.dns.is_some() && old_config.clusters[oi].dns == cc.dns) {
                 for ((h, oh), zh) in cs.hosts.iter().zip(&*o.hosts).zip(&*z.hosts) {
                     h.transfer_counters(oh, zh);
                 }
@@ -1932,5 +1948,13 @@ mod tests {
         new.carry_over(&old, &generation, &next);
         let rq = |i| new.host(0, i).unwrap().rq_total.load(Relaxed);
         assert_eq!((rq(0), rq(1), rq(2)), (7, 5, 0));
+        // The old generation drains: what it counts meanwhile (4: 3 more, 2: 2 more) is added
+        // once it ends, against the copy taken at the switch — by slot, not by the generation
+        // config's addresses (4 is not in it: its 7 were counted twice).
+        let at_switch = old.frozen(&generation);
+        bump(&old.host(0, 1).unwrap().rq_total, 3);
+        bump(&old.host(0, 0).unwrap().rq_total, 2);
+        new.transfer(&old, &at_switch, &generation, &next);
+        assert_eq!((rq(0), rq(1), rq(2)), (10, 7, 0));
     }
 }

@@ -150,8 +150,16 @@ pub(super) async fn worker_main(start: WorkerStart) -> io::Result<()> {
             }
             Some(WorkerCommand::Adopt(m)) => adopt(&worker, index, m),
             Some(WorkerCommand::Endpoints(update, done)) => {
-                worker.engine().apply_endpoints(&update);
-                let _ = done.send(Ok(()));
+                let engine = worker.engine();
+                if std::ptr::from_ref(&*engine.shared_health) as usize == update.generation {
+                    engine.apply_endpoints(&update);
+                    let _ = done.send(Ok(()));
+                } else {
+                    let _ = done.send(Err(
+                        "it serves another generation than the one the endpoints were merged for"
+                            .into(),
+                    ));
+                }
             }
             Some(WorkerCommand::Reload(g)) => {
                 let Generation {
