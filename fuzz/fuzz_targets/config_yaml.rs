@@ -17,8 +17,10 @@ use libfuzzer_sys::fuzz_target;
 use sluice_core::config::yaml::{parse_duration, parse_socket_addr};
 use sluice_core::config::{Config, ConfigErrors, ListenerFilter, format_duration};
 
-const SECTIONS: [&str; 8] = [
+const SECTIONS: [&str; 10] = [
     "admin",
+    "node",
+    "xds",
     "listeners",
     "clusters",
     "drain_timeout",
