@@ -385,7 +385,8 @@ impl<N: Network> Engine<N> {
             .as_ref()
             .is_some_and(|t| t.queue.is_some())
             .then(|| tokio::task::spawn_local(self.clone().run_span_export()));
-        // Closes pooled upstream connections idle past their cluster's upstream_idle_timeout.
+        // Closes pooled upstream connections idle past their cluster's upstream_idle_timeout,
+        // and frees the HTTP buffers a burst left unused.
         let has_http = self.routers.iter().any(Option::is_some);
         let pool_sweeper = has_http.then(|| {
             let engine = self.clone();
@@ -395,6 +396,8 @@ impl<N: Network> Engine<N> {
                     tick.tick().await;
                     engine.pool.sweep(crate::now());
                     engine.h2_pool.sweep(crate::now());
+                    // Buffers a burst left in the pool and nothing took since the last sweep.
+                    engine.http_buffers.trim();
                 }
             })
         });

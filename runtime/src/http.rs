@@ -695,6 +695,24 @@ impl Scratch {
         }
     }
 
+    /// Makes a scratch kept from an earlier HTTP/2 stream (of any connection of the worker)
+    /// serve a stream of `peer`'s connection, as [`Scratch::new`] would have made it (the client's
+    /// IP is formatted again only when it differs).
+    pub(crate) fn rebind(&mut self, peer: SocketAddr, hc: &HttpConfig, over_tls: bool) {
+        if self.peer_addr != peer.ip() || self.peer_ip.is_empty() {
+            use std::fmt::Write as _;
+            self.peer_ip.clear();
+            let _ = write!(self.peer_ip, "{}", peer.ip());
+            self.peer_addr = peer.ip();
+        }
+        self.path_opts = hc.path_normalization;
+        self.stream_idle = hc.stream_idle_timeout;
+        self.awaiting.set(false);
+        self.over_tls = over_tls;
+        self.forwarded_proto = hc.forwarded_proto;
+        self.original_dst = None;
+    }
+
     pub(crate) fn new(
         peer: SocketAddr,
         hc: &HttpConfig,
@@ -1523,10 +1541,12 @@ impl<N: Network> Engine<N> {
         } else {
             None
         };
+        // One clock read for the synchronous steps from here to the first try's connection.
+        let admitted_at = now();
         let mut stream = StreamGuard::new(
             cluster,
             Stream::new(
-                now(),
+                admitted_at,
                 ExchangeConfig {
                     timeout: route_timeout,
                     connect_timeout: cluster_cfg.connect_timeout,
@@ -1542,7 +1562,7 @@ impl<N: Network> Engine<N> {
         // so that an upload cut short still counts what it sent).
         let bytes_received = Cell::new(head_len as u64 + body_len.unwrap_or(0) as u64);
         if let Some(Output::Respond { status, flag }) =
-            self.stream_input(ci, &mut stream, Input::Admit)
+            self.stream_input_at(ci, &mut stream, Input::Admit, admitted_at)
         {
             let mut o = self
                 .local_reply(scratch.grpc, down, out, status, flag, close_on_reply)
@@ -1554,12 +1574,12 @@ impl<N: Network> Engine<N> {
             bump(&c.upstream_rq_total, 1);
         }
         self.shared_health.note_traffic(ci);
-        self.refresh_availability(ci);
+        self.refresh_availability_at(ci, admitted_at);
 
         // --- tries --- (from here until a response byte is written, a drain deadline answers
         // the request 503 rather than closing under it)
         scratch.awaiting.set(true);
-        let mut step = self.stream_input(ci, &mut stream, Input::Start);
+        let mut step = self.stream_input_at(ci, &mut stream, Input::Start, admitted_at);
         let mut upstream_addr = None;
         let mut last_host = None;
         loop {
@@ -1615,8 +1635,8 @@ impl<N: Network> Engine<N> {
                     })
             } else {
                 match destination {
-                    None => self.pool.take(ci, host.index(), now()),
-                    Some(d) => self.pool.take_to(ci, d, now()),
+                    None => self.pool.take(ci, host.index(), try_start),
+                    Some(d) => self.pool.take_to(ci, d, try_start),
                 }
                 .map(Upstream::Http1)
             };
@@ -1807,8 +1827,10 @@ impl<N: Network> Engine<N> {
                         () = tokio::time::sleep_until(timer) => None,
                     }
                 };
+                // One clock read for the inputs given as the request went out.
+                let sent_at = now();
                 if written {
-                    self.stream_input(ci, &mut stream, Input::RequestWritten);
+                    self.stream_input_at(ci, &mut stream, Input::RequestWritten, sent_at);
                 }
                 // The response head (the route timeout starts once the whole request is in).
                 let result = match sent {
@@ -1839,7 +1861,7 @@ impl<N: Network> Engine<N> {
                                 .await
                             }));
                         } else {
-                            self.stream_input(ci, &mut stream, Input::RequestComplete);
+                            self.stream_input_at(ci, &mut stream, Input::RequestComplete, sent_at);
                         }
                         let read = read_response_head(
                             &mut upw,
@@ -2129,7 +2151,8 @@ impl<N: Network> Engine<N> {
                 // sent (an HTTP/2 upstream's stream is reset when dropped; an HTTP/1.1
                 // connection is closed, never pooled, below).
                 upload.set(None);
-                self.stream_input(ci, &mut stream, Input::ResponseComplete);
+                let completed_at = now();
+                self.stream_input_at(ci, &mut stream, Input::ResponseComplete, completed_at);
                 self.publish_host_active(ci, host);
                 // A gRPC status in the upstream's trailers (the usual place): HTTP/2 trailers,
                 // or an HTTP/1.1 answer's chunked trailer section.
@@ -2142,7 +2165,7 @@ impl<N: Network> Engine<N> {
                         scratch.grpc_status = code;
                     }
                 }
-                let try_time = now().saturating_duration_since(try_start);
+                let try_time = completed_at.saturating_duration_since(try_start);
                 self.stats.upstream_rq_time.record(try_time);
                 if let Some(c) = cstats {
                     c.upstream_rq_time.record(try_time);
@@ -2334,8 +2357,20 @@ impl<N: Network> Engine<N> {
     /// connection's breaker unit is kept for the connection. Timers: the caller sleeps until
     /// `stream.poll_timeout()`.
     fn stream_input(&self, ci: usize, stream: &mut StreamGuard, input: Input) -> Option<Output> {
+        self.stream_input_at(ci, stream, input, now())
+    }
+
+    /// [`Engine::stream_input`] at `now`, read by the caller for several inputs given in one
+    /// synchronous step (a clock read costs as much as a small input).
+    fn stream_input_at(
+        &self,
+        ci: usize,
+        stream: &mut StreamGuard,
+        input: Input,
+        now: sluice_core::Instant,
+    ) -> Option<Output> {
         stream.stream.handle_input(
-            now(),
+            now,
             input,
             &mut stream.cluster.borrow_mut(),
             &mut self.rng.borrow_mut(),
@@ -3350,6 +3385,45 @@ mod idle_buffer_tests {
     /// next holds none of them: all three are back in the worker's pool. Its next request takes
     /// the same ones back (nothing new is allocated: the pool count does not grow), and
     /// pipelined requests are answered whole and in order.
+    #[test]
+    fn a_rebound_scratch_is_what_a_new_one_would_be() {
+        use std::cell::Cell;
+        use std::net::SocketAddr;
+        use std::rc::Rc;
+
+        use super::Scratch;
+        let yaml = |proto: &str| {
+            format!(
+                "listeners:\n  - name: web\n    address: 127.0.0.1:1\n    http:\n      forwarded_proto: {proto}\n      virtual_hosts: [ {{ name: all, domains: [\"*\"], routes: [ {{ match: {{ prefix: / }}, direct_response: {{ status: 200 }} }} ] }} ]\n"
+            )
+        };
+        let first = Config::from_yaml(&yaml("preserve")).unwrap();
+        let second = Config::from_yaml(&yaml("overwrite")).unwrap();
+        let hc = |c: &Config| match &c.listeners[0].filter {
+            sluice_core::config::ListenerFilter::Http(h) => (**h).clone(),
+            _ => unreachable!(),
+        };
+        let (hc1, hc2) = (hc(&first), hc(&second));
+        let v4: SocketAddr = "10.0.0.7:4000".parse().unwrap();
+        let v6: SocketAddr = "[2001:db8::9]:5000".parse().unwrap();
+        let mut kept = Scratch::new(v4, &hc1, Rc::new(Cell::new(true)), false);
+        kept.original_dst = Some(v4);
+        kept.rebind(v6, &hc2, true);
+        let made = Scratch::new(v6, &hc2, Rc::new(Cell::new(false)), true);
+        assert_eq!(kept.peer_ip, made.peer_ip);
+        assert_eq!(kept.peer_ip, "2001:db8::9");
+        assert_eq!(kept.peer_addr, made.peer_addr);
+        assert_eq!(kept.forwarded_proto, made.forwarded_proto);
+        assert_eq!(kept.path_opts, made.path_opts);
+        assert_eq!(kept.stream_idle, made.stream_idle);
+        assert_eq!(kept.over_tls, made.over_tls);
+        assert_eq!(kept.original_dst, None);
+        assert!(!kept.awaiting.get());
+        // The same client again: its address text stays.
+        kept.rebind(v6, &hc2, true);
+        assert_eq!(kept.peer_ip, "2001:db8::9");
+    }
+
     #[test]
     fn an_idle_keep_alive_connection_gives_its_buffers_back_to_the_pool() {
         let rt = tokio::runtime::Builder::new_current_thread()

@@ -37,9 +37,10 @@
 //! explicitly ([`MAX_PENDING_ACCEPT_RESET_STREAMS`], [`MAX_LOCAL_ERROR_RESET_STREAMS`]).
 //!
 //! A connection with no open stream for the listener's `idle_timeout` gets GOAWAY and closes.
-//! A stream's buffers are the worker's ([`crate::bufpool`]), taken when it starts and given
-//! back when it ends; a connection keeps a few streams' other state for its next streams only
-//! while it has streams open: an idle connection holds only the `h2` crate's own state.
+//! A stream's buffers and its other state ([`StreamBuffers`]: the translated head, parsed heads,
+//! the request path's scratch) are the worker's ([`crate::bufpool`]), taken when it starts and
+//! given back when it ends: a busy worker allocates none of them per stream, and an idle
+//! connection holds only the `h2` crate's own state.
 //!
 //! HTTP/2 upstreams (`protocol: http2` clusters) are [`crate::h2_upstream`]'s: the request path
 //! is the same, only its last hop differs.
@@ -94,9 +95,6 @@ const GOAWAY_FLUSH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs
 /// Bytes `h2` buffers per stream for sending beyond what the peer's window allows. The driver
 /// sends only within the window, so this is a backstop.
 const MAX_SEND_BUFFER: usize = 64 * 1024;
-/// Stream buffers a connection keeps for its next streams: enough for a few at once without
-/// holding a hundred sets on an idle connection after a burst.
-const SPARE_STREAM_BUFFERS: usize = 4;
 /// Limits for the HTTP/1.1 response heads the sink parses (the request path already checked
 /// the upstream's against the same limits).
 const RESPONSE_LIMITS: Limits = Limits {
@@ -310,8 +308,6 @@ impl<N: Network> Engine<N> {
         };
         bump(&self.stats.http2_downstream_cx_total, 1);
         let _active = GaugeGuard::new(&self.stats.http2_downstream_cx_active);
-        // Declared before the streams, which borrow it.
-        let spare: RefCell<Vec<StreamBuffers>> = RefCell::new(Vec::new());
         let mut streams: Vec<StreamFuture<'_>> = Vec::new();
         // Streams accepted but not started: a stream starts once the connection has read all
         // that arrived, so that the DATA sent with its HEADERS is there when the request path
@@ -421,8 +417,7 @@ impl<N: Network> Engine<N> {
             }
             match next {
                 None => {
-                    // The last stream ended: the connection is idle and keeps no stream state.
-                    spare.borrow_mut().clear();
+                    // The last stream ended: the idle timer starts.
                     idle_at = idle_deadline(tokio::time::Instant::now());
                 }
                 Some(Some(Ok((request, respond)))) => {
@@ -433,7 +428,6 @@ impl<N: Network> Engine<N> {
                         peer,
                         original_dst,
                         over_tls,
-                        &spare,
                         request,
                         respond,
                     )));
@@ -457,7 +451,6 @@ impl<N: Network> Engine<N> {
         peer: SocketAddr,
         original_dst: Option<SocketAddr>,
         over_tls: bool,
-        spare: &RefCell<Vec<StreamBuffers>>,
         request: http::Request<RecvStream>,
         respond: SendResponse<Bytes>,
     ) -> StreamEnd {
@@ -476,10 +469,17 @@ impl<N: Network> Engine<N> {
             .iter()
             .map(|(n, v)| (n.as_str().as_bytes(), v.as_bytes()))
             .collect();
-        let mut buffers = spare
-            .borrow_mut()
-            .pop()
-            .unwrap_or_else(|| StreamBuffers::new(peer, hc, over_tls));
+        let mut buffers = match self.http_buffers.take_stream() {
+            Some(mut b) => {
+                b.scratch.rebind(peer, hc, over_tls);
+                b
+            }
+            None => {
+                #[cfg(test)]
+                self.http_buffers.note_stream_made();
+                StreamBuffers::new(peer, hc, over_tls)
+            }
+        };
         buffers.scratch.original_dst = original_dst;
         let StreamBuffers {
             translated,
@@ -512,7 +512,7 @@ impl<N: Network> Engine<N> {
             },
         );
         drop(fields);
-        let sink = Rc::new(RefCell::new(Sink::new(respond)));
+        let sink = RefCell::new(Sink::new(respond));
         // A request refused before routing: (status, flag, why).
         let mut rejected = None;
         let body_length = match result {
@@ -560,7 +560,7 @@ impl<N: Network> Engine<N> {
             framing_at: 0,
             chunk_end_due: false,
             ended: false,
-            sink: sink.clone(),
+            sink: &sink,
         };
         let lstats = self.stats.listener(listener);
         // The client's RST_STREAM error code (`None` inside: its connection ended).
@@ -583,8 +583,9 @@ impl<N: Network> Engine<N> {
                 bump(&l.http_requests, 1);
             }
             sink.borrow_mut().method = head.method();
-            let watch = sink.clone();
-            let t_head = now();
+            let watch = &sink;
+            // Nothing awaited since `t0`: the request's time starts with the stream's.
+            let t_head = t0;
             // A client's RST_STREAM ends the request wherever it is: dropping the request
             // path's future aborts the core's stream (its units go back) and closes the
             // upstream connection.
@@ -707,10 +708,7 @@ impl<N: Network> Engine<N> {
             }
         }
         buffers.release(&self.http_buffers);
-        let mut spare = spare.borrow_mut();
-        if spare.len() < SPARE_STREAM_BUFFERS {
-            spare.push(buffers);
-        }
+        self.http_buffers.give_stream(buffers);
         if reset_by_client {
             StreamEnd::ResetByClient(now().saturating_duration_since(t0))
         } else {
@@ -719,12 +717,12 @@ impl<N: Network> Engine<N> {
     }
 }
 
-/// The state of one stream's request, kept by its connection for its next stream while it has
-/// streams open (up to [`SPARE_STREAM_BUFFERS`] sets; dropped when its last stream ends, so an
-/// idle connection holds none). Its read and write buffers are the worker's
-/// ([`crate::bufpool`]): taken when a stream starts and given back when it ends, so a busy
-/// connection allocates nothing per stream and an idle one holds no buffer.
-struct StreamBuffers {
+/// The state of one stream's request, kept by the worker ([`crate::bufpool::BufPool`]) for its
+/// next streams, of any connection ([`crate::http::Scratch::rebind`] makes it the new stream's).
+/// Its read and write buffers go back to the worker's pool separately when the stream ends, so
+/// a kept state holds none: a busy worker allocates nothing per stream and an idle connection
+/// holds no stream state.
+pub(crate) struct StreamBuffers {
     /// The translated HTTP/1.1 request head.
     translated: Vec<u8>,
     rbuf: ReadBuffer,
@@ -763,7 +761,7 @@ impl StreamBuffers {
 
 /// An HTTP/2 request stream seen as an HTTP/1.1 downstream byte stream by the request path:
 /// reads give the request body (see the module doc), writes go to the [`Sink`].
-struct H2Downstream {
+struct H2Downstream<'a> {
     recv: RecvStream,
     /// The translated head is chunked: DATA become chunks.
     chunked: bool,
@@ -778,14 +776,14 @@ struct H2Downstream {
     chunk_end_due: bool,
     /// The request body ended (its end, and for a chunked one the last chunk, is in `framing`).
     ended: bool,
-    sink: Rc<RefCell<Sink>>,
+    sink: &'a RefCell<Sink>,
 }
 
 fn h2_io_error(e: h2::Error) -> io::Error {
     io::Error::new(io::ErrorKind::ConnectionReset, e)
 }
 
-impl AsyncRead for H2Downstream {
+impl AsyncRead for H2Downstream<'_> {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -869,7 +867,7 @@ impl AsyncRead for H2Downstream {
     }
 }
 
-impl AsyncWrite for H2Downstream {
+impl AsyncWrite for H2Downstream<'_> {
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -1039,18 +1037,26 @@ impl Sink {
                     .head
                     .header(&self.buf, "content-type")
                     .is_some_and(sluice_core::l7::grpc::is_grpc);
-                let mut response = http::Response::builder().status(status);
-                if let Some(headers) = response.headers_mut() {
-                    for (name, value) in response_fields(self.head.headers(&self.buf)) {
-                        if let (Ok(n), Ok(v)) = (
-                            http::HeaderName::from_bytes(name),
-                            http::HeaderValue::from_bytes(value),
-                        ) {
-                            headers.append(n, v);
-                        }
+                // The values are slices of one copy of the head (one allocation, not one per
+                // value); the map is sized for the fields at once.
+                let shared = Bytes::copy_from_slice(&self.buf[..head_len]);
+                let base = self.buf.as_ptr() as usize;
+                let mut headers =
+                    http::HeaderMap::with_capacity(self.head.headers(&self.buf).len());
+                for (name, value) in response_fields(self.head.headers(&self.buf)) {
+                    // Where the value lies in the head (a slice of `buf`'s first `head_len` bytes).
+                    let at = value.as_ptr() as usize - base;
+                    if let (Ok(n), Ok(v)) = (
+                        http::HeaderName::from_bytes(name),
+                        http::HeaderValue::from_maybe_shared(shared.slice(at..at + value.len())),
+                    ) {
+                        headers.append(n, v);
                     }
                 }
-                let response = response.body(()).map_err(io::Error::other)?;
+                let mut response = http::Response::new(());
+                *response.status_mut() =
+                    http::StatusCode::from_u16(status).map_err(io::Error::other)?;
+                *response.headers_mut() = headers;
                 let (state, end) = match self.head.framing() {
                     BodyFraming::None | BodyFraming::ContentLength(0) => (BodyState::Done, true),
                     BodyFraming::ContentLength(n) => (BodyState::Length(n), false),
@@ -1067,10 +1073,28 @@ impl Sink {
                 self.send = Some(send);
                 self.closed = end;
                 self.state = state;
-                let rest = self.buf.split_off(head_len);
-                self.buf.clear();
-                let n = self.take_payload(&rest)?;
-                debug_assert_eq!(n, rest.len());
+                match &mut self.state {
+                    // The payload is the bytes after the head, as they are: kept in place.
+                    BodyState::Length(left) => {
+                        let n = (self.buf.len() - head_len).min(*left as usize);
+                        self.buf.copy_within(head_len..head_len + n, 0);
+                        self.buf.truncate(n);
+                        *left -= n as u64;
+                        if *left == 0 {
+                            self.state = BodyState::Done;
+                        }
+                    }
+                    BodyState::UntilDone => {
+                        self.buf.drain(..head_len);
+                    }
+                    BodyState::Done => self.buf.clear(),
+                    _ => {
+                        let rest = self.buf.split_off(head_len);
+                        self.buf.clear();
+                        let n = self.take_payload(&rest)?;
+                        debug_assert_eq!(n, rest.len());
+                    }
+                }
                 Poll::Ready(Ok(data.len()))
             }
             _ => Poll::Ready(self.take_payload(data)),
@@ -1202,5 +1226,123 @@ impl Sink {
             self.reset_sent = true;
         }
         Poll::Ready(false)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use sluice_core::config::Config;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    use crate::engine::Engine;
+    use crate::net::TokioNet;
+    use crate::stats::WorkerStats;
+
+    fn bound() -> (tokio::net::TcpListener, std::net::SocketAddr) {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.set_nonblocking(true).unwrap();
+        let at = l.local_addr().unwrap();
+        (tokio::net::TcpListener::from_std(l).unwrap(), at)
+    }
+
+    /// An HTTP/1.1 upstream answering every request with `200 up` and the request's
+    /// `x-forwarded-for` in a header of the response.
+    async fn upstream(l: tokio::net::TcpListener) {
+        loop {
+            let (mut s, _) = l.accept().await.unwrap();
+            tokio::task::spawn_local(async move {
+                let mut buf = vec![0u8; 4096];
+                let mut have = Vec::new();
+                loop {
+                    let n = s.read(&mut buf).await.unwrap_or(0);
+                    if n == 0 {
+                        return;
+                    }
+                    have.extend_from_slice(&buf[..n]);
+                    while let Some(end) = have.windows(4).position(|w| w == b"\r\n\r\n") {
+                        let head = String::from_utf8_lossy(&have[..end]).to_lowercase();
+                        let xff = head
+                            .lines()
+                            .find_map(|l| l.strip_prefix("x-forwarded-for: "))
+                            .unwrap_or("none")
+                            .to_owned();
+                        have.drain(..end + 4);
+                        let answer =
+                            format!("HTTP/1.1 200 OK\r\nxff: {xff}\r\ncontent-length: 2\r\n\r\nup");
+                        s.write_all(answer.as_bytes()).await.unwrap();
+                    }
+                }
+            });
+        }
+    }
+
+    /// One request on an h2c connection: the status, the `xff` header and the body.
+    async fn get(client: &mut h2::client::SendRequest<bytes::Bytes>) -> (u16, String, Vec<u8>) {
+        let request = http::Request::get("http://svc/up").body(()).unwrap();
+        let (response, _) = client.send_request(request, true).unwrap();
+        let response = response.await.unwrap();
+        let status = response.status().as_u16();
+        let xff = response.headers()["xff"].to_str().unwrap().to_owned();
+        let mut body = response.into_body();
+        let mut got = Vec::new();
+        while let Some(chunk) = body.data().await {
+            let chunk = chunk.unwrap();
+            let _ = body.flow_control().release_capacity(chunk.len());
+            got.extend_from_slice(&chunk);
+        }
+        (status, xff, got)
+    }
+
+    #[test]
+    fn streams_of_any_connection_reuse_the_workers_stream_states() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        tokio::task::LocalSet::new().block_on(&rt, async {
+            let (up, up_at) = bound();
+            tokio::task::spawn_local(upstream(up));
+            let (listener, at) = bound();
+            let yaml = format!(
+                r#"
+listeners:
+  - name: web
+    address: {at}
+    http:
+      virtual_hosts:
+        - name: all
+          domains: ["*"]
+          routes: [ {{ match: {{ prefix: / }}, route: {{ cluster: up }} }} ]
+clusters:
+  - name: up
+    hosts: [ {{ address: "{up_at}" }} ]
+"#
+            );
+            let config = Arc::new(Config::from_yaml(&yaml).unwrap());
+            let stats = Arc::new(WorkerStats::new(&config));
+            let engine = Engine::new(TokioNet::default(), config, 0, 1, stats).unwrap();
+            tokio::task::spawn_local(
+                engine
+                    .clone()
+                    .run(vec![listener], std::future::pending::<()>()),
+            );
+            // Two connections one after the other, ten requests each, one at a time: every
+            // stream after the first takes the state the previous one gave back, whichever
+            // connection it came from, and is answered in full, with its client's address.
+            for _ in 0..2 {
+                let tcp = tokio::net::TcpStream::connect(at).await.unwrap();
+                let (mut client, conn) = h2::client::handshake(tcp).await.unwrap();
+                let conn = tokio::task::spawn_local(conn);
+                for _ in 0..10 {
+                    let got = get(&mut client).await;
+                    assert_eq!(got, (200, "127.0.0.1".to_owned(), b"up".to_vec()));
+                }
+                drop(client);
+                let _ = conn.await;
+            }
+            assert_eq!(engine.http_buffers.streams_made(), 1);
+        });
     }
 }
