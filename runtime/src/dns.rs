@@ -144,13 +144,16 @@ impl SharedDns {
             return None;
         }
         Some(self.endpoints.get(ci)?.get_or_init(|| {
+            // The configured hosts (id = index), then the spare ids, free.
+            let mut slots: Vec<Slot> = cluster
+                .hosts
+                .iter()
+                .map(|h| Some((h.address, h.weight)))
+                .collect();
+            slots.resize(cluster.host_slots().max(slots.len()), None);
             watch::Sender::new(Arc::new(DnsView {
-                slots: cluster
-                    .hosts
-                    .iter()
-                    .map(|h| Some((h.address, h.weight)))
-                    .collect(),
-                epochs: vec![0; cluster.hosts.len()],
+                epochs: vec![0; slots.len()],
+                slots,
                 answers: Vec::new(),
                 failing: Vec::new(),
             }))
@@ -186,6 +189,9 @@ impl SharedDns {
         let answer: Vec<(SocketAddr, u32)> = hosts.iter().map(|h| (h.address, h.weight)).collect();
         let merged = merge_answer(&current.slots, &answer);
         if merged.dropped > 0 {
+            info!(cluster = %cluster.name, hosts = hosts.len(), ids = current.slots.len(),
+                "endpoints: more hosts than the cluster's ids (its hosts at the last generation \
+                 switch, and spare ones): switching generations, which sizes its ids afresh");
             return None;
         }
         let mut epochs = current.epochs.clone();
@@ -573,6 +579,13 @@ impl<N: Network> Engine<N> {
                 // Idle connections to an address the id no longer names: closed.
                 while self.pool.take(ci, id.index(), now).is_some() {}
                 self.h2_pool.forget_host(ci, id.index());
+                // A host new to the id starts at zero (the counters were the id's old
+                // host's; `/clusters` and the per-host metrics name them by address).
+                if view.slots.get(id.index()).copied().flatten().is_some()
+                    && let Some(h) = self.stats.host(ci, id.index())
+                {
+                    h.reset_counters();
+                }
             }
             self.publish_host_active(ci, *id);
         }

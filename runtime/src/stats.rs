@@ -1544,6 +1544,17 @@ impl WorkerStats {
     }
 }
 
+impl HostStats {
+    /// Zeroes the counters (not the gauges: connections and requests of the id's old host
+    /// still end here): a new host took the id ([`crate::dns`]). Only the worker that owns
+    /// these counters may call it.
+    pub fn reset_counters(&self) {
+        for c in [&self.rq_total, &self.cx_total, &self.cx_connect_fail] {
+            c.store(0, Relaxed);
+        }
+    }
+}
+
 impl WorkerStats {
     /// Counters shaped like `config`: one slot per listener, cluster and host.
     #[must_use]
