@@ -771,6 +771,78 @@ clusters:
         );
     }
 
+    /// Issue 13 (review, LOW): endpoints updated in place grow into the spare ids of a static
+    /// cluster of an xDS config, and a host that takes an id another host had starts at zero
+    /// counters (they were the old host's), while a host that stays keeps its own.
+    #[test]
+    fn endpoints_grow_into_spare_ids_and_a_new_host_starts_at_zero_counters() {
+        let yaml = |hosts: &[u8]| {
+            let hosts: Vec<String> = hosts
+                .iter()
+                .map(|n| format!("{{ address: \"10.0.0.{n}:80\" }}"))
+                .collect();
+            format!(
+                "listeners: []\nxds: {{ cluster: xds }}\nclusters:\n  - {{ name: xds, hosts: [ {{ \
+                 address: 127.0.0.1:9 }} ] }}\n  - {{ name: web, hosts: [ {} ] }}\n",
+                hosts.join(", ")
+            )
+        };
+        let config = Arc::new(Config::from_yaml(&yaml(&[1, 2])).unwrap());
+        assert_eq!(config.clusters[1].host_slots(), 18);
+        let stats = Arc::new(crate::stats::WorkerStats::new(&config));
+        let shared = Arc::new(crate::health::SharedHealth::new(&config));
+        let engine = Engine::new_worker(
+            crate::net::TokioNet::default(),
+            config.clone(),
+            0,
+            1,
+            1,
+            stats.clone(),
+            shared.clone(),
+            Arc::new(crate::limits::ProcessLimits::new(&config)),
+        )
+        .unwrap();
+        let count = |id: usize| {
+            stats
+                .host(1, id)
+                .map(|h| h.rq_total.load(std::sync::atomic::Ordering::Relaxed))
+        };
+        for id in 0..2 {
+            bump(&stats.host(1, id).unwrap().rq_total, 5);
+        }
+        // 2 goes, 3 to 7 come: into spare ids 2 to 6 (free before; the freed id 1 is reused
+        // last); then 8 and 9 come: 8 takes id 1 (free before this update), 9 id 7.
+        let mut serving = config.clone();
+        for hosts in [&[1, 3, 4, 5, 6, 7][..], &[1, 3, 4, 5, 6, 7, 8, 9]] {
+            let next = Config::from_yaml(&yaml(hosts)).unwrap();
+            let update = merge_endpoints_update(&shared, &serving, &next, &[1])
+                .expect("in place: the spare ids hold the new hosts");
+            engine.apply_endpoints(&update);
+            serving = Arc::new(next);
+        }
+        let slots = engine.clusters[1].borrow().slots();
+        let held: Vec<u8> = slots
+            .iter()
+            .map(|s| {
+                s.map_or(0, |(a, _)| match a.ip() {
+                    std::net::IpAddr::V4(ip) => ip.octets()[3],
+                    std::net::IpAddr::V6(_) => 255,
+                })
+            })
+            .collect();
+        assert_eq!(&held[..9], [1, 8, 3, 4, 5, 6, 7, 9, 0]);
+        assert_eq!(count(0), Some(5), "a host that stays keeps its counters");
+        assert_eq!(
+            count(1),
+            Some(0),
+            "10.0.0.8 took 10.0.0.2's id: it starts at zero"
+        );
+        // Past the 18 ids: no merge (the caller switches generations).
+        let many: Vec<u8> = (1..=19).collect();
+        let next = Config::from_yaml(&yaml(&many)).unwrap();
+        assert!(merge_endpoints_update(&shared, &serving, &next, &[1]).is_none());
+    }
+
     #[test]
     fn a_reload_keeps_the_answers_of_unchanged_clusters_only() {
         let old_config = Config::from_yaml(TWO).unwrap();
