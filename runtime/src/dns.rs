@@ -582,7 +582,7 @@ impl<N: Network> Engine<N> {
                 // A host new to the id starts at zero (the counters were the id's old
                 // host's; `/clusters` and the per-host metrics name them by address).
                 if view.slots.get(id.index()).copied().flatten().is_some()
-                    && let Some(h) = self.stats.host(ci, id.index())
+                    && let Some(h) = self.stats.host_if_used(ci, id.index())
                 {
                     h.reset_counters();
                 }
