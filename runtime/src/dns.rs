@@ -34,8 +34,9 @@
 //! **Endpoints updated in place** (issue 13): a `static` cluster whose hosts alone change in an
 //! xDS update (EDS; [`sluice_core::config::diff::only_endpoints_differ`]) gets the same
 //! treatment: [`SharedDns::merge_endpoints`] merges the new host list into the cluster's slots
-//! (first the generation's configured hosts, id = index; a host that stays keeps its id, a new
-//! one takes a free slot, no slot left: the update needs a generation switch), the server
+//! (first the generation's configured hosts, id = index, then the cluster's spare ids, free:
+//! [`sluice_core::config::spare_host_slots`]; a host that stays keeps its id, a new one takes a
+//! free slot, no slot left: the update needs a generation switch, logged), the server
 //! publishes the view ([`SharedDns::publish_endpoints`], which the active health checks follow)
 //! and every worker applies it ([`Engine::apply_endpoints`]) before the update is acknowledged. The
 //! view exists from the first such update of the generation on (none before: the configured
@@ -175,9 +176,9 @@ impl SharedDns {
     /// Static cluster `ci`'s slots with `hosts` (its new host list) merged in: a host that
     /// stays keeps its id (and epoch), a removed one frees its slot, a new one takes a free
     /// slot (epoch bumped). `cluster` is the generation's config of it (the slots, before any
-    /// update). `None` when a new host found no free slot (the slots are as many as the
-    /// generation's config had hosts): the update needs a generation switch. Publishes
-    /// nothing ([`SharedDns::publish_endpoints`]).
+    /// update: its hosts, then its spare ids). `None` (logged) when a new host found no free
+    /// slot: the update needs a generation switch. Publishes nothing
+    /// ([`SharedDns::publish_endpoints`]).
     #[must_use]
     pub fn merge_endpoints(
         &self,

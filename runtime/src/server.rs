@@ -785,8 +785,8 @@ fn reload(
 /// (a host that stays keeps its id, health verdict, outlier state and counters: see
 /// [`crate::dns`]), published, and put into every worker's clusters; removed hosts' idle
 /// pooled connections close, requests in flight to them finish. `None` when a new host finds no
-/// free slot (more hosts than the generation started with): nothing was changed, the caller
-/// switches generations instead. `Some(Err)`: a worker did not answer (the slots were
+/// free slot (more hosts than the generation's ids: its hosts then, and spare ones): nothing
+/// was changed, the caller switches generations instead. `Some(Err)`: a worker did not answer (the slots were
 /// published; the workers that answered serve the new hosts).
 fn apply_endpoints(
     current: &Config,

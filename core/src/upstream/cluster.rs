@@ -9,7 +9,9 @@
 //! it (checked in debug builds: `end` never underflows).
 //!
 //! A DNS cluster's host ids are slots ([`crate::host::Slot`]; `host_slots` of the config): a
-//! slot is *present* (it holds a resolved address) or *free*. [`ClusterState::update_hosts`]
+//! slot is *present* (it holds a resolved address) or *free*. A static cluster whose hosts
+//! change in place (`hosts_change_in_place`) has its configured hosts present, then spare ids,
+//! free. [`ClusterState::update_hosts`]
 //! changes which slots hold which address in place, without a new config generation: a free
 //! slot is never available to the balancer, whatever health checking says (the verdict is
 //! kept for when the slot is filled), and a host that stays keeps its id and every per-id

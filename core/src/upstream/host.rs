@@ -5,12 +5,14 @@
 //! checking and outlier detection ([`crate::health`]) track them by id, and a cluster
 //! ([`crate::cluster::ClusterState`]) owns them; this module reads none of those.
 //!
-//! ## Slots and epochs (DNS clusters)
+//! ## Slots and epochs (DNS clusters, and static ones whose hosts change in place)
 //!
 //! A DNS cluster's host ids are *slots* of a fixed table: a slot's address changes when an
-//! answer removes its host and a later one gives the slot to another address. Each slot has an
-//! *epoch*, bumped whenever its address changes (freed or refilled: [`advance_epochs`]); a
-//! static cluster's epochs stay 0. The one rule every user of a host id obeys: whatever
+//! answer removes its host and a later one gives the slot to another address. So are a static
+//! cluster's when its hosts change in place (xDS endpoints updates): its configured hosts, then
+//! spare ids, free until an update fills them. Each slot has an
+//! *epoch*, bumped whenever its address changes (freed or refilled: [`advance_epochs`]); the
+//! epochs of a static cluster whose hosts never changed stay 0. The one rule every user of a host id obeys: whatever
 //! outlives a pick (a pooled connection, a health probe, a request's result for outlier
 //! detection, a multiplexed connection) carries the [`HostRef`] it was made for, and counts for
 //! the slot only while the slot's epoch is still that one; a stale one is dropped or closed.
@@ -112,7 +114,7 @@ impl Merged {
 ///   free before this answer, lowest first, then those it freed (so a slot whose old host still
 ///   drains connections is reused last); with no slot left it is dropped (counted).
 ///
-/// Pure: the same inputs give the same slots, on every worker.
+/// Pure: the same inputs give the same slots, on every worker. O((slots + answer) log answer).
 #[must_use]
 pub fn merge_answer(slots: &[Slot], answer: &[(SocketAddr, u32)]) -> Merged {
     // O(n log n) in the slots and the answer (one ordered map each; a `BTreeMap`, so nothing
