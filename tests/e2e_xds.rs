@@ -149,6 +149,9 @@ clusters:
     eventually("the new endpoint is used", &sluice, || {
         get(to) == (200, "b".into())
     });
+    // Its ACK sent (the workers serve b a moment before the client acknowledges it: a bad
+    // push folded into the update still in flight would be NACKed with the version before).
+    eventually("the EDS change ACKed", &sluice, || acked(server.version()));
 
     // An invalid listener (port 99999) is NACKed with a useful error; b still answers.
     let good = server.version();
