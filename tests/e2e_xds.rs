@@ -149,6 +149,9 @@ clusters:
     eventually("the new endpoint is used", &sluice, || {
         get(to) == (200, "b".into())
     });
+    // Its ACK sent (the workers serve b a moment before the client acknowledges it: a bad
+    // push folded into the update still in flight would be NACKed with the version before).
+    eventually("the EDS change ACKed", &sluice, || acked(server.version()));
 
     // An invalid listener (port 99999) is NACKed with a useful error; b still answers.
     let good = server.version();
@@ -843,7 +846,9 @@ fn keep_alive_get(s: &mut TcpStream) -> Option<(u16, bool, String)> {
 /// answered `connection: close` (a generation switch would recycle it), each push is ACKed
 /// only once every worker uses it (the next request never reaches a removed host and reaches
 /// the new ones), `/clusters` lists the new hosts, and a host that stays keeps its counters.
-/// A push with more hosts than the generation has slots switches generations (the fallback).
+/// The cluster then grows from 2 to 6 hosts, a push at a time, still in place (its spare
+/// ids: 2 hosts + 16), counted in `xds.endpoint_updates_in_place` and not as reloads. A push
+/// with more hosts than the generation has ids (19 > 18) switches generations (the fallback).
 #[test]
 fn an_eds_update_changes_hosts_in_place_without_cutting_client_connections() {
     if !require_peers(&["nginx"]) {
@@ -858,10 +863,15 @@ fn an_eds_update_changes_hosts_in_place_without_cutting_client_connections() {
         free_port(),
         free_port(),
     );
+    let (up_d, up_e, up_f) = (free_port(), free_port(), free_port());
     let _a = start_nginx(&dir, "a", up_a, "a");
     let _b = start_nginx(&dir, "b", up_b, "b");
     let _c = start_nginx(&dir, "c", up_c, "c");
+    let _d = start_nginx(&dir, "d", up_d, "d");
+    let _e = start_nginx(&dir, "e", up_e, "e");
+    let _f = start_nginx(&dir, "f", up_f, "f");
     let (a, b, c) = (u32::from(up_a), u32::from(up_b), u32::from(up_c));
+    let (d, e, f) = (u32::from(up_d), u32::from(up_e), u32::from(up_f));
     let l = u32::from(listen);
     let server = AdsServer::start(ads_port, Snapshot::default());
     server.push(resources_to(l, &[a, b]));
@@ -909,6 +919,14 @@ clusters:
             .collect()
     };
     let host = |port: u32| format!("127.0.0.1:{port}");
+    // A line of `/stats`, e.g. `server.reloads_ok: 1`.
+    let stat = |name: &str| -> String {
+        let (_, text) = http_request(addr(admin), "GET", "/stats");
+        text.lines()
+            .find(|l| l.starts_with(&format!("{name}:")))
+            .unwrap_or_default()
+            .to_owned()
+    };
 
     let mut client = TcpStream::connect(addr(listen)).expect("connect");
     client
@@ -980,6 +998,22 @@ clusters:
         eds_acked(server.version())
     });
     assert_eq!(requests("b back", &["a", "b"]), ["a", "b"]);
+
+    // Growth past the two hosts the generation started with: 3, 4, 5, then 6 hosts, each push
+    // in place (spare ids), the kept-alive connection never recycled.
+    let all = ["a", "b", "c", "d", "e", "f"];
+    for n in 3..=6 {
+        server.push(resources_to(l, &[a, b, c, d, e, f][..n]));
+        eventually(&format!("the push of {n} hosts ACKed"), &sluice, || {
+            eds_acked(server.version())
+        });
+        assert_eq!(requests(&format!("{n} hosts"), &all[..n]), all[..n]);
+    }
+    let mut listed: Vec<String> = hosts().into_iter().map(|h| h.0).collect();
+    listed.sort_unstable();
+    let mut expected: Vec<String> = [a, b, c, d, e, f].map(host).to_vec();
+    expected.sort_unstable();
+    assert_eq!(listed, expected, "/clusters lists the six hosts");
     let log = sluice.log_text();
     assert_eq!(
         log.matches("added listeners").count(),
@@ -987,14 +1021,21 @@ clusters:
         "no generation switch after the first config:\n{log}"
     );
     assert_eq!(
-        log.matches("endpoints updated in place").count(),
-        3,
-        "three updates in place:\n{log}"
+        stat("xds.endpoint_updates_in_place"),
+        "xds.endpoint_updates_in_place: 7",
+        "seven updates in place"
+    );
+    assert_eq!(
+        stat("server.reloads_ok"),
+        "server.reloads_ok: 1",
+        "an update in place is not a reload"
     );
 
-    // Three hosts: more than the generation's two slots, so a generation switch (the
-    // fallback): the kept-alive connection is told to close, a new one reaches all three.
-    server.push(resources_to(l, &[a, b, c]));
+    // 19 hosts: more than the generation's 18 ids (2 + 16 spare), so a generation switch (the
+    // fallback, logged): the kept-alive connection is told to close.
+    let mut many = vec![a, b, c, d, e, f];
+    many.extend((0..13).map(|_| u32::from(free_port())));
+    server.push(resources_to(l, &many));
     eventually("the larger update ACKed", &sluice, || {
         eds_acked(server.version())
     });
@@ -1004,15 +1045,11 @@ clusters:
         (200, true),
         "a switch recycles the connection"
     );
-    let mut seen = std::collections::BTreeSet::new();
-    for _ in 0..30 {
-        let (status, body) = get(addr(listen));
-        assert_eq!(status, 200, "{body}");
-        seen.insert(body);
-    }
+    let log = sluice.log_text();
     assert_eq!(
-        seen.into_iter().collect::<Vec<_>>(),
-        ["a", "b", "c"],
-        "every host of the new generation"
+        log.matches("more hosts than the cluster's ids").count(),
+        1,
+        "the fallback says why:\n{log}"
     );
+    assert_eq!(stat("server.reloads_ok"), "server.reloads_ok: 2");
 }

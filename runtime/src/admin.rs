@@ -166,6 +166,9 @@ pub struct AdminProcess {
     pub reloads_ok: std::sync::atomic::AtomicU64,
     /// Config reloads refused (invalid config, a listener that cannot bind).
     pub reloads_failed: std::sync::atomic::AtomicU64,
+    /// xDS updates applied by changing clusters' hosts in place (no generation switch; not
+    /// counted in `reloads_ok`).
+    pub endpoint_updates_in_place: std::sync::atomic::AtomicU64,
     /// Set once a new instance took the admin socket over (upgrade): stop accepting on it.
     admin_closed: watch::Sender<bool>,
     /// The process-wide caps and counts, once the server set them.
@@ -198,6 +201,7 @@ impl AdminShared {
                 reload_rx: std::sync::Mutex::new(Some(reload_rx)),
                 reloads_ok: std::sync::atomic::AtomicU64::new(0),
                 reloads_failed: std::sync::atomic::AtomicU64::new(0),
+                endpoint_updates_in_place: std::sync::atomic::AtomicU64::new(0),
                 admin_closed: watch::channel(false).0,
                 limits: std::sync::OnceLock::new(),
                 counter_base: std::sync::Mutex::new(std::collections::HashMap::new()),
@@ -1148,12 +1152,23 @@ pub const SERVER_METRICS: &[Export<AdminShared>] = &[
         field: "reloads_ok, reloads_failed",
         metric: Metric::counter(
             "sluice_config_reloads_total",
-            "Config reloads (SIGHUP, POST /reload) by result.",
+            "Config reloads (SIGHUP, POST /reload, xDS updates that switch generations) by result.",
         )
         .by("result", |i| ["ok", "failed"][i])
         .stats("server.reloads_"),
         len: 2,
         read: |s, i| [&s.reloads_ok, &s.reloads_failed][i].load(Ordering::Relaxed),
+    },
+    Export {
+        field: "endpoint_updates_in_place",
+        metric: Metric::counter(
+            "sluice_xds_endpoint_updates_in_place_total",
+            "xDS updates applied by changing clusters' hosts in place, without a generation \
+             switch (not counted in sluice_config_reloads_total).",
+        )
+        .stats("xds.endpoint_updates_in_place"),
+        len: 1,
+        read: |s, _| s.endpoint_updates_in_place.load(Ordering::Relaxed),
     },
     Export {
         field: "xds::CONNECTED",

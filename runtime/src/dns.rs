@@ -34,8 +34,9 @@
 //! **Endpoints updated in place** (issue 13): a `static` cluster whose hosts alone change in an
 //! xDS update (EDS; [`sluice_core::config::diff::only_endpoints_differ`]) gets the same
 //! treatment: [`SharedDns::merge_endpoints`] merges the new host list into the cluster's slots
-//! (first the generation's configured hosts, id = index; a host that stays keeps its id, a new
-//! one takes a free slot, no slot left: the update needs a generation switch), the server
+//! (first the generation's configured hosts, id = index, then the cluster's spare ids, free:
+//! [`sluice_core::config::spare_host_slots`]; a host that stays keeps its id, a new one takes a
+//! free slot, no slot left: the update needs a generation switch, logged), the server
 //! publishes the view ([`SharedDns::publish_endpoints`], which the active health checks follow)
 //! and every worker applies it ([`Engine::apply_endpoints`]) before the update is acknowledged. The
 //! view exists from the first such update of the generation on (none before: the configured
@@ -144,13 +145,16 @@ impl SharedDns {
             return None;
         }
         Some(self.endpoints.get(ci)?.get_or_init(|| {
+            // The configured hosts (id = index), then the spare ids, free.
+            let mut slots: Vec<Slot> = cluster
+                .hosts
+                .iter()
+                .map(|h| Some((h.address, h.weight)))
+                .collect();
+            slots.resize(cluster.host_slots().max(slots.len()), None);
             watch::Sender::new(Arc::new(DnsView {
-                slots: cluster
-                    .hosts
-                    .iter()
-                    .map(|h| Some((h.address, h.weight)))
-                    .collect(),
-                epochs: vec![0; cluster.hosts.len()],
+                epochs: vec![0; slots.len()],
+                slots,
                 answers: Vec::new(),
                 failing: Vec::new(),
             }))
@@ -172,9 +176,9 @@ impl SharedDns {
     /// Static cluster `ci`'s slots with `hosts` (its new host list) merged in: a host that
     /// stays keeps its id (and epoch), a removed one frees its slot, a new one takes a free
     /// slot (epoch bumped). `cluster` is the generation's config of it (the slots, before any
-    /// update). `None` when a new host found no free slot (the slots are as many as the
-    /// generation's config had hosts): the update needs a generation switch. Publishes
-    /// nothing ([`SharedDns::publish_endpoints`]).
+    /// update: its hosts, then its spare ids). `None` (logged) when a new host found no free
+    /// slot: the update needs a generation switch. Publishes nothing
+    /// ([`SharedDns::publish_endpoints`]).
     #[must_use]
     pub fn merge_endpoints(
         &self,
@@ -186,6 +190,9 @@ impl SharedDns {
         let answer: Vec<(SocketAddr, u32)> = hosts.iter().map(|h| (h.address, h.weight)).collect();
         let merged = merge_answer(&current.slots, &answer);
         if merged.dropped > 0 {
+            info!(cluster = %cluster.name, hosts = hosts.len(), ids = current.slots.len(),
+                "endpoints: more hosts than the cluster's ids (its hosts at the last generation \
+                 switch, and spare ones): switching generations, which sizes its ids afresh");
             return None;
         }
         let mut epochs = current.epochs.clone();
@@ -573,6 +580,13 @@ impl<N: Network> Engine<N> {
                 // Idle connections to an address the id no longer names: closed.
                 while self.pool.take(ci, id.index(), now).is_some() {}
                 self.h2_pool.forget_host(ci, id.index());
+                // A host new to the id starts at zero (the counters were the id's old
+                // host's; `/clusters` and the per-host metrics name them by address).
+                if view.slots.get(id.index()).copied().flatten().is_some()
+                    && let Some(h) = self.stats.host_if_used(ci, id.index())
+                {
+                    h.reset_counters();
+                }
             }
             self.publish_host_active(ci, *id);
         }
@@ -756,6 +770,78 @@ clusters:
             engine.health[0].borrow().is_ejected(HostId(0)),
             "the results of the slot's current host were dropped as stale"
         );
+    }
+
+    /// Issue 13 (review, LOW): endpoints updated in place grow into the spare ids of a static
+    /// cluster of an xDS config, and a host that takes an id another host had starts at zero
+    /// counters (they were the old host's), while a host that stays keeps its own.
+    #[test]
+    fn endpoints_grow_into_spare_ids_and_a_new_host_starts_at_zero_counters() {
+        let yaml = |hosts: &[u8]| {
+            let hosts: Vec<String> = hosts
+                .iter()
+                .map(|n| format!("{{ address: \"10.0.0.{n}:80\" }}"))
+                .collect();
+            format!(
+                "listeners: []\nxds: {{ cluster: xds }}\nclusters:\n  - {{ name: xds, hosts: [ {{ \
+                 address: 127.0.0.1:9 }} ] }}\n  - {{ name: web, hosts: [ {} ] }}\n",
+                hosts.join(", ")
+            )
+        };
+        let config = Arc::new(Config::from_yaml(&yaml(&[1, 2])).unwrap());
+        assert_eq!(config.clusters[1].host_slots(), 18);
+        let stats = Arc::new(crate::stats::WorkerStats::new(&config));
+        let shared = Arc::new(crate::health::SharedHealth::new(&config));
+        let engine = Engine::new_worker(
+            crate::net::TokioNet::default(),
+            config.clone(),
+            0,
+            1,
+            1,
+            stats.clone(),
+            shared.clone(),
+            Arc::new(crate::limits::ProcessLimits::new(&config)),
+        )
+        .unwrap();
+        let count = |id: usize| {
+            stats
+                .host(1, id)
+                .map(|h| h.rq_total.load(std::sync::atomic::Ordering::Relaxed))
+        };
+        for id in 0..2 {
+            bump(&stats.host(1, id).unwrap().rq_total, 5);
+        }
+        // 2 goes, 3 to 7 come: into spare ids 2 to 6 (free before; the freed id 1 is reused
+        // last); then 8 and 9 come: 8 takes id 1 (free before this update), 9 id 7.
+        let mut serving = config.clone();
+        for hosts in [&[1, 3, 4, 5, 6, 7][..], &[1, 3, 4, 5, 6, 7, 8, 9]] {
+            let next = Config::from_yaml(&yaml(hosts)).unwrap();
+            let update = merge_endpoints_update(&shared, &serving, &next, &[1])
+                .expect("in place: the spare ids hold the new hosts");
+            engine.apply_endpoints(&update);
+            serving = Arc::new(next);
+        }
+        let slots = engine.clusters[1].borrow().slots();
+        let held: Vec<u8> = slots
+            .iter()
+            .map(|s| {
+                s.map_or(0, |(a, _)| match a.ip() {
+                    std::net::IpAddr::V4(ip) => ip.octets()[3],
+                    std::net::IpAddr::V6(_) => 255,
+                })
+            })
+            .collect();
+        assert_eq!(&held[..9], [1, 8, 3, 4, 5, 6, 7, 9, 0]);
+        assert_eq!(count(0), Some(5), "a host that stays keeps its counters");
+        assert_eq!(
+            count(1),
+            Some(0),
+            "10.0.0.8 took 10.0.0.2's id: it starts at zero"
+        );
+        // Past the 18 ids: no merge (the caller switches generations).
+        let many: Vec<u8> = (1..=19).collect();
+        let next = Config::from_yaml(&yaml(&many)).unwrap();
+        assert!(merge_endpoints_update(&shared, &serving, &next, &[1]).is_none());
     }
 
     #[test]

@@ -317,7 +317,10 @@ impl WorkerHealth {
             .map(|c| {
                 let n = c.host_slots();
                 RefCell::new(WorkerHealth {
-                    present: c.kind.is_dns().then(|| vec![false; n]),
+                    // Free slots (a DNS cluster's, a static one's spare ids) never count
+                    // toward the panic threshold: which slots hold a host is tracked.
+                    present: (c.kind.is_dns() || n > c.hosts.len())
+                        .then(|| (0..n).map(|i| i < c.hosts.len()).collect()),
                     applied_generation: u64::MAX,
                     dirty: true,
                     outlier: c.outlier_detection.map(|s| {
@@ -325,6 +328,9 @@ impl WorkerHealth {
                         if c.kind.is_dns() {
                             // No host until the first answer.
                             o.set_live_hosts(0);
+                        } else if n > c.hosts.len() {
+                            // Spare ids hold no host until an update in place fills them.
+                            o.set_live_hosts(c.hosts.len());
                         }
                         o
                     }),

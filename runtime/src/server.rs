@@ -30,7 +30,7 @@ use std::thread;
 use sluice_core::config::Config;
 use sluice_core::config::diff::ListenerSocket;
 use tokio::sync::watch;
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::admin::{AdminHandle, AdminShared, LogControl, ServerState};
 use crate::net::probe_unshared;
@@ -602,6 +602,7 @@ pub fn run(config: Config, options: ServerOptions) -> io::Result<()> {
                             summary: "TLS secrets rotated (new handshakes use them; open \
                                       connections untouched)"
                                 .to_owned(),
+                            in_place: false,
                         })
                     } else if !endpoints_unsure
                         && let Some(changed) =
@@ -620,6 +621,7 @@ pub fn run(config: Config, options: ServerOptions) -> io::Result<()> {
                             stats: all_stats.clone(),
                             shared_health: shared_health.clone(),
                             summary,
+                            in_place: true,
                         })
                     } else {
                         let switched = switch_to(next, &config, workers, &commands, &all_stats, &shared_health, &handover);
@@ -640,7 +642,17 @@ pub fn run(config: Config, options: ServerOptions) -> io::Result<()> {
                 match outcome {
                     Ok(next) => {
                         let summary = next.summary.clone();
-                        info!(trigger = why, "config reloaded: {summary}");
+                        if next.in_place {
+                            debug!(trigger = why, "{summary}");
+                            shared
+                                .endpoint_updates_in_place
+                                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        } else {
+                            info!(trigger = why, "config reloaded: {summary}");
+                            shared
+                                .reloads_ok
+                                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        }
                         config = next.config;
                         limits.apply(&config);
                         all_stats = next.stats;
@@ -650,9 +662,6 @@ pub fn run(config: Config, options: ServerOptions) -> io::Result<()> {
                             .unwrap_or_else(std::sync::PoisonError::into_inner)
                             .health = Some((shared_health.clone(), config.clone()));
                         admin.replace(config.clone(), all_stats.clone());
-                        shared
-                            .reloads_ok
-                            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                         if let Some(reply) = reply {
                             let _ = reply.send(Ok(summary));
                         }
@@ -741,6 +750,9 @@ struct Reloaded {
     stats: Vec<Arc<WorkerStats>>,
     shared_health: Arc<crate::health::SharedHealth>,
     summary: String,
+    /// Endpoints updated in place (no generation switch): logged at debug and counted in
+    /// `xds.endpoint_updates_in_place`, not as a reload (EDS may push every few seconds).
+    in_place: bool,
 }
 
 /// Re-reads the config file and, when it is valid and its new listeners can bind, switches
@@ -773,8 +785,8 @@ fn reload(
 /// (a host that stays keeps its id, health verdict, outlier state and counters: see
 /// [`crate::dns`]), published, and put into every worker's clusters; removed hosts' idle
 /// pooled connections close, requests in flight to them finish. `None` when a new host finds no
-/// free slot (more hosts than the generation started with): nothing was changed, the caller
-/// switches generations instead. `Some(Err)`: a worker did not answer (the slots were
+/// free slot (more hosts than the generation's ids: its hosts then, and spare ones): nothing
+/// was changed, the caller switches generations instead. `Some(Err)`: a worker did not answer (the slots were
 /// published; the workers that answered serve the new hosts).
 fn apply_endpoints(
     current: &Config,
@@ -936,6 +948,7 @@ fn switch_to(
         stats: next_stats,
         shared_health: next_health,
         summary,
+        in_place: false,
     })
 }
 

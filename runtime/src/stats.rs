@@ -1039,8 +1039,9 @@ counters! {
             .stats_for(Shown::WithDns);
     }
     extra {
-        /// Per host, in config order.
-        hosts: Box<[HostStats]>,
+        /// Per host id (`host_slots` of the cluster), allocated at its first write
+        /// ([`HostSlot`]).
+        hosts: Box<[HostSlot]>,
         /// A DNS cluster: the names' answers and the host set this worker applied last, for
         /// the admin API (written on a change only; the data path never reads it).
         dns: std::sync::Mutex<Option<std::sync::Arc<crate::dns::DnsView>>>,
@@ -1534,12 +1535,52 @@ impl WorkerStats {
             PoolGauge::Http2Connections => &c.upstream_cx_http2_active,
             PoolGauge::Http2Streams => &c.upstream_rq_http2_streams_active,
         });
-        if let Some(h) = host.and_then(|h| c.hosts.get(h)) {
+        if let Some(h) = host.and_then(|h| c.hosts.get(h)).map(HostSlot::get) {
             add(match gauge {
                 PoolGauge::Http1Idle => &h.http1_cx_idle,
                 PoolGauge::Http2Connections => &h.http2_cx_active,
                 PoolGauge::Http2Streams => &h.http2_streams_active,
             });
+        }
+    }
+}
+
+/// One host id's counters in one worker, allocated when first written: an id that never held
+/// a host (a DNS cluster's `max_hosts` slots, the spare ids of a cluster whose hosts change in
+/// place) costs 16 bytes, not a [`HostStats`] (128). Writers take it with
+/// [`WorkerStats::host`] (allocating it on first use, on the worker that owns it); readers
+/// (snapshots, transfers) see an unallocated one as zeros.
+#[derive(Debug, Default)]
+pub struct HostSlot(std::sync::OnceLock<Box<HostStats>>);
+
+impl HostSlot {
+    /// The counters, allocated now if they were not.
+    #[inline]
+    pub fn get(&self) -> &HostStats {
+        self.0.get_or_init(Box::default)
+    }
+
+    /// The counters, if anything was ever written to them.
+    #[inline]
+    #[must_use]
+    pub fn if_used(&self) -> Option<&HostStats> {
+        self.0.get().map(|b| &**b)
+    }
+
+    /// A copy of the counters (zeros when never written).
+    #[must_use]
+    pub fn counters(&self) -> HostSnapshot {
+        self.if_used().map(HostStats::counters).unwrap_or_default()
+    }
+}
+
+impl HostStats {
+    /// Zeroes the counters (not the gauges: connections and requests of the id's old host
+    /// still end here): a new host took the id ([`crate::dns`]). Only the worker that owns
+    /// these counters may call it.
+    pub fn reset_counters(&self) {
+        for c in [&self.rq_total, &self.cx_total, &self.cx_connect_fail] {
+            c.store(0, Relaxed);
         }
     }
 }
@@ -1558,7 +1599,7 @@ impl WorkerStats {
                 .clusters
                 .iter()
                 .map(|c| ClusterStats {
-                    hosts: (0..c.host_slots()).map(|_| HostStats::default()).collect(),
+                    hosts: (0..c.host_slots()).map(|_| HostSlot::default()).collect(),
                     ..ClusterStats::default()
                 })
                 .collect(),
@@ -1577,10 +1618,11 @@ impl WorkerStats {
             for (h, hc) in cs.hosts.iter().zip(&cc.hosts) {
                 let oh = old.clusters.get(oi).and_then(|o| {
                     o.hosts
-                        .get(old_host_index(o, &old_config.clusters[oi], hc.address)?)
+                        .get(old_host_index(o, &old_config.clusters[oi], hc.address)?)?
+                        .if_used()
                 });
                 if let Some(oh) = oh {
-                    h.healthy.store(oh.healthy.load(Relaxed), Relaxed);
+                    h.get().healthy.store(oh.healthy.load(Relaxed), Relaxed);
                 }
             }
         }
@@ -1665,8 +1707,11 @@ impl WorkerStats {
             // A DNS cluster whose names did not change keeps its slots across the reload (the
             // answers carry over): its hosts' counters go with the slot.
             if hosts_by_index || (cc.dns.is_some() && old_config.clusters[oi].dns == cc.dns) {
+                let zero = HostStats::default();
                 for ((h, oh), zh) in cs.hosts.iter().zip(&*o.hosts).zip(&*z.hosts) {
-                    h.transfer_counters(oh, zh);
+                    if let Some(oh) = oh.if_used() {
+                        h.get().transfer_counters(oh, zh.if_used().unwrap_or(&zero));
+                    }
                 }
                 continue;
             }
@@ -1677,7 +1722,9 @@ impl WorkerStats {
                 let (Some(oh), Some(zh)) = (o.hosts.get(ohi), z.hosts.get(ohi)) else {
                     continue;
                 };
-                h.transfer_counters(oh, zh);
+                let Some(oh) = oh.if_used() else { continue };
+                let zero = HostStats::default();
+                h.get().transfer_counters(oh, zh.if_used().unwrap_or(&zero));
             }
         }
     }
@@ -1696,11 +1743,24 @@ impl WorkerStats {
         self.clusters.get(index)
     }
 
-    /// One host's counters.
+    /// One host's counters, to write to (allocated at the first call: [`HostSlot`]); `None`
+    /// for an id the cluster does not have.
     #[inline]
     #[must_use]
     pub fn host(&self, cluster: usize, host: usize) -> Option<&HostStats> {
-        self.clusters.get(cluster).and_then(|c| c.hosts.get(host))
+        self.clusters
+            .get(cluster)
+            .and_then(|c| c.hosts.get(host))
+            .map(HostSlot::get)
+    }
+
+    /// One host's counters if anything was ever written to them (allocates nothing).
+    #[must_use]
+    pub fn host_if_used(&self, cluster: usize, host: usize) -> Option<&HostStats> {
+        self.clusters
+            .get(cluster)
+            .and_then(|c| c.hosts.get(host))
+            .and_then(HostSlot::if_used)
     }
 
     /// A copy of every counter, per listener, cluster and host (for the admin API).
@@ -1720,7 +1780,7 @@ impl WorkerStats {
                 .clusters
                 .iter()
                 .map(|c| ClusterSnapshot {
-                    hosts: c.hosts.iter().map(HostStats::counters).collect(),
+                    hosts: c.hosts.iter().map(HostSlot::counters).collect(),
                     upstream_rq_time: c.upstream_rq_time.snapshot(),
                     ..c.counters()
                 })
@@ -1911,6 +1971,40 @@ mod tests {
         assert_eq!(total.listeners[0].downstream_cx_total, 7);
         assert_eq!(total.listeners[0].downstream_cx_active(), 6);
         assert!(WorkerStats::default().listener(0).is_none());
+    }
+
+    /// Issue 13: a host id's counters are allocated at its first write, so the spare ids of a
+    /// cluster whose hosts change in place (and a DNS cluster's unused slots) cost a
+    /// pointer-sized cell each, and read as zeros; a frozen copy and a transfer by slot move
+    /// only the ids that counted.
+    #[test]
+    fn spare_host_ids_cost_no_counters_until_written() {
+        assert_eq!(std::mem::size_of::<HostSlot>(), 16);
+        assert!(std::mem::size_of::<HostStats>() >= 128);
+        let config = Config::from_yaml(
+            "listeners: []\nxds: { cluster: x }\nclusters:\n  - { name: x, hosts: [ { address: 127.0.0.1:9 } ] }\n  \
+             - { name: c, hosts: [ { address: 127.0.0.1:2 }, { address: 127.0.0.1:3 } ] }\n",
+        )
+        .unwrap();
+        let stats = WorkerStats::new(&config);
+        assert_eq!(stats.clusters[1].hosts.len(), 18);
+        assert!((0..18).all(|i| stats.host_if_used(1, i).is_none()));
+        bump(&stats.host(1, 5).unwrap().rq_total, 3);
+        let used: Vec<usize> = (0..18)
+            .filter(|&i| stats.host_if_used(1, i).is_some())
+            .collect();
+        assert_eq!(used, [5]);
+        let snapshot = stats.detailed();
+        assert_eq!(snapshot.clusters[1].hosts.len(), 18);
+        assert_eq!(snapshot.clusters[1].hosts[5].rq_total, 3);
+        assert_eq!(snapshot.clusters[1].hosts[4].rq_total, 0);
+        let copy = stats.frozen(&config);
+        assert_eq!(
+            copy.host_if_used(1, 5).map(|h| h.rq_total.load(Relaxed)),
+            Some(3)
+        );
+        assert!(copy.host_if_used(1, 4).is_none());
+        assert!(stats.host(1, 18).is_none(), "no such id");
     }
 
     /// A switch after endpoints were updated in place (issue 13): a host's counters are found

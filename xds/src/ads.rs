@@ -29,7 +29,9 @@
 //!   The config is all of it at once — the workers never see a route to a cluster they lack,
 //!   which is make-before-break in CDS → EDS → LDS → RDS order by construction.
 //! - A response that changes nothing (same resources as the serving config) is ACKed at once,
-//!   without an apply.
+//!   without an apply — unless an apply failed since that config last applied (the workers
+//!   may serve part of the refused one: endpoints updated in place on some workers only), in
+//!   which case it is applied again.
 //! - **One apply at a time**; the responses folded into a config are ACKed (version and nonce of
 //!   the latest response of each type in it) only when [`Input::Applied`] says the workers
 //!   switched; [`Input::ApplyFailed`] NACKs them.
@@ -306,6 +308,10 @@ pub struct Ads {
     bootstrap: Value,
     types: BTreeMap<ResourceType, TypeState>,
     applied: Resources,
+    /// An apply failed since `applied` last served: what the workers serve may be part of
+    /// the refused config (an update in place that some workers took before another failed),
+    /// so a response that brings back `applied` exactly is applied again, not ACKed at once.
+    applied_unsure: bool,
     pending: Vec<Pending>,
     in_flight: Option<InFlight>,
     connected: bool,
@@ -343,6 +349,7 @@ impl Ads {
                 .map(|t| (t, TypeState::default()))
                 .collect(),
             applied: Resources::default(),
+            applied_unsure: false,
             pending: Vec::new(),
             in_flight: None,
             connected: false,
@@ -420,6 +427,7 @@ impl Ads {
                     return;
                 };
                 self.applied = done.resources;
+                self.applied_unsure = false;
                 if done.stream == self.stream {
                     self.accept(&done.responses);
                 } else {
@@ -432,6 +440,7 @@ impl Ads {
                 let Some(failed) = self.in_flight.take_if(|f| f.id == id) else {
                     return;
                 };
+                self.applied_unsure = true;
                 if failed.stream == self.stream && self.connected {
                     for p in &failed.responses {
                         self.nack(p.kind, p.nonce.clone(), format!("applying failed: {why}"));
@@ -769,7 +778,7 @@ impl Ads {
             }
             self.warming_timer = None;
             self.warming_expired = false;
-            if candidate == self.applied {
+            if candidate == self.applied && !self.applied_unsure {
                 self.follow(&candidate);
                 // Nothing changes (a server resending what serves, e.g. after a reconnect):
                 // the serving config already is this one.

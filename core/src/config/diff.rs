@@ -271,6 +271,7 @@ fn same_but_hosts(p: &super::ClusterConfig, n: &super::ClusterConfig) -> bool {
         tls,
         protocol,
         http2_keepalive,
+        hosts_change_in_place,
     } = p;
     *name == n.name
         && *connect_timeout == n.connect_timeout
@@ -288,6 +289,7 @@ fn same_but_hosts(p: &super::ClusterConfig, n: &super::ClusterConfig) -> bool {
         && *tls == n.tls
         && *protocol == n.protocol
         && *http2_keepalive == n.http2_keepalive
+        && *hosts_change_in_place == n.hosts_change_in_place
 }
 
 #[cfg(test)]

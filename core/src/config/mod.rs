@@ -522,7 +522,29 @@ pub struct ClusterConfig {
     /// `http2.connection_keepalive`,
     /// Envoy's name); `None` (the default, as in Envoy): no PINGs.
     pub http2_keepalive: Option<Http2Keepalive>,
+    /// Whether its hosts may change in place, without a generation switch (an endpoints-only
+    /// xDS update: [`diff::only_endpoints_differ`]): set by the loader on every `static`
+    /// cluster of a config with `xds`, never by the user. Such a cluster keeps spare host ids
+    /// ([`spare_host_slots`]) so that growth stays in place too.
+    pub hosts_change_in_place: bool,
 }
+
+/// How many host ids a `static` cluster whose hosts change in place keeps for `hosts` hosts:
+/// `hosts + clamp(hosts, MIN_SPARE_HOST_IDS, MAX_SPARE_HOST_IDS)` — at least 16 spare ids
+/// (a small service scaling out: 2 → 18 replicas stays in place), twice the hosts for a larger
+/// one (a rolling update or a blue/green deploy doubles the endpoints for a while), at most
+/// 1024 spare (10 000 hosts keep 11 024 ids, not 20 000: a spare id costs about 130 bytes
+/// per worker, see `docs/configuration/xds.md`). Growth past it switches generations, which
+/// sizes the ids afresh from the new host count.
+#[must_use]
+pub fn spare_host_slots(hosts: usize) -> usize {
+    hosts + hosts.clamp(MIN_SPARE_HOST_IDS, MAX_SPARE_HOST_IDS)
+}
+
+/// Fewest spare host ids of a cluster whose hosts change in place ([`spare_host_slots`]).
+pub const MIN_SPARE_HOST_IDS: usize = 16;
+/// Most spare host ids of a cluster whose hosts change in place ([`spare_host_slots`]).
+pub const MAX_SPARE_HOST_IDS: usize = 1024;
 
 /// `http2.connection_keepalive` of a `protocol: http2` cluster: each connection sends a PING
 /// every `interval`; one not answered within `timeout` closes the connection, failing its
@@ -653,6 +675,7 @@ impl Default for ClusterConfig {
             tls: None,
             protocol: UpstreamProtocol::Http1,
             http2_keepalive: None,
+            hosts_change_in_place: false,
         }
     }
 }
@@ -705,14 +728,23 @@ pub struct HostConfig {
 }
 
 impl ClusterConfig {
-    /// How many host ids a worker keeps for this cluster: its hosts (static), one per name
-    /// (`logical_dns`), `max_hosts` (`strict_dns`: slots the answers fill and free), none
-    /// (`original_dst`: its one placeholder host has no per-host state). Per-host state (counters, pools, health) is kept per id.
+    /// How many host ids a worker keeps for this cluster: its hosts (static), with spare ids
+    /// when its hosts change in place ([`ClusterConfig::hosts_change_in_place`]:
+    /// [`spare_host_slots`]), one per name (`logical_dns`), `max_hosts` (`strict_dns`: slots
+    /// the answers fill and free), none (`original_dst`: its one placeholder host has no
+    /// per-host state). Per-host state (counters, pools, health) is kept per id.
+    ///
+    /// A generation's tables are sized by its own config's count: after its hosts changed in
+    /// place, a later config of the same generation may say another number (the serving
+    /// config's hosts are not the generation's); size nothing by that.
     #[must_use]
     pub fn host_slots(&self) -> usize {
         match (&self.dns, self.kind) {
             (Some(d), ClusterKind::LogicalDns) => d.names.len(),
             (Some(d), _) => d.max_hosts as usize,
+            (None, ClusterKind::Static) if self.hosts_change_in_place => {
+                spare_host_slots(self.hosts.len())
+            }
             (None, _) => self.hosts.len(),
         }
     }

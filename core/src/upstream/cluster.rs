@@ -9,7 +9,9 @@
 //! it (checked in debug builds: `end` never underflows).
 //!
 //! A DNS cluster's host ids are slots ([`crate::host::Slot`]; `host_slots` of the config): a
-//! slot is *present* (it holds a resolved address) or *free*. [`ClusterState::update_hosts`]
+//! slot is *present* (it holds a resolved address) or *free*. A static cluster whose hosts
+//! change in place (`hosts_change_in_place`) has its configured hosts present, then spare ids,
+//! free. [`ClusterState::update_hosts`]
 //! changes which slots hold which address in place, without a new config generation: a free
 //! slot is never available to the balancer, whatever health checking says (the verdict is
 //! kept for when the slot is filled), and a host that stays keeps its id and every per-id
@@ -92,7 +94,21 @@ impl ClusterState {
                 })
                 .collect();
         }
-        let present = vec![!cfg.kind.is_dns(); hosts.len()];
+        let configured = hosts.len();
+        // A static cluster whose hosts change in place (EDS) has spare ids after its hosts:
+        // free slots, as a DNS cluster's, which an update in place fills.
+        if !cfg.kind.is_dns() && cfg.host_slots() > configured {
+            hosts.resize_with(cfg.host_slots(), || Host {
+                address: ORIGINAL_DESTINATION,
+                weight: 1,
+                available: false,
+                active: 0,
+                swrr_current: 0,
+            });
+        }
+        let present: Vec<bool> = (0..hosts.len())
+            .map(|i| !cfg.kind.is_dns() && i < configured)
+            .collect();
         let balancer =
             Balancer::for_present_hosts(cfg.lb_policy, &hosts, &present, cfg.minimum_ring_size);
         ClusterState {
@@ -522,5 +538,54 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// Issue 13: the static clusters of a config with `xds` (their hosts change in place on
+    /// EDS updates) keep spare ids, free until an update fills them; those of a file config
+    /// do not, nor does a DNS cluster of an xDS config (its `max_hosts` are its ids).
+    #[test]
+    fn static_clusters_of_an_xds_config_have_spare_ids_that_growth_fills_in_place() {
+        use crate::config::{Config, spare_host_slots};
+        let file = "listeners: [ { name: t, address: 127.0.0.1:1, tcp_proxy: { cluster: web } } ]\nclusters:\n  - { name: web, hosts: [ { address: 10.0.0.1:80 }, \
+                    { address: 10.0.0.2:80 } ] }\n  - { name: d, type: strict_dns, max_hosts: 4, \
+                    hosts: [ { address: d.example:80 } ] }\n";
+        let plain = Config::from_yaml(file).unwrap();
+        assert!(!plain.clusters[0].hosts_change_in_place);
+        assert_eq!(plain.clusters[0].host_slots(), 2);
+        let xds = Config::from_yaml(&format!(
+            "{file}  - {{ name: xds, hosts: [ {{ address: 127.0.0.1:9 }} ] }}\nxds: {{ cluster: xds }}\n"
+        ))
+        .unwrap();
+        let web = &xds.clusters[0];
+        assert!(web.hosts_change_in_place);
+        assert_eq!(web.host_slots(), 18, "2 hosts + 16 spare");
+        assert!(!xds.clusters[1].hosts_change_in_place);
+        assert_eq!(xds.clusters[1].host_slots(), 4);
+        // The rule: at least 16 spare, twice the hosts, at most 1024 spare.
+        assert_eq!(
+            [0, 1, 16, 100, 1024, 5000].map(spare_host_slots),
+            [16, 17, 32, 200, 2048, 6024]
+        );
+
+        let mut state = ClusterState::from_config(web);
+        assert_eq!(state.hosts().len(), 18);
+        let present: Vec<bool> = (0..18).map(|i| state.is_present(HostId(i))).collect();
+        assert_eq!(present, [[true; 2].as_slice(), &[false; 16]].concat());
+        let mut rng = Rng::from_seed(7);
+        for _ in 0..100 {
+            let id = state.pick(&mut rng, &[]).expect("a host");
+            assert!(id.0 < 2, "a spare id was picked: {id:?}");
+        }
+        // Growth to 6 hosts fills spare ids 2..6; the first two keep theirs.
+        let grown: Vec<(std::net::SocketAddr, u32)> = (1..=6).map(|n| (addr(n), 1)).collect();
+        let merged = merge_answer(&state.slots(), &grown);
+        assert_eq!((merged.added, merged.dropped), (4, 0));
+        let changed = state.update_hosts(&merged.slots, &[]);
+        assert_eq!(changed, (2..6).map(HostId).collect::<Vec<_>>());
+        let mut seen = std::collections::BTreeSet::new();
+        for _ in 0..600 {
+            seen.insert(state.pick(&mut rng, &[]).expect("a host").0);
+        }
+        assert_eq!(seen, (0..6).collect(), "every host of six, no spare id");
     }
 }

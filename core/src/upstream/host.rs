@@ -5,16 +5,19 @@
 //! checking and outlier detection ([`crate::health`]) track them by id, and a cluster
 //! ([`crate::cluster::ClusterState`]) owns them; this module reads none of those.
 //!
-//! ## Slots and epochs (DNS clusters)
+//! ## Slots and epochs (DNS clusters, and static ones whose hosts change in place)
 //!
 //! A DNS cluster's host ids are *slots* of a fixed table: a slot's address changes when an
-//! answer removes its host and a later one gives the slot to another address. Each slot has an
-//! *epoch*, bumped whenever its address changes (freed or refilled: [`advance_epochs`]); a
-//! static cluster's epochs stay 0. The one rule every user of a host id obeys: whatever
+//! answer removes its host and a later one gives the slot to another address. So are a static
+//! cluster's when its hosts change in place (xDS endpoints updates): its configured hosts, then
+//! spare ids, free until an update fills them. Each slot has an
+//! *epoch*, bumped whenever its address changes (freed or refilled: [`advance_epochs`]); the
+//! epochs of a static cluster whose hosts never changed stay 0. The one rule every user of a host id obeys: whatever
 //! outlives a pick (a pooled connection, a health probe, a request's result for outlier
 //! detection, a multiplexed connection) carries the [`HostRef`] it was made for, and counts for
 //! the slot only while the slot's epoch is still that one; a stale one is dropped or closed.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 
 /// Index of a host within its cluster.
@@ -111,22 +114,27 @@ impl Merged {
 ///   free before this answer, lowest first, then those it freed (so a slot whose old host still
 ///   drains connections is reused last); with no slot left it is dropped (counted).
 ///
-/// Pure: the same inputs give the same slots, on every worker.
+/// Pure: the same inputs give the same slots, on every worker. O((slots + answer) log answer).
 #[must_use]
 pub fn merge_answer(slots: &[Slot], answer: &[(SocketAddr, u32)]) -> Merged {
+    // O(n log n) in the slots and the answer (one ordered map each; a `BTreeMap`, so nothing
+    // depends on a seeded hash): a 10 000-endpoint EDS update is merged on the main thread.
     let mut unique: Vec<(SocketAddr, u32)> = Vec::with_capacity(answer.len());
+    let mut weights: BTreeMap<SocketAddr, u32> = BTreeMap::new();
     for &(a, w) in answer {
-        if !unique.iter().any(|(u, _)| *u == a) {
+        if let std::collections::btree_map::Entry::Vacant(e) = weights.entry(a) {
+            e.insert(w);
             unique.push((a, w));
         }
     }
+    let held: BTreeSet<SocketAddr> = slots.iter().flatten().map(|s| s.0).collect();
     let mut next: Vec<Slot> = slots.to_vec();
     let mut removed = 0;
     let mut freed_now = Vec::new();
     for (i, slot) in next.iter_mut().enumerate() {
         if let Some((address, weight)) = slot {
-            match unique.iter().find(|(a, _)| a == address) {
-                Some(&(_, w)) => *weight = w,
+            match weights.get(address) {
+                Some(&w) => *weight = w,
                 None => {
                     *slot = None;
                     removed += 1;
@@ -143,7 +151,7 @@ pub fn merge_answer(slots: &[Slot], answer: &[(SocketAddr, u32)]) -> Merged {
         .chain(freed_now);
     let (mut added, mut dropped) = (0, 0);
     for &(a, w) in &unique {
-        if slots.iter().flatten().any(|(s, _)| *s == a) {
+        if held.contains(&a) {
             continue;
         }
         match free.next() {
@@ -198,6 +206,42 @@ mod tests {
         let same = merge_answer(&third.slots, &[(addr(2), 5), (addr(3), 1), (addr(4), 1)]);
         assert!(!same.changed());
         assert_eq!(same.slots, third.slots);
+    }
+
+    #[test]
+    fn ten_thousand_endpoints_merge_as_few_do() {
+        // 10 000 slots holding 10.1.x.y; the answer keeps the even ones (in reverse order,
+        // re-weighted), repeats some, and brings 5 000 new ones: each new one takes a freed
+        // slot (none was free before), in answer order, lowest first.
+        let a = |i: u32| SocketAddr::from(([10, (i >> 16) as u8 + 1, (i >> 8) as u8, i as u8], 80));
+        let n = 10_000u32;
+        let slots: Vec<Slot> = (0..n).map(|i| Some((a(i), 1))).collect();
+        let mut answer: Vec<(SocketAddr, u32)> = (0..n)
+            .rev()
+            .filter(|i| i % 2 == 0)
+            .map(|i| (a(i), 2))
+            .collect();
+        answer.extend((0..n / 2).map(|k| (a(n + k), 3)));
+        answer.extend((0..100).map(|i| (a(i * 2), 9))); // repeats: the first weight counts
+        let merged = merge_answer(&slots, &answer);
+        assert_eq!(
+            (merged.added, merged.removed, merged.dropped),
+            (5_000, 5_000, 0)
+        );
+        for i in 0..n {
+            let expected = if i % 2 == 0 {
+                (a(i), 2)
+            } else {
+                (a(n + i / 2), 3)
+            };
+            assert_eq!(merged.slots[i as usize], Some(expected), "slot {i}");
+        }
+        // One more new address: no slot left.
+        let mut more = answer.clone();
+        more.push((a(3 * n), 1));
+        let full = merge_answer(&merged.slots, &more);
+        assert_eq!((full.added, full.removed, full.dropped), (0, 0, 1));
+        assert_eq!(full.slots, merged.slots);
     }
 
     proptest! {

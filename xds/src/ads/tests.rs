@@ -352,6 +352,44 @@ fn a_failed_apply_is_nacked_and_the_next_update_still_applies() {
     );
 }
 
+/// Review of issue 13: an update in place that failed part-way leaves some workers on the
+/// refused hosts; the server reverting to the config ACKed before is applied again (the
+/// workers brought back to it), not ACKed at once as "nothing changes". Once an apply
+/// succeeds, a resend of the serving config is ACKed at once again.
+#[test]
+fn after_a_failed_apply_the_serving_config_sent_again_is_applied_again() {
+    let mut a = serving();
+    let first = || vec![any(&assignment("web", &[("127.0.0.1", 8001, 0)]))];
+    a.handle_input(response(
+        Eds,
+        "2",
+        "e2",
+        vec![any(&assignment("web", &[("127.0.0.1", 8002, 0)]))],
+    ));
+    let id = apply_id(&drain(&mut a)).expect("apply");
+    a.handle_input(Input::ApplyFailed(id, "worker 1 did not answer".into()));
+    drain(&mut a);
+    // Back to version 1's endpoints: applied, not ACKed at once.
+    a.handle_input(response(Eds, "3", "e3", first()));
+    let out = drain(&mut a);
+    let id = apply_id(&out).expect("the revert is applied");
+    assert!(sent(&out).is_empty(), "ACKed only once applied: {out:?}");
+    a.handle_input(Input::Applied(id));
+    let out = drain(&mut a);
+    assert_eq!(
+        sent(&out).iter().map(|r| summary(r)).collect::<Vec<_>>(),
+        [(Eds, "3", "e3", vec!["web"], None)]
+    );
+    // Sure again: the same resources once more change nothing (ACKed, no apply).
+    a.handle_input(response(Eds, "4", "e4", first()));
+    let out = drain(&mut a);
+    assert_eq!(apply_id(&out), None);
+    assert_eq!(
+        sent(&out).iter().map(|r| summary(r)).collect::<Vec<_>>(),
+        [(Eds, "4", "e4", vec!["web"], None)]
+    );
+}
+
 #[test]
 fn updates_during_an_apply_wait_for_it_then_apply_together() {
     let mut a = serving();

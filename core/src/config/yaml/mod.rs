@@ -274,6 +274,13 @@ fn decode_config(dec: &mut Decoder, tree: &Value) -> Option<Config> {
         }
     }
     let xds = xds::check_xds_cluster(dec, xds?, &clusters)?;
+    // A config with `xds`: its static clusters' hosts may change in place (EDS), with spare
+    // host ids for growth (see `ClusterConfig::host_slots`).
+    if xds.is_some() {
+        for c in &mut clusters {
+            c.hosts_change_in_place = c.kind == ClusterKind::Static;
+        }
+    }
     Some(Config {
         admin: admin.flatten(),
         listeners,
@@ -1165,6 +1172,8 @@ fn decode_cluster(dec: &mut Decoder, path: &str, v: &Value) -> Option<ClusterCon
         tls: tls?,
         protocol: protocol?,
         http2_keepalive: http2_keepalive?,
+        // Set once the whole config is read (a config with `xds`).
+        hosts_change_in_place: false,
     })
 }
 
