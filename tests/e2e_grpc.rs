@@ -432,6 +432,8 @@ fn streams_a_goaway_left_unprocessed_are_sent_again_even_posts_and_processed_one
     assert!(processed.values().all(|&n| n == 1), "{processed:?}");
     assert_eq!(stat(admin, "http2.upstream_refused"), 2);
     assert_eq!(stat(admin, "http2.upstream_cx_total"), 2);
+    // The upstream's GOAWAY, counted once for its connection.
+    assert_eq!(stat(admin, "http2.upstream_goaway_received"), 1);
 }
 
 #[test]
