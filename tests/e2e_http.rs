@@ -1532,8 +1532,37 @@ fn a_stale_pooled_connection_is_retried_while_a_small_body_still_arrives() {
     assert_eq!(body, format!("{}{}", "a".repeat(100), "b".repeat(100)));
 }
 
+/// Sends `method /doc` with a 200-byte body in two parts (`a`s, then `b`s): the second only
+/// once `upstream_has_first` says the upstream read the first (so the body streamed: a proxy
+/// that held it whole until its end fails here), 200 ms after that; returns the whole answer.
+fn request_streamed_past_the_upstream(
+    listen: u16,
+    method: &str,
+    upstream_has_first: &std::sync::mpsc::Receiver<()>,
+) -> String {
+    let mut c = TcpStream::connect(addr(listen)).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    c.write_all(
+        format!(
+            "{method} /doc HTTP/1.1\r\nHost: example.com\r\nContent-Length: 200\r\n\
+             Connection: close\r\n\r\n{}",
+            "a".repeat(100)
+        )
+        .as_bytes(),
+    )
+    .unwrap();
+    upstream_has_first
+        .recv_timeout(Duration::from_secs(5))
+        .expect("the upstream has the body's first part before the client sends the rest");
+    std::thread::sleep(Duration::from_millis(200));
+    c.write_all("b".repeat(100).as_bytes()).unwrap();
+    let mut got = String::new();
+    let _ = c.read_to_string(&mut got);
+    got
+}
+
 /// A PUT whose upstream closes the connection mid-upload (it read the head and the first 100
-/// of 200 bytes, the rest still on its way from the client) is retried under
+/// of 200 bytes, the rest not yet sent by the client) is retried under
 /// `retry_on: [reset]`: the proxy reads the rest into its replay copy, and the second
 /// connection gets the whole body.
 #[test]
@@ -1542,6 +1571,7 @@ fn a_reset_mid_upload_is_retried_with_the_whole_body() {
     let listen = free_port();
     let upstream = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let up = upstream.local_addr().unwrap().port();
+    let (has_first, upstream_has_first) = std::sync::mpsc::channel();
     let seen = std::thread::spawn(move || {
         let (s, _) = upstream.accept().unwrap();
         s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
@@ -1551,6 +1581,7 @@ fn a_reset_mid_upload_is_retried_with_the_whole_body() {
         let mut first = vec![0; 100];
         r.read_exact(&mut first).unwrap();
         drop(r);
+        has_first.send(()).unwrap();
         let (s, _) = upstream.accept().unwrap();
         (String::from_utf8(first).unwrap(), answer_with_length(s))
     });
@@ -1565,11 +1596,64 @@ fn a_reset_mid_upload_is_retried_with_the_whole_body() {
         1,
         addr(listen),
     );
-    let got = two_part_request(listen, "PUT");
+    let got = request_streamed_past_the_upstream(listen, "PUT", &upstream_has_first);
     assert_eq!(status_of(&got), 200, "{got}");
     assert!(got.ends_with("len=200"), "{got}");
     let (first, whole) = seen.join().unwrap();
     assert_eq!(first, "a".repeat(100));
+    assert_eq!(whole, format!("{}{}", "a".repeat(100), "b".repeat(100)));
+}
+
+/// A PUT whose upstream answers 503 as soon as it read the first 100 of 200 bytes (the rest
+/// not yet sent by the client) is retried under `retry_on: [5xx]` rather than answered 503:
+/// the proxy reads the rest of the body into its replay copy — nothing more of it goes to the
+/// upstream that answered — drops the 503, and the second connection gets the whole body.
+#[test]
+fn a_503_answered_while_the_body_still_arrives_is_retried_with_the_whole_body() {
+    let dir = TempDir::new("http-503-mid-upload");
+    let listen = free_port();
+    let upstream = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let up = upstream.local_addr().unwrap().port();
+    let (has_first, upstream_has_first) = std::sync::mpsc::channel();
+    let seen = std::thread::spawn(move || {
+        let (s, _) = upstream.accept().unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let mut w = s.try_clone().unwrap();
+        let mut r = std::io::BufReader::new(s);
+        let (_, length) = read_request_head(&mut r);
+        assert_eq!(length, 200);
+        let mut first = vec![0; 100];
+        r.read_exact(&mut first).unwrap();
+        w.write_all(b"HTTP/1.1 503 Service Unavailable\r\ncontent-length: 4\r\n\r\nbusy")
+            .unwrap();
+        has_first.send(()).unwrap();
+        // What else reaches this connection until the proxy closes it.
+        let mut more = Vec::new();
+        let _ = r.read_to_end(&mut more);
+        let (s, _) = upstream.accept().unwrap();
+        (
+            String::from_utf8(first).unwrap(),
+            more,
+            answer_with_length(s),
+        )
+    });
+    let _s = start_sluice(
+        &dir,
+        &http_config(
+            listen,
+            &[up],
+            "",
+            "                retry_policy: { retry_on: [5xx], num_retries: 1 }\n",
+        ),
+        1,
+        addr(listen),
+    );
+    let got = request_streamed_past_the_upstream(listen, "PUT", &upstream_has_first);
+    assert_eq!(status_of(&got), 200, "{got}");
+    assert!(got.ends_with("len=200"), "{got}");
+    let (first, more, whole) = seen.join().unwrap();
+    assert_eq!(first, "a".repeat(100));
+    assert_eq!(String::from_utf8_lossy(&more), "");
     assert_eq!(whole, format!("{}{}", "a".repeat(100), "b".repeat(100)));
 }
 
