@@ -1657,6 +1657,86 @@ fn a_503_answered_while_the_body_still_arrives_is_retried_with_the_whole_body() 
     assert_eq!(whole, format!("{}{}", "a".repeat(100), "b".repeat(100)));
 }
 
+/// An answer that comes while the body still arrives goes to the client when it will not be
+/// retried after all, under `retry_on: [5xx]`: a POST's 503 at once (not idempotent: the rest
+/// of the body is not waited for), a PUT's 503 once the rest of its body did not come within
+/// the 3 s the proxy waits for it (the client waits for the answer before it sends more).
+#[test]
+fn a_503_answered_while_the_body_still_arrives_is_forwarded_when_it_will_not_be_retried() {
+    let dir = TempDir::new("http-503-forwarded");
+    let listen = free_port();
+    let upstream = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let up = upstream.local_addr().unwrap().port();
+    // Each connection: 503 once the first 100 of 200 bytes arrived, then hold it open.
+    let (both_answered, answered) = std::sync::mpsc::channel();
+    let answering = std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for _ in 0..2 {
+            let (s, _) = upstream.accept().unwrap();
+            let mut w = s.try_clone().unwrap();
+            let mut r = std::io::BufReader::new(s);
+            read_request_head(&mut r);
+            let mut first = vec![0; 100];
+            r.read_exact(&mut first).unwrap();
+            w.write_all(b"HTTP/1.1 503 Service Unavailable\r\ncontent-length: 4\r\n\r\nbusy")
+                .unwrap();
+            held.push(r);
+        }
+        // A retry would be a third connection, by the time both answers are in.
+        answered.recv().unwrap();
+        std::thread::sleep(Duration::from_millis(300));
+        upstream.set_nonblocking(true).unwrap();
+        (held, upstream.accept().is_ok())
+    });
+    let _s = start_sluice(
+        &dir,
+        &http_config(
+            listen,
+            &[up],
+            "",
+            "                retry_policy: { retry_on: [5xx], num_retries: 1 }\n",
+        ),
+        1,
+        addr(listen),
+    );
+    // The first half only; the answer must come anyway. (status, body, seconds waited)
+    let half_then_wait = |method: &str| {
+        let mut c = TcpStream::connect(addr(listen)).unwrap();
+        c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let started = Instant::now();
+        c.write_all(
+            format!(
+                "{method} /doc HTTP/1.1\r\nHost: example.com\r\nContent-Length: 200\r\n\r\n{}",
+                "a".repeat(100)
+            )
+            .as_bytes(),
+        )
+        .unwrap();
+        let mut r = std::io::BufReader::new(c);
+        let head = read_head(&mut r);
+        let mut body = [0; 4];
+        r.read_exact(&mut body).unwrap();
+        (
+            status_of(&head),
+            String::from_utf8_lossy(&body).into_owned(),
+            started.elapsed().as_secs_f64(),
+        )
+    };
+    let (status, body, waited) = half_then_wait("POST");
+    assert_eq!((status, body.as_str()), (503, "busy"));
+    assert!(waited < 1.5, "the POST's 503 took {waited} s");
+    let (status, body, waited) = half_then_wait("PUT");
+    assert_eq!((status, body.as_str()), (503, "busy"));
+    assert!(
+        (2.5..6.0).contains(&waited),
+        "the PUT's 503 took {waited} s"
+    );
+    both_answered.send(()).unwrap();
+    // No retry went out: one connection per request.
+    let (held, third) = answering.join().unwrap();
+    assert_eq!((held.len(), third), (2, false));
+}
+
 /// A POST (not idempotent: not retried once written) whose upstream closes mid-upload under
 /// `retry_on: [reset]` is answered 502 at once: the proxy reads the rest of a body only for a
 /// retry, so a client that waits for the answer before finishing its body is not left waiting.
