@@ -524,6 +524,52 @@ fn a_stream_refused_while_its_body_still_arrives_is_sent_again_whole() {
     }
 }
 
+/// A PUT whose HTTP/2 upstream answers 503 at once, before the body's end (the body in three
+/// parts 200 ms apart), under `retry_on: [5xx]`: the proxy reads the rest of the body into its
+/// replay copy, drops the 503 (the upstream's stream is reset) and sends the request again,
+/// whole; the client gets 200 and the upstream the whole 200 bytes.
+#[test]
+fn a_503_from_an_http2_upstream_while_the_body_still_arrives_is_retried_whole() {
+    if !require_peers(&["node"]) {
+        return;
+    }
+    let dir = TempDir::new("h2up-503-early");
+    let (listen, admin, up) = (free_port(), free_port(), free_port());
+    let (_u, log) = start_h2_upstream(&dir, "up", up);
+    let yaml = config(listen, admin, &[up]).replace(
+        "route: { cluster: app }",
+        "route: { cluster: app, retry_policy: { retry_on: [5xx], num_retries: 1 } }",
+    );
+    let _sluice = start_sluice(&dir, &yaml, 1, addr(listen));
+    use std::io::{Read, Write};
+    let mut c = std::net::TcpStream::connect(addr(listen)).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    c.write_all(
+        format!(
+            "PUT /503-early/t HTTP/1.1\r\nHost: example.com\r\nContent-Length: 200\r\n\
+             Connection: close\r\n\r\n{}",
+            "a".repeat(60)
+        )
+        .as_bytes(),
+    )
+    .unwrap();
+    for part in ["b".repeat(70), "c".repeat(70)] {
+        std::thread::sleep(Duration::from_millis(200));
+        c.write_all(part.as_bytes()).unwrap();
+    }
+    let mut got = String::new();
+    let _ = c.read_to_string(&mut got);
+    assert!(got.starts_with("HTTP/1.1 200"), "{got}");
+    let (_, body) = got.split_once("\r\n\r\n").expect("a response head");
+    let seen = json(body);
+    assert_eq!(seen["method"], "PUT", "{seen}");
+    assert_eq!(seen["body_len"], 200, "{seen}");
+    let lines = log_lines(&log);
+    assert_eq!(lines.len(), 2, "{lines:?}");
+    assert_eq!(lines[0]["early_503"], "/503-early/t");
+    assert_eq!(lines[1]["path"], "/503-early/t");
+}
+
 #[test]
 fn a_refused_stream_whose_client_waits_before_the_rest_of_its_body_is_answered_without_the_retry() {
     if !require_peers(&["node"]) {
