@@ -527,7 +527,8 @@ fn a_stream_refused_while_its_body_still_arrives_is_sent_again_whole() {
 /// A PUT whose HTTP/2 upstream answers 503 at once, before the body's end (the body in three
 /// parts 200 ms apart), under `retry_on: [5xx]`: the proxy reads the rest of the body into its
 /// replay copy, drops the 503 (the upstream's stream is reset) and sends the request again,
-/// whole; the client gets 200 and the upstream the whole 200 bytes.
+/// whole; the client gets 200 and the upstream the whole 200 bytes. An HTTP/1.1 client, then
+/// an HTTP/2 one.
 #[test]
 fn a_503_from_an_http2_upstream_while_the_body_still_arrives_is_retried_whole() {
     if !require_peers(&["node"]) {
@@ -568,6 +569,42 @@ fn a_503_from_an_http2_upstream_while_the_body_still_arrives_is_retried_whole() 
     assert_eq!(lines.len(), 2, "{lines:?}");
     assert_eq!(lines[0]["early_503"], "/503-early/t");
     assert_eq!(lines[1]["path"], "/503-early/t");
+
+    // The same from an HTTP/2 client (its body in DATA frames 200 ms apart).
+    let script = format!(
+        r#"
+const http2 = require('http2');
+const session = http2.connect('http://127.0.0.1:{listen}');
+session.on('error', (e) => {{ console.log('error ' + e.code); process.exit(1); }});
+const req = session.request({{ ':method': 'PUT', ':path': '/503-early/h2', 'content-length': '200' }});
+let status = 0, body = '';
+req.on('response', (h) => {{ status = h[':status']; }});
+req.on('data', (d) => body += d);
+req.on('end', () => {{ console.log(status + ' ' + body); session.close(); }});
+req.write('a'.repeat(60));
+setTimeout(() => req.write('b'.repeat(70)), 200);
+setTimeout(() => req.end('c'.repeat(70)), 400);
+"#
+    );
+    let out = run("node", &["-e", &script]);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (status, body) = text.trim().split_once(' ').expect("status and body");
+    assert_eq!(
+        status,
+        "200",
+        "{text} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let seen = json(body);
+    assert_eq!(
+        (&seen["method"], &seen["body_len"]),
+        (&"PUT".into(), &200.into()),
+        "{seen}"
+    );
+    let lines = log_lines(&log);
+    assert_eq!(lines.len(), 4, "{lines:?}");
+    assert_eq!(lines[2]["early_503"], "/503-early/h2");
+    assert_eq!(lines[3]["path"], "/503-early/h2");
 }
 
 #[test]
