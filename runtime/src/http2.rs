@@ -37,6 +37,8 @@
 //! explicitly ([`MAX_PENDING_ACCEPT_RESET_STREAMS`], [`MAX_LOCAL_ERROR_RESET_STREAMS`]).
 //!
 //! A connection with no open stream for the listener's `idle_timeout` gets GOAWAY and closes.
+//! A client's own GOAWAY (its streams still finish; `h2` then closes) is counted once per
+//! connection, spotted in the bytes `h2` reads (`Prefixed`, `sluice_core::http2::goaway`).
 //! A stream's buffers are the worker's ([`crate::bufpool`]), taken when it starts and given
 //! back when it ends; a connection keeps a few streams' other state for its next streams only
 //! while it has streams open: an idle connection holds only the `h2` crate's own state.
