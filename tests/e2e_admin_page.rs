@@ -142,6 +142,23 @@ fn the_admin_page_renders_refreshes_itself_and_asks_before_quitting() {
     assert_eq!(report["statuses"], serde_json::json!(vec![200; requests]));
     assert_eq!(requests_of(&report["refreshed"], app), requests as u64);
     assert_eq!(requests_of(&report["refreshed"], dead), 0);
+    // The upstream pool columns (`/clusters`' per-host fields): nothing pooled before any
+    // request; after them, the HTTP/1.1 connection each worker that served one keeps idle
+    // (two workers, requests one after the other), and no HTTP/2 connection or stream.
+    let pool_of = |tables: &Value, host: u16| -> [u64; 3] {
+        let r = row(&tables["clusters"], 1, &format!("127.0.0.1:{host}"));
+        [9, 10, 11].map(|i| {
+            text(&r[i])
+                .parse()
+                .unwrap_or_else(|_| panic!("column {i}: {r:?}"))
+        })
+    };
+    assert_eq!(pool_of(&report["served"], app), [0, 0, 0]);
+    assert_eq!(pool_of(&report["served"], dead), [0, 0, 0]);
+    let [idle, h2_cx, h2_streams] = pool_of(&report["refreshed"], app);
+    assert!((1..=2).contains(&idle), "idle HTTP/1.1 connections: {idle}");
+    assert_eq!([h2_cx, h2_streams], [0, 0]);
+    assert_eq!(pool_of(&report["refreshed"], dead), [0, 0, 0]);
     assert!(
         report["refresh_status"]
             .as_str()

@@ -432,6 +432,8 @@ fn streams_a_goaway_left_unprocessed_are_sent_again_even_posts_and_processed_one
     assert!(processed.values().all(|&n| n == 1), "{processed:?}");
     assert_eq!(stat(admin, "http2.upstream_refused"), 2);
     assert_eq!(stat(admin, "http2.upstream_cx_total"), 2);
+    // The upstream's GOAWAY, counted once for its connection.
+    assert_eq!(stat(admin, "http2.upstream_goaway_received"), 1);
 }
 
 #[test]
@@ -520,6 +522,89 @@ fn a_stream_refused_while_its_body_still_arrives_is_sent_again_whole() {
         assert_eq!(lines[2 * i + 1]["path"], format!("/refuse-early/t{i}"));
         assert_eq!(stat(admin, "http2.upstream_refused"), i as u64 + 1);
     }
+}
+
+/// A PUT whose HTTP/2 upstream answers 503 at once, before the body's end (the body in three
+/// parts 200 ms apart), under `retry_on: [5xx]`: the proxy reads the rest of the body into its
+/// replay copy, drops the 503 (the upstream's stream is reset) and sends the request again,
+/// whole; the client gets 200 and the upstream the whole 200 bytes. An HTTP/1.1 client, then
+/// an HTTP/2 one.
+#[test]
+fn a_503_from_an_http2_upstream_while_the_body_still_arrives_is_retried_whole() {
+    if !require_peers(&["node"]) {
+        return;
+    }
+    let dir = TempDir::new("h2up-503-early");
+    let (listen, admin, up) = (free_port(), free_port(), free_port());
+    let (_u, log) = start_h2_upstream(&dir, "up", up);
+    let yaml = config(listen, admin, &[up]).replace(
+        "route: { cluster: app }",
+        "route: { cluster: app, retry_policy: { retry_on: [5xx], num_retries: 1 } }",
+    );
+    let _sluice = start_sluice(&dir, &yaml, 1, addr(listen));
+    use std::io::{Read, Write};
+    let mut c = std::net::TcpStream::connect(addr(listen)).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    c.write_all(
+        format!(
+            "PUT /503-early/t HTTP/1.1\r\nHost: example.com\r\nContent-Length: 200\r\n\
+             Connection: close\r\n\r\n{}",
+            "a".repeat(60)
+        )
+        .as_bytes(),
+    )
+    .unwrap();
+    for part in ["b".repeat(70), "c".repeat(70)] {
+        std::thread::sleep(Duration::from_millis(200));
+        c.write_all(part.as_bytes()).unwrap();
+    }
+    let mut got = String::new();
+    let _ = c.read_to_string(&mut got);
+    assert!(got.starts_with("HTTP/1.1 200"), "{got}");
+    let (_, body) = got.split_once("\r\n\r\n").expect("a response head");
+    let seen = json(body);
+    assert_eq!(seen["method"], "PUT", "{seen}");
+    assert_eq!(seen["body_len"], 200, "{seen}");
+    let lines = log_lines(&log);
+    assert_eq!(lines.len(), 2, "{lines:?}");
+    assert_eq!(lines[0]["early_503"], "/503-early/t");
+    assert_eq!(lines[1]["path"], "/503-early/t");
+
+    // The same from an HTTP/2 client (its body in DATA frames 200 ms apart).
+    let script = format!(
+        r#"
+const http2 = require('http2');
+const session = http2.connect('http://127.0.0.1:{listen}');
+session.on('error', (e) => {{ console.log('error ' + e.code); process.exit(1); }});
+const req = session.request({{ ':method': 'PUT', ':path': '/503-early/h2', 'content-length': '200' }});
+let status = 0, body = '';
+req.on('response', (h) => {{ status = h[':status']; }});
+req.on('data', (d) => body += d);
+req.on('end', () => {{ console.log(status + ' ' + body); session.close(); }});
+req.write('a'.repeat(60));
+setTimeout(() => req.write('b'.repeat(70)), 200);
+setTimeout(() => req.end('c'.repeat(70)), 400);
+"#
+    );
+    let out = run("node", &["-e", &script]);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (status, body) = text.trim().split_once(' ').expect("status and body");
+    assert_eq!(
+        status,
+        "200",
+        "{text} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let seen = json(body);
+    assert_eq!(
+        (&seen["method"], &seen["body_len"]),
+        (&"PUT".into(), &200.into()),
+        "{seen}"
+    );
+    let lines = log_lines(&log);
+    assert_eq!(lines.len(), 4, "{lines:?}");
+    assert_eq!(lines[2]["early_503"], "/503-early/h2");
+    assert_eq!(lines[3]["path"], "/503-early/h2");
 }
 
 #[test]

@@ -1532,8 +1532,37 @@ fn a_stale_pooled_connection_is_retried_while_a_small_body_still_arrives() {
     assert_eq!(body, format!("{}{}", "a".repeat(100), "b".repeat(100)));
 }
 
+/// Sends `method /doc` with a 200-byte body in two parts (`a`s, then `b`s): the second only
+/// once `upstream_has_first` says the upstream read the first (so the body streamed: a proxy
+/// that held it whole until its end fails here), 200 ms after that; returns the whole answer.
+fn request_streamed_past_the_upstream(
+    listen: u16,
+    method: &str,
+    upstream_has_first: &std::sync::mpsc::Receiver<()>,
+) -> String {
+    let mut c = TcpStream::connect(addr(listen)).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    c.write_all(
+        format!(
+            "{method} /doc HTTP/1.1\r\nHost: example.com\r\nContent-Length: 200\r\n\
+             Connection: close\r\n\r\n{}",
+            "a".repeat(100)
+        )
+        .as_bytes(),
+    )
+    .unwrap();
+    upstream_has_first
+        .recv_timeout(Duration::from_secs(5))
+        .expect("the upstream has the body's first part before the client sends the rest");
+    std::thread::sleep(Duration::from_millis(200));
+    c.write_all("b".repeat(100).as_bytes()).unwrap();
+    let mut got = String::new();
+    let _ = c.read_to_string(&mut got);
+    got
+}
+
 /// A PUT whose upstream closes the connection mid-upload (it read the head and the first 100
-/// of 200 bytes, the rest still on its way from the client) is retried under
+/// of 200 bytes, the rest not yet sent by the client) is retried under
 /// `retry_on: [reset]`: the proxy reads the rest into its replay copy, and the second
 /// connection gets the whole body.
 #[test]
@@ -1542,6 +1571,7 @@ fn a_reset_mid_upload_is_retried_with_the_whole_body() {
     let listen = free_port();
     let upstream = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let up = upstream.local_addr().unwrap().port();
+    let (has_first, upstream_has_first) = std::sync::mpsc::channel();
     let seen = std::thread::spawn(move || {
         let (s, _) = upstream.accept().unwrap();
         s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
@@ -1551,6 +1581,7 @@ fn a_reset_mid_upload_is_retried_with_the_whole_body() {
         let mut first = vec![0; 100];
         r.read_exact(&mut first).unwrap();
         drop(r);
+        has_first.send(()).unwrap();
         let (s, _) = upstream.accept().unwrap();
         (String::from_utf8(first).unwrap(), answer_with_length(s))
     });
@@ -1565,12 +1596,145 @@ fn a_reset_mid_upload_is_retried_with_the_whole_body() {
         1,
         addr(listen),
     );
-    let got = two_part_request(listen, "PUT");
+    let got = request_streamed_past_the_upstream(listen, "PUT", &upstream_has_first);
     assert_eq!(status_of(&got), 200, "{got}");
     assert!(got.ends_with("len=200"), "{got}");
     let (first, whole) = seen.join().unwrap();
     assert_eq!(first, "a".repeat(100));
     assert_eq!(whole, format!("{}{}", "a".repeat(100), "b".repeat(100)));
+}
+
+/// A PUT whose upstream answers 503 as soon as it read the first 100 of 200 bytes (the rest
+/// not yet sent by the client) is retried under `retry_on: [5xx]` rather than answered 503:
+/// the proxy reads the rest of the body into its replay copy — nothing more of it goes to the
+/// upstream that answered — drops the 503, and the second connection gets the whole body.
+#[test]
+fn a_503_answered_while_the_body_still_arrives_is_retried_with_the_whole_body() {
+    let dir = TempDir::new("http-503-mid-upload");
+    let listen = free_port();
+    let upstream = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let up = upstream.local_addr().unwrap().port();
+    let (has_first, upstream_has_first) = std::sync::mpsc::channel();
+    let seen = std::thread::spawn(move || {
+        let (s, _) = upstream.accept().unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let mut w = s.try_clone().unwrap();
+        let mut r = std::io::BufReader::new(s);
+        let (_, length) = read_request_head(&mut r);
+        assert_eq!(length, 200);
+        let mut first = vec![0; 100];
+        r.read_exact(&mut first).unwrap();
+        w.write_all(b"HTTP/1.1 503 Service Unavailable\r\ncontent-length: 4\r\n\r\nbusy")
+            .unwrap();
+        has_first.send(()).unwrap();
+        // What else reaches this connection until the proxy closes it.
+        let mut more = Vec::new();
+        let _ = r.read_to_end(&mut more);
+        let (s, _) = upstream.accept().unwrap();
+        (
+            String::from_utf8(first).unwrap(),
+            more,
+            answer_with_length(s),
+        )
+    });
+    let _s = start_sluice(
+        &dir,
+        &http_config(
+            listen,
+            &[up],
+            "",
+            "                retry_policy: { retry_on: [5xx], num_retries: 1 }\n",
+        ),
+        1,
+        addr(listen),
+    );
+    let got = request_streamed_past_the_upstream(listen, "PUT", &upstream_has_first);
+    assert_eq!(status_of(&got), 200, "{got}");
+    assert!(got.ends_with("len=200"), "{got}");
+    let (first, more, whole) = seen.join().unwrap();
+    assert_eq!(first, "a".repeat(100));
+    assert_eq!(String::from_utf8_lossy(&more), "");
+    assert_eq!(whole, format!("{}{}", "a".repeat(100), "b".repeat(100)));
+}
+
+/// An answer that comes while the body still arrives goes to the client when it will not be
+/// retried after all, under `retry_on: [5xx]`: a POST's 503 at once (not idempotent: the rest
+/// of the body is not waited for), a PUT's 503 once the rest of its body did not come within
+/// the 3 s the proxy waits for it (the client waits for the answer before it sends more).
+#[test]
+fn a_503_answered_while_the_body_still_arrives_is_forwarded_when_it_will_not_be_retried() {
+    let dir = TempDir::new("http-503-forwarded");
+    let listen = free_port();
+    let upstream = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let up = upstream.local_addr().unwrap().port();
+    // Each connection: 503 once the first 100 of 200 bytes arrived, then hold it open.
+    let (both_answered, answered) = std::sync::mpsc::channel();
+    let answering = std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for _ in 0..2 {
+            let (s, _) = upstream.accept().unwrap();
+            let mut w = s.try_clone().unwrap();
+            let mut r = std::io::BufReader::new(s);
+            read_request_head(&mut r);
+            let mut first = vec![0; 100];
+            r.read_exact(&mut first).unwrap();
+            w.write_all(b"HTTP/1.1 503 Service Unavailable\r\ncontent-length: 4\r\n\r\nbusy")
+                .unwrap();
+            held.push(r);
+        }
+        // A retry would be a third connection, by the time both answers are in.
+        answered.recv().unwrap();
+        std::thread::sleep(Duration::from_millis(300));
+        upstream.set_nonblocking(true).unwrap();
+        (held, upstream.accept().is_ok())
+    });
+    let _s = start_sluice(
+        &dir,
+        &http_config(
+            listen,
+            &[up],
+            "",
+            "                retry_policy: { retry_on: [5xx], num_retries: 1 }\n",
+        ),
+        1,
+        addr(listen),
+    );
+    // The first half only; the answer must come anyway. (status, body, seconds waited)
+    let half_then_wait = |method: &str| {
+        let mut c = TcpStream::connect(addr(listen)).unwrap();
+        c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let started = Instant::now();
+        c.write_all(
+            format!(
+                "{method} /doc HTTP/1.1\r\nHost: example.com\r\nContent-Length: 200\r\n\r\n{}",
+                "a".repeat(100)
+            )
+            .as_bytes(),
+        )
+        .unwrap();
+        let mut r = std::io::BufReader::new(c);
+        let head = read_head(&mut r);
+        let mut body = [0; 4];
+        r.read_exact(&mut body).unwrap();
+        (
+            status_of(&head),
+            String::from_utf8_lossy(&body).into_owned(),
+            started.elapsed().as_secs_f64(),
+        )
+    };
+    let (status, body, waited) = half_then_wait("POST");
+    assert_eq!((status, body.as_str()), (503, "busy"));
+    assert!(waited < 1.5, "the POST's 503 took {waited} s");
+    let (status, body, waited) = half_then_wait("PUT");
+    assert_eq!((status, body.as_str()), (503, "busy"));
+    assert!(
+        (2.5..6.0).contains(&waited),
+        "the PUT's 503 took {waited} s"
+    );
+    both_answered.send(()).unwrap();
+    // No retry went out: one connection per request.
+    let (held, third) = answering.join().unwrap();
+    assert_eq!((held.len(), third), (2, false));
 }
 
 /// A POST (not idempotent: not retried once written) whose upstream closes mid-upload under

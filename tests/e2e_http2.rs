@@ -815,3 +815,79 @@ const poll = setInterval(() => {{
     }
     assert_eq!(counts, (1, 0), "(http2.rx_reset, http2.streams_active)");
 }
+
+/// A client that sends GOAWAY (NO_ERROR, twice: a two-phase close) while a stream of its is
+/// waiting on a slow upstream: the stream still gets its whole answer, the proxy then closes
+/// the connection, and `http2.goaway_received` counts the connection once (`h2` does not report
+/// a NO_ERROR GOAWAY to a server: the proxy spots it in the bytes). The proxy's own GOAWAY in
+/// reply is `h2`'s, not one of the causes of `http2.goaway_sent`. (The client's view of the
+/// close is not asserted: Node stops reading a connection once it sent GOAWAY and has no stream
+/// left, so it may never see the proxy's GOAWAY and FIN.)
+#[test]
+fn a_client_goaway_is_counted_and_its_open_stream_still_completes() {
+    if !require_peers(&["node"]) {
+        return;
+    }
+    let dir = TempDir::new("h2-client-goaway");
+    let (listen, up, admin) = (free_port(), free_port(), free_port());
+    let (_u, log) = start_upstream(&dir, "up", up);
+    let config = format!(
+        "admin: {{ address: 127.0.0.1:{admin} }}\n{}",
+        config(listen, up, "")
+    );
+    let _sluice = start_sluice(&dir, &config, 1, addr(admin));
+    assert_eq!(stat(admin, "http2.goaway_received"), 0);
+    let script = format!(
+        r#"
+const http2 = require('http2');
+const fs = require('fs');
+const session = http2.connect('http://127.0.0.1:{listen}');
+const events = [];
+session.on('error', (e) => events.push('error ' + e.code));
+const slow = session.request({{ ':path': '/sleep/800' }});
+slow.on('response', (h) => events.push('status ' + h[':status']));
+let body = '';
+slow.on('data', (d) => body += d);
+slow.on('end', () => {{ events.push('path ' + JSON.parse(body).path); console.log(events.join(' ')); process.exit(0); }});
+slow.on('error', (e) => events.push('stream error ' + e.code));
+const poll = setInterval(() => {{
+  if (fs.readFileSync('{log}', 'utf8').includes('/sleep/800')) {{
+    clearInterval(poll);
+    session.goaway(http2.constants.NGHTTP2_NO_ERROR, 2147483647);
+    setTimeout(() => session.goaway(http2.constants.NGHTTP2_NO_ERROR, 0), 50);
+    events.push('goaway sent');
+  }}
+}}, 20);
+setTimeout(() => {{ console.log(events.concat('no answer').join(' ')); process.exit(1); }}, 15000);
+"#,
+        log = log.display()
+    );
+    let out = run("node", &["-e", &script]);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert_eq!(
+        text.trim(),
+        "goaway sent status 200 path /sleep/800",
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(stat(admin, "http2.goaway_received"), 1);
+    assert_eq!(stat(admin, "http2.goaway_sent.drain"), 0);
+    assert_eq!(stat(admin, "http2.goaway_sent.idle_timeout"), 0);
+    // Nothing is left open.
+    let mut open = (1, 1);
+    for _ in 0..100 {
+        open = (
+            stat(admin, "http2.downstream_cx_active"),
+            stat(admin, "http2.streams_active"),
+        );
+        if open == (0, 0) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(
+        open,
+        (0, 0),
+        "(http2.downstream_cx_active, http2.streams_active)"
+    );
+}

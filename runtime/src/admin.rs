@@ -2365,7 +2365,8 @@ const PAGE_SCRIPT: &str = r##"<script>
             hosts.push(row([[c.name], [h.address], [h.weight], [h.health, h.health],
               [h.outlier, h.outlier === "none" ? "" : "unhealthy"],
               [h.available ? "yes" : "no", h.available ? "healthy" : "unhealthy"],
-              [h.rq_active], [h.cx_active], [h.rq_total]]));
+              [h.rq_active], [h.cx_active], [h.rq_total],
+              [h.http1_cx_idle], [h.http2_cx_active], [h.http2_streams_active]]));
           });
         });
         fill("clusters", hosts);
@@ -2385,8 +2386,10 @@ const PAGE_SCRIPT: &str = r##"<script>
 "##;
 
 /// The index page: every endpoint (the ones that stop something ask first), the listener
-/// table and the cluster table with each host's health, outlier state and availability. It is
-/// complete as served (no script needed to read it) and refreshes its tables itself.
+/// table and the cluster table with each host's health, outlier state, availability, requests
+/// and upstream pool (idle HTTP/1.1 connections, HTTP/2 connections and streams: `/clusters`'
+/// per-host fields). It is complete as served (no script needed to read it) and refreshes its
+/// tables itself.
 fn index_html(shared: &AdminShared) -> String {
     let snapshot = scrape(shared);
     let view = clusters_json(shared, &snapshot);
@@ -2467,6 +2470,7 @@ fn index_html(shared: &AdminShared) -> String {
     out.push_str(
         "<thead><tr><th>cluster</th><th>host</th><th>weight</th><th>health</th><th>outlier</th>\
          <th>available</th><th>active requests</th><th>active connections</th><th>requests</th>\
+         <th>idle HTTP/1.1 connections</th><th>HTTP/2 connections</th><th>HTTP/2 streams</th>\
          </tr></thead>\n<tbody>\n",
     );
     for c in view["clusters"].as_array().into_iter().flatten() {
@@ -2485,13 +2489,16 @@ fn index_html(shared: &AdminShared) -> String {
                 "<tr><td>{}</td><td>{}</td><td>{}</td><td class=\"{health}\">{health}</td>\
                  <td class=\"{outlier_class}\">{outlier}</td>\
                  <td class=\"{available_class}\">{available}</td>\
-                 <td>{}</td><td>{}</td><td>{}</td></tr>",
+                 <td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
                 html_escape(name),
                 html_escape(h["address"].as_str().unwrap_or("")),
                 h["weight"],
                 h["rq_active"],
                 h["cx_active"],
                 h["rq_total"],
+                h["http1_cx_idle"],
+                h["http2_cx_active"],
+                h["http2_streams_active"],
             );
         }
     }
@@ -3032,12 +3039,40 @@ mod tests {
 
     #[test]
     fn index_lists_endpoints_and_hosts() {
+        use crate::stats::PoolGauge;
         let s = shared();
         let html = index_html(&s);
         for (p, _, _) in ENDPOINTS {
             assert!(html.contains(&format!("\"{p}\"")), "{p}");
         }
         assert!(html.contains("<td>app</td><td>127.0.0.1:2</td><td>3</td>"));
+        // The host's pool, as `/clusters` shows it: idle HTTP/1.1 connections, HTTP/2
+        // connections and streams, after requests, active connections and requests.
+        assert!(
+            html.contains(
+                "<th>requests</th><th>idle HTTP/1.1 connections</th><th>HTTP/2 connections</th>\
+                 <th>HTTP/2 streams</th></tr>"
+            ),
+            "{html}"
+        );
+        assert!(
+            html.contains("<td>0</td><td>0</td><td>0</td><td>0</td><td>0</td><td>0</td></tr>"),
+            "{html}"
+        );
+        let w = &s.workers[0];
+        w.pool_gauge_add(0, Some(0), PoolGauge::Http1Idle, 4);
+        w.pool_gauge_add(0, Some(0), PoolGauge::Http2Connections, 2);
+        w.pool_gauge_add(0, Some(0), PoolGauge::Http2Streams, 7);
+        let html = index_html(&s);
+        assert!(
+            html.contains("<td>0</td><td>0</td><td>0</td><td>4</td><td>2</td><td>7</td></tr>"),
+            "{html}"
+        );
+        // The refreshing script fills the same columns from `/clusters?format=json`.
+        assert!(
+            html.contains("[h.http1_cx_idle], [h.http2_cx_active], [h.http2_streams_active]"),
+            "{html}"
+        );
         // Each listener has a row; the page refreshes itself; stopping asks first.
         for l in &s.config.listeners {
             assert!(

@@ -34,7 +34,9 @@
 //! not retried once written. A try that fails while the body is still arriving, its copy whole
 //! so far: when the core says a replayable body would make it retried
 //! (`Stream::retry_wants_body`: a refused stream, a stale pooled connection, a reset under
-//! `retry_on` of an idempotent request), the upload is **detached** (`Detach`: nothing more
+//! `retry_on` of an idempotent request; `Stream::response_wants_body` for an answer that came
+//! early with a status `retry_on` names, a 503 under `5xx`, which is then dropped or forwarded
+//! as the core decides), the upload is **detached** (`Detach`: nothing more
 //! goes upstream) and run to the body's end, reading the rest into the copy (each read within
 //! `stream_idle_timeout`, all of it within `DETACHED_BODY_WAIT`, 3 s: a client that waits for
 //! an answer before it sends more gets the failure's answer then); if it ended within
@@ -1921,39 +1923,20 @@ impl<N: Network> Engine<N> {
                     && !detach.lost.get()
                     && stream.stream.retry_wants_body(now(), failure)
                 {
-                    detach.off.set(true);
-                    // Bounded as a whole (DETACHED_BODY_WAIT): a client that waits for an answer
-                    // before it sends more gets the failure's answer then, not a 408 after
-                    // `stream_idle_timeout` (or never, with 0).
-                    let budget = scratch
-                        .stream_idle
-                        .map_or(DETACHED_BODY_WAIT, |idle| idle.min(DETACHED_BODY_WAIT));
-                    let rest = tokio::time::timeout(
-                        budget,
-                        poll_fn(|cx| match upload.as_mut().as_pin_mut() {
-                            Some(f) => f.poll(cx),
-                            None => Poll::Ready(Ok(Uploaded {
-                                kept: false,
-                                detached: true,
-                            })),
-                        }),
-                    )
-                    .await
-                    .unwrap_or(Ok(Uploaded {
-                        kept: false,
-                        detached: true,
-                    }));
-                    upload.set(None);
-                    match rest {
-                        Ok(Uploaded { kept: true, .. }) => {
+                    // The client's own failure is answered as such, below.
+                    upload_fault = match self
+                        .read_rest_detached(upload.as_mut(), &detach, scratch.stream_idle)
+                        .await
+                    {
+                        Ok(true) => {
                             body_kept = true;
                             self.stream_input(ci, &mut stream, Input::BodyBuffered);
                             self.stream_input(ci, &mut stream, Input::RequestComplete);
+                            None
                         }
-                        Ok(_) => {}
-                        // The client's own failure is answered as such, below.
-                        Err(e) => upload_fault = fault_of(&e),
-                    }
+                        Ok(false) => None,
+                        Err(fault) => Some(fault),
+                    };
                 }
                 if let Some(fault) = upload_fault {
                     // The client stopped sending its body, sent a malformed one, or went away
@@ -2001,6 +1984,47 @@ impl<N: Network> Engine<N> {
                     None
                 };
                 scratch.grpc_status = grpc_status;
+                // An answer that came while the body is still arriving (kept whole so far),
+                // which the core would retry were the body replayable (a 503 under `retry_on:
+                // 5xx`): as for a failed try, the rest of the body is read into the copy
+                // (nothing more goes upstream, within DETACHED_BODY_WAIT) before the core
+                // decides. Not for gRPC (its client may wait for answers before it sends more).
+                if upload.is_some()
+                    && !scratch.grpc
+                    && !detach.lost.get()
+                    && stream
+                        .stream
+                        .response_wants_body(now(), status, grpc_status)
+                {
+                    match self
+                        .read_rest_detached(upload.as_mut(), &detach, scratch.stream_idle)
+                        .await
+                    {
+                        Ok(true) => {
+                            body_kept = true;
+                            self.stream_input(ci, &mut stream, Input::BodyBuffered);
+                        }
+                        // Not replayable after all: the answer is forwarded, and nothing more
+                        // of the request goes (the route timeout starts; neither connection
+                        // is reused).
+                        Ok(false) => {}
+                        Err(fault) => {
+                            // The client stopped sending its body, sent a malformed one, or
+                            // went away meanwhile: its fault is answered as such.
+                            self.stream_input(ci, &mut stream, Input::Abort);
+                            self.publish_host_active(ci, host);
+                            let (status, flag) = fault.status();
+                            scratch.awaiting.set(false);
+                            let mut o = self
+                                .local_reply(scratch.grpc, &mut downw, out, status, flag, true)
+                                .await;
+                            o.upstream = upstream_addr;
+                            o.bytes_received = bytes_received.get();
+                            return o;
+                        }
+                    }
+                    self.stream_input(ci, &mut stream, Input::RequestComplete);
+                }
                 let head_input = Input::ResponseHead {
                     status,
                     grpc_status,
@@ -2299,6 +2323,44 @@ impl<N: Network> Engine<N> {
                     self.stream_input(ci, stream, Input::RequestComplete);
                 }
             }
+        }
+    }
+
+    /// Detaches a streamed body's upload (`detach.off`: nothing more goes upstream) and runs
+    /// it to the body's end, reading the rest into the replay copy: each read within
+    /// `stream_idle` (`stream_idle_timeout`), all of it within [`DETACHED_BODY_WAIT`] — a
+    /// client that waits for an answer before it sends more gets the try's outcome then, not a
+    /// 408 after `stream_idle_timeout` (or never, with 0). True when the body ended within the
+    /// copy (replayable: the caller gives the stream `BodyBuffered`); false when it outgrew it
+    /// or did not end in time; the client's fault (stall, malformed body, gone) as an error.
+    /// The upload is over either way.
+    async fn read_rest_detached<U>(
+        &self,
+        mut upload: Pin<&mut Option<U>>,
+        detach: &Detach,
+        stream_idle: Option<Duration>,
+    ) -> Result<bool, UploadFault>
+    where
+        U: Future<Output = io::Result<Uploaded>>,
+    {
+        detach.off.set(true);
+        let budget = stream_idle.map_or(DETACHED_BODY_WAIT, |idle| idle.min(DETACHED_BODY_WAIT));
+        let rest = tokio::time::timeout(
+            budget,
+            poll_fn(|cx| match upload.as_mut().as_pin_mut() {
+                Some(f) => f.poll(cx),
+                None => Poll::Ready(Ok(Uploaded {
+                    kept: false,
+                    detached: true,
+                })),
+            }),
+        )
+        .await;
+        upload.set(None);
+        match rest {
+            Ok(Ok(uploaded)) => Ok(uploaded.kept),
+            Ok(Err(e)) => fault_of(&e).map_or(Ok(false), Err),
+            Err(_) => Ok(false),
         }
     }
 

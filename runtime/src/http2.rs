@@ -37,6 +37,8 @@
 //! explicitly ([`MAX_PENDING_ACCEPT_RESET_STREAMS`], [`MAX_LOCAL_ERROR_RESET_STREAMS`]).
 //!
 //! A connection with no open stream for the listener's `idle_timeout` gets GOAWAY and closes.
+//! A client's own GOAWAY (its streams still finish; `h2` then closes) is counted once per
+//! connection, spotted in the bytes `h2` reads (`Prefixed`, `sluice_core::http2::goaway`).
 //! A stream's buffers and its other state ([`StreamBuffers`]: the translated head, parsed heads,
 //! the request path's scratch) are the worker's ([`crate::bufpool`]), taken when it starts and
 //! given back when it ends: a busy worker allocates none of them per stream, and an idle
@@ -54,7 +56,8 @@ use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::rc::Rc;
-use std::task::{Context, Poll};
+use std::sync::atomic::AtomicU64;
+use std::task::{Context, Poll, ready};
 use std::time::SystemTime;
 
 use bytes::{Buf, Bytes};
@@ -67,6 +70,7 @@ use sluice_core::http1::{
     BodyFraming, Chunked, ChunkedDecoder, Head, Limits, Method, ParseStatus, parse_request,
     parse_response, write_local_response, write_trailers,
 };
+use sluice_core::http2::goaway::GoawayWatch;
 use sluice_core::http2::premature::{PrematureResets, StreamEnd, Verdict};
 use sluice_core::http2::translate::RequestHead;
 use sluice_core::http2::{
@@ -184,19 +188,24 @@ pub(crate) fn accepts_http2(codec: HttpCodec) -> bool {
     codec != HttpCodec::Http1
 }
 
-/// The bytes read by [`sniff`], given back to `h2` before the connection's own.
-struct Prefixed<S> {
+/// The bytes read by [`sniff`], given back to `h2` before the connection's own; everything
+/// `h2` reads passes a [`GoawayWatch`] (until the client's first GOAWAY, which `h2` does not
+/// report when its code is `NO_ERROR`), which counts it in `goaway_received`.
+struct Prefixed<'a, S> {
     prefix: Vec<u8>,
     at: usize,
     inner: S,
+    watch: GoawayWatch,
+    goaway_received: &'a AtomicU64,
 }
 
-impl<S: AsyncRead + Unpin> AsyncRead for Prefixed<S> {
+impl<S: AsyncRead + Unpin> AsyncRead for Prefixed<'_, S> {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
+        let from = buf.filled().len();
         if self.at < self.prefix.len() {
             let n = (self.prefix.len() - self.at).min(buf.remaining());
             let at = self.at;
@@ -206,13 +215,17 @@ impl<S: AsyncRead + Unpin> AsyncRead for Prefixed<S> {
                 self.prefix = Vec::new();
                 self.at = 0;
             }
-            return Poll::Ready(Ok(()));
+        } else {
+            ready!(Pin::new(&mut self.inner).poll_read(cx, buf))?;
         }
-        Pin::new(&mut self.inner).poll_read(cx, buf)
+        if !self.watch.seen() && self.watch.feed(&buf.filled()[from..]) {
+            bump(self.goaway_received, 1);
+        }
+        Poll::Ready(Ok(()))
     }
 }
 
-impl<S: AsyncWrite + Unpin> AsyncWrite for Prefixed<S> {
+impl<S: AsyncWrite + Unpin> AsyncWrite for Prefixed<'_, S> {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -279,6 +292,8 @@ impl<N: Network> Engine<N> {
             prefix: preface,
             at: 0,
             inner: down,
+            watch: GoawayWatch::new(),
+            goaway_received: &self.stats.http2_goaway_received,
         };
         let s = hc.http2;
         let mut builder = h2::server::Builder::new();

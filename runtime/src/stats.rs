@@ -1329,6 +1329,15 @@ counters! {
             )
             .by("reason", goaway_cause)
             .stats("http2.goaway_sent.");
+        /// Client connections whose client sent GOAWAY (counted once per connection, whatever
+        /// its error code and however many it sends; seen in the inbound bytes by
+        /// `sluice_core::http2::goaway`, since `h2` reports no `NO_ERROR` GOAWAY to a server).
+        http2_goaway_received: AtomicU64, counter
+            => Metric::counter(
+                "sluice_http2_goaway_received_total",
+                "HTTP/2 client connections whose client sent GOAWAY (once per connection, any error code).",
+            )
+            .stats("http2.goaway_received");
         /// HTTP/2 connections closed (GOAWAY ENHANCE_YOUR_CALM) because their client reset too
         /// many streams prematurely (sluice_core::http2::premature).
         http2_premature_reset_closed: AtomicU64, counter

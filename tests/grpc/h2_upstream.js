@@ -20,6 +20,8 @@
 //   /refuse-once/T  refuses the first stream for tag T with RST_STREAM(REFUSED_STREAM);
 //   /refuse-early/T refuses the first stream for tag T at once, before its body's end (the
 //                   request's HEADERS are enough), with RST_STREAM(REFUSED_STREAM);
+//   /503-early/T    answers the first stream for tag T 503 at once, whole, before its body's
+//                   end (logs { early_503: PATH }); later ones as usual;
 //   /goaway/T       holds streams until 4 arrived on one connection (the first time only), then
 //                   sends GOAWAY with the second one's id as last_stream_id, answers the first
 //                   two and never processes the others (a graceful shutdown, RFC 9113 §6.8);
@@ -93,6 +95,15 @@ server.on('stream', (stream, headers) => {
     stream.refusedHere = true;
     stream.on('error', () => {});
     stream.close(http2.constants.NGHTTP2_REFUSED_STREAM);
+    return;
+  }
+  if (headers[':path'].startsWith('/503-early/') && !refused.has(headers[':path'])) {
+    refused.add(headers[':path']);
+    record({ upstream: name, early_503: headers[':path'], stream: stream.id });
+    stream.answered = true;
+    stream.on('error', () => {});
+    stream.respond({ ':status': 503, 'x-upstream': name });
+    stream.end('busy');
     return;
   }
   if (headers[':path'] === '/answer-early') {

@@ -1,11 +1,13 @@
 //! HTTP/2 semantics the proxy needs beside the `h2` crate (which the runtime uses for framing,
 //! HPACK and flow control): recognizing a connection's client preface, and translating message
-//! heads between HTTP/2 and the HTTP/1.1 the upstream path speaks ([`translate`]), and Envoy's
-//! rule against clients that reset their streams prematurely ([`premature`]).
+//! heads between HTTP/2 and the HTTP/1.1 the upstream path speaks ([`translate`]), Envoy's
+//! rule against clients that reset their streams prematurely ([`premature`]), and spotting a
+//! client's GOAWAY in its inbound bytes ([`goaway`]).
 //!
 //! Nothing here reads a socket or knows an `h2` type: heads come in as neutral byte pairs, so the
 //! same code is unit-tested, property-tested and fuzzed without a connection.
 
+pub mod goaway;
 pub mod premature;
 pub mod translate;
 

@@ -25,6 +25,8 @@
 //! arriving is asked about first ([`Exchange::retry_wants_body`]): when the body being
 //! replayable would make it retried, the driver reads the rest of the body into its copy and
 //! says [`Exchange::handle_body_buffered`] if it ended within it, then hands the failure in.
+//! The same goes for a response head that arrives while the body is still arriving
+//! ([`Exchange::response_wants_body`]: a retriable 5xx answered early).
 //!
 //! ## Retry rules (RFC 9110 §9.2.2: a proxy must not retry a non-idempotent request that may
 //! have been processed)
@@ -623,6 +625,45 @@ impl Exchange {
         retried(with) && !retried(without)
     }
 
+    /// Whether a response head with `status` (and `grpc-status`) on the current try, about to
+    /// be handed in, would be retried were the body replayable while it is not yet: a body
+    /// still arriving that the driver keeps a whole copy of so far (an upstream that answers a
+    /// retriable 5xx before the body's end). When true the driver reads the rest of the body
+    /// into its copy (nothing more goes upstream) and, if it ended within the copy, gives
+    /// [`Exchange::handle_body_buffered`] before the head, which then decides (the circuit
+    /// breaker's leave is asked there). False when the body is replayable already or the answer
+    /// is forwarded either way.
+    #[must_use]
+    pub fn response_wants_body(&self, now: Instant, status: u16, grpc_status: Option<u8>) -> bool {
+        matches!(self.state, State::Waiting { .. })
+            && !self.config.replayable
+            && self.head_retried(now, status, grpc_status, true)
+    }
+
+    /// The retry rule for a response head (module docs), with the body `replayable` or not,
+    /// short of the circuit breaker's leave. Pure: [`Exchange::response_wants_body`] asks it
+    /// too.
+    fn head_retried(
+        &self,
+        now: Instant,
+        status: u16,
+        grpc_status: Option<u8>,
+        replayable: bool,
+    ) -> bool {
+        let on = self.config.retry.map(|r| r.retry_on).unwrap_or_default();
+        let retriable_status = match status {
+            500..=599 if on.server_error => true,
+            502..=504 if on.gateway_error => true,
+            409 if on.retriable_4xx => true,
+            _ => on.retriable_status_codes && on.status_codes.contains(status),
+        };
+        let retriable_grpc = grpc_status.is_some_and(|g| on.grpc(g));
+        ((retriable_status && self.config.idempotent) || retriable_grpc)
+            && replayable
+            && self.retry_budget_left()
+            && self.deadline.is_none_or(|d| now < d)
+    }
+
     /// A complete response head arrived on the current try.
     pub fn handle_response_head(
         &mut self,
@@ -650,18 +691,7 @@ impl Exchange {
             debug_assert!(false, "handle_response_head in {:?}", self.state);
             return Verdict::Forward;
         };
-        let on = self.config.retry.map(|r| r.retry_on).unwrap_or_default();
-        let retriable_status = match status {
-            500..=599 if on.server_error => true,
-            502..=504 if on.gateway_error => true,
-            409 if on.retriable_4xx => true,
-            _ => on.retriable_status_codes && on.status_codes.contains(status),
-        };
-        let retriable_grpc = grpc_status.is_some_and(|g| on.grpc(g));
-        if ((retriable_status && self.config.idempotent) || retriable_grpc)
-            && self.config.replayable
-            && self.retry_budget_left()
-            && self.deadline.is_none_or(|d| now < d)
+        if self.head_retried(now, status, grpc_status, self.config.replayable)
             && self.schedule_retry(now, cluster, rng)
         {
             self.release_host(cluster);

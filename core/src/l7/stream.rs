@@ -389,6 +389,15 @@ impl Stream {
         !self.is_finished() && self.exchange.retry_wants_body(now, failure)
     }
 
+    /// Whether the current try's response head (`status`, `grpc_status`), about to be handed
+    /// in, would be retried were the body (still arriving, kept whole so far) replayable
+    /// ([`Exchange::response_wants_body`]): then the driver reads the rest of it first, and
+    /// gives `BodyBuffered` when it ended within the copy, before `ResponseHead`.
+    #[must_use]
+    pub fn response_wants_body(&self, now: Instant, status: u16, grpc_status: Option<u8>) -> bool {
+        !self.is_finished() && self.exchange.response_wants_body(now, status, grpc_status)
+    }
+
     /// Tries started so far.
     #[must_use]
     pub fn tries(&self) -> usize {

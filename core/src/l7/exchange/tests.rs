@@ -890,3 +890,48 @@ fn a_refused_try_that_wrote_nothing_is_sent_again_with_a_streamed_body() {
         Action::Connect { .. }
     ));
 }
+
+/// A response head that arrives while the body is still arriving asks for the body only when
+/// having it whole would make it retried: a 503 to a PUT under `retry_on: 5xx` does; a 503 to
+/// a POST, a 200, or a 503 without a retry policy does not; nor does anything once the body is
+/// replayable. Then, once `handle_body_buffered` and the request's end came, the 503 is retried
+/// (and without them forwarded).
+#[test]
+fn an_early_answer_while_the_body_arrives_asks_for_the_body_only_when_it_would_retry() {
+    let setup = |idempotent: bool, policy: bool| {
+        let (mut c, mut rng, mut now) = (cluster(2), Rng::from_seed(1), epoch());
+        let mut cfg = config(idempotent, 3);
+        cfg.replayable = false;
+        cfg.request_complete = false;
+        if !policy {
+            cfg.retry = None;
+        }
+        let mut e = Exchange::new(now, cfg);
+        e.start(now, &mut c, &mut rng);
+        next_action(&mut e, &mut now, &mut c, &mut rng);
+        e.handle_connected(now, false, &mut c);
+        e.handle_request_written();
+        (e, c, rng, now)
+    };
+    let (e, ..) = setup(false, true);
+    assert!(!e.response_wants_body(epoch(), 503, None));
+    let (e, ..) = setup(true, false);
+    assert!(!e.response_wants_body(epoch(), 503, None));
+    let (mut e, mut c, mut rng, now) = setup(true, true);
+    assert!(e.response_wants_body(now, 503, None));
+    assert!(!e.response_wants_body(now, 200, None));
+    e.handle_body_buffered();
+    assert!(!e.response_wants_body(now, 503, None));
+    e.handle_request_complete(now);
+    assert_eq!(
+        e.handle_response_head(now, 503, &mut c, &mut rng),
+        Verdict::Retry
+    );
+    // Without the body kept whole, the same answer is forwarded.
+    let (mut e, mut c, mut rng, now) = setup(true, true);
+    e.handle_request_complete(now);
+    assert_eq!(
+        e.handle_response_head(now, 503, &mut c, &mut rng),
+        Verdict::Forward
+    );
+}
