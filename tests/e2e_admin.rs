@@ -422,7 +422,10 @@ fn counters_clusters_config_dump_and_index_after_traffic() {
             "available",
             "active requests",
             "active connections",
-            "requests"
+            "requests",
+            "idle HTTP/1.1 connections",
+            "HTTP/2 connections",
+            "HTTP/2 streams"
         ]
     );
     assert_eq!(rows.len(), 3, "{rows:?}");
@@ -441,6 +444,11 @@ fn counters_clusters_config_dump_and_index_after_traffic() {
     );
     assert_eq!(row[7], cx_total.to_string());
     assert_eq!(row[8], "20");
+    // The pool's columns: an HTTP/1.1 cluster's idle connections (at most those it opened),
+    // and no HTTP/2 connection or stream.
+    let idle: u64 = row[9].parse().unwrap();
+    assert!(idle <= cx_total, "{row:?}");
+    assert_eq!(row[10..12], ["0", "0"]);
     assert_eq!(
         rows[2][..4],
         ["dead", &format!("127.0.0.1:{dead}"), "1", "healthy"]
