@@ -95,7 +95,8 @@ impl<T> FreeList<T> {
 pub(crate) struct BufPool {
     read: RefCell<FreeList<Vec<u8>>>,
     write: RefCell<FreeList<Vec<u8>>>,
-    streams: RefCell<FreeList<StreamBuffers>>,
+    /// Boxed: a stream's future holds a pointer, and taking or giving one moves no more.
+    streams: RefCell<FreeList<Box<StreamBuffers>>>,
     /// Read buffers taken so far (tests: a busy connection takes none between its requests).
     #[cfg(test)]
     read_takes: Cell<usize>,
@@ -155,12 +156,12 @@ impl BufPool {
     }
 
     /// An HTTP/2 stream's state kept from an earlier stream, if any.
-    pub(crate) fn take_stream(&self) -> Option<StreamBuffers> {
+    pub(crate) fn take_stream(&self) -> Option<Box<StreamBuffers>> {
         self.streams.borrow_mut().pop()
     }
 
     /// Keeps an ended HTTP/2 stream's state (its buffers already given back) for a next stream.
-    pub(crate) fn give_stream(&self, state: StreamBuffers) {
+    pub(crate) fn give_stream(&self, state: Box<StreamBuffers>) {
         self.streams.borrow_mut().push(state);
     }
 

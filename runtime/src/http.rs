@@ -1847,7 +1847,9 @@ impl<N: Network> Engine<N> {
                                 BodyFraming::ContentLength(n) if n as usize > REPLAY_LIMIT => None,
                                 _ => Some(&mut scratch.replay),
                             };
-                            upload.set(Some(async move {
+                            // Boxed: only a streamed body pays for the upload's state; the
+                            // request path's future (every request's) holds a pointer.
+                            upload.set(Some(Box::pin(async move {
                                 stream_request_body(
                                     &mut Shared(up_w),
                                     &mut Shared(down_r),
@@ -1861,7 +1863,7 @@ impl<N: Network> Engine<N> {
                                     detach,
                                 )
                                 .await
-                            }));
+                            })));
                         } else {
                             self.stream_input_at(ci, &mut stream, Input::RequestComplete, sent_at);
                         }

@@ -61,6 +61,8 @@ use std::task::{Context, Poll, ready};
 use std::time::SystemTime;
 
 use bytes::{Buf, Bytes};
+use futures_util::StreamExt as _;
+use futures_util::stream::FuturesUnordered;
 use h2::server::SendResponse;
 use h2::{RecvStream, SendStream};
 use sluice_core::config::ListenerConfig;
@@ -323,7 +325,9 @@ impl<N: Network> Engine<N> {
         };
         bump(&self.stats.http2_downstream_cx_total, 1);
         let _active = GaugeGuard::new(&self.stats.http2_downstream_cx_active);
-        let mut streams: Vec<StreamFuture<'_>> = Vec::new();
+        // Each stream has its own waker: a wake-up polls the streams that were woken, not all of
+        // the connection's (a response arriving for one of 100 streams polls one).
+        let mut streams: FuturesUnordered<StreamFuture<'_>> = FuturesUnordered::new();
         // Streams accepted but not started: a stream starts once the connection has read all
         // that arrived, so that the DATA sent with its HEADERS is there when the request path
         // decides whether the body can be held for a retry (a gRPC call's whole body usually).
@@ -385,21 +389,15 @@ impl<N: Network> Engine<N> {
                             abusive = true;
                         }
                     };
-                    streams.retain_mut(|f| match f.as_mut().poll(cx) {
-                        Poll::Ready(end) => {
-                            ended(end);
-                            false
-                        }
-                        Poll::Pending => true,
-                    });
+                    while let Poll::Ready(Some(end)) = streams.poll_next_unpin(cx) {
+                        ended(end);
+                    }
                     let accepted = conn.poll_accept(cx);
-                    if accepted.is_pending() {
+                    if accepted.is_pending() && !fresh.is_empty() {
                         // Everything that arrived is read: the new streams start.
-                        for mut f in fresh.drain(..) {
-                            match f.as_mut().poll(cx) {
-                                Poll::Ready(end) => ended(end),
-                                Poll::Pending => streams.push(f),
-                            }
+                        streams.extend(fresh.drain(..));
+                        while let Poll::Ready(Some(end)) = streams.poll_next_unpin(cx) {
+                            ended(end);
                         }
                     }
                     if abusive {
@@ -479,11 +477,6 @@ impl<N: Network> Engine<N> {
         };
         let t0 = now();
         let (parts, body) = request.into_parts();
-        let fields: Vec<(&[u8], &[u8])> = parts
-            .headers
-            .iter()
-            .map(|(n, v)| (n.as_str().as_bytes(), v.as_bytes()))
-            .collect();
         let mut buffers = match self.http_buffers.take_stream() {
             Some(mut b) => {
                 b.scratch.rebind(peer, hc, over_tls);
@@ -492,7 +485,7 @@ impl<N: Network> Engine<N> {
             None => {
                 #[cfg(test)]
                 self.http_buffers.note_stream_made();
-                StreamBuffers::new(peer, hc, over_tls)
+                Box::new(StreamBuffers::new(peer, hc, over_tls))
             }
         };
         buffers.scratch.original_dst = original_dst;
@@ -504,7 +497,9 @@ impl<N: Network> Engine<N> {
             rhead,
             out,
             scratch,
-        } = &mut buffers;
+            sink_buf,
+            sink_head,
+        } = &mut *buffers;
         translated.clear();
         rbuf.clear();
         ubuf.clear();
@@ -516,18 +511,12 @@ impl<N: Network> Engine<N> {
         if out.capacity() == 0 {
             *out = pool.take_write();
         }
-        let result = request_to_http1(
-            translated,
-            &RequestHead {
-                method: parts.method.as_str().as_bytes(),
-                authority: parts.uri.authority().map(|a| a.as_str().as_bytes()),
-                path: parts.uri.path_and_query().map(|p| p.as_str().as_bytes()),
-                fields: &fields,
-                end_stream: body.is_end_stream(),
-            },
-        );
-        drop(fields);
-        let sink = RefCell::new(Sink::new(respond));
+        let result = translate_request(translated, &parts, body.is_end_stream());
+        let sink = RefCell::new(Sink::new(
+            respond,
+            std::mem::take(sink_buf),
+            std::mem::take(sink_head),
+        ));
         // A request refused before routing: (status, flag, why).
         let mut rejected = None;
         let body_length = match result {
@@ -722,6 +711,15 @@ impl<N: Network> Engine<N> {
                 self.finish_span(&scratch.trace, &entry);
             }
         }
+        // The sink's buffer and head go back with the stream's state (a buffer grown past the
+        // read size is not kept).
+        drop(down);
+        let Sink { buf, head, .. } = sink.into_inner();
+        if buf.capacity() <= READ_BUFFER {
+            *sink_buf = buf;
+            sink_buf.clear();
+        }
+        *sink_head = head;
         buffers.release(&self.http_buffers);
         self.http_buffers.give_stream(buffers);
         if reset_by_client {
@@ -730,6 +728,45 @@ impl<N: Network> Engine<N> {
             StreamEnd::Completed
         }
     }
+}
+
+/// Checks and translates a request's head into the HTTP/1.1 head the request path parses
+/// (`sluice_core::http2::request_to_http1`), its fields borrowed from `parts` (on the stack for
+/// the usual request, not collected per stream).
+fn translate_request(
+    translated: &mut Vec<u8>,
+    parts: &http::request::Parts,
+    end_stream: bool,
+) -> Result<BodyLength, sluice_core::http2::TranslateError> {
+    const ON_STACK: usize = 48;
+    let empty: (&[u8], &[u8]) = (&[], &[]);
+    let mut stack = [empty; ON_STACK];
+    let collected: Vec<(&[u8], &[u8])>;
+    let pairs = parts
+        .headers
+        .iter()
+        .map(|(n, v)| (n.as_str().as_bytes(), v.as_bytes()));
+    let fields: &[(&[u8], &[u8])] = if parts.headers.len() <= ON_STACK {
+        let mut n = 0;
+        for (slot, pair) in stack.iter_mut().zip(pairs) {
+            *slot = pair;
+            n += 1;
+        }
+        &stack[..n]
+    } else {
+        collected = pairs.collect();
+        &collected
+    };
+    request_to_http1(
+        translated,
+        &RequestHead {
+            method: parts.method.as_str().as_bytes(),
+            authority: parts.uri.authority().map(|a| a.as_str().as_bytes()),
+            path: parts.uri.path_and_query().map(|p| p.as_str().as_bytes()),
+            fields,
+            end_stream,
+        },
+    )
 }
 
 /// The state of one stream's request, kept by the worker ([`crate::bufpool::BufPool`]) for its
@@ -746,6 +783,9 @@ pub(crate) struct StreamBuffers {
     rhead: Head,
     out: Vec<u8>,
     scratch: Scratch,
+    /// The response sink's buffer and parsed head ([`Sink`]), lent to it for the stream.
+    sink_buf: Vec<u8>,
+    sink_head: Head,
 }
 
 impl StreamBuffers {
@@ -770,6 +810,8 @@ impl StreamBuffers {
             rhead: Head::default(),
             out: Vec::new(),
             scratch,
+            sink_buf: Vec::new(),
+            sink_head: Head::default(),
         }
     }
 }
@@ -942,13 +984,16 @@ struct Sink {
 }
 
 impl Sink {
-    fn new(respond: SendResponse<Bytes>) -> Self {
+    /// A sink for `respond`, with a buffer (empty) and a head to parse into, kept from an
+    /// earlier stream.
+    fn new(respond: SendResponse<Bytes>, buf: Vec<u8>, head: Head) -> Self {
+        debug_assert!(buf.is_empty());
         Sink {
             respond: Some(respond),
             send: None,
             method: Method::Get,
-            buf: Vec::new(),
-            head: Head::default(),
+            buf,
+            head,
             state: BodyState::Head,
             closed: false,
             status: 0,
