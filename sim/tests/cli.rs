@@ -52,6 +52,7 @@ const SCENARIOS: [&str; 26] = [
     "sigterm_drain_under_slow_http_traffic",
     "dns_answers_change_under_traffic",
     "xds_control_plane_fails_under_traffic",
+    "xds_delta_control_plane_fails_under_traffic",
 ];
 
 #[test]
