@@ -1,7 +1,8 @@
-//! xDS scenario (`xds_control_plane_fails_under_traffic`): the sidecar takes its listener,
-//! route, cluster and endpoints from an ADS management server on its own turmoil host, and
-//! keeps serving HTTP clients while that server churns endpoints, crashes mid-push, is
-//! partitioned from the sidecar and sends one invalid update.
+//! xDS scenario (`xds_control_plane_fails_under_traffic`, and over the delta protocol
+//! `xds_delta_control_plane_fails_under_traffic`): the sidecar takes its listener, route,
+//! cluster and endpoints from an ADS management server on its own turmoil host, and keeps
+//! serving HTTP clients while that server churns endpoints, crashes mid-push, is partitioned
+//! from the sidecar and sends one invalid update.
 //!
 //! The sidecar runs the real xDS client ([`sluice_runtime::xds::run`], the loop the binary's
 //! `xds` thread runs) as a task of its host, over turmoil's network
@@ -75,6 +76,24 @@
 //!
 //! The server crashes strictly inside the push of v4 (one to three of its four types sent) in
 //! 48 of seeds 0..64, before its first type in the other 16.
+//!
+//! **Delta** ([`run_delta`]): the bootstrap says `mode: delta` and the server's delta stream
+//! serves the same snapshots: per type, only the resources whose version (a hash of their
+//! bytes) differs from what the client has, and `removed_resources`. Since a delta push sends
+//! only what changed (the endpoints, for most versions), v4 also adds a cluster `spare` (EDS,
+//! one endpoint, no route to it): the push the crash cuts is a cluster response then one or two
+//! endpoints responses. v5, pushed while the sidecar is cut off, removes `spare`: the removal
+//! reaches the sidecar only because its new stream's `initial_resource_versions` say it has
+//! `spare`. The invalid v6 is NACKed, which ends the stream (a resync) and, until v7, comes
+//! again on each new stream. The server's log has each response's stream, nonce, version and
+//! resources, so that invariants 4–6 read what each ACK or NACK answers by its nonce (see
+//! [`check_delta`], which also checks 7: each new stream's `initial_resource_versions`).
+//! Invariant 2 holds per resource there (a push's types apply as they arrive: a config may
+//! have v5's clusters and v4's endpoints), and the last config applied has no `spare`.
+//! Shown failing (all of seeds 0..16, each by a temporary change of `xds/src/ads.rs`): with
+//! `initial_resource_versions` left empty (7, and `spare` is never removed), with
+//! `removed_resources` ignored (`spare` stays), without the resync after a NACK (no new stream
+//! after it).
 
 use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet};
@@ -163,7 +182,15 @@ const REPAIRED_WITHIN: Duration = Duration::from_millis(4_500);
 
 /// The server's host: accepts HTTP/2 connections and serves the ADS service on each (again
 /// after a restart: the snapshot lives outside the host).
-async fn server(service: AdsService, trace: Trace) -> turmoil::Result {
+///
+/// Delta: the server PINGs its connections too (the sidecar's keepalive settings), so that it
+/// closes the black-holed one during the partition. Left open, its stream would answer the
+/// next snapshot change beside the sidecar's new one, and which of the two writes first —
+/// hence which draws which latency from the simulation's RNG — is the order in which a
+/// `tokio::sync::watch` wakes its waiters: random (tokio's thread RNG, unseeded without
+/// `tokio_unstable`), so a seed would not replay. (The state-of-the-world twin keeps its
+/// schedule: its dead stream is written after the repair and reset.)
+async fn server(service: AdsService, trace: Trace, keepalive: bool) -> turmoil::Result {
     let listener = TcpListener::bind(SocketAddr::new(
         IpAddr::V6(Ipv6Addr::UNSPECIFIED),
         SERVER_PORT,
@@ -175,11 +202,19 @@ async fn server(service: AdsService, trace: Trace) -> turmoil::Result {
         let (stream, _) = listener.accept().await?;
         let service = hyper_util::service::TowerToHyperService::new(service.clone());
         tokio::spawn(async move {
-            let _ =
-                hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new())
-                    .http2_only()
-                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
-                    .await;
+            let mut builder =
+                hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
+            if keepalive {
+                builder
+                    .http2()
+                    .timer(hyper_util::rt::TokioTimer::new())
+                    .keep_alive_interval(KEEPALIVE_INTERVAL)
+                    .keep_alive_timeout(KEEPALIVE_TIMEOUT);
+            }
+            let _ = builder
+                .http2_only()
+                .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                .await;
         });
     }
 }
@@ -187,11 +222,7 @@ async fn server(service: AdsService, trace: Trace) -> turmoil::Result {
 /// The resources of a snapshot whose cluster `app` has `hosts`; `invalid`: its locality is
 /// at priority 1, which Sluice refuses (one priority level only); `spare`: with cluster
 /// `spare` (EDS, one endpoint at `spare`, no route to it).
-fn resources(
-    hosts: &[IpAddr],
-    invalid: bool,
-    spare: Option<IpAddr>,
-) -> BTreeMap<String, Vec<Any>> {
+fn resources(hosts: &[IpAddr], invalid: bool, spare: Option<IpAddr>) -> BTreeMap<String, Vec<Any>> {
     let ips: Vec<String> = hosts.iter().map(ToString::to_string).collect();
     let refs: Vec<(&str, u32, i32)> = ips
         .iter()
@@ -381,7 +412,10 @@ fn run_mode(mode: XdsMode, seed: u64) -> RunReport {
     {
         let service = AdsService::new(receiver, log.clone(), PUSH_SPACING, elapsed);
         let trace = trace.clone();
-        sim.host(SERVER, move || server(service.clone(), trace.clone()));
+        let keepalive = mode == XdsMode::Delta;
+        sim.host(SERVER, move || {
+            server(service.clone(), trace.clone(), keepalive)
+        });
     }
     {
         let (world, trace) = (world.clone(), trace.clone());
@@ -761,7 +795,6 @@ fn check(w: &World, log: &AdsLog, plan: &Plan, ips: &[IpAddr], violations: &mut 
             last_push.at,
         ));
     }
-
 }
 
 /// The sidecar's first request to the server at or after `at` (its return after an event).
@@ -793,8 +826,11 @@ fn first_request_after_stream(log: &AdsLog, stream: usize) -> Option<Duration> {
         .map(|(t, _, _)| *t)
 }
 
+/// Per type URL, each resource's version (name → version).
+type Versions = BTreeMap<String, BTreeMap<String, String>>;
+
 /// Per type URL, the version a delta stream gives each resource of `push`'s snapshot.
-fn content_versions(push: &Push, ips: &[IpAddr]) -> BTreeMap<String, BTreeMap<String, String>> {
+fn content_versions(push: &Push, ips: &[IpAddr]) -> Versions {
     let hosts: Vec<IpAddr> = push.hosts.iter().map(|&h| ips[h]).collect();
     resources(&hosts, push.invalid, push.spare.then_some(ips[0]))
         .into_iter()
@@ -821,13 +857,7 @@ fn content_versions(push: &Push, ips: &[IpAddr]) -> BTreeMap<String, BTreeMap<St
 ///    the version the server gave it — so that the server sends only what changed while the
 ///    stream was down, and the removals (`spare`, removed by v5 while the sidecar is cut off,
 ///    reaches it only so: the last config's clusters in [`check_common`]).
-fn check_delta(
-    w: &World,
-    log: &AdsLog,
-    plan: &Plan,
-    ips: &[IpAddr],
-    violations: &mut Vec<String>,
-) {
+fn check_delta(w: &World, log: &AdsLog, plan: &Plan, ips: &[IpAddr], violations: &mut Vec<String>) {
     use sluice_xds::test_server::DeltaSent;
     check_common(w, plan, ips, violations);
     let endpoints = ResourceType::Endpoints.type_url();
@@ -894,7 +924,7 @@ fn check_delta(
     // 6. Convergence. The sidecar has taken version v once it ACKed `app`'s endpoints of v
     // (or later), or named them in a new stream's `initial_resource_versions` (taken while
     // the server was away: a delta server then sends them no more, and nothing is ACKed).
-    let versions: Vec<(u64, BTreeMap<String, BTreeMap<String, String>>)> = plan
+    let versions: Vec<(u64, Versions)> = plan
         .pushes
         .iter()
         .map(|p| (p.version, content_versions(p, ips)))
@@ -990,7 +1020,11 @@ fn check_delta(
     let serving = serving_at(last_push.at);
     let by = (last_push.at + CONVERGE_WITHIN)
         .max(back_after_repair.map_or(Duration::ZERO, |t| t + STREAM_CONVERGE))
-        .max(resync.and_then(|(_, t)| t).map_or(Duration::ZERO, |t| t + STREAM_CONVERGE));
+        .max(
+            resync
+                .and_then(|(_, t)| t)
+                .map_or(Duration::ZERO, |t| t + STREAM_CONVERGE),
+        );
     if !took(serving, by) {
         violations.push(format!(
             "v{serving} (served at the last push, {:?}) not ACKed by {by:?}",
@@ -1027,7 +1061,9 @@ fn check_delta(
     let mut seen: BTreeSet<(usize, &str)> = BTreeSet::new();
     for (at, stream, r) in &log.delta_requests {
         let t = r.type_url.as_str();
-        if *stream == first_stream || (t != clusters && t != endpoints) || !seen.insert((*stream, t))
+        if *stream == first_stream
+            || (t != clusters && t != endpoints)
+            || !seen.insert((*stream, t))
         {
             continue;
         }

@@ -678,8 +678,7 @@ impl Ads {
                 decoded.retain(|n| names.contains(n));
                 change.versions.retain(|(n, _)| names.contains(n));
                 change.removed.retain(|n| names.contains(n));
-                self.unsolicited +=
-                    (before - decoded.names().len() - change.removed.len()) as u64;
+                self.unsolicited += (before - decoded.names().len() - change.removed.len()) as u64;
             }
             (decoded, change)
         });

@@ -1062,7 +1062,10 @@ fn delta_resources_not_subscribed_to_are_dropped_on_arrival() {
     a.handle_input(Input::Applied(id));
     let out = drain(&mut a);
     // Not applied with the unsolicited endpoints: it waits for them, subscribed to.
-    assert!(apply_id(&out).is_none(), "applied unasked endpoints: {out:?}");
+    assert!(
+        apply_id(&out).is_none(),
+        "applied unasked endpoints: {out:?}"
+    );
     assert!(!a.applied().endpoints.contains_key("api"));
     assert!(!a.applied().routes.contains_key("other-routes"));
     assert!(!a.resource_versions(Eds).contains_key("api"));
