@@ -90,10 +90,11 @@
 //! [`check_delta`], which also checks 7: each new stream's `initial_resource_versions`).
 //! Invariant 2 holds per resource there (a push's types apply as they arrive: a config may
 //! have v5's clusters and v4's endpoints), and the last config applied has no `spare`.
-//! Shown failing (all of seeds 0..16, each by a temporary change of `xds/src/ads.rs`): with
+//! Shown failing (all of seeds 0..16, each by a temporary change): with
 //! `initial_resource_versions` left empty (7, and `spare` is never removed), with
 //! `removed_resources` ignored (`spare` stays), without the resync after a NACK (no new stream
-//! after it).
+//! after it), with a translator that takes a locality at priority 1 (2 and 5). The delta
+//! server also PINGs its connections (see [`server`]): seeds must replay.
 
 use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet};
