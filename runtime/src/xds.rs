@@ -622,7 +622,22 @@ impl Client {
             Input::WarmingTimeout(_) => self.timer = None,
             _ => {}
         }
+        let type_url = match &input {
+            Input::Response(r) => Some(r.type_url.clone()),
+            Input::DeltaResponse(r) => Some(r.type_url.clone()),
+            _ => None,
+        };
+        let unsolicited = self.ads.unsolicited();
         self.ads.handle_input(input);
+        if let Some(type_url) = type_url
+            && self.ads.unsolicited() > unsolicited
+        {
+            debug!(
+                type_url,
+                ignored = self.ads.unsolicited() - unsolicited,
+                "xds: ignored resources not subscribed to"
+            );
+        }
     }
 }
 

@@ -195,6 +195,11 @@ pub static SCENARIOS: &[Scenario] = &[
         "xDS: the management server churns endpoints, crashes mid-push, is partitioned and sends an invalid update under HTTP traffic; every request 200, no half-applied config, NACKed update never applied, versions never go back, converges after repair",
         crate::xds::run,
     ),
+    Scenario::new(
+        "xds_delta_control_plane_fails_under_traffic",
+        "xDS over the delta protocol: the same faults, plus a cluster added mid-push and removed while the sidecar is cut off; the same invariants, ACK/NACK by nonce, resync after the NACK, initial_resource_versions name what serves, the removal reaches the sidecar after the repair",
+        crate::xds::run_delta,
+    ),
 ];
 
 /// Shown only when `SLUICE_SIM_SELFTEST=1`: fails on odd seeds, to test the failure path of

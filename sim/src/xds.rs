@@ -1,7 +1,8 @@
-//! xDS scenario (`xds_control_plane_fails_under_traffic`): the sidecar takes its listener,
-//! route, cluster and endpoints from an ADS management server on its own turmoil host, and
-//! keeps serving HTTP clients while that server churns endpoints, crashes mid-push, is
-//! partitioned from the sidecar and sends one invalid update.
+//! xDS scenario (`xds_control_plane_fails_under_traffic`, and over the delta protocol
+//! `xds_delta_control_plane_fails_under_traffic`): the sidecar takes its listener, route,
+//! cluster and endpoints from an ADS management server on its own turmoil host, and keeps
+//! serving HTTP clients while that server churns endpoints, crashes mid-push, is partitioned
+//! from the sidecar and sends one invalid update.
 //!
 //! The sidecar runs the real xDS client ([`sluice_runtime::xds::run`], the loop the binary's
 //! `xds` thread runs) as a task of its host, over turmoil's network
@@ -75,6 +76,25 @@
 //!
 //! The server crashes strictly inside the push of v4 (one to three of its four types sent) in
 //! 48 of seeds 0..64, before its first type in the other 16.
+//!
+//! **Delta** ([`run_delta`]): the bootstrap says `mode: delta` and the server's delta stream
+//! serves the same snapshots: per type, only the resources whose version (a hash of their
+//! bytes) differs from what the client has, and `removed_resources`. Since a delta push sends
+//! only what changed (the endpoints, for most versions), v4 also adds a cluster `spare` (EDS,
+//! one endpoint, no route to it): the push the crash cuts is a cluster response then one or two
+//! endpoints responses. v5, pushed while the sidecar is cut off, removes `spare`: the removal
+//! reaches the sidecar only because its new stream's `initial_resource_versions` say it has
+//! `spare`. The invalid v6 is NACKed, which ends the stream (a resync) and, until v7, comes
+//! again on each new stream. The server's log has each response's stream, nonce, version and
+//! resources, so that invariants 4–6 read what each ACK or NACK answers by its nonce (see
+//! [`check_delta`], which also checks 7: each new stream's `initial_resource_versions`).
+//! Invariant 2 holds per resource there (a push's types apply as they arrive: a config may
+//! have v5's clusters and v4's endpoints), and the last config applied has no `spare`.
+//! Shown failing (all of seeds 0..16, each by a temporary change): with
+//! `initial_resource_versions` left empty (7, and `spare` is never removed), with
+//! `removed_resources` ignored (`spare` stays), without the resync after a NACK (no new stream
+//! after it), with a translator that takes a locality at priority 1 (2 and 5). The delta
+//! server also PINGs its connections (see [`server`]): seeds must replay.
 
 use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet};
@@ -92,7 +112,8 @@ use sluice_runtime::worker::{Worker, WorkerHooks};
 use sluice_runtime::xds::{Bootstrap, TurmoilXdsConnector, Update};
 use sluice_xds::envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_server::AggregatedDiscoveryServiceServer;
 use sluice_xds::envoy_types::pb::google::protobuf::Any;
-use sluice_xds::test_server::{AdsLog, AdsService, Snapshot};
+use sluice_xds::ads::XdsMode;
+use sluice_xds::test_server::{AdsLog, AdsService, Snapshot, content_version};
 use sluice_xds::fixtures::{any, assignment, eds_cluster, http_listener, route_config};
 use sluice_xds::translate::ResourceType;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -108,6 +129,9 @@ const SERVER: &str = "xds";
 const SERVER_PORT: u16 = 18_000;
 const LISTEN_PORT: u16 = 10_000;
 const UPSTREAM_PORT: u16 = 8_080;
+/// Delta: the port of the spare cluster's one endpoint (on `up1`'s address; nothing routes
+/// there, nothing listens).
+const SPARE_PORT: u16 = 9_999;
 const CLIENTS: usize = 3;
 const TRAFFIC_FROM: Duration = Duration::from_millis(800);
 const TRAFFIC_UNTIL: Duration = Duration::from_millis(7_000);
@@ -159,7 +183,15 @@ const REPAIRED_WITHIN: Duration = Duration::from_millis(4_500);
 
 /// The server's host: accepts HTTP/2 connections and serves the ADS service on each (again
 /// after a restart: the snapshot lives outside the host).
-async fn server(service: AdsService, trace: Trace) -> turmoil::Result {
+///
+/// Delta: the server PINGs its connections too (the sidecar's keepalive settings), so that it
+/// closes the black-holed one during the partition. Left open, its stream would answer the
+/// next snapshot change beside the sidecar's new one, and which of the two writes first —
+/// hence which draws which latency from the simulation's RNG — is the order in which a
+/// `tokio::sync::watch` wakes its waiters: random (tokio's thread RNG, unseeded without
+/// `tokio_unstable`), so a seed would not replay. (The state-of-the-world twin keeps its
+/// schedule: its dead stream is written after the repair and reset.)
+async fn server(service: AdsService, trace: Trace, keepalive: bool) -> turmoil::Result {
     let listener = TcpListener::bind(SocketAddr::new(
         IpAddr::V6(Ipv6Addr::UNSPECIFIED),
         SERVER_PORT,
@@ -171,18 +203,27 @@ async fn server(service: AdsService, trace: Trace) -> turmoil::Result {
         let (stream, _) = listener.accept().await?;
         let service = hyper_util::service::TowerToHyperService::new(service.clone());
         tokio::spawn(async move {
-            let _ =
-                hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new())
-                    .http2_only()
-                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
-                    .await;
+            let mut builder =
+                hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
+            if keepalive {
+                builder
+                    .http2()
+                    .timer(hyper_util::rt::TokioTimer::new())
+                    .keep_alive_interval(KEEPALIVE_INTERVAL)
+                    .keep_alive_timeout(KEEPALIVE_TIMEOUT);
+            }
+            let _ = builder
+                .http2_only()
+                .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                .await;
         });
     }
 }
 
 /// The resources of a snapshot whose cluster `app` has `hosts`; `invalid`: its locality is
-/// at priority 1, which Sluice refuses (one priority level only).
-fn resources(hosts: &[IpAddr], invalid: bool) -> BTreeMap<String, Vec<Any>> {
+/// at priority 1, which Sluice refuses (one priority level only); `spare`: with cluster
+/// `spare` (EDS, one endpoint at `spare`, no route to it).
+fn resources(hosts: &[IpAddr], invalid: bool, spare: Option<IpAddr>) -> BTreeMap<String, Vec<Any>> {
     let ips: Vec<String> = hosts.iter().map(ToString::to_string).collect();
     let refs: Vec<(&str, u32, i32)> = ips
         .iter()
@@ -192,15 +233,19 @@ fn resources(hosts: &[IpAddr], invalid: bool) -> BTreeMap<String, Vec<Any>> {
     if invalid {
         endpoints.endpoints[0].priority = 1;
     }
+    let mut clusters = vec![any(&eds_cluster("app"))];
+    let mut assignments = vec![any(&endpoints)];
+    if let Some(ip) = spare {
+        let ip = ip.to_string();
+        clusters.push(any(&eds_cluster("spare")));
+        assignments.push(any(&assignment(
+            "spare",
+            &[(ip.as_str(), u32::from(SPARE_PORT), 0)],
+        )));
+    }
     BTreeMap::from([
-        (
-            ResourceType::Cluster.type_url().to_owned(),
-            vec![any(&eds_cluster("app"))],
-        ),
-        (
-            ResourceType::Endpoints.type_url().to_owned(),
-            vec![any(&endpoints)],
-        ),
+        (ResourceType::Cluster.type_url().to_owned(), clusters),
+        (ResourceType::Endpoints.type_url().to_owned(), assignments),
         (
             ResourceType::Listener.type_url().to_owned(),
             vec![any(&http_listener(
@@ -236,6 +281,8 @@ struct World {
     received: BTreeMap<usize, Vec<Duration>>,
     /// Each config the sidecar switched to: when, and the addresses of cluster `app`'s hosts.
     applied: Vec<(Duration, BTreeSet<SocketAddr>)>,
+    /// The dynamic clusters of each config in `applied` (same index).
+    applied_clusters: Vec<BTreeSet<String>>,
     /// Configs the sidecar could not switch to.
     refused: Vec<String>,
     clients_done: usize,
@@ -250,11 +297,22 @@ struct Push {
     version: u64,
     hosts: Vec<usize>,
     invalid: bool,
+    /// Delta: with cluster `spare` (v4 only; v5, pushed during the partition, removes it).
+    spare: bool,
 }
 
 impl Push {
     fn valid(&self) -> bool {
         !self.invalid
+    }
+
+    /// The dynamic clusters of its config.
+    fn clusters(&self) -> BTreeSet<String> {
+        let mut c = BTreeSet::from(["app".to_owned()]);
+        if self.spare {
+            c.insert("spare".to_owned());
+        }
+        c
     }
 
     fn addresses(&self, ips: &[IpAddr]) -> BTreeSet<SocketAddr> {
@@ -273,7 +331,7 @@ struct Plan {
     repair: Duration,
 }
 
-fn plan(seed: u64) -> Plan {
+fn plan(seed: u64, mode: XdsMode) -> Plan {
     let mut r = Rng::from_seed(seed ^ 0x0ad5_c0de);
     let mut j = |base: u64, spread: u64| Duration::from_millis(base + r.below(spread));
     let v2 = j(1_200, 300);
@@ -294,6 +352,7 @@ fn plan(seed: u64) -> Plan {
         version,
         hosts: hosts.to_vec(),
         invalid,
+        spare: mode == XdsMode::Delta && version == 4,
     };
     Plan {
         pushes: vec![
@@ -316,12 +375,23 @@ fn plan(seed: u64) -> Plan {
 // ---------------------------------------------------------------------------------------------
 // The run.
 
-/// Runs the xDS scenario for one seed.
+/// Runs the xDS scenario for one seed (state of the world).
 #[must_use]
 pub fn run(seed: u64) -> RunReport {
+    run_mode(XdsMode::Sotw, seed)
+}
+
+/// Runs the xDS scenario for one seed over the delta protocol
+/// (`xds_delta_control_plane_fails_under_traffic`).
+#[must_use]
+pub fn run_delta(seed: u64) -> RunReport {
+    run_mode(XdsMode::Delta, seed)
+}
+
+fn run_mode(mode: XdsMode, seed: u64) -> RunReport {
     let trace = Trace::default();
     let world: Shared = Rc::default();
-    let plan = plan(seed);
+    let plan = plan(seed, mode);
     let mut sim = new_sim(seed, Duration::from_millis(15));
     sim.set_max_message_latency(Duration::from_millis(15));
 
@@ -335,6 +405,7 @@ pub fn run(seed: u64) -> RunReport {
         resources: resources(
             &push.hosts.iter().map(|&h| ips[h]).collect::<Vec<_>>(),
             push.invalid,
+            push.spare.then_some(ips[0]),
         ),
     };
     let (snapshots, receiver) = tokio::sync::watch::channel(snapshot(&plan.pushes[0]));
@@ -342,11 +413,16 @@ pub fn run(seed: u64) -> RunReport {
     {
         let service = AdsService::new(receiver, log.clone(), PUSH_SPACING, elapsed);
         let trace = trace.clone();
-        sim.host(SERVER, move || server(service.clone(), trace.clone()));
+        let keepalive = mode == XdsMode::Delta;
+        sim.host(SERVER, move || {
+            server(service.clone(), trace.clone(), keepalive)
+        });
     }
     {
         let (world, trace) = (world.clone(), trace.clone());
-        sim.host(SIDECAR, move || sidecar(seed, world.clone(), trace.clone()));
+        sim.host(SIDECAR, move || {
+            sidecar(seed, mode, world.clone(), trace.clone())
+        });
     }
     for c in 0..CLIENTS {
         let (world, trace) = (world.clone(), trace.clone());
@@ -361,26 +437,33 @@ pub fn run(seed: u64) -> RunReport {
     // restart's and the partition's, grow the wait towards BACKOFF_MAX, as Envoy's does), until
     // it is back and has converged as a fresh stream, or its backoff's cap has passed.
     let run_until = plan.pushes.last().expect("pushes").at + CONVERGE_WITHIN;
+    // Delta: likewise after the last NACK, which ends its stream (a resync): until the
+    // sidecar is back on a new stream and has converged, or the backoff's cap has passed.
     {
         let log = log.clone();
         let repair = plan.repair;
         sim.client("clock", async move {
             tokio::time::sleep(run_until).await;
             loop {
-                let back = log
-                    .lock()
-                    .expect("ads log")
-                    .requests
-                    .iter()
-                    .find(|(t, _)| *t >= repair)
-                    .map(|(t, _)| *t);
+                let (since, back) = {
+                    let log = log.lock().expect("ads log");
+                    match mode {
+                        XdsMode::Sotw => (repair, returned(&log, mode, repair)),
+                        XdsMode::Delta => match last_nack(&log) {
+                            Some((at, stream)) if at >= repair => {
+                                (at, first_request_after_stream(&log, stream))
+                            }
+                            _ => (repair, returned(&log, mode, repair)),
+                        },
+                    }
+                };
                 match back {
                     Some(t) => {
                         let until = t + STREAM_CONVERGE;
                         tokio::time::sleep(until.saturating_sub(elapsed())).await;
                         break;
                     }
-                    None if elapsed() >= repair + RETURN_CAP => break,
+                    None if elapsed() >= since + RETURN_CAP => break,
                     None => tokio::time::sleep(Duration::from_millis(100)).await,
                 }
             }
@@ -426,7 +509,10 @@ pub fn run(seed: u64) -> RunReport {
 
     let w = world.borrow();
     let log = log.lock().unwrap();
-    check(&w, &log, &plan, &ips, &mut violations);
+    match mode {
+        XdsMode::Sotw => check(&w, &log, &plan, &ips, &mut violations),
+        XdsMode::Delta => check_delta(&w, &log, &plan, &ips, &mut violations),
+    }
     let ok = w
         .requests
         .iter()
@@ -437,32 +523,56 @@ pub fn run(seed: u64) -> RunReport {
         .collect();
     // How much of the push cut by the crash went out (the crash lands within it).
     let cut = &plan.pushes[3];
-    let cut_sent = log
-        .sent
-        .iter()
-        .filter(|(at, _, v)| *v == cut.version && *at < plan.crash)
-        .count();
     // How long after the repair the sidecar was back: its first request to the server (the
     // keepalive ended the silent stream during the partition, a new one opens after it).
-    let back = log
-        .requests
-        .iter()
-        .find(|(at, _)| *at >= plan.repair)
-        .map(|(at, _)| *at - plan.repair);
-    let summary = format!(
-        "xds: {} requests, {ok} 200, received per host {per_host:?}, {} configs applied, {} ADS \
-         streams, {} requests to the server, {cut_sent}/4 types of v{} sent before the crash, \
-         back {back:?} after the repair",
-        w.requests.len(),
-        w.applied.len(),
-        log.streams,
-        log.requests.len(),
-        cut.version
-    );
+    let back = returned(&log, mode, plan.repair).map(|at| at - plan.repair);
+    let summary = match mode {
+        XdsMode::Sotw => {
+            let cut_sent = log
+                .sent
+                .iter()
+                .filter(|(at, _, v)| *v == cut.version && *at < plan.crash)
+                .count();
+            format!(
+                "xds: {} requests, {ok} 200, received per host {per_host:?}, {} configs applied, {} ADS \
+                 streams, {} requests to the server, {cut_sent}/4 types of v{} sent before the crash, \
+                 back {back:?} after the repair",
+                w.requests.len(),
+                w.applied.len(),
+                log.streams,
+                log.requests.len(),
+                cut.version
+            )
+        }
+        XdsMode::Delta => {
+            let cut_sent = log
+                .delta_sent
+                .iter()
+                .filter(|d| d.version == cut.version && d.at < plan.crash)
+                .count();
+            let nacks = log
+                .delta_requests
+                .iter()
+                .filter(|(_, _, r)| r.error_detail.is_some())
+                .count();
+            format!(
+                "xds delta: {} requests, {ok} 200, received per host {per_host:?}, {} configs \
+                 applied, {} ADS streams, {} requests to the server ({nacks} NACKs), {} responses, \
+                 {cut_sent} responses of v{} sent before the crash, back {back:?} after the repair",
+                w.requests.len(),
+                w.applied.len(),
+                log.streams,
+                log.delta_requests.len(),
+                log.delta_sent.len(),
+                cut.version
+            )
+        }
+    };
     report(seed, &trace, violations, summary)
 }
 
-fn check(w: &World, log: &AdsLog, plan: &Plan, ips: &[IpAddr], violations: &mut Vec<String>) {
+/// Invariants 1–3 and the last config applied, the same on both protocols.
+fn check_common(w: &World, plan: &Plan, ips: &[IpAddr], violations: &mut Vec<String>) {
     // 1. Every request 200, traffic through the outage and the partition.
     if w.requests.len() != w.started {
         violations.push(format!(
@@ -499,6 +609,8 @@ fn check(w: &World, log: &AdsLog, plan: &Plan, ips: &[IpAddr], violations: &mut 
         }
     }
     // 2. Never a half-applied config.
+    // (Per resource: a push's types are applied as they arrive, so a config may hold the
+    // clusters of one version and the endpoints of the one before.)
     let valid: Vec<BTreeSet<SocketAddr>> = plan
         .pushes
         .iter()
@@ -509,6 +621,19 @@ fn check(w: &World, log: &AdsLog, plan: &Plan, ips: &[IpAddr], violations: &mut 
         if !valid.contains(hosts) {
             violations.push(format!(
                 "at {at:?} a config with endpoints {hosts:?} was applied: no valid snapshot has them"
+            ));
+        }
+    }
+    let valid: Vec<BTreeSet<String>> = plan
+        .pushes
+        .iter()
+        .filter(|p| p.valid())
+        .map(Push::clusters)
+        .collect();
+    for ((at, _), clusters) in w.applied.iter().zip(&w.applied_clusters) {
+        if !valid.contains(clusters) {
+            violations.push(format!(
+                "at {at:?} a config with clusters {clusters:?} was applied: no valid snapshot has them"
             ));
         }
     }
@@ -540,6 +665,29 @@ fn check(w: &World, log: &AdsLog, plan: &Plan, ips: &[IpAddr], violations: &mut 
             }
         }
     }
+    // The last config applied is the last version's: its endpoints, and (delta) not the
+    // cluster an update sent while the sidecar was cut off removed.
+    let last_push = plan.pushes.last().expect("pushes");
+    if w.applied.last().map(|(_, h)| h) != Some(&last_push.addresses(ips)) {
+        violations.push(format!(
+            "the last config applied has endpoints {:?}, not v{}'s",
+            w.applied.last().map(|(_, h)| h),
+            last_push.version
+        ));
+    }
+    if w.applied_clusters.last() != Some(&last_push.clusters()) {
+        violations.push(format!(
+            "the last config applied has clusters {:?}, not v{}'s {:?}",
+            w.applied_clusters.last(),
+            last_push.version,
+            last_push.clusters()
+        ));
+    }
+}
+
+/// Invariants 4–6, state of the world: from the `version_info` of the requests.
+fn check(w: &World, log: &AdsLog, plan: &Plan, ips: &[IpAddr], violations: &mut Vec<String>) {
+    check_common(w, plan, ips, violations);
     // 4. ACKed versions never go backwards, per type.
     let mut last: BTreeMap<&str, (u64, Duration)> = BTreeMap::new();
     for (at, r) in &log.requests {
@@ -648,23 +796,368 @@ fn check(w: &World, log: &AdsLog, plan: &Plan, ips: &[IpAddr], violations: &mut 
             last_push.at,
         ));
     }
-    if w.applied.last().map(|(_, h)| h) != Some(&last_push.addresses(ips)) {
+}
+
+/// The sidecar's first request to the server at or after `at` (its return after an event).
+fn returned(log: &AdsLog, mode: XdsMode, at: Duration) -> Option<Duration> {
+    match mode {
+        XdsMode::Sotw => log.requests.iter().find(|(t, _)| *t >= at).map(|(t, _)| *t),
+        XdsMode::Delta => log
+            .delta_requests
+            .iter()
+            .find(|(t, _, _)| *t >= at)
+            .map(|(t, _, _)| *t),
+    }
+}
+
+/// Delta: the last NACK the server received: when, and on which stream.
+fn last_nack(log: &AdsLog) -> Option<(Duration, usize)> {
+    log.delta_requests
+        .iter()
+        .rev()
+        .find(|(_, _, r)| r.error_detail.is_some())
+        .map(|(t, s, _)| (*t, *s))
+}
+
+/// Delta: the first request of a stream opened after `stream` (the return after a resync).
+fn first_request_after_stream(log: &AdsLog, stream: usize) -> Option<Duration> {
+    log.delta_requests
+        .iter()
+        .find(|(_, s, _)| *s > stream)
+        .map(|(t, _, _)| *t)
+}
+
+/// Per type URL, each resource's version (name → version).
+type Versions = BTreeMap<String, BTreeMap<String, String>>;
+
+/// Per type URL, the version a delta stream gives each resource of `push`'s snapshot.
+fn content_versions(push: &Push, ips: &[IpAddr]) -> Versions {
+    let hosts: Vec<IpAddr> = push.hosts.iter().map(|&h| ips[h]).collect();
+    resources(&hosts, push.invalid, push.spare.then_some(ips[0]))
+        .into_iter()
+        .map(|(type_url, anys)| {
+            let versions = anys
+                .iter()
+                .map(|a| {
+                    let name = sluice_xds::fixtures::resource_name(a).expect("named");
+                    (name, content_version(a))
+                })
+                .collect();
+            (type_url, versions)
+        })
+        .collect()
+}
+
+/// Invariants 4–6 over the delta protocol, and 7, its own. A delta request has no
+/// `version_info`: what an ACK or NACK answers is the response of its nonce on its stream (the
+/// server's log), and what a new stream starts from is its `initial_resource_versions`.
+///
+/// 7. `initial_resource_versions`: the first cluster and endpoints requests of every stream
+///    after the first name exactly the clusters serving (those of the last config applied, or
+///    of the one before while an apply completes) and the endpoints of `app` serving, each at
+///    the version the server gave it — so that the server sends only what changed while the
+///    stream was down, and the removals (`spare`, removed by v5 while the sidecar is cut off,
+///    reaches it only so: the last config's clusters in [`check_common`]).
+fn check_delta(w: &World, log: &AdsLog, plan: &Plan, ips: &[IpAddr], violations: &mut Vec<String>) {
+    use sluice_xds::test_server::DeltaSent;
+    check_common(w, plan, ips, violations);
+    let endpoints = ResourceType::Endpoints.type_url();
+    let clusters = ResourceType::Cluster.type_url();
+    let sent: BTreeMap<(usize, &str), &DeltaSent> = log
+        .delta_sent
+        .iter()
+        .map(|d| ((d.stream, d.nonce.as_str()), d))
+        .collect();
+    // Each ACK and NACK with the response it answers.
+    let mut answers: Vec<(Duration, bool, &DeltaSent)> = Vec::new();
+    for (at, stream, r) in &log.delta_requests {
+        if r.response_nonce.is_empty() {
+            continue;
+        }
+        match sent.get(&(*stream, r.response_nonce.as_str())) {
+            Some(d) if d.type_url == r.type_url => answers.push((*at, r.error_detail.is_none(), d)),
+            _ => violations.push(format!(
+                "at {at:?} a {} request answers nonce {:?}, which stream {stream} never sent",
+                r.type_url, r.response_nonce
+            )),
+        }
+    }
+    let carries_app = |d: &DeltaSent| d.resources.iter().any(|(n, _)| n == "app");
+    // 4. ACKed versions never go backwards, per type.
+    let mut last: BTreeMap<&str, (u64, Duration)> = BTreeMap::new();
+    for (at, ack, d) in &answers {
+        if !ack {
+            continue;
+        }
+        if let Some(&(before, when)) = last.get(d.type_url.as_str())
+            && d.version < before
+        {
+            violations.push(format!(
+                "{}: v{} ACKed at {at:?} after v{before} at {when:?}: went backwards",
+                d.type_url, d.version
+            ));
+        }
+        last.insert(d.type_url.as_str(), (d.version, *at));
+    }
+    // 5. The invalid update NACKed once the sidecar got it, never ACKed or applied.
+    let bad = &plan.pushes[5];
+    let back_after_repair = returned(log, XdsMode::Delta, plan.repair);
+    let delivered = log.delta_sent.iter().any(|d| {
+        d.type_url == endpoints
+            && d.version == bad.version
+            && carries_app(d)
+            && back_after_repair.is_some_and(|b| d.at >= b)
+    });
+    let nacked = answers.iter().any(|(_, ack, d)| {
+        !ack && d.type_url == endpoints && d.version == bad.version && carries_app(d)
+    });
+    if delivered && !nacked {
+        violations.push(format!("the invalid v{} was not NACKed", bad.version));
+    }
+    if answers.iter().any(|(_, ack, d)| {
+        *ack && d.type_url == endpoints && d.version == bad.version && carries_app(d)
+    }) {
         violations.push(format!(
-            "the last config applied has endpoints {:?}, not v{}'s",
-            w.applied.last().map(|(_, h)| h),
-            last_push.version
+            "the invalid v{}'s endpoints were ACKed",
+            bad.version
         ));
+    }
+    // 6. Convergence. The sidecar has taken version v once it ACKed `app`'s endpoints of v
+    // (or later), or named them in a new stream's `initial_resource_versions` (taken while
+    // the server was away: a delta server then sends them no more, and nothing is ACKed).
+    let versions: Vec<(u64, Versions)> = plan
+        .pushes
+        .iter()
+        .map(|p| (p.version, content_versions(p, ips)))
+        .collect();
+    let app_version_of = |content: &str| {
+        plan.pushes.iter().zip(&versions).find_map(|(p, (_, v))| {
+            (p.valid() && v[endpoints].get("app").is_some_and(|c| c == content))
+                .then_some(p.version)
+        })
+    };
+    // An ACK accepts the response of its nonce and the earlier ones of its type on its stream
+    // not NACKed (responses that arrive during an apply are folded and answered together).
+    let nacked_responses: BTreeSet<(usize, &str)> = answers
+        .iter()
+        .filter(|(_, ack, _)| !ack)
+        .map(|(_, _, d)| (d.stream, d.nonce.as_str()))
+        .collect();
+    let nonce_number = |d: &DeltaSent| d.nonce.parse::<u64>().unwrap_or(u64::MAX);
+    // The latest version of `app`'s endpoints an ACK accepts.
+    let accepted_app = |ack: &DeltaSent| -> Option<u64> {
+        log.delta_sent
+            .iter()
+            .filter(|d| {
+                d.stream == ack.stream
+                    && d.type_url == ack.type_url
+                    && nonce_number(d) <= nonce_number(ack)
+                    && carries_app(d)
+                    && !nacked_responses.contains(&(d.stream, d.nonce.as_str()))
+            })
+            .map(|d| d.version)
+            .max()
+    };
+    let took = |version: u64, by: Duration| {
+        answers.iter().any(|(at, ack, d)| {
+            *at <= by
+                && *ack
+                && d.type_url == endpoints
+                && accepted_app(d).is_some_and(|v| v >= version)
+        }) || log.delta_requests.iter().any(|(at, _, r)| {
+            *at <= by
+                && r.type_url == endpoints
+                && r.initial_resource_versions
+                    .get("app")
+                    .and_then(|c| app_version_of(c))
+                    .is_some_and(|v| v >= version)
+        })
+    };
+    let serving_at = |at: Duration| {
+        plan.pushes
+            .iter()
+            .filter(|p| p.at <= at && p.valid())
+            .map(|p| p.version)
+            .max()
+            .unwrap_or(1)
+    };
+    for (what, at) in [
+        ("the server's restart", plan.restart),
+        ("the repair", plan.repair),
+    ] {
+        match returned(log, XdsMode::Delta, at) {
+            None => violations.push(format!("the sidecar never came back after {what} ({at:?})")),
+            Some(t) if t - at > RETURN_CAP => {
+                violations.push(format!(
+                    "the sidecar came back {:?} after {what}: past its backoff's cap",
+                    t - at
+                ));
+            }
+            Some(t) => {
+                let serving = serving_at(at);
+                if !took(serving, t + STREAM_CONVERGE) {
+                    violations.push(format!(
+                        "v{serving} (served at {what}, {at:?}) not taken within \
+                         {STREAM_CONVERGE:?} of the sidecar's return at {t:?}"
+                    ));
+                }
+            }
+        }
+    }
+    // A NACK ends its stream (a resync): the sidecar is back on a new one within its
+    // backoff's cap.
+    let resync = last_nack(log).map(|(at, stream)| (at, first_request_after_stream(log, stream)));
+    match resync {
+        Some((at, None)) => violations.push(format!(
+            "no new stream after the NACK at {at:?}: the resync never came"
+        )),
+        Some((at, Some(t))) if t - at > RETURN_CAP => violations.push(format!(
+            "the sidecar came back {:?} after the NACK at {at:?}: past its backoff's cap",
+            t - at
+        )),
+        _ => {}
+    }
+    let last_push = plan.pushes.last().expect("pushes");
+    let serving = serving_at(last_push.at);
+    let by = (last_push.at + CONVERGE_WITHIN)
+        .max(back_after_repair.map_or(Duration::ZERO, |t| t + STREAM_CONVERGE))
+        .max(
+            resync
+                .and_then(|(_, t)| t)
+                .map_or(Duration::ZERO, |t| t + STREAM_CONVERGE),
+        );
+    if !took(serving, by) {
+        violations.push(format!(
+            "v{serving} (served at the last push, {:?}) not ACKed by {by:?}",
+            last_push.at,
+        ));
+    }
+    // 7. A new stream's initial_resource_versions name what serves, at its versions.
+    // The versions of the resources of an applied config: per type, name → version.
+    let spare_versions = versions
+        .iter()
+        .find(|(v, _)| *v == 4)
+        .map(|(_, v)| v.clone())
+        .expect("v4");
+    let expected = |applied: usize| -> Option<BTreeMap<&str, BTreeMap<String, String>>> {
+        let (_, hosts) = &w.applied[applied];
+        let names = &w.applied_clusters[applied];
+        let app = plan
+            .pushes
+            .iter()
+            .zip(&versions)
+            .find(|(p, _)| p.valid() && p.addresses(ips) == *hosts)
+            .map(|(_, (_, v))| v[endpoints]["app"].clone())?;
+        let mut eds = BTreeMap::from([("app".to_owned(), app)]);
+        let mut cds = BTreeMap::new();
+        for name in names {
+            cds.insert(name.clone(), spare_versions[clusters].get(name)?.clone());
+            if name != "app" {
+                eds.insert(name.clone(), spare_versions[endpoints].get(name)?.clone());
+            }
+        }
+        Some(BTreeMap::from([(clusters, cds), (endpoints, eds)]))
+    };
+    let first_stream = log.delta_requests.first().map_or(0, |(_, s, _)| *s);
+    let mut seen: BTreeSet<(usize, &str)> = BTreeSet::new();
+    for (at, stream, r) in &log.delta_requests {
+        let t = r.type_url.as_str();
+        if *stream == first_stream
+            || (t != clusters && t != endpoints)
+            || !seen.insert((*stream, t))
+        {
+            continue;
+        }
+        let named: BTreeMap<String, String> = r
+            .initial_resource_versions
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        // The last config applied by then, or the one before (its apply completing).
+        let n = w.applied.iter().filter(|(a, _)| a <= at).count();
+        let fits = (n.saturating_sub(2)..n).filter_map(expected).any(|v| {
+            let serving = &v[t];
+            if t == clusters {
+                named == *serving
+            } else {
+                // Endpoints: of the names subscribed to (`app` always).
+                named.contains_key("app") && named.iter().all(|(k, c)| serving.get(k) == Some(c))
+            }
+        });
+        if n > 0 && !fits {
+            let names: Vec<String> = named
+                .iter()
+                .map(|(k, c)| match app_version_of(c) {
+                    Some(v) if t == endpoints && k == "app" => format!("{k}: v{v}'s"),
+                    _ => format!("{k}: {c}"),
+                })
+                .collect();
+            violations.push(format!(
+                "the first {t} request of stream {stream} (at {at:?}) has \
+                 initial_resource_versions {names:?}, not those of the config serving ({:?}, \
+                 clusters {:?})",
+                w.applied[n - 1].1,
+                w.applied_clusters[n - 1]
+            ));
+        }
+    }
+    if !violations.is_empty() && std::env::var_os("SLUICE_SIM_TRACE").is_some() {
+        eprintln!("delta ADS log (server side):");
+        dump_delta_log(log);
+    }
+}
+
+/// Prints the delta requests and responses the server logged, in time order.
+fn dump_delta_log(log: &AdsLog) {
+    let short = |t: &str| t.rsplit('.').next().unwrap_or(t).to_owned();
+    let mut lines: Vec<(Duration, String)> = log
+        .delta_requests
+        .iter()
+        .map(|(at, s, r)| {
+            (
+                *at,
+                format!(
+                    "<- stream {s} {} nonce {:?} subscribe {:?} unsubscribe {:?} initial {:?}{}",
+                    short(&r.type_url),
+                    r.response_nonce,
+                    r.resource_names_subscribe,
+                    r.resource_names_unsubscribe,
+                    r.initial_resource_versions,
+                    r.error_detail
+                        .as_ref()
+                        .map_or(String::new(), |e| format!(" NACK: {}", e.message))
+                ),
+            )
+        })
+        .chain(log.delta_sent.iter().map(|d| {
+            (
+                d.at,
+                format!(
+                    "-> stream {} {} nonce {} v{} resources {:?} removed {:?}",
+                    d.stream,
+                    short(&d.type_url),
+                    d.nonce,
+                    d.version,
+                    d.resources,
+                    d.removed
+                ),
+            )
+        }))
+        .collect();
+    lines.sort_by_key(|(at, _)| *at);
+    for (at, line) in lines {
+        eprintln!("{:>10.3}ms {line}", at.as_secs_f64() * 1000.0);
     }
 }
 
 // ---------------------------------------------------------------------------------------------
 // The sidecar, upstreams and clients.
 
-fn bootstrap_yaml(server: IpAddr) -> String {
+fn bootstrap_yaml(server: IpAddr, mode: XdsMode) -> String {
     format!(
         r#"
 node: {{ id: sidecar-1, cluster: sim }}
-xds: {{ cluster: xds_server }}
+xds: {{ cluster: xds_server{} }}
 listeners: []
 clusters:
   - name: xds_server
@@ -674,6 +1167,10 @@ clusters:
     hosts: [ {{ address: "{}" }} ]
 drain_timeout: 1s
 "#,
+        match mode {
+            XdsMode::Sotw => "",
+            XdsMode::Delta => ", mode: delta",
+        },
         KEEPALIVE_INTERVAL.as_millis(),
         KEEPALIVE_TIMEOUT.as_millis(),
         SocketAddr::new(server, SERVER_PORT)
@@ -688,8 +1185,8 @@ fn engine(config: Arc<Config>, seed: u64) -> std::io::Result<Rc<Engine<TurmoilNe
 /// The sidecar: the real xDS client as a task, and the server loop's part: each config it
 /// assembles switched to through the [`Worker`], its new listeners bound first — or, when
 /// only endpoints changed, applied in place ([`Worker::apply_endpoints`]), as the binary does.
-async fn sidecar(seed: u64, world: Shared, trace: Trace) -> turmoil::Result {
-    let yaml = bootstrap_yaml(turmoil::lookup(SERVER));
+async fn sidecar(seed: u64, mode: XdsMode, world: Shared, trace: Trace) -> turmoil::Result {
+    let yaml = bootstrap_yaml(turmoil::lookup(SERVER), mode);
     let config = Config::from_yaml(&yaml).map_err(|e| format!("bootstrap: {e}"))?;
     let tree: serde_json::Value =
         serde_saphyr::from_str(&yaml).map_err(|e| format!("bootstrap: {e}"))?;
@@ -723,6 +1220,12 @@ async fn sidecar(seed: u64, world: Shared, trace: Trace) -> turmoil::Result {
             .find(|c| c.name == "app")
             .map(|c| c.hosts.iter().map(|h| h.address).collect())
             .unwrap_or_default();
+        let clusters: BTreeSet<String> = config
+            .clusters
+            .iter()
+            .filter(|c| c.name != "xds_server")
+            .map(|c| c.name.clone())
+            .collect();
         // Only endpoints changed (and the slots have room): in place, as the binary does.
         if let Some(changed) = sluice_core::config::diff::only_endpoints_differ(&serving, &config)
             && let Some(update) = worker.apply_endpoints(&serving, &config, &changed)
@@ -734,7 +1237,11 @@ async fn sidecar(seed: u64, world: Shared, trace: Trace) -> turmoil::Result {
                 SIDECAR,
                 format_args!("applied {hosts:?} in place"),
             );
-            world.borrow_mut().applied.push((elapsed(), hosts));
+            {
+                let mut w = world.borrow_mut();
+                w.applied.push((elapsed(), hosts));
+                w.applied_clusters.push(clusters);
+            }
             let _ = reply.send(Ok(summary));
             continue;
         }
@@ -750,7 +1257,11 @@ async fn sidecar(seed: u64, world: Shared, trace: Trace) -> turmoil::Result {
             Ok(()) => {
                 serving = config;
                 trace.record(elapsed(), SIDECAR, format_args!("applied {hosts:?}"));
-                world.borrow_mut().applied.push((elapsed(), hosts));
+                {
+                    let mut w = world.borrow_mut();
+                    w.applied.push((elapsed(), hosts));
+                    w.applied_clusters.push(clusters);
+                }
                 let _ = reply.send(Ok("switched".to_owned()));
             }
             Err(e) => {

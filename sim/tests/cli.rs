@@ -25,7 +25,7 @@ fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
-const SCENARIOS: [&str; 26] = [
+const SCENARIOS: [&str; 27] = [
     "tcp_steady",
     "tcp_upstream_crash",
     "tcp_crash_and_recover",
@@ -52,6 +52,7 @@ const SCENARIOS: [&str; 26] = [
     "sigterm_drain_under_slow_http_traffic",
     "dns_answers_change_under_traffic",
     "xds_control_plane_fails_under_traffic",
+    "xds_delta_control_plane_fails_under_traffic",
 ];
 
 #[test]

@@ -1,7 +1,7 @@
 //! The xDS scenario, swept over seeds (`SLUICE_SIM_SEEDS=K`) or replayed (`SLUICE_SIM_SEED=N`).
 
 use sluice_sim::sweep;
-use sluice_sim::xds::run;
+use sluice_sim::xds::{run, run_delta};
 
 #[test]
 fn xds_control_plane_fails_under_traffic() {
@@ -16,6 +16,23 @@ fn xds_control_plane_fails_under_traffic() {
 fn xds_seed_replays_to_the_same_trace_digest() {
     let a = run(7);
     let b = run(7);
+    assert!(a.violations.is_empty(), "{:?}", a.violations);
+    assert_eq!(a.digest, b.digest);
+}
+
+#[test]
+fn xds_delta_control_plane_fails_under_traffic() {
+    sweep(
+        "xds_delta_control_plane_fails_under_traffic",
+        "xds_scenarios",
+        run_delta,
+    );
+}
+
+#[test]
+fn xds_delta_seed_replays_to_the_same_trace_digest() {
+    let a = run_delta(7);
+    let b = run_delta(7);
     assert!(a.violations.is_empty(), "{:?}", a.violations);
     assert_eq!(a.digest, b.digest);
 }

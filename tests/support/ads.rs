@@ -109,7 +109,10 @@ impl AdsServer {
     /// Every delta request received so far.
     pub fn delta_requests(&self) -> Vec<DeltaDiscoveryRequest> {
         let log = self.shared.log.lock().unwrap();
-        log.delta_requests.iter().map(|(_, r)| r.clone()).collect()
+        log.delta_requests
+            .iter()
+            .map(|(_, _, r)| r.clone())
+            .collect()
     }
 
     /// The version a delta stream gives a resource.

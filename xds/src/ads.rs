@@ -13,8 +13,8 @@
 //! state is the applied resources with the pending responses folded over them, in arrival
 //! order (a CDS or LDS response replaces every resource of its type: a cluster it no longer
 //! lists is removed; an RDS, EDS or SDS response replaces the ones it carries; route
-//! configurations, assignments and secrets nothing refers to any more are dropped; in state of
-//! the world, those not subscribed to are dropped on arrival).
+//! configurations, assignments and secrets nothing refers to any more are dropped; in both
+//! protocols, those not subscribed to are dropped on arrival and counted, [`Ads::unsolicited`]).
 //!
 //! Inputs ([`Input`]): the stream connected or lost, a response, the outcome of applying a
 //! config, the expiry of the warming timer. Outputs ([`Output`]), drained with
@@ -325,6 +325,9 @@ pub struct Ads {
     /// The warming timer armed, if any (its id), and whether it expired.
     warming_timer: Option<u64>,
     warming_expired: bool,
+    /// Resources (and, delta, removals) of types subscribed to by name that named nothing
+    /// subscribed to, dropped on arrival (see [`Ads::unsolicited`]).
+    unsolicited: u64,
     outputs: VecDeque<Output>,
 }
 
@@ -359,6 +362,7 @@ impl Ads {
             next_id: 1,
             warming_timer: None,
             warming_expired: false,
+            unsolicited: 0,
             outputs: VecDeque::new(),
         }
     }
@@ -386,6 +390,14 @@ impl Ads {
     #[must_use]
     pub fn resource_versions(&self, kind: ResourceType) -> &BTreeMap<String, String> {
         &self.types[&kind].resource_versions
+    }
+
+    /// How many resources of RDS, EDS and SDS responses (and, delta, names in their
+    /// `removed_resources`) named nothing subscribed to and were dropped on arrival, since
+    /// the machine started (both protocols).
+    #[must_use]
+    pub fn unsolicited(&self) -> u64 {
+        self.unsolicited
     }
 
     /// The protocol spoken.
@@ -632,7 +644,9 @@ impl Ads {
                 // response); a later subscription to one gets it sent again.
                 if !kind.is_full_state() {
                     let names = &self.types[&kind].names;
+                    let before = decoded.names().len();
                     decoded.retain(|n| names.contains(n));
+                    self.unsolicited += (before - decoded.names().len()) as u64;
                 }
                 self.push_pending(Pending {
                     kind,
@@ -651,7 +665,24 @@ impl Ads {
         let Some(kind) = ResourceType::from_type_url(&r.type_url) else {
             return;
         };
-        match decode_delta(kind, &mut r) {
+        let decoded = decode_delta(kind, &mut r).map(|(mut decoded, mut change)| {
+            // As in state of the world: endpoints, routes and secrets not subscribed to (a
+            // server sending more than asked, or what was sent before it saw an unsubscribe)
+            // are dropped on arrival, their upserts, versions and removals alike — never
+            // applied (a cluster added later waits for its endpoints and subscribes to them),
+            // never piled up in the pending response during an apply (Envoy's watch map
+            // likewise hands a resource only to the watches interested in it).
+            if !kind.is_full_state() {
+                let names = &self.types[&kind].names;
+                let before = decoded.names().len() + change.removed.len();
+                decoded.retain(|n| names.contains(n));
+                change.versions.retain(|(n, _)| names.contains(n));
+                change.removed.retain(|n| names.contains(n));
+                self.unsolicited += (before - decoded.names().len() - change.removed.len()) as u64;
+            }
+            (decoded, change)
+        });
+        match decoded {
             Ok((_, change))
                 if kind == ResourceType::Secret && self.removes_used_secret(&change) =>
             {

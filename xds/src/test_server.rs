@@ -11,7 +11,10 @@
 //! it sent); on each request and snapshot change it sends the subscribed resources whose
 //! version differs (a resource's version is a hash of its bytes, so it survives a restart)
 //! and, in `removed_resources`, those the client has that the snapshot no longer holds. Every
-//! request received and every state-of-the-world response sent is recorded in an [`AdsLog`].
+//! request received and every response sent is recorded in an [`AdsLog`] (a delta one with its
+//! stream, nonce, version and each resource's version and the names removed, so that the
+//! simulator can tell what each ACK or NACK answers). A push sends its types in type URL
+//! order, `spacing` apart on both protocols.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::hash::{Hash, Hasher};
@@ -96,14 +99,35 @@ impl DeltaType {
 /// What a server saw, with when ([`AdsService`]'s clock).
 #[derive(Debug, Default)]
 pub struct AdsLog {
-    /// Streams opened (both protocols).
+    /// Streams opened (both protocols); a stream's number is the count when it opened (from 1).
     pub streams: usize,
     /// Every state-of-the-world request received (ACKs and NACKs included).
     pub requests: Vec<(Duration, DiscoveryRequest)>,
-    /// Every delta request received.
-    pub delta_requests: Vec<(Duration, DeltaDiscoveryRequest)>,
+    /// Every delta request received, with its stream's number.
+    pub delta_requests: Vec<(Duration, usize, DeltaDiscoveryRequest)>,
     /// Every state-of-the-world response sent: its type URL and version.
     pub sent: Vec<(Duration, String, u64)>,
+    /// Every delta response sent.
+    pub delta_sent: Vec<DeltaSent>,
+}
+
+/// A delta response the server sent.
+#[derive(Clone, Debug)]
+pub struct DeltaSent {
+    /// When ([`AdsService`]'s clock).
+    pub at: Duration,
+    /// The stream's number ([`AdsLog::streams`] when it opened).
+    pub stream: usize,
+    /// Its nonce (unique on its stream).
+    pub nonce: String,
+    /// Its type URL.
+    pub type_url: String,
+    /// The snapshot's version (`system_version_info`).
+    pub version: u64,
+    /// The resources it carries: name and version.
+    pub resources: Vec<(String, String)>,
+    /// `removed_resources`.
+    pub removed: Vec<String>,
 }
 
 /// The ADS service: serves the latest [`Snapshot`] of a `watch` channel (whoever holds the
@@ -211,7 +235,11 @@ impl AggregatedDiscoveryService for AdsService {
     ) -> Result<tonic::Response<Self::DeltaAggregatedResourcesStream>, tonic::Status> {
         let mut inbound = request.into_inner();
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-        self.log().streams += 1;
+        let stream = {
+            let mut log = self.log();
+            log.streams += 1;
+            log.streams
+        };
         let me = self.clone();
         let mut snapshots = self.snapshot.clone();
         tokio::spawn(async move {
@@ -241,7 +269,7 @@ impl AggregatedDiscoveryService for AdsService {
                                 // Unsubscribed: the client forgets it.
                                 t.known.remove(n);
                             }
-                            me.log().delta_requests.push(((me.clock)(), r));
+                            me.log().delta_requests.push(((me.clock)(), stream, r));
                         }
                         _ => return,
                     },
@@ -253,7 +281,22 @@ impl AggregatedDiscoveryService for AdsService {
                     let Some((changed, removed)) = t.diff(&resources) else {
                         continue;
                     };
+                    if nonce > 0 && !me.spacing.is_zero() {
+                        tokio::time::sleep(me.spacing).await;
+                    }
                     nonce += 1;
+                    let sent = DeltaSent {
+                        at: Duration::ZERO,
+                        stream,
+                        nonce: nonce.to_string(),
+                        type_url: type_url.clone(),
+                        version: snap.version,
+                        resources: changed
+                            .iter()
+                            .map(|r| (r.name.clone(), r.version.clone()))
+                            .collect(),
+                        removed: removed.clone(),
+                    };
                     let response = DeltaDiscoveryResponse {
                         system_version_info: snap.version.to_string(),
                         resources: changed,
@@ -265,6 +308,10 @@ impl AggregatedDiscoveryService for AdsService {
                     if tx.send(Ok(response)).is_err() {
                         return;
                     }
+                    me.log().delta_sent.push(DeltaSent {
+                        at: (me.clock)(),
+                        ..sent
+                    });
                 }
             }
         });

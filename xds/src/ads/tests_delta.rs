@@ -1003,3 +1003,86 @@ fn delta_removing_a_secret_still_in_use_is_nacked_at_once_and_holds_nothing_back
         "no NACK once unused: {reqs:?}"
     );
 }
+
+/// Endpoints nobody subscribed to (a server sending more than asked) are dropped on arrival,
+/// as in state of the world: not piled up in the pending response during an apply, and not
+/// applied when a cluster that needs them arrives later — that cluster waits for its
+/// endpoints and subscribes to them. A removal of a name not subscribed to is dropped too.
+#[test]
+fn delta_resources_not_subscribed_to_are_dropped_on_arrival() {
+    let mut a = serving();
+    // An apply in flight: web's endpoints change.
+    a.handle_input(response(
+        Eds,
+        "2",
+        "n5",
+        vec![resource(
+            "web",
+            "e2",
+            any(&assignment("web", &[("127.0.0.1", 8002, 0)])),
+        )],
+        &[],
+    ));
+    let id = apply_id(&drain(&mut a)).expect("an apply in flight");
+    // Unsolicited: `api`'s endpoints (no cluster needs them yet), a removal of a name never
+    // subscribed to, and route configurations nobody names.
+    a.handle_input(response(
+        Eds,
+        "3",
+        "u1",
+        vec![resource(
+            "api",
+            "e9",
+            any(&assignment("api", &[("127.0.0.1", 8009, 0)])),
+        )],
+        &["stranger"],
+    ));
+    a.handle_input(response(
+        Rds,
+        "3",
+        "u2",
+        vec![resource(
+            "other-routes",
+            "r9",
+            any(&route_config("other-routes", "web")),
+        )],
+        &[],
+    ));
+    assert_eq!(a.unsolicited(), 3);
+    let pending: Vec<&str> = a.pending.iter().flat_map(|p| p.names()).collect();
+    assert!(pending.is_empty(), "unsolicited names pending: {pending:?}");
+    // Now a cluster `api` arrives: it needs the endpoints the server sent unasked.
+    a.handle_input(response(Cds, "3", "n6", vec![api_cluster()], &[]));
+    let out = drain(&mut a);
+    assert!(
+        summaries(&out).contains(&(Eds, "", vec!["api"], vec![], None)),
+        "{:?}",
+        summaries(&out)
+    );
+    a.handle_input(Input::Applied(id));
+    let out = drain(&mut a);
+    // Not applied with the unsolicited endpoints: it waits for them, subscribed to.
+    assert!(
+        apply_id(&out).is_none(),
+        "applied unasked endpoints: {out:?}"
+    );
+    assert!(!a.applied().endpoints.contains_key("api"));
+    assert!(!a.applied().routes.contains_key("other-routes"));
+    assert!(!a.resource_versions(Eds).contains_key("api"));
+    assert_eq!(a.resource_versions(Eds), &versions(&[("web", "e2")]));
+    // Once subscribed, `api`'s endpoints are taken.
+    a.handle_input(response(
+        Eds,
+        "4",
+        "n7",
+        vec![resource(
+            "api",
+            "e9",
+            any(&assignment("api", &[("127.0.0.1", 8009, 0)])),
+        )],
+        &[],
+    ));
+    let out = drain(&mut a);
+    let config = applied_config(&out);
+    assert!(config.clusters.iter().any(|c| c.name == "api"));
+}
