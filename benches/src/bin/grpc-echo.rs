@@ -20,39 +20,75 @@
 //!   proxy that drops trailers or mangles the body fails the run instead of being measured.
 //! - `grpc-echo frame --payload N --out PATH`: writes the request body h2load sends (`-d PATH`):
 //!   one gRPC message of N bytes.
+//!
+//! `--payload` defaults to 64. The arguments are parsed by clap (`grpc-echo --help`, `grpc-echo
+//! probe --help`): a bad, missing or unknown one is an error naming it, exit status 2.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 
 use bytes::{BufMut, Bytes, BytesMut};
+use clap::{Parser, Subcommand};
 use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
 use tokio::net::{TcpListener, TcpStream};
 
 const PATH: &str = "/bench.Echo/Call";
 const GRPC: &str = "application/grpc";
 
-fn usage() -> ! {
-    eprintln!(
-        "usage: grpc-echo serve --listen ADDR\n       grpc-echo probe --target ADDR [--payload N]\n       grpc-echo frame --out PATH [--payload N]"
-    );
-    std::process::exit(2);
+/// The command line (`--help` prints it).
+#[derive(Parser)]
+#[command(
+    name = "grpc-echo",
+    version,
+    about = "A gRPC unary echo server over h2c, a one-call probe of it, and the request body h2load sends (benches/loopback/h2load.sh)"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
 }
 
-fn arg<T: std::str::FromStr>(args: &[String], name: &str, default: Option<T>) -> T {
-    match args.iter().position(|a| a == name) {
-        Some(i) => args
-            .get(i + 1)
-            .and_then(|v| v.parse().ok())
-            .unwrap_or_else(|| usage()),
-        None => default.unwrap_or_else(|| usage()),
-    }
+#[derive(Subcommand)]
+enum Command {
+    /// Serve gRPC unary echo calls over h2c.
+    ///
+    /// Answers every `POST /bench.Echo/Call` (content-type application/grpc, one uncompressed
+    /// gRPC message) with status 200, the message echoed and the trailer `grpc-status: 0`;
+    /// anything else with status 400. One thread: pin it with taskset.
+    Serve {
+        /// The address to listen on (IP:PORT).
+        #[arg(long, value_name = "ADDR")]
+        listen: SocketAddr,
+    },
+    /// Make one call and check the whole answer: prints `ok` (exit 0) or what differed (exit 1).
+    ///
+    /// The answer must have status 200, content-type application/grpc, the message echoed
+    /// byte for byte and the trailer `grpc-status: 0`.
+    Probe {
+        /// The server or proxy to call (IP:PORT).
+        #[arg(long, value_name = "ADDR")]
+        target: SocketAddr,
+        /// Bytes of the request's gRPC message (after its 5-byte prefix).
+        #[arg(long, value_name = "N", default_value_t = 64)]
+        payload: u32,
+    },
+    /// Write the request body h2load sends (its `-d PATH`): one gRPC message.
+    Frame {
+        /// The file to write.
+        #[arg(long, value_name = "PATH")]
+        out: PathBuf,
+        /// Bytes of the gRPC message (after its 5-byte prefix).
+        #[arg(long, value_name = "N", default_value_t = 64)]
+        payload: u32,
+    },
 }
 
 /// One uncompressed gRPC message of `payload` bytes (a recognisable pattern, not zeros).
-fn message(payload: usize) -> Bytes {
-    let mut b = BytesMut::with_capacity(5 + payload);
+fn message(payload: u32) -> Bytes {
+    let len = usize::try_from(payload).expect("a u32 fits in usize");
+    let mut b = BytesMut::with_capacity(5 + len);
     b.put_u8(0);
-    b.put_u32(u32::try_from(payload).expect("payload under 4 GiB"));
-    b.extend((0..payload).map(|i| b'a' + (i % 26) as u8));
+    b.put_u32(payload);
+    b.extend((0..len).map(|i| b'a' + (i % 26) as u8));
     b.freeze()
 }
 
@@ -64,34 +100,22 @@ fn well_formed(body: &[u8]) -> bool {
 }
 
 fn main() {
-    let args: Vec<String> = std::env::args().skip(1).collect();
+    let cli = Cli::parse();
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .expect("runtime");
-    match args.first().map(String::as_str) {
-        Some("serve") => {
-            let listen: SocketAddr = arg(&args, "--listen", None);
-            rt.block_on(serve(listen));
-        }
-        Some("probe") => {
-            let target: SocketAddr = arg(&args, "--target", None);
-            let payload: usize = arg(&args, "--payload", Some(64));
-            match rt.block_on(probe(target, payload)) {
-                Ok(()) => println!("ok"),
-                Err(e) => {
-                    eprintln!("grpc-echo probe {target}: {e}");
-                    std::process::exit(1);
-                }
+    match cli.command {
+        Command::Serve { listen } => rt.block_on(serve(listen)),
+        Command::Probe { target, payload } => match rt.block_on(probe(target, payload)) {
+            Ok(()) => println!("ok"),
+            Err(e) => {
+                eprintln!("grpc-echo probe {target}: {e}");
+                std::process::exit(1);
             }
-        }
-        Some("frame") => {
-            let out: String = arg(&args, "--out", None);
-            let payload: usize = arg(&args, "--payload", Some(64));
-            std::fs::write(&out, message(payload))
-                .unwrap_or_else(|e| panic!("cannot write {out}: {e}"));
-        }
-        _ => usage(),
+        },
+        Command::Frame { out, payload } => std::fs::write(&out, message(payload))
+            .unwrap_or_else(|e| panic!("cannot write {}: {e}", out.display())),
     }
 }
 
@@ -175,7 +199,7 @@ async fn call(req: Request<h2::RecvStream>, mut respond: h2::server::SendRespons
     let _ = send.send_trailers(trailers);
 }
 
-async fn probe(target: SocketAddr, payload: usize) -> Result<(), String> {
+async fn probe(target: SocketAddr, payload: u32) -> Result<(), String> {
     let sock = TcpStream::connect(target)
         .await
         .map_err(|e| format!("connect: {e}"))?;
