@@ -8,7 +8,11 @@
 //!   [--service NAME]`: C connections, each keeping P requests in flight (pipelined: a new request
 //!   is written as soon as a response arrives), for S seconds. Every response must carry the id of
 //!   a request in flight on its connection and status 0, else it counts as an error. Prints one
-//!   JSON line: requests, errors, requests/s, latency p50/p99 (µs).
+//!   JSON line: requests, errors, requests/s, latency p50/p99 (µs). Defaults: 32 connections,
+//!   pipeline 8, 10 seconds, 64-byte content, service `com.example.EchoService:1.0`.
+//!
+//! The arguments are parsed by clap (`bolt-load load --help`): a bad, missing or unknown one is
+//! an error naming it, exit status 2.
 //!
 //! Frames are encoded and decoded with `sluice_core::bolt` (the same codec the proxy uses — the
 //! real-peer tests use sofa-rpc-node; this tool is for throughput).
@@ -16,51 +20,84 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+use clap::{Parser, Subcommand};
 use sluice_core::bolt::{self, RequestSpec, ResponseStatus, Version};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 const MAX_FRAME: usize = 16 << 20;
 
-fn usage() -> ! {
-    eprintln!(
-        "usage: bolt-load serve --listen ADDR\n       bolt-load load --target ADDR [--connections C] [--pipeline P] [--seconds S] [--payload N] [--service NAME]"
-    );
-    std::process::exit(2);
+/// The command line (`--help` prints it).
+#[derive(Parser)]
+#[command(
+    name = "bolt-load",
+    version,
+    about = "A Bolt v1 load generator and echo server for the loopback benchmark (benches/loopback/harness.py --mode bolt)"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
 }
 
-fn arg<T: std::str::FromStr>(args: &[String], name: &str, default: Option<T>) -> T {
-    match args.iter().position(|a| a == name) {
-        Some(i) => args
-            .get(i + 1)
-            .and_then(|v| v.parse().ok())
-            .unwrap_or_else(|| usage()),
-        None => default.unwrap_or_else(|| usage()),
-    }
+#[derive(Subcommand)]
+enum Command {
+    /// Serve Bolt v1: echo every request's content with status 0.
+    ///
+    /// Answers every request with status 0, its content and its id; answers heartbeats;
+    /// ignores oneway requests. One thread: pin it with taskset.
+    Serve {
+        /// The address to listen on (IP:PORT; port 0: any free port, printed on stderr).
+        #[arg(long, value_name = "ADDR")]
+        listen: SocketAddr,
+    },
+    /// Load a Bolt server or proxy, then print one JSON line of figures.
+    ///
+    /// C connections, each keeping P requests in flight, for S seconds; the JSON line has
+    /// requests, errors, seconds, rps, p50_us, p99_us (and the connections, pipeline and
+    /// payload run). A response that is not status 0 with the id of a request in flight on its
+    /// connection counts as an error.
+    Load {
+        /// The server or proxy to load (IP:PORT).
+        #[arg(long, value_name = "ADDR")]
+        target: SocketAddr,
+        /// Connections, opened at the start and kept for the whole run.
+        #[arg(long, value_name = "C", default_value_t = 32)]
+        connections: usize,
+        /// Requests in flight on each connection (a new one is written as each response arrives).
+        #[arg(long, value_name = "P", default_value_t = 8)]
+        pipeline: usize,
+        /// Seconds to keep sending new requests (0: each connection sends its pipeline once).
+        #[arg(long, value_name = "S", default_value_t = 10)]
+        seconds: u64,
+        /// Bytes of each request's content.
+        #[arg(long, value_name = "N", default_value_t = 64)]
+        payload: usize,
+        /// The `service` header of each request (what the proxy routes on).
+        #[arg(
+            long,
+            value_name = "NAME",
+            default_value = "com.example.EchoService:1.0"
+        )]
+        service: String,
+    },
 }
 
 fn main() {
-    let args: Vec<String> = std::env::args().skip(1).collect();
+    let cli = Cli::parse();
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .expect("runtime");
-    match args.first().map(String::as_str) {
-        Some("serve") => {
-            let listen: SocketAddr = arg(&args, "--listen", None);
-            rt.block_on(serve(listen));
-        }
-        Some("load") => {
-            let target: SocketAddr = arg(&args, "--target", None);
-            let connections: usize = arg(&args, "--connections", Some(32));
-            let pipeline: usize = arg(&args, "--pipeline", Some(8));
-            let seconds: u64 = arg(&args, "--seconds", Some(10));
-            let payload: usize = arg(&args, "--payload", Some(64));
-            let service: String = arg(
-                &args,
-                "--service",
-                Some("com.example.EchoService:1.0".to_owned()),
-            );
+    match cli.command {
+        Command::Serve { listen } => rt.block_on(serve(listen)),
+        Command::Load {
+            target,
+            connections,
+            pipeline,
+            seconds,
+            payload,
+            service,
+        } => {
             let local = tokio::task::LocalSet::new();
             let report = local.block_on(
                 &rt,
@@ -75,7 +112,6 @@ fn main() {
             );
             println!("{report}");
         }
-        _ => usage(),
     }
 }
 
