@@ -8,49 +8,78 @@
 //! xds-load --sluice S [--workers N] [--endpoints N] [--pushes N] [--clusters N]
 //!          [--cluster-endpoints N] [--cluster-pushes N] [--json]
 //! ```
+//!
+//! The arguments are parsed by clap (`xds-load --help` lists the sizes with both sets of
+//! defaults): a bad, missing or unknown one is an error naming it, exit status 2.
 
 use std::path::PathBuf;
 
+use clap::Parser;
 use sluice_benches::xds_load::{self, Options};
 
-fn usage() -> ! {
-    eprintln!(
-        "usage: xds-load --sluice PATH [--smoke] [--workers N] [--endpoints N] [--pushes N] \
-         [--clusters N] [--cluster-endpoints N] [--cluster-pushes N] [--json]"
-    );
-    std::process::exit(2);
+/// The command line (`--help` prints it). The sizes left out come from `Options::full`, or
+/// `Options::smoke` with `--smoke`; their help says both, read from those two.
+#[derive(Parser)]
+#[command(
+    name = "xds-load",
+    version,
+    about = "The xDS push benchmark: an in-process ADS server feeding `sluice run` processes; prints a markdown table"
+)]
+struct Cli {
+    /// The `sluice` binary to run (e.g. target/release/sluice).
+    #[arg(long, value_name = "PATH")]
+    sluice: PathBuf,
+    /// Tiny sizes, a few seconds (and each measured push checked against /clusters): checks
+    /// the tool, measures nothing.
+    #[arg(long)]
+    smoke: bool,
+    #[arg(long, value_name = "N", help = sized("Workers of each `sluice run` process", |o| o.workers))]
+    workers: Option<usize>,
+    #[arg(long, value_name = "N", help = sized("Endpoints of the EDS cluster of the push-latency scenario", |o| o.endpoints))]
+    endpoints: Option<usize>,
+    #[arg(long, value_name = "N", help = sized("Measured EDS pushes of that cluster's endpoints", |o| o.pushes))]
+    pushes: Option<usize>,
+    #[arg(long, value_name = "N", help = sized("EDS clusters of the memory scenario", |o| o.clusters))]
+    clusters: Option<usize>,
+    #[arg(long, value_name = "N", help = sized("Endpoints of each of those clusters", |o| o.cluster_endpoints))]
+    cluster_endpoints: Option<usize>,
+    #[arg(long, value_name = "N", help = sized("Measured pushes of all those clusters", |o| o.cluster_pushes))]
+    cluster_pushes: Option<usize>,
+    /// Also print the figures as one JSON line after the table.
+    #[arg(long)]
+    json: bool,
 }
 
-fn value<T: std::str::FromStr>(args: &[String], name: &str) -> Option<T> {
-    let i = args.iter().position(|a| a == name)?;
-    Some(
-        args.get(i + 1)
-            .and_then(|v| v.parse().ok())
-            .unwrap_or_else(|| usage()),
-    )
+/// A size's help line, with its defaults as `Options::full` and `Options::smoke` set them.
+fn sized(what: &str, size: fn(&Options) -> usize) -> String {
+    let (full, smoke) = (
+        size(&Options::full(PathBuf::new())),
+        size(&Options::smoke(PathBuf::new())),
+    );
+    if full == smoke {
+        format!("{what} [default: {full}]")
+    } else {
+        format!("{what} [default: {full}; with --smoke: {smoke}]")
+    }
 }
 
 fn main() {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    if args.iter().any(|a| a == "-h" || a == "--help") {
-        usage();
-    }
-    let sluice: PathBuf = value(&args, "--sluice").unwrap_or_else(|| usage());
-    let mut o = if args.iter().any(|a| a == "--smoke") {
-        Options::smoke(sluice)
+    let cli = Cli::parse();
+    let mut o = if cli.smoke {
+        Options::smoke(cli.sluice)
     } else {
-        Options::full(sluice)
+        Options::full(cli.sluice)
     };
-    o.workers = value(&args, "--workers").unwrap_or(o.workers);
-    o.endpoints = value(&args, "--endpoints").unwrap_or(o.endpoints);
-    o.pushes = value(&args, "--pushes").unwrap_or(o.pushes);
-    o.clusters = value(&args, "--clusters").unwrap_or(o.clusters);
-    o.cluster_endpoints = value(&args, "--cluster-endpoints").unwrap_or(o.cluster_endpoints);
-    o.cluster_pushes = value(&args, "--cluster-pushes").unwrap_or(o.cluster_pushes);
+    o.workers = cli.workers.unwrap_or(o.workers);
+    o.endpoints = cli.endpoints.unwrap_or(o.endpoints);
+    o.pushes = cli.pushes.unwrap_or(o.pushes);
+    o.clusters = cli.clusters.unwrap_or(o.clusters);
+    o.cluster_endpoints = cli.cluster_endpoints.unwrap_or(o.cluster_endpoints);
+    o.cluster_pushes = cli.cluster_pushes.unwrap_or(o.cluster_pushes);
     match xds_load::run(&o) {
         Ok(report) => {
             print!("{}", report.table());
-            if args.iter().any(|a| a == "--json") {
+            if cli.json {
                 println!("{}", report.json());
             }
             let _ = std::fs::remove_dir_all(&o.work_dir);
