@@ -152,6 +152,8 @@ fn write_grpc_timeout(slot: &mut [u8], left: Duration) {
     slot[..value.len()].copy_from_slice(value);
 }
 const MAX_TRAILER_BYTES: usize = 16 * 1024;
+/// Capacity a per-request copy in a kept [`Scratch`] may keep (see [`Scratch::shed`]).
+pub(crate) const KEPT_SCRATCH: usize = 4 * 1024;
 /// Interim (1xx) responses accepted before the final one (Go's limit); one more is a 502 and
 /// the upstream connection is closed, so that an endless `100 Continue` stream cannot pin a
 /// worker for the whole route timeout.
@@ -697,6 +699,35 @@ impl Scratch {
         }
     }
 
+    /// Forgets what the previous request left that this one's access log entry, span or answer
+    /// would read. Called when a request starts — by the request path, and by an HTTP/2 stream
+    /// before anything can end it (a stream reset before the request path ran is logged with
+    /// its own empty state, not an earlier stream's, possibly another client's).
+    pub(crate) fn begin_request(&mut self) {
+        self.request_id_generated = false;
+        self.cluster = None;
+        self.tries = 0;
+        self.trace.hop = None;
+        self.grpc = false;
+        self.grpc_timeout_at = None;
+        self.attempt_count_at = None;
+        self.grpc_status = None;
+        self.normalized = false;
+    }
+
+    /// Frees what only some requests grow (a streamed body's replay copy, a gRPC answer's
+    /// trailers) and the per-request copies that grew past [`KEPT_SCRATCH`] (a long
+    /// `x-forwarded-for` or path): a scratch kept for later requests holds a few KiB at most.
+    pub(crate) fn shed(&mut self) {
+        self.replay = Vec::new();
+        self.grpc_trailers = Vec::new();
+        for v in [&mut self.xff, &mut self.path, &mut self.norm] {
+            if v.capacity() > KEPT_SCRATCH {
+                *v = Vec::new();
+            }
+        }
+    }
+
     /// Makes a scratch kept from an earlier HTTP/2 stream (of any connection of the worker)
     /// serve a stream of `peer`'s connection, as [`Scratch::new`] would have made it (the client's
     /// IP is formatted again only when it differs).
@@ -713,6 +744,7 @@ impl Scratch {
         self.over_tls = over_tls;
         self.forwarded_proto = hc.forwarded_proto;
         self.original_dst = None;
+        self.begin_request();
     }
 
     pub(crate) fn new(
@@ -765,8 +797,7 @@ fn release_idle(
     ubuf.clear();
     ubuf.release(pool);
     pool.give_write(std::mem::take(out));
-    scratch.replay = Vec::new();
-    scratch.grpc_trailers = Vec::new();
+    scratch.shed();
 }
 
 /// How the request head ended up.
@@ -1227,20 +1258,14 @@ impl<N: Network> Engine<N> {
         let router = self.routers[listener]
             .as_ref()
             .expect("http listener has a router");
-        // The normalized path is what is routed and forwarded (in scratch.norm when it differs).
-        scratch.request_id_generated = false;
-        scratch.cluster = None;
-        scratch.tries = 0;
-        scratch.trace.hop = None;
+        scratch.begin_request();
         if let Some(tracer) = &self.tracer {
             self.decide_span(tracer, head, rbuf.bytes(), &mut scratch.trace);
         }
         scratch.grpc = head
             .header(rbuf.bytes(), "content-type")
             .is_some_and(is_grpc);
-        scratch.grpc_timeout_at = None;
-        scratch.attempt_count_at = None;
-        scratch.grpc_status = None;
+        // The normalized path is what is routed and forwarded (in scratch.norm when it differs).
         let opts = scratch.path_opts;
         scratch.normalized =
             match normalize_path_into(head.path(rbuf.bytes()), &opts, &mut scratch.norm) {
@@ -3472,7 +3497,21 @@ mod idle_buffer_tests {
         let v6: SocketAddr = "[2001:db8::9]:5000".parse().unwrap();
         let mut kept = Scratch::new(v4, &hc1, Rc::new(Cell::new(true)), false);
         kept.original_dst = Some(v4);
+        // What an earlier request (another client's) left behind.
+        kept.cluster = Some(3);
+        kept.tries = 2;
+        kept.grpc = true;
+        kept.grpc_status = Some(14);
+        kept.request_id_generated = true;
+        kept.normalized = true;
+        kept.xff = vec![b'1'; 100_000];
+        kept.replay = vec![7; 60_000];
+        kept.shed();
+        assert_eq!((kept.xff.capacity(), kept.replay.capacity()), (0, 0));
         kept.rebind(v6, &hc2, true);
+        assert_eq!((kept.cluster, kept.tries, kept.grpc), (None, 0, false));
+        assert_eq!(kept.grpc_status, None);
+        assert!(!kept.request_id_generated && !kept.normalized);
         let made = Scratch::new(v6, &hc2, Rc::new(Cell::new(false)), true);
         assert_eq!(kept.peer_ip, made.peer_ip);
         assert_eq!(kept.peer_ip, "2001:db8::9");

@@ -85,7 +85,7 @@ use crate::access_log::Entry;
 use crate::bufpool::{BufPool, READ_BUFFER};
 use crate::downstream::Downstream;
 use crate::engine::Engine;
-use crate::http::{Outcome, ReadBuffer, Scratch};
+use crate::http::{KEPT_SCRATCH, Outcome, ReadBuffer, Scratch};
 use crate::net::Network;
 use crate::now;
 use crate::stats::{GoawayCause, bump, gauge_add};
@@ -489,6 +489,8 @@ impl<N: Network> Engine<N> {
             }
         };
         buffers.scratch.original_dst = original_dst;
+        // Before anything can end the stream: what it logs is its own.
+        buffers.scratch.begin_request();
         let StreamBuffers {
             translated,
             rbuf,
@@ -789,8 +791,13 @@ pub(crate) struct StreamBuffers {
 }
 
 impl StreamBuffers {
-    /// Gives the read and write buffers back to the worker's pool.
+    /// Gives the read and write buffers back to the worker's pool, and frees what grew past
+    /// what a kept state may hold ([`Scratch::shed`], [`KEPT_SCRATCH`]).
     fn release(&mut self, pool: &BufPool) {
+        self.scratch.shed();
+        if self.translated.capacity() > KEPT_SCRATCH {
+            self.translated = Vec::new();
+        }
         self.rbuf.clear();
         self.rbuf.release(pool);
         self.ubuf.clear();
@@ -1106,6 +1113,7 @@ impl Sink {
                 for (name, value) in response_fields(self.head.headers(&self.buf)) {
                     // Where the value lies in the head (a slice of `buf`'s first `head_len` bytes).
                     let at = value.as_ptr() as usize - base;
+                    debug_assert!(at + value.len() <= head_len, "a value outside the head");
                     if let (Ok(n), Ok(v)) = (
                         http::HeaderName::from_bytes(name),
                         http::HeaderValue::from_maybe_shared(shared.slice(at..at + value.len())),
@@ -1136,7 +1144,7 @@ impl Sink {
                 match &mut self.state {
                     // The payload is the bytes after the head, as they are: kept in place.
                     BodyState::Length(left) => {
-                        let n = (self.buf.len() - head_len).min(*left as usize);
+                        let n = (*left).min((self.buf.len() - head_len) as u64) as usize;
                         self.buf.copy_within(head_len..head_len + n, 0);
                         self.buf.truncate(n);
                         *left -= n as u64;
