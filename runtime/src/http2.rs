@@ -343,6 +343,13 @@ impl<N: Network> Engine<N> {
         // With no stream open for `idle_timeout`, the connection gets GOAWAY and closes.
         let idle_deadline = |from: tokio::time::Instant| hc.idle_timeout.map(|d| from + d);
         let mut idle_at = idle_deadline(tokio::time::Instant::now());
+        // Made once for the connection, not at every turn of its loop (a turn per accepted
+        // stream): a `Notified` receives the notifications sent after it was made, polled or
+        // not, and the idle timer is reset only when the connection goes idle.
+        let expired = self.drain_expired.notified();
+        let stop = self.stop_accepting.notified();
+        let idle = tokio::time::sleep_until(idle_at.unwrap_or_else(crate::http::far_future));
+        tokio::pin!(expired, stop, idle);
         loop {
             // The drain's deadline may have passed while this connection was not waiting on
             // it (during the sniff, or between two turns of this loop): `drain_expired` only
@@ -362,20 +369,17 @@ impl<N: Network> Engine<N> {
                 };
                 bump(&self.stats.http2_goaway_sent[cause as usize], 1);
             }
-            let expired = self.drain_expired.notified();
-            let stop = self.stop_accepting.notified();
-            let idle = tokio::time::sleep_until(idle_at.unwrap_or_else(crate::http::far_future));
             let next = tokio::select! {
                 biased;
-                () = expired => {
+                () = &mut expired => {
                     tracing::debug!(listener = %lc.name, %peer, open = streams.len(), "drain timeout passed; closing the HTTP/2 connection");
                     break;
                 }
-                () = stop, if !goaway_sent => {
+                () = &mut stop, if !goaway_sent => {
                     draining = true;
                     continue;
                 }
-                () = idle, if idle_at.is_some() && streams.is_empty() && fresh.is_empty() && !goaway_sent => {
+                () = &mut idle, if idle_at.is_some() && streams.is_empty() && fresh.is_empty() && !goaway_sent => {
                     tracing::debug!(listener = %lc.name, %peer, "HTTP/2 connection idle for idle_timeout: GOAWAY");
                     draining = true;
                     idle_goaway = true;
@@ -432,6 +436,9 @@ impl<N: Network> Engine<N> {
                 None => {
                     // The last stream ended: the idle timer starts.
                     idle_at = idle_deadline(tokio::time::Instant::now());
+                    if let Some(at) = idle_at {
+                        idle.as_mut().reset(at);
+                    }
                 }
                 Some(Some(Ok((request, respond)))) => {
                     fresh.push(Box::pin(self.http2_stream(
