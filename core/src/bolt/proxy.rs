@@ -107,13 +107,17 @@
 //! - there is at most one upstream connection per (cluster, host, destination), and `by_host`
 //!   and the connections agree; every destination connection (and none other) has one idle
 //!   timer; there are at most [`MAX_DESTINATIONS`] of them;
-//! - every stream with a deadline has exactly one timer, and every timer a stream;
+//! - every stream with a deadline has exactly one live timer; dead timers (of streams that
+//!   ended) are at most as many as live ones plus a constant, and never the next one due;
 //! - a downstream's `in_flight` is the number of streams that answer to it;
 //! - host `active` counts and breaker units held by the proxy are exactly its streams (one
 //!   `begin` and one `max_requests` unit each) and its connections (one `max_connections` unit
 //!   each), so they return to zero when everything is done.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
+
+mod deadlines;
+use deadlines::Deadlines;
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
@@ -327,9 +331,34 @@ struct Upstream {
     last_used: Instant,
     connected: bool,
     next_id: u32,
-    streams: BTreeMap<u32, Stream>,
+    /// Keyed by the upstream request id. A hash map (a fixed-seed hasher: iteration order is a
+    /// function of the inputs alone, as the simulator needs) — a B-tree's insert and remove were
+    /// a fifth of the Bolt path's instructions; where order shows (replies on upstream loss),
+    /// ids are sorted.
+    streams: StreamMap,
     permit: Permit,
 }
+
+/// Whether the deadline-heap entry `(at, up, id)` still has its stream.
+fn timer_is_live(
+    upstreams: &BTreeMap<UpstreamId, Upstream>,
+    at: Instant,
+    up: UpstreamId,
+    id: u32,
+) -> bool {
+    upstreams
+        .get(&up)
+        .and_then(|u| u.streams.get(&id))
+        .is_some_and(|s| s.deadline == Some(at))
+}
+
+/// An upstream connection's streams by upstream request id.
+// The lint is for `RandomState`: with a fixed seed the order is a function of the inputs.
+#[allow(clippy::disallowed_types)]
+type StreamMap = std::collections::HashMap<u32, Stream, foldhash::fast::FixedState>;
+
+/// Dead entries the deadline heap may hold beyond as many as it has live ones.
+const TIMER_SLACK: usize = 64;
 
 #[derive(Debug)]
 struct Stream {
@@ -352,7 +381,15 @@ pub struct BoltProxy {
     downstreams: BTreeMap<DownstreamId, Downstream>,
     upstreams: BTreeMap<UpstreamId, Upstream>,
     by_host: BTreeMap<UpstreamKey, UpstreamId>,
-    timers: BTreeSet<(Instant, UpstreamId, u32)>,
+    /// Request deadlines, earliest first ([`Deadlines`]), with lazy removal: an answered
+    /// stream's entry stays until it comes first (dropped then: `settle_timers`) or the queue is
+    /// compacted (when it holds more than twice the live entries plus [`TIMER_SLACK`]), so an
+    /// answer costs no search. An entry is *live* when its upstream has a stream with that id
+    /// and that deadline. The first entry is always live after an input, so
+    /// [`BoltProxy::poll_timeout`] never names a deadline nothing waits for.
+    timers: Deadlines,
+    /// Streams with a deadline (the live entries of `timers`).
+    live_timers: usize,
     /// One per destination connection: not before then may it be closed idle.
     idle_timers: BTreeSet<(Instant, UpstreamId)>,
     actions: VecDeque<Action>,
@@ -429,7 +466,8 @@ impl BoltProxy {
             downstreams: BTreeMap::new(),
             upstreams: BTreeMap::new(),
             by_host: BTreeMap::new(),
-            timers: BTreeSet::new(),
+            timers: Deadlines::default(),
+            live_timers: 0,
             idle_timers: BTreeSet::new(),
             actions: VecDeque::new(),
             next_down: 0,
@@ -637,7 +675,7 @@ impl BoltProxy {
                             last_used: now,
                             connected: false,
                             next_id: 1,
-                            streams: BTreeMap::new(),
+                            streams: StreamMap::default(),
                             permit: conn_permit,
                         },
                     );
@@ -703,7 +741,7 @@ impl BoltProxy {
             },
         );
         if let Some(at) = deadline {
-            self.timers.insert((at, up, request_id));
+            self.push_timer(at, up, request_id);
         }
         self.downstreams
             .get_mut(&down)
@@ -804,10 +842,12 @@ impl BoltProxy {
             return UpstreamVerdict::Drop;
         };
         let (cluster, host) = (u.cluster, u.host.id);
-        if let Some(at) = s.deadline {
-            self.timers.remove(&(at, up, frame.request_id));
-        }
+        let had_deadline = s.deadline.is_some();
         let down = end_stream(&mut self.downstreams, clusters, cluster, host, s);
+        if had_deadline {
+            self.live_timers -= 1;
+            self.settle_timers();
+        }
         self.close_if_stale_and_idle(up, clusters);
         match down {
             Some((down, request_id, _, _)) => {
@@ -835,9 +875,12 @@ impl BoltProxy {
             if u.destination.is_some() {
                 self.idle_timers.retain(|&(_, t)| t != up);
             }
-            for (id, s) in u.streams {
-                if let Some(at) = s.deadline {
-                    self.timers.remove(&(at, up, id));
+            // In id order, as the replies go out (the map's order is not the ids').
+            let mut streams: Vec<(u32, Stream)> = u.streams.into_iter().collect();
+            streams.sort_unstable_by_key(|&(id, _)| id);
+            for (id, s) in streams {
+                if s.deadline.is_some() {
+                    self.live_timers -= 1;
                 }
                 if let Some((down, request_id, version, codec)) =
                     end_stream(&mut self.downstreams, clusters, u.cluster, u.host.id, s)
@@ -856,6 +899,7 @@ impl BoltProxy {
             if let Some(c) = clusters.get_mut(u.cluster) {
                 c.breakers_mut().release(u.permit);
             }
+            self.settle_timers();
         }
         self.debug_check();
     }
@@ -868,7 +912,7 @@ impl BoltProxy {
     /// When [`BoltProxy::handle_timeout`] must next be called.
     #[must_use]
     pub fn poll_timeout(&self) -> Option<Instant> {
-        let request = self.timers.first().map(|&(at, _, _)| at);
+        let request = self.timers.peek().map(|(at, _, _)| at);
         let idle = self.idle_timers.first().map(|&(at, _)| at);
         match (request, idle) {
             (Some(a), Some(b)) => Some(a.min(b)),
@@ -988,17 +1032,21 @@ impl BoltProxy {
     }
 
     fn expire_requests(&mut self, now: Instant, clusters: &mut [ClusterState]) {
-        while let Some(&(at, up, id)) = self.timers.first() {
+        while let Some((at, up, id)) = self.timers.peek() {
             if at > now {
                 break;
             }
-            self.timers.pop_first();
+            self.timers.pop();
             let Some(u) = self.upstreams.get_mut(&up) else {
                 continue;
             };
-            let Some(s) = u.streams.remove(&id) else {
+            // A dead entry (its stream answered, or the id reused by a later stream with
+            // another deadline) is dropped.
+            if u.streams.get(&id).is_none_or(|s| s.deadline != Some(at)) {
                 continue;
-            };
+            }
+            let s = u.streams.remove(&id).expect("looked up above");
+            self.live_timers -= 1;
             let (cluster, host) = (u.cluster, u.host.id);
             if let Some((down, request_id, version, codec)) =
                 end_stream(&mut self.downstreams, clusters, cluster, host, s)
@@ -1014,6 +1062,36 @@ impl BoltProxy {
                 }));
             }
             self.close_if_stale_and_idle(up, clusters);
+        }
+        self.settle_timers();
+    }
+
+    /// Records a deadline for stream `id` of `up`.
+    fn push_timer(&mut self, at: Instant, up: UpstreamId, id: u32) {
+        self.live_timers += 1;
+        self.timers.push((at, up, id));
+        // A push leaves the first entry live: only the size may need restoring.
+        if self.timers.len() > 2 * self.live_timers + TIMER_SLACK {
+            self.settle_timers();
+        }
+    }
+
+    /// Restores the deadline heap's bounds after a change: when dead entries outnumber the
+    /// live ones by more than [`TIMER_SLACK`] it is compacted (amortised O(1): the next
+    /// compaction is at least half as many changes away as the heap is long), else dead entries
+    /// are popped off its top, so that the next deadline is a live one.
+    fn settle_timers(&mut self) {
+        if self.timers.len() > 2 * self.live_timers + TIMER_SLACK {
+            let upstreams = &self.upstreams;
+            self.timers
+                .retain(|&(at, up, id)| timer_is_live(upstreams, at, up, id));
+            return;
+        }
+        while let Some((at, up, id)) = self.timers.peek() {
+            if timer_is_live(&self.upstreams, at, up, id) {
+                break;
+            }
+            self.timers.pop();
         }
     }
 
@@ -1081,10 +1159,17 @@ impl BoltProxy {
 
     /// The upstream ids in flight on `up`, ascending.
     pub fn upstream_ids_in_flight(&self, up: UpstreamId) -> impl Iterator<Item = u32> + '_ {
-        self.upstreams
-            .get(&up)
-            .into_iter()
-            .flat_map(|u| u.streams.keys().copied())
+        self.upstreams.get(&up).into_iter().flat_map(|u| {
+            let mut ids: Vec<u32> = u.streams.keys().copied().collect();
+            ids.sort_unstable();
+            ids
+        })
+    }
+
+    /// Requests in flight on upstream connection `up` (orphans included).
+    #[must_use]
+    pub fn upstream_in_flight(&self, up: UpstreamId) -> usize {
+        self.upstreams.get(&up).map_or(0, |u| u.streams.len())
     }
 
     fn debug_check(&self) {
@@ -1125,6 +1210,7 @@ impl BoltProxy {
         }
         let mut in_flight: BTreeMap<DownstreamId, usize> = BTreeMap::new();
         let mut deadlines = 0;
+        let timers: BTreeSet<(Instant, UpstreamId, u32)> = self.timers.iter().copied().collect();
         for (&up, u) in &self.upstreams {
             for (&id, s) in &u.streams {
                 if let Some(d) = s.down {
@@ -1133,14 +1219,27 @@ impl BoltProxy {
                 }
                 if let Some(at) = s.deadline {
                     deadlines += 1;
-                    assert!(
-                        self.timers.contains(&(at, up, id)),
-                        "no timer for {up:?}/{id}"
-                    );
+                    assert!(timers.contains(&(at, up, id)), "no timer for {up:?}/{id}");
                 }
             }
         }
-        assert_eq!(deadlines, self.timers.len(), "a timer without a stream");
+        assert_eq!(deadlines, self.live_timers, "live timers");
+        let live = self
+            .timers
+            .iter()
+            .filter(|&&(at, up, id)| timer_is_live(&self.upstreams, at, up, id))
+            .count();
+        assert_eq!(live, deadlines, "one timer per stream with a deadline");
+        assert!(
+            self.timers.len() <= 2 * self.live_timers + TIMER_SLACK,
+            "dead timers bounded"
+        );
+        if let Some((at, up, id)) = self.timers.peek() {
+            assert!(
+                timer_is_live(&self.upstreams, at, up, id),
+                "the next timer is live"
+            );
+        }
         for (d, ds) in &self.downstreams {
             assert_eq!(
                 ds.in_flight,

@@ -548,6 +548,38 @@ fn timeout_is_status_7_and_the_late_response_is_dropped() {
 }
 
 #[test]
+fn answered_requests_leave_no_deadline_due_and_a_bounded_heap() {
+    let mut h = H::new();
+    let d = h.open();
+    // A request with 100ms, another with 200ms: once the first is answered, the next deadline
+    // is the second's (the answered one's timer is not what wakes the driver).
+    let (up, a) = forward(h.down(d, req(Version::V1, 1, &[(b"service", Some(ECHO))], 100)));
+    let (_, b) = forward(h.down(d, req(Version::V1, 2, &[(b"service", Some(ECHO))], 200)));
+    assert_eq!(h.p.poll_timeout(), Some(h.t0 + Duration::from_millis(100)));
+    h.up(up, resp(Version::V1, a, ResponseStatus::Success, b"a"));
+    assert_eq!(h.p.poll_timeout(), Some(h.t0 + Duration::from_millis(200)));
+    // A thousand more, each answered at once, behind the stuck second one (route timeout 3s):
+    // the dead entries stay bounded, the stuck one times out when due, nothing else does.
+    for i in 0..1000 {
+        let (_, id) = forward(h.down(d, req(Version::V1, 10 + i, &[(b"service", Some(ECHO))], 0)));
+        h.up(up, resp(Version::V1, id, ResponseStatus::Success, b"x"));
+        assert!(
+            h.p.timers.len() <= 2 + TIMER_SLACK,
+            "{} timers",
+            h.p.timers.len()
+        );
+    }
+    assert_eq!(h.p.poll_timeout(), Some(h.t0 + Duration::from_millis(200)));
+    h.take_down(d);
+    h.advance(200);
+    assert_eq!(h.take_down(d), v1_reply(2, 7));
+    assert_eq!(h.p.stats().timeouts, 1);
+    assert_eq!(h.replies.last().and_then(|r| r.stream), Some((up, b)));
+    assert_eq!(h.p.poll_timeout(), None);
+    h.idle();
+}
+
+#[test]
 fn codec_errors_are_status_9_when_the_id_is_readable() {
     let mut h = H::new();
     let (a, b) = (h.open(), h.open());
