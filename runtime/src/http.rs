@@ -75,6 +75,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime};
 
+use sluice_core::cluster::HostId;
 use sluice_core::config::ListenerConfig;
 use sluice_core::config::http::{ForwardAction, HttpCodec, HttpConfig, PathMatch, RouteAction};
 use sluice_core::health::{Permit, Resource, UpstreamResult};
@@ -1355,6 +1356,48 @@ impl<N: Network> Engine<N> {
         o
     }
 
+    /// Answers a request whose client failed its body while it was uploading (it stopped
+    /// sending, sent a malformed body, or went away): the client's fault, not the upstream's —
+    /// the try is aborted with nothing reported to outlier detection (a client must not get a
+    /// healthy host ejected), and the client gets the fault's local answer (400 or 408). When
+    /// part of the upstream's answer already reached it (`answered`: that answer's status and
+    /// the bytes sent), the request ends there instead, flagged with the fault (its connection
+    /// is not reused). `upstream` and `bytes_received` are the try's, for the log.
+    #[allow(clippy::too_many_arguments)]
+    async fn answer_upload_fault<D: AsyncWrite + Unpin>(
+        &self,
+        ci: usize,
+        stream: &mut StreamGuard,
+        host: HostId,
+        fault: UploadFault,
+        grpc: bool,
+        awaiting: &Cell<bool>,
+        down: &mut D,
+        out: &mut Vec<u8>,
+        upstream: Option<SocketAddr>,
+        bytes_received: u64,
+        answered: Option<(u16, u64)>,
+    ) -> Outcome {
+        self.stream_input(ci, stream, Input::Abort);
+        self.publish_host_active(ci, host);
+        let (status, flag) = fault.status();
+        awaiting.set(false);
+        if let Some((status, bytes_sent)) = answered {
+            return Outcome {
+                status,
+                flag: Some(flag),
+                upstream,
+                bytes_received,
+                bytes_sent,
+                reusable: false,
+            };
+        }
+        let mut o = self.local_reply(grpc, down, out, status, flag, true).await;
+        o.upstream = upstream;
+        o.bytes_received = bytes_received;
+        o
+    }
+
     #[allow(clippy::too_many_arguments)]
     async fn forward<D: AsyncRead + AsyncWrite + Unpin>(
         &self,
@@ -1966,19 +2009,21 @@ impl<N: Network> Engine<N> {
                     };
                 }
                 if let Some(fault) = upload_fault {
-                    // The client stopped sending its body, sent a malformed one, or went away
-                    // while streaming it: its fault, not the upstream's — nothing is reported
-                    // to outlier detection (a client must not get a healthy host ejected).
-                    self.stream_input(ci, &mut stream, Input::Abort);
-                    self.publish_host_active(ci, host);
-                    let (status, flag) = fault.status();
-                    scratch.awaiting.set(false);
-                    let mut o = self
-                        .local_reply(scratch.grpc, &mut downw, out, status, flag, true)
+                    return self
+                        .answer_upload_fault(
+                            ci,
+                            &mut stream,
+                            host,
+                            fault,
+                            scratch.grpc,
+                            &scratch.awaiting,
+                            &mut downw,
+                            out,
+                            upstream_addr,
+                            bytes_received.get(),
+                            None,
+                        )
                         .await;
-                    o.upstream = upstream_addr;
-                    o.bytes_received = bytes_received.get();
-                    return o;
                 }
                 let Some(result) = result else {
                     // A per-try or the route timeout (the stream's event says which).
@@ -2036,18 +2081,21 @@ impl<N: Network> Engine<N> {
                         // is reused).
                         Ok(false) => {}
                         Err(fault) => {
-                            // The client stopped sending its body, sent a malformed one, or
-                            // went away meanwhile: its fault is answered as such.
-                            self.stream_input(ci, &mut stream, Input::Abort);
-                            self.publish_host_active(ci, host);
-                            let (status, flag) = fault.status();
-                            scratch.awaiting.set(false);
-                            let mut o = self
-                                .local_reply(scratch.grpc, &mut downw, out, status, flag, true)
+                            return self
+                                .answer_upload_fault(
+                                    ci,
+                                    &mut stream,
+                                    host,
+                                    fault,
+                                    scratch.grpc,
+                                    &scratch.awaiting,
+                                    &mut downw,
+                                    out,
+                                    upstream_addr,
+                                    bytes_received.get(),
+                                    None,
+                                )
                                 .await;
-                            o.upstream = upstream_addr;
-                            o.bytes_received = bytes_received.get();
-                            return o;
                         }
                     }
                     self.stream_input(ci, &mut stream, Input::RequestComplete);
@@ -2167,35 +2215,24 @@ impl<N: Network> Engine<N> {
                     Alongside::Timeout => None,
                     Alongside::UploadFailed(fault) => {
                         // The client's body failed while the answer was under way: the call is
-                        // over (the upstream's stream is reset or its connection closed).
-                        self.stream_input(ci, &mut stream, Input::Abort);
-                        self.publish_host_active(ci, host);
-                        let (fault_status, flag) = fault.status();
-                        scratch.awaiting.set(false);
-                        if !out.is_empty() {
-                            // Nothing of the answer reached the client yet.
-                            let mut o = self
-                                .local_reply(
-                                    scratch.grpc,
-                                    &mut downw,
-                                    out,
-                                    fault_status,
-                                    flag,
-                                    true,
-                                )
-                                .await;
-                            o.upstream = upstream_addr;
-                            o.bytes_received = bytes_received.get();
-                            return o;
-                        }
-                        return Outcome {
-                            status,
-                            flag: Some(flag),
-                            upstream: upstream_addr,
-                            bytes_received: bytes_received.get(),
-                            bytes_sent,
-                            reusable: false,
-                        };
+                        // over (the upstream's stream is reset or its connection closed). The
+                        // head still in `out` means nothing of the answer reached the client.
+                        let answered = out.is_empty().then_some((status, bytes_sent));
+                        return self
+                            .answer_upload_fault(
+                                ci,
+                                &mut stream,
+                                host,
+                                fault,
+                                scratch.grpc,
+                                &scratch.awaiting,
+                                &mut downw,
+                                out,
+                                upstream_addr,
+                                bytes_received.get(),
+                                answered,
+                            )
+                            .await;
                     }
                 };
                 // An answer that ended before the request body: the rest of the body is not
