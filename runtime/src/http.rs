@@ -701,9 +701,12 @@ impl Scratch {
     }
 
     /// Forgets what the previous request left that this one's access log entry, span or answer
-    /// would read. Called when a request starts — by the request path, and by an HTTP/2 stream
-    /// before anything can end it (a stream reset before the request path ran is logged with
-    /// its own empty state, not an earlier stream's, possibly another client's).
+    /// would read: the one place the per-request state is cleared. Called once per request by
+    /// its codec where the request starts, before anything can end it — the HTTP/1.1
+    /// connection loop once a head is read, an HTTP/2 stream as soon as it has its state (a
+    /// stream reset before the request path ran, or refused before routing, is logged with its
+    /// own empty state, not an earlier stream's, possibly another client's). The request path
+    /// (`serve_request`) checks it was called, in debug builds.
     pub(crate) fn begin_request(&mut self) {
         self.request_id_generated = false;
         self.cluster = None;
@@ -714,6 +717,19 @@ impl Scratch {
         self.attempt_count_at = None;
         self.grpc_status = None;
         self.normalized = false;
+    }
+
+    /// The per-request state is as [`Scratch::begin_request`] leaves it.
+    fn request_begun(&self) -> bool {
+        !self.request_id_generated
+            && self.cluster.is_none()
+            && self.tries == 0
+            && self.trace.hop.is_none()
+            && !self.grpc
+            && self.grpc_timeout_at.is_none()
+            && self.attempt_count_at.is_none()
+            && self.grpc_status.is_none()
+            && !self.normalized
     }
 
     /// Frees what only some requests grow (a streamed body's replay copy, a gRPC answer's
@@ -730,8 +746,10 @@ impl Scratch {
     }
 
     /// Makes a scratch kept from an earlier HTTP/2 stream (of any connection of the worker)
-    /// serve a stream of `peer`'s connection, as [`Scratch::new`] would have made it (the client's
-    /// IP is formatted again only when it differs).
+    /// serve a stream of `peer`'s connection: its connection's fields as [`Scratch::new`] would
+    /// have made them (the client's IP is formatted again only when it differs). The earlier
+    /// request's own state is cleared where the stream begins its request
+    /// ([`Scratch::begin_request`]).
     pub(crate) fn rebind(&mut self, peer: SocketAddr, hc: &HttpConfig, over_tls: bool) {
         if self.peer_addr != peer.ip() || self.peer_ip.is_empty() {
             use std::fmt::Write as _;
@@ -745,7 +763,6 @@ impl Scratch {
         self.over_tls = over_tls;
         self.forwarded_proto = hc.forwarded_proto;
         self.original_dst = None;
-        self.begin_request();
     }
 
     pub(crate) fn new(
@@ -1074,6 +1091,7 @@ impl<N: Network> Engine<N> {
             if out.capacity() == 0 {
                 out = pool.take_write();
             }
+            scratch.begin_request();
             let t_head = now();
             let outcome = self
                 .serve_request(
@@ -1259,7 +1277,10 @@ impl<N: Network> Engine<N> {
         let router = self.routers[listener]
             .as_ref()
             .expect("http listener has a router");
-        scratch.begin_request();
+        debug_assert!(
+            scratch.request_begun(),
+            "the codec begins each request (Scratch::begin_request)"
+        );
         if let Some(tracer) = &self.tracer {
             self.decide_span(tracer, head, rbuf.bytes(), &mut scratch.trace);
         }
@@ -3545,7 +3566,10 @@ mod idle_buffer_tests {
         kept.replay = vec![7; 60_000];
         kept.shed();
         assert_eq!((kept.xff.capacity(), kept.replay.capacity()), (0, 0));
+        // What an HTTP/2 stream does with a kept state before anything can end it.
         kept.rebind(v6, &hc2, true);
+        kept.begin_request();
+        assert!(kept.request_begun());
         assert_eq!((kept.cluster, kept.tries, kept.grpc), (None, 0, false));
         assert_eq!(kept.grpc_status, None);
         assert!(!kept.request_id_generated && !kept.normalized);

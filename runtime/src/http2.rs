@@ -496,7 +496,9 @@ impl<N: Network> Engine<N> {
             }
         };
         buffers.scratch.original_dst = original_dst;
-        // Before anything can end the stream: what it logs is its own.
+        // The stream's request begins here, before anything can end the stream (a reset, a
+        // refusal before routing): what it logs and exports is its own, never what an earlier
+        // stream of the worker (possibly another client's) left in this state.
         buffers.scratch.begin_request();
         let StreamBuffers {
             translated,
@@ -663,9 +665,9 @@ impl<N: Network> Engine<N> {
             bump(&l.downstream_bytes_sent, outcome.bytes_sent);
         }
         let parsed = rejected.is_none();
-        // A stream refused before routing did not reach `serve_request`: what the scratch
-        // holds is an earlier stream's.
-        let trace = scratch.trace.hop.filter(|_| parsed);
+        // A stream refused before routing, or reset before its request path ran, logs its
+        // scratch's per-request state as `begin_request` left it: empty.
+        let trace = scratch.trace.hop;
         let log = self.access_logs[listener].as_ref();
         if log.is_some() || trace.is_some_and(|h| h.sampled) {
             let buf = rbuf.bytes();
@@ -701,17 +703,14 @@ impl<N: Network> Engine<N> {
                 downstream: peer,
                 listener: &lc.name,
                 request: parsed.then_some((&*head, buf)),
-                // A stream refused before routing did not reach `serve_request`: what the
-                // scratch holds is an earlier stream's.
                 cluster: scratch
                     .cluster
-                    .filter(|_| parsed)
                     .map(|c| self.config.clusters[c].name.as_str()),
-                tries: if parsed { scratch.tries } else { 0 },
+                tries: scratch.tries,
                 close_reason: None,
                 server_name: None,
                 trace_id: trace.and_then(|_| scratch.trace.trace_id()),
-                grpc_status: scratch.logged_grpc_status(&outcome).filter(|_| parsed),
+                grpc_status: scratch.logged_grpc_status(&outcome),
             };
             if let Some(log) = log {
                 log.borrow_mut().log(&entry);
