@@ -3479,7 +3479,6 @@ mod tests {
 /// Issue 15: an idle keep-alive connection gives its buffers back to the worker's pool.
 #[cfg(test)]
 mod idle_buffer_tests {
-    use std::sync::Arc;
     use std::time::Duration;
 
     use sluice_core::config::Config;
@@ -3487,14 +3486,7 @@ mod idle_buffer_tests {
 
     use crate::engine::Engine;
     use crate::net::TokioNet;
-    use crate::stats::WorkerStats;
-
-    fn bound() -> (tokio::net::TcpListener, std::net::SocketAddr) {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.set_nonblocking(true).unwrap();
-        let at = l.local_addr().unwrap();
-        (tokio::net::TcpListener::from_std(l).unwrap(), at)
-    }
+    use crate::test_support::{bound, http1_upstream, on_local_runtime, serve};
 
     /// Reads until `n` responses ending in `last` arrived, within 5 s.
     async fn read_responses(s: &mut tokio::net::TcpStream, n: usize, last: &str) -> String {
@@ -3590,36 +3582,11 @@ mod idle_buffer_tests {
 
     #[test]
     fn an_idle_keep_alive_connection_gives_its_buffers_back_to_the_pool() {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        tokio::task::LocalSet::new().block_on(&rt, async {
+        on_local_runtime(async {
             let (up, up_at) = bound();
-            tokio::task::spawn_local(async move {
-                loop {
-                    let (mut s, _) = up.accept().await.unwrap();
-                    tokio::task::spawn_local(async move {
-                        let mut buf = vec![0u8; 4096];
-                        let mut have = Vec::new();
-                        loop {
-                            let n = s.read(&mut buf).await.unwrap_or(0);
-                            if n == 0 {
-                                return;
-                            }
-                            have.extend_from_slice(&buf[..n]);
-                            while let Some(end) = have.windows(4).position(|w| w == b"\r\n\r\n") {
-                                have.drain(..end + 4);
-                                s.write_all(
-                                    b"HTTP/1.1 200 OK\r\ncontent-length: 8\r\n\r\nupstream",
-                                )
-                                .await
-                                .unwrap();
-                            }
-                        }
-                    });
-                }
-            });
+            tokio::task::spawn_local(http1_upstream(up, |_| {
+                "HTTP/1.1 200 OK\r\ncontent-length: 8\r\n\r\nupstream".to_owned()
+            }));
             let (listener, at) = bound();
             let yaml = format!(
                 r#"
@@ -3642,14 +3609,7 @@ clusters:
     hosts: [ {{ address: "{up_at}" }} ]
 "#
             );
-            let config = Arc::new(Config::from_yaml(&yaml).unwrap());
-            let stats = Arc::new(WorkerStats::new(&config));
-            let engine = Engine::new(TokioNet::default(), config, 0, 1, stats).unwrap();
-            tokio::task::spawn_local(
-                engine
-                    .clone()
-                    .run(vec![listener], std::future::pending::<()>()),
-            );
+            let engine = serve(&yaml, listener);
             assert_eq!(engine.http_buffers.pooled(), (0, 0));
 
             let mut c = tokio::net::TcpStream::connect(at).await.unwrap();
@@ -3704,11 +3664,7 @@ clusters:
     /// ends: a connection with no open stream holds none, and its next stream reuses them.
     #[test]
     fn an_http2_stream_gives_its_buffers_back_to_the_pool_when_it_ends() {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        tokio::task::LocalSet::new().block_on(&rt, async {
+        on_local_runtime(async {
             let (listener, at) = bound();
             let yaml = format!(
                 r#"
@@ -3724,14 +3680,7 @@ listeners:
               direct_response: {{ status: 200, body: "first" }}
 "#
             );
-            let config = Arc::new(Config::from_yaml(&yaml).unwrap());
-            let stats = Arc::new(WorkerStats::new(&config));
-            let engine = Engine::new(TokioNet::default(), config, 0, 1, stats).unwrap();
-            tokio::task::spawn_local(
-                engine
-                    .clone()
-                    .run(vec![listener], std::future::pending::<()>()),
-            );
+            let engine = serve(&yaml, listener);
             let tcp = tokio::net::TcpStream::connect(at).await.unwrap();
             let (mut client, conn) = h2::client::handshake(tcp).await.unwrap();
             tokio::task::spawn_local(async move {

@@ -1305,51 +1305,16 @@ impl Sink {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
+    use crate::test_support::{bound, http1_upstream, on_local_runtime, serve};
 
-    use sluice_core::config::Config;
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-    use crate::engine::Engine;
-    use crate::net::TokioNet;
-    use crate::stats::WorkerStats;
-
-    fn bound() -> (tokio::net::TcpListener, std::net::SocketAddr) {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.set_nonblocking(true).unwrap();
-        let at = l.local_addr().unwrap();
-        (tokio::net::TcpListener::from_std(l).unwrap(), at)
-    }
-
-    /// An HTTP/1.1 upstream answering every request with `200 up` and the request's
-    /// `x-forwarded-for` in a header of the response.
-    async fn upstream(l: tokio::net::TcpListener) {
-        loop {
-            let (mut s, _) = l.accept().await.unwrap();
-            tokio::task::spawn_local(async move {
-                let mut buf = vec![0u8; 4096];
-                let mut have = Vec::new();
-                loop {
-                    let n = s.read(&mut buf).await.unwrap_or(0);
-                    if n == 0 {
-                        return;
-                    }
-                    have.extend_from_slice(&buf[..n]);
-                    while let Some(end) = have.windows(4).position(|w| w == b"\r\n\r\n") {
-                        let head = String::from_utf8_lossy(&have[..end]).to_lowercase();
-                        let xff = head
-                            .lines()
-                            .find_map(|l| l.strip_prefix("x-forwarded-for: "))
-                            .unwrap_or("none")
-                            .to_owned();
-                        have.drain(..end + 4);
-                        let answer =
-                            format!("HTTP/1.1 200 OK\r\nxff: {xff}\r\ncontent-length: 2\r\n\r\nup");
-                        s.write_all(answer.as_bytes()).await.unwrap();
-                    }
-                }
-            });
-        }
+    /// An HTTP/1.1 upstream's answer: `200 up`, with the request's `x-forwarded-for` in a
+    /// header.
+    fn answer_with_xff(head: &str) -> String {
+        let xff = head
+            .lines()
+            .find_map(|l| l.strip_prefix("x-forwarded-for: "))
+            .unwrap_or("none");
+        format!("HTTP/1.1 200 OK\r\nxff: {xff}\r\ncontent-length: 2\r\n\r\nup")
     }
 
     /// One request on an h2c connection: the status, the `xff` header and the body.
@@ -1371,13 +1336,9 @@ mod tests {
 
     #[test]
     fn streams_of_any_connection_reuse_the_workers_stream_states() {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        tokio::task::LocalSet::new().block_on(&rt, async {
+        on_local_runtime(async {
             let (up, up_at) = bound();
-            tokio::task::spawn_local(upstream(up));
+            tokio::task::spawn_local(http1_upstream(up, answer_with_xff));
             let (listener, at) = bound();
             let yaml = format!(
                 r#"
@@ -1394,14 +1355,7 @@ clusters:
     hosts: [ {{ address: "{up_at}" }} ]
 "#
             );
-            let config = Arc::new(Config::from_yaml(&yaml).unwrap());
-            let stats = Arc::new(WorkerStats::new(&config));
-            let engine = Engine::new(TokioNet::default(), config, 0, 1, stats).unwrap();
-            tokio::task::spawn_local(
-                engine
-                    .clone()
-                    .run(vec![listener], std::future::pending::<()>()),
-            );
+            let engine = serve(&yaml, listener);
             // Two connections one after the other, ten requests each, one at a time: every
             // stream after the first takes the state the previous one gave back, whichever
             // connection it came from, and is answered in full, with its client's address.
