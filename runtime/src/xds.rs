@@ -644,7 +644,10 @@ impl Client {
             {
                 UNSOLICITED[kind].fetch_add(ignored, Ordering::Relaxed);
             }
-            debug!(type_url, ignored, "xds: ignored resources not subscribed to");
+            debug!(
+                type_url,
+                ignored, "xds: ignored resources not subscribed to"
+            );
         }
     }
 }
@@ -961,7 +964,10 @@ mod tests {
             ..Default::default()
         }));
 
-        let config = std::sync::Arc::new(Config::from_yaml("listeners: [ { name: e, address: 127.0.0.1:1, echo: {} } ]").unwrap());
+        let config = std::sync::Arc::new(
+            Config::from_yaml("listeners: [ { name: e, address: 127.0.0.1:1, echo: {} } ]")
+                .unwrap(),
+        );
         let stats = vec![std::sync::Arc::new(crate::stats::WorkerStats::new(&config))];
         let admin = crate::admin::AdminShared::new(config, stats, None);
         let text = crate::admin::prometheus(&admin, &crate::admin::scrape(&admin));
