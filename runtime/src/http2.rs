@@ -778,7 +778,8 @@ fn translate_request(
 }
 
 /// The state of one stream's request, kept by the worker ([`crate::bufpool::BufPool`]) for its
-/// next streams, of any connection ([`crate::http::Scratch::rebind`] makes it the new stream's).
+/// next streams, of any connection ([`crate::http::Scratch::rebind`] makes it the new stream
+/// connection's, [`crate::http::Scratch::begin_request`] clears the earlier request's state).
 /// Its read and write buffers go back to the worker's pool separately when the stream ends, so
 /// a kept state holds none: a busy worker allocates nothing per stream and an idle connection
 /// holds no stream state.
