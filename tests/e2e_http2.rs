@@ -891,3 +891,213 @@ setTimeout(() => {{ console.log(events.concat('no answer').join(' ')); process.e
         "(http2.downstream_cx_active, http2.streams_active)"
     );
 }
+
+/// One HTTP/2 frame: its 9-byte header and `payload`.
+fn h2_frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+    let len = u32::try_from(payload.len()).unwrap();
+    let mut f = len.to_be_bytes()[1..].to_vec();
+    f.extend_from_slice(&[kind, flags]);
+    f.extend_from_slice(&stream.to_be_bytes());
+    f.extend_from_slice(payload);
+    f
+}
+
+/// A request's HEADERS block in HPACK: each field a literal without indexing, with a literal
+/// name, no Huffman coding (names and values under 127 bytes).
+fn hpack_literals(fields: &[(&str, &str)]) -> Vec<u8> {
+    let mut block = Vec::new();
+    for (name, value) in fields {
+        assert!(name.len() < 127 && value.len() < 127);
+        block.push(0x00);
+        block.push(name.len() as u8);
+        block.extend_from_slice(name.as_bytes());
+        block.push(value.len() as u8);
+        block.extend_from_slice(value.as_bytes());
+    }
+    block
+}
+
+/// Reads frames from an h2c connection until `stream` ends (a frame of it with END_STREAM, or
+/// its RST_STREAM), acknowledging the server's SETTINGS; panics on GOAWAY or after 10 s.
+fn h2_read_until_end(s: &mut TcpStream, stream: u32) {
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    loop {
+        let mut head = [0u8; 9];
+        s.read_exact(&mut head).expect("a frame within 10 s");
+        let len = u32::from_be_bytes([0, head[0], head[1], head[2]]) as usize;
+        let (kind, flags) = (head[3], head[4]);
+        let id = u32::from_be_bytes([head[5], head[6], head[7], head[8]]) & 0x7fff_ffff;
+        let mut payload = vec![0u8; len];
+        s.read_exact(&mut payload).unwrap();
+        match kind {
+            // SETTINGS (not an ACK): acknowledged.
+            0x4 if flags & 0x1 == 0 => s.write_all(&h2_frame(0x4, 0x1, 0, &[])).unwrap(),
+            0x7 => panic!("GOAWAY: {payload:?}"),
+            0x3 if id == stream => return,
+            0x0 | 0x1 if id == stream && flags & 0x1 != 0 => return,
+            _ => {}
+        }
+    }
+}
+
+/// A stream state a worker reuses starts clean: after a stream that carried its own trace
+/// (`traceparent`) and a generated `x-request-id`, the next stream on the same connection —
+/// and so on the same worker, which takes the state the first gave back — arrives as HEADERS
+/// and RST_STREAM in one write, so that it may end before its request path ever ran. Its
+/// access-log line carries none of the earlier stream's ids (before the fix it carried both,
+/// and exported a second span in the earlier stream's trace), and every trace's spans are its
+/// own streams' only. Defaults: tracing samples 100 %; twenty rounds, since which of the
+/// request path and the reset a stream sees first varies.
+#[test]
+fn a_stream_reset_in_its_first_write_logs_and_exports_none_of_an_earlier_streams_ids() {
+    if !require_peers(&["python3"]) {
+        return;
+    }
+    let dir = TempDir::new("h2-reset-ids");
+    let (listen, up, admin, collector) = (free_port(), free_port(), free_port(), free_port());
+    let exports = support::otlp::start_otlp_receiver(collector);
+    let (_u, _requests) = start_upstream(&dir, "up", up);
+    let log = dir.path().join("access.log");
+    let yaml = format!(
+        r#"
+admin: {{ address: 127.0.0.1:{admin} }}
+listeners:
+  - name: h2_in
+    address: 127.0.0.1:{listen}
+    http:
+      access_log: {{ format: json, path: {log} }}
+      virtual_hosts:
+        - name: any
+          domains: ["*"]
+          routes:
+            - match: {{ prefix: / }}
+              route: {{ cluster: app }}
+clusters:
+  - name: app
+    hosts: [ {{ address: 127.0.0.1:{up} }} ]
+  - name: otel
+    hosts: [ {{ address: 127.0.0.1:{collector} }} ]
+tracing:
+  otlp: {{ cluster: otel }}
+"#,
+        log = log.display()
+    );
+    let mut sluice = start_sluice(&dir, &yaml, 1, addr(listen));
+    let settled = || {
+        eventually(Duration::from_secs(10), || {
+            stat(admin, "http2.streams_active") == 0
+        })
+    };
+
+    let mut c = TcpStream::connect(addr(listen)).unwrap();
+    c.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n").unwrap();
+    c.write_all(&h2_frame(0x4, 0, 0, &[])).unwrap();
+    const ROUNDS: u32 = 20;
+    let mut traces = Vec::new();
+    for round in 0..ROUNDS {
+        // A stream with its own trace and no x-request-id (the proxy generates one), answered
+        // in full; its state is back in the worker's pool once no stream is active.
+        let (earlier, reset) = (4 * round + 1, 4 * round + 3);
+        let trace = format!("{:032x}", 0xabc0_0000 + u64::from(round));
+        let traceparent = format!("00-{trace}-00f067aa0ba902b7-01");
+        let path = format!("/before/{round}");
+        let block = hpack_literals(&[
+            (":method", "GET"),
+            (":scheme", "http"),
+            (":path", &path),
+            (":authority", "svc"),
+            ("traceparent", &traceparent),
+        ]);
+        c.write_all(&h2_frame(0x1, 0x5, earlier, &block)).unwrap();
+        h2_read_until_end(&mut c, earlier);
+        assert!(settled(), "the earlier stream of round {round} ended");
+        traces.push(trace);
+        // HEADERS (END_STREAM) and RST_STREAM (CANCEL) of the next stream, in one write.
+        let path = format!("/reset/{round}");
+        let block = hpack_literals(&[
+            (":method", "GET"),
+            (":scheme", "http"),
+            (":path", &path),
+            (":authority", "svc"),
+        ]);
+        let mut both = h2_frame(0x1, 0x5, reset, &block);
+        both.extend_from_slice(&h2_frame(0x3, 0, reset, &8u32.to_be_bytes()));
+        c.write_all(&both).unwrap();
+        assert!(settled(), "the reset stream of round {round} ended");
+    }
+    assert_eq!(stat(admin, "http2.rx_reset"), u64::from(ROUNDS));
+
+    // Every sampled span reaches the collector (default export interval).
+    assert!(
+        eventually(Duration::from_secs(20), || {
+            let sampled = stat(admin, "tracing.spans_sampled");
+            sampled >= u64::from(ROUNDS) && stat(admin, "tracing.spans_exported") == sampled
+        }),
+        "sampled {}, exported {}",
+        stat(admin, "tracing.spans_sampled"),
+        stat(admin, "tracing.spans_exported")
+    );
+    let spans = support::otlp::spans(&exports);
+    for (round, trace) in traces.iter().enumerate() {
+        let paths: Vec<String> = spans
+            .iter()
+            .filter(|s| s["traceId"] == trace.as_str())
+            .map(|s| {
+                s["attributes"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .find(|a| a["key"] == "url.path")
+                    .and_then(|a| a["value"]["stringValue"].as_str())
+                    .unwrap_or("?")
+                    .to_owned()
+            })
+            .collect();
+        assert_eq!(
+            paths,
+            [format!("/before/{round}")],
+            "the spans of trace {trace}"
+        );
+    }
+
+    // The access log (flushed at exit): each earlier stream's ids are its own line's only.
+    drop(c);
+    sluice.signal("TERM");
+    assert!(
+        sluice
+            .wait_exit(Duration::from_secs(15))
+            .is_some_and(|st| st.success())
+    );
+    let text = std::fs::read_to_string(&log).unwrap();
+    let lines: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let field = |v: &serde_json::Value, k: &str| v[k].as_str().unwrap_or("").to_owned();
+    let mut earlier_ids = Vec::new();
+    for (round, trace) in traces.iter().enumerate() {
+        let line = lines
+            .iter()
+            .find(|v| v["path"] == format!("/before/{round}"))
+            .unwrap_or_else(|| panic!("no line for /before/{round}:\n{text}"));
+        assert_eq!(line["status"], 200, "{line}");
+        assert_eq!(&field(line, "trace_id"), trace, "{line}");
+        let id = field(line, "request_id");
+        assert_eq!(id.len(), 36, "a generated x-request-id: {line}");
+        earlier_ids.push((id, trace.clone()));
+    }
+    for round in 0..ROUNDS as usize {
+        let line = lines
+            .iter()
+            .find(|v| v["path"] == format!("/reset/{round}"))
+            .unwrap_or_else(|| panic!("no line for /reset/{round}:\n{text}"));
+        let (id, trace) = (field(line, "request_id"), field(line, "trace_id"));
+        for (earlier_id, earlier_trace) in &earlier_ids {
+            assert_ne!(&id, earlier_id, "an earlier stream's request id: {line}");
+            assert_ne!(
+                &trace, earlier_trace,
+                "an earlier stream's trace id: {line}"
+            );
+        }
+    }
+}

@@ -6,57 +6,11 @@
 
 mod support;
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::TcpListener;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde_json::Value;
+use support::otlp::start_otlp_receiver;
 use support::*;
-
-/// An OTLP/HTTP receiver on `port`: every `POST` body it gets (parsed as JSON) is kept, and
-/// answered 200.
-fn start_otlp_receiver(port: u16) -> Arc<Mutex<Vec<(String, Value)>>> {
-    let got = Arc::new(Mutex::new(Vec::new()));
-    let listener = TcpListener::bind(addr(port)).unwrap();
-    let kept = got.clone();
-    std::thread::spawn(move || {
-        for conn in listener.incoming() {
-            let Ok(conn) = conn else { continue };
-            let kept = kept.clone();
-            std::thread::spawn(move || {
-                let mut r = BufReader::new(conn.try_clone().unwrap());
-                let mut line = String::new();
-                r.read_line(&mut line).unwrap();
-                let (mut len, mut ctype) = (0usize, String::new());
-                loop {
-                    let mut h = String::new();
-                    r.read_line(&mut h).unwrap();
-                    if h == "\r\n" || h.is_empty() {
-                        break;
-                    }
-                    let (k, v) = h.split_once(':').unwrap();
-                    match k.to_ascii_lowercase().as_str() {
-                        "content-length" => len = v.trim().parse().unwrap(),
-                        "content-type" => ctype = v.trim().to_owned(),
-                        _ => {}
-                    }
-                }
-                let mut body = vec![0; len];
-                r.read_exact(&mut body).unwrap();
-                kept.lock().unwrap().push((
-                    format!("{} {ctype}", line.trim_end()),
-                    serde_json::from_slice(&body).expect("an OTLP JSON body"),
-                ));
-                let mut w = conn;
-                let _ = w.write_all(
-                    b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 2\r\n\r\n{}",
-                );
-            });
-        }
-    });
-    got
-}
 
 /// The request headers the Python upstream saw (it answers them as JSON), sent with `headers`.
 fn upstream_saw(port: u16, path: &str, headers: &[&str]) -> Value {

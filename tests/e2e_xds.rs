@@ -9,7 +9,7 @@
 //! in this project (`tests/xds_server.py`: Python, grpcio and the `xds-protos` package), run as
 //! a separate process, once per protocol: the first config and an update. And an EDS update
 //! applied in place: a kept-alive client connection carries on across pushes that add and
-//! remove endpoints.
+//! remove endpoints. And an assignment nothing subscribed to, dropped and counted by type.
 
 #[path = "support/ads.rs"]
 mod ads;
@@ -317,6 +317,67 @@ impl Traffic {
 /// by `removed_resources`, a bad listener NACKed, and a server restart after which the client
 /// resubscribes with `initial_resource_versions` — so that the server resends only what
 /// changed — while requests never fail.
+/// A state-of-the-world EDS response carries every assignment the server has, including one
+/// for a cluster nothing here has (`ghost`): it is dropped on arrival (the config serves with
+/// `web`'s alone, `/xds` lists `web` only) and counted, once per response, in
+/// `sluice_xds_unsolicited_resources_total{type="endpoints"}`; the other types count nothing.
+#[test]
+fn resources_nothing_subscribed_to_are_dropped_and_counted_by_type() {
+    if !require_peers(&["nginx"]) {
+        return;
+    }
+    let dir = TempDir::new("xds-unsolicited");
+    let (up, listen, admin, ads_port) = (free_port(), free_port(), free_port(), free_port());
+    let _up = start_nginx(&dir, "up", up, "web");
+    let server = AdsServer::start(ads_port, Snapshot::default());
+    let mut snapshot = resources(u32::from(listen), u32::from(up));
+    snapshot
+        .get_mut(ResourceType::Endpoints.type_url())
+        .unwrap()
+        .push(any(&assignment("ghost", &[("127.0.0.1", 9, 0)])));
+    server.push(snapshot);
+    let config = format!(
+        r#"
+admin: {{ address: 127.0.0.1:{admin} }}
+xds: {{ cluster: xds_server }}
+listeners: []
+clusters:
+  - name: xds_server
+    hosts: [ {{ address: 127.0.0.1:{ads_port} }} ]
+"#
+    );
+    let sluice = start_sluice(&dir, &config, 1, addr(admin));
+    eventually("the config serves", &sluice, || {
+        get(addr(listen)) == (200, "web".into())
+    });
+    let unsolicited = || {
+        let text = http_request(addr(admin), "GET", "/stats/prometheus").1;
+        text.lines()
+            .filter(|l| l.starts_with("sluice_xds_unsolicited_resources_total{"))
+            .map(str::to_owned)
+            .collect::<Vec<_>>()
+    };
+    // Counted as it arrived, before the response that carried `web`'s endpoints was applied.
+    assert_eq!(
+        unsolicited(),
+        [
+            "sluice_xds_unsolicited_resources_total{type=\"cluster\"} 0",
+            "sluice_xds_unsolicited_resources_total{type=\"endpoints\"} 1",
+            "sluice_xds_unsolicited_resources_total{type=\"listener\"} 0",
+            "sluice_xds_unsolicited_resources_total{type=\"route\"} 0",
+            "sluice_xds_unsolicited_resources_total{type=\"secret\"} 0",
+        ]
+    );
+    let (status, body) = http_request(addr(admin), "GET", "/xds");
+    assert_eq!(status, 200, "{body}");
+    let view: serde_json::Value = serde_json::from_str(&body).expect("json");
+    assert_eq!(
+        view["types"]["endpoints"]["resources"],
+        serde_json::json!(["web"]),
+        "{view}"
+    );
+}
+
 #[test]
 fn delta_xds_serves_updates_removals_refuses_bad_listeners_and_resumes_with_resource_versions() {
     if !require_peers(&["nginx"]) {

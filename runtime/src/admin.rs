@@ -1216,6 +1216,19 @@ pub const SERVER_METRICS: &[Export<AdminShared>] = &[
         read: |_, i| crate::xds::NACKED[i].load(Ordering::Relaxed),
     },
     Export {
+        field: "xds::UNSOLICITED",
+        metric: Metric::counter(
+            "sluice_xds_unsolicited_resources_total",
+            "xDS resources (and, delta, removals) of types subscribed to by name (endpoints, \
+             routes, secrets) that named nothing subscribed to: dropped on arrival, not applied \
+             (a server sending more than asked, or what it sent before it saw an unsubscribe).",
+        )
+        .by("type", |i| crate::xds::TYPE_LABELS[i])
+        .stats("xds.unsolicited_"),
+        len: crate::xds::TYPES,
+        read: |_, i| crate::xds::UNSOLICITED[i].load(Ordering::Relaxed),
+    },
+    Export {
         field: "xds::RESYNCS",
         metric: Metric::counter(
             "sluice_xds_resyncs_total",

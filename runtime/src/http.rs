@@ -75,6 +75,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime};
 
+use sluice_core::cluster::HostId;
 use sluice_core::config::ListenerConfig;
 use sluice_core::config::http::{ForwardAction, HttpCodec, HttpConfig, PathMatch, RouteAction};
 use sluice_core::health::{Permit, Resource, UpstreamResult};
@@ -700,9 +701,12 @@ impl Scratch {
     }
 
     /// Forgets what the previous request left that this one's access log entry, span or answer
-    /// would read. Called when a request starts — by the request path, and by an HTTP/2 stream
-    /// before anything can end it (a stream reset before the request path ran is logged with
-    /// its own empty state, not an earlier stream's, possibly another client's).
+    /// would read: the one place the per-request state is cleared. Called once per request by
+    /// its codec where the request starts, before anything can end it — the HTTP/1.1
+    /// connection loop once a head is read, an HTTP/2 stream as soon as it has its state (a
+    /// stream reset before the request path ran, or refused before routing, is logged with its
+    /// own empty state, not an earlier stream's, possibly another client's). The request path
+    /// (`serve_request`) checks it was called, in debug builds.
     pub(crate) fn begin_request(&mut self) {
         self.request_id_generated = false;
         self.cluster = None;
@@ -713,6 +717,19 @@ impl Scratch {
         self.attempt_count_at = None;
         self.grpc_status = None;
         self.normalized = false;
+    }
+
+    /// The per-request state is as [`Scratch::begin_request`] leaves it.
+    fn request_begun(&self) -> bool {
+        !self.request_id_generated
+            && self.cluster.is_none()
+            && self.tries == 0
+            && self.trace.hop.is_none()
+            && !self.grpc
+            && self.grpc_timeout_at.is_none()
+            && self.attempt_count_at.is_none()
+            && self.grpc_status.is_none()
+            && !self.normalized
     }
 
     /// Frees what only some requests grow (a streamed body's replay copy, a gRPC answer's
@@ -729,8 +746,10 @@ impl Scratch {
     }
 
     /// Makes a scratch kept from an earlier HTTP/2 stream (of any connection of the worker)
-    /// serve a stream of `peer`'s connection, as [`Scratch::new`] would have made it (the client's
-    /// IP is formatted again only when it differs).
+    /// serve a stream of `peer`'s connection: its connection's fields as [`Scratch::new`] would
+    /// have made them (the client's IP is formatted again only when it differs). The earlier
+    /// request's own state is cleared where the stream begins its request
+    /// ([`Scratch::begin_request`]).
     pub(crate) fn rebind(&mut self, peer: SocketAddr, hc: &HttpConfig, over_tls: bool) {
         if self.peer_addr != peer.ip() || self.peer_ip.is_empty() {
             use std::fmt::Write as _;
@@ -744,7 +763,6 @@ impl Scratch {
         self.over_tls = over_tls;
         self.forwarded_proto = hc.forwarded_proto;
         self.original_dst = None;
-        self.begin_request();
     }
 
     pub(crate) fn new(
@@ -1073,6 +1091,7 @@ impl<N: Network> Engine<N> {
             if out.capacity() == 0 {
                 out = pool.take_write();
             }
+            scratch.begin_request();
             let t_head = now();
             let outcome = self
                 .serve_request(
@@ -1258,7 +1277,10 @@ impl<N: Network> Engine<N> {
         let router = self.routers[listener]
             .as_ref()
             .expect("http listener has a router");
-        scratch.begin_request();
+        debug_assert!(
+            scratch.request_begun(),
+            "the codec begins each request (Scratch::begin_request)"
+        );
         if let Some(tracer) = &self.tracer {
             self.decide_span(tracer, head, rbuf.bytes(), &mut scratch.trace);
         }
@@ -1352,6 +1374,48 @@ impl<N: Network> Engine<N> {
         let ok = write_flushed(down, out).await.is_ok();
         let mut o = Outcome::local(status, flag, out.len());
         o.reusable = ok && !close;
+        o
+    }
+
+    /// Answers a request whose client failed its body while it was uploading (it stopped
+    /// sending, sent a malformed body, or went away): the client's fault, not the upstream's —
+    /// the try is aborted with nothing reported to outlier detection (a client must not get a
+    /// healthy host ejected), and the client gets the fault's local answer (400 or 408). When
+    /// part of the upstream's answer already reached it (`answered`: that answer's status and
+    /// the bytes sent), the request ends there instead, flagged with the fault (its connection
+    /// is not reused). `upstream` and `bytes_received` are the try's, for the log.
+    #[allow(clippy::too_many_arguments)]
+    async fn answer_upload_fault<D: AsyncWrite + Unpin>(
+        &self,
+        ci: usize,
+        stream: &mut StreamGuard,
+        host: HostId,
+        fault: UploadFault,
+        grpc: bool,
+        awaiting: &Cell<bool>,
+        down: &mut D,
+        out: &mut Vec<u8>,
+        upstream: Option<SocketAddr>,
+        bytes_received: u64,
+        answered: Option<(u16, u64)>,
+    ) -> Outcome {
+        self.stream_input(ci, stream, Input::Abort);
+        self.publish_host_active(ci, host);
+        let (status, flag) = fault.status();
+        awaiting.set(false);
+        if let Some((status, bytes_sent)) = answered {
+            return Outcome {
+                status,
+                flag: Some(flag),
+                upstream,
+                bytes_received,
+                bytes_sent,
+                reusable: false,
+            };
+        }
+        let mut o = self.local_reply(grpc, down, out, status, flag, true).await;
+        o.upstream = upstream;
+        o.bytes_received = bytes_received;
         o
     }
 
@@ -1966,19 +2030,21 @@ impl<N: Network> Engine<N> {
                     };
                 }
                 if let Some(fault) = upload_fault {
-                    // The client stopped sending its body, sent a malformed one, or went away
-                    // while streaming it: its fault, not the upstream's — nothing is reported
-                    // to outlier detection (a client must not get a healthy host ejected).
-                    self.stream_input(ci, &mut stream, Input::Abort);
-                    self.publish_host_active(ci, host);
-                    let (status, flag) = fault.status();
-                    scratch.awaiting.set(false);
-                    let mut o = self
-                        .local_reply(scratch.grpc, &mut downw, out, status, flag, true)
+                    return self
+                        .answer_upload_fault(
+                            ci,
+                            &mut stream,
+                            host,
+                            fault,
+                            scratch.grpc,
+                            &scratch.awaiting,
+                            &mut downw,
+                            out,
+                            upstream_addr,
+                            bytes_received.get(),
+                            None,
+                        )
                         .await;
-                    o.upstream = upstream_addr;
-                    o.bytes_received = bytes_received.get();
-                    return o;
                 }
                 let Some(result) = result else {
                     // A per-try or the route timeout (the stream's event says which).
@@ -2036,18 +2102,21 @@ impl<N: Network> Engine<N> {
                         // is reused).
                         Ok(false) => {}
                         Err(fault) => {
-                            // The client stopped sending its body, sent a malformed one, or
-                            // went away meanwhile: its fault is answered as such.
-                            self.stream_input(ci, &mut stream, Input::Abort);
-                            self.publish_host_active(ci, host);
-                            let (status, flag) = fault.status();
-                            scratch.awaiting.set(false);
-                            let mut o = self
-                                .local_reply(scratch.grpc, &mut downw, out, status, flag, true)
+                            return self
+                                .answer_upload_fault(
+                                    ci,
+                                    &mut stream,
+                                    host,
+                                    fault,
+                                    scratch.grpc,
+                                    &scratch.awaiting,
+                                    &mut downw,
+                                    out,
+                                    upstream_addr,
+                                    bytes_received.get(),
+                                    None,
+                                )
                                 .await;
-                            o.upstream = upstream_addr;
-                            o.bytes_received = bytes_received.get();
-                            return o;
                         }
                     }
                     self.stream_input(ci, &mut stream, Input::RequestComplete);
@@ -2167,35 +2236,24 @@ impl<N: Network> Engine<N> {
                     Alongside::Timeout => None,
                     Alongside::UploadFailed(fault) => {
                         // The client's body failed while the answer was under way: the call is
-                        // over (the upstream's stream is reset or its connection closed).
-                        self.stream_input(ci, &mut stream, Input::Abort);
-                        self.publish_host_active(ci, host);
-                        let (fault_status, flag) = fault.status();
-                        scratch.awaiting.set(false);
-                        if !out.is_empty() {
-                            // Nothing of the answer reached the client yet.
-                            let mut o = self
-                                .local_reply(
-                                    scratch.grpc,
-                                    &mut downw,
-                                    out,
-                                    fault_status,
-                                    flag,
-                                    true,
-                                )
-                                .await;
-                            o.upstream = upstream_addr;
-                            o.bytes_received = bytes_received.get();
-                            return o;
-                        }
-                        return Outcome {
-                            status,
-                            flag: Some(flag),
-                            upstream: upstream_addr,
-                            bytes_received: bytes_received.get(),
-                            bytes_sent,
-                            reusable: false,
-                        };
+                        // over (the upstream's stream is reset or its connection closed). The
+                        // head still in `out` means nothing of the answer reached the client.
+                        let answered = out.is_empty().then_some((status, bytes_sent));
+                        return self
+                            .answer_upload_fault(
+                                ci,
+                                &mut stream,
+                                host,
+                                fault,
+                                scratch.grpc,
+                                &scratch.awaiting,
+                                &mut downw,
+                                out,
+                                upstream_addr,
+                                bytes_received.get(),
+                                answered,
+                            )
+                            .await;
                     }
                 };
                 // An answer that ended before the request body: the rest of the body is not
@@ -3421,7 +3479,6 @@ mod tests {
 /// Issue 15: an idle keep-alive connection gives its buffers back to the worker's pool.
 #[cfg(test)]
 mod idle_buffer_tests {
-    use std::sync::Arc;
     use std::time::Duration;
 
     use sluice_core::config::Config;
@@ -3429,14 +3486,7 @@ mod idle_buffer_tests {
 
     use crate::engine::Engine;
     use crate::net::TokioNet;
-    use crate::stats::WorkerStats;
-
-    fn bound() -> (tokio::net::TcpListener, std::net::SocketAddr) {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.set_nonblocking(true).unwrap();
-        let at = l.local_addr().unwrap();
-        (tokio::net::TcpListener::from_std(l).unwrap(), at)
-    }
+    use crate::test_support::{bound, http1_upstream, on_local_runtime, serve};
 
     /// Reads until `n` responses ending in `last` arrived, within 5 s.
     async fn read_responses(s: &mut tokio::net::TcpStream, n: usize, last: &str) -> String {
@@ -3508,7 +3558,10 @@ mod idle_buffer_tests {
         kept.replay = vec![7; 60_000];
         kept.shed();
         assert_eq!((kept.xff.capacity(), kept.replay.capacity()), (0, 0));
+        // What an HTTP/2 stream does with a kept state before anything can end it.
         kept.rebind(v6, &hc2, true);
+        kept.begin_request();
+        assert!(kept.request_begun());
         assert_eq!((kept.cluster, kept.tries, kept.grpc), (None, 0, false));
         assert_eq!(kept.grpc_status, None);
         assert!(!kept.request_id_generated && !kept.normalized);
@@ -3529,36 +3582,11 @@ mod idle_buffer_tests {
 
     #[test]
     fn an_idle_keep_alive_connection_gives_its_buffers_back_to_the_pool() {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        tokio::task::LocalSet::new().block_on(&rt, async {
+        on_local_runtime(async {
             let (up, up_at) = bound();
-            tokio::task::spawn_local(async move {
-                loop {
-                    let (mut s, _) = up.accept().await.unwrap();
-                    tokio::task::spawn_local(async move {
-                        let mut buf = vec![0u8; 4096];
-                        let mut have = Vec::new();
-                        loop {
-                            let n = s.read(&mut buf).await.unwrap_or(0);
-                            if n == 0 {
-                                return;
-                            }
-                            have.extend_from_slice(&buf[..n]);
-                            while let Some(end) = have.windows(4).position(|w| w == b"\r\n\r\n") {
-                                have.drain(..end + 4);
-                                s.write_all(
-                                    b"HTTP/1.1 200 OK\r\ncontent-length: 8\r\n\r\nupstream",
-                                )
-                                .await
-                                .unwrap();
-                            }
-                        }
-                    });
-                }
-            });
+            tokio::task::spawn_local(http1_upstream(up, |_| {
+                "HTTP/1.1 200 OK\r\ncontent-length: 8\r\n\r\nupstream".to_owned()
+            }));
             let (listener, at) = bound();
             let yaml = format!(
                 r#"
@@ -3581,14 +3609,7 @@ clusters:
     hosts: [ {{ address: "{up_at}" }} ]
 "#
             );
-            let config = Arc::new(Config::from_yaml(&yaml).unwrap());
-            let stats = Arc::new(WorkerStats::new(&config));
-            let engine = Engine::new(TokioNet::default(), config, 0, 1, stats).unwrap();
-            tokio::task::spawn_local(
-                engine
-                    .clone()
-                    .run(vec![listener], std::future::pending::<()>()),
-            );
+            let engine = serve(&yaml, listener);
             assert_eq!(engine.http_buffers.pooled(), (0, 0));
 
             let mut c = tokio::net::TcpStream::connect(at).await.unwrap();
@@ -3643,11 +3664,7 @@ clusters:
     /// ends: a connection with no open stream holds none, and its next stream reuses them.
     #[test]
     fn an_http2_stream_gives_its_buffers_back_to_the_pool_when_it_ends() {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        tokio::task::LocalSet::new().block_on(&rt, async {
+        on_local_runtime(async {
             let (listener, at) = bound();
             let yaml = format!(
                 r#"
@@ -3663,14 +3680,7 @@ listeners:
               direct_response: {{ status: 200, body: "first" }}
 "#
             );
-            let config = Arc::new(Config::from_yaml(&yaml).unwrap());
-            let stats = Arc::new(WorkerStats::new(&config));
-            let engine = Engine::new(TokioNet::default(), config, 0, 1, stats).unwrap();
-            tokio::task::spawn_local(
-                engine
-                    .clone()
-                    .run(vec![listener], std::future::pending::<()>()),
-            );
+            let engine = serve(&yaml, listener);
             let tcp = tokio::net::TcpStream::connect(at).await.unwrap();
             let (mut client, conn) = h2::client::handshake(tcp).await.unwrap();
             tokio::task::spawn_local(async move {

@@ -496,7 +496,9 @@ impl<N: Network> Engine<N> {
             }
         };
         buffers.scratch.original_dst = original_dst;
-        // Before anything can end the stream: what it logs is its own.
+        // The stream's request begins here, before anything can end the stream (a reset, a
+        // refusal before routing): what it logs and exports is its own, never what an earlier
+        // stream of the worker (possibly another client's) left in this state.
         buffers.scratch.begin_request();
         let StreamBuffers {
             translated,
@@ -663,9 +665,9 @@ impl<N: Network> Engine<N> {
             bump(&l.downstream_bytes_sent, outcome.bytes_sent);
         }
         let parsed = rejected.is_none();
-        // A stream refused before routing did not reach `serve_request`: what the scratch
-        // holds is an earlier stream's.
-        let trace = scratch.trace.hop.filter(|_| parsed);
+        // A stream refused before routing, or reset before its request path ran, logs its
+        // scratch's per-request state as `begin_request` left it: empty.
+        let trace = scratch.trace.hop;
         let log = self.access_logs[listener].as_ref();
         if log.is_some() || trace.is_some_and(|h| h.sampled) {
             let buf = rbuf.bytes();
@@ -701,17 +703,14 @@ impl<N: Network> Engine<N> {
                 downstream: peer,
                 listener: &lc.name,
                 request: parsed.then_some((&*head, buf)),
-                // A stream refused before routing did not reach `serve_request`: what the
-                // scratch holds is an earlier stream's.
                 cluster: scratch
                     .cluster
-                    .filter(|_| parsed)
                     .map(|c| self.config.clusters[c].name.as_str()),
-                tries: if parsed { scratch.tries } else { 0 },
+                tries: scratch.tries,
                 close_reason: None,
                 server_name: None,
                 trace_id: trace.and_then(|_| scratch.trace.trace_id()),
-                grpc_status: scratch.logged_grpc_status(&outcome).filter(|_| parsed),
+                grpc_status: scratch.logged_grpc_status(&outcome),
             };
             if let Some(log) = log {
                 log.borrow_mut().log(&entry);
@@ -779,7 +778,8 @@ fn translate_request(
 }
 
 /// The state of one stream's request, kept by the worker ([`crate::bufpool::BufPool`]) for its
-/// next streams, of any connection ([`crate::http::Scratch::rebind`] makes it the new stream's).
+/// next streams, of any connection ([`crate::http::Scratch::rebind`] makes it the new stream
+/// connection's, [`crate::http::Scratch::begin_request`] clears the earlier request's state).
 /// Its read and write buffers go back to the worker's pool separately when the stream ends, so
 /// a kept state holds none: a busy worker allocates nothing per stream and an idle connection
 /// holds no stream state.
@@ -1306,51 +1306,16 @@ impl Sink {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
+    use crate::test_support::{bound, http1_upstream, on_local_runtime, serve};
 
-    use sluice_core::config::Config;
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-    use crate::engine::Engine;
-    use crate::net::TokioNet;
-    use crate::stats::WorkerStats;
-
-    fn bound() -> (tokio::net::TcpListener, std::net::SocketAddr) {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.set_nonblocking(true).unwrap();
-        let at = l.local_addr().unwrap();
-        (tokio::net::TcpListener::from_std(l).unwrap(), at)
-    }
-
-    /// An HTTP/1.1 upstream answering every request with `200 up` and the request's
-    /// `x-forwarded-for` in a header of the response.
-    async fn upstream(l: tokio::net::TcpListener) {
-        loop {
-            let (mut s, _) = l.accept().await.unwrap();
-            tokio::task::spawn_local(async move {
-                let mut buf = vec![0u8; 4096];
-                let mut have = Vec::new();
-                loop {
-                    let n = s.read(&mut buf).await.unwrap_or(0);
-                    if n == 0 {
-                        return;
-                    }
-                    have.extend_from_slice(&buf[..n]);
-                    while let Some(end) = have.windows(4).position(|w| w == b"\r\n\r\n") {
-                        let head = String::from_utf8_lossy(&have[..end]).to_lowercase();
-                        let xff = head
-                            .lines()
-                            .find_map(|l| l.strip_prefix("x-forwarded-for: "))
-                            .unwrap_or("none")
-                            .to_owned();
-                        have.drain(..end + 4);
-                        let answer =
-                            format!("HTTP/1.1 200 OK\r\nxff: {xff}\r\ncontent-length: 2\r\n\r\nup");
-                        s.write_all(answer.as_bytes()).await.unwrap();
-                    }
-                }
-            });
-        }
+    /// An HTTP/1.1 upstream's answer: `200 up`, with the request's `x-forwarded-for` in a
+    /// header.
+    fn answer_with_xff(head: &str) -> String {
+        let xff = head
+            .lines()
+            .find_map(|l| l.strip_prefix("x-forwarded-for: "))
+            .unwrap_or("none");
+        format!("HTTP/1.1 200 OK\r\nxff: {xff}\r\ncontent-length: 2\r\n\r\nup")
     }
 
     /// One request on an h2c connection: the status, the `xff` header and the body.
@@ -1372,13 +1337,9 @@ mod tests {
 
     #[test]
     fn streams_of_any_connection_reuse_the_workers_stream_states() {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        tokio::task::LocalSet::new().block_on(&rt, async {
+        on_local_runtime(async {
             let (up, up_at) = bound();
-            tokio::task::spawn_local(upstream(up));
+            tokio::task::spawn_local(http1_upstream(up, answer_with_xff));
             let (listener, at) = bound();
             let yaml = format!(
                 r#"
@@ -1395,14 +1356,7 @@ clusters:
     hosts: [ {{ address: "{up_at}" }} ]
 "#
             );
-            let config = Arc::new(Config::from_yaml(&yaml).unwrap());
-            let stats = Arc::new(WorkerStats::new(&config));
-            let engine = Engine::new(TokioNet::default(), config, 0, 1, stats).unwrap();
-            tokio::task::spawn_local(
-                engine
-                    .clone()
-                    .run(vec![listener], std::future::pending::<()>()),
-            );
+            let engine = serve(&yaml, listener);
             // Two connections one after the other, ten requests each, one at a time: every
             // stream after the first takes the state the previous one gave back, whichever
             // connection it came from, and is answered in full, with its client's address.

@@ -49,6 +49,8 @@ pub mod server;
 mod shared_io;
 pub mod splice;
 pub mod stats;
+#[cfg(test)]
+mod test_support;
 pub mod tls;
 pub mod tls_certs;
 pub mod tls_tickets;

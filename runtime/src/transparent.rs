@@ -174,6 +174,7 @@ mod engine_tests {
     use crate::engine::Engine;
     use crate::net::{Network, TokioNet};
     use crate::stats::{CaptureOutcome, WorkerStats};
+    use crate::test_support::bound;
     use crate::worker::{Worker, WorkerHooks};
 
     #[derive(Clone, Default)]
@@ -204,13 +205,6 @@ mod engine_tests {
         ) -> Option<SocketAddr> {
             self.original_dst.get()
         }
-    }
-
-    fn bound() -> (tokio::net::TcpListener, SocketAddr) {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.set_nonblocking(true).unwrap();
-        let at = l.local_addr().unwrap();
-        (tokio::net::TcpListener::from_std(l).unwrap(), at)
     }
 
     /// Sends `what`, half-closes, and reads until the proxy closes.

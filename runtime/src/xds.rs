@@ -65,6 +65,10 @@ pub static NACKED: [AtomicU64; TYPES] = [const { AtomicU64::new(0) }; TYPES];
 /// Delta resyncs: streams ended after a NACK so that the server sends again what it refused
 /// along with (`sluice_xds_resyncs_total`).
 pub static RESYNCS: AtomicU64 = AtomicU64::new(0);
+/// Resources (and, delta, names in `removed_resources`) of a response that named nothing
+/// subscribed to, dropped on arrival, by type (`sluice_xds_unsolicited_resources_total`; only
+/// endpoints, routes and secrets are subscribed to by name).
+pub static UNSOLICITED: [AtomicU64; TYPES] = [const { AtomicU64::new(0) }; TYPES];
 /// When each type's last ACK went out, in Unix seconds (0: none yet;
 /// `sluice_xds_update_timestamp_seconds`).
 pub static UPDATED_AT: [AtomicU64; TYPES] = [const { AtomicU64::new(0) }; TYPES];
@@ -145,7 +149,7 @@ fn unix_now() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
-/// The `type` label of each element of [`ACKED`] and [`NACKED`].
+/// The `type` label of each element of [`ACKED`], [`NACKED`] and [`UNSOLICITED`].
 pub const TYPE_LABELS: [&str; TYPES] = ["cluster", "endpoints", "listener", "route", "secret"];
 
 /// A config assembled from xDS for the server loop to apply; `reply` says how it went.
@@ -629,13 +633,20 @@ impl Client {
         };
         let unsolicited = self.ads.unsolicited();
         self.ads.handle_input(input);
+        let ignored = self.ads.unsolicited() - unsolicited;
         if let Some(type_url) = type_url
-            && self.ads.unsolicited() > unsolicited
+            && ignored > 0
         {
+            // Only a response of a known type drops anything (the machine ignores others).
+            if let Some(kind) = ResourceType::ALL
+                .iter()
+                .position(|t| t.type_url() == type_url)
+            {
+                UNSOLICITED[kind].fetch_add(ignored, Ordering::Relaxed);
+            }
             debug!(
                 type_url,
-                ignored = self.ads.unsolicited() - unsolicited,
-                "xds: ignored resources not subscribed to"
+                ignored, "xds: ignored resources not subscribed to"
             );
         }
     }
@@ -866,6 +877,115 @@ mod tests {
         assert_eq!(next_backoff(&mut backoff, true, short), BACKOFF_BASE * 4);
         let long = Some(Duration::from_secs(3600));
         assert_eq!(next_backoff(&mut backoff, true, long), BACKOFF_BASE);
+    }
+
+    /// Resources a response carries that nothing subscribed to are dropped and counted by type
+    /// in `sluice_xds_unsolicited_resources_total`, as `/metrics` shows it: a delta EDS
+    /// response with the subscribed assignment, one nothing needs and a removal of a name never
+    /// subscribed to counts 2 endpoints; a delta RDS response before any route name is needed
+    /// counts 1 route; a state-of-the-world EDS response with one assignment too many counts
+    /// 1 more endpoints. The full-state types (clusters, listeners) are never unsolicited.
+    #[test]
+    fn unsolicited_resources_are_counted_by_type_on_the_metrics_page() {
+        use envoy_types::pb::envoy::service::discovery::v3::{
+            DeltaDiscoveryResponse, DiscoveryResponse, Resource,
+        };
+        use sluice_xds::fixtures::{any, assignment, eds_cluster, route_config};
+
+        let client = |mode| {
+            let (updates, _) = tokio::sync::mpsc::unbounded_channel();
+            let mut c = Client {
+                ads: Ads::with_mode(mode, Node::default(), serde_json::json!({})),
+                updates,
+                applying: None,
+                timer: None,
+                initial_fetch_timeout: Duration::from_secs(15),
+                resync: false,
+            };
+            c.feed(Input::Connected);
+            c.drain(None);
+            c
+        };
+        let resource = |name: &str, body| Resource {
+            name: name.to_owned(),
+            version: "1".to_owned(),
+            resource: Some(body),
+            ..Default::default()
+        };
+        let delta = |kind: ResourceType, resources, removed: &[&str]| {
+            Input::DeltaResponse(DeltaDiscoveryResponse {
+                type_url: kind.type_url().to_owned(),
+                resources,
+                removed_resources: removed.iter().map(|n| (*n).to_owned()).collect(),
+                nonce: "n".to_owned(),
+                ..Default::default()
+            })
+        };
+        let hosts = [("127.0.0.1", 8080, 0)];
+
+        let mut c = client(XdsMode::Delta);
+        // The cluster `api` subscribes to its endpoints (and only to them).
+        c.feed(delta(
+            ResourceType::Cluster,
+            vec![resource("api", any(&eds_cluster("api")))],
+            &[],
+        ));
+        c.drain(None);
+        c.feed(delta(
+            ResourceType::Endpoints,
+            vec![
+                resource("api", any(&assignment("api", &hosts))),
+                resource("ghost", any(&assignment("ghost", &hosts))),
+            ],
+            &["phantom"],
+        ));
+        c.feed(delta(
+            ResourceType::Route,
+            vec![resource("stray", any(&route_config("stray", "api")))],
+            &[],
+        ));
+        let mut c = client(XdsMode::Sotw);
+        c.feed(Input::Response(DiscoveryResponse {
+            version_info: "1".to_owned(),
+            type_url: ResourceType::Cluster.type_url().to_owned(),
+            resources: vec![any(&eds_cluster("api"))],
+            nonce: "1".to_owned(),
+            ..Default::default()
+        }));
+        c.drain(None);
+        c.feed(Input::Response(DiscoveryResponse {
+            version_info: "1".to_owned(),
+            type_url: ResourceType::Endpoints.type_url().to_owned(),
+            resources: vec![
+                any(&assignment("api", &hosts)),
+                any(&assignment("ghost", &hosts)),
+            ],
+            nonce: "2".to_owned(),
+            ..Default::default()
+        }));
+
+        let config = std::sync::Arc::new(
+            Config::from_yaml("listeners: [ { name: e, address: 127.0.0.1:1, echo: {} } ]")
+                .unwrap(),
+        );
+        let stats = vec![std::sync::Arc::new(crate::stats::WorkerStats::new(&config))];
+        let admin = crate::admin::AdminShared::new(config, stats, None);
+        let text = crate::admin::prometheus(&admin, &crate::admin::scrape(&admin));
+        let counted: Vec<&str> = text
+            .lines()
+            .filter(|l| l.starts_with("sluice_xds_unsolicited_resources_total{"))
+            .collect();
+        assert_eq!(
+            counted,
+            [
+                "sluice_xds_unsolicited_resources_total{type=\"cluster\"} 0",
+                "sluice_xds_unsolicited_resources_total{type=\"endpoints\"} 3",
+                "sluice_xds_unsolicited_resources_total{type=\"listener\"} 0",
+                "sluice_xds_unsolicited_resources_total{type=\"route\"} 1",
+                "sluice_xds_unsolicited_resources_total{type=\"secret\"} 0",
+            ],
+            "{text}"
+        );
     }
 
     /// The socket of the connection to the management server carries the config's

@@ -6,6 +6,7 @@
 #![allow(dead_code)]
 
 pub mod netns;
+pub mod otlp;
 pub mod pki;
 
 use std::io::{Read, Write};
