@@ -40,6 +40,7 @@ pub mod http2;
 pub mod iptables;
 pub mod limits;
 pub mod logging;
+pub mod memtrim;
 pub mod net;
 mod otlp;
 pub mod pool;
