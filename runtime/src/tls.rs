@@ -66,9 +66,9 @@ fn provider() -> Arc<CryptoProvider> {
 #[must_use]
 pub fn check_config(config: &Config) -> Vec<ConfigError> {
     let mut errors = Vec::new();
-    for (i, l) in config.listeners.iter().enumerate() {
-        if let Some(tls) = &l.tls
-            && let Err(mut e) = server_config(tls, &format!("listeners[{i}].tls"))
+    for (tls, path, _) in config.tls_slots() {
+        if let Some(tls) = tls
+            && let Err(mut e) = server_config(tls, &path)
         {
             errors.append(&mut e);
         }
@@ -86,7 +86,8 @@ pub fn check_config(config: &Config) -> Vec<ConfigError> {
 /// The TLS contexts of one config: an acceptor per listener and a connector per cluster
 /// (`None`: plaintext).
 pub struct Contexts {
-    /// By listener index.
+    /// By serving slot: listener index, then `listeners.len()` + filter chain
+    /// ([`Config::chain_slots`]).
     pub acceptors: Vec<Option<TlsAcceptor>>,
     /// By cluster index.
     pub connectors: Vec<Option<UpstreamConnector>>,
@@ -186,12 +187,13 @@ fn listener_identity(name: &str, tls: &ListenerTls) -> String {
     identity
 }
 
-/// By listener index: the identity of its ticket keys (`None`: no TLS).
+/// By serving slot (listeners, then filter chains: [`Config::tls_slots`]): the identity of
+/// its ticket keys (`None`: no TLS).
 fn identities(config: &Config) -> Vec<Option<String>> {
     config
-        .listeners
-        .iter()
-        .map(|l| l.tls.as_ref().map(|tls| listener_identity(&l.name, tls)))
+        .tls_slots()
+        .into_iter()
+        .map(|(tls, _, name)| tls.map(|tls| listener_identity(&name, tls)))
         .collect()
 }
 
@@ -330,8 +332,8 @@ fn tls_files(config: &Config) -> Vec<String> {
             files.push(f.to_owned());
         }
     };
-    for l in &config.listeners {
-        if let Some(tls) = &l.tls {
+    for (tls, _, _) in config.tls_slots() {
+        if let Some(tls) = tls {
             for c in &tls.certificates {
                 add(&c.cert_chain);
                 add(&c.private_key);
@@ -775,7 +777,8 @@ where
     }
 }
 
-/// The acceptor of each listener (`None`: no TLS). A file that cannot be loaded any more (it
+/// The acceptor of each serving slot — each listener, then each filter chain
+/// ([`Config::tls_slots`]) — (`None`: no TLS). A file that cannot be loaded any more (it
 /// was checked when the config was) fails the whole build. Each listener seals tickets with
 /// its own keys ([`crate::tls_tickets`]): the ones it had before this build (a rotation, a
 /// reload that keeps its identity, or the previous process after an upgrade), else new ones.
@@ -785,22 +788,21 @@ pub fn acceptors(
     config: &Config,
     previous: Option<&Contexts>,
 ) -> Result<Vec<Option<TlsAcceptor>>, String> {
-    let identities: Vec<String> = config
-        .listeners
+    let slots = config.tls_slots();
+    let identities: Vec<String> = slots
         .iter()
-        .filter_map(|l| Some(listener_identity(&l.name, l.tls.as_ref()?)))
+        .filter_map(|(tls, _, name)| Some(listener_identity(name, (*tls)?)))
         .collect();
-    let built = config
-        .listeners
+    let built = slots
         .iter()
         .enumerate()
-        .map(|(i, l)| match &l.tls {
+        .map(|(i, (tls, path, name))| match tls {
             None => Ok(None),
             Some(tls) => {
-                let identity = listener_identity(&l.name, tls);
+                let identity = listener_identity(name, tls);
                 let ticketer = crate::tls_tickets::for_listener(&identity)
-                    .map_err(|e| format!("listeners[{i}].tls: {e}"))?;
-                server_config(tls, &format!("listeners[{i}].tls"))
+                    .map_err(|e| format!("{path}: {e}"))?;
+                server_config(tls, path)
                     .map(|mut c| {
                         c.ticketer = ticketer;
                         if let Some(p) = previous

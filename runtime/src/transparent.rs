@@ -196,6 +196,10 @@ mod engine_tests {
             TokioNet::default().connect(address).await
         }
 
+        async fn peek(stream: &mut Self::Stream, buf: &mut [u8]) -> io::Result<usize> {
+            stream.peek(buf).await
+        }
+
         fn original_destination(
             &self,
             _stream: &Self::Stream,

@@ -180,7 +180,8 @@ pub fn only_inline_pem_differs(previous: &Config, next: &Config) -> bool {
             }
         };
         for l in &mut c.listeners {
-            if let Some(tls) = &mut l.tls {
+            let chains = l.filter_chains.iter_mut().map(|c| &mut c.tls);
+            for tls in std::iter::once(&mut l.tls).chain(chains).flatten() {
                 for cert in &mut tls.certificates {
                     blank(&mut cert.cert_chain);
                     blank(&mut cert.private_key);
