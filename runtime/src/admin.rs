@@ -2689,6 +2689,9 @@ mod tests {
             original_dst: None,
             use_original_dst: false,
             bind_to_port: true,
+            filter_chains: Vec::new(),
+            listener_filters_timeout: sluice_core::config::DEFAULT_LISTENER_FILTERS_TIMEOUT,
+            continue_on_listener_filters_timeout: false,
         });
         let stats = vec![
             Arc::new(WorkerStats::new(&config)),

@@ -296,6 +296,82 @@ clusters:
             assert_eq!(outcome(CaptureOutcome::OwnChain), 1);
         });
     }
+
+    /// Istio's inbound shape: a capture listener whose filter chains are picked by the
+    /// original destination's port — a chain for port 8080 (an echo), the passthrough chain
+    /// for every other port (to the original destination), and plaintext vs TLS on 8080
+    /// (`raw_buffer` takes this plaintext client; a TLS chain for 8080 exists beside it).
+    #[test]
+    fn a_capture_listener_picks_its_filter_chain_by_the_original_destination_port() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        tokio::task::LocalSet::new().block_on(&rt, async {
+            // The "real peer" a pass-through reaches: answers `passed`, then closes.
+            let (peer, peer_at) = bound();
+            tokio::task::spawn_local(async move {
+                while let Ok((mut s, _)) = peer.accept().await {
+                    tokio::task::spawn_local(async move {
+                        let mut buf = Vec::new();
+                        let _ = s.read_to_end(&mut buf).await;
+                        let _ = s.write_all(b"passed").await;
+                    });
+                }
+            });
+            // Where port 8080's chain sends: echoes.
+            let (app, app_at) = bound();
+            tokio::task::spawn_local(async move {
+                while let Ok((mut s, _)) = app.accept().await {
+                    tokio::task::spawn_local(async move {
+                        let mut buf = Vec::new();
+                        let _ = s.read_to_end(&mut buf).await;
+                        let _ = s.write_all(&buf).await;
+                    });
+                }
+            });
+            let (inbound, inbound_at) = bound();
+            let yaml = format!(
+                "listeners:
+  - name: inbound
+    address: {inbound_at}
+    original_dst: redirect
+    filter_chains:
+      - filter_chain_match: {{ destination_port: 8080, transport_protocol: tls }}
+        tcp_proxy: {{ cluster: nowhere }}
+      - filter_chain_match: {{ destination_port: 8080, transport_protocol: raw_buffer }}
+        tcp_proxy: {{ cluster: app }}
+      - tcp_proxy: {{ cluster: pass }}
+clusters:
+  - {{ name: pass, type: original_dst }}
+  - {{ name: app, hosts: [ {{ address: {app_at} }} ] }}
+  - {{ name: nowhere, hosts: [ {{ address: 127.0.0.1:9 }} ] }}
+"
+            );
+            let config = Arc::new(Config::from_yaml(&yaml).unwrap());
+            let stats = Arc::new(WorkerStats::new(&config));
+            let net = CapturedNet::default();
+            let dst = net.original_dst.clone();
+            let engine = Engine::new(net, config, 0, 1, stats.clone()).unwrap();
+            let _worker = Worker::start(
+                engine,
+                vec![inbound],
+                WorkerHooks {
+                    close_listeners: None,
+                    on_event: None,
+                },
+            );
+            // To port 8080 of the workload: the 8080 plaintext chain.
+            dst.set(Some(SocketAddr::new(peer_at.ip(), 8080)));
+            assert_eq!(exchange(inbound_at, b"to 8080").await, b"to 8080");
+            // To another port: the passthrough chain, to the original destination.
+            dst.set(Some(peer_at));
+            assert_eq!(exchange(inbound_at, b"elsewhere").await, b"passed");
+            let l = stats.listener(0).unwrap();
+            assert_eq!(l.downstream_cx_total.load(Relaxed), 2);
+            assert_eq!(l.downstream_cx_no_filter_chain_match.load(Relaxed), 0);
+        });
+    }
 }
 
 /// A request routed to an `original_dst` cluster on a connection that was not captured (a
