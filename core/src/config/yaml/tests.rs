@@ -73,7 +73,7 @@ drain_timeout: 10
         r#"listeners[0].address: "127.0.0.1:99999" is not a socket address (port out of range)"#,
         r#"listeners[0].tcp_proxy.cluster: unknown cluster "nowhere" (known: c1)"#,
         r#"listeners[0].tcp_proxy.idle_timeout: "5 parsecs" has an unknown unit " parsecs" (expected a number and a unit: 250ms, 1s, 5m, 1h)"#,
-        "listeners[1].tpc_proxy: unknown field (expected one of: name, address, protocol, tcp_proxy, echo, http, bolt, max_connections, tls, original_dst, use_original_dst, bind_to_port); did you mean 'tcp_proxy'?",
+        "listeners[1].tpc_proxy: unknown field (expected one of: name, address, protocol, tcp_proxy, echo, http, bolt, filter_chains, max_connections, tls, original_dst, use_original_dst, bind_to_port, listener_filters_timeout, continue_on_listener_filters_timeout); did you mean 'tcp_proxy'?",
         "clusters[0].connect_timeout: must be greater than zero",
         "clusters[0].upstream_idle_timeout: must be greater than zero",
         r#"clusters[0].lb_policy: unknown value "fastest" (expected one of: round_robin, weighted_round_robin, random, least_request, ring_hash, maglev)"#,
@@ -159,7 +159,7 @@ fn structural_problems() {
     );
     assert_eq!(
         errors("listeners: [ { name: x, address: 127.0.0.1:1 } ]"),
-        ["listeners[0]: no filter: give one of `tcp_proxy`, `echo`, `http`, `bolt`"]
+        ["listeners[0]: no filter: give one of `tcp_proxy`, `echo`, `http`, `bolt` (or `filter_chains`)"]
     );
     assert_eq!(
         errors(
@@ -1211,7 +1211,7 @@ fn no_suggestion_for_a_name_far_from_every_known_one() {
     assert_eq!(
         errs,
         [
-            "listeners[0].colour: unknown field (expected one of: name, address, protocol, tcp_proxy, echo, http, bolt, max_connections, tls, original_dst, use_original_dst, bind_to_port)"
+            "listeners[0].colour: unknown field (expected one of: name, address, protocol, tcp_proxy, echo, http, bolt, filter_chains, max_connections, tls, original_dst, use_original_dst, bind_to_port, listener_filters_timeout, continue_on_listener_filters_timeout)"
         ]
     );
 }
