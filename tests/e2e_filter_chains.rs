@@ -245,3 +245,72 @@ clusters:
         0
     );
 }
+
+/// A reload that changes a chain (its cluster) applies to new connections, on the same port;
+/// one with a chain that cannot load (its certificate file is missing) is refused, naming the
+/// chain, and the chains in service stay.
+#[test]
+fn a_reload_changes_a_chain_and_a_bad_chain_is_refused_at_its_path() {
+    if !require_peers(&["curl", "nginx"]) {
+        return;
+    }
+    let dir = TempDir::new("chains-reload");
+    let ca = make_ca(&dir, "reload-ca");
+    let (a_cert, a_key) = leaf(&dir, &ca, "a", &["a.example"], None);
+    let (one, two) = (free_port(), free_port());
+    let _n1 = start_nginx(&dir, "one", one, "before");
+    let _n2 = start_nginx(&dir, "two", two, "after");
+    let listen = free_port();
+    let config = |cluster: &str, cert: &str| {
+        format!(
+            r#"
+listeners:
+  - name: inbound
+    address: 127.0.0.1:{listen}
+    filter_chains:
+      - filter_chain_match: {{ server_names: [a.example] }}
+        tls: {{ certificates: [ {{ cert_chain: {cert}, private_key: {ak} }} ] }}
+        http: {http}
+      - filter_chain_match: {{ transport_protocol: raw_buffer }}
+        http: {http}
+clusters:
+  - {{ name: one, hosts: [ {{ address: 127.0.0.1:{one} }} ] }}
+  - {{ name: two, hosts: [ {{ address: 127.0.0.1:{two} }} ] }}
+"#,
+            ak = p(&a_key),
+            http = route_to(cluster),
+        )
+    };
+    let sluice = start_sluice(&dir, &config("one", p(&a_cert)), 1, addr(listen));
+    let https = || {
+        let resolve = format!("a.example:{listen}:127.0.0.1");
+        let url = format!("https://a.example:{listen}/");
+        let out = run(
+            "curl",
+            &["-s", "--cacert", p(&ca.pem), "--resolve", &resolve, &url],
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    assert_eq!(https(), "before");
+    assert_eq!(http_request(addr(listen), "GET", "/").1, "before");
+
+    dir.write("sluice.yaml", &config("two", p(&a_cert)));
+    sluice.signal("HUP");
+    assert!(
+        eventually(Duration::from_secs(10), || https() == "after"),
+        "the reload did not change the chain:\n{}",
+        sluice.log_text()
+    );
+    assert_eq!(http_request(addr(listen), "GET", "/").1, "after");
+
+    dir.write("sluice.yaml", &config("one", "/nonexistent/a.pem"));
+    sluice.signal("HUP");
+    assert!(
+        eventually(Duration::from_secs(10), || sluice.log_text().contains(
+            "listeners[0].filter_chains[0].tls.certificates[0].cert_chain"
+        )),
+        "the bad chain was not reported at its path:\n{}",
+        sluice.log_text()
+    );
+    assert_eq!(https(), "after", "the chains in service stay");
+}

@@ -1286,6 +1286,40 @@ mod tests {
         let _ = std::fs::remove_file(&path);
     }
 
+    /// A filter chain's TLS files are checked like a listener's, reported at the chain's path;
+    /// the chain's contexts come after the listeners' (its serving slot).
+    #[test]
+    fn a_filter_chains_tls_is_checked_at_its_path_and_built_in_its_slot() {
+        let yaml = "listeners:
+  - name: l
+    address: 127.0.0.1:1
+    filter_chains:
+      - filter_chain_match: { server_names: [a.example] }
+        tcp_proxy: { cluster: c }
+      - filter_chain_match: { server_names: [b.example] }
+        tls: { certificates: [ { cert_chain: /nonexistent/b.pem, private_key: /nonexistent/b.key } ] }
+        tcp_proxy: { cluster: c }
+clusters:
+  - { name: c, hosts: [ { address: 127.0.0.1:2 } ] }
+";
+        let config = Config::from_yaml(yaml).unwrap();
+        let errors: Vec<String> = check_config(&config)
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert!(
+            !errors.is_empty()
+                && errors
+                    .iter()
+                    .all(|e| e.starts_with("listeners[0].filter_chains[1].tls.certificates[0].")),
+            "{errors:?}"
+        );
+        let slots = config.tls_slots();
+        assert_eq!(slots.len(), 3, "one listener, two chains");
+        assert!(slots[0].0.is_none() && slots[1].0.is_none() && slots[2].0.is_some());
+        assert_eq!(slots[2].2, "l#filter_chains[1]");
+    }
+
     #[test]
     fn sans_are_read_as_dns_names_and_uris() {
         let mut params = rcgen::CertificateParams::new(vec!["Svc.Example".to_owned()]).unwrap();

@@ -159,7 +159,9 @@ fn structural_problems() {
     );
     assert_eq!(
         errors("listeners: [ { name: x, address: 127.0.0.1:1 } ]"),
-        ["listeners[0]: no filter: give one of `tcp_proxy`, `echo`, `http`, `bolt` (or `filter_chains`)"]
+        [
+            "listeners[0]: no filter: give one of `tcp_proxy`, `echo`, `http`, `bolt` (or `filter_chains`)"
+        ]
     );
     assert_eq!(
         errors(
