@@ -13,6 +13,15 @@
 //! (the admin API's `/drain_listeners`): the accept loops end and the listening sockets close,
 //! while open sessions carry on until `shutdown`.
 //!
+//! Filter chains: a listener with `filter_chains` picks, per connection, the chain that serves
+//! it (`pick_chain`: the destination port — the original destination's on a capture
+//! listener — and, when a chain asks, a `MSG_PEEK` of the ClientHello through
+//! [`Network::peek`], bounded by `listener_filters_timeout`; the choice is
+//! [`sluice_core::filter_chain::select`]). Each chain is compiled like a listener of its own,
+//! a *serving slot* after the listeners ([`Config::chain_slots`]): its router, access log and
+//! TLS acceptor are kept at that index, and the session runs the listener code with it; its
+//! counters are its listener's. A listener without chains peeks at nothing.
+//!
 //! Counters: every session, request and upstream try is counted in the worker's own
 //! [`WorkerStats`] (per listener, cluster and host when it has slots for them), with a relaxed
 //! load and store per counter. A host's in-flight gauge mirrors the worker's `ClusterState`

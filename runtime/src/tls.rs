@@ -2,6 +2,10 @@
 //! [`TlsAcceptor`], and the handshake outcome a connection had.
 //!
 //! What this module owns:
+//! Every `tls` a connection can be served with is one *serving slot*: each listener's, then
+//! each filter chain's ([`Config::tls_slots`]), with its own acceptor, session cache and
+//! ticket keys (a chain's named `LISTENER#filter_chains[N]`).
+//!
 //! - **Loading** the PEM files (certificate chains, keys, client CAs), each problem reported at
 //!   the config path of the field (`listeners[0].tls.certificates[1].private_key: …`), so that
 //!   `sluice validate` and a reload refuse a bad pair before anything serves with it

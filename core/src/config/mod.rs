@@ -12,7 +12,9 @@
 //! Invariant of a `Config` produced by a decoder: every reference resolves
 //! (`TcpProxyConfig::cluster_index`, `xds::XdsConfig::cluster_index` (a static cluster) and
 //! every `http::WeightedCluster::cluster_index` of an
-//! `http` listener index `Config::clusters`), names are unique, every cluster has at least one
+//! `http` listener — or of a listener's filter chain — index `Config::clusters`), names are
+//! unique, a listener's filter chains never overlap ([`crate::filter_chain::overlap`]) and
+//! [`ListenerFilter::Close`] appears only on a listener with chains, every cluster has at least one
 //! host. An `http` listener also keeps the invariants listed in the module doc of the YAML
 //! `http` decoder (every regex compiles, domains are well-formed and unique, ...), which the
 //! router relies on. The one exception to "at least one host": a cluster of

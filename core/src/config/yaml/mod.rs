@@ -725,6 +725,14 @@ fn decode_listener(
         None => Some(None),
     };
     let tls = match obj.opt("tls") {
+        Some((_, p)) if matches!(filter, Some(ListenerFilter::Close)) => {
+            dec.error(
+                &p,
+                "no filter of the listener's own to terminate TLS for: give it a filter (its \
+                 default chain), or put `tls` on the filter chains",
+            );
+            None
+        }
         Some((v, p)) => {
             let codec = match &filter {
                 Some(ListenerFilter::Http(h) | ListenerFilter::Auto { http: h, .. }) => {

@@ -2155,6 +2155,11 @@ listeners:
     address: 127.0.0.1:8003
     continue_on_listener_filters_timeout: true
     echo: {}
+  - name: p
+    address: 127.0.0.1:8005
+    tls: { certificates: [ { cert_chain: a.pem, private_key: a.key } ] }
+    filter_chains:
+      - tcp_proxy: { cluster: c }
   - name: o
     address: 127.0.0.1:8004
     filter_chains:
@@ -2175,6 +2180,7 @@ clusters:
         "listeners[1].filter_chains[7].tls: a chain for `transport_protocol: raw_buffer` (plaintext) connections cannot terminate TLS",
         "listeners[2].filter_chains: give at least one filter chain",
         "listeners[3].continue_on_listener_filters_timeout: only with `filter_chains`",
+        "listeners[4].tls: no filter of the listener's own to terminate TLS for",
     ];
     for want in expect {
         assert!(
