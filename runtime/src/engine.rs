@@ -910,10 +910,11 @@ impl<N: Network> Engine<N> {
     /// Peeks at the connection's first bytes (without consuming them) until they say whether
     /// it is TLS and, if so, what its ClientHello asks for; bounded by the listener's
     /// `listener_filters_timeout` and by the drain deadline. A ClientHello still incomplete is
-    /// peeked at again every few milliseconds (a peek returns at once while bytes wait; a
-    /// hello split over several segments is rare).
+    /// peeked at again after 1 ms, then after waits doubling up to 32 ms (a peek returns at
+    /// once while bytes wait, new or not; the rest of a hello split over two segments — a
+    /// post-quantum key share makes it larger than one — usually follows within the first).
     async fn peek_client_hello(&self, lc: &ListenerConfig, stream: &mut N::Stream) -> ChainPeek {
-        const REPEEK: Duration = Duration::from_millis(5);
+        let mut repeek = Duration::from_millis(1);
         let mut buf = self.take_buffer();
         let limit = DEFAULT_MAX_HELLO_BYTES.min(buf.len());
         let deadline = tokio::time::Instant::now() + lc.listener_filters_timeout;
@@ -935,7 +936,8 @@ impl<N: Network> Engine<N> {
             };
             match peek_client_hello(&buf[..len], limit) {
                 Peek::NeedMore { .. } if len < limit => {
-                    let wait = tokio::time::Instant::now() + REPEEK;
+                    let wait = tokio::time::Instant::now() + repeek;
+                    repeek = (repeek * 2).min(Duration::from_millis(32));
                     if wait >= deadline {
                         tokio::time::sleep_until(deadline).await;
                         break ChainPeek::TimedOut;

@@ -297,6 +297,97 @@ clusters:
         });
     }
 
+    /// A ClientHello that comes in two parts (a large one: a post-quantum key share spans two
+    /// segments) is peeked at until whole, and then every byte of it — none consumed by the
+    /// peek — goes to the chain its server name picks; another name goes to the default chain.
+    #[test]
+    fn a_client_hello_in_two_parts_picks_its_chain_and_reaches_it_whole() {
+        use sluice_core::tls::client_hello::build::{Hello, client_hello_records};
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        tokio::task::LocalSet::new().block_on(&rt, async {
+            // Chain a's upstream echoes; the default chain's answers `default`.
+            let (a, a_at) = bound();
+            tokio::task::spawn_local(async move {
+                while let Ok((mut s, _)) = a.accept().await {
+                    tokio::task::spawn_local(async move {
+                        let mut buf = Vec::new();
+                        let _ = s.read_to_end(&mut buf).await;
+                        let _ = s.write_all(&buf).await;
+                    });
+                }
+            });
+            let (d, d_at) = bound();
+            tokio::task::spawn_local(async move {
+                while let Ok((mut s, _)) = d.accept().await {
+                    tokio::task::spawn_local(async move {
+                        let mut buf = Vec::new();
+                        let _ = s.read_to_end(&mut buf).await;
+                        let _ = s.write_all(b"default").await;
+                    });
+                }
+            });
+            let (listener, at) = bound();
+            let yaml = format!(
+                "listeners:
+  - name: l
+    address: {at}
+    filter_chains:
+      - filter_chain_match: {{ server_names: [a.example] }}
+        tcp_proxy: {{ cluster: a }}
+    tcp_proxy: {{ cluster: d }}
+clusters:
+  - {{ name: a, hosts: [ {{ address: {a_at} }} ] }}
+  - {{ name: d, hosts: [ {{ address: {d_at} }} ] }}
+"
+            );
+            let config = Arc::new(Config::from_yaml(&yaml).unwrap());
+            let stats = Arc::new(WorkerStats::new(&config));
+            let engine = Engine::new(TokioNet::default(), config, 0, 1, stats).unwrap();
+            let _worker = Worker::start(
+                engine,
+                vec![listener],
+                WorkerHooks {
+                    close_listeners: None,
+                    on_event: None,
+                },
+            );
+            let hello = |name: &'static [u8]| {
+                client_hello_records(
+                    &Hello {
+                        server_name: Some(name),
+                        tls13: true,
+                        padding: 2500,
+                        ..Hello::default()
+                    },
+                    16 * 1024,
+                )
+            };
+            let split = |bytes: Vec<u8>| async move {
+                let mut s = tokio::net::TcpStream::connect(at).await.unwrap();
+                s.write_all(&bytes[..1200]).await.unwrap();
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                s.write_all(&bytes[1200..]).await.unwrap();
+                s.shutdown().await.unwrap();
+                let mut back = Vec::new();
+                tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut back))
+                    .await
+                    .expect("answered in time")
+                    .unwrap_or_default();
+                back
+            };
+            let a_hello = hello(b"a.example");
+            assert_eq!(
+                split(a_hello.clone()).await,
+                a_hello,
+                "every byte, to chain a"
+            );
+            assert_eq!(split(hello(b"b.example")).await, b"default");
+        });
+    }
+
     /// Istio's inbound shape: a capture listener whose filter chains are picked by the
     /// original destination's port — a chain for port 8080 (an echo), the passthrough chain
     /// for every other port (to the original destination), and plaintext vs TLS on 8080
