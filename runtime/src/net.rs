@@ -245,6 +245,9 @@ mod simulated {
             turmoil::net::TcpStream::connect(address).await
         }
 
+        /// turmoil's peek sees the first segment waiting only (not several): a ClientHello
+        /// written in two writes never completes there, and its peek times out. Clients in the
+        /// simulator write a hello at once (rustls does).
         async fn peek(stream: &mut Self::Stream, buf: &mut [u8]) -> io::Result<usize> {
             stream.peek(buf).await
         }
