@@ -331,6 +331,23 @@ mod tests {
         assert!(!only_inline_pem_differs(&a, &a.clone()));
         assert!(!only_inline_pem_differs(&a, &yaml("BBBB", "web2", 8443)));
         assert!(!only_inline_pem_differs(&a, &yaml("BBBB", "web", 8444)));
+        // The same on a filter chain's `tls` (an SDS secret of Istio's inbound mTLS chain).
+        let chained = |cert: &str| {
+            let plain = yaml(cert, "web", 8443);
+            let mut c = plain.clone();
+            let l = &mut c.listeners[0];
+            l.filter_chains = vec![crate::config::FilterChain {
+                filter_chain_match: crate::config::FilterChainMatch {
+                    server_names: vec!["a.example".into()],
+                    ..Default::default()
+                },
+                tls: l.tls.take(),
+                filter: l.filter.clone(),
+            }];
+            c
+        };
+        assert!(only_inline_pem_differs(&chained("AAAA"), &chained("BBBB")));
+        assert!(!only_inline_pem_differs(&chained("AAAA"), &a));
     }
 
     /// Hosts added, removed or re-weighted in `static` clusters are an endpoints-only change
