@@ -39,6 +39,7 @@
 
 pub mod bolt;
 pub mod config;
+pub mod filter_chain;
 pub mod handoff;
 pub mod handover;
 pub mod http1;

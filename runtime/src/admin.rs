@@ -1077,18 +1077,19 @@ fn redact(v: &mut Value) {
     }
 }
 
+/// The filters a listener serves with: its own, then its filter chains'.
+fn filters(config: &Config, listener: usize) -> impl Iterator<Item = &ListenerFilter> {
+    let l = &config.listeners[listener];
+    std::iter::once(&l.filter).chain(l.filter_chains.iter().map(|c| &c.filter))
+}
+
 fn is_http(config: &Config, listener: usize) -> bool {
-    matches!(
-        config.listeners[listener].filter,
-        ListenerFilter::Http(_) | ListenerFilter::Auto { .. }
-    )
+    filters(config, listener)
+        .any(|f| matches!(f, ListenerFilter::Http(_) | ListenerFilter::Auto { .. }))
 }
 
 fn is_tcp(config: &Config, listener: usize) -> bool {
-    matches!(
-        config.listeners[listener].filter,
-        ListenerFilter::TcpProxy(_)
-    )
+    filters(config, listener).any(|f| matches!(f, ListenerFilter::TcpProxy(_)))
 }
 
 /// The server-wide metrics the admin's shared state holds, in export order (after the
@@ -1481,10 +1482,17 @@ fn shown(
         Shown::Never => false,
         Shown::HttpListeners => listener.is_some_and(|i| is_http(config, i)),
         Shown::TcpListeners => listener.is_some_and(|i| is_tcp(config, i)),
-        Shown::TlsListeners => listener.is_some_and(|i| config.listeners[i].tls.is_some()),
+        Shown::TlsListeners => listener.is_some_and(|i| {
+            let l = &config.listeners[i];
+            l.tls.is_some() || l.filter_chains.iter().any(|c| c.tls.is_some())
+        }),
+        Shown::ChainListeners => {
+            listener.is_some_and(|i| !config.listeners[i].filter_chains.is_empty())
+        }
         Shown::WithTls => cluster.is_some_and(|i| config.clusters[i].tls.is_some()),
         Shown::SniListeners => listener.is_some_and(|i| {
-            matches!(&config.listeners[i].filter, ListenerFilter::TcpProxy(tp) if !tp.sni_routes.is_empty())
+            filters(config, i)
+                .any(|f| matches!(f, ListenerFilter::TcpProxy(tp) if !tp.sni_routes.is_empty()))
         }),
         Shown::CaptureListeners => {
             listener.is_some_and(|i| config.listeners[i].original_dst.is_some())
@@ -1903,6 +1911,7 @@ pub fn metrics_reference() -> String {
             Shown::TlsListeners => " (only for listeners with `tls`)",
             Shown::WithTls => " (only for clusters with `tls`)",
             Shown::CaptureListeners => " (only for listeners with `original_dst`)",
+            Shown::ChainListeners => " (only for listeners with `filter_chains`)",
             Shown::WithHealthCheck => " (only with a health_check)",
             Shown::WithOutlierDetection => " (only with outlier_detection)",
             Shown::WithDns => " (only for strict_dns and logical_dns clusters)",
@@ -2207,6 +2216,7 @@ fn listener_kind(filter: &ListenerFilter) -> &'static str {
         ListenerFilter::Http(_) => "http",
         ListenerFilter::Bolt(_) => "bolt",
         ListenerFilter::Auto { .. } => "auto",
+        ListenerFilter::Close => "filter_chains",
     }
 }
 
@@ -2692,6 +2702,9 @@ mod tests {
             original_dst: None,
             use_original_dst: false,
             bind_to_port: true,
+            filter_chains: Vec::new(),
+            listener_filters_timeout: sluice_core::config::DEFAULT_LISTENER_FILTERS_TIMEOUT,
+            continue_on_listener_filters_timeout: false,
         });
         let stats = vec![
             Arc::new(WorkerStats::new(&config)),

@@ -13,6 +13,15 @@
 //! (the admin API's `/drain_listeners`): the accept loops end and the listening sockets close,
 //! while open sessions carry on until `shutdown`.
 //!
+//! Filter chains: a listener with `filter_chains` picks, per connection, the chain that serves
+//! it (`pick_chain`: the destination port — the original destination's on a capture
+//! listener — and, when a chain asks, a `MSG_PEEK` of the ClientHello through
+//! [`Network::peek`], bounded by `listener_filters_timeout`; the choice is
+//! [`sluice_core::filter_chain::select`]). Each chain is compiled like a listener of its own,
+//! a *serving slot* after the listeners ([`Config::chain_slots`]): its router, access log and
+//! TLS acceptor are kept at that index, and the session runs the listener code with it; its
+//! counters are its listener's. A listener without chains peeks at nothing.
+//!
 //! Counters: every session, request and upstream try is counted in the worker's own
 //! [`WorkerStats`] (per listener, cluster and host when it has slots for them), with a relaxed
 //! load and store per counter. A host's in-flight gauge mirrors the worker's `ClusterState`
@@ -94,7 +103,15 @@ pub struct Engine<N: Network> {
     /// Set when `drain_expired` is notified: a session past a stage that watched it (a TLS
     /// handshake, a ClientHello peek) checks this before starting the next.
     pub(crate) drain_deadline_passed: Cell<bool>,
-    /// Per listener: the compiled router of an `http` listener.
+    /// The listeners as their filter chains serve (`ListenerConfig::chain_as_listener`), in
+    /// [`Config::chain_slots`] order: serving slot `config.listeners.len() + n` is
+    /// `chain_listeners[n]`. Per-listener state below is kept per serving slot.
+    chain_listeners: Vec<ListenerConfig>,
+    /// Per listener: the serving slot of its first filter chain (its chains follow).
+    chain_base: Vec<usize>,
+    /// Per serving slot: the listener it belongs to (whose counters it bumps).
+    slot_owner: Vec<usize>,
+    /// Per serving slot: the compiled router of an `http` listener (or chain).
     pub(crate) routers: Vec<Option<Router>>,
     /// Per listener: this worker's access log writer, if the listener has one.
     pub(crate) access_logs: Vec<Option<RefCell<AccessLog>>>,
@@ -191,10 +208,27 @@ impl<N: Network> Engine<N> {
                 wh.borrow_mut().hosts_replaced(&refs, live);
             }
         }
-        let mut routers = Vec::with_capacity(config.listeners.len());
-        let mut access_logs = Vec::with_capacity(config.listeners.len());
-        let mut bolt_access_logs = Vec::with_capacity(config.listeners.len());
-        for l in &config.listeners {
+        // Each filter chain is served as a listener of its own (a serving slot), after the
+        // listeners.
+        let listeners = config.listeners.len();
+        let chain_slots = config.chain_slots();
+        let chain_listeners: Vec<ListenerConfig> = chain_slots
+            .iter()
+            .filter_map(|&(l, c)| config.listeners[l].chain_as_listener(c))
+            .collect();
+        let mut chain_base = vec![0; listeners];
+        for (n, &(l, c)) in chain_slots.iter().enumerate() {
+            if c == 0 {
+                chain_base[l] = listeners + n;
+            }
+        }
+        let slot_owner: Vec<usize> = (0..listeners)
+            .chain(chain_slots.iter().map(|&(l, _)| l))
+            .collect();
+        let mut routers = Vec::with_capacity(slot_owner.len());
+        let mut access_logs = Vec::with_capacity(slot_owner.len());
+        let mut bolt_access_logs = Vec::with_capacity(slot_owner.len());
+        for l in config.listeners.iter().chain(&chain_listeners) {
             bolt_access_logs.push(match &l.filter {
                 ListenerFilter::Bolt(b) | ListenerFilter::Auto { bolt: b, .. } => {
                     match &b.access_log {
@@ -279,6 +313,9 @@ impl<N: Network> Engine<N> {
             listeners_returned: Notify::new(),
             drain_expired: Notify::new(),
             drain_deadline_passed: Cell::new(false),
+            chain_listeners,
+            chain_base,
+            slot_owner,
             routers,
             access_logs,
             bolt_access_logs,
@@ -621,7 +658,7 @@ impl<N: Network> Engine<N> {
             },
             Some(_) => (CaptureOutcome::OwnChain, index),
         };
-        if let Some(l) = self.stats.listener(index) {
+        if let Some(l) = self.listener_stats(index) {
             bump(&l.capture_outcome[outcome as usize], 1);
         }
         if serving != index {
@@ -645,7 +682,7 @@ impl<N: Network> Engine<N> {
             // Accepted and closed at once (Envoy, HAProxy): the client sees a close rather
             // than a connection that is never served.
             bump(&self.stats.downstream_cx_overflow, 1);
-            if let Some(l) = self.stats.listener(index) {
+            if let Some(l) = self.listener_stats(index) {
                 bump(&l.downstream_cx_overflow, 1);
             }
             debug!(
@@ -661,7 +698,7 @@ impl<N: Network> Engine<N> {
             return;
         }
         bump(&self.stats.downstream_cx_total, 1);
-        if let Some(l) = self.stats.listener(index) {
+        if let Some(l) = self.listener_stats(index) {
             bump(&l.downstream_cx_total, 1);
         }
         self.sessions.set(self.sessions.get() + 1);
@@ -674,8 +711,22 @@ impl<N: Network> Engine<N> {
         // block's own state, not as its largest protocol's (issue 15).
         let session = async move {
             let guard = SessionGuard(&self, index);
-            let lc = &self.config.listeners[index];
+            let mut stream = stream;
+            // A listener with filter chains: the chain that fits the connection serves it, as
+            // the listener its serving slot compiled.
+            let index = if self.config.listeners[index].filter_chains.is_empty() {
+                index
+            } else {
+                let pick = Box::pin(self.pick_chain(index, &mut stream, peer, original_dst));
+                match pick.await {
+                    Some(slot) => slot,
+                    None => return,
+                }
+            };
+            let lc = self.slot_config(index);
             match &lc.filter {
+                // Never picked: a connection no chain takes is closed by `pick_chain`.
+                ListenerFilter::Close => {}
                 ListenerFilter::TcpProxy(tp) => match &self.tls.current().acceptors[index] {
                     None => {
                         let f = Box::pin(self.tcp_proxy(
@@ -762,13 +813,145 @@ impl<N: Network> Engine<N> {
                             ));
                             f.await;
                         }
-                        ListenerFilter::TcpProxy(_) | ListenerFilter::Echo => unreachable!(),
+                        ListenerFilter::TcpProxy(_)
+                        | ListenerFilter::Echo
+                        | ListenerFilter::Close => unreachable!(),
                     }
                 }
             }
             drop(guard);
         };
         tokio::task::spawn_local(session);
+    }
+
+    /// The listener (or filter chain) serving slot `slot` serves with (see
+    /// [`Config::chain_slots`]).
+    pub(crate) fn slot_config(&self, slot: usize) -> &ListenerConfig {
+        let listeners = self.config.listeners.len();
+        if slot < listeners {
+            &self.config.listeners[slot]
+        } else {
+            &self.chain_listeners[slot - listeners]
+        }
+    }
+
+    /// The counters of the listener serving slot `slot` belongs to.
+    #[inline]
+    pub(crate) fn listener_stats(&self, slot: usize) -> Option<&crate::stats::ListenerStats> {
+        self.stats.listener(*self.slot_owner.get(slot)?)
+    }
+
+    /// The serving slot of the filter chain of listener `index` that fits this connection
+    /// (`index` itself: the listener's own filter, its default chain), from its destination
+    /// port and, when a chain asks about TLS, server names or ALPN, its ClientHello — peeked
+    /// at, not read: the chain's filter (or TLS) reads the same bytes again. `None`: the
+    /// connection is to be closed (no chain fits and there is no default chain, or the peek
+    /// failed), counted.
+    async fn pick_chain(
+        &self,
+        index: usize,
+        stream: &mut N::Stream,
+        peer: SocketAddr,
+        original_dst: Option<SocketAddr>,
+    ) -> Option<usize> {
+        use sluice_core::filter_chain::{ConnectionFacts, select};
+        let lc = &self.config.listeners[index];
+        let mut facts = ConnectionFacts {
+            destination_port: original_dst.map_or(lc.address.port(), |d| d.port()),
+            ..ConnectionFacts::default()
+        };
+        let hello = if lc.chains_need_client_hello() {
+            match self.peek_client_hello(lc, stream).await {
+                ChainPeek::Hello(h) => Some(h),
+                ChainPeek::NotTls => None,
+                ChainPeek::TimedOut => {
+                    if let Some(l) = self.listener_stats(index) {
+                        bump(&l.downstream_listener_filter_timeout, 1);
+                    }
+                    if !lc.continue_on_listener_filters_timeout {
+                        debug!(listener = %lc.name, %peer, "no ClientHello (or first bytes) within listener_filters_timeout: connection closed");
+                        return None;
+                    }
+                    None
+                }
+                ChainPeek::Refused(why) => {
+                    debug!(listener = %lc.name, %peer, why, "first bytes unusable: connection closed");
+                    return None;
+                }
+            }
+        } else {
+            None
+        };
+        if let Some(h) = &hello {
+            facts.tls = true;
+            facts.server_name = h.server_name.as_deref();
+            facts.alpn = &h.alpn;
+        }
+        match select(&lc.filter_chains, &facts) {
+            Some(chain) => Some(self.chain_base[index] + chain),
+            None if matches!(lc.filter, ListenerFilter::Close) => {
+                if let Some(l) = self.listener_stats(index) {
+                    bump(&l.downstream_cx_no_filter_chain_match, 1);
+                }
+                debug!(
+                    listener = %lc.name,
+                    %peer,
+                    destination_port = facts.destination_port,
+                    tls = facts.tls,
+                    server_name = ?facts.server_name,
+                    "no filter chain matches: connection closed"
+                );
+                None
+            }
+            None => Some(index),
+        }
+    }
+
+    /// Peeks at the connection's first bytes (without consuming them) until they say whether
+    /// it is TLS and, if so, what its ClientHello asks for; bounded by the listener's
+    /// `listener_filters_timeout` and by the drain deadline. A ClientHello still incomplete is
+    /// peeked at again after 1 ms, then after waits doubling up to 32 ms (a peek returns at
+    /// once while bytes wait, new or not; the rest of a hello split over two segments — a
+    /// post-quantum key share makes it larger than one — usually follows within the first).
+    async fn peek_client_hello(&self, lc: &ListenerConfig, stream: &mut N::Stream) -> ChainPeek {
+        let mut repeek = Duration::from_millis(1);
+        let mut buf = self.take_buffer();
+        let limit = DEFAULT_MAX_HELLO_BYTES.min(buf.len());
+        let deadline = tokio::time::Instant::now() + lc.listener_filters_timeout;
+        let drain_expired = self.drain_expired.notified();
+        tokio::pin!(drain_expired);
+        let verdict = loop {
+            if self.drain_deadline_passed.get() {
+                break ChainPeek::Refused("drain deadline passed");
+            }
+            let peeked = tokio::select! {
+                r = tokio::time::timeout_at(deadline, N::peek(stream, &mut buf[..limit])) => r,
+                () = &mut drain_expired => break ChainPeek::Refused("drain deadline passed"),
+            };
+            let len = match peeked {
+                Ok(Ok(0)) => break ChainPeek::Refused("closed before its first bytes"),
+                Ok(Ok(n)) => n,
+                Ok(Err(_)) => break ChainPeek::Refused("read error"),
+                Err(_) => break ChainPeek::TimedOut,
+            };
+            match peek_client_hello(&buf[..len], limit) {
+                Peek::NeedMore { .. } if len < limit => {
+                    let wait = tokio::time::Instant::now() + repeek;
+                    repeek = (repeek * 2).min(Duration::from_millis(32));
+                    if wait >= deadline {
+                        tokio::time::sleep_until(deadline).await;
+                        break ChainPeek::TimedOut;
+                    }
+                    tokio::time::sleep_until(wait).await;
+                }
+                Peek::NeedMore { .. } => break ChainPeek::Refused("ClientHello too large"),
+                Peek::Invalid(_) => break ChainPeek::Refused("malformed ClientHello"),
+                Peek::NotTls => break ChainPeek::NotTls,
+                Peek::ClientHello(h) => break ChainPeek::Hello(h),
+            }
+        };
+        self.give_buffer(buf);
+        verdict
     }
 
     /// Terminates TLS on `stream` within the listener's handshake timeout: the TLS stream and
@@ -803,7 +986,7 @@ impl<N: Network> Engine<N> {
                 () = drain_expired => (HandshakeOutcome::Drained, None),
             }
         };
-        if let Some(l) = self.stats.listener(listener) {
+        if let Some(l) = self.listener_stats(listener) {
             bump(&l.tls_handshakes[outcome as usize], 1);
         }
         let tls = result?;
@@ -857,7 +1040,7 @@ impl<N: Network> Engine<N> {
             tp.cluster_index
         } else if let Some(server_name) = &terminated {
             let (ci, matched) = tp.cluster_for_server_name(server_name.as_deref());
-            if let Some(l) = self.stats.listener(listener) {
+            if let Some(l) = self.listener_stats(listener) {
                 let outcome = if matched {
                     SniOutcome::Matched
                 } else {
@@ -870,7 +1053,7 @@ impl<N: Network> Engine<N> {
             let (buf, len, (outcome, cluster)) = self
                 .read_client_hello(tp, &mut down, &mut peeked_name)
                 .await;
-            if let Some(l) = self.stats.listener(listener) {
+            if let Some(l) = self.listener_stats(listener) {
                 bump(&l.sni_outcome[outcome as usize], 1);
             }
             let Some(ci) = cluster else {
@@ -900,7 +1083,7 @@ impl<N: Network> Engine<N> {
                     debug!(listener = %lc.name, %peer, "no original destination for an original_dst cluster: connection closed");
                     let reason = CloseReason::NoHealthyUpstream;
                     bump(&self.stats.tcp_session_closed[reason.index()], 1);
-                    if let Some(l) = self.stats.listener(listener) {
+                    if let Some(l) = self.listener_stats(listener) {
                         bump(&l.tcp_session_closed[reason.index()], 1);
                     }
                     if let Some((buf, _)) = hello {
@@ -1130,7 +1313,7 @@ impl<N: Network> Engine<N> {
         bump(&self.stats.bytes_from_downstream, from_down);
         bump(&self.stats.bytes_from_upstream, from_up);
         bump(&self.stats.tcp_session_closed[reason.index()], 1);
-        if let Some(l) = self.stats.listener(listener) {
+        if let Some(l) = self.listener_stats(listener) {
             bump(&l.downstream_bytes_received, from_down);
             bump(&l.downstream_bytes_sent, from_up);
             bump(&l.tcp_session_closed[reason.index()], 1);
@@ -1199,13 +1382,13 @@ impl<N: Network> Engine<N> {
                 },
             };
             bump(&self.stats.bytes_from_downstream, n as u64);
-            if let Some(l) = self.stats.listener(listener) {
+            if let Some(l) = self.listener_stats(listener) {
                 bump(&l.downstream_bytes_received, n as u64);
             }
             if stream.write_all(&buf[..n]).await.is_err() {
                 break;
             }
-            if let Some(l) = self.stats.listener(listener) {
+            if let Some(l) = self.listener_stats(listener) {
                 bump(&l.downstream_bytes_sent, n as u64);
             }
         }
@@ -1295,6 +1478,18 @@ impl<N: Network> Engine<N> {
             pool.push(buf);
         }
     }
+}
+
+/// What a filter-chain listener's peek at a connection's first bytes said.
+enum ChainPeek {
+    /// A well-formed ClientHello.
+    Hello(sluice_core::tls::ClientHello),
+    /// Not TLS (plaintext, or another protocol).
+    NotTls,
+    /// Nothing decisive within `listener_filters_timeout`.
+    TimedOut,
+    /// The connection cannot be served (closed, malformed or oversized ClientHello, drain).
+    Refused(&'static str),
 }
 
 /// What a `tcp_proxy` session's access-log line says, gathered as the session goes.
@@ -1565,7 +1760,7 @@ impl<N: Network> Engine<N> {
         // A migrated connection is served whatever the limits say (it was admitted once).
         self.limits.force_admit(&self.listener_cx[index]);
         bump(&self.stats.downstream_cx_total, 1);
-        if let Some(l) = self.stats.listener(index) {
+        if let Some(l) = self.listener_stats(index) {
             bump(&l.downstream_cx_total, 1);
         }
         self.sessions.set(self.sessions.get() + 1);

@@ -895,7 +895,7 @@ impl<N: Network> Engine<N> {
                 }
                 crate::http2::Sniffed::FirstByteTimeout => {
                     bump(&self.stats.downstream_cx_first_byte_timeout, 1);
-                    if let Some(l) = self.stats.listener(listener) {
+                    if let Some(l) = self.listener_stats(listener) {
                         bump(&l.downstream_cx_first_byte_timeout, 1);
                     }
                     tracing::debug!(listener = %lc.name, %peer, "no request within request_headers_timeout of the accept: closed");
@@ -1009,7 +1009,7 @@ impl<N: Network> Engine<N> {
                 SystemTime::UNIX_EPOCH
             };
             let t0 = if logging { Some(now()) } else { None };
-            let lstats = self.stats.listener(listener);
+            let lstats = self.listener_stats(listener);
             // Between requests: a connection whose next request is not there yet (a read would
             // wait) is idle and gives its buffers back; a busy one (pipelined or back-to-back
             // requests) keeps them. The idle wait is `fill_first` (a buffer borrowed per poll).
@@ -1184,7 +1184,7 @@ impl<N: Network> Engine<N> {
     pub(crate) fn count_status(&self, listener: usize, status: u16) {
         let class = (status / 100).clamp(1, 5) as usize - 1;
         bump(&self.stats.http_responses_by_class[class], 1);
-        if let Some(l) = self.stats.listener(listener) {
+        if let Some(l) = self.listener_stats(listener) {
             bump(&l.http_responses_by_class[class], 1);
         }
     }

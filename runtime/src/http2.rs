@@ -577,7 +577,7 @@ impl<N: Network> Engine<N> {
             ended: false,
             sink: &sink,
         };
-        let lstats = self.stats.listener(listener);
+        let lstats = self.listener_stats(listener);
         // The client's RST_STREAM error code (`None` inside: its connection ended).
         let reset_code = std::cell::Cell::new(None);
         let outcome = if let Some((status, flag, why)) = &rejected {

@@ -30,6 +30,12 @@ pub trait Network: Clone + 'static {
         listener: &Self::Listener,
     ) -> impl Future<Output = io::Result<(Self::Stream, SocketAddr)>>;
 
+    /// Copies the bytes waiting on `stream` into `buf` without consuming them (`MSG_PEEK`: a
+    /// filter chain is picked from a connection's first bytes, which its filter then reads
+    /// again); waits until at least one byte is there, 0 when the peer closed. Called again, it
+    /// returns at once with what is there, new bytes or not.
+    fn peek(stream: &mut Self::Stream, buf: &mut [u8]) -> impl Future<Output = io::Result<usize>>;
+
     /// Opens a connection (no timeout here: the session state machine owns timeouts).
     fn connect(&self, address: SocketAddr) -> impl Future<Output = io::Result<Self::Stream>>;
 
@@ -144,6 +150,10 @@ impl Network for TokioNet {
         Ok((stream, peer))
     }
 
+    async fn peek(stream: &mut Self::Stream, buf: &mut [u8]) -> io::Result<usize> {
+        stream.peek(buf).await
+    }
+
     async fn connect(&self, address: SocketAddr) -> io::Result<Self::Stream> {
         let stream = match self.upstream_mark {
             Some(mark) => crate::transparent::connect_marked(address, mark).await?,
@@ -233,6 +243,13 @@ mod simulated {
 
         async fn connect(&self, address: SocketAddr) -> io::Result<Self::Stream> {
             turmoil::net::TcpStream::connect(address).await
+        }
+
+        /// turmoil's peek sees the first segment waiting only (not several): a ClientHello
+        /// written in two writes never completes there, and its peek times out. Clients in the
+        /// simulator write a hello at once (rustls does).
+        async fn peek(stream: &mut Self::Stream, buf: &mut [u8]) -> io::Result<usize> {
+            stream.peek(buf).await
         }
 
         /// The answer scripted for `name` ([`TurmoilNet::script_dns`]), with its scripted TTL

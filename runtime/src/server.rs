@@ -75,22 +75,36 @@ pub use crate::config_file::{
 /// Opens (and closes) every access log file of `config`, so that a bad path fails now, with
 /// the listener named, rather than in a worker.
 fn check_access_logs(config: &Config) -> io::Result<()> {
-    for (i, l) in config.listeners.iter().enumerate() {
+    // Each listener's filters: its own, then its filter chains' (`http` or `tcp_proxy`).
+    let chain_filters = config.chain_slots().into_iter().map(|(i, c)| {
+        let l = &config.listeners[i];
+        (
+            format!("listeners[{i}].filter_chains[{c}] ({})", l.name),
+            &l.filter_chains[c].filter,
+        )
+    });
+    let filters = config
+        .listeners
+        .iter()
+        .enumerate()
+        .map(|(i, l)| (format!("listeners[{i}] ({})", l.name), &l.filter))
+        .chain(chain_filters);
+    for (at, filter) in filters {
         if let sluice_core::config::ListenerFilter::Http(hc)
-        | sluice_core::config::ListenerFilter::Auto { http: hc, .. } = &l.filter
+        | sluice_core::config::ListenerFilter::Auto { http: hc, .. } = filter
             && let Some(a) = &hc.access_log
         {
-            crate::access_log::AccessLog::open(a).map_err(|e| {
-                io::Error::new(e.kind(), format!("listeners[{i}] ({}): {e}", l.name))
-            })?;
+            crate::access_log::AccessLog::open(a)
+                .map_err(|e| io::Error::new(e.kind(), format!("{at}: {e}")))?;
         }
-        if let sluice_core::config::ListenerFilter::TcpProxy(tp) = &l.filter
+        if let sluice_core::config::ListenerFilter::TcpProxy(tp) = filter
             && let Some(a) = &tp.access_log
         {
-            crate::access_log::AccessLog::open_tcp(a).map_err(|e| {
-                io::Error::new(e.kind(), format!("listeners[{i}] ({}): {e}", l.name))
-            })?;
+            crate::access_log::AccessLog::open_tcp(a)
+                .map_err(|e| io::Error::new(e.kind(), format!("{at}: {e}")))?;
         }
+    }
+    for (i, l) in config.listeners.iter().enumerate() {
         if let sluice_core::config::ListenerFilter::Bolt(b)
         | sluice_core::config::ListenerFilter::Auto { bolt: b, .. } = &l.filter
             && let Some(a) = &b.access_log

@@ -169,6 +169,8 @@ pub enum Shown {
     WithTls,
     /// Listeners with `original_dst` (transparent capture).
     CaptureListeners,
+    /// Listeners with `filter_chains`.
+    ChainListeners,
     /// Clusters (and their hosts) with a `health_check`.
     WithHealthCheck,
     /// Clusters (and their hosts) with `outlier_detection`.
@@ -749,6 +751,26 @@ counters! {
             .stats("capture.")
             .prometheus_for(Shown::CaptureListeners)
             .stats_for(Shown::CaptureListeners);
+        /// Connections no filter chain took, on a listener without a default chain: closed
+        /// (Envoy's `downstream_cx_no_filter_chain_match`).
+        downstream_cx_no_filter_chain_match: AtomicU64, counter
+            => Metric::counter(
+                "sluice_downstream_cx_no_filter_chain_match_total",
+                "Connections closed because no filter chain of the listener matched them.",
+            )
+            .stats("downstream_cx_no_filter_chain_match")
+            .prometheus_for(Shown::ChainListeners)
+            .stats_for(Shown::ChainListeners);
+        /// Connections whose first bytes did not come within `listener_filters_timeout`
+        /// (closed, or served as plaintext with `continue_on_listener_filters_timeout`).
+        downstream_listener_filter_timeout: AtomicU64, counter
+            => Metric::counter(
+                "sluice_downstream_listener_filter_timeout_total",
+                "Connections whose ClientHello (or first bytes) did not come within listener_filters_timeout.",
+            )
+            .stats("downstream_listener_filter_timeout")
+            .prometheus_for(Shown::ChainListeners)
+            .stats_for(Shown::ChainListeners);
     }
     extra {
         /// This listener's HTTP request times (see [`WorkerStats::downstream_rq_time`]).

@@ -2,6 +2,10 @@
 //! [`TlsAcceptor`], and the handshake outcome a connection had.
 //!
 //! What this module owns:
+//! Every `tls` a connection can be served with is one *serving slot*: each listener's, then
+//! each filter chain's ([`Config::tls_slots`]), with its own acceptor, session cache and
+//! ticket keys (a chain's named `LISTENER#filter_chains[N]`).
+//!
 //! - **Loading** the PEM files (certificate chains, keys, client CAs), each problem reported at
 //!   the config path of the field (`listeners[0].tls.certificates[1].private_key: …`), so that
 //!   `sluice validate` and a reload refuse a bad pair before anything serves with it
@@ -66,9 +70,9 @@ fn provider() -> Arc<CryptoProvider> {
 #[must_use]
 pub fn check_config(config: &Config) -> Vec<ConfigError> {
     let mut errors = Vec::new();
-    for (i, l) in config.listeners.iter().enumerate() {
-        if let Some(tls) = &l.tls
-            && let Err(mut e) = server_config(tls, &format!("listeners[{i}].tls"))
+    for (tls, path, _) in config.tls_slots() {
+        if let Some(tls) = tls
+            && let Err(mut e) = server_config(tls, &path)
         {
             errors.append(&mut e);
         }
@@ -86,7 +90,8 @@ pub fn check_config(config: &Config) -> Vec<ConfigError> {
 /// The TLS contexts of one config: an acceptor per listener and a connector per cluster
 /// (`None`: plaintext).
 pub struct Contexts {
-    /// By listener index.
+    /// By serving slot: listener index, then `listeners.len()` + filter chain
+    /// ([`Config::chain_slots`]).
     pub acceptors: Vec<Option<TlsAcceptor>>,
     /// By cluster index.
     pub connectors: Vec<Option<UpstreamConnector>>,
@@ -186,12 +191,13 @@ fn listener_identity(name: &str, tls: &ListenerTls) -> String {
     identity
 }
 
-/// By listener index: the identity of its ticket keys (`None`: no TLS).
+/// By serving slot (listeners, then filter chains: [`Config::tls_slots`]): the identity of
+/// its ticket keys (`None`: no TLS).
 fn identities(config: &Config) -> Vec<Option<String>> {
     config
-        .listeners
-        .iter()
-        .map(|l| l.tls.as_ref().map(|tls| listener_identity(&l.name, tls)))
+        .tls_slots()
+        .into_iter()
+        .map(|(tls, _, name)| tls.map(|tls| listener_identity(&name, tls)))
         .collect()
 }
 
@@ -330,8 +336,8 @@ fn tls_files(config: &Config) -> Vec<String> {
             files.push(f.to_owned());
         }
     };
-    for l in &config.listeners {
-        if let Some(tls) = &l.tls {
+    for (tls, _, _) in config.tls_slots() {
+        if let Some(tls) = tls {
             for c in &tls.certificates {
                 add(&c.cert_chain);
                 add(&c.private_key);
@@ -775,7 +781,8 @@ where
     }
 }
 
-/// The acceptor of each listener (`None`: no TLS). A file that cannot be loaded any more (it
+/// The acceptor of each serving slot — each listener, then each filter chain
+/// ([`Config::tls_slots`]) — (`None`: no TLS). A file that cannot be loaded any more (it
 /// was checked when the config was) fails the whole build. Each listener seals tickets with
 /// its own keys ([`crate::tls_tickets`]): the ones it had before this build (a rotation, a
 /// reload that keeps its identity, or the previous process after an upgrade), else new ones.
@@ -785,22 +792,21 @@ pub fn acceptors(
     config: &Config,
     previous: Option<&Contexts>,
 ) -> Result<Vec<Option<TlsAcceptor>>, String> {
-    let identities: Vec<String> = config
-        .listeners
+    let slots = config.tls_slots();
+    let identities: Vec<String> = slots
         .iter()
-        .filter_map(|l| Some(listener_identity(&l.name, l.tls.as_ref()?)))
+        .filter_map(|(tls, _, name)| Some(listener_identity(name, (*tls)?)))
         .collect();
-    let built = config
-        .listeners
+    let built = slots
         .iter()
         .enumerate()
-        .map(|(i, l)| match &l.tls {
+        .map(|(i, (tls, path, name))| match tls {
             None => Ok(None),
             Some(tls) => {
-                let identity = listener_identity(&l.name, tls);
+                let identity = listener_identity(name, tls);
                 let ticketer = crate::tls_tickets::for_listener(&identity)
-                    .map_err(|e| format!("listeners[{i}].tls: {e}"))?;
-                server_config(tls, &format!("listeners[{i}].tls"))
+                    .map_err(|e| format!("{path}: {e}"))?;
+                server_config(tls, path)
                     .map(|mut c| {
                         c.ticketer = ticketer;
                         if let Some(p) = previous
@@ -1282,6 +1288,40 @@ mod tests {
         std::fs::write(&path, "-----BEGIN CERTIFICATE-----\nBBBB\n").unwrap();
         assert_ne!(listener_identity("in", &tls), old);
         let _ = std::fs::remove_file(&path);
+    }
+
+    /// A filter chain's TLS files are checked like a listener's, reported at the chain's path;
+    /// the chain's contexts come after the listeners' (its serving slot).
+    #[test]
+    fn a_filter_chains_tls_is_checked_at_its_path_and_built_in_its_slot() {
+        let yaml = "listeners:
+  - name: l
+    address: 127.0.0.1:1
+    filter_chains:
+      - filter_chain_match: { server_names: [a.example] }
+        tcp_proxy: { cluster: c }
+      - filter_chain_match: { server_names: [b.example] }
+        tls: { certificates: [ { cert_chain: /nonexistent/b.pem, private_key: /nonexistent/b.key } ] }
+        tcp_proxy: { cluster: c }
+clusters:
+  - { name: c, hosts: [ { address: 127.0.0.1:2 } ] }
+";
+        let config = Config::from_yaml(yaml).unwrap();
+        let errors: Vec<String> = check_config(&config)
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert!(
+            !errors.is_empty()
+                && errors
+                    .iter()
+                    .all(|e| e.starts_with("listeners[0].filter_chains[1].tls.certificates[0].")),
+            "{errors:?}"
+        );
+        let slots = config.tls_slots();
+        assert_eq!(slots.len(), 3, "one listener, two chains");
+        assert!(slots[0].0.is_none() && slots[1].0.is_none() && slots[2].0.is_some());
+        assert_eq!(slots[2].2, "l#filter_chains[1]");
     }
 
     #[test]

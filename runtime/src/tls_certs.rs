@@ -47,19 +47,15 @@ pub fn describe(config: &Config) -> Vec<CertFile> {
             certificates: read(file),
         });
     };
-    for (i, l) in config.listeners.iter().enumerate() {
-        let Some(tls) = &l.tls else { continue };
+    // Each listener's `tls`, then each filter chain's (named `LISTENER#filter_chains[N]`).
+    for (tls, path, name) in config.tls_slots() {
+        let Some(tls) = tls else { continue };
         for (j, c) in tls.certificates.iter().enumerate() {
-            let field = format!("listeners[{i}].tls.certificates[{j}].cert_chain");
-            add("listener", &l.name, field, &c.cert_chain);
+            let field = format!("{path}.certificates[{j}].cert_chain");
+            add("listener", &name, field, &c.cert_chain);
         }
         if let Some(ca) = &tls.client_ca {
-            add(
-                "listener",
-                &l.name,
-                format!("listeners[{i}].tls.client_ca"),
-                ca,
-            );
+            add("listener", &name, format!("{path}.client_ca"), ca);
         }
     }
     for (i, c) in config.clusters.iter().enumerate() {

@@ -197,6 +197,10 @@ mod engine_tests {
             TokioNet::default().connect(address).await
         }
 
+        async fn peek(stream: &mut Self::Stream, buf: &mut [u8]) -> io::Result<usize> {
+            stream.peek(buf).await
+        }
+
         fn original_destination(
             &self,
             _stream: &Self::Stream,
@@ -284,6 +288,173 @@ clusters:
             assert_eq!(outcome(CaptureOutcome::NoOriginalDst), 1);
             assert_eq!(outcome(CaptureOutcome::HandedOff), 1);
             assert_eq!(outcome(CaptureOutcome::OwnChain), 1);
+        });
+    }
+
+    /// A ClientHello that comes in two parts (a large one: a post-quantum key share spans two
+    /// segments) is peeked at until whole, and then every byte of it — none consumed by the
+    /// peek — goes to the chain its server name picks; another name goes to the default chain.
+    #[test]
+    fn a_client_hello_in_two_parts_picks_its_chain_and_reaches_it_whole() {
+        use sluice_core::tls::client_hello::build::{Hello, client_hello_records};
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        tokio::task::LocalSet::new().block_on(&rt, async {
+            // Chain a's upstream echoes; the default chain's answers `default`.
+            let (a, a_at) = bound();
+            tokio::task::spawn_local(async move {
+                while let Ok((mut s, _)) = a.accept().await {
+                    tokio::task::spawn_local(async move {
+                        let mut buf = Vec::new();
+                        let _ = s.read_to_end(&mut buf).await;
+                        let _ = s.write_all(&buf).await;
+                    });
+                }
+            });
+            let (d, d_at) = bound();
+            tokio::task::spawn_local(async move {
+                while let Ok((mut s, _)) = d.accept().await {
+                    tokio::task::spawn_local(async move {
+                        let mut buf = Vec::new();
+                        let _ = s.read_to_end(&mut buf).await;
+                        let _ = s.write_all(b"default").await;
+                    });
+                }
+            });
+            let (listener, at) = bound();
+            let yaml = format!(
+                "listeners:
+  - name: l
+    address: {at}
+    filter_chains:
+      - filter_chain_match: {{ server_names: [a.example] }}
+        tcp_proxy: {{ cluster: a }}
+    tcp_proxy: {{ cluster: d }}
+clusters:
+  - {{ name: a, hosts: [ {{ address: {a_at} }} ] }}
+  - {{ name: d, hosts: [ {{ address: {d_at} }} ] }}
+"
+            );
+            let config = Arc::new(Config::from_yaml(&yaml).unwrap());
+            let stats = Arc::new(WorkerStats::new(&config));
+            let engine = Engine::new(TokioNet::default(), config, 0, 1, stats).unwrap();
+            let _worker = Worker::start(
+                engine,
+                vec![listener],
+                WorkerHooks {
+                    close_listeners: None,
+                    on_event: None,
+                },
+            );
+            let hello = |name: &'static [u8]| {
+                client_hello_records(
+                    &Hello {
+                        server_name: Some(name),
+                        tls13: true,
+                        padding: 2500,
+                        ..Hello::default()
+                    },
+                    16 * 1024,
+                )
+            };
+            let split = |bytes: Vec<u8>| async move {
+                let mut s = tokio::net::TcpStream::connect(at).await.unwrap();
+                s.write_all(&bytes[..1200]).await.unwrap();
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                s.write_all(&bytes[1200..]).await.unwrap();
+                s.shutdown().await.unwrap();
+                let mut back = Vec::new();
+                tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut back))
+                    .await
+                    .expect("answered in time")
+                    .unwrap_or_default();
+                back
+            };
+            let a_hello = hello(b"a.example");
+            assert_eq!(
+                split(a_hello.clone()).await,
+                a_hello,
+                "every byte, to chain a"
+            );
+            assert_eq!(split(hello(b"b.example")).await, b"default");
+        });
+    }
+
+    /// Istio's inbound shape: a capture listener whose filter chains are picked by the
+    /// original destination's port — a chain for port 8080 (an echo), the passthrough chain
+    /// for every other port (to the original destination), and plaintext vs TLS on 8080
+    /// (`raw_buffer` takes this plaintext client; a TLS chain for 8080 exists beside it).
+    #[test]
+    fn a_capture_listener_picks_its_filter_chain_by_the_original_destination_port() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        tokio::task::LocalSet::new().block_on(&rt, async {
+            // The "real peer" a pass-through reaches: answers `passed`, then closes.
+            let (peer, peer_at) = bound();
+            tokio::task::spawn_local(async move {
+                while let Ok((mut s, _)) = peer.accept().await {
+                    tokio::task::spawn_local(async move {
+                        let mut buf = Vec::new();
+                        let _ = s.read_to_end(&mut buf).await;
+                        let _ = s.write_all(b"passed").await;
+                    });
+                }
+            });
+            // Where port 8080's chain sends: echoes.
+            let (app, app_at) = bound();
+            tokio::task::spawn_local(async move {
+                while let Ok((mut s, _)) = app.accept().await {
+                    tokio::task::spawn_local(async move {
+                        let mut buf = Vec::new();
+                        let _ = s.read_to_end(&mut buf).await;
+                        let _ = s.write_all(&buf).await;
+                    });
+                }
+            });
+            let (inbound, inbound_at) = bound();
+            let yaml = format!(
+                "listeners:
+  - name: inbound
+    address: {inbound_at}
+    original_dst: redirect
+    filter_chains:
+      - filter_chain_match: {{ destination_port: 8080, transport_protocol: tls }}
+        tcp_proxy: {{ cluster: nowhere }}
+      - filter_chain_match: {{ destination_port: 8080, transport_protocol: raw_buffer }}
+        tcp_proxy: {{ cluster: app }}
+      - tcp_proxy: {{ cluster: pass }}
+clusters:
+  - {{ name: pass, type: original_dst }}
+  - {{ name: app, hosts: [ {{ address: {app_at} }} ] }}
+  - {{ name: nowhere, hosts: [ {{ address: 127.0.0.1:9 }} ] }}
+"
+            );
+            let config = Arc::new(Config::from_yaml(&yaml).unwrap());
+            let stats = Arc::new(WorkerStats::new(&config));
+            let net = CapturedNet::default();
+            let dst = net.original_dst.clone();
+            let engine = Engine::new(net, config, 0, 1, stats.clone()).unwrap();
+            let _worker = Worker::start(
+                engine,
+                vec![inbound],
+                WorkerHooks {
+                    close_listeners: None,
+                    on_event: None,
+                },
+            );
+            // To port 8080 of the workload: the 8080 plaintext chain.
+            dst.set(Some(SocketAddr::new(peer_at.ip(), 8080)));
+            assert_eq!(exchange(inbound_at, b"to 8080").await, b"to 8080");
+            // To another port: the passthrough chain, to the original destination.
+            dst.set(Some(peer_at));
+            assert_eq!(exchange(inbound_at, b"elsewhere").await, b"passed");
+            let l = stats.listener(0).unwrap();
+            assert_eq!(l.downstream_cx_total.load(Relaxed), 2);
+            assert_eq!(l.downstream_cx_no_filter_chain_match.load(Relaxed), 0);
         });
     }
 }

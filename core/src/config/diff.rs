@@ -180,7 +180,8 @@ pub fn only_inline_pem_differs(previous: &Config, next: &Config) -> bool {
             }
         };
         for l in &mut c.listeners {
-            if let Some(tls) = &mut l.tls {
+            let chains = l.filter_chains.iter_mut().map(|c| &mut c.tls);
+            for tls in std::iter::once(&mut l.tls).chain(chains).flatten() {
                 for cert in &mut tls.certificates {
                     blank(&mut cert.cert_chain);
                     blank(&mut cert.private_key);
@@ -330,6 +331,23 @@ mod tests {
         assert!(!only_inline_pem_differs(&a, &a.clone()));
         assert!(!only_inline_pem_differs(&a, &yaml("BBBB", "web2", 8443)));
         assert!(!only_inline_pem_differs(&a, &yaml("BBBB", "web", 8444)));
+        // The same on a filter chain's `tls` (an SDS secret of Istio's inbound mTLS chain).
+        let chained = |cert: &str| {
+            let plain = yaml(cert, "web", 8443);
+            let mut c = plain.clone();
+            let l = &mut c.listeners[0];
+            l.filter_chains = vec![crate::config::FilterChain {
+                filter_chain_match: crate::config::FilterChainMatch {
+                    server_names: vec!["a.example".into()],
+                    ..Default::default()
+                },
+                tls: l.tls.take(),
+                filter: l.filter.clone(),
+            }];
+            c
+        };
+        assert!(only_inline_pem_differs(&chained("AAAA"), &chained("BBBB")));
+        assert!(!only_inline_pem_differs(&chained("AAAA"), &a));
     }
 
     /// Hosts added, removed or re-weighted in `static` clusters are an endpoints-only change

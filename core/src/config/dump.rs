@@ -69,6 +69,7 @@ impl Serialize for ListenerFilter {
                 m.put("http", http)?;
                 m.put("bolt", bolt)?;
             }
+            ListenerFilter::Close => {}
         }
         m.0.end()
     }

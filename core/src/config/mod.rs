@@ -12,7 +12,9 @@
 //! Invariant of a `Config` produced by a decoder: every reference resolves
 //! (`TcpProxyConfig::cluster_index`, `xds::XdsConfig::cluster_index` (a static cluster) and
 //! every `http::WeightedCluster::cluster_index` of an
-//! `http` listener index `Config::clusters`), names are unique, every cluster has at least one
+//! `http` listener — or of a listener's filter chain — index `Config::clusters`), names are
+//! unique, a listener's filter chains never overlap ([`crate::filter_chain::overlap`]) and
+//! [`ListenerFilter::Close`] appears only on a listener with chains, every cluster has at least one
 //! host. An `http` listener also keeps the invariants listed in the module doc of the YAML
 //! `http` decoder (every regex compiles, domains are well-formed and unique, ...), which the
 //! router relies on. The one exception to "at least one host": a cluster of
@@ -284,6 +286,145 @@ pub struct ListenerConfig {
     /// destination. Not with `original_dst`; needs a `use_original_dst` listener in the config.
     #[serde(skip_serializing_if = "is_true")]
     pub bind_to_port: bool,
+    /// Filter chains (Envoy's `filter_chains`): each connection is served by the chain whose
+    /// `filter_chain_match` fits it best ([`crate::filter_chain::select`]), with that chain's
+    /// own filter and `tls`; when none fits, by the listener's own `filter` and `tls` (Envoy's
+    /// `default_filter_chain`), or closed when the listener has none
+    /// ([`ListenerFilter::Close`]). Empty (the default): the listener's filter serves every
+    /// connection, nothing is peeked at.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub filter_chains: Vec<FilterChain>,
+    /// With `filter_chains` that look at the ClientHello (`server_names`,
+    /// `transport_protocol`, `application_protocols`): how long the first bytes may take to
+    /// say whether the connection is TLS and what its ClientHello asks for (Envoy's
+    /// `listener_filters_timeout`, default 15 s).
+    #[serde(
+        serialize_with = "ser_duration",
+        skip_serializing_if = "is_default_listener_filters_timeout"
+    )]
+    pub listener_filters_timeout: Duration,
+    /// When `listener_filters_timeout` passes: `false` (the default, Envoy's) closes the
+    /// connection; `true` picks a chain as for a plaintext connection without a ClientHello
+    /// (Istio sets it on its inbound listener: a server-first protocol sends nothing first).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub continue_on_listener_filters_timeout: bool,
+}
+
+/// Default for [`ListenerConfig::listener_filters_timeout`] (Envoy's).
+pub const DEFAULT_LISTENER_FILTERS_TIMEOUT: Duration = Duration::from_secs(15);
+
+fn is_default_listener_filters_timeout(d: &Duration) -> bool {
+    *d == DEFAULT_LISTENER_FILTERS_TIMEOUT
+}
+
+/// One entry of a listener's `filter_chains`: which connections it takes, and how it serves
+/// them (its own filter, `http` or `tcp_proxy`, and its own terminating `tls`).
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct FilterChain {
+    /// Which connections the chain takes; every criterion given must hold.
+    #[serde(skip_serializing_if = "FilterChainMatch::is_empty")]
+    pub filter_chain_match: FilterChainMatch,
+    /// Terminate TLS with these settings (`None`: the bytes are served as they come, TLS or
+    /// not — a `tcp_proxy` passes TLS through).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls: Option<Box<tls::ListenerTls>>,
+    /// What serves the connection: `http` or `tcp_proxy` (its key names it).
+    #[serde(flatten)]
+    pub filter: ListenerFilter,
+}
+
+/// `filter_chain_match`: the criteria of a chain, all optional (Envoy's `FilterChainMatch`,
+/// the fields Sluice supports). Precedence between chains: [`crate::filter_chain`].
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct FilterChainMatch {
+    /// The connection's destination port: its original destination's on a capture listener
+    /// (`original_dst`), else the listener's own port.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub destination_port: Option<u16>,
+    /// The ClientHello's server name: exact lowercase DNS names, or `*.` + a suffix (any name
+    /// ending in `.suffix`, one or more labels before it).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub server_names: Vec<String>,
+    /// TLS (a ClientHello came) or not.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub transport_protocol: Option<TransportProtocol>,
+    /// One of the ALPN protocols the ClientHello offers must be among these.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub application_protocols: Vec<String>,
+}
+
+impl FilterChainMatch {
+    /// Whether it has no criterion (the chain takes any connection).
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        *self == FilterChainMatch::default()
+    }
+
+    /// Whether a connection's ClientHello (or its absence) must be seen to decide.
+    #[must_use]
+    pub fn needs_client_hello(&self) -> bool {
+        !self.server_names.is_empty()
+            || self.transport_protocol.is_some()
+            || !self.application_protocols.is_empty()
+    }
+}
+
+/// `filter_chain_match.transport_protocol`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TransportProtocol {
+    /// The connection starts with a TLS ClientHello.
+    Tls,
+    /// It does not (plaintext, or any other protocol).
+    RawBuffer,
+}
+
+impl TransportProtocol {
+    /// The names the config accepts (Envoy's).
+    pub const CHOICES: [(&'static str, TransportProtocol); 2] = [
+        ("tls", TransportProtocol::Tls),
+        ("raw_buffer", TransportProtocol::RawBuffer),
+    ];
+}
+
+impl ListenerConfig {
+    /// Whether a connection's first bytes must be peeked at to pick its chain.
+    #[must_use]
+    pub fn chains_need_client_hello(&self) -> bool {
+        self.filter_chains
+            .iter()
+            .any(|c| c.filter_chain_match.needs_client_hello())
+    }
+
+    /// The listener as filter chain `chain` serves a connection: this listener with the
+    /// chain's filter and `tls`, and no chains (what the runtime compiles per chain, so that a
+    /// chain is served by the same code as a listener). `None` for an index out of range.
+    #[must_use]
+    pub fn chain_as_listener(&self, chain: usize) -> Option<ListenerConfig> {
+        let c = self.filter_chains.get(chain)?;
+        Some(ListenerConfig {
+            filter: c.filter.clone(),
+            tls: c.tls.clone(),
+            filter_chains: Vec::new(),
+            ..self.clone_without_chains()
+        })
+    }
+
+    fn clone_without_chains(&self) -> ListenerConfig {
+        ListenerConfig {
+            name: self.name.clone(),
+            address: self.address,
+            filter: ListenerFilter::Close,
+            max_connections: self.max_connections,
+            tls: None,
+            original_dst: self.original_dst,
+            use_original_dst: self.use_original_dst,
+            bind_to_port: self.bind_to_port,
+            filter_chains: Vec::new(),
+            listener_filters_timeout: self.listener_filters_timeout,
+            continue_on_listener_filters_timeout: self.continue_on_listener_filters_timeout,
+        }
+    }
 }
 
 #[allow(clippy::trivially_copy_pass_by_ref)] // serde's skip_serializing_if passes a reference
@@ -332,6 +473,10 @@ pub enum ListenerFilter {
         /// The `bolt` filter.
         bolt: Box<bolt::BoltConfig>,
     },
+    /// No filter of its own (a listener with `filter_chains` and no default chain, Envoy's
+    /// listener without `default_filter_chain`): a connection no chain takes is closed, and
+    /// counted (`downstream_cx_no_filter_chain_match`). Only with `filter_chains`.
+    Close,
 }
 
 /// L4 proxying settings.
@@ -751,6 +896,47 @@ impl ClusterConfig {
 }
 
 impl Config {
+    /// Every filter chain of every listener, as (listener index, chain index), listeners in
+    /// order and each one's chains in order. A runtime that keeps per-listener state (TLS
+    /// contexts, routers, access logs) keeps it for chain `n` of this list at index
+    /// `listeners.len() + n` (a *serving slot*), so that a chain is served like a listener.
+    #[must_use]
+    pub fn chain_slots(&self) -> Vec<(usize, usize)> {
+        self.listeners
+            .iter()
+            .enumerate()
+            .flat_map(|(l, lc)| (0..lc.filter_chains.len()).map(move |c| (l, c)))
+            .collect()
+    }
+
+    /// The `tls` of every serving slot (see [`Config::chain_slots`]): each listener's, then
+    /// each chain's, with the config path of the field and the name its TLS session state
+    /// (ticket keys) is kept under.
+    #[must_use]
+    pub fn tls_slots(&self) -> Vec<(Option<&tls::ListenerTls>, String, String)> {
+        let mut slots: Vec<_> = self
+            .listeners
+            .iter()
+            .enumerate()
+            .map(|(i, l)| {
+                (
+                    l.tls.as_deref(),
+                    format!("listeners[{i}].tls"),
+                    l.name.clone(),
+                )
+            })
+            .collect();
+        for (l, c) in self.chain_slots() {
+            let lc = &self.listeners[l];
+            slots.push((
+                lc.filter_chains[c].tls.as_deref(),
+                format!("listeners[{l}].filter_chains[{c}].tls"),
+                format!("{}#filter_chains[{c}]", lc.name),
+            ));
+        }
+        slots
+    }
+
     /// The cluster a name refers to.
     #[must_use]
     pub fn cluster(&self, name: &str) -> Option<&ClusterConfig> {

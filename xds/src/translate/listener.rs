@@ -9,22 +9,38 @@
 //! `idle_timeout`, `max_connect_attempts`). The chain's `transport_socket` (TLS,
 //! `DownstreamTlsContext`) becomes the listener's `tls` ([`super::tls`]).
 //!
-//! Several filter chains (or one with `filter_chain_match.server_names`) are taken only as TLS
-//! passthrough by server name: every chain a `tcp_proxy` without `transport_socket`, chosen by
-//! `server_names` (`transport_protocol` `tls` or unset), one chain without a match for the rest,
-//! the same tcp_proxy settings but the cluster — a `tcp_proxy` with `sni_routes`; the listener
-//! filters only `tls_inspector`, `listener_filters_timeout` its `client_hello_timeout`. Chains
-//! that terminate TLS per server name, or pick a filter by ALPN, are refused: one listener has
-//! one filter and one TLS context in the config model.
+//! Several filter chains (or one with a `filter_chain_match`, or a `default_filter_chain`):
+//! - **TLS passthrough by server name**, the compact form, where it fits: every chain a
+//!   `tcp_proxy` without `transport_socket`, chosen by `server_names` (`transport_protocol`
+//!   `tls` or unset), one chain without a match for the rest, the same tcp_proxy settings but
+//!   the cluster — a `tcp_proxy` with `sni_routes`; the listener filters only `tls_inspector`,
+//!   `listener_filters_timeout` its `client_hello_timeout`.
+//! - otherwise **`filter_chains`**: each chain's `filter_chain_match` (`destination_port`,
+//!   `server_names`, `transport_protocol` `tls` / `raw_buffer`, `application_protocols`), its
+//!   `transport_socket` as the chain's own `tls`, its `HttpConnectionManager` or `TcpProxy`;
+//!   `default_filter_chain` (without a match) as the listener's own filter and `tls`, and
+//!   without one, a listener that closes what no chain takes (Envoy's rule);
+//!   `listener_filters_timeout` and `continue_on_listener_filters_timeout` as such. Listener
+//!   filters: `tls_inspector` (the runtime peeks at the ClientHello whenever a chain needs it)
+//!   and `original_dst` (`original_dst: redirect`: `destination_port` is then the original
+//!   destination's port — Istio's `virtualInbound`).
+//!
+//! Refused by path: the other match fields (`prefix_ranges` — which older istiod puts on its
+//! passthrough chains —, `source_*`, `direct_source_prefix_ranges`, `address_suffix`), another
+//! transport protocol, other listener filters (`http_inspector`: chains by
+//! `application_protocols` `http/1.1`/`h2c` on plaintext are not supported), a match on the
+//! `default_filter_chain`, and chains two of which could take the same connection (the
+//! config's own check).
 
 use std::collections::BTreeMap;
 
 use envoy_types::pb::envoy::config::core::v3::HttpProtocolOptions;
 use envoy_types::pb::envoy::config::listener::v3::{
-    FilterChain, Listener, ListenerFilter, filter, listener_filter,
+    FilterChain, FilterChainMatch, Listener, ListenerFilter, filter, listener_filter,
 };
 use envoy_types::pb::envoy::config::route::v3::RouteConfiguration;
 use envoy_types::pb::envoy::extensions::filters::http::router::v3::Router;
+use envoy_types::pb::envoy::extensions::filters::listener::original_dst::v3::OriginalDst as OriginalDstFilter;
 use envoy_types::pb::envoy::extensions::filters::listener::tls_inspector::v3::TlsInspector;
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
     HttpConnectionManager,
@@ -70,39 +86,94 @@ pub fn translate_listener(
     take(&mut rest.reuse_port);
     let address = socket_address(take(&mut rest.address).as_ref(), &at.field("address"))?;
     let chains = take(&mut rest.filter_chains);
-    let sni = chains.len() > 1
-        || chains.iter().any(|c| {
-            c.filter_chain_match
-                .as_ref()
-                .is_some_and(|m| !m.server_names.is_empty())
-        });
-    if sni {
-        // TLS passthrough by server name: what the tls_inspector reads is what the
-        // `sni_routes` of a tcp_proxy peek at (Envoy adds the inspector when a chain needs it).
-        let filters = take(&mut rest.listener_filters);
-        for (i, f) in filters.iter().enumerate() {
-            tls_inspector(f, &at.field("listener_filters").index(i), notes)?;
-        }
-        let timeout = match take(&mut rest.listener_filters_timeout) {
-            // Envoy reads 0 as no timeout; here the ClientHello wait is always bounded.
-            Some(d) if d.seconds == 0 && d.nanos == 0 => {
-                return Err(at.field("listener_filters_timeout").error(
-                    "0s (no timeout) is unsupported: the wait for the ClientHello is always \
-                     bounded here (leave it unset for the default, 15s, or give a duration)",
-                ));
-            }
-            Some(d) => Some(duration(&d, &at.field("listener_filters_timeout"))?),
-            None => None,
-        };
-        reject_rest(&rest, &at)?;
-        let tcp = sni_passthrough(&chains, &at, routes, secrets, timeout, notes)?;
-        return Ok(json!({ "name": name, "address": address, "tcp_proxy": tcp }));
-    }
-    reject_rest(&rest, &at)?;
-    let chain = match chains.as_slice() {
-        [chain] => chain,
-        _ => return Err(at.field("filter_chains").error("no filter chain")),
+    let default_chain = take(&mut rest.default_filter_chain);
+    let matched = |c: &FilterChain| {
+        c.filter_chain_match
+            .as_ref()
+            .is_some_and(|m| *m != FilterChainMatch::default())
     };
+    // One chain that takes every connection: the listener's own filter and TLS.
+    if default_chain.is_none() && chains.len() == 1 && !matched(&chains[0]) {
+        reject_rest(&rest, &at)?;
+        return single_chain(name, address, &chains[0], &at, routes, secrets, notes);
+    }
+    let sni = default_chain.is_none()
+        && (chains.len() > 1
+            || chains.iter().any(|c| {
+                c.filter_chain_match
+                    .as_ref()
+                    .is_some_and(|m| !m.server_names.is_empty())
+            }));
+    // TLS passthrough by server name keeps its compact form (a tcp_proxy with sni_routes)
+    // where it fits; any other set of chains becomes `filter_chains`.
+    if sni {
+        let mut trial = notes.clone();
+        if let Ok(tcp) = passthrough_form(&rest, &chains, &at, routes, secrets, &mut trial) {
+            *notes = trial;
+            return Ok(json!({ "name": name, "address": address, "tcp_proxy": tcp }));
+        }
+    }
+    filter_chains(
+        name,
+        address,
+        rest,
+        &chains,
+        default_chain.as_ref(),
+        &at,
+        routes,
+        secrets,
+        notes,
+    )
+}
+
+/// The compact form of TLS passthrough by server name (see [`sni_passthrough`]), when the
+/// chains fit it; `Err` otherwise (then they become `filter_chains`).
+fn passthrough_form(
+    rest: &Listener,
+    chains: &[FilterChain],
+    at: &At<'_>,
+    routes: &BTreeMap<String, RouteConfiguration>,
+    secrets: &BTreeMap<String, Secret>,
+    notes: &mut Notes,
+) -> Result<Value, TranslateError> {
+    let mut rest = rest.clone();
+    let timeout = listener_filters_timeout(&mut rest, at)?;
+    let filters = take(&mut rest.listener_filters);
+    for (i, f) in filters.iter().enumerate() {
+        tls_inspector(f, &at.field("listener_filters").index(i), notes)?;
+    }
+    reject_rest(&rest, at)?;
+    sni_passthrough(chains, at, routes, secrets, timeout, notes)
+}
+
+/// `listener_filters_timeout`, taken: `None` when unset; 0s (Envoy: no timeout) refused.
+fn listener_filters_timeout(
+    rest: &mut Listener,
+    at: &At<'_>,
+) -> Result<Option<Value>, TranslateError> {
+    match take(&mut rest.listener_filters_timeout) {
+        // Envoy reads 0 as no timeout; here the ClientHello wait is always bounded.
+        Some(d) if d.seconds == 0 && d.nanos == 0 => {
+            Err(at.field("listener_filters_timeout").error(
+                "0s (no timeout) is unsupported: the wait for the ClientHello is always \
+             bounded here (leave it unset for the default, 15s, or give a duration)",
+            ))
+        }
+        Some(d) => Ok(Some(duration(&d, &at.field("listener_filters_timeout"))?)),
+        None => Ok(None),
+    }
+}
+
+/// A listener of one chain without a match: its filter and TLS are the listener's.
+fn single_chain(
+    name: String,
+    address: String,
+    chain: &FilterChain,
+    at: &At<'_>,
+    routes: &BTreeMap<String, RouteConfiguration>,
+    secrets: &BTreeMap<String, Secret>,
+    notes: &mut Notes,
+) -> Result<Value, TranslateError> {
     let (key, filter, tls) = filter_chain(
         chain,
         &at.field("filter_chains").index(0),
@@ -119,6 +190,148 @@ pub fn translate_listener(
     }
     Ok(v)
 }
+
+/// Chains matched by destination port, server names, transport protocol and ALPN, each
+/// with its own filter and TLS: `filter_chains`, the `default_filter_chain` as the listener's
+/// own filter and TLS (none: what no chain takes is closed, as in Envoy). Listener filters:
+/// `tls_inspector` (the runtime peeks whenever a chain needs it) and `original_dst`
+/// (`original_dst: redirect`: `destination_port` is then the original destination's).
+#[allow(clippy::too_many_arguments)]
+fn filter_chains(
+    name: String,
+    address: String,
+    mut rest: Listener,
+    chains: &[FilterChain],
+    default_chain: Option<&FilterChain>,
+    at: &At<'_>,
+    routes: &BTreeMap<String, RouteConfiguration>,
+    secrets: &BTreeMap<String, Secret>,
+    notes: &mut Notes,
+) -> Result<Value, TranslateError> {
+    let timeout = listener_filters_timeout(&mut rest, at)?;
+    let continue_on_timeout = take(&mut rest.continue_on_listener_filters_timeout);
+    let filters = take(&mut rest.listener_filters);
+    let mut original_dst = false;
+    for (i, f) in filters.iter().enumerate() {
+        original_dst |= listener_filter(f, &at.field("listener_filters").index(i), notes)?;
+    }
+    reject_rest(&rest, at)?;
+    if chains.is_empty() && default_chain.is_none() {
+        return Err(at.field("filter_chains").error("no filter chain"));
+    }
+    let mut out = Vec::with_capacity(chains.len());
+    for (i, chain) in chains.iter().enumerate() {
+        let c_at = at.field("filter_chains").index(i);
+        let m = chain_match(chain.filter_chain_match.as_ref(), &c_at)?;
+        let mut chain = chain.clone();
+        chain.filter_chain_match = None;
+        let (key, filter, tls) = filter_chain(&chain, &c_at, routes, secrets, notes)?;
+        let mut c = serde_json::Map::new();
+        if let Some(m) = m {
+            c.insert("filter_chain_match".to_owned(), m);
+        }
+        if let Some(tls) = tls {
+            c.insert("tls".to_owned(), tls);
+        }
+        c.insert(key.to_owned(), filter);
+        out.push(Value::Object(c));
+    }
+    let mut v = json!({ "name": name, "address": address });
+    let Value::Object(m) = &mut v else {
+        unreachable!()
+    };
+    if original_dst {
+        m.insert("original_dst".to_owned(), json!("redirect"));
+    }
+    if !out.is_empty() {
+        m.insert("filter_chains".to_owned(), Value::Array(out));
+        if let Some(t) = timeout {
+            m.insert("listener_filters_timeout".to_owned(), t);
+        }
+        if continue_on_timeout {
+            m.insert(
+                "continue_on_listener_filters_timeout".to_owned(),
+                json!(true),
+            );
+        }
+    }
+    if let Some(chain) = default_chain {
+        let d_at = at.field("default_filter_chain");
+        if chain.filter_chain_match.is_some() {
+            return Err(d_at
+                .field("filter_chain_match")
+                .error("unsupported (the default chain takes what no other chain matches)"));
+        }
+        let (key, filter, tls) = filter_chain(chain, &d_at, routes, secrets, notes)?;
+        m.insert(key.to_owned(), filter);
+        if let Some(tls) = tls {
+            m.insert("tls".to_owned(), tls);
+        }
+    }
+    Ok(v)
+}
+
+/// A chain's `filter_chain_match` as the config writes it (`None`: no criterion). Fields
+/// other than `destination_port`, `server_names`, `transport_protocol` (`tls`, `raw_buffer`)
+/// and `application_protocols` are refused by path.
+fn chain_match(m: Option<&FilterChainMatch>, at: &At<'_>) -> Result<Option<Value>, TranslateError> {
+    let Some(m) = m else { return Ok(None) };
+    let m_at = at.field("filter_chain_match");
+    let mut m = m.clone();
+    let port = take(&mut m.destination_port).map(|p| json!(p.value));
+    let names = take(&mut m.server_names);
+    let protocol = match take(&mut m.transport_protocol).as_str() {
+        "" => None,
+        p @ ("tls" | "raw_buffer") => Some(json!(p)),
+        other => {
+            return Err(m_at.field("transport_protocol").error(format!(
+                "{other:?} is unsupported (only \"tls\" and \"raw_buffer\")"
+            )));
+        }
+    };
+    let alpn = take(&mut m.application_protocols);
+    reject_rest(&m, &m_at)?;
+    let v = object([
+        ("destination_port", port),
+        ("server_names", (!names.is_empty()).then(|| json!(names))),
+        ("transport_protocol", protocol),
+        (
+            "application_protocols",
+            (!alpn.is_empty()).then(|| json!(alpn)),
+        ),
+    ]);
+    Ok((v != json!({})).then_some(v))
+}
+
+/// A listener filter of a listener with filter chains: `tls_inspector` (telemetry settings
+/// noted) or `original_dst` (`true`: the listener reads each connection's original
+/// destination); any other is refused.
+fn listener_filter(
+    f: &ListenerFilter,
+    at: &At<'_>,
+    notes: &mut Notes,
+) -> Result<bool, TranslateError> {
+    let is_original_dst = f.name == ORIGINAL_DST
+        || matches!(&f.config_type,
+            Some(listener_filter::ConfigType::TypedConfig(any)) if any.type_url == OriginalDstFilter::type_url());
+    if !is_original_dst {
+        return tls_inspector(f, at, notes).map(|()| false);
+    }
+    let named = At {
+        path: format!("{} ({})", at.path, f.name),
+        ..at.clone()
+    };
+    if f.filter_disabled.is_some() {
+        return Err(named.field("filter_disabled").unsupported());
+    }
+    if let Some(listener_filter::ConfigType::TypedConfig(any)) = &f.config_type {
+        let o: OriginalDstFilter = unpack(any, &named)?;
+        reject_rest(&o, &named)?;
+    }
+    Ok(true)
+}
+
+const ORIGINAL_DST: &str = "envoy.filters.listener.original_dst";
 
 /// Only `envoy.filters.listener.tls_inspector` (JA3/JA4 fingerprints, telemetry, noted).
 fn tls_inspector(f: &ListenerFilter, at: &At<'_>, notes: &mut Notes) -> Result<(), TranslateError> {
@@ -156,7 +369,7 @@ fn tls_inspector(f: &ListenerFilter, at: &At<'_>, notes: &mut Notes) -> Result<(
             reject_rest(&t, &named)
         }
         _ => Err(named.error(format!(
-            "unsupported (only {TLS_INSPECTOR}, with filter chains by server name)"
+            "unsupported (only {TLS_INSPECTOR} and {ORIGINAL_DST}, with filter chains)"
         ))),
     }
 }

@@ -470,4 +470,6 @@ fn append(root: &mut Map<String, Value>, key: &str, items: Vec<Value>) {
 #[cfg(test)]
 mod tests;
 #[cfg(test)]
+pub(crate) mod tests_chains;
+#[cfg(test)]
 pub(crate) mod tests_tls;

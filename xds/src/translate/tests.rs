@@ -906,6 +906,28 @@ fn fuzz_corpus_entries_drive_without_panicking() {
                 ),
             ]),
         ),
+        (
+            // Istio's inbound listener: filter chains by destination port, transport protocol
+            // and ALPN, one terminating mTLS with SDS secrets, and a passthrough chain.
+            "istio_inbound_chains",
+            {
+                let r = super::tests_chains::virtual_inbound_with(ca, chain, key);
+                let mut records: Vec<(u8, Vec<u8>)> = r
+                    .clusters
+                    .values()
+                    .map(|c| (tag(ResourceType::Cluster), c.encode_to_vec()))
+                    .collect();
+                records.push((0xff, vec![0]));
+                records.push((
+                    tag(ResourceType::Listener),
+                    r.listeners["virtualInbound"].encode_to_vec(),
+                ));
+                for s in r.secrets.values() {
+                    records.push((tag(ResourceType::Secret), s.encode_to_vec()));
+                }
+                encode_tagged(&records)
+            },
+        ),
     ];
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/corpus/xds_translate");
     let bless = std::env::var_os("SLUICE_BLESS").is_some_and(|v| v == "1");
@@ -952,6 +974,12 @@ fn fuzz_corpus_entries_drive_without_panicking() {
         "TLS with its secrets applies; the same secret again changes nothing; a bad CA is refused"
     );
     assert_eq!(drive_delta(&corpus[6].1), 1);
+    assert_eq!(
+        drive(&corpus[7].1),
+        2,
+        "the clusters, then Istio's inbound listener once its secrets came"
+    );
+    assert_eq!(drive_delta(&corpus[7].1), 2);
     // Truncated and garbled inputs.
     for (_, bytes) in &corpus {
         for cut in [1, 2, 3, bytes.len() / 2, bytes.len() - 1] {

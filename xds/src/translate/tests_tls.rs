@@ -732,41 +732,53 @@ fn filter_chains_by_server_name_become_tls_passthrough_routes() {
 }
 
 #[test]
-fn filter_chains_sluice_cannot_choose_between_are_refused() {
-    // No chain for the rest: Envoy closes such connections, Sluice would need a cluster.
+fn chains_the_passthrough_form_cannot_express_become_filter_chains() {
+    use sluice_core::config::{ListenerFilter, TransportProtocol};
+    // No chain for the rest: Envoy closes such connections, and so does Sluice now (no
+    // default chain), instead of refusing the listener.
     let r = sni_listener(&[(&["a.example.com"], "a"), (&["b.example.com"], "b")]);
+    let a = assemble(&bootstrap(), &r).expect("valid");
+    let l = &a.config.listeners[0];
+    assert!(matches!(l.filter, ListenerFilter::Close), "{:?}", l.filter);
+    assert_eq!(l.filter_chains.len(), 2);
     assert_eq!(
-        errors(&r),
-        [
-            "listener \"sni\" filter_chains: no filter chain without filter_chain_match: Sluice \
-             sends a connection that names no listed server (or is not TLS) to that chain's \
-             cluster, where Envoy would close it"
-        ]
+        l.filter_chains[1].filter_chain_match.server_names,
+        ["b.example.com"]
     );
-    // A chain that terminates TLS.
+    assert_eq!(
+        l.filter_chains[1].filter_chain_match.transport_protocol,
+        Some(TransportProtocol::Tls)
+    );
+    assert_eq!(
+        l.listener_filters_timeout,
+        std::time::Duration::from_secs(5)
+    );
+    // A chain that terminates TLS: its own `tls`; the chain without a match stays a chain.
+    let (_, chain, key) = pki(&["a.example.com"]);
     let mut r = sni_listener(&[(&["a.example.com"], "a"), (&[], "b")]);
     r.listeners.get_mut("sni").unwrap().filter_chains[0].transport_socket =
-        Some(tls_socket(&downstream_tls_sds("c")));
-    assert!(
-        errors(&r)[0].starts_with(
-            "listener \"sni\" filter_chains[0].transport_socket: unsupported on one of several \
-             filter chains"
-        ),
-        "{:?}",
-        errors(&r)
-    );
-    // Chains by ALPN or port.
+        Some(tls_socket(&downstream_tls_sds("a-cert")));
+    r.secrets
+        .insert("a-cert".into(), certificate_secret("a-cert", &chain, &key));
+    let a = assemble(&bootstrap(), &r).expect("valid");
+    let l = &a.config.listeners[0];
+    assert!(l.filter_chains[0].tls.is_some() && l.filter_chains[1].tls.is_none());
+    assert!(l.filter_chains[1].filter_chain_match.is_empty());
+    // Chains by ALPN.
     let mut r = sni_listener(&[(&["a.example.com"], "a"), (&[], "b")]);
     r.listeners.get_mut("sni").unwrap().filter_chains[0]
         .filter_chain_match
         .as_mut()
         .unwrap()
         .application_protocols = vec!["h2".into()];
+    let a = assemble(&bootstrap(), &r).expect("valid");
     assert_eq!(
-        errors(&r),
-        ["listener \"sni\" filter_chains[0].filter_chain_match.application_protocols: unsupported"]
+        a.config.listeners[0].filter_chains[0]
+            .filter_chain_match
+            .application_protocols,
+        ["h2"]
     );
-    // Another listener filter.
+    // Another listener filter is still refused by its path.
     let mut r = sni_listener(&[(&["a.example.com"], "a"), (&[], "b")]);
     r.listeners.get_mut("sni").unwrap().listener_filters[0].name =
         "envoy.filters.listener.http_inspector".into();
@@ -777,5 +789,38 @@ fn filter_chains_sluice_cannot_choose_between_are_refused() {
         ),
         "{:?}",
         errors(&r)
+    );
+    // Match fields the model lacks, and an unknown transport protocol, by path.
+    let mut r = sni_listener(&[(&["a.example.com"], "a"), (&[], "b")]);
+    r.listeners.get_mut("sni").unwrap().filter_chains[0]
+        .filter_chain_match
+        .as_mut()
+        .unwrap()
+        .source_ports = vec![1234];
+    assert_eq!(
+        errors(&r),
+        ["listener \"sni\" filter_chains[0].filter_chain_match.source_ports: unsupported"]
+    );
+    let mut r = sni_listener(&[(&["a.example.com"], "a"), (&[], "b")]);
+    r.listeners.get_mut("sni").unwrap().filter_chains[0]
+        .filter_chain_match
+        .as_mut()
+        .unwrap()
+        .transport_protocol = "quic".into();
+    assert_eq!(
+        errors(&r),
+        [
+            "listener \"sni\" filter_chains[0].filter_chain_match.transport_protocol: \"quic\" \
+             is unsupported (only \"tls\" and \"raw_buffer\")"
+        ]
+    );
+    // Two chains Sluice could not choose between (the config's rule): refused, named.
+    let r = sni_listener(&[(&["a.example.com"], "a"), (&["a.example.com"], "b")]);
+    let e = errors(&r);
+    assert!(
+        e.len() == 1
+            && e[0]
+                .contains("filter_chains[1].filter_chain_match: matches the same connections as"),
+        "{e:?}"
     );
 }

@@ -18,6 +18,7 @@
 //! `http` and `bolt` decoders list theirs.
 
 mod bolt;
+mod chains;
 mod cluster;
 mod cluster_http2;
 mod decoder;
@@ -665,6 +666,11 @@ fn decode_listener(
             bolt::decode_bolt(dec, &p, v, cluster_names).map(|b| ListenerFilter::Bolt(Box::new(b))),
         ));
     }
+    let filter_chains = match obj.opt("filter_chains") {
+        Some((v, p)) => chains::decode_filter_chains(dec, &p, v, cluster_names),
+        None => Some(Vec::new()),
+    };
+    let has_chains = obj_has(v, "filter_chains");
     let filter = match protocol {
         // `protocol` was given but is not a known value: already reported.
         Some(None) => None,
@@ -694,10 +700,12 @@ fn decode_listener(
             }
         }
         None => match filters.len() {
+            // No default chain: what no chain takes is closed.
+            0 if has_chains => Some(ListenerFilter::Close),
             0 => {
                 dec.error(
                     path,
-                    "no filter: give one of `tcp_proxy`, `echo`, `http`, `bolt`",
+                    "no filter: give one of `tcp_proxy`, `echo`, `http`, `bolt` (or `filter_chains`)",
                 );
                 None
             }
@@ -717,6 +725,14 @@ fn decode_listener(
         None => Some(None),
     };
     let tls = match obj.opt("tls") {
+        Some((_, p)) if matches!(filter, Some(ListenerFilter::Close)) => {
+            dec.error(
+                &p,
+                "no filter of the listener's own to terminate TLS for: give it a filter (its \
+                 default chain), or put `tls` on the filter chains",
+            );
+            None
+        }
         Some((v, p)) => {
             let codec = match &filter {
                 Some(ListenerFilter::Http(h) | ListenerFilter::Auto { http: h, .. }) => {
@@ -763,8 +779,40 @@ fn decode_listener(
         }),
         None => Some(true),
     };
+    let listener_filters_timeout = match obj.opt("listener_filters_timeout") {
+        Some((v, p)) => dec.duration(&p, v).and_then(|d| {
+            if d.is_zero() {
+                dec.error(&p, "must be greater than zero");
+                None
+            } else if !has_chains {
+                dec.error(
+                    &p,
+                    "only with `filter_chains` (nothing else waits for first bytes)",
+                );
+                None
+            } else {
+                Some(d)
+            }
+        }),
+        None => Some(crate::config::DEFAULT_LISTENER_FILTERS_TIMEOUT),
+    };
+    let continue_on_listener_filters_timeout = match obj.opt("continue_on_listener_filters_timeout")
+    {
+        Some((v, p)) => dec.boolean(&p, v).and_then(|on| {
+            if on && !has_chains {
+                dec.error(&p, "only with `filter_chains`");
+                None
+            } else {
+                Some(on)
+            }
+        }),
+        None => Some(false),
+    };
     obj.finish(dec);
     Some(ListenerConfig {
+        filter_chains: filter_chains?,
+        listener_filters_timeout: listener_filters_timeout?,
+        continue_on_listener_filters_timeout: continue_on_listener_filters_timeout?,
         name: name?,
         address: address?,
         filter: filter?,
@@ -774,6 +822,11 @@ fn decode_listener(
         use_original_dst: use_original_dst?,
         bind_to_port: bind_to_port?,
     })
+}
+
+/// Whether mapping `v` has `key` (given, whatever its value).
+fn obj_has(v: &Value, key: &str) -> bool {
+    v.get(key).is_some()
 }
 
 /// `{}` or nothing: a section that takes no settings (yet).

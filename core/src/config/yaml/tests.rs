@@ -73,7 +73,7 @@ drain_timeout: 10
         r#"listeners[0].address: "127.0.0.1:99999" is not a socket address (port out of range)"#,
         r#"listeners[0].tcp_proxy.cluster: unknown cluster "nowhere" (known: c1)"#,
         r#"listeners[0].tcp_proxy.idle_timeout: "5 parsecs" has an unknown unit " parsecs" (expected a number and a unit: 250ms, 1s, 5m, 1h)"#,
-        "listeners[1].tpc_proxy: unknown field (expected one of: name, address, protocol, tcp_proxy, echo, http, bolt, max_connections, tls, original_dst, use_original_dst, bind_to_port); did you mean 'tcp_proxy'?",
+        "listeners[1].tpc_proxy: unknown field (expected one of: name, address, protocol, tcp_proxy, echo, http, bolt, filter_chains, max_connections, tls, original_dst, use_original_dst, bind_to_port, listener_filters_timeout, continue_on_listener_filters_timeout); did you mean 'tcp_proxy'?",
         "clusters[0].connect_timeout: must be greater than zero",
         "clusters[0].upstream_idle_timeout: must be greater than zero",
         r#"clusters[0].lb_policy: unknown value "fastest" (expected one of: round_robin, weighted_round_robin, random, least_request, ring_hash, maglev)"#,
@@ -159,7 +159,9 @@ fn structural_problems() {
     );
     assert_eq!(
         errors("listeners: [ { name: x, address: 127.0.0.1:1 } ]"),
-        ["listeners[0]: no filter: give one of `tcp_proxy`, `echo`, `http`, `bolt`"]
+        [
+            "listeners[0]: no filter: give one of `tcp_proxy`, `echo`, `http`, `bolt` (or `filter_chains`)"
+        ]
     );
     assert_eq!(
         errors(
@@ -1211,7 +1213,7 @@ fn no_suggestion_for_a_name_far_from_every_known_one() {
     assert_eq!(
         errs,
         [
-            "listeners[0].colour: unknown field (expected one of: name, address, protocol, tcp_proxy, echo, http, bolt, max_connections, tls, original_dst, use_original_dst, bind_to_port)"
+            "listeners[0].colour: unknown field (expected one of: name, address, protocol, tcp_proxy, echo, http, bolt, filter_chains, max_connections, tls, original_dst, use_original_dst, bind_to_port, listener_filters_timeout, continue_on_listener_filters_timeout)"
         ]
     );
 }
@@ -2017,4 +2019,205 @@ clusters:
             "missing {e:?} in {errs:#?}"
         );
     }
+}
+
+const CHAINS: &str = r#"
+listeners:
+  - name: inbound
+    address: 0.0.0.0:15006
+    original_dst: redirect
+    continue_on_listener_filters_timeout: true
+    listener_filters_timeout: 1s
+    filter_chains:
+      - filter_chain_match:
+          destination_port: 8080
+          transport_protocol: tls
+          application_protocols: [istio-peer-exchange, istio]
+        tls:
+          certificates: [ { cert_chain: a.pem, private_key: a.key } ]
+          client_ca: ca.pem
+        http: { virtual_hosts: [ { name: v, domains: ["*"], routes: [ { match: { prefix: / }, route: { cluster: app } } ] } ] }
+      - filter_chain_match: { destination_port: 8080, transport_protocol: raw_buffer }
+        http: { virtual_hosts: [ { name: v, domains: ["*"], routes: [ { match: { prefix: / }, route: { cluster: app } } ] } ] }
+      - filter_chain_match: { server_names: [WWW.Example.com., "*.example.com"] }
+        tcp_proxy: { cluster: app }
+clusters:
+  - { name: app, hosts: [{ address: 127.0.0.1:8080 }] }
+"#;
+
+#[test]
+fn filter_chains_decode_dump_and_load_back() {
+    use crate::config::{FilterChainMatch, TransportProtocol};
+    let c = Config::from_yaml(CHAINS).unwrap();
+    let l = &c.listeners[0];
+    assert!(
+        matches!(l.filter, ListenerFilter::Close),
+        "no default chain"
+    );
+    assert_eq!(l.filter_chains.len(), 3);
+    assert_eq!(
+        l.filter_chains[0].filter_chain_match,
+        FilterChainMatch {
+            destination_port: Some(8080),
+            server_names: vec![],
+            transport_protocol: Some(TransportProtocol::Tls),
+            application_protocols: vec!["istio-peer-exchange".into(), "istio".into()],
+        }
+    );
+    assert!(l.filter_chains[0].tls.is_some() && l.filter_chains[1].tls.is_none());
+    assert!(matches!(l.filter_chains[1].filter, ListenerFilter::Http(_)));
+    assert_eq!(
+        l.filter_chains[2].filter_chain_match.server_names,
+        ["www.example.com", "*.example.com"]
+    );
+    assert!(matches!(
+        l.filter_chains[2].filter,
+        ListenerFilter::TcpProxy(_)
+    ));
+    assert_eq!(l.listener_filters_timeout, Duration::from_secs(1));
+    assert!(l.continue_on_listener_filters_timeout);
+    assert_eq!(c.chain_slots(), [(0, 0), (0, 1), (0, 2)]);
+    // The dump loads back into the same config.
+    let dumped = serde_json::to_value(&c).unwrap();
+    assert!(dumped["listeners"][0].get("tcp_proxy").is_none());
+    assert_eq!(
+        dumped["listeners"][0]["filter_chains"][2]["tcp_proxy"]["cluster"],
+        "app"
+    );
+    // (Unset options are written as null; the admin API's dump leaves them out.)
+    fn no_nulls(v: &mut serde_json::Value) {
+        match v {
+            serde_json::Value::Object(m) => {
+                m.retain(|_, v| !v.is_null());
+                m.values_mut().for_each(no_nulls);
+            }
+            serde_json::Value::Array(a) => a.iter_mut().for_each(no_nulls),
+            _ => {}
+        }
+    }
+    let mut tree = dumped.clone();
+    no_nulls(&mut tree);
+    assert_eq!(Config::from_tree(&tree).unwrap(), c);
+    // A listener without chains has the defaults, and its dump says nothing of chains.
+    let plain = Config::from_yaml(GOOD).unwrap();
+    assert!(plain.listeners[0].filter_chains.is_empty());
+    assert_eq!(
+        plain.listeners[0].listener_filters_timeout,
+        crate::config::DEFAULT_LISTENER_FILTERS_TIMEOUT
+    );
+    let dumped = serde_json::to_string(&plain).unwrap();
+    assert!(
+        !dumped.contains("filter_chains") && !dumped.contains("listener_filters"),
+        "{dumped}"
+    );
+}
+
+#[test]
+fn a_reload_that_changes_a_chain_changes_its_listener() {
+    let a = Config::from_yaml(CHAINS).unwrap();
+    let b = Config::from_yaml(&CHAINS.replace("[istio-peer-exchange, istio]", "[istio]")).unwrap();
+    let d = crate::config::diff::diff(&a, &b);
+    assert_eq!(d.listeners.len(), 1, "{d:?}");
+}
+
+#[test]
+fn bad_filter_chains_are_reported_with_listener_and_chain_index() {
+    let text = r#"
+listeners:
+  - name: ok
+    address: 127.0.0.1:8000
+    echo: {}
+  - name: l
+    address: 127.0.0.1:8001
+    filter_chains:
+      - filter_chain_match: { server_names: [a.example, b.example] }
+        tcp_proxy: { cluster: c }
+      - filter_chain_match: { server_names: [b.example] }
+        tcp_proxy: { cluster: c }
+      - filter_chain_match: { transport_protocol: raw_buffer, server_names: [c.example] }
+        tcp_proxy: { cluster: c }
+      - filter_chain_match: { transport_protocol: raw_buffer, application_protocols: [h2] }
+        tcp_proxy: { cluster: c }
+      - filter_chain_match: { transport_protocol: quic }
+        tcp_proxy: { cluster: c }
+      - filter_chain_match: { destination_port: 0 }
+        tcp_proxy: { cluster: c }
+      - echo: {}
+      - filter_chain_match: { transport_protocol: raw_buffer }
+        tls: { certificates: [ { cert_chain: a.pem, private_key: a.key } ] }
+        tcp_proxy: { cluster: c }
+  - name: m
+    address: 127.0.0.1:8002
+    listener_filters_timeout: 1s
+    filter_chains: []
+    echo: {}
+  - name: n
+    address: 127.0.0.1:8003
+    continue_on_listener_filters_timeout: true
+    echo: {}
+  - name: p
+    address: 127.0.0.1:8005
+    tls: { certificates: [ { cert_chain: a.pem, private_key: a.key } ] }
+    filter_chains:
+      - tcp_proxy: { cluster: c }
+  - name: o
+    address: 127.0.0.1:8004
+    filter_chains:
+      - tcp_proxy: { cluster: c }
+      - filter_chain_match: {}
+        tcp_proxy: { cluster: c }
+clusters:
+  - { name: c, hosts: [{ address: 127.0.0.1:9001 }] }
+"#;
+    let e = errors(text);
+    let expect = [
+        "listeners[1].filter_chains[2].filter_chain_match.server_names: can never match with `transport_protocol: raw_buffer`",
+        "listeners[1].filter_chains[3].filter_chain_match.application_protocols: can never match with `transport_protocol: raw_buffer`",
+        "listeners[1].filter_chains[4].filter_chain_match.transport_protocol: unknown value \"quic\"",
+        "listeners[1].filter_chains[5].filter_chain_match.destination_port:",
+        "listeners[1].filter_chains[6]: no filter: give one of `http`, `tcp_proxy`",
+        "listeners[1].filter_chains[6].echo:",
+        "listeners[1].filter_chains[7].tls: a chain for `transport_protocol: raw_buffer` (plaintext) connections cannot terminate TLS",
+        "listeners[2].filter_chains: give at least one filter chain",
+        "listeners[3].continue_on_listener_filters_timeout: only with `filter_chains`",
+        "listeners[4].tls: no filter of the listener's own to terminate TLS for",
+    ];
+    for want in expect {
+        assert!(
+            e.iter().any(|got| got.starts_with(want)),
+            "missing {want:?} in {e:#?}"
+        );
+    }
+    // Overlapping matches (judged once every chain decodes): a shared server name; two
+    // chains without any criterion.
+    let overlap = r#"
+listeners:
+  - name: l
+    address: 127.0.0.1:8001
+    filter_chains:
+      - filter_chain_match: { server_names: [a.example, b.example] }
+        tcp_proxy: { cluster: c }
+      - filter_chain_match: { server_names: [b.example] }
+        tcp_proxy: { cluster: c }
+      - tcp_proxy: { cluster: c }
+      - filter_chain_match: {}
+        tcp_proxy: { cluster: c }
+      - filter_chain_match: { transport_protocol: tls }
+        tcp_proxy: { cluster: c }
+clusters:
+  - { name: c, hosts: [{ address: 127.0.0.1:9001 }] }
+"#;
+    assert_eq!(
+        errors(overlap),
+        [
+            "listeners[0].filter_chains[1].filter_chain_match: matches the same connections as \
+             listeners[0].filter_chains[0]'s (same destination_port and transport_protocol, and \
+             a server name and application protocol in common, or none on both): which one \
+             serves them would be ambiguous",
+            "listeners[0].filter_chains[3].filter_chain_match: matches the same connections as \
+             listeners[0].filter_chains[2]'s (same destination_port and transport_protocol, and \
+             a server name and application protocol in common, or none on both): which one \
+             serves them would be ambiguous",
+        ]
+    );
 }

@@ -210,7 +210,7 @@ fn file(dec: &mut Decoder, path: &str, v: &Value) -> Option<Pem> {
 }
 
 /// A list of distinct non-empty strings of at most `max` bytes.
-fn unique_strings(
+pub(super) fn unique_strings(
     dec: &mut Decoder,
     path: &str,
     v: &Value,

@@ -1,0 +1,381 @@
+//! Filter chain selection (Envoy's `FilterChainMatch` rules): which of a listener's
+//! `filter_chains` serves a connection, from what its first bytes and its socket say.
+//!
+//! [`select`] owns the choice. It is a pure function of the chains and a [`ConnectionFacts`]
+//! (the destination port, and what a ClientHello peek saw: TLS or not, the server name, the
+//! offered ALPN protocols), allocates nothing, and is called once per connection of a
+//! listener with chains.
+//!
+//! ## The rule (Envoy's, for the criteria Sluice supports)
+//!
+//! The chains are pruned level by level, in this order; at each level only the chains that
+//! match **most specifically** go on to the next, and the others are dropped for good (no
+//! backtracking: a more specific chain that fails a later level does not let a less specific
+//! one back in):
+//!
+//! 1. `destination_port`: a chain naming the port, over one without a port;
+//! 2. `server_names`: an exact name, over the longest matching `*.suffix` wildcard, over a
+//!    chain without names;
+//! 3. `transport_protocol`: a chain naming the connection's (`tls` / `raw_buffer`), over one
+//!    without;
+//! 4. `application_protocols`: a chain listing one of the offered ALPN protocols, over one
+//!    without.
+//!
+//! A chain whose criterion the connection does not meet never matches. When no chain is left,
+//! [`select`] says `None`: the listener's own filter serves the connection (its default chain),
+//! or, when it has none, the connection is closed and counted.
+//!
+//! Invariant (checked by the config decoder): no two chains of a listener can match one
+//! connection at the same specificity (their matches do not overlap), so at most one chain is
+//! left after the last level; were two left, the first in config order wins.
+
+use crate::config::{FilterChain, FilterChainMatch, TransportProtocol};
+
+/// What is known of a connection when its chain is picked.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ConnectionFacts<'a> {
+    /// Its destination port (the original destination's on a capture listener).
+    pub destination_port: u16,
+    /// Whether it starts with a TLS ClientHello.
+    pub tls: bool,
+    /// The ClientHello's server name (lowercase, no trailing dot).
+    pub server_name: Option<&'a str>,
+    /// The ClientHello's ALPN protocols, in the client's order.
+    pub alpn: &'a [Vec<u8>],
+}
+
+/// How specifically `m` matches at `level` (0..4), higher is more specific; `None`: it does
+/// not match.
+fn specificity(m: &FilterChainMatch, level: usize, c: &ConnectionFacts<'_>) -> Option<usize> {
+    match level {
+        0 => match m.destination_port {
+            None => Some(0),
+            Some(p) if p == c.destination_port => Some(1),
+            Some(_) => None,
+        },
+        1 => {
+            if m.server_names.is_empty() {
+                return Some(0);
+            }
+            let name = c.server_name?;
+            let mut best = None;
+            for pattern in &m.server_names {
+                if let Some(suffix) = pattern.strip_prefix('*') {
+                    // `suffix` is `.example.com`: at least one label before it.
+                    if name.len() > suffix.len() && name.ends_with(suffix) {
+                        best = best.max(Some(suffix.len()));
+                    }
+                } else if pattern == name {
+                    // An exact name beats any wildcard (a suffix is shorter than 254).
+                    return Some(usize::MAX);
+                }
+            }
+            best
+        }
+        2 => match m.transport_protocol {
+            None => Some(0),
+            Some(TransportProtocol::Tls) if c.tls => Some(1),
+            Some(TransportProtocol::RawBuffer) if !c.tls => Some(1),
+            Some(_) => None,
+        },
+        _ => {
+            if m.application_protocols.is_empty() {
+                return Some(0);
+            }
+            c.alpn
+                .iter()
+                .any(|offered| {
+                    m.application_protocols
+                        .iter()
+                        .any(|p| p.as_bytes() == offered.as_slice())
+                })
+                .then_some(1)
+        }
+    }
+}
+
+const LEVELS: usize = 4;
+
+/// The index of the chain that serves a connection with these facts, or `None` (the
+/// listener's default chain, or close). See the module doc.
+#[must_use]
+pub fn select(chains: &[FilterChain], facts: &ConnectionFacts<'_>) -> Option<usize> {
+    // The best specificity at each level among the chains that survived the levels before.
+    let mut best = [0usize; LEVELS];
+    let survives = |m: &FilterChainMatch, upto: usize, best: &[usize; LEVELS]| {
+        (0..upto).all(|l| specificity(m, l, facts) == Some(best[l]))
+    };
+    for level in 0..LEVELS {
+        let mut found = None;
+        for c in chains {
+            let m = &c.filter_chain_match;
+            if survives(m, level, &best)
+                && let Some(s) = specificity(m, level, facts)
+            {
+                found = found.max(Some(s));
+            }
+        }
+        best[level] = found?;
+    }
+    chains
+        .iter()
+        .position(|c| survives(&c.filter_chain_match, LEVELS, &best))
+}
+
+/// Whether two matches can take the same connection at the same specificity (what the config
+/// refuses between two chains of a listener): same port, same transport protocol, and
+/// overlapping server names and application protocols (both empty, or sharing an entry).
+#[must_use]
+pub fn overlap(a: &FilterChainMatch, b: &FilterChainMatch) -> bool {
+    fn shared(x: &[String], y: &[String]) -> bool {
+        (x.is_empty() && y.is_empty()) || x.iter().any(|n| y.contains(n))
+    }
+    a.destination_port == b.destination_port
+        && a.transport_protocol == b.transport_protocol
+        && shared(&a.server_names, &b.server_names)
+        && shared(&a.application_protocols, &b.application_protocols)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::ListenerFilter;
+
+    fn chain(m: FilterChainMatch) -> FilterChain {
+        FilterChain {
+            filter_chain_match: m,
+            tls: None,
+            filter: ListenerFilter::Echo,
+        }
+    }
+
+    fn names(n: &[&str]) -> Vec<String> {
+        n.iter().map(|s| (*s).to_owned()).collect()
+    }
+
+    fn facts<'a>(port: u16, sni: Option<&'a str>, alpn: &'a [Vec<u8>]) -> ConnectionFacts<'a> {
+        ConnectionFacts {
+            destination_port: port,
+            tls: sni.is_some() || !alpn.is_empty(),
+            server_name: sni,
+            alpn,
+        }
+    }
+
+    #[test]
+    fn a_chain_naming_the_destination_port_wins_over_one_without() {
+        let chains = [
+            chain(FilterChainMatch::default()),
+            chain(FilterChainMatch {
+                destination_port: Some(8080),
+                ..Default::default()
+            }),
+        ];
+        assert_eq!(select(&chains, &facts(8080, None, &[])), Some(1));
+        assert_eq!(select(&chains, &facts(9090, None, &[])), Some(0));
+    }
+
+    #[test]
+    fn the_port_level_prunes_for_good_no_backtracking() {
+        // Port 8080 has only a TLS chain: a plaintext connection to 8080 does not fall back
+        // to the portless raw_buffer chain (Envoy's rule): no chain.
+        let chains = [
+            chain(FilterChainMatch {
+                transport_protocol: Some(TransportProtocol::RawBuffer),
+                ..Default::default()
+            }),
+            chain(FilterChainMatch {
+                destination_port: Some(8080),
+                transport_protocol: Some(TransportProtocol::Tls),
+                ..Default::default()
+            }),
+        ];
+        assert_eq!(select(&chains, &facts(8080, None, &[])), None);
+        assert_eq!(
+            select(&chains, &facts(8080, Some("a.example"), &[])),
+            Some(1)
+        );
+        assert_eq!(select(&chains, &facts(9090, None, &[])), Some(0));
+    }
+
+    #[test]
+    fn server_names_exact_over_longest_wildcard_over_none() {
+        let chains = [
+            chain(FilterChainMatch::default()),
+            chain(FilterChainMatch {
+                server_names: names(&["*.com"]),
+                ..Default::default()
+            }),
+            chain(FilterChainMatch {
+                server_names: names(&["*.example.com"]),
+                ..Default::default()
+            }),
+            chain(FilterChainMatch {
+                server_names: names(&["www.example.com"]),
+                ..Default::default()
+            }),
+        ];
+        assert_eq!(
+            select(&chains, &facts(1, Some("www.example.com"), &[])),
+            Some(3)
+        );
+        assert_eq!(
+            select(&chains, &facts(1, Some("a.b.example.com"), &[])),
+            Some(2)
+        );
+        assert_eq!(select(&chains, &facts(1, Some("other.com"), &[])), Some(1));
+        assert_eq!(
+            select(&chains, &facts(1, Some("example.org"), &[])),
+            Some(0)
+        );
+        assert_eq!(select(&chains, &facts(1, None, &[])), Some(0));
+        // `*.example.com` needs a label before the suffix.
+        assert_eq!(
+            select(&chains, &facts(1, Some("example.com"), &[])),
+            Some(1)
+        );
+    }
+
+    #[test]
+    fn the_port_comes_before_the_server_name() {
+        let chains = [
+            chain(FilterChainMatch {
+                server_names: names(&["www.example.com"]),
+                ..Default::default()
+            }),
+            chain(FilterChainMatch {
+                destination_port: Some(443),
+                ..Default::default()
+            }),
+        ];
+        assert_eq!(
+            select(&chains, &facts(443, Some("www.example.com"), &[])),
+            Some(1)
+        );
+        assert_eq!(
+            select(&chains, &facts(80, Some("www.example.com"), &[])),
+            Some(0)
+        );
+    }
+
+    #[test]
+    fn transport_protocol_tls_and_raw_buffer_share_a_port() {
+        let chains = [
+            chain(FilterChainMatch {
+                destination_port: Some(8080),
+                transport_protocol: Some(TransportProtocol::RawBuffer),
+                ..Default::default()
+            }),
+            chain(FilterChainMatch {
+                destination_port: Some(8080),
+                transport_protocol: Some(TransportProtocol::Tls),
+                ..Default::default()
+            }),
+            chain(FilterChainMatch {
+                destination_port: Some(8080),
+                ..Default::default()
+            }),
+        ];
+        let tls = ConnectionFacts {
+            destination_port: 8080,
+            tls: true,
+            ..Default::default()
+        };
+        let plain = ConnectionFacts {
+            destination_port: 8080,
+            ..Default::default()
+        };
+        assert_eq!(select(&chains, &tls), Some(1));
+        assert_eq!(select(&chains, &plain), Some(0));
+    }
+
+    #[test]
+    fn the_server_name_comes_before_the_transport_protocol() {
+        let chains = [
+            chain(FilterChainMatch {
+                transport_protocol: Some(TransportProtocol::Tls),
+                ..Default::default()
+            }),
+            chain(FilterChainMatch {
+                server_names: names(&["a.example"]),
+                ..Default::default()
+            }),
+        ];
+        assert_eq!(select(&chains, &facts(1, Some("a.example"), &[])), Some(1));
+        assert_eq!(select(&chains, &facts(1, Some("b.example"), &[])), Some(0));
+    }
+
+    #[test]
+    fn application_protocols_listing_an_offered_one_win_over_none() {
+        let chains = [
+            chain(FilterChainMatch {
+                transport_protocol: Some(TransportProtocol::Tls),
+                ..Default::default()
+            }),
+            chain(FilterChainMatch {
+                transport_protocol: Some(TransportProtocol::Tls),
+                application_protocols: names(&["istio-peer-exchange", "istio"]),
+                ..Default::default()
+            }),
+        ];
+        let istio = [b"istio-peer-exchange".to_vec(), b"h2".to_vec()];
+        let h2 = [b"h2".to_vec()];
+        assert_eq!(select(&chains, &facts(1, Some("x"), &istio)), Some(1));
+        assert_eq!(select(&chains, &facts(1, Some("x"), &h2)), Some(0));
+        assert_eq!(select(&chains, &facts(1, Some("x"), &[])), Some(0));
+    }
+
+    #[test]
+    fn the_transport_protocol_comes_before_application_protocols() {
+        let chains = [
+            chain(FilterChainMatch {
+                application_protocols: names(&["h2"]),
+                ..Default::default()
+            }),
+            chain(FilterChainMatch {
+                transport_protocol: Some(TransportProtocol::Tls),
+                ..Default::default()
+            }),
+        ];
+        let h2 = [b"h2".to_vec()];
+        assert_eq!(select(&chains, &facts(1, Some("x"), &h2)), Some(1));
+    }
+
+    #[test]
+    fn no_chain_matching_is_none() {
+        let chains = [chain(FilterChainMatch {
+            server_names: names(&["a.example"]),
+            ..Default::default()
+        })];
+        assert_eq!(select(&chains, &facts(1, Some("b.example"), &[])), None);
+        assert_eq!(select(&chains, &facts(1, None, &[])), None);
+        assert_eq!(select(&[], &facts(1, None, &[])), None);
+    }
+
+    #[test]
+    fn overlapping_matches_are_told() {
+        let a = FilterChainMatch {
+            server_names: names(&["a", "b"]),
+            ..Default::default()
+        };
+        let b = FilterChainMatch {
+            server_names: names(&["b"]),
+            ..Default::default()
+        };
+        let c = FilterChainMatch {
+            server_names: names(&["c"]),
+            ..Default::default()
+        };
+        assert!(overlap(&a, &b));
+        assert!(!overlap(&a, &c));
+        assert!(overlap(
+            &FilterChainMatch::default(),
+            &FilterChainMatch::default()
+        ));
+        let tls = FilterChainMatch {
+            transport_protocol: Some(TransportProtocol::Tls),
+            ..Default::default()
+        };
+        assert!(!overlap(&tls, &FilterChainMatch::default()));
+    }
+}

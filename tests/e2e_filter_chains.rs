@@ -1,0 +1,316 @@
+//! End-to-end tests of listener filter chains: one port, several chains picked per connection
+//! by the ClientHello's server name and ALPN and by TLS-or-not (Istio's PERMISSIVE inbound),
+//! each chain with its own certificate and its own filter; a connection no chain takes is
+//! closed and counted; the wait for the first bytes is bounded. Real clients (curl, openssl
+//! s_client), nginx upstreams, a test PKI made here (rcgen).
+
+mod support;
+
+use std::io::{Read as _, Write as _};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use support::pki::*;
+use support::*;
+
+fn route_to(cluster: &str) -> String {
+    format!(
+        r#"{{ virtual_hosts: [ {{ name: v, domains: ["*"], routes: [ {{ match: {{ prefix: / }}, route: {{ cluster: {cluster} }} }} ] }} ] }}"#
+    )
+}
+
+/// Chains by server name (each its own certificate: an `http` chain and a `tcp_proxy` one,
+/// both terminating TLS), by ALPN (Istio's `istio-peer-exchange`/`istio`), and plaintext on the
+/// same port (`transport_protocol: raw_buffer`); a TLS connection no chain takes is closed and
+/// counted, and so is one that never sends its first bytes. A second listener keeps its own
+/// filter as the default chain.
+#[test]
+fn chains_are_picked_by_server_name_alpn_and_transport_protocol_on_one_port() {
+    if !require_peers(&["openssl", "curl", "nginx"]) {
+        return;
+    }
+    let dir = TempDir::new("chains");
+    let ca = make_ca(&dir, "chains-ca");
+    let (a_cert, a_key) = leaf(&dir, &ca, "a", &["a.example"], None);
+    let (b_cert, b_key) = leaf(&dir, &ca, "b", &["b.example"], None);
+    let (m_cert, m_key) = leaf(&dir, &ca, "mesh", &["mesh.example"], None);
+    let (up_a, up_b, up_mesh, up_plain, up_default) = (
+        free_port(),
+        free_port(),
+        free_port(),
+        free_port(),
+        free_port(),
+    );
+    let _na = start_nginx(&dir, "ua", up_a, "chain a");
+    let _nb = start_nginx(&dir, "ub", up_b, "chain b");
+    let _nm = start_nginx(&dir, "um", up_mesh, "chain mesh");
+    let _np = start_nginx(&dir, "up", up_plain, "chain plaintext");
+    let _nd = start_nginx(&dir, "ud", up_default, "default chain");
+    let (listen, with_default, admin) = (free_port(), free_port(), free_port());
+    let config = format!(
+        r#"
+admin: {{ address: 127.0.0.1:{admin} }}
+listeners:
+  - name: inbound
+    address: 127.0.0.1:{listen}
+    listener_filters_timeout: 1s
+    filter_chains:
+      - filter_chain_match: {{ server_names: [a.example] }}
+        tls: {{ certificates: [ {{ cert_chain: {ac}, private_key: {ak} }} ] }}
+        http: {http_a}
+      - filter_chain_match: {{ server_names: [b.example] }}
+        tls: {{ certificates: [ {{ cert_chain: {bc}, private_key: {bk} }} ] }}
+        tcp_proxy: {{ cluster: b }}
+      - filter_chain_match:
+          transport_protocol: tls
+          application_protocols: [istio-peer-exchange, istio]
+        tls: {{ certificates: [ {{ cert_chain: {mc}, private_key: {mk} }} ] }}
+        tcp_proxy: {{ cluster: mesh }}
+      - filter_chain_match: {{ transport_protocol: raw_buffer }}
+        http: {http_plain}
+  - name: with_default
+    address: 127.0.0.1:{with_default}
+    filter_chains:
+      - filter_chain_match: {{ server_names: [a.example] }}
+        tls: {{ certificates: [ {{ cert_chain: {ac}, private_key: {ak} }} ] }}
+        tcp_proxy: {{ cluster: a }}
+    http: {http_default}
+clusters:
+  - {{ name: a, hosts: [ {{ address: 127.0.0.1:{up_a} }} ] }}
+  - {{ name: b, hosts: [ {{ address: 127.0.0.1:{up_b} }} ] }}
+  - {{ name: mesh, hosts: [ {{ address: 127.0.0.1:{up_mesh} }} ] }}
+  - {{ name: plain, hosts: [ {{ address: 127.0.0.1:{up_plain} }} ] }}
+  - {{ name: dflt, hosts: [ {{ address: 127.0.0.1:{up_default} }} ] }}
+"#,
+        ac = p(&a_cert),
+        ak = p(&a_key),
+        bc = p(&b_cert),
+        bk = p(&b_key),
+        mc = p(&m_cert),
+        mk = p(&m_key),
+        http_a = route_to("a"),
+        http_plain = route_to("plain"),
+        http_default = route_to("dflt"),
+    );
+    let _s = start_sluice(&dir, &config, 1, addr(listen));
+    let https = |port: u16, name: &str| {
+        let resolve = format!("{name}:{port}:127.0.0.1");
+        let url = format!("https://{name}:{port}/");
+        let out = run(
+            "curl",
+            &["-s", "--cacert", p(&ca.pem), "--resolve", &resolve, &url],
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+
+    // By server name, each chain with its own certificate (curl verifies it against the name)
+    // and its own filter: HTTP routing, and a tcp_proxy over the terminated TLS.
+    assert_eq!(https(listen, "a.example"), "chain a");
+    assert_eq!(https(listen, "b.example"), "chain b");
+    for (name, cn) in [("a.example", "a"), ("b.example", "b")] {
+        let (ok, text) = s_client(listen, &["-brief", "-servername", name]);
+        assert!(ok, "{name}: {text}");
+        assert_eq!(peer_cn(&text), cn, "{name}");
+    }
+    // Plaintext on the same port: the raw_buffer chain.
+    let (status, body) = http_request(addr(listen), "GET", "/");
+    assert_eq!((status, body.as_str()), (200, "chain plaintext"));
+    // By ALPN: a TLS client offering `istio` (Istio's mTLS between sidecars), whatever its
+    // server name, gets the mesh chain's certificate and cluster.
+    let (ok, text) = s_client_request(
+        listen,
+        &["-servername", "svc.ns.svc.cluster.local", "-alpn", "istio"],
+    );
+    assert!(ok, "{text}");
+    assert!(
+        text.contains("CN = mesh") || text.contains("CN=mesh"),
+        "{text}"
+    );
+    assert!(text.contains("chain mesh"), "{text}");
+    // The server name comes first: `a.example` offering `istio` (and `h2`, which chain a's
+    // HTTP speaks) is still chain a's.
+    let (ok, text) = s_client(
+        listen,
+        &["-brief", "-servername", "a.example", "-alpn", "istio,h2"],
+    );
+    assert!(ok, "{text}");
+    assert_eq!(peer_cn(&text), "a");
+    // TLS that no chain takes (another name, no istio ALPN): closed, counted, no listener
+    // default to fall back to.
+    assert_eq!(
+        stat(
+            admin,
+            "listener.inbound.downstream_cx_no_filter_chain_match"
+        ),
+        0
+    );
+    let (ok, text) = s_client(
+        listen,
+        &["-brief", "-servername", "c.example", "-alpn", "h2"],
+    );
+    assert!(!ok, "{text}");
+    assert_eq!(
+        stat(
+            admin,
+            "listener.inbound.downstream_cx_no_filter_chain_match"
+        ),
+        1
+    );
+    // A client that sends nothing is closed after listener_filters_timeout (1s), counted.
+    let t0 = Instant::now();
+    let mut silent = TcpStream::connect(addr(listen)).unwrap();
+    silent
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut buf = [0u8; 16];
+    assert_eq!(
+        silent.read(&mut buf).unwrap_or(0),
+        0,
+        "closed without a byte"
+    );
+    let waited = t0.elapsed();
+    assert!(
+        waited >= Duration::from_millis(900) && waited < Duration::from_secs(5),
+        "{waited:?}"
+    );
+    assert_eq!(
+        stat(admin, "listener.inbound.downstream_listener_filter_timeout"),
+        1
+    );
+
+    // The listener's own filter is its default chain: plaintext and other names go there.
+    let (status, body) = http_request(addr(with_default), "GET", "/");
+    assert_eq!((status, body.as_str()), (200, "default chain"));
+    assert_eq!(https(with_default, "a.example"), "chain a");
+    assert_eq!(
+        stat(
+            admin,
+            "listener.with_default.downstream_cx_no_filter_chain_match"
+        ),
+        0
+    );
+
+    // Per listener, not per chain: every connection counted once on `inbound`.
+    // 2 curl, 2 s_client by name, 1 plaintext, 1 istio, 1 a+istio, 1 unmatched, 1 silent,
+    // and the readiness probe of start_sluice.
+    assert_eq!(stat(admin, "listener.inbound.downstream_cx_total"), 10);
+}
+
+/// `continue_on_listener_filters_timeout: true` (what Istio sets on its inbound listener):
+/// a client that waits for the server before it speaks is served as plaintext once the wait
+/// for a ClientHello passes, not closed.
+#[test]
+fn a_silent_client_is_served_as_plaintext_when_the_listener_continues_on_timeout() {
+    if !require_peers(&["nginx"]) {
+        return;
+    }
+    let dir = TempDir::new("chains-continue");
+    let up = free_port();
+    let _n = start_nginx(&dir, "up", up, "served late");
+    let (listen, admin) = (free_port(), free_port());
+    let config = format!(
+        r#"
+admin: {{ address: 127.0.0.1:{admin} }}
+listeners:
+  - name: inbound
+    address: 127.0.0.1:{listen}
+    listener_filters_timeout: 300ms
+    continue_on_listener_filters_timeout: true
+    filter_chains:
+      - filter_chain_match: {{ transport_protocol: raw_buffer }}
+        tcp_proxy: {{ cluster: up }}
+clusters:
+  - {{ name: up, hosts: [ {{ address: 127.0.0.1:{up} }} ] }}
+"#
+    );
+    let _s = start_sluice(&dir, &config, 1, addr(listen));
+    let mut s = TcpStream::connect(addr(listen)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    std::thread::sleep(Duration::from_millis(800));
+    s.write_all(b"GET / HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+        .unwrap();
+    let mut text = String::new();
+    let _ = s.read_to_string(&mut text);
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    assert!(text.ends_with("served late"), "{text}");
+    assert_eq!(
+        stat(admin, "listener.inbound.downstream_listener_filter_timeout"),
+        1
+    );
+    assert_eq!(
+        stat(
+            admin,
+            "listener.inbound.downstream_cx_no_filter_chain_match"
+        ),
+        0
+    );
+}
+
+/// A reload that changes a chain (its cluster) applies to new connections, on the same port;
+/// one with a chain that cannot load (its certificate file is missing) is refused, naming the
+/// chain, and the chains in service stay.
+#[test]
+fn a_reload_changes_a_chain_and_a_bad_chain_is_refused_at_its_path() {
+    if !require_peers(&["curl", "nginx"]) {
+        return;
+    }
+    let dir = TempDir::new("chains-reload");
+    let ca = make_ca(&dir, "reload-ca");
+    let (a_cert, a_key) = leaf(&dir, &ca, "a", &["a.example"], None);
+    let (one, two) = (free_port(), free_port());
+    let _n1 = start_nginx(&dir, "one", one, "before");
+    let _n2 = start_nginx(&dir, "two", two, "after");
+    let listen = free_port();
+    let config = |cluster: &str, cert: &str| {
+        format!(
+            r#"
+listeners:
+  - name: inbound
+    address: 127.0.0.1:{listen}
+    filter_chains:
+      - filter_chain_match: {{ server_names: [a.example] }}
+        tls: {{ certificates: [ {{ cert_chain: {cert}, private_key: {ak} }} ] }}
+        http: {http}
+      - filter_chain_match: {{ transport_protocol: raw_buffer }}
+        http: {http}
+clusters:
+  - {{ name: one, hosts: [ {{ address: 127.0.0.1:{one} }} ] }}
+  - {{ name: two, hosts: [ {{ address: 127.0.0.1:{two} }} ] }}
+"#,
+            ak = p(&a_key),
+            http = route_to(cluster),
+        )
+    };
+    let sluice = start_sluice(&dir, &config("one", p(&a_cert)), 1, addr(listen));
+    let https = || {
+        let resolve = format!("a.example:{listen}:127.0.0.1");
+        let url = format!("https://a.example:{listen}/");
+        let out = run(
+            "curl",
+            &["-s", "--cacert", p(&ca.pem), "--resolve", &resolve, &url],
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    assert_eq!(https(), "before");
+    assert_eq!(http_request(addr(listen), "GET", "/").1, "before");
+
+    dir.write("sluice.yaml", &config("two", p(&a_cert)));
+    sluice.signal("HUP");
+    assert!(
+        eventually(Duration::from_secs(10), || https() == "after"),
+        "the reload did not change the chain:\n{}",
+        sluice.log_text()
+    );
+    assert_eq!(http_request(addr(listen), "GET", "/").1, "after");
+
+    dir.write("sluice.yaml", &config("one", "/nonexistent/a.pem"));
+    sluice.signal("HUP");
+    assert!(
+        eventually(Duration::from_secs(10), || sluice.log_text().contains(
+            "listeners[0].filter_chains[0].tls.certificates[0].cert_chain"
+        )),
+        "the bad chain was not reported at its path:\n{}",
+        sluice.log_text()
+    );
+    assert_eq!(https(), "after", "the chains in service stay");
+}
