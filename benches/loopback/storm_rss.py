@@ -12,7 +12,7 @@ Python server in this script, HTTP/1.1 keep-alive, answers 2 KiB) and a tcp_prox
 same backend. The storm: N client connections opened at once, half to each listener, each
 sends one request and reads its answer, all held open together, then all closed. Prints the RSS
 (VmRSS) idle before the storm, with the storm's connections open, and S seconds after they all
-closed (default 12 s: past two of the worker's buffer sweeps), and the ratio after/idle.
+closed (default 25 s: two of the heap trimmer's 10-s looks, and the buffer pools' sweeps between them), and the ratio after/idle.
 """
 import argparse
 import asyncio
@@ -70,7 +70,7 @@ async def main() -> int:
     ap.add_argument("sluice")
     ap.add_argument("--connections", type=int, default=20000)
     ap.add_argument("--workers", type=int, default=1)
-    ap.add_argument("--settle", type=float, default=12.0)
+    ap.add_argument("--settle", type=float, default=25.0)
     a = ap.parse_args()
     # Client, backend and proxy sockets: ~2 per held connection here, ~1.5 in the proxy.
     want = 4 * a.connections + 1024

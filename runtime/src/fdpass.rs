@@ -6,7 +6,7 @@
 //! descriptor to another process is `sendmsg(2)` with an `SCM_RIGHTS` control message, and the
 //! only way to take ownership of the descriptors that arrive is to wrap raw integers in
 //! [`OwnedFd`] — which is `unsafe`. It is one of the two modules of the runtime with `unsafe`
-//! (with [`crate::memtrim`]'s two glibc calls), and that is the whole of it: everything else goes
+//! (with [`crate::memtrim`]'s one glibc call), and that is the whole of it: everything else goes
 //! through [`nix`]'s safe wrappers.
 //!
 //! ## Framing

@@ -38,6 +38,8 @@ pub const RESERVED_FDS: u64 = 64;
 #[derive(Debug)]
 pub struct ProcessLimits {
     open: AtomicU64,
+    /// The most connections open at once since [`ProcessLimits::take_peak`] last reset it.
+    peak: AtomicU64,
     max: AtomicU64,
     bolt_held: AtomicUsize,
     bolt_max: AtomicUsize,
@@ -91,6 +93,7 @@ impl ProcessLimits {
     pub fn new(config: &Config) -> Self {
         let limits = ProcessLimits {
             open: AtomicU64::new(0),
+            peak: AtomicU64::new(0),
             max: AtomicU64::new(0),
             bolt_held: AtomicUsize::new(0),
             bolt_max: AtomicUsize::new(0),
@@ -117,6 +120,12 @@ impl ProcessLimits {
     #[must_use]
     pub fn open(&self) -> u64 {
         self.open.load(Relaxed)
+    }
+
+    /// The most connections that were open at once since the last call, which restarts the
+    /// count from the connections open now ([`crate::memtrim`]: a storm that closed).
+    pub fn take_peak(&self) -> u64 {
+        self.peak.swap(self.open(), Relaxed)
     }
 
     /// Bytes Bolt connections hold in partial frames now.
@@ -151,12 +160,17 @@ impl ProcessLimits {
             listener.fetch_sub(1, Relaxed);
             return Err(Overflow::Listener);
         }
-        if self.open.fetch_add(1, Relaxed) >= self.max.load(Relaxed) {
+        let before = self.open.fetch_add(1, Relaxed);
+        if before >= self.max.load(Relaxed) {
             self.open.fetch_sub(1, Relaxed);
             if listener_max.is_some() {
                 listener.fetch_sub(1, Relaxed);
             }
             return Err(Overflow::Process);
+        }
+        // A shared write only when a new high is reached (a plain load otherwise).
+        if before + 1 > self.peak.load(Relaxed) {
+            self.peak.fetch_max(before + 1, Relaxed);
         }
         if listener_max.is_none() {
             listener.fetch_add(1, Relaxed);

@@ -393,7 +393,7 @@ pub fn run(config: Config, options: ServerOptions) -> io::Result<()> {
     // Certificate rotation when the TLS files change on disk (`tls_file_check_interval`).
     crate::tls::spawn_watcher()?;
     // Freed heap memory given back to the OS after a burst of connections.
-    crate::memtrim::spawn()?;
+    crate::memtrim::spawn(limits.clone());
     let mut reload_requests = shared.take_reload_requests();
     let (started_tx, started_rx) = std::sync::mpsc::channel::<()>();
     let mut handles = Vec::with_capacity(workers);
