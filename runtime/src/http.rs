@@ -3889,6 +3889,77 @@ clusters:
         });
     }
 
+    /// A parked connection still ends as a waiting one does: at the keep-alive idle timeout
+    /// (`idle_timeout: 3s` here: parked at 1 s, closed at 3 s, not before), and within the
+    /// drain grace (1 s) of a drain that starts while it is parked (before its idle timeout).
+    #[test]
+    fn a_parked_connection_still_closes_at_the_idle_timeout_and_at_a_drain() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        tokio::task::LocalSet::new().block_on(&rt, async {
+            let (listener, at) = bound();
+            let yaml = format!(
+                r#"
+listeners:
+  - name: web
+    address: {at}
+    http:
+      idle_timeout: 3s
+      virtual_hosts:
+        - name: all
+          domains: ["*"]
+          routes:
+            - match: {{ prefix: / }}
+              direct_response: {{ status: 200, body: "first" }}
+"#
+            );
+            let config = Arc::new(Config::from_yaml(&yaml).unwrap());
+            let stats = Arc::new(WorkerStats::new(&config));
+            let engine = Engine::new(TokioNet::default(), config, 0, 1, stats).unwrap();
+            let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+            tokio::task::spawn_local(engine.clone().run(vec![listener], async move {
+                let _ = stopped.await;
+            }));
+            let request = b"GET / HTTP/1.1\r\nhost: x\r\n\r\n";
+            /// Reads until the proxy closes the connection; how long that took.
+            async fn closed_after(c: &mut tokio::net::TcpStream) -> Duration {
+                let from = tokio::time::Instant::now();
+                let mut chunk = [0u8; 64];
+                let n = tokio::time::timeout(Duration::from_secs(5), c.read(&mut chunk))
+                    .await
+                    .expect("closed in time")
+                    .unwrap_or(0);
+                assert_eq!(n, 0, "{:?}", String::from_utf8_lossy(&chunk[..n]));
+                from.elapsed()
+            }
+
+            // The idle timeout: 3 s after the response, parked on the way.
+            let mut c = tokio::net::TcpStream::connect(at).await.unwrap();
+            c.write_all(request).await.unwrap();
+            read_responses(&mut c, 1, "first").await;
+            let waited = closed_after(&mut c).await;
+            assert!(
+                waited >= Duration::from_millis(2900) && waited < Duration::from_millis(3900),
+                "closed {waited:?} after the response"
+            );
+            assert_eq!(parked(&engine), 1);
+
+            // A drain while parked: closed within the drain grace.
+            let mut d = tokio::net::TcpStream::connect(at).await.unwrap();
+            d.write_all(request).await.unwrap();
+            read_responses(&mut d, 1, "first").await;
+            assert_eq!(parked_becomes(&engine, 2).await, 2);
+            stop.send(()).unwrap();
+            let waited = closed_after(&mut d).await;
+            assert!(
+                waited >= Duration::from_millis(900) && waited < Duration::from_millis(1900),
+                "closed {waited:?} after the drain started"
+            );
+        });
+    }
+
     /// What an HTTP/1.1 connection holds while it has sent nothing or is parked: its
     /// connection future (boxed at accept), which does not lay out the request path's state
     /// (boxed apart, made with a request's first bytes). Printed for BENCHMARKS.md
