@@ -743,8 +743,12 @@ impl<N: Network> Engine<N> {
                     Some(acceptor) => {
                         let handshake =
                             Box::pin(self.tls_handshake(index, lc, acceptor, stream, peer));
-                        if let Some((tls, server_name)) = handshake.await {
-                            let f = Box::pin(self.tcp_proxy(
+                        // The handshake's output (a TLS stream, ~1 KB) moves into the boxed
+                        // session within this statement: held by an `if let` across the
+                        // session's `.await`, it made every connection's task that much
+                        // larger, whatever its protocol (issue 15).
+                        let f = match handshake.await {
+                            Some((tls, server_name)) => Box::pin(self.tcp_proxy(
                                 index,
                                 lc,
                                 tp,
@@ -752,9 +756,10 @@ impl<N: Network> Engine<N> {
                                 peer,
                                 Some(server_name),
                                 original_dst,
-                            ));
-                            f.await;
-                        }
+                            )),
+                            None => return,
+                        };
+                        f.await;
                     }
                 },
                 ListenerFilter::Echo => {

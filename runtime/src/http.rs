@@ -23,8 +23,27 @@
 //! request is in flight. They come from the worker's pool ([`crate::bufpool`]) with a request's
 //! first byte; when a response is out and the next request is not there yet (a read would
 //! wait), they go back, and the wait for the next request borrows a read buffer from the pool
-//! for each poll only (`ReadBuffer::fill_first`: no buffer held while idle, no extra read). A busy connection (pipelined or back-to-back requests) keeps
-//! them. The request path's future is boxed once per connection, after the first bytes.
+//! for each poll only (`ReadBuffer::fill_first`: no buffer held while idle, no extra read). A
+//! busy connection (pipelined or back-to-back requests) keeps them.
+//!
+//! Parking (issue 15): the connection's task holds only [`Engine::http_connection`]'s small
+//! state — the socket, the core's `ConnectionPolicy`, an empty `ReadBuffer`, the drain
+//! notification and the wait for a first byte (`await_request`). Everything else a request
+//! needs (heads, `Scratch`, the upstream-response and write buffers' slots, the forwarding
+//! futures: ~6.6 KB in a debug build) is the request path's future,
+//! `serve_http_connection`, boxed when a request's first bytes are there — a connection
+//! that sends nothing never makes it. It serves request after request while the connection is
+//! busy; once a response is out and no request came within the policy's park grace
+//! (`IDLE_PARK_GRACE`, 1 s: the same wait and one timer, whose first deadline is the park,
+//! then the idle timeout or the drain grace), it returns and is dropped, and the connection
+//! waits on with the small state (`http1.downstream_cx_parked` counts it). So a busy
+//! connection allocates nothing per request for it; a connection idle past the grace costs
+//! what one that sent nothing costs. Nothing allocated once the first bytes are in outlives
+//! that future (the sniffed bytes are freed once copied, the `awaiting_response` flag is made
+//! with it): what a parked connection frees is a whole region, not holes between live chunks.
+//! Invariants: the box is made only with a request's bytes in `rbuf`, and lives no longer
+//! than the grace past a response; a parked connection holds no buffer (`rbuf` is empty and
+//! unallocated); the policy's deadlines go on across a park (parking is not a new wait).
 //!
 //! A body that arrived whole with its head (at most [`REPLAY_LIMIT`]) is held and goes out with
 //! the head; any other streams as it arrives (a watch, a slow uploader, a gRPC stream: nothing
@@ -818,9 +837,23 @@ fn release_idle(
     scratch.shed();
 }
 
+/// How the wait for a request's first byte ended.
+enum Waited {
+    /// Bytes of a request are in the read buffer.
+    Bytes,
+    /// Clean end of the connection between requests (EOF, idle timeout, drain).
+    Closed,
+    /// A new connection sent nothing within `request_headers_timeout` of its accept.
+    FirstByteTimeout,
+    /// No request within `IDLE_PARK_GRACE` of the last response: park (the wait goes on).
+    Park,
+}
+
 /// How the request head ended up.
 enum HeadRead {
     Ready,
+    /// Idle past the park grace (see [`Waited::Park`]).
+    Park,
     /// Clean end of the connection between requests (EOF, idle timeout, drain).
     Closed,
     /// A new connection sent nothing within `request_headers_timeout` of its accept.
@@ -869,7 +902,7 @@ impl<N: Network> Engine<N> {
             let _ = down.shutdown().await;
             return;
         }
-        let sniffed;
+        let mut sniffed = Vec::new();
         let initial = if alpn == Alpn::None && crate::http2::accepts_http2(hc.codec) {
             match crate::http2::sniff(self, &mut down, initial, hc).await {
                 crate::http2::Sniffed::Http2(preface) => {
@@ -922,77 +955,12 @@ impl<N: Network> Engine<N> {
             let _ = down.shutdown().await;
             return;
         }
-        let expired = self.drain_expired.notified();
-        let awaiting_response = Rc::new(Cell::new(false));
-        // Boxed once per connection, in a statement of its own (a temporary would live across
-        // the `select!` and be laid out in this future too). With `codec: auto` (the default)
-        // the sniff above waited for the first bytes: a connection that sends nothing holds
-        // only this function's small state, not the request path's (issue 15).
-        let serve = Box::pin(self.serve_http_connection(
-            listener,
-            lc,
-            hc,
-            &mut down,
-            peer,
-            initial,
-            accepted,
-            original_dst,
-            &awaiting_response,
-        ));
-        let served = tokio::select! {
-            biased;
-            () = expired => false,
-            () = serve => true,
-        };
-        if !served {
-            tracing::debug!(%peer, awaiting_response = awaiting_response.get(), "drain timeout passed; closing the HTTP connection");
-            if awaiting_response.get() {
-                let mut out = Vec::new();
-                write_local_response(&mut out, 503, &[], b"the proxy is shutting down\n", true);
-                let _ = write_flushed(&mut down, &out).await;
-                self.count_status(listener, 503);
-                bump(&self.stats.http_local_replies, 1);
-            }
-            let _ = down.shutdown().await;
-        }
-    }
-
-    /// Serves the connection's requests; `awaiting_response` is true while a request is being
-    /// served and nothing of its response has reached the client yet.
-    #[allow(clippy::too_many_arguments)]
-    async fn serve_http_connection(
-        &self,
-        listener: usize,
-        lc: &ListenerConfig,
-        hc: &HttpConfig,
-        down: &mut Downstream<N::Stream>,
-        peer: SocketAddr,
-        initial: &[u8],
-        accepted: sluice_core::Instant,
-        original_dst: Option<SocketAddr>,
-        awaiting_response: &Rc<Cell<bool>>,
-    ) {
-        let limits = Limits {
-            max_head_bytes: hc.max_request_headers_kb as usize * 1024,
-            max_headers: hc.max_headers_count as usize,
-        };
-        // The connection's buffers come from the worker's pool while a request is in flight
-        // and go back to it when the connection goes idle (see `release_idle` below).
-        let pool = &self.http_buffers;
-        let mut rbuf = ReadBuffer::new();
-        if !initial.is_empty() && initial.len() <= READ_BUFFER {
-            rbuf.ensure(pool);
-        }
-        rbuf.preload(initial);
-        let mut ubuf = ReadBuffer::new();
-        let mut head = Head::default();
-        let mut rhead = Head::default();
-        let mut out: Vec<u8> = Vec::new();
-        let mut scratch = Scratch::new(peer, hc, awaiting_response.clone(), down.is_tls());
-        scratch.original_dst = original_dst;
-        let logging = self.access_logs[listener].is_some();
-        // When to wait for requests and for how long (the first must start within
-        // `request_headers_timeout` of the accept; then the idle timeout; the drain grace).
+        let mut expired = std::pin::pin!(self.drain_expired.notified());
+        // What the connection keeps while it is parked (or has sent nothing yet): its policy
+        // (when to wait and for how long: see sluice_core::http1::conn) and its read buffer,
+        // which holds no memory then. The request path's state is a boxed future made when a
+        // request's first bytes are there, kept while the connection is busy and dropped when
+        // it parks (issue 15; `IDLE_PARK_GRACE` after a response with no next request).
         let mut policy = ConnectionPolicy::new(
             accepted,
             ConnectionSettings {
@@ -1001,6 +969,121 @@ impl<N: Network> Engine<N> {
             },
             self.stopping.get(),
         );
+        let mut rbuf = ReadBuffer::new();
+        if !initial.is_empty() && initial.len() <= READ_BUFFER {
+            rbuf.ensure(&self.http_buffers);
+        }
+        rbuf.preload(initial);
+        // Nothing allocated once the first bytes are in outlives the request path's state:
+        // what a parked connection frees is then whole, not holes between live chunks.
+        drop(std::mem::take(&mut sniffed));
+        // `Some(awaiting_response)` when the drain deadline passed (see above), else `None`.
+        let drained = loop {
+            if rbuf.is_empty() {
+                // Parked, or nothing sent yet: the wait for a request's first byte holds
+                // only this function's small state.
+                let wait = self.await_request(&mut down, &mut rbuf, &mut policy);
+                let waited = tokio::select! {
+                    biased;
+                    () = expired.as_mut() => break Some(false),
+                    w = wait => w,
+                };
+                match waited {
+                    Waited::Bytes => {}
+                    Waited::Closed => break None,
+                    Waited::FirstByteTimeout => {
+                        self.first_byte_timeout(listener, lc, peer);
+                        break None;
+                    }
+                    // Only after a response, never in this wait.
+                    Waited::Park => continue,
+                }
+            }
+            // True while a request is being served and nothing of its response has reached
+            // the client yet; made (and freed) with the request path's state.
+            let awaiting_response = Rc::new(Cell::new(false));
+            // Boxed in a statement of its own (a temporary would live across the `select!`
+            // and be laid out in this future too).
+            let serve = Box::pin(self.serve_http_connection(
+                listener,
+                lc,
+                hc,
+                &mut down,
+                peer,
+                &mut rbuf,
+                &mut policy,
+                original_dst,
+                &awaiting_response,
+            ));
+            let parked = tokio::select! {
+                biased;
+                () = expired.as_mut() => break Some(awaiting_response.get()),
+                p = serve => p,
+            };
+            if !parked {
+                break None;
+            }
+            bump(&self.stats.http1_cx_parked, 1);
+        };
+        if let Some(awaiting_response) = drained {
+            tracing::debug!(%peer, awaiting_response, "drain timeout passed; closing the HTTP connection");
+            if awaiting_response {
+                let mut out = Vec::new();
+                write_local_response(&mut out, 503, &[], b"the proxy is shutting down\n", true);
+                let _ = write_flushed(&mut down, &out).await;
+                self.count_status(listener, 503);
+                bump(&self.stats.http_local_replies, 1);
+            }
+        }
+        rbuf.clear();
+        rbuf.release(&self.http_buffers);
+        let _ = down.shutdown().await;
+    }
+
+    /// Counts and logs a connection closed because its first request did not start within
+    /// `request_headers_timeout` of the accept.
+    fn first_byte_timeout(&self, listener: usize, lc: &ListenerConfig, peer: SocketAddr) {
+        bump(&self.stats.downstream_cx_first_byte_timeout, 1);
+        if let Some(l) = self.stats.listener(listener) {
+            bump(&l.downstream_cx_first_byte_timeout, 1);
+        }
+        tracing::debug!(listener = %lc.name, %peer, "no request within request_headers_timeout of the accept: closed");
+    }
+
+    /// Serves the connection's requests, the first of which has bytes in `rbuf`, until the
+    /// connection ends (`false`) or parks (`true`: no request came within the policy's park
+    /// grace; `rbuf` then holds no buffer). Everything a request needs besides `rbuf` and
+    /// `policy` lives in this future, made again when a parked connection gets a request.
+    /// `awaiting_response` is true while a request is being served and nothing of its
+    /// response has reached the client yet.
+    #[allow(clippy::too_many_arguments)]
+    async fn serve_http_connection(
+        &self,
+        listener: usize,
+        lc: &ListenerConfig,
+        hc: &HttpConfig,
+        down: &mut Downstream<N::Stream>,
+        peer: SocketAddr,
+        rbuf: &mut ReadBuffer,
+        policy: &mut ConnectionPolicy,
+        original_dst: Option<SocketAddr>,
+        awaiting_response: &Rc<Cell<bool>>,
+    ) -> bool {
+        let limits = Limits {
+            max_head_bytes: hc.max_request_headers_kb as usize * 1024,
+            max_headers: hc.max_headers_count as usize,
+        };
+        // The connection's buffers come from the worker's pool while a request is in flight
+        // and go back to it when the connection goes idle (see `release_idle` below).
+        let pool = &self.http_buffers;
+        let mut ubuf = ReadBuffer::new();
+        let mut head = Head::default();
+        let mut rhead = Head::default();
+        let mut out: Vec<u8> = Vec::new();
+        let mut scratch = Scratch::new(peer, hc, awaiting_response.clone(), down.is_tls());
+        scratch.original_dst = original_dst;
+        let logging = self.access_logs[listener].is_some();
+        let mut parked = false;
         loop {
             // Wall-clock and start time only matter to the access log.
             let started = if logging {
@@ -1024,20 +1107,20 @@ impl<N: Network> Engine<N> {
                 .await;
                 if !matches!(read, Some(Ok(n)) if n > 0) {
                     // Nothing yet, or the end: the wait below reads it again (the end twice).
-                    release_idle(pool, &mut rbuf, &mut ubuf, &mut out, &mut scratch);
+                    release_idle(pool, rbuf, &mut ubuf, &mut out, &mut scratch);
                 }
             }
             match self
-                .read_request_head(&limits, &mut *down, &mut rbuf, &mut head, &mut policy)
+                .read_request_head(&limits, &mut *down, rbuf, &mut head, policy)
                 .await
             {
                 HeadRead::Closed => break,
+                HeadRead::Park => {
+                    parked = true;
+                    break;
+                }
                 HeadRead::FirstByteTimeout => {
-                    bump(&self.stats.downstream_cx_first_byte_timeout, 1);
-                    if let Some(l) = lstats {
-                        bump(&l.downstream_cx_first_byte_timeout, 1);
-                    }
-                    tracing::debug!(listener = %lc.name, %peer, "no request within request_headers_timeout of the accept: closed");
+                    self.first_byte_timeout(listener, lc, peer);
                     break;
                 }
                 HeadRead::Reject(status, flag, why) => {
@@ -1098,7 +1181,7 @@ impl<N: Network> Engine<N> {
                     listener,
                     &mut *down,
                     &mut scratch,
-                    &mut rbuf,
+                    rbuf,
                     &head,
                     &mut ubuf,
                     &mut rhead,
@@ -1176,9 +1259,11 @@ impl<N: Network> Engine<N> {
                 break;
             }
         }
-        rbuf.clear();
-        release_idle(pool, &mut rbuf, &mut ubuf, &mut out, &mut scratch);
-        let _ = down.shutdown().await;
+        if !parked {
+            rbuf.clear();
+        }
+        release_idle(pool, rbuf, &mut ubuf, &mut out, &mut scratch);
+        parked
     }
 
     pub(crate) fn count_status(&self, listener: usize, status: u16) {
@@ -1186,6 +1271,45 @@ impl<N: Network> Engine<N> {
         bump(&self.stats.http_responses_by_class[class], 1);
         if let Some(l) = self.listener_stats(listener) {
             bump(&l.http_responses_by_class[class], 1);
+        }
+    }
+
+    /// Waits for a request's first byte into `rbuf` (which holds no buffer meanwhile: see
+    /// [`ReadBuffer::fill_first`]), until the policy's deadline: the first request's from the
+    /// accept, the idle timeout, or the drain grace — and, after a response, until the park
+    /// (see sluice_core::http1::conn). Only a connection's task polls it.
+    async fn await_request(
+        &self,
+        down: &mut Downstream<N::Stream>,
+        rbuf: &mut ReadBuffer,
+        policy: &mut ConnectionPolicy,
+    ) -> Waited {
+        loop {
+            let stop = self.stop_accepting.notified();
+            let draining = self.stopping.get();
+            let read = tokio::select! {
+                biased;
+                () = stop, if !draining => {
+                    policy.handle_drain(now());
+                    continue;
+                }
+                () = tokio::time::sleep_until(deadline_of(policy.poll_timeout())) => {
+                    match policy.handle_timeout(now()) {
+                        None => continue,
+                        Some(Expired::Park) => return Waited::Park,
+                        Some(Expired::FirstByteTimeout) => return Waited::FirstByteTimeout,
+                        Some(_) => return Waited::Closed,
+                    }
+                }
+                r = rbuf.fill_first(down, &self.http_buffers) => r,
+            };
+            return match read {
+                Ok(0) | Err(_) => {
+                    policy.handle_closed();
+                    Waited::Closed
+                }
+                Ok(_) => Waited::Bytes,
+            };
         }
     }
 
@@ -1197,34 +1321,14 @@ impl<N: Network> Engine<N> {
         head: &mut Head,
         policy: &mut ConnectionPolicy,
     ) -> HeadRead {
-        // Idle between requests: wait for the first byte, until the policy's deadline (the
-        // first request's from the accept, the idle timeout, or the drain grace: see
-        // sluice_core::http1::conn). Pipelined bytes already buffered skip the wait.
+        // Idle between requests: wait for the first byte (pipelined bytes already buffered
+        // skip the wait), or park.
         if rbuf.is_empty() {
-            loop {
-                let stop = self.stop_accepting.notified();
-                let draining = self.stopping.get();
-                let read = tokio::select! {
-                    biased;
-                    () = stop, if !draining => {
-                        policy.handle_drain(now());
-                        continue;
-                    }
-                    () = tokio::time::sleep_until(deadline_of(policy.poll_timeout())) => {
-                        return match policy.handle_timeout(now()) {
-                            Some(Expired::FirstByteTimeout) => HeadRead::FirstByteTimeout,
-                            _ => HeadRead::Closed,
-                        };
-                    }
-                    r = rbuf.fill_first(down, &self.http_buffers) => r,
-                };
-                match read {
-                    Ok(0) | Err(_) => {
-                        policy.handle_closed();
-                        return HeadRead::Closed;
-                    }
-                    Ok(_) => break,
-                }
+            match self.await_request(down, rbuf, policy).await {
+                Waited::Bytes => {}
+                Waited::Closed => return HeadRead::Closed,
+                Waited::FirstByteTimeout => return HeadRead::FirstByteTimeout,
+                Waited::Park => return HeadRead::Park,
             }
         }
         policy.handle_first_byte(now());
@@ -3657,6 +3761,303 @@ clusters:
             let got = read_responses(&mut d, 1, "second").await;
             assert!(got.starts_with("HTTP/1.1 200 OK\r\n"), "{got}");
             assert_eq!(pooled_becomes(&engine, (2, 1)).await, (2, 1));
+        });
+    }
+
+    /// Times the engine's HTTP/1.1 connections parked so far.
+    fn parked(engine: &Engine<TokioNet>) -> u64 {
+        engine
+            .stats
+            .http1_cx_parked
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Waits (up to 5 s) until the engine's connections parked `want` times.
+    async fn parked_becomes(engine: &Engine<TokioNet>, want: u64) -> u64 {
+        for _ in 0..500 {
+            if parked(engine) >= want {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        parked(engine)
+    }
+
+    /// Issue 15, with the defaults: a keep-alive connection with no request for
+    /// `IDLE_PARK_GRACE` after its response parks (its request-path state, a boxed future,
+    /// is dropped: counted in `http1_cx_parked`), once per wait; a request on the parked
+    /// connection is served (its state made again); back-to-back and pipelined requests,
+    /// which come within the grace, never park it; its buffers are the pool's when idle.
+    #[test]
+    fn an_idle_keep_alive_connection_parks_after_the_grace_and_serves_its_next_request() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        tokio::task::LocalSet::new().block_on(&rt, async {
+            let (up, up_at) = bound();
+            tokio::task::spawn_local(async move {
+                loop {
+                    let (mut s, _) = up.accept().await.unwrap();
+                    tokio::task::spawn_local(async move {
+                        let mut buf = vec![0u8; 4096];
+                        let mut have = Vec::new();
+                        loop {
+                            let n = s.read(&mut buf).await.unwrap_or(0);
+                            if n == 0 {
+                                return;
+                            }
+                            have.extend_from_slice(&buf[..n]);
+                            while let Some(end) = have.windows(4).position(|w| w == b"\r\n\r\n") {
+                                have.drain(..end + 4);
+                                s.write_all(
+                                    b"HTTP/1.1 200 OK\r\ncontent-length: 8\r\n\r\nupstream",
+                                )
+                                .await
+                                .unwrap();
+                            }
+                        }
+                    });
+                }
+            });
+            let (listener, at) = bound();
+            let yaml = format!(
+                r#"
+listeners:
+  - name: web
+    address: {at}
+    http:
+      virtual_hosts:
+        - name: all
+          domains: ["*"]
+          routes:
+            - match: {{ prefix: /up }}
+              route: {{ cluster: up }}
+            - match: {{ prefix: /a }}
+              direct_response: {{ status: 200, body: "first" }}
+clusters:
+  - name: up
+    hosts: [ {{ address: "{up_at}" }} ]
+"#
+            );
+            let config = Arc::new(Config::from_yaml(&yaml).unwrap());
+            let stats = Arc::new(WorkerStats::new(&config));
+            let engine = Engine::new(TokioNet::default(), config, 0, 1, stats).unwrap();
+            tokio::task::spawn_local(
+                engine
+                    .clone()
+                    .run(vec![listener], std::future::pending::<()>()),
+            );
+            let get_up = b"GET /up HTTP/1.1\r\nhost: x\r\n\r\n";
+
+            // A connection that has not sent a request has nothing to park.
+            let mut c = tokio::net::TcpStream::connect(at).await.unwrap();
+            tokio::time::sleep(sluice_core::http1::conn::IDLE_PARK_GRACE * 3 / 2).await;
+            assert_eq!(parked(&engine), 0);
+
+            // Back-to-back requests (each sent when the previous answer is in, a request
+            // forwarded upstream among them), then four pipelined in one write: all served,
+            // none parks the connection.
+            for i in 0..50 {
+                let (req, body): (&[u8], &str) = if i % 2 == 0 {
+                    (get_up, "upstream")
+                } else {
+                    (b"GET /a HTTP/1.1\r\nhost: x\r\n\r\n", "first")
+                };
+                c.write_all(req).await.unwrap();
+                let got = read_responses(&mut c, 1, body).await;
+                assert!(got.starts_with("HTTP/1.1 200 OK\r\n"), "{got}");
+            }
+            c.write_all(&get_up.repeat(4)).await.unwrap();
+            let got = read_responses(&mut c, 4, "upstream").await;
+            assert_eq!(got.matches("HTTP/1.1 200 OK\r\n").count(), 4, "{got}");
+            // A client that sends a request more often than once a second (the documented
+            // grace) is busy too.
+            for _ in 0..3 {
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                c.write_all(get_up).await.unwrap();
+                read_responses(&mut c, 1, "upstream").await;
+            }
+            assert_eq!(parked(&engine), 0, "a busy connection does not park");
+
+            // Idle past the grace: parked, once, its buffers back in the pool.
+            assert_eq!(parked_becomes(&engine, 1).await, 1);
+            assert_eq!(pooled_becomes(&engine, (2, 1)).await, (2, 1));
+            tokio::time::sleep(sluice_core::http1::conn::IDLE_PARK_GRACE * 3 / 2).await;
+            assert_eq!(parked(&engine), 1, "a connection parks once per wait");
+
+            // The parked connection serves its next requests, each again with a request-path
+            // state of its own; idle again, it parks again.
+            for round in 2..4 {
+                c.write_all(get_up).await.unwrap();
+                let got = read_responses(&mut c, 1, "upstream").await;
+                assert!(got.starts_with("HTTP/1.1 200 OK\r\n"), "{got}");
+                assert_eq!(parked_becomes(&engine, round).await, round);
+            }
+            // A second connection parks on its own.
+            let mut d = tokio::net::TcpStream::connect(at).await.unwrap();
+            d.write_all(b"GET /a HTTP/1.1\r\nhost: x\r\n\r\n")
+                .await
+                .unwrap();
+            let got = read_responses(&mut d, 1, "first").await;
+            assert!(got.starts_with("HTTP/1.1 200 OK\r\n"), "{got}");
+            assert_eq!(parked_becomes(&engine, 4).await, 4);
+            assert_eq!(
+                engine.stats.snapshot().http_requests,
+                50 + 4 + 3 + 2 + 1,
+                "every request was served once"
+            );
+        });
+    }
+
+    /// A parked connection still ends as a waiting one does: at the keep-alive idle timeout
+    /// (`idle_timeout: 3s` here: parked at 1 s, closed at 3 s, not before), and within the
+    /// drain grace (1 s) of a drain that starts while it is parked (before its idle timeout).
+    #[test]
+    fn a_parked_connection_still_closes_at_the_idle_timeout_and_at_a_drain() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        tokio::task::LocalSet::new().block_on(&rt, async {
+            let (listener, at) = bound();
+            let yaml = format!(
+                r#"
+listeners:
+  - name: web
+    address: {at}
+    http:
+      idle_timeout: 3s
+      virtual_hosts:
+        - name: all
+          domains: ["*"]
+          routes:
+            - match: {{ prefix: / }}
+              direct_response: {{ status: 200, body: "first" }}
+"#
+            );
+            let config = Arc::new(Config::from_yaml(&yaml).unwrap());
+            let stats = Arc::new(WorkerStats::new(&config));
+            let engine = Engine::new(TokioNet::default(), config, 0, 1, stats).unwrap();
+            let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+            tokio::task::spawn_local(engine.clone().run(vec![listener], async move {
+                let _ = stopped.await;
+            }));
+            let request = b"GET / HTTP/1.1\r\nhost: x\r\n\r\n";
+            /// Reads until the proxy closes the connection; how long that took.
+            async fn closed_after(c: &mut tokio::net::TcpStream) -> Duration {
+                let from = tokio::time::Instant::now();
+                let mut chunk = [0u8; 64];
+                let n = tokio::time::timeout(Duration::from_secs(5), c.read(&mut chunk))
+                    .await
+                    .expect("closed in time")
+                    .unwrap_or(0);
+                assert_eq!(n, 0, "{:?}", String::from_utf8_lossy(&chunk[..n]));
+                from.elapsed()
+            }
+
+            // The idle timeout: 3 s after the response, parked on the way.
+            let mut c = tokio::net::TcpStream::connect(at).await.unwrap();
+            c.write_all(request).await.unwrap();
+            read_responses(&mut c, 1, "first").await;
+            let waited = closed_after(&mut c).await;
+            assert!(
+                waited >= Duration::from_millis(2900) && waited < Duration::from_millis(3900),
+                "closed {waited:?} after the response"
+            );
+            assert_eq!(parked(&engine), 1);
+
+            // A drain while parked: closed within the drain grace.
+            let mut d = tokio::net::TcpStream::connect(at).await.unwrap();
+            d.write_all(request).await.unwrap();
+            read_responses(&mut d, 1, "first").await;
+            assert_eq!(parked_becomes(&engine, 2).await, 2);
+            stop.send(()).unwrap();
+            let waited = closed_after(&mut d).await;
+            assert!(
+                waited >= Duration::from_millis(900) && waited < Duration::from_millis(1900),
+                "closed {waited:?} after the drain started"
+            );
+        });
+    }
+
+    /// What an HTTP/1.1 connection holds while it has sent nothing or is parked: its
+    /// connection future (boxed at accept), which does not lay out the request path's state
+    /// (boxed apart, made with a request's first bytes). Printed for BENCHMARKS.md
+    /// (`cargo test -p sluice-runtime --lib connection_sizes -- --nocapture`); a debug build.
+    #[test]
+    fn connection_sizes() {
+        use std::mem::size_of_val;
+
+        use crate::downstream::Downstream;
+        use sluice_core::config::ListenerFilter;
+        use sluice_core::http1::conn::{ConnectionPolicy, ConnectionSettings};
+
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        tokio::task::LocalSet::new().block_on(&rt, async {
+            let (listener, at) = bound();
+            let yaml = format!(
+                "listeners:\n  - name: web\n    address: {at}\n    http:\n      virtual_hosts: [ {{ name: all, domains: [\"*\"], routes: [ {{ match: {{ prefix: / }}, direct_response: {{ status: 200 }} }} ] }} ]\n"
+            );
+            let config = Arc::new(Config::from_yaml(&yaml).unwrap());
+            let stats = Arc::new(WorkerStats::new(&config));
+            let engine = Engine::new(TokioNet::default(), config.clone(), 0, 1, stats).unwrap();
+            let client = tokio::net::TcpStream::connect(at).await.unwrap();
+            let (server, peer) = listener.accept().await.unwrap();
+            let lc = &config.listeners[0];
+            let ListenerFilter::Http(hc) = &lc.filter else {
+                unreachable!()
+            };
+            let down = Downstream::Plain(server);
+            let accepted = crate::now();
+            let mut policy = ConnectionPolicy::new(
+                accepted,
+                ConnectionSettings {
+                    request_headers_timeout: hc.request_headers_timeout,
+                    idle_timeout: hc.idle_timeout,
+                },
+                false,
+            );
+            let mut rbuf = super::ReadBuffer::new();
+            let mut down2 = Downstream::Plain(tokio::net::TcpStream::connect(at).await.unwrap());
+            let awaiting = std::rc::Rc::new(std::cell::Cell::new(false));
+            let request_path = engine.serve_http_connection(
+                0,
+                lc,
+                hc,
+                &mut down2,
+                peer,
+                &mut rbuf,
+                &mut policy,
+                None,
+                &awaiting,
+            );
+            let request_path_size = size_of_val(&request_path);
+            drop(request_path);
+            let connection =
+                engine.http_connection(0, lc, hc, down, peer, &[], None, accepted);
+            let connection_size = size_of_val(&connection);
+            drop(connection);
+            println!(
+                "HTTP/1.1 connection future (held from accept, boxed): {connection_size} B; \
+                 request-path future (boxed while busy): {request_path_size} B; \
+                 Downstream<TcpStream>: {} B; Scratch: {} B; Head: {} B; ConnectionPolicy: {} B; \
+                 ReadBuffer: {} B",
+                std::mem::size_of::<Downstream<tokio::net::TcpStream>>(),
+                std::mem::size_of::<super::Scratch>(),
+                std::mem::size_of::<sluice_core::http1::Head>(),
+                std::mem::size_of::<ConnectionPolicy>(),
+                std::mem::size_of::<super::ReadBuffer>(),
+            );
+            // The point of the split: a waiting connection does not hold the request path.
+            assert!(
+                connection_size < request_path_size / 2,
+                "the connection future ({connection_size} B) lays out the request path's ({request_path_size} B)"
+            );
+            drop(client);
         });
     }
 

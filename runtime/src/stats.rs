@@ -1290,6 +1290,15 @@ counters! {
                 "Spans lost with an OTLP export request that failed.",
             )
             .stats("tracing.spans_export_failed");
+        /// HTTP/1.1 keep-alive connections that parked: no request within
+        /// `IDLE_PARK_GRACE` (1 s) of their last response, they dropped their request state
+        /// (once per wait; the next request builds it again).
+        http1_cx_parked: AtomicU64, counter
+            => Metric::counter(
+                "sluice_http1_downstream_cx_parked_total",
+                "Idle HTTP/1.1 keep-alive connections that dropped their request state (no request within 1 s of the last response).",
+            )
+            .stats("http1.downstream_cx_parked");
         /// HTTP/2 downstream connections (h2c) that completed the HTTP/2 handshake.
         http2_downstream_cx_total: AtomicU64, counter
             => Metric::counter(

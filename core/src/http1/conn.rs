@@ -22,6 +22,13 @@
 //!   of seeing its request dropped by a close racing with it.
 //! - Pipelining: bytes of the next request already buffered skip the wait (`Awaiting` is left
 //!   at once by [`ConnectionPolicy::handle_first_byte`]).
+//! - Parking: a connection still waiting [`IDLE_PARK_GRACE`] after a response is idle, not
+//!   between two requests of a busy client: the timer fires once more, as
+//!   [`Expired::Park`], and the driver drops what only a request in flight needs (the runtime:
+//!   its request-path state) and waits on for the same deadline with only the connection's
+//!   own. It is the same wait, with one deadline at a time (the earlier of the park and the
+//!   wait's end, see [`ConnectionPolicy::poll_timeout`]); a connection parks at most once per
+//!   wait, and not before its first request (it has nothing to drop then).
 
 use std::time::Duration;
 
@@ -29,6 +36,14 @@ use crate::time::Instant;
 
 /// How long a draining connection still waits for a request that may be on its way.
 pub const DRAIN_IDLE_GRACE: Duration = Duration::from_secs(1);
+
+/// How long a kept-alive connection waits for its next request before it parks
+/// ([`Expired::Park`]). A client that sends at least a request a second never parks, so a busy
+/// connection never pays for building its request state again; a pool of idle keep-alive
+/// connections is down to the parked size within a second. (nginx frees a request's memory as
+/// soon as a keep-alive connection has nothing to read; Envoy keeps a connection's state until
+/// it closes.)
+pub const IDLE_PARK_GRACE: Duration = Duration::from_secs(1);
 
 /// The listener's settings the policy needs.
 #[derive(Clone, Copy, Debug)]
@@ -48,6 +63,9 @@ pub enum Expired {
     IdleClose,
     /// A request head did not complete in time: answer 408 and close.
     HeadTimeout,
+    /// Not an end: no request came within [`IDLE_PARK_GRACE`] of the last response, and the
+    /// wait goes on (same deadline) with the connection parked.
+    Park,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -57,6 +75,8 @@ enum State {
         deadline: Option<Instant>,
         /// The idle (or first-byte) deadline before any drain shortened it.
         idle: Option<Instant>,
+        /// When the connection parks, if it has not yet (after a response only).
+        park: Option<Instant>,
     },
     ReadingHead {
         deadline: Instant,
@@ -84,7 +104,7 @@ impl ConnectionPolicy {
             state: State::Closed,
             first_deadline: Some(first),
         };
-        policy.await_request(now, Some(first), draining);
+        policy.await_request(now, Some(first), draining, None);
         policy
     }
 
@@ -124,7 +144,7 @@ impl ConnectionPolicy {
             return false;
         }
         let idle = self.settings.idle_timeout.map(|d| now + d);
-        self.await_request(now, idle, draining);
+        self.await_request(now, idle, draining, Some(now + IDLE_PARK_GRACE));
         true
     }
 
@@ -133,20 +153,27 @@ impl ConnectionPolicy {
         self.state = State::Closed;
     }
 
-    /// A timer passed `now`: what it means, if anything expired (the connection then closes).
+    /// A timer passed `now`: what it means, if anything expired (the connection then closes,
+    /// except on [`Expired::Park`]: it parks and waits on).
     pub fn handle_timeout(&mut self, now: Instant) -> Option<Expired> {
-        let expired = match self.state {
+        let expired = match &mut self.state {
             State::Awaiting {
                 deadline: Some(d),
                 idle,
-            } if now >= d => {
+                ..
+            } if now >= *d => {
+                let (d, idle) = (*d, *idle);
                 if self.first_deadline.is_some() && idle == Some(d) {
                     Expired::FirstByteTimeout
                 } else {
                     Expired::IdleClose
                 }
             }
-            State::ReadingHead { deadline } if now >= deadline => Expired::HeadTimeout,
+            State::Awaiting { park, .. } if park.is_some_and(|p| now >= p) => {
+                *park = None;
+                return Some(Expired::Park);
+            }
+            State::ReadingHead { deadline } if now >= *deadline => Expired::HeadTimeout,
             _ => return None,
         };
         self.state = State::Closed;
@@ -157,7 +184,10 @@ impl ConnectionPolicy {
     #[must_use]
     pub fn poll_timeout(&self) -> Option<Instant> {
         match self.state {
-            State::Awaiting { deadline, .. } => deadline,
+            State::Awaiting { deadline, park, .. } => match (deadline, park) {
+                (Some(d), Some(p)) => Some(d.min(p)),
+                (d, p) => d.or(p),
+            },
             State::ReadingHead { deadline } => Some(deadline),
             State::Serving | State::Closed => None,
         }
@@ -169,14 +199,33 @@ impl ConnectionPolicy {
         matches!(self.state, State::Awaiting { .. })
     }
 
-    fn await_request(&mut self, now: Instant, idle: Option<Instant>, draining: bool) {
+    /// Whether the connection has parked in its current wait (or has nothing to park: its
+    /// first request is not there yet).
+    #[must_use]
+    pub fn is_parked(&self) -> bool {
+        matches!(self.state, State::Awaiting { park: None, .. })
+    }
+
+    fn await_request(
+        &mut self,
+        now: Instant,
+        idle: Option<Instant>,
+        draining: bool,
+        park: Option<Instant>,
+    ) {
         let deadline = if draining {
             let grace = now + DRAIN_IDLE_GRACE;
             Some(idle.map_or(grace, |d| d.min(grace)))
         } else {
             idle
         };
-        self.state = State::Awaiting { deadline, idle };
+        // A park at or after the end of the wait never comes: the wait ends first.
+        let park = park.filter(|p| deadline.is_none_or(|d| *p < d));
+        self.state = State::Awaiting {
+            deadline,
+            idle,
+            park,
+        };
     }
 }
 
@@ -227,6 +276,11 @@ mod tests {
         assert_eq!(p.poll_timeout(), None, "no connection timer while serving");
         let done = t + Duration::from_secs(20);
         assert!(p.handle_response_done(done, true, false));
+        assert_eq!(p.poll_timeout(), Some(done + IDLE_PARK_GRACE));
+        assert_eq!(
+            p.handle_timeout(done + IDLE_PARK_GRACE),
+            Some(Expired::Park)
+        );
         assert_eq!(p.poll_timeout(), Some(done + Duration::from_secs(60)));
         let next = done + Duration::from_secs(30);
         p.handle_first_byte(next);
@@ -244,6 +298,7 @@ mod tests {
         p.handle_first_byte(t);
         p.handle_head_complete();
         assert!(p.handle_response_done(t, true, false));
+        assert_eq!(p.handle_timeout(t + IDLE_PARK_GRACE), Some(Expired::Park));
         p.handle_drain(t + Duration::from_secs(5));
         let grace_end = t + Duration::from_secs(5) + DRAIN_IDLE_GRACE;
         assert_eq!(p.poll_timeout(), Some(grace_end));
@@ -267,6 +322,75 @@ mod tests {
         let t = epoch();
         let mut p = ConnectionPolicy::new(t, settings(), true);
         assert_eq!(p.poll_timeout(), Some(t + DRAIN_IDLE_GRACE));
+        assert_eq!(
+            p.handle_timeout(t + DRAIN_IDLE_GRACE),
+            Some(Expired::IdleClose)
+        );
+    }
+
+    /// After a response, the wait's first timer is the park, [`IDLE_PARK_GRACE`] later; it
+    /// fires once (the wait goes on, to the same idle deadline); a request that comes before
+    /// it cancels it, and the next response arms it again. A first request has none; a park
+    /// past the wait's end (a drain's grace) never comes.
+    #[test]
+    fn an_idle_keep_alive_connection_parks_once_after_the_grace_then_waits_on() {
+        let t = epoch();
+        let mut p = ConnectionPolicy::new(t, settings(), false);
+        assert!(p.is_parked(), "nothing to park before the first request");
+        assert_eq!(p.poll_timeout(), Some(t + Duration::from_secs(10)));
+        p.handle_first_byte(t);
+        p.handle_head_complete();
+        assert!(p.handle_response_done(t, true, false));
+        assert!(!p.is_parked());
+        let park = t + IDLE_PARK_GRACE;
+        assert_eq!(p.poll_timeout(), Some(park));
+        assert_eq!(p.handle_timeout(park - Duration::from_millis(1)), None);
+        assert_eq!(p.handle_timeout(park), Some(Expired::Park));
+        assert!(p.is_parked() && p.is_awaiting());
+        let idle_end = t + Duration::from_secs(60);
+        assert_eq!(p.poll_timeout(), Some(idle_end), "the same idle deadline");
+        assert_eq!(p.handle_timeout(park + Duration::from_secs(1)), None);
+        // A request on the parked connection, then another response: the park again.
+        let next = t + Duration::from_secs(30);
+        p.handle_first_byte(next);
+        p.handle_head_complete();
+        assert!(p.handle_response_done(next, true, false));
+        assert_eq!(p.poll_timeout(), Some(next + IDLE_PARK_GRACE));
+        // Back-to-back: the next request comes within the grace, no park.
+        p.handle_first_byte(next + IDLE_PARK_GRACE / 2);
+        assert_eq!(p.handle_timeout(next + IDLE_PARK_GRACE), None);
+        p.handle_head_complete();
+        assert_eq!(p.poll_timeout(), None);
+        // The idle deadline still closes a parked connection.
+        assert!(p.handle_response_done(next, true, false));
+        assert_eq!(
+            p.handle_timeout(next + IDLE_PARK_GRACE),
+            Some(Expired::Park)
+        );
+        assert_eq!(
+            p.handle_timeout(next + Duration::from_secs(60)),
+            Some(Expired::IdleClose)
+        );
+        // An idle timeout within the grace: it closes, no park first.
+        let short = ConnectionSettings {
+            idle_timeout: Some(IDLE_PARK_GRACE / 2),
+            ..settings()
+        };
+        let mut p = ConnectionPolicy::new(t, short, false);
+        p.handle_first_byte(t);
+        p.handle_head_complete();
+        assert!(p.handle_response_done(t, true, false));
+        assert_eq!(p.poll_timeout(), Some(t + IDLE_PARK_GRACE / 2));
+        assert_eq!(
+            p.handle_timeout(t + IDLE_PARK_GRACE),
+            Some(Expired::IdleClose)
+        );
+        // A drain that cuts the wait before the park: closed at the grace's end.
+        let mut p = ConnectionPolicy::new(t, settings(), false);
+        p.handle_first_byte(t);
+        p.handle_head_complete();
+        assert!(p.handle_response_done(t, true, false));
+        p.handle_drain(t);
         assert_eq!(
             p.handle_timeout(t + DRAIN_IDLE_GRACE),
             Some(Expired::IdleClose)

@@ -1,0 +1,77 @@
+#!/usr/bin/env python3
+"""What a sluice process holds on its heap per idle downstream HTTP/1.1 connection, by allocation
+size, under heaptrack (issue 15). RSS (idle_rss.py) also counts what the allocator keeps after a
+free; this counts only live allocations.
+
+usage: benches/loopback/idle_heap.py SLUICE_BIN [N] [--keepalive]
+  N connections (default 5000) are opened and held (--keepalive: each makes one keep-alive
+  request first, then idles); 4 s later the process is killed and heaptrack's "leaked" figure
+  is what was live then. Prints that total and the allocation sizes made about N times (once
+  per connection, over the whole run) with their counts. Run it with N = 0 too: the live heap
+  per connection is (live(N) - live(0)) / N. Needs heaptrack (Debian: apt-get install heaptrack).
+"""
+import os, re, resource, signal, socket, subprocess, sys, tempfile, time
+
+args = [a for a in sys.argv[1:] if not a.startswith("--")]
+binary = args[0]
+n = int(args[1]) if len(args) > 1 else 5000
+keep = "--keepalive" in sys.argv
+s = socket.socket(); s.bind(("127.0.0.1", 0)); port = s.getsockname()[1]; s.close()
+cfg = tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False)
+cfg.write(f"""
+limits: {{ max_connections: 100000 }}
+listeners:
+  - name: web
+    address: 127.0.0.1:{port}
+    http:
+      request_headers_timeout: 120s
+      virtual_hosts:
+        - name: all
+          domains: ["*"]
+          routes:
+            - match: {{ prefix: / }}
+              direct_response: {{ status: 200, body: "hi" }}
+""")
+cfg.close()
+resource.setrlimit(resource.RLIMIT_NOFILE, (20000, 20000))
+out = tempfile.mkdtemp() + "/ht"
+p = subprocess.Popen(["heaptrack", "-o", out, binary, "run", "-c", cfg.name, "--workers", "1"],
+                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+for _ in range(300):
+    try:
+        socket.create_connection(("127.0.0.1", port)).close(); break
+    except OSError:
+        time.sleep(0.1)
+time.sleep(1)
+conns = [socket.create_connection(("127.0.0.1", port)) for _ in range(n)]
+if n == 0:
+    keep = False
+if keep:
+    for c in conns:
+        c.sendall(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
+    for c in conns:
+        got = b""
+        while not got.endswith(b"hi"):
+            got += c.recv(4096)
+time.sleep(4)
+# Kill the traced process itself (heaptrack's interpreter then writes what was live).
+for k in open(f"/proc/{p.pid}/task/{p.pid}/children").read().split():
+    try:
+        if os.path.samefile(os.readlink(f"/proc/{k}/exe"), binary):
+            os.kill(int(k), signal.SIGKILL)
+    except OSError:
+        pass
+p.wait()
+for c in conns:
+    c.close()
+data = out + ".zst"
+text = subprocess.run(["heaptrack_print", "-f", data, "-p", "0", "-a", "0", "-T", "0", "-l", "0",
+                       "-H", out + ".hist"], capture_output=True, text=True).stdout
+leaked = re.search(r"total memory leaked: (\S+)", text).group(1)
+print(f"{binary}: {n} connections{' after one keep-alive request' if keep else ' that sent nothing'}; "
+      f"live heap at the end: {leaked} (heaptrack)")
+print("allocations made once per connection (size B: count):")
+for line in open(out + ".hist"):
+    size, count = map(int, line.split())
+    if n and n <= count < n + n // 50:
+        print(f"  {size}: {count}")
