@@ -3583,6 +3583,7 @@ mod tests {
 /// Issue 15: an idle keep-alive connection gives its buffers back to the worker's pool.
 #[cfg(test)]
 mod idle_buffer_tests {
+    use std::sync::Arc;
     use std::time::Duration;
 
     use sluice_core::config::Config;
@@ -3590,6 +3591,7 @@ mod idle_buffer_tests {
 
     use crate::engine::Engine;
     use crate::net::TokioNet;
+    use crate::stats::WorkerStats;
     use crate::test_support::{bound, http1_upstream, on_local_runtime, serve};
 
     /// Reads until `n` responses ending in `last` arrived, within 5 s.
@@ -4011,6 +4013,7 @@ listeners:
             let ListenerFilter::Http(hc) = &lc.filter else {
                 unreachable!()
             };
+            let hc = &**hc;
             let down = Downstream::Plain(server);
             let accepted = crate::now();
             let mut policy = ConnectionPolicy::new(
