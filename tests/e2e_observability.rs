@@ -362,3 +362,60 @@ clusters:
         .collect();
     assert_eq!(logged, seen);
 }
+
+/// The access log's start and duration of a request on a keep-alive connection count from the
+/// request's first byte, not from the end of the connection's previous request: the idle time
+/// between them (here 700 ms, under the 1 s after which an idle connection parks) is no part
+/// of the second request.
+#[test]
+fn a_keep_alive_requests_logged_duration_leaves_out_the_idle_time_before_it() {
+    let dir = TempDir::new("obs-keepalive-duration");
+    let port = free_port();
+    let log = dir.path().join("access.json");
+    let config = format!(
+        r#"
+listeners:
+  - name: web
+    address: 127.0.0.1:{port}
+    http:
+      access_log: {{ format: json, path: {log} }}
+      virtual_hosts:
+        - name: any
+          domains: ["*"]
+          routes:
+            - match: {{ prefix: / }}
+              direct_response: {{ status: 200, body: "hi" }}
+"#,
+        log = log.display(),
+    );
+    let s = start_sluice(&dir, &config, 1, addr(port));
+    let mut c = std::net::TcpStream::connect(addr(port)).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut exchange = |path: &str| {
+        write!(c, "GET {path} HTTP/1.1\r\nhost: x\r\n\r\n").unwrap();
+        let mut got = Vec::new();
+        let mut chunk = [0u8; 1024];
+        while !got.ends_with(b"hi") {
+            let n = c.read(&mut chunk).unwrap();
+            assert!(n > 0, "closed: {}", String::from_utf8_lossy(&got));
+            got.extend_from_slice(&chunk[..n]);
+        }
+    };
+    exchange("/first");
+    std::thread::sleep(Duration::from_millis(700));
+    exchange("/second");
+    drop(c);
+    stop(s);
+    let text = std::fs::read_to_string(&log).unwrap();
+    let lines: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 2, "{text}");
+    assert_eq!(lines[1]["path"], "/second");
+    let duration = lines[1]["duration_ms"].as_u64().unwrap();
+    assert!(
+        duration < 300,
+        "the second request logged {duration} ms: {text}"
+    );
+}

@@ -1085,13 +1085,6 @@ impl<N: Network> Engine<N> {
         let logging = self.access_logs[listener].is_some();
         let mut parked = false;
         loop {
-            // Wall-clock and start time only matter to the access log.
-            let started = if logging {
-                SystemTime::now()
-            } else {
-                SystemTime::UNIX_EPOCH
-            };
-            let t0 = if logging { Some(now()) } else { None };
             let lstats = self.listener_stats(listener);
             // Between requests: a connection whose next request is not there yet (a read would
             // wait) is idle and gives its buffers back; a busy one (pipelined or back-to-back
@@ -1110,10 +1103,29 @@ impl<N: Network> Engine<N> {
                     release_idle(pool, rbuf, &mut ubuf, &mut out, &mut scratch);
                 }
             }
-            match self
-                .read_request_head(&limits, &mut *down, rbuf, &mut head, policy)
-                .await
-            {
+            let mut first_byte_at = None;
+            let head_read = self
+                .read_request_head(
+                    &limits,
+                    &mut *down,
+                    rbuf,
+                    &mut head,
+                    policy,
+                    &mut first_byte_at,
+                )
+                .await;
+            // The access log's start and duration count from the request's first byte (Envoy's
+            // START_TIME), not from when the connection began waiting for it: a keep-alive
+            // connection's idle time is no part of its next request.
+            let (started, t0) = match first_byte_at {
+                Some(at) if logging => {
+                    let waited = now().saturating_duration_since(at);
+                    let wall = SystemTime::now();
+                    (wall.checked_sub(waited).unwrap_or(wall), Some(at))
+                }
+                _ => (SystemTime::UNIX_EPOCH, None),
+            };
+            match head_read {
                 HeadRead::Closed => break,
                 HeadRead::Park => {
                     parked = true;
@@ -1320,6 +1332,7 @@ impl<N: Network> Engine<N> {
         rbuf: &mut ReadBuffer,
         head: &mut Head,
         policy: &mut ConnectionPolicy,
+        first_byte_at: &mut Option<sluice_core::Instant>,
     ) -> HeadRead {
         // Idle between requests: wait for the first byte (pipelined bytes already buffered
         // skip the wait), or park.
@@ -1331,7 +1344,9 @@ impl<N: Network> Engine<N> {
                 Waited::Park => return HeadRead::Park,
             }
         }
-        policy.handle_first_byte(now());
+        let at = now();
+        *first_byte_at = Some(at);
+        policy.handle_first_byte(at);
         let deadline = deadline_of(policy.poll_timeout());
         loop {
             match parse_request(rbuf.bytes(), limits, head) {
