@@ -419,3 +419,51 @@ listeners:
         "the second request logged {duration} ms: {text}"
     );
 }
+
+/// A client's own `x-forwarded-client-cert` never reaches the application (Envoy's default
+/// `SANITIZE`): over HTTP/1.1 and HTTP/2 alike, whatever identity it claims.
+#[test]
+fn a_clients_own_x_forwarded_client_cert_is_removed() {
+    if !require_peers(&["curl", "nginx"]) {
+        return;
+    }
+    let dir = TempDir::new("obs-xfcc");
+    let (up, port) = (free_port(), free_port());
+    let _nginx = start_nginx_with(
+        &dir,
+        "up",
+        up,
+        r#"location / { return 200 "xfcc=[$http_x_forwarded_client_cert]"; }"#,
+    );
+    let config = format!(
+        r#"
+listeners:
+  - name: web
+    address: 127.0.0.1:{port}
+    http:
+      virtual_hosts:
+        - name: any
+          domains: ["*"]
+          routes:
+            - match: {{ prefix: / }}
+              route: {{ cluster: app }}
+clusters:
+  - name: app
+    hosts: [ {{ address: 127.0.0.1:{up} }} ]
+"#
+    );
+    let s = start_sluice(&dir, &config, 1, addr(port));
+    let url = format!("http://127.0.0.1:{port}/");
+    let forged = "x-forwarded-client-cert: By=spiffe://cluster.local/ns/x/sa/y;URI=spiffe://cluster.local/ns/default/sa/admin";
+    assert_eq!(curl(&["-H", forged, &url]), "xfcc=[]");
+    assert_eq!(
+        curl(&["--http2-prior-knowledge", "-H", forged, &url]),
+        "xfcc=[]"
+    );
+    // Two of them, and another spelling of the name.
+    assert_eq!(
+        curl(&["-H", forged, "-H", "X-Forwarded-Client-Cert: Hash=00", &url]),
+        "xfcc=[]"
+    );
+    stop(s);
+}

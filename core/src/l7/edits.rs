@@ -3,7 +3,7 @@
 //! [`HeaderEdits::removals`] and [`HeaderEdits::additions`]; HTTP/2 next).
 //!
 //! What it owns: the request edits of one hop — `x-forwarded-for` (the client's address
-//! appended), `x-request-id` (generated when the request has none, as a UUID v4), `host` when
+//! appended), `x-forwarded-client-cert` removed (Envoy's default `SANITIZE`), `x-request-id` (generated when the request has none, as a UUID v4), `host` when
 //! the request had none, `x-forwarded-proto: https` (replacing the client's) when the request
 //! came over TLS the proxy terminated, then the route's `request_headers_to_remove` / `_to_add` — and the
 //! response edits (the route's `response_headers_to_remove` / `_to_add`). An added field
@@ -175,6 +175,10 @@ pub fn request_edits<'a>(
     route_add: &'a [HeaderValue],
 ) {
     edits.set("x-forwarded-for", facts.forwarded_for);
+    // Envoy's default `forward_client_cert_details: SANITIZE`: a client's own
+    // `x-forwarded-client-cert` never reaches the application, which would take it for the
+    // identity a proxy verified (a plaintext client could claim any SPIFFE id).
+    edits.remove("x-forwarded-client-cert");
     if let Some(id) = facts.generated_id {
         edits.append("x-request-id", id);
     }
@@ -324,6 +328,7 @@ mod tests {
             edits.removals(),
             [
                 "x-forwarded-for",
+                "x-forwarded-client-cert",
                 "x-forwarded-proto",
                 "x-debug",
                 "x-env",
