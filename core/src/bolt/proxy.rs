@@ -357,6 +357,9 @@ fn timer_is_live(
 #[allow(clippy::disallowed_types)]
 type StreamMap = std::collections::HashMap<u32, Stream, foldhash::fast::FixedState>;
 
+/// A per-request collection emptied with more room than this gives it back.
+const SHRINK_ABOVE: usize = 256;
+
 /// Dead entries the deadline heap may hold beyond as many as it has live ones.
 const TIMER_SLACK: usize = 64;
 
@@ -841,6 +844,11 @@ impl BoltProxy {
             self.stats.responses_dropped += 1;
             return UpstreamVerdict::Drop;
         };
+        // A map keeps its largest size: after a burst, an emptied one gives it back (the
+        // B-tree it replaced freed its nodes as they emptied).
+        if u.streams.is_empty() && u.streams.capacity() > SHRINK_ABOVE {
+            u.streams.shrink_to(0);
+        }
         let (cluster, host) = (u.cluster, u.host.id);
         let had_deadline = s.deadline.is_some();
         let down = end_stream(&mut self.downstreams, clusters, cluster, host, s);
@@ -1081,6 +1089,10 @@ impl BoltProxy {
     /// compaction is at least half as many changes away as the heap is long), else dead entries
     /// are popped off its top, so that the next deadline is a live one.
     fn settle_timers(&mut self) {
+        if self.live_timers == 0 {
+            self.timers.clear_and_shrink(SHRINK_ABOVE);
+            return;
+        }
         if self.timers.len() > 2 * self.live_timers + TIMER_SLACK {
             let upstreams = &self.upstreams;
             self.timers

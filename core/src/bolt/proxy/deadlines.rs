@@ -57,6 +57,24 @@ impl Deadlines {
         }
     }
 
+    /// Drops every entry (all dead), giving back the room past `keep` entries.
+    pub(super) fn clear_and_shrink(&mut self, keep: usize) {
+        self.in_order.clear();
+        self.out_of_order.clear();
+        if self.in_order.capacity() > keep {
+            self.in_order.shrink_to(0);
+        }
+        if self.out_of_order.capacity() > keep {
+            self.out_of_order.shrink_to(0);
+        }
+    }
+
+    /// Entries it has room for without allocating.
+    #[cfg(test)]
+    pub(super) fn capacity(&self) -> usize {
+        self.in_order.capacity() + self.out_of_order.capacity()
+    }
+
     pub(super) fn len(&self) -> usize {
         self.in_order.len() + self.out_of_order.len()
     }

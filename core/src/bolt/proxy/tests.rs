@@ -577,6 +577,28 @@ fn answered_requests_leave_no_deadline_due_and_a_bounded_heap() {
     assert_eq!(h.replies.last().and_then(|r| r.stream), Some((up, b)));
     assert_eq!(h.p.poll_timeout(), None);
     h.idle();
+    // A burst of 1,000 in flight at once, all answered: the emptied collections give their
+    // room back.
+    let ids: Vec<u32> = (0..1000)
+        .map(|i| {
+            forward(h.down(
+                d,
+                req(Version::V1, 5000 + i, &[(b"service", Some(ECHO))], 0),
+            ))
+            .1
+        })
+        .collect();
+    assert!(h.p.upstreams[&up].streams.capacity() >= 1000);
+    for id in ids {
+        h.up(up, resp(Version::V1, id, ResponseStatus::Success, b"x"));
+    }
+    h.idle();
+    assert!(h.p.upstreams[&up].streams.capacity() <= SHRINK_ABOVE);
+    assert!(
+        h.p.timers.capacity() <= SHRINK_ABOVE,
+        "{}",
+        h.p.timers.capacity()
+    );
 }
 
 #[test]
