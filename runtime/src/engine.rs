@@ -963,6 +963,12 @@ impl<N: Network> Engine<N> {
                     );
                 }
                 Ok(Ok(got)) => got,
+                Ok(Err(e)) if e.kind() == std::io::ErrorKind::ConnectionReset => {
+                    return ChainPeek::Refused(
+                        "reset before its ClientHello was complete",
+                        ChainPeekRefusal::Closed,
+                    );
+                }
                 Ok(Err(_)) => return ChainPeek::Refused("read error", ChainPeekRefusal::Error),
                 Err(_) => return ChainPeek::TimedOut,
             };

@@ -490,6 +490,22 @@ clusters:
             // Closed before a byte: the same reason.
             assert_eq!(exchange(at, b"").await, b"");
             assert_eq!(refused(ChainPeekRefusal::Closed), 2);
+            // Reset during the hello (linger 0): the same reason, not a read error.
+            let mut s = tokio::net::TcpStream::connect(at).await.unwrap();
+            s.write_all(&partial[..700]).await.unwrap();
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            socket2::SockRef::from(&s)
+                .set_linger(Some(Duration::ZERO))
+                .unwrap();
+            drop(s);
+            for _ in 0..100 {
+                if refused(ChainPeekRefusal::Closed) == 3 {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            assert_eq!(refused(ChainPeekRefusal::Closed), 3);
+            assert_eq!(refused(ChainPeekRefusal::Error), 0);
             let l = stats.listener(0).unwrap();
             assert_eq!(l.downstream_listener_filter_timeout.load(Relaxed), 0);
             assert_eq!(plain_taken.get(), 0, "not served as plaintext");
