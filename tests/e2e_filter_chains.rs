@@ -314,3 +314,64 @@ clusters:
     );
     assert_eq!(https(), "after", "the chains in service stay");
 }
+
+/// Istio's two kinds of mesh TLS chains on one port, by ALPN: TCP (`istio-peer-exchange`,
+/// `istio`) and HTTP (`istio-http/1.0`, `istio-http/1.1`, `istio-h2`). A client offering both
+/// kinds gets the chain of the protocol it lists first (Envoy walks the client's list), with
+/// the chains in either order in the config: the certificate says which chain answered.
+#[test]
+fn an_alpn_offered_first_picks_its_chain_whatever_the_chains_order() {
+    if !require_peers(&["openssl"]) {
+        return;
+    }
+    let dir = TempDir::new("chains-alpn");
+    let ca = make_ca(&dir, "alpn-ca");
+    let (t_cert, t_key) = leaf(&dir, &ca, "tcp", &["tcp.example"], None);
+    let (h_cert, h_key) = leaf(&dir, &ca, "http", &["http.example"], None);
+    let (tcp_first, http_first) = (free_port(), free_port());
+    let tcp_chain = format!(
+        r#"      - filter_chain_match:
+          transport_protocol: tls
+          application_protocols: [istio-peer-exchange, istio]
+        tls: {{ certificates: [ {{ cert_chain: {tc}, private_key: {tk} }} ] }}
+        tcp_proxy: {{ cluster: up }}
+"#,
+        tc = p(&t_cert),
+        tk = p(&t_key)
+    );
+    let http_chain = format!(
+        r#"      - filter_chain_match:
+          transport_protocol: tls
+          application_protocols: [istio-http/1.0, istio-http/1.1, istio-h2]
+        tls: {{ certificates: [ {{ cert_chain: {hc}, private_key: {hk} }} ] }}
+        tcp_proxy: {{ cluster: up }}
+"#,
+        hc = p(&h_cert),
+        hk = p(&h_key)
+    );
+    let config = format!(
+        r#"
+listeners:
+  - name: tcp_first
+    address: 127.0.0.1:{tcp_first}
+    filter_chains:
+{tcp_chain}{http_chain}  - name: http_first
+    address: 127.0.0.1:{http_first}
+    filter_chains:
+{http_chain}{tcp_chain}clusters:
+  - {{ name: up, hosts: [ {{ address: 127.0.0.1:9 }} ] }}
+"#
+    );
+    let _s = start_sluice(&dir, &config, 1, addr(tcp_first));
+    for port in [tcp_first, http_first] {
+        for (alpn, cn) in [
+            ("istio-http/1.1,istio", "http"),
+            ("istio,istio-http/1.1", "tcp"),
+            ("h2,istio-h2,istio-peer-exchange", "http"),
+        ] {
+            let (ok, text) = s_client(port, &["-brief", "-servername", "svc", "-alpn", alpn]);
+            assert!(ok, "{port} {alpn}: {text}");
+            assert_eq!(peer_cn(&text), cn, "port {port}, client offers {alpn}");
+        }
+    }
+}

@@ -18,8 +18,12 @@
 //!    chain without names;
 //! 3. `transport_protocol`: a chain naming the connection's (`tls` / `raw_buffer`), over one
 //!    without;
-//! 4. `application_protocols`: a chain listing one of the offered ALPN protocols, over one
-//!    without.
+//! 4. `application_protocols`: Envoy walks the client's offered ALPN list *in the client's
+//!    order* and takes the chains listing the first offered protocol any chain lists (two
+//!    chains may both list an offered protocol — Istio's `[istio-peer-exchange, istio]` and
+//!    `[istio-http/1.1, …]` for a client offering `istio-http/1.1, istio` — the client's
+//!    preference decides, not the config order); a chain listing none of them, over one
+//!    without protocols.
 //!
 //! A chain whose criterion the connection does not meet never matches. When no chain is left,
 //! [`select`] says `None`: the listener's own filter serves the connection (its default chain),
@@ -82,19 +86,42 @@ fn specificity(m: &FilterChainMatch, level: usize, c: &ConnectionFacts<'_>) -> O
             if m.application_protocols.is_empty() {
                 return Some(0);
             }
+            // Envoy walks the client's list in its order and takes the chain of the first
+            // offered protocol a chain lists: the earlier the offered protocol, the more
+            // specific (`usize::MAX - position`, above the 0 of a chain without protocols).
             c.alpn
                 .iter()
-                .any(|offered| {
+                .position(|offered| {
                     m.application_protocols
                         .iter()
                         .any(|p| p.as_bytes() == offered.as_slice())
                 })
-                .then_some(1)
+                .map(|at| usize::MAX - at)
         }
     }
 }
 
 const LEVELS: usize = 4;
+
+/// Whether the chains left after the `destination_port` level (the first one, which needs no
+/// byte from the client) ask about the ClientHello — server names, transport protocol or
+/// ALPN. When none does, the connection's chain is known without waiting for its first bytes:
+/// a server-first protocol (the upstream speaks first: postgres, SMTP) on a port of its own
+/// must not wait for a client that waits for it. `false` when no chain is left.
+#[must_use]
+pub fn needs_client_hello(chains: &[FilterChain], destination_port: u16) -> bool {
+    let facts = ConnectionFacts {
+        destination_port,
+        ..ConnectionFacts::default()
+    };
+    let port = |c: &FilterChain| specificity(&c.filter_chain_match, 0, &facts);
+    let Some(best) = chains.iter().filter_map(port).max() else {
+        return false;
+    };
+    chains
+        .iter()
+        .any(|c| port(c) == Some(best) && c.filter_chain_match.needs_client_hello())
+}
 
 /// The index of the chain that serves a connection with these facts, or `None` (the
 /// listener's default chain, or close). See the module doc.
@@ -323,6 +350,70 @@ mod tests {
         assert_eq!(select(&chains, &facts(1, Some("x"), &istio)), Some(1));
         assert_eq!(select(&chains, &facts(1, Some("x"), &h2)), Some(0));
         assert_eq!(select(&chains, &facts(1, Some("x"), &[])), Some(0));
+    }
+
+    /// Istio's inbound TLS chains of one port: the mesh's TCP ALPNs and its HTTP ones. A
+    /// client offering both kinds gets the chain of the protocol it lists first, whatever the
+    /// order of the chains in the config.
+    #[test]
+    fn the_first_offered_protocol_some_chain_lists_picks_the_chain_in_either_config_order() {
+        let tcp = chain(FilterChainMatch {
+            transport_protocol: Some(TransportProtocol::Tls),
+            application_protocols: names(&["istio-peer-exchange", "istio"]),
+            ..Default::default()
+        });
+        let http = chain(FilterChainMatch {
+            transport_protocol: Some(TransportProtocol::Tls),
+            application_protocols: names(&["istio-http/1.0", "istio-http/1.1", "istio-h2"]),
+            ..Default::default()
+        });
+        let http_first = [b"istio-http/1.1".to_vec(), b"istio".to_vec()];
+        let tcp_first = [b"istio".to_vec(), b"istio-http/1.1".to_vec()];
+        // An unlisted protocol first does not count: the next offered one decides.
+        let unknown_first = [b"h2".to_vec(), b"istio-h2".to_vec(), b"istio".to_vec()];
+        for (chains, tcp_at, http_at) in [
+            ([tcp.clone(), http.clone()], 0, 1),
+            ([http.clone(), tcp.clone()], 1, 0),
+        ] {
+            assert_eq!(
+                select(&chains, &facts(1, Some("x"), &http_first)),
+                Some(http_at)
+            );
+            assert_eq!(
+                select(&chains, &facts(1, Some("x"), &tcp_first)),
+                Some(tcp_at)
+            );
+            assert_eq!(
+                select(&chains, &facts(1, Some("x"), &unknown_first)),
+                Some(http_at)
+            );
+        }
+    }
+
+    #[test]
+    fn the_client_hello_is_needed_only_when_a_chain_left_by_the_port_asks_about_it() {
+        let chains = [
+            chain(FilterChainMatch {
+                server_names: names(&["a.example"]),
+                ..Default::default()
+            }),
+            chain(FilterChainMatch {
+                destination_port: Some(5432),
+                ..Default::default()
+            }),
+            chain(FilterChainMatch {
+                destination_port: Some(8443),
+                transport_protocol: Some(TransportProtocol::Tls),
+                ..Default::default()
+            }),
+        ];
+        // Port 5432's own chain needs no byte: a server-first protocol is served at once.
+        assert!(!needs_client_hello(&chains, 5432));
+        assert!(needs_client_hello(&chains, 8443));
+        // Other ports keep the portless SNI chain, which needs the hello.
+        assert!(needs_client_hello(&chains, 80));
+        assert!(!needs_client_hello(&chains[1..2], 80), "no chain left");
+        assert!(!needs_client_hello(&[], 80));
     }
 
     #[test]

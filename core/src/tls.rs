@@ -7,5 +7,6 @@ pub mod client_hello;
 pub mod pem;
 
 pub use client_hello::{
-    ClientHello, ClientHelloError, DEFAULT_MAX_HELLO_BYTES, Peek, peek_client_hello,
+    ClientHello, ClientHelloError, DEFAULT_MAX_HELLO_BYTES, Peek, max_hello_wire_bytes,
+    peek_client_hello,
 };

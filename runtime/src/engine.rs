@@ -44,7 +44,9 @@ use sluice_core::router::Router;
 use sluice_core::tcp_proxy::{
     Action, CloseReason, ConnectFailure, SessionConfig, Side, TcpSession,
 };
-use sluice_core::tls::{DEFAULT_MAX_HELLO_BYTES, Peek, peek_client_hello};
+use sluice_core::tls::{
+    ClientHelloError, DEFAULT_MAX_HELLO_BYTES, Peek, max_hello_wire_bytes, peek_client_hello,
+};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::Notify;
 use tracing::{debug, info, warn};
@@ -59,7 +61,7 @@ use crate::now;
 use crate::pool::Pool;
 use crate::relay::{BUFFER_SIZE, relay};
 use crate::splice::AsTcpStream as _;
-use crate::stats::{CaptureOutcome, SniOutcome, WorkerStats, bump, gauge_add};
+use crate::stats::{CaptureOutcome, ChainPeekRefusal, SniOutcome, WorkerStats, bump, gauge_add};
 use crate::tls::{HandshakeOutcome, MaybeTls};
 
 /// Buffers kept for reuse per worker (each session takes two).
@@ -848,10 +850,12 @@ impl<N: Network> Engine<N> {
 
     /// The serving slot of the filter chain of listener `index` that fits this connection
     /// (`index` itself: the listener's own filter, its default chain), from its destination
-    /// port and, when a chain asks about TLS, server names or ALPN, its ClientHello — peeked
-    /// at, not read: the chain's filter (or TLS) reads the same bytes again. `None`: the
-    /// connection is to be closed (no chain fits and there is no default chain, or the peek
-    /// failed), counted.
+    /// port and, when a chain left by the port asks about TLS, server names or ALPN, its
+    /// ClientHello — peeked at, not read: the chain's filter (or TLS) reads the same bytes
+    /// again. The port is looked at first, without waiting for a byte: a port whose chains ask
+    /// nothing of the ClientHello is served at once (a server-first protocol, whose client
+    /// waits for the server to speak). `None`: the connection is to be closed (no chain fits
+    /// and there is no default chain, or the peek failed), counted.
     async fn pick_chain(
         &self,
         index: usize,
@@ -859,13 +863,13 @@ impl<N: Network> Engine<N> {
         peer: SocketAddr,
         original_dst: Option<SocketAddr>,
     ) -> Option<usize> {
-        use sluice_core::filter_chain::{ConnectionFacts, select};
+        use sluice_core::filter_chain::{ConnectionFacts, needs_client_hello, select};
         let lc = &self.config.listeners[index];
         let mut facts = ConnectionFacts {
             destination_port: original_dst.map_or(lc.address.port(), |d| d.port()),
             ..ConnectionFacts::default()
         };
-        let hello = if lc.chains_need_client_hello() {
+        let hello = if needs_client_hello(&lc.filter_chains, facts.destination_port) {
             match self.peek_client_hello(lc, stream).await {
                 ChainPeek::Hello(h) => Some(h),
                 ChainPeek::NotTls => None,
@@ -879,7 +883,10 @@ impl<N: Network> Engine<N> {
                     }
                     None
                 }
-                ChainPeek::Refused(why) => {
+                ChainPeek::Refused(why, reason) => {
+                    if let Some(l) = self.listener_stats(index) {
+                        bump(&l.downstream_listener_filter_refused[reason as usize], 1);
+                    }
                     debug!(listener = %lc.name, %peer, why, "first bytes unusable: connection closed");
                     return None;
                 }
@@ -914,49 +921,89 @@ impl<N: Network> Engine<N> {
 
     /// Peeks at the connection's first bytes (without consuming them) until they say whether
     /// it is TLS and, if so, what its ClientHello asks for; bounded by the listener's
-    /// `listener_filters_timeout` and by the drain deadline. A ClientHello still incomplete is
-    /// peeked at again after 1 ms, then after waits doubling up to 32 ms (a peek returns at
-    /// once while bytes wait, new or not; the rest of a hello split over two segments — a
-    /// post-quantum key share makes it larger than one — usually follows within the first).
+    /// `listener_filters_timeout` and by the drain deadline.
+    ///
+    /// Nothing is allocated before the first byte: the first peek goes to a record header's
+    /// worth of stack (plaintext is told from one byte). Once a TLS record header says how
+    /// long the hello's records are, a buffer of exactly that (at most the hello limit plus
+    /// record headers, [`max_hello_wire_bytes`]) is taken. The peek waits for the peeked
+    /// length to grow ([`Network::peek_grown`]) and the parser runs only once the bytes its
+    /// last verdict asked for (`at_least`) are in. A client that closes its side before its
+    /// hello is complete (a FIN behind queued bytes, which a peek keeps returning) is closed
+    /// at once as "closed during its ClientHello", not left to the timeout nor served by a
+    /// plaintext chain.
     async fn peek_client_hello(&self, lc: &ListenerConfig, stream: &mut N::Stream) -> ChainPeek {
-        let mut repeek = Duration::from_millis(1);
-        let mut buf = self.take_buffer();
-        let limit = DEFAULT_MAX_HELLO_BYTES.min(buf.len());
+        // A record header: enough to tell TLS or not and how long the first record is.
+        const HEAD: usize = 5;
+        let limit = max_hello_wire_bytes(DEFAULT_MAX_HELLO_BYTES);
         let deadline = tokio::time::Instant::now() + lc.listener_filters_timeout;
         let drain_expired = self.drain_expired.notified();
         tokio::pin!(drain_expired);
-        let verdict = loop {
+        let mut head = [0u8; HEAD];
+        let mut records: Vec<u8> = Vec::new();
+        // Bytes the last peek saw, and the length the parser needs before it can say more.
+        let (mut seen, mut at_least) = (0, 1);
+        loop {
             if self.drain_deadline_passed.get() {
-                break ChainPeek::Refused("drain deadline passed");
+                return ChainPeek::drained();
             }
-            let peeked = tokio::select! {
-                r = tokio::time::timeout_at(deadline, N::peek(stream, &mut buf[..limit])) => r,
-                () = &mut drain_expired => break ChainPeek::Refused("drain deadline passed"),
-            };
-            let len = match peeked {
-                Ok(Ok(0)) => break ChainPeek::Refused("closed before its first bytes"),
-                Ok(Ok(n)) => n,
-                Ok(Err(_)) => break ChainPeek::Refused("read error"),
-                Err(_) => break ChainPeek::TimedOut,
-            };
-            match peek_client_hello(&buf[..len], limit) {
-                Peek::NeedMore { .. } if len < limit => {
-                    let wait = tokio::time::Instant::now() + repeek;
-                    repeek = (repeek * 2).min(Duration::from_millis(32));
-                    if wait >= deadline {
-                        tokio::time::sleep_until(deadline).await;
-                        break ChainPeek::TimedOut;
-                    }
-                    tokio::time::sleep_until(wait).await;
+            let buf: &mut [u8] = if at_least <= HEAD {
+                &mut head
+            } else {
+                if records.len() < at_least {
+                    records.reserve_exact(at_least - records.len());
+                    records.resize(at_least, 0);
                 }
-                Peek::NeedMore { .. } => break ChainPeek::Refused("ClientHello too large"),
-                Peek::Invalid(_) => break ChainPeek::Refused("malformed ClientHello"),
-                Peek::NotTls => break ChainPeek::NotTls,
-                Peek::ClientHello(h) => break ChainPeek::Hello(h),
+                &mut records
+            };
+            let peeked = tokio::select! {
+                r = tokio::time::timeout_at(deadline, N::peek_grown(stream, buf, seen)) => r,
+                () = &mut drain_expired => return ChainPeek::drained(),
+            };
+            let (len, closed) = match peeked {
+                Ok(Ok((0, _))) => {
+                    return ChainPeek::Refused(
+                        "closed before its first bytes",
+                        ChainPeekRefusal::Closed,
+                    );
+                }
+                Ok(Ok(got)) => got,
+                Ok(Err(e)) if e.kind() == std::io::ErrorKind::ConnectionReset => {
+                    return ChainPeek::Refused(
+                        "reset before its ClientHello was complete",
+                        ChainPeekRefusal::Closed,
+                    );
+                }
+                Ok(Err(_)) => return ChainPeek::Refused("read error", ChainPeekRefusal::Error),
+                Err(_) => return ChainPeek::TimedOut,
+            };
+            seen = len;
+            if len >= at_least {
+                match peek_client_hello(&buf[..len], DEFAULT_MAX_HELLO_BYTES) {
+                    Peek::NeedMore { at_least: next } if next <= limit => at_least = next,
+                    Peek::NeedMore { .. } | Peek::Invalid(ClientHelloError::TooLarge { .. }) => {
+                        return ChainPeek::Refused(
+                            "ClientHello too large",
+                            ChainPeekRefusal::TooLarge,
+                        );
+                    }
+                    Peek::Invalid(_) => {
+                        return ChainPeek::Refused(
+                            "malformed ClientHello",
+                            ChainPeekRefusal::Invalid,
+                        );
+                    }
+                    Peek::NotTls => return ChainPeek::NotTls,
+                    Peek::ClientHello(h) => return ChainPeek::Hello(h),
+                }
             }
-        };
-        self.give_buffer(buf);
-        verdict
+            if closed {
+                return ChainPeek::Refused(
+                    "closed during its ClientHello",
+                    ChainPeekRefusal::Closed,
+                );
+            }
+        }
     }
 
     /// Terminates TLS on `stream` within the listener's handshake timeout: the TLS stream and
@@ -1493,8 +1540,15 @@ enum ChainPeek {
     NotTls,
     /// Nothing decisive within `listener_filters_timeout`.
     TimedOut,
-    /// The connection cannot be served (closed, malformed or oversized ClientHello, drain).
-    Refused(&'static str),
+    /// The connection cannot be served (closed, malformed or oversized ClientHello, drain):
+    /// what the log says, and the reason counted.
+    Refused(&'static str, ChainPeekRefusal),
+}
+
+impl ChainPeek {
+    fn drained() -> ChainPeek {
+        ChainPeek::Refused("drain deadline passed", ChainPeekRefusal::Drained)
+    }
 }
 
 /// What a `tcp_proxy` session's access-log line says, gathered as the session goes.

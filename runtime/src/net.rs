@@ -36,6 +36,34 @@ pub trait Network: Clone + 'static {
     /// returns at once with what is there, new bytes or not.
     fn peek(stream: &mut Self::Stream, buf: &mut [u8]) -> impl Future<Output = io::Result<usize>>;
 
+    /// Peeks (as [`Network::peek`]) once more than `seen` bytes wait on `stream` (`seen` <
+    /// `buf.len()`), or once the peer has closed its side: how many bytes wait (at most
+    /// `buf.len()`; 0: closed before a byte), and whether the peer's FIN (or a reset) came — no
+    /// more bytes will. A filter chain's ClientHello peek waits with it for the rest of a hello
+    /// split over segments, and tells a client that sent part of one and closed.
+    ///
+    /// By default (the simulator), peeks again after 1 ms, then after waits doubling up to
+    /// 32 ms (a peek returns at once while bytes wait, new or not), and sees a close only
+    /// before the first byte. Real sockets ([`TokioNet`]) wait for the socket's next
+    /// readiness instead: new bytes or the FIN wake them, nothing else.
+    fn peek_grown(
+        stream: &mut Self::Stream,
+        buf: &mut [u8],
+        seen: usize,
+    ) -> impl Future<Output = io::Result<(usize, bool)>> {
+        async move {
+            let mut wait = std::time::Duration::from_millis(1);
+            loop {
+                let n = Self::peek(stream, buf).await?;
+                if n == 0 || n > seen {
+                    return Ok((n, n == 0));
+                }
+                tokio::time::sleep(wait).await;
+                wait = (wait * 2).min(std::time::Duration::from_millis(32));
+            }
+        }
+    }
+
     /// Opens a connection (no timeout here: the session state machine owns timeouts).
     fn connect(&self, address: SocketAddr) -> impl Future<Output = io::Result<Self::Stream>>;
 
@@ -154,6 +182,14 @@ impl Network for TokioNet {
         stream.peek(buf).await
     }
 
+    async fn peek_grown(
+        stream: &mut Self::Stream,
+        buf: &mut [u8],
+        seen: usize,
+    ) -> io::Result<(usize, bool)> {
+        peek_grown(stream, buf, seen).await
+    }
+
     async fn connect(&self, address: SocketAddr) -> io::Result<Self::Stream> {
         let stream = match self.upstream_mark {
             Some(mark) => crate::transparent::connect_marked(address, mark).await?,
@@ -181,6 +217,39 @@ impl Network for TokioNet {
     fn into_fd(stream: Self::Stream) -> Option<std::os::fd::OwnedFd> {
         // Deregisters it from this runtime; the socket stays open.
         stream.into_std().ok().map(Into::into)
+    }
+}
+
+/// [`Network::peek_grown`] on a real socket: a non-blocking `MSG_PEEK` each time the socket
+/// turns readable; a peek that saw nothing new clears the readiness it ran under (tokio clears
+/// it only if no event came since, so bytes or a FIN landing during the peek are not missed)
+/// and waits for the next edge — new bytes, or the FIN, which `EPOLLRDHUP` reports even
+/// behind queued bytes. No timer, and no syscall while nothing happens.
+pub(crate) async fn peek_grown(
+    stream: &tokio::net::TcpStream,
+    buf: &mut [u8],
+    seen: usize,
+) -> io::Result<(usize, bool)> {
+    use nix::sys::socket::{MsgFlags, recv};
+    use std::os::fd::AsRawFd;
+    use tokio::io::Interest;
+    let fd = stream.as_raw_fd();
+    loop {
+        let ready = stream.ready(Interest::READABLE).await?;
+        let closed = ready.is_read_closed();
+        let peeked = stream.try_io(Interest::READABLE, || {
+            let n = recv(fd, buf, MsgFlags::MSG_PEEK | MsgFlags::MSG_DONTWAIT)?;
+            if n > seen || n == 0 || closed {
+                Ok(n)
+            } else {
+                Err(io::ErrorKind::WouldBlock.into())
+            }
+        });
+        match peeked {
+            Ok(n) => return Ok((n, closed || n == 0)),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(e) => return Err(e),
+        }
     }
 }
 

@@ -579,6 +579,50 @@ fn capture_outcome(i: usize) -> &'static str {
     CaptureOutcome::ALL[i].as_str()
 }
 
+/// Why a connection was closed while its first bytes were peeked at to pick its filter chain
+/// (a timeout is counted apart: `downstream_listener_filter_timeout`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ChainPeekRefusal {
+    /// The client closed (FIN or reset) before its first byte or during its ClientHello (a TCP
+    /// health probe lands here).
+    Closed,
+    /// A malformed ClientHello (or a TLS record that does not start one).
+    Invalid,
+    /// A ClientHello longer than the limit (16 KiB).
+    TooLarge,
+    /// The drain deadline passed while waiting.
+    Drained,
+    /// Reading the socket failed.
+    Error,
+}
+
+impl ChainPeekRefusal {
+    /// Every reason, in counter order.
+    pub const ALL: [ChainPeekRefusal; 5] = [
+        ChainPeekRefusal::Closed,
+        ChainPeekRefusal::Invalid,
+        ChainPeekRefusal::TooLarge,
+        ChainPeekRefusal::Drained,
+        ChainPeekRefusal::Error,
+    ];
+    /// The label and `/stats` suffix.
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ChainPeekRefusal::Closed => "closed",
+            ChainPeekRefusal::Invalid => "invalid",
+            ChainPeekRefusal::TooLarge => "too_large",
+            ChainPeekRefusal::Drained => "drained",
+            ChainPeekRefusal::Error => "error",
+        }
+    }
+}
+
+/// The label value of a [`ChainPeekRefusal`] by index.
+fn chain_peek_refusal(i: usize) -> &'static str {
+    ChainPeekRefusal::ALL[i].as_str()
+}
+
 /// The label value of an [`SniOutcome`] by index.
 fn sni_outcome(i: usize) -> &'static str {
     SniOutcome::ALL[i].as_str()
@@ -769,6 +813,17 @@ counters! {
                 "Connections whose ClientHello (or first bytes) did not come within listener_filters_timeout.",
             )
             .stats("downstream_listener_filter_timeout")
+            .prometheus_for(Shown::ChainListeners)
+            .stats_for(Shown::ChainListeners);
+        /// Connections closed because their first bytes could not pick a chain, by
+        /// [`ChainPeekRefusal`].
+        downstream_listener_filter_refused: [AtomicU64; ChainPeekRefusal::ALL.len()], counter
+            => Metric::counter(
+                "sluice_downstream_listener_filter_refused_total",
+                "Connections closed while their first bytes were peeked at to pick a filter chain, by why.",
+            )
+            .by("reason", chain_peek_refusal)
+            .stats("downstream_listener_filter_refused.")
             .prometheus_for(Shown::ChainListeners)
             .stats_for(Shown::ChainListeners);
     }

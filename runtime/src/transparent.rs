@@ -201,6 +201,14 @@ mod engine_tests {
             stream.peek(buf).await
         }
 
+        async fn peek_grown(
+            stream: &mut Self::Stream,
+            buf: &mut [u8],
+            seen: usize,
+        ) -> io::Result<(usize, bool)> {
+            crate::net::peek_grown(stream, buf, seen).await
+        }
+
         fn original_destination(
             &self,
             _stream: &Self::Stream,
@@ -379,6 +387,205 @@ clusters:
                 "every byte, to chain a"
             );
             assert_eq!(split(hello(b"b.example")).await, b"default");
+        });
+    }
+
+    /// Starts an upstream on a fresh port: each connection gets `answer(bytes read until the
+    /// client's FIN)` written back, then closed; the returned counter says how many it took.
+    fn answering(answer: fn(Vec<u8>) -> Vec<u8>) -> (SocketAddr, Rc<Cell<usize>>) {
+        let (l, at) = bound();
+        let taken = Rc::new(Cell::new(0));
+        let count = taken.clone();
+        tokio::task::spawn_local(async move {
+            while let Ok((mut s, _)) = l.accept().await {
+                count.set(count.get() + 1);
+                tokio::task::spawn_local(async move {
+                    let mut buf = Vec::new();
+                    let _ = s.read_to_end(&mut buf).await;
+                    let _ = s.write_all(&answer(buf)).await;
+                });
+            }
+        });
+        (at, taken)
+    }
+
+    /// Starts a worker serving `yaml` (with `{at}` the listener's address) on `net`.
+    fn serve<N: Network<Listener = tokio::net::TcpListener>>(
+        net: N,
+        yaml: &str,
+    ) -> (SocketAddr, Arc<WorkerStats>, Worker<N>) {
+        let (listener, at) = bound();
+        let config = Arc::new(Config::from_yaml(&yaml.replace("{at}", &at.to_string())).unwrap());
+        let stats = Arc::new(WorkerStats::new(&config));
+        let engine = Engine::new(net, config, 0, 1, stats.clone()).unwrap();
+        let worker = Worker::start(
+            engine,
+            vec![listener],
+            WorkerHooks {
+                close_listeners: None,
+                on_event: None,
+            },
+        );
+        (at, stats, worker)
+    }
+
+    /// A client that sends part of a ClientHello and closes its side (a FIN behind the queued
+    /// bytes, which a peek keeps returning) is closed at once — with the default 15 s
+    /// `listener_filters_timeout`, not after it — and neither served by the plaintext chain
+    /// nor counted as a timeout: counted as refused, `closed`, like one that closes before a
+    /// byte. A hello the parser takes (16 380 bytes of message) split over four records, 16 400
+    /// bytes on the wire, is not refused as too large: its chain gets every byte.
+    #[test]
+    fn a_client_closing_during_its_client_hello_is_closed_at_once_and_a_split_full_size_hello_is_taken()
+     {
+        use crate::stats::ChainPeekRefusal;
+        use sluice_core::tls::client_hello::build::{Hello, client_hello_records};
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        tokio::task::LocalSet::new().block_on(&rt, async {
+            let (a_at, _) = answering(|b| b);
+            let (plain_at, plain_taken) = answering(|_| b"plaintext".to_vec());
+            let (at, stats, _worker) = serve(
+                TokioNet::default(),
+                &format!(
+                    "listeners:
+  - name: l
+    address: {{at}}
+    filter_chains:
+      - filter_chain_match: {{ server_names: [a.example] }}
+        tcp_proxy: {{ cluster: a }}
+      - filter_chain_match: {{ transport_protocol: raw_buffer }}
+        tcp_proxy: {{ cluster: plain }}
+clusters:
+  - {{ name: a, hosts: [ {{ address: {a_at} }} ] }}
+  - {{ name: plain, hosts: [ {{ address: {plain_at} }} ] }}
+"
+                ),
+            );
+            let refused = |r: ChainPeekRefusal| {
+                stats
+                    .listener(0)
+                    .unwrap()
+                    .downstream_listener_filter_refused[r as usize]
+                    .load(Relaxed)
+            };
+            let hello = |padding: usize, fragment: usize| {
+                client_hello_records(
+                    &Hello {
+                        server_name: Some(b"a.example"),
+                        tls13: true,
+                        padding,
+                        ..Hello::default()
+                    },
+                    fragment,
+                )
+            };
+            let t0 = tokio::time::Instant::now();
+            let partial = hello(2500, 16 * 1024);
+            assert_eq!(exchange(at, &partial[..700]).await, b"");
+            assert!(t0.elapsed() < Duration::from_secs(2), "{:?}", t0.elapsed());
+            assert_eq!(refused(ChainPeekRefusal::Closed), 1);
+            // Closed before a byte: the same reason.
+            assert_eq!(exchange(at, b"").await, b"");
+            assert_eq!(refused(ChainPeekRefusal::Closed), 2);
+            // Reset during the hello (linger 0): the same reason, not a read error.
+            let mut s = tokio::net::TcpStream::connect(at).await.unwrap();
+            s.write_all(&partial[..700]).await.unwrap();
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            socket2::SockRef::from(&s)
+                .set_linger(Some(Duration::ZERO))
+                .unwrap();
+            drop(s);
+            for _ in 0..100 {
+                if refused(ChainPeekRefusal::Closed) == 3 {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            assert_eq!(refused(ChainPeekRefusal::Closed), 3);
+            assert_eq!(refused(ChainPeekRefusal::Error), 0);
+            let l = stats.listener(0).unwrap();
+            assert_eq!(l.downstream_listener_filter_timeout.load(Relaxed), 0);
+            assert_eq!(plain_taken.get(), 0, "not served as plaintext");
+
+            // A hello of 16 380 message bytes (the limit is 16 KiB) in records of 4 KiB.
+            let one_record = hello(0, 16 * 1024);
+            // (The padding extension takes 4 bytes of header besides its padding.)
+            let padding = 16_380 - (one_record.len() - 5) - 4;
+            assert_eq!(hello(padding, 16 * 1024).len() - 5, 16_380);
+            let split = hello(padding, 4096);
+            assert_eq!(split.len(), 16_380 + 4 * 5, "four records, over 16 KiB");
+            assert_eq!(exchange(at, &split).await, split, "every byte, to chain a");
+            assert_eq!(refused(ChainPeekRefusal::TooLarge), 0);
+            // One byte more of message is refused, counted.
+            let over = hello(padding + 5, 4096);
+            assert_eq!(exchange(at, &over).await, b"");
+            assert_eq!(refused(ChainPeekRefusal::TooLarge), 1);
+        });
+    }
+
+    /// A port whose chain asks nothing of the ClientHello is served without waiting for the
+    /// client's first bytes, even when another chain of the listener routes by server name:
+    /// a server-first protocol (postgres, SMTP: the upstream speaks first) on its own port
+    /// gets its banner through while the client has sent nothing.
+    #[test]
+    fn a_server_first_port_is_served_before_the_client_speaks_beside_an_sni_chain() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        tokio::task::LocalSet::new().block_on(&rt, async {
+            // The server-first upstream: its banner at once, then what it reads.
+            let (db, db_at) = bound();
+            tokio::task::spawn_local(async move {
+                while let Ok((mut s, _)) = db.accept().await {
+                    tokio::task::spawn_local(async move {
+                        let _ = s.write_all(b"220 banner\r\n").await;
+                        let mut buf = Vec::new();
+                        let _ = s.read_to_end(&mut buf).await;
+                        let _ = s.write_all(&buf).await;
+                    });
+                }
+            });
+            let (a_at, _) = answering(|b| b);
+            let net = CapturedNet::default();
+            let dst = net.original_dst.clone();
+            let (at, stats, _worker) = serve(
+                net,
+                &format!(
+                    "listeners:
+  - name: inbound
+    address: {{at}}
+    original_dst: redirect
+    filter_chains:
+      - filter_chain_match: {{ server_names: [a.example] }}
+        tcp_proxy: {{ cluster: a }}
+      - filter_chain_match: {{ destination_port: 5432 }}
+        tcp_proxy: {{ cluster: db }}
+clusters:
+  - {{ name: a, hosts: [ {{ address: {a_at} }} ] }}
+  - {{ name: db, hosts: [ {{ address: {db_at} }} ] }}
+"
+                ),
+            );
+            dst.set(Some(SocketAddr::new(db_at.ip(), 5432)));
+            let mut s = tokio::net::TcpStream::connect(at).await.unwrap();
+            let mut banner = [0u8; 12];
+            tokio::time::timeout(Duration::from_secs(3), s.read_exact(&mut banner))
+                .await
+                .expect("the banner comes before the client sends a byte")
+                .unwrap();
+            assert_eq!(&banner, b"220 banner\r\n");
+            s.write_all(b"then the client").await.unwrap();
+            s.shutdown().await.unwrap();
+            let mut rest = Vec::new();
+            s.read_to_end(&mut rest).await.unwrap();
+            assert_eq!(rest, b"then the client");
+            let l = stats.listener(0).unwrap();
+            assert_eq!(l.downstream_listener_filter_timeout.load(Relaxed), 0);
+            assert_eq!(l.downstream_cx_no_filter_chain_match.load(Relaxed), 0);
         });
     }
 

@@ -222,6 +222,54 @@ fn the_example_configs_dump_into_configs_that_load_back() {
     assert!(n >= 8, "only {n} configs in configs/");
 }
 
+/// The Istio-shaped filter chains example of `listeners.md` does what its comments say: mutual
+/// TLS with Istio's ALPN and plaintext to port 8080 get 8080's chains, a public name its own
+/// chain, any other port the passthrough chain — and TLS to 8080 without the mesh's ALPN, which
+/// neither 8080 chain takes, is closed: no listener filter (default chain) passes it through.
+#[test]
+fn the_filter_chains_example_passes_through_other_ports_only() {
+    use sluice_core::config::ListenerFilter;
+    use sluice_core::filter_chain::{ConnectionFacts, select};
+    let file = repo().join("docs/configuration/listeners.md");
+    let block = blocks(&file)
+        .into_iter()
+        .find(|b| b.info == "yaml" && b.text.contains("filter_chains:"))
+        .expect("the filter chains example");
+    let dir = std::env::temp_dir().join(format!("sluice-docs-chains-{}", std::process::id()));
+    let path = dir.join("chains.yaml");
+    let text = with_test_certificates(&block.text, &dir.join("certs"));
+    std::fs::write(&path, text).unwrap();
+    let config = sluice_runtime::server::load_config(&path).unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+    let l = &config.listeners[0];
+    let pick = |port: u16, tls: bool, server_name: Option<&str>, alpn: &[Vec<u8>]| {
+        select(
+            &l.filter_chains,
+            &ConnectionFacts {
+                destination_port: port,
+                tls,
+                server_name,
+                alpn,
+            },
+        )
+    };
+    let istio = [b"istio-peer-exchange".to_vec(), b"istio".to_vec()];
+    let h2 = [b"h2".to_vec()];
+    assert_eq!(pick(8080, true, Some("app"), &istio), Some(0));
+    assert_eq!(pick(8080, false, None, &[]), Some(1));
+    assert_eq!(pick(443, true, Some("api.example.com"), &h2), Some(2));
+    assert_eq!(pick(5432, false, None, &[]), Some(3));
+    assert_eq!(pick(443, true, Some("other.example"), &h2), Some(3));
+    // TLS to 8080 without Istio's ALPN: no chain is left, and the listener has no filter of
+    // its own to take it — closed, not passed through around the mutual TLS.
+    assert_eq!(pick(8080, true, Some("app"), &h2), None);
+    assert!(
+        matches!(l.filter, ListenerFilter::Close),
+        "the listener's own filter would take what 8080's chains refuse: {:?}",
+        l.filter
+    );
+}
+
 /// Checks Kubernetes manifests (one or more YAML documents): each parses and has `apiVersion`
 /// and `kind`; each `*.yaml` entry of a ConfigMap's `data` loads as a Sluice config. Returns how
 /// many Sluice configs it loaded.

@@ -388,14 +388,6 @@ impl TransportProtocol {
 }
 
 impl ListenerConfig {
-    /// Whether a connection's first bytes must be peeked at to pick its chain.
-    #[must_use]
-    pub fn chains_need_client_hello(&self) -> bool {
-        self.filter_chains
-            .iter()
-            .any(|c| c.filter_chain_match.needs_client_hello())
-    }
-
     /// The listener as filter chain `chain` serves a connection: this listener with the
     /// chain's filter and `tls`, and no chains (what the runtime compiles per chain, so that a
     /// chain is served by the same code as a listener). `None` for an index out of range.

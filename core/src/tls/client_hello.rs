@@ -30,6 +30,15 @@
 /// under 2 KiB (a post-quantum key share included); 16 KiB leaves room for many extensions.
 pub const DEFAULT_MAX_HELLO_BYTES: usize = 16 * 1024;
 
+/// The most bytes on the wire a ClientHello of at most `max_hello_bytes` (the handshake
+/// message, what the limit counts) can take before [`peek_client_hello`] decides: the message
+/// and the header of each record it may be split over (at most 32). A peek bounded by the
+/// message limit alone would refuse a hello the parser accepts, split over records.
+#[must_use]
+pub const fn max_hello_wire_bytes(max_hello_bytes: usize) -> usize {
+    max_hello_bytes + RECORD_HEADER * MAX_RECORDS
+}
+
 /// The TLS record header: type, version, length.
 const RECORD_HEADER: usize = 5;
 /// Record content type `handshake`.
