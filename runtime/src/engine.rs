@@ -1310,15 +1310,18 @@ impl<N: Network> Engine<N> {
                             &mut self.rng.borrow_mut(),
                         )
                     };
-                    // Plaintext on real sockets: splice, unless the listener says not to or
-                    // the pipes cannot be made (then copy, as over TLS and in the simulator).
+                    // Plaintext on real sockets: splice, unless the listener says not to, the
+                    // process's pipe budget is spent (`limits`: pipes must not take the
+                    // descriptors admitted connections need) or the pipes cannot be made (then
+                    // copy, as over TLS and in the simulator).
                     let spliceable = match (down.as_tcp_stream(), up.as_tcp_stream()) {
-                        (Some(d), Some(u)) if tp.splice => {
-                            crate::splice::Pipes::new().ok().map(|p| (d, u, p))
-                        }
+                        (Some(d), Some(u)) if tp.splice => self
+                            .limits
+                            .hold_pipes()
+                            .and_then(|held| Some((d, u, crate::splice::Pipes::new().ok()?, held))),
                         _ => None,
                     };
-                    if let Some((d, u, pipes)) = spliceable {
+                    if let Some((d, u, pipes, _held)) = spliceable {
                         bump(&self.stats.tcp_relay_spliced, 1);
                         crate::splice::relay_spliced(
                             &mut session,

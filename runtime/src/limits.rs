@@ -13,7 +13,16 @@
 //!   ([`raise_open_file_limit`]): `(RLIMIT_NOFILE − 64) / 2` — every downstream connection may need
 //!   an upstream one, and 64 descriptors stay for the admin API, listeners, health checks and
 //!   log files — so that downstream connections can never exhaust the descriptors the admin API
-//!   needs to answer.
+//!   needs to answer. A config with a splicing `tcp_proxy` (any listener or filter chain with
+//!   `splice` on, the default) derives `(RLIMIT_NOFILE − 64) / 3` instead: a spliced session
+//!   holds two pipes (four descriptors) beside its two sockets.
+//! - **Splice pipes** (HAProxy's `maxpipes`): at most [`ProcessLimits::pipes_max`] sessions
+//!   splice at once — a quarter of the derived connection limit, or, with an explicit
+//!   `limits.max_connections`, what the open-file limit leaves beyond two descriptors per
+//!   connection — so pipes never take the descriptors admitted connections need (a session
+//!   that would pass the budget relays by copying, counted as `tcp_relay_copied`). Without it,
+//!   a process full of spliced sessions ran out of descriptors at accept at a third of its
+//!   connection limit.
 //! - **Bolt partial frames** (Envoy's per-connection buffer limits plus its overload manager's
 //!   heap budget): each downstream Bolt connection's read buffer grows up to the listener's
 //!   `max_frame_size` for a large frame; the bytes beyond the first chunk are reserved from
@@ -28,7 +37,7 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 
-use sluice_core::config::Config;
+use sluice_core::config::{Config, ListenerFilter};
 
 /// Descriptors kept out of the derived connection limit (admin API, listening sockets, health
 /// checks, log files).
@@ -43,7 +52,20 @@ pub struct ProcessLimits {
     max: AtomicU64,
     bolt_held: AtomicUsize,
     bolt_max: AtomicUsize,
+    /// Sessions relaying by splice now, and how many may at once.
+    pipes_held: AtomicUsize,
+    pipes_max: AtomicUsize,
     listeners: Mutex<Vec<(SocketAddr, Arc<AtomicU64>)>>,
+}
+
+/// One splicing session's share of the pipe budget ([`ProcessLimits::hold_pipes`]).
+#[derive(Debug)]
+pub struct PipesHeld<'a>(&'a ProcessLimits);
+
+impl Drop for PipesHeld<'_> {
+    fn drop(&mut self) {
+        self.0.pipes_held.fetch_sub(1, Relaxed);
+    }
 }
 
 /// Why a connection was refused.
@@ -59,7 +81,51 @@ pub enum Overflow {
 /// limit.
 #[must_use]
 pub fn max_connections(config: &Config) -> u64 {
-    config.limits.max_connections.unwrap_or_else(derived_max)
+    config
+        .limits
+        .max_connections
+        .unwrap_or_else(|| derived_max(open_file_limit(), splices(config)))
+}
+
+/// How many sessions may relay by splice at once under `config` (see the module doc).
+#[must_use]
+pub fn max_spliced_sessions(config: &Config) -> usize {
+    pipe_budget(
+        open_file_limit(),
+        config.limits.max_connections,
+        splices(config),
+    )
+}
+
+/// [`max_spliced_sessions`] for an open-file limit `fds` and an explicit connection limit.
+fn pipe_budget(fds: Option<u64>, max_connections: Option<u64>, splices: bool) -> usize {
+    if !splices {
+        return 0;
+    }
+    let Some(fds) = fds else {
+        return usize::MAX;
+    };
+    let sessions = match max_connections {
+        None => derived_max(Some(fds), true) / 4,
+        Some(max) => fds.saturating_sub(RESERVED_FDS.saturating_add(max.saturating_mul(2))) / 4,
+    };
+    usize::try_from(sessions).unwrap_or(usize::MAX)
+}
+
+/// Whether any `tcp_proxy` of `config` (a listener's or a filter chain's) splices.
+fn splices(config: &Config) -> bool {
+    let splicing = |f: &ListenerFilter| matches!(f, ListenerFilter::TcpProxy(t) if t.splice);
+    config
+        .listeners
+        .iter()
+        .any(|l| splicing(&l.filter) || l.filter_chains.iter().any(|c| splicing(&c.filter)))
+}
+
+/// The soft open-file limit (`None` when it cannot be read).
+fn open_file_limit() -> Option<u64> {
+    nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
+        .ok()
+        .map(|(soft, _)| soft)
 }
 
 /// Raises the soft open-file limit to the hard one (as Go's runtime and HAProxy do): the usual
@@ -79,12 +145,13 @@ pub fn raise_open_file_limit() -> Option<(u64, u64)> {
     Some((soft, target))
 }
 
-/// `(RLIMIT_NOFILE − RESERVED_FDS) / 2`, at least 1 (unlimited when the limit cannot be read).
-fn derived_max() -> u64 {
-    match nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE) {
-        Ok((soft, _)) => (soft.saturating_sub(RESERVED_FDS) / 2).max(1),
-        Err(_) => u64::MAX,
-    }
+/// `(RLIMIT_NOFILE − RESERVED_FDS) / 2` — `/ 3` when sessions may splice — at least 1
+/// (unlimited when the limit cannot be read).
+fn derived_max(fds: Option<u64>, splices: bool) -> u64 {
+    let per_connection = if splices { 3 } else { 2 };
+    fds.map_or(u64::MAX, |soft| {
+        (soft.saturating_sub(RESERVED_FDS) / per_connection).max(1)
+    })
 }
 
 impl ProcessLimits {
@@ -97,6 +164,8 @@ impl ProcessLimits {
             max: AtomicU64::new(0),
             bolt_held: AtomicUsize::new(0),
             bolt_max: AtomicUsize::new(0),
+            pipes_held: AtomicUsize::new(0),
+            pipes_max: AtomicUsize::new(0),
             listeners: Mutex::new(Vec::new()),
         };
         limits.apply(config);
@@ -108,6 +177,29 @@ impl ProcessLimits {
         self.max.store(max_connections(config), Relaxed);
         self.bolt_max
             .store(config.limits.bolt_partial_frame_bytes, Relaxed);
+        self.pipes_max.store(max_spliced_sessions(config), Relaxed);
+    }
+
+    /// How many sessions may splice at once.
+    #[must_use]
+    pub fn pipes_max(&self) -> usize {
+        self.pipes_max.load(Relaxed)
+    }
+
+    /// Reserves a splicing session's pipes from the budget, given back when the guard drops
+    /// (however the session ends); `None` (nothing reserved): relay by copying.
+    pub fn hold_pipes(&self) -> Option<PipesHeld<'_>> {
+        if self.pipes_held.fetch_add(1, Relaxed) >= self.pipes_max.load(Relaxed) {
+            self.pipes_held.fetch_sub(1, Relaxed);
+            return None;
+        }
+        Some(PipesHeld(self))
+    }
+
+    /// Sessions holding pipes now.
+    #[must_use]
+    pub fn pipes_held(&self) -> usize {
+        self.pipes_held.load(Relaxed)
     }
 
     /// The process-wide connection limit in force.
@@ -211,6 +303,61 @@ impl ProcessLimits {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pipes_never_take_the_descriptors_admitted_connections_need() {
+        for fds in [1024, 20_000, 1 << 20] {
+            for explicit in [None, Some(100), Some(fds / 4), Some(fds)] {
+                let max = explicit.unwrap_or_else(|| derived_max(Some(fds), true));
+                let pipes = pipe_budget(Some(fds), explicit, true) as u64;
+                if RESERVED_FDS + 2 * max <= fds {
+                    assert!(
+                        RESERVED_FDS + 2 * max + 4 * pipes <= fds,
+                        "{fds} fds, max {max}: {pipes} spliced sessions overcommit"
+                    );
+                } else {
+                    assert_eq!(pipes, 0, "a cap past the descriptors leaves no room for pipes");
+                }
+            }
+        }
+        assert_eq!(derived_max(Some(20_000), false), 9_968);
+        assert_eq!(derived_max(Some(20_000), true), 6_645);
+        assert_eq!(pipe_budget(Some(20_000), None, true), 1_661);
+        assert_eq!(
+            pipe_budget(Some(20_000), Some(9_968), true),
+            0,
+            "no room left"
+        );
+        assert_eq!(pipe_budget(Some(20_000), Some(5_000), true), 2_484);
+        assert_eq!(pipe_budget(Some(20_000), None, false), 0);
+    }
+
+    #[test]
+    fn a_splicing_session_beyond_the_budget_is_refused_its_pipes_until_one_ends() {
+        let limits = ProcessLimits::new(&config(""));
+        limits.pipes_max.store(2, Relaxed);
+        let a = limits.hold_pipes().unwrap();
+        let b = limits.hold_pipes().unwrap();
+        assert!(limits.hold_pipes().is_none());
+        assert_eq!(limits.pipes_held(), 2);
+        drop(a);
+        let c = limits.hold_pipes().unwrap();
+        drop((b, c));
+        assert_eq!(limits.pipes_held(), 0);
+    }
+
+    #[test]
+    fn only_a_config_that_splices_derives_room_for_pipes() {
+        let tcp = |splice: bool| {
+            Config::from_yaml(&format!(
+                "listeners:\n  - name: t\n    address: 127.0.0.1:1\n    tcp_proxy: {{ cluster: c, splice: {splice} }}\nclusters:\n  - {{ name: c, hosts: [ {{ address: 127.0.0.1:2 }} ] }}\n"
+            ))
+            .unwrap()
+        };
+        assert!(splices(&tcp(true)));
+        assert!(!splices(&tcp(false)));
+        assert!(!splices(&config("")));
+    }
 
     fn config(yaml_limits: &str) -> Config {
         Config::from_yaml(&format!(
