@@ -997,7 +997,9 @@ impl<N: Network> Engine<N> {
                     Peek::ClientHello(h) => return ChainPeek::Hello(h),
                 }
             }
-            if closed {
+            // Closed, and the peek saw all that is queued (a full buffer may have left more:
+            // the parser asked for more than it holds, so the next peek is larger).
+            if closed && len < buf.len() {
                 return ChainPeek::Refused(
                     "closed during its ClientHello",
                     ChainPeekRefusal::Closed,
