@@ -192,7 +192,8 @@ pub fn only_inline_pem_differs(previous: &Config, next: &Config) -> bool {
             }
         }
         for cl in &mut c.clusters {
-            if let Some(tls) = &mut cl.tls {
+            let matched = cl.transport_socket_matches.iter_mut().map(|m| &mut m.tls);
+            for tls in std::iter::once(&mut cl.tls).chain(matched).flatten() {
                 blank(&mut tls.ca);
                 if let Some(cert) = &mut tls.client_certificate {
                     blank(&mut cert.cert_chain);
@@ -244,7 +245,14 @@ pub fn only_endpoints_differ(previous: &Config, next: &Config) -> Option<Vec<usi
             }
             continue;
         }
-        if p.kind != super::ClusterKind::Static || !same_but_hosts(p, n) {
+        // A cluster whose hosts pick their transport (`transport_socket_matches`): its TLS
+        // connectors are chosen per host address when a generation is built, so its hosts
+        // change only with a new generation (new pools: no connection of one transport is
+        // ever reused for a host that picked the other).
+        if p.kind != super::ClusterKind::Static
+            || !p.transport_socket_matches.is_empty()
+            || !same_but_hosts(p, n)
+        {
             return None;
         }
         changed.push(i);
@@ -270,6 +278,7 @@ fn same_but_hosts(p: &super::ClusterConfig, n: &super::ClusterConfig) -> bool {
         dns,
         use_http_header,
         tls,
+        transport_socket_matches,
         protocol,
         http2_keepalive,
         hosts_change_in_place,
@@ -288,6 +297,7 @@ fn same_but_hosts(p: &super::ClusterConfig, n: &super::ClusterConfig) -> bool {
         && *dns == n.dns
         && *use_http_header == n.use_http_header
         && *tls == n.tls
+        && *transport_socket_matches == n.transport_socket_matches
         && *protocol == n.protocol
         && *http2_keepalive == n.http2_keepalive
         && *hosts_change_in_place == n.hosts_change_in_place
