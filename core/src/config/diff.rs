@@ -360,6 +360,27 @@ mod tests {
         assert!(!only_inline_pem_differs(&chained("AAAA"), &a));
     }
 
+    /// A cluster with `transport_socket_matches` picks each host's transport when a generation
+    /// is built: its hosts (or their labels) changing is never an in-place update, so that no
+    /// pooled connection of one transport serves a host that now picks the other.
+    #[test]
+    fn hosts_of_a_cluster_with_transport_socket_matches_never_change_in_place() {
+        let yaml = |label: &str, extra_host: &str| {
+            Config::from_yaml(&format!(
+                "listeners:\n  - {{ name: t, address: 127.0.0.1:8000, tcp_proxy: {{ cluster: a }} }}\n\
+                 clusters:\n  - {{ name: a, hosts: [{{ address: 127.0.0.1:1, transport_socket_match: {{ tlsMode: {label} }} }}{extra_host}], \
+                 transport_socket_matches: [ {{ name: m, match: {{ tlsMode: istio }}, tls: null }} ] }}\n"
+            ))
+            .unwrap()
+        };
+        let base = yaml("istio", "");
+        assert_eq!(only_endpoints_differ(&base, &yaml("disabled", "")), None);
+        assert_eq!(
+            only_endpoints_differ(&base, &yaml("istio", ", { address: 127.0.0.1:2 }")),
+            None
+        );
+    }
+
     /// Hosts added, removed or re-weighted in `static` clusters are an endpoints-only change
     /// (issue 13: applied in place); any other difference, or none, is not.
     #[test]
