@@ -916,6 +916,13 @@ pub fn pick_transport_socket(
 }
 
 impl ClusterConfig {
+    /// Whether it originates TLS to any of its hosts: its own `tls`, or an entry of its
+    /// `transport_socket_matches`.
+    #[must_use]
+    pub fn originates_tls(&self) -> bool {
+        self.tls.is_some() || self.transport_socket_matches.iter().any(|m| m.tls.is_some())
+    }
+
     /// How many host ids a worker keeps for this cluster: its hosts (static), with spare ids
     /// when its hosts change in place ([`ClusterConfig::hosts_change_in_place`]:
     /// [`spare_host_slots`]), one per name (`logical_dns`), `max_hosts` (`strict_dns`: slots
