@@ -896,7 +896,8 @@ pub struct TransportSocketMatch {
     /// Every key/value a host must carry; empty: any host.
     #[serde(rename = "match")]
     pub matches: TransportLabels,
-    /// The TLS originated to such a host; `None`: plaintext.
+    /// The TLS originated to such a host; `None`: plaintext (not shown in the dump).
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub tls: Option<Box<tls::UpstreamTls>>,
 }
 

@@ -1438,7 +1438,7 @@ fn decode_transport_labels(
 }
 
 /// `clusters[].transport_socket_matches`: each entry's `name` (unique), `match` and `tls`
-/// (`null`: plaintext).
+/// (`null` or none: plaintext).
 fn decode_transport_socket_matches(
     dec: &mut Decoder,
     path: &str,
@@ -1453,10 +1453,10 @@ fn decode_transport_socket_matches(
             Some((v, p)) => decode_transport_labels(dec, &p, v),
             None => Some(super::TransportLabels::new()),
         };
-        let tls = match obj.req(dec, "tls") {
-            Some((Value::Null, _)) => Some(None),
+        // No `tls` (or `null`): plaintext, as an Envoy entry without a transport socket.
+        let tls = match obj.opt("tls") {
+            Some((Value::Null, _)) | None => Some(None),
             Some((v, p)) => tls::decode_upstream_tls(dec, &p, v).map(|t| Some(Box::new(t))),
-            None => None,
         };
         obj.finish(dec);
         Some(super::TransportSocketMatch {

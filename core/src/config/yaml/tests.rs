@@ -2286,7 +2286,7 @@ clusters:
     );
     assert_eq!(
         dump["clusters"][0]["transport_socket_matches"][1],
-        serde_json::json!({ "name": "zone-a", "match": {}, "tls": null })
+        serde_json::json!({ "name": "zone-a", "match": {} })
     );
     // Errors, by path.
     assert_eq!(
@@ -2300,9 +2300,12 @@ clusters:
              of entry 0"
         ]
     );
+    // No `tls`: plaintext, as `null` (an Envoy entry without a transport socket).
+    let c = Config::from_yaml(&text.replace(", tls: null }", " }")).unwrap();
+    assert!(c.clusters[0].transport_socket_matches[1].tls.is_none());
     assert_eq!(
-        errors(&text.replace(", tls: null }", " }")),
-        ["clusters[0].transport_socket_matches[1].tls: missing (this field is required)"]
+        errors(&text.replace("tls: null", "tls: 3")),
+        ["clusters[0].transport_socket_matches[1].tls: expected a mapping, found a number"]
     );
     assert_eq!(
         errors(&text.replace(
