@@ -159,7 +159,10 @@ clusters:
         .iter()
         .filter(|b| b.starts_with("secure TLSv1.3 /mesh/"))
         .count();
-    let plain = bodies.iter().filter(|b| b.starts_with("plain /mesh/")).count();
+    let plain = bodies
+        .iter()
+        .filter(|b| b.starts_with("plain /mesh/"))
+        .count();
     assert_eq!((secure, plain), (3, 3), "{bodies:?}");
     assert_eq!(stat(admin, "cluster.mesh.upstream_cx_connect_fail"), 0);
 
@@ -170,7 +173,10 @@ clusters:
     assert!(stat(admin, "cluster.wrong.upstream_tls_fail.unknown_ca") >= 3);
     // Never a fallback to plaintext (nginx would log the plain request it refused with 400).
     let logged = std::fs::read_to_string(&wrong_log).unwrap_or_default();
-    assert!(logged.trim().is_empty(), "the unverified host was sent: {logged}");
+    assert!(
+        logged.trim().is_empty(),
+        "the unverified host was sent: {logged}"
+    );
 }
 
 fn routes_to(cluster: &str) -> String {

@@ -53,9 +53,7 @@ use rustls::{
     PeerIncompatible, RootCertStore, ServerConfig, SignatureScheme,
 };
 use sluice_core::config::tls::{ListenerTls, MAX_PEM_BYTES, Pem, TlsVersion, UpstreamTls};
-use sluice_core::config::{
-    ClusterConfig, Config, ConfigError, HealthProbe, pick_transport_socket,
-};
+use sluice_core::config::{ClusterConfig, Config, ConfigError, HealthProbe, pick_transport_socket};
 use sluice_core::tls::pem::{San, parse_certificates, parse_chain, parse_key, subject_alt_names};
 pub use tokio_rustls::{TlsAcceptor, TlsConnector};
 use tracing::{info, warn};
@@ -365,7 +363,10 @@ fn tls_files(config: &Config) -> Vec<String> {
         }
     }
     for c in &config.clusters {
-        let matched = c.transport_socket_matches.iter().filter_map(|m| m.tls.as_deref());
+        let matched = c
+            .transport_socket_matches
+            .iter()
+            .filter_map(|m| m.tls.as_deref());
         for tls in c.tls.as_deref().into_iter().chain(matched) {
             add(&tls.ca);
             if let Some(files) = &tls.client_certificate {

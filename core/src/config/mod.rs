@@ -921,7 +921,11 @@ impl ClusterConfig {
     /// `transport_socket_matches`.
     #[must_use]
     pub fn originates_tls(&self) -> bool {
-        self.tls.is_some() || self.transport_socket_matches.iter().any(|m| m.tls.is_some())
+        self.tls.is_some()
+            || self
+                .transport_socket_matches
+                .iter()
+                .any(|m| m.tls.is_some())
     }
 
     /// How many host ids a worker keeps for this cluster: its hosts (static), with spare ids

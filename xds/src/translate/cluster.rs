@@ -378,9 +378,7 @@ fn transport_socket_matches(
                 }
                 Value::Null
             }
-            Some(ts) => {
-                super::tls::upstream_tls(&ts, &m_at.field("transport_socket"), secrets)?
-            }
+            Some(ts) => super::tls::upstream_tls(&ts, &m_at.field("transport_socket"), secrets)?,
         };
         reject_rest(&m, &m_at)?;
         out.push(json!({ "name": name, "match": labels, "tls": tls }));

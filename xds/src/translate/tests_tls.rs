@@ -912,7 +912,10 @@ mod transport_socket_matches {
             .collect(),
             ..Default::default()
         });
-        assert!(matches!(lb.host_identifier, Some(HostIdentifier::Endpoint(_))));
+        assert!(matches!(
+            lb.host_identifier,
+            Some(HostIdentifier::Endpoint(_))
+        ));
         let mut r = Resources::default();
         r.clusters.insert(NAME.into(), c);
         r.endpoints.insert(NAME.into(), cla);
@@ -923,8 +926,7 @@ mod transport_socket_matches {
     }
 
     #[test]
-    fn an_istio_outbound_cluster_gives_mtls_to_the_sidecar_endpoint_and_plaintext_to_the_other()
-    {
+    fn an_istio_outbound_cluster_gives_mtls_to_the_sidecar_endpoint_and_plaintext_to_the_other() {
         let (ca, _, _) = pki(&["x"]);
         let r = outbound(&ca);
         let a = assemble(&bootstrap(), &r).expect("accepted");

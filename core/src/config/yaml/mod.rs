@@ -1414,7 +1414,10 @@ fn decode_transport_labels(
     if map.len() > MAX_TRANSPORT_LABELS {
         dec.error(
             path,
-            format!("at most {MAX_TRANSPORT_LABELS} labels (found {})", map.len()),
+            format!(
+                "at most {MAX_TRANSPORT_LABELS} labels (found {})",
+                map.len()
+            ),
         );
         return None;
     }
@@ -1446,9 +1449,7 @@ fn decode_transport_socket_matches(
 ) -> Option<Vec<super::TransportSocketMatch>> {
     let entries = dec.list(path, v, |dec, path, v| {
         let mut obj = dec.object(path, v)?;
-        let name = obj
-            .req(dec, "name")
-            .and_then(|(v, p)| dec.name(&p, v));
+        let name = obj.req(dec, "name").and_then(|(v, p)| dec.name(&p, v));
         let matches = match obj.opt("match") {
             Some((v, p)) => decode_transport_labels(dec, &p, v),
             None => Some(super::TransportLabels::new()),

@@ -2291,7 +2291,9 @@ clusters:
     // Errors, by path.
     assert_eq!(
         errors(&text.replace("tlsMode: istio }, tls", "tlsMode: 1 }, tls")),
-        ["clusters[0].transport_socket_matches[0].match.tlsMode: expected a string, found a number"]
+        [
+            "clusters[0].transport_socket_matches[0].match.tlsMode: expected a string, found a number"
+        ]
     );
     assert_eq!(
         errors(&text.replace("name: zone-a", "name: tlsMode-istio")),
@@ -2312,6 +2314,8 @@ clusters:
             "transport_socket_match: { tlsMode: istio }",
             "transport_socket_match: istio"
         )),
-        ["clusters[0].hosts[0].transport_socket_match: expected a mapping of string keys to string values"]
+        [
+            "clusters[0].hosts[0].transport_socket_match: expected a mapping of string keys to string values"
+        ]
     );
 }
