@@ -21,6 +21,12 @@
 //!   upstream's chain always verified against the cluster's `ca`, then its identity: the `sni`
 //!   name, or one of `verify_subject_alt_names` ([`SanCheckingServerVerifier`]); a client
 //!   certificate for upstreams that want mTLS. [`MaybeTls`] is an upstream stream either way.
+//!   A cluster with `transport_socket_matches` has a connector per entry too
+//!   ([`MatchedConnectors`]): each host's pick, by address, is made when the generation's
+//!   contexts are built, and [`Contexts::connector`] is the one way every connect path (HTTP,
+//!   `tcp_proxy`, Bolt, health checks, OTLP) finds how to reach a host. Invariant: a host's
+//!   transport is fixed for its generation (such a cluster's hosts never change in place), so
+//!   per-host pools never hold a connection of the other transport.
 //! - **Outcomes** ([`HandshakeOutcome`]): what a failed handshake's error means, for counters.
 //! - **Rotation** ([`check_files`], [`WorkerTls`]): the contexts of the current config
 //!   generation are published in one process-wide slot with a generation number; the watcher

@@ -1156,6 +1156,9 @@ fn decode_cluster(dec: &mut Decoder, path: &str, v: &Value) -> Option<ClusterCon
             .one_of(&p, v, &UpstreamProtocol::CHOICES)
             .and_then(|proto| {
                 // One ALPN list per cluster cannot follow each request's version.
+                let matched_tls = transport_socket_matches
+                    .as_ref()
+                    .is_some_and(|m| m.iter().any(|m| m.tls.is_some()));
                 if proto == UpstreamProtocol::Downstream
                     && tls.as_ref().is_some_and(Option::is_some)
                 {
@@ -1164,6 +1167,15 @@ fn decode_cluster(dec: &mut Decoder, path: &str, v: &Value) -> Option<ClusterCon
                         "downstream cannot be combined with `tls` (the ALPN offer is one list \
                          per cluster, and this protocol changes with each request): give \
                          http1 or http2",
+                    );
+                    return None;
+                }
+                if proto == UpstreamProtocol::Downstream && matched_tls {
+                    dec.error(
+                        &p,
+                        "downstream cannot be combined with a TLS entry of \
+                         `transport_socket_matches` (the ALPN offer is one list per entry, and \
+                         this protocol changes with each request): give http1 or http2",
                     );
                     return None;
                 }

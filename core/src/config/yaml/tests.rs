@@ -2302,6 +2302,17 @@ clusters:
              of entry 0"
         ]
     );
+    assert_eq!(
+        errors(&text.replace(
+            "    transport_socket_matches:",
+            "    protocol: downstream\n    transport_socket_matches:"
+        )),
+        [
+            "clusters[0].protocol: downstream cannot be combined with a TLS entry of \
+             `transport_socket_matches` (the ALPN offer is one list per entry, and this \
+             protocol changes with each request): give http1 or http2"
+        ]
+    );
     // No `tls`: plaintext, as `null` (an Envoy entry without a transport socket).
     let c = Config::from_yaml(&text.replace(", tls: null }", " }")).unwrap();
     assert!(c.clusters[0].transport_socket_matches[1].tls.is_none());
