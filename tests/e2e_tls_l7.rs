@@ -3,7 +3,8 @@
 //! over HTTPS (ALPN picking HTTP/1.1 or HTTP/2), openssl `s_client` offering an unknown
 //! protocol, nginx as an HTTPS upstream verified by name (and never sent a request when it
 //! does not verify), raw Bolt frames over rustls through two TLS hops, and a certificate
-//! rotation by SIGHUP under wrk over HTTPS.
+//! rotation by SIGHUP under wrk over HTTPS. `transport_socket_matches`: TLS or plaintext per
+//! host of one cluster, by the host's labels.
 
 mod support;
 

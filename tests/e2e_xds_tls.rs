@@ -6,7 +6,8 @@
 //! carries on, request after request, never told to close (a secret rotation swaps TLS
 //! contexts; it is not a reload that drains); a certificate with the wrong key is NACKed and
 //! the last good one serves on. And a client CA rotated under the same secret name ends the
-//! resumption of sessions its predecessor admitted.
+//! resumption of sessions its predecessor admitted. Istio's auto-mTLS: `transport_socket_matches`
+//! and endpoint labels pick mTLS or plaintext per endpoint, and a label change re-picks.
 
 #[path = "support/ads.rs"]
 #[allow(dead_code)]
