@@ -3,7 +3,8 @@
 //! over HTTPS (ALPN picking HTTP/1.1 or HTTP/2), openssl `s_client` offering an unknown
 //! protocol, nginx as an HTTPS upstream verified by name (and never sent a request when it
 //! does not verify), raw Bolt frames over rustls through two TLS hops, and a certificate
-//! rotation by SIGHUP under wrk over HTTPS.
+//! rotation by SIGHUP under wrk over HTTPS. `transport_socket_matches`: TLS or plaintext per
+//! host of one cluster, by the host's labels.
 
 mod support;
 
@@ -72,6 +73,111 @@ fn h2load_counts(out: &str) -> (u64, u64, u64) {
             .unwrap()
     };
     (number(" succeeded"), number(" failed"), number(" errored"))
+}
+
+/// Issue 13 (Istio auto-mTLS): a cluster's `transport_socket_matches` pick each host's
+/// transport by its labels — the host labelled `tlsMode: istio` is spoken to over TLS verified
+/// with the entry's CA, the unlabelled one in plaintext, both serving the same route; a labelled
+/// host whose certificate is from another CA fails to connect (502) and is never sent a
+/// request, in TLS or in plaintext.
+#[test]
+fn transport_socket_matches_give_mtls_to_labelled_hosts_and_plaintext_to_the_others() {
+    if !require_peers(&["nginx"]) {
+        return;
+    }
+    let dir = TempDir::new("tls-l7-tsm");
+    let ca = make_ca(&dir, "mesh-ca");
+    let other_ca = make_ca(&dir, "other-ca");
+    let (up_cert, up_key) = leaf(&dir, &ca, "sidecar", &["mesh.example"], None);
+    let (wrong_cert, wrong_key) = leaf(&dir, &other_ca, "wrong", &["mesh.example"], None);
+    let (tls_up, plain_up, wrong_up) = (free_port(), free_port(), free_port());
+    let wrong_log = dir.path().join("wrong-access.log");
+    let _tls = start_nginx_tls(
+        &dir,
+        "tls-up",
+        tls_up,
+        (&up_cert, &up_key),
+        r#"ssl_protocols TLSv1.2 TLSv1.3;
+           location / { return 200 "secure $ssl_protocol $uri"; }"#,
+    );
+    let _plain = start_nginx_with(
+        &dir,
+        "plain-up",
+        plain_up,
+        r#"location / { return 200 "plain $uri"; }"#,
+    );
+    let _wrong = start_nginx_tls(
+        &dir,
+        "wrong-up",
+        wrong_up,
+        (&wrong_cert, &wrong_key),
+        &format!(
+            r#"access_log {}; location / {{ return 200 "wrong $uri"; }}"#,
+            wrong_log.display()
+        ),
+    );
+    let (listen, admin) = (free_port(), free_port());
+    let matches = format!(
+        r#"transport_socket_matches:
+      - {{ name: tlsMode-istio, match: {{ tlsMode: istio }}, tls: {{ sni: mesh.example, ca: {ca} }} }}
+      - {{ name: tlsMode-disabled, match: {{}}, tls: null }}"#,
+        ca = p(&ca.pem)
+    );
+    let config = format!(
+        r#"
+admin: {{ address: 127.0.0.1:{admin} }}
+listeners:
+  - name: web
+    address: 127.0.0.1:{listen}
+    http:
+      virtual_hosts:
+        - name: all
+          domains: ["*"]
+          routes:
+            - {{ match: {{ prefix: /mesh }}, route: {{ cluster: mesh }} }}
+            - {{ match: {{ prefix: /wrong }}, route: {{ cluster: wrong }} }}
+clusters:
+  - name: mesh
+    hosts:
+      - {{ address: 127.0.0.1:{tls_up}, transport_socket_match: {{ tlsMode: istio }} }}
+      - {{ address: 127.0.0.1:{plain_up} }}
+    {matches}
+  - name: wrong
+    hosts:
+      - {{ address: 127.0.0.1:{wrong_up}, transport_socket_match: {{ tlsMode: istio }} }}
+    {matches}
+"#
+    );
+    let _sluice = start_sluice(&dir, &config, 1, addr(listen));
+    let mut bodies = Vec::new();
+    for i in 0..6 {
+        let (status, body) = http_request(addr(listen), "GET", &format!("/mesh/{i}"));
+        assert_eq!(status, 200, "{body}");
+        bodies.push(body);
+    }
+    // Round robin over both hosts: each served three, each in its own transport.
+    let secure = bodies
+        .iter()
+        .filter(|b| b.starts_with("secure TLSv1.3 /mesh/"))
+        .count();
+    let plain = bodies
+        .iter()
+        .filter(|b| b.starts_with("plain /mesh/"))
+        .count();
+    assert_eq!((secure, plain), (3, 3), "{bodies:?}");
+    assert_eq!(stat(admin, "cluster.mesh.upstream_cx_connect_fail"), 0);
+
+    for _ in 0..3 {
+        let (status, body) = http_request(addr(listen), "GET", "/wrong");
+        assert_eq!((status, body.as_str()), (502, "upstream connect error\n"));
+    }
+    assert!(stat(admin, "cluster.wrong.upstream_tls_fail.unknown_ca") >= 3);
+    // Never a fallback to plaintext (nginx would log the plain request it refused with 400).
+    let logged = std::fs::read_to_string(&wrong_log).unwrap_or_default();
+    assert!(
+        logged.trim().is_empty(),
+        "the unverified host was sent: {logged}"
+    );
 }
 
 fn routes_to(cluster: &str) -> String {

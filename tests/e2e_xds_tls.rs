@@ -6,7 +6,8 @@
 //! carries on, request after request, never told to close (a secret rotation swaps TLS
 //! contexts; it is not a reload that drains); a certificate with the wrong key is NACKed and
 //! the last good one serves on. And a client CA rotated under the same secret name ends the
-//! resumption of sessions its predecessor admitted.
+//! resumption of sessions its predecessor admitted. Istio's auto-mTLS: `transport_socket_matches`
+//! and endpoint labels pick mTLS or plaintext per endpoint, and a label change re-picks.
 
 #[path = "support/ads.rs"]
 #[allow(dead_code)]
@@ -475,5 +476,158 @@ clusters:
     assert!(
         !ok && text.contains("alert unknown ca"),
         "a client of the removed CA was admitted:\n{text}"
+    );
+}
+
+/// Istio's auto-mTLS over ADS (issue 13): a cluster's `transport_socket_matches` (mTLS with the
+/// SDS CA for endpoints labelled `tlsMode: istio`, `raw_buffer` for the rest) and the labels in
+/// each endpoint's `envoy.transport_socket_match` metadata. Both endpoints serve, each in its
+/// own transport; then an update takes the label off the TLS endpoint: it is spoken to in
+/// plaintext from then on (nginx refuses that with 400), and no pooled TLS connection of the
+/// previous choice is reused for it.
+#[test]
+fn endpoint_labels_over_ads_pick_mtls_or_plaintext_per_endpoint() {
+    use sluice_xds::envoy_types::pb::envoy::config::cluster::v3::cluster::TransportSocketMatch;
+    use sluice_xds::envoy_types::pb::envoy::config::core::v3::{
+        Metadata, TransportSocket, transport_socket::ConfigType,
+    };
+    use sluice_xds::envoy_types::pb::google::protobuf::{Struct, Value, value::Kind};
+
+    if !require_peers(&["nginx"]) {
+        return;
+    }
+    let dir = TempDir::new("xds-tsm");
+    let ca = make_ca(&dir, "upstream-ca");
+    let (cert, key) = leaf(&dir, &ca, "upstream", &["up.example.com"], None);
+    let (tls_up, plain_up) = (free_port(), free_port());
+    let _tls = start_nginx_tls(
+        &dir,
+        "tls-up",
+        tls_up,
+        (&cert, &key),
+        r#"ssl_protocols TLSv1.2 TLSv1.3;
+           location / { return 200 "over $ssl_protocol"; }"#,
+    );
+    let _plain = start_nginx_with(
+        &dir,
+        "plain-up",
+        plain_up,
+        r#"location / { return 200 "plain"; }"#,
+    );
+    let (listen, admin, ads_port) = (free_port(), free_port(), free_port());
+    let istio = || Struct {
+        fields: [(
+            "tlsMode".to_owned(),
+            Value {
+                kind: Some(Kind::StringValue("istio".into())),
+            },
+        )]
+        .into(),
+    };
+    let resources = |labelled: bool| {
+        let mut up = static_cluster(
+            "up",
+            &[
+                ("127.0.0.1", u32::from(tls_up), 0),
+                ("127.0.0.1", u32::from(plain_up), 0),
+            ],
+        );
+        if labelled {
+            up.load_assignment.as_mut().unwrap().endpoints[0].lb_endpoints[0].metadata =
+                Some(Metadata {
+                    filter_metadata: [("envoy.transport_socket_match".to_owned(), istio())].into(),
+                    ..Default::default()
+                });
+        }
+        up.transport_socket_matches = vec![
+            TransportSocketMatch {
+                name: "tlsMode-istio".into(),
+                r#match: Some(istio()),
+                transport_socket: Some(tls_socket(&upstream_tls_sds(
+                    "up.example.com",
+                    "upstream-ca",
+                ))),
+            },
+            TransportSocketMatch {
+                name: "tlsMode-disabled".into(),
+                r#match: Some(Struct::default()),
+                transport_socket: Some(TransportSocket {
+                    name: "envoy.transport_sockets.raw_buffer".into(),
+                    config_type: Some(ConfigType::TypedConfig(Any {
+                        type_url: "type.googleapis.com/envoy.extensions.transport_sockets.\
+                                   raw_buffer.v3.RawBuffer"
+                            .into(),
+                        value: Vec::new(),
+                    })),
+                }),
+            },
+        ];
+        BTreeMap::from([
+            (ResourceType::Cluster.type_url().to_owned(), vec![any(&up)]),
+            (
+                ResourceType::Listener.type_url().to_owned(),
+                vec![any(&http_listener(
+                    "in",
+                    "127.0.0.1",
+                    u32::from(listen),
+                    "routes",
+                ))],
+            ),
+            (
+                ResourceType::Route.type_url().to_owned(),
+                vec![any(&route_config("routes", "up"))],
+            ),
+            (
+                ResourceType::Secret.type_url().to_owned(),
+                vec![any(&ca_secret("upstream-ca", &read(&ca.pem)))],
+            ),
+        ])
+    };
+    let server = AdsServer::start(ads_port, Snapshot::default());
+    server.push(resources(true));
+    let config = format!(
+        r#"
+admin: {{ address: 127.0.0.1:{admin} }}
+node: {{ id: sidecar-tsm, cluster: e2e }}
+xds: {{ cluster: xds_server }}
+listeners: []
+clusters:
+  - name: xds_server
+    hosts: [ {{ address: 127.0.0.1:{ads_port} }} ]
+"#
+    );
+    let sluice = start_sluice(&dir, &config, 1, addr(admin));
+    let get = || {
+        std::net::TcpStream::connect(addr(listen))
+            .map(|_| http_request(addr(listen), "GET", "/"))
+            .unwrap_or((0, String::new()))
+    };
+    eventually("the cluster serves", &sluice, || get().0 == 200);
+    let bodies: Vec<(u16, String)> = (0..8).map(|_| get()).collect();
+    assert!(bodies.iter().all(|(s, _)| *s == 200), "{bodies:?}");
+    assert!(
+        bodies.iter().any(|(_, b)| b.starts_with("over TLSv1.3")),
+        "the labelled endpoint over mTLS: {bodies:?}"
+    );
+    assert!(
+        bodies.iter().any(|(_, b)| b == "plain"),
+        "the other in plaintext: {bodies:?}"
+    );
+
+    // The label taken off: the endpoint picks plaintext (the catch-all entry) from then on.
+    server.push(resources(false));
+    eventually(
+        "the unlabelled endpoint is spoken to in plaintext",
+        &sluice,
+        || get().0 == 400,
+    );
+    let after: Vec<(u16, String)> = (0..8).map(|_| get()).collect();
+    assert!(
+        after.iter().all(|(_, b)| !b.starts_with("over TLS")),
+        "a TLS connection of the old choice was reused: {after:?}"
+    );
+    assert!(
+        after.iter().any(|(s, b)| *s == 200 && b == "plain"),
+        "{after:?}"
     );
 }

@@ -143,6 +143,7 @@ fuzz_target!(|input: Input| {
             .map(|(i, s)| HostConfig {
                 address: format!("10.0.0.{i}:80").parse().unwrap(),
                 weight: weight(s.weight),
+                transport_socket_match: None,
             })
             .collect(),
         ..ClusterConfig::default()

@@ -1442,7 +1442,7 @@ pub const PROCESS_METRICS: &[ProcessMetric] = &[
 fn tls_expiry_family(out: &mut String, shared: &AdminShared) {
     let config = &shared.config;
     if config.listeners.iter().all(|l| l.tls.is_none())
-        && config.clusters.iter().all(|c| c.tls.is_none())
+        && config.clusters.iter().all(|c| !c.originates_tls())
     {
         return;
     }
@@ -1489,7 +1489,7 @@ fn shown(
         Shown::ChainListeners => {
             listener.is_some_and(|i| !config.listeners[i].filter_chains.is_empty())
         }
-        Shown::WithTls => cluster.is_some_and(|i| config.clusters[i].tls.is_some()),
+        Shown::WithTls => cluster.is_some_and(|i| config.clusters[i].originates_tls()),
         Shown::SniListeners => listener.is_some_and(|i| {
             filters(config, i)
                 .any(|f| matches!(f, ListenerFilter::TcpProxy(tp) if !tp.sni_routes.is_empty()))

@@ -593,7 +593,7 @@ impl<N: Network> Engine<N> {
                         let probe = hc.probe.clone();
                         let name = cluster.name.clone();
                         let timeout = hc.settings.timeout;
-                        let tls = self.tls.current().connectors[ci].clone();
+                        let tls = self.tls.current().connector(ci, address).cloned();
                         probes[host.index()] = Some(tokio::task::spawn_local(async move {
                             let (result, tls_failure) = match tokio::time::timeout(
                                 timeout,

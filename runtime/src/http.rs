@@ -1555,7 +1555,6 @@ impl<N: Network> Engine<N> {
         let ci = target.cluster_index;
         scratch.cluster = Some(ci);
         let cluster_cfg = &self.config.clusters[ci];
-        let tls_cluster = cluster_cfg.tls.is_some();
         let cstats = self.stats.cluster(ci);
         let head_len = head.head_len();
         // The HTTP version of the upstream: the cluster's, or (`protocol: downstream`) the
@@ -1833,6 +1832,9 @@ impl<N: Network> Engine<N> {
                 Some(d) => Peer::Destination(d),
                 None => Peer::Host(host.index()),
             };
+            // Whether this host is spoken to over TLS (the cluster's `tls`, or the host's pick
+            // of `transport_socket_matches`): HTTP/2's `:scheme`.
+            let tls_cluster = self.tls.current().connector(ci, address).is_some();
             let pooled = if !allow_pooled {
                 None
             } else if http2 {
@@ -1884,7 +1886,7 @@ impl<N: Network> Engine<N> {
                     // large and would otherwise be laid out in every connection's request path.
                     let attempt = Box::pin(async {
                         let socket = self.net.connect(address).await?;
-                        match &self.tls.current().connectors[ci] {
+                        match self.tls.current().connector(ci, address) {
                             None => Ok(MaybeTls::Plain(socket)),
                             Some(c) => match c.connect(address, socket).await {
                                 Ok(tls) => Ok(MaybeTls::Tls(Box::new(tls))),

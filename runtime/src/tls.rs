@@ -21,6 +21,12 @@
 //!   upstream's chain always verified against the cluster's `ca`, then its identity: the `sni`
 //!   name, or one of `verify_subject_alt_names` ([`SanCheckingServerVerifier`]); a client
 //!   certificate for upstreams that want mTLS. [`MaybeTls`] is an upstream stream either way.
+//!   A cluster with `transport_socket_matches` has a connector per entry too
+//!   ([`MatchedConnectors`]): each host's pick, by address, is made when the generation's
+//!   contexts are built, and [`Contexts::connector`] is the one way every connect path (HTTP,
+//!   `tcp_proxy`, Bolt, health checks, OTLP) finds how to reach a host. Invariant: a host's
+//!   transport is fixed for its generation (such a cluster's hosts never change in place), so
+//!   per-host pools never hold a connection of the other transport.
 //! - **Outcomes** ([`HandshakeOutcome`]): what a failed handshake's error means, for counters.
 //! - **Rotation** ([`check_files`], [`WorkerTls`]): the contexts of the current config
 //!   generation are published in one process-wide slot with a generation number; the watcher
@@ -53,7 +59,7 @@ use rustls::{
     PeerIncompatible, RootCertStore, ServerConfig, SignatureScheme,
 };
 use sluice_core::config::tls::{ListenerTls, MAX_PEM_BYTES, Pem, TlsVersion, UpstreamTls};
-use sluice_core::config::{Config, ConfigError, HealthProbe};
+use sluice_core::config::{ClusterConfig, Config, ConfigError, HealthProbe, pick_transport_socket};
 use sluice_core::tls::pem::{San, parse_certificates, parse_chain, parse_key, subject_alt_names};
 pub use tokio_rustls::{TlsAcceptor, TlsConnector};
 use tracing::{info, warn};
@@ -83,6 +89,16 @@ pub fn check_config(config: &Config) -> Vec<ConfigError> {
         {
             errors.append(&mut e);
         }
+        for (m, entry) in c.transport_socket_matches.iter().enumerate() {
+            if let Some(tls) = &entry.tls
+                && let Err(mut e) = client_config(
+                    tls,
+                    &format!("clusters[{i}].transport_socket_matches[{m}].tls"),
+                )
+            {
+                errors.append(&mut e);
+            }
+        }
     }
     errors
 }
@@ -93,8 +109,11 @@ pub struct Contexts {
     /// By serving slot: listener index, then `listeners.len()` + filter chain
     /// ([`Config::chain_slots`]).
     pub acceptors: Vec<Option<TlsAcceptor>>,
-    /// By cluster index.
+    /// By cluster index: the cluster's own `tls` (use [`Contexts::connector`], which also
+    /// follows `transport_socket_matches`).
     pub connectors: Vec<Option<UpstreamConnector>>,
+    /// By cluster index: the per-host transports of a cluster with `transport_socket_matches`.
+    matched: Vec<Option<Box<MatchedConnectors>>>,
     /// What the certificate chains and CA files held when these were built (`/certs`).
     pub certificates: Vec<CertFile>,
     /// By listener index: the identity its ticket keys are tied to
@@ -159,6 +178,7 @@ fn contexts_of_lineage(config: &Arc<Config>) -> Result<(Arc<Contexts>, u64), Str
     let contexts = Arc::new(Contexts {
         acceptors: acceptors(config, None)?,
         connectors: connectors(config)?,
+        matched: matched_connectors(config)?,
         certificates: described(config),
         identities: identities(config),
     });
@@ -217,6 +237,7 @@ pub fn rotate_inline(current: &Arc<Config>, next: &Arc<Config>) -> Result<(), St
     let contexts = Contexts {
         acceptors: acceptors(next, Some(&old))?,
         connectors: connectors(next)?,
+        matched: matched_connectors(next)?,
         certificates: described(next),
         identities: identities(next),
     };
@@ -348,7 +369,11 @@ fn tls_files(config: &Config) -> Vec<String> {
         }
     }
     for c in &config.clusters {
-        if let Some(tls) = &c.tls {
+        let matched = c
+            .transport_socket_matches
+            .iter()
+            .filter_map(|m| m.tls.as_deref());
+        for tls in c.tls.as_deref().into_iter().chain(matched) {
             add(&tls.ca);
             if let Some(files) = &tls.client_certificate {
                 add(&files.cert_chain);
@@ -420,6 +445,7 @@ pub fn check_files() -> FileCheck {
         Ok(Contexts {
             acceptors,
             connectors: connectors(&config)?,
+            matched: matched_connectors(&config)?,
             certificates: described(&config),
             identities: identities(&config),
         })
@@ -488,34 +514,120 @@ pub fn connectors(config: &Config) -> Result<Vec<Option<UpstreamConnector>>, Str
         .enumerate()
         .map(|(i, c)| match &c.tls {
             None => Ok(None),
-            Some(tls) => client_config(tls, &format!("clusters[{i}].tls"))
-                .map(|(config, sni)| {
-                    // A gRPC health check speaks HTTP/2 whatever the cluster's protocol:
-                    // its probes offer `h2` alone, on a connector of their own.
-                    let grpc_health = c
-                        .health_check
-                        .as_ref()
-                        .is_some_and(|hc| matches!(hc.probe, HealthProbe::Grpc { .. }));
-                    let h2 = grpc_health.then(|| {
-                        let mut h2 = config.clone();
-                        h2.alpn_protocols = vec![b"h2".to_vec()];
-                        TlsConnector::from(Arc::new(h2))
-                    });
-                    Some(UpstreamConnector {
-                        connector: TlsConnector::from(Arc::new(config)),
-                        h2,
-                        sni,
-                    })
-                })
-                .map_err(|errors| {
-                    errors
-                        .iter()
-                        .map(ToString::to_string)
-                        .collect::<Vec<_>>()
-                        .join("; ")
-                }),
+            Some(tls) => upstream_connector(c, tls, &format!("clusters[{i}].tls")).map(Some),
         })
         .collect()
+}
+
+/// The connector of `tls`, one of cluster `c`'s (`path`: where it is, for messages).
+fn upstream_connector(
+    c: &ClusterConfig,
+    tls: &UpstreamTls,
+    path: &str,
+) -> Result<UpstreamConnector, String> {
+    client_config(tls, path)
+        .map(|(config, sni)| {
+            // A gRPC health check speaks HTTP/2 whatever the cluster's protocol:
+            // its probes offer `h2` alone, on a connector of their own.
+            let grpc_health = c
+                .health_check
+                .as_ref()
+                .is_some_and(|hc| matches!(hc.probe, HealthProbe::Grpc { .. }));
+            let h2 = grpc_health.then(|| {
+                let mut h2 = config.clone();
+                h2.alpn_protocols = vec![b"h2".to_vec()];
+                TlsConnector::from(Arc::new(h2))
+            });
+            UpstreamConnector {
+                connector: TlsConnector::from(Arc::new(config)),
+                h2,
+                sni,
+            }
+        })
+        .map_err(|errors| {
+            errors
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join("; ")
+        })
+}
+
+/// The transports a cluster with `transport_socket_matches` picks from per host: a connector
+/// per entry (`None`: plaintext) and each configured host's pick, by address (a host resolved
+/// from DNS, or an address no host has, has no labels:
+/// [`MatchedConnectors::unlabelled`]). Built with the generation's config, whose hosts do not
+/// change in place ([`sluice_core::config::diff::only_endpoints_differ`]).
+pub struct MatchedConnectors {
+    /// By entry index.
+    connectors: Vec<Option<UpstreamConnector>>,
+    /// A host's pick (`Some(entry)` or `None`: the cluster's own `tls`), by address; the
+    /// first host of an address decides.
+    by_address: std::collections::HashMap<std::net::SocketAddr, Option<usize>>,
+    /// The pick of a host without labels.
+    unlabelled: Option<usize>,
+}
+
+/// Per cluster (`None`: it has no `transport_socket_matches`): [`MatchedConnectors`].
+pub fn matched_connectors(config: &Config) -> Result<Vec<Option<Box<MatchedConnectors>>>, String> {
+    config
+        .clusters
+        .iter()
+        .enumerate()
+        .map(|(i, c)| {
+            if c.transport_socket_matches.is_empty() {
+                return Ok(None);
+            }
+            let connectors = c
+                .transport_socket_matches
+                .iter()
+                .enumerate()
+                .map(|(m, entry)| match &entry.tls {
+                    None => Ok(None),
+                    Some(tls) => upstream_connector(
+                        c,
+                        tls,
+                        &format!("clusters[{i}].transport_socket_matches[{m}].tls"),
+                    )
+                    .map(Some),
+                })
+                .collect::<Result<Vec<_>, String>>()?;
+            let mut by_address = std::collections::HashMap::new();
+            for h in &c.hosts {
+                by_address.entry(h.address).or_insert_with(|| {
+                    pick_transport_socket(
+                        &c.transport_socket_matches,
+                        h.transport_socket_match.as_deref(),
+                    )
+                });
+            }
+            Ok(Some(Box::new(MatchedConnectors {
+                connectors,
+                by_address,
+                unlabelled: pick_transport_socket(&c.transport_socket_matches, None),
+            })))
+        })
+        .collect()
+}
+
+impl Contexts {
+    /// How to connect to the host at `address` of cluster `ci`: its TLS connector, or `None`
+    /// (plaintext). The cluster's own (`tls`) unless it has `transport_socket_matches`, whose
+    /// pick for the host decides. Once per new upstream connection, never per request.
+    #[must_use]
+    pub fn connector(
+        &self,
+        ci: usize,
+        address: std::net::SocketAddr,
+    ) -> Option<&UpstreamConnector> {
+        if let Some(m) = self.matched.get(ci).and_then(Option::as_deref) {
+            let pick = m.by_address.get(&address).copied().unwrap_or(m.unlabelled);
+            if let Some(entry) = pick {
+                return m.connectors[entry].as_ref();
+            }
+        }
+        self.connectors.get(ci).and_then(Option::as_ref)
+    }
 }
 
 /// How a worker originates TLS to one cluster's hosts.

@@ -59,11 +59,25 @@ pub fn describe(config: &Config) -> Vec<CertFile> {
         }
     }
     for (i, c) in config.clusters.iter().enumerate() {
-        let Some(tls) = &c.tls else { continue };
-        add("cluster", &c.name, format!("clusters[{i}].tls.ca"), &tls.ca);
-        if let Some(files) = &tls.client_certificate {
-            let field = format!("clusters[{i}].tls.cert_chain");
-            add("cluster", &c.name, field, &files.cert_chain);
+        let own = c.tls.as_deref().map(|t| (format!("clusters[{i}].tls"), t));
+        let matched = c
+            .transport_socket_matches
+            .iter()
+            .enumerate()
+            .filter_map(|(m, e)| {
+                let path = format!("clusters[{i}].transport_socket_matches[{m}].tls");
+                e.tls.as_deref().map(|t| (path, t))
+            });
+        for (path, tls) in own.into_iter().chain(matched) {
+            add("cluster", &c.name, format!("{path}.ca"), &tls.ca);
+            if let Some(files) = &tls.client_certificate {
+                add(
+                    "cluster",
+                    &c.name,
+                    format!("{path}.cert_chain"),
+                    &files.cert_chain,
+                );
+            }
         }
     }
     files

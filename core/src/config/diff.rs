@@ -192,7 +192,8 @@ pub fn only_inline_pem_differs(previous: &Config, next: &Config) -> bool {
             }
         }
         for cl in &mut c.clusters {
-            if let Some(tls) = &mut cl.tls {
+            let matched = cl.transport_socket_matches.iter_mut().map(|m| &mut m.tls);
+            for tls in std::iter::once(&mut cl.tls).chain(matched).flatten() {
                 blank(&mut tls.ca);
                 if let Some(cert) = &mut tls.client_certificate {
                     blank(&mut cert.cert_chain);
@@ -244,7 +245,14 @@ pub fn only_endpoints_differ(previous: &Config, next: &Config) -> Option<Vec<usi
             }
             continue;
         }
-        if p.kind != super::ClusterKind::Static || !same_but_hosts(p, n) {
+        // A cluster whose hosts pick their transport (`transport_socket_matches`): its TLS
+        // connectors are chosen per host address when a generation is built, so its hosts
+        // change only with a new generation (new pools: no connection of one transport is
+        // ever reused for a host that picked the other).
+        if p.kind != super::ClusterKind::Static
+            || !p.transport_socket_matches.is_empty()
+            || !same_but_hosts(p, n)
+        {
             return None;
         }
         changed.push(i);
@@ -270,6 +278,7 @@ fn same_but_hosts(p: &super::ClusterConfig, n: &super::ClusterConfig) -> bool {
         dns,
         use_http_header,
         tls,
+        transport_socket_matches,
         protocol,
         http2_keepalive,
         hosts_change_in_place,
@@ -288,6 +297,7 @@ fn same_but_hosts(p: &super::ClusterConfig, n: &super::ClusterConfig) -> bool {
         && *dns == n.dns
         && *use_http_header == n.use_http_header
         && *tls == n.tls
+        && *transport_socket_matches == n.transport_socket_matches
         && *protocol == n.protocol
         && *http2_keepalive == n.http2_keepalive
         && *hosts_change_in_place == n.hosts_change_in_place
@@ -348,6 +358,27 @@ mod tests {
         };
         assert!(only_inline_pem_differs(&chained("AAAA"), &chained("BBBB")));
         assert!(!only_inline_pem_differs(&chained("AAAA"), &a));
+    }
+
+    /// A cluster with `transport_socket_matches` picks each host's transport when a generation
+    /// is built: its hosts (or their labels) changing is never an in-place update, so that no
+    /// pooled connection of one transport serves a host that now picks the other.
+    #[test]
+    fn hosts_of_a_cluster_with_transport_socket_matches_never_change_in_place() {
+        let yaml = |label: &str, extra_host: &str| {
+            Config::from_yaml(&format!(
+                "listeners:\n  - {{ name: t, address: 127.0.0.1:8000, tcp_proxy: {{ cluster: a }} }}\n\
+                 clusters:\n  - {{ name: a, hosts: [{{ address: 127.0.0.1:1, transport_socket_match: {{ tlsMode: {label} }} }}{extra_host}], \
+                 transport_socket_matches: [ {{ name: m, match: {{ tlsMode: istio }}, tls: null }} ] }}\n"
+            ))
+            .unwrap()
+        };
+        let base = yaml("istio", "");
+        assert_eq!(only_endpoints_differ(&base, &yaml("disabled", "")), None);
+        assert_eq!(
+            only_endpoints_differ(&base, &yaml("istio", ", { address: 127.0.0.1:2 }")),
+            None
+        );
     }
 
     /// Hosts added, removed or re-weighted in `static` clusters are an endpoints-only change

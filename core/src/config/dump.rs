@@ -142,6 +142,9 @@ impl Serialize for ClusterConfig {
         if let Some(tls) = &self.tls {
             m.put("tls", tls)?;
         }
+        if !self.transport_socket_matches.is_empty() {
+            m.put("transport_socket_matches", &self.transport_socket_matches)?;
+        }
         if self.kind == ClusterKind::Static {
             m.put("hosts", &self.hosts)?;
         }

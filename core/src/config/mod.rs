@@ -653,6 +653,11 @@ pub struct ClusterConfig {
     pub use_http_header: bool,
     /// Originate TLS to the hosts (`tcp_proxy` listeners only, so far).
     pub tls: Option<Box<tls::UpstreamTls>>,
+    /// Per-host transport choice (Envoy's `transport_socket_matches`, Istio auto-mTLS): a
+    /// host's `transport_socket_match` labels pick the first entry whose every key/value the
+    /// host carries ([`pick_transport_socket`]); no entry matched: `tls` above. Empty: every
+    /// host uses `tls`.
+    pub transport_socket_matches: Vec<TransportSocketMatch>,
     /// The HTTP version spoken to the hosts by HTTP routes (`protocol`, default `http1`).
     pub protocol: UpstreamProtocol,
     /// PING keepalive on the cluster's HTTP/2 connections (`protocol: http2` or `downstream`;
@@ -810,6 +815,7 @@ impl Default for ClusterConfig {
             dns: None,
             use_http_header: false,
             tls: None,
+            transport_socket_matches: Vec::new(),
             protocol: UpstreamProtocol::Http1,
             http2_keepalive: None,
             hosts_change_in_place: false,
@@ -862,9 +868,58 @@ pub struct HostConfig {
     pub address: SocketAddr,
     /// Relative weight, 1 to 1000 (default 1).
     pub weight: u32,
+    /// The labels its cluster's `transport_socket_matches` are matched against (from xDS: the
+    /// endpoint's `envoy.transport_socket_match` metadata); `None`: no labels (only an entry
+    /// with an empty `match` applies).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub transport_socket_match: Option<Box<TransportLabels>>,
+}
+
+/// A host's `transport_socket_match` labels, or an entry's `match`: string keys and values,
+/// sorted (so that equal label sets compare equal).
+pub type TransportLabels = std::collections::BTreeMap<String, String>;
+
+/// `clusters[].transport_socket_matches[]`: the transport of the hosts whose labels hold every
+/// key/value of `match`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct TransportSocketMatch {
+    /// Its name (unique in the cluster; for messages and stats).
+    pub name: String,
+    /// Every key/value a host must carry; empty: any host.
+    #[serde(rename = "match")]
+    pub matches: TransportLabels,
+    /// The TLS originated to such a host; `None`: plaintext (not shown in the dump).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls: Option<Box<tls::UpstreamTls>>,
+}
+
+/// Which transport a host with `labels` gets: the index of the first entry of `matches` whose
+/// every key/value is in `labels` (an empty `match` takes any host, with or without labels),
+/// or `None`: the cluster's own `tls` (Envoy's rule for `transport_socket_matches`).
+#[must_use]
+pub fn pick_transport_socket(
+    matches: &[TransportSocketMatch],
+    labels: Option<&TransportLabels>,
+) -> Option<usize> {
+    matches.iter().position(|m| {
+        m.matches
+            .iter()
+            .all(|(k, v)| labels.and_then(|l| l.get(k)) == Some(v))
+    })
 }
 
 impl ClusterConfig {
+    /// Whether it originates TLS to any of its hosts: its own `tls`, or an entry of its
+    /// `transport_socket_matches`.
+    #[must_use]
+    pub fn originates_tls(&self) -> bool {
+        self.tls.is_some()
+            || self
+                .transport_socket_matches
+                .iter()
+                .any(|m| m.tls.is_some())
+    }
+
     /// How many host ids a worker keeps for this cluster: its hosts (static), with spare ids
     /// when its hosts change in place ([`ClusterConfig::hosts_change_in_place`]:
     /// [`spare_host_slots`]), one per name (`logical_dns`), `max_hosts` (`strict_dns`: slots

@@ -461,6 +461,7 @@ mod tests {
             hosts: vec![crate::config::HostConfig {
                 address: addr(9),
                 weight: 1,
+                transport_socket_match: None,
             }],
             ..ClusterConfig::default()
         });

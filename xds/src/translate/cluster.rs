@@ -262,6 +262,8 @@ pub fn translate_cluster(
     let tls = take(&mut rest.transport_socket)
         .map(|ts| super::tls::upstream_tls(&ts, &at.field("transport_socket"), secrets))
         .transpose()?;
+    let transport_socket_matches =
+        transport_socket_matches(take(&mut rest.transport_socket_matches), &at, secrets)?;
     let load_assignment = take(&mut rest.load_assignment);
     reject_rest(&rest, &at)?;
 
@@ -298,6 +300,7 @@ pub fn translate_cluster(
         ("protocol", protocol.map(|p| json!(p))),
         ("http2", http2),
         ("tls", tls),
+        ("transport_socket_matches", transport_socket_matches),
         ("ring_hash", ring_hash),
         ("health_check", health_check),
         ("outlier_detection", outlier_detection),
@@ -305,6 +308,82 @@ pub fn translate_cluster(
         ("panic_threshold", panic_threshold),
         ("hosts", hosts.map(Value::Array)),
     ]))
+}
+
+/// The endpoint metadata namespace whose string values a host's transport is matched on.
+const TRANSPORT_SOCKET_MATCH: &str = "envoy.transport_socket_match";
+
+/// Envoy's `raw_buffer` transport socket (plaintext), what a `transport_socket_matches` entry
+/// may give instead of TLS.
+const RAW_BUFFER: &str = "envoy.transport_sockets.raw_buffer";
+
+/// A `Struct` of string values (a `match`, or an endpoint's `envoy.transport_socket_match`
+/// metadata) as labels; any other kind of value is refused at its path.
+fn string_labels(
+    s: &envoy_types::pb::google::protobuf::Struct,
+    at: &At<'_>,
+) -> Result<Value, TranslateError> {
+    use envoy_types::pb::google::protobuf::value::Kind;
+    let mut labels = serde_json::Map::new();
+    for (k, v) in &s.fields {
+        match &v.kind {
+            Some(Kind::StringValue(text)) => {
+                labels.insert(k.clone(), json!(text));
+            }
+            _ => {
+                return Err(at.field(k).error(
+                    "only string values are supported (a host's transport is matched on \
+                     string labels)",
+                ));
+            }
+        }
+    }
+    Ok(Value::Object(labels))
+}
+
+/// `transport_socket_matches`: each entry's `name`, `match` (string values) and
+/// `transport_socket` (TLS → its `tls`; `raw_buffer` or none → `tls: null`, plaintext).
+/// `None` when there are none.
+fn transport_socket_matches(
+    matches: Vec<envoy_types::pb::envoy::config::cluster::v3::cluster::TransportSocketMatch>,
+    at: &At<'_>,
+    secrets: &BTreeMap<String, Secret>,
+) -> Result<Option<Value>, TranslateError> {
+    if matches.is_empty() {
+        return Ok(None);
+    }
+    let mut out = Vec::with_capacity(matches.len());
+    for (i, mut m) in matches.into_iter().enumerate() {
+        let m_at = at.field("transport_socket_matches").index(i);
+        let name = take(&mut m.name);
+        let labels = match take(&mut m.r#match) {
+            Some(s) => string_labels(&s, &m_at.field("match"))?,
+            None => json!({}),
+        };
+        let tls = match take(&mut m.transport_socket) {
+            None => Value::Null,
+            Some(ts) if ts.name == RAW_BUFFER => {
+                use envoy_types::pb::envoy::config::core::v3::transport_socket::ConfigType;
+                match &ts.config_type {
+                    None => {}
+                    Some(ConfigType::TypedConfig(any))
+                        if any.type_url.ends_with(
+                            "envoy.extensions.transport_sockets.raw_buffer.v3.RawBuffer",
+                        ) => {}
+                    Some(_) => {
+                        return Err(m_at
+                            .field("transport_socket")
+                            .error("raw_buffer takes no configuration"));
+                    }
+                }
+                Value::Null
+            }
+            Some(ts) => super::tls::upstream_tls(&ts, &m_at.field("transport_socket"), secrets)?,
+        };
+        reject_rest(&m, &m_at)?;
+        out.push(json!({ "name": name, "match": labels, "tls": tls }));
+    }
+    Ok(Some(Value::Array(out)))
 }
 
 /// Only the ADS stream (`ads: {}`, or `self: {}`, the server the resource came from) exists.
@@ -359,8 +438,16 @@ fn hosts(
         reject_rest(&locality, &l_at)?;
         for (j, mut lb) in endpoints.into_iter().enumerate() {
             let e_at = l_at.field("lb_endpoints").index(j);
-            if take(&mut lb.metadata).is_some() {
-                e_at.note(notes, "metadata");
+            let mut labels = None;
+            if let Some(mut metadata) = take(&mut lb.metadata) {
+                let m_at = e_at.field("metadata");
+                if let Some(s) = metadata.filter_metadata.remove(TRANSPORT_SOCKET_MATCH) {
+                    let f_at = m_at.field("filter_metadata").field(TRANSPORT_SOCKET_MATCH);
+                    labels = Some(string_labels(&s, &f_at)?);
+                }
+                if metadata != Default::default() {
+                    e_at.note(notes, "metadata (other than envoy.transport_socket_match)");
+                }
             }
             let status = take(&mut lb.health_status);
             let weight = take(&mut lb.load_balancing_weight).map(|w| json!(w.value));
@@ -387,6 +474,7 @@ fn hosts(
                 out.push(object([
                     ("address", Some(json!(address))),
                     ("weight", weight),
+                    ("transport_socket_match", labels),
                 ]));
             }
         }

@@ -532,17 +532,20 @@ mod istio {
     }
 
     #[test]
-    fn an_outbound_cluster_is_refused_at_its_transport_socket_matches_and_accepted_without() {
+    fn an_outbound_clusters_transport_socket_matches_are_translated_and_checked_by_path() {
         let mut notes = Notes::default();
         let e = translate_cluster(&outbound_cluster(), None, &BTreeMap::new(), &mut notes)
             .expect_err("refused");
         assert_eq!(
             e.to_string(),
             "cluster \"outbound|9080||reviews.default.svc.cluster.local\" \
-             transport_socket_matches: unsupported"
+             transport_socket_matches[0].transport_socket: \"envoy.transport_sockets.tls\": \
+             unsupported (only envoy.transport_sockets.tls with a typed_config)"
         );
-        // Without mTLS matching it is accepted under Istio's own name (`|` is a name character),
-        // so routes and metrics use the names istiod sends.
+        // The matches are translated (an entry's socket is checked at its path: here one with
+        // no typed_config; a complete Istio cluster: tests_tls.rs). Without them it is accepted
+        // under Istio's own name (`|` is a name character), so routes and metrics use the names
+        // istiod sends.
         let mut c = outbound_cluster();
         c.transport_socket_matches.clear();
         let mut r = Resources::default();

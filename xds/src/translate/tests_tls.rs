@@ -824,3 +824,187 @@ fn chains_the_passthrough_form_cannot_express_become_filter_chains() {
         "{e:?}"
     );
 }
+
+/// Istio's outbound cluster: `transport_socket_matches` of mTLS for the endpoints labelled
+/// `tlsMode: istio` (a sidecar's) and plaintext (`raw_buffer`) for the rest.
+mod transport_socket_matches {
+    use envoy_types::pb::envoy::config::cluster::v3::cluster::TransportSocketMatch;
+    use envoy_types::pb::envoy::config::core::v3::{Metadata, transport_socket::ConfigType};
+    use envoy_types::pb::envoy::config::endpoint::v3::lb_endpoint::HostIdentifier;
+    use envoy_types::pb::google::protobuf::{Any, Struct, Value as PbValue, value::Kind};
+    use sluice_core::config::pick_transport_socket;
+
+    use super::*;
+
+    const NAME: &str = "outbound|9080||reviews.default.svc.cluster.local";
+
+    fn labels(pairs: &[(&str, Kind)]) -> Struct {
+        Struct {
+            fields: pairs
+                .iter()
+                .map(|(k, v)| {
+                    (
+                        (*k).to_owned(),
+                        PbValue {
+                            kind: Some(v.clone()),
+                        },
+                    )
+                })
+                .collect(),
+        }
+    }
+
+    fn istio(v: &str) -> Kind {
+        Kind::StringValue(v.to_owned())
+    }
+
+    fn raw_buffer() -> TransportSocket {
+        TransportSocket {
+            name: "envoy.transport_sockets.raw_buffer".into(),
+            config_type: Some(ConfigType::TypedConfig(Any {
+                type_url: "type.googleapis.com/envoy.extensions.transport_sockets.raw_buffer.v3.\
+                           RawBuffer"
+                    .into(),
+                value: Vec::new(),
+            })),
+        }
+    }
+
+    /// The cluster and its endpoints: 10.0.0.7 with a sidecar (`tlsMode: istio`), 10.0.0.8
+    /// without; the mesh root CA over SDS (`ROOTCA`).
+    fn outbound(ca: &str) -> Resources {
+        let mut c = eds_cluster(NAME);
+        c.transport_socket_matches = vec![
+            TransportSocketMatch {
+                name: "tlsMode-istio".into(),
+                r#match: Some(labels(&[("tlsMode", istio("istio"))])),
+                transport_socket: Some(tls_socket(&upstream_tls_sds(
+                    "outbound_.9080_._.reviews.default.svc.cluster.local",
+                    "ROOTCA",
+                ))),
+            },
+            TransportSocketMatch {
+                name: "tlsMode-disabled".into(),
+                r#match: Some(Struct::default()),
+                transport_socket: Some(raw_buffer()),
+            },
+        ];
+        let mut cla = assignment(
+            NAME,
+            &[
+                ("10.0.0.7", 9080, HealthStatus::Healthy as i32),
+                ("10.0.0.8", 9080, HealthStatus::Healthy as i32),
+            ],
+        );
+        let lb = &mut cla.endpoints[0].lb_endpoints[0];
+        lb.metadata = Some(Metadata {
+            filter_metadata: [
+                (
+                    "envoy.transport_socket_match".to_owned(),
+                    labels(&[("tlsMode", istio("istio"))]),
+                ),
+                (
+                    "istio".to_owned(),
+                    labels(&[("workload", istio("reviews-v1;default"))]),
+                ),
+            ]
+            .into_iter()
+            .collect(),
+            ..Default::default()
+        });
+        assert!(matches!(
+            lb.host_identifier,
+            Some(HostIdentifier::Endpoint(_))
+        ));
+        let mut r = Resources::default();
+        r.clusters.insert(NAME.into(), c);
+        r.endpoints.insert(NAME.into(), cla);
+        r.secrets.insert("ROOTCA".into(), ca_secret("ROOTCA", ca));
+        r.listeners
+            .insert("out".into(), tcp_listener("out", "127.0.0.1", 9001, NAME));
+        r
+    }
+
+    #[test]
+    fn an_istio_outbound_cluster_gives_mtls_to_the_sidecar_endpoint_and_plaintext_to_the_other() {
+        let (ca, _, _) = pki(&["x"]);
+        let r = outbound(&ca);
+        let a = assemble(&bootstrap(), &r).expect("accepted");
+        let c = &a.config.clusters[0];
+        assert!(c.tls.is_none(), "no transport_socket of its own");
+        let names: Vec<&str> = c
+            .transport_socket_matches
+            .iter()
+            .map(|m| m.name.as_str())
+            .collect();
+        assert_eq!(names, ["tlsMode-istio", "tlsMode-disabled"]);
+        let mtls = c.transport_socket_matches[0].tls.as_deref().expect("mTLS");
+        assert_eq!(mtls.ca, inline(&ca, Some("ROOTCA")));
+        assert_eq!(
+            mtls.sni.as_deref(),
+            Some("outbound_.9080_._.reviews.default.svc.cluster.local")
+        );
+        assert!(c.transport_socket_matches[1].tls.is_none(), "raw_buffer");
+        assert!(c.transport_socket_matches[1].matches.is_empty());
+        let picks: Vec<(String, Option<usize>)> = c
+            .hosts
+            .iter()
+            .map(|h| {
+                (
+                    h.address.to_string(),
+                    pick_transport_socket(
+                        &c.transport_socket_matches,
+                        h.transport_socket_match.as_deref(),
+                    ),
+                )
+            })
+            .collect();
+        assert_eq!(
+            picks,
+            [
+                ("10.0.0.7:9080".to_owned(), Some(0)),
+                ("10.0.0.8:9080".to_owned(), Some(1))
+            ]
+        );
+        // Its SDS secrets are subscribed to (warming waits for the mesh root CA).
+        assert!(
+            crate::translate::sds_names(r.clusters.values(), r.listeners.values())
+                .contains("ROOTCA")
+        );
+    }
+
+    #[test]
+    fn a_match_or_an_endpoint_label_that_is_not_a_string_is_refused_by_path() {
+        let (ca, _, _) = pki(&["x"]);
+        let mut r = outbound(&ca);
+        r.clusters.get_mut(NAME).unwrap().transport_socket_matches[0].r#match =
+            Some(labels(&[("tlsMode", Kind::BoolValue(true))]));
+        assert_eq!(
+            errors(&r),
+            [format!(
+                "cluster {NAME:?} transport_socket_matches[0].match.tlsMode: only string \
+                 values are supported (a host's transport is matched on string labels)"
+            )]
+        );
+        let mut r = outbound(&ca);
+        r.endpoints.get_mut(NAME).unwrap().endpoints[0].lb_endpoints[0]
+            .metadata
+            .as_mut()
+            .unwrap()
+            .filter_metadata
+            .insert(
+                "envoy.transport_socket_match".into(),
+                labels(&[("tlsMode", Kind::NumberValue(1.0))]),
+            );
+        let e = errors(&r);
+        assert_eq!(e.len(), 1, "{e:?}");
+        assert!(
+            e[0].ends_with(
+                "endpoints[0].lb_endpoints[0].metadata.filter_metadata.\
+                 envoy.transport_socket_match.tlsMode: only string values are supported (a \
+                 host's transport is matched on string labels)"
+            ),
+            "{e:?}"
+        );
+    }
+}

@@ -578,11 +578,19 @@ pub fn sds_names<'a>(
             _ => {}
         }
     };
-    for c in clusters {
-        if let Some(TransportSocket {
+    // A cluster's own transport socket and those of its `transport_socket_matches`.
+    let sockets = clusters.into_iter().flat_map(|c| {
+        c.transport_socket.iter().chain(
+            c.transport_socket_matches
+                .iter()
+                .filter_map(|m| m.transport_socket.as_ref()),
+        )
+    });
+    for ts in sockets {
+        if let TransportSocket {
             config_type: Some(ConfigType::TypedConfig(any)),
             ..
-        }) = &c.transport_socket
+        } = ts
             && any.type_url == UpstreamTlsContext::type_url()
             && let Ok(u) = UpstreamTlsContext::decode(any.value.as_slice())
             && let Some(common) = &u.common_tls_context

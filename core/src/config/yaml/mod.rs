@@ -308,6 +308,27 @@ fn check_tls_clusters(
     clusters: &mut [ClusterConfig],
     otlp_cluster: Option<usize>,
 ) {
+    // A `transport_socket_matches` entry's TLS offers what the cluster's own would: with no
+    // `alpn`, its protocol's when HTTP uses the cluster (a route, an HTTP health check, OTLP).
+    for (ci, c) in clusters.iter_mut().enumerate() {
+        let http_used = otlp_cluster == Some(ci)
+            || dec
+                .cluster_refs
+                .iter()
+                .any(|(i, path)| *i == ci && path.contains(".http."))
+            || c.health_check
+                .as_ref()
+                .is_some_and(|hc| matches!(hc.probe, crate::config::HealthProbe::Http { .. }));
+        let alpn = c.protocol.alpn();
+        for m in &mut c.transport_socket_matches {
+            if let Some(tls) = m.tls.as_deref_mut()
+                && http_used
+                && tls.alpn.is_empty()
+            {
+                tls.alpn = vec![alpn.to_owned()];
+            }
+        }
+    }
     for (ci, c) in clusters.iter_mut().enumerate() {
         let Some(tls) = c.tls.as_deref_mut() else {
             continue;
@@ -1112,6 +1133,10 @@ fn decode_cluster(dec: &mut Decoder, path: &str, v: &Value) -> Option<ClusterCon
         Some((v, p)) => tls::decode_upstream_tls(dec, &p, v).map(|t| Some(Box::new(t))),
         None => Some(None),
     };
+    let transport_socket_matches = match obj.opt("transport_socket_matches") {
+        Some((v, p)) => decode_transport_socket_matches(dec, &p, v),
+        None => Some(Vec::new()),
+    };
     let use_http_header = match obj.opt("use_http_header") {
         Some((v, p)) => dec.boolean(&p, v).and_then(|on| {
             if on && kind != Some(ClusterKind::OriginalDst) {
@@ -1131,6 +1156,9 @@ fn decode_cluster(dec: &mut Decoder, path: &str, v: &Value) -> Option<ClusterCon
             .one_of(&p, v, &UpstreamProtocol::CHOICES)
             .and_then(|proto| {
                 // One ALPN list per cluster cannot follow each request's version.
+                let matched_tls = transport_socket_matches
+                    .as_ref()
+                    .is_some_and(|m| m.iter().any(|m| m.tls.is_some()));
                 if proto == UpstreamProtocol::Downstream
                     && tls.as_ref().is_some_and(Option::is_some)
                 {
@@ -1139,6 +1167,15 @@ fn decode_cluster(dec: &mut Decoder, path: &str, v: &Value) -> Option<ClusterCon
                         "downstream cannot be combined with `tls` (the ALPN offer is one list \
                          per cluster, and this protocol changes with each request): give \
                          http1 or http2",
+                    );
+                    return None;
+                }
+                if proto == UpstreamProtocol::Downstream && matched_tls {
+                    dec.error(
+                        &p,
+                        "downstream cannot be combined with a TLS entry of \
+                         `transport_socket_matches` (the ALPN offer is one list per entry, and \
+                         this protocol changes with each request): give http1 or http2",
                     );
                     return None;
                 }
@@ -1223,6 +1260,7 @@ fn decode_cluster(dec: &mut Decoder, path: &str, v: &Value) -> Option<ClusterCon
         dns: dns?,
         use_http_header: use_http_header?,
         tls: tls?,
+        transport_socket_matches: transport_socket_matches?,
         protocol: protocol?,
         http2_keepalive: http2_keepalive?,
         // Set once the whole config is read (a config with `xds`).
@@ -1359,11 +1397,97 @@ fn decode_host(dec: &mut Decoder, path: &str, v: &Value) -> Option<HostConfig> {
         Some((v, p)) => dec.u64_in(&p, v, 1..=1000).map(|w| w as u32),
         None => Some(1),
     };
+    let labels = match obj.opt("transport_socket_match") {
+        Some((v, p)) => decode_transport_labels(dec, &p, v).map(|l| Some(Box::new(l))),
+        None => Some(None),
+    };
     obj.finish(dec);
     Some(HostConfig {
         address: address?,
         weight: weight?,
+        transport_socket_match: labels?,
     })
+}
+
+/// At most this many labels in a host's `transport_socket_match` or an entry's `match`.
+const MAX_TRANSPORT_LABELS: usize = 64;
+
+/// A host's `transport_socket_match` or an entry's `match`: a mapping of non-empty string keys
+/// to string values.
+fn decode_transport_labels(
+    dec: &mut Decoder,
+    path: &str,
+    v: &Value,
+) -> Option<super::TransportLabels> {
+    let Value::Object(map) = v else {
+        dec.error(path, "expected a mapping of string keys to string values");
+        return None;
+    };
+    if map.len() > MAX_TRANSPORT_LABELS {
+        dec.error(
+            path,
+            format!(
+                "at most {MAX_TRANSPORT_LABELS} labels (found {})",
+                map.len()
+            ),
+        );
+        return None;
+    }
+    let mut labels = super::TransportLabels::new();
+    let mut ok = true;
+    for (k, v) in map {
+        let p = child(path, k);
+        if k.is_empty() {
+            dec.error(path, "a label's key cannot be empty");
+            ok = false;
+            continue;
+        }
+        match dec.string(&p, v) {
+            Some(value) => {
+                labels.insert(k.clone(), value.to_owned());
+            }
+            None => ok = false,
+        }
+    }
+    ok.then_some(labels)
+}
+
+/// `clusters[].transport_socket_matches`: each entry's `name` (unique), `match` and `tls`
+/// (`null` or none: plaintext).
+fn decode_transport_socket_matches(
+    dec: &mut Decoder,
+    path: &str,
+    v: &Value,
+) -> Option<Vec<super::TransportSocketMatch>> {
+    let entries = dec.list(path, v, |dec, path, v| {
+        let mut obj = dec.object(path, v)?;
+        let name = obj.req(dec, "name").and_then(|(v, p)| dec.name(&p, v));
+        let matches = match obj.opt("match") {
+            Some((v, p)) => decode_transport_labels(dec, &p, v),
+            None => Some(super::TransportLabels::new()),
+        };
+        // No `tls` (or `null`): plaintext, as an Envoy entry without a transport socket.
+        let tls = match obj.opt("tls") {
+            Some((Value::Null, _)) | None => Some(None),
+            Some((v, p)) => tls::decode_upstream_tls(dec, &p, v).map(|t| Some(Box::new(t))),
+        };
+        obj.finish(dec);
+        Some(super::TransportSocketMatch {
+            name: name?,
+            matches: matches?,
+            tls: tls?,
+        })
+    })?;
+    for (i, m) in entries.iter().enumerate() {
+        if let Some(first) = entries[..i].iter().position(|e| e.name == m.name) {
+            dec.error(
+                &child(&index(path, i), "name"),
+                format!("{:?} is already the name of entry {first}", m.name),
+            );
+            return None;
+        }
+    }
+    Some(entries)
 }
 
 #[cfg(test)]

@@ -79,7 +79,7 @@ drain_timeout: 10
         r#"clusters[0].lb_policy: unknown value "fastest" (expected one of: round_robin, weighted_round_robin, random, least_request, ring_hash, maglev)"#,
         "clusters[0].hosts[0].weight: 0 is not a whole number from 1 to 1000",
         "clusters[0].hosts[1].address: missing (this field is required)",
-        "clusters[0].hosts[1].adress: unknown field (expected one of: address, weight); did you mean 'address'?",
+        "clusters[0].hosts[1].adress: unknown field (expected one of: address, weight, transport_socket_match); did you mean 'address'?",
         "drain_timeout: 10 has no unit (expected a number and a unit: 250ms, 1s, 5m, 1h)",
     ];
     for e in expect {
@@ -2218,6 +2218,115 @@ clusters:
              listeners[0].filter_chains[2]'s (same destination_port and transport_protocol, and \
              a server name and application protocol in common, or none on both): which one \
              serves them would be ambiguous",
+        ]
+    );
+}
+
+/// Issue 13 (Istio auto-mTLS): `transport_socket_matches` and a host's
+/// `transport_socket_match` labels; the pick is Envoy's (first entry whose every key/value the
+/// host has; an empty `match` takes any host; none: the cluster's own `tls`).
+#[test]
+fn transport_socket_matches_pick_per_host_and_are_checked_by_path() {
+    use crate::config::pick_transport_socket;
+    let text = r#"
+listeners:
+  - name: h
+    address: 127.0.0.1:8080
+    http:
+      virtual_hosts: [ { name: v, domains: ["*"], routes: [ { match: { prefix: / }, route: { cluster: a } } ] } ]
+clusters:
+  - name: a
+    hosts:
+      - { address: 127.0.0.1:9001, transport_socket_match: { tlsMode: istio } }
+      - { address: 127.0.0.1:9002 }
+      - { address: 127.0.0.1:9003, transport_socket_match: { tlsMode: disabled, zone: a } }
+    transport_socket_matches:
+      - { name: tlsMode-istio, match: { tlsMode: istio }, tls: { ca: mesh-ca.pem, sni: up.mesh } }
+      - { name: zone-a, match: { zone: a }, tls: null }
+"#;
+    let c = Config::from_yaml(text).unwrap();
+    let cl = &c.clusters[0];
+    assert_eq!(cl.transport_socket_matches.len(), 2);
+    let picks: Vec<Option<usize>> = cl
+        .hosts
+        .iter()
+        .map(|h| {
+            pick_transport_socket(
+                &cl.transport_socket_matches,
+                h.transport_socket_match.as_deref(),
+            )
+        })
+        .collect();
+    // 9002 has no labels: no entry matches, the cluster's own (plaintext) `tls`.
+    assert_eq!(picks, [Some(0), None, Some(1)]);
+    let mtls = cl.transport_socket_matches[0].tls.as_deref().unwrap();
+    // Used by an HTTP route: the entry's TLS offers the cluster's protocol, as `tls` would.
+    assert_eq!(mtls.alpn, ["http/1.1"]);
+    assert!(cl.transport_socket_matches[1].tls.is_none());
+    // An empty `match` takes every host, labelled or not; the first match wins.
+    let catch_all = text.replace("match: { zone: a }", "match: {}");
+    let c = Config::from_yaml(&catch_all).unwrap();
+    let cl = &c.clusters[0];
+    let picks: Vec<Option<usize>> = cl
+        .hosts
+        .iter()
+        .map(|h| {
+            pick_transport_socket(
+                &cl.transport_socket_matches,
+                h.transport_socket_match.as_deref(),
+            )
+        })
+        .collect();
+    assert_eq!(picks, [Some(0), Some(1), Some(1)]);
+    // The dump shows both, labels and entries (`match`, `tls: null`).
+    let dump = serde_json::to_value(&c).unwrap();
+    assert_eq!(
+        dump["clusters"][0]["hosts"][0]["transport_socket_match"],
+        serde_json::json!({ "tlsMode": "istio" })
+    );
+    assert_eq!(
+        dump["clusters"][0]["transport_socket_matches"][1],
+        serde_json::json!({ "name": "zone-a", "match": {} })
+    );
+    // Errors, by path.
+    assert_eq!(
+        errors(&text.replace("tlsMode: istio }, tls", "tlsMode: 1 }, tls")),
+        [
+            "clusters[0].transport_socket_matches[0].match.tlsMode: expected a string, found a number"
+        ]
+    );
+    assert_eq!(
+        errors(&text.replace("name: zone-a", "name: tlsMode-istio")),
+        [
+            "clusters[0].transport_socket_matches[1].name: \"tlsMode-istio\" is already the name \
+             of entry 0"
+        ]
+    );
+    assert_eq!(
+        errors(&text.replace(
+            "    transport_socket_matches:",
+            "    protocol: downstream\n    transport_socket_matches:"
+        )),
+        [
+            "clusters[0].protocol: downstream cannot be combined with a TLS entry of \
+             `transport_socket_matches` (the ALPN offer is one list per entry, and this \
+             protocol changes with each request): give http1 or http2"
+        ]
+    );
+    // No `tls`: plaintext, as `null` (an Envoy entry without a transport socket).
+    let c = Config::from_yaml(&text.replace(", tls: null }", " }")).unwrap();
+    assert!(c.clusters[0].transport_socket_matches[1].tls.is_none());
+    assert_eq!(
+        errors(&text.replace("tls: null", "tls: 3")),
+        ["clusters[0].transport_socket_matches[1].tls: expected a mapping, found a number"]
+    );
+    assert_eq!(
+        errors(&text.replace(
+            "transport_socket_match: { tlsMode: istio }",
+            "transport_socket_match: istio"
+        )),
+        [
+            "clusters[0].hosts[0].transport_socket_match: expected a mapping of string keys to string values"
         ]
     );
 }
