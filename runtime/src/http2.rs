@@ -47,8 +47,15 @@
 //! HTTP/2 upstreams (`protocol: http2` clusters) are [`crate::h2_upstream`]'s: the request path
 //! is the same, only its last hop differs.
 //!
+//! With the listener's `http2.connection_keepalive`, the connection sends a PING every
+//! `interval` (counted from the last ACK); one whose ACK does not come within `timeout` gets
+//! GOAWAY (`NO_ERROR`) and the connection closes, its streams with it
+//! (`http2.downstream_keepalive_timeout`). One timer per connection serves both waits; at most
+//! one PING is out at a time. Unlike Envoy, other frames received do not stretch the
+//! timeout.
+//!
 //! A gRPC response cut short after its head ends with `grpc-status: 14` trailers rather than a
-//! reset (gRPC clients read a reset as INTERNAL). Not yet: PING keepalive.
+//! reset (gRPC clients read a reset as INTERNAL).
 
 use std::cell::{Cell, RefCell};
 use std::future::{Future, poll_fn};
@@ -349,7 +356,17 @@ impl<N: Network> Engine<N> {
         let expired = self.drain_expired.notified();
         let stop = self.stop_accepting.notified();
         let idle = tokio::time::sleep_until(idle_at.unwrap_or_else(crate::http::far_future));
-        tokio::pin!(expired, stop, idle);
+        // PING keepalive (`http2.connection_keepalive`): one timer for the connection, due at
+        // the next PING (`interval` after the last ACK) or, while a PING is out, at the end of
+        // its `timeout`; `h2` reads the ACK as it reads everything else (`poll_accept`).
+        let keepalive = hc.http2.connection_keepalive;
+        let mut pings = keepalive.and_then(|_| conn.ping_pong());
+        let mut ping_out = false;
+        let ping_timer = tokio::time::sleep_until(match keepalive {
+            Some(k) => tokio::time::Instant::now() + k.interval,
+            None => crate::http::far_future(),
+        });
+        tokio::pin!(expired, stop, idle, ping_timer);
         loop {
             // The drain's deadline may have passed while this connection was not waiting on
             // it (during the sniff, or between two turns of this loop): `drain_expired` only
@@ -384,6 +401,51 @@ impl<N: Network> Engine<N> {
                     draining = true;
                     idle_goaway = true;
                     continue;
+                }
+                // Before the timer: an ACK that came wins over a timeout due at the same turn.
+                pong = poll_fn(|cx| match pings.as_mut() {
+                    Some(p) => p.poll_pong(cx),
+                    None => Poll::Pending,
+                }), if ping_out => {
+                    ping_out = false;
+                    if let Err(e) = pong {
+                        tracing::debug!(listener = %lc.name, %peer, "HTTP/2 connection error awaiting a PING ACK: {e}");
+                        break;
+                    }
+                    if let Some(k) = keepalive {
+                        ping_timer.as_mut().reset(tokio::time::Instant::now() + k.interval);
+                    }
+                    continue;
+                }
+                () = &mut ping_timer, if pings.is_some() => {
+                    let (Some(k), Some(p)) = (keepalive, pings.as_mut()) else { continue };
+                    if !ping_out {
+                        if let Err(e) = p.send_ping(h2::Ping::opaque()) {
+                            tracing::debug!(listener = %lc.name, %peer, "HTTP/2 keepalive PING not sent: {e}");
+                            break;
+                        }
+                        ping_out = true;
+                        ping_timer.as_mut().reset(tokio::time::Instant::now() + k.timeout);
+                        continue;
+                    }
+                    // No ACK within `timeout`: the client (or the path to it) is gone.
+                    tracing::debug!(listener = %lc.name, %peer, open = streams.len(), "HTTP/2 keepalive PING unanswered: GOAWAY and close");
+                    bump(&self.stats.http2_downstream_keepalive_timeout, 1);
+                    if !goaway_sent {
+                        bump(
+                            &self.stats.http2_goaway_sent[GoawayCause::KeepaliveTimeout as usize],
+                            1,
+                        );
+                    }
+                    streams.clear();
+                    fresh.clear();
+                    conn.abrupt_shutdown(h2::Reason::NO_ERROR);
+                    let _ = tokio::time::timeout(
+                        GOAWAY_FLUSH_TIMEOUT,
+                        poll_fn(|cx| conn.poll_closed(cx)),
+                    )
+                    .await;
+                    break;
                 }
                 r = poll_fn(|cx| {
                     // The streams first: a stream that finishes makes room for the next.
