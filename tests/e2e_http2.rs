@@ -905,9 +905,16 @@ struct RawH2c {
 
 /// A client that sends the preface and an empty SETTINGS, acknowledges the server's SETTINGS,
 /// opens no stream, and answers the server's PINGs only when `answer_pings` — one that stops
-/// answering stands for a peer gone without FIN or RST (a NAT that dropped its state). Reads
-/// until the server closes or `for_at_most` passed.
-fn raw_h2c_client(listen: u16, answer_pings: bool, for_at_most: Duration) -> RawH2c {
+/// answering stands for a peer gone without FIN or RST (a NAT that dropped its state). With
+/// `own_pings`, it sends a PING of its own that often (bytes that keep coming while the
+/// server's PING waits, as DATA would ahead of a queued ACK). Reads until the server closes or
+/// `for_at_most` passed.
+fn raw_h2c_client(
+    listen: u16,
+    answer_pings: bool,
+    own_pings: Option<Duration>,
+    for_at_most: Duration,
+) -> RawH2c {
     let start = std::time::Instant::now();
     let mut s = TcpStream::connect(addr(listen)).unwrap();
     s.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n").unwrap();
@@ -917,11 +924,15 @@ fn raw_h2c_client(listen: u16, answer_pings: bool, for_at_most: Duration) -> Raw
         goaway: None,
         closed_after: None,
     };
+    let mut next_own = own_pings.map(|every| start + every);
     loop {
-        let Some(left) = for_at_most.checked_sub(start.elapsed()) else {
+        let Some(mut wait) = for_at_most.checked_sub(start.elapsed()) else {
             return seen;
         };
-        s.set_read_timeout(Some(left.max(Duration::from_millis(1))))
+        if let Some(at) = next_own {
+            wait = wait.min(at.saturating_duration_since(std::time::Instant::now()));
+        }
+        s.set_read_timeout(Some(wait.max(Duration::from_millis(1))))
             .unwrap();
         let mut head = [0u8; 9];
         match s.read_exact(&mut head) {
@@ -932,7 +943,21 @@ fn raw_h2c_client(listen: u16, answer_pings: bool, for_at_most: Duration) -> Raw
                     std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
                 ) =>
             {
-                return seen;
+                // (A frame header is 9 bytes, sent whole: a timeout never splits one here.)
+                if let (Some(at), Some(every)) = (next_own, own_pings)
+                    && std::time::Instant::now() >= at
+                {
+                    if s.write_all(&h2_frame(0x6, 0, 0, b"client!!")).is_err() {
+                        seen.closed_after = Some(start.elapsed());
+                        return seen;
+                    }
+                    next_own = Some(at + every);
+                    continue;
+                }
+                if start.elapsed() >= for_at_most {
+                    return seen;
+                }
+                continue;
             }
             Err(_) => {
                 seen.closed_after = Some(start.elapsed());
@@ -967,7 +992,8 @@ fn raw_h2c_client(listen: u16, answer_pings: bool, for_at_most: Duration) -> Raw
 /// The listener's `http2.connection_keepalive` (Envoy's): a client that stops answering PINGs
 /// is sent GOAWAY (NO_ERROR) and closed about `interval + timeout` after it connected, counted
 /// in `http2.downstream_keepalive_timeout` and `http2.goaway_sent.keepalive_timeout`; clients
-/// that answer — a raw one for several intervals, curl through a slow request — are left open.
+/// that answer — a raw one for several intervals, curl through a slow request — are left open,
+/// and so is one whose bytes keep coming while the PING waits (Envoy's extension of the timeout).
 /// Without the keepalive (the default) the silent client stays open: checked below too.
 #[test]
 fn an_http2_client_that_stops_answering_pings_is_closed_and_one_that_answers_is_not() {
@@ -987,7 +1013,7 @@ fn an_http2_client_that_stops_answering_pings_is_closed_and_one_that_answers_is_
     );
     let _sluice = start_sluice(&dir, &yaml, 1, addr(listen));
 
-    let silent = raw_h2c_client(listen, false, Duration::from_secs(10));
+    let silent = raw_h2c_client(listen, false, None, Duration::from_secs(10));
     assert_eq!(silent.pings, 1, "{silent:?}");
     assert_eq!(silent.goaway, Some(0), "{silent:?}");
     let after = silent.closed_after.expect("closed by the proxy");
@@ -998,12 +1024,25 @@ fn an_http2_client_that_stops_answering_pings_is_closed_and_one_that_answers_is_
     assert_eq!(stat(admin, "http2.downstream_keepalive_timeout"), 1);
     assert_eq!(stat(admin, "http2.goaway_sent.keepalive_timeout"), 1);
 
-    let answering = raw_h2c_client(listen, true, Duration::from_millis(4500));
+    let answering = raw_h2c_client(listen, true, None, Duration::from_millis(4500));
     assert!(answering.pings >= 3, "{answering:?}");
     assert_eq!(
         (answering.goaway, answering.closed_after),
         (None, None),
         "{answering:?}"
+    );
+    // One that does not answer but keeps sending (its own PINGs every 200 ms, standing for
+    // DATA ahead of a queued ACK) is not taken for dead: each arrival extends the timeout.
+    let busy = raw_h2c_client(
+        listen,
+        false,
+        Some(Duration::from_millis(200)),
+        Duration::from_secs(3),
+    );
+    assert_eq!(
+        (busy.pings, busy.goaway, busy.closed_after),
+        (1, None, None),
+        "{busy:?}"
     );
     // curl answers PINGs on its own: a request slower than several intervals completes.
     let (version, status, body) = curl_h2(&format!("http://127.0.0.1:{listen}/sleep/3500"), &[]);
@@ -1018,7 +1057,7 @@ fn an_http2_client_that_stops_answering_pings_is_closed_and_one_that_answers_is_
     );
     let dir2 = TempDir::new("h2-keepalive-off");
     let _sluice2 = start_sluice(&dir2, &yaml, 1, addr(listen2));
-    let silent = raw_h2c_client(listen2, false, Duration::from_secs(3));
+    let silent = raw_h2c_client(listen2, false, None, Duration::from_secs(3));
     assert_eq!(
         (silent.pings, silent.goaway, silent.closed_after),
         (0, None, None),

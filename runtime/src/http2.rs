@@ -51,8 +51,8 @@
 //! `interval` (counted from the last ACK); one whose ACK does not come within `timeout` gets
 //! GOAWAY (`NO_ERROR`) and the connection closes, its streams with it
 //! (`http2.downstream_keepalive_timeout`). One timer per connection serves both waits; at most
-//! one PING is out at a time. Unlike Envoy, other frames received do not stretch the
-//! timeout.
+//! one PING is out at a time. As in Envoy, bytes received while the PING is out extend its
+//! timeout by another `timeout` (its ACK may be queued behind them).
 //!
 //! A gRPC response cut short after its head ends with `grpc-status: 14` trailers rather than a
 //! reset (gRPC clients read a reset as INTERNAL).
@@ -199,13 +199,15 @@ pub(crate) fn accepts_http2(codec: HttpCodec) -> bool {
 
 /// The bytes read by [`sniff`], given back to `h2` before the connection's own; everything
 /// `h2` reads passes a [`GoawayWatch`] (until the client's first GOAWAY, which `h2` does not
-/// report when its code is `NO_ERROR`), which counts it in `goaway_received`.
+/// report when its code is `NO_ERROR`), which counts it in `goaway_received`. `received` is
+/// set whenever bytes came (the keepalive's sign of life while a PING is out).
 struct Prefixed<'a, S> {
     prefix: Vec<u8>,
     at: usize,
     inner: S,
     watch: GoawayWatch,
     goaway_received: &'a AtomicU64,
+    received: &'a Cell<bool>,
 }
 
 impl<S: AsyncRead + Unpin> AsyncRead for Prefixed<'_, S> {
@@ -226,6 +228,9 @@ impl<S: AsyncRead + Unpin> AsyncRead for Prefixed<'_, S> {
             }
         } else {
             ready!(Pin::new(&mut self.inner).poll_read(cx, buf))?;
+        }
+        if buf.filled().len() > from {
+            self.received.set(true);
         }
         if !self.watch.seen() && self.watch.feed(&buf.filled()[from..]) {
             bump(self.goaway_received, 1);
@@ -297,12 +302,14 @@ impl<N: Network> Engine<N> {
         original_dst: Option<SocketAddr>,
     ) {
         let over_tls = down.is_tls();
+        let received = Cell::new(false);
         let io = Prefixed {
             prefix: preface,
             at: 0,
             inner: down,
             watch: GoawayWatch::new(),
             goaway_received: &self.stats.http2_goaway_received,
+            received: &received,
         };
         let s = hc.http2;
         let mut builder = h2::server::Builder::new();
@@ -425,6 +432,13 @@ impl<N: Network> Engine<N> {
                             break;
                         }
                         ping_out = true;
+                        received.set(false);
+                        ping_timer.as_mut().reset(tokio::time::Instant::now() + k.timeout);
+                        continue;
+                    }
+                    if received.replace(false) {
+                        // Bytes came while the PING was out: the client is there, its ACK
+                        // queued behind them (Envoy's rule against head-of-line blocking).
                         ping_timer.as_mut().reset(tokio::time::Instant::now() + k.timeout);
                         continue;
                     }
