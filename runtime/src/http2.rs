@@ -409,7 +409,38 @@ impl<N: Network> Engine<N> {
                     idle_goaway = true;
                     continue;
                 }
-                // Before the timer: an ACK that came wins over a timeout due at the same turn.
+                r = poll_fn(|cx| {
+                    // The streams first: a stream that finishes makes room for the next.
+                    let open = streams.len() + fresh.len();
+                    let mut ended = |end| {
+                        if resets.stream_ended(end) == Verdict::Close {
+                            abusive = true;
+                        }
+                    };
+                    while let Poll::Ready(Some(end)) = streams.poll_next_unpin(cx) {
+                        ended(end);
+                    }
+                    let accepted = conn.poll_accept(cx);
+                    if accepted.is_pending() && !fresh.is_empty() {
+                        // Everything that arrived is read: the new streams start.
+                        streams.extend(fresh.drain(..));
+                        while let Poll::Ready(Some(end)) = streams.poll_next_unpin(cx) {
+                            ended(end);
+                        }
+                    }
+                    if abusive {
+                        return Poll::Ready(None);
+                    }
+                    match accepted {
+                        Poll::Ready(r) => Poll::Ready(Some(r)),
+                        // The last stream ended: the idle timer starts (in the loop).
+                        Poll::Pending if open > 0 && streams.is_empty() => Poll::Ready(None),
+                        Poll::Pending => Poll::Pending,
+                    }
+                }) => r,
+                // After the connection's poll, which reads what arrived (an ACK, or the bytes
+                // that extend the timeout) before the timer may call the PING unanswered; the
+                // ACK before the timer, so that it wins over a timeout due at the same turn.
                 pong = poll_fn(|cx| match pings.as_mut() {
                     Some(p) => p.poll_pong(cx),
                     None => Poll::Pending,
@@ -461,35 +492,6 @@ impl<N: Network> Engine<N> {
                     .await;
                     break;
                 }
-                r = poll_fn(|cx| {
-                    // The streams first: a stream that finishes makes room for the next.
-                    let open = streams.len() + fresh.len();
-                    let mut ended = |end| {
-                        if resets.stream_ended(end) == Verdict::Close {
-                            abusive = true;
-                        }
-                    };
-                    while let Poll::Ready(Some(end)) = streams.poll_next_unpin(cx) {
-                        ended(end);
-                    }
-                    let accepted = conn.poll_accept(cx);
-                    if accepted.is_pending() && !fresh.is_empty() {
-                        // Everything that arrived is read: the new streams start.
-                        streams.extend(fresh.drain(..));
-                        while let Poll::Ready(Some(end)) = streams.poll_next_unpin(cx) {
-                            ended(end);
-                        }
-                    }
-                    if abusive {
-                        return Poll::Ready(None);
-                    }
-                    match accepted {
-                        Poll::Ready(r) => Poll::Ready(Some(r)),
-                        // The last stream ended: the idle timer starts (in the loop).
-                        Poll::Pending if open > 0 && streams.is_empty() => Poll::Ready(None),
-                        Poll::Pending => Poll::Pending,
-                    }
-                }) => r,
             };
             if abusive {
                 // GOAWAY ENHANCE_YOUR_CALM (what it processed stays the last stream id), then
