@@ -930,6 +930,20 @@ fn listener_http2_connection_keepalive_is_off_by_default_and_validated() {
     let mut tree = serde_json::to_value(&config).unwrap();
     no_nulls(&mut tree);
     assert_eq!(Config::from_tree(&tree).unwrap(), config);
+    // Turning it on is a change of the listener (a reload applies it; its socket stays).
+    let off = Config::from_yaml(&with("")).unwrap();
+    let d = crate::config::diff::diff(&off, &config);
+    assert_eq!(
+        d.listeners,
+        [crate::config::diff::Change::Changed {
+            previous: 0,
+            next: 0
+        }]
+    );
+    assert_eq!(
+        d.sockets,
+        [crate::config::diff::ListenerSocket::Keep { previous: 0 }]
+    );
     let errs = errors(&with(
         "      http2: { connection_keepalive: { interval: 0s, jitter: 1 } }\n",
     ));
