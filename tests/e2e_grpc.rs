@@ -682,8 +682,8 @@ fn a_pooled_connection_the_upstream_dropped_without_goaway_is_stale_for_idempote
 }
 
 /// A TCP relay from `listen` to `to` that forwards both ways until `stall` is set, then holds
-/// its connections without reading or writing (an upstream that stops answering, PINGs
-/// included), until `stop` is set.
+/// the connections it had accepted without reading or writing (an upstream that stops
+/// answering, PINGs included), until `stop` is set; connections accepted later are relayed.
 fn stalling_relay(listen: u16, to: u16, stall: Arc<AtomicBool>, stop: Arc<AtomicBool>) {
     let listener = std::net::TcpListener::bind(addr(listen)).unwrap();
     listener.set_nonblocking(true).unwrap();
@@ -695,12 +695,18 @@ fn stalling_relay(listen: u16, to: u16, stall: Arc<AtomicBool>, stop: Arc<Atomic
             };
             down.set_nonblocking(false).unwrap();
             let up = std::net::TcpStream::connect(addr(to)).unwrap();
+            // A connection accepted once the stall began is relayed: only the earlier ones
+            // stand for a dead path.
+            let stalls = !stall.load(Ordering::SeqCst);
             for (from, into) in [
                 (down.try_clone().unwrap(), up.try_clone().unwrap()),
                 (up, down),
             ] {
                 let (stall, stop) = (stall.clone(), stop.clone());
-                std::thread::spawn(move || relay_one_way(from, into, &stall, &stop));
+                std::thread::spawn(move || {
+                    let never = AtomicBool::new(false);
+                    relay_one_way(from, into, if stalls { &stall } else { &never }, &stop)
+                });
             }
         }
     });
@@ -778,6 +784,48 @@ fn an_unanswered_keepalive_ping_closes_the_connection_and_fails_its_streams_as_r
         stat(admin, "http2.upstream_rx_reset_code.connection"),
         stat(admin, "http2.upstream_rx_reset")
     );
+    stop.store(true, Ordering::SeqCst);
+}
+
+/// An idle pooled HTTP/2 connection whose PING goes unanswered (the path to its upstream died
+/// silently) leaves the pool: the next request opens a new connection and is answered, instead
+/// of being sent into the dead one (where, without keepalive, it waits past curl's 10 s).
+#[test]
+fn an_idle_upstream_connection_whose_ping_goes_unanswered_leaves_the_pool() {
+    if !require_peers(&["node", "curl"]) {
+        return;
+    }
+    let dir = TempDir::new("h2up-keepalive-pool");
+    let (listen, admin, up, relay) = (free_port(), free_port(), free_port(), free_port());
+    let (_u, _log) = start_h2_upstream(&dir, "up", up);
+    let (stall, stop) = (
+        Arc::new(AtomicBool::new(false)),
+        Arc::new(AtomicBool::new(false)),
+    );
+    stalling_relay(relay, up, stall.clone(), stop.clone());
+    let yaml = config(listen, admin, &[relay]).replace(
+        "    protocol: http2\n",
+        "    protocol: http2\n    http2: { connection_keepalive: { interval: 200ms, timeout: 300ms } }\n",
+    );
+    let _sluice = start_sluice(&dir, &yaml, 1, addr(listen));
+    let base = format!("http://127.0.0.1:{listen}");
+    assert_eq!(curl(&["--http1.1", &format!("{base}/first")]).0, 200);
+    assert_eq!(stat(admin, "http2.upstream_cx_total"), 1);
+    // The pooled connection's path goes dead while it is idle; its next PING is not answered.
+    stall.store(true, Ordering::SeqCst);
+    let mut timeouts = 0;
+    for _ in 0..50 {
+        timeouts = stat(admin, "http2.upstream_keepalive_timeout");
+        if timeouts > 0 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(timeouts, 1);
+    let (status, body) = curl(&["--http1.1", &format!("{base}/after")]);
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(stat(admin, "http2.upstream_cx_total"), 2);
+    assert_eq!(stat(admin, "http2.upstream_rx_reset"), 0);
     stop.store(true, Ordering::SeqCst);
 }
 

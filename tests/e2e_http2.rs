@@ -892,6 +892,180 @@ setTimeout(() => {{ console.log(events.concat('no answer').join(' ')); process.e
     );
 }
 
+/// What a raw h2c client saw of its connection ([`raw_h2c_client`]).
+#[derive(Debug)]
+struct RawH2c {
+    /// PINGs the server sent (not ACKs).
+    pings: u32,
+    /// The error code of the server's GOAWAY, if one came.
+    goaway: Option<u32>,
+    /// When the server closed the connection (since the connect), if it did.
+    closed_after: Option<Duration>,
+}
+
+/// A client that sends the preface and an empty SETTINGS, acknowledges the server's SETTINGS,
+/// opens no stream, and answers the server's PINGs only when `answer_pings` — one that stops
+/// answering stands for a peer gone without FIN or RST (a NAT that dropped its state). With
+/// `own_pings`, it sends a PING of its own that often (bytes that keep coming while the
+/// server's PING waits, as DATA would ahead of a queued ACK). Reads until the server closes or
+/// `for_at_most` passed.
+fn raw_h2c_client(
+    listen: u16,
+    answer_pings: bool,
+    own_pings: Option<Duration>,
+    for_at_most: Duration,
+) -> RawH2c {
+    let start = std::time::Instant::now();
+    let mut s = TcpStream::connect(addr(listen)).unwrap();
+    s.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n").unwrap();
+    s.write_all(&h2_frame(0x4, 0, 0, &[])).unwrap();
+    let mut seen = RawH2c {
+        pings: 0,
+        goaway: None,
+        closed_after: None,
+    };
+    let mut next_own = own_pings.map(|every| start + every);
+    loop {
+        let Some(mut wait) = for_at_most.checked_sub(start.elapsed()) else {
+            return seen;
+        };
+        if let Some(at) = next_own {
+            wait = wait.min(at.saturating_duration_since(std::time::Instant::now()));
+        }
+        s.set_read_timeout(Some(wait.max(Duration::from_millis(1))))
+            .unwrap();
+        let mut head = [0u8; 9];
+        match s.read_exact(&mut head) {
+            Ok(()) => {}
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                // (A frame header is 9 bytes, sent whole: a timeout never splits one here.)
+                if let (Some(at), Some(every)) = (next_own, own_pings)
+                    && std::time::Instant::now() >= at
+                {
+                    if s.write_all(&h2_frame(0x6, 0, 0, b"client!!")).is_err() {
+                        seen.closed_after = Some(start.elapsed());
+                        return seen;
+                    }
+                    next_own = Some(at + every);
+                    continue;
+                }
+                if start.elapsed() >= for_at_most {
+                    return seen;
+                }
+                continue;
+            }
+            Err(_) => {
+                seen.closed_after = Some(start.elapsed());
+                return seen;
+            }
+        }
+        let len = u32::from_be_bytes([0, head[0], head[1], head[2]]) as usize;
+        let (kind, flags) = (head[3], head[4]);
+        let mut payload = vec![0u8; len];
+        if s.read_exact(&mut payload).is_err() {
+            seen.closed_after = Some(start.elapsed());
+            return seen;
+        }
+        match kind {
+            0x4 if flags & 0x1 == 0 => s.write_all(&h2_frame(0x4, 0x1, 0, &[])).unwrap(),
+            0x6 if flags & 0x1 == 0 => {
+                seen.pings += 1;
+                if answer_pings {
+                    s.write_all(&h2_frame(0x6, 0x1, 0, &payload)).unwrap();
+                }
+            }
+            0x7 => {
+                seen.goaway = Some(u32::from_be_bytes([
+                    payload[4], payload[5], payload[6], payload[7],
+                ]));
+            }
+            _ => {}
+        }
+    }
+}
+
+/// The listener's `http2.connection_keepalive` (Envoy's): a client that stops answering PINGs
+/// is sent GOAWAY (NO_ERROR) and closed about `interval + timeout` after it connected, counted
+/// in `http2.downstream_keepalive_timeout` and `http2.goaway_sent.keepalive_timeout`; clients
+/// that answer — a raw one for several intervals, curl through a slow request — are left open,
+/// and so is one whose bytes keep coming while the PING waits (Envoy's extension of the timeout).
+/// Without the keepalive (the default) the silent client stays open: checked below too.
+#[test]
+fn an_http2_client_that_stops_answering_pings_is_closed_and_one_that_answers_is_not() {
+    if !require_peers(&["curl"]) {
+        return;
+    }
+    let dir = TempDir::new("h2-keepalive");
+    let (listen, up, admin) = (free_port(), free_port(), free_port());
+    let (_u, _log) = start_upstream(&dir, "up", up);
+    let yaml = format!(
+        "{}admin: {{ address: 127.0.0.1:{admin} }}\n",
+        config(
+            listen,
+            up,
+            "      http2: { connection_keepalive: { interval: 1s, timeout: 500ms } }\n"
+        )
+    );
+    let _sluice = start_sluice(&dir, &yaml, 1, addr(listen));
+
+    let silent = raw_h2c_client(listen, false, None, Duration::from_secs(10));
+    assert_eq!(silent.pings, 1, "{silent:?}");
+    assert_eq!(silent.goaway, Some(0), "{silent:?}");
+    let after = silent.closed_after.expect("closed by the proxy");
+    assert!(
+        after >= Duration::from_millis(1400) && after < Duration::from_secs(4),
+        "closed after {after:?}, expected about interval + timeout (1.5 s)"
+    );
+    assert_eq!(stat(admin, "http2.downstream_keepalive_timeout"), 1);
+    assert_eq!(stat(admin, "http2.goaway_sent.keepalive_timeout"), 1);
+
+    let answering = raw_h2c_client(listen, true, None, Duration::from_millis(4500));
+    assert!(answering.pings >= 3, "{answering:?}");
+    assert_eq!(
+        (answering.goaway, answering.closed_after),
+        (None, None),
+        "{answering:?}"
+    );
+    // One that does not answer but keeps sending (its own PINGs every 200 ms, standing for
+    // DATA ahead of a queued ACK) is not taken for dead: each arrival extends the timeout.
+    let busy = raw_h2c_client(
+        listen,
+        false,
+        Some(Duration::from_millis(200)),
+        Duration::from_secs(3),
+    );
+    assert_eq!(
+        (busy.pings, busy.goaway, busy.closed_after),
+        (1, None, None),
+        "{busy:?}"
+    );
+    // curl answers PINGs on its own: a request slower than several intervals completes.
+    let (version, status, body) = curl_h2(&format!("http://127.0.0.1:{listen}/sleep/3500"), &[]);
+    assert_eq!((version.as_str(), status), ("2", 200), "{body}");
+    assert_eq!(stat(admin, "http2.downstream_keepalive_timeout"), 1);
+
+    // The default: no PINGs, so nothing notices the silent client.
+    let (listen2, admin2) = (free_port(), free_port());
+    let yaml = format!(
+        "{}admin: {{ address: 127.0.0.1:{admin2} }}\n",
+        config(listen2, up, "")
+    );
+    let dir2 = TempDir::new("h2-keepalive-off");
+    let _sluice2 = start_sluice(&dir2, &yaml, 1, addr(listen2));
+    let silent = raw_h2c_client(listen2, false, None, Duration::from_secs(3));
+    assert_eq!(
+        (silent.pings, silent.goaway, silent.closed_after),
+        (0, None, None),
+        "{silent:?}"
+    );
+    assert_eq!(stat(admin2, "http2.downstream_keepalive_timeout"), 0);
+}
+
 /// One HTTP/2 frame: its 9-byte header and `payload`.
 fn h2_frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
     let len = u32::try_from(payload.len()).unwrap();

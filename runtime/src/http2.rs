@@ -47,8 +47,15 @@
 //! HTTP/2 upstreams (`protocol: http2` clusters) are [`crate::h2_upstream`]'s: the request path
 //! is the same, only its last hop differs.
 //!
+//! With the listener's `http2.connection_keepalive`, the connection sends a PING every
+//! `interval` (counted from the last ACK); one whose ACK does not come within `timeout` gets
+//! GOAWAY (`NO_ERROR`) and the connection closes, its streams with it
+//! (`http2.downstream_keepalive_timeout`). One timer per connection serves both waits; at most
+//! one PING is out at a time. As in Envoy, bytes received while the PING is out extend its
+//! timeout by another `timeout` (its ACK may be queued behind them).
+//!
 //! A gRPC response cut short after its head ends with `grpc-status: 14` trailers rather than a
-//! reset (gRPC clients read a reset as INTERNAL). Not yet: PING keepalive.
+//! reset (gRPC clients read a reset as INTERNAL).
 
 use std::cell::{Cell, RefCell};
 use std::future::{Future, poll_fn};
@@ -192,13 +199,15 @@ pub(crate) fn accepts_http2(codec: HttpCodec) -> bool {
 
 /// The bytes read by [`sniff`], given back to `h2` before the connection's own; everything
 /// `h2` reads passes a [`GoawayWatch`] (until the client's first GOAWAY, which `h2` does not
-/// report when its code is `NO_ERROR`), which counts it in `goaway_received`.
+/// report when its code is `NO_ERROR`), which counts it in `goaway_received`. `received` is
+/// set whenever bytes came (the keepalive's sign of life while a PING is out).
 struct Prefixed<'a, S> {
     prefix: Vec<u8>,
     at: usize,
     inner: S,
     watch: GoawayWatch,
     goaway_received: &'a AtomicU64,
+    received: &'a Cell<bool>,
 }
 
 impl<S: AsyncRead + Unpin> AsyncRead for Prefixed<'_, S> {
@@ -219,6 +228,9 @@ impl<S: AsyncRead + Unpin> AsyncRead for Prefixed<'_, S> {
             }
         } else {
             ready!(Pin::new(&mut self.inner).poll_read(cx, buf))?;
+        }
+        if buf.filled().len() > from {
+            self.received.set(true);
         }
         if !self.watch.seen() && self.watch.feed(&buf.filled()[from..]) {
             bump(self.goaway_received, 1);
@@ -290,12 +302,14 @@ impl<N: Network> Engine<N> {
         original_dst: Option<SocketAddr>,
     ) {
         let over_tls = down.is_tls();
+        let received = Cell::new(false);
         let io = Prefixed {
             prefix: preface,
             at: 0,
             inner: down,
             watch: GoawayWatch::new(),
             goaway_received: &self.stats.http2_goaway_received,
+            received: &received,
         };
         let s = hc.http2;
         let mut builder = h2::server::Builder::new();
@@ -349,7 +363,17 @@ impl<N: Network> Engine<N> {
         let expired = self.drain_expired.notified();
         let stop = self.stop_accepting.notified();
         let idle = tokio::time::sleep_until(idle_at.unwrap_or_else(crate::http::far_future));
-        tokio::pin!(expired, stop, idle);
+        // PING keepalive (`http2.connection_keepalive`): one timer for the connection, due at
+        // the next PING (`interval` after the last ACK) or, while a PING is out, at the end of
+        // its `timeout`; `h2` reads the ACK as it reads everything else (`poll_accept`).
+        let keepalive = hc.http2.connection_keepalive;
+        let mut pings = keepalive.and_then(|_| conn.ping_pong());
+        let mut ping_out = false;
+        let ping_timer = tokio::time::sleep_until(match keepalive {
+            Some(k) => tokio::time::Instant::now() + k.interval,
+            None => crate::http::far_future(),
+        });
+        tokio::pin!(expired, stop, idle, ping_timer);
         loop {
             // The drain's deadline may have passed while this connection was not waiting on
             // it (during the sniff, or between two turns of this loop): `drain_expired` only
@@ -414,6 +438,60 @@ impl<N: Network> Engine<N> {
                         Poll::Pending => Poll::Pending,
                     }
                 }) => r,
+                // After the connection's poll, which reads what arrived (an ACK, or the bytes
+                // that extend the timeout) before the timer may call the PING unanswered; the
+                // ACK before the timer, so that it wins over a timeout due at the same turn.
+                pong = poll_fn(|cx| match pings.as_mut() {
+                    Some(p) => p.poll_pong(cx),
+                    None => Poll::Pending,
+                }), if ping_out => {
+                    ping_out = false;
+                    if let Err(e) = pong {
+                        tracing::debug!(listener = %lc.name, %peer, "HTTP/2 connection error awaiting a PING ACK: {e}");
+                        break;
+                    }
+                    if let Some(k) = keepalive {
+                        ping_timer.as_mut().reset(tokio::time::Instant::now() + k.interval);
+                    }
+                    continue;
+                }
+                () = &mut ping_timer, if pings.is_some() => {
+                    let (Some(k), Some(p)) = (keepalive, pings.as_mut()) else { continue };
+                    if !ping_out {
+                        if let Err(e) = p.send_ping(h2::Ping::opaque()) {
+                            tracing::debug!(listener = %lc.name, %peer, "HTTP/2 keepalive PING not sent: {e}");
+                            break;
+                        }
+                        ping_out = true;
+                        received.set(false);
+                        ping_timer.as_mut().reset(tokio::time::Instant::now() + k.timeout);
+                        continue;
+                    }
+                    if received.replace(false) {
+                        // Bytes came while the PING was out: the client is there, its ACK
+                        // queued behind them (Envoy's rule against head-of-line blocking).
+                        ping_timer.as_mut().reset(tokio::time::Instant::now() + k.timeout);
+                        continue;
+                    }
+                    // No ACK within `timeout`: the client (or the path to it) is gone.
+                    tracing::debug!(listener = %lc.name, %peer, open = streams.len(), "HTTP/2 keepalive PING unanswered: GOAWAY and close");
+                    bump(&self.stats.http2_downstream_keepalive_timeout, 1);
+                    if !goaway_sent {
+                        bump(
+                            &self.stats.http2_goaway_sent[GoawayCause::KeepaliveTimeout as usize],
+                            1,
+                        );
+                    }
+                    streams.clear();
+                    fresh.clear();
+                    conn.abrupt_shutdown(h2::Reason::NO_ERROR);
+                    let _ = tokio::time::timeout(
+                        GOAWAY_FLUSH_TIMEOUT,
+                        poll_fn(|cx| conn.poll_closed(cx)),
+                    )
+                    .await;
+                    break;
+                }
             };
             if abusive {
                 // GOAWAY ENHANCE_YOUR_CALM (what it processed stays the last stream id), then

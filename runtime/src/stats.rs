@@ -668,14 +668,18 @@ pub enum GoawayCause {
     IdleTimeout,
     /// Too many streams reset prematurely: `ENHANCE_YOUR_CALM`, the connection closes.
     PrematureResets,
+    /// A keepalive PING (`http2.connection_keepalive`) went unanswered within its timeout:
+    /// `NO_ERROR`, the connection closes.
+    KeepaliveTimeout,
 }
 
 impl GoawayCause {
     /// Every cause, in counter order.
-    pub const ALL: [GoawayCause; 3] = [
+    pub const ALL: [GoawayCause; 4] = [
         GoawayCause::Drain,
         GoawayCause::IdleTimeout,
         GoawayCause::PrematureResets,
+        GoawayCause::KeepaliveTimeout,
     ];
     /// The label and `/stats` suffix.
     #[must_use]
@@ -684,6 +688,7 @@ impl GoawayCause {
             GoawayCause::Drain => "drain",
             GoawayCause::IdleTimeout => "idle_timeout",
             GoawayCause::PrematureResets => "premature_resets",
+            GoawayCause::KeepaliveTimeout => "keepalive_timeout",
         }
     }
 }
@@ -1411,10 +1416,18 @@ counters! {
         http2_goaway_sent: [AtomicU64; GoawayCause::ALL.len()], counter
             => Metric::counter(
                 "sluice_http2_goaway_sent_total",
-                "HTTP/2 client connections the proxy sent GOAWAY on, by cause (drain, idle_timeout, premature_resets); the h2 crate's own GOAWAYs (protocol errors) are not counted.",
+                "HTTP/2 client connections the proxy sent GOAWAY on, by cause (drain, idle_timeout, premature_resets, keepalive_timeout); the h2 crate's own GOAWAYs (protocol errors) are not counted.",
             )
             .by("reason", goaway_cause)
             .stats("http2.goaway_sent.");
+        /// Client connections closed because a keepalive PING went unanswered within its
+        /// timeout (the listener's `http2.connection_keepalive`).
+        http2_downstream_keepalive_timeout: AtomicU64, counter
+            => Metric::counter(
+                "sluice_http2_downstream_keepalive_timeout_total",
+                "HTTP/2 client connections closed because a keepalive PING went unanswered within its timeout.",
+            )
+            .stats("http2.downstream_keepalive_timeout");
         /// Client connections whose client sent GOAWAY (counted once per connection, whatever
         /// its error code and however many it sends; seen in the inbound bytes by
         /// `sluice_core::http2::goaway`, since `h2` reports no `NO_ERROR` GOAWAY to a server).

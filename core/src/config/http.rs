@@ -96,6 +96,12 @@ pub struct Http2Settings {
     pub initial_stream_window_size: u32,
     /// The connection's receive window, across its streams; at least the stream window.
     pub initial_connection_window_size: u32,
+    /// PING keepalive (`connection_keepalive`, Envoy's name): a PING every `interval`, and a
+    /// GOAWAY and close when its ACK does not come within `timeout` — a client gone without a
+    /// FIN or RST (a NAT that dropped its state) is noticed in seconds, not TCP's minutes.
+    /// `None` (the default, as in Envoy): no PINGs.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub connection_keepalive: Option<super::Http2Keepalive>,
 }
 
 impl Http2Settings {
@@ -105,6 +111,7 @@ impl Http2Settings {
         max_header_list_size: DEFAULT_H2_MAX_HEADER_LIST_SIZE,
         initial_stream_window_size: DEFAULT_H2_INITIAL_STREAM_WINDOW_SIZE,
         initial_connection_window_size: DEFAULT_H2_INITIAL_CONNECTION_WINDOW_SIZE,
+        connection_keepalive: None,
     };
 }
 

@@ -688,14 +688,16 @@ pub const MIN_SPARE_HOST_IDS: usize = 16;
 /// Most spare host ids of a cluster whose hosts change in place ([`spare_host_slots`]).
 pub const MAX_SPARE_HOST_IDS: usize = 1024;
 
-/// `http2.connection_keepalive` of a `protocol: http2` cluster: each connection sends a PING
-/// every `interval`; one not answered within `timeout` closes the connection, failing its
-/// streams as resets.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// `http2.connection_keepalive` of a `protocol: http2` cluster or of an `http` listener: each
+/// connection sends a PING every `interval`; one not answered within `timeout` closes the
+/// connection (upstream: failing its streams as resets; downstream: after a GOAWAY).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 pub struct Http2Keepalive {
     /// Time between PINGs (> 0).
+    #[serde(serialize_with = "ser_duration")]
     pub interval: Duration,
     /// How long a PING may go unanswered (> 0).
+    #[serde(serialize_with = "ser_duration")]
     pub timeout: Duration,
 }
 

@@ -3,7 +3,9 @@
 //! Mapped: `name`, `address` (a TCP socket address), one filter chain without
 //! `filter_chain_match`, whose one network filter is an `HttpConnectionManager` (routes from RDS
 //! over ADS or inline; `codec_type`; `max_request_headers_kb`; `stream_idle_timeout`;
-//! `request_headers_timeout`; `common_http_protocol_options.idle_timeout`; `normalize_path`,
+//! `request_headers_timeout`; `common_http_protocol_options.idle_timeout`;
+//! `http2_protocol_options.connection_keepalive` (`interval`, `timeout`; its other fields, and
+//! the options' others, refused by path); `normalize_path`,
 //! `merge_slashes`, `path_with_escaped_slashes_action`; HTTP filters ending with the router, any
 //! other filter only when `is_optional` or `disabled`) or a `TcpProxy` (`cluster`,
 //! `idle_timeout`, `max_connect_attempts`). The chain's `transport_socket` (TLS,
@@ -34,7 +36,9 @@
 
 use std::collections::BTreeMap;
 
-use envoy_types::pb::envoy::config::core::v3::HttpProtocolOptions;
+use envoy_types::pb::envoy::config::core::v3::{
+    Http2ProtocolOptions, HttpProtocolOptions, KeepaliveSettings,
+};
 use envoy_types::pb::envoy::config::listener::v3::{
     FilterChain, FilterChainMatch, Listener, ListenerFilter, filter, listener_filter,
 };
@@ -586,6 +590,10 @@ fn http(
             (idle, max_headers)
         }
     };
+    let http2 = take(&mut h.http2_protocol_options)
+        .map(|o| http2_options(o, &at.field("http2_protocol_options")))
+        .transpose()?
+        .flatten();
     let normalize = take(&mut h.normalize_path).map(|b| json!(b.value));
     let merge = take(&mut h.merge_slashes).then(|| json!(true));
     let escaped =
@@ -679,8 +687,42 @@ fn http(
         ("normalize_path", normalize),
         ("merge_slashes", merge),
         ("path_with_escaped_slashes_action", escaped),
+        ("http2", http2),
         ("virtual_hosts", Some(Value::Array(virtual_hosts))),
     ]))
+}
+
+/// An HCM's `http2_protocol_options` → the listener's `http2`: its `connection_keepalive`
+/// (`interval`, `timeout`; without a periodic `interval` Envoy sends no PING, so none);
+/// every other field, the keepalive's jitter and idle interval included, is refused by path.
+fn http2_options(
+    mut o: Http2ProtocolOptions,
+    at: &At<'_>,
+) -> Result<Option<Value>, TranslateError> {
+    let keepalive = take(&mut o.connection_keepalive);
+    reject_rest(&o, at)?;
+    let Some(mut k) = keepalive else {
+        return Ok(None);
+    };
+    let k_at = at.field("connection_keepalive");
+    let interval = take(&mut k.interval);
+    let timeout = take(&mut k.timeout);
+    reject_rest::<KeepaliveSettings>(&k, &k_at)?;
+    let positive = |d: Option<envoy_types::pb::google::protobuf::Duration>, field: &str| {
+        let f_at = k_at.field(field);
+        match d {
+            Some(d) if d.seconds > 0 || d.nanos > 0 => duration(&d, &f_at),
+            _ => Err(f_at.error("must be set and above zero")),
+        }
+    };
+    if interval.is_none_or(|d| d.seconds == 0 && d.nanos == 0) {
+        return Ok(None);
+    }
+    let interval = positive(interval, "interval")?;
+    let timeout = positive(timeout, "timeout")?;
+    Ok(Some(
+        json!({ "connection_keepalive": { "interval": interval, "timeout": timeout } }),
+    ))
 }
 
 fn tcp_proxy(mut t: TcpProxy, at: &At<'_>, notes: &mut Notes) -> Result<Value, TranslateError> {

@@ -136,6 +136,95 @@ fn an_unsupported_http_filter_is_named_with_its_path() {
     );
 }
 
+/// An HCM's `http2_protocol_options.connection_keepalive` becomes the listener's
+/// `http2.connection_keepalive`; none (or no periodic interval) leaves it off; the keepalive's
+/// other fields and the options' others are refused by path.
+#[test]
+fn hcm_http2_connection_keepalive_is_the_listeners() {
+    use envoy_types::pb::envoy::config::core::v3::{Http2ProtocolOptions, KeepaliveSettings};
+    let with = |o: Http2ProtocolOptions| {
+        let mut r = resources();
+        let mut l = http_listener("in", "127.0.0.1", 9000, "routes");
+        edit_hcm(&mut l, |hcm| hcm.http2_protocol_options = Some(o.clone()));
+        r.listeners.insert("in".into(), l);
+        r
+    };
+    let keepalive = |interval: i64, timeout: i64| KeepaliveSettings {
+        interval: Some(PbDuration {
+            seconds: interval,
+            nanos: 0,
+        }),
+        timeout: Some(PbDuration {
+            seconds: timeout,
+            nanos: 0,
+        }),
+        ..Default::default()
+    };
+    let http2 = |r: &Resources| {
+        let a = assemble(&bootstrap(), r).expect("valid");
+        let ListenerFilter::Http(h) = &a.config.listeners[0].filter else {
+            panic!("an http listener")
+        };
+        h.http2
+    };
+    assert_eq!(http2(&resources()).connection_keepalive, None);
+    assert_eq!(
+        http2(&with(Http2ProtocolOptions::default())),
+        sluice_core::config::http::Http2Settings::DEFAULT
+    );
+    let on = with(Http2ProtocolOptions {
+        connection_keepalive: Some(keepalive(30, 5)),
+        ..Default::default()
+    });
+    assert_eq!(
+        http2(&on).connection_keepalive,
+        Some(sluice_core::config::Http2Keepalive {
+            interval: std::time::Duration::from_secs(30),
+            timeout: std::time::Duration::from_secs(5),
+        })
+    );
+    let no_interval = with(Http2ProtocolOptions {
+        connection_keepalive: Some(keepalive(0, 5)),
+        ..Default::default()
+    });
+    assert_eq!(http2(&no_interval).connection_keepalive, None);
+    let at = "listener \"in\" filter_chains[0].filters[0].typed_config.http2_protocol_options";
+    let no_timeout = with(Http2ProtocolOptions {
+        connection_keepalive: Some(keepalive(30, 0)),
+        ..Default::default()
+    });
+    assert_eq!(
+        errors(&no_timeout),
+        [format!(
+            "{at}.connection_keepalive.timeout: must be set and above zero"
+        )]
+    );
+    let jitter = with(Http2ProtocolOptions {
+        connection_keepalive: Some(KeepaliveSettings {
+            connection_idle_interval: Some(PbDuration {
+                seconds: 10,
+                nanos: 0,
+            }),
+            ..keepalive(30, 5)
+        }),
+        ..Default::default()
+    });
+    assert_eq!(
+        errors(&jitter),
+        [format!(
+            "{at}.connection_keepalive.connection_idle_interval: unsupported"
+        )]
+    );
+    let other = with(Http2ProtocolOptions {
+        max_concurrent_streams: Some(UInt32Value { value: 50 }),
+        ..Default::default()
+    });
+    assert_eq!(
+        errors(&other),
+        [format!("{at}.max_concurrent_streams: unsupported")]
+    );
+}
+
 #[test]
 fn optional_and_disabled_http_filters_are_ignored_and_counted() {
     let mut r = resources();

@@ -1,5 +1,6 @@
 //! Decoding of a `protocol: http2` cluster's `http2` options: `connection_keepalive`
-//! (Envoy's `http2_protocol_options.connection_keepalive`, `interval` and `timeout`).
+//! (Envoy's `http2_protocol_options.connection_keepalive`, `interval` and `timeout`); the
+//! same `connection_keepalive` decoder serves an `http` listener's `http2` options.
 
 use serde_json::Value;
 
@@ -17,7 +18,7 @@ pub(super) fn options(dec: &mut Decoder, path: &str, v: &Value) -> Option<Option
     keepalive
 }
 
-fn keepalive(dec: &mut Decoder, path: &str, v: &Value) -> Option<Http2Keepalive> {
+pub(super) fn keepalive(dec: &mut Decoder, path: &str, v: &Value) -> Option<Http2Keepalive> {
     let mut obj = dec.object(path, v)?;
     let mut positive = |key: &'static str| {
         let (v, p) = obj.req(dec, key)?;

@@ -11,7 +11,8 @@
 //!   `request_headers_timeout` > 0; `normalize_path` and `merge_slashes` are booleans and
 //!   `path_with_escaped_slashes_action` one of its three names; `codec` is `auto`, `http1` or
 //!   `http2`; `forwarded_proto` is `overwrite` or `preserve`; `http2.max_concurrent_streams` is 1..=10000, `max_header_list_size` 1 KiB..=1 MiB,
-//!   the windows 65535..=2^31-1 with the connection window at least the stream window; an access log `template` only comes with the text format;
+//!   the windows 65535..=2^31-1 with the connection window at least the stream window,
+//!   `connection_keepalive` (when set) has `interval` and `timeout` both > 0; an access log `template` only comes with the text format;
 //! - there is at least one virtual host; their names are unique; each has at least one domain;
 //!   a domain is `*`, a host name with at most one `*` at its start or end, or an IPv6 address
 //!   in brackets, never with a port; domains are unique (case-insensitively) across the
@@ -179,7 +180,8 @@ pub(super) fn decode_http(
     })
 }
 
-/// `http.http2`: stream limit, header list limit and flow-control windows; the connection
+/// `http.http2`: stream limit, header list limit, flow-control windows and PING keepalive
+/// (`connection_keepalive`, off by default); the connection
 /// window must be at least the stream window.
 fn decode_http2(dec: &mut Decoder, path: &str, v: &Value) -> Option<Http2Settings> {
     let mut obj = dec.object(path, v)?;
@@ -223,6 +225,10 @@ fn decode_http2(dec: &mut Decoder, path: &str, v: &Value) -> Option<Http2Setting
             ),
         );
     }
+    let connection_keepalive = match obj.opt("connection_keepalive") {
+        Some((v, p)) => super::cluster_http2::keepalive(dec, &p, v).map(Some),
+        None => Some(None),
+    };
     obj.finish(dec);
     let (s, c) = (stream_window?, connection_window?);
     if c < s {
@@ -233,6 +239,7 @@ fn decode_http2(dec: &mut Decoder, path: &str, v: &Value) -> Option<Http2Setting
         max_header_list_size: max_header_list_size?,
         initial_stream_window_size: s,
         initial_connection_window_size: c,
+        connection_keepalive: connection_keepalive?,
     })
 }
 

@@ -843,6 +843,7 @@ fn codec_and_http2_settings_decode_with_defaults_and_errors_name_the_field() {
             max_header_list_size: 65_536,
             initial_stream_window_size: 262_144,
             initial_connection_window_size: 1_048_576,
+            connection_keepalive: None,
         }
     );
     let got = http(&with(
@@ -887,6 +888,84 @@ fn codec_and_http2_settings_decode_with_defaults_and_errors_name_the_field() {
         ),
         "{errs:?}"
     );
+}
+
+/// A listener's `http2.connection_keepalive` (Envoy's `http2_protocol_options` one): off by
+/// default, both durations required and above zero, errors at their paths, and the dump
+/// writes it back so that the dumped config loads to the same keepalive.
+#[test]
+fn listener_http2_connection_keepalive_is_off_by_default_and_validated() {
+    use crate::config::Http2Keepalive;
+    use std::time::Duration;
+    let with = |knobs: &str| {
+        format!(
+            "listeners:\n  - name: h\n    address: 127.0.0.1:1\n    http:\n{knobs}      virtual_hosts:\n        - {{ name: v, domains: ['*'], routes: [ {{ match: {{ prefix: / }}, direct_response: {{ status: 200 }} }} ] }}\n"
+        )
+    };
+    assert_eq!(http(&with("")).http2.connection_keepalive, None);
+    let on = with("      http2: { connection_keepalive: { interval: 30s, timeout: 5s } }\n");
+    let want = Some(Http2Keepalive {
+        interval: Duration::from_secs(30),
+        timeout: Duration::from_secs(5),
+    });
+    assert_eq!(http(&on).http2.connection_keepalive, want);
+    let config = Config::from_yaml(&on).unwrap();
+    let dumped = serde_json::to_value(&config.listeners[0]).unwrap();
+    let text = dumped.to_string();
+    assert!(
+        text.contains(r#""connection_keepalive":{"interval":"30s","timeout":"5s"}"#),
+        "{text}"
+    );
+    // The whole dump (unset options written as null, left out here) loads back the same.
+    fn no_nulls(v: &mut serde_json::Value) {
+        match v {
+            serde_json::Value::Object(m) => {
+                m.retain(|_, v| !v.is_null());
+                m.values_mut().for_each(no_nulls);
+            }
+            serde_json::Value::Array(a) => a.iter_mut().for_each(no_nulls),
+            _ => {}
+        }
+    }
+    let mut tree = serde_json::to_value(&config).unwrap();
+    no_nulls(&mut tree);
+    assert_eq!(Config::from_tree(&tree).unwrap(), config);
+    // Turning it on is a change of the listener (a reload applies it; its socket stays).
+    let off = Config::from_yaml(&with("")).unwrap();
+    let d = crate::config::diff::diff(&off, &config);
+    assert_eq!(
+        d.listeners,
+        [crate::config::diff::Change::Changed {
+            previous: 0,
+            next: 0
+        }]
+    );
+    assert_eq!(
+        d.sockets,
+        [crate::config::diff::ListenerSocket::Keep { previous: 0 }]
+    );
+    let errs = errors(&with(
+        "      http2: { connection_keepalive: { interval: 0s, jitter: 1 } }\n",
+    ));
+    for (path, what) in [
+        (
+            "listeners[0].http.http2.connection_keepalive.interval",
+            "must be greater than zero",
+        ),
+        (
+            "listeners[0].http.http2.connection_keepalive.timeout",
+            "missing",
+        ),
+        (
+            "listeners[0].http.http2.connection_keepalive.jitter",
+            "unknown field",
+        ),
+    ] {
+        assert!(
+            errs.iter().any(|e| e.contains(path) && e.contains(what)),
+            "{path}: {errs:?}"
+        );
+    }
 }
 
 #[test]
