@@ -1833,8 +1833,9 @@ impl<N: Network> Engine<N> {
                 None => Peer::Host(host.index()),
             };
             // Whether this host is spoken to over TLS (the cluster's `tls`, or the host's pick
-            // of `transport_socket_matches`): HTTP/2's `:scheme`.
-            let tls_cluster = self.tls.current().connector(ci, address).is_some();
+            // of `transport_socket_matches`): HTTP/2's `:scheme`. Asked only where an HTTP/2
+            // stream starts, not per HTTP/1.1 request.
+            let tls_cluster = || self.tls.current().connector(ci, address).is_some();
             let pooled = if !allow_pooled {
                 None
             } else if http2 {
@@ -1843,7 +1844,7 @@ impl<N: Network> Engine<N> {
                     .wait_for_room(ci, peer, &self.stats, timer)
                     .await
                     .map(|c| {
-                        Upstream::Http2(Box::new(H2Upstream::new(c, &self.stats, tls_cluster)))
+                        Upstream::Http2(Box::new(H2Upstream::new(c, &self.stats, tls_cluster())))
                     })
             } else {
                 match destination {
@@ -1925,7 +1926,7 @@ impl<N: Network> Engine<N> {
                                     picked,
                                     peer,
                                     conn,
-                                    tls_cluster,
+                                    tls_cluster(),
                                     timer,
                                 ));
                                 match opened.await {
