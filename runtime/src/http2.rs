@@ -52,7 +52,10 @@
 //! GOAWAY (`NO_ERROR`) and the connection closes, its streams with it
 //! (`http2.downstream_keepalive_timeout`). One timer per connection serves both waits; at most
 //! one PING is out at a time. As in Envoy, bytes received while the PING is out extend its
-//! timeout by another `timeout` (its ACK may be queued behind them).
+//! timeout by another `timeout` (its ACK may be queued behind them); so does a write that goes
+//! through after the socket's send buffer was full (a slow reader's TCP acknowledged data:
+//! alive, though its ACK waits behind a large response and `h2` reads nothing while its PING
+//! waits to be written).
 //!
 //! A gRPC response cut short after its head ends with `grpc-status: 14` trailers rather than a
 //! reset (gRPC clients read a reset as INTERNAL).
@@ -200,7 +203,10 @@ pub(crate) fn accepts_http2(codec: HttpCodec) -> bool {
 /// The bytes read by [`sniff`], given back to `h2` before the connection's own; everything
 /// `h2` reads passes a [`GoawayWatch`] (until the client's first GOAWAY, which `h2` does not
 /// report when its code is `NO_ERROR`), which counts it in `goaway_received`. `received` is
-/// set whenever bytes came (the keepalive's sign of life while a PING is out).
+/// set whenever bytes came, and when a write goes through after the socket's send buffer was
+/// full (the peer's TCP acknowledged data: a slow reader is alive even when it sends no frame —
+/// its PING ACK may be queued behind a large response), the keepalive's signs of life while a
+/// PING is out.
 struct Prefixed<'a, S> {
     prefix: Vec<u8>,
     at: usize,
@@ -208,6 +214,23 @@ struct Prefixed<'a, S> {
     watch: GoawayWatch,
     goaway_received: &'a AtomicU64,
     received: &'a Cell<bool>,
+    /// The last write found the send buffer full.
+    write_blocked: bool,
+}
+
+impl<S> Prefixed<'_, S> {
+    /// Notes a write's outcome: one that goes through after a blocked one is a sign of life.
+    fn wrote(&mut self, r: Poll<io::Result<usize>>) -> Poll<io::Result<usize>> {
+        match r {
+            Poll::Pending => self.write_blocked = true,
+            Poll::Ready(Ok(n)) if n > 0 && self.write_blocked => {
+                self.write_blocked = false;
+                self.received.set(true);
+            }
+            _ => {}
+        }
+        r
+    }
 }
 
 impl<S: AsyncRead + Unpin> AsyncRead for Prefixed<'_, S> {
@@ -245,7 +268,8 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Prefixed<'_, S> {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
+        let r = Pin::new(&mut self.inner).poll_write(cx, buf);
+        self.wrote(r)
     }
 
     fn poll_write_vectored(
@@ -253,7 +277,8 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Prefixed<'_, S> {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+        let r = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        self.wrote(r)
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -310,6 +335,7 @@ impl<N: Network> Engine<N> {
             watch: GoawayWatch::new(),
             goaway_received: &self.stats.http2_goaway_received,
             received: &received,
+            write_blocked: false,
         };
         let s = hc.http2;
         let mut builder = h2::server::Builder::new();
