@@ -99,6 +99,10 @@ pub(crate) struct BufPool {
     write: RefCell<FreeList<Vec<u8>>>,
     /// Boxed: a stream's future holds a pointer, and taking or giving one moves no more.
     streams: RefCell<FreeList<Box<StreamBuffers>>>,
+    /// The L4 relay's buffers ([`crate::relay::BUFFER_SIZE`], two per copying session, and
+    /// the ClientHello peeks'): trimmed like the others, so a storm of copied TCP sessions
+    /// does not keep 32 MiB per worker for good.
+    relay: RefCell<FreeList<Box<[u8]>>>,
     /// Read buffers taken so far (tests: a busy connection takes none between its requests).
     #[cfg(test)]
     read_takes: Cell<usize>,
@@ -155,6 +159,26 @@ impl BufPool {
         self.read.borrow_mut().trim();
         self.write.borrow_mut().trim();
         self.streams.borrow_mut().trim();
+        self.relay.borrow_mut().trim();
+    }
+
+    /// An L4 relay buffer of [`crate::relay::BUFFER_SIZE`] bytes (contents unspecified).
+    pub(crate) fn take_relay(&self) -> Box<[u8]> {
+        self.relay
+            .borrow_mut()
+            .pop()
+            .unwrap_or_else(|| vec![0u8; crate::relay::BUFFER_SIZE].into_boxed_slice())
+    }
+
+    /// Gives an L4 relay buffer back (freed when the pool is full).
+    pub(crate) fn give_relay(&self, buf: Box<[u8]>) {
+        self.relay.borrow_mut().push(buf);
+    }
+
+    /// L4 relay buffers in the pool now.
+    #[cfg(test)]
+    pub(crate) fn relay_pooled(&self) -> usize {
+        self.relay.borrow().len()
     }
 
     /// An HTTP/2 stream's state kept from an earlier stream, if any.
@@ -215,6 +239,19 @@ mod tests {
             pool.give_read(vec![0u8; READ_BUFFER]);
         }
         assert_eq!(pool.pooled().0, MAX_POOLED);
+    }
+
+    #[test]
+    fn relay_buffers_a_storm_left_are_freed_by_the_sweeps() {
+        let pool = BufPool::default();
+        let taken: Vec<Box<[u8]>> = (0..300).map(|_| pool.take_relay()).collect();
+        for b in taken {
+            pool.give_relay(b);
+        }
+        assert_eq!(pool.relay_pooled(), 300);
+        pool.trim(); // the storm's interval: its takes reached every buffer
+        pool.trim(); // a whole interval with no take
+        assert_eq!(pool.relay_pooled(), KEPT_WHEN_IDLE);
     }
 
     #[test]

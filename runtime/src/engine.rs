@@ -59,13 +59,10 @@ use crate::limits::{Overflow, ProcessLimits};
 use crate::net::Network;
 use crate::now;
 use crate::pool::Pool;
-use crate::relay::{BUFFER_SIZE, relay};
+use crate::relay::relay;
 use crate::splice::AsTcpStream as _;
 use crate::stats::{CaptureOutcome, ChainPeekRefusal, SniOutcome, WorkerStats, bump, gauge_add};
 use crate::tls::{HandshakeOutcome, MaybeTls};
-
-/// Buffers kept for reuse per worker (each session takes two).
-const MAX_POOLED_BUFFERS: usize = 1024;
 
 /// One worker's engine. Create with [`Engine::new`], run with [`Engine::run`].
 pub struct Engine<N: Network> {
@@ -83,8 +80,9 @@ pub struct Engine<N: Network> {
     pub(crate) shared_health: Arc<SharedHealth>,
     pub(crate) rng: RefCell<Rng>,
     pub(crate) stats: Arc<WorkerStats>,
-    buffers: RefCell<Vec<Box<[u8]>>>,
-    /// HTTP/1.1 connections' read and write buffers, held only while a request is in flight.
+    /// The worker's buffers: HTTP/1.1 connections' read and write buffers (held only while a
+    /// request is in flight), HTTP/2 stream states, the L4 relay's buffers; trimmed by the
+    /// periodic sweep.
     pub(crate) http_buffers: crate::bufpool::BufPool,
     sessions: Cell<usize>,
     sessions_idle: Notify,
@@ -300,7 +298,6 @@ impl<N: Network> Engine<N> {
             shared_health,
             rng: RefCell::new(Rng::from_seed(seed)),
             stats,
-            buffers: RefCell::new(Vec::new()),
             http_buffers: crate::bufpool::BufPool::default(),
             sessions: Cell::new(0),
             sessions_idle: Notify::new(),
@@ -425,9 +422,8 @@ impl<N: Network> Engine<N> {
             .is_some_and(|t| t.queue.is_some())
             .then(|| tokio::task::spawn_local(self.clone().run_span_export()));
         // Closes pooled upstream connections idle past their cluster's upstream_idle_timeout,
-        // and frees the HTTP buffers a burst left unused.
-        let has_http = self.routers.iter().any(Option::is_some);
-        let pool_sweeper = has_http.then(|| {
+        // and frees the buffers a burst left unused (HTTP's, and the L4 relay's: every worker).
+        let pool_sweeper = {
             let engine = self.clone();
             tokio::task::spawn_local(async move {
                 let mut tick = tokio::time::interval(engine.pool.sweep_interval());
@@ -439,12 +435,10 @@ impl<N: Network> Engine<N> {
                     engine.http_buffers.trim();
                 }
             })
-        });
+        };
         shutdown.await;
         closer.abort();
-        if let Some(t) = pool_sweeper {
-            t.abort();
-        }
+        pool_sweeper.abort();
         self.drain().await;
         if let Some(h) = health_checks {
             h.abort();
@@ -1523,17 +1517,11 @@ impl<N: Network> Engine<N> {
     }
 
     fn take_buffer(&self) -> Box<[u8]> {
-        self.buffers
-            .borrow_mut()
-            .pop()
-            .unwrap_or_else(|| vec![0u8; BUFFER_SIZE].into_boxed_slice())
+        self.http_buffers.take_relay()
     }
 
     fn give_buffer(&self, buf: Box<[u8]>) {
-        let mut pool = self.buffers.borrow_mut();
-        if pool.len() < MAX_POOLED_BUFFERS {
-            pool.push(buf);
-        }
+        self.http_buffers.give_relay(buf);
     }
 }
 

@@ -316,7 +316,10 @@ mod tests {
                         "{fds} fds, max {max}: {pipes} spliced sessions overcommit"
                     );
                 } else {
-                    assert_eq!(pipes, 0, "a cap past the descriptors leaves no room for pipes");
+                    assert_eq!(
+                        pipes, 0,
+                        "a cap past the descriptors leaves no room for pipes"
+                    );
                 }
             }
         }
