@@ -43,6 +43,10 @@ pub(crate) const MAX_POOLED: usize = 1024;
 /// (1 MiB of read buffers: a quiet worker's next requests allocate nothing).
 pub(crate) const KEPT_WHEN_IDLE: usize = 64;
 
+/// L4 relay buffers (32 KiB each, two per copying session) [`BufPool::trim`] leaves however
+/// long they were unused: 512 KiB.
+pub(crate) const RELAY_KEPT_WHEN_IDLE: usize = 16;
+
 /// One free list and its low-water mark since the last trim.
 struct FreeList<T> {
     items: Vec<T>,
@@ -73,16 +77,16 @@ impl<T> FreeList<T> {
         }
     }
 
-    /// Drops the items no pop reached since the last trim (keeping [`KEPT_WHEN_IDLE`]).
-    fn trim(&mut self) {
+    /// Drops the items no pop reached since the last trim (keeping `kept_when_idle`).
+    fn trim(&mut self, kept_when_idle: usize) {
         let unused = self.low_water;
         let keep = self
             .items
             .len()
             .saturating_sub(unused)
-            .max(KEPT_WHEN_IDLE.min(self.items.len()));
+            .max(kept_when_idle.min(self.items.len()));
         self.items.truncate(keep);
-        self.items.shrink_to(keep.max(KEPT_WHEN_IDLE));
+        self.items.shrink_to(keep.max(kept_when_idle));
         self.low_water = self.items.len();
     }
 
@@ -156,10 +160,10 @@ impl BufPool {
     /// Frees the buffers of each kind that stayed in the pool since the last call (see the
     /// module doc); the worker's periodic sweep calls it.
     pub(crate) fn trim(&self) {
-        self.read.borrow_mut().trim();
-        self.write.borrow_mut().trim();
-        self.streams.borrow_mut().trim();
-        self.relay.borrow_mut().trim();
+        self.read.borrow_mut().trim(KEPT_WHEN_IDLE);
+        self.write.borrow_mut().trim(KEPT_WHEN_IDLE);
+        self.streams.borrow_mut().trim(KEPT_WHEN_IDLE);
+        self.relay.borrow_mut().trim(RELAY_KEPT_WHEN_IDLE);
     }
 
     /// An L4 relay buffer of [`crate::relay::BUFFER_SIZE`] bytes (contents unspecified).
@@ -251,7 +255,7 @@ mod tests {
         assert_eq!(pool.relay_pooled(), 300);
         pool.trim(); // the storm's interval: its takes reached every buffer
         pool.trim(); // a whole interval with no take
-        assert_eq!(pool.relay_pooled(), KEPT_WHEN_IDLE);
+        assert_eq!(pool.relay_pooled(), RELAY_KEPT_WHEN_IDLE);
     }
 
     #[test]
