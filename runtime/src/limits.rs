@@ -112,13 +112,30 @@ fn pipe_budget(fds: Option<u64>, max_connections: Option<u64>, splices: bool) ->
     usize::try_from(sessions).unwrap_or(usize::MAX)
 }
 
-/// Whether any `tcp_proxy` of `config` (a listener's or a filter chain's) splices.
+/// Whether any `tcp_proxy` of `config` (a listener's or a filter chain's) may splice: `splice`
+/// on and no TLS terminated there (those sessions always copy).
 fn splices(config: &Config) -> bool {
-    let splicing = |f: &ListenerFilter| matches!(f, ListenerFilter::TcpProxy(t) if t.splice);
-    config
-        .listeners
-        .iter()
-        .any(|l| splicing(&l.filter) || l.filter_chains.iter().any(|c| splicing(&c.filter)))
+    let splicing = |f: &ListenerFilter, tls: bool| {
+        !tls && matches!(f, ListenerFilter::TcpProxy(t) if t.splice)
+    };
+    config.listeners.iter().any(|l| {
+        splicing(&l.filter, l.tls.is_some())
+            || l.filter_chains
+                .iter()
+                .any(|c| splicing(&c.filter, c.tls.is_some()))
+    })
+}
+
+/// Logs a warning when `config` would splice but the budget leaves no room for pipes (an
+/// explicit `limits.max_connections` near half the open-file limit): every session copies.
+pub fn warn_if_splice_is_off(config: &Config, limits: &ProcessLimits) {
+    if splices(config) && limits.pipes_max() == 0 {
+        tracing::warn!(
+            max_connections = limits.max(),
+            "no tcp_proxy session will splice: limits.max_connections leaves no open files \
+             for pipes (each spliced session needs four beyond its two sockets); sessions copy"
+        );
+    }
 }
 
 /// The soft open-file limit (`None` when it cannot be read).
@@ -274,7 +291,8 @@ impl ProcessLimits {
     /// instance, already served there). Given back with [`ProcessLimits::release`].
     pub fn force_admit(&self, listener: &AtomicU64) {
         listener.fetch_add(1, Relaxed);
-        self.open.fetch_add(1, Relaxed);
+        let open = self.open.fetch_add(1, Relaxed) + 1;
+        self.peak.fetch_max(open, Relaxed);
     }
 
     /// Counts a connection admitted on `listener` out.

@@ -378,9 +378,11 @@ pub fn run(config: Config, options: ServerOptions) -> io::Result<()> {
     let _ = shared.limits.set(limits.clone());
     info!(
         max_connections = limits.max(),
+        spliced_sessions_max = limits.pipes_max(),
         bolt_partial_frame_bytes = config.limits.bolt_partial_frame_bytes,
         "process limits"
     );
+    crate::limits::warn_if_splice_is_off(&config, &limits);
     let admin = Arc::new(AdminHandle::new(shared.clone()));
     if let Some((address, socket)) = admin_socket {
         handover
@@ -671,6 +673,7 @@ pub fn run(config: Config, options: ServerOptions) -> io::Result<()> {
                         }
                         config = next.config;
                         limits.apply(&config);
+                        crate::limits::warn_if_splice_is_off(&config, &limits);
                         all_stats = next.stats;
                         shared_health = next.shared_health;
                         handover
