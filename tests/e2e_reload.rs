@@ -123,17 +123,34 @@ fn reloads_under_load_fail_no_request() {
 }
 
 /// Runs `keep_alive_load` of 16 connections on `/split/30` (an upstream that waits 30 ms, sends
-/// the head, waits 30 ms more, then the body) against `listen`.
+/// the head, waits 30 ms more, then the body) against `listen`; returns its stop flag, its live
+/// answer count and its report.
 fn slow_load(
     listen: u16,
     refused_ends: bool,
 ) -> (
     std::sync::Arc<std::sync::atomic::AtomicBool>,
+    std::sync::Arc<std::sync::atomic::AtomicU64>,
     std::thread::JoinHandle<LoadReport>,
 ) {
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let load = keep_alive_load(addr(listen), "/split/30", 16, stop.clone(), refused_ends);
-    (stop, load)
+    let answered = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let load = keep_alive_load(
+        addr(listen),
+        "/split/30",
+        16,
+        stop.clone(),
+        answered.clone(),
+        refused_ends,
+    );
+    (stop, answered, load)
+}
+
+/// Under load: at least 100 more answers than `*seen` (then `*seen` is the new count). A slow
+/// machine takes longer; the test still acts with requests in flight.
+fn wait_for_more_load(answered: &std::sync::atomic::AtomicU64, seen: &mut u64) {
+    wait_for_answers(answered, *seen + 100, Duration::from_secs(30));
+    *seen = answered.load(std::sync::atomic::Ordering::Relaxed);
 }
 
 /// A draining generation must never close a keep-alive connection under a request: with a slow
@@ -151,8 +168,9 @@ fn reloads_with_a_slow_upstream_fail_no_request() {
     let mut sluice = start_sluice(&dir, &config(listen, admin, up, "one", ""), 2, addr(listen));
     wait_listening(addr(admin), &mut sluice);
     let path = dir.path().join("sluice.yaml");
-    let (stop, load) = slow_load(listen, false);
-    std::thread::sleep(Duration::from_millis(700));
+    let (stop, answered, load) = slow_load(listen, false);
+    let mut seen = 0;
+    wait_for_more_load(&answered, &mut seen);
     for version in ["two", "three", "four"] {
         std::fs::write(&path, config(listen, admin, up, version, "")).unwrap();
         sluice.signal("HUP");
@@ -161,7 +179,7 @@ fn reloads_with_a_slow_upstream_fail_no_request() {
             assert!(Instant::now() < deadline, "SIGHUP did not apply {version}");
             std::thread::sleep(Duration::from_millis(20));
         }
-        std::thread::sleep(Duration::from_millis(700));
+        wait_for_more_load(&answered, &mut seen);
     }
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let report = load.join().unwrap();
@@ -196,8 +214,9 @@ fn sigterm_with_a_slow_upstream_fails_no_request_on_open_connections() {
     let _upstream = start_py_upstream(&dir, "slow", up);
     let mut sluice = start_sluice(&dir, &config(listen, admin, up, "one", ""), 2, addr(listen));
     wait_listening(addr(admin), &mut sluice);
-    let (stop, load) = slow_load(listen, true);
-    std::thread::sleep(Duration::from_millis(1000));
+    let (stop, answered, load) = slow_load(listen, true);
+    // Requests are in flight on all 16 connections at the signal: wait for load, not for time.
+    wait_for_more_load(&answered, &mut 0);
     sluice.signal("TERM");
     let exited = sluice.wait_exit(Duration::from_secs(10));
     assert!(

@@ -184,8 +184,23 @@ fn upgrades_with_a_slow_upstream_fail_no_request() {
     let mut old = sluice(&dir, "sluice-1", &path, &control, false);
     wait_log(&mut old, "sluice ready", Duration::from_secs(20));
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let load = keep_alive_load(addr(listen), "/split/30", 16, stop.clone(), false);
-    std::thread::sleep(Duration::from_millis(700));
+    let answered = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let load = keep_alive_load(
+        addr(listen),
+        "/split/30",
+        16,
+        stop.clone(),
+        answered.clone(),
+        false,
+    );
+    // Each upgrade happens under load: at least 100 more answers first (not a fixed sleep,
+    // which a loaded machine can spend on little load).
+    let mut seen = 0;
+    let mut more_load = || {
+        wait_for_answers(&answered, seen + 100, Duration::from_secs(30));
+        seen = answered.load(std::sync::atomic::Ordering::Relaxed);
+    };
+    more_load();
     let mut logs = vec![];
     for name in ["sluice-2", "sluice-3"] {
         let mut new = sluice(&dir, name, &path, &control, true);
@@ -197,7 +212,7 @@ fn upgrades_with_a_slow_upstream_fail_no_request() {
         );
         logs.push(old.log_text());
         old = new;
-        std::thread::sleep(Duration::from_millis(700));
+        more_load();
     }
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let report = load.join().unwrap();

@@ -663,12 +663,14 @@ pub struct LoadReport {
 /// `stop` is set, and reports every request that did not get a complete `200`. A response with
 /// `connection: close` makes the client reconnect. When `refused_ends` is set, a refused
 /// reconnect ends that connection's loop (a draining instance that stopped accepting), and is
-/// not a failure; otherwise it is one.
+/// not a failure; otherwise it is one. `answered` counts the complete `200`s as they come (for a
+/// test to wait for load before it acts: [`wait_for_answers`]).
 pub fn keep_alive_load(
     target: SocketAddr,
     path: &str,
     connections: usize,
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    answered: std::sync::Arc<std::sync::atomic::AtomicU64>,
     refused_ends: bool,
 ) -> std::thread::JoinHandle<LoadReport> {
     use std::sync::atomic::Ordering;
@@ -676,7 +678,7 @@ pub fn keep_alive_load(
     std::thread::spawn(move || {
         let workers: Vec<_> = (0..connections)
             .map(|i| {
-                let (request, stop) = (request.clone(), stop.clone());
+                let (request, stop, answered) = (request.clone(), stop.clone(), answered.clone());
                 std::thread::spawn(move || {
                     let mut report = LoadReport::default();
                     'connections: while !stop.load(Ordering::Relaxed) {
@@ -708,6 +710,7 @@ pub fn keep_alive_load(
                             match read_one_response(&mut s) {
                                 Ok((200, close)) => {
                                     report.ok += 1;
+                                    answered.fetch_add(1, Ordering::Relaxed);
                                     on_this += 1;
                                     if close {
                                         report.closes_announced += 1;
@@ -738,6 +741,20 @@ pub fn keep_alive_load(
         }
         total
     })
+}
+
+/// Waits until a [`keep_alive_load`] has had `n` answers (panics after `within`): a test
+/// acts under load however slow the machine is, instead of after a fixed sleep.
+pub fn wait_for_answers(answered: &std::sync::atomic::AtomicU64, n: u64, within: Duration) {
+    let deadline = std::time::Instant::now() + within;
+    while answered.load(std::sync::atomic::Ordering::Relaxed) < n {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the load had {} answers after {within:?}, wanted {n}",
+            answered.load(std::sync::atomic::Ordering::Relaxed)
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
 }
 
 /// Reads one response with a `content-length` body: (status, whether it announced a close).
