@@ -1275,3 +1275,98 @@ tracing:
         }
     }
 }
+
+/// A slow client downloading a large response under `http2.connection_keepalive`: the proxy
+/// writes the whole response and then its PING into the kernel's buffers, so the PING (and the
+/// client's ACK) waits behind the response while the client reads it slowly, sending nothing.
+/// The client's TCP acknowledging the bytes it reads shows it alive (`TCP_INFO`): it gets the
+/// whole body and is not closed (it answers each PING once it reaches it, as clients do).
+/// Without that sign (bytes received, or a write after a full buffer, alone), the PING's
+/// `timeout` passes while the response still drains and the connection is closed.
+#[test]
+fn an_http2_client_reading_a_large_response_slowly_is_not_taken_for_dead() {
+    if !require_peers(&["python3"]) {
+        return;
+    }
+    let dir = TempDir::new("h2-keepalive-slow-reader");
+    let (listen, up, admin) = (free_port(), free_port(), free_port());
+    let (_u, _log) = start_upstream(&dir, "up", up);
+    let yaml = format!(
+        "{}admin: {{ address: 127.0.0.1:{admin} }}\n",
+        config(
+            listen,
+            up,
+            "      http2: { connection_keepalive: { interval: 1s, timeout: 500ms, interval_jitter_percent: 0 } }\n"
+        )
+    );
+    let _sluice = start_sluice(&dir, &yaml, 1, addr(listen));
+    const BODY: usize = 1_500_000;
+    // A small receive buffer: the response waits in the proxy's send buffer, not in ours.
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    socket.connect(&addr(listen).into()).unwrap();
+    let mut s: TcpStream = socket.into();
+    let mut out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    // SETTINGS_INITIAL_WINDOW_SIZE at its most, and the connection window opened as far: flow
+    // control never holds the response back.
+    out.extend(h2_frame(0x4, 0, 0, &[0, 4, 0x7f, 0xff, 0xff, 0xff]));
+    out.extend(h2_frame(
+        0x8,
+        0,
+        0,
+        &(0x7fff_ffffu32 - 65_535).to_be_bytes(),
+    ));
+    let path = format!("/bytes/{BODY}");
+    let block = hpack_literals(&[
+        (":method", "GET"),
+        (":scheme", "http"),
+        (":path", &path),
+        (":authority", "slow.test"),
+    ]);
+    out.extend(h2_frame(0x1, 0x5, 1, &block));
+    s.write_all(&out).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let start = std::time::Instant::now();
+    let (mut body, mut pings, mut goaway, mut ended) = (0usize, 0, None, false);
+    let mut chunk = [0u8; 4096];
+    let mut pending: Vec<u8> = Vec::new();
+    // About 400 KB/s: the response takes several PING timeouts to drain.
+    while !ended && start.elapsed() < Duration::from_secs(20) {
+        std::thread::sleep(Duration::from_millis(10));
+        let n = match s.read(&mut chunk) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        pending.extend_from_slice(&chunk[..n]);
+        while pending.len() >= 9 {
+            let len = u32::from_be_bytes([0, pending[0], pending[1], pending[2]]) as usize;
+            if pending.len() < 9 + len {
+                break;
+            }
+            let (kind, flags) = (pending[3], pending[4]);
+            let payload = pending[9..9 + len].to_vec();
+            pending.drain(..9 + len);
+            match kind {
+                0x0 => {
+                    body += len;
+                    ended = flags & 0x1 != 0;
+                }
+                0x4 if flags & 0x1 == 0 => s.write_all(&h2_frame(0x4, 0x1, 0, &[])).unwrap(),
+                0x6 if flags & 0x1 == 0 => {
+                    pings += 1;
+                    s.write_all(&h2_frame(0x6, 0x1, 0, &payload)).unwrap();
+                }
+                0x7 => goaway = Some(payload),
+                _ => {}
+            }
+        }
+    }
+    let took = start.elapsed();
+    assert_eq!(
+        (body, ended, goaway.is_some()),
+        (BODY, true, false),
+        "after {took:?}, {pings} PINGs"
+    );
+    assert!(pings >= 1, "no PING while the response drained ({took:?})");
+    assert_eq!(stat(admin, "http2.downstream_keepalive_timeout"), 0);
+}

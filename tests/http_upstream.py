@@ -74,6 +74,14 @@ class Handler(BaseHTTPRequestHandler):
                              b"Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n")
             self.close_connection = True
             return
+        if self.path.startswith("/bytes/"):
+            # A large body of N bytes ("x"), for slow-reader tests.
+            size = int(self.path.split("/")[2])
+            self.send_response(200)
+            self.send_header("Content-Length", str(size))
+            self.end_headers()
+            self.wfile.write(b"x" * size)
+            return
         status = 200
         if self.path.startswith("/status/"):
             status = int(self.path.split("/")[2])

@@ -43,6 +43,11 @@ impl Rng {
         result
     }
 
+    /// The next 32 random bits (the high half of [`Rng::next_u64`]'s, its best bits).
+    pub fn next_u32(&mut self) -> u32 {
+        (self.next_u64() >> 32) as u32
+    }
+
     /// A uniform integer in `0..n`. `n` must be non-zero.
     ///
     /// Uses Lemire's multiply-shift; the bias for the small `n` a balancer uses is below 2^-50.

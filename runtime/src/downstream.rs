@@ -67,6 +67,16 @@ impl<S> Downstream<S> {
     }
 }
 
+impl<S: crate::splice::AsTcpStream> Downstream<S> {
+    /// The TCP socket under the connection, TLS or not (`None` in the simulator).
+    pub(crate) fn tcp_socket(&self) -> Option<&tokio::net::TcpStream> {
+        match self {
+            Downstream::Plain(s) => s.as_tcp_stream(),
+            Downstream::Tls(tls) => tls.get_ref().0.as_tcp_stream(),
+        }
+    }
+}
+
 impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for Downstream<S> {
     fn poll_read(
         self: Pin<&mut Self>,

@@ -5,8 +5,9 @@
 //! (instead of being closed and re-bound) never refuses a connection. The only way to give a file
 //! descriptor to another process is `sendmsg(2)` with an `SCM_RIGHTS` control message, and the
 //! only way to take ownership of the descriptors that arrive is to wrap raw integers in
-//! [`OwnedFd`] — which is `unsafe`. It is one of the two modules of the runtime with `unsafe`
-//! (with [`crate::memtrim`]'s one glibc call), and that is the whole of it: everything else goes
+//! [`OwnedFd`] — which is `unsafe`. It is one of the three modules of the runtime with `unsafe`
+//! (with [`crate::memtrim`]'s one glibc call and [`crate::tcp_info`]'s one `getsockopt`), and
+//! that is the whole of it: everything else goes
 //! through [`nix`]'s safe wrappers.
 //!
 //! ## Framing

@@ -505,6 +505,7 @@ pub(crate) async fn handshake<S>(
     keepalive: Option<Http2Keepalive>,
     cluster: usize,
     peer: Peer,
+    jitter_seed: u64,
 ) -> io::Result<Rc<H2Conn>>
 where
     S: AsyncRead + AsyncWrite + Unpin + 'static,
@@ -530,7 +531,16 @@ where
         let ended = match pings {
             None => (&mut connection).await,
             Some((keepalive, pings)) => {
-                drive_with_keepalive(&mut connection, keepalive, pings, &task_stats, &hung).await
+                let jitter = sluice_core::rng::Rng::from_seed(jitter_seed);
+                drive_with_keepalive(
+                    &mut connection,
+                    keepalive,
+                    pings,
+                    jitter,
+                    &task_stats,
+                    &hung,
+                )
+                .await
             }
         };
         if let Err(e) = ended {
@@ -554,7 +564,8 @@ where
     }))
 }
 
-/// Drives a connection while sending a PING every `keepalive.interval`; one not answered
+/// Drives a connection while sending a PING every `keepalive.interval` (plus its jitter, drawn
+/// from `jitter`); one not answered
 /// within `keepalive.timeout` ends it (`Ok`, with `unanswered` set: the caller drops the
 /// connection, which closes the socket and fails its streams as resets, seen by outlier
 /// detection like any reset).
@@ -562,6 +573,7 @@ async fn drive_with_keepalive<C>(
     connection: &mut C,
     keepalive: Http2Keepalive,
     mut pings: h2::PingPong,
+    mut jitter: sluice_core::rng::Rng,
     stats: &WorkerStats,
     unanswered: &Cell<bool>,
 ) -> Result<(), h2::Error>
@@ -569,9 +581,10 @@ where
     C: Future<Output = Result<(), h2::Error>> + Unpin,
 {
     loop {
+        let wait = keepalive.next_ping_after(jitter.next_u32());
         tokio::select! {
             r = &mut *connection => return r,
-            () = tokio::time::sleep(keepalive.interval) => {}
+            () = tokio::time::sleep(wait) => {}
         }
         let pong = tokio::select! {
             r = &mut *connection => return r,
@@ -1178,6 +1191,7 @@ mod tests {
             None,
             0,
             Peer::Destination(destination(0)),
+            0,
         )
         .await
         .unwrap()

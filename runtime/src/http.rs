@@ -2584,15 +2584,19 @@ impl<N: Network> Engine<N> {
         tls: bool,
         timer: TokioInstant,
     ) -> Option<Result<Upstream<MaybeTls<N::Stream>>, ()>> {
+        // Drawn only for a cluster with a keepalive: other draws (balancing) stay as they were.
+        let keepalive = self.config.clusters[ci].http2_keepalive;
+        let jitter_seed = keepalive.map_or(0, |_| self.rng.borrow_mut().next_u64());
         let handshake = tokio::select! {
             biased;
             r = crate::h2_upstream::handshake(
                 conn,
                 &self.stats,
                 now(),
-                self.config.clusters[ci].http2_keepalive,
+                keepalive,
                 ci,
                 peer,
+                jitter_seed,
             ) => r,
             () = tokio::time::sleep_until(timer) => return None,
         };

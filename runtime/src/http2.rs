@@ -48,14 +48,15 @@
 //! is the same, only its last hop differs.
 //!
 //! With the listener's `http2.connection_keepalive`, the connection sends a PING every
-//! `interval` (counted from the last ACK); one whose ACK does not come within `timeout` gets
-//! GOAWAY (`NO_ERROR`) and the connection closes, its streams with it
-//! (`http2.downstream_keepalive_timeout`). One timer per connection serves both waits; at most
-//! one PING is out at a time. As in Envoy, bytes received while the PING is out extend its
-//! timeout by another `timeout` (its ACK may be queued behind them); so does a write that goes
-//! through after the socket's send buffer was full (a slow reader's TCP acknowledged data:
-//! alive, though its ACK waits behind a large response and `h2` reads nothing while its PING
-//! waits to be written).
+//! `interval` plus a random jitter of up to `interval_jitter_percent` of it (counted from the
+//! last ACK); one whose ACK does not come within `timeout` gets GOAWAY (`NO_ERROR`) and the
+//! connection closes, its streams with it (`http2.downstream_keepalive_timeout`). One timer per
+//! connection serves both waits; at most one PING is out at a time. As in Envoy, bytes received
+//! while the PING is out extend its timeout by another `timeout` (its ACK may be queued behind
+//! them); so do two signs of a slow reader that sends nothing: a write that goes through after
+//! the socket's send buffer was full, and — when the response and the PING already sit in the
+//! kernel's buffers and nothing more is written — bytes the client's TCP acknowledged since the
+//! PING went ([`crate::tcp_info`]): it is reading, its ACK waits behind the response.
 //!
 //! A gRPC response cut short after its head ends with `grpc-status: 14` trailers rather than a
 //! reset (gRPC clients read a reset as INTERNAL).
@@ -327,6 +328,12 @@ impl<N: Network> Engine<N> {
         original_dst: Option<SocketAddr>,
     ) {
         let over_tls = down.is_tls();
+        // For the keepalive: the socket under the connection, whose acknowledged bytes show a
+        // slow reader alive (`h2` owns the stream from here on; the descriptor lives as long).
+        let socket = down
+            .tcp_socket()
+            .map(std::os::fd::AsRawFd::as_raw_fd)
+            .filter(|_| hc.http2.connection_keepalive.is_some());
         let received = Cell::new(false);
         let io = Prefixed {
             prefix: preface,
@@ -395,8 +402,13 @@ impl<N: Network> Engine<N> {
         let keepalive = hc.http2.connection_keepalive;
         let mut pings = keepalive.and_then(|_| conn.ping_pong());
         let mut ping_out = false;
+        // What the client's TCP had acknowledged when the PING went (or at the last extension).
+        let mut acked_at_ping = None;
+        let next_ping = |k: sluice_core::config::Http2Keepalive| {
+            tokio::time::Instant::now() + k.next_ping_after(self.rng.borrow_mut().next_u32())
+        };
         let ping_timer = tokio::time::sleep_until(match keepalive {
-            Some(k) => tokio::time::Instant::now() + k.interval,
+            Some(k) => next_ping(k),
             None => crate::http::far_future(),
         });
         tokio::pin!(expired, stop, idle, ping_timer);
@@ -477,7 +489,7 @@ impl<N: Network> Engine<N> {
                         break;
                     }
                     if let Some(k) = keepalive {
-                        ping_timer.as_mut().reset(tokio::time::Instant::now() + k.interval);
+                        ping_timer.as_mut().reset(next_ping(k));
                     }
                     continue;
                 }
@@ -490,12 +502,20 @@ impl<N: Network> Engine<N> {
                         }
                         ping_out = true;
                         received.set(false);
+                        acked_at_ping = socket.and_then(crate::tcp_info::bytes_acked);
                         ping_timer.as_mut().reset(tokio::time::Instant::now() + k.timeout);
                         continue;
                     }
-                    if received.replace(false) {
+                    // The client's TCP acknowledged bytes since: it is reading what it was sent
+                    // (the PING may sit behind a large response in the buffers, where no later
+                    // write of ours could show it).
+                    let acked_now = socket.and_then(crate::tcp_info::bytes_acked);
+                    let reading = matches!((acked_at_ping, acked_now), (Some(a), Some(b)) if b > a);
+                    if received.replace(false) || reading {
                         // Bytes came while the PING was out: the client is there, its ACK
-                        // queued behind them (Envoy's rule against head-of-line blocking).
+                        // queued behind them (Envoy's rule against head-of-line blocking), or
+                        // it is reading.
+                        acked_at_ping = acked_now;
                         ping_timer.as_mut().reset(tokio::time::Instant::now() + k.timeout);
                         continue;
                     }

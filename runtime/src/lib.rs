@@ -50,6 +50,7 @@ pub mod server;
 mod shared_io;
 pub mod splice;
 pub mod stats;
+pub mod tcp_info;
 #[cfg(test)]
 mod test_support;
 pub mod tls;

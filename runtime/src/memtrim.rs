@@ -18,7 +18,8 @@
 //! the arena locks — milliseconds on a fragmented heap). Nothing on the data path: the thread
 //! never touches a connection.
 //!
-//! This module is one of the two in the runtime with `unsafe` (with [`crate::fdpass`]): one call
+//! This module is one of the three in the runtime with `unsafe` (with [`crate::fdpass`] and
+//! [`crate::tcp_info`]): one call
 //! into glibc through `libc`, with no pointers and no preconditions.
 
 use std::sync::Arc;

@@ -3,8 +3,9 @@
 //!
 //! The choice of *which listener* serves a captured connection is pure and lives in the core
 //! ([`sluice_core::handoff`]); this module only talks to the kernel, through `socket2`'s safe
-//! wrappers of `getsockopt` / `setsockopt` (no `unsafe` here: [`crate::fdpass`] and
-//! [`crate::memtrim`] stay the only modules of the runtime that have any).
+//! wrappers of `getsockopt` / `setsockopt` (no `unsafe` here: [`crate::fdpass`],
+//! [`crate::memtrim`] and [`crate::tcp_info`] stay the only modules of the runtime that have
+//! any).
 //!
 //! - `original_dst: redirect` — iptables `REDIRECT` rewrote the destination; connection
 //!   tracking remembers the original, read back with `SO_ORIGINAL_DST` (IPv4) or

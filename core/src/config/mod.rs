@@ -689,16 +689,35 @@ pub const MIN_SPARE_HOST_IDS: usize = 16;
 pub const MAX_SPARE_HOST_IDS: usize = 1024;
 
 /// `http2.connection_keepalive` of a `protocol: http2` cluster or of an `http` listener: each
-/// connection sends a PING every `interval`; one not answered within `timeout` closes the
-/// connection (upstream: failing its streams as resets; downstream: after a GOAWAY).
+/// connection sends a PING every `interval` plus a random jitter of up to
+/// `interval_jitter_percent` of it; one not answered within `timeout` closes the connection
+/// (upstream: failing its streams as resets; downstream: after a GOAWAY).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 pub struct Http2Keepalive {
-    /// Time between PINGs (> 0).
+    /// Time between PINGs (> 0), before the jitter.
     #[serde(serialize_with = "ser_duration")]
     pub interval: Duration,
     /// How long a PING may go unanswered (> 0).
     #[serde(serialize_with = "ser_duration")]
     pub timeout: Duration,
+    /// Most jitter added to each `interval`, in percent of it (0–100; default
+    /// [`DEFAULT_KEEPALIVE_JITTER_PERCENT`], Envoy's `interval_jitter`): connections opened
+    /// together (a reconnect storm, a pool filled at once) do not PING in lockstep.
+    pub interval_jitter_percent: u8,
+}
+
+/// Envoy's default `connection_keepalive.interval_jitter`: 15 %.
+pub const DEFAULT_KEEPALIVE_JITTER_PERCENT: u8 = 15;
+
+impl Http2Keepalive {
+    /// The wait before the next PING: `interval` plus `jitter` (uniform in `0..=u32::MAX`)
+    /// scaled to at most `interval_jitter_percent` % of `interval`. Pure: the caller draws.
+    #[must_use]
+    pub fn next_ping_after(&self, jitter: u32) -> Duration {
+        let most = self.interval.as_nanos() * u128::from(self.interval_jitter_percent) / 100;
+        let extra = most * u128::from(jitter) / u128::from(u32::MAX);
+        self.interval + Duration::from_nanos(u64::try_from(extra).unwrap_or(u64::MAX))
+    }
 }
 
 /// A cluster's `protocol`: the HTTP version its hosts are spoken to in.

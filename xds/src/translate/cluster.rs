@@ -684,7 +684,7 @@ fn circuit_breakers(mut cb: CircuitBreakers, at: &At<'_>) -> Result<Value, Trans
 }
 
 /// The settings of an upstream `Http2ProtocolOptions` that Sluice applies: its
-/// `connection_keepalive` (`interval`, `timeout`; the jitter and the idle interval are left
+/// `connection_keepalive` (`interval`, `timeout`, `interval_jitter`; the idle interval is left
 /// out, with the rest, as the caller notes). `None` when there is none or it sends no periodic
 /// PING.
 fn http2_settings(
@@ -708,7 +708,8 @@ fn http2_settings(
     }
     let interval = positive(&k.interval, "interval")?;
     let timeout = positive(&k.timeout, "timeout")?;
-    Ok(Some(
-        json!({ "connection_keepalive": { "interval": interval, "timeout": timeout } }),
-    ))
+    let jitter = super::keepalive_jitter(k.interval_jitter, &k_at)?;
+    Ok(Some(json!({ "connection_keepalive": {
+        "interval": interval, "timeout": timeout, "interval_jitter_percent": jitter
+    } })))
 }

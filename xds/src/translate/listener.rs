@@ -693,8 +693,9 @@ fn http(
 }
 
 /// An HCM's `http2_protocol_options` → the listener's `http2`: its `connection_keepalive`
-/// (`interval`, `timeout`; without a periodic `interval` Envoy sends no PING, so none);
-/// every other field, the keepalive's jitter and idle interval included, is refused by path.
+/// (`interval`, `timeout`, `interval_jitter`; without a periodic `interval` Envoy sends no
+/// PING, so none); every other field, the keepalive's idle interval included, is refused by
+/// path.
 fn http2_options(
     mut o: Http2ProtocolOptions,
     at: &At<'_>,
@@ -707,6 +708,7 @@ fn http2_options(
     let k_at = at.field("connection_keepalive");
     let interval = take(&mut k.interval);
     let timeout = take(&mut k.timeout);
+    let jitter = super::keepalive_jitter(take(&mut k.interval_jitter), &k_at)?;
     reject_rest::<KeepaliveSettings>(&k, &k_at)?;
     let positive = |d: Option<envoy_types::pb::google::protobuf::Duration>, field: &str| {
         let f_at = k_at.field(field);
@@ -720,9 +722,9 @@ fn http2_options(
     }
     let interval = positive(interval, "interval")?;
     let timeout = positive(timeout, "timeout")?;
-    Ok(Some(
-        json!({ "connection_keepalive": { "interval": interval, "timeout": timeout } }),
-    ))
+    Ok(Some(json!({ "connection_keepalive": {
+        "interval": interval, "timeout": timeout, "interval_jitter_percent": jitter
+    } })))
 }
 
 fn tcp_proxy(mut t: TcpProxy, at: &At<'_>, notes: &mut Notes) -> Result<Value, TranslateError> {

@@ -273,6 +273,26 @@ pub(crate) fn duration(
     }
 }
 
+/// A keepalive's `interval_jitter` (a `type.v3.Percent`) as the config's whole
+/// `interval_jitter_percent`, rounded; unset is Envoy's default, 15 %. Refused (with its path)
+/// outside 0–100 or when not a number.
+pub(crate) fn keepalive_jitter(
+    jitter: Option<envoy_types::pb::envoy::r#type::v3::Percent>,
+    at: &At<'_>,
+) -> Result<u8, TranslateError> {
+    let Some(p) = jitter else {
+        return Ok(sluice_core::config::DEFAULT_KEEPALIVE_JITTER_PERCENT);
+    };
+    if (0.0..=100.0).contains(&p.value) {
+        // In range (NaN is not): the cast cannot truncate.
+        #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+        return Ok(p.value.round() as u8);
+    }
+    Err(at
+        .field("interval_jitter")
+        .error(format!("{} is not a percentage from 0 to 100", p.value)))
+}
+
 /// Decodes an `Any` of the expected message type.
 pub(crate) fn unpack<T: prost::Message + prost::Name + Default>(
     any: &Any,

@@ -181,6 +181,7 @@ fn hcm_http2_connection_keepalive_is_the_listeners() {
         Some(sluice_core::config::Http2Keepalive {
             interval: std::time::Duration::from_secs(30),
             timeout: std::time::Duration::from_secs(5),
+            interval_jitter_percent: 15,
         })
     );
     let no_interval = with(Http2ProtocolOptions {
@@ -1137,7 +1138,7 @@ fn the_explicit_http_protocol_of_a_cluster_is_its_protocol() {
     );
     assert_eq!(a.config.clusters[0].http2_keepalive, None);
     // Its PING keepalive is the cluster's (without a periodic interval Envoy sends none).
-    let keepalive = |interval: i64, timeout: i64| {
+    let keepalive_jittered = |interval: i64, timeout: i64, jitter: Option<f64>| {
         with(UpstreamProtocolOptions::ExplicitHttpConfig(
             ExplicitHttpConfig {
                 protocol_config: Some(ProtocolConfig::Http2ProtocolOptions(Http2ProtocolOptions {
@@ -1150,6 +1151,8 @@ fn the_explicit_http_protocol_of_a_cluster_is_its_protocol() {
                             seconds: timeout,
                             nanos: 0,
                         }),
+                        interval_jitter: jitter
+                            .map(|value| envoy_types::pb::envoy::r#type::v3::Percent { value }),
                         ..Default::default()
                     }),
                     ..Default::default()
@@ -1157,13 +1160,30 @@ fn the_explicit_http_protocol_of_a_cluster_is_its_protocol() {
             },
         ))
     };
+    let keepalive = |interval: i64, timeout: i64| keepalive_jittered(interval, timeout, None);
     let a = assemble(&bootstrap(), &keepalive(30, 5)).expect("valid");
     assert_eq!(
         a.config.clusters[0].http2_keepalive,
         Some(sluice_core::config::Http2Keepalive {
             interval: std::time::Duration::from_secs(30),
             timeout: std::time::Duration::from_secs(5),
+            interval_jitter_percent: 15,
         })
+    );
+    // `interval_jitter`: rounded to a whole percent; outside 0–100 refused by its path.
+    let a = assemble(&bootstrap(), &keepalive_jittered(30, 5, Some(4.6))).expect("valid");
+    assert_eq!(
+        a.config.clusters[0]
+            .http2_keepalive
+            .map(|k| k.interval_jitter_percent),
+        Some(5)
+    );
+    let errs = errors(&keepalive_jittered(30, 5, Some(150.0)));
+    assert!(
+        errs[0].contains(
+            "connection_keepalive.interval_jitter: 150 is not a percentage from 0 to 100"
+        ),
+        "{errs:?}"
     );
     let a = assemble(&bootstrap(), &keepalive(0, 5)).expect("valid");
     assert_eq!(a.config.clusters[0].http2_keepalive, None);
@@ -1263,6 +1283,7 @@ fn use_downstream_protocol_config_is_the_downstream_protocol() {
         Some(sluice_core::config::Http2Keepalive {
             interval: std::time::Duration::from_secs(30),
             timeout: std::time::Duration::from_secs(5),
+            interval_jitter_percent: 15,
         })
     );
     let errs = errors(&with(UseDownstreamHttpConfig {

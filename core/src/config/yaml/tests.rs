@@ -1661,6 +1661,7 @@ clusters:
         Some(crate::config::Http2Keepalive {
             interval: Duration::from_secs(30),
             timeout: Duration::from_secs(5),
+            interval_jitter_percent: 15,
         })
     );
     assert_eq!(
@@ -1682,7 +1683,7 @@ clusters:
         errors(&on.replace("interval: 30s", "interval_jitter: 15")),
         [
             "clusters[0].http2.connection_keepalive.interval: missing (this field is required)",
-            "clusters[0].http2.connection_keepalive.interval_jitter: unknown field (expected one of: interval, timeout)"
+            "clusters[0].http2.connection_keepalive.interval_jitter: unknown field (expected one of: interval, timeout, interval_jitter_percent)"
         ]
     );
 }

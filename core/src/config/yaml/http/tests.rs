@@ -907,13 +907,26 @@ fn listener_http2_connection_keepalive_is_off_by_default_and_validated() {
     let want = Some(Http2Keepalive {
         interval: Duration::from_secs(30),
         timeout: Duration::from_secs(5),
+        interval_jitter_percent: 15,
     });
     assert_eq!(http(&on).http2.connection_keepalive, want);
+    let no_jitter = with(
+        "      http2: { connection_keepalive: { interval: 30s, timeout: 5s, interval_jitter_percent: 0 } }\n",
+    );
+    assert_eq!(
+        http(&no_jitter)
+            .http2
+            .connection_keepalive
+            .map(|k| k.interval_jitter_percent),
+        Some(0)
+    );
     let config = Config::from_yaml(&on).unwrap();
     let dumped = serde_json::to_value(&config.listeners[0]).unwrap();
     let text = dumped.to_string();
     assert!(
-        text.contains(r#""connection_keepalive":{"interval":"30s","timeout":"5s"}"#),
+        text.contains(
+            r#""connection_keepalive":{"interval":"30s","timeout":"5s","interval_jitter_percent":15}"#
+        ),
         "{text}"
     );
     // The whole dump (unset options written as null, left out here) loads back the same.
@@ -945,7 +958,7 @@ fn listener_http2_connection_keepalive_is_off_by_default_and_validated() {
         [crate::config::diff::ListenerSocket::Keep { previous: 0 }]
     );
     let errs = errors(&with(
-        "      http2: { connection_keepalive: { interval: 0s, jitter: 1 } }\n",
+        "      http2: { connection_keepalive: { interval: 0s, jitter: 1, interval_jitter_percent: 101 } }\n",
     ));
     for (path, what) in [
         (
@@ -959,6 +972,10 @@ fn listener_http2_connection_keepalive_is_off_by_default_and_validated() {
         (
             "listeners[0].http.http2.connection_keepalive.jitter",
             "unknown field",
+        ),
+        (
+            "listeners[0].http.http2.connection_keepalive.interval_jitter_percent",
+            "must be a whole number of percent, 0 to 100",
         ),
     ] {
         assert!(
@@ -1088,4 +1105,28 @@ clusters:
     .expect_err("not a boolean")
     .to_string();
     assert!(e.contains("include_request_attempt_count"), "{e}");
+}
+
+/// The keepalive's next PING: `interval` plus at most `interval_jitter_percent` of it, scaled
+/// from the caller's draw; no jitter at 0 %.
+#[test]
+fn keepalive_jitter_stays_within_its_percent_of_the_interval() {
+    use crate::config::Http2Keepalive;
+    use std::time::Duration;
+    let k = Http2Keepalive {
+        interval: Duration::from_secs(20),
+        timeout: Duration::from_secs(5),
+        interval_jitter_percent: 15,
+    };
+    assert_eq!(k.next_ping_after(0), Duration::from_secs(20));
+    assert_eq!(k.next_ping_after(u32::MAX), Duration::from_secs(23));
+    assert_eq!(
+        k.next_ping_after(u32::MAX / 2),
+        Duration::from_nanos(21_499_999_999)
+    );
+    let none = Http2Keepalive {
+        interval_jitter_percent: 0,
+        ..k
+    };
+    assert_eq!(none.next_ping_after(u32::MAX), Duration::from_secs(20));
 }
