@@ -1276,35 +1276,9 @@ tracing:
     }
 }
 
-/// A slow client downloading a large response under `http2.connection_keepalive`: the proxy
-/// writes the whole response and then its PING into the kernel's buffers, so the PING (and the
-/// client's ACK) waits behind the response while the client reads it slowly, sending nothing.
-/// The client's TCP acknowledging the bytes it reads shows it alive (`TCP_INFO`): it gets the
-/// whole body and is not closed (it answers each PING once it reaches it, as clients do).
-/// Without that sign (bytes received, or a write after a full buffer, alone), the PING's
-/// `timeout` passes while the response still drains and the connection is closed.
-#[test]
-fn an_http2_client_reading_a_large_response_slowly_is_not_taken_for_dead() {
-    if !require_peers(&["python3"]) {
-        return;
-    }
-    let dir = TempDir::new("h2-keepalive-slow-reader");
-    let (listen, up, admin) = (free_port(), free_port(), free_port());
-    let (_u, _log) = start_upstream(&dir, "up", up);
-    let yaml = format!(
-        "{}admin: {{ address: 127.0.0.1:{admin} }}\n",
-        config(
-            listen,
-            up,
-            "      http2: { connection_keepalive: { interval: 1s, timeout: 500ms, interval_jitter_percent: 0 } }\n"
-        )
-    );
-    let _sluice = start_sluice(&dir, &yaml, 1, addr(listen));
-    const BODY: usize = 1_500_000;
-    // A small receive buffer: the response waits in the proxy's send buffer, not in ours.
-    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
-    socket.set_recv_buffer_size(4096).unwrap();
-    socket.connect(&addr(listen).into()).unwrap();
+/// An h2c connection through `socket` (connected) with the connection and stream windows
+/// opened as far as they go, and one `GET path` on stream 1.
+fn h2c_get_wide_open(socket: socket2::Socket, path: &str) -> TcpStream {
     let mut s: TcpStream = socket.into();
     let mut out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
     // SETTINGS_INITIAL_WINDOW_SIZE at its most, and the connection window opened as far: flow
@@ -1316,22 +1290,64 @@ fn an_http2_client_reading_a_large_response_slowly_is_not_taken_for_dead() {
         0,
         &(0x7fff_ffffu32 - 65_535).to_be_bytes(),
     ));
-    let path = format!("/bytes/{BODY}");
     let block = hpack_literals(&[
         (":method", "GET"),
         (":scheme", "http"),
-        (":path", &path),
+        (":path", path),
         (":authority", "slow.test"),
     ]);
     out.extend(h2_frame(0x1, 0x5, 1, &block));
     s.write_all(&out).unwrap();
+    s
+}
+
+/// A listener with `connection_keepalive: { interval: 1s, timeout: T, interval_jitter_percent: 0 }`
+/// in front of the test upstream; (listen, admin) and what must stay alive.
+fn keepalive_listener(dir: &TempDir, timeout: &str) -> (u16, u16, Vec<Proc>) {
+    let (listen, up, admin) = (free_port(), free_port(), free_port());
+    let (u, _log) = start_upstream(dir, "up", up);
+    let yaml = format!(
+        "{}admin: {{ address: 127.0.0.1:{admin} }}\n",
+        config(
+            listen,
+            up,
+            &format!(
+                "      http2: {{ connection_keepalive: {{ interval: 1s, timeout: {timeout}, interval_jitter_percent: 0 }} }}\n"
+            )
+        )
+    );
+    let sluice = start_sluice(dir, &yaml, 1, addr(listen));
+    (listen, admin, vec![u, sluice])
+}
+
+/// A slow client downloading a large response under `http2.connection_keepalive`: the proxy
+/// writes the response and then its PING into the kernel's buffers, so the PING (and the
+/// client's ACK) waits behind the response while the client reads it slowly, sending nothing.
+/// The client's TCP acknowledging the bytes queued ahead of the PING shows it is taking them in
+/// (`TCP_INFO`, counted in `http2.downstream_keepalive_extended_by_acks`): it gets the whole body
+/// and is not closed (it answers each PING once it reaches it, as clients do). Without that
+/// sign (bytes received, or a write after a full buffer, alone), the PING's `timeout` passes
+/// while the response still drains and the connection is closed.
+#[test]
+fn an_http2_client_reading_a_large_response_slowly_is_not_taken_for_dead() {
+    if !require_peers(&["python3"]) {
+        return;
+    }
+    let dir = TempDir::new("h2-keepalive-slow-reader");
+    let (listen, admin, _procs) = keepalive_listener(&dir, "1s");
+    const BODY: usize = 2_500_000;
+    // A small receive buffer: the response waits in the proxy's send buffer, not in ours.
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    socket.connect(&addr(listen).into()).unwrap();
+    let mut s = h2c_get_wide_open(socket, &format!("/bytes/{BODY}"));
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     let start = std::time::Instant::now();
     let (mut body, mut pings, mut goaway, mut ended) = (0usize, 0, None, false);
     let mut chunk = [0u8; 4096];
     let mut pending: Vec<u8> = Vec::new();
     // About 400 KB/s: the response takes several PING timeouts to drain.
-    while !ended && start.elapsed() < Duration::from_secs(20) {
+    while !ended && start.elapsed() < Duration::from_secs(30) {
         std::thread::sleep(Duration::from_millis(10));
         let n = match s.read(&mut chunk) {
             Ok(0) | Err(_) => break,
@@ -1369,4 +1385,44 @@ fn an_http2_client_reading_a_large_response_slowly_is_not_taken_for_dead() {
     );
     assert!(pings >= 1, "no PING while the response drained ({took:?})");
     assert_eq!(stat(admin, "http2.downstream_keepalive_timeout"), 0);
+    assert!(
+        stat(admin, "http2.downstream_keepalive_extended_by_acks") >= 1,
+        "the acknowledgements were not what kept it ({took:?})"
+    );
+}
+
+/// A hung client (its program reads nothing, its kernel still acknowledges) on a trickling
+/// response: what its TCP acknowledges after the PING went is no sign of life — only bytes
+/// queued ahead of the PING count — so it is closed `interval + timeout` after it connected,
+/// not kept for as long as the trickle lasts.
+#[test]
+fn a_hung_http2_client_on_a_trickling_response_is_closed_by_the_keepalive() {
+    if !require_peers(&["python3"]) {
+        return;
+    }
+    let dir = TempDir::new("h2-keepalive-hung");
+    let (listen, admin, _procs) = keepalive_listener(&dir, "1s");
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    socket.connect(&addr(listen).into()).unwrap();
+    // 100 bytes every 100 ms for 8 s.
+    let mut s = h2c_get_wide_open(socket, "/drip/80/100");
+    // Read nothing (not even the SETTINGS) for 4 s: the keepalive (PING at 1 s, unanswered at
+    // 2 s) has closed it by then.
+    std::thread::sleep(Duration::from_secs(4));
+    assert_eq!(stat(admin, "http2.downstream_keepalive_timeout"), 1);
+    assert_eq!(
+        stat(admin, "http2.downstream_keepalive_extended_by_acks"),
+        0
+    );
+    let mut all = Vec::new();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let _ = s.read_to_end(&mut all);
+    let mut at = 0;
+    let mut goaway = false;
+    while at + 9 <= all.len() {
+        let len = u32::from_be_bytes([0, all[at], all[at + 1], all[at + 2]]) as usize;
+        goaway |= all[at + 3] == 0x7;
+        at += 9 + len;
+    }
+    assert!(goaway, "no GOAWAY in the {} bytes read", all.len());
 }

@@ -148,8 +148,12 @@ fn slow_load(
 
 /// Under load: at least 100 more answers than `*seen` (then `*seen` is the new count). A slow
 /// machine takes longer; the test still acts with requests in flight.
-fn wait_for_more_load(answered: &std::sync::atomic::AtomicU64, seen: &mut u64) {
-    wait_for_answers(answered, *seen + 100, Duration::from_secs(30));
+fn wait_for_more_load(
+    answered: &std::sync::atomic::AtomicU64,
+    stop: &std::sync::atomic::AtomicBool,
+    seen: &mut u64,
+) {
+    wait_for_answers(answered, stop, *seen + 100, Duration::from_secs(30));
     *seen = answered.load(std::sync::atomic::Ordering::Relaxed);
 }
 
@@ -170,7 +174,7 @@ fn reloads_with_a_slow_upstream_fail_no_request() {
     let path = dir.path().join("sluice.yaml");
     let (stop, answered, load) = slow_load(listen, false);
     let mut seen = 0;
-    wait_for_more_load(&answered, &mut seen);
+    wait_for_more_load(&answered, &stop, &mut seen);
     for version in ["two", "three", "four"] {
         std::fs::write(&path, config(listen, admin, up, version, "")).unwrap();
         sluice.signal("HUP");
@@ -179,7 +183,7 @@ fn reloads_with_a_slow_upstream_fail_no_request() {
             assert!(Instant::now() < deadline, "SIGHUP did not apply {version}");
             std::thread::sleep(Duration::from_millis(20));
         }
-        wait_for_more_load(&answered, &mut seen);
+        wait_for_more_load(&answered, &stop, &mut seen);
     }
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let report = load.join().unwrap();
@@ -216,7 +220,7 @@ fn sigterm_with_a_slow_upstream_fails_no_request_on_open_connections() {
     wait_listening(addr(admin), &mut sluice);
     let (stop, answered, load) = slow_load(listen, true);
     // Requests are in flight on all 16 connections at the signal: wait for load, not for time.
-    wait_for_more_load(&answered, &mut 0);
+    wait_for_more_load(&answered, &stop, &mut 0);
     sluice.signal("TERM");
     let exited = sluice.wait_exit(Duration::from_secs(10));
     assert!(

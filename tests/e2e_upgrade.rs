@@ -197,7 +197,7 @@ fn upgrades_with_a_slow_upstream_fail_no_request() {
     // which a loaded machine can spend on little load).
     let mut seen = 0;
     let mut more_load = || {
-        wait_for_answers(&answered, seen + 100, Duration::from_secs(30));
+        wait_for_answers(&answered, &stop, seen + 100, Duration::from_secs(30));
         seen = answered.load(std::sync::atomic::Ordering::Relaxed);
     };
     more_load();

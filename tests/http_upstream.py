@@ -82,6 +82,21 @@ class Handler(BaseHTTPRequestHandler):
             self.end_headers()
             self.wfile.write(b"x" * size)
             return
+        if self.path.startswith("/drip/"):
+            # COUNT chunks of 100 bytes, one every MS milliseconds: a trickling stream.
+            count, pause = int(self.path.split("/")[2]), int(self.path.split("/")[3]) / 1000
+            self.send_response(200)
+            self.send_header("Content-Length", str(100 * count))
+            self.end_headers()
+            self.wfile.flush()
+            try:
+                for _ in range(count):
+                    self.wfile.write(b"d" * 100)
+                    self.wfile.flush()
+                    time.sleep(pause)
+            except OSError:
+                pass
+            return
         status = 200
         if self.path.startswith("/status/"):
             status = int(self.path.split("/")[2])

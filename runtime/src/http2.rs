@@ -55,8 +55,10 @@
 //! while the PING is out extend its timeout by another `timeout` (its ACK may be queued behind
 //! them); so do two signs of a slow reader that sends nothing: a write that goes through after
 //! the socket's send buffer was full, and — when the response and the PING already sit in the
-//! kernel's buffers and nothing more is written — bytes the client's TCP acknowledged since the
-//! PING went ([`crate::tcp_info`]): it is reading, its ACK waits behind the response.
+//! kernel's buffers and nothing more is written — more of the bytes queued ahead of the PING
+//! acknowledged by the client's TCP since the last look ([`crate::tcp_info`]): it is taking in
+//! the response its ACK waits behind. Only those bytes count (an acknowledgement is the client's
+//! kernel, not its program), so a hung client on a trickling stream is not kept alive.
 //!
 //! A gRPC response cut short after its head ends with `grpc-status: 14` trailers rather than a
 //! reset (gRPC clients read a reset as INTERNAL).
@@ -329,7 +331,8 @@ impl<N: Network> Engine<N> {
     ) {
         let over_tls = down.is_tls();
         // For the keepalive: the socket under the connection, whose acknowledged bytes show a
-        // slow reader alive (`h2` owns the stream from here on; the descriptor lives as long).
+        // slow reader alive. `h2` owns the stream from here on, and `conn` lives until this
+        // function returns: the descriptor is open (and this connection's) wherever it is read.
         let socket = down
             .tcp_socket()
             .map(std::os::fd::AsRawFd::as_raw_fd)
@@ -402,10 +405,17 @@ impl<N: Network> Engine<N> {
         let keepalive = hc.http2.connection_keepalive;
         let mut pings = keepalive.and_then(|_| conn.ping_pong());
         let mut ping_out = false;
-        // What the client's TCP had acknowledged when the PING went (or at the last extension).
-        let mut acked_at_ping = None;
-        let next_ping = |k: sluice_core::config::Http2Keepalive| {
-            tokio::time::Instant::now() + k.next_ping_after(self.rng.borrow_mut().next_u32())
+        // While a PING is out, from the socket ([`crate::tcp_info`]): what the client's TCP had
+        // acknowledged at the last look, and where the bytes queued ahead of the PING end.
+        let mut ahead_of_ping: Option<(u64, u64)> = None;
+        // The connection's own jitter draws (one draw from the worker's generator, and only
+        // with a jitter: the other draws — balancing — do not depend on PING timing).
+        let mut jitter = keepalive
+            .filter(|k| k.interval_jitter_percent > 0)
+            .map(|_| sluice_core::rng::Rng::from_seed(self.rng.borrow_mut().next_u64()));
+        let mut next_ping = move |k: sluice_core::config::Http2Keepalive| {
+            let draw = jitter.as_mut().map_or(0, sluice_core::rng::Rng::next_u32);
+            tokio::time::Instant::now() + k.next_ping_after(draw)
         };
         let ping_timer = tokio::time::sleep_until(match keepalive {
             Some(k) => next_ping(k),
@@ -502,20 +512,34 @@ impl<N: Network> Engine<N> {
                         }
                         ping_out = true;
                         received.set(false);
-                        acked_at_ping = socket.and_then(crate::tcp_info::bytes_acked);
+                        ahead_of_ping = socket
+                            .and_then(crate::tcp_info::send_progress)
+                            .map(|p| (p.acked, p.acked + p.queued));
                         ping_timer.as_mut().reset(tokio::time::Instant::now() + k.timeout);
                         continue;
                     }
-                    // The client's TCP acknowledged bytes since: it is reading what it was sent
-                    // (the PING may sit behind a large response in the buffers, where no later
-                    // write of ours could show it).
-                    let acked_now = socket.and_then(crate::tcp_info::bytes_acked);
-                    let reading = matches!((acked_at_ping, acked_now), (Some(a), Some(b)) if b > a);
-                    if received.replace(false) || reading {
+                    // The client's TCP acknowledged more of the bytes queued ahead of the PING:
+                    // it is taking in the response the PING waits behind, where no later write
+                    // of ours could show it. Only those bytes count — an acknowledgement is the
+                    // client's kernel, not its program; a trickle after the PING is no sign.
+                    let acked_now = socket
+                        .and_then(crate::tcp_info::send_progress)
+                        .map(|p| p.acked);
+                    let taking_in = matches!(
+                        (ahead_of_ping, acked_now),
+                        (Some((last, ping_at)), Some(now)) if last < ping_at && now > last
+                    );
+                    let bytes_came = received.replace(false);
+                    if bytes_came || taking_in {
                         // Bytes came while the PING was out: the client is there, its ACK
-                        // queued behind them (Envoy's rule against head-of-line blocking), or
-                        // it is reading.
-                        acked_at_ping = acked_now;
+                        // queued behind them (Envoy's rule against head-of-line blocking); or
+                        // it is taking in what was ahead of the PING.
+                        if !bytes_came {
+                            bump(&self.stats.http2_downstream_keepalive_extended_by_acks, 1);
+                        }
+                        if let (Some((last, _)), Some(now)) = (ahead_of_ping.as_mut(), acked_now) {
+                            *last = now;
+                        }
                         ping_timer.as_mut().reset(tokio::time::Instant::now() + k.timeout);
                         continue;
                     }

@@ -1428,6 +1428,14 @@ counters! {
                 "HTTP/2 client connections closed because a keepalive PING went unanswered within its timeout.",
             )
             .stats("http2.downstream_keepalive_timeout");
+        /// Keepalive PING timeouts extended because the client's TCP acknowledged bytes queued
+        /// ahead of the PING (a slow reader taking in a response the PING waits behind).
+        http2_downstream_keepalive_extended_by_acks: AtomicU64, counter
+            => Metric::counter(
+                "sluice_http2_downstream_keepalive_extended_by_acks_total",
+                "HTTP/2 keepalive PING timeouts extended because the client's TCP acknowledged bytes queued ahead of the PING.",
+            )
+            .stats("http2.downstream_keepalive_extended_by_acks");
         /// Client connections whose client sent GOAWAY (counted once per connection, whatever
         /// its error code and however many it sends; seen in the inbound bytes by
         /// `sluice_core::http2::goaway`, since `h2` reports no `NO_ERROR` GOAWAY to a server).

@@ -1,28 +1,41 @@
 //! What the kernel knows of a TCP connection's progress (`getsockopt(TCP_INFO)`): how many of
-//! the bytes sent on it the peer has acknowledged (`tcpi_bytes_acked`, Linux 4.1 and later).
+//! the bytes sent on it the peer's TCP has acknowledged, and how many wait in the send queue
+//! (`tcpi_bytes_acked`, `tcpi_bytes_sent`, `tcpi_bytes_retrans`, `tcpi_notsent_bytes`: Linux
+//! 4.19 and later).
 //!
 //! The HTTP/2 keepalive ([`crate::http2`]) reads it when a PING is sent and at the PING's
-//! deadline: a client whose TCP acknowledged more bytes in between is reading what it was sent
-//! (alive), even when the PING — and so its ACK — still waits behind a large response in the
-//! buffers, and the proxy has nothing more to write that could show it.
+//! deadline: while the client's TCP acknowledges the bytes that were queued *ahead of* the PING,
+//! the client is taking in a response the PING waits behind, and the proxy may have nothing more
+//! to write that could show it. An acknowledgement says the client's kernel took the bytes, not
+//! that its program read them: hence only the bytes ahead of the PING count (a bounded amount),
+//! never a trickle that goes on after it.
 //!
 //! This module is one of the three in the runtime with `unsafe` (with [`crate::fdpass`] and
 //! [`crate::memtrim`]): one `getsockopt` into a `libc::tcp_info` (plain integers: every bit
 //! pattern is a valid value), whose length as the kernel reports it is checked to cover the
-//! field read. Elsewhere than Linux with glibc, or on a socket that is not TCP, there is no
-//! answer (`None`) and the keepalive goes by the bytes it receives alone.
+//! fields read. Elsewhere than Linux, on an older kernel, or on a socket that is not TCP, there
+//! is no answer (`None`) and the keepalive goes by the bytes it receives alone.
 
 use std::os::fd::RawFd;
 
-/// Bytes of the connection on `socket` the peer's TCP has acknowledged so far; `None` when the
-/// kernel does not say (not TCP, an old kernel, another platform, a closed descriptor).
+/// Where a connection's sending stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct SendProgress {
+    /// Bytes the peer's TCP has acknowledged so far.
+    pub acked: u64,
+    /// Bytes written to the socket and not yet acknowledged: sent and in flight, or not sent.
+    pub queued: u64,
+}
+
+/// Where the sending of the connection on `socket` stands; `None` when the kernel does not say
+/// (not TCP, an old kernel, another platform, a closed descriptor).
 ///
 /// A raw descriptor: the caller's socket is owned by a driver it cannot borrow from (`h2`'s
-/// connection), and a descriptor closed meanwhile only makes the answer wrong or `None` — the
-/// kernel checks it; no memory depends on it. Callers ask only while they own the connection.
+/// connection). The caller must ask only while it owns that connection — a descriptor closed
+/// and reused by another socket would answer for that one.
 #[must_use]
-pub fn bytes_acked(socket: RawFd) -> Option<u64> {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+pub(crate) fn send_progress(socket: RawFd) -> Option<SendProgress> {
+    #[cfg(target_os = "linux")]
     {
         let mut info = std::mem::MaybeUninit::<libc::tcp_info>::zeroed();
         let size = std::mem::size_of::<libc::tcp_info>();
@@ -39,17 +52,30 @@ pub fn bytes_acked(socket: RawFd) -> Option<u64> {
                 &raw mut len,
             )
         };
-        let covers = usize::try_from(len).ok()?
-            >= std::mem::offset_of!(libc::tcp_info, tcpi_bytes_acked) + std::mem::size_of::<u64>();
-        if rc != 0 || !covers {
+        let end_of = |offset: usize| offset + std::mem::size_of::<u64>();
+        let needed = [
+            end_of(std::mem::offset_of!(libc::tcp_info, tcpi_bytes_acked)),
+            end_of(std::mem::offset_of!(libc::tcp_info, tcpi_bytes_sent)),
+            end_of(std::mem::offset_of!(libc::tcp_info, tcpi_bytes_retrans)),
+        ];
+        let written = usize::try_from(len).ok()?;
+        if rc != 0 || needed.iter().any(|n| written < *n) {
             return None;
         }
         // SAFETY: zeroed first, then (partly) written by the kernel: every byte is initialised,
         // and `tcp_info` is integers only.
         let info = unsafe { info.assume_init() };
-        Some(info.tcpi_bytes_acked)
+        // Sent once each (retransmissions are counted in both sent and retrans).
+        let in_flight = info
+            .tcpi_bytes_sent
+            .saturating_sub(info.tcpi_bytes_retrans)
+            .saturating_sub(info.tcpi_bytes_acked);
+        Some(SendProgress {
+            acked: info.tcpi_bytes_acked,
+            queued: in_flight + u64::from(info.tcpi_notsent_bytes),
+        })
     }
-    #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+    #[cfg(not(target_os = "linux"))]
     {
         let _ = socket;
         None
@@ -62,26 +88,38 @@ mod tests {
     use std::io::{Read, Write};
     use std::os::fd::AsRawFd;
 
-    /// The count grows by what the peer received (acknowledged at once on loopback), and a
-    /// socket that is not TCP has none.
+    /// Bytes written count as queued until the peer's TCP acknowledges them, then as acked (at
+    /// once on loopback, give or take a moment); a socket that is not TCP has no answer.
     #[test]
-    fn bytes_acked_counts_what_the_peer_received() {
+    fn send_progress_moves_written_bytes_from_queued_to_acked() {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let mut client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
         let (mut server, _) = listener.accept().unwrap();
-        let before = bytes_acked(server.as_raw_fd()).expect("TCP_INFO on a TCP socket");
+        let fd = server.as_raw_fd();
+        let before = send_progress(fd).expect("TCP_INFO on a TCP socket");
+        assert_eq!(before.queued, 0);
         server.write_all(&[7u8; 10_000]).unwrap();
         let mut got = vec![0u8; 10_000];
         client.read_exact(&mut got).unwrap();
-        // The ACK may trail the data by a moment.
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-        let mut after = bytes_acked(server.as_raw_fd()).unwrap();
-        while after < before + 10_000 && std::time::Instant::now() < deadline {
+        let mut after = send_progress(fd).unwrap();
+        while after.acked < before.acked + 10_000 && std::time::Instant::now() < deadline {
             std::thread::sleep(std::time::Duration::from_millis(5));
-            after = bytes_acked(server.as_raw_fd()).unwrap();
+            after = send_progress(fd).unwrap();
         }
-        assert_eq!(after - before, 10_000);
+        assert_eq!((after.acked - before.acked, after.queued), (10_000, 0));
+        // A peer that reads nothing and has a full receive buffer: bytes stay queued.
+        let big = vec![1u8; 8 << 20];
+        server.set_nonblocking(true).unwrap();
+        let mut written = 0;
+        while let Ok(n) = server.write(&big[written..]) {
+            written += n;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        let stuck = send_progress(fd).unwrap();
+        assert!(stuck.queued > 0, "{stuck:?} after {written} bytes");
+        assert_eq!(stuck.acked + stuck.queued, after.acked + written as u64);
         let (a, _b) = std::os::unix::net::UnixStream::pair().unwrap();
-        assert_eq!(bytes_acked(a.as_raw_fd()), None);
+        assert_eq!(send_progress(a.as_raw_fd()), None);
     }
 }

@@ -743,16 +743,24 @@ pub fn keep_alive_load(
     })
 }
 
-/// Waits until a [`keep_alive_load`] has had `n` answers (panics after `within`): a test
-/// acts under load however slow the machine is, instead of after a fixed sleep.
-pub fn wait_for_answers(answered: &std::sync::atomic::AtomicU64, n: u64, within: Duration) {
+/// Waits until a [`keep_alive_load`] has had `n` answers: a test acts under load however slow
+/// the machine is, instead of after a fixed sleep. After `within`, stops the load (`stop`: its
+/// threads must not go on reconnecting to a port another test may take) and panics.
+pub fn wait_for_answers(
+    answered: &std::sync::atomic::AtomicU64,
+    stop: &std::sync::atomic::AtomicBool,
+    n: u64,
+    within: Duration,
+) {
     let deadline = std::time::Instant::now() + within;
     while answered.load(std::sync::atomic::Ordering::Relaxed) < n {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the load had {} answers after {within:?}, wanted {n}",
-            answered.load(std::sync::atomic::Ordering::Relaxed)
-        );
+        if std::time::Instant::now() >= deadline {
+            stop.store(true, std::sync::atomic::Ordering::Relaxed);
+            panic!(
+                "the load had {} answers after {within:?}, wanted {n}",
+                answered.load(std::sync::atomic::Ordering::Relaxed)
+            );
+        }
         std::thread::sleep(Duration::from_millis(10));
     }
 }

@@ -708,7 +708,7 @@ fn http2_options(
     let k_at = at.field("connection_keepalive");
     let interval = take(&mut k.interval);
     let timeout = take(&mut k.timeout);
-    let jitter = super::keepalive_jitter(take(&mut k.interval_jitter), &k_at)?;
+    let jitter = take(&mut k.interval_jitter);
     reject_rest::<KeepaliveSettings>(&k, &k_at)?;
     let positive = |d: Option<envoy_types::pb::google::protobuf::Duration>, field: &str| {
         let f_at = k_at.field(field);
@@ -722,6 +722,7 @@ fn http2_options(
     }
     let interval = positive(interval, "interval")?;
     let timeout = positive(timeout, "timeout")?;
+    let jitter = super::keepalive_jitter(jitter, &k_at)?;
     Ok(Some(json!({ "connection_keepalive": {
         "interval": interval, "timeout": timeout, "interval_jitter_percent": jitter
     } })))

@@ -274,8 +274,8 @@ pub(crate) fn duration(
 }
 
 /// A keepalive's `interval_jitter` (a `type.v3.Percent`) as the config's whole
-/// `interval_jitter_percent`, rounded; unset is Envoy's default, 15 %. Refused (with its path)
-/// outside 0–100 or when not a number.
+/// `interval_jitter_percent`, rounded (a non-zero one to at least 1: some jitter was asked for);
+/// unset is Envoy's default, 15 %. Refused (with its path) outside 0–100 or when not a number.
 pub(crate) fn keepalive_jitter(
     jitter: Option<envoy_types::pb::envoy::r#type::v3::Percent>,
     at: &At<'_>,
@@ -286,7 +286,11 @@ pub(crate) fn keepalive_jitter(
     if (0.0..=100.0).contains(&p.value) {
         // In range (NaN is not): the cast cannot truncate.
         #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
-        return Ok(p.value.round() as u8);
+        return Ok(if p.value > 0.0 {
+            p.value.round().max(1.0) as u8
+        } else {
+            0
+        });
     }
     Err(at
         .field("interval_jitter")

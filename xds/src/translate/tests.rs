@@ -1178,6 +1178,13 @@ fn the_explicit_http_protocol_of_a_cluster_is_its_protocol() {
             .map(|k| k.interval_jitter_percent),
         Some(5)
     );
+    let a = assemble(&bootstrap(), &keepalive_jittered(30, 5, Some(0.3))).expect("valid");
+    assert_eq!(
+        a.config.clusters[0]
+            .http2_keepalive
+            .map(|k| k.interval_jitter_percent),
+        Some(1)
+    );
     let errs = errors(&keepalive_jittered(30, 5, Some(150.0)));
     assert!(
         errs[0].contains(
