@@ -911,6 +911,24 @@ pub fn pick_transport_socket(
 }
 
 impl ClusterConfig {
+    /// The transport of `host`, one of its hosts: the entry of `transport_socket_matches` its
+    /// labels pick ([`pick_transport_socket`]), or `None`: the cluster's own `tls` (the
+    /// host's `Transport` in its slot, part of which host it is).
+    #[must_use]
+    pub fn host_transport(&self, host: &HostConfig) -> Option<usize> {
+        pick_transport_socket(
+            &self.transport_socket_matches,
+            host.transport_socket_match.as_deref(),
+        )
+    }
+
+    /// The transport of a host without labels: one resolved by DNS, an `original_dst` cluster's
+    /// destination.
+    #[must_use]
+    pub fn unlabelled_transport(&self) -> Option<usize> {
+        pick_transport_socket(&self.transport_socket_matches, None)
+    }
+
     /// Whether it originates TLS to any of its hosts: its own `tls`, or an entry of its
     /// `transport_socket_matches`.
     #[must_use]
