@@ -35,7 +35,8 @@
 //! xDS update (EDS; [`sluice_core::config::diff::only_endpoints_differ`]) gets the same
 //! treatment: [`SharedDns::merge_endpoints`] merges the new host list into the cluster's slots
 //! (first the generation's configured hosts, id = index, then the cluster's spare ids, free:
-//! [`sluice_core::config::spare_host_slots`]; a host that stays keeps its id, a new one takes a
+//! [`sluice_core::config::spare_host_slots`]; a host that stays — same address and same pick of
+//! `transport_socket_matches` — keeps its id, a new one (or one whose pick changed) takes a
 //! free slot, no slot left: the update needs a generation switch, logged), the server
 //! publishes the view ([`SharedDns::publish_endpoints`], which the active health checks follow)
 //! and every worker applies it ([`Engine::apply_endpoints`]) before the update is acknowledged. The

@@ -12,12 +12,17 @@
 //! slot is *present* (it holds a resolved address) or *free*. A static cluster whose hosts
 //! change in place (`hosts_change_in_place`) has its configured hosts present, then spare ids,
 //! free. [`ClusterState::update_hosts`]
-//! changes which slots hold which address in place, without a new config generation: a free
+//! changes which slots hold which host (address and transport: [`crate::host::SlotHost`]) in
+//! place, without a new config generation: a free
 //! slot is never available to the balancer, whatever health checking says (the verdict is
 //! kept for when the slot is filled), and a host that stays keeps its id and every per-id
 //! state; `active` is untouched (a removed host's connections finish and still `end`).
 //!
-//! Each slot has an epoch ([`crate::host`]: bumped whenever the slot's address changes; 0
+//! Each host has a transport ([`ClusterState::transport`]: its pick of the cluster's
+//! `transport_socket_matches`, read with its address where it is picked); it never changes
+//! while the slot holds the host — a host whose pick changes comes back as another host.
+//!
+//! Each slot has an epoch ([`crate::host`]: bumped whenever the slot's host changes; 0
 //! forever in a static cluster). [`ClusterState::host_ref`] names the host a pick got, and
 //! [`ClusterState::is_current`] says whether a [`HostRef`] still names the slot's host: the
 //! test every user of a host id applies to what outlived the pick (a pooled connection, a
