@@ -675,7 +675,7 @@ pub struct ClusterConfig {
 /// `hosts + clamp(hosts, MIN_SPARE_HOST_IDS, MAX_SPARE_HOST_IDS)` — at least 16 spare ids
 /// (a small service scaling out: 2 → 18 replicas stays in place), twice the hosts for a larger
 /// one (a rolling update or a blue/green deploy doubles the endpoints for a while), at most
-/// 1024 spare (10 000 hosts keep 11 024 ids, not 20 000: a spare id costs about 130 bytes
+/// 1024 spare (10 000 hosts keep 11 024 ids, not 20 000: a spare id costs about 150 bytes
 /// per worker, see `docs/configuration/xds.md`). Growth past it switches generations, which
 /// sizes the ids afresh from the new host count.
 #[must_use]
