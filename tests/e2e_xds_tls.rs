@@ -484,7 +484,9 @@ clusters:
 /// each endpoint's `envoy.transport_socket_match` metadata. Both endpoints serve, each in its
 /// own transport; then an update takes the label off the TLS endpoint: it is spoken to in
 /// plaintext from then on (nginx refuses that with 400), and no pooled TLS connection of the
-/// previous choice is reused for it.
+/// previous choice is reused for it. That update is applied in place (a host whose pick
+/// changed is a new host in the cluster's slots: `xds.endpoint_updates_in_place`, no reload):
+/// a client connection kept alive across it is neither closed nor told to close.
 #[test]
 fn endpoint_labels_over_ads_pick_mtls_or_plaintext_per_endpoint() {
     use sluice_xds::envoy_types::pb::envoy::config::cluster::v3::cluster::TransportSocketMatch;
@@ -614,6 +616,30 @@ clusters:
         "the other in plaintext: {bodies:?}"
     );
 
+    // A line of `/stats`, e.g. `server.reloads_ok: 1`.
+    let stat = |name: &str| -> String {
+        let (_, text) = http_request(addr(admin), "GET", "/stats");
+        text.lines()
+            .find(|l| l.starts_with(&format!("{name}:")))
+            .unwrap_or_default()
+            .to_owned()
+    };
+    let (in_place, reloads) = (
+        stat("xds.endpoint_updates_in_place"),
+        stat("server.reloads_ok"),
+    );
+    assert_eq!(in_place, "xds.endpoint_updates_in_place: 0");
+    // An unrelated client connection, kept alive across the update.
+    let mut client = std::net::TcpStream::connect(addr(listen)).expect("connect");
+    client
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    let first = keep_alive_get(&mut client);
+    assert!(
+        matches!(&first, Some((200, false, _))),
+        "the kept-alive client before the update: {first:?}"
+    );
+
     // The label taken off: the endpoint picks plaintext (the catch-all entry) from then on.
     server.push(resources(false));
     eventually(
@@ -630,4 +656,47 @@ clusters:
         after.iter().any(|(s, b)| *s == 200 && b == "plain"),
         "{after:?}"
     );
+    // In place: counted as such, no generation switch (not a reload).
+    assert_eq!(
+        stat("xds.endpoint_updates_in_place"),
+        "xds.endpoint_updates_in_place: 1",
+        "the label change was applied in place"
+    );
+    assert_eq!(stat("server.reloads_ok"), reloads, "no generation switch");
+    // The kept-alive connection goes on being served by the same generation: answered (by
+    // either endpoint: 200 plain or nginx's 400 to plaintext on its TLS port) and never told
+    // to close, as a drained generation's connections are.
+    for i in 0..4 {
+        let answer = keep_alive_get(&mut client);
+        assert!(
+            matches!(&answer, Some((200 | 400, false, _))),
+            "request {i} on the kept-alive client after the update: {answer:?}"
+        );
+    }
+}
+
+/// One HTTP/1.1 request on a kept-alive connection: status, whether the answer says
+/// `connection: close`, body (`None`: the connection closed or the answer did not parse).
+fn keep_alive_get(s: &mut std::net::TcpStream) -> Option<(u16, bool, String)> {
+    s.write_all(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n").ok()?;
+    let mut buf = Vec::new();
+    let mut byte = [0u8; 1];
+    while !buf.ends_with(b"\r\n\r\n") {
+        if s.read(&mut byte).ok()? == 0 {
+            return None;
+        }
+        buf.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&buf).to_ascii_lowercase();
+    let status = head.split_whitespace().nth(1)?.parse().ok()?;
+    let length: usize = head
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length:"))?
+        .trim()
+        .parse()
+        .ok()?;
+    let mut body = vec![0; length];
+    s.read_exact(&mut body).ok()?;
+    let close = head.lines().any(|l| l.trim() == "connection: close");
+    Some((status, close, String::from_utf8_lossy(&body).into_owned()))
 }

@@ -2119,7 +2119,7 @@ fn host_addresses(shared: &AdminShared, ci: usize) -> Vec<(usize, SocketAddr, u3
             v.slots
                 .iter()
                 .enumerate()
-                .filter_map(|(j, s)| s.map(|(a, w)| (j, a, w)))
+                .filter_map(|(j, s)| s.map(|h| (j, h.address, h.weight)))
                 .collect()
         })
         .unwrap_or_default()

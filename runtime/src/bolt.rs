@@ -640,12 +640,13 @@ impl<N: Network> Engine<N> {
                     cluster,
                     host,
                     address,
+                    transport,
                 }) => {
                     let outbox = bw.ups.borrow_mut().entry(up).or_default().clone();
                     let engine = self.clone();
                     tokio::task::spawn_local(async move {
                         engine
-                            .bolt_upstream(up, cluster, host, address, outbox)
+                            .bolt_upstream(up, cluster, host, (address, transport), outbox)
                             .await;
                     });
                 }
@@ -663,7 +664,7 @@ impl<N: Network> Engine<N> {
         up: UpstreamId,
         cluster: usize,
         picked: HostRef,
-        address: SocketAddr,
+        (address, transport): (SocketAddr, sluice_core::host::Transport),
         outbox: Rc<Outbox>,
     ) {
         let host = picked.id;
@@ -678,7 +679,7 @@ impl<N: Network> Engine<N> {
         let tls_failure = std::cell::Cell::new(None);
         let attempt = async {
             let socket = self.net.connect(address).await?;
-            match self.tls.current().connector(cluster, address) {
+            match self.tls.current().connector(cluster, transport) {
                 None => Ok(MaybeTls::Plain(socket)),
                 Some(c) => match c.connect(address, socket).await {
                     Ok(tls) => Ok(MaybeTls::Tls(Box::new(tls))),

@@ -35,7 +35,8 @@
 //! xDS update (EDS; [`sluice_core::config::diff::only_endpoints_differ`]) gets the same
 //! treatment: [`SharedDns::merge_endpoints`] merges the new host list into the cluster's slots
 //! (first the generation's configured hosts, id = index, then the cluster's spare ids, free:
-//! [`sluice_core::config::spare_host_slots`]; a host that stays keeps its id, a new one takes a
+//! [`sluice_core::config::spare_host_slots`]; a host that stays — same address and same pick of
+//! `transport_socket_matches` — keeps its id, a new one (or one whose pick changed) takes a
 //! free slot, no slot left: the update needs a generation switch, logged), the server
 //! publishes the view ([`SharedDns::publish_endpoints`], which the active health checks follow)
 //! and every worker applies it ([`Engine::apply_endpoints`]) before the update is acknowledged. The
@@ -52,7 +53,7 @@ use std::time::Duration;
 
 use sluice_core::config::upstream::{MAX_DNS_TTL, MIN_DNS_TTL};
 use sluice_core::config::{ClusterKind, Config, DnsSettings};
-use sluice_core::host::{HostId, HostRef, Slot, advance_epochs, merge_answer};
+use sluice_core::host::{HostId, HostRef, Slot, SlotHost, Transport, advance_epochs, merge_answer};
 use sluice_core::rng::Rng;
 use tokio::sync::watch;
 use tracing::{info, warn};
@@ -90,6 +91,9 @@ pub struct DnsView {
 struct DnsCluster {
     kind: ClusterKind,
     settings: DnsSettings,
+    /// The transport of its hosts (resolved hosts have no labels: the cluster's pick of a host
+    /// without labels).
+    transport: Transport,
     view: watch::Sender<Arc<DnsView>>,
 }
 
@@ -122,6 +126,7 @@ impl SharedDns {
                     Some(DnsCluster {
                         kind: c.kind,
                         settings,
+                        transport: c.unlabelled_transport(),
                         view: watch::Sender::new(Arc::new(view)),
                     })
                 })
@@ -146,10 +151,9 @@ impl SharedDns {
         }
         Some(self.endpoints.get(ci)?.get_or_init(|| {
             // The configured hosts (id = index), then the spare ids, free.
-            let mut slots: Vec<Slot> = cluster
-                .hosts
-                .iter()
-                .map(|h| Some((h.address, h.weight)))
+            let mut slots: Vec<Slot> = endpoint_hosts(cluster, &cluster.hosts)
+                .into_iter()
+                .map(Some)
                 .collect();
             slots.resize(cluster.host_slots().max(slots.len()), None);
             watch::Sender::new(Arc::new(DnsView {
@@ -174,8 +178,9 @@ impl SharedDns {
     }
 
     /// Static cluster `ci`'s slots with `hosts` (its new host list) merged in: a host that
-    /// stays keeps its id (and epoch), a removed one frees its slot, a new one takes a free
-    /// slot (epoch bumped). `cluster` is the generation's config of it (the slots, before any
+    /// stays (same address and transport: a host's pick of `transport_socket_matches` is part
+    /// of which host it is) keeps its id (and epoch), a removed one frees its slot, a new one —
+    /// or one whose labels now pick another transport — takes a free slot (epoch bumped). `cluster` is the generation's config of it (the slots, before any
     /// update: its hosts, then its spare ids). `None` (logged) when a new host found no free
     /// slot: the update needs a generation switch. Publishes nothing
     /// ([`SharedDns::publish_endpoints`]).
@@ -187,8 +192,7 @@ impl SharedDns {
         hosts: &[sluice_core::config::HostConfig],
     ) -> Option<(Arc<DnsView>, sluice_core::host::Merged)> {
         let current = self.endpoints_channel(ci, cluster)?.borrow().clone();
-        let answer: Vec<(SocketAddr, u32)> = hosts.iter().map(|h| (h.address, h.weight)).collect();
-        let merged = merge_answer(&current.slots, &answer);
+        let merged = merge_answer(&current.slots, &endpoint_hosts(cluster, hosts));
         if merged.dropped > 0 {
             info!(cluster = %cluster.name, hosts = hosts.len(), ids = current.slots.len(),
                 "endpoints: more hosts than the cluster's ids (its hosts at the last generation \
@@ -271,11 +275,18 @@ impl SharedDns {
             let mut next = (**view).clone();
             next.answers[ni] = addresses;
             next.failing[ni] = 0;
-            let union: Vec<(SocketAddr, u32)> = next
+            let transport = c.transport;
+            let union: Vec<SlotHost> = next
                 .answers
                 .iter()
                 .zip(&c.settings.names)
-                .flat_map(|(a, n)| a.iter().map(move |&addr| (addr, n.weight)))
+                .flat_map(|(a, n)| {
+                    a.iter().map(move |&address| SlotHost {
+                        address,
+                        weight: n.weight,
+                        transport,
+                    })
+                })
                 .collect();
             let m = merge_answer(&next.slots, &union);
             advance_epochs(&view.slots, &m.slots, &mut next.epochs);
@@ -300,6 +311,22 @@ impl SharedDns {
         });
         failing
     }
+}
+
+/// `hosts` of `cluster` as slot hosts: each with its transport (its labels' pick of the
+/// cluster's `transport_socket_matches`).
+fn endpoint_hosts(
+    cluster: &sluice_core::config::ClusterConfig,
+    hosts: &[sluice_core::config::HostConfig],
+) -> Vec<SlotHost> {
+    hosts
+        .iter()
+        .map(|h| SlotHost {
+            address: h.address,
+            weight: h.weight,
+            transport: cluster.host_transport(h),
+        })
+        .collect()
 }
 
 /// An endpoints-only update merged into a generation's slots ([`merge_endpoints_update`]),
@@ -651,9 +678,9 @@ clusters:
         assert_eq!(
             slots,
             vec![
-                Some((addr(1, 80), 1)),
-                Some((addr(2, 80), 1)),
-                Some((addr(3, 81), 3)),
+                Some(SlotHost::plain(addr(1, 80), 1)),
+                Some(SlotHost::plain(addr(2, 80), 1)),
+                Some(SlotHost::plain(addr(3, 81), 3)),
                 None
             ]
         );
@@ -825,7 +852,7 @@ clusters:
         let held: Vec<u8> = slots
             .iter()
             .map(|s| {
-                s.map_or(0, |(a, _)| match a.ip() {
+                s.map_or(0, |h| match h.address.ip() {
                     std::net::IpAddr::V4(ip) => ip.octets()[3],
                     std::net::IpAddr::V6(_) => 255,
                 })

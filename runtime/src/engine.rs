@@ -1202,8 +1202,12 @@ impl<N: Network> Engine<N> {
         while let Some(action) = session.poll_action() {
             match action {
                 Action::Connect { address, host } => {
-                    // The host as picked (nothing awaited since): its results are for it.
-                    let picked = cluster.borrow().host_ref(host);
+                    // The host as picked (nothing awaited since): its results are for it, and it
+                    // is reached with its transport.
+                    let (picked, transport) = {
+                        let c = cluster.borrow();
+                        (c.host_ref(host), c.transport(host))
+                    };
                     log.upstream = Some(address);
                     bump(&self.stats.upstream_cx_attempts, 1);
                     if let Some(c) = cstats {
@@ -1215,7 +1219,7 @@ impl<N: Network> Engine<N> {
                     let tls_failure = Cell::new(None);
                     let attempt = async {
                         let stream = self.net.connect(address).await?;
-                        match self.tls.current().connector(ci, address) {
+                        match self.tls.current().connector(ci, transport) {
                             None => Ok(MaybeTls::Plain(stream)),
                             Some(c) => match c.connect(address, stream).await {
                                 Ok(tls) => Ok(MaybeTls::Tls(Box::new(tls))),

@@ -42,7 +42,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::time::Duration;
 
 use sluice_core::bolt;
-use sluice_core::cluster::{HostId, HostRef};
+use sluice_core::cluster::{HostId, HostRef, SlotHost};
 use sluice_core::config::{Config, HealthCheckConfig, HealthProbe};
 use sluice_core::health::{
     ActiveHealthChecker, HealthAction, HealthEvent, OutlierDetector, OutlierEvent, ProbeResult,
@@ -148,11 +148,14 @@ impl SharedHealth {
             // and a verdict counts only for the slot's host of its epoch.
             let slots = old.dns.endpoints_view(oi);
             for (hi, h) in c.hosts.iter().enumerate() {
+                // The same host: its address and its transport (a host whose labels now pick
+                // another transport is another host, unknown).
+                let key = (h.address, c.host_transport(h));
                 let verdict = match &slots {
                     Some(view) => view
                         .slots
                         .iter()
-                        .position(|s| s.is_some_and(|(a, _)| a == h.address))
+                        .position(|s| s.is_some_and(|s| s.key() == key))
                         .map(|ohi| {
                             let word = old.clusters[oi].healthy[ohi].load(Relaxed);
                             verdict_word(0, word == verdict_word(view.epochs[ohi], true))
@@ -160,7 +163,7 @@ impl SharedHealth {
                     None => old_config.clusters[oi]
                         .hosts
                         .iter()
-                        .position(|o| o.address == h.address)
+                        .position(|o| (o.address, old_config.clusters[oi].host_transport(o)) == key)
                         .map(|ohi| old.clusters[oi].healthy[ohi].load(Relaxed)),
                 };
                 if let Some(verdict) = verdict {
@@ -203,7 +206,7 @@ impl SharedHealth {
             if let Some(view) = self.dns.endpoints_view(ci) {
                 // Endpoints updated in place: the slots' hosts, each with its own verdict.
                 for (hi, slot) in view.slots.iter().enumerate() {
-                    if let Some((address, _)) = slot {
+                    if let Some(sluice_core::host::SlotHost { address, .. }) = slot {
                         let word = self.clusters[ci].healthy[hi].load(Relaxed);
                         out.push((
                             c.name.clone(),
@@ -538,16 +541,23 @@ impl<N: Network> Engine<N> {
         // probed: it "passes" at once, and is never available anyway).
         // So are a static cluster's once endpoints-only updates (EDS) change them in place.
         let mut dns = self.shared_health.dns.subscribe_hosts(ci, cluster);
-        let (mut slots, mut epochs): (Vec<Option<std::net::SocketAddr>>, Vec<u32>) = match &dns {
+        // Per slot: its host's address and transport (a probe goes over the host's transport,
+        // the one its requests use).
+        type Probed = Option<(std::net::SocketAddr, sluice_core::host::Transport)>;
+        let (mut slots, mut epochs): (Vec<Probed>, Vec<u32>) = match &dns {
             Some(rx) => {
                 let view = rx.borrow();
                 (
-                    view.slots.iter().map(|s| s.map(|(a, _)| a)).collect(),
+                    view.slots.iter().map(|s| s.map(SlotHost::key)).collect(),
                     view.epochs.clone(),
                 )
             }
             None => (
-                cluster.hosts.iter().map(|h| Some(h.address)).collect(),
+                cluster
+                    .hosts
+                    .iter()
+                    .map(|h| Some((h.address, cluster.host_transport(h))))
+                    .collect(),
                 vec![0; hosts],
             ),
         };
@@ -581,7 +591,7 @@ impl<N: Network> Engine<N> {
                 match action {
                     HealthAction::Probe { host, epoch } => {
                         let probed = HostRef { id: host, epoch };
-                        let Some(address) = slots[host.index()] else {
+                        let Some((address, transport)) = slots[host.index()] else {
                             let _ = tx.send((probed, ProbeResult::Success, None));
                             continue;
                         };
@@ -593,7 +603,7 @@ impl<N: Network> Engine<N> {
                         let probe = hc.probe.clone();
                         let name = cluster.name.clone();
                         let timeout = hc.settings.timeout;
-                        let tls = self.tls.current().connector(ci, address).cloned();
+                        let tls = self.tls.current().connector(ci, transport).cloned();
                         probes[host.index()] = Some(tokio::task::spawn_local(async move {
                             let (result, tls_failure) = match tokio::time::timeout(
                                 timeout,
@@ -624,7 +634,7 @@ impl<N: Network> Engine<N> {
                     HealthEvent::BecameUnhealthy(h) => (h, false),
                 };
                 let epoch = checker.epoch(host);
-                let Some(address) = slots[host.index()] else {
+                let Some((address, _)) = slots[host.index()] else {
                     // A free slot: its verdict is never used.
                     self.shared_health
                         .set_healthy(ci, host.index(), epoch, healthy);
@@ -661,10 +671,10 @@ impl<N: Network> Engine<N> {
                     };
                     let view = rx.borrow_and_update().clone();
                     for (i, slot) in view.slots.iter().enumerate() {
-                        let address = slot.map(|(a, _)| a);
+                        let host = slot.map(SlotHost::key);
                         let epoch = view.epochs[i];
-                        if address != slots[i] || epoch != epochs[i] {
-                            slots[i] = address;
+                        if host != slots[i] || epoch != epochs[i] {
+                            slots[i] = host;
                             epochs[i] = epoch;
                             checker.replace_host(now(), HostRef { id: HostId(i as u32), epoch });
                             self.shared_health.set_healthy(ci, i, epoch, false);
@@ -699,7 +709,7 @@ impl<N: Network> Engine<N> {
                         }
                     }
                     if let Some((outcome, e)) = &tls_failure
-                        && let Some(address) = slots[host.index()]
+                        && let Some((address, _)) = slots[host.index()]
                     {
                         tls_log.note(&cluster.name, address, *outcome, e);
                     }

@@ -471,6 +471,9 @@ struct StreamGuard {
     /// results and its connection are for, even if a DNS answer gives the slot to another
     /// host before they come back.
     picked: Option<HostRef>,
+    /// How the latest try's host is reached (its slot's transport when it was picked, as
+    /// `picked`): which of the cluster's `transport_socket_matches`, or its own `tls`.
+    transport: sluice_core::host::Transport,
 }
 
 impl StreamGuard {
@@ -480,6 +483,7 @@ impl StreamGuard {
             cluster: cluster.clone(),
             connection_permit: None,
             picked: None,
+            transport: None,
         }
     }
 
@@ -1819,9 +1823,14 @@ impl<N: Network> Engine<N> {
                     continue;
                 }
             };
-            let picked = stream
-                .picked
-                .unwrap_or_else(|| self.clusters[ci].borrow().host_ref(host));
+            // The host as picked, and how it is reached (its slot's transport then).
+            let (picked, transport) = match stream.picked {
+                Some(picked) => (picked, stream.transport),
+                None => {
+                    let c = self.clusters[ci].borrow();
+                    (c.host_ref(host), c.transport(host))
+                }
+            };
             let try_start = now();
             scratch.tries += 1;
             last_host = Some(host);
@@ -1835,7 +1844,7 @@ impl<N: Network> Engine<N> {
             // Whether this host is spoken to over TLS (the cluster's `tls`, or the host's pick
             // of `transport_socket_matches`): HTTP/2's `:scheme`. Asked only where an HTTP/2
             // stream starts, not per HTTP/1.1 request.
-            let tls_cluster = || self.tls.current().connector(ci, address).is_some();
+            let tls_cluster = || self.tls.current().connector(ci, transport).is_some();
             let pooled = if !allow_pooled {
                 None
             } else if http2 {
@@ -1887,7 +1896,7 @@ impl<N: Network> Engine<N> {
                     // large and would otherwise be laid out in every connection's request path.
                     let attempt = Box::pin(async {
                         let socket = self.net.connect(address).await?;
-                        match self.tls.current().connector(ci, address) {
+                        match self.tls.current().connector(ci, transport) {
                             None => Ok(MaybeTls::Plain(socket)),
                             Some(c) => match c.connect(address, socket).await {
                                 Ok(tls) => Ok(MaybeTls::Tls(Box::new(tls))),
@@ -2699,7 +2708,11 @@ impl<N: Network> Engine<N> {
         }
         // A pick: the host as it is now (nothing awaited since the core picked it).
         if let Some(Output::Connect { host, .. }) = &action {
-            stream.picked = Some(stream.cluster.borrow().host_ref(*host));
+            let cluster = stream.cluster.borrow();
+            let (picked, transport) = (cluster.host_ref(*host), cluster.transport(*host));
+            drop(cluster);
+            stream.picked = Some(picked);
+            stream.transport = transport;
         }
         action
     }

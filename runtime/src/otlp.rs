@@ -402,7 +402,8 @@ impl<N: Network> Engine<N> {
             tracing::debug!(cluster = %cluster.name, %address, "span export: connect failed");
             return false;
         };
-        let tls = self.tls.current().connector(ci, address).cloned();
+        let transport = cluster.host_transport(&cluster.hosts[pick]);
+        let tls = self.tls.current().connector(ci, transport).cloned();
         let mut stream = match tls {
             None => crate::tls::MaybeTls::Plain(socket),
             Some(c) => match c.connect(address, socket).await {

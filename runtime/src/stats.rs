@@ -2038,7 +2038,7 @@ fn old_host_index(
         return view
             .slots
             .iter()
-            .position(|s| s.is_some_and(|(a, _)| a == address));
+            .position(|s| s.is_some_and(|h| h.address == address));
     }
     old.hosts.iter().position(|h| h.address == address)
 }
@@ -2146,7 +2146,10 @@ mod tests {
         // 3 replaced by 4 in place: 4 takes id 1, as the worker's view says; 4 serves 7.
         *old.cluster(0).unwrap().dns.lock().unwrap() =
             Some(std::sync::Arc::new(crate::dns::DnsView {
-                slots: vec![Some((addr(2), 1)), Some((addr(4), 1))],
+                slots: vec![
+                    Some(sluice_core::host::SlotHost::plain(addr(2), 1)),
+                    Some(sluice_core::host::SlotHost::plain(addr(4), 1)),
+                ],
                 epochs: vec![0, 1],
                 answers: Vec::new(),
                 failing: Vec::new(),

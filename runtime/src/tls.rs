@@ -22,10 +22,12 @@
 //!   name, or one of `verify_subject_alt_names` ([`SanCheckingServerVerifier`]); a client
 //!   certificate for upstreams that want mTLS. [`MaybeTls`] is an upstream stream either way.
 //!   A cluster with `transport_socket_matches` has a connector per entry too
-//!   ([`MatchedConnectors`]): each host's pick, by address, is made when the generation's
-//!   contexts are built, and [`Contexts::connector`] is the one way every connect path (HTTP,
-//!   `tcp_proxy`, Bolt, health checks, OTLP) finds how to reach a host. Invariant: a host's
-//!   transport is fixed for its generation (such a cluster's hosts never change in place), so
+//!   ([`matched_connectors`]); each host's pick of them is the host's own, held in its slot
+//!   ([`sluice_core::host::Transport`]) and read with its address where it is picked, and
+//!   [`Contexts::connector`] (by cluster and pick: O(1)) is the one way every connect path
+//!   (HTTP, `tcp_proxy`, Bolt, health checks, OTLP) finds how to reach a host. Invariant: a
+//!   slot's transport never changes while it holds a host — a host whose labels pick another
+//!   entry is another host (another slot and epoch: [`sluice_core::host::merge_answer`]) — so
 //!   per-host pools never hold a connection of the other transport.
 //! - **Outcomes** ([`HandshakeOutcome`]): what a failed handshake's error means, for counters.
 //! - **Rotation** ([`check_files`], [`WorkerTls`]): the contexts of the current config
@@ -59,7 +61,7 @@ use rustls::{
     PeerIncompatible, RootCertStore, ServerConfig, SignatureScheme,
 };
 use sluice_core::config::tls::{ListenerTls, MAX_PEM_BYTES, Pem, TlsVersion, UpstreamTls};
-use sluice_core::config::{ClusterConfig, Config, ConfigError, HealthProbe, pick_transport_socket};
+use sluice_core::config::{ClusterConfig, Config, ConfigError, HealthProbe};
 use sluice_core::tls::pem::{San, parse_certificates, parse_chain, parse_key, subject_alt_names};
 pub use tokio_rustls::{TlsAcceptor, TlsConnector};
 use tracing::{info, warn};
@@ -112,8 +114,9 @@ pub struct Contexts {
     /// By cluster index: the cluster's own `tls` (use [`Contexts::connector`], which also
     /// follows `transport_socket_matches`).
     pub connectors: Vec<Option<UpstreamConnector>>,
-    /// By cluster index: the per-host transports of a cluster with `transport_socket_matches`.
-    matched: Vec<Option<Box<MatchedConnectors>>>,
+    /// By cluster index, then entry of its `transport_socket_matches`: their connectors
+    /// ([`matched_connectors`]).
+    matched: Vec<Box<[Option<UpstreamConnector>]>>,
     /// What the certificate chains and CA files held when these were built (`/certs`).
     pub certificates: Vec<CertFile>,
     /// By listener index: the identity its ticket keys are tied to
@@ -553,33 +556,20 @@ fn upstream_connector(
         })
 }
 
-/// The transports a cluster with `transport_socket_matches` picks from per host: a connector
-/// per entry (`None`: plaintext) and each configured host's pick, by address (a host resolved
-/// from DNS, or an address no host has, has no labels:
-/// [`MatchedConnectors::unlabelled`]). Built with the generation's config, whose hosts do not
-/// change in place ([`sluice_core::config::diff::only_endpoints_differ`]).
-pub struct MatchedConnectors {
-    /// By entry index.
-    connectors: Vec<Option<UpstreamConnector>>,
-    /// A host's pick (`Some(entry)` or `None`: the cluster's own `tls`), by address; the
-    /// first host of an address decides.
-    by_address: std::collections::HashMap<std::net::SocketAddr, Option<usize>>,
-    /// The pick of a host without labels.
-    unlabelled: Option<usize>,
-}
-
-/// Per cluster (`None`: it has no `transport_socket_matches`): [`MatchedConnectors`].
-pub fn matched_connectors(config: &Config) -> Result<Vec<Option<Box<MatchedConnectors>>>, String> {
+/// Per cluster, by entry of its `transport_socket_matches` (empty: it has none): the
+/// connector of each entry (`None`: plaintext). A host's pick (which entry, or the cluster's
+/// own `tls`) is not here: it is the host's, held in its slot ([`sluice_core::host::Transport`],
+/// read with the host where it is picked), so a host whose labels change takes another slot
+/// and these stay as they are.
+pub fn matched_connectors(
+    config: &Config,
+) -> Result<Vec<Box<[Option<UpstreamConnector>]>>, String> {
     config
         .clusters
         .iter()
         .enumerate()
         .map(|(i, c)| {
-            if c.transport_socket_matches.is_empty() {
-                return Ok(None);
-            }
-            let connectors = c
-                .transport_socket_matches
+            c.transport_socket_matches
                 .iter()
                 .enumerate()
                 .map(|(m, entry)| match &entry.tls {
@@ -591,42 +581,28 @@ pub fn matched_connectors(config: &Config) -> Result<Vec<Option<Box<MatchedConne
                     )
                     .map(Some),
                 })
-                .collect::<Result<Vec<_>, String>>()?;
-            let mut by_address = std::collections::HashMap::new();
-            for h in &c.hosts {
-                by_address.entry(h.address).or_insert_with(|| {
-                    pick_transport_socket(
-                        &c.transport_socket_matches,
-                        h.transport_socket_match.as_deref(),
-                    )
-                });
-            }
-            Ok(Some(Box::new(MatchedConnectors {
-                connectors,
-                by_address,
-                unlabelled: pick_transport_socket(&c.transport_socket_matches, None),
-            })))
+                .collect()
         })
         .collect()
 }
 
 impl Contexts {
-    /// How to connect to the host at `address` of cluster `ci`: its TLS connector, or `None`
-    /// (plaintext). The cluster's own (`tls`) unless it has `transport_socket_matches`, whose
-    /// pick for the host decides. Once per new upstream connection, never per request.
+    /// How to connect to a host of cluster `ci` reached with `transport` (the host's, read
+    /// from its slot where it was picked: [`sluice_core::cluster::ClusterState::transport`]):
+    /// its TLS connector, or `None` (plaintext) — entry `transport` of the cluster's
+    /// `transport_socket_matches`, or the cluster's own `tls` (`transport: None`). Two indexings,
+    /// no hashing; once per new upstream connection (and where an HTTP/2 stream starts, for
+    /// its `:scheme`), never per HTTP/1.1 request.
     #[must_use]
     pub fn connector(
         &self,
         ci: usize,
-        address: std::net::SocketAddr,
+        transport: sluice_core::host::Transport,
     ) -> Option<&UpstreamConnector> {
-        if let Some(m) = self.matched.get(ci).and_then(Option::as_deref) {
-            let pick = m.by_address.get(&address).copied().unwrap_or(m.unlabelled);
-            if let Some(entry) = pick {
-                return m.connectors[entry].as_ref();
-            }
+        match transport {
+            Some(entry) => self.matched.get(ci)?.get(entry)?.as_ref(),
+            None => self.connectors.get(ci)?.as_ref(),
         }
-        self.connectors.get(ci).and_then(Option::as_ref)
     }
 }
 

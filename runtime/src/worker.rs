@@ -747,6 +747,159 @@ mod tests {
         });
     }
 
+    /// Issue 13: the hosts of a cluster with `transport_socket_matches` (every Istio outbound
+    /// cluster) change in place too. A push that re-weights a host and adds one keeps every
+    /// host's id, epoch and health verdict; a push that takes one host's label off (its pick
+    /// goes from the mTLS entry to the plaintext one) gives that host another id — a new
+    /// epoch, a new pool, probed afresh — with its new transport in its slot, while the others
+    /// keep theirs. No generation switch either time.
+    #[test]
+    fn hosts_of_a_transport_socket_matches_cluster_change_in_place_and_a_pick_change_is_a_new_host()
+    {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        tokio::task::LocalSet::new().block_on(&rt, async {
+            let (a, port_a) = listener();
+            let (b, port_b) = listener();
+            let (c, port_c) = listener();
+            for l in [a, b, c] {
+                tokio::task::spawn_local(async move {
+                    loop {
+                        let _ = l.accept().await;
+                    }
+                });
+            }
+            let (socket, _) = listener();
+            // (port, weight, labelled `tlsMode: istio`)
+            let yaml = |hosts: &[(u16, u32, bool)]| {
+                let hosts: Vec<String> = hosts
+                    .iter()
+                    .map(|(p, w, istio)| {
+                        let label = if *istio {
+                            ", transport_socket_match: { tlsMode: istio }"
+                        } else {
+                            ""
+                        };
+                        format!("{{ address: 127.0.0.1:{p}, weight: {w}{label} }}")
+                    })
+                    .collect();
+                format!(
+                    "listeners:\n  - {{ name: t, address: 127.0.0.1:1, tcp_proxy: {{ cluster: app }} }}\n\
+                     clusters:\n  - name: app\n    hosts: [{}]\n\
+                     \x20   transport_socket_matches: [ {{ name: mtls, match: {{ tlsMode: istio }} }}, {{ name: plain }} ]\n\
+                     \x20   health_check: {{ tcp: {{}}, interval: 50ms, timeout: 200ms, no_traffic_interval: 50ms, healthy_threshold: 1, unhealthy_threshold: 1 }}\n\
+                     \x20 - {{ name: xds, hosts: [ {{ address: 127.0.0.1:9 }} ] }}\n\
+                     xds: {{ cluster: xds }}\n",
+                    hosts.join(", ")
+                )
+            };
+            let before = Arc::new(
+                Config::from_yaml(&yaml(&[(port_a, 1, true), (port_b, 1, true)])).expect("config"),
+            );
+            let grown =
+                Config::from_yaml(&yaml(&[(port_a, 5, true), (port_b, 1, true), (port_c, 1, true)]))
+                    .expect("config");
+            let relabelled = Config::from_yaml(&yaml(&[
+                (port_a, 5, true),
+                (port_b, 1, false),
+                (port_c, 1, true),
+            ]))
+            .expect("config");
+            let shared = Arc::new(crate::health::SharedHealth::new(&before));
+            let engine = Engine::new_worker(
+                TokioNet::default(),
+                before.clone(),
+                0,
+                1,
+                1,
+                Arc::new(WorkerStats::new(&before)),
+                shared.clone(),
+                Arc::new(crate::limits::ProcessLimits::new(&before)),
+            )
+            .expect("engine");
+            let worker = Worker::start(engine, vec![socket], WorkerHooks::default());
+            let slot = |id: u32, epoch: u32| sluice_core::cluster::HostRef {
+                id: sluice_core::cluster::HostId(id),
+                epoch,
+            };
+            // Per id: (port, weight, transport, epoch) of the worker's cluster, present ids.
+            let hosts = || {
+                let engine = worker.engine();
+                let cluster = engine.clusters[0].borrow();
+                (0..cluster.hosts().len() as u32)
+                    .map(sluice_core::cluster::HostId)
+                    .filter(|&id| cluster.is_present(id))
+                    .map(|id| {
+                        let h = cluster.host(id);
+                        (
+                            id.0,
+                            h.address.port(),
+                            h.weight,
+                            cluster.transport(id),
+                            cluster.host_ref(id).epoch,
+                        )
+                    })
+                    .collect::<Vec<_>>()
+            };
+            assert_eq!(
+                hosts(),
+                [(0, port_a, 1, Some(0), 0), (1, port_b, 1, Some(0), 0)]
+            );
+            until("a and b healthy", || {
+                shared.is_healthy_for(0, slot(0, 0)) && shared.is_healthy_for(0, slot(1, 0))
+            })
+            .await;
+
+            // a re-weighted, c added: in place; a and b keep id, epoch and verdict.
+            let changed = sluice_core::config::diff::only_endpoints_differ(&before, &grown)
+                .expect("an endpoints-only update");
+            let update = worker
+                .apply_endpoints(&before, &grown, &changed)
+                .expect("room for c: a spare id");
+            assert_eq!((update.added, update.removed), (1, 0));
+            assert_eq!(worker.generation(), 0, "no new generation");
+            assert_eq!(
+                hosts(),
+                [
+                    (0, port_a, 5, Some(0), 0),
+                    (1, port_b, 1, Some(0), 0),
+                    (2, port_c, 1, Some(0), 1)
+                ]
+            );
+            assert!(shared.is_healthy_for(0, slot(0, 0)), "a keeps its verdict");
+            assert!(shared.is_healthy_for(0, slot(1, 0)), "b keeps its verdict");
+
+            // b's label taken off: b is a new host (plaintext entry) in the first spare id
+            // that was free; its old id is freed; a and c keep theirs.
+            let changed = sluice_core::config::diff::only_endpoints_differ(&grown, &relabelled)
+                .expect("an endpoints-only update");
+            let update = worker
+                .apply_endpoints(&grown, &relabelled, &changed)
+                .expect("room for b: a spare id");
+            assert_eq!((update.added, update.removed), (1, 1));
+            assert_eq!(worker.generation(), 0, "no new generation");
+            assert_eq!(
+                hosts(),
+                [
+                    (0, port_a, 5, Some(0), 0),
+                    (2, port_c, 1, Some(0), 1),
+                    (3, port_b, 1, Some(1), 1)
+                ]
+            );
+            assert!(shared.is_healthy_for(0, slot(0, 0)), "a keeps its verdict");
+            assert!(
+                !shared.is_healthy_for(0, slot(3, 1)),
+                "b, as a new host, is unknown until probed"
+            );
+            until("b probed in its new id", || shared.is_healthy_for(0, slot(3, 1))).await;
+            let mut worker = worker;
+            worker.stop();
+            worker.drained().await;
+        });
+    }
+
     /// A worker reloaded many times remembers only the last [`ENDED_GENERATIONS_KEPT`] ended
     /// generations (and their counters), not one per reload forever.
     #[test]

@@ -35,7 +35,7 @@
 //! up closed / connect failed or timed out (the driver times connects with the cluster's
 //!              connect_timeout) → proxy.handle_upstream_closed(now, up, clusters); drop up's buffer
 //! after every input: while let Some(a) = proxy.poll_action() {
-//!         Connect { up, cluster, host, address } → open it
+//!         Connect { up, cluster, host, address, transport } → open it
 //!         Reply(r)                              → r.encode(r.down's write buffer) }
 //! timer      → sleep until proxy.poll_timeout(); proxy.handle_timeout(now, clusters)
 //! ```
@@ -246,6 +246,9 @@ pub enum Action {
         host: HostRef,
         /// The host's address.
         address: SocketAddr,
+        /// How the host is reached (its slot's transport: which of the cluster's
+        /// `transport_socket_matches`, or its own `tls`), read with its address.
+        transport: crate::host::Transport,
     },
     /// Append this reply to `reply.down`'s write buffer.
     Reply(ProxyReply),
@@ -692,6 +695,7 @@ impl BoltProxy {
                         cluster,
                         host: picked,
                         address: destination.unwrap_or(state.host(host).address),
+                        transport: state.transport(host),
                     });
                     up
                 }

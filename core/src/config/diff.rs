@@ -21,9 +21,11 @@
 //!
 //! [`only_endpoints_differ`] says whether two configs differ only in the `hosts` of some
 //! `static` clusters (an EDS update: endpoints added, removed, re-weighted, or their health
-//! status changed, which the translation turns into a host left out): then the runtime changes
-//! those clusters' host sets in place on every worker (as DNS answers do), and no connection is
-//! drained.
+//! status changed, which the translation turns into a host left out, or their
+//! `transport_socket_match` labels changed): then the runtime changes those clusters' host sets
+//! in place on every worker (as DNS answers do), and no connection is drained. A host whose
+//! labels now pick another `transport_socket_matches` entry is a removed host and an added one
+//! (another id, another pool: [`crate::host::merge_answer`]).
 //!
 //! Everything is given as indices into `previous.listeners` / `next.listeners` (or the
 //! `clusters`), in config order, so the result borrows nothing and iterates deterministically.
@@ -245,14 +247,11 @@ pub fn only_endpoints_differ(previous: &Config, next: &Config) -> Option<Vec<usi
             }
             continue;
         }
-        // A cluster whose hosts pick their transport (`transport_socket_matches`): its TLS
-        // connectors are chosen per host address when a generation is built, so its hosts
-        // change only with a new generation (new pools: no connection of one transport is
-        // ever reused for a host that picked the other).
-        if p.kind != super::ClusterKind::Static
-            || !p.transport_socket_matches.is_empty()
-            || !same_but_hosts(p, n)
-        {
+        // A cluster whose hosts pick their transport (`transport_socket_matches`) too: a host's
+        // pick is part of which host it is in the merge (`crate::host::SlotHost::key`), so a
+        // host whose labels pick another transport takes another id — a new pool — and no
+        // connection of one transport is ever reused for a host that picked the other.
+        if p.kind != super::ClusterKind::Static || !same_but_hosts(p, n) {
             return None;
         }
         changed.push(i);
@@ -360,24 +359,38 @@ mod tests {
         assert!(!only_inline_pem_differs(&chained("AAAA"), &a));
     }
 
-    /// A cluster with `transport_socket_matches` picks each host's transport when a generation
-    /// is built: its hosts (or their labels) changing is never an in-place update, so that no
-    /// pooled connection of one transport serves a host that now picks the other.
+    /// Issue 13: the hosts of a cluster with `transport_socket_matches` (every Istio outbound
+    /// cluster) change in place like any other's — hosts added, re-weighted, or their labels
+    /// changed (a pick change is a new host in the merge, not a new generation); an entry
+    /// changed is not an endpoints update.
     #[test]
-    fn hosts_of_a_cluster_with_transport_socket_matches_never_change_in_place() {
-        let yaml = |label: &str, extra_host: &str| {
+    fn hosts_of_a_cluster_with_transport_socket_matches_change_in_place() {
+        let yaml = |label: &str, extra_host: &str, entry: &str| {
             Config::from_yaml(&format!(
                 "listeners:\n  - {{ name: t, address: 127.0.0.1:8000, tcp_proxy: {{ cluster: a }} }}\n\
                  clusters:\n  - {{ name: a, hosts: [{{ address: 127.0.0.1:1, transport_socket_match: {{ tlsMode: {label} }} }}{extra_host}], \
-                 transport_socket_matches: [ {{ name: m, match: {{ tlsMode: istio }}, tls: null }} ] }}\n"
+                 transport_socket_matches: [ {{ name: {entry}, match: {{ tlsMode: istio }}, tls: null }} ] }}\n"
             ))
             .unwrap()
         };
-        let base = yaml("istio", "");
-        assert_eq!(only_endpoints_differ(&base, &yaml("disabled", "")), None);
+        let base = yaml("istio", "", "m");
         assert_eq!(
-            only_endpoints_differ(&base, &yaml("istio", ", { address: 127.0.0.1:2 }")),
-            None
+            only_endpoints_differ(&base, &yaml("disabled", "", "m")),
+            Some(vec![0]),
+            "a label changed"
+        );
+        assert_eq!(
+            only_endpoints_differ(&base, &yaml("istio", ", { address: 127.0.0.1:2 }", "m")),
+            Some(vec![0]),
+            "a host added"
+        );
+        assert_eq!(
+            only_endpoints_differ(
+                &base,
+                &yaml("istio", ", { address: 127.0.0.1:2, weight: 4 }", "m2")
+            ),
+            None,
+            "an entry renamed"
         );
     }
 

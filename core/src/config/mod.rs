@@ -675,7 +675,7 @@ pub struct ClusterConfig {
 /// `hosts + clamp(hosts, MIN_SPARE_HOST_IDS, MAX_SPARE_HOST_IDS)` — at least 16 spare ids
 /// (a small service scaling out: 2 → 18 replicas stays in place), twice the hosts for a larger
 /// one (a rolling update or a blue/green deploy doubles the endpoints for a while), at most
-/// 1024 spare (10 000 hosts keep 11 024 ids, not 20 000: a spare id costs about 130 bytes
+/// 1024 spare (10 000 hosts keep 11 024 ids, not 20 000: a spare id costs about 150 bytes
 /// per worker, see `docs/configuration/xds.md`). Growth past it switches generations, which
 /// sizes the ids afresh from the new host count.
 #[must_use]
@@ -930,6 +930,24 @@ pub fn pick_transport_socket(
 }
 
 impl ClusterConfig {
+    /// The transport of `host`, one of its hosts: the entry of `transport_socket_matches` its
+    /// labels pick ([`pick_transport_socket`]), or `None`: the cluster's own `tls` (the
+    /// host's `Transport` in its slot, part of which host it is).
+    #[must_use]
+    pub fn host_transport(&self, host: &HostConfig) -> Option<usize> {
+        pick_transport_socket(
+            &self.transport_socket_matches,
+            host.transport_socket_match.as_deref(),
+        )
+    }
+
+    /// The transport of a host without labels: one resolved by DNS, an `original_dst` cluster's
+    /// destination.
+    #[must_use]
+    pub fn unlabelled_transport(&self) -> Option<usize> {
+        pick_transport_socket(&self.transport_socket_matches, None)
+    }
+
     /// Whether it originates TLS to any of its hosts: its own `tls`, or an entry of its
     /// `transport_socket_matches`.
     #[must_use]

@@ -12,12 +12,17 @@
 //! slot is *present* (it holds a resolved address) or *free*. A static cluster whose hosts
 //! change in place (`hosts_change_in_place`) has its configured hosts present, then spare ids,
 //! free. [`ClusterState::update_hosts`]
-//! changes which slots hold which address in place, without a new config generation: a free
+//! changes which slots hold which host (address and transport: [`crate::host::SlotHost`]) in
+//! place, without a new config generation: a free
 //! slot is never available to the balancer, whatever health checking says (the verdict is
 //! kept for when the slot is filled), and a host that stays keeps its id and every per-id
 //! state; `active` is untouched (a removed host's connections finish and still `end`).
 //!
-//! Each slot has an epoch ([`crate::host`]: bumped whenever the slot's address changes; 0
+//! Each host has a transport ([`ClusterState::transport`]: its pick of the cluster's
+//! `transport_socket_matches`, read with its address where it is picked); it never changes
+//! while the slot holds the host — a host whose pick changes comes back as another host.
+//!
+//! Each slot has an epoch ([`crate::host`]: bumped whenever the slot's host changes; 0
 //! forever in a static cluster). [`ClusterState::host_ref`] names the host a pick got, and
 //! [`ClusterState::is_current`] says whether a [`HostRef`] still names the slot's host: the
 //! test every user of a host id applies to what outlived the pick (a pooled connection, a
@@ -27,7 +32,7 @@ use crate::config::{ClusterConfig, LbPolicy};
 use crate::health::{Availability, CircuitBreakers};
 // The host types are their own module, below the balancers and health checking (which work on
 // hosts and host ids) and this module (which owns them); re-exported at their old paths.
-pub use crate::host::{Host, HostId, HostRef, Slot};
+pub use crate::host::{Host, HostId, HostRef, Slot, SlotHost, Transport};
 use crate::lb::Balancer;
 use crate::rng::Rng;
 
@@ -53,18 +58,24 @@ pub struct ClusterState {
     minimum_ring_size: u32,
     /// This worker's share of the cluster's circuit-breaker limits.
     breakers: CircuitBreakers,
+    /// The transport of a host without labels: an id that is no host of the cluster
+    /// (`tcp_proxy`'s [`crate::tcp_proxy::DIRECT_HOST`]) is reached with it.
+    unlabelled: Transport,
 }
 
 impl ClusterState {
     /// A fresh state for a configured cluster: every host available, nothing active.
     #[must_use]
     pub fn from_config(cfg: &ClusterConfig) -> Self {
+        // A host without labels (a destination, a DNS answer, a free slot) gets this one.
+        let unlabelled = cfg.unlabelled_transport();
         let mut hosts: Vec<Host> = cfg
             .hosts
             .iter()
             .map(|h| Host {
                 address: h.address,
                 weight: h.weight,
+                transport: cfg.host_transport(h),
                 available: true,
                 active: 0,
                 swrr_current: 0,
@@ -77,6 +88,7 @@ impl ClusterState {
             hosts.push(Host {
                 address: ORIGINAL_DESTINATION,
                 weight: 1,
+                transport: unlabelled,
                 available: true,
                 active: 0,
                 swrr_current: 0,
@@ -88,6 +100,7 @@ impl ClusterState {
                 .map(|_| Host {
                     address: ORIGINAL_DESTINATION,
                     weight: 1,
+                    transport: unlabelled,
                     available: false,
                     active: 0,
                     swrr_current: 0,
@@ -101,6 +114,7 @@ impl ClusterState {
             hosts.resize_with(cfg.host_slots(), || Host {
                 address: ORIGINAL_DESTINATION,
                 weight: 1,
+                transport: unlabelled,
                 available: false,
                 active: 0,
                 swrr_current: 0,
@@ -120,6 +134,7 @@ impl ClusterState {
             balancer,
             minimum_ring_size: cfg.minimum_ring_size,
             breakers: CircuitBreakers::new(cfg.circuit_breakers),
+            unlabelled,
         }
     }
 
@@ -245,6 +260,17 @@ impl ClusterState {
         &self.epochs
     }
 
+    /// How host `id` is reached, read where it is picked (with its address and
+    /// [`ClusterState::host_ref`]): the transport its slot holds — the host's pick of the
+    /// cluster's `transport_socket_matches` ([`Transport`]) — or, for an id that is no host
+    /// of the cluster, the pick of a host without labels. O(1).
+    #[must_use]
+    pub fn transport(&self, id: HostId) -> Transport {
+        self.hosts
+            .get(id.index())
+            .map_or(self.unlabelled, |h| h.transport)
+    }
+
     /// Whether host `id`'s slot holds an address (always, except in a DNS cluster).
     #[must_use]
     pub fn is_present(&self, id: HostId) -> bool {
@@ -257,12 +283,18 @@ impl ClusterState {
         self.hosts
             .iter()
             .zip(&self.present)
-            .map(|(h, &p)| p.then_some((h.address, h.weight)))
+            .map(|(h, &p)| {
+                p.then_some(SlotHost {
+                    address: h.address,
+                    weight: h.weight,
+                    transport: h.transport,
+                })
+            })
             .collect()
     }
 
     /// Puts `slots` (one per host id; extra ones are ignored, missing ones are free) in
-    /// place: a host whose address stays keeps everything; a filled slot's host is available
+    /// place: a host whose address and transport stay ([`SlotHost::key`]) keeps everything; a filled slot's host is available
     /// as far as health checking said for its id; a freed one is never picked again (its
     /// connections finish). The balancer is rebuilt when anything changed.
     ///
@@ -270,7 +302,8 @@ impl ClusterState {
     /// ([`crate::host::advance_epochs`]; every worker applies the same numbers, even when it
     /// skipped an intermediate host set); when it is empty, a slot whose address changed gets
     /// its epoch bumped here. A slot whose epoch moves is changed even if its address is the
-    /// one it had (the address left and came back meanwhile).
+    /// one it had (the address left and came back meanwhile). A slot whose transport changes is
+    /// changed (a new host: its pooled connections are of the other transport).
     ///
     /// Returns the ids whose host changed (filled, moved or freed): whatever the caller keeps
     /// per id for the old host (idle pooled connections) is stale, as is every [`HostRef`]
@@ -281,8 +314,8 @@ impl ClusterState {
         for i in 0..self.hosts.len() {
             let slot = slots.get(i).copied().flatten();
             let host = &mut self.hosts[i];
-            let was = self.present[i].then_some(host.address);
-            let moved = was != slot.map(|s| s.0);
+            let was = self.present[i].then_some((host.address, host.transport));
+            let moved = was != slot.map(SlotHost::key);
             let epoch = match epochs.get(i) {
                 Some(&e) => e,
                 None if moved => self.epochs[i].wrapping_add(1),
@@ -291,10 +324,15 @@ impl ClusterState {
             let renumbered = epoch != self.epochs[i];
             self.epochs[i] = epoch;
             match slot {
-                Some((address, weight)) => {
+                Some(SlotHost {
+                    address,
+                    weight,
+                    transport,
+                }) => {
                     if moved || renumbered {
                         gone.push(HostId(i as u32));
                         host.address = address;
+                        host.transport = transport;
                         host.swrr_current = 0;
                         self.present[i] = true;
                         changed = true;
@@ -381,6 +419,10 @@ mod tests {
         std::net::SocketAddr::from(([10, 0, 0, n], 80))
     }
 
+    fn plain(hosts: &[(std::net::SocketAddr, u32)]) -> Vec<SlotHost> {
+        hosts.iter().map(|&(a, w)| SlotHost::plain(a, w)).collect()
+    }
+
     #[test]
     fn a_dns_cluster_has_no_host_until_an_answer_and_changes_hosts_in_place() {
         for policy in [
@@ -397,7 +439,7 @@ mod tests {
             c.set_available(HostId(3), true);
             assert_eq!(c.pick(&mut rng, &[]), None);
 
-            let first = merge_answer(&c.slots(), &[(addr(1), 1), (addr(2), 1)]);
+            let first = merge_answer(&c.slots(), &plain(&[(addr(1), 1), (addr(2), 1)]));
             assert_eq!(
                 c.update_hosts(&first.slots, &[]),
                 vec![HostId(0), HostId(1)]
@@ -409,7 +451,7 @@ mod tests {
                 assert_eq!(c.pick(&mut rng, &[]), Some(HostId(0)), "{policy:?}");
             }
             // 2 stays (still ejected), 1 goes (its request still in flight), 3 comes.
-            let second = merge_answer(&c.slots(), &[(addr(2), 1), (addr(3), 1)]);
+            let second = merge_answer(&c.slots(), &plain(&[(addr(2), 1), (addr(3), 1)]));
             assert_eq!(
                 c.update_hosts(&second.slots, &[]),
                 vec![HostId(0), HostId(2)]
@@ -435,14 +477,14 @@ mod tests {
     #[test]
     fn a_refilled_slot_gets_a_new_epoch_and_old_refs_are_stale() {
         let mut c = ClusterState::from_config(&dns_cluster(LbPolicy::RoundRobin));
-        let first = merge_answer(&c.slots(), &[(addr(1), 1)]);
+        let first = merge_answer(&c.slots(), &plain(&[(addr(1), 1)]));
         c.update_hosts(&first.slots, &[]);
         let old = c.host_ref(HostId(0));
         assert!(c.is_current(old));
         // 1 goes, then 2 comes and takes slot 0 again.
-        let gone = merge_answer(&c.slots(), &[]);
+        let gone = merge_answer(&c.slots(), &plain(&[]));
         c.update_hosts(&gone.slots, &[]);
-        let refill = merge_answer(&c.slots(), &[(addr(2), 1)]);
+        let refill = merge_answer(&c.slots(), &plain(&[(addr(2), 1)]));
         c.update_hosts(&refill.slots, &[]);
         assert_eq!(c.host(HostId(0)).address, addr(2));
         assert!(!c.is_current(old), "slot 0 names 10.0.0.2 now");
@@ -474,7 +516,10 @@ mod tests {
         cfg.dns.as_mut().unwrap().max_hosts = 64;
         cfg.minimum_ring_size = 1024;
         let mut c = ClusterState::from_config(&cfg);
-        let answer = merge_answer(&c.slots(), &[(addr(1), 1), (addr(2), 1), (addr(3), 1)]);
+        let answer = merge_answer(
+            &c.slots(),
+            &plain(&[(addr(1), 1), (addr(2), 1), (addr(3), 1)]),
+        );
         c.update_hosts(&answer.slots, &[]);
         // ⌈1024 / 3⌉ points each, not ⌈1024 / 64⌉.
         assert_eq!(c.balancer().ring_points(), Some(3 * 342));
@@ -507,7 +552,7 @@ mod tests {
             // As the runtime does: the resolver numbers the epochs, every worker applies them.
             let mut epochs = vec![0u32; c.hosts().len()];
             for answer in &answers {
-                let answer: Vec<_> = answer.iter().map(|&n| (addr(n), 1)).collect();
+                let answer: Vec<_> = answer.iter().map(|&n| SlotHost::plain(addr(n), 1)).collect();
                 let before = c.slots();
                 let merged = merge_answer(&before, &answer);
                 crate::host::advance_epochs(&before, &merged.slots, &mut epochs);
@@ -578,7 +623,7 @@ mod tests {
             assert!(id.0 < 2, "a spare id was picked: {id:?}");
         }
         // Growth to 6 hosts fills spare ids 2..6; the first two keep theirs.
-        let grown: Vec<(std::net::SocketAddr, u32)> = (1..=6).map(|n| (addr(n), 1)).collect();
+        let grown: Vec<SlotHost> = (1..=6).map(|n| SlotHost::plain(addr(n), 1)).collect();
         let merged = merge_answer(&state.slots(), &grown);
         assert_eq!((merged.added, merged.dropped), (4, 0));
         let changed = state.update_hosts(&merged.slots, &[]);
@@ -588,5 +633,62 @@ mod tests {
             seen.insert(state.pick(&mut rng, &[]).expect("a host").0);
         }
         assert_eq!(seen, (0..6).collect(), "every host of six, no spare id");
+    }
+
+    /// Issue 13: a host's transport (its labels' pick of `transport_socket_matches`) is read
+    /// from its slot; a host whose pick changes leaves its id for another (a new epoch: its
+    /// idle pooled connections are stale), while one whose pick stays keeps its id and the
+    /// availability health checking gave it.
+    #[test]
+    fn a_host_whose_transport_changes_takes_another_id_and_the_others_keep_theirs() {
+        use crate::config::Config;
+        let config = Config::from_yaml(
+            "listeners: [ { name: t, address: 127.0.0.1:1, tcp_proxy: { cluster: web } } ]\n\
+             clusters:\n\
+             \x20 - name: web\n\
+             \x20   hosts: [ { address: 10.0.0.1:80, transport_socket_match: { tlsMode: istio } },\n\
+             \x20            { address: 10.0.0.2:80, transport_socket_match: { tlsMode: istio } } ]\n\
+             \x20   transport_socket_matches: [ { name: mtls, match: { tlsMode: istio } },\n\
+             \x20                               { name: plain } ]\n\
+             \x20 - { name: xds, hosts: [ { address: 127.0.0.1:9 } ] }\n\
+             xds: { cluster: xds }\n",
+        )
+        .unwrap();
+        let web = &config.clusters[0];
+        let mut c = ClusterState::from_config(web);
+        assert_eq!(c.transport(HostId(0)), Some(0));
+        assert_eq!(c.transport(HostId(1)), Some(0));
+        // A spare id, and an id that is no host: the pick of a host without labels.
+        assert_eq!(c.transport(HostId(5)), Some(1));
+        assert_eq!(c.transport(HostId(u32::MAX)), Some(1)); // tcp_proxy's DIRECT_HOST
+        c.set_available(HostId(0), false); // health checking says 10.0.0.1 is down
+        let before = c.epochs().to_vec();
+        // 10.0.0.1 re-weighted, 10.0.0.2 loses its label (plaintext now).
+        let mut hosts = web.hosts.clone();
+        hosts[0].weight = 3;
+        hosts[1].transport_socket_match = None;
+        let answer: Vec<SlotHost> = hosts
+            .iter()
+            .map(|h| SlotHost {
+                address: h.address,
+                weight: h.weight,
+                transport: web.host_transport(h),
+            })
+            .collect();
+        let merged = merge_answer(&c.slots(), &answer);
+        let mut epochs = before.clone();
+        crate::host::advance_epochs(&c.slots(), &merged.slots, &mut epochs);
+        let changed = c.update_hosts(&merged.slots, &epochs);
+        // Id 1 freed, 10.0.0.2 (plaintext) in the first spare id.
+        assert_eq!(changed, [HostId(1), HostId(2)]);
+        assert!(!c.is_present(HostId(1)));
+        assert_eq!(c.host(HostId(2)).address, addr(2));
+        assert_eq!(c.transport(HostId(2)), Some(1));
+        assert_ne!(epochs[2], before[2]);
+        // 10.0.0.1: same id, same epoch, new weight, still down.
+        assert_eq!(c.host(HostId(0)).weight, 3);
+        assert_eq!(c.transport(HostId(0)), Some(0));
+        assert_eq!(epochs[0], before[0]);
+        assert!(!c.host(HostId(0)).available);
     }
 }

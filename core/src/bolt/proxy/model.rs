@@ -222,8 +222,10 @@ impl Model {
                     cluster,
                     host,
                     address,
+                    transport,
                 } => {
                     assert_eq!(self.clusters[cluster].host(host.id).address, address);
+                    assert_eq!(self.clusters[cluster].transport(host.id), transport);
                     assert!(!self.ups.contains_key(&up), "{up:?} opened twice");
                     self.ups.insert(up, BTreeMap::new());
                 }

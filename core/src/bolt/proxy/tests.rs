@@ -10,7 +10,7 @@ use crate::bolt::{
     CMD_REQUEST, CMD_VERSION, CODEC_HESSIAN2, DEFAULT_MAX_FRAME_SIZE, RequestSpec, decode,
     encode_heartbeat_reply, encode_request, encode_response, set_request_id,
 };
-use crate::cluster::ClusterState;
+use crate::cluster::{ClusterState, SlotHost};
 use crate::config::Config;
 use crate::health::Resource;
 use crate::rng::Rng;
@@ -694,7 +694,7 @@ fn a_slot_given_to_another_address_gets_its_own_connection_and_the_old_one_close
     h.p.handle_upstream_connected(old);
     // A DNS answer gives slot 0 to 10.0.0.9 (epoch 1) while they are in flight.
     let new_address: std::net::SocketAddr = "10.0.0.9:12220".parse().unwrap();
-    h.clusters[0].update_hosts(&[Some((new_address, 1))], &[1]);
+    h.clusters[0].update_hosts(&[Some(SlotHost::plain(new_address, 1))], &[1]);
     assert_eq!(
         h.p.close_stale_upstreams(0, &mut h.clusters),
         0,
@@ -741,7 +741,10 @@ fn an_idle_connection_to_a_host_that_left_its_slot_is_closed_when_the_hosts_chan
     let (old, uid) = forward(h.down(a, echo_req(Version::V1, 1)));
     h.p.handle_upstream_connected(old);
     h.up(old, resp(Version::V1, uid, ResponseStatus::Success, b"one"));
-    h.clusters[0].update_hosts(&[Some(("10.0.0.9:12220".parse().unwrap(), 1))], &[1]);
+    h.clusters[0].update_hosts(
+        &[Some(SlotHost::plain("10.0.0.9:12220".parse().unwrap(), 1))],
+        &[1],
+    );
     assert_eq!(h.p.close_stale_upstreams(0, &mut h.clusters), 1);
     h.drain();
     assert_eq!(h.closed, [old]);
@@ -756,7 +759,10 @@ fn a_connection_to_a_host_that_left_its_slot_closes_when_its_last_request_times_
     // The route's timeout is 3 s.
     let (old, _) = forward(h.down(a, echo_req(Version::V1, 1)));
     h.p.handle_upstream_connected(old);
-    h.clusters[0].update_hosts(&[Some(("10.0.0.9:12220".parse().unwrap(), 1))], &[1]);
+    h.clusters[0].update_hosts(
+        &[Some(SlotHost::plain("10.0.0.9:12220".parse().unwrap(), 1))],
+        &[1],
+    );
     assert_eq!(h.p.close_stale_upstreams(0, &mut h.clusters), 0);
     h.advance(3_001);
     assert_eq!(h.take_down(a), v1_reply(1, 7), "timed out (status 7)");

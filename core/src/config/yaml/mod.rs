@@ -303,29 +303,101 @@ fn decode_config(dec: &mut Decoder, tree: &Value) -> Option<Config> {
 /// cluster offering only `h2` cannot carry: refused.
 ///
 /// The OTLP exporter (`otlp_cluster`) speaks HTTP/1.1 too.
+///
+/// A `transport_socket_matches` entry's `tls` (issue 13): with no `alpn`, it offers what the
+/// cluster's own would. An `alpn` of its own is sent as given (as Envoy does) and may hold ids
+/// that name no HTTP version — Istio's mesh markers `istio`, `istio-peer-exchange`,
+/// `istio-http/1.1`, which a peer sidecar matches its filter chains on and never negotiates —
+/// beside at most its protocol's own id (Istio's `[istio, h2]` for an HTTP/2 cluster). What is
+/// refused is what could make a server pick a protocol Sluice does not speak on the
+/// connection: another HTTP version's id (`h2` on an HTTP/1.1 cluster, `http/1.1` on an HTTP/2
+/// one), any HTTP id on a cluster Bolt uses, and a cluster with TLS entries used by both HTTP
+/// and Bolt. (An HTTP health check of an HTTP/2 cluster is refused whatever its transports.)
 fn check_tls_clusters(
     dec: &mut Decoder,
     clusters: &mut [ClusterConfig],
     otlp_cluster: Option<usize>,
 ) {
-    // A `transport_socket_matches` entry's TLS offers what the cluster's own would: with no
-    // `alpn`, its protocol's when HTTP uses the cluster (a route, an HTTP health check, OTLP).
     for (ci, c) in clusters.iter_mut().enumerate() {
-        let http_used = otlp_cluster == Some(ci)
-            || dec
-                .cluster_refs
-                .iter()
-                .any(|(i, path)| *i == ci && path.contains(".http."))
-            || c.health_check
-                .as_ref()
-                .is_some_and(|hc| matches!(hc.probe, crate::config::HealthProbe::Http { .. }));
+        if !c.transport_socket_matches.iter().any(|m| m.tls.is_some()) {
+            continue;
+        }
+        let mut http_user = dec
+            .cluster_refs
+            .iter()
+            .find(|(i, path)| *i == ci && path.contains(".http."))
+            .map(|(_, path)| path.clone());
+        let http_health = c
+            .health_check
+            .as_ref()
+            .is_some_and(|hc| matches!(hc.probe, crate::config::HealthProbe::Http { .. }));
+        if http_user.is_none() && http_health {
+            http_user = Some(format!("clusters[{ci}].health_check"));
+        }
+        if http_user.is_none() && otlp_cluster == Some(ci) {
+            http_user = Some("tracing.otlp.cluster".to_owned());
+        }
+        let bolt_user = dec
+            .cluster_refs
+            .iter()
+            .find(|(i, path)| *i == ci && path.contains(".bolt."))
+            .map(|(_, path)| path.clone())
+            .or_else(|| {
+                c.health_check
+                    .as_ref()
+                    .filter(|hc| matches!(hc.probe, crate::config::HealthProbe::Bolt))
+                    .map(|_| format!("clusters[{ci}].health_check"))
+            });
         let alpn = c.protocol.alpn();
-        for m in &mut c.transport_socket_matches {
-            if let Some(tls) = m.tls.as_deref_mut()
-                && http_used
-                && tls.alpn.is_empty()
-            {
+        let own_tls = c.tls.is_some();
+        let name = c.name.clone();
+        for (m, entry) in c.transport_socket_matches.iter_mut().enumerate() {
+            let Some(tls) = entry.tls.as_deref_mut() else {
+                continue;
+            };
+            let at = format!("clusters[{ci}].transport_socket_matches[{m}].tls.alpn");
+            if let Some(bolt) = &bolt_user {
+                if let Some(http) = &http_user {
+                    // Said once, by the cluster's own `tls` when it has one.
+                    if !own_tls && m == 0 {
+                        dec.error(
+                            bolt,
+                            format!(
+                                "TLS cluster {name:?} is used by Bolt and by HTTP ({http}): its \
+                                 ALPN offer cannot suit both; give each protocol a cluster of \
+                                 its own"
+                            ),
+                        );
+                    }
+                } else if let Some(p) = tls.alpn.iter().find(|p| is_http_alpn(p)) {
+                    dec.error(
+                        bolt,
+                        format!(
+                            "cluster {name:?} offers ALPN {p:?} ({at}), an HTTP protocol, but \
+                             this route speaks Bolt: remove it"
+                        ),
+                    );
+                }
+                continue;
+            }
+            let Some(http) = &http_user else {
+                continue;
+            };
+            if tls.alpn.is_empty() {
                 tls.alpn = vec![alpn.to_owned()];
+            } else if let Some(p) = tls.alpn.iter().find(|p| is_http_alpn(p) && *p != alpn) {
+                let version = match c.protocol {
+                    UpstreamProtocol::Http1 | UpstreamProtocol::Downstream => "HTTP/1.1",
+                    UpstreamProtocol::Http2 => "HTTP/2 (protocol: http2)",
+                };
+                dec.error(
+                    http,
+                    format!(
+                        "cluster {name:?} offers ALPN {p:?} ({at}), but HTTP speaks {version} \
+                         upstream: an entry may offer {alpn:?} and ids of no HTTP version \
+                         (such as istio, istio-peer-exchange), no other HTTP version"
+                    ),
+                );
             }
         }
     }

@@ -2226,6 +2226,99 @@ clusters:
 /// Issue 13 (Istio auto-mTLS): `transport_socket_matches` and a host's
 /// `transport_socket_match` labels; the pick is Envoy's (first entry whose every key/value the
 /// host has; an empty `match` takes any host; none: the cluster's own `tls`).
+/// Issue 13: an entry's `tls.alpn` is sent as given (as Envoy does) and may carry Istio's
+/// mesh markers beside its protocol's own id; another HTTP version's id (which a server could
+/// pick while Sluice speaks its protocol) is refused at the user, as is any HTTP id on a
+/// cluster Bolt uses, and TLS entries on a cluster both HTTP and Bolt use.
+#[test]
+fn transport_socket_matches_alpn_may_carry_mesh_markers_but_no_other_http_version() {
+    let http = |alpn: &str, protocol: &str| {
+        format!(
+            r#"
+listeners:
+  - name: h
+    address: 127.0.0.1:8080
+    http:
+      virtual_hosts: [ {{ name: v, domains: ["*"], routes: [ {{ match: {{ prefix: / }}, route: {{ cluster: a }} }} ] }} ]
+clusters:
+  - name: a
+    {protocol}
+    hosts: [ {{ address: 127.0.0.1:9001, transport_socket_match: {{ tlsMode: istio }} }} ]
+    transport_socket_matches:
+      - {{ name: tlsMode-istio, match: {{ tlsMode: istio }}, tls: {{ ca: mesh-ca.pem, sni: up.mesh{alpn} }} }}
+      - {{ name: tlsMode-disabled }}
+"#
+        )
+    };
+    let offered = |text: &str| {
+        Config::from_yaml(text).unwrap().clusters[0].transport_socket_matches[0]
+            .tls
+            .as_deref()
+            .unwrap()
+            .alpn
+            .clone()
+    };
+    // Istio's markers (TCP-style, and HTTP/2's) are sent as given.
+    assert_eq!(
+        offered(&http(", alpn: [istio-peer-exchange, istio]", "")),
+        ["istio-peer-exchange", "istio"]
+    );
+    assert_eq!(
+        offered(&http(", alpn: [istio, h2]", "protocol: http2")),
+        ["istio", "h2"]
+    );
+    assert_eq!(
+        offered(&http(", alpn: [istio-http/1.1, http/1.1]", "")),
+        ["istio-http/1.1", "http/1.1"]
+    );
+    // None: the protocol's.
+    assert_eq!(offered(&http("", "protocol: http2")), ["h2"]);
+    // Another HTTP version: refused at the route, naming the entry.
+    let route = "listeners[0].http.virtual_hosts[0].routes[0].route.cluster";
+    assert_eq!(
+        errors(&http(", alpn: [istio, h2]", "")),
+        [format!(
+            "{route}: cluster \"a\" offers ALPN \"h2\" \
+             (clusters[0].transport_socket_matches[0].tls.alpn), but HTTP speaks HTTP/1.1 \
+             upstream: an entry may offer \"http/1.1\" and ids of no HTTP version (such as \
+             istio, istio-peer-exchange), no other HTTP version"
+        )]
+    );
+    assert_eq!(
+        errors(&http(", alpn: [http/1.1]", "protocol: http2")).len(),
+        1,
+        "http/1.1 on an HTTP/2 cluster"
+    );
+    // Bolt: no HTTP id; and not with HTTP.
+    let bolt = |alpn: &str, also_http: bool| {
+        let http_listener = if also_http {
+            "  - { name: h, address: 127.0.0.1:8080, http: { virtual_hosts: [ { name: v, domains: [\"*\"], routes: [ { match: { prefix: / }, route: { cluster: a } } ] } ] } }\n"
+        } else {
+            ""
+        };
+        format!(
+            "listeners:\n  - {{ name: rpc, address: 127.0.0.1:10001, bolt: {{ routes: [ {{ route: {{ cluster: a }} }} ] }} }}\n{http_listener}\
+             clusters:\n  - name: a\n    hosts: [ {{ address: 127.0.0.1:9001 }} ]\n\
+             \x20   transport_socket_matches: [ {{ name: m, tls: {{ ca: mesh-ca.pem, sni: up.mesh{alpn} }} }} ]\n"
+        )
+    };
+    assert_eq!(
+        offered(&bolt(", alpn: [istio-peer-exchange, istio]", false)),
+        ["istio-peer-exchange", "istio"]
+    );
+    assert_eq!(
+        errors(&bolt(", alpn: [istio, h2]", false)),
+        [
+            "listeners[0].bolt.routes[0].route.cluster: cluster \"a\" offers ALPN \"h2\" \
+             (clusters[0].transport_socket_matches[0].tls.alpn), an HTTP protocol, but this \
+             route speaks Bolt: remove it"
+        ]
+    );
+    let both = errors(&bolt("", true));
+    assert_eq!(both.len(), 1, "{both:?}");
+    assert!(both[0].contains("is used by Bolt and by HTTP"), "{both:?}");
+}
+
 #[test]
 fn transport_socket_matches_pick_per_host_and_are_checked_by_path() {
     use crate::config::pick_transport_socket;
