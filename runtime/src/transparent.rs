@@ -174,7 +174,7 @@ mod engine_tests {
     use crate::engine::Engine;
     use crate::net::{Network, TokioNet};
     use crate::stats::{CaptureOutcome, WorkerStats};
-    use crate::test_support::bound;
+    use crate::test_support::{bound, on_local_runtime};
     use crate::worker::{Worker, WorkerHooks};
 
     #[derive(Clone, Default)]
@@ -232,46 +232,82 @@ mod engine_tests {
         back
     }
 
+    /// Starts an upstream on a fresh port: each connection gets `answer(bytes read until the
+    /// client's FIN)` written back, then closed; the returned counter says how many it took.
+    fn answering(answer: fn(Vec<u8>) -> Vec<u8>) -> (SocketAddr, Rc<Cell<usize>>) {
+        let (l, at) = bound();
+        let taken = Rc::new(Cell::new(0));
+        let count = taken.clone();
+        tokio::task::spawn_local(async move {
+            while let Ok((mut s, _)) = l.accept().await {
+                count.set(count.get() + 1);
+                tokio::task::spawn_local(async move {
+                    let mut buf = Vec::new();
+                    let _ = s.read_to_end(&mut buf).await;
+                    let _ = s.write_all(&answer(buf)).await;
+                });
+            }
+        });
+        (at, taken)
+    }
+
+    /// Starts a worker serving `yaml` on `net` with `listeners` (already bound, in the order of
+    /// the config's listeners).
+    fn start<N: Network<Listener = tokio::net::TcpListener>>(
+        net: N,
+        listeners: Vec<tokio::net::TcpListener>,
+        yaml: &str,
+    ) -> (Arc<WorkerStats>, Worker<N>) {
+        let config = Arc::new(Config::from_yaml(yaml).unwrap_or_else(|e| panic!("{e}")));
+        let stats = Arc::new(WorkerStats::new(&config));
+        let engine = Engine::new(net, config, 0, 1, stats.clone()).unwrap();
+        let worker = Worker::start(
+            engine,
+            listeners,
+            WorkerHooks {
+                close_listeners: None,
+                on_event: None,
+            },
+        );
+        (stats, worker)
+    }
+
+    /// Starts a worker serving `yaml` on `net`, its `L` listeners bound on fresh ports: their
+    /// addresses stand for `{at}` (the first), `{at1}`, `{at2}`… in `yaml`, and are returned.
+    fn serve<N: Network<Listener = tokio::net::TcpListener>, const L: usize>(
+        net: N,
+        yaml: &str,
+    ) -> ([SocketAddr; L], Arc<WorkerStats>, Worker<N>) {
+        let listeners: [_; L] = std::array::from_fn(|_| bound());
+        let addresses = listeners.each_ref().map(|(_, at)| *at);
+        let mut yaml = yaml.to_owned();
+        for (i, at) in addresses.iter().enumerate() {
+            let key = if i == 0 {
+                "{at}".to_owned()
+            } else {
+                format!("{{at{i}}}")
+            };
+            yaml = yaml.replace(&key, &at.to_string());
+        }
+        let (stats, worker) = start(net, listeners.into_iter().map(|(l, _)| l).collect(), &yaml);
+        (addresses, stats, worker)
+    }
+
     #[test]
     fn captured_connections_are_handed_off_passed_through_or_closed_and_counted() {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        tokio::task::LocalSet::new().block_on(&rt, async {
+        on_local_runtime(async {
             // The "real peer" a pass-through reaches: echoes, then closes.
-            let (peer, peer_at) = bound();
-            tokio::task::spawn_local(async move {
-                while let Ok((mut s, _)) = peer.accept().await {
-                    tokio::task::spawn_local(async move {
-                        let mut buf = Vec::new();
-                        let _ = s.read_to_end(&mut buf).await;
-                        let _ = s.write_all(&buf).await;
-                    });
-                }
-            });
-            let (capture, capture_at) = bound();
-            let (echo, echo_at) = bound();
-            let yaml = format!(
-                "listeners:
-  - {{ name: capture, address: {capture_at}, original_dst: redirect, use_original_dst: true, tcp_proxy: {{ cluster: pass }} }}
-  - {{ name: echo, address: {echo_at}, echo: {{}} }}
-clusters:
-  - {{ name: pass, type: original_dst }}
-"
-            );
-            let config = Arc::new(Config::from_yaml(&yaml).unwrap());
-            let stats = Arc::new(WorkerStats::new(&config));
+            let (peer_at, _) = answering(|b| b);
             let net = CapturedNet::default();
             let dst = net.original_dst.clone();
-            let engine = Engine::new(net, config, 0, 1, stats.clone()).unwrap();
-            let _worker = Worker::start(
-                engine,
-                vec![capture, echo],
-                WorkerHooks {
-                    close_listeners: None,
-                    on_event: None,
-                },
+            let ([capture_at, echo_at], stats, _worker) = serve(
+                net,
+                "listeners:
+  - { name: capture, address: {at}, original_dst: redirect, use_original_dst: true, tcp_proxy: { cluster: pass } }
+  - { name: echo, address: {at1}, echo: {} }
+clusters:
+  - { name: pass, type: original_dst }
+",
             );
             let outcome = |o: CaptureOutcome| {
                 stats.listener(0).unwrap().capture_outcome[o as usize].load(Relaxed)
@@ -281,14 +317,23 @@ clusters:
             dst.set(Some(echo_at));
             assert_eq!(exchange(capture_at, b"to the echo").await, b"to the echo");
             assert_eq!(outcome(CaptureOutcome::HandedOff), 1);
-            assert_eq!(stats.listener(1).unwrap().downstream_cx_total.load(Relaxed), 1);
-            assert_eq!(stats.listener(0).unwrap().downstream_cx_total.load(Relaxed), 0);
+            assert_eq!(
+                stats.listener(1).unwrap().downstream_cx_total.load(Relaxed),
+                1
+            );
+            assert_eq!(
+                stats.listener(0).unwrap().downstream_cx_total.load(Relaxed),
+                0
+            );
 
             // Dialled an address no listener has: passed through to it.
             dst.set(Some(peer_at));
             assert_eq!(exchange(capture_at, b"to the peer").await, b"to the peer");
             assert_eq!(outcome(CaptureOutcome::OwnChain), 1);
-            assert_eq!(stats.listener(0).unwrap().downstream_cx_total.load(Relaxed), 1);
+            assert_eq!(
+                stats.listener(0).unwrap().downstream_cx_total.load(Relaxed),
+                1
+            );
 
             // Not captured: no original destination, nothing to pass through to.
             dst.set(None);
@@ -305,37 +350,16 @@ clusters:
     #[test]
     fn a_client_hello_in_two_parts_picks_its_chain_and_reaches_it_whole() {
         use sluice_core::tls::client_hello::build::{Hello, client_hello_records};
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        tokio::task::LocalSet::new().block_on(&rt, async {
+        on_local_runtime(async {
             // Chain a's upstream echoes; the default chain's answers `default`.
-            let (a, a_at) = bound();
-            tokio::task::spawn_local(async move {
-                while let Ok((mut s, _)) = a.accept().await {
-                    tokio::task::spawn_local(async move {
-                        let mut buf = Vec::new();
-                        let _ = s.read_to_end(&mut buf).await;
-                        let _ = s.write_all(&buf).await;
-                    });
-                }
-            });
-            let (d, d_at) = bound();
-            tokio::task::spawn_local(async move {
-                while let Ok((mut s, _)) = d.accept().await {
-                    tokio::task::spawn_local(async move {
-                        let mut buf = Vec::new();
-                        let _ = s.read_to_end(&mut buf).await;
-                        let _ = s.write_all(b"default").await;
-                    });
-                }
-            });
-            let (listener, at) = bound();
-            let yaml = format!(
-                "listeners:
+            let (a_at, _) = answering(|b| b);
+            let (d_at, _) = answering(|_| b"default".to_vec());
+            let ([at], _, _worker) = serve(
+                TokioNet::default(),
+                &format!(
+                    "listeners:
   - name: l
-    address: {at}
+    address: {{at}}
     filter_chains:
       - filter_chain_match: {{ server_names: [a.example] }}
         tcp_proxy: {{ cluster: a }}
@@ -344,17 +368,7 @@ clusters:
   - {{ name: a, hosts: [ {{ address: {a_at} }} ] }}
   - {{ name: d, hosts: [ {{ address: {d_at} }} ] }}
 "
-            );
-            let config = Arc::new(Config::from_yaml(&yaml).unwrap());
-            let stats = Arc::new(WorkerStats::new(&config));
-            let engine = Engine::new(TokioNet::default(), config, 0, 1, stats).unwrap();
-            let _worker = Worker::start(
-                engine,
-                vec![listener],
-                WorkerHooks {
-                    close_listeners: None,
-                    on_event: None,
-                },
+                ),
             );
             let hello = |name: &'static [u8]| {
                 client_hello_records(
@@ -390,45 +404,6 @@ clusters:
         });
     }
 
-    /// Starts an upstream on a fresh port: each connection gets `answer(bytes read until the
-    /// client's FIN)` written back, then closed; the returned counter says how many it took.
-    fn answering(answer: fn(Vec<u8>) -> Vec<u8>) -> (SocketAddr, Rc<Cell<usize>>) {
-        let (l, at) = bound();
-        let taken = Rc::new(Cell::new(0));
-        let count = taken.clone();
-        tokio::task::spawn_local(async move {
-            while let Ok((mut s, _)) = l.accept().await {
-                count.set(count.get() + 1);
-                tokio::task::spawn_local(async move {
-                    let mut buf = Vec::new();
-                    let _ = s.read_to_end(&mut buf).await;
-                    let _ = s.write_all(&answer(buf)).await;
-                });
-            }
-        });
-        (at, taken)
-    }
-
-    /// Starts a worker serving `yaml` (with `{at}` the listener's address) on `net`.
-    fn serve<N: Network<Listener = tokio::net::TcpListener>>(
-        net: N,
-        yaml: &str,
-    ) -> (SocketAddr, Arc<WorkerStats>, Worker<N>) {
-        let (listener, at) = bound();
-        let config = Arc::new(Config::from_yaml(&yaml.replace("{at}", &at.to_string())).unwrap());
-        let stats = Arc::new(WorkerStats::new(&config));
-        let engine = Engine::new(net, config, 0, 1, stats.clone()).unwrap();
-        let worker = Worker::start(
-            engine,
-            vec![listener],
-            WorkerHooks {
-                close_listeners: None,
-                on_event: None,
-            },
-        );
-        (at, stats, worker)
-    }
-
     /// A client that sends part of a ClientHello and closes its side (a FIN behind the queued
     /// bytes, which a peek keeps returning) is closed at once — with the default 15 s
     /// `listener_filters_timeout`, not after it — and neither served by the plaintext chain
@@ -440,14 +415,10 @@ clusters:
      {
         use crate::stats::ChainPeekRefusal;
         use sluice_core::tls::client_hello::build::{Hello, client_hello_records};
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        tokio::task::LocalSet::new().block_on(&rt, async {
+        on_local_runtime(async {
             let (a_at, _) = answering(|b| b);
             let (plain_at, plain_taken) = answering(|_| b"plaintext".to_vec());
-            let (at, stats, _worker) = serve(
+            let ([at], stats, _worker) = serve(
                 TokioNet::default(),
                 &format!(
                     "listeners:
@@ -532,11 +503,7 @@ clusters:
     /// gets its banner through while the client has sent nothing.
     #[test]
     fn a_server_first_port_is_served_before_the_client_speaks_beside_an_sni_chain() {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        tokio::task::LocalSet::new().block_on(&rt, async {
+        on_local_runtime(async {
             // The server-first upstream: its banner at once, then what it reads.
             let (db, db_at) = bound();
             tokio::task::spawn_local(async move {
@@ -552,7 +519,7 @@ clusters:
             let (a_at, _) = answering(|b| b);
             let net = CapturedNet::default();
             let dst = net.original_dst.clone();
-            let (at, stats, _worker) = serve(
+            let ([at], stats, _worker) = serve(
                 net,
                 &format!(
                     "listeners:
@@ -595,38 +562,19 @@ clusters:
     /// (`raw_buffer` takes this plaintext client; a TLS chain for 8080 exists beside it).
     #[test]
     fn a_capture_listener_picks_its_filter_chain_by_the_original_destination_port() {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        tokio::task::LocalSet::new().block_on(&rt, async {
+        on_local_runtime(async {
             // The "real peer" a pass-through reaches: answers `passed`, then closes.
-            let (peer, peer_at) = bound();
-            tokio::task::spawn_local(async move {
-                while let Ok((mut s, _)) = peer.accept().await {
-                    tokio::task::spawn_local(async move {
-                        let mut buf = Vec::new();
-                        let _ = s.read_to_end(&mut buf).await;
-                        let _ = s.write_all(b"passed").await;
-                    });
-                }
-            });
+            let (peer_at, _) = answering(|_| b"passed".to_vec());
             // Where port 8080's chain sends: echoes.
-            let (app, app_at) = bound();
-            tokio::task::spawn_local(async move {
-                while let Ok((mut s, _)) = app.accept().await {
-                    tokio::task::spawn_local(async move {
-                        let mut buf = Vec::new();
-                        let _ = s.read_to_end(&mut buf).await;
-                        let _ = s.write_all(&buf).await;
-                    });
-                }
-            });
-            let (inbound, inbound_at) = bound();
-            let yaml = format!(
-                "listeners:
+            let (app_at, _) = answering(|b| b);
+            let net = CapturedNet::default();
+            let dst = net.original_dst.clone();
+            let ([inbound_at], stats, _worker) = serve(
+                net,
+                &format!(
+                    "listeners:
   - name: inbound
-    address: {inbound_at}
+    address: {{at}}
     original_dst: redirect
     filter_chains:
       - filter_chain_match: {{ destination_port: 8080, transport_protocol: tls }}
@@ -639,19 +587,7 @@ clusters:
   - {{ name: app, hosts: [ {{ address: {app_at} }} ] }}
   - {{ name: nowhere, hosts: [ {{ address: 127.0.0.1:9 }} ] }}
 "
-            );
-            let config = Arc::new(Config::from_yaml(&yaml).unwrap());
-            let stats = Arc::new(WorkerStats::new(&config));
-            let net = CapturedNet::default();
-            let dst = net.original_dst.clone();
-            let engine = Engine::new(net, config, 0, 1, stats.clone()).unwrap();
-            let _worker = Worker::start(
-                engine,
-                vec![inbound],
-                WorkerHooks {
-                    close_listeners: None,
-                    on_event: None,
-                },
+                ),
             );
             // To port 8080 of the workload: the 8080 plaintext chain.
             dst.set(Some(SocketAddr::new(peer_at.ip(), 8080)));
