@@ -204,9 +204,9 @@ mod engine_tests {
         async fn peek_grown(
             stream: &mut Self::Stream,
             buf: &mut [u8],
-            seen: usize,
+            want: usize,
         ) -> io::Result<(usize, bool)> {
-            crate::net::peek_grown(stream, buf, seen).await
+            crate::net::peek_grown(stream, buf, want).await
         }
 
         fn original_destination(
@@ -598,6 +598,120 @@ clusters:
             let l = stats.listener(0).unwrap();
             assert_eq!(l.downstream_cx_total.load(Relaxed), 2);
             assert_eq!(l.downstream_cx_no_filter_chain_match.load(Relaxed), 0);
+        });
+    }
+
+    /// A ClientHello for `a.example` with `padding` bytes of padding, in records of at most
+    /// `fragment` bytes.
+    fn a_hello(padding: usize, fragment: usize) -> Vec<u8> {
+        use sluice_core::tls::client_hello::build::{Hello, client_hello_records};
+        client_hello_records(
+            &Hello {
+                server_name: Some(b"a.example"),
+                tls13: true,
+                padding,
+                ..Hello::default()
+            },
+            fragment,
+        )
+    }
+
+    /// With `continue_on_listener_filters_timeout`, a client that sent part of a ClientHello
+    /// and then waits (sends nothing more, keeps its side open) is served by the default chain
+    /// once `listener_filters_timeout` passes — and that chain reads the bytes the peek saw
+    /// without waiting for new ones: the peek that waited for more cleared the socket's
+    /// readiness, and the first read after it must not wait for an edge that never comes.
+    #[test]
+    fn after_the_listener_filters_timeout_the_chain_reads_the_peeked_bytes_without_new_ones() {
+        on_local_runtime(async {
+            // The default chain's upstream echoes as it reads (the client never closes).
+            let (echo, echo_at) = bound();
+            tokio::task::spawn_local(async move {
+                while let Ok((mut s, _)) = echo.accept().await {
+                    tokio::task::spawn_local(async move {
+                        let (mut r, mut w) = s.split();
+                        let _ = tokio::io::copy(&mut r, &mut w).await;
+                    });
+                }
+            });
+            let (a_at, a_taken) = answering(|b| b);
+            let ([at], stats, _worker) = serve(
+                TokioNet::default(),
+                &format!(
+                    "listeners:
+  - name: l
+    address: {{at}}
+    listener_filters_timeout: 200ms
+    continue_on_listener_filters_timeout: true
+    filter_chains:
+      - filter_chain_match: {{ server_names: [a.example] }}
+        tcp_proxy: {{ cluster: a }}
+    tcp_proxy: {{ cluster: d }}
+clusters:
+  - {{ name: a, hosts: [ {{ address: {a_at} }} ] }}
+  - {{ name: d, hosts: [ {{ address: {echo_at} }} ] }}
+"
+                ),
+            );
+            let partial = &a_hello(2500, 16 * 1024)[..700];
+            let mut s = tokio::net::TcpStream::connect(at).await.unwrap();
+            s.write_all(partial).await.unwrap();
+            let mut back = vec![0u8; partial.len()];
+            tokio::time::timeout(Duration::from_secs(3), s.read_exact(&mut back))
+                .await
+                .expect("the default chain relays the peeked bytes without new ones")
+                .unwrap();
+            assert_eq!(back, partial, "every peeked byte, echoed");
+            let l = stats.listener(0).unwrap();
+            assert_eq!(l.downstream_listener_filter_timeout.load(Relaxed), 1);
+            assert_eq!(a_taken.get(), 0);
+        });
+    }
+
+    /// A client that sends its ClientHello one byte a segment costs a few peeks, not one a
+    /// segment: the socket wakes the peek only once the bytes the parser needs are there.
+    #[test]
+    fn a_client_hello_sent_a_byte_a_segment_costs_a_few_peeks_not_one_a_byte() {
+        on_local_runtime(async {
+            let (a_at, _) = answering(|b| b);
+            let ([at], _, _worker) = serve(
+                TokioNet::default(),
+                &format!(
+                    "listeners:
+  - name: l
+    address: {{at}}
+    filter_chains:
+      - filter_chain_match: {{ server_names: [a.example] }}
+        tcp_proxy: {{ cluster: a }}
+clusters:
+  - {{ name: a, hosts: [ {{ address: {a_at} }} ] }}
+"
+                ),
+            );
+            let hello = a_hello(300, 16 * 1024);
+            let sent = hello.clone();
+            let client = tokio::task::spawn_blocking(move || {
+                use std::io::{Read as _, Write as _};
+                let mut s = std::net::TcpStream::connect(at).unwrap();
+                s.set_nodelay(true).unwrap();
+                for b in &sent {
+                    s.write_all(std::slice::from_ref(b)).unwrap();
+                    std::thread::sleep(Duration::from_micros(200));
+                }
+                s.shutdown(std::net::Shutdown::Write).unwrap();
+                s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+                let mut back = Vec::new();
+                s.read_to_end(&mut back).unwrap();
+                back
+            });
+            crate::net::PEEKS.with(|p| p.set(0));
+            assert_eq!(client.await.unwrap(), hello, "every byte, to chain a");
+            let peeks = crate::net::PEEKS.with(std::cell::Cell::get);
+            assert!(
+                peeks <= 8,
+                "{peeks} peeks for a hello of {} one-byte segments",
+                hello.len()
+            );
         });
     }
 }
