@@ -668,6 +668,56 @@ clusters:
         });
     }
 
+    /// A client that sends the rest of its ClientHello and its FIN together, while the peek
+    /// waits for the first record: the peeks that follow see the FIN with a full buffer — more
+    /// bytes may wait behind it — so the hello is taken and its chain gets every byte, not
+    /// refused as "closed during its ClientHello". Deterministic: the client is a task of the
+    /// worker's own thread, and writes the rest and shuts down in one poll, so the worker's
+    /// next look at the socket sees both.
+    #[test]
+    fn a_fin_seen_with_a_full_peek_buffer_is_not_a_close_during_the_client_hello() {
+        use crate::stats::ChainPeekRefusal;
+        on_local_runtime(async {
+            let (a_at, a_taken) = answering(|b| b);
+            let ([at], stats, _worker) = serve(
+                TokioNet::default(),
+                &format!(
+                    "listeners:
+  - name: l
+    address: {{at}}
+    filter_chains:
+      - filter_chain_match: {{ server_names: [a.example] }}
+        tcp_proxy: {{ cluster: a }}
+clusters:
+  - {{ name: a, hosts: [ {{ address: {a_at} }} ] }}
+"
+                ),
+            );
+            // Three records: after the first, a peek for each header and one for the rest,
+            // each filling its buffer.
+            let hello = a_hello(9000, 4096);
+            let mut s = tokio::net::TcpStream::connect(at).await.unwrap();
+            s.write_all(&hello[..100]).await.unwrap();
+            // The worker peeks the first 100 bytes and waits for the first record's 4 101.
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            s.write_all(&hello[100..]).await.unwrap();
+            s.shutdown().await.unwrap();
+            let mut back = Vec::new();
+            tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut back))
+                .await
+                .expect("answered in time")
+                .unwrap();
+            assert_eq!(back, hello, "every byte, to chain a");
+            assert_eq!(a_taken.get(), 1);
+            let l = stats.listener(0).unwrap();
+            assert_eq!(
+                l.downstream_listener_filter_refused[ChainPeekRefusal::Closed as usize]
+                    .load(Relaxed),
+                0
+            );
+        });
+    }
+
     /// A client that sends its ClientHello one byte a segment costs a few peeks, not one a
     /// segment: the socket wakes the peek only once the bytes the parser needs are there.
     #[test]
