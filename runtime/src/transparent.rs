@@ -232,6 +232,42 @@ mod engine_tests {
         back
     }
 
+    /// Sends `what[..cut]`, then (100 ms later, the worker waiting for more) the rest and its
+    /// FIN together, and reads until the proxy closes.
+    async fn exchange_in_two(to: SocketAddr, what: Vec<u8>, cut: usize) -> Vec<u8> {
+        let mut s = tokio::net::TcpStream::connect(to).await.unwrap();
+        s.write_all(&what[..cut]).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        s.write_all(&what[cut..]).await.unwrap();
+        s.shutdown().await.unwrap();
+        let mut back = Vec::new();
+        tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut back))
+            .await
+            .expect("the proxy answers in time")
+            .unwrap_or_default();
+        back
+    }
+
+    /// A TLS 1.3 ClientHello for `name` with `padding` bytes of padding, in records of at most
+    /// `fragment` bytes.
+    fn hello(name: &'static [u8], padding: usize, fragment: usize) -> Vec<u8> {
+        use sluice_core::tls::client_hello::build::{Hello, client_hello_records};
+        client_hello_records(
+            &Hello {
+                server_name: Some(name),
+                tls13: true,
+                padding,
+                ..Hello::default()
+            },
+            fragment,
+        )
+    }
+
+    /// [`hello`] for `a.example`.
+    fn a_hello(padding: usize, fragment: usize) -> Vec<u8> {
+        hello(b"a.example", padding, fragment)
+    }
+
     /// Starts an upstream on a fresh port: each connection gets `answer(bytes read until the
     /// client's FIN)` written back, then closed; the returned counter says how many it took.
     fn answering(answer: fn(Vec<u8>) -> Vec<u8>) -> (SocketAddr, Rc<Cell<usize>>) {
@@ -349,7 +385,6 @@ clusters:
     /// peek — goes to the chain its server name picks; another name goes to the default chain.
     #[test]
     fn a_client_hello_in_two_parts_picks_its_chain_and_reaches_it_whole() {
-        use sluice_core::tls::client_hello::build::{Hello, client_hello_records};
         on_local_runtime(async {
             // Chain a's upstream echoes; the default chain's answers `default`.
             let (a_at, _) = answering(|b| b);
@@ -370,37 +405,17 @@ clusters:
 "
                 ),
             );
-            let hello = |name: &'static [u8]| {
-                client_hello_records(
-                    &Hello {
-                        server_name: Some(name),
-                        tls13: true,
-                        padding: 2500,
-                        ..Hello::default()
-                    },
-                    16 * 1024,
-                )
-            };
-            let split = |bytes: Vec<u8>| async move {
-                let mut s = tokio::net::TcpStream::connect(at).await.unwrap();
-                s.write_all(&bytes[..1200]).await.unwrap();
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                s.write_all(&bytes[1200..]).await.unwrap();
-                s.shutdown().await.unwrap();
-                let mut back = Vec::new();
-                tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut back))
-                    .await
-                    .expect("answered in time")
-                    .unwrap_or_default();
-                back
-            };
-            let a_hello = hello(b"a.example");
+            let split = |bytes: Vec<u8>| exchange_in_two(at, bytes, 1200);
+            let a_hello = hello(b"a.example", 2500, 16 * 1024);
             assert_eq!(
                 split(a_hello.clone()).await,
                 a_hello,
                 "every byte, to chain a"
             );
-            assert_eq!(split(hello(b"b.example")).await, b"default");
+            assert_eq!(
+                split(hello(b"b.example", 2500, 16 * 1024)).await,
+                b"default"
+            );
         });
     }
 
@@ -414,7 +429,6 @@ clusters:
     fn a_client_closing_during_its_client_hello_is_closed_at_once_and_a_split_full_size_hello_is_taken()
      {
         use crate::stats::ChainPeekRefusal;
-        use sluice_core::tls::client_hello::build::{Hello, client_hello_records};
         on_local_runtime(async {
             let (a_at, _) = answering(|b| b);
             let (plain_at, plain_taken) = answering(|_| b"plaintext".to_vec());
@@ -442,17 +456,7 @@ clusters:
                     .downstream_listener_filter_refused[r as usize]
                     .load(Relaxed)
             };
-            let hello = |padding: usize, fragment: usize| {
-                client_hello_records(
-                    &Hello {
-                        server_name: Some(b"a.example"),
-                        tls13: true,
-                        padding,
-                        ..Hello::default()
-                    },
-                    fragment,
-                )
-            };
+            let hello = a_hello;
             let t0 = tokio::time::Instant::now();
             let partial = hello(2500, 16 * 1024);
             assert_eq!(exchange(at, &partial[..700]).await, b"");
@@ -601,19 +605,31 @@ clusters:
         });
     }
 
-    /// A ClientHello for `a.example` with `padding` bytes of padding, in records of at most
-    /// `fragment` bytes.
-    fn a_hello(padding: usize, fragment: usize) -> Vec<u8> {
-        use sluice_core::tls::client_hello::build::{Hello, client_hello_records};
-        client_hello_records(
-            &Hello {
-                server_name: Some(b"a.example"),
-                tls13: true,
-                padding,
-                ..Hello::default()
-            },
-            fragment,
-        )
+    /// A worker whose listener's one chain takes the ClientHellos for `a.example` to an upstream
+    /// that echoes ([`answering`]) and closes what else comes: the listener's address, the count
+    /// of connections the upstream took, the stats, the worker.
+    fn serve_a_chain_only() -> (
+        SocketAddr,
+        Rc<Cell<usize>>,
+        Arc<WorkerStats>,
+        Worker<TokioNet>,
+    ) {
+        let (a_at, a_taken) = answering(|b| b);
+        let ([at], stats, worker) = serve(
+            TokioNet::default(),
+            &format!(
+                "listeners:
+  - name: l
+    address: {{at}}
+    filter_chains:
+      - filter_chain_match: {{ server_names: [a.example] }}
+        tcp_proxy: {{ cluster: a }}
+clusters:
+  - {{ name: a, hosts: [ {{ address: {a_at} }} ] }}
+"
+            ),
+        );
+        (at, a_taken, stats, worker)
     }
 
     /// With `continue_on_listener_filters_timeout`, a client that sent part of a ClientHello
@@ -678,35 +694,12 @@ clusters:
     fn a_fin_seen_with_a_full_peek_buffer_is_not_a_close_during_the_client_hello() {
         use crate::stats::ChainPeekRefusal;
         on_local_runtime(async {
-            let (a_at, a_taken) = answering(|b| b);
-            let ([at], stats, _worker) = serve(
-                TokioNet::default(),
-                &format!(
-                    "listeners:
-  - name: l
-    address: {{at}}
-    filter_chains:
-      - filter_chain_match: {{ server_names: [a.example] }}
-        tcp_proxy: {{ cluster: a }}
-clusters:
-  - {{ name: a, hosts: [ {{ address: {a_at} }} ] }}
-"
-                ),
-            );
+            let (at, a_taken, stats, _worker) = serve_a_chain_only();
             // Three records: after the first, a peek for each header and one for the rest,
             // each filling its buffer.
             let hello = a_hello(9000, 4096);
-            let mut s = tokio::net::TcpStream::connect(at).await.unwrap();
-            s.write_all(&hello[..100]).await.unwrap();
             // The worker peeks the first 100 bytes and waits for the first record's 4 101.
-            tokio::time::sleep(Duration::from_millis(100)).await;
-            s.write_all(&hello[100..]).await.unwrap();
-            s.shutdown().await.unwrap();
-            let mut back = Vec::new();
-            tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut back))
-                .await
-                .expect("answered in time")
-                .unwrap();
+            let back = exchange_in_two(at, hello.clone(), 100).await;
             assert_eq!(back, hello, "every byte, to chain a");
             assert_eq!(a_taken.get(), 1);
             let l = stats.listener(0).unwrap();
@@ -723,21 +716,7 @@ clusters:
     #[test]
     fn a_client_hello_sent_a_byte_a_segment_costs_a_few_peeks_not_one_a_byte() {
         on_local_runtime(async {
-            let (a_at, _) = answering(|b| b);
-            let ([at], _, _worker) = serve(
-                TokioNet::default(),
-                &format!(
-                    "listeners:
-  - name: l
-    address: {{at}}
-    filter_chains:
-      - filter_chain_match: {{ server_names: [a.example] }}
-        tcp_proxy: {{ cluster: a }}
-clusters:
-  - {{ name: a, hosts: [ {{ address: {a_at} }} ] }}
-"
-                ),
-            );
+            let (at, _, _, _worker) = serve_a_chain_only();
             let hello = a_hello(300, 16 * 1024);
             let sent = hello.clone();
             let client = tokio::task::spawn_blocking(move || {
