@@ -943,17 +943,6 @@ fn a_grpc_bidi_call_whose_client_waits_for_each_echo_is_carried_full_duplex() {
     assert_eq!(stat(admin, "http2.upstream_streams_active"), 0);
 }
 
-/// Stops the proxy as an operator does (SIGTERM: it drains and flushes its access log).
-fn stop(mut s: Proc) {
-    s.signal("TERM");
-    assert!(
-        s.wait_exit(Duration::from_secs(10))
-            .is_some_and(|st| st.success()),
-        "{}",
-        s.log_text()
-    );
-}
-
 #[test]
 fn the_access_log_has_each_grpc_calls_status_over_http2_and_http11() {
     if !require_peers(&["grpc-js", "curl"]) {
@@ -1006,7 +995,7 @@ fn the_access_log_has_each_grpc_calls_status_over_http2_and_http11() {
     );
     curl(&["--http1.1", &format!("{base}/plain")]);
     // Lines are written at the latest when the process ends (SIGTERM).
-    stop(sluice);
+    stop_gracefully(sluice, Duration::from_secs(10));
     assert_eq!(
         statuses(&log),
         [
@@ -1027,7 +1016,7 @@ fn the_access_log_has_each_grpc_calls_status_over_http2_and_http11() {
         addr(listen),
     );
     assert_eq!(grpc_client(listen, "error")["code"], 14);
-    stop(sluice);
+    stop_gracefully(sluice, Duration::from_secs(10));
     assert_eq!(
         statuses(&log),
         [("HTTP/2".into(), "Unary".into(), serde_json::json!(14))]
@@ -1737,7 +1726,7 @@ fn the_access_log_has_the_grpc_status_of_an_http11_upstreams_chunked_trailers() 
     let (status, _) = curl(&["--http1.1", &format!("{base}/grpc-status/5")]);
     assert_eq!(status, 200);
     // Lines are written at the latest when the process ends (SIGTERM).
-    stop(sluice);
+    stop_gracefully(sluice, Duration::from_secs(10));
     let logged: Vec<(String, String, serde_json::Value)> = log_lines(&log)
         .into_iter()
         .map(|l| {

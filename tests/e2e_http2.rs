@@ -10,7 +10,11 @@ use std::net::TcpStream;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use support::*;
+use support::raw_h2::{
+    self, ACK, END_HEADERS, END_STREAM, GOAWAY, HEADERS, PING, RST_STREAM, SETTINGS, frame,
+    h2load_counts, hpack_literals,
+};
+use support::{admin_stat as stat, *};
 
 fn start_upstream(dir: &TempDir, name: &str, port: u16) -> (Proc, PathBuf) {
     let log = dir.path().join(format!("{name}.requests"));
@@ -213,7 +217,7 @@ fn http11_still_works_on_an_auto_listener_and_http1_only_refuses_h2c() {
     );
     let mut s = TcpStream::connect(addr(only1)).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    s.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n").unwrap();
+    s.write_all(raw_h2::PREFACE).unwrap();
     let mut answer = Vec::new();
     let _ = s.read_to_end(&mut answer);
     let answer = String::from_utf8_lossy(&answer);
@@ -221,26 +225,6 @@ fn http11_still_works_on_an_auto_listener_and_http1_only_refuses_h2c() {
         answer.starts_with("HTTP/1.1 4") || answer.starts_with("HTTP/1.1 5"),
         "{answer}"
     );
-}
-
-/// h2load's summary: (succeeded, failed, errored).
-fn h2load_counts(out: &str) -> (u64, u64, u64) {
-    let line = out
-        .lines()
-        .find(|l| l.starts_with("requests:"))
-        .unwrap_or_else(|| panic!("no requests line in h2load output:\n{out}"));
-    let number = |word: &str| -> u64 {
-        let at = line
-            .find(word)
-            .unwrap_or_else(|| panic!("{word} in {line}"));
-        line[..at]
-            .split_whitespace()
-            .last()
-            .unwrap()
-            .parse()
-            .unwrap()
-    };
-    (number(" succeeded"), number(" failed"), number(" errored"))
 }
 
 #[test]
@@ -743,22 +727,6 @@ req.end('hello');
     );
 }
 
-/// A counter or gauge of the admin API's `/stats`.
-fn stat(admin: u16, name: &str) -> u64 {
-    let mut s = TcpStream::connect(addr(admin)).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    s.write_all(b"GET /stats HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
-        .unwrap();
-    let mut text = String::new();
-    s.read_to_string(&mut text).unwrap();
-    text.lines()
-        .find_map(|l| l.strip_prefix(&format!("{name}: ")))
-        .unwrap_or_else(|| panic!("no {name} in /stats:\n{text}"))
-        .trim()
-        .parse()
-        .unwrap()
-}
-
 #[test]
 fn a_reset_stream_ends_its_request_and_the_connection_serves_on() {
     if !require_peers(&["node"]) {
@@ -916,9 +884,7 @@ fn raw_h2c_client(
     for_at_most: Duration,
 ) -> RawH2c {
     let start = std::time::Instant::now();
-    let mut s = TcpStream::connect(addr(listen)).unwrap();
-    s.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n").unwrap();
-    s.write_all(&h2_frame(0x4, 0, 0, &[])).unwrap();
+    let mut s = raw_h2::connect(addr(listen));
     let mut seen = RawH2c {
         pings: 0,
         goaway: None,
@@ -947,7 +913,7 @@ fn raw_h2c_client(
                 if let (Some(at), Some(every)) = (next_own, own_pings)
                     && std::time::Instant::now() >= at
                 {
-                    if s.write_all(&h2_frame(0x6, 0, 0, b"client!!")).is_err() {
+                    if s.write_all(&frame(PING, 0, 0, b"client!!")).is_err() {
                         seen.closed_after = Some(start.elapsed());
                         return seen;
                     }
@@ -964,22 +930,21 @@ fn raw_h2c_client(
                 return seen;
             }
         }
-        let len = u32::from_be_bytes([0, head[0], head[1], head[2]]) as usize;
-        let (kind, flags) = (head[3], head[4]);
+        let (len, kind, flags, _) = raw_h2::parse_head(&head);
         let mut payload = vec![0u8; len];
         if s.read_exact(&mut payload).is_err() {
             seen.closed_after = Some(start.elapsed());
             return seen;
         }
         match kind {
-            0x4 if flags & 0x1 == 0 => s.write_all(&h2_frame(0x4, 0x1, 0, &[])).unwrap(),
-            0x6 if flags & 0x1 == 0 => {
+            SETTINGS if flags & ACK == 0 => s.write_all(&frame(SETTINGS, ACK, 0, &[])).unwrap(),
+            PING if flags & ACK == 0 => {
                 seen.pings += 1;
                 if answer_pings {
-                    s.write_all(&h2_frame(0x6, 0x1, 0, &payload)).unwrap();
+                    s.write_all(&frame(PING, ACK, 0, &payload)).unwrap();
                 }
             }
-            0x7 => {
+            GOAWAY => {
                 seen.goaway = Some(u32::from_be_bytes([
                     payload[4], payload[5], payload[6], payload[7],
                 ]));
@@ -1066,54 +1031,6 @@ fn an_http2_client_that_stops_answering_pings_is_closed_and_one_that_answers_is_
     assert_eq!(stat(admin2, "http2.downstream_keepalive_timeout"), 0);
 }
 
-/// One HTTP/2 frame: its 9-byte header and `payload`.
-fn h2_frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
-    let len = u32::try_from(payload.len()).unwrap();
-    let mut f = len.to_be_bytes()[1..].to_vec();
-    f.extend_from_slice(&[kind, flags]);
-    f.extend_from_slice(&stream.to_be_bytes());
-    f.extend_from_slice(payload);
-    f
-}
-
-/// A request's HEADERS block in HPACK: each field a literal without indexing, with a literal
-/// name, no Huffman coding (names and values under 127 bytes).
-fn hpack_literals(fields: &[(&str, &str)]) -> Vec<u8> {
-    let mut block = Vec::new();
-    for (name, value) in fields {
-        assert!(name.len() < 127 && value.len() < 127);
-        block.push(0x00);
-        block.push(name.len() as u8);
-        block.extend_from_slice(name.as_bytes());
-        block.push(value.len() as u8);
-        block.extend_from_slice(value.as_bytes());
-    }
-    block
-}
-
-/// Reads frames from an h2c connection until `stream` ends (a frame of it with END_STREAM, or
-/// its RST_STREAM), acknowledging the server's SETTINGS; panics on GOAWAY or after 10 s.
-fn h2_read_until_end(s: &mut TcpStream, stream: u32) {
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    loop {
-        let mut head = [0u8; 9];
-        s.read_exact(&mut head).expect("a frame within 10 s");
-        let len = u32::from_be_bytes([0, head[0], head[1], head[2]]) as usize;
-        let (kind, flags) = (head[3], head[4]);
-        let id = u32::from_be_bytes([head[5], head[6], head[7], head[8]]) & 0x7fff_ffff;
-        let mut payload = vec![0u8; len];
-        s.read_exact(&mut payload).unwrap();
-        match kind {
-            // SETTINGS (not an ACK): acknowledged.
-            0x4 if flags & 0x1 == 0 => s.write_all(&h2_frame(0x4, 0x1, 0, &[])).unwrap(),
-            0x7 => panic!("GOAWAY: {payload:?}"),
-            0x3 if id == stream => return,
-            0x0 | 0x1 if id == stream && flags & 0x1 != 0 => return,
-            _ => {}
-        }
-    }
-}
-
 /// A stream state a worker reuses starts clean: after a stream that carried its own trace
 /// (`traceparent`) and a generated `x-request-id`, the next stream on the same connection —
 /// and so on the same worker, which takes the state the first gave back — arrives as HEADERS
@@ -1156,16 +1073,14 @@ tracing:
 "#,
         log = log.display()
     );
-    let mut sluice = start_sluice(&dir, &yaml, 1, addr(listen));
+    let sluice = start_sluice(&dir, &yaml, 1, addr(listen));
     let settled = || {
         eventually(Duration::from_secs(10), || {
             stat(admin, "http2.streams_active") == 0
         })
     };
 
-    let mut c = TcpStream::connect(addr(listen)).unwrap();
-    c.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n").unwrap();
-    c.write_all(&h2_frame(0x4, 0, 0, &[])).unwrap();
+    let mut c = raw_h2::connect(addr(listen));
     const ROUNDS: u32 = 20;
     let mut traces = Vec::new();
     for round in 0..ROUNDS {
@@ -1182,8 +1097,9 @@ tracing:
             (":authority", "svc"),
             ("traceparent", &traceparent),
         ]);
-        c.write_all(&h2_frame(0x1, 0x5, earlier, &block)).unwrap();
-        h2_read_until_end(&mut c, earlier);
+        c.write_all(&frame(HEADERS, END_HEADERS | END_STREAM, earlier, &block))
+            .unwrap();
+        raw_h2::read_until_end(&mut c, earlier);
         assert!(settled(), "the earlier stream of round {round} ended");
         traces.push(trace);
         // HEADERS (END_STREAM) and RST_STREAM (CANCEL) of the next stream, in one write.
@@ -1194,8 +1110,8 @@ tracing:
             (":path", &path),
             (":authority", "svc"),
         ]);
-        let mut both = h2_frame(0x1, 0x5, reset, &block);
-        both.extend_from_slice(&h2_frame(0x3, 0, reset, &8u32.to_be_bytes()));
+        let mut both = frame(HEADERS, END_HEADERS | END_STREAM, reset, &block);
+        both.extend_from_slice(&frame(RST_STREAM, 0, reset, &8u32.to_be_bytes()));
         c.write_all(&both).unwrap();
         assert!(settled(), "the reset stream of round {round} ended");
     }
@@ -1217,12 +1133,8 @@ tracing:
             .iter()
             .filter(|s| s["traceId"] == trace.as_str())
             .map(|s| {
-                s["attributes"]
-                    .as_array()
-                    .unwrap()
-                    .iter()
-                    .find(|a| a["key"] == "url.path")
-                    .and_then(|a| a["value"]["stringValue"].as_str())
+                support::otlp::attribute(s, "url.path")
+                    .and_then(|v| v["stringValue"].as_str())
                     .unwrap_or("?")
                     .to_owned()
             })
@@ -1236,12 +1148,7 @@ tracing:
 
     // The access log (flushed at exit): each earlier stream's ids are its own line's only.
     drop(c);
-    sluice.signal("TERM");
-    assert!(
-        sluice
-            .wait_exit(Duration::from_secs(15))
-            .is_some_and(|st| st.success())
-    );
+    stop_gracefully(sluice, Duration::from_secs(15));
     let text = std::fs::read_to_string(&log).unwrap();
     let lines: Vec<serde_json::Value> = text
         .lines()

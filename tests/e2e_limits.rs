@@ -13,26 +13,7 @@ use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
 use sluice_core::bolt::{self, RequestSpec, Version};
-use support::*;
-
-/// One `/stats` value (`name: value` lines); fails when the admin API does not answer within
-/// 10 s.
-fn stat(admin: u16, name: &str) -> u64 {
-    let mut s = TcpStream::connect(addr(admin)).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    s.write_all(b"GET /stats HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
-        .unwrap();
-    let mut text = String::new();
-    s.read_to_string(&mut text)
-        .expect("the admin API answers within 10 s");
-    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
-    text.lines()
-        .find_map(|l| l.strip_prefix(&format!("{name}: ")))
-        .unwrap_or_else(|| panic!("no {name} in /stats:\n{text}"))
-        .trim()
-        .parse()
-        .unwrap()
-}
+use support::{admin_stat as stat, *};
 
 /// Polls `check` for up to 15 s.
 fn eventually(what: &str, mut check: impl FnMut() -> bool) {

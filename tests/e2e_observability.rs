@@ -15,16 +15,6 @@ fn curl(args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-fn stop(mut s: Proc) {
-    s.signal("TERM");
-    assert!(
-        s.wait_exit(Duration::from_secs(10))
-            .is_some_and(|st| st.success()),
-        "{}",
-        s.log_text()
-    );
-}
-
 /// `AUTHORITY`, `USER_AGENT`, `UPSTREAM_CLUSTER`, `RETRY_COUNT` and `%REQ(NAME)%` (with a
 /// length limit) in a text line, for HTTP/1.1 and HTTP/2 (h2c) requests and for a request
 /// whose tries all failed; the same facts as JSON keys, with `request_headers`.
@@ -92,7 +82,7 @@ listeners:
     curl(&["-A", "agent/1.0", &format!("{text}/dead")]);
     let json = format!("http://127.0.0.1:{json_port}");
     assert_eq!(curl(&[&tenant[..], &[&format!("{json}/j")]].concat()), "ok");
-    stop(s);
+    stop_gracefully(s, Duration::from_secs(10));
 
     let lines = std::fs::read_to_string(&text_log).unwrap();
     let lines: Vec<&str> = lines.lines().collect();
@@ -177,7 +167,7 @@ clusters:
             Err(e) => assert_eq!(e.kind(), std::io::ErrorKind::ConnectionReset, "{e}"),
         }
     }
-    stop(s);
+    stop_gracefully(s, Duration::from_secs(10));
 
     let text = std::fs::read_to_string(&text_log).unwrap();
     // The readiness probe's connection (start_sluice) is a session too, with no bytes.
@@ -302,7 +292,7 @@ clusters:
     ] {
         assert!(metrics.contains(sample), "{sample} in {metrics}");
     }
-    stop(s);
+    stop_gracefully(s, Duration::from_secs(10));
 }
 
 /// The access log's request id is the one the upstream got — generated when the client sent
@@ -351,7 +341,7 @@ clusters:
         assert_eq!(id.len(), 36, "{id}");
         seen.push(id);
     }
-    stop(s);
+    stop_gracefully(s, Duration::from_secs(10));
     let lines = std::fs::read_to_string(&log).unwrap();
     let logged: Vec<String> = lines
         .lines()
@@ -405,7 +395,7 @@ listeners:
     std::thread::sleep(Duration::from_millis(700));
     exchange("/second");
     drop(c);
-    stop(s);
+    stop_gracefully(s, Duration::from_secs(10));
     let text = std::fs::read_to_string(&log).unwrap();
     let lines: Vec<serde_json::Value> = text
         .lines()
@@ -465,5 +455,5 @@ clusters:
         curl(&["-H", forged, "-H", "X-Forwarded-Client-Cert: Hash=00", &url]),
         "xfcc=[]"
     );
-    stop(s);
+    stop_gracefully(s, Duration::from_secs(10));
 }

@@ -16,7 +16,7 @@ use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use support::*;
+use support::{admin_stat as stat, *};
 
 /// One `GET path` on a fresh connection (`Connection: close`): (status, body). Status 0 when
 /// the connection failed or the answer was not HTTP.
@@ -72,19 +72,6 @@ fn host_view(admin: u16, host: u16) -> Value {
         })
         .cloned()
         .unwrap_or_else(|| panic!("no host {want} in cluster app: {body}"))
-}
-
-/// The value of one `/stats` counter (`name: value`).
-fn stat(admin: u16, name: &str) -> u64 {
-    let (status, body) = admin_get(admin, "/stats");
-    assert_eq!(status, 200, "/stats: {body}");
-    let prefix = format!("{name}: ");
-    body.lines()
-        .find_map(|l| l.strip_prefix(&prefix))
-        .unwrap_or_else(|| panic!("no stat {name} in:\n{body}"))
-        .trim()
-        .parse()
-        .unwrap_or_else(|_| panic!("stat {name} is not a whole number"))
 }
 
 /// The Prometheus `sluice_upstream_host_healthy` value of `host` in cluster `app`.

@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 
 use sluice_core::bolt::{self, RequestSpec, ResponseStatus, Version};
 use support::pki::*;
+use support::raw_h2::h2load_counts;
 use support::*;
 
 /// `curl` over HTTPS to `name` (resolved to 127.0.0.1) on `port`, verifying against `ca`:
@@ -53,26 +54,6 @@ fn curl_https(
         status.parse().unwrap_or(0),
         body.to_owned(),
     )
-}
-
-/// h2load's summary: (succeeded, failed, errored).
-fn h2load_counts(out: &str) -> (u64, u64, u64) {
-    let line = out
-        .lines()
-        .find(|l| l.starts_with("requests:"))
-        .unwrap_or_else(|| panic!("no requests line in h2load output:\n{out}"));
-    let number = |word: &str| -> u64 {
-        let at = line
-            .find(word)
-            .unwrap_or_else(|| panic!("{word} in {line}"));
-        line[..at]
-            .split_whitespace()
-            .last()
-            .unwrap()
-            .parse()
-            .unwrap()
-    };
-    (number(" succeeded"), number(" failed"), number(" errored"))
 }
 
 /// Issue 13 (Istio auto-mTLS): a cluster's `transport_socket_matches` pick each host's

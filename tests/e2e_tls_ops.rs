@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair};
-use support::*;
+use support::{admin_stat as stat, *};
 
 /// A CA that issues the test certificates.
 struct Ca {
@@ -98,17 +98,6 @@ fn served_cn(port: u16) -> String {
         .unwrap_or_else(|| panic!("no peer certificate in:\n{text}"))
         .trim()
         .to_owned()
-}
-
-fn stat(admin: u16, name: &str) -> u64 {
-    let (status, body) = http_request(addr(admin), "GET", "/stats");
-    assert_eq!(status, 200);
-    body.lines()
-        .find_map(|l| l.strip_prefix(&format!("{name}: ")))
-        .unwrap_or_else(|| panic!("no {name} in /stats:\n{body}"))
-        .trim()
-        .parse()
-        .unwrap()
 }
 
 /// Waits (up to 30 s: the default check interval is 5 s) until `done`.

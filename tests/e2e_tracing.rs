@@ -9,7 +9,7 @@ mod support;
 use std::time::Duration;
 
 use serde_json::Value;
-use support::otlp::start_otlp_receiver;
+use support::otlp::{attribute, start_otlp_receiver};
 use support::*;
 
 /// The request headers the Python upstream saw (it answers them as JSON), sent with `headers`.
@@ -165,12 +165,7 @@ fn trace_headers_are_continued_or_started_and_sampled_spans_reach_the_collector(
             serde_json::json!({"key": "service.name", "value": {"stringValue": "checkout-sidecar"}})
         );
         for span in rs["scopeSpans"][0]["spans"].as_array().unwrap() {
-            let path = span["attributes"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .find(|a| a["key"] == "url.path")
-                .unwrap()["value"]["stringValue"]
+            let path = attribute(span, "url.path").unwrap()["stringValue"]
                 .as_str()
                 .unwrap()
                 .to_owned();
@@ -204,22 +199,12 @@ fn trace_headers_are_continued_or_started_and_sampled_spans_reach_the_collector(
     assert_eq!(by_path["/b3"]["parentSpanId"], "a2fb4a1d1a96d312");
     assert_eq!(by_path["/bad"]["traceId"], Value::from(bad_trace.as_str()));
     assert!(!by_path.contains_key("/unsampled"));
-    let status = by_path["/w3c"]["attributes"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|a| a["key"] == "http.response.status_code")
-        .unwrap()["value"]["intValue"]
-        .clone();
+    let status =
+        attribute(&by_path["/w3c"], "http.response.status_code").unwrap()["intValue"].clone();
     assert_eq!(status, "200");
 
     // The access log carries each request's trace id.
-    let mut s = s;
-    s.signal("TERM");
-    assert!(
-        s.wait_exit(Duration::from_secs(15))
-            .is_some_and(|st| st.success())
-    );
+    stop_gracefully(s, Duration::from_secs(15));
     let lines = std::fs::read_to_string(&log).unwrap();
     let ids: std::collections::HashMap<String, String> = lines
         .lines()
@@ -279,10 +264,5 @@ fn zero_sampling_exports_nothing_and_a_dead_collector_only_costs_spans() {
     );
     assert_eq!(admin_stat(admin, "tracing.spans_sampled"), 3);
     assert_eq!(admin_stat(admin, "tracing.spans_exported"), 0);
-    let mut s = s;
-    s.signal("TERM");
-    assert!(
-        s.wait_exit(Duration::from_secs(15))
-            .is_some_and(|st| st.success())
-    );
+    stop_gracefully(s, Duration::from_secs(15));
 }

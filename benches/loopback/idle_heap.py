@@ -10,49 +10,21 @@ usage: benches/loopback/idle_heap.py SLUICE_BIN [N] [--keepalive]
   per connection, over the whole run) with their counts. Run it with N = 0 too: the live heap
   per connection is (live(N) - live(0)) / N. Needs heaptrack (Debian: apt-get install heaptrack).
 """
-import os, re, resource, signal, socket, subprocess, sys, tempfile, time
+import os, re, resource, signal, subprocess, tempfile, time
 
-args = [a for a in sys.argv[1:] if not a.startswith("--")]
-binary = args[0]
-n = int(args[1]) if len(args) > 1 else 5000
-keep = "--keepalive" in sys.argv
-s = socket.socket(); s.bind(("127.0.0.1", 0)); port = s.getsockname()[1]; s.close()
-cfg = tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False)
-cfg.write(f"""
-limits: {{ max_connections: 100000 }}
-listeners:
-  - name: web
-    address: 127.0.0.1:{port}
-    http:
-      request_headers_timeout: 120s
-      virtual_hosts:
-        - name: all
-          domains: ["*"]
-          routes:
-            - match: {{ prefix: / }}
-              direct_response: {{ status: 200, body: "hi" }}
-""")
-cfg.close()
+from idle_common import free_port, open_idle, parse_args, wait_listening, write_config
+
+binary, n, flags = parse_args()
+keep = "--keepalive" in flags and n > 0
+port = free_port()
+cfg = write_config(port)
 resource.setrlimit(resource.RLIMIT_NOFILE, (20000, 20000))
 out = tempfile.mkdtemp() + "/ht"
-p = subprocess.Popen(["heaptrack", "-o", out, binary, "run", "-c", cfg.name, "--workers", "1"],
+p = subprocess.Popen(["heaptrack", "-o", out, binary, "run", "-c", cfg, "--workers", "1"],
                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-for _ in range(300):
-    try:
-        socket.create_connection(("127.0.0.1", port)).close(); break
-    except OSError:
-        time.sleep(0.1)
+wait_listening(port, 300)
 time.sleep(1)
-conns = [socket.create_connection(("127.0.0.1", port)) for _ in range(n)]
-if n == 0:
-    keep = False
-if keep:
-    for c in conns:
-        c.sendall(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
-    for c in conns:
-        got = b""
-        while not got.endswith(b"hi"):
-            got += c.recv(4096)
+conns = open_idle(port, n, keep)
 time.sleep(4)
 # Kill the traced process itself (heaptrack's interpreter then writes what was live).
 for k in open(f"/proc/{p.pid}/task/{p.pid}/children").read().split():

@@ -48,16 +48,33 @@ pub struct ConnectionFacts<'a> {
     pub alpn: &'a [Vec<u8>],
 }
 
-/// How specifically `m` matches at `level` (0..4), higher is more specific; `None`: it does
+/// The chains the `destination_port` level keeps for a connection to `port`, with their
+/// indexes: those naming the port when any does, else those naming none. It is the first level,
+/// and the only one that needs no byte from the client: [`needs_client_hello`] asks it whether
+/// the rest need the ClientHello, and [`select`] prunes what it leaves. Empty: no chain
+/// matches the port.
+fn port_survivors(
+    chains: &[FilterChain],
+    port: u16,
+) -> impl Iterator<Item = (usize, &FilterChain)> + Clone {
+    let named = chains
+        .iter()
+        .any(|c| c.filter_chain_match.destination_port == Some(port));
+    chains
+        .iter()
+        .enumerate()
+        .filter(move |(_, c)| match c.filter_chain_match.destination_port {
+            None => !named,
+            Some(p) => p == port,
+        })
+}
+
+/// How specifically `m` matches at `level`, the levels after the port (0: server names,
+/// 1: transport protocol, 2: application protocols); higher is more specific; `None`: it does
 /// not match.
 fn specificity(m: &FilterChainMatch, level: usize, c: &ConnectionFacts<'_>) -> Option<usize> {
     match level {
-        0 => match m.destination_port {
-            None => Some(0),
-            Some(p) if p == c.destination_port => Some(1),
-            Some(_) => None,
-        },
-        1 => {
+        0 => {
             if m.server_names.is_empty() {
                 return Some(0);
             }
@@ -76,7 +93,7 @@ fn specificity(m: &FilterChainMatch, level: usize, c: &ConnectionFacts<'_>) -> O
             }
             best
         }
-        2 => match m.transport_protocol {
+        1 => match m.transport_protocol {
             None => Some(0),
             Some(TransportProtocol::Tls) if c.tls => Some(1),
             Some(TransportProtocol::RawBuffer) if !c.tls => Some(1),
@@ -101,7 +118,8 @@ fn specificity(m: &FilterChainMatch, level: usize, c: &ConnectionFacts<'_>) -> O
     }
 }
 
-const LEVELS: usize = 4;
+/// The levels after the port's.
+const LEVELS: usize = 3;
 
 /// Whether the chains left after the `destination_port` level (the first one, which needs no
 /// byte from the client) ask about the ClientHello — server names, transport protocol or
@@ -110,23 +128,14 @@ const LEVELS: usize = 4;
 /// must not wait for a client that waits for it. `false` when no chain is left.
 #[must_use]
 pub fn needs_client_hello(chains: &[FilterChain], destination_port: u16) -> bool {
-    let facts = ConnectionFacts {
-        destination_port,
-        ..ConnectionFacts::default()
-    };
-    let port = |c: &FilterChain| specificity(&c.filter_chain_match, 0, &facts);
-    let Some(best) = chains.iter().filter_map(port).max() else {
-        return false;
-    };
-    chains
-        .iter()
-        .any(|c| port(c) == Some(best) && c.filter_chain_match.needs_client_hello())
+    port_survivors(chains, destination_port).any(|(_, c)| c.filter_chain_match.needs_client_hello())
 }
 
 /// The index of the chain that serves a connection with these facts, or `None` (the
 /// listener's default chain, or close). See the module doc.
 #[must_use]
 pub fn select(chains: &[FilterChain], facts: &ConnectionFacts<'_>) -> Option<usize> {
+    let on_port = port_survivors(chains, facts.destination_port);
     // The best specificity at each level among the chains that survived the levels before.
     let mut best = [0usize; LEVELS];
     let survives = |m: &FilterChainMatch, upto: usize, best: &[usize; LEVELS]| {
@@ -134,7 +143,7 @@ pub fn select(chains: &[FilterChain], facts: &ConnectionFacts<'_>) -> Option<usi
     };
     for level in 0..LEVELS {
         let mut found = None;
-        for c in chains {
+        for (_, c) in on_port.clone() {
             let m = &c.filter_chain_match;
             if survives(m, level, &best)
                 && let Some(s) = specificity(m, level, facts)
@@ -144,9 +153,10 @@ pub fn select(chains: &[FilterChain], facts: &ConnectionFacts<'_>) -> Option<usi
         }
         best[level] = found?;
     }
-    chains
-        .iter()
-        .position(|c| survives(&c.filter_chain_match, LEVELS, &best))
+    on_port
+        .clone()
+        .find(|(_, c)| survives(&c.filter_chain_match, LEVELS, &best))
+        .map(|(i, _)| i)
 }
 
 /// Whether two matches can take the same connection at the same specificity (what the config

@@ -920,9 +920,11 @@ impl<N: Network> Engine<N> {
     /// Nothing is allocated before the first byte: the first peek goes to a record header's
     /// worth of stack (plaintext is told from one byte). Once a TLS record header says how
     /// long the hello's records are, a buffer of exactly that (at most the hello limit plus
-    /// record headers, [`max_hello_wire_bytes`]) is taken. The peek waits for the peeked
-    /// length to grow ([`Network::peek_grown`]) and the parser runs only once the bytes its
-    /// last verdict asked for (`at_least`) are in. A client that closes its side before its
+    /// record headers, [`max_hello_wire_bytes`]) is taken. The peek waits until the bytes the
+    /// parser's last verdict asked for (`at_least`) are in ([`Network::peek_grown`]: on a real
+    /// socket the kernel wakes it only then, however the client cuts its segments), and the
+    /// parser runs once per verdict. A timeout leaves the peeked bytes readable by the chain
+    /// that then serves the connection. A client that closes its side before its
     /// hello is complete (a FIN behind queued bytes, which a peek keeps returning) is closed
     /// at once as "closed during its ClientHello", not left to the timeout nor served by a
     /// plaintext chain.
@@ -935,8 +937,8 @@ impl<N: Network> Engine<N> {
         tokio::pin!(drain_expired);
         let mut head = [0u8; HEAD];
         let mut records: Vec<u8> = Vec::new();
-        // Bytes the last peek saw, and the length the parser needs before it can say more.
-        let (mut seen, mut at_least) = (0, 1);
+        // The length the parser needs before it can say more.
+        let mut at_least = 1;
         loop {
             if self.drain_deadline_passed.get() {
                 return ChainPeek::drained();
@@ -951,7 +953,7 @@ impl<N: Network> Engine<N> {
                 &mut records
             };
             let peeked = tokio::select! {
-                r = tokio::time::timeout_at(deadline, N::peek_grown(stream, buf, seen)) => r,
+                r = tokio::time::timeout_at(deadline, N::peek_grown(stream, buf, at_least)) => r,
                 () = &mut drain_expired => return ChainPeek::drained(),
             };
             let (len, closed) = match peeked {
@@ -971,7 +973,6 @@ impl<N: Network> Engine<N> {
                 Ok(Err(_)) => return ChainPeek::Refused("read error", ChainPeekRefusal::Error),
                 Err(_) => return ChainPeek::TimedOut,
             };
-            seen = len;
             if len >= at_least {
                 match peek_client_hello(&buf[..len], DEFAULT_MAX_HELLO_BYTES) {
                     Peek::NeedMore { at_least: next } if next <= limit => at_least = next,

@@ -3627,7 +3627,7 @@ mod idle_buffer_tests {
     use crate::engine::Engine;
     use crate::net::TokioNet;
     use crate::stats::WorkerStats;
-    use crate::test_support::{bound, http1_upstream, on_local_runtime, serve};
+    use crate::test_support::{bound, http1_upstream, on_local_runtime, serve, serve_until};
 
     /// Reads until `n` responses ending in `last` arrived, within 5 s.
     async fn read_responses(s: &mut tokio::net::TcpStream, n: usize, last: &str) -> String {
@@ -3827,36 +3827,11 @@ clusters:
     /// which come within the grace, never park it; its buffers are the pool's when idle.
     #[test]
     fn an_idle_keep_alive_connection_parks_after_the_grace_and_serves_its_next_request() {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        tokio::task::LocalSet::new().block_on(&rt, async {
+        on_local_runtime(async {
             let (up, up_at) = bound();
-            tokio::task::spawn_local(async move {
-                loop {
-                    let (mut s, _) = up.accept().await.unwrap();
-                    tokio::task::spawn_local(async move {
-                        let mut buf = vec![0u8; 4096];
-                        let mut have = Vec::new();
-                        loop {
-                            let n = s.read(&mut buf).await.unwrap_or(0);
-                            if n == 0 {
-                                return;
-                            }
-                            have.extend_from_slice(&buf[..n]);
-                            while let Some(end) = have.windows(4).position(|w| w == b"\r\n\r\n") {
-                                have.drain(..end + 4);
-                                s.write_all(
-                                    b"HTTP/1.1 200 OK\r\ncontent-length: 8\r\n\r\nupstream",
-                                )
-                                .await
-                                .unwrap();
-                            }
-                        }
-                    });
-                }
-            });
+            tokio::task::spawn_local(http1_upstream(up, |_| {
+                "HTTP/1.1 200 OK\r\ncontent-length: 8\r\n\r\nupstream".to_owned()
+            }));
             let (listener, at) = bound();
             let yaml = format!(
                 r#"
@@ -3877,14 +3852,7 @@ clusters:
     hosts: [ {{ address: "{up_at}" }} ]
 "#
             );
-            let config = Arc::new(Config::from_yaml(&yaml).unwrap());
-            let stats = Arc::new(WorkerStats::new(&config));
-            let engine = Engine::new(TokioNet::default(), config, 0, 1, stats).unwrap();
-            tokio::task::spawn_local(
-                engine
-                    .clone()
-                    .run(vec![listener], std::future::pending::<()>()),
-            );
+            let engine = serve(&yaml, listener);
             let get_up = b"GET /up HTTP/1.1\r\nhost: x\r\n\r\n";
 
             // A connection that has not sent a request has nothing to park.
@@ -3952,11 +3920,7 @@ clusters:
     /// drain grace (1 s) of a drain that starts while it is parked (before its idle timeout).
     #[test]
     fn a_parked_connection_still_closes_at_the_idle_timeout_and_at_a_drain() {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        tokio::task::LocalSet::new().block_on(&rt, async {
+        on_local_runtime(async {
             let (listener, at) = bound();
             let yaml = format!(
                 r#"
@@ -3973,13 +3937,10 @@ listeners:
               direct_response: {{ status: 200, body: "first" }}
 "#
             );
-            let config = Arc::new(Config::from_yaml(&yaml).unwrap());
-            let stats = Arc::new(WorkerStats::new(&config));
-            let engine = Engine::new(TokioNet::default(), config, 0, 1, stats).unwrap();
             let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-            tokio::task::spawn_local(engine.clone().run(vec![listener], async move {
+            let engine = serve_until(&yaml, listener, async move {
                 let _ = stopped.await;
-            }));
+            });
             let request = b"GET / HTTP/1.1\r\nhost: x\r\n\r\n";
             /// Reads until the proxy closes the connection; how long that took.
             async fn closed_after(c: &mut tokio::net::TcpStream) -> Duration {
@@ -4030,11 +3991,7 @@ listeners:
         use sluice_core::config::ListenerFilter;
         use sluice_core::http1::conn::{ConnectionPolicy, ConnectionSettings};
 
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        tokio::task::LocalSet::new().block_on(&rt, async {
+        on_local_runtime(async {
             let (listener, at) = bound();
             let yaml = format!(
                 "listeners:\n  - name: web\n    address: {at}\n    http:\n      virtual_hosts: [ {{ name: all, domains: [\"*\"], routes: [ {{ match: {{ prefix: / }}, direct_response: {{ status: 200 }} }} ] }} ]\n"
@@ -4075,8 +4032,7 @@ listeners:
             );
             let request_path_size = size_of_val(&request_path);
             drop(request_path);
-            let connection =
-                engine.http_connection(0, lc, hc, down, peer, &[], None, accepted);
+            let connection = engine.http_connection(0, lc, hc, down, peer, &[], None, accepted);
             let connection_size = size_of_val(&connection);
             drop(connection);
             println!(

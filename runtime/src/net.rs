@@ -36,26 +36,28 @@ pub trait Network: Clone + 'static {
     /// returns at once with what is there, new bytes or not.
     fn peek(stream: &mut Self::Stream, buf: &mut [u8]) -> impl Future<Output = io::Result<usize>>;
 
-    /// Peeks (as [`Network::peek`]) once more than `seen` bytes wait on `stream` (`seen` <
-    /// `buf.len()`), or once the peer has closed its side: how many bytes wait (at most
+    /// Peeks (as [`Network::peek`]) once at least `want` bytes wait on `stream` (1 ≤ `want`
+    /// ≤ `buf.len()`), or once the peer has closed its side: how many bytes wait (at most
     /// `buf.len()`; 0: closed before a byte), and whether the peer's FIN (or a reset) came — no
-    /// more bytes will. A filter chain's ClientHello peek waits with it for the rest of a hello
-    /// split over segments, and tells a client that sent part of one and closed.
+    /// more bytes will. A filter chain's ClientHello peek waits with it for the bytes its parser
+    /// needs next (a hello split over segments), and tells a client that sent part of one and
+    /// closed. Dropped before it returns (a timeout), it leaves the stream as it found it: its
+    /// next read sees the bytes that wait.
     ///
     /// By default (the simulator), peeks again after 1 ms, then after waits doubling up to
     /// 32 ms (a peek returns at once while bytes wait, new or not), and sees a close only
-    /// before the first byte. Real sockets ([`TokioNet`]) wait for the socket's next
-    /// readiness instead: new bytes or the FIN wake them, nothing else.
+    /// before the first byte. Real sockets ([`TokioNet`]) wait for the socket's readiness
+    /// instead, which the kernel gives only once `want` bytes (or the FIN) are there.
     fn peek_grown(
         stream: &mut Self::Stream,
         buf: &mut [u8],
-        seen: usize,
+        want: usize,
     ) -> impl Future<Output = io::Result<(usize, bool)>> {
         async move {
             let mut wait = std::time::Duration::from_millis(1);
             loop {
                 let n = Self::peek(stream, buf).await?;
-                if n == 0 || n > seen {
+                if n == 0 || n >= want {
                     return Ok((n, n == 0));
                 }
                 tokio::time::sleep(wait).await;
@@ -185,9 +187,9 @@ impl Network for TokioNet {
     async fn peek_grown(
         stream: &mut Self::Stream,
         buf: &mut [u8],
-        seen: usize,
+        want: usize,
     ) -> io::Result<(usize, bool)> {
-        peek_grown(stream, buf, seen).await
+        peek_grown(stream, buf, want).await
     }
 
     async fn connect(&self, address: SocketAddr) -> io::Result<Self::Stream> {
@@ -220,26 +222,76 @@ impl Network for TokioNet {
     }
 }
 
+#[cfg(test)]
+thread_local! {
+    /// How many `MSG_PEEK`s [`peek_grown`] made on this thread (a test's engine runs on it).
+    pub(crate) static PEEKS: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
 /// [`Network::peek_grown`] on a real socket: a non-blocking `MSG_PEEK` each time the socket
-/// turns readable; a peek that saw nothing new clears the readiness it ran under (tokio clears
-/// it only if no event came since, so bytes or a FIN landing during the peek are not missed)
-/// and waits for the next edge — new bytes, or the FIN, which `EPOLLRDHUP` reports even
-/// behind queued bytes. No timer, and no syscall while nothing happens.
+/// turns readable, until `want` bytes wait or the peer's FIN came.
+///
+/// A peek that saw too few clears the readiness it ran under (tokio clears it only if no event
+/// came since, so bytes or a FIN landing during the peek are not missed) and waits for the next
+/// edge; `EPOLLRDHUP` reports the FIN even behind queued bytes. While it waits, the socket's
+/// `SO_RCVLOWAT` is `want`: the kernel wakes it only once that many bytes are queued (or on the
+/// FIN, an error, or memory pressure), so a client that sends its hello a byte a segment costs
+/// a few peeks, not one a byte. No timer, and no syscall while nothing happens.
+///
+/// When it returns or is dropped (the listener-filter timeout, the drain), the low-water mark
+/// goes back to one byte — the chain's reads need it — and setting it makes the kernel signal
+/// the socket readable at once when bytes wait (Linux's `tcp_set_rcvlowat`). That re-arms the
+/// readiness a peek cleared: without it, a chain serving the connection after a timeout
+/// (`continue_on_listener_filters_timeout`) would wait for bytes beyond those queued, which a
+/// client waiting for an answer never sends.
 pub(crate) async fn peek_grown(
     stream: &tokio::net::TcpStream,
     buf: &mut [u8],
-    seen: usize,
+    want: usize,
 ) -> io::Result<(usize, bool)> {
-    use nix::sys::socket::{MsgFlags, recv};
+    use nix::sys::socket::{MsgFlags, recv, setsockopt};
     use std::os::fd::AsRawFd;
     use tokio::io::Interest;
+
+    /// `SO_RCVLOWAT` as set while a peek waits, back to one byte when it ends.
+    struct LowWater<'s> {
+        stream: &'s tokio::net::TcpStream,
+        raised: bool,
+    }
+    impl LowWater<'_> {
+        fn raise(&mut self, to: usize) -> io::Result<()> {
+            if !self.raised {
+                // Set before the next wait: bytes queued since the peek that cleared the
+                // readiness are signalled by the setting itself.
+                setsockopt(self.stream, RcvLowat, &to)?;
+                self.raised = true;
+            }
+            Ok(())
+        }
+    }
+    impl Drop for LowWater<'_> {
+        fn drop(&mut self) {
+            if self.raised {
+                // Cannot fail on a TCP socket that a raise succeeded on; were it to, the
+                // connection's next read would wait for `want` bytes, and its timeouts apply.
+                let _ = setsockopt(self.stream, RcvLowat, &1);
+            }
+        }
+    }
+
     let fd = stream.as_raw_fd();
+    let mut low_water = LowWater {
+        stream,
+        raised: false,
+    };
     loop {
         let ready = stream.ready(Interest::READABLE).await?;
         let closed = ready.is_read_closed();
         let peeked = stream.try_io(Interest::READABLE, || {
+            #[cfg(test)]
+            PEEKS.with(|p| p.set(p.get() + 1));
             let n = recv(fd, buf, MsgFlags::MSG_PEEK | MsgFlags::MSG_DONTWAIT)?;
-            if n > seen || n == 0 || closed {
+            if n >= want || n == 0 || closed {
                 Ok(n)
             } else {
                 Err(io::ErrorKind::WouldBlock.into())
@@ -247,11 +299,26 @@ pub(crate) async fn peek_grown(
         });
         match peeked {
             Ok(n) => return Ok((n, closed || n == 0)),
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => low_water.raise(want)?,
             Err(e) => return Err(e),
         }
     }
 }
+
+/// `SO_RCVLOWAT`, which nix has no option type for: nix's own macro writes the `setsockopt`.
+mod rcvlowat {
+    use nix::{setsockopt_impl, sockopt_impl};
+    sockopt_impl!(
+        /// The socket's receive low-water mark: how many bytes must be queued before it is
+        /// readable.
+        RcvLowat,
+        SetOnly,
+        libc::SOL_SOCKET,
+        libc::SO_RCVLOWAT,
+        usize
+    );
+}
+use rcvlowat::RcvLowat;
 
 /// Checks that no other socket listens on `address`, by binding (and at once closing) a socket
 /// *without* `SO_REUSEPORT` there.

@@ -63,13 +63,18 @@ pub(crate) async fn http1_upstream(l: tokio::net::TcpListener, answer: fn(&str) 
 /// A one-worker engine for `yaml` (its listener bound as `listener`), running as a local task
 /// until the caller's runtime ends (call it inside [`on_local_runtime`]).
 pub(crate) fn serve(yaml: &str, listener: tokio::net::TcpListener) -> Rc<Engine<TokioNet>> {
+    serve_until(yaml, listener, std::future::pending::<()>())
+}
+
+/// [`serve`], until `stop` completes: then the engine drains (as on a shutdown).
+pub(crate) fn serve_until(
+    yaml: &str,
+    listener: tokio::net::TcpListener,
+    stop: impl Future<Output = ()> + 'static,
+) -> Rc<Engine<TokioNet>> {
     let config = Arc::new(Config::from_yaml(yaml).unwrap_or_else(|e| panic!("{e}")));
     let stats = Arc::new(WorkerStats::new(&config));
     let engine = Engine::new(TokioNet::default(), config, 0, 1, stats).unwrap();
-    tokio::task::spawn_local(
-        engine
-            .clone()
-            .run(vec![listener], std::future::pending::<()>()),
-    );
+    tokio::task::spawn_local(engine.clone().run(vec![listener], stop));
     engine
 }

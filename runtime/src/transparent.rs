@@ -175,7 +175,7 @@ mod engine_tests {
     use crate::engine::Engine;
     use crate::net::{Network, TokioNet};
     use crate::stats::{CaptureOutcome, WorkerStats};
-    use crate::test_support::bound;
+    use crate::test_support::{bound, on_local_runtime};
     use crate::worker::{Worker, WorkerHooks};
 
     #[derive(Clone, Default)]
@@ -205,9 +205,9 @@ mod engine_tests {
         async fn peek_grown(
             stream: &mut Self::Stream,
             buf: &mut [u8],
-            seen: usize,
+            want: usize,
         ) -> io::Result<(usize, bool)> {
-            crate::net::peek_grown(stream, buf, seen).await
+            crate::net::peek_grown(stream, buf, want).await
         }
 
         fn original_destination(
@@ -233,162 +233,40 @@ mod engine_tests {
         back
     }
 
-    #[test]
-    fn captured_connections_are_handed_off_passed_through_or_closed_and_counted() {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        tokio::task::LocalSet::new().block_on(&rt, async {
-            // The "real peer" a pass-through reaches: echoes, then closes.
-            let (peer, peer_at) = bound();
-            tokio::task::spawn_local(async move {
-                while let Ok((mut s, _)) = peer.accept().await {
-                    tokio::task::spawn_local(async move {
-                        let mut buf = Vec::new();
-                        let _ = s.read_to_end(&mut buf).await;
-                        let _ = s.write_all(&buf).await;
-                    });
-                }
-            });
-            let (capture, capture_at) = bound();
-            let (echo, echo_at) = bound();
-            let yaml = format!(
-                "listeners:
-  - {{ name: capture, address: {capture_at}, original_dst: redirect, use_original_dst: true, tcp_proxy: {{ cluster: pass }} }}
-  - {{ name: echo, address: {echo_at}, echo: {{}} }}
-clusters:
-  - {{ name: pass, type: original_dst }}
-"
-            );
-            let config = Arc::new(Config::from_yaml(&yaml).unwrap());
-            let stats = Arc::new(WorkerStats::new(&config));
-            let net = CapturedNet::default();
-            let dst = net.original_dst.clone();
-            let engine = Engine::new(net, config, 0, 1, stats.clone()).unwrap();
-            let _worker = Worker::start(
-                engine,
-                vec![capture, echo],
-                WorkerHooks {
-                    close_listeners: None,
-                    on_event: None,
-                },
-            );
-            let outcome = |o: CaptureOutcome| {
-                stats.listener(0).unwrap().capture_outcome[o as usize].load(Relaxed)
-            };
-
-            // Dialled the echo listener's address: handed to it.
-            dst.set(Some(echo_at));
-            assert_eq!(exchange(capture_at, b"to the echo").await, b"to the echo");
-            assert_eq!(outcome(CaptureOutcome::HandedOff), 1);
-            assert_eq!(stats.listener(1).unwrap().downstream_cx_total.load(Relaxed), 1);
-            assert_eq!(stats.listener(0).unwrap().downstream_cx_total.load(Relaxed), 0);
-
-            // Dialled an address no listener has: passed through to it.
-            dst.set(Some(peer_at));
-            assert_eq!(exchange(capture_at, b"to the peer").await, b"to the peer");
-            assert_eq!(outcome(CaptureOutcome::OwnChain), 1);
-            assert_eq!(stats.listener(0).unwrap().downstream_cx_total.load(Relaxed), 1);
-
-            // Not captured: no original destination, nothing to pass through to.
-            dst.set(None);
-            assert_eq!(exchange(capture_at, b"to nowhere").await, b"");
-            assert_eq!(outcome(CaptureOutcome::NoOriginalDst), 1);
-            assert_eq!(outcome(CaptureOutcome::HandedOff), 1);
-            assert_eq!(outcome(CaptureOutcome::OwnChain), 1);
-        });
+    /// Sends `what[..cut]`, then (100 ms later, the worker waiting for more) the rest and its
+    /// FIN together, and reads until the proxy closes.
+    async fn exchange_in_two(to: SocketAddr, what: Vec<u8>, cut: usize) -> Vec<u8> {
+        let mut s = tokio::net::TcpStream::connect(to).await.unwrap();
+        s.write_all(&what[..cut]).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        s.write_all(&what[cut..]).await.unwrap();
+        s.shutdown().await.unwrap();
+        let mut back = Vec::new();
+        tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut back))
+            .await
+            .expect("the proxy answers in time")
+            .unwrap_or_default();
+        back
     }
 
-    /// A ClientHello that comes in two parts (a large one: a post-quantum key share spans two
-    /// segments) is peeked at until whole, and then every byte of it — none consumed by the
-    /// peek — goes to the chain its server name picks; another name goes to the default chain.
-    #[test]
-    fn a_client_hello_in_two_parts_picks_its_chain_and_reaches_it_whole() {
+    /// A TLS 1.3 ClientHello for `name` with `padding` bytes of padding, in records of at most
+    /// `fragment` bytes.
+    fn hello(name: &'static [u8], padding: usize, fragment: usize) -> Vec<u8> {
         use sluice_core::tls::client_hello::build::{Hello, client_hello_records};
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        tokio::task::LocalSet::new().block_on(&rt, async {
-            // Chain a's upstream echoes; the default chain's answers `default`.
-            let (a, a_at) = bound();
-            tokio::task::spawn_local(async move {
-                while let Ok((mut s, _)) = a.accept().await {
-                    tokio::task::spawn_local(async move {
-                        let mut buf = Vec::new();
-                        let _ = s.read_to_end(&mut buf).await;
-                        let _ = s.write_all(&buf).await;
-                    });
-                }
-            });
-            let (d, d_at) = bound();
-            tokio::task::spawn_local(async move {
-                while let Ok((mut s, _)) = d.accept().await {
-                    tokio::task::spawn_local(async move {
-                        let mut buf = Vec::new();
-                        let _ = s.read_to_end(&mut buf).await;
-                        let _ = s.write_all(b"default").await;
-                    });
-                }
-            });
-            let (listener, at) = bound();
-            let yaml = format!(
-                "listeners:
-  - name: l
-    address: {at}
-    filter_chains:
-      - filter_chain_match: {{ server_names: [a.example] }}
-        tcp_proxy: {{ cluster: a }}
-    tcp_proxy: {{ cluster: d }}
-clusters:
-  - {{ name: a, hosts: [ {{ address: {a_at} }} ] }}
-  - {{ name: d, hosts: [ {{ address: {d_at} }} ] }}
-"
-            );
-            let config = Arc::new(Config::from_yaml(&yaml).unwrap());
-            let stats = Arc::new(WorkerStats::new(&config));
-            let engine = Engine::new(TokioNet::default(), config, 0, 1, stats).unwrap();
-            let _worker = Worker::start(
-                engine,
-                vec![listener],
-                WorkerHooks {
-                    close_listeners: None,
-                    on_event: None,
-                },
-            );
-            let hello = |name: &'static [u8]| {
-                client_hello_records(
-                    &Hello {
-                        server_name: Some(name),
-                        tls13: true,
-                        padding: 2500,
-                        ..Hello::default()
-                    },
-                    16 * 1024,
-                )
-            };
-            let split = |bytes: Vec<u8>| async move {
-                let mut s = tokio::net::TcpStream::connect(at).await.unwrap();
-                s.write_all(&bytes[..1200]).await.unwrap();
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                s.write_all(&bytes[1200..]).await.unwrap();
-                s.shutdown().await.unwrap();
-                let mut back = Vec::new();
-                tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut back))
-                    .await
-                    .expect("answered in time")
-                    .unwrap_or_default();
-                back
-            };
-            let a_hello = hello(b"a.example");
-            assert_eq!(
-                split(a_hello.clone()).await,
-                a_hello,
-                "every byte, to chain a"
-            );
-            assert_eq!(split(hello(b"b.example")).await, b"default");
-        });
+        client_hello_records(
+            &Hello {
+                server_name: Some(name),
+                tls13: true,
+                padding,
+                ..Hello::default()
+            },
+            fragment,
+        )
+    }
+
+    /// [`hello`] for `a.example`.
+    fn a_hello(padding: usize, fragment: usize) -> Vec<u8> {
+        hello(b"a.example", padding, fragment)
     }
 
     /// Starts an upstream on a fresh port: each connection gets `answer(bytes read until the
@@ -410,24 +288,136 @@ clusters:
         (at, taken)
     }
 
-    /// Starts a worker serving `yaml` (with `{at}` the listener's address) on `net`.
-    fn serve<N: Network<Listener = tokio::net::TcpListener>>(
+    /// Starts a worker serving `yaml` on `net` with `listeners` (already bound, in the order of
+    /// the config's listeners).
+    fn start<N: Network<Listener = tokio::net::TcpListener>>(
         net: N,
+        listeners: Vec<tokio::net::TcpListener>,
         yaml: &str,
-    ) -> (SocketAddr, Arc<WorkerStats>, Worker<N>) {
-        let (listener, at) = bound();
-        let config = Arc::new(Config::from_yaml(&yaml.replace("{at}", &at.to_string())).unwrap());
+    ) -> (Arc<WorkerStats>, Worker<N>) {
+        let config = Arc::new(Config::from_yaml(yaml).unwrap_or_else(|e| panic!("{e}")));
         let stats = Arc::new(WorkerStats::new(&config));
         let engine = Engine::new(net, config, 0, 1, stats.clone()).unwrap();
         let worker = Worker::start(
             engine,
-            vec![listener],
+            listeners,
             WorkerHooks {
                 close_listeners: None,
                 on_event: None,
             },
         );
-        (at, stats, worker)
+        (stats, worker)
+    }
+
+    /// Starts a worker serving `yaml` on `net`, its `L` listeners bound on fresh ports: their
+    /// addresses stand for `{at}` (the first), `{at1}`, `{at2}`… in `yaml`, and are returned.
+    fn serve<N: Network<Listener = tokio::net::TcpListener>, const L: usize>(
+        net: N,
+        yaml: &str,
+    ) -> ([SocketAddr; L], Arc<WorkerStats>, Worker<N>) {
+        let listeners: [_; L] = std::array::from_fn(|_| bound());
+        let addresses = listeners.each_ref().map(|(_, at)| *at);
+        let mut yaml = yaml.to_owned();
+        for (i, at) in addresses.iter().enumerate() {
+            let key = if i == 0 {
+                "{at}".to_owned()
+            } else {
+                format!("{{at{i}}}")
+            };
+            yaml = yaml.replace(&key, &at.to_string());
+        }
+        let (stats, worker) = start(net, listeners.into_iter().map(|(l, _)| l).collect(), &yaml);
+        (addresses, stats, worker)
+    }
+
+    #[test]
+    fn captured_connections_are_handed_off_passed_through_or_closed_and_counted() {
+        on_local_runtime(async {
+            // The "real peer" a pass-through reaches: echoes, then closes.
+            let (peer_at, _) = answering(|b| b);
+            let net = CapturedNet::default();
+            let dst = net.original_dst.clone();
+            let ([capture_at, echo_at], stats, _worker) = serve(
+                net,
+                "listeners:
+  - { name: capture, address: {at}, original_dst: redirect, use_original_dst: true, tcp_proxy: { cluster: pass } }
+  - { name: echo, address: {at1}, echo: {} }
+clusters:
+  - { name: pass, type: original_dst }
+",
+            );
+            let outcome = |o: CaptureOutcome| {
+                stats.listener(0).unwrap().capture_outcome[o as usize].load(Relaxed)
+            };
+
+            // Dialled the echo listener's address: handed to it.
+            dst.set(Some(echo_at));
+            assert_eq!(exchange(capture_at, b"to the echo").await, b"to the echo");
+            assert_eq!(outcome(CaptureOutcome::HandedOff), 1);
+            assert_eq!(
+                stats.listener(1).unwrap().downstream_cx_total.load(Relaxed),
+                1
+            );
+            assert_eq!(
+                stats.listener(0).unwrap().downstream_cx_total.load(Relaxed),
+                0
+            );
+
+            // Dialled an address no listener has: passed through to it.
+            dst.set(Some(peer_at));
+            assert_eq!(exchange(capture_at, b"to the peer").await, b"to the peer");
+            assert_eq!(outcome(CaptureOutcome::OwnChain), 1);
+            assert_eq!(
+                stats.listener(0).unwrap().downstream_cx_total.load(Relaxed),
+                1
+            );
+
+            // Not captured: no original destination, nothing to pass through to.
+            dst.set(None);
+            assert_eq!(exchange(capture_at, b"to nowhere").await, b"");
+            assert_eq!(outcome(CaptureOutcome::NoOriginalDst), 1);
+            assert_eq!(outcome(CaptureOutcome::HandedOff), 1);
+            assert_eq!(outcome(CaptureOutcome::OwnChain), 1);
+        });
+    }
+
+    /// A ClientHello that comes in two parts (a large one: a post-quantum key share spans two
+    /// segments) is peeked at until whole, and then every byte of it — none consumed by the
+    /// peek — goes to the chain its server name picks; another name goes to the default chain.
+    #[test]
+    fn a_client_hello_in_two_parts_picks_its_chain_and_reaches_it_whole() {
+        on_local_runtime(async {
+            // Chain a's upstream echoes; the default chain's answers `default`.
+            let (a_at, _) = answering(|b| b);
+            let (d_at, _) = answering(|_| b"default".to_vec());
+            let ([at], _, _worker) = serve(
+                TokioNet::default(),
+                &format!(
+                    "listeners:
+  - name: l
+    address: {{at}}
+    filter_chains:
+      - filter_chain_match: {{ server_names: [a.example] }}
+        tcp_proxy: {{ cluster: a }}
+    tcp_proxy: {{ cluster: d }}
+clusters:
+  - {{ name: a, hosts: [ {{ address: {a_at} }} ] }}
+  - {{ name: d, hosts: [ {{ address: {d_at} }} ] }}
+"
+                ),
+            );
+            let split = |bytes: Vec<u8>| exchange_in_two(at, bytes, 1200);
+            let a_hello = hello(b"a.example", 2500, 16 * 1024);
+            assert_eq!(
+                split(a_hello.clone()).await,
+                a_hello,
+                "every byte, to chain a"
+            );
+            assert_eq!(
+                split(hello(b"b.example", 2500, 16 * 1024)).await,
+                b"default"
+            );
+        });
     }
 
     /// A client that sends part of a ClientHello and closes its side (a FIN behind the queued
@@ -440,15 +430,10 @@ clusters:
     fn a_client_closing_during_its_client_hello_is_closed_at_once_and_a_split_full_size_hello_is_taken()
      {
         use crate::stats::ChainPeekRefusal;
-        use sluice_core::tls::client_hello::build::{Hello, client_hello_records};
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        tokio::task::LocalSet::new().block_on(&rt, async {
+        on_local_runtime(async {
             let (a_at, _) = answering(|b| b);
             let (plain_at, plain_taken) = answering(|_| b"plaintext".to_vec());
-            let (at, stats, _worker) = serve(
+            let ([at], stats, _worker) = serve(
                 TokioNet::default(),
                 &format!(
                     "listeners:
@@ -472,17 +457,7 @@ clusters:
                     .downstream_listener_filter_refused[r as usize]
                     .load(Relaxed)
             };
-            let hello = |padding: usize, fragment: usize| {
-                client_hello_records(
-                    &Hello {
-                        server_name: Some(b"a.example"),
-                        tls13: true,
-                        padding,
-                        ..Hello::default()
-                    },
-                    fragment,
-                )
-            };
+            let hello = a_hello;
             let t0 = tokio::time::Instant::now();
             let partial = hello(2500, 16 * 1024);
             assert_eq!(exchange(at, &partial[..700]).await, b"");
@@ -533,11 +508,7 @@ clusters:
     /// gets its banner through while the client has sent nothing.
     #[test]
     fn a_server_first_port_is_served_before_the_client_speaks_beside_an_sni_chain() {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        tokio::task::LocalSet::new().block_on(&rt, async {
+        on_local_runtime(async {
             // The server-first upstream: its banner at once, then what it reads.
             let (db, db_at) = bound();
             tokio::task::spawn_local(async move {
@@ -553,7 +524,7 @@ clusters:
             let (a_at, _) = answering(|b| b);
             let net = CapturedNet::default();
             let dst = net.original_dst.clone();
-            let (at, stats, _worker) = serve(
+            let ([at], stats, _worker) = serve(
                 net,
                 &format!(
                     "listeners:
@@ -596,38 +567,19 @@ clusters:
     /// (`raw_buffer` takes this plaintext client; a TLS chain for 8080 exists beside it).
     #[test]
     fn a_capture_listener_picks_its_filter_chain_by_the_original_destination_port() {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        tokio::task::LocalSet::new().block_on(&rt, async {
+        on_local_runtime(async {
             // The "real peer" a pass-through reaches: answers `passed`, then closes.
-            let (peer, peer_at) = bound();
-            tokio::task::spawn_local(async move {
-                while let Ok((mut s, _)) = peer.accept().await {
-                    tokio::task::spawn_local(async move {
-                        let mut buf = Vec::new();
-                        let _ = s.read_to_end(&mut buf).await;
-                        let _ = s.write_all(b"passed").await;
-                    });
-                }
-            });
+            let (peer_at, _) = answering(|_| b"passed".to_vec());
             // Where port 8080's chain sends: echoes.
-            let (app, app_at) = bound();
-            tokio::task::spawn_local(async move {
-                while let Ok((mut s, _)) = app.accept().await {
-                    tokio::task::spawn_local(async move {
-                        let mut buf = Vec::new();
-                        let _ = s.read_to_end(&mut buf).await;
-                        let _ = s.write_all(&buf).await;
-                    });
-                }
-            });
-            let (inbound, inbound_at) = bound();
-            let yaml = format!(
-                "listeners:
+            let (app_at, _) = answering(|b| b);
+            let net = CapturedNet::default();
+            let dst = net.original_dst.clone();
+            let ([inbound_at], stats, _worker) = serve(
+                net,
+                &format!(
+                    "listeners:
   - name: inbound
-    address: {inbound_at}
+    address: {{at}}
     original_dst: redirect
     filter_chains:
       - filter_chain_match: {{ destination_port: 8080, transport_protocol: tls }}
@@ -640,19 +592,7 @@ clusters:
   - {{ name: app, hosts: [ {{ address: {app_at} }} ] }}
   - {{ name: nowhere, hosts: [ {{ address: 127.0.0.1:9 }} ] }}
 "
-            );
-            let config = Arc::new(Config::from_yaml(&yaml).unwrap());
-            let stats = Arc::new(WorkerStats::new(&config));
-            let net = CapturedNet::default();
-            let dst = net.original_dst.clone();
-            let engine = Engine::new(net, config, 0, 1, stats.clone()).unwrap();
-            let _worker = Worker::start(
-                engine,
-                vec![inbound],
-                WorkerHooks {
-                    close_listeners: None,
-                    on_event: None,
-                },
+                ),
             );
             // To port 8080 of the workload: the 8080 plaintext chain.
             dst.set(Some(SocketAddr::new(peer_at.ip(), 8080)));
@@ -663,6 +603,145 @@ clusters:
             let l = stats.listener(0).unwrap();
             assert_eq!(l.downstream_cx_total.load(Relaxed), 2);
             assert_eq!(l.downstream_cx_no_filter_chain_match.load(Relaxed), 0);
+        });
+    }
+
+    /// A worker whose listener's one chain takes the ClientHellos for `a.example` to an upstream
+    /// that echoes ([`answering`]) and closes what else comes: the listener's address, the count
+    /// of connections the upstream took, the stats, the worker.
+    fn serve_a_chain_only() -> (
+        SocketAddr,
+        Rc<Cell<usize>>,
+        Arc<WorkerStats>,
+        Worker<TokioNet>,
+    ) {
+        let (a_at, a_taken) = answering(|b| b);
+        let ([at], stats, worker) = serve(
+            TokioNet::default(),
+            &format!(
+                "listeners:
+  - name: l
+    address: {{at}}
+    filter_chains:
+      - filter_chain_match: {{ server_names: [a.example] }}
+        tcp_proxy: {{ cluster: a }}
+clusters:
+  - {{ name: a, hosts: [ {{ address: {a_at} }} ] }}
+"
+            ),
+        );
+        (at, a_taken, stats, worker)
+    }
+
+    /// With `continue_on_listener_filters_timeout`, a client that sent part of a ClientHello
+    /// and then waits (sends nothing more, keeps its side open) is served by the default chain
+    /// once `listener_filters_timeout` passes — and that chain reads the bytes the peek saw
+    /// without waiting for new ones: the peek that waited for more cleared the socket's
+    /// readiness, and the first read after it must not wait for an edge that never comes.
+    #[test]
+    fn after_the_listener_filters_timeout_the_chain_reads_the_peeked_bytes_without_new_ones() {
+        on_local_runtime(async {
+            // The default chain's upstream echoes as it reads (the client never closes).
+            let (echo, echo_at) = bound();
+            tokio::task::spawn_local(async move {
+                while let Ok((mut s, _)) = echo.accept().await {
+                    tokio::task::spawn_local(async move {
+                        let (mut r, mut w) = s.split();
+                        let _ = tokio::io::copy(&mut r, &mut w).await;
+                    });
+                }
+            });
+            let (a_at, a_taken) = answering(|b| b);
+            let ([at], stats, _worker) = serve(
+                TokioNet::default(),
+                &format!(
+                    "listeners:
+  - name: l
+    address: {{at}}
+    listener_filters_timeout: 200ms
+    continue_on_listener_filters_timeout: true
+    filter_chains:
+      - filter_chain_match: {{ server_names: [a.example] }}
+        tcp_proxy: {{ cluster: a }}
+    tcp_proxy: {{ cluster: d }}
+clusters:
+  - {{ name: a, hosts: [ {{ address: {a_at} }} ] }}
+  - {{ name: d, hosts: [ {{ address: {echo_at} }} ] }}
+"
+                ),
+            );
+            let partial = &a_hello(2500, 16 * 1024)[..700];
+            let mut s = tokio::net::TcpStream::connect(at).await.unwrap();
+            s.write_all(partial).await.unwrap();
+            let mut back = vec![0u8; partial.len()];
+            tokio::time::timeout(Duration::from_secs(3), s.read_exact(&mut back))
+                .await
+                .expect("the default chain relays the peeked bytes without new ones")
+                .unwrap();
+            assert_eq!(back, partial, "every peeked byte, echoed");
+            let l = stats.listener(0).unwrap();
+            assert_eq!(l.downstream_listener_filter_timeout.load(Relaxed), 1);
+            assert_eq!(a_taken.get(), 0);
+        });
+    }
+
+    /// A client that sends the rest of its ClientHello and its FIN together, while the peek
+    /// waits for the first record: the peeks that follow see the FIN with a full buffer — more
+    /// bytes may wait behind it — so the hello is taken and its chain gets every byte, not
+    /// refused as "closed during its ClientHello". Deterministic: the client is a task of the
+    /// worker's own thread, and writes the rest and shuts down in one poll, so the worker's
+    /// next look at the socket sees both.
+    #[test]
+    fn a_fin_seen_with_a_full_peek_buffer_is_not_a_close_during_the_client_hello() {
+        use crate::stats::ChainPeekRefusal;
+        on_local_runtime(async {
+            let (at, a_taken, stats, _worker) = serve_a_chain_only();
+            // Three records: after the first, a peek for each header and one for the rest,
+            // each filling its buffer.
+            let hello = a_hello(9000, 4096);
+            // The worker peeks the first 100 bytes and waits for the first record's 4 101.
+            let back = exchange_in_two(at, hello.clone(), 100).await;
+            assert_eq!(back, hello, "every byte, to chain a");
+            assert_eq!(a_taken.get(), 1);
+            let l = stats.listener(0).unwrap();
+            assert_eq!(
+                l.downstream_listener_filter_refused[ChainPeekRefusal::Closed as usize]
+                    .load(Relaxed),
+                0
+            );
+        });
+    }
+
+    /// A client that sends its ClientHello one byte a segment costs a few peeks, not one a
+    /// segment: the socket wakes the peek only once the bytes the parser needs are there.
+    #[test]
+    fn a_client_hello_sent_a_byte_a_segment_costs_a_few_peeks_not_one_a_byte() {
+        on_local_runtime(async {
+            let (at, _, _, _worker) = serve_a_chain_only();
+            let hello = a_hello(300, 16 * 1024);
+            let sent = hello.clone();
+            let client = tokio::task::spawn_blocking(move || {
+                use std::io::{Read as _, Write as _};
+                let mut s = std::net::TcpStream::connect(at).unwrap();
+                s.set_nodelay(true).unwrap();
+                for b in &sent {
+                    s.write_all(std::slice::from_ref(b)).unwrap();
+                    std::thread::sleep(Duration::from_micros(200));
+                }
+                s.shutdown(std::net::Shutdown::Write).unwrap();
+                s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+                let mut back = Vec::new();
+                s.read_to_end(&mut back).unwrap();
+                back
+            });
+            crate::net::PEEKS.with(|p| p.set(0));
+            assert_eq!(client.await.unwrap(), hello, "every byte, to chain a");
+            let peeks = crate::net::PEEKS.with(std::cell::Cell::get);
+            assert!(
+                peeks <= 8,
+                "{peeks} peeks for a hello of {} one-byte segments",
+                hello.len()
+            );
         });
     }
 }

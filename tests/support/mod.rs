@@ -8,6 +8,7 @@
 pub mod netns;
 pub mod otlp;
 pub mod pki;
+pub mod raw_h2;
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -140,6 +141,18 @@ impl Drop for Proc {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Stops the proxy as an operator does — SIGTERM: it drains and flushes its access log — and
+/// checks that it exits with success within `limit` (its log in the failure).
+pub fn stop_gracefully(mut s: Proc, limit: Duration) {
+    s.signal("TERM");
+    assert!(
+        s.wait_exit(limit).is_some_and(|st| st.success()),
+        "{} did not exit cleanly within {limit:?}:\n{}",
+        s.name,
+        s.log_text()
+    );
 }
 
 /// Starts a program with stdout+stderr to a log file in `dir`.

@@ -1,5 +1,6 @@
 //! A small OTLP/HTTP receiver for the tracing end-to-end tests: it keeps every export that
-//! arrives (its request line and content type, and its JSON body) and answers 200.
+//! arrives (its request line and content type, and its JSON body) and answers 200; and reading
+//! the spans and their attributes out of what it kept.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpListener;
@@ -65,4 +66,14 @@ pub fn spans(got: &Mutex<Vec<(String, Value)>>) -> Vec<Value> {
         }
     }
     all
+}
+
+/// The value of a span's attribute `key` (its `{"stringValue": …}` or `{"intValue": …}`
+/// object), if the span has it.
+pub fn attribute<'a>(span: &'a Value, key: &str) -> Option<&'a Value> {
+    span["attributes"]
+        .as_array()?
+        .iter()
+        .find(|a| a["key"] == key)
+        .map(|a| &a["value"])
 }

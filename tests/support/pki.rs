@@ -8,7 +8,11 @@ use rcgen::{
     SanType,
 };
 
-use super::{TempDir, addr, http_request, run};
+use super::{TempDir, run};
+
+/// A `/stats` value ([`super::admin_stat`]), for the TLS tests that glob-import this module.
+#[allow(unused_imports)] // (not every test crate that has this module reads stats)
+pub use super::admin_stat as stat;
 
 /// A CA that issues the test certificates.
 pub struct Ca {
@@ -79,17 +83,6 @@ pub fn peer_cn(text: &str) -> &str {
         .find_map(|l| l.strip_prefix("Peer certificate: CN = "))
         .unwrap_or_else(|| panic!("no peer certificate in:\n{text}"))
         .trim()
-}
-
-pub fn stat(admin: u16, name: &str) -> u64 {
-    let (status, body) = http_request(addr(admin), "GET", "/stats");
-    assert_eq!(status, 200);
-    body.lines()
-        .find_map(|l| l.strip_prefix(&format!("{name}: ")))
-        .unwrap_or_else(|| panic!("no {name} in /stats:\n{body}"))
-        .trim()
-        .parse()
-        .unwrap()
 }
 
 /// `openssl s_client` that sends one HTTP/1.1 request with `Connection: close` and reads until
