@@ -1187,23 +1187,18 @@ tracing:
 /// opened as far as they go, and one `GET path` on stream 1.
 fn h2c_get_wide_open(socket: socket2::Socket, path: &str) -> TcpStream {
     let mut s: TcpStream = socket.into();
-    let mut out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    let mut out = raw_h2::PREFACE.to_vec();
     // SETTINGS_INITIAL_WINDOW_SIZE at its most, and the connection window opened as far: flow
     // control never holds the response back.
-    out.extend(h2_frame(0x4, 0, 0, &[0, 4, 0x7f, 0xff, 0xff, 0xff]));
-    out.extend(h2_frame(
-        0x8,
-        0,
-        0,
-        &(0x7fff_ffffu32 - 65_535).to_be_bytes(),
-    ));
+    out.extend(frame(0x4, 0, 0, &[0, 4, 0x7f, 0xff, 0xff, 0xff]));
+    out.extend(frame(0x8, 0, 0, &(0x7fff_ffffu32 - 65_535).to_be_bytes()));
     let block = hpack_literals(&[
         (":method", "GET"),
         (":scheme", "http"),
         (":path", path),
         (":authority", "slow.test"),
     ]);
-    out.extend(h2_frame(0x1, 0x5, 1, &block));
+    out.extend(frame(0x1, 0x5, 1, &block));
     s.write_all(&out).unwrap();
     s
 }
@@ -1274,10 +1269,10 @@ fn an_http2_client_reading_a_large_response_slowly_is_not_taken_for_dead() {
                     body += len;
                     ended = flags & 0x1 != 0;
                 }
-                0x4 if flags & 0x1 == 0 => s.write_all(&h2_frame(0x4, 0x1, 0, &[])).unwrap(),
+                0x4 if flags & 0x1 == 0 => s.write_all(&frame(0x4, 0x1, 0, &[])).unwrap(),
                 0x6 if flags & 0x1 == 0 => {
                     pings += 1;
-                    s.write_all(&h2_frame(0x6, 0x1, 0, &payload)).unwrap();
+                    s.write_all(&frame(0x6, 0x1, 0, &payload)).unwrap();
                 }
                 0x7 => goaway = Some(payload),
                 _ => {}
