@@ -250,6 +250,7 @@ fn the_filter_chains_example_passes_through_other_ports_only() {
                 tls,
                 server_name,
                 alpn,
+                plaintext_protocol: None,
             },
         )
     };
