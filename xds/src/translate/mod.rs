@@ -20,6 +20,8 @@
 
 mod cluster;
 mod listener;
+mod listener_filters;
+mod network_filters;
 mod route;
 mod tls;
 
