@@ -152,7 +152,12 @@ mod tests {
     /// Every prefix of a decided input is undecided or the same verdict, and the input with
     /// bytes after it keeps the verdict.
     fn decided(input: &[u8], want: HttpSniff) {
-        assert_eq!(sniff_http(input), want, "{:?}", String::from_utf8_lossy(input));
+        assert_eq!(
+            sniff_http(input),
+            want,
+            "{:?}",
+            String::from_utf8_lossy(input)
+        );
         for i in 0..input.len() {
             let v = sniff_http(&input[..i]);
             assert!(
@@ -172,10 +177,7 @@ mod tests {
         decided(b"POST /a?b=c HTTP/1.0\r\n", HttpSniff::Http10);
         decided(b"OPTIONS * HTTP/1.1\r\n", HttpSniff::Http11);
         decided(b"CONNECT a.example:443 HTTP/1.1\r\n", HttpSniff::Http11);
-        decided(
-            b"GET http://a.example/x HTTP/1.1\r\n",
-            HttpSniff::Http11,
-        );
+        decided(b"GET http://a.example/x HTTP/1.1\r\n", HttpSniff::Http11);
         // Any token is a method (extension methods included).
         decided(b"PURGE /cache HTTP/1.1\r\n", HttpSniff::Http11);
     }

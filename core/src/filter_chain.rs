@@ -297,7 +297,10 @@ mod tests {
             }),
         ];
         assert!(needs_http_sniff(&chains, 9090));
-        assert!(!needs_http_sniff(&chains, 8080), "port 8080 has its own chain");
+        assert!(
+            !needs_http_sniff(&chains, 8080),
+            "port 8080 has its own chain"
+        );
         assert!(!needs_http_sniff(&chains, 8443), "only a TLS chain is left");
         assert!(!needs_http_sniff(&[], 80));
     }

@@ -80,6 +80,12 @@ pub fn translate_listener(
         (!take(&mut rest.access_log).is_empty(), "access_log"),
         (take(&mut rest.traffic_direction) != 0, "traffic_direction"),
         (take(&mut rest.stats_matcher).is_some(), "stats_matcher"),
+        // How many connections one wake-up of the accept loop takes (Istio: 1): the runtime's
+        // accept loop paces itself.
+        (
+            take(&mut rest.max_connections_to_accept_per_socket_event).is_some(),
+            "max_connections_to_accept_per_socket_event",
+        ),
     ] {
         if set {
             at.note(notes, field);
@@ -254,7 +260,10 @@ fn filter_chains(
                 Ports::All
             }
         });
-        for (key, ports) in [("tls_inspector", &inspection.tls), ("http_inspector", &http)] {
+        for (key, ports) in [
+            ("tls_inspector", &inspection.tls),
+            ("http_inspector", &http),
+        ] {
             if let Some(v) = ports.to_json() {
                 m.insert(key.to_owned(), v);
             }
@@ -460,8 +469,8 @@ fn filter_chain(
         if terminal.is_some() {
             return Err(named.error("unsupported (after the terminal filter)"));
         }
-        let is_terminal =
-            any.type_url == HttpConnectionManager::type_url() || any.type_url == TcpProxy::type_url();
+        let is_terminal = any.type_url == HttpConnectionManager::type_url()
+            || any.type_url == TcpProxy::type_url();
         if !is_terminal {
             // Istio's metadata exchange, stats, and RBAC that denies nothing: ignored, noted.
             super::network_filters::before_terminal(any, &named, notes)?;

@@ -104,9 +104,7 @@ pub(super) fn listener_filters(
             }
             None => None,
         };
-        let is = |name: &str, url: String| {
-            any.map_or(f.name == name, |a| a.type_url == url)
-        };
+        let is = |name: &str, url: String| any.map_or(f.name == name, |a| a.type_url == url);
         if is(ORIGINAL_DST, OriginalDstFilter::type_url()) {
             if f.filter_disabled.is_some() {
                 return Err(named.field("filter_disabled").unsupported());
@@ -228,7 +226,9 @@ fn port_ranges(
                         of them, not_match of either, any_match)";
     match &p.rule {
         Some(Rule::DestinationPortRange(r)) => {
-            Ok(port_range(r, &at.field("destination_port_range"))?.into_iter().collect())
+            Ok(port_range(r, &at.field("destination_port_range"))?
+                .into_iter()
+                .collect())
         }
         Some(Rule::OrMatch(set)) => {
             let s_at = at.field("or_match").field("rules");

@@ -474,4 +474,6 @@ mod tests;
 #[cfg(test)]
 pub(crate) mod tests_chains;
 #[cfg(test)]
+mod tests_istiod;
+#[cfg(test)]
 pub(crate) mod tests_tls;

@@ -32,7 +32,8 @@ const TYPED_STRUCTS: [&str; 2] = [
     "type.googleapis.com/udpa.type.v1.TypedStruct",
     "type.googleapis.com/xds.type.v3.TypedStruct",
 ];
-const METADATA_EXCHANGE: &str = "type.googleapis.com/envoy.tcp.metadataexchange.config.MetadataExchange";
+const METADATA_EXCHANGE: &str =
+    "type.googleapis.com/envoy.tcp.metadataexchange.config.MetadataExchange";
 const ISTIO_STATS: &str = "type.googleapis.com/stats.PluginConfig";
 
 /// The type a filter's config really is: its own type URL, or, for a `TypedStruct`, the
@@ -64,9 +65,9 @@ pub(super) fn before_terminal(
             named.note(notes, "");
             return Ok(());
         }
-        return Err(named.error(
-            "unsupported (a Wasm network filter other than Istio's stats plugin)",
-        ));
+        return Err(
+            named.error("unsupported (a Wasm network filter other than Istio's stats plugin)")
+        );
     }
     if any.type_url == Rbac::type_url() {
         let r: Rbac = unpack(any, named)?;
@@ -171,8 +172,5 @@ fn allows_all(p: &Policy) -> bool {
         .principals
         .iter()
         .any(|x| matches!(x.identifier, Some(principal::Identifier::Any(true))));
-    any_permission
-        && any_principal
-        && p.condition.is_none()
-        && p.checked_condition.is_none()
+    any_permission && any_principal && p.condition.is_none() && p.checked_condition.is_none()
 }

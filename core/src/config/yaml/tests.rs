@@ -2142,7 +2142,10 @@ fn sniffed_http_chains_inspector_ports_and_no_timeout_decode_dump_and_load_back(
     let l = &c.listeners[0];
     assert_eq!(l.listener_filters_timeout, Duration::ZERO, "0s: no limit");
     let one = |p| PortRange { first: p, last: p };
-    assert_eq!(l.tls_inspector, InspectorPorts::ExceptPorts(vec![one(15006)]));
+    assert_eq!(
+        l.tls_inspector,
+        InspectorPorts::ExceptPorts(vec![one(15006)])
+    );
     assert_eq!(
         l.http_inspector,
         InspectorPorts::ExceptPorts(vec![
