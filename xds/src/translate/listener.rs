@@ -22,16 +22,19 @@
 //!   `transport_socket` as the chain's own `tls`, its `HttpConnectionManager` or `TcpProxy`;
 //!   `default_filter_chain` (without a match) as the listener's own filter and `tls`, and
 //!   without one, a listener that closes what no chain takes (Envoy's rule);
-//!   `listener_filters_timeout` and `continue_on_listener_filters_timeout` as such. Listener
-//!   filters: `tls_inspector` (the runtime peeks at the ClientHello whenever a chain needs it)
-//!   and `original_dst` (`original_dst: redirect`: `destination_port` is then the original
-//!   destination's port — Istio's `virtualInbound`).
+//!   `listener_filters_timeout` (`0s`: no limit) and `continue_on_listener_filters_timeout` as
+//!   such. Listener filters ([`super::listener_filters`]): `tls_inspector`, `http_inspector`
+//!   (plaintext sniffed for `http/1.0`, `http/1.1`, `h2c`) with their `filter_disabled` port
+//!   predicates → `tls_inspector` / `http_inspector`, and `original_dst` (`original_dst:
+//!   redirect`: `destination_port` is then the original destination's port — Istio's
+//!   `virtualInbound`). Network filters before the terminal one
+//!   ([`super::network_filters`]): Istio's metadata exchange and stats, noted; RBAC only when
+//!   it denies nothing.
 //!
 //! Refused by path: the other match fields (`prefix_ranges` — which older istiod puts on its
 //! passthrough chains —, `source_*`, `direct_source_prefix_ranges`, `address_suffix`), another
-//! transport protocol, other listener filters (`http_inspector`: chains by
-//! `application_protocols` `http/1.1`/`h2c` on plaintext are not supported), a match on the
-//! `default_filter_chain`, and chains two of which could take the same connection (the
+//! transport protocol, other listener filters and predicates, other network filters, a match
+//! on the `default_filter_chain`, and chains two of which could take the same connection (the
 //! config's own check).
 
 use std::collections::BTreeMap;
