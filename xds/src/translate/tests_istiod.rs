@@ -77,7 +77,15 @@ fn istiods_virtual_inbound_translates_to_its_chains() {
     // Each chain: port, transport, ALPN, TLS, filter and cluster.
     let tls = TransportProtocol::Tls;
     let raw = Some(TransportProtocol::RawBuffer);
-    let want: [(Option<u16>, Option<TransportProtocol>, &[&str], bool, &str); 8] = [
+    // (destination port, transport protocol, ALPN, terminates TLS, cluster)
+    type Want<'a> = (
+        Option<u16>,
+        Option<TransportProtocol>,
+        &'a [&'a str],
+        bool,
+        &'a str,
+    );
+    let want: [Want<'_>; 8] = [
         (Some(15006), None, &[], false, BLACKHOLE),
         (
             None,
