@@ -438,6 +438,18 @@ clusters:
         echo_once(addr(listen), b"\x00\x01binary, not HTTP\n").unwrap(),
         b"\x00\x01binary, not HTTP\n"
     );
+    // A few bytes that are clearly not HTTP, the client waiting for an answer: decided at
+    // once (no wait for more bytes, no timeout with 0s), relayed by the TCP chain.
+    let mut short = TcpStream::connect(addr(listen)).unwrap();
+    short
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    short.write_all(b"\x00\x01\x02").unwrap();
+    let mut back = [0u8; 3];
+    short
+        .read_exact(&mut back)
+        .expect("echoed without more bytes");
+    assert_eq!(&back, b"\x00\x01\x02");
     // No sniff on the port `http_inspector` skips: an HTTP request is echoed as bytes.
     let request = b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
     assert_eq!(echo_once(addr(unsniffed), request).unwrap(), request);

@@ -1026,7 +1026,10 @@ impl<N: Network> Engine<N> {
         if !look.http {
             return ChainPeek::Plain(None);
         }
-        // Plaintext: sniff HTTP on the bytes seen so far and on more as they come.
+        // Plaintext: sniff HTTP on what is queued now, then on more as it comes. The TLS look
+        // may have peeked only a record header's worth of what is queued, and a few bytes
+        // can decide (not HTTP): the first peek here waits for no growth.
+        seen = 0;
         let mut pooled = self.take_buffer();
         let verdict = loop {
             if self.drain_deadline_passed.get() {
