@@ -450,6 +450,24 @@ clusters:
         .read_exact(&mut back)
         .expect("echoed without more bytes");
     assert_eq!(&back, b"\x00\x01\x02");
+    // A request line that has not ended within 8 KiB: closed, as Envoy does, counted.
+    let mut long = TcpStream::connect(addr(listen)).unwrap();
+    long.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut line = b"GET /".to_vec();
+    line.resize(9000, b'a');
+    long.write_all(&line).unwrap();
+    let mut rest = Vec::new();
+    assert_eq!(
+        long.read_to_end(&mut rest).map(|_| rest.len()).unwrap_or(0),
+        0
+    );
+    assert_eq!(
+        stat(
+            admin,
+            "listener.inbound.downstream_listener_filter_refused.too_large"
+        ),
+        1
+    );
     // No sniff on the port `http_inspector` skips: an HTTP request is echoed as bytes.
     let request = b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
     assert_eq!(echo_once(addr(unsniffed), request).unwrap(), request);

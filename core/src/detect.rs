@@ -14,12 +14,16 @@
 //! - The HTTP/2 client preface (RFC 9113 §3.4, the same check as an HTTP listener's
 //!   `codec: auto`, [`crate::http2::detect_preface`]), complete: `h2c`. A strict prefix of it
 //!   waits for more.
-//! - Otherwise an HTTP/1 request line, complete with its CRLF: `method SP request-target SP
-//!   HTTP/1.x CRLF`, the method a token (RFC 9110 §5.6.2), the target visible characters,
-//!   `x` 0 or 1: `http/1.0` or `http/1.1`.
-//! - Anything else — a byte the request line cannot hold where it is, another version, no line
-//!   end within [`MAX_HTTP_SNIFF_BYTES`] — is not HTTP: the connection gets no application
-//!   protocol (Envoy's "http_not_found"), and chains that ask for one do not match it.
+//! - Otherwise an HTTP/1 request line, complete with its line end: `method SP request-target
+//!   SP HTTP/d.d` and CRLF (or a bare LF, which Envoy's parser takes too), the method a token
+//!   (RFC 9110 §5.6.2, any method), the target visible characters: `http/1.1` for version
+//!   1.1, `http/1.0` for any other (as Envoy sets it).
+//! - Anything else — a byte the request line cannot hold where it is — is not HTTP: the
+//!   connection gets no application protocol (Envoy's `http_not_found`), and chains that ask
+//!   for one do not match it.
+//! - A request line still undecided after [`MAX_HTTP_SNIFF_BYTES`] is
+//!   [`HttpSniff::TooLong`]: Envoy closes such a connection (its `read_error`), and so does
+//!   the runtime.
 //!
 //! Invariant: the verdict for a prefix that is decided never changes when more bytes follow
 //! (the decision looks only at bytes before the CRLF, or at the 24 preface bytes), so the
@@ -47,6 +51,9 @@ pub enum HttpSniff {
     H2c,
     /// Not HTTP (or not recognisable as such).
     NotHttp,
+    /// A valid start of a request line, still without its end after
+    /// [`MAX_HTTP_SNIFF_BYTES`]: the connection is to be closed.
+    TooLong,
 }
 
 impl HttpSniff {
@@ -58,7 +65,7 @@ impl HttpSniff {
             HttpSniff::Http10 => Some(HTTP10),
             HttpSniff::Http11 => Some(HTTP11),
             HttpSniff::H2c => Some(H2C),
-            HttpSniff::NeedMore | HttpSniff::NotHttp => None,
+            HttpSniff::NeedMore | HttpSniff::NotHttp | HttpSniff::TooLong => None,
         }
     }
 
@@ -93,17 +100,18 @@ pub fn sniff_http(first: &[u8]) -> HttpSniff {
     }
     match request_line(first) {
         Line::NeedMore if first.len() < MAX_HTTP_SNIFF_BYTES => HttpSniff::NeedMore,
-        Line::NeedMore | Line::Invalid => HttpSniff::NotHttp,
-        Line::Version(b'0') => HttpSniff::Http10,
-        Line::Version(_) => HttpSniff::Http11,
+        Line::NeedMore => HttpSniff::TooLong,
+        Line::Invalid => HttpSniff::NotHttp,
+        Line::Version(b'1', b'1') => HttpSniff::Http11,
+        Line::Version(..) => HttpSniff::Http10,
     }
 }
 
 enum Line {
     NeedMore,
     Invalid,
-    /// The minor version digit of a complete `HTTP/1.x` request line.
-    Version(u8),
+    /// The major and minor version digits of a complete request line.
+    Version(u8, u8),
 }
 
 /// Checks `method SP target SP HTTP/1.x CRLF` at the start of `b`.
@@ -125,22 +133,24 @@ fn request_line(b: &[u8]) -> Line {
     if target == 0 || after != b' ' {
         return Line::Invalid;
     }
-    // The version and the line end.
-    const TAIL: &[u8] = b"HTTP/1.";
+    // The version (`HTTP/d.d`) and the line end.
     let rest = &rest[target + 1..];
-    let n = rest.len().min(TAIL.len());
-    if rest[..n] != TAIL[..n] {
+    const NAME: &[u8] = b"HTTP/";
+    let n = rest.len().min(NAME.len());
+    if rest[..n] != NAME[..n] {
         return Line::Invalid;
     }
-    let (Some(&minor), tail) = (rest.get(TAIL.len()), rest.get(TAIL.len() + 1..)) else {
-        return Line::NeedMore;
-    };
-    if !matches!(minor, b'0' | b'1') {
-        return Line::Invalid;
+    let version = &rest[n..];
+    let digit = |i: usize| version.get(i).map(u8::is_ascii_digit);
+    match (digit(0), version.get(1), digit(2)) {
+        (Some(false), ..) | (_, Some(b'.'), Some(false)) => return Line::Invalid,
+        (_, Some(c), _) if *c != b'.' => return Line::Invalid,
+        (Some(true), Some(_), Some(true)) => {}
+        _ => return Line::NeedMore,
     }
-    match tail.unwrap_or_default() {
+    match &version[3..] {
         [] | [b'\r'] => Line::NeedMore,
-        [b'\r', b'\n', ..] => Line::Version(minor),
+        [b'\r', b'\n', ..] | [b'\n', ..] => Line::Version(version[0], version[2]),
         _ => Line::Invalid,
     }
 }
@@ -180,6 +190,10 @@ mod tests {
         decided(b"GET http://a.example/x HTTP/1.1\r\n", HttpSniff::Http11);
         // Any token is a method (extension methods included).
         decided(b"PURGE /cache HTTP/1.1\r\n", HttpSniff::Http11);
+        // A bare LF ends the line too; a version other than 1.1 is HTTP/1.0 (Envoy's).
+        decided(b"GET / HTTP/1.1\n", HttpSniff::Http11);
+        decided(b"GET / HTTP/0.9\r\n", HttpSniff::Http10);
+        decided(b"GET / HTTP/2.0\r\n", HttpSniff::Http10);
     }
 
     #[test]
@@ -187,8 +201,9 @@ mod tests {
         decided(PREFACE, HttpSniff::H2c);
         assert_eq!(sniff_http(&PREFACE[..23]), HttpSniff::NeedMore);
         assert_eq!(sniff_http(b""), HttpSniff::NeedMore);
-        // "PRI * HTTP/2.0" is no HTTP/1 request line either.
-        decided(b"PRI * HTTP/2.1\r\n\r\nSM\r\n\r\n", HttpSniff::NotHttp);
+        // Not the preface: a request line like any other (Envoy's parser reads it as one,
+        // version 2.1, so HTTP/1.0).
+        decided(b"PRI * HTTP/2.1\r\n\r\nSM\r\n\r\n", HttpSniff::Http10);
     }
 
     #[test]
@@ -198,10 +213,11 @@ mod tests {
             b"SSH-2.0-OpenSSH_9.6\r\n",
             b"GET  / HTTP/1.1\r\n",
             b" GET / HTTP/1.1\r\n",
-            b"GET / HTTP/2.0\r\n",
-            b"GET / HTTP/1.2\r\n",
-            b"GET / HTTP/1.1\n",
+            b"GET / HTTP/1.12\r\n",
+            b"GET / HTTP/1,1\r\n",
+            b"GET / HTTP/a.1\r\n",
             b"GET / HTTP/1.1 \r\n",
+            b"GET / HTTP/1.1\rx",
             b"GET /a\x01b HTTP/1.1\r\n",
             b"GET / http/1.1\r\n",
             b"\r\n",
@@ -211,12 +227,14 @@ mod tests {
     }
 
     #[test]
-    fn a_line_that_does_not_end_within_the_limit_is_not_http() {
+    fn a_line_that_does_not_end_within_the_limit_is_too_long() {
         let mut long = b"GET /".to_vec();
         long.resize(MAX_HTTP_SNIFF_BYTES - 1, b'a');
         assert_eq!(sniff_http(&long), HttpSniff::NeedMore);
         long.push(b'a');
-        assert_eq!(sniff_http(&long), HttpSniff::NotHttp);
+        assert_eq!(sniff_http(&long), HttpSniff::TooLong);
+        assert!(HttpSniff::TooLong.is_decided());
+        assert_eq!(HttpSniff::TooLong.application_protocol(), None);
         // A request line that ends just within the limit is HTTP.
         let mut fits = b"GET /".to_vec();
         fits.resize(MAX_HTTP_SNIFF_BYTES - b" HTTP/1.1\r\n".len(), b'a');

@@ -5,9 +5,9 @@
 //! - nothing panics;
 //! - a decided verdict is the same on every longer prefix (sampled for long inputs): a
 //!   driver that peeks again after each read sees one verdict, and may stop at the first;
-//! - `NeedMore` only below `MAX_HTTP_SNIFF_BYTES`;
-//! - `http/1.0` / `http/1.1` only for a first line that ends with CRLF within the limit and
-//!   with that version;
+//! - `NeedMore` only below `MAX_HTTP_SNIFF_BYTES`, `TooLong` only at it;
+//! - `http/1.0` / `http/1.1` only for a first line that ends (LF) within the limit with
+//!   `HTTP/d.d` (and a CR), `http/1.1` only for `HTTP/1.1`;
 //! - `h2c` exactly when the input starts with the 24-byte HTTP/2 preface.
 #![no_main]
 
@@ -19,6 +19,9 @@ fuzz_target!(|bytes: &[u8]| {
     let whole = sniff_http(bytes);
     if whole == HttpSniff::NeedMore {
         assert!(bytes.len() < MAX_HTTP_SNIFF_BYTES);
+    }
+    if whole == HttpSniff::TooLong {
+        assert!(bytes.len() >= MAX_HTTP_SNIFF_BYTES);
     }
     assert_eq!(
         whole == HttpSniff::H2c,
@@ -40,10 +43,14 @@ fuzz_target!(|bytes: &[u8]| {
         assert!(sluice_core::detect::PLAINTEXT_PROTOCOLS.contains(&p));
     }
     if matches!(whole, HttpSniff::Http10 | HttpSniff::Http11) {
-        // A request line, ended by CRLF within the bytes sniffed, starting with a token.
-        let line_end = bytes.windows(2).position(|w| w == b"\r\n").unwrap();
-        assert!(line_end + 2 <= MAX_HTTP_SNIFF_BYTES);
-        assert!(bytes[..line_end].ends_with(b"HTTP/1.0") || bytes[..line_end].ends_with(b"HTTP/1.1"));
+        // A request line, ended by LF within the bytes sniffed, starting with a token and
+        // ending with the version.
+        let line_end = bytes.iter().position(|&b| b == b'\n').unwrap();
+        assert!(line_end < MAX_HTTP_SNIFF_BYTES);
+        let line = bytes[..line_end].strip_suffix(b"\r").unwrap_or(&bytes[..line_end]);
+        let version = &line[line.len() - 8..];
+        assert!(version.starts_with(b"HTTP/"), "{version:?}");
+        assert_eq!(whole == HttpSniff::Http11, version == b"HTTP/1.1");
         assert!(bytes[0].is_ascii_graphic());
     }
 });

@@ -38,7 +38,7 @@ use std::time::{Duration, SystemTime};
 
 use sluice_core::cluster::{ClusterState, HostId};
 use sluice_core::config::{ClusterKind, Config, ListenerConfig, ListenerFilter, TcpProxyConfig};
-use sluice_core::detect::{MAX_HTTP_SNIFF_BYTES, sniff_http};
+use sluice_core::detect::{HttpSniff, MAX_HTTP_SNIFF_BYTES, sniff_http};
 use sluice_core::handoff::{Handoff as CaptureTarget, HandoffTable};
 use sluice_core::health::{Resource, UpstreamResult};
 use sluice_core::lb::request_hash;
@@ -1045,6 +1045,13 @@ impl<N: Network> Engine<N> {
             };
             seen = len;
             let sniffed = sniff_http(&buf[..len]);
+            if sniffed == HttpSniff::TooLong {
+                // Envoy's http_inspector closes it too.
+                break ChainPeek::Refused(
+                    "no HTTP request line end within 8 KiB",
+                    ChainPeekRefusal::TooLarge,
+                );
+            }
             if sniffed.is_decided() {
                 break ChainPeek::Plain(sniffed.application_protocol());
             }
