@@ -205,8 +205,7 @@ fn scope(
         Some(Rule::NotMatch(inner)) => {
             let n_at = at.field("not_match");
             match &inner.rule {
-                // Disabled nowhere but... everywhere: `not_match { any_match }` is "never
-                // disabled".
+                // `not_match { any_match }`: disabled on no connection.
                 Some(Rule::AnyMatch(true)) => Ports::All,
                 _ => Ports::Only(port_ranges(inner, &n_at)?),
             }
