@@ -485,14 +485,12 @@ fn filter_chain(
                 "http",
                 http(hcm, &f_at.field("typed_config"), routes, notes)?,
             )
-        } else if any.type_url == TcpProxy::type_url() {
+        } else {
             let tcp: TcpProxy = unpack(any, &named)?;
             (
                 "tcp_proxy",
                 tcp_proxy(tcp, &f_at.field("typed_config"), notes)?,
             )
-        } else {
-            return Err(named.unsupported());
         });
     }
     let (key, value) = terminal.ok_or_else(|| {
