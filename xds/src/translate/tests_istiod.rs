@@ -518,3 +518,65 @@ fn without_http_inspector_nothing_is_sniffed() {
     assert_eq!(l.http_inspector, InspectorPorts::OnlyPorts(vec![]));
     assert!(!l.http_inspector.runs_on(9090));
 }
+
+/// What the fixture trims from istiod's inbound HTTP connection manager and clusters is not
+/// dropped silently: each is NACKed by its path (the gaps `xds.md` lists).
+#[test]
+fn what_the_fixture_trims_is_nacked_by_path() {
+    use envoy_types::pb::envoy::extensions::filters::http::grpc_stats::v3::FilterConfig as GrpcStats;
+    use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
+        HttpConnectionManager, HttpFilter, http_connection_manager::UpgradeConfig, http_filter,
+    };
+    use prost::Message;
+    // Edits the HCM of chain 7 (port 8080, plaintext).
+    let with_hcm = |edit: &dyn Fn(&mut HttpConnectionManager)| {
+        let mut r = resources();
+        let f = &mut listener(&mut r).filter_chains[7].filters[1];
+        let Some(filter::ConfigType::TypedConfig(any)) = &mut f.config_type else {
+            unreachable!()
+        };
+        let mut h = HttpConnectionManager::decode(any.value.as_slice()).unwrap();
+        edit(&mut h);
+        any.value = h.encode_to_vec();
+        r
+    };
+    let at = "listener \"virtualInbound\" filter_chains[7].filters[1].typed_config";
+    let e = errors(&with_hcm(&|h| {
+        h.upgrade_configs = vec![UpgradeConfig {
+            upgrade_type: "websocket".into(),
+            ..Default::default()
+        }];
+    }));
+    assert_eq!(e, [format!("{at}.upgrade_configs: unsupported")]);
+    let e = errors(&with_hcm(&|h| h.forward_client_cert_details = 3)); // APPEND_FORWARD
+    assert_eq!(
+        e,
+        [format!("{at}.forward_client_cert_details: unsupported")]
+    );
+    let e = errors(&with_hcm(&|h| {
+        h.http_filters.insert(
+            0,
+            HttpFilter {
+                name: "envoy.filters.http.grpc_stats".into(),
+                config_type: Some(http_filter::ConfigType::TypedConfig(any(
+                    &GrpcStats::default(),
+                ))),
+                ..Default::default()
+            },
+        );
+    }));
+    assert_eq!(
+        e,
+        [format!(
+            "{at}.http_filters[0] (envoy.filters.http.grpc_stats): unsupported"
+        )]
+    );
+    // istiod's BlackHoleCluster: STATIC without endpoints.
+    let mut r = resources();
+    r.clusters.get_mut(BLACKHOLE).unwrap().load_assignment = None;
+    let e = errors(&r);
+    assert!(
+        e[0].starts_with("cluster \"BlackHoleCluster\" load_assignment"),
+        "{e:?}"
+    );
+}
