@@ -375,3 +375,118 @@ listeners:
         }
     }
 }
+
+/// Istio's passthrough chains, sniffed: on one plaintext port, HTTP/1.1 (curl) and h2c (curl
+/// `--http2-prior-knowledge`) go to the `http` chain that lists `[http/1.1, h2c]`, other bytes
+/// to the `tcp_proxy` chain; where `http_inspector` does not run (`except_ports`), HTTP is just
+/// bytes for the TCP chain. With `listener_filters_timeout: 0s` (Istio's default) a client
+/// that is silent for longer than a bounded wait is still served.
+#[test]
+fn plaintext_http_and_h2c_are_sniffed_into_their_chain() {
+    if !require_peers(&["curl", "nginx"]) {
+        return;
+    }
+    let dir = TempDir::new("sniff");
+    let up = free_port();
+    let _n = start_nginx(&dir, "up", up, "http chain");
+    let (listen, unsniffed, echo, admin) = (free_port(), free_port(), free_port(), free_port());
+    let chains = format!(
+        r#"
+    filter_chains:
+      - filter_chain_match: {{ transport_protocol: raw_buffer, application_protocols: [http/1.1, h2c] }}
+        http: {http}
+      - filter_chain_match: {{ transport_protocol: raw_buffer }}
+        tcp_proxy: {{ cluster: echo }}"#,
+        http = route_to("app"),
+    );
+    let config = format!(
+        r#"
+admin: {{ address: 127.0.0.1:{admin} }}
+listeners:
+  - name: inbound
+    address: 127.0.0.1:{listen}
+    listener_filters_timeout: 0s
+    {chains}
+  - name: unsniffed
+    address: 127.0.0.1:{unsniffed}
+    http_inspector: {{ except_ports: [{unsniffed}] }}
+    {chains}
+  - name: echo
+    address: 127.0.0.1:{echo}
+    echo: {{}}
+clusters:
+  - {{ name: app, hosts: [ {{ address: 127.0.0.1:{up} }} ] }}
+  - {{ name: echo, hosts: [ {{ address: 127.0.0.1:{echo} }} ] }}
+"#
+    );
+    let _s = start_sluice(&dir, &config, 1, addr(echo));
+    let curl = |port: u16, extra: &[&str]| {
+        let url = format!("http://127.0.0.1:{port}/");
+        let mut args = vec!["-s", "-w", "|%{http_version}|%{http_code}"];
+        args.extend_from_slice(extra);
+        args.push(&url);
+        String::from_utf8_lossy(&run("curl", &args).stdout).into_owned()
+    };
+    // HTTP/1.1 and h2c: the HTTP chain (h2c answered over HTTP/2 by its `codec: auto`).
+    assert_eq!(curl(listen, &["--http1.1"]), "http chain|1.1|200");
+    assert_eq!(
+        curl(listen, &["--http2-prior-knowledge"]),
+        "http chain|2|200"
+    );
+    // Other plaintext: the TCP chain (the echo listener sends it back).
+    assert_eq!(
+        echo_once(addr(listen), b"\x00\x01binary, not HTTP\n").unwrap(),
+        b"\x00\x01binary, not HTTP\n"
+    );
+    // A few bytes that are clearly not HTTP, the client waiting for an answer: decided at
+    // once (no wait for more bytes, no timeout with 0s), relayed by the TCP chain.
+    let mut short = TcpStream::connect(addr(listen)).unwrap();
+    short
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    short.write_all(b"\x00\x01\x02").unwrap();
+    let mut back = [0u8; 3];
+    short
+        .read_exact(&mut back)
+        .expect("echoed without more bytes");
+    assert_eq!(&back, b"\x00\x01\x02");
+    // A request line that has not ended within 8 KiB: closed, as Envoy does, counted.
+    let mut long = TcpStream::connect(addr(listen)).unwrap();
+    long.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut line = b"GET /".to_vec();
+    line.resize(9000, b'a');
+    long.write_all(&line).unwrap();
+    let mut rest = Vec::new();
+    assert_eq!(
+        long.read_to_end(&mut rest).map(|_| rest.len()).unwrap_or(0),
+        0
+    );
+    assert_eq!(
+        stat(
+            admin,
+            "listener.inbound.downstream_listener_filter_refused.too_large"
+        ),
+        1
+    );
+    // No sniff on the port `http_inspector` skips: an HTTP request is echoed as bytes.
+    let request = b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
+    assert_eq!(echo_once(addr(unsniffed), request).unwrap(), request);
+    // No limit on the wait for first bytes: a client silent for 1.5 s is still served
+    // (with a 1 s limit it is closed: the first test).
+    let mut late = TcpStream::connect(addr(listen)).unwrap();
+    late.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    late.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut reply = String::new();
+    late.read_to_string(&mut reply).unwrap();
+    assert!(
+        reply.starts_with("HTTP/1.1 200") && reply.ends_with("http chain"),
+        "{reply}"
+    );
+    assert_eq!(
+        stat(admin, "listener.inbound.downstream_listener_filter_timeout"),
+        0
+    );
+}

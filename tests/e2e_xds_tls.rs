@@ -7,7 +7,9 @@
 //! contexts; it is not a reload that drains); a certificate with the wrong key is NACKed and
 //! the last good one serves on. And a client CA rotated under the same secret name ends the
 //! resumption of sessions its predecessor admitted. Istio's auto-mTLS: `transport_socket_matches`
-//! and endpoint labels pick mTLS or plaintext per endpoint, and a label change re-picks.
+//! and endpoint labels pick mTLS or plaintext per endpoint, and a label change re-picks. And
+//! istiod's own `virtualInbound` over ADS: curl's plaintext HTTP/1.1 and h2c sniffed into its
+//! HTTP passthrough chain, a mesh client's mTLS with `istio-peer-exchange` into its TCP one.
 
 #[path = "support/ads.rs"]
 #[allow(dead_code)]
@@ -699,4 +701,141 @@ fn keep_alive_get(s: &mut std::net::TcpStream) -> Option<(u16, bool, String)> {
     s.read_exact(&mut body).ok()?;
     let close = head.lines().any(|l| l.trim() == "connection: close");
     Some((status, close, String::from_utf8_lossy(&body).into_owned()))
+}
+
+/// istiod's own `virtualInbound` (the fixture written from istiod's generator: http_inspector
+/// and tls_inspector with istiod's `filter_disabled`, `listener_filters_timeout: 0s`, metadata
+/// exchange and stats before every terminal filter, mTLS chains with SDS secrets) pushed over
+/// ADS and ACKed; on a port no service declares, curl's plaintext HTTP/1.1 and h2c are sniffed
+/// into the passthrough HTTP chain, and a mesh client (a client certificate, ALPN
+/// `istio-peer-exchange`) gets the mTLS TCP chain. Test-only changes, so that it runs without
+/// packet capture: the listener on 127.0.0.1 and without `original_dst` (the destination port
+/// is then its own), and the passthrough cluster a static one to nginx.
+#[test]
+fn istiods_virtual_inbound_over_ads_sniffs_plaintext_http_and_h2c() {
+    use sluice_xds::fixtures::istiod::{self, PASSTHROUGH};
+    if !require_peers(&["nginx", "curl", "openssl"]) {
+        return;
+    }
+    let dir = TempDir::new("xds-istiod");
+    let mesh = make_ca(&dir, "mesh-root");
+    let (cert, key) = leaf(&dir, &mesh, "app", &["app.default.svc.cluster.local"], None);
+    let (client_cert, client_key) = leaf(&dir, &mesh, "client", &["client.mesh"], None);
+    let (app, pass) = (free_port(), free_port());
+    let _a = start_nginx(&dir, "app", app, "app");
+    // The HTTP chain's connection manager sets `x-forwarded-proto`; bytes relayed by a TCP
+    // chain carry none: the body tells which chain a request came through.
+    let _p = start_nginx_with(
+        &dir,
+        "pass",
+        pass,
+        r#"location / { return 200 "passthrough $http_x_forwarded_proto"; }"#,
+    );
+    let (listen, admin, ads_port) = (free_port(), free_port(), free_port());
+    let mut r = istiod::virtual_inbound(
+        &read(&mesh.pem),
+        &read(&cert),
+        &read(&key),
+        ("127.0.0.1", u32::from(app)),
+    );
+    let l = r.listeners.get_mut("virtualInbound").unwrap();
+    l.address = Some(sluice_xds::fixtures::address(
+        "127.0.0.1",
+        u32::from(listen),
+    ));
+    l.listener_filters.remove(0); // original_dst
+    r.clusters.insert(
+        PASSTHROUGH.into(),
+        static_cluster(PASSTHROUGH, &[("127.0.0.1", u32::from(pass), 0)]),
+    );
+    let mut pushed: BTreeMap<String, Vec<Any>> = BTreeMap::new();
+    pushed.insert(
+        ResourceType::Cluster.type_url().to_owned(),
+        r.clusters.values().map(any).collect(),
+    );
+    pushed.insert(
+        ResourceType::Listener.type_url().to_owned(),
+        r.listeners.values().map(any).collect(),
+    );
+    pushed.insert(
+        ResourceType::Secret.type_url().to_owned(),
+        r.secrets.values().map(any).collect(),
+    );
+    let server = AdsServer::start(ads_port, Snapshot::default());
+    server.push(pushed);
+    let config = format!(
+        r#"
+admin: {{ address: 127.0.0.1:{admin} }}
+node: {{ id: sidecar-istiod, cluster: e2e }}
+xds: {{ cluster: xds_server }}
+listeners: []
+clusters:
+  - name: xds_server
+    hosts: [ {{ address: 127.0.0.1:{ads_port} }} ]
+"#
+    );
+    let sluice = start_sluice(&dir, &config, 1, addr(admin));
+    let curl = |extra: &str| {
+        let url = format!("http://127.0.0.1:{listen}/");
+        let out = run(
+            "curl",
+            &[
+                "-s",
+                "--max-time",
+                "10",
+                "-w",
+                "|%{http_version}",
+                extra,
+                &url,
+            ],
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    eventually("istiod's listener serves", &sluice, || {
+        curl("--http1.1") == "passthrough http|1.1"
+    });
+    // The listener was ACKed, not NACKed.
+    let version = server.version().to_string();
+    assert!(
+        server
+            .requests()
+            .iter()
+            .any(|q| q.type_url == ResourceType::Listener.type_url()
+                && q.version_info == version
+                && q.error_detail.is_none()),
+        "{:?}",
+        server.requests()
+    );
+    // h2c with prior knowledge: the same chain, answered over HTTP/2.
+    assert_eq!(curl("--http2-prior-knowledge"), "passthrough http|2");
+    // A mesh client: mTLS (client certificate from the mesh root) offering
+    // istio-peer-exchange — the TCP passthrough chain terminates it and relays the bytes.
+    let (ok, text) = s_client_request(
+        listen,
+        &[
+            "-servername",
+            "outbound_.9090_._.app.default.svc.cluster.local",
+            "-alpn",
+            "istio-peer-exchange,istio",
+            "-cert",
+            p(&client_cert),
+            "-key",
+            p(&client_key),
+        ],
+    );
+    assert!(ok, "{text}");
+    assert!(
+        text.contains("CN = app") || text.contains("CN=app"),
+        "{text}"
+    );
+    assert!(
+        text.contains("passthrough") && !text.contains("passthrough http"),
+        "relayed as bytes by the TCP chain: {text}"
+    );
+    // Without a client certificate the mTLS chain refuses the handshake.
+    let (ok, text) = s_client_request(
+        listen,
+        &["-servername", "x", "-alpn", "istio-peer-exchange,istio"],
+    );
+    assert!(!ok || !text.contains("passthrough"), "{text}");
 }

@@ -2,9 +2,11 @@
 //! `filter_chains` serves a connection, from what its first bytes and its socket say.
 //!
 //! [`select`] owns the choice. It is a pure function of the chains and a [`ConnectionFacts`]
-//! (the destination port, and what a ClientHello peek saw: TLS or not, the server name, the
-//! offered ALPN protocols), allocates nothing, and is called once per connection of a
-//! listener with chains.
+//! (the destination port, what a ClientHello peek saw: TLS or not, the server name, the
+//! offered ALPN protocols; and, plaintext, what an HTTP sniff saw), allocates nothing, and is
+//! called once per connection of a listener with chains. [`needs_client_hello`] and
+//! [`needs_http_sniff`] say, from the destination port alone, whether the first bytes need
+//! to be looked at at all.
 //!
 //! ## The rule (Envoy's, for the criteria Sluice supports)
 //!
@@ -23,7 +25,9 @@
 //!    chains may both list an offered protocol — Istio's `[istio-peer-exchange, istio]` and
 //!    `[istio-http/1.1, …]` for a client offering `istio-http/1.1, istio` — the client's
 //!    preference decides, not the config order); a chain listing none of them, over one
-//!    without protocols.
+//!    without protocols. A plaintext connection's one application protocol is what the HTTP
+//!    sniff of its first bytes said (`http/1.0`, `http/1.1`, `h2c`: [`crate::detect`],
+//!    Envoy's `http_inspector`), or none.
 //!
 //! A chain whose criterion the connection does not meet never matches. When no chain is left,
 //! [`select`] says `None`: the listener's own filter serves the connection (its default chain),
@@ -34,6 +38,7 @@
 //! left after the last level; were two left, the first in config order wins.
 
 use crate::config::{FilterChain, FilterChainMatch, TransportProtocol};
+use crate::detect::PLAINTEXT_PROTOCOLS;
 
 /// What is known of a connection when its chain is picked.
 #[derive(Clone, Copy, Debug, Default)]
@@ -46,6 +51,26 @@ pub struct ConnectionFacts<'a> {
     pub server_name: Option<&'a str>,
     /// The ClientHello's ALPN protocols, in the client's order.
     pub alpn: &'a [Vec<u8>],
+    /// Plaintext: the application protocol the HTTP sniff of its first bytes gave
+    /// ([`crate::detect::HttpSniff::application_protocol`]); `None` when it is not HTTP or
+    /// was not sniffed. Ignored for a TLS connection (its ALPN list counts).
+    pub plaintext_protocol: Option<&'static str>,
+}
+
+impl ConnectionFacts<'_> {
+    /// The position, in the connection's order of preference, of the first application
+    /// protocol `listed` holds: the ALPN list of a TLS connection, the sniffed protocol of a
+    /// plaintext one.
+    fn first_offered_in(&self, listed: &[String]) -> Option<usize> {
+        let has = |offered: &[u8]| listed.iter().any(|p| p.as_bytes() == offered);
+        if self.tls {
+            self.alpn.iter().position(|offered| has(offered))
+        } else {
+            self.plaintext_protocol
+                .filter(|p| has(p.as_bytes()))
+                .map(|_| 0)
+        }
+    }
 }
 
 /// The chains the `destination_port` level keeps for a connection to `port`, with their
@@ -106,13 +131,7 @@ fn specificity(m: &FilterChainMatch, level: usize, c: &ConnectionFacts<'_>) -> O
             // Envoy walks the client's list in its order and takes the chain of the first
             // offered protocol a chain lists: the earlier the offered protocol, the more
             // specific (`usize::MAX - position`, above the 0 of a chain without protocols).
-            c.alpn
-                .iter()
-                .position(|offered| {
-                    m.application_protocols
-                        .iter()
-                        .any(|p| p.as_bytes() == offered.as_slice())
-                })
+            c.first_offered_in(&m.application_protocols)
                 .map(|at| usize::MAX - at)
         }
     }
@@ -129,6 +148,29 @@ const LEVELS: usize = 3;
 #[must_use]
 pub fn needs_client_hello(chains: &[FilterChain], destination_port: u16) -> bool {
     port_survivors(chains, destination_port).any(|(_, c)| c.filter_chain_match.needs_client_hello())
+}
+
+/// Whether a plaintext connection to `destination_port` is to be sniffed for HTTP: a chain
+/// left after the `destination_port` level, not only for TLS, lists an application protocol
+/// the sniff can give (`http/1.0`, `http/1.1`, `h2c`). `false` when no chain is left.
+#[must_use]
+pub fn needs_http_sniff(chains: &[FilterChain], destination_port: u16) -> bool {
+    let facts = ConnectionFacts {
+        destination_port,
+        ..ConnectionFacts::default()
+    };
+    let port = |c: &FilterChain| specificity(&c.filter_chain_match, 0, &facts);
+    let Some(best) = chains.iter().filter_map(port).max() else {
+        return false;
+    };
+    chains.iter().any(|c| {
+        let m = &c.filter_chain_match;
+        port(c) == Some(best)
+            && m.transport_protocol != Some(TransportProtocol::Tls)
+            && m.application_protocols
+                .iter()
+                .any(|p| PLAINTEXT_PROTOCOLS.contains(&p.as_str()))
+    })
 }
 
 /// The index of the chain that serves a connection with these facts, or `None` (the
@@ -196,7 +238,81 @@ mod tests {
             tls: sni.is_some() || !alpn.is_empty(),
             server_name: sni,
             alpn,
+            plaintext_protocol: None,
         }
+    }
+
+    fn plain(port: u16, sniffed: Option<&'static str>) -> ConnectionFacts<'static> {
+        ConnectionFacts {
+            destination_port: port,
+            plaintext_protocol: sniffed,
+            ..ConnectionFacts::default()
+        }
+    }
+
+    /// Istio's plaintext chains of a port without a declared protocol: HTTP (sniffed
+    /// `http/1.1` or `h2c`) to an HTTP connection manager, anything else to a TCP proxy.
+    #[test]
+    fn a_plaintext_connection_matches_by_its_sniffed_protocol() {
+        let chains = [
+            chain(FilterChainMatch {
+                transport_protocol: Some(TransportProtocol::RawBuffer),
+                ..Default::default()
+            }),
+            chain(FilterChainMatch {
+                transport_protocol: Some(TransportProtocol::RawBuffer),
+                application_protocols: names(&["http/1.1", "h2c"]),
+                ..Default::default()
+            }),
+            chain(FilterChainMatch {
+                transport_protocol: Some(TransportProtocol::Tls),
+                application_protocols: names(&["h2c"]),
+                ..Default::default()
+            }),
+        ];
+        assert_eq!(select(&chains, &plain(80, Some("http/1.1"))), Some(1));
+        assert_eq!(select(&chains, &plain(80, Some("h2c"))), Some(1));
+        // HTTP/1.0 is not listed (Istio lists it only with its HTTP10 feature): TCP.
+        assert_eq!(select(&chains, &plain(80, Some("http/1.0"))), Some(0));
+        assert_eq!(select(&chains, &plain(80, None)), Some(0));
+        // A TLS connection's ALPN is its own: a ClientHello offering "h2c" is no sniff.
+        let h2c = [b"h2c".to_vec()];
+        assert_eq!(select(&chains, &facts(80, Some("x"), &h2c)), Some(2));
+        // The sniffed protocol of a plaintext connection does not reach a TLS chain.
+        assert_eq!(
+            select(&chains[2..], &plain(80, Some("h2c"))),
+            None,
+            "a TLS chain takes no plaintext connection"
+        );
+    }
+
+    #[test]
+    fn the_http_sniff_is_needed_only_when_a_chain_left_by_the_port_lists_an_http_protocol() {
+        let chains = [
+            chain(FilterChainMatch {
+                transport_protocol: Some(TransportProtocol::RawBuffer),
+                application_protocols: names(&["http/1.1", "h2c"]),
+                ..Default::default()
+            }),
+            chain(FilterChainMatch {
+                destination_port: Some(8080),
+                transport_protocol: Some(TransportProtocol::RawBuffer),
+                ..Default::default()
+            }),
+            chain(FilterChainMatch {
+                destination_port: Some(8443),
+                transport_protocol: Some(TransportProtocol::Tls),
+                application_protocols: names(&["h2c"]),
+                ..Default::default()
+            }),
+        ];
+        assert!(needs_http_sniff(&chains, 9090));
+        assert!(
+            !needs_http_sniff(&chains, 8080),
+            "port 8080 has its own chain"
+        );
+        assert!(!needs_http_sniff(&chains, 8443), "only a TLS chain is left");
+        assert!(!needs_http_sniff(&[], 80));
     }
 
     #[test]

@@ -19,7 +19,8 @@
 //! - [`handoff`]: which listener serves a connection captured transparently (by its original
 //!   destination);
 //! - [`tls`]: the ClientHello peek (server name and ALPN of a TLS connection, read without
-//!   terminating it).
+//!   terminating it); [`detect`]: the HTTP/1.x or h2c sniff of a plaintext connection's first
+//!   bytes (Envoy's `http_inspector`), both feeding [`filter_chain`] selection.
 //!
 //! ## The contract (the same one quinn-proto and str0m follow)
 //!
@@ -39,6 +40,7 @@
 
 pub mod bolt;
 pub mod config;
+pub mod detect;
 pub mod filter_chain;
 pub mod handoff;
 pub mod handover;

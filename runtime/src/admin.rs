@@ -2705,6 +2705,8 @@ mod tests {
             filter_chains: Vec::new(),
             listener_filters_timeout: sluice_core::config::DEFAULT_LISTENER_FILTERS_TIMEOUT,
             continue_on_listener_filters_timeout: false,
+            tls_inspector: Default::default(),
+            http_inspector: Default::default(),
         });
         let stats = vec![
             Arc::new(WorkerStats::new(&config)),

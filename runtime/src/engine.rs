@@ -15,8 +15,10 @@
 //!
 //! Filter chains: a listener with `filter_chains` picks, per connection, the chain that serves
 //! it (`pick_chain`: the destination port — the original destination's on a capture
-//! listener — and, when a chain asks, a `MSG_PEEK` of the ClientHello through
-//! [`Network::peek`], bounded by `listener_filters_timeout`; the choice is
+//! listener — and, when a chain asks, a `MSG_PEEK` of the ClientHello, or of a plaintext
+//! connection's first bytes for HTTP/1.x or h2c ([`sluice_core::detect`]), through
+//! [`Network::peek`], each only on the ports its inspector covers, bounded by
+//! `listener_filters_timeout` (zero: no limit); the choice is
 //! [`sluice_core::filter_chain::select`]). Each chain is compiled like a listener of its own,
 //! a *serving slot* after the listeners ([`Config::chain_slots`]): its router, access log and
 //! TLS acceptor are kept at that index, and the session runs the listener code with it; its
@@ -36,6 +38,7 @@ use std::time::{Duration, SystemTime};
 
 use sluice_core::cluster::{ClusterState, HostId};
 use sluice_core::config::{ClusterKind, Config, ListenerConfig, ListenerFilter, TcpProxyConfig};
+use sluice_core::detect::{HttpSniff, MAX_HTTP_SNIFF_BYTES, sniff_http};
 use sluice_core::handoff::{Handoff as CaptureTarget, HandoffTable};
 use sluice_core::health::{Resource, UpstreamResult};
 use sluice_core::lb::request_hash;
@@ -846,10 +849,14 @@ impl<N: Network> Engine<N> {
     /// (`index` itself: the listener's own filter, its default chain), from its destination
     /// port and, when a chain left by the port asks about TLS, server names or ALPN, its
     /// ClientHello — peeked at, not read: the chain's filter (or TLS) reads the same bytes
-    /// again. The port is looked at first, without waiting for a byte: a port whose chains ask
-    /// nothing of the ClientHello is served at once (a server-first protocol, whose client
-    /// waits for the server to speak). `None`: the connection is to be closed (no chain fits
-    /// and there is no default chain, or the peek failed), counted.
+    /// again —, or, plaintext, when a chain asks for `http/1.1` / `h2c`, an HTTP sniff of the
+    /// first bytes ([`sluice_core::detect`]). Each look runs only on the ports its inspector
+    /// covers (`tls_inspector`, `http_inspector`: Envoy's `filter_disabled`), decided from the
+    /// port before anything is peeked. The port is looked at first, without waiting for a
+    /// byte: a port whose chains ask nothing of the first bytes is served at once (a
+    /// server-first protocol, whose client waits for the server to speak). `None`: the
+    /// connection is to be closed (no chain fits and there is no default chain, or the peek
+    /// failed), counted.
     async fn pick_chain(
         &self,
         index: usize,
@@ -857,16 +864,26 @@ impl<N: Network> Engine<N> {
         peer: SocketAddr,
         original_dst: Option<SocketAddr>,
     ) -> Option<usize> {
-        use sluice_core::filter_chain::{ConnectionFacts, needs_client_hello, select};
+        use sluice_core::filter_chain::{
+            ConnectionFacts, needs_client_hello, needs_http_sniff, select,
+        };
         let lc = &self.config.listeners[index];
         let mut facts = ConnectionFacts {
             destination_port: original_dst.map_or(lc.address.port(), |d| d.port()),
             ..ConnectionFacts::default()
         };
-        let hello = if needs_client_hello(&lc.filter_chains, facts.destination_port) {
-            match self.peek_client_hello(lc, stream).await {
+        let port = facts.destination_port;
+        let look = FirstBytes {
+            hello: lc.tls_inspector.runs_on(port) && needs_client_hello(&lc.filter_chains, port),
+            http: lc.http_inspector.runs_on(port) && needs_http_sniff(&lc.filter_chains, port),
+        };
+        let hello = if look.hello || look.http {
+            match self.peek_first_bytes(lc, stream, look).await {
                 ChainPeek::Hello(h) => Some(h),
-                ChainPeek::NotTls => None,
+                ChainPeek::Plain(protocol) => {
+                    facts.plaintext_protocol = protocol;
+                    None
+                }
                 ChainPeek::TimedOut => {
                     if let Some(l) = self.listener_stats(index) {
                         bump(&l.downstream_listener_filter_timeout, 1);
@@ -905,6 +922,7 @@ impl<N: Network> Engine<N> {
                     destination_port = facts.destination_port,
                     tls = facts.tls,
                     server_name = ?facts.server_name,
+                    plaintext_protocol = ?facts.plaintext_protocol,
                     "no filter chain matches: connection closed"
                 );
                 None
@@ -913,93 +931,173 @@ impl<N: Network> Engine<N> {
         }
     }
 
-    /// Peeks at the connection's first bytes (without consuming them) until they say whether
-    /// it is TLS and, if so, what its ClientHello asks for; bounded by the listener's
-    /// `listener_filters_timeout` and by the drain deadline.
+    /// Peeks at the connection's first bytes (without consuming them) until they say what
+    /// `look` asks: whether it is TLS and, if so, what its ClientHello asks for; and,
+    /// plaintext (or not looked at for TLS), whether it is HTTP/1.x or h2c. Bounded by the
+    /// listener's `listener_filters_timeout` (zero: no limit) and by the drain deadline.
     ///
     /// Nothing is allocated before the first byte: the first peek goes to a record header's
     /// worth of stack (plaintext is told from one byte). Once a TLS record header says how
     /// long the hello's records are, a buffer of exactly that (at most the hello limit plus
-    /// record headers, [`max_hello_wire_bytes`]) is taken. The peek waits until the bytes the
-    /// parser's last verdict asked for (`at_least`) are in ([`Network::peek_grown`]: on a real
-    /// socket the kernel wakes it only then, however the client cuts its segments), and the
-    /// parser runs once per verdict. A timeout leaves the peeked bytes readable by the chain
-    /// that then serves the connection. A client that closes its side before its
-    /// hello is complete (a FIN behind queued bytes, which a peek keeps returning) is closed
-    /// at once as "closed during its ClientHello", not left to the timeout nor served by a
-    /// plaintext chain.
-    async fn peek_client_hello(&self, lc: &ListenerConfig, stream: &mut N::Stream) -> ChainPeek {
+    /// record headers, [`max_hello_wire_bytes`]) is taken; the HTTP sniff borrows a pooled
+    /// relay buffer and looks at most at [`MAX_HTTP_SNIFF_BYTES`]. The hello's peek waits until
+    /// the bytes the parser's last verdict asked for (`at_least`) are in, the sniff's until
+    /// more than it saw are ([`Network::peek_grown`]: on a real socket the kernel wakes it only
+    /// then, however the client cuts its segments); the parser runs once per wake. A timeout
+    /// leaves the peeked bytes readable by the chain that then serves the connection. A client
+    /// that closes its side
+    /// before its first bytes decide (a FIN behind queued bytes, which a peek keeps
+    /// returning) is closed at once, not left to the timeout nor served by a plaintext chain
+    /// (Envoy closes a connection that ends during its listener filters, too).
+    async fn peek_first_bytes(
+        &self,
+        lc: &ListenerConfig,
+        stream: &mut N::Stream,
+        look: FirstBytes,
+    ) -> ChainPeek {
         // A record header: enough to tell TLS or not and how long the first record is.
         const HEAD: usize = 5;
         let limit = max_hello_wire_bytes(DEFAULT_MAX_HELLO_BYTES);
-        let deadline = tokio::time::Instant::now() + lc.listener_filters_timeout;
+        let deadline = (!lc.listener_filters_timeout.is_zero())
+            .then(|| tokio::time::Instant::now() + lc.listener_filters_timeout);
+        let timeout = async move {
+            match deadline {
+                Some(d) => tokio::time::sleep_until(d).await,
+                // `0s`: no limit (the drain deadline still ends the wait).
+                None => std::future::pending().await,
+            }
+        };
+        tokio::pin!(timeout);
         let drain_expired = self.drain_expired.notified();
         tokio::pin!(drain_expired);
-        let mut head = [0u8; HEAD];
-        let mut records: Vec<u8> = Vec::new();
-        // The length the parser needs before it can say more.
-        let mut at_least = 1;
-        loop {
+        if look.hello {
+            // The length the parser needs before it can say more.
+            let mut at_least = 1;
+            let mut head = [0u8; HEAD];
+            let mut records: Vec<u8> = Vec::new();
+            loop {
+                if self.drain_deadline_passed.get() {
+                    return ChainPeek::drained();
+                }
+                let buf: &mut [u8] = if at_least <= HEAD {
+                    &mut head
+                } else {
+                    if records.len() < at_least {
+                        records.reserve_exact(at_least - records.len());
+                        records.resize(at_least, 0);
+                    }
+                    &mut records
+                };
+                let (len, closed) = match self
+                    .peek_more(stream, buf, at_least, &mut timeout, &mut drain_expired)
+                    .await
+                {
+                    Ok(got) => got,
+                    Err(verdict) => return verdict,
+                };
+                if len >= at_least {
+                    match peek_client_hello(&buf[..len], DEFAULT_MAX_HELLO_BYTES) {
+                        Peek::NeedMore { at_least: next } if next <= limit => at_least = next,
+                        Peek::NeedMore { .. }
+                        | Peek::Invalid(ClientHelloError::TooLarge { .. }) => {
+                            return ChainPeek::Refused(
+                                "ClientHello too large",
+                                ChainPeekRefusal::TooLarge,
+                            );
+                        }
+                        Peek::Invalid(_) => {
+                            return ChainPeek::Refused(
+                                "malformed ClientHello",
+                                ChainPeekRefusal::Invalid,
+                            );
+                        }
+                        Peek::NotTls => break,
+                        Peek::ClientHello(h) => return ChainPeek::Hello(h),
+                    }
+                }
+                // Closed, and the peek saw all that is queued (a full buffer may have left
+                // more: the parser asked for more than it holds, so the next peek is larger).
+                if closed && len < buf.len() {
+                    return ChainPeek::Refused(
+                        "closed during its ClientHello",
+                        ChainPeekRefusal::Closed,
+                    );
+                }
+            }
+        }
+        if !look.http {
+            return ChainPeek::Plain(None);
+        }
+        // Plaintext: sniff HTTP on what is queued now, then on more as it comes. The TLS look
+        // may have peeked only a record header's worth of what is queued, and a few bytes
+        // can decide (not HTTP): the first peek here waits for no growth.
+        // Bytes the last peek saw.
+        let mut seen = 0;
+        let mut pooled = self.take_buffer();
+        let verdict = loop {
             if self.drain_deadline_passed.get() {
-                return ChainPeek::drained();
+                break ChainPeek::drained();
             }
-            let buf: &mut [u8] = if at_least <= HEAD {
-                &mut head
-            } else {
-                if records.len() < at_least {
-                    records.reserve_exact(at_least - records.len());
-                    records.resize(at_least, 0);
-                }
-                &mut records
+            let buf = &mut pooled[..MAX_HTTP_SNIFF_BYTES];
+            // More than it saw (the first peek: whatever is queued).
+            let want = (seen + 1).min(buf.len());
+            let (len, closed) = match self
+                .peek_more(stream, buf, want, &mut timeout, &mut drain_expired)
+                .await
+            {
+                Ok(got) => got,
+                Err(verdict) => break verdict,
             };
-            let peeked = tokio::select! {
-                r = tokio::time::timeout_at(deadline, N::peek_grown(stream, buf, at_least)) => r,
-                () = &mut drain_expired => return ChainPeek::drained(),
-            };
-            let (len, closed) = match peeked {
-                Ok(Ok((0, _))) => {
-                    return ChainPeek::Refused(
-                        "closed before its first bytes",
-                        ChainPeekRefusal::Closed,
-                    );
-                }
-                Ok(Ok(got)) => got,
-                Ok(Err(e)) if e.kind() == std::io::ErrorKind::ConnectionReset => {
-                    return ChainPeek::Refused(
-                        "reset before its ClientHello was complete",
-                        ChainPeekRefusal::Closed,
-                    );
-                }
-                Ok(Err(_)) => return ChainPeek::Refused("read error", ChainPeekRefusal::Error),
-                Err(_) => return ChainPeek::TimedOut,
-            };
-            if len >= at_least {
-                match peek_client_hello(&buf[..len], DEFAULT_MAX_HELLO_BYTES) {
-                    Peek::NeedMore { at_least: next } if next <= limit => at_least = next,
-                    Peek::NeedMore { .. } | Peek::Invalid(ClientHelloError::TooLarge { .. }) => {
-                        return ChainPeek::Refused(
-                            "ClientHello too large",
-                            ChainPeekRefusal::TooLarge,
-                        );
-                    }
-                    Peek::Invalid(_) => {
-                        return ChainPeek::Refused(
-                            "malformed ClientHello",
-                            ChainPeekRefusal::Invalid,
-                        );
-                    }
-                    Peek::NotTls => return ChainPeek::NotTls,
-                    Peek::ClientHello(h) => return ChainPeek::Hello(h),
-                }
+            seen = len;
+            let sniffed = sniff_http(&buf[..len]);
+            if sniffed == HttpSniff::TooLong {
+                // Envoy's http_inspector closes it too.
+                break ChainPeek::Refused(
+                    "no HTTP request line end within 8 KiB",
+                    ChainPeekRefusal::TooLarge,
+                );
             }
-            // Closed, and the peek saw all that is queued (a full buffer may have left more:
-            // the parser asked for more than it holds, so the next peek is larger).
+            if sniffed.is_decided() {
+                break ChainPeek::Plain(sniffed.application_protocol());
+            }
             if closed && len < buf.len() {
-                return ChainPeek::Refused(
-                    "closed during its ClientHello",
+                break ChainPeek::Refused(
+                    "closed before its first bytes said whether it is HTTP",
                     ChainPeekRefusal::Closed,
                 );
             }
+        };
+        self.give_buffer(pooled);
+        verdict
+    }
+
+    /// One peek that waits for at least `want` bytes (or the client's close): the length
+    /// peeked and whether the client closed its side; or the verdict that ends the look
+    /// (timeout, drain, close before any byte, reset, error).
+    async fn peek_more(
+        &self,
+        stream: &mut N::Stream,
+        buf: &mut [u8],
+        want: usize,
+        timeout: &mut std::pin::Pin<&mut impl std::future::Future<Output = ()>>,
+        drain_expired: &mut std::pin::Pin<&mut tokio::sync::futures::Notified<'_>>,
+    ) -> Result<(usize, bool), ChainPeek> {
+        let peeked = tokio::select! {
+            r = N::peek_grown(stream, buf, want) => r,
+            () = timeout.as_mut() => return Err(ChainPeek::TimedOut),
+            () = drain_expired.as_mut() => return Err(ChainPeek::drained()),
+        };
+        match peeked {
+            Ok((0, _)) => Err(ChainPeek::Refused(
+                "closed before its first bytes",
+                ChainPeekRefusal::Closed,
+            )),
+            Ok(got) => Ok(got),
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => Err(ChainPeek::Refused(
+                "reset before its first bytes were complete",
+                ChainPeekRefusal::Closed,
+            )),
+            Err(_) => Err(ChainPeek::Refused("read error", ChainPeekRefusal::Error)),
         }
     }
 
@@ -1530,12 +1628,23 @@ impl<N: Network> Engine<N> {
     }
 }
 
+/// What a filter-chain listener looks at in a connection's first bytes.
+#[derive(Clone, Copy, Debug)]
+struct FirstBytes {
+    /// Its ClientHello (the TLS inspector runs on its port and a chain asks).
+    hello: bool,
+    /// Plaintext: whether it is HTTP (the HTTP inspector runs on its port and a chain asks
+    /// for `http/1.0`, `http/1.1` or `h2c`).
+    http: bool,
+}
+
 /// What a filter-chain listener's peek at a connection's first bytes said.
 enum ChainPeek {
     /// A well-formed ClientHello.
     Hello(sluice_core::tls::ClientHello),
-    /// Not TLS (plaintext, or another protocol).
-    NotTls,
+    /// Not TLS (plaintext, or another protocol), or not looked at for TLS; with the
+    /// application protocol an HTTP sniff gave it, if any.
+    Plain(Option<&'static str>),
     /// Nothing decisive within `listener_filters_timeout`.
     TimedOut,
     /// The connection cannot be served (closed, malformed or oversized ClientHello, drain):

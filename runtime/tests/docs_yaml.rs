@@ -250,6 +250,7 @@ fn the_filter_chains_example_passes_through_other_ports_only() {
                 tls,
                 server_name,
                 alpn,
+                plaintext_protocol: None,
             },
         )
     };
@@ -268,6 +269,48 @@ fn the_filter_chains_example_passes_through_other_ports_only() {
         "the listener's own filter would take what 8080's chains refuse: {:?}",
         l.filter
     );
+}
+
+/// The sniffed-HTTP example of `listeners.md` does what its comments say: plaintext HTTP/1.1
+/// and h2c to another port get the HTTP chain (sniffed from real first bytes), other
+/// plaintext the TCP chain, port 8080 its own chain without a sniff, 15006 the blackhole.
+#[test]
+fn the_sniffed_http_example_splits_plaintext_by_its_first_bytes() {
+    use sluice_core::detect::sniff_http;
+    use sluice_core::filter_chain::{ConnectionFacts, needs_http_sniff, select};
+    let file = repo().join("docs/configuration/listeners.md");
+    let block = blocks(&file)
+        .into_iter()
+        .find(|b| b.info == "yaml" && b.text.contains("application_protocols: [http/1.1, h2c]"))
+        .expect("the sniffed HTTP example");
+    let dir = std::env::temp_dir().join(format!("sluice-docs-sniff-{}", std::process::id()));
+    let path = dir.join("sniff.yaml");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(&path, &block.text).unwrap();
+    let config = sluice_runtime::server::load_config(&path).unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+    let l = &config.listeners[0];
+    assert!(l.listener_filters_timeout.is_zero(), "0s: no limit");
+    let pick = |port: u16, first: &[u8]| {
+        let sniffed = (l.http_inspector.runs_on(port) && needs_http_sniff(&l.filter_chains, port))
+            .then(|| sniff_http(first).application_protocol())
+            .flatten();
+        select(
+            &l.filter_chains,
+            &ConnectionFacts {
+                destination_port: port,
+                plaintext_protocol: sniffed,
+                ..ConnectionFacts::default()
+            },
+        )
+    };
+    let get = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n";
+    assert_eq!(pick(9090, get), Some(2));
+    assert_eq!(pick(9090, sluice_core::http2::PREFACE), Some(2));
+    assert_eq!(pick(9090, b"\x00\x00\x00\x0apostgres"), Some(3));
+    assert_eq!(pick(8080, get), Some(1));
+    assert!(!l.http_inspector.runs_on(8080) && !l.tls_inspector.runs_on(15006));
+    assert_eq!(pick(15006, get), Some(0));
 }
 
 /// Checks Kubernetes manifests (one or more YAML documents): each parses and has `apiVersion`

@@ -34,6 +34,8 @@ use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{
 use envoy_types::pb::google::protobuf::Any;
 use prost::{Message, Name};
 
+pub mod istiod;
+
 /// A delta response's entry: `name` at `version`, with its body.
 #[must_use]
 pub fn resource(

@@ -294,10 +294,13 @@ pub struct ListenerConfig {
     /// connection, nothing is peeked at.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub filter_chains: Vec<FilterChain>,
-    /// With `filter_chains` that look at the ClientHello (`server_names`,
+    /// With `filter_chains` that look at the first bytes (`server_names`,
     /// `transport_protocol`, `application_protocols`): how long the first bytes may take to
-    /// say whether the connection is TLS and what its ClientHello asks for (Envoy's
-    /// `listener_filters_timeout`, default 15 s).
+    /// say whether the connection is TLS and what its ClientHello asks for, or, plaintext,
+    /// whether it is HTTP (Envoy's `listener_filters_timeout`, default 15 s). Zero: no limit
+    /// (Envoy's `0s`, Istio's default `protocolDetectionTimeout`): the connection waits for
+    /// its first bytes as long as the client keeps it open (the drain deadline still ends
+    /// the wait).
     #[serde(
         serialize_with = "ser_duration",
         skip_serializing_if = "is_default_listener_filters_timeout"
@@ -308,6 +311,78 @@ pub struct ListenerConfig {
     /// (Istio sets it on its inbound listener: a server-first protocol sends nothing first).
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub continue_on_listener_filters_timeout: bool,
+    /// On which destination ports the ClientHello peek runs (Envoy's `tls_inspector` and its
+    /// `filter_disabled`). Where it does not, every connection counts as plaintext
+    /// (`raw_buffer`), with no server name and no ALPN.
+    #[serde(skip_serializing_if = "InspectorPorts::is_all")]
+    pub tls_inspector: InspectorPorts,
+    /// On which destination ports a plaintext connection's first bytes are sniffed for
+    /// HTTP/1.x or h2c ([`crate::detect`], Envoy's `http_inspector` and its `filter_disabled`)
+    /// when a chain asks for `application_protocols` `http/1.0`, `http/1.1` or `h2c`. Where it
+    /// does not, a plaintext connection has no application protocol.
+    #[serde(skip_serializing_if = "InspectorPorts::is_all")]
+    pub http_inspector: InspectorPorts,
+}
+
+/// Which destination ports a first-bytes inspector runs on (`tls_inspector`,
+/// `http_inspector` of a listener with `filter_chains`): every port (the default), every port
+/// but some, or only some. Envoy's `filter_disabled` predicates of destination port ranges,
+/// as Istio sends them.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum InspectorPorts {
+    /// Every port.
+    #[default]
+    All,
+    /// Every port but these.
+    ExceptPorts(Vec<PortRange>),
+    /// Only these ports.
+    OnlyPorts(Vec<PortRange>),
+}
+
+impl InspectorPorts {
+    /// Whether it runs on every port (the default).
+    #[must_use]
+    pub fn is_all(&self) -> bool {
+        *self == InspectorPorts::All
+    }
+
+    /// Whether the inspector runs on a connection to `port`.
+    #[must_use]
+    pub fn runs_on(&self, port: u16) -> bool {
+        match self {
+            InspectorPorts::All => true,
+            InspectorPorts::ExceptPorts(r) => !r.iter().any(|r| r.contains(port)),
+            InspectorPorts::OnlyPorts(r) => r.iter().any(|r| r.contains(port)),
+        }
+    }
+}
+
+/// A range of ports, both ends included (written `8080` or `"8000-8099"`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PortRange {
+    /// The first port.
+    pub first: u16,
+    /// The last port (`>= first`).
+    pub last: u16,
+}
+
+impl PortRange {
+    /// Whether `port` is in the range.
+    #[must_use]
+    pub fn contains(self, port: u16) -> bool {
+        (self.first..=self.last).contains(&port)
+    }
+}
+
+impl Serialize for PortRange {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        if self.first == self.last {
+            s.serialize_u16(self.first)
+        } else {
+            s.collect_str(&format_args!("{}-{}", self.first, self.last))
+        }
+    }
 }
 
 /// Default for [`ListenerConfig::listener_filters_timeout`] (Envoy's).
@@ -415,6 +490,8 @@ impl ListenerConfig {
             filter_chains: Vec::new(),
             listener_filters_timeout: self.listener_filters_timeout,
             continue_on_listener_filters_timeout: self.continue_on_listener_filters_timeout,
+            tls_inspector: self.tls_inspector.clone(),
+            http_inspector: self.http_inspector.clone(),
         }
     }
 }

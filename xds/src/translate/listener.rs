@@ -22,16 +22,19 @@
 //!   `transport_socket` as the chain's own `tls`, its `HttpConnectionManager` or `TcpProxy`;
 //!   `default_filter_chain` (without a match) as the listener's own filter and `tls`, and
 //!   without one, a listener that closes what no chain takes (Envoy's rule);
-//!   `listener_filters_timeout` and `continue_on_listener_filters_timeout` as such. Listener
-//!   filters: `tls_inspector` (the runtime peeks at the ClientHello whenever a chain needs it)
-//!   and `original_dst` (`original_dst: redirect`: `destination_port` is then the original
-//!   destination's port — Istio's `virtualInbound`).
+//!   `listener_filters_timeout` (`0s`: no limit) and `continue_on_listener_filters_timeout` as
+//!   such. Listener filters ([`super::listener_filters`]): `tls_inspector`, `http_inspector`
+//!   (plaintext sniffed for `http/1.0`, `http/1.1`, `h2c`) with their `filter_disabled` port
+//!   predicates → `tls_inspector` / `http_inspector`, and `original_dst` (`original_dst:
+//!   redirect`: `destination_port` is then the original destination's port — Istio's
+//!   `virtualInbound`). Network filters before the terminal one
+//!   ([`super::network_filters`]): Istio's metadata exchange and stats, noted; RBAC only when
+//!   it denies nothing.
 //!
 //! Refused by path: the other match fields (`prefix_ranges` — which older istiod puts on its
 //! passthrough chains —, `source_*`, `direct_source_prefix_ranges`, `address_suffix`), another
-//! transport protocol, other listener filters (`http_inspector`: chains by
-//! `application_protocols` `http/1.1`/`h2c` on plaintext are not supported), a match on the
-//! `default_filter_chain`, and chains two of which could take the same connection (the
+//! transport protocol, other listener filters and predicates, other network filters, a match
+//! on the `default_filter_chain`, and chains two of which could take the same connection (the
 //! config's own check).
 
 use std::collections::BTreeMap;
@@ -40,12 +43,10 @@ use envoy_types::pb::envoy::config::core::v3::{
     Http2ProtocolOptions, HttpProtocolOptions, KeepaliveSettings,
 };
 use envoy_types::pb::envoy::config::listener::v3::{
-    FilterChain, FilterChainMatch, Listener, ListenerFilter, filter, listener_filter,
+    FilterChain, FilterChainMatch, Listener, filter,
 };
 use envoy_types::pb::envoy::config::route::v3::RouteConfiguration;
 use envoy_types::pb::envoy::extensions::filters::http::router::v3::Router;
-use envoy_types::pb::envoy::extensions::filters::listener::original_dst::v3::OriginalDst as OriginalDstFilter;
-use envoy_types::pb::envoy::extensions::filters::listener::tls_inspector::v3::TlsInspector;
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
     HttpConnectionManager,
     http_connection_manager::{CodecType, PathWithEscapedSlashesAction, RouteSpecifier},
@@ -58,7 +59,10 @@ use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::Secret;
 use prost::Name;
 use serde_json::{Value, json};
 
+use sluice_core::detect::PLAINTEXT_PROTOCOLS;
+
 use super::cluster::{config_source, socket_address};
+use super::listener_filters::Ports;
 use super::route::translate_route_configuration;
 use super::{At, Notes, ResourceType, TranslateError, duration, object, reject_rest, take, unpack};
 
@@ -79,6 +83,12 @@ pub fn translate_listener(
         (!take(&mut rest.access_log).is_empty(), "access_log"),
         (take(&mut rest.traffic_direction) != 0, "traffic_direction"),
         (take(&mut rest.stats_matcher).is_some(), "stats_matcher"),
+        // How many connections one wake-up of the accept loop takes (Istio: 1): the runtime's
+        // accept loop paces itself.
+        (
+            take(&mut rest.max_connections_to_accept_per_socket_event).is_some(),
+            "max_connections_to_accept_per_socket_event",
+        ),
     ] {
         if set {
             at.note(notes, field);
@@ -144,28 +154,25 @@ fn passthrough_form(
     let timeout = listener_filters_timeout(&mut rest, at)?;
     let filters = take(&mut rest.listener_filters);
     for (i, f) in filters.iter().enumerate() {
-        tls_inspector(f, &at.field("listener_filters").index(i), notes)?;
+        super::listener_filters::tls_inspector(f, &at.field("listener_filters").index(i), notes)?;
+    }
+    if timeout.as_ref().is_some_and(|t| t == "0s") {
+        // `client_hello_timeout` is always bounded: as filter chains instead.
+        return Err(at.field("listener_filters_timeout").unsupported());
     }
     reject_rest(&rest, at)?;
     sni_passthrough(chains, at, routes, secrets, timeout, notes)
 }
 
-/// `listener_filters_timeout`, taken: `None` when unset; 0s (Envoy: no timeout) refused.
+/// `listener_filters_timeout`, taken: `None` when unset; `0s` is Envoy's "no timeout", which
+/// the config writes the same way.
 fn listener_filters_timeout(
     rest: &mut Listener,
     at: &At<'_>,
 ) -> Result<Option<Value>, TranslateError> {
-    match take(&mut rest.listener_filters_timeout) {
-        // Envoy reads 0 as no timeout; here the ClientHello wait is always bounded.
-        Some(d) if d.seconds == 0 && d.nanos == 0 => {
-            Err(at.field("listener_filters_timeout").error(
-                "0s (no timeout) is unsupported: the wait for the ClientHello is always \
-             bounded here (leave it unset for the default, 15s, or give a duration)",
-            ))
-        }
-        Some(d) => Ok(Some(duration(&d, &at.field("listener_filters_timeout"))?)),
-        None => Ok(None),
-    }
+    take(&mut rest.listener_filters_timeout)
+        .map(|d| duration(&d, &at.field("listener_filters_timeout")))
+        .transpose()
 }
 
 /// A listener of one chain without a match: its filter and TLS are the listener's.
@@ -215,10 +222,9 @@ fn filter_chains(
     let timeout = listener_filters_timeout(&mut rest, at)?;
     let continue_on_timeout = take(&mut rest.continue_on_listener_filters_timeout);
     let filters = take(&mut rest.listener_filters);
-    let mut original_dst = false;
-    for (i, f) in filters.iter().enumerate() {
-        original_dst |= listener_filter(f, &at.field("listener_filters").index(i), notes)?;
-    }
+    let inspection =
+        super::listener_filters::listener_filters(&filters, &at.field("listener_filters"), notes)?;
+    let original_dst = inspection.original_dst;
     reject_rest(&rest, at)?;
     if chains.is_empty() && default_chain.is_none() {
         return Err(at.field("filter_chains").error("no filter chain"));
@@ -248,6 +254,23 @@ fn filter_chains(
         m.insert("original_dst".to_owned(), json!("redirect"));
     }
     if !out.is_empty() {
+        // Without `http_inspector`, Envoy gives no plaintext connection an application
+        // protocol: chains that list one never take plaintext, so nothing is sniffed.
+        let http = inspection.http.unwrap_or_else(|| {
+            if chains.iter().any(lists_sniffable_protocol) {
+                Ports::Only(Vec::new())
+            } else {
+                Ports::All
+            }
+        });
+        for (key, ports) in [
+            ("tls_inspector", &inspection.tls),
+            ("http_inspector", &http),
+        ] {
+            if let Some(v) = ports.to_json() {
+                m.insert(key.to_owned(), v);
+            }
+        }
         m.insert("filter_chains".to_owned(), Value::Array(out));
         if let Some(t) = timeout {
             m.insert("listener_filters_timeout".to_owned(), t);
@@ -273,6 +296,17 @@ fn filter_chains(
         }
     }
     Ok(v)
+}
+
+/// Whether a chain, not only for TLS, lists an application protocol only the HTTP sniff of a
+/// plaintext connection gives.
+fn lists_sniffable_protocol(c: &FilterChain) -> bool {
+    c.filter_chain_match.as_ref().is_some_and(|m| {
+        m.transport_protocol != "tls"
+            && m.application_protocols
+                .iter()
+                .any(|p| PLAINTEXT_PROTOCOLS.contains(&p.as_str()))
+    })
 }
 
 /// A chain's `filter_chain_match` as the config writes it (`None`: no criterion). Fields
@@ -306,79 +340,6 @@ fn chain_match(m: Option<&FilterChainMatch>, at: &At<'_>) -> Result<Option<Value
     ]);
     Ok((v != json!({})).then_some(v))
 }
-
-/// A listener filter of a listener with filter chains: `tls_inspector` (telemetry settings
-/// noted) or `original_dst` (`true`: the listener reads each connection's original
-/// destination); any other is refused.
-fn listener_filter(
-    f: &ListenerFilter,
-    at: &At<'_>,
-    notes: &mut Notes,
-) -> Result<bool, TranslateError> {
-    let is_original_dst = f.name == ORIGINAL_DST
-        || matches!(&f.config_type,
-            Some(listener_filter::ConfigType::TypedConfig(any)) if any.type_url == OriginalDstFilter::type_url());
-    if !is_original_dst {
-        return tls_inspector(f, at, notes).map(|()| false);
-    }
-    let named = At {
-        path: format!("{} ({})", at.path, f.name),
-        ..at.clone()
-    };
-    if f.filter_disabled.is_some() {
-        return Err(named.field("filter_disabled").unsupported());
-    }
-    if let Some(listener_filter::ConfigType::TypedConfig(any)) = &f.config_type {
-        let o: OriginalDstFilter = unpack(any, &named)?;
-        reject_rest(&o, &named)?;
-    }
-    Ok(true)
-}
-
-const ORIGINAL_DST: &str = "envoy.filters.listener.original_dst";
-
-/// Only `envoy.filters.listener.tls_inspector` (JA3/JA4 fingerprints, telemetry, noted).
-fn tls_inspector(f: &ListenerFilter, at: &At<'_>, notes: &mut Notes) -> Result<(), TranslateError> {
-    let named = At {
-        path: format!("{} ({})", at.path, f.name),
-        ..at.clone()
-    };
-    if f.filter_disabled.is_some() {
-        return Err(named.field("filter_disabled").unsupported());
-    }
-    match &f.config_type {
-        None if f.name == TLS_INSPECTOR => Ok(()),
-        Some(listener_filter::ConfigType::TypedConfig(any))
-            if any.type_url == TlsInspector::type_url() =>
-        {
-            let mut t: TlsInspector = unpack(any, &named)?;
-            for (set, field) in [
-                (
-                    take(&mut t.enable_ja3_fingerprinting).is_some(),
-                    "enable_ja3_fingerprinting",
-                ),
-                (
-                    take(&mut t.enable_ja4_fingerprinting).is_some(),
-                    "enable_ja4_fingerprinting",
-                ),
-                (
-                    take(&mut t.initial_read_buffer_size).is_some(),
-                    "initial_read_buffer_size",
-                ),
-            ] {
-                if set {
-                    named.note(notes, field);
-                }
-            }
-            reject_rest(&t, &named)
-        }
-        _ => Err(named.error(format!(
-            "unsupported (only {TLS_INSPECTOR} and {ORIGINAL_DST}, with filter chains)"
-        ))),
-    }
-}
-
-const TLS_INSPECTOR: &str = "envoy.filters.listener.tls_inspector";
 
 /// Several filter chains chosen by `filter_chain_match.server_names`, each a `tcp_proxy`
 /// without TLS (passed through): a `tcp_proxy` with `sni_routes`, whose `cluster` is the chain
@@ -511,20 +472,25 @@ fn filter_chain(
         if terminal.is_some() {
             return Err(named.error("unsupported (after the terminal filter)"));
         }
+        let is_terminal = any.type_url == HttpConnectionManager::type_url()
+            || any.type_url == TcpProxy::type_url();
+        if !is_terminal {
+            // Istio's metadata exchange, stats, and RBAC that denies nothing: ignored, noted.
+            super::network_filters::before_terminal(any, &named, notes)?;
+            continue;
+        }
         terminal = Some(if any.type_url == HttpConnectionManager::type_url() {
             let hcm: HttpConnectionManager = unpack(any, &named)?;
             (
                 "http",
                 http(hcm, &f_at.field("typed_config"), routes, notes)?,
             )
-        } else if any.type_url == TcpProxy::type_url() {
+        } else {
             let tcp: TcpProxy = unpack(any, &named)?;
             (
                 "tcp_proxy",
                 tcp_proxy(tcp, &f_at.field("typed_config"), notes)?,
             )
-        } else {
-            return Err(named.unsupported());
         });
     }
     let (key, value) = terminal.ok_or_else(|| {

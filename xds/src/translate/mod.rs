@@ -20,6 +20,8 @@
 
 mod cluster;
 mod listener;
+mod listener_filters;
+mod network_filters;
 mod route;
 mod tls;
 
@@ -495,5 +497,7 @@ fn append(root: &mut Map<String, Value>, key: &str, items: Vec<Value>) {
 mod tests;
 #[cfg(test)]
 pub(crate) mod tests_chains;
+#[cfg(test)]
+mod tests_istiod;
 #[cfg(test)]
 pub(crate) mod tests_tls;

@@ -1021,6 +1021,30 @@ fn fuzz_corpus_entries_drive_without_panicking() {
                 encode_tagged(&records)
             },
         ),
+        (
+            // istiod's own inbound listener: http_inspector and tls_inspector with
+            // filter_disabled, listener_filters_timeout 0s, metadata exchange and stats
+            // filters before the terminal ones.
+            "istiod_virtual_inbound",
+            {
+                let r =
+                    crate::fixtures::istiod::virtual_inbound(ca, chain, key, ("127.0.0.1", 8080));
+                let mut records: Vec<(u8, Vec<u8>)> = r
+                    .clusters
+                    .values()
+                    .map(|c| (tag(ResourceType::Cluster), c.encode_to_vec()))
+                    .collect();
+                records.push((0xff, vec![0]));
+                records.push((
+                    tag(ResourceType::Listener),
+                    r.listeners["virtualInbound"].encode_to_vec(),
+                ));
+                for s in r.secrets.values() {
+                    records.push((tag(ResourceType::Secret), s.encode_to_vec()));
+                }
+                encode_tagged(&records)
+            },
+        ),
     ];
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/corpus/xds_translate");
     let bless = std::env::var_os("SLUICE_BLESS").is_some_and(|v| v == "1");

@@ -190,6 +190,7 @@ fn istios_permissive_inbound_listener_becomes_filter_chains() {
                 tls,
                 server_name: Some("outbound_.8080_._.app.default.svc.cluster.local"),
                 alpn,
+                plaintext_protocol: None,
             },
         )
     };

@@ -716,19 +716,17 @@ fn filter_chains_by_server_name_become_tls_passthrough_routes() {
     assert_eq!(pick("v1.api.example.com"), "api");
     assert_eq!(pick("www.example.com"), "web");
     assert_eq!(pick("other.org"), "fallback");
-    // `listener_filters_timeout: 0s` is no timeout in Envoy: refused by its path, not
-    // reported at a config path the server never wrote (issue 13, L5).
+    // `listener_filters_timeout: 0s` is no timeout in Envoy: the compact form's ClientHello
+    // wait is always bounded, so the listener becomes filter chains, which wait without a
+    // limit (issue 13).
     let mut r = r.clone();
     r.listeners.get_mut("sni").unwrap().listener_filters_timeout =
         Some(envoy_types::pb::google::protobuf::Duration::default());
-    let e = errors(&r);
-    assert!(
-        e.len() == 1
-            && e[0].starts_with(
-                "listener \"sni\" listener_filters_timeout: 0s (no timeout) is unsupported"
-            ),
-        "{e:?}"
-    );
+    let a = assemble(&bootstrap(), &r).expect("0s accepted");
+    let l = &a.config.listeners[0];
+    assert_eq!(l.filter_chains.len(), 3, "{l:?}");
+    assert_eq!(l.listener_filters_timeout, std::time::Duration::ZERO);
+    assert!(l.tls_inspector.is_all() && l.http_inspector.is_all());
 }
 
 #[test]
@@ -781,10 +779,10 @@ fn chains_the_passthrough_form_cannot_express_become_filter_chains() {
     // Another listener filter is still refused by its path.
     let mut r = sni_listener(&[(&["a.example.com"], "a"), (&[], "b")]);
     r.listeners.get_mut("sni").unwrap().listener_filters[0].name =
-        "envoy.filters.listener.http_inspector".into();
+        "envoy.filters.listener.proxy_protocol".into();
     assert!(
         errors(&r)[0].starts_with(
-            "listener \"sni\" listener_filters[0] (envoy.filters.listener.http_inspector): \
+            "listener \"sni\" listener_filters[0] (envoy.filters.listener.proxy_protocol): \
              unsupported"
         ),
         "{:?}",

@@ -4,13 +4,18 @@
 //! Invariants of what it returns (which [`crate::filter_chain::select`] relies on): server
 //! names are lowercase patterns as `sni_routes` keeps them ([`super::sni_pattern`]); no two
 //! chains of a listener have overlapping matches ([`crate::filter_chain::overlap`]); no chain
-//! asks for a server name or ALPN protocol of a connection it says is not TLS.
+//! asks for a server name of a connection it says is not TLS, nor for an application protocol
+//! a plaintext connection cannot have (only `http/1.0`, `http/1.1` and `h2c`, which the HTTP
+//! sniff gives it, [`crate::detect`]).
 
 use serde_json::Value;
 
 use super::decoder::{Decoder, child, index};
 use super::{decode_tcp_proxy, http, sni_pattern, tls};
-use crate::config::{FilterChain, FilterChainMatch, ListenerFilter, TransportProtocol};
+use crate::config::{
+    FilterChain, FilterChainMatch, InspectorPorts, ListenerFilter, PortRange, TransportProtocol,
+};
+use crate::detect::PLAINTEXT_PROTOCOLS;
 use crate::filter_chain::overlap;
 
 /// `filter_chains: [ { filter_chain_match, tls, http | tcp_proxy } ]` of listener `path`.
@@ -160,19 +165,66 @@ fn decode_match(dec: &mut Decoder, path: &str, v: &Value) -> Option<FilterChainM
         application_protocols: application_protocols?,
     };
     if m.transport_protocol == Some(TransportProtocol::RawBuffer) {
-        for (field, given) in [
-            ("server_names", !m.server_names.is_empty()),
-            ("application_protocols", !m.application_protocols.is_empty()),
-        ] {
-            if given {
+        if !m.server_names.is_empty() {
+            dec.error(
+                &child(path, "server_names"),
+                "can never match with `transport_protocol: raw_buffer`: a plaintext \
+                 connection has no ClientHello to name a server",
+            );
+            return None;
+        }
+        let p = child(path, "application_protocols");
+        for (i, proto) in m.application_protocols.iter().enumerate() {
+            if !PLAINTEXT_PROTOCOLS.contains(&proto.as_str()) {
                 dec.error(
-                    &child(path, field),
-                    "can never match with `transport_protocol: raw_buffer`: a plaintext \
-                     connection has no ClientHello to name a server or offer a protocol",
+                    &index(&p, i),
+                    format!(
+                        "{proto:?} can never match with `transport_protocol: raw_buffer`: a \
+                         plaintext connection has no ClientHello to offer it, and the HTTP \
+                         sniff of its first bytes only tells {}",
+                        PLAINTEXT_PROTOCOLS.join(", ")
+                    ),
                 );
                 return None;
             }
         }
     }
     Some(m)
+}
+
+/// `tls_inspector` / `http_inspector` of listener `path`: `{ except_ports: [...] }` or
+/// `{ only_ports: [...] }`, each entry a port or an inclusive range `"first-last"`.
+pub(super) fn decode_inspector(dec: &mut Decoder, path: &str, v: &Value) -> Option<InspectorPorts> {
+    let mut obj = dec.object(path, v)?;
+    let except = obj.opt("except_ports");
+    let only = obj.opt("only_ports");
+    obj.finish(dec);
+    let (ports, p, make): (_, _, fn(Vec<PortRange>) -> InspectorPorts) = match (except, only) {
+        (Some((v, p)), None) => (v, p, InspectorPorts::ExceptPorts),
+        (None, Some((v, p))) => (v, p, InspectorPorts::OnlyPorts),
+        (Some(_), Some(_)) | (None, None) => {
+            dec.error(path, "give exactly one of `except_ports`, `only_ports`");
+            return None;
+        }
+    };
+    let ranges = dec.list(&p, ports, |dec, path, v| match v {
+        Value::String(s) => {
+            let parsed = s.split_once('-').and_then(|(a, b)| {
+                let (a, b) = (a.trim().parse::<u16>().ok()?, b.trim().parse::<u16>().ok()?);
+                (a >= 1 && a <= b).then_some(PortRange { first: a, last: b })
+            });
+            if parsed.is_none() {
+                dec.error(
+                    path,
+                    format!("{s:?} is not a port range (`first-last`, 1 to 65535, first <= last)"),
+                );
+            }
+            parsed
+        }
+        _ => dec.u64_in(path, v, 1..=65535).map(|n| PortRange {
+            first: n as u16,
+            last: n as u16,
+        }),
+    })?;
+    Some(make(ranges))
 }

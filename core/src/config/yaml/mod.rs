@@ -873,11 +873,9 @@ fn decode_listener(
         None => Some(true),
     };
     let listener_filters_timeout = match obj.opt("listener_filters_timeout") {
+        // Zero: no limit (Envoy's `0s`).
         Some((v, p)) => dec.duration(&p, v).and_then(|d| {
-            if d.is_zero() {
-                dec.error(&p, "must be greater than zero");
-                None
-            } else if !has_chains {
+            if !has_chains {
                 dec.error(
                     &p,
                     "only with `filter_chains` (nothing else waits for first bytes)",
@@ -901,8 +899,23 @@ fn decode_listener(
         }),
         None => Some(false),
     };
+    let mut inspector = |key: &'static str| match obj.opt(key) {
+        Some((_, p)) if !has_chains => {
+            dec.error(
+                &p,
+                "only with `filter_chains` (nothing else looks at first bytes)",
+            );
+            None
+        }
+        Some((v, p)) => chains::decode_inspector(dec, &p, v),
+        None => Some(crate::config::InspectorPorts::All),
+    };
+    let tls_inspector = inspector("tls_inspector");
+    let http_inspector = inspector("http_inspector");
     obj.finish(dec);
     Some(ListenerConfig {
+        tls_inspector: tls_inspector?,
+        http_inspector: http_inspector?,
         filter_chains: filter_chains?,
         listener_filters_timeout: listener_filters_timeout?,
         continue_on_listener_filters_timeout: continue_on_listener_filters_timeout?,

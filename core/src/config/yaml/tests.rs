@@ -73,7 +73,7 @@ drain_timeout: 10
         r#"listeners[0].address: "127.0.0.1:99999" is not a socket address (port out of range)"#,
         r#"listeners[0].tcp_proxy.cluster: unknown cluster "nowhere" (known: c1)"#,
         r#"listeners[0].tcp_proxy.idle_timeout: "5 parsecs" has an unknown unit " parsecs" (expected a number and a unit: 250ms, 1s, 5m, 1h)"#,
-        "listeners[1].tpc_proxy: unknown field (expected one of: name, address, protocol, tcp_proxy, echo, http, bolt, filter_chains, max_connections, tls, original_dst, use_original_dst, bind_to_port, listener_filters_timeout, continue_on_listener_filters_timeout); did you mean 'tcp_proxy'?",
+        "listeners[1].tpc_proxy: unknown field (expected one of: name, address, protocol, tcp_proxy, echo, http, bolt, filter_chains, max_connections, tls, original_dst, use_original_dst, bind_to_port, listener_filters_timeout, continue_on_listener_filters_timeout, tls_inspector, http_inspector); did you mean 'tcp_proxy'?",
         "clusters[0].connect_timeout: must be greater than zero",
         "clusters[0].upstream_idle_timeout: must be greater than zero",
         r#"clusters[0].lb_policy: unknown value "fastest" (expected one of: round_robin, weighted_round_robin, random, least_request, ring_hash, maglev)"#,
@@ -1213,7 +1213,7 @@ fn no_suggestion_for_a_name_far_from_every_known_one() {
     assert_eq!(
         errs,
         [
-            "listeners[0].colour: unknown field (expected one of: name, address, protocol, tcp_proxy, echo, http, bolt, filter_chains, max_connections, tls, original_dst, use_original_dst, bind_to_port, listener_filters_timeout, continue_on_listener_filters_timeout)"
+            "listeners[0].colour: unknown field (expected one of: name, address, protocol, tcp_proxy, echo, http, bolt, filter_chains, max_connections, tls, original_dst, use_original_dst, bind_to_port, listener_filters_timeout, continue_on_listener_filters_timeout, tls_inspector, http_inspector)"
         ]
     );
 }
@@ -2113,6 +2113,123 @@ fn filter_chains_decode_dump_and_load_back() {
     );
 }
 
+/// Istio's passthrough chains of its inbound listener: plaintext HTTP (sniffed `http/1.1` or
+/// `h2c`) apart from other plaintext; the inspectors off on some ports; no limit on the wait
+/// for first bytes (`0s`).
+const SNIFFED_CHAINS: &str = r#"
+listeners:
+  - name: inbound
+    address: 0.0.0.0:15006
+    original_dst: redirect
+    continue_on_listener_filters_timeout: true
+    listener_filters_timeout: 0s
+    tls_inspector: { except_ports: [15006] }
+    http_inspector: { except_ports: [8080, "15006-15007"] }
+    filter_chains:
+      - filter_chain_match: { destination_port: 15006 }
+        tcp_proxy: { cluster: app }
+      - filter_chain_match: { transport_protocol: raw_buffer, application_protocols: [http/1.1, h2c] }
+        http: { virtual_hosts: [ { name: v, domains: ["*"], routes: [ { match: { prefix: / }, route: { cluster: app } } ] } ] }
+      - filter_chain_match: { transport_protocol: raw_buffer }
+        tcp_proxy: { cluster: app }
+clusters:
+  - { name: app, hosts: [{ address: 127.0.0.1:8080 }] }
+"#;
+
+#[test]
+fn sniffed_http_chains_inspector_ports_and_no_timeout_decode_dump_and_load_back() {
+    use crate::config::{InspectorPorts, PortRange};
+    let c = Config::from_yaml(SNIFFED_CHAINS).unwrap();
+    let l = &c.listeners[0];
+    assert_eq!(l.listener_filters_timeout, Duration::ZERO, "0s: no limit");
+    let one = |p| PortRange { first: p, last: p };
+    assert_eq!(
+        l.tls_inspector,
+        InspectorPorts::ExceptPorts(vec![one(15006)])
+    );
+    assert_eq!(
+        l.http_inspector,
+        InspectorPorts::ExceptPorts(vec![
+            one(8080),
+            PortRange {
+                first: 15006,
+                last: 15007
+            }
+        ])
+    );
+    assert!(l.tls_inspector.runs_on(8080) && !l.tls_inspector.runs_on(15006));
+    assert!(l.http_inspector.runs_on(9090) && !l.http_inspector.runs_on(15007));
+    assert_eq!(
+        l.filter_chains[1].filter_chain_match.application_protocols,
+        ["http/1.1", "h2c"]
+    );
+    let dumped = serde_json::to_value(&c).unwrap();
+    assert_eq!(dumped["listeners"][0]["listener_filters_timeout"], "0s");
+    assert_eq!(
+        dumped["listeners"][0]["http_inspector"],
+        serde_json::json!({ "except_ports": [8080, "15006-15007"] })
+    );
+    let only = SNIFFED_CHAINS.replace("except_ports: [15006]", "only_ports: [9080]");
+    let c2 = Config::from_yaml(&only).unwrap();
+    assert!(c2.listeners[0].tls_inspector.runs_on(9080));
+    assert!(!c2.listeners[0].tls_inspector.runs_on(8080));
+    fn no_nulls(v: &mut serde_json::Value) {
+        match v {
+            serde_json::Value::Object(m) => {
+                m.retain(|_, v| !v.is_null());
+                m.values_mut().for_each(no_nulls);
+            }
+            serde_json::Value::Array(a) => a.iter_mut().for_each(no_nulls),
+            _ => {}
+        }
+    }
+    let mut tree = dumped.clone();
+    no_nulls(&mut tree);
+    assert_eq!(Config::from_tree(&tree).unwrap(), c);
+    // Without chains, nothing of the inspectors is dumped.
+    let plain = serde_json::to_string(&Config::from_yaml(GOOD).unwrap()).unwrap();
+    assert!(!plain.contains("inspector"), "{plain}");
+}
+
+#[test]
+fn bad_inspector_ports_are_reported_by_path() {
+    let text = r#"
+listeners:
+  - name: a
+    address: 127.0.0.1:8001
+    tls_inspector: { except_ports: [1], only_ports: [2] }
+    http_inspector: { except_ports: [0, "9-8", "x", 70000] }
+    filter_chains:
+      - tcp_proxy: { cluster: c }
+  - name: b
+    address: 127.0.0.1:8002
+    http_inspector: { only_ports: [1] }
+    echo: {}
+  - name: d
+    address: 127.0.0.1:8003
+    filter_chains:
+      - filter_chain_match: { transport_protocol: raw_buffer, application_protocols: [http/1.1, istio] }
+        tcp_proxy: { cluster: c }
+clusters:
+  - { name: c, hosts: [{ address: 127.0.0.1:9001 }] }
+"#;
+    let e = errors(text);
+    for want in [
+        "listeners[0].tls_inspector: give exactly one of `except_ports`, `only_ports`",
+        "listeners[0].http_inspector.except_ports[0]: 0 is not a whole number from 1 to 65535",
+        "listeners[0].http_inspector.except_ports[1]: \"9-8\" is not a port range",
+        "listeners[0].http_inspector.except_ports[2]: \"x\" is not a port range",
+        "listeners[0].http_inspector.except_ports[3]: 70000 is not a whole number",
+        "listeners[1].http_inspector: only with `filter_chains`",
+        "listeners[2].filter_chains[0].filter_chain_match.application_protocols[1]: \"istio\" can never match with `transport_protocol: raw_buffer`",
+    ] {
+        assert!(
+            e.iter().any(|got| got.starts_with(want)),
+            "missing {want:?} in {e:#?}"
+        );
+    }
+}
+
 #[test]
 fn a_reload_that_changes_a_chain_changes_its_listener() {
     let a = Config::from_yaml(CHAINS).unwrap();
@@ -2173,7 +2290,7 @@ clusters:
     let e = errors(text);
     let expect = [
         "listeners[1].filter_chains[2].filter_chain_match.server_names: can never match with `transport_protocol: raw_buffer`",
-        "listeners[1].filter_chains[3].filter_chain_match.application_protocols: can never match with `transport_protocol: raw_buffer`",
+        "listeners[1].filter_chains[3].filter_chain_match.application_protocols[0]: \"h2\" can never match with `transport_protocol: raw_buffer`",
         "listeners[1].filter_chains[4].filter_chain_match.transport_protocol: unknown value \"quic\"",
         "listeners[1].filter_chains[5].filter_chain_match.destination_port:",
         "listeners[1].filter_chains[6]: no filter: give one of `http`, `tcp_proxy`",

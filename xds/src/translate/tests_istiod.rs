@@ -1,0 +1,582 @@
+//! istiod's own `virtualInbound` (the fixture [`crate::fixtures::istiod`], written from
+//! istiod's generator, PERMISSIVE, one HTTP port) → `filter_chains`; the chain each kind of
+//! inbound connection gets; and what of it is refused by path when changed.
+
+use envoy_types::pb::envoy::config::listener::v3::{
+    Filter, ListenerFilterChainMatchPredicate, filter,
+    listener_filter_chain_match_predicate::{MatchSet, Rule},
+};
+use envoy_types::pb::envoy::config::rbac::v3::{
+    Permission, Policy, Principal, Rbac as RbacRules, permission, principal, rbac::Action,
+};
+use envoy_types::pb::envoy::extensions::filters::network::rbac::v3::Rbac;
+use envoy_types::pb::envoy::extensions::filters::network::wasm::v3::Wasm;
+use envoy_types::pb::envoy::extensions::wasm::v3::PluginConfig;
+use envoy_types::pb::envoy::r#type::v3::Int32Range;
+use envoy_types::pb::google::protobuf::Any;
+use serde_json::json;
+use sluice_core::config::http::{ClusterTarget, ForwardAction, RouteAction};
+use sluice_core::config::{InspectorPorts, ListenerFilter as Filt, PortRange, TransportProtocol};
+use sluice_core::detect::sniff_http;
+use sluice_core::filter_chain::{ConnectionFacts, needs_client_hello, needs_http_sniff, select};
+use sluice_core::http2::PREFACE;
+
+use super::tests_tls::pki;
+use super::*;
+use crate::fixtures::any;
+use crate::fixtures::istiod::{self, BLACKHOLE, INBOUND, PASSTHROUGH};
+
+fn resources() -> Resources {
+    let (ca, chain, key) = pki(&["app.default.svc.cluster.local"]);
+    istiod::virtual_inbound(&ca, &chain, &key, ("127.0.0.1", 8080))
+}
+
+fn bootstrap() -> Value {
+    json!({ "listeners": [], "clusters": [] })
+}
+
+fn errors(r: &Resources) -> Vec<String> {
+    assemble(&bootstrap(), r)
+        .expect_err("refused")
+        .iter()
+        .map(ToString::to_string)
+        .collect()
+}
+
+fn listener(r: &mut Resources) -> &mut envoy_types::pb::envoy::config::listener::v3::Listener {
+    r.listeners.get_mut("virtualInbound").unwrap()
+}
+
+#[test]
+fn istiods_virtual_inbound_translates_to_its_chains() {
+    let a = assemble(&bootstrap(), &resources()).expect("istiod's virtualInbound accepted");
+    let l = &a.config.listeners[0];
+    assert_eq!(l.name, "virtualInbound");
+    assert_eq!(l.address.port(), 15006);
+    assert_eq!(
+        l.original_dst,
+        Some(sluice_core::config::OriginalDst::Redirect)
+    );
+    assert!(l.continue_on_listener_filters_timeout);
+    assert_eq!(
+        l.listener_filters_timeout,
+        std::time::Duration::ZERO,
+        "0s: no limit"
+    );
+    let one = |p| PortRange { first: p, last: p };
+    assert_eq!(
+        l.tls_inspector,
+        InspectorPorts::ExceptPorts(vec![one(15006)])
+    );
+    assert_eq!(
+        l.http_inspector,
+        InspectorPorts::ExceptPorts(vec![one(8080), one(15006)])
+    );
+    assert!(matches!(l.filter, Filt::Close), "no default chain");
+
+    // Each chain: port, transport, ALPN, TLS, filter and cluster.
+    let tls = TransportProtocol::Tls;
+    let raw = Some(TransportProtocol::RawBuffer);
+    // (destination port, transport protocol, ALPN, terminates TLS, cluster)
+    type Want<'a> = (
+        Option<u16>,
+        Option<TransportProtocol>,
+        &'a [&'a str],
+        bool,
+        &'a str,
+    );
+    let want: [Want<'_>; 8] = [
+        (Some(15006), None, &[], false, BLACKHOLE),
+        (
+            None,
+            Some(tls),
+            &["istio-http/1.0", "istio-http/1.1", "istio-h2"],
+            true,
+            PASSTHROUGH,
+        ),
+        (None, raw, &["http/1.1", "h2c"], false, PASSTHROUGH),
+        (
+            None,
+            Some(tls),
+            &["istio-peer-exchange", "istio"],
+            true,
+            PASSTHROUGH,
+        ),
+        (None, raw, &[], false, PASSTHROUGH),
+        (None, Some(tls), &[], false, PASSTHROUGH),
+        (
+            Some(8080),
+            Some(tls),
+            &[
+                "istio",
+                "istio-peer-exchange",
+                "istio-http/1.0",
+                "istio-http/1.1",
+                "istio-h2",
+            ],
+            true,
+            INBOUND,
+        ),
+        (Some(8080), raw, &[], false, INBOUND),
+    ];
+    assert_eq!(l.filter_chains.len(), want.len());
+    for (i, (port, transport, alpn, terminates, cluster)) in want.into_iter().enumerate() {
+        let c = &l.filter_chains[i];
+        let m = &c.filter_chain_match;
+        assert_eq!(m.destination_port, port, "chain {i}");
+        assert_eq!(m.transport_protocol, transport, "chain {i}");
+        assert_eq!(m.application_protocols, alpn, "chain {i}");
+        assert_eq!(c.tls.is_some(), terminates, "chain {i}");
+        let target = match &c.filter {
+            Filt::TcpProxy(t) => t.cluster.clone(),
+            Filt::Http(h) => match &h.virtual_hosts[0].routes[0].action {
+                RouteAction::Forward(ForwardAction {
+                    target: ClusterTarget::Cluster(w),
+                    ..
+                }) => w.cluster.clone(),
+                other => panic!("chain {i}: {other:?}"),
+            },
+            other => panic!("chain {i}: {other:?}"),
+        };
+        assert_eq!(target, cluster, "chain {i}");
+    }
+    // HTTP on chains 1, 2, 6, 7; a TCP proxy on the others.
+    for i in [1, 2, 6, 7] {
+        assert!(matches!(l.filter_chains[i].filter, Filt::Http(_)), "{i}");
+    }
+    // The mTLS chains: client certificates required, checked against the mesh root, the
+    // ALPN istiod gives them.
+    for (i, alpn) in [
+        (1, &["h2", "http/1.1"][..]),
+        (3, &["istio-peer-exchange", "h2", "http/1.1"]),
+        (6, &["h2", "http/1.1"]),
+    ] {
+        let t = l.filter_chains[i].tls.as_deref().unwrap();
+        assert!(t.require_client_certificate && t.client_ca.is_some(), "{i}");
+        assert_eq!(t.alpn, alpn, "{i}");
+    }
+
+    // What was ignored: the metadata exchange on every chain, the stats filter on the TCP
+    // ones, the accept pacing; each named by its path.
+    let ignored = &a.notes.ignored;
+    for i in 0..8 {
+        let mx = format!(
+            "listener \"virtualInbound\" filter_chains[{i}].filters[0] (istio.metadata_exchange)"
+        );
+        assert!(ignored.contains(&mx), "{mx} not in {ignored:#?}");
+    }
+    for i in [0, 3, 4, 5] {
+        let s = format!("listener \"virtualInbound\" filter_chains[{i}].filters[1] (istio.stats)");
+        assert!(ignored.contains(&s), "{s} not in {ignored:#?}");
+    }
+    assert!(
+        ignored.contains(
+            &"listener \"virtualInbound\" max_connections_to_accept_per_socket_event".to_owned()
+        ),
+        "{ignored:#?}"
+    );
+}
+
+/// The chain the runtime gets from the core for each kind of inbound connection, its
+/// plaintext protocol sniffed from real first bytes.
+#[test]
+fn each_kind_of_inbound_connection_gets_istios_chain() {
+    let a = assemble(&bootstrap(), &resources()).expect("accepted");
+    let l = &a.config.listeners[0];
+    let chains = &l.filter_chains;
+    let plain = |port: u16, first: &[u8]| {
+        // The runtime sniffs only where the HTTP inspector runs and a chain asks.
+        let sniffed = (l.http_inspector.runs_on(port) && needs_http_sniff(chains, port))
+            .then(|| sniff_http(first).application_protocol())
+            .flatten();
+        select(
+            chains,
+            &ConnectionFacts {
+                destination_port: port,
+                plaintext_protocol: sniffed,
+                ..ConnectionFacts::default()
+            },
+        )
+    };
+    let tls = |port: u16, alpn: &[&str]| {
+        assert!(l.tls_inspector.runs_on(port));
+        let alpn: Vec<Vec<u8>> = alpn.iter().map(|p| p.as_bytes().to_vec()).collect();
+        select(
+            chains,
+            &ConnectionFacts {
+                destination_port: port,
+                tls: true,
+                server_name: Some("outbound_.8080_._.app.default.svc.cluster.local"),
+                alpn: &alpn,
+                plaintext_protocol: None,
+            },
+        )
+    };
+    let get = b"GET /hello HTTP/1.1\r\nHost: app\r\n\r\n";
+    let mut h2c = PREFACE.to_vec();
+    h2c.extend_from_slice(&[0, 0, 0, 4, 0, 0, 0, 0, 0]);
+    // A port no service declares: plaintext HTTP/1.1 and h2c to the HTTP passthrough chain,
+    // anything else to the TCP one.
+    assert_eq!(plain(9090, get), Some(2), "plaintext HTTP/1.1");
+    assert_eq!(plain(9090, &h2c), Some(2), "plaintext h2c");
+    assert_eq!(
+        plain(9090, b"\x00\x00\x00\x10mysql"),
+        Some(4),
+        "other plaintext"
+    );
+    // Istio's HTTP/1.0 is off by default: such a connection is passed through as TCP.
+    assert_eq!(plain(9090, b"GET / HTTP/1.0\r\n\r\n"), Some(4));
+    // mTLS from a sidecar: TCP with peer exchange, HTTP by Istio's ALPN; plain TLS from
+    // outside the mesh is passed through.
+    assert_eq!(tls(9090, &["istio-peer-exchange", "istio"]), Some(3));
+    assert_eq!(tls(9090, &["istio-http/1.1", "istio", "http/1.1"]), Some(1));
+    assert_eq!(tls(9090, &["h2", "http/1.1"]), Some(5));
+    // The declared HTTP port: its own chains, whatever the plaintext (no sniff there).
+    assert!(!l.http_inspector.runs_on(8080));
+    assert!(!needs_http_sniff(chains, 8080));
+    assert_eq!(plain(8080, get), Some(7));
+    assert_eq!(plain(8080, &h2c), Some(7));
+    assert_eq!(tls(8080, &["istio-peer-exchange", "istio"]), Some(6));
+    assert_eq!(tls(8080, &["istio-http/1.1", "istio"]), Some(6));
+    // 15006 itself: the blackhole, decided by the port alone (no peek, no sniff).
+    assert!(!l.tls_inspector.runs_on(15006) && !l.http_inspector.runs_on(15006));
+    assert!(!needs_client_hello(chains, 15006) && !needs_http_sniff(chains, 15006));
+    assert_eq!(plain(15006, get), Some(0));
+}
+
+fn network_filter<T: prost::Message + prost::Name>(name: &str, m: &T) -> Filter {
+    Filter {
+        name: name.to_owned(),
+        config_type: Some(filter::ConfigType::TypedConfig(any(m))),
+    }
+}
+
+fn rbac(rules: Option<RbacRules>, shadow: Option<RbacRules>) -> Filter {
+    network_filter(
+        "envoy.filters.network.rbac",
+        &Rbac {
+            stat_prefix: "tcp.".into(),
+            rules,
+            shadow_rules: shadow,
+            ..Default::default()
+        },
+    )
+}
+
+fn policy(permission: permission::Rule, principal: principal::Identifier) -> Policy {
+    Policy {
+        permissions: vec![Permission {
+            rule: Some(permission),
+        }],
+        principals: vec![Principal {
+            identifier: Some(principal),
+        }],
+        ..Default::default()
+    }
+}
+
+fn rules(action: Action, policies: &[(&str, Policy)]) -> RbacRules {
+    RbacRules {
+        action: action as i32,
+        policies: policies
+            .iter()
+            .map(|(n, p)| ((*n).to_owned(), p.clone()))
+            .collect(),
+        ..Default::default()
+    }
+}
+
+/// The TCP passthrough chain (4) with `f` between the stats filter and the TCP proxy, where
+/// istiod puts RBAC.
+fn with_filter(f: Filter) -> Resources {
+    let mut r = resources();
+    listener(&mut r).filter_chains[4].filters.insert(1, f);
+    r
+}
+
+#[test]
+fn rbac_is_accepted_only_when_it_denies_nothing() {
+    let allow_all = policy(
+        permission::Rule::Any(true),
+        principal::Identifier::Any(true),
+    );
+    let by_port = policy(
+        permission::Rule::DestinationPort(8080),
+        principal::Identifier::Any(true),
+    );
+    for (what, f) in [
+        ("no rules", rbac(None, None)),
+        (
+            "shadow rules only (never enforced)",
+            rbac(None, Some(rules(Action::Deny, &[("d", allow_all.clone())]))),
+        ),
+        (
+            "ALLOW with an allow-all policy",
+            rbac(
+                Some(rules(
+                    Action::Allow,
+                    &[("a", by_port.clone()), ("all", allow_all.clone())],
+                )),
+                None,
+            ),
+        ),
+        (
+            "DENY without policies",
+            rbac(Some(rules(Action::Deny, &[])), None),
+        ),
+        (
+            "LOG",
+            rbac(Some(rules(Action::Log, &[("p", by_port.clone())])), None),
+        ),
+    ] {
+        let a = assemble(&bootstrap(), &with_filter(f));
+        assert!(a.is_ok(), "{what}: {:?}", a.err());
+    }
+    let at = "listener \"virtualInbound\" filter_chains[4].filters[1] \
+              (envoy.filters.network.rbac).typed_config.rules";
+    for (what, f, want) in [
+        (
+            "ALLOW of one port denies the others",
+            rbac(Some(rules(Action::Allow, &[("a", by_port.clone())])), None),
+            format!("{at}.policies: unsupported: the ALLOW policies would deny"),
+        ),
+        (
+            "ALLOW without policies denies everything (Istio's allow-nothing)",
+            rbac(Some(rules(Action::Allow, &[])), None),
+            format!("{at}.policies: unsupported: the ALLOW policies would deny"),
+        ),
+        (
+            "DENY with a policy",
+            rbac(Some(rules(Action::Deny, &[("d", allow_all.clone())])), None),
+            format!("{at}.policies: unsupported: a DENY policy would deny some connections"),
+        ),
+    ] {
+        let e = errors(&with_filter(f));
+        assert!(
+            e.len() == 1 && e[0].starts_with(&want),
+            "{what}: {e:#?}, want {want}"
+        );
+    }
+    // An ALLOW policy with a condition does not match every connection.
+    let mut conditional = allow_all.clone();
+    conditional.condition = Some(Default::default());
+    let e = errors(&with_filter(rbac(
+        Some(rules(Action::Allow, &[("c", conditional)])),
+        None,
+    )));
+    assert!(
+        e[0].starts_with(&format!("{at}.policies: unsupported")),
+        "{e:?}"
+    );
+}
+
+#[test]
+fn other_filters_before_the_terminal_one_are_refused_by_path() {
+    // Istio's stats as a Wasm plugin (older istiod): ignored, noted.
+    let stats_wasm = network_filter(
+        "istio.stats",
+        &Wasm {
+            config: Some(PluginConfig {
+                root_id: "stats_inbound".into(),
+                ..Default::default()
+            }),
+        },
+    );
+    let a = assemble(&bootstrap(), &with_filter(stats_wasm)).expect("stats wasm ignored");
+    assert!(
+        a.notes.ignored.contains(
+            &"listener \"virtualInbound\" filter_chains[4].filters[1] (istio.stats)".to_owned()
+        ),
+        "{:#?}",
+        a.notes.ignored
+    );
+    // Any other Wasm plugin, or another filter, is refused by its path.
+    let other_wasm = network_filter(
+        "my.plugin",
+        &Wasm {
+            config: Some(PluginConfig {
+                root_id: "my_root".into(),
+                ..Default::default()
+            }),
+        },
+    );
+    let e = errors(&with_filter(other_wasm));
+    assert!(
+        e[0].starts_with(
+            "listener \"virtualInbound\" filter_chains[4].filters[1] (my.plugin): unsupported"
+        ),
+        "{e:?}"
+    );
+    let unknown = Filter {
+        name: "envoy.filters.network.ext_authz".into(),
+        config_type: Some(filter::ConfigType::TypedConfig(Any {
+            type_url: "type.googleapis.com/envoy.extensions.filters.network.ext_authz.v3.ExtAuthz"
+                .into(),
+            value: Vec::new(),
+        })),
+    };
+    let e = errors(&with_filter(unknown));
+    assert!(
+        e[0].starts_with(
+            "listener \"virtualInbound\" filter_chains[4].filters[1] \
+             (envoy.filters.network.ext_authz): unsupported before the terminal filter"
+        ),
+        "{e:?}"
+    );
+    // A TypedStruct of another type is not Istio's metadata exchange.
+    let mut other = istiod::metadata_exchange();
+    other.config_type = Some(filter::ConfigType::TypedConfig(istiod::typed_struct(
+        "type.googleapis.com/some.Other",
+        &[],
+    )));
+    let e = errors(&with_filter(other));
+    assert!(
+        e[0].contains("unsupported before the terminal filter"),
+        "{e:?}"
+    );
+}
+
+#[test]
+fn inspector_predicates_other_than_istios_are_refused_by_path() {
+    let and = ListenerFilterChainMatchPredicate {
+        rule: Some(Rule::AndMatch(MatchSet { rules: vec![] })),
+    };
+    let mut r = resources();
+    listener(&mut r).listener_filters[2].filter_disabled = Some(and);
+    let e = errors(&r);
+    assert!(
+        e[0].starts_with(
+            "listener \"virtualInbound\" listener_filters[2] \
+             (envoy.filters.listener.http_inspector).filter_disabled.and_match: unsupported"
+        ),
+        "{e:?}"
+    );
+    // A range that is no range of ports.
+    let mut r = resources();
+    listener(&mut r).listener_filters[1].filter_disabled =
+        Some(ListenerFilterChainMatchPredicate {
+            rule: Some(Rule::DestinationPortRange(Int32Range { start: 9, end: 9 })),
+        });
+    let e = errors(&r);
+    assert!(
+        e[0].starts_with(
+            "listener \"virtualInbound\" listener_filters[1] \
+             (envoy.filters.listener.tls_inspector).filter_disabled.destination_port_range: [9, 9)"
+        ),
+        "{e:?}"
+    );
+    // `not_match` of ranges (istiod's form when the passthrough chains need no inspector):
+    // only those ports; the `[0, 1)` istiod writes for the portless chains holds no port.
+    let mut r = resources();
+    listener(&mut r).listener_filters[2].filter_disabled =
+        Some(ListenerFilterChainMatchPredicate {
+            rule: Some(Rule::NotMatch(Box::new(
+                ListenerFilterChainMatchPredicate {
+                    rule: Some(Rule::OrMatch(MatchSet {
+                        rules: [(0, 1), (9080, 9081)]
+                            .into_iter()
+                            .map(|(start, end)| ListenerFilterChainMatchPredicate {
+                                rule: Some(Rule::DestinationPortRange(Int32Range { start, end })),
+                            })
+                            .collect(),
+                    })),
+                },
+            ))),
+        });
+    let a = assemble(&bootstrap(), &r).expect("accepted");
+    assert_eq!(
+        a.config.listeners[0].http_inspector,
+        InspectorPorts::OnlyPorts(vec![PortRange {
+            first: 9080,
+            last: 9080
+        }])
+    );
+    // `filter_disabled` on original_dst means nothing here: refused.
+    let mut r = resources();
+    listener(&mut r).listener_filters[0].filter_disabled =
+        Some(ListenerFilterChainMatchPredicate {
+            rule: Some(Rule::AnyMatch(true)),
+        });
+    let e = errors(&r);
+    assert!(
+        e[0].starts_with(
+            "listener \"virtualInbound\" listener_filters[0] \
+             (envoy.filters.listener.original_dst).filter_disabled: unsupported"
+        ),
+        "{e:?}"
+    );
+}
+
+/// Without `http_inspector`, Envoy gives plaintext no application protocol: the chains that
+/// ask for `http/1.1` / `h2c` never take it, and Sluice sniffs nothing.
+#[test]
+fn without_http_inspector_nothing_is_sniffed() {
+    let mut r = resources();
+    listener(&mut r).listener_filters.remove(2);
+    let a = assemble(&bootstrap(), &r).expect("accepted");
+    let l = &a.config.listeners[0];
+    assert_eq!(l.http_inspector, InspectorPorts::OnlyPorts(vec![]));
+    assert!(!l.http_inspector.runs_on(9090));
+}
+
+/// What the fixture trims from istiod's inbound HTTP connection manager and clusters is not
+/// dropped silently: each is NACKed by its path (the gaps `xds.md` lists).
+#[test]
+fn what_the_fixture_trims_is_nacked_by_path() {
+    use envoy_types::pb::envoy::extensions::filters::http::grpc_stats::v3::FilterConfig as GrpcStats;
+    use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
+        HttpConnectionManager, HttpFilter, http_connection_manager::UpgradeConfig, http_filter,
+    };
+    use prost::Message;
+    // Edits the HCM of chain 7 (port 8080, plaintext).
+    let with_hcm = |edit: &dyn Fn(&mut HttpConnectionManager)| {
+        let mut r = resources();
+        let f = &mut listener(&mut r).filter_chains[7].filters[1];
+        let Some(filter::ConfigType::TypedConfig(any)) = &mut f.config_type else {
+            unreachable!()
+        };
+        let mut h = HttpConnectionManager::decode(any.value.as_slice()).unwrap();
+        edit(&mut h);
+        any.value = h.encode_to_vec();
+        r
+    };
+    let at = "listener \"virtualInbound\" filter_chains[7].filters[1].typed_config";
+    let e = errors(&with_hcm(&|h| {
+        h.upgrade_configs = vec![UpgradeConfig {
+            upgrade_type: "websocket".into(),
+            ..Default::default()
+        }];
+    }));
+    assert_eq!(e, [format!("{at}.upgrade_configs: unsupported")]);
+    let e = errors(&with_hcm(&|h| h.forward_client_cert_details = 3)); // APPEND_FORWARD
+    assert_eq!(
+        e,
+        [format!("{at}.forward_client_cert_details: unsupported")]
+    );
+    let e = errors(&with_hcm(&|h| {
+        h.http_filters.insert(
+            0,
+            HttpFilter {
+                name: "envoy.filters.http.grpc_stats".into(),
+                config_type: Some(http_filter::ConfigType::TypedConfig(any(
+                    &GrpcStats::default(),
+                ))),
+                ..Default::default()
+            },
+        );
+    }));
+    assert_eq!(
+        e,
+        [format!(
+            "{at}.http_filters[0] (envoy.filters.http.grpc_stats): unsupported"
+        )]
+    );
+    // istiod's BlackHoleCluster: STATIC without endpoints.
+    let mut r = resources();
+    r.clusters.get_mut(BLACKHOLE).unwrap().load_assignment = None;
+    let e = errors(&r);
+    assert!(
+        e[0].starts_with("cluster \"BlackHoleCluster\" load_assignment"),
+        "{e:?}"
+    );
+}
