@@ -155,18 +155,9 @@ pub fn needs_client_hello(chains: &[FilterChain], destination_port: u16) -> bool
 /// the sniff can give (`http/1.0`, `http/1.1`, `h2c`). `false` when no chain is left.
 #[must_use]
 pub fn needs_http_sniff(chains: &[FilterChain], destination_port: u16) -> bool {
-    let facts = ConnectionFacts {
-        destination_port,
-        ..ConnectionFacts::default()
-    };
-    let port = |c: &FilterChain| specificity(&c.filter_chain_match, 0, &facts);
-    let Some(best) = chains.iter().filter_map(port).max() else {
-        return false;
-    };
-    chains.iter().any(|c| {
+    port_survivors(chains, destination_port).any(|(_, c)| {
         let m = &c.filter_chain_match;
-        port(c) == Some(best)
-            && m.transport_protocol != Some(TransportProtocol::Tls)
+        m.transport_protocol != Some(TransportProtocol::Tls)
             && m.application_protocols
                 .iter()
                 .any(|p| PLAINTEXT_PROTOCOLS.contains(&p.as_str()))
