@@ -787,6 +787,77 @@ fn an_unanswered_keepalive_ping_closes_the_connection_and_fails_its_streams_as_r
     stop.store(true, Ordering::SeqCst);
 }
 
+/// A relay from `listen` to `to` whose upstream-to-client direction carries at most `rate`
+/// bytes a second (2 KiB every `2048 / rate` s): a slow path, where the upstream's PING ACK
+/// queues behind the response it is sending.
+fn throttling_relay(listen: u16, to: u16, rate: u64, stop: Arc<AtomicBool>) {
+    let listener = std::net::TcpListener::bind(addr(listen)).unwrap();
+    listener.set_nonblocking(true).unwrap();
+    std::thread::spawn(move || {
+        while !stop.load(Ordering::SeqCst) {
+            let Ok((down, _)) = listener.accept() else {
+                std::thread::sleep(Duration::from_millis(10));
+                continue;
+            };
+            down.set_nonblocking(false).unwrap();
+            let up = std::net::TcpStream::connect(addr(to)).unwrap();
+            let (s1, s2) = (stop.clone(), stop.clone());
+            let (d, u) = (down.try_clone().unwrap(), up.try_clone().unwrap());
+            std::thread::spawn(move || {
+                let never = AtomicBool::new(false);
+                relay_one_way(d, u, &never, &s1);
+            });
+            std::thread::spawn(move || {
+                use std::io::{Read, Write};
+                let (mut from, mut into) = (up, down);
+                let mut buf = [0u8; 2048];
+                let pause = Duration::from_micros(2048 * 1_000_000 / rate);
+                while !s2.load(Ordering::SeqCst) {
+                    match from.read(&mut buf) {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => {
+                            if into.write_all(&buf[..n]).is_err() {
+                                break;
+                            }
+                            std::thread::sleep(pause);
+                        }
+                    }
+                }
+                let _ = into.shutdown(std::net::Shutdown::Write);
+            });
+        }
+    });
+}
+
+/// As in Envoy, frames that arrive while a keepalive PING is out extend its timeout: behind a
+/// slow path, an upstream's PING ACK queues behind the large response it is sending, and the
+/// connection — whose bytes keep coming — is not taken for hung (the response completes).
+#[test]
+fn an_upstream_whose_ping_ack_queues_behind_a_large_response_is_not_taken_for_hung() {
+    if !require_peers(&["node", "curl"]) {
+        return;
+    }
+    let dir = TempDir::new("h2up-keepalive-slow-path");
+    let (listen, admin, up, relay) = (free_port(), free_port(), free_port(), free_port());
+    let (_u, _log) = start_h2_upstream(&dir, "up", up);
+    let stop = Arc::new(AtomicBool::new(false));
+    throttling_relay(relay, up, 150_000, stop.clone());
+    let yaml = config(listen, admin, &[relay]).replace(
+        "    protocol: http2\n",
+        "    protocol: http2\n    http2: { connection_keepalive: { interval: 200ms, timeout: 300ms } }\n",
+    );
+    let _sluice = start_sluice(&dir, &yaml, 1, addr(listen));
+    // 600 KB at 150 KB/s: about 4 s, the ACK of each PING a stream window (256 KiB) behind.
+    let (status, body) = curl(&[
+        "--http1.1",
+        &format!("http://127.0.0.1:{listen}/bytes/600000"),
+    ]);
+    assert_eq!((status, body.len()), (200, 600_000));
+    assert_eq!(stat(admin, "http2.upstream_keepalive_timeout"), 0);
+    assert_eq!(stat(admin, "http2.upstream_cx_total"), 1);
+    stop.store(true, Ordering::SeqCst);
+}
+
 /// An idle pooled HTTP/2 connection whose PING goes unanswered (the path to its upstream died
 /// silently) leaves the pool: the next request opens a new connection and is answered, instead
 /// of being sent into the dead one (where, without keepalive, it waits past curl's 10 s).

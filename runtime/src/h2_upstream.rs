@@ -510,6 +510,13 @@ pub(crate) async fn handshake<S>(
 where
     S: AsyncRead + AsyncWrite + Unpin + 'static,
 {
+    // Whether bytes came from the upstream since the keepalive's last look (Envoy extends a
+    // PING's timeout while frames arrive: its ACK may be queued behind them).
+    let received = Rc::new(Cell::new(false));
+    let io = Watched {
+        inner: io,
+        received: received.clone(),
+    };
     let (send, mut connection) = client_builder()
         .handshake::<_, Bytes>(io)
         .await
@@ -532,15 +539,13 @@ where
             None => (&mut connection).await,
             Some((keepalive, pings)) => {
                 let jitter = sluice_core::rng::Rng::from_seed(jitter_seed);
-                drive_with_keepalive(
-                    &mut connection,
-                    keepalive,
+                let ping = Keepalive {
+                    settings: keepalive,
                     pings,
                     jitter,
-                    &task_stats,
-                    &hung,
-                )
-                .await
+                    received: &received,
+                };
+                drive_with_keepalive(&mut connection, ping, &task_stats, &hung).await
             }
         };
         if let Err(e) = ended {
@@ -564,16 +569,23 @@ where
     }))
 }
 
-/// Drives a connection while sending a PING every `keepalive.interval` (plus its jitter, drawn
-/// from `jitter`); one not answered
-/// within `keepalive.timeout` ends it (`Ok`, with `unanswered` set: the caller drops the
+/// A connection's PING keepalive: its settings, `h2`'s PING handle, the jitter's draws, and
+/// whether bytes came from the upstream since the last look.
+struct Keepalive<'a> {
+    settings: Http2Keepalive,
+    pings: h2::PingPong,
+    jitter: sluice_core::rng::Rng,
+    received: &'a Cell<bool>,
+}
+
+/// Drives a connection while sending a PING every `interval` (plus its jitter); one not
+/// answered within `timeout` ends it (`Ok`, with `unanswered` set: the caller drops the
 /// connection, which closes the socket and fails its streams as resets, seen by outlier
-/// detection like any reset).
+/// detection like any reset). As in Envoy, bytes that arrive while the PING is out extend its
+/// timeout by another `timeout` (its ACK may be queued behind a large response).
 async fn drive_with_keepalive<C>(
     connection: &mut C,
-    keepalive: Http2Keepalive,
-    mut pings: h2::PingPong,
-    mut jitter: sluice_core::rng::Rng,
+    mut k: Keepalive<'_>,
     stats: &WorkerStats,
     unanswered: &Cell<bool>,
 ) -> Result<(), h2::Error>
@@ -581,26 +593,85 @@ where
     C: Future<Output = Result<(), h2::Error>> + Unpin,
 {
     loop {
-        let wait = keepalive.next_ping_after(jitter.next_u32());
+        let wait = k.settings.next_ping_after(k.jitter.next_u32());
         tokio::select! {
             r = &mut *connection => return r,
             () = tokio::time::sleep(wait) => {}
         }
-        let pong = tokio::select! {
-            r = &mut *connection => return r,
-            pong = tokio::time::timeout(keepalive.timeout, pings.ping(h2::Ping::opaque())) => pong,
-        };
-        match pong {
-            Ok(Ok(_)) => {}
-            // The connection failed: its own poll says how.
-            Ok(Err(_)) => return connection.await,
-            Err(_) => {
-                bump(&stats.http2_upstream_keepalive_timeout, 1);
-                unanswered.set(true);
-                tracing::debug!("HTTP/2 upstream PING unanswered: closing the connection");
-                return Ok(());
+        k.received.set(false);
+        let ping = k.pings.ping(h2::Ping::opaque());
+        tokio::pin!(ping);
+        let pong = loop {
+            tokio::select! {
+                r = &mut *connection => return r,
+                pong = &mut ping => break pong,
+                () = tokio::time::sleep(k.settings.timeout) => {
+                    if k.received.replace(false) {
+                        continue;
+                    }
+                    bump(&stats.http2_upstream_keepalive_timeout, 1);
+                    unanswered.set(true);
+                    tracing::debug!("HTTP/2 upstream PING unanswered: closing the connection");
+                    return Ok(());
+                }
             }
+        };
+        if pong.is_err() {
+            // The connection failed: its own poll says how.
+            return connection.await;
         }
+    }
+}
+
+/// What `h2` reads from an upstream passes here, which notes that bytes came (for the PING
+/// keepalive: [`drive_with_keepalive`]); writes go straight through.
+struct Watched<S> {
+    inner: S,
+    received: Rc<Cell<bool>>,
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Watched<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let from = buf.filled().len();
+        let r = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if buf.filled().len() > from {
+            self.received.set(true);
+        }
+        r
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Watched<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
 

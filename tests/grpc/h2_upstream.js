@@ -171,6 +171,13 @@ server.on('stream', (stream, headers) => {
       }
       return;
     }
+    const bytes = path.match(/^\/bytes\/(\d+)/);
+    if (bytes) {
+      // A large body of N bytes ("b"): for keepalive tests behind a slow path.
+      stream.respond({ ':status': 200, 'content-length': bytes[1] });
+      stream.end(Buffer.alloc(Number(bytes[1]), 'b'));
+      return;
+    }
     const slow = path.match(/^\/slow\/(\d+)/);
     if (slow) {
       setTimeout(() => answer(stream, headers, body, trailers), Number(slow[1]));
