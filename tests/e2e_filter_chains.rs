@@ -397,7 +397,8 @@ fn plaintext_http_and_h2c_are_sniffed_into_their_chain() {
         http: {http}
       - filter_chain_match: {{ transport_protocol: raw_buffer }}
         tcp_proxy: {{ cluster: echo }}"#,
-        http = route_to("app"),
+        // A short head timeout: it runs from the chain's pick, not from the accept.
+        http = route_to("app").replacen("{ ", "{ request_headers_timeout: 1s, ", 1),
     );
     let config = format!(
         r#"
@@ -472,7 +473,9 @@ clusters:
     let request = b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
     assert_eq!(echo_once(addr(unsniffed), request).unwrap(), request);
     // No limit on the wait for first bytes: a client silent for 1.5 s is still served
-    // (with a 1 s limit it is closed: the first test).
+    // (with a 1 s limit it is closed: the first test), though its chain's
+    // `request_headers_timeout` is 1 s: that counts from the pick (its first bytes), not from
+    // the accept.
     let mut late = TcpStream::connect(addr(listen)).unwrap();
     late.set_read_timeout(Some(Duration::from_secs(10)))
         .unwrap();

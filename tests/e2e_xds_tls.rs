@@ -832,6 +832,12 @@ clusters:
         text.contains("passthrough") && !text.contains("passthrough http"),
         "relayed as bytes by the TCP chain: {text}"
     );
+    // `istio-peer-exchange` is never agreed (Sluice speaks no metadata exchange: the client's
+    // filter would write its header into the stream): `istio`, offered beside it.
+    assert!(
+        text.contains("ALPN protocol: istio\n"),
+        "negotiated istio, not istio-peer-exchange: {text}"
+    );
     // Without a client certificate the mTLS chain refuses the handshake.
     let (ok, text) = s_client_request(
         listen,

@@ -713,12 +713,16 @@ impl<N: Network> Engine<N> {
             let mut stream = stream;
             // A listener with filter chains: the chain that fits the connection serves it, as
             // the listener its serving slot compiled.
-            let index = if self.config.listeners[index].filter_chains.is_empty() {
-                index
+            let (index, accepted) = if self.config.listeners[index].filter_chains.is_empty() {
+                (index, accepted)
             } else {
                 let pick = Box::pin(self.pick_chain(index, &mut stream, peer, original_dst));
                 match pick.await {
-                    Some(slot) => slot,
+                    // The first request's timer runs from the pick: the listener filters
+                    // waited for the first bytes (without a limit under
+                    // `listener_filters_timeout: 0s`), and a request that came late must not
+                    // find its time already spent (Envoy counts it from the first byte).
+                    Some(slot) => (slot, now()),
                     None => return,
                 }
             };
@@ -939,11 +943,12 @@ impl<N: Network> Engine<N> {
     /// Nothing is allocated before the first byte: the first peek goes to a record header's
     /// worth of stack (plaintext is told from one byte). Once a TLS record header says how
     /// long the hello's records are, a buffer of exactly that (at most the hello limit plus
-    /// record headers, [`max_hello_wire_bytes`]) is taken; the HTTP sniff borrows a pooled
-    /// relay buffer and looks at most at [`MAX_HTTP_SNIFF_BYTES`]. The hello's peek waits until
-    /// the bytes the parser's last verdict asked for (`at_least`) are in, the sniff's until
-    /// more than it saw are ([`Network::peek_grown`]: on a real socket the kernel wakes it only
-    /// then, however the client cuts its segments); the parser runs once per wake. A timeout
+    /// record headers, [`max_hello_wire_bytes`]) is taken; the HTTP sniff peeks into the
+    /// stack, and into a buffer (doubling) only past 64 bytes, at most
+    /// [`MAX_HTTP_SNIFF_BYTES`]. The hello's peek waits until the bytes the parser's last
+    /// verdict asked for (`at_least`) are in, the sniff's until more than it saw are
+    /// ([`Network::peek_grown`]: on a real socket the kernel wakes it only then, however the
+    /// client cuts its segments); the parser runs once per wake. A timeout
     /// leaves the peeked bytes readable by the chain that then serves the connection. A client
     /// that closes its side
     /// before its first bytes decide (a FIN behind queued bytes, which a peek keeps
@@ -1031,14 +1036,21 @@ impl<N: Network> Engine<N> {
         // Plaintext: sniff HTTP on what is queued now, then on more as it comes. The TLS look
         // may have peeked only a record header's worth of what is queued, and a few bytes
         // can decide (not HTTP): the first peek here waits for no growth.
-        // Bytes the last peek saw.
+        // Bytes the last peek saw. A request line fits in a few dozen bytes: the first peeks go
+        // to the stack, and only a longer one grows a buffer (doubling, up to the sniff's
+        // limit) — a client that sent a byte and went silent holds none.
         let mut seen = 0;
-        let mut pooled = self.take_buffer();
-        let verdict = loop {
+        let mut small = [0u8; 64];
+        let mut grown: Vec<u8> = Vec::new();
+        loop {
             if self.drain_deadline_passed.get() {
-                break ChainPeek::drained();
+                return ChainPeek::drained();
             }
-            let buf = &mut pooled[..MAX_HTTP_SNIFF_BYTES];
+            let buf: &mut [u8] = if grown.is_empty() {
+                &mut small
+            } else {
+                &mut grown
+            };
             // More than it saw (the first peek: whatever is queued).
             let want = (seen + 1).min(buf.len());
             let (len, closed) = match self
@@ -1052,23 +1064,26 @@ impl<N: Network> Engine<N> {
             let sniffed = sniff_http(&buf[..len]);
             if sniffed == HttpSniff::TooLong {
                 // Envoy's http_inspector closes it too.
-                break ChainPeek::Refused(
+                return ChainPeek::Refused(
                     "no HTTP request line end within 8 KiB",
                     ChainPeekRefusal::TooLarge,
                 );
             }
             if sniffed.is_decided() {
-                break ChainPeek::Plain(sniffed.application_protocol());
+                return ChainPeek::Plain(sniffed.application_protocol());
+            }
+            if len == buf.len() && len < MAX_HTTP_SNIFF_BYTES {
+                // Full and undecided: a larger buffer for the next peek.
+                grown.resize((len * 2).min(MAX_HTTP_SNIFF_BYTES), 0);
+                continue;
             }
             if closed && len < buf.len() {
-                break ChainPeek::Refused(
+                return ChainPeek::Refused(
                     "closed before its first bytes said whether it is HTTP",
                     ChainPeekRefusal::Closed,
                 );
             }
-        };
-        self.give_buffer(pooled);
-        verdict
+        }
     }
 
     /// One peek that waits for at least `want` bytes (or the client's close): the length

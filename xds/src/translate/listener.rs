@@ -450,12 +450,13 @@ fn filter_chain(
     if let Some(m) = take(&mut rest.filter_chain_match) {
         reject_rest(&m, &at.field("filter_chain_match"))?;
     }
-    let tls = take(&mut rest.transport_socket)
+    let mut tls = take(&mut rest.transport_socket)
         .map(|ts| super::tls::downstream_tls(&ts, &at.field("transport_socket"), secrets))
         .transpose()?;
     let filters = take(&mut rest.filters);
     reject_rest(&rest, at)?;
     let mut terminal = None;
+    let mut metadata_exchange = false;
     for (i, f) in filters.iter().enumerate() {
         let f_at = at.field("filters").index(i);
         let named = At {
@@ -476,7 +477,8 @@ fn filter_chain(
             || any.type_url == TcpProxy::type_url();
         if !is_terminal {
             // Istio's metadata exchange, stats, and RBAC that denies nothing: ignored, noted.
-            super::network_filters::before_terminal(any, &named, notes)?;
+            metadata_exchange |= super::network_filters::before_terminal(any, &named, notes)?
+                == super::network_filters::Terminal::MetadataExchange;
             continue;
         }
         terminal = Some(if any.type_url == HttpConnectionManager::type_url() {
@@ -497,7 +499,36 @@ fn filter_chain(
         at.field("filters")
             .error("no http_connection_manager or tcp_proxy")
     })?;
+    if metadata_exchange {
+        never_negotiate_metadata_exchange(tls.as_mut(), at, notes);
+    }
     Ok((key, value, tls))
+}
+
+/// A chain whose metadata exchange filter is ignored must not negotiate its ALPN: with
+/// `istio-peer-exchange` agreed, the client's filter would write its metadata header into the
+/// stream and wait for ours (see [`super::network_filters`]). That ALPN is dropped from the
+/// chain's TLS offer, and `istio` (which Istio's clients offer beside it) is offered in its
+/// place when missing, so a mesh client still agrees on one; noted.
+fn never_negotiate_metadata_exchange(tls: Option<&mut Value>, at: &At<'_>, notes: &mut Notes) {
+    let Some(alpn) = tls
+        .and_then(|t| t.get_mut("alpn"))
+        .and_then(Value::as_array_mut)
+    else {
+        return;
+    };
+    let before = alpn.len();
+    alpn.retain(|p| p != "istio-peer-exchange");
+    if alpn.len() == before {
+        return;
+    }
+    if !alpn.iter().any(|p| p == "istio") {
+        alpn.insert(0, json!("istio"));
+    }
+    at.note(
+        notes,
+        "transport_socket alpn_protocols istio-peer-exchange (replaced by istio: no metadata exchange)",
+    );
 }
 
 fn http(

@@ -2,13 +2,21 @@
 //! manager or the TCP proxy), as istiod writes them on its inbound chains.
 //!
 //! Ignored and counted in [`Notes`] — they only add telemetry or exchange peer metadata for
-//! it, and change nothing a client or an upstream sees:
+//! it:
 //! - Istio's TCP metadata exchange (`istio.metadata_exchange`: a `TypedStruct` of
-//!   `envoy.tcp.metadataexchange.config.MetadataExchange`, or that type itself);
+//!   `envoy.tcp.metadataexchange.config.MetadataExchange`, or that type itself). Unlike the
+//!   others this one *would* change the bytes: when TLS negotiates ALPN
+//!   `istio-peer-exchange`, each side writes a metadata header into the stream first (a magic
+//!   number, a length, a protobuf `Any`) and reads the other's. Sluice speaks no metadata
+//!   exchange, so the chain must never negotiate that ALPN: [`Terminal::MetadataExchange`]
+//!   tells the listener translation to drop `istio-peer-exchange` from the chain's TLS ALPN
+//!   (offering `istio` in its place, which Istio's clients offer beside it); the client's
+//!   filter then does no exchange, as with any peer that does not negotiate it;
 //! - Istio's stats filter (`istio.stats`: `stats.PluginConfig`, itself or in a
 //!   `TypedStruct`, whatever the filter's name);
 //! - `envoy.filters.network.wasm` running Istio's stats plugin (`root_id` `stats_inbound` /
-//!   `stats_outbound`, or the `envoy.wasm.stats` null-VM code).
+//!   `stats_outbound` *and* Istio's stats code: the `envoy.wasm.stats` null-VM code or a
+//!   `…stats-filter….wasm` file — a root id alone says nothing of what the code does).
 //!
 //! RBAC (`envoy.filters.network.rbac`) is security, never dropped silently: accepted (and
 //! noted) only when it can deny nothing — no `rules` (only `shadow_rules`, which Envoy never
@@ -47,23 +55,36 @@ fn real_type(any: &Any) -> String {
     }
 }
 
-/// Checks a filter placed before the terminal one (`named`: its path with its name):
-/// `Ok` when it is ignored (noted) or an RBAC that denies nothing; `Err` otherwise.
+/// What a filter before the terminal one was (when accepted).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Terminal {
+    /// Istio's TCP metadata exchange: ignored, but the chain must not negotiate its ALPN.
+    MetadataExchange,
+    /// Telemetry, or an RBAC filter that denies nothing: ignored.
+    Ignored,
+}
+
+/// Checks a filter placed before the terminal one (`named`: its path with its name): what it
+/// was when it is ignored (noted) or an RBAC that denies nothing; `Err` otherwise.
 pub(super) fn before_terminal(
     any: &Any,
     named: &At<'_>,
     notes: &mut Notes,
-) -> Result<(), TranslateError> {
+) -> Result<Terminal, TranslateError> {
     let real = real_type(any);
-    if real == METADATA_EXCHANGE || real == ISTIO_STATS {
+    if real == METADATA_EXCHANGE {
         named.note(notes, "");
-        return Ok(());
+        return Ok(Terminal::MetadataExchange);
+    }
+    if real == ISTIO_STATS {
+        named.note(notes, "");
+        return Ok(Terminal::Ignored);
     }
     if any.type_url == Wasm::type_url() {
         let w: Wasm = unpack(any, named)?;
         if is_istio_stats_wasm(&w) {
             named.note(notes, "");
-            return Ok(());
+            return Ok(Terminal::Ignored);
         }
         return Err(
             named.error("unsupported (a Wasm network filter other than Istio's stats plugin)")
@@ -71,7 +92,7 @@ pub(super) fn before_terminal(
     }
     if any.type_url == Rbac::type_url() {
         let r: Rbac = unpack(any, named)?;
-        return rbac(r, &named.field("typed_config"), notes);
+        return rbac(r, &named.field("typed_config"), notes).map(|()| Terminal::Ignored);
     }
     Err(named.error(
         "unsupported before the terminal filter (only Istio's metadata exchange and stats, \
@@ -83,18 +104,24 @@ fn is_istio_stats_wasm(w: &Wasm) -> bool {
     let Some(config) = &w.config else {
         return false;
     };
-    if matches!(config.root_id.as_str(), "stats_inbound" | "stats_outbound") {
-        return true;
+    if !matches!(config.root_id.as_str(), "stats_inbound" | "stats_outbound") {
+        return false;
     }
     let Some(plugin_config::Vm::VmConfig(vm)) = &config.vm else {
         return false;
     };
     let code = vm.code.as_ref().and_then(|c| c.specifier.as_ref());
-    matches!(
-        code,
-        Some(async_data_source::Specifier::Local(d))
-            if matches!(&d.specifier, Some(data_source::Specifier::InlineString(s)) if s == "envoy.wasm.stats")
-    )
+    let Some(async_data_source::Specifier::Local(d)) = code else {
+        return false;
+    };
+    match &d.specifier {
+        Some(data_source::Specifier::InlineString(s)) => s == "envoy.wasm.stats",
+        Some(data_source::Specifier::Filename(f)) => {
+            let file = f.rsplit('/').next().unwrap_or(f);
+            file.contains("stats-filter") && file.ends_with(".wasm")
+        }
+        _ => false,
+    }
 }
 
 /// A network RBAC filter: accepted only when it denies no connection (see the module doc).

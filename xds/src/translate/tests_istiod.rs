@@ -145,10 +145,12 @@ fn istiods_virtual_inbound_translates_to_its_chains() {
         assert!(matches!(l.filter_chains[i].filter, Filt::Http(_)), "{i}");
     }
     // The mTLS chains: client certificates required, checked against the mesh root, the
-    // ALPN istiod gives them.
+    // ALPN istiod gives them — but for `istio-peer-exchange`, never negotiated (Sluice speaks
+    // no metadata exchange: a client agreeing on it would write its metadata header into the
+    // stream), `istio` offered in its place.
     for (i, alpn) in [
         (1, &["h2", "http/1.1"][..]),
-        (3, &["istio-peer-exchange", "h2", "http/1.1"]),
+        (3, &["istio", "h2", "http/1.1"]),
         (6, &["h2", "http/1.1"]),
     ] {
         let t = l.filter_chains[i].tls.as_deref().unwrap();
@@ -169,6 +171,9 @@ fn istiods_virtual_inbound_translates_to_its_chains() {
         let s = format!("listener \"virtualInbound\" filter_chains[{i}].filters[1] (istio.stats)");
         assert!(ignored.contains(&s), "{s} not in {ignored:#?}");
     }
+    let mx_alpn = "listener \"virtualInbound\" filter_chains[3].transport_socket alpn_protocols \
+                   istio-peer-exchange (replaced by istio: no metadata exchange)";
+    assert!(ignored.iter().any(|n| n == mx_alpn), "{ignored:#?}");
     assert!(
         ignored.contains(
             &"listener \"virtualInbound\" max_connections_to_accept_per_socket_event".to_owned()
@@ -372,16 +377,28 @@ fn rbac_is_accepted_only_when_it_denies_nothing() {
 
 #[test]
 fn other_filters_before_the_terminal_one_are_refused_by_path() {
-    // Istio's stats as a Wasm plugin (older istiod): ignored, noted.
-    let stats_wasm = network_filter(
-        "istio.stats",
-        &Wasm {
-            config: Some(PluginConfig {
-                root_id: "stats_inbound".into(),
+    use envoy_types::pb::envoy::config::core::v3::{
+        AsyncDataSource, DataSource, async_data_source, data_source,
+    };
+    use envoy_types::pb::envoy::extensions::wasm::v3::{VmConfig, plugin_config};
+    // A Wasm plugin of `root_id` running `code` (a null-VM name).
+    let wasm = |root_id: &str, code: &str| Wasm {
+        config: Some(PluginConfig {
+            root_id: root_id.into(),
+            vm: Some(plugin_config::Vm::VmConfig(VmConfig {
+                code: Some(AsyncDataSource {
+                    specifier: Some(async_data_source::Specifier::Local(DataSource {
+                        specifier: Some(data_source::Specifier::InlineString(code.into())),
+                        ..Default::default()
+                    })),
+                }),
                 ..Default::default()
-            }),
-        },
-    );
+            })),
+            ..Default::default()
+        }),
+    };
+    // Istio's stats as a Wasm plugin (older istiod): ignored, noted.
+    let stats_wasm = network_filter("istio.stats", &wasm("stats_inbound", "envoy.wasm.stats"));
     let a = assemble(&bootstrap(), &with_filter(stats_wasm)).expect("stats wasm ignored");
     assert!(
         a.notes.ignored.contains(
@@ -389,6 +406,16 @@ fn other_filters_before_the_terminal_one_are_refused_by_path() {
         ),
         "{:#?}",
         a.notes.ignored
+    );
+    // Istio's root id running other code is not Istio's stats: refused (a Wasm filter can
+    // close connections).
+    let impostor = network_filter("istio.stats", &wasm("stats_inbound", "my.code"));
+    let e = errors(&with_filter(impostor));
+    assert!(
+        e[0].starts_with(
+            "listener \"virtualInbound\" filter_chains[4].filters[1] (istio.stats): unsupported"
+        ),
+        "{e:?}"
     );
     // Any other Wasm plugin, or another filter, is refused by its path.
     let other_wasm = network_filter(
