@@ -603,7 +603,15 @@ impl<N: Network> Engine<N> {
                         let probe = hc.probe.clone();
                         let name = cluster.name.clone();
                         let timeout = hc.settings.timeout;
-                        let tls = self.tls.current().connector(ci, transport).cloned();
+                        // A transport the config does not have fails the probe (fail
+                        // closed: never probed in plaintext).
+                        let tls = match self.tls.current().connector(ci, transport) {
+                            Ok(c) => c.cloned(),
+                            Err(_) => {
+                                let _ = tx.send((probed, ProbeResult::Failure, None));
+                                continue;
+                            }
+                        };
                         probes[host.index()] = Some(tokio::task::spawn_local(async move {
                             let (result, tls_failure) = match tokio::time::timeout(
                                 timeout,

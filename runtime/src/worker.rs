@@ -900,6 +900,120 @@ mod tests {
         });
     }
 
+    /// Issue 13 (review, HIGH): a reload that gives a DNS cluster `tls` in place of its
+    /// `transport_socket_matches` (Istio: a ServiceEntry with DNS resolution, then a
+    /// DestinationRule with SIMPLE TLS) keeps the resolved addresses but not the old transport
+    /// index: the next connection to each host is TLS (its first byte a handshake record),
+    /// before any new DNS answer — `strict_dns` and `logical_dns` alike. The worker is worker 1
+    /// of 2: the resolver (worker 0's) does not run, so only the inherited answers are used.
+    #[test]
+    fn a_reload_from_transport_socket_matches_to_tls_connects_dns_hosts_with_tls() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        tokio::task::LocalSet::new().block_on(&rt, async {
+            let ca = rcgen::generate_simple_self_signed(vec!["svc.test".to_owned()])
+                .expect("certificate")
+                .cert
+                .pem();
+            let ca = format!("{{ inline: {ca:?} }}");
+            let (strict_up, strict_port) = listener();
+            let (logical_up, logical_port) = listener();
+            let (first_bytes, mut seen) = tokio::sync::mpsc::unbounded_channel();
+            for l in [strict_up, logical_up] {
+                let first_bytes = first_bytes.clone();
+                tokio::task::spawn_local(async move {
+                    loop {
+                        let Ok((mut s, _)) = l.accept().await else {
+                            return;
+                        };
+                        let port = s.local_addr().expect("address").port();
+                        let mut b = [0; 1];
+                        let _ = s.read_exact(&mut b).await;
+                        let _ = first_bytes.send((port, b[0]));
+                    }
+                });
+            }
+            let (strict_l, strict_in) = listener();
+            let (logical_l, logical_in) = listener();
+            let yaml = |transport: &str| {
+                format!(
+                    "listeners:\n\
+                     \x20 - {{ name: s, address: 127.0.0.1:{strict_in}, tcp_proxy: {{ cluster: strict }} }}\n\
+                     \x20 - {{ name: l, address: 127.0.0.1:{logical_in}, tcp_proxy: {{ cluster: logical }} }}\n\
+                     clusters:\n\
+                     \x20 - {{ name: strict, type: strict_dns, hosts: [ {{ address: \"svc.test:{strict_port}\" }} ], {transport} }}\n\
+                     \x20 - {{ name: logical, type: logical_dns, hosts: [ {{ address: \"svc.test:{logical_port}\" }} ], {transport} }}\n"
+                )
+            };
+            let before = Config::from_yaml(&yaml(&format!(
+                "transport_socket_matches: [ {{ name: tlsMode-istio, match: {{ tlsMode: istio }}, \
+                 tls: {{ sni: svc.test, ca: {ca} }} }}, {{ name: tlsMode-disabled }} ]"
+            )))
+            .expect("config before");
+            let after = Arc::new(
+                Config::from_yaml(&yaml(&format!("tls: {{ sni: svc.test, ca: {ca} }}")))
+                    .expect("config after"),
+            );
+            // The generation before resolved both names: plaintext hosts (entry 1).
+            let old = crate::health::SharedHealth::new(&before);
+            old.dns.answered(0, 0, vec![SocketAddr::from(([127, 0, 0, 1], strict_port))]);
+            old.dns.answered(1, 0, vec![SocketAddr::from(([127, 0, 0, 1], logical_port))]);
+            assert_eq!(old.dns.view(0).expect("dns").slots[0].expect("host").transport, Some(1));
+            let shared = Arc::new(crate::health::SharedHealth::new(&after));
+            shared.inherit(&old, &before, &after);
+            let engine = Engine::new_worker(
+                TokioNet::default(),
+                after.clone(),
+                1,
+                2,
+                1,
+                Arc::new(WorkerStats::new(&after)),
+                shared.clone(),
+                Arc::new(crate::limits::ProcessLimits::new(&after)),
+            )
+            .expect("engine");
+            for ci in 0..2 {
+                let c = engine.clusters[ci].borrow();
+                let id = sluice_core::cluster::HostId(0);
+                assert!(c.is_present(id), "cluster {ci} kept its address");
+                assert_eq!(c.transport(id), None, "cluster {ci}: the cluster's own tls");
+                let was = old.dns.view(ci).expect("dns").epochs[0];
+                assert_eq!(c.host_ref(id).epoch, was + 1, "cluster {ci}: another host");
+            }
+            let mut worker = Worker::start(engine, vec![strict_l, logical_l], WorkerHooks::default());
+            let mut clients = Vec::new();
+            for port in [strict_in, logical_in] {
+                let mut c = tokio::net::TcpStream::connect(("127.0.0.1", port))
+                    .await
+                    .expect("connect");
+                c.write_all(b"plaintext?").await.expect("write");
+                clients.push(c);
+            }
+            // Every connection to either upstream (a failed handshake is retried) starts with a
+            // TLS handshake record, never the client's bytes; both upstreams are reached.
+            let mut reached = Vec::new();
+            while reached.len() < 2 {
+                let (at, first) = tokio::time::timeout(Duration::from_secs(5), seen.recv())
+                    .await
+                    .expect("the upstreams were connected to in time")
+                    .expect("a first byte");
+                assert_eq!(first, 0x16, "to :{at}: a TLS handshake record, not the client's bytes");
+                if !reached.contains(&at) {
+                    reached.push(at);
+                }
+            }
+            reached.sort_unstable();
+            let mut want = vec![strict_port, logical_port];
+            want.sort_unstable();
+            assert_eq!(reached, want);
+            drop(clients);
+            worker.stop();
+            worker.drained().await;
+        });
+    }
+
     /// A worker reloaded many times remembers only the last [`ENDED_GENERATIONS_KEPT`] ended
     /// generations (and their counters), not one per reload forever.
     #[test]
