@@ -752,7 +752,9 @@ mod tests {
     /// host's id, epoch and health verdict; a push that takes one host's label off (its pick
     /// goes from the mTLS entry to the plaintext one) gives that host another id — a new
     /// epoch, a new pool, probed afresh — with its new transport in its slot, while the others
-    /// keep theirs. No generation switch either time.
+    /// keep theirs. No generation switch either time. The mTLS entry has real TLS (the
+    /// upstreams serve it): the health checks reach each host with its pick — a TLS handshake
+    /// to a host labelled `tlsMode: istio`, plaintext to b once its label is gone.
     #[test]
     fn hosts_of_a_transport_socket_matches_cluster_change_in_place_and_a_pick_change_is_a_new_host()
     {
@@ -764,13 +766,55 @@ mod tests {
             let (a, port_a) = listener();
             let (b, port_b) = listener();
             let (c, port_c) = listener();
-            for l in [a, b, c] {
+            // Every upstream serves TLS (svc.test) to a client that starts a handshake, and
+            // records how each connection started: (port, TLS).
+            let cert = rcgen::generate_simple_self_signed(vec!["svc.test".to_owned()])
+                .expect("certificate");
+            let ca = format!("{{ inline: {:?} }}", cert.cert.pem());
+            let server = rustls::ServerConfig::builder_with_provider(Arc::new(
+                rustls::crypto::aws_lc_rs::default_provider(),
+            ))
+            .with_safe_default_protocol_versions()
+            .expect("versions")
+            .with_no_client_auth()
+            .with_single_cert(
+                vec![cert.cert.der().clone()],
+                rustls::pki_types::PrivateKeyDer::try_from(cert.signing_key.serialize_der())
+                    .expect("key"),
+            )
+            .expect("server config");
+            let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(server));
+            let started = Rc::new(RefCell::new(Vec::<(u16, bool)>::new()));
+            for (l, port) in [(a, port_a), (b, port_b), (c, port_c)] {
+                let acceptor = acceptor.clone();
+                let started = started.clone();
                 tokio::task::spawn_local(async move {
                     loop {
-                        let _ = l.accept().await;
+                        let Ok((s, _)) = l.accept().await else {
+                            return;
+                        };
+                        let acceptor = acceptor.clone();
+                        let started = started.clone();
+                        tokio::task::spawn_local(async move {
+                            let mut first = [0; 1];
+                            // A plaintext TCP probe connects and closes: no byte.
+                            let tls = matches!(s.peek(&mut first).await, Ok(1) if first[0] == 0x16);
+                            started.borrow_mut().push((port, tls));
+                            if tls && let Ok(mut t) = acceptor.accept(s).await {
+                                let _ = t.read(&mut first).await;
+                            }
+                        });
                     }
                 });
             }
+            let started_at = |port: u16| -> Vec<bool> {
+                started
+                    .borrow()
+                    .iter()
+                    .filter(|(p, _)| *p == port)
+                    .map(|(_, tls)| *tls)
+                    .collect()
+            };
             let (socket, _) = listener();
             // (port, weight, labelled `tlsMode: istio`)
             let yaml = |hosts: &[(u16, u32, bool)]| {
@@ -788,7 +832,7 @@ mod tests {
                 format!(
                     "listeners:\n  - {{ name: t, address: 127.0.0.1:1, tcp_proxy: {{ cluster: app }} }}\n\
                      clusters:\n  - name: app\n    hosts: [{}]\n\
-                     \x20   transport_socket_matches: [ {{ name: mtls, match: {{ tlsMode: istio }} }}, {{ name: plain }} ]\n\
+                     \x20   transport_socket_matches: [ {{ name: mtls, match: {{ tlsMode: istio }}, tls: {{ sni: svc.test, ca: {ca} }} }}, {{ name: plain }} ]\n\
                      \x20   health_check: {{ tcp: {{}}, interval: 50ms, timeout: 200ms, no_traffic_interval: 50ms, healthy_threshold: 1, unhealthy_threshold: 1 }}\n\
                      \x20 - {{ name: xds, hosts: [ {{ address: 127.0.0.1:9 }} ] }}\n\
                      xds: {{ cluster: xds }}\n",
@@ -851,6 +895,11 @@ mod tests {
                 shared.is_healthy_for(0, slot(0, 0)) && shared.is_healthy_for(0, slot(1, 0))
             })
             .await;
+            // Probed over TLS, the mTLS entry's.
+            for port in [port_a, port_b] {
+                let tls = started_at(port);
+                assert!(!tls.is_empty() && tls.iter().all(|&t| t), "{port}: {tls:?}");
+            }
 
             // a re-weighted, c added: in place; a and b keep id, epoch and verdict.
             let changed = sluice_core::config::diff::only_endpoints_differ(&before, &grown)
@@ -893,7 +942,18 @@ mod tests {
                 !shared.is_healthy_for(0, slot(3, 1)),
                 "b, as a new host, is unknown until probed"
             );
+            let before_relabel = started_at(port_b).len();
             until("b probed in its new id", || shared.is_healthy_for(0, slot(3, 1))).await;
+            // b is probed in plaintext now (the plaintext entry: a TCP probe sends nothing);
+            // a and c still over TLS.
+            until("b probed in plaintext", || {
+                started_at(port_b)[before_relabel..].contains(&false)
+            })
+            .await;
+            for port in [port_a, port_c] {
+                let tls = started_at(port);
+                assert!(tls.iter().all(|&t| t), "{port}: {tls:?}");
+            }
             let mut worker = worker;
             worker.stop();
             worker.drained().await;
