@@ -960,6 +960,193 @@ mod tests {
         });
     }
 
+    /// Issue 13 (review, LOW): a plaintext → mTLS label change with the cluster's ids full:
+    /// the host's new self takes the id its old self just freed (same address, same id, the
+    /// other transport). The idle pooled plaintext connection to it at the update is closed,
+    /// never reused: every request it serves from then on arrives over TLS. The upstreams
+    /// answer in either transport (what the first byte says) with their port and how they
+    /// were reached, and keep connections alive.
+    #[test]
+    fn a_label_change_into_the_id_it_freed_closes_the_pooled_connection_of_the_other_transport() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        tokio::task::LocalSet::new().block_on(&rt, async {
+            let cert = rcgen::generate_simple_self_signed(vec!["svc.test".to_owned()])
+                .expect("certificate");
+            let ca = format!("{{ inline: {:?} }}", cert.cert.pem());
+            let server = rustls::ServerConfig::builder_with_provider(Arc::new(
+                rustls::crypto::aws_lc_rs::default_provider(),
+            ))
+            .with_safe_default_protocol_versions()
+            .expect("versions")
+            .with_no_client_auth()
+            .with_single_cert(
+                vec![cert.cert.der().clone()],
+                rustls::pki_types::PrivateKeyDer::try_from(cert.signing_key.serialize_der())
+                    .expect("key"),
+            )
+            .expect("server config");
+            let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(server));
+            // Per upstream connection ended: (port, TLS).
+            let closed = Rc::new(RefCell::new(Vec::<(u16, bool)>::new()));
+            async fn serve<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
+                mut s: S,
+                body: String,
+            ) {
+                let mut head = Vec::new();
+                let mut chunk = [0; 512];
+                loop {
+                    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match s.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => head.extend_from_slice(&chunk[..n]),
+                        }
+                    }
+                    head.clear();
+                    let answer = format!(
+                        "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{body}",
+                        body.len()
+                    );
+                    if s.write_all(answer.as_bytes()).await.is_err() {
+                        return;
+                    }
+                }
+            }
+            let mut ports = Vec::new();
+            for _ in 0..17 {
+                let (l, port) = listener();
+                ports.push(port);
+                let acceptor = acceptor.clone();
+                let closed = closed.clone();
+                tokio::task::spawn_local(async move {
+                    loop {
+                        let Ok((s, _)) = l.accept().await else {
+                            return;
+                        };
+                        let acceptor = acceptor.clone();
+                        let closed = closed.clone();
+                        tokio::task::spawn_local(async move {
+                            let mut first = [0; 1];
+                            let tls = matches!(s.peek(&mut first).await, Ok(1) if first[0] == 0x16);
+                            if tls {
+                                if let Ok(t) = acceptor.accept(s).await {
+                                    serve(t, format!("tls:{port}")).await;
+                                }
+                            } else {
+                                serve(s, format!("plain:{port}")).await;
+                            }
+                            closed.borrow_mut().push((port, tls));
+                        });
+                    }
+                });
+            }
+            let x = ports[0];
+            // (port, weight, labelled `tlsMode: istio`)
+            let yaml = |hosts: &[(u16, u32, bool)]| {
+                let hosts: Vec<String> = hosts
+                    .iter()
+                    .map(|(p, w, istio)| {
+                        let label = if *istio {
+                            ", transport_socket_match: { tlsMode: istio }"
+                        } else {
+                            ""
+                        };
+                        format!("{{ address: 127.0.0.1:{p}, weight: {w}{label} }}")
+                    })
+                    .collect();
+                Config::from_yaml(&format!(
+                    "listeners:\n  - {{ name: h, address: 127.0.0.1:1, http: {{ virtual_hosts: [ {{ name: v, domains: [\"*\"], routes: [ {{ match: {{ prefix: / }}, route: {{ cluster: app }} }} ] }} ] }} }}\n\
+                     clusters:\n  - name: app\n    hosts: [{}]\n\
+                     \x20   transport_socket_matches: [ {{ name: mtls, match: {{ tlsMode: istio }}, tls: {{ sni: svc.test, ca: {ca} }} }}, {{ name: plain }} ]\n\
+                     \x20 - {{ name: xds, hosts: [ {{ address: 127.0.0.1:9 }} ] }}\n\
+                     xds: {{ cluster: xds }}\n",
+                    hosts.join(", ")
+                ))
+                .expect("config")
+            };
+            let before = Arc::new(yaml(&[(x, 1, false)]));
+            assert_eq!(before.clusters[0].host_slots(), 17);
+            // x (heavily weighted) and the 16 others: every id taken.
+            let all = |x_istio: bool| -> Vec<(u16, u32, bool)> {
+                ports
+                    .iter()
+                    .map(|&p| if p == x { (p, 50, x_istio) } else { (p, 1, false) })
+                    .collect()
+            };
+            let full = yaml(&all(false));
+            let relabelled = yaml(&all(true));
+            let (socket, http_port) = listener();
+            let engine = Engine::new_worker(
+                TokioNet::default(),
+                before.clone(),
+                0,
+                1,
+                1,
+                Arc::new(WorkerStats::new(&before)),
+                Arc::new(crate::health::SharedHealth::new(&before)),
+                Arc::new(crate::limits::ProcessLimits::new(&before)),
+            )
+            .expect("engine");
+            let worker = Worker::start(engine, vec![socket], WorkerHooks::default());
+            let get = || async move {
+                let mut c = tokio::net::TcpStream::connect(("127.0.0.1", http_port))
+                    .await
+                    .expect("connect");
+                c.write_all(b"GET / HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+                    .await
+                    .expect("write");
+                let mut answer = String::new();
+                tokio::time::timeout(Duration::from_secs(5), c.read_to_string(&mut answer))
+                    .await
+                    .expect("answered in time")
+                    .expect("answer");
+                answer.rsplit("\r\n\r\n").next().unwrap_or_default().to_owned()
+            };
+            // x in plaintext; its connection stays pooled, idle.
+            assert_eq!(get().await, format!("plain:{x}"));
+            let changed = sluice_core::config::diff::only_endpoints_differ(&before, &full)
+                .expect("an endpoints-only update");
+            let update = worker.apply_endpoints(&before, &full, &changed).expect("room");
+            assert_eq!((update.added, update.removed), (16, 0));
+            assert!(closed.borrow().is_empty(), "x's pooled connection is kept");
+            // The label: x is a new host, and the only free id is the one x just left.
+            let changed = sluice_core::config::diff::only_endpoints_differ(&full, &relabelled)
+                .expect("an endpoints-only update");
+            let update = worker
+                .apply_endpoints(&full, &relabelled, &changed)
+                .expect("room: the id x freed");
+            assert_eq!((update.added, update.removed), (1, 1));
+            {
+                let engine = worker.engine();
+                let cluster = engine.clusters[0].borrow();
+                let id = sluice_core::cluster::HostId(0);
+                assert_eq!(cluster.host(id).address.port(), x);
+                assert_eq!(cluster.transport(id), Some(0), "x over mTLS in the id it left");
+                assert_eq!(cluster.host_ref(id).epoch, 1);
+            }
+            until("x's pooled plaintext connection closed", || {
+                closed.borrow().contains(&(x, false))
+            })
+            .await;
+            let mut to_x = 0;
+            for _ in 0..30 {
+                let body = get().await;
+                if body.ends_with(&format!(":{x}")) {
+                    assert_eq!(body, format!("tls:{x}"), "x reached only over TLS");
+                    to_x += 1;
+                } else {
+                    assert!(body.starts_with("plain:"), "{body}");
+                }
+            }
+            assert!(to_x > 0, "x was picked");
+            let mut worker = worker;
+            worker.stop();
+            worker.drained().await;
+        });
+    }
+
     /// Issue 13 (review, HIGH): a reload that gives a DNS cluster `tls` in place of its
     /// `transport_socket_matches` (Istio: a ServiceEntry with DNS resolution, then a
     /// DestinationRule with SIMPLE TLS) keeps the resolved addresses but not the old transport
