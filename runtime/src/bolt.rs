@@ -679,7 +679,7 @@ impl<N: Network> Engine<N> {
         let tls_failure = std::cell::Cell::new(None);
         let attempt = async {
             let socket = self.net.connect(address).await?;
-            match self.tls.current().connector(cluster, transport) {
+            match self.tls.current().connector(cluster, transport)? {
                 None => Ok(MaybeTls::Plain(socket)),
                 Some(c) => match c.connect(address, socket).await {
                     Ok(tls) => Ok(MaybeTls::Tls(Box::new(tls))),

@@ -21,7 +21,7 @@
 //! | direction | message | descriptors |
 //! |---|---|---|
 //! | new → old | `{"v":1,"type":"upgrade","pid":P}` | |
-//! | old → new | `{"v":1,"type":"offer","workers":W,"listeners":[{"address":"A","fds":K},...],"admin":"A"\|null,"health":[{"cluster":C,"host":A,"healthy":B},...],"tickets":[{"listener":ID,"keys":[{"name":HEX,"secret":HEX,"created":T},...]},...]}` | every listener's K sockets in order, then the admin socket |
+//! | old → new | `{"v":1,"type":"offer","workers":W,"listeners":[{"address":"A","fds":K},...],"admin":"A"\|null,"health":[{"cluster":C,"host":A,"transport":N\|null,"healthy":B},...],"tickets":[{"listener":ID,"keys":[{"name":HEX,"secret":HEX,"created":T},...]},...]}` | every listener's K sockets in order, then the admin socket |
 //! | old → new | `{"v":1,"type":"refused","reason":"..."}` (then closes) | |
 //! | new → old | `{"v":1,"type":"serving"}` | |
 //! | old → new | `{"v":1,"type":"draining"}` (the acknowledgement) | |
@@ -504,9 +504,10 @@ pub struct HandoverOffer {
     pub listeners: Vec<(SocketAddr, Vec<OwnedFd>)>,
     /// The admin listener, if any.
     pub admin: Option<(AdminAddress, OwnedFd)>,
-    /// The active health checks' verdicts: (cluster, host address, healthy), so that the new
+    /// The active health checks' verdicts: (cluster, host address, transport entry name,
+    /// healthy: [`crate::health::HandedVerdict`]), so that the new
     /// instance does not start with every checked host unknown.
-    pub health: Vec<(String, SocketAddr, bool)>,
+    pub health: Vec<crate::health::HandedVerdict>,
     /// Every TLS listener's session-ticket keys (secrets: see the module docs).
     pub tickets: Vec<crate::tls_tickets::ExportedKeys>,
 }
@@ -829,7 +830,9 @@ impl Shared {
             "health": offer
                 .health
                 .iter()
-                .map(|(c, h, ok)| json!({"cluster": c, "host": h.to_string(), "healthy": ok}))
+                .map(|(c, h, t, ok)| {
+                    json!({"cluster": c, "host": h.to_string(), "transport": t, "healthy": ok})
+                })
                 .collect::<Vec<_>>(),
             "tickets": offer.tickets.iter().map(tickets_json).collect::<Vec<_>>(),
         });
@@ -969,7 +972,7 @@ pub struct Inherited {
     /// The admin listener (TCP or Unix), if the old instance had one.
     pub admin: Option<(AdminAddress, crate::admin::AdminListener)>,
     /// The old instance's health verdicts (see [`HandoverOffer::health`]).
-    pub health: Vec<(String, SocketAddr, bool)>,
+    pub health: Vec<crate::health::HandedVerdict>,
     /// The old instance's session-ticket keys (see [`HandoverOffer::tickets`]).
     pub tickets: Vec<crate::tls_tickets::ExportedKeys>,
 }
@@ -1168,6 +1171,10 @@ fn parse_offer(v: &Value, fds: Vec<OwnedFd>) -> Result<Inherited, String> {
                     Some((
                         h.get("cluster")?.as_str()?.to_owned(),
                         h.get("host")?.as_str()?.parse().ok()?,
+                        // Absent (an older instance) or null: the cluster's own `tls`.
+                        h.get("transport")
+                            .and_then(Value::as_str)
+                            .map(str::to_owned),
                         h.get("healthy")?.as_bool()?,
                     ))
                 })

@@ -44,7 +44,10 @@
 //! hosts are the slots).
 //!
 //! Reload: a cluster with the same name, type and DNS settings keeps its answers (its hosts,
-//! ids and counters) across a reload and goes on refreshing; a changed one starts over.
+//! ids and counters) across a reload and goes on refreshing; a changed one starts over. One
+//! whose `tls` or `transport_socket_matches` changed keeps its addresses, but each slot takes
+//! the new config's transport and a new epoch ([`SharedDns::inherit`]): a slot never carries
+//! a transport index of another config.
 
 use std::net::SocketAddr;
 use std::rc::Rc;
@@ -232,6 +235,16 @@ impl SharedDns {
 
     /// Takes over the answers of `old`'s clusters that `self` has unchanged (same name, type
     /// and DNS settings): their hosts keep their ids across a reload.
+    ///
+    /// A slot's transport is an index into its config's `transport_socket_matches`: when the
+    /// cluster's `tls` or `transport_socket_matches` changed, the old indices mean nothing in
+    /// `config` (an out-of-range one would be refused at connect, a stale in-range one would
+    /// pick the wrong entry). Then the addresses are kept, every host takes `config`'s
+    /// transport (resolved hosts have no labels: [`ClusterConfig::unlabelled_transport`]) and
+    /// every filled slot's epoch advances: each is another host (no verdict, no result of the
+    /// old one counts for it).
+    ///
+    /// [`ClusterConfig::unlabelled_transport`]: sluice_core::config::ClusterConfig::unlabelled_transport
     pub fn inherit(&self, old: &SharedDns, old_config: &Config, config: &Config) {
         for (ci, c) in config.clusters.iter().enumerate() {
             let Some(Some(mine)) = self.clusters.get(ci) else {
@@ -240,12 +253,26 @@ impl SharedDns {
             let Some(oi) = old_config.clusters.iter().position(|o| o.name == c.name) else {
                 continue;
             };
-            if let Some(Some(theirs)) = old.clusters.get(oi)
-                && theirs.kind == mine.kind
-                && theirs.settings == mine.settings
-            {
-                mine.view.send_replace(theirs.view.borrow().clone());
+            let Some(Some(theirs)) = old.clusters.get(oi) else {
+                continue;
+            };
+            if theirs.kind != mine.kind || theirs.settings != mine.settings {
+                continue;
             }
+            let view = theirs.view.borrow().clone();
+            let o = &old_config.clusters[oi];
+            if o.tls == c.tls && o.transport_socket_matches == c.transport_socket_matches {
+                mine.view.send_replace(view);
+                continue;
+            }
+            let mut next = (*view).clone();
+            for (slot, epoch) in next.slots.iter_mut().zip(&mut next.epochs) {
+                if let Some(host) = slot {
+                    host.transport = mine.transport;
+                    *epoch = epoch.wrapping_add(1);
+                }
+            }
+            mine.view.send_replace(Arc::new(next));
         }
     }
 
@@ -263,7 +290,7 @@ impl SharedDns {
 
     /// Name `ni` of cluster `ci` answered `addresses` (already filtered): the host set is
     /// merged and published. Returns what the merge did.
-    fn answered(
+    pub(crate) fn answered(
         &self,
         ci: usize,
         ni: usize,

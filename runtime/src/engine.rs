@@ -1333,7 +1333,7 @@ impl<N: Network> Engine<N> {
                     let tls_failure = Cell::new(None);
                     let attempt = async {
                         let stream = self.net.connect(address).await?;
-                        match self.tls.current().connector(ci, transport) {
+                        match self.tls.current().connector(ci, transport)? {
                             None => Ok(MaybeTls::Plain(stream)),
                             Some(c) => match c.connect(address, stream).await {
                                 Ok(tls) => Ok(MaybeTls::Tls(Box::new(tls))),

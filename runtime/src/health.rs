@@ -66,6 +66,11 @@ fn verdict_word(epoch: u32, healthy: bool) -> u64 {
     (u64::from(epoch) << 1) | u64::from(healthy)
 }
 
+/// A health verdict handed to a new instance at an upgrade: (cluster name, host address, the
+/// host's pick of `transport_socket_matches` by entry name — `None`: the cluster's own `tls` —,
+/// healthy).
+pub type HandedVerdict = (String, std::net::SocketAddr, Option<String>, bool);
+
 /// Health verdicts shared by the workers of one process. See the module doc.
 #[derive(Debug)]
 pub struct SharedHealth {
@@ -147,15 +152,17 @@ impl SharedHealth {
             // A static cluster whose endpoints were updated in place: its hosts are slots,
             // and a verdict counts only for the slot's host of its epoch.
             let slots = old.dns.endpoints_view(oi);
+            let oc = &old_config.clusters[oi];
             for (hi, h) in c.hosts.iter().enumerate() {
                 // The same host: its address and its transport (a host whose labels now pick
-                // another transport is another host, unknown).
-                let key = (h.address, c.host_transport(h));
+                // another transport is another host, unknown), compared across the configs.
+                let transport = c.host_transport(h);
+                let same = |address, t| address == h.address && oc.same_transport(t, c, transport);
                 let verdict = match &slots {
                     Some(view) => view
                         .slots
                         .iter()
-                        .position(|s| s.is_some_and(|s| s.key() == key))
+                        .position(|s| s.is_some_and(|s| same(s.address, s.transport)))
                         .map(|ohi| {
                             let word = old.clusters[oi].healthy[ohi].load(Relaxed);
                             verdict_word(0, word == verdict_word(view.epochs[ohi], true))
@@ -163,7 +170,7 @@ impl SharedHealth {
                     None => old_config.clusters[oi]
                         .hosts
                         .iter()
-                        .position(|o| (o.address, old_config.clusters[oi].host_transport(o)) == key)
+                        .position(|o| same(o.address, oc.host_transport(o)))
                         .map(|ohi| old.clusters[oi].healthy[ohi].load(Relaxed)),
                 };
                 if let Some(verdict) = verdict {
@@ -175,21 +182,23 @@ impl SharedHealth {
         }
     }
 
-    /// Takes the verdicts a previous instance handed over at an upgrade (cluster name, host
-    /// address, healthy), for checked clusters and hosts this config has too.
-    pub fn seed(&self, config: &Config, verdicts: &[(String, std::net::SocketAddr, bool)]) {
-        for (cluster, host, healthy) in verdicts {
+    /// Takes the verdicts a previous instance handed over at an upgrade ([`HandedVerdict`]),
+    /// for checked clusters and hosts this config has too: the same address and the same pick
+    /// of `transport_socket_matches`, by entry name (indices are not stable across instances;
+    /// names are unique in a cluster); skipped when that is ambiguous (two such hosts).
+    pub fn seed(&self, config: &Config, verdicts: &[HandedVerdict]) {
+        for (cluster, host, transport, healthy) in verdicts {
             let Some(ci) = config.clusters.iter().position(|c| &c.name == cluster) else {
                 continue;
             };
             if !self.clusters[ci].checked {
                 continue;
             }
-            if let Some(hi) = config.clusters[ci]
-                .hosts
-                .iter()
-                .position(|h| h.address == *host)
-            {
+            let c = &config.clusters[ci];
+            let mut same = c.hosts.iter().enumerate().filter(|(_, h)| {
+                h.address == *host && c.transport_name(c.host_transport(h)) == transport.as_deref()
+            });
+            if let (Some((hi, _)), None) = (same.next(), same.next()) {
                 self.clusters[ci].healthy[hi].store(verdict_word(0, *healthy), Relaxed);
             }
         }
@@ -197,20 +206,22 @@ impl SharedHealth {
 
     /// The verdicts of checked clusters, to hand over at an upgrade (see [`SharedHealth::seed`]).
     #[must_use]
-    pub fn verdicts(&self, config: &Config) -> Vec<(String, std::net::SocketAddr, bool)> {
+    pub fn verdicts(&self, config: &Config) -> Vec<HandedVerdict> {
         let mut out = Vec::new();
         for (ci, c) in config.clusters.iter().enumerate() {
             if !self.clusters[ci].checked {
                 continue;
             }
+            let name = |t| c.transport_name(t).map(str::to_owned);
             if let Some(view) = self.dns.endpoints_view(ci) {
                 // Endpoints updated in place: the slots' hosts, each with its own verdict.
                 for (hi, slot) in view.slots.iter().enumerate() {
-                    if let Some(sluice_core::host::SlotHost { address, .. }) = slot {
+                    if let Some(h) = slot {
                         let word = self.clusters[ci].healthy[hi].load(Relaxed);
                         out.push((
                             c.name.clone(),
-                            *address,
+                            h.address,
+                            name(h.transport),
                             word == verdict_word(view.epochs[hi], true),
                         ));
                     }
@@ -221,6 +232,7 @@ impl SharedHealth {
                 out.push((
                     c.name.clone(),
                     h.address,
+                    name(c.host_transport(h)),
                     self.clusters[ci].healthy[hi].load(Relaxed) & 1 == 1,
                 ));
             }
@@ -603,7 +615,15 @@ impl<N: Network> Engine<N> {
                         let probe = hc.probe.clone();
                         let name = cluster.name.clone();
                         let timeout = hc.settings.timeout;
-                        let tls = self.tls.current().connector(ci, transport).cloned();
+                        // A transport the config does not have fails the probe (fail
+                        // closed: never probed in plaintext).
+                        let tls = match self.tls.current().connector(ci, transport) {
+                            Ok(c) => c.cloned(),
+                            Err(_) => {
+                                let _ = tx.send((probed, ProbeResult::Failure, None));
+                                continue;
+                            }
+                        };
                         probes[host.index()] = Some(tokio::task::spawn_local(async move {
                             let (result, tls_failure) = match tokio::time::timeout(
                                 timeout,
@@ -1160,10 +1180,56 @@ clusters:
         assert_eq!(
             verdicts,
             [
-                ("a".to_owned(), addr(1), true),
-                ("a".to_owned(), addr(3), true)
+                ("a".to_owned(), addr(1), None, true),
+                ("a".to_owned(), addr(3), None, true)
             ]
         );
+    }
+
+    /// Issue 13 (review, LOW): the verdicts handed to a new instance at an upgrade name each
+    /// host's pick of `transport_socket_matches` by entry name, and the new instance takes a
+    /// verdict only for the host of that address and that pick (its entries may be ordered
+    /// otherwise).
+    #[test]
+    fn handed_over_verdicts_go_to_the_host_of_the_same_address_and_transport() {
+        let yaml = |hosts: &str, entries: &str| {
+            Config::from_yaml(&format!(
+                "listeners:\n  - {{ name: t, address: 127.0.0.1:1, tcp_proxy: {{ cluster: a }} }}\n\
+                 clusters:\n  - {{ name: a, health_check: {{ tcp: {{}} }}, hosts: [ {hosts} ], \
+                 transport_socket_matches: {entries} }}\n"
+            ))
+            .unwrap()
+        };
+        let istio = "{ address: 127.0.0.1:2, transport_socket_match: { tlsMode: istio } }";
+        let plain = "{ address: 127.0.0.1:3 }";
+        let entries = "[ { name: mtls, match: { tlsMode: istio } }, { name: plain } ]";
+        let old_config = yaml(&format!("{istio}, {plain}"), entries);
+        let old = SharedHealth::new(&old_config);
+        old.set_healthy(0, 0, 0, true);
+        old.set_healthy(0, 1, 0, true);
+        let addr = |p: u16| std::net::SocketAddr::from(([127, 0, 0, 1], p));
+        let handed = old.verdicts(&old_config);
+        assert_eq!(
+            handed,
+            [
+                ("a".to_owned(), addr(2), Some("mtls".to_owned()), true),
+                ("a".to_owned(), addr(3), Some("plain".to_owned()), true)
+            ]
+        );
+        // The new instance: entries reordered; 2 lost its label (now plaintext: another
+        // host, unknown), 3 picks `plain` still (its verdict).
+        let reordered = "[ { name: plain }, { name: mtls, match: { tlsMode: istio } } ]";
+        let config = yaml(
+            "{ address: 127.0.0.1:2 }, { address: 127.0.0.1:3 }",
+            reordered,
+        );
+        let new = SharedHealth::new(&config);
+        new.seed(&config, &handed);
+        assert!(
+            !new.is_healthy(0, 0),
+            "2 now plaintext: not the host the verdict was for"
+        );
+        assert!(new.is_healthy(0, 1), "3: same address, same entry");
     }
 
     fn http_head_done(b: &[u8]) -> bool {

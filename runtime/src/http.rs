@@ -1844,7 +1844,7 @@ impl<N: Network> Engine<N> {
             // Whether this host is spoken to over TLS (the cluster's `tls`, or the host's pick
             // of `transport_socket_matches`): HTTP/2's `:scheme`. Asked only where an HTTP/2
             // stream starts, not per HTTP/1.1 request.
-            let tls_cluster = || self.tls.current().connector(ci, transport).is_some();
+            let tls_cluster = || matches!(self.tls.current().connector(ci, transport), Ok(Some(_)));
             let pooled = if !allow_pooled {
                 None
             } else if http2 {
@@ -1896,7 +1896,7 @@ impl<N: Network> Engine<N> {
                     // large and would otherwise be laid out in every connection's request path.
                     let attempt = Box::pin(async {
                         let socket = self.net.connect(address).await?;
-                        match self.tls.current().connector(ci, transport) {
+                        match self.tls.current().connector(ci, transport)? {
                             None => Ok(MaybeTls::Plain(socket)),
                             Some(c) => match c.connect(address, socket).await {
                                 Ok(tls) => Ok(MaybeTls::Tls(Box::new(tls))),

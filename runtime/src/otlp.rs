@@ -403,7 +403,13 @@ impl<N: Network> Engine<N> {
             return false;
         };
         let transport = cluster.host_transport(&cluster.hosts[pick]);
-        let tls = self.tls.current().connector(ci, transport).cloned();
+        let tls = match self.tls.current().connector(ci, transport) {
+            Ok(c) => c.cloned(),
+            Err(e) => {
+                tracing::debug!(cluster = %cluster.name, %address, error = %e, "span export: no transport");
+                return false;
+            }
+        };
         let mut stream = match tls {
             None => crate::tls::MaybeTls::Plain(socket),
             Some(c) => match c.connect(address, socket).await {

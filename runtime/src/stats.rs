@@ -1734,7 +1734,7 @@ impl WorkerStats {
             for (h, hc) in cs.hosts.iter().zip(&cc.hosts) {
                 let oh = old.clusters.get(oi).and_then(|o| {
                     o.hosts
-                        .get(old_host_index(o, &old_config.clusters[oi], hc.address)?)?
+                        .get(old_host_index(o, &old_config.clusters[oi], cc, hc)?)?
                         .if_used()
                 });
                 if let Some(oh) = oh {
@@ -1821,8 +1821,18 @@ impl WorkerStats {
             cs.upstream_rq_time
                 .transfer(&o.upstream_rq_time, &z.upstream_rq_time);
             // A DNS cluster whose names did not change keeps its slots across the reload (the
-            // answers carry over): its hosts' counters go with the slot.
-            if hosts_by_index || (cc.dns.is_some() && old_config.clusters[oi].dns == cc.dns) {
+            // answers carry over): its hosts' counters go with the slot — unless its transports
+            // changed (`tls`, `transport_socket_matches`): then every slot holds another host
+            // (`SharedDns::inherit`), whose counters start from zero.
+            let oc = &old_config.clusters[oi];
+            if cc.dns.is_some()
+                && oc.dns == cc.dns
+                && !hosts_by_index
+                && (oc.tls != cc.tls || oc.transport_socket_matches != cc.transport_socket_matches)
+            {
+                continue;
+            }
+            if hosts_by_index || (cc.dns.is_some() && oc.dns == cc.dns) {
                 let zero = HostStats::default();
                 for ((h, oh), zh) in cs.hosts.iter().zip(&*o.hosts).zip(&*z.hosts) {
                     if let Some(oh) = oh.if_used() {
@@ -1832,7 +1842,7 @@ impl WorkerStats {
                 continue;
             }
             for (h, hc) in cs.hosts.iter().zip(&cc.hosts) {
-                let Some(ohi) = old_host_index(o, &old_config.clusters[oi], hc.address) else {
+                let Some(ohi) = old_host_index(o, &old_config.clusters[oi], cc, hc) else {
                     continue;
                 };
                 let (Some(oh), Some(zh)) = (o.hosts.get(ohi), z.hosts.get(ohi)) else {
@@ -2021,13 +2031,23 @@ impl DetailedSnapshot {
 }
 
 /// Which host id of a cluster's counters `o` (of a worker whose config of the cluster is
-/// `old`) held `address`: its index in the config, or, once the worker applied a view of the
-/// cluster's slots (a static cluster whose endpoints were updated in place), its slot.
+/// `old`) held host `host` of `new` (the cluster in the config reloaded to): the same address
+/// and the same pick of `transport_socket_matches` ([`sluice_core::host::SlotHost::key`],
+/// compared across the configs with [`ClusterConfig::same_transport`]); its index in the
+/// config, or, once the worker applied a view of the cluster's slots (a static cluster whose
+/// endpoints were updated in place), its slot.
+///
+/// [`ClusterConfig::same_transport`]: sluice_core::config::ClusterConfig::same_transport
 fn old_host_index(
     o: &ClusterStats,
     old: &sluice_core::config::ClusterConfig,
-    address: std::net::SocketAddr,
+    new: &sluice_core::config::ClusterConfig,
+    host: &sluice_core::config::HostConfig,
 ) -> Option<usize> {
+    let transport = new.host_transport(host);
+    let same = |address: std::net::SocketAddr, t| {
+        address == host.address && old.same_transport(t, new, transport)
+    };
     if old.dns.is_none()
         && let Some(view) = o
             .dns
@@ -2038,9 +2058,11 @@ fn old_host_index(
         return view
             .slots
             .iter()
-            .position(|s| s.is_some_and(|h| h.address == address));
+            .position(|s| s.is_some_and(|h| same(h.address, h.transport)));
     }
-    old.hosts.iter().position(|h| h.address == address)
+    old.hosts
+        .iter()
+        .position(|h| same(h.address, old.host_transport(h)))
 }
 
 #[cfg(test)]
@@ -2169,5 +2191,58 @@ mod tests {
         bump(&old.host(0, 0).unwrap().rq_total, 2);
         new.transfer(&old, &at_switch, &generation, &next);
         assert_eq!((rq(0), rq(1), rq(2)), (10, 7, 0));
+    }
+
+    /// Issue 13 (review, LOW): across a reload a host's counters are found by its address and
+    /// its pick of `transport_socket_matches` (by entry name when the entries changed: here
+    /// reordered), not by its address alone: of two slots of one address, the one of the
+    /// host's transport.
+    #[test]
+    fn a_reload_carries_host_counters_by_address_and_transport() {
+        let yaml = |hosts: &str, entries: &str| {
+            Config::from_yaml(&format!(
+                "listeners: [ {{ name: l, address: 127.0.0.1:1, tcp_proxy: {{ cluster: c }} }} ]\n\
+                 clusters: [ {{ name: c, hosts: [ {hosts} ], transport_socket_matches: {entries} }} ]"
+            ))
+            .unwrap()
+        };
+        let addr = std::net::SocketAddr::from(([127, 0, 0, 1], 2));
+        let generation = yaml(
+            "{ address: 127.0.0.1:2, transport_socket_match: { tlsMode: istio } }, \
+             { address: 127.0.0.1:3 }",
+            "[ { name: mtls, match: { tlsMode: istio } }, { name: plain } ]",
+        );
+        let old = WorkerStats::new(&generation);
+        // The worker's slots (updated in place): 127.0.0.1:2 over mTLS (id 0, 5 requests),
+        // and over plaintext (id 1, 7 requests).
+        let slot = |transport| {
+            Some(sluice_core::host::SlotHost {
+                address: addr,
+                weight: 1,
+                transport,
+            })
+        };
+        *old.cluster(0).unwrap().dns.lock().unwrap() =
+            Some(std::sync::Arc::new(crate::dns::DnsView {
+                slots: vec![slot(Some(0)), slot(Some(1))],
+                epochs: vec![0, 1],
+                answers: Vec::new(),
+                failing: Vec::new(),
+            }));
+        bump(&old.host(0, 0).unwrap().rq_total, 5);
+        bump(&old.host(0, 1).unwrap().rq_total, 7);
+        // Reloaded with the entries reordered: the unlabelled host picks `plain` (index 0
+        // now, 1 before): the plaintext slot's counters are its own.
+        let next = yaml(
+            "{ address: 127.0.0.1:2 }",
+            "[ { name: plain }, { name: mtls, match: { tlsMode: istio } } ]",
+        );
+        assert_eq!(
+            next.clusters[0].host_transport(&next.clusters[0].hosts[0]),
+            Some(0)
+        );
+        let new = WorkerStats::new(&next);
+        new.carry_over(&old, &generation, &next);
+        assert_eq!(new.host(0, 0).unwrap().rq_total.load(Relaxed), 7);
     }
 }

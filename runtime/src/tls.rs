@@ -593,17 +593,37 @@ impl Contexts {
     /// `transport_socket_matches`, or the cluster's own `tls` (`transport: None`). Two indexings,
     /// no hashing; once per new upstream connection (and where an HTTP/2 stream starts, for
     /// its `:scheme`), never per HTTP/1.1 request.
-    #[must_use]
+    ///
+    /// Fails closed: an entry (or cluster) these contexts do not have — a transport index of
+    /// another config, which no slot should hold ([`crate::dns::SharedDns::inherit`]) — is an
+    /// error (a connect failure), never plaintext.
     pub fn connector(
         &self,
         ci: usize,
         transport: sluice_core::host::Transport,
-    ) -> Option<&UpstreamConnector> {
-        match transport {
-            Some(entry) => self.matched.get(ci)?.get(entry)?.as_ref(),
-            None => self.connectors.get(ci)?.as_ref(),
+    ) -> std::io::Result<Option<&UpstreamConnector>> {
+        let found = match transport {
+            Some(entry) => self.matched.get(ci).and_then(|m| m.get(entry)),
+            None => self.connectors.get(ci),
+        };
+        debug_assert!(
+            found.is_some(),
+            "cluster {ci}: transport {transport:?} is not in its config"
+        );
+        match found {
+            Some(c) => Ok(c.as_ref()),
+            None => Err(unknown_transport(ci, transport)),
         }
     }
+}
+
+/// The error of a transport the config does not have (cold: built only then).
+#[cold]
+fn unknown_transport(ci: usize, transport: sluice_core::host::Transport) -> std::io::Error {
+    std::io::Error::other(format!(
+        "cluster {ci}: transport {transport:?} is not in the config's \
+         transport_socket_matches: refusing to connect (never plaintext)"
+    ))
 }
 
 /// How a worker originates TLS to one cluster's hosts.
@@ -1314,6 +1334,37 @@ mod tests {
         let key = PrivateKeyDer::try_from(cert.signing_key.serialize_der()).unwrap();
         let certified = CertifiedKey::from_der(vec![der], key, &provider()).unwrap();
         (dns_sans(&certified.cert[0]).unwrap(), Arc::new(certified))
+    }
+
+    /// Issue 13 (review, HIGH): a transport index the config does not have is never
+    /// plaintext: a connect error (and a debug assertion: no slot should hold one).
+    #[test]
+    fn a_transport_the_config_does_not_have_fails_closed() {
+        let config = Arc::new(
+            Config::from_yaml(
+                "listeners:\n  - { name: t, address: 127.0.0.1:1, tcp_proxy: { cluster: a } }\nclusters:\n  - { name: a, hosts: [ { address: 127.0.0.1:9 } ], \
+                 transport_socket_matches: [ { name: plain } ] }\n",
+            )
+            .unwrap(),
+        );
+        let tls = WorkerTls::new(&config).unwrap();
+        let contexts = tls.current();
+        assert!(
+            matches!(contexts.connector(0, Some(0)), Ok(None)),
+            "entry 0: plaintext"
+        );
+        assert!(
+            matches!(contexts.connector(0, None), Ok(None)),
+            "no tls of its own"
+        );
+        let unknown = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            contexts.connector(0, Some(1)).map(|c| c.is_some())
+        }));
+        if cfg!(debug_assertions) {
+            assert!(unknown.is_err(), "a debug build asserts");
+        } else {
+            assert!(matches!(unknown, Ok(Err(_))), "an error, not plaintext");
+        }
     }
 
     #[test]

@@ -752,7 +752,9 @@ mod tests {
     /// host's id, epoch and health verdict; a push that takes one host's label off (its pick
     /// goes from the mTLS entry to the plaintext one) gives that host another id — a new
     /// epoch, a new pool, probed afresh — with its new transport in its slot, while the others
-    /// keep theirs. No generation switch either time.
+    /// keep theirs. No generation switch either time. The mTLS entry has real TLS (the
+    /// upstreams serve it): the health checks reach each host with its pick — a TLS handshake
+    /// to a host labelled `tlsMode: istio`, plaintext to b once its label is gone.
     #[test]
     fn hosts_of_a_transport_socket_matches_cluster_change_in_place_and_a_pick_change_is_a_new_host()
     {
@@ -764,13 +766,55 @@ mod tests {
             let (a, port_a) = listener();
             let (b, port_b) = listener();
             let (c, port_c) = listener();
-            for l in [a, b, c] {
+            // Every upstream serves TLS (svc.test) to a client that starts a handshake, and
+            // records how each connection started: (port, TLS).
+            let cert = rcgen::generate_simple_self_signed(vec!["svc.test".to_owned()])
+                .expect("certificate");
+            let ca = format!("{{ inline: {:?} }}", cert.cert.pem());
+            let server = rustls::ServerConfig::builder_with_provider(Arc::new(
+                rustls::crypto::aws_lc_rs::default_provider(),
+            ))
+            .with_safe_default_protocol_versions()
+            .expect("versions")
+            .with_no_client_auth()
+            .with_single_cert(
+                vec![cert.cert.der().clone()],
+                rustls::pki_types::PrivateKeyDer::try_from(cert.signing_key.serialize_der())
+                    .expect("key"),
+            )
+            .expect("server config");
+            let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(server));
+            let started = Rc::new(RefCell::new(Vec::<(u16, bool)>::new()));
+            for (l, port) in [(a, port_a), (b, port_b), (c, port_c)] {
+                let acceptor = acceptor.clone();
+                let started = started.clone();
                 tokio::task::spawn_local(async move {
                     loop {
-                        let _ = l.accept().await;
+                        let Ok((s, _)) = l.accept().await else {
+                            return;
+                        };
+                        let acceptor = acceptor.clone();
+                        let started = started.clone();
+                        tokio::task::spawn_local(async move {
+                            let mut first = [0; 1];
+                            // A plaintext TCP probe connects and closes: no byte.
+                            let tls = matches!(s.peek(&mut first).await, Ok(1) if first[0] == 0x16);
+                            started.borrow_mut().push((port, tls));
+                            if tls && let Ok(mut t) = acceptor.accept(s).await {
+                                let _ = t.read(&mut first).await;
+                            }
+                        });
                     }
                 });
             }
+            let started_at = |port: u16| -> Vec<bool> {
+                started
+                    .borrow()
+                    .iter()
+                    .filter(|(p, _)| *p == port)
+                    .map(|(_, tls)| *tls)
+                    .collect()
+            };
             let (socket, _) = listener();
             // (port, weight, labelled `tlsMode: istio`)
             let yaml = |hosts: &[(u16, u32, bool)]| {
@@ -788,7 +832,7 @@ mod tests {
                 format!(
                     "listeners:\n  - {{ name: t, address: 127.0.0.1:1, tcp_proxy: {{ cluster: app }} }}\n\
                      clusters:\n  - name: app\n    hosts: [{}]\n\
-                     \x20   transport_socket_matches: [ {{ name: mtls, match: {{ tlsMode: istio }} }}, {{ name: plain }} ]\n\
+                     \x20   transport_socket_matches: [ {{ name: mtls, match: {{ tlsMode: istio }}, tls: {{ sni: svc.test, ca: {ca} }} }}, {{ name: plain }} ]\n\
                      \x20   health_check: {{ tcp: {{}}, interval: 50ms, timeout: 200ms, no_traffic_interval: 50ms, healthy_threshold: 1, unhealthy_threshold: 1 }}\n\
                      \x20 - {{ name: xds, hosts: [ {{ address: 127.0.0.1:9 }} ] }}\n\
                      xds: {{ cluster: xds }}\n",
@@ -851,6 +895,11 @@ mod tests {
                 shared.is_healthy_for(0, slot(0, 0)) && shared.is_healthy_for(0, slot(1, 0))
             })
             .await;
+            // Probed over TLS, the mTLS entry's.
+            for port in [port_a, port_b] {
+                let tls = started_at(port);
+                assert!(!tls.is_empty() && tls.iter().all(|&t| t), "{port}: {tls:?}");
+            }
 
             // a re-weighted, c added: in place; a and b keep id, epoch and verdict.
             let changed = sluice_core::config::diff::only_endpoints_differ(&before, &grown)
@@ -893,8 +942,320 @@ mod tests {
                 !shared.is_healthy_for(0, slot(3, 1)),
                 "b, as a new host, is unknown until probed"
             );
+            let before_relabel = started_at(port_b).len();
             until("b probed in its new id", || shared.is_healthy_for(0, slot(3, 1))).await;
+            // b is probed in plaintext now (the plaintext entry: a TCP probe sends nothing);
+            // a and c still over TLS.
+            until("b probed in plaintext", || {
+                started_at(port_b)[before_relabel..].contains(&false)
+            })
+            .await;
+            for port in [port_a, port_c] {
+                let tls = started_at(port);
+                assert!(tls.iter().all(|&t| t), "{port}: {tls:?}");
+            }
             let mut worker = worker;
+            worker.stop();
+            worker.drained().await;
+        });
+    }
+
+    /// Issue 13 (review, LOW): a plaintext → mTLS label change with the cluster's ids full:
+    /// the host's new self takes the id its old self just freed (same address, same id, the
+    /// other transport). The idle pooled plaintext connection to it at the update is closed,
+    /// never reused: every request it serves from then on arrives over TLS. The upstreams
+    /// answer in either transport (what the first byte says) with their port and how they
+    /// were reached, and keep connections alive.
+    #[test]
+    fn a_label_change_into_the_id_it_freed_closes_the_pooled_connection_of_the_other_transport() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        tokio::task::LocalSet::new().block_on(&rt, async {
+            let cert = rcgen::generate_simple_self_signed(vec!["svc.test".to_owned()])
+                .expect("certificate");
+            let ca = format!("{{ inline: {:?} }}", cert.cert.pem());
+            let server = rustls::ServerConfig::builder_with_provider(Arc::new(
+                rustls::crypto::aws_lc_rs::default_provider(),
+            ))
+            .with_safe_default_protocol_versions()
+            .expect("versions")
+            .with_no_client_auth()
+            .with_single_cert(
+                vec![cert.cert.der().clone()],
+                rustls::pki_types::PrivateKeyDer::try_from(cert.signing_key.serialize_der())
+                    .expect("key"),
+            )
+            .expect("server config");
+            let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(server));
+            // Per upstream connection ended: (port, TLS).
+            let closed = Rc::new(RefCell::new(Vec::<(u16, bool)>::new()));
+            async fn serve<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
+                mut s: S,
+                body: String,
+            ) {
+                let mut head = Vec::new();
+                let mut chunk = [0; 512];
+                loop {
+                    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match s.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => head.extend_from_slice(&chunk[..n]),
+                        }
+                    }
+                    head.clear();
+                    let answer = format!(
+                        "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{body}",
+                        body.len()
+                    );
+                    if s.write_all(answer.as_bytes()).await.is_err() {
+                        return;
+                    }
+                }
+            }
+            let mut ports = Vec::new();
+            for _ in 0..17 {
+                let (l, port) = listener();
+                ports.push(port);
+                let acceptor = acceptor.clone();
+                let closed = closed.clone();
+                tokio::task::spawn_local(async move {
+                    loop {
+                        let Ok((s, _)) = l.accept().await else {
+                            return;
+                        };
+                        let acceptor = acceptor.clone();
+                        let closed = closed.clone();
+                        tokio::task::spawn_local(async move {
+                            let mut first = [0; 1];
+                            let tls = matches!(s.peek(&mut first).await, Ok(1) if first[0] == 0x16);
+                            if tls {
+                                if let Ok(t) = acceptor.accept(s).await {
+                                    serve(t, format!("tls:{port}")).await;
+                                }
+                            } else {
+                                serve(s, format!("plain:{port}")).await;
+                            }
+                            closed.borrow_mut().push((port, tls));
+                        });
+                    }
+                });
+            }
+            let x = ports[0];
+            // (port, weight, labelled `tlsMode: istio`)
+            let yaml = |hosts: &[(u16, u32, bool)]| {
+                let hosts: Vec<String> = hosts
+                    .iter()
+                    .map(|(p, w, istio)| {
+                        let label = if *istio {
+                            ", transport_socket_match: { tlsMode: istio }"
+                        } else {
+                            ""
+                        };
+                        format!("{{ address: 127.0.0.1:{p}, weight: {w}{label} }}")
+                    })
+                    .collect();
+                Config::from_yaml(&format!(
+                    "listeners:\n  - {{ name: h, address: 127.0.0.1:1, http: {{ virtual_hosts: [ {{ name: v, domains: [\"*\"], routes: [ {{ match: {{ prefix: / }}, route: {{ cluster: app }} }} ] }} ] }} }}\n\
+                     clusters:\n  - name: app\n    hosts: [{}]\n\
+                     \x20   transport_socket_matches: [ {{ name: mtls, match: {{ tlsMode: istio }}, tls: {{ sni: svc.test, ca: {ca} }} }}, {{ name: plain }} ]\n\
+                     \x20 - {{ name: xds, hosts: [ {{ address: 127.0.0.1:9 }} ] }}\n\
+                     xds: {{ cluster: xds }}\n",
+                    hosts.join(", ")
+                ))
+                .expect("config")
+            };
+            let before = Arc::new(yaml(&[(x, 1, false)]));
+            assert_eq!(before.clusters[0].host_slots(), 17);
+            // x (heavily weighted) and the 16 others: every id taken.
+            let all = |x_istio: bool| -> Vec<(u16, u32, bool)> {
+                ports
+                    .iter()
+                    .map(|&p| if p == x { (p, 50, x_istio) } else { (p, 1, false) })
+                    .collect()
+            };
+            let full = yaml(&all(false));
+            let relabelled = yaml(&all(true));
+            let (socket, http_port) = listener();
+            let engine = Engine::new_worker(
+                TokioNet::default(),
+                before.clone(),
+                0,
+                1,
+                1,
+                Arc::new(WorkerStats::new(&before)),
+                Arc::new(crate::health::SharedHealth::new(&before)),
+                Arc::new(crate::limits::ProcessLimits::new(&before)),
+            )
+            .expect("engine");
+            let worker = Worker::start(engine, vec![socket], WorkerHooks::default());
+            let get = || async move {
+                let mut c = tokio::net::TcpStream::connect(("127.0.0.1", http_port))
+                    .await
+                    .expect("connect");
+                c.write_all(b"GET / HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+                    .await
+                    .expect("write");
+                let mut answer = String::new();
+                tokio::time::timeout(Duration::from_secs(5), c.read_to_string(&mut answer))
+                    .await
+                    .expect("answered in time")
+                    .expect("answer");
+                answer.rsplit("\r\n\r\n").next().unwrap_or_default().to_owned()
+            };
+            // x in plaintext; its connection stays pooled, idle.
+            assert_eq!(get().await, format!("plain:{x}"));
+            let changed = sluice_core::config::diff::only_endpoints_differ(&before, &full)
+                .expect("an endpoints-only update");
+            let update = worker.apply_endpoints(&before, &full, &changed).expect("room");
+            assert_eq!((update.added, update.removed), (16, 0));
+            assert!(closed.borrow().is_empty(), "x's pooled connection is kept");
+            // The label: x is a new host, and the only free id is the one x just left.
+            let changed = sluice_core::config::diff::only_endpoints_differ(&full, &relabelled)
+                .expect("an endpoints-only update");
+            let update = worker
+                .apply_endpoints(&full, &relabelled, &changed)
+                .expect("room: the id x freed");
+            assert_eq!((update.added, update.removed), (1, 1));
+            {
+                let engine = worker.engine();
+                let cluster = engine.clusters[0].borrow();
+                let id = sluice_core::cluster::HostId(0);
+                assert_eq!(cluster.host(id).address.port(), x);
+                assert_eq!(cluster.transport(id), Some(0), "x over mTLS in the id it left");
+                assert_eq!(cluster.host_ref(id).epoch, 1);
+            }
+            until("x's pooled plaintext connection closed", || {
+                closed.borrow().contains(&(x, false))
+            })
+            .await;
+            let mut to_x = 0;
+            for _ in 0..30 {
+                let body = get().await;
+                if body.ends_with(&format!(":{x}")) {
+                    assert_eq!(body, format!("tls:{x}"), "x reached only over TLS");
+                    to_x += 1;
+                } else {
+                    assert!(body.starts_with("plain:"), "{body}");
+                }
+            }
+            assert!(to_x > 0, "x was picked");
+            let mut worker = worker;
+            worker.stop();
+            worker.drained().await;
+        });
+    }
+
+    /// Issue 13 (review, HIGH): a reload that gives a DNS cluster `tls` in place of its
+    /// `transport_socket_matches` (Istio: a ServiceEntry with DNS resolution, then a
+    /// DestinationRule with SIMPLE TLS) keeps the resolved addresses but not the old transport
+    /// index: the next connection to each host is TLS (its first byte a handshake record),
+    /// before any new DNS answer — `strict_dns` and `logical_dns` alike. The worker is worker 1
+    /// of 2: the resolver (worker 0's) does not run, so only the inherited answers are used.
+    #[test]
+    fn a_reload_from_transport_socket_matches_to_tls_connects_dns_hosts_with_tls() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        tokio::task::LocalSet::new().block_on(&rt, async {
+            let ca = rcgen::generate_simple_self_signed(vec!["svc.test".to_owned()])
+                .expect("certificate")
+                .cert
+                .pem();
+            let ca = format!("{{ inline: {ca:?} }}");
+            let (strict_up, strict_port) = listener();
+            let (logical_up, logical_port) = listener();
+            let (first_bytes, mut seen) = tokio::sync::mpsc::unbounded_channel();
+            for l in [strict_up, logical_up] {
+                let first_bytes = first_bytes.clone();
+                tokio::task::spawn_local(async move {
+                    loop {
+                        let Ok((mut s, _)) = l.accept().await else {
+                            return;
+                        };
+                        let port = s.local_addr().expect("address").port();
+                        let mut b = [0; 1];
+                        let _ = s.read_exact(&mut b).await;
+                        let _ = first_bytes.send((port, b[0]));
+                    }
+                });
+            }
+            let (strict_l, strict_in) = listener();
+            let (logical_l, logical_in) = listener();
+            let yaml = |transport: &str| {
+                format!(
+                    "listeners:\n\
+                     \x20 - {{ name: s, address: 127.0.0.1:{strict_in}, tcp_proxy: {{ cluster: strict }} }}\n\
+                     \x20 - {{ name: l, address: 127.0.0.1:{logical_in}, tcp_proxy: {{ cluster: logical }} }}\n\
+                     clusters:\n\
+                     \x20 - {{ name: strict, type: strict_dns, hosts: [ {{ address: \"svc.test:{strict_port}\" }} ], {transport} }}\n\
+                     \x20 - {{ name: logical, type: logical_dns, hosts: [ {{ address: \"svc.test:{logical_port}\" }} ], {transport} }}\n"
+                )
+            };
+            let before = Config::from_yaml(&yaml(&format!(
+                "transport_socket_matches: [ {{ name: tlsMode-istio, match: {{ tlsMode: istio }}, \
+                 tls: {{ sni: svc.test, ca: {ca} }} }}, {{ name: tlsMode-disabled }} ]"
+            )))
+            .expect("config before");
+            let after = Arc::new(
+                Config::from_yaml(&yaml(&format!("tls: {{ sni: svc.test, ca: {ca} }}")))
+                    .expect("config after"),
+            );
+            // The generation before resolved both names: plaintext hosts (entry 1).
+            let old = crate::health::SharedHealth::new(&before);
+            old.dns.answered(0, 0, vec![SocketAddr::from(([127, 0, 0, 1], strict_port))]);
+            old.dns.answered(1, 0, vec![SocketAddr::from(([127, 0, 0, 1], logical_port))]);
+            assert_eq!(old.dns.view(0).expect("dns").slots[0].expect("host").transport, Some(1));
+            let shared = Arc::new(crate::health::SharedHealth::new(&after));
+            shared.inherit(&old, &before, &after);
+            let engine = Engine::new_worker(
+                TokioNet::default(),
+                after.clone(),
+                1,
+                2,
+                1,
+                Arc::new(WorkerStats::new(&after)),
+                shared.clone(),
+                Arc::new(crate::limits::ProcessLimits::new(&after)),
+            )
+            .expect("engine");
+            for ci in 0..2 {
+                let c = engine.clusters[ci].borrow();
+                let id = sluice_core::cluster::HostId(0);
+                assert!(c.is_present(id), "cluster {ci} kept its address");
+                assert_eq!(c.transport(id), None, "cluster {ci}: the cluster's own tls");
+                let was = old.dns.view(ci).expect("dns").epochs[0];
+                assert_eq!(c.host_ref(id).epoch, was + 1, "cluster {ci}: another host");
+            }
+            let mut worker = Worker::start(engine, vec![strict_l, logical_l], WorkerHooks::default());
+            let mut clients = Vec::new();
+            for port in [strict_in, logical_in] {
+                let mut c = tokio::net::TcpStream::connect(("127.0.0.1", port))
+                    .await
+                    .expect("connect");
+                c.write_all(b"plaintext?").await.expect("write");
+                clients.push(c);
+            }
+            // Every connection to either upstream (a failed handshake is retried) starts with a
+            // TLS handshake record, never the client's bytes; both upstreams are reached.
+            let mut reached = Vec::new();
+            while reached.len() < 2 {
+                let (at, first) = tokio::time::timeout(Duration::from_secs(5), seen.recv())
+                    .await
+                    .expect("the upstreams were connected to in time")
+                    .expect("a first byte");
+                assert_eq!(first, 0x16, "to :{at}: a TLS handshake record, not the client's bytes");
+                if !reached.contains(&at) {
+                    reached.push(at);
+                }
+            }
+            reached.sort_unstable();
+            let mut want = vec![strict_port, logical_port];
+            want.sort_unstable();
+            assert_eq!(reached, want);
+            drop(clients);
             worker.stop();
             worker.drained().await;
         });

@@ -1025,6 +1025,41 @@ impl ClusterConfig {
         pick_transport_socket(&self.transport_socket_matches, None)
     }
 
+    /// The name of transport `transport` (an entry index of this cluster): its entry's name,
+    /// or `None` for the cluster's own `tls` (or an index it does not have). What names a pick
+    /// outside this config (indices are not stable across configs or instances).
+    #[must_use]
+    pub fn transport_name(&self, transport: Option<usize>) -> Option<&str> {
+        Some(self.transport_socket_matches.get(transport?)?.name.as_str())
+    }
+
+    /// Whether `transport` of this cluster and `other_transport` of `other` (the same cluster
+    /// in another config) are the same pick: the same index when both have the same
+    /// `transport_socket_matches`, else the same entry name (unique in a cluster); the
+    /// cluster's own `tls` on both sides is.
+    #[must_use]
+    pub fn same_transport(
+        &self,
+        transport: Option<usize>,
+        other: &ClusterConfig,
+        other_transport: Option<usize>,
+    ) -> bool {
+        if self.transport_socket_matches == other.transport_socket_matches {
+            return transport == other_transport;
+        }
+        match (transport, other_transport) {
+            (None, None) => true,
+            (Some(_), Some(_)) => match (
+                self.transport_name(transport),
+                other.transport_name(other_transport),
+            ) {
+                (Some(a), Some(b)) => a == b,
+                _ => false,
+            },
+            _ => false,
+        }
+    }
+
     /// Whether it originates TLS to any of its hosts: its own `tls`, or an entry of its
     /// `transport_socket_matches`.
     #[must_use]

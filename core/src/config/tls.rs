@@ -73,6 +73,13 @@ pub fn default_listener_alpn(codec: Option<HttpCodec>) -> &'static [&'static str
 /// offers `h2`: `UpstreamProtocol::alpn`).
 pub const DEFAULT_HTTP_UPSTREAM_ALPN: &str = "http/1.1";
 
+/// Istio's `istio-peer-exchange` ALPN id, which an upstream's `alpn` may not offer: a peer
+/// sidecar's inbound TCP chains offer it, and when it is selected istio/proxy's
+/// `metadata_exchange` filter writes its node metadata first and expects a metadata exchange
+/// header back — a protocol Sluice does not speak, whose bytes would reach the application.
+/// Refused in YAML; xDS translation drops it (and notes it).
+pub const ISTIO_PEER_EXCHANGE_ALPN: &str = "istio-peer-exchange";
+
 /// One certificate chain and its private key, as PEM (files or inline).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct CertificateFiles {

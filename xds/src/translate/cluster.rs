@@ -260,10 +260,14 @@ pub fn translate_cluster(
         }
     }
     let tls = take(&mut rest.transport_socket)
-        .map(|ts| super::tls::upstream_tls(&ts, &at.field("transport_socket"), secrets))
+        .map(|ts| super::tls::upstream_tls(&ts, &at.field("transport_socket"), secrets, notes))
         .transpose()?;
-    let transport_socket_matches =
-        transport_socket_matches(take(&mut rest.transport_socket_matches), &at, secrets)?;
+    let transport_socket_matches = transport_socket_matches(
+        take(&mut rest.transport_socket_matches),
+        &at,
+        secrets,
+        notes,
+    )?;
     let load_assignment = take(&mut rest.load_assignment);
     reject_rest(&rest, &at)?;
 
@@ -348,6 +352,7 @@ fn transport_socket_matches(
     matches: Vec<envoy_types::pb::envoy::config::cluster::v3::cluster::TransportSocketMatch>,
     at: &At<'_>,
     secrets: &BTreeMap<String, Secret>,
+    notes: &mut Notes,
 ) -> Result<Option<Value>, TranslateError> {
     if matches.is_empty() {
         return Ok(None);
@@ -378,7 +383,9 @@ fn transport_socket_matches(
                 }
                 Value::Null
             }
-            Some(ts) => super::tls::upstream_tls(&ts, &m_at.field("transport_socket"), secrets)?,
+            Some(ts) => {
+                super::tls::upstream_tls(&ts, &m_at.field("transport_socket"), secrets, notes)?
+            }
         };
         reject_rest(&m, &m_at)?;
         out.push(json!({ "name": name, "match": labels, "tls": tls }));

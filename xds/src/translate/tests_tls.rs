@@ -971,6 +971,63 @@ mod transport_socket_matches {
         );
     }
 
+    /// Issue 13 (review, MEDIUM): Istio's TCP-cluster ALPN `[istio-peer-exchange, istio]`:
+    /// `istio-peer-exchange` is negotiated (a peer that selects it speaks Istio's metadata
+    /// exchange first), so it is dropped and noted; the mesh markers are kept — in an entry's
+    /// context and in the cluster's own.
+    #[test]
+    fn istio_peer_exchange_is_dropped_from_upstream_alpn_and_noted_markers_kept() {
+        let (ca, _, _) = pki(&["x"]);
+        let mut r = outbound(&ca);
+        let context = |alpn: &[&str]| {
+            let mut t = upstream_tls_sds(
+                "outbound_.9080_._.reviews.default.svc.cluster.local",
+                "ROOTCA",
+            );
+            t.common_tls_context.as_mut().unwrap().alpn_protocols =
+                alpn.iter().map(|p| (*p).to_owned()).collect();
+            tls_socket(&t)
+        };
+        let c = r.clusters.get_mut(NAME).unwrap();
+        c.transport_socket_matches[0].transport_socket =
+            Some(context(&["istio-peer-exchange", "istio"]));
+        c.transport_socket = Some(context(&[
+            "istio-http/1.0",
+            "istio-http/1.1",
+            "istio-h2",
+            "istio-peer-exchange",
+        ]));
+        let a = assemble(&bootstrap(), &r).expect("accepted");
+        let c = &a.config.clusters[0];
+        let entry = c.transport_socket_matches[0].tls.as_deref().expect("mTLS");
+        assert_eq!(entry.alpn, ["istio"]);
+        assert_eq!(
+            c.tls.as_deref().expect("tls").alpn,
+            ["istio-http/1.0", "istio-http/1.1", "istio-h2"]
+        );
+        let noted: Vec<&String> = a
+            .notes
+            .ignored
+            .iter()
+            .filter(|n| n.contains("istio-peer-exchange"))
+            .collect();
+        assert_eq!(
+            noted,
+            [
+                &format!(
+                    "cluster {NAME:?} transport_socket.typed_config.common_tls_context.\
+                     alpn_protocols.istio-peer-exchange (dropped: negotiated metadata \
+                     exchange, which Sluice does not speak)"
+                ),
+                &format!(
+                    "cluster {NAME:?} transport_socket_matches[0].transport_socket.\
+                     typed_config.common_tls_context.alpn_protocols.istio-peer-exchange \
+                     (dropped: negotiated metadata exchange, which Sluice does not speak)"
+                ),
+            ]
+        );
+    }
+
     #[test]
     fn a_match_or_an_endpoint_label_that_is_not_a_string_is_refused_by_path() {
         let (ca, _, _) = pki(&["x"]);

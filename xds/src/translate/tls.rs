@@ -41,11 +41,11 @@ use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{
 use envoy_types::pb::envoy::r#type::matcher::v3::{StringMatcher, string_matcher::MatchPattern};
 use prost::{Message, Name};
 use serde_json::{Map, Value, json};
-use sluice_core::config::tls::MAX_PEM_BYTES;
+use sluice_core::config::tls::{ISTIO_PEER_EXCHANGE_ALPN, MAX_PEM_BYTES};
 use sluice_core::tls::pem::{describe, parse_certificates, parse_chain, parse_key};
 
 use super::cluster::config_source;
-use super::{At, ResourceType, TranslateError, reject_rest, take, unpack};
+use super::{At, Notes, ResourceType, TranslateError, reject_rest, take, unpack};
 
 /// The transport socket name of TLS.
 pub const TLS_TRANSPORT_SOCKET: &str = "envoy.transport_sockets.tls";
@@ -57,11 +57,15 @@ enum Side {
     Downstream,
 }
 
-/// A cluster's `transport_socket` → its `tls` value.
+/// A cluster's `transport_socket` → its `tls` value. Istio's `istio-peer-exchange` is dropped
+/// from `alpn_protocols` and noted ([`ISTIO_PEER_EXCHANGE_ALPN`]: a peer that selects it
+/// speaks Istio's metadata exchange, which Sluice does not); its mesh markers (`istio`,
+/// `istio-http/1.0`, `istio-http/1.1`, `istio-h2`) are kept.
 pub(crate) fn upstream_tls(
     ts: &TransportSocket,
     at: &At<'_>,
     secrets: &BTreeMap<String, Secret>,
+    notes: &mut Notes,
 ) -> Result<Value, TranslateError> {
     let any = tls_any(ts, at, UpstreamTlsContext::type_url())?;
     let t_at = at.field("typed_config");
@@ -78,12 +82,20 @@ pub(crate) fn upstream_tls(
     }
     let common = take(&mut u.common_tls_context).unwrap_or_default();
     reject_rest(&u, &t_at)?;
-    let c = common_context(
+    let mut c = common_context(
         common,
         &t_at.field("common_tls_context"),
         secrets,
         Side::Upstream,
     )?;
+    if let Some(i) = c.alpn.iter().position(|p| p == ISTIO_PEER_EXCHANGE_ALPN) {
+        c.alpn.remove(i);
+        t_at.field("common_tls_context.alpn_protocols").note(
+            notes,
+            "istio-peer-exchange (dropped: negotiated metadata exchange, which Sluice does not \
+             speak)",
+        );
+    }
     let Some(ca) = c.ca else {
         return Err(t_at.field("common_tls_context").error(
             "no validation context with a trusted_ca: Sluice never originates TLS to an \

@@ -306,9 +306,11 @@ fn decode_config(dec: &mut Decoder, tree: &Value) -> Option<Config> {
 ///
 /// A `transport_socket_matches` entry's `tls` (issue 13): with no `alpn`, it offers what the
 /// cluster's own would. An `alpn` of its own is sent as given (as Envoy does) and may hold ids
-/// that name no HTTP version — Istio's mesh markers `istio`, `istio-peer-exchange`,
-/// `istio-http/1.1`, which a peer sidecar matches its filter chains on and never negotiates —
-/// beside at most its protocol's own id (Istio's `[istio, h2]` for an HTTP/2 cluster). What is
+/// that name no HTTP version — Istio's mesh markers `istio`, `istio-http/1.0`,
+/// `istio-http/1.1`, `istio-h2`, which a peer sidecar matches its filter chains on and never
+/// selects — beside at most its protocol's own id (Istio's `[istio, h2]` for an HTTP/2
+/// cluster). Not `istio-peer-exchange` (in any upstream `alpn`, refused where it is decoded):
+/// a peer that selects it speaks Istio's metadata exchange first. What is
 /// refused is what could make a server pick a protocol Sluice does not speak on the
 /// connection: another HTTP version's id (`h2` on an HTTP/1.1 cluster, `http/1.1` on an HTTP/2
 /// one), any HTTP id on a cluster Bolt uses, and a cluster with TLS entries used by both HTTP
@@ -395,7 +397,7 @@ fn check_tls_clusters(
                     format!(
                         "cluster {name:?} offers ALPN {p:?} ({at}), but HTTP speaks {version} \
                          upstream: an entry may offer {alpn:?} and ids of no HTTP version \
-                         (such as istio, istio-peer-exchange), no other HTTP version"
+                         (such as istio, istio-http/1.1), no other HTTP version"
                     ),
                 );
             }

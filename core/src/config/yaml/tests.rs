@@ -2376,9 +2376,26 @@ clusters:
             .clone()
     };
     // Istio's markers (TCP-style, and HTTP/2's) are sent as given.
+    assert_eq!(offered(&http(", alpn: [istio]", "")), ["istio"]);
+    // Istio's `istio-peer-exchange` is negotiated (metadata exchange), not a marker: refused
+    // where it is written, in an entry and in the cluster's own `tls`.
+    let mx = "clusters[0].transport_socket_matches[0].tls.alpn: ALPN \"istio-peer-exchange\" is \
+              negotiated, not a marker: a peer that selects it speaks Istio's metadata exchange \
+              first, which Sluice does not; remove it (`istio` marks the mesh)";
     assert_eq!(
-        offered(&http(", alpn: [istio-peer-exchange, istio]", "")),
-        ["istio-peer-exchange", "istio"]
+        errors(&http(", alpn: [istio-peer-exchange, istio]", "")),
+        [mx]
+    );
+    assert_eq!(
+        errors(&http(", alpn: [istio-peer-exchange, istio]", "").replace(
+            "    transport_socket_matches:",
+            "    tls: { ca: mesh-ca.pem, sni: up.mesh, alpn: [istio, istio-peer-exchange] }\n    \
+             transport_socket_matches:",
+        )),
+        [
+            mx.replace("transport_socket_matches[0].tls", "tls"),
+            mx.to_owned()
+        ]
     );
     assert_eq!(
         offered(&http(", alpn: [istio, h2]", "protocol: http2")),
@@ -2398,7 +2415,7 @@ clusters:
             "{route}: cluster \"a\" offers ALPN \"h2\" \
              (clusters[0].transport_socket_matches[0].tls.alpn), but HTTP speaks HTTP/1.1 \
              upstream: an entry may offer \"http/1.1\" and ids of no HTTP version (such as \
-             istio, istio-peer-exchange), no other HTTP version"
+             istio, istio-http/1.1), no other HTTP version"
         )]
     );
     assert_eq!(
@@ -2419,9 +2436,11 @@ clusters:
              \x20   transport_socket_matches: [ {{ name: m, tls: {{ ca: mesh-ca.pem, sni: up.mesh{alpn} }} }} ]\n"
         )
     };
+    assert_eq!(offered(&bolt(", alpn: [istio]", false)), ["istio"]);
     assert_eq!(
-        offered(&bolt(", alpn: [istio-peer-exchange, istio]", false)),
-        ["istio-peer-exchange", "istio"]
+        errors(&bolt(", alpn: [istio-peer-exchange, istio]", false)).len(),
+        1,
+        "istio-peer-exchange on a Bolt cluster"
     );
     assert_eq!(
         errors(&bolt(", alpn: [istio, h2]", false)),

@@ -11,8 +11,8 @@ use serde_json::Value;
 use super::decoder::Decoder;
 use crate::config::http::HttpCodec;
 use crate::config::tls::{
-    CertificateFiles, DEFAULT_HANDSHAKE_TIMEOUT, ListenerTls, MAX_PEM_BYTES, Pem, TlsVersion,
-    UpstreamTls, default_listener_alpn,
+    CertificateFiles, DEFAULT_HANDSHAKE_TIMEOUT, ISTIO_PEER_EXCHANGE_ALPN, ListenerTls,
+    MAX_PEM_BYTES, Pem, TlsVersion, UpstreamTls, default_listener_alpn,
 };
 
 /// `codec`: the listener's HTTP codec (`None`: not an HTTP listener), which gives the default
@@ -298,7 +298,20 @@ pub(super) fn decode_upstream_tls(dec: &mut Decoder, path: &str, v: &Value) -> O
         None => Some(Vec::new()),
     };
     let alpn = match obj.opt("alpn") {
-        Some((v, p)) => unique_strings(dec, &p, v, "ALPN protocol", 255),
+        Some((v, p)) => unique_strings(dec, &p, v, "ALPN protocol", 255).and_then(|list| {
+            if list.iter().any(|id| id == ISTIO_PEER_EXCHANGE_ALPN) {
+                dec.error(
+                    &p,
+                    format!(
+                        "ALPN {ISTIO_PEER_EXCHANGE_ALPN:?} is negotiated, not a marker: a peer \
+                         that selects it speaks Istio's metadata exchange first, which Sluice \
+                         does not; remove it (`istio` marks the mesh)"
+                    ),
+                );
+                return None;
+            }
+            Some(list)
+        }),
         None => Some(Vec::new()),
     };
     if matches!(sni, Some(None)) && matches!(&verify_subject_alt_names, Some(v) if v.is_empty()) {
