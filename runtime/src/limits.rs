@@ -175,7 +175,11 @@ pub fn raise_open_file_limit() -> Option<(u64, u64)> {
 fn derived_max(fds: Option<u64>, splices: bool) -> u64 {
     fds.map_or(u64::MAX, |soft| {
         let usable = soft.saturating_sub(RESERVED_FDS);
-        let max = if splices { usable / 5 * 2 + usable % 5 * 2 / 5 } else { usable / 2 };
+        let max = if splices {
+            usable / 5 * 2 + usable % 5 * 2 / 5
+        } else {
+            usable / 2
+        };
         max.max(1)
     })
 }
@@ -360,7 +364,10 @@ mod tests {
             // The derived limit leaves no room unused beyond rounding.
             let max = derived_max(Some(fds), true);
             let pipes = pipe_budget(Some(fds), None, true) as u64;
-            assert!(fds - RESERVED_FDS - 2 * max - 2 * pipes < 8, "{fds}: {max} + {pipes}");
+            assert!(
+                fds - RESERVED_FDS - 2 * max - 2 * pipes < 8,
+                "{fds}: {max} + {pipes}"
+            );
         }
         assert_eq!(derived_max(Some(20_000), false), 9_968);
         // (20,000 − 64) × 2 / 5: two sockets and a quarter pipe per connection.

@@ -29,7 +29,9 @@ const WRITE: usize = PERIOD * 256;
 
 /// `PERIOD` + 64 KiB of the pattern: any slice of up to 64 KiB at any offset is in it.
 fn pattern() -> Vec<u8> {
-    (0..PERIOD + 64 * 1024).map(|i| (i % PERIOD) as u8).collect()
+    (0..PERIOD + 64 * 1024)
+        .map(|i| (i % PERIOD) as u8)
+        .collect()
 }
 
 /// Writes `len` bytes of the pattern.
@@ -55,7 +57,12 @@ async fn receive_to_eof(r: &mut (impl AsyncRead + Unpin)) -> usize {
         }
         let want = &p[at % PERIOD..at % PERIOD + n];
         if let Some(i) = (0..n).find(|&i| buf[i] != want[i]) {
-            panic!("byte {} is {}, not {}: lost or reordered", at + i, buf[i], want[i]);
+            panic!(
+                "byte {} is {}, not {}: lost or reordered",
+                at + i,
+                buf[i],
+                want[i]
+            );
         }
         at += n;
     }
@@ -71,7 +78,12 @@ async fn receive(r: &mut (impl AsyncRead + Unpin), len: usize) {
         assert!(n > 0, "EOF after {at} of {len} bytes");
         let want = &p[at % PERIOD..at % PERIOD + n];
         if let Some(i) = (0..n).find(|&i| buf[i] != want[i]) {
-            panic!("byte {} is {}, not {}: lost or reordered", at + i, buf[i], want[i]);
+            panic!(
+                "byte {} is {}, not {}: lost or reordered",
+                at + i,
+                buf[i],
+                want[i]
+            );
         }
         at += n;
     }
@@ -298,7 +310,11 @@ fn a_session_without_pipes_copies_each_chunk_and_takes_a_pipe_again_once_one_is_
         // order.
         engine.limits.set_pipes_max(1);
         let w = round_trip(&mut r, w, 8 << 20).await;
-        assert_eq!(engine.limits.pipes_open(), 1, "the session took a pipe again");
+        assert_eq!(
+            engine.limits.pipes_open(),
+            1,
+            "the session took a pipe again"
+        );
         assert!(
             engine.stats.tcp_relay_chunks_copied.load(Relaxed) > copied,
             "no chunk found the only pipe taken"
@@ -342,7 +358,8 @@ fn half_closes_each_way_deliver_every_byte_then_complete_holding_nothing() {
                     engine.limits.set_pipes_max(b);
                 }
                 let (mut r, mut w) = TcpStream::connect(at).await.unwrap().into_split();
-                let case = format!("splice {splice}, budget {budget:?}, answer first {answer_first}");
+                let case =
+                    format!("splice {splice}, budget {budget:?}, answer first {answer_first}");
                 if answer_first {
                     // The upstream's FIN reaches the client after its whole answer, while the
                     // client still sends.
