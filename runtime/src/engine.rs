@@ -446,6 +446,9 @@ impl<N: Network> Engine<N> {
         closer.abort();
         pool_sweeper.abort();
         self.drain().await;
+        // Every session ended: the pooled pipes' descriptors and budget go back now, not when
+        // the last reference to this engine drops.
+        self.pipes.close_pooled();
         if let Some(h) = health_checks {
             h.abort();
         }

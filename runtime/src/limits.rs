@@ -26,8 +26,8 @@
 //!   bytes through it or it waits, empty, in a worker's pool ([`crate::splice::PipePool`]); a
 //!   spliced session takes one only while bytes sit in it, so an idle spliced session costs its
 //!   two sockets. A chunk that finds no pipe (the budget spent) is copied instead, counted as
-//!   `tcp_relay_chunks_copied`. Only a pool miss touches the shared count (a pipe made or
-//!   closed), never a chunk that reuses a pooled pipe.
+//!   `tcp_relay_chunks_copied`. Only a pipe made or closed writes the shared count; a chunk that
+//!   reuses a pooled pipe does not touch it, and one that finds the budget spent only reads it.
 //! - **Bolt partial frames** (Envoy's per-connection buffer limits plus its overload manager's
 //!   heap budget): each downstream Bolt connection's read buffer grows up to the listener's
 //!   `max_frame_size` for a large frame; the bytes beyond the first chunk are reserved from
@@ -219,7 +219,13 @@ impl ProcessLimits {
     /// Reserves one pipe from the budget before it is made, given back when the guard drops
     /// (kept with the pipe until it is closed); `None` (nothing reserved): the budget is spent.
     pub fn hold_pipe(self: &Arc<Self>) -> Option<PipeHeld> {
-        if self.pipes_open.fetch_add(1, Relaxed) >= self.pipes_max.load(Relaxed) {
+        let max = self.pipes_max.load(Relaxed);
+        // A spent budget is seen with a load: the chunks of sessions that find no pipe then
+        // write nothing shared (the count changes only when a pipe is made or closed).
+        if self.pipes_open.load(Relaxed) >= max {
+            return None;
+        }
+        if self.pipes_open.fetch_add(1, Relaxed) >= max {
             self.pipes_open.fetch_sub(1, Relaxed);
             return None;
         }

@@ -158,6 +158,11 @@ impl PipePool {
         self.free.borrow_mut().trim(PIPES_KEPT_WHEN_IDLE);
     }
 
+    /// Closes every pooled pipe (the engine drained: no session will take one again).
+    pub(crate) fn close_pooled(&self) {
+        *self.free.borrow_mut() = FreeList::default();
+    }
+
     /// Pipes holding a session's bytes now.
     #[cfg(test)]
     pub(crate) fn in_use(&self) -> usize {
