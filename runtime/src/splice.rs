@@ -31,9 +31,10 @@
 //! - a pooled pipe is empty and counted in the process's pipe budget until it is closed
 //!   ([`crate::limits::PipeHeld`] goes with it).
 //!
-//! The pool is a `RefCell` on the worker's thread (no lock, no shared atomic per chunk: only a
-//! pipe made or closed touches the process's count), bounded by [`PIPES_POOLED_MAX`] and
-//! trimmed by the worker's periodic sweep like [`BufPool`] down to [`PIPES_KEPT_WHEN_IDLE`].
+//! The pool is a `RefCell` on the worker's thread (no lock, no shared write per chunk: only a
+//! pipe made or closed writes the process's count), bounded by [`PIPES_POOLED_MAX`], trimmed by
+//! the worker's periodic sweep like [`BufPool`] down to [`PIPES_KEPT_WHEN_IDLE`], and closed
+//! once the engine drained.
 //!
 //! When it is used: a plaintext session on real sockets (both streams say so through
 //! [`AsTcpStream`]: never in the simulator, never over TLS, where the bytes must pass through
