@@ -2,8 +2,8 @@
 //! process-wide connection limits (refused connections are closed at once and counted), the
 //! limit derived from the open-file limit and the admin API answering while clients hold more
 //! connections than the process has descriptors, the accept back-off on EMFILE, the first-byte
-//! timeout of an HTTP connection that sends nothing, and the process-wide budget of Bolt
-//! partial frames. The open-file limit of `sluice` is lowered with `ulimit -n` in a `sh -c`
+//! timeout of an HTTP connection that sends nothing, the process-wide budget of Bolt partial
+//! frames, and the limit and pipe budget of a splicing `tcp_proxy`. The open-file limit of `sluice` is lowered with `ulimit -n` in a `sh -c`
 //! wrapper; clients are raw sockets.
 
 mod support;
@@ -371,6 +371,83 @@ drain_timeout: 1s
     eventually("the budget released", || {
         stat(admin, "server.bolt_partial_frame_bytes") == 0
     });
+}
+
+/// An echo upstream on a free port: one thread per connection, writing back what it reads.
+fn echo_upstream() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for s in l.incoming().flatten() {
+            std::thread::spawn(move || {
+                let mut r = s.try_clone().unwrap();
+                let mut w = s;
+                let _ = std::io::copy(&mut r, &mut w);
+            });
+        }
+    });
+    port
+}
+
+/// 100 KB of a pattern through `s` and back, byte for byte.
+fn round_trip(s: &mut TcpStream, round: u8) {
+    let sent: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8 ^ round).collect();
+    s.write_all(&sent).unwrap();
+    let mut got = vec![0u8; sent.len()];
+    s.read_exact(&mut got).unwrap();
+    assert!(got == sent, "the echo differs");
+}
+
+/// With splicing (the default for a plaintext `tcp_proxy`), the derived connection limit is
+/// `(RLIMIT_NOFILE − 64) × 2 / 5` and the pipe budget a quarter of it: an idle spliced session
+/// holds no pipe, so the process can hold its whole limit of spliced sessions open, every one
+/// of them moving bytes through pipes in turn, with a handful of pipes.
+#[test]
+fn a_process_full_of_idle_spliced_sessions_holds_a_few_pipes_within_its_descriptors() {
+    let dir = TempDir::new("limits-splice");
+    let (tcp, admin) = (free_port(), free_port());
+    let up = echo_upstream();
+    let config = format!(
+        r#"
+admin: {{ address: 127.0.0.1:{admin} }}
+listeners:
+  - {{ name: t, address: 127.0.0.1:{tcp}, tcp_proxy: {{ cluster: up }} }}
+clusters:
+  - {{ name: up, hosts: [ {{ address: 127.0.0.1:{up} }} ] }}
+drain_timeout: 1s
+"#
+    );
+    let _sluice = start_sluice_nofile(&dir, &config, 256, addr(tcp));
+    // (256 − 64) × 2 / 5 connections, a quarter of that in pipes: 2 × 76 + 2 × 19 ≤ 192.
+    assert_eq!(stat(admin, "server.max_connections"), 76);
+    assert_eq!(stat(admin, "server.tcp_splice_pipes_max"), 19);
+    eventually("the readiness probe's connection closed", || {
+        stat(admin, "server.downstream_cx_open") == 0
+    });
+    // The readiness probe was a session too.
+    let spliced = stat(admin, "server.tcp_relay_spliced");
+    // The whole limit of sessions, each relaying 100 KB each way, then held open, idle.
+    let mut sessions: Vec<TcpStream> = (0..76)
+        .map(|_| {
+            let mut s = TcpStream::connect(addr(tcp)).unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+            round_trip(&mut s, 0);
+            s
+        })
+        .collect();
+    assert!(refused(addr(tcp)), "the 77th connection is over the limit");
+    // Again on every one: each session takes pipes again while its bytes move.
+    for s in &mut sessions {
+        round_trip(s, 1);
+    }
+    assert_eq!(stat(admin, "server.tcp_relay_spliced") - spliced, 76);
+    assert_eq!(stat(admin, "server.tcp_relay_copied"), 0);
+    // Every chunk found a pipe, and the idle sessions hold none: what is open is what the two
+    // workers keep in their pools (at most one per direction of the one busy session each).
+    assert_eq!(stat(admin, "server.tcp_relay_chunks_copied"), 0);
+    let pipes = stat(admin, "server.tcp_splice_pipes");
+    assert!((1..=4).contains(&pipes), "{pipes} pipes open");
+    assert_eq!(stat(admin, "server.accept_errors"), 0);
 }
 
 /// A soft open-file limit below the hard one (systemd's usual 1024 / 524288) is raised to the

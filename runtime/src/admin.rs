@@ -1121,6 +1121,30 @@ pub const SERVER_METRICS: &[Export<AdminShared>] = &[
         read: |s, _| s.limits.get().map_or(0, |l| l.max()),
     },
     Export {
+        field: "limits.pipes_open",
+        metric: Metric::gauge(
+            "sluice_tcp_splice_pipes",
+            "Splice pipes open now, holding a tcp_proxy session's bytes or empty in a worker's pool, all workers.",
+        )
+        .stats("server.tcp_splice_pipes")
+        .prometheus_for(Shown::WithLimits)
+        .stats_for(Shown::WithLimits),
+        len: 1,
+        read: |s, _| s.limits.get().map_or(0, |l| l.pipes_open() as u64),
+    },
+    Export {
+        field: "limits.pipes_max",
+        metric: Metric::gauge(
+            "sluice_tcp_splice_pipes_max",
+            "The most splice pipes that may be open at once (0: tcp_proxy sessions copy).",
+        )
+        .stats("server.tcp_splice_pipes_max")
+        .prometheus_for(Shown::WithLimits)
+        .stats_for(Shown::WithLimits),
+        len: 1,
+        read: |s, _| s.limits.get().map_or(0, |l| l.pipes_max() as u64),
+    },
+    Export {
         field: "limits.bolt_held",
         metric: Metric::gauge(
             "sluice_bolt_partial_frame_bytes",

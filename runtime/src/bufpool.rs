@@ -1,12 +1,16 @@
-//! A worker's pool of HTTP connection buffers: an HTTP/1.1 connection holds its read and write
-//! buffers only while a request is in flight and gives them back here when it goes idle
-//! (issue 15: an idle keep-alive connection holds no buffer).
+//! A worker's pool of connection buffers (HTTP's and the L4 relay's): an HTTP/1.1 connection
+//! holds its read and write buffers only while a request is in flight and gives them back here
+//! when it goes idle, a `tcp_proxy` session its relay buffers only while bytes are in flight
+//! (issue 15: an idle keep-alive connection or TCP session holds no buffer).
 //!
-//! Owns two bounded free lists, one per kind of buffer:
+//! Owns bounded free lists, one per kind of buffer:
 //! - **read** buffers: `Vec<u8>` of exactly [`READ_BUFFER`] bytes, length and capacity (a
 //!   `ReadBuffer` reads into their whole length); a buffer that grew (a long head) is freed,
 //!   not pooled;
 //! - **write** buffers: empty `Vec<u8>` with a capacity of at most [`READ_BUFFER`] bytes;
+//! - **L4 relay buffers** (`Box<[u8]>` of [`crate::relay::BUFFER_SIZE`]): a `tcp_proxy`
+//!   direction takes one when its source is readable and gives it back once its bytes are
+//!   written (an idle session holds none), the ClientHello peek one for its reads;
 //! - **HTTP/2 stream states** ([`crate::http2::StreamBuffers`], without their read and write
 //!   buffers, which come back to the lists above): a stream takes one when it starts and gives it
 //!   back when it ends (its parsed heads and scratch keep their capacity, up to a few KiB per
@@ -47,8 +51,9 @@ pub(crate) const KEPT_WHEN_IDLE: usize = 64;
 /// long they were unused: 512 KiB.
 pub(crate) const RELAY_KEPT_WHEN_IDLE: usize = 16;
 
-/// One free list and its low-water mark since the last trim.
-struct FreeList<T> {
+/// One free list and its low-water mark since the last trim (also the worker's pool of splice
+/// pipes, [`crate::splice::PipePool`]).
+pub(crate) struct FreeList<T> {
     items: Vec<T>,
     /// The fewest items the list held since the last [`FreeList::trim`].
     low_water: usize,
@@ -64,7 +69,7 @@ impl<T> Default for FreeList<T> {
 }
 
 impl<T> FreeList<T> {
-    fn pop(&mut self) -> Option<T> {
+    pub(crate) fn pop(&mut self) -> Option<T> {
         let item = self.items.pop();
         self.low_water = self.low_water.min(self.items.len());
         item
@@ -72,13 +77,18 @@ impl<T> FreeList<T> {
 
     /// Keeps `item` for reuse (drops it when the list holds [`MAX_POOLED`]).
     fn push(&mut self, item: T) {
-        if self.items.len() < MAX_POOLED {
+        self.push_at_most(item, MAX_POOLED);
+    }
+
+    /// Keeps `item` for reuse (drops it when the list holds `max`).
+    pub(crate) fn push_at_most(&mut self, item: T, max: usize) {
+        if self.items.len() < max {
             self.items.push(item);
         }
     }
 
     /// Drops the items no pop reached since the last trim (keeping `kept_when_idle`).
-    fn trim(&mut self, kept_when_idle: usize) {
+    pub(crate) fn trim(&mut self, kept_when_idle: usize) {
         let unused = self.low_water;
         let keep = self
             .items
@@ -91,8 +101,13 @@ impl<T> FreeList<T> {
     }
 
     #[cfg(test)]
-    fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.items.len()
+    }
+
+    #[cfg(test)]
+    pub(crate) fn items(&self) -> &[T] {
+        &self.items
     }
 }
 
@@ -107,6 +122,9 @@ pub(crate) struct BufPool {
     /// the ClientHello peeks'): trimmed like the others, so a storm of copied TCP sessions
     /// does not keep 32 MiB per worker for good.
     relay: RefCell<FreeList<Box<[u8]>>>,
+    /// L4 relay buffers taken and not given back (tests: an idle relay holds none).
+    #[cfg(test)]
+    relay_out: Cell<isize>,
     /// Read buffers taken so far (tests: a busy connection takes none between its requests).
     #[cfg(test)]
     read_takes: Cell<usize>,
@@ -168,6 +186,8 @@ impl BufPool {
 
     /// An L4 relay buffer of [`crate::relay::BUFFER_SIZE`] bytes (contents unspecified).
     pub(crate) fn take_relay(&self) -> Box<[u8]> {
+        #[cfg(test)]
+        self.relay_out.set(self.relay_out.get() + 1);
         self.relay
             .borrow_mut()
             .pop()
@@ -176,7 +196,15 @@ impl BufPool {
 
     /// Gives an L4 relay buffer back (freed when the pool is full).
     pub(crate) fn give_relay(&self, buf: Box<[u8]>) {
+        #[cfg(test)]
+        self.relay_out.set(self.relay_out.get() - 1);
         self.relay.borrow_mut().push(buf);
+    }
+
+    /// L4 relay buffers taken and not given back now.
+    #[cfg(test)]
+    pub(crate) fn relay_out(&self) -> isize {
+        self.relay_out.get()
     }
 
     /// L4 relay buffers in the pool now.

@@ -87,6 +87,9 @@ pub struct Engine<N: Network> {
     /// request is in flight), HTTP/2 stream states, the L4 relay's buffers; trimmed by the
     /// periodic sweep.
     pub(crate) http_buffers: crate::bufpool::BufPool,
+    /// The worker's empty splice pipes (a spliced session holds one only while bytes sit in
+    /// it); trimmed by the periodic sweep.
+    pub(crate) pipes: crate::splice::PipePool,
     sessions: Cell<usize>,
     sessions_idle: Notify,
     pub(crate) stopping: Cell<bool>,
@@ -302,6 +305,7 @@ impl<N: Network> Engine<N> {
             rng: RefCell::new(Rng::from_seed(seed)),
             stats,
             http_buffers: crate::bufpool::BufPool::default(),
+            pipes: crate::splice::PipePool::new(limits.clone()),
             sessions: Cell::new(0),
             sessions_idle: Notify::new(),
             stopping: Cell::new(false),
@@ -425,7 +429,8 @@ impl<N: Network> Engine<N> {
             .is_some_and(|t| t.queue.is_some())
             .then(|| tokio::task::spawn_local(self.clone().run_span_export()));
         // Closes pooled upstream connections idle past their cluster's upstream_idle_timeout,
-        // and frees the buffers a burst left unused (HTTP's, and the L4 relay's: every worker).
+        // and frees the buffers and pipes a burst left unused (HTTP's, and the L4 relay's: every
+        // worker).
         let pool_sweeper = {
             let engine = self.clone();
             tokio::task::spawn_local(async move {
@@ -436,6 +441,7 @@ impl<N: Network> Engine<N> {
                     engine.h2_pool.sweep(crate::now());
                     // Buffers a burst left in the pool and nothing took since the last sweep.
                     engine.http_buffers.trim();
+                    engine.pipes.trim();
                 }
             })
         };
@@ -443,6 +449,9 @@ impl<N: Network> Engine<N> {
         closer.abort();
         pool_sweeper.abort();
         self.drain().await;
+        // Every session ended: the pooled pipes' descriptors and budget go back now, not when
+        // the last reference to this engine drops.
+        self.pipes.close_pooled();
         if let Some(h) = health_checks {
             h.abort();
         }
@@ -1424,44 +1433,41 @@ impl<N: Network> Engine<N> {
                             &mut self.rng.borrow_mut(),
                         )
                     };
-                    // Plaintext on real sockets: splice, unless the listener says not to, the
-                    // process's pipe budget is spent (`limits`: pipes must not take the
-                    // descriptors admitted connections need) or the pipes cannot be made (then
-                    // copy, as over TLS and in the simulator).
+                    // Plaintext on real sockets: splice, unless the listener says not to (a
+                    // chunk that finds no pipe — the process's budget spent — is copied); else
+                    // copy, as over TLS and in the simulator. Either holds pipes and buffers
+                    // only while bytes are in flight.
                     let spliceable = match (down.as_tcp_stream(), up.as_tcp_stream()) {
-                        (Some(d), Some(u)) if tp.splice => self
-                            .limits
-                            .hold_pipes()
-                            .and_then(|held| Some((d, u, crate::splice::Pipes::new().ok()?, held))),
+                        (Some(d), Some(u)) if tp.splice => Some((d, u)),
                         _ => None,
                     };
-                    if let Some((d, u, pipes, _held)) = spliceable {
+                    if let Some((d, u)) = spliceable {
                         bump(&self.stats.tcp_relay_spliced, 1);
+                        let ctx = crate::splice::SpliceCtx {
+                            pipes: &self.pipes,
+                            buffers: &self.http_buffers,
+                            chunks_copied: &self.stats.tcp_relay_chunks_copied,
+                        };
                         crate::splice::relay_spliced(
                             &mut session,
                             d,
                             u,
-                            pipes,
+                            &ctx,
                             drain_expired,
                             &mut on_timeout,
                         )
                         .await
                     } else {
                         bump(&self.stats.tcp_relay_copied, 1);
-                        let buffers = [self.take_buffer(), self.take_buffer()];
-                        let end = relay(
+                        relay(
                             &mut session,
                             &mut down,
                             &mut up,
-                            buffers,
+                            &self.http_buffers,
                             drain_expired,
                             &mut on_timeout,
                         )
-                        .await;
-                        let [a, b] = end.buffers;
-                        self.give_buffer(a);
-                        self.give_buffer(b);
-                        end.reason
+                        .await
                     }
                 }
             }

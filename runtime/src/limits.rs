@@ -1,9 +1,10 @@
 //! Process-wide caps shared by every worker: downstream connections (per listener and in
-//! total) and the bytes Bolt connections hold in partial frames.
+//! total), splice pipes, and the bytes Bolt connections hold in partial frames.
 //!
 //! Workers share nothing on the data path except these few atomics, touched once per accepted
-//! and closed connection (a relaxed `fetch_add` / `fetch_sub`), and once per growth or release of
-//! a Bolt read buffer beyond its first chunk — never per request.
+//! and closed connection (a relaxed `fetch_add` / `fetch_sub`), once per pipe made or closed,
+//! and once per growth or release of a Bolt read buffer beyond its first chunk — never per
+//! request or chunk.
 //!
 //! - **Connections** (HAProxy's `maxconn`, Envoy's `max_connections` / downstream connections
 //!   resource monitor): a connection over the listener's `max_connections` or the process's
@@ -14,15 +15,19 @@
 //!   an upstream one, and 64 descriptors stay for the admin API, listeners, health checks and
 //!   log files — so that downstream connections can never exhaust the descriptors the admin API
 //!   needs to answer. A config with a splicing `tcp_proxy` (any listener or filter chain with
-//!   `splice` on, the default) derives `(RLIMIT_NOFILE − 64) / 3` instead: a spliced session
-//!   holds two pipes (four descriptors) beside its two sockets.
-//! - **Splice pipes** (HAProxy's `maxpipes`): at most [`ProcessLimits::pipes_max`] sessions
-//!   splice at once — a quarter of the derived connection limit, or, with an explicit
-//!   `limits.max_connections`, what the open-file limit leaves beyond two descriptors per
-//!   connection — so pipes never take the descriptors admitted connections need (a session
-//!   that would pass the budget relays by copying, counted as `tcp_relay_copied`). Without it,
-//!   a process full of spliced sessions ran out of descriptors at accept at a third of its
-//!   connection limit.
+//!   `splice` on, the default) derives `(RLIMIT_NOFILE − 64) × 2 / 5` instead: two descriptors
+//!   per connection plus its quarter share of the pipe budget below (a pipe is two descriptors),
+//!   HAProxy's `maxconn × 2 + maxpipes × 2` with its default `maxpipes = maxconn / 4`.
+//! - **Splice pipes** (HAProxy's `maxpipes`): at most [`ProcessLimits::pipes_max`] pipes are
+//!   open at once, all workers together — a quarter of the derived connection limit, or, with an
+//!   explicit `limits.max_connections`, as many as the open-file limit leaves beyond two
+//!   descriptors per connection — so pipes never take the descriptors admitted connections need.
+//!   A pipe counts from the moment it is made until it is closed, whether a session is moving
+//!   bytes through it or it waits, empty, in a worker's pool ([`crate::splice::PipePool`]); a
+//!   spliced session takes one only while bytes sit in it, so an idle spliced session costs its
+//!   two sockets. A chunk that finds no pipe (the budget spent) is copied instead, counted as
+//!   `tcp_relay_chunks_copied`. Only a pipe made or closed writes the shared count; a chunk that
+//!   reuses a pooled pipe does not touch it, and one that finds the budget spent only reads it.
 //! - **Bolt partial frames** (Envoy's per-connection buffer limits plus its overload manager's
 //!   heap budget): each downstream Bolt connection's read buffer grows up to the listener's
 //!   `max_frame_size` for a large frame; the bytes beyond the first chunk are reserved from
@@ -52,19 +57,20 @@ pub struct ProcessLimits {
     max: AtomicU64,
     bolt_held: AtomicUsize,
     bolt_max: AtomicUsize,
-    /// Sessions relaying by splice now, and how many may at once.
-    pipes_held: AtomicUsize,
+    /// Splice pipes open now (in use or pooled, all workers), and how many may be at once.
+    pipes_open: AtomicUsize,
     pipes_max: AtomicUsize,
     listeners: Mutex<Vec<(SocketAddr, Arc<AtomicU64>)>>,
 }
 
-/// One splicing session's share of the pipe budget ([`ProcessLimits::hold_pipes`]).
+/// One open pipe's share of the pipe budget ([`ProcessLimits::hold_pipe`]), given back when
+/// it drops (with the pipe it belongs to, however that is closed).
 #[derive(Debug)]
-pub struct PipesHeld<'a>(&'a ProcessLimits);
+pub struct PipeHeld(Arc<ProcessLimits>);
 
-impl Drop for PipesHeld<'_> {
+impl Drop for PipeHeld {
     fn drop(&mut self) {
-        self.0.pipes_held.fetch_sub(1, Relaxed);
+        self.0.pipes_open.fetch_sub(1, Relaxed);
     }
 }
 
@@ -87,9 +93,9 @@ pub fn max_connections(config: &Config) -> u64 {
         .unwrap_or_else(|| derived_max(open_file_limit(), splices(config)))
 }
 
-/// How many sessions may relay by splice at once under `config` (see the module doc).
+/// How many splice pipes may be open at once under `config` (see the module doc).
 #[must_use]
-pub fn max_spliced_sessions(config: &Config) -> usize {
+pub fn max_pipes(config: &Config) -> usize {
     pipe_budget(
         open_file_limit(),
         config.limits.max_connections,
@@ -97,7 +103,8 @@ pub fn max_spliced_sessions(config: &Config) -> usize {
     )
 }
 
-/// [`max_spliced_sessions`] for an open-file limit `fds` and an explicit connection limit.
+/// [`max_pipes`] for an open-file limit `fds` and an explicit connection limit: a quarter of
+/// the derived connection limit, or what an explicit one leaves (two descriptors a pipe).
 fn pipe_budget(fds: Option<u64>, max_connections: Option<u64>, splices: bool) -> usize {
     if !splices {
         return 0;
@@ -105,11 +112,11 @@ fn pipe_budget(fds: Option<u64>, max_connections: Option<u64>, splices: bool) ->
     let Some(fds) = fds else {
         return usize::MAX;
     };
-    let sessions = match max_connections {
+    let pipes = match max_connections {
         None => derived_max(Some(fds), true) / 4,
-        Some(max) => fds.saturating_sub(RESERVED_FDS.saturating_add(max.saturating_mul(2))) / 4,
+        Some(max) => fds.saturating_sub(RESERVED_FDS.saturating_add(max.saturating_mul(2))) / 2,
     };
-    usize::try_from(sessions).unwrap_or(usize::MAX)
+    usize::try_from(pipes).unwrap_or(usize::MAX)
 }
 
 /// Whether any `tcp_proxy` of `config` (a listener's or a filter chain's) may splice: `splice`
@@ -133,7 +140,7 @@ pub fn warn_if_splice_is_off(config: &Config, limits: &ProcessLimits) {
         tracing::warn!(
             max_connections = limits.max(),
             "no tcp_proxy session will splice: limits.max_connections leaves no open files \
-             for pipes (each spliced session needs four beyond its two sockets); sessions copy"
+             for pipes (two descriptors each, beyond two per connection); sessions copy"
         );
     }
 }
@@ -162,12 +169,18 @@ pub fn raise_open_file_limit() -> Option<(u64, u64)> {
     Some((soft, target))
 }
 
-/// `(RLIMIT_NOFILE − RESERVED_FDS) / 2` — `/ 3` when sessions may splice — at least 1
-/// (unlimited when the limit cannot be read).
+/// `(RLIMIT_NOFILE − RESERVED_FDS) / 2` — `× 2 / 5` when sessions may splice: two descriptors
+/// per connection and a quarter pipe (two descriptors) — at least 1 (unlimited when the limit
+/// cannot be read).
 fn derived_max(fds: Option<u64>, splices: bool) -> u64 {
-    let per_connection = if splices { 3 } else { 2 };
     fds.map_or(u64::MAX, |soft| {
-        (soft.saturating_sub(RESERVED_FDS) / per_connection).max(1)
+        let usable = soft.saturating_sub(RESERVED_FDS);
+        let max = if splices {
+            usable / 5 * 2 + usable % 5 * 2 / 5
+        } else {
+            usable / 2
+        };
+        max.max(1)
     })
 }
 
@@ -181,7 +194,7 @@ impl ProcessLimits {
             max: AtomicU64::new(0),
             bolt_held: AtomicUsize::new(0),
             bolt_max: AtomicUsize::new(0),
-            pipes_held: AtomicUsize::new(0),
+            pipes_open: AtomicUsize::new(0),
             pipes_max: AtomicUsize::new(0),
             listeners: Mutex::new(Vec::new()),
         };
@@ -194,29 +207,41 @@ impl ProcessLimits {
         self.max.store(max_connections(config), Relaxed);
         self.bolt_max
             .store(config.limits.bolt_partial_frame_bytes, Relaxed);
-        self.pipes_max.store(max_spliced_sessions(config), Relaxed);
+        self.pipes_max.store(max_pipes(config), Relaxed);
     }
 
-    /// How many sessions may splice at once.
+    /// How many splice pipes may be open at once.
     #[must_use]
     pub fn pipes_max(&self) -> usize {
         self.pipes_max.load(Relaxed)
     }
 
-    /// Reserves a splicing session's pipes from the budget, given back when the guard drops
-    /// (however the session ends); `None` (nothing reserved): relay by copying.
-    pub fn hold_pipes(&self) -> Option<PipesHeld<'_>> {
-        if self.pipes_held.fetch_add(1, Relaxed) >= self.pipes_max.load(Relaxed) {
-            self.pipes_held.fetch_sub(1, Relaxed);
+    /// Reserves one pipe from the budget before it is made, given back when the guard drops
+    /// (kept with the pipe until it is closed); `None` (nothing reserved): the budget is spent.
+    pub fn hold_pipe(self: &Arc<Self>) -> Option<PipeHeld> {
+        let max = self.pipes_max.load(Relaxed);
+        // A spent budget is seen with a load: the chunks of sessions that find no pipe then
+        // write nothing shared (the count changes only when a pipe is made or closed).
+        if self.pipes_open.load(Relaxed) >= max {
             return None;
         }
-        Some(PipesHeld(self))
+        if self.pipes_open.fetch_add(1, Relaxed) >= max {
+            self.pipes_open.fetch_sub(1, Relaxed);
+            return None;
+        }
+        Some(PipeHeld(self.clone()))
     }
 
-    /// Sessions holding pipes now.
+    /// Sets the pipe budget (tests: a budget spent or tight mid-session).
+    #[cfg(test)]
+    pub(crate) fn set_pipes_max(&self, max: usize) {
+        self.pipes_max.store(max, Relaxed);
+    }
+
+    /// Splice pipes open now (in use or pooled, all workers).
     #[must_use]
-    pub fn pipes_held(&self) -> usize {
-        self.pipes_held.load(Relaxed)
+    pub fn pipes_open(&self) -> usize {
+        self.pipes_open.load(Relaxed)
     }
 
     /// The process-wide connection limit in force.
@@ -324,14 +349,16 @@ mod tests {
 
     #[test]
     fn pipes_never_take_the_descriptors_admitted_connections_need() {
-        for fds in [1024, 20_000, 1 << 20] {
+        for fds in [70, 1024, 20_000, 1 << 20, u64::from(u32::MAX)] {
             for explicit in [None, Some(100), Some(fds / 4), Some(fds)] {
                 let max = explicit.unwrap_or_else(|| derived_max(Some(fds), true));
                 let pipes = pipe_budget(Some(fds), explicit, true) as u64;
                 if RESERVED_FDS + 2 * max <= fds {
+                    // Every admitted connection's two sockets, and every pipe (two descriptors
+                    // each, in use or pooled) open at once, fit.
                     assert!(
-                        RESERVED_FDS + 2 * max + 4 * pipes <= fds,
-                        "{fds} fds, max {max}: {pipes} spliced sessions overcommit"
+                        RESERVED_FDS + 2 * max + 2 * pipes <= fds,
+                        "{fds} fds, max {max}: {pipes} pipes overcommit"
                     );
                 } else {
                     assert_eq!(
@@ -340,31 +367,39 @@ mod tests {
                     );
                 }
             }
+            // The derived limit leaves no room unused beyond rounding.
+            let max = derived_max(Some(fds), true);
+            let pipes = pipe_budget(Some(fds), None, true) as u64;
+            assert!(
+                fds - RESERVED_FDS - 2 * max - 2 * pipes < 8,
+                "{fds}: {max} + {pipes}"
+            );
         }
         assert_eq!(derived_max(Some(20_000), false), 9_968);
-        assert_eq!(derived_max(Some(20_000), true), 6_645);
-        assert_eq!(pipe_budget(Some(20_000), None, true), 1_661);
+        // (20,000 − 64) × 2 / 5: two sockets and a quarter pipe per connection.
+        assert_eq!(derived_max(Some(20_000), true), 7_974);
+        assert_eq!(pipe_budget(Some(20_000), None, true), 1_993);
         assert_eq!(
             pipe_budget(Some(20_000), Some(9_968), true),
             0,
             "no room left"
         );
-        assert_eq!(pipe_budget(Some(20_000), Some(5_000), true), 2_484);
+        assert_eq!(pipe_budget(Some(20_000), Some(5_000), true), 4_968);
         assert_eq!(pipe_budget(Some(20_000), None, false), 0);
     }
 
     #[test]
-    fn a_splicing_session_beyond_the_budget_is_refused_its_pipes_until_one_ends() {
-        let limits = ProcessLimits::new(&config(""));
+    fn a_pipe_beyond_the_budget_is_refused_until_one_is_closed() {
+        let limits = Arc::new(ProcessLimits::new(&config("")));
         limits.pipes_max.store(2, Relaxed);
-        let a = limits.hold_pipes().unwrap();
-        let b = limits.hold_pipes().unwrap();
-        assert!(limits.hold_pipes().is_none());
-        assert_eq!(limits.pipes_held(), 2);
+        let a = limits.hold_pipe().unwrap();
+        let b = limits.hold_pipe().unwrap();
+        assert!(limits.hold_pipe().is_none());
+        assert_eq!(limits.pipes_open(), 2);
         drop(a);
-        let c = limits.hold_pipes().unwrap();
+        let c = limits.hold_pipe().unwrap();
         drop((b, c));
-        assert_eq!(limits.pipes_held(), 0);
+        assert_eq!(limits.pipes_open(), 0);
     }
 
     #[test]

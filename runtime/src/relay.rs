@@ -1,13 +1,24 @@
 //! The byte relay between a downstream and an upstream stream.
 //!
 //! One future polls both directions (no task per direction, no channel), moving bytes through
-//! one reused buffer per direction, and reports to the [`TcpSession`] state machine after each
-//! read; the session's actions (half-close, close) and timers are carried out here.
+//! a buffer borrowed from the worker's pool ([`BufPool::take_relay`]), and reports to the
+//! [`TcpSession`] state machine after each read; the session's actions (half-close, close) and
+//! timers are carried out here.
 //!
-//! Per direction ("pipe"): read into the buffer only when it is empty; write it all out and
-//! flush it (TLS streams hold written bytes until flushed); on EOF
-//! (after everything read was written) tell the session, which answers with a half-close of the
-//! other side. A read or write error is reported against the side it happened on.
+//! Per direction ("pipe"): read only when nothing read is still unwritten; write it all out and
+//! flush it (TLS streams hold written bytes until flushed); on EOF (after everything read was
+//! written) tell the session, which answers with a half-close of the other side. A read or
+//! write error is reported against the side it happened on.
+//!
+//! **Buffers only while bytes are in flight** (issue 15). A direction holds a buffer only from
+//! a read that returned bytes until the last of them is written: to read, it takes one from the
+//! pool and polls the source; a poll that returns nothing (`Pending`, EOF, an error) gives it
+//! straight back, so an idle session holds none. Readiness cannot be asked without a buffer
+//! through `AsyncRead` (a TLS stream may also hold decrypted bytes its socket no longer
+//! signals), hence the take-and-give of a pooled buffer per poll: a `Vec` pop and push, no
+//! system call, no allocation once the pool has one. Over TLS the buffer goes back once rustls
+//! took the bytes (`poll_write`), before the flush that sends them: what rustls holds until
+//! then is its own per-connection memory, not a relay buffer.
 
 use std::future::poll_fn;
 use std::io;
@@ -19,6 +30,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::futures::Notified;
 use tokio::time::Sleep;
 
+use crate::bufpool::BufPool;
 use crate::now;
 
 /// Size of each direction's buffer.
@@ -30,7 +42,8 @@ const ROUNDS_PER_POLL: usize = 16;
 
 /// One direction's buffer and progress.
 struct Pipe {
-    buf: Box<[u8]>,
+    /// A buffer from the worker's pool, held only while bytes `pos..len` of it are unwritten.
+    buf: Option<Box<[u8]>>,
     /// Bytes `pos..len` of `buf` are read but not yet written.
     pos: usize,
     len: usize,
@@ -56,9 +69,9 @@ pub(crate) fn other(side: Side) -> Side {
 }
 
 impl Pipe {
-    fn new(buf: Box<[u8]>, from: Side) -> Self {
+    fn new(from: Side) -> Self {
         Pipe {
-            buf,
+            buf: None,
             pos: 0,
             len: 0,
             eof: false,
@@ -69,27 +82,35 @@ impl Pipe {
         }
     }
 
-    /// Writes what is buffered, half-closes when asked, then reads more.
+    /// Writes what is buffered, half-closes when asked, then reads more (into a buffer taken
+    /// from `pool` for the read, kept only when bytes came).
     /// `Err(side)` names the side whose IO failed.
     fn poll_step<R, W>(
         &mut self,
         cx: &mut Context<'_>,
         reader: &mut R,
         writer: &mut W,
+        pool: &BufPool,
     ) -> Poll<Result<Step, Side>>
     where
         R: AsyncRead + Unpin,
         W: AsyncWrite + Unpin,
     {
         let to = other(self.from);
-        while self.pos < self.len {
-            match Pin::new(&mut *writer).poll_write(cx, &self.buf[self.pos..self.len]) {
-                Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => return Poll::Ready(Err(to)),
-                Poll::Ready(Ok(n)) => {
-                    self.pos += n;
-                    self.unflushed = true;
+        if let Some(buf) = &self.buf {
+            while self.pos < self.len {
+                match Pin::new(&mut *writer).poll_write(cx, &buf[self.pos..self.len]) {
+                    Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => return Poll::Ready(Err(to)),
+                    Poll::Ready(Ok(n)) => {
+                        self.pos += n;
+                        self.unflushed = true;
+                    }
+                    Poll::Pending => return Poll::Pending,
                 }
-                Poll::Pending => return Poll::Pending,
+            }
+            // All written (into the socket, or into rustls): the buffer goes back.
+            if let Some(buf) = self.buf.take() {
+                pool.give_relay(buf);
             }
         }
         // Flushed before reading more: over TLS a write may leave the end of the data inside
@@ -112,21 +133,30 @@ impl Pipe {
         if self.eof {
             return Poll::Pending;
         }
-        let mut rb = ReadBuf::new(&mut self.buf);
-        match Pin::new(&mut *reader).poll_read(cx, &mut rb) {
-            Poll::Ready(Ok(())) => {
-                let n = rb.filled().len();
-                if n == 0 {
-                    self.eof = true;
-                    Poll::Ready(Ok(Step::Eof))
-                } else {
-                    self.pos = 0;
-                    self.len = n;
-                    Poll::Ready(Ok(Step::Read(n)))
-                }
+        let mut buf = pool.take_relay();
+        let mut rb = ReadBuf::new(&mut buf);
+        let read = Pin::new(&mut *reader).poll_read(cx, &mut rb);
+        let n = rb.filled().len();
+        match read {
+            Poll::Ready(Ok(())) if n > 0 => {
+                self.buf = Some(buf);
+                self.pos = 0;
+                self.len = n;
+                Poll::Ready(Ok(Step::Read(n)))
             }
-            Poll::Ready(Err(_)) => Poll::Ready(Err(self.from)),
-            Poll::Pending => Poll::Pending,
+            Poll::Ready(Ok(())) => {
+                pool.give_relay(buf);
+                self.eof = true;
+                Poll::Ready(Ok(Step::Eof))
+            }
+            Poll::Ready(Err(_)) => {
+                pool.give_relay(buf);
+                Poll::Ready(Err(self.from))
+            }
+            Poll::Pending => {
+                pool.give_relay(buf);
+                Poll::Pending
+            }
         }
     }
 }
@@ -198,34 +228,26 @@ pub(crate) async fn drive(
     .await
 }
 
-/// What the relay hands back: why it ended and the buffers, for reuse.
-pub struct RelayEnd {
-    /// The session's close reason.
-    pub reason: CloseReason,
-    /// The two buffers, to return to the worker's pool.
-    pub buffers: [Box<[u8]>; 2],
-}
-
-/// Relays between `down` and `up` until the session closes. `session` must be in its relaying
-/// state (connected). `drain_expired` completes when the worker's drain timeout passes.
-pub async fn relay<D, U>(
+/// Relays between `down` and `up` until the session closes, with buffers borrowed from `pool`
+/// while bytes are in flight (all given back when it returns). `session` must be in its
+/// relaying state (connected). `drain_expired` completes when the worker's drain timeout passes.
+pub(crate) async fn relay<D, U>(
     session: &mut TcpSession,
     down: &mut D,
     up: &mut U,
-    buffers: [Box<[u8]>; 2],
+    pool: &BufPool,
     drain_expired: Notified<'_>,
     on_timeout: &mut dyn FnMut(&mut TcpSession),
-) -> RelayEnd
+) -> CloseReason
 where
     D: AsyncRead + AsyncWrite + Unpin,
     U: AsyncRead + AsyncWrite + Unpin,
 {
-    let [b1, b2] = buffers;
-    let mut d2u = Pipe::new(b1, Side::Downstream);
-    let mut u2d = Pipe::new(b2, Side::Upstream);
+    let mut d2u = Pipe::new(Side::Downstream);
+    let mut u2d = Pipe::new(Side::Upstream);
     let reason = drive(session, drain_expired, on_timeout, |cx, op| match op {
-        Op::Step(Side::Downstream) => d2u.poll_step(cx, down, up),
-        Op::Step(Side::Upstream) => u2d.poll_step(cx, up, down),
+        Op::Step(Side::Downstream) => d2u.poll_step(cx, down, up, pool),
+        Op::Step(Side::Upstream) => u2d.poll_step(cx, up, down, pool),
         Op::ShutdownWrite(Side::Upstream) => {
             d2u.shutdown_wanted = true;
             Poll::Pending
@@ -237,6 +259,13 @@ where
     })
     .await;
 
+    // A direction that ended with bytes unwritten (its destination failed) still holds its
+    // buffer.
+    for pipe in [&mut d2u, &mut u2d] {
+        if let Some(buf) = pipe.buf.take() {
+            pool.give_relay(buf);
+        }
+    }
     // Complete any half-close the session asked for in its last step (best effort: a FIN goes
     // out on drop anyway once both directions are done).
     if reason == CloseReason::Completed {
@@ -250,8 +279,5 @@ where
             }
         }
     }
-    RelayEnd {
-        reason,
-        buffers: [d2u.buf, u2d.buf],
-    }
+    reason
 }

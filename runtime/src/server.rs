@@ -378,7 +378,7 @@ pub fn run(config: Config, options: ServerOptions) -> io::Result<()> {
     let _ = shared.limits.set(limits.clone());
     info!(
         max_connections = limits.max(),
-        spliced_sessions_max = limits.pipes_max(),
+        splice_pipes_max = limits.pipes_max(),
         bolt_partial_frame_bytes = config.limits.bolt_partial_frame_bytes,
         "process limits"
     );

@@ -1,29 +1,54 @@
 //! The L4 relay by `splice(2)`: a plaintext `tcp_proxy` session's bytes go socket → pipe →
 //! socket inside the kernel, never copied into the proxy's memory.
 //!
-//! What it owns: per direction a pipe (`pipe2`, non-blocking, close-on-exec) and how many bytes
-//! sit in it. The session loop is the copying relay's ([`crate::relay::drive`]): the same
-//! [`TcpSession`] sees every read (byte counts, idle timer), EOF and error, and asks for the same
-//! half-closes; only how bytes move differs.
+//! What it owns: the worker's pool of pipes ([`PipePool`]) and, per direction of a session,
+//! the pipe or buffer its bytes in flight sit in. The session loop is the copying relay's
+//! ([`crate::relay::drive`]): the same [`TcpSession`] sees every read (byte counts, idle timer),
+//! EOF and error, and asks for the same half-closes; only how bytes move differs.
 //!
-//! Per direction, as the copying relay does with its buffer: move what sits in the pipe to the
-//! destination socket (`SPLICE_F_MOVE | SPLICE_F_NONBLOCK`, on its write readiness), half-close
-//! when the session asked, then — only when the pipe is empty — splice at most [`CHUNK`] bytes from
-//! the source socket into the pipe (on its read readiness). A splice of 0 bytes from a socket is
-//! its EOF. Invariants: at most [`CHUNK`] bytes in a pipe, so a splice into an empty pipe never
-//! blocks on the pipe and `EAGAIN` always means the socket is not ready; a readiness is cleared
-//! only by an `EAGAIN` from the socket it belongs to (tokio's `try_io`).
+//! **Pipes only while bytes sit in them** (HAProxy's way). A direction waits for its source's
+//! read readiness holding nothing; once readable it takes an empty pipe from the worker's pool
+//! (or makes one, within the process's budget: [`crate::limits`]) and splices at most [`CHUNK`]
+//! bytes into it; on the destination's write readiness it moves them out, and gives the pipe
+//! back the moment it is empty again. A pipe that still holds bytes because the destination is
+//! slow stays with its direction until drained. An idle spliced session holds no pipe: two
+//! sockets are all it costs. When no pipe is to be had (the budget is spent, or `pipe2` fails),
+//! that one chunk goes by copy through a relay buffer borrowed from the worker's [`BufPool`],
+//! given back once written (`sluice_tcp_relay_chunks_copied_total`); the next chunk tries for a
+//! pipe again.
+//!
+//! Per direction, in order: move what sits in the pipe or the copy buffer to the destination
+//! (`SPLICE_F_MOVE | SPLICE_F_NONBLOCK`, on its write readiness), half-close when the session
+//! asked, then — only when nothing is in flight — read from the source (on its read readiness).
+//! A splice or read of 0 bytes from a socket is its EOF. Invariants:
+//! - at most one of pipe and copy buffer is held, and only while it holds bytes: so bytes leave
+//!   in the order they came, and a pipe or buffer goes back to its pool empty (a pipe that
+//!   still holds bytes when the session ends — its destination failed — is closed, not pooled);
+//! - at most [`CHUNK`] bytes in a pipe, which is empty when taken, so a splice into it never
+//!   blocks on the pipe and `EAGAIN` always means the socket is not ready;
+//! - a readiness is cleared only by an `EAGAIN` from the socket it belongs to (tokio's
+//!   `try_io`); a readiness that turns out spurious gives the pipe or buffer straight back;
+//! - a pooled pipe is empty and counted in the process's pipe budget until it is closed
+//!   ([`crate::limits::PipeHeld`] goes with it).
+//!
+//! The pool is a `RefCell` on the worker's thread (no lock, no shared write per chunk: only a
+//! pipe made or closed writes the process's count), bounded by [`PIPES_POOLED_MAX`], trimmed by
+//! the worker's periodic sweep like [`BufPool`] down to [`PIPES_KEPT_WHEN_IDLE`], and closed
+//! once the engine drained.
 //!
 //! When it is used: a plaintext session on real sockets (both streams say so through
 //! [`AsTcpStream`]: never in the simulator, never over TLS, where the bytes must pass through
-//! rustls), unless the listener's `tcp_proxy.splice` is off. If the pipes cannot be made (file
-//! descriptor limit), the session is relayed by copying instead; both are counted
-//! (`sluice_tcp_relay_spliced_total`, `sluice_tcp_relay_copied_total`).
+//! rustls), unless the listener's `tcp_proxy.splice` is off. Sessions are counted by relay
+//! (`sluice_tcp_relay_spliced_total`, `sluice_tcp_relay_copied_total`), the chunks of spliced
+//! sessions that found no pipe apart.
 //!
 //! No `unsafe`: `nix` wraps both system calls.
 
+use std::cell::{Cell, RefCell};
 use std::io;
 use std::os::fd::{AsFd, OwnedFd};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::task::{Context, Poll, ready};
 
 use nix::fcntl::{OFlag, SpliceFFlags, splice};
@@ -32,6 +57,8 @@ use tokio::io::Interest;
 use tokio::net::TcpStream;
 use tokio::sync::futures::Notified;
 
+use crate::bufpool::{BufPool, FreeList};
+use crate::limits::{PipeHeld, ProcessLimits};
 use crate::relay::{Op, Step, drive, other};
 
 /// A stream that may be a real TCP socket (which the splicing relay can use directly).
@@ -67,12 +94,119 @@ impl AsTcpStream for turmoil::net::TcpStream {}
 /// Most bytes moved into a pipe at once (the default pipe capacity, 16 pages).
 pub const CHUNK: usize = 64 * 1024;
 
-/// One direction: its pipe and progress.
-struct Direction {
+/// Empty pipes a worker's pool keeps for reuse (beyond them a pipe given back is closed).
+pub(crate) const PIPES_POOLED_MAX: usize = 256;
+
+/// Pipes [`PipePool::trim`] leaves in the pool however long they were unused.
+pub(crate) const PIPES_KEPT_WHEN_IDLE: usize = 8;
+
+/// An open pipe and its share of the process's pipe budget.
+pub(crate) struct Pipe {
     read_end: OwnedFd,
     write_end: OwnedFd,
+    _held: PipeHeld,
+}
+
+/// A worker's empty pipes (see the module doc). `!Send`, like the engine that owns it.
+pub(crate) struct PipePool {
+    limits: Arc<ProcessLimits>,
+    free: RefCell<FreeList<Pipe>>,
+    /// Pipes taken and not given back (holding a session's bytes in flight).
+    in_use: Cell<usize>,
+}
+
+impl PipePool {
+    /// An empty pool drawing on `limits`' pipe budget.
+    pub(crate) fn new(limits: Arc<ProcessLimits>) -> Self {
+        PipePool {
+            limits,
+            free: RefCell::default(),
+            in_use: Cell::new(0),
+        }
+    }
+
+    /// An empty pipe: a pooled one, else a new one within the budget; `None` when the budget is
+    /// spent or the pipe cannot be made (the file-descriptor limit): copy this chunk.
+    fn take(&self) -> Option<Pipe> {
+        let pipe = match self.free.borrow_mut().pop() {
+            Some(p) => p,
+            None => {
+                let held = self.limits.hold_pipe()?;
+                let (read_end, write_end) =
+                    nix::unistd::pipe2(OFlag::O_NONBLOCK | OFlag::O_CLOEXEC).ok()?;
+                Pipe {
+                    read_end,
+                    write_end,
+                    _held: held,
+                }
+            }
+        };
+        self.in_use.set(self.in_use.get() + 1);
+        Some(pipe)
+    }
+
+    /// Gives back a pipe taken with [`PipePool::take`]: pooled when `empty`, else closed.
+    fn give(&self, pipe: Pipe, empty: bool) {
+        self.in_use.set(self.in_use.get() - 1);
+        if empty {
+            self.free.borrow_mut().push_at_most(pipe, PIPES_POOLED_MAX);
+        }
+    }
+
+    /// Closes the pipes that stayed in the pool since the last call (down to
+    /// [`PIPES_KEPT_WHEN_IDLE`]); the worker's periodic sweep calls it.
+    pub(crate) fn trim(&self) {
+        self.free.borrow_mut().trim(PIPES_KEPT_WHEN_IDLE);
+    }
+
+    /// Closes every pooled pipe (the engine drained: no session will take one again).
+    pub(crate) fn close_pooled(&self) {
+        *self.free.borrow_mut() = FreeList::default();
+    }
+
+    /// Pipes holding a session's bytes now.
+    #[cfg(test)]
+    pub(crate) fn in_use(&self) -> usize {
+        self.in_use.get()
+    }
+
+    /// Whether every pooled pipe is empty (tests: a read of each must find nothing).
+    #[cfg(test)]
+    pub(crate) fn pooled_are_empty(&self) -> bool {
+        let mut byte = [0u8];
+        self.free.borrow().items().iter().all(|p| {
+            nix::unistd::read(p.read_end.as_fd(), &mut byte) == Err(nix::errno::Errno::EAGAIN)
+        })
+    }
+
+    /// Empty pipes in the pool now.
+    #[cfg(test)]
+    pub(crate) fn pooled(&self) -> usize {
+        self.free.borrow().len()
+    }
+}
+
+/// What a spliced session borrows from its worker.
+pub(crate) struct SpliceCtx<'a> {
+    /// Pipes, while bytes sit in them.
+    pub pipes: &'a PipePool,
+    /// Relay buffers, for a chunk that found no pipe.
+    pub buffers: &'a BufPool,
+    /// Counts those chunks.
+    pub chunks_copied: &'a AtomicU64,
+}
+
+/// One direction: where its bytes in flight sit, and its progress.
+struct Direction {
+    /// A pipe from the pool, held only while `buffered > 0`.
+    pipe: Option<Pipe>,
     /// Bytes in the pipe, not yet moved to the destination.
     buffered: usize,
+    /// A relay buffer (a chunk that found no pipe), held only while bytes `pos..len` of it are
+    /// unwritten.
+    copy: Option<Box<[u8]>>,
+    pos: usize,
+    len: usize,
     eof: bool,
     shutdown_wanted: bool,
     shutdown_done: bool,
@@ -81,17 +215,18 @@ struct Direction {
 }
 
 impl Direction {
-    fn new(from: Side) -> io::Result<Self> {
-        let (read_end, write_end) = nix::unistd::pipe2(OFlag::O_NONBLOCK | OFlag::O_CLOEXEC)?;
-        Ok(Direction {
-            read_end,
-            write_end,
+    fn new(from: Side) -> Self {
+        Direction {
+            pipe: None,
             buffered: 0,
+            copy: None,
+            pos: 0,
+            len: 0,
             eof: false,
             shutdown_wanted: false,
             shutdown_done: false,
             from,
-        })
+        }
     }
 
     fn poll_step(
@@ -99,29 +234,52 @@ impl Direction {
         cx: &mut Context<'_>,
         src: &TcpStream,
         dst: &TcpStream,
+        ctx: &SpliceCtx<'_>,
     ) -> Poll<Result<Step, Side>> {
         let to = other(self.from);
         let flags = SpliceFFlags::SPLICE_F_MOVE | SpliceFFlags::SPLICE_F_NONBLOCK;
-        while self.buffered > 0 {
-            if ready!(dst.poll_write_ready(cx)).is_err() {
-                return Poll::Ready(Err(to));
+        if let Some(pipe) = &self.pipe {
+            while self.buffered > 0 {
+                if ready!(dst.poll_write_ready(cx)).is_err() {
+                    return Poll::Ready(Err(to));
+                }
+                let moved = dst.try_io(Interest::WRITABLE, || {
+                    splice(
+                        pipe.read_end.as_fd(),
+                        None,
+                        dst.as_fd(),
+                        None,
+                        self.buffered,
+                        flags,
+                    )
+                    .map_err(io::Error::from)
+                });
+                match moved {
+                    Ok(0) => return Poll::Ready(Err(to)),
+                    Ok(n) => self.buffered -= n,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                    Err(_) => return Poll::Ready(Err(to)),
+                }
             }
-            let moved = dst.try_io(Interest::WRITABLE, || {
-                splice(
-                    self.read_end.as_fd(),
-                    None,
-                    dst.as_fd(),
-                    None,
-                    self.buffered,
-                    flags,
-                )
-                .map_err(io::Error::from)
-            });
-            match moved {
-                Ok(0) => return Poll::Ready(Err(to)),
-                Ok(n) => self.buffered -= n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                Err(_) => return Poll::Ready(Err(to)),
+            // Empty again: back to the pool.
+            if let Some(pipe) = self.pipe.take() {
+                ctx.pipes.give(pipe, true);
+            }
+        }
+        if let Some(buf) = &self.copy {
+            while self.pos < self.len {
+                if ready!(dst.poll_write_ready(cx)).is_err() {
+                    return Poll::Ready(Err(to));
+                }
+                match dst.try_write(&buf[self.pos..self.len]) {
+                    Ok(0) => return Poll::Ready(Err(to)),
+                    Ok(n) => self.pos += n,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                    Err(_) => return Poll::Ready(Err(to)),
+                }
+            }
+            if let Some(buf) = self.copy.take() {
+                ctx.buffers.give_relay(buf);
             }
         }
         if self.shutdown_wanted && !self.shutdown_done {
@@ -134,63 +292,94 @@ impl Direction {
             return Poll::Pending;
         }
         loop {
+            // Readable before anything is taken: a quiet direction holds nothing.
             if ready!(src.poll_read_ready(cx)).is_err() {
                 return Poll::Ready(Err(self.from));
             }
-            let read = src.try_io(Interest::READABLE, || {
-                splice(
-                    src.as_fd(),
-                    None,
-                    self.write_end.as_fd(),
-                    None,
-                    CHUNK,
-                    flags,
-                )
-                .map_err(io::Error::from)
-            });
-            match read {
-                Ok(0) => {
-                    self.eof = true;
-                    return Poll::Ready(Ok(Step::Eof));
+            if let Some(pipe) = ctx.pipes.take() {
+                let read = src.try_io(Interest::READABLE, || {
+                    splice(
+                        src.as_fd(),
+                        None,
+                        pipe.write_end.as_fd(),
+                        None,
+                        CHUNK,
+                        flags,
+                    )
+                    .map_err(io::Error::from)
+                });
+                match read {
+                    Ok(0) => {
+                        ctx.pipes.give(pipe, true);
+                        self.eof = true;
+                        return Poll::Ready(Ok(Step::Eof));
+                    }
+                    Ok(n) => {
+                        self.pipe = Some(pipe);
+                        self.buffered = n;
+                        return Poll::Ready(Ok(Step::Read(n)));
+                    }
+                    // Nothing moved: the pipe is still empty.
+                    Err(e) => {
+                        ctx.pipes.give(pipe, true);
+                        if e.kind() != io::ErrorKind::WouldBlock {
+                            return Poll::Ready(Err(self.from));
+                        }
+                    }
                 }
-                Ok(n) => {
-                    self.buffered = n;
-                    return Poll::Ready(Ok(Step::Read(n)));
+            } else {
+                let mut buf = ctx.buffers.take_relay();
+                match src.try_read(&mut buf) {
+                    Ok(0) => {
+                        ctx.buffers.give_relay(buf);
+                        self.eof = true;
+                        return Poll::Ready(Ok(Step::Eof));
+                    }
+                    Ok(n) => {
+                        ctx.chunks_copied.fetch_add(1, Relaxed);
+                        self.copy = Some(buf);
+                        (self.pos, self.len) = (0, n);
+                        return Poll::Ready(Ok(Step::Read(n)));
+                    }
+                    Err(e) => {
+                        ctx.buffers.give_relay(buf);
+                        if e.kind() != io::ErrorKind::WouldBlock {
+                            return Poll::Ready(Err(self.from));
+                        }
+                    }
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                Err(_) => return Poll::Ready(Err(self.from)),
             }
+        }
+    }
+
+    /// Gives back what the direction still holds when its session ends: a buffer to its pool,
+    /// a pipe closed when bytes are left in it (else pooled).
+    fn release(&mut self, ctx: &SpliceCtx<'_>) {
+        if let Some(pipe) = self.pipe.take() {
+            ctx.pipes.give(pipe, self.buffered == 0);
+        }
+        if let Some(buf) = self.copy.take() {
+            ctx.buffers.give_relay(buf);
         }
     }
 }
 
-/// The two pipes of a session, made before it starts relaying.
-pub struct Pipes([Direction; 2]);
-
-impl Pipes {
-    /// Two pipes; an error (the file descriptor limit) means: relay by copying.
-    pub fn new() -> io::Result<Self> {
-        Ok(Pipes([
-            Direction::new(Side::Downstream)?,
-            Direction::new(Side::Upstream)?,
-        ]))
-    }
-}
-
 /// Relays between `down` and `up` by splicing until the session closes (as
-/// [`crate::relay::relay`] does by copying).
-pub async fn relay_spliced(
+/// [`crate::relay::relay`] does by copying), with pipes and buffers borrowed from `ctx` while
+/// bytes are in flight (all given back when it returns).
+pub(crate) async fn relay_spliced(
     session: &mut TcpSession,
     down: &TcpStream,
     up: &TcpStream,
-    pipes: Pipes,
+    ctx: &SpliceCtx<'_>,
     drain_expired: Notified<'_>,
     on_timeout: &mut dyn FnMut(&mut TcpSession),
 ) -> CloseReason {
-    let [mut d2u, mut u2d] = pipes.0;
+    let mut d2u = Direction::new(Side::Downstream);
+    let mut u2d = Direction::new(Side::Upstream);
     let reason = drive(session, drain_expired, on_timeout, |cx, op| match op {
-        Op::Step(Side::Downstream) => d2u.poll_step(cx, down, up),
-        Op::Step(Side::Upstream) => u2d.poll_step(cx, up, down),
+        Op::Step(Side::Downstream) => d2u.poll_step(cx, down, up, ctx),
+        Op::Step(Side::Upstream) => u2d.poll_step(cx, up, down, ctx),
         Op::ShutdownWrite(Side::Upstream) => {
             d2u.shutdown_wanted = true;
             Poll::Pending
@@ -201,6 +390,8 @@ pub async fn relay_spliced(
         }
     })
     .await;
+    d2u.release(ctx);
+    u2d.release(ctx);
     // Complete any half-close the session asked for in its last step.
     if reason == CloseReason::Completed {
         for (dir, dst) in [(&d2u, up), (&u2d, down)] {
@@ -211,3 +402,6 @@ pub async fn relay_spliced(
     }
     reason
 }
+
+#[cfg(test)]
+mod tests;

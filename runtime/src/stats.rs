@@ -1284,20 +1284,28 @@ counters! {
         upstream_cx_connect_fail: AtomicU64, counter;
         /// Upstream connect attempts that timed out.
         upstream_cx_connect_timeout: AtomicU64, counter;
-        /// `tcp_proxy` sessions relayed by `splice(2)` (plaintext, on real sockets).
+        /// `tcp_proxy` sessions relayed by `splice(2)` (plaintext, on real sockets, `splice`
+        /// on), whether or not each chunk found a pipe.
         tcp_relay_spliced: AtomicU64, counter
             => Metric::counter(
                 "sluice_tcp_relay_spliced_total",
-                "tcp_proxy sessions relayed by splice(2), socket to pipe to socket in the kernel.",
+                "tcp_proxy sessions relayed by splice(2), socket to pipe to socket in the kernel (a chunk that finds no pipe is copied: sluice_tcp_relay_chunks_copied_total).",
             )
             .stats("server.tcp_relay_spliced");
-        /// `tcp_proxy` sessions relayed by copying (TLS, `splice: false`, no pipe available).
+        /// `tcp_proxy` sessions relayed by copying (TLS on either side, `splice: false`).
         tcp_relay_copied: AtomicU64, counter
             => Metric::counter(
                 "sluice_tcp_relay_copied_total",
-                "tcp_proxy sessions relayed by reading and writing (TLS, splice: false, or no pipe could be made).",
+                "tcp_proxy sessions relayed by reading and writing (TLS on either side, or splice: false).",
             )
             .stats("server.tcp_relay_copied");
+        /// Chunks of spliced sessions copied because no pipe was to be had.
+        tcp_relay_chunks_copied: AtomicU64, counter
+            => Metric::counter(
+                "sluice_tcp_relay_chunks_copied_total",
+                "Reads of spliced tcp_proxy sessions relayed by copying because no pipe was to be had (the process's pipe budget spent, or no pipe could be made).",
+            )
+            .stats("server.tcp_relay_chunks_copied");
         /// Bytes read from downstream connections.
         bytes_from_downstream: AtomicU64, counter;
         /// Bytes read from upstream connections.
