@@ -448,6 +448,8 @@ impl<N: Network> Engine<N> {
         shutdown.await;
         closer.abort();
         pool_sweeper.abort();
+        // The pool's pipes go back now, not after the drain (see `stop_pooling`).
+        self.pipes.stop_pooling();
         self.drain().await;
         // Every session ended: the pooled pipes' descriptors and budget go back now, not when
         // the last reference to this engine drops.

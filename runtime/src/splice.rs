@@ -33,8 +33,14 @@
 //!
 //! The pool is a `RefCell` on the worker's thread (no lock, no shared write per chunk: only a
 //! pipe made or closed writes the process's count), bounded by [`PIPES_POOLED_MAX`], trimmed by
-//! the worker's periodic sweep like [`BufPool`] down to [`PIPES_KEPT_WHEN_IDLE`], and closed
-//! once the engine drained.
+//! the worker's periodic sweep like [`BufPool`] down to [`PIPES_KEPT_WHEN_IDLE`], and emptied
+//! when the engine starts draining (a pipe given back during the drain is closed: the next
+//! generation gets its descriptors and budget at once). A pipe the kernel made smaller than
+//! [`CHUNK`] (a user past `pipe-user-pages-soft`) serves its chunk and is closed, never pooled.
+//!
+//! Known, not handled: urgent (`MSG_OOB`) data stops a spliced direction at the urgent mark —
+//! the socket→pipe splice keeps answering `EAGAIN` while the socket stays readable — until the
+//! session's idle timeout; only that session is affected (its own peer sent it).
 //!
 //! When it is used: a plaintext session on real sockets (both streams say so through
 //! [`AsTcpStream`]: never in the simulator, never over TLS, where the bytes must pass through
@@ -48,7 +54,7 @@ use std::cell::{Cell, RefCell};
 use std::io;
 use std::os::fd::{AsFd, OwnedFd};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::AtomicU64;
 use std::task::{Context, Poll, ready};
 
 use nix::fcntl::{OFlag, SpliceFFlags, splice};
@@ -104,6 +110,10 @@ pub(crate) const PIPES_KEPT_WHEN_IDLE: usize = 8;
 pub(crate) struct Pipe {
     read_end: OwnedFd,
     write_end: OwnedFd,
+    /// Whether it holds a whole [`CHUNK`]: the kernel makes smaller pipes for a user past
+    /// `pipe-user-pages-soft` (a sidecar not run as root, in a burst); such a pipe serves its
+    /// chunk and is closed, never pooled (each later chunk would take ~8× the splices).
+    full_size: bool,
     _held: PipeHeld,
 }
 
@@ -113,6 +123,9 @@ pub(crate) struct PipePool {
     free: RefCell<FreeList<Pipe>>,
     /// Pipes taken and not given back (holding a session's bytes in flight).
     in_use: Cell<usize>,
+    /// The engine is draining ([`PipePool::stop_pooling`]): a pipe given back is closed, so
+    /// that its descriptors and budget go to the next generation at once.
+    draining: Cell<bool>,
 }
 
 impl PipePool {
@@ -122,6 +135,7 @@ impl PipePool {
             limits,
             free: RefCell::default(),
             in_use: Cell::new(0),
+            draining: Cell::new(false),
         }
     }
 
@@ -134,9 +148,11 @@ impl PipePool {
                 let held = self.limits.hold_pipe()?;
                 let (read_end, write_end) =
                     nix::unistd::pipe2(OFlag::O_NONBLOCK | OFlag::O_CLOEXEC).ok()?;
+                let size = nix::fcntl::fcntl(&read_end, nix::fcntl::FcntlArg::F_GETPIPE_SZ);
                 Pipe {
                     read_end,
                     write_end,
+                    full_size: size.is_ok_and(|n| usize::try_from(n).unwrap_or(0) >= CHUNK),
                     _held: held,
                 }
             }
@@ -148,9 +164,18 @@ impl PipePool {
     /// Gives back a pipe taken with [`PipePool::take`]: pooled when `empty`, else closed.
     fn give(&self, pipe: Pipe, empty: bool) {
         self.in_use.set(self.in_use.get() - 1);
-        if empty {
+        if empty && pipe.full_size && !self.draining.get() {
             self.free.borrow_mut().push_at_most(pipe, PIPES_POOLED_MAX);
         }
+    }
+
+    /// The engine starts draining: the pooled pipes are closed now and a pipe given back from
+    /// here on is closed too — during a drain (up to `drain_timeout`) they would hold
+    /// descriptors and budget the next generation (or a reload that stopped splicing, whose
+    /// connection limit no longer leaves room for pipes) needs.
+    pub(crate) fn stop_pooling(&self) {
+        self.draining.set(true);
+        self.close_pooled();
     }
 
     /// Closes the pipes that stayed in the pool since the last call (down to
@@ -336,7 +361,7 @@ impl Direction {
                         return Poll::Ready(Ok(Step::Eof));
                     }
                     Ok(n) => {
-                        ctx.chunks_copied.fetch_add(1, Relaxed);
+                        crate::stats::bump(ctx.chunks_copied, 1);
                         self.copy = Some(buf);
                         (self.pos, self.len) = (0, n);
                         return Poll::Ready(Ok(Step::Read(n)));

@@ -248,7 +248,9 @@ fn a_slow_destination_keeps_its_pipe_or_buffer_until_drained_and_loses_no_byte()
             until_stalled(&sent).await;
             // The upstream reads nothing: the chunk the relay could not move on stays with it
             // (a pipe when splicing, a buffer when copying) — one, for the one busy direction.
+            // (Waited for: on a loaded machine the stall can be seen before the last chunk.)
             let want = if splice { (1, 0) } else { (0, 1) };
+            until("the stalled chunk held", || held(&engine) == want).await;
             assert_eq!(held(&engine), want, "splice: {splice}");
             // The upstream reads again: every byte arrives, in order, and the session lets go.
             stop.set(true);
@@ -385,4 +387,24 @@ fn half_closes_each_way_deliver_every_byte_then_complete_holding_nothing() {
             });
         }
     }
+}
+
+/// A draining engine pools no pipe: those pooled are closed at once and one given back is
+/// closed, so their descriptors and budget go to the next generation during the drain.
+#[test]
+fn a_draining_pool_closes_its_pipes_and_pools_none() {
+    let config = sluice_core::config::Config::from_yaml(
+        "listeners:\n  - { name: e, address: 127.0.0.1:1, echo: {} }\n",
+    )
+    .unwrap();
+    let limits = std::sync::Arc::new(crate::limits::ProcessLimits::new(&config));
+    limits.set_pipes_max(8);
+    let pool = super::PipePool::new(limits.clone());
+    let (a, b) = (pool.take().unwrap(), pool.take().unwrap());
+    pool.give(a, true);
+    assert_eq!((pool.pooled(), limits.pipes_open()), (1, 2));
+    pool.stop_pooling();
+    assert_eq!((pool.pooled(), limits.pipes_open()), (0, 1));
+    pool.give(b, true);
+    assert_eq!((pool.pooled(), limits.pipes_open()), (0, 0));
 }
