@@ -456,7 +456,6 @@ fn filter_chain(
     let filters = take(&mut rest.filters);
     reject_rest(&rest, at)?;
     let mut terminal = None;
-    let mut metadata_exchange = false;
     for (i, f) in filters.iter().enumerate() {
         let f_at = at.field("filters").index(i);
         let named = At {
@@ -477,8 +476,7 @@ fn filter_chain(
             || any.type_url == TcpProxy::type_url();
         if !is_terminal {
             // Istio's metadata exchange, stats, and RBAC that denies nothing: ignored, noted.
-            metadata_exchange |= super::network_filters::before_terminal(any, &named, notes)?
-                == super::network_filters::Terminal::MetadataExchange;
+            super::network_filters::before_terminal(any, &named, notes)?;
             continue;
         }
         terminal = Some(if any.type_url == HttpConnectionManager::type_url() {
@@ -499,15 +497,15 @@ fn filter_chain(
         at.field("filters")
             .error("no http_connection_manager or tcp_proxy")
     })?;
-    if metadata_exchange {
-        never_negotiate_metadata_exchange(tls.as_mut(), at, notes);
-    }
+    // With the exchange filter or without, a client that agreed on its ALPN would write its
+    // metadata header into the stream.
+    never_negotiate_metadata_exchange(tls.as_mut(), at, notes);
     Ok((key, value, tls))
 }
 
-/// A chain whose metadata exchange filter is ignored must not negotiate its ALPN: with
-/// `istio-peer-exchange` agreed, the client's filter would write its metadata header into the
-/// stream and wait for ours (see [`super::network_filters`]). That ALPN is dropped from the
+/// A chain never negotiates Istio's metadata-exchange ALPN: with `istio-peer-exchange` agreed,
+/// the client's filter would write its metadata header into the stream and wait for ours,
+/// which Sluice does not speak (see [`super::network_filters`]). That ALPN is dropped from the
 /// chain's TLS offer, and `istio` (which Istio's clients offer beside it) is offered in its
 /// place when missing, so a mesh client still agrees on one; noted.
 fn never_negotiate_metadata_exchange(tls: Option<&mut Value>, at: &At<'_>, notes: &mut Notes) {

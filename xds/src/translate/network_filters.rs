@@ -8,10 +8,10 @@
 //!   others this one *would* change the bytes: when TLS negotiates ALPN
 //!   `istio-peer-exchange`, each side writes a metadata header into the stream first (a magic
 //!   number, a length, a protobuf `Any`) and reads the other's. Sluice speaks no metadata
-//!   exchange, so the chain must never negotiate that ALPN: [`Terminal::MetadataExchange`]
-//!   tells the listener translation to drop `istio-peer-exchange` from the chain's TLS ALPN
-//!   (offering `istio` in its place, which Istio's clients offer beside it); the client's
-//!   filter then does no exchange, as with any peer that does not negotiate it;
+//!   exchange, so no chain ever negotiates that ALPN (with this filter or without): the
+//!   listener translation drops `istio-peer-exchange` from every chain's TLS ALPN (offering
+//!   `istio` in its place, which Istio's clients offer beside it); the client's filter then
+//!   does no exchange, as with any peer that does not negotiate it;
 //! - Istio's stats filter (`istio.stats`: `stats.PluginConfig`, itself or in a
 //!   `TypedStruct`, whatever the filter's name);
 //! - `envoy.filters.network.wasm` running Istio's stats plugin (`root_id` `stats_inbound` /
@@ -55,36 +55,23 @@ fn real_type(any: &Any) -> String {
     }
 }
 
-/// What a filter before the terminal one was (when accepted).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(super) enum Terminal {
-    /// Istio's TCP metadata exchange: ignored, but the chain must not negotiate its ALPN.
-    MetadataExchange,
-    /// Telemetry, or an RBAC filter that denies nothing: ignored.
-    Ignored,
-}
-
-/// Checks a filter placed before the terminal one (`named`: its path with its name): what it
-/// was when it is ignored (noted) or an RBAC that denies nothing; `Err` otherwise.
+/// Checks a filter placed before the terminal one (`named`: its path with its name): `Ok`
+/// when it is ignored (noted) or an RBAC that denies nothing; `Err` otherwise.
 pub(super) fn before_terminal(
     any: &Any,
     named: &At<'_>,
     notes: &mut Notes,
-) -> Result<Terminal, TranslateError> {
+) -> Result<(), TranslateError> {
     let real = real_type(any);
-    if real == METADATA_EXCHANGE {
+    if real == METADATA_EXCHANGE || real == ISTIO_STATS {
         named.note(notes, "");
-        return Ok(Terminal::MetadataExchange);
-    }
-    if real == ISTIO_STATS {
-        named.note(notes, "");
-        return Ok(Terminal::Ignored);
+        return Ok(());
     }
     if any.type_url == Wasm::type_url() {
         let w: Wasm = unpack(any, named)?;
         if is_istio_stats_wasm(&w) {
             named.note(notes, "");
-            return Ok(Terminal::Ignored);
+            return Ok(());
         }
         return Err(
             named.error("unsupported (a Wasm network filter other than Istio's stats plugin)")
@@ -92,7 +79,7 @@ pub(super) fn before_terminal(
     }
     if any.type_url == Rbac::type_url() {
         let r: Rbac = unpack(any, named)?;
-        return rbac(r, &named.field("typed_config"), notes).map(|()| Terminal::Ignored);
+        return rbac(r, &named.field("typed_config"), notes);
     }
     Err(named.error(
         "unsupported before the terminal filter (only Istio's metadata exchange and stats, \

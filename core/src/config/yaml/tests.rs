@@ -1067,6 +1067,19 @@ clusters:
           a client that negotiated it would be answered in Bolt"
         ]
     );
+    // Istio's metadata-exchange ALPN, on any listener (here a `tcp_proxy` one): never offered.
+    let exchange = text.replace(
+        "127.0.0.1:8447, tls: { certificates: [ { cert_chain: a.pem, private_key: a.key } ] }",
+        "127.0.0.1:8447, tls: { certificates: [ { cert_chain: a.pem, private_key: a.key } ], alpn: [istio-peer-exchange, istio] }",
+    );
+    assert_eq!(
+        errors(&exchange),
+        [
+            "listeners[4].tls.alpn: \"istio-peer-exchange\" is negotiated, not a marker: an Istio \
+          client that agreed on it would write its metadata-exchange header into the stream, \
+          which Sluice does not speak (offer \"istio\" instead)"
+        ]
+    );
 }
 
 #[test]

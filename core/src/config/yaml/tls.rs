@@ -57,6 +57,13 @@ pub(super) fn decode_listener_tls(
                 None => None,
             };
             let offending = match served {
+                // Agreed, it makes an Istio client write its metadata-exchange header into
+                // the stream, which Sluice would pass on as the application's bytes.
+                _ if list.iter().any(|id| id == ISTIO_PEER_EXCHANGE_ALPN) => Some(format!(
+                    "{ISTIO_PEER_EXCHANGE_ALPN:?} is negotiated, not a marker: an Istio client \
+                     that agreed on it would write its metadata-exchange header into the \
+                     stream, which Sluice does not speak (offer \"istio\" instead)"
+                )),
                 Some((served, codec)) => {
                     list.iter()
                         .find(|p| !served.contains(&p.as_str()))
