@@ -21,7 +21,7 @@
 //! | direction | message | descriptors |
 //! |---|---|---|
 //! | new → old | `{"v":1,"type":"upgrade","pid":P}` | |
-//! | old → new | `{"v":1,"type":"offer","workers":W,"listeners":[{"address":"A","fds":K},...],"admin":"A"\|null,"health":[{"cluster":C,"host":A,"transport":N\|null,"healthy":B},...],"tickets":[{"listener":ID,"keys":[{"name":HEX,"secret":HEX,"created":T},...]},...]}` | every listener's K sockets in order, then the admin socket |
+//! | old → new | `{"v":1,"type":"offer","workers":W,"listeners":[{"address":"A","fds":K},...],"admin":"A"\|null,"health":[{"cluster":C,"host":A,"transport":"NAME"\|null,"healthy":B},...],"tickets":[{"listener":ID,"keys":[{"name":HEX,"secret":HEX,"created":T},...]},...]}` | every listener's K sockets in order, then the admin socket |
 //! | old → new | `{"v":1,"type":"refused","reason":"..."}` (then closes) | |
 //! | new → old | `{"v":1,"type":"serving"}` | |
 //! | old → new | `{"v":1,"type":"draining"}` (the acknowledgement) | |
@@ -1168,13 +1168,18 @@ fn parse_offer(v: &Value, fds: Vec<OwnedFd>) -> Result<Inherited, String> {
         .map(|list| {
             list.iter()
                 .filter_map(|h| {
+                    // Absent: an older instance (the host of that address, if one); null: the
+                    // cluster's own `tls`; a name: that entry; anything else: skipped.
+                    let transport = match h.get("transport") {
+                        None => None,
+                        Some(Value::Null) => Some(None),
+                        Some(Value::String(name)) => Some(Some(name.clone())),
+                        Some(_) => return None,
+                    };
                     Some((
                         h.get("cluster")?.as_str()?.to_owned(),
                         h.get("host")?.as_str()?.parse().ok()?,
-                        // Absent (an older instance) or null: the cluster's own `tls`.
-                        h.get("transport")
-                            .and_then(Value::as_str)
-                            .map(str::to_owned),
+                        transport,
                         h.get("healthy")?.as_bool()?,
                     ))
                 })

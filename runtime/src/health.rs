@@ -67,9 +67,10 @@ fn verdict_word(epoch: u32, healthy: bool) -> u64 {
 }
 
 /// A health verdict handed to a new instance at an upgrade: (cluster name, host address, the
-/// host's pick of `transport_socket_matches` by entry name — `None`: the cluster's own `tls` —,
-/// healthy).
-pub type HandedVerdict = (String, std::net::SocketAddr, Option<String>, bool);
+/// host's pick of `transport_socket_matches` by entry name — `Some(None)`: the cluster's own
+/// `tls`; `None`: not said, an instance from before picks were handed over, whose verdict goes
+/// to the one host of that address —, healthy).
+pub type HandedVerdict = (String, std::net::SocketAddr, Option<Option<String>>, bool);
 
 /// Health verdicts shared by the workers of one process. See the module doc.
 #[derive(Debug)]
@@ -196,7 +197,10 @@ impl SharedHealth {
             }
             let c = &config.clusters[ci];
             let mut same = c.hosts.iter().enumerate().filter(|(_, h)| {
-                h.address == *host && c.transport_name(c.host_transport(h)) == transport.as_deref()
+                h.address == *host
+                    && transport
+                        .as_ref()
+                        .is_none_or(|t| c.transport_name(c.host_transport(h)) == t.as_deref())
             });
             if let (Some((hi, _)), None) = (same.next(), same.next()) {
                 self.clusters[ci].healthy[hi].store(verdict_word(0, *healthy), Relaxed);
@@ -221,7 +225,7 @@ impl SharedHealth {
                         out.push((
                             c.name.clone(),
                             h.address,
-                            name(h.transport),
+                            Some(name(h.transport)),
                             word == verdict_word(view.epochs[hi], true),
                         ));
                     }
@@ -232,7 +236,7 @@ impl SharedHealth {
                 out.push((
                     c.name.clone(),
                     h.address,
-                    name(c.host_transport(h)),
+                    Some(name(c.host_transport(h))),
                     self.clusters[ci].healthy[hi].load(Relaxed) & 1 == 1,
                 ));
             }
@@ -1212,8 +1216,13 @@ clusters:
         assert_eq!(
             handed,
             [
-                ("a".to_owned(), addr(2), Some("mtls".to_owned()), true),
-                ("a".to_owned(), addr(3), Some("plain".to_owned()), true)
+                ("a".to_owned(), addr(2), Some(Some("mtls".to_owned())), true),
+                (
+                    "a".to_owned(),
+                    addr(3),
+                    Some(Some("plain".to_owned())),
+                    true
+                )
             ]
         );
         // The new instance: entries reordered; 2 lost its label (now plaintext: another
@@ -1230,6 +1239,12 @@ clusters:
             "2 now plaintext: not the host the verdict was for"
         );
         assert!(new.is_healthy(0, 1), "3: same address, same entry");
+        // From an instance that handed no pick over (an older build): the verdict goes to the
+        // one host of its address, whatever its pick.
+        let older = [("a".to_owned(), addr(2), None, true)];
+        let fresh = SharedHealth::new(&config);
+        fresh.seed(&config, &older);
+        assert!(fresh.is_healthy(0, 0), "2: the one host of that address");
     }
 
     fn http_head_done(b: &[u8]) -> bool {
