@@ -175,6 +175,29 @@ fn an_idle_spliced_session_holds_no_pipe_and_no_buffer() {
     });
 }
 
+/// Small request/response messages are copied (a splice costs more for them), bulk bytes are
+/// spliced: a session of small round trips never takes a pipe, and one large transfer does.
+#[test]
+fn small_messages_are_copied_and_bulk_bytes_spliced() {
+    on_local_runtime(async {
+        let (up, up_at) = bound();
+        spawn_local(echo_upstream(up));
+        let (engine, at) = proxy(true, up_at);
+        let (mut r, mut w) = TcpStream::connect(at).await.unwrap().into_split();
+        for _ in 0..20 {
+            w = round_trip(&mut r, w, 200).await;
+        }
+        assert_eq!(engine.limits.pipes_open(), 0, "no pipe for small messages");
+        assert_eq!(engine.stats.tcp_relay_chunks_copied.load(Relaxed), 0);
+        let _w = round_trip(&mut r, w, 4 << 20).await;
+        assert!(
+            engine.pipes.pooled() >= 1,
+            "the bulk bytes went through pipes"
+        );
+        assert_eq!(held(&engine), (0, 0));
+    });
+}
+
 #[test]
 fn an_idle_copied_session_holds_no_buffer() {
     on_local_runtime(async {
