@@ -1184,8 +1184,8 @@ clusters:
         assert_eq!(
             verdicts,
             [
-                ("a".to_owned(), addr(1), None, true),
-                ("a".to_owned(), addr(3), None, true)
+                ("a".to_owned(), addr(1), Some(None), true),
+                ("a".to_owned(), addr(3), Some(None), true)
             ]
         );
     }

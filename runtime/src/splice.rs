@@ -252,10 +252,22 @@ struct Direction {
 /// each splice moves at least this much, and copies again once one moves less.
 pub const SPLICE_FROM: usize = crate::relay::BUFFER_SIZE / 2;
 
+#[cfg(test)]
+thread_local! {
+    /// Tests of what happens to a pipe (a stall, a failed destination) make every direction
+    /// bulk from its first chunk, so that the chunk in flight at the stall is in a pipe
+    /// whatever sizes the reads had on a loaded machine.
+    pub(crate) static SPLICE_EVERY_CHUNK: Cell<bool> = const { Cell::new(false) };
+}
+
 impl Direction {
     fn new(from: Side) -> Self {
+        #[cfg(test)]
+        let every_chunk = SPLICE_EVERY_CHUNK.get();
+        #[cfg(not(test))]
+        let every_chunk = false;
         Direction {
-            bulk: false,
+            bulk: every_chunk,
             pipe: None,
             buffered: 0,
             copy: None,
@@ -359,7 +371,11 @@ impl Direction {
                     Ok(n) => {
                         self.pipe = Some(pipe);
                         self.buffered = n;
-                        self.bulk = n >= SPLICE_FROM;
+                        #[cfg(test)]
+                        let every_chunk = SPLICE_EVERY_CHUNK.get();
+                        #[cfg(not(test))]
+                        let every_chunk = false;
+                        self.bulk = every_chunk || n >= SPLICE_FROM;
                         return Poll::Ready(Ok(Step::Read(n)));
                     }
                     // Nothing moved: the pipe is still empty.

@@ -1289,7 +1289,7 @@ counters! {
         tcp_relay_spliced: AtomicU64, counter
             => Metric::counter(
                 "sluice_tcp_relay_spliced_total",
-                "tcp_proxy sessions relayed by splice(2), socket to pipe to socket in the kernel (a chunk that finds no pipe is copied: sluice_tcp_relay_chunks_copied_total).",
+                "tcp_proxy sessions relayed by splice(2) for their bulk bytes, socket to pipe to socket in the kernel (small messages are copied; a bulk chunk that finds no pipe too: sluice_tcp_relay_chunks_copied_total).",
             )
             .stats("server.tcp_relay_spliced");
         /// `tcp_proxy` sessions relayed by copying (TLS on either side, `splice: false`).
@@ -1299,11 +1299,11 @@ counters! {
                 "tcp_proxy sessions relayed by reading and writing (TLS on either side, or splice: false).",
             )
             .stats("server.tcp_relay_copied");
-        /// Chunks of spliced sessions copied because no pipe was to be had.
+        /// Bulk chunks of spliced sessions copied because no pipe was to be had.
         tcp_relay_chunks_copied: AtomicU64, counter
             => Metric::counter(
                 "sluice_tcp_relay_chunks_copied_total",
-                "Reads of spliced tcp_proxy sessions relayed by copying because no pipe was to be had (the process's pipe budget spent, or no pipe could be made).",
+                "Bulk reads of spliced tcp_proxy sessions relayed by copying because no pipe was to be had (the process's pipe budget spent, or no pipe could be made); small messages, copied by choice, are not counted.",
             )
             .stats("server.tcp_relay_chunks_copied");
         /// Bytes read from downstream connections.

@@ -258,6 +258,7 @@ async fn until_stalled(sent: &Cell<usize>) {
 
 #[test]
 fn a_slow_destination_keeps_its_pipe_or_buffer_until_drained_and_loses_no_byte() {
+    super::SPLICE_EVERY_CHUNK.set(true);
     for splice in [true, false] {
         on_local_runtime(async {
             let (up, up_at) = bound();
@@ -289,6 +290,7 @@ fn a_slow_destination_keeps_its_pipe_or_buffer_until_drained_and_loses_no_byte()
 
 #[test]
 fn a_pipe_left_holding_bytes_by_a_failed_destination_is_closed_not_pooled() {
+    super::SPLICE_EVERY_CHUNK.set(true);
     on_local_runtime(async {
         let (up, up_at) = bound();
         let (engine, at) = proxy(true, up_at);
