@@ -831,7 +831,13 @@ impl Shared {
                 .health
                 .iter()
                 .map(|(c, h, t, ok)| {
-                    json!({"cluster": c, "host": h.to_string(), "transport": t, "healthy": ok})
+                    let mut v = json!({"cluster": c, "host": h.to_string(), "healthy": ok});
+                    // Not said (`None`): the key is left out, as an older instance sends it;
+                    // `null` is the cluster's own `tls`.
+                    if let Some(t) = t {
+                        v["transport"] = json!(t);
+                    }
+                    v
                 })
                 .collect::<Vec<_>>(),
             "tickets": offer.tickets.iter().map(tickets_json).collect::<Vec<_>>(),

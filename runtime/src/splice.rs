@@ -7,8 +7,9 @@
 //! EOF and error, and asks for the same half-closes; only how bytes move differs.
 //!
 //! **Splice for bulk bytes only** (HAProxy's `splice-auto`): a direction copies (through a relay
-//! buffer borrowed per chunk, as below) until a read fills the buffer, then splices while each
-//! splice moves at least [`SPLICE_FROM`] bytes — a small message costs less copied than spliced.
+//! buffer borrowed per chunk, as below) until two reads in a row fill the buffer, then splices
+//! while each splice moves at least [`SPLICE_FROM`] bytes — a small message costs less copied
+//! than spliced.
 //!
 //! **Pipes only while bytes sit in them** (HAProxy's way). A bulk direction waits for its source's
 //! read readiness holding nothing; once readable it takes an empty pipe from the worker's pool
@@ -156,7 +157,8 @@ impl PipePool {
                 Pipe {
                     read_end,
                     write_end,
-                    full_size: size.is_ok_and(|n| usize::try_from(n).unwrap_or(0) >= CHUNK),
+                    // A kernel without F_GETPIPE_SZ (before 2.6.35) predates small pipes too.
+                    full_size: size.map_or(true, |n| usize::try_from(n).unwrap_or(0) >= CHUNK),
                     _held: held,
                 }
             }
@@ -243,13 +245,16 @@ struct Direction {
     from: Side,
     /// Bulk bytes are flowing: the next chunk goes by splice (see [`SPLICE_FROM`]).
     bulk: bool,
+    /// The last copied read filled its buffer (two in a row make a direction bulk).
+    last_read_full: bool,
 }
 
 /// When a direction splices (HAProxy's `splice-auto`): a splice costs more system-call work
 /// than a copy for a small message (two splices and a pipe against one read and one write
-/// into a warm buffer: ~12 % more proxy CPU per request/response on loopback), and less for
-/// bulk bytes. A direction copies until a read fills the relay buffer, then splices while
-/// each splice moves at least this much, and copies again once one moves less.
+/// into a warm buffer: in one loopback run, 74k requests per proxy CPU-second spliced against
+/// 91k copied — BENCHMARKS.md), and less for bulk bytes. A direction copies until two reads in a row fill the relay buffer (HAProxy's
+/// "streamer": one full read may be a single 32–48 KiB message), then splices while each splice
+/// moves at least this much, and copies again once one moves less.
 pub const SPLICE_FROM: usize = crate::relay::BUFFER_SIZE / 2;
 
 #[cfg(test)]
@@ -268,6 +273,7 @@ impl Direction {
         let every_chunk = false;
         Direction {
             bulk: every_chunk,
+            last_read_full: false,
             pipe: None,
             buffered: 0,
             copy: None,
@@ -399,7 +405,9 @@ impl Direction {
                             // Bulk bytes that found no pipe.
                             crate::stats::bump(ctx.chunks_copied, 1);
                         }
-                        self.bulk = n == buf.len();
+                        let full = n == buf.len();
+                        self.bulk = full && self.last_read_full;
+                        self.last_read_full = full;
                         self.copy = Some(buf);
                         (self.pos, self.len) = (0, n);
                         return Poll::Ready(Ok(Step::Read(n)));

@@ -722,7 +722,7 @@ counters! {
         downstream_cx_first_byte_timeout: AtomicU64, counter
             => Metric::counter(
                 "sluice_downstream_cx_first_byte_timeout_total",
-                "HTTP connections closed: no byte within request_headers_timeout of the accept.",
+                "HTTP connections closed: no byte within request_headers_timeout of the accept (on a listener with filter chains, of the chain's pick).",
             )
             .stats("downstream_cx_first_byte_timeout")
             .stats_for(Shown::HttpListeners);
@@ -1272,7 +1272,7 @@ counters! {
         downstream_cx_first_byte_timeout: AtomicU64, counter
             => Metric::stats_counter(
                 "server.downstream_cx_first_byte_timeout",
-                "HTTP connections closed: no byte within request_headers_timeout of the accept, all listeners.",
+                "HTTP connections closed: no byte within request_headers_timeout of the accept (or of the filter chain's pick), all listeners.",
             );
         /// Accept calls that failed.
         accept_errors: AtomicU64, counter

@@ -499,16 +499,21 @@ fn filter_chain(
     })?;
     // With the exchange filter or without, a client that agreed on its ALPN would write its
     // metadata header into the stream.
-    never_negotiate_metadata_exchange(tls.as_mut(), at, notes);
+    never_negotiate_metadata_exchange(tls.as_mut(), key == "tcp_proxy", at, notes);
     Ok((key, value, tls))
 }
 
 /// A chain never negotiates Istio's metadata-exchange ALPN: with `istio-peer-exchange` agreed,
 /// the client's filter would write its metadata header into the stream and wait for ours,
 /// which Sluice does not speak (see [`super::network_filters`]). That ALPN is dropped from the
-/// chain's TLS offer, and `istio` (which Istio's clients offer beside it) is offered in its
-/// place when missing, so a mesh client still agrees on one; noted.
-fn never_negotiate_metadata_exchange(tls: Option<&mut Value>, at: &At<'_>, notes: &mut Notes) {
+/// chain's TLS offer and, on a TCP chain (`tcp`), `istio` (which Istio's clients offer beside
+/// it) is offered in its place when missing, so a mesh client still agrees on one; noted.
+fn never_negotiate_metadata_exchange(
+    tls: Option<&mut Value>,
+    tcp: bool,
+    at: &At<'_>,
+    notes: &mut Notes,
+) {
     let Some(alpn) = tls
         .and_then(|t| t.get_mut("alpn"))
         .and_then(Value::as_array_mut)
@@ -520,7 +525,9 @@ fn never_negotiate_metadata_exchange(tls: Option<&mut Value>, at: &At<'_>, notes
     if alpn.len() == before {
         return;
     }
-    if !alpn.iter().any(|p| p == "istio") {
+    // A TCP chain offers `istio` in its place (a mesh client offers both); an HTTP chain
+    // offers only what its codec serves.
+    if tcp && !alpn.iter().any(|p| p == "istio") {
         alpn.insert(0, json!("istio"));
     }
     at.note(
