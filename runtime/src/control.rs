@@ -1396,6 +1396,42 @@ mod tests {
         d
     }
 
+    /// Health verdicts survive the hand-over as sent: a named pick, `null` (the cluster's own
+    /// `tls`) and a pick not said (an older instance's form: the key left out) each parse back
+    /// to what was offered.
+    #[test]
+    fn handed_verdicts_parse_back_as_offered() {
+        let path = temp_path("verdicts");
+        let listener = crate::net::bind_reuseport("127.0.0.1:0".parse().unwrap(), 16).unwrap();
+        let address = listener.local_addr().unwrap();
+        let host: SocketAddr = "127.0.0.1:9".parse().unwrap();
+        let verdicts = vec![
+            ("a".to_owned(), host, Some(Some("mtls".to_owned())), true),
+            ("b".to_owned(), host, Some(None), false),
+            ("c".to_owned(), host, None, true),
+        ];
+        let offered = verdicts.clone();
+        ControlSocket::bind(&path)
+            .unwrap()
+            .serve(
+                move || {
+                    Ok(HandoverOffer {
+                        health: offered.clone(),
+                        tickets: Vec::new(),
+                        workers: 1,
+                        listeners: vec![(address, vec![OwnedFd::from(listener.try_clone()?)])],
+                        admin: None,
+                    })
+                },
+                move || None,
+                T,
+            )
+            .unwrap();
+        let upgrade = request_upgrade(&path, T).unwrap();
+        assert_eq!(upgrade.inherited.health, verdicts);
+        let _ = std::fs::remove_file(&path);
+    }
+
     fn temp_path(name: &str) -> PathBuf {
         static N: AtomicU64 = AtomicU64::new(0);
         let n = N.fetch_add(1, Ordering::Relaxed);
