@@ -524,6 +524,78 @@ clusters: []
     }
 }
 
+/// `max_version`, `ecdh_curves` and resumption switched off, seen from OpenSSL: the version
+/// and group negotiated are the pinned ones, a client that offers nothing in common is
+/// refused with an alert, and a listener without tickets and cache resumes nothing — TLS 1.3
+/// nor 1.2 — while one with the defaults resumes both.
+#[test]
+fn tls_params_pin_version_and_group_and_resumption_can_be_turned_off() {
+    if !require_peers(&["openssl"]) {
+        return;
+    }
+    let dir = TempDir::new("tls-params");
+    let ca = make_ca(&dir, "ca");
+    let (cert, key) = leaf(&dir, &ca, "svc", &["svc.example"], None);
+    let [pinned, no_resume, defaults] = [free_port(), free_port(), free_port()];
+    let certs = format!(
+        "certificates: [ {{ cert_chain: {}, private_key: {} }} ]",
+        p(&cert),
+        p(&key)
+    );
+    // HTTP listeners that answer and close (`Connection: close`): `s_client_request` reads
+    // until then, TLS 1.3 tickets included.
+    let http = r#"http: { virtual_hosts: [ { name: v, domains: ["*"], routes: [ { match: { prefix: / }, direct_response: { status: 200, body: "ok" } } ] } ] }"#;
+    let config = format!(
+        r#"
+listeners:
+  - name: pinned
+    address: 127.0.0.1:{pinned}
+    tls: {{ {certs}, max_version: 1.2, ecdh_curves: [P-256] }}
+    {http}
+  - name: no_resume
+    address: 127.0.0.1:{no_resume}
+    tls: {{ {certs}, session_tickets: false, session_cache: false }}
+    {http}
+  - name: defaults
+    address: 127.0.0.1:{defaults}
+    tls: {{ {certs} }}
+    {http}
+clusters: []
+"#
+    );
+    let _s = start_sluice(&dir, &config, 1, addr(pinned));
+    let (ok, text) = s_client(pinned, &["-brief"]);
+    assert!(ok, "{text}");
+    assert!(text.contains("Protocol version: TLSv1.2"), "{text}");
+    assert!(text.contains("prime256v1"), "not P-256:\n{text}");
+    let (ok, text) = s_client(pinned, &["-brief", "-groups", "X25519"]);
+    assert!(!ok && text.contains("alert"), "X25519 only:\n{text}");
+    let (ok, text) = s_client(pinned, &["-brief", "-tls1_3"]);
+    assert!(!ok && text.contains("alert"), "TLS 1.3 only:\n{text}");
+
+    // Resumption, per version: the first connection writes its session (and TLS 1.3 tickets,
+    // read after the handshake), the second offers it.
+    let resumed = |port: u16, version: &str| {
+        let session = dir.path().join(format!("session-{port}{version}.pem"));
+        let (ok, text) = s_client_request(port, &[version, "-sess_out", p(&session)]);
+        assert!(ok, "{text}");
+        if !session.exists() {
+            // TLS 1.3 with no ticket sent: OpenSSL has no session to write, nothing to offer.
+            return false;
+        }
+        let (ok, text) = s_client_request(port, &[version, "-sess_in", p(&session)]);
+        assert!(ok, "{text}");
+        text.lines().any(|l| l.starts_with("Reused, "))
+    };
+    for version in ["-tls1_3", "-tls1_2"] {
+        assert!(
+            resumed(defaults, version),
+            "defaults {version}: not resumed"
+        );
+        assert!(!resumed(no_resume, version), "no_resume {version}: resumed");
+    }
+}
+
 /// A client stuck in its TLS handshake does not hold a stopping proxy past its drain timeout
 /// (the handshake watched nothing, and the session then started after the drain deadline had
 /// been announced, so it escaped the drain for good).

@@ -60,7 +60,9 @@ use rustls::{
     CertificateError, ClientConfig, DigitallySignedStruct, DistinguishedName, Error,
     PeerIncompatible, RootCertStore, ServerConfig, SignatureScheme,
 };
-use sluice_core::config::tls::{ListenerTls, MAX_PEM_BYTES, Pem, TlsVersion, UpstreamTls};
+use sluice_core::config::tls::{
+    EcdhCurve, ListenerTls, MAX_PEM_BYTES, Pem, TlsVersion, UpstreamTls,
+};
 use sluice_core::config::{ClusterConfig, Config, ConfigError, HealthProbe};
 use sluice_core::tls::pem::{San, parse_certificates, parse_chain, parse_key, subject_alt_names};
 pub use tokio_rustls::{TlsAcceptor, TlsConnector};
@@ -71,6 +73,17 @@ use crate::tls_certs::CertFile;
 /// The crypto provider every TLS context uses.
 fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::aws_lc_rs::default_provider())
+}
+
+/// The provider's key exchange group for a configured curve.
+fn kx_group(curve: EcdhCurve) -> &'static dyn rustls::crypto::SupportedKxGroup {
+    use rustls::crypto::aws_lc_rs::kx_group;
+    match curve {
+        EcdhCurve::X25519 => kx_group::X25519,
+        EcdhCurve::P256 => kx_group::SECP256R1,
+        EcdhCurve::P384 => kx_group::SECP384R1,
+        EcdhCurve::X25519MlKem768 => kx_group::X25519MLKEM768,
+    }
 }
 
 /// Builds every TLS listener's context once, to report every problem of the files with its
@@ -916,9 +929,13 @@ pub fn acceptors(
                     .map_err(|e| format!("{path}: {e}"))?;
                 server_config(tls, path)
                     .map(|mut c| {
-                        c.ticketer = ticketer;
-                        if let Some(p) = previous
+                        if tls.session_tickets {
+                            c.ticketer = ticketer;
+                        }
+                        if tls.session_cache
+                            && let Some(p) = previous
                             && let Some(Some(old)) = p.acceptors.get(i)
+                            && old.config().session_storage.can_cache()
                             && p.identities.get(i).and_then(Option::as_deref)
                                 == Some(identity.as_str())
                         {
@@ -996,9 +1013,19 @@ pub fn server_config(tls: &ListenerTls, path: &str) -> Result<ServerConfig, Vec<
     if !errors.is_empty() {
         return Err(errors);
     }
-    let versions: &[&rustls::SupportedProtocolVersion] = match tls.min_version {
-        TlsVersion::Tls12 => &[&rustls::version::TLS13, &rustls::version::TLS12],
-        TlsVersion::Tls13 => &[&rustls::version::TLS13],
+    let versions: &[&rustls::SupportedProtocolVersion] = match (tls.min_version, tls.max_version) {
+        (TlsVersion::Tls12, TlsVersion::Tls13) => {
+            &[&rustls::version::TLS13, &rustls::version::TLS12]
+        }
+        (TlsVersion::Tls12, TlsVersion::Tls12) => &[&rustls::version::TLS12],
+        (TlsVersion::Tls13, _) => &[&rustls::version::TLS13],
+    };
+    let provider = if tls.ecdh_curves.is_empty() {
+        provider
+    } else {
+        let mut p = (*provider).clone();
+        p.kx_groups = tls.ecdh_curves.iter().map(|c| kx_group(*c)).collect();
+        Arc::new(p)
     };
     let builder = ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(versions)
@@ -1015,6 +1042,13 @@ pub fn server_config(tls: &ListenerTls, path: &str) -> Result<ServerConfig, Vec<
     };
     let mut config = builder.with_cert_resolver(Arc::new(SniResolver { certs }));
     config.alpn_protocols = tls.alpn.iter().map(|p| p.as_bytes().to_vec()).collect();
+    if !tls.session_cache {
+        config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+        if !tls.session_tickets {
+            // No resumption at all: no TLS 1.3 ticket is worth sending.
+            config.send_tls13_tickets = 0;
+        }
+    }
     // Tickets are sealed by the listener's keys, set by `acceptors`: this config may only be a
     // check (`sluice validate`), which must not make keys.
     Ok(config)
@@ -1325,6 +1359,17 @@ impl HandshakeOutcome {
 mod tests {
     use super::*;
 
+    /// The documented default groups are what the provider offers when a listener names none,
+    /// in its order (a rustls upgrade that changes them must change the docs).
+    #[test]
+    fn the_documented_default_curves_are_the_providers() {
+        use sluice_core::config::tls::DEFAULT_ECDH_CURVES;
+        let provider = provider();
+        let named: Vec<_> = DEFAULT_ECDH_CURVES.iter().map(|c| kx_group(*c).name()).collect();
+        let offered: Vec<_> = provider.kx_groups.iter().map(|g| g.name()).collect();
+        assert_eq!(named, offered);
+    }
+
     fn key(names: &[&str]) -> (Vec<String>, Arc<CertifiedKey>) {
         let cert = rcgen::generate_simple_self_signed(
             names.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>(),
@@ -1419,6 +1464,10 @@ mod tests {
             require_client_certificate: true,
             verify_subject_alt_names: Vec::new(),
             min_version: TlsVersion::Tls12,
+            max_version: TlsVersion::Tls13,
+            ecdh_curves: Vec::new(),
+            session_tickets: true,
+            session_cache: true,
             handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
         };
         std::fs::write(&path, "-----BEGIN CERTIFICATE-----\nAAAA\n").unwrap();

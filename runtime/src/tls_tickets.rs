@@ -447,6 +447,10 @@ mod tests {
             require_client_certificate: true,
             verify_subject_alt_names: Vec::new(),
             min_version: TlsVersion::Tls12,
+            max_version: TlsVersion::Tls13,
+            ecdh_curves: Vec::new(),
+            session_tickets: true,
+            session_cache: true,
             handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
         };
         let old = "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n";

@@ -44,10 +44,70 @@ pub struct ListenerTls {
     pub verify_subject_alt_names: Vec<String>,
     /// The lowest TLS version accepted.
     pub min_version: TlsVersion,
+    /// The highest TLS version offered (default 1.3; 1.2 pins the listener to TLS 1.2).
+    #[serde(skip_serializing_if = "is_default_max")]
+    pub max_version: TlsVersion,
+    /// The key exchange groups accepted, in the listener's order of preference (empty: the
+    /// provider's defaults, [`DEFAULT_ECDH_CURVES`]).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub ecdh_curves: Vec<EcdhCurve>,
+    /// Issue stateless session tickets (TLS 1.3 and 1.2) that a client resumes with
+    /// (default `true`; Envoy's `disable_stateless_session_resumption` is its negation).
+    #[serde(skip_serializing_if = "is_true")]
+    pub session_tickets: bool,
+    /// Keep a per-listener session cache that a client resumes from by session id (TLS 1.2)
+    /// or by a stateful ticket (TLS 1.3, when `session_tickets` is off) (default `true`;
+    /// Envoy's `disable_stateful_session_resumption` is its negation).
+    #[serde(skip_serializing_if = "is_true")]
+    pub session_cache: bool,
     /// A handshake not complete in this time is closed.
     #[serde(serialize_with = "ser_duration")]
     pub handshake_timeout: Duration,
 }
+
+fn is_default_max(version: &TlsVersion) -> bool {
+    *version == TlsVersion::Tls13
+}
+
+fn is_true(value: &bool) -> bool {
+    *value
+}
+
+/// A key exchange group (`ecdh_curves`), named as Envoy's `tls_params.ecdh_curves` names them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub enum EcdhCurve {
+    /// Curve25519 (RFC 7748).
+    #[serde(rename = "X25519")]
+    X25519,
+    /// NIST P-256 (secp256r1).
+    #[serde(rename = "P-256")]
+    P256,
+    /// NIST P-384 (secp384r1).
+    #[serde(rename = "P-384")]
+    P384,
+    /// The post-quantum hybrid of X25519 and ML-KEM-768 (TLS 1.3 only).
+    #[serde(rename = "X25519MLKEM768")]
+    X25519MlKem768,
+}
+
+impl EcdhCurve {
+    /// Every group, with the name the config uses for it.
+    pub const ALL: [(&'static str, EcdhCurve); 4] = [
+        ("X25519", EcdhCurve::X25519),
+        ("P-256", EcdhCurve::P256),
+        ("P-384", EcdhCurve::P384),
+        ("X25519MLKEM768", EcdhCurve::X25519MlKem768),
+    ];
+}
+
+/// The groups a listener accepts when its `tls` names none, in order of preference: rustls'
+/// defaults with its aws-lc-rs provider (the post-quantum hybrid first).
+pub const DEFAULT_ECDH_CURVES: [EcdhCurve; 4] = [
+    EcdhCurve::X25519MlKem768,
+    EcdhCurve::P384,
+    EcdhCurve::X25519,
+    EcdhCurve::P256,
+];
 
 /// The config dump leaves `require_client_certificate` out when it has its default, `true`:
 /// the config refuses the field on a listener without `client_ca`, where it is always `true`.

@@ -12,7 +12,7 @@ use envoy_types::pb::envoy::r#type::matcher::v3::{StringMatcher, string_matcher:
 use envoy_types::pb::google::protobuf::BoolValue;
 use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
 use serde_json::json;
-use sluice_core::config::tls::{Pem, TlsVersion};
+use sluice_core::config::tls::{EcdhCurve, Pem, TlsVersion};
 
 use super::*;
 use crate::fixtures::*;
@@ -278,6 +278,7 @@ fn unsupported_tls_fields_and_sockets_are_refused_by_path() {
 #[test]
 fn session_and_per_request_sni_settings_are_refused_by_path_unless_default() {
     use envoy_types::pb::envoy::config::core::v3::UpstreamHttpProtocolOptions;
+    use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::downstream_tls_context::SessionTicketKeysType;
     use envoy_types::pb::envoy::extensions::upstreams::http::v3::HttpProtocolOptions;
     use envoy_types::pb::google::protobuf::{Any, Duration as PbDuration, UInt32Value};
     use prost::{Message as _, Name as _};
@@ -373,15 +374,72 @@ fn session_and_per_request_sni_settings_are_refused_by_path_unless_default() {
         e.len() == 1 && e[0].starts_with(&format!("{at}.session_timeout: unsupported")),
         "{e:?}"
     );
-    let e = errors(&downstream(&|c| {
+    // Turning resumption off is honoured, each kind on its own.
+    let tls_of = |r: &Resources| {
+        let a = assemble(&bootstrap(), r).expect("valid");
+        *a.config.listeners[0].tls.clone().expect("tls")
+    };
+    let t = tls_of(&downstream(&|c| {
         c.disable_stateful_session_resumption = true
     }));
+    assert!(!t.session_cache && t.session_tickets);
+    let t = tls_of(&downstream(&|c| {
+        c.session_ticket_keys_type = Some(
+            SessionTicketKeysType::DisableStatelessSessionResumption(true),
+        );
+    }));
+    assert!(t.session_cache && !t.session_tickets);
+    let t = tls_of(&downstream(&|c| {
+        c.session_ticket_keys_type = Some(
+            SessionTicketKeysType::DisableStatelessSessionResumption(false),
+        );
+    }));
+    assert!(t.session_cache && t.session_tickets);
+    // Ticket keys of the control plane's: Sluice makes and rotates its own.
+    let e = errors(&downstream(&|c| {
+        c.session_ticket_keys_type =
+            Some(SessionTicketKeysType::SessionTicketKeys(Default::default()));
+    }));
     assert!(
-        e.len() == 1
-            && e[0].starts_with(&format!(
-                "{at}.disable_stateful_session_resumption: unsupported"
-            )),
+        e.len() == 1 && e[0].starts_with(&format!("{at}.session_ticket_keys_type: unsupported")),
         "{e:?}"
+    );
+    // tls_params on a listener: both versions and the curves, in order.
+    let params = |p: TlsParameters| {
+        move |c: &mut DownstreamTlsContext| {
+            c.common_tls_context.as_mut().unwrap().tls_params = Some(p.clone());
+        }
+    };
+    let t = tls_of(&downstream(&params(TlsParameters {
+        tls_maximum_protocol_version: TlsProtocol::TlSv12 as i32,
+        ecdh_curves: vec!["P-256".into(), "X25519".into()],
+        ..Default::default()
+    })));
+    assert_eq!(t.max_version, TlsVersion::Tls12);
+    assert_eq!(t.ecdh_curves, [EcdhCurve::P256, EcdhCurve::X25519]);
+    let p_at = format!("{at}.common_tls_context.tls_params");
+    let e = errors(&downstream(&params(TlsParameters {
+        ecdh_curves: vec!["X25519".into(), "P-521".into()],
+        ..Default::default()
+    })));
+    assert_eq!(
+        e,
+        [format!(
+            "{p_at}.ecdh_curves[1]: \"P-521\": unsupported (Sluice offers X25519, P-256, P-384, \
+             X25519MLKEM768)"
+        )]
+    );
+    let e = errors(&downstream(&params(TlsParameters {
+        tls_minimum_protocol_version: TlsProtocol::TlSv13 as i32,
+        tls_maximum_protocol_version: TlsProtocol::TlSv12 as i32,
+        ..Default::default()
+    })));
+    assert_eq!(
+        e,
+        [format!(
+            "{p_at}.tls_minimum_protocol_version: TLSv1_3 is above tls_maximum_protocol_version \
+             (TLSv1_2)"
+        )]
     );
 }
 

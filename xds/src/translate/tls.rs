@@ -14,9 +14,10 @@
 //! On a filter chain (`DownstreamTlsContext` → `listeners[].tls`): the certificates (inline or
 //! SDS; several are chosen by SNI as in a file config), `require_client_certificate` (Envoy's
 //! default, `false`, is written out: the file's default is `true`), the validation context →
-//! `client_ca` and `verify_subject_alt_names`, `alpn_protocols`, `tls_params` minimum version.
-//! `session_timeout` and `disable_stateful_session_resumption: true` are refused by path
-//! (resumption is Sluice's own, with a fixed lifetime), not ignored.
+//! `client_ca` and `verify_subject_alt_names`, `alpn_protocols`, `tls_params` versions and
+//! `ecdh_curves`, `disable_stateful_session_resumption` (→ `session_cache: false`) and
+//! `disable_stateless_session_resumption` (→ `session_tickets: false`). `session_timeout` is
+//! refused by path (resumption is Sluice's own, with a fixed lifetime), not ignored.
 //!
 //! PEM: a `filename` stays a file (read, checked and watched by the runtime); inline bytes or
 //! strings and SDS secrets become inline PEM (`{ inline, secret }`), parsed here so that a
@@ -35,13 +36,13 @@ use envoy_types::pb::envoy::config::listener::v3::Listener;
 use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{
     CertificateValidationContext, CommonTlsContext, DownstreamTlsContext, SdsSecretConfig, Secret,
     SubjectAltNameMatcher, TlsCertificate, TlsParameters, UpstreamTlsContext,
-    common_tls_context::ValidationContextType, secret, subject_alt_name_matcher::SanType,
-    tls_parameters::TlsProtocol,
+    common_tls_context::ValidationContextType, downstream_tls_context::SessionTicketKeysType,
+    secret, subject_alt_name_matcher::SanType, tls_parameters::TlsProtocol,
 };
 use envoy_types::pb::envoy::r#type::matcher::v3::{StringMatcher, string_matcher::MatchPattern};
 use prost::{Message, Name};
 use serde_json::{Map, Value, json};
-use sluice_core::config::tls::{ISTIO_PEER_EXCHANGE_ALPN, MAX_PEM_BYTES};
+use sluice_core::config::tls::{EcdhCurve, ISTIO_PEER_EXCHANGE_ALPN, MAX_PEM_BYTES};
 use sluice_core::tls::pem::{describe, parse_certificates, parse_chain, parse_key};
 
 use super::cluster::config_source;
@@ -142,22 +143,24 @@ pub(crate) fn downstream_tls(
     let mut d: DownstreamTlsContext = unpack(any, &t_at)?;
     let require = take(&mut d.require_client_certificate).map(|b| b.value);
     // Session resumption is Sluice's own (a cache and tickets with a fixed lifetime): a
-    // timeout or turning stateful resumption off would be a promise it does not keep, so
-    // they are refused by path (the default, `false`, is what Sluice does).
-    for (set, field) in [
-        (take(&mut d.session_timeout).is_some(), "session_timeout"),
-        (
-            take(&mut d.disable_stateful_session_resumption),
-            "disable_stateful_session_resumption",
-        ),
-    ] {
-        if set {
-            return Err(t_at.field(field).error(
-                "unsupported (Sluice resumes sessions with its own cache and tickets; their \
-                 lifetime is not configurable)",
-            ));
-        }
+    // timeout would be a promise it does not keep, so it is refused by path. Turning either
+    // kind of resumption off is honoured (`session_cache` / `session_tickets: false`).
+    if take(&mut d.session_timeout).is_some() {
+        return Err(t_at.field("session_timeout").error(
+            "unsupported (Sluice resumes sessions with its own cache and tickets; their \
+             lifetime is not configurable)",
+        ));
     }
+    let no_cache = take(&mut d.disable_stateful_session_resumption);
+    let no_tickets = match take(&mut d.session_ticket_keys_type) {
+        None => false,
+        Some(SessionTicketKeysType::DisableStatelessSessionResumption(off)) => off,
+        Some(other) => {
+            // Keys of the control plane's: Sluice makes and rotates its own.
+            d.session_ticket_keys_type = Some(other);
+            false
+        }
+    };
     let common = take(&mut d.common_tls_context).unwrap_or_default();
     reject_rest(&d, &t_at)?;
     let c_at = t_at.field("common_tls_context");
@@ -202,8 +205,20 @@ pub(crate) fn downstream_tls(
     if !c.alpn.is_empty() {
         m.insert("alpn".to_owned(), json!(c.alpn));
     }
-    if let Some(v) = c.min_version {
+    if let Some(v) = c.params.min_version {
         m.insert("min_version".to_owned(), json!(v));
+    }
+    if let Some(v) = c.params.max_version {
+        m.insert("max_version".to_owned(), json!(v));
+    }
+    if !c.params.ecdh_curves.is_empty() {
+        m.insert("ecdh_curves".to_owned(), json!(c.params.ecdh_curves));
+    }
+    if no_tickets {
+        m.insert("session_tickets".to_owned(), json!(false));
+    }
+    if no_cache {
+        m.insert("session_cache".to_owned(), json!(false));
     }
     Ok(Value::Object(m))
 }
@@ -239,7 +254,15 @@ struct Common {
     ca: Option<Value>,
     sans: Vec<String>,
     alpn: Vec<String>,
+    params: Params,
+}
+
+/// What `tls_params` gives (only a listener takes a maximum version or curves).
+#[derive(Default)]
+struct Params {
     min_version: Option<&'static str>,
+    max_version: Option<&'static str>,
+    ecdh_curves: Vec<String>,
 }
 
 fn common_context(
@@ -249,9 +272,9 @@ fn common_context(
     side: Side,
 ) -> Result<Common, TranslateError> {
     let alpn = take(&mut c.alpn_protocols);
-    let min_version = match take(&mut c.tls_params) {
+    let params = match take(&mut c.tls_params) {
         Some(p) => tls_params(p, &at.field("tls_params"), side)?,
-        None => None,
+        None => Params::default(),
     };
     let mut certificates = Vec::new();
     for (i, cert) in take(&mut c.tls_certificates).into_iter().enumerate() {
@@ -331,36 +354,69 @@ fn common_context(
         ca,
         sans,
         alpn,
-        min_version,
+        params,
     })
 }
 
-/// Only TLS 1.2 and 1.3 exist here (rustls); no cipher, curve or algorithm lists.
-fn tls_params(
-    mut p: TlsParameters,
-    at: &At<'_>,
-    side: Side,
-) -> Result<Option<&'static str>, TranslateError> {
+/// Only TLS 1.2 and 1.3 exist here (rustls). On a listener: both versions and `ecdh_curves`
+/// (Envoy's names, in order); on a cluster: the minimum at 1.2 and the maximum at 1.3. No
+/// cipher or signature algorithm lists.
+fn tls_params(mut p: TlsParameters, at: &At<'_>, side: Side) -> Result<Params, TranslateError> {
     let min = TlsProtocol::try_from(take(&mut p.tls_minimum_protocol_version));
     let max = TlsProtocol::try_from(take(&mut p.tls_maximum_protocol_version));
+    let curves = take(&mut p.ecdh_curves);
     reject_rest(&p, at)?;
-    match max {
-        Ok(TlsProtocol::TlsAuto | TlsProtocol::TlSv13) => {}
+    let mut params = Params::default();
+    let max_at = at.field("tls_maximum_protocol_version");
+    match (max, side) {
+        (Ok(TlsProtocol::TlsAuto | TlsProtocol::TlSv13), _) => {}
+        (Ok(TlsProtocol::TlSv12), Side::Downstream) => params.max_version = Some("1.2"),
+        (Ok(TlsProtocol::TlSv12), Side::Upstream) => {
+            return Err(
+                max_at.error("TLSv1_2 is unsupported on a cluster (it offers TLS 1.2 and 1.3)")
+            );
+        }
         _ => {
-            return Err(at
-                .field("tls_maximum_protocol_version")
-                .error("only TLS_AUTO or TLSv1_3 (Sluice speaks TLS 1.2 and 1.3)"));
+            return Err(
+                max_at.error("only TLS_AUTO, TLSv1_2 or TLSv1_3 (Sluice speaks TLS 1.2 and 1.3)")
+            );
         }
     }
     let min_at = at.field("tls_minimum_protocol_version");
     match (min, side) {
-        (Ok(TlsProtocol::TlsAuto | TlsProtocol::TlSv12), _) => Ok(None),
-        (Ok(TlsProtocol::TlSv13), Side::Downstream) => Ok(Some("1.3")),
-        (Ok(TlsProtocol::TlSv13), Side::Upstream) => {
-            Err(min_at.error("TLSv1_3 is unsupported on a cluster (it offers TLS 1.2 and 1.3)"))
+        (Ok(TlsProtocol::TlsAuto | TlsProtocol::TlSv12), _) => {}
+        (Ok(TlsProtocol::TlSv13), Side::Downstream) if params.max_version.is_some() => {
+            return Err(min_at.error("TLSv1_3 is above tls_maximum_protocol_version (TLSv1_2)"));
         }
-        _ => Err(min_at.error("only TLS_AUTO, TLSv1_2 or TLSv1_3 (Sluice speaks TLS 1.2 and 1.3)")),
+        (Ok(TlsProtocol::TlSv13), Side::Downstream) => params.min_version = Some("1.3"),
+        (Ok(TlsProtocol::TlSv13), Side::Upstream) => {
+            return Err(
+                min_at.error("TLSv1_3 is unsupported on a cluster (it offers TLS 1.2 and 1.3)")
+            );
+        }
+        _ => {
+            return Err(
+                min_at.error("only TLS_AUTO, TLSv1_2 or TLSv1_3 (Sluice speaks TLS 1.2 and 1.3)")
+            );
+        }
     }
+    if !curves.is_empty() {
+        let c_at = at.field("ecdh_curves");
+        if side == Side::Upstream {
+            return Err(c_at.error("unsupported on a cluster (it offers the default groups)"));
+        }
+        for (i, name) in curves.iter().enumerate() {
+            if !EcdhCurve::ALL.iter().any(|(n, _)| n == name) {
+                let known: Vec<&str> = EcdhCurve::ALL.iter().map(|(n, _)| *n).collect();
+                return Err(c_at.index(i).error(format!(
+                    "{name:?}: unsupported (Sluice offers {})",
+                    known.join(", ")
+                )));
+            }
+        }
+        params.ecdh_curves = curves;
+    }
+    Ok(params)
 }
 
 /// A certificate and its key as PEM values, parsed (`secret`: the SDS secret it is from).

@@ -854,6 +854,75 @@ clusters:
 }
 
 #[test]
+fn listener_tls_params_decode_and_refuse_what_cannot_be_negotiated() {
+    use crate::config::tls::{EcdhCurve, TlsVersion};
+    let good = r#"
+listeners:
+  - name: t
+    address: 127.0.0.1:8443
+    tls:
+      certificates: [ { cert_chain: a.pem, private_key: a.key } ]
+      max_version: 1.2
+      ecdh_curves: [P-256, X25519]
+      session_tickets: false
+      session_cache: false
+    tcp_proxy: { cluster: a }
+  - name: d
+    address: 127.0.0.1:8444
+    tls: { certificates: [ { cert_chain: a.pem, private_key: a.key } ] }
+    tcp_proxy: { cluster: a }
+clusters:
+  - { name: a, hosts: [{ address: 127.0.0.1:9001 }] }
+"#;
+    let c = Config::from_yaml(good).unwrap();
+    let tls = c.listeners[0].tls.as_deref().unwrap();
+    assert_eq!(tls.max_version, TlsVersion::Tls12);
+    assert_eq!(tls.ecdh_curves, [EcdhCurve::P256, EcdhCurve::X25519]);
+    assert!(!tls.session_tickets && !tls.session_cache);
+    let defaults = c.listeners[1].tls.as_deref().unwrap();
+    assert_eq!(defaults.max_version, TlsVersion::Tls13);
+    assert!(defaults.ecdh_curves.is_empty() && defaults.session_tickets && defaults.session_cache);
+    let bad = r#"
+listeners:
+  - name: t
+    address: 127.0.0.1:8443
+    tls:
+      certificates: [ { cert_chain: a.pem, private_key: a.key } ]
+      min_version: 1.3
+      max_version: 1.2
+      ecdh_curves: [X25519, secp256k1]
+      session_tickets: sometimes
+    tcp_proxy: { cluster: a }
+  - name: u
+    address: 127.0.0.1:8444
+    tls:
+      certificates: [ { cert_chain: a.pem, private_key: a.key } ]
+      max_version: 1.2
+      ecdh_curves: [X25519MLKEM768]
+    tcp_proxy: { cluster: a }
+  - name: e
+    address: 127.0.0.1:8445
+    tls: { certificates: [ { cert_chain: a.pem, private_key: a.key } ], ecdh_curves: [] }
+    tcp_proxy: { cluster: a }
+clusters:
+  - { name: a, hosts: [{ address: 127.0.0.1:9001 }] }
+"#;
+    let errs = errors(bad);
+    for want in [
+        "listeners[0].tls.max_version: 1.2 is below `min_version` (1.3)",
+        "listeners[0].tls.ecdh_curves[1]: unknown curve \"secp256k1\" (expected one of X25519, P-256, P-384, X25519MLKEM768)",
+        "listeners[0].tls.session_tickets:",
+        "listeners[1].tls.ecdh_curves: X25519MLKEM768 is TLS 1.3 only and `max_version` is 1.2",
+        "listeners[2].tls.ecdh_curves: must name at least one curve",
+    ] {
+        assert!(
+            errs.iter().any(|e| e.starts_with(want)),
+            "missing {want:?} in {errs:#?}"
+        );
+    }
+}
+
+#[test]
 fn listener_tls_decodes_with_defaults_and_reports_misuse_at_its_path() {
     let good = r#"
 listeners:

@@ -3,7 +3,8 @@
 //! Invariants of a returned [`ListenerTls`]: at least one certificate, each with both paths
 //! non-empty; ALPN names 1..=255 bytes, unique; `require_client_certificate` and
 //! `verify_subject_alt_names` only with `client_ca`; SANs non-empty and unique; the handshake
-//! timeout > 0. The files themselves are read (and their PEM checked) by the runtime, which
+//! timeout > 0; `min_version` ≤ `max_version`; `ecdh_curves` known, unique, not empty, and not
+//! only TLS 1.3 groups on a listener held to TLS 1.2. The files themselves are read (and their PEM checked) by the runtime, which
 //! reports a problem at the same paths.
 
 use serde_json::Value;
@@ -11,7 +12,7 @@ use serde_json::Value;
 use super::decoder::Decoder;
 use crate::config::http::HttpCodec;
 use crate::config::tls::{
-    CertificateFiles, DEFAULT_HANDSHAKE_TIMEOUT, ISTIO_PEER_EXCHANGE_ALPN, ListenerTls,
+    CertificateFiles, DEFAULT_HANDSHAKE_TIMEOUT, EcdhCurve, ISTIO_PEER_EXCHANGE_ALPN, ListenerTls,
     MAX_PEM_BYTES, Pem, TlsVersion, UpstreamTls, default_listener_alpn,
 };
 
@@ -130,26 +131,66 @@ pub(super) fn decode_listener_tls(
         None => Some(Vec::new()),
     };
     let min_version = match obj.opt("min_version") {
-        Some((v, p)) => {
-            // `1.2` and `1.3` read as numbers in YAML; accept them as written either way.
-            let text = match v {
-                Value::Number(n) => n.to_string(),
-                Value::String(s) => s.clone(),
-                _ => String::new(),
-            };
-            match text.as_str() {
-                "1.2" => Some(TlsVersion::Tls12),
-                "1.3" => Some(TlsVersion::Tls13),
-                _ => {
-                    dec.error(
-                        &p,
-                        format!("unknown TLS version {text:?} (expected 1.2 or 1.3)"),
-                    );
-                    None
+        Some((v, p)) => tls_version(dec, &p, v),
+        None => Some(TlsVersion::Tls12),
+    };
+    let max_version = match obj.opt("max_version") {
+        Some((v, p)) => tls_version(dec, &p, v).and_then(|max| {
+            if min_version.is_some_and(|min| min == TlsVersion::Tls13 && max == TlsVersion::Tls12) {
+                dec.error(&p, "1.2 is below `min_version` (1.3)");
+                None
+            } else {
+                Some(max)
+            }
+        }),
+        None => Some(TlsVersion::Tls13),
+    };
+    let ecdh_curves = match obj.opt("ecdh_curves") {
+        Some((v, p)) => unique_strings(dec, &p, v, "curve", 16).and_then(|names| {
+            if names.is_empty() {
+                dec.error(
+                    &p,
+                    "must name at least one curve (leave it out for the defaults)",
+                );
+                return None;
+            }
+            let mut curves = Vec::with_capacity(names.len());
+            for (i, name) in names.iter().enumerate() {
+                match EcdhCurve::ALL.iter().find(|(n, _)| n == name) {
+                    Some((_, curve)) => curves.push(*curve),
+                    None => {
+                        let known: Vec<&str> = EcdhCurve::ALL.iter().map(|(n, _)| *n).collect();
+                        dec.error(
+                            &format!("{p}[{i}]"),
+                            format!(
+                                "unknown curve {name:?} (expected one of {})",
+                                known.join(", ")
+                            ),
+                        );
+                        return None;
+                    }
                 }
             }
-        }
-        None => Some(TlsVersion::Tls12),
+            if max_version == Some(TlsVersion::Tls12)
+                && curves.iter().all(|c| *c == EcdhCurve::X25519MlKem768)
+            {
+                dec.error(
+                    &p,
+                    "X25519MLKEM768 is TLS 1.3 only and `max_version` is 1.2",
+                );
+                return None;
+            }
+            Some(curves)
+        }),
+        None => Some(Vec::new()),
+    };
+    let session_tickets = match obj.opt("session_tickets") {
+        Some((v, p)) => dec.boolean(&p, v),
+        None => Some(true),
+    };
+    let session_cache = match obj.opt("session_cache") {
+        Some((v, p)) => dec.boolean(&p, v),
+        None => Some(true),
     };
     let handshake_timeout = match obj.opt("handshake_timeout") {
         Some((v, p)) => dec.duration(&p, v).and_then(|d| {
@@ -170,8 +211,32 @@ pub(super) fn decode_listener_tls(
         require_client_certificate: require_client_certificate?,
         verify_subject_alt_names: verify_subject_alt_names?,
         min_version: min_version?,
+        max_version: max_version?,
+        ecdh_curves: ecdh_curves?,
+        session_tickets: session_tickets?,
+        session_cache: session_cache?,
         handshake_timeout: handshake_timeout?,
     })
+}
+
+/// A TLS version, `1.2` or `1.3` (numbers in YAML, or strings).
+fn tls_version(dec: &mut Decoder, path: &str, v: &Value) -> Option<TlsVersion> {
+    let text = match v {
+        Value::Number(n) => n.to_string(),
+        Value::String(s) => s.clone(),
+        _ => String::new(),
+    };
+    match text.as_str() {
+        "1.2" => Some(TlsVersion::Tls12),
+        "1.3" => Some(TlsVersion::Tls13),
+        _ => {
+            dec.error(
+                path,
+                format!("unknown TLS version {text:?} (expected 1.2 or 1.3)"),
+            );
+            None
+        }
+    }
 }
 
 /// PEM: a file path (a non-empty string), or `{ inline: PEM, secret: NAME }` (PEM text in the
