@@ -17,12 +17,18 @@ Tests, per proxy (--mode tcp runs http + bulk, --mode http runs l7, --mode all, 
   l7    (L7) the same wrk load (plus -H 'Host: bench.local') through an HTTP/1.1 proxy that parses
         every request and response and keeps its upstream connections alive (a separate proxy
         instance with its own config). Same figures as http.
-  tls_full, tls_ka  (--mode tls only, not part of all) TLS termination in front of an L4 relay
+  tls_*  (--mode tls only, not part of all) TLS termination in front of an L4 relay
         to the same backend: Sluice tcp_proxy with `tls:` vs nginx stream `listen ssl` vs HAProxy
         `bind ssl` (mode tcp), one ECDSA P-256 certificate made with openssl for the run.
-        tls_full: wrk -H 'Connection: close' over https: every request is a new connection and
-        a full handshake (wrk does not resume sessions). Reports handshakes per proxy CPU-second.
-        tls_ka: the same wrk load keep-alive over https: requests per proxy CPU-second.
+        wrk -H 'Connection: close' over https makes a new connection per request, and wrk
+        offers the previous connection's session (OpenSSL's SSL_clear keeps it), so:
+        tls_full: listeners with resumption off (no tickets, no session cache) on every proxy:
+        each request a full TLS 1.3 handshake (X25519), in handshakes per proxy CPU-second;
+        tls_full12: the same held to TLS 1.2; tls_full_p256: TLS 1.3 with P-256 only;
+        tls_resumed: the proxies' default listeners (tickets and cache on): resumed handshakes;
+        tls_ka: keep-alive over https on the default listeners: requests per proxy CPU-second.
+        Before measuring, each listener is probed with openssl s_client -sess_out/-sess_in:
+        a full-handshake listener that resumes, or a default one that does not, fails the run.
         What each proxy negotiated (version, cipher, key exchange group) is probed with
         `openssl s_client` and shown.
   bolt  (--mode bolt only, not part of all; Sluice only: nginx and HAProxy do not speak Bolt)
@@ -109,7 +115,11 @@ LABEL_L7 = {
 SHORT = {"sluice": "Sluice", "nginx": "nginx", "haproxy": "HAProxy"}
 MODES = ("tcp", "http")  # L4, L7 (what --mode all runs; bolt is separate: Sluice only)
 MODE_TESTS = {"tcp": ("http", "bulk"), "http": ("l7",), "bolt": ("bolt",),
-              "tls": ("tls_full", "tls_ka")}
+              "tls": ("tls_full", "tls_full12", "tls_full_p256", "tls_resumed", "tls_ka")}
+# TLS tests: whether the listener it runs on resumes sessions (checked before measuring).
+TLS_RESUMES = {"tls_full": False, "tls_full12": False, "tls_full_p256": False,
+               "tls_resumed": True, "tls_ka": True}
+TLS_TESTS = tuple(TLS_RESUMES)
 MODE_DIR_SUFFIX = {"tcp": "", "http": "-l7", "bolt": "-bolt", "tls": "-tls"}  # work/<proxy><suffix>
 DIRECT_PORT = {"http": "backend", "l7": "backend", "bulk": "iperf", "bolt": "bolt_echo"}
 BOLT_SERVICE = "com.example.EchoService:1.0"  # the one route of templates/sluice-bolt.yaml
@@ -513,6 +523,27 @@ def https_get_ok(port: int, name: str, log_path: Path) -> None:
         raise HarnessError(f"GET over TLS through {name}: unexpected answer {body[:80]!r}")
 
 
+def tls_resumes(port: int, session: Path) -> bool:
+    """Whether the listener on `port` resumes a session: `openssl s_client` sends a request
+    and reads to the end (so TLS 1.3 tickets arrive) with -sess_out, then again with -sess_in,
+    and says `Reused` or `New`. No session written (TLS 1.3 without a ticket) is no resumption."""
+    session.parent.mkdir(parents=True, exist_ok=True)
+    session.unlink(missing_ok=True)
+    req = "GET / HTTP/1.1\r\nHost: bench.local\r\nConnection: close\r\n\r\n"
+    base = ["openssl", "s_client", "-connect", f"127.0.0.1:{port}", "-servername",
+            "bench.local", "-ign_eof"]
+    try:
+        subprocess.run(base + ["-sess_out", str(session)], input=req, capture_output=True,
+                       text=True, timeout=10)
+        if not session.exists():
+            return False
+        r = subprocess.run(base + ["-sess_in", str(session)], input=req, capture_output=True,
+                           text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        raise HarnessError(f"openssl s_client on port {port} failed: {e}") from None
+    return any(line.startswith("Reused, ") for line in r.stdout.splitlines())
+
+
 def tls_negotiated(port: int) -> str:
     """What `openssl s_client` (OpenSSL's defaults, as wrk uses them) negotiates on `port`:
     protocol version, cipher suite and key exchange group, as s_client -brief prints them."""
@@ -619,9 +650,14 @@ class Bench:
                    "sluice_http": 10, "sluice_bulk": 11, "sluice_l7": 12, "sluice_bolt": 13,
                    "nginx_http": 20, "nginx_bulk": 21, "nginx_l7": 22,
                    "haproxy_http": 30, "haproxy_bulk": 31, "haproxy_l7": 32,
-                   # One TLS listener per proxy serves both TLS tests.
-                   "sluice_tls_full": 14, "sluice_tls_ka": 14, "nginx_tls_full": 24,
-                   "nginx_tls_ka": 24, "haproxy_tls_full": 34, "haproxy_tls_ka": 34}
+                   # Per proxy: the default TLS listener (resumed, keep-alive) and three with
+                   # resumption off (TLS 1.3 X25519, TLS 1.2, TLS 1.3 P-256).
+                   "sluice_tls_resumed": 14, "sluice_tls_ka": 14, "sluice_tls_full": 15,
+                   "sluice_tls_full12": 16, "sluice_tls_full_p256": 17,
+                   "nginx_tls_resumed": 24, "nginx_tls_ka": 24, "nginx_tls_full": 25,
+                   "nginx_tls_full12": 26, "nginx_tls_full_p256": 27,
+                   "haproxy_tls_resumed": 34, "haproxy_tls_ka": 34, "haproxy_tls_full": 35,
+                   "haproxy_tls_full12": 36, "haproxy_tls_full_p256": 37}
         for base in PORT_BASES:
             ports = {k: base + off for k, off in offsets.items()}
             if all(port_free(p) for p in ports.values()):
@@ -717,7 +753,11 @@ class Bench:
                          SERVICE=BOLT_SERVICE)
             tpl = "sluice-bolt.yaml"
         elif mode == "tls":
-            ports = dict(TLS_PORT=self.ports[f"{name}_tls_full"], BACKEND_PORT=self.ports["backend"])
+            ports = dict(TLS_PORT=self.ports[f"{name}_tls_ka"],
+                         FULL_PORT=self.ports[f"{name}_tls_full"],
+                         FULL12_PORT=self.ports[f"{name}_tls_full12"],
+                         P256_PORT=self.ports[f"{name}_tls_full_p256"],
+                         BACKEND_PORT=self.ports["backend"])
             tpl = {"sluice": "sluice-tls.yaml", "nginx": "nginx-stream-tls.conf",
                    "haproxy": "haproxy-tls.cfg"}[name]
             self.write_tls_files(d)
@@ -757,8 +797,16 @@ class Bench:
             if mode == "bolt":
                 self.bolt_ok(self.ports[f"{name}_bolt"], label(name, "bolt"), log)
             elif mode == "tls":
-                https_get_ok(self.ports[f"{name}_tls_full"], label(name, "tls_full"), log)
-                self.negotiated[name] = tls_negotiated(self.ports[f"{name}_tls_full"])
+                for test in TLS_TESTS:
+                    port = self.ports[f"{name}_{test}"]
+                    https_get_ok(port, label(name, test), log)
+                    self.negotiated[(name, test)] = tls_negotiated(port)
+                    resumes = tls_resumes(port, self.work / "tls" / f"{name}-{test}.sess")
+                    if resumes != TLS_RESUMES[test]:
+                        raise HarnessError(
+                            f"{label(name, test)} {test} listener (port {port}) "
+                            f"{'resumes' if resumes else 'does not resume'} sessions; "
+                            f"the test needs it to {'resume' if TLS_RESUMES[test] else 'not'}")
             else:
                 http_get_ok(self.ports[f"{name}_{tests[0]}"], label(name, tests[0]), log)
         except BaseException:
@@ -844,10 +892,11 @@ class Bench:
         return self.http_test(who, port, proxy, log_dir, rep, host=L7_HOST)
 
     def tls_test(self, who: str, port: int, proxy, log_dir: Path, rep: int,
-                 close: bool) -> dict:
-        """wrk over https: with close, one full handshake per request; else keep-alive."""
+                 close: bool, test: str) -> dict:
+        """wrk over https: with close, one handshake per request (full or resumed, by the
+        listener `test` runs on); else keep-alive."""
         a = self.a
-        kind = "full" if close else "ka"
+        kind = test.removeprefix("tls_")
         log = log_dir / f"wrk-tls-{kind}-r{rep}.log"
         argv = lambda secs: wrk_argv(port, a.connections, secs, L7_HOST, https=True, close=close)
         if a.warmup > 0:
@@ -861,15 +910,24 @@ class Bench:
             raise HarnessError(f"wrk over TLS through {who} completed no request; see {log}")
         if r["non_2xx"] or any(r["socket_errors"].values()):
             r["warning"] = f"non-2xx {r['non_2xx']}, socket errors {r['socket_errors']}"
-        r["negotiated"] = self.negotiated.get(who)
+        r["negotiated"] = self.negotiated.get((who, test))
         r["req_per_cpu_s"] = r["requests"] / r["proxy_cpu_s"] if r["proxy_cpu_s"] > 0 else None
         return r
 
     def tls_full_test(self, who: str, port: int, proxy, log_dir: Path, rep: int) -> dict:
-        return self.tls_test(who, port, proxy, log_dir, rep, close=True)
+        return self.tls_test(who, port, proxy, log_dir, rep, close=True, test="tls_full")
+
+    def tls_full12_test(self, who: str, port: int, proxy, log_dir: Path, rep: int) -> dict:
+        return self.tls_test(who, port, proxy, log_dir, rep, close=True, test="tls_full12")
+
+    def tls_full_p256_test(self, who: str, port: int, proxy, log_dir: Path, rep: int) -> dict:
+        return self.tls_test(who, port, proxy, log_dir, rep, close=True, test="tls_full_p256")
+
+    def tls_resumed_test(self, who: str, port: int, proxy, log_dir: Path, rep: int) -> dict:
+        return self.tls_test(who, port, proxy, log_dir, rep, close=True, test="tls_resumed")
 
     def tls_ka_test(self, who: str, port: int, proxy, log_dir: Path, rep: int) -> dict:
-        return self.tls_test(who, port, proxy, log_dir, rep, close=False)
+        return self.tls_test(who, port, proxy, log_dir, rep, close=False, test="tls_ka")
 
     def bulk_test(self, who: str, port: int, proxy, log_dir: Path, rep: int) -> dict:
         a = self.a
@@ -929,7 +987,8 @@ class Bench:
         proxy, plog = None, None
         fns = {"http": self.http_test, "bulk": self.bulk_test, "l7": self.l7_test,
                "bolt": self.bolt_test, "tls_full": self.tls_full_test,
-               "tls_ka": self.tls_ka_test}
+               "tls_full12": self.tls_full12_test, "tls_full_p256": self.tls_full_p256_test,
+               "tls_resumed": self.tls_resumed_test, "tls_ka": self.tls_ka_test}
         tests = [(t, fns[t]) for t in MODE_TESTS[mode]]
         try:
             if who != "direct":
@@ -992,7 +1051,7 @@ def _brief(test: str, r: dict) -> str:
               else "")
         return (f"{r['rps']:,.0f} req/s, p50 {_ms(r['p50_ms'])}, p99 {_ms(r['p99_ms'])}, "
                 f"errors {r['errors']}{cpu_txt}{up}")
-    if test in ("tls_full", "tls_ka"):
+    if test in TLS_TESTS:
         return (f"{r['rps']:,.0f} req/s, p50 {_ms(r['p50_ms'])}, p99 {_ms(r['p99_ms'])}"
                 f"{cpu_txt}" + (f"  WARNING {r['warning']}" if r.get("warning") else ""))
     if test in ("http", "l7"):
@@ -1220,35 +1279,53 @@ def render_report(args, runs: list[dict], header: dict) -> str:
                  "made with openssl for the run) and relays the plaintext to the backend: Sluice "
                  "`tcp_proxy` with `tls:` (rustls, aws-lc-rs), nginx `stream` `listen ssl` "
                  "(`ssl_session_cache shared:SSL:10m`), HAProxy `mode tcp` `bind ... ssl crt`. "
+                 "wrk with `Connection: close` offers each new connection the previous one's "
+                 "session, so the full-handshake tests run on listeners with resumption off on "
+                 "every proxy (Sluice `session_tickets: false, session_cache: false`; nginx "
+                 "`ssl_session_tickets off; ssl_session_cache off`; HAProxy `no-tls-tickets` "
+                 "and `tune.ssl.cachesize 0`), and the resumed and keep-alive tests on the "
+                 "default listeners; each listener was probed with `openssl s_client "
+                 "-sess_out/-sess_in` before measuring (full: not resumed, default: resumed). "
                  "Negotiated with OpenSSL's defaults, as wrk uses them (`openssl s_client "
                  "-brief`):")
         L.append("")
-        for w in args.only:
-            neg = next((r.get("negotiated") for r in runs
-                        if r["who"] == w and r.get("negotiated")), None)
-            L.append(f"- {label(w, 'tls_full')}: {neg or '—'}")
+        for test in TLS_TESTS:
+            for w in args.only:
+                neg = next((r.get("negotiated") for r in runs
+                            if r["who"] == w and r["test"] == test and r.get("negotiated")),
+                           None)
+                L.append(f"- {test}, {label(w, test)}: {neg or '—'}")
         L.append("")
-        L.append(f"### Full handshakes: `wrk -t1 -c{args.connections} -d{args.duration}s "
-                 f"--latency -H 'Connection: close' https://…` (one new connection and full "
-                 "handshake per request; wrk does not resume sessions)")
-        L.append("")
-        L.append("\"req per proxy CPU-s\" is full handshakes (each with one request) per proxy "
-                 "CPU-second.")
-        L.append("")
-        ST = _wrk_table(L, runs, [w for w in whos if w != "direct"], "tls_full")
+        titles = {
+            "tls_full": "Full handshakes, TLS 1.3, X25519 (resumption off)",
+            "tls_full12": "Full handshakes, TLS 1.2, X25519 (resumption off)",
+            "tls_full_p256": "Full handshakes, TLS 1.3, P-256 (resumption off)",
+            "tls_resumed": "Resumed handshakes, TLS 1.3 (the default listeners)",
+        }
+        tables = {}
+        for test, title in titles.items():
+            L.append(f"### {title}: `wrk -t1 -c{args.connections} -d{args.duration}s "
+                     f"--latency -H 'Connection: close' https://…`")
+            L.append("")
+            L.append("\"req per proxy CPU-s\" is handshakes (each with one request) per proxy "
+                     "CPU-second.")
+            L.append("")
+            tables[test] = _wrk_table(L, runs, [w for w in whos if w != "direct"], test)
         L.append(f"### HTTPS keep-alive: `wrk -t1 -c{args.connections} -d{args.duration}s "
                  f"--latency https://…`")
         L.append("")
-        SK = _wrk_table(L, runs, [w for w in whos if w != "direct"], "tls_ka")
+        tables["tls_ka"] = _wrk_table(L, runs, [w for w in whos if w != "direct"], "tls_ka")
         if pairs:
             L.append("### Ratios, TLS (per proxy CPU-second)")
             L.append("")
-            L.append("| ratio | full handshakes | HTTPS keep-alive requests |")
-            L.append("|---|---:|---:|")
+            L.append("| ratio | full 1.3 X25519 | full 1.2 | full 1.3 P-256 | resumed | "
+                     "HTTPS keep-alive |")
+            L.append("|---|---:|---:|---:|---:|---:|")
             for a_, b_ in pairs:
-                L.append(f"| {SHORT[a_]} / {SHORT[b_]} | "
-                         f"{_x(_ratio((ST.get(a_) or {}).get('req_per_cpu_s'), (ST.get(b_) or {}).get('req_per_cpu_s')))} | "
-                         f"{_x(_ratio((SK.get(a_) or {}).get('req_per_cpu_s'), (SK.get(b_) or {}).get('req_per_cpu_s')))} |")
+                cells = [_x(_ratio((tables[t].get(a_) or {}).get("req_per_cpu_s"),
+                                   (tables[t].get(b_) or {}).get("req_per_cpu_s")))
+                         for t in TLS_TESTS]
+                L.append(f"| {SHORT[a_]} / {SHORT[b_]} | " + " | ".join(cells) + " |")
             L.append("")
 
     if bolt:
@@ -1312,7 +1389,7 @@ def render_report(args, runs: list[dict], header: dict) -> str:
             L.append(f"| {r['repeat'] + 1} | {lbl} | {r['test']} | FAILED | | | | | | "
                      f"{_f(r.get('loadavg1'), '.2f')} | {first.replace('|', '/')} |")
             continue
-        if r["test"] in ("http", "l7", "tls_full", "tls_ka"):
+        if r["test"] in ("http", "l7", *TLS_TESTS):
             res = (f"{r['requests']:,} req in {r['wrk_seconds']:.2f} s, {r['rps']:,.0f} req/s, "
                    f"p50 {_ms(r['p50_ms'])}, p99 {_ms(r['p99_ms'])}")
         elif r["test"] == "bolt":
