@@ -26,7 +26,10 @@ Tests, per proxy (--mode tcp runs http + bulk, --mode http runs l7, --mode all, 
         each request a full TLS 1.3 handshake (X25519), in handshakes per proxy CPU-second;
         tls_full12: the same held to TLS 1.2; tls_full_p256: TLS 1.3 with P-256 only;
         tls_resumed: the proxies' default listeners (tickets and cache on): resumed handshakes;
-        tls_ka: keep-alive over https on the default listeners: requests per proxy CPU-second.
+        tls_ka: keep-alive over https on the default listeners: requests per proxy CPU-second;
+        tls_full_l7, tls_ka_l7: the same two loads through an HTTP/1.1 proxy behind TLS
+        (resumption off) that keeps its upstream connections alive (Sluice `http` listener,
+        nginx `http` `listen ssl` with an upstream `keepalive`, HAProxy `mode http`).
         Before measuring, each listener is probed with openssl s_client -sess_out/-sess_in:
         a full-handshake listener that resumes, or a default one that does not, fails the run.
         What each proxy negotiated (version, cipher, key exchange group) is probed with
@@ -106,6 +109,12 @@ LABEL_TLS = {
     "nginx": "nginx (stream ssl, OpenSSL)",
     "haproxy": "HAProxy (tcp, OpenSSL)",
 }
+LABEL_TLS_L7 = {
+    "direct": "direct (no proxy)",
+    "sluice": "Sluice (http, rustls)",
+    "nginx": "nginx (http ssl, OpenSSL)",
+    "haproxy": "HAProxy (http, OpenSSL)",
+}
 LABEL_L7 = {
     "direct": "direct (no proxy)",
     "sluice": "Sluice (http)",
@@ -115,10 +124,11 @@ LABEL_L7 = {
 SHORT = {"sluice": "Sluice", "nginx": "nginx", "haproxy": "HAProxy"}
 MODES = ("tcp", "http")  # L4, L7 (what --mode all runs; bolt is separate: Sluice only)
 MODE_TESTS = {"tcp": ("http", "bulk"), "http": ("l7",), "bolt": ("bolt",),
-              "tls": ("tls_full", "tls_full12", "tls_full_p256", "tls_resumed", "tls_ka")}
+              "tls": ("tls_full", "tls_full12", "tls_full_p256", "tls_resumed", "tls_ka",
+                      "tls_full_l7", "tls_ka_l7")}
 # TLS tests: whether the listener it runs on resumes sessions (checked before measuring).
 TLS_RESUMES = {"tls_full": False, "tls_full12": False, "tls_full_p256": False,
-               "tls_resumed": True, "tls_ka": True}
+               "tls_resumed": True, "tls_ka": True, "tls_full_l7": False, "tls_ka_l7": False}
 TLS_TESTS = tuple(TLS_RESUMES)
 MODE_DIR_SUFFIX = {"tcp": "", "http": "-l7", "bolt": "-bolt", "tls": "-tls"}  # work/<proxy><suffix>
 DIRECT_PORT = {"http": "backend", "l7": "backend", "bulk": "iperf", "bolt": "bolt_echo"}
@@ -136,7 +146,7 @@ STOP_GRACE = 5.0  # seconds between SIGTERM and SIGKILL
 
 def label(who: str, test: str) -> str:
     if test.startswith("tls"):
-        return LABEL_TLS[who]
+        return (LABEL_TLS_L7 if test.endswith("_l7") else LABEL_TLS)[who]
     return (LABEL_L7 if test == "l7" else LABEL)[who]
 
 
@@ -657,7 +667,10 @@ class Bench:
                    "nginx_tls_resumed": 24, "nginx_tls_ka": 24, "nginx_tls_full": 25,
                    "nginx_tls_full12": 26, "nginx_tls_full_p256": 27,
                    "haproxy_tls_resumed": 34, "haproxy_tls_ka": 34, "haproxy_tls_full": 35,
-                   "haproxy_tls_full12": 36, "haproxy_tls_full_p256": 37}
+                   "haproxy_tls_full12": 36, "haproxy_tls_full_p256": 37,
+                   # An HTTP/1.1 proxy behind TLS (resumption off; upstream keep-alive).
+                   "sluice_tls_full_l7": 18, "sluice_tls_ka_l7": 18, "nginx_tls_full_l7": 28,
+                   "nginx_tls_ka_l7": 28, "haproxy_tls_full_l7": 38, "haproxy_tls_ka_l7": 38}
         for base in PORT_BASES:
             ports = {k: base + off for k, off in offsets.items()}
             if all(port_free(p) for p in ports.values()):
@@ -757,6 +770,7 @@ class Bench:
                          FULL_PORT=self.ports[f"{name}_tls_full"],
                          FULL12_PORT=self.ports[f"{name}_tls_full12"],
                          P256_PORT=self.ports[f"{name}_tls_full_p256"],
+                         L7_TLS_PORT=self.ports[f"{name}_tls_full_l7"],
                          BACKEND_PORT=self.ports["backend"])
             tpl = {"sluice": "sluice-tls.yaml", "nginx": "nginx-stream-tls.conf",
                    "haproxy": "haproxy-tls.cfg"}[name]
@@ -929,6 +943,12 @@ class Bench:
     def tls_ka_test(self, who: str, port: int, proxy, log_dir: Path, rep: int) -> dict:
         return self.tls_test(who, port, proxy, log_dir, rep, close=False, test="tls_ka")
 
+    def tls_full_l7_test(self, who: str, port: int, proxy, log_dir: Path, rep: int) -> dict:
+        return self.tls_test(who, port, proxy, log_dir, rep, close=True, test="tls_full_l7")
+
+    def tls_ka_l7_test(self, who: str, port: int, proxy, log_dir: Path, rep: int) -> dict:
+        return self.tls_test(who, port, proxy, log_dir, rep, close=False, test="tls_ka_l7")
+
     def bulk_test(self, who: str, port: int, proxy, log_dir: Path, rep: int) -> dict:
         a = self.a
         log = log_dir / f"iperf3-r{rep}.log"
@@ -988,8 +1008,10 @@ class Bench:
         fns = {"http": self.http_test, "bulk": self.bulk_test, "l7": self.l7_test,
                "bolt": self.bolt_test, "tls_full": self.tls_full_test,
                "tls_full12": self.tls_full12_test, "tls_full_p256": self.tls_full_p256_test,
-               "tls_resumed": self.tls_resumed_test, "tls_ka": self.tls_ka_test}
-        tests = [(t, fns[t]) for t in MODE_TESTS[mode]]
+               "tls_resumed": self.tls_resumed_test, "tls_ka": self.tls_ka_test,
+               "tls_full_l7": self.tls_full_l7_test, "tls_ka_l7": self.tls_ka_l7_test}
+        tests = [(t, fns[t]) for t in MODE_TESTS[mode]
+                 if not self.a.tests or t in self.a.tests]
         try:
             if who != "direct":
                 proxy, plog = self.start_proxy(who, mode)
@@ -1301,9 +1323,13 @@ def render_report(args, runs: list[dict], header: dict) -> str:
             "tls_full12": "Full handshakes, TLS 1.2, X25519 (resumption off)",
             "tls_full_p256": "Full handshakes, TLS 1.3, P-256 (resumption off)",
             "tls_resumed": "Resumed handshakes, TLS 1.3 (the default listeners)",
+            "tls_full_l7": "Full handshakes, TLS 1.3, X25519, HTTP/1.1 proxy with upstream "
+                           "keep-alive (resumption off)",
         }
         tables = {}
         for test, title in titles.items():
+            if args.tests and test not in args.tests:
+                continue
             L.append(f"### {title}: `wrk -t1 -c{args.connections} -d{args.duration}s "
                      f"--latency -H 'Connection: close' https://…`")
             L.append("")
@@ -1311,19 +1337,24 @@ def render_report(args, runs: list[dict], header: dict) -> str:
                      "CPU-second.")
             L.append("")
             tables[test] = _wrk_table(L, runs, [w for w in whos if w != "direct"], test)
-        L.append(f"### HTTPS keep-alive: `wrk -t1 -c{args.connections} -d{args.duration}s "
-                 f"--latency https://…`")
-        L.append("")
-        tables["tls_ka"] = _wrk_table(L, runs, [w for w in whos if w != "direct"], "tls_ka")
+        for test, title in (("tls_ka", "HTTPS keep-alive"),
+                            ("tls_ka_l7", "HTTPS keep-alive, HTTP/1.1 proxy with upstream "
+                                          "keep-alive")):
+            if args.tests and test not in args.tests:
+                continue
+            L.append(f"### {title}: `wrk -t1 -c{args.connections} -d{args.duration}s "
+                     f"--latency https://…`")
+            L.append("")
+            tables[test] = _wrk_table(L, runs, [w for w in whos if w != "direct"], test)
         if pairs:
             L.append("### Ratios, TLS (per proxy CPU-second)")
             L.append("")
             L.append("| ratio | full 1.3 X25519 | full 1.2 | full 1.3 P-256 | resumed | "
-                     "HTTPS keep-alive |")
-            L.append("|---|---:|---:|---:|---:|---:|")
+                     "HTTPS keep-alive | L7: full 1.3 X25519 | L7: HTTPS keep-alive |")
+            L.append("|---|---:|---:|---:|---:|---:|---:|---:|")
             for a_, b_ in pairs:
-                cells = [_x(_ratio((tables[t].get(a_) or {}).get("req_per_cpu_s"),
-                                   (tables[t].get(b_) or {}).get("req_per_cpu_s")))
+                cells = [_x(_ratio(((tables.get(t) or {}).get(a_) or {}).get("req_per_cpu_s"),
+                                   ((tables.get(t) or {}).get(b_) or {}).get("req_per_cpu_s")))
                          for t in TLS_TESTS]
                 L.append(f"| {SHORT[a_]} / {SHORT[b_]} | " + " | ".join(cells) + " |")
             L.append("")
@@ -1502,6 +1533,10 @@ def parse_args(argv=None):
                     "of both paths); the median is reported (default 1)")
     ap.add_argument("--warmup", type=int, default=1, help="wrk warm-up seconds before each "
                     "measured HTTP run, not counted (default 1; 0 disables)")
+    ap.add_argument("--tests", default="", metavar="LIST",
+                    help="comma-separated subset of the mode's tests to measure, e.g. "
+                         "tls_full_l7,tls_ka_l7 (default: all of them; listeners of the others "
+                         "still start and are probed)")
     ap.add_argument("--only", default=",".join(PROXIES),
                     help="comma-separated subset of sluice,nginx,haproxy (default all)")
     ap.add_argument("--sluice", type=Path, default=REPO / "target" / "release" / "sluice",
@@ -1528,6 +1563,10 @@ def parse_args(argv=None):
         a.connections = 32 if bolt else (10 if a.smoke else 50)
     only_given = any(x == "--only" or x.startswith("--only=")
                      for x in (argv if argv is not None else sys.argv[1:]))
+    a.tests = [t.strip() for t in a.tests.split(",") if t.strip()]
+    known = {t for ts in MODE_TESTS.values() for t in ts}
+    if unknown := [t for t in a.tests if t not in known]:
+        ap.error(f"--tests: unknown {', '.join(unknown)} (known: {', '.join(sorted(known))})")
     only = [w.strip().lower() for w in a.only.split(",") if w.strip()]
     bad = [w for w in only if w not in PROXIES]
     if bad or not only:

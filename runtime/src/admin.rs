@@ -3022,7 +3022,7 @@ mod tests {
     fn logging_takes_the_usual_spellings_and_refuses_the_rest() {
         let (s, set) = recording_shared();
         for (level, want) in [
-            ("warning", "warn"),
+            ("warning", "warn,rustls=error"),
             ("critical", "error"),
             ("debug", "debug"),
         ] {
@@ -3086,7 +3086,7 @@ mod tests {
             tokio::join!(serve, talk).1
         });
         assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
-        assert_eq!(*set.lock().unwrap(), ["warn"]);
+        assert_eq!(*set.lock().unwrap(), ["warn,rustls=error"]);
     }
 
     #[test]

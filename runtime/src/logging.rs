@@ -5,6 +5,13 @@
 //! without a word. [`level_filter`] accepts the usual spellings of a level (Envoy's and
 //! syslog's among them) and `TARGET=LEVEL` directives, and refuses the rest with the list of
 //! accepted values; the command line and the admin API's `/logging` both use it.
+//!
+//! rustls logs at `warn` what a peer did wrong in a handshake it still completes (an IP
+//! address as the server name — wrk and some load balancers send one on every connection —,
+//! an unsolicited extension): a line per connection that any client can trigger, not rate
+//! limited, which floods the log and costs CPU under load. Sluice counts and logs handshake
+//! failures itself (rate-limited), so unless the filter names `rustls` or asks for `debug` or
+//! `trace`, rustls is held to `error` ([`QUIET_TLS_LIBRARY`]).
 
 use std::ffi::OsStr;
 
@@ -24,6 +31,9 @@ fn canonical_level(word: &str) -> Option<&'static str> {
         _ => return None,
     })
 }
+
+/// The directive added to a filter that neither names `rustls` nor asks for `debug`/`trace`.
+pub const QUIET_TLS_LIBRARY: &str = "rustls=error";
 
 /// A log level (`warning`, `debug`…) or a filter of comma-separated directives, each `LEVEL`
 /// or `TARGET=LEVEL` (`sluice_runtime=debug,info`), as the `EnvFilter` directive string it
@@ -56,6 +66,20 @@ pub fn level_filter(spec: &str) -> Result<String, String> {
         };
         out.push(normalized);
     }
+    let names_rustls = out.iter().any(|d| {
+        d.split_once('=')
+            .is_some_and(|(t, _)| t == "rustls" || t.starts_with("rustls::"))
+    });
+    // Only a default of `info` or `warn` lets those warnings through (`error` and `off` hold
+    // them anyway; `debug` and `trace` are asked for).
+    let default_lets_warnings_through = out
+        .iter()
+        .rev()
+        .find(|d| !d.contains('='))
+        .is_some_and(|d| d == "info" || d == "warn");
+    if default_lets_warnings_through && !names_rustls {
+        out.push(QUIET_TLS_LIBRARY.to_owned());
+    }
     Ok(out.join(","))
 }
 
@@ -85,6 +109,33 @@ mod tests {
             ("off", "off"),
             (" info ", "info"),
         ] {
+            let want = match want {
+                "info" | "warn" => format!("{want},{QUIET_TLS_LIBRARY}"),
+                _ => want.to_owned(),
+            };
+            assert_eq!(level_filter(given), Ok(want), "{given}");
+        }
+    }
+
+    /// rustls' per-connection warnings (a peer's IP-address SNI…) are held to `error` unless
+    /// the operator names rustls or asks for debug output.
+    #[test]
+    fn the_tls_library_is_quiet_unless_asked() {
+        for (given, want) in [
+            ("info", "info,rustls=error"),
+            ("warning", "warn,rustls=error"),
+            ("debug", "debug"),
+            ("trace", "trace"),
+            ("error", "error"),
+            ("off", "off"),
+            ("rustls=warn,info", "rustls=warn,info"),
+            ("rustls::msgs=debug,warn", "rustls::msgs=debug,warn"),
+            ("sluice_runtime=debug", "sluice_runtime=debug"),
+            (
+                "sluice_runtime=debug,info",
+                "sluice_runtime=debug,info,rustls=error",
+            ),
+        ] {
             assert_eq!(level_filter(given).as_deref(), Ok(want), "{given}");
         }
     }
@@ -93,7 +144,7 @@ mod tests {
     fn target_directives_keep_their_target_and_normalize_the_level() {
         assert_eq!(
             level_filter("sluice_runtime=warning,info").as_deref(),
-            Ok("sluice_runtime=warn,info")
+            Ok("sluice_runtime=warn,info,rustls=error")
         );
         assert_eq!(
             level_filter("sluice_runtime::http=debug").as_deref(),

@@ -1365,7 +1365,10 @@ mod tests {
     fn the_documented_default_curves_are_the_providers() {
         use sluice_core::config::tls::DEFAULT_ECDH_CURVES;
         let provider = provider();
-        let named: Vec<_> = DEFAULT_ECDH_CURVES.iter().map(|c| kx_group(*c).name()).collect();
+        let named: Vec<_> = DEFAULT_ECDH_CURVES
+            .iter()
+            .map(|c| kx_group(*c).name())
+            .collect();
         let offered: Vec<_> = provider.kx_groups.iter().map(|g| g.name()).collect();
         assert_eq!(named, offered);
     }
