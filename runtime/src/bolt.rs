@@ -66,7 +66,6 @@ use crate::net::Network;
 use crate::now;
 use crate::shared_io::Shared;
 use crate::stats::bump;
-use crate::tls::{HandshakeOutcome, MaybeTls};
 
 /// First size of a connection's read buffer; it grows (up to the frame size limit) for larger
 /// frames.
@@ -669,57 +668,17 @@ impl<N: Network> Engine<N> {
     ) {
         let host = picked.id;
         let bw = self.bolt();
-        let connect_timeout = self.config.clusters[cluster].connect_timeout;
-        bump(&self.stats.upstream_cx_attempts, 1);
-        if let Some(c) = self.stats.cluster(cluster) {
-            bump(&c.upstream_cx_total, 1);
-        }
         // The connect and, to a TLS cluster, the handshake (verified) within connect_timeout: a
         // failed handshake is a connect failure, and no frame is written before it succeeded.
-        let tls_failure = std::cell::Cell::new(None);
-        let attempt = async {
-            let socket = self.net.connect(address).await?;
-            match self.tls.current().connector(cluster, transport)? {
-                None => Ok(MaybeTls::Plain(socket)),
-                Some(c) => match c.connect(address, socket).await {
-                    Ok(tls) => Ok(MaybeTls::Tls(Box::new(tls))),
-                    Err(e) => {
-                        tls_failure.set(Some(HandshakeOutcome::of_error(&e)));
-                        Err(e)
-                    }
-                },
-            }
-        };
-        let connected = tokio::time::timeout(connect_timeout, attempt).await;
-        let stream = match connected {
-            Ok(Ok(s)) => s,
-            failed => {
-                if let (Some(outcome), Some(c)) = (tls_failure.get(), self.stats.cluster(cluster)) {
-                    bump(&c.upstream_tls_fail[outcome as usize], 1);
-                }
-                let timed_out = failed.is_err();
-                bump(
-                    if timed_out {
-                        &self.stats.upstream_cx_connect_timeout
-                    } else {
-                        &self.stats.upstream_cx_connect_fail
-                    },
-                    1,
-                );
-                if let Some(c) = self.stats.cluster(cluster) {
-                    bump(
-                        if timed_out {
-                            &c.upstream_cx_connect_timeout
-                        } else {
-                            &c.upstream_cx_connect_fail
-                        },
-                        1,
-                    );
-                }
-                if let Some(h) = self.stats.host(cluster, host.index()) {
-                    bump(&h.cx_connect_fail, 1);
-                }
-                debug!(%address, timed_out, "bolt: upstream connect failed");
+        let deadline = tokio::time::Instant::now() + self.config.clusters[cluster].connect_timeout;
+        let stream = match self
+            .connect_upstream(cluster, transport, address, Some(deadline))
+            .await
+        {
+            Ok(s) => s,
+            Err(e) => {
+                self.count_connect_failure(cluster, host, e.is_timeout());
+                debug!(%address, error = %e, "bolt: upstream connect failed");
                 self.report_upstream_result(cluster, picked, UpstreamResult::ConnectFailure);
                 self.end_upstream(up);
                 return;

@@ -44,9 +44,7 @@ use sluice_core::health::{Resource, UpstreamResult};
 use sluice_core::lb::request_hash;
 use sluice_core::rng::Rng;
 use sluice_core::router::Router;
-use sluice_core::tcp_proxy::{
-    Action, CloseReason, ConnectFailure, SessionConfig, Side, TcpSession,
-};
+use sluice_core::tcp_proxy::{Action, CloseReason, SessionConfig, Side, TcpSession};
 use sluice_core::tls::{
     ClientHelloError, DEFAULT_MAX_HELLO_BYTES, Peek, max_hello_wire_bytes, peek_client_hello,
 };
@@ -65,7 +63,7 @@ use crate::pool::Pool;
 use crate::relay::relay;
 use crate::splice::AsTcpStream as _;
 use crate::stats::{CaptureOutcome, ChainPeekRefusal, SniOutcome, WorkerStats, bump, gauge_add};
-use crate::tls::{HandshakeOutcome, MaybeTls};
+use crate::tls::MaybeTls;
 
 /// One worker's engine. Create with [`Engine::new`], run with [`Engine::run`].
 pub struct Engine<N: Network> {
@@ -1334,33 +1332,14 @@ impl<N: Network> Engine<N> {
                         (c.host_ref(host), c.transport(host))
                     };
                     log.upstream = Some(address);
-                    bump(&self.stats.upstream_cx_attempts, 1);
-                    if let Some(c) = cstats {
-                        bump(&c.upstream_cx_total, 1);
-                    }
-                    let deadline = session.poll_timeout().map(crate::to_tokio);
                     // The connect, and with a TLS cluster the handshake, within the connect
                     // deadline: a failed handshake (verification included) is a connect failure.
-                    let tls_failure = Cell::new(None);
-                    let attempt = async {
-                        let stream = self.net.connect(address).await?;
-                        match self.tls.current().connector(ci, transport)? {
-                            None => Ok(MaybeTls::Plain(stream)),
-                            Some(c) => match c.connect(address, stream).await {
-                                Ok(tls) => Ok(MaybeTls::Tls(Box::new(tls))),
-                                Err(e) => {
-                                    tls_failure.set(Some(HandshakeOutcome::of_error(&e)));
-                                    Err(e)
-                                }
-                            },
-                        }
-                    };
-                    let result = match deadline {
-                        Some(d) => tokio::time::timeout_at(d, attempt).await,
-                        None => Ok(attempt.await),
-                    };
-                    let failure = match result {
-                        Ok(Ok(stream)) => {
+                    let deadline = session.poll_timeout().map(crate::to_tokio);
+                    let failure = match self
+                        .connect_upstream(ci, transport, address, deadline)
+                        .await
+                    {
+                        Ok(stream) => {
                             self.report_upstream_result(ci, picked, UpstreamResult::Success);
                             session.handle_connected(now(), &mut cluster.borrow_mut());
                             if let Some(h) = self.stats.host(ci, host.index()) {
@@ -1373,30 +1352,10 @@ impl<N: Network> Engine<N> {
                             up = Some(stream);
                             continue;
                         }
-                        Ok(Err(e)) => {
-                            bump(&self.stats.upstream_cx_connect_fail, 1);
-                            if let Some(c) = cstats {
-                                bump(&c.upstream_cx_connect_fail, 1);
-                                if let Some(outcome) = tls_failure.get() {
-                                    bump(&c.upstream_tls_fail[outcome as usize], 1);
-                                }
-                            }
-                            if let Some(h) = self.stats.host(ci, host.index()) {
-                                bump(&h.cx_connect_fail, 1);
-                            }
+                        Err(e) => {
+                            self.count_connect_failure(ci, host, e.is_timeout());
                             debug!(listener = %lc.name, %address, error = %e, "upstream connect failed");
-                            ConnectFailure::Refused
-                        }
-                        Err(_) => {
-                            bump(&self.stats.upstream_cx_connect_timeout, 1);
-                            if let Some(c) = cstats {
-                                bump(&c.upstream_cx_connect_timeout, 1);
-                            }
-                            if let Some(h) = self.stats.host(ci, host.index()) {
-                                bump(&h.cx_connect_fail, 1);
-                            }
-                            debug!(listener = %lc.name, %address, "upstream connect timed out");
-                            ConnectFailure::Timeout
+                            e.session_failure()
                         }
                     };
                     self.report_upstream_result(ci, picked, UpstreamResult::ConnectFailure);

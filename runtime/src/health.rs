@@ -57,6 +57,7 @@ use crate::engine::Engine;
 use crate::net::Network;
 use crate::now;
 use crate::stats::{bump, gauge_add};
+use crate::upstreams::{ConnectError, Offer, connect_via};
 
 /// Largest probe response read (an HTTP head or a heartbeat reply).
 const MAX_PROBE_RESPONSE: usize = 16 * 1024;
@@ -816,26 +817,20 @@ pub async fn probe_host<N: Network>(
     tls: Option<&crate::tls::UpstreamConnector>,
 ) -> Result<(), ProbeFailure> {
     let passed = |ok: bool| if ok { Ok(()) } else { Err(ProbeFailure::Other) };
-    let Ok(socket) = net.connect(address).await else {
-        return Err(ProbeFailure::Other);
+    // The one connect path, without its deadline (the caller bounds the whole probe) and
+    // without the data path's counters and outlier reports (a probe is not a request).
+    let offer = match probe {
+        HealthProbe::Grpc { .. } => Offer::H2,
+        _ => Offer::Cluster,
     };
-    let mut stream = match (probe, tls) {
-        (HealthProbe::Tcp, None) => return Ok(()),
-        (_, None) => crate::tls::MaybeTls::Plain(socket),
-        (_, Some(c)) => match if matches!(probe, HealthProbe::Grpc { .. }) {
-            c.connect_h2(address, socket).await
-        } else {
-            c.connect(address, socket).await
-        } {
-            Ok(tls) => crate::tls::MaybeTls::Tls(Box::new(tls)),
-            Err(e) => {
-                return Err(ProbeFailure::Tls(
-                    crate::tls::HandshakeOutcome::of_error(&e),
-                    e,
-                ));
-            }
-        },
+    let mut stream = match connect_via(net, tls, address, offer, None).await {
+        Ok(s) => s,
+        Err(ConnectError::Tls { outcome, error }) => return Err(ProbeFailure::Tls(outcome, error)),
+        Err(_) => return Err(ProbeFailure::Other),
     };
+    if tls.is_none() && matches!(probe, HealthProbe::Tcp) {
+        return Ok(());
+    }
     if let HealthProbe::Grpc {
         service_name,
         authority,

@@ -128,7 +128,8 @@ use crate::net::Network;
 use crate::now;
 use crate::shared_io::Shared;
 use crate::stats::{WorkerStats, bump, gauge_add};
-use crate::tls::{HandshakeOutcome, MaybeTls};
+use crate::tls::MaybeTls;
+use crate::upstreams::ConnectError;
 use sluice_core::http2::te_wants_trailers;
 
 /// Request bodies up to this size are held, or a copy of them kept as they stream, so that a
@@ -1882,43 +1883,15 @@ impl<N: Network> Engine<N> {
                     // Requests for this host (destination) wait for this connection rather than
                     // open theirs.
                     let _connecting = http2.then(|| self.h2_pool.connecting(ci, peer));
-                    bump(&self.stats.upstream_cx_attempts, 1);
-                    if let Some(c) = cstats {
-                        bump(&c.upstream_cx_total, 1);
-                    }
                     let timer = deadline_of(stream.poll_timeout());
                     // The connect and, to a TLS cluster, the handshake (the upstream's chain
-                    // and identity verified) within the connect deadline: a failed handshake is
-                    // a connect failure, and nothing of the request is written before it
-                    // succeeded.
-                    let tls_failure = Cell::new(None);
-                    // Boxed (once per new upstream connection): the TLS handshake's state is
-                    // large and would otherwise be laid out in every connection's request path.
-                    let attempt = Box::pin(async {
-                        let socket = self.net.connect(address).await?;
-                        match self.tls.current().connector(ci, transport)? {
-                            None => Ok(MaybeTls::Plain(socket)),
-                            Some(c) => match c.connect(address, socket).await {
-                                Ok(tls) => Ok(MaybeTls::Tls(Box::new(tls))),
-                                Err(e) => {
-                                    tls_failure.set(Some(HandshakeOutcome::of_error(&e)));
-                                    Err(e)
-                                }
-                            },
-                        }
-                    });
-                    let connected = tokio::select! {
-                        biased;
-                        r = attempt => r.map_err(|e| {
-                            tracing::debug!(%address, error = %e, "upstream connect failed");
-                        }),
-                        () = tokio::time::sleep_until(timer) => {
-                            // The connect deadline, or the route's (which caps it): the
-                            // stream's event says which.
-                            step = self.stream_input(ci, &mut stream, Input::Timeout);
-                            continue;
-                        }
-                    };
+                    // and identity verified) within the stream's next deadline: a failed
+                    // handshake is a connect failure, and nothing of the request is written
+                    // before it succeeded. Boxed (once per new upstream connection): the TLS
+                    // handshake's state is large and would otherwise be laid out in every
+                    // connection's request path.
+                    let connected =
+                        Box::pin(self.connect_upstream(ci, transport, address, Some(timer))).await;
                     match connected {
                         Ok(s) => {
                             step = self.stream_input(
@@ -1960,12 +1933,14 @@ impl<N: Network> Engine<N> {
                                 Upstream::Http1(conn)
                             }
                         }
-                        Err(()) => {
-                            if let (Some(outcome), Some(c)) =
-                                (tls_failure.get(), self.stats.cluster(ci))
-                            {
-                                bump(&c.upstream_tls_fail[outcome as usize], 1);
-                            }
+                        Err(ConnectError::Timeout) => {
+                            // The connect deadline, or the route's (which caps it): the
+                            // stream's event says which.
+                            step = self.stream_input(ci, &mut stream, Input::Timeout);
+                            continue;
+                        }
+                        Err(e) => {
+                            tracing::debug!(%address, error = %e, "upstream connect failed");
                             step = self.stream_input(ci, &mut stream, Input::ConnectFailed);
                             continue;
                         }
@@ -2722,24 +2697,8 @@ impl<N: Network> Engine<N> {
     fn observe_exchange_event(&self, ci: usize, event: ExchangeEvent, picked: Option<HostRef>) {
         let cstats = self.stats.cluster(ci);
         match event {
-            ExchangeEvent::ConnectFailed { host } => {
-                bump(&self.stats.upstream_cx_connect_fail, 1);
-                if let Some(c) = cstats {
-                    bump(&c.upstream_cx_connect_fail, 1);
-                }
-                if let Some(h) = self.stats.host(ci, host.index()) {
-                    bump(&h.cx_connect_fail, 1);
-                }
-            }
-            ExchangeEvent::ConnectTimedOut { host } => {
-                bump(&self.stats.upstream_cx_connect_timeout, 1);
-                if let Some(c) = cstats {
-                    bump(&c.upstream_cx_connect_timeout, 1);
-                }
-                if let Some(h) = self.stats.host(ci, host.index()) {
-                    bump(&h.cx_connect_fail, 1);
-                }
-            }
+            ExchangeEvent::ConnectFailed { host } => self.count_connect_failure(ci, host, false),
+            ExchangeEvent::ConnectTimedOut { host } => self.count_connect_failure(ci, host, true),
             ExchangeEvent::PerTryTimedOut { .. } | ExchangeEvent::RouteTimedOut { .. } => {
                 bump(&self.stats.http_upstream_timeouts, 1);
                 if let Some(c) = cstats {

@@ -57,6 +57,7 @@ pub mod tls;
 pub mod tls_certs;
 pub mod tls_tickets;
 pub mod transparent;
+pub mod upstreams;
 pub mod worker;
 pub mod xds;
 
