@@ -367,11 +367,11 @@ impl<N: Network> Engine<N> {
             bump(&l.downstream_bytes_received, initial.len() as u64);
         }
         let mut spare: Vec<u8> = Vec::new();
-        let expired = self.drain_expired.notified();
+        let expired = self.lifecycle.drain_expired();
         tokio::pin!(expired);
         // A drain deadline that passed before the watch above began (during a TLS handshake's
         // last steps or protocol detection) closes the connection at once.
-        let mut close = overflow || self.drain_deadline_passed.get();
+        let mut close = overflow || self.lifecycle.drain_deadline_passed();
         // Upstream outboxes this connection wrote to in the current batch.
         let mut touched: Vec<Rc<Outbox>> = Vec::new();
         // While handing over: until when reading stays paused (see MIGRATION_PAUSE).
@@ -503,15 +503,15 @@ impl<N: Network> Engine<N> {
             // instance took over, stop reading (what the client sends next waits in the
             // socket), let the requests in flight finish, and hand the connection over with the
             // bytes read but not processed.
-            let stop = self.stop_accepting.notified();
+            let stop = self.lifecycle.stop_accepting();
             // A TLS connection stays (its session keys are this process's): it closes once
             // nothing is in flight, as without a new instance.
-            let migrate = if self.stopping.get() && !stream.is_tls() {
+            let migrate = if self.lifecycle.is_stopping() && !stream.is_tls() {
                 self.ready_handoff()
             } else {
                 None
             };
-            if self.stopping.get() && bw.proxy.borrow().downstream_in_flight(down) == 0 {
+            if self.lifecycle.is_stopping() && bw.proxy.borrow().downstream_in_flight(down) == 0 {
                 if let Some(to) = migrate.as_ref()
                     && end - start <= to.max_unread()
                 {

@@ -49,7 +49,6 @@ use sluice_core::tls::{
     ClientHelloError, DEFAULT_MAX_HELLO_BYTES, Peek, max_hello_wire_bytes, peek_client_hello,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::sync::Notify;
 use tracing::{debug, info, warn};
 
 use crate::access_log::{AccessLog, Entry};
@@ -64,6 +63,9 @@ use crate::relay::relay;
 use crate::splice::AsTcpStream as _;
 use crate::stats::{CaptureOutcome, ChainPeekRefusal, SniOutcome, WorkerStats, bump, gauge_add};
 use crate::tls::MaybeTls;
+
+mod lifecycle;
+pub(crate) use lifecycle::Lifecycle;
 
 /// One worker's engine. Create with [`Engine::new`], run with [`Engine::run`].
 pub struct Engine<N: Network> {
@@ -88,25 +90,8 @@ pub struct Engine<N: Network> {
     /// The worker's empty splice pipes (a spliced session holds one only while bytes sit in
     /// it); trimmed by the periodic sweep.
     pub(crate) pipes: crate::splice::PipePool,
-    sessions: Cell<usize>,
-    sessions_idle: Notify,
-    pub(crate) stopping: Cell<bool>,
-    pub(crate) stop_accepting: Notify,
-    /// Set by [`Engine::close_listeners`]: accept loops end, connections carry on.
-    listeners_closed: Cell<bool>,
-    close_listeners_now: Notify,
-    /// Set by [`Engine::take_listeners`]: accept loops hand their socket over and end.
-    handing_over: Cell<bool>,
-    handover_now: Notify,
-    /// Sockets given back by the accept loops, by listener index.
-    returned: RefCell<Vec<Option<N::Listener>>>,
-    /// Accept loops ended (handing over or not).
-    returned_count: Cell<usize>,
-    listeners_returned: Notify,
-    pub(crate) drain_expired: Notify,
-    /// Set when `drain_expired` is notified: a session past a stage that watched it (a TLS
-    /// handshake, a ClientHello peek) checks this before starting the next.
-    pub(crate) drain_deadline_passed: Cell<bool>,
+    /// Accepting, handing over, stopping, draining; the open session count.
+    pub(crate) lifecycle: Lifecycle<N::Listener>,
     /// The listeners as their filter chains serve (`ListenerConfig::chain_as_listener`), in
     /// [`Config::chain_slots`] order: serving slot `config.listeners.len() + n` is
     /// `chain_listeners[n]`. Per-listener state below is kept per serving slot.
@@ -304,19 +289,7 @@ impl<N: Network> Engine<N> {
             stats,
             http_buffers: crate::bufpool::BufPool::default(),
             pipes: crate::splice::PipePool::new(limits.clone()),
-            sessions: Cell::new(0),
-            sessions_idle: Notify::new(),
-            stopping: Cell::new(false),
-            stop_accepting: Notify::new(),
-            listeners_closed: Cell::new(false),
-            close_listeners_now: Notify::new(),
-            handing_over: Cell::new(false),
-            handover_now: Notify::new(),
-            returned: RefCell::new((0..config_listeners).map(|_| None).collect()),
-            returned_count: Cell::new(0),
-            listeners_returned: Notify::new(),
-            drain_expired: Notify::new(),
-            drain_deadline_passed: Cell::new(false),
+            lifecycle: Lifecycle::new(config_listeners),
             chain_listeners,
             chain_base,
             slot_owner,
@@ -345,7 +318,7 @@ impl<N: Network> Engine<N> {
 
     /// Sessions open now.
     pub fn open_sessions(&self) -> usize {
-        self.sessions.get()
+        self.lifecycle.open_sessions()
     }
 
     /// A cluster's live state (for inspection).
@@ -475,34 +448,32 @@ impl<N: Network> Engine<N> {
 
     /// Whether `/drain_listeners` closed this engine's listening sockets.
     pub fn listeners_closed(&self) -> bool {
-        self.listeners_closed.get()
+        self.lifecycle.listeners_closed()
     }
 
     /// Stops accepting new connections (closing this worker's listening sockets) without
     /// draining the open ones.
     pub fn close_listeners(&self) {
-        if !self.listeners_closed.replace(true) {
+        if self.lifecycle.close_listeners() {
             info!(worker = self.worker, "listeners closed: no new connections");
-            self.close_listeners_now.notify_waiters();
         }
     }
 
     /// Stops accepting, waits for sessions up to the drain timeout, then closes the rest.
     async fn drain(&self) {
-        self.stopping.set(true);
-        self.stop_accepting.notify_waiters();
-        let open = self.sessions.get();
+        self.lifecycle.stop();
+        let open = self.lifecycle.open_sessions();
         info!(worker = self.worker, open, "draining");
-        let drained = tokio::time::timeout(self.config.drain_timeout, self.wait_idle()).await;
+        let drained =
+            tokio::time::timeout(self.config.drain_timeout, self.lifecycle.wait_idle()).await;
         if drained.is_err() {
             warn!(
                 worker = self.worker,
-                open = self.sessions.get(),
+                open = self.lifecycle.open_sessions(),
                 "drain timeout passed; closing the remaining sessions"
             );
-            self.drain_deadline_passed.set(true);
-            self.drain_expired.notify_waiters();
-            self.wait_idle().await;
+            self.lifecycle.expire_drain();
+            self.lifecycle.wait_idle().await;
         }
         info!(worker = self.worker, "drained");
     }
@@ -531,16 +502,6 @@ impl<N: Network> Engine<N> {
             .flatten()
     }
 
-    async fn wait_idle(&self) {
-        loop {
-            let idle = self.sessions_idle.notified();
-            if self.sessions.get() == 0 {
-                return;
-            }
-            idle.await;
-        }
-    }
-
     async fn accept_loop(self: Rc<Self>, index: usize, listener: N::Listener) {
         let lc: &ListenerConfig = &self.config.listeners[index];
         // Back-off after a failed accept: 10 ms for a passing error, 100 ms doubling to 1 s
@@ -548,19 +509,17 @@ impl<N: Network> Engine<N> {
         // backlog; spinning on it would only burn a core and flood the log).
         let mut backoff = Duration::ZERO;
         loop {
-            let stop = self.stop_accepting.notified();
-            let close = self.close_listeners_now.notified();
-            let handover = self.handover_now.notified();
-            if self.handing_over.get() {
+            let stop = self.lifecycle.stop_accepting();
+            let close = self.lifecycle.closing_listeners();
+            let handover = self.lifecycle.handover_asked();
+            if self.lifecycle.handing_over() {
                 // The next engine (a reload, an in-process upgrade) takes the socket as it is:
                 // connections waiting in its backlog are accepted there, none is refused.
-                self.returned.borrow_mut()[index] = Some(listener);
-                self.returned_count.set(self.returned_count.get() + 1);
-                self.listeners_returned.notify_waiters();
+                self.lifecycle.hand_back(index, listener);
                 debug!(worker = self.worker, listener = %lc.name, "listener handed over");
                 return;
             }
-            if self.stopping.get() || self.listeners_closed.get() {
+            if self.lifecycle.is_stopping() || self.lifecycle.listeners_closed() {
                 break;
             }
             let accepted = tokio::select! {
@@ -583,7 +542,7 @@ impl<N: Network> Engine<N> {
                     self.log_accept_error(lc, &e, backoff);
                     tokio::select! {
                         biased;
-                        () = self.stop_accepting.notified() => break,
+                        () = self.lifecycle.stop_accepting() => break,
                         () = tokio::time::sleep(backoff) => {}
                     }
                     // Out of descriptors, the admin server may be swapping its reserved one
@@ -596,8 +555,7 @@ impl<N: Network> Engine<N> {
         }
         debug!(worker = self.worker, listener = %lc.name, "stopped accepting");
         // Dropping the listener here closes this worker's socket.
-        self.returned_count.set(self.returned_count.get() + 1);
-        self.listeners_returned.notify_waiters();
+        self.lifecycle.listener_ended();
     }
 
     /// Stops this engine's active health checks (the next generation runs its own).
@@ -612,16 +570,9 @@ impl<N: Network> Engine<N> {
     /// can accept on it; the open sessions carry on until `shutdown` drains them. Call once, while
     /// the engine runs.
     pub async fn take_listeners(&self) -> Vec<Option<N::Listener>> {
-        self.handing_over.set(true);
-        self.handover_now.notify_waiters();
-        loop {
-            let returned = self.listeners_returned.notified();
-            if self.returned_count.get() >= self.config.listeners.len() {
-                break;
-            }
-            returned.await;
-        }
-        std::mem::take(&mut *self.returned.borrow_mut())
+        self.lifecycle
+            .take_listeners(self.config.listeners.len())
+            .await
     }
 
     /// Logs a failed accept, at most once a second per worker (with how many were not
@@ -709,7 +660,7 @@ impl<N: Network> Engine<N> {
         if let Some(l) = self.listener_stats(index) {
             bump(&l.downstream_cx_total, 1);
         }
-        self.sessions.set(self.sessions.get() + 1);
+        self.lifecycle.session_opened();
         // The first request's (or frame's) timer runs from here: a slow TLS handshake comes
         // out of it rather than adding to it.
         let accepted = now();
@@ -982,7 +933,7 @@ impl<N: Network> Engine<N> {
             }
         };
         tokio::pin!(timeout);
-        let drain_expired = self.drain_expired.notified();
+        let drain_expired = self.lifecycle.drain_expired();
         tokio::pin!(drain_expired);
         if look.hello {
             // The length the parser needs before it can say more.
@@ -990,7 +941,7 @@ impl<N: Network> Engine<N> {
             let mut head = [0u8; HEAD];
             let mut records: Vec<u8> = Vec::new();
             loop {
-                if self.drain_deadline_passed.get() {
+                if self.lifecycle.drain_deadline_passed() {
                     return ChainPeek::drained();
                 }
                 let buf: &mut [u8] = if at_least <= HEAD {
@@ -1052,7 +1003,7 @@ impl<N: Network> Engine<N> {
         let mut small = [0u8; 64];
         let mut grown: Vec<u8> = Vec::new();
         loop {
-            if self.drain_deadline_passed.get() {
+            if self.lifecycle.drain_deadline_passed() {
                 return ChainPeek::drained();
             }
             let buf: &mut [u8] = if grown.is_empty() {
@@ -1140,9 +1091,9 @@ impl<N: Network> Engine<N> {
             .tls
             .as_ref()
             .map_or(Duration::from_secs(10), |t| t.handshake_timeout);
-        let drain_expired = self.drain_expired.notified();
+        let drain_expired = self.lifecycle.drain_expired();
         let handshake = tokio::time::timeout(timeout, acceptor.accept(stream));
-        let (outcome, result) = if self.drain_deadline_passed.get() {
+        let (outcome, result) = if self.lifecycle.drain_deadline_passed() {
             (HandshakeOutcome::Drained, None)
         } else {
             tokio::select! {
@@ -1308,9 +1259,9 @@ impl<N: Network> Engine<N> {
         // Created now so that a drain timeout during the connect phase is not missed (a
         // `Notified` receives `notify_waiters` from the moment it exists); one that passed
         // before (during a TLS handshake or a ClientHello peek) ends the session here.
-        let drain_expired = self.drain_expired.notified();
+        let drain_expired = self.lifecycle.drain_expired();
         let mut reason = None;
-        if self.drain_deadline_passed.get() {
+        if self.lifecycle.drain_deadline_passed() {
             reason = Some(CloseReason::DrainTimeout);
         } else {
             match direct {
@@ -1506,7 +1457,7 @@ impl<N: Network> Engine<N> {
     /// The echo filter: writes back every byte read, until EOF or the drain timeout.
     async fn echo(&self, listener: usize, mut stream: N::Stream) {
         let mut buf = self.take_buffer();
-        let expired = self.drain_expired.notified();
+        let expired = self.lifecycle.drain_expired();
         tokio::pin!(expired);
         loop {
             let n = tokio::select! {
@@ -1556,9 +1507,9 @@ impl<N: Network> Engine<N> {
         // (32 KiB) bounds it too, and one that fills the buffer undecided is refused.
         let limit = DEFAULT_MAX_HELLO_BYTES.min(buf.len());
         let deadline = tokio::time::Instant::now() + tp.client_hello_timeout;
-        let drain_expired = self.drain_expired.notified();
+        let drain_expired = self.lifecycle.drain_expired();
         tokio::pin!(drain_expired);
-        if self.drain_deadline_passed.get() {
+        if self.lifecycle.drain_deadline_passed() {
             return (buf, 0, (SniOutcome::Timeout, None));
         }
         // Parse again only once the bytes the last verdict asked for are in: a hello trickled
@@ -1703,9 +1654,9 @@ impl<N: Network> Engine<N> {
         let mut n = 0;
         let deadline = crate::to_tokio(accepted) + http.request_headers_timeout;
         // The drain's deadline ends the wait (the flag: it passed before this watch began).
-        let expired = self.drain_expired.notified();
+        let expired = self.lifecycle.drain_expired();
         tokio::pin!(expired);
-        if self.drain_deadline_passed.get() {
+        if self.lifecycle.drain_deadline_passed() {
             return;
         }
         let protocol = loop {
@@ -1911,7 +1862,7 @@ impl<N: Network> Engine<N> {
         if let Some(l) = self.listener_stats(index) {
             bump(&l.downstream_cx_total, 1);
         }
-        self.sessions.set(self.sessions.get() + 1);
+        self.lifecycle.session_opened();
         // A captured connection keeps its original destination across the upgrade: the kernel
         // still knows it (connection tracking, or the socket's local address for TPROXY). It
         // may have been handed off, so it is read as the config's capture listener reads.
@@ -1972,10 +1923,7 @@ impl<N: Network> Drop for SessionGuard<'_, N> {
         if let Some(l) = e.stats.listener(self.1) {
             bump(&l.downstream_cx_closed, 1);
         }
-        e.sessions.set(e.sessions.get() - 1);
-        if e.sessions.get() == 0 {
-            e.sessions_idle.notify_waiters();
-        }
+        e.lifecycle.session_closed();
     }
 }
 

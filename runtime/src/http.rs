@@ -955,12 +955,12 @@ impl<N: Network> Engine<N> {
         // closes with it. (A deadline that passed before this point — during the TLS
         // handshake's last steps or the sniff — is seen by the flag: `drain_expired` only wakes
         // those already waiting.)
-        if self.drain_deadline_passed.get() {
+        if self.lifecycle.drain_deadline_passed() {
             tracing::debug!(%peer, "drain timeout passed; closing the HTTP connection");
             let _ = down.shutdown().await;
             return;
         }
-        let mut expired = std::pin::pin!(self.drain_expired.notified());
+        let mut expired = std::pin::pin!(self.lifecycle.drain_expired());
         // What the connection keeps while it is parked (or has sent nothing yet): its policy
         // (when to wait and for how long: see sluice_core::http1::conn) and its read buffer,
         // which holds no memory then. The request path's state is a boxed future made when a
@@ -972,7 +972,7 @@ impl<N: Network> Engine<N> {
                 request_headers_timeout: hc.request_headers_timeout,
                 idle_timeout: hc.idle_timeout,
             },
-            self.stopping.get(),
+            self.lifecycle.is_stopping(),
         );
         let mut rbuf = ReadBuffer::new();
         if !initial.is_empty() && initial.len() <= READ_BUFFER {
@@ -1272,7 +1272,7 @@ impl<N: Network> Engine<N> {
             // draining connection DRAIN_IDLE_GRACE (sluice_core::http1::conn) for that request,
             // answered with `connection: close`; closing here would reset a request already on
             // its way.
-            if !policy.handle_response_done(now(), outcome.reusable, self.stopping.get()) {
+            if !policy.handle_response_done(now(), outcome.reusable, self.lifecycle.is_stopping()) {
                 break;
             }
         }
@@ -1302,8 +1302,8 @@ impl<N: Network> Engine<N> {
         policy: &mut ConnectionPolicy,
     ) -> Waited {
         loop {
-            let stop = self.stop_accepting.notified();
-            let draining = self.stopping.get();
+            let stop = self.lifecycle.stop_accepting();
+            let draining = self.lifecycle.is_stopping();
             let read = tokio::select! {
                 biased;
                 () = stop, if !draining => {
@@ -1449,7 +1449,7 @@ impl<N: Network> Engine<N> {
         match &route.route.action {
             RouteAction::DirectResponse { status, body } => {
                 out.clear();
-                let close = has_body || !head.keep_alive() || self.stopping.get();
+                let close = has_body || !head.keep_alive() || self.lifecycle.is_stopping();
                 write_local_response(out, *status, &[], body.as_bytes(), close);
                 let ok = write_flushed(down, out).await.is_ok();
                 Outcome {
@@ -1485,7 +1485,7 @@ impl<N: Network> Engine<N> {
         close: bool,
     ) -> Outcome {
         // Draining: the client must reconnect for its next request.
-        let close = close || self.stopping.get();
+        let close = close || self.lifecycle.is_stopping();
         out.clear();
         let status = if grpc {
             let code = grpc::local_status(flag, status);
@@ -2248,7 +2248,7 @@ impl<N: Network> Engine<N> {
                     && keeps_alive(
                         head.keep_alive(),
                         matches!(rhead.framing(), BodyFraming::CloseDelimited),
-                        self.stopping.get(),
+                        self.lifecycle.is_stopping(),
                     );
                 let upgrade = status == 101 && head.upgrade();
                 let mut edits = HeaderEdits::new();
