@@ -302,7 +302,7 @@ impl<N: Network> Engine<N> {
         let closed = bw
             .proxy
             .borrow_mut()
-            .close_stale_upstreams(ci, &mut self.all_clusters.borrow_mut());
+            .close_stale_upstreams(ci, &mut self.upstreams.all_clusters.borrow_mut());
         if closed > 0 {
             self.bolt_after_input();
             self.publish_bolt_stats();
@@ -392,7 +392,7 @@ impl<N: Network> Engine<N> {
                             now,
                             down,
                             &frame,
-                            &mut self.all_clusters.borrow_mut(),
+                            &mut self.upstreams.all_clusters.borrow_mut(),
                             &mut self.rng.borrow_mut(),
                         );
                         if let Some(before) = &before {
@@ -672,12 +672,14 @@ impl<N: Network> Engine<N> {
         // failed handshake is a connect failure, and no frame is written before it succeeded.
         let deadline = tokio::time::Instant::now() + self.config.clusters[cluster].connect_timeout;
         let stream = match self
-            .connect_upstream(cluster, transport, address, Some(deadline))
+            .upstreams
+            .connect(&self.tls, cluster, transport, address, Some(deadline))
             .await
         {
             Ok(s) => s,
             Err(e) => {
-                self.count_connect_failure(cluster, host, e.is_timeout());
+                self.upstreams
+                    .count_connect_failure(cluster, host, e.is_timeout());
                 debug!(%address, error = %e, "bolt: upstream connect failed");
                 self.report_upstream_result(cluster, picked, UpstreamResult::ConnectFailure);
                 self.end_upstream(up);
@@ -722,7 +724,7 @@ impl<N: Network> Engine<N> {
                             now,
                             up,
                             &frame,
-                            &mut self.all_clusters.borrow_mut(),
+                            &mut self.upstreams.all_clusters.borrow_mut(),
                         );
                         match verdict {
                             UpstreamVerdict::Forward { down, request_id } => {
@@ -832,7 +834,7 @@ impl<N: Network> Engine<N> {
         bw.proxy.borrow_mut().handle_upstream_closed(
             now(),
             up,
-            &mut self.all_clusters.borrow_mut(),
+            &mut self.upstreams.all_clusters.borrow_mut(),
         );
         self.bolt_after_input();
         bw.lost_flag.set("UC");
@@ -853,7 +855,7 @@ impl<N: Network> Engine<N> {
                 () = tokio::time::sleep_until(sleep_until) => {
                     bw.proxy
                         .borrow_mut()
-                        .handle_timeout(now(), &mut self.all_clusters.borrow_mut());
+                        .handle_timeout(now(), &mut self.upstreams.all_clusters.borrow_mut());
                     self.bolt_after_input();
                     self.publish_bolt_stats();
                 }
@@ -871,11 +873,11 @@ impl<N: Network> Engine<N> {
     /// otherwise be reused once the host passes its checks again — on fresh connections — and
     /// every request sent on it would time out. Its requests in flight are answered status 16.
     fn refresh_bolt_availability(&self, now: Instant) {
-        for ci in 0..self.clusters.len() {
+        for ci in 0..self.upstreams.clusters.len() {
             self.refresh_availability_at(ci, now);
         }
         let bw = self.bolt();
-        let seen = self.shared_health.generation_sum();
+        let seen = self.upstreams.shared_health.generation_sum();
         if seen == bw.health_seen.replace(seen) {
             return;
         }
@@ -887,7 +889,7 @@ impl<N: Network> Engine<N> {
         for (ci, c) in self.config.clusters.iter().enumerate() {
             was[ci].resize(c.host_slots(), false);
             for (hi, w) in was[ci].iter_mut().enumerate() {
-                let now = self.shared_health.is_healthy(ci, hi);
+                let now = self.upstreams.shared_health.is_healthy(ci, hi);
                 if *w && !now && !first_look {
                     went_down.push((ci, hi));
                 }
@@ -976,7 +978,8 @@ impl<N: Network> Engine<N> {
                 if let Some((cluster, host, _)) = proxy.upstream(up) {
                     x.cluster = Some(cluster);
                     x.upstream = proxy.upstream_destination(up).or_else(|| {
-                        self.all_clusters
+                        self.upstreams
+                            .all_clusters
                             .borrow()
                             .get(cluster)
                             .map(|c| c.host(host.id).address)

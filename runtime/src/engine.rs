@@ -24,6 +24,13 @@
 //! TLS acceptor are kept at that index, and the session runs the listener code with it; its
 //! counters are its listener's. A listener without chains peeks at nothing.
 //!
+//! Parts, each owned by the engine and holding one concern's state:
+//! [`Lifecycle`] (accepting, listener hand-over, stopping, the drain deadline, the open session
+//! count: the flags every accept loop and session watches, changed only through its methods)
+//! and [`Upstreams`] (cluster states, health, connection pools and the one connect path:
+//! [`crate::upstreams`]). What is left here directly: the config, the network for accepting,
+//! the serving slots (filter chains, routers, access logs), the TLS contexts, counters, limits.
+//!
 //! Counters: every session, request and upstream try is counted in the worker's own
 //! [`WorkerStats`] (per listener, cluster and host when it has slots for them), with a relaxed
 //! load and store per counter. A host's in-flight gauge mirrors the worker's `ClusterState`
@@ -62,7 +69,7 @@ use crate::pool::Pool;
 use crate::relay::relay;
 use crate::splice::AsTcpStream as _;
 use crate::stats::{CaptureOutcome, ChainPeekRefusal, SniOutcome, WorkerStats, bump, gauge_add};
-use crate::tls::MaybeTls;
+use crate::upstreams::Upstreams;
 
 mod lifecycle;
 pub(crate) use lifecycle::Lifecycle;
@@ -73,14 +80,8 @@ pub struct Engine<N: Network> {
     pub(crate) config: Arc<Config>,
     pub(crate) worker: usize,
     seed: u64,
-    /// Per cluster: a handle on this worker's state of it (all of them live in `all_clusters`).
-    pub(crate) clusters: Vec<ClusterRef>,
-    /// This worker's cluster states, in config order (the Bolt proxy takes them as a slice).
-    pub(crate) all_clusters: Rc<RefCell<Vec<ClusterState>>>,
-    /// Per cluster: this worker's outlier detector and applied availability.
-    pub(crate) health: Vec<RefCell<WorkerHealth>>,
-    /// Active health-check verdicts, shared by the process's workers.
-    pub(crate) shared_health: Arc<SharedHealth>,
+    /// Clusters, their health, connection pools and the connect path.
+    pub(crate) upstreams: Upstreams<N>,
     pub(crate) rng: RefCell<Rng>,
     pub(crate) stats: Arc<WorkerStats>,
     /// The worker's buffers: HTTP/1.1 connections' read and write buffers (held only while a
@@ -119,10 +120,6 @@ pub struct Engine<N: Network> {
     /// Where draining Bolt connections go instead of closing (connection migration to the next
     /// generation or instance); set by whoever runs the engine.
     pub(crate) handoff: RefCell<Option<Rc<dyn Handoff<N::Stream>>>>,
-    /// This worker's idle upstream HTTP connections.
-    pub(crate) pool: Pool<crate::http::UpstreamConn<MaybeTls<N::Stream>>>,
-    /// The worker's HTTP/2 upstream connections (`protocol: http2` clusters).
-    pub(crate) h2_pool: crate::h2_upstream::H2Pool,
     /// The process-wide caps (connections, Bolt partial frames), shared by every worker.
     pub(crate) limits: Arc<ProcessLimits>,
     /// Per listener: its connection count across workers (see [`ProcessLimits`]).
@@ -276,15 +273,22 @@ impl<N: Network> Engine<N> {
                 .map(|l| (l.address, !l.use_original_dst)),
         );
         let tracer = config.tracing.as_ref().map(crate::otlp::Tracer::new);
+        let upstream_net = net.clone();
         Ok(Rc::new(Engine {
             net,
             config,
             worker,
             seed,
-            clusters,
-            all_clusters,
-            health,
-            shared_health,
+            upstreams: Upstreams::new(
+                upstream_net,
+                stats.clone(),
+                clusters,
+                all_clusters,
+                health,
+                shared_health,
+                pool,
+                h2_pool,
+            ),
             rng: RefCell::new(Rng::from_seed(seed)),
             stats,
             http_buffers: crate::bufpool::BufPool::default(),
@@ -297,8 +301,6 @@ impl<N: Network> Engine<N> {
             access_logs,
             bolt_access_logs,
             tls: tls_contexts,
-            pool,
-            h2_pool,
             bolt,
             handoff: RefCell::new(None),
             health_task: RefCell::new(None),
@@ -323,7 +325,7 @@ impl<N: Network> Engine<N> {
 
     /// A cluster's live state (for inspection).
     pub fn cluster(&self, index: usize) -> std::cell::Ref<'_, ClusterState> {
-        std::cell::Ref::map(self.all_clusters.borrow(), |all| &all[index])
+        std::cell::Ref::map(self.upstreams.all_clusters.borrow(), |all| &all[index])
     }
 
     /// Serves `listeners` (one bound listener per `config.listeners` entry, same order) until
@@ -405,11 +407,11 @@ impl<N: Network> Engine<N> {
         let pool_sweeper = {
             let engine = self.clone();
             tokio::task::spawn_local(async move {
-                let mut tick = tokio::time::interval(engine.pool.sweep_interval());
+                let mut tick = tokio::time::interval(engine.upstreams.pool.sweep_interval());
                 loop {
                     tick.tick().await;
-                    engine.pool.sweep(crate::now());
-                    engine.h2_pool.sweep(crate::now());
+                    engine.upstreams.pool.sweep(crate::now());
+                    engine.upstreams.h2_pool.sweep(crate::now());
                     // Buffers a burst left in the pool and nothing took since the last sweep.
                     engine.http_buffers.trim();
                     engine.pipes.trim();
@@ -1218,7 +1220,7 @@ impl<N: Network> Engine<N> {
                 }
             },
         };
-        let cluster = &self.clusters[ci];
+        let cluster = &self.upstreams.clusters[ci];
         let cstats = self.stats.cluster(ci);
         // One unit of max_connections for the session's upstream connection; at the limit the
         // downstream connection is closed at once.
@@ -1238,7 +1240,7 @@ impl<N: Network> Engine<N> {
         if let Some(c) = cstats {
             bump(&c.upstream_rq_total, 1);
         }
-        self.shared_health.note_traffic(ci);
+        self.upstreams.shared_health.note_traffic(ci);
         self.refresh_availability(ci);
         let mut session = TcpSession::new(
             now(),
@@ -1287,7 +1289,8 @@ impl<N: Network> Engine<N> {
                     // deadline: a failed handshake (verification included) is a connect failure.
                     let deadline = session.poll_timeout().map(crate::to_tokio);
                     let failure = match self
-                        .connect_upstream(ci, transport, address, deadline)
+                        .upstreams
+                        .connect(&self.tls, ci, transport, address, deadline)
                         .await
                     {
                         Ok(stream) => {
@@ -1304,7 +1307,8 @@ impl<N: Network> Engine<N> {
                             continue;
                         }
                         Err(e) => {
-                            self.count_connect_failure(ci, host, e.is_timeout());
+                            self.upstreams
+                                .count_connect_failure(ci, host, e.is_timeout());
                             debug!(listener = %lc.name, %address, error = %e, "upstream connect failed");
                             e.session_failure()
                         }
@@ -1487,7 +1491,7 @@ impl<N: Network> Engine<N> {
     /// cluster state — into the host's gauge (one load and store).
     pub(crate) fn publish_host_active(&self, cluster: usize, host: HostId) {
         if let Some(h) = self.stats.host(cluster, host.index()) {
-            let active = self.clusters[cluster].borrow().host(host).active;
+            let active = self.upstreams.clusters[cluster].borrow().host(host).active;
             h.rq_active.store(u64::from(active), Relaxed);
         }
     }
@@ -1623,7 +1627,9 @@ impl<N: Network> Engine<N> {
     /// `no_traffic_interval`).
     fn note_bolt_traffic(&self, bc: &sluice_core::config::bolt::BoltConfig) {
         for r in &bc.routes {
-            self.shared_health.note_traffic(r.action.cluster_index);
+            self.upstreams
+                .shared_health
+                .note_traffic(r.action.cluster_index);
         }
     }
 

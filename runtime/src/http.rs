@@ -1709,7 +1709,7 @@ impl<N: Network> Engine<N> {
         // --- admission: the max_requests breaker, then the hosts' availability ---
         // The core's stream takes and gives back every breaker unit of the request; the guard
         // aborts it (giving them back) if this future is dropped midway.
-        let cluster = &self.clusters[ci];
+        let cluster = &self.upstreams.clusters[ci];
         let close_on_reply = !replayable || !head.keep_alive();
         // An `original_dst` cluster: the request goes where its connection was going (one
         // that was not captured has nowhere to go: 503, never a loop back to the proxy).
@@ -1787,7 +1787,7 @@ impl<N: Network> Engine<N> {
         if let Some(c) = cstats {
             bump(&c.upstream_rq_total, 1);
         }
-        self.shared_health.note_traffic(ci);
+        self.upstreams.shared_health.note_traffic(ci);
         self.refresh_availability_at(ci, admitted_at);
 
         // --- tries --- (from here until a response byte is written, a drain deadline answers
@@ -1828,7 +1828,7 @@ impl<N: Network> Engine<N> {
             let (picked, transport) = match stream.picked {
                 Some(picked) => (picked, stream.transport),
                 None => {
-                    let c = self.clusters[ci].borrow();
+                    let c = self.upstreams.clusters[ci].borrow();
                     (c.host_ref(host), c.transport(host))
                 }
             };
@@ -1850,7 +1850,8 @@ impl<N: Network> Engine<N> {
                 None
             } else if http2 {
                 let timer = deadline_of(stream.poll_timeout());
-                self.h2_pool
+                self.upstreams
+                    .h2_pool
                     .wait_for_room(ci, peer, &self.stats, timer)
                     .await
                     .map(|c| {
@@ -1858,8 +1859,8 @@ impl<N: Network> Engine<N> {
                     })
             } else {
                 match destination {
-                    None => self.pool.take(ci, host.index(), try_start),
-                    Some(d) => self.pool.take_to(ci, d, try_start),
+                    None => self.upstreams.pool.take(ci, host.index(), try_start),
+                    Some(d) => self.upstreams.pool.take_to(ci, d, try_start),
                 }
                 .map(Upstream::Http1)
             };
@@ -1882,7 +1883,7 @@ impl<N: Network> Engine<N> {
                     }
                     // Requests for this host (destination) wait for this connection rather than
                     // open theirs.
-                    let _connecting = http2.then(|| self.h2_pool.connecting(ci, peer));
+                    let _connecting = http2.then(|| self.upstreams.h2_pool.connecting(ci, peer));
                     let timer = deadline_of(stream.poll_timeout());
                     // The connect and, to a TLS cluster, the handshake (the upstream's chain
                     // and identity verified) within the stream's next deadline: a failed
@@ -1890,8 +1891,14 @@ impl<N: Network> Engine<N> {
                     // before it succeeded. Boxed (once per new upstream connection): the TLS
                     // handshake's state is large and would otherwise be laid out in every
                     // connection's request path.
-                    let connected =
-                        Box::pin(self.connect_upstream(ci, transport, address, Some(timer))).await;
+                    let connected = Box::pin(self.upstreams.connect(
+                        &self.tls,
+                        ci,
+                        transport,
+                        address,
+                        Some(timer),
+                    ))
+                    .await;
                     match connected {
                         Ok(s) => {
                             step = self.stream_input(
@@ -2442,14 +2449,15 @@ impl<N: Network> Engine<N> {
             // while this request was in flight) is closed, never pooled under the slot: the
             // pool holds only connections to the slots' current hosts (an answer that moves a
             // slot empties its idle list), so a checkout needs no check of its own.
-            let current = destination.is_some() || self.clusters[ci].borrow().is_current(picked);
+            let current =
+                destination.is_some() || self.upstreams.clusters[ci].borrow().is_current(picked);
             if pool_up
                 && current
                 && let Upstream::Http1(up) = up
             {
                 match destination {
-                    None => self.pool.put(ci, host.index(), up, now()),
-                    Some(d) => self.pool.put_to(ci, d, up, now()),
+                    None => self.upstreams.pool.put(ci, host.index(), up, now()),
+                    Some(d) => self.upstreams.pool.put_to(ci, d, up, now()),
                 }
             }
             return outcome;
@@ -2590,9 +2598,9 @@ impl<N: Network> Engine<N> {
                 // handshake may have outlasted a DNS answer that moved the slot): otherwise it
                 // serves this request alone, and closes with it. A destination is always current.
                 if matches!(peer, Peer::Destination(_))
-                    || self.clusters[ci].borrow().is_current(host)
+                    || self.upstreams.clusters[ci].borrow().is_current(host)
                 {
-                    self.h2_pool.put(ci, peer, c.clone());
+                    self.upstreams.h2_pool.put(ci, peer, c.clone());
                 }
                 Ok(Upstream::Http2(Box::new(H2Upstream::new(
                     c,
@@ -2697,8 +2705,12 @@ impl<N: Network> Engine<N> {
     fn observe_exchange_event(&self, ci: usize, event: ExchangeEvent, picked: Option<HostRef>) {
         let cstats = self.stats.cluster(ci);
         match event {
-            ExchangeEvent::ConnectFailed { host } => self.count_connect_failure(ci, host, false),
-            ExchangeEvent::ConnectTimedOut { host } => self.count_connect_failure(ci, host, true),
+            ExchangeEvent::ConnectFailed { host } => {
+                self.upstreams.count_connect_failure(ci, host, false)
+            }
+            ExchangeEvent::ConnectTimedOut { host } => {
+                self.upstreams.count_connect_failure(ci, host, true)
+            }
             ExchangeEvent::PerTryTimedOut { .. } | ExchangeEvent::RouteTimedOut { .. } => {
                 bump(&self.stats.http_upstream_timeouts, 1);
                 if let Some(c) = cstats {
@@ -2712,7 +2724,7 @@ impl<N: Network> Engine<N> {
         if let Some((host, result)) = event.upstream_result() {
             let host = picked
                 .filter(|p| p.id == host)
-                .unwrap_or_else(|| self.clusters[ci].borrow().host_ref(host));
+                .unwrap_or_else(|| self.upstreams.clusters[ci].borrow().host_ref(host));
             self.report_upstream_result(ci, host, result);
         }
     }

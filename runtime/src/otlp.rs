@@ -393,7 +393,7 @@ impl<N: Network> Engine<N> {
         let start = q.next_host.get();
         let pick = (0..hosts)
             .map(|i| (start + i) % hosts)
-            .find(|&h| self.shared_health.is_healthy(ci, h))
+            .find(|&h| self.upstreams.shared_health.is_healthy(ci, h))
             .unwrap_or(start % hosts);
         q.next_host.set(pick + 1);
         let address = cluster.hosts[pick].address;

@@ -14,11 +14,17 @@
 //!   one fired — a route deadline during a connect is not a connect failure.
 //! - **What went wrong**, typed ([`ConnectError`]): timeout, refused or reset, TLS by
 //!   [`HandshakeOutcome`], no transport.
-//! - **The shared counters**: with [`Engine::connect_upstream`], `upstream_cx_attempts` and
+//! - **The shared counters**: with [`Upstreams::connect`], `upstream_cx_attempts` and
 //!   the cluster's `upstream_cx_total` per attempt and `upstream_tls_fail` by reason;
-//!   [`Engine::count_connect_failure`] for the connect-fail and connect-timeout counters
+//!   [`Upstreams::count_connect_failure`] for the connect-fail and connect-timeout counters
 //!   (process, cluster, host), which each data-path caller bumps when it decides the attempt
 //!   failed.
+//!
+//! - **The worker's upstream state** ([`Upstreams`], the engine's `upstreams`): its cluster
+//!   states and balancers, outlier detection and applied availability per cluster, the
+//!   process's shared health verdicts, the HTTP/1.1 keep-alive pool and the HTTP/2 connection
+//!   pool. The TLS contexts stay with the engine (one handle for the listeners' acceptors and
+//!   the clusters' connectors, rotated together); the connect takes them as an argument.
 //!
 //! What stays with each caller: which of those counters it bumps beyond the attempt (health
 //! probes count `health_check_*` instead, span exports nothing), whether it reports to outlier
@@ -33,10 +39,40 @@ use sluice_core::cluster::HostId;
 use sluice_core::host::Transport;
 use tokio::time::Instant as TokioInstant;
 
-use crate::engine::Engine;
+use std::cell::RefCell;
+use std::rc::Rc;
+use std::sync::Arc;
+
+use sluice_core::cluster::ClusterState;
+
+use crate::engine::ClusterRef;
+use crate::h2_upstream::H2Pool;
+use crate::health::{SharedHealth, WorkerHealth};
+use crate::http::UpstreamConn;
 use crate::net::Network;
-use crate::stats::bump;
-use crate::tls::{HandshakeOutcome, MaybeTls, NoTransport, UpstreamConnector};
+use crate::pool::Pool;
+use crate::stats::{WorkerStats, bump};
+use crate::tls::{HandshakeOutcome, MaybeTls, NoTransport, UpstreamConnector, WorkerTls};
+
+/// One worker's upstream side: its clusters' state, their health, its connection pools and
+/// the connect path (see the module doc). Owned by the engine of one config generation.
+pub(crate) struct Upstreams<N: Network> {
+    /// Upstream connections open through it (marked with the config's `upstream_mark`).
+    net: N,
+    stats: Arc<WorkerStats>,
+    /// Per cluster: a handle on this worker's state of it (all of them live in `all_clusters`).
+    pub(crate) clusters: Vec<ClusterRef>,
+    /// This worker's cluster states, in config order (the Bolt proxy takes them as a slice).
+    pub(crate) all_clusters: Rc<RefCell<Vec<ClusterState>>>,
+    /// Per cluster: this worker's outlier detector and applied availability.
+    pub(crate) health: Vec<RefCell<WorkerHealth>>,
+    /// Active health-check verdicts, shared by the process's workers.
+    pub(crate) shared_health: Arc<SharedHealth>,
+    /// This worker's idle upstream HTTP connections.
+    pub(crate) pool: Pool<UpstreamConn<MaybeTls<N::Stream>>>,
+    /// The worker's HTTP/2 upstream connections (`protocol: http2` clusters).
+    pub(crate) h2_pool: H2Pool,
+}
 
 /// Why a connection to an upstream host could not be opened.
 #[derive(Debug, thiserror::Error)]
@@ -91,7 +127,7 @@ pub enum Offer {
 
 /// Connects to `address` and, with `tls`, originates TLS over it (verified), all before
 /// `deadline` (`None`: the caller bounds it). The building block of
-/// [`Engine::connect_upstream`], for callers that found the host's connector themselves
+/// [`Upstreams::connect`], for callers that found the host's connector themselves
 /// (health probes, span exports).
 pub async fn connect_via<N: Network>(
     net: &N,
@@ -127,15 +163,41 @@ pub async fn connect_via<N: Network>(
     }
 }
 
-impl<N: Network> Engine<N> {
+impl<N: Network> Upstreams<N> {
+    /// The upstream side of a worker: `net` connects, `stats` counts.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn new(
+        net: N,
+        stats: Arc<WorkerStats>,
+        clusters: Vec<ClusterRef>,
+        all_clusters: Rc<RefCell<Vec<ClusterState>>>,
+        health: Vec<RefCell<WorkerHealth>>,
+        shared_health: Arc<SharedHealth>,
+        pool: Pool<UpstreamConn<MaybeTls<N::Stream>>>,
+        h2_pool: H2Pool,
+    ) -> Self {
+        Upstreams {
+            net,
+            stats,
+            clusters,
+            all_clusters,
+            health,
+            shared_health,
+            pool,
+            h2_pool,
+        }
+    }
+
     /// A new connection to a host of cluster `ci` at `address`, reached with `transport` (the
-    /// host's, read from its slot where it was picked), within `deadline`: see the module doc.
+    /// host's, read from its slot where it was picked; its connector from `tls`, the engine's
+    /// contexts), within `deadline`: see the module doc.
     /// Counts the attempt (`upstream_cx_attempts`, the cluster's `upstream_cx_total`) and a
     /// failed handshake (`upstream_tls_fail` by reason); whether the attempt failed — and
     /// what that means for counters and outlier detection — is the caller's to say
-    /// ([`Engine::count_connect_failure`]).
-    pub(crate) async fn connect_upstream(
+    /// ([`Upstreams::count_connect_failure`]).
+    pub(crate) async fn connect(
         &self,
+        tls: &WorkerTls,
         ci: usize,
         transport: Transport,
         address: SocketAddr,
@@ -146,7 +208,7 @@ impl<N: Network> Engine<N> {
         if let Some(c) = cstats {
             bump(&c.upstream_cx_total, 1);
         }
-        let contexts = self.tls.current();
+        let contexts = tls.current();
         let result = match contexts.connector(ci, transport) {
             Ok(tls) => connect_via(&self.net, tls, address, Offer::Cluster, deadline).await,
             Err(e) => Err(e.into()),
@@ -195,6 +257,7 @@ mod tests {
     use sluice_core::config::Config;
 
     use super::*;
+    use crate::engine::Engine;
     use crate::net::TokioNet;
     use crate::stats::WorkerStats;
     use crate::test_support::{bound, on_local_runtime};
@@ -270,7 +333,9 @@ mod tests {
 
     /// Counts a failed attempt the way the data-path callers do.
     fn count(engine: &Engine<TokioNet>, ci: usize, e: &ConnectError) {
-        engine.count_connect_failure(ci, HostId(0), e.is_timeout());
+        engine
+            .upstreams
+            .count_connect_failure(ci, HostId(0), e.is_timeout());
     }
 
     /// (connect fails, connect timeouts) of cluster `ci`, and its host 0's `cx_connect_fail`.
@@ -296,7 +361,8 @@ mod tests {
             let (l, dead) = bound();
             drop(l);
             let e = engine
-                .connect_upstream(PLAIN, None, dead, deadline())
+                .upstreams
+                .connect(&engine.tls, PLAIN, None, dead, deadline())
                 .await
                 .err()
                 .expect("nothing listens: the connect must fail");
@@ -326,7 +392,9 @@ mod tests {
             let (l, silent) = bound();
             let started = TokioInstant::now();
             // Bounded here too, so that a connect ignoring its deadline fails the test.
-            let connect = engine.connect_upstream(TLS, None, silent, deadline());
+            let connect = engine
+                .upstreams
+                .connect(&engine.tls, TLS, None, silent, deadline());
             let e = tokio::time::timeout(Duration::from_secs(5), connect)
                 .await
                 .expect("the connect ignored its deadline")
@@ -354,7 +422,8 @@ mod tests {
             let engine = engine(&other_ca);
             let at = tls_upstream(server);
             let e = engine
-                .connect_upstream(TLS, None, at, deadline())
+                .upstreams
+                .connect(&engine.tls, TLS, None, at, deadline())
                 .await
                 .err()
                 .expect("an upstream the CA did not sign must not be connected");
@@ -382,10 +451,14 @@ mod tests {
             let engine = engine(&ca);
             let at = tls_upstream(server);
             // The `tls` cluster (sni svc.test) verifies it: the handshake succeeds.
-            let ok = engine.connect_upstream(TLS, None, at, deadline()).await;
+            let ok = engine
+                .upstreams
+                .connect(&engine.tls, TLS, None, at, deadline())
+                .await;
             assert!(matches!(ok, Ok(MaybeTls::Tls(_))), "{:?}", ok.err());
             let e = engine
-                .connect_upstream(TLS_OTHER_NAME, None, at, deadline())
+                .upstreams
+                .connect(&engine.tls, TLS_OTHER_NAME, None, at, deadline())
                 .await
                 .err()
                 .expect("a certificate for svc.test must not pass for other.test");
@@ -415,7 +488,10 @@ mod tests {
             let (ca, _) = server_identity();
             let engine = engine(&ca);
             let (_l, at) = bound();
-            let up = engine.connect_upstream(PLAIN, None, at, deadline()).await;
+            let up = engine
+                .upstreams
+                .connect(&engine.tls, PLAIN, None, at, deadline())
+                .await;
             assert!(matches!(up, Ok(MaybeTls::Plain(_))), "{:?}", up.err());
             assert_eq!(failures(&engine, PLAIN), (0, 0, 0));
         });
