@@ -351,7 +351,7 @@ impl<N: Network> Engine<N> {
         };
         let outbox = Rc::new(Outbox::default());
         bw.downs.borrow_mut().insert(down, outbox.clone());
-        let logged = self.bolt_access_logs[listener].is_some();
+        let logged = self.serving.bolt_access_log(listener).is_some();
         let lstats = self.stats.listener(listener);
         // Bytes beyond the first chunk (a large frame, or a migrated connection's unread
         // bytes) come out of the process's partial-frame budget.
@@ -1080,7 +1080,7 @@ impl<N: Network> Engine<N> {
         bytes_sent: u64,
         now: Instant,
     ) {
-        let Some(log) = &self.bolt_access_logs[x.listener] else {
+        let Some(log) = self.serving.bolt_access_log(x.listener) else {
             return;
         };
         log.borrow_mut().log_bolt(&BoltEntry {

@@ -26,10 +26,11 @@
 //!
 //! Parts, each owned by the engine and holding one concern's state:
 //! [`Lifecycle`] (accepting, listener hand-over, stopping, the drain deadline, the open session
-//! count: the flags every accept loop and session watches, changed only through its methods)
-//! and [`Upstreams`] (cluster states, health, connection pools and the one connect path:
-//! [`crate::upstreams`]). What is left here directly: the config, the network for accepting,
-//! the serving slots (filter chains, routers, access logs), the TLS contexts, counters, limits.
+//! count: the flags every accept loop and session watches, changed only through its methods),
+//! [`Serving`] (per serving slot: its listener config, router, access logs and owning
+//! listener) and [`Upstreams`] (cluster states, health, connection pools and the one connect
+//! path: [`crate::upstreams`]). What is left here directly: the config, the network for
+//! accepting, the TLS contexts, counters, limits, buffers, the Bolt proxy and tracing.
 //!
 //! Counters: every session, request and upstream try is counted in the worker's own
 //! [`WorkerStats`] (per listener, cluster and host when it has slots for them), with a relaxed
@@ -50,7 +51,6 @@ use sluice_core::handoff::{Handoff as CaptureTarget, HandoffTable};
 use sluice_core::health::{Resource, UpstreamResult};
 use sluice_core::lb::request_hash;
 use sluice_core::rng::Rng;
-use sluice_core::router::Router;
 use sluice_core::tcp_proxy::{Action, CloseReason, SessionConfig, Side, TcpSession};
 use sluice_core::tls::{
     ClientHelloError, DEFAULT_MAX_HELLO_BYTES, Peek, max_hello_wire_bytes, peek_client_hello,
@@ -70,6 +70,9 @@ use crate::relay::relay;
 use crate::splice::AsTcpStream as _;
 use crate::stats::{CaptureOutcome, ChainPeekRefusal, SniOutcome, WorkerStats, bump, gauge_add};
 use crate::upstreams::Upstreams;
+
+mod serving;
+pub(crate) use serving::Serving;
 
 mod lifecycle;
 pub(crate) use lifecycle::Lifecycle;
@@ -93,21 +96,8 @@ pub struct Engine<N: Network> {
     pub(crate) pipes: crate::splice::PipePool,
     /// Accepting, handing over, stopping, draining; the open session count.
     pub(crate) lifecycle: Lifecycle<N::Listener>,
-    /// The listeners as their filter chains serve (`ListenerConfig::chain_as_listener`), in
-    /// [`Config::chain_slots`] order: serving slot `config.listeners.len() + n` is
-    /// `chain_listeners[n]`. Per-listener state below is kept per serving slot.
-    chain_listeners: Vec<ListenerConfig>,
-    /// Per listener: the serving slot of its first filter chain (its chains follow).
-    chain_base: Vec<usize>,
-    /// Per serving slot: the listener it belongs to (whose counters it bumps).
-    slot_owner: Vec<usize>,
-    /// Per serving slot: the compiled router of an `http` listener (or chain).
-    pub(crate) routers: Vec<Option<Router>>,
-    /// Per listener: this worker's access log writer, if the listener has one.
-    pub(crate) access_logs: Vec<Option<RefCell<AccessLog>>>,
-    /// Per listener: this worker's Bolt access log writer, if the listener's `bolt` section
-    /// has one (beside an `auto` listener's HTTP log in `access_logs`).
-    pub(crate) bolt_access_logs: Vec<Option<RefCell<AccessLog>>>,
+    /// Per serving slot (listener, then filter chain): its config, router and access logs.
+    pub(crate) serving: Serving,
     /// The TLS acceptors (per listener) and connectors (per cluster) of this config, shared
     /// with the other workers of the generation; `current()` for a connection (certificate
     /// files rotate under it).
@@ -194,57 +184,7 @@ impl<N: Network> Engine<N> {
                 wh.borrow_mut().hosts_replaced(&refs, live);
             }
         }
-        // Each filter chain is served as a listener of its own (a serving slot), after the
-        // listeners.
-        let listeners = config.listeners.len();
-        let chain_slots = config.chain_slots();
-        let chain_listeners: Vec<ListenerConfig> = chain_slots
-            .iter()
-            .filter_map(|&(l, c)| config.listeners[l].chain_as_listener(c))
-            .collect();
-        let mut chain_base = vec![0; listeners];
-        for (n, &(l, c)) in chain_slots.iter().enumerate() {
-            if c == 0 {
-                chain_base[l] = listeners + n;
-            }
-        }
-        let slot_owner: Vec<usize> = (0..listeners)
-            .chain(chain_slots.iter().map(|&(l, _)| l))
-            .collect();
-        let mut routers = Vec::with_capacity(slot_owner.len());
-        let mut access_logs = Vec::with_capacity(slot_owner.len());
-        let mut bolt_access_logs = Vec::with_capacity(slot_owner.len());
-        for l in config.listeners.iter().chain(&chain_listeners) {
-            bolt_access_logs.push(match &l.filter {
-                ListenerFilter::Bolt(b) | ListenerFilter::Auto { bolt: b, .. } => {
-                    match &b.access_log {
-                        Some(a) => Some(RefCell::new(AccessLog::open_bolt(a)?)),
-                        None => None,
-                    }
-                }
-                _ => None,
-            });
-            match &l.filter {
-                ListenerFilter::Http(hc) | ListenerFilter::Auto { http: hc, .. } => {
-                    routers.push(Some(Router::new(hc).map_err(std::io::Error::other)?));
-                    access_logs.push(match &hc.access_log {
-                        Some(a) => Some(RefCell::new(AccessLog::open(a)?)),
-                        None => None,
-                    });
-                }
-                ListenerFilter::TcpProxy(tp) => {
-                    routers.push(None);
-                    access_logs.push(match &tp.access_log {
-                        Some(a) => Some(RefCell::new(AccessLog::open_tcp(a)?)),
-                        None => None,
-                    });
-                }
-                _ => {
-                    routers.push(None);
-                    access_logs.push(None);
-                }
-            }
-        }
+        let serving = Serving::new(&config)?;
         let pool = Pool::new(
             config
                 .clusters
@@ -294,12 +234,7 @@ impl<N: Network> Engine<N> {
             http_buffers: crate::bufpool::BufPool::default(),
             pipes: crate::splice::PipePool::new(limits.clone()),
             lifecycle: Lifecycle::new(config_listeners),
-            chain_listeners,
-            chain_base,
-            slot_owner,
-            routers,
-            access_logs,
-            bolt_access_logs,
+            serving,
             tls: tls_contexts,
             bolt,
             handoff: RefCell::new(None),
@@ -498,10 +433,7 @@ impl<N: Network> Engine<N> {
 
     /// Every access log writer of this worker (HTTP, `tcp_proxy` and Bolt).
     fn all_access_logs(&self) -> impl Iterator<Item = &RefCell<AccessLog>> {
-        self.access_logs
-            .iter()
-            .chain(&self.bolt_access_logs)
-            .flatten()
+        self.serving.all_access_logs()
     }
 
     async fn accept_loop(self: Rc<Self>, index: usize, listener: N::Listener) {
@@ -797,18 +729,13 @@ impl<N: Network> Engine<N> {
     /// The listener (or filter chain) serving slot `slot` serves with (see
     /// [`Config::chain_slots`]).
     pub(crate) fn slot_config(&self, slot: usize) -> &ListenerConfig {
-        let listeners = self.config.listeners.len();
-        if slot < listeners {
-            &self.config.listeners[slot]
-        } else {
-            &self.chain_listeners[slot - listeners]
-        }
+        self.serving.slot_config(&self.config, slot)
     }
 
     /// The counters of the listener serving slot `slot` belongs to.
     #[inline]
     pub(crate) fn listener_stats(&self, slot: usize) -> Option<&crate::stats::ListenerStats> {
-        self.stats.listener(*self.slot_owner.get(slot)?)
+        self.stats.listener(self.serving.owner(slot)?)
     }
 
     /// The serving slot of the filter chain of listener `index` that fits this connection
@@ -877,7 +804,7 @@ impl<N: Network> Engine<N> {
             facts.alpn = &h.alpn;
         }
         match select(&lc.filter_chains, &facts) {
-            Some(chain) => Some(self.chain_base[index] + chain),
+            Some(chain) => Some(self.serving.chain_slot(index, chain)),
             None if matches!(lc.filter, ListenerFilter::Close) => {
                 if let Some(l) = self.listener_stats(index) {
                     bump(&l.downstream_cx_no_filter_chain_match, 1);
@@ -1137,7 +1064,7 @@ impl<N: Network> Engine<N> {
         S: tokio::io::AsyncRead + tokio::io::AsyncWrite + crate::splice::AsTcpStream + Unpin,
     {
         // The access log's start time (wall clock) and the session's start.
-        let started = if self.access_logs[listener].is_some() {
+        let started = if self.serving.access_log(listener).is_some() {
             SystemTime::now()
         } else {
             SystemTime::UNIX_EPOCH
@@ -1430,7 +1357,7 @@ impl<N: Network> Engine<N> {
 
     /// Writes a `tcp_proxy` session's access-log line, when the listener has an access log.
     fn log_tcp_session(&self, listener: usize, lc: &ListenerConfig, f: &TcpLogFacts<'_>) {
-        let Some(log) = &self.access_logs[listener] else {
+        let Some(log) = self.serving.access_log(listener) else {
             return;
         };
         log.borrow_mut().log(&Entry {

@@ -1087,7 +1087,7 @@ impl<N: Network> Engine<N> {
         let mut out: Vec<u8> = Vec::new();
         let mut scratch = Scratch::new(peer, hc, awaiting_response.clone(), down.is_tls());
         scratch.original_dst = original_dst;
-        let logging = self.access_logs[listener].is_some();
+        let logging = self.serving.access_log(listener).is_some();
         let mut parked = false;
         loop {
             let lstats = self.listener_stats(listener);
@@ -1151,7 +1151,7 @@ impl<N: Network> Engine<N> {
                         bump(&l.downstream_bytes_received, rbuf.len() as u64);
                         bump(&l.downstream_bytes_sent, out.len() as u64);
                     }
-                    if let Some(log) = &self.access_logs[listener] {
+                    if let Some(log) = self.serving.access_log(listener) {
                         log.borrow_mut().log(&Entry {
                             start: started,
                             method: b"-",
@@ -1225,7 +1225,7 @@ impl<N: Network> Engine<N> {
                 bump(&l.downstream_bytes_received, outcome.bytes_received);
                 bump(&l.downstream_bytes_sent, outcome.bytes_sent);
             }
-            let log = self.access_logs[listener].as_ref();
+            let log = self.serving.access_log(listener);
             if log.is_some() || scratch.trace.hop.is_some_and(|h| h.sampled) {
                 let buf = rbuf.bytes();
                 let protocol = match head.version() {
@@ -1398,8 +1398,9 @@ impl<N: Network> Engine<N> {
         rhead: &mut Head,
         out: &mut Vec<u8>,
     ) -> Outcome {
-        let router = self.routers[listener]
-            .as_ref()
+        let router = self
+            .serving
+            .router(listener)
             .expect("http listener has a router");
         debug_assert!(
             scratch.request_begun(),

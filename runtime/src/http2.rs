@@ -624,7 +624,7 @@ impl<N: Network> Engine<N> {
     ) -> StreamEnd {
         bump(&self.stats.http2_streams_total, 1);
         let _active = GaugeGuard::new(&self.stats.http2_streams_active);
-        let logging = self.access_logs[listener].is_some();
+        let logging = self.serving.access_log(listener).is_some();
         let started = if logging {
             SystemTime::now()
         } else {
@@ -816,7 +816,7 @@ impl<N: Network> Engine<N> {
         // A stream refused before routing, or reset before its request path ran, logs its
         // scratch's per-request state as `begin_request` left it: empty.
         let trace = scratch.trace.hop;
-        let log = self.access_logs[listener].as_ref();
+        let log = self.serving.access_log(listener);
         if log.is_some() || trace.is_some_and(|h| h.sampled) {
             let buf = rbuf.bytes();
             let entry = Entry {
