@@ -66,7 +66,6 @@ use crate::net::Network;
 use crate::now;
 use crate::shared_io::Shared;
 use crate::stats::bump;
-use crate::tls::{HandshakeOutcome, MaybeTls};
 
 /// First size of a connection's read buffer; it grows (up to the frame size limit) for larger
 /// frames.
@@ -303,7 +302,7 @@ impl<N: Network> Engine<N> {
         let closed = bw
             .proxy
             .borrow_mut()
-            .close_stale_upstreams(ci, &mut self.all_clusters.borrow_mut());
+            .close_stale_upstreams(ci, &mut self.upstreams.all_clusters.borrow_mut());
         if closed > 0 {
             self.bolt_after_input();
             self.publish_bolt_stats();
@@ -352,7 +351,7 @@ impl<N: Network> Engine<N> {
         };
         let outbox = Rc::new(Outbox::default());
         bw.downs.borrow_mut().insert(down, outbox.clone());
-        let logged = self.bolt_access_logs[listener].is_some();
+        let logged = self.serving.bolt_access_log(listener).is_some();
         let lstats = self.stats.listener(listener);
         // Bytes beyond the first chunk (a large frame, or a migrated connection's unread
         // bytes) come out of the process's partial-frame budget.
@@ -368,11 +367,11 @@ impl<N: Network> Engine<N> {
             bump(&l.downstream_bytes_received, initial.len() as u64);
         }
         let mut spare: Vec<u8> = Vec::new();
-        let expired = self.drain_expired.notified();
+        let expired = self.lifecycle.drain_expired();
         tokio::pin!(expired);
         // A drain deadline that passed before the watch above began (during a TLS handshake's
         // last steps or protocol detection) closes the connection at once.
-        let mut close = overflow || self.drain_deadline_passed.get();
+        let mut close = overflow || self.lifecycle.drain_deadline_passed();
         // Upstream outboxes this connection wrote to in the current batch.
         let mut touched: Vec<Rc<Outbox>> = Vec::new();
         // While handing over: until when reading stays paused (see MIGRATION_PAUSE).
@@ -393,7 +392,7 @@ impl<N: Network> Engine<N> {
                             now,
                             down,
                             &frame,
-                            &mut self.all_clusters.borrow_mut(),
+                            &mut self.upstreams.all_clusters.borrow_mut(),
                             &mut self.rng.borrow_mut(),
                         );
                         if let Some(before) = &before {
@@ -504,15 +503,15 @@ impl<N: Network> Engine<N> {
             // instance took over, stop reading (what the client sends next waits in the
             // socket), let the requests in flight finish, and hand the connection over with the
             // bytes read but not processed.
-            let stop = self.stop_accepting.notified();
+            let stop = self.lifecycle.stop_accepting();
             // A TLS connection stays (its session keys are this process's): it closes once
             // nothing is in flight, as without a new instance.
-            let migrate = if self.stopping.get() && !stream.is_tls() {
+            let migrate = if self.lifecycle.is_stopping() && !stream.is_tls() {
                 self.ready_handoff()
             } else {
                 None
             };
-            if self.stopping.get() && bw.proxy.borrow().downstream_in_flight(down) == 0 {
+            if self.lifecycle.is_stopping() && bw.proxy.borrow().downstream_in_flight(down) == 0 {
                 if let Some(to) = migrate.as_ref()
                     && end - start <= to.max_unread()
                 {
@@ -669,57 +668,19 @@ impl<N: Network> Engine<N> {
     ) {
         let host = picked.id;
         let bw = self.bolt();
-        let connect_timeout = self.config.clusters[cluster].connect_timeout;
-        bump(&self.stats.upstream_cx_attempts, 1);
-        if let Some(c) = self.stats.cluster(cluster) {
-            bump(&c.upstream_cx_total, 1);
-        }
         // The connect and, to a TLS cluster, the handshake (verified) within connect_timeout: a
         // failed handshake is a connect failure, and no frame is written before it succeeded.
-        let tls_failure = std::cell::Cell::new(None);
-        let attempt = async {
-            let socket = self.net.connect(address).await?;
-            match self.tls.current().connector(cluster, transport)? {
-                None => Ok(MaybeTls::Plain(socket)),
-                Some(c) => match c.connect(address, socket).await {
-                    Ok(tls) => Ok(MaybeTls::Tls(Box::new(tls))),
-                    Err(e) => {
-                        tls_failure.set(Some(HandshakeOutcome::of_error(&e)));
-                        Err(e)
-                    }
-                },
-            }
-        };
-        let connected = tokio::time::timeout(connect_timeout, attempt).await;
-        let stream = match connected {
-            Ok(Ok(s)) => s,
-            failed => {
-                if let (Some(outcome), Some(c)) = (tls_failure.get(), self.stats.cluster(cluster)) {
-                    bump(&c.upstream_tls_fail[outcome as usize], 1);
-                }
-                let timed_out = failed.is_err();
-                bump(
-                    if timed_out {
-                        &self.stats.upstream_cx_connect_timeout
-                    } else {
-                        &self.stats.upstream_cx_connect_fail
-                    },
-                    1,
-                );
-                if let Some(c) = self.stats.cluster(cluster) {
-                    bump(
-                        if timed_out {
-                            &c.upstream_cx_connect_timeout
-                        } else {
-                            &c.upstream_cx_connect_fail
-                        },
-                        1,
-                    );
-                }
-                if let Some(h) = self.stats.host(cluster, host.index()) {
-                    bump(&h.cx_connect_fail, 1);
-                }
-                debug!(%address, timed_out, "bolt: upstream connect failed");
+        let deadline = tokio::time::Instant::now() + self.config.clusters[cluster].connect_timeout;
+        let stream = match self
+            .upstreams
+            .connect(&self.tls, cluster, transport, address, Some(deadline))
+            .await
+        {
+            Ok(s) => s,
+            Err(e) => {
+                self.upstreams
+                    .count_connect_failure(cluster, host, e.is_timeout());
+                debug!(%address, error = %e, "bolt: upstream connect failed");
                 self.report_upstream_result(cluster, picked, UpstreamResult::ConnectFailure);
                 self.end_upstream(up);
                 return;
@@ -763,7 +724,7 @@ impl<N: Network> Engine<N> {
                             now,
                             up,
                             &frame,
-                            &mut self.all_clusters.borrow_mut(),
+                            &mut self.upstreams.all_clusters.borrow_mut(),
                         );
                         match verdict {
                             UpstreamVerdict::Forward { down, request_id } => {
@@ -873,7 +834,7 @@ impl<N: Network> Engine<N> {
         bw.proxy.borrow_mut().handle_upstream_closed(
             now(),
             up,
-            &mut self.all_clusters.borrow_mut(),
+            &mut self.upstreams.all_clusters.borrow_mut(),
         );
         self.bolt_after_input();
         bw.lost_flag.set("UC");
@@ -894,7 +855,7 @@ impl<N: Network> Engine<N> {
                 () = tokio::time::sleep_until(sleep_until) => {
                     bw.proxy
                         .borrow_mut()
-                        .handle_timeout(now(), &mut self.all_clusters.borrow_mut());
+                        .handle_timeout(now(), &mut self.upstreams.all_clusters.borrow_mut());
                     self.bolt_after_input();
                     self.publish_bolt_stats();
                 }
@@ -912,11 +873,11 @@ impl<N: Network> Engine<N> {
     /// otherwise be reused once the host passes its checks again — on fresh connections — and
     /// every request sent on it would time out. Its requests in flight are answered status 16.
     fn refresh_bolt_availability(&self, now: Instant) {
-        for ci in 0..self.clusters.len() {
+        for ci in 0..self.upstreams.clusters.len() {
             self.refresh_availability_at(ci, now);
         }
         let bw = self.bolt();
-        let seen = self.shared_health.generation_sum();
+        let seen = self.upstreams.shared_health.generation_sum();
         if seen == bw.health_seen.replace(seen) {
             return;
         }
@@ -928,7 +889,7 @@ impl<N: Network> Engine<N> {
         for (ci, c) in self.config.clusters.iter().enumerate() {
             was[ci].resize(c.host_slots(), false);
             for (hi, w) in was[ci].iter_mut().enumerate() {
-                let now = self.shared_health.is_healthy(ci, hi);
+                let now = self.upstreams.shared_health.is_healthy(ci, hi);
                 if *w && !now && !first_look {
                     went_down.push((ci, hi));
                 }
@@ -1017,7 +978,8 @@ impl<N: Network> Engine<N> {
                 if let Some((cluster, host, _)) = proxy.upstream(up) {
                     x.cluster = Some(cluster);
                     x.upstream = proxy.upstream_destination(up).or_else(|| {
-                        self.all_clusters
+                        self.upstreams
+                            .all_clusters
                             .borrow()
                             .get(cluster)
                             .map(|c| c.host(host.id).address)
@@ -1118,7 +1080,7 @@ impl<N: Network> Engine<N> {
         bytes_sent: u64,
         now: Instant,
     ) {
-        let Some(log) = &self.bolt_access_logs[x.listener] else {
+        let Some(log) = self.serving.bolt_access_log(x.listener) else {
             return;
         };
         log.borrow_mut().log_bolt(&BoltEntry {

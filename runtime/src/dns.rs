@@ -524,7 +524,7 @@ impl<N: Network> Engine<N> {
         let cluster = &self.config.clusters[ci];
         let dns = cluster.dns.as_ref().expect("a DNS cluster");
         let name = &dns.names[ni];
-        let shared = &self.shared_health.dns;
+        let shared = &self.upstreams.shared_health.dns;
         // Failures not logged yet, and when the last was.
         let mut unlogged = 0u64;
         let mut logged_at: Option<tokio::time::Instant> = None;
@@ -592,7 +592,7 @@ impl<N: Network> Engine<N> {
     /// Puts cluster `ci`'s DNS host set into this worker's state, and keeps it so until the
     /// engine stops (spawned on every worker for every DNS cluster).
     pub(crate) async fn follow_dns(self: Rc<Self>, ci: usize) {
-        let Some(mut rx) = self.shared_health.dns.subscribe(ci) else {
+        let Some(mut rx) = self.upstreams.shared_health.dns.subscribe(ci) else {
             return;
         };
         loop {
@@ -617,7 +617,7 @@ impl<N: Network> Engine<N> {
                 .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(view.clone());
         }
         let (changed, refs): (Vec<HostId>, Vec<HostRef>) = {
-            let mut cluster = self.clusters[ci].borrow_mut();
+            let mut cluster = self.upstreams.clusters[ci].borrow_mut();
             let changed = cluster.update_hosts(&view.slots, &view.epochs);
             let refs = changed.iter().map(|&id| cluster.host_ref(id)).collect();
             (changed, refs)
@@ -632,8 +632,8 @@ impl<N: Network> Engine<N> {
         for id in &changed {
             if strict {
                 // Idle connections to an address the id no longer names: closed.
-                while self.pool.take(ci, id.index(), now).is_some() {}
-                self.h2_pool.forget_host(ci, id.index());
+                while self.upstreams.pool.take(ci, id.index(), now).is_some() {}
+                self.upstreams.h2_pool.forget_host(ci, id.index());
                 // A host new to the id starts at zero (the counters were the id's old
                 // host's; `/clusters` and the per-host metrics name them by address).
                 if view.slots.get(id.index()).copied().flatten().is_some()
@@ -661,12 +661,14 @@ impl<N: Network> Engine<N> {
     /// state starts over and the availability is recomputed before the next pick.
     fn health_changed(&self, ci: usize, changed: &[HostRef]) {
         let live = {
-            let cluster = self.clusters[ci].borrow();
+            let cluster = self.upstreams.clusters[ci].borrow();
             (0..cluster.hosts().len())
                 .filter(|&i| cluster.is_present(HostId(i as u32)))
                 .count()
         };
-        self.health[ci].borrow_mut().hosts_replaced(changed, live);
+        self.upstreams.health[ci]
+            .borrow_mut()
+            .hosts_replaced(changed, live);
     }
 }
 
@@ -811,7 +813,7 @@ clusters:
             Arc::new(crate::limits::ProcessLimits::new(&config)),
         )
         .unwrap();
-        let host = engine.clusters[0].borrow().host_ref(HostId(0));
+        let host = engine.upstreams.clusters[0].borrow().host_ref(HostId(0));
         assert_eq!(host.epoch, 3);
         for _ in 0..2 {
             engine.report_upstream_result(
@@ -821,7 +823,7 @@ clusters:
             );
         }
         assert!(
-            engine.health[0].borrow().is_ejected(HostId(0)),
+            engine.upstreams.health[0].borrow().is_ejected(HostId(0)),
             "the results of the slot's current host were dropped as stale"
         );
     }
@@ -875,7 +877,7 @@ clusters:
             engine.apply_endpoints(&update);
             serving = Arc::new(next);
         }
-        let slots = engine.clusters[1].borrow().slots();
+        let slots = engine.upstreams.clusters[1].borrow().slots();
         let held: Vec<u8> = slots
             .iter()
             .map(|s| {

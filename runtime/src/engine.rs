@@ -24,6 +24,14 @@
 //! TLS acceptor are kept at that index, and the session runs the listener code with it; its
 //! counters are its listener's. A listener without chains peeks at nothing.
 //!
+//! Parts, each owned by the engine and holding one concern's state:
+//! [`Lifecycle`] (accepting, listener hand-over, stopping, the drain deadline, the open session
+//! count: the flags every accept loop and session watches, changed only through its methods),
+//! [`Serving`] (per serving slot: its listener config, router, access logs and owning
+//! listener) and [`Upstreams`] (cluster states, health, connection pools and the one connect
+//! path: [`crate::upstreams`]). What is left here directly: the config, the network for
+//! accepting, the TLS contexts, counters, limits, buffers, the Bolt proxy and tracing.
+//!
 //! Counters: every session, request and upstream try is counted in the worker's own
 //! [`WorkerStats`] (per listener, cluster and host when it has slots for them), with a relaxed
 //! load and store per counter. A host's in-flight gauge mirrors the worker's `ClusterState`
@@ -43,15 +51,11 @@ use sluice_core::handoff::{Handoff as CaptureTarget, HandoffTable};
 use sluice_core::health::{Resource, UpstreamResult};
 use sluice_core::lb::request_hash;
 use sluice_core::rng::Rng;
-use sluice_core::router::Router;
-use sluice_core::tcp_proxy::{
-    Action, CloseReason, ConnectFailure, SessionConfig, Side, TcpSession,
-};
+use sluice_core::tcp_proxy::{Action, CloseReason, SessionConfig, Side, TcpSession};
 use sluice_core::tls::{
     ClientHelloError, DEFAULT_MAX_HELLO_BYTES, Peek, max_hello_wire_bytes, peek_client_hello,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::sync::Notify;
 use tracing::{debug, info, warn};
 
 use crate::access_log::{AccessLog, Entry};
@@ -65,7 +69,13 @@ use crate::pool::Pool;
 use crate::relay::relay;
 use crate::splice::AsTcpStream as _;
 use crate::stats::{CaptureOutcome, ChainPeekRefusal, SniOutcome, WorkerStats, bump, gauge_add};
-use crate::tls::{HandshakeOutcome, MaybeTls};
+use crate::upstreams::Upstreams;
+
+mod serving;
+pub(crate) use serving::Serving;
+
+mod lifecycle;
+pub(crate) use lifecycle::Lifecycle;
 
 /// One worker's engine. Create with [`Engine::new`], run with [`Engine::run`].
 pub struct Engine<N: Network> {
@@ -73,14 +83,8 @@ pub struct Engine<N: Network> {
     pub(crate) config: Arc<Config>,
     pub(crate) worker: usize,
     seed: u64,
-    /// Per cluster: a handle on this worker's state of it (all of them live in `all_clusters`).
-    pub(crate) clusters: Vec<ClusterRef>,
-    /// This worker's cluster states, in config order (the Bolt proxy takes them as a slice).
-    pub(crate) all_clusters: Rc<RefCell<Vec<ClusterState>>>,
-    /// Per cluster: this worker's outlier detector and applied availability.
-    pub(crate) health: Vec<RefCell<WorkerHealth>>,
-    /// Active health-check verdicts, shared by the process's workers.
-    pub(crate) shared_health: Arc<SharedHealth>,
+    /// Clusters, their health, connection pools and the connect path.
+    pub(crate) upstreams: Upstreams<N>,
     pub(crate) rng: RefCell<Rng>,
     pub(crate) stats: Arc<WorkerStats>,
     /// The worker's buffers: HTTP/1.1 connections' read and write buffers (held only while a
@@ -90,40 +94,10 @@ pub struct Engine<N: Network> {
     /// The worker's empty splice pipes (a spliced session holds one only while bytes sit in
     /// it); trimmed by the periodic sweep.
     pub(crate) pipes: crate::splice::PipePool,
-    sessions: Cell<usize>,
-    sessions_idle: Notify,
-    pub(crate) stopping: Cell<bool>,
-    pub(crate) stop_accepting: Notify,
-    /// Set by [`Engine::close_listeners`]: accept loops end, connections carry on.
-    listeners_closed: Cell<bool>,
-    close_listeners_now: Notify,
-    /// Set by [`Engine::take_listeners`]: accept loops hand their socket over and end.
-    handing_over: Cell<bool>,
-    handover_now: Notify,
-    /// Sockets given back by the accept loops, by listener index.
-    returned: RefCell<Vec<Option<N::Listener>>>,
-    /// Accept loops ended (handing over or not).
-    returned_count: Cell<usize>,
-    listeners_returned: Notify,
-    pub(crate) drain_expired: Notify,
-    /// Set when `drain_expired` is notified: a session past a stage that watched it (a TLS
-    /// handshake, a ClientHello peek) checks this before starting the next.
-    pub(crate) drain_deadline_passed: Cell<bool>,
-    /// The listeners as their filter chains serve (`ListenerConfig::chain_as_listener`), in
-    /// [`Config::chain_slots`] order: serving slot `config.listeners.len() + n` is
-    /// `chain_listeners[n]`. Per-listener state below is kept per serving slot.
-    chain_listeners: Vec<ListenerConfig>,
-    /// Per listener: the serving slot of its first filter chain (its chains follow).
-    chain_base: Vec<usize>,
-    /// Per serving slot: the listener it belongs to (whose counters it bumps).
-    slot_owner: Vec<usize>,
-    /// Per serving slot: the compiled router of an `http` listener (or chain).
-    pub(crate) routers: Vec<Option<Router>>,
-    /// Per listener: this worker's access log writer, if the listener has one.
-    pub(crate) access_logs: Vec<Option<RefCell<AccessLog>>>,
-    /// Per listener: this worker's Bolt access log writer, if the listener's `bolt` section
-    /// has one (beside an `auto` listener's HTTP log in `access_logs`).
-    pub(crate) bolt_access_logs: Vec<Option<RefCell<AccessLog>>>,
+    /// Accepting, handing over, stopping, draining; the open session count.
+    pub(crate) lifecycle: Lifecycle<N::Listener>,
+    /// Per serving slot (listener, then filter chain): its config, router and access logs.
+    pub(crate) serving: Serving,
     /// The TLS acceptors (per listener) and connectors (per cluster) of this config, shared
     /// with the other workers of the generation; `current()` for a connection (certificate
     /// files rotate under it).
@@ -136,10 +110,6 @@ pub struct Engine<N: Network> {
     /// Where draining Bolt connections go instead of closing (connection migration to the next
     /// generation or instance); set by whoever runs the engine.
     pub(crate) handoff: RefCell<Option<Rc<dyn Handoff<N::Stream>>>>,
-    /// This worker's idle upstream HTTP connections.
-    pub(crate) pool: Pool<crate::http::UpstreamConn<MaybeTls<N::Stream>>>,
-    /// The worker's HTTP/2 upstream connections (`protocol: http2` clusters).
-    pub(crate) h2_pool: crate::h2_upstream::H2Pool,
     /// The process-wide caps (connections, Bolt partial frames), shared by every worker.
     pub(crate) limits: Arc<ProcessLimits>,
     /// Per listener: its connection count across workers (see [`ProcessLimits`]).
@@ -214,57 +184,7 @@ impl<N: Network> Engine<N> {
                 wh.borrow_mut().hosts_replaced(&refs, live);
             }
         }
-        // Each filter chain is served as a listener of its own (a serving slot), after the
-        // listeners.
-        let listeners = config.listeners.len();
-        let chain_slots = config.chain_slots();
-        let chain_listeners: Vec<ListenerConfig> = chain_slots
-            .iter()
-            .filter_map(|&(l, c)| config.listeners[l].chain_as_listener(c))
-            .collect();
-        let mut chain_base = vec![0; listeners];
-        for (n, &(l, c)) in chain_slots.iter().enumerate() {
-            if c == 0 {
-                chain_base[l] = listeners + n;
-            }
-        }
-        let slot_owner: Vec<usize> = (0..listeners)
-            .chain(chain_slots.iter().map(|&(l, _)| l))
-            .collect();
-        let mut routers = Vec::with_capacity(slot_owner.len());
-        let mut access_logs = Vec::with_capacity(slot_owner.len());
-        let mut bolt_access_logs = Vec::with_capacity(slot_owner.len());
-        for l in config.listeners.iter().chain(&chain_listeners) {
-            bolt_access_logs.push(match &l.filter {
-                ListenerFilter::Bolt(b) | ListenerFilter::Auto { bolt: b, .. } => {
-                    match &b.access_log {
-                        Some(a) => Some(RefCell::new(AccessLog::open_bolt(a)?)),
-                        None => None,
-                    }
-                }
-                _ => None,
-            });
-            match &l.filter {
-                ListenerFilter::Http(hc) | ListenerFilter::Auto { http: hc, .. } => {
-                    routers.push(Some(Router::new(hc).map_err(std::io::Error::other)?));
-                    access_logs.push(match &hc.access_log {
-                        Some(a) => Some(RefCell::new(AccessLog::open(a)?)),
-                        None => None,
-                    });
-                }
-                ListenerFilter::TcpProxy(tp) => {
-                    routers.push(None);
-                    access_logs.push(match &tp.access_log {
-                        Some(a) => Some(RefCell::new(AccessLog::open_tcp(a)?)),
-                        None => None,
-                    });
-                }
-                _ => {
-                    routers.push(None);
-                    access_logs.push(None);
-                }
-            }
-        }
+        let serving = Serving::new(&config)?;
         let pool = Pool::new(
             config
                 .clusters
@@ -293,41 +213,29 @@ impl<N: Network> Engine<N> {
                 .map(|l| (l.address, !l.use_original_dst)),
         );
         let tracer = config.tracing.as_ref().map(crate::otlp::Tracer::new);
+        let upstream_net = net.clone();
         Ok(Rc::new(Engine {
             net,
             config,
             worker,
             seed,
-            clusters,
-            all_clusters,
-            health,
-            shared_health,
+            upstreams: Upstreams::new(
+                upstream_net,
+                stats.clone(),
+                clusters,
+                all_clusters,
+                health,
+                shared_health,
+                pool,
+                h2_pool,
+            ),
             rng: RefCell::new(Rng::from_seed(seed)),
             stats,
             http_buffers: crate::bufpool::BufPool::default(),
             pipes: crate::splice::PipePool::new(limits.clone()),
-            sessions: Cell::new(0),
-            sessions_idle: Notify::new(),
-            stopping: Cell::new(false),
-            stop_accepting: Notify::new(),
-            listeners_closed: Cell::new(false),
-            close_listeners_now: Notify::new(),
-            handing_over: Cell::new(false),
-            handover_now: Notify::new(),
-            returned: RefCell::new((0..config_listeners).map(|_| None).collect()),
-            returned_count: Cell::new(0),
-            listeners_returned: Notify::new(),
-            drain_expired: Notify::new(),
-            drain_deadline_passed: Cell::new(false),
-            chain_listeners,
-            chain_base,
-            slot_owner,
-            routers,
-            access_logs,
-            bolt_access_logs,
+            lifecycle: Lifecycle::new(config_listeners),
+            serving,
             tls: tls_contexts,
-            pool,
-            h2_pool,
             bolt,
             handoff: RefCell::new(None),
             health_task: RefCell::new(None),
@@ -347,12 +255,12 @@ impl<N: Network> Engine<N> {
 
     /// Sessions open now.
     pub fn open_sessions(&self) -> usize {
-        self.sessions.get()
+        self.lifecycle.open_sessions()
     }
 
     /// A cluster's live state (for inspection).
     pub fn cluster(&self, index: usize) -> std::cell::Ref<'_, ClusterState> {
-        std::cell::Ref::map(self.all_clusters.borrow(), |all| &all[index])
+        std::cell::Ref::map(self.upstreams.all_clusters.borrow(), |all| &all[index])
     }
 
     /// Serves `listeners` (one bound listener per `config.listeners` entry, same order) until
@@ -434,11 +342,11 @@ impl<N: Network> Engine<N> {
         let pool_sweeper = {
             let engine = self.clone();
             tokio::task::spawn_local(async move {
-                let mut tick = tokio::time::interval(engine.pool.sweep_interval());
+                let mut tick = tokio::time::interval(engine.upstreams.pool.sweep_interval());
                 loop {
                     tick.tick().await;
-                    engine.pool.sweep(crate::now());
-                    engine.h2_pool.sweep(crate::now());
+                    engine.upstreams.pool.sweep(crate::now());
+                    engine.upstreams.h2_pool.sweep(crate::now());
                     // Buffers a burst left in the pool and nothing took since the last sweep.
                     engine.http_buffers.trim();
                     engine.pipes.trim();
@@ -477,34 +385,32 @@ impl<N: Network> Engine<N> {
 
     /// Whether `/drain_listeners` closed this engine's listening sockets.
     pub fn listeners_closed(&self) -> bool {
-        self.listeners_closed.get()
+        self.lifecycle.listeners_closed()
     }
 
     /// Stops accepting new connections (closing this worker's listening sockets) without
     /// draining the open ones.
     pub fn close_listeners(&self) {
-        if !self.listeners_closed.replace(true) {
+        if self.lifecycle.close_listeners() {
             info!(worker = self.worker, "listeners closed: no new connections");
-            self.close_listeners_now.notify_waiters();
         }
     }
 
     /// Stops accepting, waits for sessions up to the drain timeout, then closes the rest.
     async fn drain(&self) {
-        self.stopping.set(true);
-        self.stop_accepting.notify_waiters();
-        let open = self.sessions.get();
+        self.lifecycle.stop();
+        let open = self.lifecycle.open_sessions();
         info!(worker = self.worker, open, "draining");
-        let drained = tokio::time::timeout(self.config.drain_timeout, self.wait_idle()).await;
+        let drained =
+            tokio::time::timeout(self.config.drain_timeout, self.lifecycle.wait_idle()).await;
         if drained.is_err() {
             warn!(
                 worker = self.worker,
-                open = self.sessions.get(),
+                open = self.lifecycle.open_sessions(),
                 "drain timeout passed; closing the remaining sessions"
             );
-            self.drain_deadline_passed.set(true);
-            self.drain_expired.notify_waiters();
-            self.wait_idle().await;
+            self.lifecycle.expire_drain();
+            self.lifecycle.wait_idle().await;
         }
         info!(worker = self.worker, "drained");
     }
@@ -527,20 +433,7 @@ impl<N: Network> Engine<N> {
 
     /// Every access log writer of this worker (HTTP, `tcp_proxy` and Bolt).
     fn all_access_logs(&self) -> impl Iterator<Item = &RefCell<AccessLog>> {
-        self.access_logs
-            .iter()
-            .chain(&self.bolt_access_logs)
-            .flatten()
-    }
-
-    async fn wait_idle(&self) {
-        loop {
-            let idle = self.sessions_idle.notified();
-            if self.sessions.get() == 0 {
-                return;
-            }
-            idle.await;
-        }
+        self.serving.all_access_logs()
     }
 
     async fn accept_loop(self: Rc<Self>, index: usize, listener: N::Listener) {
@@ -550,19 +443,17 @@ impl<N: Network> Engine<N> {
         // backlog; spinning on it would only burn a core and flood the log).
         let mut backoff = Duration::ZERO;
         loop {
-            let stop = self.stop_accepting.notified();
-            let close = self.close_listeners_now.notified();
-            let handover = self.handover_now.notified();
-            if self.handing_over.get() {
+            let stop = self.lifecycle.stop_accepting();
+            let close = self.lifecycle.closing_listeners();
+            let handover = self.lifecycle.handover_asked();
+            if self.lifecycle.handing_over() {
                 // The next engine (a reload, an in-process upgrade) takes the socket as it is:
                 // connections waiting in its backlog are accepted there, none is refused.
-                self.returned.borrow_mut()[index] = Some(listener);
-                self.returned_count.set(self.returned_count.get() + 1);
-                self.listeners_returned.notify_waiters();
+                self.lifecycle.hand_back(index, listener);
                 debug!(worker = self.worker, listener = %lc.name, "listener handed over");
                 return;
             }
-            if self.stopping.get() || self.listeners_closed.get() {
+            if self.lifecycle.is_stopping() || self.lifecycle.listeners_closed() {
                 break;
             }
             let accepted = tokio::select! {
@@ -585,7 +476,7 @@ impl<N: Network> Engine<N> {
                     self.log_accept_error(lc, &e, backoff);
                     tokio::select! {
                         biased;
-                        () = self.stop_accepting.notified() => break,
+                        () = self.lifecycle.stop_accepting() => break,
                         () = tokio::time::sleep(backoff) => {}
                     }
                     // Out of descriptors, the admin server may be swapping its reserved one
@@ -598,8 +489,7 @@ impl<N: Network> Engine<N> {
         }
         debug!(worker = self.worker, listener = %lc.name, "stopped accepting");
         // Dropping the listener here closes this worker's socket.
-        self.returned_count.set(self.returned_count.get() + 1);
-        self.listeners_returned.notify_waiters();
+        self.lifecycle.listener_ended();
     }
 
     /// Stops this engine's active health checks (the next generation runs its own).
@@ -614,16 +504,9 @@ impl<N: Network> Engine<N> {
     /// can accept on it; the open sessions carry on until `shutdown` drains them. Call once, while
     /// the engine runs.
     pub async fn take_listeners(&self) -> Vec<Option<N::Listener>> {
-        self.handing_over.set(true);
-        self.handover_now.notify_waiters();
-        loop {
-            let returned = self.listeners_returned.notified();
-            if self.returned_count.get() >= self.config.listeners.len() {
-                break;
-            }
-            returned.await;
-        }
-        std::mem::take(&mut *self.returned.borrow_mut())
+        self.lifecycle
+            .take_listeners(self.config.listeners.len())
+            .await
     }
 
     /// Logs a failed accept, at most once a second per worker (with how many were not
@@ -711,7 +594,7 @@ impl<N: Network> Engine<N> {
         if let Some(l) = self.listener_stats(index) {
             bump(&l.downstream_cx_total, 1);
         }
-        self.sessions.set(self.sessions.get() + 1);
+        self.lifecycle.session_opened();
         // The first request's (or frame's) timer runs from here: a slow TLS handshake comes
         // out of it rather than adding to it.
         let accepted = now();
@@ -846,18 +729,13 @@ impl<N: Network> Engine<N> {
     /// The listener (or filter chain) serving slot `slot` serves with (see
     /// [`Config::chain_slots`]).
     pub(crate) fn slot_config(&self, slot: usize) -> &ListenerConfig {
-        let listeners = self.config.listeners.len();
-        if slot < listeners {
-            &self.config.listeners[slot]
-        } else {
-            &self.chain_listeners[slot - listeners]
-        }
+        self.serving.slot_config(&self.config, slot)
     }
 
     /// The counters of the listener serving slot `slot` belongs to.
     #[inline]
     pub(crate) fn listener_stats(&self, slot: usize) -> Option<&crate::stats::ListenerStats> {
-        self.stats.listener(*self.slot_owner.get(slot)?)
+        self.stats.listener(self.serving.owner(slot)?)
     }
 
     /// The serving slot of the filter chain of listener `index` that fits this connection
@@ -926,7 +804,7 @@ impl<N: Network> Engine<N> {
             facts.alpn = &h.alpn;
         }
         match select(&lc.filter_chains, &facts) {
-            Some(chain) => Some(self.chain_base[index] + chain),
+            Some(chain) => Some(self.serving.chain_slot(index, chain)),
             None if matches!(lc.filter, ListenerFilter::Close) => {
                 if let Some(l) = self.listener_stats(index) {
                     bump(&l.downstream_cx_no_filter_chain_match, 1);
@@ -984,7 +862,7 @@ impl<N: Network> Engine<N> {
             }
         };
         tokio::pin!(timeout);
-        let drain_expired = self.drain_expired.notified();
+        let drain_expired = self.lifecycle.drain_expired();
         tokio::pin!(drain_expired);
         if look.hello {
             // The length the parser needs before it can say more.
@@ -992,7 +870,7 @@ impl<N: Network> Engine<N> {
             let mut head = [0u8; HEAD];
             let mut records: Vec<u8> = Vec::new();
             loop {
-                if self.drain_deadline_passed.get() {
+                if self.lifecycle.drain_deadline_passed() {
                     return ChainPeek::drained();
                 }
                 let buf: &mut [u8] = if at_least <= HEAD {
@@ -1054,7 +932,7 @@ impl<N: Network> Engine<N> {
         let mut small = [0u8; 64];
         let mut grown: Vec<u8> = Vec::new();
         loop {
-            if self.drain_deadline_passed.get() {
+            if self.lifecycle.drain_deadline_passed() {
                 return ChainPeek::drained();
             }
             let buf: &mut [u8] = if grown.is_empty() {
@@ -1142,9 +1020,9 @@ impl<N: Network> Engine<N> {
             .tls
             .as_ref()
             .map_or(Duration::from_secs(10), |t| t.handshake_timeout);
-        let drain_expired = self.drain_expired.notified();
+        let drain_expired = self.lifecycle.drain_expired();
         let handshake = tokio::time::timeout(timeout, acceptor.accept(stream));
-        let (outcome, result) = if self.drain_deadline_passed.get() {
+        let (outcome, result) = if self.lifecycle.drain_deadline_passed() {
             (HandshakeOutcome::Drained, None)
         } else {
             tokio::select! {
@@ -1186,7 +1064,7 @@ impl<N: Network> Engine<N> {
         S: tokio::io::AsyncRead + tokio::io::AsyncWrite + crate::splice::AsTcpStream + Unpin,
     {
         // The access log's start time (wall clock) and the session's start.
-        let started = if self.access_logs[listener].is_some() {
+        let started = if self.serving.access_log(listener).is_some() {
             SystemTime::now()
         } else {
             SystemTime::UNIX_EPOCH
@@ -1269,7 +1147,7 @@ impl<N: Network> Engine<N> {
                 }
             },
         };
-        let cluster = &self.clusters[ci];
+        let cluster = &self.upstreams.clusters[ci];
         let cstats = self.stats.cluster(ci);
         // One unit of max_connections for the session's upstream connection; at the limit the
         // downstream connection is closed at once.
@@ -1289,7 +1167,7 @@ impl<N: Network> Engine<N> {
         if let Some(c) = cstats {
             bump(&c.upstream_rq_total, 1);
         }
-        self.shared_health.note_traffic(ci);
+        self.upstreams.shared_health.note_traffic(ci);
         self.refresh_availability(ci);
         let mut session = TcpSession::new(
             now(),
@@ -1310,9 +1188,9 @@ impl<N: Network> Engine<N> {
         // Created now so that a drain timeout during the connect phase is not missed (a
         // `Notified` receives `notify_waiters` from the moment it exists); one that passed
         // before (during a TLS handshake or a ClientHello peek) ends the session here.
-        let drain_expired = self.drain_expired.notified();
+        let drain_expired = self.lifecycle.drain_expired();
         let mut reason = None;
-        if self.drain_deadline_passed.get() {
+        if self.lifecycle.drain_deadline_passed() {
             reason = Some(CloseReason::DrainTimeout);
         } else {
             match direct {
@@ -1334,33 +1212,15 @@ impl<N: Network> Engine<N> {
                         (c.host_ref(host), c.transport(host))
                     };
                     log.upstream = Some(address);
-                    bump(&self.stats.upstream_cx_attempts, 1);
-                    if let Some(c) = cstats {
-                        bump(&c.upstream_cx_total, 1);
-                    }
-                    let deadline = session.poll_timeout().map(crate::to_tokio);
                     // The connect, and with a TLS cluster the handshake, within the connect
                     // deadline: a failed handshake (verification included) is a connect failure.
-                    let tls_failure = Cell::new(None);
-                    let attempt = async {
-                        let stream = self.net.connect(address).await?;
-                        match self.tls.current().connector(ci, transport)? {
-                            None => Ok(MaybeTls::Plain(stream)),
-                            Some(c) => match c.connect(address, stream).await {
-                                Ok(tls) => Ok(MaybeTls::Tls(Box::new(tls))),
-                                Err(e) => {
-                                    tls_failure.set(Some(HandshakeOutcome::of_error(&e)));
-                                    Err(e)
-                                }
-                            },
-                        }
-                    };
-                    let result = match deadline {
-                        Some(d) => tokio::time::timeout_at(d, attempt).await,
-                        None => Ok(attempt.await),
-                    };
-                    let failure = match result {
-                        Ok(Ok(stream)) => {
+                    let deadline = session.poll_timeout().map(crate::to_tokio);
+                    let failure = match self
+                        .upstreams
+                        .connect(&self.tls, ci, transport, address, deadline)
+                        .await
+                    {
+                        Ok(stream) => {
                             self.report_upstream_result(ci, picked, UpstreamResult::Success);
                             session.handle_connected(now(), &mut cluster.borrow_mut());
                             if let Some(h) = self.stats.host(ci, host.index()) {
@@ -1373,30 +1233,11 @@ impl<N: Network> Engine<N> {
                             up = Some(stream);
                             continue;
                         }
-                        Ok(Err(e)) => {
-                            bump(&self.stats.upstream_cx_connect_fail, 1);
-                            if let Some(c) = cstats {
-                                bump(&c.upstream_cx_connect_fail, 1);
-                                if let Some(outcome) = tls_failure.get() {
-                                    bump(&c.upstream_tls_fail[outcome as usize], 1);
-                                }
-                            }
-                            if let Some(h) = self.stats.host(ci, host.index()) {
-                                bump(&h.cx_connect_fail, 1);
-                            }
+                        Err(e) => {
+                            self.upstreams
+                                .count_connect_failure(ci, host, e.is_timeout());
                             debug!(listener = %lc.name, %address, error = %e, "upstream connect failed");
-                            ConnectFailure::Refused
-                        }
-                        Err(_) => {
-                            bump(&self.stats.upstream_cx_connect_timeout, 1);
-                            if let Some(c) = cstats {
-                                bump(&c.upstream_cx_connect_timeout, 1);
-                            }
-                            if let Some(h) = self.stats.host(ci, host.index()) {
-                                bump(&h.cx_connect_fail, 1);
-                            }
-                            debug!(listener = %lc.name, %address, "upstream connect timed out");
-                            ConnectFailure::Timeout
+                            e.session_failure()
                         }
                     };
                     self.report_upstream_result(ci, picked, UpstreamResult::ConnectFailure);
@@ -1516,7 +1357,7 @@ impl<N: Network> Engine<N> {
 
     /// Writes a `tcp_proxy` session's access-log line, when the listener has an access log.
     fn log_tcp_session(&self, listener: usize, lc: &ListenerConfig, f: &TcpLogFacts<'_>) {
-        let Some(log) = &self.access_logs[listener] else {
+        let Some(log) = self.serving.access_log(listener) else {
             return;
         };
         log.borrow_mut().log(&Entry {
@@ -1547,7 +1388,7 @@ impl<N: Network> Engine<N> {
     /// The echo filter: writes back every byte read, until EOF or the drain timeout.
     async fn echo(&self, listener: usize, mut stream: N::Stream) {
         let mut buf = self.take_buffer();
-        let expired = self.drain_expired.notified();
+        let expired = self.lifecycle.drain_expired();
         tokio::pin!(expired);
         loop {
             let n = tokio::select! {
@@ -1577,7 +1418,7 @@ impl<N: Network> Engine<N> {
     /// cluster state — into the host's gauge (one load and store).
     pub(crate) fn publish_host_active(&self, cluster: usize, host: HostId) {
         if let Some(h) = self.stats.host(cluster, host.index()) {
-            let active = self.clusters[cluster].borrow().host(host).active;
+            let active = self.upstreams.clusters[cluster].borrow().host(host).active;
             h.rq_active.store(u64::from(active), Relaxed);
         }
     }
@@ -1597,9 +1438,9 @@ impl<N: Network> Engine<N> {
         // (32 KiB) bounds it too, and one that fills the buffer undecided is refused.
         let limit = DEFAULT_MAX_HELLO_BYTES.min(buf.len());
         let deadline = tokio::time::Instant::now() + tp.client_hello_timeout;
-        let drain_expired = self.drain_expired.notified();
+        let drain_expired = self.lifecycle.drain_expired();
         tokio::pin!(drain_expired);
-        if self.drain_deadline_passed.get() {
+        if self.lifecycle.drain_deadline_passed() {
             return (buf, 0, (SniOutcome::Timeout, None));
         }
         // Parse again only once the bytes the last verdict asked for are in: a hello trickled
@@ -1713,7 +1554,9 @@ impl<N: Network> Engine<N> {
     /// `no_traffic_interval`).
     fn note_bolt_traffic(&self, bc: &sluice_core::config::bolt::BoltConfig) {
         for r in &bc.routes {
-            self.shared_health.note_traffic(r.action.cluster_index);
+            self.upstreams
+                .shared_health
+                .note_traffic(r.action.cluster_index);
         }
     }
 
@@ -1744,9 +1587,9 @@ impl<N: Network> Engine<N> {
         let mut n = 0;
         let deadline = crate::to_tokio(accepted) + http.request_headers_timeout;
         // The drain's deadline ends the wait (the flag: it passed before this watch began).
-        let expired = self.drain_expired.notified();
+        let expired = self.lifecycle.drain_expired();
         tokio::pin!(expired);
-        if self.drain_deadline_passed.get() {
+        if self.lifecycle.drain_deadline_passed() {
             return;
         }
         let protocol = loop {
@@ -1952,7 +1795,7 @@ impl<N: Network> Engine<N> {
         if let Some(l) = self.listener_stats(index) {
             bump(&l.downstream_cx_total, 1);
         }
-        self.sessions.set(self.sessions.get() + 1);
+        self.lifecycle.session_opened();
         // A captured connection keeps its original destination across the upgrade: the kernel
         // still knows it (connection tracking, or the socket's local address for TPROXY). It
         // may have been handed off, so it is read as the config's capture listener reads.
@@ -2013,10 +1856,7 @@ impl<N: Network> Drop for SessionGuard<'_, N> {
         if let Some(l) = e.stats.listener(self.1) {
             bump(&l.downstream_cx_closed, 1);
         }
-        e.sessions.set(e.sessions.get() - 1);
-        if e.sessions.get() == 0 {
-            e.sessions_idle.notify_waiters();
-        }
+        e.lifecycle.session_closed();
     }
 }
 

@@ -57,6 +57,7 @@ use crate::engine::Engine;
 use crate::net::Network;
 use crate::now;
 use crate::stats::{bump, gauge_add};
+use crate::upstreams::{ConnectError, Offer, connect_via};
 
 /// Largest probe response read (an HTTP head or a heartbeat reply).
 const MAX_PROBE_RESPONSE: usize = 16 * 1024;
@@ -399,8 +400,8 @@ impl<N: Network> Engine<N> {
 
     /// [`Engine::refresh_availability`] with the time already read.
     pub(crate) fn refresh_availability_at(&self, ci: usize, now: sluice_core::Instant) {
-        let mut wh = self.health[ci].borrow_mut();
-        let generation = self.shared_health.generation(ci);
+        let mut wh = self.upstreams.health[ci].borrow_mut();
+        let generation = self.upstreams.shared_health.generation(ci);
         let mut expired = false;
         if let Some(o) = wh.outlier.as_mut()
             && o.poll_timeout().is_some_and(|t| t <= now)
@@ -418,10 +419,10 @@ impl<N: Network> Engine<N> {
         wh.applied_generation = generation;
         wh.dirty = false;
         {
-            let cluster = self.clusters[ci].borrow();
+            let cluster = self.upstreams.clusters[ci].borrow();
             for (i, h) in wh.healthy.iter_mut().enumerate() {
                 let host = cluster.host_ref(HostId(i as u32));
-                *h = self.shared_health.is_healthy_for(ci, host);
+                *h = self.upstreams.shared_health.is_healthy_for(ci, host);
             }
         }
         if let Some(o) = &wh.outlier {
@@ -431,7 +432,7 @@ impl<N: Network> Engine<N> {
         }
         let panic = match wh.present.as_mut() {
             Some(present) => {
-                let cluster = self.clusters[ci].borrow();
+                let cluster = self.upstreams.clusters[ci].borrow();
                 for (i, p) in present.iter_mut().enumerate() {
                     *p = cluster.is_present(HostId(i as u32));
                 }
@@ -465,7 +466,7 @@ impl<N: Network> Engine<N> {
             }
         }
         wh.panic = panic;
-        let mut cluster = self.clusters[ci].borrow_mut();
+        let mut cluster = self.upstreams.clusters[ci].borrow_mut();
         for (i, &a) in wh.available.iter().enumerate() {
             cluster.set_available(HostId(i as u32), a);
         }
@@ -474,7 +475,7 @@ impl<N: Network> Engine<N> {
     /// Host `host` of cluster `ci`'s address, for a log line ("?" if the cluster state is
     /// borrowed right now: this may run inside a pick).
     fn host_address(&self, ci: usize, host: HostId) -> String {
-        match self.all_clusters.try_borrow() {
+        match self.upstreams.all_clusters.try_borrow() {
             Ok(all) => all[ci].host(host).address.to_string(),
             Err(_) => "?".to_owned(),
         }
@@ -484,7 +485,7 @@ impl<N: Network> Engine<N> {
     /// outlier detector; the result of a host whose slot has another host by now is dropped
     /// there (it must not count for the new one).
     pub(crate) fn report_upstream_result(&self, ci: usize, host: HostRef, result: UpstreamResult) {
-        let mut wh = self.health[ci].borrow_mut();
+        let mut wh = self.upstreams.health[ci].borrow_mut();
         let Some(o) = wh.outlier.as_mut() else {
             return;
         };
@@ -556,7 +557,11 @@ impl<N: Network> Engine<N> {
         // A DNS cluster's hosts are its slots' addresses, followed here (a free slot is not
         // probed: it "passes" at once, and is never available anyway).
         // So are a static cluster's once endpoints-only updates (EDS) change them in place.
-        let mut dns = self.shared_health.dns.subscribe_hosts(ci, cluster);
+        let mut dns = self
+            .upstreams
+            .shared_health
+            .dns
+            .subscribe_hosts(ci, cluster);
         // Per slot: its host's address and transport (a probe goes over the host's transport,
         // the one its requests use).
         type Probed = Option<(std::net::SocketAddr, sluice_core::host::Transport)>;
@@ -602,7 +607,7 @@ impl<N: Network> Engine<N> {
         let mut probes = Probes((0..hosts).map(|_| None).collect());
         let probes = &mut probes.0;
         loop {
-            checker.set_traffic(self.shared_health.has_traffic(ci));
+            checker.set_traffic(self.upstreams.shared_health.has_traffic(ci));
             while let Some(action) = checker.poll_action() {
                 match action {
                     HealthAction::Probe { host, epoch } => {
@@ -660,7 +665,8 @@ impl<N: Network> Engine<N> {
                 let epoch = checker.epoch(host);
                 let Some((address, _)) = slots[host.index()] else {
                     // A free slot: its verdict is never used.
-                    self.shared_health
+                    self.upstreams
+                        .shared_health
                         .set_healthy(ci, host.index(), epoch, healthy);
                     continue;
                 };
@@ -669,7 +675,8 @@ impl<N: Network> Engine<N> {
                 } else {
                     warn!(cluster = %cluster.name, host = %address, "health check: host unhealthy");
                 }
-                self.shared_health
+                self.upstreams
+                    .shared_health
                     .set_healthy(ci, host.index(), epoch, healthy);
                 if let Some(h) = self.stats.host(ci, host.index()) {
                     h.healthy.store(u64::from(healthy), Relaxed);
@@ -679,7 +686,7 @@ impl<N: Network> Engine<N> {
                 || tokio::time::Instant::now() + Duration::from_secs(3600),
                 crate::to_tokio,
             );
-            let quiet = !self.shared_health.has_traffic(ci);
+            let quiet = !self.upstreams.shared_health.has_traffic(ci);
             let dns_changed = async {
                 match dns.as_mut() {
                     Some(rx) => rx.changed().await.is_ok(),
@@ -701,7 +708,7 @@ impl<N: Network> Engine<N> {
                             slots[i] = host;
                             epochs[i] = epoch;
                             checker.replace_host(now(), HostRef { id: HostId(i as u32), epoch });
-                            self.shared_health.set_healthy(ci, i, epoch, false);
+                            self.upstreams.shared_health.set_healthy(ci, i, epoch, false);
                             if let Some(h) = self.stats.host(ci, i) {
                                 h.healthy.store(0, Relaxed);
                             }
@@ -709,7 +716,7 @@ impl<N: Network> Engine<N> {
                     }
                 }
                 // The first request: probes go from no_traffic_interval to interval now.
-                () = self.shared_health.clusters[ci].traffic_started.notified(), if quiet => {}
+                () = self.upstreams.shared_health.clusters[ci].traffic_started.notified(), if quiet => {}
                 Some((probed, result, tls_failure)) = rx.recv() => {
                     let host = probed.id;
                     if probed.epoch != epochs[host.index()] {
@@ -816,26 +823,20 @@ pub async fn probe_host<N: Network>(
     tls: Option<&crate::tls::UpstreamConnector>,
 ) -> Result<(), ProbeFailure> {
     let passed = |ok: bool| if ok { Ok(()) } else { Err(ProbeFailure::Other) };
-    let Ok(socket) = net.connect(address).await else {
-        return Err(ProbeFailure::Other);
+    // The one connect path, without its deadline (the caller bounds the whole probe) and
+    // without the data path's counters and outlier reports (a probe is not a request).
+    let offer = match probe {
+        HealthProbe::Grpc { .. } => Offer::H2,
+        _ => Offer::Cluster,
     };
-    let mut stream = match (probe, tls) {
-        (HealthProbe::Tcp, None) => return Ok(()),
-        (_, None) => crate::tls::MaybeTls::Plain(socket),
-        (_, Some(c)) => match if matches!(probe, HealthProbe::Grpc { .. }) {
-            c.connect_h2(address, socket).await
-        } else {
-            c.connect(address, socket).await
-        } {
-            Ok(tls) => crate::tls::MaybeTls::Tls(Box::new(tls)),
-            Err(e) => {
-                return Err(ProbeFailure::Tls(
-                    crate::tls::HandshakeOutcome::of_error(&e),
-                    e,
-                ));
-            }
-        },
+    let mut stream = match connect_via(net, tls, address, offer, None).await {
+        Ok(s) => s,
+        Err(ConnectError::Tls { outcome, error }) => return Err(ProbeFailure::Tls(outcome, error)),
+        Err(_) => return Err(ProbeFailure::Other),
     };
+    if tls.is_none() && matches!(probe, HealthProbe::Tcp) {
+        return Ok(());
+    }
     if let HealthProbe::Grpc {
         service_name,
         authority,

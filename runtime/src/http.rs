@@ -128,7 +128,8 @@ use crate::net::Network;
 use crate::now;
 use crate::shared_io::Shared;
 use crate::stats::{WorkerStats, bump, gauge_add};
-use crate::tls::{HandshakeOutcome, MaybeTls};
+use crate::tls::MaybeTls;
+use crate::upstreams::ConnectError;
 use sluice_core::http2::te_wants_trailers;
 
 /// Request bodies up to this size are held, or a copy of them kept as they stream, so that a
@@ -954,12 +955,12 @@ impl<N: Network> Engine<N> {
         // closes with it. (A deadline that passed before this point — during the TLS
         // handshake's last steps or the sniff — is seen by the flag: `drain_expired` only wakes
         // those already waiting.)
-        if self.drain_deadline_passed.get() {
+        if self.lifecycle.drain_deadline_passed() {
             tracing::debug!(%peer, "drain timeout passed; closing the HTTP connection");
             let _ = down.shutdown().await;
             return;
         }
-        let mut expired = std::pin::pin!(self.drain_expired.notified());
+        let mut expired = std::pin::pin!(self.lifecycle.drain_expired());
         // What the connection keeps while it is parked (or has sent nothing yet): its policy
         // (when to wait and for how long: see sluice_core::http1::conn) and its read buffer,
         // which holds no memory then. The request path's state is a boxed future made when a
@@ -971,7 +972,7 @@ impl<N: Network> Engine<N> {
                 request_headers_timeout: hc.request_headers_timeout,
                 idle_timeout: hc.idle_timeout,
             },
-            self.stopping.get(),
+            self.lifecycle.is_stopping(),
         );
         let mut rbuf = ReadBuffer::new();
         if !initial.is_empty() && initial.len() <= READ_BUFFER {
@@ -1086,7 +1087,7 @@ impl<N: Network> Engine<N> {
         let mut out: Vec<u8> = Vec::new();
         let mut scratch = Scratch::new(peer, hc, awaiting_response.clone(), down.is_tls());
         scratch.original_dst = original_dst;
-        let logging = self.access_logs[listener].is_some();
+        let logging = self.serving.access_log(listener).is_some();
         let mut parked = false;
         loop {
             let lstats = self.listener_stats(listener);
@@ -1150,7 +1151,7 @@ impl<N: Network> Engine<N> {
                         bump(&l.downstream_bytes_received, rbuf.len() as u64);
                         bump(&l.downstream_bytes_sent, out.len() as u64);
                     }
-                    if let Some(log) = &self.access_logs[listener] {
+                    if let Some(log) = self.serving.access_log(listener) {
                         log.borrow_mut().log(&Entry {
                             start: started,
                             method: b"-",
@@ -1224,7 +1225,7 @@ impl<N: Network> Engine<N> {
                 bump(&l.downstream_bytes_received, outcome.bytes_received);
                 bump(&l.downstream_bytes_sent, outcome.bytes_sent);
             }
-            let log = self.access_logs[listener].as_ref();
+            let log = self.serving.access_log(listener);
             if log.is_some() || scratch.trace.hop.is_some_and(|h| h.sampled) {
                 let buf = rbuf.bytes();
                 let protocol = match head.version() {
@@ -1271,7 +1272,7 @@ impl<N: Network> Engine<N> {
             // draining connection DRAIN_IDLE_GRACE (sluice_core::http1::conn) for that request,
             // answered with `connection: close`; closing here would reset a request already on
             // its way.
-            if !policy.handle_response_done(now(), outcome.reusable, self.stopping.get()) {
+            if !policy.handle_response_done(now(), outcome.reusable, self.lifecycle.is_stopping()) {
                 break;
             }
         }
@@ -1301,8 +1302,8 @@ impl<N: Network> Engine<N> {
         policy: &mut ConnectionPolicy,
     ) -> Waited {
         loop {
-            let stop = self.stop_accepting.notified();
-            let draining = self.stopping.get();
+            let stop = self.lifecycle.stop_accepting();
+            let draining = self.lifecycle.is_stopping();
             let read = tokio::select! {
                 biased;
                 () = stop, if !draining => {
@@ -1397,8 +1398,9 @@ impl<N: Network> Engine<N> {
         rhead: &mut Head,
         out: &mut Vec<u8>,
     ) -> Outcome {
-        let router = self.routers[listener]
-            .as_ref()
+        let router = self
+            .serving
+            .router(listener)
             .expect("http listener has a router");
         debug_assert!(
             scratch.request_begun(),
@@ -1448,7 +1450,7 @@ impl<N: Network> Engine<N> {
         match &route.route.action {
             RouteAction::DirectResponse { status, body } => {
                 out.clear();
-                let close = has_body || !head.keep_alive() || self.stopping.get();
+                let close = has_body || !head.keep_alive() || self.lifecycle.is_stopping();
                 write_local_response(out, *status, &[], body.as_bytes(), close);
                 let ok = write_flushed(down, out).await.is_ok();
                 Outcome {
@@ -1484,7 +1486,7 @@ impl<N: Network> Engine<N> {
         close: bool,
     ) -> Outcome {
         // Draining: the client must reconnect for its next request.
-        let close = close || self.stopping.get();
+        let close = close || self.lifecycle.is_stopping();
         out.clear();
         let status = if grpc {
             let code = grpc::local_status(flag, status);
@@ -1708,7 +1710,7 @@ impl<N: Network> Engine<N> {
         // --- admission: the max_requests breaker, then the hosts' availability ---
         // The core's stream takes and gives back every breaker unit of the request; the guard
         // aborts it (giving them back) if this future is dropped midway.
-        let cluster = &self.clusters[ci];
+        let cluster = &self.upstreams.clusters[ci];
         let close_on_reply = !replayable || !head.keep_alive();
         // An `original_dst` cluster: the request goes where its connection was going (one
         // that was not captured has nowhere to go: 503, never a loop back to the proxy).
@@ -1786,7 +1788,7 @@ impl<N: Network> Engine<N> {
         if let Some(c) = cstats {
             bump(&c.upstream_rq_total, 1);
         }
-        self.shared_health.note_traffic(ci);
+        self.upstreams.shared_health.note_traffic(ci);
         self.refresh_availability_at(ci, admitted_at);
 
         // --- tries --- (from here until a response byte is written, a drain deadline answers
@@ -1827,7 +1829,7 @@ impl<N: Network> Engine<N> {
             let (picked, transport) = match stream.picked {
                 Some(picked) => (picked, stream.transport),
                 None => {
-                    let c = self.clusters[ci].borrow();
+                    let c = self.upstreams.clusters[ci].borrow();
                     (c.host_ref(host), c.transport(host))
                 }
             };
@@ -1849,7 +1851,8 @@ impl<N: Network> Engine<N> {
                 None
             } else if http2 {
                 let timer = deadline_of(stream.poll_timeout());
-                self.h2_pool
+                self.upstreams
+                    .h2_pool
                     .wait_for_room(ci, peer, &self.stats, timer)
                     .await
                     .map(|c| {
@@ -1857,8 +1860,8 @@ impl<N: Network> Engine<N> {
                     })
             } else {
                 match destination {
-                    None => self.pool.take(ci, host.index(), try_start),
-                    Some(d) => self.pool.take_to(ci, d, try_start),
+                    None => self.upstreams.pool.take(ci, host.index(), try_start),
+                    Some(d) => self.upstreams.pool.take_to(ci, d, try_start),
                 }
                 .map(Upstream::Http1)
             };
@@ -1881,44 +1884,22 @@ impl<N: Network> Engine<N> {
                     }
                     // Requests for this host (destination) wait for this connection rather than
                     // open theirs.
-                    let _connecting = http2.then(|| self.h2_pool.connecting(ci, peer));
-                    bump(&self.stats.upstream_cx_attempts, 1);
-                    if let Some(c) = cstats {
-                        bump(&c.upstream_cx_total, 1);
-                    }
+                    let _connecting = http2.then(|| self.upstreams.h2_pool.connecting(ci, peer));
                     let timer = deadline_of(stream.poll_timeout());
                     // The connect and, to a TLS cluster, the handshake (the upstream's chain
-                    // and identity verified) within the connect deadline: a failed handshake is
-                    // a connect failure, and nothing of the request is written before it
-                    // succeeded.
-                    let tls_failure = Cell::new(None);
-                    // Boxed (once per new upstream connection): the TLS handshake's state is
-                    // large and would otherwise be laid out in every connection's request path.
-                    let attempt = Box::pin(async {
-                        let socket = self.net.connect(address).await?;
-                        match self.tls.current().connector(ci, transport)? {
-                            None => Ok(MaybeTls::Plain(socket)),
-                            Some(c) => match c.connect(address, socket).await {
-                                Ok(tls) => Ok(MaybeTls::Tls(Box::new(tls))),
-                                Err(e) => {
-                                    tls_failure.set(Some(HandshakeOutcome::of_error(&e)));
-                                    Err(e)
-                                }
-                            },
-                        }
-                    });
-                    let connected = tokio::select! {
-                        biased;
-                        r = attempt => r.map_err(|e| {
-                            tracing::debug!(%address, error = %e, "upstream connect failed");
-                        }),
-                        () = tokio::time::sleep_until(timer) => {
-                            // The connect deadline, or the route's (which caps it): the
-                            // stream's event says which.
-                            step = self.stream_input(ci, &mut stream, Input::Timeout);
-                            continue;
-                        }
-                    };
+                    // and identity verified) within the stream's next deadline: a failed
+                    // handshake is a connect failure, and nothing of the request is written
+                    // before it succeeded. Boxed (once per new upstream connection): the TLS
+                    // handshake's state is large and would otherwise be laid out in every
+                    // connection's request path.
+                    let connected = Box::pin(self.upstreams.connect(
+                        &self.tls,
+                        ci,
+                        transport,
+                        address,
+                        Some(timer),
+                    ))
+                    .await;
                     match connected {
                         Ok(s) => {
                             step = self.stream_input(
@@ -1960,12 +1941,14 @@ impl<N: Network> Engine<N> {
                                 Upstream::Http1(conn)
                             }
                         }
-                        Err(()) => {
-                            if let (Some(outcome), Some(c)) =
-                                (tls_failure.get(), self.stats.cluster(ci))
-                            {
-                                bump(&c.upstream_tls_fail[outcome as usize], 1);
-                            }
+                        Err(ConnectError::Timeout) => {
+                            // The connect deadline, or the route's (which caps it): the
+                            // stream's event says which.
+                            step = self.stream_input(ci, &mut stream, Input::Timeout);
+                            continue;
+                        }
+                        Err(e) => {
+                            tracing::debug!(%address, error = %e, "upstream connect failed");
                             step = self.stream_input(ci, &mut stream, Input::ConnectFailed);
                             continue;
                         }
@@ -2273,7 +2256,7 @@ impl<N: Network> Engine<N> {
                     && keeps_alive(
                         head.keep_alive(),
                         matches!(rhead.framing(), BodyFraming::CloseDelimited),
-                        self.stopping.get(),
+                        self.lifecycle.is_stopping(),
                     );
                 let upgrade = status == 101 && head.upgrade();
                 let mut edits = HeaderEdits::new();
@@ -2467,14 +2450,15 @@ impl<N: Network> Engine<N> {
             // while this request was in flight) is closed, never pooled under the slot: the
             // pool holds only connections to the slots' current hosts (an answer that moves a
             // slot empties its idle list), so a checkout needs no check of its own.
-            let current = destination.is_some() || self.clusters[ci].borrow().is_current(picked);
+            let current =
+                destination.is_some() || self.upstreams.clusters[ci].borrow().is_current(picked);
             if pool_up
                 && current
                 && let Upstream::Http1(up) = up
             {
                 match destination {
-                    None => self.pool.put(ci, host.index(), up, now()),
-                    Some(d) => self.pool.put_to(ci, d, up, now()),
+                    None => self.upstreams.pool.put(ci, host.index(), up, now()),
+                    Some(d) => self.upstreams.pool.put_to(ci, d, up, now()),
                 }
             }
             return outcome;
@@ -2615,9 +2599,9 @@ impl<N: Network> Engine<N> {
                 // handshake may have outlasted a DNS answer that moved the slot): otherwise it
                 // serves this request alone, and closes with it. A destination is always current.
                 if matches!(peer, Peer::Destination(_))
-                    || self.clusters[ci].borrow().is_current(host)
+                    || self.upstreams.clusters[ci].borrow().is_current(host)
                 {
-                    self.h2_pool.put(ci, peer, c.clone());
+                    self.upstreams.h2_pool.put(ci, peer, c.clone());
                 }
                 Ok(Upstream::Http2(Box::new(H2Upstream::new(
                     c,
@@ -2723,22 +2707,10 @@ impl<N: Network> Engine<N> {
         let cstats = self.stats.cluster(ci);
         match event {
             ExchangeEvent::ConnectFailed { host } => {
-                bump(&self.stats.upstream_cx_connect_fail, 1);
-                if let Some(c) = cstats {
-                    bump(&c.upstream_cx_connect_fail, 1);
-                }
-                if let Some(h) = self.stats.host(ci, host.index()) {
-                    bump(&h.cx_connect_fail, 1);
-                }
+                self.upstreams.count_connect_failure(ci, host, false)
             }
             ExchangeEvent::ConnectTimedOut { host } => {
-                bump(&self.stats.upstream_cx_connect_timeout, 1);
-                if let Some(c) = cstats {
-                    bump(&c.upstream_cx_connect_timeout, 1);
-                }
-                if let Some(h) = self.stats.host(ci, host.index()) {
-                    bump(&h.cx_connect_fail, 1);
-                }
+                self.upstreams.count_connect_failure(ci, host, true)
             }
             ExchangeEvent::PerTryTimedOut { .. } | ExchangeEvent::RouteTimedOut { .. } => {
                 bump(&self.stats.http_upstream_timeouts, 1);
@@ -2753,7 +2725,7 @@ impl<N: Network> Engine<N> {
         if let Some((host, result)) = event.upstream_result() {
             let host = picked
                 .filter(|p| p.id == host)
-                .unwrap_or_else(|| self.clusters[ci].borrow().host_ref(host));
+                .unwrap_or_else(|| self.upstreams.clusters[ci].borrow().host_ref(host));
             self.report_upstream_result(ci, host, result);
         }
     }

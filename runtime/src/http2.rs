@@ -152,13 +152,13 @@ pub(crate) async fn sniff<N: Network>(
     let grace = || (tokio::time::Instant::now() + DRAIN_IDLE_GRACE).min(head_deadline);
     // While nothing has arrived: the head deadline, or the drain grace once a drain began.
     let mut first_byte_deadline = head_deadline;
-    let mut drain_seen = engine.stopping.get();
+    let mut drain_seen = engine.lifecycle.is_stopping();
     if drain_seen {
         first_byte_deadline = grace();
     }
     let mut bytes = initial.to_vec();
     loop {
-        if engine.drain_deadline_passed.get() {
+        if engine.lifecycle.drain_deadline_passed() {
             return Sniffed::Closed;
         }
         match detect_preface(&bytes) {
@@ -167,8 +167,8 @@ pub(crate) async fn sniff<N: Network>(
             Preface::Partial => {}
         }
         let mut chunk = [0u8; 24];
-        let stop = engine.stop_accepting.notified();
-        let expired = engine.drain_expired.notified();
+        let stop = engine.lifecycle.stop_accepting();
+        let expired = engine.lifecycle.drain_expired();
         let deadline = if bytes.is_empty() {
             first_byte_deadline
         } else {
@@ -396,8 +396,8 @@ impl<N: Network> Engine<N> {
         // Made once for the connection, not at every turn of its loop (a turn per accepted
         // stream): a `Notified` receives the notifications sent after it was made, polled or
         // not, and the idle timer is reset only when the connection goes idle.
-        let expired = self.drain_expired.notified();
-        let stop = self.stop_accepting.notified();
+        let expired = self.lifecycle.drain_expired();
+        let stop = self.lifecycle.stop_accepting();
         let idle = tokio::time::sleep_until(idle_at.unwrap_or_else(crate::http::far_future));
         // PING keepalive (`http2.connection_keepalive`): one timer for the connection, due at
         // the next PING (`interval` after the last ACK) or, while a PING is out, at the end of
@@ -426,11 +426,11 @@ impl<N: Network> Engine<N> {
             // The drain's deadline may have passed while this connection was not waiting on
             // it (during the sniff, or between two turns of this loop): `drain_expired` only
             // wakes those waiting.
-            if self.drain_deadline_passed.get() {
+            if self.lifecycle.drain_deadline_passed() {
                 tracing::debug!(listener = %lc.name, %peer, open = streams.len(), "drain timeout passed; closing the HTTP/2 connection");
                 break;
             }
-            if (draining || self.stopping.get()) && !goaway_sent {
+            if (draining || self.lifecycle.is_stopping()) && !goaway_sent {
                 // GOAWAY: the streams opened so far finish, no new one is accepted.
                 conn.graceful_shutdown();
                 goaway_sent = true;
@@ -624,7 +624,7 @@ impl<N: Network> Engine<N> {
     ) -> StreamEnd {
         bump(&self.stats.http2_streams_total, 1);
         let _active = GaugeGuard::new(&self.stats.http2_streams_active);
-        let logging = self.access_logs[listener].is_some();
+        let logging = self.serving.access_log(listener).is_some();
         let started = if logging {
             SystemTime::now()
         } else {
@@ -816,7 +816,7 @@ impl<N: Network> Engine<N> {
         // A stream refused before routing, or reset before its request path ran, logs its
         // scratch's per-request state as `begin_request` left it: empty.
         let trace = scratch.trace.hop;
-        let log = self.access_logs[listener].as_ref();
+        let log = self.serving.access_log(listener);
         if log.is_some() || trace.is_some_and(|h| h.sampled) {
             let buf = rbuf.bytes();
             let entry = Entry {

@@ -7,6 +7,8 @@
 //!   written once against the trait; there is no test-only copy of proxy logic.
 //! - [`engine`]: one worker's proxy engine — accept loops, L4 sessions driven by
 //!   [`sluice_core::tcp_proxy::TcpSession`], the echo filter, graceful drain.
+//! - [`upstreams`]: a worker's upstream side (cluster states, health, pools) and the one connect
+//!   path every upstream connection takes, with its typed [`upstreams::ConnectError`].
 //! - [`relay`]: moves bytes between two sockets with reused buffers and reports every read to
 //!   the session state machine.
 //! - [`iptables`]: `sluice iptables`, the capture rules for a config (printed, never run).
@@ -57,6 +59,7 @@ pub mod tls;
 pub mod tls_certs;
 pub mod tls_tickets;
 pub mod transparent;
+pub mod upstreams;
 pub mod worker;
 pub mod xds;
 

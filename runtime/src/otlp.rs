@@ -46,6 +46,7 @@ use crate::access_log::Entry;
 use crate::engine::Engine;
 use crate::net::Network;
 use crate::stats::bump;
+use crate::upstreams::{Offer, connect_via};
 
 /// One request's span and the headers that carry it upstream.
 #[derive(Debug, Default)]
@@ -392,33 +393,26 @@ impl<N: Network> Engine<N> {
         let start = q.next_host.get();
         let pick = (0..hosts)
             .map(|i| (start + i) % hosts)
-            .find(|&h| self.shared_health.is_healthy(ci, h))
+            .find(|&h| self.upstreams.shared_health.is_healthy(ci, h))
             .unwrap_or(start % hosts);
         q.next_host.set(pick + 1);
         let address = cluster.hosts[pick].address;
-        let Ok(Ok(socket)) =
-            tokio::time::timeout(cluster.connect_timeout, self.net.connect(address)).await
-        else {
-            tracing::debug!(cluster = %cluster.name, %address, "span export: connect failed");
-            return false;
-        };
+        // The one connect path: the host's transport (failing closed), the connect and the
+        // handshake within the cluster's connect timeout; nothing counted, no outlier report
+        // (an export is not a request).
         let transport = cluster.host_transport(&cluster.hosts[pick]);
-        let tls = match self.tls.current().connector(ci, transport) {
-            Ok(c) => c.cloned(),
+        let contexts = self.tls.current();
+        let deadline = tokio::time::Instant::now() + cluster.connect_timeout;
+        let connected = match contexts.connector(ci, transport) {
+            Ok(tls) => connect_via(&self.net, tls, address, Offer::Cluster, Some(deadline)).await,
+            Err(e) => Err(e.into()),
+        };
+        let mut stream = match connected {
+            Ok(s) => s,
             Err(e) => {
-                tracing::debug!(cluster = %cluster.name, %address, error = %e, "span export: no transport");
+                tracing::debug!(cluster = %cluster.name, %address, error = %e, "span export: connect failed");
                 return false;
             }
-        };
-        let mut stream = match tls {
-            None => crate::tls::MaybeTls::Plain(socket),
-            Some(c) => match c.connect(address, socket).await {
-                Ok(s) => crate::tls::MaybeTls::Tls(Box::new(s)),
-                Err(e) => {
-                    tracing::debug!(cluster = %cluster.name, %address, error = %e, "span export: TLS handshake failed");
-                    return false;
-                }
-            },
         };
         // The document around the batch, written in pieces: the batch is not copied.
         let mut prefix = Vec::with_capacity(160);

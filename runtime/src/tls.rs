@@ -24,8 +24,9 @@
 //!   A cluster with `transport_socket_matches` has a connector per entry too
 //!   ([`matched_connectors`]); each host's pick of them is the host's own, held in its slot
 //!   ([`sluice_core::host::Transport`]) and read with its address where it is picked, and
-//!   [`Contexts::connector`] (by cluster and pick: O(1)) is the one way every connect path
-//!   (HTTP, `tcp_proxy`, Bolt, health checks, OTLP) finds how to reach a host. Invariant: a
+//!   [`Contexts::connector`] (by cluster and pick: O(1)) is how the one connect path
+//!   ([`crate::upstreams`], which HTTP, `tcp_proxy`, Bolt, health checks and OTLP all take)
+//!   finds how to reach a host. Invariant: a
 //!   slot's transport never changes while it holds a host — a host whose labels pick another
 //!   entry is another host (another slot and epoch: [`sluice_core::host::merge_answer`]) — so
 //!   per-host pools never hold a connection of the other transport.
@@ -614,7 +615,7 @@ impl Contexts {
         &self,
         ci: usize,
         transport: sluice_core::host::Transport,
-    ) -> std::io::Result<Option<&UpstreamConnector>> {
+    ) -> Result<Option<&UpstreamConnector>, NoTransport> {
         let found = match transport {
             Some(entry) => self.matched.get(ci).and_then(|m| m.get(entry)),
             None => self.connectors.get(ci),
@@ -625,18 +626,27 @@ impl Contexts {
         );
         match found {
             Some(c) => Ok(c.as_ref()),
-            None => Err(unknown_transport(ci, transport)),
+            None => Err(NoTransport {
+                cluster: ci,
+                transport,
+            }),
         }
     }
 }
 
-/// The error of a transport the config does not have (cold: built only then).
-#[cold]
-fn unknown_transport(ci: usize, transport: sluice_core::host::Transport) -> std::io::Error {
-    std::io::Error::other(format!(
-        "cluster {ci}: transport {transport:?} is not in the config's \
-         transport_socket_matches: refusing to connect (never plaintext)"
-    ))
+/// A host's transport that the config does not have ([`Contexts::connector`]): the connect
+/// is refused, never made in plaintext.
+#[derive(Debug, Clone, Copy, thiserror::Error)]
+#[error(
+    "cluster {cluster}: transport {transport:?} is not in the config's \
+     transport_socket_matches: refusing to connect (never plaintext)"
+)]
+pub struct NoTransport {
+    /// The cluster's index.
+    pub cluster: usize,
+    /// The transport asked for (an entry of `transport_socket_matches`, or `None`: the
+    /// cluster's own `tls`).
+    pub transport: sluice_core::host::Transport,
 }
 
 /// How a worker originates TLS to one cluster's hosts.

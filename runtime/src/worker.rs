@@ -388,8 +388,12 @@ impl<N: Network> Worker<N> {
         changed: &[usize],
     ) -> Option<crate::dns::EndpointsUpdate> {
         let engine = self.engine();
-        let update =
-            crate::dns::merge_endpoints_update(&engine.shared_health, current, next, changed)?;
+        let update = crate::dns::merge_endpoints_update(
+            &engine.upstreams.shared_health,
+            current,
+            next,
+            changed,
+        )?;
         engine.apply_endpoints(&update);
         Some(update)
     }
@@ -734,7 +738,7 @@ mod tests {
             // The worker's cluster has a and c, not b.
             let addresses: Vec<u16> = {
                 let engine = worker.engine();
-                let cluster = engine.clusters[0].borrow();
+                let cluster = engine.upstreams.clusters[0].borrow();
                 (0..2)
                     .filter(|&i| cluster.is_present(sluice_core::cluster::HostId(i)))
                     .map(|i| cluster.host(sluice_core::cluster::HostId(i)).address.port())
@@ -871,7 +875,7 @@ mod tests {
             // Per id: (port, weight, transport, epoch) of the worker's cluster, present ids.
             let hosts = || {
                 let engine = worker.engine();
-                let cluster = engine.clusters[0].borrow();
+                let cluster = engine.upstreams.clusters[0].borrow();
                 (0..cluster.hosts().len() as u32)
                     .map(sluice_core::cluster::HostId)
                     .filter(|&id| cluster.is_present(id))
@@ -1120,7 +1124,7 @@ mod tests {
             assert_eq!((update.added, update.removed), (1, 1));
             {
                 let engine = worker.engine();
-                let cluster = engine.clusters[0].borrow();
+                let cluster = engine.upstreams.clusters[0].borrow();
                 let id = sluice_core::cluster::HostId(0);
                 assert_eq!(cluster.host(id).address.port(), x);
                 assert_eq!(cluster.transport(id), Some(0), "x over mTLS in the id it left");
@@ -1222,7 +1226,7 @@ mod tests {
             )
             .expect("engine");
             for ci in 0..2 {
-                let c = engine.clusters[ci].borrow();
+                let c = engine.upstreams.clusters[ci].borrow();
                 let id = sluice_core::cluster::HostId(0);
                 assert!(c.is_present(id), "cluster {ci} kept its address");
                 assert_eq!(c.transport(id), None, "cluster {ci}: the cluster's own tls");

@@ -51,12 +51,13 @@
 //! Sabotage checks, each over a 64-seed sweep of both scenarios:
 //!
 //! - the issue 18.2 bug put back in `runtime/src/http.rs` (the connection loop ends on
-//!   `!outcome.reusable || self.stopping.get()`: a keep-alive response in flight when the drain
-//!   starts is followed by a close) trips R2 (63 of 64 reload seeds) and S1 (57 of 64 SIGTERM
-//!   seeds): "on a connection kept alive by the previous response ... EOF after 0 response
-//!   bytes: written and never answered" (a few "Connection reset");
+//!   `!outcome.reusable || self.lifecycle.is_stopping()`: a keep-alive response in flight when
+//!   the drain starts is followed by a close) trips R2 (63 of 64 reload seeds) and S1 (57 of
+//!   64 SIGTERM seeds): "on a connection kept alive by the previous response ... EOF after 0
+//!   response bytes: written and never answered" (a few "Connection reset");
 //! - a draining connection not closed after its `connection: close` response (the loop ends on
-//!   `!outcome.reusable && !self.stopping.get()`) trips C on every seed of both;
+//!   `!outcome.reusable && !self.lifecycle.is_stopping()`) trips C on every seed of
+//!   both;
 //! - no bound on a draining engine's idle connections (`DRAIN_IDLE_GRACE` 60 s instead of 1 s)
 //!   trips R3 and S3 on every seed of both (the idle connection holds the drain).
 //!

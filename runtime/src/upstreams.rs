@@ -1,0 +1,499 @@
+//! The one connect path to an upstream host: every new upstream connection — an HTTP/1.1 or
+//! HTTP/2 request's (`http.rs`), a `tcp_proxy` session's (`engine.rs`), a Bolt upstream's
+//! (`bolt.rs`), a health probe's (`health.rs`), a span export's (`otlp.rs`) — is opened here.
+//!
+//! What this module owns:
+//! - **How a host is reached**: the host's transport (the cluster's own `tls`, or its pick of
+//!   `transport_socket_matches`) looked up in the generation's TLS contexts
+//!   ([`crate::tls::Contexts::connector`]), failing closed ([`ConnectError::NoTransport`]:
+//!   never plaintext instead); the TCP connect; TLS origination with the upstream's chain and
+//!   identity verified — nothing is written to the host before the handshake succeeded.
+//! - **The deadline**: the connect *and* the handshake within it ([`ConnectError::Timeout`]).
+//!   Who set the deadline is the caller's business: an HTTP request's is its stream's next
+//!   timer (the connect timeout or the route's, which caps it), and only the stream says which
+//!   one fired — a route deadline during a connect is not a connect failure.
+//! - **What went wrong**, typed ([`ConnectError`]): timeout, refused or reset, TLS by
+//!   [`HandshakeOutcome`], no transport.
+//! - **The shared counters**: with [`Upstreams::connect`], `upstream_cx_attempts` and
+//!   the cluster's `upstream_cx_total` per attempt and `upstream_tls_fail` by reason;
+//!   [`Upstreams::count_connect_failure`] for the connect-fail and connect-timeout counters
+//!   (process, cluster, host), which each data-path caller bumps when it decides the attempt
+//!   failed.
+//!
+//! - **The worker's upstream state** ([`Upstreams`], the engine's `upstreams`): its cluster
+//!   states and balancers, outlier detection and applied availability per cluster, the
+//!   process's shared health verdicts, the HTTP/1.1 keep-alive pool and the HTTP/2 connection
+//!   pool. The TLS contexts stay with the engine (one handle for the listeners' acceptors and
+//!   the clusters' connectors, rotated together); the connect takes them as an argument.
+//!
+//! What stays with each caller: which of those counters it bumps beyond the attempt (health
+//! probes count `health_check_*` instead, span exports nothing), whether it reports to outlier
+//! detection (data-path connects do; health checks and span exports do not), and what a
+//! connected stream becomes (a pooled HTTP/1.1 connection, an HTTP/2 handshake, a relay, a
+//! probe).
+
+use std::io;
+use std::net::SocketAddr;
+
+use sluice_core::cluster::HostId;
+use sluice_core::host::Transport;
+use tokio::time::Instant as TokioInstant;
+
+use std::cell::RefCell;
+use std::rc::Rc;
+use std::sync::Arc;
+
+use sluice_core::cluster::ClusterState;
+
+use crate::engine::ClusterRef;
+use crate::h2_upstream::H2Pool;
+use crate::health::{SharedHealth, WorkerHealth};
+use crate::http::UpstreamConn;
+use crate::net::Network;
+use crate::pool::Pool;
+use crate::stats::{WorkerStats, bump};
+use crate::tls::{HandshakeOutcome, MaybeTls, NoTransport, UpstreamConnector, WorkerTls};
+
+/// One worker's upstream side: its clusters' state, their health, its connection pools and
+/// the connect path (see the module doc). Owned by the engine of one config generation.
+pub(crate) struct Upstreams<N: Network> {
+    /// Upstream connections open through it (marked with the config's `upstream_mark`).
+    net: N,
+    stats: Arc<WorkerStats>,
+    /// Per cluster: a handle on this worker's state of it (all of them live in `all_clusters`).
+    pub(crate) clusters: Vec<ClusterRef>,
+    /// This worker's cluster states, in config order (the Bolt proxy takes them as a slice).
+    pub(crate) all_clusters: Rc<RefCell<Vec<ClusterState>>>,
+    /// Per cluster: this worker's outlier detector and applied availability.
+    pub(crate) health: Vec<RefCell<WorkerHealth>>,
+    /// Active health-check verdicts, shared by the process's workers.
+    pub(crate) shared_health: Arc<SharedHealth>,
+    /// This worker's idle upstream HTTP connections.
+    pub(crate) pool: Pool<UpstreamConn<MaybeTls<N::Stream>>>,
+    /// The worker's HTTP/2 upstream connections (`protocol: http2` clusters).
+    pub(crate) h2_pool: H2Pool,
+}
+
+/// Why a connection to an upstream host could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    /// The deadline passed before the connect (and, to a TLS host, the handshake) was done.
+    #[error("connect timed out")]
+    Timeout,
+    /// The TCP connect failed: refused, reset, unreachable.
+    #[error("connect failed: {0}")]
+    Connect(#[source] io::Error),
+    /// The TLS handshake failed (the upstream's chain or identity did not verify, the peer
+    /// closed, no protocol in common…); nothing was written to the host.
+    #[error("TLS handshake failed ({}): {error}", outcome.as_str())]
+    Tls {
+        /// What the failure means, for `upstream_tls_fail`.
+        outcome: HandshakeOutcome,
+        /// rustls' error, as tokio-rustls reports it.
+        #[source]
+        error: io::Error,
+    },
+    /// The host's transport is not one the config has: refused, never plaintext.
+    #[error(transparent)]
+    NoTransport(#[from] NoTransport),
+}
+
+impl ConnectError {
+    /// Whether the deadline passed (counted as a connect timeout), rather than a failure.
+    #[must_use]
+    pub fn is_timeout(&self) -> bool {
+        matches!(self, ConnectError::Timeout)
+    }
+
+    /// The L4 session's view of it: a timeout, or a failure (refused).
+    #[must_use]
+    pub fn session_failure(&self) -> sluice_core::tcp_proxy::ConnectFailure {
+        if self.is_timeout() {
+            sluice_core::tcp_proxy::ConnectFailure::Timeout
+        } else {
+            sluice_core::tcp_proxy::ConnectFailure::Refused
+        }
+    }
+}
+
+/// Which ALPN protocols a TLS connect offers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Offer {
+    /// The cluster's `alpn`.
+    Cluster,
+    /// `h2` alone (the gRPC health probe, whatever the cluster's protocol).
+    H2,
+}
+
+/// Connects to `address` and, with `tls`, originates TLS over it (verified), all before
+/// `deadline` (`None`: the caller bounds it). The building block of
+/// [`Upstreams::connect`], for callers that found the host's connector themselves
+/// (health probes, span exports).
+pub async fn connect_via<N: Network>(
+    net: &N,
+    tls: Option<&UpstreamConnector>,
+    address: SocketAddr,
+    offer: Offer,
+    deadline: Option<TokioInstant>,
+) -> Result<MaybeTls<N::Stream>, ConnectError> {
+    let attempt = async {
+        let socket = net.connect(address).await.map_err(ConnectError::Connect)?;
+        let Some(c) = tls else {
+            return Ok(MaybeTls::Plain(socket));
+        };
+        let handshake = match offer {
+            Offer::Cluster => c.connect(address, socket).await,
+            Offer::H2 => c.connect_h2(address, socket).await,
+        };
+        match handshake {
+            Ok(tls) => Ok(MaybeTls::Tls(Box::new(tls))),
+            Err(error) => Err(ConnectError::Tls {
+                outcome: HandshakeOutcome::of_error(&error),
+                error,
+            }),
+        }
+    };
+    match deadline {
+        // The attempt is polled before the timer (as a `biased` select would): a connect
+        // that is done when the deadline passes counts as done.
+        Some(d) => tokio::time::timeout_at(d, attempt)
+            .await
+            .unwrap_or(Err(ConnectError::Timeout)),
+        None => attempt.await,
+    }
+}
+
+impl<N: Network> Upstreams<N> {
+    /// The upstream side of a worker: `net` connects, `stats` counts.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn new(
+        net: N,
+        stats: Arc<WorkerStats>,
+        clusters: Vec<ClusterRef>,
+        all_clusters: Rc<RefCell<Vec<ClusterState>>>,
+        health: Vec<RefCell<WorkerHealth>>,
+        shared_health: Arc<SharedHealth>,
+        pool: Pool<UpstreamConn<MaybeTls<N::Stream>>>,
+        h2_pool: H2Pool,
+    ) -> Self {
+        Upstreams {
+            net,
+            stats,
+            clusters,
+            all_clusters,
+            health,
+            shared_health,
+            pool,
+            h2_pool,
+        }
+    }
+
+    /// A new connection to a host of cluster `ci` at `address`, reached with `transport` (the
+    /// host's, read from its slot where it was picked; its connector from `tls`, the engine's
+    /// contexts), within `deadline`: see the module doc.
+    /// Counts the attempt (`upstream_cx_attempts`, the cluster's `upstream_cx_total`) and a
+    /// failed handshake (`upstream_tls_fail` by reason); whether the attempt failed — and
+    /// what that means for counters and outlier detection — is the caller's to say
+    /// ([`Upstreams::count_connect_failure`]).
+    pub(crate) async fn connect(
+        &self,
+        tls: &WorkerTls,
+        ci: usize,
+        transport: Transport,
+        address: SocketAddr,
+        deadline: Option<TokioInstant>,
+    ) -> Result<MaybeTls<N::Stream>, ConnectError> {
+        bump(&self.stats.upstream_cx_attempts, 1);
+        let cstats = self.stats.cluster(ci);
+        if let Some(c) = cstats {
+            bump(&c.upstream_cx_total, 1);
+        }
+        let contexts = tls.current();
+        let result = match contexts.connector(ci, transport) {
+            Ok(tls) => connect_via(&self.net, tls, address, Offer::Cluster, deadline).await,
+            Err(e) => Err(e.into()),
+        };
+        if let (Err(ConnectError::Tls { outcome, .. }), Some(c)) = (&result, cstats) {
+            bump(&c.upstream_tls_fail[*outcome as usize], 1);
+        }
+        result
+    }
+
+    /// Counts a failed connect to `host` of cluster `ci`: `upstream_cx_connect_timeout` when
+    /// it timed out, else `upstream_cx_connect_fail` (process and cluster), and the host's
+    /// `cx_connect_fail` either way.
+    pub(crate) fn count_connect_failure(&self, ci: usize, host: HostId, timed_out: bool) {
+        bump(
+            if timed_out {
+                &self.stats.upstream_cx_connect_timeout
+            } else {
+                &self.stats.upstream_cx_connect_fail
+            },
+            1,
+        );
+        if let Some(c) = self.stats.cluster(ci) {
+            bump(
+                if timed_out {
+                    &c.upstream_cx_connect_timeout
+                } else {
+                    &c.upstream_cx_connect_fail
+                },
+                1,
+            );
+        }
+        if let Some(h) = self.stats.host(ci, host.index()) {
+            bump(&h.cx_connect_fail, 1);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::rc::Rc;
+    use std::sync::Arc;
+    use std::sync::atomic::Ordering::Relaxed;
+    use std::time::Duration;
+
+    use sluice_core::config::Config;
+
+    use super::*;
+    use crate::engine::Engine;
+    use crate::net::TokioNet;
+    use crate::stats::WorkerStats;
+    use crate::test_support::{bound, on_local_runtime};
+
+    const PLAIN: usize = 0;
+    const TLS: usize = 1;
+    const TLS_OTHER_NAME: usize = 2;
+
+    /// A self-signed certificate for `svc.test`: its PEM, and a rustls server config that
+    /// presents it.
+    fn server_identity() -> (String, Arc<rustls::ServerConfig>) {
+        let cert = rcgen::generate_simple_self_signed(vec!["svc.test".to_owned()]).unwrap();
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let key =
+            rustls::pki_types::PrivateKeyDer::try_from(cert.signing_key.serialize_der()).unwrap();
+        let server = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(vec![cert.cert.der().clone()], key)
+            .unwrap();
+        (cert.cert.pem(), Arc::new(server))
+    }
+
+    /// An engine (not running) whose clusters are `plain` (plaintext), `tls` (`sni: svc.test`,
+    /// trusting `ca`) and `tls_other_name` (the same CA, `sni: other.test`), each with a 200 ms
+    /// connect timeout.
+    fn engine(ca: &str) -> Rc<Engine<TokioNet>> {
+        let ca = format!("{{ inline: {ca:?} }}");
+        let yaml = format!(
+            "listeners:\n\
+             \x20 - {{ name: l, address: 127.0.0.1:1, tcp_proxy: {{ cluster: plain }} }}\n\
+             clusters:\n\
+             \x20 - {{ name: plain, connect_timeout: 200ms, hosts: [ {{ address: 127.0.0.1:9 }} ] }}\n\
+             \x20 - {{ name: tls, connect_timeout: 200ms, hosts: [ {{ address: 127.0.0.1:9 }} ], \
+                      tls: {{ sni: svc.test, ca: {ca} }} }}\n\
+             \x20 - {{ name: tls_other_name, connect_timeout: 200ms, hosts: [ {{ address: 127.0.0.1:9 }} ], \
+                      tls: {{ sni: other.test, ca: {ca} }} }}\n"
+        );
+        let config = Arc::new(Config::from_yaml(&yaml).unwrap_or_else(|e| panic!("{e}")));
+        let stats = Arc::new(WorkerStats::new(&config));
+        Engine::new(TokioNet::default(), config, 0, 1, stats).unwrap()
+    }
+
+    /// A TLS upstream on a fresh port presenting `server`'s certificate to each connection.
+    fn tls_upstream(server: Arc<rustls::ServerConfig>) -> SocketAddr {
+        let (l, at) = bound();
+        let acceptor = tokio_rustls::TlsAcceptor::from(server);
+        tokio::task::spawn_local(async move {
+            loop {
+                let (s, _) = l.accept().await.unwrap();
+                let acceptor = acceptor.clone();
+                tokio::task::spawn_local(async move {
+                    let _ = acceptor.accept(s).await;
+                });
+            }
+        });
+        at
+    }
+
+    fn deadline() -> Option<TokioInstant> {
+        Some(TokioInstant::now() + Duration::from_millis(200))
+    }
+
+    fn tls_fail(engine: &Engine<TokioNet>, ci: usize, outcome: HandshakeOutcome) -> u64 {
+        engine.stats.cluster(ci).unwrap().upstream_tls_fail[outcome as usize].load(Relaxed)
+    }
+
+    fn tls_fail_total(engine: &Engine<TokioNet>, ci: usize) -> u64 {
+        let c = engine.stats.cluster(ci).unwrap();
+        c.upstream_tls_fail.iter().map(|n| n.load(Relaxed)).sum()
+    }
+
+    /// Counts a failed attempt the way the data-path callers do.
+    fn count(engine: &Engine<TokioNet>, ci: usize, e: &ConnectError) {
+        engine
+            .upstreams
+            .count_connect_failure(ci, HostId(0), e.is_timeout());
+    }
+
+    /// (connect fails, connect timeouts) of cluster `ci`, and its host 0's `cx_connect_fail`.
+    fn failures(engine: &Engine<TokioNet>, ci: usize) -> (u64, u64, u64) {
+        let c = engine.stats.cluster(ci).unwrap();
+        (
+            c.upstream_cx_connect_fail.load(Relaxed),
+            c.upstream_cx_connect_timeout.load(Relaxed),
+            engine
+                .stats
+                .host(ci, 0)
+                .unwrap()
+                .cx_connect_fail
+                .load(Relaxed),
+        )
+    }
+
+    #[test]
+    fn a_refused_connect_is_a_connect_failure_not_a_timeout() {
+        on_local_runtime(async {
+            let (ca, _) = server_identity();
+            let engine = engine(&ca);
+            let (l, dead) = bound();
+            drop(l);
+            let e = engine
+                .upstreams
+                .connect(&engine.tls, PLAIN, None, dead, deadline())
+                .await
+                .err()
+                .expect("nothing listens: the connect must fail");
+            assert!(matches!(e, ConnectError::Connect(_)), "{e:?}");
+            assert_eq!(
+                e.session_failure(),
+                sluice_core::tcp_proxy::ConnectFailure::Refused
+            );
+            assert_eq!(engine.stats.upstream_cx_attempts.load(Relaxed), 1);
+            let c = engine.stats.cluster(PLAIN).unwrap();
+            assert_eq!(c.upstream_cx_total.load(Relaxed), 1);
+            count(&engine, PLAIN, &e);
+            assert_eq!(failures(&engine, PLAIN), (1, 0, 1));
+            assert_eq!(engine.stats.upstream_cx_connect_fail.load(Relaxed), 1);
+            assert_eq!(engine.stats.upstream_cx_connect_timeout.load(Relaxed), 0);
+            assert_eq!(tls_fail_total(&engine, PLAIN), 0);
+        });
+    }
+
+    /// The deadline covers the handshake too: an upstream that accepts and never answers the
+    /// ClientHello times the connect out (not a TLS failure).
+    #[test]
+    fn a_handshake_still_going_at_the_deadline_is_a_connect_timeout() {
+        on_local_runtime(async {
+            let (ca, _) = server_identity();
+            let engine = engine(&ca);
+            let (l, silent) = bound();
+            let started = TokioInstant::now();
+            // Bounded here too, so that a connect ignoring its deadline fails the test.
+            let connect = engine
+                .upstreams
+                .connect(&engine.tls, TLS, None, silent, deadline());
+            let e = tokio::time::timeout(Duration::from_secs(5), connect)
+                .await
+                .expect("the connect ignored its deadline")
+                .err()
+                .expect("the upstream never answers: the connect must time out");
+            drop(l);
+            assert!(e.is_timeout(), "{e:?}");
+            assert!(started.elapsed() >= Duration::from_millis(200));
+            assert_eq!(
+                e.session_failure(),
+                sluice_core::tcp_proxy::ConnectFailure::Timeout
+            );
+            count(&engine, TLS, &e);
+            assert_eq!(failures(&engine, TLS), (0, 1, 1));
+            assert_eq!(engine.stats.upstream_cx_connect_timeout.load(Relaxed), 1);
+            assert_eq!(tls_fail_total(&engine, TLS), 0);
+        });
+    }
+
+    #[test]
+    fn a_certificate_of_another_ca_is_a_tls_failure_counted_as_unknown_ca() {
+        on_local_runtime(async {
+            let (other_ca, _) = server_identity();
+            let (_, server) = server_identity();
+            let engine = engine(&other_ca);
+            let at = tls_upstream(server);
+            let e = engine
+                .upstreams
+                .connect(&engine.tls, TLS, None, at, deadline())
+                .await
+                .err()
+                .expect("an upstream the CA did not sign must not be connected");
+            assert!(
+                matches!(
+                    e,
+                    ConnectError::Tls {
+                        outcome: HandshakeOutcome::UnknownCa,
+                        ..
+                    }
+                ),
+                "{e:?}"
+            );
+            assert_eq!(tls_fail(&engine, TLS, HandshakeOutcome::UnknownCa), 1);
+            assert_eq!(tls_fail_total(&engine, TLS), 1);
+            count(&engine, TLS, &e);
+            assert_eq!(failures(&engine, TLS), (1, 0, 1));
+        });
+    }
+
+    #[test]
+    fn a_certificate_for_another_name_is_a_tls_failure_counted_as_bad_san() {
+        on_local_runtime(async {
+            let (ca, server) = server_identity();
+            let engine = engine(&ca);
+            let at = tls_upstream(server);
+            // The `tls` cluster (sni svc.test) verifies it: the handshake succeeds.
+            let ok = engine
+                .upstreams
+                .connect(&engine.tls, TLS, None, at, deadline())
+                .await;
+            assert!(matches!(ok, Ok(MaybeTls::Tls(_))), "{:?}", ok.err());
+            let e = engine
+                .upstreams
+                .connect(&engine.tls, TLS_OTHER_NAME, None, at, deadline())
+                .await
+                .err()
+                .expect("a certificate for svc.test must not pass for other.test");
+            assert!(
+                matches!(
+                    e,
+                    ConnectError::Tls {
+                        outcome: HandshakeOutcome::BadSan,
+                        ..
+                    }
+                ),
+                "{e:?}"
+            );
+            assert_eq!(
+                tls_fail(&engine, TLS_OTHER_NAME, HandshakeOutcome::BadSan),
+                1
+            );
+            assert_eq!(tls_fail_total(&engine, TLS_OTHER_NAME), 1);
+            assert_eq!(tls_fail_total(&engine, TLS), 0);
+            assert_eq!(engine.stats.upstream_cx_attempts.load(Relaxed), 2);
+        });
+    }
+
+    #[test]
+    fn a_plaintext_cluster_connects_in_plaintext() {
+        on_local_runtime(async {
+            let (ca, _) = server_identity();
+            let engine = engine(&ca);
+            let (_l, at) = bound();
+            let up = engine
+                .upstreams
+                .connect(&engine.tls, PLAIN, None, at, deadline())
+                .await;
+            assert!(matches!(up, Ok(MaybeTls::Plain(_))), "{:?}", up.err());
+            assert_eq!(failures(&engine, PLAIN), (0, 0, 0));
+        });
+    }
+}
