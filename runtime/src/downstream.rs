@@ -58,6 +58,22 @@ impl<S> Downstream<S> {
         }
     }
 
+    /// The client's certificate (the leaf) when it presented one over TLS.
+    pub(crate) fn peer_certificate(&self) -> Option<&rustls::pki_types::CertificateDer<'static>> {
+        match self {
+            Downstream::Plain(_) => None,
+            Downstream::Tls(tls) => tls.get_ref().1.peer_certificates()?.first(),
+        }
+    }
+
+    /// The server name the client asked for over TLS.
+    pub(crate) fn server_name(&self) -> Option<&str> {
+        match self {
+            Downstream::Plain(_) => None,
+            Downstream::Tls(tls) => tls.get_ref().1.server_name(),
+        }
+    }
+
     /// The socket, to hand the connection to another process; `Err(self)` for TLS.
     pub(crate) fn into_socket(self) -> Result<S, Self> {
         match self {

@@ -6,7 +6,12 @@
 //! `request_headers_timeout`; `common_http_protocol_options.idle_timeout`;
 //! `http2_protocol_options.connection_keepalive` (`interval`, `timeout`; its other fields, and
 //! the options' others, refused by path); `normalize_path`,
-//! `merge_slashes`, `path_with_escaped_slashes_action`; HTTP filters ending with the router, any
+//! `merge_slashes`, `path_with_escaped_slashes_action`; `upgrade_configs` (the enabled
+//! `upgrade_type`s → `upgrade_types`; none: `[]`, Envoy upgrades nothing; a custom `filters`
+//! chain or `CONNECT` refused by path); `forward_client_cert_details` and
+//! `set_current_client_cert_details` (`subject`, `uri`, `dns`; `cert`, `chain`, `issuer` and a
+//! `format` refused by path) → `forward_client_cert`, `set_current_client_cert_details`; HTTP
+//! filters ending with the router, any
 //! other filter only when `is_optional` or `disabled`) or a `TcpProxy` (`cluster`,
 //! `idle_timeout`, `max_connect_attempts`). The chain's `transport_socket` (TLS,
 //! `DownstreamTlsContext`) becomes the listener's `tls` ([`super::tls`]).
@@ -49,7 +54,10 @@ use envoy_types::pb::envoy::config::route::v3::RouteConfiguration;
 use envoy_types::pb::envoy::extensions::filters::http::router::v3::Router;
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
     HttpConnectionManager,
-    http_connection_manager::{CodecType, PathWithEscapedSlashesAction, RouteSpecifier},
+    http_connection_manager::{
+        CodecType, ForwardClientCertDetails, PathWithEscapedSlashesAction, RouteSpecifier,
+        UpgradeConfig,
+    },
     http_filter,
 };
 use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::{
@@ -613,6 +621,31 @@ fn http(
                     .error("UNESCAPE_AND_REDIRECT is unsupported"));
             }
         };
+    let upgrade_types = upgrade_types(take(&mut h.upgrade_configs), at)?;
+    let forward_client_cert =
+        match ForwardClientCertDetails::try_from(take(&mut h.forward_client_cert_details)) {
+            Ok(ForwardClientCertDetails::Sanitize) => None,
+            Ok(ForwardClientCertDetails::ForwardOnly) => Some(json!("forward_only")),
+            Ok(ForwardClientCertDetails::AppendForward) => Some(json!("append_forward")),
+            Ok(ForwardClientCertDetails::SanitizeSet) => Some(json!("sanitize_set")),
+            Ok(ForwardClientCertDetails::AlwaysForwardOnly) => Some(json!("always_forward_only")),
+            Err(_) => {
+                return Err(at
+                    .field("forward_client_cert_details")
+                    .error("not a ForwardClientCertDetails value"));
+            }
+        };
+    let cert_details = take(&mut h.set_current_client_cert_details)
+        .map(|mut d| {
+            let d_at = at.field("set_current_client_cert_details");
+            let subject = take(&mut d.subject).is_some_and(|b| b.value);
+            let uri = take(&mut d.uri);
+            let dns = take(&mut d.dns);
+            // `cert`, `chain`, `issuer` and another `format` are not written here.
+            reject_rest(&d, &d_at)?;
+            Ok(json!({ "subject": subject, "uri": uri, "dns": dns }))
+        })
+        .transpose()?;
     let filters = take(&mut h.http_filters);
     let route_specifier = take(&mut h.route_specifier);
     reject_rest(&h, at)?;
@@ -689,9 +722,42 @@ fn http(
         ("normalize_path", normalize),
         ("merge_slashes", merge),
         ("path_with_escaped_slashes_action", escaped),
+        ("upgrade_types", Some(upgrade_types)),
+        ("forward_client_cert", forward_client_cert),
+        ("set_current_client_cert_details", cert_details),
         ("http2", http2),
         ("virtual_hosts", Some(Value::Array(virtual_hosts))),
     ]))
+}
+
+/// `upgrade_configs` → `upgrade_types`: the types enabled (`enabled` unset or true), lowercase.
+/// Without any, Envoy upgrades nothing: `[]` (the YAML default, every type, is not Envoy's).
+/// A custom `filters` chain, and `CONNECT` (not an `Upgrade` value), are refused by path.
+fn upgrade_types(configs: Vec<UpgradeConfig>, at: &At<'_>) -> Result<Value, TranslateError> {
+    let u_at = at.field("upgrade_configs");
+    let mut types: Vec<String> = Vec::new();
+    for (i, mut u) in configs.into_iter().enumerate() {
+        let i_at = u_at.index(i);
+        let name = take(&mut u.upgrade_type).to_ascii_lowercase();
+        let enabled = take(&mut u.enabled).is_none_or(|b| b.value);
+        reject_rest(&u, &i_at)?;
+        if name.eq_ignore_ascii_case("connect") {
+            return Err(i_at.field("upgrade_type").error("CONNECT is unsupported"));
+        }
+        if name.is_empty()
+            || !name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+        {
+            return Err(i_at
+                .field("upgrade_type")
+                .error(format!("{name:?} is not an upgrade token")));
+        }
+        if enabled && !types.contains(&name) {
+            types.push(name);
+        }
+    }
+    Ok(json!(types))
 }
 
 /// An HCM's `http2_protocol_options` → the listener's `http2`: its `connection_keepalive`

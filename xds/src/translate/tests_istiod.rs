@@ -140,9 +140,29 @@ fn istiods_virtual_inbound_translates_to_its_chains() {
         };
         assert_eq!(target, cluster, "chain {i}");
     }
-    // HTTP on chains 1, 2, 6, 7; a TCP proxy on the others.
+    // HTTP on chains 1, 2, 6, 7; a TCP proxy on the others. Each HTTP connection manager
+    // as istiod sets it: websocket upgrades only, XFCC appended with subject, URI and DNS.
     for i in [1, 2, 6, 7] {
-        assert!(matches!(l.filter_chains[i].filter, Filt::Http(_)), "{i}");
+        let Filt::Http(h) = &l.filter_chains[i].filter else {
+            panic!("chain {i}: {:?}", l.filter_chains[i].filter);
+        };
+        assert_eq!(
+            h.upgrade_types.as_deref(),
+            Some(&["websocket".to_owned()][..])
+        );
+        assert!(h.upgrade_allowed(b"WebSocket") && !h.upgrade_allowed(b"h2c"));
+        assert_eq!(
+            h.forward_client_cert,
+            sluice_core::config::http::ForwardClientCert::AppendForward
+        );
+        assert_eq!(
+            h.set_current_client_cert_details,
+            sluice_core::config::http::ClientCertDetails {
+                subject: true,
+                uri: true,
+                dns: true
+            }
+        );
     }
     // The mTLS chains: client certificates required, checked against the mesh root, the
     // ALPN istiod gives them — but for `istio-peer-exchange`, never negotiated (Sluice speaks
@@ -568,17 +588,35 @@ fn what_the_fixture_trims_is_nacked_by_path() {
         r
     };
     let at = "listener \"virtualInbound\" filter_chains[7].filters[1].typed_config";
+    // A custom filter chain for an upgrade, and CONNECT, are not Sluice's.
     let e = errors(&with_hcm(&|h| {
-        h.upgrade_configs = vec![UpgradeConfig {
-            upgrade_type: "websocket".into(),
+        h.upgrade_configs[0].filters = vec![HttpFilter {
+            name: "envoy.filters.http.router".into(),
             ..Default::default()
         }];
     }));
-    assert_eq!(e, [format!("{at}.upgrade_configs: unsupported")]);
-    let e = errors(&with_hcm(&|h| h.forward_client_cert_details = 3)); // APPEND_FORWARD
+    assert_eq!(e, [format!("{at}.upgrade_configs[0].filters: unsupported")]);
+    let e = errors(&with_hcm(&|h| {
+        h.upgrade_configs.push(UpgradeConfig {
+            upgrade_type: "CONNECT".into(),
+            ..Default::default()
+        });
+    }));
     assert_eq!(
         e,
-        [format!("{at}.forward_client_cert_details: unsupported")]
+        [format!(
+            "{at}.upgrade_configs[1].upgrade_type: CONNECT is unsupported"
+        )]
+    );
+    // The whole client certificate (or chain) in the XFCC element is not written here.
+    let e = errors(&with_hcm(&|h| {
+        h.set_current_client_cert_details.as_mut().unwrap().cert = true;
+    }));
+    assert_eq!(
+        e,
+        [format!(
+            "{at}.set_current_client_cert_details.cert: unsupported"
+        )]
     );
     let e = errors(&with_hcm(&|h| {
         h.http_filters.insert(
@@ -598,12 +636,30 @@ fn what_the_fixture_trims_is_nacked_by_path() {
             "{at}.http_filters[0] (envoy.filters.http.grpc_stats): unsupported"
         )]
     );
-    // istiod's BlackHoleCluster: STATIC without endpoints.
+}
+
+/// istiod's `BlackHoleCluster` (STATIC, no `load_assignment`) is a cluster of no hosts, and so
+/// is one whose assignment lists none (the form other control planes send).
+#[test]
+fn istiods_blackhole_cluster_is_a_cluster_of_no_hosts() {
+    use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
+    let r = resources();
+    assert!(r.clusters[BLACKHOLE].load_assignment.is_none());
+    let a = assemble(&bootstrap(), &r).expect("accepted");
+    let hole = a
+        .config
+        .clusters
+        .iter()
+        .find(|c| c.name == BLACKHOLE)
+        .expect("the blackhole cluster");
+    assert_eq!(hole.kind, sluice_core::config::ClusterKind::Static);
+    assert!(hole.hosts.is_empty());
     let mut r = resources();
-    r.clusters.get_mut(BLACKHOLE).unwrap().load_assignment = None;
-    let e = errors(&r);
-    assert!(
-        e[0].starts_with("cluster \"BlackHoleCluster\" load_assignment"),
-        "{e:?}"
-    );
+    r.clusters.get_mut(BLACKHOLE).unwrap().load_assignment = Some(ClusterLoadAssignment {
+        cluster_name: BLACKHOLE.into(),
+        ..Default::default()
+    });
+    let a = assemble(&bootstrap(), &r).expect("accepted");
+    let hole = a.config.clusters.iter().find(|c| c.name == BLACKHOLE);
+    assert!(hole.is_some_and(|c| c.hosts.is_empty()));
 }
