@@ -720,6 +720,62 @@ clusters:
     );
 }
 
+/// `server_name` (istiod's `istio-envoy`): the `server` header of a forwarded response is the
+/// listener's (`overwrite`, the default), or the upstream's when it has one
+/// (`append_if_absent`); without `server_name` the upstream's passes.
+#[test]
+fn server_name_sets_the_server_header_of_forwarded_responses() {
+    if !require_peers(&["nginx"]) {
+        return;
+    }
+    let dir = TempDir::new("http-server-name");
+    let (up, overwrite, if_absent, plain) = (free_port(), free_port(), free_port(), free_port());
+    let _n = start_nginx(&dir, "nginx", up, "hello");
+    let listener = |name: &str, port: u16, extra: &str| {
+        format!(
+            r#"  - name: {name}
+    address: 127.0.0.1:{port}
+    http:
+{extra}      virtual_hosts:
+        - name: any
+          domains: ["*"]
+          routes: [ {{ match: {{ prefix: / }}, route: {{ cluster: app }} }} ]
+"#
+        )
+    };
+    let config = format!(
+        "listeners:\n{}{}{}clusters:\n  - name: app\n    hosts: [ {{ address: 127.0.0.1:{up} }} ]\n",
+        listener("overwrite", overwrite, "      server_name: istio-envoy\n"),
+        listener(
+            "if_absent",
+            if_absent,
+            "      server_name: istio-envoy\n      server_header_transformation: append_if_absent\n"
+        ),
+        listener("plain", plain, ""),
+    );
+    let _s = start_sluice(&dir, &config, 1, addr(overwrite));
+    let server = |port: u16| {
+        let r = raw(
+            port,
+            b"GET / HTTP/1.1\r\nHost: example.com\r\nConnection: close\r\n\r\n",
+        );
+        assert_eq!(status_of(&r), 200, "{r}");
+        let servers: Vec<String> = r
+            .lines()
+            .filter_map(|l| {
+                l.strip_prefix("server: ")
+                    .or_else(|| l.strip_prefix("Server: "))
+            })
+            .map(str::to_owned)
+            .collect();
+        servers
+    };
+    assert_eq!(server(overwrite), ["istio-envoy"]);
+    let kept = server(if_absent);
+    assert!(kept.len() == 1 && kept[0].starts_with("nginx"), "{kept:?}");
+    assert_eq!(server(plain), kept);
+}
+
 #[test]
 fn websocket_upgrade_becomes_a_tunnel() {
     if !require_peers(&["python3", "test-venv"]) {

@@ -95,7 +95,10 @@ use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime};
 
 use sluice_core::cluster::HostId;
-use sluice_core::config::http::{ForwardAction, HttpCodec, HttpConfig, PathMatch, RouteAction};
+use sluice_core::config::http::{
+    ForwardAction, HttpCodec, HttpConfig, PathMatch, RouteAction, ServerHeader,
+    ServerHeaderTransformation,
+};
 use sluice_core::config::{ListenerConfig, ListenerFilter};
 use sluice_core::health::{Permit, Resource, UpstreamResult};
 use sluice_core::host::HostRef;
@@ -1509,8 +1512,16 @@ impl<N: Network> Engine<N> {
                     PathMatch::Prefix(p) => Some(p.as_str()),
                     _ => None,
                 };
-                self.forward(action, prefix, down, scratch, rbuf, head, ubuf, rhead, out)
-                    .await
+                let server = match &self.slot_config(listener).filter {
+                    ListenerFilter::Http(hc) | ListenerFilter::Auto { http: hc, .. } => {
+                        hc.server_header.as_ref()
+                    }
+                    _ => None,
+                };
+                self.forward(
+                    action, prefix, server, down, scratch, rbuf, head, ubuf, rhead, out,
+                )
+                .await
             }
         }
     }
@@ -1643,6 +1654,7 @@ impl<N: Network> Engine<N> {
         &self,
         action: &ForwardAction,
         matched_prefix: Option<&str>,
+        server: Option<&ServerHeader>,
         down: &mut D,
         scratch: &mut Scratch,
         rbuf: &mut ReadBuffer,
@@ -2384,6 +2396,21 @@ impl<N: Network> Engine<N> {
                     &action.response_headers_to_remove,
                     &action.response_headers_to_add,
                 );
+                // The listener's `server_name`, after the route's edits (Envoy sets it last).
+                if let Some(s) = server {
+                    match s.transformation {
+                        ServerHeaderTransformation::Overwrite => {
+                            edits.set("server", s.name.as_bytes());
+                        }
+                        ServerHeaderTransformation::AppendIfAbsent
+                            if rhead.header(ubuf.bytes(), "server").is_none() =>
+                        {
+                            edits.append("server", s.name.as_bytes());
+                        }
+                        ServerHeaderTransformation::AppendIfAbsent
+                        | ServerHeaderTransformation::PassThrough => {}
+                    }
+                }
                 // An HTTP/1.0 client keeps its connection only when the answer says so.
                 if keep_down && !upgrade && head.version() == Version::Http10 {
                     edits.append("connection", b"keep-alive");

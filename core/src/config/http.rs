@@ -95,6 +95,43 @@ impl HttpConfig {
     }
 }
 
+/// `listeners[].http.server_name` and `server_header_transformation`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct ServerHeader {
+    /// The value (a valid field value, not empty).
+    #[serde(rename = "server_name")]
+    pub name: String,
+    /// What to do with the upstream's own.
+    #[serde(rename = "server_header_transformation")]
+    pub transformation: ServerHeaderTransformation,
+}
+
+/// What becomes of an upstream response's `server` header when the listener has a
+/// `server_name` (Envoy's `server_header_transformation`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ServerHeaderTransformation {
+    /// Replaced by `server_name` (Envoy's default).
+    #[default]
+    Overwrite,
+    /// `server_name` only when the response has none.
+    AppendIfAbsent,
+    /// The upstream's passes; none is added.
+    PassThrough,
+}
+
+impl ServerHeaderTransformation {
+    /// The names the config accepts.
+    pub const CHOICES: [(&'static str, ServerHeaderTransformation); 3] = [
+        ("overwrite", ServerHeaderTransformation::Overwrite),
+        (
+            "append_if_absent",
+            ServerHeaderTransformation::AppendIfAbsent,
+        ),
+        ("pass_through", ServerHeaderTransformation::PassThrough),
+    ];
+}
+
 /// `listeners[].http.forward_client_cert`: what becomes of the `x-forwarded-client-cert`
 /// (XFCC) header (Envoy's `forward_client_cert_details`). "mTLS" is a connection whose client
 /// presented a certificate to a listener (or chain) that terminates TLS; on any other
@@ -223,6 +260,10 @@ pub struct HttpConfig {
     /// closed (Envoy's `upgrade_configs`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub upgrade_types: Option<Vec<String>>,
+    /// The `server` header of the responses forwarded to clients (Envoy's `server_name` and
+    /// `server_header_transformation`); `None`: the upstream's passes as it is.
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    pub server_header: Option<ServerHeader>,
     /// What becomes of `x-forwarded-client-cert`.
     pub forward_client_cert: ForwardClientCert,
     /// What this hop's XFCC element says (with `append_forward` and `sanitize_set`).

@@ -570,10 +570,14 @@ fn without_http_inspector_nothing_is_sniffed() {
 /// dropped silently: each is NACKed by its path (the gaps `xds.md` lists).
 #[test]
 fn what_the_fixture_trims_is_nacked_by_path() {
-    use envoy_types::pb::envoy::extensions::filters::http::grpc_stats::v3::FilterConfig as GrpcStats;
+    use envoy_types::pb::envoy::extensions::filters::http::buffer::v3::Buffer;
+    use envoy_types::pb::envoy::extensions::filters::http::fault::v3::{
+        FaultAbort, HttpFault, fault_abort,
+    };
     use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
         HttpConnectionManager, HttpFilter, http_connection_manager::UpgradeConfig, http_filter,
     };
+    use envoy_types::pb::google::protobuf::{BoolValue, UInt32Value};
     use prost::Message;
     // Edits the HCM of chain 7 (port 8080, plaintext).
     let with_hcm = |edit: &dyn Fn(&mut HttpConnectionManager)| {
@@ -618,14 +622,32 @@ fn what_the_fixture_trims_is_nacked_by_path() {
             "{at}.set_current_client_cert_details.cert: unsupported"
         )]
     );
+    // A fault filter that would inject something, a filter that is none of the no-op ones,
+    // another request id extension, no request id generated: refused by path.
+    let e = errors(&with_hcm(&|h| {
+        h.http_filters[2].config_type =
+            Some(http_filter::ConfigType::TypedConfig(any(&HttpFault {
+                abort: Some(FaultAbort {
+                    error_type: Some(fault_abort::ErrorType::HttpStatus(503)),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            })));
+    }));
+    assert_eq!(
+        e,
+        [format!(
+            "{at}.http_filters[2] (envoy.filters.http.fault).typed_config.abort: unsupported"
+        )]
+    );
     let e = errors(&with_hcm(&|h| {
         h.http_filters.insert(
             0,
             HttpFilter {
-                name: "envoy.filters.http.grpc_stats".into(),
-                config_type: Some(http_filter::ConfigType::TypedConfig(any(
-                    &GrpcStats::default(),
-                ))),
+                name: "envoy.filters.http.buffer".into(),
+                config_type: Some(http_filter::ConfigType::TypedConfig(any(&Buffer {
+                    max_request_bytes: Some(UInt32Value { value: 1024 }),
+                }))),
                 ..Default::default()
             },
         );
@@ -633,9 +655,65 @@ fn what_the_fixture_trims_is_nacked_by_path() {
     assert_eq!(
         e,
         [format!(
-            "{at}.http_filters[0] (envoy.filters.http.grpc_stats): unsupported"
+            "{at}.http_filters[0] (envoy.filters.http.buffer): unsupported"
         )]
     );
+    let e = errors(&with_hcm(&|h| {
+        h.request_id_extension.as_mut().unwrap().typed_config = Some(any(&Buffer::default()));
+    }));
+    assert!(
+        e[0].starts_with(&format!("{at}.request_id_extension.typed_config: ")),
+        "{e:?}"
+    );
+    let e = errors(&with_hcm(&|h| {
+        h.generate_request_id = Some(BoolValue { value: false });
+    }));
+    assert!(
+        e[0].starts_with(&format!("{at}.generate_request_id: false is unsupported")),
+        "{e:?}"
+    );
+}
+
+/// What istiod's HTTP connection managers carry beyond the routes: `server_name` (the
+/// `server` header of forwarded responses), the no-op HTTP filters (each noted by its path),
+/// the UUID request id extension (noted).
+#[test]
+fn istiods_hcm_extras_are_honoured_or_noted() {
+    use sluice_core::config::http::{ServerHeader, ServerHeaderTransformation};
+    let a = assemble(&bootstrap(), &resources()).expect("accepted");
+    let l = &a.config.listeners[0];
+    let Filt::Http(h) = &l.filter_chains[7].filter else {
+        panic!("{:?}", l.filter_chains[7].filter)
+    };
+    assert_eq!(
+        h.server_header,
+        Some(ServerHeader {
+            name: "istio-envoy".into(),
+            transformation: ServerHeaderTransformation::Overwrite
+        })
+    );
+    assert_eq!(h.stream_idle_timeout, None, "0s: none");
+    let ignored = &a.notes.ignored;
+    let at = "listener \"virtualInbound\" filter_chains[7].filters[1].typed_config";
+    for note in [
+        format!(
+            "{at}.http_filters[0] (istio.metadata_exchange) (Istio peer metadata: telemetry only, no headers exchanged)"
+        ),
+        format!("{at}.http_filters[1] (envoy.filters.http.grpc_stats) (telemetry only)"),
+        format!("{at}.http_filters[2] (envoy.filters.http.fault) (no fault configured: no effect)"),
+        format!(
+            "{at}.http_filters[3] (envoy.filters.http.cors) (no CORS policy on any route: no effect)"
+        ),
+        format!("{at}.http_filters[4] (istio.stats) (Istio stats: telemetry only)"),
+        format!(
+            "{at}.request_id_extension (UUID: pack_trace_reason, use_request_id_for_trace_sampling not applied)"
+        ),
+    ] {
+        assert!(
+            ignored.iter().any(|n| n.ends_with(&note)),
+            "{note} not in {ignored:#?}"
+        );
+    }
 }
 
 /// istiod's `BlackHoleCluster` (STATIC, no `load_assignment`) is a cluster of no hosts, and so

@@ -43,8 +43,8 @@ use crate::config::http::{
     DEFAULT_STREAM_IDLE_TIMEOUT, EscapedSlashesAction, ForwardAction, ForwardClientCert,
     ForwardedProto, H2_MAX_WINDOW_SIZE, H2_MIN_WINDOW_SIZE, HeaderMatcher, HeaderRule, HeaderValue,
     Http2Settings, HttpCodec, HttpConfig, MAX_HEADERS_COUNT_LIMIT, PathMatch, PathNormalization,
-    RetryOn, RetryPolicy, Route, RouteAction, RouteMatch, StatusCodes, VirtualHost,
-    WeightedCluster, template_placeholders,
+    RetryOn, RetryPolicy, Route, RouteAction, RouteMatch, ServerHeader, ServerHeaderTransformation,
+    StatusCodes, VirtualHost, WeightedCluster, template_placeholders,
 };
 use crate::pattern::compile_full_match;
 
@@ -151,6 +151,32 @@ pub(super) fn decode_http(
         Some((v, p)) => decode_upgrade_types(dec, &p, v).map(Some),
         None => Some(None),
     };
+    let server_name = match obj.opt("server_name") {
+        Some((v, p)) => header_value(dec, &p, v).and_then(|name| {
+            if name.is_empty() {
+                dec.error(&p, "cannot be empty");
+                return None;
+            }
+            Some(Some(name))
+        }),
+        None => Some(None),
+    };
+    let transformation = match obj.opt("server_header_transformation") {
+        Some((v, p)) => {
+            if matches!(server_name, Some(None)) {
+                dec.error(&p, "applies only with `server_name`");
+            }
+            dec.one_of(&p, v, &ServerHeaderTransformation::CHOICES)
+        }
+        None => Some(ServerHeaderTransformation::Overwrite),
+    };
+    let server_header = match (server_name, transformation) {
+        (Some(name), Some(transformation)) => Some(name.map(|name| ServerHeader {
+            name,
+            transformation,
+        })),
+        _ => None,
+    };
     let forward_client_cert = match obj.opt("forward_client_cert") {
         Some((v, p)) => dec.one_of(&p, v, &ForwardClientCert::CHOICES),
         None => Some(ForwardClientCert::Sanitize),
@@ -189,6 +215,7 @@ pub(super) fn decode_http(
         http2: http2?,
         forwarded_proto: forwarded_proto?,
         upgrade_types: upgrade_types?,
+        server_header: server_header?,
         forward_client_cert: forward_client_cert?,
         set_current_client_cert_details: cert_details?,
         virtual_hosts: virtual_hosts?,

@@ -155,6 +155,7 @@ fn decodes_the_full_example() {
         http2: crate::config::http::Http2Settings::DEFAULT,
         forwarded_proto: crate::config::http::ForwardedProto::Overwrite,
         upgrade_types: None,
+        server_header: None,
         forward_client_cert: crate::config::http::ForwardClientCert::Sanitize,
         set_current_client_cert_details: Default::default(),
         access_log: Some(AccessLogConfig {
@@ -737,7 +738,7 @@ clusters:
             "{h}.virtual_hosts[1].domains[0]: duplicate domain \"EXAMPLE.com\" (already used by {h}.virtual_hosts[0].domains[0])"
         ),
         format!(
-            "{h}.acess_log: unknown field (expected one of: max_request_headers_kb, max_headers_count, request_headers_timeout, stream_idle_timeout, idle_timeout, normalize_path, merge_slashes, path_with_escaped_slashes_action, codec, http2, forwarded_proto, upgrade_types, forward_client_cert, set_current_client_cert_details, access_log, virtual_hosts); did you mean 'access_log'?"
+            "{h}.acess_log: unknown field (expected one of: max_request_headers_kb, max_headers_count, request_headers_timeout, stream_idle_timeout, idle_timeout, normalize_path, merge_slashes, path_with_escaped_slashes_action, codec, http2, forwarded_proto, upgrade_types, server_name, server_header_transformation, forward_client_cert, set_current_client_cert_details, access_log, virtual_hosts); did you mean 'access_log'?"
         ),
     ];
     let got = errors(text);
@@ -1049,6 +1050,45 @@ fn upgrade_types_list_the_upgrades_tunnelled() {
         errors(&config("upgrade_types: [ websocket, WEBSOCKET ], ")),
         [r#"listeners[0].http.upgrade_types[1]: "websocket" is listed twice"#]
     );
+}
+
+/// `server_name` (none by default) with `server_header_transformation` (default
+/// `overwrite`, only with a name); a name that is no header value, or empty, refused.
+#[test]
+fn server_name_and_its_transformation() {
+    use crate::config::http::{ServerHeader, ServerHeaderTransformation};
+    let routes = r#"virtual_hosts: [ { name: v, domains: ["*"], routes: [ { match: { prefix: / }, direct_response: { status: 200 } } ] } ]"#;
+    let config = |extra: &str| {
+        format!(
+            "listeners:\n  - name: l\n    address: 127.0.0.1:8080\n    http: {{ {extra}{routes} }}\n"
+        )
+    };
+    assert_eq!(http(&config("")).server_header, None);
+    assert_eq!(
+        http(&config("server_name: istio-envoy, ")).server_header,
+        Some(ServerHeader {
+            name: "istio-envoy".into(),
+            transformation: ServerHeaderTransformation::Overwrite
+        })
+    );
+    assert_eq!(
+        http(&config(
+            "server_name: s, server_header_transformation: pass_through, "
+        ))
+        .server_header
+        .map(|s| s.transformation),
+        Some(ServerHeaderTransformation::PassThrough)
+    );
+    assert_eq!(
+        errors(&config("server_header_transformation: overwrite, ")),
+        ["listeners[0].http.server_header_transformation: applies only with `server_name`"]
+    );
+    assert_eq!(
+        errors(&config("server_name: '', ")),
+        ["listeners[0].http.server_name: cannot be empty"]
+    );
+    let e = errors(&config("server_name: \"a\\nb\", "));
+    assert!(e[0].starts_with("listeners[0].http.server_name: "), "{e:?}");
 }
 
 /// `forward_client_cert` (default `sanitize`) and `set_current_client_cert_details`.
