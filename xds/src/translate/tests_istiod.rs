@@ -741,3 +741,39 @@ fn istiods_blackhole_cluster_is_a_cluster_of_no_hosts() {
     let hole = a.config.clusters.iter().find(|c| c.name == BLACKHOLE);
     assert!(hole.is_some_and(|c| c.hosts.is_empty()));
 }
+
+/// istiod's outbound HTTP connection manager (RDS, the common options, XFCC sanitized) is
+/// accepted on a listener of its own: websocket only, `server: istio-envoy`, the client's
+/// `x-forwarded-client-cert` removed.
+#[test]
+fn istiods_outbound_hcm_is_accepted() {
+    use crate::fixtures::{http_listener, route_config};
+    use envoy_types::pb::envoy::config::listener::v3::filter::ConfigType;
+    use sluice_core::config::http::ForwardClientCert;
+    let mut r = resources();
+    let mut l = http_listener("0.0.0.0_9080", "127.0.0.1", 9080, "9080");
+    l.filter_chains[0].filters[0].config_type =
+        Some(ConfigType::TypedConfig(any(&istiod::outbound_hcm("9080"))));
+    r.listeners.insert(l.name.clone(), l);
+    r.routes
+        .insert("9080".into(), route_config("9080", INBOUND));
+    let a = assemble(&bootstrap(), &r).expect("accepted");
+    let out = a
+        .config
+        .listeners
+        .iter()
+        .find(|l| l.name == "0.0.0.0_9080")
+        .expect("the outbound listener");
+    let Filt::Http(h) = &out.filter else {
+        panic!("{:?}", out.filter)
+    };
+    assert_eq!(
+        h.upgrade_types.as_deref(),
+        Some(&["websocket".to_owned()][..])
+    );
+    assert_eq!(
+        h.server_header.as_ref().map(|s| s.name.as_str()),
+        Some("istio-envoy")
+    );
+    assert_eq!(h.forward_client_cert, ForwardClientCert::Sanitize);
+}
