@@ -4,7 +4,9 @@
 //! What this module owns: [`Downstream`], the one stream type the protocol code of `http`,
 //! `bolt` and `protocol: auto` listeners runs over, and what the TLS session tells that code —
 //! the ALPN protocol the handshake agreed on (which picks the HTTP codec, see
-//! [`Downstream::alpn`]) and whether the request came over TLS (`x-forwarded-proto: https`).
+//! [`Downstream::alpn`]), whether the request came over TLS (`x-forwarded-proto: https`), and
+//! the client's certificate and server name (`x-forwarded-client-cert`, built once per
+//! connection from them).
 //!
 //! Invariants: a `Tls` stream's handshake is complete (the engine's `tls_handshake` built it);
 //! only a `Plain` stream can be handed to another process ([`Downstream::into_socket`]) — a TLS

@@ -29,6 +29,10 @@
 //!   slot's transport never changes while it holds a host — a host whose labels pick another
 //!   entry is another host (another slot and epoch: [`sluice_core::host::merge_answer`]) — so
 //!   per-host pools never hold a connection of the other transport.
+//! - **Local identities** ([`Contexts::local_uri_sans`]): each serving slot's certificates'
+//!   SANs, read when its contexts are built, so that a connection's `x-forwarded-client-cert`
+//!   element names (`By`) the URI SANs of the certificate it was served — the one
+//!   [`SniResolver`] picked for its server name (the same choice, [`choose_certificate`]).
 //! - **Outcomes** ([`HandshakeOutcome`]): what a failed handshake's error means, for counters.
 //! - **Rotation** ([`check_files`], [`WorkerTls`]): the contexts of the current config
 //!   generation are published in one process-wide slot with a generation number; the watcher
