@@ -560,6 +560,222 @@ fn all_hosts_down_is_a_fast_502() {
     assert!(t.elapsed() < Duration::from_secs(2));
 }
 
+/// A static cluster of no hosts (`hosts: []`, Envoy's STATIC cluster without endpoints,
+/// istiod's `BlackHoleCluster`): an HTTP route to it is answered 503 "no healthy upstream"
+/// and counted; a TCP proxy to it closes the connection at once, counted by reason.
+#[test]
+fn a_cluster_of_no_hosts_answers_503_and_closes_tcp() {
+    let dir = TempDir::new("http-blackhole");
+    let (listen, tcp, admin) = (free_port(), free_port(), free_port());
+    let config = format!(
+        r#"
+admin: {{ address: 127.0.0.1:{admin} }}
+listeners:
+  - name: web
+    address: 127.0.0.1:{listen}
+    http:
+      virtual_hosts:
+        - name: any
+          domains: ["*"]
+          routes:
+            - match: {{ prefix: / }}
+              route: {{ cluster: BlackHoleCluster }}
+  - name: l4
+    address: 127.0.0.1:{tcp}
+    tcp_proxy: {{ cluster: BlackHoleCluster }}
+clusters:
+  - name: BlackHoleCluster
+    hosts: []
+"#
+    );
+    let _s = start_sluice(&dir, &config, 1, addr(listen));
+    for _ in 0..2 {
+        let r = raw(
+            listen,
+            b"GET /x HTTP/1.1\r\nHost: example.com\r\nConnection: close\r\n\r\n",
+        );
+        assert_eq!(status_of(&r), 503, "{r}");
+        assert!(r.ends_with("no healthy upstream\n"), "{r}");
+    }
+    assert_eq!(admin_stat(admin, "listener.web.http.rq_5xx"), 2);
+    assert_eq!(admin_stat(admin, "listener.web.http.local_reply"), 2);
+    // TCP: closed without a byte, whatever the client sent.
+    let mut s = TcpStream::connect(addr(tcp)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+    let _ = s.write_all(b"hello");
+    let mut got = Vec::new();
+    let t = Instant::now();
+    let _ = s.read_to_end(&mut got);
+    assert!(got.is_empty(), "{got:?}");
+    assert!(t.elapsed() < Duration::from_secs(2), "closed at once");
+    assert!(eventually(Duration::from_secs(3), || admin_stat(
+        admin,
+        "listener.l4.tcp.closed.no_healthy_upstream"
+    ) == 1));
+}
+
+/// `upgrade_types: [websocket]` (what istiod's `upgrade_configs` becomes): a websocket
+/// upgrade is tunnelled — the upstream's 101, then bytes both ways —, another upgrade type is
+/// answered 403, the connection closed, and counted; the upstream never sees it.
+#[test]
+fn only_listed_upgrade_types_are_tunnelled() {
+    use std::net::TcpListener;
+    let dir = TempDir::new("http-upgrade-types");
+    let (listen, admin) = (free_port(), free_port());
+    // An upstream that answers every head with a 101 and then echoes, counting heads.
+    let up = TcpListener::bind("127.0.0.1:0").unwrap();
+    let up_port = up.local_addr().unwrap().port();
+    let heads = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let seen = heads.clone();
+    std::thread::spawn(move || {
+        for conn in up.incoming() {
+            let Ok(mut c) = conn else { return };
+            let seen = seen.clone();
+            std::thread::spawn(move || {
+                let mut head = Vec::new();
+                let mut b = [0u8; 1];
+                while !head.ends_with(b"\r\n\r\n") {
+                    if c.read(&mut b).unwrap_or(0) == 0 {
+                        return;
+                    }
+                    head.push(b[0]);
+                }
+                seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let _ = c.write_all(
+                    b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n",
+                );
+                let mut buf = [0u8; 1024];
+                while let Ok(n) = c.read(&mut buf) {
+                    if n == 0 || c.write_all(&buf[..n]).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    let config = format!(
+        r#"
+admin: {{ address: 127.0.0.1:{admin} }}
+listeners:
+  - name: web
+    address: 127.0.0.1:{listen}
+    http:
+      upgrade_types: [ websocket ]
+      virtual_hosts:
+        - name: any
+          domains: ["*"]
+          routes:
+            - match: {{ prefix: / }}
+              route: {{ cluster: app }}
+clusters:
+  - name: app
+    hosts: [ {{ address: 127.0.0.1:{up_port} }} ]
+"#
+    );
+    let _s = start_sluice(&dir, &config, 1, addr(listen));
+    // websocket (any case): tunnelled.
+    let mut c = TcpStream::connect(addr(listen)).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+    c.write_all(
+        b"GET /chat HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: WebSocket\r\n\r\n",
+    )
+    .unwrap();
+    let mut got = Vec::new();
+    let mut b = [0u8; 1];
+    while !got.ends_with(b"\r\n\r\n") {
+        assert_eq!(
+            c.read(&mut b).unwrap(),
+            1,
+            "{}",
+            String::from_utf8_lossy(&got)
+        );
+        got.push(b[0]);
+    }
+    assert!(
+        got.starts_with(b"HTTP/1.1 101 "),
+        "{}",
+        String::from_utf8_lossy(&got)
+    );
+    c.write_all(b"ping through the tunnel").unwrap();
+    let mut echo = [0u8; 23];
+    c.read_exact(&mut echo).unwrap();
+    assert_eq!(&echo, b"ping through the tunnel");
+    drop(c);
+    assert_eq!(heads.load(std::sync::atomic::Ordering::SeqCst), 1);
+    // Another type: 403, closed, counted; nothing upstream.
+    let r = raw(
+        listen,
+        b"GET /chat HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: h2c\r\n\r\nGET / HTTP/1.1\r\nHost: x\r\n\r\n",
+    );
+    assert_eq!(status_of(&r), 403, "{r}");
+    assert_eq!(
+        r.matches("HTTP/1.1").count(),
+        1,
+        "closed after the 403: {r}"
+    );
+    assert_eq!(heads.load(std::sync::atomic::Ordering::SeqCst), 1);
+    assert_eq!(
+        admin_stat(admin, "listener.web.http.downstream_rq_ws_on_non_ws_route"),
+        1
+    );
+}
+
+/// `server_name` (istiod's `istio-envoy`): the `server` header of a forwarded response is the
+/// listener's (`overwrite`, the default), or the upstream's when it has one
+/// (`append_if_absent`); without `server_name` the upstream's passes.
+#[test]
+fn server_name_sets_the_server_header_of_forwarded_responses() {
+    if !require_peers(&["nginx"]) {
+        return;
+    }
+    let dir = TempDir::new("http-server-name");
+    let (up, overwrite, if_absent, plain) = (free_port(), free_port(), free_port(), free_port());
+    let _n = start_nginx(&dir, "nginx", up, "hello");
+    let listener = |name: &str, port: u16, extra: &str| {
+        format!(
+            r#"  - name: {name}
+    address: 127.0.0.1:{port}
+    http:
+{extra}      virtual_hosts:
+        - name: any
+          domains: ["*"]
+          routes: [ {{ match: {{ prefix: / }}, route: {{ cluster: app }} }} ]
+"#
+        )
+    };
+    let config = format!(
+        "listeners:\n{}{}{}clusters:\n  - name: app\n    hosts: [ {{ address: 127.0.0.1:{up} }} ]\n",
+        listener("overwrite", overwrite, "      server_name: istio-envoy\n"),
+        listener(
+            "if_absent",
+            if_absent,
+            "      server_name: istio-envoy\n      server_header_transformation: append_if_absent\n"
+        ),
+        listener("plain", plain, ""),
+    );
+    let _s = start_sluice(&dir, &config, 1, addr(overwrite));
+    let server = |port: u16| {
+        let r = raw(
+            port,
+            b"GET / HTTP/1.1\r\nHost: example.com\r\nConnection: close\r\n\r\n",
+        );
+        assert_eq!(status_of(&r), 200, "{r}");
+        let servers: Vec<String> = r
+            .lines()
+            .filter_map(|l| {
+                l.strip_prefix("server: ")
+                    .or_else(|| l.strip_prefix("Server: "))
+            })
+            .map(str::to_owned)
+            .collect();
+        servers
+    };
+    assert_eq!(server(overwrite), ["istio-envoy"]);
+    let kept = server(if_absent);
+    assert!(kept.len() == 1 && kept[0].starts_with("nginx"), "{kept:?}");
+    assert_eq!(server(plain), kept);
+}
+
 #[test]
 fn websocket_upgrade_becomes_a_tunnel() {
     if !require_peers(&["python3", "test-venv"]) {

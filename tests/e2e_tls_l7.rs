@@ -827,6 +827,100 @@ clusters:
     assert_eq!(served(&[]), "proto=https");
 }
 
+/// `x-forwarded-client-cert` over mTLS (curl `--cert`), checked by what the upstream (nginx)
+/// received: istiod's `append_forward` with subject, URI and DNS appends this hop's element —
+/// `By` the listener's own URI SAN, `Hash` the SHA-256 of the client certificate — after the
+/// client's own header (over HTTP/2 and HTTP/1.1 alike); `sanitize_set` replaces the client's;
+/// the default (`sanitize`) removes it.
+#[test]
+fn xfcc_carries_the_client_certificate_over_mtls() {
+    if !require_peers(&["curl", "nginx"]) {
+        return;
+    }
+    let dir = TempDir::new("tls-l7-xfcc");
+    let ca = make_ca(&dir, "ca");
+    let app_id = "spiffe://cluster.local/ns/default/sa/app";
+    let client_id = "spiffe://cluster.local/ns/default/sa/client";
+    let (cert, key) = leaf(&dir, &ca, "app", &["app.example"], Some(app_id));
+    let (client_cert, client_key) = leaf(&dir, &ca, "client", &["client.example"], Some(client_id));
+    let der = sluice_core::tls::pem::parse_chain(&std::fs::read(&client_cert).unwrap()).unwrap();
+    let hash: String = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, der[0].as_ref())
+        .as_ref()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let up = free_port();
+    let _nginx = start_nginx_with(
+        &dir,
+        "up",
+        up,
+        r#"location / { return 200 "xfcc=$http_x_forwarded_client_cert"; }"#,
+    );
+    let (append, set, default) = (free_port(), free_port(), free_port());
+    let tls = format!(
+        "{{ certificates: [ {{ cert_chain: {c}, private_key: {k} }} ], client_ca: {ca} }}",
+        c = p(&cert),
+        k = p(&key),
+        ca = p(&ca.pem),
+    );
+    let details = "set_current_client_cert_details: { subject: true, uri: true, dns: true }";
+    let config = format!(
+        r#"
+listeners:
+  - name: append
+    address: 127.0.0.1:{append}
+    tls: {tls}
+    http: {{ forward_client_cert: append_forward, {details}, {routes} }}
+  - name: set
+    address: 127.0.0.1:{set}
+    tls: {tls}
+    http: {{ forward_client_cert: sanitize_set, {details}, {routes} }}
+  - name: default
+    address: 127.0.0.1:{default}
+    tls: {tls}
+    http: {{ {routes} }}
+clusters:
+  - {{ name: app, hosts: [ {{ address: 127.0.0.1:{up} }} ] }}
+"#,
+        routes = routes_to("app"),
+    );
+    let _sluice = start_sluice(&dir, &config, 1, addr(append));
+    let mine =
+        format!("By={app_id};Hash={hash};Subject=\"CN=client\";URI={client_id};DNS=client.example");
+    let served = |port: u16, extra: &[&str]| {
+        let mut args = vec!["--cert", p(&client_cert), "--key", p(&client_key)];
+        args.extend_from_slice(extra);
+        let (version, status, body) = curl_https(port, &ca.pem, "app.example", "/", &args);
+        assert_eq!(status, 200, "{body}");
+        (version, body)
+    };
+    let theirs = "x-forwarded-client-cert: By=spiffe://evil;Hash=00";
+    for version in ["--http2", "--http1.1"] {
+        let (v, body) = served(append, &[version, "-H", theirs]);
+        assert_eq!(v, if version == "--http2" { "2" } else { "1.1" });
+        assert_eq!(
+            body,
+            format!("xfcc=By=spiffe://evil;Hash=00,{mine}"),
+            "{version}"
+        );
+        assert_eq!(
+            served(append, &[version]).1,
+            format!("xfcc={mine}"),
+            "{version}"
+        );
+        assert_eq!(
+            served(set, &[version, "-H", theirs]).1,
+            format!("xfcc={mine}"),
+            "{version}"
+        );
+        assert_eq!(
+            served(default, &[version, "-H", theirs]).1,
+            "xfcc=",
+            "{version}"
+        );
+    }
+}
+
 /// A TLS upstream that completes its handshake and then never reads: a TLS server in Python
 /// that holds every connection open without a `recv`.
 const STALLED_TLS_UPSTREAM: &str = r#"

@@ -4,7 +4,9 @@
 //! What this module owns: [`Downstream`], the one stream type the protocol code of `http`,
 //! `bolt` and `protocol: auto` listeners runs over, and what the TLS session tells that code —
 //! the ALPN protocol the handshake agreed on (which picks the HTTP codec, see
-//! [`Downstream::alpn`]) and whether the request came over TLS (`x-forwarded-proto: https`).
+//! [`Downstream::alpn`]), whether the request came over TLS (`x-forwarded-proto: https`), and
+//! the client's certificate and server name (`x-forwarded-client-cert`, built once per
+//! connection from them).
 //!
 //! Invariants: a `Tls` stream's handshake is complete (the engine's `tls_handshake` built it);
 //! only a `Plain` stream can be handed to another process ([`Downstream::into_socket`]) — a TLS
@@ -55,6 +57,22 @@ impl<S> Downstream<S> {
                 Some(b"http/1.1") => Alpn::Http1,
                 Some(_) => Alpn::Other,
             },
+        }
+    }
+
+    /// The client's certificate (the leaf) when it presented one over TLS.
+    pub(crate) fn peer_certificate(&self) -> Option<&rustls::pki_types::CertificateDer<'static>> {
+        match self {
+            Downstream::Plain(_) => None,
+            Downstream::Tls(tls) => tls.get_ref().1.peer_certificates()?.first(),
+        }
+    }
+
+    /// The server name the client asked for over TLS.
+    pub(crate) fn server_name(&self) -> Option<&str> {
+        match self {
+            Downstream::Plain(_) => None,
+            Downstream::Tls(tls) => tls.get_ref().1.server_name(),
         }
     }
 

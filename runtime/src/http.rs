@@ -95,8 +95,11 @@ use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime};
 
 use sluice_core::cluster::HostId;
-use sluice_core::config::ListenerConfig;
-use sluice_core::config::http::{ForwardAction, HttpCodec, HttpConfig, PathMatch, RouteAction};
+use sluice_core::config::http::{
+    ForwardAction, HttpCodec, HttpConfig, PathMatch, RouteAction, ServerHeader,
+    ServerHeaderTransformation,
+};
+use sluice_core::config::{ListenerConfig, ListenerFilter};
 use sluice_core::health::{Permit, Resource, UpstreamResult};
 use sluice_core::host::HostRef;
 use sluice_core::http1::conn::{ConnectionPolicy, ConnectionSettings, Expired, keeps_alive};
@@ -632,6 +635,7 @@ pub(crate) fn local_body(flag: ResponseFlag) -> &'static [u8] {
         ResponseFlag::UpstreamProtocolError => b"upstream sent a malformed response\n",
         ResponseFlag::DownstreamProtocolError => b"bad request\n",
         ResponseFlag::DownstreamLimit => b"request header limits exceeded\n",
+        ResponseFlag::UpgradeRefused => b"upgrade refused\n",
         ResponseFlag::DirectResponse => b"",
     }
 }
@@ -665,6 +669,14 @@ pub(crate) struct Scratch {
     over_tls: bool,
     /// The listener's `forwarded_proto`: whether the client's `x-forwarded-proto` is kept.
     forwarded_proto: sluice_core::config::http::ForwardedProto,
+    /// The listener's `forward_client_cert`.
+    forward_client_cert: sluice_core::config::http::ForwardClientCert,
+    /// The connection's `x-forwarded-client-cert` element when it is mTLS (empty when the
+    /// listener writes none), built once per connection ([`Engine::client_cert_element`]);
+    /// `None` otherwise. Set by the connection's driver.
+    pub(crate) client_cert: Option<Rc<[u8]>>,
+    /// An appended `x-forwarded-client-cert` (reused).
+    xfcc: Vec<u8>,
     /// Where a captured connection was going (`original_dst`): an `original_dst` cluster sends
     /// its requests there. Set by the connection's driver.
     pub(crate) original_dst: Option<SocketAddr>,
@@ -762,7 +774,12 @@ impl Scratch {
     pub(crate) fn shed(&mut self) {
         self.replay = Vec::new();
         self.grpc_trailers = Vec::new();
-        for v in [&mut self.xff, &mut self.path, &mut self.norm] {
+        for v in [
+            &mut self.xff,
+            &mut self.path,
+            &mut self.norm,
+            &mut self.xfcc,
+        ] {
             if v.capacity() > KEPT_SCRATCH {
                 *v = Vec::new();
             }
@@ -786,6 +803,8 @@ impl Scratch {
         self.awaiting.set(false);
         self.over_tls = over_tls;
         self.forwarded_proto = hc.forwarded_proto;
+        self.forward_client_cert = hc.forward_client_cert;
+        self.client_cert = None;
         self.original_dst = None;
     }
 
@@ -809,6 +828,9 @@ impl Scratch {
             request_id_generated: false,
             over_tls,
             forwarded_proto: hc.forwarded_proto,
+            forward_client_cert: hc.forward_client_cert,
+            client_cert: None,
+            xfcc: Vec::new(),
             original_dst: None,
             downstream_http2: false,
             cluster: None,
@@ -961,6 +983,7 @@ impl<N: Network> Engine<N> {
             return;
         }
         let mut expired = std::pin::pin!(self.lifecycle.drain_expired());
+        let client_cert = self.client_cert_element(listener, hc, &down);
         // What the connection keeps while it is parked (or has sent nothing yet): its policy
         // (when to wait and for how long: see sluice_core::http1::conn) and its read buffer,
         // which holds no memory then. The request path's state is a boxed future made when a
@@ -1018,6 +1041,7 @@ impl<N: Network> Engine<N> {
                 &mut rbuf,
                 &mut policy,
                 original_dst,
+                client_cert.as_ref(),
                 &awaiting_response,
             ));
             let parked = tokio::select! {
@@ -1072,6 +1096,7 @@ impl<N: Network> Engine<N> {
         rbuf: &mut ReadBuffer,
         policy: &mut ConnectionPolicy,
         original_dst: Option<SocketAddr>,
+        client_cert: Option<&Rc<[u8]>>,
         awaiting_response: &Rc<Cell<bool>>,
     ) -> bool {
         let limits = Limits {
@@ -1087,6 +1112,7 @@ impl<N: Network> Engine<N> {
         let mut out: Vec<u8> = Vec::new();
         let mut scratch = Scratch::new(peer, hc, awaiting_response.clone(), down.is_tls());
         scratch.original_dst = original_dst;
+        scratch.client_cert = client_cert.cloned();
         let logging = self.serving.access_log(listener).is_some();
         let mut parked = false;
         loop {
@@ -1447,6 +1473,26 @@ impl<N: Network> Engine<N> {
                 )
                 .await;
         };
+        // An upgrade of a type the listener does not list: 403, and the connection closed
+        // (what follows the head may be the upgraded protocol's bytes), as Envoy does.
+        if head.upgrade() {
+            let value = head.header(rbuf.bytes(), "upgrade").unwrap_or(b"");
+            if !self.upgrade_allowed(listener, value) {
+                if let Some(l) = self.listener_stats(listener) {
+                    bump(&l.http_upgrades_refused, 1);
+                }
+                return self
+                    .local_reply(
+                        scratch.grpc,
+                        down,
+                        out,
+                        403,
+                        ResponseFlag::UpgradeRefused,
+                        true,
+                    )
+                    .await;
+            }
+        }
         match &route.route.action {
             RouteAction::DirectResponse { status, body } => {
                 out.clear();
@@ -1468,9 +1514,70 @@ impl<N: Network> Engine<N> {
                     PathMatch::Prefix(p) => Some(p.as_str()),
                     _ => None,
                 };
-                self.forward(action, prefix, down, scratch, rbuf, head, ubuf, rhead, out)
-                    .await
+                let server = match &self.slot_config(listener).filter {
+                    ListenerFilter::Http(hc) | ListenerFilter::Auto { http: hc, .. } => {
+                        hc.server_header.as_ref()
+                    }
+                    _ => None,
+                };
+                self.forward(
+                    action, prefix, server, down, scratch, rbuf, head, ubuf, rhead, out,
+                )
+                .await
             }
+        }
+    }
+
+    /// What connection `down` (of serving slot `slot`) gives `x-forwarded-client-cert`, once
+    /// per connection: `None` when the client presented no certificate (not mTLS); else this
+    /// hop's element ([`sluice_core::l7::xfcc::element`]) when `forward_client_cert` writes one,
+    /// empty otherwise.
+    pub(crate) fn client_cert_element(
+        &self,
+        slot: usize,
+        hc: &HttpConfig,
+        down: &Downstream<N::Stream>,
+    ) -> Option<Rc<[u8]>> {
+        use std::fmt::Write as _;
+        let cert = down.peer_certificate()?;
+        if !hc.forward_client_cert.sets_element() {
+            return Some(Rc::from(&[][..]));
+        }
+        let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, cert.as_ref());
+        let mut hash_hex = String::with_capacity(64);
+        for b in digest.as_ref() {
+            let _ = write!(hash_hex, "{b:02x}");
+        }
+        let id = sluice_core::tls::pem::peer_identity(cert.as_ref()).unwrap_or_else(|e| {
+            tracing::debug!(error = %e, "client certificate not parsed for x-forwarded-client-cert");
+            sluice_core::tls::pem::PeerIdentity {
+                subject: String::new(),
+                uri_sans: Vec::new(),
+                dns_sans: Vec::new(),
+            }
+        });
+        let contexts = self.tls.current();
+        let by = contexts.local_uri_sans(slot, down.server_name());
+        let peer = sluice_core::l7::xfcc::PeerCert {
+            hash_hex: &hash_hex,
+            subject: &id.subject,
+            uri_sans: &id.uri_sans,
+            dns_sans: &id.dns_sans,
+        };
+        Some(Rc::from(sluice_core::l7::xfcc::element(
+            by,
+            &peer,
+            hc.set_current_client_cert_details,
+        )))
+    }
+
+    /// Whether serving slot `slot`'s HTTP settings let an upgrade to `value` through.
+    fn upgrade_allowed(&self, slot: usize, value: &[u8]) -> bool {
+        match &self.slot_config(slot).filter {
+            ListenerFilter::Http(hc) | ListenerFilter::Auto { http: hc, .. } => {
+                hc.upgrade_allowed(value)
+            }
+            _ => true,
         }
     }
 
@@ -1549,6 +1656,7 @@ impl<N: Network> Engine<N> {
         &self,
         action: &ForwardAction,
         matched_prefix: Option<&str>,
+        server: Option<&ServerHeader>,
         down: &mut D,
         scratch: &mut Scratch,
         rbuf: &mut ReadBuffer,
@@ -1622,6 +1730,12 @@ impl<N: Network> Engine<N> {
             scratch.request_id_generated = true;
         }
         let no_host = head.host(rbuf.bytes()).is_none();
+        let client_cert = sluice_core::l7::xfcc::edit(
+            scratch.forward_client_cert,
+            scratch.client_cert.as_deref(),
+            head.header(rbuf.bytes(), sluice_core::l7::xfcc::XFCC),
+            &mut scratch.xfcc,
+        );
         let mut edits = HeaderEdits::new();
         request_edits(
             &mut edits,
@@ -1636,6 +1750,7 @@ impl<N: Network> Engine<N> {
                     scratch.forwarded_proto == sluice_core::config::http::ForwardedProto::Preserve
                         && head.header(rbuf.bytes(), "x-forwarded-proto").is_some(),
                 ),
+                client_cert,
             },
             &action.request_headers_to_remove,
             &action.request_headers_to_add,
@@ -2264,6 +2379,21 @@ impl<N: Network> Engine<N> {
                     &action.response_headers_to_remove,
                     &action.response_headers_to_add,
                 );
+                // The listener's `server_name`, after the route's edits (Envoy sets it last).
+                if let Some(s) = server {
+                    match s.transformation {
+                        ServerHeaderTransformation::Overwrite => {
+                            edits.set("server", s.name.as_bytes());
+                        }
+                        ServerHeaderTransformation::AppendIfAbsent
+                            if rhead.header(ubuf.bytes(), "server").is_none() =>
+                        {
+                            edits.append("server", s.name.as_bytes());
+                        }
+                        ServerHeaderTransformation::AppendIfAbsent
+                        | ServerHeaderTransformation::PassThrough => {}
+                    }
+                }
                 // An HTTP/1.0 client keeps its connection only when the answer says so.
                 if keep_down && !upgrade && head.version() == Version::Http10 {
                     edits.append("connection", b"keep-alive");
@@ -3999,6 +4129,7 @@ listeners:
                 peer,
                 &mut rbuf,
                 &mut policy,
+                None,
                 None,
                 &awaiting,
             );

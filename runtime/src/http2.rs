@@ -330,6 +330,7 @@ impl<N: Network> Engine<N> {
         original_dst: Option<SocketAddr>,
     ) {
         let over_tls = down.is_tls();
+        let client_cert = self.client_cert_element(listener, hc, &down);
         // For the keepalive: the socket under the connection, whose acknowledged bytes show a
         // slow reader alive. `h2` owns the stream from here on, and `conn` lives until this
         // function returns: the descriptor is open (and this connection's) wherever it is read.
@@ -596,6 +597,7 @@ impl<N: Network> Engine<N> {
                         peer,
                         original_dst,
                         over_tls,
+                        client_cert.clone(),
                         request,
                         respond,
                     )));
@@ -619,6 +621,7 @@ impl<N: Network> Engine<N> {
         peer: SocketAddr,
         original_dst: Option<SocketAddr>,
         over_tls: bool,
+        client_cert: Option<Rc<[u8]>>,
         request: http::Request<RecvStream>,
         respond: SendResponse<Bytes>,
     ) -> StreamEnd {
@@ -644,6 +647,7 @@ impl<N: Network> Engine<N> {
             }
         };
         buffers.scratch.original_dst = original_dst;
+        buffers.scratch.client_cert = client_cert;
         // The stream's request begins here, before anything can end the stream (a reset, a
         // refusal before routing): what it logs and exports is its own, never what an earlier
         // stream of the worker (possibly another client's) left in this state.

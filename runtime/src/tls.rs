@@ -30,6 +30,10 @@
 //!   slot's transport never changes while it holds a host — a host whose labels pick another
 //!   entry is another host (another slot and epoch: [`sluice_core::host::merge_answer`]) — so
 //!   per-host pools never hold a connection of the other transport.
+//! - **Local identities** ([`Contexts::local_uri_sans`]): each serving slot's certificates'
+//!   SANs, read when its contexts are built, so that a connection's `x-forwarded-client-cert`
+//!   element names (`By`) the URI SANs of the certificate it was served — the one
+//!   [`SniResolver`] picked for its server name (the same choice, [`choose_certificate`]).
 //! - **Outcomes** ([`HandshakeOutcome`]): what a failed handshake's error means, for counters.
 //! - **Rotation** ([`check_files`], [`WorkerTls`]): the contexts of the current config
 //!   generation are published in one process-wide slot with a generation number; the watcher
@@ -137,6 +141,48 @@ pub struct Contexts {
     /// ([`crate::tls_tickets::identity`]); a rotation keeps a listener's session cache only
     /// when it is unchanged (new client CA content: sessions of the old one cannot resume).
     identities: Vec<Option<String>>,
+    /// By serving slot: each certificate's SANs (what `x-forwarded-client-cert`'s `By` names,
+    /// [`Contexts::local_uri_sans`]).
+    local: Vec<LocalCerts>,
+}
+
+/// A serving slot's certificates' SANs, in config order: DNS (lowercase, as [`SniResolver`]
+/// picks by them) and URI.
+#[derive(Debug, Default)]
+struct LocalCerts(Vec<(Vec<String>, Vec<String>)>);
+
+/// By serving slot: its certificates' SANs, read from the files (a file that cannot be read or
+/// parsed leaves its certificate without SANs: the acceptors report it).
+fn local_certs(config: &Config) -> Vec<LocalCerts> {
+    config
+        .tls_slots()
+        .into_iter()
+        .map(|(tls, _, _)| {
+            LocalCerts(
+                tls.map(|tls| {
+                    tls.certificates
+                        .iter()
+                        .map(|files| {
+                            let sans = read_pem(&files.cert_chain)
+                                .ok()
+                                .and_then(|pem| parse_chain(&pem).ok())
+                                .and_then(|chain| sans(&chain[0]).ok())
+                                .unwrap_or_default();
+                            let (mut dns, mut uri) = (Vec::new(), Vec::new());
+                            for san in sans {
+                                match san {
+                                    San::Dns(d) => dns.push(d),
+                                    San::Uri(u) => uri.push(u),
+                                }
+                            }
+                            (dns, uri)
+                        })
+                        .collect()
+                })
+                .unwrap_or_default(),
+            )
+        })
+        .collect()
 }
 
 /// What the process serves with now: the contexts of the newest config generation and what
@@ -198,6 +244,7 @@ fn contexts_of_lineage(config: &Arc<Config>) -> Result<(Arc<Contexts>, u64), Str
         matched: matched_connectors(config)?,
         certificates: described(config),
         identities: identities(config),
+        local: local_certs(config),
     });
     *shared = Some(Published {
         config: Arc::downgrade(config),
@@ -257,6 +304,7 @@ pub fn rotate_inline(current: &Arc<Config>, next: &Arc<Config>) -> Result<(), St
         matched: matched_connectors(next)?,
         certificates: described(next),
         identities: identities(next),
+        local: local_certs(next),
     };
     let mut shared = published();
     if !shared.as_ref().is_some_and(serving) {
@@ -465,6 +513,7 @@ pub fn check_files() -> FileCheck {
             matched: matched_connectors(&config)?,
             certificates: described(&config),
             identities: identities(&config),
+            local: local_certs(&config),
         })
     });
     let mut shared = published();
@@ -601,6 +650,18 @@ pub fn matched_connectors(
 }
 
 impl Contexts {
+    /// The URI SANs of the certificate serving slot `slot` presents to a client that asked for
+    /// `server_name` (the one [`SniResolver`] picks): `x-forwarded-client-cert`'s `By`.
+    #[must_use]
+    pub fn local_uri_sans(&self, slot: usize, server_name: Option<&str>) -> &[String] {
+        let Some(LocalCerts(certs)) = self.local.get(slot) else {
+            return &[];
+        };
+        let name = server_name.map(str::to_ascii_lowercase);
+        let i = choose_certificate(certs.iter().map(|(dns, _)| &dns[..]), name.as_deref());
+        certs.get(i).map_or(&[], |(_, uri)| &uri[..])
+    }
+
     /// How to connect to a host of cluster `ci` reached with `transport` (the host's, read
     /// from its slot where it was picked: [`sluice_core::cluster::ClusterState::transport`]):
     /// its TLS connector, or `None` (plaintext) — entry `transport` of the cluster's
@@ -1191,30 +1252,37 @@ pub struct SniResolver {
 }
 
 impl SniResolver {
-    /// The index of the certificate for `server_name` (lowercase): exact SAN, then a wildcard
-    /// SAN covering its first label, else the first certificate.
+    /// The index of the certificate for `server_name` (lowercase): [`choose_certificate`].
     fn choose(&self, server_name: Option<&str>) -> usize {
-        let Some(name) = server_name else {
-            return 0;
-        };
-        let name = name.strip_suffix('.').unwrap_or(name);
-        if let Some(i) = self
-            .certs
-            .iter()
-            .position(|(sans, _)| sans.iter().any(|s| s == name))
-        {
-            return i;
-        }
-        let parent = name.split_once('.').map(|(_, rest)| rest);
-        parent
-            .and_then(|parent| {
-                self.certs.iter().position(|(sans, _)| {
-                    sans.iter()
-                        .any(|s| s.strip_prefix("*.").is_some_and(|w| w == parent))
-                })
-            })
-            .unwrap_or(0)
+        choose_certificate(self.certs.iter().map(|(sans, _)| &sans[..]), server_name)
     }
+}
+
+/// Of certificates with these DNS SANs (lowercase), the index of the one for `server_name`
+/// (lowercase): exact SAN, then a wildcard SAN covering its first label, else the first.
+fn choose_certificate<'a>(
+    dns_sans: impl Iterator<Item = &'a [String]> + Clone,
+    server_name: Option<&str>,
+) -> usize {
+    let Some(name) = server_name else {
+        return 0;
+    };
+    let name = name.strip_suffix('.').unwrap_or(name);
+    if let Some(i) = dns_sans
+        .clone()
+        .position(|sans| sans.iter().any(|s| s == name))
+    {
+        return i;
+    }
+    let parent = name.split_once('.').map(|(_, rest)| rest);
+    parent
+        .and_then(|parent| {
+            dns_sans.clone().position(|sans| {
+                sans.iter()
+                    .any(|s| s.strip_prefix("*.").is_some_and(|w| w == parent))
+            })
+        })
+        .unwrap_or(0)
 }
 
 impl ResolvesServerCert for SniResolver {

@@ -751,6 +751,83 @@ mod tests {
         });
     }
 
+    /// A cluster of no hosts (an EDS assignment with no usable endpoint: a service with no
+    /// ready pod) closes a TCP proxy's connections; an endpoints-only update that brings a
+    /// host fills it in place (its spare ids), without a new generation, and the next
+    /// connection reaches that host.
+    #[test]
+    fn a_cluster_of_no_hosts_gets_its_first_host_in_place() {
+        use tokio::io::AsyncReadExt;
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        tokio::task::LocalSet::new().block_on(&rt, async {
+            let (up, port_up) = listener();
+            tokio::task::spawn_local(async move {
+                loop {
+                    let Ok((mut c, _)) = up.accept().await else { return };
+                    tokio::task::spawn_local(async move {
+                        let mut buf = [0u8; 64];
+                        while let Ok(n) = c.read(&mut buf).await {
+                            if n == 0 || c.write_all(&buf[..n]).await.is_err() {
+                                return;
+                            }
+                        }
+                    });
+                }
+            });
+            let (socket, port) = listener();
+            // With `xds`, every static cluster's hosts may change in place.
+            let yaml = |hosts: &str| {
+                format!(
+                    "listeners:\n  - {{ name: t, address: 127.0.0.1:1, tcp_proxy: {{ cluster: app }} }}\n\
+                     clusters:\n  - {{ name: app, hosts: [{hosts}] }}\n  - {{ name: ctl, hosts: [ {{ address: 127.0.0.1:9 }} ] }}\n\
+                     xds: {{ cluster: ctl }}\n"
+                )
+            };
+            let before = Arc::new(Config::from_yaml(&yaml("")).expect("config"));
+            let after = Config::from_yaml(&yaml(&format!("{{ address: 127.0.0.1:{port_up} }}")))
+                .expect("config");
+            let engine = Engine::new_worker(
+                TokioNet::default(),
+                before.clone(),
+                0,
+                1,
+                1,
+                Arc::new(WorkerStats::new(&before)),
+                Arc::new(crate::health::SharedHealth::new(&before)),
+                Arc::new(crate::limits::ProcessLimits::new(&before)),
+            )
+            .expect("engine");
+            let worker = Worker::start(engine, vec![socket], WorkerHooks::default());
+            // No host: closed without a byte.
+            let mut c = tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .expect("connect");
+            let _ = c.write_all(b"anyone?").await;
+            let mut got = Vec::new();
+            let _ = c.read_to_end(&mut got).await;
+            assert!(got.is_empty(), "{got:?}");
+
+            let changed = sluice_core::config::diff::only_endpoints_differ(&before, &after)
+                .expect("an endpoints-only update");
+            let update = worker
+                .apply_endpoints(&before, &after, &changed)
+                .expect("room in the spare ids");
+            assert_eq!((update.added, update.removed), (1, 0));
+            assert_eq!(worker.generation(), 0, "no new generation");
+            let mut c = tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .expect("connect");
+            echoes(&mut c, b"now there is one").await;
+            drop(c);
+            let mut worker = worker;
+            worker.stop();
+            worker.drained().await;
+        });
+    }
+
     /// Issue 13: the hosts of a cluster with `transport_socket_matches` (every Istio outbound
     /// cluster) change in place too. A push that re-weights a host and adds one keeps every
     /// host's id, epoch and health verdict; a push that takes one host's label off (its pick

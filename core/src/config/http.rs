@@ -83,6 +83,108 @@ impl ForwardedProto {
     }
 }
 
+impl HttpConfig {
+    /// Whether an upgrade request whose `Upgrade` field is `value` may be tunnelled.
+    #[must_use]
+    pub fn upgrade_allowed(&self, value: &[u8]) -> bool {
+        self.upgrade_types.as_ref().is_none_or(|types| {
+            types
+                .iter()
+                .any(|t| t.as_bytes().eq_ignore_ascii_case(value.trim_ascii()))
+        })
+    }
+}
+
+/// `listeners[].http.server_name` and `server_header_transformation`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct ServerHeader {
+    /// The value (a valid field value, not empty).
+    #[serde(rename = "server_name")]
+    pub name: String,
+    /// What to do with the upstream's own.
+    #[serde(rename = "server_header_transformation")]
+    pub transformation: ServerHeaderTransformation,
+}
+
+/// What becomes of an upstream response's `server` header when the listener has a
+/// `server_name` (Envoy's `server_header_transformation`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ServerHeaderTransformation {
+    /// Replaced by `server_name` (Envoy's default).
+    #[default]
+    Overwrite,
+    /// `server_name` only when the response has none.
+    AppendIfAbsent,
+    /// The upstream's passes; none is added.
+    PassThrough,
+}
+
+impl ServerHeaderTransformation {
+    /// The names the config accepts.
+    pub const CHOICES: [(&'static str, ServerHeaderTransformation); 3] = [
+        ("overwrite", ServerHeaderTransformation::Overwrite),
+        (
+            "append_if_absent",
+            ServerHeaderTransformation::AppendIfAbsent,
+        ),
+        ("pass_through", ServerHeaderTransformation::PassThrough),
+    ];
+}
+
+/// `listeners[].http.forward_client_cert`: what becomes of the `x-forwarded-client-cert`
+/// (XFCC) header (Envoy's `forward_client_cert_details`). "mTLS" is a connection whose client
+/// presented a certificate to a listener (or chain) that terminates TLS; on any other
+/// connection every mode but `always_forward_only` removes the header.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ForwardClientCert {
+    /// The header is removed (Envoy's default).
+    #[default]
+    Sanitize,
+    /// Over mTLS the client's header is forwarded as it is.
+    ForwardOnly,
+    /// Over mTLS this hop's element is appended to the client's header (`,` between elements).
+    AppendForward,
+    /// Over mTLS the header is replaced by this hop's element.
+    SanitizeSet,
+    /// The client's header is forwarded as it is, mTLS or not.
+    AlwaysForwardOnly,
+}
+
+impl ForwardClientCert {
+    /// The names the config accepts.
+    pub const CHOICES: [(&'static str, ForwardClientCert); 5] = [
+        ("sanitize", ForwardClientCert::Sanitize),
+        ("forward_only", ForwardClientCert::ForwardOnly),
+        ("append_forward", ForwardClientCert::AppendForward),
+        ("sanitize_set", ForwardClientCert::SanitizeSet),
+        ("always_forward_only", ForwardClientCert::AlwaysForwardOnly),
+    ];
+
+    /// Whether this hop writes an element of its own (over mTLS).
+    #[must_use]
+    pub fn sets_element(self) -> bool {
+        matches!(
+            self,
+            ForwardClientCert::AppendForward | ForwardClientCert::SanitizeSet
+        )
+    }
+}
+
+/// `listeners[].http.set_current_client_cert_details`: what this hop's XFCC element says of
+/// the client certificate besides `By` (this listener's own URI SANs) and `Hash` (SHA-256 of
+/// the client certificate, hex), which are always there (Envoy's fields; all off by default).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct ClientCertDetails {
+    /// `Subject="…"`: the subject's distinguished name (RFC 2253).
+    pub subject: bool,
+    /// `URI=…`: each URI SAN (`URI=` when it has none).
+    pub uri: bool,
+    /// `DNS=…`: each DNS SAN.
+    pub dns: bool,
+}
+
 /// `listeners[].http.http2`: limits of downstream HTTP/2 connections.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 pub struct Http2Settings {
@@ -152,6 +254,20 @@ pub struct HttpConfig {
     pub http2: Http2Settings,
     /// Whose `x-forwarded-proto` goes upstream.
     pub forwarded_proto: ForwardedProto,
+    /// Which HTTP/1.1 upgrades (`Upgrade:` with `Connection: upgrade`) are tunnelled, by
+    /// `Upgrade` value (lowercase, compared case-insensitively): `None` (the key left out),
+    /// every one; otherwise only those listed, and another is answered 403 and the connection
+    /// closed (Envoy's `upgrade_configs`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub upgrade_types: Option<Vec<String>>,
+    /// The `server` header of the responses forwarded to clients (Envoy's `server_name` and
+    /// `server_header_transformation`); `None`: the upstream's passes as it is.
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    pub server_header: Option<ServerHeader>,
+    /// What becomes of `x-forwarded-client-cert`.
+    pub forward_client_cert: ForwardClientCert,
+    /// What this hop's XFCC element says (with `append_forward` and `sanitize_set`).
+    pub set_current_client_cert_details: ClientCertDetails,
     /// Virtual hosts, in order.
     pub virtual_hosts: Vec<VirtualHost>,
     /// Access log, if any.

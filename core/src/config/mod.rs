@@ -14,12 +14,15 @@
 //! every `http::WeightedCluster::cluster_index` of an
 //! `http` listener — or of a listener's filter chain — index `Config::clusters`), names are
 //! unique, a listener's filter chains never overlap ([`crate::filter_chain::overlap`]) and
-//! [`ListenerFilter::Close`] appears only on a listener with chains, every cluster has at least one
-//! host. An `http` listener also keeps the invariants listed in the module doc of the YAML
+//! [`ListenerFilter::Close`] appears only on a listener with chains, and the clusters the
+//! xDS client and the span exporter dial have hosts. An `http` listener also keeps the
+//! invariants listed in the module doc of the YAML
 //! `http` decoder (every regex compiles, domains are well-formed and unique, ...), which the
-//! router relies on. The one exception to "at least one host": a cluster of
-//! [`ClusterKind::OriginalDst`] has none (it connects to each connection's original
-//! destination), and only a `tcp_proxy` or HTTP routes refer to one. A `Config` built in code
+//! router relies on. A cluster may have no hosts: a static one with `hosts: []` (Envoy's STATIC
+//! cluster without endpoints, istiod's `BlackHoleCluster`: HTTP routes to it are answered 503,
+//! a `tcp_proxy` to it closes), a DNS one before its names resolve, and one of
+//! [`ClusterKind::OriginalDst`] always (it connects to each connection's original
+//! destination; only a `tcp_proxy` or HTTP routes refer to one). A `Config` built in code
 //! (tests) must keep them too.
 //!
 //! The `Serialize` impls are the admin API's config dump, in the input schema: [`Config::from_tree`]

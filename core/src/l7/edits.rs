@@ -3,7 +3,8 @@
 //! [`HeaderEdits::removals`] and [`HeaderEdits::additions`]; HTTP/2 next).
 //!
 //! What it owns: the request edits of one hop — `x-forwarded-for` (the client's address
-//! appended), `x-forwarded-client-cert` removed (Envoy's default `SANITIZE`), `x-request-id` (generated when the request has none, as a UUID v4), `host` when
+//! appended), `x-forwarded-client-cert` as [`super::xfcc`] decides (removed by Envoy's default
+//! `SANITIZE`), `x-request-id` (generated when the request has none, as a UUID v4), `host` when
 //! the request had none, `x-forwarded-proto: https` (replacing the client's) when the request
 //! came over TLS the proxy terminated, then the route's `request_headers_to_remove` / `_to_add` — and the
 //! response edits (the route's `response_headers_to_remove` / `_to_add`). An added field
@@ -164,6 +165,8 @@ pub struct RequestFacts<'a> {
     /// `x-forwarded-proto` set by the proxy (replacing the client's): `https` for a request
     /// that came over TLS the proxy terminated; `None` leaves the request's own.
     pub forwarded_proto: Option<&'a [u8]>,
+    /// What becomes of `x-forwarded-client-cert` ([`super::xfcc::edit`]).
+    pub client_cert: super::xfcc::Edit<'a>,
 }
 
 /// The edits of a request forwarded upstream: `x-forwarded-for`, `x-request-id`, `host` when
@@ -175,10 +178,14 @@ pub fn request_edits<'a>(
     route_add: &'a [HeaderValue],
 ) {
     edits.set("x-forwarded-for", facts.forwarded_for);
-    // Envoy's default `forward_client_cert_details: SANITIZE`: a client's own
+    // Envoy's default `forward_client_cert_details: SANITIZE` removes it: a client's own
     // `x-forwarded-client-cert` never reaches the application, which would take it for the
     // identity a proxy verified (a plaintext client could claim any SPIFFE id).
-    edits.remove("x-forwarded-client-cert");
+    match facts.client_cert {
+        super::xfcc::Edit::Remove => edits.remove(super::xfcc::XFCC),
+        super::xfcc::Edit::Keep => {}
+        super::xfcc::Edit::Set(v) => edits.set(super::xfcc::XFCC, v),
+    }
     if let Some(id) = facts.generated_id {
         edits.append("x-request-id", id);
     }
@@ -320,6 +327,7 @@ mod tests {
                 generated_id: Some(b"id"),
                 missing_host: Some(b"app"),
                 forwarded_proto: Some(b"https"),
+                client_cert: super::super::xfcc::Edit::Remove,
             },
             &remove,
             &add,

@@ -117,6 +117,9 @@ pub enum ResponseFlag {
     DirectResponse,
     /// `RL` : request header timeout or limit (408/431).
     DownstreamLimit,
+    /// An HTTP/1.1 upgrade of a type the listener does not allow (403; Envoy sets no flag,
+    /// its details say `upgrade_failed`): `-` in the log.
+    UpgradeRefused,
 }
 
 impl ResponseFlag {
@@ -134,6 +137,7 @@ impl ResponseFlag {
             ResponseFlag::DownstreamProtocolError => "DPE",
             ResponseFlag::DirectResponse => "DR",
             ResponseFlag::DownstreamLimit => "DL",
+            ResponseFlag::UpgradeRefused => "-",
         }
     }
 }
@@ -933,6 +937,7 @@ pub fn status_for(flag: ResponseFlag) -> u16 {
         ResponseFlag::UpstreamTimeout => 504,
         ResponseFlag::DownstreamProtocolError => 400,
         ResponseFlag::DownstreamLimit => 431,
+        ResponseFlag::UpgradeRefused => 403,
         ResponseFlag::DirectResponse => 200,
         ResponseFlag::UpstreamConnectFailure
         | ResponseFlag::UpstreamConnectionTermination

@@ -66,6 +66,7 @@ pub fn local_status(flag: ResponseFlag, http_status: u16) -> GrpcStatus {
         ResponseFlag::UpstreamProtocolError
         | ResponseFlag::DownstreamProtocolError
         | ResponseFlag::DownstreamLimit
+        | ResponseFlag::UpgradeRefused
         | ResponseFlag::DirectResponse => http_to_grpc(http_status),
     }
 }

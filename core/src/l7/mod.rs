@@ -22,3 +22,4 @@ pub mod exchange;
 pub mod grpc;
 pub mod stream;
 pub mod trace;
+pub mod xfcc;

@@ -63,6 +63,107 @@ pub fn subject_alt_names(der: &[u8]) -> Result<Vec<San>, String> {
         .collect())
 }
 
+/// What a hop's `x-forwarded-client-cert` element says of a client certificate.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PeerIdentity {
+    /// The subject's distinguished name as RFC 2253 writes it (OpenSSL's `XN_FLAG_RFC2253`,
+    /// what Envoy writes): last RDN first, `,` between RDNs, `+` inside one, short names
+    /// (`CN`, `O`, …), `\\`-escaped specials, bytes outside printable ASCII as `\\XX`.
+    pub subject: String,
+    /// URI SANs, in order.
+    pub uri_sans: Vec<String>,
+    /// DNS SANs, in order, as written.
+    pub dns_sans: Vec<String>,
+}
+
+/// The subject and SANs of a DER certificate.
+pub fn peer_identity(der: &[u8]) -> Result<PeerIdentity, String> {
+    use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};
+    let (_, c) =
+        X509Certificate::from_der(der).map_err(|e| format!("cannot parse a certificate: {e}"))?;
+    let (mut dns_sans, mut uri_sans) = (Vec::new(), Vec::new());
+    if let Ok(Some(ext)) = c.subject_alternative_name() {
+        for n in &ext.value.general_names {
+            match n {
+                GeneralName::DNSName(d) => dns_sans.push((*d).to_owned()),
+                GeneralName::URI(u) => uri_sans.push((*u).to_owned()),
+                _ => {}
+            }
+        }
+    }
+    let mut subject = String::new();
+    let rdns: Vec<_> = c.subject().iter_rdn().collect();
+    for (i, rdn) in rdns.iter().rev().enumerate() {
+        if i > 0 {
+            subject.push(',');
+        }
+        for (j, atv) in rdn.iter().enumerate() {
+            if j > 0 {
+                subject.push('+');
+            }
+            let oid = atv.attr_type().to_id_string();
+            match short_name(&oid) {
+                Some(name) => subject.push_str(name),
+                None => subject.push_str(&oid),
+            }
+            subject.push('=');
+            match atv.as_str() {
+                Ok(v) => escape_rfc2253(v.as_bytes(), &mut subject),
+                Err(_) => {
+                    // Not a string: `#` and the value's bytes in hex (RFC 2253 §2.4).
+                    subject.push('#');
+                    for b in atv.as_slice() {
+                        subject.push_str(&format!("{b:02X}"));
+                    }
+                }
+            }
+        }
+    }
+    Ok(PeerIdentity {
+        subject,
+        uri_sans,
+        dns_sans,
+    })
+}
+
+/// OpenSSL's short names of the usual DN attributes.
+fn short_name(oid: &str) -> Option<&'static str> {
+    Some(match oid {
+        "2.5.4.3" => "CN",
+        "2.5.4.6" => "C",
+        "2.5.4.7" => "L",
+        "2.5.4.8" => "ST",
+        "2.5.4.9" => "street",
+        "2.5.4.10" => "O",
+        "2.5.4.11" => "OU",
+        "2.5.4.5" => "serialNumber",
+        "2.5.4.4" => "SN",
+        "2.5.4.42" => "GN",
+        "2.5.4.12" => "title",
+        "0.9.2342.19200300.100.1.25" => "DC",
+        "0.9.2342.19200300.100.1.1" => "UID",
+        "1.2.840.113549.1.9.1" => "emailAddress",
+        _ => return None,
+    })
+}
+
+/// An attribute value escaped as RFC 2253 §2.4 (and OpenSSL) writes it.
+fn escape_rfc2253(v: &[u8], out: &mut String) {
+    for (i, &b) in v.iter().enumerate() {
+        let special = matches!(b, b',' | b'+' | b'"' | b'\\' | b'<' | b'>' | b';')
+            || (i == 0 && matches!(b, b'#' | b' '))
+            || (i + 1 == v.len() && b == b' ');
+        if special {
+            out.push('\\');
+            out.push(char::from(b));
+        } else if b.is_ascii_graphic() || b == b' ' {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("\\{b:02X}"));
+        }
+    }
+}
+
 /// What an operator wants to know of a certificate.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CertInfo {
@@ -118,6 +219,21 @@ pub fn describe_pem(pem: &[u8]) -> Result<Vec<CertInfo>, String> {
 
 #[cfg(test)]
 mod tests {
+    /// RFC 2253 §2.4 escapes, as OpenSSL's `XN_FLAG_RFC2253` writes them.
+    #[test]
+    fn rfc2253_values_are_escaped() {
+        let esc = |v: &str| {
+            let mut out = String::new();
+            super::escape_rfc2253(v.as_bytes(), &mut out);
+            out
+        };
+        assert_eq!(esc("client"), "client");
+        assert_eq!(esc("a,b+c\"d\\e<f>g;h"), "a\\,b\\+c\\\"d\\\\e\\<f\\>g\\;h");
+        assert_eq!(esc("#lead "), "\\#lead\\ ");
+        assert_eq!(esc(" x"), "\\ x");
+        assert_eq!(esc("caf\u{e9}\n"), "caf\\C3\\A9\\0A");
+    }
+
     use super::*;
 
     #[test]

@@ -8,7 +8,9 @@
 //! (consecutive 5xx and gateway failures with their `enforcing_*` at 0 or 100, ejection times and
 //! percentage); `circuit_breakers` (DEFAULT priority); `common_lb_config.healthy_panic_threshold`.
 //! Endpoints: every locality of priority 0, hosts whose `health_status` is UNHEALTHY, DRAINING
-//! or TIMEOUT left out, `load_balancing_weight` kept. The upstream HTTP version
+//! or TIMEOUT left out, `load_balancing_weight` kept; an assignment with no usable host (or a
+//! STATIC cluster without `load_assignment`, istiod's `BlackHoleCluster`) is a cluster of no
+//! hosts, as in Envoy: HTTP requests to it are answered 503, TCP connections closed. The upstream HTTP version
 //! (`HttpProtocolOptions`: `explicit_http_config` → `http1` / `http2`,
 //! `use_downstream_protocol_config` → `downstream`) becomes `protocol`, HTTP/2 keepalive
 //! `http2.connection_keepalive`; other protocol options are noted, telemetry fields ignored.
@@ -284,17 +286,16 @@ pub fn translate_cluster(
             let cla_at = At::root(ResourceType::Endpoints, &cla.cluster_name);
             ("static", Some(hosts(cla, &cla_at, notes)?))
         }
-        _ => {
-            let Some(cla) = load_assignment else {
-                return Err(at
-                    .field("load_assignment")
-                    .error("a STATIC cluster needs its hosts"));
-            };
-            (
+        // Without a `load_assignment` (istiod's `BlackHoleCluster`), or with one that lists
+        // no usable endpoint, a cluster of no hosts: requests to it are answered 503, a TCP
+        // proxy to it closes the connection (Envoy's no-healthy-upstream).
+        _ => match load_assignment {
+            None => ("static", Some(Vec::new())),
+            Some(cla) => (
                 "static",
                 Some(hosts(&cla, &at.field("load_assignment"), notes)?),
-            )
-        }
+            ),
+        },
     };
     Ok(object([
         ("name", Some(json!(name))),
@@ -407,7 +408,8 @@ pub(crate) fn config_source(source: &ConfigSource, at: &At<'_>) -> Result<(), Tr
     reject_rest(&rest, at)
 }
 
-/// The usable hosts of an assignment: priority 0, not UNHEALTHY / DRAINING / TIMEOUT.
+/// The usable hosts of an assignment: priority 0, not UNHEALTHY / DRAINING / TIMEOUT (none is
+/// a cluster of no hosts).
 fn hosts(
     cla: &ClusterLoadAssignment,
     at: &At<'_>,
@@ -485,12 +487,6 @@ fn hosts(
                 ]));
             }
         }
-    }
-    if out.is_empty() {
-        return Err(at.error(
-            "no usable endpoint (every host is UNHEALTHY, DRAINING or TIMEOUT, or none is \
-             listed; a cluster needs at least one host)",
-        ));
     }
     Ok(out)
 }

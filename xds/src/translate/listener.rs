@@ -6,7 +6,15 @@
 //! `request_headers_timeout`; `common_http_protocol_options.idle_timeout`;
 //! `http2_protocol_options.connection_keepalive` (`interval`, `timeout`; its other fields, and
 //! the options' others, refused by path); `normalize_path`,
-//! `merge_slashes`, `path_with_escaped_slashes_action`; HTTP filters ending with the router, any
+//! `merge_slashes`, `path_with_escaped_slashes_action`; `upgrade_configs` (the enabled
+//! `upgrade_type`s → `upgrade_types`; none: `[]`, Envoy upgrades nothing; a custom `filters`
+//! chain or `CONNECT` refused by path); `forward_client_cert_details` and
+//! `set_current_client_cert_details` (`subject`, `uri`, `dns`; `cert`, `chain`, `issuer` and a
+//! `format` refused by path) → `forward_client_cert`, `set_current_client_cert_details`;
+//! `server_name` and `server_header_transformation` (an empty name: none — Envoy would write
+//! `envoy`); `generate_request_id` (not false) and the UUID `request_id_extension`
+//! (its tracing fields noted); HTTP filters ending with the router, the no-op ones before it
+//! noted ([`super::http_filters`]: `grpc_stats`, Istio's stats, an empty `cors` or `fault`), any
 //! other filter only when `is_optional` or `disabled`) or a `TcpProxy` (`cluster`,
 //! `idle_timeout`, `max_connect_attempts`). The chain's `transport_socket` (TLS,
 //! `DownstreamTlsContext`) becomes the listener's `tls` ([`super::tls`]).
@@ -49,12 +57,16 @@ use envoy_types::pb::envoy::config::route::v3::RouteConfiguration;
 use envoy_types::pb::envoy::extensions::filters::http::router::v3::Router;
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
     HttpConnectionManager,
-    http_connection_manager::{CodecType, PathWithEscapedSlashesAction, RouteSpecifier},
+    http_connection_manager::{
+        CodecType, ForwardClientCertDetails, PathWithEscapedSlashesAction, RouteSpecifier,
+        ServerHeaderTransformation, UpgradeConfig,
+    },
     http_filter,
 };
 use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::{
     TcpProxy, tcp_proxy::ClusterSpecifier,
 };
+use envoy_types::pb::envoy::extensions::request_id::uuid::v3::UuidRequestIdConfig;
 use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::Secret;
 use prost::Name;
 use serde_json::{Value, json};
@@ -613,6 +625,51 @@ fn http(
                     .error("UNESCAPE_AND_REDIRECT is unsupported"));
             }
         };
+    request_id(&mut h, at, notes)?;
+    // Envoy writes `server: envoy` when `server_name` is empty; Sluice then leaves the
+    // upstream's alone (documented).
+    let server_name = take(&mut h.server_name);
+    let server_transformation =
+        match ServerHeaderTransformation::try_from(take(&mut h.server_header_transformation)) {
+            Ok(ServerHeaderTransformation::Overwrite) => "overwrite",
+            Ok(ServerHeaderTransformation::AppendIfAbsent) => "append_if_absent",
+            Ok(ServerHeaderTransformation::PassThrough) => "pass_through",
+            Err(_) => {
+                return Err(at
+                    .field("server_header_transformation")
+                    .error("not a ServerHeaderTransformation value"));
+            }
+        };
+    let (server_name, server_transformation) = if server_name.is_empty() {
+        (None, None)
+    } else {
+        (Some(json!(server_name)), Some(json!(server_transformation)))
+    };
+    let upgrade_types = upgrade_types(take(&mut h.upgrade_configs), at)?;
+    let forward_client_cert =
+        match ForwardClientCertDetails::try_from(take(&mut h.forward_client_cert_details)) {
+            Ok(ForwardClientCertDetails::Sanitize) => None,
+            Ok(ForwardClientCertDetails::ForwardOnly) => Some(json!("forward_only")),
+            Ok(ForwardClientCertDetails::AppendForward) => Some(json!("append_forward")),
+            Ok(ForwardClientCertDetails::SanitizeSet) => Some(json!("sanitize_set")),
+            Ok(ForwardClientCertDetails::AlwaysForwardOnly) => Some(json!("always_forward_only")),
+            Err(_) => {
+                return Err(at
+                    .field("forward_client_cert_details")
+                    .error("not a ForwardClientCertDetails value"));
+            }
+        };
+    let cert_details = take(&mut h.set_current_client_cert_details)
+        .map(|mut d| {
+            let d_at = at.field("set_current_client_cert_details");
+            let subject = take(&mut d.subject).is_some_and(|b| b.value);
+            let uri = take(&mut d.uri);
+            let dns = take(&mut d.dns);
+            // `cert`, `chain`, `issuer` and another `format` are not written here.
+            reject_rest(&d, &d_at)?;
+            Ok(json!({ "subject": subject, "uri": uri, "dns": dns }))
+        })
+        .transpose()?;
     let filters = take(&mut h.http_filters);
     let route_specifier = take(&mut h.route_specifier);
     reject_rest(&h, at)?;
@@ -645,6 +702,10 @@ fn http(
             router = true;
         } else if f.is_optional || f.disabled {
             named.note(notes, "");
+        } else if let Some(any) = &any
+            && super::http_filters::no_op(any, &named, notes)?
+        {
+            // grpc_stats, Istio's stats, an empty cors or fault: noted.
         } else {
             return Err(named.unsupported());
         }
@@ -689,9 +750,85 @@ fn http(
         ("normalize_path", normalize),
         ("merge_slashes", merge),
         ("path_with_escaped_slashes_action", escaped),
+        ("upgrade_types", Some(upgrade_types)),
+        ("server_name", server_name),
+        ("server_header_transformation", server_transformation),
+        ("forward_client_cert", forward_client_cert),
+        ("set_current_client_cert_details", cert_details),
         ("http2", http2),
         ("virtual_hosts", Some(Value::Array(virtual_hosts))),
     ]))
+}
+
+/// `generate_request_id` (unset or true: Sluice generates an `x-request-id` when the request
+/// has none, a UUID v4, as Envoy's UUID extension does; false is refused) and
+/// `request_id_extension` (the UUID extension only; its `pack_trace_reason` and
+/// `use_request_id_for_trace_sampling` concern tracing, which an xDS listener does not do
+/// here — `tracing` is noted —, so they are noted), taken.
+fn request_id(
+    h: &mut HttpConnectionManager,
+    at: &At<'_>,
+    notes: &mut Notes,
+) -> Result<(), TranslateError> {
+    if take(&mut h.generate_request_id).is_some_and(|b| !b.value) {
+        return Err(at
+            .field("generate_request_id")
+            .error("false is unsupported (an x-request-id is always generated when absent)"));
+    }
+    let Some(mut ext) = take(&mut h.request_id_extension) else {
+        return Ok(());
+    };
+    let e_at = at.field("request_id_extension");
+    let typed = take(&mut ext.typed_config);
+    reject_rest(&ext, &e_at)?;
+    let Some(any) = typed else {
+        return Ok(());
+    };
+    let t_at = e_at.field("typed_config");
+    let mut uuid: UuidRequestIdConfig = unpack(&any, &t_at).map_err(|_| {
+        t_at.error(format!(
+            "{:?} is unsupported (only the UUID extension)",
+            any.type_url
+        ))
+    })?;
+    take(&mut uuid.pack_trace_reason);
+    take(&mut uuid.use_request_id_for_trace_sampling);
+    reject_rest(&uuid, &t_at)?;
+    at.note(
+        notes,
+        "request_id_extension (UUID: pack_trace_reason, use_request_id_for_trace_sampling not applied)",
+    );
+    Ok(())
+}
+
+/// `upgrade_configs` → `upgrade_types`: the types enabled (`enabled` unset or true), lowercase.
+/// Without any, Envoy upgrades nothing: `[]` (the YAML default, every type, is not Envoy's).
+/// A custom `filters` chain, and `CONNECT` (not an `Upgrade` value), are refused by path.
+fn upgrade_types(configs: Vec<UpgradeConfig>, at: &At<'_>) -> Result<Value, TranslateError> {
+    let u_at = at.field("upgrade_configs");
+    let mut types: Vec<String> = Vec::new();
+    for (i, mut u) in configs.into_iter().enumerate() {
+        let i_at = u_at.index(i);
+        let name = take(&mut u.upgrade_type).to_ascii_lowercase();
+        let enabled = take(&mut u.enabled).is_none_or(|b| b.value);
+        reject_rest(&u, &i_at)?;
+        if name.eq_ignore_ascii_case("connect") {
+            return Err(i_at.field("upgrade_type").error("CONNECT is unsupported"));
+        }
+        if name.is_empty()
+            || !name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+        {
+            return Err(i_at
+                .field("upgrade_type")
+                .error(format!("{name:?} is not an upgrade token")));
+        }
+        if enabled && !types.contains(&name) {
+            types.push(name);
+        }
+    }
+    Ok(json!(types))
 }
 
 /// An HCM's `http2_protocol_options` → the listener's `http2`: its `connection_keepalive`

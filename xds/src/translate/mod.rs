@@ -19,6 +19,7 @@
 //! Invariant: translation never panics, whatever the input (the `xds_translate` fuzz target).
 
 mod cluster;
+mod http_filters;
 mod listener;
 mod listener_filters;
 mod network_filters;

@@ -42,12 +42,12 @@ const TYPED_STRUCTS: [&str; 2] = [
 ];
 const METADATA_EXCHANGE: &str =
     "type.googleapis.com/envoy.tcp.metadataexchange.config.MetadataExchange";
-const ISTIO_STATS: &str = "type.googleapis.com/stats.PluginConfig";
+pub(super) const ISTIO_STATS: &str = "type.googleapis.com/stats.PluginConfig";
 
 /// The type a filter's config really is: its own type URL, or, for a `TypedStruct`, the
 /// `type_url` it carries. (A `TypedStruct` starts with `string type_url = 1`, as `Any` does,
 /// so it decodes as an `Any` whose `value` is the struct's encoded fields.)
-fn real_type(any: &Any) -> String {
+pub(super) fn real_type(any: &Any) -> String {
     if TYPED_STRUCTS.contains(&any.type_url.as_str()) {
         Any::decode(any.value.as_slice()).map_or_else(|_| String::new(), |inner| inner.type_url)
     } else {

@@ -140,9 +140,29 @@ fn istiods_virtual_inbound_translates_to_its_chains() {
         };
         assert_eq!(target, cluster, "chain {i}");
     }
-    // HTTP on chains 1, 2, 6, 7; a TCP proxy on the others.
+    // HTTP on chains 1, 2, 6, 7; a TCP proxy on the others. Each HTTP connection manager
+    // as istiod sets it: websocket upgrades only, XFCC appended with subject, URI and DNS.
     for i in [1, 2, 6, 7] {
-        assert!(matches!(l.filter_chains[i].filter, Filt::Http(_)), "{i}");
+        let Filt::Http(h) = &l.filter_chains[i].filter else {
+            panic!("chain {i}: {:?}", l.filter_chains[i].filter);
+        };
+        assert_eq!(
+            h.upgrade_types.as_deref(),
+            Some(&["websocket".to_owned()][..])
+        );
+        assert!(h.upgrade_allowed(b"WebSocket") && !h.upgrade_allowed(b"h2c"));
+        assert_eq!(
+            h.forward_client_cert,
+            sluice_core::config::http::ForwardClientCert::AppendForward
+        );
+        assert_eq!(
+            h.set_current_client_cert_details,
+            sluice_core::config::http::ClientCertDetails {
+                subject: true,
+                uri: true,
+                dns: true
+            }
+        );
     }
     // The mTLS chains: client certificates required, checked against the mesh root, the
     // ALPN istiod gives them — but for `istio-peer-exchange`, never negotiated (Sluice speaks
@@ -550,10 +570,14 @@ fn without_http_inspector_nothing_is_sniffed() {
 /// dropped silently: each is NACKed by its path (the gaps `xds.md` lists).
 #[test]
 fn what_the_fixture_trims_is_nacked_by_path() {
-    use envoy_types::pb::envoy::extensions::filters::http::grpc_stats::v3::FilterConfig as GrpcStats;
+    use envoy_types::pb::envoy::extensions::filters::http::buffer::v3::Buffer;
+    use envoy_types::pb::envoy::extensions::filters::http::fault::v3::{
+        FaultAbort, HttpFault, fault_abort,
+    };
     use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
         HttpConnectionManager, HttpFilter, http_connection_manager::UpgradeConfig, http_filter,
     };
+    use envoy_types::pb::google::protobuf::{BoolValue, UInt32Value};
     use prost::Message;
     // Edits the HCM of chain 7 (port 8080, plaintext).
     let with_hcm = |edit: &dyn Fn(&mut HttpConnectionManager)| {
@@ -568,26 +592,62 @@ fn what_the_fixture_trims_is_nacked_by_path() {
         r
     };
     let at = "listener \"virtualInbound\" filter_chains[7].filters[1].typed_config";
+    // A custom filter chain for an upgrade, and CONNECT, are not Sluice's.
     let e = errors(&with_hcm(&|h| {
-        h.upgrade_configs = vec![UpgradeConfig {
-            upgrade_type: "websocket".into(),
+        h.upgrade_configs[0].filters = vec![HttpFilter {
+            name: "envoy.filters.http.router".into(),
             ..Default::default()
         }];
     }));
-    assert_eq!(e, [format!("{at}.upgrade_configs: unsupported")]);
-    let e = errors(&with_hcm(&|h| h.forward_client_cert_details = 3)); // APPEND_FORWARD
+    assert_eq!(e, [format!("{at}.upgrade_configs[0].filters: unsupported")]);
+    let e = errors(&with_hcm(&|h| {
+        h.upgrade_configs.push(UpgradeConfig {
+            upgrade_type: "CONNECT".into(),
+            ..Default::default()
+        });
+    }));
     assert_eq!(
         e,
-        [format!("{at}.forward_client_cert_details: unsupported")]
+        [format!(
+            "{at}.upgrade_configs[1].upgrade_type: CONNECT is unsupported"
+        )]
+    );
+    // The whole client certificate (or chain) in the XFCC element is not written here.
+    let e = errors(&with_hcm(&|h| {
+        h.set_current_client_cert_details.as_mut().unwrap().cert = true;
+    }));
+    assert_eq!(
+        e,
+        [format!(
+            "{at}.set_current_client_cert_details.cert: unsupported"
+        )]
+    );
+    // A fault filter that would inject something, a filter that is none of the no-op ones,
+    // another request id extension, no request id generated: refused by path.
+    let e = errors(&with_hcm(&|h| {
+        h.http_filters[2].config_type =
+            Some(http_filter::ConfigType::TypedConfig(any(&HttpFault {
+                abort: Some(FaultAbort {
+                    error_type: Some(fault_abort::ErrorType::HttpStatus(503)),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            })));
+    }));
+    assert_eq!(
+        e,
+        [format!(
+            "{at}.http_filters[2] (envoy.filters.http.fault).typed_config.abort: unsupported"
+        )]
     );
     let e = errors(&with_hcm(&|h| {
         h.http_filters.insert(
             0,
             HttpFilter {
-                name: "envoy.filters.http.grpc_stats".into(),
-                config_type: Some(http_filter::ConfigType::TypedConfig(any(
-                    &GrpcStats::default(),
-                ))),
+                name: "envoy.filters.http.buffer".into(),
+                config_type: Some(http_filter::ConfigType::TypedConfig(any(&Buffer {
+                    max_request_bytes: Some(UInt32Value { value: 1024 }),
+                }))),
                 ..Default::default()
             },
         );
@@ -595,15 +655,125 @@ fn what_the_fixture_trims_is_nacked_by_path() {
     assert_eq!(
         e,
         [format!(
-            "{at}.http_filters[0] (envoy.filters.http.grpc_stats): unsupported"
+            "{at}.http_filters[0] (envoy.filters.http.buffer): unsupported"
         )]
     );
-    // istiod's BlackHoleCluster: STATIC without endpoints.
-    let mut r = resources();
-    r.clusters.get_mut(BLACKHOLE).unwrap().load_assignment = None;
-    let e = errors(&r);
+    let e = errors(&with_hcm(&|h| {
+        h.request_id_extension.as_mut().unwrap().typed_config = Some(any(&Buffer::default()));
+    }));
     assert!(
-        e[0].starts_with("cluster \"BlackHoleCluster\" load_assignment"),
+        e[0].starts_with(&format!("{at}.request_id_extension.typed_config: ")),
         "{e:?}"
     );
+    let e = errors(&with_hcm(&|h| {
+        h.generate_request_id = Some(BoolValue { value: false });
+    }));
+    assert!(
+        e[0].starts_with(&format!("{at}.generate_request_id: false is unsupported")),
+        "{e:?}"
+    );
+}
+
+/// What istiod's HTTP connection managers carry beyond the routes: `server_name` (the
+/// `server` header of forwarded responses), the no-op HTTP filters (each noted by its path),
+/// the UUID request id extension (noted).
+#[test]
+fn istiods_hcm_extras_are_honoured_or_noted() {
+    use sluice_core::config::http::{ServerHeader, ServerHeaderTransformation};
+    let a = assemble(&bootstrap(), &resources()).expect("accepted");
+    let l = &a.config.listeners[0];
+    let Filt::Http(h) = &l.filter_chains[7].filter else {
+        panic!("{:?}", l.filter_chains[7].filter)
+    };
+    assert_eq!(
+        h.server_header,
+        Some(ServerHeader {
+            name: "istio-envoy".into(),
+            transformation: ServerHeaderTransformation::Overwrite
+        })
+    );
+    assert_eq!(h.stream_idle_timeout, None, "0s: none");
+    let ignored = &a.notes.ignored;
+    let at = "listener \"virtualInbound\" filter_chains[7].filters[1].typed_config";
+    for note in [
+        format!(
+            "{at}.http_filters[0] (istio.metadata_exchange) (Istio peer metadata: telemetry only, no headers exchanged)"
+        ),
+        format!("{at}.http_filters[1] (envoy.filters.http.grpc_stats) (telemetry only)"),
+        format!("{at}.http_filters[2] (envoy.filters.http.fault) (no fault configured: no effect)"),
+        format!(
+            "{at}.http_filters[3] (envoy.filters.http.cors) (no CORS policy on any route: no effect)"
+        ),
+        format!("{at}.http_filters[4] (istio.stats) (Istio stats: telemetry only)"),
+        format!(
+            "{at}.request_id_extension (UUID: pack_trace_reason, use_request_id_for_trace_sampling not applied)"
+        ),
+    ] {
+        assert!(
+            ignored.iter().any(|n| n.ends_with(&note)),
+            "{note} not in {ignored:#?}"
+        );
+    }
+}
+
+/// istiod's `BlackHoleCluster` (STATIC, no `load_assignment`) is a cluster of no hosts, and so
+/// is one whose assignment lists none (the form other control planes send).
+#[test]
+fn istiods_blackhole_cluster_is_a_cluster_of_no_hosts() {
+    use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
+    let r = resources();
+    assert!(r.clusters[BLACKHOLE].load_assignment.is_none());
+    let a = assemble(&bootstrap(), &r).expect("accepted");
+    let hole = a
+        .config
+        .clusters
+        .iter()
+        .find(|c| c.name == BLACKHOLE)
+        .expect("the blackhole cluster");
+    assert_eq!(hole.kind, sluice_core::config::ClusterKind::Static);
+    assert!(hole.hosts.is_empty());
+    let mut r = resources();
+    r.clusters.get_mut(BLACKHOLE).unwrap().load_assignment = Some(ClusterLoadAssignment {
+        cluster_name: BLACKHOLE.into(),
+        ..Default::default()
+    });
+    let a = assemble(&bootstrap(), &r).expect("accepted");
+    let hole = a.config.clusters.iter().find(|c| c.name == BLACKHOLE);
+    assert!(hole.is_some_and(|c| c.hosts.is_empty()));
+}
+
+/// istiod's outbound HTTP connection manager (RDS, the common options, XFCC sanitized) is
+/// accepted on a listener of its own: websocket only, `server: istio-envoy`, the client's
+/// `x-forwarded-client-cert` removed.
+#[test]
+fn istiods_outbound_hcm_is_accepted() {
+    use crate::fixtures::{http_listener, route_config};
+    use envoy_types::pb::envoy::config::listener::v3::filter::ConfigType;
+    use sluice_core::config::http::ForwardClientCert;
+    let mut r = resources();
+    let mut l = http_listener("0.0.0.0_9080", "127.0.0.1", 9080, "9080");
+    l.filter_chains[0].filters[0].config_type =
+        Some(ConfigType::TypedConfig(any(&istiod::outbound_hcm("9080"))));
+    r.listeners.insert(l.name.clone(), l);
+    r.routes
+        .insert("9080".into(), route_config("9080", INBOUND));
+    let a = assemble(&bootstrap(), &r).expect("accepted");
+    let out = a
+        .config
+        .listeners
+        .iter()
+        .find(|l| l.name == "0.0.0.0_9080")
+        .expect("the outbound listener");
+    let Filt::Http(h) = &out.filter else {
+        panic!("{:?}", out.filter)
+    };
+    assert_eq!(
+        h.upgrade_types.as_deref(),
+        Some(&["websocket".to_owned()][..])
+    );
+    assert_eq!(
+        h.server_header.as_ref().map(|s| s.name.as_str()),
+        Some("istio-envoy")
+    );
+    assert_eq!(h.forward_client_cert, ForwardClientCert::Sanitize);
 }

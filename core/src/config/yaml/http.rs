@@ -37,13 +37,14 @@ use serde_json::Value;
 use super::decoder::{Decoder, Obj, child, index};
 use super::{cluster_ref, opt_duration};
 use crate::config::http::{
-    AccessLogConfig, AccessLogFormat, AccessLogKind, ClusterTarget, DEFAULT_HTTP_IDLE_TIMEOUT,
-    DEFAULT_MAX_HEADERS_COUNT, DEFAULT_MAX_REQUEST_HEADERS_KB, DEFAULT_NUM_RETRIES,
-    DEFAULT_REQUEST_HEADERS_TIMEOUT, DEFAULT_ROUTE_TIMEOUT, DEFAULT_STREAM_IDLE_TIMEOUT,
-    EscapedSlashesAction, ForwardAction, ForwardedProto, H2_MAX_WINDOW_SIZE, H2_MIN_WINDOW_SIZE,
-    HeaderMatcher, HeaderRule, HeaderValue, Http2Settings, HttpCodec, HttpConfig,
-    MAX_HEADERS_COUNT_LIMIT, PathMatch, PathNormalization, RetryOn, RetryPolicy, Route,
-    RouteAction, RouteMatch, StatusCodes, VirtualHost, WeightedCluster, template_placeholders,
+    AccessLogConfig, AccessLogFormat, AccessLogKind, ClientCertDetails, ClusterTarget,
+    DEFAULT_HTTP_IDLE_TIMEOUT, DEFAULT_MAX_HEADERS_COUNT, DEFAULT_MAX_REQUEST_HEADERS_KB,
+    DEFAULT_NUM_RETRIES, DEFAULT_REQUEST_HEADERS_TIMEOUT, DEFAULT_ROUTE_TIMEOUT,
+    DEFAULT_STREAM_IDLE_TIMEOUT, EscapedSlashesAction, ForwardAction, ForwardClientCert,
+    ForwardedProto, H2_MAX_WINDOW_SIZE, H2_MIN_WINDOW_SIZE, HeaderMatcher, HeaderRule, HeaderValue,
+    Http2Settings, HttpCodec, HttpConfig, MAX_HEADERS_COUNT_LIMIT, PathMatch, PathNormalization,
+    RetryOn, RetryPolicy, Route, RouteAction, RouteMatch, ServerHeader, ServerHeaderTransformation,
+    StatusCodes, VirtualHost, WeightedCluster, template_placeholders,
 };
 use crate::pattern::compile_full_match;
 
@@ -146,6 +147,44 @@ pub(super) fn decode_http(
         ),
         None => Some(ForwardedProto::Overwrite),
     };
+    let upgrade_types = match obj.opt("upgrade_types") {
+        Some((v, p)) => decode_upgrade_types(dec, &p, v).map(Some),
+        None => Some(None),
+    };
+    let server_name = match obj.opt("server_name") {
+        Some((v, p)) => header_value(dec, &p, v).and_then(|name| {
+            if name.is_empty() {
+                dec.error(&p, "cannot be empty");
+                return None;
+            }
+            Some(Some(name))
+        }),
+        None => Some(None),
+    };
+    let transformation = match obj.opt("server_header_transformation") {
+        Some((v, p)) => {
+            if matches!(server_name, Some(None)) {
+                dec.error(&p, "applies only with `server_name`");
+            }
+            dec.one_of(&p, v, &ServerHeaderTransformation::CHOICES)
+        }
+        None => Some(ServerHeaderTransformation::Overwrite),
+    };
+    let server_header = match (server_name, transformation) {
+        (Some(name), Some(transformation)) => Some(name.map(|name| ServerHeader {
+            name,
+            transformation,
+        })),
+        _ => None,
+    };
+    let forward_client_cert = match obj.opt("forward_client_cert") {
+        Some((v, p)) => dec.one_of(&p, v, &ForwardClientCert::CHOICES),
+        None => Some(ForwardClientCert::Sanitize),
+    };
+    let cert_details = match obj.opt("set_current_client_cert_details") {
+        Some((v, p)) => decode_cert_details(dec, &p, v),
+        None => Some(ClientCertDetails::default()),
+    };
     let access_log = match obj.opt("access_log") {
         Some((v, p)) => decode_access_log(dec, &p, v, AccessLogKind::Http).map(Some),
         None => Some(None),
@@ -175,6 +214,10 @@ pub(super) fn decode_http(
         codec: codec?,
         http2: http2?,
         forwarded_proto: forwarded_proto?,
+        upgrade_types: upgrade_types?,
+        server_header: server_header?,
+        forward_client_cert: forward_client_cert?,
+        set_current_client_cert_details: cert_details?,
         virtual_hosts: virtual_hosts?,
         access_log: access_log?,
     })
@@ -272,6 +315,50 @@ fn decode_path_normalization(dec: &mut Decoder, obj: &mut Obj<'_>) -> Option<Pat
         merge_slashes: merge_slashes?,
         escaped_slashes: escaped_slashes?,
     })
+}
+
+/// `http.upgrade_types`: `Upgrade` values (tokens, stored lowercase), each once; `[]` refuses
+/// every upgrade.
+fn decode_upgrade_types(dec: &mut Decoder, path: &str, v: &Value) -> Option<Vec<String>> {
+    let types = dec.list(path, v, |dec, p, v| {
+        let s = dec.string(p, v)?;
+        if s.is_empty() || !s.bytes().all(is_token_byte) {
+            dec.error(p, format!("{s:?} is not an upgrade token (e.g. websocket)"));
+            return None;
+        }
+        Some(s.to_ascii_lowercase())
+    })?;
+    for (i, t) in types.iter().enumerate() {
+        if types[..i].contains(t) {
+            dec.error(&index(path, i), format!("{t:?} is listed twice"));
+            return None;
+        }
+    }
+    Some(types)
+}
+
+/// `http.set_current_client_cert_details`: `{ subject, uri, dns }`, booleans (false when left
+/// out).
+fn decode_cert_details(dec: &mut Decoder, path: &str, v: &Value) -> Option<ClientCertDetails> {
+    let mut obj = dec.object(path, v)?;
+    let mut flag = |dec: &mut Decoder, key: &'static str| match obj.opt(key) {
+        Some((v, p)) => boolean(dec, &p, v),
+        None => Some(false),
+    };
+    let subject = flag(dec, "subject");
+    let uri = flag(dec, "uri");
+    let dns = flag(dec, "dns");
+    obj.finish(dec);
+    Some(ClientCertDetails {
+        subject: subject?,
+        uri: uri?,
+        dns: dns?,
+    })
+}
+
+/// An RFC 9110 token character.
+fn is_token_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
 }
 
 fn nonzero(d: Duration) -> Option<Duration> {

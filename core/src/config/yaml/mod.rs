@@ -235,6 +235,16 @@ fn decode_config(dec: &mut Decoder, tree: &Value) -> Option<Config> {
         );
     }
     if let Some(ci) = otlp_cluster
+        && clusters
+            .get(ci)
+            .is_some_and(|c| c.kind == ClusterKind::Static && c.hosts.is_empty())
+    {
+        dec.error(
+            "tracing.otlp.cluster",
+            "the cluster has no hosts (`hosts: []`) to send spans to",
+        );
+    }
+    if let Some(ci) = otlp_cluster
         && clusters.get(ci).is_some_and(|c| c.kind.is_dns())
     {
         // The exporter picks among the configured hosts; a DNS cluster's are resolved.
@@ -1321,13 +1331,12 @@ fn decode_cluster(dec: &mut Decoder, path: &str, v: &Value) -> Option<ClusterCon
         };
         (Some(Vec::new()), dns)
     } else {
-        let hosts = obj.req(dec, "hosts").and_then(|(v, p)| {
-            let hosts = dec.list(&p, v, decode_host)?;
-            if hosts.is_empty() {
-                dec.error(&p, "at least one host is required");
-            }
-            Some(hosts)
-        });
+        // `hosts: []` (said, not left out) is a cluster with no endpoints, Envoy's STATIC
+        // cluster without a `load_assignment` (istiod's `BlackHoleCluster`): HTTP routes to it
+        // answer 503 (no healthy upstream), a tcp_proxy to it closes the connection.
+        let hosts = obj
+            .req(dec, "hosts")
+            .and_then(|(v, p)| dec.list(&p, v, decode_host));
         (hosts, Some(None))
     };
     obj.finish(dec);

@@ -178,11 +178,43 @@ fn structural_problems() {
             r#"listeners[0].name: "bad name" is not a valid name (1 to 128 characters: letters, digits, '_', '-', '.', ':', '|')"#
         ]
     );
+    // `hosts` must be said; `hosts: []` is a cluster of no hosts (below).
     assert_eq!(
         errors(
-            "listeners: [ { name: x, address: 127.0.0.1:1, echo: } ]\nclusters: [ { name: c, hosts: [] } ]"
+            "listeners: [ { name: x, address: 127.0.0.1:1, echo: } ]\nclusters: [ { name: c } ]"
         ),
-        ["clusters[0].hosts: at least one host is required"]
+        ["clusters[0].hosts: missing (this field is required)"]
+    );
+}
+
+/// `hosts: []`: a static cluster of no hosts (Envoy's STATIC cluster without endpoints,
+/// istiod's `BlackHoleCluster`), which routes and TCP proxies may name; the clusters the xDS
+/// client and the span exporter dial may not be one.
+#[test]
+fn a_static_cluster_may_have_no_hosts() {
+    let c = Config::from_yaml(
+        "listeners: [ { name: x, address: 127.0.0.1:1, tcp_proxy: { cluster: hole } } ]\n\
+         clusters: [ { name: hole, hosts: [] } ]",
+    )
+    .expect("valid");
+    assert_eq!(c.clusters[0].kind, ClusterKind::Static);
+    assert!(c.clusters[0].hosts.is_empty());
+    assert_eq!(
+        errors(
+            "listeners: []\nclusters: [ { name: hole, hosts: [] } ]\n\
+             xds: { cluster: hole }"
+        ),
+        [
+            r#"xds.cluster: cluster "hole" has no hosts: the management server's cluster needs one (its first host is dialled)"#
+        ]
+    );
+    assert_eq!(
+        errors(
+            "listeners: [ { name: x, address: 127.0.0.1:1, echo: } ]\n\
+             clusters: [ { name: hole, hosts: [] } ]\n\
+             tracing: { otlp: { cluster: hole } }"
+        ),
+        ["tracing.otlp.cluster: the cluster has no hosts (`hosts: []`) to send spans to"]
     );
 }
 

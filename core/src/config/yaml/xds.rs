@@ -132,6 +132,17 @@ pub(super) fn check_xds_cluster(
             );
             None
         }
+        Some(c) if c.kind == ClusterKind::Static && c.hosts.is_empty() => {
+            dec.error(
+                "xds.cluster",
+                format!(
+                    "cluster {:?} has no hosts: the management server's cluster needs one \
+                     (its first host is dialled)",
+                    x.cluster
+                ),
+            );
+            None
+        }
         Some(c) if c.kind == ClusterKind::Static => Some(Some(x)),
         _ => {
             dec.error(

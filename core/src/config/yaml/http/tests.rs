@@ -154,6 +154,10 @@ fn decodes_the_full_example() {
         codec: crate::config::http::HttpCodec::Auto,
         http2: crate::config::http::Http2Settings::DEFAULT,
         forwarded_proto: crate::config::http::ForwardedProto::Overwrite,
+        upgrade_types: None,
+        server_header: None,
+        forward_client_cert: crate::config::http::ForwardClientCert::Sanitize,
+        set_current_client_cert_details: Default::default(),
         access_log: Some(AccessLogConfig {
             format: AccessLogFormat::Text(None),
             path: Some("/var/log/sluice/access.log".into()),
@@ -734,7 +738,7 @@ clusters:
             "{h}.virtual_hosts[1].domains[0]: duplicate domain \"EXAMPLE.com\" (already used by {h}.virtual_hosts[0].domains[0])"
         ),
         format!(
-            "{h}.acess_log: unknown field (expected one of: max_request_headers_kb, max_headers_count, request_headers_timeout, stream_idle_timeout, idle_timeout, normalize_path, merge_slashes, path_with_escaped_slashes_action, codec, http2, forwarded_proto, access_log, virtual_hosts); did you mean 'access_log'?"
+            "{h}.acess_log: unknown field (expected one of: max_request_headers_kb, max_headers_count, request_headers_timeout, stream_idle_timeout, idle_timeout, normalize_path, merge_slashes, path_with_escaped_slashes_action, codec, http2, forwarded_proto, upgrade_types, server_name, server_header_transformation, forward_client_cert, set_current_client_cert_details, access_log, virtual_hosts); did you mean 'access_log'?"
         ),
     ];
     let got = errors(text);
@@ -1013,6 +1017,126 @@ fn forwarded_proto_is_overwrite_by_default_and_one_of_two_names() {
     assert_eq!(p.value(false, true), None);
     assert_eq!(p.value(true, false), Some(&b"https"[..]));
     assert_eq!(p.value(false, false), Some(&b"http"[..]));
+}
+
+/// `upgrade_types`: left out, every type; a list, those (lowercase, any case matching); `[]`,
+/// none; a duplicate or a non-token refused at its index.
+#[test]
+fn upgrade_types_list_the_upgrades_tunnelled() {
+    let routes = r#"virtual_hosts: [ { name: v, domains: ["*"], routes: [ { match: { prefix: / }, direct_response: { status: 200 } } ] } ]"#;
+    let config = |extra: &str| {
+        format!(
+            "listeners:\n  - name: l\n    address: 127.0.0.1:8080\n    http: {{ {extra}{routes} }}\n"
+        )
+    };
+    let any = http(&config(""));
+    assert_eq!(any.upgrade_types, None);
+    assert!(any.upgrade_allowed(b"websocket") && any.upgrade_allowed(b"h2c"));
+    let ws = http(&config("upgrade_types: [ WebSocket ], "));
+    assert_eq!(ws.upgrade_types, Some(vec!["websocket".to_owned()]));
+    assert!(ws.upgrade_allowed(b"websocket") && ws.upgrade_allowed(b"WEBSOCKET "));
+    assert!(!ws.upgrade_allowed(b"h2c") && !ws.upgrade_allowed(b""));
+    let none = http(&config("upgrade_types: [], "));
+    assert!(!none.upgrade_allowed(b"websocket"));
+    assert_eq!(
+        errors(&config(
+            "upgrade_types: [ websocket, WEBSOCKET, 'web socket' ], "
+        )),
+        [
+            r#"listeners[0].http.upgrade_types[2]: "web socket" is not an upgrade token (e.g. websocket)"#
+        ]
+    );
+    assert_eq!(
+        errors(&config("upgrade_types: [ websocket, WEBSOCKET ], ")),
+        [r#"listeners[0].http.upgrade_types[1]: "websocket" is listed twice"#]
+    );
+}
+
+/// `server_name` (none by default) with `server_header_transformation` (default
+/// `overwrite`, only with a name); a name that is no header value, or empty, refused.
+#[test]
+fn server_name_and_its_transformation() {
+    use crate::config::http::{ServerHeader, ServerHeaderTransformation};
+    let routes = r#"virtual_hosts: [ { name: v, domains: ["*"], routes: [ { match: { prefix: / }, direct_response: { status: 200 } } ] } ]"#;
+    let config = |extra: &str| {
+        format!(
+            "listeners:\n  - name: l\n    address: 127.0.0.1:8080\n    http: {{ {extra}{routes} }}\n"
+        )
+    };
+    assert_eq!(http(&config("")).server_header, None);
+    assert_eq!(
+        http(&config("server_name: istio-envoy, ")).server_header,
+        Some(ServerHeader {
+            name: "istio-envoy".into(),
+            transformation: ServerHeaderTransformation::Overwrite
+        })
+    );
+    assert_eq!(
+        http(&config(
+            "server_name: s, server_header_transformation: pass_through, "
+        ))
+        .server_header
+        .map(|s| s.transformation),
+        Some(ServerHeaderTransformation::PassThrough)
+    );
+    assert_eq!(
+        errors(&config("server_header_transformation: overwrite, ")),
+        ["listeners[0].http.server_header_transformation: applies only with `server_name`"]
+    );
+    assert_eq!(
+        errors(&config("server_name: '', ")),
+        ["listeners[0].http.server_name: cannot be empty"]
+    );
+    let e = errors(&config("server_name: \"a\\nb\", "));
+    assert!(e[0].starts_with("listeners[0].http.server_name: "), "{e:?}");
+}
+
+/// `forward_client_cert` (default `sanitize`) and `set_current_client_cert_details`.
+#[test]
+fn forward_client_cert_takes_envoys_modes() {
+    use crate::config::http::{ClientCertDetails, ForwardClientCert};
+    let routes = r#"virtual_hosts: [ { name: v, domains: ["*"], routes: [ { match: { prefix: / }, direct_response: { status: 200 } } ] } ]"#;
+    let config = |extra: &str| {
+        format!(
+            "listeners:\n  - name: l\n    address: 127.0.0.1:8080\n    http: {{ {extra}{routes} }}\n"
+        )
+    };
+    let d = http(&config(""));
+    assert_eq!(d.forward_client_cert, ForwardClientCert::Sanitize);
+    assert_eq!(
+        d.set_current_client_cert_details,
+        ClientCertDetails::default()
+    );
+    for (name, mode) in ForwardClientCert::CHOICES {
+        assert_eq!(
+            http(&config(&format!("forward_client_cert: {name}, "))).forward_client_cert,
+            mode
+        );
+    }
+    let h = http(&config(
+        "forward_client_cert: append_forward, set_current_client_cert_details: { subject: true, dns: true }, ",
+    ));
+    assert_eq!(
+        h.set_current_client_cert_details,
+        ClientCertDetails {
+            subject: true,
+            uri: false,
+            dns: true
+        }
+    );
+    let errs = errors(&config(
+        "forward_client_cert: append, set_current_client_cert_details: { cert: true }, ",
+    ));
+    assert_eq!(errs.len(), 2, "{errs:?}");
+    assert!(
+        errs[0].starts_with("listeners[0].http.forward_client_cert: "),
+        "{errs:?}"
+    );
+    assert!(
+        errs[1]
+            .starts_with("listeners[0].http.set_current_client_cert_details.cert: unknown field"),
+        "{errs:?}"
+    );
 }
 
 #[test]
