@@ -11,6 +11,11 @@
 //!   for the next completions (`submit_and_wait(1)`), with `SINGLE_ISSUER | DEFER_TASKRUN`
 //!   (completion work runs in that call, not by interrupting the loop).
 //!
+//! With `--fixed-files`, both sockets of a pair are also registered in the ring's file table
+//! (one `io_uring_register` per connection), and recvs and sends name them by index, which
+//! spares the kernel a file lookup and reference per operation. The ring's own fd is always
+//! registered (`IORING_REGISTER_RING_FDS`), so `io_uring_enter` does not look it up either.
+//!
 //! Per request that leaves no system call but `io_uring_enter` (shared by every connection
 //! with work in the same turn). The upstream connection is made with a blocking `connect`
 //! when the downstream one is accepted, and a pair is torn down with `shutdown` (which ends its
@@ -27,7 +32,7 @@ use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::fd::{IntoRawFd, RawFd};
 use std::sync::atomic::{AtomicU16, Ordering};
 
-use io_uring::types::{BufRingEntry, Fd};
+use io_uring::types::{BufRingEntry, Fd, Fixed};
 use io_uring::{IoUring, cqueue, opcode, squeue};
 
 use crate::Pair;
@@ -37,6 +42,9 @@ const RING_ENTRIES: u32 = 1024;
 const BUFS: u16 = 512;
 const BUF_SIZE: usize = 4096;
 const BGID: u16 = 0;
+/// Connection slots when the sockets are registered (two table entries per slot; the table
+/// may not exceed RLIMIT_NOFILE).
+const FIXED_SLOTS: u32 = 4096;
 
 const OP_ACCEPT: u64 = 1;
 const OP_RECV_DOWN: u64 = 2;
@@ -146,13 +154,14 @@ struct Driver {
     /// SQEs of this loop turn, pushed to the submission queue before `submit_and_wait`.
     sqes: Vec<squeue::Entry>,
     bufs: BufRing,
+    /// `--fixed-files`: slot `i`'s sockets are table entries `2i` (down) and `2i + 1` (up).
+    fixed: bool,
+    /// File table updates to make before this turn's SQEs are submitted.
+    register: Vec<(u32, [RawFd; 2])>,
 }
 
 /// Serves until the process is killed.
 pub fn run(listen: SocketAddr, upstream: SocketAddr, fixed_files: bool) -> io::Result<()> {
-    if fixed_files {
-        return Err(io::Error::other("--fixed-files is not implemented"));
-    }
     let mut ring: IoUring = IoUring::builder()
         .setup_single_issuer()
         .setup_defer_taskrun()
@@ -160,6 +169,9 @@ pub fn run(listen: SocketAddr, upstream: SocketAddr, fixed_files: bool) -> io::R
         .build(RING_ENTRIES)?;
     let listener = TcpListener::bind(listen)?;
     let bufs = BufRing::new(&ring)?;
+    if fixed_files {
+        ring.submitter().register_files_sparse(2 * FIXED_SLOTS)?;
+    }
     let mut d = Driver {
         conns: Vec::new(),
         generations: Vec::new(),
@@ -168,10 +180,16 @@ pub fn run(listen: SocketAddr, upstream: SocketAddr, fixed_files: bool) -> io::R
         upstream,
         sqes: Vec::with_capacity(256),
         bufs,
+        fixed: fixed_files,
+        register: Vec::new(),
     };
     d.arm_accept();
-    let (submitter, mut sq, mut cq) = ring.split();
+    let (mut submitter, mut sq, mut cq) = ring.split();
+    submitter.register_ring_fd()?;
     loop {
+        for (offset, fds) in d.register.drain(..) {
+            submitter.register_files_update(offset, &fds)?;
+        }
         for e in d.sqes.drain(..) {
             // SAFETY: every SQE's buffer (a pair's output, or none) outlives its completion.
             while unsafe { sq.push(&e) }.is_err() {
@@ -212,11 +230,13 @@ impl Driver {
             (c.down, OP_RECV_DOWN)
         };
         c.in_flight += 1;
-        self.sqes.push(
-            opcode::RecvMulti::new(Fd(fd), BGID)
-                .build()
-                .user_data(user_data(op, slot, c.generation)),
-        );
+        let sqe = if self.fixed {
+            opcode::RecvMulti::new(Fixed(2 * slot as u32 + u32::from(up)), BGID).build()
+        } else {
+            opcode::RecvMulti::new(Fd(fd), BGID).build()
+        };
+        self.sqes
+            .push(sqe.user_data(user_data(op, slot, c.generation)));
     }
 
     /// Submits a send for whatever the pair has pending, one per direction at a time.
@@ -229,23 +249,33 @@ impl Driver {
             let p = c.pair.pending_up();
             c.send_up = true;
             c.in_flight += 1;
-            self.sqes.push(
+            let sqe = if self.fixed {
+                opcode::Send::new(Fixed(2 * slot as u32 + 1), p.as_ptr(), p.len() as u32)
+                    .flags(libc::MSG_NOSIGNAL)
+                    .build()
+            } else {
                 opcode::Send::new(Fd(c.up), p.as_ptr(), p.len() as u32)
                     .flags(libc::MSG_NOSIGNAL)
                     .build()
-                    .user_data(user_data(OP_SEND_UP, slot, c.generation)),
-            );
+            };
+            self.sqes
+                .push(sqe.user_data(user_data(OP_SEND_UP, slot, c.generation)));
         }
         if !c.send_down && !c.pair.pending_down().is_empty() {
             let p = c.pair.pending_down();
             c.send_down = true;
             c.in_flight += 1;
-            self.sqes.push(
+            let sqe = if self.fixed {
+                opcode::Send::new(Fixed(2 * slot as u32), p.as_ptr(), p.len() as u32)
+                    .flags(libc::MSG_NOSIGNAL)
+                    .build()
+            } else {
                 opcode::Send::new(Fd(c.down), p.as_ptr(), p.len() as u32)
                     .flags(libc::MSG_NOSIGNAL)
                     .build()
-                    .user_data(user_data(OP_SEND_DOWN, slot, c.generation)),
-            );
+            };
+            self.sqes
+                .push(sqe.user_data(user_data(OP_SEND_DOWN, slot, c.generation)));
         }
         if c.pair.finished() && !c.send_down {
             self.close(slot);
@@ -271,6 +301,19 @@ impl Driver {
             self.generations.push(0);
             self.conns.len() - 1
         });
+        if self.fixed {
+            if slot as u32 >= FIXED_SLOTS {
+                eprintln!("more than {FIXED_SLOTS} connections: refused");
+                self.free.push(slot);
+                // SAFETY: both fds are ours.
+                unsafe {
+                    libc::close(down);
+                    libc::close(up);
+                }
+                return;
+            }
+            self.register.push((2 * slot as u32, [down, up]));
+        }
         self.generations[slot] = self.generations[slot].wrapping_add(1);
         self.conns[slot] = Some(Conn {
             generation: self.generations[slot],
@@ -307,6 +350,10 @@ impl Driver {
             .is_some_and(|c| c.closing && c.in_flight == 0);
         if idle {
             let c = self.conns[slot].take().expect("open slot");
+            if self.fixed {
+                // Drops the table's references (the slot's entries are re-set on reuse anyway).
+                self.register.push((2 * slot as u32, [-1, -1]));
+            }
             // SAFETY: no operation refers to these fds any more.
             unsafe {
                 libc::close(c.down);

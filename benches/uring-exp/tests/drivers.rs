@@ -66,6 +66,8 @@ fn start(driver: &'static str) -> SocketAddr {
     std::thread::spawn(move || {
         let r = if driver == "uring" {
             uring_exp::uring::run(listen, up, false)
+        } else if driver == "uring-fixed" {
+            uring_exp::uring::run(listen, up, true)
         } else {
             uring_exp::epoll::run(listen, up)
         };
@@ -165,4 +167,9 @@ fn epoll_driver_forwards_bytes_intact() {
 #[test]
 fn uring_driver_forwards_bytes_intact() {
     check("uring");
+}
+
+#[test]
+fn uring_driver_with_fixed_files_forwards_bytes_intact() {
+    check("uring-fixed");
 }
