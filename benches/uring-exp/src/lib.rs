@@ -39,9 +39,8 @@ pub mod epoll;
 pub mod uring;
 
 use sluice_core::http1::{
-    BodyFraming, Head, HeadEdits, HttpError, Limits, Method, ParseStatus, Version,
-    parse_request, parse_response, write_local_response, write_request_head,
-    write_response_head,
+    BodyFraming, Head, HeadEdits, HttpError, Limits, Method, ParseStatus, Version, parse_request,
+    parse_response, write_local_response, write_request_head, write_response_head,
 };
 
 /// The largest `Content-Length` body forwarded.
@@ -230,7 +229,8 @@ impl Pair {
                 ..HeadEdits::NONE
             },
         );
-        self.to_up.extend_from_slice(&buf[head_len..head_len + body]);
+        self.to_up
+            .extend_from_slice(&buf[head_len..head_len + body]);
         self.awaiting = Some(self.req.method());
         self.keep_down = self.req.keep_alive();
         Ok(head_len + body)
@@ -251,7 +251,11 @@ impl Pair {
             }
             BodyFraming::None => 0,
             BodyFraming::ContentLength(n) if n <= MAX_BODY => n as usize,
-            f => return Err(Error::BadResponse(format!("body framing {f:?}: out of scope"))),
+            f => {
+                return Err(Error::BadResponse(format!(
+                    "body framing {f:?}: out of scope"
+                )));
+            }
         };
         if buf.len() < head_len + body {
             return Ok(0);
@@ -266,7 +270,8 @@ impl Pair {
                 ..HeadEdits::NONE
             },
         );
-        self.to_down.extend_from_slice(&buf[head_len..head_len + body]);
+        self.to_down
+            .extend_from_slice(&buf[head_len..head_len + body]);
         self.awaiting = None;
         self.closing = !keep;
         self.responses += 1;
@@ -354,7 +359,10 @@ mod tests {
     fn forwards_request_and_response_bytes() {
         let mut p = Pair::new();
         p.on_down(REQ).unwrap();
-        assert_eq!(take_up(&mut p), b"GET /a?b HTTP/1.1\r\nHost: x\r\nUser-Agent: t\r\n\r\n");
+        assert_eq!(
+            take_up(&mut p),
+            b"GET /a?b HTTP/1.1\r\nHost: x\r\nUser-Agent: t\r\n\r\n"
+        );
         p.on_up(RESP).unwrap();
         assert_eq!(
             take_down(&mut p),
@@ -394,11 +402,17 @@ mod tests {
         take_up(&mut p);
         p.on_up(RESP).unwrap();
         let out = take_down(&mut p);
-        assert!(out.windows(17).any(|w| w == b"connection: close"), "{out:?}");
+        assert!(
+            out.windows(17).any(|w| w == b"connection: close"),
+            "{out:?}"
+        );
         assert!(p.finished());
 
         let mut p = Pair::new();
-        assert_eq!(p.on_down(b"GET / HTTP/1.1\r\n\r\n"), Err(Error::BadRequest(400)));
+        assert_eq!(
+            p.on_down(b"GET / HTTP/1.1\r\n\r\n"),
+            Err(Error::BadRequest(400))
+        );
         assert!(p.pending_down().starts_with(b"HTTP/1.1 400 "));
         assert!(p.pending_up().is_empty());
 

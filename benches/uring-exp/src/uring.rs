@@ -126,7 +126,9 @@ impl BufRing {
     fn publish(&self) {
         // SAFETY: the tail field overlays entry 0's `resv`, inside the mapping; u16-aligned.
         unsafe {
-            let tail = BufRingEntry::tail(self.entries).cast_mut().cast::<AtomicU16>();
+            let tail = BufRingEntry::tail(self.entries)
+                .cast_mut()
+                .cast::<AtomicU16>();
             (*tail).store(self.tail, Ordering::Release);
         }
     }

@@ -88,7 +88,10 @@ fn read_response(r: &mut BufReader<TcpStream>) -> Vec<u8> {
     let mut len = 0usize;
     loop {
         let mut h = String::new();
-        assert!(r.read_line(&mut h).unwrap() > 0, "connection closed mid-head");
+        assert!(
+            r.read_line(&mut h).unwrap() > 0,
+            "connection closed mid-head"
+        );
         out.extend_from_slice(h.as_bytes());
         if let Some(v) = h.to_ascii_lowercase().strip_prefix("content-length:") {
             len = v.trim().parse().unwrap();
@@ -127,7 +130,11 @@ fn check(driver: &'static str) {
             let path = format!("/c{c}/r{i}?q=1");
             w.write_all(format!("GET {path} HTTP/1.1\r\nHost: t\r\n\r\n").as_bytes())
                 .unwrap();
-            assert_eq!(read_response(&mut r), expected(&path, "", false), "{driver}");
+            assert_eq!(
+                read_response(&mut r),
+                expected(&path, "", false),
+                "{driver}"
+            );
         }
         let body = format!("payload-{c}");
         w.write_all(
@@ -139,7 +146,11 @@ fn check(driver: &'static str) {
         )
         .unwrap();
         w.write_all(body.as_bytes()).unwrap();
-        assert_eq!(read_response(&mut r), expected("/p", &body, true), "{driver}");
+        assert_eq!(
+            read_response(&mut r),
+            expected("/p", &body, true),
+            "{driver}"
+        );
         let mut rest = Vec::new();
         r.read_to_end(&mut rest).unwrap();
         assert!(rest.is_empty(), "{driver}: bytes after the close: {rest:?}");
@@ -147,7 +158,10 @@ fn check(driver: &'static str) {
     // Every closed pair's two sockets were closed: 1500 leaked pairs would hold 3000 fds.
     std::thread::sleep(Duration::from_millis(200));
     let fds = std::fs::read_dir("/proc/self/fd").unwrap().count();
-    assert!(fds < 1000, "{driver}: {fds} fds open after 1500 closed connections");
+    assert!(
+        fds < 1000,
+        "{driver}: {fds} fds open after 1500 closed connections"
+    );
     // Pipelined: two requests in one write, answered in order.
     let s = TcpStream::connect(addr).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
