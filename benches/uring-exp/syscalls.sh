@@ -7,7 +7,9 @@
 # (no strace, so the proxy runs at full speed), reported as the top symbols and the share of
 # samples per symbol group (perf.data is left in the printed directory).
 #
-# usage: [TOOL=perf] benches/uring-exp/syscalls.sh NAME 'CMD with {port} and {upstream}' [SECONDS]
+# With TOOL=wrk: no tracing at all, only wrk's own summary (latency, requests, socket errors).
+#
+# usage: [TOOL=perf|wrk] benches/uring-exp/syscalls.sh NAME 'CMD with {port} and {upstream}' [SECONDS]
 #   e.g. benches/uring-exp/syscalls.sh uring \
 #          'benches/uring-exp/target/release/uring-exp --driver uring --listen 127.0.0.1:{port} --upstream {upstream}'
 #   NAME sluice: CMD is the Sluice binary; it gets a config with one http listener on {port}
@@ -40,7 +42,9 @@ pids+=($!)
 proxy=${pids[1]}
 for _ in $(seq 100); do curl -fsS -o /dev/null "http://127.0.0.1:$port/" -H "Host: bench.local" 2>/dev/null && break; sleep 0.1; done
 taskset -c 0 wrk -t1 -c50 -d1s "http://127.0.0.1:$port/" -H 'Host: bench.local' > /dev/null  # warm-up
-if [ "${TOOL:-strace}" = perf ]; then
+if [ "${TOOL:-strace}" = wrk ]; then
+  sleep 0
+elif [ "${TOOL:-strace}" = perf ]; then
   perf record -q -e cpu-clock -F 4999 -g -p "$proxy" -o "$work/perf.data" 2>/dev/null &
 else
   strace -c -f -p "$proxy" -o "$work/strace.txt" &
@@ -49,6 +53,9 @@ spid=$!
 sleep 0.5
 out=$(taskset -c 0 wrk -t1 -c50 -d"${secs}s" "http://127.0.0.1:$port/" -H 'Host: bench.local')
 sleep 0.3
+if [ "${TOOL:-strace}" = wrk ]; then
+  echo "$out"; rm -rf "$work"; exit 0
+fi
 kill -INT $spid; wait $spid 2>/dev/null || true
 reqs=$(awk '/requests in/ {print $1}' <<< "$out")
 echo "$name: $reqs requests (wrk: $(grep -E 'Socket errors|Non-2xx' <<< "$out" | tr '\n' ' ' || true))"
