@@ -46,6 +46,12 @@ Tests, per proxy (--mode tcp runs http + bulk, --mode http runs l7, --mode all, 
         run and the median over --repeat runs (paths alternate order); <out>/transparent.md.
 A "direct (no proxy)" row shows what the load generator reaches without a proxy.
 
+Extra proxies (--mode http only): `--extra NAME=CMD` (repeatable) runs CMD as one more L7 proxy
+in the same run, pinned and measured like the others; `{port}` in CMD is replaced by the port
+it must listen on (127.0.0.1) and `{upstream}` by the backend's address (127.0.0.1:PORT). The
+report gives its row, its ratios to Sluice, and the ratio of each later extra to each earlier
+one (issue 15's io_uring experiment: benches/uring-exp/README.md).
+
 Usage (from the repository root):
   python3 benches/loopback/harness.py                       # full run, 10 s per test
   python3 benches/loopback/harness.py --smoke               # 2 s, 10 connections (CI)
@@ -57,6 +63,9 @@ Usage (from the repository root):
   python3 benches/loopback/harness.py --mode bolt --repeat 3 --connections 32 --pipeline 8
   python3 benches/loopback/harness.py --mode transparent --smoke  # root: capture vs explicit
   python3 benches/loopback/harness.py --mode transparent --repeat 3  # medians of 3 runs
+  python3 benches/loopback/harness.py --mode http --only sluice \
+      --extra 'epoll=uring-exp --driver epoll --listen 127.0.0.1:{port} --upstream {upstream}' \
+      --extra 'uring=uring-exp --driver uring --listen 127.0.0.1:{port} --upstream {upstream}'
 
 Needs: python3 (stdlib only), taskset, nginx (for L4 with the stream module; Debian: nginx +
 libnginx-mod-stream), haproxy, wrk, iperf3 (L4 only), at least 2 CPUs; --mode bolt needs only
@@ -652,6 +661,7 @@ class Bench:
         self.bolt_echo = None  # `bolt-load serve` (bolt mode)
         self.negotiated: dict[str, str] = {}  # tls mode: what each proxy negotiated
         self.tls_material: tuple[bytes, bytes] | None = None  # (cert, key) PEM, one per run
+        self.extra_cmds: dict[str, str] = dict(args.extra)  # --extra NAME=CMD
 
     # ---- setup
 
@@ -671,6 +681,8 @@ class Bench:
                    # An HTTP/1.1 proxy behind TLS (resumption off; upstream keep-alive).
                    "sluice_tls_full_l7": 18, "sluice_tls_ka_l7": 18, "nginx_tls_full_l7": 28,
                    "nginx_tls_ka_l7": 28, "haproxy_tls_full_l7": 38, "haproxy_tls_ka_l7": 38}
+        for i, (name, _) in enumerate(self.a.extra):
+            offsets[f"{name}_l7"] = 40 + i
         for base in PORT_BASES:
             ports = {k: base + off for k, off in offsets.items()}
             if all(port_free(p) for p in ports.values()):
@@ -765,6 +777,10 @@ class Bench:
             ports = dict(BOLT_PORT=self.ports["sluice_bolt"], ECHO_PORT=self.ports["bolt_echo"],
                          SERVICE=BOLT_SERVICE)
             tpl = "sluice-bolt.yaml"
+        elif name in self.extra_cmds:
+            if mode != "http":
+                raise HarnessError(f"extra proxy {name} runs in --mode http only")
+            ports, tpl = {}, None
         elif mode == "tls":
             ports = dict(TLS_PORT=self.ports[f"{name}_tls_ka"],
                          FULL_PORT=self.ports[f"{name}_tls_full"],
@@ -784,7 +800,12 @@ class Bench:
             ports = dict(L7_PORT=self.ports[f"{name}_l7"], BACKEND_PORT=self.ports["backend"])
             tpl = {"sluice": "sluice-http.yaml", "nginx": "nginx-http.conf",
                    "haproxy": "haproxy-http.cfg"}[name]
-        if name == "sluice":
+        if name in self.extra_cmds:
+            cmd = (self.extra_cmds[name].replace("{port}", str(self.ports[f"{name}_l7"]))
+                   .replace("{upstream}", f"127.0.0.1:{self.ports['backend']}"))
+            argv = shlex.split(cmd)
+            log = d / "proxy.log"
+        elif name == "sluice":
             extra = dict(DIR=d) if mode == "tls" else {}
             cfg = render(tpl, d / "sluice.yaml", **extra, **ports)
             log = d / "sluice.log"
@@ -1292,6 +1313,36 @@ def render_report(args, runs: list[dict], header: dict) -> str:
                     f"{_x(_ratio(sa.get('p50_ms'), sb.get('p50_ms')))} | "
                     f"{_x(_ratio(sa.get('p99_ms'), sb.get('p99_ms')))} |")
             L.append("")
+        names = [n for n, _ in args.extra]
+        later = [(b, a) for i, a in enumerate(names) for b in names[i + 1:]]
+        if later:
+            L.append("### Ratios between the extra proxies (each later one / each earlier one)")
+            L.append("")
+            for n, cmd in args.extra:
+                L.append(f"- {n}: `{cmd}`")
+            L.append("")
+            L.append("| ratio | req per proxy CPU-s | req/s | p50 | p99 | per run, req per proxy "
+                     "CPU-s |")
+            L.append("|---|---:|---:|---:|---:|---|")
+            for b, a in later:
+                sa, sb = S7.get(a) or {}, S7.get(b) or {}
+                per_run = []
+                for rep_ in range(args.repeat):
+                    ra = next((r for r in runs if r["who"] == a and r["test"] == "l7"
+                               and r["repeat"] == rep_ and "error" not in r), None)
+                    rb = next((r for r in runs if r["who"] == b and r["test"] == "l7"
+                               and r["repeat"] == rep_ and "error" not in r), None)
+                    if ra and rb:
+                        per_run.append(_x(_ratio(rb.get("req_per_cpu_s"),
+                                                 ra.get("req_per_cpu_s"))))
+                L.append(
+                    f"| {b} / {a} | "
+                    f"{_x(_ratio(sb.get('req_per_cpu_s'), sa.get('req_per_cpu_s')))} | "
+                    f"{_x(_ratio(sb.get('rps'), sa.get('rps')))} | "
+                    f"{_x(_ratio(sb.get('p50_ms'), sa.get('p50_ms')))} | "
+                    f"{_x(_ratio(sb.get('p99_ms'), sa.get('p99_ms')))} | "
+                    f"{' · '.join(per_run)} |")
+            L.append("")
 
     if tls:
         # ---- TLS
@@ -1552,6 +1603,10 @@ def parse_args(argv=None):
                     help="niceness for everything the harness starts (backend, load generator, "
                          "proxies alike), to shield the measurement from other load on the "
                          "machine (default -10 as root, else 0; 0 disables)")
+    ap.add_argument("--extra", action="append", default=[], metavar="NAME=CMD",
+                    help="--mode http: one more L7 proxy to measure in the same run (repeatable); "
+                         "{port} in CMD is the port it listens on (127.0.0.1), {upstream} the "
+                         "backend's address")
     ap.add_argument("--smoke", action="store_true",
                     help="quick CI check: 2 s runs, 10 connections (--mode bolt: 2 s runs, "
                          "default connections and pipeline)")
@@ -1572,6 +1627,22 @@ def parse_args(argv=None):
     if bad or not only:
         ap.error(f"--only: unknown {bad or 'empty list'}; choose from {','.join(PROXIES)}")
     a.only = [w for w in PROXIES if w in only]  # canonical order, no duplicates
+    extra = []
+    for spec in a.extra:
+        name, sep, cmd = spec.partition("=")
+        name = name.strip()
+        if not sep or not re.fullmatch(r"[a-z0-9][a-z0-9_-]*", name) or not cmd.strip():
+            ap.error(f"--extra {spec!r}: expected NAME=CMD with NAME of [a-z0-9_-]")
+        if name in PROXIES or name == "direct" or name in dict(extra):
+            ap.error(f"--extra {spec!r}: the name {name!r} is taken")
+        if "{port}" not in cmd:
+            ap.error(f"--extra {spec!r}: CMD must contain {{port}} (where it listens)")
+        extra.append((name, cmd.strip()))
+        LABEL[name] = LABEL_L7[name] = SHORT[name] = name
+    if extra and a.mode != "http":
+        ap.error("--extra runs in --mode http only")
+    a.extra = extra
+    a.only += [n for n, _ in extra]
     if a.mode == "transparent":
         a.only = ["sluice"]
     if bolt:
