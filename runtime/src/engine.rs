@@ -359,9 +359,6 @@ impl<N: Network> Engine<N> {
         // The pool's pipes go back now, not after the drain (see `stop_pooling`).
         self.pipes.stop_pooling();
         self.drain().await;
-        // Every session ended: the pooled pipes' descriptors and budget go back now, not when
-        // the last reference to this engine drops.
-        self.pipes.close_pooled();
         if let Some(h) = health_checks {
             h.abort();
         }

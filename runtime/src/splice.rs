@@ -181,18 +181,13 @@ impl PipePool {
     /// connection limit no longer leaves room for pipes) needs.
     pub(crate) fn stop_pooling(&self) {
         self.draining.set(true);
-        self.close_pooled();
+        *self.free.borrow_mut() = FreeList::default();
     }
 
     /// Closes the pipes that stayed in the pool since the last call (down to
     /// [`PIPES_KEPT_WHEN_IDLE`]); the worker's periodic sweep calls it.
     pub(crate) fn trim(&self) {
         self.free.borrow_mut().trim(PIPES_KEPT_WHEN_IDLE);
-    }
-
-    /// Closes every pooled pipe (the engine drained: no session will take one again).
-    pub(crate) fn close_pooled(&self) {
-        *self.free.borrow_mut() = FreeList::default();
     }
 
     /// Pipes holding a session's bytes now.
@@ -265,14 +260,19 @@ thread_local! {
     pub(crate) static SPLICE_EVERY_CHUNK: Cell<bool> = const { Cell::new(false) };
 }
 
+/// Whether every chunk is spliced ([`SPLICE_EVERY_CHUNK`]; always `false` outside tests).
+#[inline]
+fn splice_every_chunk() -> bool {
+    #[cfg(test)]
+    return SPLICE_EVERY_CHUNK.get();
+    #[cfg(not(test))]
+    false
+}
+
 impl Direction {
     fn new(from: Side) -> Self {
-        #[cfg(test)]
-        let every_chunk = SPLICE_EVERY_CHUNK.get();
-        #[cfg(not(test))]
-        let every_chunk = false;
         Direction {
-            bulk: every_chunk,
+            bulk: splice_every_chunk(),
             last_read_full: false,
             pipe: None,
             buffered: 0,
@@ -377,11 +377,7 @@ impl Direction {
                     Ok(n) => {
                         self.pipe = Some(pipe);
                         self.buffered = n;
-                        #[cfg(test)]
-                        let every_chunk = SPLICE_EVERY_CHUNK.get();
-                        #[cfg(not(test))]
-                        let every_chunk = false;
-                        self.bulk = every_chunk || n >= SPLICE_FROM;
+                        self.bulk = splice_every_chunk() || n >= SPLICE_FROM;
                         return Poll::Ready(Ok(Step::Read(n)));
                     }
                     // Nothing moved: the pipe is still empty.
