@@ -13,7 +13,9 @@
 //! Everything that varies comes from the seed: turmoil's network (latencies, host order), the
 //! clients' payloads and pacing, the fault times, the engine's balancer RNG. The event trace
 //! (what each party saw, stamped with simulated time) is hashed into a digest; running one
-//! seed twice gives the same digest.
+//! seed twice gives the same digest, in any process and after any other runs — so a trace
+//! records nothing of the process (its id, a temporary path, a generated key, a hash seed).
+//! `sim/tests/cli.rs` checks that for one seed of every scenario.
 //!
 //! - `SLUICE_SIM_SEED=N` runs exactly seed N (replay);
 //! - `SLUICE_SIM_SEEDS=K` sweeps seeds `0..K` (default [`DEFAULT_SEEDS`]).

@@ -178,10 +178,11 @@ pub fn run_to_end<'a>(
 }
 
 /// The report of a finished run; the trace is printed when the run failed and
-/// `SLUICE_SIM_TRACE` is set.
+/// `SLUICE_SIM_TRACE` is set, and after every run with `SLUICE_SIM_TRACE=all` (to diff two
+/// runs of a seed).
 #[must_use]
 pub fn report(seed: u64, trace: &Trace, violations: Vec<String>, summary: String) -> RunReport {
-    if !violations.is_empty() && std::env::var_os("SLUICE_SIM_TRACE").is_some() {
+    if crate::trace::wanted(!violations.is_empty()) {
         eprintln!("trace of seed {seed}:\n{}", trace.dump());
     }
     RunReport {

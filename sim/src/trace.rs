@@ -50,3 +50,13 @@ impl Trace {
         self.events.borrow().join("\n")
     }
 }
+
+/// Whether a run's trace is to be printed: `SLUICE_SIM_TRACE` set and the run `failed`, or
+/// `SLUICE_SIM_TRACE=all` (every run, e.g. to diff two replays of a seed).
+#[must_use]
+pub fn wanted(failed: bool) -> bool {
+    match std::env::var_os("SLUICE_SIM_TRACE") {
+        None => false,
+        Some(v) => failed || v == "all",
+    }
+}

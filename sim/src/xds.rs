@@ -1101,7 +1101,7 @@ fn check_delta(w: &World, log: &AdsLog, plan: &Plan, ips: &[IpAddr], violations:
             ));
         }
     }
-    if !violations.is_empty() && std::env::var_os("SLUICE_SIM_TRACE").is_some() {
+    if crate::trace::wanted(!violations.is_empty()) {
         eprintln!("delta ADS log (server side):");
         dump_delta_log(log);
     }

@@ -172,3 +172,48 @@ fn failing_seeds_exit_1_with_their_replay_commands() {
     let o = sluice_sim(&["selftest_fails_on_odd_seeds", "--seeds", "0..2"]);
     assert_eq!(o.status.code(), Some(2));
 }
+
+/// `SCENARIO -> digest` of seed `seed` from a `--digests` sweep's output.
+fn digests_of(out: &str, seed: u64) -> std::collections::BTreeMap<String, String> {
+    let tail = format!(" seed {seed} digest ");
+    out.lines()
+        .filter_map(|l| {
+            let (name, digest) = l.split_once(&tail)?;
+            Some((name.to_owned(), digest.to_owned()))
+        })
+        .collect()
+}
+
+/// The promise that every failing seed replays, for every scenario: one seed of each, run in
+/// two processes — one sweeping it after another seed (as a CI sweep reaches it), one running it
+/// first (as a replay does) — gives the same trace digest. A run that records something of its
+/// process (its id, a key, a hash seed, an address) or of the runs before it in the process
+/// fails this.
+#[test]
+fn every_scenario_replays_to_its_digest_in_another_process() {
+    const SEED: u64 = 5;
+    let sweep = |seeds: &'static str| {
+        std::thread::spawn(move || {
+            let o = sluice_sim(&["all", "--seeds", seeds, "--digests"]);
+            assert_eq!(o.status.code(), Some(0), "{}{}", stdout(&o), stderr(&o));
+            digests_of(&stdout(&o), SEED)
+        })
+    };
+    let (after_another, first) = (sweep("4..6"), sweep("5..6"));
+    let (after_another, first) = (after_another.join().unwrap(), first.join().unwrap());
+    let names: Vec<&str> = first.keys().map(String::as_str).collect();
+    let mut expected = SCENARIOS.to_vec();
+    expected.sort_unstable();
+    assert_eq!(names, expected, "a digest per scenario");
+    let differing: Vec<String> = first
+        .iter()
+        .filter(|(name, digest)| after_another.get(*name) != Some(digest))
+        .map(|(name, digest)| format!("{name}: {digest} vs {:?}", after_another.get(name)))
+        .collect();
+    assert!(
+        differing.is_empty(),
+        "seed {SEED} does not replay to its digest (compare the runs' traces with \
+         SLUICE_SIM_TRACE=all sluice sim SCENARIO --seed {SEED}):\n{}",
+        differing.join("\n")
+    );
+}

@@ -6,6 +6,8 @@
 //!   (`SLUICE_SIM_TRACE=1` prints the trace of a failing run; `SLUICE_SIM_LOG=FILTER`, e.g.
 //!   `sluice_runtime=debug`, prints the runtime's own log lines, stamped with simulated time)
 //! - `sluice-sim all --seeds ...` runs every scenario
+//! - `--digests` (with `--seeds`) also prints each seed's trace digest, one line per run
+//!   (`SCENARIO seed N digest D`): two processes' lines are equal when every run replays
 //!
 //! Exit code: 0 when every seed passed, 1 when any failed, 2 on a usage error.
 
@@ -40,6 +42,10 @@ struct Cli {
     /// Replay exactly one seed, printing its full summary and trace digest.
     #[arg(long)]
     seed: Option<u64>,
+    /// With a sweep: print each seed's trace digest (`SCENARIO seed N digest D`), to compare
+    /// two processes' runs.
+    #[arg(long, conflicts_with = "seed")]
+    digests: bool,
 }
 
 fn parse_seeds(s: &str) -> Result<Range<u64>, String> {
@@ -130,13 +136,19 @@ impl Progress {
     }
 }
 
-fn sweep(scenario: Scenario, seeds: Range<u64>) -> Outcome {
+fn sweep(scenario: Scenario, seeds: Range<u64>, digests: bool) -> Outcome {
     let total = seeds.end - seeds.start;
     let mut progress = Progress::new();
     let mut failures = Vec::new();
     progress.update(scenario.name, 0, total, 0);
     for (done, seed) in (1..).zip(seeds) {
         let report = run_one(&scenario, seed);
+        if digests {
+            println!(
+                "{} seed {seed} digest {:016x}",
+                scenario.name, report.digest
+            );
+        }
         if !report.violations.is_empty() {
             failures.push(report);
         }
@@ -253,7 +265,7 @@ fn main() -> ExitCode {
     let seeds = cli.seeds.unwrap_or(0..DEFAULT_SEEDS);
     let outcomes: Vec<Outcome> = scenarios
         .into_iter()
-        .map(|s| sweep(s, seeds.clone()))
+        .map(|s| sweep(s, seeds.clone(), cli.digests))
         .collect();
 
     let mut any_failed = false;

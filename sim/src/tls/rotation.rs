@@ -34,9 +34,12 @@
 //! sidecar's ticket keys outlive a rotation by design, so resumption keeps a session's first
 //! identity until its ticket expires); R2 is about full handshakes.
 //!
-//! Each run writes its certificate files in a directory of its own, removed at the end. The
-//! PKI uses Ed25519 keys with fixed serials and validity, so handshakes have the same size
-//! from run to run and a seed replays to the same trace.
+//! Each run writes its certificate files in a directory of its own, removed at the end; its
+//! name holds the process id (two processes may run the same seed at once), so the trace
+//! names the files relative to it (`$DIR/second.pem`: [`in_dir`]) — with the full path, the
+//! sidecar's messages made every process's digest of a seed a different one. The PKI uses
+//! Ed25519 keys with fixed serials and validity, so handshakes have the same size from run to
+//! run (the keys differ between processes) and a seed replays to the same trace.
 
 use std::cell::RefCell;
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
@@ -386,7 +389,11 @@ async fn sidecar(
                         }
                     }
                     Err(e) => {
-                        trace.record(elapsed(), SIDECAR, format_args!("{what} refused: {e}"));
+                        trace.record(
+                            elapsed(),
+                            SIDECAR,
+                            in_dir(&dir, format!("{what} refused: {e}")),
+                        );
                         if what == "reload" {
                             world
                                 .borrow_mut()
@@ -407,7 +414,11 @@ async fn sidecar(
                     write_pair(&dir, "second", SERIAL_ROTATED, SERIAL_ROTATED);
                 }
                 let checked = check_files();
-                trace.record(elapsed(), SIDECAR, format_args!("{what}: {checked:?}"));
+                trace.record(
+                    elapsed(),
+                    SIDECAR,
+                    in_dir(&dir, format!("{what}: {checked:?}")),
+                );
                 let mut w = world.borrow_mut();
                 if what == "bad rewrite" {
                     w.rotations_failed = ROTATIONS_FAILED.load(Ordering::Relaxed) - failed_before;
@@ -436,6 +447,13 @@ async fn sidecar(
     let _keep = worker;
     std::future::pending::<()>().await;
     Ok(())
+}
+
+/// `text` (a message of the sidecar's naming the run's files) with the run's directory shown
+/// as `$DIR`: the trace, and so the digest, must not hold the process id the directory's name
+/// does.
+fn in_dir(dir: &Path, text: String) -> String {
+    text.replace(&*dir.to_string_lossy(), "$DIR")
 }
 
 async fn echo_upstream(index: usize, (): (), trace: Trace) -> turmoil::Result {
