@@ -603,7 +603,10 @@ clusters: []
     }
     std::thread::sleep(std::time::Duration::from_millis(200));
     let log = sluice.log_text();
-    assert!(!log.contains("Illegal SNI"), "rustls warned per connection:\n{log}");
+    assert!(
+        !log.contains("Illegal SNI"),
+        "rustls warned per connection:\n{log}"
+    );
 }
 
 /// A client stuck in its TLS handshake does not hold a stopping proxy past its drain timeout
