@@ -201,8 +201,17 @@ impl ConfigSource {
 /// `/logging` uses to change it.
 fn init_logging(format: LogFormat, level: &str) -> LogControl {
     use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_default_env()
-        .or_else(|_| EnvFilter::try_new(level))
+    // `RUST_LOG` overrides `--log-level`; read like it when it is a level or simple filter
+    // (so that rustls is held to `error` there too), else as `EnvFilter` reads it.
+    let from_env = std::env::var("RUST_LOG")
+        .ok()
+        .filter(|v| !v.trim().is_empty())
+        .and_then(|v| {
+            let spec = sluice_runtime::logging::level_filter(&v).unwrap_or(v);
+            EnvFilter::try_new(spec).ok()
+        });
+    let filter = from_env
+        .map_or_else(|| EnvFilter::try_new(level), Ok)
         .unwrap_or_else(|_| EnvFilter::new("info"));
     use std::io::IsTerminal as _;
     let colour = sluice_runtime::logging::use_colour(

@@ -985,9 +985,13 @@ pub fn acceptors(
     previous: Option<&Contexts>,
 ) -> Result<Vec<Option<TlsAcceptor>>, String> {
     let slots = config.tls_slots();
+    // The ticket keys kept: those of listeners that issue tickets (the others' go).
     let identities: Vec<String> = slots
         .iter()
-        .filter_map(|(tls, _, name)| Some(listener_identity(name, (*tls)?)))
+        .filter_map(|(tls, _, name)| {
+            let tls = (*tls)?;
+            tls.session_tickets.then(|| listener_identity(name, tls))
+        })
         .collect();
     let built = slots
         .iter()
@@ -996,11 +1000,20 @@ pub fn acceptors(
             None => Ok(None),
             Some(tls) => {
                 let identity = listener_identity(name, tls);
-                let ticketer = crate::tls_tickets::for_listener(&identity)
-                    .map_err(|e| format!("{path}: {e}"))?;
+                // No keys for a listener that issues no tickets: none are kept or handed over,
+                // so a ticket from before it turned them off never resumes after it turns
+                // them on again.
+                let ticketer = if tls.session_tickets {
+                    Some(
+                        crate::tls_tickets::for_listener(&identity)
+                            .map_err(|e| format!("{path}: {e}"))?,
+                    )
+                } else {
+                    None
+                };
                 server_config(tls, path)
                     .map(|mut c| {
-                        if tls.session_tickets {
+                        if let Some(ticketer) = ticketer {
                             c.ticketer = ticketer;
                         }
                         if tls.session_cache
@@ -1426,7 +1439,8 @@ impl HandshakeOutcome {
                 | PeerIncompatible::Tls12NotOfferedOrEnabled
                 | PeerIncompatible::Tls13RequiredForQuic
                 | PeerIncompatible::SupportedVersionsExtensionRequired
-                | PeerIncompatible::NoCipherSuitesInCommon,
+                | PeerIncompatible::NoCipherSuitesInCommon
+                | PeerIncompatible::NoKxGroupsInCommon,
             ) => HandshakeOutcome::Version,
             _ => HandshakeOutcome::Other,
         }
@@ -1609,5 +1623,92 @@ clusters:
                 San::Uri("spiffe://cluster.local/ns/default/sa/client".into())
             ]
         );
+    }
+}
+
+/// Resumption across reloads that change what a session was made under, with real rustls
+/// handshakes in memory through [`acceptors`] (the keys registry is process-wide, as in a
+/// running proxy).
+#[cfg(test)]
+mod resumption_across_reloads {
+    use super::*;
+    use rustls::{ClientConfig, ClientConnection, HandshakeKind, ServerConnection};
+
+    fn acceptor(dir: &std::path::Path, extra: &str) -> Arc<ServerConfig> {
+        let yaml = format!(
+            "listeners:\n  - name: resumption_across_reloads\n    address: 127.0.0.1:1\n    tls:\n      certificates: [ {{ cert_chain: {d}/c.pem, private_key: {d}/k.pem }} ]\n{extra}    tcp_proxy: {{ cluster: a }}\nclusters:\n  - {{ name: a, hosts: [ {{ address: 127.0.0.1:9 }} ] }}\n",
+            d = dir.display()
+        );
+        let config = Config::from_yaml(&yaml).unwrap();
+        let built = acceptors(&config, None).unwrap();
+        built[0].as_ref().unwrap().config().clone()
+    }
+
+    /// One TLS 1.2 handshake; what kind it was.
+    fn handshake(server: Arc<ServerConfig>, client: Arc<ClientConfig>) -> HandshakeKind {
+        let mut c = ClientConnection::new(client, "localhost".try_into().unwrap()).unwrap();
+        let mut s = ServerConnection::new(server).unwrap();
+        for _ in 0..10 {
+            let mut buf = Vec::new();
+            while c.wants_write() {
+                c.write_tls(&mut buf).unwrap();
+            }
+            if !buf.is_empty() {
+                s.read_tls(&mut &buf[..]).unwrap();
+                s.process_new_packets().unwrap();
+            }
+            let mut buf = Vec::new();
+            while s.wants_write() {
+                s.write_tls(&mut buf).unwrap();
+            }
+            if !buf.is_empty() {
+                c.read_tls(&mut &buf[..]).unwrap();
+                c.process_new_packets().unwrap();
+            }
+            if !c.is_handshaking() && !s.is_handshaking() && !s.wants_write() {
+                break;
+            }
+        }
+        s.handshake_kind().unwrap()
+    }
+
+    /// A TLS 1.2 resumption makes no new key exchange, so a session made under a group list
+    /// does not resume under a narrower one; and a listener that turned tickets off and on
+    /// again does not accept a ticket from before.
+    #[test]
+    fn sessions_do_not_resume_under_narrower_groups_or_across_a_tickets_off_reload() {
+        let dir = std::env::temp_dir().join(format!("sluice-resume-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+        std::fs::write(dir.join("c.pem"), cert.cert.pem()).unwrap();
+        std::fs::write(dir.join("k.pem"), cert.signing_key.serialize_pem()).unwrap();
+        let mut roots = RootCertStore::empty();
+        roots.add(cert.cert.der().clone()).unwrap();
+        let client = Arc::new(
+            ClientConfig::builder_with_provider(provider())
+                .with_protocol_versions(&[&rustls::version::TLS12])
+                .unwrap()
+                .with_root_certificates(roots)
+                .with_no_client_auth(),
+        );
+        let x25519 = acceptor(&dir, "      ecdh_curves: [X25519]\n");
+        assert_eq!(
+            handshake(x25519.clone(), client.clone()),
+            HandshakeKind::Full
+        );
+        assert_eq!(handshake(x25519, client.clone()), HandshakeKind::Resumed);
+        // A reload to P-256 only: the X25519 session's ticket is not accepted.
+        let p256 = acceptor(&dir, "      ecdh_curves: [P-256]\n");
+        assert_eq!(handshake(p256.clone(), client.clone()), HandshakeKind::Full);
+        assert_eq!(handshake(p256, client.clone()), HandshakeKind::Resumed);
+        let off = "      ecdh_curves: [P-256]\n      session_tickets: false\n      session_cache: false\n";
+        assert_eq!(
+            handshake(acceptor(&dir, off), client.clone()),
+            HandshakeKind::Full
+        );
+        // Tickets on again: the ticket from before they were turned off is not accepted.
+        let on = acceptor(&dir, "      ecdh_curves: [P-256]\n");
+        assert_eq!(handshake(on, client), HandshakeKind::Full);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -304,12 +304,19 @@ pub fn identity(listener: &str, tls: &ListenerTls) -> String {
         TlsVersion::Tls12 => "1.2",
         TlsVersion::Tls13 => "1.3",
     };
-    format!(
+    let mut identity = format!(
         "{listener}\nclient_ca={:?}\nrequire_client_certificate={}\nverify_subject_alt_names={:?}\nmin_version={version}",
         tls.client_ca.as_ref().map(Pem::identity),
         tls.require_client_certificate,
         tls.verify_subject_alt_names
-    )
+    );
+    // A TLS 1.2 resumption makes no new key exchange: a session from before a narrower group
+    // list must not resume under it. Only when set, so that identities of listeners without
+    // the field stay what earlier builds hand over in an upgrade.
+    if !tls.ecdh_curves.is_empty() {
+        identity.push_str(&format!("\necdh_curves={:?}", tls.ecdh_curves));
+    }
+    identity
 }
 
 /// The ticket keys of the listener with `identity`: the ones it had (in this process or, after

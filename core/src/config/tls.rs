@@ -47,8 +47,8 @@ pub struct ListenerTls {
     /// The highest TLS version offered (default 1.3; 1.2 pins the listener to TLS 1.2).
     #[serde(skip_serializing_if = "is_default_max")]
     pub max_version: TlsVersion,
-    /// The key exchange groups accepted, in the listener's order of preference (empty: the
-    /// provider's defaults, [`DEFAULT_ECDH_CURVES`]).
+    /// The key exchange groups accepted (empty: the provider's defaults,
+    /// [`DEFAULT_ECDH_CURVES`]); among them the client's preference picks.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub ecdh_curves: Vec<EcdhCurve>,
     /// Issue stateless session tickets (TLS 1.3 and 1.2) that a client resumes with

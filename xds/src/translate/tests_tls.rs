@@ -401,7 +401,7 @@ fn session_and_per_request_sni_settings_are_refused_by_path_unless_default() {
             Some(SessionTicketKeysType::SessionTicketKeys(Default::default()));
     }));
     assert!(
-        e.len() == 1 && e[0].starts_with(&format!("{at}.session_ticket_keys_type: unsupported")),
+        e.len() == 1 && e[0].starts_with(&format!("{at}.session_ticket_keys: unsupported")),
         "{e:?}"
     );
     // tls_params on a listener: both versions and the curves, in order.
@@ -428,6 +428,25 @@ fn session_and_per_request_sni_settings_are_refused_by_path_unless_default() {
             "{p_at}.ecdh_curves[1]: \"P-521\": unsupported (Sluice offers X25519, P-256, P-384, \
              X25519MLKEM768)"
         )]
+    );
+    let e = errors(&downstream(&params(TlsParameters {
+        ecdh_curves: vec!["X25519MLKEM768".into()],
+        ..Default::default()
+    })));
+    assert!(
+        e.len() == 1
+            && e[0].starts_with(&format!(
+                "{p_at}.ecdh_curves: X25519MLKEM768 is TLS 1.3 only"
+            )),
+        "{e:?}"
+    );
+    let e = errors(&downstream(&params(TlsParameters {
+        ecdh_curves: vec!["P-256".into(), "P-256".into()],
+        ..Default::default()
+    })));
+    assert_eq!(
+        e,
+        [format!("{p_at}.ecdh_curves[1]: \"P-256\" is listed twice")]
     );
     let e = errors(&downstream(&params(TlsParameters {
         tls_minimum_protocol_version: TlsProtocol::TlSv13 as i32,

@@ -157,8 +157,13 @@ pub(crate) fn downstream_tls(
         Some(SessionTicketKeysType::DisableStatelessSessionResumption(off)) => off,
         Some(other) => {
             // Keys of the control plane's: Sluice makes and rotates its own.
-            d.session_ticket_keys_type = Some(other);
-            false
+            let field = match other {
+                SessionTicketKeysType::SessionTicketKeys(_) => "session_ticket_keys",
+                _ => "session_ticket_keys_sds_secret_config",
+            };
+            return Err(t_at
+                .field(field)
+                .error("unsupported (Sluice makes and rotates its own session ticket keys)"));
         }
     };
     let common = take(&mut d.common_tls_context).unwrap_or_default();
@@ -406,6 +411,9 @@ fn tls_params(mut p: TlsParameters, at: &At<'_>, side: Side) -> Result<Params, T
             return Err(c_at.error("unsupported on a cluster (it offers the default groups)"));
         }
         for (i, name) in curves.iter().enumerate() {
+            if curves[..i].contains(name) {
+                return Err(c_at.index(i).error(format!("{name:?} is listed twice")));
+            }
             if !EcdhCurve::ALL.iter().any(|(n, _)| n == name) {
                 let known: Vec<&str> = EcdhCurve::ALL.iter().map(|(n, _)| *n).collect();
                 return Err(c_at.index(i).error(format!(
@@ -413,6 +421,12 @@ fn tls_params(mut p: TlsParameters, at: &At<'_>, side: Side) -> Result<Params, T
                     known.join(", ")
                 )));
             }
+        }
+        if params.min_version.is_none() && curves.iter().all(|c| c == "X25519MLKEM768") {
+            return Err(c_at.error(
+                "X25519MLKEM768 is TLS 1.3 only and the listener admits TLS 1.2: a TLS 1.2 \
+                 client would find no group in common",
+            ));
         }
         params.ecdh_curves = curves;
     }

@@ -936,15 +936,28 @@ listeners:
     address: 127.0.0.1:8445
     tls: { certificates: [ { cert_chain: a.pem, private_key: a.key } ], ecdh_curves: [] }
     tcp_proxy: { cluster: a }
+  - name: pq
+    address: 127.0.0.1:8446
+    tls: { certificates: [ { cert_chain: a.pem, private_key: a.key } ], ecdh_curves: [X25519MLKEM768] }
+    tcp_proxy: { cluster: a }
+  - name: pq13
+    address: 127.0.0.1:8447
+    tls: { certificates: [ { cert_chain: a.pem, private_key: a.key } ], ecdh_curves: [X25519MLKEM768], min_version: 1.3 }
+    tcp_proxy: { cluster: a }
 clusters:
   - { name: a, hosts: [{ address: 127.0.0.1:9001 }] }
 "#;
     let errs = errors(bad);
+    assert!(
+        !errs.iter().any(|e| e.starts_with("listeners[4]")),
+        "a TLS 1.3-only listener may accept only the hybrid: {errs:#?}"
+    );
     for want in [
         "listeners[0].tls.max_version: 1.2 is below `min_version` (1.3)",
         "listeners[0].tls.ecdh_curves[1]: unknown curve \"secp256k1\" (expected one of X25519, P-256, P-384, X25519MLKEM768)",
         "listeners[0].tls.session_tickets:",
-        "listeners[1].tls.ecdh_curves: X25519MLKEM768 is TLS 1.3 only and `max_version` is 1.2",
+        "listeners[1].tls.ecdh_curves: X25519MLKEM768 is TLS 1.3 only and this listener admits TLS 1.2",
+        "listeners[3].tls.ecdh_curves: X25519MLKEM768 is TLS 1.3 only and this listener admits TLS 1.2",
         "listeners[2].tls.ecdh_curves: must name at least one curve",
     ] {
         assert!(

@@ -171,12 +171,15 @@ pub(super) fn decode_listener_tls(
                     }
                 }
             }
-            if max_version == Some(TlsVersion::Tls12)
+            // TLS 1.2 has no post-quantum group: a listener that admits it needs a classic one,
+            // or every TLS 1.2 client would be refused by a config that says it is welcome.
+            if min_version == Some(TlsVersion::Tls12)
                 && curves.iter().all(|c| *c == EcdhCurve::X25519MlKem768)
             {
                 dec.error(
                     &p,
-                    "X25519MLKEM768 is TLS 1.3 only and `max_version` is 1.2",
+                    "X25519MLKEM768 is TLS 1.3 only and this listener admits TLS 1.2 \
+                     (`min_version` 1.2): add a classic group, or set `min_version: 1.3`",
                 );
                 return None;
             }
