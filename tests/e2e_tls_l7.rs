@@ -337,6 +337,10 @@ clusters:
         assert_eq!((status, body.as_str()), (502, "upstream connect error\n"));
     }
     assert!(stat(admin, "cluster.bad.upstream_tls_fail.unknown_ca") >= 3);
+    // Each failed request is one attempt and one connect failure, counted once (health probes
+    // count in `upstream_tls_fail` but not here).
+    assert_eq!(stat(admin, "cluster.bad.upstream_cx_connect_fail"), 3);
+    assert_eq!(stat(admin, "cluster.bad.upstream_cx_connect_timeout"), 0);
 
     // Health checks over TLS: the verified host passes, the other fails without a request.
     let deadline = Instant::now() + Duration::from_secs(10);
