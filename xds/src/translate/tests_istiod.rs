@@ -150,7 +150,7 @@ fn istiods_virtual_inbound_translates_to_its_chains() {
             h.upgrade_types.as_deref(),
             Some(&["websocket".to_owned()][..])
         );
-        assert!(h.upgrade_allowed(b"WebSocket") && !h.upgrade_allowed(b"h2c"));
+        assert!(h.upgrade_allowed([&b"WebSocket"[..]]) && !h.upgrade_allowed([&b"h2c"[..]]));
         assert_eq!(
             h.forward_client_cert,
             sluice_core::config::http::ForwardClientCert::AppendForward
