@@ -1746,7 +1746,7 @@ impl<N: Network> Engine<N> {
         let client_cert = sluice_core::l7::xfcc::edit(
             scratch.forward_client_cert,
             scratch.client_cert.as_deref(),
-            head.header(rbuf.bytes(), sluice_core::l7::xfcc::XFCC),
+            head.header_values(rbuf.bytes(), sluice_core::l7::xfcc::XFCC),
             &mut scratch.xfcc,
         );
         let mut edits = HeaderEdits::new();
