@@ -1477,22 +1477,22 @@ impl<N: Network> Engine<N> {
         // (what follows the head may be the upgraded protocol's bytes), as Envoy does.
         // Every `Upgrade` field counts: the HTTP/1.1 writer forwards them all, and the
         // upstream may pick any protocol they name.
-        if head.upgrade() {
-            if !self.upgrade_allowed(listener, head.header_values(rbuf.bytes(), "upgrade")) {
-                if let Some(l) = self.listener_stats(listener) {
-                    bump(&l.http_upgrades_refused, 1);
-                }
-                return self
-                    .local_reply(
-                        scratch.grpc,
-                        down,
-                        out,
-                        403,
-                        ResponseFlag::UpgradeRefused,
-                        true,
-                    )
-                    .await;
+        if head.upgrade()
+            && !self.upgrade_allowed(listener, head.header_values(rbuf.bytes(), "upgrade"))
+        {
+            if let Some(l) = self.listener_stats(listener) {
+                bump(&l.http_upgrades_refused, 1);
             }
+            return self
+                .local_reply(
+                    scratch.grpc,
+                    down,
+                    out,
+                    403,
+                    ResponseFlag::UpgradeRefused,
+                    true,
+                )
+                .await;
         }
         match &route.route.action {
             RouteAction::DirectResponse { status, body } => {
