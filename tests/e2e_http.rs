@@ -641,8 +641,19 @@ fn only_listed_upgrade_types_are_tunnelled() {
                     head.push(b[0]);
                 }
                 seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                // `/h2c`: the upstream picks h2c, whatever was asked.
+                let to: &[u8] = if head.starts_with(b"GET /h2c ") {
+                    b"h2c"
+                } else {
+                    b"websocket"
+                };
                 let _ = c.write_all(
-                    b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n",
+                    &[
+                        &b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: "[..],
+                        to,
+                        b"\r\n\r\n",
+                    ]
+                    .concat(),
                 );
                 let mut buf = [0u8; 1024];
                 while let Ok(n) = c.read(&mut buf) {
@@ -718,6 +729,41 @@ clusters:
         admin_stat(admin, "listener.web.http.downstream_rq_ws_on_non_ws_route"),
         1
     );
+    // A listed type beside another — in a second `Upgrade` field or a second element of
+    // one —: 403 too (the upstream would be free to pick h2c); nothing upstream.
+    for upgrade in [
+        &b"Upgrade: websocket\r\nUpgrade: h2c\r\n"[..],
+        b"Upgrade: h2c\r\nUpgrade: websocket\r\n",
+        b"Upgrade: websocket, h2c\r\n",
+    ] {
+        let r = raw(
+            listen,
+            &[
+                &b"GET /chat HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\n"[..],
+                upgrade,
+                b"\r\nGET / HTTP/1.1\r\nHost: x\r\n\r\n",
+            ]
+            .concat(),
+        );
+        assert_eq!(status_of(&r), 403, "{r}");
+        assert_eq!(
+            r.matches("HTTP/1.1").count(),
+            1,
+            "closed after the 403: {r}"
+        );
+    }
+    assert_eq!(heads.load(std::sync::atomic::Ordering::SeqCst), 1);
+    assert_eq!(
+        admin_stat(admin, "listener.web.http.downstream_rq_ws_on_non_ws_route"),
+        4
+    );
+    // An upstream that switches to a protocol the listener does not list: 502, no tunnel.
+    let r = raw(
+        listen,
+        b"GET /h2c HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n",
+    );
+    assert_eq!(status_of(&r), 502, "{r}");
+    assert!(!r.contains(" 101 "), "{r}");
 }
 
 /// `server_name` (istiod's `istio-envoy`): the `server` header of a forwarded response is the

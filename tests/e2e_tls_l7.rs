@@ -907,6 +907,13 @@ clusters:
             format!("xfcc=By=spiffe://evil;Hash=00,{mine}"),
             "{version}"
         );
+        // Every field the client sent, joined with `,` (as Envoy joins repeated fields).
+        let more = "x-forwarded-client-cert: By=spiffe://evil2;Hash=11";
+        assert_eq!(
+            served(append, &[version, "-H", theirs, "-H", more]).1,
+            format!("xfcc=By=spiffe://evil;Hash=00,By=spiffe://evil2;Hash=11,{mine}"),
+            "{version}"
+        );
         assert_eq!(
             served(append, &[version]).1,
             format!("xfcc={mine}"),

@@ -9,7 +9,9 @@
 //! in this project (`tests/xds_server.py`: Python, grpcio and the `xds-protos` package), run as
 //! a separate process, once per protocol: the first config and an update. And an EDS update
 //! applied in place: a kept-alive client connection carries on across pushes that add and
-//! remove endpoints. And an assignment nothing subscribed to, dropped and counted by type.
+//! remove endpoints. And an assignment nothing subscribed to, dropped and counted by type. And
+//! istiod's HTTP connection manager: its metadata exchange filter's peer metadata headers
+//! removed from requests and responses.
 
 #[path = "support/ads.rs"]
 mod ads;
@@ -1113,4 +1115,66 @@ clusters:
         "the fallback says why:\n{log}"
     );
     assert_eq!(stat("server.reloads_ok"), "server.reloads_ok: 2");
+}
+
+/// istiod's HTTP connection manager (its outbound one, over RDS) carries Istio's HTTP
+/// metadata exchange filter, which removes the peer metadata headers: a client's
+/// `x-envoy-peer-metadata` and `x-envoy-peer-metadata-id` never reach the upstream (nginx
+/// echoes what it got), and the upstream's never reach the client; another header passes
+/// both ways.
+#[test]
+fn istios_peer_metadata_headers_are_removed_both_ways() {
+    use sluice_xds::envoy_types::pb::envoy::config::listener::v3::filter::ConfigType;
+    if !require_peers(&["nginx"]) {
+        return;
+    }
+    let dir = TempDir::new("xds-peer-metadata");
+    let (up, listen, admin, ads_port) = (free_port(), free_port(), free_port(), free_port());
+    let _up = start_nginx_with(
+        &dir,
+        "up",
+        up,
+        r#"location / {
+            add_header x-envoy-peer-metadata "upstream-node";
+            add_header x-envoy-peer-metadata-id "sidecar~10.0.0.2~up";
+            add_header x-other "kept";
+            return 200 "md=$http_x_envoy_peer_metadata id=$http_x_envoy_peer_metadata_id other=$http_x_other";
+        }"#,
+    );
+    let server = AdsServer::start(ads_port, Snapshot::default());
+    let mut snapshot = resources(u32::from(listen), u32::from(up));
+    let mut l = http_listener("in", "127.0.0.1", u32::from(listen), "routes");
+    l.filter_chains[0].filters[0].config_type = Some(ConfigType::TypedConfig(any(
+        &sluice_xds::fixtures::istiod::outbound_hcm("routes"),
+    )));
+    snapshot.insert(ResourceType::Listener.type_url().to_owned(), vec![any(&l)]);
+    server.push(snapshot);
+    let config = format!(
+        r#"
+admin: {{ address: 127.0.0.1:{admin} }}
+xds: {{ cluster: xds_server }}
+listeners: []
+clusters:
+  - name: xds_server
+    hosts: [ {{ address: 127.0.0.1:{ads_port} }} ]
+"#
+    );
+    let sluice = start_sluice(&dir, &config, 1, addr(admin));
+    eventually("the config serves", &sluice, || get(addr(listen)).0 == 200);
+    let mut s = TcpStream::connect(addr(listen)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(
+        b"GET / HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\
+          x-envoy-peer-metadata: forged-node\r\n\
+          x-envoy-peer-metadata-id: sidecar~10.0.0.9~forged\r\nx-other: mine\r\n\r\n",
+    )
+    .unwrap();
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    let (head, body) = out.split_once("\r\n\r\n").expect("a response");
+    assert!(head.starts_with("HTTP/1.1 200 "), "{out}");
+    assert_eq!(body, "md= id= other=mine", "{out}");
+    let head = head.to_ascii_lowercase();
+    assert!(!head.contains("x-envoy-peer-metadata"), "{out}");
+    assert!(head.contains("\r\nx-other: kept"), "{out}");
 }

@@ -97,7 +97,7 @@ use std::time::{Duration, SystemTime};
 use sluice_core::cluster::HostId;
 use sluice_core::config::http::{
     ForwardAction, HttpCodec, HttpConfig, PathMatch, RouteAction, ServerHeader,
-    ServerHeaderTransformation,
+    ServerHeaderTransformation, upgrade_allowed,
 };
 use sluice_core::config::{ListenerConfig, ListenerFilter};
 use sluice_core::health::{Permit, Resource, UpstreamResult};
@@ -1475,23 +1475,24 @@ impl<N: Network> Engine<N> {
         };
         // An upgrade of a type the listener does not list: 403, and the connection closed
         // (what follows the head may be the upgraded protocol's bytes), as Envoy does.
-        if head.upgrade() {
-            let value = head.header(rbuf.bytes(), "upgrade").unwrap_or(b"");
-            if !self.upgrade_allowed(listener, value) {
-                if let Some(l) = self.listener_stats(listener) {
-                    bump(&l.http_upgrades_refused, 1);
-                }
-                return self
-                    .local_reply(
-                        scratch.grpc,
-                        down,
-                        out,
-                        403,
-                        ResponseFlag::UpgradeRefused,
-                        true,
-                    )
-                    .await;
+        // Every `Upgrade` field counts: the HTTP/1.1 writer forwards them all, and the
+        // upstream may pick any protocol they name.
+        if head.upgrade()
+            && !self.upgrade_allowed(listener, head.header_values(rbuf.bytes(), "upgrade"))
+        {
+            if let Some(l) = self.listener_stats(listener) {
+                bump(&l.http_upgrades_refused, 1);
             }
+            return self
+                .local_reply(
+                    scratch.grpc,
+                    down,
+                    out,
+                    403,
+                    ResponseFlag::UpgradeRefused,
+                    true,
+                )
+                .await;
         }
         match &route.route.action {
             RouteAction::DirectResponse { status, body } => {
@@ -1514,14 +1515,24 @@ impl<N: Network> Engine<N> {
                     PathMatch::Prefix(p) => Some(p.as_str()),
                     _ => None,
                 };
-                let server = match &self.slot_config(listener).filter {
-                    ListenerFilter::Http(hc) | ListenerFilter::Auto { http: hc, .. } => {
-                        hc.server_header.as_ref()
-                    }
+                let hc = match &self.slot_config(listener).filter {
+                    ListenerFilter::Http(hc) | ListenerFilter::Auto { http: hc, .. } => Some(hc),
                     _ => None,
                 };
+                let server = hc.and_then(|hc| hc.server_header.as_ref());
+                let upgrade_types = hc.and_then(|hc| hc.upgrade_types.as_deref());
                 self.forward(
-                    action, prefix, server, down, scratch, rbuf, head, ubuf, rhead, out,
+                    action,
+                    prefix,
+                    server,
+                    upgrade_types,
+                    down,
+                    scratch,
+                    rbuf,
+                    head,
+                    ubuf,
+                    rhead,
+                    out,
                 )
                 .await
             }
@@ -1571,11 +1582,12 @@ impl<N: Network> Engine<N> {
         )))
     }
 
-    /// Whether serving slot `slot`'s HTTP settings let an upgrade to `value` through.
-    fn upgrade_allowed(&self, slot: usize, value: &[u8]) -> bool {
+    /// Whether serving slot `slot`'s HTTP settings let an upgrade whose `Upgrade` fields are
+    /// `values` through.
+    fn upgrade_allowed<'v>(&self, slot: usize, values: impl Iterator<Item = &'v [u8]>) -> bool {
         match &self.slot_config(slot).filter {
             ListenerFilter::Http(hc) | ListenerFilter::Auto { http: hc, .. } => {
-                hc.upgrade_allowed(value)
+                hc.upgrade_allowed(values)
             }
             _ => true,
         }
@@ -1657,6 +1669,7 @@ impl<N: Network> Engine<N> {
         action: &ForwardAction,
         matched_prefix: Option<&str>,
         server: Option<&ServerHeader>,
+        upgrade_types: Option<&[String]>,
         down: &mut D,
         scratch: &mut Scratch,
         rbuf: &mut ReadBuffer,
@@ -1733,7 +1746,7 @@ impl<N: Network> Engine<N> {
         let client_cert = sluice_core::l7::xfcc::edit(
             scratch.forward_client_cert,
             scratch.client_cert.as_deref(),
-            head.header(rbuf.bytes(), sluice_core::l7::xfcc::XFCC),
+            head.header_values(rbuf.bytes(), sluice_core::l7::xfcc::XFCC),
             &mut scratch.xfcc,
         );
         let mut edits = HeaderEdits::new();
@@ -2190,7 +2203,7 @@ impl<N: Network> Engine<N> {
                             ubuf,
                             rhead,
                             head.method(),
-                            head.upgrade(),
+                            head.upgrade().then_some(upgrade_types),
                             &mut too_many_interim,
                         );
                         match self
@@ -3016,13 +3029,15 @@ where
 
 /// Reads the response head into `ubuf`/`rhead`, skipping interim 1xx answers other than 101 —
 /// at most [`MAX_INTERIM_RESPONSES`] of them: one more is a protocol error (`too_many_interim`
-/// set). A 101 to a request that asked for no upgrade is a protocol error too.
+/// set). A 101 to a request that asked for no upgrade (`upgrade` `None`) is a protocol error
+/// too, and so is one to a protocol the listener's `upgrade_types` (`upgrade`'s value) does not
+/// list.
 async fn read_response_head<U>(
     up: &mut U,
     ubuf: &mut ReadBuffer,
     rhead: &mut Head,
     method: Method,
-    upgrade_requested: bool,
+    upgrade: Option<Option<&[String]>>,
     too_many_interim: &mut bool,
 ) -> Result<(), TryFailure>
 where
@@ -3042,10 +3057,17 @@ where
                     ubuf.consume(rhead.head_len());
                     continue;
                 }
-                if status == 101 && !upgrade_requested {
-                    // Switching protocols for a request that asked for no upgrade: the
-                    // connection would carry something neither side agreed on.
-                    return Err(TryFailure::ProtocolError);
+                if status == 101 {
+                    // Switching protocols for a request that asked for no upgrade, or to a
+                    // protocol the listener does not tunnel: the connection would carry
+                    // something neither side agreed on.
+                    let Some(types) = upgrade else {
+                        return Err(TryFailure::ProtocolError);
+                    };
+                    let switched_to = rhead.header_values(ubuf.bytes(), "upgrade");
+                    if !upgrade_allowed(types, switched_to) {
+                        return Err(TryFailure::ProtocolError);
+                    }
                 }
                 return Ok(());
             }

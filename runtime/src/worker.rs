@@ -751,7 +751,7 @@ mod tests {
         });
     }
 
-    /// A cluster of no hosts (an EDS assignment with no usable endpoint: a service with no
+    /// A cluster of no hosts (an EDS assignment that lists no endpoint: a service with no
     /// ready pod) closes a TCP proxy's connections; an endpoints-only update that brings a
     /// host fills it in place (its spare ids), without a new generation, and the next
     /// connection reaches that host.

@@ -84,15 +84,44 @@ impl ForwardedProto {
 }
 
 impl HttpConfig {
-    /// Whether an upgrade request whose `Upgrade` field is `value` may be tunnelled.
+    /// Whether an upgrade whose `Upgrade` fields are `values` (every one the message carries)
+    /// may be tunnelled; see [`upgrade_allowed`].
     #[must_use]
-    pub fn upgrade_allowed(&self, value: &[u8]) -> bool {
-        self.upgrade_types.as_ref().is_none_or(|types| {
-            types
-                .iter()
-                .any(|t| t.as_bytes().eq_ignore_ascii_case(value.trim_ascii()))
-        })
+    pub fn upgrade_allowed<'v>(&self, values: impl IntoIterator<Item = &'v [u8]>) -> bool {
+        upgrade_allowed(self.upgrade_types.as_deref(), values)
     }
+}
+
+/// Whether an upgrade whose `Upgrade` fields are `values` may be tunnelled under
+/// `upgrade_types` (`None`: every type). With a list, every protocol the fields name — each
+/// field's comma-separated elements, trimmed, compared case-insensitively — must be listed,
+/// and at least one must be named: a request cannot slip a second protocol past the check in
+/// another element or another `Upgrade` field (the upstream would be free to pick it). Envoy
+/// joins repeated fields into one value, which then matches no type: refused too.
+#[must_use]
+pub fn upgrade_allowed<'v>(
+    types: Option<&[String]>,
+    values: impl IntoIterator<Item = &'v [u8]>,
+) -> bool {
+    let Some(types) = types else {
+        return true;
+    };
+    let mut named = false;
+    for value in values {
+        for token in value.split(|&b| b == b',').map(<[u8]>::trim_ascii) {
+            if token.is_empty() {
+                continue;
+            }
+            if !types
+                .iter()
+                .any(|t| t.as_bytes().eq_ignore_ascii_case(token))
+            {
+                return false;
+            }
+            named = true;
+        }
+    }
+    named
 }
 
 /// `listeners[].http.server_name` and `server_header_transformation`.
@@ -256,8 +285,10 @@ pub struct HttpConfig {
     pub forwarded_proto: ForwardedProto,
     /// Which HTTP/1.1 upgrades (`Upgrade:` with `Connection: upgrade`) are tunnelled, by
     /// `Upgrade` value (lowercase, compared case-insensitively): `None` (the key left out),
-    /// every one; otherwise only those listed, and another is answered 403 and the connection
-    /// closed (Envoy's `upgrade_configs`).
+    /// every one; otherwise only those listed — every protocol a request's `Upgrade` fields
+    /// name must be (see [`upgrade_allowed`]) —, and another is answered 403 and the
+    /// connection closed (Envoy's `upgrade_configs`); an upstream's 101 to another is a
+    /// protocol error (502).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub upgrade_types: Option<Vec<String>>,
     /// The `server` header of the responses forwarded to clients (Envoy's `server_name` and

@@ -720,8 +720,10 @@ pub struct ClusterConfig {
     pub panic_threshold_percent: u32,
     /// Where its hosts come from (`type`).
     pub kind: ClusterKind,
-    /// The hosts; never empty for a [`ClusterKind::Static`] cluster, always empty for an
-    /// [`ClusterKind::OriginalDst`] one and for a DNS one (whose hosts are resolved: `dns`).
+    /// The hosts; empty for a [`ClusterKind::Static`] cluster of no hosts (`hosts: []`,
+    /// istiod's `BlackHoleCluster`: every request to it answered 503, every TCP connection
+    /// closed), always empty for an [`ClusterKind::OriginalDst`] one and for a DNS one (whose
+    /// hosts are resolved: `dns`).
     pub hosts: Vec<HostConfig>,
     /// The names a [`ClusterKind::StrictDns`] or [`ClusterKind::LogicalDns`] cluster resolves
     /// and how; `None` for the other types.

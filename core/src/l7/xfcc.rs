@@ -65,12 +65,14 @@ pub enum Edit<'a> {
 }
 
 /// The edit for a request: `mode`, the connection's element when it is mTLS (`None`
-/// otherwise; empty when the mode writes none), the client's header (`existing`), and `buf`
-/// (reused) for an appended value.
-pub fn edit<'a>(
+/// otherwise; empty when the mode writes none), the values of every XFCC field the client
+/// sent (`existing`, in order), and `buf` (reused) for an appended value. With
+/// `append_forward` the client's fields are joined with `,` (as Envoy joins repeated fields)
+/// and the element appended: one field replaces them all, none of their elements lost.
+pub fn edit<'a, 'b>(
     mode: ForwardClientCert,
     mtls_element: Option<&'a [u8]>,
-    existing: Option<&[u8]>,
+    existing: impl IntoIterator<Item = &'b [u8]>,
     buf: &'a mut Vec<u8>,
 ) -> Edit<'a> {
     match (mode, mtls_element) {
@@ -78,16 +80,24 @@ pub fn edit<'a>(
         (ForwardClientCert::Sanitize, _) | (_, None) => Edit::Remove,
         (ForwardClientCert::ForwardOnly, Some(_)) => Edit::Keep,
         (ForwardClientCert::SanitizeSet, Some(e)) => Edit::Set(e),
-        (ForwardClientCert::AppendForward, Some(e)) => match existing {
-            Some(old) if !old.is_empty() => {
-                buf.clear();
+        (ForwardClientCert::AppendForward, Some(e)) => {
+            buf.clear();
+            for old in existing.into_iter().map(<[u8]>::trim_ascii) {
+                if old.is_empty() {
+                    continue;
+                }
+                if !buf.is_empty() {
+                    buf.push(b',');
+                }
                 buf.extend_from_slice(old);
-                buf.push(b',');
-                buf.extend_from_slice(e);
-                Edit::Set(buf)
             }
-            _ => Edit::Set(e),
-        },
+            if buf.is_empty() {
+                return Edit::Set(e);
+            }
+            buf.push(b',');
+            buf.extend_from_slice(e);
+            Edit::Set(buf)
+        }
     }
 }
 
@@ -144,6 +154,7 @@ mod tests {
         let mut buf = Vec::new();
         let e = Some(b"By=a;Hash=b".as_slice());
         let old = Some(b"Hash=x".as_slice());
+        let none: Option<&[u8]> = None;
         assert_eq!(edit(Sanitize, e, old, &mut buf), Edit::Remove);
         assert_eq!(edit(ForwardOnly, e, old, &mut buf), Edit::Keep);
         assert_eq!(edit(ForwardOnly, None, old, &mut buf), Edit::Remove);
@@ -154,13 +165,24 @@ mod tests {
         );
         assert_eq!(edit(SanitizeSet, None, old, &mut buf), Edit::Remove);
         assert_eq!(
-            edit(AppendForward, e, None, &mut buf),
+            edit(AppendForward, e, none, &mut buf),
             Edit::Set(b"By=a;Hash=b")
         );
         assert_eq!(edit(AppendForward, None, old, &mut buf), Edit::Remove);
         assert_eq!(
             edit(AppendForward, e, old, &mut buf),
             Edit::Set(b"Hash=x,By=a;Hash=b")
+        );
+        // Every field the client sent, joined with `,` in order (Envoy joins repeated
+        // fields); empty ones add nothing.
+        let two = [b"Hash=x".as_slice(), b"", b" By=y;Hash=z "];
+        assert_eq!(
+            edit(AppendForward, e, two, &mut buf),
+            Edit::Set(b"Hash=x,By=y;Hash=z,By=a;Hash=b")
+        );
+        assert_eq!(
+            edit(AppendForward, e, [b"".as_slice()], &mut buf),
+            Edit::Set(b"By=a;Hash=b")
         );
     }
 }

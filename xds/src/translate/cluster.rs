@@ -8,9 +8,11 @@
 //! (consecutive 5xx and gateway failures with their `enforcing_*` at 0 or 100, ejection times and
 //! percentage); `circuit_breakers` (DEFAULT priority); `common_lb_config.healthy_panic_threshold`.
 //! Endpoints: every locality of priority 0, hosts whose `health_status` is UNHEALTHY, DRAINING
-//! or TIMEOUT left out, `load_balancing_weight` kept; an assignment with no usable host (or a
-//! STATIC cluster without `load_assignment`, istiod's `BlackHoleCluster`) is a cluster of no
-//! hosts, as in Envoy: HTTP requests to it are answered 503, TCP connections closed. The upstream HTTP version
+//! or TIMEOUT left out, `load_balancing_weight` kept; an assignment that lists no endpoint (or
+//! a STATIC cluster without `load_assignment`, istiod's `BlackHoleCluster`) is a cluster of no
+//! hosts, as in Envoy: HTTP requests to it are answered 503, TCP connections closed; one that
+//! lists endpoints none of which is usable is refused (NACKed, the last hosts kept: Envoy
+//! would send to all of them in panic mode, not answer 503). The upstream HTTP version
 //! (`HttpProtocolOptions`: `explicit_http_config` → `http1` / `http2`,
 //! `use_downstream_protocol_config` → `downstream`) becomes `protocol`, HTTP/2 keepalive
 //! `http2.connection_keepalive`; other protocol options are noted, telemetry fields ignored.
@@ -408,8 +410,11 @@ pub(crate) fn config_source(source: &ConfigSource, at: &At<'_>) -> Result<(), Tr
     reject_rest(&rest, at)
 }
 
-/// The usable hosts of an assignment: priority 0, not UNHEALTHY / DRAINING / TIMEOUT (none is
-/// a cluster of no hosts).
+/// The usable hosts of an assignment: priority 0, not UNHEALTHY / DRAINING / TIMEOUT. An
+/// assignment that lists no endpoint is a cluster of no hosts; one that lists endpoints of
+/// which none is usable is refused (NACKed: the last hosts stay) — Envoy keeps such hosts and,
+/// at 0 % healthy, sends to all of them (panic mode), which keeping the last ones is closer
+/// to than answering every request 503.
 fn hosts(
     cla: &ClusterLoadAssignment,
     at: &At<'_>,
@@ -426,6 +431,7 @@ fn hosts(
     let localities = take(&mut rest.endpoints);
     reject_rest(&rest, at)?;
     let mut out = Vec::new();
+    let mut listed = 0usize;
     for (i, mut locality) in localities.into_iter().enumerate() {
         let l_at = at.field("endpoints").index(i);
         if take(&mut locality.priority) != 0 {
@@ -479,6 +485,7 @@ fn hosts(
                 HealthStatus::try_from(status),
                 Ok(HealthStatus::Unhealthy | HealthStatus::Draining | HealthStatus::Timeout)
             );
+            listed += 1;
             if usable {
                 out.push(object([
                     ("address", Some(json!(address))),
@@ -487,6 +494,13 @@ fn hosts(
                 ]));
             }
         }
+    }
+    if listed > 0 && out.is_empty() {
+        return Err(at.error(
+            "no usable endpoint (every host is UNHEALTHY, DRAINING or TIMEOUT; an assignment \
+             that lists endpoints needs at least one usable — one that lists none is a cluster \
+             of no hosts)",
+        ));
     }
     Ok(out)
 }

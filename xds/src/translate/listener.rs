@@ -14,8 +14,9 @@
 //! `server_name` and `server_header_transformation` (an empty name: none — Envoy would write
 //! `envoy`); `generate_request_id` (not false) and the UUID `request_id_extension`
 //! (its tracing fields noted); HTTP filters ending with the router, the no-op ones before it
-//! noted ([`super::http_filters`]: `grpc_stats`, Istio's stats, an empty `cors` or `fault`), any
-//! other filter only when `is_optional` or `disabled`) or a `TcpProxy` (`cluster`,
+//! noted ([`super::http_filters`]: `grpc_stats`, Istio's stats, an empty `cors` or `fault`;
+//! Istio's metadata exchange, noted, its `x-envoy-peer-metadata` headers removed by every
+//! forwarding route of the HCM), any other filter only when `is_optional` or `disabled`) or a `TcpProxy` (`cluster`,
 //! `idle_timeout`, `max_connect_attempts`). The chain's `transport_socket` (TLS,
 //! `DownstreamTlsContext`) becomes the listener's `tls` ([`super::tls`]).
 //!
@@ -675,6 +676,7 @@ fn http(
     reject_rest(&h, at)?;
     let f_at = at.field("http_filters");
     let mut router = false;
+    let mut strip_peer_metadata = false;
     for (i, mut f) in filters.into_iter().enumerate() {
         let named = At {
             path: format!("{}[{i}] ({})", f_at.path, f.name),
@@ -703,9 +705,11 @@ fn http(
         } else if f.is_optional || f.disabled {
             named.note(notes, "");
         } else if let Some(any) = &any
-            && super::http_filters::no_op(any, &named, notes)?
+            && let Some(accepted) = super::http_filters::no_op(any, &named, notes)?
         {
-            // grpc_stats, Istio's stats, an empty cors or fault: noted.
+            // grpc_stats, Istio's stats, an empty cors or fault: noted; Istio's metadata
+            // exchange: noted, its headers removed below.
+            strip_peer_metadata |= accepted == super::http_filters::Accepted::StripsPeerMetadata;
         } else {
             return Err(named.unsupported());
         }
@@ -713,7 +717,7 @@ fn http(
     if !router {
         return Err(f_at.error("the last filter must be the router (envoy.filters.http.router)"));
     }
-    let virtual_hosts = match route_specifier {
+    let mut virtual_hosts = match route_specifier {
         Some(RouteSpecifier::Rds(mut rds)) => {
             let r_at = at.field("rds");
             if let Some(s) = take(&mut rds.config_source) {
@@ -739,6 +743,9 @@ fn http(
         }
         None => return Err(at.error("no routes (rds or route_config)")),
     };
+    if strip_peer_metadata {
+        super::http_filters::strip_peer_metadata(&mut virtual_hosts);
+    }
     Ok(object([
         ("codec", codec),
         ("forwarded_proto", Some(json!(forwarded_proto))),

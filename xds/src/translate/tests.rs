@@ -301,21 +301,71 @@ fn the_config_validation_refuses_and_the_error_names_the_resource() {
     );
 }
 
-/// An assignment without a usable host (a service with no ready pod) is a cluster of no
-/// hosts, as in Envoy; one not received is still waited for.
+/// An assignment that lists no endpoint (a service with no ready pod), or only localities
+/// without endpoints, is a cluster of no hosts, as in Envoy. One that lists endpoints none of
+/// which is usable (every one UNHEALTHY, DRAINING or TIMEOUT) is NACKed, naming it — the last
+/// hosts stay, where Envoy would send to all of them in panic mode rather than answer 503 —;
+/// one usable host among them is enough. One not received is still waited for.
 #[test]
-fn an_eds_cluster_without_a_usable_host_has_no_hosts() {
+fn an_eds_cluster_without_a_usable_host_is_refused_and_one_without_endpoints_has_none() {
+    use envoy_types::pb::envoy::config::endpoint::v3::{
+        ClusterLoadAssignment, LocalityLbEndpoints,
+    };
     let mut r = resources();
+    for statuses in [
+        &[HealthStatus::Unhealthy][..],
+        &[HealthStatus::Draining, HealthStatus::Timeout],
+        &[
+            HealthStatus::Unhealthy,
+            HealthStatus::Draining,
+            HealthStatus::Timeout,
+        ],
+    ] {
+        let hosts: Vec<_> = (0u32..)
+            .zip(statuses)
+            .map(|(i, s)| ("127.0.0.1", 8002 + i, *s as i32))
+            .collect();
+        r.endpoints.insert("web".into(), assignment("web", &hosts));
+        assert_eq!(
+            errors(&r),
+            [
+                "cluster_load_assignment \"web\": no usable endpoint (every host is UNHEALTHY, \
+                 DRAINING or TIMEOUT; an assignment that lists endpoints needs at least one \
+                 usable — one that lists none is a cluster of no hosts)"
+            ],
+            "{statuses:?}"
+        );
+    }
     r.endpoints.insert(
         "web".into(),
         assignment(
             "web",
-            &[("127.0.0.1", 8002, HealthStatus::Unhealthy as i32)],
+            &[
+                ("127.0.0.1", 8002, HealthStatus::Unhealthy as i32),
+                ("127.0.0.1", 8003, HealthStatus::Unknown as i32),
+            ],
         ),
     );
     let a = assemble(&bootstrap(), &r).expect("accepted");
-    let web = a.config.clusters.iter().find(|c| c.name == "web");
-    assert!(web.is_some_and(|c| c.hosts.is_empty()), "{web:?}");
+    let web = a.config.clusters.iter().find(|c| c.name == "web").unwrap();
+    assert_eq!(web.hosts.len(), 1, "{web:?}");
+    for empty in [
+        assignment("web", &[]),
+        ClusterLoadAssignment {
+            cluster_name: "web".into(),
+            ..Default::default()
+        },
+        ClusterLoadAssignment {
+            cluster_name: "web".into(),
+            endpoints: vec![LocalityLbEndpoints::default(); 2],
+            ..Default::default()
+        },
+    ] {
+        r.endpoints.insert("web".into(), empty);
+        let a = assemble(&bootstrap(), &r).expect("accepted");
+        let web = a.config.clusters.iter().find(|c| c.name == "web");
+        assert!(web.is_some_and(|c| c.hosts.is_empty()), "{web:?}");
+    }
     r.endpoints.clear();
     assert_eq!(
         errors(&r),

@@ -150,7 +150,7 @@ fn istiods_virtual_inbound_translates_to_its_chains() {
             h.upgrade_types.as_deref(),
             Some(&["websocket".to_owned()][..])
         );
-        assert!(h.upgrade_allowed(b"WebSocket") && !h.upgrade_allowed(b"h2c"));
+        assert!(h.upgrade_allowed([&b"WebSocket"[..]]) && !h.upgrade_allowed([&b"h2c"[..]]));
         assert_eq!(
             h.forward_client_cert,
             sluice_core::config::http::ForwardClientCert::AppendForward
@@ -697,7 +697,7 @@ fn istiods_hcm_extras_are_honoured_or_noted() {
     let at = "listener \"virtualInbound\" filter_chains[7].filters[1].typed_config";
     for note in [
         format!(
-            "{at}.http_filters[0] (istio.metadata_exchange) (Istio peer metadata: telemetry only, no headers exchanged)"
+            "{at}.http_filters[0] (istio.metadata_exchange) (Istio peer metadata: none exchanged; x-envoy-peer-metadata and x-envoy-peer-metadata-id removed from requests and responses)"
         ),
         format!("{at}.http_filters[1] (envoy.filters.http.grpc_stats) (telemetry only)"),
         format!("{at}.http_filters[2] (envoy.filters.http.fault) (no fault configured: no effect)"),
@@ -776,4 +776,114 @@ fn istiods_outbound_hcm_is_accepted() {
         Some("istio-envoy")
     );
     assert_eq!(h.forward_client_cert, ForwardClientCert::Sanitize);
+}
+
+/// Istiod's HTTP metadata exchange filter removes `x-envoy-peer-metadata` and
+/// `x-envoy-peer-metadata-id` (Istio: from requests on inbound, from responses on outbound):
+/// an HCM that has it removes both from requests and responses on every route that forwards —
+/// the inbound chains' inline routes and the outbound listener's RDS ones, beside a route's
+/// own removals, on every virtual host; a direct response (no upstream) is left alone. Without
+/// the filter, nothing is removed.
+#[test]
+fn istiods_metadata_exchange_removes_the_peer_metadata_headers() {
+    use crate::fixtures::{http_listener, route_config};
+    use envoy_types::pb::envoy::config::listener::v3::filter::ConfigType;
+    use envoy_types::pb::envoy::config::route::v3::{
+        DirectResponseAction, Route, RouteMatch, route::Action as RAction,
+        route_match::PathSpecifier,
+    };
+    const PEER: [&str; 2] = ["x-envoy-peer-metadata", "x-envoy-peer-metadata-id"];
+    let outbound = |with_filter: bool| {
+        let mut r = resources();
+        let mut l = http_listener("0.0.0.0_9080", "127.0.0.1", 9080, "9080");
+        let mut h = istiod::outbound_hcm("9080");
+        if !with_filter {
+            h.http_filters
+                .retain(|f| f.name != "istio.metadata_exchange");
+        }
+        l.filter_chains[0].filters[0].config_type = Some(ConfigType::TypedConfig(any(&h)));
+        r.listeners.insert(l.name.clone(), l);
+        // Two virtual hosts: the first with a direct response before its route, the second
+        // with removals of its own (edits on a direct response's host would be refused).
+        let mut rc = route_config("9080", INBOUND);
+        let mut second = rc.virtual_hosts[0].clone();
+        second.name = "other".into();
+        second.domains = vec!["other.example".into()];
+        second.request_headers_to_remove = vec!["x-app-secret".into()];
+        second.response_headers_to_remove = vec!["X-Envoy-Peer-Metadata".into()];
+        rc.virtual_hosts[0].routes.insert(
+            0,
+            Route {
+                r#match: Some(RouteMatch {
+                    path_specifier: Some(PathSpecifier::Path("/healthz".into())),
+                    ..Default::default()
+                }),
+                action: Some(RAction::DirectResponse(DirectResponseAction {
+                    status: 200,
+                    ..Default::default()
+                })),
+                ..Default::default()
+            },
+        );
+        rc.virtual_hosts.push(second);
+        r.routes.insert("9080".into(), rc);
+        assemble(&bootstrap(), &r).expect("accepted")
+    };
+    let forwarding = |h: &sluice_core::config::http::HttpConfig| -> Vec<ForwardAction> {
+        let routes = h.virtual_hosts.iter().flat_map(|vh| &vh.routes);
+        routes
+            .filter_map(|r| match &r.action {
+                RouteAction::Forward(a) => Some(a.clone()),
+                RouteAction::DirectResponse { .. } => None,
+            })
+            .collect()
+    };
+    // Inbound: every HTTP chain of virtualInbound (inline routes).
+    let a = assemble(&bootstrap(), &resources()).expect("accepted");
+    for i in [1, 2, 6, 7] {
+        let Filt::Http(h) = &a.config.listeners[0].filter_chains[i].filter else {
+            panic!("chain {i}");
+        };
+        let routes = forwarding(h);
+        assert!(!routes.is_empty(), "chain {i}");
+        for f in routes {
+            assert_eq!(f.request_headers_to_remove, PEER, "chain {i}");
+            assert_eq!(f.response_headers_to_remove, PEER, "chain {i}");
+        }
+    }
+    // Outbound, over RDS: every forwarding route of both virtual hosts, beside their own.
+    let out = |a: &Assembled| {
+        let l = a
+            .config
+            .listeners
+            .iter()
+            .find(|l| l.name == "0.0.0.0_9080")
+            .expect("the outbound listener");
+        let Filt::Http(h) = &l.filter else {
+            panic!("{:?}", l.filter)
+        };
+        h.clone()
+    };
+    let h = out(&outbound(true));
+    assert_eq!(h.virtual_hosts.len(), 2);
+    assert!(matches!(
+        h.virtual_hosts[0].routes[0].action,
+        RouteAction::DirectResponse { .. }
+    ));
+    let f = forwarding(&h);
+    assert_eq!(f.len(), 2);
+    assert_eq!(f[0].request_headers_to_remove, PEER);
+    assert_eq!(f[0].response_headers_to_remove, PEER);
+    assert_eq!(
+        f[1].request_headers_to_remove,
+        ["x-app-secret", PEER[0], PEER[1]]
+    );
+    assert_eq!(f[1].response_headers_to_remove, PEER, "listed once");
+    // Without the filter: only the routes' own removals.
+    let h = out(&outbound(false));
+    let f = forwarding(&h);
+    assert!(f[0].request_headers_to_remove.is_empty());
+    assert!(f[0].response_headers_to_remove.is_empty());
+    assert_eq!(f[1].request_headers_to_remove, ["x-app-secret"]);
+    assert_eq!(f[1].response_headers_to_remove, ["x-envoy-peer-metadata"]);
 }

@@ -1031,13 +1031,25 @@ fn upgrade_types_list_the_upgrades_tunnelled() {
     };
     let any = http(&config(""));
     assert_eq!(any.upgrade_types, None);
-    assert!(any.upgrade_allowed(b"websocket") && any.upgrade_allowed(b"h2c"));
+    let one = |v: &'static [u8]| [v];
+    assert!(any.upgrade_allowed(one(b"websocket")) && any.upgrade_allowed(one(b"h2c")));
+    assert!(any.upgrade_allowed([b"websocket".as_slice(), b"h2c"]));
     let ws = http(&config("upgrade_types: [ WebSocket ], "));
     assert_eq!(ws.upgrade_types, Some(vec!["websocket".to_owned()]));
-    assert!(ws.upgrade_allowed(b"websocket") && ws.upgrade_allowed(b"WEBSOCKET "));
-    assert!(!ws.upgrade_allowed(b"h2c") && !ws.upgrade_allowed(b""));
+    assert!(ws.upgrade_allowed(one(b"websocket")) && ws.upgrade_allowed(one(b"WEBSOCKET ")));
+    assert!(!ws.upgrade_allowed(one(b"h2c")) && !ws.upgrade_allowed(one(b"")));
+    // Every protocol named must be listed: another element, or another field, refuses; an
+    // empty element is skipped, but some protocol must be named.
+    assert!(ws.upgrade_allowed(one(b"websocket, WebSocket")));
+    assert!(ws.upgrade_allowed(one(b"websocket,")));
+    assert!(!ws.upgrade_allowed(one(b"websocket, h2c")));
+    assert!(!ws.upgrade_allowed(one(b"h2c,websocket")));
+    assert!(!ws.upgrade_allowed([b"websocket".as_slice(), b"h2c"]));
+    assert!(!ws.upgrade_allowed([b"h2c".as_slice(), b"websocket"]));
+    assert!(ws.upgrade_allowed([b"websocket".as_slice(), b"websocket"]));
+    assert!(!ws.upgrade_allowed(one(b" , ")) && !ws.upgrade_allowed([]));
     let none = http(&config("upgrade_types: [], "));
-    assert!(!none.upgrade_allowed(b"websocket"));
+    assert!(!none.upgrade_allowed(one(b"websocket")));
     assert_eq!(
         errors(&config(
             "upgrade_types: [ websocket, WEBSOCKET, 'web socket' ], "
