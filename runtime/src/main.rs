@@ -405,7 +405,7 @@ mod tests {
             Ok(_) => panic!("not run"),
             Err(e) => Err(e.to_string()),
         };
-        assert_eq!(level("warning").as_deref(), Ok("warn"));
+        assert_eq!(level("warning").as_deref(), Ok("warn,rustls=error"));
         assert_eq!(level("critical").as_deref(), Ok("error"));
         assert_eq!(
             level("sluice_runtime=debug").as_deref(),
