@@ -7,12 +7,16 @@
 //! - a chain or bundle that parses has at least one certificate; every certificate of it can
 //!   be described or refused, and its SANs read or refused, alike (a certificate whose
 //!   description parses has readable SANs);
-//! - a described certificate's DNS SANs, lowercased, are the SANs the matcher reads.
+//! - a described certificate's DNS SANs, lowercased, are the SANs the matcher reads;
+//! - a certificate's identity for `x-forwarded-client-cert` (`peer_identity`) parses when its
+//!   description does, and its RFC 2253 subject is printable ASCII only (control bytes and
+//!   non-ASCII escaped as `\XX`), so it can never break the header it is written into.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
 use sluice_core::tls::pem::{
-    San, describe, describe_pem, parse_certificates, parse_chain, parse_key, subject_alt_names,
+    San, describe, describe_pem, parse_certificates, parse_chain, parse_key, peer_identity,
+    subject_alt_names,
 };
 
 fuzz_target!(|data: &[u8]| {
@@ -41,6 +45,17 @@ fuzz_target!(|data: &[u8]| {
 
 fn check_certificate(der: &[u8]) {
     let described = describe(der);
+    let identity = peer_identity(der);
+    if described.is_ok() {
+        assert!(identity.is_ok(), "described but no identity: {identity:?}");
+    }
+    if let Ok(id) = &identity {
+        assert!(
+            id.subject.bytes().all(|b| (0x20..0x7f).contains(&b)),
+            "subject with unescaped bytes: {:?}",
+            id.subject
+        );
+    }
     let sans = subject_alt_names(der);
     if let Ok(info) = &described {
         let sans = sans.expect("a described certificate has readable SANs");
