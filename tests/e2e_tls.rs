@@ -524,10 +524,12 @@ clusters: []
     }
 }
 
-/// `max_version`, `ecdh_curves` and resumption switched off, seen from OpenSSL: the version
-/// and group negotiated are the pinned ones, a client that offers nothing in common is
-/// refused with an alert, and a listener without tickets and cache resumes nothing — TLS 1.3
-/// nor 1.2 — while one with the defaults resumes both.
+/// `max_version`, `ecdh_curves`, `cipher_suites` and resumption switched off, seen from
+/// OpenSSL: the version, group and suite negotiated are the pinned ones, a client that offers
+/// nothing in common is refused with an alert, the defaults pick AES-128-GCM over OpenSSL's
+/// preference for AES-256-GCM (the listener's order wins, as in Envoy), and a listener
+/// without tickets and cache resumes nothing — TLS 1.3 nor 1.2 — while one with the defaults
+/// resumes both.
 #[test]
 fn tls_params_pin_version_and_group_and_resumption_can_be_turned_off() {
     if !require_peers(&["openssl"]) {
@@ -550,7 +552,7 @@ fn tls_params_pin_version_and_group_and_resumption_can_be_turned_off() {
 listeners:
   - name: pinned
     address: 127.0.0.1:{pinned}
-    tls: {{ {certs}, max_version: 1.2, ecdh_curves: [P-256] }}
+    tls: {{ {certs}, max_version: 1.2, ecdh_curves: [P-256], cipher_suites: [ECDHE-ECDSA-CHACHA20-POLY1305] }}
     {http}
   - name: no_resume
     address: 127.0.0.1:{no_resume}
@@ -568,6 +570,28 @@ clusters: []
     assert!(ok, "{text}");
     assert!(text.contains("Protocol version: TLSv1.2"), "{text}");
     assert!(text.contains("prime256v1"), "not P-256:\n{text}");
+    assert!(
+        text.contains("Ciphersuite: ECDHE-ECDSA-CHACHA20-POLY1305"),
+        "not the listed suite:\n{text}"
+    );
+    let (ok, text) = s_client(
+        pinned,
+        &["-brief", "-cipher", "ECDHE-ECDSA-AES128-GCM-SHA256"],
+    );
+    assert!(!ok && text.contains("alert"), "a suite not listed:\n{text}");
+    // OpenSSL offers AES-256-GCM first (TLS 1.3 and 1.2); the defaults choose AES-128-GCM.
+    let (ok, text) = s_client(defaults, &["-brief"]);
+    assert!(ok, "{text}");
+    assert!(
+        text.contains("Ciphersuite: TLS_AES_128_GCM_SHA256"),
+        "TLS 1.3 defaults:\n{text}"
+    );
+    let (ok, text) = s_client(defaults, &["-brief", "-tls1_2"]);
+    assert!(ok, "{text}");
+    assert!(
+        text.contains("Ciphersuite: ECDHE-ECDSA-AES128-GCM-SHA256"),
+        "TLS 1.2 defaults:\n{text}"
+    );
     let (ok, text) = s_client(pinned, &["-brief", "-groups", "X25519"]);
     assert!(!ok && text.contains("alert"), "X25519 only:\n{text}");
     let (ok, text) = s_client(pinned, &["-brief", "-tls1_3"]);

@@ -66,7 +66,8 @@ use rustls::{
     PeerIncompatible, RootCertStore, ServerConfig, SignatureScheme,
 };
 use sluice_core::config::tls::{
-    EcdhCurve, ListenerTls, MAX_PEM_BYTES, Pem, TlsVersion, UpstreamTls,
+    CipherSuite, EcdhCurve, ListenerTls, MAX_PEM_BYTES, Pem, TlsVersion, UpstreamTls,
+    effective_cipher_suites,
 };
 use sluice_core::config::{ClusterConfig, Config, ConfigError, HealthProbe};
 use sluice_core::tls::pem::{San, parse_certificates, parse_chain, parse_key, subject_alt_names};
@@ -78,6 +79,39 @@ use crate::tls_certs::CertFile;
 /// The crypto provider every TLS context uses.
 fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::aws_lc_rs::default_provider())
+}
+
+/// The provider with the suites a context enables, in its order of preference: the listed
+/// ones, a version of which none is listed keeping its defaults
+/// (`sluice_core::config::tls::effective_cipher_suites`).
+fn with_cipher_suites(
+    provider: Arc<CryptoProvider>,
+    listed: &[CipherSuite],
+) -> Arc<CryptoProvider> {
+    let mut p = Arc::unwrap_or_clone(provider);
+    p.cipher_suites = effective_cipher_suites(listed)
+        .into_iter()
+        .map(rustls_suite)
+        .collect();
+    Arc::new(p)
+}
+
+/// The provider's suite for a configured one.
+fn rustls_suite(suite: CipherSuite) -> rustls::SupportedCipherSuite {
+    use rustls::crypto::aws_lc_rs::cipher_suite as cs;
+    match suite {
+        CipherSuite::Tls13Aes128GcmSha256 => cs::TLS13_AES_128_GCM_SHA256,
+        CipherSuite::Tls13Aes256GcmSha384 => cs::TLS13_AES_256_GCM_SHA384,
+        CipherSuite::Tls13Chacha20Poly1305Sha256 => cs::TLS13_CHACHA20_POLY1305_SHA256,
+        CipherSuite::EcdheEcdsaAes128GcmSha256 => cs::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,
+        CipherSuite::EcdheEcdsaChacha20Poly1305 => {
+            cs::TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256
+        }
+        CipherSuite::EcdheRsaAes128GcmSha256 => cs::TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256,
+        CipherSuite::EcdheRsaChacha20Poly1305 => cs::TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256,
+        CipherSuite::EcdheEcdsaAes256GcmSha384 => cs::TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384,
+        CipherSuite::EcdheRsaAes256GcmSha384 => cs::TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384,
+    }
 }
 
 /// The provider's key exchange group for a configured curve.
@@ -821,15 +855,17 @@ pub fn client_config(
             position: None,
         }]
     })?;
-    let builder = ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| {
-            vec![ConfigError {
-                path: path.to_owned(),
-                message: e.to_string(),
-                position: None,
-            }]
-        })?;
+    // The client offers the suites in this order; the server's policy decides among them.
+    let builder =
+        ClientConfig::builder_with_provider(with_cipher_suites(provider, &tls.cipher_suites))
+            .with_safe_default_protocol_versions()
+            .map_err(|e| {
+                vec![ConfigError {
+                    path: path.to_owned(),
+                    message: e.to_string(),
+                    position: None,
+                }]
+            })?;
     let builder = if tls.verify_subject_alt_names.is_empty() {
         builder.with_webpki_verifier(webpki)
     } else {
@@ -1111,6 +1147,7 @@ pub fn server_config(tls: &ListenerTls, path: &str) -> Result<ServerConfig, Vec<
         p.kx_groups = tls.ecdh_curves.iter().map(|c| kx_group(*c)).collect();
         Arc::new(p)
     };
+    let provider = with_cipher_suites(provider, &tls.cipher_suites);
     let builder = ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(versions)
         .map_err(|e| {
@@ -1126,6 +1163,10 @@ pub fn server_config(tls: &ListenerTls, path: &str) -> Result<ServerConfig, Vec<
     };
     let mut config = builder.with_cert_resolver(Arc::new(SniResolver { certs }));
     config.alpn_protocols = tls.alpn.iter().map(|p| p.as_bytes().to_vec()).collect();
+    // The listener's order of suites wins over the client's, as in Envoy (BoringSSL servers):
+    // OpenSSL clients offer AES-256-GCM-SHA384 first, whose SHA-384 costs a server without
+    // SHA-512 instructions more per handshake than AES-128-GCM-SHA256's SHA-256.
+    config.ignore_client_order = true;
     if !tls.session_cache {
         config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
         if !tls.session_tickets {
@@ -1561,6 +1602,7 @@ mod tests {
             min_version: TlsVersion::Tls12,
             max_version: TlsVersion::Tls13,
             ecdh_curves: Vec::new(),
+            cipher_suites: Vec::new(),
             session_tickets: true,
             session_cache: true,
             handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
@@ -1626,13 +1668,175 @@ clusters:
     }
 }
 
+/// A whole handshake between a rustls client and server in memory; the server's side once
+/// done, or the first error either side met.
+#[cfg(test)]
+fn in_memory_handshake(
+    server: Arc<ServerConfig>,
+    client: Arc<ClientConfig>,
+) -> Result<rustls::ServerConnection, rustls::Error> {
+    use rustls::{ClientConnection, ServerConnection};
+    let mut c = ClientConnection::new(client, "localhost".try_into().unwrap())?;
+    let mut s = ServerConnection::new(server)?;
+    for _ in 0..10 {
+        let mut buf = Vec::new();
+        while c.wants_write() {
+            c.write_tls(&mut buf).unwrap();
+        }
+        if !buf.is_empty() {
+            s.read_tls(&mut &buf[..]).unwrap();
+            s.process_new_packets()?;
+        }
+        let mut buf = Vec::new();
+        while s.wants_write() {
+            s.write_tls(&mut buf).unwrap();
+        }
+        if !buf.is_empty() {
+            c.read_tls(&mut &buf[..]).unwrap();
+            c.process_new_packets()?;
+        }
+        if !c.is_handshaking() && !s.is_handshaking() && !s.wants_write() {
+            break;
+        }
+    }
+    Ok(s)
+}
+
+/// Which cipher suite a listener picks and which ones a cluster offers, with real rustls
+/// handshakes in memory.
+#[cfg(test)]
+mod cipher_suite_choice {
+    use super::*;
+    use rustls::crypto::aws_lc_rs::cipher_suite as cs;
+
+    fn listener(dir: &std::path::Path, extra: &str) -> Arc<ServerConfig> {
+        let yaml = format!(
+            "listeners:\n  - name: cipher_suite_choice\n    address: 127.0.0.1:1\n    tls:\n      certificates: [ {{ cert_chain: {d}/c.pem, private_key: {d}/k.pem }} ]\n{extra}    tcp_proxy: {{ cluster: a }}\nclusters:\n  - {{ name: a, hosts: [ {{ address: 127.0.0.1:9 }} ] }}\n",
+            d = dir.display()
+        );
+        let config = Config::from_yaml(&yaml).unwrap();
+        let built = acceptors(&config, None).unwrap();
+        built[0].as_ref().unwrap().config().clone()
+    }
+
+    /// A client that offers `suites` in that order, as OpenSSL offers AES-256 first.
+    fn client(
+        roots: &RootCertStore,
+        suites: &[rustls::SupportedCipherSuite],
+        tls12_only: bool,
+    ) -> Arc<ClientConfig> {
+        let mut p = (*provider()).clone();
+        p.cipher_suites = suites.to_vec();
+        let versions: &[&rustls::SupportedProtocolVersion] = if tls12_only {
+            &[&rustls::version::TLS12]
+        } else {
+            &[&rustls::version::TLS13, &rustls::version::TLS12]
+        };
+        Arc::new(
+            ClientConfig::builder_with_provider(Arc::new(p))
+                .with_protocol_versions(versions)
+                .unwrap()
+                .with_root_certificates(roots.clone())
+                .with_no_client_auth(),
+        )
+    }
+
+    fn negotiated(server: Arc<ServerConfig>, client: Arc<ClientConfig>) -> rustls::CipherSuite {
+        in_memory_handshake(server, client)
+            .unwrap()
+            .negotiated_cipher_suite()
+            .unwrap()
+            .suite()
+    }
+
+    /// The listener's order wins over the client's: by default AES-128-GCM (as Envoy), and
+    /// what `cipher_suites` lists otherwise; a TLS 1.2 client with no listed suite is refused;
+    /// a cluster offers its list (TLS 1.3 defaults kept when it lists only TLS 1.2 suites).
+    #[test]
+    fn the_listeners_order_picks_the_suite_and_a_cluster_offers_its_list() {
+        let dir = std::env::temp_dir().join(format!("sluice-suites-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+        std::fs::write(dir.join("c.pem"), cert.cert.pem()).unwrap();
+        std::fs::write(dir.join("k.pem"), cert.signing_key.serialize_pem()).unwrap();
+        let mut roots = RootCertStore::empty();
+        roots.add(cert.cert.der().clone()).unwrap();
+        let openssl_order = [
+            cs::TLS13_AES_256_GCM_SHA384,
+            cs::TLS13_CHACHA20_POLY1305_SHA256,
+            cs::TLS13_AES_128_GCM_SHA256,
+            cs::TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384,
+            cs::TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256,
+            cs::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,
+        ];
+        let defaults = listener(&dir, "");
+        assert_eq!(
+            negotiated(defaults.clone(), client(&roots, &openssl_order, false)),
+            rustls::CipherSuite::TLS13_AES_128_GCM_SHA256
+        );
+        assert_eq!(
+            negotiated(defaults, client(&roots, &openssl_order, true)),
+            rustls::CipherSuite::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256
+        );
+        let listed = listener(
+            &dir,
+            "      cipher_suites: [TLS_CHACHA20_POLY1305_SHA256, ECDHE-ECDSA-AES256-GCM-SHA384]\n",
+        );
+        assert_eq!(
+            negotiated(listed.clone(), client(&roots, &openssl_order, false)),
+            rustls::CipherSuite::TLS13_CHACHA20_POLY1305_SHA256
+        );
+        assert_eq!(
+            negotiated(listed.clone(), client(&roots, &openssl_order, true)),
+            rustls::CipherSuite::TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384
+        );
+        // A TLS 1.2 client that offers none of the listed TLS 1.2 suites is refused.
+        let refused = in_memory_handshake(
+            listed,
+            client(&roots, &[cs::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256], true),
+        );
+        assert!(
+            matches!(
+                refused,
+                Err(rustls::Error::PeerIncompatible(
+                    rustls::PeerIncompatible::NoCipherSuitesInCommon
+                ))
+            ),
+            "{refused:?}"
+        );
+        // A cluster offers what it lists; TLS 1.3's defaults stay with a TLS 1.2 list.
+        let yaml = format!(
+            "listeners:\n  - {{ name: l, address: 127.0.0.1:1, tcp_proxy: {{ cluster: a }} }}\nclusters:\n  - {{ name: a, hosts: [ {{ address: 127.0.0.1:9 }} ], tls: {{ ca: {d}/c.pem, sni: localhost, cipher_suites: [ECDHE-ECDSA-AES256-GCM-SHA384] }} }}\n",
+            d = dir.display()
+        );
+        let config = Config::from_yaml(&yaml).unwrap();
+        let (offered, _) = client_config(config.clusters[0].tls.as_deref().unwrap(), "c").unwrap();
+        let names: Vec<_> = offered
+            .crypto_provider()
+            .cipher_suites
+            .iter()
+            .map(|s| s.suite())
+            .collect();
+        assert_eq!(
+            names,
+            [
+                rustls::CipherSuite::TLS13_AES_128_GCM_SHA256,
+                rustls::CipherSuite::TLS13_AES_256_GCM_SHA384,
+                rustls::CipherSuite::TLS13_CHACHA20_POLY1305_SHA256,
+                rustls::CipherSuite::TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384
+            ]
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
+
 /// Resumption across reloads that change what a session was made under, with real rustls
 /// handshakes in memory through [`acceptors`] (the keys registry is process-wide, as in a
 /// running proxy).
 #[cfg(test)]
 mod resumption_across_reloads {
     use super::*;
-    use rustls::{ClientConfig, ClientConnection, HandshakeKind, ServerConnection};
+    use rustls::{ClientConfig, HandshakeKind};
 
     fn acceptor(dir: &std::path::Path, extra: &str) -> Arc<ServerConfig> {
         let yaml = format!(
@@ -1646,30 +1850,10 @@ mod resumption_across_reloads {
 
     /// One TLS 1.2 handshake; what kind it was.
     fn handshake(server: Arc<ServerConfig>, client: Arc<ClientConfig>) -> HandshakeKind {
-        let mut c = ClientConnection::new(client, "localhost".try_into().unwrap()).unwrap();
-        let mut s = ServerConnection::new(server).unwrap();
-        for _ in 0..10 {
-            let mut buf = Vec::new();
-            while c.wants_write() {
-                c.write_tls(&mut buf).unwrap();
-            }
-            if !buf.is_empty() {
-                s.read_tls(&mut &buf[..]).unwrap();
-                s.process_new_packets().unwrap();
-            }
-            let mut buf = Vec::new();
-            while s.wants_write() {
-                s.write_tls(&mut buf).unwrap();
-            }
-            if !buf.is_empty() {
-                c.read_tls(&mut &buf[..]).unwrap();
-                c.process_new_packets().unwrap();
-            }
-            if !c.is_handshaking() && !s.is_handshaking() && !s.wants_write() {
-                break;
-            }
-        }
-        s.handshake_kind().unwrap()
+        in_memory_handshake(server, client)
+            .unwrap()
+            .handshake_kind()
+            .unwrap()
     }
 
     /// A TLS 1.2 resumption makes no new key exchange, so a session made under a group list

@@ -456,6 +456,7 @@ mod tests {
             min_version: TlsVersion::Tls12,
             max_version: TlsVersion::Tls13,
             ecdh_curves: Vec::new(),
+            cipher_suites: Vec::new(),
             session_tickets: true,
             session_cache: true,
             handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,

@@ -51,6 +51,12 @@ pub struct ListenerTls {
     /// [`DEFAULT_ECDH_CURVES`]); among them the client's preference picks.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub ecdh_curves: Vec<EcdhCurve>,
+    /// The cipher suites accepted, in the listener's order of preference, which wins over the
+    /// client's (empty: [`DEFAULT_CIPHER_SUITES`]). TLS 1.3 and TLS 1.2 suites are listed
+    /// together; a list that names none of one version's suites leaves that version's
+    /// defaults ([`effective_cipher_suites`]).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub cipher_suites: Vec<CipherSuite>,
     /// Issue stateless session tickets (TLS 1.3 and 1.2) that a client resumes with
     /// (default `true`; Envoy's `disable_stateless_session_resumption` is its negation).
     #[serde(skip_serializing_if = "is_true")]
@@ -108,6 +114,231 @@ pub const DEFAULT_ECDH_CURVES: [EcdhCurve; 4] = [
     EcdhCurve::X25519,
     EcdhCurve::P256,
 ];
+
+/// A cipher suite Sluice negotiates (rustls with aws-lc-rs: AEAD suites only, ECDHE key
+/// exchange for TLS 1.2). TLS 1.2 suites are named as OpenSSL and BoringSSL name them (Envoy's
+/// `tls_params.cipher_suites`), TLS 1.3 suites by their IANA names.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub enum CipherSuite {
+    /// TLS 1.3 AES-128-GCM with SHA-256.
+    #[serde(rename = "TLS_AES_128_GCM_SHA256")]
+    Tls13Aes128GcmSha256,
+    /// TLS 1.3 AES-256-GCM with SHA-384.
+    #[serde(rename = "TLS_AES_256_GCM_SHA384")]
+    Tls13Aes256GcmSha384,
+    /// TLS 1.3 ChaCha20-Poly1305 with SHA-256.
+    #[serde(rename = "TLS_CHACHA20_POLY1305_SHA256")]
+    Tls13Chacha20Poly1305Sha256,
+    /// TLS 1.2 ECDHE, ECDSA certificate, AES-128-GCM.
+    #[serde(rename = "ECDHE-ECDSA-AES128-GCM-SHA256")]
+    EcdheEcdsaAes128GcmSha256,
+    /// TLS 1.2 ECDHE, ECDSA certificate, ChaCha20-Poly1305.
+    #[serde(rename = "ECDHE-ECDSA-CHACHA20-POLY1305")]
+    EcdheEcdsaChacha20Poly1305,
+    /// TLS 1.2 ECDHE, RSA certificate, AES-128-GCM.
+    #[serde(rename = "ECDHE-RSA-AES128-GCM-SHA256")]
+    EcdheRsaAes128GcmSha256,
+    /// TLS 1.2 ECDHE, RSA certificate, ChaCha20-Poly1305.
+    #[serde(rename = "ECDHE-RSA-CHACHA20-POLY1305")]
+    EcdheRsaChacha20Poly1305,
+    /// TLS 1.2 ECDHE, ECDSA certificate, AES-256-GCM.
+    #[serde(rename = "ECDHE-ECDSA-AES256-GCM-SHA384")]
+    EcdheEcdsaAes256GcmSha384,
+    /// TLS 1.2 ECDHE, RSA certificate, AES-256-GCM.
+    #[serde(rename = "ECDHE-RSA-AES256-GCM-SHA384")]
+    EcdheRsaAes256GcmSha384,
+}
+
+impl CipherSuite {
+    /// Every suite, with the name the config uses for it, in the default order.
+    pub const ALL: [(&'static str, CipherSuite); 9] = [
+        ("TLS_AES_128_GCM_SHA256", CipherSuite::Tls13Aes128GcmSha256),
+        ("TLS_AES_256_GCM_SHA384", CipherSuite::Tls13Aes256GcmSha384),
+        (
+            "TLS_CHACHA20_POLY1305_SHA256",
+            CipherSuite::Tls13Chacha20Poly1305Sha256,
+        ),
+        (
+            "ECDHE-ECDSA-AES128-GCM-SHA256",
+            CipherSuite::EcdheEcdsaAes128GcmSha256,
+        ),
+        (
+            "ECDHE-ECDSA-CHACHA20-POLY1305",
+            CipherSuite::EcdheEcdsaChacha20Poly1305,
+        ),
+        (
+            "ECDHE-RSA-AES128-GCM-SHA256",
+            CipherSuite::EcdheRsaAes128GcmSha256,
+        ),
+        (
+            "ECDHE-RSA-CHACHA20-POLY1305",
+            CipherSuite::EcdheRsaChacha20Poly1305,
+        ),
+        (
+            "ECDHE-ECDSA-AES256-GCM-SHA384",
+            CipherSuite::EcdheEcdsaAes256GcmSha384,
+        ),
+        (
+            "ECDHE-RSA-AES256-GCM-SHA384",
+            CipherSuite::EcdheRsaAes256GcmSha384,
+        ),
+    ];
+
+    /// Whether this is a TLS 1.3 suite (else TLS 1.2).
+    #[must_use]
+    pub fn is_tls13(self) -> bool {
+        matches!(
+            self,
+            CipherSuite::Tls13Aes128GcmSha256
+                | CipherSuite::Tls13Aes256GcmSha384
+                | CipherSuite::Tls13Chacha20Poly1305Sha256
+        )
+    }
+}
+
+/// The suites of a listener or cluster whose `tls` names none, in order of preference: for
+/// TLS 1.3 BoringSSL's order on a CPU with AES instructions (what Envoy negotiates: AES-128
+/// first, whose SHA-256 the CPU hashes in hardware where it has SHA instructions), for TLS 1.2
+/// Envoy's default `cipher_suites` (ECDHE with AEAD only, AES-128 and ChaCha20 before AES-256).
+pub const DEFAULT_CIPHER_SUITES: [CipherSuite; 9] = [
+    CipherSuite::Tls13Aes128GcmSha256,
+    CipherSuite::Tls13Aes256GcmSha384,
+    CipherSuite::Tls13Chacha20Poly1305Sha256,
+    CipherSuite::EcdheEcdsaAes128GcmSha256,
+    CipherSuite::EcdheEcdsaChacha20Poly1305,
+    CipherSuite::EcdheRsaAes128GcmSha256,
+    CipherSuite::EcdheRsaChacha20Poly1305,
+    CipherSuite::EcdheEcdsaAes256GcmSha384,
+    CipherSuite::EcdheRsaAes256GcmSha384,
+];
+
+/// TLS 1.2 suites that OpenSSL and BoringSSL know and Sluice does not negotiate (RSA key
+/// exchange without forward secrecy, CBC modes): a `cipher_suites` list may name them — Istio's
+/// inbound listeners list `AES128-GCM-SHA256` and `AES256-GCM-SHA384` — and they are skipped.
+pub const UNNEGOTIATED_CIPHER_SUITES: [&str; 12] = [
+    "AES128-GCM-SHA256",
+    "AES256-GCM-SHA384",
+    "AES128-SHA",
+    "AES256-SHA",
+    "ECDHE-ECDSA-AES128-SHA",
+    "ECDHE-ECDSA-AES256-SHA",
+    "ECDHE-RSA-AES128-SHA",
+    "ECDHE-RSA-AES256-SHA",
+    "PSK-AES128-CBC-SHA",
+    "PSK-AES256-CBC-SHA",
+    "ECDHE-PSK-AES128-CBC-SHA",
+    "ECDHE-PSK-CHACHA20-POLY1305",
+];
+
+/// Why a `cipher_suites` list is refused: the entry at `index` (`None`: the list as a whole)
+/// and what is wrong with it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CipherSuiteListError {
+    /// The offending entry's index in the list, or `None` for the list as a whole.
+    pub index: Option<usize>,
+    /// What is wrong, naming the suite.
+    pub message: String,
+}
+
+/// Reads a `cipher_suites` list (the YAML field and Envoy's `tls_params.cipher_suites` alike):
+/// names in order of preference, each a suite Sluice negotiates ([`CipherSuite::ALL`]) or a
+/// TLS 1.2 suite it knows and skips ([`UNNEGOTIATED_CIPHER_SUITES`]); BoringSSL's
+/// equal-preference groups (`[A|B]`, in Envoy's own default list) are read as their members
+/// in order (rustls has no equal preference). Refused: an empty list, an unknown name, a suite
+/// listed twice, a list left with no suite Sluice negotiates, and — where TLS 1.2 is admitted
+/// (`admits_tls12`) — a list naming TLS 1.2 suites none of which Sluice negotiates (every TLS
+/// 1.2 peer would be refused).
+///
+/// # Errors
+///
+/// The entry (or the list) that is refused and why.
+pub fn parse_cipher_suites<S: AsRef<str>>(
+    entries: &[S],
+    admits_tls12: bool,
+) -> Result<Vec<CipherSuite>, CipherSuiteListError> {
+    let whole = |message: &str| CipherSuiteListError {
+        index: None,
+        message: message.to_owned(),
+    };
+    if entries.is_empty() {
+        return Err(whole(
+            "must name at least one suite (leave it out for the defaults)",
+        ));
+    }
+    let mut suites = Vec::new();
+    let mut seen: Vec<&str> = Vec::new();
+    let mut names_tls12 = false;
+    for (i, entry) in entries.iter().enumerate() {
+        let entry = entry.as_ref();
+        let members: Vec<&str> = match entry.strip_prefix('[').and_then(|e| e.strip_suffix(']')) {
+            Some(group) => group.split('|').collect(),
+            None => vec![entry],
+        };
+        for name in members {
+            let at = |message: String| CipherSuiteListError {
+                index: Some(i),
+                message,
+            };
+            if seen.contains(&name) {
+                return Err(at(format!("{name:?} is listed twice")));
+            }
+            seen.push(name);
+            if let Some((_, suite)) = CipherSuite::ALL.iter().find(|(n, _)| *n == name) {
+                names_tls12 |= !suite.is_tls13();
+                suites.push(*suite);
+            } else if UNNEGOTIATED_CIPHER_SUITES.contains(&name) {
+                names_tls12 = true;
+            } else {
+                let known: Vec<&str> = CipherSuite::ALL.iter().map(|(n, _)| *n).collect();
+                return Err(at(format!(
+                    "unknown cipher suite {name:?} (Sluice negotiates {})",
+                    known.join(", ")
+                )));
+            }
+        }
+    }
+    if suites.is_empty() {
+        return Err(whole(
+            "names no suite Sluice negotiates (RSA key exchange and CBC suites are skipped)",
+        ));
+    }
+    if admits_tls12 && names_tls12 && suites.iter().all(|s| s.is_tls13()) {
+        return Err(whole(
+            "names TLS 1.2 suites, none of which Sluice negotiates (RSA key exchange and CBC \
+             suites are skipped), and TLS 1.2 is admitted: every TLS 1.2 peer would be \
+             refused; add an ECDHE AEAD suite (e.g. ECDHE-ECDSA-AES128-GCM-SHA256), or admit \
+             TLS 1.3 only",
+        ));
+    }
+    Ok(suites)
+}
+
+/// The suites a context enables, in order, for a configured list: the list's TLS 1.3 suites
+/// (or the default ones when it names none), then its TLS 1.2 suites (or the default ones when
+/// it names none) — as in Envoy, where `cipher_suites` orders TLS 1.2 and leaves TLS 1.3 to
+/// the library, a list of TLS 1.2 names does not turn TLS 1.3 off.
+#[must_use]
+pub fn effective_cipher_suites(listed: &[CipherSuite]) -> Vec<CipherSuite> {
+    let pick = |tls13: bool| {
+        let own: Vec<CipherSuite> = listed
+            .iter()
+            .copied()
+            .filter(|s| s.is_tls13() == tls13)
+            .collect();
+        if own.is_empty() {
+            DEFAULT_CIPHER_SUITES
+                .iter()
+                .copied()
+                .filter(|s| s.is_tls13() == tls13)
+                .collect()
+        } else {
+            own
+        }
+    };
+    let mut out = pick(true);
+    out.extend(pick(false));
+    out
+}
 
 /// The config dump leaves `require_client_certificate` out when it has its default, `true`:
 /// the config refuses the field on a listener without `client_ca`, where it is always `true`.
@@ -272,4 +503,8 @@ pub struct UpstreamTls {
     /// ALPN protocols offered (empty: none). When not given and an HTTP route or health check
     /// uses the cluster: `[http/1.1]` ([`DEFAULT_HTTP_UPSTREAM_ALPN`]).
     pub alpn: Vec<String>,
+    /// The cipher suites offered, in order (empty: [`DEFAULT_CIPHER_SUITES`]); as on a
+    /// listener, a version none of whose suites is listed keeps its defaults.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub cipher_suites: Vec<CipherSuite>,
 }

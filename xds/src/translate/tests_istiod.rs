@@ -176,6 +176,19 @@ fn istiods_virtual_inbound_translates_to_its_chains() {
         let t = l.filter_chains[i].tls.as_deref().unwrap();
         assert!(t.require_client_certificate && t.client_ca.is_some(), "{i}");
         assert_eq!(t.alpn, alpn, "{i}");
+        // istiod's cipher suites, in its order, but for its two RSA key exchange suites
+        // (no forward secrecy; rustls has none), which are skipped.
+        use sluice_core::config::tls::CipherSuite as S;
+        assert_eq!(
+            t.cipher_suites,
+            [
+                S::EcdheEcdsaAes256GcmSha384,
+                S::EcdheRsaAes256GcmSha384,
+                S::EcdheEcdsaAes128GcmSha256,
+                S::EcdheRsaAes128GcmSha256
+            ],
+            "{i}"
+        );
     }
 
     // What was ignored: the metadata exchange on every chain, the stats filter on the TCP

@@ -209,16 +209,30 @@ fn unsupported_tls_fields_and_sockets_are_refused_by_path() {
             "{at}.typed_config.allow_renegotiation: unsupported"
         )]
     );
+    // A cluster's cipher suites: what it offers, in order; a list of only suites Sluice does
+    // not negotiate (a CBC suite) is refused by path.
     let mut ciphers = with_ca(UpstreamTlsContext::default());
     ciphers.common_tls_context.as_mut().unwrap().tls_params = Some(TlsParameters {
         cipher_suites: vec!["AES128-SHA".into()],
         ..Default::default()
     });
+    let e = errors(&tls_cluster(tls_socket(&ciphers)));
+    assert!(
+        e.len() == 1
+            && e[0].starts_with(&format!(
+                "{at}.typed_config.common_tls_context.tls_params.cipher_suites: names no suite \
+                 Sluice negotiates"
+            )),
+        "{e:?}"
+    );
+    ciphers.common_tls_context.as_mut().unwrap().tls_params = Some(TlsParameters {
+        cipher_suites: vec!["AES128-SHA".into(), "ECDHE-RSA-AES128-GCM-SHA256".into()],
+        ..Default::default()
+    });
+    let c = assemble(&bootstrap(), &tls_cluster(tls_socket(&ciphers))).unwrap();
     assert_eq!(
-        errors(&tls_cluster(tls_socket(&ciphers))),
-        [format!(
-            "{at}.typed_config.common_tls_context.tls_params.cipher_suites: unsupported"
-        )]
+        c.config.clusters[0].tls.as_deref().unwrap().cipher_suites,
+        [sluice_core::config::tls::CipherSuite::EcdheRsaAes128GcmSha256]
     );
     let mut old = with_ca(UpstreamTlsContext::default());
     old.common_tls_context.as_mut().unwrap().tls_params = Some(TlsParameters {
@@ -447,6 +461,57 @@ fn session_and_per_request_sni_settings_are_refused_by_path_unless_default() {
     assert_eq!(
         e,
         [format!("{p_at}.ecdh_curves[1]: \"P-256\" is listed twice")]
+    );
+    // Cipher suites: istiod's inbound list (its two RSA key exchange suites skipped), in
+    // order; an unknown one and one listed twice (inside a BoringSSL group) by index.
+    let t = tls_of(&downstream(&params(TlsParameters {
+        cipher_suites: [
+            "ECDHE-ECDSA-AES256-GCM-SHA384",
+            "ECDHE-RSA-AES256-GCM-SHA384",
+            "ECDHE-ECDSA-AES128-GCM-SHA256",
+            "ECDHE-RSA-AES128-GCM-SHA256",
+            "AES256-GCM-SHA384",
+            "AES128-GCM-SHA256",
+        ]
+        .map(String::from)
+        .to_vec(),
+        ..Default::default()
+    })));
+    {
+        use sluice_core::config::tls::CipherSuite as S;
+        assert_eq!(
+            t.cipher_suites,
+            [
+                S::EcdheEcdsaAes256GcmSha384,
+                S::EcdheRsaAes256GcmSha384,
+                S::EcdheEcdsaAes128GcmSha256,
+                S::EcdheRsaAes128GcmSha256
+            ]
+        );
+    }
+    let e = errors(&downstream(&params(TlsParameters {
+        cipher_suites: vec!["ECDHE-ECDSA-AES128-GCM-SHA256".into(), "RC4-SHA".into()],
+        ..Default::default()
+    })));
+    assert!(
+        e.len() == 1
+            && e[0].starts_with(&format!(
+                "{p_at}.cipher_suites[1]: unknown cipher suite \"RC4-SHA\" (Sluice negotiates"
+            )),
+        "{e:?}"
+    );
+    let e = errors(&downstream(&params(TlsParameters {
+        cipher_suites: vec![
+            "[ECDHE-ECDSA-AES128-GCM-SHA256|ECDHE-ECDSA-CHACHA20-POLY1305]".into(),
+            "ECDHE-ECDSA-CHACHA20-POLY1305".into(),
+        ],
+        ..Default::default()
+    })));
+    assert_eq!(
+        e,
+        [format!(
+            "{p_at}.cipher_suites[1]: \"ECDHE-ECDSA-CHACHA20-POLY1305\" is listed twice"
+        )]
     );
     let e = errors(&downstream(&params(TlsParameters {
         tls_minimum_protocol_version: TlsProtocol::TlSv13 as i32,

@@ -8,15 +8,16 @@
 //! `default_validation_context` merged with the SDS one, as Istio sends) — whose `trusted_ca`
 //! becomes `ca` and whose exact DNS / URI SAN matchers (`match_typed_subject_alt_names`,
 //! `match_subject_alt_names`) become `verify_subject_alt_names`; `alpn_protocols`; `tls_params`
-//! versions within TLS 1.2–1.3; `max_session_keys` only at its default, 1. No CA is refused:
-//! Sluice never originates TLS to an unverified upstream.
+//! versions within TLS 1.2–1.3 and `cipher_suites`; `max_session_keys` only at its default,
+//! 1. No CA is refused: Sluice never originates TLS to an unverified upstream.
 //!
 //! On a filter chain (`DownstreamTlsContext` → `listeners[].tls`): the certificates (inline or
 //! SDS; several are chosen by SNI as in a file config), `require_client_certificate` (Envoy's
 //! default, `false`, is written out: the file's default is `true`), the validation context →
-//! `client_ca` and `verify_subject_alt_names`, `alpn_protocols`, `tls_params` versions and
-//! `ecdh_curves`, `disable_stateful_session_resumption` (→ `session_cache: false`) and
-//! `disable_stateless_session_resumption` (→ `session_tickets: false`). `session_timeout` is
+//! `client_ca` and `verify_subject_alt_names`, `alpn_protocols`, `tls_params` versions,
+//! `ecdh_curves` and `cipher_suites`, `disable_stateful_session_resumption` (→
+//! `session_cache: false`) and `disable_stateless_session_resumption` (→
+//! `session_tickets: false`). `session_timeout` is
 //! refused by path (resumption is Sluice's own, with a fixed lifetime), not ignored.
 //!
 //! PEM: a `filename` stays a file (read, checked and watched by the runtime); inline bytes or
@@ -42,7 +43,9 @@ use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{
 use envoy_types::pb::envoy::r#type::matcher::v3::{StringMatcher, string_matcher::MatchPattern};
 use prost::{Message, Name};
 use serde_json::{Map, Value, json};
-use sluice_core::config::tls::{EcdhCurve, ISTIO_PEER_EXCHANGE_ALPN, MAX_PEM_BYTES};
+use sluice_core::config::tls::{
+    EcdhCurve, ISTIO_PEER_EXCHANGE_ALPN, MAX_PEM_BYTES, parse_cipher_suites,
+};
 use sluice_core::tls::pem::{describe, parse_certificates, parse_chain, parse_key};
 
 use super::cluster::config_source;
@@ -128,6 +131,9 @@ pub(crate) fn upstream_tls(
     }
     if !c.alpn.is_empty() {
         m.insert("alpn".to_owned(), json!(c.alpn));
+    }
+    if !c.params.cipher_suites.is_empty() {
+        m.insert("cipher_suites".to_owned(), json!(c.params.cipher_suites));
     }
     Ok(Value::Object(m))
 }
@@ -219,6 +225,9 @@ pub(crate) fn downstream_tls(
     if !c.params.ecdh_curves.is_empty() {
         m.insert("ecdh_curves".to_owned(), json!(c.params.ecdh_curves));
     }
+    if !c.params.cipher_suites.is_empty() {
+        m.insert("cipher_suites".to_owned(), json!(c.params.cipher_suites));
+    }
     if no_tickets {
         m.insert("session_tickets".to_owned(), json!(false));
     }
@@ -268,6 +277,9 @@ struct Params {
     min_version: Option<&'static str>,
     max_version: Option<&'static str>,
     ecdh_curves: Vec<String>,
+    /// As given (names, and BoringSSL's `[A|B]` groups), each member a suite the config model
+    /// knows: the config's decoder skips the ones Sluice does not negotiate.
+    cipher_suites: Vec<String>,
 }
 
 fn common_context(
@@ -364,12 +376,14 @@ fn common_context(
 }
 
 /// Only TLS 1.2 and 1.3 exist here (rustls). On a listener: both versions and `ecdh_curves`
-/// (Envoy's names, in order); on a cluster: the minimum at 1.2 and the maximum at 1.3. No
-/// cipher or signature algorithm lists.
+/// (Envoy's names, in order); on a cluster: the minimum at 1.2 and the maximum at 1.3. On
+/// both: `cipher_suites` (checked by the config model's rules, named by index here). No
+/// signature algorithm lists.
 fn tls_params(mut p: TlsParameters, at: &At<'_>, side: Side) -> Result<Params, TranslateError> {
     let min = TlsProtocol::try_from(take(&mut p.tls_minimum_protocol_version));
     let max = TlsProtocol::try_from(take(&mut p.tls_maximum_protocol_version));
     let curves = take(&mut p.ecdh_curves);
+    let suites = take(&mut p.cipher_suites);
     reject_rest(&p, at)?;
     let mut params = Params::default();
     let max_at = at.field("tls_maximum_protocol_version");
@@ -429,6 +443,17 @@ fn tls_params(mut p: TlsParameters, at: &At<'_>, side: Side) -> Result<Params, T
             ));
         }
         params.ecdh_curves = curves;
+    }
+    if !suites.is_empty() {
+        // Checked here to name the field; the config's decoder reads the same list again.
+        if let Err(e) = parse_cipher_suites(&suites, params.min_version.is_none()) {
+            let s_at = at.field("cipher_suites");
+            return Err(match e.index {
+                Some(i) => s_at.index(i).error(e.message),
+                None => s_at.error(e.message),
+            });
+        }
+        params.cipher_suites = suites;
     }
     Ok(params)
 }

@@ -968,6 +968,129 @@ clusters:
 }
 
 #[test]
+fn cipher_suites_decode_in_order_skip_what_rustls_lacks_and_refuse_the_rest() {
+    use crate::config::tls::{CipherSuite, DEFAULT_CIPHER_SUITES, effective_cipher_suites};
+    // Istio's inbound list (two RSA key exchange suites skipped), Envoy's default with its
+    // equal-preference groups, TLS 1.3 names, and a cluster.
+    let good = r#"
+listeners:
+  - name: istio
+    address: 127.0.0.1:8443
+    tls:
+      certificates: [ { cert_chain: a.pem, private_key: a.key } ]
+      cipher_suites: [ECDHE-ECDSA-AES256-GCM-SHA384, ECDHE-RSA-AES256-GCM-SHA384, ECDHE-ECDSA-AES128-GCM-SHA256, ECDHE-RSA-AES128-GCM-SHA256, AES256-GCM-SHA384, AES128-GCM-SHA256]
+    tcp_proxy: { cluster: a }
+  - name: envoy
+    address: 127.0.0.1:8444
+    tls:
+      certificates: [ { cert_chain: a.pem, private_key: a.key } ]
+      cipher_suites: ["[ECDHE-ECDSA-AES128-GCM-SHA256|ECDHE-ECDSA-CHACHA20-POLY1305]", ECDHE-ECDSA-AES256-GCM-SHA384]
+    tcp_proxy: { cluster: a }
+  - name: t13
+    address: 127.0.0.1:8445
+    tls:
+      certificates: [ { cert_chain: a.pem, private_key: a.key } ]
+      cipher_suites: [TLS_CHACHA20_POLY1305_SHA256, TLS_AES_256_GCM_SHA384]
+    tcp_proxy: { cluster: a }
+  - name: d
+    address: 127.0.0.1:8446
+    tls: { certificates: [ { cert_chain: a.pem, private_key: a.key } ] }
+    tcp_proxy: { cluster: a }
+clusters:
+  - { name: a, hosts: [{ address: 127.0.0.1:9001 }], tls: { ca: ca.pem, sni: a.example, cipher_suites: [TLS_AES_256_GCM_SHA384] } }
+"#;
+    let c = Config::from_yaml(good).unwrap();
+    let tls = |i: usize| c.listeners[i].tls.as_deref().unwrap().cipher_suites.clone();
+    use CipherSuite as S;
+    assert_eq!(
+        tls(0),
+        [
+            S::EcdheEcdsaAes256GcmSha384,
+            S::EcdheRsaAes256GcmSha384,
+            S::EcdheEcdsaAes128GcmSha256,
+            S::EcdheRsaAes128GcmSha256
+        ]
+    );
+    assert_eq!(
+        tls(1),
+        [
+            S::EcdheEcdsaAes128GcmSha256,
+            S::EcdheEcdsaChacha20Poly1305,
+            S::EcdheEcdsaAes256GcmSha384
+        ]
+    );
+    assert!(tls(3).is_empty());
+    // A list of TLS 1.2 suites keeps TLS 1.3's defaults, and the other way round.
+    let istio = effective_cipher_suites(&tls(0));
+    assert_eq!(
+        istio[..4],
+        [
+            S::Tls13Aes128GcmSha256,
+            S::Tls13Aes256GcmSha384,
+            S::Tls13Chacha20Poly1305Sha256,
+            S::EcdheEcdsaAes256GcmSha384
+        ]
+    );
+    assert_eq!(istio.len(), 7);
+    let t13 = effective_cipher_suites(&tls(2));
+    assert_eq!(
+        t13[..2],
+        [S::Tls13Chacha20Poly1305Sha256, S::Tls13Aes256GcmSha384]
+    );
+    assert_eq!(t13[2..], DEFAULT_CIPHER_SUITES[3..]);
+    assert_eq!(effective_cipher_suites(&[]), DEFAULT_CIPHER_SUITES);
+    let cluster = c.clusters[0].tls.as_deref().unwrap();
+    assert_eq!(cluster.cipher_suites, [S::Tls13Aes256GcmSha384]);
+    let bad = r#"
+listeners:
+  - name: unknown
+    address: 127.0.0.1:8443
+    tls: { certificates: [ { cert_chain: a.pem, private_key: a.key } ], cipher_suites: [ECDHE-ECDSA-AES128-GCM-SHA256, DES-CBC3-SHA] }
+    tcp_proxy: { cluster: a }
+  - name: twice
+    address: 127.0.0.1:8444
+    tls: { certificates: [ { cert_chain: a.pem, private_key: a.key } ], cipher_suites: ["[ECDHE-ECDSA-AES128-GCM-SHA256|ECDHE-ECDSA-CHACHA20-POLY1305]", ECDHE-ECDSA-AES128-GCM-SHA256] }
+    tcp_proxy: { cluster: a }
+  - name: empty
+    address: 127.0.0.1:8445
+    tls: { certificates: [ { cert_chain: a.pem, private_key: a.key } ], cipher_suites: [] }
+    tcp_proxy: { cluster: a }
+  - name: only-skipped
+    address: 127.0.0.1:8446
+    tls: { certificates: [ { cert_chain: a.pem, private_key: a.key } ], cipher_suites: [AES128-GCM-SHA256] }
+    tcp_proxy: { cluster: a }
+  - name: no-tls12-left
+    address: 127.0.0.1:8447
+    tls: { certificates: [ { cert_chain: a.pem, private_key: a.key } ], cipher_suites: [TLS_AES_128_GCM_SHA256, AES128-GCM-SHA256] }
+    tcp_proxy: { cluster: a }
+  - name: tls13-only-may
+    address: 127.0.0.1:8448
+    tls: { certificates: [ { cert_chain: a.pem, private_key: a.key } ], min_version: 1.3, cipher_suites: [TLS_AES_128_GCM_SHA256, AES128-GCM-SHA256] }
+    tcp_proxy: { cluster: a }
+clusters:
+  - { name: a, hosts: [{ address: 127.0.0.1:9001 }], tls: { ca: ca.pem, sni: a.example, cipher_suites: [AES128-SHA] } }
+"#;
+    let errs = errors(bad);
+    assert!(
+        !errs.iter().any(|e| e.starts_with("listeners[5]")),
+        "a TLS 1.3-only listener needs no TLS 1.2 suite: {errs:#?}"
+    );
+    for want in [
+        "listeners[0].tls.cipher_suites[1]: unknown cipher suite \"DES-CBC3-SHA\" (Sluice negotiates TLS_AES_128_GCM_SHA256,",
+        "listeners[1].tls.cipher_suites[1]: \"ECDHE-ECDSA-AES128-GCM-SHA256\" is listed twice",
+        "listeners[2].tls.cipher_suites: must name at least one suite",
+        "listeners[3].tls.cipher_suites: names no suite Sluice negotiates",
+        "listeners[4].tls.cipher_suites: names TLS 1.2 suites, none of which Sluice negotiates",
+        "clusters[0].tls.cipher_suites: names no suite Sluice negotiates",
+    ] {
+        assert!(
+            errs.iter().any(|e| e.starts_with(want)),
+            "missing {want:?} in {errs:#?}"
+        );
+    }
+}
+
+#[test]
 fn listener_tls_decodes_with_defaults_and_reports_misuse_at_its_path() {
     let good = r#"
 listeners:

@@ -4,16 +4,19 @@
 //! non-empty; ALPN names 1..=255 bytes, unique; `require_client_certificate` and
 //! `verify_subject_alt_names` only with `client_ca`; SANs non-empty and unique; the handshake
 //! timeout > 0; `min_version` ≤ `max_version`; `ecdh_curves` known, unique, not empty, and not
-//! only TLS 1.3 groups on a listener held to TLS 1.2. The files themselves are read (and their PEM checked) by the runtime, which
-//! reports a problem at the same paths.
+//! only TLS 1.3 groups on a listener held to TLS 1.2; `cipher_suites` (listeners and clusters)
+//! known, unique, at least one negotiated, and a TLS 1.2 one where TLS 1.2 suites are named and
+//! TLS 1.2 is admitted. The files themselves are read (and their PEM checked) by the runtime,
+//! which reports a problem at the same paths.
 
 use serde_json::Value;
 
 use super::decoder::Decoder;
 use crate::config::http::HttpCodec;
 use crate::config::tls::{
-    CertificateFiles, DEFAULT_HANDSHAKE_TIMEOUT, EcdhCurve, ISTIO_PEER_EXCHANGE_ALPN, ListenerTls,
-    MAX_PEM_BYTES, Pem, TlsVersion, UpstreamTls, default_listener_alpn,
+    CertificateFiles, CipherSuite, DEFAULT_HANDSHAKE_TIMEOUT, EcdhCurve, ISTIO_PEER_EXCHANGE_ALPN,
+    ListenerTls, MAX_PEM_BYTES, Pem, TlsVersion, UpstreamTls, default_listener_alpn,
+    parse_cipher_suites,
 };
 
 /// `codec`: the listener's HTTP codec (`None`: not an HTTP listener), which gives the default
@@ -187,6 +190,10 @@ pub(super) fn decode_listener_tls(
         }),
         None => Some(Vec::new()),
     };
+    let cipher_suites = match obj.opt("cipher_suites") {
+        Some((v, p)) => cipher_suites(dec, &p, v, min_version == Some(TlsVersion::Tls12)),
+        None => Some(Vec::new()),
+    };
     let session_tickets = match obj.opt("session_tickets") {
         Some((v, p)) => dec.boolean(&p, v),
         None => Some(true),
@@ -216,6 +223,7 @@ pub(super) fn decode_listener_tls(
         min_version: min_version?,
         max_version: max_version?,
         ecdh_curves: ecdh_curves?,
+        cipher_suites: cipher_suites?,
         session_tickets: session_tickets?,
         session_cache: session_cache?,
         handshake_timeout: handshake_timeout?,
@@ -389,6 +397,11 @@ pub(super) fn decode_upstream_tls(dec: &mut Decoder, path: &str, v: &Value) -> O
         }),
         None => Some(Vec::new()),
     };
+    // A cluster offers TLS 1.2 and 1.3.
+    let cipher_suites = match obj.opt("cipher_suites") {
+        Some((v, p)) => cipher_suites(dec, &p, v, true),
+        None => Some(Vec::new()),
+    };
     if matches!(sni, Some(None)) && matches!(&verify_subject_alt_names, Some(v) if v.is_empty()) {
         dec.error(
             path,
@@ -403,5 +416,34 @@ pub(super) fn decode_upstream_tls(dec: &mut Decoder, path: &str, v: &Value) -> O
         client_certificate: client_certificate?,
         verify_subject_alt_names: verify_subject_alt_names?,
         alpn: alpn?,
+        cipher_suites: cipher_suites?,
     })
+}
+
+/// `cipher_suites` ([`parse_cipher_suites`]); `tls12`: TLS 1.2 is admitted.
+fn cipher_suites(
+    dec: &mut Decoder,
+    path: &str,
+    v: &Value,
+    tls12: bool,
+) -> Option<Vec<CipherSuite>> {
+    let names = dec.list(path, v, |dec, path, v| {
+        let s = dec.string(path, v)?;
+        if s.is_empty() || s.len() > 512 {
+            dec.error(path, "a cipher suite is 1 to 512 bytes");
+            return None;
+        }
+        Some(s.to_owned())
+    })?;
+    match parse_cipher_suites(&names, tls12) {
+        Ok(suites) => Some(suites),
+        Err(e) => {
+            let at = match e.index {
+                Some(i) => format!("{path}[{i}]"),
+                None => path.to_owned(),
+            };
+            dec.error(&at, e.message);
+            None
+        }
+    }
 }
