@@ -511,14 +511,42 @@ def parse_wrk(text: str) -> dict:
     return out
 
 
+# The environment of the TLS clients (wrk over https, the openssl s_client probes): with
+# --tls-client-suites, an OpenSSL config that makes them offer only those suites, so that every
+# proxy negotiates the same one whatever its own preference (the servers are not touched).
+TLS_CLIENT_ENV: dict[str, str] = {}
+
+
+def write_client_suites_conf(suites: str, path: Path) -> None:
+    """An OpenSSL config whose default TLS client offers only `suites` (comma-separated: IANA
+    TLS 1.3 names go to Ciphersuites, OpenSSL TLS 1.2 names to CipherString)."""
+    names = [n.strip() for n in suites.split(",") if n.strip()]
+    tls13 = [n for n in names if n.startswith("TLS_")]
+    tls12 = [n for n in names if not n.startswith("TLS_")]
+    lines = ["openssl_conf = default_conf", "[default_conf]", "ssl_conf = ssl_sect",
+             "[ssl_sect]", "system_default = system_default_sect", "[system_default_sect]"]
+    if tls13:
+        lines.append("Ciphersuites = " + ":".join(tls13))
+    if tls12:
+        lines.append("CipherString = " + ":".join(tls12))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(lines) + "\n")
+    TLS_CLIENT_ENV["OPENSSL_CONF"] = str(path)
+
+
 def wrk_argv(port: int, conns: int, secs: int, host: str | None = None,
              https: bool = False, close: bool = False) -> list[str]:
     extra = ["-H", f"Host: {host}"] if host else []
     if close:
         extra += ["-H", "Connection: close"]
     scheme = "https" if https else "http"
-    return ["wrk", "-t1", f"-c{conns}", f"-d{secs}s", "--latency", *extra,
-            f"{scheme}://127.0.0.1:{port}/"]
+    env = [f"{k}={v}" for k, v in TLS_CLIENT_ENV.items()] if https else []
+    return [*(["env", *env] if env else []), "wrk", "-t1", f"-c{conns}", f"-d{secs}s",
+            "--latency", *extra, f"{scheme}://127.0.0.1:{port}/"]
+
+
+def _client_env() -> dict[str, str] | None:
+    return {**os.environ, **TLS_CLIENT_ENV} if TLS_CLIENT_ENV else None
 
 
 def https_get_ok(port: int, name: str, log_path: Path) -> None:
@@ -553,11 +581,11 @@ def tls_resumes(port: int, session: Path) -> bool:
             "bench.local", "-ign_eof"]
     try:
         subprocess.run(base + ["-sess_out", str(session)], input=req, capture_output=True,
-                       text=True, timeout=10)
+                       text=True, timeout=10, env=_client_env())
         if not session.exists():
             return False
         r = subprocess.run(base + ["-sess_in", str(session)], input=req, capture_output=True,
-                           text=True, timeout=10)
+                           text=True, timeout=10, env=_client_env())
     except (OSError, subprocess.TimeoutExpired) as e:
         raise HarnessError(f"openssl s_client on port {port} failed: {e}") from None
     return any(line.startswith("Reused, ") for line in r.stdout.splitlines())
@@ -569,7 +597,7 @@ def tls_negotiated(port: int) -> str:
     try:
         r = subprocess.run(["openssl", "s_client", "-brief", "-connect", f"127.0.0.1:{port}",
                             "-servername", "bench.local"], input="", capture_output=True,
-                           text=True, timeout=10)
+                           text=True, timeout=10, env=_client_env())
     except (OSError, subprocess.TimeoutExpired) as e:
         return f"openssl s_client failed: {e}"
     keep = ("Protocol version", "Ciphersuite", "Peer signature type", "Server Temp Key",
@@ -1359,8 +1387,11 @@ def render_report(args, runs: list[dict], header: dict) -> str:
                  "and `tune.ssl.cachesize 0`), and the resumed and keep-alive tests on the "
                  "default listeners; each listener was probed with `openssl s_client "
                  "-sess_out/-sess_in` before measuring (full: not resumed, default: resumed). "
-                 "Negotiated with OpenSSL's defaults, as wrk uses them (`openssl s_client "
-                 "-brief`):")
+                 + ("Negotiated with OpenSSL's defaults, as wrk uses them (`openssl s_client "
+                    "-brief`):" if not args.tls_client_suites else
+                    f"The clients (wrk and the probes) offered only `{args.tls_client_suites}` "
+                    "(`--tls-client-suites`, an OpenSSL config of theirs; the servers keep their "
+                    "own), so every proxy negotiated the same suite (`openssl s_client -brief`):"))
         L.append("")
         for test in TLS_TESTS:
             for w in args.only:
@@ -1607,6 +1638,11 @@ def parse_args(argv=None):
                     help="--mode http: one more L7 proxy to measure in the same run (repeatable); "
                          "{port} in CMD is the port it listens on (127.0.0.1), {upstream} the "
                          "backend's address")
+    ap.add_argument("--tls-client-suites", default="", metavar="LIST",
+                    help="--mode tls: the TLS clients (wrk, the s_client probes) offer only these "
+                         "suites (comma-separated; TLS_* names for TLS 1.3, OpenSSL names for "
+                         "TLS 1.2), so that every proxy negotiates the same one whatever its "
+                         "own preference (default: OpenSSL's defaults)")
     ap.add_argument("--smoke", action="store_true",
                     help="quick CI check: 2 s runs, 10 connections (--mode bolt: 2 s runs, "
                          "default connections and pipeline)")
@@ -1659,6 +1695,10 @@ def parse_args(argv=None):
     if a.nice is None:
         a.nice = -10 if os.geteuid() == 0 else 0
     a.out = a.out.resolve()
+    if a.tls_client_suites:
+        if a.mode != "tls":
+            ap.error("--tls-client-suites is for --mode tls")
+        write_client_suites_conf(a.tls_client_suites, a.out / "tls-client-openssl.cnf")
     a.sluice = a.sluice.resolve() if a.sluice.exists() else a.sluice
     a.bolt_load = a.bolt_load.resolve() if a.bolt_load.exists() else a.bolt_load
     return a
