@@ -569,3 +569,41 @@ fn every_relative_link_in_the_readme_and_the_book_resolves() {
     );
     assert!(broken.is_empty(), "broken links:\n{}", broken.join("\n"));
 }
+
+/// No table of the README, the book or BENCHMARKS.md is cut in two by a blank line: rows after
+/// it would render as a paragraph of pipes (a table starts with a header row and a `|---`
+/// separator row; a row that follows a blank line without them is a broken table's).
+#[test]
+fn no_table_is_broken_by_a_blank_line() {
+    let mut files = documents();
+    files.push(repo().join("BENCHMARKS.md"));
+    let mut broken = Vec::new();
+    for file in &files {
+        let text = std::fs::read_to_string(file).unwrap();
+        let lines = prose(&text);
+        for w in lines.windows(3) {
+            let [(_, before), (_, blank), (n, row)] = w else {
+                continue;
+            };
+            let next_is_separator =
+                lines
+                    .iter()
+                    .find(|(m, _)| *m == n + 1)
+                    .is_some_and(|(_, l)| {
+                        l.trim_start().starts_with("|-") || l.trim_start().starts_with("| -")
+                    });
+            if before.trim_start().starts_with('|')
+                && blank.trim().is_empty()
+                && row.trim_start().starts_with('|')
+                && !next_is_separator
+            {
+                broken.push(format!("{}:{n}: {row}", file.display()));
+            }
+        }
+    }
+    assert!(
+        broken.is_empty(),
+        "table rows after a blank line:\n{}",
+        broken.join("\n")
+    );
+}
