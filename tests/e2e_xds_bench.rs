@@ -3,7 +3,8 @@
 //! measured EDS push is ACKed, and `/clusters` lists that push's hosts as soon as its ACK
 //! arrives (the ACK follows the switch of every worker, which is what the benchmark's latency
 //! relies on); the clusters of the memory scenario are all served with their endpoints, and
-//! the last push of them is the one serving. The figures themselves are not asserted (a shared,
+//! the last push of them is the one serving; requests through a static listener are answered,
+//! none failing, with no push and during back-to-back pushes. The figures themselves are not asserted (a shared,
 //! busy machine): BENCHMARKS.md has them, from a release build.
 
 use sluice_benches::xds_load::{self, Options};
@@ -24,5 +25,13 @@ fn xds_load_smoke_measures_pushes_that_every_worker_took() {
     assert_eq!(report.clusters_seen, o.clusters);
     assert_eq!(report.clusters_latency.len(), o.cluster_pushes);
     assert!(report.rss_bootstrap_kib > 0 && report.rss_clusters_kib > 0);
+    // The traffic scenario: requests answered in both phases, none failed, and pushes were
+    // ACKed while they ran (the push phase measured what it says).
+    for t in [&report.traffic_quiet, &report.traffic_pushing] {
+        assert!(!t.latency.is_empty(), "{t:?}");
+        assert_eq!(t.errors, 0, "{t:?}");
+    }
+    assert_eq!(report.traffic_quiet.pushes, 0);
+    assert!(report.traffic_pushing.pushes > 0);
     let _ = std::fs::remove_dir_all(&o.work_dir);
 }

@@ -32,6 +32,7 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -69,6 +70,12 @@ pub struct Options {
     /// (the smoke test's check that the ACK follows the switch; its CPU is left out of the
     /// per-push figure).
     pub verify_each: bool,
+    /// The traffic scenario: seconds of HTTP requests measured without pushes, then as long
+    /// with back-to-back EDS pushes of `endpoints` endpoints.
+    pub traffic_secs: u64,
+    /// Keep-alive client connections of the traffic scenario (each sends its next request
+    /// when the previous answer is in).
+    pub traffic_connections: usize,
 }
 
 impl Options {
@@ -86,6 +93,8 @@ impl Options {
             cluster_pushes: 5,
             work_dir: std::env::temp_dir().join(format!("sluice-xds-load-{}", std::process::id())),
             verify_each: false,
+            traffic_secs: 5,
+            traffic_connections: 4,
         }
     }
 
@@ -99,6 +108,7 @@ impl Options {
             cluster_endpoints: 2,
             cluster_pushes: 2,
             verify_each: true,
+            traffic_secs: 1,
             ..Self::full(sluice)
         }
     }
@@ -145,6 +155,31 @@ pub struct Report {
     pub one_of_many_latency: Vec<Duration>,
     /// CPU (utime + stime) per such push.
     pub one_of_many_cpu: Duration,
+    /// The traffic scenario without pushes.
+    pub traffic_quiet: Traffic,
+    /// The traffic scenario during back-to-back EDS pushes.
+    pub traffic_pushing: Traffic,
+}
+
+/// Requests through a listener during one phase of the traffic scenario.
+#[derive(Clone, Debug, Default)]
+pub struct Traffic {
+    /// Each answered request's latency (write of the request → last byte of the answer).
+    pub latency: Vec<Duration>,
+    /// Requests that failed (an error, or an answer other than the backend's 200).
+    pub errors: usize,
+    /// EDS pushes ACKed during the phase.
+    pub pushes: usize,
+    /// The phase's length.
+    pub elapsed: Duration,
+}
+
+impl Traffic {
+    /// p50, p99, p99.9 and max latency.
+    #[must_use]
+    pub fn quantiles(&self) -> [Duration; 4] {
+        [0.5, 0.99, 0.999, 1.0].map(|q| quantile(&self.latency, q))
+    }
 }
 
 /// `q` (0..=1) of `xs`, nearest rank.
@@ -189,6 +224,18 @@ impl Report {
     #[must_use]
     pub fn json(&self) -> serde_json::Value {
         let f = |d: Duration| d.as_secs_f64() * 1e3;
+        let traffic: Vec<serde_json::Value> = [&self.traffic_quiet, &self.traffic_pushing]
+            .iter()
+            .map(|t| {
+                serde_json::json!({
+                    "requests": t.latency.len(),
+                    "errors": t.errors,
+                    "pushes": t.pushes,
+                    "elapsed_ms": f(t.elapsed),
+                    "p50_p99_p999_max_ms": t.quantiles().map(f),
+                })
+            })
+            .collect();
         serde_json::json!({
             "workers": self.options.workers,
             "endpoints": self.options.endpoints,
@@ -207,6 +254,7 @@ impl Report {
             "clusters_cpu_ms": f(self.clusters_cpu),
             "one_of_many_latency_ms": self.one_of_many_latency.iter().map(|d| f(*d)).collect::<Vec<_>>(),
             "one_of_many_cpu_ms": f(self.one_of_many_cpu),
+            "traffic": traffic,
         })
     }
 
@@ -307,6 +355,28 @@ impl Report {
             ),
             ms(self.one_of_many_cpu),
         );
+        for (phase, tr) in [
+            ("no push", &self.traffic_quiet),
+            ("back-to-back EDS pushes", &self.traffic_pushing),
+        ] {
+            let [p50, p99, p999, max] = tr.quantiles();
+            row(
+                format!(
+                    "HTTP requests through a static listener, {} keep-alive connections, {phase} \
+                     ({} pushes of {} endpoints ACKed): requests / errors; p50 / p99 / p99.9 / max",
+                    o.traffic_connections, tr.pushes, o.endpoints
+                ),
+                format!(
+                    "{} / {}; {} / {} / {} / {}",
+                    tr.latency.len(),
+                    tr.errors,
+                    ms(p50),
+                    ms(p99),
+                    ms(p999),
+                    ms(max)
+                ),
+            );
+        }
         t
     }
 }
@@ -502,6 +572,17 @@ impl Sluice {
     /// Starts `sluice run` with a bootstrap whose `xds:` cluster is `ads`, and waits for its
     /// admin API.
     fn start(o: &Options, name: &str, ads: SocketAddr) -> Result<Sluice, String> {
+        Self::start_with(o, name, ads, "listeners: []\nclusters:\n")
+    }
+
+    /// As [`Sluice::start`], the bootstrap's static listeners and clusters given: `statics`
+    /// ends in `clusters:` and its clusters' entries; the xDS cluster's follows.
+    fn start_with(
+        o: &Options,
+        name: &str,
+        ads: SocketAddr,
+        statics: &str,
+    ) -> Result<Sluice, String> {
         let admin = free_addr()?;
         let dir = o.work_dir.join(name);
         std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
@@ -510,7 +591,7 @@ impl Sluice {
             &config,
             format!(
                 "admin: {{ address: \"{admin}\" }}\nnode: {{ id: xds-load, cluster: bench }}\n\
-                 xds: {{ cluster: xds_server }}\nlisteners: []\nclusters:\n  - name: xds_server\n    \
+                 xds: {{ cluster: xds_server }}\n{statics}  - name: xds_server\n    \
                  protocol: http2\n    hosts: [ {{ address: \"{ads}\" }} ]\n"
             ),
         )
@@ -804,6 +885,7 @@ pub fn run(o: &Options) -> Result<Report, String> {
     std::fs::create_dir_all(&o.work_dir).map_err(|e| format!("{}: {e}", o.work_dir.display()))?;
     let eds = eds_scenario(o)?;
     let many = clusters_scenario(o)?;
+    let (traffic_quiet, traffic_pushing) = traffic_scenario(o)?;
     Ok(Report {
         options: o.clone(),
         eds_latency: eds.latency,
@@ -822,6 +904,8 @@ pub fn run(o: &Options) -> Result<Report, String> {
         clusters_cpu: many.cpu,
         one_of_many_latency: many.one_latency,
         one_of_many_cpu: many.one_cpu,
+        traffic_quiet,
+        traffic_pushing,
     })
 }
 
@@ -1034,4 +1118,193 @@ fn clusters_scenario(o: &Options) -> Result<ClusterFigures, String> {
         one_latency,
         one_cpu,
     })
+}
+
+/// Does a push stall the data path? A static HTTP listener and cluster in the bootstrap, to a
+/// backend in this process, carry requests from `o.traffic_connections` keep-alive
+/// connections for `o.traffic_secs`, first with no push, then while the server pushes a
+/// changed `o.endpoints`-endpoint assignment of an xDS cluster as fast as each is ACKed (each
+/// ACK follows every worker's switch). The traffic's path is untouched by the pushes: what
+/// its latency shows is what a push costs the workers' data path.
+fn traffic_scenario(o: &Options) -> Result<(Traffic, Traffic), String> {
+    let backend = Backend::start()?;
+    let server = Server::start()?;
+    let front = free_addr()?;
+    let statics = format!(
+        "listeners:\n  - name: live\n    address: \"{front}\"\n    http:\n      \
+         virtual_hosts: [ {{ name: all, domains: [\"*\"], routes: [ {{ match: {{ prefix: / }}, \
+         route: {{ cluster: live }} }} ] }} ]\nclusters:\n  - name: live\n    \
+         hosts: [ {{ address: \"{}\" }} ]\n",
+        backend.addr
+    );
+    let mut sluice = Sluice::start_with(o, "traffic", server.addr, &statics)?;
+    let listen = free_addr()?;
+    let v = server.push(one_cluster(listen, &hosts(o.endpoints, 0)));
+    server.wait_acked(v, ResourceType::Endpoints, &mut sluice)?;
+    // Warm-up: every connection answered.
+    run_traffic(
+        front,
+        o.traffic_connections,
+        Duration::from_millis(300),
+        || Ok(0),
+    )?;
+    let phase = Duration::from_secs(o.traffic_secs);
+    let quiet = run_traffic(front, o.traffic_connections, phase, || Ok(0))?;
+    let mut k = 0;
+    let pushing = run_traffic(front, o.traffic_connections, phase, || {
+        k += 1;
+        let v = server.push(one_cluster(listen, &hosts(o.endpoints, k)));
+        server.wait_acked(v, ResourceType::Endpoints, &mut sluice)?;
+        Ok(1)
+    })?;
+    sluice.check_alive()?;
+    Ok((quiet, pushing))
+}
+
+/// Requests from `connections` keep-alive connections to `front` for `length`, while the
+/// calling thread runs `between` over and over (a push and its ACK; it returns how many
+/// pushes it made; with none, it sleeps).
+fn run_traffic(
+    front: SocketAddr,
+    connections: usize,
+    length: Duration,
+    mut between: impl FnMut() -> Result<usize, String>,
+) -> Result<Traffic, String> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let clients: Vec<_> = (0..connections)
+        .map(|_| {
+            let stop = stop.clone();
+            std::thread::spawn(move || client_loop(front, &stop))
+        })
+        .collect();
+    let start = Instant::now();
+    let mut pushes = 0;
+    let mut failed = None;
+    while start.elapsed() < length {
+        match between() {
+            Ok(0) => std::thread::sleep(Duration::from_millis(20)),
+            Ok(n) => pushes += n,
+            Err(e) => {
+                failed = Some(e);
+                break;
+            }
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    let elapsed = start.elapsed();
+    let mut out = Traffic {
+        pushes,
+        elapsed,
+        ..Traffic::default()
+    };
+    for c in clients {
+        let (latency, errors) = c.join().map_err(|_| "a client thread panicked")?;
+        out.latency.extend(latency);
+        out.errors += errors;
+    }
+    if let Some(e) = failed {
+        return Err(e);
+    }
+    out.latency.sort();
+    Ok(out)
+}
+
+/// What the backend answers to every request.
+const BACKEND_ANSWER: &[u8] = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+
+/// One keep-alive connection's requests until `stop`: each latency, and the failures (a
+/// failed request opens a new connection).
+fn client_loop(front: SocketAddr, stop: &AtomicBool) -> (Vec<Duration>, usize) {
+    let mut latency = Vec::new();
+    let mut errors = 0;
+    let mut conn: Option<TcpStream> = None;
+    let mut buf = [0u8; 4096];
+    while !stop.load(Ordering::Relaxed) {
+        let s = match &mut conn {
+            Some(s) => s,
+            None => match TcpStream::connect(front) {
+                Ok(s) => {
+                    let _ = s.set_nodelay(true);
+                    let _ = s.set_read_timeout(Some(Duration::from_secs(10)));
+                    conn.insert(s)
+                }
+                Err(_) => {
+                    errors += 1;
+                    std::thread::sleep(Duration::from_millis(10));
+                    continue;
+                }
+            },
+        };
+        let t0 = Instant::now();
+        let ok = s.write_all(b"GET / HTTP/1.1\r\nhost: live\r\n\r\n").is_ok()
+            && read_answer(s, &mut buf);
+        if ok {
+            latency.push(t0.elapsed());
+        } else {
+            errors += 1;
+            conn = None;
+        }
+    }
+    (latency, errors)
+}
+
+/// Reads one answer of the backend's through the proxy: a 200 whose 2-byte body is `ok`.
+fn read_answer(s: &mut TcpStream, buf: &mut [u8]) -> bool {
+    let mut have = 0;
+    loop {
+        match s.read(&mut buf[have..]) {
+            Ok(0) | Err(_) => return false,
+            Ok(n) => have += n,
+        }
+        let got = &buf[..have];
+        if let Some(end) = got.windows(4).position(|w| w == b"\r\n\r\n")
+            && have >= end + 4 + 2
+        {
+            return got.starts_with(b"HTTP/1.1 200") && &got[end + 4..end + 6] == b"ok";
+        }
+        if have == buf.len() {
+            return false;
+        }
+    }
+}
+
+/// An HTTP/1.1 backend in this process: every request on every connection gets a 200 `ok`.
+struct Backend {
+    addr: SocketAddr,
+}
+
+impl Backend {
+    fn start() -> Result<Backend, String> {
+        let l = TcpListener::bind("127.0.0.1:0").map_err(|e| format!("backend: {e}"))?;
+        let addr = l.local_addr().map_err(|e| e.to_string())?;
+        std::thread::spawn(move || {
+            for conn in l.incoming().flatten() {
+                std::thread::spawn(move || serve_backend(conn));
+            }
+        });
+        Ok(Backend { addr })
+    }
+}
+
+/// Answers every request head on `conn` (requests have no body) until it closes.
+fn serve_backend(mut conn: TcpStream) {
+    let _ = conn.set_nodelay(true);
+    let mut buf = [0u8; 4096];
+    let mut have = 0;
+    loop {
+        while let Some(end) = buf[..have].windows(4).position(|w| w == b"\r\n\r\n") {
+            if conn.write_all(BACKEND_ANSWER).is_err() {
+                return;
+            }
+            buf.copy_within(end + 4..have, 0);
+            have -= end + 4;
+        }
+        if have == buf.len() {
+            return;
+        }
+        match conn.read(&mut buf[have..]) {
+            Ok(0) | Err(_) => return,
+            Ok(n) => have += n,
+        }
+    }
 }

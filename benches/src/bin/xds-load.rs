@@ -45,6 +45,10 @@ struct Cli {
     cluster_endpoints: Option<usize>,
     #[arg(long, value_name = "N", help = sized("Measured pushes of all those clusters", |o| o.cluster_pushes))]
     cluster_pushes: Option<usize>,
+    #[arg(long, value_name = "N", help = sized("Keep-alive connections of the traffic scenario (requests during pushes)", |o| o.traffic_connections))]
+    traffic_connections: Option<usize>,
+    #[arg(long, value_name = "SECS", help = sized("Seconds of each phase of the traffic scenario (no push, then pushes)", |o| o.traffic_secs as usize))]
+    traffic_secs: Option<u64>,
     /// Also print the figures as one JSON line after the table.
     #[arg(long)]
     json: bool,
@@ -76,6 +80,8 @@ fn main() {
     o.clusters = cli.clusters.unwrap_or(o.clusters);
     o.cluster_endpoints = cli.cluster_endpoints.unwrap_or(o.cluster_endpoints);
     o.cluster_pushes = cli.cluster_pushes.unwrap_or(o.cluster_pushes);
+    o.traffic_connections = cli.traffic_connections.unwrap_or(o.traffic_connections);
+    o.traffic_secs = cli.traffic_secs.unwrap_or(o.traffic_secs);
     match xds_load::run(&o) {
         Ok(report) => {
             print!("{}", report.table());
