@@ -95,11 +95,11 @@ use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime};
 
 use sluice_core::cluster::HostId;
+use sluice_core::config::ListenerConfig;
 use sluice_core::config::http::{
     ForwardAction, HttpCodec, HttpConfig, PathMatch, RouteAction, ServerHeader,
     ServerHeaderTransformation, upgrade_allowed,
 };
-use sluice_core::config::{ListenerConfig, ListenerFilter};
 use sluice_core::health::{Permit, Resource, UpstreamResult};
 use sluice_core::host::HostRef;
 use sluice_core::http1::conn::{ConnectionPolicy, ConnectionSettings, Expired, keeps_alive};
@@ -671,6 +671,8 @@ pub(crate) struct Scratch {
     forwarded_proto: sluice_core::config::http::ForwardedProto,
     /// The listener's `forward_client_cert`.
     forward_client_cert: sluice_core::config::http::ForwardClientCert,
+    /// The listener's `server_name` and `upgrade_types`, shared by its connections.
+    listener_http: Rc<ListenerHttp>,
     /// The connection's `x-forwarded-client-cert` element when it is mTLS (empty when the
     /// listener writes none), built once per connection ([`Engine::client_cert_element`]);
     /// `None` otherwise. Set by the connection's driver.
@@ -709,6 +711,31 @@ pub(crate) struct Scratch {
     /// A streamed request body's copy for retries, as written upstream (at most
     /// [`REPLAY_LIMIT`]; reused).
     replay: Vec<u8>,
+}
+
+/// The HTTP settings of a listener (a serving slot) that its requests read beyond the small
+/// copied ones in [`Scratch`]: the `server` header its answers get and the upgrades it lets
+/// through. They cannot change under a live connection (a new config is a new engine, with
+/// new slots), so they are built once per slot with the engine
+/// ([`crate::engine::serving::Serving::listener_http`]) and shared by the slot's connections
+/// (an `Rc` clone where a connection or HTTP/2 stream takes its scratch): a request looks no
+/// config up and copies nothing for them.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub(crate) struct ListenerHttp {
+    /// `server_name` and `server_header_transformation`; `None`: the upstream's `server`
+    /// passes as it is.
+    pub(crate) server: Option<ServerHeader>,
+    /// `upgrade_types`; `None`: every upgrade is let through.
+    pub(crate) upgrade_types: Option<Vec<String>>,
+}
+
+impl ListenerHttp {
+    pub(crate) fn new(hc: &HttpConfig) -> Self {
+        ListenerHttp {
+            server: hc.server_header.clone(),
+            upgrade_types: hc.upgrade_types.clone(),
+        }
+    }
 }
 
 impl Scratch {
@@ -791,7 +818,13 @@ impl Scratch {
     /// have made them (the client's IP is formatted again only when it differs). The earlier
     /// request's own state is cleared where the stream begins its request
     /// ([`Scratch::begin_request`]).
-    pub(crate) fn rebind(&mut self, peer: SocketAddr, hc: &HttpConfig, over_tls: bool) {
+    pub(crate) fn rebind(
+        &mut self,
+        peer: SocketAddr,
+        hc: &HttpConfig,
+        listener_http: &Rc<ListenerHttp>,
+        over_tls: bool,
+    ) {
         if self.peer_addr != peer.ip() || self.peer_ip.is_empty() {
             use std::fmt::Write as _;
             self.peer_ip.clear();
@@ -804,6 +837,9 @@ impl Scratch {
         self.over_tls = over_tls;
         self.forwarded_proto = hc.forwarded_proto;
         self.forward_client_cert = hc.forward_client_cert;
+        if !Rc::ptr_eq(&self.listener_http, listener_http) {
+            self.listener_http = Rc::clone(listener_http);
+        }
         self.client_cert = None;
         self.original_dst = None;
     }
@@ -811,6 +847,7 @@ impl Scratch {
     pub(crate) fn new(
         peer: SocketAddr,
         hc: &HttpConfig,
+        listener_http: &Rc<ListenerHttp>,
         awaiting: Rc<Cell<bool>>,
         over_tls: bool,
     ) -> Self {
@@ -829,6 +866,7 @@ impl Scratch {
             over_tls,
             forwarded_proto: hc.forwarded_proto,
             forward_client_cert: hc.forward_client_cert,
+            listener_http: Rc::clone(listener_http),
             client_cert: None,
             xfcc: Vec::new(),
             original_dst: None,
@@ -1110,7 +1148,17 @@ impl<N: Network> Engine<N> {
         let mut head = Head::default();
         let mut rhead = Head::default();
         let mut out: Vec<u8> = Vec::new();
-        let mut scratch = Scratch::new(peer, hc, awaiting_response.clone(), down.is_tls());
+        let listener_http = self
+            .serving
+            .listener_http(listener)
+            .expect("an http listener has its HTTP settings");
+        let mut scratch = Scratch::new(
+            peer,
+            hc,
+            listener_http,
+            awaiting_response.clone(),
+            down.is_tls(),
+        );
         scratch.original_dst = original_dst;
         scratch.client_cert = client_cert.cloned();
         let logging = self.serving.access_log(listener).is_some();
@@ -1478,7 +1526,10 @@ impl<N: Network> Engine<N> {
         // Every `Upgrade` field counts: the HTTP/1.1 writer forwards them all, and the
         // upstream may pick any protocol they name.
         if head.upgrade()
-            && !self.upgrade_allowed(listener, head.header_values(rbuf.bytes(), "upgrade"))
+            && !upgrade_allowed(
+                scratch.listener_http.upgrade_types.as_deref(),
+                head.header_values(rbuf.bytes(), "upgrade"),
+            )
         {
             if let Some(l) = self.listener_stats(listener) {
                 bump(&l.http_upgrades_refused, 1);
@@ -1515,26 +1566,8 @@ impl<N: Network> Engine<N> {
                     PathMatch::Prefix(p) => Some(p.as_str()),
                     _ => None,
                 };
-                let hc = match &self.slot_config(listener).filter {
-                    ListenerFilter::Http(hc) | ListenerFilter::Auto { http: hc, .. } => Some(hc),
-                    _ => None,
-                };
-                let server = hc.and_then(|hc| hc.server_header.as_ref());
-                let upgrade_types = hc.and_then(|hc| hc.upgrade_types.as_deref());
-                self.forward(
-                    action,
-                    prefix,
-                    server,
-                    upgrade_types,
-                    down,
-                    scratch,
-                    rbuf,
-                    head,
-                    ubuf,
-                    rhead,
-                    out,
-                )
-                .await
+                self.forward(action, prefix, down, scratch, rbuf, head, ubuf, rhead, out)
+                    .await
             }
         }
     }
@@ -1580,17 +1613,6 @@ impl<N: Network> Engine<N> {
             &peer,
             hc.set_current_client_cert_details,
         )))
-    }
-
-    /// Whether serving slot `slot`'s HTTP settings let an upgrade whose `Upgrade` fields are
-    /// `values` through.
-    fn upgrade_allowed<'v>(&self, slot: usize, values: impl Iterator<Item = &'v [u8]>) -> bool {
-        match &self.slot_config(slot).filter {
-            ListenerFilter::Http(hc) | ListenerFilter::Auto { http: hc, .. } => {
-                hc.upgrade_allowed(values)
-            }
-            _ => true,
-        }
     }
 
     /// Answers the request from the proxy: `status` with a short text, or for a gRPC request
@@ -1668,8 +1690,6 @@ impl<N: Network> Engine<N> {
         &self,
         action: &ForwardAction,
         matched_prefix: Option<&str>,
-        server: Option<&ServerHeader>,
-        upgrade_types: Option<&[String]>,
         down: &mut D,
         scratch: &mut Scratch,
         rbuf: &mut ReadBuffer,
@@ -2203,7 +2223,8 @@ impl<N: Network> Engine<N> {
                             ubuf,
                             rhead,
                             head.method(),
-                            head.upgrade().then_some(upgrade_types),
+                            head.upgrade()
+                                .then_some(scratch.listener_http.upgrade_types.as_deref()),
                             &mut too_many_interim,
                         );
                         match self
@@ -2393,7 +2414,7 @@ impl<N: Network> Engine<N> {
                     &action.response_headers_to_add,
                 );
                 // The listener's `server_name`, after the route's edits (Envoy sets it last).
-                if let Some(s) = server {
+                if let Some(s) = &scratch.listener_http.server {
                     match s.transformation {
                         ServerHeaderTransformation::Overwrite => {
                             edits.set("server", s.name.as_bytes());
@@ -3810,7 +3831,11 @@ mod idle_buffer_tests {
         let (hc1, hc2) = (hc(&first), hc(&second));
         let v4: SocketAddr = "10.0.0.7:4000".parse().unwrap();
         let v6: SocketAddr = "[2001:db8::9]:5000".parse().unwrap();
-        let mut kept = Scratch::new(v4, &hc1, Rc::new(Cell::new(true)), false);
+        let (lh1, lh2) = (
+            Rc::new(ListenerHttp::new(&hc1)),
+            Rc::new(ListenerHttp::new(&hc2)),
+        );
+        let mut kept = Scratch::new(v4, &hc1, &lh1, Rc::new(Cell::new(true)), false);
         kept.original_dst = Some(v4);
         // What an earlier request (another client's) left behind.
         kept.cluster = Some(3);
@@ -3824,13 +3849,13 @@ mod idle_buffer_tests {
         kept.shed();
         assert_eq!((kept.xff.capacity(), kept.replay.capacity()), (0, 0));
         // What an HTTP/2 stream does with a kept state before anything can end it.
-        kept.rebind(v6, &hc2, true);
+        kept.rebind(v6, &hc2, &lh2, true);
         kept.begin_request();
         assert!(kept.request_begun());
         assert_eq!((kept.cluster, kept.tries, kept.grpc), (None, 0, false));
         assert_eq!(kept.grpc_status, None);
         assert!(!kept.request_id_generated && !kept.normalized);
-        let made = Scratch::new(v6, &hc2, Rc::new(Cell::new(false)), true);
+        let made = Scratch::new(v6, &hc2, &lh2, Rc::new(Cell::new(false)), true);
         assert_eq!(kept.peer_ip, made.peer_ip);
         assert_eq!(kept.peer_ip, "2001:db8::9");
         assert_eq!(kept.peer_addr, made.peer_addr);
@@ -3838,10 +3863,11 @@ mod idle_buffer_tests {
         assert_eq!(kept.path_opts, made.path_opts);
         assert_eq!(kept.stream_idle, made.stream_idle);
         assert_eq!(kept.over_tls, made.over_tls);
+        assert!(Rc::ptr_eq(&kept.listener_http, &made.listener_http));
         assert_eq!(kept.original_dst, None);
         assert!(!kept.awaiting.get());
         // The same client again: its address text stays.
-        kept.rebind(v6, &hc2, true);
+        kept.rebind(v6, &hc2, &lh2, true);
         assert_eq!(kept.peer_ip, "2001:db8::9");
     }
 

@@ -98,7 +98,7 @@ use crate::access_log::Entry;
 use crate::bufpool::{BufPool, READ_BUFFER};
 use crate::downstream::Downstream;
 use crate::engine::Engine;
-use crate::http::{KEPT_SCRATCH, Outcome, ReadBuffer, Scratch};
+use crate::http::{KEPT_SCRATCH, ListenerHttp, Outcome, ReadBuffer, Scratch};
 use crate::net::Network;
 use crate::now;
 use crate::stats::{GoawayCause, bump, gauge_add};
@@ -635,15 +635,19 @@ impl<N: Network> Engine<N> {
         };
         let t0 = now();
         let (parts, body) = request.into_parts();
+        let listener_http = self
+            .serving
+            .listener_http(listener)
+            .expect("an http listener has its HTTP settings");
         let mut buffers = match self.http_buffers.take_stream() {
             Some(mut b) => {
-                b.scratch.rebind(peer, hc, over_tls);
+                b.scratch.rebind(peer, hc, listener_http, over_tls);
                 b
             }
             None => {
                 #[cfg(test)]
                 self.http_buffers.note_stream_made();
-                Box::new(StreamBuffers::new(peer, hc, over_tls))
+                Box::new(StreamBuffers::new(peer, hc, listener_http, over_tls))
             }
         };
         buffers.scratch.original_dst = original_dst;
@@ -964,8 +968,14 @@ impl StreamBuffers {
         pool.give_write(std::mem::take(&mut self.out));
     }
 
-    fn new(peer: SocketAddr, hc: &HttpConfig, over_tls: bool) -> Self {
-        let mut scratch = Scratch::new(peer, hc, Rc::new(Cell::new(false)), over_tls);
+    fn new(
+        peer: SocketAddr,
+        hc: &HttpConfig,
+        listener_http: &Rc<ListenerHttp>,
+        over_tls: bool,
+    ) -> Self {
+        let mut scratch =
+            Scratch::new(peer, hc, listener_http, Rc::new(Cell::new(false)), over_tls);
         // A `protocol: downstream` cluster speaks HTTP/2 to this stream's upstream.
         scratch.downstream_http2 = true;
         StreamBuffers {
