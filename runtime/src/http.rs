@@ -125,13 +125,14 @@ use tokio::time::Instant as TokioInstant;
 use crate::access_log::Entry;
 use crate::bufpool::{BufPool, READ_BUFFER};
 use crate::downstream::{Alpn, Downstream};
-use crate::engine::{ClusterRef, Engine};
+use crate::engine::Engine;
 use crate::h2_upstream::{H2Upstream, Peer, is_refused};
 use crate::net::Network;
 use crate::now;
 use crate::shared_io::Shared;
 use crate::stats::{WorkerStats, bump, gauge_add};
 use crate::tls::MaybeTls;
+use crate::upstreams::ClusterRef;
 use crate::upstreams::ConnectError;
 use sluice_core::http2::te_wants_trailers;
 
@@ -992,7 +993,7 @@ impl<N: Network> Engine<N> {
                     &sniffed[..]
                 }
                 crate::http2::Sniffed::FirstByteTimeout => {
-                    bump(&self.stats.downstream_cx_first_byte_timeout, 1);
+                    bump(&self.stats().downstream_cx_first_byte_timeout, 1);
                     if let Some(l) = self.listener_stats(listener) {
                         bump(&l.downstream_cx_first_byte_timeout, 1);
                     }
@@ -1090,7 +1091,7 @@ impl<N: Network> Engine<N> {
             if !parked {
                 break None;
             }
-            bump(&self.stats.http1_cx_parked, 1);
+            bump(&self.stats().http1_cx_parked, 1);
         };
         if let Some(awaiting_response) = drained {
             tracing::debug!(%peer, awaiting_response, "drain timeout passed; closing the HTTP connection");
@@ -1099,7 +1100,7 @@ impl<N: Network> Engine<N> {
                 write_local_response(&mut out, 503, &[], b"the proxy is shutting down\n", true);
                 let _ = write_flushed(&mut down, &out).await;
                 self.count_status(listener, 503);
-                bump(&self.stats.http_local_replies, 1);
+                bump(&self.stats().http_local_replies, 1);
             }
         }
         rbuf.clear();
@@ -1110,8 +1111,8 @@ impl<N: Network> Engine<N> {
     /// Counts and logs a connection closed because its first request did not start within
     /// `request_headers_timeout` of the accept.
     fn first_byte_timeout(&self, listener: usize, lc: &ListenerConfig, peer: SocketAddr) {
-        bump(&self.stats.downstream_cx_first_byte_timeout, 1);
-        if let Some(l) = self.stats.listener(listener) {
+        bump(&self.stats().downstream_cx_first_byte_timeout, 1);
+        if let Some(l) = self.stats().listener(listener) {
             bump(&l.downstream_cx_first_byte_timeout, 1);
         }
         tracing::debug!(listener = %lc.name, %peer, "no request within request_headers_timeout of the accept: closed");
@@ -1218,7 +1219,7 @@ impl<N: Network> Engine<N> {
                     out.clear();
                     write_local_response(&mut out, status, &[], why.as_bytes(), true);
                     let _ = write_flushed(down, &out).await;
-                    bump(&self.stats.http_local_replies, 1);
+                    bump(&self.stats().http_local_replies, 1);
                     self.count_status(listener, status);
                     if let Some(l) = lstats {
                         bump(&l.http_local_replies, 1);
@@ -1256,7 +1257,7 @@ impl<N: Network> Engine<N> {
                 }
                 HeadRead::Ready => {}
             }
-            bump(&self.stats.http_requests, 1);
+            bump(&self.stats().http_requests, 1);
             if let Some(l) = lstats {
                 bump(&l.http_requests, 1);
             }
@@ -1281,7 +1282,7 @@ impl<N: Network> Engine<N> {
                 .await;
             scratch.awaiting.set(false);
             let rq_time = now().saturating_duration_since(t_head);
-            self.stats.downstream_rq_time.record(rq_time);
+            self.stats().downstream_rq_time.record(rq_time);
             if let Some(l) = lstats {
                 l.downstream_rq_time.record(rq_time);
             }
@@ -1290,7 +1291,7 @@ impl<N: Network> Engine<N> {
                 .flag
                 .is_some_and(|f| f != ResponseFlag::DirectResponse);
             if local {
-                bump(&self.stats.http_local_replies, 1);
+                bump(&self.stats().http_local_replies, 1);
             }
             if let Some(l) = lstats {
                 if local {
@@ -1359,7 +1360,7 @@ impl<N: Network> Engine<N> {
 
     pub(crate) fn count_status(&self, listener: usize, status: u16) {
         let class = (status / 100).clamp(1, 5) as usize - 1;
-        bump(&self.stats.http_responses_by_class[class], 1);
+        bump(&self.stats().http_responses_by_class[class], 1);
         if let Some(l) = self.listener_stats(listener) {
             bump(&l.http_responses_by_class[class], 1);
         }
@@ -1702,7 +1703,7 @@ impl<N: Network> Engine<N> {
         let ci = target.cluster_index;
         scratch.cluster = Some(ci);
         let cluster_cfg = &self.config.clusters[ci];
-        let cstats = self.stats.cluster(ci);
+        let cstats = self.stats().cluster(ci);
         let head_len = head.head_len();
         // The HTTP version of the upstream: the cluster's, or (`protocol: downstream`) the
         // client's.
@@ -1858,7 +1859,7 @@ impl<N: Network> Engine<N> {
         // --- admission: the max_requests breaker, then the hosts' availability ---
         // The core's stream takes and gives back every breaker unit of the request; the guard
         // aborts it (giving them back) if this future is dropped midway.
-        let cluster = &self.upstreams.clusters[ci];
+        let cluster = &self.upstreams.cluster(ci);
         let close_on_reply = !replayable || !head.keep_alive();
         // An `original_dst` cluster: the request goes where its connection was going (one
         // that was not captured has nowhere to go: 503, never a loop back to the proxy).
@@ -1936,8 +1937,8 @@ impl<N: Network> Engine<N> {
         if let Some(c) = cstats {
             bump(&c.upstream_rq_total, 1);
         }
-        self.upstreams.shared_health.note_traffic(ci);
-        self.refresh_availability_at(ci, admitted_at);
+        self.upstreams.shared_health().note_traffic(ci);
+        self.upstreams.refresh_availability_at(ci, admitted_at);
 
         // --- tries --- (from here until a response byte is written, a drain deadline answers
         // the request 503 rather than closing under it)
@@ -1968,7 +1969,7 @@ impl<N: Network> Engine<N> {
                     debug_assert!(other.is_none(), "unexpected stream output {other:?}");
                     // Backing off before a retry; the next pick sees the latest availability.
                     tokio::time::sleep_until(deadline_of(stream.poll_timeout())).await;
-                    self.refresh_availability(ci);
+                    self.upstreams.refresh_availability(ci);
                     step = self.stream_input(ci, &mut stream, Input::Timeout);
                     continue;
                 }
@@ -1977,7 +1978,7 @@ impl<N: Network> Engine<N> {
             let (picked, transport) = match stream.picked {
                 Some(picked) => (picked, stream.transport),
                 None => {
-                    let c = self.upstreams.clusters[ci].borrow();
+                    let c = self.upstreams.cluster(ci).borrow();
                     (c.host_ref(host), c.transport(host))
                 }
             };
@@ -2000,16 +2001,16 @@ impl<N: Network> Engine<N> {
             } else if http2 {
                 let timer = deadline_of(stream.poll_timeout());
                 self.upstreams
-                    .h2_pool
-                    .wait_for_room(ci, peer, &self.stats, timer)
+                    .h2_pool()
+                    .wait_for_room(ci, peer, self.stats(), timer)
                     .await
                     .map(|c| {
-                        Upstream::Http2(Box::new(H2Upstream::new(c, &self.stats, tls_cluster())))
+                        Upstream::Http2(Box::new(H2Upstream::new(c, self.stats(), tls_cluster())))
                     })
             } else {
                 match destination {
-                    None => self.upstreams.pool.take(ci, host.index(), try_start),
-                    Some(d) => self.upstreams.pool.take_to(ci, d, try_start),
+                    None => self.upstreams.pool().take(ci, host.index(), try_start),
+                    Some(d) => self.upstreams.pool().take_to(ci, d, try_start),
                 }
                 .map(Upstream::Http1)
             };
@@ -2032,7 +2033,7 @@ impl<N: Network> Engine<N> {
                     }
                     // Requests for this host (destination) wait for this connection rather than
                     // open theirs.
-                    let _connecting = http2.then(|| self.upstreams.h2_pool.connecting(ci, peer));
+                    let _connecting = http2.then(|| self.upstreams.h2_pool().connecting(ci, peer));
                     let timer = deadline_of(stream.poll_timeout());
                     // The connect and, to a TLS cluster, the handshake (the upstream's chain
                     // and identity verified) within the stream's next deadline: a failed
@@ -2056,7 +2057,7 @@ impl<N: Network> Engine<N> {
                                 Input::Connected { reused: false },
                             );
                             let unit = stream.take_connection_unit();
-                            let conn = UpstreamConn::new(s, &self.stats, ci, host.index(), unit);
+                            let conn = UpstreamConn::new(s, self.stats(), ci, host.index(), unit);
                             if http2 {
                                 let timer = deadline_of(stream.poll_timeout());
                                 let opened = Box::pin(self.open_http2(
@@ -2113,7 +2114,7 @@ impl<N: Network> Engine<N> {
                 );
             }
             debug_assert!(step.is_none(), "unexpected stream output {step:?}");
-            if let Some(h) = self.stats.host(ci, host.index()) {
+            if let Some(h) = self.stats().host(ci, host.index()) {
                 bump(&h.rq_total, 1);
             }
             self.publish_host_active(ci, host);
@@ -2326,7 +2327,8 @@ impl<N: Network> Engine<N> {
                         continue;
                     }
                 };
-                self.report_upstream_result(ci, picked, UpstreamResult::Status(status));
+                self.upstreams
+                    .report_upstream_result(ci, picked, UpstreamResult::Status(status));
                 if let Some(c) = cstats {
                     let class = (status / 100).clamp(1, 5) as usize - 1;
                     bump(&c.upstream_rq_by_class[class], 1);
@@ -2553,7 +2555,7 @@ impl<N: Network> Engine<N> {
                     }
                 }
                 let try_time = completed_at.saturating_duration_since(try_start);
-                self.stats.upstream_rq_time.record(try_time);
+                self.stats().upstream_rq_time.record(try_time);
                 if let Some(c) = cstats {
                     c.upstream_rq_time.record(try_time);
                 }
@@ -2574,9 +2576,9 @@ impl<N: Network> Engine<N> {
                             UpstreamResult::Reset,
                         )
                     };
-                    self.report_upstream_result(ci, picked, result);
+                    self.upstreams.report_upstream_result(ci, picked, result);
                     if body.is_none() {
-                        bump(&self.stats.http_upstream_timeouts, 1);
+                        bump(&self.stats().http_upstream_timeouts, 1);
                         if let Some(c) = cstats {
                             bump(&c.upstream_rq_timeout, 1);
                         }
@@ -2615,14 +2617,14 @@ impl<N: Network> Engine<N> {
             // pool holds only connections to the slots' current hosts (an answer that moves a
             // slot empties its idle list), so a checkout needs no check of its own.
             let current =
-                destination.is_some() || self.upstreams.clusters[ci].borrow().is_current(picked);
+                destination.is_some() || self.upstreams.cluster(ci).borrow().is_current(picked);
             if pool_up
                 && current
                 && let Upstream::Http1(up) = up
             {
                 match destination {
-                    None => self.upstreams.pool.put(ci, host.index(), up, now()),
-                    Some(d) => self.upstreams.pool.put_to(ci, d, up, now()),
+                    None => self.upstreams.pool().put(ci, host.index(), up, now()),
+                    Some(d) => self.upstreams.pool().put_to(ci, d, up, now()),
                 }
             }
             return outcome;
@@ -2748,7 +2750,7 @@ impl<N: Network> Engine<N> {
             biased;
             r = crate::h2_upstream::handshake(
                 conn,
-                &self.stats,
+                self.stats(),
                 now(),
                 keepalive,
                 ci,
@@ -2763,13 +2765,13 @@ impl<N: Network> Engine<N> {
                 // handshake may have outlasted a DNS answer that moved the slot): otherwise it
                 // serves this request alone, and closes with it. A destination is always current.
                 if matches!(peer, Peer::Destination(_))
-                    || self.upstreams.clusters[ci].borrow().is_current(host)
+                    || self.upstreams.cluster(ci).borrow().is_current(host)
                 {
-                    self.upstreams.h2_pool.put(ci, peer, c.clone());
+                    self.upstreams.h2_pool().put(ci, peer, c.clone());
                 }
                 Ok(Upstream::Http2(Box::new(H2Upstream::new(
                     c,
-                    &self.stats,
+                    self.stats(),
                     tls,
                 ))))
             }
@@ -2805,7 +2807,7 @@ impl<N: Network> Engine<N> {
             &mut stream.cluster.borrow_mut(),
             &mut self.rng.borrow_mut(),
         );
-        let cstats = self.stats.cluster(ci);
+        let cstats = self.stats().cluster(ci);
         let mut action = None;
         while let Some(output) = stream.stream.poll_output() {
             let event = match output {
@@ -2837,7 +2839,7 @@ impl<N: Network> Engine<N> {
                     }
                 }
                 StreamEvent::TryStarted { retry: true, .. } => {
-                    bump(&self.stats.http_retries, 1);
+                    bump(&self.stats().http_retries, 1);
                     if let Some(c) = cstats {
                         bump(&c.upstream_rq_retry, 1);
                     }
@@ -2868,7 +2870,7 @@ impl<N: Network> Engine<N> {
     /// Counts what the exchange says happened and feeds outlier detection from it (`picked`:
     /// the latest try's host as it was picked, whose epoch the result carries).
     fn observe_exchange_event(&self, ci: usize, event: ExchangeEvent, picked: Option<HostRef>) {
-        let cstats = self.stats.cluster(ci);
+        let cstats = self.stats().cluster(ci);
         match event {
             ExchangeEvent::ConnectFailed { host } => {
                 self.upstreams.count_connect_failure(ci, host, false)
@@ -2877,7 +2879,7 @@ impl<N: Network> Engine<N> {
                 self.upstreams.count_connect_failure(ci, host, true)
             }
             ExchangeEvent::PerTryTimedOut { .. } | ExchangeEvent::RouteTimedOut { .. } => {
-                bump(&self.stats.http_upstream_timeouts, 1);
+                bump(&self.stats().http_upstream_timeouts, 1);
                 if let Some(c) = cstats {
                     bump(&c.upstream_rq_timeout, 1);
                 }
@@ -2889,8 +2891,8 @@ impl<N: Network> Engine<N> {
         if let Some((host, result)) = event.upstream_result() {
             let host = picked
                 .filter(|p| p.id == host)
-                .unwrap_or_else(|| self.upstreams.clusters[ci].borrow().host_ref(host));
-            self.report_upstream_result(ci, host, result);
+                .unwrap_or_else(|| self.upstreams.cluster(ci).borrow().host_ref(host));
+            self.upstreams.report_upstream_result(ci, host, result);
         }
     }
 
@@ -3816,7 +3818,7 @@ mod idle_buffer_tests {
         use std::net::SocketAddr;
         use std::rc::Rc;
 
-        use super::Scratch;
+        use super::{ListenerHttp, Scratch};
         let yaml = |proto: &str| {
             format!(
                 "listeners:\n  - name: web\n    address: 127.0.0.1:1\n    http:\n      forwarded_proto: {proto}\n      virtual_hosts: [ {{ name: all, domains: [\"*\"], routes: [ {{ match: {{ prefix: / }}, direct_response: {{ status: 200 }} }} ] }} ]\n"
@@ -3954,7 +3956,7 @@ clusters:
     /// Times the engine's HTTP/1.1 connections parked so far.
     fn parked(engine: &Engine<TokioNet>) -> u64 {
         engine
-            .stats
+            .stats()
             .http1_cx_parked
             .load(std::sync::atomic::Ordering::Relaxed)
     }
@@ -4058,7 +4060,7 @@ clusters:
             assert!(got.starts_with("HTTP/1.1 200 OK\r\n"), "{got}");
             assert_eq!(parked_becomes(&engine, 4).await, 4);
             assert_eq!(
-                engine.stats.snapshot().http_requests,
+                engine.stats().snapshot().http_requests,
                 50 + 4 + 3 + 2 + 1,
                 "every request was served once"
             );
