@@ -853,3 +853,64 @@ clusters:
     assert_eq!(left["upstream_host"], format!("127.0.0.1:{}", silent.port));
     assert_eq!(left["bytes_sent"], 0);
 }
+
+/// Issue 16's one connect path, counted once per attempt by its Bolt caller: a route whose
+/// only host refuses (nothing listens on its port). Bolt does not retry, so each request
+/// sent after the previous one's answer opens one upstream connection — one attempt — and
+/// gets status 16 (`ConnectionClosed`, the docs' "failed connect") with its own id; each
+/// attempt is exactly one connect failure on the cluster and on the host, none a timeout.
+/// Defaults throughout (no `connect_timeout`, two workers).
+#[test]
+fn a_refusing_upstream_counts_one_connect_failure_per_attempt() {
+    let dir = TempDir::new("bolt-refused");
+    let (listen, admin, refusing) = (free_port(), free_port(), free_port());
+    let config = format!(
+        r#"
+admin: {{ address: 127.0.0.1:{admin} }}
+listeners:
+  - name: rpc_in
+    address: 127.0.0.1:{listen}
+    bolt:
+      routes:
+        - match: {{ service: "{SERVICE}" }}
+          route: {{ cluster: rpc }}
+clusters:
+  - name: rpc
+    hosts: [ {{ address: 127.0.0.1:{refusing} }} ]
+"#
+    );
+    let _sluice = start_sluice(&dir, &config, 2, addr(listen));
+    let mut s = TcpStream::connect(addr(listen)).unwrap();
+    let mut buf = Vec::new();
+    const K: u32 = 4;
+    for id in 0..K {
+        s.write_all(&request(Version::V1, 900 + id, SERVICE, 5000))
+            .unwrap();
+        assert_eq!(
+            read_response(&mut s, &mut buf),
+            (
+                Version::V1,
+                900 + id,
+                2,
+                ResponseStatus::ConnectionClosed.code()
+            ),
+            "request {id}"
+        );
+    }
+    let stat = |name: &str| admin_stat(admin, name);
+    let k = u64::from(K);
+    assert_eq!(stat("bolt.requests"), k);
+    assert_eq!(stat("bolt.upstream_lost"), k);
+    assert_eq!(stat("cluster.rpc.upstream_cx_total"), k);
+    assert_eq!(stat("cluster.rpc.upstream_cx_connect_fail"), k);
+    assert_eq!(stat("cluster.rpc.upstream_cx_connect_timeout"), 0);
+    assert_eq!(
+        stat(&format!(
+            "cluster.rpc.host.127.0.0.1:{refusing}.cx_connect_fail"
+        )),
+        k
+    );
+    // The connection is unharmed: a heartbeat is still answered.
+    s.write_all(&heartbeat(Version::V1, 999)).unwrap();
+    assert_eq!(read_response(&mut s, &mut buf), (Version::V1, 999, 0, 0));
+}

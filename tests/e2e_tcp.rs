@@ -663,3 +663,84 @@ clusters:
     assert_eq!(admin_stat(admin, "server.tcp_relay_spliced"), 4);
     assert_eq!(admin_stat(admin, "server.tcp_relay_copied"), 4);
 }
+
+/// Issue 16's one connect path, counted once per attempt by its `tcp_proxy` caller: an
+/// upstream that refuses (nothing listens on its port) is tried `max_connect_attempts` times
+/// per client connection (default 3, the one host again: there is no other), and each try is
+/// exactly one connect failure on the cluster and on the host — none a timeout — while the
+/// client's connection is closed. Beside it, an active health check's probes of a refusing
+/// host count as `health_check.failure` (the docs' place), never as connect failures.
+/// Defaults throughout (no `connect_timeout`, no `max_connect_attempts`, two workers).
+#[test]
+fn a_refusing_upstream_counts_one_connect_failure_per_attempt_and_none_timed_out() {
+    let dir = TempDir::new("tcp-refused");
+    let (listen, admin, refusing, probed) = (free_port(), free_port(), free_port(), free_port());
+    let config = format!(
+        r#"
+admin: {{ address: 127.0.0.1:{admin} }}
+listeners:
+  - name: tcp_in
+    address: 127.0.0.1:{listen}
+    tcp_proxy: {{ cluster: app }}
+clusters:
+  - name: app
+    hosts: [ {{ address: 127.0.0.1:{refusing} }} ]
+  - name: probed
+    health_check: {{ tcp: {{}}, interval: 1h, no_traffic_interval: 1h }}
+    hosts: [ {{ address: 127.0.0.1:{probed} }} ]
+"#
+    );
+    let _sluice = start_sluice(&dir, &config, 2, addr(listen));
+    let stat = |name: &str| admin_stat(admin, name);
+    let host = format!("cluster.app.host.127.0.0.1:{refusing}");
+    // The start-up probe that waited for the listener was a session too: its three attempts
+    // are counted before its connection closed.
+    assert!(
+        eventually(Duration::from_secs(10), || stat(
+            "listener.tcp_in.tcp.closed.connect_failed"
+        ) == 1),
+        "the start-up probe's session ends connect_failed"
+    );
+    assert_eq!(stat("cluster.app.upstream_cx_connect_fail"), 3);
+
+    const N: u64 = 5;
+    for i in 0..N {
+        let mut s = TcpStream::connect(addr(listen)).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let mut rest = Vec::new();
+        // Closed once the attempts failed (an EOF, or a reset): nothing relayed.
+        let _ = s.read_to_end(&mut rest);
+        assert!(rest.is_empty(), "connection {i} got bytes: {rest:?}");
+    }
+    assert!(
+        eventually(Duration::from_secs(10), || stat(
+            "listener.tcp_in.tcp.closed.connect_failed"
+        ) == N + 1),
+        "every session ends connect_failed"
+    );
+    let attempts = 3 * (N + 1);
+    assert_eq!(stat("cluster.app.upstream_rq_total"), N + 1);
+    assert_eq!(stat("cluster.app.upstream_cx_total"), attempts);
+    assert_eq!(stat("cluster.app.upstream_cx_connect_fail"), attempts);
+    assert_eq!(stat("cluster.app.upstream_cx_connect_timeout"), 0);
+    assert_eq!(stat(&format!("{host}.cx_connect_fail")), attempts);
+
+    // The health check probed its refusing host once (the first probe, at start; the next
+    // is an hour away): one failure where the docs count it, and no connect failure.
+    assert!(
+        eventually(Duration::from_secs(10), || stat(
+            "cluster.probed.health_check.failure"
+        ) == 1),
+        "the first probe fails"
+    );
+    assert_eq!(stat("cluster.probed.health_check.attempt"), 1);
+    assert_eq!(stat("cluster.probed.health_check.success"), 0);
+    assert_eq!(stat("cluster.probed.upstream_cx_connect_fail"), 0);
+    assert_eq!(stat("cluster.probed.upstream_cx_connect_timeout"), 0);
+    assert_eq!(
+        stat(&format!(
+            "cluster.probed.host.127.0.0.1:{probed}.cx_connect_fail"
+        )),
+        0
+    );
+}

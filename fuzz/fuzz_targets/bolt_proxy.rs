@@ -27,9 +27,9 @@ mod model {
 
     use sluice_core::bolt::{
         Action, BoltProxy, CMD_HEARTBEAT, CMD_REQUEST, CMD_VERSION, CODEC_HESSIAN2,
-        DEFAULT_MAX_FRAME_SIZE, DownstreamId, DownstreamVerdict, Dropped, Kind, RequestSpec, ResponseStatus,
-        UpstreamId, UpstreamVerdict, Version, decode, encode_heartbeat_reply, encode_request,
-        encode_response, set_request_id,
+        DEFAULT_MAX_FRAME_SIZE, DownstreamId, DownstreamVerdict, Dropped, Kind, RequestSpec,
+        ResponseStatus, UpstreamId, UpstreamVerdict, Version, decode, encode_heartbeat_reply,
+        encode_request, encode_response, set_request_id,
     };
     use sluice_core::cluster::{ClusterState, HostId};
     use sluice_core::config::Config;

@@ -47,7 +47,9 @@ fuzz_target!(|bytes: &[u8]| {
         // ending with the version.
         let line_end = bytes.iter().position(|&b| b == b'\n').unwrap();
         assert!(line_end < MAX_HTTP_SNIFF_BYTES);
-        let line = bytes[..line_end].strip_suffix(b"\r").unwrap_or(&bytes[..line_end]);
+        let line = bytes[..line_end]
+            .strip_suffix(b"\r")
+            .unwrap_or(&bytes[..line_end]);
         let version = &line[line.len() - 8..];
         assert!(version.starts_with(b"HTTP/"), "{version:?}");
         assert_eq!(whole == HttpSniff::Http11, version == b"HTTP/1.1");

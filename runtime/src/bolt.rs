@@ -302,7 +302,7 @@ impl<N: Network> Engine<N> {
         let closed = bw
             .proxy
             .borrow_mut()
-            .close_stale_upstreams(ci, &mut self.upstreams.all_clusters.borrow_mut());
+            .close_stale_upstreams(ci, &mut self.upstreams.all_clusters_mut());
         if closed > 0 {
             self.bolt_after_input();
             self.publish_bolt_stats();
@@ -352,7 +352,7 @@ impl<N: Network> Engine<N> {
         let outbox = Rc::new(Outbox::default());
         bw.downs.borrow_mut().insert(down, outbox.clone());
         let logged = self.serving.bolt_access_log(listener).is_some();
-        let lstats = self.stats.listener(listener);
+        let lstats = self.stats().listener(listener);
         // Bytes beyond the first chunk (a large frame, or a migrated connection's unread
         // bytes) come out of the process's partial-frame budget.
         let mut hold = PartialFrameHold {
@@ -392,7 +392,7 @@ impl<N: Network> Engine<N> {
                             now,
                             down,
                             &frame,
-                            &mut self.upstreams.all_clusters.borrow_mut(),
+                            &mut self.upstreams.all_clusters_mut(),
                             &mut self.rng.borrow_mut(),
                         );
                         if let Some(before) = &before {
@@ -560,7 +560,7 @@ impl<N: Network> Engine<N> {
                 biased;
                 () = &mut expired => break,
                 () = tokio::time::sleep_until(deadline.unwrap_or_else(far_future)), if deadline.is_some() => {
-                    bump(&self.stats.bolt.downstream_timeouts, 1);
+                    bump(&self.stats().bolt.downstream_timeouts, 1);
                     debug!(%peer, framed, partial = end - start, "bolt: downstream frame or idle timeout; closing");
                     break;
                 }
@@ -581,7 +581,7 @@ impl<N: Network> Engine<N> {
             }
         }
         if overflow {
-            bump(&self.stats.bolt.partial_frame_overflow, 1);
+            bump(&self.stats().bolt.partial_frame_overflow, 1);
             debug!(
                 %peer,
                 buffered = end - start,
@@ -681,13 +681,17 @@ impl<N: Network> Engine<N> {
                 self.upstreams
                     .count_connect_failure(cluster, host, e.is_timeout());
                 debug!(%address, error = %e, "bolt: upstream connect failed");
-                self.report_upstream_result(cluster, picked, UpstreamResult::ConnectFailure);
+                self.upstreams.report_upstream_result(
+                    cluster,
+                    picked,
+                    UpstreamResult::ConnectFailure,
+                );
                 self.end_upstream(up);
                 return;
             }
         };
         bw.proxy.borrow_mut().handle_upstream_connected(up);
-        if let Some(h) = self.stats.host(cluster, host.index()) {
+        if let Some(h) = self.stats().host(cluster, host.index()) {
             bump(&h.cx_total, 1);
             h.cx_active
                 .store(h.cx_active.load(Relaxed).wrapping_add(1), Relaxed);
@@ -724,7 +728,7 @@ impl<N: Network> Engine<N> {
                             now,
                             up,
                             &frame,
-                            &mut self.upstreams.all_clusters.borrow_mut(),
+                            &mut self.upstreams.all_clusters_mut(),
                         );
                         match verdict {
                             UpstreamVerdict::Forward { down, request_id } => {
@@ -738,13 +742,13 @@ impl<N: Network> Engine<N> {
                                         o.push(|b| b.extend_from_slice(bytes));
                                     }
                                 }
-                                self.report_upstream_result(
+                                self.upstreams.report_upstream_result(
                                     cluster,
                                     picked,
                                     upstream_result(status),
                                 );
                                 self.bolt_log_answer((up, upstream_id), status, None, len as u64);
-                                if let Some(h) = self.stats.host(cluster, host.index()) {
+                                if let Some(h) = self.stats().host(cluster, host.index()) {
                                     bump(&h.rq_total, 1);
                                 }
                             }
@@ -807,13 +811,14 @@ impl<N: Network> Engine<N> {
             }
         }
 
-        if let Some(h) = self.stats.host(cluster, host.index()) {
+        if let Some(h) = self.stats().host(cluster, host.index()) {
             h.cx_active
                 .store(h.cx_active.load(Relaxed).wrapping_sub(1), Relaxed);
         }
         let in_flight = bw.proxy.borrow().upstream_in_flight(up);
         if in_flight > 0 {
-            self.report_upstream_result(cluster, picked, UpstreamResult::Reset);
+            self.upstreams
+                .report_upstream_result(cluster, picked, UpstreamResult::Reset);
         }
         debug!(%address, in_flight, "bolt: upstream connection closed");
         self.end_upstream(up);
@@ -834,7 +839,7 @@ impl<N: Network> Engine<N> {
         bw.proxy.borrow_mut().handle_upstream_closed(
             now(),
             up,
-            &mut self.upstreams.all_clusters.borrow_mut(),
+            &mut self.upstreams.all_clusters_mut(),
         );
         self.bolt_after_input();
         bw.lost_flag.set("UC");
@@ -855,7 +860,7 @@ impl<N: Network> Engine<N> {
                 () = tokio::time::sleep_until(sleep_until) => {
                     bw.proxy
                         .borrow_mut()
-                        .handle_timeout(now(), &mut self.upstreams.all_clusters.borrow_mut());
+                        .handle_timeout(now(), &mut self.upstreams.all_clusters_mut());
                     self.bolt_after_input();
                     self.publish_bolt_stats();
                 }
@@ -873,11 +878,11 @@ impl<N: Network> Engine<N> {
     /// otherwise be reused once the host passes its checks again — on fresh connections — and
     /// every request sent on it would time out. Its requests in flight are answered status 16.
     fn refresh_bolt_availability(&self, now: Instant) {
-        for ci in 0..self.upstreams.clusters.len() {
-            self.refresh_availability_at(ci, now);
+        for ci in 0..self.upstreams.cluster_count() {
+            self.upstreams.refresh_availability_at(ci, now);
         }
         let bw = self.bolt();
-        let seen = self.upstreams.shared_health.generation_sum();
+        let seen = self.upstreams.shared_health().generation_sum();
         if seen == bw.health_seen.replace(seen) {
             return;
         }
@@ -889,7 +894,7 @@ impl<N: Network> Engine<N> {
         for (ci, c) in self.config.clusters.iter().enumerate() {
             was[ci].resize(c.host_slots(), false);
             for (hi, w) in was[ci].iter_mut().enumerate() {
-                let now = self.upstreams.shared_health.is_healthy(ci, hi);
+                let now = self.upstreams.shared_health().is_healthy(ci, hi);
                 if *w && !now && !first_look {
                     went_down.push((ci, hi));
                 }
@@ -921,7 +926,7 @@ impl<N: Network> Engine<N> {
         let bw = self.bolt();
         let now = *bw.proxy.borrow().stats();
         let was = bw.published.replace(now);
-        let s = &self.stats.bolt;
+        let s = &self.stats().bolt;
         bump(&s.requests, now.requests - was.requests);
         bump(&s.oneway, now.oneway - was.oneway);
         bump(&s.heartbeats, now.heartbeats - was.heartbeats);
@@ -979,8 +984,7 @@ impl<N: Network> Engine<N> {
                     x.cluster = Some(cluster);
                     x.upstream = proxy.upstream_destination(up).or_else(|| {
                         self.upstreams
-                            .all_clusters
-                            .borrow()
+                            .all_clusters()
                             .get(cluster)
                             .map(|c| c.host(host.id).address)
                     });

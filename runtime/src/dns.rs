@@ -524,7 +524,7 @@ impl<N: Network> Engine<N> {
         let cluster = &self.config.clusters[ci];
         let dns = cluster.dns.as_ref().expect("a DNS cluster");
         let name = &dns.names[ni];
-        let shared = &self.upstreams.shared_health.dns;
+        let shared = &self.upstreams.shared_health().dns;
         // Failures not logged yet, and when the last was.
         let mut unlogged = 0u64;
         let mut logged_at: Option<tokio::time::Instant> = None;
@@ -533,7 +533,8 @@ impl<N: Network> Engine<N> {
         loop {
             let resolved = tokio::time::timeout(
                 RESOLVE_TIMEOUT,
-                self.net.resolve(&name.name, name.port, dns.respect_dns_ttl),
+                self.net()
+                    .resolve(&name.name, name.port, dns.respect_dns_ttl),
             )
             .await
             .map_err(|_| format!("no answer within {RESOLVE_TIMEOUT:?}"))
@@ -541,7 +542,7 @@ impl<N: Network> Engine<N> {
             let wait = match outcome(cluster.kind, dns, resolved) {
                 Outcome::KeptOnEmpty(ttl) => {
                     // logical_dns: an answer with no address leaves the one host as it is.
-                    if let Some(c) = self.stats.cluster(ci) {
+                    if let Some(c) = self.stats().cluster(ci) {
                         bump(&c.upstream_dns_resolutions, 1);
                     }
                     refresh_after(dns, ttl)
@@ -551,7 +552,7 @@ impl<N: Network> Engine<N> {
                     let new_answer = last_answer.as_ref() != Some(&addresses);
                     let merged = shared.answered(ci, ni, addresses.clone());
                     let dropped = newly_dropped(&mut last_answer, addresses, merged.dropped);
-                    if let Some(c) = self.stats.cluster(ci) {
+                    if let Some(c) = self.stats().cluster(ci) {
                         bump(&c.upstream_dns_resolutions, 1);
                         if merged.changed() {
                             bump(&c.upstream_dns_host_changes, 1);
@@ -571,7 +572,7 @@ impl<N: Network> Engine<N> {
                 }
                 Outcome::Failure(why) => {
                     let failures = shared.failed(ci, ni);
-                    if let Some(c) = self.stats.cluster(ci) {
+                    if let Some(c) = self.stats().cluster(ci) {
                         bump(&c.upstream_dns_failures, 1);
                     }
                     unlogged += 1;
@@ -592,7 +593,7 @@ impl<N: Network> Engine<N> {
     /// Puts cluster `ci`'s DNS host set into this worker's state, and keeps it so until the
     /// engine stops (spawned on every worker for every DNS cluster).
     pub(crate) async fn follow_dns(self: Rc<Self>, ci: usize) {
-        let Some(mut rx) = self.upstreams.shared_health.dns.subscribe(ci) else {
+        let Some(mut rx) = self.upstreams.shared_health().dns.subscribe(ci) else {
             return;
         };
         loop {
@@ -611,13 +612,13 @@ impl<N: Network> Engine<N> {
     /// availability recomputed.
     /// Returns whether any host changed.
     pub(crate) fn apply_dns(&self, ci: usize, view: &Arc<DnsView>) -> bool {
-        if let Some(c) = self.stats.cluster(ci) {
+        if let Some(c) = self.stats().cluster(ci) {
             *c.dns
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(view.clone());
         }
         let (changed, refs): (Vec<HostId>, Vec<HostRef>) = {
-            let mut cluster = self.upstreams.clusters[ci].borrow_mut();
+            let mut cluster = self.upstreams.cluster(ci).borrow_mut();
             let changed = cluster.update_hosts(&view.slots, &view.epochs);
             let refs = changed.iter().map(|&id| cluster.host_ref(id)).collect();
             (changed, refs)
@@ -632,12 +633,12 @@ impl<N: Network> Engine<N> {
         for id in &changed {
             if strict {
                 // Idle connections to an address the id no longer names: closed.
-                while self.upstreams.pool.take(ci, id.index(), now).is_some() {}
-                self.upstreams.h2_pool.forget_host(ci, id.index());
+                while self.upstreams.pool().take(ci, id.index(), now).is_some() {}
+                self.upstreams.h2_pool().forget_host(ci, id.index());
                 // A host new to the id starts at zero (the counters were the id's old
                 // host's; `/clusters` and the per-host metrics name them by address).
                 if view.slots.get(id.index()).copied().flatten().is_some()
-                    && let Some(h) = self.stats.host_if_used(ci, id.index())
+                    && let Some(h) = self.stats().host_if_used(ci, id.index())
                 {
                     h.reset_counters();
                 }
@@ -661,12 +662,13 @@ impl<N: Network> Engine<N> {
     /// state starts over and the availability is recomputed before the next pick.
     fn health_changed(&self, ci: usize, changed: &[HostRef]) {
         let live = {
-            let cluster = self.upstreams.clusters[ci].borrow();
+            let cluster = self.upstreams.cluster(ci).borrow();
             (0..cluster.hosts().len())
                 .filter(|&i| cluster.is_present(HostId(i as u32)))
                 .count()
         };
-        self.upstreams.health[ci]
+        self.upstreams
+            .worker_health(ci)
             .borrow_mut()
             .hosts_replaced(changed, live);
     }
@@ -813,17 +815,21 @@ clusters:
             Arc::new(crate::limits::ProcessLimits::new(&config)),
         )
         .unwrap();
-        let host = engine.upstreams.clusters[0].borrow().host_ref(HostId(0));
+        let host = engine.upstreams.cluster(0).borrow().host_ref(HostId(0));
         assert_eq!(host.epoch, 3);
         for _ in 0..2 {
-            engine.report_upstream_result(
+            engine.upstreams.report_upstream_result(
                 0,
                 host,
                 sluice_core::health::UpstreamResult::Status(503),
             );
         }
         assert!(
-            engine.upstreams.health[0].borrow().is_ejected(HostId(0)),
+            engine
+                .upstreams
+                .worker_health(0)
+                .borrow()
+                .is_ejected(HostId(0)),
             "the results of the slot's current host were dropped as stale"
         );
     }
@@ -877,7 +883,7 @@ clusters:
             engine.apply_endpoints(&update);
             serving = Arc::new(next);
         }
-        let slots = engine.upstreams.clusters[1].borrow().slots();
+        let slots = engine.upstreams.cluster(1).borrow().slots();
         let held: Vec<u8> = slots
             .iter()
             .map(|s| {

@@ -29,8 +29,9 @@
 //! count: the flags every accept loop and session watches, changed only through its methods),
 //! [`Serving`] (per serving slot: its listener config, router, access logs and owning
 //! listener) and [`Upstreams`] (cluster states, health, connection pools and the one connect
-//! path: [`crate::upstreams`]). What is left here directly: the config, the network for
-//! accepting, the TLS contexts, counters, limits, buffers, the Bolt proxy and tracing.
+//! path: [`crate::upstreams`]; it also holds the worker's network handle and counters, which
+//! the engine reads through it: [`Engine::net`], [`Engine::stats`]). What is left here
+//! directly: the config, the TLS contexts, limits, buffers, the Bolt proxy and tracing.
 //!
 //! Counters: every session, request and upstream try is counted in the worker's own
 //! [`WorkerStats`] (per listener, cluster and host when it has slots for them), with a relaxed
@@ -60,12 +61,11 @@ use tracing::{debug, info, warn};
 
 use crate::access_log::{AccessLog, Entry};
 use crate::downstream::{Alpn, Downstream};
-use crate::health::{SharedHealth, WorkerHealth};
+use crate::health::SharedHealth;
 use crate::http::BreakerUnit;
 use crate::limits::{Overflow, ProcessLimits};
 use crate::net::Network;
 use crate::now;
-use crate::pool::Pool;
 use crate::relay::relay;
 use crate::splice::AsTcpStream as _;
 use crate::stats::{CaptureOutcome, ChainPeekRefusal, SniOutcome, WorkerStats, bump, gauge_add};
@@ -79,14 +79,13 @@ pub(crate) use lifecycle::Lifecycle;
 
 /// One worker's engine. Create with [`Engine::new`], run with [`Engine::run`].
 pub struct Engine<N: Network> {
-    pub(crate) net: N,
     pub(crate) config: Arc<Config>,
     pub(crate) worker: usize,
     seed: u64,
-    /// Clusters, their health, connection pools and the connect path.
+    /// Clusters, their health, connection pools and the connect path; the worker's network
+    /// handle and counters ([`Engine::net`], [`Engine::stats`]).
     pub(crate) upstreams: Upstreams<N>,
     pub(crate) rng: RefCell<Rng>,
-    pub(crate) stats: Arc<WorkerStats>,
     /// The worker's buffers: HTTP/1.1 connections' read and write buffers (held only while a
     /// request is in flight), HTTP/2 stream states, the L4 relay's buffers; trimmed by the
     /// periodic sweep.
@@ -164,40 +163,21 @@ impl<N: Network> Engine<N> {
                 .collect::<Vec<_>>(),
         ));
 
-        let clusters = (0..config.clusters.len())
-            .map(|index| ClusterRef {
-                all: all_clusters.clone(),
-                index,
-            })
-            .collect();
-        let health = WorkerHealth::new(&config);
+        let upstreams = Upstreams::new(net, stats, &config, worker, all_clusters, shared_health);
         // DNS clusters start with the answers the generation has (a reload's unchanged ones
         // inherited theirs): hosts from the first request on, before `follow_dns` runs.
-        for (ci, wh) in health.iter().enumerate() {
-            if let Some(view) = shared_health.dns.view(ci) {
+        for ci in 0..config.clusters.len() {
+            if let Some(view) = upstreams.shared_health().dns.view(ci) {
                 let live = view.slots.iter().flatten().count();
-                let mut all = all_clusters.borrow_mut();
+                let mut all = upstreams.all_clusters_mut();
                 let changed = all[ci].update_hosts(&view.slots, &view.epochs);
                 // The outlier detector numbers its hosts as the slots are numbered (a reload
                 // inherits epochs past 0): results taken with those epochs count.
                 let refs: Vec<_> = changed.iter().map(|&id| all[ci].host_ref(id)).collect();
-                wh.borrow_mut().hosts_replaced(&refs, live);
+                upstreams.hosts_replaced(ci, &refs, live);
             }
         }
         let serving = Serving::new(&config)?;
-        let pool = Pool::new(
-            config
-                .clusters
-                .iter()
-                .map(|c| (c.host_slots(), c.upstream_idle_timeout)),
-            stats.clone(),
-        );
-        let h2_pool = crate::h2_upstream::H2Pool::new(
-            config
-                .clusters
-                .iter()
-                .map(|c| (c.host_slots(), c.upstream_idle_timeout)),
-        );
         let bolt = crate::bolt::BoltWorker::for_config(&config)?;
         let tls_contexts = crate::tls::WorkerTls::new(&config).map_err(std::io::Error::other)?;
         let config_listeners = config.listeners.len();
@@ -213,24 +193,12 @@ impl<N: Network> Engine<N> {
                 .map(|l| (l.address, !l.use_original_dst)),
         );
         let tracer = config.tracing.as_ref().map(crate::otlp::Tracer::new);
-        let upstream_net = net.clone();
         Ok(Rc::new(Engine {
-            net,
             config,
             worker,
             seed,
-            upstreams: Upstreams::new(
-                upstream_net,
-                stats.clone(),
-                clusters,
-                all_clusters,
-                health,
-                shared_health,
-                pool,
-                h2_pool,
-            ),
+            upstreams,
             rng: RefCell::new(Rng::from_seed(seed)),
-            stats,
             http_buffers: crate::bufpool::BufPool::default(),
             pipes: crate::splice::PipePool::new(limits.clone()),
             lifecycle: Lifecycle::new(config_listeners),
@@ -249,8 +217,15 @@ impl<N: Network> Engine<N> {
     }
 
     /// The worker's counters.
+    #[inline]
     pub fn stats(&self) -> &Arc<WorkerStats> {
-        &self.stats
+        self.upstreams.stats()
+    }
+
+    /// The worker's network handle.
+    #[inline]
+    pub(crate) fn net(&self) -> &N {
+        self.upstreams.net()
     }
 
     /// Sessions open now.
@@ -260,7 +235,7 @@ impl<N: Network> Engine<N> {
 
     /// A cluster's live state (for inspection).
     pub fn cluster(&self, index: usize) -> std::cell::Ref<'_, ClusterState> {
-        std::cell::Ref::map(self.upstreams.all_clusters.borrow(), |all| &all[index])
+        std::cell::Ref::map(self.upstreams.all_clusters(), |all| &all[index])
     }
 
     /// Serves `listeners` (one bound listener per `config.listeners` entry, same order) until
@@ -342,11 +317,11 @@ impl<N: Network> Engine<N> {
         let pool_sweeper = {
             let engine = self.clone();
             tokio::task::spawn_local(async move {
-                let mut tick = tokio::time::interval(engine.upstreams.pool.sweep_interval());
+                let mut tick = tokio::time::interval(engine.upstreams.pool().sweep_interval());
                 loop {
                     tick.tick().await;
-                    engine.upstreams.pool.sweep(crate::now());
-                    engine.upstreams.h2_pool.sweep(crate::now());
+                    engine.upstreams.pool().sweep(crate::now());
+                    engine.upstreams.h2_pool().sweep(crate::now());
                     // Buffers a burst left in the pool and nothing took since the last sweep.
                     engine.http_buffers.trim();
                     engine.pipes.trim();
@@ -460,7 +435,7 @@ impl<N: Network> Engine<N> {
                 () = handover => continue,
                 // A virtual listener (`bind_to_port: false`) has a socket that listens nowhere:
                 // it is only held (and handed to the next generation), never accepted on.
-                r = self.net.accept(&listener), if lc.bind_to_port => r,
+                r = self.net().accept(&listener), if lc.bind_to_port => r,
             };
             match accepted {
                 Ok((stream, peer)) => {
@@ -468,7 +443,7 @@ impl<N: Network> Engine<N> {
                     self.clone().spawn_session(index, stream, peer);
                 }
                 Err(e) => {
-                    bump(&self.stats.accept_errors, 1);
+                    bump(&self.stats().accept_errors, 1);
                     backoff = accept_backoff(&e, backoff);
                     self.log_accept_error(lc, &e, backoff);
                     tokio::select! {
@@ -539,7 +514,7 @@ impl<N: Network> Engine<N> {
         let Some(how) = lc.original_dst else {
             return (index, None);
         };
-        let destination = self.net.original_destination(stream, how, lc.address);
+        let destination = self.net().original_destination(stream, how, lc.address);
         let (outcome, serving) = match destination {
             None => (CaptureOutcome::NoOriginalDst, index),
             Some(d) if lc.use_original_dst => match self.capture_handoff.choose(d) {
@@ -571,7 +546,7 @@ impl<N: Network> Engine<N> {
         {
             // Accepted and closed at once (Envoy, HAProxy): the client sees a close rather
             // than a connection that is never served.
-            bump(&self.stats.downstream_cx_overflow, 1);
+            bump(&self.stats().downstream_cx_overflow, 1);
             if let Some(l) = self.listener_stats(index) {
                 bump(&l.downstream_cx_overflow, 1);
             }
@@ -587,7 +562,7 @@ impl<N: Network> Engine<N> {
             drop(stream);
             return;
         }
-        bump(&self.stats.downstream_cx_total, 1);
+        bump(&self.stats().downstream_cx_total, 1);
         if let Some(l) = self.listener_stats(index) {
             bump(&l.downstream_cx_total, 1);
         }
@@ -732,7 +707,7 @@ impl<N: Network> Engine<N> {
     /// The counters of the listener serving slot `slot` belongs to.
     #[inline]
     pub(crate) fn listener_stats(&self, slot: usize) -> Option<&crate::stats::ListenerStats> {
-        self.stats.listener(self.serving.owner(slot)?)
+        self.stats().listener(self.serving.owner(slot)?)
     }
 
     /// The serving slot of the filter chain of listener `index` that fits this connection
@@ -1130,7 +1105,7 @@ impl<N: Network> Engine<N> {
                 None => {
                     debug!(listener = %lc.name, %peer, "no original destination for an original_dst cluster: connection closed");
                     let reason = CloseReason::NoHealthyUpstream;
-                    bump(&self.stats.tcp_session_closed[reason.index()], 1);
+                    bump(&self.stats().tcp_session_closed[reason.index()], 1);
                     if let Some(l) = self.listener_stats(listener) {
                         bump(&l.tcp_session_closed[reason.index()], 1);
                     }
@@ -1144,8 +1119,8 @@ impl<N: Network> Engine<N> {
                 }
             },
         };
-        let cluster = &self.upstreams.clusters[ci];
-        let cstats = self.stats.cluster(ci);
+        let cluster = &self.upstreams.cluster(ci);
+        let cstats = self.stats().cluster(ci);
         // One unit of max_connections for the session's upstream connection; at the limit the
         // downstream connection is closed at once.
         let Some(_connection_unit) = BreakerUnit::acquire(cluster, Resource::Connections) else {
@@ -1164,8 +1139,8 @@ impl<N: Network> Engine<N> {
         if let Some(c) = cstats {
             bump(&c.upstream_rq_total, 1);
         }
-        self.upstreams.shared_health.note_traffic(ci);
-        self.refresh_availability(ci);
+        self.upstreams.shared_health().note_traffic(ci);
+        self.upstreams.refresh_availability(ci);
         let mut session = TcpSession::new(
             now(),
             SessionConfig {
@@ -1218,9 +1193,13 @@ impl<N: Network> Engine<N> {
                         .await
                     {
                         Ok(stream) => {
-                            self.report_upstream_result(ci, picked, UpstreamResult::Success);
+                            self.upstreams.report_upstream_result(
+                                ci,
+                                picked,
+                                UpstreamResult::Success,
+                            );
                             session.handle_connected(now(), &mut cluster.borrow_mut());
-                            if let Some(h) = self.stats.host(ci, host.index()) {
+                            if let Some(h) = self.stats().host(ci, host.index()) {
                                 bump(&h.rq_total, 1);
                                 bump(&h.cx_total, 1);
                                 gauge_add(&h.cx_active, true);
@@ -1237,8 +1216,12 @@ impl<N: Network> Engine<N> {
                             e.session_failure()
                         }
                     };
-                    self.report_upstream_result(ci, picked, UpstreamResult::ConnectFailure);
-                    self.refresh_availability(ci);
+                    self.upstreams.report_upstream_result(
+                        ci,
+                        picked,
+                        UpstreamResult::ConnectFailure,
+                    );
+                    self.upstreams.refresh_availability(ci);
                     session.handle_connect_failed(
                         now(),
                         &mut cluster.borrow_mut(),
@@ -1282,11 +1265,11 @@ impl<N: Network> Engine<N> {
                         _ => None,
                     };
                     if let Some((d, u)) = spliceable {
-                        bump(&self.stats.tcp_relay_spliced, 1);
+                        bump(&self.stats().tcp_relay_spliced, 1);
                         let ctx = crate::splice::SpliceCtx {
                             pipes: &self.pipes,
                             buffers: &self.http_buffers,
-                            chunks_copied: &self.stats.tcp_relay_chunks_copied,
+                            chunks_copied: &self.stats().tcp_relay_chunks_copied,
                         };
                         crate::splice::relay_spliced(
                             &mut session,
@@ -1298,7 +1281,7 @@ impl<N: Network> Engine<N> {
                         )
                         .await
                     } else {
-                        bump(&self.stats.tcp_relay_copied, 1);
+                        bump(&self.stats().tcp_relay_copied, 1);
                         relay(
                             &mut session,
                             &mut down,
@@ -1319,15 +1302,15 @@ impl<N: Network> Engine<N> {
         }
         session.release(&mut cluster.borrow_mut());
         if let Some(host) = connected_host {
-            if let Some(h) = self.stats.host(ci, host.index()) {
+            if let Some(h) = self.stats().host(ci, host.index()) {
                 gauge_add(&h.cx_active, false);
             }
             self.publish_host_active(ci, host);
         }
         let (from_down, from_up) = session.bytes();
-        bump(&self.stats.bytes_from_downstream, from_down);
-        bump(&self.stats.bytes_from_upstream, from_up);
-        bump(&self.stats.tcp_session_closed[reason.index()], 1);
+        bump(&self.stats().bytes_from_downstream, from_down);
+        bump(&self.stats().bytes_from_upstream, from_up);
+        bump(&self.stats().tcp_session_closed[reason.index()], 1);
         if let Some(l) = self.listener_stats(listener) {
             bump(&l.downstream_bytes_received, from_down);
             bump(&l.downstream_bytes_sent, from_up);
@@ -1396,7 +1379,7 @@ impl<N: Network> Engine<N> {
                     Ok(n) => n,
                 },
             };
-            bump(&self.stats.bytes_from_downstream, n as u64);
+            bump(&self.stats().bytes_from_downstream, n as u64);
             if let Some(l) = self.listener_stats(listener) {
                 bump(&l.downstream_bytes_received, n as u64);
             }
@@ -1414,8 +1397,8 @@ impl<N: Network> Engine<N> {
     /// Copies this worker's count of requests (or sessions) in flight on a host — kept by the
     /// cluster state — into the host's gauge (one load and store).
     pub(crate) fn publish_host_active(&self, cluster: usize, host: HostId) {
-        if let Some(h) = self.stats.host(cluster, host.index()) {
-            let active = self.upstreams.clusters[cluster].borrow().host(host).active;
+        if let Some(h) = self.stats().host(cluster, host.index()) {
+            let active = self.upstreams.cluster(cluster).borrow().host(host).active;
             h.rq_active.store(u64::from(active), Relaxed);
         }
     }
@@ -1552,7 +1535,7 @@ impl<N: Network> Engine<N> {
     fn note_bolt_traffic(&self, bc: &sluice_core::config::bolt::BoltConfig) {
         for r in &bc.routes {
             self.upstreams
-                .shared_health
+                .shared_health()
                 .note_traffic(r.action.cluster_index);
         }
     }
@@ -1633,7 +1616,7 @@ impl<N: Network> Engine<N> {
                 .await;
             }
             _ => {
-                bump(&self.stats.bolt.sniff_failed, 1);
+                bump(&self.stats().bolt.sniff_failed, 1);
                 debug!(listener = %lc.name, %peer, first = ?&first[..n], "protocol detection failed: neither HTTP/1.1 nor Bolt; closing");
                 let _ = stream.shutdown().await;
             }
@@ -1788,7 +1771,7 @@ impl<N: Network> Engine<N> {
     ) {
         // A migrated connection is served whatever the limits say (it was admitted once).
         self.limits.force_admit(&self.listener_cx[index]);
-        bump(&self.stats.downstream_cx_total, 1);
+        bump(&self.stats().downstream_cx_total, 1);
         if let Some(l) = self.listener_stats(index) {
             bump(&l.downstream_cx_total, 1);
         }
@@ -1798,7 +1781,7 @@ impl<N: Network> Engine<N> {
         // may have been handed off, so it is read as the config's capture listener reads.
         let original_dst = self.config.listeners.iter().find_map(|l| {
             let how = l.original_dst?;
-            self.net.original_destination(&stream, how, l.address)
+            self.net().original_destination(&stream, how, l.address)
         });
         tokio::task::spawn_local(async move {
             let guard = SessionGuard(&self, index);
@@ -1816,32 +1799,6 @@ impl<N: Network> Engine<N> {
     }
 }
 
-/// One cluster's state in a worker: a handle into the worker's `Vec<ClusterState>` (borrowed
-/// for one statement at a time, like every `RefCell` here).
-#[derive(Clone)]
-pub(crate) struct ClusterRef {
-    all: Rc<RefCell<Vec<ClusterState>>>,
-    index: usize,
-}
-
-impl ClusterRef {
-    /// The cluster's state, mutably (panics if any cluster is borrowed: a bug).
-    pub(crate) fn borrow_mut(&self) -> std::cell::RefMut<'_, ClusterState> {
-        std::cell::RefMut::map(self.all.borrow_mut(), |all| &mut all[self.index])
-    }
-
-    /// The cluster's state.
-    pub(crate) fn borrow(&self) -> std::cell::Ref<'_, ClusterState> {
-        std::cell::Ref::map(self.all.borrow(), |all| &all[self.index])
-    }
-
-    /// The cluster's state, mutably, unless something holds a borrow.
-    pub(crate) fn try_borrow_mut(&self) -> Option<std::cell::RefMut<'_, ClusterState>> {
-        let all = self.all.try_borrow_mut().ok()?;
-        Some(std::cell::RefMut::map(all, |all| &mut all[self.index]))
-    }
-}
-
 /// Counts a session out when its task ends, however it ends.
 struct SessionGuard<'a, N: Network>(&'a Engine<N>, usize);
 
@@ -1849,8 +1806,8 @@ impl<N: Network> Drop for SessionGuard<'_, N> {
     fn drop(&mut self) {
         let e = self.0;
         e.limits.release(&e.listener_cx[self.1]);
-        bump(&e.stats.downstream_cx_closed, 1);
-        if let Some(l) = e.stats.listener(self.1) {
+        bump(&e.stats().downstream_cx_closed, 1);
+        if let Some(l) = e.stats().listener(self.1) {
             bump(&l.downstream_cx_closed, 1);
         }
         e.lifecycle.session_closed();

@@ -1,6 +1,6 @@
 //! Upstream health in the runtime: runs the probes the core's [`ActiveHealthChecker`] asks
-//! for, keeps each worker's [`OutlierDetector`] fed with request results, and turns both into
-//! the hosts each worker's balancer may pick.
+//! for and publishes their verdicts ([`SharedHealth`]); each worker's outlier detector and the
+//! hosts its balancer may pick are kept by [`crate::upstreams::Upstreams`].
 //!
 //! ## Who owns what
 //!
@@ -17,10 +17,12 @@
 //!   worker's results on its main thread): with `W` workers a failing host is ejected by each
 //!   worker after `consecutive_*` failures *it* saw, so up to `W × consecutive_*` requests may
 //!   fail before every worker ejected it — and with retries on, those are retried elsewhere.
-//! - **Availability is per worker** ([`WorkerHealth`]): before a pick the worker compares the
-//!   shared generation with the one it last applied, and checks whether an ejection expired;
-//!   only then does it recompute [`fill_availability`] (health × ejection × panic threshold)
-//!   into its `ClusterState`. The common case is one relaxed load and two compares.
+//! - **Availability is per worker** ([`crate::upstreams::WorkerHealth`], kept and refreshed
+//!   by [`crate::upstreams::Upstreams`]): before a pick the worker compares the shared
+//!   generation with the one it last applied, and checks whether an ejection expired; only
+//!   then does it recompute [`sluice_core::health::fill_availability`] (health × ejection ×
+//!   panic threshold) into its `ClusterState`. The common case is one relaxed load and two
+//!   compares.
 //!
 //! ## Probes
 //!
@@ -35,7 +37,6 @@
 //! Each probe is bounded by the check's `timeout`; the checker also times it out on its own
 //! and ignores a late result.
 
-use std::cell::RefCell;
 use std::rc::Rc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::atomic::{AtomicBool, AtomicU64};
@@ -44,10 +45,7 @@ use std::time::Duration;
 use sluice_core::bolt;
 use sluice_core::cluster::{HostId, HostRef, SlotHost};
 use sluice_core::config::{Config, HealthCheckConfig, HealthProbe};
-use sluice_core::health::{
-    ActiveHealthChecker, HealthAction, HealthEvent, OutlierDetector, OutlierEvent, ProbeResult,
-    UpstreamResult, fill_availability, grpc,
-};
+use sluice_core::health::{ActiveHealthChecker, HealthAction, HealthEvent, ProbeResult, grpc};
 use sluice_core::http1::{self, Head, Limits, Method, ParseStatus};
 use sluice_core::rng::Rng;
 use tokio::io::AsyncReadExt;
@@ -56,7 +54,7 @@ use tracing::{info, warn};
 use crate::engine::Engine;
 use crate::net::Network;
 use crate::now;
-use crate::stats::{bump, gauge_add};
+use crate::stats::bump;
 use crate::upstreams::{ConnectError, Offer, connect_via};
 
 /// Largest probe response read (an HTTP head or a heartbeat reply).
@@ -279,7 +277,7 @@ impl SharedHealth {
             .is_none_or(|h| h.load(Relaxed) == verdict_word(host.epoch, true))
     }
 
-    fn generation(&self, cluster: usize) -> u64 {
+    pub(crate) fn generation(&self, cluster: usize) -> u64 {
         self.clusters[cluster].generation.load(Relaxed)
     }
 
@@ -312,224 +310,7 @@ impl SharedHealth {
     }
 }
 
-/// One worker's view of one cluster's health: its outlier detector and the availability it
-/// last applied to its `ClusterState`.
-#[derive(Debug)]
-pub(crate) struct WorkerHealth {
-    applied_generation: u64,
-    /// Force a recompute on the next refresh (an ejection changed).
-    dirty: bool,
-    outlier: Option<OutlierDetector>,
-    panic_threshold_percent: u32,
-    healthy: Vec<bool>,
-    ejected: Vec<bool>,
-    available: Vec<bool>,
-    panic: bool,
-    /// A DNS cluster: which ids hold a host (only they count toward the panic threshold).
-    present: Option<Vec<bool>>,
-}
-
-impl WorkerHealth {
-    pub(crate) fn new(config: &Config) -> Vec<RefCell<WorkerHealth>> {
-        config
-            .clusters
-            .iter()
-            .map(|c| {
-                let n = c.host_slots();
-                RefCell::new(WorkerHealth {
-                    // Free slots (a DNS cluster's, a static one's spare ids) never count
-                    // toward the panic threshold: which slots hold a host is tracked.
-                    present: (c.kind.is_dns() || n > c.hosts.len())
-                        .then(|| (0..n).map(|i| i < c.hosts.len()).collect()),
-                    applied_generation: u64::MAX,
-                    dirty: true,
-                    outlier: c.outlier_detection.map(|s| {
-                        let mut o = OutlierDetector::new(n, s);
-                        if c.kind.is_dns() {
-                            // No host until the first answer.
-                            o.set_live_hosts(0);
-                        } else if n > c.hosts.len() {
-                            // Spare ids hold no host until an update in place fills them.
-                            o.set_live_hosts(c.hosts.len());
-                        }
-                        o
-                    }),
-                    panic_threshold_percent: c.panic_threshold_percent,
-                    healthy: vec![true; n],
-                    ejected: vec![false; n],
-                    available: vec![true; n],
-                    panic: false,
-                })
-            })
-            .collect()
-    }
-}
-
-impl WorkerHealth {
-    /// Whether this worker's outlier detector has host `id` ejected.
-    #[cfg(test)]
-    pub(crate) fn is_ejected(&self, id: HostId) -> bool {
-        self.outlier.as_ref().is_some_and(|o| o.is_ejected(id))
-    }
-
-    /// DNS: ids now naming another host (or none), with their new epochs. Their outlier
-    /// state starts over (an ejection was the old address's; results of the old epoch still
-    /// arriving are dropped) and availability is recomputed before the next pick.
-    pub(crate) fn hosts_replaced(&mut self, ids: &[HostRef], live_hosts: usize) {
-        self.dirty = true;
-        // A static cluster whose endpoints were updated in place may have free slots now:
-        // only present hosts count toward the panic threshold from here on.
-        if self.present.is_none() && !ids.is_empty() {
-            self.present = Some(vec![true; self.healthy.len()]);
-        }
-        if let Some(o) = self.outlier.as_mut() {
-            for &id in ids {
-                o.replace_host(id);
-            }
-            o.set_live_hosts(live_hosts);
-        }
-    }
-}
-
 impl<N: Network> Engine<N> {
-    /// Brings cluster `ci`'s availability up to date before a pick: cheap when nothing changed
-    /// (one relaxed load, two compares).
-    pub(crate) fn refresh_availability(&self, ci: usize) {
-        self.refresh_availability_at(ci, now());
-    }
-
-    /// [`Engine::refresh_availability`] with the time already read.
-    pub(crate) fn refresh_availability_at(&self, ci: usize, now: sluice_core::Instant) {
-        let mut wh = self.upstreams.health[ci].borrow_mut();
-        let generation = self.upstreams.shared_health.generation(ci);
-        let mut expired = false;
-        if let Some(o) = wh.outlier.as_mut()
-            && o.poll_timeout().is_some_and(|t| t <= now)
-        {
-            o.handle_timeout(now);
-            expired = true;
-        }
-        if expired {
-            self.drain_outlier_events(ci, &mut wh);
-        }
-        if generation == wh.applied_generation && !wh.dirty {
-            return;
-        }
-        let wh = &mut *wh;
-        wh.applied_generation = generation;
-        wh.dirty = false;
-        {
-            let cluster = self.upstreams.clusters[ci].borrow();
-            for (i, h) in wh.healthy.iter_mut().enumerate() {
-                let host = cluster.host_ref(HostId(i as u32));
-                *h = self.upstreams.shared_health.is_healthy_for(ci, host);
-            }
-        }
-        if let Some(o) = &wh.outlier {
-            for (i, e) in wh.ejected.iter_mut().enumerate() {
-                *e = o.is_ejected(HostId(i as u32));
-            }
-        }
-        let panic = match wh.present.as_mut() {
-            Some(present) => {
-                let cluster = self.upstreams.clusters[ci].borrow();
-                for (i, p) in present.iter_mut().enumerate() {
-                    *p = cluster.is_present(HostId(i as u32));
-                }
-                sluice_core::health::fill_availability_of_present(
-                    &wh.healthy,
-                    &wh.ejected,
-                    present,
-                    wh.panic_threshold_percent,
-                    &mut wh.available,
-                )
-            }
-            None => fill_availability(
-                &wh.healthy,
-                &wh.ejected,
-                wh.panic_threshold_percent,
-                &mut wh.available,
-            ),
-        };
-        if panic != wh.panic {
-            if panic {
-                warn!(worker = self.worker, cluster = %self.config.clusters[ci].name,
-                    "too few available hosts: panic mode, balancing over every host");
-            } else {
-                info!(worker = self.worker, cluster = %self.config.clusters[ci].name, "left panic mode");
-            }
-            if let Some(c) = self.stats.cluster(ci) {
-                gauge_add(&c.lb_panic, panic);
-                if panic {
-                    bump(&c.lb_panic_total, 1);
-                }
-            }
-        }
-        wh.panic = panic;
-        let mut cluster = self.upstreams.clusters[ci].borrow_mut();
-        for (i, &a) in wh.available.iter().enumerate() {
-            cluster.set_available(HostId(i as u32), a);
-        }
-    }
-
-    /// Host `host` of cluster `ci`'s address, for a log line ("?" if the cluster state is
-    /// borrowed right now: this may run inside a pick).
-    fn host_address(&self, ci: usize, host: HostId) -> String {
-        match self.upstreams.all_clusters.try_borrow() {
-            Ok(all) => all[ci].host(host).address.to_string(),
-            Err(_) => "?".to_owned(),
-        }
-    }
-
-    /// Feeds one request (or session) result on `host` (as it was picked) to the worker's
-    /// outlier detector; the result of a host whose slot has another host by now is dropped
-    /// there (it must not count for the new one).
-    pub(crate) fn report_upstream_result(&self, ci: usize, host: HostRef, result: UpstreamResult) {
-        let mut wh = self.upstreams.health[ci].borrow_mut();
-        let Some(o) = wh.outlier.as_mut() else {
-            return;
-        };
-        if !o.handle_result_for(now(), host, result) && !o.is_ejected(host.id) {
-            tracing::debug!(cluster = %self.config.clusters[ci].name, ?host, ?result,
-                "outlier detection: result of a host no longer in its slot, dropped");
-        }
-        self.drain_outlier_events(ci, &mut wh);
-    }
-
-    fn drain_outlier_events(&self, ci: usize, wh: &mut WorkerHealth) {
-        let Some(o) = wh.outlier.as_mut() else {
-            return;
-        };
-        while let Some(event) = o.poll_event() {
-            wh.dirty = true;
-            let (host, ejected) = match event {
-                OutlierEvent::Ejected { host, .. } => (host, true),
-                OutlierEvent::Unejected(host) => (host, false),
-                OutlierEvent::EjectionSkipped(host) => {
-                    warn!(worker = self.worker, cluster = %self.config.clusters[ci].name,
-                        host = %self.host_address(ci, host),
-                        "outlier not ejected: max_ejection_percent reached");
-                    if let Some(c) = self.stats.cluster(ci) {
-                        bump(&c.outlier_ejections_overflow, 1);
-                    }
-                    continue;
-                }
-            };
-            let address = self.host_address(ci, host);
-            if ejected {
-                warn!(worker = self.worker, cluster = %self.config.clusters[ci].name, host = %address, ?event, "host ejected");
-                if let Some(c) = self.stats.cluster(ci) {
-                    bump(&c.outlier_ejections_total, 1);
-                }
-            } else {
-                info!(worker = self.worker, cluster = %self.config.clusters[ci].name, host = %address, "host readmitted after ejection");
-            }
-            if let Some(h) = self.stats.host(ci, host.index()) {
-                gauge_add(&h.ejected, ejected);
-            }
-        }
-    }
-
     /// Runs the active health checks of every checked cluster until the engine stops. Called on
     /// worker 0 only.
     pub(crate) async fn run_health_checks(self: Rc<Self>, seed: u64) {
@@ -559,7 +340,7 @@ impl<N: Network> Engine<N> {
         // So are a static cluster's once endpoints-only updates (EDS) change them in place.
         let mut dns = self
             .upstreams
-            .shared_health
+            .shared_health()
             .dns
             .subscribe_hosts(ci, cluster);
         // Per slot: its host's address and transport (a probe goes over the host's transport,
@@ -607,7 +388,7 @@ impl<N: Network> Engine<N> {
         let mut probes = Probes((0..hosts).map(|_| None).collect());
         let probes = &mut probes.0;
         loop {
-            checker.set_traffic(self.upstreams.shared_health.has_traffic(ci));
+            checker.set_traffic(self.upstreams.shared_health().has_traffic(ci));
             while let Some(action) = checker.poll_action() {
                 match action {
                     HealthAction::Probe { host, epoch } => {
@@ -616,7 +397,7 @@ impl<N: Network> Engine<N> {
                             let _ = tx.send((probed, ProbeResult::Success, None));
                             continue;
                         };
-                        if let Some(s) = self.stats.cluster(ci) {
+                        if let Some(s) = self.stats().cluster(ci) {
                             bump(&s.health_check_attempt, 1);
                         }
                         let engine = self.clone();
@@ -636,7 +417,7 @@ impl<N: Network> Engine<N> {
                         probes[host.index()] = Some(tokio::task::spawn_local(async move {
                             let (result, tls_failure) = match tokio::time::timeout(
                                 timeout,
-                                probe_host(&engine.net, &probe, &name, address, tls.as_ref()),
+                                probe_host(engine.net(), &probe, &name, address, tls.as_ref()),
                             )
                             .await
                             {
@@ -666,7 +447,7 @@ impl<N: Network> Engine<N> {
                 let Some((address, _)) = slots[host.index()] else {
                     // A free slot: its verdict is never used.
                     self.upstreams
-                        .shared_health
+                        .shared_health()
                         .set_healthy(ci, host.index(), epoch, healthy);
                     continue;
                 };
@@ -676,9 +457,9 @@ impl<N: Network> Engine<N> {
                     warn!(cluster = %cluster.name, host = %address, "health check: host unhealthy");
                 }
                 self.upstreams
-                    .shared_health
+                    .shared_health()
                     .set_healthy(ci, host.index(), epoch, healthy);
-                if let Some(h) = self.stats.host(ci, host.index()) {
+                if let Some(h) = self.stats().host(ci, host.index()) {
                     h.healthy.store(u64::from(healthy), Relaxed);
                 }
             }
@@ -686,7 +467,7 @@ impl<N: Network> Engine<N> {
                 || tokio::time::Instant::now() + Duration::from_secs(3600),
                 crate::to_tokio,
             );
-            let quiet = !self.upstreams.shared_health.has_traffic(ci);
+            let quiet = !self.upstreams.shared_health().has_traffic(ci);
             let dns_changed = async {
                 match dns.as_mut() {
                     Some(rx) => rx.changed().await.is_ok(),
@@ -708,15 +489,15 @@ impl<N: Network> Engine<N> {
                             slots[i] = host;
                             epochs[i] = epoch;
                             checker.replace_host(now(), HostRef { id: HostId(i as u32), epoch });
-                            self.upstreams.shared_health.set_healthy(ci, i, epoch, false);
-                            if let Some(h) = self.stats.host(ci, i) {
+                            self.upstreams.shared_health().set_healthy(ci, i, epoch, false);
+                            if let Some(h) = self.stats().host(ci, i) {
                                 h.healthy.store(0, Relaxed);
                             }
                         }
                     }
                 }
                 // The first request: probes go from no_traffic_interval to interval now.
-                () = self.upstreams.shared_health.clusters[ci].traffic_started.notified(), if quiet => {}
+                () = self.upstreams.shared_health().clusters[ci].traffic_started.notified(), if quiet => {}
                 Some((probed, result, tls_failure)) = rx.recv() => {
                     let host = probed.id;
                     if probed.epoch != epochs[host.index()] {
@@ -727,7 +508,7 @@ impl<N: Network> Engine<N> {
                     probes[host.index()] = None;
                     if slots[host.index()].is_none() {
                         // A free slot's stand-in result: not a probe.
-                    } else if let Some(s) = self.stats.cluster(ci) {
+                    } else if let Some(s) = self.stats().cluster(ci) {
                         match result {
                             ProbeResult::Success => bump(&s.health_check_success, 1),
                             _ => bump(&s.health_check_failure, 1),

@@ -95,11 +95,11 @@ use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime};
 
 use sluice_core::cluster::HostId;
+use sluice_core::config::ListenerConfig;
 use sluice_core::config::http::{
     ForwardAction, HttpCodec, HttpConfig, PathMatch, RouteAction, ServerHeader,
     ServerHeaderTransformation, upgrade_allowed,
 };
-use sluice_core::config::{ListenerConfig, ListenerFilter};
 use sluice_core::health::{Permit, Resource, UpstreamResult};
 use sluice_core::host::HostRef;
 use sluice_core::http1::conn::{ConnectionPolicy, ConnectionSettings, Expired, keeps_alive};
@@ -125,13 +125,14 @@ use tokio::time::Instant as TokioInstant;
 use crate::access_log::Entry;
 use crate::bufpool::{BufPool, READ_BUFFER};
 use crate::downstream::{Alpn, Downstream};
-use crate::engine::{ClusterRef, Engine};
+use crate::engine::Engine;
 use crate::h2_upstream::{H2Upstream, Peer, is_refused};
 use crate::net::Network;
 use crate::now;
 use crate::shared_io::Shared;
 use crate::stats::{WorkerStats, bump, gauge_add};
 use crate::tls::MaybeTls;
+use crate::upstreams::ClusterRef;
 use crate::upstreams::ConnectError;
 use sluice_core::http2::te_wants_trailers;
 
@@ -671,6 +672,8 @@ pub(crate) struct Scratch {
     forwarded_proto: sluice_core::config::http::ForwardedProto,
     /// The listener's `forward_client_cert`.
     forward_client_cert: sluice_core::config::http::ForwardClientCert,
+    /// The listener's `server_name` and `upgrade_types`, shared by its connections.
+    listener_http: Rc<ListenerHttp>,
     /// The connection's `x-forwarded-client-cert` element when it is mTLS (empty when the
     /// listener writes none), built once per connection ([`Engine::client_cert_element`]);
     /// `None` otherwise. Set by the connection's driver.
@@ -709,6 +712,31 @@ pub(crate) struct Scratch {
     /// A streamed request body's copy for retries, as written upstream (at most
     /// [`REPLAY_LIMIT`]; reused).
     replay: Vec<u8>,
+}
+
+/// The HTTP settings of a listener (a serving slot) that its requests read beyond the small
+/// copied ones in [`Scratch`]: the `server` header its answers get and the upgrades it lets
+/// through. They cannot change under a live connection (a new config is a new engine, with
+/// new slots), so they are built once per slot with the engine
+/// ([`crate::engine::serving::Serving::listener_http`]) and shared by the slot's connections
+/// (an `Rc` clone where a connection or HTTP/2 stream takes its scratch): a request looks no
+/// config up and copies nothing for them.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub(crate) struct ListenerHttp {
+    /// `server_name` and `server_header_transformation`; `None`: the upstream's `server`
+    /// passes as it is.
+    pub(crate) server: Option<ServerHeader>,
+    /// `upgrade_types`; `None`: every upgrade is let through.
+    pub(crate) upgrade_types: Option<Vec<String>>,
+}
+
+impl ListenerHttp {
+    pub(crate) fn new(hc: &HttpConfig) -> Self {
+        ListenerHttp {
+            server: hc.server_header.clone(),
+            upgrade_types: hc.upgrade_types.clone(),
+        }
+    }
 }
 
 impl Scratch {
@@ -791,7 +819,13 @@ impl Scratch {
     /// have made them (the client's IP is formatted again only when it differs). The earlier
     /// request's own state is cleared where the stream begins its request
     /// ([`Scratch::begin_request`]).
-    pub(crate) fn rebind(&mut self, peer: SocketAddr, hc: &HttpConfig, over_tls: bool) {
+    pub(crate) fn rebind(
+        &mut self,
+        peer: SocketAddr,
+        hc: &HttpConfig,
+        listener_http: &Rc<ListenerHttp>,
+        over_tls: bool,
+    ) {
         if self.peer_addr != peer.ip() || self.peer_ip.is_empty() {
             use std::fmt::Write as _;
             self.peer_ip.clear();
@@ -804,6 +838,9 @@ impl Scratch {
         self.over_tls = over_tls;
         self.forwarded_proto = hc.forwarded_proto;
         self.forward_client_cert = hc.forward_client_cert;
+        if !Rc::ptr_eq(&self.listener_http, listener_http) {
+            self.listener_http = Rc::clone(listener_http);
+        }
         self.client_cert = None;
         self.original_dst = None;
     }
@@ -811,6 +848,7 @@ impl Scratch {
     pub(crate) fn new(
         peer: SocketAddr,
         hc: &HttpConfig,
+        listener_http: &Rc<ListenerHttp>,
         awaiting: Rc<Cell<bool>>,
         over_tls: bool,
     ) -> Self {
@@ -829,6 +867,7 @@ impl Scratch {
             over_tls,
             forwarded_proto: hc.forwarded_proto,
             forward_client_cert: hc.forward_client_cert,
+            listener_http: Rc::clone(listener_http),
             client_cert: None,
             xfcc: Vec::new(),
             original_dst: None,
@@ -954,7 +993,7 @@ impl<N: Network> Engine<N> {
                     &sniffed[..]
                 }
                 crate::http2::Sniffed::FirstByteTimeout => {
-                    bump(&self.stats.downstream_cx_first_byte_timeout, 1);
+                    bump(&self.stats().downstream_cx_first_byte_timeout, 1);
                     if let Some(l) = self.listener_stats(listener) {
                         bump(&l.downstream_cx_first_byte_timeout, 1);
                     }
@@ -1052,7 +1091,7 @@ impl<N: Network> Engine<N> {
             if !parked {
                 break None;
             }
-            bump(&self.stats.http1_cx_parked, 1);
+            bump(&self.stats().http1_cx_parked, 1);
         };
         if let Some(awaiting_response) = drained {
             tracing::debug!(%peer, awaiting_response, "drain timeout passed; closing the HTTP connection");
@@ -1061,7 +1100,7 @@ impl<N: Network> Engine<N> {
                 write_local_response(&mut out, 503, &[], b"the proxy is shutting down\n", true);
                 let _ = write_flushed(&mut down, &out).await;
                 self.count_status(listener, 503);
-                bump(&self.stats.http_local_replies, 1);
+                bump(&self.stats().http_local_replies, 1);
             }
         }
         rbuf.clear();
@@ -1072,8 +1111,8 @@ impl<N: Network> Engine<N> {
     /// Counts and logs a connection closed because its first request did not start within
     /// `request_headers_timeout` of the accept.
     fn first_byte_timeout(&self, listener: usize, lc: &ListenerConfig, peer: SocketAddr) {
-        bump(&self.stats.downstream_cx_first_byte_timeout, 1);
-        if let Some(l) = self.stats.listener(listener) {
+        bump(&self.stats().downstream_cx_first_byte_timeout, 1);
+        if let Some(l) = self.stats().listener(listener) {
             bump(&l.downstream_cx_first_byte_timeout, 1);
         }
         tracing::debug!(listener = %lc.name, %peer, "no request within request_headers_timeout of the accept: closed");
@@ -1110,7 +1149,17 @@ impl<N: Network> Engine<N> {
         let mut head = Head::default();
         let mut rhead = Head::default();
         let mut out: Vec<u8> = Vec::new();
-        let mut scratch = Scratch::new(peer, hc, awaiting_response.clone(), down.is_tls());
+        let listener_http = self
+            .serving
+            .listener_http(listener)
+            .expect("an http listener has its HTTP settings");
+        let mut scratch = Scratch::new(
+            peer,
+            hc,
+            listener_http,
+            awaiting_response.clone(),
+            down.is_tls(),
+        );
         scratch.original_dst = original_dst;
         scratch.client_cert = client_cert.cloned();
         let logging = self.serving.access_log(listener).is_some();
@@ -1170,7 +1219,7 @@ impl<N: Network> Engine<N> {
                     out.clear();
                     write_local_response(&mut out, status, &[], why.as_bytes(), true);
                     let _ = write_flushed(down, &out).await;
-                    bump(&self.stats.http_local_replies, 1);
+                    bump(&self.stats().http_local_replies, 1);
                     self.count_status(listener, status);
                     if let Some(l) = lstats {
                         bump(&l.http_local_replies, 1);
@@ -1208,7 +1257,7 @@ impl<N: Network> Engine<N> {
                 }
                 HeadRead::Ready => {}
             }
-            bump(&self.stats.http_requests, 1);
+            bump(&self.stats().http_requests, 1);
             if let Some(l) = lstats {
                 bump(&l.http_requests, 1);
             }
@@ -1233,7 +1282,7 @@ impl<N: Network> Engine<N> {
                 .await;
             scratch.awaiting.set(false);
             let rq_time = now().saturating_duration_since(t_head);
-            self.stats.downstream_rq_time.record(rq_time);
+            self.stats().downstream_rq_time.record(rq_time);
             if let Some(l) = lstats {
                 l.downstream_rq_time.record(rq_time);
             }
@@ -1242,7 +1291,7 @@ impl<N: Network> Engine<N> {
                 .flag
                 .is_some_and(|f| f != ResponseFlag::DirectResponse);
             if local {
-                bump(&self.stats.http_local_replies, 1);
+                bump(&self.stats().http_local_replies, 1);
             }
             if let Some(l) = lstats {
                 if local {
@@ -1311,7 +1360,7 @@ impl<N: Network> Engine<N> {
 
     pub(crate) fn count_status(&self, listener: usize, status: u16) {
         let class = (status / 100).clamp(1, 5) as usize - 1;
-        bump(&self.stats.http_responses_by_class[class], 1);
+        bump(&self.stats().http_responses_by_class[class], 1);
         if let Some(l) = self.listener_stats(listener) {
             bump(&l.http_responses_by_class[class], 1);
         }
@@ -1478,7 +1527,10 @@ impl<N: Network> Engine<N> {
         // Every `Upgrade` field counts: the HTTP/1.1 writer forwards them all, and the
         // upstream may pick any protocol they name.
         if head.upgrade()
-            && !self.upgrade_allowed(listener, head.header_values(rbuf.bytes(), "upgrade"))
+            && !upgrade_allowed(
+                scratch.listener_http.upgrade_types.as_deref(),
+                head.header_values(rbuf.bytes(), "upgrade"),
+            )
         {
             if let Some(l) = self.listener_stats(listener) {
                 bump(&l.http_upgrades_refused, 1);
@@ -1515,26 +1567,8 @@ impl<N: Network> Engine<N> {
                     PathMatch::Prefix(p) => Some(p.as_str()),
                     _ => None,
                 };
-                let hc = match &self.slot_config(listener).filter {
-                    ListenerFilter::Http(hc) | ListenerFilter::Auto { http: hc, .. } => Some(hc),
-                    _ => None,
-                };
-                let server = hc.and_then(|hc| hc.server_header.as_ref());
-                let upgrade_types = hc.and_then(|hc| hc.upgrade_types.as_deref());
-                self.forward(
-                    action,
-                    prefix,
-                    server,
-                    upgrade_types,
-                    down,
-                    scratch,
-                    rbuf,
-                    head,
-                    ubuf,
-                    rhead,
-                    out,
-                )
-                .await
+                self.forward(action, prefix, down, scratch, rbuf, head, ubuf, rhead, out)
+                    .await
             }
         }
     }
@@ -1580,17 +1614,6 @@ impl<N: Network> Engine<N> {
             &peer,
             hc.set_current_client_cert_details,
         )))
-    }
-
-    /// Whether serving slot `slot`'s HTTP settings let an upgrade whose `Upgrade` fields are
-    /// `values` through.
-    fn upgrade_allowed<'v>(&self, slot: usize, values: impl Iterator<Item = &'v [u8]>) -> bool {
-        match &self.slot_config(slot).filter {
-            ListenerFilter::Http(hc) | ListenerFilter::Auto { http: hc, .. } => {
-                hc.upgrade_allowed(values)
-            }
-            _ => true,
-        }
     }
 
     /// Answers the request from the proxy: `status` with a short text, or for a gRPC request
@@ -1668,8 +1691,6 @@ impl<N: Network> Engine<N> {
         &self,
         action: &ForwardAction,
         matched_prefix: Option<&str>,
-        server: Option<&ServerHeader>,
-        upgrade_types: Option<&[String]>,
         down: &mut D,
         scratch: &mut Scratch,
         rbuf: &mut ReadBuffer,
@@ -1682,7 +1703,7 @@ impl<N: Network> Engine<N> {
         let ci = target.cluster_index;
         scratch.cluster = Some(ci);
         let cluster_cfg = &self.config.clusters[ci];
-        let cstats = self.stats.cluster(ci);
+        let cstats = self.stats().cluster(ci);
         let head_len = head.head_len();
         // The HTTP version of the upstream: the cluster's, or (`protocol: downstream`) the
         // client's.
@@ -1838,7 +1859,7 @@ impl<N: Network> Engine<N> {
         // --- admission: the max_requests breaker, then the hosts' availability ---
         // The core's stream takes and gives back every breaker unit of the request; the guard
         // aborts it (giving them back) if this future is dropped midway.
-        let cluster = &self.upstreams.clusters[ci];
+        let cluster = &self.upstreams.cluster(ci);
         let close_on_reply = !replayable || !head.keep_alive();
         // An `original_dst` cluster: the request goes where its connection was going (one
         // that was not captured has nowhere to go: 503, never a loop back to the proxy).
@@ -1916,8 +1937,8 @@ impl<N: Network> Engine<N> {
         if let Some(c) = cstats {
             bump(&c.upstream_rq_total, 1);
         }
-        self.upstreams.shared_health.note_traffic(ci);
-        self.refresh_availability_at(ci, admitted_at);
+        self.upstreams.shared_health().note_traffic(ci);
+        self.upstreams.refresh_availability_at(ci, admitted_at);
 
         // --- tries --- (from here until a response byte is written, a drain deadline answers
         // the request 503 rather than closing under it)
@@ -1948,7 +1969,7 @@ impl<N: Network> Engine<N> {
                     debug_assert!(other.is_none(), "unexpected stream output {other:?}");
                     // Backing off before a retry; the next pick sees the latest availability.
                     tokio::time::sleep_until(deadline_of(stream.poll_timeout())).await;
-                    self.refresh_availability(ci);
+                    self.upstreams.refresh_availability(ci);
                     step = self.stream_input(ci, &mut stream, Input::Timeout);
                     continue;
                 }
@@ -1957,7 +1978,7 @@ impl<N: Network> Engine<N> {
             let (picked, transport) = match stream.picked {
                 Some(picked) => (picked, stream.transport),
                 None => {
-                    let c = self.upstreams.clusters[ci].borrow();
+                    let c = self.upstreams.cluster(ci).borrow();
                     (c.host_ref(host), c.transport(host))
                 }
             };
@@ -1980,16 +2001,16 @@ impl<N: Network> Engine<N> {
             } else if http2 {
                 let timer = deadline_of(stream.poll_timeout());
                 self.upstreams
-                    .h2_pool
-                    .wait_for_room(ci, peer, &self.stats, timer)
+                    .h2_pool()
+                    .wait_for_room(ci, peer, self.stats(), timer)
                     .await
                     .map(|c| {
-                        Upstream::Http2(Box::new(H2Upstream::new(c, &self.stats, tls_cluster())))
+                        Upstream::Http2(Box::new(H2Upstream::new(c, self.stats(), tls_cluster())))
                     })
             } else {
                 match destination {
-                    None => self.upstreams.pool.take(ci, host.index(), try_start),
-                    Some(d) => self.upstreams.pool.take_to(ci, d, try_start),
+                    None => self.upstreams.pool().take(ci, host.index(), try_start),
+                    Some(d) => self.upstreams.pool().take_to(ci, d, try_start),
                 }
                 .map(Upstream::Http1)
             };
@@ -2012,7 +2033,7 @@ impl<N: Network> Engine<N> {
                     }
                     // Requests for this host (destination) wait for this connection rather than
                     // open theirs.
-                    let _connecting = http2.then(|| self.upstreams.h2_pool.connecting(ci, peer));
+                    let _connecting = http2.then(|| self.upstreams.h2_pool().connecting(ci, peer));
                     let timer = deadline_of(stream.poll_timeout());
                     // The connect and, to a TLS cluster, the handshake (the upstream's chain
                     // and identity verified) within the stream's next deadline: a failed
@@ -2036,7 +2057,7 @@ impl<N: Network> Engine<N> {
                                 Input::Connected { reused: false },
                             );
                             let unit = stream.take_connection_unit();
-                            let conn = UpstreamConn::new(s, &self.stats, ci, host.index(), unit);
+                            let conn = UpstreamConn::new(s, self.stats(), ci, host.index(), unit);
                             if http2 {
                                 let timer = deadline_of(stream.poll_timeout());
                                 let opened = Box::pin(self.open_http2(
@@ -2093,7 +2114,7 @@ impl<N: Network> Engine<N> {
                 );
             }
             debug_assert!(step.is_none(), "unexpected stream output {step:?}");
-            if let Some(h) = self.stats.host(ci, host.index()) {
+            if let Some(h) = self.stats().host(ci, host.index()) {
                 bump(&h.rq_total, 1);
             }
             self.publish_host_active(ci, host);
@@ -2203,7 +2224,8 @@ impl<N: Network> Engine<N> {
                             ubuf,
                             rhead,
                             head.method(),
-                            head.upgrade().then_some(upgrade_types),
+                            head.upgrade()
+                                .then_some(scratch.listener_http.upgrade_types.as_deref()),
                             &mut too_many_interim,
                         );
                         match self
@@ -2305,7 +2327,8 @@ impl<N: Network> Engine<N> {
                         continue;
                     }
                 };
-                self.report_upstream_result(ci, picked, UpstreamResult::Status(status));
+                self.upstreams
+                    .report_upstream_result(ci, picked, UpstreamResult::Status(status));
                 if let Some(c) = cstats {
                     let class = (status / 100).clamp(1, 5) as usize - 1;
                     bump(&c.upstream_rq_by_class[class], 1);
@@ -2393,7 +2416,7 @@ impl<N: Network> Engine<N> {
                     &action.response_headers_to_add,
                 );
                 // The listener's `server_name`, after the route's edits (Envoy sets it last).
-                if let Some(s) = server {
+                if let Some(s) = &scratch.listener_http.server {
                     match s.transformation {
                         ServerHeaderTransformation::Overwrite => {
                             edits.set("server", s.name.as_bytes());
@@ -2532,7 +2555,7 @@ impl<N: Network> Engine<N> {
                     }
                 }
                 let try_time = completed_at.saturating_duration_since(try_start);
-                self.stats.upstream_rq_time.record(try_time);
+                self.stats().upstream_rq_time.record(try_time);
                 if let Some(c) = cstats {
                     c.upstream_rq_time.record(try_time);
                 }
@@ -2553,9 +2576,9 @@ impl<N: Network> Engine<N> {
                             UpstreamResult::Reset,
                         )
                     };
-                    self.report_upstream_result(ci, picked, result);
+                    self.upstreams.report_upstream_result(ci, picked, result);
                     if body.is_none() {
-                        bump(&self.stats.http_upstream_timeouts, 1);
+                        bump(&self.stats().http_upstream_timeouts, 1);
                         if let Some(c) = cstats {
                             bump(&c.upstream_rq_timeout, 1);
                         }
@@ -2594,14 +2617,14 @@ impl<N: Network> Engine<N> {
             // pool holds only connections to the slots' current hosts (an answer that moves a
             // slot empties its idle list), so a checkout needs no check of its own.
             let current =
-                destination.is_some() || self.upstreams.clusters[ci].borrow().is_current(picked);
+                destination.is_some() || self.upstreams.cluster(ci).borrow().is_current(picked);
             if pool_up
                 && current
                 && let Upstream::Http1(up) = up
             {
                 match destination {
-                    None => self.upstreams.pool.put(ci, host.index(), up, now()),
-                    Some(d) => self.upstreams.pool.put_to(ci, d, up, now()),
+                    None => self.upstreams.pool().put(ci, host.index(), up, now()),
+                    Some(d) => self.upstreams.pool().put_to(ci, d, up, now()),
                 }
             }
             return outcome;
@@ -2727,7 +2750,7 @@ impl<N: Network> Engine<N> {
             biased;
             r = crate::h2_upstream::handshake(
                 conn,
-                &self.stats,
+                self.stats(),
                 now(),
                 keepalive,
                 ci,
@@ -2742,13 +2765,13 @@ impl<N: Network> Engine<N> {
                 // handshake may have outlasted a DNS answer that moved the slot): otherwise it
                 // serves this request alone, and closes with it. A destination is always current.
                 if matches!(peer, Peer::Destination(_))
-                    || self.upstreams.clusters[ci].borrow().is_current(host)
+                    || self.upstreams.cluster(ci).borrow().is_current(host)
                 {
-                    self.upstreams.h2_pool.put(ci, peer, c.clone());
+                    self.upstreams.h2_pool().put(ci, peer, c.clone());
                 }
                 Ok(Upstream::Http2(Box::new(H2Upstream::new(
                     c,
-                    &self.stats,
+                    self.stats(),
                     tls,
                 ))))
             }
@@ -2784,7 +2807,7 @@ impl<N: Network> Engine<N> {
             &mut stream.cluster.borrow_mut(),
             &mut self.rng.borrow_mut(),
         );
-        let cstats = self.stats.cluster(ci);
+        let cstats = self.stats().cluster(ci);
         let mut action = None;
         while let Some(output) = stream.stream.poll_output() {
             let event = match output {
@@ -2816,7 +2839,7 @@ impl<N: Network> Engine<N> {
                     }
                 }
                 StreamEvent::TryStarted { retry: true, .. } => {
-                    bump(&self.stats.http_retries, 1);
+                    bump(&self.stats().http_retries, 1);
                     if let Some(c) = cstats {
                         bump(&c.upstream_rq_retry, 1);
                     }
@@ -2847,7 +2870,7 @@ impl<N: Network> Engine<N> {
     /// Counts what the exchange says happened and feeds outlier detection from it (`picked`:
     /// the latest try's host as it was picked, whose epoch the result carries).
     fn observe_exchange_event(&self, ci: usize, event: ExchangeEvent, picked: Option<HostRef>) {
-        let cstats = self.stats.cluster(ci);
+        let cstats = self.stats().cluster(ci);
         match event {
             ExchangeEvent::ConnectFailed { host } => {
                 self.upstreams.count_connect_failure(ci, host, false)
@@ -2856,7 +2879,7 @@ impl<N: Network> Engine<N> {
                 self.upstreams.count_connect_failure(ci, host, true)
             }
             ExchangeEvent::PerTryTimedOut { .. } | ExchangeEvent::RouteTimedOut { .. } => {
-                bump(&self.stats.http_upstream_timeouts, 1);
+                bump(&self.stats().http_upstream_timeouts, 1);
                 if let Some(c) = cstats {
                     bump(&c.upstream_rq_timeout, 1);
                 }
@@ -2868,8 +2891,8 @@ impl<N: Network> Engine<N> {
         if let Some((host, result)) = event.upstream_result() {
             let host = picked
                 .filter(|p| p.id == host)
-                .unwrap_or_else(|| self.upstreams.clusters[ci].borrow().host_ref(host));
-            self.report_upstream_result(ci, host, result);
+                .unwrap_or_else(|| self.upstreams.cluster(ci).borrow().host_ref(host));
+            self.upstreams.report_upstream_result(ci, host, result);
         }
     }
 
@@ -3795,7 +3818,7 @@ mod idle_buffer_tests {
         use std::net::SocketAddr;
         use std::rc::Rc;
 
-        use super::Scratch;
+        use super::{ListenerHttp, Scratch};
         let yaml = |proto: &str| {
             format!(
                 "listeners:\n  - name: web\n    address: 127.0.0.1:1\n    http:\n      forwarded_proto: {proto}\n      virtual_hosts: [ {{ name: all, domains: [\"*\"], routes: [ {{ match: {{ prefix: / }}, direct_response: {{ status: 200 }} }} ] }} ]\n"
@@ -3810,7 +3833,11 @@ mod idle_buffer_tests {
         let (hc1, hc2) = (hc(&first), hc(&second));
         let v4: SocketAddr = "10.0.0.7:4000".parse().unwrap();
         let v6: SocketAddr = "[2001:db8::9]:5000".parse().unwrap();
-        let mut kept = Scratch::new(v4, &hc1, Rc::new(Cell::new(true)), false);
+        let (lh1, lh2) = (
+            Rc::new(ListenerHttp::new(&hc1)),
+            Rc::new(ListenerHttp::new(&hc2)),
+        );
+        let mut kept = Scratch::new(v4, &hc1, &lh1, Rc::new(Cell::new(true)), false);
         kept.original_dst = Some(v4);
         // What an earlier request (another client's) left behind.
         kept.cluster = Some(3);
@@ -3824,13 +3851,13 @@ mod idle_buffer_tests {
         kept.shed();
         assert_eq!((kept.xff.capacity(), kept.replay.capacity()), (0, 0));
         // What an HTTP/2 stream does with a kept state before anything can end it.
-        kept.rebind(v6, &hc2, true);
+        kept.rebind(v6, &hc2, &lh2, true);
         kept.begin_request();
         assert!(kept.request_begun());
         assert_eq!((kept.cluster, kept.tries, kept.grpc), (None, 0, false));
         assert_eq!(kept.grpc_status, None);
         assert!(!kept.request_id_generated && !kept.normalized);
-        let made = Scratch::new(v6, &hc2, Rc::new(Cell::new(false)), true);
+        let made = Scratch::new(v6, &hc2, &lh2, Rc::new(Cell::new(false)), true);
         assert_eq!(kept.peer_ip, made.peer_ip);
         assert_eq!(kept.peer_ip, "2001:db8::9");
         assert_eq!(kept.peer_addr, made.peer_addr);
@@ -3838,10 +3865,11 @@ mod idle_buffer_tests {
         assert_eq!(kept.path_opts, made.path_opts);
         assert_eq!(kept.stream_idle, made.stream_idle);
         assert_eq!(kept.over_tls, made.over_tls);
+        assert!(Rc::ptr_eq(&kept.listener_http, &made.listener_http));
         assert_eq!(kept.original_dst, None);
         assert!(!kept.awaiting.get());
         // The same client again: its address text stays.
-        kept.rebind(v6, &hc2, true);
+        kept.rebind(v6, &hc2, &lh2, true);
         assert_eq!(kept.peer_ip, "2001:db8::9");
     }
 
@@ -3928,7 +3956,7 @@ clusters:
     /// Times the engine's HTTP/1.1 connections parked so far.
     fn parked(engine: &Engine<TokioNet>) -> u64 {
         engine
-            .stats
+            .stats()
             .http1_cx_parked
             .load(std::sync::atomic::Ordering::Relaxed)
     }
@@ -4032,7 +4060,7 @@ clusters:
             assert!(got.starts_with("HTTP/1.1 200 OK\r\n"), "{got}");
             assert_eq!(parked_becomes(&engine, 4).await, 4);
             assert_eq!(
-                engine.stats.snapshot().http_requests,
+                engine.stats().snapshot().http_requests,
                 50 + 4 + 3 + 2 + 1,
                 "every request was served once"
             );

@@ -98,7 +98,7 @@ use crate::access_log::Entry;
 use crate::bufpool::{BufPool, READ_BUFFER};
 use crate::downstream::Downstream;
 use crate::engine::Engine;
-use crate::http::{KEPT_SCRATCH, Outcome, ReadBuffer, Scratch};
+use crate::http::{KEPT_SCRATCH, ListenerHttp, Outcome, ReadBuffer, Scratch};
 use crate::net::Network;
 use crate::now;
 use crate::stats::{GoawayCause, bump, gauge_add};
@@ -344,7 +344,7 @@ impl<N: Network> Engine<N> {
             at: 0,
             inner: down,
             watch: GoawayWatch::new(),
-            goaway_received: &self.stats.http2_goaway_received,
+            goaway_received: &self.stats().http2_goaway_received,
             received: &received,
             write_blocked: false,
         };
@@ -374,8 +374,8 @@ impl<N: Network> Engine<N> {
                 return;
             }
         };
-        bump(&self.stats.http2_downstream_cx_total, 1);
-        let _active = GaugeGuard::new(&self.stats.http2_downstream_cx_active);
+        bump(&self.stats().http2_downstream_cx_total, 1);
+        let _active = GaugeGuard::new(&self.stats().http2_downstream_cx_active);
         // Each stream has its own waker: a wake-up polls the streams that were woken, not all of
         // the connection's (a response arriving for one of 100 streams polls one).
         let mut streams: FuturesUnordered<StreamFuture<'_>> = FuturesUnordered::new();
@@ -440,7 +440,7 @@ impl<N: Network> Engine<N> {
                 } else {
                     GoawayCause::Drain
                 };
-                bump(&self.stats.http2_goaway_sent[cause as usize], 1);
+                bump(&self.stats().http2_goaway_sent[cause as usize], 1);
             }
             let next = tokio::select! {
                 biased;
@@ -536,7 +536,7 @@ impl<N: Network> Engine<N> {
                         // queued behind them (Envoy's rule against head-of-line blocking); or
                         // it is taking in what was ahead of the PING.
                         if !bytes_came {
-                            bump(&self.stats.http2_downstream_keepalive_extended_by_acks, 1);
+                            bump(&self.stats().http2_downstream_keepalive_extended_by_acks, 1);
                         }
                         if let (Some((last, _)), Some(now)) = (ahead_of_ping.as_mut(), acked_now) {
                             *last = now;
@@ -546,10 +546,10 @@ impl<N: Network> Engine<N> {
                     }
                     // No ACK within `timeout`: the client (or the path to it) is gone.
                     tracing::debug!(listener = %lc.name, %peer, open = streams.len(), "HTTP/2 keepalive PING unanswered: GOAWAY and close");
-                    bump(&self.stats.http2_downstream_keepalive_timeout, 1);
+                    bump(&self.stats().http2_downstream_keepalive_timeout, 1);
                     if !goaway_sent {
                         bump(
-                            &self.stats.http2_goaway_sent[GoawayCause::KeepaliveTimeout as usize],
+                            &self.stats().http2_goaway_sent[GoawayCause::KeepaliveTimeout as usize],
                             1,
                         );
                     }
@@ -567,9 +567,9 @@ impl<N: Network> Engine<N> {
             if abusive {
                 // GOAWAY ENHANCE_YOUR_CALM (what it processed stays the last stream id), then
                 // close: its other streams end with it.
-                bump(&self.stats.http2_premature_reset_closed, 1);
+                bump(&self.stats().http2_premature_reset_closed, 1);
                 bump(
-                    &self.stats.http2_goaway_sent[GoawayCause::PrematureResets as usize],
+                    &self.stats().http2_goaway_sent[GoawayCause::PrematureResets as usize],
                     1,
                 );
                 tracing::debug!(listener = %lc.name, %peer, premature = resets.premature(), "too many streams reset prematurely: GOAWAY and close");
@@ -625,8 +625,8 @@ impl<N: Network> Engine<N> {
         request: http::Request<RecvStream>,
         respond: SendResponse<Bytes>,
     ) -> StreamEnd {
-        bump(&self.stats.http2_streams_total, 1);
-        let _active = GaugeGuard::new(&self.stats.http2_streams_active);
+        bump(&self.stats().http2_streams_total, 1);
+        let _active = GaugeGuard::new(&self.stats().http2_streams_active);
         let logging = self.serving.access_log(listener).is_some();
         let started = if logging {
             SystemTime::now()
@@ -635,15 +635,19 @@ impl<N: Network> Engine<N> {
         };
         let t0 = now();
         let (parts, body) = request.into_parts();
+        let listener_http = self
+            .serving
+            .listener_http(listener)
+            .expect("an http listener has its HTTP settings");
         let mut buffers = match self.http_buffers.take_stream() {
             Some(mut b) => {
-                b.scratch.rebind(peer, hc, over_tls);
+                b.scratch.rebind(peer, hc, listener_http, over_tls);
                 b
             }
             None => {
                 #[cfg(test)]
                 self.http_buffers.note_stream_made();
-                Box::new(StreamBuffers::new(peer, hc, over_tls))
+                Box::new(StreamBuffers::new(peer, hc, listener_http, over_tls))
             }
         };
         buffers.scratch.original_dst = original_dst;
@@ -745,7 +749,7 @@ impl<N: Network> Engine<N> {
                 reusable: false,
             })
         } else {
-            bump(&self.stats.http_requests, 1);
+            bump(&self.stats().http_requests, 1);
             if let Some(l) = lstats {
                 bump(&l.http_requests, 1);
             }
@@ -766,7 +770,7 @@ impl<N: Network> Engine<N> {
                 }
             };
             let rq_time = now().saturating_duration_since(t_head);
-            self.stats.downstream_rq_time.record(rq_time);
+            self.stats().downstream_rq_time.record(rq_time);
             if let Some(l) = lstats {
                 l.downstream_rq_time.record(rq_time);
             }
@@ -778,7 +782,7 @@ impl<N: Network> Engine<N> {
                 // Ends cleanly, or with a reset for an incomplete response.
                 poll_fn(|cx| sink.borrow_mut().poll_finish(cx)).await;
                 if sink.borrow().reset_sent {
-                    bump(&self.stats.http2_tx_reset, 1);
+                    bump(&self.stats().http2_tx_reset, 1);
                 }
                 // What an HTTP/2 stream sends is counted as its DATA payload (the request
                 // path counted HTTP/1.1 bytes; HEADERS go out compressed).
@@ -786,9 +790,9 @@ impl<N: Network> Engine<N> {
                 o
             }
             None => {
-                bump(&self.stats.http2_rx_reset, 1);
+                bump(&self.stats().http2_rx_reset, 1);
                 let code = crate::stats::reset_code(reset_code.get().flatten());
-                bump(&self.stats.http2_rx_reset_code[code], 1);
+                bump(&self.stats().http2_rx_reset_code[code], 1);
                 reset_by_client = true;
                 Outcome {
                     status: sink.borrow().status,
@@ -807,7 +811,7 @@ impl<N: Network> Engine<N> {
             .flag
             .is_some_and(|f| f != ResponseFlag::DirectResponse);
         if local {
-            bump(&self.stats.http_local_replies, 1);
+            bump(&self.stats().http_local_replies, 1);
         }
         if let Some(l) = lstats {
             if local {
@@ -964,8 +968,14 @@ impl StreamBuffers {
         pool.give_write(std::mem::take(&mut self.out));
     }
 
-    fn new(peer: SocketAddr, hc: &HttpConfig, over_tls: bool) -> Self {
-        let mut scratch = Scratch::new(peer, hc, Rc::new(Cell::new(false)), over_tls);
+    fn new(
+        peer: SocketAddr,
+        hc: &HttpConfig,
+        listener_http: &Rc<ListenerHttp>,
+        over_tls: bool,
+    ) -> Self {
+        let mut scratch =
+            Scratch::new(peer, hc, listener_http, Rc::new(Cell::new(false)), over_tls);
         // A `protocol: downstream` cluster speaks HTTP/2 to this stream's upstream.
         scratch.downstream_http2 = true;
         StreamBuffers {

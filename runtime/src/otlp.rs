@@ -306,7 +306,7 @@ impl<N: Network> Engine<N> {
             tracer.sampling_per_million(),
         );
         if hop.malformed {
-            bump(&self.stats.tracing_malformed_headers, 1);
+            bump(&self.stats().tracing_malformed_headers, 1);
         }
         trace.headers.write(&hop);
         trace.hop = Some(hop);
@@ -320,11 +320,11 @@ impl<N: Network> Engine<N> {
         if !hop.sampled {
             return;
         }
-        bump(&self.stats.tracing_spans_sampled, 1);
+        bump(&self.stats().tracing_spans_sampled, 1);
         if let Some(q) = &tracer.queue
             && !q.record(hop, e, SystemTime::now())
         {
-            bump(&self.stats.tracing_spans_dropped_queue_full, 1);
+            bump(&self.stats().tracing_spans_dropped_queue_full, 1);
         }
     }
 
@@ -372,9 +372,9 @@ impl<N: Network> Engine<N> {
                 .unwrap_or(false);
             let n = spans as u64;
             if sent {
-                bump(&self.stats.tracing_spans_exported, n);
+                bump(&self.stats().tracing_spans_exported, n);
             } else {
-                bump(&self.stats.tracing_spans_export_failed, n);
+                bump(&self.stats().tracing_spans_export_failed, n);
             }
             q.give_back(batch, spans);
         }
@@ -393,7 +393,7 @@ impl<N: Network> Engine<N> {
         let start = q.next_host.get();
         let pick = (0..hosts)
             .map(|i| (start + i) % hosts)
-            .find(|&h| self.upstreams.shared_health.is_healthy(ci, h))
+            .find(|&h| self.upstreams.shared_health().is_healthy(ci, h))
             .unwrap_or(start % hosts);
         q.next_host.set(pick + 1);
         let address = cluster.hosts[pick].address;
@@ -404,7 +404,7 @@ impl<N: Network> Engine<N> {
         let contexts = self.tls.current();
         let deadline = tokio::time::Instant::now() + cluster.connect_timeout;
         let connected = match contexts.connector(ci, transport) {
-            Ok(tls) => connect_via(&self.net, tls, address, Offer::Cluster, Some(deadline)).await,
+            Ok(tls) => connect_via(self.net(), tls, address, Offer::Cluster, Some(deadline)).await,
             Err(e) => Err(e.into()),
         };
         let mut stream = match connected {

@@ -22,11 +22,26 @@
 //!   (process, cluster, host), which each data-path caller bumps when it decides the attempt
 //!   failed.
 //!
-//! - **The worker's upstream state** ([`Upstreams`], the engine's `upstreams`): its cluster
-//!   states and balancers, outlier detection and applied availability per cluster, the
-//!   process's shared health verdicts, the HTTP/1.1 keep-alive pool and the HTTP/2 connection
-//!   pool. The TLS contexts stay with the engine (one handle for the listeners' acceptors and
-//!   the clusters' connectors, rotated together); the connect takes them as an argument.
+//! - **The worker's upstream state** ([`Upstreams`], the engine's `upstreams`), behind its
+//!   methods (its fields are private): its cluster states and balancers ([`ClusterRef`] per
+//!   cluster, all in one `RefCell<Vec<ClusterState>>` borrowed for one statement at a time),
+//!   outlier detection and applied availability per cluster ([`WorkerHealth`]), the process's
+//!   shared health verdicts, the HTTP/1.1 keep-alive pool and the HTTP/2 connection pool.
+//! - **Availability and outlier detection**: [`Upstreams::refresh_availability`] before a
+//!   pick (health × ejection × panic threshold into the cluster state, recomputed only when a
+//!   verdict generation or an ejection changed), [`Upstreams::report_upstream_result`] after a
+//!   request or session (fed to the worker's outlier detector; its ejections are logged and
+//!   counted here).
+//! - **The worker's network handle and counters**: one of each per engine, held here; the
+//!   engine reads them through it ([`Upstreams::net`], [`Upstreams::stats`]). The TLS
+//!   contexts stay with the engine (one handle for the listeners' acceptors and the clusters'
+//!   connectors, rotated together); the connect takes them as an argument.
+//!
+//! Invariants: every per-cluster vector (`clusters`, `health`, `cluster_names`, the pools'
+//! slots) has one entry per cluster of the generation's config, in config order; a
+//! `WorkerHealth`'s per-host vectors have one entry per host slot of its cluster; the
+//! availability a cluster state holds is the one its `WorkerHealth` last applied (changed
+//! only by `refresh_availability_at`).
 //!
 //! What stays with each caller: which of those counters it bumps beyond the attempt (health
 //! probes count `health_check_*` instead, span exports nothing), whether it reports to outlier
@@ -45,35 +60,46 @@ use std::cell::RefCell;
 use std::rc::Rc;
 use std::sync::Arc;
 
-use sluice_core::cluster::ClusterState;
+use sluice_core::cluster::{ClusterState, HostRef};
+use sluice_core::config::Config;
+use sluice_core::health::{OutlierDetector, OutlierEvent, UpstreamResult, fill_availability};
+use tracing::{info, warn};
 
-use crate::engine::ClusterRef;
 use crate::h2_upstream::H2Pool;
-use crate::health::{SharedHealth, WorkerHealth};
+use crate::health::SharedHealth;
 use crate::http::UpstreamConn;
 use crate::net::Network;
+use crate::now;
 use crate::pool::Pool;
-use crate::stats::{WorkerStats, bump};
+use crate::stats::{WorkerStats, bump, gauge_add};
 use crate::tls::{HandshakeOutcome, MaybeTls, NoTransport, UpstreamConnector, WorkerTls};
 
 /// One worker's upstream side: its clusters' state, their health, its connection pools and
-/// the connect path (see the module doc). Owned by the engine of one config generation.
+/// the connect path (see the module doc). Owned by the engine of one config generation; the
+/// engine reaches the network handle and the worker's counters through it
+/// ([`Upstreams::net`], [`Upstreams::stats`]): one handle of each per engine.
 pub(crate) struct Upstreams<N: Network> {
-    /// Upstream connections open through it (marked with the config's `upstream_mark`).
+    /// The worker's network: upstream connections open through it (marked with the config's
+    /// `upstream_mark`), and the engine's listeners accept through it.
     net: N,
+    /// The worker's counters (the engine's too).
     stats: Arc<WorkerStats>,
+    /// Which worker this is, for logs.
+    worker: usize,
+    /// Per cluster: its name, for logs.
+    cluster_names: Vec<String>,
     /// Per cluster: a handle on this worker's state of it (all of them live in `all_clusters`).
-    pub(crate) clusters: Vec<ClusterRef>,
+    clusters: Vec<ClusterRef>,
     /// This worker's cluster states, in config order (the Bolt proxy takes them as a slice).
-    pub(crate) all_clusters: Rc<RefCell<Vec<ClusterState>>>,
+    all_clusters: Rc<RefCell<Vec<ClusterState>>>,
     /// Per cluster: this worker's outlier detector and applied availability.
-    pub(crate) health: Vec<RefCell<WorkerHealth>>,
+    health: Vec<RefCell<WorkerHealth>>,
     /// Active health-check verdicts, shared by the process's workers.
-    pub(crate) shared_health: Arc<SharedHealth>,
+    shared_health: Arc<SharedHealth>,
     /// This worker's idle upstream HTTP connections.
-    pub(crate) pool: Pool<UpstreamConn<MaybeTls<N::Stream>>>,
+    pool: Pool<UpstreamConn<MaybeTls<N::Stream>>>,
     /// The worker's HTTP/2 upstream connections (`protocol: http2` clusters).
-    pub(crate) h2_pool: H2Pool,
+    h2_pool: H2Pool,
 }
 
 /// Why a connection to an upstream host could not be opened.
@@ -166,28 +192,106 @@ pub async fn connect_via<N: Network>(
 }
 
 impl<N: Network> Upstreams<N> {
-    /// The upstream side of a worker: `net` connects, `stats` counts.
-    #[allow(clippy::too_many_arguments)]
+    /// The upstream side of worker `worker` for `config`: `net` connects, `stats` counts.
+    /// Its cluster states and their health are built here; `all_clusters` may already hold
+    /// hosts (a DNS cluster's answers inherited by a reload: see
+    /// [`Upstreams::hosts_replaced`]).
     pub(crate) fn new(
         net: N,
         stats: Arc<WorkerStats>,
-        clusters: Vec<ClusterRef>,
+        config: &Config,
+        worker: usize,
         all_clusters: Rc<RefCell<Vec<ClusterState>>>,
-        health: Vec<RefCell<WorkerHealth>>,
         shared_health: Arc<SharedHealth>,
-        pool: Pool<UpstreamConn<MaybeTls<N::Stream>>>,
-        h2_pool: H2Pool,
     ) -> Self {
+        let clusters = (0..config.clusters.len())
+            .map(|index| ClusterRef {
+                all: all_clusters.clone(),
+                index,
+            })
+            .collect();
+        let slots = || {
+            config
+                .clusters
+                .iter()
+                .map(|c| (c.host_slots(), c.upstream_idle_timeout))
+        };
         Upstreams {
+            pool: Pool::new(slots(), stats.clone()),
+            h2_pool: H2Pool::new(slots()),
             net,
             stats,
+            worker,
+            cluster_names: config.clusters.iter().map(|c| c.name.clone()).collect(),
             clusters,
             all_clusters,
-            health,
+            health: WorkerHealth::new(config),
             shared_health,
-            pool,
-            h2_pool,
         }
+    }
+
+    /// The worker's network handle.
+    #[inline]
+    pub(crate) fn net(&self) -> &N {
+        &self.net
+    }
+
+    /// The worker's counters.
+    #[inline]
+    pub(crate) fn stats(&self) -> &Arc<WorkerStats> {
+        &self.stats
+    }
+
+    /// A handle on this worker's state of cluster `ci`.
+    #[inline]
+    pub(crate) fn cluster(&self, ci: usize) -> &ClusterRef {
+        &self.clusters[ci]
+    }
+
+    /// How many clusters there are.
+    pub(crate) fn cluster_count(&self) -> usize {
+        self.clusters.len()
+    }
+
+    /// This worker's cluster states, in config order.
+    pub(crate) fn all_clusters(&self) -> std::cell::Ref<'_, Vec<ClusterState>> {
+        self.all_clusters.borrow()
+    }
+
+    /// This worker's cluster states, in config order, to change (the Bolt proxy's
+    /// balancing and stale-connection sweeps).
+    pub(crate) fn all_clusters_mut(&self) -> std::cell::RefMut<'_, Vec<ClusterState>> {
+        self.all_clusters.borrow_mut()
+    }
+
+    /// This worker's outlier detector and applied availability of cluster `ci`.
+    #[inline]
+    pub(crate) fn worker_health(&self, ci: usize) -> &RefCell<WorkerHealth> {
+        &self.health[ci]
+    }
+
+    /// The active health-check verdicts (and DNS answers) shared by the process's workers.
+    #[inline]
+    pub(crate) fn shared_health(&self) -> &Arc<SharedHealth> {
+        &self.shared_health
+    }
+
+    /// This worker's idle upstream HTTP/1.1 connections.
+    #[inline]
+    pub(crate) fn pool(&self) -> &Pool<UpstreamConn<MaybeTls<N::Stream>>> {
+        &self.pool
+    }
+
+    /// This worker's HTTP/2 upstream connections.
+    #[inline]
+    pub(crate) fn h2_pool(&self) -> &H2Pool {
+        &self.h2_pool
+    }
+
+    /// DNS (or an in-place endpoint update): the hosts `ids` of cluster `ci` changed, and it
+    /// has `live_hosts` now; see [`WorkerHealth::hosts_replaced`].
+    pub(crate) fn hosts_replaced(&self, ci: usize, ids: &[HostRef], live_hosts: usize) {
+        self.health[ci].borrow_mut().hosts_replaced(ids, live_hosts);
     }
 
     /// A new connection to a host of cluster `ci` at `address`, reached with `transport` (the
@@ -245,6 +349,251 @@ impl<N: Network> Upstreams<N> {
         }
         if let Some(h) = self.stats.host(ci, host.index()) {
             bump(&h.cx_connect_fail, 1);
+        }
+    }
+}
+
+impl<N: Network> Upstreams<N> {
+    /// Brings cluster `ci`'s availability up to date before a pick: cheap when nothing changed
+    /// (one relaxed load, two compares).
+    pub(crate) fn refresh_availability(&self, ci: usize) {
+        self.refresh_availability_at(ci, now());
+    }
+
+    /// [`Upstreams::refresh_availability`] with the time already read.
+    pub(crate) fn refresh_availability_at(&self, ci: usize, now: sluice_core::Instant) {
+        let mut wh = self.health[ci].borrow_mut();
+        let generation = self.shared_health.generation(ci);
+        let mut expired = false;
+        if let Some(o) = wh.outlier.as_mut()
+            && o.poll_timeout().is_some_and(|t| t <= now)
+        {
+            o.handle_timeout(now);
+            expired = true;
+        }
+        if expired {
+            self.drain_outlier_events(ci, &mut wh);
+        }
+        if generation == wh.applied_generation && !wh.dirty {
+            return;
+        }
+        let wh = &mut *wh;
+        wh.applied_generation = generation;
+        wh.dirty = false;
+        {
+            let cluster = self.clusters[ci].borrow();
+            for (i, h) in wh.healthy.iter_mut().enumerate() {
+                let host = cluster.host_ref(HostId(i as u32));
+                *h = self.shared_health.is_healthy_for(ci, host);
+            }
+        }
+        if let Some(o) = &wh.outlier {
+            for (i, e) in wh.ejected.iter_mut().enumerate() {
+                *e = o.is_ejected(HostId(i as u32));
+            }
+        }
+        let panic = match wh.present.as_mut() {
+            Some(present) => {
+                let cluster = self.clusters[ci].borrow();
+                for (i, p) in present.iter_mut().enumerate() {
+                    *p = cluster.is_present(HostId(i as u32));
+                }
+                sluice_core::health::fill_availability_of_present(
+                    &wh.healthy,
+                    &wh.ejected,
+                    present,
+                    wh.panic_threshold_percent,
+                    &mut wh.available,
+                )
+            }
+            None => fill_availability(
+                &wh.healthy,
+                &wh.ejected,
+                wh.panic_threshold_percent,
+                &mut wh.available,
+            ),
+        };
+        if panic != wh.panic {
+            if panic {
+                warn!(worker = self.worker, cluster = %self.cluster_names[ci],
+                    "too few available hosts: panic mode, balancing over every host");
+            } else {
+                info!(worker = self.worker, cluster = %self.cluster_names[ci], "left panic mode");
+            }
+            if let Some(c) = self.stats.cluster(ci) {
+                gauge_add(&c.lb_panic, panic);
+                if panic {
+                    bump(&c.lb_panic_total, 1);
+                }
+            }
+        }
+        wh.panic = panic;
+        let mut cluster = self.clusters[ci].borrow_mut();
+        for (i, &a) in wh.available.iter().enumerate() {
+            cluster.set_available(HostId(i as u32), a);
+        }
+    }
+
+    /// Host `host` of cluster `ci`'s address, for a log line ("?" if the cluster state is
+    /// borrowed right now: this may run inside a pick).
+    fn host_address(&self, ci: usize, host: HostId) -> String {
+        match self.all_clusters.try_borrow() {
+            Ok(all) => all[ci].host(host).address.to_string(),
+            Err(_) => "?".to_owned(),
+        }
+    }
+
+    /// Feeds one request (or session) result on `host` (as it was picked) to the worker's
+    /// outlier detector; the result of a host whose slot has another host by now is dropped
+    /// there (it must not count for the new one).
+    pub(crate) fn report_upstream_result(&self, ci: usize, host: HostRef, result: UpstreamResult) {
+        let mut wh = self.health[ci].borrow_mut();
+        let Some(o) = wh.outlier.as_mut() else {
+            return;
+        };
+        if !o.handle_result_for(now(), host, result) && !o.is_ejected(host.id) {
+            tracing::debug!(cluster = %self.cluster_names[ci], ?host, ?result,
+                "outlier detection: result of a host no longer in its slot, dropped");
+        }
+        self.drain_outlier_events(ci, &mut wh);
+    }
+
+    fn drain_outlier_events(&self, ci: usize, wh: &mut WorkerHealth) {
+        let Some(o) = wh.outlier.as_mut() else {
+            return;
+        };
+        while let Some(event) = o.poll_event() {
+            wh.dirty = true;
+            let (host, ejected) = match event {
+                OutlierEvent::Ejected { host, .. } => (host, true),
+                OutlierEvent::Unejected(host) => (host, false),
+                OutlierEvent::EjectionSkipped(host) => {
+                    warn!(worker = self.worker, cluster = %self.cluster_names[ci],
+                        host = %self.host_address(ci, host),
+                        "outlier not ejected: max_ejection_percent reached");
+                    if let Some(c) = self.stats.cluster(ci) {
+                        bump(&c.outlier_ejections_overflow, 1);
+                    }
+                    continue;
+                }
+            };
+            let address = self.host_address(ci, host);
+            if ejected {
+                warn!(worker = self.worker, cluster = %self.cluster_names[ci], host = %address, ?event, "host ejected");
+                if let Some(c) = self.stats.cluster(ci) {
+                    bump(&c.outlier_ejections_total, 1);
+                }
+            } else {
+                info!(worker = self.worker, cluster = %self.cluster_names[ci], host = %address, "host readmitted after ejection");
+            }
+            if let Some(h) = self.stats.host(ci, host.index()) {
+                gauge_add(&h.ejected, ejected);
+            }
+        }
+    }
+}
+
+/// One cluster's state in a worker: a handle into the worker's `Vec<ClusterState>` (borrowed
+/// for one statement at a time, like every `RefCell` here).
+#[derive(Clone)]
+pub(crate) struct ClusterRef {
+    all: Rc<RefCell<Vec<ClusterState>>>,
+    index: usize,
+}
+
+impl ClusterRef {
+    /// The cluster's state, mutably (panics if any cluster is borrowed: a bug).
+    pub(crate) fn borrow_mut(&self) -> std::cell::RefMut<'_, ClusterState> {
+        std::cell::RefMut::map(self.all.borrow_mut(), |all| &mut all[self.index])
+    }
+
+    /// The cluster's state.
+    pub(crate) fn borrow(&self) -> std::cell::Ref<'_, ClusterState> {
+        std::cell::Ref::map(self.all.borrow(), |all| &all[self.index])
+    }
+
+    /// The cluster's state, mutably, unless something holds a borrow.
+    pub(crate) fn try_borrow_mut(&self) -> Option<std::cell::RefMut<'_, ClusterState>> {
+        let all = self.all.try_borrow_mut().ok()?;
+        Some(std::cell::RefMut::map(all, |all| &mut all[self.index]))
+    }
+}
+
+/// One worker's view of one cluster's health: its outlier detector and the availability it
+/// last applied to its `ClusterState`.
+#[derive(Debug)]
+pub(crate) struct WorkerHealth {
+    applied_generation: u64,
+    /// Force a recompute on the next refresh (an ejection changed).
+    dirty: bool,
+    outlier: Option<OutlierDetector>,
+    panic_threshold_percent: u32,
+    healthy: Vec<bool>,
+    ejected: Vec<bool>,
+    available: Vec<bool>,
+    panic: bool,
+    /// A DNS cluster: which ids hold a host (only they count toward the panic threshold).
+    present: Option<Vec<bool>>,
+}
+
+impl WorkerHealth {
+    pub(crate) fn new(config: &Config) -> Vec<RefCell<WorkerHealth>> {
+        config
+            .clusters
+            .iter()
+            .map(|c| {
+                let n = c.host_slots();
+                RefCell::new(WorkerHealth {
+                    // Free slots (a DNS cluster's, a static one's spare ids) never count
+                    // toward the panic threshold: which slots hold a host is tracked.
+                    present: (c.kind.is_dns() || n > c.hosts.len())
+                        .then(|| (0..n).map(|i| i < c.hosts.len()).collect()),
+                    applied_generation: u64::MAX,
+                    dirty: true,
+                    outlier: c.outlier_detection.map(|s| {
+                        let mut o = OutlierDetector::new(n, s);
+                        if c.kind.is_dns() {
+                            // No host until the first answer.
+                            o.set_live_hosts(0);
+                        } else if n > c.hosts.len() {
+                            // Spare ids hold no host until an update in place fills them.
+                            o.set_live_hosts(c.hosts.len());
+                        }
+                        o
+                    }),
+                    panic_threshold_percent: c.panic_threshold_percent,
+                    healthy: vec![true; n],
+                    ejected: vec![false; n],
+                    available: vec![true; n],
+                    panic: false,
+                })
+            })
+            .collect()
+    }
+}
+
+impl WorkerHealth {
+    /// Whether this worker's outlier detector has host `id` ejected.
+    #[cfg(test)]
+    pub(crate) fn is_ejected(&self, id: HostId) -> bool {
+        self.outlier.as_ref().is_some_and(|o| o.is_ejected(id))
+    }
+
+    /// DNS: ids now naming another host (or none), with their new epochs. Their outlier
+    /// state starts over (an ejection was the old address's; results of the old epoch still
+    /// arriving are dropped) and availability is recomputed before the next pick.
+    pub(crate) fn hosts_replaced(&mut self, ids: &[HostRef], live_hosts: usize) {
+        self.dirty = true;
+        // A static cluster whose endpoints were updated in place may have free slots now:
+        // only present hosts count toward the panic threshold from here on.
+        if self.present.is_none() && !ids.is_empty() {
+            self.present = Some(vec![true; self.healthy.len()]);
+        }
+        if let Some(o) = self.outlier.as_mut() {
+            for &id in ids {
+                o.replace_host(id);
+            }
+            o.set_live_hosts(live_hosts);
         }
     }
 }
@@ -325,11 +674,11 @@ mod tests {
     }
 
     fn tls_fail(engine: &Engine<TokioNet>, ci: usize, outcome: HandshakeOutcome) -> u64 {
-        engine.stats.cluster(ci).unwrap().upstream_tls_fail[outcome as usize].load(Relaxed)
+        engine.stats().cluster(ci).unwrap().upstream_tls_fail[outcome as usize].load(Relaxed)
     }
 
     fn tls_fail_total(engine: &Engine<TokioNet>, ci: usize) -> u64 {
-        let c = engine.stats.cluster(ci).unwrap();
+        let c = engine.stats().cluster(ci).unwrap();
         c.upstream_tls_fail.iter().map(|n| n.load(Relaxed)).sum()
     }
 
@@ -342,12 +691,12 @@ mod tests {
 
     /// (connect fails, connect timeouts) of cluster `ci`, and its host 0's `cx_connect_fail`.
     fn failures(engine: &Engine<TokioNet>, ci: usize) -> (u64, u64, u64) {
-        let c = engine.stats.cluster(ci).unwrap();
+        let c = engine.stats().cluster(ci).unwrap();
         (
             c.upstream_cx_connect_fail.load(Relaxed),
             c.upstream_cx_connect_timeout.load(Relaxed),
             engine
-                .stats
+                .stats()
                 .host(ci, 0)
                 .unwrap()
                 .cx_connect_fail
@@ -373,13 +722,13 @@ mod tests {
                 e.session_failure(),
                 sluice_core::tcp_proxy::ConnectFailure::Refused
             );
-            assert_eq!(engine.stats.upstream_cx_attempts.load(Relaxed), 1);
-            let c = engine.stats.cluster(PLAIN).unwrap();
+            assert_eq!(engine.stats().upstream_cx_attempts.load(Relaxed), 1);
+            let c = engine.stats().cluster(PLAIN).unwrap();
             assert_eq!(c.upstream_cx_total.load(Relaxed), 1);
             count(&engine, PLAIN, &e);
             assert_eq!(failures(&engine, PLAIN), (1, 0, 1));
-            assert_eq!(engine.stats.upstream_cx_connect_fail.load(Relaxed), 1);
-            assert_eq!(engine.stats.upstream_cx_connect_timeout.load(Relaxed), 0);
+            assert_eq!(engine.stats().upstream_cx_connect_fail.load(Relaxed), 1);
+            assert_eq!(engine.stats().upstream_cx_connect_timeout.load(Relaxed), 0);
             assert_eq!(tls_fail_total(&engine, PLAIN), 0);
         });
     }
@@ -411,7 +760,7 @@ mod tests {
             );
             count(&engine, TLS, &e);
             assert_eq!(failures(&engine, TLS), (0, 1, 1));
-            assert_eq!(engine.stats.upstream_cx_connect_timeout.load(Relaxed), 1);
+            assert_eq!(engine.stats().upstream_cx_connect_timeout.load(Relaxed), 1);
             assert_eq!(tls_fail_total(&engine, TLS), 0);
         });
     }
@@ -480,7 +829,7 @@ mod tests {
             );
             assert_eq!(tls_fail_total(&engine, TLS_OTHER_NAME), 1);
             assert_eq!(tls_fail_total(&engine, TLS), 0);
-            assert_eq!(engine.stats.upstream_cx_attempts.load(Relaxed), 2);
+            assert_eq!(engine.stats().upstream_cx_attempts.load(Relaxed), 2);
         });
     }
 

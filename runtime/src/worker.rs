@@ -349,10 +349,10 @@ impl<N: Network> Worker<N> {
         // Counters move to the new generation now; what the old one counts while it drains
         // follows when it has ended.
         engine
-            .stats
-            .carry_over(&old.stats, &old_config, &engine.config);
+            .stats()
+            .carry_over(old.stats(), &old_config, &engine.config);
         let retired = Retired {
-            at_switch: old.stats.frozen(&old_config),
+            at_switch: old.stats().frozen(&old_config),
             config: old_config,
         };
         old.set_handoff(Rc::new(GenerationHandoff(self.current.clone())));
@@ -389,7 +389,7 @@ impl<N: Network> Worker<N> {
     ) -> Option<crate::dns::EndpointsUpdate> {
         let engine = self.engine();
         let update = crate::dns::merge_endpoints_update(
-            &engine.upstreams.shared_health,
+            engine.upstreams.shared_health(),
             current,
             next,
             changed,
@@ -447,7 +447,7 @@ fn start_generation<N: Network>(
         started: crate::now(),
         draining: None,
         ended: None,
-        stats: engine.stats.clone(),
+        stats: engine.stats().clone(),
     });
     on_event(WorkerEvent::GenerationStarted { generation });
     let mut close_listeners = close_listeners.cloned();
@@ -478,8 +478,8 @@ fn start_generation<N: Network>(
                 .await;
             if let Some((r, current)) = retired.borrow_mut().take() {
                 let now = current.borrow().engine.clone();
-                now.stats
-                    .transfer(&engine.stats, &r.at_switch, &r.config, &now.config);
+                now.stats()
+                    .transfer(engine.stats(), &r.at_switch, &r.config, &now.config);
             }
             let at = crate::now();
             status.update(generation, |g| g.ended = Some(at));
@@ -738,7 +738,7 @@ mod tests {
             // The worker's cluster has a and c, not b.
             let addresses: Vec<u16> = {
                 let engine = worker.engine();
-                let cluster = engine.upstreams.clusters[0].borrow();
+                let cluster = engine.upstreams.cluster(0).borrow();
                 (0..2)
                     .filter(|&i| cluster.is_present(sluice_core::cluster::HostId(i)))
                     .map(|i| cluster.host(sluice_core::cluster::HostId(i)).address.port())
@@ -952,7 +952,7 @@ mod tests {
             // Per id: (port, weight, transport, epoch) of the worker's cluster, present ids.
             let hosts = || {
                 let engine = worker.engine();
-                let cluster = engine.upstreams.clusters[0].borrow();
+                let cluster = engine.upstreams.cluster(0).borrow();
                 (0..cluster.hosts().len() as u32)
                     .map(sluice_core::cluster::HostId)
                     .filter(|&id| cluster.is_present(id))
@@ -1201,7 +1201,7 @@ mod tests {
             assert_eq!((update.added, update.removed), (1, 1));
             {
                 let engine = worker.engine();
-                let cluster = engine.upstreams.clusters[0].borrow();
+                let cluster = engine.upstreams.cluster(0).borrow();
                 let id = sluice_core::cluster::HostId(0);
                 assert_eq!(cluster.host(id).address.port(), x);
                 assert_eq!(cluster.transport(id), Some(0), "x over mTLS in the id it left");
@@ -1303,7 +1303,7 @@ mod tests {
             )
             .expect("engine");
             for ci in 0..2 {
-                let c = engine.upstreams.clusters[ci].borrow();
+                let c = engine.upstreams.cluster(ci).borrow();
                 let id = sluice_core::cluster::HostId(0);
                 assert!(c.is_present(id), "cluster {ci} kept its address");
                 assert_eq!(c.transport(id), None, "cluster {ci}: the cluster's own tls");

@@ -76,13 +76,21 @@ pub struct PeerIdentity {
     pub dns_sans: Vec<String>,
 }
 
-/// The subject and SANs of a DER certificate.
-pub fn peer_identity(der: &[u8]) -> Result<PeerIdentity, String> {
+/// A parsed DER certificate and its DNS and URI SANs (each in order, as written): what
+/// [`peer_identity`] and [`describe`] both read, parsed and walked once here.
+struct Parsed<'a> {
+    cert: x509_parser::certificate::X509Certificate<'a>,
+    dns_sans: Vec<String>,
+    uri_sans: Vec<String>,
+}
+
+/// Parses `der` and walks its SANs (a SAN extension that does not parse is read as none).
+fn parse_with_sans(der: &[u8]) -> Result<Parsed<'_>, String> {
     use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};
-    let (_, c) =
+    let (_, cert) =
         X509Certificate::from_der(der).map_err(|e| format!("cannot parse a certificate: {e}"))?;
     let (mut dns_sans, mut uri_sans) = (Vec::new(), Vec::new());
-    if let Ok(Some(ext)) = c.subject_alternative_name() {
+    if let Ok(Some(ext)) = cert.subject_alternative_name() {
         for n in &ext.value.general_names {
             match n {
                 GeneralName::DNSName(d) => dns_sans.push((*d).to_owned()),
@@ -91,6 +99,20 @@ pub fn peer_identity(der: &[u8]) -> Result<PeerIdentity, String> {
             }
         }
     }
+    Ok(Parsed {
+        cert,
+        dns_sans,
+        uri_sans,
+    })
+}
+
+/// The subject and SANs of a DER certificate.
+pub fn peer_identity(der: &[u8]) -> Result<PeerIdentity, String> {
+    let Parsed {
+        cert: c,
+        dns_sans,
+        uri_sans,
+    } = parse_with_sans(der)?;
     let mut subject = String::new();
     let rdns: Vec<_> = c.subject().iter_rdn().collect();
     for (i, rdn) in rdns.iter().rev().enumerate() {
@@ -185,19 +207,11 @@ pub struct CertInfo {
 
 /// A DER certificate's subject, issuer, serial, SANs and validity.
 pub fn describe(der: &[u8]) -> Result<CertInfo, String> {
-    use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};
-    let (_, c) =
-        X509Certificate::from_der(der).map_err(|e| format!("cannot parse a certificate: {e}"))?;
-    let (mut dns_sans, mut uri_sans) = (Vec::new(), Vec::new());
-    if let Ok(Some(ext)) = c.subject_alternative_name() {
-        for n in &ext.value.general_names {
-            match n {
-                GeneralName::DNSName(d) => dns_sans.push((*d).to_owned()),
-                GeneralName::URI(u) => uri_sans.push((*u).to_owned()),
-                _ => {}
-            }
-        }
-    }
+    let Parsed {
+        cert: c,
+        dns_sans,
+        uri_sans,
+    } = parse_with_sans(der)?;
     Ok(CertInfo {
         subject: c.subject().to_string(),
         issuer: c.issuer().to_string(),

@@ -1,6 +1,7 @@
 //! What one engine serves connections with, per *serving slot*: each listener, then each
 //! filter chain of a listener served as a listener of its own ([`Config::chain_slots`]) — its
-//! listener config, compiled router, access log writers, and whose counters it bumps.
+//! listener config, compiled router, shared HTTP settings ([`ListenerHttp`]), access log
+//! writers, and whose counters it bumps.
 //!
 //! Built once with the engine from its config and never changed (a new config is a new
 //! engine); only the access log writers change inside (buffered lines, reopened files).
@@ -9,11 +10,13 @@
 //! its `chain_base`.
 
 use std::cell::RefCell;
+use std::rc::Rc;
 
 use sluice_core::config::{Config, ListenerConfig, ListenerFilter};
 use sluice_core::router::Router;
 
 use crate::access_log::AccessLog;
+use crate::http::ListenerHttp;
 
 /// See the module doc.
 pub(crate) struct Serving {
@@ -27,6 +30,9 @@ pub(crate) struct Serving {
     slot_owner: Vec<usize>,
     /// Per serving slot: the compiled router of an `http` listener (or chain).
     routers: Vec<Option<Router>>,
+    /// Per serving slot: the HTTP settings of an `http` listener (or chain) its connections
+    /// share ([`ListenerHttp`]).
+    listener_http: Vec<Option<Rc<ListenerHttp>>>,
     /// Per serving slot: this worker's access log writer, if it has one.
     access_logs: Vec<Option<RefCell<AccessLog>>>,
     /// Per serving slot: this worker's Bolt access log writer, if its `bolt` section has one
@@ -56,6 +62,7 @@ impl Serving {
             .chain(chain_slots.iter().map(|&(l, _)| l))
             .collect();
         let mut routers = Vec::with_capacity(slot_owner.len());
+        let mut listener_http = Vec::with_capacity(slot_owner.len());
         let mut access_logs = Vec::with_capacity(slot_owner.len());
         let mut bolt_access_logs = Vec::with_capacity(slot_owner.len());
         for l in config.listeners.iter().chain(&chain_listeners) {
@@ -71,6 +78,7 @@ impl Serving {
             match &l.filter {
                 ListenerFilter::Http(hc) | ListenerFilter::Auto { http: hc, .. } => {
                     routers.push(Some(Router::new(hc).map_err(std::io::Error::other)?));
+                    listener_http.push(Some(Rc::new(ListenerHttp::new(hc))));
                     access_logs.push(match &hc.access_log {
                         Some(a) => Some(RefCell::new(AccessLog::open(a)?)),
                         None => None,
@@ -78,6 +86,7 @@ impl Serving {
                 }
                 ListenerFilter::TcpProxy(tp) => {
                     routers.push(None);
+                    listener_http.push(None);
                     access_logs.push(match &tp.access_log {
                         Some(a) => Some(RefCell::new(AccessLog::open_tcp(a)?)),
                         None => None,
@@ -85,6 +94,7 @@ impl Serving {
                 }
                 _ => {
                     routers.push(None);
+                    listener_http.push(None);
                     access_logs.push(None);
                 }
             }
@@ -94,6 +104,7 @@ impl Serving {
             chain_base,
             slot_owner,
             routers,
+            listener_http,
             access_logs,
             bolt_access_logs,
         })
@@ -124,6 +135,13 @@ impl Serving {
     #[inline]
     pub(crate) fn router(&self, slot: usize) -> Option<&Router> {
         self.routers[slot].as_ref()
+    }
+
+    /// The HTTP settings of serving slot `slot` (an `http` or `auto` one) that its
+    /// connections share.
+    #[inline]
+    pub(crate) fn listener_http(&self, slot: usize) -> Option<&Rc<ListenerHttp>> {
+        self.listener_http[slot].as_ref()
     }
 
     /// The access log writer of serving slot `slot`, if it has one (HTTP or `tcp_proxy`).

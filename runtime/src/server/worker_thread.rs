@@ -151,7 +151,7 @@ pub(super) async fn worker_main(start: WorkerStart) -> io::Result<()> {
             Some(WorkerCommand::Adopt(m)) => adopt(&worker, index, m),
             Some(WorkerCommand::Endpoints(update, done)) => {
                 let engine = worker.engine();
-                if std::ptr::from_ref(&*engine.upstreams.shared_health) as usize
+                if std::ptr::from_ref(&**engine.upstreams.shared_health()) as usize
                     == update.generation
                 {
                     engine.apply_endpoints(&update);

@@ -162,8 +162,8 @@ fn an_idle_spliced_session_holds_no_pipe_and_no_buffer() {
         assert_eq!(held(&engine), (0, 0));
         assert_no_pipe_outside_the_pool(&engine);
         assert!(engine.pipes.pooled() >= 1, "the bytes went through pipes");
-        assert_eq!(engine.stats.tcp_relay_spliced.load(Relaxed), 1);
-        assert_eq!(engine.stats.tcp_relay_chunks_copied.load(Relaxed), 0);
+        assert_eq!(engine.stats().tcp_relay_spliced.load(Relaxed), 1);
+        assert_eq!(engine.stats().tcp_relay_chunks_copied.load(Relaxed), 0);
         // Still a session: it takes a pipe again for the next bytes, and gives it back.
         let _w = round_trip(&mut r, w, 100_000).await;
         assert_eq!(held(&engine), (0, 0));
@@ -188,7 +188,7 @@ fn small_messages_are_copied_and_bulk_bytes_spliced() {
             w = round_trip(&mut r, w, 200).await;
         }
         assert_eq!(engine.limits.pipes_open(), 0, "no pipe for small messages");
-        assert_eq!(engine.stats.tcp_relay_chunks_copied.load(Relaxed), 0);
+        assert_eq!(engine.stats().tcp_relay_chunks_copied.load(Relaxed), 0);
         let _w = round_trip(&mut r, w, 4 << 20).await;
         assert!(
             engine.pipes.pooled() >= 1,
@@ -208,7 +208,7 @@ fn an_idle_copied_session_holds_no_buffer() {
         let w = round_trip(&mut r, w, 1 << 20).await;
         assert_eq!(held(&engine), (0, 0));
         assert_eq!(engine.limits.pipes_open(), 0);
-        assert_eq!(engine.stats.tcp_relay_copied.load(Relaxed), 1);
+        assert_eq!(engine.stats().tcp_relay_copied.load(Relaxed), 1);
         let _w = round_trip(&mut r, w, 100_000).await;
         assert_eq!(held(&engine), (0, 0));
     });
@@ -310,7 +310,7 @@ fn a_pipe_left_holding_bytes_by_a_failed_destination_is_closed_not_pooled() {
         drop(upstream);
         let reset = CloseReason::UpstreamReset.index();
         until("the session ends", || {
-            engine.stats.tcp_session_closed[reset].load(Relaxed) == 1
+            engine.stats().tcp_session_closed[reset].load(Relaxed) == 1
         })
         .await;
         assert_eq!(held(&engine), (0, 0));
@@ -328,7 +328,7 @@ fn a_session_without_pipes_copies_each_chunk_and_takes_a_pipe_again_once_one_is_
         engine.limits.set_pipes_max(0);
         let (mut r, w) = TcpStream::connect(at).await.unwrap().into_split();
         let w = round_trip(&mut r, w, 1 << 20).await;
-        let copied = engine.stats.tcp_relay_chunks_copied.load(Relaxed);
+        let copied = engine.stats().tcp_relay_chunks_copied.load(Relaxed);
         assert!(copied >= 2, "{copied} chunks copied");
         assert_eq!(engine.limits.pipes_open(), 0);
         assert_eq!(held(&engine), (0, 0));
@@ -343,13 +343,13 @@ fn a_session_without_pipes_copies_each_chunk_and_takes_a_pipe_again_once_one_is_
             "the session took a pipe again"
         );
         assert!(
-            engine.stats.tcp_relay_chunks_copied.load(Relaxed) > copied,
+            engine.stats().tcp_relay_chunks_copied.load(Relaxed) > copied,
             "no chunk found the only pipe taken"
         );
         assert_eq!(held(&engine), (0, 0));
         assert_no_pipe_outside_the_pool(&engine);
         drop((r, w));
-        assert_eq!(engine.stats.tcp_relay_spliced.load(Relaxed), 1);
+        assert_eq!(engine.stats().tcp_relay_spliced.load(Relaxed), 1);
     });
 }
 
@@ -401,13 +401,13 @@ fn half_closes_each_way_deliver_every_byte_then_complete_holding_nothing() {
                 assert_eq!(upstream.await.unwrap(), request, "{case}");
                 let completed = CloseReason::Completed.index();
                 until("the session completes", || {
-                    engine.stats.tcp_session_closed[completed].load(Relaxed) == 1
+                    engine.stats().tcp_session_closed[completed].load(Relaxed) == 1
                 })
                 .await;
                 assert_eq!(held(&engine), (0, 0), "{case}");
                 assert_no_pipe_outside_the_pool(&engine);
                 if budget == Some(0) {
-                    assert!(engine.stats.tcp_relay_chunks_copied.load(Relaxed) > 0);
+                    assert!(engine.stats().tcp_relay_chunks_copied.load(Relaxed) > 0);
                 }
             });
         }
