@@ -822,6 +822,103 @@ fn server_name_sets_the_server_header_of_forwarded_responses() {
     assert_eq!(server(plain), kept);
 }
 
+/// The listener's `server_name` is on the proxy's own answers too, as Envoy sets it on every
+/// response it sends: 404 (no route), 503 (no host), 403 (refused upgrade), a direct
+/// response, a gRPC request's trailers-only answer, a rejected head (400), and over HTTP/2;
+/// `pass_through` has nothing to pass on a local reply (no `server`).
+#[test]
+fn server_name_is_on_the_proxys_own_answers() {
+    let dir = TempDir::new("http-server-name-local");
+    let (listen, passing) = (free_port(), free_port());
+    let listener = |name: &str, port: u16, extra: &str| {
+        format!(
+            r#"  - name: {name}
+    address: 127.0.0.1:{port}
+    http:
+      server_name: edge-proxy
+      upgrade_types: [websocket]
+{extra}      virtual_hosts:
+        - name: known
+          domains: ["known.example"]
+          routes:
+            - match: {{ prefix: /direct }}
+              direct_response: {{ status: 200, body: "hi\n" }}
+            - match: {{ prefix: / }}
+              route: {{ cluster: empty }}
+"#
+        )
+    };
+    let config = format!(
+        "listeners:\n{}{}clusters:\n  - name: empty\n    hosts: []\n",
+        listener("overwrite", listen, ""),
+        listener(
+            "passing",
+            passing,
+            "      server_header_transformation: pass_through\n"
+        ),
+    );
+    let _s = start_sluice(&dir, &config, 1, addr(listen));
+    let servers = |r: &str| -> Vec<String> {
+        let head = r.split("\r\n\r\n").next().unwrap_or("");
+        head.lines()
+            .filter_map(|l| l.strip_prefix("server: "))
+            .map(str::to_owned)
+            .collect()
+    };
+    let cases: [(&[u8], u16); 6] = [
+        (b"GET / HTTP/1.1\r\nHost: other.example\r\nConnection: close\r\n\r\n", 404),
+        (b"GET / HTTP/1.1\r\nHost: known.example\r\nConnection: close\r\n\r\n", 503),
+        (
+            b"GET /direct HTTP/1.1\r\nHost: known.example\r\nConnection: close\r\n\r\n",
+            200,
+        ),
+        (
+            b"GET / HTTP/1.1\r\nHost: known.example\r\nConnection: Upgrade\r\nUpgrade: h2c\r\n\r\n",
+            403,
+        ),
+        (
+            b"POST /svc/M HTTP/1.1\r\nHost: known.example\r\ncontent-type: application/grpc\r\n\
+              Content-Length: 0\r\nConnection: close\r\n\r\n",
+            200,
+        ),
+        (b"GET / HTTP/1.1\r\nHost: known.example\r\nContent-Length: x\r\n\r\n", 400),
+    ];
+    for (request, status) in cases {
+        let r = raw(listen, request);
+        assert_eq!(status_of(&r), status, "{r}");
+        assert_eq!(servers(&r), ["edge-proxy"], "{r}");
+        let r = raw(passing, request);
+        assert_eq!(status_of(&r), status, "{r}");
+        assert!(servers(&r).is_empty(), "{r}");
+    }
+    // The gRPC answer is the proxy's (no host: UNAVAILABLE).
+    let r = raw(
+        listen,
+        b"POST /svc/M HTTP/1.1\r\nHost: known.example\r\ncontent-type: application/grpc\r\n\
+          Content-Length: 0\r\nConnection: close\r\n\r\n",
+    );
+    assert!(r.contains("grpc-status: 14\r\n"), "{r}");
+    // HTTP/2 (h2c, prior knowledge): the same field in the HEADERS of a local reply.
+    if require_peers(&["curl"]) {
+        let out = run(
+            "curl",
+            &[
+                "-sS",
+                "-i",
+                "--http2-prior-knowledge",
+                "--max-time",
+                "10",
+                "-H",
+                "host: other.example",
+                &format!("http://127.0.0.1:{listen}/"),
+            ],
+        );
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(text.starts_with("HTTP/2 404"), "{text}");
+        assert_eq!(servers(&text), ["edge-proxy"], "{text}");
+    }
+}
+
 #[test]
 fn websocket_upgrade_becomes_a_tunnel() {
     if !require_peers(&["python3", "test-venv"]) {

@@ -1058,7 +1058,14 @@ impl<N: Network> Engine<N> {
             tracing::debug!(%peer, awaiting_response, "drain timeout passed; closing the HTTP connection");
             if awaiting_response {
                 let mut out = Vec::new();
-                write_local_response(&mut out, 503, &[], b"the proxy is shutting down\n", true);
+                let server_field = ServerHeader::local_field(hc.server_header.as_ref());
+                write_local_response(
+                    &mut out,
+                    503,
+                    server_field.as_slice(),
+                    b"the proxy is shutting down\n",
+                    true,
+                );
                 let _ = write_flushed(&mut down, &out).await;
                 self.count_status(listener, 503);
                 bump(&self.stats.http_local_replies, 1);
@@ -1168,7 +1175,14 @@ impl<N: Network> Engine<N> {
                 }
                 HeadRead::Reject(status, flag, why) => {
                     out.clear();
-                    write_local_response(&mut out, status, &[], why.as_bytes(), true);
+                    let server_field = ServerHeader::local_field(hc.server_header.as_ref());
+                    write_local_response(
+                        &mut out,
+                        status,
+                        server_field.as_slice(),
+                        why.as_bytes(),
+                        true,
+                    );
                     let _ = write_flushed(down, &out).await;
                     bump(&self.stats.http_local_replies, 1);
                     self.count_status(listener, status);
@@ -1435,6 +1449,8 @@ impl<N: Network> Engine<N> {
         if let Some(tracer) = &self.tracer {
             self.decide_span(tracer, head, rbuf.bytes(), &mut scratch.trace);
         }
+        // The listener's `server`, on the proxy's own answers as on forwarded ones.
+        let server = self.server_header(listener);
         scratch.grpc = head
             .header(rbuf.bytes(), "content-type")
             .is_some_and(is_grpc);
@@ -1446,7 +1462,7 @@ impl<N: Network> Engine<N> {
                 Err(_) => {
                     let flag = ResponseFlag::DownstreamProtocolError;
                     return self
-                        .local_reply(scratch.grpc, down, out, 400, flag, true)
+                        .local_reply(scratch.grpc,server, down, out, 400, flag, true)
                         .await;
                 }
             };
@@ -1465,6 +1481,7 @@ impl<N: Network> Engine<N> {
             return self
                 .local_reply(
                     scratch.grpc,
+                    server,
                     down,
                     out,
                     404,
@@ -1486,6 +1503,7 @@ impl<N: Network> Engine<N> {
             return self
                 .local_reply(
                     scratch.grpc,
+                    server,
                     down,
                     out,
                     403,
@@ -1498,7 +1516,8 @@ impl<N: Network> Engine<N> {
             RouteAction::DirectResponse { status, body } => {
                 out.clear();
                 let close = has_body || !head.keep_alive() || self.lifecycle.is_stopping();
-                write_local_response(out, *status, &[], body.as_bytes(), close);
+                let server_field = ServerHeader::local_field(server);
+                write_local_response(out, *status, server_field.as_slice(), body.as_bytes(), close);
                 let ok = write_flushed(down, out).await.is_ok();
                 Outcome {
                     status: *status,
@@ -1519,7 +1538,6 @@ impl<N: Network> Engine<N> {
                     ListenerFilter::Http(hc) | ListenerFilter::Auto { http: hc, .. } => Some(hc),
                     _ => None,
                 };
-                let server = hc.and_then(|hc| hc.server_header.as_ref());
                 let upgrade_types = hc.and_then(|hc| hc.upgrade_types.as_deref());
                 self.forward(
                     action,
@@ -1593,11 +1611,25 @@ impl<N: Network> Engine<N> {
         }
     }
 
+    /// The listener's `server_name` settings of serving slot `slot` (none for a listener
+    /// without them).
+    fn server_header(&self, slot: usize) -> Option<&ServerHeader> {
+        match &self.slot_config(slot).filter {
+            ListenerFilter::Http(hc) | ListenerFilter::Auto { http: hc, .. } => {
+                hc.server_header.as_ref()
+            }
+            _ => None,
+        }
+    }
+
     /// Answers the request from the proxy: `status` with a short text, or for a gRPC request
-    /// (`grpc`) a trailers-only gRPC answer (HTTP 200) with the matching `grpc-status`.
+    /// (`grpc`) a trailers-only gRPC answer (HTTP 200) with the matching `grpc-status`; both
+    /// carry the listener's `server` ([`ServerHeader::local_field`]).
+    #[allow(clippy::too_many_arguments)]
     async fn local_reply<D: AsyncWrite + Unpin>(
         &self,
         grpc: bool,
+        server: Option<&ServerHeader>,
         down: &mut D,
         out: &mut Vec<u8>,
         status: u16,
@@ -1606,13 +1638,20 @@ impl<N: Network> Engine<N> {
     ) -> Outcome {
         // Draining: the client must reconnect for its next request.
         let close = close || self.lifecycle.is_stopping();
+        let server_field = ServerHeader::local_field(server);
         out.clear();
         let status = if grpc {
             let code = grpc::local_status(flag, status);
-            grpc::write_trailers_only(out, code, local_body(flag).trim_ascii_end(), close);
+            grpc::write_trailers_only(
+                out,
+                code,
+                local_body(flag).trim_ascii_end(),
+                server_field.as_slice(),
+                close,
+            );
             200
         } else {
-            write_local_response(out, status, &[], local_body(flag), close);
+            write_local_response(out, status, server_field.as_slice(), local_body(flag), close);
             status
         };
         let ok = write_flushed(down, out).await.is_ok();
@@ -1636,6 +1675,7 @@ impl<N: Network> Engine<N> {
         host: HostId,
         fault: UploadFault,
         grpc: bool,
+        server: Option<&ServerHeader>,
         awaiting: &Cell<bool>,
         down: &mut D,
         out: &mut Vec<u8>,
@@ -1657,7 +1697,7 @@ impl<N: Network> Engine<N> {
                 reusable: false,
             };
         }
-        let mut o = self.local_reply(grpc, down, out, status, flag, true).await;
+        let mut o = self.local_reply(grpc,server, down, out, status, flag, true).await;
         o.upstream = upstream;
         o.bytes_received = bytes_received;
         o
@@ -1705,7 +1745,7 @@ impl<N: Network> Engine<N> {
                     ResponseFlag::DownstreamProtocolError
                 };
                 return self
-                    .local_reply(scratch.grpc, down, out, status, flag, true)
+                    .local_reply(scratch.grpc,server, down, out, status, flag, true)
                     .await;
             }
         };
@@ -1850,6 +1890,7 @@ impl<N: Network> Engine<N> {
             return self
                 .local_reply(
                     scratch.grpc,
+                    server,
                     down,
                     out,
                     503,
@@ -1866,6 +1907,7 @@ impl<N: Network> Engine<N> {
             return self
                 .local_reply(
                     true,
+                    server,
                     down,
                     out,
                     503,
@@ -1908,7 +1950,7 @@ impl<N: Network> Engine<N> {
             self.stream_input_at(ci, &mut stream, Input::Admit, admitted_at)
         {
             let mut o = self
-                .local_reply(scratch.grpc, down, out, status, flag, close_on_reply)
+                .local_reply(scratch.grpc,server, down, out, status, flag, close_on_reply)
                 .await;
             o.bytes_received = bytes_received.get();
             return o;
@@ -1933,7 +1975,7 @@ impl<N: Network> Engine<N> {
                     }
                     scratch.awaiting.set(false);
                     let mut o = self
-                        .local_reply(scratch.grpc, down, out, status, flag, close_on_reply)
+                        .local_reply(scratch.grpc,server, down, out, status, flag, close_on_reply)
                         .await;
                     o.upstream = upstream_addr;
                     o.bytes_received = bytes_received.get();
@@ -2279,6 +2321,7 @@ impl<N: Network> Engine<N> {
                             host,
                             fault,
                             scratch.grpc,
+                            server,
                             &scratch.awaiting,
                             &mut downw,
                             out,
@@ -2351,6 +2394,7 @@ impl<N: Network> Engine<N> {
                                     host,
                                     fault,
                                     scratch.grpc,
+                                    server,
                                     &scratch.awaiting,
                                     &mut downw,
                                     out,
@@ -2503,6 +2547,7 @@ impl<N: Network> Engine<N> {
                                 host,
                                 fault,
                                 scratch.grpc,
+                                server,
                                 &scratch.awaiting,
                                 &mut downw,
                                 out,
@@ -2562,7 +2607,7 @@ impl<N: Network> Engine<N> {
                     }
                     scratch.awaiting.set(false);
                     let mut o = self
-                        .local_reply(scratch.grpc, &mut downw, out, status_for(flag), flag, true)
+                        .local_reply(scratch.grpc,server, &mut downw, out, status_for(flag), flag, true)
                         .await;
                     o.upstream = upstream_addr;
                     o.bytes_received = bytes_received.get();

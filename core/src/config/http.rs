@@ -135,6 +135,18 @@ pub struct ServerHeader {
     pub transformation: ServerHeaderTransformation,
 }
 
+impl ServerHeader {
+    /// The `server` field of the proxy's own answers (local replies, direct responses): Envoy
+    /// sets `server_name` on every response it sends, its own included — except with
+    /// `pass_through`, which only passes an upstream's (a local reply has none).
+    #[must_use]
+    pub fn local_field(server: Option<&ServerHeader>) -> Option<(&'static str, &[u8])> {
+        server
+            .filter(|s| s.transformation != ServerHeaderTransformation::PassThrough)
+            .map(|s| ("server", s.name.as_bytes()))
+    }
+}
+
 /// What becomes of an upstream response's `server` header when the listener has a
 /// `server_name` (Envoy's `server_header_transformation`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
