@@ -96,7 +96,7 @@ use std::time::{Duration, SystemTime};
 
 use sluice_core::cluster::HostId;
 use sluice_core::config::http::{
-    ForwardAction, HttpCodec, HttpConfig, PathMatch, RouteAction, ServerHeader,
+    ForwardAction, HttpCodec, HttpConfig, PathMatch, RouteAction, RouteUpgrade, ServerHeader,
     ServerHeaderTransformation, upgrade_allowed,
 };
 use sluice_core::config::{ListenerConfig, ListenerFilter};
@@ -1462,7 +1462,7 @@ impl<N: Network> Engine<N> {
                 Err(_) => {
                     let flag = ResponseFlag::DownstreamProtocolError;
                     return self
-                        .local_reply(scratch.grpc,server, down, out, 400, flag, true)
+                        .local_reply(scratch.grpc, server, down, out, 400, flag, true)
                         .await;
                 }
             };
@@ -1490,12 +1490,21 @@ impl<N: Network> Engine<N> {
                 )
                 .await;
         };
-        // An upgrade of a type the listener does not list: 403, and the connection closed
-        // (what follows the head may be the upgraded protocol's bytes), as Envoy does.
-        // Every `Upgrade` field counts: the HTTP/1.1 writer forwards them all, and the
-        // upstream may pick any protocol they name.
+        // An upgrade of a type the listener does not list (or the route's `upgrade_configs`
+        // disables): 403, and the connection closed (what follows the head may be the upgraded
+        // protocol's bytes), as Envoy does. Every `Upgrade` field counts: the HTTP/1.1 writer
+        // forwards them all, and the upstream may pick any protocol they name.
+        let upgrade_types = self.upgrade_types(listener);
+        let route_upgrades = match &route.route.action {
+            RouteAction::Forward(action) => &action.upgrade_configs[..],
+            RouteAction::DirectResponse { .. } => &[],
+        };
         if head.upgrade()
-            && !self.upgrade_allowed(listener, head.header_values(rbuf.bytes(), "upgrade"))
+            && !upgrade_allowed(
+                upgrade_types,
+                route_upgrades,
+                head.header_values(rbuf.bytes(), "upgrade"),
+            )
         {
             if let Some(l) = self.listener_stats(listener) {
                 bump(&l.http_upgrades_refused, 1);
@@ -1517,7 +1526,13 @@ impl<N: Network> Engine<N> {
                 out.clear();
                 let close = has_body || !head.keep_alive() || self.lifecycle.is_stopping();
                 let server_field = ServerHeader::local_field(server);
-                write_local_response(out, *status, server_field.as_slice(), body.as_bytes(), close);
+                write_local_response(
+                    out,
+                    *status,
+                    server_field.as_slice(),
+                    body.as_bytes(),
+                    close,
+                );
                 let ok = write_flushed(down, out).await.is_ok();
                 Outcome {
                     status: *status,
@@ -1534,11 +1549,6 @@ impl<N: Network> Engine<N> {
                     PathMatch::Prefix(p) => Some(p.as_str()),
                     _ => None,
                 };
-                let hc = match &self.slot_config(listener).filter {
-                    ListenerFilter::Http(hc) | ListenerFilter::Auto { http: hc, .. } => Some(hc),
-                    _ => None,
-                };
-                let upgrade_types = hc.and_then(|hc| hc.upgrade_types.as_deref());
                 self.forward(
                     action,
                     prefix,
@@ -1600,14 +1610,13 @@ impl<N: Network> Engine<N> {
         )))
     }
 
-    /// Whether serving slot `slot`'s HTTP settings let an upgrade whose `Upgrade` fields are
-    /// `values` through.
-    fn upgrade_allowed<'v>(&self, slot: usize, values: impl Iterator<Item = &'v [u8]>) -> bool {
+    /// Serving slot `slot`'s `upgrade_types` (`None`: every type).
+    fn upgrade_types(&self, slot: usize) -> Option<&[String]> {
         match &self.slot_config(slot).filter {
             ListenerFilter::Http(hc) | ListenerFilter::Auto { http: hc, .. } => {
-                hc.upgrade_allowed(values)
+                hc.upgrade_types.as_deref()
             }
-            _ => true,
+            _ => None,
         }
     }
 
@@ -1651,7 +1660,13 @@ impl<N: Network> Engine<N> {
             );
             200
         } else {
-            write_local_response(out, status, server_field.as_slice(), local_body(flag), close);
+            write_local_response(
+                out,
+                status,
+                server_field.as_slice(),
+                local_body(flag),
+                close,
+            );
             status
         };
         let ok = write_flushed(down, out).await.is_ok();
@@ -1697,7 +1712,9 @@ impl<N: Network> Engine<N> {
                 reusable: false,
             };
         }
-        let mut o = self.local_reply(grpc,server, down, out, status, flag, true).await;
+        let mut o = self
+            .local_reply(grpc, server, down, out, status, flag, true)
+            .await;
         o.upstream = upstream;
         o.bytes_received = bytes_received;
         o
@@ -1745,7 +1762,7 @@ impl<N: Network> Engine<N> {
                     ResponseFlag::DownstreamProtocolError
                 };
                 return self
-                    .local_reply(scratch.grpc,server, down, out, status, flag, true)
+                    .local_reply(scratch.grpc, server, down, out, status, flag, true)
                     .await;
             }
         };
@@ -1950,7 +1967,15 @@ impl<N: Network> Engine<N> {
             self.stream_input_at(ci, &mut stream, Input::Admit, admitted_at)
         {
             let mut o = self
-                .local_reply(scratch.grpc,server, down, out, status, flag, close_on_reply)
+                .local_reply(
+                    scratch.grpc,
+                    server,
+                    down,
+                    out,
+                    status,
+                    flag,
+                    close_on_reply,
+                )
                 .await;
             o.bytes_received = bytes_received.get();
             return o;
@@ -1975,7 +2000,15 @@ impl<N: Network> Engine<N> {
                     }
                     scratch.awaiting.set(false);
                     let mut o = self
-                        .local_reply(scratch.grpc,server, down, out, status, flag, close_on_reply)
+                        .local_reply(
+                            scratch.grpc,
+                            server,
+                            down,
+                            out,
+                            status,
+                            flag,
+                            close_on_reply,
+                        )
                         .await;
                     o.upstream = upstream_addr;
                     o.bytes_received = bytes_received.get();
@@ -2245,7 +2278,8 @@ impl<N: Network> Engine<N> {
                             ubuf,
                             rhead,
                             head.method(),
-                            head.upgrade().then_some(upgrade_types),
+                            head.upgrade()
+                                .then_some((upgrade_types, &action.upgrade_configs[..])),
                             &mut too_many_interim,
                         );
                         match self
@@ -2607,7 +2641,15 @@ impl<N: Network> Engine<N> {
                     }
                     scratch.awaiting.set(false);
                     let mut o = self
-                        .local_reply(scratch.grpc,server, &mut downw, out, status_for(flag), flag, true)
+                        .local_reply(
+                            scratch.grpc,
+                            server,
+                            &mut downw,
+                            out,
+                            status_for(flag),
+                            flag,
+                            true,
+                        )
                         .await;
                     o.upstream = upstream_addr;
                     o.bytes_received = bytes_received.get();
@@ -3075,14 +3117,14 @@ where
 /// Reads the response head into `ubuf`/`rhead`, skipping interim 1xx answers other than 101 —
 /// at most [`MAX_INTERIM_RESPONSES`] of them: one more is a protocol error (`too_many_interim`
 /// set). A 101 to a request that asked for no upgrade (`upgrade` `None`) is a protocol error
-/// too, and so is one to a protocol the listener's `upgrade_types` (`upgrade`'s value) does not
-/// list.
+/// too, and so is one to a protocol the listener's `upgrade_types` and the route's
+/// `upgrade_configs` (`upgrade`'s value) do not allow.
 async fn read_response_head<U>(
     up: &mut U,
     ubuf: &mut ReadBuffer,
     rhead: &mut Head,
     method: Method,
-    upgrade: Option<Option<&[String]>>,
+    upgrade: Option<(Option<&[String]>, &[RouteUpgrade])>,
     too_many_interim: &mut bool,
 ) -> Result<(), TryFailure>
 where
@@ -3106,11 +3148,11 @@ where
                     // Switching protocols for a request that asked for no upgrade, or to a
                     // protocol the listener does not tunnel: the connection would carry
                     // something neither side agreed on.
-                    let Some(types) = upgrade else {
+                    let Some((types, route)) = upgrade else {
                         return Err(TryFailure::ProtocolError);
                     };
                     let switched_to = rhead.header_values(ubuf.bytes(), "upgrade");
-                    if !upgrade_allowed(types, switched_to) {
+                    if !upgrade_allowed(types, route, switched_to) {
                         return Err(TryFailure::ProtocolError);
                     }
                 }
