@@ -1597,11 +1597,23 @@ impl<N: Network> Engine<N> {
         });
         let contexts = self.tls.current();
         let by = contexts.local_uri_sans(slot, down.server_name());
+        // `Cert` / `Chain`: the DER of what the client sent (only when asked for).
+        let details = hc.set_current_client_cert_details;
+        let chain: Vec<&[u8]> = if details.cert || details.chain {
+            down.peer_certificates()
+                .unwrap_or_default()
+                .iter()
+                .map(AsRef::as_ref)
+                .collect()
+        } else {
+            Vec::new()
+        };
         let peer = sluice_core::l7::xfcc::PeerCert {
             hash_hex: &hash_hex,
             subject: &id.subject,
             uri_sans: &id.uri_sans,
             dns_sans: &id.dns_sans,
+            chain: &chain,
         };
         Some(Rc::from(sluice_core::l7::xfcc::element(
             by,

@@ -243,6 +243,10 @@ impl ForwardClientCert {
 /// the client certificate, hex), which are always there (Envoy's fields; all off by default).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct ClientCertDetails {
+    /// `Cert="…"`: the client certificate, PEM, URL-encoded.
+    pub cert: bool,
+    /// `Chain="…"`: the chain the client sent (its certificate first), PEM, URL-encoded.
+    pub chain: bool,
     /// `Subject="…"`: the subject's distinguished name (RFC 2253).
     pub subject: bool,
     /// `URI=…`: each URI SAN (`URI=` when it has none).

@@ -158,6 +158,8 @@ fn istiods_virtual_inbound_translates_to_its_chains() {
         assert_eq!(
             h.set_current_client_cert_details,
             sluice_core::config::http::ClientCertDetails {
+                cert: false,
+                chain: false,
                 subject: true,
                 uri: true,
                 dns: true
@@ -612,14 +614,27 @@ fn what_the_fixture_trims_is_nacked_by_path() {
             "{at}.upgrade_configs[1].upgrade_type: CONNECT is unsupported"
         )]
     );
-    // The whole client certificate (or chain) in the XFCC element is not written here.
+    // The whole client certificate and chain are written (`Cert`, `Chain`); the issuer is not.
+    let r = with_hcm(&|h| {
+        let d = h.set_current_client_cert_details.as_mut().unwrap();
+        d.cert = true;
+        d.chain = true;
+    });
+    let c = assemble(&bootstrap(), &r)
+        .expect("cert and chain accepted")
+        .config;
+    let Filt::Http(h) = &c.listeners[0].filter_chains[7].filter else {
+        panic!("http")
+    };
+    let d = h.set_current_client_cert_details;
+    assert!(d.cert && d.chain && d.subject && d.uri && d.dns, "{d:?}");
     let e = errors(&with_hcm(&|h| {
-        h.set_current_client_cert_details.as_mut().unwrap().cert = true;
+        h.set_current_client_cert_details.as_mut().unwrap().issuer = true;
     }));
     assert_eq!(
         e,
         [format!(
-            "{at}.set_current_client_cert_details.cert: unsupported"
+            "{at}.set_current_client_cert_details.issuer: unsupported"
         )]
     );
     // A fault filter that would inject something, a filter that is none of the no-op ones,

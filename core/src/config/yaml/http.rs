@@ -337,19 +337,23 @@ fn decode_upgrade_types(dec: &mut Decoder, path: &str, v: &Value) -> Option<Vec<
     Some(types)
 }
 
-/// `http.set_current_client_cert_details`: `{ subject, uri, dns }`, booleans (false when left
-/// out).
+/// `http.set_current_client_cert_details`: `{ cert, chain, subject, uri, dns }`, booleans
+/// (false when left out).
 fn decode_cert_details(dec: &mut Decoder, path: &str, v: &Value) -> Option<ClientCertDetails> {
     let mut obj = dec.object(path, v)?;
     let mut flag = |dec: &mut Decoder, key: &'static str| match obj.opt(key) {
         Some((v, p)) => boolean(dec, &p, v),
         None => Some(false),
     };
+    let cert = flag(dec, "cert");
+    let chain = flag(dec, "chain");
     let subject = flag(dec, "subject");
     let uri = flag(dec, "uri");
     let dns = flag(dec, "dns");
     obj.finish(dec);
     Some(ClientCertDetails {
+        cert: cert?,
+        chain: chain?,
         subject: subject?,
         uri: uri?,
         dns: dns?,

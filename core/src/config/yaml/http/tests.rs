@@ -724,7 +724,7 @@ clusters:
             r(9)
         ),
         format!(
-            "{}.route.timout: unknown field (expected one of: cluster, weighted_clusters, timeout, prefix_rewrite, retry_policy, request_headers_to_add, request_headers_to_remove, response_headers_to_add, response_headers_to_remove); did you mean 'timeout'?",
+            "{}.route.timout: unknown field (expected one of: cluster, weighted_clusters, timeout, prefix_rewrite, retry_policy, request_headers_to_add, request_headers_to_remove, response_headers_to_add, response_headers_to_remove, upgrade_configs); did you mean 'timeout'?",
             r(9)
         ),
         // virtual_hosts[2]
@@ -1210,18 +1210,20 @@ fn forward_client_cert_takes_envoys_modes() {
         );
     }
     let h = http(&config(
-        "forward_client_cert: append_forward, set_current_client_cert_details: { subject: true, dns: true }, ",
+        "forward_client_cert: append_forward, set_current_client_cert_details: { subject: true, dns: true, chain: true }, ",
     ));
     assert_eq!(
         h.set_current_client_cert_details,
         ClientCertDetails {
+            cert: false,
+            chain: true,
             subject: true,
             uri: false,
             dns: true
         }
     );
     let errs = errors(&config(
-        "forward_client_cert: append, set_current_client_cert_details: { cert: true }, ",
+        "forward_client_cert: append, set_current_client_cert_details: { issuer: true }, ",
     ));
     assert_eq!(errs.len(), 2, "{errs:?}");
     assert!(
@@ -1230,7 +1232,7 @@ fn forward_client_cert_takes_envoys_modes() {
     );
     assert!(
         errs[1]
-            .starts_with("listeners[0].http.set_current_client_cert_details.cert: unknown field"),
+            .starts_with("listeners[0].http.set_current_client_cert_details.issuer: unknown field"),
         "{errs:?}"
     );
 }
