@@ -766,6 +766,134 @@ clusters:
     assert!(!r.contains(" 101 "), "{r}");
 }
 
+/// A route's `upgrade_configs` override the listener's `upgrade_types` for the types they
+/// name (Envoy's `RouteAction.upgrade_configs`): a route that disables websocket refuses it
+/// (403, nothing upstream) though the listener lists it; a route that enables h2c tunnels it
+/// though the listener does not; other routes keep the listener's list.
+#[test]
+fn a_routes_upgrade_configs_override_the_listeners_upgrade_types() {
+    use std::net::TcpListener;
+    let dir = TempDir::new("http-route-upgrades");
+    let (listen, admin) = (free_port(), free_port());
+    // An upstream that switches to the protocol asked for, then echoes; counts heads.
+    let up = TcpListener::bind("127.0.0.1:0").unwrap();
+    let up_port = up.local_addr().unwrap().port();
+    let heads = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let seen = heads.clone();
+    std::thread::spawn(move || {
+        for conn in up.incoming() {
+            let Ok(mut c) = conn else { return };
+            let seen = seen.clone();
+            std::thread::spawn(move || {
+                let mut head = Vec::new();
+                let mut b = [0u8; 1];
+                while !head.ends_with(b"\r\n\r\n") {
+                    if c.read(&mut b).unwrap_or(0) == 0 {
+                        return;
+                    }
+                    head.push(b[0]);
+                }
+                seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let head = String::from_utf8_lossy(&head).to_ascii_lowercase();
+                let to = head
+                    .lines()
+                    .find_map(|l| l.strip_prefix("upgrade: "))
+                    .unwrap_or("none")
+                    .to_owned();
+                let _ = c.write_all(
+                    format!("HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: {to}\r\n\r\n")
+                        .as_bytes(),
+                );
+                let mut buf = [0u8; 1024];
+                while let Ok(n) = c.read(&mut buf) {
+                    if n == 0 || c.write_all(&buf[..n]).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    let config = format!(
+        r#"
+admin: {{ address: 127.0.0.1:{admin} }}
+listeners:
+  - name: web
+    address: 127.0.0.1:{listen}
+    http:
+      upgrade_types: [ websocket ]
+      virtual_hosts:
+        - name: any
+          domains: ["*"]
+          routes:
+            - match: {{ prefix: /no-ws }}
+              route:
+                cluster: app
+                upgrade_configs: [ {{ upgrade_type: websocket, enabled: false }} ]
+            - match: {{ prefix: /h2c }}
+              route:
+                cluster: app
+                upgrade_configs: [ {{ upgrade_type: h2c }} ]
+            - match: {{ prefix: / }}
+              route: {{ cluster: app }}
+clusters:
+  - name: app
+    hosts: [ {{ address: 127.0.0.1:{up_port} }} ]
+"#
+    );
+    let _s = start_sluice(&dir, &config, 1, addr(listen));
+    let tunnelled = |path: &str, upgrade: &str| {
+        let mut c = TcpStream::connect(addr(listen)).unwrap();
+        c.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+        c.write_all(
+            format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: {upgrade}\r\n\r\n")
+                .as_bytes(),
+        )
+        .unwrap();
+        let mut got = Vec::new();
+        let mut b = [0u8; 1];
+        while !got.ends_with(b"\r\n\r\n") {
+            assert_eq!(
+                c.read(&mut b).unwrap(),
+                1,
+                "{}",
+                String::from_utf8_lossy(&got)
+            );
+            got.push(b[0]);
+        }
+        let got = String::from_utf8_lossy(&got).into_owned();
+        assert!(got.starts_with("HTTP/1.1 101 "), "{path} {upgrade}: {got}");
+        c.write_all(b"ping through the tunnel").unwrap();
+        let mut echo = [0u8; 23];
+        c.read_exact(&mut echo).unwrap();
+        assert_eq!(&echo, b"ping through the tunnel");
+    };
+    let refused = |path: &str, upgrade: &str| {
+        let r = raw(
+            listen,
+            format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: {upgrade}\r\n\r\n")
+                .as_bytes(),
+        );
+        assert_eq!(status_of(&r), 403, "{path} {upgrade}: {r}");
+    };
+    let count = || heads.load(std::sync::atomic::Ordering::SeqCst);
+    // The route enables h2c, which the listener does not list: tunnelled.
+    tunnelled("/h2c", "h2c");
+    // The listener's websocket still holds on that route (the route names only h2c).
+    tunnelled("/h2c", "websocket");
+    // Other routes: the listener's list alone.
+    tunnelled("/", "websocket");
+    assert_eq!(count(), 3);
+    refused("/", "h2c");
+    // The route disables websocket, which the listener lists: 403, nothing upstream.
+    refused("/no-ws", "websocket");
+    refused("/no-ws", "WebSocket");
+    assert_eq!(count(), 3);
+    assert_eq!(
+        admin_stat(admin, "listener.web.http.downstream_rq_ws_on_non_ws_route"),
+        3
+    );
+}
+
 /// `server_name` (istiod's `istio-envoy`): the `server` header of a forwarded response is the
 /// listener's (`overwrite`, the default), or the upstream's when it has one
 /// (`append_if_absent`); without `server_name` the upstream's passes.
@@ -820,6 +948,112 @@ fn server_name_sets_the_server_header_of_forwarded_responses() {
     let kept = server(if_absent);
     assert!(kept.len() == 1 && kept[0].starts_with("nginx"), "{kept:?}");
     assert_eq!(server(plain), kept);
+}
+
+/// The listener's `server_name` is on the proxy's own answers too, as Envoy sets it on every
+/// response it sends: 404 (no route), 503 (no host), 403 (refused upgrade), a direct
+/// response, a gRPC request's trailers-only answer, a rejected head (400), and over HTTP/2;
+/// `pass_through` has nothing to pass on a local reply (no `server`).
+#[test]
+fn server_name_is_on_the_proxys_own_answers() {
+    let dir = TempDir::new("http-server-name-local");
+    let (listen, passing) = (free_port(), free_port());
+    let listener = |name: &str, port: u16, extra: &str| {
+        format!(
+            r#"  - name: {name}
+    address: 127.0.0.1:{port}
+    http:
+      server_name: edge-proxy
+      upgrade_types: [websocket]
+{extra}      virtual_hosts:
+        - name: known
+          domains: ["known.example"]
+          routes:
+            - match: {{ prefix: /direct }}
+              direct_response: {{ status: 200, body: "hi\n" }}
+            - match: {{ prefix: / }}
+              route: {{ cluster: empty }}
+"#
+        )
+    };
+    let config = format!(
+        "listeners:\n{}{}clusters:\n  - name: empty\n    hosts: []\n",
+        listener("overwrite", listen, ""),
+        listener(
+            "passing",
+            passing,
+            "      server_header_transformation: pass_through\n"
+        ),
+    );
+    let _s = start_sluice(&dir, &config, 1, addr(listen));
+    let servers = |r: &str| -> Vec<String> {
+        let head = r.split("\r\n\r\n").next().unwrap_or("");
+        head.lines()
+            .filter_map(|l| l.strip_prefix("server: "))
+            .map(str::to_owned)
+            .collect()
+    };
+    let cases: [(&[u8], u16); 6] = [
+        (
+            b"GET / HTTP/1.1\r\nHost: other.example\r\nConnection: close\r\n\r\n",
+            404,
+        ),
+        (
+            b"GET / HTTP/1.1\r\nHost: known.example\r\nConnection: close\r\n\r\n",
+            503,
+        ),
+        (
+            b"GET /direct HTTP/1.1\r\nHost: known.example\r\nConnection: close\r\n\r\n",
+            200,
+        ),
+        (
+            b"GET / HTTP/1.1\r\nHost: known.example\r\nConnection: Upgrade\r\nUpgrade: h2c\r\n\r\n",
+            403,
+        ),
+        (
+            b"POST /svc/M HTTP/1.1\r\nHost: known.example\r\ncontent-type: application/grpc\r\n\
+              Content-Length: 0\r\nConnection: close\r\n\r\n",
+            200,
+        ),
+        (
+            b"GET / HTTP/1.1\r\nHost: known.example\r\nContent-Length: x\r\n\r\n",
+            400,
+        ),
+    ];
+    for (request, status) in cases {
+        let r = raw(listen, request);
+        assert_eq!(status_of(&r), status, "{r}");
+        assert_eq!(servers(&r), ["edge-proxy"], "{r}");
+        let r = raw(passing, request);
+        assert_eq!(status_of(&r), status, "{r}");
+        assert!(servers(&r).is_empty(), "{r}");
+    }
+    // The gRPC answer is the proxy's (no host: UNAVAILABLE).
+    let r = raw(
+        listen,
+        b"POST /svc/M HTTP/1.1\r\nHost: known.example\r\ncontent-type: application/grpc\r\n\
+          Content-Length: 0\r\nConnection: close\r\n\r\n",
+    );
+    assert!(r.contains("grpc-status: 14\r\n"), "{r}");
+    // HTTP/2 (h2c, prior knowledge): the same field in the HEADERS of a local reply.
+    if require_peers(&["curl"]) {
+        let out = run(
+            "curl",
+            &[
+                "-sS",
+                "-i",
+                "--http2-prior-knowledge",
+                "--max-time",
+                "10",
+                "-H",
+                "host: other.example",
+                &format!("http://127.0.0.1:{listen}/"),
+            ],
+        );
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(text.starts_with("HTTP/2 404"), "{text}");
+        assert_eq!(servers(&text), ["edge-proxy"], "{text}");
+    }
 }
 
 #[test]

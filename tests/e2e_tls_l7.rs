@@ -932,6 +932,103 @@ clusters:
     }
 }
 
+/// `set_current_client_cert_details` `cert` and `chain`: the element carries
+/// `Cert="…"` (the client's certificate) and `Chain="…"` (every certificate it sent, its own
+/// first), each the PEM OpenSSL writes for it, URL-encoded as Envoy does (every byte but
+/// letters, digits, `-`, `.`, `_`, `*` as `%XX`), after `Hash` and before `Subject` — checked
+/// against `openssl x509`'s own PEM of each certificate, over HTTP/1.1 and HTTP/2.
+#[test]
+fn xfcc_cert_and_chain_are_the_clients_url_encoded_pem() {
+    if !require_peers(&["curl", "nginx", "openssl"]) {
+        return;
+    }
+    let dir = TempDir::new("tls-l7-xfcc-cert");
+    let ca = make_ca(&dir, "ca");
+    let (cert, key) = leaf(&dir, &ca, "app", &["app.example"], None);
+    let (client_cert, client_key) = leaf(&dir, &ca, "client", &["client.example"], None);
+    // The client sends its certificate and the CA's (a chain of two).
+    let mut sent = std::fs::read(&client_cert).unwrap();
+    sent.extend_from_slice(&std::fs::read(&ca.pem).unwrap());
+    let client_chain = dir.write("client-chain.pem", std::str::from_utf8(&sent).unwrap());
+    let der = sluice_core::tls::pem::parse_chain(&std::fs::read(&client_cert).unwrap()).unwrap();
+    let hash: String = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, der[0].as_ref())
+        .as_ref()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    // OpenSSL's PEM of a certificate file, URL-encoded.
+    let encoded = |path: &std::path::Path| -> String {
+        let out = run("openssl", &["x509", "-in", p(path)]);
+        assert!(out.status.success());
+        out.stdout
+            .iter()
+            .map(|&b| {
+                if b.is_ascii_alphanumeric() || b"-._*".contains(&b) {
+                    char::from(b).to_string()
+                } else {
+                    format!("%{b:02X}")
+                }
+            })
+            .collect()
+    };
+    let (leaf_pem, ca_pem) = (encoded(&client_cert), encoded(&ca.pem));
+    assert!(
+        leaf_pem.starts_with("-----BEGIN%20CERTIFICATE-----%0A"),
+        "{leaf_pem}"
+    );
+    let up = free_port();
+    let _nginx = start_nginx_with(
+        &dir,
+        "up",
+        up,
+        r#"location / { return 200 "xfcc=$http_x_forwarded_client_cert"; }"#,
+    );
+    let (both, cert_only) = (free_port(), free_port());
+    let tls = format!(
+        "{{ certificates: [ {{ cert_chain: {c}, private_key: {k} }} ], client_ca: {ca} }}",
+        c = p(&cert),
+        k = p(&key),
+        ca = p(&ca.pem),
+    );
+    let config = format!(
+        r#"
+listeners:
+  - name: both
+    address: 127.0.0.1:{both}
+    tls: {tls}
+    http: {{ forward_client_cert: sanitize_set, set_current_client_cert_details: {{ cert: true, chain: true, subject: true }}, {routes} }}
+  - name: cert_only
+    address: 127.0.0.1:{cert_only}
+    tls: {tls}
+    http: {{ forward_client_cert: sanitize_set, set_current_client_cert_details: {{ cert: true }}, {routes} }}
+clusters:
+  - {{ name: app, hosts: [ {{ address: 127.0.0.1:{up} }} ] }}
+"#,
+        routes = routes_to("app"),
+    );
+    let _sluice = start_sluice(&dir, &config, 1, addr(both));
+    let served = |port: u16, version: &str| {
+        let args = ["--cert", p(&client_chain), "--key", p(&client_key), version];
+        let (_, status, body) = curl_https(port, &ca.pem, "app.example", "/", &args);
+        assert_eq!(status, 200, "{body}");
+        body
+    };
+    for version in ["--http1.1", "--http2"] {
+        assert_eq!(
+            served(both, version),
+            format!(
+                "xfcc=Hash={hash};Cert=\"{leaf_pem}\";Chain=\"{leaf_pem}{ca_pem}\";Subject=\"CN=client\""
+            ),
+            "{version}"
+        );
+        assert_eq!(
+            served(cert_only, version),
+            format!("xfcc=Hash={hash};Cert=\"{leaf_pem}\""),
+            "{version}"
+        );
+    }
+}
+
 /// A TLS upstream that completes its handshake and then never reads: a TLS server in Python
 /// that holds every connection open without a `recv`.
 const STALLED_TLS_UPSTREAM: &str = r#"

@@ -62,9 +62,16 @@ impl<S> Downstream<S> {
 
     /// The client's certificate (the leaf) when it presented one over TLS.
     pub(crate) fn peer_certificate(&self) -> Option<&rustls::pki_types::CertificateDer<'static>> {
+        self.peer_certificates()?.first()
+    }
+
+    /// The chain the client presented over TLS, its own certificate first (empty: none).
+    pub(crate) fn peer_certificates(
+        &self,
+    ) -> Option<&[rustls::pki_types::CertificateDer<'static>]> {
         match self {
             Downstream::Plain(_) => None,
-            Downstream::Tls(tls) => tls.get_ref().1.peer_certificates()?.first(),
+            Downstream::Tls(tls) => tls.get_ref().1.peer_certificates(),
         }
     }
 

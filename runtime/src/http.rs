@@ -97,7 +97,7 @@ use std::time::{Duration, SystemTime};
 use sluice_core::cluster::HostId;
 use sluice_core::config::ListenerConfig;
 use sluice_core::config::http::{
-    ForwardAction, HttpCodec, HttpConfig, PathMatch, RouteAction, ServerHeader,
+    ForwardAction, HttpCodec, HttpConfig, PathMatch, RouteAction, RouteUpgrade, ServerHeader,
     ServerHeaderTransformation, upgrade_allowed,
 };
 use sluice_core::health::{Permit, Resource, UpstreamResult};
@@ -1097,7 +1097,14 @@ impl<N: Network> Engine<N> {
             tracing::debug!(%peer, awaiting_response, "drain timeout passed; closing the HTTP connection");
             if awaiting_response {
                 let mut out = Vec::new();
-                write_local_response(&mut out, 503, &[], b"the proxy is shutting down\n", true);
+                let server_field = ServerHeader::local_field(hc.server_header.as_ref());
+                write_local_response(
+                    &mut out,
+                    503,
+                    server_field.as_slice(),
+                    b"the proxy is shutting down\n",
+                    true,
+                );
                 let _ = write_flushed(&mut down, &out).await;
                 self.count_status(listener, 503);
                 bump(&self.stats().http_local_replies, 1);
@@ -1217,7 +1224,14 @@ impl<N: Network> Engine<N> {
                 }
                 HeadRead::Reject(status, flag, why) => {
                     out.clear();
-                    write_local_response(&mut out, status, &[], why.as_bytes(), true);
+                    let server_field = ServerHeader::local_field(hc.server_header.as_ref());
+                    write_local_response(
+                        &mut out,
+                        status,
+                        server_field.as_slice(),
+                        why.as_bytes(),
+                        true,
+                    );
                     let _ = write_flushed(down, &out).await;
                     bump(&self.stats().http_local_replies, 1);
                     self.count_status(listener, status);
@@ -1484,6 +1498,10 @@ impl<N: Network> Engine<N> {
         if let Some(tracer) = &self.tracer {
             self.decide_span(tracer, head, rbuf.bytes(), &mut scratch.trace);
         }
+        // The listener's `server`, on the proxy's own answers as on forwarded ones, and its
+        // `upgrade_types`: the connection's (a refcount, no lookup in the config).
+        let listener_http = Rc::clone(&scratch.listener_http);
+        let server = listener_http.server.as_ref();
         scratch.grpc = head
             .header(rbuf.bytes(), "content-type")
             .is_some_and(is_grpc);
@@ -1495,7 +1513,7 @@ impl<N: Network> Engine<N> {
                 Err(_) => {
                     let flag = ResponseFlag::DownstreamProtocolError;
                     return self
-                        .local_reply(scratch.grpc, down, out, 400, flag, true)
+                        .local_reply(scratch.grpc, server, down, out, 400, flag, true)
                         .await;
                 }
             };
@@ -1514,6 +1532,7 @@ impl<N: Network> Engine<N> {
             return self
                 .local_reply(
                     scratch.grpc,
+                    server,
                     down,
                     out,
                     404,
@@ -1522,13 +1541,19 @@ impl<N: Network> Engine<N> {
                 )
                 .await;
         };
-        // An upgrade of a type the listener does not list: 403, and the connection closed
-        // (what follows the head may be the upgraded protocol's bytes), as Envoy does.
-        // Every `Upgrade` field counts: the HTTP/1.1 writer forwards them all, and the
-        // upstream may pick any protocol they name.
+        // An upgrade of a type the listener does not list (or the route's `upgrade_configs`
+        // disables): 403, and the connection closed (what follows the head may be the upgraded
+        // protocol's bytes), as Envoy does. Every `Upgrade` field counts: the HTTP/1.1 writer
+        // forwards them all, and the upstream may pick any protocol they name.
+        let upgrade_types = listener_http.upgrade_types.as_deref();
+        let route_upgrades = match &route.route.action {
+            RouteAction::Forward(action) => &action.upgrade_configs[..],
+            RouteAction::DirectResponse { .. } => &[],
+        };
         if head.upgrade()
             && !upgrade_allowed(
-                scratch.listener_http.upgrade_types.as_deref(),
+                upgrade_types,
+                route_upgrades,
                 head.header_values(rbuf.bytes(), "upgrade"),
             )
         {
@@ -1538,6 +1563,7 @@ impl<N: Network> Engine<N> {
             return self
                 .local_reply(
                     scratch.grpc,
+                    server,
                     down,
                     out,
                     403,
@@ -1550,7 +1576,14 @@ impl<N: Network> Engine<N> {
             RouteAction::DirectResponse { status, body } => {
                 out.clear();
                 let close = has_body || !head.keep_alive() || self.lifecycle.is_stopping();
-                write_local_response(out, *status, &[], body.as_bytes(), close);
+                let server_field = ServerHeader::local_field(server);
+                write_local_response(
+                    out,
+                    *status,
+                    server_field.as_slice(),
+                    body.as_bytes(),
+                    close,
+                );
                 let ok = write_flushed(down, out).await.is_ok();
                 Outcome {
                     status: *status,
@@ -1603,11 +1636,23 @@ impl<N: Network> Engine<N> {
         });
         let contexts = self.tls.current();
         let by = contexts.local_uri_sans(slot, down.server_name());
+        // `Cert` / `Chain`: the DER of what the client sent (only when asked for).
+        let details = hc.set_current_client_cert_details;
+        let chain: Vec<&[u8]> = if details.cert || details.chain {
+            down.peer_certificates()
+                .unwrap_or_default()
+                .iter()
+                .map(AsRef::as_ref)
+                .collect()
+        } else {
+            Vec::new()
+        };
         let peer = sluice_core::l7::xfcc::PeerCert {
             hash_hex: &hash_hex,
             subject: &id.subject,
             uri_sans: &id.uri_sans,
             dns_sans: &id.dns_sans,
+            chain: &chain,
         };
         Some(Rc::from(sluice_core::l7::xfcc::element(
             by,
@@ -1617,10 +1662,13 @@ impl<N: Network> Engine<N> {
     }
 
     /// Answers the request from the proxy: `status` with a short text, or for a gRPC request
-    /// (`grpc`) a trailers-only gRPC answer (HTTP 200) with the matching `grpc-status`.
+    /// (`grpc`) a trailers-only gRPC answer (HTTP 200) with the matching `grpc-status`; both
+    /// carry the listener's `server` ([`ServerHeader::local_field`]).
+    #[allow(clippy::too_many_arguments)]
     async fn local_reply<D: AsyncWrite + Unpin>(
         &self,
         grpc: bool,
+        server: Option<&ServerHeader>,
         down: &mut D,
         out: &mut Vec<u8>,
         status: u16,
@@ -1629,13 +1677,26 @@ impl<N: Network> Engine<N> {
     ) -> Outcome {
         // Draining: the client must reconnect for its next request.
         let close = close || self.lifecycle.is_stopping();
+        let server_field = ServerHeader::local_field(server);
         out.clear();
         let status = if grpc {
             let code = grpc::local_status(flag, status);
-            grpc::write_trailers_only(out, code, local_body(flag).trim_ascii_end(), close);
+            grpc::write_trailers_only(
+                out,
+                code,
+                local_body(flag).trim_ascii_end(),
+                server_field.as_slice(),
+                close,
+            );
             200
         } else {
-            write_local_response(out, status, &[], local_body(flag), close);
+            write_local_response(
+                out,
+                status,
+                server_field.as_slice(),
+                local_body(flag),
+                close,
+            );
             status
         };
         let ok = write_flushed(down, out).await.is_ok();
@@ -1659,6 +1720,7 @@ impl<N: Network> Engine<N> {
         host: HostId,
         fault: UploadFault,
         grpc: bool,
+        server: Option<&ServerHeader>,
         awaiting: &Cell<bool>,
         down: &mut D,
         out: &mut Vec<u8>,
@@ -1680,7 +1742,9 @@ impl<N: Network> Engine<N> {
                 reusable: false,
             };
         }
-        let mut o = self.local_reply(grpc, down, out, status, flag, true).await;
+        let mut o = self
+            .local_reply(grpc, server, down, out, status, flag, true)
+            .await;
         o.upstream = upstream;
         o.bytes_received = bytes_received;
         o
@@ -1708,6 +1772,10 @@ impl<N: Network> Engine<N> {
         // The HTTP version of the upstream: the cluster's, or (`protocol: downstream`) the
         // client's.
         let http2 = cluster_cfg.protocol.speaks_http2(scratch.downstream_http2);
+        // The listener's `server`, on local replies (held by a refcount: `scratch` is lent out
+        // below).
+        let listener_http = Rc::clone(&scratch.listener_http);
+        let server = listener_http.server.as_ref();
 
         // --- the request body: buffer it when small enough to replay ---
         let framing = head.framing();
@@ -1726,7 +1794,7 @@ impl<N: Network> Engine<N> {
                     ResponseFlag::DownstreamProtocolError
                 };
                 return self
-                    .local_reply(scratch.grpc, down, out, status, flag, true)
+                    .local_reply(scratch.grpc, server, down, out, status, flag, true)
                     .await;
             }
         };
@@ -1871,6 +1939,7 @@ impl<N: Network> Engine<N> {
             return self
                 .local_reply(
                     scratch.grpc,
+                    server,
                     down,
                     out,
                     503,
@@ -1887,6 +1956,7 @@ impl<N: Network> Engine<N> {
             return self
                 .local_reply(
                     true,
+                    server,
                     down,
                     out,
                     503,
@@ -1929,7 +1999,15 @@ impl<N: Network> Engine<N> {
             self.stream_input_at(ci, &mut stream, Input::Admit, admitted_at)
         {
             let mut o = self
-                .local_reply(scratch.grpc, down, out, status, flag, close_on_reply)
+                .local_reply(
+                    scratch.grpc,
+                    server,
+                    down,
+                    out,
+                    status,
+                    flag,
+                    close_on_reply,
+                )
                 .await;
             o.bytes_received = bytes_received.get();
             return o;
@@ -1954,7 +2032,15 @@ impl<N: Network> Engine<N> {
                     }
                     scratch.awaiting.set(false);
                     let mut o = self
-                        .local_reply(scratch.grpc, down, out, status, flag, close_on_reply)
+                        .local_reply(
+                            scratch.grpc,
+                            server,
+                            down,
+                            out,
+                            status,
+                            flag,
+                            close_on_reply,
+                        )
                         .await;
                     o.upstream = upstream_addr;
                     o.bytes_received = bytes_received.get();
@@ -2225,7 +2311,10 @@ impl<N: Network> Engine<N> {
                             rhead,
                             head.method(),
                             head.upgrade()
-                                .then_some(scratch.listener_http.upgrade_types.as_deref()),
+                                .then_some((
+                                    scratch.listener_http.upgrade_types.as_deref(),
+                                    &action.upgrade_configs[..],
+                                )),
                             &mut too_many_interim,
                         );
                         match self
@@ -2301,6 +2390,7 @@ impl<N: Network> Engine<N> {
                             host,
                             fault,
                             scratch.grpc,
+                            server,
                             &scratch.awaiting,
                             &mut downw,
                             out,
@@ -2374,6 +2464,7 @@ impl<N: Network> Engine<N> {
                                     host,
                                     fault,
                                     scratch.grpc,
+                                    server,
                                     &scratch.awaiting,
                                     &mut downw,
                                     out,
@@ -2526,6 +2617,7 @@ impl<N: Network> Engine<N> {
                                 host,
                                 fault,
                                 scratch.grpc,
+                                server,
                                 &scratch.awaiting,
                                 &mut downw,
                                 out,
@@ -2585,7 +2677,15 @@ impl<N: Network> Engine<N> {
                     }
                     scratch.awaiting.set(false);
                     let mut o = self
-                        .local_reply(scratch.grpc, &mut downw, out, status_for(flag), flag, true)
+                        .local_reply(
+                            scratch.grpc,
+                            server,
+                            &mut downw,
+                            out,
+                            status_for(flag),
+                            flag,
+                            true,
+                        )
                         .await;
                     o.upstream = upstream_addr;
                     o.bytes_received = bytes_received.get();
@@ -3053,14 +3153,14 @@ where
 /// Reads the response head into `ubuf`/`rhead`, skipping interim 1xx answers other than 101 —
 /// at most [`MAX_INTERIM_RESPONSES`] of them: one more is a protocol error (`too_many_interim`
 /// set). A 101 to a request that asked for no upgrade (`upgrade` `None`) is a protocol error
-/// too, and so is one to a protocol the listener's `upgrade_types` (`upgrade`'s value) does not
-/// list.
+/// too, and so is one to a protocol the listener's `upgrade_types` and the route's
+/// `upgrade_configs` (`upgrade`'s value) do not allow.
 async fn read_response_head<U>(
     up: &mut U,
     ubuf: &mut ReadBuffer,
     rhead: &mut Head,
     method: Method,
-    upgrade: Option<Option<&[String]>>,
+    upgrade: Option<(Option<&[String]>, &[RouteUpgrade])>,
     too_many_interim: &mut bool,
 ) -> Result<(), TryFailure>
 where
@@ -3084,11 +3184,11 @@ where
                     // Switching protocols for a request that asked for no upgrade, or to a
                     // protocol the listener does not tunnel: the connection would carry
                     // something neither side agreed on.
-                    let Some(types) = upgrade else {
+                    let Some((types, route)) = upgrade else {
                         return Err(TryFailure::ProtocolError);
                     };
                     let switched_to = rhead.header_values(ubuf.bytes(), "upgrade");
-                    if !upgrade_allowed(types, switched_to) {
+                    if !upgrade_allowed(types, route, switched_to) {
                         return Err(TryFailure::ProtocolError);
                     }
                 }

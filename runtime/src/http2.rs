@@ -79,7 +79,7 @@ use futures_util::stream::FuturesUnordered;
 use h2::server::SendResponse;
 use h2::{RecvStream, SendStream};
 use sluice_core::config::ListenerConfig;
-use sluice_core::config::http::{HttpCodec, HttpConfig};
+use sluice_core::config::http::{HttpCodec, HttpConfig, ServerHeader};
 use sluice_core::http1::conn::DRAIN_IDLE_GRACE;
 use sluice_core::http1::{
     BodyFraming, Chunked, ChunkedDecoder, Head, Limits, Method, ParseStatus, parse_request,
@@ -738,7 +738,8 @@ impl<N: Network> Engine<N> {
         let reset_code = std::cell::Cell::new(None);
         let outcome = if let Some((status, flag, why)) = &rejected {
             tracing::debug!(listener = %lc.name, %peer, status, "rejected HTTP/2 request: {why}");
-            write_local_response(out, *status, &[], why.as_bytes(), false);
+            let server_field = ServerHeader::local_field(hc.server_header.as_ref());
+            write_local_response(out, *status, server_field.as_slice(), why.as_bytes(), false);
             let ok = down.write_all(out).await.is_ok();
             Some(Outcome {
                 status: *status,

@@ -760,12 +760,13 @@ counters! {
             .stats("http.local_reply")
             .prometheus_for(Shown::HttpListeners)
             .stats_for(Shown::HttpListeners);
-        /// HTTP/1.1 upgrade requests whose `Upgrade` value the listener's `upgrade_types`
-        /// does not list: answered 403 and closed (Envoy's `downstream_rq_ws_on_non_ws_route`).
+        /// HTTP/1.1 upgrade requests whose `Upgrade` value the listener's `upgrade_types` (or
+        /// the route's `upgrade_configs`) does not allow: answered 403 and closed (Envoy's
+        /// `downstream_rq_ws_on_non_ws_route`).
         http_upgrades_refused: AtomicU64, counter
             => Metric::counter(
                 "sluice_http_upgrades_refused_total",
-                "HTTP/1.1 upgrade requests of a type the listener's upgrade_types does not list (answered 403).",
+                "HTTP/1.1 upgrade requests of a type the listener's upgrade_types (or the route's upgrade_configs) does not allow (answered 403).",
             )
             .stats("http.downstream_rq_ws_on_non_ws_route")
             .prometheus_for(Shown::HttpListeners)

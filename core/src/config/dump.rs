@@ -319,6 +319,9 @@ mod http_impls {
             if let Some(r) = &self.retry_policy {
                 m.put("retry_policy", r)?;
             }
+            if !self.upgrade_configs.is_empty() {
+                m.put("upgrade_configs", &self.upgrade_configs)?;
+            }
             for (key, list) in [
                 ("request_headers_to_add", &self.request_headers_to_add),
                 ("response_headers_to_add", &self.response_headers_to_add),

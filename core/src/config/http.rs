@@ -85,43 +85,68 @@ impl ForwardedProto {
 
 impl HttpConfig {
     /// Whether an upgrade whose `Upgrade` fields are `values` (every one the message carries)
-    /// may be tunnelled; see [`upgrade_allowed`].
+    /// may be tunnelled on a route without `upgrade_configs`; see [`upgrade_allowed`].
     #[must_use]
     pub fn upgrade_allowed<'v>(&self, values: impl IntoIterator<Item = &'v [u8]>) -> bool {
-        upgrade_allowed(self.upgrade_types.as_deref(), values)
+        upgrade_allowed(self.upgrade_types.as_deref(), &[], values)
     }
 }
 
-/// Whether an upgrade whose `Upgrade` fields are `values` may be tunnelled under
-/// `upgrade_types` (`None`: every type). With a list, every protocol the fields name — each
-/// field's comma-separated elements, trimmed, compared case-insensitively — must be listed,
-/// and at least one must be named: a request cannot slip a second protocol past the check in
-/// another element or another `Upgrade` field (the upstream would be free to pick it). Envoy
-/// joins repeated fields into one value, which then matches no type: refused too.
+/// Whether an upgrade whose `Upgrade` fields are `values` may be tunnelled under the
+/// listener's `upgrade_types` (`None`: every type) and the route's `upgrade_configs`
+/// (`route`). Every protocol the fields name — each field's comma-separated elements, trimmed,
+/// compared case-insensitively — must be allowed, and with a listener list at least one must
+/// be named: a request cannot slip a second protocol past the check in another element or
+/// another `Upgrade` field (the upstream would be free to pick it). Envoy joins repeated fields
+/// into one value, which then matches no type: refused too.
+///
+/// A type the route names is decided by the route alone, as in Envoy: `enabled: false`
+/// refuses it even when the listener lists it, `enabled: true` allows it even when the
+/// listener does not; a type the route does not name is the listener's call.
 #[must_use]
 pub fn upgrade_allowed<'v>(
     types: Option<&[String]>,
+    route: &[RouteUpgrade],
     values: impl IntoIterator<Item = &'v [u8]>,
 ) -> bool {
-    let Some(types) = types else {
+    if types.is_none() && route.is_empty() {
         return true;
-    };
+    }
     let mut named = false;
     for value in values {
         for token in value.split(|&b| b == b',').map(<[u8]>::trim_ascii) {
             if token.is_empty() {
                 continue;
             }
-            if !types
+            let allowed = match route
                 .iter()
-                .any(|t| t.as_bytes().eq_ignore_ascii_case(token))
+                .find(|r| r.upgrade_type.as_bytes().eq_ignore_ascii_case(token))
             {
+                Some(r) => r.enabled,
+                None => types.is_none_or(|types| {
+                    types
+                        .iter()
+                        .any(|t| t.as_bytes().eq_ignore_ascii_case(token))
+                }),
+            };
+            if !allowed {
                 return false;
             }
             named = true;
         }
     }
-    named
+    named || types.is_none()
+}
+
+/// `routes[].route.upgrade_configs[]`: a route's own word on one upgrade type, over the
+/// listener's `upgrade_types` (Envoy's `RouteAction.upgrade_configs`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct RouteUpgrade {
+    /// The `Upgrade` token (lowercase), e.g. `websocket`.
+    pub upgrade_type: String,
+    /// `true`: tunnelled on this route even when the listener does not list it; `false`:
+    /// refused (403) on this route even when it does.
+    pub enabled: bool,
 }
 
 /// `listeners[].http.server_name` and `server_header_transformation`.
@@ -133,6 +158,18 @@ pub struct ServerHeader {
     /// What to do with the upstream's own.
     #[serde(rename = "server_header_transformation")]
     pub transformation: ServerHeaderTransformation,
+}
+
+impl ServerHeader {
+    /// The `server` field of the proxy's own answers (local replies, direct responses): Envoy
+    /// sets `server_name` on every response it sends, its own included — except with
+    /// `pass_through`, which only passes an upstream's (a local reply has none).
+    #[must_use]
+    pub fn local_field(server: Option<&ServerHeader>) -> Option<(&'static str, &[u8])> {
+        server
+            .filter(|s| s.transformation != ServerHeaderTransformation::PassThrough)
+            .map(|s| ("server", s.name.as_bytes()))
+    }
 }
 
 /// What becomes of an upstream response's `server` header when the listener has a
@@ -206,6 +243,10 @@ impl ForwardClientCert {
 /// the client certificate, hex), which are always there (Envoy's fields; all off by default).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct ClientCertDetails {
+    /// `Cert="…"`: the client certificate, PEM, URL-encoded.
+    pub cert: bool,
+    /// `Chain="…"`: the chain the client sent (its certificate first), PEM, URL-encoded.
+    pub chain: bool,
     /// `Subject="…"`: the subject's distinguished name (RFC 2253).
     pub subject: bool,
     /// `URI=…`: each URI SAN (`URI=` when it has none).
@@ -413,6 +454,9 @@ pub struct ForwardAction {
     pub response_headers_to_add: Vec<HeaderValue>,
     /// Header names (lowercase) removed from the response sent downstream.
     pub response_headers_to_remove: Vec<String>,
+    /// This route's overrides of the listener's `upgrade_types`, each type once (see
+    /// [`upgrade_allowed`]); empty: the listener's list alone.
+    pub upgrade_configs: Vec<RouteUpgrade>,
 }
 
 /// A header to add.

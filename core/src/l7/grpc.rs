@@ -87,9 +87,22 @@ pub fn http_to_grpc(status: u16) -> GrpcStatus {
 /// Writes a trailers-only gRPC answer as an HTTP/1.1 response (the form the request path
 /// writes to any downstream; over HTTP/2 it becomes one HEADERS frame that ends the stream):
 /// HTTP 200, `content-type: application/grpc`, `grpc-status`, `grpc-message` (`message`
-/// percent-encoded as gRPC requires), no body.
-pub fn write_trailers_only(out: &mut Vec<u8>, status: GrpcStatus, message: &[u8], close: bool) {
-    out.extend_from_slice(b"HTTP/1.1 200 OK\r\ncontent-type: application/grpc\r\ngrpc-status: ");
+/// percent-encoded as gRPC requires), `extra_headers` (the listener's `server`), no body.
+pub fn write_trailers_only(
+    out: &mut Vec<u8>,
+    status: GrpcStatus,
+    message: &[u8],
+    extra_headers: &[(&str, &[u8])],
+    close: bool,
+) {
+    out.extend_from_slice(b"HTTP/1.1 200 OK\r\n");
+    for (name, value) in extra_headers {
+        out.extend_from_slice(name.as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value);
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b"content-type: application/grpc\r\ngrpc-status: ");
     let code = status.code();
     if code >= 10 {
         out.push(b'0' + code / 10);
@@ -256,6 +269,7 @@ mod grpc_tests {
             &mut out,
             GrpcStatus::Unavailable,
             b"no healthy upstream\n%",
+            &[],
             false,
         );
         assert_eq!(
@@ -264,9 +278,15 @@ mod grpc_tests {
               grpc-message: no healthy upstream%0A%25\r\ncontent-length: 0\r\n\r\n"
         );
         out.clear();
-        write_trailers_only(&mut out, GrpcStatus::DeadlineExceeded, b"", true);
+        write_trailers_only(
+            &mut out,
+            GrpcStatus::DeadlineExceeded,
+            b"",
+            &[("server", b"edge")],
+            true,
+        );
         assert!(out.starts_with(
-            b"HTTP/1.1 200 OK\r\ncontent-type: application/grpc\r\ngrpc-status: 4\r\n"
+            b"HTTP/1.1 200 OK\r\nserver: edge\r\ncontent-type: application/grpc\r\ngrpc-status: 4\r\n"
         ));
         assert!(out.ends_with(b"connection: close\r\n\r\n"));
     }

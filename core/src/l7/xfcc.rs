@@ -2,8 +2,8 @@
 //! client's header, as Envoy's `forward_client_cert_details` and
 //! `set_current_client_cert_details` say (see `docs/configuration/http.md`).
 //!
-//! What it owns: the element's text ([`element`]: `By`, `Hash`, then `Subject`, `URI`, `DNS`
-//! in Envoy's order, `;` between pairs), built once per connection by the runtime from what the
+//! What it owns: the element's text ([`element`]: `By`, `Hash`, then `Cert`, `Chain`,
+//! `Subject`, `URI`, `DNS` in Envoy's order, `;` between pairs), built once per connection by the runtime from what the
 //! TLS session knows; and the per-request decision ([`edit`]) — remove, keep, or set a value
 //! (the element alone, or the client's header with the element appended after a `,`).
 //!
@@ -27,16 +27,37 @@ pub struct PeerCert<'a> {
     pub uri_sans: &'a [String],
     /// DNS SANs.
     pub dns_sans: &'a [String],
+    /// The chain the client sent, DER, its own certificate first (`Cert` and `Chain`).
+    pub chain: &'a [&'a [u8]],
 }
 
 /// This hop's element: `By=` each URI SAN of the certificate the proxy served (`by`),
-/// `Hash=`, then what `details` asks for — `Subject="…"` (there even when empty), `URI=` each
-/// URI SAN (`URI=` alone when none), `DNS=` each DNS SAN (nothing when none).
+/// `Hash=`, then what `details` asks for — `Cert="…"` (the client's certificate) and
+/// `Chain="…"` (every certificate it sent, its own first), each as PEM and URL-encoded as
+/// Envoy does ([`url_encoded_pem`]; nothing when there is no certificate), `Subject="…"`
+/// (there even when empty), `URI=` each URI SAN (`URI=` alone when none), `DNS=` each DNS SAN
+/// (nothing when none).
 #[must_use]
 pub fn element(by: &[String], peer: &PeerCert<'_>, details: ClientCertDetails) -> Vec<u8> {
     let mut parts: Vec<String> = by.iter().map(|u| format!("By={u}")).collect();
     if !peer.hash_hex.is_empty() {
         parts.push(format!("Hash={}", peer.hash_hex));
+    }
+    if details.cert
+        && let Some(leaf) = peer.chain.first()
+    {
+        let mut v = String::from("Cert=\"");
+        url_encoded_pem(leaf, &mut v);
+        v.push('"');
+        parts.push(v);
+    }
+    if details.chain && !peer.chain.is_empty() {
+        let mut v = String::from("Chain=\"");
+        for der in peer.chain {
+            url_encoded_pem(der, &mut v);
+        }
+        v.push('"');
+        parts.push(v);
     }
     if details.subject {
         parts.push(format!("Subject=\"{}\"", peer.subject));
@@ -51,6 +72,49 @@ pub fn element(by: &[String], peer: &PeerCert<'_>, details: ClientCertDetails) -
         parts.extend(peer.dns_sans.iter().map(|d| format!("DNS={d}")));
     }
     parts.join(";").into_bytes()
+}
+
+/// Appends `der` as a PEM certificate (`-----BEGIN CERTIFICATE-----`, base64 in lines of 64,
+/// `-----END CERTIFICATE-----`, each line ending in LF, as OpenSSL writes it), URL-encoded as
+/// Envoy encodes it for XFCC: every byte but ASCII letters, digits, `-`, `.`, `_` and `*` as
+/// `%XX` (uppercase) — in a PEM, the spaces, line feeds, `+`, `/` and `=`.
+pub fn url_encoded_pem(der: &[u8], out: &mut String) {
+    const B64: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    fn push_encoded(out: &mut String, c: u8) {
+        match c {
+            b'+' => out.push_str("%2B"),
+            b'/' => out.push_str("%2F"),
+            b'=' => out.push_str("%3D"),
+            c => out.push(char::from(c)),
+        }
+    }
+    out.push_str("-----BEGIN%20CERTIFICATE-----%0A");
+    let mut line = 0;
+    for chunk in der.chunks(3) {
+        let b = [
+            chunk[0],
+            chunk.get(1).copied().unwrap_or(0),
+            chunk.get(2).copied().unwrap_or(0),
+        ];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..4 {
+            let c = if i <= chunk.len() {
+                B64[((n >> (18 - 6 * i)) & 63) as usize]
+            } else {
+                b'='
+            };
+            push_encoded(out, c);
+            line += 1;
+            if line == 64 {
+                out.push_str("%0A");
+                line = 0;
+            }
+        }
+    }
+    if line != 0 {
+        out.push_str("%0A");
+    }
+    out.push_str("-----END%20CERTIFICATE-----%0A");
 }
 
 /// What the request's XFCC becomes.
@@ -118,11 +182,13 @@ mod tests {
             subject: "CN=client,O=example",
             uri_sans: &uris,
             dns_sans: &dns,
+            chain: &[],
         };
         let all = ClientCertDetails {
             subject: true,
             uri: true,
             dns: true,
+            ..ClientCertDetails::default()
         };
         let by = s(&["spiffe://cluster.local/ns/default/sa/app"]);
         assert_eq!(
@@ -145,6 +211,57 @@ mod tests {
         assert_eq!(
             element(&[], &bare, all),
             b"Hash=ab12;Subject=\"\";URI=".as_slice()
+        );
+    }
+
+    /// `Cert` and `Chain`: PEM (64-column base64, padding, LF line ends) URL-encoded as Envoy
+    /// writes them, after `Hash` and before `Subject`; nothing without a certificate.
+    #[test]
+    fn cert_and_chain_are_url_encoded_pem_in_envoys_order() {
+        let leaf: Vec<u8> = (0..100u8).chain([0xfb, 0xff, 0xfe]).collect();
+        let leaf_pem = "-----BEGIN%20CERTIFICATE-----%0A\
+            AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8gISIjJCUmJygpKissLS4v%0A\
+            MDEyMzQ1Njc4OTo7PD0%2BP0BBQkNERUZHSElKS0xNTk9QUVJTVFVWV1hZWltcXV5f%0A\
+            YGFiY%2Fv%2F%2Fg%3D%3D%0A-----END%20CERTIFICATE-----%0A";
+        let mut one = String::new();
+        url_encoded_pem(&leaf, &mut one);
+        assert_eq!(one, leaf_pem);
+        // A whole last line (48 bytes: 64 characters) ends once.
+        let mut whole = String::new();
+        url_encoded_pem(&[0; 48], &mut whole);
+        assert_eq!(
+            whole,
+            format!(
+                "-----BEGIN%20CERTIFICATE-----%0A{}%0A-----END%20CERTIFICATE-----%0A",
+                "A".repeat(64)
+            )
+        );
+        let ca = [1u8, 2];
+        let mut ca_pem = String::new();
+        url_encoded_pem(&ca, &mut ca_pem);
+        assert!(ca_pem.contains("%0AAQI%3D%0A"), "{ca_pem}");
+        let chain: [&[u8]; 2] = [&leaf, &ca];
+        let peer = PeerCert {
+            hash_hex: "ab12",
+            subject: "CN=c",
+            uri_sans: &[],
+            dns_sans: &[],
+            chain: &chain,
+        };
+        let details = ClientCertDetails {
+            cert: true,
+            chain: true,
+            subject: true,
+            ..ClientCertDetails::default()
+        };
+        assert_eq!(
+            String::from_utf8(element(&[], &peer, details)).unwrap(),
+            format!("Hash=ab12;Cert=\"{leaf_pem}\";Chain=\"{leaf_pem}{ca_pem}\";Subject=\"CN=c\"")
+        );
+        let none = PeerCert { chain: &[], ..peer };
+        assert_eq!(
+            String::from_utf8(element(&[], &none, details)).unwrap(),
+            "Hash=ab12;Subject=\"CN=c\""
         );
     }
 

@@ -9,7 +9,7 @@
 //! `merge_slashes`, `path_with_escaped_slashes_action`; `upgrade_configs` (the enabled
 //! `upgrade_type`s → `upgrade_types`; none: `[]`, Envoy upgrades nothing; a custom `filters`
 //! chain or `CONNECT` refused by path); `forward_client_cert_details` and
-//! `set_current_client_cert_details` (`subject`, `uri`, `dns`; `cert`, `chain`, `issuer` and a
+//! `set_current_client_cert_details` (`cert`, `chain`, `subject`, `uri`, `dns`; `issuer` and a
 //! `format` refused by path) → `forward_client_cert`, `set_current_client_cert_details`;
 //! `server_name` and `server_header_transformation` (an empty name: none — Envoy would write
 //! `envoy`); `generate_request_id` (not false) and the UUID `request_id_extension`
@@ -664,11 +664,13 @@ fn http(
         .map(|mut d| {
             let d_at = at.field("set_current_client_cert_details");
             let subject = take(&mut d.subject).is_some_and(|b| b.value);
+            let cert = take(&mut d.cert);
+            let chain = take(&mut d.chain);
             let uri = take(&mut d.uri);
             let dns = take(&mut d.dns);
-            // `cert`, `chain`, `issuer` and another `format` are not written here.
+            // `issuer` and another `format` are not written here.
             reject_rest(&d, &d_at)?;
-            Ok(json!({ "subject": subject, "uri": uri, "dns": dns }))
+            Ok(json!({ "cert": cert, "chain": chain, "subject": subject, "uri": uri, "dns": dns }))
         })
         .transpose()?;
     let filters = take(&mut h.http_filters);

@@ -15,6 +15,11 @@
 //!   on the destination port before it peeks. Any other predicate (`and_match`, nested sets)
 //!   is refused by path, and so is `filter_disabled` on `original_dst`.
 //!
+//! An inspector listed twice (or more) is accepted as Envoy accepts it — each entry runs, on
+//! the connections its own `filter_disabled` leaves it, and the second finds what the first
+//! found — so the listener's inspector runs on the union of their ports (noted).
+//! `original_dst` twice is the same as once.
+//!
 //! Any other listener filter is refused by path.
 
 use envoy_types::pb::envoy::config::listener::v3::{
@@ -45,6 +50,48 @@ pub(super) enum Ports {
 }
 
 impl Ports {
+    /// Whether the inspector runs on `port`.
+    fn contains(&self, port: u16) -> bool {
+        let within = |r: &[(u16, u16)]| r.iter().any(|&(a, b)| (a..=b).contains(&port));
+        match self {
+            Ports::All => true,
+            Ports::Except(r) => !within(r),
+            Ports::Only(r) => within(r),
+        }
+    }
+
+    /// The ports either runs on (two entries of one inspector: each runs where its own
+    /// `filter_disabled` lets it), in the shorter of the two forms.
+    fn union(&self, other: &Ports) -> Ports {
+        match (self, other) {
+            (Ports::All, _) | (_, Ports::All) => return Ports::All,
+            (Ports::Only(a), Ports::Only(b)) => {
+                return Ports::Only(a.iter().chain(b).copied().collect());
+            }
+            _ => {}
+        }
+        // Runs of ports, enabled or not, over the whole port space.
+        let (mut on, mut off) = (Vec::new(), Vec::new());
+        let mut start = 0u16;
+        let mut state = self.contains(0) || other.contains(0);
+        for port in 1..=u16::MAX {
+            let now = self.contains(port) || other.contains(port);
+            if now != state {
+                if state { &mut on } else { &mut off }.push((start, port - 1));
+                start = port;
+                state = now;
+            }
+        }
+        if state { &mut on } else { &mut off }.push((start, u16::MAX));
+        if off.is_empty() {
+            Ports::All
+        } else if off.len() <= on.len() {
+            Ports::Except(off)
+        } else {
+            Ports::Only(on)
+        }
+    }
+
     /// The config's `tls_inspector` / `http_inspector` value; `None` for every port (the
     /// default).
     pub(super) fn to_json(&self) -> Option<Value> {
@@ -91,6 +138,7 @@ pub(super) fn listener_filters(
         tls: Ports::All,
         http: None,
     };
+    let mut tls_seen = false;
     for (i, f) in filters.iter().enumerate() {
         let f_at = at.index(i);
         let named = At {
@@ -118,13 +166,27 @@ pub(super) fn listener_filters(
             if let Some(any) = any {
                 tls_inspector_config(any, &named, notes)?;
             }
-            out.tls = scope(f.filter_disabled.as_ref(), &named)?;
+            let ports = scope(f.filter_disabled.as_ref(), &named)?;
+            out.tls = if tls_seen {
+                named.note(notes, "listed again: runs where either entry runs");
+                out.tls.union(&ports)
+            } else {
+                ports
+            };
+            tls_seen = true;
         } else if is(HTTP_INSPECTOR, HttpInspector::type_url()) {
             if let Some(any) = any {
                 let h: HttpInspector = unpack(any, &named)?;
                 reject_rest(&h, &named)?;
             }
-            out.http = Some(scope(f.filter_disabled.as_ref(), &named)?);
+            let ports = scope(f.filter_disabled.as_ref(), &named)?;
+            out.http = Some(match &out.http {
+                Some(before) => {
+                    named.note(notes, "listed again: runs where either entry runs");
+                    before.union(&ports)
+                }
+                None => ports,
+            });
         } else {
             return Err(named.error(format!(
                 "unsupported (only {TLS_INSPECTOR}, {HTTP_INSPECTOR} and {ORIGINAL_DST}, with \

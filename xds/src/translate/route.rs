@@ -6,7 +6,9 @@
 //! present / safe_regex / string_match without `ignore_case`, `case_sensitive: true`), actions
 //! (`cluster`, `weighted_clusters`, `timeout`, `retry_policy` with the conditions the model
 //! knows, `retriable_status_codes` and the `previous_hosts` predicate, `max_stream_duration`
-//! when it asks for no limit, `prefix_rewrite`, `direct_response` with an inline body), a
+//! when it asks for no limit, `prefix_rewrite`, `upgrade_configs` — each type's `enabled`
+//! over the HCM's `upgrade_types` for that route; `connect_config` and `CONNECT` refused —,
+//! `direct_response` with an inline body), a
 //! virtual host's `include_request_attempt_count`, header edits that overwrite
 //! (`append_action: OVERWRITE_IF_EXISTS_OR_ADD` or `append: false`) at route, virtual host and
 //! route configuration level, folded into each route in Envoy's order (the outer level wins).
@@ -18,7 +20,7 @@ use envoy_types::pb::envoy::config::route::v3::{
     HeaderMatcher, RetryPolicy, Route, RouteAction, RouteConfiguration, VirtualHost,
     header_matcher::HeaderMatchSpecifier, retry_policy::RetryHostPredicate,
     retry_policy::retry_host_predicate, route::Action, route_action::ClusterSpecifier,
-    route_action::MaxStreamDuration, route_match::PathSpecifier,
+    route_action::MaxStreamDuration, route_action::UpgradeConfig, route_match::PathSpecifier,
 };
 use envoy_types::pb::envoy::r#type::matcher::v3::{RegexMatcher, string_matcher::MatchPattern};
 use envoy_types::pb::google::protobuf::Duration as PbDuration;
@@ -447,6 +449,7 @@ fn route_action(
     if let Some(mut m) = take(&mut a.max_stream_duration) {
         max_stream_duration(&mut m, &at.field("max_stream_duration"))?;
     }
+    let upgrades = route_upgrades(take(&mut a.upgrade_configs), at)?;
     reject_rest(&a, at)?;
     let list = |l: &[(String, String)]| -> Option<Value> {
         (!l.is_empty()).then(|| {
@@ -466,11 +469,58 @@ fn route_action(
         ("request_headers_to_remove", names(&edits.request_remove)),
         ("response_headers_to_add", list(&edits.response_add)),
         ("response_headers_to_remove", names(&edits.response_remove)),
+        ("upgrade_configs", upgrades),
     ]);
     if let Value::Object(m) = &mut v {
         m.insert(key.to_owned(), target);
     }
     Ok(v)
+}
+
+/// A route's `upgrade_configs` → its `upgrade_configs` (`upgrade_type` lowercase, `enabled`
+/// true when unset), overriding the HCM's list for the types they name; `None` without any.
+/// `connect_config`, `CONNECT`, a type that is not a token and a type listed twice (Envoy:
+/// "Duplicate upgrade") are refused by path.
+fn route_upgrades(
+    configs: Vec<UpgradeConfig>,
+    at: &At<'_>,
+) -> Result<Option<Value>, TranslateError> {
+    let u_at = at.field("upgrade_configs");
+    let mut list: Vec<(String, bool)> = Vec::new();
+    for (i, mut u) in configs.into_iter().enumerate() {
+        let i_at = u_at.index(i);
+        let name = take(&mut u.upgrade_type).to_ascii_lowercase();
+        let enabled = take(&mut u.enabled).is_none_or(|b| b.value);
+        if u.connect_config.is_some() {
+            return Err(i_at.field("connect_config").unsupported());
+        }
+        reject_rest(&u, &i_at)?;
+        if name == "connect" {
+            return Err(i_at.field("upgrade_type").error("CONNECT is unsupported"));
+        }
+        if name.is_empty()
+            || !name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+        {
+            return Err(i_at
+                .field("upgrade_type")
+                .error(format!("{name:?} is not an upgrade token")));
+        }
+        if list.iter().any(|(n, _)| *n == name) {
+            return Err(i_at
+                .field("upgrade_type")
+                .error(format!("{name:?} is listed twice")));
+        }
+        list.push((name, enabled));
+    }
+    Ok((!list.is_empty()).then(|| {
+        Value::Array(
+            list.into_iter()
+                .map(|(t, e)| json!({ "upgrade_type": t, "enabled": e }))
+                .collect(),
+        )
+    }))
 }
 
 /// A retry policy, or `None` when it retries nothing.

@@ -2,8 +2,8 @@ use envoy_types::pb::envoy::config::core::v3::{
     HeaderValue, HeaderValueOption, HealthStatus, header_value_option::HeaderAppendAction,
 };
 use envoy_types::pb::envoy::config::route::v3::{
-    DirectResponseAction, HeaderMatcher, RetryPolicy, Route, RouteAction, RouteMatch,
-    WeightedCluster, header_matcher::HeaderMatchSpecifier, route::Action,
+    DirectResponseAction, HeaderMatcher, RetryPolicy, Route, RouteAction, RouteConfiguration,
+    RouteMatch, WeightedCluster, header_matcher::HeaderMatchSpecifier, route::Action,
     route_action::ClusterSpecifier, route_match::PathSpecifier, weighted_cluster::ClusterWeight,
 };
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
@@ -515,6 +515,99 @@ fn route_features_translate() {
         .map(|h| (h.name.as_str(), h.value.as_str()))
         .collect();
     assert_eq!(added, [("x-level", "route"), ("x-route", "1")]);
+}
+
+/// A route's `upgrade_configs` become its `upgrade_configs` (lowercase, `enabled` true when
+/// unset), over the HCM's `upgrade_types` for the types they name; `connect_config`,
+/// `CONNECT` and a type listed twice are refused by path.
+#[test]
+fn a_routes_upgrade_configs_translate_and_connect_is_refused_by_path() {
+    use envoy_types::pb::envoy::config::route::v3::route_action::{
+        UpgradeConfig, upgrade_config::ConnectConfig,
+    };
+    use envoy_types::pb::google::protobuf::BoolValue;
+    use sluice_core::config::http::{RouteUpgrade, upgrade_allowed};
+    let mut r = resources();
+    let mut rc = route_config("routes", "web");
+    fn action(rc: &mut RouteConfiguration) -> &mut RouteAction {
+        let Some(Action::Route(a)) = &mut rc.virtual_hosts[0].routes[0].action else {
+            panic!("route")
+        };
+        a
+    }
+    action(&mut rc).upgrade_configs = vec![
+        UpgradeConfig {
+            upgrade_type: "WebSocket".into(),
+            enabled: Some(BoolValue { value: false }),
+            ..Default::default()
+        },
+        UpgradeConfig {
+            upgrade_type: "h2c".into(),
+            ..Default::default()
+        },
+    ];
+    r.routes.insert("routes".into(), rc.clone());
+    // The HCM lists websocket (as istiod's does).
+    let mut l = http_listener("in", "127.0.0.1", 9000, "routes");
+    edit_hcm(&mut l, |h| {
+        h.upgrade_configs = vec![
+            envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::http_connection_manager::UpgradeConfig {
+                upgrade_type: "websocket".into(),
+                ..Default::default()
+            },
+        ];
+    });
+    r.listeners.insert("in".into(), l);
+    let c = assemble(&bootstrap(), &r).expect("valid").config;
+    let ListenerFilter::Http(h) = &c.listeners[0].filter else {
+        panic!("http")
+    };
+    let Action2::Forward(f) = &h.virtual_hosts[0].routes[0].action else {
+        panic!("forward")
+    };
+    assert_eq!(
+        f.upgrade_configs,
+        [
+            RouteUpgrade {
+                upgrade_type: "websocket".into(),
+                enabled: false
+            },
+            RouteUpgrade {
+                upgrade_type: "h2c".into(),
+                enabled: true
+            },
+        ]
+    );
+    let types = h.upgrade_types.as_deref();
+    assert_eq!(types, Some(&["websocket".to_owned()][..]));
+    assert!(!upgrade_allowed(
+        types,
+        &f.upgrade_configs,
+        [&b"websocket"[..]]
+    ));
+    assert!(upgrade_allowed(types, &f.upgrade_configs, [&b"h2c"[..]]));
+    // Refused by path.
+    let at = "route_configuration \"routes\" virtual_hosts[0].routes[0].route.upgrade_configs";
+    action(&mut rc).upgrade_configs[1].connect_config = Some(ConnectConfig::default());
+    r.routes.insert("routes".into(), rc.clone());
+    assert_eq!(errors(&r), [format!("{at}[1].connect_config: unsupported")]);
+    action(&mut rc).upgrade_configs[1] = UpgradeConfig {
+        upgrade_type: "CONNECT".into(),
+        ..Default::default()
+    };
+    r.routes.insert("routes".into(), rc.clone());
+    assert_eq!(
+        errors(&r),
+        [format!("{at}[1].upgrade_type: CONNECT is unsupported")]
+    );
+    action(&mut rc).upgrade_configs[1].upgrade_type = "websocket".into();
+    r.routes.insert("routes".into(), rc);
+    assert_eq!(
+        errors(&r),
+        [format!(
+            "{at}[1].upgrade_type: \"websocket\" is listed twice"
+        )]
+    );
 }
 
 #[test]

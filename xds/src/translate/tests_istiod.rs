@@ -158,6 +158,8 @@ fn istiods_virtual_inbound_translates_to_its_chains() {
         assert_eq!(
             h.set_current_client_cert_details,
             sluice_core::config::http::ClientCertDetails {
+                cert: false,
+                chain: false,
                 subject: true,
                 uri: true,
                 dns: true
@@ -567,6 +569,86 @@ fn inspector_predicates_other_than_istios_are_refused_by_path() {
     );
 }
 
+/// An inspector listed twice is accepted, as Envoy accepts it: each entry runs where its own
+/// `filter_disabled` lets it, so the listener inspects on the union of their ports (noted) —
+/// not the last entry's ports alone; the same entry twice is the same as once.
+#[test]
+fn an_inspector_listed_twice_runs_where_either_entry_runs() {
+    let one = |p| PortRange { first: p, last: p };
+    let note = "listener \"virtualInbound\" listener_filters[3] (envoy.filters.listener.tls_inspector).listed again: runs where either entry runs";
+    // istiod's tls_inspector twice, original_dst twice: as once.
+    let mut r = resources();
+    let l = listener(&mut r);
+    let (dst, tls) = (l.listener_filters[0].clone(), l.listener_filters[1].clone());
+    l.listener_filters.push(tls.clone());
+    l.listener_filters.push(dst);
+    let a = assemble(&bootstrap(), &r).expect("duplicates accepted");
+    let l = &a.config.listeners[0];
+    assert_eq!(
+        l.tls_inspector,
+        InspectorPorts::ExceptPorts(vec![one(15006)])
+    );
+    assert_eq!(
+        l.original_dst,
+        Some(sluice_core::config::OriginalDst::Redirect)
+    );
+    assert!(
+        a.notes.ignored.iter().any(|n| n == note),
+        "{:#?}",
+        a.notes.ignored
+    );
+    // A second tls_inspector disabled everywhere adds no port: the first's scope stays.
+    let mut r = resources();
+    let mut off = tls.clone();
+    off.filter_disabled = Some(ListenerFilterChainMatchPredicate {
+        rule: Some(Rule::AnyMatch(true)),
+    });
+    listener(&mut r).listener_filters.push(off);
+    let a = assemble(&bootstrap(), &r).expect("accepted");
+    assert_eq!(
+        a.config.listeners[0].tls_inspector,
+        InspectorPorts::ExceptPorts(vec![one(15006)])
+    );
+    // A second http_inspector disabled only on 9080 runs on 8080 and 15006, where the first
+    // does not; the first runs on 9080: together, every port.
+    let mut r = resources();
+    let l = listener(&mut r);
+    let mut http = l.listener_filters[2].clone();
+    http.filter_disabled = Some(ListenerFilterChainMatchPredicate {
+        rule: Some(Rule::DestinationPortRange(Int32Range {
+            start: 9080,
+            end: 9081,
+        })),
+    });
+    l.listener_filters.push(http.clone());
+    let a = assemble(&bootstrap(), &r).expect("accepted");
+    assert_eq!(a.config.listeners[0].http_inspector, InspectorPorts::All);
+    // Disabled on 8080-8090 and on 8085-9000: runs but on 8085-8090.
+    let mut r = resources();
+    let l = listener(&mut r);
+    l.listener_filters[2].filter_disabled = Some(ListenerFilterChainMatchPredicate {
+        rule: Some(Rule::DestinationPortRange(Int32Range {
+            start: 8080,
+            end: 8091,
+        })),
+    });
+    http.filter_disabled = Some(ListenerFilterChainMatchPredicate {
+        rule: Some(Rule::DestinationPortRange(Int32Range {
+            start: 8085,
+            end: 9001,
+        })),
+    });
+    l.listener_filters.push(http);
+    let a = assemble(&bootstrap(), &r).expect("accepted");
+    assert_eq!(
+        a.config.listeners[0].http_inspector,
+        InspectorPorts::ExceptPorts(vec![PortRange {
+            first: 8085,
+            last: 8090
+        }])
+    );
+}
+
 /// Without `http_inspector`, Envoy gives plaintext no application protocol: the chains that
 /// ask for `http/1.1` / `h2c` never take it, and Sluice sniffs nothing.
 #[test]
@@ -625,14 +707,27 @@ fn what_the_fixture_trims_is_nacked_by_path() {
             "{at}.upgrade_configs[1].upgrade_type: CONNECT is unsupported"
         )]
     );
-    // The whole client certificate (or chain) in the XFCC element is not written here.
+    // The whole client certificate and chain are written (`Cert`, `Chain`); the issuer is not.
+    let r = with_hcm(&|h| {
+        let d = h.set_current_client_cert_details.as_mut().unwrap();
+        d.cert = true;
+        d.chain = true;
+    });
+    let c = assemble(&bootstrap(), &r)
+        .expect("cert and chain accepted")
+        .config;
+    let Filt::Http(h) = &c.listeners[0].filter_chains[7].filter else {
+        panic!("http")
+    };
+    let d = h.set_current_client_cert_details;
+    assert!(d.cert && d.chain && d.subject && d.uri && d.dns, "{d:?}");
     let e = errors(&with_hcm(&|h| {
-        h.set_current_client_cert_details.as_mut().unwrap().cert = true;
+        h.set_current_client_cert_details.as_mut().unwrap().issuer = true;
     }));
     assert_eq!(
         e,
         [format!(
-            "{at}.set_current_client_cert_details.cert: unsupported"
+            "{at}.set_current_client_cert_details.issuer: unsupported"
         )]
     );
     // A fault filter that would inject something, a filter that is none of the no-op ones,

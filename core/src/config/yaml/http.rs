@@ -43,8 +43,8 @@ use crate::config::http::{
     DEFAULT_STREAM_IDLE_TIMEOUT, EscapedSlashesAction, ForwardAction, ForwardClientCert,
     ForwardedProto, H2_MAX_WINDOW_SIZE, H2_MIN_WINDOW_SIZE, HeaderMatcher, HeaderRule, HeaderValue,
     Http2Settings, HttpCodec, HttpConfig, MAX_HEADERS_COUNT_LIMIT, PathMatch, PathNormalization,
-    RetryOn, RetryPolicy, Route, RouteAction, RouteMatch, ServerHeader, ServerHeaderTransformation,
-    StatusCodes, VirtualHost, WeightedCluster, template_placeholders,
+    RetryOn, RetryPolicy, Route, RouteAction, RouteMatch, RouteUpgrade, ServerHeader,
+    ServerHeaderTransformation, StatusCodes, VirtualHost, WeightedCluster, template_placeholders,
 };
 use crate::pattern::compile_full_match;
 
@@ -337,19 +337,23 @@ fn decode_upgrade_types(dec: &mut Decoder, path: &str, v: &Value) -> Option<Vec<
     Some(types)
 }
 
-/// `http.set_current_client_cert_details`: `{ subject, uri, dns }`, booleans (false when left
-/// out).
+/// `http.set_current_client_cert_details`: `{ cert, chain, subject, uri, dns }`, booleans
+/// (false when left out).
 fn decode_cert_details(dec: &mut Decoder, path: &str, v: &Value) -> Option<ClientCertDetails> {
     let mut obj = dec.object(path, v)?;
     let mut flag = |dec: &mut Decoder, key: &'static str| match obj.opt(key) {
         Some((v, p)) => boolean(dec, &p, v),
         None => Some(false),
     };
+    let cert = flag(dec, "cert");
+    let chain = flag(dec, "chain");
     let subject = flag(dec, "subject");
     let uri = flag(dec, "uri");
     let dns = flag(dec, "dns");
     obj.finish(dec);
     Some(ClientCertDetails {
+        cert: cert?,
+        chain: chain?,
         subject: subject?,
         uri: uri?,
         dns: dns?,
@@ -949,6 +953,10 @@ fn decode_forward(
     let request_headers_to_remove = headers_to_remove(dec, &mut obj, "request_headers_to_remove");
     let response_headers_to_add = headers_to_add(dec, &mut obj, "response_headers_to_add");
     let response_headers_to_remove = headers_to_remove(dec, &mut obj, "response_headers_to_remove");
+    let upgrade_configs = match obj.opt("upgrade_configs") {
+        Some((v, p)) => decode_route_upgrades(dec, &p, v),
+        None => Some(Vec::new()),
+    };
     obj.finish(dec);
     Some(ForwardAction {
         target: target?,
@@ -959,7 +967,46 @@ fn decode_forward(
         request_headers_to_remove: request_headers_to_remove?,
         response_headers_to_add: response_headers_to_add?,
         response_headers_to_remove: response_headers_to_remove?,
+        upgrade_configs: upgrade_configs?,
     })
+}
+
+/// A route's `upgrade_configs`: `{ upgrade_type, enabled }` (a token, stored lowercase;
+/// `enabled` true when left out), each type once.
+fn decode_route_upgrades(dec: &mut Decoder, path: &str, v: &Value) -> Option<Vec<RouteUpgrade>> {
+    let list = dec.list(path, v, |dec, p, v| {
+        let mut obj = dec.object(p, v)?;
+        let upgrade_type = obj.req(dec, "upgrade_type").and_then(|(v, p)| {
+            let s = dec.string(&p, v)?;
+            if s.is_empty() || !s.bytes().all(is_token_byte) {
+                dec.error(
+                    &p,
+                    format!("{s:?} is not an upgrade token (e.g. websocket)"),
+                );
+                return None;
+            }
+            Some(s.to_ascii_lowercase())
+        });
+        let enabled = match obj.opt("enabled") {
+            Some((v, p)) => boolean(dec, &p, v),
+            None => Some(true),
+        };
+        obj.finish(dec);
+        Some(RouteUpgrade {
+            upgrade_type: upgrade_type?,
+            enabled: enabled?,
+        })
+    })?;
+    for (i, u) in list.iter().enumerate() {
+        if list[..i].iter().any(|o| o.upgrade_type == u.upgrade_type) {
+            dec.error(
+                &child(&index(path, i), "upgrade_type"),
+                format!("{:?} is listed twice", u.upgrade_type),
+            );
+            return None;
+        }
+    }
+    Some(list)
 }
 
 fn decode_weighted_clusters(

@@ -88,6 +88,7 @@ fn forward(cluster: &str, cluster_index: usize) -> ForwardAction {
         request_headers_to_remove: vec![],
         response_headers_to_add: vec![],
         response_headers_to_remove: vec![],
+        upgrade_configs: vec![],
     }
 }
 
@@ -723,7 +724,7 @@ clusters:
             r(9)
         ),
         format!(
-            "{}.route.timout: unknown field (expected one of: cluster, weighted_clusters, timeout, prefix_rewrite, retry_policy, request_headers_to_add, request_headers_to_remove, response_headers_to_add, response_headers_to_remove); did you mean 'timeout'?",
+            "{}.route.timout: unknown field (expected one of: cluster, weighted_clusters, timeout, prefix_rewrite, retry_policy, request_headers_to_add, request_headers_to_remove, response_headers_to_add, response_headers_to_remove, upgrade_configs); did you mean 'timeout'?",
             r(9)
         ),
         // virtual_hosts[2]
@@ -1064,6 +1065,89 @@ fn upgrade_types_list_the_upgrades_tunnelled() {
     );
 }
 
+/// A route's `upgrade_configs` (`{ upgrade_type, enabled }`, enabled by default) override
+/// the listener's `upgrade_types` for the types they name, either way; a duplicate or a
+/// non-token is refused at its path.
+#[test]
+fn a_routes_upgrade_configs_override_the_listeners_types() {
+    use crate::config::http::{RouteUpgrade, upgrade_allowed};
+    let config = with_route(
+        "{ match: { prefix: / }, route: { cluster: a, upgrade_configs: [ { upgrade_type: WebSocket, enabled: false }, { upgrade_type: h2c } ] } }",
+    );
+    let c = Config::from_yaml(&config).unwrap_or_else(|e| panic!("{e}"));
+    let ListenerFilter::Http(h) = &c.listeners[0].filter else {
+        panic!("http")
+    };
+    let RouteAction::Forward(f) = &h.virtual_hosts[0].routes[0].action else {
+        panic!("forward")
+    };
+    let route = &f.upgrade_configs;
+    assert_eq!(
+        route,
+        &[
+            RouteUpgrade {
+                upgrade_type: "websocket".into(),
+                enabled: false
+            },
+            RouteUpgrade {
+                upgrade_type: "h2c".into(),
+                enabled: true
+            },
+        ]
+    );
+    let ws = ["websocket".to_owned()];
+    let one = |v: &'static [u8]| [v];
+    // The route's word wins for the types it names, whatever the listener's list.
+    for listener in [None, Some(&ws[..]), Some(&[][..])] {
+        assert!(!upgrade_allowed(listener, route, one(b"websocket")));
+        assert!(upgrade_allowed(listener, route, one(b"H2C")));
+        assert!(!upgrade_allowed(listener, route, one(b"h2c, websocket")));
+    }
+    // Other types: the listener's.
+    assert!(upgrade_allowed(None, route, one(b"spdy")));
+    assert!(!upgrade_allowed(Some(&ws), route, one(b"spdy")));
+    let h2c_off = [RouteUpgrade {
+        upgrade_type: "h2c".into(),
+        enabled: false,
+    }];
+    assert!(upgrade_allowed(Some(&ws), &h2c_off, one(b"websocket")));
+    assert!(!upgrade_allowed(
+        Some(&ws),
+        &h2c_off,
+        [&b"websocket"[..], b"h2c"]
+    ));
+    // The dump writes them back.
+    assert_eq!(
+        serde_json::to_value(f).unwrap()["upgrade_configs"],
+        serde_json::json!([
+            { "upgrade_type": "websocket", "enabled": false },
+            { "upgrade_type": "h2c", "enabled": true },
+        ])
+    );
+    assert_eq!(
+        errors(&with_route(
+            "{ match: { prefix: / }, route: { cluster: a, upgrade_configs: [ { upgrade_type: websocket }, { upgrade_type: WEBSOCKET, enabled: false } ] } }"
+        )),
+        [
+            r#"listeners[0].http.virtual_hosts[0].routes[0].route.upgrade_configs[1].upgrade_type: "websocket" is listed twice"#
+        ]
+    );
+    let e = errors(&with_route(
+        "{ match: { prefix: / }, route: { cluster: a, upgrade_configs: [ { upgrade_type: 'web socket', enabld: true } ] } }",
+    ));
+    assert_eq!(e.len(), 2, "{e:?}");
+    assert_eq!(
+        e[0],
+        r#"listeners[0].http.virtual_hosts[0].routes[0].route.upgrade_configs[0].upgrade_type: "web socket" is not an upgrade token (e.g. websocket)"#
+    );
+    assert!(
+        e[1].starts_with(
+            "listeners[0].http.virtual_hosts[0].routes[0].route.upgrade_configs[0].enabld: unknown field"
+        ),
+        "{e:?}"
+    );
+}
+
 /// `server_name` (none by default) with `server_header_transformation` (default
 /// `overwrite`, only with a name); a name that is no header value, or empty, refused.
 #[test]
@@ -1126,18 +1210,20 @@ fn forward_client_cert_takes_envoys_modes() {
         );
     }
     let h = http(&config(
-        "forward_client_cert: append_forward, set_current_client_cert_details: { subject: true, dns: true }, ",
+        "forward_client_cert: append_forward, set_current_client_cert_details: { subject: true, dns: true, chain: true }, ",
     ));
     assert_eq!(
         h.set_current_client_cert_details,
         ClientCertDetails {
+            cert: false,
+            chain: true,
             subject: true,
             uri: false,
             dns: true
         }
     );
     let errs = errors(&config(
-        "forward_client_cert: append, set_current_client_cert_details: { cert: true }, ",
+        "forward_client_cert: append, set_current_client_cert_details: { issuer: true }, ",
     ));
     assert_eq!(errs.len(), 2, "{errs:?}");
     assert!(
@@ -1146,7 +1232,7 @@ fn forward_client_cert_takes_envoys_modes() {
     );
     assert!(
         errs[1]
-            .starts_with("listeners[0].http.set_current_client_cert_details.cert: unknown field"),
+            .starts_with("listeners[0].http.set_current_client_cert_details.issuer: unknown field"),
         "{errs:?}"
     );
 }
