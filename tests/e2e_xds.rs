@@ -718,20 +718,30 @@ struct PyServer {
 
 impl PyServer {
     fn start(dir: &TempDir, port: u16, version: u64, listen: u16, upstream: u16) -> PyServer {
+        PyServer::start_with(dir, port, version, listen, upstream, &[])
+    }
+
+    /// [`PyServer::start`] with more arguments (`--tls CERT KEY`, `--client-ca CA`).
+    fn start_with(
+        dir: &TempDir,
+        port: u16,
+        version: u64,
+        listen: u16,
+        upstream: u16,
+        more: &[&str],
+    ) -> PyServer {
         let snapshot = dir.path().join("xds-snapshot.json");
         let log = dir.path().join("xds-requests.jsonl");
+        let script = repo().join("tests/xds_server.py");
+        let (port_arg, snapshot_arg, log_arg) = (
+            port.to_string(),
+            snapshot.to_str().unwrap().to_owned(),
+            log.to_str().unwrap().to_owned(),
+        );
+        let mut args = vec![script.to_str().unwrap(), &port_arg, &snapshot_arg, &log_arg];
+        args.extend_from_slice(more);
         let server = PyServer {
-            proc: spawn(
-                dir,
-                "xds_server",
-                &python(),
-                &[
-                    repo().join("tests/xds_server.py").to_str().unwrap(),
-                    &port.to_string(),
-                    snapshot.to_str().unwrap(),
-                    log.to_str().unwrap(),
-                ],
-            ),
+            proc: spawn(dir, "xds_server", &python(), &args),
             snapshot,
             log,
         };
@@ -1177,4 +1187,164 @@ clusters:
     let head = head.to_ascii_lowercase();
     assert!(!head.contains("x-envoy-peer-metadata"), "{out}");
     assert!(head.contains("\r\nx-other: kept"), "{out}");
+}
+
+/// How the TLS management server and Sluice's xDS cluster are set up.
+#[derive(Clone, Copy, PartialEq, Debug)]
+enum XdsTls {
+    /// Server TLS; Sluice verifies it with the CA that issued its certificate.
+    Verified,
+    /// The server requires a client certificate (mutual TLS); Sluice has one.
+    Mutual,
+    /// Sluice trusts another CA than the server certificate's.
+    WrongCa,
+}
+
+/// The Python management server over TLS (its certificate for `xds.example`, issued by a CA of
+/// the test), and Sluice's xDS cluster with `tls: { ca, sni: xds.example }` — otherwise
+/// defaults —, beside a static listener (`static` on its own port, to nginx `s`). Verified or
+/// mutual: the first config comes over TLS and serves, every type is ACKed, and the static
+/// listener serves too. A wrong CA: no request ever reaches the server, nothing dynamic
+/// serves, `/xds` says the stream is down and why (`unknown_ca`), the log too, and the static
+/// listener serves on.
+fn xds_over_tls(case: XdsTls) {
+    use support::pki::{leaf, make_ca, p};
+    let dir = TempDir::new(&format!("xds-tls-{case:?}"));
+    let (up_a, up_s, listen, static_port, admin, ads_port) = (
+        free_port(),
+        free_port(),
+        free_port(),
+        free_port(),
+        free_port(),
+        free_port(),
+    );
+    let _a = start_nginx(&dir, "a", up_a, "a");
+    let _s = start_nginx(&dir, "s", up_s, "s");
+    let ca = make_ca(&dir, "xds-ca");
+    let other = make_ca(&dir, "other-ca");
+    let (cert, key) = leaf(&dir, &ca, "xds-server", &["xds.example"], None);
+    let (client_cert, client_key) = leaf(&dir, &ca, "sidecar", &["sidecar.example"], None);
+    let mut args = vec!["--tls", p(&cert), p(&key)];
+    if case == XdsTls::Mutual {
+        args.extend_from_slice(&["--client-ca", p(&ca.pem)]);
+    }
+    let mut server = PyServer::start_with(&dir, ads_port, 1, listen, up_a, &args);
+    wait_listening(addr(ads_port), &mut server.proc);
+    let trusted = if case == XdsTls::WrongCa {
+        &other.pem
+    } else {
+        &ca.pem
+    };
+    let client = if case == XdsTls::Mutual {
+        format!(
+            ", cert_chain: {}, private_key: {}",
+            p(&client_cert),
+            p(&client_key)
+        )
+    } else {
+        String::new()
+    };
+    let config = format!(
+        r#"
+admin: {{ address: 127.0.0.1:{admin} }}
+node: {{ id: sidecar-tls, cluster: e2e }}
+xds: {{ cluster: xds_server }}
+listeners:
+  - name: static
+    address: 127.0.0.1:{static_port}
+    http:
+      virtual_hosts: [ {{ name: v, domains: ["*"], routes: [ {{ match: {{ prefix: / }}, route: {{ cluster: local }} }} ] }} ]
+clusters:
+  - name: xds_server
+    protocol: http2
+    tls: {{ ca: {}, sni: xds.example{client} }}
+    hosts: [ {{ address: 127.0.0.1:{ads_port} }} ]
+  - name: local
+    hosts: [ {{ address: 127.0.0.1:{up_s} }} ]
+"#,
+        p(trusted)
+    );
+    let sluice = start_sluice(&dir, &config, 2, addr(admin));
+    // `/xds` (404 until the client's thread has started).
+    let xds = || {
+        let (status, body) = http_request(addr(admin), "GET", "/xds");
+        if status == 404 {
+            return serde_json::Value::Null;
+        }
+        assert_eq!(status, 200, "{body}");
+        serde_json::from_str::<serde_json::Value>(&body).expect("json")
+    };
+    if case == XdsTls::WrongCa {
+        eventually("the failed handshake is shown", &sluice, || {
+            xds()["last_connect_error"]["error"]
+                .as_str()
+                .is_some_and(|e| e.contains("TLS handshake") && e.contains("(unknown_ca)"))
+        });
+        let view = xds();
+        eprintln!("/xds last_connect_error: {}", view["last_connect_error"]);
+        assert_eq!(view["connected"], false, "{view}");
+        assert_eq!(view["types"]["listener"]["version"], "", "{view}");
+        assert!(
+            sluice.log_text().contains("unknown_ca"),
+            "{}",
+            sluice.log_text()
+        );
+        assert!(server.requests().is_empty(), "{:?}", server.requests());
+        assert_eq!(
+            get(addr(listen)),
+            (0, String::new()),
+            "nothing dynamic serves"
+        );
+        for _ in 0..10 {
+            assert_eq!(get(addr(static_port)), (200, "s".into()));
+        }
+        return;
+    }
+    eventually("the first config serves over TLS", &sluice, || {
+        get(addr(listen)) == (200, "a".into())
+    });
+    eventually("every type ACKed", &sluice, || {
+        ResourceType::ALL
+            .iter()
+            .filter(|t| **t != ResourceType::Secret)
+            .all(|t| server.acked(t.type_url(), Some(1)) >= 1)
+    });
+    assert_eq!(server.requests()[0]["node"], "sidecar-tls");
+    let view = xds();
+    assert_eq!(view["connected"], true, "{view}");
+    assert_eq!(
+        view["last_connect_error"],
+        serde_json::Value::Null,
+        "{view}"
+    );
+    assert_eq!(get(addr(static_port)), (200, "s".into()));
+    // An update comes over the same TLS stream.
+    server.serve(2, listen, up_s);
+    eventually("the EDS update applies", &sluice, || {
+        get(addr(listen)) == (200, "s".into())
+    });
+}
+
+#[test]
+fn a_tls_management_server_configures_sluice() {
+    if !require_peers(&["nginx", "xds-protos"]) {
+        return;
+    }
+    xds_over_tls(XdsTls::Verified);
+}
+
+#[test]
+fn a_management_server_requiring_mutual_tls_configures_sluice_with_its_client_certificate() {
+    if !require_peers(&["nginx", "xds-protos"]) {
+        return;
+    }
+    xds_over_tls(XdsTls::Mutual);
+}
+
+#[test]
+fn a_management_server_of_an_untrusted_ca_is_not_used_and_static_listeners_serve() {
+    if !require_peers(&["nginx", "xds-protos"]) {
+        return;
+    }
+    xds_over_tls(XdsTls::WrongCa);
 }

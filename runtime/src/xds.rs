@@ -22,7 +22,13 @@
 //! own connector: with `upstream_mark` it carries the same `SO_MARK` as every other upstream
 //! socket of the proxy, so that outbound capture rules, which exclude that mark, do not send the
 //! proxy's own control-plane traffic back into the proxy (where, before the first config, no
-//! listener would take it).
+//! listener would take it). When the xDS cluster has `tls`, the connector then makes a verified
+//! TLS handshake (ALPN `h2`, the cluster's CA, name or SANs, and client certificate for mutual
+//! TLS), within the same `connect_timeout`; its rustls config comes from the one client config
+//! builder of the upstream connectors ([`crate::tls::client_config`]), built afresh for each
+//! connection attempt so that rotated files are used at the next reconnect. A failed handshake
+//! is a failed connect: logged with its reason, kept in [`LAST_CONNECT_ERROR`] (`/xds`), and
+//! retried after the backoff.
 //!
 //! The client loop itself ([`run`]) takes its connector and the seed of its backoff jitter, so
 //! that the simulator (`sluice-sim`'s xDS scenario) runs it as a task on a turmoil host, over
@@ -36,6 +42,7 @@ use std::collections::BTreeMap;
 use std::io;
 use std::net::SocketAddr;
 use std::path::Path;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
@@ -79,6 +86,11 @@ pub static UPDATED_AT: [AtomicU64; TYPES] = [const { AtomicU64::new(0) }; TYPES]
 pub static STATUS: std::sync::Mutex<Option<[TypeStatus; TYPES]>> = std::sync::Mutex::new(None);
 /// Whether the client speaks delta (for `/xds`'s `mode`).
 pub static DELTA: AtomicBool = AtomicBool::new(false);
+/// The last failed connection attempt to the management server: what failed (a refused
+/// connection, a TLS handshake and why) and when (Unix seconds); `/xds`'s
+/// `last_connect_error`. Kept after a later success (its `at` dates it).
+pub static LAST_CONNECT_ERROR: std::sync::Mutex<Option<(String, u64)>> =
+    std::sync::Mutex::new(None);
 
 /// One resource type's xDS status.
 #[derive(Clone, Debug, Default)]
@@ -140,6 +152,14 @@ pub fn status_json() -> Value {
     if delta {
         view["resyncs"] = RESYNCS.load(Ordering::Relaxed).into();
     }
+    view["last_connect_error"] = LAST_CONNECT_ERROR
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .as_ref()
+        .map_or(
+            Value::Null,
+            |(error, at)| serde_json::json!({ "error": error, "at": at }),
+        );
     view
 }
 
@@ -174,6 +194,19 @@ pub struct Bootstrap {
     initial_fetch_timeout: Duration,
     node: Node,
     tree: Value,
+    /// The xDS cluster's `tls` (`None`: cleartext) and where it is in the file.
+    tls: Option<Arc<XdsTls>>,
+}
+
+/// TLS to the management server: the xDS cluster's `tls`, turned into a rustls client config
+/// by [`crate::tls::client_config`] (the upstream connectors' one builder) on every connection
+/// attempt, so that its files (CA, client certificate and key) are read afresh at each
+/// (re)connect: a rotated file is used from the next connection on.
+#[derive(Debug)]
+struct XdsTls {
+    tls: sluice_core::config::tls::UpstreamTls,
+    /// `clusters[i].tls`, for messages.
+    path: String,
 }
 
 /// The bootstrap of a config with `xds` (`None` without); the file is read again for its
@@ -223,7 +256,14 @@ impl Bootstrap {
             user_agent_name: "sluice".to_owned(),
             ..Default::default()
         });
+        let tls = cluster.tls.as_ref().map(|t| {
+            Arc::new(XdsTls {
+                tls: (**t).clone(),
+                path: format!("clusters[{}].tls", xds.cluster_index),
+            })
+        });
         Ok(Bootstrap {
+            tls,
             server,
             mode: xds.mode,
             mark: config.upstream_mark,
@@ -241,12 +281,20 @@ impl Bootstrap {
         self.server
     }
 
+    /// The URI of the management server: `https://` with TLS (the `:scheme` of the gRPC
+    /// requests), `http://` without.
+    fn uri(&self) -> String {
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        format!("{scheme}://{}", self.server)
+    }
+
     /// The connector of the channel to the management server.
     fn connector(&self) -> XdsConnector {
         XdsConnector {
             server: self.server,
             mark: self.mark,
             connect_timeout: self.connect_timeout,
+            tls: self.tls.clone(),
         }
     }
 }
@@ -259,18 +307,33 @@ const TCP_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
 const TCP_KEEPALIVE_PROBES: u32 = 3;
 
 /// Opens the connection to the management server, from a socket marked with the config's
-/// `upstream_mark` (`SO_MARK`) when it has one, within the xDS cluster's `connect_timeout`.
-/// tonic's channel calls it for each (re)connection; the URI it passes is ignored: the address
-/// is the xDS cluster's host.
+/// `upstream_mark` (`SO_MARK`) when it has one, then, when the xDS cluster has `tls`, a
+/// verified TLS handshake offering ALPN `h2` alone — both within the xDS cluster's
+/// `connect_timeout`. tonic's channel calls it for each (re)connection; the URI it passes is
+/// ignored: the address is the xDS cluster's host.
+///
+/// A failed handshake is a failed connect (the client backs off and tries again; the config
+/// serving stays), its error saying what failed: `unknown_ca`, `bad_san`, `timeout`… (the
+/// labels of [`crate::tls::HandshakeOutcome`]) and rustls' reason.
 #[derive(Clone, Debug)]
 pub struct XdsConnector {
     server: SocketAddr,
     mark: Option<u32>,
     connect_timeout: Duration,
+    tls: Option<Arc<XdsTls>>,
 }
 
+/// The connection to the management server: TCP, or TLS over it.
+pub type XdsStream = crate::tls::MaybeTls<tokio::net::TcpStream>;
+
 impl XdsConnector {
-    async fn connect(self) -> io::Result<hyper_util::rt::TokioIo<tokio::net::TcpStream>> {
+    async fn connect(self) -> io::Result<hyper_util::rt::TokioIo<XdsStream>> {
+        let deadline = tokio::time::Instant::now() + self.connect_timeout;
+        // Built before dialling: a file that cannot be read fails the attempt, named.
+        let tls = match &self.tls {
+            Some(t) => Some(Self::client_config(t, self.server)?),
+            None => None,
+        };
         let attempt = async {
             match self.mark {
                 Some(mark) => crate::transparent::connect_marked(self.server, mark).await,
@@ -289,7 +352,63 @@ impl XdsConnector {
                 .with_interval(TCP_KEEPALIVE_INTERVAL)
                 .with_retries(TCP_KEEPALIVE_PROBES),
         )?;
-        Ok(hyper_util::rt::TokioIo::new(stream))
+        let Some((connector, name)) = tls else {
+            return Ok(hyper_util::rt::TokioIo::new(crate::tls::MaybeTls::Plain(
+                stream,
+            )));
+        };
+        let server = self.server;
+        match tokio::time::timeout_at(deadline, connector.connect(name, stream)).await {
+            Ok(Ok(tls)) => Ok(hyper_util::rt::TokioIo::new(crate::tls::MaybeTls::Tls(
+                Box::new(tls),
+            ))),
+            Ok(Err(e)) => Err(io::Error::new(
+                e.kind(),
+                format!(
+                    "TLS handshake with the management server {server} failed ({}): {e}",
+                    crate::tls::HandshakeOutcome::of_error(&e).as_str()
+                ),
+            )),
+            Err(_) => Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!(
+                    "TLS handshake with the management server {server} failed (timeout): not \
+                     done within the connect timeout ({:?})",
+                    self.connect_timeout
+                ),
+            )),
+        }
+    }
+
+    /// The TLS connector and the name to verify: the xDS cluster's `tls` through the one
+    /// client config builder, offering `h2` alone (gRPC; the config refuses an `alpn` without
+    /// it), and its `sni` or, without one, the host's address (which rustls sends no SNI for;
+    /// `verify_subject_alt_names` decides), as an upstream cluster's connections do.
+    fn client_config(
+        t: &XdsTls,
+        server: SocketAddr,
+    ) -> io::Result<(
+        tokio_rustls::TlsConnector,
+        rustls::pki_types::ServerName<'static>,
+    )> {
+        let (mut config, sni) = crate::tls::client_config(&t.tls, &t.path).map_err(|errors| {
+            io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!(
+                    "TLS to the management server: {}",
+                    errors
+                        .iter()
+                        .map(ToString::to_string)
+                        .collect::<Vec<_>>()
+                        .join("; ")
+                ),
+            )
+        })?;
+        config.alpn_protocols = vec![b"h2".to_vec()];
+        Ok((
+            tokio_rustls::TlsConnector::from(Arc::new(config)),
+            sni.unwrap_or_else(|| rustls::pki_types::ServerName::IpAddress(server.ip().into())),
+        ))
     }
 }
 
@@ -307,7 +426,7 @@ async fn connect_within<S>(
 }
 
 impl tower_service::Service<http::Uri> for XdsConnector {
-    type Response = hyper_util::rt::TokioIo<tokio::net::TcpStream>;
+    type Response = hyper_util::rt::TokioIo<XdsStream>;
     type Error = io::Error;
     type Future = std::pin::Pin<
         Box<dyn std::future::Future<Output = io::Result<Self::Response>> + Send + 'static>,
@@ -688,21 +807,14 @@ pub async fn run<C>(
     };
     let mut jitter = Jitter(jitter_seed | 1);
     let mut backoff = BACKOFF_BASE;
-    let uri = format!("http://{}", b.server);
+    let uri = b.uri();
     loop {
         if client.updates.is_closed() {
             return;
         }
         let started = tokio::time::Instant::now();
-        let got_response = stream_once(
-            &mut client,
-            &uri,
-            b.mode,
-            b.connect_timeout,
-            b.keepalive,
-            connector.clone(),
-        )
-        .await;
+        let got_response =
+            stream_once(&mut client, &uri, b.mode, b.keepalive, connector.clone()).await;
         CONNECTED.store(0, Ordering::Relaxed);
         client.feed(Input::Disconnected);
         client.drain(None);
@@ -723,12 +835,27 @@ pub async fn run<C>(
     }
 }
 
+/// An error and its sources, `: `-joined (tonic's transport error says only "transport
+/// error"; what failed — a refused connection, a TLS handshake and why — is in its sources).
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let next = s.to_string();
+        if !text.ends_with(&next) {
+            text.push_str(": ");
+            text.push_str(&next);
+        }
+        source = s.source();
+    }
+    text
+}
+
 /// One ADS stream, until it ends; whether it delivered a response.
 async fn stream_once<C>(
     client: &mut Client,
     uri: &str,
     mode: XdsMode,
-    connect_timeout: Duration,
     keepalive: Option<sluice_core::config::Http2Keepalive>,
     connector: C,
 ) -> bool
@@ -738,8 +865,9 @@ where
     C::Response: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
 {
     let endpoint = match tonic::transport::Endpoint::from_shared(uri.to_owned()) {
+        // The connector bounds the connect (TCP and TLS) by `connect_timeout` itself, so that
+        // its error says which part timed out (tonic's own timeout would say neither).
         Ok(e) => {
-            let e = e.connect_timeout(connect_timeout);
             match keepalive {
                 // PINGs while the stream is open (it always is): a silent connection ends
                 // after `timeout` without an answer.
@@ -758,7 +886,11 @@ where
     let channel = match endpoint.connect_with_connector(connector).await {
         Ok(c) => c,
         Err(e) => {
-            warn!(server = uri, error = %e, "xds: cannot connect to the management server");
+            let error = error_chain(&e);
+            warn!(server = uri, %error, "xds: cannot connect to the management server");
+            *LAST_CONNECT_ERROR
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner) = Some((error, unix_now()));
             return false;
         }
     };
@@ -988,6 +1120,14 @@ mod tests {
         );
     }
 
+    /// The TCP stream of a cleartext connection to the management server.
+    fn tcp(io: &hyper_util::rt::TokioIo<XdsStream>) -> &tokio::net::TcpStream {
+        match io.inner() {
+            crate::tls::MaybeTls::Plain(s) => s,
+            crate::tls::MaybeTls::Tls(_) => panic!("a cleartext connection"),
+        }
+    }
+
     /// The socket of the connection to the management server carries the config's
     /// `upstream_mark`, read back with `getsockopt(SO_MARK)`; without one it is unmarked.
     #[tokio::test]
@@ -1013,14 +1153,14 @@ mod tests {
         let uri: http::Uri = format!("http://{server}").parse().unwrap();
         let io = b.connector().call(uri.clone()).await.unwrap();
         let (_accepted, peer) = listener.accept().await.unwrap();
-        assert_eq!(peer, io.inner().local_addr().unwrap());
-        assert_eq!(socket2::SockRef::from(io.inner()).mark().unwrap(), 1337);
+        assert_eq!(peer, tcp(&io).local_addr().unwrap());
+        assert_eq!(socket2::SockRef::from(tcp(&io)).mark().unwrap(), 1337);
         let unmarked = XdsConnector {
             mark: None,
             ..b.connector()
         };
         let io = unmarked.clone().call(uri).await.unwrap();
-        assert_eq!(socket2::SockRef::from(io.inner()).mark().unwrap(), 0);
+        assert_eq!(socket2::SockRef::from(tcp(&io)).mark().unwrap(), 0);
     }
 
     /// The connection to the management server has TCP keepalive (a peer that vanished
@@ -1047,7 +1187,7 @@ mod tests {
         );
         let uri: http::Uri = format!("http://{server}").parse().unwrap();
         let io = b.connector().call(uri).await.unwrap();
-        let sock = socket2::SockRef::from(io.inner());
+        let sock = socket2::SockRef::from(tcp(&io));
         assert!(sock.keepalive().unwrap());
         assert_eq!(sock.tcp_keepalive_time().unwrap(), TCP_KEEPALIVE_IDLE);
         assert_eq!(
