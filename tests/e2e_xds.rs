@@ -11,7 +11,9 @@
 //! applied in place: a kept-alive client connection carries on across pushes that add and
 //! remove endpoints. And an assignment nothing subscribed to, dropped and counted by type. And
 //! istiod's HTTP connection manager: its metadata exchange filter's peer metadata headers
-//! removed from requests and responses.
+//! removed from requests and responses. And the fields ignored on purpose (a `stat_prefix`)
+//! counted by type in `sluice_xds_ignored_fields`. And TLS and mutual TLS to the Python server,
+//! and a server of an untrusted CA never used.
 
 #[path = "support/ads.rs"]
 mod ads;
@@ -185,6 +187,23 @@ clusters:
             && text
                 .lines()
                 .any(|l| l == "sluice_xds_nacked_total{type=\"cluster\"} 0"),
+        "{text}"
+    );
+    // The listener's HTTP connection manager has a `stat_prefix` (telemetry only): ignored,
+    // and counted in the config serving — the refused listener changed nothing.
+    let ignored: Vec<&str> = text
+        .lines()
+        .filter(|l| l.starts_with("sluice_xds_ignored_fields{"))
+        .collect();
+    assert_eq!(
+        ignored,
+        [
+            "sluice_xds_ignored_fields{type=\"cluster\"} 0",
+            "sluice_xds_ignored_fields{type=\"endpoints\"} 0",
+            "sluice_xds_ignored_fields{type=\"listener\"} 1",
+            "sluice_xds_ignored_fields{type=\"route\"} 0",
+            "sluice_xds_ignored_fields{type=\"secret\"} 0",
+        ],
         "{text}"
     );
 

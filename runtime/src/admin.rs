@@ -1254,6 +1254,19 @@ pub const SERVER_METRICS: &[Export<AdminShared>] = &[
         read: |_, i| crate::xds::UNSOLICITED[i].load(Ordering::Relaxed),
     },
     Export {
+        field: "xds::IGNORED",
+        metric: Metric::gauge(
+            "sluice_xds_ignored_fields",
+            "Fields and HTTP filters of the dynamic resources serving that Sluice ignores on \
+             purpose (telemetry only, or optional / disabled filters; listed at debug in the \
+             xds log), by the type of the resource holding them.",
+        )
+        .by("type", |i| crate::xds::TYPE_LABELS[i])
+        .stats("xds.ignored_fields_"),
+        len: crate::xds::TYPES,
+        read: |_, i| crate::xds::IGNORED[i].load(Ordering::Relaxed),
+    },
+    Export {
         field: "xds::RESYNCS",
         metric: Metric::counter(
             "sluice_xds_resyncs_total",

@@ -76,6 +76,12 @@ pub static RESYNCS: AtomicU64 = AtomicU64::new(0);
 /// subscribed to, dropped on arrival, by type (`sluice_xds_unsolicited_resources_total`; only
 /// endpoints, routes and secrets are subscribed to by name).
 pub static UNSOLICITED: [AtomicU64; TYPES] = [const { AtomicU64::new(0) }; TYPES];
+/// Fields and filters ignored on purpose (telemetry only, optional or disabled filters) in the
+/// dynamic resources of the config serving, by the type of the resource holding them
+/// (`sluice_xds_ignored_fields`): set when a config from xDS is applied. A gauge, not a
+/// counter: every update translates the whole config again, so a counter would count the same
+/// unchanged field once per push.
+pub static IGNORED: [AtomicU64; TYPES] = [const { AtomicU64::new(0) }; TYPES];
 /// When each type's last ACK went out, in Unix seconds (0: none yet;
 /// `sluice_xds_update_timestamp_seconds`).
 pub static UPDATED_AT: [AtomicU64; TYPES] = [const { AtomicU64::new(0) }; TYPES];
@@ -587,6 +593,8 @@ struct Client {
     ads: Ads,
     updates: tokio::sync::mpsc::UnboundedSender<Update>,
     applying: Option<(u64, tokio::sync::oneshot::Receiver<Result<String, String>>)>,
+    /// The ignored fields by type of the config being applied ([`IGNORED`] once it is).
+    applying_ignored: [u64; TYPES],
     timer: Option<(tokio::time::Instant, u64)>,
     initial_fetch_timeout: Duration,
     /// Delta: the machine asked to end this stream and open a new one ([`Output::Resync`]).
@@ -627,6 +635,7 @@ impl Client {
                     let (reply, answer) = tokio::sync::oneshot::channel();
                     if self.updates.send(Update { config, reply }).is_ok() {
                         self.applying = Some((id, answer));
+                        self.applying_ignored = notes.ignored_by_type;
                     }
                 }
                 Output::Resync => {
@@ -741,7 +750,13 @@ impl Client {
 
     fn feed(&mut self, input: Input) {
         match &input {
-            Input::Applied(_) | Input::ApplyFailed(..) => self.applying = None,
+            Input::Applied(_) => {
+                self.applying = None;
+                for (gauge, n) in IGNORED.iter().zip(self.applying_ignored) {
+                    gauge.store(n, Ordering::Relaxed);
+                }
+            }
+            Input::ApplyFailed(..) => self.applying = None,
             Input::WarmingTimeout(_) => self.timer = None,
             _ => {}
         }
@@ -801,6 +816,7 @@ pub async fn run<C>(
         ads: Ads::with_mode(b.mode, b.node.clone(), b.tree.clone()),
         updates,
         applying: None,
+        applying_ignored: [0; TYPES],
         timer: None,
         initial_fetch_timeout: b.initial_fetch_timeout,
         resync: false,
@@ -1030,6 +1046,7 @@ mod tests {
                 ads: Ads::with_mode(mode, Node::default(), serde_json::json!({})),
                 updates,
                 applying: None,
+                applying_ignored: [0; TYPES],
                 timer: None,
                 initial_fetch_timeout: Duration::from_secs(15),
                 resync: false,
