@@ -229,6 +229,53 @@ clusters:
         serde_json::Value::Null,
         "{view}"
     );
+    // `/config_dump` marks each entry static or dynamic; the listener serves version `good`
+    // and its refused update is its `error_state`; the cluster `web` (accepted at the bad
+    // push's version) has none; the route configuration and the endpoints are listed too.
+    let (status, dump) = http_request(addr(admin), "GET", "/config_dump");
+    assert_eq!(status, 200, "{dump}");
+    let dump: serde_json::Value = serde_json::from_str(&dump).expect("json");
+    let entry = |key: &str, name: &str| {
+        dump[key]
+            .as_array()
+            .and_then(|a| a.iter().find(|e| e["name"] == name))
+            .map(|e| e["xds_status"].clone())
+            .unwrap_or_else(|| panic!("{key} {name}: {dump}"))
+    };
+    assert_eq!(
+        entry("clusters", "xds_server"),
+        serde_json::json!({ "origin": "static" })
+    );
+    let l = entry("listeners", "in");
+    assert_eq!(l["origin"], "dynamic", "{dump}");
+    assert_eq!(l["version_info"], good.to_string(), "{dump}");
+    assert!(l["last_updated"].as_u64().is_some_and(|t| t > 0), "{dump}");
+    assert!(
+        l["error_state"]["details"]
+            .as_str()
+            .is_some_and(|e| e.contains("listener \"in\"") && e.contains("99999")),
+        "{dump}"
+    );
+    assert!(
+        l["error_state"]["last_update_attempt"]
+            .as_u64()
+            .is_some_and(|t| t >= l["last_updated"].as_u64().unwrap()),
+        "{dump}"
+    );
+    let web = entry("clusters", "web");
+    assert_eq!(web["origin"], "dynamic", "{dump}");
+    assert_eq!(web["version_info"], server.version().to_string(), "{dump}");
+    assert!(web.get("error_state").is_none(), "{dump}");
+    for (kind, name) in [("route", "routes"), ("endpoints", "web")] {
+        assert!(
+            dump["xds_resources"][kind].as_array().is_some_and(|a| a
+                .iter()
+                .any(|r| r["name"] == name
+                    && r["origin"] == "dynamic"
+                    && r.get("error_state").is_none())),
+            "{kind} {name}: {dump}"
+        );
+    }
     // The same clusters came with the refused listener: ACKed at that version.
     assert_eq!(
         view["types"]["cluster"]["version"],

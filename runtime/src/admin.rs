@@ -911,7 +911,11 @@ pub fn handle(shared: &AdminShared, method: &str, target: &str) -> (Response, Af
             );
             Response::text(200, format!("OK: {n} counters of /stats reset\n"))
         }
-        "/config_dump" => Response::json(200, &config_dump(&shared.config)),
+        "/config_dump" => {
+            let mut dump = config_dump(&shared.config);
+            crate::xds::annotate_config_dump(&mut dump);
+            Response::json(200, &dump)
+        }
         "/xds" => match crate::xds::status_json() {
             Value::Null => Response::text(404, "no xds in the config\n"),
             status => Response::json(200, &status),

@@ -112,6 +112,13 @@ pub struct TypeStatus {
     pub resources: Vec<String>,
     /// The last response refused, if any.
     pub last_nack: Option<NackStatus>,
+    /// Per resource serving: the version it serves under (delta: its own; state of the world:
+    /// the type's) and when that version was accepted (Unix seconds) — `/config_dump`'s
+    /// `version_info` and `last_updated`.
+    pub serving: BTreeMap<String, (String, u64)>,
+    /// Per resource serving whose last update was refused (the NACK's error names it): that
+    /// NACK, until a later version of it is accepted — `/config_dump`'s `error_state`.
+    pub refused: BTreeMap<String, NackStatus>,
 }
 
 /// A refused response: its nonce, why (the `error_detail` sent), when (Unix seconds).
@@ -167,6 +174,83 @@ pub fn status_json() -> Value {
             |(error, at)| serde_json::json!({ "error": error, "at": at }),
         );
     view
+}
+
+/// The xDS view of one resource for `/config_dump`: `origin` (`static`: from the bootstrap
+/// file; `dynamic`: from the management server) and, dynamic, `version_info`, `last_updated`
+/// (Unix seconds) and the `error_state` of its last update if that was refused (`details`: the
+/// NACK's `error_detail`, `last_update_attempt`, `nonce`).
+fn resource_status(t: &TypeStatus, name: &str) -> Value {
+    let Some((version, at)) = t.serving.get(name) else {
+        return serde_json::json!({ "origin": "static" });
+    };
+    let mut v = serde_json::json!({
+        "origin": "dynamic",
+        "version_info": version,
+        "last_updated": at,
+    });
+    if let Some(n) = t.refused.get(name) {
+        v["error_state"] = serde_json::json!({
+            "details": n.error,
+            "last_update_attempt": n.at,
+            "nonce": n.nonce,
+        });
+    }
+    v
+}
+
+/// With the xDS client running, adds to a `/config_dump` (the config serving, from
+/// `admin::config_dump`) what xDS knows of each entry: every listener and cluster gets an
+/// `xds_status` ([`resource_status`]: static or dynamic, and a dynamic one its version, last
+/// update and last refusal), and `xds_resources` lists, by type, the dynamic route
+/// configurations, endpoints and secrets — which have no entry of their own in the config
+/// (routes are in their listeners, endpoints in their clusters' hosts, secrets inline PEM,
+/// redacted) — with the same. Without xDS the dump is left as it is (a config that loads).
+pub fn annotate_config_dump(dump: &mut Value) {
+    let guard = STATUS
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let Some(types) = guard.as_ref() else {
+        return;
+    };
+    let of = |kind: ResourceType| {
+        &types[ResourceType::ALL
+            .iter()
+            .position(|k| *k == kind)
+            .unwrap_or(0)]
+    };
+    for (key, kind) in [
+        ("listeners", ResourceType::Listener),
+        ("clusters", ResourceType::Cluster),
+    ] {
+        let t = of(kind);
+        if let Some(entries) = dump.get_mut(key).and_then(Value::as_array_mut) {
+            for entry in entries {
+                let name = entry.get("name").and_then(Value::as_str).unwrap_or("");
+                let status = resource_status(t, name);
+                entry["xds_status"] = status;
+            }
+        }
+    }
+    let mut others = serde_json::Map::new();
+    for (label, kind) in [
+        ("route", ResourceType::Route),
+        ("endpoints", ResourceType::Endpoints),
+        ("secret", ResourceType::Secret),
+    ] {
+        let t = of(kind);
+        let list: Vec<Value> = t
+            .serving
+            .keys()
+            .map(|name| {
+                let mut v = resource_status(t, name);
+                v["name"] = Value::String(name.clone());
+                v
+            })
+            .collect();
+        others.insert(label.to_owned(), Value::Array(list));
+    }
+    dump["xds_resources"] = Value::Object(others);
 }
 
 fn unix_now() -> u64 {
@@ -672,12 +756,20 @@ impl Client {
             let message = error.map_or("", |e| e.message.as_str());
             warn!(type_url, nonce, error = %message, "xds: NACK");
             NACKED[kind].fetch_add(1, Ordering::Relaxed);
+            let noun = ResourceType::ALL[kind].noun();
             self.record(kind, |t| {
-                t.last_nack = Some(NackStatus {
+                let nack = NackStatus {
                     nonce: nonce.to_owned(),
                     error: message.to_owned(),
                     at: unix_now(),
-                });
+                };
+                // The resources serving that the error names (`listener "in": …`).
+                for name in &t.resources {
+                    if message.contains(&format!("{noun} {name:?}")) {
+                        t.refused.insert(name.clone(), nack.clone());
+                    }
+                }
+                t.last_nack = Some(nack);
             });
         } else if what == Answer::Ack {
             ACKED[kind].fetch_add(1, Ordering::Relaxed);
@@ -697,16 +789,39 @@ impl Client {
         }
     }
 
-    /// Records the names (and, in delta, versions) of the resources serving, for every type.
+    /// Records the names (and, in delta, versions) of the resources serving, for every type,
+    /// and per resource the version it serves under and since when: a resource whose version
+    /// changed was updated now (and its refusal, if any, is over).
     fn record_serving(&self) {
         let delta = self.ads.mode() == XdsMode::Delta;
+        let now = unix_now();
         let mut guard = STATUS
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         let types = guard.get_or_insert_with(Default::default);
         for (i, kind) in ResourceType::ALL.into_iter().enumerate() {
-            types[i].resources = self.ads.applied().names(kind);
-            types[i].resource_versions = delta.then(|| self.ads.resource_versions(kind).clone());
+            let t = &mut types[i];
+            t.resources = self.ads.applied().names(kind);
+            t.resource_versions = delta.then(|| self.ads.resource_versions(kind).clone());
+            let type_version = self.ads.accepted_version(kind);
+            let mut serving = BTreeMap::new();
+            for name in &t.resources {
+                let version = t
+                    .resource_versions
+                    .as_ref()
+                    .and_then(|v| v.get(name))
+                    .map_or(type_version, String::as_str);
+                let entry = match t.serving.remove(name) {
+                    Some((v, at)) if v == version => (v, at),
+                    _ => {
+                        t.refused.remove(name);
+                        (version.to_owned(), now)
+                    }
+                };
+                serving.insert(name.clone(), entry);
+            }
+            t.serving = serving;
+            t.refused.retain(|name, _| t.serving.contains_key(name));
         }
     }
 
