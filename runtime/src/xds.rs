@@ -1295,6 +1295,88 @@ mod tests {
         assert_eq!(socket2::SockRef::from(tcp(&io)).mark().unwrap(), 0);
     }
 
+    /// With `tls` on the xDS cluster the connection is a verified TLS handshake offering `h2`:
+    /// against a rustls server for `xds.example` (issued by CA `a`), a CA file holding CA `b`
+    /// fails the connect naming `unknown_ca`; the same file rewritten with CA `a` is used at the
+    /// next connect (the files are read at each attempt), which negotiates `h2`; an `sni` the
+    /// certificate does not carry fails naming `bad_san`.
+    #[tokio::test]
+    async fn the_management_server_is_verified_over_tls_with_the_ca_file_read_at_each_connect() {
+        use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+        let ca = |name: &str| {
+            let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+            params
+                .distinguished_name
+                .push(rcgen::DnType::CommonName, name);
+            params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+            CertifiedIssuer::self_signed(params, KeyPair::generate().unwrap()).unwrap()
+        };
+        let (a, b) = (ca("a"), ca("b"));
+        let key = KeyPair::generate().unwrap();
+        let leaf = CertificateParams::new(vec!["xds.example".to_owned()])
+            .unwrap()
+            .signed_by(&key, &a)
+            .unwrap();
+        let mut server_config = rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::aws_lc_rs::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(
+            vec![leaf.der().clone()],
+            rustls::pki_types::PrivateKeyDer::try_from(key.serialize_der()).unwrap(),
+        )
+        .unwrap();
+        server_config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(server_config));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let server = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((stream, _)) = listener.accept().await {
+                if let Ok(tls) = acceptor.accept(stream).await {
+                    held.push(tls);
+                }
+            }
+        });
+        let dir = std::env::temp_dir().join(format!("sluice-xds-tls-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let ca_file = dir.join("ca.pem");
+        std::fs::write(&ca_file, b.pem()).unwrap();
+        let connector = |sni: &str| {
+            let config = Config::from_yaml(&format!(
+                "listeners: []\nxds: {{ cluster: xds }}\nclusters:\n  - {{ name: xds, protocol: http2, \
+                 tls: {{ ca: {}, sni: {sni} }}, hosts: [ {{ address: \"{server}\" }} ] }}\n",
+                ca_file.display()
+            ))
+            .unwrap_or_else(|e| panic!("{e}"));
+            let tree = dir.join("sluice.yaml");
+            std::fs::write(&tree, "{}").unwrap();
+            bootstrap(&config, Some(&tree))
+                .unwrap()
+                .unwrap()
+                .connector()
+        };
+        let uri: http::Uri = format!("https://{server}").parse().unwrap();
+        let c = connector("xds.example");
+        let error = c.clone().call(uri.clone()).await.err().expect("refused");
+        assert!(error.to_string().contains("(unknown_ca)"), "{error}");
+        std::fs::write(&ca_file, a.pem()).unwrap();
+        let io = c.clone().call(uri.clone()).await.expect("verified");
+        let crate::tls::MaybeTls::Tls(tls) = io.inner() else {
+            panic!("a TLS connection");
+        };
+        assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+        let error = connector("other.example")
+            .call(uri)
+            .await
+            .err()
+            .expect("refused");
+        assert!(error.to_string().contains("(bad_san)"), "{error}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
     /// The connection to the management server has TCP keepalive (a peer that vanished
     /// without a reset is noticed within about a minute), whatever the config; the xDS
     /// cluster's `http2.keepalive` reaches the bootstrap (PINGs on the channel).
