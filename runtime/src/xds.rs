@@ -537,7 +537,8 @@ impl tower_service::Service<http::Uri> for XdsConnector {
 /// The simulator's connector: the connection to the management server over turmoil's
 /// network (`turmoil::net::TcpStream`), within the xDS cluster's `connect_timeout`; the seam
 /// that lets [`run`] drive the real client in `sluice-sim`. The URI tonic passes is ignored,
-/// as [`XdsConnector`] does.
+/// as [`XdsConnector`] does. It speaks no TLS: a simulated bootstrap whose xDS cluster has
+/// `tls` is refused by [`TurmoilXdsConnector::new`]'s debug assertion.
 #[cfg(feature = "turmoil")]
 #[derive(Clone, Debug)]
 pub struct TurmoilXdsConnector {
@@ -550,6 +551,10 @@ impl TurmoilXdsConnector {
     /// The connector to `bootstrap`'s management server.
     #[must_use]
     pub fn new(bootstrap: &Bootstrap) -> Self {
+        debug_assert!(
+            bootstrap.tls.is_none(),
+            "the simulator's connector speaks no TLS to the management server"
+        );
         Self {
             server: bootstrap.server,
             connect_timeout: bootstrap.connect_timeout,
