@@ -11,7 +11,9 @@
 //! applied in place: a kept-alive client connection carries on across pushes that add and
 //! remove endpoints. And an assignment nothing subscribed to, dropped and counted by type. And
 //! istiod's HTTP connection manager: its metadata exchange filter's peer metadata headers
-//! removed from requests and responses.
+//! removed from requests and responses. And the fields ignored on purpose (a `stat_prefix`)
+//! counted by type in `sluice_xds_ignored_fields`. And TLS and mutual TLS to the Python server,
+//! and a server of an untrusted CA never used.
 
 #[path = "support/ads.rs"]
 mod ads;
@@ -187,6 +189,23 @@ clusters:
                 .any(|l| l == "sluice_xds_nacked_total{type=\"cluster\"} 0"),
         "{text}"
     );
+    // The listener's HTTP connection manager has a `stat_prefix` (telemetry only): ignored,
+    // and counted in the config serving — the refused listener changed nothing.
+    let ignored: Vec<&str> = text
+        .lines()
+        .filter(|l| l.starts_with("sluice_xds_ignored_fields{"))
+        .collect();
+    assert_eq!(
+        ignored,
+        [
+            "sluice_xds_ignored_fields{type=\"cluster\"} 0",
+            "sluice_xds_ignored_fields{type=\"endpoints\"} 0",
+            "sluice_xds_ignored_fields{type=\"listener\"} 1",
+            "sluice_xds_ignored_fields{type=\"route\"} 0",
+            "sluice_xds_ignored_fields{type=\"secret\"} 0",
+        ],
+        "{text}"
+    );
 
     // `/xds` shows each type's accepted version, its resources and the listener's NACK.
     let (status, body) = http_request(addr(admin), "GET", "/xds");
@@ -210,6 +229,53 @@ clusters:
         serde_json::Value::Null,
         "{view}"
     );
+    // `/config_dump` marks each entry static or dynamic; the listener serves version `good`
+    // and its refused update is its `error_state`; the cluster `web` (accepted at the bad
+    // push's version) has none; the route configuration and the endpoints are listed too.
+    let (status, dump) = http_request(addr(admin), "GET", "/config_dump");
+    assert_eq!(status, 200, "{dump}");
+    let dump: serde_json::Value = serde_json::from_str(&dump).expect("json");
+    let entry = |key: &str, name: &str| {
+        dump[key]
+            .as_array()
+            .and_then(|a| a.iter().find(|e| e["name"] == name))
+            .map(|e| e["xds_status"].clone())
+            .unwrap_or_else(|| panic!("{key} {name}: {dump}"))
+    };
+    assert_eq!(
+        entry("clusters", "xds_server"),
+        serde_json::json!({ "origin": "static" })
+    );
+    let l = entry("listeners", "in");
+    assert_eq!(l["origin"], "dynamic", "{dump}");
+    assert_eq!(l["version_info"], good.to_string(), "{dump}");
+    assert!(l["last_updated"].as_u64().is_some_and(|t| t > 0), "{dump}");
+    assert!(
+        l["error_state"]["details"]
+            .as_str()
+            .is_some_and(|e| e.contains("listener \"in\"") && e.contains("99999")),
+        "{dump}"
+    );
+    assert!(
+        l["error_state"]["last_update_attempt"]
+            .as_u64()
+            .is_some_and(|t| t >= l["last_updated"].as_u64().unwrap()),
+        "{dump}"
+    );
+    let web = entry("clusters", "web");
+    assert_eq!(web["origin"], "dynamic", "{dump}");
+    assert_eq!(web["version_info"], server.version().to_string(), "{dump}");
+    assert!(web.get("error_state").is_none(), "{dump}");
+    for (kind, name) in [("route", "routes"), ("endpoints", "web")] {
+        assert!(
+            dump["xds_resources"][kind].as_array().is_some_and(|a| a
+                .iter()
+                .any(|r| r["name"] == name
+                    && r["origin"] == "dynamic"
+                    && r.get("error_state").is_none())),
+            "{kind} {name}: {dump}"
+        );
+    }
     // The same clusters came with the refused listener: ACKed at that version.
     assert_eq!(
         view["types"]["cluster"]["version"],
@@ -718,20 +784,30 @@ struct PyServer {
 
 impl PyServer {
     fn start(dir: &TempDir, port: u16, version: u64, listen: u16, upstream: u16) -> PyServer {
+        PyServer::start_with(dir, port, version, listen, upstream, &[])
+    }
+
+    /// [`PyServer::start`] with more arguments (`--tls CERT KEY`, `--client-ca CA`).
+    fn start_with(
+        dir: &TempDir,
+        port: u16,
+        version: u64,
+        listen: u16,
+        upstream: u16,
+        more: &[&str],
+    ) -> PyServer {
         let snapshot = dir.path().join("xds-snapshot.json");
         let log = dir.path().join("xds-requests.jsonl");
+        let script = repo().join("tests/xds_server.py");
+        let (port_arg, snapshot_arg, log_arg) = (
+            port.to_string(),
+            snapshot.to_str().unwrap().to_owned(),
+            log.to_str().unwrap().to_owned(),
+        );
+        let mut args = vec![script.to_str().unwrap(), &port_arg, &snapshot_arg, &log_arg];
+        args.extend_from_slice(more);
         let server = PyServer {
-            proc: spawn(
-                dir,
-                "xds_server",
-                &python(),
-                &[
-                    repo().join("tests/xds_server.py").to_str().unwrap(),
-                    &port.to_string(),
-                    snapshot.to_str().unwrap(),
-                    log.to_str().unwrap(),
-                ],
-            ),
+            proc: spawn(dir, "xds_server", &python(), &args),
             snapshot,
             log,
         };
@@ -1177,4 +1253,164 @@ clusters:
     let head = head.to_ascii_lowercase();
     assert!(!head.contains("x-envoy-peer-metadata"), "{out}");
     assert!(head.contains("\r\nx-other: kept"), "{out}");
+}
+
+/// How the TLS management server and Sluice's xDS cluster are set up.
+#[derive(Clone, Copy, PartialEq, Debug)]
+enum XdsTls {
+    /// Server TLS; Sluice verifies it with the CA that issued its certificate.
+    Verified,
+    /// The server requires a client certificate (mutual TLS); Sluice has one.
+    Mutual,
+    /// Sluice trusts another CA than the server certificate's.
+    WrongCa,
+}
+
+/// The Python management server over TLS (its certificate for `xds.example`, issued by a CA of
+/// the test), and Sluice's xDS cluster with `tls: { ca, sni: xds.example }` — otherwise
+/// defaults —, beside a static listener (`static` on its own port, to nginx `s`). Verified or
+/// mutual: the first config comes over TLS and serves, every type is ACKed, and the static
+/// listener serves too. A wrong CA: no request ever reaches the server, nothing dynamic
+/// serves, `/xds` says the stream is down and why (`unknown_ca`), the log too, and the static
+/// listener serves on.
+fn xds_over_tls(case: XdsTls) {
+    use support::pki::{leaf, make_ca, p};
+    let dir = TempDir::new(&format!("xds-tls-{case:?}"));
+    let (up_a, up_s, listen, static_port, admin, ads_port) = (
+        free_port(),
+        free_port(),
+        free_port(),
+        free_port(),
+        free_port(),
+        free_port(),
+    );
+    let _a = start_nginx(&dir, "a", up_a, "a");
+    let _s = start_nginx(&dir, "s", up_s, "s");
+    let ca = make_ca(&dir, "xds-ca");
+    let other = make_ca(&dir, "other-ca");
+    let (cert, key) = leaf(&dir, &ca, "xds-server", &["xds.example"], None);
+    let (client_cert, client_key) = leaf(&dir, &ca, "sidecar", &["sidecar.example"], None);
+    let mut args = vec!["--tls", p(&cert), p(&key)];
+    if case == XdsTls::Mutual {
+        args.extend_from_slice(&["--client-ca", p(&ca.pem)]);
+    }
+    let mut server = PyServer::start_with(&dir, ads_port, 1, listen, up_a, &args);
+    wait_listening(addr(ads_port), &mut server.proc);
+    let trusted = if case == XdsTls::WrongCa {
+        &other.pem
+    } else {
+        &ca.pem
+    };
+    let client = if case == XdsTls::Mutual {
+        format!(
+            ", cert_chain: {}, private_key: {}",
+            p(&client_cert),
+            p(&client_key)
+        )
+    } else {
+        String::new()
+    };
+    let config = format!(
+        r#"
+admin: {{ address: 127.0.0.1:{admin} }}
+node: {{ id: sidecar-tls, cluster: e2e }}
+xds: {{ cluster: xds_server }}
+listeners:
+  - name: static
+    address: 127.0.0.1:{static_port}
+    http:
+      virtual_hosts: [ {{ name: v, domains: ["*"], routes: [ {{ match: {{ prefix: / }}, route: {{ cluster: local }} }} ] }} ]
+clusters:
+  - name: xds_server
+    protocol: http2
+    tls: {{ ca: {}, sni: xds.example{client} }}
+    hosts: [ {{ address: 127.0.0.1:{ads_port} }} ]
+  - name: local
+    hosts: [ {{ address: 127.0.0.1:{up_s} }} ]
+"#,
+        p(trusted)
+    );
+    let sluice = start_sluice(&dir, &config, 2, addr(admin));
+    // `/xds` (404 until the client's thread has started).
+    let xds = || {
+        let (status, body) = http_request(addr(admin), "GET", "/xds");
+        if status == 404 {
+            return serde_json::Value::Null;
+        }
+        assert_eq!(status, 200, "{body}");
+        serde_json::from_str::<serde_json::Value>(&body).expect("json")
+    };
+    if case == XdsTls::WrongCa {
+        eventually("the failed handshake is shown", &sluice, || {
+            xds()["last_connect_error"]["error"]
+                .as_str()
+                .is_some_and(|e| e.contains("TLS handshake") && e.contains("(unknown_ca)"))
+        });
+        let view = xds();
+        eprintln!("/xds last_connect_error: {}", view["last_connect_error"]);
+        assert_eq!(view["connected"], false, "{view}");
+        assert_eq!(view["types"]["listener"]["version"], "", "{view}");
+        assert!(
+            sluice.log_text().contains("unknown_ca"),
+            "{}",
+            sluice.log_text()
+        );
+        assert!(server.requests().is_empty(), "{:?}", server.requests());
+        assert_eq!(
+            get(addr(listen)),
+            (0, String::new()),
+            "nothing dynamic serves"
+        );
+        for _ in 0..10 {
+            assert_eq!(get(addr(static_port)), (200, "s".into()));
+        }
+        return;
+    }
+    eventually("the first config serves over TLS", &sluice, || {
+        get(addr(listen)) == (200, "a".into())
+    });
+    eventually("every type ACKed", &sluice, || {
+        ResourceType::ALL
+            .iter()
+            .filter(|t| **t != ResourceType::Secret)
+            .all(|t| server.acked(t.type_url(), Some(1)) >= 1)
+    });
+    assert_eq!(server.requests()[0]["node"], "sidecar-tls");
+    let view = xds();
+    assert_eq!(view["connected"], true, "{view}");
+    assert_eq!(
+        view["last_connect_error"],
+        serde_json::Value::Null,
+        "{view}"
+    );
+    assert_eq!(get(addr(static_port)), (200, "s".into()));
+    // An update comes over the same TLS stream.
+    server.serve(2, listen, up_s);
+    eventually("the EDS update applies", &sluice, || {
+        get(addr(listen)) == (200, "s".into())
+    });
+}
+
+#[test]
+fn a_tls_management_server_configures_sluice() {
+    if !require_peers(&["nginx", "xds-protos"]) {
+        return;
+    }
+    xds_over_tls(XdsTls::Verified);
+}
+
+#[test]
+fn a_management_server_requiring_mutual_tls_configures_sluice_with_its_client_certificate() {
+    if !require_peers(&["nginx", "xds-protos"]) {
+        return;
+    }
+    xds_over_tls(XdsTls::Mutual);
+}
+
+#[test]
+fn a_management_server_of_an_untrusted_ca_is_not_used_and_static_listeners_serve() {
+    if !require_peers(&["nginx", "xds-protos"]) {
+        return;
+    }
+    xds_over_tls(XdsTls::WrongCa);
 }

@@ -339,6 +339,74 @@ clusters:
     }
     assert_eq!(served_cn(listen), "sds-two");
     assert!(curl(listen, &in_ca.pem).starts_with("over TLSv1."));
+    // `/config_dump` says, per resource, where it came from, its version and its refusal: the
+    // secret `server-cert` serves its last good version, and the NACK of the bad pair is its
+    // `error_state` (never the PEM); `upstream-ca`, pushed again unchanged, has none; the
+    // listener is dynamic, the xDS cluster static.
+    let (status, dump) = http_request(addr(admin), "GET", "/config_dump");
+    assert_eq!(status, 200);
+    assert!(
+        !dump.contains("PRIVATE KEY") && !dump.contains("BEGIN CERTIFICATE"),
+        "{dump}"
+    );
+    let dump: serde_json::Value = serde_json::from_str(&dump).expect("json");
+    let secrets = dump["xds_resources"]["secret"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{dump}"));
+    let secret = |name: &str| {
+        secrets
+            .iter()
+            .find(|s| s["name"] == name)
+            .unwrap_or_else(|| panic!("{name}: {dump}"))
+    };
+    let cert = secret("server-cert");
+    assert_eq!(cert["origin"], "dynamic", "{dump}");
+    assert!(
+        cert["last_updated"].as_u64().is_some_and(|t| t > 0),
+        "{dump}"
+    );
+    let details = cert["error_state"]["details"].as_str().unwrap_or("");
+    assert!(
+        details.contains(r#"sds secret "server-cert""#) && details.contains("private_key"),
+        "{dump}"
+    );
+    assert!(
+        cert["error_state"]["last_update_attempt"]
+            .as_u64()
+            .is_some_and(|t| t >= cert["last_updated"].as_u64().unwrap()),
+        "{dump}"
+    );
+    assert!(secret("upstream-ca").get("error_state").is_none(), "{dump}");
+    if sotw {
+        // The version of the rotation, not the refused one.
+        assert_eq!(
+            cert["version_info"],
+            (server.version() - 1).to_string(),
+            "{dump}"
+        );
+    } else {
+        assert!(
+            cert["version_info"].as_str().is_some_and(|v| !v.is_empty()),
+            "{dump}"
+        );
+    }
+    let entry = |key: &str, name: &str| {
+        dump[key]
+            .as_array()
+            .and_then(|a| a.iter().find(|e| e["name"] == name))
+            .map(|e| e["xds_status"].clone())
+            .unwrap_or_else(|| panic!("{key} {name}: {dump}"))
+    };
+    assert_eq!(
+        entry("clusters", "xds_server"),
+        serde_json::json!({ "origin": "static" })
+    );
+    assert_eq!(entry("listeners", "in")["origin"], "dynamic", "{dump}");
+    assert!(
+        entry("listeners", "in").get("error_state").is_none(),
+        "{dump}"
+    );
+    assert_eq!(entry("clusters", "up")["origin"], "dynamic", "{dump}");
     let still = get_on(&mut held, "over TLSv1.x".len());
     assert!(
         still.starts_with("HTTP/1.1 200")

@@ -2,7 +2,11 @@
 """An Envoy v3 ADS management server in Python, for the xDS end-to-end tests: grpcio serving the
 `xds-protos` package's generated service (not this project's Rust), state of the world and delta.
 
-    xds_server.py PORT SNAPSHOT_JSON REQUEST_LOG
+    xds_server.py PORT SNAPSHOT_JSON REQUEST_LOG [--tls CERT KEY [--client-ca CA]]
+
+With `--tls`, the server speaks gRPC over TLS (grpcio's `ssl_server_credentials`) with the
+certificate chain CERT and key KEY (PEM files); with `--client-ca` too, it requires a client
+certificate issued by CA (mutual TLS) and refuses a client without one.
 
 SNAPSHOT_JSON is read again whenever it changes (write it elsewhere and rename it over):
 `{"version": N, "listen": PORT, "upstream": PORT}` makes the resources of one sidecar built here
@@ -339,14 +343,39 @@ class Ads(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
         yield from serve_stream(self.store, request_iterator, context, on_request, on_change)
 
 
+def read(path):
+    with open(path, "rb") as f:
+        return f.read()
+
+
 def main():
     port, snapshot, log = int(sys.argv[1]), sys.argv[2], sys.argv[3]
+    rest = sys.argv[4:]
+    tls = client_ca = None
+    while rest:
+        if rest[0] == "--tls" and len(rest) >= 3:
+            tls, rest = (rest[1], rest[2]), rest[3:]
+        elif rest[0] == "--client-ca" and len(rest) >= 2:
+            client_ca, rest = rest[1], rest[2:]
+        else:
+            sys.exit(f"xds_server: unknown arguments {rest!r}")
+    if client_ca and not tls:
+        sys.exit("xds_server: --client-ca needs --tls")
     store = Store(snapshot)
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=8))
     ads_pb2_grpc.add_AggregatedDiscoveryServiceServicer_to_server(Ads(store, Log(log)), server)
-    server.add_insecure_port(f"127.0.0.1:{port}")
+    if tls:
+        credentials = grpc.ssl_server_credentials(
+            [(read(tls[1]), read(tls[0]))],
+            root_certificates=read(client_ca) if client_ca else None,
+            require_client_auth=client_ca is not None,
+        )
+        server.add_secure_port(f"127.0.0.1:{port}", credentials)
+    else:
+        server.add_insecure_port(f"127.0.0.1:{port}")
     server.start()
-    print(f"xds_server: serving on 127.0.0.1:{port} (pid {os.getpid()})", flush=True)
+    what = "TLS" + (", client certificates required" if client_ca else "") if tls else "cleartext"
+    print(f"xds_server: serving on 127.0.0.1:{port} ({what}; pid {os.getpid()})", flush=True)
     server.wait_for_termination()
 
 

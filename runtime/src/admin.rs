@@ -911,7 +911,11 @@ pub fn handle(shared: &AdminShared, method: &str, target: &str) -> (Response, Af
             );
             Response::text(200, format!("OK: {n} counters of /stats reset\n"))
         }
-        "/config_dump" => Response::json(200, &config_dump(&shared.config)),
+        "/config_dump" => {
+            let mut dump = config_dump(&shared.config);
+            crate::xds::annotate_config_dump(&mut dump);
+            Response::json(200, &dump)
+        }
         "/xds" => match crate::xds::status_json() {
             Value::Null => Response::text(404, "no xds in the config\n"),
             status => Response::json(200, &status),
@@ -1252,6 +1256,19 @@ pub const SERVER_METRICS: &[Export<AdminShared>] = &[
         .stats("xds.unsolicited_"),
         len: crate::xds::TYPES,
         read: |_, i| crate::xds::UNSOLICITED[i].load(Ordering::Relaxed),
+    },
+    Export {
+        field: "xds::IGNORED",
+        metric: Metric::gauge(
+            "sluice_xds_ignored_fields",
+            "Fields and HTTP filters of the dynamic resources serving that Sluice ignores on \
+             purpose (telemetry only, or optional / disabled filters; listed at debug in the \
+             xds log), by the type of the resource holding them.",
+        )
+        .by("type", |i| crate::xds::TYPE_LABELS[i])
+        .stats("xds.ignored_fields_"),
+        len: crate::xds::TYPES,
+        read: |_, i| crate::xds::IGNORED[i].load(Ordering::Relaxed),
     },
     Export {
         field: "xds::RESYNCS",

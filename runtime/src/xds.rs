@@ -22,7 +22,13 @@
 //! own connector: with `upstream_mark` it carries the same `SO_MARK` as every other upstream
 //! socket of the proxy, so that outbound capture rules, which exclude that mark, do not send the
 //! proxy's own control-plane traffic back into the proxy (where, before the first config, no
-//! listener would take it).
+//! listener would take it). When the xDS cluster has `tls`, the connector then makes a verified
+//! TLS handshake (ALPN `h2`, the cluster's CA, name or SANs, and client certificate for mutual
+//! TLS), within the same `connect_timeout`; its rustls config comes from the one client config
+//! builder of the upstream connectors ([`crate::tls::client_config`]), built afresh for each
+//! connection attempt so that rotated files are used at the next reconnect. A failed handshake
+//! is a failed connect: logged with its reason, kept in [`LAST_CONNECT_ERROR`] (`/xds`), and
+//! retried after the backoff.
 //!
 //! The client loop itself ([`run`]) takes its connector and the seed of its backoff jitter, so
 //! that the simulator (`sluice-sim`'s xDS scenario) runs it as a task on a turmoil host, over
@@ -36,6 +42,7 @@ use std::collections::BTreeMap;
 use std::io;
 use std::net::SocketAddr;
 use std::path::Path;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
@@ -69,6 +76,12 @@ pub static RESYNCS: AtomicU64 = AtomicU64::new(0);
 /// subscribed to, dropped on arrival, by type (`sluice_xds_unsolicited_resources_total`; only
 /// endpoints, routes and secrets are subscribed to by name).
 pub static UNSOLICITED: [AtomicU64; TYPES] = [const { AtomicU64::new(0) }; TYPES];
+/// Fields and filters ignored on purpose (telemetry only, optional or disabled filters) in the
+/// dynamic resources of the config serving, by the type of the resource holding them
+/// (`sluice_xds_ignored_fields`): set when a config from xDS is applied. A gauge, not a
+/// counter: every update translates the whole config again, so a counter would count the same
+/// unchanged field once per push.
+pub static IGNORED: [AtomicU64; TYPES] = [const { AtomicU64::new(0) }; TYPES];
 /// When each type's last ACK went out, in Unix seconds (0: none yet;
 /// `sluice_xds_update_timestamp_seconds`).
 pub static UPDATED_AT: [AtomicU64; TYPES] = [const { AtomicU64::new(0) }; TYPES];
@@ -79,6 +92,11 @@ pub static UPDATED_AT: [AtomicU64; TYPES] = [const { AtomicU64::new(0) }; TYPES]
 pub static STATUS: std::sync::Mutex<Option<[TypeStatus; TYPES]>> = std::sync::Mutex::new(None);
 /// Whether the client speaks delta (for `/xds`'s `mode`).
 pub static DELTA: AtomicBool = AtomicBool::new(false);
+/// The last failed connection attempt to the management server: what failed (a refused
+/// connection, a TLS handshake and why) and when (Unix seconds); `/xds`'s
+/// `last_connect_error`. Kept after a later success (its `at` dates it).
+pub static LAST_CONNECT_ERROR: std::sync::Mutex<Option<(String, u64)>> =
+    std::sync::Mutex::new(None);
 
 /// One resource type's xDS status.
 #[derive(Clone, Debug, Default)]
@@ -94,6 +112,13 @@ pub struct TypeStatus {
     pub resources: Vec<String>,
     /// The last response refused, if any.
     pub last_nack: Option<NackStatus>,
+    /// Per resource serving: the version it serves under (delta: its own; state of the world:
+    /// the type's) and when that version was accepted (Unix seconds) — `/config_dump`'s
+    /// `version_info` and `last_updated`.
+    pub serving: BTreeMap<String, (String, u64)>,
+    /// Per resource serving whose last update was refused (the NACK's error names it): that
+    /// NACK, until a later version of it is accepted — `/config_dump`'s `error_state`.
+    pub refused: BTreeMap<String, NackStatus>,
 }
 
 /// A refused response: its nonce, why (the `error_detail` sent), when (Unix seconds).
@@ -140,7 +165,92 @@ pub fn status_json() -> Value {
     if delta {
         view["resyncs"] = RESYNCS.load(Ordering::Relaxed).into();
     }
+    view["last_connect_error"] = LAST_CONNECT_ERROR
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .as_ref()
+        .map_or(
+            Value::Null,
+            |(error, at)| serde_json::json!({ "error": error, "at": at }),
+        );
     view
+}
+
+/// The xDS view of one resource for `/config_dump`: `origin` (`static`: from the bootstrap
+/// file; `dynamic`: from the management server) and, dynamic, `version_info`, `last_updated`
+/// (Unix seconds) and the `error_state` of its last update if that was refused (`details`: the
+/// NACK's `error_detail`, `last_update_attempt`, `nonce`).
+fn resource_status(t: &TypeStatus, name: &str) -> Value {
+    let Some((version, at)) = t.serving.get(name) else {
+        return serde_json::json!({ "origin": "static" });
+    };
+    let mut v = serde_json::json!({
+        "origin": "dynamic",
+        "version_info": version,
+        "last_updated": at,
+    });
+    if let Some(n) = t.refused.get(name) {
+        v["error_state"] = serde_json::json!({
+            "details": n.error,
+            "last_update_attempt": n.at,
+            "nonce": n.nonce,
+        });
+    }
+    v
+}
+
+/// With the xDS client running, adds to a `/config_dump` (the config serving, from
+/// `admin::config_dump`) what xDS knows of each entry: every listener and cluster gets an
+/// `xds_status` ([`resource_status`]: static or dynamic, and a dynamic one its version, last
+/// update and last refusal), and `xds_resources` lists, by type, the dynamic route
+/// configurations, endpoints and secrets — which have no entry of their own in the config
+/// (routes are in their listeners, endpoints in their clusters' hosts, secrets inline PEM,
+/// redacted) — with the same. Without xDS the dump is left as it is (a config that loads).
+pub fn annotate_config_dump(dump: &mut Value) {
+    let guard = STATUS
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let Some(types) = guard.as_ref() else {
+        return;
+    };
+    let of = |kind: ResourceType| {
+        &types[ResourceType::ALL
+            .iter()
+            .position(|k| *k == kind)
+            .unwrap_or(0)]
+    };
+    for (key, kind) in [
+        ("listeners", ResourceType::Listener),
+        ("clusters", ResourceType::Cluster),
+    ] {
+        let t = of(kind);
+        if let Some(entries) = dump.get_mut(key).and_then(Value::as_array_mut) {
+            for entry in entries {
+                let name = entry.get("name").and_then(Value::as_str).unwrap_or("");
+                let status = resource_status(t, name);
+                entry["xds_status"] = status;
+            }
+        }
+    }
+    let mut others = serde_json::Map::new();
+    for (label, kind) in [
+        ("route", ResourceType::Route),
+        ("endpoints", ResourceType::Endpoints),
+        ("secret", ResourceType::Secret),
+    ] {
+        let t = of(kind);
+        let list: Vec<Value> = t
+            .serving
+            .keys()
+            .map(|name| {
+                let mut v = resource_status(t, name);
+                v["name"] = Value::String(name.clone());
+                v
+            })
+            .collect();
+        others.insert(label.to_owned(), Value::Array(list));
+    }
+    dump["xds_resources"] = Value::Object(others);
 }
 
 fn unix_now() -> u64 {
@@ -174,6 +284,19 @@ pub struct Bootstrap {
     initial_fetch_timeout: Duration,
     node: Node,
     tree: Value,
+    /// The xDS cluster's `tls` (`None`: cleartext) and where it is in the file.
+    tls: Option<Arc<XdsTls>>,
+}
+
+/// TLS to the management server: the xDS cluster's `tls`, turned into a rustls client config
+/// by [`crate::tls::client_config`] (the upstream connectors' one builder) on every connection
+/// attempt, so that its files (CA, client certificate and key) are read afresh at each
+/// (re)connect: a rotated file is used from the next connection on.
+#[derive(Debug)]
+struct XdsTls {
+    tls: sluice_core::config::tls::UpstreamTls,
+    /// `clusters[i].tls`, for messages.
+    path: String,
 }
 
 /// The bootstrap of a config with `xds` (`None` without); the file is read again for its
@@ -223,7 +346,14 @@ impl Bootstrap {
             user_agent_name: "sluice".to_owned(),
             ..Default::default()
         });
+        let tls = cluster.tls.as_ref().map(|t| {
+            Arc::new(XdsTls {
+                tls: (**t).clone(),
+                path: format!("clusters[{}].tls", xds.cluster_index),
+            })
+        });
         Ok(Bootstrap {
+            tls,
             server,
             mode: xds.mode,
             mark: config.upstream_mark,
@@ -241,12 +371,20 @@ impl Bootstrap {
         self.server
     }
 
+    /// The URI of the management server: `https://` with TLS (the `:scheme` of the gRPC
+    /// requests), `http://` without.
+    fn uri(&self) -> String {
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        format!("{scheme}://{}", self.server)
+    }
+
     /// The connector of the channel to the management server.
     fn connector(&self) -> XdsConnector {
         XdsConnector {
             server: self.server,
             mark: self.mark,
             connect_timeout: self.connect_timeout,
+            tls: self.tls.clone(),
         }
     }
 }
@@ -259,18 +397,33 @@ const TCP_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
 const TCP_KEEPALIVE_PROBES: u32 = 3;
 
 /// Opens the connection to the management server, from a socket marked with the config's
-/// `upstream_mark` (`SO_MARK`) when it has one, within the xDS cluster's `connect_timeout`.
-/// tonic's channel calls it for each (re)connection; the URI it passes is ignored: the address
-/// is the xDS cluster's host.
+/// `upstream_mark` (`SO_MARK`) when it has one, then, when the xDS cluster has `tls`, a
+/// verified TLS handshake offering ALPN `h2` alone — both within the xDS cluster's
+/// `connect_timeout`. tonic's channel calls it for each (re)connection; the URI it passes is
+/// ignored: the address is the xDS cluster's host.
+///
+/// A failed handshake is a failed connect (the client backs off and tries again; the config
+/// serving stays), its error saying what failed: `unknown_ca`, `bad_san`, `timeout`… (the
+/// labels of [`crate::tls::HandshakeOutcome`]) and rustls' reason.
 #[derive(Clone, Debug)]
 pub struct XdsConnector {
     server: SocketAddr,
     mark: Option<u32>,
     connect_timeout: Duration,
+    tls: Option<Arc<XdsTls>>,
 }
 
+/// The connection to the management server: TCP, or TLS over it.
+pub type XdsStream = crate::tls::MaybeTls<tokio::net::TcpStream>;
+
 impl XdsConnector {
-    async fn connect(self) -> io::Result<hyper_util::rt::TokioIo<tokio::net::TcpStream>> {
+    async fn connect(self) -> io::Result<hyper_util::rt::TokioIo<XdsStream>> {
+        let deadline = tokio::time::Instant::now() + self.connect_timeout;
+        // Built before dialling: a file that cannot be read fails the attempt, named.
+        let tls = match &self.tls {
+            Some(t) => Some(Self::client_config(t, self.server)?),
+            None => None,
+        };
         let attempt = async {
             match self.mark {
                 Some(mark) => crate::transparent::connect_marked(self.server, mark).await,
@@ -289,7 +442,63 @@ impl XdsConnector {
                 .with_interval(TCP_KEEPALIVE_INTERVAL)
                 .with_retries(TCP_KEEPALIVE_PROBES),
         )?;
-        Ok(hyper_util::rt::TokioIo::new(stream))
+        let Some((connector, name)) = tls else {
+            return Ok(hyper_util::rt::TokioIo::new(crate::tls::MaybeTls::Plain(
+                stream,
+            )));
+        };
+        let server = self.server;
+        match tokio::time::timeout_at(deadline, connector.connect(name, stream)).await {
+            Ok(Ok(tls)) => Ok(hyper_util::rt::TokioIo::new(crate::tls::MaybeTls::Tls(
+                Box::new(tls),
+            ))),
+            Ok(Err(e)) => Err(io::Error::new(
+                e.kind(),
+                format!(
+                    "TLS handshake with the management server {server} failed ({}): {e}",
+                    crate::tls::HandshakeOutcome::of_error(&e).as_str()
+                ),
+            )),
+            Err(_) => Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!(
+                    "TLS handshake with the management server {server} failed (timeout): not \
+                     done within the connect timeout ({:?})",
+                    self.connect_timeout
+                ),
+            )),
+        }
+    }
+
+    /// The TLS connector and the name to verify: the xDS cluster's `tls` through the one
+    /// client config builder, offering `h2` alone (gRPC; the config refuses an `alpn` without
+    /// it), and its `sni` or, without one, the host's address (which rustls sends no SNI for;
+    /// `verify_subject_alt_names` decides), as an upstream cluster's connections do.
+    fn client_config(
+        t: &XdsTls,
+        server: SocketAddr,
+    ) -> io::Result<(
+        tokio_rustls::TlsConnector,
+        rustls::pki_types::ServerName<'static>,
+    )> {
+        let (mut config, sni) = crate::tls::client_config(&t.tls, &t.path).map_err(|errors| {
+            io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!(
+                    "TLS to the management server: {}",
+                    errors
+                        .iter()
+                        .map(ToString::to_string)
+                        .collect::<Vec<_>>()
+                        .join("; ")
+                ),
+            )
+        })?;
+        config.alpn_protocols = vec![b"h2".to_vec()];
+        Ok((
+            tokio_rustls::TlsConnector::from(Arc::new(config)),
+            sni.unwrap_or_else(|| rustls::pki_types::ServerName::IpAddress(server.ip().into())),
+        ))
     }
 }
 
@@ -307,7 +516,7 @@ async fn connect_within<S>(
 }
 
 impl tower_service::Service<http::Uri> for XdsConnector {
-    type Response = hyper_util::rt::TokioIo<tokio::net::TcpStream>;
+    type Response = hyper_util::rt::TokioIo<XdsStream>;
     type Error = io::Error;
     type Future = std::pin::Pin<
         Box<dyn std::future::Future<Output = io::Result<Self::Response>> + Send + 'static>,
@@ -328,7 +537,8 @@ impl tower_service::Service<http::Uri> for XdsConnector {
 /// The simulator's connector: the connection to the management server over turmoil's
 /// network (`turmoil::net::TcpStream`), within the xDS cluster's `connect_timeout`; the seam
 /// that lets [`run`] drive the real client in `sluice-sim`. The URI tonic passes is ignored,
-/// as [`XdsConnector`] does.
+/// as [`XdsConnector`] does. It speaks no TLS: a simulated bootstrap whose xDS cluster has
+/// `tls` is refused by [`TurmoilXdsConnector::new`]'s debug assertion.
 #[cfg(feature = "turmoil")]
 #[derive(Clone, Debug)]
 pub struct TurmoilXdsConnector {
@@ -341,6 +551,10 @@ impl TurmoilXdsConnector {
     /// The connector to `bootstrap`'s management server.
     #[must_use]
     pub fn new(bootstrap: &Bootstrap) -> Self {
+        debug_assert!(
+            bootstrap.tls.is_none(),
+            "the simulator's connector speaks no TLS to the management server"
+        );
         Self {
             server: bootstrap.server,
             connect_timeout: bootstrap.connect_timeout,
@@ -468,6 +682,8 @@ struct Client {
     ads: Ads,
     updates: tokio::sync::mpsc::UnboundedSender<Update>,
     applying: Option<(u64, tokio::sync::oneshot::Receiver<Result<String, String>>)>,
+    /// The ignored fields by type of the config being applied ([`IGNORED`] once it is).
+    applying_ignored: [u64; TYPES],
     timer: Option<(tokio::time::Instant, u64)>,
     initial_fetch_timeout: Duration,
     /// Delta: the machine asked to end this stream and open a new one ([`Output::Resync`]).
@@ -508,6 +724,7 @@ impl Client {
                     let (reply, answer) = tokio::sync::oneshot::channel();
                     if self.updates.send(Update { config, reply }).is_ok() {
                         self.applying = Some((id, answer));
+                        self.applying_ignored = notes.ignored_by_type;
                     }
                 }
                 Output::Resync => {
@@ -544,12 +761,20 @@ impl Client {
             let message = error.map_or("", |e| e.message.as_str());
             warn!(type_url, nonce, error = %message, "xds: NACK");
             NACKED[kind].fetch_add(1, Ordering::Relaxed);
+            let noun = ResourceType::ALL[kind].noun();
             self.record(kind, |t| {
-                t.last_nack = Some(NackStatus {
+                let nack = NackStatus {
                     nonce: nonce.to_owned(),
                     error: message.to_owned(),
                     at: unix_now(),
-                });
+                };
+                // The resources serving that the error names (`listener "in": …`).
+                for name in &t.resources {
+                    if message.contains(&format!("{noun} {name:?}")) {
+                        t.refused.insert(name.clone(), nack.clone());
+                    }
+                }
+                t.last_nack = Some(nack);
             });
         } else if what == Answer::Ack {
             ACKED[kind].fetch_add(1, Ordering::Relaxed);
@@ -569,16 +794,39 @@ impl Client {
         }
     }
 
-    /// Records the names (and, in delta, versions) of the resources serving, for every type.
+    /// Records the names (and, in delta, versions) of the resources serving, for every type,
+    /// and per resource the version it serves under and since when: a resource whose version
+    /// changed was updated now (and its refusal, if any, is over).
     fn record_serving(&self) {
         let delta = self.ads.mode() == XdsMode::Delta;
+        let now = unix_now();
         let mut guard = STATUS
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         let types = guard.get_or_insert_with(Default::default);
         for (i, kind) in ResourceType::ALL.into_iter().enumerate() {
-            types[i].resources = self.ads.applied().names(kind);
-            types[i].resource_versions = delta.then(|| self.ads.resource_versions(kind).clone());
+            let t = &mut types[i];
+            t.resources = self.ads.applied().names(kind);
+            t.resource_versions = delta.then(|| self.ads.resource_versions(kind).clone());
+            let type_version = self.ads.accepted_version(kind);
+            let mut serving = BTreeMap::new();
+            for name in &t.resources {
+                let version = t
+                    .resource_versions
+                    .as_ref()
+                    .and_then(|v| v.get(name))
+                    .map_or(type_version, String::as_str);
+                let entry = match t.serving.remove(name) {
+                    Some((v, at)) if v == version => (v, at),
+                    _ => {
+                        t.refused.remove(name);
+                        (version.to_owned(), now)
+                    }
+                };
+                serving.insert(name.clone(), entry);
+            }
+            t.serving = serving;
+            t.refused.retain(|name, _| t.serving.contains_key(name));
         }
     }
 
@@ -622,7 +870,13 @@ impl Client {
 
     fn feed(&mut self, input: Input) {
         match &input {
-            Input::Applied(_) | Input::ApplyFailed(..) => self.applying = None,
+            Input::Applied(_) => {
+                self.applying = None;
+                for (gauge, n) in IGNORED.iter().zip(self.applying_ignored) {
+                    gauge.store(n, Ordering::Relaxed);
+                }
+            }
+            Input::ApplyFailed(..) => self.applying = None,
             Input::WarmingTimeout(_) => self.timer = None,
             _ => {}
         }
@@ -682,27 +936,21 @@ pub async fn run<C>(
         ads: Ads::with_mode(b.mode, b.node.clone(), b.tree.clone()),
         updates,
         applying: None,
+        applying_ignored: [0; TYPES],
         timer: None,
         initial_fetch_timeout: b.initial_fetch_timeout,
         resync: false,
     };
     let mut jitter = Jitter(jitter_seed | 1);
     let mut backoff = BACKOFF_BASE;
-    let uri = format!("http://{}", b.server);
+    let uri = b.uri();
     loop {
         if client.updates.is_closed() {
             return;
         }
         let started = tokio::time::Instant::now();
-        let got_response = stream_once(
-            &mut client,
-            &uri,
-            b.mode,
-            b.connect_timeout,
-            b.keepalive,
-            connector.clone(),
-        )
-        .await;
+        let got_response =
+            stream_once(&mut client, &uri, b.mode, b.keepalive, connector.clone()).await;
         CONNECTED.store(0, Ordering::Relaxed);
         client.feed(Input::Disconnected);
         client.drain(None);
@@ -723,12 +971,27 @@ pub async fn run<C>(
     }
 }
 
+/// An error and its sources, `: `-joined (tonic's transport error says only "transport
+/// error"; what failed — a refused connection, a TLS handshake and why — is in its sources).
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let next = s.to_string();
+        if !text.ends_with(&next) {
+            text.push_str(": ");
+            text.push_str(&next);
+        }
+        source = s.source();
+    }
+    text
+}
+
 /// One ADS stream, until it ends; whether it delivered a response.
 async fn stream_once<C>(
     client: &mut Client,
     uri: &str,
     mode: XdsMode,
-    connect_timeout: Duration,
     keepalive: Option<sluice_core::config::Http2Keepalive>,
     connector: C,
 ) -> bool
@@ -738,8 +1001,9 @@ where
     C::Response: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
 {
     let endpoint = match tonic::transport::Endpoint::from_shared(uri.to_owned()) {
+        // The connector bounds the connect (TCP and TLS) by `connect_timeout` itself, so that
+        // its error says which part timed out (tonic's own timeout would say neither).
         Ok(e) => {
-            let e = e.connect_timeout(connect_timeout);
             match keepalive {
                 // PINGs while the stream is open (it always is): a silent connection ends
                 // after `timeout` without an answer.
@@ -758,7 +1022,11 @@ where
     let channel = match endpoint.connect_with_connector(connector).await {
         Ok(c) => c,
         Err(e) => {
-            warn!(server = uri, error = %e, "xds: cannot connect to the management server");
+            let error = error_chain(&e);
+            warn!(server = uri, %error, "xds: cannot connect to the management server");
+            *LAST_CONNECT_ERROR
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner) = Some((error, unix_now()));
             return false;
         }
     };
@@ -898,6 +1166,7 @@ mod tests {
                 ads: Ads::with_mode(mode, Node::default(), serde_json::json!({})),
                 updates,
                 applying: None,
+                applying_ignored: [0; TYPES],
                 timer: None,
                 initial_fetch_timeout: Duration::from_secs(15),
                 resync: false,
@@ -988,6 +1257,14 @@ mod tests {
         );
     }
 
+    /// The TCP stream of a cleartext connection to the management server.
+    fn tcp(io: &hyper_util::rt::TokioIo<XdsStream>) -> &tokio::net::TcpStream {
+        match io.inner() {
+            crate::tls::MaybeTls::Plain(s) => s,
+            crate::tls::MaybeTls::Tls(_) => panic!("a cleartext connection"),
+        }
+    }
+
     /// The socket of the connection to the management server carries the config's
     /// `upstream_mark`, read back with `getsockopt(SO_MARK)`; without one it is unmarked.
     #[tokio::test]
@@ -1013,14 +1290,96 @@ mod tests {
         let uri: http::Uri = format!("http://{server}").parse().unwrap();
         let io = b.connector().call(uri.clone()).await.unwrap();
         let (_accepted, peer) = listener.accept().await.unwrap();
-        assert_eq!(peer, io.inner().local_addr().unwrap());
-        assert_eq!(socket2::SockRef::from(io.inner()).mark().unwrap(), 1337);
+        assert_eq!(peer, tcp(&io).local_addr().unwrap());
+        assert_eq!(socket2::SockRef::from(tcp(&io)).mark().unwrap(), 1337);
         let unmarked = XdsConnector {
             mark: None,
             ..b.connector()
         };
         let io = unmarked.clone().call(uri).await.unwrap();
-        assert_eq!(socket2::SockRef::from(io.inner()).mark().unwrap(), 0);
+        assert_eq!(socket2::SockRef::from(tcp(&io)).mark().unwrap(), 0);
+    }
+
+    /// With `tls` on the xDS cluster the connection is a verified TLS handshake offering `h2`:
+    /// against a rustls server for `xds.example` (issued by CA `a`), a CA file holding CA `b`
+    /// fails the connect naming `unknown_ca`; the same file rewritten with CA `a` is used at the
+    /// next connect (the files are read at each attempt), which negotiates `h2`; an `sni` the
+    /// certificate does not carry fails naming `bad_san`.
+    #[tokio::test]
+    async fn the_management_server_is_verified_over_tls_with_the_ca_file_read_at_each_connect() {
+        use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+        let ca = |name: &str| {
+            let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+            params
+                .distinguished_name
+                .push(rcgen::DnType::CommonName, name);
+            params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+            CertifiedIssuer::self_signed(params, KeyPair::generate().unwrap()).unwrap()
+        };
+        let (a, b) = (ca("a"), ca("b"));
+        let key = KeyPair::generate().unwrap();
+        let leaf = CertificateParams::new(vec!["xds.example".to_owned()])
+            .unwrap()
+            .signed_by(&key, &a)
+            .unwrap();
+        let mut server_config = rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::aws_lc_rs::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(
+            vec![leaf.der().clone()],
+            rustls::pki_types::PrivateKeyDer::try_from(key.serialize_der()).unwrap(),
+        )
+        .unwrap();
+        server_config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(server_config));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let server = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((stream, _)) = listener.accept().await {
+                if let Ok(tls) = acceptor.accept(stream).await {
+                    held.push(tls);
+                }
+            }
+        });
+        let dir = std::env::temp_dir().join(format!("sluice-xds-tls-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let ca_file = dir.join("ca.pem");
+        std::fs::write(&ca_file, b.pem()).unwrap();
+        let connector = |sni: &str| {
+            let config = Config::from_yaml(&format!(
+                "listeners: []\nxds: {{ cluster: xds }}\nclusters:\n  - {{ name: xds, protocol: http2, \
+                 tls: {{ ca: {}, sni: {sni} }}, hosts: [ {{ address: \"{server}\" }} ] }}\n",
+                ca_file.display()
+            ))
+            .unwrap_or_else(|e| panic!("{e}"));
+            let tree = dir.join("sluice.yaml");
+            std::fs::write(&tree, "{}").unwrap();
+            bootstrap(&config, Some(&tree))
+                .unwrap()
+                .unwrap()
+                .connector()
+        };
+        let uri: http::Uri = format!("https://{server}").parse().unwrap();
+        let c = connector("xds.example");
+        let error = c.clone().call(uri.clone()).await.err().expect("refused");
+        assert!(error.to_string().contains("(unknown_ca)"), "{error}");
+        std::fs::write(&ca_file, a.pem()).unwrap();
+        let io = c.clone().call(uri.clone()).await.expect("verified");
+        let crate::tls::MaybeTls::Tls(tls) = io.inner() else {
+            panic!("a TLS connection");
+        };
+        assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+        let error = connector("other.example")
+            .call(uri)
+            .await
+            .err()
+            .expect("refused");
+        assert!(error.to_string().contains("(bad_san)"), "{error}");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     /// The connection to the management server has TCP keepalive (a peer that vanished
@@ -1047,7 +1406,7 @@ mod tests {
         );
         let uri: http::Uri = format!("http://{server}").parse().unwrap();
         let io = b.connector().call(uri).await.unwrap();
-        let sock = socket2::SockRef::from(io.inner());
+        let sock = socket2::SockRef::from(tcp(&io));
         assert!(sock.keepalive().unwrap());
         assert_eq!(sock.tcp_keepalive_time().unwrap(), TCP_KEEPALIVE_IDLE);
         assert_eq!(

@@ -144,6 +144,8 @@ impl std::error::Error for TranslateError {}
 pub struct Notes {
     /// One entry per ignored field or filter.
     pub ignored: Vec<String>,
+    /// How many of them are in resources of each type, in [`ResourceType::ALL`] order.
+    pub ignored_by_type: [u64; ResourceType::ALL.len()],
 }
 
 /// Where translation is inside a resource: its type, name, and a path of fields.
@@ -205,6 +207,9 @@ impl<'a> At<'a> {
         notes
             .ignored
             .push(format!("{} {:?} {place}", self.kind.noun(), self.name));
+        if let Some(i) = ResourceType::ALL.iter().position(|k| *k == self.kind) {
+            notes.ignored_by_type[i] += 1;
+        }
     }
 }
 

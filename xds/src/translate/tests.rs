@@ -92,6 +92,8 @@ fn listener_routes_cluster_and_endpoints_become_the_config_model() {
         a.notes.ignored,
         ["listener \"in\" filter_chains[0].filters[0].typed_config.stat_prefix"]
     );
+    // Counted by the type of the resource holding it (`sluice_xds_ignored_fields`).
+    assert_eq!(a.notes.ignored_by_type, [0, 0, 1, 0, 0]);
 }
 
 #[test]

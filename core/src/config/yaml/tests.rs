@@ -2000,6 +2000,53 @@ fn xds_bootstrap_errors_are_named() {
     );
 }
 
+/// Issue 13: the xDS cluster may have `tls` (gRPC over TLS to the management server): with
+/// no `alpn` it offers `[h2]`; an `alpn` without `h2` is refused at its path, and so are
+/// `transport_socket_matches`, which the client would ignore.
+#[test]
+fn the_xds_cluster_takes_tls_offering_h2() {
+    let tls = XDS.replace(
+        "    hosts: [ { address: 127.0.0.1:18000 } ]",
+        "    protocol: http2\n    tls: { ca: ca.pem, sni: xds.example, cert_chain: me.pem, private_key: me.key }\n    hosts: [ { address: 127.0.0.1:18000 } ]",
+    );
+    let c = Config::from_yaml(&tls).unwrap_or_else(|e| panic!("{e}"));
+    let t = c.clusters[0].tls.as_ref().unwrap();
+    assert_eq!(t.alpn, ["h2"]);
+    assert_eq!(t.sni.as_deref(), Some("xds.example"));
+    assert!(t.client_certificate.is_some());
+    let given = tls.replace(
+        "private_key: me.key }",
+        "private_key: me.key, alpn: [h2, http/1.1] }",
+    );
+    assert_eq!(
+        Config::from_yaml(&given).unwrap().clusters[0]
+            .tls
+            .as_ref()
+            .unwrap()
+            .alpn,
+        ["h2", "http/1.1"]
+    );
+    assert_eq!(
+        errors(&tls.replace(
+            "private_key: me.key }",
+            "private_key: me.key, alpn: [http/1.1] }"
+        )),
+        [
+            "clusters[0].tls.alpn: [\"http/1.1\"] lacks \"h2\": cluster \"xds_server\" is the xDS cluster, and gRPC to the management server is HTTP/2 (the connection offers `h2` alone): give `alpn: [h2]` or none"
+        ]
+    );
+    let matches = XDS.replace(
+        "    hosts: [ { address: 127.0.0.1:18000 } ]",
+        "    hosts: [ { address: 127.0.0.1:18000 } ]\n    transport_socket_matches: [ { name: plain } ]",
+    );
+    assert_eq!(
+        errors(&matches),
+        [
+            "clusters[0].transport_socket_matches: cluster \"xds_server\" is the xDS cluster: its first host is dialled with the cluster's own `tls` (or in cleartext), so per-host transports would be ignored: remove `transport_socket_matches`"
+        ]
+    );
+}
+
 #[test]
 fn an_otlp_cluster_speaks_http1_and_an_h2c_cluster_takes_no_http_health_check() {
     let errs = errors(

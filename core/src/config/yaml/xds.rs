@@ -109,29 +109,22 @@ pub(super) fn decode_xds(
     })
 }
 
-/// The management server's cluster must have hosts to dial: a static one.
+/// The management server's cluster must have hosts to dial: a static one. With `tls`, the
+/// client speaks gRPC over TLS to it (its first host, verified with the cluster's `ca`, `sni` /
+/// `verify_subject_alt_names`, and its client certificate for mutual TLS), offering ALPN `h2`
+/// alone: an `alpn` given without `h2` is refused, and none given becomes `[h2]`. Refused too,
+/// because the client would ignore it: `transport_socket_matches` (the client dials the first
+/// host with the cluster's own `tls`).
 pub(super) fn check_xds_cluster(
     dec: &mut Decoder,
     xds: Option<XdsConfig>,
-    clusters: &[ClusterConfig],
+    clusters: &mut [ClusterConfig],
 ) -> Option<Option<XdsConfig>> {
     let Some(x) = xds else {
         return Some(None);
     };
-    match clusters.get(x.cluster_index) {
-        // The client dials the management server in cleartext (TLS to it is not built yet):
-        // a `tls` there would be silently ignored.
-        Some(c) if c.kind == ClusterKind::Static && c.tls.is_some() => {
-            dec.error(
-                "xds.cluster",
-                format!(
-                    "cluster {:?} has `tls`, but the xDS client does not speak TLS to the \
-                     management server yet (it would connect in cleartext): remove `tls`",
-                    x.cluster
-                ),
-            );
-            None
-        }
+    let ci = x.cluster_index;
+    match clusters.get_mut(ci) {
         Some(c) if c.kind == ClusterKind::Static && c.hosts.is_empty() => {
             dec.error(
                 "xds.cluster",
@@ -143,7 +136,37 @@ pub(super) fn check_xds_cluster(
             );
             None
         }
-        Some(c) if c.kind == ClusterKind::Static => Some(Some(x)),
+        Some(c) if c.kind == ClusterKind::Static && !c.transport_socket_matches.is_empty() => {
+            dec.error(
+                &format!("clusters[{ci}].transport_socket_matches"),
+                format!(
+                    "cluster {:?} is the xDS cluster: its first host is dialled with the \
+                     cluster's own `tls` (or in cleartext), so per-host transports would be \
+                     ignored: remove `transport_socket_matches`",
+                    x.cluster
+                ),
+            );
+            None
+        }
+        Some(c) if c.kind == ClusterKind::Static => {
+            if let Some(tls) = c.tls.as_deref_mut() {
+                if tls.alpn.is_empty() {
+                    tls.alpn = vec!["h2".to_owned()];
+                } else if !tls.alpn.iter().any(|p| p == "h2") {
+                    dec.error(
+                        &format!("clusters[{ci}].tls.alpn"),
+                        format!(
+                            "{:?} lacks \"h2\": cluster {:?} is the xDS cluster, and gRPC to the \
+                             management server is HTTP/2 (the connection offers `h2` alone): \
+                             give `alpn: [h2]` or none",
+                            tls.alpn, x.cluster
+                        ),
+                    );
+                    return None;
+                }
+            }
+            Some(Some(x))
+        }
         _ => {
             dec.error(
                 "xds.cluster",
@@ -151,9 +174,7 @@ pub(super) fn check_xds_cluster(
                     "cluster {:?} is of type {}: the management server needs a static \
                      cluster (its first host is dialled)",
                     x.cluster,
-                    clusters
-                        .get(x.cluster_index)
-                        .map_or("?", |c| c.kind.as_str())
+                    clusters.get(ci).map_or("?", |c| c.kind.as_str())
                 ),
             );
             None
