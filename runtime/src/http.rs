@@ -2310,11 +2310,10 @@ impl<N: Network> Engine<N> {
                             ubuf,
                             rhead,
                             head.method(),
-                            head.upgrade()
-                                .then_some((
-                                    scratch.listener_http.upgrade_types.as_deref(),
-                                    &action.upgrade_configs[..],
-                                )),
+                            head.upgrade().then_some((
+                                scratch.listener_http.upgrade_types.as_deref(),
+                                &action.upgrade_configs[..],
+                            )),
                             &mut too_many_interim,
                         );
                         match self
