@@ -720,7 +720,8 @@ pub(crate) struct Scratch {
 /// new slots), so they are built once per slot with the engine
 /// ([`crate::engine::serving::Serving::listener_http`]) and shared by the slot's connections
 /// (an `Rc` clone where a connection or HTTP/2 stream takes its scratch): a request looks no
-/// config up and copies nothing for them.
+/// config up and copies nothing for them (it takes a refcount of its scratch's, non-atomic,
+/// to hold it while the scratch is lent out).
 #[derive(Debug, Default, PartialEq, Eq)]
 pub(crate) struct ListenerHttp {
     /// `server_name` and `server_header_transformation`; `None`: the upstream's `server`

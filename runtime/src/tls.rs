@@ -1148,6 +1148,29 @@ pub fn server_config(tls: &ListenerTls, path: &str) -> Result<ServerConfig, Vec<
         Arc::new(p)
     };
     let provider = with_cipher_suites(provider, &tls.cipher_suites);
+    // A certificate whose key signs for none of the TLS 1.2 suites accepted would refuse every
+    // TLS 1.2 client it is chosen for (an RSA key with ECDSA suites only, or the reverse).
+    if tls.min_version == TlsVersion::Tls12 {
+        for (i, (_, certified)) in certs.iter().enumerate() {
+            let algorithm = certified.key.algorithm();
+            let usable = provider.cipher_suites.iter().any(|s| {
+                s.version() == &rustls::version::TLS12
+                    && s.usable_for_signature_algorithm(algorithm)
+            });
+            if !usable {
+                return Err(vec![ConfigError {
+                    path: format!("{path}.cipher_suites"),
+                    message: format!(
+                        "no TLS 1.2 suite accepted here works with certificates[{i}]'s {algorithm:?} \
+                         key: every TLS 1.2 client given that certificate would be refused; \
+                         list a suite for it (ECDHE-ECDSA-… for an ECDSA key, ECDHE-RSA-… for \
+                         RSA), or admit TLS 1.3 only (`min_version: 1.3`)"
+                    ),
+                    position: None,
+                }]);
+            }
+        }
+    }
     let builder = ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(versions)
         .map_err(|e| {
@@ -1163,10 +1186,11 @@ pub fn server_config(tls: &ListenerTls, path: &str) -> Result<ServerConfig, Vec<
     };
     let mut config = builder.with_cert_resolver(Arc::new(SniResolver { certs }));
     config.alpn_protocols = tls.alpn.iter().map(|p| p.as_bytes().to_vec()).collect();
-    // The listener's order of suites wins over the client's, as in Envoy (BoringSSL servers):
-    // OpenSSL clients offer AES-256-GCM-SHA384 first, whose SHA-384 costs a server without
-    // SHA-512 instructions more per handshake than AES-128-GCM-SHA256's SHA-256.
-    config.ignore_client_order = true;
+    // The listener's order of suites wins over the client's unless `prefer_client_ciphers`:
+    // in TLS 1.2 as in Envoy; in TLS 1.3 Sluice's own choice (BoringSSL follows the client
+    // there) — OpenSSL clients offer AES-256-GCM-SHA384 first, whose SHA-384 costs a server
+    // without SHA-512 instructions more per handshake than AES-128-GCM-SHA256's SHA-256.
+    config.ignore_client_order = !tls.prefer_client_ciphers;
     if !tls.session_cache {
         config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
         if !tls.session_tickets {
@@ -1603,6 +1627,7 @@ mod tests {
             max_version: TlsVersion::Tls13,
             ecdh_curves: Vec::new(),
             cipher_suites: Vec::new(),
+            prefer_client_ciphers: false,
             session_tickets: true,
             session_cache: true,
             handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
@@ -1789,6 +1814,34 @@ mod cipher_suite_choice {
         assert_eq!(
             negotiated(listed.clone(), client(&roots, &openssl_order, true)),
             rustls::CipherSuite::TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384
+        );
+        // With prefer_client_ciphers, the client's order among the accepted ones.
+        let client_order = listener(&dir, "      prefer_client_ciphers: true\n");
+        assert_eq!(
+            negotiated(client_order.clone(), client(&roots, &openssl_order, false)),
+            rustls::CipherSuite::TLS13_AES_256_GCM_SHA384
+        );
+        assert_eq!(
+            negotiated(client_order, client(&roots, &openssl_order, true)),
+            rustls::CipherSuite::TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384
+        );
+        // An ECDSA certificate with only RSA TLS 1.2 suites would refuse every TLS 1.2
+        // client: the config is refused, naming the field; fine on a TLS 1.3-only listener.
+        let yaml = |extra: &str| {
+            format!(
+                "listeners:\n  - name: cipher_suite_choice\n    address: 127.0.0.1:1\n    tls:\n      certificates: [ {{ cert_chain: {d}/c.pem, private_key: {d}/k.pem }} ]\n      cipher_suites: [ECDHE-RSA-AES128-GCM-SHA256]\n{extra}    tcp_proxy: {{ cluster: a }}\nclusters:\n  - {{ name: a, hosts: [ {{ address: 127.0.0.1:9 }} ] }}\n",
+                d = dir.display()
+            )
+        };
+        let errors = check_config(&Config::from_yaml(&yaml("")).unwrap());
+        assert!(
+            errors.len() == 1
+                && errors[0].path == "listeners[0].tls.cipher_suites"
+                && errors[0].message.contains("certificates[0]'s ECDSA key"),
+            "{errors:?}"
+        );
+        assert!(
+            check_config(&Config::from_yaml(&yaml("      min_version: 1.3\n")).unwrap()).is_empty()
         );
         // A TLS 1.2 client that offers none of the listed TLS 1.2 suites is refused.
         let refused = in_memory_handshake(

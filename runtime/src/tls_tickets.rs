@@ -457,6 +457,7 @@ mod tests {
             max_version: TlsVersion::Tls13,
             ecdh_curves: Vec::new(),
             cipher_suites: Vec::new(),
+            prefer_client_ciphers: false,
             session_tickets: true,
             session_cache: true,
             handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,

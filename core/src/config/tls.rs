@@ -51,12 +51,17 @@ pub struct ListenerTls {
     /// [`DEFAULT_ECDH_CURVES`]); among them the client's preference picks.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub ecdh_curves: Vec<EcdhCurve>,
-    /// The cipher suites accepted, in the listener's order of preference, which wins over the
-    /// client's (empty: [`DEFAULT_CIPHER_SUITES`]). TLS 1.3 and TLS 1.2 suites are listed
-    /// together; a list that names none of one version's suites leaves that version's
-    /// defaults ([`effective_cipher_suites`]).
+    /// The cipher suites accepted, in the listener's order of preference (empty:
+    /// [`DEFAULT_CIPHER_SUITES`]). TLS 1.3 and TLS 1.2 suites are listed together; a list that
+    /// names none of one version's suites leaves that version's defaults
+    /// ([`effective_cipher_suites`]).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub cipher_suites: Vec<CipherSuite>,
+    /// Choose the suite by the client's order among the accepted ones (Envoy's
+    /// `prefer_client_ciphers`); default `false`: the listener's order wins, in TLS 1.2 as in
+    /// Envoy and — unlike BoringSSL, which follows the client there — in TLS 1.3 too.
+    #[serde(skip_serializing_if = "is_false")]
+    pub prefer_client_ciphers: bool,
     /// Issue stateless session tickets (TLS 1.3 and 1.2) that a client resumes with
     /// (default `true`; Envoy's `disable_stateless_session_resumption` is its negation).
     #[serde(skip_serializing_if = "is_true")]
@@ -77,6 +82,10 @@ fn is_default_max(version: &TlsVersion) -> bool {
 
 fn is_true(value: &bool) -> bool {
     *value
+}
+
+fn is_false(value: &bool) -> bool {
+    !*value
 }
 
 /// A key exchange group (`ecdh_curves`), named as Envoy's `tls_params.ecdh_curves` names them.
@@ -197,9 +206,11 @@ impl CipherSuite {
 }
 
 /// The suites of a listener or cluster whose `tls` names none, in order of preference: for
-/// TLS 1.3 BoringSSL's order on a CPU with AES instructions (what Envoy negotiates: AES-128
-/// first, whose SHA-256 the CPU hashes in hardware where it has SHA instructions), for TLS 1.2
-/// Envoy's default `cipher_suites` (ECDHE with AEAD only, AES-128 and ChaCha20 before AES-256).
+/// TLS 1.3 BoringSSL's list on a CPU with AES instructions (AES-128 first, whose SHA-256 the
+/// CPU hashes in hardware where it has SHA instructions — BoringSSL itself, as a server,
+/// follows the client's order in TLS 1.3; Sluice's listeners follow this one unless
+/// `prefer_client_ciphers`), for TLS 1.2 Envoy's default `cipher_suites` (ECDHE with AEAD only,
+/// AES-128 and ChaCha20 before AES-256; Envoy's `[A|B]` equal-preference groups flattened).
 pub const DEFAULT_CIPHER_SUITES: [CipherSuite; 9] = [
     CipherSuite::Tls13Aes128GcmSha256,
     CipherSuite::Tls13Aes256GcmSha384,
@@ -215,7 +226,7 @@ pub const DEFAULT_CIPHER_SUITES: [CipherSuite; 9] = [
 /// TLS 1.2 suites that OpenSSL and BoringSSL know and Sluice does not negotiate (RSA key
 /// exchange without forward secrecy, CBC modes): a `cipher_suites` list may name them — Istio's
 /// inbound listeners list `AES128-GCM-SHA256` and `AES256-GCM-SHA384` — and they are skipped.
-pub const UNNEGOTIATED_CIPHER_SUITES: [&str; 12] = [
+pub const UNNEGOTIATED_CIPHER_SUITES: [&str; 14] = [
     "AES128-GCM-SHA256",
     "AES256-GCM-SHA384",
     "AES128-SHA",
@@ -228,6 +239,37 @@ pub const UNNEGOTIATED_CIPHER_SUITES: [&str; 12] = [
     "PSK-AES256-CBC-SHA",
     "ECDHE-PSK-AES128-CBC-SHA",
     "ECDHE-PSK-CHACHA20-POLY1305",
+    "ECDHE-PSK-AES256-CBC-SHA",
+    "DES-CBC3-SHA",
+];
+
+/// The IANA names of the TLS 1.2 suites Sluice negotiates, which BoringSSL (and so Envoy) takes
+/// as well as OpenSSL's: each with the suite it names.
+pub const IANA_TLS12_NAMES: [(&str, CipherSuite); 6] = [
+    (
+        "TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256",
+        CipherSuite::EcdheEcdsaAes128GcmSha256,
+    ),
+    (
+        "TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256",
+        CipherSuite::EcdheEcdsaChacha20Poly1305,
+    ),
+    (
+        "TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256",
+        CipherSuite::EcdheRsaAes128GcmSha256,
+    ),
+    (
+        "TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256",
+        CipherSuite::EcdheRsaChacha20Poly1305,
+    ),
+    (
+        "TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384",
+        CipherSuite::EcdheEcdsaAes256GcmSha384,
+    ),
+    (
+        "TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384",
+        CipherSuite::EcdheRsaAes256GcmSha384,
+    ),
 ];
 
 /// Why a `cipher_suites` list is refused: the entry at `index` (`None`: the list as a whole)
@@ -241,13 +283,16 @@ pub struct CipherSuiteListError {
 }
 
 /// Reads a `cipher_suites` list (the YAML field and Envoy's `tls_params.cipher_suites` alike):
-/// names in order of preference, each a suite Sluice negotiates ([`CipherSuite::ALL`]) or a
-/// TLS 1.2 suite it knows and skips ([`UNNEGOTIATED_CIPHER_SUITES`]); BoringSSL's
-/// equal-preference groups (`[A|B]`, in Envoy's own default list) are read as their members
-/// in order (rustls has no equal preference). Refused: an empty list, an unknown name, a suite
-/// listed twice, a list left with no suite Sluice negotiates, and — where TLS 1.2 is admitted
-/// (`admits_tls12`) — a list naming TLS 1.2 suites none of which Sluice negotiates (every TLS
-/// 1.2 peer would be refused).
+/// names in order of preference, each a suite Sluice negotiates ([`CipherSuite::ALL`], or a
+/// TLS 1.2 one by its IANA name, [`IANA_TLS12_NAMES`]) or a TLS 1.2 suite it knows and skips
+/// ([`UNNEGOTIATED_CIPHER_SUITES`]); an entry may hold several joined by `:` (BoringSSL's
+/// cipher string, which Envoy builds from the list), and BoringSSL's equal-preference groups
+/// (`[A|B]`, in Envoy's own default list) are read as their members in order (rustls has no
+/// equal preference). A suite named again is taken at its first place (BoringSSL accepts it).
+/// Refused: an empty list, an unknown name, a list left with no suite Sluice negotiates, and —
+/// where TLS 1.2 is admitted (`admits_tls12`) — a list naming TLS 1.2 suites none of which
+/// Sluice negotiates (every TLS 1.2 peer would be refused). Unlike Envoy, TLS 1.3 names are
+/// taken too (they order and narrow TLS 1.3; Envoy has no TLS 1.3 suite setting).
 ///
 /// # Errors
 ///
@@ -270,22 +315,31 @@ pub fn parse_cipher_suites<S: AsRef<str>>(
     let mut names_tls12 = false;
     for (i, entry) in entries.iter().enumerate() {
         let entry = entry.as_ref();
-        let members: Vec<&str> = match entry.strip_prefix('[').and_then(|e| e.strip_suffix(']')) {
-            Some(group) => group.split('|').collect(),
-            None => vec![entry],
-        };
+        let mut members: Vec<&str> = Vec::new();
+        for part in entry.split(':') {
+            match part.strip_prefix('[').and_then(|e| e.strip_suffix(']')) {
+                Some(group) => members.extend(group.split('|')),
+                None => members.push(part),
+            }
+        }
         for name in members {
             let at = |message: String| CipherSuiteListError {
                 index: Some(i),
                 message,
             };
             if seen.contains(&name) {
-                return Err(at(format!("{name:?} is listed twice")));
+                continue;
             }
             seen.push(name);
-            if let Some((_, suite)) = CipherSuite::ALL.iter().find(|(n, _)| *n == name) {
+            let negotiated = CipherSuite::ALL
+                .iter()
+                .chain(IANA_TLS12_NAMES.iter())
+                .find(|(n, _)| *n == name);
+            if let Some((_, suite)) = negotiated {
                 names_tls12 |= !suite.is_tls13();
-                suites.push(*suite);
+                if !suites.contains(suite) {
+                    suites.push(*suite);
+                }
             } else if UNNEGOTIATED_CIPHER_SUITES.contains(&name) {
                 names_tls12 = true;
             } else {

@@ -500,19 +500,32 @@ fn session_and_per_request_sni_settings_are_refused_by_path_unless_default() {
             )),
         "{e:?}"
     );
-    let e = errors(&downstream(&params(TlsParameters {
+    // BoringSSL's reading: a suite named again keeps its first place; an IANA name.
+    let t = tls_of(&downstream(&params(TlsParameters {
         cipher_suites: vec![
             "[ECDHE-ECDSA-AES128-GCM-SHA256|ECDHE-ECDSA-CHACHA20-POLY1305]".into(),
             "ECDHE-ECDSA-CHACHA20-POLY1305".into(),
+            "TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256".into(),
         ],
         ..Default::default()
     })));
-    assert_eq!(
-        e,
-        [format!(
-            "{p_at}.cipher_suites[1]: \"ECDHE-ECDSA-CHACHA20-POLY1305\" is listed twice"
-        )]
-    );
+    {
+        use sluice_core::config::tls::CipherSuite as S;
+        assert_eq!(
+            t.cipher_suites,
+            [
+                S::EcdheEcdsaAes128GcmSha256,
+                S::EcdheEcdsaChacha20Poly1305,
+                S::EcdheRsaAes128GcmSha256
+            ]
+        );
+    }
+    assert!(!t.prefer_client_ciphers);
+    // prefer_client_ciphers: the client's order.
+    let t = tls_of(&downstream(&|c: &mut DownstreamTlsContext| {
+        c.prefer_client_ciphers = true;
+    }));
+    assert!(t.prefer_client_ciphers);
     let e = errors(&downstream(&params(TlsParameters {
         tls_minimum_protocol_version: TlsProtocol::TlSv13 as i32,
         tls_maximum_protocol_version: TlsProtocol::TlSv12 as i32,

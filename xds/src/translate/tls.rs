@@ -15,7 +15,7 @@
 //! SDS; several are chosen by SNI as in a file config), `require_client_certificate` (Envoy's
 //! default, `false`, is written out: the file's default is `true`), the validation context →
 //! `client_ca` and `verify_subject_alt_names`, `alpn_protocols`, `tls_params` versions,
-//! `ecdh_curves` and `cipher_suites`, `disable_stateful_session_resumption` (→
+//! `ecdh_curves` and `cipher_suites`, `prefer_client_ciphers`, `disable_stateful_session_resumption` (→
 //! `session_cache: false`) and `disable_stateless_session_resumption` (→
 //! `session_tickets: false`). `session_timeout` is
 //! refused by path (resumption is Sluice's own, with a fixed lifetime), not ignored.
@@ -158,6 +158,7 @@ pub(crate) fn downstream_tls(
         ));
     }
     let no_cache = take(&mut d.disable_stateful_session_resumption);
+    let client_order = take(&mut d.prefer_client_ciphers);
     let no_tickets = match take(&mut d.session_ticket_keys_type) {
         None => false,
         Some(SessionTicketKeysType::DisableStatelessSessionResumption(off)) => off,
@@ -233,6 +234,9 @@ pub(crate) fn downstream_tls(
     }
     if no_cache {
         m.insert("session_cache".to_owned(), json!(false));
+    }
+    if client_order {
+        m.insert("prefer_client_ciphers".to_owned(), json!(true));
     }
     Ok(Value::Object(m))
 }

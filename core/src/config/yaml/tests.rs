@@ -991,6 +991,7 @@ listeners:
     tls:
       certificates: [ { cert_chain: a.pem, private_key: a.key } ]
       cipher_suites: [TLS_CHACHA20_POLY1305_SHA256, TLS_AES_256_GCM_SHA384]
+      prefer_client_ciphers: true
     tcp_proxy: { cluster: a }
   - name: d
     address: 127.0.0.1:8446
@@ -1020,6 +1021,8 @@ clusters:
         ]
     );
     assert!(tls(3).is_empty());
+    assert!(c.listeners[2].tls.as_deref().unwrap().prefer_client_ciphers);
+    assert!(!c.listeners[3].tls.as_deref().unwrap().prefer_client_ciphers);
     // A list of TLS 1.2 suites keeps TLS 1.3's defaults, and the other way round.
     let istio = effective_cipher_suites(&tls(0));
     assert_eq!(
@@ -1041,15 +1044,30 @@ clusters:
     assert_eq!(effective_cipher_suites(&[]), DEFAULT_CIPHER_SUITES);
     let cluster = c.clusters[0].tls.as_deref().unwrap();
     assert_eq!(cluster.cipher_suites, [S::Tls13Aes256GcmSha384]);
+    // As BoringSSL reads them: a suite named again keeps its first place, entries joined by
+    // `:`, IANA names of TLS 1.2 suites, skipped suites anywhere.
+    let lenient = crate::config::tls::parse_cipher_suites(
+        &[
+            "ECDHE-RSA-AES128-GCM-SHA256:DES-CBC3-SHA",
+            "TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384",
+            "[ECDHE-RSA-AES128-GCM-SHA256|ECDHE-ECDSA-AES256-GCM-SHA384]",
+        ],
+        true,
+    )
+    .unwrap();
+    assert_eq!(
+        lenient,
+        [S::EcdheRsaAes128GcmSha256, S::EcdheEcdsaAes256GcmSha384]
+    );
     let bad = r#"
 listeners:
   - name: unknown
     address: 127.0.0.1:8443
-    tls: { certificates: [ { cert_chain: a.pem, private_key: a.key } ], cipher_suites: [ECDHE-ECDSA-AES128-GCM-SHA256, DES-CBC3-SHA] }
+    tls: { certificates: [ { cert_chain: a.pem, private_key: a.key } ], cipher_suites: [ECDHE-ECDSA-AES128-GCM-SHA256, SEED-SHA] }
     tcp_proxy: { cluster: a }
-  - name: twice
+  - name: twice-and-unknown-in-a-cipher-string
     address: 127.0.0.1:8444
-    tls: { certificates: [ { cert_chain: a.pem, private_key: a.key } ], cipher_suites: ["[ECDHE-ECDSA-AES128-GCM-SHA256|ECDHE-ECDSA-CHACHA20-POLY1305]", ECDHE-ECDSA-AES128-GCM-SHA256] }
+    tls: { certificates: [ { cert_chain: a.pem, private_key: a.key } ], cipher_suites: ["[ECDHE-ECDSA-AES128-GCM-SHA256|ECDHE-ECDSA-CHACHA20-POLY1305]", "ECDHE-ECDSA-AES128-GCM-SHA256:RC4-MD5"] }
     tcp_proxy: { cluster: a }
   - name: empty
     address: 127.0.0.1:8445
@@ -1076,8 +1094,8 @@ clusters:
         "a TLS 1.3-only listener needs no TLS 1.2 suite: {errs:#?}"
     );
     for want in [
-        "listeners[0].tls.cipher_suites[1]: unknown cipher suite \"DES-CBC3-SHA\" (Sluice negotiates TLS_AES_128_GCM_SHA256,",
-        "listeners[1].tls.cipher_suites[1]: \"ECDHE-ECDSA-AES128-GCM-SHA256\" is listed twice",
+        "listeners[0].tls.cipher_suites[1]: unknown cipher suite \"SEED-SHA\" (Sluice negotiates TLS_AES_128_GCM_SHA256,",
+        "listeners[1].tls.cipher_suites[1]: unknown cipher suite \"RC4-MD5\"",
         "listeners[2].tls.cipher_suites: must name at least one suite",
         "listeners[3].tls.cipher_suites: names no suite Sluice negotiates",
         "listeners[4].tls.cipher_suites: names TLS 1.2 suites, none of which Sluice negotiates",

@@ -194,6 +194,10 @@ pub(super) fn decode_listener_tls(
         Some((v, p)) => cipher_suites(dec, &p, v, min_version == Some(TlsVersion::Tls12)),
         None => Some(Vec::new()),
     };
+    let prefer_client_ciphers = match obj.opt("prefer_client_ciphers") {
+        Some((v, p)) => dec.boolean(&p, v),
+        None => Some(false),
+    };
     let session_tickets = match obj.opt("session_tickets") {
         Some((v, p)) => dec.boolean(&p, v),
         None => Some(true),
@@ -224,6 +228,7 @@ pub(super) fn decode_listener_tls(
         max_version: max_version?,
         ecdh_curves: ecdh_curves?,
         cipher_suites: cipher_suites?,
+        prefer_client_ciphers: prefer_client_ciphers?,
         session_tickets: session_tickets?,
         session_cache: session_cache?,
         handshake_timeout: handshake_timeout?,
