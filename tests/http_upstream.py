@@ -110,6 +110,8 @@ class Handler(BaseHTTPRequestHandler):
             # Field names that came more than once (`headers` keeps the last of each).
             "repeated": sorted({k.lower() for k in self.headers.keys()
                                 if len(self.headers.get_all(k)) > 1}),
+            # Every field line as received, in order: [name (lowercase), value].
+            "fields": [[k.lower(), v] for k, v in self.headers.items()],
             "body_len": len(body),
             "body_sha256": hashlib.sha256(body).hexdigest(),
             "trailers": self.trailers,
