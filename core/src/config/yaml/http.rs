@@ -39,14 +39,15 @@ use serde_json::Value;
 use super::decoder::{Decoder, Obj, child, index};
 use super::{cluster_ref, opt_duration};
 use crate::config::http::{
-    AccessLogConfig, AppendAction, AccessLogFormat, AccessLogKind, ClientCertDetails, ClusterTarget,
-    DEFAULT_HTTP_IDLE_TIMEOUT, DEFAULT_MAX_HEADERS_COUNT, DEFAULT_MAX_REQUEST_HEADERS_KB,
-    DEFAULT_NUM_RETRIES, DEFAULT_REQUEST_HEADERS_TIMEOUT, DEFAULT_ROUTE_TIMEOUT,
-    DEFAULT_STREAM_IDLE_TIMEOUT, EscapedSlashesAction, ForwardAction, ForwardClientCert,
-    ForwardedProto, H2_MAX_WINDOW_SIZE, H2_MIN_WINDOW_SIZE, HeaderMatcher, HeaderRule, HeaderValue,
-    Http2Settings, HttpCodec, HttpConfig, MAX_HEADERS_COUNT_LIMIT, PathMatch, PathNormalization,
-    RetryOn, RetryPolicy, Route, RouteAction, RouteMatch, RouteUpgrade, ServerHeader,
-    ServerHeaderTransformation, StatusCodes, VirtualHost, WeightedCluster, template_placeholders,
+    AccessLogConfig, AccessLogFormat, AccessLogKind, AppendAction, ClientCertDetails,
+    ClusterTarget, DEFAULT_HTTP_IDLE_TIMEOUT, DEFAULT_MAX_HEADERS_COUNT,
+    DEFAULT_MAX_REQUEST_HEADERS_KB, DEFAULT_NUM_RETRIES, DEFAULT_REQUEST_HEADERS_TIMEOUT,
+    DEFAULT_ROUTE_TIMEOUT, DEFAULT_STREAM_IDLE_TIMEOUT, EscapedSlashesAction, ForwardAction,
+    ForwardClientCert, ForwardedProto, H2_MAX_WINDOW_SIZE, H2_MIN_WINDOW_SIZE, HeaderMatcher,
+    HeaderRule, HeaderValue, Http2Settings, HttpCodec, HttpConfig, MAX_HEADERS_COUNT_LIMIT,
+    PathMatch, PathNormalization, RetryOn, RetryPolicy, Route, RouteAction, RouteMatch,
+    RouteUpgrade, ServerHeader, ServerHeaderTransformation, StatusCodes, VirtualHost,
+    WeightedCluster, template_placeholders,
 };
 use crate::pattern::compile_full_match;
 
