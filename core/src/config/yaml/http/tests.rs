@@ -485,18 +485,45 @@ fn header_name_and_value_rules() {
     assert_eq!(errors(&text), want);
 }
 
+/// Drops the `null`s of a dump (unset options), as the admin API's `/config_dump` does.
+fn no_nulls(v: &mut serde_json::Value) {
+    match v {
+        serde_json::Value::Object(m) => {
+            m.retain(|_, v| !v.is_null());
+            m.values_mut().for_each(no_nulls);
+        }
+        serde_json::Value::Array(a) => a.iter_mut().for_each(no_nulls),
+        _ => {}
+    }
+}
+
 /// `append_action`: overwrite by default; appending entries of one name may repeat, in order;
 /// an overwriting entry shares its name with no other; the actions that need the message's own
 /// fields are refused by path.
 #[test]
 fn header_append_action() {
-    let got = http(&with_route(
+    let text = with_route(
         "{ match: { prefix: / }, route: { cluster: a, request_headers_to_add: [ \
          { name: x-a, value: '1', append_action: append_if_exists_or_add }, \
          { name: x-b, value: '2' }, \
          { name: X-A, value: '3', append_action: append_if_exists_or_add }, \
          { name: x-c, value: '4', append_action: overwrite_if_exists_or_add } ] } }",
-    ));
+    );
+    // The dump writes the action of appending entries only, and loads back.
+    let config = Config::from_yaml(&text).unwrap();
+    let mut dump = serde_json::to_value(&config).unwrap();
+    no_nulls(&mut dump);
+    assert_eq!(
+        dump["listeners"][0]["http"]["virtual_hosts"][0]["routes"][0]["route"]["request_headers_to_add"],
+        serde_json::json!([
+            { "name": "x-a", "value": "1", "append_action": "append_if_exists_or_add" },
+            { "name": "x-b", "value": "2" },
+            { "name": "X-A", "value": "3", "append_action": "append_if_exists_or_add" },
+            { "name": "x-c", "value": "4" },
+        ])
+    );
+    assert_eq!(Config::from_tree(&dump).unwrap(), config);
+    let got = http(&text);
     let RouteAction::Forward(f) = &got.virtual_hosts[0].routes[0].action else {
         panic!()
     };
@@ -1001,16 +1028,6 @@ fn listener_http2_connection_keepalive_is_off_by_default_and_validated() {
         "{text}"
     );
     // The whole dump (unset options written as null, left out here) loads back the same.
-    fn no_nulls(v: &mut serde_json::Value) {
-        match v {
-            serde_json::Value::Object(m) => {
-                m.retain(|_, v| !v.is_null());
-                m.values_mut().for_each(no_nulls);
-            }
-            serde_json::Value::Array(a) => a.iter_mut().for_each(no_nulls),
-            _ => {}
-        }
-    }
     let mut tree = serde_json::to_value(&config).unwrap();
     no_nulls(&mut tree);
     assert_eq!(Config::from_tree(&tree).unwrap(), config);
