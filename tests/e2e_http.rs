@@ -161,6 +161,55 @@ fn get_head_keep_alive_rewrites_and_header_edits() {
     assert_eq!(requests.len(), 5, "{requests:?}");
 }
 
+/// A route's appending header edits keep the message's own fields of the name — the upstream
+/// receives its client's `x-a: 1` and the route's `x-a: 2`, the client the upstream's
+/// `x-upstream: up` and the route's `x-upstream: sluice` — while an overwriting one (the
+/// default) replaces them.
+#[test]
+fn appended_route_headers_keep_the_messages_own_fields() {
+    if !require_peers(&["python3"]) {
+        return;
+    }
+    let dir = TempDir::new("http-append");
+    let (up, listen) = (free_port(), free_port());
+    let (_u, _log) = start_upstream(&dir, "up", up);
+    let config = http_config(listen, &[up], "", "").replace(
+        "response_headers_to_add: [ { name: x-served-by, value: sluice } ]",
+        "request_headers_to_add: [ { name: x-a, value: \"2\", append_action: append_if_exists_or_add }, { name: x-b, value: new } ]\n                \
+         response_headers_to_add: [ { name: x-upstream, value: sluice, append_action: append_if_exists_or_add }, { name: x-served-by, value: sluice } ]",
+    );
+    assert!(config.contains("append_if_exists_or_add"), "{config}");
+    let _s = start_sluice(&dir, &config, 2, addr(listen));
+    let answer = raw(
+        listen,
+        b"GET /fields HTTP/1.1\r\nHost: example.com\r\nx-a: 1\r\nx-b: old\r\nConnection: close\r\n\r\n",
+    );
+    assert_eq!(status_of(&answer), 200, "{answer}");
+    let (head, body) = answer.split_once("\r\n\r\n").expect("a head");
+    let head = head.to_ascii_lowercase();
+    let upstream_fields: Vec<&str> = head
+        .lines()
+        .filter(|l| l.starts_with("x-upstream:"))
+        .collect();
+    assert_eq!(
+        upstream_fields,
+        ["x-upstream: up", "x-upstream: sluice"],
+        "{head}"
+    );
+    let fields: serde_json::Value = serde_json::from_str(body).expect("json");
+    let named = |name: &str| -> Vec<String> {
+        fields["fields"]
+            .as_array()
+            .expect("fields")
+            .iter()
+            .filter(|f| f[0] == name)
+            .map(|f| f[1].as_str().unwrap().to_owned())
+            .collect()
+    };
+    assert_eq!(named("x-a"), ["1", "2"], "{body}");
+    assert_eq!(named("x-b"), ["new"], "{body}");
+}
+
 /// An HTTP/1.0 client that asks for keep-alive is told so and can send a second request.
 #[test]
 fn http_1_0_keep_alive_is_honoured() {

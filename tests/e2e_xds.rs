@@ -1255,6 +1255,89 @@ clusters:
     assert!(head.contains("\r\nx-other: kept"), "{out}");
 }
 
+/// A route configuration as istiod writes a VirtualService's `headers.request.add` /
+/// `headers.response.add` (APPEND_IF_EXISTS_OR_ADD) and `headers.request.set`
+/// (OVERWRITE_IF_EXISTS_OR_ADD) is accepted, and the appends keep the message's own fields:
+/// the upstream receives its client's `x-a: 1` and the route's `x-a: 2`, `x-set` only as the
+/// route sets it; the client gets the upstream's `x-upstream: up` and the route's
+/// `x-upstream: mesh`.
+#[test]
+fn istios_virtual_service_header_additions_append_over_xds() {
+    use sluice_xds::envoy_types::pb::envoy::config::core::v3::{
+        HeaderValue, HeaderValueOption, header_value_option::HeaderAppendAction,
+    };
+    if !require_peers(&["python3"]) {
+        return;
+    }
+    let dir = TempDir::new("xds-header-append");
+    let (up, listen, admin, ads_port) = (free_port(), free_port(), free_port(), free_port());
+    let _up = start_py_upstream(&dir, "up", up);
+    let option = |name: &str, value: &str, action: HeaderAppendAction| HeaderValueOption {
+        header: Some(HeaderValue {
+            key: name.into(),
+            value: value.into(),
+            ..Default::default()
+        }),
+        append_action: action as i32,
+        ..Default::default()
+    };
+    let server = AdsServer::start(ads_port, Snapshot::default());
+    let mut snapshot = resources(u32::from(listen), u32::from(up));
+    let mut rc = route_config("routes", "web");
+    let route = &mut rc.virtual_hosts[0].routes[0];
+    route.request_headers_to_add = vec![
+        option("x-a", "2", HeaderAppendAction::AppendIfExistsOrAdd),
+        option("x-set", "s", HeaderAppendAction::OverwriteIfExistsOrAdd),
+    ];
+    route.response_headers_to_add = vec![option(
+        "x-upstream",
+        "mesh",
+        HeaderAppendAction::AppendIfExistsOrAdd,
+    )];
+    snapshot.insert(ResourceType::Route.type_url().to_owned(), vec![any(&rc)]);
+    server.push(snapshot);
+    let config = format!(
+        r#"
+admin: {{ address: 127.0.0.1:{admin} }}
+xds: {{ cluster: xds_server }}
+listeners: []
+clusters:
+  - name: xds_server
+    hosts: [ {{ address: 127.0.0.1:{ads_port} }} ]
+"#
+    );
+    let sluice = start_sluice(&dir, &config, 1, addr(admin));
+    eventually("the config serves", &sluice, || get(addr(listen)).0 == 200);
+    let mut s = TcpStream::connect(addr(listen)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(
+        b"GET /fields HTTP/1.1\r\nhost: x\r\nconnection: close\r\nx-a: 1\r\nx-set: old\r\n\r\n",
+    )
+    .unwrap();
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    let (head, body) = out.split_once("\r\n\r\n").expect("a response");
+    assert!(head.starts_with("HTTP/1.1 200 "), "{out}");
+    let head = head.to_ascii_lowercase();
+    let upstream: Vec<&str> = head
+        .lines()
+        .filter(|l| l.starts_with("x-upstream:"))
+        .collect();
+    assert_eq!(upstream, ["x-upstream: up", "x-upstream: mesh"], "{out}");
+    let v: serde_json::Value = serde_json::from_str(body).expect("json");
+    let named = |name: &str| -> Vec<String> {
+        v["fields"]
+            .as_array()
+            .expect("fields")
+            .iter()
+            .filter(|f| f[0] == name)
+            .map(|f| f[1].as_str().unwrap().to_owned())
+            .collect()
+    };
+    assert_eq!(named("x-a"), ["1", "2"], "{body}");
+    assert_eq!(named("x-set"), ["s"], "{body}");
+}
+
 /// How the TLS management server and Sluice's xDS cluster are set up.
 #[derive(Clone, Copy, PartialEq, Debug)]
 enum XdsTls {

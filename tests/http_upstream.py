@@ -6,6 +6,8 @@ body length and SHA-256, the trailer field lines of a chunked body), and appends
 *complete* request to a log file, so tests can count exactly what reached an upstream. Special paths:
 
   /status/NNN      answer with status NNN
+  /fields          the description also lists every field line as received, in order, as
+                   `fields`: [[name (lowercase), value], ...]
   /sleep/MS        wait MS milliseconds before answering
   /split/MS        wait MS milliseconds, send the head, wait MS again, then send the body
   /close           close the connection without answering (after reading the request)
@@ -102,7 +104,7 @@ class Handler(BaseHTTPRequestHandler):
             status = int(self.path.split("/")[2])
         if self.path.startswith("/sleep/"):
             time.sleep(int(self.path.split("/")[2]) / 1000)
-        payload = json.dumps({
+        description = {
             "upstream": self.server.name,
             "method": self.command,
             "path": self.path,
@@ -113,7 +115,10 @@ class Handler(BaseHTTPRequestHandler):
             "body_len": len(body),
             "body_sha256": hashlib.sha256(body).hexdigest(),
             "trailers": self.trailers,
-        }).encode()
+        }
+        if self.path.startswith("/fields"):
+            description["fields"] = [[k.lower(), v] for k, v in self.headers.items()]
+        payload = json.dumps(description).encode()
         if self.path.startswith("/grpc-status/"):
             code = self.path.split("/")[2]
             self.send_response(200)

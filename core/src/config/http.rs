@@ -446,11 +446,13 @@ pub struct ForwardAction {
     pub prefix_rewrite: Option<String>,
     /// Retries, if any.
     pub retry_policy: Option<RetryPolicy>,
-    /// Headers added to the request sent upstream (replacing ones of the same name).
+    /// Headers added to the request sent upstream, each replacing the fields of its name or
+    /// appended after them (its [`HeaderValue::append_action`]).
     pub request_headers_to_add: Vec<HeaderValue>,
     /// Header names (lowercase) removed from the request sent upstream.
     pub request_headers_to_remove: Vec<String>,
-    /// Headers added to the response sent downstream (replacing ones of the same name).
+    /// Headers added to the response sent downstream, each replacing the fields of its name or
+    /// appended after them (its [`HeaderValue::append_action`]).
     pub response_headers_to_add: Vec<HeaderValue>,
     /// Header names (lowercase) removed from the response sent downstream.
     pub response_headers_to_remove: Vec<String>,
@@ -459,13 +461,52 @@ pub struct ForwardAction {
     pub upgrade_configs: Vec<RouteUpgrade>,
 }
 
-/// A header to add.
+/// A header to add. On one list, a name with an `overwrite_if_exists_or_add` entry has no
+/// other entry (which one would win is what the list's order would have to say; Envoy applies
+/// them in order, so only the last overwrite and the appends after it would count — write that
+/// instead); appending entries of one name each add a field, in order.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct HeaderValue {
     /// Header name as written (case kept on the wire).
     pub name: String,
     /// Value.
     pub value: String,
+    /// Whether it replaces the message's fields of its name or is appended after them;
+    /// not written in a dump when it is the default (overwrite).
+    #[serde(skip_serializing_if = "AppendAction::is_overwrite")]
+    pub append_action: AppendAction,
+}
+
+/// What an added header does to the message's own fields of its name (Envoy's
+/// `HeaderValueOption.append_action`, of which the two that do not depend on the message's
+/// fields; `add_if_absent` and `overwrite_if_exists` are refused).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AppendAction {
+    /// `overwrite_if_exists_or_add` (the file's default): the message's fields of the name
+    /// are removed, the added one goes out alone.
+    #[default]
+    OverwriteIfExistsOrAdd,
+    /// `append_if_exists_or_add` (Envoy's default): the field is added after the message's
+    /// own fields of the name, which stay.
+    AppendIfExistsOrAdd,
+}
+
+impl AppendAction {
+    /// The names the config accepts.
+    pub const CHOICES: [(&'static str, AppendAction); 2] = [
+        (
+            "overwrite_if_exists_or_add",
+            AppendAction::OverwriteIfExistsOrAdd,
+        ),
+        ("append_if_exists_or_add", AppendAction::AppendIfExistsOrAdd),
+    ];
+
+    /// The default, which replaces.
+    #[must_use]
+    pub fn is_overwrite(&self) -> bool {
+        *self == AppendAction::OverwriteIfExistsOrAdd
+    }
 }
 
 /// One cluster, or several with weights.

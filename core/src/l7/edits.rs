@@ -7,8 +7,10 @@
 //! `SANITIZE`), `x-request-id` (generated when the request has none, as a UUID v4), `host` when
 //! the request had none, `x-forwarded-proto: https` (replacing the client's) when the request
 //! came over TLS the proxy terminated, then the route's `request_headers_to_remove` / `_to_add` — and the
-//! response edits (the route's `response_headers_to_remove` / `_to_add`). An added field
-//! replaces fields of the same name: its name is removed too.
+//! response edits (the route's `response_headers_to_remove` / `_to_add`). A route's field that
+//! overwrites (`append_action: overwrite_if_exists_or_add`, the file's default) replaces the
+//! fields of its name — the message's and those added before it; one that appends
+//! (`append_if_exists_or_add`, Envoy's default) goes out after them, which stay.
 //!
 //! What it does not own: hop-by-hop fields (`connection` and the fields it names,
 //! `keep-alive`, `te`, `trailer`, `upgrade`, `proxy-connection`) are connection-level, so each
@@ -21,9 +23,9 @@
 //!   rarely have more); past that a spill `Vec` takes them, in order.
 //! - Additions keep their order: the first added, the first written.
 //! - A field [`HeaderEdits::set`] goes out once: it replaces the message's fields of its name
-//!   and the additions made before it.
+//!   and the additions made before it. A field [`HeaderEdits::append`]ed removes nothing.
 
-use crate::config::http::HeaderValue;
+use crate::config::http::{AppendAction, HeaderValue};
 
 /// Edits of each kind kept in fixed slots before spilling to the heap.
 pub const INLINE_EDITS: usize = 24;
@@ -141,13 +143,17 @@ impl<'a> HeaderEdits<'a> {
         self.add.as_slice()
     }
 
-    /// The route's edits: its removals, then its additions (each replacing its name).
+    /// The route's edits: its removals, then its additions, each [`set`](Self::set) or
+    /// [`append`](Self::append)ed as its `append_action` says.
     pub fn route(&mut self, remove: &'a [String], add: &'a [HeaderValue]) {
         for name in remove {
             self.remove(name);
         }
         for h in add {
-            self.set(&h.name, h.value.as_bytes());
+            match h.append_action {
+                AppendAction::OverwriteIfExistsOrAdd => self.set(&h.name, h.value.as_bytes()),
+                AppendAction::AppendIfExistsOrAdd => self.append(&h.name, h.value.as_bytes()),
+            }
         }
     }
 }
@@ -248,7 +254,55 @@ mod tests {
         HeaderValue {
             name: name.into(),
             value: value.into(),
+            append_action: AppendAction::OverwriteIfExistsOrAdd,
         }
+    }
+
+    fn appended(name: &str, value: &str) -> HeaderValue {
+        HeaderValue {
+            append_action: AppendAction::AppendIfExistsOrAdd,
+            ..hv(name, value)
+        }
+    }
+
+    /// An appending route field leaves the message's own fields of its name (no removal) and
+    /// the ones added before it; several of one name each go out, in order; an overwriting one
+    /// removes the name and what was added under it.
+    #[test]
+    fn route_appends_keep_fields_and_overwrites_replace_them() {
+        let add = vec![
+            appended("x-a", "2"),
+            hv("x-b", "new"),
+            appended("X-A", "3"),
+            appended("x-forwarded-for", "10.9.9.9"),
+        ];
+        let mut edits = HeaderEdits::new();
+        edits.set("x-forwarded-for", b"10.0.0.1");
+        edits.route(&[], &add);
+        assert_eq!(edits.removals(), ["x-forwarded-for", "x-b"]);
+        assert_eq!(
+            edits.additions(),
+            [
+                ("x-forwarded-for", &b"10.0.0.1"[..]),
+                ("x-a", b"2"),
+                ("x-b", b"new"),
+                ("X-A", b"3"),
+                ("x-forwarded-for", b"10.9.9.9"),
+            ]
+        );
+        // Appends past the inline slots spill in order, with no removal.
+        let many: Vec<HeaderValue> = (0..INLINE_EDITS + 3)
+            .map(|i| appended("x-many", &i.to_string()))
+            .collect();
+        let mut edits = HeaderEdits::new();
+        edits.route(&[], &many);
+        assert!(edits.removals().is_empty());
+        let values: Vec<&[u8]> = edits.additions().iter().map(|(_, v)| *v).collect();
+        let want: Vec<String> = (0..INLINE_EDITS + 3).map(|i| i.to_string()).collect();
+        assert_eq!(
+            values,
+            want.iter().map(String::as_bytes).collect::<Vec<_>>()
+        );
     }
 
     /// A field set replaces what earlier edits added under its name (any case), so it goes out

@@ -9,9 +9,13 @@
 //! when it asks for no limit, `prefix_rewrite`, `upgrade_configs` — each type's `enabled`
 //! over the HCM's `upgrade_types` for that route; `connect_config` and `CONNECT` refused —,
 //! `direct_response` with an inline body), a
-//! virtual host's `include_request_attempt_count`, header edits that overwrite
-//! (`append_action: OVERWRITE_IF_EXISTS_OR_ADD` or `append: false`) at route, virtual host and
-//! route configuration level, folded into each route in Envoy's order (the outer level wins).
+//! virtual host's `include_request_attempt_count`, header edits at route, virtual host and
+//! route configuration level — appending (`append_action: APPEND_IF_EXISTS_OR_ADD`, the
+//! default, with `append` unset or true) or overwriting (`OVERWRITE_IF_EXISTS_OR_ADD`, or
+//! `append: false`), an empty value dropped unless `keep_empty_value` (as Envoy does) — folded
+//! into each route by applying the levels in Envoy's order (route, virtual host, route
+//! configuration, each its removals then its additions; reversed by
+//! `most_specific_header_mutations_wins`), see [`apply`].
 
 use envoy_types::pb::envoy::config::core::v3::{
     HeaderValueOption, data_source::Specifier, header_value_option::HeaderAppendAction,
@@ -29,12 +33,25 @@ use sluice_core::config::http::{RetryOn, StatusCodes};
 
 use super::{At, Notes, ResourceType, TranslateError, duration, object, reject_rest, take};
 
-/// Header edits of one level (route, virtual host or route configuration).
+/// One header to add: `append` keeps the message's fields of its name (Envoy's
+/// `APPEND_IF_EXISTS_OR_ADD`), else it replaces them (`OVERWRITE_IF_EXISTS_OR_ADD`).
+#[derive(Clone, Debug, PartialEq)]
+struct Add {
+    name: String,
+    value: String,
+    append: bool,
+}
+
+/// Header edits: as written at one level (route, virtual host or route configuration) — Envoy
+/// applies a level's removals, then its additions one by one —, or the result of applying
+/// levels in turn ([`Edits::apply`]), in the form the config model takes: removals of the
+/// message's fields, then additions where a name added by an overwriting entry has no other
+/// entry.
 #[derive(Clone, Default)]
 struct Edits {
-    request_add: Vec<(String, String)>,
+    request_add: Vec<Add>,
     request_remove: Vec<String>,
-    response_add: Vec<(String, String)>,
+    response_add: Vec<Add>,
     response_remove: Vec<String>,
 }
 
@@ -46,53 +63,86 @@ impl Edits {
             && self.response_remove.is_empty()
     }
 
-    /// `inner` applied first, then `self` (an outer level wins a name both set).
-    fn after(&self, inner: &Edits) -> Edits {
-        let add = |a: &[(String, String)], b: &[(String, String)]| {
-            let mut out: Vec<(String, String)> = Vec::new();
-            for (n, v) in a.iter().chain(b) {
-                out.retain(|(m, _)| !m.eq_ignore_ascii_case(n));
-                out.push((n.clone(), v.clone()));
-            }
-            out
-        };
-        let remove = |a: &[String], b: &[String]| {
-            let mut out: Vec<String> = Vec::new();
-            for n in a.iter().chain(b) {
-                let n = n.to_ascii_lowercase();
-                if !out.contains(&n) {
-                    out.push(n);
-                }
-            }
-            out
-        };
-        Edits {
-            request_add: add(&inner.request_add, &self.request_add),
-            request_remove: remove(&inner.request_remove, &self.request_remove),
-            response_add: add(&inner.response_add, &self.response_add),
-            response_remove: remove(&inner.response_remove, &self.response_remove),
+    /// The edits of `levels` applied in turn, each as Envoy applies one (its removals, then its
+    /// additions in order).
+    fn fold<'e>(levels: impl IntoIterator<Item = &'e Edits>) -> Edits {
+        let mut out = Edits::default();
+        for level in levels {
+            apply(
+                &mut out.request_add,
+                &mut out.request_remove,
+                &level.request_add,
+                &level.request_remove,
+            );
+            apply(
+                &mut out.response_add,
+                &mut out.response_remove,
+                &level.response_add,
+                &level.response_remove,
+            );
         }
+        out
     }
 }
 
-fn headers_to_add(
-    list: Vec<HeaderValueOption>,
-    at: &At<'_>,
-) -> Result<Vec<(String, String)>, TranslateError> {
+/// Applies one level's edits (`remove`, then each of `add`) after those gathered so far
+/// (`removed` from the message, then `added`), keeping the model's form:
+/// - a removal drops what was added under its name, and removes the message's fields;
+/// - an overwriting addition drops what was added under its name (its own entry removes the
+///   message's fields);
+/// - an appending addition after an overwriting one of its name turns that one into a removal
+///   of the message's fields and an append, so the overwriting entry stays alone with its name.
+fn apply(added: &mut Vec<Add>, removed: &mut Vec<String>, add: &[Add], remove: &[String]) {
+    fn remove_name(removed: &mut Vec<String>, name: &str) {
+        let name = name.to_ascii_lowercase();
+        if !removed.contains(&name) {
+            removed.push(name);
+        }
+    }
+    for n in remove {
+        added.retain(|a| !a.name.eq_ignore_ascii_case(n));
+        remove_name(removed, n);
+    }
+    for a in add {
+        if a.append {
+            for b in added.iter_mut() {
+                if !b.append && b.name.eq_ignore_ascii_case(&a.name) {
+                    b.append = true;
+                    remove_name(removed, &b.name);
+                }
+            }
+        } else {
+            added.retain(|b| !b.name.eq_ignore_ascii_case(&a.name));
+        }
+        added.push(a.clone());
+    }
+}
+
+fn headers_to_add(list: Vec<HeaderValueOption>, at: &At<'_>) -> Result<Vec<Add>, TranslateError> {
     let mut out = Vec::new();
     for (i, mut h) in list.into_iter().enumerate() {
         let h_at = at.index(i);
         #[allow(deprecated)]
         let append = take(&mut h.append).map(|b| b.value);
         let action = take(&mut h.append_action);
-        let overwrite = action == HeaderAppendAction::OverwriteIfExistsOrAdd as i32
-            || (action == HeaderAppendAction::AppendIfExistsOrAdd as i32 && append == Some(false));
-        if !overwrite {
-            return Err(h_at.error(
-                "only overwriting edits are supported (append_action: \
-                 OVERWRITE_IF_EXISTS_OR_ADD, or append: false)",
+        // Envoy: `append` (deprecated) decides when set, and then `append_action` must be
+        // left at its default.
+        if append.is_some() && action != HeaderAppendAction::AppendIfExistsOrAdd as i32 {
+            return Err(h_at.field("append").error(
+                "set together with append_action (Envoy refuses both; keep append_action)",
             ));
         }
+        let append = if action == HeaderAppendAction::AppendIfExistsOrAdd as i32 {
+            append != Some(false)
+        } else if action == HeaderAppendAction::OverwriteIfExistsOrAdd as i32 {
+            false
+        } else {
+            return Err(h_at.field("append_action").error(
+                "only APPEND_IF_EXISTS_OR_ADD and OVERWRITE_IF_EXISTS_OR_ADD are supported \
+                 (ADD_IF_ABSENT and OVERWRITE_IF_EXISTS depend on the message's own fields)",
+            ));
+        };
+        let keep_empty = take(&mut h.keep_empty_value);
         let Some(mut header) = take(&mut h.header) else {
             return Err(h_at.field("header").error("missing"));
         };
@@ -106,7 +156,16 @@ fn headers_to_add(
                 String::from_utf8(raw).map_err(|_| hv_at.field("raw_value").error("not UTF-8"))?;
         }
         reject_rest(&header, &hv_at)?;
-        out.push((key, value));
+        // Envoy adds nothing for an empty value (neither appends nor overwrites) unless
+        // `keep_empty_value` is set.
+        if value.is_empty() && !keep_empty {
+            continue;
+        }
+        out.push(Add {
+            name: key,
+            value,
+            append,
+        });
     }
     Ok(out)
 }
@@ -143,6 +202,9 @@ pub fn translate_route_configuration(
     take(&mut rest.validate_clusters);
     // The Host header's port is never matched.
     take(&mut rest.ignore_port_in_host_matching);
+    // Envoy applies the route's edits, then the virtual host's, then the route
+    // configuration's; this flag reverses that.
+    let most_specific_wins = take(&mut rest.most_specific_header_mutations_wins);
     let config_edits = edits!(rest, at);
     let vhosts = take(&mut rest.virtual_hosts);
     reject_rest(&rest, &at)?;
@@ -154,6 +216,7 @@ pub fn translate_route_configuration(
                 vh,
                 &at.field("virtual_hosts").index(i),
                 &config_edits,
+                most_specific_wins,
                 notes,
             )
         })
@@ -164,6 +227,7 @@ fn virtual_host(
     mut vh: VirtualHost,
     at: &At<'_>,
     config_edits: &Edits,
+    most_specific_wins: bool,
     notes: &mut Notes,
 ) -> Result<Value, TranslateError> {
     for (set, field) in [
@@ -179,7 +243,12 @@ fn virtual_host(
     }
     let name = take(&mut vh.name);
     let domains = domains_without_ports(take(&mut vh.domains));
-    let edits = config_edits.after(&edits!(vh, at));
+    let vh_edits = edits!(vh, at);
+    let outer = Outer {
+        config: config_edits,
+        vhost: &vh_edits,
+        most_specific_wins,
+    };
     let retry = take(&mut vh.retry_policy)
         .map(|r| retry_policy(r, &at.field("retry_policy")))
         .transpose()?
@@ -194,7 +263,7 @@ fn virtual_host(
             route(
                 r,
                 &at.field("routes").index(i),
-                &edits,
+                &outer,
                 retry.as_ref(),
                 notes,
             )
@@ -234,10 +303,19 @@ fn domains_without_ports(domains: Vec<String>) -> Vec<String> {
     out
 }
 
+/// The header edits of the levels around a route.
+struct Outer<'e> {
+    config: &'e Edits,
+    vhost: &'e Edits,
+    /// `most_specific_header_mutations_wins`: the route configuration's edits first, the
+    /// route's last (by default the other way round).
+    most_specific_wins: bool,
+}
+
 fn route(
     mut r: Route,
     at: &At<'_>,
-    outer: &Edits,
+    outer: &Outer<'_>,
     vhost_retry: Option<&Value>,
     notes: &mut Notes,
 ) -> Result<Value, TranslateError> {
@@ -252,7 +330,12 @@ fn route(
             at.note(notes, field);
         }
     }
-    let edits = outer.after(&edits!(r, at));
+    let route_edits = edits!(r, at);
+    let edits = if outer.most_specific_wins {
+        Edits::fold([outer.config, outer.vhost, &route_edits])
+    } else {
+        Edits::fold([&route_edits, outer.vhost, outer.config])
+    };
     let matcher = match take(&mut r.r#match) {
         Some(m) => route_match(m, &at.field("match"))?,
         None => return Err(at.field("match").error("missing")),
@@ -451,11 +534,19 @@ fn route_action(
     }
     let upgrades = route_upgrades(take(&mut a.upgrade_configs), at)?;
     reject_rest(&a, at)?;
-    let list = |l: &[(String, String)]| -> Option<Value> {
+    let list = |l: &[Add]| -> Option<Value> {
         (!l.is_empty()).then(|| {
             Value::Array(
                 l.iter()
-                    .map(|(n, v)| json!({ "name": n, "value": v }))
+                    .map(|a| {
+                        let mut v = json!({ "name": a.name, "value": a.value });
+                        if a.append
+                            && let Value::Object(m) = &mut v
+                        {
+                            m.insert("append_action".into(), json!("append_if_exists_or_add"));
+                        }
+                        v
+                    })
                     .collect(),
             )
         })

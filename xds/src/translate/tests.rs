@@ -11,7 +11,9 @@ use envoy_types::pb::envoy::extensions::filters::network::http_connection_manage
 };
 use envoy_types::pb::google::protobuf::{Duration as PbDuration, UInt32Value};
 use serde_json::json;
-use sluice_core::config::http::{ClusterTarget, HeaderRule, PathMatch, RouteAction as Action2};
+use sluice_core::config::http::{
+    AppendAction, ClusterTarget, HeaderRule, PathMatch, RouteAction as Action2,
+};
 use sluice_core::config::{ClusterKind, LbPolicy, ListenerFilter};
 
 use super::*;
@@ -612,17 +614,21 @@ fn a_routes_upgrade_configs_translate_and_connect_is_refused_by_path() {
     );
 }
 
-#[test]
-fn virtual_host_edits_win_over_route_edits_and_appending_is_refused() {
+fn add(name: &str, value: &str) -> HeaderValueOption {
+    HeaderValueOption {
+        header: Some(HeaderValue {
+            key: name.into(),
+            value: value.into(),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// The forward action of the first route of the translated `routes` configuration.
+fn first_forward(rc: RouteConfiguration) -> sluice_core::config::http::ForwardAction {
     let mut r = resources();
-    let mut rc = route_config("routes", "web");
-    rc.virtual_hosts[0]
-        .request_headers_to_add
-        .push(overwrite("x-level", "vhost"));
-    rc.virtual_hosts[0].routes[0]
-        .request_headers_to_add
-        .push(overwrite("x-level", "route"));
-    r.routes.insert("routes".into(), rc.clone());
+    r.routes.insert("routes".into(), rc);
     let c = assemble(&bootstrap(), &r).expect("valid").config;
     let ListenerFilter::Http(h) = &c.listeners[0].filter else {
         panic!("http")
@@ -630,19 +636,177 @@ fn virtual_host_edits_win_over_route_edits_and_appending_is_refused() {
     let Action2::Forward(f) = &h.virtual_hosts[0].routes[0].action else {
         panic!("forward")
     };
-    assert_eq!(f.request_headers_to_add.len(), 1);
-    assert_eq!(f.request_headers_to_add[0].value, "vhost");
+    f.clone()
+}
 
-    rc.virtual_hosts[0].request_headers_to_add[0].append_action =
-        HeaderAppendAction::AppendIfExistsOrAdd as i32;
+type Added<'a> = Vec<(&'a str, &'a str, AppendAction)>;
+
+fn added(list: &[sluice_core::config::http::HeaderValue]) -> Added<'_> {
+    list.iter()
+        .map(|h| (h.name.as_str(), h.value.as_str(), h.append_action))
+        .collect()
+}
+
+const APPEND: AppendAction = AppendAction::AppendIfExistsOrAdd;
+const OVERWRITE: AppendAction = AppendAction::OverwriteIfExistsOrAdd;
+
+/// What istiod writes for a VirtualService's `headers.request.add` (APPEND_IF_EXISTS_OR_ADD,
+/// which is also a `HeaderValueOption` left at its defaults) appends; its `set`
+/// (OVERWRITE_IF_EXISTS_OR_ADD) and the deprecated `append: false` overwrite; `append: true`
+/// appends.
+#[test]
+fn istiod_add_appends_and_set_overwrites() {
+    use envoy_types::pb::google::protobuf::BoolValue;
+    let mut rc = route_config("routes", "web");
+    let route = &mut rc.virtual_hosts[0].routes[0];
+    let mut explicit = add("x-istio-add", "2");
+    explicit.append_action = HeaderAppendAction::AppendIfExistsOrAdd as i32;
+    #[allow(deprecated)]
+    let old_false = HeaderValueOption {
+        append: Some(BoolValue { value: false }),
+        ..add("x-old-false", "3")
+    };
+    #[allow(deprecated)]
+    let old_true = HeaderValueOption {
+        append: Some(BoolValue { value: true }),
+        ..add("x-old-true", "4")
+    };
+    route.request_headers_to_add = vec![
+        add("x-a", "2"),
+        explicit,
+        overwrite("x-set", "1"),
+        old_false,
+        old_true,
+    ];
+    route.response_headers_to_add = vec![add("x-r", "2"), overwrite("x-rs", "1")];
+    let f = first_forward(rc);
+    assert_eq!(
+        added(&f.request_headers_to_add),
+        [
+            ("x-a", "2", APPEND),
+            ("x-istio-add", "2", APPEND),
+            ("x-set", "1", OVERWRITE),
+            ("x-old-false", "3", OVERWRITE),
+            ("x-old-true", "4", APPEND),
+        ]
+    );
+    assert_eq!(
+        added(&f.response_headers_to_add),
+        [("x-r", "2", APPEND), ("x-rs", "1", OVERWRITE)]
+    );
+    assert!(f.request_headers_to_remove.is_empty());
+}
+
+/// Levels apply as Envoy applies them — the route's edits, then the virtual host's, then the
+/// route configuration's, each its removals then its additions —: appends from every level
+/// all go out; an outer overwrite replaces inner additions of its name; an outer append after
+/// an inner overwrite keeps both fields (the overwrite's removal stays); an outer removal
+/// drops an inner addition. `most_specific_header_mutations_wins` reverses the order.
+#[test]
+fn levels_merge_in_envoys_order_with_appends() {
+    let mut rc = route_config("routes", "web");
+    rc.request_headers_to_add = vec![add("x-a", "config"), overwrite("x-e", "config")];
+    let vh = &mut rc.virtual_hosts[0];
+    vh.request_headers_to_add = vec![
+        add("x-a", "vhost"),
+        add("x-b", "vhost"),
+        overwrite("x-c", "vhost"),
+    ];
+    vh.request_headers_to_remove = vec!["X-D".into()];
+    vh.routes[0].request_headers_to_add = vec![
+        add("x-a", "route"),
+        overwrite("x-b", "route"),
+        add("x-c", "route"),
+        add("x-d", "route"),
+        add("x-e", "route"),
+    ];
+    let f = first_forward(rc.clone());
+    assert_eq!(
+        added(&f.request_headers_to_add),
+        [
+            ("x-a", "route", APPEND),
+            ("x-b", "route", APPEND),
+            ("x-a", "vhost", APPEND),
+            ("x-b", "vhost", APPEND),
+            ("x-c", "vhost", OVERWRITE),
+            ("x-a", "config", APPEND),
+            ("x-e", "config", OVERWRITE),
+        ]
+    );
+    assert_eq!(f.request_headers_to_remove, ["x-d", "x-b"]);
+
+    // Most specific last: the route configuration's overwrite of x-e, then the route's append.
+    rc.most_specific_header_mutations_wins = true;
+    let f = first_forward(rc);
+    let e: Added<'_> = added(&f.request_headers_to_add)
+        .into_iter()
+        .filter(|h| h.0 == "x-e")
+        .collect();
+    assert_eq!(e, [("x-e", "config", APPEND), ("x-e", "route", APPEND)]);
+    assert!(f.request_headers_to_remove.contains(&"x-e".to_owned()));
+}
+
+/// Envoy adds nothing for an empty value unless `keep_empty_value` (neither appends nor
+/// overwrites, so the message's field stays).
+#[test]
+fn an_empty_value_is_dropped_unless_keep_empty_value() {
+    let mut rc = route_config("routes", "web");
+    rc.virtual_hosts[0].routes[0].request_headers_to_add = vec![
+        overwrite("x-empty", ""),
+        HeaderValueOption {
+            keep_empty_value: true,
+            ..overwrite("x-kept", "")
+        },
+        add("x-a", "1"),
+    ];
+    let f = first_forward(rc);
+    assert_eq!(
+        added(&f.request_headers_to_add),
+        [("x-kept", "", OVERWRITE), ("x-a", "1", APPEND)]
+    );
+}
+
+/// The actions that need the message's own fields, and `append` set with a non-default
+/// `append_action` (Envoy refuses it), are NACKed by path.
+#[test]
+fn add_if_absent_and_append_with_append_action_are_refused_by_path() {
+    use envoy_types::pb::google::protobuf::BoolValue;
+    let at = "route_configuration \"routes\" virtual_hosts[0]";
+    for (action, name) in [
+        (HeaderAppendAction::AddIfAbsent, "ADD_IF_ABSENT"),
+        (HeaderAppendAction::OverwriteIfExists, "OVERWRITE_IF_EXISTS"),
+    ] {
+        let mut r = resources();
+        let mut rc = route_config("routes", "web");
+        let mut h = add("x-a", "1");
+        h.append_action = action as i32;
+        rc.virtual_hosts[0].response_headers_to_add = vec![add("x-ok", "1"), h];
+        r.routes.insert("routes".into(), rc);
+        assert_eq!(
+            errors(&r),
+            [format!(
+                "{at}.response_headers_to_add[1].append_action: only APPEND_IF_EXISTS_OR_ADD and \
+                 OVERWRITE_IF_EXISTS_OR_ADD are supported (ADD_IF_ABSENT and OVERWRITE_IF_EXISTS \
+                 depend on the message's own fields)"
+            )],
+            "{name}"
+        );
+    }
+    let mut r = resources();
+    let mut rc = route_config("routes", "web");
+    #[allow(deprecated)]
+    let both = HeaderValueOption {
+        append: Some(BoolValue { value: true }),
+        ..overwrite("x-a", "1")
+    };
+    rc.virtual_hosts[0].routes[0].request_headers_to_add = vec![both];
     r.routes.insert("routes".into(), rc);
-    let e = errors(&r);
-    assert!(
-        e[0].starts_with(
-            "route_configuration \"routes\" virtual_hosts[0].request_headers_to_add[0]: only \
-             overwriting edits"
-        ),
-        "{e:?}"
+    assert_eq!(
+        errors(&r),
+        [format!(
+            "{at}.routes[0].request_headers_to_add[0].append: set together with append_action \
+             (Envoy refuses both; keep append_action)"
+        )]
     );
 }
 

@@ -26,7 +26,9 @@
 //! - a retry policy has at least one condition, `num_retries` 0..=10, `per_try_timeout` > 0;
 //! - header names to add or remove are tokens (stored lowercase when removed), never a
 //!   pseudo-header nor one the proxy manages (`host`, `connection`, `transfer-encoding`,
-//!   `content-length`); values have no CR, LF or NUL; no name is added twice by one list;
+//!   `content-length`); values have no CR, LF or NUL; `append_action` is
+//!   `overwrite_if_exists_or_add` (the default) or `append_if_exists_or_add`; a name added by an
+//!   overwriting entry has no other entry on its list (appending entries of one name may repeat);
 //! - a direct response has a status 200..=599 and no body when the status is 204 or 304.
 
 use std::ops::RangeInclusive;
@@ -37,14 +39,15 @@ use serde_json::Value;
 use super::decoder::{Decoder, Obj, child, index};
 use super::{cluster_ref, opt_duration};
 use crate::config::http::{
-    AccessLogConfig, AccessLogFormat, AccessLogKind, ClientCertDetails, ClusterTarget,
-    DEFAULT_HTTP_IDLE_TIMEOUT, DEFAULT_MAX_HEADERS_COUNT, DEFAULT_MAX_REQUEST_HEADERS_KB,
-    DEFAULT_NUM_RETRIES, DEFAULT_REQUEST_HEADERS_TIMEOUT, DEFAULT_ROUTE_TIMEOUT,
-    DEFAULT_STREAM_IDLE_TIMEOUT, EscapedSlashesAction, ForwardAction, ForwardClientCert,
-    ForwardedProto, H2_MAX_WINDOW_SIZE, H2_MIN_WINDOW_SIZE, HeaderMatcher, HeaderRule, HeaderValue,
-    Http2Settings, HttpCodec, HttpConfig, MAX_HEADERS_COUNT_LIMIT, PathMatch, PathNormalization,
-    RetryOn, RetryPolicy, Route, RouteAction, RouteMatch, RouteUpgrade, ServerHeader,
-    ServerHeaderTransformation, StatusCodes, VirtualHost, WeightedCluster, template_placeholders,
+    AccessLogConfig, AccessLogFormat, AccessLogKind, AppendAction, ClientCertDetails,
+    ClusterTarget, DEFAULT_HTTP_IDLE_TIMEOUT, DEFAULT_MAX_HEADERS_COUNT,
+    DEFAULT_MAX_REQUEST_HEADERS_KB, DEFAULT_NUM_RETRIES, DEFAULT_REQUEST_HEADERS_TIMEOUT,
+    DEFAULT_ROUTE_TIMEOUT, DEFAULT_STREAM_IDLE_TIMEOUT, EscapedSlashesAction, ForwardAction,
+    ForwardClientCert, ForwardedProto, H2_MAX_WINDOW_SIZE, H2_MIN_WINDOW_SIZE, HeaderMatcher,
+    HeaderRule, HeaderValue, Http2Settings, HttpCodec, HttpConfig, MAX_HEADERS_COUNT_LIMIT,
+    PathMatch, PathNormalization, RetryOn, RetryPolicy, Route, RouteAction, RouteMatch,
+    RouteUpgrade, ServerHeader, ServerHeaderTransformation, StatusCodes, VirtualHost,
+    WeightedCluster, template_placeholders,
 };
 use crate::pattern::compile_full_match;
 
@@ -1161,22 +1164,36 @@ fn headers_to_add(
         let value = obj
             .req(dec, "value")
             .and_then(|(v, p)| header_value(dec, &p, v));
+        let append_action = match obj.opt("append_action") {
+            Some((v, p)) => append_action(dec, &p, v),
+            None => Some(AppendAction::default()),
+        };
         obj.finish(dec);
         Some(HeaderValue {
             name: name?,
             value: value?,
+            append_action: append_action?,
         })
     })?;
+    // An overwriting entry is alone with its name: with another one, the list's order would
+    // decide which fields survive (Envoy applies them one by one), which nobody reading the
+    // file should have to work out.
     let mut ok = true;
     for (i, h) in list.iter().enumerate() {
-        if let Some(first) = list[..i]
+        let Some(first) = list[..i]
             .iter()
             .position(|g| g.name.eq_ignore_ascii_case(&h.name))
-        {
+        else {
+            continue;
+        };
+        if h.append_action.is_overwrite() || list[first].append_action.is_overwrite() {
             dec.error(
                 &child(&index(&p, i), "name"),
                 format!(
-                    "duplicate header {:?} (already added by {}; one value per header)",
+                    "duplicate header {:?} (already added by {}; an entry that overwrites \
+                     (append_action: overwrite_if_exists_or_add, the default) must be the only \
+                     one of its name — give every entry of the name \
+                     append_action: append_if_exists_or_add to add several fields)",
                     h.name,
                     index(&p, first)
                 ),
@@ -1185,6 +1202,23 @@ fn headers_to_add(
         }
     }
     ok.then_some(list)
+}
+
+/// `append_action`: the two actions that do not depend on the message's own fields.
+fn append_action(dec: &mut Decoder, path: &str, v: &Value) -> Option<AppendAction> {
+    if let Value::String(s) = v
+        && matches!(s.as_str(), "add_if_absent" | "overwrite_if_exists")
+    {
+        dec.error(
+            path,
+            format!(
+                "{s:?} is unsupported (it depends on the message's own fields; supported: \
+                 overwrite_if_exists_or_add, append_if_exists_or_add)"
+            ),
+        );
+        return None;
+    }
+    dec.one_of(path, v, &AppendAction::CHOICES)
 }
 
 fn headers_to_remove(

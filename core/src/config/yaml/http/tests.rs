@@ -144,6 +144,7 @@ fn decodes_the_full_example() {
     let header = |name: &str, value: &str| HeaderValue {
         name: name.into(),
         value: value.into(),
+        append_action: AppendAction::OverwriteIfExistsOrAdd,
     };
     let want = HttpConfig {
         max_request_headers_kb: 60,
@@ -469,7 +470,7 @@ fn header_name_and_value_rules() {
             "{p}.route.request_headers_to_remove[2]: \"\" is not a valid header name (letters, digits and !#$%&'*+-.^_`|~)"
         ),
         format!(
-            "{p}.route.response_headers_to_add[1].name: duplicate header \"X-OK\" (already added by {p}.route.response_headers_to_add[0]; one value per header)"
+            "{p}.route.response_headers_to_add[1].name: duplicate header \"X-OK\" (already added by {p}.route.response_headers_to_add[0]; an entry that overwrites (append_action: overwrite_if_exists_or_add, the default) must be the only one of its name — give every entry of the name append_action: append_if_exists_or_add to add several fields)"
         ),
         format!(
             "{p}.route.response_headers_to_remove[0]: \"transfer-encoding\" cannot be added or removed (the proxy manages host, connection, transfer-encoding and content-length)"
@@ -482,6 +483,98 @@ fn header_name_and_value_rules() {
         ),
     ];
     assert_eq!(errors(&text), want);
+}
+
+/// Drops the `null`s of a dump (unset options), as the admin API's `/config_dump` does.
+fn no_nulls(v: &mut serde_json::Value) {
+    match v {
+        serde_json::Value::Object(m) => {
+            m.retain(|_, v| !v.is_null());
+            m.values_mut().for_each(no_nulls);
+        }
+        serde_json::Value::Array(a) => a.iter_mut().for_each(no_nulls),
+        _ => {}
+    }
+}
+
+/// `append_action`: overwrite by default; appending entries of one name may repeat, in order;
+/// an overwriting entry shares its name with no other; the actions that need the message's own
+/// fields are refused by path.
+#[test]
+fn header_append_action() {
+    let text = with_route(
+        "{ match: { prefix: / }, route: { cluster: a, request_headers_to_add: [ \
+         { name: x-a, value: '1', append_action: append_if_exists_or_add }, \
+         { name: x-b, value: '2' }, \
+         { name: X-A, value: '3', append_action: append_if_exists_or_add }, \
+         { name: x-c, value: '4', append_action: overwrite_if_exists_or_add } ] } }",
+    );
+    // The dump writes the action of appending entries only, and loads back.
+    let config = Config::from_yaml(&text).unwrap();
+    let mut dump = serde_json::to_value(&config).unwrap();
+    no_nulls(&mut dump);
+    assert_eq!(
+        dump["listeners"][0]["http"]["virtual_hosts"][0]["routes"][0]["route"]["request_headers_to_add"],
+        serde_json::json!([
+            { "name": "x-a", "value": "1", "append_action": "append_if_exists_or_add" },
+            { "name": "x-b", "value": "2" },
+            { "name": "X-A", "value": "3", "append_action": "append_if_exists_or_add" },
+            { "name": "x-c", "value": "4" },
+        ])
+    );
+    assert_eq!(Config::from_tree(&dump).unwrap(), config);
+    let got = http(&text);
+    let RouteAction::Forward(f) = &got.virtual_hosts[0].routes[0].action else {
+        panic!()
+    };
+    let got: Vec<(&str, &str, AppendAction)> = f
+        .request_headers_to_add
+        .iter()
+        .map(|h| (h.name.as_str(), h.value.as_str(), h.append_action))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            ("x-a", "1", AppendAction::AppendIfExistsOrAdd),
+            ("x-b", "2", AppendAction::OverwriteIfExistsOrAdd),
+            ("X-A", "3", AppendAction::AppendIfExistsOrAdd),
+            ("x-c", "4", AppendAction::OverwriteIfExistsOrAdd),
+        ]
+    );
+    let text = with_route(
+        "{ match: { prefix: / }, route: { cluster: a, \
+         request_headers_to_add: [ { name: x-a, value: '1', append_action: append_if_exists_or_add }, \
+           { name: X-A, value: '2' }, { name: x-b, value: '1' }, \
+           { name: x-b, value: '2', append_action: append_if_exists_or_add } ], \
+         response_headers_to_add: [ { name: x-ok, value: '1', append_action: append_if_exists_or_add }, \
+           { name: x-ok, value: '2', append_action: append_if_exists_or_add }, \
+           { name: x-c, value: '1', append_action: add_if_absent }, \
+           { name: x-d, value: '1', append_action: overwrite_if_exists }, \
+           { name: x-e, value: '1', append_action: append } ] } }",
+    );
+    let p = "listeners[0].http.virtual_hosts[0].routes[0].route";
+    let dup = "an entry that overwrites (append_action: overwrite_if_exists_or_add, the default) must be the only one of its name — give every entry of the name append_action: append_if_exists_or_add to add several fields";
+    let needs = "it depends on the message's own fields; supported: overwrite_if_exists_or_add, append_if_exists_or_add";
+    assert_eq!(
+        errors(&text),
+        [
+            format!(
+                "{p}.request_headers_to_add[1].name: duplicate header \"X-A\" (already added by {p}.request_headers_to_add[0]; {dup})"
+            ),
+            format!(
+                "{p}.request_headers_to_add[3].name: duplicate header \"x-b\" (already added by {p}.request_headers_to_add[2]; {dup})"
+            ),
+            format!(
+                "{p}.response_headers_to_add[2].append_action: \"add_if_absent\" is unsupported ({needs})"
+            ),
+            format!(
+                "{p}.response_headers_to_add[3].append_action: \"overwrite_if_exists\" is unsupported ({needs})"
+            ),
+            format!(
+                "{p}.response_headers_to_add[4].append_action: unknown value \"append\" (expected one of: overwrite_if_exists_or_add, append_if_exists_or_add)"
+            ),
+        ]
+    );
 }
 
 #[test]
@@ -935,16 +1028,6 @@ fn listener_http2_connection_keepalive_is_off_by_default_and_validated() {
         "{text}"
     );
     // The whole dump (unset options written as null, left out here) loads back the same.
-    fn no_nulls(v: &mut serde_json::Value) {
-        match v {
-            serde_json::Value::Object(m) => {
-                m.retain(|_, v| !v.is_null());
-                m.values_mut().for_each(no_nulls);
-            }
-            serde_json::Value::Array(a) => a.iter_mut().for_each(no_nulls),
-            _ => {}
-        }
-    }
     let mut tree = serde_json::to_value(&config).unwrap();
     no_nulls(&mut tree);
     assert_eq!(Config::from_tree(&tree).unwrap(), config);
