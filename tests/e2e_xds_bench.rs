@@ -27,11 +27,16 @@ fn xds_load_smoke_measures_pushes_that_every_worker_took() {
     assert!(report.rss_bootstrap_kib > 0 && report.rss_clusters_kib > 0);
     // The traffic scenario: requests answered in both phases, none failed, and pushes were
     // ACKed while they ran (the push phase measured what it says).
-    for t in [&report.traffic_quiet, &report.traffic_pushing] {
+    for t in [
+        &report.traffic_quiet,
+        &report.traffic_pushing,
+        &report.traffic_building,
+    ] {
         assert!(!t.latency.is_empty(), "{t:?}");
         assert_eq!(t.errors, 0, "{t:?}");
     }
     assert_eq!(report.traffic_quiet.pushes, 0);
     assert!(report.traffic_pushing.pushes > 0);
+    assert!(report.traffic_building.pushes <= report.traffic_pushing.pushes);
     let _ = std::fs::remove_dir_all(&o.work_dir);
 }

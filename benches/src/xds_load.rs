@@ -159,6 +159,9 @@ pub struct Report {
     pub traffic_quiet: Traffic,
     /// The traffic scenario during back-to-back EDS pushes.
     pub traffic_pushing: Traffic,
+    /// The control: the same number of pushes built and encoded in this process, at the same
+    /// pace, none sent (what the pushes cost the machine outside Sluice).
+    pub traffic_building: Traffic,
 }
 
 /// Requests through a listener during one phase of the traffic scenario.
@@ -224,18 +227,22 @@ impl Report {
     #[must_use]
     pub fn json(&self) -> serde_json::Value {
         let f = |d: Duration| d.as_secs_f64() * 1e3;
-        let traffic: Vec<serde_json::Value> = [&self.traffic_quiet, &self.traffic_pushing]
-            .iter()
-            .map(|t| {
-                serde_json::json!({
-                    "requests": t.latency.len(),
-                    "errors": t.errors,
-                    "pushes": t.pushes,
-                    "elapsed_ms": f(t.elapsed),
-                    "p50_p99_p999_max_ms": t.quantiles().map(f),
-                })
+        let traffic: Vec<serde_json::Value> = [
+            &self.traffic_quiet,
+            &self.traffic_pushing,
+            &self.traffic_building,
+        ]
+        .iter()
+        .map(|t| {
+            serde_json::json!({
+                "requests": t.latency.len(),
+                "errors": t.errors,
+                "pushes": t.pushes,
+                "elapsed_ms": f(t.elapsed),
+                "p50_p99_p999_max_ms": t.quantiles().map(f),
             })
-            .collect();
+        })
+        .collect();
         serde_json::json!({
             "workers": self.options.workers,
             "endpoints": self.options.endpoints,
@@ -358,12 +365,16 @@ impl Report {
         for (phase, tr) in [
             ("no push", &self.traffic_quiet),
             ("back-to-back EDS pushes", &self.traffic_pushing),
+            (
+                "as many pushes built in the bench process, none sent",
+                &self.traffic_building,
+            ),
         ] {
             let [p50, p99, p999, max] = tr.quantiles();
             row(
                 format!(
                     "HTTP requests through a static listener, {} keep-alive connections, {phase} \
-                     ({} pushes of {} endpoints ACKed): requests / errors; p50 / p99 / p99.9 / max",
+                     ({} pushes of {} endpoints): requests / errors; p50 / p99 / p99.9 / max",
                     o.traffic_connections, tr.pushes, o.endpoints
                 ),
                 format!(
@@ -885,7 +896,7 @@ pub fn run(o: &Options) -> Result<Report, String> {
     std::fs::create_dir_all(&o.work_dir).map_err(|e| format!("{}: {e}", o.work_dir.display()))?;
     let eds = eds_scenario(o)?;
     let many = clusters_scenario(o)?;
-    let (traffic_quiet, traffic_pushing) = traffic_scenario(o)?;
+    let (traffic_quiet, traffic_pushing, traffic_building) = traffic_scenario(o)?;
     Ok(Report {
         options: o.clone(),
         eds_latency: eds.latency,
@@ -906,6 +917,7 @@ pub fn run(o: &Options) -> Result<Report, String> {
         one_of_many_cpu: many.one_cpu,
         traffic_quiet,
         traffic_pushing,
+        traffic_building,
     })
 }
 
@@ -1124,9 +1136,14 @@ fn clusters_scenario(o: &Options) -> Result<ClusterFigures, String> {
 /// backend in this process, carry requests from `o.traffic_connections` keep-alive
 /// connections for `o.traffic_secs`, first with no push, then while the server pushes a
 /// changed `o.endpoints`-endpoint assignment of an xDS cluster as fast as each is ACKed (each
-/// ACK follows every worker's switch). The traffic's path is untouched by the pushes: what
-/// its latency shows is what a push costs the workers' data path.
-fn traffic_scenario(o: &Options) -> Result<(Traffic, Traffic), String> {
+/// ACK follows every worker's switch), then — the control — while this process builds and
+/// encodes as many pushes at the same pace without sending them. The traffic's path is
+/// untouched by the pushes, but everything shares the machine's cores: the bench process's
+/// clients, backend and server, and Sluice's main thread and workers. What the push phase
+/// costs the traffic beyond the control is what Sluice's handling of the pushes (its xDS and
+/// main threads and the workers' switches) costs it — on a machine with cores to spare, more
+/// of it would be the workers' alone.
+fn traffic_scenario(o: &Options) -> Result<(Traffic, Traffic, Traffic), String> {
     let backend = Backend::start()?;
     let server = Server::start()?;
     let front = free_addr()?;
@@ -1157,8 +1174,27 @@ fn traffic_scenario(o: &Options) -> Result<(Traffic, Traffic), String> {
         server.wait_acked(v, ResourceType::Endpoints, &mut sluice)?;
         Ok(1)
     })?;
+    // The control: the same pushes built, at the pushing phase's pace.
+    let pace = phase / u32::try_from(pushing.pushes.max(1)).unwrap_or(u32::MAX);
+    let start = Instant::now();
+    let mut built = 0;
+    let building = run_traffic(front, o.traffic_connections, phase, || {
+        if built >= pushing.pushes {
+            return Ok(0);
+        }
+        k += 1;
+        let resources = one_cluster(listen, &hosts(o.endpoints, k));
+        std::hint::black_box(&resources);
+        built += 1;
+        if let Some(wait) =
+            (pace * u32::try_from(built).unwrap_or(u32::MAX)).checked_sub(start.elapsed())
+        {
+            std::thread::sleep(wait);
+        }
+        Ok(1)
+    })?;
     sluice.check_alive()?;
-    Ok((quiet, pushing))
+    Ok((quiet, pushing, building))
 }
 
 /// Requests from `connections` keep-alive connections to `front` for `length`, while the
