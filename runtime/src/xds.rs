@@ -745,6 +745,9 @@ impl Client {
                     for n in &notes.ignored {
                         debug!("xds: ignored (telemetry only, or an optional filter): {n}");
                     }
+                    for n in &notes.merged {
+                        debug!("xds: merged: {n}");
+                    }
                     let (reply, answer) = tokio::sync::oneshot::channel();
                     if self.updates.send(Update { config, reply }).is_ok() {
                         self.applying = Some((id, answer));

@@ -18,7 +18,8 @@
 //!
 //! An inspector listed twice (or more) is accepted as Envoy accepts it — each entry runs, on
 //! the connections its own `filter_disabled` leaves it, and the second finds what the first
-//! found — so the listener's inspector runs on the union of their ports (noted), computed on
+//! found — so the listener's inspector runs on the union of their ports (noted as merged, not
+//! ignored), computed on
 //! sorted, merged ranges (never port by port).
 //! `original_dst` twice is the same as once.
 //!
@@ -195,7 +196,7 @@ pub(super) fn listener_filters(
             }
             let ports = scope(f.filter_disabled.as_ref(), &named)?;
             out.tls = if tls_seen {
-                named.note(notes, "listed again: runs where either entry runs");
+                named.merged(notes, "listed again, runs where either entry runs");
                 out.tls.union(&ports)
             } else {
                 ports
@@ -209,7 +210,7 @@ pub(super) fn listener_filters(
             let ports = scope(f.filter_disabled.as_ref(), &named)?;
             out.http = Some(match &out.http {
                 Some(before) => {
-                    named.note(notes, "listed again: runs where either entry runs");
+                    named.merged(notes, "listed again, runs where either entry runs");
                     before.union(&ports)
                 }
                 None => ports,

@@ -575,7 +575,8 @@ fn inspector_predicates_other_than_istios_are_refused_by_path() {
 #[test]
 fn an_inspector_listed_twice_runs_where_either_entry_runs() {
     let one = |p| PortRange { first: p, last: p };
-    let note = "listener \"virtualInbound\" listener_filters[3] (envoy.filters.listener.tls_inspector).listed again: runs where either entry runs";
+    let note = "listener \"virtualInbound\" listener_filters[3] (envoy.filters.listener.tls_inspector): listed again, runs where either entry runs";
+    let once = assemble(&bootstrap(), &resources()).expect("accepted");
     // istiod's tls_inspector twice, original_dst twice: as once.
     let mut r = resources();
     let l = listener(&mut r);
@@ -592,10 +593,17 @@ fn an_inspector_listed_twice_runs_where_either_entry_runs() {
         l.original_dst,
         Some(sluice_core::config::OriginalDst::Redirect)
     );
-    assert!(
-        a.notes.ignored.iter().any(|n| n == note),
-        "{:#?}",
-        a.notes.ignored
+    // Noted as merged, not as ignored: the ignored fields are those of the listener once and
+    // the second entry's own `initial_read_buffer_size`.
+    assert_eq!(a.notes.merged, [note]);
+    assert!(a.notes.ignored.iter().all(|n| !n.contains("listed again")));
+    let listener_at = ResourceType::ALL
+        .iter()
+        .position(|k| *k == ResourceType::Listener)
+        .unwrap();
+    assert_eq!(
+        a.notes.ignored_by_type[listener_at],
+        once.notes.ignored_by_type[listener_at] + 1
     );
     // A second tls_inspector disabled everywhere adds no port: the first's scope stays.
     let mut r = resources();
