@@ -167,9 +167,10 @@ pub enum Output {
     /// Follows the NACK of the response `nonce` of type `kind`: the resources of that type the
     /// refused response carried that its errors concern (an error naming one of them, or
     /// naming a listener or cluster that uses one of them: a route configuration, endpoints or
-    /// secret), or, when the errors concern none of them in particular, all it carried — the
-    /// resources whose update was refused (`/config_dump`'s `error_state`). Empty when the
-    /// response could not be decoded.
+    /// secret; for a failed apply, whose error is the server's text, those it names as
+    /// `noun "name"`), or, when the errors concern none of them in particular, all it carried
+    /// — the resources whose update was refused (`/config_dump`'s `error_state`). Empty when
+    /// the response could not be decoded.
     Refused {
         /// The refused response's type.
         kind: ResourceType,
@@ -471,7 +472,7 @@ impl Ads {
                 self.applied_unsure = true;
                 if failed.stream == self.stream && self.connected {
                     for p in &failed.responses {
-                        let names = p.decoded.names().into_iter().map(str::to_owned).collect();
+                        let names = named_in(&why, p.kind, &p.decoded.names());
                         self.nack(
                             p.kind,
                             p.nonce.clone(),
@@ -1151,6 +1152,47 @@ fn rds_of(l: &Listener, out: &mut BTreeSet<String>) {
                 out.insert(rds.route_config_name);
             }
         }
+    }
+}
+
+/// Which of `carried` (the names a refused response of type `kind` carried) an apply failure's
+/// text names as `noun "name"` (`sds secret "server-cert"`: the server's errors name the
+/// resources they come from, not by structure); all of them when it names none. One pass over
+/// the text, whatever the number of names.
+fn named_in(why: &str, kind: ResourceType, carried: &[&str]) -> Vec<String> {
+    let carried_set: HashSet<&str> = carried.iter().copied().collect();
+    let marker = format!("{} \"", kind.noun());
+    let mut named = BTreeSet::new();
+    let mut rest = why;
+    while let Some(at) = rest.find(&marker) {
+        rest = &rest[at + marker.len()..];
+        // The name as `{:?}` wrote it: up to the first quote not escaped.
+        let mut name = String::new();
+        let mut chars = rest.char_indices();
+        let mut end = rest.len();
+        while let Some((i, c)) = chars.next() {
+            match c {
+                '\\' => {
+                    if let Some((_, e)) = chars.next() {
+                        name.push(e);
+                    }
+                }
+                '"' => {
+                    end = i + 1;
+                    break;
+                }
+                c => name.push(c),
+            }
+        }
+        rest = &rest[end..];
+        if carried_set.contains(name.as_str()) {
+            named.insert(name);
+        }
+    }
+    if named.is_empty() {
+        carried.iter().map(|n| (*n).to_owned()).collect()
+    } else {
+        named.into_iter().collect()
     }
 }
 

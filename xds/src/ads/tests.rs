@@ -1006,3 +1006,32 @@ fn sotw_partial_responses_version_only_what_they_carry() {
     assert_eq!(versions, [("api", "1"), ("web", "2")]);
     assert!(a.resource_versions(Cds).is_empty());
 }
+
+/// A failed apply's error is the server's text: its refusal names the resources of the
+/// response that the text names (`sds secret "server-cert"`), not the others it carried, and
+/// all of them when it names none.
+#[test]
+fn a_failed_apply_refuses_the_resources_its_error_names() {
+    let carried = ["server-cert", "upstream-ca", "say \"hi\""];
+    assert_eq!(
+        named_in(
+            "listeners[0].tls.certificates[0].private_key: sds secret \"server-cert\" does not \
+             go with the certificate sds secret \"server-cert\"",
+            ResourceType::Secret,
+            &carried,
+        ),
+        ["server-cert"]
+    );
+    assert_eq!(
+        named_in(
+            "secret \"say \\\"hi\\\"\" and secret \"unknown\"",
+            ResourceType::Secret,
+            &carried
+        ),
+        ["say \"hi\""]
+    );
+    assert_eq!(
+        named_in("the server loop stopped", ResourceType::Secret, &carried),
+        carried
+    );
+}
