@@ -803,13 +803,13 @@ impl Client {
         };
         if what == Answer::Nack {
             let message = error.map_or("", |e| e.message.as_str());
-            warn!(type_url, nonce, error = %message, "xds: NACK");
             NACKED[kind].fetch_add(1, Ordering::Relaxed);
             let nack = Arc::new(NackStatus {
                 nonce: nonce.to_owned(),
                 error: kept_error(message),
                 at: unix_now(),
             });
+            warn!(type_url, nonce, error = %nack.error, "xds: NACK");
             // The resources it refused follow ([`Output::Refused`]).
             self.record(kind, |t| t.last_nack = Some(nack));
         } else if what == Answer::Ack {

@@ -19,7 +19,8 @@
 //! Inputs ([`Input`]): the stream connected or lost, a response, the outcome of applying a
 //! config, the expiry of the warming timer. Outputs ([`Output`]), drained with
 //! [`Ads::poll_output`] after every input: requests to send (each saying what it is: an ACK, a
-//! NACK or a subscription, [`Answer`]), a config to apply, a timer to arm, (delta) a resync.
+//! NACK or a subscription, [`Answer`]), after each NACK the resources it refused
+//! ([`Output::Refused`]), a config to apply, a timer to arm, (delta) a resync.
 //!
 //! Rules:
 //! - **Warming**: a config is produced only when every EDS cluster has its assignment, every
@@ -39,7 +40,14 @@
 //!   refused response's, `error_detail` the errors (each naming resource and field). A refused
 //!   response is dropped from the pending list (the config serving stays as it was). An error
 //!   naming a resource is charged to the pending response that carries that resource; one
-//!   that names none (or a resource already applied) to every pending response.
+//!   that names none (or a resource already applied) to every pending response. The NACK is
+//!   followed by the names of the resources it refused (those of the response's type it
+//!   carried that the errors concern: named by one, or used by a listener or cluster one
+//!   names; else all it carried), for the runtime's per-resource `error_state`.
+//! - **Per-resource versions**: delta, each resource's own; state of the world, endpoints,
+//!   route configurations and secrets keep the version of the last accepted response that
+//!   carried them (a response carries only some; the others stay as they were), clusters and
+//!   listeners have their type's.
 //! - A response that cannot even be decoded (a resource of another type, undecodable bytes,
 //!   a name twice) is NACKed at once.
 //! - **Reconnect**: nonces are per stream and forgotten; the pending responses are dropped (the
