@@ -111,22 +111,29 @@ pub struct TypeStatus {
     /// The names of this type's resources in the config serving.
     pub resources: Vec<String>,
     /// The last response refused, if any.
-    pub last_nack: Option<NackStatus>,
+    pub last_nack: Option<Arc<NackStatus>>,
     /// Per resource serving: the version it serves under (delta: its own; state of the world:
     /// the type's) and when that version was accepted (Unix seconds) — `/config_dump`'s
     /// `version_info` and `last_updated`.
     pub serving: BTreeMap<String, (String, u64)>,
-    /// Per resource serving whose last update was refused (the NACK's error names it): that
-    /// NACK, until a later version of it is accepted — `/config_dump`'s `error_state`.
-    pub refused: BTreeMap<String, NackStatus>,
+    /// Per resource serving whose last update was refused (the machine's [`Output::Refused`]
+    /// names it): that NACK, shared by every resource it refused, until a later version of the
+    /// resource is accepted — `/config_dump`'s `error_state`.
+    pub refused: BTreeMap<String, Arc<NackStatus>>,
 }
 
-/// A refused response: its nonce, why (the `error_detail` sent), when (Unix seconds).
+/// How much of a NACK's `error_detail` [`NackStatus`] keeps (the NACK itself carries it whole,
+/// as Envoy's do): a response of thousands of bad resources makes one of hundreds of KB.
+pub const NACK_ERROR_KEPT: usize = 16 * 1024;
+
+/// A refused response: its nonce, why (the `error_detail` sent, cut after
+/// [`NACK_ERROR_KEPT`] bytes), when (Unix seconds).
 #[derive(Clone, Debug)]
 pub struct NackStatus {
     /// The refused response's nonce.
     pub nonce: String,
-    /// The NACK's `error_detail` message.
+    /// The NACK's `error_detail` message (its first [`NACK_ERROR_KEPT`] bytes, and then how
+    /// many more were sent).
     pub error: String,
     /// When it was sent (Unix seconds).
     pub at: u64,
@@ -251,6 +258,23 @@ pub fn annotate_config_dump(dump: &mut Value) {
         others.insert(label.to_owned(), Value::Array(list));
     }
     dump["xds_resources"] = Value::Object(others);
+}
+
+/// What [`NackStatus`] keeps of an `error_detail`: all of it up to [`NACK_ERROR_KEPT`] bytes,
+/// else that much (cut at a character boundary) and how many bytes more were sent.
+fn kept_error(message: &str) -> String {
+    if message.len() <= NACK_ERROR_KEPT {
+        return message.to_owned();
+    }
+    let mut end = NACK_ERROR_KEPT;
+    while !message.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!(
+        "{}… ({} bytes more in the NACK sent)",
+        &message[..end],
+        message.len() - end
+    )
 }
 
 fn unix_now() -> u64 {
@@ -721,6 +745,9 @@ impl Client {
                     for n in &notes.ignored {
                         debug!("xds: ignored (telemetry only, or an optional filter): {n}");
                     }
+                    for n in &notes.merged {
+                        debug!("xds: merged: {n}");
+                    }
                     let (reply, answer) = tokio::sync::oneshot::channel();
                     if self.updates.send(Update { config, reply }).is_ok() {
                         self.applying = Some((id, answer));
@@ -736,6 +763,23 @@ impl Client {
                 Output::ArmWarmingTimer(id) => {
                     self.timer =
                         Some((tokio::time::Instant::now() + self.initial_fetch_timeout, id));
+                }
+                Output::Refused { kind, nonce, names } => {
+                    let Some(i) = ResourceType::ALL.iter().position(|k| *k == kind) else {
+                        continue;
+                    };
+                    self.record(i, |t| {
+                        // The NACK just sent (one shared status, however many it refused);
+                        // only resources serving have an entry to show it on.
+                        let Some(nack) = t.last_nack.clone().filter(|n| n.nonce == nonce) else {
+                            return;
+                        };
+                        for name in names {
+                            if t.serving.contains_key(&name) {
+                                t.refused.insert(name, Arc::clone(&nack));
+                            }
+                        }
+                    });
                 }
             }
         }
@@ -759,23 +803,15 @@ impl Client {
         };
         if what == Answer::Nack {
             let message = error.map_or("", |e| e.message.as_str());
-            warn!(type_url, nonce, error = %message, "xds: NACK");
             NACKED[kind].fetch_add(1, Ordering::Relaxed);
-            let noun = ResourceType::ALL[kind].noun();
-            self.record(kind, |t| {
-                let nack = NackStatus {
-                    nonce: nonce.to_owned(),
-                    error: message.to_owned(),
-                    at: unix_now(),
-                };
-                // The resources serving that the error names (`listener "in": …`).
-                for name in &t.resources {
-                    if message.contains(&format!("{noun} {name:?}")) {
-                        t.refused.insert(name.clone(), nack.clone());
-                    }
-                }
-                t.last_nack = Some(nack);
+            let nack = Arc::new(NackStatus {
+                nonce: nonce.to_owned(),
+                error: kept_error(message),
+                at: unix_now(),
             });
+            warn!(type_url, nonce, error = %nack.error, "xds: NACK");
+            // The resources it refused follow ([`Output::Refused`]).
+            self.record(kind, |t| t.last_nack = Some(nack));
         } else if what == Answer::Ack {
             ACKED[kind].fetch_add(1, Ordering::Relaxed);
             let now = unix_now();
@@ -807,15 +843,15 @@ impl Client {
         for (i, kind) in ResourceType::ALL.into_iter().enumerate() {
             let t = &mut types[i];
             t.resources = self.ads.applied().names(kind);
-            t.resource_versions = delta.then(|| self.ads.resource_versions(kind).clone());
+            let versions = self.ads.resource_versions(kind);
+            t.resource_versions = delta.then(|| versions.clone());
             let type_version = self.ads.accepted_version(kind);
             let mut serving = BTreeMap::new();
             for name in &t.resources {
-                let version = t
-                    .resource_versions
-                    .as_ref()
-                    .and_then(|v| v.get(name))
-                    .map_or(type_version, String::as_str);
+                // Delta: each resource's own version; state of the world: that of the last
+                // response that carried it (endpoints, routes, secrets: a response may carry
+                // some only), or the type's (clusters, listeners: each response carries all).
+                let version = versions.get(name).map_or(type_version, String::as_str);
                 let entry = match t.serving.remove(name) {
                     Some((v, at)) if v == version => (v, at),
                     _ => {
@@ -1414,5 +1450,236 @@ mod tests {
             TCP_KEEPALIVE_INTERVAL
         );
         assert_eq!(sock.tcp_keepalive_retries().unwrap(), TCP_KEEPALIVE_PROBES);
+    }
+}
+
+/// `/xds` and `/config_dump` status as the client records it from the machine's outputs.
+#[cfg(test)]
+mod status_tests {
+    use super::*;
+    use envoy_types::pb::envoy::service::discovery::v3::DiscoveryResponse;
+    use envoy_types::pb::google::protobuf::Any;
+    use sluice_xds::fixtures::{
+        any, assignment, eds_cluster, http_listener, route_config, static_cluster,
+    };
+
+    /// A state-of-the-world client with [`STATUS`] set (each test runs in its own process).
+    /// (The receiver of its updates is kept: a client whose server loop is gone applies
+    /// nothing.)
+    fn client() -> (Client, tokio::sync::mpsc::UnboundedReceiver<Update>) {
+        let (updates, rx) = tokio::sync::mpsc::unbounded_channel();
+        let mut c = Client {
+            ads: Ads::with_mode(
+                XdsMode::Sotw,
+                Node::default(),
+                serde_json::json!({"listeners": [{"name": "e", "address": "127.0.0.1:1", "echo": {}}]}),
+            ),
+            updates,
+            applying: None,
+            applying_ignored: [0; TYPES],
+            timer: None,
+            initial_fetch_timeout: Duration::from_secs(15),
+            resync: false,
+        };
+        *STATUS.lock().unwrap() = Some(Default::default());
+        c.feed(Input::Connected);
+        c.drain(None);
+        // No listeners from the server: the clusters apply alone.
+        push(&mut c, ResourceType::Listener, "0", Vec::new());
+        (c, rx)
+    }
+
+    /// Feeds a response and completes the apply it starts, if any.
+    fn push(c: &mut Client, kind: ResourceType, version: &str, resources: Vec<Any>) {
+        c.feed(Input::Response(DiscoveryResponse {
+            version_info: version.to_owned(),
+            type_url: kind.type_url().to_owned(),
+            resources,
+            nonce: format!("{}{version}", kind.noun()),
+            ..Default::default()
+        }));
+        c.drain(None);
+        while let Some((id, _)) = c.applying.take() {
+            c.feed(Input::Applied(id));
+            c.drain(None);
+        }
+    }
+
+    fn status(kind: ResourceType) -> TypeStatus {
+        let i = ResourceType::ALL.iter().position(|k| *k == kind).unwrap();
+        STATUS.lock().unwrap().as_ref().unwrap()[i].clone()
+    }
+
+    /// A NACK refusing thousands of serving clusters is kept once, shared by each cluster's
+    /// `error_state`, and cut at [`NACK_ERROR_KEPT`] bytes (a clone of a 100 KB error per
+    /// cluster was quadratic in memory and time, under the lock `/xds` reads).
+    #[test]
+    fn a_nack_refusing_many_resources_is_kept_once() {
+        let (mut c, _updates) = client();
+        let n = 1500;
+        let names: Vec<String> = (0..n)
+            .map(|i| format!("outbound|8080||svc-{i}.ns.svc.cluster.local"))
+            .collect();
+        let cluster = |name: &str| static_cluster(name, &[("127.0.0.1", 8080, 0)]);
+        push(
+            &mut c,
+            ResourceType::Cluster,
+            "1",
+            names.iter().map(|n| any(&cluster(n))).collect(),
+        );
+        assert_eq!(status(ResourceType::Cluster).serving.len(), n);
+        let bad = names
+            .iter()
+            .map(|n| {
+                let mut c = cluster(n);
+                c.lb_policy = 99;
+                any(&c)
+            })
+            .collect();
+        push(&mut c, ResourceType::Cluster, "2", bad);
+        let t = status(ResourceType::Cluster);
+        let last = t.last_nack.clone().expect("refused");
+        assert_eq!(last.nonce, "cluster2");
+        assert_eq!(t.refused.len(), n, "every cluster's update was refused");
+        assert!(
+            t.refused.values().all(|r| Arc::ptr_eq(r, &last)),
+            "one NACK, kept once"
+        );
+        assert!(
+            last.error.len() < NACK_ERROR_KEPT + 64,
+            "{}",
+            last.error.len()
+        );
+        assert!(
+            last.error.ends_with("bytes more in the NACK sent)"),
+            "{}",
+            &last.error[NACK_ERROR_KEPT - 100..]
+        );
+        assert!(last.error.starts_with("cluster \"outbound|8080||svc-"));
+        // Still version 1 serving; version 3 clears every refusal.
+        assert!(t.serving.values().all(|(v, _)| v == "1"));
+        push(
+            &mut c,
+            ResourceType::Cluster,
+            "3",
+            names.iter().map(|n| any(&cluster(n))).collect(),
+        );
+        assert!(status(ResourceType::Cluster).refused.is_empty());
+    }
+
+    /// The common refusals show on the resource refused: an RDS update routing to an unknown
+    /// cluster (the error is the listener's) is the route configuration's `error_state`, not
+    /// the listener's (whose own update was accepted); an EDS update the cluster refuses is
+    /// the endpoints'.
+    #[test]
+    fn refused_rds_and_eds_updates_are_their_resources_error_state() {
+        let (mut c, _updates) = client();
+        let hosts = [("127.0.0.1", 8080, 0)];
+        push(
+            &mut c,
+            ResourceType::Cluster,
+            "1",
+            vec![any(&eds_cluster("a"))],
+        );
+        push(
+            &mut c,
+            ResourceType::Endpoints,
+            "1",
+            vec![any(&assignment("a", &hosts))],
+        );
+        push(
+            &mut c,
+            ResourceType::Listener,
+            "1",
+            vec![any(&http_listener("in", "127.0.0.1", 19000, "routes"))],
+        );
+        push(
+            &mut c,
+            ResourceType::Route,
+            "1",
+            vec![any(&route_config("routes", "a"))],
+        );
+        assert_eq!(status(ResourceType::Route).serving.len(), 1);
+
+        push(
+            &mut c,
+            ResourceType::Route,
+            "2",
+            vec![any(&route_config("routes", "missing"))],
+        );
+        let routes = status(ResourceType::Route);
+        let refusal = routes
+            .refused
+            .get("routes")
+            .expect("the route configuration's error_state");
+        assert_eq!(refusal.nonce, "route_configuration2");
+        assert!(refusal.error.contains("missing"), "{}", refusal.error);
+        assert_eq!(routes.serving["routes"].0, "1");
+        assert!(status(ResourceType::Listener).refused.is_empty());
+
+        let mut dump = serde_json::json!({ "listeners": [{ "name": "in" }] });
+        annotate_config_dump(&mut dump);
+        assert_eq!(dump["listeners"][0]["xds_status"].get("error_state"), None);
+        let route = &dump["xds_resources"]["route"][0];
+        assert_eq!(route["name"], "routes");
+        assert_eq!(route["error_state"]["nonce"], "route_configuration2");
+
+        let mut bad = assignment("a", &hosts);
+        bad.endpoints[0].priority = 1;
+        push(&mut c, ResourceType::Endpoints, "2", vec![any(&bad)]);
+        let endpoints = status(ResourceType::Endpoints);
+        assert_eq!(endpoints.refused["a"].nonce, "cluster_load_assignment2");
+        assert!(status(ResourceType::Cluster).refused.is_empty());
+    }
+
+    /// State of the world: an EDS response carrying only `a` leaves `b` as it was — its
+    /// version, and the refusal of its last update, which no accepted update has fixed.
+    #[test]
+    fn a_partial_sotw_response_relabels_only_what_it_carried() {
+        let (mut c, _updates) = client();
+        let hosts = [("127.0.0.1", 8080, 0)];
+        push(
+            &mut c,
+            ResourceType::Cluster,
+            "1",
+            vec![any(&eds_cluster("a")), any(&eds_cluster("b"))],
+        );
+        push(
+            &mut c,
+            ResourceType::Endpoints,
+            "1",
+            vec![any(&assignment("a", &hosts)), any(&assignment("b", &hosts))],
+        );
+        let mut bad = assignment("b", &hosts);
+        bad.endpoints[0].priority = 1;
+        push(&mut c, ResourceType::Endpoints, "2", vec![any(&bad)]);
+        assert!(status(ResourceType::Endpoints).refused.contains_key("b"));
+        push(
+            &mut c,
+            ResourceType::Endpoints,
+            "3",
+            vec![any(&assignment("a", &[("127.0.0.1", 8081, 0)]))],
+        );
+        let t = status(ResourceType::Endpoints);
+        assert_eq!(t.version, "3");
+        assert_eq!(t.serving["a"].0, "3");
+        assert_eq!(
+            t.serving["b"].0, "1",
+            "b still serves its version-1 content"
+        );
+        assert!(
+            t.refused.contains_key("b"),
+            "b's refused update was never fixed"
+        );
+        assert!(!t.refused.contains_key("a"));
+        push(
+            &mut c,
+            ResourceType::Endpoints,
+            "4",
+            vec![any(&assignment("b", &hosts))],
+        );
+        let t = status(ResourceType::Endpoints);
+        assert_eq!(t.serving["b"].0, "4");
+        assert!(t.refused.is_empty());
     }
 }

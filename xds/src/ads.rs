@@ -19,7 +19,8 @@
 //! Inputs ([`Input`]): the stream connected or lost, a response, the outcome of applying a
 //! config, the expiry of the warming timer. Outputs ([`Output`]), drained with
 //! [`Ads::poll_output`] after every input: requests to send (each saying what it is: an ACK, a
-//! NACK or a subscription, [`Answer`]), a config to apply, a timer to arm, (delta) a resync.
+//! NACK or a subscription, [`Answer`]), after each NACK the resources it refused
+//! ([`Output::Refused`]), a config to apply, a timer to arm, (delta) a resync.
 //!
 //! Rules:
 //! - **Warming**: a config is produced only when every EDS cluster has its assignment, every
@@ -39,7 +40,14 @@
 //!   refused response's, `error_detail` the errors (each naming resource and field). A refused
 //!   response is dropped from the pending list (the config serving stays as it was). An error
 //!   naming a resource is charged to the pending response that carries that resource; one
-//!   that names none (or a resource already applied) to every pending response.
+//!   that names none (or a resource already applied) to every pending response. The NACK is
+//!   followed by the names of the resources it refused (those of the response's type it
+//!   carried that the errors concern: named by one, or used by a listener or cluster one
+//!   names; else all it carried), for the runtime's per-resource `error_state`.
+//! - **Per-resource versions**: delta, each resource's own; state of the world, endpoints,
+//!   route configurations and secrets keep the version of the last accepted response that
+//!   carried them (a response carries only some; the others stay as they were), clusters and
+//!   listeners have their type's.
 //! - A response that cannot even be decoded (a resource of another type, undecodable bytes,
 //!   a name twice) is NACKed at once.
 //! - **Reconnect**: nonces are per stream and forgotten; the pending responses are dropped (the
@@ -164,6 +172,21 @@ pub enum Output {
     /// Deliver [`Input::WarmingTimeout`] with this id after the initial fetch timeout (an
     /// earlier timer is void).
     ArmWarmingTimer(u64),
+    /// Follows the NACK of the response `nonce` of type `kind`: the resources of that type the
+    /// refused response carried that its errors concern (an error naming one of them, or
+    /// naming a listener or cluster that uses one of them: a route configuration, endpoints or
+    /// secret; for a failed apply, whose error is the server's text, those it names as
+    /// `noun "name"`), or, when the errors concern none of them in particular, all it carried
+    /// — the resources whose update was refused (`/config_dump`'s `error_state`). Empty when
+    /// the response could not be decoded.
+    Refused {
+        /// The refused response's type.
+        kind: ResourceType,
+        /// Its nonce (that of the NACK just sent).
+        nonce: String,
+        /// The resource names, each once.
+        names: Vec<String>,
+    },
 }
 
 /// A response's resources, decoded.
@@ -385,8 +408,10 @@ impl Ads {
         &self.types[&kind].accepted_version
     }
 
-    /// Delta: the accepted version of each resource of a type in the config serving (empty in
-    /// state of the world).
+    /// The accepted version of each resource of a type in the config serving: in delta, its
+    /// own; in state of the world, for endpoints, route configurations and secrets only (whose
+    /// responses may carry some of them), that of the last accepted response that carried it
+    /// (clusters and listeners: empty, each has the type's version).
     #[must_use]
     pub fn resource_versions(&self, kind: ResourceType) -> &BTreeMap<String, String> {
         &self.types[&kind].resource_versions
@@ -455,7 +480,13 @@ impl Ads {
                 self.applied_unsure = true;
                 if failed.stream == self.stream && self.connected {
                     for p in &failed.responses {
-                        self.nack(p.kind, p.nonce.clone(), format!("applying failed: {why}"));
+                        let names = named_in(&why, p.kind, &p.decoded.names());
+                        self.nack(
+                            p.kind,
+                            p.nonce.clone(),
+                            format!("applying failed: {why}"),
+                            names,
+                        );
                     }
                 }
                 self.evaluate();
@@ -607,6 +638,16 @@ impl Ads {
         for p in responses {
             let state = self.types.get_mut(&p.kind).expect("every type");
             state.accepted_version.clone_from(&p.version);
+            if p.delta.is_none() && !p.kind.is_full_state() {
+                // State of the world, endpoints, routes and secrets: a response may carry only
+                // some of them (the others stay as they were), so each keeps the version of the
+                // last accepted response that carried it.
+                for name in p.decoded.names() {
+                    state
+                        .resource_versions
+                        .insert(name.to_owned(), p.version.clone());
+                }
+            }
             if let Some(d) = &p.delta {
                 for name in &d.removed {
                     state.resource_versions.remove(name);
@@ -628,8 +669,15 @@ impl Ads {
         }
     }
 
-    fn nack(&mut self, kind: ResourceType, nonce: String, error: String) {
-        self.request(kind, Some((nonce, Some(error))));
+    /// NACKs the response `nonce` of `kind` with `error`, then says which of its resources
+    /// were refused ([`Output::Refused`]).
+    fn nack(&mut self, kind: ResourceType, nonce: String, error: String, names: Vec<String>) {
+        if !self.connected {
+            return;
+        }
+        self.request(kind, Some((nonce.clone(), Some(error))));
+        self.outputs
+            .push_back(Output::Refused { kind, nonce, names });
     }
 
     fn on_response(&mut self, r: DiscoveryResponse) {
@@ -657,7 +705,7 @@ impl Ads {
                 });
                 self.evaluate();
             }
-            Err(e) => self.nack(kind, r.nonce, e),
+            Err(e) => self.nack(kind, r.nonce, e, Vec::new()),
         }
     }
 
@@ -700,7 +748,8 @@ impl Ads {
                     "removed_resources: {still:?} still used by a listener's or a cluster's TLS \
                      context (remove or change that first); the last secret received serves on"
                 );
-                self.nack(kind, r.nonce, error);
+                let names = still.into_iter().cloned().collect();
+                self.nack(kind, r.nonce, error, names);
             }
             Ok((decoded, change)) => {
                 self.push_pending(Pending {
@@ -712,7 +761,7 @@ impl Ads {
                 });
                 self.evaluate();
             }
-            Err(e) => self.nack(kind, r.nonce, e),
+            Err(e) => self.nack(kind, r.nonce, e, Vec::new()),
         }
     }
 
@@ -834,14 +883,15 @@ impl Ads {
                     });
                     return;
                 }
-                Err(errors) => self.refuse(&errors),
+                Err(errors) => self.refuse(&errors, &candidate),
             }
         }
     }
 
-    /// NACKs the pending responses the errors are charged to and drops them.
-    fn refuse(&mut self, errors: &[TranslateError]) {
-        let mut charged: BTreeMap<usize, Vec<String>> = BTreeMap::new();
+    /// NACKs the pending responses the errors are charged to and drops them; with each NACK,
+    /// which of the response's resources the errors concern ([`Output::Refused`]).
+    fn refuse(&mut self, errors: &[TranslateError], candidate: &Resources) {
+        let mut charged: BTreeMap<usize, Vec<&TranslateError>> = BTreeMap::new();
         // Each pending response's names, once (errors × names would be quadratic).
         let names: Vec<HashSet<&str>> = self
             .pending
@@ -855,18 +905,48 @@ impl Ads {
                 .zip(&names)
                 .rposition(|(p, names)| p.kind == e.kind && names.contains(e.name.as_str()));
             match owner {
-                Some(i) => charged.entry(i).or_default().push(e.to_string()),
+                Some(i) => charged.entry(i).or_default().push(e),
                 None => {
                     for i in 0..self.pending.len() {
-                        charged.entry(i).or_default().push(e.to_string());
+                        charged.entry(i).or_default().push(e);
                     }
                 }
             }
         }
+        let mut refusals = Vec::with_capacity(charged.len());
+        for (i, errors) in charged {
+            let p = &self.pending[i];
+            let carried = &names[i];
+            let mut concerned: BTreeSet<String> = BTreeSet::new();
+            for e in &errors {
+                if e.kind == p.kind {
+                    if carried.contains(e.name.as_str()) {
+                        concerned.insert(e.name.clone());
+                    }
+                } else if !p.kind.is_full_state() {
+                    // A listener or cluster refused for what it uses: the route configuration,
+                    // endpoints or secrets of this response it uses.
+                    for n in uses(candidate, e.kind, &e.name, p.kind) {
+                        if carried.contains(n.as_str()) {
+                            concerned.insert(n);
+                        }
+                    }
+                }
+            }
+            if concerned.is_empty() {
+                concerned = carried.iter().map(|n| (*n).to_owned()).collect();
+            }
+            let message = errors
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join("; ");
+            refusals.push((i, message, concerned.into_iter().collect()));
+        }
         drop(names);
-        for (i, messages) in charged.into_iter().rev() {
+        for (i, message, concerned) in refusals.into_iter().rev() {
             let p = self.pending.remove(i);
-            self.nack(p.kind, p.nonce, messages.join("; "));
+            self.nack(p.kind, p.nonce, message, concerned);
         }
     }
 
@@ -1063,17 +1143,93 @@ fn sds_names(res: &Resources) -> BTreeSet<String> {
 fn rds_names(res: &Resources) -> BTreeSet<String> {
     let mut out = BTreeSet::new();
     for l in res.listeners.values() {
-        for chain in &l.filter_chains {
-            for f in &chain.filters {
-                if let Some(filter::ConfigType::TypedConfig(any)) = &f.config_type
-                    && any.type_url == HttpConnectionManager::type_url()
-                    && let Ok(hcm) = HttpConnectionManager::decode(any.value.as_slice())
-                    && let Some(RouteSpecifier::Rds(rds)) = hcm.route_specifier
-                {
-                    out.insert(rds.route_config_name);
-                }
+        rds_of(l, &mut out);
+    }
+    out
+}
+
+/// Adds the route configurations listener `l` names to `out`.
+fn rds_of(l: &Listener, out: &mut BTreeSet<String>) {
+    for chain in &l.filter_chains {
+        for f in &chain.filters {
+            if let Some(filter::ConfigType::TypedConfig(any)) = &f.config_type
+                && any.type_url == HttpConnectionManager::type_url()
+                && let Ok(hcm) = HttpConnectionManager::decode(any.value.as_slice())
+                && let Some(RouteSpecifier::Rds(rds)) = hcm.route_specifier
+            {
+                out.insert(rds.route_config_name);
             }
         }
+    }
+}
+
+/// Which of `carried` (the names a refused response of type `kind` carried) an apply failure's
+/// text names as `noun "name"` (`sds secret "server-cert"`: the server's errors name the
+/// resources they come from, not by structure); all of them when it names none. One pass over
+/// the text, whatever the number of names.
+fn named_in(why: &str, kind: ResourceType, carried: &[&str]) -> Vec<String> {
+    let carried_set: HashSet<&str> = carried.iter().copied().collect();
+    let marker = format!("{} \"", kind.noun());
+    let mut named = BTreeSet::new();
+    let mut rest = why;
+    while let Some(at) = rest.find(&marker) {
+        rest = &rest[at + marker.len()..];
+        // The name as `{:?}` wrote it: up to the first quote not escaped.
+        let mut name = String::new();
+        let mut chars = rest.char_indices();
+        let mut end = rest.len();
+        while let Some((i, c)) = chars.next() {
+            match c {
+                '\\' => {
+                    if let Some((_, e)) = chars.next() {
+                        name.push(e);
+                    }
+                }
+                '"' => {
+                    end = i + 1;
+                    break;
+                }
+                c => name.push(c),
+            }
+        }
+        rest = &rest[end..];
+        if carried_set.contains(name.as_str()) {
+            named.insert(name);
+        }
+    }
+    if named.is_empty() {
+        carried.iter().map(|n| (*n).to_owned()).collect()
+    } else {
+        named.into_iter().collect()
+    }
+}
+
+/// The resources of type `of` (route configurations, endpoints, secrets) that the listener or
+/// cluster `kind` `name` of `res` uses (none for another type, or a name not in `res`).
+fn uses(res: &Resources, kind: ResourceType, name: &str, of: ResourceType) -> BTreeSet<String> {
+    let mut out = BTreeSet::new();
+    match (kind, of) {
+        (ResourceType::Listener, ResourceType::Route) => {
+            if let Some(l) = res.listeners.get(name) {
+                rds_of(l, &mut out);
+            }
+        }
+        (ResourceType::Listener, ResourceType::Secret) => {
+            if let Some(l) = res.listeners.get(name) {
+                out = translate::sds_names([], [l]);
+            }
+        }
+        (ResourceType::Cluster, ResourceType::Endpoints) => {
+            if let Some(c) = res.clusters.get(name).and_then(translate::eds_service_name) {
+                out.insert(c.to_owned());
+            }
+        }
+        (ResourceType::Cluster, ResourceType::Secret) => {
+            if let Some(c) = res.clusters.get(name) {
+                out = translate::sds_names([c], []);
+            }
+        }
+        _ => {}
     }
     out
 }

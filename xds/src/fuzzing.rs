@@ -153,7 +153,10 @@ impl State {
     fn drain(&mut self, ads: &mut Ads) {
         while let Some(out) = ads.poll_output() {
             match out {
-                Output::Send(..) | Output::SendDelta(..) | Output::Resync => {}
+                Output::Send(..)
+                | Output::SendDelta(..)
+                | Output::Resync
+                | Output::Refused { .. } => {}
                 Output::Apply { id, .. } => self.apply = Some(id),
                 Output::ArmWarmingTimer(id) => self.timer = Some(id),
             }

@@ -855,3 +855,183 @@ fn secrets_not_subscribed_to_are_dropped_on_arrival() {
     drain(&mut a);
     assert!(!a.applied().secrets.contains_key("stranger-1"));
 }
+
+/// The resources a NACK refuses, as [`Output::Refused`] names them, after the NACK of its
+/// nonce.
+fn refused(out: &[Output]) -> Vec<(ResourceType, String, Vec<String>)> {
+    out.iter()
+        .filter_map(|o| match o {
+            Output::Refused { kind, nonce, names } => Some((*kind, nonce.clone(), names.clone())),
+            _ => None,
+        })
+        .collect()
+}
+
+/// A refusal names the resources of the refused response that its errors concern, by
+/// structure, not by the text of the error: an RDS update routing to an unknown cluster (the
+/// error is the listener's, which uses the route configuration) refuses that route
+/// configuration; an EDS update the cluster cannot take (the error is the cluster's) refuses
+/// those endpoints; a CDS update with one bad cluster of two refuses that one only, and its
+/// `error_detail` goes whole. An undecodable response refuses nothing by name.
+#[test]
+fn refusals_name_the_resources_of_the_refused_update_they_concern() {
+    let mut a = serving();
+    // A second listener and route configuration, so that the RDS update carries one that is
+    // fine.
+    a.handle_input(response(
+        Lds,
+        "2",
+        "l2",
+        vec![
+            any(&http_listener("in", "127.0.0.1", 9000, "routes")),
+            any(&http_listener("in2", "127.0.0.1", 9001, "more")),
+        ],
+    ));
+    a.handle_input(response(
+        Rds,
+        "2",
+        "r2",
+        vec![any(&route_config("more", "web"))],
+    ));
+    let id = apply_id(&drain(&mut a)).expect("complete");
+    a.handle_input(Input::Applied(id));
+    drain(&mut a);
+    a.handle_input(response(
+        Rds,
+        "3",
+        "r3",
+        vec![
+            any(&route_config("routes", "missing")),
+            any(&route_config("more", "web")),
+        ],
+    ));
+    let out = drain(&mut a);
+    assert_eq!(sent(&out)[0].response_nonce, "r3");
+    let detail = &sent(&out)[0].error_detail.as_ref().expect("a NACK").message;
+    assert!(detail.starts_with("listener \"in\""), "{detail}");
+    assert_eq!(
+        refused(&out),
+        [(Rds, "r3".to_owned(), vec!["routes".to_owned()])]
+    );
+
+    let mut bad = assignment("web", &[("127.0.0.1", 8001, 0)]);
+    bad.endpoints[0].priority = 1;
+    a.handle_input(response(Eds, "2", "e2", vec![any(&bad)]));
+    let out = drain(&mut a);
+    assert!(sent(&out)[0].error_detail.is_some(), "{out:?}");
+    assert_eq!(
+        refused(&out),
+        [(Eds, "e2".to_owned(), vec!["web".to_owned()])]
+    );
+
+    let mut broken = static_cluster("broken", &[("127.0.0.1", 8001, 0)]);
+    broken.lb_policy = 99;
+    a.handle_input(response(
+        Cds,
+        "2",
+        "c2",
+        vec![any(&eds_cluster("web")), any(&broken)],
+    ));
+    let out = drain(&mut a);
+    let detail = &sent(&out)
+        .iter()
+        .find_map(|r| r.error_detail.as_ref())
+        .expect("a NACK")
+        .message;
+    assert!(detail.starts_with("cluster \"broken\""), "{detail}");
+    assert_eq!(
+        refused(&out),
+        [(Cds, "c2".to_owned(), vec!["broken".to_owned()])]
+    );
+
+    a.handle_input(response(
+        Eds,
+        "3",
+        "e3",
+        vec![Any {
+            type_url: Eds.type_url().into(),
+            value: vec![0xff, 0xff, 0xff],
+        }],
+    ));
+    assert_eq!(refused(&drain(&mut a)), [(Eds, "e3".to_owned(), vec![])]);
+}
+
+/// State of the world, endpoints: each assignment keeps the version of the last accepted
+/// response that carried it (a response may carry only some).
+#[test]
+fn sotw_partial_responses_version_only_what_they_carry() {
+    let mut a = ads();
+    a.handle_input(Input::Connected);
+    drain(&mut a);
+    a.handle_input(response(
+        Cds,
+        "1",
+        "c1",
+        vec![any(&eds_cluster("web")), any(&eds_cluster("api"))],
+    ));
+    a.handle_input(response(
+        Lds,
+        "1",
+        "l1",
+        vec![any(&tcp_listener("in", "127.0.0.1", 9000, "web"))],
+    ));
+    let hosts = [("127.0.0.1", 8001, 0)];
+    a.handle_input(response(
+        Eds,
+        "1",
+        "e1",
+        vec![
+            any(&assignment("web", &hosts)),
+            any(&assignment("api", &hosts)),
+        ],
+    ));
+    let id = apply_id(&drain(&mut a)).expect("complete");
+    a.handle_input(Input::Applied(id));
+    drain(&mut a);
+    a.handle_input(response(
+        Eds,
+        "2",
+        "e2",
+        vec![any(&assignment("web", &[("127.0.0.1", 8002, 0)]))],
+    ));
+    let id = apply_id(&drain(&mut a)).expect("an update");
+    a.handle_input(Input::Applied(id));
+    drain(&mut a);
+    assert_eq!(a.accepted_version(Eds), "2");
+    let versions: Vec<(&str, &str)> = a
+        .resource_versions(Eds)
+        .iter()
+        .map(|(n, v)| (n.as_str(), v.as_str()))
+        .collect();
+    assert_eq!(versions, [("api", "1"), ("web", "2")]);
+    assert!(a.resource_versions(Cds).is_empty());
+}
+
+/// A failed apply's error is the server's text: its refusal names the resources of the
+/// response that the text names (`sds secret "server-cert"`), not the others it carried, and
+/// all of them when it names none.
+#[test]
+fn a_failed_apply_refuses_the_resources_its_error_names() {
+    let carried = ["server-cert", "upstream-ca", "say \"hi\""];
+    assert_eq!(
+        named_in(
+            "listeners[0].tls.certificates[0].private_key: sds secret \"server-cert\" does not \
+             go with the certificate sds secret \"server-cert\"",
+            ResourceType::Secret,
+            &carried,
+        ),
+        ["server-cert"]
+    );
+    assert_eq!(
+        named_in(
+            "secret \"say \\\"hi\\\"\" and secret \"unknown\"",
+            ResourceType::Secret,
+            &carried
+        ),
+        ["say \"hi\""]
+    );
+    assert_eq!(
+        named_in("the server loop stopped", ResourceType::Secret, &carried),
+        carried
+    );
+}

@@ -139,13 +139,36 @@ impl fmt::Display for TranslateError {
 impl std::error::Error for TranslateError {}
 
 /// What translation ignored on purpose (telemetry-only fields, `is_optional` or disabled HTTP
-/// filters), as paths `kind "name" path`, so that they can be counted and shown.
+/// filters), as paths `kind "name" path`, so that they can be counted and shown; and what it
+/// merged (an inspector listed again), which ignores nothing and is not counted.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Notes {
-    /// One entry per ignored field or filter.
+    /// One entry per ignored field or filter, each once (a route configuration several
+    /// listeners use is translated for each, and noted once).
     pub ignored: Vec<String>,
     /// How many of them are in resources of each type, in [`ResourceType::ALL`] order.
     pub ignored_by_type: [u64; ResourceType::ALL.len()],
+    /// What was merged rather than ignored (`kind "name" path: what`), each once.
+    pub merged: Vec<String>,
+}
+
+impl Notes {
+    /// Keeps each note once (the first), and counts the ignored ones by type again.
+    fn distinct(&mut self) {
+        let mut seen = std::collections::HashSet::with_capacity(self.ignored.len());
+        self.ignored.retain(|n| seen.insert(n.clone()));
+        let mut seen = std::collections::HashSet::with_capacity(self.merged.len());
+        self.merged.retain(|n| seen.insert(n.clone()));
+        self.ignored_by_type = [0; ResourceType::ALL.len()];
+        for n in &self.ignored {
+            if let Some(i) = ResourceType::ALL.iter().position(|k| {
+                n.strip_prefix(k.noun())
+                    .is_some_and(|rest| rest.starts_with(" \""))
+            }) {
+                self.ignored_by_type[i] += 1;
+            }
+        }
+    }
 }
 
 /// Where translation is inside a resource: its type, name, and a path of fields.
@@ -194,6 +217,16 @@ impl<'a> At<'a> {
 
     pub(crate) fn unsupported(&self) -> TranslateError {
         self.error("unsupported")
+    }
+
+    /// Notes `what` as merged here (not ignored, not counted).
+    pub(crate) fn merged(&self, notes: &mut Notes, what: &str) {
+        notes.merged.push(format!(
+            "{} {:?} {}: {what}",
+            self.kind.noun(),
+            self.name,
+            self.path
+        ));
     }
 
     pub(crate) fn note(&self, notes: &mut Notes, what: &str) {
@@ -454,7 +487,10 @@ pub fn assemble(
     append(root, "clusters", clusters);
     append(root, "listeners", listeners);
     match Config::from_tree(&tree) {
-        Ok(config) => Ok(Assembled { config, notes }),
+        Ok(config) => {
+            notes.distinct();
+            Ok(Assembled { config, notes })
+        }
         Err(errs) => Err(errs
             .0
             .into_iter()

@@ -1810,3 +1810,36 @@ fn other_health_checkers_are_refused_by_name() {
         "{e:?}"
     );
 }
+
+/// A route configuration several listeners use is translated for each, and its ignored
+/// fields are counted once (`sluice_xds_ignored_fields` is a count of fields, not of uses).
+#[test]
+fn a_shared_route_configurations_ignored_fields_count_once() {
+    let mut r = resources();
+    for (i, port) in [9001u32, 9002, 9003].into_iter().enumerate() {
+        let name = format!("in{i}");
+        r.listeners.insert(
+            name.clone(),
+            http_listener(&name, "127.0.0.1", port, "routes"),
+        );
+    }
+    r.routes.get_mut("routes").unwrap().metadata = Some(Default::default());
+    let a = assemble(&bootstrap(), &r).expect("accepted");
+    let route = ResourceType::ALL
+        .iter()
+        .position(|k| *k == ResourceType::Route)
+        .unwrap();
+    let of_routes: Vec<&String> = a
+        .notes
+        .ignored
+        .iter()
+        .filter(|n| n.starts_with("route_configuration \"routes\""))
+        .collect();
+    assert_eq!(
+        of_routes,
+        ["route_configuration \"routes\" metadata"],
+        "{:#?}",
+        a.notes
+    );
+    assert_eq!(a.notes.ignored_by_type[route], 1, "{:#?}", a.notes);
+}

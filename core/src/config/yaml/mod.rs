@@ -284,7 +284,7 @@ fn decode_config(dec: &mut Decoder, tree: &Value) -> Option<Config> {
             );
         }
     }
-    let xds = xds::check_xds_cluster(dec, xds?, &mut clusters)?;
+    let xds = xds::check_xds_cluster(dec, xds?, &clusters, otlp_cluster)?;
     // A config with `xds`: its static clusters' hosts may change in place (EDS), with spare
     // host ids for growth (see `ClusterConfig::host_slots`).
     if xds.is_some() {

@@ -2018,9 +2018,11 @@ fn xds_bootstrap_errors_are_named() {
     );
 }
 
-/// Issue 13: the xDS cluster may have `tls` (gRPC over TLS to the management server): with
-/// no `alpn` it offers `[h2]`; an `alpn` without `h2` is refused at its path, and so are
-/// `transport_socket_matches`, which the client would ignore.
+/// Issue 13: the xDS cluster may have `tls` (gRPC over TLS to the management server, whose
+/// connection offers `h2` alone, set by the connector): the cluster is left as written (no
+/// `alpn` stays none); used by xDS alone, an `alpn` without `h2` is refused at its path, and
+/// so are `transport_socket_matches`, which the client would ignore. An HTTP/1.1 route over
+/// TLS to the same cluster is the data path's: it gets `[http/1.1]`, without an error.
 #[test]
 fn the_xds_cluster_takes_tls_offering_h2() {
     let tls = XDS.replace(
@@ -2029,7 +2031,7 @@ fn the_xds_cluster_takes_tls_offering_h2() {
     );
     let c = Config::from_yaml(&tls).unwrap_or_else(|e| panic!("{e}"));
     let t = c.clusters[0].tls.as_ref().unwrap();
-    assert_eq!(t.alpn, ["h2"]);
+    assert!(t.alpn.is_empty(), "{:?}", t.alpn);
     assert_eq!(t.sni.as_deref(), Some("xds.example"));
     assert!(t.client_certificate.is_some());
     let given = tls.replace(
@@ -2050,9 +2052,26 @@ fn the_xds_cluster_takes_tls_offering_h2() {
             "private_key: me.key, alpn: [http/1.1] }"
         )),
         [
-            "clusters[0].tls.alpn: [\"http/1.1\"] lacks \"h2\": cluster \"xds_server\" is the xDS cluster, and gRPC to the management server is HTTP/2 (the connection offers `h2` alone): give `alpn: [h2]` or none"
+            "clusters[0].tls.alpn: [\"http/1.1\"] lacks \"h2\": cluster \"xds_server\" is the xDS cluster, used by nothing else, and gRPC to the management server is HTTP/2 (the connection offers `h2` alone): give `alpn: [h2]` or none"
         ]
     );
+    // An HTTP/1.1 route over TLS to the xDS cluster: the data path offers `http/1.1` (the
+    // xDS connection still `h2`), with `alpn` given as such or not at all.
+    let routed = tls.replace("    protocol: http2\n", "").replace(
+        "listeners: []",
+        "listeners:\n  - { name: in, address: 127.0.0.1:8080, http: { virtual_hosts: [ { name: v, domains: [\"*\"], routes: [ { match: { prefix: / }, route: { cluster: xds_server } } ] } ] } }",
+    );
+    for yaml in [
+        routed.clone(),
+        routed.replace(
+            "private_key: me.key }",
+            "private_key: me.key, alpn: [http/1.1] }",
+        ),
+    ] {
+        let c = Config::from_yaml(&yaml).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(c.clusters[0].tls.as_ref().unwrap().alpn, ["http/1.1"]);
+        assert!(c.xds.is_some());
+    }
     let matches = XDS.replace(
         "    hosts: [ { address: 127.0.0.1:18000 } ]",
         "    hosts: [ { address: 127.0.0.1:18000 } ]\n    transport_socket_matches: [ { name: plain } ]",

@@ -112,19 +112,24 @@ pub(super) fn decode_xds(
 /// The management server's cluster must have hosts to dial: a static one. With `tls`, the
 /// client speaks gRPC over TLS to it (its first host, verified with the cluster's `ca`, `sni` /
 /// `verify_subject_alt_names`, and its client certificate for mutual TLS), offering ALPN `h2`
-/// alone: an `alpn` given without `h2` is refused, and none given becomes `[h2]`. Refused too,
-/// because the client would ignore it: `transport_socket_matches` (the client dials the first
-/// host with the cluster's own `tls`).
+/// alone whatever the cluster's `alpn` (the connector sets it on its own connection): only
+/// validated here, the cluster left as it is. Its `alpn` is the data path's when routes,
+/// health checks or the span exporter use the cluster too (the rules of `check_tls_clusters`:
+/// an HTTP/1.1 route over TLS gets `[http/1.1]`, and the xDS connection still offers `h2`);
+/// used by xDS alone, an `alpn` given without `h2` is refused, since nothing would offer it.
+/// Refused too, because the client would ignore it: `transport_socket_matches` (the client
+/// dials the first host with the cluster's own `tls`).
 pub(super) fn check_xds_cluster(
     dec: &mut Decoder,
     xds: Option<XdsConfig>,
-    clusters: &mut [ClusterConfig],
+    clusters: &[ClusterConfig],
+    otlp_cluster: Option<usize>,
 ) -> Option<Option<XdsConfig>> {
     let Some(x) = xds else {
         return Some(None);
     };
     let ci = x.cluster_index;
-    match clusters.get_mut(ci) {
+    match clusters.get(ci) {
         Some(c) if c.kind == ClusterKind::Static && c.hosts.is_empty() => {
             dec.error(
                 "xds.cluster",
@@ -149,21 +154,27 @@ pub(super) fn check_xds_cluster(
             None
         }
         Some(c) if c.kind == ClusterKind::Static => {
-            if let Some(tls) = c.tls.as_deref_mut() {
-                if tls.alpn.is_empty() {
-                    tls.alpn = vec!["h2".to_owned()];
-                } else if !tls.alpn.iter().any(|p| p == "h2") {
-                    dec.error(
-                        &format!("clusters[{ci}].tls.alpn"),
-                        format!(
-                            "{:?} lacks \"h2\": cluster {:?} is the xDS cluster, and gRPC to the \
-                             management server is HTTP/2 (the connection offers `h2` alone): \
-                             give `alpn: [h2]` or none",
-                            tls.alpn, x.cluster
-                        ),
-                    );
-                    return None;
-                }
+            let data_path = c.health_check.is_some()
+                || otlp_cluster == Some(ci)
+                || dec
+                    .cluster_refs
+                    .iter()
+                    .any(|(i, path)| *i == ci && path != "xds.cluster");
+            if let Some(tls) = c.tls.as_deref()
+                && !data_path
+                && !tls.alpn.is_empty()
+                && !tls.alpn.iter().any(|p| p == "h2")
+            {
+                dec.error(
+                    &format!("clusters[{ci}].tls.alpn"),
+                    format!(
+                        "{:?} lacks \"h2\": cluster {:?} is the xDS cluster, used by nothing \
+                         else, and gRPC to the management server is HTTP/2 (the connection \
+                         offers `h2` alone): give `alpn: [h2]` or none",
+                        tls.alpn, x.cluster
+                    ),
+                );
+                return None;
             }
             Some(Some(x))
         }
