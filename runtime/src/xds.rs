@@ -1157,6 +1157,11 @@ async fn pump<M>(
     }
 }
 
+/// Held by each test that drives a [`Client`] for its whole run: [`STATUS`] is process-wide,
+/// and a plain `cargo test` runs tests as threads of one process (nextest gives each its own).
+#[cfg(test)]
+static STATUS_TESTS: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1196,6 +1201,9 @@ mod tests {
         };
         use sluice_xds::fixtures::{any, assignment, eds_cluster, route_config};
 
+        let _serial = super::STATUS_TESTS
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let client = |mode| {
             let (updates, _) = tokio::sync::mpsc::unbounded_channel();
             let mut c = Client {
@@ -1463,10 +1471,17 @@ mod status_tests {
         any, assignment, eds_cluster, http_listener, route_config, static_cluster,
     };
 
-    /// A state-of-the-world client with [`STATUS`] set (each test runs in its own process).
-    /// (The receiver of its updates is kept: a client whose server loop is gone applies
-    /// nothing.)
-    fn client() -> (Client, tokio::sync::mpsc::UnboundedReceiver<Update>) {
+    /// A state-of-the-world client with [`STATUS`] set, and the guard that keeps the other
+    /// tests of this module out of [`STATUS`] until it is dropped. (The receiver of its
+    /// updates is kept: a client whose server loop is gone applies nothing.)
+    fn client() -> (
+        Client,
+        tokio::sync::mpsc::UnboundedReceiver<Update>,
+        std::sync::MutexGuard<'static, ()>,
+    ) {
+        let serial = super::STATUS_TESTS
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let (updates, rx) = tokio::sync::mpsc::unbounded_channel();
         let mut c = Client {
             ads: Ads::with_mode(
@@ -1486,7 +1501,7 @@ mod status_tests {
         c.drain(None);
         // No listeners from the server: the clusters apply alone.
         push(&mut c, ResourceType::Listener, "0", Vec::new());
-        (c, rx)
+        (c, rx, serial)
     }
 
     /// Feeds a response and completes the apply it starts, if any.
@@ -1515,7 +1530,7 @@ mod status_tests {
     /// cluster was quadratic in memory and time, under the lock `/xds` reads).
     #[test]
     fn a_nack_refusing_many_resources_is_kept_once() {
-        let (mut c, _updates) = client();
+        let (mut c, _updates, _serial) = client();
         let n = 1500;
         let names: Vec<String> = (0..n)
             .map(|i| format!("outbound|8080||svc-{i}.ns.svc.cluster.local"))
@@ -1573,7 +1588,7 @@ mod status_tests {
     /// the endpoints'.
     #[test]
     fn refused_rds_and_eds_updates_are_their_resources_error_state() {
-        let (mut c, _updates) = client();
+        let (mut c, _updates, _serial) = client();
         let hosts = [("127.0.0.1", 8080, 0)];
         push(
             &mut c,
@@ -1636,7 +1651,7 @@ mod status_tests {
     /// version, and the refusal of its last update, which no accepted update has fixed.
     #[test]
     fn a_partial_sotw_response_relabels_only_what_it_carried() {
-        let (mut c, _updates) = client();
+        let (mut c, _updates, _serial) = client();
         let hosts = [("127.0.0.1", 8080, 0)];
         push(
             &mut c,

@@ -662,7 +662,7 @@ fn an_inspector_listed_twice_runs_where_either_entry_runs() {
 /// walked every port once per range per entry (3 s here for these 8 entries, 18 ms now). One
 /// range more than the most is refused by path.
 #[test]
-fn many_entries_of_many_port_ranges_merge_fast_and_too_many_are_refused() {
+fn many_entries_of_many_port_ranges_merge_and_too_many_are_refused() {
     use crate::translate::listener_filters::MAX_PORT_RANGES;
     use envoy_types::pb::envoy::config::listener::v3::listener_filter_chain_match_predicate::MatchSet;
     let disabled_on = |ranges: &mut dyn Iterator<Item = i32>| ListenerFilterChainMatchPredicate {
@@ -691,14 +691,10 @@ fn many_entries_of_many_port_ranges_merge_fast_and_too_many_are_refused() {
             l.listener_filters.push(t);
         }
     }
-    let started = std::time::Instant::now();
+    // (Its speed is not asserted here — no timing in tests —: on sorted ranges this merge is
+    // O(R log R); the old port-by-port merge took seconds at this size.)
     let a = assemble(&bootstrap(), &r).expect("accepted");
-    let took = started.elapsed();
     assert_eq!(a.config.listeners[0].tls_inspector, InspectorPorts::All);
-    assert!(
-        took < std::time::Duration::from_millis(500),
-        "merging took {took:?}"
-    );
     let mut r = resources();
     let l = listener(&mut r);
     l.listener_filters[1].filter_disabled = Some(disabled_on(&mut (0..1024).map(|i| i * 16 + 1)));
