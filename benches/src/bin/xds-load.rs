@@ -47,7 +47,7 @@ struct Cli {
     cluster_pushes: Option<usize>,
     #[arg(long, value_name = "N", help = sized("Keep-alive connections of the traffic scenario (requests during pushes)", |o| o.traffic_connections))]
     traffic_connections: Option<usize>,
-    #[arg(long, value_name = "SECS", help = sized("Seconds of each phase of the traffic scenario (no push, then pushes)", |o| o.traffic_secs as usize))]
+    #[arg(long, value_name = "SECS", help = sized("Seconds of each of the traffic scenario's three phases (no push, pushes, pushes built but not sent)", |o| o.traffic_secs as usize))]
     traffic_secs: Option<u64>,
     /// Also print the figures as one JSON line after the table.
     #[arg(long)]
