@@ -1727,6 +1727,33 @@ fn in_memory_handshake(
     Ok(s)
 }
 
+/// A self-signed certificate for `localhost` written as `dir/c.pem` and `dir/k.pem`, and the
+/// roots that trust it.
+#[cfg(test)]
+fn self_signed_in(dir: &std::path::Path) -> RootCertStore {
+    std::fs::create_dir_all(dir).unwrap();
+    let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+    std::fs::write(dir.join("c.pem"), cert.cert.pem()).unwrap();
+    std::fs::write(dir.join("k.pem"), cert.signing_key.serialize_pem()).unwrap();
+    let mut roots = RootCertStore::empty();
+    roots.add(cert.cert.der().clone()).unwrap();
+    roots
+}
+
+/// The server configuration [`acceptors`] builds for a `tcp_proxy` listener `name` over
+/// [`self_signed_in`]'s files, with `extra` (YAML lines) in its `tls`. The name keys the
+/// process-wide ticket keys: each test module uses its own.
+#[cfg(test)]
+fn test_listener(name: &str, dir: &std::path::Path, extra: &str) -> Arc<ServerConfig> {
+    let yaml = format!(
+        "listeners:\n  - name: {name}\n    address: 127.0.0.1:1\n    tls:\n      certificates: [ {{ cert_chain: {d}/c.pem, private_key: {d}/k.pem }} ]\n{extra}    tcp_proxy: {{ cluster: a }}\nclusters:\n  - {{ name: a, hosts: [ {{ address: 127.0.0.1:9 }} ] }}\n",
+        d = dir.display()
+    );
+    let config = Config::from_yaml(&yaml).unwrap();
+    let built = acceptors(&config, None).unwrap();
+    built[0].as_ref().unwrap().config().clone()
+}
+
 /// Which cipher suite a listener picks and which ones a cluster offers, with real rustls
 /// handshakes in memory.
 #[cfg(test)]
@@ -1735,13 +1762,7 @@ mod cipher_suite_choice {
     use rustls::crypto::aws_lc_rs::cipher_suite as cs;
 
     fn listener(dir: &std::path::Path, extra: &str) -> Arc<ServerConfig> {
-        let yaml = format!(
-            "listeners:\n  - name: cipher_suite_choice\n    address: 127.0.0.1:1\n    tls:\n      certificates: [ {{ cert_chain: {d}/c.pem, private_key: {d}/k.pem }} ]\n{extra}    tcp_proxy: {{ cluster: a }}\nclusters:\n  - {{ name: a, hosts: [ {{ address: 127.0.0.1:9 }} ] }}\n",
-            d = dir.display()
-        );
-        let config = Config::from_yaml(&yaml).unwrap();
-        let built = acceptors(&config, None).unwrap();
-        built[0].as_ref().unwrap().config().clone()
+        test_listener("cipher_suite_choice", dir, extra)
     }
 
     /// A client that offers `suites` in that order, as OpenSSL offers AES-256 first.
@@ -1774,18 +1795,15 @@ mod cipher_suite_choice {
             .suite()
     }
 
-    /// The listener's order wins over the client's: by default AES-128-GCM (as Envoy), and
-    /// what `cipher_suites` lists otherwise; a TLS 1.2 client with no listed suite is refused;
-    /// a cluster offers its list (TLS 1.3 defaults kept when it lists only TLS 1.2 suites).
+    /// The listener's order wins over the client's: by default AES-128-GCM (Sluice's order;
+    /// Envoy's in TLS 1.2), and what `cipher_suites` lists otherwise; with
+    /// `prefer_client_ciphers` the client's; a TLS 1.2 client with no listed suite is refused,
+    /// and a certificate no listed TLS 1.2 suite works with is refused by the config; a cluster
+    /// offers its list (TLS 1.3 defaults kept when it lists only TLS 1.2 suites).
     #[test]
     fn the_listeners_order_picks_the_suite_and_a_cluster_offers_its_list() {
         let dir = std::env::temp_dir().join(format!("sluice-suites-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
-        std::fs::write(dir.join("c.pem"), cert.cert.pem()).unwrap();
-        std::fs::write(dir.join("k.pem"), cert.signing_key.serialize_pem()).unwrap();
-        let mut roots = RootCertStore::empty();
-        roots.add(cert.cert.der().clone()).unwrap();
+        let roots = self_signed_in(&dir);
         let openssl_order = [
             cs::TLS13_AES_256_GCM_SHA384,
             cs::TLS13_CHACHA20_POLY1305_SHA256,
@@ -1892,13 +1910,7 @@ mod resumption_across_reloads {
     use rustls::{ClientConfig, HandshakeKind};
 
     fn acceptor(dir: &std::path::Path, extra: &str) -> Arc<ServerConfig> {
-        let yaml = format!(
-            "listeners:\n  - name: resumption_across_reloads\n    address: 127.0.0.1:1\n    tls:\n      certificates: [ {{ cert_chain: {d}/c.pem, private_key: {d}/k.pem }} ]\n{extra}    tcp_proxy: {{ cluster: a }}\nclusters:\n  - {{ name: a, hosts: [ {{ address: 127.0.0.1:9 }} ] }}\n",
-            d = dir.display()
-        );
-        let config = Config::from_yaml(&yaml).unwrap();
-        let built = acceptors(&config, None).unwrap();
-        built[0].as_ref().unwrap().config().clone()
+        test_listener("resumption_across_reloads", dir, extra)
     }
 
     /// One TLS 1.2 handshake; what kind it was.
@@ -1915,12 +1927,7 @@ mod resumption_across_reloads {
     #[test]
     fn sessions_do_not_resume_under_narrower_groups_or_across_a_tickets_off_reload() {
         let dir = std::env::temp_dir().join(format!("sluice-resume-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
-        std::fs::write(dir.join("c.pem"), cert.cert.pem()).unwrap();
-        std::fs::write(dir.join("k.pem"), cert.signing_key.serialize_pem()).unwrap();
-        let mut roots = RootCertStore::empty();
-        roots.add(cert.cert.der().clone()).unwrap();
+        let roots = self_signed_in(&dir);
         let client = Arc::new(
             ClientConfig::builder_with_provider(provider())
                 .with_protocol_versions(&[&rustls::version::TLS12])
