@@ -312,6 +312,7 @@ impl SharedDns {
                         address,
                         weight: n.weight,
                         transport,
+                        priority: 0,
                     })
                 })
                 .collect();
@@ -352,6 +353,7 @@ fn endpoint_hosts(
             address: h.address,
             weight: h.weight,
             transport: cluster.host_transport(h),
+            priority: h.priority,
         })
         .collect()
 }
