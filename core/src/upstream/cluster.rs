@@ -282,8 +282,10 @@ impl ClusterState {
     /// healthy and not ejected), with the cluster's panic threshold: recomputes the level loads
     /// and panics now, and makes available every present host that is usable or whose level
     /// is in panic. Returns whether some level is in panic.
+    ///
+    /// A host past the end of `usable` keeps its verdict (an `original_dst` cluster's one
+    /// host, which no health check judges).
     pub fn apply_health(&mut self, usable: &[bool], panic_threshold_percent: u32) -> bool {
-        debug_assert_eq!(usable.len(), self.wanted.len());
         for (w, &u) in self.wanted.iter_mut().zip(usable) {
             *w = u;
         }
