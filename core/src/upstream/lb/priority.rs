@@ -72,21 +72,20 @@ impl PriorityLoad {
             .map(|&l| level_health(l, overprovisioning_factor))
             .sum::<u32>()
             .min(100);
-        if total > 0 {
-            let mut left = 100u32;
-            let mut first_healthy = None;
-            for (i, &level) in levels.iter().enumerate() {
-                let health = level_health(level, overprovisioning_factor);
-                let share = (health * 100 / total).min(left);
-                self.load[i] = share;
-                left -= share;
-                if health > 0 && first_healthy.is_none() {
-                    first_healthy = Some(i);
-                }
+        // Nothing has health (total 0): no share, and no first healthy level to round to.
+        let mut left = 100u32;
+        let mut first_healthy = None;
+        for (i, &level) in levels.iter().enumerate() {
+            let health = level_health(level, overprovisioning_factor);
+            let share = (health * 100).checked_div(total).unwrap_or(0).min(left);
+            self.load[i] = share;
+            left -= share;
+            if health > 0 && first_healthy.is_none() {
+                first_healthy = Some(i);
             }
-            if let Some(i) = first_healthy {
-                self.load[i] += left;
-            }
+        }
+        if let Some(i) = first_healthy {
+            self.load[i] += left;
         }
         if total == 100 {
             return;
