@@ -542,4 +542,6 @@ pub(crate) mod tests_chains;
 #[cfg(test)]
 mod tests_istiod;
 #[cfg(test)]
+mod tests_priority;
+#[cfg(test)]
 pub(crate) mod tests_tls;
