@@ -1,5 +1,5 @@
 //! The one connect path to an upstream host: every new data-path, probe and span-export
-//! connection — an HTTP/1.1 or HTTP/2 request's (`http.rs`), a `tcp_proxy` session's
+//! connection — an HTTP/1.1 or HTTP/2 request's (`http/upstream.rs`), a `tcp_proxy` session's
 //! (`engine.rs`), a Bolt upstream's (`bolt.rs`), a health probe's (`health.rs`), a span
 //! export's (`otlp.rs`) — is opened here. (The xDS management server's connection is the
 //! control plane's own: `xds.rs`.)
