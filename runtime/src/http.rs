@@ -1857,6 +1857,7 @@ impl<N: Network> Engine<N> {
             },
             &action.request_headers_to_remove,
             &action.request_headers_to_add,
+            &|name| head.header(rbuf.bytes(), name).is_some(),
         );
         if scratch.trace.hop.is_some() {
             scratch.trace.headers.edits(&mut edits);
@@ -2505,6 +2506,7 @@ impl<N: Network> Engine<N> {
                 edits.route(
                     &action.response_headers_to_remove,
                     &action.response_headers_to_add,
+                    &|name| rhead.header(ubuf.bytes(), name).is_some(),
                 );
                 // The listener's `server_name`, after the route's edits (Envoy sets it last).
                 if let Some(s) = &scratch.listener_http.server {
