@@ -100,6 +100,7 @@ use sluice_core::config::http::{
     ForwardAction, HttpCodec, HttpConfig, PathMatch, RouteAction, RouteUpgrade, ServerHeader,
     ServerHeaderTransformation, upgrade_allowed,
 };
+use sluice_core::header_format::FormatContext;
 use sluice_core::health::{Permit, Resource, UpstreamResult};
 use sluice_core::host::HostRef;
 use sluice_core::http1::conn::{ConnectionPolicy, ConnectionSettings, Expired, keeps_alive};
@@ -109,7 +110,7 @@ use sluice_core::http1::{
     write_response_head, write_trailers,
 };
 use sluice_core::l7::edits::{
-    HeaderEdits, RequestFacts, format_request_id, forwarded_for, request_edits,
+    HeaderEdits, RequestFacts, format_request_id, forwarded_for, has_variables, request_edits,
 };
 use sluice_core::l7::exchange::{
     Event as ExchangeEvent, ExchangeConfig, ResponseFlag, RetryPolicyView, TryFailure, status_for,
@@ -641,12 +642,37 @@ pub(crate) fn local_body(flag: ResponseFlag) -> &'static [u8] {
     }
 }
 
+/// `%PROTOCOL%`: how the request came.
+fn downstream_protocol(http2: bool, version: Version) -> &'static str {
+    match (http2, version) {
+        (true, _) => "HTTP/2",
+        (false, Version::Http10) => "HTTP/1.0",
+        (false, Version::Http11) => "HTTP/1.1",
+    }
+}
+
+/// `%HOSTNAME%`: the machine's host name, read once (empty where it cannot be read).
+fn hostname() -> &'static str {
+    static HOSTNAME: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    HOSTNAME.get_or_init(|| {
+        std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|h| h.trim().to_owned())
+            .unwrap_or_default()
+    })
+}
+
 /// Per-connection buffers reused by every request (no allocation per request once warm).
 pub(crate) struct Scratch {
     /// The client's IP as text, for `x-forwarded-for` (computed once per connection).
     peer_ip: String,
     /// The client's IP (for a `source_ip` hash policy).
     peer_addr: std::net::IpAddr,
+    /// The client's address and port (`%DOWNSTREAM_REMOTE_ADDRESS%` and kin).
+    peer: SocketAddr,
+    /// The route's request / response header values with variables, rendered for this
+    /// request (reused; untouched by routes without variables).
+    rendered_request: sluice_core::l7::edits::Rendered,
+    rendered_response: sluice_core::l7::edits::Rendered,
     /// `x-forwarded-for` when the request already had one.
     xff: Vec<u8>,
     /// A rewritten path.
@@ -833,6 +859,7 @@ impl Scratch {
             let _ = write!(self.peer_ip, "{}", peer.ip());
             self.peer_addr = peer.ip();
         }
+        self.peer = peer;
         self.path_opts = hc.path_normalization;
         self.stream_idle = hc.stream_idle_timeout;
         self.awaiting.set(false);
@@ -856,6 +883,9 @@ impl Scratch {
         Scratch {
             peer_ip: peer.ip().to_string(),
             peer_addr: peer.ip(),
+            peer,
+            rendered_request: Default::default(),
+            rendered_response: Default::default(),
             xff: Vec::new(),
             path: Vec::new(),
             norm: Vec::new(),
@@ -1839,6 +1869,31 @@ impl<N: Network> Engine<N> {
             head.header_values(rbuf.bytes(), sluice_core::l7::xfcc::XFCC),
             &mut scratch.xfcc,
         );
+        // The route's values with variables, rendered now for the response too: every
+        // variable is of the request or the connection, and the request's head is at hand.
+        for (add, rendered) in [
+            (
+                &action.request_headers_to_add,
+                &mut scratch.rendered_request,
+            ),
+            (
+                &action.response_headers_to_add,
+                &mut scratch.rendered_response,
+            ),
+        ] {
+            if has_variables(add) {
+                let lookup = |name: &str| head.header(rbuf.bytes(), name);
+                rendered.render(
+                    add,
+                    &FormatContext {
+                        downstream_remote: scratch.peer,
+                        protocol: downstream_protocol(scratch.downstream_http2, head.version()),
+                        hostname: hostname(),
+                        request_header: &lookup,
+                    },
+                );
+            }
+        }
         let mut edits = HeaderEdits::new();
         request_edits(
             &mut edits,
@@ -1858,6 +1913,7 @@ impl<N: Network> Engine<N> {
             &action.request_headers_to_remove,
             &action.request_headers_to_add,
             &|name| head.header(rbuf.bytes(), name).is_some(),
+            &scratch.rendered_request,
         );
         if scratch.trace.hop.is_some() {
             scratch.trace.headers.edits(&mut edits);
@@ -2507,6 +2563,7 @@ impl<N: Network> Engine<N> {
                     &action.response_headers_to_remove,
                     &action.response_headers_to_add,
                     &|name| rhead.header(ubuf.bytes(), name).is_some(),
+                    &scratch.rendered_response,
                 );
                 // The listener's `server_name`, after the route's edits (Envoy sets it last).
                 if let Some(s) = &scratch.listener_http.server {

@@ -28,6 +28,7 @@
 //!   and the additions made before it. A field [`HeaderEdits::append`]ed removes nothing.
 
 use crate::config::http::{AppendAction, HeaderValue};
+use crate::header_format::FormatContext;
 
 /// Edits of each kind kept in fixed slots before spilling to the heap.
 pub const INLINE_EDITS: usize = 24;
@@ -159,17 +160,34 @@ impl<'a> HeaderEdits<'a> {
     /// (`add_if_absent`, `overwrite_if_exists`) look at the message as the edits so far leave
     /// it: `in_message` says whether the message as received has a field of a name (asked
     /// only for those actions, so a route without them never looks).
+    ///
+    /// An entry with variables takes its value from `rendered` (which must have rendered
+    /// this `add` list for this message); one whose value renders empty adds nothing, as
+    /// Envoy's does.
     pub fn route(
         &mut self,
         remove: &'a [String],
         add: &'a [HeaderValue],
         in_message: &dyn Fn(&str) -> bool,
+        rendered: &'a Rendered,
     ) {
         for name in remove {
             self.remove(name);
         }
+        let mut formatted = 0;
         for h in add {
-            let (name, value) = (h.name.as_str(), h.value.as_bytes());
+            let value = if h.format.is_some() {
+                let value = rendered.value(formatted);
+                formatted += 1;
+                debug_assert!(value.is_some(), "the list was rendered");
+                match value {
+                    Some(v) if !v.is_empty() => v,
+                    _ => continue,
+                }
+            } else {
+                h.value.as_bytes()
+            };
+            let name = h.name.as_str();
             match h.append_action {
                 AppendAction::OverwriteIfExistsOrAdd => self.set(name, value),
                 AppendAction::AppendIfExistsOrAdd => self.append(name, value),
@@ -186,6 +204,47 @@ impl<'a> HeaderEdits<'a> {
             }
         }
     }
+}
+
+/// The values of a list's entries that have variables, rendered for one message, in the
+/// list's order (one buffer and one list of ends, reused across messages: no allocation once
+/// warm, none at all for a list without variables).
+#[derive(Debug, Default)]
+pub struct Rendered {
+    buf: Vec<u8>,
+    ends: Vec<usize>,
+}
+
+impl Rendered {
+    /// Renders the entries of `add` that have variables, for the message `ctx` describes
+    /// (replacing what was rendered before).
+    pub fn render(&mut self, add: &[HeaderValue], ctx: &FormatContext<'_>) {
+        self.buf.clear();
+        self.ends.clear();
+        for f in add.iter().filter_map(|h| h.format.as_ref()) {
+            f.render(ctx, &mut self.buf);
+            self.ends.push(self.buf.len());
+        }
+    }
+
+    /// Empties it (for a list known to have no variables, nothing to do).
+    pub fn clear(&mut self) {
+        self.buf.clear();
+        self.ends.clear();
+    }
+
+    /// The `i`-th rendered value.
+    fn value(&self, i: usize) -> Option<&[u8]> {
+        let end = *self.ends.get(i)?;
+        let start = if i == 0 { 0 } else { self.ends[i - 1] };
+        Some(&self.buf[start..end])
+    }
+}
+
+/// Whether any entry of `add` has variables (what needs a [`Rendered::render`]).
+#[must_use]
+pub fn has_variables(add: &[HeaderValue]) -> bool {
+    add.iter().any(|h| h.format.is_some())
 }
 
 /// What the request edits of one hop need to know about the request and the connection.
@@ -213,6 +272,7 @@ pub fn request_edits<'a>(
     route_remove: &'a [String],
     route_add: &'a [HeaderValue],
     in_message: &dyn Fn(&str) -> bool,
+    rendered: &'a Rendered,
 ) {
     edits.set("x-forwarded-for", facts.forwarded_for);
     // Envoy's default `forward_client_cert_details: SANITIZE` removes it: a client's own
@@ -232,7 +292,7 @@ pub fn request_edits<'a>(
     if let Some(proto) = facts.forwarded_proto {
         edits.set("x-forwarded-proto", proto);
     }
-    edits.route(route_remove, route_add, in_message);
+    edits.route(route_remove, route_add, in_message, rendered);
 }
 
 /// `x-forwarded-for` with the client's address appended to the request's own (if it had one),
@@ -281,10 +341,17 @@ pub fn format_request_id(a: u64, b: u64, out: &mut [u8; 36]) {
 mod tests {
     use super::*;
 
+    /// For lists without variables.
+    static NONE_RENDERED: Rendered = Rendered {
+        buf: Vec::new(),
+        ends: Vec::new(),
+    };
+
     fn hv(name: &str, value: &str) -> HeaderValue {
         HeaderValue {
             name: name.into(),
             value: value.into(),
+            format: crate::header_format::HeaderFormat::parse(value).unwrap(),
             append_action: AppendAction::OverwriteIfExistsOrAdd,
         }
     }
@@ -309,7 +376,7 @@ mod tests {
         ];
         let mut edits = HeaderEdits::new();
         edits.set("x-forwarded-for", b"10.0.0.1");
-        edits.route(&[], &add, &|_| false);
+        edits.route(&[], &add, &|_| false, &NONE_RENDERED);
         assert_eq!(edits.removals(), ["x-forwarded-for", "x-b"]);
         assert_eq!(
             edits.additions(),
@@ -326,7 +393,7 @@ mod tests {
             .map(|i| appended("x-many", &i.to_string()))
             .collect();
         let mut edits = HeaderEdits::new();
-        edits.route(&[], &many, &|_| false);
+        edits.route(&[], &many, &|_| false, &NONE_RENDERED);
         assert!(edits.removals().is_empty());
         let values: Vec<&[u8]> = edits.additions().iter().map(|(_, v)| *v).collect();
         let want: Vec<String> = (0..INLINE_EDITS + 3).map(|i| i.to_string()).collect();
@@ -369,7 +436,7 @@ mod tests {
         let mut edits = HeaderEdits::new();
         edits.append("x-proxy", b"p");
         edits.set("x-proxy2", b"p");
-        edits.route(&remove, &add, &in_message);
+        edits.route(&remove, &add, &in_message, &NONE_RENDERED);
         assert_eq!(
             edits.removals(),
             [
@@ -393,8 +460,47 @@ mod tests {
         // Plain actions never ask.
         asked.borrow_mut().clear();
         let mut edits = HeaderEdits::new();
-        edits.route(&[], &[hv("x-a", "1"), appended("x-b", "2")], &in_message);
+        edits.route(
+            &[],
+            &[hv("x-a", "1"), appended("x-b", "2")],
+            &in_message,
+            &NONE_RENDERED,
+        );
         assert!(asked.borrow().is_empty());
+    }
+
+    /// Entries with variables take their rendered values, in order among the plain ones; one
+    /// that renders empty (a request header the request lacks) adds nothing, and a plain
+    /// entry's value goes out as written.
+    #[test]
+    fn variables_are_rendered_per_message() {
+        let add = vec![
+            hv("x-client", "%DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT%"),
+            hv("x-plain", "as-is"),
+            hv("x-missing", "%REQ(x-absent)%"),
+            appended("x-proto", "via %PROTOCOL%, 100%%"),
+        ];
+        let lookup = |_: &str| -> Option<&[u8]> { None };
+        let ctx = FormatContext {
+            downstream_remote: "10.1.2.3:4444".parse().unwrap(),
+            protocol: "HTTP/2",
+            hostname: "h",
+            request_header: &lookup,
+        };
+        let mut rendered = Rendered::default();
+        rendered.render(&add, &ctx);
+        let mut edits = HeaderEdits::new();
+        edits.route(&[], &add, &|_| false, &rendered);
+        assert_eq!(
+            edits.additions(),
+            [
+                ("x-client", &b"10.1.2.3"[..]),
+                ("x-plain", b"as-is"),
+                ("x-proto", b"via HTTP/2, 100%"),
+            ]
+        );
+        assert!(has_variables(&add));
+        assert!(!has_variables(&[hv("x", "100 percent")]));
     }
 
     /// A field set replaces what earlier edits added under its name (any case), so it goes out
@@ -407,7 +513,7 @@ mod tests {
             hv("Grpc-Timeout", "1S"),
         ];
         let mut edits = HeaderEdits::new();
-        edits.route(&[], &route, &|_| false);
+        edits.route(&[], &route, &|_| false, &NONE_RENDERED);
         edits.set("x-envoy-attempt-count", b"1");
         edits.set("grpc-timeout", b"500m");
         assert_eq!(
@@ -478,6 +584,7 @@ mod tests {
             &remove,
             &add,
             &|_| false,
+            &NONE_RENDERED,
         );
         assert_eq!(
             edits.removals(),

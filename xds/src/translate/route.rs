@@ -31,6 +31,7 @@ use envoy_types::pb::envoy::r#type::matcher::v3::{RegexMatcher, string_matcher::
 use envoy_types::pb::google::protobuf::Duration as PbDuration;
 use serde_json::{Value, json};
 use sluice_core::config::http::{AppendAction, RetryOn, StatusCodes};
+use sluice_core::header_format::HeaderFormat;
 
 use super::{At, Notes, ResourceType, TranslateError, duration, object, reject_rest, take};
 
@@ -260,7 +261,8 @@ fn headers_to_add(list: Vec<HeaderValueOption>, at: &At<'_>) -> Result<Vec<Add>,
         let key = take(&mut header.key);
         let mut value = take(&mut header.value);
         let raw = take(&mut header.raw_value);
-        if !raw.is_empty() {
+        let raw_is_set = !raw.is_empty();
+        if raw_is_set {
             value =
                 String::from_utf8(raw).map_err(|_| hv_at.field("raw_value").error("not UTF-8"))?;
         }
@@ -269,6 +271,18 @@ fn headers_to_add(list: Vec<HeaderValueOption>, at: &At<'_>) -> Result<Vec<Add>,
         // `keep_empty_value` is set.
         if value.is_empty() && !keep_empty {
             continue;
+        }
+        // `%VAR%`: refused here by the field's path rather than by the config's.
+        let field = if raw_is_set { "raw_value" } else { "value" };
+        match HeaderFormat::parse(&value) {
+            Err(e) => return Err(hv_at.field(field).error(format!("{value:?}: {e}"))),
+            Ok(Some(_)) if keep_empty => {
+                return Err(h_at.field("keep_empty_value").error(
+                    "unsupported with a value that has variables (one that renders empty is \
+                     not added)",
+                ));
+            }
+            Ok(_) => {}
         }
         let add = Add {
             name: key,

@@ -842,6 +842,60 @@ fn a_level_overwrites_before_it_appends() {
     assert_eq!(f.request_headers_to_remove, ["x-a"]);
 }
 
+/// Values with variables (istiod's `%DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT%`) are parsed and
+/// kept as written; an unknown variable, a stray `%` and `keep_empty_value` with variables
+/// are NACKed by the field's path.
+#[test]
+fn header_values_with_variables_are_parsed_or_refused_by_path() {
+    let mut rc = route_config("routes", "web");
+    rc.virtual_hosts[0].routes[0].request_headers_to_add = vec![
+        overwrite("x-client", "%DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT%"),
+        overwrite("x-pct", "100%%"),
+    ];
+    let f = first_forward(rc);
+    let h = &f.request_headers_to_add;
+    assert_eq!(h[0].value, "%DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT%");
+    assert!(h[0].format.is_some() && h[1].format.is_some());
+    let at = "route_configuration \"routes\" virtual_hosts[0].routes[0]";
+    for (value, keep, want) in [
+        (
+            "%NOPE%",
+            false,
+            format!(
+                "{at}.request_headers_to_add[0].header.value: \"%NOPE%\": unknown variable %NOPE% \
+                 at byte 0 (supported: {})",
+                sluice_core::header_format::SUPPORTED
+            ),
+        ),
+        (
+            "50%",
+            false,
+            format!(
+                "{at}.request_headers_to_add[0].header.value: \"50%\": no valid variable at byte 2 \
+                 (a variable is %NAME%, %NAME(ARG)% or either with :N before the closing %; \
+                 write %% for a literal %)"
+            ),
+        ),
+        (
+            "%PROTOCOL%",
+            true,
+            format!(
+                "{at}.request_headers_to_add[0].keep_empty_value: unsupported with a value that \
+                 has variables (one that renders empty is not added)"
+            ),
+        ),
+    ] {
+        let mut r = resources();
+        let mut rc = route_config("routes", "web");
+        rc.virtual_hosts[0].routes[0].request_headers_to_add = vec![HeaderValueOption {
+            keep_empty_value: keep,
+            ..overwrite("x-a", value)
+        }];
+        r.routes.insert("routes".into(), rc);
+        assert_eq!(errors(&r), [want], "{value}");
+    }
+}
+
 /// What the model cannot express exactly is NACKed by path: a conditional entry sharing its
 /// name with another entry of its level, an append or another condition after a conditional
 /// entry of an inner level, and `append` set with a non-default `append_action` (Envoy refuses

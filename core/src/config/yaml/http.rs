@@ -1161,17 +1161,26 @@ fn headers_to_add(
         let name = obj
             .req(dec, "name")
             .and_then(|(v, p)| header_name(dec, &p, v, Use::Edit));
-        let value = obj
-            .req(dec, "value")
-            .and_then(|(v, p)| header_value(dec, &p, v));
+        let value = obj.req(dec, "value").and_then(|(v, p)| {
+            let value = header_value(dec, &p, v)?;
+            match crate::header_format::HeaderFormat::parse(&value) {
+                Ok(format) => Some((value, format)),
+                Err(e) => {
+                    dec.error(&p, format!("{value:?}: {e}"));
+                    None
+                }
+            }
+        });
         let append_action = match obj.opt("append_action") {
             Some((v, p)) => append_action(dec, &p, v),
             None => Some(AppendAction::default()),
         };
         obj.finish(dec);
+        let (value, format) = value?;
         Some(HeaderValue {
             name: name?,
-            value: value?,
+            value,
+            format,
             append_action: append_action?,
         })
     })?;

@@ -144,6 +144,7 @@ fn decodes_the_full_example() {
     let header = |name: &str, value: &str| HeaderValue {
         name: name.into(),
         value: value.into(),
+        format: None,
         append_action: AppendAction::OverwriteIfExistsOrAdd,
     };
     let want = HttpConfig {
@@ -495,6 +496,43 @@ fn no_nulls(v: &mut serde_json::Value) {
         serde_json::Value::Array(a) => a.iter_mut().for_each(no_nulls),
         _ => {}
     }
+}
+
+/// Values with `%VAR%` are parsed at load (the dump writes them as written and loads back);
+/// an unknown variable or a stray `%` is refused at the value's path.
+#[test]
+fn header_values_with_variables() {
+    let text = with_route(
+        "{ match: { prefix: / }, route: { cluster: a, request_headers_to_add: [ \
+         { name: x-client, value: '%DOWNSTREAM_REMOTE_ADDRESS%' }, { name: x-plain, value: p } ] } }",
+    );
+    let config = Config::from_yaml(&text).unwrap();
+    let got = http(&text);
+    let RouteAction::Forward(f) = &got.virtual_hosts[0].routes[0].action else {
+        panic!()
+    };
+    assert!(f.request_headers_to_add[0].format.is_some());
+    assert!(f.request_headers_to_add[1].format.is_none());
+    let mut dump = serde_json::to_value(&config).unwrap();
+    no_nulls(&mut dump);
+    assert_eq!(Config::from_tree(&dump).unwrap(), config);
+    let text = with_route(
+        "{ match: { prefix: / }, route: { cluster: a, response_headers_to_add: [ \
+         { name: x-a, value: '%UNKNOWN_THING%' }, { name: x-b, value: '%REQ(' } ] } }",
+    );
+    let p = "listeners[0].http.virtual_hosts[0].routes[0].route";
+    assert_eq!(
+        errors(&text),
+        [
+            format!(
+                "{p}.response_headers_to_add[0].value: \"%UNKNOWN_THING%\": unknown variable %UNKNOWN_THING% at byte 0 (supported: {})",
+                crate::header_format::SUPPORTED
+            ),
+            format!(
+                "{p}.response_headers_to_add[1].value: \"%REQ(\": no valid variable at byte 0 (a variable is %NAME%, %NAME(ARG)% or either with :N before the closing %; write %% for a literal %)"
+            ),
+        ]
+    );
 }
 
 /// `append_action`: overwrite by default; appending entries of one name may repeat, in order;
