@@ -44,7 +44,6 @@ pub mod detect;
 pub mod filter_chain;
 pub mod handoff;
 pub mod handover;
-pub mod header_format;
 pub mod http1;
 pub mod http2;
 pub mod l7;

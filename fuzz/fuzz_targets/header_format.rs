@@ -1,4 +1,4 @@
-//! The `%VAR%` header value parser (`sluice_core::header_format`) over arbitrary text, and the
+//! The `%VAR%` header value parser (`sluice_core::config::header_format`) over arbitrary text, and the
 //! rendering of what it accepts.
 //!
 //! Properties:
@@ -9,7 +9,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use sluice_core::header_format::{FormatContext, HeaderFormat, Segment};
+use sluice_core::config::header_format::{FormatContext, HeaderFormat, Segment};
 
 fuzz_target!(|data: &[u8]| {
     let Ok(text) = std::str::from_utf8(data) else {
@@ -21,7 +21,10 @@ fuzz_target!(|data: &[u8]| {
         return;
     }
     let Ok(Some(format)) = parsed else {
-        assert!(parsed.is_err(), "a value with % always has a format or an error");
+        assert!(
+            parsed.is_err(),
+            "a value with % always has a format or an error"
+        );
         return;
     };
     let lookup = |name: &str| -> Option<&[u8]> { (name.len() % 2 == 0).then_some(b"value") };

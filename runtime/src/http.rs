@@ -96,11 +96,11 @@ use std::time::{Duration, SystemTime};
 
 use sluice_core::cluster::HostId;
 use sluice_core::config::ListenerConfig;
+use sluice_core::config::header_format::FormatContext;
 use sluice_core::config::http::{
     ForwardAction, HttpCodec, HttpConfig, PathMatch, RouteAction, RouteUpgrade, ServerHeader,
     ServerHeaderTransformation, upgrade_allowed,
 };
-use sluice_core::header_format::FormatContext;
 use sluice_core::health::{Permit, Resource, UpstreamResult};
 use sluice_core::host::HostRef;
 use sluice_core::http1::conn::{ConnectionPolicy, ConnectionSettings, Expired, keeps_alive};

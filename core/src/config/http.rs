@@ -476,7 +476,7 @@ pub struct HeaderValue {
     /// The value's variables, parsed once at load; `None` when it has no `%` (it goes out as
     /// written). Not in a dump (the value is).
     #[serde(skip)]
-    pub format: Option<crate::header_format::HeaderFormat>,
+    pub format: Option<crate::config::header_format::HeaderFormat>,
     /// What it does to the message's fields of its name; not written in a dump when it is
     /// the default (overwrite).
     #[serde(skip_serializing_if = "AppendAction::is_overwrite")]

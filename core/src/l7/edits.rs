@@ -27,8 +27,8 @@
 //! - A field [`HeaderEdits::set`] goes out once: it replaces the message's fields of its name
 //!   and the additions made before it. A field [`HeaderEdits::append`]ed removes nothing.
 
+use crate::config::header_format::FormatContext;
 use crate::config::http::{AppendAction, HeaderValue};
-use crate::header_format::FormatContext;
 
 /// Edits of each kind kept in fixed slots before spilling to the heap.
 pub const INLINE_EDITS: usize = 24;
@@ -351,7 +351,7 @@ mod tests {
         HeaderValue {
             name: name.into(),
             value: value.into(),
-            format: crate::header_format::HeaderFormat::parse(value).unwrap(),
+            format: crate::config::header_format::HeaderFormat::parse(value).unwrap(),
             append_action: AppendAction::OverwriteIfExistsOrAdd,
         }
     }

@@ -30,8 +30,8 @@ use envoy_types::pb::envoy::config::route::v3::{
 use envoy_types::pb::envoy::r#type::matcher::v3::{RegexMatcher, string_matcher::MatchPattern};
 use envoy_types::pb::google::protobuf::Duration as PbDuration;
 use serde_json::{Value, json};
+use sluice_core::config::header_format::HeaderFormat;
 use sluice_core::config::http::{AppendAction, RetryOn, StatusCodes};
-use sluice_core::header_format::HeaderFormat;
 
 use super::{At, Notes, ResourceType, TranslateError, duration, object, reject_rest, take};
 

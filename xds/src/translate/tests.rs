@@ -864,7 +864,7 @@ fn header_values_with_variables_are_parsed_or_refused_by_path() {
             format!(
                 "{at}.request_headers_to_add[0].header.value: \"%NOPE%\": unknown variable %NOPE% \
                  at byte 0 (supported: {})",
-                sluice_core::header_format::SUPPORTED
+                sluice_core::config::header_format::SUPPORTED
             ),
         ),
         (

@@ -1163,7 +1163,7 @@ fn headers_to_add(
             .and_then(|(v, p)| header_name(dec, &p, v, Use::Edit));
         let value = obj.req(dec, "value").and_then(|(v, p)| {
             let value = header_value(dec, &p, v)?;
-            match crate::header_format::HeaderFormat::parse(&value) {
+            match crate::config::header_format::HeaderFormat::parse(&value) {
                 Ok(format) => Some((value, format)),
                 Err(e) => {
                     dec.error(&p, format!("{value:?}: {e}"));

@@ -526,7 +526,7 @@ fn header_values_with_variables() {
         [
             format!(
                 "{p}.response_headers_to_add[0].value: \"%UNKNOWN_THING%\": unknown variable %UNKNOWN_THING% at byte 0 (supported: {})",
-                crate::header_format::SUPPORTED
+                crate::config::header_format::SUPPORTED
             ),
             format!(
                 "{p}.response_headers_to_add[1].value: \"%REQ(\": no valid variable at byte 0 (a variable is %NAME%, %NAME(ARG)% or either with :N before the closing %; write %% for a literal %)"

@@ -1,5 +1,6 @@
 //! `%VAR%` substitution in the values of added headers (Envoy's custom request / response
-//! header variables), parsed once when the config loads (`config`'s `HeaderValue::format`)
+//! header variables), parsed once when the config loads (`HeaderValue::format`; here, in the
+//! config model, so that the model stays a leaf of the crate)
 //! and rendered per message (`l7::edits::Rendered`).
 //!
 //! What it owns: the grammar — as Envoy's substitution formatter reads it: text, `%%` for a
