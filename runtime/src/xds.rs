@@ -120,7 +120,16 @@ pub struct TypeStatus {
     /// names it): that NACK, shared by every resource it refused, until a later version of the
     /// resource is accepted — `/config_dump`'s `error_state`.
     pub refused: BTreeMap<String, Arc<NackStatus>>,
+    /// Per resource refused that never served (its every version so far refused): that NACK,
+    /// until a version of it is accepted — or, in state of the world, a listeners' or
+    /// clusters' response is accepted (the whole set, which no longer has it) —, at most
+    /// [`REFUSED_UNSERVED_KEPT`] names — `/config_dump`'s `xds_resources.refused`.
+    pub refused_unserved: BTreeMap<String, Arc<NackStatus>>,
 }
+
+/// How many never-served refused resources [`TypeStatus::refused_unserved`] keeps per type (a
+/// server sending ever new bad names would otherwise grow it without end).
+pub const REFUSED_UNSERVED_KEPT: usize = 1024;
 
 /// How much of a NACK's `error_detail` [`NackStatus`] keeps (the NACK itself carries it whole,
 /// as Envoy's do): a response of thousands of bad resources makes one of hundreds of KB.
@@ -197,13 +206,18 @@ fn resource_status(t: &TypeStatus, name: &str) -> Value {
         "last_updated": at,
     });
     if let Some(n) = t.refused.get(name) {
-        v["error_state"] = serde_json::json!({
-            "details": n.error,
-            "last_update_attempt": n.at,
-            "nonce": n.nonce,
-        });
+        v["error_state"] = error_state(n);
     }
     v
+}
+
+/// A refusal as `/config_dump` shows it (`details`: the NACK's `error_detail`).
+fn error_state(n: &NackStatus) -> Value {
+    serde_json::json!({
+        "details": n.error,
+        "last_update_attempt": n.at,
+        "nonce": n.nonce,
+    })
 }
 
 /// With the xDS client running, adds to a `/config_dump` (the config serving, from
@@ -212,7 +226,8 @@ fn resource_status(t: &TypeStatus, name: &str) -> Value {
 /// update and last refusal), and `xds_resources` lists, by type, the dynamic route
 /// configurations, endpoints and secrets — which have no entry of their own in the config
 /// (routes are in their listeners, endpoints in their clusters' hosts, secrets inline PEM,
-/// redacted) — with the same. Without xDS the dump is left as it is (a config that loads).
+/// redacted) — with the same, and `refused` the resources of any type whose every version was
+/// refused (`type`, `name`, `error_state`). Without xDS the dump is left as it is (a config that loads).
 pub fn annotate_config_dump(dump: &mut Value) {
     let guard = STATUS
         .lock()
@@ -257,6 +272,19 @@ pub fn annotate_config_dump(dump: &mut Value) {
             .collect();
         others.insert(label.to_owned(), Value::Array(list));
     }
+    // Resources whose every version was refused have no entry anywhere else (Envoy lists such
+    // a listener among its dynamic ones with an `error_state` alone).
+    let mut refused = Vec::new();
+    for (i, t) in types.iter().enumerate() {
+        for (name, n) in &t.refused_unserved {
+            refused.push(serde_json::json!({
+                "type": TYPE_LABELS[i],
+                "name": name,
+                "error_state": error_state(n),
+            }));
+        }
+    }
+    others.insert("refused".to_owned(), Value::Array(refused));
     dump["xds_resources"] = Value::Object(others);
 }
 
@@ -769,14 +797,19 @@ impl Client {
                         continue;
                     };
                     self.record(i, |t| {
-                        // The NACK just sent (one shared status, however many it refused);
-                        // only resources serving have an entry to show it on.
+                        // The NACK just sent (one shared status, however many it refused),
+                        // on the resources serving, or else in the list of those refused
+                        // that never served.
                         let Some(nack) = t.last_nack.clone().filter(|n| n.nonce == nonce) else {
                             return;
                         };
                         for name in names {
                             if t.serving.contains_key(&name) {
                                 t.refused.insert(name, Arc::clone(&nack));
+                            } else if t.refused_unserved.len() < REFUSED_UNSERVED_KEPT
+                                || t.refused_unserved.contains_key(&name)
+                            {
+                                t.refused_unserved.insert(name, Arc::clone(&nack));
                             }
                         }
                     });
@@ -820,9 +853,16 @@ impl Client {
                 .ads
                 .accepted_version(ResourceType::ALL[kind])
                 .to_owned();
+            // State of the world, listeners and clusters: each response is the whole set, so
+            // one accepted has none of those refused before that did not serve.
+            let whole_set_accepted =
+                self.ads.mode() == XdsMode::Sotw && ResourceType::ALL[kind].is_full_state();
             self.record(kind, |t| {
                 t.version = version;
                 t.updated_at = Some(now);
+                if whole_set_accepted {
+                    t.refused_unserved.clear();
+                }
             });
             // What serves may have changed for other types too (a cluster removed takes its
             // endpoints along).
@@ -852,6 +892,7 @@ impl Client {
                 // response that carried it (endpoints, routes, secrets: a response may carry
                 // some only), or the type's (clusters, listeners: each response carries all).
                 let version = versions.get(name).map_or(type_version, String::as_str);
+                t.refused_unserved.remove(name);
                 let entry = match t.serving.remove(name) {
                     Some((v, at)) if v == version => (v, at),
                     _ => {
@@ -1645,6 +1686,66 @@ mod status_tests {
         let endpoints = status(ResourceType::Endpoints);
         assert_eq!(endpoints.refused["a"].nonce, "cluster_load_assignment2");
         assert!(status(ResourceType::Cluster).refused.is_empty());
+    }
+
+    /// A resource refused before it ever served — a new listener on port 99999 — has no
+    /// entry in the config, so `/config_dump` lists it under `xds_resources.refused` with its
+    /// `error_state` (the NACK's error, naming the listener and field); beside it the
+    /// listener that serves has none. A later accepted listeners' response (the whole set, in
+    /// state of the world) ends the entry.
+    #[test]
+    fn a_resource_refused_before_it_ever_served_is_listed_with_its_error() {
+        let (mut c, _updates, _serial) = client();
+        let hosts = [("127.0.0.1", 8080, 0)];
+        push(
+            &mut c,
+            ResourceType::Cluster,
+            "1",
+            vec![any(&static_cluster("a", &hosts))],
+        );
+        let good = http_listener("in", "127.0.0.1", 19000, "routes");
+        push(&mut c, ResourceType::Listener, "1", vec![any(&good)]);
+        push(
+            &mut c,
+            ResourceType::Route,
+            "1",
+            vec![any(&route_config("routes", "a"))],
+        );
+        let bad = http_listener("bad", "127.0.0.1", 99999, "routes");
+        push(
+            &mut c,
+            ResourceType::Listener,
+            "2",
+            vec![any(&good), any(&bad)],
+        );
+        let listeners = status(ResourceType::Listener);
+        assert!(listeners.refused.is_empty(), "{:?}", listeners.refused);
+        assert_eq!(
+            listeners.refused_unserved.keys().collect::<Vec<_>>(),
+            ["bad"]
+        );
+        let mut dump = serde_json::json!({ "listeners": [{ "name": "in" }] });
+        annotate_config_dump(&mut dump);
+        assert_eq!(dump["listeners"][0]["xds_status"].get("error_state"), None);
+        let refused = dump["xds_resources"]["refused"]
+            .as_array()
+            .expect("a refused list");
+        assert_eq!(refused.len(), 1, "{refused:?}");
+        assert_eq!(refused[0]["type"], "listener");
+        assert_eq!(refused[0]["name"], "bad");
+        assert_eq!(refused[0]["error_state"]["nonce"], "listener2");
+        let details = refused[0]["error_state"]["details"].as_str().unwrap();
+        assert!(
+            details.starts_with("listener \"bad\"") && details.contains("99999"),
+            "{details}"
+        );
+
+        // The next accepted listeners' response ends the listener's entry.
+        push(&mut c, ResourceType::Listener, "3", vec![any(&good)]);
+        assert!(status(ResourceType::Listener).refused_unserved.is_empty());
+        let mut dump = serde_json::json!({});
+        annotate_config_dump(&mut dump);
+        assert_eq!(dump["xds_resources"]["refused"], serde_json::json!([]));
     }
 
     /// State of the world: an EDS response carrying only `a` leaves `b` as it was — its

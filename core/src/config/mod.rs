@@ -33,6 +33,7 @@
 pub mod bolt;
 pub mod diff;
 mod dump;
+pub mod header_format;
 pub mod http;
 pub mod tls;
 pub mod tracing;

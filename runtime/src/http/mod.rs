@@ -331,12 +331,37 @@ pub(crate) fn local_body(flag: ResponseFlag) -> &'static [u8] {
     }
 }
 
+/// `%PROTOCOL%`: how the request came.
+fn downstream_protocol(http2: bool, version: Version) -> &'static str {
+    match (http2, version) {
+        (true, _) => "HTTP/2",
+        (false, Version::Http10) => "HTTP/1.0",
+        (false, Version::Http11) => "HTTP/1.1",
+    }
+}
+
+/// `%HOSTNAME%`: the machine's host name, read once (empty where it cannot be read).
+fn hostname() -> &'static str {
+    static HOSTNAME: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    HOSTNAME.get_or_init(|| {
+        std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|h| h.trim().to_owned())
+            .unwrap_or_default()
+    })
+}
+
 /// Per-connection buffers reused by every request (no allocation per request once warm).
 pub(crate) struct Scratch {
     /// The client's IP as text, for `x-forwarded-for` (computed once per connection).
     peer_ip: String,
     /// The client's IP (for a `source_ip` hash policy).
     peer_addr: std::net::IpAddr,
+    /// The client's address and port (`%DOWNSTREAM_REMOTE_ADDRESS%` and kin).
+    peer: SocketAddr,
+    /// The route's request / response header values with variables, rendered for this
+    /// request (reused; untouched by routes without variables).
+    rendered_request: sluice_core::l7::edits::Rendered,
+    rendered_response: sluice_core::l7::edits::Rendered,
     /// `x-forwarded-for` when the request already had one.
     xff: Vec<u8>,
     /// A rewritten path.
@@ -523,6 +548,7 @@ impl Scratch {
             let _ = write!(self.peer_ip, "{}", peer.ip());
             self.peer_addr = peer.ip();
         }
+        self.peer = peer;
         self.path_opts = hc.path_normalization;
         self.stream_idle = hc.stream_idle_timeout;
         self.awaiting.set(false);
@@ -546,6 +572,9 @@ impl Scratch {
         Scratch {
             peer_ip: peer.ip().to_string(),
             peer_addr: peer.ip(),
+            peer,
+            rendered_request: Default::default(),
+            rendered_response: Default::default(),
             xff: Vec::new(),
             path: Vec::new(),
             norm: Vec::new(),

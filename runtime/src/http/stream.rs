@@ -32,6 +32,7 @@ use sluice_core::health::{Permit, Resource, UpstreamResult};
 use sluice_core::host::HostRef;
 use sluice_core::http1::conn::keeps_alive;
 use sluice_core::http1::{BodyFraming, Head, Version};
+use sluice_core::l7::edits::Rendered;
 use sluice_core::l7::exchange::{
     Event as ExchangeEvent, ExchangeConfig, ResponseFlag, RetryPolicyView, TryFailure, status_for,
 };
@@ -575,6 +576,7 @@ impl<N: Network> Engine<N> {
             awaiting,
             grpc_status,
             grpc_trailers,
+            rendered_response,
             ..
         } = scratch;
         let (outcome, pool_up) = {
@@ -737,6 +739,7 @@ impl<N: Network> Engine<N> {
                 awaiting,
                 grpc_status,
                 grpc_trailers,
+                rendered_response,
                 ubuf,
                 rhead,
                 out,
@@ -950,6 +953,7 @@ impl<N: Network> Engine<N> {
         awaiting: &Cell<bool>,
         grpc_status: &mut Option<u8>,
         grpc_trailers: &mut Vec<u8>,
+        rendered_response: &Rendered,
         ubuf: &mut ReadBuffer,
         rhead: &Head,
         out: &mut Vec<u8>,
@@ -978,6 +982,7 @@ impl<N: Network> Engine<N> {
             out,
             req.action,
             req.server,
+            rendered_response,
             ubuf,
             rhead,
             keep_down && !upgrade && head.version() == Version::Http10,

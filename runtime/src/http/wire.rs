@@ -8,6 +8,7 @@
 use std::cell::Cell;
 use std::time::Duration;
 
+use sluice_core::config::header_format::FormatContext;
 use sluice_core::config::http::{
     ForwardAction, RouteUpgrade, ServerHeader, ServerHeaderTransformation, upgrade_allowed,
 };
@@ -17,7 +18,8 @@ use sluice_core::http1::{
 };
 use sluice_core::http2::te_wants_trailers;
 use sluice_core::l7::edits::{
-    HeaderEdits, RequestFacts, format_request_id, forwarded_for, request_edits,
+    HeaderEdits, Rendered, RequestFacts, format_request_id, forwarded_for, has_variables,
+    request_edits,
 };
 use sluice_core::l7::exchange::TryFailure;
 use sluice_core::l7::grpc;
@@ -29,7 +31,7 @@ use super::body::{
     Detach, UploadFault, drop_range, fault_of, push_chunked_body, stream_request_body,
 };
 use super::stream::Forwarding;
-use super::{ReadBuffer, Scratch, write_flushed};
+use super::{ReadBuffer, Scratch, downstream_protocol, hostname, write_flushed};
 use crate::engine::Engine;
 use crate::h2_upstream::is_refused;
 use crate::net::Network;
@@ -241,6 +243,31 @@ impl<N: Network> Engine<N> {
             head.header_values(rbuf.bytes(), sluice_core::l7::xfcc::XFCC),
             &mut scratch.xfcc,
         );
+        // The route's values with variables, rendered now for the response too: every
+        // variable is of the request or the connection, and the request's head is at hand.
+        for (add, rendered) in [
+            (
+                &action.request_headers_to_add,
+                &mut scratch.rendered_request,
+            ),
+            (
+                &action.response_headers_to_add,
+                &mut scratch.rendered_response,
+            ),
+        ] {
+            if has_variables(add) {
+                let lookup = |name: &str| head.header(rbuf.bytes(), name);
+                rendered.render(
+                    add,
+                    &FormatContext {
+                        downstream_remote: scratch.peer,
+                        protocol: downstream_protocol(scratch.downstream_http2, head.version()),
+                        hostname: hostname(),
+                        request_header: &lookup,
+                    },
+                );
+            }
+        }
         let mut edits = HeaderEdits::new();
         request_edits(
             &mut edits,
@@ -259,6 +286,8 @@ impl<N: Network> Engine<N> {
             },
             &action.request_headers_to_remove,
             &action.request_headers_to_add,
+            &|name| head.header(rbuf.bytes(), name).is_some(),
+            &scratch.rendered_request,
         );
         if scratch.trace.hop.is_some() {
             scratch.trace.headers.edits(&mut edits);
@@ -360,6 +389,7 @@ pub(super) fn write_downstream_head(
     out: &mut Vec<u8>,
     action: &ForwardAction,
     server: Option<&ServerHeader>,
+    rendered: &Rendered,
     ubuf: &ReadBuffer,
     rhead: &Head,
     http10_keep_alive: bool,
@@ -369,6 +399,8 @@ pub(super) fn write_downstream_head(
     edits.route(
         &action.response_headers_to_remove,
         &action.response_headers_to_add,
+        &|name| rhead.header(ubuf.bytes(), name).is_some(),
+        rendered,
     );
     if let Some(s) = server {
         match s.transformation {
