@@ -80,7 +80,7 @@ pub struct XdsConfig {
 /// `xds.sds_sources[]`: a Secret Discovery Service of its own (Istio's agent), which the
 /// resources name in an `sds_config` of `api_config_source` type GRPC. Declared by the
 /// operator only: an xDS resource names a source, never an address or a path.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SdsSource {
     /// The name the resources use (`sds-grpc`).
     pub name: String,
@@ -88,9 +88,22 @@ pub struct SdsSource {
     pub target: SdsTarget,
 }
 
+/// As the config writes it: `{ name, path }` or `{ name, cluster }`.
+impl Serialize for SdsSource {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut map = serializer.serialize_map(Some(2))?;
+        map.serialize_entry("name", &self.name)?;
+        match &self.target {
+            SdsTarget::Path(path) => map.serialize_entry("path", path)?,
+            SdsTarget::Cluster { name, .. } => map.serialize_entry("cluster", name)?,
+        }
+        map.end()
+    }
+}
+
 /// Where an SDS source listens.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum SdsTarget {
     /// A Unix socket (`path`; Istio: `./var/run/secrets/workload-spiffe-uds/socket`, relative
     /// to the working directory), spoken to in cleartext HTTP/2.
@@ -100,7 +113,6 @@ pub enum SdsTarget {
         /// The cluster's name.
         name: String,
         /// Its index in `Config::clusters`.
-        #[serde(skip)]
         index: usize,
     },
 }
