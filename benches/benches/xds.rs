@@ -63,6 +63,7 @@ fn many(n: usize, m: usize, port: u32) -> Resources {
             .map(|c| (c.clone(), endpoints(c, m, port)))
             .collect(),
         secrets: BTreeMap::new(),
+        source_secrets: BTreeMap::new(),
     }
 }
 

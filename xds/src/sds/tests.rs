@@ -17,8 +17,11 @@ fn drain(s: &mut Sds) -> Vec<Output> {
     std::iter::from_fn(|| s.poll_output()).collect()
 }
 
-/// (version, nonce, names, error?, has node, answer) of each request sent.
-fn sent(out: &[Output]) -> Vec<(String, String, Vec<String>, Option<String>, bool, Answer)> {
+/// (version, nonce, names, error?, has node, answer) of a request.
+type Sent = (String, String, Vec<String>, Option<String>, bool, Answer);
+
+/// Each request sent.
+fn sent(out: &[Output]) -> Vec<Sent> {
     out.iter()
         .filter_map(|o| match o {
             Output::Send(r, a) => Some((
