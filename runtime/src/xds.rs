@@ -54,6 +54,7 @@ use envoy_types::pb::google::protobuf::{
 };
 use serde_json::Value;
 use sluice_core::config::Config;
+use sluice_core::config::xds::SdsTarget;
 use sluice_xds::ads::{Ads, Answer, Input, Output, XdsMode};
 use sluice_xds::translate::ResourceType;
 use tracing::{debug, info, warn};
@@ -181,6 +182,10 @@ pub fn status_json() -> Value {
     if delta {
         view["resyncs"] = RESYNCS.load(Ordering::Relaxed).into();
     }
+    let sources = crate::xds_sds::status_json();
+    if !sources.is_null() {
+        view["sds_sources"] = sources;
+    }
     view["last_connect_error"] = LAST_CONNECT_ERROR
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -285,12 +290,16 @@ pub fn annotate_config_dump(dump: &mut Value) {
         }
     }
     others.insert("refused".to_owned(), Value::Array(refused));
+    let from_sources = crate::xds_sds::config_dump_entries();
+    if !from_sources.is_empty() {
+        others.insert("source_secret".to_owned(), Value::Array(from_sources));
+    }
     dump["xds_resources"] = Value::Object(others);
 }
 
 /// What [`NackStatus`] keeps of an `error_detail`: all of it up to [`NACK_ERROR_KEPT`] bytes,
 /// else that much (cut at a character boundary) and how many bytes more were sent.
-fn kept_error(message: &str) -> String {
+pub(crate) fn kept_error(message: &str) -> String {
     if message.len() <= NACK_ERROR_KEPT {
         return message.to_owned();
     }
@@ -305,7 +314,7 @@ fn kept_error(message: &str) -> String {
     )
 }
 
-fn unix_now() -> u64 {
+pub(crate) fn unix_now() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
@@ -338,6 +347,8 @@ pub struct Bootstrap {
     tree: Value,
     /// The xDS cluster's `tls` (`None`: cleartext) and where it is in the file.
     tls: Option<Arc<XdsTls>>,
+    /// The SDS sources of `xds.sds_sources`.
+    sds_sources: Vec<crate::xds_sds::SourceSpec>,
 }
 
 /// TLS to the management server: the xDS cluster's `tls`, turned into a rustls client config
@@ -404,8 +415,45 @@ impl Bootstrap {
                 path: format!("clusters[{}].tls", xds.cluster_index),
             })
         });
+        let mut sds_sources = Vec::with_capacity(xds.sds_sources.len());
+        for source in &xds.sds_sources {
+            let target = match &source.target {
+                SdsTarget::Path(path) => crate::xds_sds::SourceTarget::Unix(path.into()),
+                SdsTarget::Cluster { name, index } => {
+                    let c = &config.clusters[*index];
+                    let server = c.hosts.first().map(|h| h.address).ok_or_else(|| {
+                        io::Error::new(
+                            io::ErrorKind::InvalidInput,
+                            format!("xds: the SDS source's cluster {name:?} has no host"),
+                        )
+                    })?;
+                    let tls = c.tls.as_ref().map(|t| {
+                        Arc::new(XdsTls {
+                            tls: (**t).clone(),
+                            path: format!("clusters[{index}].tls"),
+                        })
+                    });
+                    let scheme = if tls.is_some() { "https" } else { "http" };
+                    crate::xds_sds::SourceTarget::Cluster {
+                        name: name.clone(),
+                        uri: format!("{scheme}://{server}"),
+                        connector: XdsConnector {
+                            server,
+                            mark: config.upstream_mark,
+                            connect_timeout: c.connect_timeout,
+                            tls,
+                        },
+                    }
+                }
+            };
+            sds_sources.push(crate::xds_sds::SourceSpec {
+                name: source.name.clone(),
+                target,
+            });
+        }
         Ok(Bootstrap {
             tls,
+            sds_sources,
             server,
             mode: xds.mode,
             mark: config.upstream_mark,
@@ -694,7 +742,7 @@ pub fn spawn_client(
         .map(|_| ())
 }
 
-const BACKOFF_BASE: Duration = Duration::from_millis(250);
+pub(crate) const BACKOFF_BASE: Duration = Duration::from_millis(250);
 const BACKOFF_MAX: Duration = Duration::from_secs(30);
 
 /// A stream ended for a resync resets the backoff only if it lasted this long.
@@ -706,7 +754,11 @@ const RESYNC_RESET_AFTER: Duration = BACKOFF_MAX;
 /// resource the server keeps sending and the proxy keeps refusing is then retried ever more
 /// slowly (at most every 30 s), never in a loop, while the first NACK after a long healthy
 /// stream resyncs at once.
-fn next_backoff(backoff: &mut Duration, got_response: bool, resync: Option<Duration>) -> Duration {
+pub(crate) fn next_backoff(
+    backoff: &mut Duration,
+    got_response: bool,
+    resync: Option<Duration>,
+) -> Duration {
     let short_resync = resync.is_some_and(|lasted| lasted < RESYNC_RESET_AFTER);
     if got_response && !short_resync {
         *backoff = BACKOFF_BASE;
@@ -717,10 +769,10 @@ fn next_backoff(backoff: &mut Duration, got_response: bool, resync: Option<Durat
 }
 
 /// A small xorshift for the backoff's jitter (no cryptographic need).
-struct Jitter(u64);
+pub(crate) struct Jitter(pub(crate) u64);
 
 impl Jitter {
-    fn below(&mut self, d: Duration) -> Duration {
+    pub(crate) fn below(&mut self, d: Duration) -> Duration {
         self.0 ^= self.0 << 13;
         self.0 ^= self.0 >> 7;
         self.0 ^= self.0 << 17;
@@ -740,6 +792,10 @@ struct Client {
     initial_fetch_timeout: Duration,
     /// Delta: the machine asked to end this stream and open a new one ([`Output::Resync`]).
     resync: bool,
+    /// Each SDS source's control channel (its names and the verdicts on its secrets).
+    sources: BTreeMap<String, tokio::sync::mpsc::UnboundedSender<sluice_xds::sds::Input>>,
+    /// The SDS sources' secrets ([`Input::SourceSecrets`]).
+    from_sources: tokio::sync::mpsc::UnboundedReceiver<Input>,
 }
 
 impl Client {
@@ -791,6 +847,20 @@ impl Client {
                 Output::ArmWarmingTimer(id) => {
                     self.timer =
                         Some((tokio::time::Instant::now() + self.initial_fetch_timeout, id));
+                }
+                Output::SourceNames { source, names } => {
+                    if let Some(s) = self.sources.get(&source) {
+                        let _ = s.send(sluice_xds::sds::Input::Names(names));
+                    }
+                }
+                Output::SourceVerdict {
+                    source,
+                    nonce,
+                    error,
+                } => {
+                    if let Some(s) = self.sources.get(&source) {
+                        let _ = s.send(sluice_xds::sds::Input::Verdict { nonce, error });
+                    }
                 }
                 Output::Refused { kind, nonce, names } => {
                     let Some(i) = ResourceType::ALL.iter().position(|k| *k == kind) else {
@@ -909,6 +979,14 @@ impl Client {
 
     /// Waits for the apply in flight or the warming timer, and feeds the outcome.
     async fn next_event(&mut self) -> Input {
+        let from_sources = &mut self.from_sources;
+        let sources = async {
+            match from_sources.recv().await {
+                Some(input) => input,
+                // No source (or every one gone): nothing comes from there.
+                None => std::future::pending().await,
+            }
+        };
         let applying = async {
             match self.applying.as_mut() {
                 Some((id, rx)) => {
@@ -934,6 +1012,7 @@ impl Client {
         tokio::select! {
             i = applying => i,
             i = timer => i,
+            i = sources => i,
         }
     }
 
@@ -1009,7 +1088,13 @@ pub async fn run<C>(
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(Default::default());
     DELTA.store(b.mode == XdsMode::Delta, Ordering::Relaxed);
+    let (to_ads, from_sources) = tokio::sync::mpsc::unbounded_channel();
+    let sources = crate::xds_sds::spawn_sources(&b.sds_sources, &b.node, &to_ads, jitter_seed);
+    // The sources' tasks hold the only senders: they end when the client is gone.
+    drop(to_ads);
     let mut client = Client {
+        sources,
+        from_sources,
         ads: Ads::with_mode(b.mode, b.node.clone(), b.tree.clone()),
         updates,
         applying: None,
@@ -1050,7 +1135,7 @@ pub async fn run<C>(
 
 /// An error and its sources, `: `-joined (tonic's transport error says only "transport
 /// error"; what failed — a refused connection, a TLS handshake and why — is in its sources).
-fn error_chain(e: &dyn std::error::Error) -> String {
+pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
     let mut text = e.to_string();
     let mut source = e.source();
     while let Some(s) = source {
@@ -1252,6 +1337,8 @@ mod tests {
                 updates,
                 applying: None,
                 applying_ignored: [0; TYPES],
+                sources: BTreeMap::new(),
+                from_sources: tokio::sync::mpsc::unbounded_channel().1,
                 timer: None,
                 initial_fetch_timeout: Duration::from_secs(15),
                 resync: false,
@@ -1533,6 +1620,8 @@ mod status_tests {
             updates,
             applying: None,
             applying_ignored: [0; TYPES],
+            sources: BTreeMap::new(),
+            from_sources: tokio::sync::mpsc::unbounded_channel().1,
             timer: None,
             initial_fetch_timeout: Duration::from_secs(15),
             resync: false,

@@ -131,6 +131,18 @@ pub enum Input {
     ApplyFailed(u64, String),
     /// The warming timer of [`Output::ArmWarmingTimer`] with this id expired.
     WarmingTimeout(u64),
+    /// Secrets from an SDS source of the bootstrap's `xds.sds_sources` (not ADS: its own
+    /// stream, [`crate::sds::Sds`]), in the response `nonce` of that stream: they replace the
+    /// ones of the same names from that source. Warmed, applied and answered as ADS responses
+    /// are; the answer is [`Output::SourceVerdict`].
+    SourceSecrets {
+        /// The source's name (`sds-grpc`).
+        source: String,
+        /// The response's nonce on the source's stream.
+        nonce: String,
+        /// The secrets it carries.
+        secrets: Vec<Secret>,
+    },
 }
 
 /// What a request says, for the runtime's counters and status (an ACK and a subscription change
@@ -172,6 +184,25 @@ pub enum Output {
     /// Deliver [`Input::WarmingTimeout`] with this id after the initial fetch timeout (an
     /// earlier timer is void).
     ArmWarmingTimer(u64),
+    /// The secrets the clusters and listeners need from the SDS source `source` changed:
+    /// subscribe to `names` on its stream (empty: none any more).
+    SourceNames {
+        /// The source's name.
+        source: String,
+        /// Every secret name needed from it.
+        names: BTreeSet<String>,
+    },
+    /// The answer to [`Input::SourceSecrets`] `nonce` of `source` (and to any earlier one of
+    /// that source folded into it): `None`, its secrets serve (ACK); `Some`, refused, why
+    /// (NACK; the secrets serving stay).
+    SourceVerdict {
+        /// The source's name.
+        source: String,
+        /// The nonce answered.
+        nonce: String,
+        /// Why it was refused.
+        error: Option<String>,
+    },
     /// Follows the NACK of the response `nonce` of type `kind`: the resources of that type the
     /// refused response carried that its errors concern (an error naming one of them, or
     /// naming a listener or cluster that uses one of them: a route configuration, endpoints or
@@ -321,6 +352,16 @@ struct InFlight {
     stream: u64,
     resources: Resources,
     responses: Vec<Pending>,
+    /// The SDS sources' updates it includes: source → nonce.
+    sources: BTreeMap<String, String>,
+}
+
+/// The secrets of an SDS source received since the last apply (the responses folded: later
+/// secrets replace earlier ones of the same name), and the nonce of the latest.
+#[derive(Clone, Debug, Default)]
+struct SourceUpdate {
+    nonce: String,
+    secrets: BTreeMap<String, Secret>,
 }
 
 /// The ADS client state machine (see the module doc).
@@ -351,6 +392,12 @@ pub struct Ads {
     /// Resources (and, delta, removals) of types subscribed to by name that named nothing
     /// subscribed to, dropped on arrival (see [`Ads::unsolicited`]).
     unsolicited: u64,
+    /// The SDS sources the bootstrap declares (`xds.sds_sources`).
+    declared_sources: BTreeSet<String>,
+    /// Per SDS source: its secrets received, not yet applied.
+    source_pending: BTreeMap<String, SourceUpdate>,
+    /// Per SDS source: the secret names subscribed to ([`Output::SourceNames`]).
+    source_names: BTreeMap<String, BTreeSet<String>>,
     outputs: VecDeque<Output>,
 }
 
@@ -366,6 +413,10 @@ impl Ads {
     /// A client speaking `mode` (see [`Ads::new`]).
     #[must_use]
     pub fn with_mode(mode: XdsMode, node: Node, bootstrap: Value) -> Ads {
+        let declared_sources = bootstrap
+            .as_object()
+            .map(translate::declared_sds_sources)
+            .unwrap_or_default();
         Ads {
             mode,
             node,
@@ -386,6 +437,9 @@ impl Ads {
             warming_timer: None,
             warming_expired: false,
             unsolicited: 0,
+            declared_sources,
+            source_pending: BTreeMap::new(),
+            source_names: BTreeMap::new(),
             outputs: VecDeque::new(),
         }
     }
@@ -465,6 +519,7 @@ impl Ads {
                 };
                 self.applied = done.resources;
                 self.applied_unsure = false;
+                self.source_verdicts(done.sources, None);
                 if done.stream == self.stream {
                     self.accept(&done.responses);
                 } else {
@@ -478,6 +533,7 @@ impl Ads {
                     return;
                 };
                 self.applied_unsure = true;
+                self.source_verdicts(failed.sources, Some(&format!("applying failed: {why}")));
                 if failed.stream == self.stream && self.connected {
                     for p in &failed.responses {
                         let names = named_in(&why, p.kind, &p.decoded.names());
@@ -497,7 +553,40 @@ impl Ads {
                     self.evaluate();
                 }
             }
+            Input::SourceSecrets {
+                source,
+                nonce,
+                secrets,
+            } => {
+                let update = self.source_pending.entry(source).or_default();
+                update.nonce = nonce;
+                for s in secrets {
+                    update.secrets.insert(s.name.clone(), s);
+                }
+                self.evaluate();
+            }
         }
+    }
+
+    /// Answers the SDS sources' updates `sources` (source → nonce): accepted, or refused with
+    /// `error`.
+    fn source_verdicts(&mut self, sources: BTreeMap<String, String>, error: Option<&str>) {
+        for (source, nonce) in sources {
+            self.outputs.push_back(Output::SourceVerdict {
+                source,
+                nonce,
+                error: error.map(str::to_owned),
+            });
+        }
+    }
+
+    /// The secrets each declared SDS source must provide to the clusters and listeners of
+    /// `res` (an undeclared source is translation's error, refused at once, not waited for).
+    fn source_names(&self, res: &Resources) -> BTreeMap<String, BTreeSet<String>> {
+        let mut by_source =
+            translate::source_sds_names(res.clusters.values(), res.listeners.values());
+        by_source.retain(|source, _| self.declared_sources.contains(source));
+        by_source
     }
 
     /// Sends a request of `kind`: an ACK (`Some((nonce, None))`), a NACK (`Some((nonce,
@@ -813,12 +902,26 @@ impl Ads {
                 }
             }
         }
+        for (source, update) in &self.source_pending {
+            let secrets = res.source_secrets.entry(source.clone()).or_default();
+            for (name, s) in &update.secrets {
+                secrets.insert(name.clone(), s.clone());
+            }
+        }
         let eds = eds_names(&res);
         let rds = rds_names(&res);
         let sds = sds_names(&res);
+        let by_source = self.source_names(&res);
         res.endpoints.retain(|k, _| eds.contains(k));
         res.routes.retain(|k, _| rds.contains(k));
         res.secrets.retain(|k, _| sds.contains(k));
+        res.source_secrets.retain(|source, secrets| {
+            let Some(names) = by_source.get(source) else {
+                return false;
+            };
+            secrets.retain(|k, _| names.contains(k));
+            !secrets.is_empty()
+        });
         res
     }
 
@@ -834,7 +937,9 @@ impl Ads {
                 return;
             }
             let candidate = self.candidate();
-            if self.in_flight.is_some() || self.pending.is_empty() {
+            if self.in_flight.is_some()
+                || (self.pending.is_empty() && self.source_pending.is_empty())
+            {
                 self.follow(&candidate);
                 return;
             }
@@ -846,7 +951,13 @@ impl Ads {
                     .any(|n| !candidate.routes.contains_key(n))
                 || sds_names(&candidate)
                     .iter()
-                    .any(|n| !candidate.secrets.contains_key(n));
+                    .any(|n| !candidate.secrets.contains_key(n))
+                || self.source_names(&candidate).iter().any(|(source, names)| {
+                    let got = candidate.source_secrets.get(source);
+                    names
+                        .iter()
+                        .any(|n| !got.is_some_and(|g| g.contains_key(n)))
+                });
             if missing && !self.warming_expired {
                 self.follow(&candidate);
                 if self.warming_timer.is_none() {
@@ -864,6 +975,8 @@ impl Ads {
                 // the serving config already is this one.
                 let done = std::mem::take(&mut self.pending);
                 self.accept(&done);
+                let sources = self.take_source_pending();
+                self.source_verdicts(sources, None);
                 return;
             }
             match translate::assemble(&self.bootstrap, &candidate) {
@@ -875,6 +988,7 @@ impl Ads {
                         stream: self.stream,
                         resources: candidate,
                         responses: std::mem::take(&mut self.pending),
+                        sources: self.take_source_pending(),
                     });
                     self.outputs.push_back(Output::Apply {
                         id,
@@ -898,19 +1012,47 @@ impl Ads {
             .iter()
             .map(|p| p.names().into_iter().collect())
             .collect();
+        // Errors charged to SDS sources' updates, by source.
+        let mut source_charged: BTreeMap<String, Vec<&TranslateError>> = BTreeMap::new();
         for e in errors {
             let owner = self
                 .pending
                 .iter()
                 .zip(&names)
                 .rposition(|(p, names)| p.kind == e.kind && names.contains(e.name.as_str()));
-            match owner {
-                Some(i) => charged.entry(i).or_default().push(e),
-                None => {
+            let source_owner = (e.kind == ResourceType::Secret)
+                .then(|| {
+                    self.source_pending
+                        .iter()
+                        .find(|(_, u)| u.secrets.contains_key(&e.name))
+                        .map(|(s, _)| s.clone())
+                })
+                .flatten();
+            match (owner, source_owner) {
+                (Some(i), _) => charged.entry(i).or_default().push(e),
+                (None, Some(source)) => source_charged.entry(source).or_default().push(e),
+                (None, None) => {
                     for i in 0..self.pending.len() {
                         charged.entry(i).or_default().push(e);
                     }
+                    for source in self.source_pending.keys() {
+                        source_charged.entry(source.clone()).or_default().push(e);
+                    }
                 }
+            }
+        }
+        for (source, errors) in source_charged {
+            let message = errors
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join("; ");
+            if let Some(update) = self.source_pending.remove(&source) {
+                self.outputs.push_back(Output::SourceVerdict {
+                    source,
+                    nonce: update.nonce,
+                    error: Some(message),
+                });
             }
         }
         let mut refusals = Vec::with_capacity(charged.len());
@@ -957,6 +1099,36 @@ impl Ads {
         self.subscribe(ResourceType::Endpoints, eds_names(candidate));
         self.subscribe(ResourceType::Route, rds_names(candidate));
         self.subscribe(ResourceType::Secret, sds_names(candidate));
+        let by_source = self.source_names(candidate);
+        let gone: Vec<String> = self
+            .source_names
+            .keys()
+            .filter(|s| !by_source.contains_key(*s))
+            .cloned()
+            .collect();
+        for source in gone {
+            self.source_names.remove(&source);
+            self.outputs.push_back(Output::SourceNames {
+                source,
+                names: BTreeSet::new(),
+            });
+        }
+        for (source, names) in by_source {
+            if self.source_names.get(&source) != Some(&names) {
+                self.source_names.insert(source.clone(), names.clone());
+                self.outputs
+                    .push_back(Output::SourceNames { source, names });
+            }
+        }
+    }
+
+    /// The SDS sources' updates received since the last apply, now folded into a config:
+    /// source → the nonce to answer.
+    fn take_source_pending(&mut self) -> BTreeMap<String, String> {
+        std::mem::take(&mut self.source_pending)
+            .into_iter()
+            .map(|(source, u)| (source, u.nonce))
+            .collect()
     }
 
     fn subscribe(&mut self, kind: ResourceType, names: BTreeSet<String>) {
@@ -1238,3 +1410,5 @@ fn uses(res: &Resources, kind: ResourceType, name: &str, of: ResourceType) -> BT
 mod tests;
 #[cfg(test)]
 mod tests_delta;
+#[cfg(test)]
+mod tests_sources;

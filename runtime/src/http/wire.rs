@@ -385,6 +385,7 @@ pub(super) fn rewrite_try_fields(
 /// the route's response edits, then the listener's `server` (after the route's edits, as Envoy
 /// sets it last); `http10_keep_alive`: an HTTP/1.0 client keeps its connection, which the
 /// answer must say; `force_close`: `connection: close`.
+#[allow(clippy::too_many_arguments)]
 pub(super) fn write_downstream_head(
     out: &mut Vec<u8>,
     action: &ForwardAction,

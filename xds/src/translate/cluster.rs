@@ -33,9 +33,7 @@ use envoy_types::pb::envoy::config::core::v3::{
 use envoy_types::pb::envoy::config::endpoint::v3::{
     ClusterLoadAssignment, lb_endpoint::HostIdentifier,
 };
-use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::Secret;
 use serde_json::{Value, json};
-use std::collections::BTreeMap;
 
 use super::{At, Notes, ResourceType, TranslateError, duration, object, reject_rest, take};
 
@@ -58,7 +56,7 @@ pub fn eds_service_name(c: &Cluster) -> Option<&str> {
 pub fn translate_cluster(
     c: &Cluster,
     endpoints: Option<&ClusterLoadAssignment>,
-    secrets: &BTreeMap<String, Secret>,
+    secrets: &super::Secrets<'_>,
     notes: &mut Notes,
 ) -> Result<Value, TranslateError> {
     let at = At::root(ResourceType::Cluster, &c.name);
@@ -365,7 +363,7 @@ fn string_labels(
 fn transport_socket_matches(
     matches: Vec<envoy_types::pb::envoy::config::cluster::v3::cluster::TransportSocketMatch>,
     at: &At<'_>,
-    secrets: &BTreeMap<String, Secret>,
+    secrets: &super::Secrets<'_>,
     notes: &mut Notes,
 ) -> Result<Option<Value>, TranslateError> {
     if matches.is_empty() {

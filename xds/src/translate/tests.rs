@@ -1077,8 +1077,13 @@ mod istio {
     #[test]
     fn an_outbound_clusters_transport_socket_matches_are_translated_and_checked_by_path() {
         let mut notes = Notes::default();
-        let e = translate_cluster(&outbound_cluster(), None, &BTreeMap::new(), &mut notes)
-            .expect_err("refused");
+        let e = translate_cluster(
+            &outbound_cluster(),
+            None,
+            &crate::translate::Secrets::NONE,
+            &mut notes,
+        )
+        .expect_err("refused");
         assert_eq!(
             e.to_string(),
             "cluster \"outbound|9080||reviews.default.svc.cluster.local\" \
@@ -1125,8 +1130,13 @@ mod istio {
         }];
         l.traffic_direction = 2; // OUTBOUND
         let mut notes = Notes::default();
-        let e = translate_listener(&l, &BTreeMap::new(), &BTreeMap::new(), &mut notes)
-            .expect_err("refused");
+        let e = translate_listener(
+            &l,
+            &BTreeMap::new(),
+            &crate::translate::Secrets::NONE,
+            &mut notes,
+        )
+        .expect_err("refused");
         assert_eq!(
             e.to_string(),
             "listener \"virtualOutbound\" use_original_dst: unsupported"
@@ -1492,8 +1502,9 @@ fn fuzz_corpus_entries_drive_without_panicking() {
                     tag(ResourceType::Listener),
                     r.listeners["virtualInbound"].encode_to_vec(),
                 ));
-                for s in r.secrets.values() {
-                    records.push((tag(ResourceType::Secret), s.encode_to_vec()));
+                // Its secrets come from the agent's SDS server (`sds-grpc`), on its own stream.
+                for s in r.source_secrets[crate::fixtures::istiod::SDS_GRPC].values() {
+                    records.push((crate::fuzzing::SOURCE_SECRET, s.encode_to_vec()));
                 }
                 encode_tagged(&records)
             },
@@ -1550,6 +1561,12 @@ fn fuzz_corpus_entries_drive_without_panicking() {
         "the clusters, then Istio's inbound listener once its secrets came"
     );
     assert_eq!(drive_delta(&corpus[7].1), 2);
+    assert_eq!(
+        drive(&corpus[8].1),
+        2,
+        "the clusters, then istiod's virtualInbound once the SDS source's secrets came"
+    );
+    assert_eq!(drive_delta(&corpus[8].1), 2);
     // Truncated and garbled inputs.
     for (_, bytes) in &corpus {
         for cut in [1, 2, 3, bytes.len() / 2, bytes.len() - 1] {

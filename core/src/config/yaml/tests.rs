@@ -2958,3 +2958,69 @@ clusters:
     }
     assert_eq!(errs.len(), expected.len(), "{errs:#?}");
 }
+
+/// `xds.sds_sources`: an SDS server of its own (Istio's agent, `sds-grpc`) on a Unix socket or
+/// through a static cluster; each declared once, with exactly one of `path` and `cluster`,
+/// errors by path.
+#[test]
+fn sds_sources_are_declared_by_path_or_cluster() {
+    let uds = XDS.replace(
+        "initial_fetch_timeout: 5s }",
+        "initial_fetch_timeout: 5s, sds_sources: [ { name: sds-grpc, path: ./var/run/secrets/workload-spiffe-uds/socket } ] }",
+    );
+    let c = Config::from_yaml(&uds).unwrap_or_else(|e| panic!("{e}"));
+    let sources = &c.xds.as_ref().unwrap().sds_sources;
+    assert_eq!(sources.len(), 1);
+    assert_eq!(sources[0].name, "sds-grpc");
+    assert_eq!(
+        sources[0].target,
+        crate::config::xds::SdsTarget::Path(
+            "./var/run/secrets/workload-spiffe-uds/socket".to_owned()
+        )
+    );
+    let by_cluster = XDS.replace(
+        "initial_fetch_timeout: 5s }",
+        "sds_sources: [ { name: sds, cluster: xds_server } ] }",
+    );
+    let c = Config::from_yaml(&by_cluster).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        c.xds.unwrap().sds_sources[0].target,
+        crate::config::xds::SdsTarget::Cluster {
+            name: "xds_server".to_owned(),
+            index: 0
+        }
+    );
+    let with = |s: &str| {
+        XDS.replace(
+            "initial_fetch_timeout: 5s }",
+            &format!("sds_sources: {s} }}"),
+        )
+    };
+    assert_eq!(
+        errors(&with("[ { name: sds-grpc } ]")),
+        [
+            "xds.sds_sources[0]: missing `path` (the SDS server's Unix socket) or `cluster` (a static cluster)"
+        ]
+    );
+    assert_eq!(
+        errors(&with("[ { name: a, path: /s, cluster: xds_server } ]")),
+        ["xds.sds_sources[0]: give `path` (a Unix socket) or `cluster`, not both"]
+    );
+    assert_eq!(
+        errors(&with("[ { name: a, path: /s }, { name: a, path: /t } ]")),
+        ["xds.sds_sources[1].name: \"a\" is declared twice"]
+    );
+    assert_eq!(
+        errors(&with("[ { name: a, cluster: nowhere } ]")),
+        ["xds.sds_sources[0].cluster: unknown cluster \"nowhere\" (known: xds_server)"]
+    );
+    assert_eq!(
+        errors(&with("[ { name: a, path: \"\" } ]")),
+        ["xds.sds_sources[0].path: cannot be empty"]
+    );
+    let unknown = errors(&with("[ { name: a, path: /s, port: 1 } ]"));
+    assert!(
+        unknown[0].starts_with("xds.sds_sources[0].port: unknown field"),
+        "{unknown:?}"
+    );
+}
