@@ -363,3 +363,24 @@ fn a_level_ring_is_sized_by_its_own_hosts() {
     // No pick went to P1: its ring (a million points) was never built.
     assert_eq!(c.balancer().level_ring_points(1), None);
 }
+
+/// A consistent-hash request draws its level from its hash (`hash % 100`), not at random: with
+/// loads 70/30 the same hash goes to the same host pick after pick, in P0 iff `hash % 100 < 70`.
+#[test]
+fn a_hashed_request_gets_its_level_from_its_hash() {
+    for policy in [LbPolicy::RingHash, LbPolicy::Maglev] {
+        let mut c = ClusterState::from_config(&cluster(policy, &[0, 0, 1, 1]));
+        c.apply_health(&[true, false, true, true], 50);
+        assert_eq!(c.priority_load().load, [70, 30]);
+        let mut rng = Rng::from_seed(7);
+        for k in 0..500u64 {
+            let hash = crate::lb::hash_bytes(&k.to_le_bytes());
+            let first = c.pick_hashed(&mut rng, &[], Some(hash)).expect("a host");
+            let level = c.host(first).priority;
+            assert_eq!(level, u32::from(hash % 100 >= 70), "{policy:?} hash {hash}");
+            for _ in 0..5 {
+                assert_eq!(c.pick_hashed(&mut rng, &[], Some(hash)), Some(first));
+            }
+        }
+    }
+}
