@@ -281,7 +281,7 @@ impl ClusterState {
     /// Applies health checking's and outlier detection's verdicts, one per host (`usable`:
     /// healthy and not ejected), with the cluster's panic threshold: recomputes the level loads
     /// and panics now, and makes available every present host that is usable or whose level
-    /// is in panic. Returns whether some level is in panic.
+    /// is in panic. Returns whether some level that gets traffic is in panic.
     ///
     /// A host past the end of `usable` keeps its verdict (an `original_dst` cluster's one
     /// host, which no health check judges).

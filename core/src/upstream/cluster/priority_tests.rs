@@ -384,3 +384,16 @@ fn a_hashed_request_gets_its_level_from_its_hash() {
         }
     }
 }
+
+/// Panic is reported (log, `lb_panic`) only for a level that gets traffic: a P0 with no usable
+/// host is below the threshold but gets no load while P1 carries it all.
+#[test]
+fn a_level_without_load_does_not_report_panic() {
+    let mut c = ClusterState::from_config(&cluster(LbPolicy::RoundRobin, &[0, 0, 1, 1]));
+    let panic = c.apply_health(&[false, false, true, false], 50);
+    assert_eq!(c.priority_load().load, [0, 100]);
+    assert!(c.priority_load().is_panic(0), "P0 is below the threshold");
+    assert!(!panic, "but it gets no traffic: no panic to report");
+    // P1 below the threshold too: total panic, reported.
+    assert!(c.apply_health(&[false, false, false, false], 50));
+}

@@ -134,10 +134,14 @@ impl PriorityLoad {
         self.load.iter().position(|&l| l == 100).map(|i| i as u32)
     }
 
-    /// Whether some level is in panic.
+    /// Whether some level that gets traffic (load above 0) is in panic: a level in panic but
+    /// without load picks nothing, so there is no panic to report.
     #[must_use]
     pub fn any_panic(&self) -> bool {
-        self.panic.iter().any(|&p| p)
+        self.panic
+            .iter()
+            .zip(&self.load)
+            .any(|(&p, &load)| p && load > 0)
     }
 
     /// Whether level `priority` is in panic (a level beyond the last is not).
