@@ -611,7 +611,8 @@ impl<N: Network> Engine<N> {
 
     /// Applies a view of cluster `ci` (a DNS cluster's, or a static cluster's after an
     /// endpoints-only update) to this worker: hosts in place, stale pooled connections closed,
-    /// availability recomputed.
+    /// availability recomputed (also after a change of weights or priorities alone, which
+    /// replaces no host but may move the level loads and panic).
     /// Returns whether any host changed.
     pub(crate) fn apply_dns(&self, ci: usize, view: &Arc<DnsView>) -> bool {
         if let Some(c) = self.stats().cluster(ci) {
@@ -619,13 +620,14 @@ impl<N: Network> Engine<N> {
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(view.clone());
         }
-        let (changed, refs): (Vec<HostId>, Vec<HostRef>) = {
+        let (changed, refs, updated): (Vec<HostId>, Vec<HostRef>, bool) = {
             let mut cluster = self.upstreams.cluster(ci).borrow_mut();
+            let version = cluster.hosts_version();
             let changed = cluster.update_hosts(&view.slots, &view.epochs);
             let refs = changed.iter().map(|&id| cluster.host_ref(id)).collect();
-            (changed, refs)
+            (changed, refs, cluster.hosts_version() != version)
         };
-        if changed.is_empty() {
+        if !updated {
             return false;
         }
         // A strict_dns or static (endpoints updated in place) cluster's id names another
@@ -964,6 +966,64 @@ clusters:
                 .map(|h| h.rq_total.load(std::sync::atomic::Ordering::Relaxed)),
             Some(5),
             "10.0.0.1 keeps its counters"
+        );
+    }
+
+    /// An endpoints-only update that changes priorities alone (no host replaced) still brings
+    /// the panic state up to date: one level of four hosts, one healthy, is in panic; the
+    /// healthy one moved alone to P0 takes every request, and the `lb_panic` gauge drops.
+    #[test]
+    fn a_priority_only_update_refreshes_the_panic_gauge() {
+        let yaml = |p: u8| {
+            format!(
+                "listeners: []\nxds: {{ cluster: xds }}\nclusters:\n  - {{ name: xds, hosts: [ {{ \
+                 address: 127.0.0.1:9 }} ] }}\n  - {{ name: web, health_check: {{ tcp: {{}}, \
+                 interval: 5s }}, hosts: [ {{ address: \"10.0.0.1:80\", priority: {p} }}, \
+                 {{ address: \"10.0.0.2:80\", priority: {p} }}, {{ address: \"10.0.0.3:80\", \
+                 priority: {p} }}, {{ address: \"10.0.0.4:80\" }} ] }}\n"
+            )
+        };
+        let config = Arc::new(Config::from_yaml(&yaml(0)).unwrap());
+        let stats = Arc::new(crate::stats::WorkerStats::new(&config));
+        let shared = Arc::new(crate::health::SharedHealth::new(&config));
+        shared.seed(
+            &config,
+            &[("web".into(), "10.0.0.4:80".parse().unwrap(), None, true)],
+        );
+        let engine = Engine::new_worker(
+            crate::net::TokioNet::default(),
+            config.clone(),
+            0,
+            1,
+            1,
+            stats.clone(),
+            shared.clone(),
+            Arc::new(crate::limits::ProcessLimits::new(&config)),
+        )
+        .unwrap();
+        let gauge = || {
+            engine.upstreams.refresh_availability(1);
+            stats
+                .cluster(1)
+                .unwrap()
+                .lb_panic
+                .load(std::sync::atomic::Ordering::Relaxed)
+        };
+        assert_eq!(gauge(), 1, "one of four usable: panic");
+        let next = Config::from_yaml(&yaml(1)).unwrap();
+        let changed = sluice_core::config::diff::only_endpoints_differ(&config, &next)
+            .expect("a priority change is an endpoints-only update");
+        let update = merge_endpoints_update(&shared, &config, &next, &changed).expect("in place");
+        engine.apply_endpoints(&update);
+        assert_eq!(
+            engine.upstreams.cluster(1).borrow().epochs()[..4],
+            [0; 4],
+            "no host replaced"
+        );
+        assert_eq!(gauge(), 0, "10.0.0.4 alone at P0 is healthy: no panic");
+        assert_eq!(
+            engine.upstreams.cluster(1).borrow().priority_load().load,
+            [100, 0]
         );
     }
 

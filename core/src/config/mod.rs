@@ -721,7 +721,10 @@ pub struct ClusterConfig {
     pub panic_threshold_percent: u32,
     /// How much a level's usable share is scaled to give its health, in percent (Envoy's
     /// `overprovisioning_factor`: default [`DEFAULT_OVERPROVISIONING_FACTOR`], 140 = 1.4; > 0).
-    /// Matters only with hosts at more than one priority ([`crate::lb::priority`]).
+    /// With several levels it sets how load moves between them; with one, a level is in panic
+    /// only while its health is below 100 too, so the factor also decides whether a single
+    /// level's panic threshold can apply (at 140, only below 1/1.4 ≈ 71.4 % usable: a
+    /// threshold above that acts as 71 %; at 100, the threshold alone) ([`crate::lb::priority`]).
     pub overprovisioning_factor: u32,
     /// Where its hosts come from (`type`).
     pub kind: ClusterKind,

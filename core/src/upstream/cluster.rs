@@ -71,6 +71,9 @@ pub struct ClusterState {
     level_counts: Vec<LevelCount>,
     /// `wanted` or the hosts changed since the loads were computed.
     levels_stale: bool,
+    /// Moves at every [`ClusterState::update_hosts`] that changed anything (a host replaced,
+    /// or only a weight or priority).
+    hosts_version: u64,
     /// The cluster's `overprovisioning_factor`.
     overprovisioning_factor: u32,
     /// The panic threshold of the last [`ClusterState::apply_health`]; 0 (no panic here: the
@@ -159,6 +162,7 @@ impl ClusterState {
             levels: PriorityLoad::default(),
             level_counts: Vec::new(),
             levels_stale: true,
+            hosts_version: 0,
             overprovisioning_factor: cfg.overprovisioning_factor,
             panic_threshold_percent: 0,
             wanted: vec![true; hosts.len()],
@@ -281,7 +285,7 @@ impl ClusterState {
     /// Applies health checking's and outlier detection's verdicts, one per host (`usable`:
     /// healthy and not ejected), with the cluster's panic threshold: recomputes the level loads
     /// and panics now, and makes available every present host that is usable or whose level
-    /// is in panic. Returns whether some level is in panic.
+    /// is in panic. Returns whether some level that gets traffic is in panic.
     ///
     /// A host past the end of `usable` keeps its verdict (an `original_dst` cluster's one
     /// host, which no health check judges).
@@ -479,6 +483,7 @@ impl ClusterState {
         }
         if changed {
             self.levels_stale = true;
+            self.hosts_version = self.hosts_version.wrapping_add(1);
             self.balancer = Balancer::for_present_hosts(
                 self.policy(),
                 &self.hosts,
@@ -487,6 +492,14 @@ impl ClusterState {
             );
         }
         gone
+    }
+
+    /// Moves whenever [`ClusterState::update_hosts`] changed anything, also a change that
+    /// replaced no host (a weight or priority alone): whoever keeps state derived from the
+    /// hosts' levels (the panic gauge) must recompute it then.
+    #[must_use]
+    pub fn hosts_version(&self) -> u64 {
+        self.hosts_version
     }
 
     /// How many hosts are available.

@@ -28,20 +28,25 @@
 //! - an excluded host (tried before by a retry) is skipped the same way, and picked only when
 //!   every available host is excluded.
 //!
-//! No pick allocates (a ring or table is allocated when the balancer is built; a Maglev rebuild
-//! reuses its memory).
+//! No pick allocates (a ring or table is allocated when the balancer is built, or, with several
+//! priority levels, at the first hashed pick into its level; a Maglev rebuild reuses its
+//! memory).
 //!
 //! ## Priority levels
 //!
 //! A cluster whose hosts have more than one priority first picks a level ([`priority`], by the
 //! level loads its `ClusterState` keeps), then balances within it
 //! ([`Balancer::pick_in_level`]): the candidates are the level's hosts only, with every rule
-//! above. The hash policies keep one ring or table over all hosts and skip the points of the
-//! other levels' hosts as they skip unavailable ones: for ring hash that is exactly a ring per
-//! level (Envoy builds one per level: the same mapping, the level's share of the points); for
-//! Maglev it is a walk forward to the next entry of the level, which keeps the hash → host
-//! mapping stable but spreads less evenly than a table per level would. A level with no
-//! available host (only when panic is off) falls back to every available host.
+//! above. The hash policies keep a ring or table per level, over that level's hosts alone (as
+//! Envoy does): ring hash a ring of at least `minimum_ring_size` points over the level's present
+//! hosts, Maglev a table over the level's available hosts. So a level's hash → host mapping
+//! and spread are those of a cluster of the level's hosts alone, whatever the other levels
+//! hold or do, and a pick walks only the level's own points. A level's ring or table is built at
+//! the first hashed pick into it (so a cluster of many levels pays memory only for the levels
+//! that got traffic since its hosts last changed: at most 100 levels have load at a time); a
+//! cluster of one level has its ring or table built with the balancer, as without levels. A
+//! level with no available host (only when panic is off) falls back to every available host
+//! (through a ring or table over every host, built then).
 
 pub mod hash;
 pub mod maglev;
@@ -63,14 +68,22 @@ pub struct Balancer {
     cursor: usize,
     /// Round robin over priority levels: each level's own cursor (level `i` at `i`), swapped
     /// into `cursor` for a pick in the level, so that the levels' turns do not skew each
-    /// other. Grows when a level is first picked in.
+    /// other. Sized for the hosts' levels when the balancer is built.
     level_cursors: Vec<usize>,
     /// `ring_hash`: the ring's least size.
     minimum_ring_size: u32,
     /// Moves at every [`Balancer::availability_changed`].
     generation: u64,
+    /// Which hosts are present (a DNS cluster's filled slots; empty: every host).
+    present: Vec<bool>,
+    /// The ring or table over every host: the one of a cluster with a single level, and a
+    /// level's fallback when it has no available host.
     ring: Option<Ring>,
     maglev: Option<Maglev>,
+    /// The ring or table of each priority level (level `i` at `i`) over that level's hosts
+    /// alone, built at the first hashed pick into the level.
+    level_rings: Vec<Option<Ring>>,
+    level_maglevs: Vec<Option<Maglev>>,
 }
 
 impl Balancer {
@@ -85,25 +98,31 @@ impl Balancer {
             level_cursors: Vec::new(),
             minimum_ring_size: DEFAULT_MINIMUM_RING_SIZE,
             generation: 0,
+            present: Vec::new(),
             ring: None,
             maglev: None,
+            level_rings: Vec::new(),
+            level_maglevs: Vec::new(),
         }
     }
 
     /// A fresh balancer for `hosts`: for `ring_hash` and `maglev` its ring (at least
-    /// `minimum_ring_size` points) or table (over the available hosts) is built now.
+    /// `minimum_ring_size` points) or table (over the available hosts) is built now when the
+    /// hosts have one priority level; with several, each level's is built at the first hashed
+    /// pick into that level (see the module doc).
     ///
-    /// The ring and table are built for these hosts' addresses and weights and for their
-    /// number: a pick with a different number of hosts rebuilds them (allocating); one after
-    /// a change of addresses or weights alone does not (build a new balancer then).
+    /// The ring and table are built for these hosts' addresses, weights and priorities and for
+    /// their number: a pick with a different number of hosts rebuilds them (allocating); one
+    /// after a change of addresses, weights or priorities alone does not (build a new balancer
+    /// then).
     #[must_use]
     pub fn for_hosts(policy: LbPolicy, hosts: &[Host], minimum_ring_size: u32) -> Self {
         Self::for_present_hosts(policy, hosts, &[], minimum_ring_size)
     }
 
-    /// [`Balancer::for_hosts`] for a cluster whose ids are slots (DNS): `ring_hash`'s ring is
+    /// [`Balancer::for_hosts`] for a cluster whose ids are slots (DNS): `ring_hash`'s rings are
     /// built over the hosts whose `present` entry is true only (all when it is empty), so that
-    /// they share at least `minimum_ring_size` points. (Maglev's table is built over the
+    /// they share at least `minimum_ring_size` points. (Maglev's tables are built over the
     /// available hosts, which a free slot never is.)
     #[must_use]
     pub fn for_present_hosts(
@@ -114,11 +133,27 @@ impl Balancer {
     ) -> Self {
         let mut b = Balancer::new(policy);
         b.minimum_ring_size = minimum_ring_size;
+        b.present = present.to_vec();
+        let levels = hosts
+            .iter()
+            .enumerate()
+            .filter(|&(i, _)| present.get(i).copied().unwrap_or(true))
+            .map(|(_, h)| h.priority as usize + 1)
+            .max()
+            .unwrap_or(0);
+        b.level_cursors = vec![0; levels];
+        if levels > 1 && policy.is_consistent_hash() {
+            // Only the slots: a level's ring or table is built when the level first gets a
+            // hashed pick, so a cluster of many levels costs what its levels in use cost.
+            b.level_rings = vec![None; levels];
+            b.level_maglevs = vec![None; levels];
+            return b;
+        }
         match policy {
             LbPolicy::RingHash => {
                 b.ring = Some(Ring::over_present(hosts, present, minimum_ring_size));
             }
-            LbPolicy::Maglev => b.maglev = Some(Maglev::new(hosts, b.generation)),
+            LbPolicy::Maglev => b.maglev = Some(Maglev::new(hosts, b.generation, None)),
             _ => {}
         }
         b
@@ -132,11 +167,21 @@ impl Balancer {
         self.generation = self.generation.wrapping_add(1);
     }
 
-    /// `ring_hash`: how many points its ring has (`None` before it is built, or for another
-    /// policy).
+    /// `ring_hash`: how many points its ring over every host has (`None` before it is built,
+    /// or for another policy).
     #[must_use]
     pub fn ring_points(&self) -> Option<usize> {
         self.ring.as_ref().map(Ring::len)
+    }
+
+    /// `ring_hash`: how many points priority `level`'s own ring has (`None` before it is built,
+    /// for a balancer over one level, or for another policy).
+    #[must_use]
+    pub fn level_ring_points(&self, level: u32) -> Option<usize> {
+        self.level_rings
+            .get(level as usize)
+            .and_then(Option::as_ref)
+            .map(Ring::len)
     }
 
     /// Its policy.
@@ -194,43 +239,65 @@ impl Balancer {
                 return None;
             };
         let Some(l) = level.map(|l| l as usize) else {
-            return self.pick_among(hosts, rng, ok, hash);
+            return self.pick_among(hosts, rng, ok, hash, None);
         };
         if self.level_cursors.len() <= l {
+            // Only for a balancer not built for these hosts (`Balancer::new`).
             self.level_cursors.resize(l + 1, 0);
         }
         std::mem::swap(&mut self.cursor, &mut self.level_cursors[l]);
-        let picked = self.pick_among(hosts, rng, ok, hash);
+        let picked = self.pick_among(hosts, rng, ok, hash, level);
         std::mem::swap(&mut self.cursor, &mut self.level_cursors[l]);
         picked
     }
 
     /// The consistent-hash pick: the first candidate from the hash's point of the ring or
-    /// table. `None` only when the ring or table holds no candidate (never when it is up to
-    /// date and a candidate exists).
+    /// table of `level` (`None`: the one over every host). `None` only when the ring or table
+    /// holds no candidate (never when it is up to date and a candidate exists).
     fn pick_consistent(
         &mut self,
         hosts: &[Host],
         ok: &dyn Fn(usize, &Host) -> bool,
         hash: u64,
+        level: Option<u32>,
     ) -> Option<usize> {
         let ok = |i: usize| hosts.get(i).is_some_and(|h| ok(i, h));
+        if self.present.len() != hosts.len() {
+            // Built for other hosts (or none): every host counts as present.
+            self.present.clear();
+        }
+        if let Some(l) = level.map(|l| l as usize)
+            && self.level_rings.len() <= l
+        {
+            // Only for a balancer not built for these hosts (`Balancer::new`).
+            self.level_rings.resize(l + 1, None);
+            self.level_maglevs.resize(l + 1, None);
+        }
         if self.policy == LbPolicy::RingHash {
-            if self
-                .ring
-                .as_ref()
-                .is_none_or(|r| r.host_count() != hosts.len())
-            {
-                self.ring = Some(Ring::new(hosts, self.minimum_ring_size));
+            let present = &self.present;
+            let counts = |i: usize| {
+                present.get(i).copied().unwrap_or(true)
+                    && level.is_none_or(|l| hosts[i].priority == l)
+            };
+            let slot = match level {
+                Some(l) => &mut self.level_rings[l as usize],
+                None => &mut self.ring,
+            };
+            if slot.as_ref().is_none_or(|r| r.host_count() != hosts.len()) {
+                *slot = Some(Ring::over(hosts, counts, self.minimum_ring_size));
             }
-            let ring = self.ring.as_ref().expect("built above");
+            let ring = slot.as_ref().expect("built above");
             ring.walk(hash, ok).map(|(host, _)| host)
         } else {
-            match &mut self.maglev {
+            let slot = match level {
+                Some(l) => &mut self.level_maglevs[l as usize],
+                None => &mut self.maglev,
+            };
+            match slot {
                 Some(m) if m.host_count() == hosts.len() => m.sync(hosts, self.generation),
-                _ => self.maglev = Some(Maglev::new(hosts, self.generation)),
+                _ => *slot = Some(Maglev::new(hosts, self.generation, level)),
             }
-            let maglev = self.maglev.as_ref().expect("built above");
+            let maglev = slot.as_ref().expect("built above");
             maglev.walk(hash, ok)
         }
     }
@@ -241,13 +308,14 @@ impl Balancer {
         rng: &mut Rng,
         ok: &dyn Fn(usize, &Host) -> bool,
         hash: Option<u64>,
+        level: Option<u32>,
     ) -> Option<HostId> {
         let n = hosts.len();
         if n == 0 {
             return None;
         }
         if let Some(hash) = hash.filter(|_| self.policy.is_consistent_hash())
-            && let Some(found) = self.pick_consistent(hosts, ok, hash)
+            && let Some(found) = self.pick_consistent(hosts, ok, hash, level)
         {
             return Some(HostId(found as u32));
         }

@@ -256,3 +256,144 @@ proptest! {
         }
     }
 }
+
+/// A static cluster with one host per `(priority, weight)` (host `i` at 10.x.y.z from `i`).
+fn weighted_cluster(policy: LbPolicy, spec: &[(u32, u32)]) -> ClusterConfig {
+    ClusterConfig {
+        name: "web".into(),
+        kind: ClusterKind::Static,
+        lb_policy: policy,
+        hosts: spec
+            .iter()
+            .enumerate()
+            .map(|(i, &(priority, weight))| HostConfig {
+                address: std::net::SocketAddr::from((
+                    [10, (i >> 16) as u8, (i >> 8) as u8, i as u8],
+                    80,
+                )),
+                weight,
+                priority,
+                transport_socket_match: None,
+            })
+            .collect(),
+        ..ClusterConfig::default()
+    }
+}
+
+/// How many entries of two mappings differ.
+fn moved(a: &[Option<HostId>], b: &[Option<HostId>]) -> usize {
+    assert_eq!(a.len(), b.len());
+    a.iter().zip(b).filter(|(x, y)| x != y).count()
+}
+
+/// The host each of the hashes `0..n` picks.
+fn hash_mapping(c: &mut ClusterState, n: u64) -> Vec<Option<HostId>> {
+    let mut rng = Rng::from_seed(1);
+    (0..n)
+        .map(|k| c.pick_hashed(&mut rng, &[], Some(crate::lb::hash_bytes(&k.to_le_bytes()))))
+        .collect()
+}
+
+/// Each level has its own ring or table over its own hosts: while P0 takes every request, a
+/// P1 host failing or P1 growing moves no P0 hash, and P0's hosts share its hashes evenly.
+#[test]
+fn p0_affinity_ignores_p1_changes_and_p0_spreads_evenly() {
+    for policy in [LbPolicy::RingHash, LbPolicy::Maglev] {
+        let spec: Vec<(u32, u32)> = (0..8).map(|i| (u32::from(i >= 4), 1)).collect();
+        let mut c = ClusterState::from_config(&weighted_cluster(policy, &spec));
+        c.apply_health(&[true; 8], 50);
+        let before = hash_mapping(&mut c, 5000);
+        assert!(before.iter().all(|h| h.is_some_and(|h| h.index() < 4)));
+        c.apply_health(&[true, true, true, true, false, true, true, true], 50);
+        assert_eq!(c.priority_load().load, [100, 0]);
+        let after = hash_mapping(&mut c, 5000);
+        assert_eq!(
+            moved(&before, &after),
+            0,
+            "{policy:?}: a P1 host failing moved P0 hashes"
+        );
+
+        let mut grown_spec = spec.clone();
+        grown_spec.extend(std::iter::repeat_n((1, 1), 296));
+        let mut grown = ClusterState::from_config(&weighted_cluster(policy, &grown_spec));
+        grown.apply_health(&[true; 300], 50);
+        let grown = hash_mapping(&mut grown, 5000);
+        assert_eq!(
+            moved(&before, &grown),
+            0,
+            "{policy:?}: P1 growing moved P0 hashes"
+        );
+
+        // The same P0 hosts as a cluster of their own: the very same mapping.
+        let mut alone = ClusterState::from_config(&weighted_cluster(policy, &spec[..4]));
+        alone.apply_health(&[true; 4], 50);
+        assert_eq!(
+            moved(&before, &hash_mapping(&mut alone, 5000)),
+            0,
+            "{policy:?}"
+        );
+
+        let mut share = [0usize; 4];
+        for h in before.iter().flatten() {
+            share[h.index()] += 1;
+        }
+        // 1250 each on average; a ring of 1024 points or a 65537-entry table is within ±20 %.
+        assert!(
+            share.iter().all(|&s| (1000..=1500).contains(&s)),
+            "{policy:?}: P0 shares {share:?}"
+        );
+    }
+}
+
+/// A level's ring holds that level's points only: a hashed pick into a one-host P0 beside a
+/// heavy P1 walks a ring of `minimum_ring_size` points, not one over every level's weight.
+#[test]
+fn a_level_ring_is_sized_by_its_own_hosts() {
+    let mut spec = vec![(0u32, 1u32)];
+    spec.extend(std::iter::repeat_n((1u32, 1000u32), 1000));
+    let mut c = ClusterState::from_config(&weighted_cluster(LbPolicy::RingHash, &spec));
+    c.apply_health(&vec![true; c.hosts().len()], 50);
+    let m = hash_mapping(&mut c, 200);
+    assert!(m.iter().all(|h| *h == Some(HostId(0))));
+    let points = c.balancer().level_ring_points(0);
+    assert_eq!(
+        points,
+        Some(crate::config::DEFAULT_MINIMUM_RING_SIZE as usize)
+    );
+    // No pick went to P1: its ring (a million points) was never built.
+    assert_eq!(c.balancer().level_ring_points(1), None);
+}
+
+/// A consistent-hash request draws its level from its hash (`hash % 100`), not at random: with
+/// loads 70/30 the same hash goes to the same host pick after pick, in P0 iff `hash % 100 < 70`.
+#[test]
+fn a_hashed_request_gets_its_level_from_its_hash() {
+    for policy in [LbPolicy::RingHash, LbPolicy::Maglev] {
+        let mut c = ClusterState::from_config(&cluster(policy, &[0, 0, 1, 1]));
+        c.apply_health(&[true, false, true, true], 50);
+        assert_eq!(c.priority_load().load, [70, 30]);
+        let mut rng = Rng::from_seed(7);
+        for k in 0..500u64 {
+            let hash = crate::lb::hash_bytes(&k.to_le_bytes());
+            let first = c.pick_hashed(&mut rng, &[], Some(hash)).expect("a host");
+            let level = c.host(first).priority;
+            assert_eq!(level, u32::from(hash % 100 >= 70), "{policy:?} hash {hash}");
+            for _ in 0..5 {
+                assert_eq!(c.pick_hashed(&mut rng, &[], Some(hash)), Some(first));
+            }
+        }
+    }
+}
+
+/// Panic is reported (log, `lb_panic`) only for a level that gets traffic: a P0 with no usable
+/// host is below the threshold but gets no load while P1 carries it all.
+#[test]
+fn a_level_without_load_does_not_report_panic() {
+    let mut c = ClusterState::from_config(&cluster(LbPolicy::RoundRobin, &[0, 0, 1, 1]));
+    let panic = c.apply_health(&[false, false, true, false], 50);
+    assert_eq!(c.priority_load().load, [0, 100]);
+    assert!(c.priority_load().is_panic(0), "P0 is below the threshold");
+    assert!(!panic, "but it gets no traffic: no panic to report");
+    // P1 below the threshold too: total panic, reported.
+    assert!(c.apply_health(&[false, false, false, false], 50));
+}

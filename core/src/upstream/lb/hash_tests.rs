@@ -256,7 +256,7 @@ fn maglev_spreads_by_weight_within_3_percent() {
     ] {
         let mut c = cluster(LbPolicy::Maglev, weights);
         owner(&mut c, 0);
-        let table = Maglev::new(c.hosts(), 0);
+        let table = Maglev::new(c.hosts(), 0, None);
         let total: u32 = weights.iter().sum();
         for (i, (&w, &n)) in weights.iter().zip(&table.entries_per_host()).enumerate() {
             let want = TABLE_SIZE as f64 * f64::from(w) / f64::from(total);

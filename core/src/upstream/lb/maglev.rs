@@ -51,6 +51,8 @@ pub(crate) struct Maglev {
     built_for: Vec<bool>,
     /// The balancer generation last checked.
     generation: u64,
+    /// The priority level whose hosts it is built over (`None`: every host).
+    level: Option<u32>,
     /// Scratch space for building, kept to rebuild without allocating.
     scratch: Vec<Entry>,
 }
@@ -66,8 +68,9 @@ impl fmt::Debug for Maglev {
 }
 
 impl Maglev {
-    /// The table over the available `hosts`, as of `generation`.
-    pub(crate) fn new(hosts: &[Host], generation: u64) -> Self {
+    /// The table over the available `hosts` of priority `level` (`None`: of every priority),
+    /// as of `generation`.
+    pub(crate) fn new(hosts: &[Host], generation: u64, level: Option<u32>) -> Self {
         let m = TABLE_SIZE as u64;
         let permutations = hosts
             .iter()
@@ -83,6 +86,7 @@ impl Maglev {
             permutations,
             built_for: Vec::with_capacity(hosts.len()),
             generation,
+            level,
             scratch: Vec::with_capacity(hosts.len()),
         };
         maglev.rebuild(hosts);
@@ -94,8 +98,14 @@ impl Maglev {
         self.permutations.len()
     }
 
+    /// Whether a host takes part in the table: available and of its level.
+    fn takes_part(&self, h: &Host) -> bool {
+        h.available && self.level.is_none_or(|l| h.priority == l)
+    }
+
     /// Brings the table up to date with `hosts` at `generation`: rebuilds it when the
-    /// generation moved and the availability changed since the last build.
+    /// generation moved and the availability of its level's hosts changed since the last
+    /// build (another level's hosts coming and going leave it as it is).
     pub(crate) fn sync(&mut self, hosts: &[Host], generation: u64) {
         if self.generation == generation {
             return;
@@ -103,7 +113,7 @@ impl Maglev {
         self.generation = generation;
         if !hosts
             .iter()
-            .map(|h| h.available)
+            .map(|h| self.takes_part(h))
             .eq(self.built_for.iter().copied())
         {
             self.rebuild(hosts);
@@ -112,15 +122,17 @@ impl Maglev {
 
     fn rebuild(&mut self, hosts: &[Host]) {
         debug_assert_eq!(hosts.len(), self.permutations.len());
-        self.built_for.clear();
-        self.built_for.extend(hosts.iter().map(|h| h.available));
+        let mut built_for = std::mem::take(&mut self.built_for);
+        built_for.clear();
+        built_for.extend(hosts.iter().map(|h| self.takes_part(h)));
+        self.built_for = built_for;
         self.scratch.clear();
         self.scratch.extend(
             hosts
                 .iter()
                 .zip(&self.permutations)
                 .enumerate()
-                .filter(|(_, (h, _))| h.available)
+                .filter(|&(i, _)| self.built_for[i])
                 .map(|(i, (h, &(offset, skip)))| Entry {
                     host: i as u32,
                     position: offset,

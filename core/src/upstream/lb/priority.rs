@@ -13,7 +13,9 @@
 //! - while the normalized total is 100 no level is in panic. Below 100, a level whose share of
 //!   usable hosts is below the panic threshold is in *panic*: every host of the level is picked
 //!   as if healthy. When every level is in panic, the load follows the levels' host counts
-//!   instead (Envoy's "total panic"): traffic spreads over every host of every level.
+//!   instead (Envoy's "total panic"): each level gets its share of all hosts in whole percent,
+//!   rounded down, and the first level with hosts the remainder. So a level with under 1 % of
+//!   the hosts gets nothing: with 200 levels of one host each, P0 takes every request.
 //! - with the panic threshold at 0 (panic off) and no usable host anywhere, no level gets load:
 //!   nothing is picked.
 //!
@@ -134,10 +136,14 @@ impl PriorityLoad {
         self.load.iter().position(|&l| l == 100).map(|i| i as u32)
     }
 
-    /// Whether some level is in panic.
+    /// Whether some level that gets traffic (load above 0) is in panic: a level in panic but
+    /// without load picks nothing, so there is no panic to report.
     #[must_use]
     pub fn any_panic(&self) -> bool {
-        self.panic.iter().any(|&p| p)
+        self.panic
+            .iter()
+            .zip(&self.load)
+            .any(|(&p, &load)| p && load > 0)
     }
 
     /// Whether level `priority` is in panic (a level beyond the last is not).
@@ -162,6 +168,17 @@ mod tests {
         let mut p = PriorityLoad::default();
         p.compute(&levels(counts), factor, threshold);
         p
+    }
+
+    /// Total panic splits by host counts in whole percent, rounded down, the rest to P0: with
+    /// 200 levels of one host each, every level's share rounds to 0 and P0 takes all.
+    #[test]
+    fn total_panic_over_many_small_levels_goes_to_p0() {
+        let p = compute(&[(0, 1); 200], 140, 50);
+        assert_eq!(p.load[0], 100);
+        assert!(p.load[1..].iter().all(|&l| l == 0));
+        let p = compute(&[(0, 3), (0, 1)], 140, 50);
+        assert_eq!(p.load, [75, 25]);
     }
 
     /// Envoy's documented examples (load_balancing/priority: the table for two levels, factor

@@ -61,6 +61,7 @@ impl fmt::Debug for Ring {
 
 impl Ring {
     /// The ring over `hosts` (availability does not count).
+    #[cfg(test)]
     pub(crate) fn new(hosts: &[Host], minimum_ring_size: u32) -> Self {
         Self::over_present(hosts, &[], minimum_ring_size)
     }
@@ -69,7 +70,21 @@ impl Ring {
     /// empty): a DNS cluster's free slots get no point and no share of the ring's size, so
     /// `minimum_ring_size` counts for the hosts it has, not for its `max_hosts` slots.
     pub(crate) fn over_present(hosts: &[Host], present: &[bool], minimum_ring_size: u32) -> Self {
-        let counts = |i: usize| present.get(i).copied().unwrap_or(true);
+        Self::over(
+            hosts,
+            |i| present.get(i).copied().unwrap_or(true),
+            minimum_ring_size,
+        )
+    }
+
+    /// The ring over the hosts for which `counts` holds (by index): they alone get points and
+    /// share at least `minimum_ring_size` of them (a priority level's ring is one over the
+    /// level's present hosts).
+    pub(crate) fn over(
+        hosts: &[Host],
+        counts: impl Fn(usize) -> bool,
+        minimum_ring_size: u32,
+    ) -> Self {
         let total: u64 = hosts
             .iter()
             .enumerate()

@@ -165,3 +165,43 @@ proptest! {
         prop_assert_eq!(run(), run());
     }
 }
+
+/// A balancer built for hosts of several levels has every level's round-robin cursor (and, for
+/// the hash policies, every level's ring or table slot) already: the first pick into a level
+/// does not grow them (no allocation on the pick path).
+#[test]
+fn level_state_is_sized_when_the_balancer_is_built() {
+    let hosts: Vec<Host> = (0..6u32)
+        .map(|i| Host {
+            address: format!("127.0.0.1:{}", 1000 + i).parse().unwrap(),
+            weight: 1,
+            transport: Default::default(),
+            priority: i / 2,
+            available: true,
+            active: 0,
+            swrr_current: 0,
+        })
+        .collect();
+    for policy in POLICIES {
+        let mut hosts = hosts.clone();
+        let mut b = Balancer::for_hosts(policy, &hosts, 64);
+        assert_eq!(b.level_cursors.len(), 3, "{policy:?}");
+        let cursors = b.level_cursors.as_ptr();
+        let slots = (b.level_rings.as_ptr(), b.level_maglevs.as_ptr());
+        let mut rng = Rng::from_seed(3);
+        for level in [2, 0, 1] {
+            let picked = b.pick_in_level(&mut hosts, &mut rng, &[], Some(7), Some(level));
+            assert_eq!(picked.map(|h| hosts[h.index()].priority), Some(level));
+        }
+        assert_eq!(
+            b.level_cursors.as_ptr(),
+            cursors,
+            "{policy:?}: cursors reallocated"
+        );
+        assert_eq!(
+            (b.level_rings.as_ptr(), b.level_maglevs.as_ptr()),
+            slots,
+            "{policy:?}: level slots reallocated"
+        );
+    }
+}
