@@ -6,9 +6,9 @@
 //! type (cluster, endpoints, listener, route), or bit 3 ([`SECRET`]) an SDS secret; the bytes
 //! are one encoded resource of it.
 //! Consecutive records of one type make one response (version and nonce: the record's index).
-//! A tag of `0xff` (no length) fires what the machine waits for: its warming timer, and the
-//! outcome of its apply (applied when the next byte is even, failed otherwise). At the end,
-//! the timer fires and the apply succeeds once more.
+//! A tag of `0xff` (no length) fires what the machine waits for: its oldest warming timer
+//! (they expire in the order armed), and the outcome of its apply (applied when the next byte
+//! is even, failed otherwise). At the end, every timer fires and the apply succeeds once more.
 //!
 //! [`drive_delta`] reads the same records as delta responses: each resource is wrapped in a
 //! `Resource` named after what it decodes to (empty when it does not) at the record's index as
@@ -138,13 +138,13 @@ fn run(mode: XdsMode, data: &[u8]) -> usize {
         }
     }
     flush(&mut ads, &mut batch, index, &mut state);
-    state.fire(&mut ads, false);
+    state.finish(&mut ads);
     state.applied
 }
 
 #[derive(Default)]
 struct State {
-    timer: Option<u64>,
+    timers: std::collections::VecDeque<u64>,
     apply: Option<u64>,
     applied: usize,
 }
@@ -158,13 +158,24 @@ impl State {
                 | Output::Resync
                 | Output::Refused { .. } => {}
                 Output::Apply { id, .. } => self.apply = Some(id),
-                Output::ArmWarmingTimer(id) => self.timer = Some(id),
+                Output::ArmWarmingTimer(id) => self.timers.push_back(id),
             }
         }
     }
 
+    /// Fires every timer armed and lets every apply succeed (a bounded number of rounds: each
+    /// may arm more).
+    fn finish(&mut self, ads: &mut Ads) {
+        for _ in 0..8 {
+            if self.timers.is_empty() && self.apply.is_none() {
+                break;
+            }
+            self.fire(ads, false);
+        }
+    }
+
     fn fire(&mut self, ads: &mut Ads, fail: bool) {
-        if let Some(id) = self.timer.take() {
+        if let Some(id) = self.timers.pop_front() {
             ads.handle_input(Input::WarmingTimeout(id));
             self.drain(ads);
         }

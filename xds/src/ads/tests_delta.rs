@@ -7,7 +7,7 @@ use envoy_types::pb::envoy::service::discovery::v3::{
 };
 use serde_json::json;
 
-use super::tests::{applied_config, apply_id, drain, node};
+use super::tests::{applied_config, apply_id, bootstrap, drain, dynamic_clusters, node, settle};
 use super::*;
 use crate::fixtures::*;
 
@@ -17,7 +17,7 @@ fn ads() -> Ads {
     Ads::with_mode(
         XdsMode::Delta,
         node(),
-        json!({ "listeners": [], "clusters": [] }),
+        bootstrap(),
     )
 }
 
@@ -136,10 +136,8 @@ fn serving() -> Ads {
         )],
         &[],
     ));
-    let out = drain(&mut a);
-    let id = apply_id(&out).expect("complete");
-    a.handle_input(Input::Applied(id));
-    drain(&mut a);
+    let out = settle(&mut a);
+    assert!(apply_id(&out).is_some(), "complete");
     a
 }
 
@@ -224,7 +222,7 @@ fn delta_a_config_is_applied_when_warm_and_acked_by_nonce_after_the_switch() {
     assert!(sent(&out).is_empty(), "no ACK before the workers switched");
     let config = applied_config(&out);
     assert_eq!(config.listeners[0].name, "in");
-    assert_eq!(config.clusters[0].hosts.len(), 1);
+    assert_eq!(dynamic_clusters(config)[0].hosts.len(), 1);
     a.handle_input(Input::Applied(apply_id(&out).expect("apply")));
     let out = drain(&mut a);
     assert_eq!(
@@ -414,7 +412,7 @@ fn delta_a_reconnect_resubscribes_with_initial_resource_versions() {
     ));
     let out = drain(&mut a);
     assert_eq!(
-        applied_config(&out).clusters[0].hosts[0].address.port(),
+        dynamic_clusters(applied_config(&out))[0].hosts[0].address.port(),
         8009
     );
     a.handle_input(Input::Applied(apply_id(&out).expect("apply")));
@@ -621,7 +619,7 @@ fn delta_a_good_update_nacked_with_a_bad_one_is_applied_after_the_resync() {
     a.handle_input(Input::Applied(first.expect("apply")));
     let out = drain(&mut a);
     assert_eq!(
-        applied_config(&out).clusters[0].hosts[0].address.port(),
+        dynamic_clusters(applied_config(&out))[0].hosts[0].address.port(),
         8002
     );
     a.handle_input(Input::ApplyFailed(
@@ -649,7 +647,7 @@ fn delta_a_good_update_nacked_with_a_bad_one_is_applied_after_the_resync() {
     a.handle_input(response(Eds, "2", "m1", eds_e2(), &[]));
     let out = drain(&mut a);
     assert_eq!(
-        applied_config(&out).clusters[0].hosts[0].address.port(),
+        dynamic_clusters(applied_config(&out))[0].hosts[0].address.port(),
         8002
     );
     a.handle_input(Input::Applied(apply_id(&out).expect("apply")));
@@ -835,7 +833,7 @@ fn delta_responses_during_an_apply_are_folded_per_type() {
     let mut ports: Vec<u16> = config.listeners.iter().map(|l| l.address.port()).collect();
     ports.sort_unstable();
     assert_eq!(ports, [9000, 9004]);
-    assert_eq!(config.clusters[0].hosts[0].address.port(), 8003);
+    assert_eq!(dynamic_clusters(config)[0].hosts[0].address.port(), 8003);
     a.handle_input(Input::Applied(apply_id(&out).expect("apply")));
     assert_eq!(
         summaries(&drain(&mut a)),
@@ -937,9 +935,8 @@ fn serving_with_secret() -> Ads {
         )],
         &[],
     ));
-    let out = drain(&mut a);
-    a.handle_input(Input::Applied(apply_id(&out).expect("complete")));
-    drain(&mut a);
+    let out = settle(&mut a);
+    assert!(apply_id(&out).is_some(), "complete");
     a
 }
 
