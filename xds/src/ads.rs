@@ -931,13 +931,13 @@ impl Ads {
             let check = match checked {
                 Ok(check) => check,
                 Err(errors) => {
-                if self.pending.is_empty() {
-                    // Not reached: what was accepted assembled with its missing parts empty.
-                    self.follow(&candidate);
-                    return;
-                }
-                self.refuse(&errors, &candidate);
-                continue;
+                    if self.pending.is_empty() {
+                        // Not reached: what was accepted assembled with its missing parts empty.
+                        self.follow(&candidate);
+                        return;
+                    }
+                    self.refuse(&errors, &candidate);
+                    continue;
                 }
             };
             let serve = if expired == all_missing && secrets_missing.is_empty() {
@@ -997,10 +997,12 @@ impl Ads {
             with = {
                 let mut c = candidate.clone();
                 for n in certificates {
-                    c.secrets.insert(n.clone(), warm::placeholder_secret(n, false));
+                    c.secrets
+                        .insert(n.clone(), warm::placeholder_secret(n, false));
                 }
                 for n in validations {
-                    c.secrets.insert(n.clone(), warm::placeholder_secret(n, true));
+                    c.secrets
+                        .insert(n.clone(), warm::placeholder_secret(n, true));
                 }
                 c
             };
@@ -1062,7 +1064,13 @@ impl Ads {
                     self.next_id += 1;
                     id
                 });
-                self.missing.insert(k, Warming { timer: id, expired: false });
+                self.missing.insert(
+                    k,
+                    Warming {
+                        timer: id,
+                        expired: false,
+                    },
+                );
             }
         }
         if let Some(id) = timer {

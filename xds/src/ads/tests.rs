@@ -172,11 +172,17 @@ fn a_config_is_applied_only_when_warm_and_acked_only_after_the_switch() {
     let out = drain(&mut a);
     assert_eq!(
         sent(&out).iter().map(|r| summary(r)).collect::<Vec<_>>(),
-        [(Eds, "", "", vec!["web"], None), (Cds, "1", "c1", vec![], None)]
+        [
+            (Eds, "", "", vec!["web"], None),
+            (Cds, "1", "c1", vec![], None)
+        ]
     );
     assert!(out.iter().any(|o| matches!(o, Output::ArmWarmingTimer(_))));
     assert!(apply_id(&out).is_none());
-    assert_eq!(a.warming().iter().collect::<Vec<_>>(), [&(Cds, "web".into())]);
+    assert_eq!(
+        a.warming().iter().collect::<Vec<_>>(),
+        [&(Cds, "web".into())]
+    );
     // LDS: the listener names its routes, and warms too.
     a.handle_input(response(
         Lds,
@@ -187,7 +193,10 @@ fn a_config_is_applied_only_when_warm_and_acked_only_after_the_switch() {
     let out = drain(&mut a);
     assert_eq!(
         sent(&out).iter().map(|r| summary(r)).collect::<Vec<_>>(),
-        [(Rds, "", "", vec!["routes"], None), (Lds, "1", "l1", vec![], None)]
+        [
+            (Rds, "", "", vec!["routes"], None),
+            (Lds, "1", "l1", vec![], None)
+        ]
     );
     assert!(apply_id(&out).is_none());
     // EDS: the cluster is warm and applies alone; the listener still waits for its routes.
@@ -200,7 +209,10 @@ fn a_config_is_applied_only_when_warm_and_acked_only_after_the_switch() {
     let out = drain(&mut a);
     assert!(sent(&out).is_empty(), "no ACK before the workers switched");
     let config = applied_config(&out);
-    assert!(config.listeners.is_empty(), "the listener waits for its routes");
+    assert!(
+        config.listeners.is_empty(),
+        "the listener waits for its routes"
+    );
     assert_eq!(dynamic_clusters(config)[0].hosts.len(), 1);
     a.handle_input(Input::Applied(apply_id(&out).expect("apply")));
     let out = drain(&mut a);
@@ -287,7 +299,10 @@ fn a_cds_update_that_drops_a_cluster_removes_it_and_its_endpoints() {
     // `api` is added, warming: ACKed (nothing the workers serve changes).
     assert_eq!(
         sent(&out).iter().map(|r| summary(r)).collect::<Vec<_>>(),
-        [(Eds, "1", "e1", vec!["api", "web"], None), (Cds, "2", "c2", vec![], None)]
+        [
+            (Eds, "1", "e1", vec!["api", "web"], None),
+            (Cds, "2", "c2", vec![], None)
+        ]
     );
     assert!(apply_id(&out).is_none());
     a.handle_input(response(
@@ -399,7 +414,10 @@ fn warming_is_bounded_by_the_initial_fetch_timeout() {
     assert_eq!(ports(applied_config(&out), "api"), [8100]);
     a.handle_input(Input::Applied(apply_id(&out).expect("apply")));
     assert_eq!(
-        sent(&drain(&mut a)).iter().map(|r| summary(r)).collect::<Vec<_>>(),
+        sent(&drain(&mut a))
+            .iter()
+            .map(|r| summary(r))
+            .collect::<Vec<_>>(),
         [(Eds, "3", "e3", vec!["api", "web"], None)]
     );
 }
@@ -434,7 +452,10 @@ fn a_cluster_waiting_for_endpoints_holds_back_only_what_routes_to_it() {
     assert!(!config.clusters.iter().any(|c| c.name == "api"));
     a.handle_input(Input::Applied(apply_id(&out).expect("apply")));
     assert_eq!(
-        sent(&drain(&mut a)).iter().map(|r| summary(r)).collect::<Vec<_>>(),
+        sent(&drain(&mut a))
+            .iter()
+            .map(|r| summary(r))
+            .collect::<Vec<_>>(),
         [(Lds, "2", "l2", vec![], None)]
     );
     // A route update to the warming cluster waits (the old routes serve on): ACKed, since
@@ -464,7 +485,10 @@ fn a_cluster_waiting_for_endpoints_holds_back_only_what_routes_to_it() {
     let out = drain(&mut a);
     let config = applied_config(&out);
     assert_eq!(ports(config, "api"), [8100]);
-    assert_eq!(a.in_flight.as_ref().unwrap().resources.routes["routes"], route_config("routes", "api"));
+    assert_eq!(
+        a.in_flight.as_ref().unwrap().resources.routes["routes"],
+        route_config("routes", "api")
+    );
     a.handle_input(Input::Applied(apply_id(&out).expect("apply")));
     drain(&mut a);
     assert!(a.warming().is_empty());
@@ -480,9 +504,21 @@ fn an_updated_cluster_serves_its_old_endpoints_until_its_new_assignment_comes() 
     a.handle_input(response(Cds, "2", "c2", vec![any(&web2)]));
     let out = drain(&mut a);
     assert!(apply_id(&out).is_none(), "{out:?}");
-    assert_eq!(a.applied().clusters["web"], eds_cluster("web"), "the old version serves");
+    assert_eq!(
+        a.applied().clusters["web"],
+        eds_cluster("web"),
+        "the old version serves"
+    );
     assert!(a.warming().contains(&(Cds, "web".into())));
-    assert_eq!(ports(&translate::assemble(&bootstrap(), a.applied()).unwrap().config, "web"), [8001]);
+    assert_eq!(
+        ports(
+            &translate::assemble(&bootstrap(), a.applied())
+                .unwrap()
+                .config,
+            "web"
+        ),
+        [8001]
+    );
     // The new version's assignment comes: it applies with it.
     a.handle_input(response(
         Eds,
@@ -589,7 +625,9 @@ fn updates_during_an_apply_wait_for_it_then_apply_together() {
         [(Eds, "2", "e2", vec!["web"], None)]
     );
     assert_eq!(
-        dynamic_clusters(applied_config(&out))[0].hosts[0].address.port(),
+        dynamic_clusters(applied_config(&out))[0].hosts[0]
+            .address
+            .port(),
         8003
     );
 }
@@ -629,7 +667,9 @@ fn a_reconnect_resubscribes_with_the_accepted_versions_and_no_nonce() {
     ));
     let out = drain(&mut a);
     assert_eq!(
-        dynamic_clusters(applied_config(&out))[0].hosts[0].address.port(),
+        dynamic_clusters(applied_config(&out))[0].hosts[0]
+            .address
+            .port(),
         8009
     );
 }
@@ -895,7 +935,10 @@ fn a_cluster_naming_an_sds_secret_waits_for_it_then_a_rotation_applies() {
         vec![any(&ca_secret("root-ca", &ca2))],
     ));
     let out = drain(&mut a);
-    let tls = dynamic_clusters(applied_config(&out))[0].tls.as_deref().unwrap();
+    let tls = dynamic_clusters(applied_config(&out))[0]
+        .tls
+        .as_deref()
+        .unwrap();
     assert_eq!(
         tls.ca,
         sluice_core::config::tls::Pem::Inline {
@@ -983,7 +1026,10 @@ fn a_listener_waits_for_its_secret_without_a_timeout_and_is_validated_meanwhile(
     a.handle_input(response(Lds, "1", "l1", vec![any(&l)]));
     let out = drain(&mut a);
     assert_eq!(apply_id(&out), None);
-    assert!(!out.iter().any(|o| matches!(o, Output::ArmWarmingTimer(_))), "{out:?}");
+    assert!(
+        !out.iter().any(|o| matches!(o, Output::ArmWarmingTimer(_))),
+        "{out:?}"
+    );
     assert_eq!(
         sent(&out).iter().map(|r| summary(r)).collect::<Vec<_>>(),
         [
@@ -998,11 +1044,20 @@ fn a_listener_waits_for_its_secret_without_a_timeout_and_is_validated_meanwhile(
     a.handle_input(response(Lds, "2", "l2", vec![any(&bad)]));
     let nacks: Vec<_> = sent(&drain(&mut a))
         .iter()
-        .map(|r| (summary(r).0, summary(r).1.to_owned(), summary(r).4.map(str::to_owned)))
+        .map(|r| {
+            (
+                summary(r).0,
+                summary(r).1.to_owned(),
+                summary(r).4.map(str::to_owned),
+            )
+        })
         .collect();
     assert_eq!(nacks.len(), 1, "{nacks:?}");
     assert_eq!((nacks[0].0, nacks[0].1.as_str()), (Lds, "1"));
-    assert!(nacks[0].2.as_deref().unwrap().contains("99999"), "{nacks:?}");
+    assert!(
+        nacks[0].2.as_deref().unwrap().contains("99999"),
+        "{nacks:?}"
+    );
     // The secret comes: the listener applies.
     let (_, chain, key) = crate::translate::tests_tls::pki(&["x"]);
     a.handle_input(response(

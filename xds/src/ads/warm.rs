@@ -25,6 +25,7 @@
 use std::collections::BTreeSet;
 
 use envoy_types::pb::envoy::config::cluster::v3::Cluster;
+use envoy_types::pb::envoy::config::core::v3::{DataSource, data_source::Specifier};
 use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
 use envoy_types::pb::envoy::config::listener::v3::{Filter, Listener, filter};
 use envoy_types::pb::envoy::config::route::v3::{
@@ -37,7 +38,6 @@ use envoy_types::pb::envoy::extensions::filters::network::http_connection_manage
 use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::{
     TcpProxy, tcp_proxy::ClusterSpecifier as TcpClusterSpecifier,
 };
-use envoy_types::pb::envoy::config::core::v3::{DataSource, data_source::Specifier};
 use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{
     CertificateValidationContext, Secret, TlsCertificate, secret,
 };
@@ -91,7 +91,9 @@ pub(crate) fn empty_routes(name: &str) -> RouteConfiguration {
 /// one is never served.
 pub(crate) fn placeholder_secret(name: &str, validation: bool) -> Secret {
     let file = || DataSource {
-        specifier: Some(Specifier::Filename(format!("/nonexistent/sds-placeholder/{name}"))),
+        specifier: Some(Specifier::Filename(format!(
+            "/nonexistent/sds-placeholder/{name}"
+        ))),
         ..Default::default()
     };
     let r#type = if validation {
@@ -146,7 +148,11 @@ pub(crate) fn select(
     // Route configurations: each name at one version, the candidate's if its clusters are
     // served, else the applied one (whose clusters are kept below), else none.
     let mut routes_needed = BTreeSet::new();
-    for l in candidate.listeners.values().chain(applied.listeners.values()) {
+    for l in candidate
+        .listeners
+        .values()
+        .chain(applied.listeners.values())
+    {
         super::rds_of(l, &mut routes_needed);
     }
     let served = |c: &str, out: &Resources| out.clusters.contains_key(c) || statics.contains(c);
