@@ -495,42 +495,58 @@ fn a_cluster_waiting_for_endpoints_holds_back_only_what_routes_to_it() {
 }
 
 /// An updated cluster that waits for its new assignment (another EDS service name) keeps
-/// serving its previous version and endpoints until the new one comes.
+/// serving its previous version and endpoints until the new one comes (`api`: no route names
+/// it, so only warming keeps it).
 #[test]
 fn an_updated_cluster_serves_its_old_endpoints_until_its_new_assignment_comes() {
     let mut a = serving();
-    let mut web2 = eds_cluster("web");
-    web2.eds_cluster_config.as_mut().expect("eds").service_name = "web-v2".into();
-    a.handle_input(response(Cds, "2", "c2", vec![any(&web2)]));
+    let mut api = eds_cluster("api");
+    api.name = "api".into();
+    a.handle_input(response(
+        Cds,
+        "2",
+        "c2",
+        vec![any(&eds_cluster("web")), any(&api)],
+    ));
+    a.handle_input(response(
+        Eds,
+        "2",
+        "e2",
+        vec![any(&assignment("api", &[("127.0.0.1", 8100, 0)]))],
+    ));
+    settle(&mut a);
+    let mut api2 = api.clone();
+    api2.eds_cluster_config.as_mut().expect("eds").service_name = "api-v2".into();
+    a.handle_input(response(
+        Cds,
+        "3",
+        "c3",
+        vec![any(&eds_cluster("web")), any(&api2)],
+    ));
     let out = drain(&mut a);
     assert!(apply_id(&out).is_none(), "{out:?}");
-    assert_eq!(
-        a.applied().clusters["web"],
-        eds_cluster("web"),
-        "the old version serves"
-    );
-    assert!(a.warming().contains(&(Cds, "web".into())));
+    assert_eq!(a.applied().clusters["api"], api, "the old version serves");
     assert_eq!(
         ports(
             &translate::assemble(&bootstrap(), a.applied())
                 .unwrap()
                 .config,
-            "web"
+            "api"
         ),
-        [8001]
+        [8100]
     );
+    assert!(a.warming().contains(&(Cds, "api".into())));
     // The new version's assignment comes: it applies with it.
     a.handle_input(response(
         Eds,
-        "2",
-        "e2",
-        vec![any(&assignment("web-v2", &[("127.0.0.1", 8200, 0)]))],
+        "3",
+        "e3",
+        vec![any(&assignment("api-v2", &[("127.0.0.1", 8200, 0)]))],
     ));
     let out = drain(&mut a);
-    let config = applied_config(&out);
-    assert_eq!(ports(config, "web"), [8200]);
+    assert_eq!(ports(applied_config(&out), "api"), [8200]);
     a.handle_input(Input::Applied(apply_id(&out).expect("apply")));
-    assert_eq!(a.applied().clusters["web"], web2);
+    assert_eq!(a.applied().clusters["api"], api2);
     assert!(a.warming().is_empty());
 }
 
