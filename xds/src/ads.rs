@@ -670,9 +670,13 @@ impl Ads {
         } else {
             state.names.iter().cloned().collect()
         };
+        // Only what serves: a resource accepted but still warming (a new cluster waiting for
+        // its endpoints) is sent again, as what a NACK refused is.
+        let applied = &self.applied;
         let initial_resource_versions = state
             .resource_versions
             .iter()
+            .filter(|(name, _)| applied.contains(kind, name))
             .filter(|(name, _)| kind.is_full_state() || state.names.contains(*name))
             .map(|(n, v)| (n.clone(), v.clone()))
             .collect();

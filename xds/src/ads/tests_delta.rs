@@ -5,7 +5,6 @@ use std::collections::HashMap;
 use envoy_types::pb::envoy::service::discovery::v3::{
     DeltaDiscoveryRequest, DeltaDiscoveryResponse, Resource,
 };
-use serde_json::json;
 
 use super::tests::{
     applied_config, apply_id, bootstrap, drain, dynamic_clusters, node, ports, settle, timer_of,
@@ -1169,4 +1168,21 @@ fn delta_resources_not_subscribed_to_are_dropped_on_arrival() {
     let out = drain(&mut a);
     let config = applied_config(&out);
     assert!(config.clusters.iter().any(|c| c.name == "api"));
+}
+
+/// A cluster accepted (ACKed) but still warming is not named in the next stream's
+/// `initial_resource_versions` (only what serves is), so the server sends it again.
+#[test]
+fn delta_a_warming_cluster_is_sent_again_on_a_new_stream() {
+    let mut a = serving();
+    a.handle_input(response(Cds, "2", "n5", vec![api_cluster()], &[]));
+    drain(&mut a);
+    assert_eq!(
+        a.resource_versions(Cds),
+        &versions(&[("api", "c2"), ("web", "c1")])
+    );
+    a.handle_input(Input::Disconnected);
+    a.handle_input(Input::Connected);
+    let out = drain(&mut a);
+    assert_eq!(initial_versions(&out, Cds), versions(&[("web", "c1")]));
 }
