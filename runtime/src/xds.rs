@@ -1238,7 +1238,18 @@ mod tests {
         let client = |mode| {
             let (updates, _) = tokio::sync::mpsc::unbounded_channel();
             let mut c = Client {
-                ads: Ads::with_mode(mode, Node::default(), serde_json::json!({})),
+                // A bootstrap as a user's (with `xds`, so that a config of clusters only, as
+                // warming per resource makes, is valid).
+                ads: Ads::with_mode(
+                    mode,
+                    Node::default(),
+                    serde_json::json!({
+                        "node": { "id": "n", "cluster": "c" },
+                        "xds": { "cluster": "xds_server" },
+                        "listeners": [],
+                        "clusters": [{ "name": "xds_server", "hosts": [{ "address": "127.0.0.1:18000" }] }],
+                    }),
+                ),
                 updates,
                 applying: None,
                 applying_ignored: [0; TYPES],
