@@ -210,6 +210,63 @@ fn appended_route_headers_keep_the_messages_own_fields() {
     assert_eq!(named("x-b"), ["new"], "{body}");
 }
 
+/// Header values with `%VAR%` go out rendered for each request, in Envoy's formats: the
+/// upstream receives the client's address and port as the client's own socket has them, the
+/// protocol, the machine's host name, a request header cut to 3 bytes, a literal `%`, and
+/// nothing for a request header the request lacks; the client gets a response header built
+/// from its request.
+#[test]
+fn header_values_with_variables_are_rendered_per_request() {
+    if !require_peers(&["python3"]) {
+        return;
+    }
+    let dir = TempDir::new("http-vars");
+    let (up, listen) = (free_port(), free_port());
+    let (_u, _log) = start_upstream(&dir, "up", up);
+    let config = http_config(listen, &[up], "", "").replace(
+        "response_headers_to_add: [ { name: x-served-by, value: sluice } ]",
+        "request_headers_to_add: [ { name: x-client, value: '%DOWNSTREAM_REMOTE_ADDRESS%' }, \
+         { name: x-client-ip, value: 'ip %DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT%' }, \
+         { name: x-proto, value: '%PROTOCOL%' }, { name: x-host, value: '%HOSTNAME%' }, \
+         { name: x-cut, value: '%REQ(X-In):3%' }, { name: x-pct, value: '100%%' }, \
+         { name: x-missing, value: '%REQ(x-none)%' } ]\n                \
+         response_headers_to_add: [ { name: x-seen, value: '%REQ(x-in)%/%PROTOCOL%' } ]",
+    );
+    assert!(config.contains("%HOSTNAME%"), "{config}");
+    let _s = start_sluice(&dir, &config, 1, addr(listen));
+    let mut s = TcpStream::connect(addr(listen)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let me = s.local_addr().unwrap();
+    s.write_all(
+        b"GET /fields HTTP/1.1\r\nHost: example.com\r\nx-in: abcdef\r\nConnection: close\r\n\r\n",
+    )
+    .unwrap();
+    let mut answer = String::new();
+    let _ = s.read_to_string(&mut answer);
+    assert_eq!(status_of(&answer), 200, "{answer}");
+    let (head, body) = answer.split_once("\r\n\r\n").expect("a head");
+    let head = head.to_ascii_lowercase();
+    assert!(head.contains("\r\nx-seen: abcdef/http/1.1"), "{head}");
+    let fields: serde_json::Value = serde_json::from_str(body).expect("json");
+    let named = |name: &str| -> Vec<String> {
+        fields["fields"]
+            .as_array()
+            .expect("fields")
+            .iter()
+            .filter(|f| f[0] == name)
+            .map(|f| f[1].as_str().unwrap().to_owned())
+            .collect()
+    };
+    let hostname = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap();
+    assert_eq!(named("x-client"), [me.to_string()], "{body}");
+    assert_eq!(named("x-client-ip"), [format!("ip {}", me.ip())], "{body}");
+    assert_eq!(named("x-proto"), ["HTTP/1.1"], "{body}");
+    assert_eq!(named("x-host"), [hostname.trim()], "{body}");
+    assert_eq!(named("x-cut"), ["abc"], "{body}");
+    assert_eq!(named("x-pct"), ["100%"], "{body}");
+    assert!(named("x-missing").is_empty(), "{body}");
+}
+
 /// An HTTP/1.0 client that asks for keep-alive is told so and can send a second request.
 #[test]
 fn http_1_0_keep_alive_is_honoured() {

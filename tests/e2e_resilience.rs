@@ -494,6 +494,71 @@ fn failing_health_check_drains_and_readmits_a_host() {
     assert!(ok + failed <= attempts, "{ok} + {failed} > {attempts}");
 }
 
+/// Priority levels (istiod's locality failover): with defaults but the health check's
+/// cadence, the priority-0 host takes every request while healthy; when it fails its health
+/// check every request goes to the priority-1 host; when it recovers, back to priority 0.
+#[test]
+fn traffic_fails_over_to_priority_1_and_back_with_health_checks() {
+    if !require_peers(&["nginx"]) {
+        return;
+    }
+    let dir = TempDir::new("res-prio");
+    let (a, b) = (free_port(), free_port());
+    let (listen, admin) = (free_port(), free_port());
+    let health_file: PathBuf = dir.write("a-health.txt", "ok\n");
+    let _na = start_nginx_with(
+        &dir,
+        "up-a",
+        a,
+        &format!(
+            r#"location = /health {{ alias {}; }}
+        location / {{ return 200 "up-a"; }}"#,
+            health_file.display()
+        ),
+    );
+    let _nb = start_nginx(&dir, "up-b", b, "up-b");
+    let cluster = "    health_check:
+      http: { path: /health, expected_statuses: [200-299] }
+      interval: 200ms
+      timeout: 200ms
+      unhealthy_threshold: 2
+      healthy_threshold: 2
+      no_traffic_interval: 200ms
+";
+    let yaml = config(&dir, listen, admin, &[a, b], cluster, "").replace(
+        &format!("{{ address: 127.0.0.1:{b} }}"),
+        &format!("{{ address: 127.0.0.1:{b}, priority: 1 }}"),
+    );
+    assert!(yaml.contains("priority: 1"), "{yaml}");
+    let s = start(&dir, &yaml, 2, listen, admin);
+    wait_health(admin, a, "healthy", Duration::from_secs(10));
+    wait_health(admin, b, "healthy", Duration::from_secs(10));
+
+    let got = bodies(listen, 20, 200, &s);
+    assert_eq!(
+        count(&got, "up-a"),
+        20,
+        "P0 healthy takes everything: {got:?}"
+    );
+
+    // A's health check fails: P0 has no usable host, P1 takes every request.
+    std::fs::remove_file(&health_file).unwrap();
+    wait_health(admin, a, "unhealthy", Duration::from_secs(5));
+    let got = bodies(listen, 20, 200, &s);
+    assert_eq!(count(&got, "up-b"), 20, "failed over to P1: {got:?}");
+    assert_eq!(
+        stat(admin, "cluster.app.lb_healthy_panic"),
+        0,
+        "P1 is healthy: no panic"
+    );
+
+    // A recovers: back to P0.
+    std::fs::write(&health_file, "ok\n").unwrap();
+    wait_health(admin, a, "healthy", Duration::from_secs(5));
+    let got = bodies(listen, 20, 200, &s);
+    assert_eq!(count(&got, "up-a"), 20, "back to P0: {got:?}");
+}
+
 #[test]
 fn outlier_detection_ejects_a_5xx_host() {
     if !require_peers(&["nginx"]) {

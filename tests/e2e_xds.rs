@@ -1359,7 +1359,10 @@ clusters:
 /// (OVERWRITE_IF_EXISTS_OR_ADD) is accepted, and the appends keep the message's own fields:
 /// the upstream receives its client's `x-a: 1` and the route's `x-a: 2`, `x-set` only as the
 /// route sets it; the client gets the upstream's `x-upstream: up` and the route's
-/// `x-upstream: mesh`.
+/// `x-upstream: mesh`. The conditional actions decide on the message as received:
+/// `ADD_IF_ABSENT` adds to a request without the field and leaves the client's (and the
+/// upstream's `date`) alone, `OVERWRITE_IF_EXISTS` replaces the client's field (and the
+/// upstream's `content-type`) and adds nothing where there is none.
 #[test]
 fn istios_virtual_service_header_additions_append_over_xds() {
     use sluice_xds::envoy_types::pb::envoy::config::core::v3::{
@@ -1387,12 +1390,38 @@ fn istios_virtual_service_header_additions_append_over_xds() {
     route.request_headers_to_add = vec![
         option("x-a", "2", HeaderAppendAction::AppendIfExistsOrAdd),
         option("x-set", "s", HeaderAppendAction::OverwriteIfExistsOrAdd),
+        option("x-if-absent", "route", HeaderAppendAction::AddIfAbsent),
+        option("x-new-if-absent", "route", HeaderAppendAction::AddIfAbsent),
+        option(
+            "x-if-exists",
+            "route",
+            HeaderAppendAction::OverwriteIfExists,
+        ),
+        option(
+            "x-none-if-exists",
+            "route",
+            HeaderAppendAction::OverwriteIfExists,
+        ),
     ];
-    route.response_headers_to_add = vec![option(
-        "x-upstream",
-        "mesh",
-        HeaderAppendAction::AppendIfExistsOrAdd,
-    )];
+    route.response_headers_to_add = vec![
+        option(
+            "x-upstream",
+            "mesh",
+            HeaderAppendAction::AppendIfExistsOrAdd,
+        ),
+        option("date", "mesh", HeaderAppendAction::AddIfAbsent),
+        option("x-mesh-if-absent", "mesh", HeaderAppendAction::AddIfAbsent),
+        option(
+            "content-type",
+            "application/mesh",
+            HeaderAppendAction::OverwriteIfExists,
+        ),
+        option(
+            "x-none-if-exists",
+            "mesh",
+            HeaderAppendAction::OverwriteIfExists,
+        ),
+    ];
     snapshot.insert(ResourceType::Route.type_url().to_owned(), vec![any(&rc)]);
     server.push(snapshot);
     let config = format!(
@@ -1410,7 +1439,8 @@ clusters:
     let mut s = TcpStream::connect(addr(listen)).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     s.write_all(
-        b"GET /fields HTTP/1.1\r\nhost: x\r\nconnection: close\r\nx-a: 1\r\nx-set: old\r\n\r\n",
+        b"GET /fields HTTP/1.1\r\nhost: x\r\nconnection: close\r\nx-a: 1\r\nx-set: old\r\n\
+          x-if-absent: client\r\nx-if-exists: client\r\nx-if-exists: client2\r\n\r\n",
     )
     .unwrap();
     let mut out = String::new();
@@ -1423,6 +1453,18 @@ clusters:
         .filter(|l| l.starts_with("x-upstream:"))
         .collect();
     assert_eq!(upstream, ["x-upstream: up", "x-upstream: mesh"], "{out}");
+    let response = |name: &str| -> Vec<&str> {
+        head.lines()
+            .filter_map(|l| l.split_once(": "))
+            .filter(|(n, _)| *n == name)
+            .map(|(_, v)| v)
+            .collect()
+    };
+    assert_eq!(response("date").len(), 1, "{out}");
+    assert_ne!(response("date"), ["mesh"], "{out}");
+    assert_eq!(response("x-mesh-if-absent"), ["mesh"], "{out}");
+    assert_eq!(response("content-type"), ["application/mesh"], "{out}");
+    assert!(response("x-none-if-exists").is_empty(), "{out}");
     let v: serde_json::Value = serde_json::from_str(body).expect("json");
     let named = |name: &str| -> Vec<String> {
         v["fields"]
@@ -1435,6 +1477,10 @@ clusters:
     };
     assert_eq!(named("x-a"), ["1", "2"], "{body}");
     assert_eq!(named("x-set"), ["s"], "{body}");
+    assert_eq!(named("x-if-absent"), ["client"], "{body}");
+    assert_eq!(named("x-new-if-absent"), ["route"], "{body}");
+    assert_eq!(named("x-if-exists"), ["route"], "{body}");
+    assert!(named("x-none-if-exists").is_empty(), "{body}");
 }
 
 /// How the TLS management server and Sluice's xDS cluster are set up.

@@ -30,6 +30,7 @@ use sluice_xds::fixtures::{
 };
 use sluice_xds::translate::ResourceType;
 use support::pki::*;
+use support::sds::{Held, SdsServer};
 use support::*;
 
 /// Listener `in` on `listen` (TLS, certificate: SDS secret `server-cert`) routing to cluster
@@ -773,8 +774,9 @@ fn keep_alive_get(s: &mut std::net::TcpStream) -> Option<(u16, bool, String)> {
 
 /// istiod's own `virtualInbound` (the fixture written from istiod's generator: http_inspector
 /// and tls_inspector with istiod's `filter_disabled`, `listener_filters_timeout: 0s`, metadata
-/// exchange and stats before every terminal filter, mTLS chains with SDS secrets) pushed over
-/// ADS and ACKed; on a port no service declares, curl's plaintext HTTP/1.1 and h2c are sniffed
+/// exchange and stats before every terminal filter, mTLS chains whose secrets, `default` and
+/// `ROOTCA`, come from the agent's `sds-grpc` — here the Python SDS server on a Unix socket,
+/// declared in `xds.sds_sources`) pushed over ADS and ACKed; on a port no service declares, curl's plaintext HTTP/1.1 and h2c are sniffed
 /// into the passthrough HTTP chain, and a mesh client (a client certificate, ALPN
 /// `istio-peer-exchange`) gets the mTLS TCP chain. Test-only changes, so that it runs without
 /// packet capture: the listener on 127.0.0.1 and without `original_dst` (the destination port
@@ -782,7 +784,7 @@ fn keep_alive_get(s: &mut std::net::TcpStream) -> Option<(u16, bool, String)> {
 #[test]
 fn istiods_virtual_inbound_over_ads_sniffs_plaintext_http_and_h2c() {
     use sluice_xds::fixtures::istiod::{self, PASSTHROUGH};
-    if !require_peers(&["nginx", "curl", "openssl"]) {
+    if !require_peers(&["nginx", "curl", "openssl", "xds-protos"]) {
         return;
     }
     let dir = TempDir::new("xds-istiod");
@@ -825,9 +827,18 @@ fn istiods_virtual_inbound_over_ads_sniffs_plaintext_http_and_h2c() {
         ResourceType::Listener.type_url().to_owned(),
         r.listeners.values().map(any).collect(),
     );
-    pushed.insert(
-        ResourceType::Secret.type_url().to_owned(),
-        r.secrets.values().map(any).collect(),
+    // Its TLS contexts name `default` and `ROOTCA` from the agent's `sds-grpc`, as istiod's
+    // do: the agent's SDS server serves them on its Unix socket.
+    assert!(r.secrets.is_empty());
+    let socket = dir.path().join("agent.sock");
+    let _agent = SdsServer::start(
+        &dir,
+        &socket,
+        "1",
+        &[
+            ("default", Held::Certificate(&cert, &key)),
+            ("ROOTCA", Held::Ca(&mesh.pem)),
+        ],
     );
     let server = AdsServer::start(ads_port, Snapshot::default());
     server.push(pushed);
@@ -835,12 +846,15 @@ fn istiods_virtual_inbound_over_ads_sniffs_plaintext_http_and_h2c() {
         r#"
 admin: {{ address: 127.0.0.1:{admin} }}
 node: {{ id: sidecar-istiod, cluster: e2e }}
-xds: {{ cluster: xds_server }}
+xds:
+  cluster: xds_server
+  sds_sources: [ {{ name: sds-grpc, path: "{}" }} ]
 listeners: []
 clusters:
   - name: xds_server
     hosts: [ {{ address: 127.0.0.1:{ads_port} }} ]
-"#
+"#,
+        socket.display()
     );
     let sluice = start_sluice(&dir, &config, 1, addr(admin));
     let curl = |extra: &str| {
@@ -912,4 +926,271 @@ clusters:
         &["-servername", "x", "-alpn", "istio-peer-exchange,istio"],
     );
     assert!(!ok || !text.contains("passthrough"), "{text}");
+}
+
+/// An Istio mesh's secrets over the agent's SDS (`xds.sds_sources`, issue 13): the Python SDS
+/// server (`tests/sds_server.py`: grpcio and `xds-protos`, as istio-agent serves
+/// `StreamSecrets`) on a Unix socket serves `default` and `ROOTCA`; the management server pushes
+/// an istiod-shaped mTLS listener naming them from `sds-grpc`. The handshake serves that
+/// certificate and requires a client certificate of that root; the secrets are ACKed on the
+/// SDS stream (the node on its first request), shown in `/xds` and `/config_dump` by version
+/// (no PEM). A rotated `default` is what new handshakes get (applied as ADS secrets are: a TLS
+/// rotation, which the ADS tests above show keeps connections). The agent killed: serving continues on the last secrets and `/xds` says
+/// disconnected; restarted: the client reconnects (node and last accepted version again) and
+/// takes the next rotation.
+#[test]
+fn istio_agent_secrets_over_a_unix_socket_serve_rotate_and_survive_the_agent() {
+    use sluice_xds::envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{
+        CommonTlsContext, DownstreamTlsContext, common_tls_context::ValidationContextType,
+    };
+    use sluice_xds::envoy_types::pb::google::protobuf::BoolValue;
+    use sluice_xds::fixtures::{source_sds, tcp_listener};
+    if !require_peers(&["nginx", "openssl", "xds-protos"]) {
+        return;
+    }
+    let dir = TempDir::new("xds-sds-agent");
+    let mesh = make_ca(&dir, "mesh-root");
+    let sans = ["app.default.svc.cluster.local"];
+    let (cert1, key1) = leaf(&dir, &mesh, "app-1", &sans, None);
+    let (client_cert, client_key) = leaf(&dir, &mesh, "client", &["client.mesh"], None);
+    let (listen, admin, ads_port, upstream) = (free_port(), free_port(), free_port(), free_port());
+    let _app = start_nginx(&dir, "app", upstream, "app");
+    let socket = dir.path().join("workload-spiffe-uds").join("socket");
+    std::fs::create_dir_all(socket.parent().unwrap()).unwrap();
+    let mut agent = SdsServer::start(
+        &dir,
+        &socket,
+        "1",
+        &[
+            ("default", Held::Certificate(&cert1, &key1)),
+            ("ROOTCA", Held::Ca(&mesh.pem)),
+        ],
+    );
+    // istiod's inbound mTLS: the workload certificate and the mesh root from `sds-grpc`,
+    // client certificates required.
+    let mut l = tcp_listener("in", "127.0.0.1", u32::from(listen), "app");
+    l.filter_chains[0].transport_socket = Some(tls_socket(&DownstreamTlsContext {
+        common_tls_context: Some(CommonTlsContext {
+            tls_certificate_sds_secret_configs: vec![source_sds("sds-grpc", "default")],
+            validation_context_type: Some(ValidationContextType::ValidationContextSdsSecretConfig(
+                source_sds("sds-grpc", "ROOTCA"),
+            )),
+            ..Default::default()
+        }),
+        require_client_certificate: Some(BoolValue { value: true }),
+        ..Default::default()
+    }));
+    let app = static_cluster("app", &[("127.0.0.1", u32::from(upstream), 0)]);
+    let server = AdsServer::start(ads_port, Snapshot::default());
+    server.push(BTreeMap::from([
+        (ResourceType::Cluster.type_url().to_owned(), vec![any(&app)]),
+        (ResourceType::Listener.type_url().to_owned(), vec![any(&l)]),
+    ]));
+    let config = format!(
+        r#"
+admin: {{ address: 127.0.0.1:{admin} }}
+node: {{ id: sidecar-agent, cluster: e2e }}
+xds:
+  cluster: xds_server
+  sds_sources: [ {{ name: sds-grpc, path: "{}" }} ]
+listeners: []
+clusters:
+  - name: xds_server
+    hosts: [ {{ address: 127.0.0.1:{ads_port} }} ]
+"#,
+        socket.display()
+    );
+    let sluice = start_sluice(&dir, &config, 1, addr(admin));
+    let mesh_client = |extra: &[&str]| {
+        let mut args = vec!["-cert", p(&client_cert), "-key", p(&client_key)];
+        args.extend_from_slice(extra);
+        s_client_request(listen, &args)
+    };
+    let served = || {
+        let (ok, text) = s_client(
+            listen,
+            &["-brief", "-cert", p(&client_cert), "-key", p(&client_key)],
+        );
+        ok.then(|| peer_cn(&text).to_owned())
+    };
+    eventually("the agent's certificate serves", &sluice, || {
+        served().as_deref() == Some("app-1")
+    });
+    let (ok, text) = mesh_client(&[]);
+    assert!(
+        ok && text.contains("HTTP/1.1 200"),
+        "relayed to the app: {text}"
+    );
+    // Without a client certificate of the mesh root: refused.
+    let (_, text) = s_client_request(listen, &[]);
+    assert!(!text.contains("HTTP/1.1 200"), "{text}");
+    // The SDS stream: the node on its first request, both names, version 1 ACKed.
+    eventually("version 1 ACKed on the SDS stream", &sluice, || {
+        agent.acked("1") > 0
+    });
+    let requests = agent.requests();
+    assert_eq!(requests[0]["node"], "sidecar-agent", "{requests:?}");
+    assert_eq!(
+        requests[0]["names"],
+        serde_json::json!(["ROOTCA", "default"]),
+        "{requests:?}"
+    );
+    assert!(
+        requests[1..].iter().all(|r| r["node"].is_null()),
+        "the node on the first request only: {requests:?}"
+    );
+    let xds = |what: &str| {
+        let (status, body) = http_request(addr(admin), "GET", "/xds");
+        assert_eq!(status, 200, "{what}: {body}");
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        v["sds_sources"]["sds-grpc"].clone()
+    };
+    let source = xds("serving");
+    assert_eq!(source["connected"], true, "{source}");
+    assert_eq!(source["version"], "1", "{source}");
+    assert_eq!(
+        source["secrets"],
+        serde_json::json!({ "ROOTCA": "1", "default": "1" }),
+        "{source}"
+    );
+    assert_eq!(
+        source["target"],
+        format!("unix:{}", socket.display()),
+        "{source}"
+    );
+    let (status, dump) = http_request(addr(admin), "GET", "/config_dump");
+    assert_eq!(status, 200);
+    assert!(
+        !dump.contains("PRIVATE KEY"),
+        "no secret content in the dump"
+    );
+    let dump: serde_json::Value = serde_json::from_str(&dump).unwrap();
+    let entries = dump["xds_resources"]["source_secret"].as_array().unwrap();
+    assert_eq!(entries.len(), 2, "{entries:?}");
+    assert!(
+        entries
+            .iter()
+            .all(|e| e["source"] == "sds-grpc" && e["version_info"] == "1"),
+        "{entries:?}"
+    );
+    // Rotation of `default` by the agent: new handshakes get it.
+    let (cert2, key2) = leaf(&dir, &mesh, "app-2", &sans, None);
+    agent.serve(
+        "2",
+        &[
+            ("default", Held::Certificate(&cert2, &key2)),
+            ("ROOTCA", Held::Ca(&mesh.pem)),
+        ],
+    );
+    eventually("the rotated certificate serves", &sluice, || {
+        served().as_deref() == Some("app-2")
+    });
+    eventually("version 2 ACKed", &sluice, || agent.acked("2") > 0);
+    // The agent dies: the listener serves on with the last secrets; `/xds` says so.
+    agent.kill();
+    eventually("the source shows disconnected", &sluice, || {
+        xds("agent killed")["connected"] == false
+    });
+    assert_eq!(served().as_deref(), Some("app-2"), "serving continues");
+    // The agent comes back: the client reconnects (node and the last accepted version on the
+    // new stream's first request) and takes the next rotation.
+    let (cert3, key3) = leaf(&dir, &mesh, "app-3", &sans, None);
+    agent.serve(
+        "3",
+        &[
+            ("default", Held::Certificate(&cert3, &key3)),
+            ("ROOTCA", Held::Ca(&mesh.pem)),
+        ],
+    );
+    let seen = agent.requests().len();
+    agent.restart(&dir);
+    eventually("the restarted agent's certificate serves", &sluice, || {
+        served().as_deref() == Some("app-3")
+    });
+    let after = agent.requests();
+    let first = &after[seen];
+    assert_eq!(first["node"], "sidecar-agent", "{first}");
+    assert_eq!(
+        first["version_info"], "2",
+        "the last accepted version: {first}"
+    );
+    assert_eq!(first["nonce"], "", "{first}");
+    eventually("version 3 ACKed", &sluice, || agent.acked("3") > 0);
+    assert_eq!(xds("restarted")["connected"], true);
+}
+
+/// An SDS source whose socket does not exist (no agent yet): the client says which socket it
+/// cannot reach, in its log and in `/xds`, and retries; the listener naming its secrets is
+/// not served — after the initial fetch timeout its update is NACKed naming the secret and the
+/// source — and the process serves on (its admin answers).
+#[test]
+fn a_missing_sds_socket_is_named_in_the_log_and_in_xds() {
+    use sluice_xds::fixtures::{downstream_tls_sds, tcp_listener};
+    let dir = TempDir::new("xds-sds-missing");
+    let (listen, admin, ads_port) = (free_port(), free_port(), free_port());
+    let socket = dir.path().join("no-agent").join("socket");
+    let mut ctx = downstream_tls_sds("default");
+    ctx.common_tls_context
+        .as_mut()
+        .unwrap()
+        .tls_certificate_sds_secret_configs[0] =
+        sluice_xds::fixtures::source_sds("sds-grpc", "default");
+    let mut l = tcp_listener("in", "127.0.0.1", u32::from(listen), "app");
+    l.filter_chains[0].transport_socket = Some(tls_socket(&ctx));
+    let app = static_cluster("app", &[("127.0.0.1", 9, 0)]);
+    let server = AdsServer::start(ads_port, Snapshot::default());
+    server.push(BTreeMap::from([
+        (ResourceType::Cluster.type_url().to_owned(), vec![any(&app)]),
+        (ResourceType::Listener.type_url().to_owned(), vec![any(&l)]),
+    ]));
+    let config = format!(
+        r#"
+admin: {{ address: 127.0.0.1:{admin} }}
+node: {{ id: sidecar-agentless, cluster: e2e }}
+xds:
+  cluster: xds_server
+  initial_fetch_timeout: 1s
+  sds_sources: [ {{ name: sds-grpc, path: "{}" }} ]
+listeners: []
+clusters:
+  - name: xds_server
+    hosts: [ {{ address: 127.0.0.1:{ads_port} }} ]
+"#,
+        socket.display()
+    );
+    let sluice = start_sluice(&dir, &config, 1, addr(admin));
+    let path = socket.display().to_string();
+    eventually("the connect error in /xds", &sluice, || {
+        let (_, body) = http_request(addr(admin), "GET", "/xds");
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+        let source = &v["sds_sources"]["sds-grpc"];
+        source["connected"] == false
+            && source["last_connect_error"]["error"]
+                .as_str()
+                .is_some_and(|e| e.contains(&path) && e.contains("No such file"))
+    });
+    assert!(
+        sluice
+            .log_text()
+            .lines()
+            .any(|l| l.contains("cannot connect to the SDS source") && l.contains(&path)),
+        "{}",
+        sluice.log_text()
+    );
+    // The listener's update is refused once warming gives up, naming the secret and source.
+    eventually("the listener NACKed", &sluice, || {
+        server.requests().iter().any(|q| {
+            q.type_url == ResourceType::Listener.type_url()
+                && q.error_detail.as_ref().is_some_and(|e| {
+                    e.message
+                        .contains("secret \"default\" not received from SDS source \"sds-grpc\"")
+                })
+        })
+    });
+    assert!(
+        std::net::TcpStream::connect(addr(listen)).is_err(),
+        "not served"
+    );
+    let (status, _) = http_request(addr(admin), "GET", "/ready");
+    assert!(status > 0, "the process serves on");
 }

@@ -35,6 +35,7 @@ fn cluster(policy: LbPolicy, hosts: usize) -> ClusterState {
                     .expect("valid address"),
                 // Uneven weights (1 to 5), so that the weighted policies have work to do.
                 weight: (i % 5) as u32 + 1,
+                priority: 0,
                 transport_socket_match: None,
             })
             .collect(),

@@ -27,7 +27,7 @@ use sluice_xds::envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignm
 use sluice_xds::envoy_types::pb::envoy::service::discovery::v3::DiscoveryResponse;
 use sluice_xds::envoy_types::pb::google::protobuf::Any;
 use sluice_xds::fixtures::{any, assignment, eds_cluster, http_listener};
-use sluice_xds::translate::{Notes, ResourceType, Resources, assemble, translate_cluster};
+use sluice_xds::translate::{Notes, ResourceType, Resources, Secrets, assemble, translate_cluster};
 
 /// An assignment of `n` loopback endpoints to `cluster`, on ports from `port`.
 fn endpoints(cluster: &str, n: usize, port: u32) -> ClusterLoadAssignment {
@@ -63,6 +63,7 @@ fn many(n: usize, m: usize, port: u32) -> Resources {
             .map(|c| (c.clone(), endpoints(c, m, port)))
             .collect(),
         secrets: BTreeMap::new(),
+        source_secrets: BTreeMap::new(),
     }
 }
 
@@ -76,7 +77,7 @@ fn translate_bench(c: &mut Criterion) {
             translate_cluster(
                 black_box(&cluster),
                 Some(black_box(&cla)),
-                &BTreeMap::new(),
+                &Secrets::NONE,
                 &mut notes,
             )
             .expect("translates")

@@ -25,6 +25,7 @@ pub(crate) fn cluster(n: usize, base_port: u16) -> ClusterState {
                     .parse()
                     .unwrap(),
                 weight: 1,
+                priority: 0,
                 transport_socket_match: None,
             })
             .collect(),

@@ -120,6 +120,7 @@ fn hashing_and_hashed_picks_do_not_allocate() {
                 .map(|i| HostConfig {
                     address: format!("10.1.0.{i}:80").parse().unwrap(),
                     weight: i,
+                    priority: 0,
                     transport_socket_match: None,
                 })
                 .collect(),

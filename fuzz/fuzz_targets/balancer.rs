@@ -143,6 +143,7 @@ fuzz_target!(|input: Input| {
             .map(|(i, s)| HostConfig {
                 address: format!("10.0.0.{i}:80").parse().unwrap(),
                 weight: weight(s.weight),
+                priority: 0,
                 transport_socket_match: None,
             })
             .collect(),

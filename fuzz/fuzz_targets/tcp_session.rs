@@ -101,6 +101,7 @@ fuzz_target!(|input: Input| {
             .map(|i| HostConfig {
                 address: format!("127.0.0.1:{}", 7000 + i).parse().unwrap(),
                 weight: u32::from(input.weights[i]) % 1000 + 1,
+                priority: 0,
                 transport_socket_match: None,
             })
             .collect(),

@@ -312,6 +312,7 @@ impl SharedDns {
                         address,
                         weight: n.weight,
                         transport,
+                        priority: 0,
                     })
                 })
                 .collect();
@@ -352,6 +353,7 @@ fn endpoint_hosts(
             address: h.address,
             weight: h.weight,
             transport: cluster.host_transport(h),
+            priority: h.priority,
         })
         .collect()
 }
@@ -904,6 +906,65 @@ clusters:
         let many: Vec<u8> = (1..=19).collect();
         let next = Config::from_yaml(&yaml(&many)).unwrap();
         assert!(merge_endpoints_update(&shared, &serving, &next, &[1]).is_none());
+    }
+
+    /// An endpoints-only update that swaps two hosts' priorities (istiod moving a locality
+    /// between failover levels) applies in place on a worker: no id changes, the hosts keep
+    /// their counters, and picks follow the new priority 0.
+    #[test]
+    fn a_priority_change_applies_in_place_and_picks_follow_it() {
+        let yaml = |p1: u8, p2: u8| {
+            format!(
+                "listeners: []\nxds: {{ cluster: xds }}\nclusters:\n  - {{ name: xds, hosts: [ {{ \
+                 address: 127.0.0.1:9 }} ] }}\n  - {{ name: web, hosts: [ {{ address: \
+                 \"10.0.0.1:80\", priority: {p1} }}, {{ address: \"10.0.0.2:80\", priority: {p2} }} ] }}\n"
+            )
+        };
+        let config = Arc::new(Config::from_yaml(&yaml(0, 1)).unwrap());
+        let stats = Arc::new(crate::stats::WorkerStats::new(&config));
+        let shared = Arc::new(crate::health::SharedHealth::new(&config));
+        let engine = Engine::new_worker(
+            crate::net::TokioNet::default(),
+            config.clone(),
+            0,
+            1,
+            1,
+            stats.clone(),
+            shared.clone(),
+            Arc::new(crate::limits::ProcessLimits::new(&config)),
+        )
+        .unwrap();
+        bump(&stats.host(1, 0).unwrap().rq_total, 5);
+        let mut rng = sluice_core::rng::Rng::from_seed(1);
+        let pick = |rng: &mut sluice_core::rng::Rng| {
+            engine.upstreams.refresh_availability(1);
+            let picked = engine.upstreams.cluster(1).borrow_mut().pick(rng, &[]);
+            picked.map(|id| engine.upstreams.cluster(1).borrow().host(id).address)
+        };
+        let first: SocketAddr = "10.0.0.1:80".parse().unwrap();
+        let second: SocketAddr = "10.0.0.2:80".parse().unwrap();
+        for _ in 0..10 {
+            assert_eq!(pick(&mut rng), Some(first));
+        }
+        let next = Config::from_yaml(&yaml(1, 0)).unwrap();
+        let changed = sluice_core::config::diff::only_endpoints_differ(&config, &next)
+            .expect("a priority change is an endpoints-only update");
+        let update = merge_endpoints_update(&shared, &config, &next, &changed).expect("in place");
+        engine.apply_endpoints(&update);
+        for _ in 0..10 {
+            assert_eq!(pick(&mut rng), Some(second), "10.0.0.2 is priority 0 now");
+        }
+        let cluster = engine.upstreams.cluster(1).borrow();
+        assert_eq!(cluster.host(HostId(0)).address, first, "ids kept");
+        assert_eq!(cluster.host(HostId(0)).priority, 1);
+        assert_eq!(cluster.epochs()[..2], [0, 0], "no host replaced");
+        assert_eq!(
+            stats
+                .host(1, 0)
+                .map(|h| h.rq_total.load(std::sync::atomic::Ordering::Relaxed)),
+            Some(5),
+            "10.0.0.1 keeps its counters"
+        );
     }
 
     #[test]

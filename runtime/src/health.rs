@@ -20,8 +20,9 @@
 //! - **Availability is per worker** ([`crate::upstreams::WorkerHealth`], kept and refreshed
 //!   by [`crate::upstreams::Upstreams`]): before a pick the worker compares the shared
 //!   generation with the one it last applied, and checks whether an ejection expired; only
-//!   then does it recompute [`sluice_core::health::fill_availability`] (health × ejection ×
-//!   panic threshold) into its `ClusterState`. The common case is one relaxed load and two
+//!   then does it hand health × ejection to its `ClusterState`
+//!   ([`sluice_core::cluster::ClusterState::apply_health`]), which applies the panic threshold
+//!   per priority level and recomputes the level loads. The common case is one relaxed load and two
 //!   compares.
 //!
 //! ## Probes

@@ -62,6 +62,7 @@ pub mod transparent;
 pub mod upstreams;
 pub mod worker;
 pub mod xds;
+pub mod xds_sds;
 
 /// The origin of the core's [`sluice_core::Instant`]s: a point a minute before the first
 /// reading (so that no tokio clock of this process — real, or virtual under turmoil, which

@@ -2239,6 +2239,7 @@ mod tests {
                 address: addr,
                 weight: 1,
                 transport,
+                priority: 0,
             })
         };
         *old.cluster(0).unwrap().dns.lock().unwrap() =

@@ -1,5 +1,5 @@
 //! The one connect path to an upstream host: every new data-path, probe and span-export
-//! connection — an HTTP/1.1 or HTTP/2 request's (`http.rs`), a `tcp_proxy` session's
+//! connection — an HTTP/1.1 or HTTP/2 request's (`http/upstream.rs`), a `tcp_proxy` session's
 //! (`engine.rs`), a Bolt upstream's (`bolt.rs`), a health probe's (`health.rs`), a span
 //! export's (`otlp.rs`) — is opened here. (The xDS management server's connection is the
 //! control plane's own: `xds.rs`.)
@@ -62,7 +62,7 @@ use std::sync::Arc;
 
 use sluice_core::cluster::{ClusterState, HostRef};
 use sluice_core::config::Config;
-use sluice_core::health::{OutlierDetector, OutlierEvent, UpstreamResult, fill_availability};
+use sluice_core::health::{OutlierDetector, OutlierEvent, UpstreamResult};
 use tracing::{info, warn};
 
 use crate::h2_upstream::H2Pool;
@@ -392,27 +392,14 @@ impl<N: Network> Upstreams<N> {
                 *e = o.is_ejected(HostId(i as u32));
             }
         }
-        let panic = match wh.present.as_mut() {
-            Some(present) => {
-                let cluster = self.clusters[ci].borrow();
-                for (i, p) in present.iter_mut().enumerate() {
-                    *p = cluster.is_present(HostId(i as u32));
-                }
-                sluice_core::health::fill_availability_of_present(
-                    &wh.healthy,
-                    &wh.ejected,
-                    present,
-                    wh.panic_threshold_percent,
-                    &mut wh.available,
-                )
-            }
-            None => fill_availability(
-                &wh.healthy,
-                &wh.ejected,
-                wh.panic_threshold_percent,
-                &mut wh.available,
-            ),
-        };
+        // Usable: healthy and not ejected. The cluster state turns it into availability, level
+        // by level (a free slot never; a level in panic: every present host), and the loads.
+        for ((a, &h), &e) in wh.available.iter_mut().zip(&wh.healthy).zip(&wh.ejected) {
+            *a = h && !e;
+        }
+        let panic = self.clusters[ci]
+            .borrow_mut()
+            .apply_health(&wh.available, wh.panic_threshold_percent);
         if panic != wh.panic {
             if panic {
                 warn!(worker = self.worker, cluster = %self.cluster_names[ci],
@@ -428,10 +415,6 @@ impl<N: Network> Upstreams<N> {
             }
         }
         wh.panic = panic;
-        let mut cluster = self.clusters[ci].borrow_mut();
-        for (i, &a) in wh.available.iter().enumerate() {
-            cluster.set_available(HostId(i as u32), a);
-        }
     }
 
     /// Host `host` of cluster `ci`'s address, for a log line ("?" if the cluster state is
@@ -530,10 +513,10 @@ pub(crate) struct WorkerHealth {
     panic_threshold_percent: u32,
     healthy: Vec<bool>,
     ejected: Vec<bool>,
+    /// Per host: healthy and not ejected (what the cluster state is given).
     available: Vec<bool>,
+    /// Some priority level of the cluster is in panic.
     panic: bool,
-    /// A DNS cluster: which ids hold a host (only they count toward the panic threshold).
-    present: Option<Vec<bool>>,
 }
 
 impl WorkerHealth {
@@ -543,11 +526,9 @@ impl WorkerHealth {
             .iter()
             .map(|c| {
                 let n = c.host_slots();
+                // Free slots (a DNS cluster's, a static one's spare ids) never count toward the
+                // panic threshold: the cluster state knows which slots hold a host.
                 RefCell::new(WorkerHealth {
-                    // Free slots (a DNS cluster's, a static one's spare ids) never count
-                    // toward the panic threshold: which slots hold a host is tracked.
-                    present: (c.kind.is_dns() || n > c.hosts.len())
-                        .then(|| (0..n).map(|i| i < c.hosts.len()).collect()),
                     applied_generation: u64::MAX,
                     dirty: true,
                     outlier: c.outlier_detection.map(|s| {
@@ -584,11 +565,6 @@ impl WorkerHealth {
     /// arriving are dropped) and availability is recomputed before the next pick.
     pub(crate) fn hosts_replaced(&mut self, ids: &[HostRef], live_hosts: usize) {
         self.dirty = true;
-        // A static cluster whose endpoints were updated in place may have free slots now:
-        // only present hosts count toward the panic threshold from here on.
-        if self.present.is_none() && !ids.is_empty() {
-            self.present = Some(vec![true; self.healthy.len()]);
-        }
         if let Some(o) = self.outlier.as_mut() {
             for &id in ids {
                 o.replace_host(id);

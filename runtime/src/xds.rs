@@ -54,6 +54,7 @@ use envoy_types::pb::google::protobuf::{
 };
 use serde_json::Value;
 use sluice_core::config::Config;
+use sluice_core::config::xds::SdsTarget;
 use sluice_xds::ads::{Ads, Answer, Input, Output, XdsMode};
 use sluice_xds::translate::ResourceType;
 use tracing::{debug, info, warn};
@@ -125,7 +126,16 @@ pub struct TypeStatus {
     /// names it): that NACK, shared by every resource it refused, until a later version of the
     /// resource is accepted — `/config_dump`'s `error_state`.
     pub refused: BTreeMap<String, Arc<NackStatus>>,
+    /// Per resource refused that never served (its every version so far refused): that NACK,
+    /// until a version of it is accepted — or, in state of the world, a listeners' or
+    /// clusters' response is accepted (the whole set, which no longer has it) —, at most
+    /// [`REFUSED_UNSERVED_KEPT`] names — `/config_dump`'s `xds_resources.refused`.
+    pub refused_unserved: BTreeMap<String, Arc<NackStatus>>,
 }
+
+/// How many never-served refused resources [`TypeStatus::refused_unserved`] keeps per type (a
+/// server sending ever new bad names would otherwise grow it without end).
+pub const REFUSED_UNSERVED_KEPT: usize = 1024;
 
 /// How much of a NACK's `error_detail` [`NackStatus`] keeps (the NACK itself carries it whole,
 /// as Envoy's do): a response of thousands of bad resources makes one of hundreds of KB.
@@ -178,6 +188,10 @@ pub fn status_json() -> Value {
     if delta {
         view["resyncs"] = RESYNCS.load(Ordering::Relaxed).into();
     }
+    let sources = crate::xds_sds::status_json();
+    if !sources.is_null() {
+        view["sds_sources"] = sources;
+    }
     view["last_connect_error"] = LAST_CONNECT_ERROR
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -203,13 +217,18 @@ fn resource_status(t: &TypeStatus, name: &str) -> Value {
         "last_updated": at,
     });
     if let Some(n) = t.refused.get(name) {
-        v["error_state"] = serde_json::json!({
-            "details": n.error,
-            "last_update_attempt": n.at,
-            "nonce": n.nonce,
-        });
+        v["error_state"] = error_state(n);
     }
     v
+}
+
+/// A refusal as `/config_dump` shows it (`details`: the NACK's `error_detail`).
+fn error_state(n: &NackStatus) -> Value {
+    serde_json::json!({
+        "details": n.error,
+        "last_update_attempt": n.at,
+        "nonce": n.nonce,
+    })
 }
 
 /// With the xDS client running, adds to a `/config_dump` (the config serving, from
@@ -218,7 +237,8 @@ fn resource_status(t: &TypeStatus, name: &str) -> Value {
 /// update and last refusal), and `xds_resources` lists, by type, the dynamic route
 /// configurations, endpoints and secrets — which have no entry of their own in the config
 /// (routes are in their listeners, endpoints in their clusters' hosts, secrets inline PEM,
-/// redacted) — with the same. Without xDS the dump is left as it is (a config that loads).
+/// redacted) — with the same, and `refused` the resources of any type whose every version was
+/// refused (`type`, `name`, `error_state`). Without xDS the dump is left as it is (a config that loads).
 pub fn annotate_config_dump(dump: &mut Value) {
     let guard = STATUS
         .lock()
@@ -263,6 +283,23 @@ pub fn annotate_config_dump(dump: &mut Value) {
             .collect();
         others.insert(label.to_owned(), Value::Array(list));
     }
+    // Resources whose every version was refused have no entry anywhere else (Envoy lists such
+    // a listener among its dynamic ones with an `error_state` alone).
+    let mut refused = Vec::new();
+    for (i, t) in types.iter().enumerate() {
+        for (name, n) in &t.refused_unserved {
+            refused.push(serde_json::json!({
+                "type": TYPE_LABELS[i],
+                "name": name,
+                "error_state": error_state(n),
+            }));
+        }
+    }
+    others.insert("refused".to_owned(), Value::Array(refused));
+    let from_sources = crate::xds_sds::config_dump_entries();
+    if !from_sources.is_empty() {
+        others.insert("source_secret".to_owned(), Value::Array(from_sources));
+    }
     dump["xds_resources"] = Value::Object(others);
     // Envoy's `dynamic_warming_clusters` (and listeners'): what was received and waits.
     let mut warming = serde_json::Map::new();
@@ -278,7 +315,7 @@ pub fn annotate_config_dump(dump: &mut Value) {
 
 /// What [`NackStatus`] keeps of an `error_detail`: all of it up to [`NACK_ERROR_KEPT`] bytes,
 /// else that much (cut at a character boundary) and how many bytes more were sent.
-fn kept_error(message: &str) -> String {
+pub(crate) fn kept_error(message: &str) -> String {
     if message.len() <= NACK_ERROR_KEPT {
         return message.to_owned();
     }
@@ -293,7 +330,7 @@ fn kept_error(message: &str) -> String {
     )
 }
 
-fn unix_now() -> u64 {
+pub(crate) fn unix_now() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
@@ -326,6 +363,8 @@ pub struct Bootstrap {
     tree: Value,
     /// The xDS cluster's `tls` (`None`: cleartext) and where it is in the file.
     tls: Option<Arc<XdsTls>>,
+    /// The SDS sources of `xds.sds_sources`.
+    sds_sources: Vec<crate::xds_sds::SourceSpec>,
 }
 
 /// TLS to the management server: the xDS cluster's `tls`, turned into a rustls client config
@@ -392,8 +431,45 @@ impl Bootstrap {
                 path: format!("clusters[{}].tls", xds.cluster_index),
             })
         });
+        let mut sds_sources = Vec::with_capacity(xds.sds_sources.len());
+        for source in &xds.sds_sources {
+            let target = match &source.target {
+                SdsTarget::Path(path) => crate::xds_sds::SourceTarget::Unix(path.into()),
+                SdsTarget::Cluster { name, index } => {
+                    let c = &config.clusters[*index];
+                    let server = c.hosts.first().map(|h| h.address).ok_or_else(|| {
+                        io::Error::new(
+                            io::ErrorKind::InvalidInput,
+                            format!("xds: the SDS source's cluster {name:?} has no host"),
+                        )
+                    })?;
+                    let tls = c.tls.as_ref().map(|t| {
+                        Arc::new(XdsTls {
+                            tls: (**t).clone(),
+                            path: format!("clusters[{index}].tls"),
+                        })
+                    });
+                    let scheme = if tls.is_some() { "https" } else { "http" };
+                    crate::xds_sds::SourceTarget::Cluster {
+                        name: name.clone(),
+                        uri: format!("{scheme}://{server}"),
+                        connector: XdsConnector {
+                            server,
+                            mark: config.upstream_mark,
+                            connect_timeout: c.connect_timeout,
+                            tls,
+                        },
+                    }
+                }
+            };
+            sds_sources.push(crate::xds_sds::SourceSpec {
+                name: source.name.clone(),
+                target,
+            });
+        }
         Ok(Bootstrap {
             tls,
+            sds_sources,
             server,
             mode: xds.mode,
             mark: config.upstream_mark,
@@ -682,7 +758,7 @@ pub fn spawn_client(
         .map(|_| ())
 }
 
-const BACKOFF_BASE: Duration = Duration::from_millis(250);
+pub(crate) const BACKOFF_BASE: Duration = Duration::from_millis(250);
 const BACKOFF_MAX: Duration = Duration::from_secs(30);
 
 /// A stream ended for a resync resets the backoff only if it lasted this long.
@@ -694,7 +770,11 @@ const RESYNC_RESET_AFTER: Duration = BACKOFF_MAX;
 /// resource the server keeps sending and the proxy keeps refusing is then retried ever more
 /// slowly (at most every 30 s), never in a loop, while the first NACK after a long healthy
 /// stream resyncs at once.
-fn next_backoff(backoff: &mut Duration, got_response: bool, resync: Option<Duration>) -> Duration {
+pub(crate) fn next_backoff(
+    backoff: &mut Duration,
+    got_response: bool,
+    resync: Option<Duration>,
+) -> Duration {
     let short_resync = resync.is_some_and(|lasted| lasted < RESYNC_RESET_AFTER);
     if got_response && !short_resync {
         *backoff = BACKOFF_BASE;
@@ -705,10 +785,10 @@ fn next_backoff(backoff: &mut Duration, got_response: bool, resync: Option<Durat
 }
 
 /// A small xorshift for the backoff's jitter (no cryptographic need).
-struct Jitter(u64);
+pub(crate) struct Jitter(pub(crate) u64);
 
 impl Jitter {
-    fn below(&mut self, d: Duration) -> Duration {
+    pub(crate) fn below(&mut self, d: Duration) -> Duration {
         self.0 ^= self.0 << 13;
         self.0 ^= self.0 >> 7;
         self.0 ^= self.0 << 17;
@@ -730,6 +810,10 @@ struct Client {
     initial_fetch_timeout: Duration,
     /// Delta: the machine asked to end this stream and open a new one ([`Output::Resync`]).
     resync: bool,
+    /// Each SDS source's control channel (its names and the verdicts on its secrets).
+    sources: BTreeMap<String, tokio::sync::mpsc::UnboundedSender<sluice_xds::sds::Input>>,
+    /// The SDS sources' secrets ([`Input::SourceSecrets`]).
+    from_sources: tokio::sync::mpsc::UnboundedReceiver<Input>,
 }
 
 impl Client {
@@ -782,19 +866,38 @@ impl Client {
                     self.timers
                         .push_back((tokio::time::Instant::now() + self.initial_fetch_timeout, id));
                 }
+                Output::SourceNames { source, names } => {
+                    if let Some(s) = self.sources.get(&source) {
+                        let _ = s.send(sluice_xds::sds::Input::Names(names));
+                    }
+                }
+                Output::SourceVerdict {
+                    source,
+                    nonce,
+                    error,
+                } => {
+                    if let Some(s) = self.sources.get(&source) {
+                        let _ = s.send(sluice_xds::sds::Input::Verdict { nonce, error });
+                    }
+                }
                 Output::Refused { kind, nonce, names } => {
                     let Some(i) = ResourceType::ALL.iter().position(|k| *k == kind) else {
                         continue;
                     };
                     self.record(i, |t| {
-                        // The NACK just sent (one shared status, however many it refused);
-                        // only resources serving have an entry to show it on.
+                        // The NACK just sent (one shared status, however many it refused),
+                        // on the resources serving, or else in the list of those refused
+                        // that never served.
                         let Some(nack) = t.last_nack.clone().filter(|n| n.nonce == nonce) else {
                             return;
                         };
                         for name in names {
                             if t.serving.contains_key(&name) {
                                 t.refused.insert(name, Arc::clone(&nack));
+                            } else if t.refused_unserved.len() < REFUSED_UNSERVED_KEPT
+                                || t.refused_unserved.contains_key(&name)
+                            {
+                                t.refused_unserved.insert(name, Arc::clone(&nack));
                             }
                         }
                     });
@@ -838,9 +941,16 @@ impl Client {
                 .ads
                 .accepted_version(ResourceType::ALL[kind])
                 .to_owned();
+            // State of the world, listeners and clusters: each response is the whole set, so
+            // one accepted has none of those refused before that did not serve.
+            let whole_set_accepted =
+                self.ads.mode() == XdsMode::Sotw && ResourceType::ALL[kind].is_full_state();
             self.record(kind, |t| {
                 t.version = version;
                 t.updated_at = Some(now);
+                if whole_set_accepted {
+                    t.refused_unserved.clear();
+                }
             });
             // What serves may have changed for other types too (a cluster removed takes its
             // endpoints along).
@@ -877,6 +987,7 @@ impl Client {
                 // response that carried it (endpoints, routes, secrets: a response may carry
                 // some only), or the type's (clusters, listeners: each response carries all).
                 let version = versions.get(name).map_or(type_version, String::as_str);
+                t.refused_unserved.remove(name);
                 let entry = match t.serving.remove(name) {
                     Some((v, at)) if v == version => (v, at),
                     _ => {
@@ -893,6 +1004,14 @@ impl Client {
 
     /// Waits for the apply in flight or the warming timer, and feeds the outcome.
     async fn next_event(&mut self) -> Input {
+        let from_sources = &mut self.from_sources;
+        let sources = async {
+            match from_sources.recv().await {
+                Some(input) => input,
+                // No source (or every one gone): nothing comes from there.
+                None => std::future::pending().await,
+            }
+        };
         let applying = async {
             match self.applying.as_mut() {
                 Some((id, rx)) => {
@@ -918,6 +1037,7 @@ impl Client {
         tokio::select! {
             i = applying => i,
             i = timer => i,
+            i = sources => i,
         }
     }
 
@@ -999,7 +1119,13 @@ pub async fn run<C>(
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(Default::default());
     DELTA.store(b.mode == XdsMode::Delta, Ordering::Relaxed);
+    let (to_ads, from_sources) = tokio::sync::mpsc::unbounded_channel();
+    let sources = crate::xds_sds::spawn_sources(&b.sds_sources, &b.node, &to_ads, jitter_seed);
+    // The sources' tasks hold the only senders: they end when the client is gone.
+    drop(to_ads);
     let mut client = Client {
+        sources,
+        from_sources,
         ads: Ads::with_mode(b.mode, b.node.clone(), b.tree.clone()),
         updates,
         applying: None,
@@ -1040,7 +1166,7 @@ pub async fn run<C>(
 
 /// An error and its sources, `: `-joined (tonic's transport error says only "transport
 /// error"; what failed — a refused connection, a TLS handshake and why — is in its sources).
-fn error_chain(e: &dyn std::error::Error) -> String {
+pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
     let mut text = e.to_string();
     let mut source = e.source();
     while let Some(s) = source {
@@ -1254,6 +1380,8 @@ mod tests {
                 applying: None,
                 applying_ignored: [0; TYPES],
                 timers: VecDeque::new(),
+                sources: BTreeMap::new(),
+                from_sources: tokio::sync::mpsc::unbounded_channel().1,
                 initial_fetch_timeout: Duration::from_secs(15),
                 resync: false,
             };
@@ -1535,6 +1663,8 @@ mod status_tests {
             applying: None,
             applying_ignored: [0; TYPES],
             timers: VecDeque::new(),
+            sources: BTreeMap::new(),
+            from_sources: tokio::sync::mpsc::unbounded_channel().1,
             initial_fetch_timeout: Duration::from_secs(15),
             resync: false,
         };
@@ -1687,6 +1817,66 @@ mod status_tests {
         let endpoints = status(ResourceType::Endpoints);
         assert_eq!(endpoints.refused["a"].nonce, "cluster_load_assignment2");
         assert!(status(ResourceType::Cluster).refused.is_empty());
+    }
+
+    /// A resource refused before it ever served — a new listener on port 99999 — has no
+    /// entry in the config, so `/config_dump` lists it under `xds_resources.refused` with its
+    /// `error_state` (the NACK's error, naming the listener and field); beside it the
+    /// listener that serves has none. A later accepted listeners' response (the whole set, in
+    /// state of the world) ends the entry.
+    #[test]
+    fn a_resource_refused_before_it_ever_served_is_listed_with_its_error() {
+        let (mut c, _updates, _serial) = client();
+        let hosts = [("127.0.0.1", 8080, 0)];
+        push(
+            &mut c,
+            ResourceType::Cluster,
+            "1",
+            vec![any(&static_cluster("a", &hosts))],
+        );
+        let good = http_listener("in", "127.0.0.1", 19000, "routes");
+        push(&mut c, ResourceType::Listener, "1", vec![any(&good)]);
+        push(
+            &mut c,
+            ResourceType::Route,
+            "1",
+            vec![any(&route_config("routes", "a"))],
+        );
+        let bad = http_listener("bad", "127.0.0.1", 99999, "routes");
+        push(
+            &mut c,
+            ResourceType::Listener,
+            "2",
+            vec![any(&good), any(&bad)],
+        );
+        let listeners = status(ResourceType::Listener);
+        assert!(listeners.refused.is_empty(), "{:?}", listeners.refused);
+        assert_eq!(
+            listeners.refused_unserved.keys().collect::<Vec<_>>(),
+            ["bad"]
+        );
+        let mut dump = serde_json::json!({ "listeners": [{ "name": "in" }] });
+        annotate_config_dump(&mut dump);
+        assert_eq!(dump["listeners"][0]["xds_status"].get("error_state"), None);
+        let refused = dump["xds_resources"]["refused"]
+            .as_array()
+            .expect("a refused list");
+        assert_eq!(refused.len(), 1, "{refused:?}");
+        assert_eq!(refused[0]["type"], "listener");
+        assert_eq!(refused[0]["name"], "bad");
+        assert_eq!(refused[0]["error_state"]["nonce"], "listener2");
+        let details = refused[0]["error_state"]["details"].as_str().unwrap();
+        assert!(
+            details.starts_with("listener \"bad\"") && details.contains("99999"),
+            "{details}"
+        );
+
+        // The next accepted listeners' response ends the listener's entry.
+        push(&mut c, ResourceType::Listener, "3", vec![any(&good)]);
+        assert!(status(ResourceType::Listener).refused_unserved.is_empty());
+        let mut dump = serde_json::json!({});
+        annotate_config_dump(&mut dump);
+        assert_eq!(dump["xds_resources"]["refused"], serde_json::json!([]));
     }
 
     /// State of the world: an EDS response carrying only `a` leaves `b` as it was — its

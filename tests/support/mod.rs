@@ -9,6 +9,7 @@ pub mod netns;
 pub mod otlp;
 pub mod pki;
 pub mod raw_h2;
+pub mod sds;
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};

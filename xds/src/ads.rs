@@ -156,6 +156,18 @@ pub enum Input {
     /// The warming timer of [`Output::ArmWarmingTimer`] with this id expired: the resources
     /// that started warming when it was armed and still wait are taken as received empty.
     WarmingTimeout(u64),
+    /// Secrets from an SDS source of the bootstrap's `xds.sds_sources` (not ADS: its own
+    /// stream, [`crate::sds::Sds`]), in the response `nonce` of that stream: they replace the
+    /// ones of the same names from that source. Warmed, applied and answered as ADS responses
+    /// are; the answer is [`Output::SourceVerdict`].
+    SourceSecrets {
+        /// The source's name (`sds-grpc`).
+        source: String,
+        /// The response's nonce on the source's stream.
+        nonce: String,
+        /// The secrets it carries.
+        secrets: Vec<Secret>,
+    },
 }
 
 /// What a request says, for the runtime's counters and status (an ACK and a subscription change
@@ -198,6 +210,25 @@ pub enum Output {
     /// may be armed at once (one per start of warming, each for the resources that started
     /// then); all have the same duration, so they expire in the order armed.
     ArmWarmingTimer(u64),
+    /// The secrets the clusters and listeners need from the SDS source `source` changed:
+    /// subscribe to `names` on its stream (empty: none any more).
+    SourceNames {
+        /// The source's name.
+        source: String,
+        /// Every secret name needed from it.
+        names: BTreeSet<String>,
+    },
+    /// The answer to [`Input::SourceSecrets`] `nonce` of `source` (and to any earlier one of
+    /// that source folded into it): `None`, its secrets serve (ACK); `Some`, refused, why
+    /// (NACK; the secrets serving stay).
+    SourceVerdict {
+        /// The source's name.
+        source: String,
+        /// The nonce answered.
+        nonce: String,
+        /// Why it was refused.
+        error: Option<String>,
+    },
     /// Follows the NACK of the response `nonce` of type `kind`: the resources of that type the
     /// refused response carried that its errors concern (an error naming one of them, or
     /// naming a listener or cluster that uses one of them: a route configuration, endpoints or
@@ -350,6 +381,16 @@ struct InFlight {
     /// The candidate it was chosen from (the accepted state once it applies).
     base: Resources,
     responses: Vec<Pending>,
+    /// The SDS sources' updates it includes: source → nonce.
+    sources: BTreeMap<String, String>,
+}
+
+/// The secrets of an SDS source received since the last apply (the responses folded: later
+/// secrets replace earlier ones of the same name), and the nonce of the latest.
+#[derive(Clone, Debug, Default)]
+struct SourceUpdate {
+    nonce: String,
+    secrets: BTreeMap<String, Secret>,
 }
 
 /// A resource still missing (an assignment, a route configuration, a secret) since the
@@ -400,6 +441,12 @@ pub struct Ads {
     /// Resources (and, delta, removals) of types subscribed to by name that named nothing
     /// subscribed to, dropped on arrival (see [`Ads::unsolicited`]).
     unsolicited: u64,
+    /// The SDS sources the bootstrap declares (`xds.sds_sources`).
+    declared_sources: BTreeSet<String>,
+    /// Per SDS source: its secrets received, not yet applied.
+    source_pending: BTreeMap<String, SourceUpdate>,
+    /// Per SDS source: the secret names subscribed to ([`Output::SourceNames`]).
+    source_names: BTreeMap<String, BTreeSet<String>>,
     outputs: VecDeque<Output>,
 }
 
@@ -415,6 +462,10 @@ impl Ads {
     /// A client speaking `mode` (see [`Ads::new`]).
     #[must_use]
     pub fn with_mode(mode: XdsMode, node: Node, bootstrap: Value) -> Ads {
+        let declared_sources = bootstrap
+            .as_object()
+            .map(translate::declared_sds_sources)
+            .unwrap_or_default();
         Ads {
             mode,
             node,
@@ -443,6 +494,9 @@ impl Ads {
             rewarm: false,
             warming: BTreeSet::new(),
             unsolicited: 0,
+            declared_sources,
+            source_pending: BTreeMap::new(),
+            source_names: BTreeMap::new(),
             bootstrap,
             outputs: VecDeque::new(),
         }
@@ -533,6 +587,7 @@ impl Ads {
                 self.applied = done.resources;
                 self.base = done.base;
                 self.applied_unsure = false;
+                self.source_verdicts(done.sources, None);
                 if done.stream == self.stream {
                     self.accept(&done.responses);
                 } else {
@@ -546,6 +601,7 @@ impl Ads {
                     return;
                 };
                 self.applied_unsure = true;
+                self.source_verdicts(failed.sources, Some(&format!("applying failed: {why}")));
                 if failed.stream == self.stream && self.connected {
                     for p in &failed.responses {
                         let names = named_in(&why, p.kind, &p.decoded.names());
@@ -572,7 +628,40 @@ impl Ads {
                     self.evaluate();
                 }
             }
+            Input::SourceSecrets {
+                source,
+                nonce,
+                secrets,
+            } => {
+                let update = self.source_pending.entry(source).or_default();
+                update.nonce = nonce;
+                for s in secrets {
+                    update.secrets.insert(s.name.clone(), s);
+                }
+                self.evaluate();
+            }
         }
+    }
+
+    /// Answers the SDS sources' updates `sources` (source → nonce): accepted, or refused with
+    /// `error`.
+    fn source_verdicts(&mut self, sources: BTreeMap<String, String>, error: Option<&str>) {
+        for (source, nonce) in sources {
+            self.outputs.push_back(Output::SourceVerdict {
+                source,
+                nonce,
+                error: error.map(str::to_owned),
+            });
+        }
+    }
+
+    /// The secrets each declared SDS source must provide to the clusters and listeners of
+    /// `res` (an undeclared source is translation's error, refused at once, not waited for).
+    fn source_names(&self, res: &Resources) -> BTreeMap<String, BTreeSet<String>> {
+        let mut by_source =
+            translate::source_sds_names(res.clusters.values(), res.listeners.values());
+        by_source.retain(|source, _| self.declared_sources.contains(source));
+        by_source
     }
 
     /// Sends a request of `kind`: an ACK (`Some((nonce, None))`), a NACK (`Some((nonce,
@@ -892,12 +981,26 @@ impl Ads {
                 }
             }
         }
+        for (source, update) in &self.source_pending {
+            let secrets = res.source_secrets.entry(source.clone()).or_default();
+            for (name, s) in &update.secrets {
+                secrets.insert(name.clone(), s.clone());
+            }
+        }
         let eds = eds_names(&res);
         let rds = rds_names(&res);
         let sds = sds_names(&res);
+        let by_source = self.source_names(&res);
         res.endpoints.retain(|k, _| eds.contains(k));
         res.routes.retain(|k, _| rds.contains(k));
         res.secrets.retain(|k, _| sds.contains(k));
+        res.source_secrets.retain(|source, secrets| {
+            let Some(names) = by_source.get(source) else {
+                return false;
+            };
+            secrets.retain(|k, _| names.contains(k));
+            !secrets.is_empty()
+        });
         res
     }
 
@@ -915,7 +1018,9 @@ impl Ads {
                 return;
             }
             let candidate = self.candidate();
-            if self.in_flight.is_some() || (self.pending.is_empty() && !self.rewarm) {
+            if self.in_flight.is_some()
+                || (self.pending.is_empty() && self.source_pending.is_empty() && !self.rewarm)
+            {
                 self.follow(&candidate);
                 return;
             }
@@ -923,10 +1028,15 @@ impl Ads {
             // new comes.
             self.rewarm = false;
             let (all_missing, expired) = self.track_missing(&candidate);
-            let secrets_missing: Vec<String> = sds_names(&candidate)
-                .into_iter()
-                .filter(|n| !candidate.secrets.contains_key(n))
-                .collect();
+            // ADS secrets and those of the declared SDS sources alike.
+            let secrets_missing: Vec<warm::SecretKey> = warm::secrets_of(
+                candidate.clusters.values(),
+                candidate.listeners.values(),
+                &self.declared_sources,
+            )
+            .into_iter()
+            .filter(|k| warm::secret(&candidate, k).is_none())
+            .collect();
             let checked = if secrets_missing.is_empty() {
                 self.check(&candidate, &all_missing, &[], &[])
             } else {
@@ -935,7 +1045,7 @@ impl Ads {
             let check = match checked {
                 Ok(check) => check,
                 Err(errors) => {
-                    if self.pending.is_empty() {
+                    if self.pending.is_empty() && self.source_pending.is_empty() {
                         // Not reached: what was accepted assembled with its missing parts empty.
                         self.follow(&candidate);
                         return;
@@ -947,7 +1057,13 @@ impl Ads {
             let serve = if expired == all_missing && secrets_missing.is_empty() {
                 check
             } else {
-                warm::select(&self.applied, &candidate, &expired, &self.statics)
+                warm::select(
+                    &self.applied,
+                    &candidate,
+                    &expired,
+                    &self.statics,
+                    &self.declared_sources,
+                )
             };
             self.follow(&candidate);
             self.warming = held_back(&candidate, &serve);
@@ -957,6 +1073,8 @@ impl Ads {
                 self.base = candidate;
                 let done = std::mem::take(&mut self.pending);
                 self.accept(&done);
+                let sources = self.take_source_pending();
+                self.source_verdicts(sources, None);
                 return;
             }
             match translate::assemble(&self.bootstrap, &serve) {
@@ -968,6 +1086,7 @@ impl Ads {
                         resources: serve,
                         base: candidate,
                         responses: std::mem::take(&mut self.pending),
+                        sources: self.take_source_pending(),
                     });
                     self.outputs.push_back(Output::Apply {
                         id,
@@ -978,7 +1097,9 @@ impl Ads {
                 }
                 // Not expected (the chosen resources are the candidate's, validated, or
                 // served already); refused as any candidate would be.
-                Err(errors) if !self.pending.is_empty() => self.refuse(&errors, &candidate),
+                Err(errors) if !self.pending.is_empty() || !self.source_pending.is_empty() => {
+                    self.refuse(&errors, &candidate);
+                }
                 Err(_) => return,
             }
         }
@@ -991,8 +1112,8 @@ impl Ads {
         &self,
         candidate: &Resources,
         filled: &warm::Filled,
-        certificates: &[String],
-        validations: &[String],
+        certificates: &[warm::SecretKey],
+        validations: &[warm::SecretKey],
     ) -> Result<Resources, Vec<TranslateError>> {
         let with;
         let candidate = if certificates.is_empty() && validations.is_empty() {
@@ -1000,19 +1121,23 @@ impl Ads {
         } else {
             with = {
                 let mut c = candidate.clone();
-                for n in certificates {
-                    c.secrets
-                        .insert(n.clone(), warm::placeholder_secret(n, false));
+                for k in certificates {
+                    warm::insert_secret(&mut c, k, warm::placeholder_secret(&k.1, false));
                 }
-                for n in validations {
-                    c.secrets
-                        .insert(n.clone(), warm::placeholder_secret(n, true));
+                for k in validations {
+                    warm::insert_secret(&mut c, k, warm::placeholder_secret(&k.1, true));
                 }
                 c
             };
             &with
         };
-        let check = warm::select(&self.applied, candidate, filled, &self.statics);
+        let check = warm::select(
+            &self.applied,
+            candidate,
+            filled,
+            &self.statics,
+            &self.declared_sources,
+        );
         translate::assemble(&self.bootstrap, &check).map(|_| check)
     }
 
@@ -1024,13 +1149,14 @@ impl Ads {
         &self,
         candidate: &Resources,
         filled: &warm::Filled,
-        missing: &[String],
+        missing: &[warm::SecretKey],
     ) -> Result<Resources, Vec<TranslateError>> {
         match self.check(candidate, filled, missing, &[]) {
             Ok(check) => Ok(check),
             Err(errors) => {
-                let (validations, certificates): (Vec<String>, Vec<String>) =
-                    missing.iter().cloned().partition(|n| {
+                // An error names a secret by name alone, whatever its source.
+                let (validations, certificates): (Vec<_>, Vec<_>) =
+                    missing.iter().cloned().partition(|(_, n)| {
                         errors
                             .iter()
                             .any(|e| e.kind == ResourceType::Secret && &e.name == n)
@@ -1105,19 +1231,47 @@ impl Ads {
             .iter()
             .map(|p| p.names().into_iter().collect())
             .collect();
+        // Errors charged to SDS sources' updates, by source.
+        let mut source_charged: BTreeMap<String, Vec<&TranslateError>> = BTreeMap::new();
         for e in errors {
             let owner = self
                 .pending
                 .iter()
                 .zip(&names)
                 .rposition(|(p, names)| p.kind == e.kind && names.contains(e.name.as_str()));
-            match owner {
-                Some(i) => charged.entry(i).or_default().push(e),
-                None => {
+            let source_owner = (e.kind == ResourceType::Secret)
+                .then(|| {
+                    self.source_pending
+                        .iter()
+                        .find(|(_, u)| u.secrets.contains_key(&e.name))
+                        .map(|(s, _)| s.clone())
+                })
+                .flatten();
+            match (owner, source_owner) {
+                (Some(i), _) => charged.entry(i).or_default().push(e),
+                (None, Some(source)) => source_charged.entry(source).or_default().push(e),
+                (None, None) => {
                     for i in 0..self.pending.len() {
                         charged.entry(i).or_default().push(e);
                     }
+                    for source in self.source_pending.keys() {
+                        source_charged.entry(source.clone()).or_default().push(e);
+                    }
                 }
+            }
+        }
+        for (source, errors) in source_charged {
+            let message = errors
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join("; ");
+            if let Some(update) = self.source_pending.remove(&source) {
+                self.outputs.push_back(Output::SourceVerdict {
+                    source,
+                    nonce: update.nonce,
+                    error: Some(message),
+                });
             }
         }
         let mut refusals = Vec::with_capacity(charged.len());
@@ -1164,6 +1318,36 @@ impl Ads {
         self.subscribe(ResourceType::Endpoints, eds_names(candidate));
         self.subscribe(ResourceType::Route, rds_names(candidate));
         self.subscribe(ResourceType::Secret, sds_names(candidate));
+        let by_source = self.source_names(candidate);
+        let gone: Vec<String> = self
+            .source_names
+            .keys()
+            .filter(|s| !by_source.contains_key(*s))
+            .cloned()
+            .collect();
+        for source in gone {
+            self.source_names.remove(&source);
+            self.outputs.push_back(Output::SourceNames {
+                source,
+                names: BTreeSet::new(),
+            });
+        }
+        for (source, names) in by_source {
+            if self.source_names.get(&source) != Some(&names) {
+                self.source_names.insert(source.clone(), names.clone());
+                self.outputs
+                    .push_back(Output::SourceNames { source, names });
+            }
+        }
+    }
+
+    /// The SDS sources' updates received since the last apply, now folded into a config:
+    /// source → the nonce to answer.
+    fn take_source_pending(&mut self) -> BTreeMap<String, String> {
+        std::mem::take(&mut self.source_pending)
+            .into_iter()
+            .map(|(source, u)| (source, u.nonce))
+            .collect()
     }
 
     fn subscribe(&mut self, kind: ResourceType, names: BTreeSet<String>) {
@@ -1469,3 +1653,5 @@ mod warm;
 mod tests;
 #[cfg(test)]
 mod tests_delta;
+#[cfg(test)]
+mod tests_sources;

@@ -92,6 +92,44 @@ pub fn ads_source() -> ConfigSource {
     }
 }
 
+/// An SDS source of its own, as istiod names its agent's: `api_config_source { api_type: GRPC,
+/// grpc_services: [{ envoy_grpc: { cluster_name } }], transport_api_version: V3,
+/// set_node_on_first_message_only: true }` (`cluster_name`: `sds-grpc`).
+#[must_use]
+pub fn grpc_sds_source(cluster_name: &str) -> ConfigSource {
+    use envoy_types::pb::envoy::config::core::v3::{
+        ApiConfigSource, ApiVersion, GrpcService,
+        api_config_source::ApiType,
+        grpc_service::{EnvoyGrpc, TargetSpecifier},
+    };
+    ConfigSource {
+        config_source_specifier: Some(ConfigSourceSpecifier::ApiConfigSource(ApiConfigSource {
+            api_type: ApiType::Grpc as i32,
+            transport_api_version: ApiVersion::V3 as i32,
+            set_node_on_first_message_only: true,
+            grpc_services: vec![GrpcService {
+                target_specifier: Some(TargetSpecifier::EnvoyGrpc(EnvoyGrpc {
+                    cluster_name: cluster_name.to_owned(),
+                    ..Default::default()
+                })),
+                ..Default::default()
+            }],
+            ..Default::default()
+        })),
+        resource_api_version: ApiVersion::V3 as i32,
+        ..Default::default()
+    }
+}
+
+/// A reference to the SDS secret `name` of the SDS source `source` (Istio: `sds-grpc`).
+#[must_use]
+pub fn source_sds(source: &str, name: &str) -> SdsSecretConfig {
+    SdsSecretConfig {
+        name: name.to_owned(),
+        sds_config: Some(grpc_sds_source(source)),
+    }
+}
+
 /// An EDS cluster whose endpoints come over ADS under its own name.
 #[must_use]
 pub fn eds_cluster(name: &str) -> Cluster {

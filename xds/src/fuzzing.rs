@@ -3,8 +3,10 @@
 //! and validates them ([`drive`] and [`drive_delta`] must never panic).
 //!
 //! Input: records `[tag][len: u16 LE][len bytes]`. The tag's low two bits name the resource
-//! type (cluster, endpoints, listener, route), or bit 3 ([`SECRET`]) an SDS secret; the bytes
-//! are one encoded resource of it.
+//! type (cluster, endpoints, listener, route), or bit 3 ([`SECRET`]) an SDS secret, or bit 4
+//! ([`SOURCE_SECRET`]) a secret of the SDS source `sds-grpc` (its own stream: an
+//! [`crate::sds::Sds`] machine wired to the ADS one as the runtime wires them); the bytes are
+//! one encoded resource of it.
 //! Consecutive records of one type make one response (version and nonce: the record's index).
 //! A tag of `0xff` (no length) fires what the machine waits for: its oldest warming timer
 //! (they expire in the order armed), and the outcome of its apply (applied when the next byte
@@ -22,6 +24,7 @@ use envoy_types::pb::envoy::service::discovery::v3::{
 use envoy_types::pb::google::protobuf::Any;
 
 use crate::ads::{Ads, Input, Output, XdsMode};
+use crate::sds::{self, Sds};
 use crate::translate::ResourceType;
 
 /// The tag bit of a delta removal record.
@@ -29,6 +32,12 @@ pub const REMOVE: u8 = 4;
 
 /// The tag bit of a secret (SDS) record (over the low two bits).
 pub const SECRET: u8 = 8;
+
+/// The tag bit of a record holding a secret of the SDS source `sds-grpc` (over the others).
+pub const SOURCE_SECRET: u8 = 16;
+
+/// The SDS source the fuzz bootstrap declares.
+const SOURCE: &str = "sds-grpc";
 
 /// Encodes resources as an input of the format (for the committed corpus).
 #[must_use]
@@ -85,18 +94,28 @@ pub fn drive_delta(data: &[u8]) -> usize {
     run(XdsMode::Delta, data)
 }
 
-/// A response being gathered: its type, resources and (delta) removed names.
-type Batch = Option<(ResourceType, Vec<Any>, Vec<String>)>;
+/// A response being gathered: its type, resources and (delta) removed names; whether it is for
+/// the SDS source's stream.
+type Batch = Option<(ResourceType, Vec<Any>, Vec<String>, bool)>;
 
 fn run(mode: XdsMode, data: &[u8]) -> usize {
     let bootstrap = serde_json::json!({
-        "xds": { "cluster": "xds" },
+        "xds": {
+            "cluster": "xds",
+            "sds_sources": [ { "name": SOURCE, "path": "/nonexistent/sds.sock" } ],
+        },
         "listeners": [],
         "clusters": [ { "name": "xds", "hosts": [ { "address": "127.0.0.1:18000" } ] } ],
     });
     let mut ads = Ads::with_mode(mode, Node::default(), bootstrap);
     ads.handle_input(Input::Connected);
-    let mut state = State::default();
+    let mut state = State {
+        sds: Sds::new(Node::default()),
+        timers: std::collections::VecDeque::new(),
+        apply: None,
+        applied: 0,
+    };
+    state.sds.handle_input(sds::Input::Connected);
     state.drain(&mut ads);
     let mut batch: Batch = None;
     let mut rest = data;
@@ -116,16 +135,17 @@ fn run(mode: XdsMode, data: &[u8]) -> usize {
         let len = usize::from(u16::from_le_bytes(*len)).min(body.len());
         let (bytes, next) = body.split_at(len);
         rest = next;
-        let kind = if tag & SECRET != 0 {
+        let from_source = tag & SOURCE_SECRET != 0;
+        let kind = if from_source || tag & SECRET != 0 {
             ResourceType::Secret
         } else {
             ResourceType::ALL[usize::from(tag & 3)]
         };
-        if !matches!(&batch, Some((k, ..)) if *k == kind) {
+        if !matches!(&batch, Some((k, _, _, s)) if *k == kind && *s == from_source) {
             flush(&mut ads, &mut batch, index, &mut state);
-            batch = Some((kind, Vec::new(), Vec::new()));
+            batch = Some((kind, Vec::new(), Vec::new(), from_source));
         }
-        let Some((_, list, removed)) = &mut batch else {
+        let Some((_, list, removed, _)) = &mut batch else {
             continue;
         };
         if mode == XdsMode::Delta && tag & REMOVE != 0 {
@@ -142,23 +162,47 @@ fn run(mode: XdsMode, data: &[u8]) -> usize {
     state.applied
 }
 
-#[derive(Default)]
 struct State {
+    sds: Sds,
     timers: std::collections::VecDeque<u64>,
     apply: Option<u64>,
     applied: usize,
 }
 
 impl State {
+    /// Drains both machines, carrying each one's outputs to the other.
     fn drain(&mut self, ads: &mut Ads) {
-        while let Some(out) = ads.poll_output() {
-            match out {
-                Output::Send(..)
-                | Output::SendDelta(..)
-                | Output::Resync
-                | Output::Refused { .. } => {}
-                Output::Apply { id, .. } => self.apply = Some(id),
-                Output::ArmWarmingTimer(id) => self.timers.push_back(id),
+        loop {
+            let mut idle = true;
+            while let Some(out) = ads.poll_output() {
+                idle = false;
+                match out {
+                    Output::Send(..)
+                    | Output::SendDelta(..)
+                    | Output::Resync
+                    | Output::Refused { .. } => {}
+                    Output::Apply { id, .. } => self.apply = Some(id),
+                    Output::ArmWarmingTimer(id) => self.timers.push_back(id),
+                    Output::SourceNames { names, .. } => {
+                        self.sds.handle_input(sds::Input::Names(names));
+                    }
+                    Output::SourceVerdict { nonce, error, .. } => {
+                        self.sds.handle_input(sds::Input::Verdict { nonce, error });
+                    }
+                }
+            }
+            while let Some(out) = self.sds.poll_output() {
+                if let sds::Output::Secrets { nonce, secrets } = out {
+                    idle = false;
+                    ads.handle_input(Input::SourceSecrets {
+                        source: SOURCE.to_owned(),
+                        nonce,
+                        secrets,
+                    });
+                }
+            }
+            if idle {
+                return;
             }
         }
     }
@@ -192,9 +236,22 @@ impl State {
 }
 
 fn flush(ads: &mut Ads, batch: &mut Batch, index: usize, state: &mut State) {
-    let Some((kind, resources, removed)) = batch.take() else {
+    let Some((kind, resources, removed, from_source)) = batch.take() else {
         return;
     };
+    if from_source {
+        state
+            .sds
+            .handle_input(sds::Input::Response(DiscoveryResponse {
+                version_info: index.to_string(),
+                resources,
+                type_url: kind.type_url().to_owned(),
+                nonce: index.to_string(),
+                ..Default::default()
+            }));
+        state.drain(ads);
+        return;
+    }
     let input = match ads.mode() {
         XdsMode::Sotw => Input::Response(DiscoveryResponse {
             version_info: index.to_string(),

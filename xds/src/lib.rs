@@ -7,6 +7,8 @@
 //!   ACK/NACK, warming, and when a complete config can be applied. It never reads a clock and
 //!   does no IO: responses and timer expiries are its inputs, requests and configs to apply
 //!   its outputs.
+//! - [`sds`]: the sans-IO client of an SDS source of its own (Istio's agent, `sds-grpc`), whose
+//!   secrets the ADS machine warms and applies with the rest.
 //! - `test_server` (feature `test-server`): an ADS management server's service for the
 //!   runtime's end-to-end tests and the simulator.
 //!
@@ -19,6 +21,7 @@ pub use envoy_types;
 pub mod ads;
 pub mod fixtures;
 pub mod fuzzing;
+pub mod sds;
 #[cfg(feature = "test-server")]
 pub mod test_server;
 pub mod translate;

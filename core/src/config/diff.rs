@@ -272,6 +272,7 @@ fn same_but_hosts(p: &super::ClusterConfig, n: &super::ClusterConfig) -> bool {
         outlier_detection,
         circuit_breakers,
         panic_threshold_percent,
+        overprovisioning_factor,
         kind,
         hosts: _,
         dns,
@@ -292,6 +293,7 @@ fn same_but_hosts(p: &super::ClusterConfig, n: &super::ClusterConfig) -> bool {
         && *outlier_detection == n.outlier_detection
         && *circuit_breakers == n.circuit_breakers
         && *panic_threshold_percent == n.panic_threshold_percent
+        && *overprovisioning_factor == n.overprovisioning_factor
         && *kind == n.kind
         && *dns == n.dns
         && *use_http_header == n.use_http_header

@@ -139,6 +139,9 @@ impl Serialize for ClusterConfig {
         if balanced {
             m.put("panic_threshold", &self.panic_threshold_percent)?;
         }
+        if self.overprovisioning_factor != super::DEFAULT_OVERPROVISIONING_FACTOR {
+            m.put("overprovisioning_factor", &self.overprovisioning_factor)?;
+        }
         if let Some(tls) = &self.tls {
             m.put("tls", tls)?;
         }

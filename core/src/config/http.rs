@@ -461,25 +461,32 @@ pub struct ForwardAction {
     pub upgrade_configs: Vec<RouteUpgrade>,
 }
 
-/// A header to add. On one list, a name with an `overwrite_if_exists_or_add` entry has no
-/// other entry (which one would win is what the list's order would have to say; Envoy applies
-/// them in order, so only the last overwrite and the appends after it would count — write that
-/// instead); appending entries of one name each add a field, in order.
+/// A header to add. On one list, a name with an entry that does not simply append
+/// (`overwrite_if_exists_or_add`, `add_if_absent`, `overwrite_if_exists`) has no other entry
+/// (which one would win is what the list's order would have to say; Envoy decides the
+/// conditional ones on the message as it was before the list, and applies the overwrites
+/// before the appends — write the outcome instead); appending entries of one name each add a
+/// field, in order.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct HeaderValue {
     /// Header name as written (case kept on the wire).
     pub name: String,
-    /// Value.
+    /// Value, as written (`%VAR%` and `%%` included).
     pub value: String,
-    /// Whether it replaces the message's fields of its name or is appended after them;
-    /// not written in a dump when it is the default (overwrite).
+    /// The value's variables, parsed once at load; `None` when it has no `%` (it goes out as
+    /// written). Not in a dump (the value is).
+    #[serde(skip)]
+    pub format: Option<crate::config::header_format::HeaderFormat>,
+    /// What it does to the message's fields of its name; not written in a dump when it is
+    /// the default (overwrite).
     #[serde(skip_serializing_if = "AppendAction::is_overwrite")]
     pub append_action: AppendAction,
 }
 
 /// What an added header does to the message's own fields of its name (Envoy's
-/// `HeaderValueOption.append_action`, of which the two that do not depend on the message's
-/// fields; `add_if_absent` and `overwrite_if_exists` are refused).
+/// `HeaderValueOption.append_action`). "The message's fields" are those it has when the list
+/// applies: its own, less those removed (by the proxy or a `*_headers_to_remove`), plus those
+/// the proxy or an earlier edit added (`x-forwarded-for`, `x-request-id`, ...).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum AppendAction {
@@ -490,22 +497,36 @@ pub enum AppendAction {
     /// `append_if_exists_or_add` (Envoy's default): the field is added after the message's
     /// own fields of the name, which stay.
     AppendIfExistsOrAdd,
+    /// `add_if_absent`: added only when the message has no field of the name; else nothing
+    /// changes.
+    AddIfAbsent,
+    /// `overwrite_if_exists`: replaces the message's fields of the name only when it has
+    /// some; else nothing is added.
+    OverwriteIfExists,
 }
 
 impl AppendAction {
     /// The names the config accepts.
-    pub const CHOICES: [(&'static str, AppendAction); 2] = [
+    pub const CHOICES: [(&'static str, AppendAction); 4] = [
         (
             "overwrite_if_exists_or_add",
             AppendAction::OverwriteIfExistsOrAdd,
         ),
         ("append_if_exists_or_add", AppendAction::AppendIfExistsOrAdd),
+        ("add_if_absent", AppendAction::AddIfAbsent),
+        ("overwrite_if_exists", AppendAction::OverwriteIfExists),
     ];
 
     /// The default, which replaces.
     #[must_use]
     pub fn is_overwrite(&self) -> bool {
         *self == AppendAction::OverwriteIfExistsOrAdd
+    }
+
+    /// Whether entries of its name may repeat on one list (only plain appends may).
+    #[must_use]
+    pub fn is_append(&self) -> bool {
+        *self == AppendAction::AppendIfExistsOrAdd
     }
 }
 

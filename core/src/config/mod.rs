@@ -33,6 +33,7 @@
 pub mod bolt;
 pub mod diff;
 mod dump;
+pub mod header_format;
 pub mod http;
 pub mod tls;
 pub mod tracing;
@@ -716,8 +717,12 @@ pub struct ClusterConfig {
     /// defaults).
     pub circuit_breakers: CircuitBreakerSettings,
     /// Below this share (percent) of available hosts, balance over all hosts (default 50; 0
-    /// disables).
+    /// disables); with priority levels, per level ([`crate::lb::priority`]).
     pub panic_threshold_percent: u32,
+    /// How much a level's usable share is scaled to give its health, in percent (Envoy's
+    /// `overprovisioning_factor`: default [`DEFAULT_OVERPROVISIONING_FACTOR`], 140 = 1.4; > 0).
+    /// Matters only with hosts at more than one priority ([`crate::lb::priority`]).
+    pub overprovisioning_factor: u32,
     /// Where its hosts come from (`type`).
     pub kind: ClusterKind,
     /// The hosts; empty for a [`ClusterKind::Static`] cluster of no hosts (`hosts: []`,
@@ -764,6 +769,10 @@ pub struct ClusterConfig {
 pub fn spare_host_slots(hosts: usize) -> usize {
     hosts + hosts.clamp(MIN_SPARE_HOST_IDS, MAX_SPARE_HOST_IDS)
 }
+
+/// Envoy's default `overprovisioning_factor`: 140 (a level with ≥ 1/1.4 ≈ 71.4 % of its hosts
+/// usable takes all the load it is offered).
+pub const DEFAULT_OVERPROVISIONING_FACTOR: u32 = 140;
 
 /// Fewest spare host ids of a cluster whose hosts change in place ([`spare_host_slots`]).
 pub const MIN_SPARE_HOST_IDS: usize = 16;
@@ -913,6 +922,7 @@ impl Default for ClusterConfig {
             outlier_detection: None,
             circuit_breakers: CircuitBreakerSettings::default(),
             panic_threshold_percent: DEFAULT_PANIC_THRESHOLD_PERCENT,
+            overprovisioning_factor: DEFAULT_OVERPROVISIONING_FACTOR,
             kind: ClusterKind::Static,
             hosts: Vec::new(),
             dns: None,
@@ -971,11 +981,26 @@ pub struct HostConfig {
     pub address: SocketAddr,
     /// Relative weight, 1 to 1000 (default 1).
     pub weight: u32,
+    /// Its priority level (default 0, the most preferred; a cluster's priorities are
+    /// contiguous from 0): requests go to a level by the level loads
+    /// ([`crate::lb::priority`]). Not shown in the dump when 0.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub priority: u32,
     /// The labels its cluster's `transport_socket_matches` are matched against (from xDS: the
     /// endpoint's `envoy.transport_socket_match` metadata); `None`: no labels (only an entry
     /// with an empty `match` applies).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub transport_socket_match: Option<Box<TransportLabels>>,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
+}
+
+/// How many priority levels `hosts` have (0 for none): one past the highest priority.
+#[must_use]
+pub fn priority_levels(hosts: &[HostConfig]) -> u32 {
+    hosts.iter().map(|h| h.priority + 1).max().unwrap_or(0)
 }
 
 /// A host's `transport_socket_match` labels, or an entry's `match`: string keys and values,

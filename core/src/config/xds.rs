@@ -70,4 +70,49 @@ pub struct XdsConfig {
     /// update that needs them is refused (NACKed).
     #[serde(serialize_with = "ser_duration")]
     pub initial_fetch_timeout: Duration,
+    /// SDS servers of their own (`xds.sds_sources`), by the name the resources' `sds_config`
+    /// uses (`api_config_source.grpc_services[0].envoy_grpc.cluster_name`, Istio's
+    /// `sds-grpc`); empty: every secret comes over ADS.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub sds_sources: Vec<SdsSource>,
+}
+
+/// `xds.sds_sources[]`: a Secret Discovery Service of its own (Istio's agent), which the
+/// resources name in an `sds_config` of `api_config_source` type GRPC. Declared by the
+/// operator only: an xDS resource names a source, never an address or a path.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SdsSource {
+    /// The name the resources use (`sds-grpc`).
+    pub name: String,
+    /// Where it listens.
+    pub target: SdsTarget,
+}
+
+/// As the config writes it: `{ name, path }` or `{ name, cluster }`.
+impl Serialize for SdsSource {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut map = serializer.serialize_map(Some(2))?;
+        map.serialize_entry("name", &self.name)?;
+        match &self.target {
+            SdsTarget::Path(path) => map.serialize_entry("path", path)?,
+            SdsTarget::Cluster { name, .. } => map.serialize_entry("cluster", name)?,
+        }
+        map.end()
+    }
+}
+
+/// Where an SDS source listens.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SdsTarget {
+    /// A Unix socket (`path`; Istio: `./var/run/secrets/workload-spiffe-uds/socket`, relative
+    /// to the working directory), spoken to in cleartext HTTP/2.
+    Path(String),
+    /// A static cluster (`cluster`), dialled as the xDS cluster is (its first host, its `tls`).
+    Cluster {
+        /// The cluster's name.
+        name: String,
+        /// Its index in `Config::clusters`.
+        index: usize,
+    },
 }

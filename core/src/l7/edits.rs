@@ -10,7 +10,9 @@
 //! response edits (the route's `response_headers_to_remove` / `_to_add`). A route's field that
 //! overwrites (`append_action: overwrite_if_exists_or_add`, the file's default) replaces the
 //! fields of its name — the message's and those added before it; one that appends
-//! (`append_if_exists_or_add`, Envoy's default) goes out after them, which stay.
+//! (`append_if_exists_or_add`, Envoy's default) goes out after them, which stay; `add_if_absent`
+//! appends only when the message (as the edits before it leave it) has no field of its name,
+//! `overwrite_if_exists` replaces only when it has one.
 //!
 //! What it does not own: hop-by-hop fields (`connection` and the fields it names,
 //! `keep-alive`, `te`, `trailer`, `upgrade`, `proxy-connection`) are connection-level, so each
@@ -25,6 +27,7 @@
 //! - A field [`HeaderEdits::set`] goes out once: it replaces the message's fields of its name
 //!   and the additions made before it. A field [`HeaderEdits::append`]ed removes nothing.
 
+use crate::config::header_format::FormatContext;
 use crate::config::http::{AppendAction, HeaderValue};
 
 /// Edits of each kind kept in fixed slots before spilling to the heap.
@@ -143,19 +146,105 @@ impl<'a> HeaderEdits<'a> {
         self.add.as_slice()
     }
 
+    /// Whether the message will carry a field named `name` once the edits so far apply: one
+    /// was added, or the message has one (`in_message`) that no edit removes.
+    fn will_have(&self, name: &str, in_message: &dyn Fn(&str) -> bool) -> bool {
+        self.additions()
+            .iter()
+            .any(|(n, _)| n.eq_ignore_ascii_case(name))
+            || (!self.removals().iter().any(|n| n.eq_ignore_ascii_case(name)) && in_message(name))
+    }
+
     /// The route's edits: its removals, then its additions, each [`set`](Self::set) or
-    /// [`append`](Self::append)ed as its `append_action` says.
-    pub fn route(&mut self, remove: &'a [String], add: &'a [HeaderValue]) {
+    /// [`append`](Self::append)ed as its `append_action` says. The conditional actions
+    /// (`add_if_absent`, `overwrite_if_exists`) look at the message as the edits so far leave
+    /// it: `in_message` says whether the message as received has a field of a name (asked
+    /// only for those actions, so a route without them never looks).
+    ///
+    /// An entry with variables takes its value from `rendered` (which must have rendered
+    /// this `add` list for this message); one whose value renders empty adds nothing, as
+    /// Envoy's does.
+    pub fn route(
+        &mut self,
+        remove: &'a [String],
+        add: &'a [HeaderValue],
+        in_message: &dyn Fn(&str) -> bool,
+        rendered: &'a Rendered,
+    ) {
         for name in remove {
             self.remove(name);
         }
+        let mut formatted = 0;
         for h in add {
+            let value = if h.format.is_some() {
+                let value = rendered.value(formatted);
+                formatted += 1;
+                debug_assert!(value.is_some(), "the list was rendered");
+                match value {
+                    Some(v) if !v.is_empty() => v,
+                    _ => continue,
+                }
+            } else {
+                h.value.as_bytes()
+            };
+            let name = h.name.as_str();
             match h.append_action {
-                AppendAction::OverwriteIfExistsOrAdd => self.set(&h.name, h.value.as_bytes()),
-                AppendAction::AppendIfExistsOrAdd => self.append(&h.name, h.value.as_bytes()),
+                AppendAction::OverwriteIfExistsOrAdd => self.set(name, value),
+                AppendAction::AppendIfExistsOrAdd => self.append(name, value),
+                AppendAction::AddIfAbsent => {
+                    if !self.will_have(name, in_message) {
+                        self.append(name, value);
+                    }
+                }
+                AppendAction::OverwriteIfExists => {
+                    if self.will_have(name, in_message) {
+                        self.set(name, value);
+                    }
+                }
             }
         }
     }
+}
+
+/// The values of a list's entries that have variables, rendered for one message, in the
+/// list's order (one buffer and one list of ends, reused across messages: no allocation once
+/// warm, none at all for a list without variables).
+#[derive(Debug, Default)]
+pub struct Rendered {
+    buf: Vec<u8>,
+    ends: Vec<usize>,
+}
+
+impl Rendered {
+    /// Renders the entries of `add` that have variables, for the message `ctx` describes
+    /// (replacing what was rendered before).
+    pub fn render(&mut self, add: &[HeaderValue], ctx: &FormatContext<'_>) {
+        self.buf.clear();
+        self.ends.clear();
+        for f in add.iter().filter_map(|h| h.format.as_ref()) {
+            f.render(ctx, &mut self.buf);
+            self.ends.push(self.buf.len());
+        }
+    }
+
+    /// Empties it (for a list known to have no variables, nothing to do).
+    pub fn clear(&mut self) {
+        self.buf.clear();
+        self.ends.clear();
+    }
+
+    /// The `i`-th rendered value.
+    fn value(&self, i: usize) -> Option<&[u8]> {
+        let end = *self.ends.get(i)?;
+        let start = if i == 0 { 0 } else { self.ends[i - 1] };
+        Some(&self.buf[start..end])
+    }
+}
+
+/// Whether any entry of `add` has variables (what needs a [`Rendered::render`]).
+#[must_use]
+pub fn has_variables(add: &[HeaderValue]) -> bool {
+    add.iter().any(|h| h.format.is_some())
 }
 
 /// What the request edits of one hop need to know about the request and the connection.
@@ -182,6 +271,8 @@ pub fn request_edits<'a>(
     facts: &RequestFacts<'a>,
     route_remove: &'a [String],
     route_add: &'a [HeaderValue],
+    in_message: &dyn Fn(&str) -> bool,
+    rendered: &'a Rendered,
 ) {
     edits.set("x-forwarded-for", facts.forwarded_for);
     // Envoy's default `forward_client_cert_details: SANITIZE` removes it: a client's own
@@ -201,7 +292,7 @@ pub fn request_edits<'a>(
     if let Some(proto) = facts.forwarded_proto {
         edits.set("x-forwarded-proto", proto);
     }
-    edits.route(route_remove, route_add);
+    edits.route(route_remove, route_add, in_message, rendered);
 }
 
 /// `x-forwarded-for` with the client's address appended to the request's own (if it had one),
@@ -250,10 +341,17 @@ pub fn format_request_id(a: u64, b: u64, out: &mut [u8; 36]) {
 mod tests {
     use super::*;
 
+    /// For lists without variables.
+    static NONE_RENDERED: Rendered = Rendered {
+        buf: Vec::new(),
+        ends: Vec::new(),
+    };
+
     fn hv(name: &str, value: &str) -> HeaderValue {
         HeaderValue {
             name: name.into(),
             value: value.into(),
+            format: crate::config::header_format::HeaderFormat::parse(value).unwrap(),
             append_action: AppendAction::OverwriteIfExistsOrAdd,
         }
     }
@@ -278,7 +376,7 @@ mod tests {
         ];
         let mut edits = HeaderEdits::new();
         edits.set("x-forwarded-for", b"10.0.0.1");
-        edits.route(&[], &add);
+        edits.route(&[], &add, &|_| false, &NONE_RENDERED);
         assert_eq!(edits.removals(), ["x-forwarded-for", "x-b"]);
         assert_eq!(
             edits.additions(),
@@ -295,7 +393,7 @@ mod tests {
             .map(|i| appended("x-many", &i.to_string()))
             .collect();
         let mut edits = HeaderEdits::new();
-        edits.route(&[], &many);
+        edits.route(&[], &many, &|_| false, &NONE_RENDERED);
         assert!(edits.removals().is_empty());
         let values: Vec<&[u8]> = edits.additions().iter().map(|(_, v)| *v).collect();
         let want: Vec<String> = (0..INLINE_EDITS + 3).map(|i| i.to_string()).collect();
@@ -303,6 +401,106 @@ mod tests {
             values,
             want.iter().map(String::as_bytes).collect::<Vec<_>>()
         );
+    }
+
+    fn with(name: &str, value: &str, append_action: AppendAction) -> HeaderValue {
+        HeaderValue {
+            append_action,
+            ..hv(name, value)
+        }
+    }
+
+    /// `add_if_absent` adds only when the message — as received, less removals, plus what
+    /// earlier edits added — has no field of its name; `overwrite_if_exists` replaces only
+    /// when it has one. The message is asked only about those entries' names.
+    #[test]
+    fn conditional_actions_look_at_the_message_as_edited_so_far() {
+        let add = vec![
+            with("x-present", "new", AppendAction::AddIfAbsent),
+            with("x-absent", "new", AppendAction::AddIfAbsent),
+            with("x-removed", "new", AppendAction::AddIfAbsent),
+            with("x-proxy", "new", AppendAction::AddIfAbsent),
+            with("X-Present2", "new", AppendAction::OverwriteIfExists),
+            with("x-absent2", "new", AppendAction::OverwriteIfExists),
+            with("x-removed2", "new", AppendAction::OverwriteIfExists),
+            with("x-proxy2", "new", AppendAction::OverwriteIfExists),
+        ];
+        let remove = vec!["x-removed".to_string(), "x-removed2".to_string()];
+        let asked = std::cell::RefCell::new(Vec::new());
+        let in_message = |name: &str| {
+            asked.borrow_mut().push(name.to_owned());
+            ["x-present", "x-present2", "x-removed", "x-removed2"]
+                .iter()
+                .any(|n| n.eq_ignore_ascii_case(name))
+        };
+        let mut edits = HeaderEdits::new();
+        edits.append("x-proxy", b"p");
+        edits.set("x-proxy2", b"p");
+        edits.route(&remove, &add, &in_message, &NONE_RENDERED);
+        assert_eq!(
+            edits.removals(),
+            [
+                "x-proxy2",
+                "x-removed",
+                "x-removed2",
+                "X-Present2",
+                "x-proxy2"
+            ]
+        );
+        assert_eq!(
+            edits.additions(),
+            [
+                ("x-proxy", &b"p"[..]),
+                ("x-absent", b"new"),
+                ("x-removed", b"new"),
+                ("X-Present2", b"new"),
+                ("x-proxy2", b"new"),
+            ]
+        );
+        // Plain actions never ask.
+        asked.borrow_mut().clear();
+        let mut edits = HeaderEdits::new();
+        edits.route(
+            &[],
+            &[hv("x-a", "1"), appended("x-b", "2")],
+            &in_message,
+            &NONE_RENDERED,
+        );
+        assert!(asked.borrow().is_empty());
+    }
+
+    /// Entries with variables take their rendered values, in order among the plain ones; one
+    /// that renders empty (a request header the request lacks) adds nothing, and a plain
+    /// entry's value goes out as written.
+    #[test]
+    fn variables_are_rendered_per_message() {
+        let add = vec![
+            hv("x-client", "%DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT%"),
+            hv("x-plain", "as-is"),
+            hv("x-missing", "%REQ(x-absent)%"),
+            appended("x-proto", "via %PROTOCOL%, 100%%"),
+        ];
+        let lookup = |_: &str| -> Option<&[u8]> { None };
+        let ctx = FormatContext {
+            downstream_remote: "10.1.2.3:4444".parse().unwrap(),
+            protocol: "HTTP/2",
+            hostname: "h",
+            request_header: &lookup,
+        };
+        let mut rendered = Rendered::default();
+        rendered.render(&add, &ctx);
+        let mut edits = HeaderEdits::new();
+        edits.route(&[], &add, &|_| false, &rendered);
+        assert_eq!(
+            edits.additions(),
+            [
+                ("x-client", &b"10.1.2.3"[..]),
+                ("x-plain", b"as-is"),
+                ("x-proto", b"via HTTP/2, 100%"),
+            ]
+        );
+        assert!(has_variables(&add));
+        assert!(!has_variables(&[hv("x", "100 percent")]));
     }
 
     /// A field set replaces what earlier edits added under its name (any case), so it goes out
@@ -315,7 +513,7 @@ mod tests {
             hv("Grpc-Timeout", "1S"),
         ];
         let mut edits = HeaderEdits::new();
-        edits.route(&[], &route);
+        edits.route(&[], &route, &|_| false, &NONE_RENDERED);
         edits.set("x-envoy-attempt-count", b"1");
         edits.set("grpc-timeout", b"500m");
         assert_eq!(
@@ -385,6 +583,8 @@ mod tests {
             },
             &remove,
             &add,
+            &|_| false,
+            &NONE_RENDERED,
         );
         assert_eq!(
             edits.removals(),

@@ -22,6 +22,18 @@
 //! `transport_socket_matches`, read with its address where it is picked); it never changes
 //! while the slot holds the host — a host whose pick changes comes back as another host.
 //!
+//! ## Priority levels
+//!
+//! Each host has a priority ([`Host::priority`]); the cluster keeps the level loads
+//! ([`crate::lb::priority::PriorityLoad`]) computed from how many of each level's present hosts
+//! are usable, and a pick first draws a level by them, then balances within it. The loads are
+//! recomputed when health or hosts change ([`ClusterState::apply_health`], and lazily at the
+//! next pick after [`ClusterState::set_available`] or [`ClusterState::update_hosts`]), never
+//! per request. A cluster of one level draws nothing: its picks are what they always were.
+//!
+//! Invariant: a host is available exactly when its slot is present and it is usable or its
+//! level is in panic (once the loads are up to date).
+//!
 //! Each slot has an epoch ([`crate::host`]: bumped whenever the slot's host changes; 0
 //! forever in a static cluster). [`ClusterState::host_ref`] names the host a pick got, and
 //! [`ClusterState::is_current`] says whether a [`HostRef`] still names the slot's host: the
@@ -34,6 +46,7 @@ use crate::health::{Availability, CircuitBreakers};
 // hosts and host ids) and this module (which owns them); re-exported at their old paths.
 pub use crate::host::{Host, HostId, HostRef, Slot, SlotHost, Transport};
 use crate::lb::Balancer;
+use crate::lb::priority::{LevelCount, PriorityLoad};
 use crate::rng::Rng;
 
 /// The placeholder address of an `original_dst` cluster's one host (see
@@ -49,8 +62,20 @@ pub struct ClusterState {
     /// Per host: whether its slot holds an address (always, except in a DNS cluster).
     present: Vec<bool>,
     /// Per host: the availability health checking and outlier detection decided (a free
-    /// slot's host is unavailable whatever this says).
+    /// slot's host is unavailable whatever this says; a host of a level in panic is available
+    /// whatever this says).
     wanted: Vec<bool>,
+    /// The level loads and panics, as of the last recomputation.
+    levels: PriorityLoad,
+    /// Scratch for the recomputation: per level, its hosts and usable hosts.
+    level_counts: Vec<LevelCount>,
+    /// `wanted` or the hosts changed since the loads were computed.
+    levels_stale: bool,
+    /// The cluster's `overprovisioning_factor`.
+    overprovisioning_factor: u32,
+    /// The panic threshold of the last [`ClusterState::apply_health`]; 0 (no panic here: the
+    /// caller's `set_available` decides) until then.
+    panic_threshold_percent: u32,
     /// Per host: its slot's epoch (see [`crate::host`]).
     epochs: Vec<u32>,
     balancer: Balancer,
@@ -76,6 +101,7 @@ impl ClusterState {
                 address: h.address,
                 weight: h.weight,
                 transport: cfg.host_transport(h),
+                priority: h.priority,
                 available: true,
                 active: 0,
                 swrr_current: 0,
@@ -89,6 +115,7 @@ impl ClusterState {
                 address: ORIGINAL_DESTINATION,
                 weight: 1,
                 transport: unlabelled,
+                priority: 0,
                 available: true,
                 active: 0,
                 swrr_current: 0,
@@ -101,6 +128,7 @@ impl ClusterState {
                     address: ORIGINAL_DESTINATION,
                     weight: 1,
                     transport: unlabelled,
+                    priority: 0,
                     available: false,
                     active: 0,
                     swrr_current: 0,
@@ -115,6 +143,7 @@ impl ClusterState {
                 address: ORIGINAL_DESTINATION,
                 weight: 1,
                 transport: unlabelled,
+                priority: 0,
                 available: false,
                 active: 0,
                 swrr_current: 0,
@@ -125,8 +154,13 @@ impl ClusterState {
             .collect();
         let balancer =
             Balancer::for_present_hosts(cfg.lb_policy, &hosts, &present, cfg.minimum_ring_size);
-        ClusterState {
+        let mut state = ClusterState {
             name: cfg.name.clone(),
+            levels: PriorityLoad::default(),
+            level_counts: Vec::new(),
+            levels_stale: true,
+            overprovisioning_factor: cfg.overprovisioning_factor,
+            panic_threshold_percent: 0,
             wanted: vec![true; hosts.len()],
             epochs: vec![0; hosts.len()],
             present,
@@ -135,7 +169,9 @@ impl ClusterState {
             minimum_ring_size: cfg.minimum_ring_size,
             breakers: CircuitBreakers::new(cfg.circuit_breakers),
             unlabelled,
-        }
+        };
+        state.refresh_levels();
+        state
     }
 
     /// The state worker `worker` of `workers` keeps: like [`ClusterState::from_config`], with
@@ -208,17 +244,97 @@ impl ClusterState {
         exclude: &[HostId],
         hash: Option<u64>,
     ) -> Option<HostId> {
+        if self.levels_stale {
+            self.refresh_levels();
+        }
+        let level = if self.levels.load.len() <= 1 {
+            // One level (or none): nothing to draw, the picks are a cluster's without levels.
+            None
+        } else if let Some(sole) = self.levels.sole_level() {
+            Some(sole)
+        } else {
+            // Envoy draws the level of a consistent-hash pick from the hash itself.
+            let draw = match hash.filter(|_| self.policy().is_consistent_hash()) {
+                Some(h) => (h % 100) as u32,
+                None => rng.below(100) as u32,
+            };
+            self.levels.pick_level(draw)
+        };
         self.balancer
-            .pick_hashed(&mut self.hosts, rng, exclude, hash)
+            .pick_in_level(&mut self.hosts, rng, exclude, hash, level)
     }
 
-    /// Marks a host (un)available for picking (a free slot stays unavailable until filled).
+    /// Marks a host (un)available for picking (a free slot stays unavailable until filled):
+    /// one host's verdict of health checking and outlier detection. The level loads follow at
+    /// the next pick.
     pub fn set_available(&mut self, id: HostId, available: bool) {
         self.wanted[id.index()] = available;
+        self.levels_stale = true;
         let available = available && self.present[id.index()];
         let host = &mut self.hosts[id.index()];
         if host.available != available {
             host.available = available;
+            self.balancer.availability_changed();
+        }
+    }
+
+    /// Applies health checking's and outlier detection's verdicts, one per host (`usable`:
+    /// healthy and not ejected), with the cluster's panic threshold: recomputes the level loads
+    /// and panics now, and makes available every present host that is usable or whose level
+    /// is in panic. Returns whether some level is in panic.
+    ///
+    /// A host past the end of `usable` keeps its verdict (an `original_dst` cluster's one
+    /// host, which no health check judges).
+    pub fn apply_health(&mut self, usable: &[bool], panic_threshold_percent: u32) -> bool {
+        for (w, &u) in self.wanted.iter_mut().zip(usable) {
+            *w = u;
+        }
+        self.panic_threshold_percent = panic_threshold_percent;
+        self.refresh_levels();
+        self.levels.any_panic()
+    }
+
+    /// The level loads and panics (up to date after [`ClusterState::apply_health`] or a pick).
+    #[must_use]
+    pub fn priority_load(&self) -> &PriorityLoad {
+        &self.levels
+    }
+
+    /// Recomputes the level loads from the present hosts' priorities and verdicts, and the
+    /// hosts' availability from them (no allocation unless the number of levels grows).
+    fn refresh_levels(&mut self) {
+        self.levels_stale = false;
+        let levels = self
+            .hosts
+            .iter()
+            .zip(&self.present)
+            .filter(|(_, p)| **p)
+            .map(|(h, _)| h.priority as usize + 1)
+            .max()
+            .unwrap_or(0);
+        self.level_counts.clear();
+        self.level_counts.resize(levels, LevelCount::default());
+        for ((h, &present), &usable) in self.hosts.iter().zip(&self.present).zip(&self.wanted) {
+            if present {
+                let c = &mut self.level_counts[h.priority as usize];
+                c.hosts += 1;
+                c.usable += u32::from(usable);
+            }
+        }
+        self.levels.compute(
+            &self.level_counts,
+            self.overprovisioning_factor,
+            self.panic_threshold_percent,
+        );
+        let mut changed = false;
+        for ((h, &present), &usable) in self.hosts.iter_mut().zip(&self.present).zip(&self.wanted) {
+            let available = present && (usable || self.levels.is_panic(h.priority));
+            if h.available != available {
+                h.available = available;
+                changed = true;
+            }
+        }
+        if changed {
             self.balancer.availability_changed();
         }
     }
@@ -288,6 +404,7 @@ impl ClusterState {
                     address: h.address,
                     weight: h.weight,
                     transport: h.transport,
+                    priority: h.priority,
                 })
             })
             .collect()
@@ -328,6 +445,7 @@ impl ClusterState {
                     address,
                     weight,
                     transport,
+                    priority,
                 }) => {
                     if moved || renumbered {
                         gone.push(HostId(i as u32));
@@ -339,6 +457,10 @@ impl ClusterState {
                     }
                     if host.weight != weight {
                         host.weight = weight;
+                        changed = true;
+                    }
+                    if host.priority != priority {
+                        host.priority = priority;
                         changed = true;
                     }
                 }
@@ -356,6 +478,7 @@ impl ClusterState {
             }
         }
         if changed {
+            self.levels_stale = true;
             self.balancer = Balancer::for_present_hosts(
                 self.policy(),
                 &self.hosts,
@@ -503,6 +626,7 @@ mod tests {
             hosts: vec![crate::config::HostConfig {
                 address: addr(9),
                 weight: 1,
+                priority: 0,
                 transport_socket_match: None,
             }],
             ..ClusterConfig::default()
@@ -673,6 +797,7 @@ mod tests {
                 address: h.address,
                 weight: h.weight,
                 transport: web.host_transport(h),
+                priority: h.priority,
             })
             .collect();
         let merged = merge_answer(&c.slots(), &answer);
@@ -692,3 +817,6 @@ mod tests {
         assert!(!c.host(HostId(0)).available);
     }
 }
+
+#[cfg(test)]
+mod priority_tests;

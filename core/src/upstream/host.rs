@@ -76,6 +76,8 @@ pub struct Host {
     pub weight: u32,
     /// How it is reached ([`Transport`]): part of which host it is, with its address.
     pub transport: Transport,
+    /// Its priority level (0, the default, is the most preferred; see [`crate::lb::priority`]).
+    pub priority: u32,
     /// Whether the balancer may pick it.
     pub available: bool,
     /// Connections (L4) or requests (L7) it is serving now.
@@ -100,6 +102,9 @@ pub struct SlotHost {
     pub weight: u32,
     /// How it is reached.
     pub transport: Transport,
+    /// Its priority level; not part of which host it is (a new priority keeps the slot, and
+    /// with it the host's health and outlier state).
+    pub priority: u32,
 }
 
 impl SlotHost {
@@ -110,10 +115,11 @@ impl SlotHost {
             address,
             weight,
             transport: None,
+            priority: 0,
         }
     }
 
-    /// Which host it is: its address and transport (not its weight).
+    /// Which host it is: its address and transport (not its weight or priority).
     #[must_use]
     pub fn key(self) -> (SocketAddr, Transport) {
         (self.address, self.transport)
@@ -163,10 +169,10 @@ pub fn merge_answer(slots: &[Slot], answer: &[SlotHost]) -> Merged {
     // O(n log n) in the slots and the answer (one ordered map each; a `BTreeMap`, so nothing
     // depends on a seeded hash): a 10 000-endpoint EDS update is merged on the main thread.
     let mut unique: Vec<SlotHost> = Vec::with_capacity(answer.len());
-    let mut weights: BTreeMap<(SocketAddr, Transport), u32> = BTreeMap::new();
+    let mut weights: BTreeMap<(SocketAddr, Transport), (u32, u32)> = BTreeMap::new();
     for &h in answer {
         if let std::collections::btree_map::Entry::Vacant(e) = weights.entry(h.key()) {
-            e.insert(h.weight);
+            e.insert((h.weight, h.priority));
             unique.push(h);
         }
     }
@@ -177,7 +183,10 @@ pub fn merge_answer(slots: &[Slot], answer: &[SlotHost]) -> Merged {
     for (i, slot) in next.iter_mut().enumerate() {
         if let Some(host) = slot {
             match weights.get(&host.key()) {
-                Some(&w) => host.weight = w,
+                Some(&(weight, priority)) => {
+                    host.weight = weight;
+                    host.priority = priority;
+                }
                 None => {
                     *slot = None;
                     removed += 1;
@@ -266,6 +275,7 @@ mod tests {
             address: a,
             weight: w,
             transport: Some(0),
+            priority: 0,
         };
         let first = merge_answer(&[None; 4], &[tls(addr(1), 1), tls(addr(2), 1)]);
         assert_eq!(
@@ -354,6 +364,7 @@ mod tests {
                 address: addr(n),
                 weight: w,
                 transport: (t == 1).then_some(0),
+                priority: w % 2,
             };
             // Slots without duplicates, as a merge leaves them.
             let mut seen = Vec::new();
@@ -373,10 +384,10 @@ mod tests {
             dedup.sort();
             dedup.dedup();
             prop_assert_eq!(dedup.len(), present.len());
-            // Only answered hosts, each with its first weight.
+            // Only answered hosts, each with its first weight and priority.
             for h in merged.slots.iter().flatten() {
                 let first = answer.iter().find(|x| x.key() == h.key());
-                prop_assert_eq!(first.map(|f| f.weight), Some(h.weight));
+                prop_assert_eq!(first.map(|f| (f.weight, f.priority)), Some((h.weight, h.priority)));
             }
             // A host that stays keeps its id; one whose transport changed does not.
             for (i, s) in slots.iter().enumerate() {

@@ -30,9 +30,22 @@
 //!
 //! No pick allocates (a ring or table is allocated when the balancer is built; a Maglev rebuild
 //! reuses its memory).
+//!
+//! ## Priority levels
+//!
+//! A cluster whose hosts have more than one priority first picks a level ([`priority`], by the
+//! level loads its `ClusterState` keeps), then balances within it
+//! ([`Balancer::pick_in_level`]): the candidates are the level's hosts only, with every rule
+//! above. The hash policies keep one ring or table over all hosts and skip the points of the
+//! other levels' hosts as they skip unavailable ones: for ring hash that is exactly a ring per
+//! level (Envoy builds one per level: the same mapping, the level's share of the points); for
+//! Maglev it is a walk forward to the next entry of the level, which keeps the hash → host
+//! mapping stable but spreads less evenly than a table per level would. A level with no
+//! available host (only when panic is off) falls back to every available host.
 
 pub mod hash;
 pub mod maglev;
+pub mod priority;
 pub mod ring;
 
 pub use hash::{hash_bytes, request_hash};
@@ -48,6 +61,10 @@ use ring::Ring;
 pub struct Balancer {
     policy: LbPolicy,
     cursor: usize,
+    /// Round robin over priority levels: each level's own cursor (level `i` at `i`), swapped
+    /// into `cursor` for a pick in the level, so that the levels' turns do not skew each
+    /// other. Grows when a level is first picked in.
+    level_cursors: Vec<usize>,
     /// `ring_hash`: the ring's least size.
     minimum_ring_size: u32,
     /// Moves at every [`Balancer::availability_changed`].
@@ -65,6 +82,7 @@ impl Balancer {
         Balancer {
             policy,
             cursor: 0,
+            level_cursors: Vec::new(),
             minimum_ring_size: DEFAULT_MINIMUM_RING_SIZE,
             generation: 0,
             ring: None,
@@ -146,16 +164,45 @@ impl Balancer {
         exclude: &[HostId],
         hash: Option<u64>,
     ) -> Option<HostId> {
-        let strict = |i: usize, h: &Host| h.available && !exclude.contains(&HostId(i as u32));
-        let relaxed = |_: usize, h: &Host| h.available;
-        if hosts.iter().enumerate().any(|(i, h)| strict(i, h)) {
-            self.pick_among(hosts, rng, &strict, hash)
-        } else if hosts.iter().any(|h| h.available) {
-            self.pick_among(hosts, rng, &relaxed, hash)
-        } else {
-            // Nothing to pick (and no ring to walk round in vain).
-            None
+        self.pick_in_level(hosts, rng, exclude, hash, None)
+    }
+
+    /// [`Balancer::pick_hashed`] among the hosts of priority `level` only (`None`: every
+    /// host); a level without an available host falls back to every host (see the module
+    /// doc).
+    pub fn pick_in_level(
+        &mut self,
+        hosts: &mut [Host],
+        rng: &mut Rng,
+        exclude: &[HostId],
+        hash: Option<u64>,
+        level: Option<u32>,
+    ) -> Option<HostId> {
+        let in_level = |h: &Host| level.is_none_or(|l| h.priority == l);
+        let strict =
+            |i: usize, h: &Host| h.available && in_level(h) && !exclude.contains(&HostId(i as u32));
+        let relaxed = |_: usize, h: &Host| h.available && in_level(h);
+        let ok: &dyn Fn(usize, &Host) -> bool =
+            if hosts.iter().enumerate().any(|(i, h)| strict(i, h)) {
+                &strict
+            } else if hosts.iter().any(|h| relaxed(0, h)) {
+                &relaxed
+            } else if level.is_some() {
+                return self.pick_in_level(hosts, rng, exclude, hash, None);
+            } else {
+                // Nothing to pick (and no ring to walk round in vain).
+                return None;
+            };
+        let Some(l) = level.map(|l| l as usize) else {
+            return self.pick_among(hosts, rng, ok, hash);
+        };
+        if self.level_cursors.len() <= l {
+            self.level_cursors.resize(l + 1, 0);
         }
+        std::mem::swap(&mut self.cursor, &mut self.level_cursors[l]);
+        let picked = self.pick_among(hosts, rng, ok, hash);
+        std::mem::swap(&mut self.cursor, &mut self.level_cursors[l]);
+        picked
     }
 
     /// The consistent-hash pick: the first candidate from the hash's point of the ring or

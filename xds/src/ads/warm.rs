@@ -6,7 +6,8 @@
 //! has waited too long (`filled`: the EDS and RDS names taken as received empty).
 //!
 //! A resource of the candidate is *usable* when what it waits for is there: a cluster, its
-//! ClusterLoadAssignment (or its name in `filled`) and its SDS secrets; a route configuration,
+//! ClusterLoadAssignment (or its name in `filled`) and its SDS secrets (over ADS, or from an
+//! SDS source the bootstrap declares: [`Resources::source_secrets`]); a route configuration,
 //! every cluster of the candidate it routes to being served; a listener, its route
 //! configurations (each served at some version, or in `filled`), its SDS secrets and every
 //! cluster of the candidate it (TCP proxy, inline routes) routes to being served. Each resource
@@ -114,12 +115,57 @@ pub(crate) fn placeholder_secret(name: &str, validation: bool) -> Secret {
     }
 }
 
-/// What to serve (see the module doc). `statics`: the bootstrap's cluster names.
+/// A secret a TLS context waits for: its SDS source (`None`: ADS) and its name.
+pub(crate) type SecretKey = (Option<String>, String);
+
+/// The secrets the TLS contexts of `clusters` and `listeners` wait for: those over ADS and
+/// those from the declared SDS sources `sources` (a secret from a source the bootstrap does
+/// not declare is not waited for: translation refuses its context by path).
+pub(crate) fn secrets_of<'a>(
+    clusters: impl IntoIterator<Item = &'a Cluster> + Clone,
+    listeners: impl IntoIterator<Item = &'a Listener> + Clone,
+    sources: &BTreeSet<String>,
+) -> BTreeSet<SecretKey> {
+    let mut out: BTreeSet<SecretKey> = translate::sds_names(clusters.clone(), listeners.clone())
+        .into_iter()
+        .map(|n| (None, n))
+        .collect();
+    for (source, names) in translate::source_sds_names(clusters, listeners) {
+        if sources.contains(&source) {
+            out.extend(names.into_iter().map(|n| (Some(source.clone()), n)));
+        }
+    }
+    out
+}
+
+/// The secret `key` in `res`, if there.
+pub(crate) fn secret<'r>(res: &'r Resources, key: &SecretKey) -> Option<&'r Secret> {
+    match &key.0 {
+        None => res.secrets.get(&key.1),
+        Some(source) => res.source_secrets.get(source)?.get(&key.1),
+    }
+}
+
+/// Puts `s` in `res` as the secret `key`.
+pub(crate) fn insert_secret(res: &mut Resources, key: &SecretKey, s: Secret) {
+    match &key.0 {
+        None => res.secrets.insert(key.1.clone(), s),
+        Some(source) => res
+            .source_secrets
+            .entry(source.clone())
+            .or_default()
+            .insert(key.1.clone(), s),
+    };
+}
+
+/// What to serve (see the module doc). `statics`: the bootstrap's cluster names; `sources`:
+/// its SDS sources.
 pub(crate) fn select(
     applied: &Resources,
     candidate: &Resources,
     filled: &Filled,
     statics: &BTreeSet<String>,
+    sources: &BTreeSet<String>,
 ) -> Resources {
     let mut out = Resources::default();
     // Clusters first: what routes and listeners may point at.
@@ -132,9 +178,9 @@ pub(crate) fn select(
                 .cloned()
                 .or_else(|| filled.endpoints.contains(s).then(|| empty_assignment(s)))
         });
-        let secrets = translate::sds_names([c], []);
+        let secrets = secrets_of([c], [], sources);
         let warm = (service.is_none() || endpoints.is_some())
-            && secrets.iter().all(|s| candidate.secrets.contains_key(s));
+            && secrets.iter().all(|s| secret(candidate, s).is_some());
         if warm {
             out.clusters.insert(name.clone(), c.clone());
             if let (Some(s), Some(e)) = (service, endpoints) {
@@ -142,7 +188,7 @@ pub(crate) fn select(
             }
             copy_secrets(&secrets, candidate, applied, &mut out);
         } else if let Some(old) = applied.clusters.get(name) {
-            keep_applied_cluster(old, applied, candidate, &mut out);
+            keep_applied_cluster(old, applied, candidate, sources, &mut out);
         }
     }
     // Route configurations: each name at one version, the candidate's if its clusters are
@@ -176,13 +222,13 @@ pub(crate) fn select(
     // Listeners.
     let mut chosen = Vec::new();
     for (name, l) in &candidate.listeners {
-        let usable = listener_ready(l, &out, candidate, |c| {
+        let usable = listener_ready(l, &out, candidate, sources, |c| {
             served(c, &out) || !candidate.clusters.contains_key(c)
         });
         if usable {
             chosen.push((name.clone(), l.clone(), false));
         } else if let Some(old) = applied.listeners.get(name)
-            && listener_ready(old, &out, applied, |_| true)
+            && listener_ready(old, &out, applied, sources, |_| true)
         {
             chosen.push((name.clone(), old.clone(), true));
         }
@@ -195,7 +241,7 @@ pub(crate) fn select(
     out.routes.retain(|r, _| routes_used.contains(r));
     let mut old_listeners = Vec::new();
     for (name, l, from_applied) in chosen {
-        let secrets = translate::sds_names([], [&l]);
+        let secrets = secrets_of([], [&l], sources);
         if from_applied {
             old_listeners.push(name.clone());
             copy_secrets(&secrets, candidate, applied, &mut out);
@@ -222,7 +268,7 @@ pub(crate) fn select(
         if !out.clusters.contains_key(&c)
             && let Some(old) = applied.clusters.get(&c)
         {
-            keep_applied_cluster(old, applied, candidate, &mut out);
+            keep_applied_cluster(old, applied, candidate, sources, &mut out);
         }
     }
     out
@@ -234,6 +280,7 @@ fn keep_applied_cluster(
     old: &Cluster,
     applied: &Resources,
     candidate: &Resources,
+    sources: &BTreeSet<String>,
     out: &mut Resources,
 ) {
     if let Some(s) = translate::eds_service_name(old) {
@@ -245,20 +292,20 @@ fn keep_applied_cluster(
             .unwrap_or_else(|| empty_assignment(s));
         out.endpoints.insert(s.to_owned(), e);
     }
-    copy_secrets(&translate::sds_names([old], []), candidate, applied, out);
+    copy_secrets(&secrets_of([old], [], sources), candidate, applied, out);
     out.clusters.insert(old.name.clone(), old.clone());
 }
 
 /// Copies the named secrets, the candidate's when there, else `fallback`'s.
 fn copy_secrets(
-    names: &BTreeSet<String>,
+    names: &BTreeSet<SecretKey>,
     candidate: &Resources,
     fallback: &Resources,
     out: &mut Resources,
 ) {
-    for n in names {
-        if let Some(s) = candidate.secrets.get(n).or_else(|| fallback.secrets.get(n)) {
-            out.secrets.insert(n.clone(), s.clone());
+    for key in names {
+        if let Some(s) = secret(candidate, key).or_else(|| secret(fallback, key)) {
+            insert_secret(out, key, s.clone());
         }
     }
 }
@@ -269,14 +316,15 @@ fn listener_ready(
     l: &Listener,
     out: &Resources,
     from: &Resources,
+    sources: &BTreeSet<String>,
     cluster_ok: impl Fn(&str) -> bool,
 ) -> bool {
     let mut rds = BTreeSet::new();
     super::rds_of(l, &mut rds);
     rds.iter().all(|r| out.routes.contains_key(r))
-        && translate::sds_names([], [l])
+        && secrets_of([], [l], sources)
             .iter()
-            .all(|s| from.secrets.contains_key(s))
+            .all(|s| secret(from, s).is_some())
         && listener_clusters(l).iter().all(|c| cluster_ok(c))
 }
 

@@ -7,8 +7,12 @@
 //! `service_name` and `authority`; `initial_metadata` refused); `outlier_detection`
 //! (consecutive 5xx and gateway failures with their `enforcing_*` at 0 or 100, ejection times and
 //! percentage); `circuit_breakers` (DEFAULT priority); `common_lb_config.healthy_panic_threshold`.
-//! Endpoints: every locality of priority 0, hosts whose `health_status` is UNHEALTHY, DRAINING
-//! or TIMEOUT left out, `load_balancing_weight` kept; an assignment that lists no endpoint (or
+//! Endpoints: every locality, its `priority` kept on each of its hosts (priorities contiguous
+//! from 0, else NACKed at the first locality past the gap; a level all of whose hosts are left
+//! out is dropped and the levels after it move up, which balances as Envoy does with a level
+//! of no healthy host), `policy.overprovisioning_factor` kept (`overprovisioning_factor`), hosts
+//! whose `health_status` is UNHEALTHY, DRAINING or TIMEOUT left out, `load_balancing_weight`
+//! kept; an assignment that lists no endpoint (or
 //! a STATIC cluster without `load_assignment`, istiod's `BlackHoleCluster`) is a cluster of no
 //! hosts, as in Envoy: HTTP requests to it are answered 503, TCP connections closed; one that
 //! lists endpoints none of which is usable is refused (NACKed, the last hosts kept: Envoy
@@ -29,9 +33,7 @@ use envoy_types::pb::envoy::config::core::v3::{
 use envoy_types::pb::envoy::config::endpoint::v3::{
     ClusterLoadAssignment, lb_endpoint::HostIdentifier,
 };
-use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::Secret;
 use serde_json::{Value, json};
-use std::collections::BTreeMap;
 
 use super::{At, Notes, ResourceType, TranslateError, duration, object, reject_rest, take};
 
@@ -54,7 +56,7 @@ pub fn eds_service_name(c: &Cluster) -> Option<&str> {
 pub fn translate_cluster(
     c: &Cluster,
     endpoints: Option<&ClusterLoadAssignment>,
-    secrets: &BTreeMap<String, Secret>,
+    secrets: &super::Secrets<'_>,
     notes: &mut Notes,
 ) -> Result<Value, TranslateError> {
     let at = At::root(ResourceType::Cluster, &c.name);
@@ -275,7 +277,7 @@ pub fn translate_cluster(
     let load_assignment = take(&mut rest.load_assignment);
     reject_rest(&rest, &at)?;
 
-    let (type_name, hosts) = match kind {
+    let (type_name, assignment) = match kind {
         DiscoveryType::OriginalDst => ("original_dst", None),
         DiscoveryType::Eds => {
             if load_assignment.is_some() {
@@ -292,7 +294,7 @@ pub fn translate_cluster(
         // no usable endpoint, a cluster of no hosts: requests to it are answered 503, a TCP
         // proxy to it closes the connection (Envoy's no-healthy-upstream).
         _ => match load_assignment {
-            None => ("static", Some(Vec::new())),
+            None => ("static", Some(Assignment::default())),
             Some(cla) => (
                 "static",
                 Some(hosts(&cla, &at.field("load_assignment"), notes)?),
@@ -313,7 +315,14 @@ pub fn translate_cluster(
         ("outlier_detection", outlier_detection),
         ("circuit_breakers", circuit_breakers),
         ("panic_threshold", panic_threshold),
-        ("hosts", hosts.map(Value::Array)),
+        (
+            "overprovisioning_factor",
+            assignment
+                .as_ref()
+                .and_then(|a| a.overprovisioning_factor)
+                .map(|f| json!(f)),
+        ),
+        ("hosts", assignment.map(|a| Value::Array(a.hosts))),
     ]))
 }
 
@@ -354,7 +363,7 @@ fn string_labels(
 fn transport_socket_matches(
     matches: Vec<envoy_types::pb::envoy::config::cluster::v3::cluster::TransportSocketMatch>,
     at: &At<'_>,
-    secrets: &BTreeMap<String, Secret>,
+    secrets: &super::Secrets<'_>,
     notes: &mut Notes,
 ) -> Result<Option<Value>, TranslateError> {
     if matches.is_empty() {
@@ -410,7 +419,16 @@ pub(crate) fn config_source(source: &ConfigSource, at: &At<'_>) -> Result<(), Tr
     reject_rest(&rest, at)
 }
 
-/// The usable hosts of an assignment: priority 0, not UNHEALTHY / DRAINING / TIMEOUT. An
+/// An assignment's usable hosts (`clusters[].hosts`, each with its `priority`) and its
+/// `policy.overprovisioning_factor`.
+#[derive(Debug, Default)]
+struct Assignment {
+    hosts: Vec<Value>,
+    overprovisioning_factor: Option<u32>,
+}
+
+/// The usable hosts of an assignment: not UNHEALTHY / DRAINING / TIMEOUT, each with its
+/// locality's priority (contiguous from 0; levels left empty dropped, see the module doc). An
 /// assignment that lists no endpoint is a cluster of no hosts; one that lists endpoints of
 /// which none is usable is refused (NACKed: the last hosts stay) — Envoy keeps such hosts and,
 /// at 0 % healthy, sends to all of them (panic mode), which keeping the last ones is closer
@@ -419,24 +437,31 @@ fn hosts(
     cla: &ClusterLoadAssignment,
     at: &At<'_>,
     notes: &mut Notes,
-) -> Result<Vec<Value>, TranslateError> {
+) -> Result<Assignment, TranslateError> {
     let mut rest = cla.clone();
     take(&mut rest.cluster_name);
+    let mut overprovisioning_factor = None;
     if let Some(mut policy) = take(&mut rest.policy) {
         let p_at = at.field("policy");
-        // One priority level: over-provisioning changes nothing.
-        take(&mut policy.overprovisioning_factor);
+        if let Some(f) = take(&mut policy.overprovisioning_factor) {
+            if f.value == 0 {
+                return Err(p_at
+                    .field("overprovisioning_factor")
+                    .error("must be greater than 0"));
+            }
+            overprovisioning_factor = Some(f.value);
+        }
         reject_rest(&policy, &p_at)?;
     }
     let localities = take(&mut rest.endpoints);
     reject_rest(&rest, at)?;
-    let mut out = Vec::new();
+    check_priorities_contiguous(&localities, at)?;
+    // (host, its locality's priority), in order.
+    let mut out: Vec<(Value, u32)> = Vec::new();
     let mut listed = 0usize;
     for (i, mut locality) in localities.into_iter().enumerate() {
         let l_at = at.field("endpoints").index(i);
-        if take(&mut locality.priority) != 0 {
-            return Err(l_at.field("priority").error("only priority 0 is supported"));
-        }
+        let priority = take(&mut locality.priority);
         for (set, field) in [
             (take(&mut locality.locality).is_some(), "locality"),
             (take(&mut locality.metadata).is_some(), "metadata"),
@@ -487,11 +512,14 @@ fn hosts(
             );
             listed += 1;
             if usable {
-                out.push(object([
-                    ("address", Some(json!(address))),
-                    ("weight", weight),
-                    ("transport_socket_match", labels),
-                ]));
+                out.push((
+                    object([
+                        ("address", Some(json!(address))),
+                        ("weight", weight),
+                        ("transport_socket_match", labels),
+                    ]),
+                    priority,
+                ));
             }
         }
     }
@@ -502,7 +530,55 @@ fn hosts(
              of no hosts)",
         ));
     }
-    Ok(out)
+    // Renumber the levels that kept a host 0, 1, 2, ... in order (contiguous for the config).
+    let mut kept: Vec<u32> = out.iter().map(|(_, p)| *p).collect();
+    kept.sort_unstable();
+    kept.dedup();
+    let hosts = out
+        .into_iter()
+        .map(|(mut host, priority)| {
+            let level = kept.partition_point(|&p| p < priority);
+            if level > 0
+                && let Value::Object(m) = &mut host
+            {
+                m.insert("priority".into(), json!(level));
+            }
+            host
+        })
+        .collect();
+    Ok(Assignment {
+        hosts,
+        overprovisioning_factor,
+    })
+}
+
+/// Envoy's rule: priorities range from 0 to N without skipping. A gap is refused at the first
+/// locality whose priority lies past it.
+fn check_priorities_contiguous(
+    localities: &[envoy_types::pb::envoy::config::endpoint::v3::LocalityLbEndpoints],
+    at: &At<'_>,
+) -> Result<(), TranslateError> {
+    let mut levels: Vec<u32> = localities.iter().map(|l| l.priority).collect();
+    levels.sort_unstable();
+    levels.dedup();
+    let Some(missing) = (0u32..).zip(&levels).find(|(want, have)| want != *have) else {
+        return Ok(());
+    };
+    let missing = missing.0;
+    let (i, l) = localities
+        .iter()
+        .enumerate()
+        .find(|(_, l)| l.priority > missing)
+        .expect("a level past the gap exists");
+    Err(at
+        .field("endpoints")
+        .index(i)
+        .field("priority")
+        .error(format!(
+            "priorities must be contiguous from 0 (Envoy's rule): no locality has priority \
+         {missing}, and this one has {}",
+            l.priority
+        )))
 }
 
 /// `ip:port` of a TCP socket address (no named ports, no resolver).

@@ -68,7 +68,6 @@ use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::{
     TcpProxy, tcp_proxy::ClusterSpecifier,
 };
 use envoy_types::pb::envoy::extensions::request_id::uuid::v3::UuidRequestIdConfig;
-use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::Secret;
 use prost::Name;
 use serde_json::{Value, json};
 
@@ -84,7 +83,7 @@ use super::{At, Notes, ResourceType, TranslateError, duration, object, reject_re
 pub fn translate_listener(
     l: &Listener,
     routes: &BTreeMap<String, RouteConfiguration>,
-    secrets: &BTreeMap<String, Secret>,
+    secrets: &super::Secrets<'_>,
     notes: &mut Notes,
 ) -> Result<Value, TranslateError> {
     let at = At::root(ResourceType::Listener, &l.name);
@@ -160,7 +159,7 @@ fn passthrough_form(
     chains: &[FilterChain],
     at: &At<'_>,
     routes: &BTreeMap<String, RouteConfiguration>,
-    secrets: &BTreeMap<String, Secret>,
+    secrets: &super::Secrets<'_>,
     notes: &mut Notes,
 ) -> Result<Value, TranslateError> {
     let mut rest = rest.clone();
@@ -195,7 +194,7 @@ fn single_chain(
     chain: &FilterChain,
     at: &At<'_>,
     routes: &BTreeMap<String, RouteConfiguration>,
-    secrets: &BTreeMap<String, Secret>,
+    secrets: &super::Secrets<'_>,
     notes: &mut Notes,
 ) -> Result<Value, TranslateError> {
     let (key, filter, tls) = filter_chain(
@@ -229,7 +228,7 @@ fn filter_chains(
     default_chain: Option<&FilterChain>,
     at: &At<'_>,
     routes: &BTreeMap<String, RouteConfiguration>,
-    secrets: &BTreeMap<String, Secret>,
+    secrets: &super::Secrets<'_>,
     notes: &mut Notes,
 ) -> Result<Value, TranslateError> {
     let timeout = listener_filters_timeout(&mut rest, at)?;
@@ -363,7 +362,7 @@ fn sni_passthrough(
     chains: &[FilterChain],
     at: &At<'_>,
     routes: &BTreeMap<String, RouteConfiguration>,
-    secrets: &BTreeMap<String, Secret>,
+    secrets: &super::Secrets<'_>,
     timeout: Option<Value>,
     notes: &mut Notes,
 ) -> Result<Value, TranslateError> {
@@ -448,7 +447,7 @@ fn filter_chain(
     chain: &FilterChain,
     at: &At<'_>,
     routes: &BTreeMap<String, RouteConfiguration>,
-    secrets: &BTreeMap<String, Secret>,
+    secrets: &super::Secrets<'_>,
     notes: &mut Notes,
 ) -> Result<(&'static str, Value, Option<Value>), TranslateError> {
     let mut rest = chain.clone();

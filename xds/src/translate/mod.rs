@@ -42,7 +42,7 @@ use sluice_core::config::{Config, format_duration};
 pub use cluster::{eds_service_name, translate_cluster};
 pub use listener::translate_listener;
 pub use route::translate_route_configuration;
-pub use tls::{TLS_TRANSPORT_SOCKET, sds_names};
+pub use tls::{SecretOrigin, Secrets, TLS_TRANSPORT_SOCKET, sds_names, source_sds_names};
 
 /// The resource types translated, by type URL.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -375,8 +375,11 @@ pub struct Resources {
     pub clusters: BTreeMap<String, Cluster>,
     /// Endpoints (EDS), by `cluster_name` (the EDS service name).
     pub endpoints: BTreeMap<String, ClusterLoadAssignment>,
-    /// TLS secrets (SDS), by name.
+    /// TLS secrets (SDS over ADS), by name.
     pub secrets: BTreeMap<String, Secret>,
+    /// TLS secrets from each SDS source of the bootstrap's `xds.sds_sources` (not ADS), by
+    /// source then name.
+    pub source_secrets: BTreeMap<String, BTreeMap<String, Secret>>,
 }
 
 impl Resources {
@@ -447,13 +450,19 @@ pub fn assemble(
     };
     // Which resource produced each dynamic entry: (tree index, type, name).
     let mut origins: Vec<(&'static str, usize, ResourceType, String)> = Vec::new();
+    let declared = declared_sds_sources(root);
+    let secrets = Secrets {
+        ads: &resources.secrets,
+        declared: &declared,
+        sources: &resources.source_secrets,
+    };
     let static_clusters = list_len(root, "clusters");
     let static_listeners = list_len(root, "listeners");
     let mut clusters = Vec::new();
     for (name, c) in &resources.clusters {
         let eds_name = cluster::eds_service_name(c);
         let endpoints = eds_name.and_then(|n| resources.endpoints.get(n));
-        match translate_cluster(c, endpoints, &resources.secrets, &mut notes) {
+        match translate_cluster(c, endpoints, &secrets, &mut notes) {
             Ok(v) => {
                 origins.push((
                     "clusters",
@@ -468,7 +477,7 @@ pub fn assemble(
     }
     let mut listeners = Vec::new();
     for (name, l) in &resources.listeners {
-        match translate_listener(l, &resources.routes, &resources.secrets, &mut notes) {
+        match translate_listener(l, &resources.routes, &secrets, &mut notes) {
             Ok(v) => {
                 origins.push((
                     "listeners",
@@ -520,6 +529,18 @@ pub fn assemble(
     }
 }
 
+/// The names of the bootstrap's SDS sources (`xds.sds_sources[].name`).
+#[must_use]
+pub fn declared_sds_sources(root: &Map<String, Value>) -> std::collections::BTreeSet<String> {
+    root.get("xds")
+        .and_then(|x| x.get("sds_sources"))
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(|s| s.get("name").and_then(Value::as_str).map(str::to_owned))
+        .collect()
+}
+
 fn list_len(root: &Map<String, Value>, key: &str) -> usize {
     root.get(key).and_then(Value::as_array).map_or(0, Vec::len)
 }
@@ -541,5 +562,7 @@ mod tests;
 pub(crate) mod tests_chains;
 #[cfg(test)]
 mod tests_istiod;
+#[cfg(test)]
+mod tests_priority;
 #[cfg(test)]
 pub(crate) mod tests_tls;

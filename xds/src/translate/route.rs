@@ -11,11 +11,12 @@
 //! `direct_response` with an inline body), a
 //! virtual host's `include_request_attempt_count`, header edits at route, virtual host and
 //! route configuration level — appending (`append_action: APPEND_IF_EXISTS_OR_ADD`, the
-//! default, with `append` unset or true) or overwriting (`OVERWRITE_IF_EXISTS_OR_ADD`, or
-//! `append: false`), an empty value dropped unless `keep_empty_value` (as Envoy does) — folded
-//! into each route by applying the levels in Envoy's order (route, virtual host, route
-//! configuration, each its removals then its additions; reversed by
-//! `most_specific_header_mutations_wins`), see [`apply`].
+//! default, with `append` unset or true), overwriting (`OVERWRITE_IF_EXISTS_OR_ADD`, or
+//! `append: false`), `ADD_IF_ABSENT` and `OVERWRITE_IF_EXISTS`, an empty value dropped unless
+//! `keep_empty_value` (as Envoy does) — folded into each route by applying the levels in
+//! Envoy's order (route, virtual host, route configuration, each its removals, then its
+//! overwrites, then its appends; reversed by `most_specific_header_mutations_wins`), see
+//! [`apply`].
 
 use envoy_types::pb::envoy::config::core::v3::{
     HeaderValueOption, data_source::Specifier, header_value_option::HeaderAppendAction,
@@ -29,24 +30,42 @@ use envoy_types::pb::envoy::config::route::v3::{
 use envoy_types::pb::envoy::r#type::matcher::v3::{RegexMatcher, string_matcher::MatchPattern};
 use envoy_types::pb::google::protobuf::Duration as PbDuration;
 use serde_json::{Value, json};
-use sluice_core::config::http::{RetryOn, StatusCodes};
+use sluice_core::config::header_format::HeaderFormat;
+use sluice_core::config::http::{AppendAction, RetryOn, StatusCodes};
 
 use super::{At, Notes, ResourceType, TranslateError, duration, object, reject_rest, take};
 
-/// One header to add: `append` keeps the message's fields of its name (Envoy's
-/// `APPEND_IF_EXISTS_OR_ADD`), else it replaces them (`OVERWRITE_IF_EXISTS_OR_ADD`).
+/// One header to add, with its `append_action` and where it was written (for errors).
 #[derive(Clone, Debug, PartialEq)]
 struct Add {
     name: String,
     value: String,
-    append: bool,
+    action: AppendAction,
+    /// The path of the entry (`..._headers_to_add[i]`).
+    path: String,
+}
+
+impl Add {
+    fn same_name(&self, name: &str) -> bool {
+        self.name.eq_ignore_ascii_case(name)
+    }
+
+    /// Whether it applies on a condition about the message (`ADD_IF_ABSENT`,
+    /// `OVERWRITE_IF_EXISTS`).
+    fn is_conditional(&self) -> bool {
+        matches!(
+            self.action,
+            AppendAction::AddIfAbsent | AppendAction::OverwriteIfExists
+        )
+    }
 }
 
 /// Header edits: as written at one level (route, virtual host or route configuration) — Envoy
-/// applies a level's removals, then its additions one by one —, or the result of applying
-/// levels in turn ([`Edits::apply`]), in the form the config model takes: removals of the
-/// message's fields, then additions where a name added by an overwriting entry has no other
-/// entry.
+/// applies a level's removals, then decides its conditional additions on the message as the
+/// removals leave it, then applies its overwrites, then its appends —, or the result of
+/// applying levels in turn ([`Edits::fold`]), in the form the config model takes: removals of
+/// the message's fields, then additions where a name added by an entry that does not simply
+/// append has no other entry.
 #[derive(Clone, Default)]
 struct Edits {
     request_add: Vec<Add>,
@@ -63,9 +82,11 @@ impl Edits {
             && self.response_remove.is_empty()
     }
 
-    /// The edits of `levels` applied in turn, each as Envoy applies one (its removals, then its
-    /// additions in order).
-    fn fold<'e>(levels: impl IntoIterator<Item = &'e Edits>) -> Edits {
+    /// The edits of `levels` applied in turn, each as Envoy applies one (see [`apply`]).
+    fn fold<'e>(
+        levels: impl IntoIterator<Item = &'e Edits>,
+        at: &At<'_>,
+    ) -> Result<Edits, TranslateError> {
         let mut out = Edits::default();
         for level in levels {
             apply(
@@ -73,26 +94,46 @@ impl Edits {
                 &mut out.request_remove,
                 &level.request_add,
                 &level.request_remove,
-            );
+                at,
+            )?;
             apply(
                 &mut out.response_add,
                 &mut out.response_remove,
                 &level.response_add,
                 &level.response_remove,
-            );
+                at,
+            )?;
         }
-        out
+        Ok(out)
     }
 }
 
-/// Applies one level's edits (`remove`, then each of `add`) after those gathered so far
-/// (`removed` from the message, then `added`), keeping the model's form:
+/// Applies one level's edits after those gathered so far (`removed` from the message, then
+/// `added`), keeping the model's form:
 /// - a removal drops what was added under its name, and removes the message's fields;
+/// - the level's overwriting entries go before its appending ones (Envoy sets, then adds);
+/// - a conditional entry whose name earlier levels added (so the message will have it) or
+///   removed (so it will not) is decided here: `ADD_IF_ABSENT` is dropped or appends,
+///   `OVERWRITE_IF_EXISTS` overwrites or is dropped; with a name no level touched before, it
+///   stays conditional (the proxy asks the message), and then a later level may remove or
+///   overwrite the name, or repeat the same conditional action (a second `ADD_IF_ABSENT` never
+///   adds; a second `OVERWRITE_IF_EXISTS` replaces the first), but anything else would need
+///   two entries of the name around a condition, which the model does not express: refused;
 /// - an overwriting addition drops what was added under its name (its own entry removes the
 ///   message's fields);
 /// - an appending addition after an overwriting one of its name turns that one into a removal
 ///   of the message's fields and an append, so the overwriting entry stays alone with its name.
-fn apply(added: &mut Vec<Add>, removed: &mut Vec<String>, add: &[Add], remove: &[String]) {
+///
+/// Conditional entries share no name with another entry of their level ([`headers_to_add`]
+/// refuses it), so deciding them one by one here is deciding them on the message as the
+/// level's removals leave it.
+fn apply(
+    added: &mut Vec<Add>,
+    removed: &mut Vec<String>,
+    add: &[Add],
+    remove: &[String],
+    at: &At<'_>,
+) -> Result<(), TranslateError> {
     fn remove_name(removed: &mut Vec<String>, name: &str) {
         let name = name.to_ascii_lowercase();
         if !removed.contains(&name) {
@@ -100,26 +141,91 @@ fn apply(added: &mut Vec<Add>, removed: &mut Vec<String>, add: &[Add], remove: &
         }
     }
     for n in remove {
-        added.retain(|a| !a.name.eq_ignore_ascii_case(n));
+        added.retain(|a| !a.same_name(n));
         remove_name(removed, n);
     }
-    for a in add {
-        if a.append {
+    let overwrites_first = add
+        .iter()
+        .filter(|a| a.action.is_overwrite() || a.action == AppendAction::OverwriteIfExists)
+        .chain(
+            add.iter()
+                .filter(|a| a.action.is_append() || a.action == AppendAction::AddIfAbsent),
+        );
+    for a in overwrites_first {
+        let earlier = added.iter().position(|b| b.same_name(&a.name));
+        let earlier_conditional = earlier.filter(|&i| added[i].is_conditional());
+        let mut a = a.clone();
+        if let Some(i) = earlier_conditional {
+            match (added[i].action, a.action) {
+                // The first one leaves the name present either way.
+                (AppendAction::AddIfAbsent, AppendAction::AddIfAbsent) => continue,
+                (AppendAction::AddIfAbsent, AppendAction::OverwriteIfExists) => {
+                    a.action = AppendAction::OverwriteIfExistsOrAdd;
+                }
+                (AppendAction::OverwriteIfExists, AppendAction::OverwriteIfExists)
+                | (_, AppendAction::OverwriteIfExistsOrAdd) => {}
+                _ => {
+                    return Err(At {
+                        path: format!("{}.append_action", a.path),
+                        ..at.clone()
+                    }
+                    .error(format!(
+                        "{} of {:?} after {} at {} (which depends on the message) is \
+                         unsupported: the outcome would need two entries of the name around \
+                         a condition",
+                        action_name(a.action),
+                        a.name,
+                        action_name(added[i].action),
+                        added[i].path
+                    )));
+                }
+            }
+            added.remove(i);
+        } else if a.is_conditional() {
+            let known = if earlier.is_some() {
+                Some(true)
+            } else if removed.iter().any(|n| n.eq_ignore_ascii_case(&a.name)) {
+                Some(false)
+            } else {
+                None
+            };
+            match (a.action, known) {
+                (_, None) => {}
+                (AppendAction::AddIfAbsent, Some(true))
+                | (AppendAction::OverwriteIfExists, Some(false)) => continue,
+                (AppendAction::AddIfAbsent, Some(false)) => {
+                    a.action = AppendAction::AppendIfExistsOrAdd;
+                }
+                _ => a.action = AppendAction::OverwriteIfExistsOrAdd,
+            }
+        }
+        if a.action.is_append() {
             for b in added.iter_mut() {
-                if !b.append && b.name.eq_ignore_ascii_case(&a.name) {
-                    b.append = true;
+                if b.action.is_overwrite() && b.same_name(&a.name) {
+                    b.action = AppendAction::AppendIfExistsOrAdd;
                     remove_name(removed, &b.name);
                 }
             }
         } else {
-            added.retain(|b| !b.name.eq_ignore_ascii_case(&a.name));
+            added.retain(|b| !b.same_name(&a.name));
         }
-        added.push(a.clone());
+        added.push(a);
+    }
+    Ok(())
+}
+
+/// Envoy's name of an action.
+fn action_name(action: AppendAction) -> &'static str {
+    match action {
+        AppendAction::AppendIfExistsOrAdd => "APPEND_IF_EXISTS_OR_ADD",
+        AppendAction::OverwriteIfExistsOrAdd => "OVERWRITE_IF_EXISTS_OR_ADD",
+        AppendAction::AddIfAbsent => "ADD_IF_ABSENT",
+        AppendAction::OverwriteIfExists => "OVERWRITE_IF_EXISTS",
     }
 }
 
 fn headers_to_add(list: Vec<HeaderValueOption>, at: &At<'_>) -> Result<Vec<Add>, TranslateError> {
-    let mut out = Vec::new();
+    let mut out: Vec<Add> = Vec::new();
     for (i, mut h) in list.into_iter().enumerate() {
         let h_at = at.index(i);
         #[allow(deprecated)]
@@ -132,15 +238,19 @@ fn headers_to_add(list: Vec<HeaderValueOption>, at: &At<'_>) -> Result<Vec<Add>,
                 "set together with append_action (Envoy refuses both; keep append_action)",
             ));
         }
-        let append = if action == HeaderAppendAction::AppendIfExistsOrAdd as i32 {
-            append != Some(false)
-        } else if action == HeaderAppendAction::OverwriteIfExistsOrAdd as i32 {
-            false
-        } else {
-            return Err(h_at.field("append_action").error(
-                "only APPEND_IF_EXISTS_OR_ADD and OVERWRITE_IF_EXISTS_OR_ADD are supported \
-                 (ADD_IF_ABSENT and OVERWRITE_IF_EXISTS depend on the message's own fields)",
-            ));
+        let action = match HeaderAppendAction::try_from(action) {
+            Ok(HeaderAppendAction::AppendIfExistsOrAdd) if append == Some(false) => {
+                AppendAction::OverwriteIfExistsOrAdd
+            }
+            Ok(HeaderAppendAction::AppendIfExistsOrAdd) => AppendAction::AppendIfExistsOrAdd,
+            Ok(HeaderAppendAction::OverwriteIfExistsOrAdd) => AppendAction::OverwriteIfExistsOrAdd,
+            Ok(HeaderAppendAction::AddIfAbsent) => AppendAction::AddIfAbsent,
+            Ok(HeaderAppendAction::OverwriteIfExists) => AppendAction::OverwriteIfExists,
+            Err(_) => {
+                return Err(h_at
+                    .field("append_action")
+                    .error(format!("unknown value {action}")));
+            }
         };
         let keep_empty = take(&mut h.keep_empty_value);
         let Some(mut header) = take(&mut h.header) else {
@@ -151,7 +261,8 @@ fn headers_to_add(list: Vec<HeaderValueOption>, at: &At<'_>) -> Result<Vec<Add>,
         let key = take(&mut header.key);
         let mut value = take(&mut header.value);
         let raw = take(&mut header.raw_value);
-        if !raw.is_empty() {
+        let raw_is_set = !raw.is_empty();
+        if raw_is_set {
             value =
                 String::from_utf8(raw).map_err(|_| hv_at.field("raw_value").error("not UTF-8"))?;
         }
@@ -161,11 +272,39 @@ fn headers_to_add(list: Vec<HeaderValueOption>, at: &At<'_>) -> Result<Vec<Add>,
         if value.is_empty() && !keep_empty {
             continue;
         }
-        out.push(Add {
+        // `%VAR%`: refused here by the field's path rather than by the config's.
+        let field = if raw_is_set { "raw_value" } else { "value" };
+        match HeaderFormat::parse(&value) {
+            Err(e) => return Err(hv_at.field(field).error(format!("{value:?}: {e}"))),
+            Ok(Some(_)) if keep_empty => {
+                return Err(h_at.field("keep_empty_value").error(
+                    "unsupported with a value that has variables (one that renders empty is \
+                     not added)",
+                ));
+            }
+            Ok(_) => {}
+        }
+        let add = Add {
             name: key,
             value,
-            append,
-        });
+            action,
+            path: h_at.path.clone(),
+        };
+        // Envoy decides a level's conditional entries on the message before any of the
+        // level's additions, and sets before it adds: with another entry of its name on the
+        // level, the outcome would differ from applying the entries one by one.
+        if let Some(other) = out
+            .iter()
+            .find(|o| o.same_name(&add.name) && (o.is_conditional() || add.is_conditional()))
+        {
+            return Err(h_at.field("append_action").error(format!(
+                "{:?} is also added by {} on this level; a conditional action \
+                 (ADD_IF_ABSENT, OVERWRITE_IF_EXISTS) must be the only entry of its name on its \
+                 level",
+                add.name, other.path
+            )));
+        }
+        out.push(add);
     }
     Ok(out)
 }
@@ -332,9 +471,9 @@ fn route(
     }
     let route_edits = edits!(r, at);
     let edits = if outer.most_specific_wins {
-        Edits::fold([outer.config, outer.vhost, &route_edits])
+        Edits::fold([outer.config, outer.vhost, &route_edits], at)?
     } else {
-        Edits::fold([&route_edits, outer.vhost, outer.config])
+        Edits::fold([&route_edits, outer.vhost, outer.config], at)?
     };
     let matcher = match take(&mut r.r#match) {
         Some(m) => route_match(m, &at.field("match"))?,
@@ -540,10 +679,10 @@ fn route_action(
                 l.iter()
                     .map(|a| {
                         let mut v = json!({ "name": a.name, "value": a.value });
-                        if a.append
+                        if !a.action.is_overwrite()
                             && let Value::Object(m) = &mut v
                         {
-                            m.insert("append_action".into(), json!("append_if_exists_or_add"));
+                            m.insert("append_action".into(), json!(a.action));
                         }
                         v
                     })

@@ -683,22 +683,22 @@ fn istiod_add_appends_and_set_overwrites() {
     assert_eq!(
         added(&f.request_headers_to_add),
         [
-            ("x-a", "2", APPEND),
-            ("x-istio-add", "2", APPEND),
             ("x-set", "1", OVERWRITE),
             ("x-old-false", "3", OVERWRITE),
+            ("x-a", "2", APPEND),
+            ("x-istio-add", "2", APPEND),
             ("x-old-true", "4", APPEND),
         ]
     );
     assert_eq!(
         added(&f.response_headers_to_add),
-        [("x-r", "2", APPEND), ("x-rs", "1", OVERWRITE)]
+        [("x-rs", "1", OVERWRITE), ("x-r", "2", APPEND)]
     );
     assert!(f.request_headers_to_remove.is_empty());
 }
 
 /// Levels apply as Envoy applies them — the route's edits, then the virtual host's, then the
-/// route configuration's, each its removals then its additions —: appends from every level
+/// route configuration's, each its removals, then its overwrites, then its appends —: appends from every level
 /// all go out; an outer overwrite replaces inner additions of its name; an outer append after
 /// an inner overwrite keeps both fields (the overwrite's removal stays); an outer removal
 /// drops an inner addition. `most_specific_header_mutations_wins` reverses the order.
@@ -724,13 +724,13 @@ fn levels_merge_in_envoys_order_with_appends() {
     assert_eq!(
         added(&f.request_headers_to_add),
         [
-            ("x-a", "route", APPEND),
             ("x-b", "route", APPEND),
+            ("x-a", "route", APPEND),
+            ("x-c", "vhost", OVERWRITE),
             ("x-a", "vhost", APPEND),
             ("x-b", "vhost", APPEND),
-            ("x-c", "vhost", OVERWRITE),
-            ("x-a", "config", APPEND),
             ("x-e", "config", OVERWRITE),
+            ("x-a", "config", APPEND),
         ]
     );
     assert_eq!(f.request_headers_to_remove, ["x-d", "x-b"]);
@@ -766,32 +766,176 @@ fn an_empty_value_is_dropped_unless_keep_empty_value() {
     );
 }
 
-/// The actions that need the message's own fields, and `append` set with a non-default
-/// `append_action` (Envoy refuses it), are NACKed by path.
+fn with_action(name: &str, value: &str, action: HeaderAppendAction) -> HeaderValueOption {
+    HeaderValueOption {
+        append_action: action as i32,
+        ..add(name, value)
+    }
+}
+
+const ADD_IF_ABSENT: AppendAction = AppendAction::AddIfAbsent;
+const OVERWRITE_IF_EXISTS: AppendAction = AppendAction::OverwriteIfExists;
+
+/// `ADD_IF_ABSENT` and `OVERWRITE_IF_EXISTS` on a name no level touched before stay
+/// conditional (the proxy asks the message); on a name an inner level added they are decided
+/// as "present" (dropped / an overwrite), on a name it removed as "absent" (an append /
+/// dropped); a second `ADD_IF_ABSENT` of a name never adds, and an outer overwrite replaces
+/// a conditional entry.
 #[test]
-fn add_if_absent_and_append_with_append_action_are_refused_by_path() {
-    use envoy_types::pb::google::protobuf::BoolValue;
-    let at = "route_configuration \"routes\" virtual_hosts[0]";
-    for (action, name) in [
-        (HeaderAppendAction::AddIfAbsent, "ADD_IF_ABSENT"),
-        (HeaderAppendAction::OverwriteIfExists, "OVERWRITE_IF_EXISTS"),
+fn conditional_actions_are_kept_or_decided_by_what_inner_levels_did() {
+    use HeaderAppendAction as H;
+    let mut rc = route_config("routes", "web");
+    rc.request_headers_to_add = vec![
+        with_action("x-added", "config", H::AddIfAbsent),
+        with_action("x-added2", "config", H::OverwriteIfExists),
+        with_action("x-removed", "config", H::AddIfAbsent),
+        with_action("x-removed2", "config", H::OverwriteIfExists),
+        with_action("x-twice", "config", H::AddIfAbsent),
+        overwrite("x-then-set", "config"),
+    ];
+    let vh = &mut rc.virtual_hosts[0];
+    vh.request_headers_to_remove = vec!["x-removed".into(), "x-removed2".into()];
+    vh.request_headers_to_add = vec![
+        with_action("x-twice", "vhost", H::AddIfAbsent),
+        with_action("x-then-set", "vhost", H::OverwriteIfExists),
+    ];
+    let route = &mut vh.routes[0];
+    route.request_headers_to_add = vec![
+        with_action("x-absent", "route", H::AddIfAbsent),
+        with_action("x-present", "route", H::OverwriteIfExists),
+        add("x-added", "route"),
+        add("x-added2", "route"),
+    ];
+    route.response_headers_to_add = vec![with_action("x-r", "route", H::AddIfAbsent)];
+    let f = first_forward(rc);
+    assert_eq!(
+        added(&f.request_headers_to_add),
+        [
+            ("x-present", "route", OVERWRITE_IF_EXISTS),
+            ("x-absent", "route", ADD_IF_ABSENT),
+            ("x-added", "route", APPEND),
+            ("x-twice", "vhost", ADD_IF_ABSENT),
+            ("x-added2", "config", OVERWRITE),
+            ("x-then-set", "config", OVERWRITE),
+            ("x-removed", "config", APPEND),
+        ]
+    );
+    assert_eq!(f.request_headers_to_remove, ["x-removed", "x-removed2"]);
+    assert_eq!(
+        added(&f.response_headers_to_add),
+        [("x-r", "route", ADD_IF_ABSENT)]
+    );
+}
+
+/// Within a level Envoy sets before it adds: an append written before an overwrite of its
+/// name still goes out, after it.
+#[test]
+fn a_level_overwrites_before_it_appends() {
+    let mut rc = route_config("routes", "web");
+    rc.virtual_hosts[0].routes[0].request_headers_to_add =
+        vec![add("x-a", "appended"), overwrite("x-a", "set")];
+    let f = first_forward(rc);
+    assert_eq!(
+        added(&f.request_headers_to_add),
+        [("x-a", "set", APPEND), ("x-a", "appended", APPEND)]
+    );
+    assert_eq!(f.request_headers_to_remove, ["x-a"]);
+}
+
+/// Values with variables (istiod's `%DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT%`) are parsed and
+/// kept as written; an unknown variable, a stray `%` and `keep_empty_value` with variables
+/// are NACKed by the field's path.
+#[test]
+fn header_values_with_variables_are_parsed_or_refused_by_path() {
+    let mut rc = route_config("routes", "web");
+    rc.virtual_hosts[0].routes[0].request_headers_to_add = vec![
+        overwrite("x-client", "%DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT%"),
+        overwrite("x-pct", "100%%"),
+    ];
+    let f = first_forward(rc);
+    let h = &f.request_headers_to_add;
+    assert_eq!(h[0].value, "%DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT%");
+    assert!(h[0].format.is_some() && h[1].format.is_some());
+    let at = "route_configuration \"routes\" virtual_hosts[0].routes[0]";
+    for (value, keep, want) in [
+        (
+            "%NOPE%",
+            false,
+            format!(
+                "{at}.request_headers_to_add[0].header.value: \"%NOPE%\": unknown variable %NOPE% \
+                 at byte 0 (supported: {})",
+                sluice_core::config::header_format::SUPPORTED
+            ),
+        ),
+        (
+            "50%",
+            false,
+            format!(
+                "{at}.request_headers_to_add[0].header.value: \"50%\": no valid variable at byte 2 \
+                 (a variable is %NAME%, %NAME(ARG)% or either with :N before the closing %; \
+                 write %% for a literal %)"
+            ),
+        ),
+        (
+            "%PROTOCOL%",
+            true,
+            format!(
+                "{at}.request_headers_to_add[0].keep_empty_value: unsupported with a value that \
+                 has variables (one that renders empty is not added)"
+            ),
+        ),
     ] {
         let mut r = resources();
         let mut rc = route_config("routes", "web");
-        let mut h = add("x-a", "1");
-        h.append_action = action as i32;
-        rc.virtual_hosts[0].response_headers_to_add = vec![add("x-ok", "1"), h];
+        rc.virtual_hosts[0].routes[0].request_headers_to_add = vec![HeaderValueOption {
+            keep_empty_value: keep,
+            ..overwrite("x-a", value)
+        }];
         r.routes.insert("routes".into(), rc);
-        assert_eq!(
-            errors(&r),
-            [format!(
-                "{at}.response_headers_to_add[1].append_action: only APPEND_IF_EXISTS_OR_ADD and \
-                 OVERWRITE_IF_EXISTS_OR_ADD are supported (ADD_IF_ABSENT and OVERWRITE_IF_EXISTS \
-                 depend on the message's own fields)"
-            )],
-            "{name}"
-        );
+        assert_eq!(errors(&r), [want], "{value}");
     }
+}
+
+/// What the model cannot express exactly is NACKed by path: a conditional entry sharing its
+/// name with another entry of its level, an append or another condition after a conditional
+/// entry of an inner level, and `append` set with a non-default `append_action` (Envoy refuses
+/// it).
+#[test]
+fn conditional_combinations_and_append_with_append_action_are_refused_by_path() {
+    use HeaderAppendAction as H;
+    use envoy_types::pb::google::protobuf::BoolValue;
+    let at = "route_configuration \"routes\" virtual_hosts[0]";
+    let mut r = resources();
+    let mut rc = route_config("routes", "web");
+    rc.virtual_hosts[0].response_headers_to_add = vec![
+        add("x-ok", "1"),
+        add("x-a", "1"),
+        with_action("X-A", "2", H::AddIfAbsent),
+    ];
+    r.routes.insert("routes".into(), rc);
+    assert_eq!(
+        errors(&r),
+        [format!(
+            "{at}.response_headers_to_add[2].append_action: \"X-A\" is also added by \
+             virtual_hosts[0].response_headers_to_add[1] on this level; a conditional action \
+             (ADD_IF_ABSENT, OVERWRITE_IF_EXISTS) must be the only entry of its name on its level"
+        )]
+    );
+    let mut r = resources();
+    let mut rc = route_config("routes", "web");
+    rc.virtual_hosts[0].request_headers_to_add = vec![add("x-a", "vhost")];
+    rc.virtual_hosts[0].routes[0].request_headers_to_add =
+        vec![with_action("x-a", "route", H::OverwriteIfExists)];
+    r.routes.insert("routes".into(), rc);
+    assert_eq!(
+        errors(&r),
+        [format!(
+            "{at}.request_headers_to_add[0].append_action: APPEND_IF_EXISTS_OR_ADD of \"x-a\" \
+             after OVERWRITE_IF_EXISTS at virtual_hosts[0].routes[0].request_headers_to_add[0] \
+             (which depends on the message) is unsupported: the outcome would need two entries \
+             of the name around a condition"
+        )]
+    );
     let mut r = resources();
     let mut rc = route_config("routes", "web");
     #[allow(deprecated)]
@@ -933,8 +1077,13 @@ mod istio {
     #[test]
     fn an_outbound_clusters_transport_socket_matches_are_translated_and_checked_by_path() {
         let mut notes = Notes::default();
-        let e = translate_cluster(&outbound_cluster(), None, &BTreeMap::new(), &mut notes)
-            .expect_err("refused");
+        let e = translate_cluster(
+            &outbound_cluster(),
+            None,
+            &crate::translate::Secrets::NONE,
+            &mut notes,
+        )
+        .expect_err("refused");
         assert_eq!(
             e.to_string(),
             "cluster \"outbound|9080||reviews.default.svc.cluster.local\" \
@@ -981,8 +1130,13 @@ mod istio {
         }];
         l.traffic_direction = 2; // OUTBOUND
         let mut notes = Notes::default();
-        let e = translate_listener(&l, &BTreeMap::new(), &BTreeMap::new(), &mut notes)
-            .expect_err("refused");
+        let e = translate_listener(
+            &l,
+            &BTreeMap::new(),
+            &crate::translate::Secrets::NONE,
+            &mut notes,
+        )
+        .expect_err("refused");
         assert_eq!(
             e.to_string(),
             "listener \"virtualOutbound\" use_original_dst: unsupported"
@@ -1348,8 +1502,9 @@ fn fuzz_corpus_entries_drive_without_panicking() {
                     tag(ResourceType::Listener),
                     r.listeners["virtualInbound"].encode_to_vec(),
                 ));
-                for s in r.secrets.values() {
-                    records.push((tag(ResourceType::Secret), s.encode_to_vec()));
+                // Its secrets come from the agent's SDS server (`sds-grpc`), on its own stream.
+                for s in r.source_secrets[crate::fixtures::istiod::SDS_GRPC].values() {
+                    records.push((crate::fuzzing::SOURCE_SECRET, s.encode_to_vec()));
                 }
                 encode_tagged(&records)
             },
@@ -1409,6 +1564,12 @@ fn fuzz_corpus_entries_drive_without_panicking() {
         "the clusters, then Istio's inbound listener once its secrets came"
     );
     assert_eq!(drive_delta(&corpus[7].1), 2);
+    assert_eq!(
+        drive(&corpus[8].1),
+        2,
+        "the clusters, then istiod's virtualInbound once the SDS source's secrets came"
+    );
+    assert_eq!(drive_delta(&corpus[8].1), 2);
     // Truncated and garbled inputs.
     for (_, bytes) in &corpus {
         for cut in [1, 2, 3, bytes.len() / 2, bytes.len() - 1] {

@@ -31,8 +31,19 @@ fn resources() -> Resources {
     istiod::virtual_inbound(&ca, &chain, &key, ("127.0.0.1", 8080))
 }
 
+/// The bootstrap an Istio user writes: the management server, and the agent's SDS server
+/// (`sds-grpc`) on its Unix socket, which istiod's TLS contexts name.
 fn bootstrap() -> Value {
-    json!({ "listeners": [], "clusters": [] })
+    json!({
+        "xds": {
+            "cluster": "xds-grpc",
+            "sds_sources": [
+                { "name": "sds-grpc", "path": "./var/run/secrets/workload-spiffe-uds/socket" }
+            ],
+        },
+        "listeners": [],
+        "clusters": [ { "name": "xds-grpc", "hosts": [ { "address": "127.0.0.1:15010" } ] } ],
+    })
 }
 
 fn errors(r: &Resources) -> Vec<String> {
@@ -1065,4 +1076,113 @@ fn istiods_metadata_exchange_removes_the_peer_metadata_headers() {
     assert!(f[0].response_headers_to_remove.is_empty());
     assert_eq!(f[1].request_headers_to_remove, ["x-app-secret"]);
     assert_eq!(f[1].response_headers_to_remove, ["x-envoy-peer-metadata"]);
+}
+
+/// istiod's TLS contexts name their secrets `default` and `ROOTCA` from the agent's SDS server,
+/// `sds-grpc` (an `api_config_source` of type GRPC): accepted when the bootstrap declares that
+/// source, the secrets read from it (not from ADS: the same names over ADS do not stand in).
+#[test]
+fn istiods_sds_grpc_secrets_come_from_the_declared_source() {
+    let (ca, chain, key) = pki(&["app.default.svc.cluster.local"]);
+    let r = istiod::virtual_inbound(&ca, &chain, &key, ("127.0.0.1", 8080));
+    let a = assemble(&bootstrap(), &r).expect("accepted");
+    let tls = a.config.listeners[0].filter_chains[1]
+        .tls
+        .as_deref()
+        .expect("the mTLS chain");
+    assert_eq!(
+        tls.certificates[0].cert_chain,
+        sluice_core::config::tls::Pem::Inline {
+            secret: Some("default".into()),
+            pem: chain.clone().into()
+        }
+    );
+    assert!(
+        matches!(&tls.client_ca, Some(sluice_core::config::tls::Pem::Inline { secret: Some(s), .. }) if s == "ROOTCA"),
+        "{:?}",
+        tls.client_ca
+    );
+    // The same secrets over ADS are not the source's.
+    let mut r = r;
+    let agent = r.source_secrets.remove(istiod::SDS_GRPC).unwrap();
+    r.secrets = agent;
+    let e = errors(&r);
+    assert!(
+        e.iter().any(|e| e.ends_with(
+            "tls_certificate_sds_secret_configs[0]: secret \"default\" not received from SDS source \"sds-grpc\""
+        )),
+        "{e:#?}"
+    );
+}
+
+/// A source the bootstrap does not declare is refused at once, naming the field; so is a
+/// shape the client does not speak (delta, Google gRPC).
+#[test]
+fn an_undeclared_sds_source_is_refused_by_path() {
+    use envoy_types::pb::envoy::config::core::v3::{
+        api_config_source::ApiType, config_source::ConfigSourceSpecifier,
+    };
+    let undeclared = json!({ "listeners": [], "clusters": [] });
+    let e: Vec<String> = assemble(&undeclared, &resources())
+        .expect_err("refused")
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    assert!(
+        e.iter().any(
+            |e| e.starts_with("listener \"virtualInbound\" filter_chains[")
+                && e.ends_with(
+                    "sds_config.api_config_source.grpc_services[0].envoy_grpc.cluster_name: \
+                 \"sds-grpc\" is not an SDS source of the bootstrap's `xds.sds_sources` (none \
+                 is declared)"
+                )
+        ),
+        "{e:#?}"
+    );
+    // A bootstrap declaring another name.
+    let mut other = bootstrap();
+    other["xds"]["sds_sources"][0]["name"] = json!("agent");
+    let e: Vec<String> = assemble(&other, &resources())
+        .expect_err("refused")
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    assert!(e.iter().any(|e| e.ends_with("(declared: agent)")), "{e:#?}");
+    // DELTA_GRPC: refused by path.
+    let mut r = resources();
+    let l = listener(&mut r);
+    let chain = l
+        .filter_chains
+        .iter_mut()
+        .find(|c| c.transport_socket.is_some())
+        .unwrap();
+    let ts = chain.transport_socket.as_mut().unwrap();
+    let Some(envoy_types::pb::envoy::config::core::v3::transport_socket::ConfigType::TypedConfig(
+        any_ctx,
+    )) = &mut ts.config_type
+    else {
+        panic!()
+    };
+    let mut ctx: envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::DownstreamTlsContext =
+        prost::Message::decode(any_ctx.value.as_slice()).unwrap();
+    let sds = &mut ctx
+        .common_tls_context
+        .as_mut()
+        .unwrap()
+        .tls_certificate_sds_secret_configs[0];
+    let Some(ConfigSourceSpecifier::ApiConfigSource(api)) =
+        &mut sds.sds_config.as_mut().unwrap().config_source_specifier
+    else {
+        panic!()
+    };
+    api.api_type = ApiType::DeltaGrpc as i32;
+    *any_ctx = any(&ctx);
+    let e = errors(&r);
+    assert!(
+        e.iter().any(|e| e.ends_with(
+            "tls_certificate_sds_secret_configs[0].sds_config.api_config_source.api_type: only \
+             GRPC (state of the world, what Istio's agent serves) for an SDS source"
+        )),
+        "{e:#?}"
+    );
 }

@@ -737,8 +737,26 @@ fn the_secrets_named_by_clusters_and_listeners_are_what_sds_subscribes_to() {
         .into_iter()
         .collect();
     assert_eq!(names, ["root-ca", "server-cert"]);
-    // A secret from another SDS source (Istio's `sds-grpc` cluster) is not subscribed to over
-    // ADS, and translation refuses it at once (issue 13, L2).
+    // A secret from an SDS source of its own (Istio's `sds-grpc`) is not subscribed to over
+    // ADS but on that source's stream ([`source_sds_names`]).
+    let mut ctx = downstream_tls_sds("server-cert");
+    ctx.common_tls_context
+        .as_mut()
+        .unwrap()
+        .tls_certificate_sds_secret_configs[0] =
+        crate::fixtures::source_sds("sds-grpc", "server-cert");
+    let r = tls_listener(tls_socket(&ctx));
+    assert!(sds_names(r.clusters.values(), r.listeners.values()).is_empty());
+    let by_source = super::source_sds_names(r.clusters.values(), r.listeners.values());
+    assert_eq!(
+        by_source,
+        BTreeMap::from([(
+            "sds-grpc".to_owned(),
+            std::collections::BTreeSet::from(["server-cert".to_owned()])
+        )])
+    );
+    // An `api_config_source` of no type naming no gRPC cluster is neither: refused at once, by
+    // path.
     let mut ctx = downstream_tls_sds("server-cert");
     ctx.common_tls_context
         .as_mut()
@@ -750,10 +768,15 @@ fn the_secrets_named_by_clusters_and_listeners_are_what_sds_subscribes_to() {
     });
     let r = tls_listener(tls_socket(&ctx));
     assert!(sds_names(r.clusters.values(), r.listeners.values()).is_empty());
+    assert!(super::source_sds_names(r.clusters.values(), r.listeners.values()).is_empty());
     let e = errors(&r);
-    assert!(
-        e.len() == 1 && e[0].contains("sds_config: only `ads: {}`"),
-        "{e:?}"
+    assert_eq!(
+        e,
+        [
+            "listener \"in\" filter_chains[0].transport_socket.typed_config.common_tls_context.\
+          tls_certificate_sds_secret_configs[0].sds_config.api_config_source.api_type: only \
+          GRPC (state of the world, what Istio's agent serves) for an SDS source"
+        ]
     );
 }
 

@@ -25,13 +25,20 @@
 //! secret that does not parse is refused naming the secret ([`ResourceType::Secret`]); its
 //! bytes never appear in a message.
 //!
-//! SDS: only over ADS (`sds_config: { ads: {} }`); a secret not received yet is an error the
-//! warming rule waits on ([`sds_names`] says which secrets a set of resources needs).
+//! SDS: over ADS (`sds_config: { ads: {} }`), or from an SDS source the bootstrap declares
+//! (`xds.sds_sources`), named as Istio names its agent's: `sds_config: { api_config_source: {
+//! api_type: GRPC, grpc_services: [{ envoy_grpc: { cluster_name: sds-grpc } }] } }` — a source
+//! the bootstrap does not declare is refused by path (an xDS resource never says where a
+//! source is: the socket or cluster is the operator's). A secret not received yet is an error
+//! the warming rule waits on ([`sds_names`] and [`source_sds_names`] say which secrets a set of
+//! resources needs, and from where).
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use envoy_types::pb::envoy::config::core::v3::{
-    DataSource, TransportSocket, data_source::Specifier, transport_socket::ConfigType,
+    ApiVersion, ConfigSource, DataSource, GrpcService, TransportSocket, api_config_source::ApiType,
+    config_source::ConfigSourceSpecifier, data_source::Specifier, grpc_service::TargetSpecifier,
+    transport_socket::ConfigType,
 };
 use envoy_types::pb::envoy::config::listener::v3::Listener;
 use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{
@@ -51,6 +58,40 @@ use sluice_core::tls::pem::{describe, parse_certificates, parse_chain, parse_key
 use super::cluster::config_source;
 use super::{At, Notes, ResourceType, TranslateError, reject_rest, take, unpack};
 
+/// The SDS secrets translation reads: those received over ADS, and those of each SDS source
+/// the bootstrap declares (`declared`; `sources` holds those received, by source).
+#[derive(Clone, Copy, Debug)]
+pub struct Secrets<'a> {
+    /// Over ADS, by name.
+    pub ads: &'a BTreeMap<String, Secret>,
+    /// The names of the bootstrap's `xds.sds_sources`.
+    pub declared: &'a BTreeSet<String>,
+    /// From each source, by source then name.
+    pub sources: &'a BTreeMap<String, BTreeMap<String, Secret>>,
+}
+
+static NO_SECRETS: BTreeMap<String, Secret> = BTreeMap::new();
+static NO_SOURCES: BTreeSet<String> = BTreeSet::new();
+static NO_SOURCE_SECRETS: BTreeMap<String, BTreeMap<String, Secret>> = BTreeMap::new();
+
+impl Secrets<'static> {
+    /// No secret and no source.
+    pub const NONE: Secrets<'static> = Secrets {
+        ads: &NO_SECRETS,
+        declared: &NO_SOURCES,
+        sources: &NO_SOURCE_SECRETS,
+    };
+}
+
+/// Where an SDS secret comes from.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum SecretOrigin {
+    /// The aggregated stream (`ads: {}`, `self: {}`).
+    Ads,
+    /// An SDS source of its own, by the cluster name the `api_config_source` gives.
+    Source(String),
+}
+
 /// The transport socket name of TLS.
 pub const TLS_TRANSPORT_SOCKET: &str = "envoy.transport_sockets.tls";
 
@@ -68,7 +109,7 @@ enum Side {
 pub(crate) fn upstream_tls(
     ts: &TransportSocket,
     at: &At<'_>,
-    secrets: &BTreeMap<String, Secret>,
+    secrets: &Secrets<'_>,
     notes: &mut Notes,
 ) -> Result<Value, TranslateError> {
     let any = tls_any(ts, at, UpstreamTlsContext::type_url())?;
@@ -142,7 +183,7 @@ pub(crate) fn upstream_tls(
 pub(crate) fn downstream_tls(
     ts: &TransportSocket,
     at: &At<'_>,
-    secrets: &BTreeMap<String, Secret>,
+    secrets: &Secrets<'_>,
 ) -> Result<Value, TranslateError> {
     let any = tls_any(ts, at, DownstreamTlsContext::type_url())?;
     let t_at = at.field("typed_config");
@@ -289,7 +330,7 @@ struct Params {
 fn common_context(
     mut c: CommonTlsContext,
     at: &At<'_>,
-    secrets: &BTreeMap<String, Secret>,
+    secrets: &Secrets<'_>,
     side: Side,
 ) -> Result<Common, TranslateError> {
     let alpn = take(&mut c.alpn_protocols);
@@ -605,42 +646,122 @@ fn exact(m: &StringMatcher, at: &At<'_>) -> Result<String, TranslateError> {
     }
 }
 
-/// An SDS secret reference: its name and, when received, its content. Over ADS only.
+/// An SDS secret reference: its name and, when received, its content, over ADS or from a
+/// declared SDS source.
 fn sds_secret(
     mut sds: SdsSecretConfig,
     at: &At<'_>,
-    secrets: &BTreeMap<String, Secret>,
+    secrets: &Secrets<'_>,
 ) -> Result<(String, Option<secret::Type>), TranslateError> {
     let name = take(&mut sds.name);
-    match take(&mut sds.sds_config) {
-        Some(source) if is_ads(&source) => config_source(&source, &at.field("sds_config"))?,
-        Some(_) => {
-            return Err(at.field("sds_config").error(
-                "only `ads: {}` (secrets come over the aggregated stream; an SDS server of its \
-                 own, such as Istio's `sds-grpc`, is not supported)",
-            ));
+    let c_at = at.field("sds_config");
+    let origin = match take(&mut sds.sds_config) {
+        Some(source) if is_ads(&source) => {
+            config_source(&source, &c_at)?;
+            SecretOrigin::Ads
         }
+        Some(source) => sds_source(&source, &c_at, secrets.declared)?,
         None => {
-            return Err(at.field("sds_config").error(
-                "missing (secrets come over ADS: `sds_config: { ads: {} }`; static secrets \
-                 are not supported)",
+            return Err(c_at.error(
+                "missing (secrets come over ADS, `sds_config: { ads: {} }`, or from an SDS \
+                 source of `xds.sds_sources`; static secrets are not supported)",
             ));
         }
-    }
+    };
     reject_rest(&sds, at)?;
     if name.is_empty() {
         return Err(at.field("name").error("missing"));
     }
-    let Some(secret) = secrets.get(&name) else {
-        return Err(at.error(format!("secret {name:?} not received")));
+    let received = match &origin {
+        SecretOrigin::Ads => secrets.ads.get(&name),
+        SecretOrigin::Source(source) => secrets.sources.get(source).and_then(|s| s.get(&name)),
+    };
+    let Some(secret) = received else {
+        return Err(match origin {
+            SecretOrigin::Ads => at.error(format!("secret {name:?} not received")),
+            SecretOrigin::Source(source) => at.error(format!(
+                "secret {name:?} not received from SDS source {source:?}"
+            )),
+        });
     };
     Ok((name, secret.r#type.clone()))
+}
+
+/// An `sds_config` naming an SDS source of its own: `api_config_source` of type GRPC with one
+/// `envoy_grpc` service, whose `cluster_name` must be a source the bootstrap declares. What
+/// the client does not do is refused by path (REST, delta, Google gRPC, request timeouts, rate
+/// limits); `transport_api_version` V3 and `set_node_on_first_message_only` are what it does.
+fn sds_source(
+    source: &ConfigSource,
+    at: &At<'_>,
+    declared: &BTreeSet<String>,
+) -> Result<SecretOrigin, TranslateError> {
+    let mut rest = source.clone();
+    take(&mut rest.resource_api_version);
+    // Warming is bounded by the bootstrap's `initial_fetch_timeout`, as for ADS secrets.
+    take(&mut rest.initial_fetch_timeout);
+    let Some(ConfigSourceSpecifier::ApiConfigSource(mut api)) =
+        take(&mut rest.config_source_specifier)
+    else {
+        return Err(at.error(
+            "only `ads: {}` or an `api_config_source` of type GRPC naming an SDS source of the \
+             bootstrap's `xds.sds_sources` (Istio's `sds-grpc`)",
+        ));
+    };
+    reject_rest(&rest, at)?;
+    let a_at = at.field("api_config_source");
+    if take(&mut api.api_type) != ApiType::Grpc as i32 {
+        return Err(a_at
+            .field("api_type")
+            .error("only GRPC (state of the world, what Istio's agent serves) for an SDS source"));
+    }
+    let version = take(&mut api.transport_api_version);
+    if version != ApiVersion::V3 as i32 && version != ApiVersion::Auto as i32 {
+        return Err(a_at.field("transport_api_version").error("only V3"));
+    }
+    // The client sends the node on a stream's first request only, whatever this says.
+    take(&mut api.set_node_on_first_message_only);
+    let services = take(&mut api.grpc_services);
+    reject_rest(&api, &a_at)?;
+    let g_at = a_at.field("grpc_services");
+    let [service] = <[GrpcService; 1]>::try_from(services).map_err(|v| {
+        g_at.error(format!(
+            "{} services: exactly one `envoy_grpc` naming an SDS source",
+            v.len()
+        ))
+    })?;
+    let s_at = g_at.index(0);
+    let mut service = service;
+    let Some(TargetSpecifier::EnvoyGrpc(mut envoy)) = take(&mut service.target_specifier) else {
+        return Err(s_at.error(
+            "only `envoy_grpc: { cluster_name }` naming an SDS source (google_grpc is not \
+             supported)",
+        ));
+    };
+    reject_rest(&service, &s_at)?;
+    let e_at = s_at.field("envoy_grpc");
+    let cluster = take(&mut envoy.cluster_name);
+    reject_rest(&envoy, &e_at)?;
+    if !declared.contains(&cluster) {
+        let known = if declared.is_empty() {
+            "none is declared".to_owned()
+        } else {
+            format!(
+                "declared: {}",
+                declared.iter().cloned().collect::<Vec<_>>().join(", ")
+            )
+        };
+        return Err(e_at.field("cluster_name").error(format!(
+            "{cluster:?} is not an SDS source of the bootstrap's `xds.sds_sources` ({known})"
+        )));
+    }
+    Ok(SecretOrigin::Source(cluster))
 }
 
 fn sds_validation(
     sds: SdsSecretConfig,
     at: &At<'_>,
-    secrets: &BTreeMap<String, Secret>,
+    secrets: &Secrets<'_>,
 ) -> Result<(Option<Value>, Vec<String>), TranslateError> {
     let (name, secret) = sds_secret(sds, at, secrets)?;
     let s_at = At::root(ResourceType::Secret, &name);
@@ -653,8 +774,7 @@ fn sds_validation(
 }
 
 /// Whether an `sds_config` names the ADS stream (`ads: {}` or `self: {}`).
-fn is_ads(source: &envoy_types::pb::envoy::config::core::v3::ConfigSource) -> bool {
-    use envoy_types::pb::envoy::config::core::v3::config_source::ConfigSourceSpecifier;
+fn is_ads(source: &ConfigSource) -> bool {
     matches!(
         source.config_source_specifier,
         Some(ConfigSourceSpecifier::Ads(_) | ConfigSourceSpecifier::Self_(_))
@@ -663,17 +783,68 @@ fn is_ads(source: &envoy_types::pb::envoy::config::core::v3::ConfigSource) -> bo
 
 /// Every SDS secret name the clusters' and listeners' TLS contexts refer to over ADS (what to
 /// subscribe to, and what warming waits for). Undecodable contexts, and secrets from any other
-/// source, name nothing (translation refuses them at once rather than waiting for them).
+/// source, name nothing here (translation refuses them at once rather than waiting for them).
 #[must_use]
 pub fn sds_names<'a>(
     clusters: impl IntoIterator<Item = &'a envoy_types::pb::envoy::config::cluster::v3::Cluster>,
     listeners: impl IntoIterator<Item = &'a Listener>,
 ) -> BTreeSet<String> {
+    sds_refs(clusters, listeners)
+        .into_iter()
+        .filter_map(|(origin, name)| (origin == SecretOrigin::Ads).then_some(name))
+        .collect()
+}
+
+/// Every SDS secret name the clusters' and listeners' TLS contexts refer to from an SDS source
+/// of their own (`api_config_source` GRPC naming one `envoy_grpc` cluster), by that source's
+/// name: what to subscribe to on each source's stream, and what warming waits for. Whether the
+/// source is declared is translation's matter (it refuses one that is not, by path).
+#[must_use]
+pub fn source_sds_names<'a>(
+    clusters: impl IntoIterator<Item = &'a envoy_types::pb::envoy::config::cluster::v3::Cluster>,
+    listeners: impl IntoIterator<Item = &'a Listener>,
+) -> BTreeMap<String, BTreeSet<String>> {
+    let mut out: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    for (origin, name) in sds_refs(clusters, listeners) {
+        if let SecretOrigin::Source(source) = origin {
+            out.entry(source).or_default().insert(name);
+        }
+    }
+    out
+}
+
+/// The origin of an `sds_config`, if it is one secrets can come from (ADS, or an
+/// `api_config_source` naming one `envoy_grpc` cluster).
+fn origin_of(source: &ConfigSource) -> Option<SecretOrigin> {
+    match &source.config_source_specifier {
+        Some(ConfigSourceSpecifier::Ads(_) | ConfigSourceSpecifier::Self_(_)) => {
+            Some(SecretOrigin::Ads)
+        }
+        Some(ConfigSourceSpecifier::ApiConfigSource(api)) => match api.grpc_services.as_slice() {
+            [
+                GrpcService {
+                    target_specifier: Some(TargetSpecifier::EnvoyGrpc(e)),
+                    ..
+                },
+            ] if !e.cluster_name.is_empty() => Some(SecretOrigin::Source(e.cluster_name.clone())),
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
+/// Every (origin, secret name) the TLS contexts refer to.
+fn sds_refs<'a>(
+    clusters: impl IntoIterator<Item = &'a envoy_types::pb::envoy::config::cluster::v3::Cluster>,
+    listeners: impl IntoIterator<Item = &'a Listener>,
+) -> BTreeSet<(SecretOrigin, String)> {
     let mut out = BTreeSet::new();
     let mut from_common = |c: &CommonTlsContext| {
         let mut add = |s: &SdsSecretConfig| {
-            if s.sds_config.as_ref().is_some_and(is_ads) {
-                out.insert(s.name.clone());
+            if !s.name.is_empty()
+                && let Some(origin) = s.sds_config.as_ref().and_then(origin_of)
+            {
+                out.insert((origin, s.name.clone()));
             }
         };
         for s in &c.tls_certificate_sds_secret_configs {
@@ -723,6 +894,5 @@ pub fn sds_names<'a>(
             }
         }
     }
-    out.remove("");
     out
 }

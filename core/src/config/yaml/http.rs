@@ -1161,23 +1161,33 @@ fn headers_to_add(
         let name = obj
             .req(dec, "name")
             .and_then(|(v, p)| header_name(dec, &p, v, Use::Edit));
-        let value = obj
-            .req(dec, "value")
-            .and_then(|(v, p)| header_value(dec, &p, v));
+        let value = obj.req(dec, "value").and_then(|(v, p)| {
+            let value = header_value(dec, &p, v)?;
+            match crate::config::header_format::HeaderFormat::parse(&value) {
+                Ok(format) => Some((value, format)),
+                Err(e) => {
+                    dec.error(&p, format!("{value:?}: {e}"));
+                    None
+                }
+            }
+        });
         let append_action = match obj.opt("append_action") {
             Some((v, p)) => append_action(dec, &p, v),
             None => Some(AppendAction::default()),
         };
         obj.finish(dec);
+        let (value, format) = value?;
         Some(HeaderValue {
             name: name?,
-            value: value?,
+            value,
+            format,
             append_action: append_action?,
         })
     })?;
-    // An overwriting entry is alone with its name: with another one, the list's order would
-    // decide which fields survive (Envoy applies them one by one), which nobody reading the
-    // file should have to work out.
+    // An entry that does more than append is alone with its name: with another one, the
+    // list's order would decide which fields survive (Envoy decides the conditional actions on
+    // the message as it was before the list and applies overwrites before appends), which
+    // nobody reading the file should have to work out.
     let mut ok = true;
     for (i, h) in list.iter().enumerate() {
         let Some(first) = list[..i]
@@ -1186,14 +1196,14 @@ fn headers_to_add(
         else {
             continue;
         };
-        if h.append_action.is_overwrite() || list[first].append_action.is_overwrite() {
+        if !h.append_action.is_append() || !list[first].append_action.is_append() {
             dec.error(
                 &child(&index(&p, i), "name"),
                 format!(
-                    "duplicate header {:?} (already added by {}; an entry that overwrites \
-                     (append_action: overwrite_if_exists_or_add, the default) must be the only \
-                     one of its name — give every entry of the name \
-                     append_action: append_if_exists_or_add to add several fields)",
+                    "duplicate header {:?} (already added by {}; an entry that does not append \
+                     (append_action: overwrite_if_exists_or_add, the default, add_if_absent or \
+                     overwrite_if_exists) must be the only one of its name — give every entry \
+                     of the name append_action: append_if_exists_or_add to add several fields)",
                     h.name,
                     index(&p, first)
                 ),
@@ -1204,20 +1214,8 @@ fn headers_to_add(
     ok.then_some(list)
 }
 
-/// `append_action`: the two actions that do not depend on the message's own fields.
+/// `append_action`: one of Envoy's four `HeaderValueOption.HeaderAppendAction`s, lowercase.
 fn append_action(dec: &mut Decoder, path: &str, v: &Value) -> Option<AppendAction> {
-    if let Value::String(s) = v
-        && matches!(s.as_str(), "add_if_absent" | "overwrite_if_exists")
-    {
-        dec.error(
-            path,
-            format!(
-                "{s:?} is unsupported (it depends on the message's own fields; supported: \
-                 overwrite_if_exists_or_add, append_if_exists_or_add)"
-            ),
-        );
-        return None;
-    }
     dec.one_of(path, v, &AppendAction::CHOICES)
 }
 

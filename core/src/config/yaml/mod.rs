@@ -42,9 +42,10 @@ use super::{
     AdminConfig, AdminListen, ClusterConfig, ClusterKind, Config, ConfigError, ConfigErrors,
     DEFAULT_ADMIN_SOCKET_MODE, DEFAULT_BOLT_PARTIAL_FRAME_BYTES, DEFAULT_CLIENT_HELLO_TIMEOUT,
     DEFAULT_CONNECT_TIMEOUT, DEFAULT_DRAIN_TIMEOUT, DEFAULT_MAX_CONNECT_ATTEMPTS,
-    DEFAULT_MINIMUM_RING_SIZE, DEFAULT_TCP_IDLE_TIMEOUT, DEFAULT_UPSTREAM_IDLE_TIMEOUT, HostConfig,
-    LbPolicy, LimitsConfig, ListenerConfig, ListenerFilter, MAX_CONNECTIONS_LIMIT, OriginalDst,
-    SniRoute, TcpProxyConfig, TextPosition, UpstreamProtocol,
+    DEFAULT_MINIMUM_RING_SIZE, DEFAULT_OVERPROVISIONING_FACTOR, DEFAULT_TCP_IDLE_TIMEOUT,
+    DEFAULT_UPSTREAM_IDLE_TIMEOUT, HostConfig, LbPolicy, LimitsConfig, ListenerConfig,
+    ListenerFilter, MAX_CONNECTIONS_LIMIT, OriginalDst, SniRoute, TcpProxyConfig, TextPosition,
+    UpstreamProtocol,
 };
 use decoder::{Decoder, Obj, child, index};
 pub use values::{parse_duration, parse_socket_addr};
@@ -1149,6 +1150,7 @@ fn decode_cluster(dec: &mut Decoder, path: &str, v: &Value) -> Option<ClusterCon
             "health_check",
             "outlier_detection",
             "panic_threshold",
+            "overprovisioning_factor",
         ] {
             if v.get(key).is_some() {
                 dec.error(
@@ -1225,6 +1227,10 @@ fn decode_cluster(dec: &mut Decoder, path: &str, v: &Value) -> Option<ClusterCon
     let panic_threshold_percent = match obj.opt("panic_threshold") {
         Some((v, p)) => cluster::percent(dec, &p, v),
         None => Some(DEFAULT_PANIC_THRESHOLD_PERCENT),
+    };
+    let overprovisioning_factor = match obj.opt("overprovisioning_factor") {
+        Some((v, p)) => dec.u64_in(&p, v, 1..=u64::from(u32::MAX)).map(|f| f as u32),
+        None => Some(DEFAULT_OVERPROVISIONING_FACTOR),
     };
     let tls = match obj.opt("tls") {
         Some((v, p)) => tls::decode_upstream_tls(dec, &p, v).map(|t| Some(Box::new(t))),
@@ -1334,9 +1340,11 @@ fn decode_cluster(dec: &mut Decoder, path: &str, v: &Value) -> Option<ClusterCon
         // `hosts: []` (said, not left out) is a cluster with no endpoints, Envoy's STATIC
         // cluster without a `load_assignment` (istiod's `BlackHoleCluster`): HTTP routes to it
         // answer 503 (no healthy upstream), a tcp_proxy to it closes the connection.
-        let hosts = obj
-            .req(dec, "hosts")
-            .and_then(|(v, p)| dec.list(&p, v, decode_host));
+        let hosts = obj.req(dec, "hosts").and_then(|(v, p)| {
+            let hosts = dec.list(&p, v, decode_host)?;
+            check_priorities_contiguous(dec, &p, &hosts);
+            Some(hosts)
+        });
         (hosts, Some(None))
     };
     obj.finish(dec);
@@ -1351,6 +1359,7 @@ fn decode_cluster(dec: &mut Decoder, path: &str, v: &Value) -> Option<ClusterCon
         outlier_detection: outlier_detection?,
         circuit_breakers: circuit_breakers?,
         panic_threshold_percent: panic_threshold_percent?,
+        overprovisioning_factor: overprovisioning_factor?,
         kind: kind?,
         hosts: hosts?,
         dns: dns?,
@@ -1493,6 +1502,12 @@ fn decode_host(dec: &mut Decoder, path: &str, v: &Value) -> Option<HostConfig> {
         Some((v, p)) => dec.u64_in(&p, v, 1..=1000).map(|w| w as u32),
         None => Some(1),
     };
+    let priority = match obj.opt("priority") {
+        Some((v, p)) => dec
+            .u64_in(&p, v, 0..=u64::from(MAX_PRIORITY))
+            .map(|w| w as u32),
+        None => Some(0),
+    };
     let labels = match obj.opt("transport_socket_match") {
         Some((v, p)) => decode_transport_labels(dec, &p, v).map(|l| Some(Box::new(l))),
         None => Some(None),
@@ -1501,8 +1516,33 @@ fn decode_host(dec: &mut Decoder, path: &str, v: &Value) -> Option<HostConfig> {
     Some(HostConfig {
         address: address?,
         weight: weight?,
+        priority: priority?,
         transport_socket_match: labels?,
     })
+}
+
+/// The highest `priority` a host may have (Envoy's levels are contiguous from 0, so a cluster
+/// has at most as many levels as hosts; this bounds a typo).
+const MAX_PRIORITY: u32 = 1023;
+
+/// Envoy's rule: a cluster's priorities are contiguous from 0 — a level with no host between
+/// two with hosts is refused, naming the first missing one.
+fn check_priorities_contiguous(dec: &mut Decoder, path: &str, hosts: &[HostConfig]) {
+    let levels = super::priority_levels(hosts);
+    let mut seen = vec![false; levels as usize];
+    for h in hosts {
+        seen[h.priority as usize] = true;
+    }
+    if let Some(missing) = seen.iter().position(|s| !s) {
+        let highest = levels - 1;
+        dec.error(
+            path,
+            format!(
+                "priorities must be contiguous from 0: no host has priority {missing}, and \
+                 one has {highest}"
+            ),
+        );
+    }
 }
 
 /// At most this many labels in a host's `transport_socket_match` or an entry's `match`.

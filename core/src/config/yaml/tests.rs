@@ -79,7 +79,7 @@ drain_timeout: 10
         r#"clusters[0].lb_policy: unknown value "fastest" (expected one of: round_robin, weighted_round_robin, random, least_request, ring_hash, maglev)"#,
         "clusters[0].hosts[0].weight: 0 is not a whole number from 1 to 1000",
         "clusters[0].hosts[1].address: missing (this field is required)",
-        "clusters[0].hosts[1].adress: unknown field (expected one of: address, weight, transport_socket_match); did you mean 'address'?",
+        "clusters[0].hosts[1].adress: unknown field (expected one of: address, weight, priority, transport_socket_match); did you mean 'address'?",
         "drain_timeout: 10 has no unit (expected a number and a unit: 250ms, 1s, 5m, 1h)",
     ];
     for e in expect {
@@ -2892,5 +2892,135 @@ clusters:
         [
             "clusters[0].hosts[0].transport_socket_match: expected a mapping of string keys to string values"
         ]
+    );
+}
+
+/// Priority levels: `priority` per host (default 0), `overprovisioning_factor` per cluster
+/// (default 140), both in the dump only when not the default.
+#[test]
+fn hosts_take_priorities_and_clusters_an_overprovisioning_factor() {
+    let text = r#"
+listeners:
+  - { name: in, address: 127.0.0.1:10001, tcp_proxy: { cluster: app } }
+clusters:
+  - name: app
+    overprovisioning_factor: 200
+    hosts:
+      - { address: 10.0.0.1:80 }
+      - { address: 10.0.0.2:80, priority: 1 }
+      - { address: 10.0.0.3:80, priority: 2 }
+      - { address: 10.0.0.4:80, priority: 1 }
+  - name: plain
+    hosts: [ { address: 10.0.0.5:80 } ]
+"#;
+    let c = Config::from_yaml(text).unwrap();
+    let app = &c.clusters[0];
+    assert_eq!(app.overprovisioning_factor, 200);
+    let priorities: Vec<u32> = app.hosts.iter().map(|h| h.priority).collect();
+    assert_eq!(priorities, [0, 1, 2, 1]);
+    assert_eq!(crate::config::priority_levels(&app.hosts), 3);
+    assert_eq!(c.clusters[1].overprovisioning_factor, 140);
+    assert_eq!(c.clusters[1].hosts[0].priority, 0);
+    let dump = serde_json::to_value(&c.clusters[0]).unwrap();
+    assert_eq!(dump["overprovisioning_factor"], 200);
+    assert_eq!(dump["hosts"][1]["priority"], 1);
+    assert!(dump["hosts"][0].get("priority").is_none());
+    let plain = serde_json::to_value(&c.clusters[1]).unwrap();
+    assert!(plain.get("overprovisioning_factor").is_none());
+}
+
+/// Envoy's rule: priorities contiguous from 0; a factor of 0 is refused.
+#[test]
+fn a_gap_in_priorities_and_a_zero_factor_are_refused() {
+    let text = r#"
+listeners:
+  - { name: in, address: 127.0.0.1:10001, tcp_proxy: { cluster: app } }
+clusters:
+  - name: app
+    overprovisioning_factor: 0
+    hosts:
+      - { address: 10.0.0.1:80 }
+      - { address: 10.0.0.2:80, priority: 2 }
+  - name: high
+    hosts: [ { address: 10.0.0.3:80, priority: 1 } ]
+  - name: huge
+    hosts: [ { address: 10.0.0.4:80, priority: 5000 } ]
+"#;
+    let errs = errors(text);
+    let expected = [
+        "clusters[0].overprovisioning_factor: 0 is not a whole number from 1 to 4294967295",
+        "clusters[0].hosts: priorities must be contiguous from 0: no host has priority 1, and one has 2",
+        "clusters[1].hosts: priorities must be contiguous from 0: no host has priority 0, and one has 1",
+        "clusters[2].hosts[0].priority: 5000 is not a whole number from 0 to 1023",
+    ];
+    for e in expected {
+        assert!(errs.iter().any(|x| x == e), "missing {e:?} in {errs:#?}");
+    }
+    assert_eq!(errs.len(), expected.len(), "{errs:#?}");
+}
+
+/// `xds.sds_sources`: an SDS server of its own (Istio's agent, `sds-grpc`) on a Unix socket or
+/// through a static cluster; each declared once, with exactly one of `path` and `cluster`,
+/// errors by path.
+#[test]
+fn sds_sources_are_declared_by_path_or_cluster() {
+    let uds = XDS.replace(
+        "initial_fetch_timeout: 5s }",
+        "initial_fetch_timeout: 5s, sds_sources: [ { name: sds-grpc, path: ./var/run/secrets/workload-spiffe-uds/socket } ] }",
+    );
+    let c = Config::from_yaml(&uds).unwrap_or_else(|e| panic!("{e}"));
+    let sources = &c.xds.as_ref().unwrap().sds_sources;
+    assert_eq!(sources.len(), 1);
+    assert_eq!(sources[0].name, "sds-grpc");
+    assert_eq!(
+        sources[0].target,
+        crate::config::xds::SdsTarget::Path(
+            "./var/run/secrets/workload-spiffe-uds/socket".to_owned()
+        )
+    );
+    let by_cluster = XDS.replace(
+        "initial_fetch_timeout: 5s }",
+        "sds_sources: [ { name: sds, cluster: xds_server } ] }",
+    );
+    let c = Config::from_yaml(&by_cluster).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        c.xds.unwrap().sds_sources[0].target,
+        crate::config::xds::SdsTarget::Cluster {
+            name: "xds_server".to_owned(),
+            index: 0
+        }
+    );
+    let with = |s: &str| {
+        XDS.replace(
+            "initial_fetch_timeout: 5s }",
+            &format!("sds_sources: {s} }}"),
+        )
+    };
+    assert_eq!(
+        errors(&with("[ { name: sds-grpc } ]")),
+        [
+            "xds.sds_sources[0]: missing `path` (the SDS server's Unix socket) or `cluster` (a static cluster)"
+        ]
+    );
+    assert_eq!(
+        errors(&with("[ { name: a, path: /s, cluster: xds_server } ]")),
+        ["xds.sds_sources[0]: give `path` (a Unix socket) or `cluster`, not both"]
+    );
+    assert_eq!(
+        errors(&with("[ { name: a, path: /s }, { name: a, path: /t } ]")),
+        ["xds.sds_sources[1].name: \"a\" is declared twice"]
+    );
+    assert_eq!(
+        errors(&with("[ { name: a, cluster: nowhere } ]")),
+        ["xds.sds_sources[0].cluster: unknown cluster \"nowhere\" (known: xds_server)"]
+    );
+    assert_eq!(
+        errors(&with("[ { name: a, path: \"\" } ]")),
+        ["xds.sds_sources[0].path: cannot be empty"]
+    );
+    let unknown = errors(&with("[ { name: a, path: /s, port: 1 } ]"));
+    assert!(
+        unknown[0].starts_with("xds.sds_sources[0].port: unknown field"),
+        "{unknown:?}"
     );
 }

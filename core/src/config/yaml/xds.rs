@@ -4,7 +4,9 @@ use serde_json::Value;
 
 use super::decoder::{Decoder, child};
 use super::{cluster_ref, opt_duration};
-use crate::config::xds::{DEFAULT_INITIAL_FETCH_TIMEOUT, Locality, NodeConfig, XdsConfig, XdsMode};
+use crate::config::xds::{
+    DEFAULT_INITIAL_FETCH_TIMEOUT, Locality, NodeConfig, SdsSource, SdsTarget, XdsConfig, XdsMode,
+};
 use crate::config::{ClusterConfig, ClusterKind};
 
 /// `node: { id, cluster, metadata, locality: { region, zone, sub_zone } }`.
@@ -67,7 +69,7 @@ fn decode_locality(dec: &mut Decoder, path: &str, v: &Value) -> Option<Locality>
     })
 }
 
-/// `xds: { cluster, mode, initial_fetch_timeout }`.
+/// `xds: { cluster, mode, initial_fetch_timeout, sds_sources }`.
 pub(super) fn decode_xds(
     dec: &mut Decoder,
     path: &str,
@@ -99,6 +101,10 @@ pub(super) fn decode_xds(
             Some(d)
         }
     });
+    let sds_sources = match obj.opt("sds_sources") {
+        Some((v, p)) => decode_sds_sources(dec, &p, v, cluster_names),
+        None => Some(Vec::new()),
+    };
     obj.finish(dec);
     let (cluster, cluster_index) = cluster?;
     Some(XdsConfig {
@@ -106,7 +112,69 @@ pub(super) fn decode_xds(
         cluster_index,
         mode: mode?,
         initial_fetch_timeout: timeout?,
+        sds_sources: sds_sources?,
     })
+}
+
+/// `sds_sources: [{ name, path | cluster }]`: names unique, exactly one of `path` (a Unix
+/// socket) and `cluster` (a static cluster, checked in [`check_xds_cluster`]).
+fn decode_sds_sources(
+    dec: &mut Decoder,
+    path: &str,
+    v: &Value,
+    cluster_names: &[&str],
+) -> Option<Vec<SdsSource>> {
+    let sources = dec.list(path, v, |dec, path, v| {
+        let mut obj = dec.object(path, v)?;
+        let name = obj
+            .req(dec, "name")
+            .and_then(|(v, p)| non_empty(dec, &p, v));
+        let socket = obj.opt("path").map(|(v, p)| (non_empty(dec, &p, v), p));
+        let cluster = obj
+            .opt("cluster")
+            .map(|(v, p)| cluster_ref(dec, &p, v, cluster_names));
+        obj.finish(dec);
+        let target = match (socket, cluster) {
+            (Some((path, p)), None) => {
+                let path = path?;
+                if path.contains('\0') {
+                    dec.error(&p, "a socket path cannot hold a NUL byte");
+                    return None;
+                }
+                SdsTarget::Path(path)
+            }
+            (None, Some(c)) => {
+                let (name, index) = c?;
+                SdsTarget::Cluster { name, index }
+            }
+            (Some(_), Some(_)) => {
+                dec.error(path, "give `path` (a Unix socket) or `cluster`, not both");
+                return None;
+            }
+            (None, None) => {
+                dec.error(
+                    path,
+                    "missing `path` (the SDS server's Unix socket) or `cluster` (a static \
+                     cluster)",
+                );
+                return None;
+            }
+        };
+        Some(SdsSource {
+            name: name?,
+            target,
+        })
+    })?;
+    for (i, s) in sources.iter().enumerate() {
+        if sources[..i].iter().any(|o| o.name == s.name) {
+            dec.error(
+                &child(&format!("{path}[{i}]"), "name"),
+                format!("{:?} is declared twice", s.name),
+            );
+            return None;
+        }
+    }
+    Some(sources)
 }
 
 /// The management server's cluster must have hosts to dial: a static one. With `tls`, the
@@ -128,6 +196,23 @@ pub(super) fn check_xds_cluster(
     let Some(x) = xds else {
         return Some(None);
     };
+    // An SDS source's cluster is dialled as the xDS cluster is: a static cluster with a host.
+    for (i, s) in x.sds_sources.iter().enumerate() {
+        if let SdsTarget::Cluster { name, index } = &s.target
+            && !clusters
+                .get(*index)
+                .is_some_and(|c| c.kind == ClusterKind::Static && !c.hosts.is_empty())
+        {
+            dec.error(
+                &format!("xds.sds_sources[{i}].cluster"),
+                format!(
+                    "cluster {name:?} is not a static cluster with hosts: an SDS source's \
+                     cluster is dialled at its first host"
+                ),
+            );
+            return None;
+        }
+    }
     let ci = x.cluster_index;
     match clusters.get(ci) {
         Some(c) if c.kind == ClusterKind::Static && c.hosts.is_empty() => {

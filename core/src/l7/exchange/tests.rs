@@ -468,6 +468,7 @@ fn max_retries_breaker_caps_concurrent_retries() {
             .map(|i| HostConfig {
                 address: format!("127.0.0.1:{}", 9000 + i).parse().unwrap(),
                 weight: 1,
+                priority: 0,
                 transport_socket_match: None,
             })
             .collect(),

@@ -21,6 +21,7 @@ fn cluster(hosts: usize) -> ClusterState {
             .map(|i| HostConfig {
                 address: format!("127.0.0.1:{}", 9000 + i).parse().unwrap(),
                 weight: 1,
+                priority: 0,
                 transport_socket_match: None,
             })
             .collect(),

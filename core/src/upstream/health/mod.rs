@@ -24,6 +24,13 @@
 //! falls **strictly below** `panic_threshold_percent`, the cluster is in *panic*: every host is
 //! available again, because spreading load over all hosts (some failing) beats piling it onto the
 //! few left. `0` disables panic. An empty cluster is never in panic.
+//!
+//! [`availability`] and [`fill_availability`] decide it over the whole cluster; the runtime
+//! hands each host's verdict to its cluster state instead
+//! ([`crate::cluster::ClusterState::apply_health`]), which applies the threshold per priority
+//! level with Envoy's rule ([`crate::lb::priority`]): the same as this for a cluster of one
+//! level, except that a level at ≥ 1/1.4 of its hosts usable (the overprovisioning factor) is
+//! never in panic.
 
 mod active;
 mod breaker;

@@ -32,6 +32,7 @@ fn cluster_of(policy: LbPolicy, hosts: &[(usize, u32)], minimum_ring_size: u32) 
             .map(|&(i, weight)| HostConfig {
                 address: address(i),
                 weight,
+                priority: 0,
                 transport_socket_match: None,
             })
             .collect(),

@@ -16,6 +16,7 @@ fn cluster(policy: LbPolicy, weights: &[u32]) -> ClusterState {
             .map(|(i, &weight)| HostConfig {
                 address: format!("127.0.0.1:{}", 1000 + i).parse().unwrap(),
                 weight,
+                priority: 0,
                 transport_socket_match: None,
             })
             .collect(),

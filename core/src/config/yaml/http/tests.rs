@@ -144,6 +144,7 @@ fn decodes_the_full_example() {
     let header = |name: &str, value: &str| HeaderValue {
         name: name.into(),
         value: value.into(),
+        format: None,
         append_action: AppendAction::OverwriteIfExistsOrAdd,
     };
     let want = HttpConfig {
@@ -470,7 +471,7 @@ fn header_name_and_value_rules() {
             "{p}.route.request_headers_to_remove[2]: \"\" is not a valid header name (letters, digits and !#$%&'*+-.^_`|~)"
         ),
         format!(
-            "{p}.route.response_headers_to_add[1].name: duplicate header \"X-OK\" (already added by {p}.route.response_headers_to_add[0]; an entry that overwrites (append_action: overwrite_if_exists_or_add, the default) must be the only one of its name — give every entry of the name append_action: append_if_exists_or_add to add several fields)"
+            "{p}.route.response_headers_to_add[1].name: duplicate header \"X-OK\" (already added by {p}.route.response_headers_to_add[0]; an entry that does not append (append_action: overwrite_if_exists_or_add, the default, add_if_absent or overwrite_if_exists) must be the only one of its name — give every entry of the name append_action: append_if_exists_or_add to add several fields)"
         ),
         format!(
             "{p}.route.response_headers_to_remove[0]: \"transfer-encoding\" cannot be added or removed (the proxy manages host, connection, transfer-encoding and content-length)"
@@ -497,9 +498,46 @@ fn no_nulls(v: &mut serde_json::Value) {
     }
 }
 
+/// Values with `%VAR%` are parsed at load (the dump writes them as written and loads back);
+/// an unknown variable or a stray `%` is refused at the value's path.
+#[test]
+fn header_values_with_variables() {
+    let text = with_route(
+        "{ match: { prefix: / }, route: { cluster: a, request_headers_to_add: [ \
+         { name: x-client, value: '%DOWNSTREAM_REMOTE_ADDRESS%' }, { name: x-plain, value: p } ] } }",
+    );
+    let config = Config::from_yaml(&text).unwrap();
+    let got = http(&text);
+    let RouteAction::Forward(f) = &got.virtual_hosts[0].routes[0].action else {
+        panic!()
+    };
+    assert!(f.request_headers_to_add[0].format.is_some());
+    assert!(f.request_headers_to_add[1].format.is_none());
+    let mut dump = serde_json::to_value(&config).unwrap();
+    no_nulls(&mut dump);
+    assert_eq!(Config::from_tree(&dump).unwrap(), config);
+    let text = with_route(
+        "{ match: { prefix: / }, route: { cluster: a, response_headers_to_add: [ \
+         { name: x-a, value: '%UNKNOWN_THING%' }, { name: x-b, value: '%REQ(' } ] } }",
+    );
+    let p = "listeners[0].http.virtual_hosts[0].routes[0].route";
+    assert_eq!(
+        errors(&text),
+        [
+            format!(
+                "{p}.response_headers_to_add[0].value: \"%UNKNOWN_THING%\": unknown variable %UNKNOWN_THING% at byte 0 (supported: {})",
+                crate::config::header_format::SUPPORTED
+            ),
+            format!(
+                "{p}.response_headers_to_add[1].value: \"%REQ(\": no valid variable at byte 0 (a variable is %NAME%, %NAME(ARG)% or either with :N before the closing %; write %% for a literal %)"
+            ),
+        ]
+    );
+}
+
 /// `append_action`: overwrite by default; appending entries of one name may repeat, in order;
-/// an overwriting entry shares its name with no other; the actions that need the message's own
-/// fields are refused by path.
+/// an entry that does not append shares its name with no other (refused by path); the
+/// conditional actions load and dump back.
 #[test]
 fn header_append_action() {
     let text = with_route(
@@ -507,7 +545,9 @@ fn header_append_action() {
          { name: x-a, value: '1', append_action: append_if_exists_or_add }, \
          { name: x-b, value: '2' }, \
          { name: X-A, value: '3', append_action: append_if_exists_or_add }, \
-         { name: x-c, value: '4', append_action: overwrite_if_exists_or_add } ] } }",
+         { name: x-c, value: '4', append_action: overwrite_if_exists_or_add }, \
+         { name: x-d, value: '5', append_action: add_if_absent }, \
+         { name: x-e, value: '6', append_action: overwrite_if_exists } ] } }",
     );
     // The dump writes the action of appending entries only, and loads back.
     let config = Config::from_yaml(&text).unwrap();
@@ -520,6 +560,8 @@ fn header_append_action() {
             { "name": "x-b", "value": "2" },
             { "name": "X-A", "value": "3", "append_action": "append_if_exists_or_add" },
             { "name": "x-c", "value": "4" },
+            { "name": "x-d", "value": "5", "append_action": "add_if_absent" },
+            { "name": "x-e", "value": "6", "append_action": "overwrite_if_exists" },
         ])
     );
     assert_eq!(Config::from_tree(&dump).unwrap(), config);
@@ -539,6 +581,8 @@ fn header_append_action() {
             ("x-b", "2", AppendAction::OverwriteIfExistsOrAdd),
             ("X-A", "3", AppendAction::AppendIfExistsOrAdd),
             ("x-c", "4", AppendAction::OverwriteIfExistsOrAdd),
+            ("x-d", "5", AppendAction::AddIfAbsent),
+            ("x-e", "6", AppendAction::OverwriteIfExists),
         ]
     );
     let text = with_route(
@@ -549,12 +593,12 @@ fn header_append_action() {
          response_headers_to_add: [ { name: x-ok, value: '1', append_action: append_if_exists_or_add }, \
            { name: x-ok, value: '2', append_action: append_if_exists_or_add }, \
            { name: x-c, value: '1', append_action: add_if_absent }, \
-           { name: x-d, value: '1', append_action: overwrite_if_exists }, \
-           { name: x-e, value: '1', append_action: append } ] } }",
+           { name: x-c, value: '2', append_action: append_if_exists_or_add }, \
+           { name: x-d, value: '1', append_action: append_if_exists_or_add }, \
+           { name: x-d, value: '2', append_action: overwrite_if_exists } ] } }",
     );
     let p = "listeners[0].http.virtual_hosts[0].routes[0].route";
-    let dup = "an entry that overwrites (append_action: overwrite_if_exists_or_add, the default) must be the only one of its name — give every entry of the name append_action: append_if_exists_or_add to add several fields";
-    let needs = "it depends on the message's own fields; supported: overwrite_if_exists_or_add, append_if_exists_or_add";
+    let dup = "an entry that does not append (append_action: overwrite_if_exists_or_add, the default, add_if_absent or overwrite_if_exists) must be the only one of its name — give every entry of the name append_action: append_if_exists_or_add to add several fields";
     assert_eq!(
         errors(&text),
         [
@@ -565,15 +609,22 @@ fn header_append_action() {
                 "{p}.request_headers_to_add[3].name: duplicate header \"x-b\" (already added by {p}.request_headers_to_add[2]; {dup})"
             ),
             format!(
-                "{p}.response_headers_to_add[2].append_action: \"add_if_absent\" is unsupported ({needs})"
+                "{p}.response_headers_to_add[3].name: duplicate header \"x-c\" (already added by {p}.response_headers_to_add[2]; {dup})"
             ),
             format!(
-                "{p}.response_headers_to_add[3].append_action: \"overwrite_if_exists\" is unsupported ({needs})"
-            ),
-            format!(
-                "{p}.response_headers_to_add[4].append_action: unknown value \"append\" (expected one of: overwrite_if_exists_or_add, append_if_exists_or_add)"
+                "{p}.response_headers_to_add[5].name: duplicate header \"x-d\" (already added by {p}.response_headers_to_add[4]; {dup})"
             ),
         ]
+    );
+    let text = with_route(
+        "{ match: { prefix: / }, route: { cluster: a, \
+         response_headers_to_add: [ { name: x-e, value: '1', append_action: append } ] } }",
+    );
+    assert_eq!(
+        errors(&text),
+        [format!(
+            "{p}.response_headers_to_add[0].append_action: unknown value \"append\" (expected one of: overwrite_if_exists_or_add, append_if_exists_or_add, add_if_absent, overwrite_if_exists)"
+        )]
     );
 }
 

@@ -1,0 +1,430 @@
+//! The SDS sources of the bootstrap's `xds.sds_sources` (Istio's agent, `sds-grpc`): one task
+//! per source beside the ADS client ([`crate::xds`]), on the xDS thread's runtime, each
+//! driving a sans-IO [`sluice_xds::sds::Sds`] machine over a tonic
+//! `SecretDiscoveryService/StreamSecrets` stream (state of the world).
+//!
+//! A source is reached over a Unix socket (`path`, in cleartext HTTP/2, as Envoy reaches its
+//! `pipe` cluster; a relative path is the working directory's, as Envoy's is) or through a
+//! static cluster (`cluster`: its first host, with its `tls`, by the same connector as the
+//! management server's). Only the operator's bootstrap names where a source is: an xDS
+//! resource names a source, never a socket.
+//!
+//! The wiring (the runtime's, no state of its own): the ADS machine says which secrets each
+//! source must provide ([`sluice_xds::ads::Output::SourceNames`] → [`sds::Input::Names`]);
+//! the source's secrets go to the ADS machine ([`sds::Output::Secrets`] →
+//! [`sluice_xds::ads::Input::SourceSecrets`]), which warms and applies them with the rest
+//! (a TLS context waits for its secret; a rotation is a TLS rotation on new handshakes, as
+//! for ADS secrets) and answers ([`sluice_xds::ads::Output::SourceVerdict`] →
+//! [`sds::Input::Verdict`]), upon which the source's machine ACKs or NACKs.
+//!
+//! Connection states, per source: connecting → streaming → (stream ends or fails) → backoff →
+//! connecting; the backoff is the ADS client's (250 ms doubling to 30 s, full jitter, reset
+//! after a stream that delivered a response). While a source is disconnected the secrets
+//! serving stay. Each state change, ACK and NACK is recorded in [`SOURCES`] (`/xds`'s
+//! `sds_sources`, `/config_dump`'s `xds_resources.source_secret`; never a secret's content).
+
+use std::collections::BTreeMap;
+use std::io;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use envoy_types::pb::envoy::config::core::v3::Node;
+use envoy_types::pb::envoy::service::discovery::v3::DiscoveryRequest;
+use envoy_types::pb::envoy::service::secret::v3::secret_discovery_service_client::SecretDiscoveryServiceClient;
+use serde_json::Value;
+use sluice_xds::ads::Input;
+use sluice_xds::sds::{self, Answer, Sds};
+use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
+use tracing::{info, warn};
+
+use crate::xds::{
+    BACKOFF_BASE, Jitter, XdsConnector, error_chain, kept_error, next_backoff, unix_now,
+};
+
+/// Each SDS source's status, by name (`None` entries never: a source is listed once its task
+/// starts). Written by the sources' tasks (never on the data path), read by the admin server.
+pub static SOURCES: std::sync::Mutex<BTreeMap<String, SourceStatus>> =
+    std::sync::Mutex::new(BTreeMap::new());
+
+/// One SDS source's status.
+#[derive(Clone, Debug, Default)]
+pub struct SourceStatus {
+    /// Where it is: `unix:PATH` or `cluster:NAME`.
+    pub target: String,
+    /// Whether its stream is open.
+    pub connected: bool,
+    /// The last failed connection attempt (what failed, Unix seconds).
+    pub last_connect_error: Option<(String, u64)>,
+    /// The last accepted version.
+    pub version: String,
+    /// The secrets subscribed to.
+    pub names: Vec<String>,
+    /// Each secret accepted and its version.
+    pub secret_versions: BTreeMap<String, String>,
+    /// When the last ACK went out (Unix seconds).
+    pub updated_at: Option<u64>,
+    /// The last NACK: nonce, error (kept as ADS NACKs are), when.
+    pub last_nack: Option<(String, String, u64)>,
+    /// ACKs and NACKs sent.
+    pub acked: u64,
+    /// NACKs sent.
+    pub nacked: u64,
+}
+
+/// Where an SDS source listens, as the runtime dials it.
+#[derive(Clone, Debug)]
+pub(crate) enum SourceTarget {
+    /// A Unix socket.
+    Unix(PathBuf),
+    /// A static cluster's first host (with its `tls`), and the URI of the channel.
+    Cluster {
+        name: String,
+        connector: XdsConnector,
+        uri: String,
+    },
+}
+
+impl SourceTarget {
+    fn describe(&self) -> String {
+        match self {
+            SourceTarget::Unix(p) => format!("unix:{}", p.display()),
+            SourceTarget::Cluster { name, .. } => format!("cluster:{name}"),
+        }
+    }
+}
+
+/// A declared source: its name and where it is.
+#[derive(Clone, Debug)]
+pub(crate) struct SourceSpec {
+    pub name: String,
+    pub target: SourceTarget,
+}
+
+/// Starts one task per source (on the current runtime); returns each source's control channel
+/// (the ADS machine's names and verdicts for it). The sources' secrets go to `to_ads`.
+pub(crate) fn spawn_sources(
+    specs: &[SourceSpec],
+    node: &Node,
+    to_ads: &UnboundedSender<Input>,
+    jitter_seed: u64,
+) -> BTreeMap<String, UnboundedSender<sds::Input>> {
+    let mut controls = BTreeMap::new();
+    for (i, spec) in specs.iter().enumerate() {
+        let (tx, rx) = unbounded_channel();
+        controls.insert(spec.name.clone(), tx);
+        set_status(&spec.name, |s| {
+            *s = SourceStatus {
+                target: spec.target.describe(),
+                ..SourceStatus::default()
+            };
+        });
+        tokio::spawn(run_source(
+            spec.clone(),
+            Sds::new(node.clone()),
+            to_ads.clone(),
+            rx,
+            jitter_seed.wrapping_add(i as u64 + 1),
+        ));
+    }
+    controls
+}
+
+fn set_status(name: &str, update: impl FnOnce(&mut SourceStatus)) {
+    let mut guard = SOURCES
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    update(guard.entry(name.to_owned()).or_default());
+}
+
+/// One source's loop: streams one after another, with the backoff in between, until the ADS
+/// client is gone (`to_ads` closed).
+async fn run_source(
+    spec: SourceSpec,
+    mut machine: Sds,
+    to_ads: UnboundedSender<Input>,
+    mut control: UnboundedReceiver<sds::Input>,
+    jitter_seed: u64,
+) {
+    let mut jitter = Jitter(jitter_seed | 1);
+    let mut backoff = BACKOFF_BASE;
+    let mut source = Source {
+        name: spec.name.clone(),
+        machine: &mut machine,
+        to_ads: &to_ads,
+    };
+    loop {
+        if to_ads.is_closed() {
+            return;
+        }
+        let got_response = stream_once(&mut source, &spec.target, &mut control).await;
+        source.machine.handle_input(sds::Input::Disconnected);
+        source.drain(None);
+        set_status(&spec.name, |s| s.connected = false);
+        let wait = jitter.below(next_backoff(&mut backoff, got_response, None));
+        let until = tokio::time::Instant::now() + wait;
+        loop {
+            tokio::select! {
+                () = tokio::time::sleep_until(until) => break,
+                input = control.recv() => match input {
+                    Some(input) => {
+                        source.machine.handle_input(input);
+                        source.drain(None);
+                    }
+                    None => return,
+                },
+            }
+        }
+    }
+}
+
+/// A source's machine and where its secrets go.
+struct Source<'a> {
+    name: String,
+    machine: &'a mut Sds,
+    to_ads: &'a UnboundedSender<Input>,
+}
+
+impl Source<'_> {
+    /// Drains the machine: requests to the stream (when connected), secrets to the ADS
+    /// client; records ACKs and NACKs.
+    fn drain(&mut self, stream: Option<&UnboundedSender<DiscoveryRequest>>) {
+        while let Some(out) = self.machine.poll_output() {
+            match out {
+                sds::Output::Send(req, what) => {
+                    self.record_request(&req, what);
+                    if let Some(s) = stream {
+                        let _ = s.send(*req);
+                    }
+                }
+                sds::Output::Secrets { nonce, secrets } => {
+                    let _ = self.to_ads.send(Input::SourceSecrets {
+                        source: self.name.clone(),
+                        nonce,
+                        secrets,
+                    });
+                }
+            }
+        }
+    }
+
+    fn record_request(&self, req: &DiscoveryRequest, what: Answer) {
+        let names: Vec<String> = self.machine.names().iter().cloned().collect();
+        let version = self.machine.accepted_version().to_owned();
+        let versions = self.machine.secret_versions().clone();
+        let nack = (what == Answer::Nack).then(|| {
+            let error = kept_error(req.error_detail.as_ref().map_or("", |e| e.message.as_str()));
+            warn!(source = %self.name, nonce = %req.response_nonce, %error, "xds: SDS source: NACK");
+            (req.response_nonce.clone(), error, unix_now())
+        });
+        set_status(&self.name, |s| {
+            s.names = names;
+            s.version = version;
+            s.secret_versions = versions;
+            match what {
+                Answer::Ack => {
+                    s.acked += 1;
+                    s.updated_at = Some(unix_now());
+                }
+                Answer::Nack => {
+                    s.nacked += 1;
+                    s.last_nack = nack;
+                }
+                Answer::Subscription => {}
+            }
+        });
+    }
+}
+
+/// A Unix socket connector for tonic's channel (the URI it passes is ignored).
+#[derive(Clone, Debug)]
+struct UnixConnector(PathBuf);
+
+impl tower_service::Service<http::Uri> for UnixConnector {
+    type Response = hyper_util::rt::TokioIo<tokio::net::UnixStream>;
+    type Error = io::Error;
+    type Future = std::pin::Pin<
+        Box<dyn std::future::Future<Output = io::Result<Self::Response>> + Send + 'static>,
+    >;
+
+    fn poll_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, _uri: http::Uri) -> Self::Future {
+        let path = self.0.clone();
+        Box::pin(async move {
+            let stream = tokio::net::UnixStream::connect(&path)
+                .await
+                .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", path.display())))?;
+            Ok(hyper_util::rt::TokioIo::new(stream))
+        })
+    }
+}
+
+/// How long a connection attempt to a Unix socket may take (a local peer answers at once or
+/// not at all).
+const UNIX_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// One stream to the source, until it ends; whether it delivered a response.
+async fn stream_once(
+    source: &mut Source<'_>,
+    target: &SourceTarget,
+    control: &mut UnboundedReceiver<sds::Input>,
+) -> bool {
+    let described = target.describe();
+    let channel = match target {
+        SourceTarget::Unix(path) => {
+            // The authority is a placeholder: the connector dials the socket.
+            let endpoint = tonic::transport::Endpoint::from_static("http://sds.local")
+                .connect_timeout(UNIX_CONNECT_TIMEOUT);
+            endpoint
+                .connect_with_connector(UnixConnector(path.clone()))
+                .await
+        }
+        SourceTarget::Cluster { connector, uri, .. } => {
+            match tonic::transport::Endpoint::from_shared(uri.clone()) {
+                Ok(e) => e.connect_with_connector(connector.clone()).await,
+                Err(e) => {
+                    warn!(source = %source.name, error = %e, "xds: SDS source: bad address");
+                    return false;
+                }
+            }
+        }
+    };
+    let channel = match channel {
+        Ok(c) => c,
+        Err(e) => {
+            let error = error_chain(&e);
+            warn!(
+                source = %source.name,
+                target = %described,
+                %error,
+                "xds: cannot connect to the SDS source"
+            );
+            set_status(&source.name, |s| {
+                s.last_connect_error = Some((error, unix_now()));
+            });
+            return false;
+        }
+    };
+    let mut client = SecretDiscoveryServiceClient::new(channel);
+    let (tx, rx) = unbounded_channel();
+    source.machine.handle_input(sds::Input::Connected);
+    source.drain(Some(&tx));
+    // The stream opens when the server answers with its headers, which a server may hold
+    // until it has something to send (grpcio does): until then, the names the ADS machine
+    // asks for still go out (the first request is what the server answers).
+    let opened = client.stream_secrets(tokio_stream::wrappers::UnboundedReceiverStream::new(rx));
+    tokio::pin!(opened);
+    let opened = loop {
+        tokio::select! {
+            opened = &mut opened => break opened,
+            input = control.recv() => match input {
+                Some(input) => {
+                    source.machine.handle_input(input);
+                    source.drain(Some(&tx));
+                }
+                None => return false,
+            },
+        }
+    };
+    let mut inbound = match opened {
+        Ok(r) => r.into_inner(),
+        Err(e) => {
+            warn!(source = %source.name, error = %e, "xds: the SDS stream was refused");
+            set_status(&source.name, |s| {
+                s.last_connect_error = Some((format!("stream refused: {e}"), unix_now()));
+            });
+            return false;
+        }
+    };
+    info!(source = %source.name, target = %described, "xds: SDS source connected");
+    set_status(&source.name, |s| s.connected = true);
+    let mut got = false;
+    loop {
+        tokio::select! {
+            m = inbound.message() => match m {
+                Ok(Some(response)) => {
+                    got = true;
+                    source.machine.handle_input(sds::Input::Response(response));
+                    source.drain(Some(&tx));
+                }
+                Ok(None) => {
+                    warn!(source = %source.name, "xds: the SDS source closed the stream");
+                    return got;
+                }
+                Err(e) => {
+                    warn!(source = %source.name, error = %e, "xds: the SDS stream failed");
+                    return got;
+                }
+            },
+            input = control.recv() => match input {
+                Some(input) => {
+                    source.machine.handle_input(input);
+                    source.drain(Some(&tx));
+                }
+                None => return got,
+            },
+        }
+    }
+}
+
+/// `/xds`'s `sds_sources`: per source, where it is, whether connected, the last connection
+/// error, the accepted version, the secrets and their versions, the last NACK (`null` when
+/// none is declared).
+#[must_use]
+pub fn status_json() -> Value {
+    let guard = SOURCES
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    if guard.is_empty() {
+        return Value::Null;
+    }
+    let mut out = serde_json::Map::new();
+    for (name, s) in guard.iter() {
+        out.insert(
+            name.clone(),
+            serde_json::json!({
+                "target": s.target,
+                "connected": s.connected,
+                "last_connect_error": s.last_connect_error.as_ref().map(|(error, at)| {
+                    serde_json::json!({ "error": error, "at": at })
+                }),
+                "version": s.version,
+                "updated_at": s.updated_at,
+                "subscribed": s.names,
+                "secrets": s.secret_versions,
+                "acks": s.acked,
+                "nacks": s.nacked,
+                "last_nack": s.last_nack.as_ref().map(|(nonce, error, at)| {
+                    serde_json::json!({ "nonce": nonce, "error": error, "at": at })
+                }),
+            }),
+        );
+    }
+    Value::Object(out)
+}
+
+/// `/config_dump`'s `xds_resources.source_secret`: each secret accepted from a source, with
+/// its source and version (never its content).
+#[must_use]
+pub fn config_dump_entries() -> Vec<Value> {
+    let guard = SOURCES
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let mut out = Vec::new();
+    for (source, s) in guard.iter() {
+        for (name, version) in &s.secret_versions {
+            out.push(serde_json::json!({
+                "origin": "dynamic",
+                "source": source,
+                "name": name,
+                "version_info": version,
+            }));
+        }
+    }
+    out
+}

@@ -1,0 +1,272 @@
+//! Secrets from an SDS source of its own (`xds.sds_sources`, Istio's `sds-grpc`): subscribed
+//! to through [`Output::SourceNames`], warmed and applied with the rest, answered with
+//! [`Output::SourceVerdict`].
+
+use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{
+    CommonTlsContext, UpstreamTlsContext, common_tls_context::ValidationContextType,
+};
+use serde_json::json;
+
+use super::tests::{applied_config, apply_id, drain, node};
+use super::*;
+use crate::fixtures::*;
+use crate::translate::tests_tls::pki;
+
+fn bootstrap() -> Value {
+    json!({
+        "xds": {
+            "cluster": "xds",
+            "sds_sources": [ { "name": "sds-grpc", "path": "/run/sds.sock" } ],
+        },
+        "listeners": [],
+        "clusters": [ { "name": "xds", "hosts": [ { "address": "127.0.0.1:18000" } ] } ],
+    })
+}
+
+/// Cluster `up`, whose TLS trusts the CA of secret `ROOTCA` from the source `source`.
+fn tls_cluster(source: &str) -> Cluster {
+    let mut up = static_cluster("up", &[("127.0.0.1", 8443, 0)]);
+    up.transport_socket = Some(tls_socket(&UpstreamTlsContext {
+        sni: "up.example.com".into(),
+        common_tls_context: Some(CommonTlsContext {
+            validation_context_type: Some(ValidationContextType::ValidationContextSdsSecretConfig(
+                source_sds(source, "ROOTCA"),
+            )),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }));
+    up
+}
+
+fn cds(version: &str, nonce: &str, clusters: &[Cluster]) -> Input {
+    Input::Response(DiscoveryResponse {
+        version_info: version.into(),
+        resources: clusters.iter().map(any).collect(),
+        type_url: ResourceType::Cluster.type_url().into(),
+        nonce: nonce.into(),
+        ..Default::default()
+    })
+}
+
+fn source_secrets(nonce: &str, secrets: Vec<Secret>) -> Input {
+    Input::SourceSecrets {
+        source: "sds-grpc".into(),
+        nonce: nonce.into(),
+        secrets,
+    }
+}
+
+fn verdicts(out: &[Output]) -> Vec<(String, String, Option<String>)> {
+    out.iter()
+        .filter_map(|o| match o {
+            Output::SourceVerdict {
+                source,
+                nonce,
+                error,
+            } => Some((source.clone(), nonce.clone(), error.clone())),
+            _ => None,
+        })
+        .collect()
+}
+
+fn source_names(out: &[Output]) -> Vec<(String, Vec<String>)> {
+    out.iter()
+        .filter_map(|o| match o {
+            Output::SourceNames { source, names } => {
+                Some((source.clone(), names.iter().cloned().collect()))
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+fn acks(out: &[Output]) -> Vec<(ResourceType, String, Option<String>)> {
+    out.iter()
+        .filter_map(|o| match o {
+            Output::Send(r, _) if !r.response_nonce.is_empty() => Some((
+                ResourceType::from_type_url(&r.type_url).unwrap(),
+                r.response_nonce.clone(),
+                r.error_detail.as_ref().map(|e| e.message.clone()),
+            )),
+            _ => None,
+        })
+        .collect()
+}
+
+fn ca_of(config: &Config) -> sluice_core::config::tls::Pem {
+    config
+        .clusters
+        .iter()
+        .find(|c| c.name == "up")
+        .and_then(|c| c.tls.as_deref())
+        .expect("tls")
+        .ca
+        .clone()
+}
+
+/// Serving cluster `up` with the CA `ca` of the source's `ROOTCA` (source nonce `s1`).
+fn serving(ca: &str) -> Ads {
+    let mut a = Ads::new(node(), bootstrap());
+    a.handle_input(Input::Connected);
+    drain(&mut a);
+    a.handle_input(cds("1", "c1", &[tls_cluster("sds-grpc")]));
+    let out = drain(&mut a);
+    // Warming: no config without the secret; the source is asked for it, ADS is not.
+    assert_eq!(apply_id(&out), None, "{out:?}");
+    assert_eq!(
+        source_names(&out),
+        [("sds-grpc".to_owned(), vec!["ROOTCA".to_owned()])]
+    );
+    assert!(
+        !out.iter().any(|o| matches!(o, Output::Send(r, _)
+            if r.type_url == ResourceType::Secret.type_url())),
+        "no SDS subscription over ADS: {out:?}"
+    );
+    // Per-resource warming: a secret has no timeout, and the cluster waiting for it was
+    // validated (with a placeholder) and added, so CDS is ACKed before the secret comes.
+    assert!(
+        !out.iter().any(|o| matches!(o, Output::ArmWarmingTimer(_))),
+        "a source secret is waited for without a timeout: {out:?}"
+    );
+    assert_eq!(acks(&out), [(ResourceType::Cluster, "c1".to_owned(), None)]);
+    assert_eq!(
+        a.warming().iter().collect::<Vec<_>>(),
+        [&(ResourceType::Cluster, "up".to_owned())]
+    );
+    a.handle_input(source_secrets("s1", vec![ca_secret("ROOTCA", ca)]));
+    let out = drain(&mut a);
+    assert_eq!(
+        ca_of(applied_config(&out)),
+        sluice_core::config::tls::Pem::Inline {
+            secret: Some("ROOTCA".into()),
+            pem: ca.into()
+        }
+    );
+    assert!(verdicts(&out).is_empty(), "answered after the switch only");
+    a.handle_input(Input::Applied(apply_id(&out).unwrap()));
+    let out = drain(&mut a);
+    assert_eq!(
+        verdicts(&out),
+        [("sds-grpc".to_owned(), "s1".to_owned(), None)]
+    );
+    assert!(acks(&out).is_empty(), "CDS was ACKed already: {out:?}");
+    assert!(a.warming().is_empty());
+    assert_eq!(
+        a.applied().source_secrets["sds-grpc"]["ROOTCA"],
+        ca_secret("ROOTCA", ca)
+    );
+    assert!(a.applied().secrets.is_empty());
+    a
+}
+
+#[test]
+fn a_cluster_naming_a_source_secret_waits_for_it_and_a_rotation_applies_alone() {
+    let (ca, _, _) = pki(&["x"]);
+    let mut a = serving(&ca);
+    // Rotation: the source alone changes; a new config, answered once it serves.
+    let (ca2, _, _) = pki(&["x"]);
+    a.handle_input(source_secrets("s2", vec![ca_secret("ROOTCA", &ca2)]));
+    let out = drain(&mut a);
+    assert_eq!(
+        ca_of(applied_config(&out)),
+        sluice_core::config::tls::Pem::Inline {
+            secret: Some("ROOTCA".into()),
+            pem: ca2.as_str().into()
+        }
+    );
+    assert!(acks(&out).is_empty(), "nothing to answer on ADS: {out:?}");
+    a.handle_input(Input::Applied(apply_id(&out).unwrap()));
+    let out = drain(&mut a);
+    assert_eq!(
+        verdicts(&out),
+        [("sds-grpc".to_owned(), "s2".to_owned(), None)]
+    );
+    // The same secret again changes nothing: answered at once, no apply.
+    a.handle_input(source_secrets("s3", vec![ca_secret("ROOTCA", &ca2)]));
+    let out = drain(&mut a);
+    assert_eq!(apply_id(&out), None);
+    assert_eq!(
+        verdicts(&out),
+        [("sds-grpc".to_owned(), "s3".to_owned(), None)]
+    );
+}
+
+#[test]
+fn a_bad_source_secret_is_refused_to_its_source_and_the_old_one_serves() {
+    let (ca, _, _) = pki(&["x"]);
+    let mut a = serving(&ca);
+    let bad = "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n";
+    a.handle_input(source_secrets("s2", vec![ca_secret("ROOTCA", bad)]));
+    let out = drain(&mut a);
+    assert_eq!(apply_id(&out), None);
+    let v = verdicts(&out);
+    assert_eq!(v.len(), 1, "{out:?}");
+    assert_eq!((v[0].0.as_str(), v[0].1.as_str()), ("sds-grpc", "s2"));
+    let error = v[0].2.as_deref().expect("refused");
+    assert!(
+        error.starts_with("secret \"ROOTCA\" validation_context.trusted_ca: not usable PEM"),
+        "{error}"
+    );
+    assert!(acks(&out).is_empty(), "nothing NACKed on ADS: {out:?}");
+    assert_eq!(
+        a.applied().source_secrets["sds-grpc"]["ROOTCA"],
+        ca_secret("ROOTCA", &ca)
+    );
+    // A failed apply is the source's refusal too.
+    let (ca2, _, _) = pki(&["x"]);
+    a.handle_input(source_secrets("s3", vec![ca_secret("ROOTCA", &ca2)]));
+    let out = drain(&mut a);
+    a.handle_input(Input::ApplyFailed(apply_id(&out).unwrap(), "boom".into()));
+    let out = drain(&mut a);
+    assert_eq!(
+        verdicts(&out),
+        [(
+            "sds-grpc".to_owned(),
+            "s3".to_owned(),
+            Some("applying failed: boom".to_owned())
+        )]
+    );
+}
+
+#[test]
+fn a_cluster_naming_an_undeclared_source_is_nacked_at_once() {
+    let mut a = Ads::new(node(), bootstrap());
+    a.handle_input(Input::Connected);
+    drain(&mut a);
+    a.handle_input(cds("1", "c1", &[tls_cluster("elsewhere")]));
+    let out = drain(&mut a);
+    assert!(source_names(&out).is_empty(), "{out:?}");
+    assert!(
+        !out.iter().any(|o| matches!(o, Output::ArmWarmingTimer(_))),
+        "not waited for: {out:?}"
+    );
+    let nacks = acks(&out);
+    assert_eq!(nacks.len(), 1, "{out:?}");
+    assert_eq!(nacks[0].0, ResourceType::Cluster);
+    assert_eq!(
+        nacks[0].2.as_deref(),
+        Some(
+            "cluster \"up\" transport_socket.typed_config.common_tls_context.\
+             validation_context_sds_secret_config.sds_config.api_config_source.grpc_services[0].\
+             envoy_grpc.cluster_name: \"elsewhere\" is not an SDS source of the bootstrap's \
+             `xds.sds_sources` (declared: sds-grpc)"
+        )
+    );
+}
+
+#[test]
+fn a_source_secret_nothing_names_any_more_is_unsubscribed_and_dropped() {
+    let (ca, _, _) = pki(&["x"]);
+    let mut a = serving(&ca);
+    a.handle_input(cds(
+        "2",
+        "c2",
+        &[static_cluster("up", &[("127.0.0.1", 8443, 0)])],
+    ));
+    let out = drain(&mut a);
+    assert_eq!(source_names(&out), [("sds-grpc".to_owned(), vec![])]);
+    a.handle_input(Input::Applied(apply_id(&out).unwrap()));
+    drain(&mut a);
+    assert!(a.applied().source_secrets.is_empty());
+}
