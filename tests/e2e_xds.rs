@@ -1199,6 +1199,21 @@ clusters:
         seen
     };
     assert_eq!(requests("first", &["a", "b"]), ["a", "b"]);
+    // The first config may take two switches, as per-resource warming applies what is warm
+    // (Envoy's CDS → EDS → LDS → RDS order): cluster `web` once its endpoints come, then
+    // listener `in` once its routes come — one when the routes happen to come first. What
+    // follows is counted from here.
+    let switches_first = sluice.log_text().matches("added listeners").count();
+    let reloads_first = stat("server.reloads_ok");
+    assert!(
+        ["server.reloads_ok: 1", "server.reloads_ok: 2"].contains(&reloads_first.as_str()),
+        "{reloads_first}"
+    );
+    assert_eq!(
+        reloads_first,
+        format!("server.reloads_ok: {switches_first}"),
+        "each switch logged"
+    );
     let a_before = hosts()
         .iter()
         .find(|(h, _)| *h == host(a))
@@ -1255,7 +1270,7 @@ clusters:
     let log = sluice.log_text();
     assert_eq!(
         log.matches("added listeners").count(),
-        1,
+        switches_first,
         "no generation switch after the first config:\n{log}"
     );
     assert_eq!(
@@ -1265,7 +1280,7 @@ clusters:
     );
     assert_eq!(
         stat("server.reloads_ok"),
-        "server.reloads_ok: 1",
+        reloads_first,
         "an update in place is not a reload"
     );
 
@@ -1289,7 +1304,10 @@ clusters:
         1,
         "the fallback says why:\n{log}"
     );
-    assert_eq!(stat("server.reloads_ok"), "server.reloads_ok: 2");
+    assert_eq!(
+        stat("server.reloads_ok"),
+        format!("server.reloads_ok: {}", switches_first + 1)
+    );
 }
 
 /// istiod's HTTP connection manager (its outbound one, over RDS) carries Istio's HTTP
