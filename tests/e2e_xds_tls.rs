@@ -1121,8 +1121,9 @@ clusters:
 
 /// An SDS source whose socket does not exist (no agent yet): the client says which socket it
 /// cannot reach, in its log and in `/xds`, and retries; the listener naming its secrets is
-/// not served — after the initial fetch timeout its update is NACKed naming the secret and the
-/// source — and the process serves on (its admin answers).
+/// not served — it warms (listed in `/xds`), its LDS response ACKed once validated with a
+/// placeholder secret, and a secret has no initial fetch timeout: after twice that timeout it
+/// still waits, nothing NACKed — and the process serves on (its admin answers).
 #[test]
 fn a_missing_sds_socket_is_named_in_the_log_and_in_xds() {
     use sluice_xds::fixtures::{downstream_tls_sds, tcp_listener};
@@ -1177,16 +1178,26 @@ clusters:
         "{}",
         sluice.log_text()
     );
-    // The listener's update is refused once warming gives up, naming the secret and source.
-    eventually("the listener NACKed", &sluice, || {
+    let listener_answers = |nacked: bool| {
         server.requests().iter().any(|q| {
             q.type_url == ResourceType::Listener.type_url()
-                && q.error_detail.as_ref().is_some_and(|e| {
-                    e.message
-                        .contains("secret \"default\" not received from SDS source \"sds-grpc\"")
-                })
+                && !q.response_nonce.is_empty()
+                && q.error_detail.is_some() == nacked
         })
+    };
+    let warming = || -> serde_json::Value {
+        let (_, body) = http_request(addr(admin), "GET", "/xds");
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+        v["types"]["listener"]["warming"].clone()
+    };
+    // Warming per resource: the listener waits for its secret, its response ACKed.
+    eventually("the listener ACKed and warming", &sluice, || {
+        listener_answers(false) && warming() == serde_json::json!(["in"])
     });
+    // A secret has no timeout: past twice `initial_fetch_timeout`, still waiting, no NACK.
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(!listener_answers(true), "nothing NACKed");
+    assert_eq!(warming(), serde_json::json!(["in"]));
     assert!(
         std::net::TcpStream::connect(addr(listen)).is_err(),
         "not served"

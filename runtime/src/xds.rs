@@ -38,7 +38,7 @@
 //! A file reload (SIGHUP, `POST /reload`) is refused while xDS is in use, and one that would
 //! add or remove `xds` too: the bootstrap changes only with a restart.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::io;
 use std::net::SocketAddr;
 use std::path::Path;
@@ -111,6 +111,11 @@ pub struct TypeStatus {
     pub updated_at: Option<u64>,
     /// The names of this type's resources in the config serving.
     pub resources: Vec<String>,
+    /// Clusters, listeners and route configurations: those received that are not served at
+    /// the version received, warming (waiting for their endpoints, route configurations,
+    /// secrets or the clusters they route to; each serves its previous version meanwhile, if
+    /// any) — `/xds`'s `warming` and `/config_dump`'s `xds_warming`.
+    pub warming: Vec<String>,
     /// The last response refused, if any.
     pub last_nack: Option<Arc<NackStatus>>,
     /// Per resource serving: the version it serves under (delta: its own; state of the world:
@@ -164,6 +169,7 @@ pub fn status_json() -> Value {
             "version": t.version,
             "updated_at": t.updated_at,
             "resources": t.resources,
+            "warming": t.warming,
             "last_nack": t.last_nack.as_ref().map(|n| serde_json::json!({
                 "nonce": n.nonce, "error": n.error, "at": n.at,
             })),
@@ -295,6 +301,16 @@ pub fn annotate_config_dump(dump: &mut Value) {
         others.insert("source_secret".to_owned(), Value::Array(from_sources));
     }
     dump["xds_resources"] = Value::Object(others);
+    // Envoy's `dynamic_warming_clusters` (and listeners'): what was received and waits.
+    let mut warming = serde_json::Map::new();
+    for (label, kind) in [
+        ("cluster", ResourceType::Cluster),
+        ("listener", ResourceType::Listener),
+        ("route", ResourceType::Route),
+    ] {
+        warming.insert(label.to_owned(), serde_json::json!(of(kind).warming));
+    }
+    dump["xds_warming"] = Value::Object(warming);
 }
 
 /// What [`NackStatus`] keeps of an `error_detail`: all of it up to [`NACK_ERROR_KEPT`] bytes,
@@ -788,7 +804,9 @@ struct Client {
     applying: Option<(u64, tokio::sync::oneshot::Receiver<Result<String, String>>)>,
     /// The ignored fields by type of the config being applied ([`IGNORED`] once it is).
     applying_ignored: [u64; TYPES],
-    timer: Option<(tokio::time::Instant, u64)>,
+    /// The warming timers armed (deadline, id), in the order armed — which, all being of the
+    /// same duration, is the order they expire in.
+    timers: VecDeque<(tokio::time::Instant, u64)>,
     initial_fetch_timeout: Duration,
     /// Delta: the machine asked to end this stream and open a new one ([`Output::Resync`]).
     resync: bool,
@@ -845,8 +863,8 @@ impl Client {
                     }
                 }
                 Output::ArmWarmingTimer(id) => {
-                    self.timer =
-                        Some((tokio::time::Instant::now() + self.initial_fetch_timeout, id));
+                    self.timers
+                        .push_back((tokio::time::Instant::now() + self.initial_fetch_timeout, id));
                 }
                 Output::SourceNames { source, names } => {
                     if let Some(s) = self.sources.get(&source) {
@@ -953,6 +971,13 @@ impl Client {
         for (i, kind) in ResourceType::ALL.into_iter().enumerate() {
             let t = &mut types[i];
             t.resources = self.ads.applied().names(kind);
+            t.warming = self
+                .ads
+                .warming()
+                .iter()
+                .filter(|(k, _)| *k == kind)
+                .map(|(_, n)| n.clone())
+                .collect();
             let versions = self.ads.resource_versions(kind);
             t.resource_versions = delta.then(|| versions.clone());
             let type_version = self.ads.accepted_version(kind);
@@ -1001,7 +1026,7 @@ impl Client {
             }
         };
         let timer = async {
-            match self.timer {
+            match self.timers.front().copied() {
                 Some((at, id)) => {
                     tokio::time::sleep_until(at).await;
                     Input::WarmingTimeout(id)
@@ -1033,7 +1058,7 @@ impl Client {
                 }
             }
             Input::ApplyFailed(..) => self.applying = None,
-            Input::WarmingTimeout(_) => self.timer = None,
+            Input::WarmingTimeout(id) => self.timers.retain(|(_, t)| t != id),
             _ => {}
         }
         let type_url = match &input {
@@ -1041,8 +1066,14 @@ impl Client {
             Input::DeltaResponse(r) => Some(r.type_url.clone()),
             _ => None,
         };
+        let settles = matches!(input, Input::Applied(_) | Input::WarmingTimeout(_));
         let unsolicited = self.ads.unsolicited();
         self.ads.handle_input(input);
+        if settles {
+            // What serves and what warms may change without an ACK (an apply after a warming
+            // timeout carries no response).
+            self.record_serving();
+        }
         let ignored = self.ads.unsolicited() - unsolicited;
         if let Some(type_url) = type_url
             && ignored > 0
@@ -1099,7 +1130,7 @@ pub async fn run<C>(
         updates,
         applying: None,
         applying_ignored: [0; TYPES],
-        timer: None,
+        timers: VecDeque::new(),
         initial_fetch_timeout: b.initial_fetch_timeout,
         resync: false,
     };
@@ -1333,13 +1364,24 @@ mod tests {
         let client = |mode| {
             let (updates, _) = tokio::sync::mpsc::unbounded_channel();
             let mut c = Client {
-                ads: Ads::with_mode(mode, Node::default(), serde_json::json!({})),
+                // A bootstrap as a user's (with `xds`, so that a config of clusters only, as
+                // warming per resource makes, is valid).
+                ads: Ads::with_mode(
+                    mode,
+                    Node::default(),
+                    serde_json::json!({
+                        "node": { "id": "n", "cluster": "c" },
+                        "xds": { "cluster": "xds_server" },
+                        "listeners": [],
+                        "clusters": [{ "name": "xds_server", "hosts": [{ "address": "127.0.0.1:18000" }] }],
+                    }),
+                ),
                 updates,
                 applying: None,
                 applying_ignored: [0; TYPES],
+                timers: VecDeque::new(),
                 sources: BTreeMap::new(),
                 from_sources: tokio::sync::mpsc::unbounded_channel().1,
-                timer: None,
                 initial_fetch_timeout: Duration::from_secs(15),
                 resync: false,
             };
@@ -1620,9 +1662,9 @@ mod status_tests {
             updates,
             applying: None,
             applying_ignored: [0; TYPES],
+            timers: VecDeque::new(),
             sources: BTreeMap::new(),
             from_sources: tokio::sync::mpsc::unbounded_channel().1,
-            timer: None,
             initial_fetch_timeout: Duration::from_secs(15),
             resync: false,
         };

@@ -17,22 +17,46 @@
 //! protocols, those not subscribed to are dropped on arrival and counted, [`Ads::unsolicited`]).
 //!
 //! Inputs ([`Input`]): the stream connected or lost, a response, the outcome of applying a
-//! config, the expiry of the warming timer. Outputs ([`Output`]), drained with
+//! config, the expiry of a warming timer. Outputs ([`Output`]), drained with
 //! [`Ads::poll_output`] after every input: requests to send (each saying what it is: an ACK, a
 //! NACK or a subscription, [`Answer`]), after each NACK the resources it refused
 //! ([`Output::Refused`]), a config to apply, a timer to arm, (delta) a resync.
 //!
 //! Rules:
-//! - **Warming**: a config is produced only when every EDS cluster has its assignment, every
-//!   listener its route configuration and every TLS context its SDS secrets (or when the
-//!   warming timer, armed for the bootstrap's
-//!   `initial_fetch_timeout` when warming starts, expires: then what is missing is an error).
-//!   The config is all of it at once — the workers never see a route to a cluster they lack,
-//!   which is make-before-break in CDS → EDS → LDS → RDS order by construction.
-//! - A response that changes nothing (same resources as the serving config) is ACKed at once,
-//!   without an apply — unless an apply failed since that config last applied (the workers
-//!   may serve part of the refused one: endpoints updated in place on some workers only), in
-//!   which case it is applied again.
+//! - **Warming, per resource** (as Envoy's cluster and listener warming): the candidate is
+//!   the **accepted** resources (those ACKed, warming ones included; not necessarily serving)
+//!   with the pending responses folded over them. A cluster waits for its ClusterLoadAssignment
+//!   and its SDS secrets, a listener for its route configurations and secrets, a route
+//!   configuration or listener for the clusters it routes to (make-before-break in CDS → EDS →
+//!   LDS → RDS order). What the workers get ([`warm::select`]) takes each resource at its
+//!   candidate version when what it waits for is there, else at its applied version (an
+//!   updated cluster keeps serving its old version and endpoints until the new assignment
+//!   comes), else leaves it out — the others go ahead: one cluster waiting for its endpoints
+//!   does not hold back an unrelated listener or route update. The config is always whole: a
+//!   route never points at a cluster the workers lack (a cluster the candidate removed stays
+//!   while an applied version kept names it). [`Ads::warming`] lists what waits.
+//! - **Initial fetch timeout**: an assignment or route configuration the candidate starts
+//!   missing arms a warming timer ([`Output::ArmWarmingTimer`], the bootstrap's
+//!   `initial_fetch_timeout`; one timer for all that start missing at once, each resource
+//!   keeping the timer of when it started, so that a resource waits that long from its own
+//!   start, not from an earlier one's). At expiry, what still misses is taken as received
+//!   empty: the cluster serves with no endpoints (503), the listener with no routes (404) —
+//!   not an error. It arriving later applies as any update. A **secret** has no timeout: a
+//!   TLS context without its certificate cannot handshake, so what waits for a secret stays
+//!   at its applied version (or out) until it comes (Envoy would activate the listener and
+//!   fail every handshake; Sluice keeps serving what works).
+//! - **What is ACKed**: a response is ACKed once what it brought is accepted — applied, or
+//!   waiting (a CDS response whose new clusters all wait for endpoints is ACKed at once, as
+//!   Envoy ACKs CDS once the clusters are added, warming ones included). So that nothing ACKed
+//!   is refused later, the candidate is validated whole before anything is accepted: every
+//!   missing assignment and route configuration taken as empty, every missing secret as a
+//!   placeholder (of the kind its use needs), what waits for a cluster taken at its candidate
+//!   version. What an assignment, route configuration or secret arriving later brings
+//!   is then the only new thing to refuse, and the refusal is charged to its response.
+//! - A response that changes nothing the workers serve (the same resources, or only resources
+//!   that wait) is ACKed at once, without an apply — unless an apply failed since that config
+//!   last applied (the workers may serve part of the refused one: endpoints updated in place
+//!   on some workers only), in which case it is applied again.
 //! - **One apply at a time**; the responses folded into a config are ACKed (version and nonce of
 //!   the latest response of each type in it) only when [`Input::Applied`] says the workers
 //!   switched; [`Input::ApplyFailed`] NACKs them.
@@ -129,7 +153,8 @@ pub enum Input {
     Applied(u64),
     /// Applying the config with this id failed (the previous one serves); why.
     ApplyFailed(u64, String),
-    /// The warming timer of [`Output::ArmWarmingTimer`] with this id expired.
+    /// The warming timer of [`Output::ArmWarmingTimer`] with this id expired: the resources
+    /// that started warming when it was armed and still wait are taken as received empty.
     WarmingTimeout(u64),
     /// Secrets from an SDS source of the bootstrap's `xds.sds_sources` (not ADS: its own
     /// stream, [`crate::sds::Sds`]), in the response `nonce` of that stream: they replace the
@@ -181,8 +206,9 @@ pub enum Output {
         /// What translation ignored on purpose.
         notes: Notes,
     },
-    /// Deliver [`Input::WarmingTimeout`] with this id after the initial fetch timeout (an
-    /// earlier timer is void).
+    /// Deliver [`Input::WarmingTimeout`] with this id after the initial fetch timeout. Several
+    /// may be armed at once (one per start of warming, each for the resources that started
+    /// then); all have the same duration, so they expire in the order armed.
     ArmWarmingTimer(u64),
     /// The secrets the clusters and listeners need from the SDS source `source` changed:
     /// subscribe to `names` on its stream (empty: none any more).
@@ -350,7 +376,10 @@ struct TypeState {
 struct InFlight {
     id: u64,
     stream: u64,
+    /// What the workers will serve.
     resources: Resources,
+    /// The candidate it was chosen from (the accepted state once it applies).
+    base: Resources,
     responses: Vec<Pending>,
     /// The SDS sources' updates it includes: source → nonce.
     sources: BTreeMap<String, String>,
@@ -364,6 +393,14 @@ struct SourceUpdate {
     secrets: BTreeMap<String, Secret>,
 }
 
+/// A resource still missing (an assignment, a route configuration, a secret) since the
+/// warming timer `timer` was armed; `expired` once that timer fired.
+#[derive(Clone, Copy, Debug)]
+struct Warming {
+    timer: u64,
+    expired: bool,
+}
+
 /// The ADS client state machine (see the module doc).
 #[derive(Debug)]
 pub struct Ads {
@@ -371,7 +408,14 @@ pub struct Ads {
     node: Node,
     bootstrap: Value,
     types: BTreeMap<ResourceType, TypeState>,
+    /// The bootstrap's static cluster names (a route may name them whatever warms).
+    statics: BTreeSet<String>,
+    /// What the workers serve.
     applied: Resources,
+    /// The accepted resources: the candidate of the last config applied (or of the responses
+    /// ACKed without an apply), warming resources included, which `applied` may hold at an
+    /// older version or not at all. The pending responses fold over it.
+    base: Resources,
     /// An apply failed since `applied` last served: what the workers serve may be part of
     /// the refused config (an update in place that some workers took before another failed),
     /// so a response that brings back `applied` exactly is applied again, not ACKed at once.
@@ -386,9 +430,14 @@ pub struct Ads {
     /// Delta: [`Output::Resync`] was emitted on the current stream.
     resync: bool,
     next_id: u64,
-    /// The warming timer armed, if any (its id), and whether it expired.
-    warming_timer: Option<u64>,
-    warming_expired: bool,
+    /// What the candidate misses (endpoints, route configurations, secrets, by type and
+    /// name), since which timer.
+    missing: BTreeMap<(ResourceType, String), Warming>,
+    /// A warming timer expired since the last config was chosen: choose again.
+    rewarm: bool,
+    /// The clusters, route configurations and listeners of the candidate not served at their
+    /// candidate version (see [`Ads::warming`]).
+    warming: BTreeSet<(ResourceType, String)>,
     /// Resources (and, delta, removals) of types subscribed to by name that named nothing
     /// subscribed to, dropped on arrival (see [`Ads::unsolicited`]).
     unsolicited: u64,
@@ -420,12 +469,19 @@ impl Ads {
         Ads {
             mode,
             node,
-            bootstrap,
             types: ResourceType::ALL
                 .into_iter()
                 .map(|t| (t, TypeState::default()))
                 .collect(),
+            statics: bootstrap
+                .get("clusters")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .filter_map(|c| c.get("name").and_then(Value::as_str).map(str::to_owned))
+                .collect(),
             applied: Resources::default(),
+            base: Resources::default(),
             applied_unsure: false,
             pending: Vec::new(),
             in_flight: None,
@@ -434,12 +490,14 @@ impl Ads {
             node_sent: false,
             resync: false,
             next_id: 1,
-            warming_timer: None,
-            warming_expired: false,
+            missing: BTreeMap::new(),
+            rewarm: false,
+            warming: BTreeSet::new(),
             unsolicited: 0,
             declared_sources,
             source_pending: BTreeMap::new(),
             source_names: BTreeMap::new(),
+            bootstrap,
             outputs: VecDeque::new(),
         }
     }
@@ -453,6 +511,15 @@ impl Ads {
     #[must_use]
     pub fn applied(&self) -> &Resources {
         &self.applied
+    }
+
+    /// The clusters, route configurations and listeners the server sent that are not served
+    /// at the version sent: waiting for their endpoints, route configurations, secrets or the
+    /// clusters they route to (each serves its previous version meanwhile, if it had one). A
+    /// cluster whose endpoints timed out is served (with no endpoints), so it is not here.
+    #[must_use]
+    pub fn warming(&self) -> &BTreeSet<(ResourceType, String)> {
+        &self.warming
     }
 
     /// The last accepted version of a type (empty: none yet); in delta, the
@@ -518,6 +585,7 @@ impl Ads {
                     return;
                 };
                 self.applied = done.resources;
+                self.base = done.base;
                 self.applied_unsure = false;
                 self.source_verdicts(done.sources, None);
                 if done.stream == self.stream {
@@ -548,8 +616,15 @@ impl Ads {
                 self.evaluate();
             }
             Input::WarmingTimeout(id) => {
-                if self.warming_timer == Some(id) {
-                    self.warming_expired = true;
+                let mut any = false;
+                for w in self.missing.values_mut() {
+                    if w.timer == id && !w.expired {
+                        w.expired = true;
+                        any = true;
+                    }
+                }
+                if any {
+                    self.rewarm = true;
                     self.evaluate();
                 }
             }
@@ -684,9 +759,13 @@ impl Ads {
         } else {
             state.names.iter().cloned().collect()
         };
+        // Only what serves: a resource accepted but still warming (a new cluster waiting for
+        // its endpoints) is sent again, as what a NACK refused is.
+        let applied = &self.applied;
         let initial_resource_versions = state
             .resource_versions
             .iter()
+            .filter(|(name, _)| applied.contains(kind, name))
             .filter(|(name, _)| kind.is_full_state() || state.names.contains(*name))
             .map(|(n, v)| (n.clone(), v.clone()))
             .collect();
@@ -749,12 +828,12 @@ impl Ads {
             }
         }
         for kind in ResourceType::ALL {
-            let applied = &self.applied;
+            let (applied, base) = (&self.applied, &self.base);
             self.types
                 .get_mut(&kind)
                 .expect("every type")
                 .resource_versions
-                .retain(|name, _| applied.contains(kind, name));
+                .retain(|name, _| base.contains(kind, name) || applied.contains(kind, name));
         }
     }
 
@@ -878,13 +957,13 @@ impl Ads {
         }
     }
 
-    /// The candidate resources: the applied ones (or the in-flight apply's), with the pending
+    /// The candidate resources: the accepted ones (or the in-flight apply's), with the pending
     /// responses folded over them, unreferenced RDS/EDS/SDS resources dropped.
     fn candidate(&self) -> Resources {
         let mut res = self
             .in_flight
             .as_ref()
-            .map_or_else(|| self.applied.clone(), |f| f.resources.clone());
+            .map_or_else(|| self.base.clone(), |f| f.base.clone());
         for p in &self.pending {
             match (&p.delta, &p.decoded) {
                 (None, Decoded::Clusters(v)) => {
@@ -925,9 +1004,11 @@ impl Ads {
         res
     }
 
-    /// After any change: produce a config when the candidate is complete (or warming timed
-    /// out) and nothing is in flight, refusing what does not assemble; then subscribe to what
-    /// the candidate left standing needs.
+    /// After any change (and nothing in flight): validate the candidate, every assignment and
+    /// route configuration still missing taken as empty, refusing what does not assemble;
+    /// choose what to serve of it ([`warm::select`]); apply that, or, when it is what serves
+    /// already, ACK at once (a CDS response whose new clusters all wait for their endpoints
+    /// is ACKed so). Then subscribe to what the candidate left standing needs.
     fn evaluate(&mut self) {
         loop {
             if self.in_flight.is_some() && !self.pending.iter().any(|p| p.kind.is_full_state()) {
@@ -938,55 +1019,72 @@ impl Ads {
             }
             let candidate = self.candidate();
             if self.in_flight.is_some()
-                || (self.pending.is_empty() && self.source_pending.is_empty())
+                || (self.pending.is_empty() && self.source_pending.is_empty() && !self.rewarm)
             {
                 self.follow(&candidate);
                 return;
             }
-            let missing = eds_names(&candidate)
-                .iter()
-                .any(|n| !candidate.endpoints.contains_key(n))
-                || rds_names(&candidate)
-                    .iter()
-                    .any(|n| !candidate.routes.contains_key(n))
-                || sds_names(&candidate)
-                    .iter()
-                    .any(|n| !candidate.secrets.contains_key(n))
-                || self.source_names(&candidate).iter().any(|(source, names)| {
-                    let got = candidate.source_secrets.get(source);
-                    names
-                        .iter()
-                        .any(|n| !got.is_some_and(|g| g.contains_key(n)))
-                });
-            if missing && !self.warming_expired {
-                self.follow(&candidate);
-                if self.warming_timer.is_none() {
-                    let id = self.next_id();
-                    self.warming_timer = Some(id);
-                    self.outputs.push_back(Output::ArmWarmingTimer(id));
+            // Once per expiry: an apply it leads to that fails is not retried until something
+            // new comes.
+            self.rewarm = false;
+            let (all_missing, expired) = self.track_missing(&candidate);
+            // ADS secrets and those of the declared SDS sources alike.
+            let secrets_missing: Vec<warm::SecretKey> = warm::secrets_of(
+                candidate.clusters.values(),
+                candidate.listeners.values(),
+                &self.declared_sources,
+            )
+            .into_iter()
+            .filter(|k| warm::secret(&candidate, k).is_none())
+            .collect();
+            let checked = if secrets_missing.is_empty() {
+                self.check(&candidate, &all_missing, &[], &[])
+            } else {
+                self.check_with_placeholders(&candidate, &all_missing, &secrets_missing)
+            };
+            let check = match checked {
+                Ok(check) => check,
+                Err(errors) => {
+                    if self.pending.is_empty() && self.source_pending.is_empty() {
+                        // Not reached: what was accepted assembled with its missing parts empty.
+                        self.follow(&candidate);
+                        return;
+                    }
+                    self.refuse(&errors, &candidate);
+                    continue;
                 }
-                return;
-            }
-            self.warming_timer = None;
-            self.warming_expired = false;
-            if candidate == self.applied && !self.applied_unsure {
-                self.follow(&candidate);
-                // Nothing changes (a server resending what serves, e.g. after a reconnect):
-                // the serving config already is this one.
+            };
+            let serve = if expired == all_missing && secrets_missing.is_empty() {
+                check
+            } else {
+                warm::select(
+                    &self.applied,
+                    &candidate,
+                    &expired,
+                    &self.statics,
+                    &self.declared_sources,
+                )
+            };
+            self.follow(&candidate);
+            self.warming = held_back(&candidate, &serve);
+            if serve == self.applied && !self.applied_unsure {
+                // Nothing the workers serve changes (a server resending what serves, or
+                // resources that all wait): accepted as they are.
+                self.base = candidate;
                 let done = std::mem::take(&mut self.pending);
                 self.accept(&done);
                 let sources = self.take_source_pending();
                 self.source_verdicts(sources, None);
                 return;
             }
-            match translate::assemble(&self.bootstrap, &candidate) {
+            match translate::assemble(&self.bootstrap, &serve) {
                 Ok(assembled) => {
-                    self.follow(&candidate);
                     let id = self.next_id();
                     self.in_flight = Some(InFlight {
                         id,
                         stream: self.stream,
-                        resources: candidate,
+                        resources: serve,
+                        base: candidate,
                         responses: std::mem::take(&mut self.pending),
                         sources: self.take_source_pending(),
                     });
@@ -997,9 +1095,130 @@ impl Ads {
                     });
                     return;
                 }
-                Err(errors) => self.refuse(&errors, &candidate),
+                // Not expected (the chosen resources are the candidate's, validated, or
+                // served already); refused as any candidate would be.
+                Err(errors) if !self.pending.is_empty() || !self.source_pending.is_empty() => {
+                    self.refuse(&errors, &candidate);
+                }
+                Err(_) => return,
             }
         }
+    }
+
+    /// Validates the candidate: what [`warm::select`] takes of it when every missing assignment
+    /// and route configuration in `filled` is received empty and the `certificates` and
+    /// `validations` secrets are placeholders. Returns what it assembled from.
+    fn check(
+        &self,
+        candidate: &Resources,
+        filled: &warm::Filled,
+        certificates: &[warm::SecretKey],
+        validations: &[warm::SecretKey],
+    ) -> Result<Resources, Vec<TranslateError>> {
+        let with;
+        let candidate = if certificates.is_empty() && validations.is_empty() {
+            candidate
+        } else {
+            with = {
+                let mut c = candidate.clone();
+                for k in certificates {
+                    warm::insert_secret(&mut c, k, warm::placeholder_secret(&k.1, false));
+                }
+                for k in validations {
+                    warm::insert_secret(&mut c, k, warm::placeholder_secret(&k.1, true));
+                }
+                c
+            };
+            &with
+        };
+        let check = warm::select(
+            &self.applied,
+            candidate,
+            filled,
+            &self.statics,
+            &self.declared_sources,
+        );
+        translate::assemble(&self.bootstrap, &check).map(|_| check)
+    }
+
+    /// [`Ads::check`] with the secrets not received yet as placeholders, so that a listener or
+    /// cluster waiting for its secret is validated (and its response ACKed) before it comes,
+    /// as what waits for endpoints or routes is. A placeholder is a certificate, or, where the
+    /// check says it is used as a validation context, one of those.
+    fn check_with_placeholders(
+        &self,
+        candidate: &Resources,
+        filled: &warm::Filled,
+        missing: &[warm::SecretKey],
+    ) -> Result<Resources, Vec<TranslateError>> {
+        match self.check(candidate, filled, missing, &[]) {
+            Ok(check) => Ok(check),
+            Err(errors) => {
+                // An error names a secret by name alone, whatever its source.
+                let (validations, certificates): (Vec<_>, Vec<_>) =
+                    missing.iter().cloned().partition(|(_, n)| {
+                        errors
+                            .iter()
+                            .any(|e| e.kind == ResourceType::Secret && &e.name == n)
+                    });
+                if validations.is_empty() {
+                    return Err(errors);
+                }
+                self.check(candidate, filled, &certificates, &validations)
+            }
+        }
+    }
+
+    /// Updates what the candidate misses (assignments and route configurations; a secret has
+    /// no timeout, see the module doc): what no longer misses is forgotten, what starts missing
+    /// gets a warming timer (one for all that start at once). Returns every name missing, and
+    /// those whose timer expired.
+    fn track_missing(&mut self, candidate: &Resources) -> (warm::Filled, warm::Filled) {
+        let mut now: BTreeSet<(ResourceType, String)> = BTreeSet::new();
+        for n in eds_names(candidate) {
+            if !candidate.endpoints.contains_key(&n) {
+                now.insert((ResourceType::Endpoints, n));
+            }
+        }
+        for n in rds_names(candidate) {
+            if !candidate.routes.contains_key(&n) {
+                now.insert((ResourceType::Route, n));
+            }
+        }
+        self.missing.retain(|k, _| now.contains(k));
+        let mut timer = None;
+        for k in now {
+            if !self.missing.contains_key(&k) {
+                let id = *timer.get_or_insert_with(|| {
+                    let id = self.next_id;
+                    self.next_id += 1;
+                    id
+                });
+                self.missing.insert(
+                    k,
+                    Warming {
+                        timer: id,
+                        expired: false,
+                    },
+                );
+            }
+        }
+        if let Some(id) = timer {
+            self.outputs.push_back(Output::ArmWarmingTimer(id));
+        }
+        let (mut all, mut expired) = (warm::Filled::default(), warm::Filled::default());
+        for ((kind, name), w) in &self.missing {
+            for f in [Some(&mut all), w.expired.then_some(&mut expired)]
+                .into_iter()
+                .flatten()
+            {
+                match kind {
+                    ResourceType::Endpoints => f.endpoints.insert(name.clone()),
+                    _ => f.routes.insert(name.clone()),
+                };
+            }
+        }
+        (all, expired)
     }
 
     /// NACKs the pending responses the errors are charged to and drops them; with each NACK,
@@ -1405,6 +1624,30 @@ fn uses(res: &Resources, kind: ResourceType, name: &str, of: ResourceType) -> BT
     }
     out
 }
+
+/// The clusters, route configurations and listeners of `candidate` that `serve` does not have
+/// at their candidate version.
+fn held_back(candidate: &Resources, serve: &Resources) -> BTreeSet<(ResourceType, String)> {
+    let mut out = BTreeSet::new();
+    for (n, c) in &candidate.clusters {
+        if serve.clusters.get(n) != Some(c) {
+            out.insert((ResourceType::Cluster, n.clone()));
+        }
+    }
+    for (n, r) in &candidate.routes {
+        if serve.routes.get(n) != Some(r) {
+            out.insert((ResourceType::Route, n.clone()));
+        }
+    }
+    for (n, l) in &candidate.listeners {
+        if serve.listeners.get(n) != Some(l) {
+            out.insert((ResourceType::Listener, n.clone()));
+        }
+    }
+    out
+}
+
+mod warm;
 
 #[cfg(test)]
 mod tests;

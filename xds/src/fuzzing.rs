@@ -8,9 +8,9 @@
 //! [`crate::sds::Sds`] machine wired to the ADS one as the runtime wires them); the bytes are
 //! one encoded resource of it.
 //! Consecutive records of one type make one response (version and nonce: the record's index).
-//! A tag of `0xff` (no length) fires what the machine waits for: its warming timer, and the
-//! outcome of its apply (applied when the next byte is even, failed otherwise). At the end,
-//! the timer fires and the apply succeeds once more.
+//! A tag of `0xff` (no length) fires what the machine waits for: its oldest warming timer
+//! (they expire in the order armed), and the outcome of its apply (applied when the next byte
+//! is even, failed otherwise). At the end, every timer fires and the apply succeeds once more.
 //!
 //! [`drive_delta`] reads the same records as delta responses: each resource is wrapped in a
 //! `Resource` named after what it decodes to (empty when it does not) at the record's index as
@@ -111,7 +111,7 @@ fn run(mode: XdsMode, data: &[u8]) -> usize {
     ads.handle_input(Input::Connected);
     let mut state = State {
         sds: Sds::new(Node::default()),
-        timer: None,
+        timers: std::collections::VecDeque::new(),
         apply: None,
         applied: 0,
     };
@@ -158,13 +158,13 @@ fn run(mode: XdsMode, data: &[u8]) -> usize {
         }
     }
     flush(&mut ads, &mut batch, index, &mut state);
-    state.fire(&mut ads, false);
+    state.finish(&mut ads);
     state.applied
 }
 
 struct State {
     sds: Sds,
-    timer: Option<u64>,
+    timers: std::collections::VecDeque<u64>,
     apply: Option<u64>,
     applied: usize,
 }
@@ -182,7 +182,7 @@ impl State {
                     | Output::Resync
                     | Output::Refused { .. } => {}
                     Output::Apply { id, .. } => self.apply = Some(id),
-                    Output::ArmWarmingTimer(id) => self.timer = Some(id),
+                    Output::ArmWarmingTimer(id) => self.timers.push_back(id),
                     Output::SourceNames { names, .. } => {
                         self.sds.handle_input(sds::Input::Names(names));
                     }
@@ -207,8 +207,19 @@ impl State {
         }
     }
 
+    /// Fires every timer armed and lets every apply succeed (a bounded number of rounds: each
+    /// may arm more).
+    fn finish(&mut self, ads: &mut Ads) {
+        for _ in 0..8 {
+            if self.timers.is_empty() && self.apply.is_none() {
+                break;
+            }
+            self.fire(ads, false);
+        }
+    }
+
     fn fire(&mut self, ads: &mut Ads, fail: bool) {
-        if let Some(id) = self.timer.take() {
+        if let Some(id) = self.timers.pop_front() {
             ads.handle_input(Input::WarmingTimeout(id));
             self.drain(ads);
         }

@@ -16,7 +16,27 @@ pub(super) fn node() -> Node {
 }
 
 fn ads() -> Ads {
-    Ads::new(node(), json!({ "listeners": [], "clusters": [] }))
+    Ads::new(node(), bootstrap())
+}
+
+/// The bootstrap of every test: as a user's, an `xds` section and its static cluster (so
+/// that a config of clusters only is valid, as it is when clusters warm before listeners).
+pub(super) fn bootstrap() -> serde_json::Value {
+    json!({
+        "node": { "id": "sidecar-1", "cluster": "web" },
+        "xds": { "cluster": "xds_server" },
+        "listeners": [],
+        "clusters": [{ "name": "xds_server", "hosts": [{ "address": "127.0.0.1:18000" }] }],
+    })
+}
+
+/// The clusters of a config that came from xDS (not the bootstrap's).
+pub(super) fn dynamic_clusters(config: &Config) -> Vec<&sluice_core::config::ClusterConfig> {
+    config
+        .clusters
+        .iter()
+        .filter(|c| c.name != "xds_server")
+        .collect()
 }
 
 pub(super) fn drain(a: &mut Ads) -> Vec<Output> {
@@ -31,6 +51,21 @@ fn sent(outputs: &[Output]) -> Vec<&DiscoveryRequest> {
             _ => None,
         })
         .collect()
+}
+
+/// Drains the outputs, reporting every apply among them as done (each may lead to the next:
+/// resources that warm apply one after another), until none is left; all the outputs seen.
+pub(super) fn settle(a: &mut Ads) -> Vec<Output> {
+    let mut all = Vec::new();
+    loop {
+        let out = drain(a);
+        let id = apply_id(&out);
+        all.extend(out);
+        match id {
+            Some(id) => a.handle_input(Input::Applied(id)),
+            None => return all,
+        }
+    }
 }
 
 pub(super) fn apply_id(outputs: &[Output]) -> Option<u64> {
@@ -98,10 +133,8 @@ fn serving() -> Ads {
         "r1",
         vec![any(&route_config("routes", "web"))],
     ));
-    let out = drain(&mut a);
-    let id = apply_id(&out).expect("complete");
-    a.handle_input(Input::Applied(id));
-    drain(&mut a);
+    let out = settle(&mut a);
+    assert!(apply_id(&out).is_some(), "complete");
     a
 }
 
@@ -125,20 +158,32 @@ fn first_requests_subscribe_to_clusters_and_listeners_with_the_node() {
     );
 }
 
+/// Warming per resource, as Envoy's: a CDS or LDS response whose resources wait is ACKed once
+/// they are added (nothing the workers serve changes); each resource applies once what it
+/// waits for came, and what that brought is ACKed only after the workers switched.
 #[test]
 fn a_config_is_applied_only_when_warm_and_acked_only_after_the_switch() {
     let mut a = ads();
     a.handle_input(Input::Connected);
     drain(&mut a);
-    // CDS: the EDS cluster makes an EDS subscription; nothing is ACKed or applied yet.
+    // CDS: the EDS cluster makes an EDS subscription and warms; the CDS response is ACKed
+    // (the cluster is added, warming), nothing applied.
     a.handle_input(response(Cds, "1", "c1", vec![any(&eds_cluster("web"))]));
     let out = drain(&mut a);
     assert_eq!(
         sent(&out).iter().map(|r| summary(r)).collect::<Vec<_>>(),
-        [(Eds, "", "", vec!["web"], None)]
+        [
+            (Eds, "", "", vec!["web"], None),
+            (Cds, "1", "c1", vec![], None)
+        ]
     );
-    assert!(matches!(out.last(), Some(Output::ArmWarmingTimer(_))));
-    // LDS: the listener names its routes.
+    assert!(out.iter().any(|o| matches!(o, Output::ArmWarmingTimer(_))));
+    assert!(apply_id(&out).is_none());
+    assert_eq!(
+        a.warming().iter().collect::<Vec<_>>(),
+        [&(Cds, "web".into())]
+    );
+    // LDS: the listener names its routes, and warms too.
     a.handle_input(response(
         Lds,
         "1",
@@ -148,18 +193,32 @@ fn a_config_is_applied_only_when_warm_and_acked_only_after_the_switch() {
     let out = drain(&mut a);
     assert_eq!(
         sent(&out).iter().map(|r| summary(r)).collect::<Vec<_>>(),
-        [(Rds, "", "", vec!["routes"], None)]
+        [
+            (Rds, "", "", vec!["routes"], None),
+            (Lds, "1", "l1", vec![], None)
+        ]
     );
     assert!(apply_id(&out).is_none());
+    // EDS: the cluster is warm and applies alone; the listener still waits for its routes.
     a.handle_input(response(
         Eds,
         "1",
         "e1",
         vec![any(&assignment("web", &[("127.0.0.1", 8001, 0)]))],
     ));
+    let out = drain(&mut a);
+    assert!(sent(&out).is_empty(), "no ACK before the workers switched");
+    let config = applied_config(&out);
     assert!(
-        apply_id(&drain(&mut a)).is_none(),
-        "the listener still waits for its routes"
+        config.listeners.is_empty(),
+        "the listener waits for its routes"
+    );
+    assert_eq!(dynamic_clusters(config)[0].hosts.len(), 1);
+    a.handle_input(Input::Applied(apply_id(&out).expect("apply")));
+    let out = drain(&mut a);
+    assert_eq!(
+        sent(&out).iter().map(|r| summary(r)).collect::<Vec<_>>(),
+        [(Eds, "1", "e1", vec!["web"], None)]
     );
     a.handle_input(response(
         Rds,
@@ -171,22 +230,17 @@ fn a_config_is_applied_only_when_warm_and_acked_only_after_the_switch() {
     assert!(sent(&out).is_empty(), "no ACK before the workers switched");
     let config = applied_config(&out);
     assert_eq!(config.listeners[0].name, "in");
-    assert_eq!(config.clusters[0].hosts.len(), 1);
-    let id = apply_id(&out).expect("apply");
-    a.handle_input(Input::Applied(id));
+    assert_eq!(dynamic_clusters(config)[0].hosts.len(), 1);
+    a.handle_input(Input::Applied(apply_id(&out).expect("apply")));
     let out = drain(&mut a);
     assert_eq!(
         sent(&out).iter().map(|r| summary(r)).collect::<Vec<_>>(),
-        [
-            (Cds, "1", "c1", vec![], None),
-            (Eds, "1", "e1", vec!["web"], None),
-            (Lds, "1", "l1", vec![], None),
-            (Rds, "1", "r1", vec!["routes"], None),
-        ]
+        [(Rds, "1", "r1", vec!["routes"], None)]
     );
     for kind in [Cds, Eds, Lds, Rds] {
         assert_eq!(a.accepted_version(kind), "1");
     }
+    assert!(a.warming().is_empty());
 }
 
 #[test]
@@ -242,10 +296,15 @@ fn a_cds_update_that_drops_a_cluster_removes_it_and_its_endpoints() {
         vec![any(&eds_cluster("web")), any(&api)],
     ));
     let out = drain(&mut a);
+    // `api` is added, warming: ACKed (nothing the workers serve changes).
     assert_eq!(
         sent(&out).iter().map(|r| summary(r)).collect::<Vec<_>>(),
-        [(Eds, "1", "e1", vec!["api", "web"], None)]
+        [
+            (Eds, "1", "e1", vec!["api", "web"], None),
+            (Cds, "2", "c2", vec![], None)
+        ]
     );
+    assert!(apply_id(&out).is_none());
     a.handle_input(response(
         Eds,
         "2",
@@ -253,7 +312,7 @@ fn a_cds_update_that_drops_a_cluster_removes_it_and_its_endpoints() {
         vec![any(&assignment("api", &[("127.0.0.1", 8100, 0)]))],
     ));
     let out = drain(&mut a);
-    assert_eq!(applied_config(&out).clusters.len(), 2);
+    assert_eq!(dynamic_clusters(applied_config(&out)).len(), 2);
     a.handle_input(Input::Applied(apply_id(&out).expect("apply")));
     drain(&mut a);
 
@@ -265,7 +324,7 @@ fn a_cds_update_that_drops_a_cluster_removes_it_and_its_endpoints() {
         .iter()
         .map(|c| c.name.as_str())
         .collect();
-    assert_eq!(names, ["web"]);
+    assert_eq!(names, ["xds_server", "web"]);
     assert_eq!(
         sent(&out).iter().map(|r| summary(r)).collect::<Vec<_>>(),
         [(Eds, "2", "e2", vec!["web"], None)]
@@ -291,6 +350,32 @@ fn removing_a_cluster_a_route_still_uses_is_refused() {
     assert!(a.applied().clusters.contains_key("web"));
 }
 
+/// The warming timer armed among `out`.
+pub(super) fn timer_of(out: &[Output]) -> u64 {
+    out.iter()
+        .find_map(|o| match o {
+            Output::ArmWarmingTimer(id) => Some(*id),
+            _ => None,
+        })
+        .unwrap_or_else(|| panic!("a warming timer: {out:?}"))
+}
+
+/// The hosts' ports of cluster `name` in a config.
+pub(super) fn ports(config: &Config, name: &str) -> Vec<u16> {
+    config
+        .clusters
+        .iter()
+        .find(|c| c.name == name)
+        .unwrap_or_else(|| panic!("cluster {name} in {:?}", config.clusters))
+        .hosts
+        .iter()
+        .map(|h| h.address.port())
+        .collect()
+}
+
+/// A cluster whose assignment never comes serves with no endpoints once the initial fetch
+/// timeout expires (not refused: its CDS response was ACKed when it was added); the
+/// assignment arriving later applies as any update.
 #[test]
 fn warming_is_bounded_by_the_initial_fetch_timeout() {
     let mut a = serving();
@@ -303,24 +388,166 @@ fn warming_is_bounded_by_the_initial_fetch_timeout() {
         vec![any(&eds_cluster("web")), any(&api)],
     ));
     let out = drain(&mut a);
-    let Some(Output::ArmWarmingTimer(timer)) = out.last().cloned() else {
-        panic!("a warming timer: {out:?}")
-    };
+    let timer = timer_of(&out);
+    assert!(apply_id(&out).is_none());
     // A stale timer is ignored.
     a.handle_input(Input::WarmingTimeout(timer + 100));
     assert!(drain(&mut a).is_empty());
     a.handle_input(Input::WarmingTimeout(timer));
     let out = drain(&mut a);
-    let reqs: Vec<_> = sent(&out).iter().map(|r| summary(r)).collect();
-    assert_eq!(reqs.len(), 2, "{reqs:?}");
-    assert_eq!((reqs[0].0, reqs[0].1, reqs[0].2), (Cds, "1", "c2"));
+    assert!(sent(&out).is_empty(), "nothing refused: {out:?}");
+    let config = applied_config(&out);
+    assert_eq!(ports(config, "api"), Vec::<u16>::new(), "no endpoints: 503");
+    assert_eq!(ports(config, "web"), [8001]);
+    a.handle_input(Input::Applied(apply_id(&out).expect("apply")));
+    assert!(drain(&mut a).is_empty());
+    assert!(a.warming().is_empty(), "served, with no endpoints");
+    assert_eq!(a.accepted_version(Cds), "2");
+    // The assignment comes late: it applies, and is ACKed.
+    a.handle_input(response(
+        Eds,
+        "3",
+        "e3",
+        vec![any(&assignment("api", &[("127.0.0.1", 8100, 0)]))],
+    ));
+    let out = drain(&mut a);
+    assert_eq!(ports(applied_config(&out), "api"), [8100]);
+    a.handle_input(Input::Applied(apply_id(&out).expect("apply")));
     assert_eq!(
-        reqs[0].4,
-        Some("cluster \"api\": no ClusterLoadAssignment \"api\" received")
+        sent(&drain(&mut a))
+            .iter()
+            .map(|r| summary(r))
+            .collect::<Vec<_>>(),
+        [(Eds, "3", "e3", vec!["api", "web"], None)]
     );
-    // The EDS subscription goes back to what the serving config needs.
-    assert_eq!(reqs[1].0, Eds);
-    assert_eq!(reqs[1].3, ["web"]);
+}
+
+/// A cluster waiting for its endpoints holds back neither an unrelated listener nor a route
+/// update; a route to it waits for it.
+#[test]
+fn a_cluster_waiting_for_endpoints_holds_back_only_what_routes_to_it() {
+    let mut a = serving();
+    let mut api = eds_cluster("api");
+    api.name = "api".into();
+    a.handle_input(response(
+        Cds,
+        "2",
+        "c2",
+        vec![any(&eds_cluster("web")), any(&api)],
+    ));
+    drain(&mut a);
+    // An unrelated new listener, with its routes (to `web`), applies while `api` waits.
+    a.handle_input(response(
+        Lds,
+        "2",
+        "l2",
+        vec![
+            any(&http_listener("in", "127.0.0.1", 9000, "routes")),
+            any(&tcp_listener("tcp", "127.0.0.1", 9100, "web")),
+        ],
+    ));
+    let out = drain(&mut a);
+    let config = applied_config(&out);
+    assert_eq!(config.listeners.len(), 2, "{:?}", config.listeners);
+    assert!(!config.clusters.iter().any(|c| c.name == "api"));
+    a.handle_input(Input::Applied(apply_id(&out).expect("apply")));
+    assert_eq!(
+        sent(&drain(&mut a))
+            .iter()
+            .map(|r| summary(r))
+            .collect::<Vec<_>>(),
+        [(Lds, "2", "l2", vec![], None)]
+    );
+    // A route update to the warming cluster waits (the old routes serve on): ACKed, since
+    // the route configuration is accepted, but not applied.
+    a.handle_input(response(
+        Rds,
+        "2",
+        "r2",
+        vec![any(&route_config("routes", "api"))],
+    ));
+    let out = drain(&mut a);
+    assert!(apply_id(&out).is_none(), "{out:?}");
+    assert!(a.warming().contains(&(Rds, "routes".into())));
+    assert!(a.warming().contains(&(Cds, "api".into())));
+    assert_eq!(
+        a.applied().routes["routes"],
+        route_config("routes", "web"),
+        "the old routes serve on"
+    );
+    // Its endpoints come: the cluster, then the route to it, apply together.
+    a.handle_input(response(
+        Eds,
+        "2",
+        "e2",
+        vec![any(&assignment("api", &[("127.0.0.1", 8100, 0)]))],
+    ));
+    let out = drain(&mut a);
+    let config = applied_config(&out);
+    assert_eq!(ports(config, "api"), [8100]);
+    assert_eq!(
+        a.in_flight.as_ref().unwrap().resources.routes["routes"],
+        route_config("routes", "api")
+    );
+    a.handle_input(Input::Applied(apply_id(&out).expect("apply")));
+    drain(&mut a);
+    assert!(a.warming().is_empty());
+}
+
+/// An updated cluster that waits for its new assignment (another EDS service name) keeps
+/// serving its previous version and endpoints until the new one comes (`api`: no route names
+/// it, so only warming keeps it).
+#[test]
+fn an_updated_cluster_serves_its_old_endpoints_until_its_new_assignment_comes() {
+    let mut a = serving();
+    let mut api = eds_cluster("api");
+    api.name = "api".into();
+    a.handle_input(response(
+        Cds,
+        "2",
+        "c2",
+        vec![any(&eds_cluster("web")), any(&api)],
+    ));
+    a.handle_input(response(
+        Eds,
+        "2",
+        "e2",
+        vec![any(&assignment("api", &[("127.0.0.1", 8100, 0)]))],
+    ));
+    settle(&mut a);
+    let mut api2 = api.clone();
+    api2.eds_cluster_config.as_mut().expect("eds").service_name = "api-v2".into();
+    a.handle_input(response(
+        Cds,
+        "3",
+        "c3",
+        vec![any(&eds_cluster("web")), any(&api2)],
+    ));
+    let out = drain(&mut a);
+    assert!(apply_id(&out).is_none(), "{out:?}");
+    assert_eq!(a.applied().clusters["api"], api, "the old version serves");
+    assert_eq!(
+        ports(
+            &translate::assemble(&bootstrap(), a.applied())
+                .unwrap()
+                .config,
+            "api"
+        ),
+        [8100]
+    );
+    assert!(a.warming().contains(&(Cds, "api".into())));
+    // The new version's assignment comes: it applies with it.
+    a.handle_input(response(
+        Eds,
+        "3",
+        "e3",
+        vec![any(&assignment("api-v2", &[("127.0.0.1", 8200, 0)]))],
+    ));
+    let out = drain(&mut a);
+    assert_eq!(ports(applied_config(&out), "api"), [8200]);
+    a.handle_input(Input::Applied(apply_id(&out).expect("apply")));
+    assert_eq!(a.applied().clusters["api"], api2);
+    assert!(a.warming().is_empty());
 }
 
 #[test]
@@ -414,7 +641,9 @@ fn updates_during_an_apply_wait_for_it_then_apply_together() {
         [(Eds, "2", "e2", vec!["web"], None)]
     );
     assert_eq!(
-        applied_config(&out).clusters[0].hosts[0].address.port(),
+        dynamic_clusters(applied_config(&out))[0].hosts[0]
+            .address
+            .port(),
         8003
     );
 }
@@ -454,7 +683,9 @@ fn a_reconnect_resubscribes_with_the_accepted_versions_and_no_nonce() {
     ));
     let out = drain(&mut a);
     assert_eq!(
-        applied_config(&out).clusters[0].hosts[0].address.port(),
+        dynamic_clusters(applied_config(&out))[0].hosts[0]
+            .address
+            .port(),
         8009
     );
 }
@@ -577,7 +808,14 @@ fn requests_say_whether_they_ack_nack_or_subscribe() {
     ));
     let out = drain(&mut a);
     assert_eq!(sent(&out)[0].error_detail, None);
-    assert_eq!(whats(&out), [(Eds, "e2".to_owned(), Answer::Subscription)]);
+    // The subscription, then the ACK of the CDS response (`api` added, warming).
+    assert_eq!(
+        whats(&out),
+        [
+            (Eds, "e2".to_owned(), Answer::Subscription),
+            (Cds, "c2".to_owned(), Answer::Ack)
+        ]
+    );
     a.handle_input(response(
         Eds,
         "3",
@@ -589,13 +827,7 @@ fn requests_say_whether_they_ack_nack_or_subscribe() {
     ));
     let out = drain(&mut a);
     a.handle_input(Input::Applied(apply_id(&out).expect("apply")));
-    assert_eq!(
-        whats(&drain(&mut a)),
-        [
-            (Cds, "c2".to_owned(), Answer::Ack),
-            (Eds, "e3".to_owned(), Answer::Ack)
-        ]
-    );
+    assert_eq!(whats(&drain(&mut a)), [(Eds, "e3".to_owned(), Answer::Ack)]);
 }
 
 /// A server flooding responses during one apply: each is folded into the pending response of
@@ -632,7 +864,7 @@ fn responses_during_an_apply_are_folded_per_type() {
     let reqs: Vec<_> = sent(&out).iter().map(|r| summary(r)).collect();
     assert_eq!(reqs, [(Eds, "2", "e2", vec!["web"], None)]);
     let config = applied_config(&out);
-    assert_eq!(config.clusters[0].hosts[0].address.port(), 10_999);
+    assert_eq!(dynamic_clusters(config)[0].hosts[0].address.port(), 10_999);
     assert_eq!(config.listeners[0].address.port(), 20_999);
     a.handle_input(Input::Applied(apply_id(&out).expect("apply")));
     let out = drain(&mut a);
@@ -664,7 +896,9 @@ fn serving_tls(ca: &str) -> Ads {
         vec![any(&tcp_listener("out", "127.0.0.1", 9001, "up"))],
     ));
     let out = drain(&mut a);
-    // Warming: no config without the secret, a subscription to it by name.
+    // Warming: the cluster waits for its secret (no timeout: a TLS context cannot do without
+    // it), the listener for the cluster; a subscription to the secret by name. The CDS and LDS
+    // responses are ACKed (their resources are added, warming).
     assert_eq!(apply_id(&out), None, "{out:?}");
     let subs: Vec<_> = sent(&out)
         .iter()
@@ -672,9 +906,9 @@ fn serving_tls(ca: &str) -> Ads {
         .filter(|s| s.0 == Sds)
         .collect();
     assert_eq!(subs, [(Sds, "", "", vec!["root-ca"], None)]);
-    assert!(
-        out.iter().any(|o| matches!(o, Output::ArmWarmingTimer(_))),
-        "{out:?}"
+    assert_eq!(
+        a.warming().iter().cloned().collect::<Vec<_>>(),
+        [(Cds, "up".into()), (Lds, "out".into())]
     );
     a.handle_input(response(
         Sds,
@@ -683,7 +917,7 @@ fn serving_tls(ca: &str) -> Ads {
         vec![any(&ca_secret("root-ca", ca))],
     ));
     let out = drain(&mut a);
-    let tls = applied_config(&out).clusters[0]
+    let tls = dynamic_clusters(applied_config(&out))[0]
         .tls
         .as_deref()
         .expect("tls");
@@ -717,7 +951,10 @@ fn a_cluster_naming_an_sds_secret_waits_for_it_then_a_rotation_applies() {
         vec![any(&ca_secret("root-ca", &ca2))],
     ));
     let out = drain(&mut a);
-    let tls = applied_config(&out).clusters[0].tls.as_deref().unwrap();
+    let tls = dynamic_clusters(applied_config(&out))[0]
+        .tls
+        .as_deref()
+        .unwrap();
     assert_eq!(
         tls.ca,
         sluice_core::config::tls::Pem::Inline {
@@ -779,13 +1016,17 @@ fn a_secret_no_resource_names_any_more_is_unsubscribed_and_dropped() {
         .filter(|s| s.0 == Sds)
         .collect();
     assert_eq!(subs, [(Sds, "1", "s1", vec![], None)]);
-    assert!(applied_config(&out).clusters[0].tls.is_none());
+    assert!(dynamic_clusters(applied_config(&out))[0].tls.is_none());
     a.handle_input(Input::Applied(apply_id(&out).unwrap()));
     assert!(a.applied().secrets.is_empty());
 }
 
+/// A listener waiting for its secret waits without a timeout (a TLS context cannot handshake
+/// without it) and is not refused; its LDS response is ACKed once the listener is validated
+/// with a placeholder for the secret — so a listener wrong in itself is refused at once, not
+/// once its secret comes.
 #[test]
-fn a_secret_never_sent_is_refused_when_the_initial_fetch_timeout_expires() {
+fn a_listener_waits_for_its_secret_without_a_timeout_and_is_validated_meanwhile() {
     let mut a = ads();
     a.handle_input(Input::Connected);
     drain(&mut a);
@@ -797,32 +1038,55 @@ fn a_secret_never_sent_is_refused_when_the_initial_fetch_timeout_expires() {
         "c1",
         vec![any(&static_cluster("up", &[("127.0.0.1", 8080, 0)]))],
     ));
+    settle(&mut a);
     a.handle_input(response(Lds, "1", "l1", vec![any(&l)]));
     let out = drain(&mut a);
     assert_eq!(apply_id(&out), None);
-    let timer = out
+    assert!(
+        !out.iter().any(|o| matches!(o, Output::ArmWarmingTimer(_))),
+        "{out:?}"
+    );
+    assert_eq!(
+        sent(&out).iter().map(|r| summary(r)).collect::<Vec<_>>(),
+        [
+            (Sds, "", "", vec!["server-cert"], None),
+            (Lds, "1", "l1", vec![], None)
+        ]
+    );
+    assert!(a.warming().contains(&(Lds, "tls".into())));
+    // Wrong in itself while its secret is still missing: refused now, naming the field.
+    let mut bad = l.clone();
+    bad.address = tcp_listener("tls", "127.0.0.1", 99999, "up").address;
+    a.handle_input(response(Lds, "2", "l2", vec![any(&bad)]));
+    let nacks: Vec<_> = sent(&drain(&mut a))
         .iter()
-        .find_map(|o| match o {
-            Output::ArmWarmingTimer(id) => Some(*id),
-            _ => None,
+        .map(|r| {
+            (
+                summary(r).0,
+                summary(r).1.to_owned(),
+                summary(r).4.map(str::to_owned),
+            )
         })
-        .expect("a warming timer");
-    a.handle_input(Input::WarmingTimeout(timer));
-    let out = drain(&mut a);
-    let nacks: Vec<_> = sent(&out)
-        .iter()
-        .map(|r| summary(r))
-        .filter(|s| s.4.is_some())
         .collect();
     assert_eq!(nacks.len(), 1, "{nacks:?}");
-    assert_eq!((nacks[0].0, nacks[0].2), (Lds, "l1"));
-    assert_eq!(
-        nacks[0].4,
-        Some(
-            "listener \"tls\" filter_chains[0].transport_socket.typed_config.common_tls_context.\
-             tls_certificate_sds_secret_configs[0]: secret \"server-cert\" not received"
-        )
+    assert_eq!((nacks[0].0, nacks[0].1.as_str()), (Lds, "1"));
+    assert!(
+        nacks[0].2.as_deref().unwrap().contains("99999"),
+        "{nacks:?}"
     );
+    // The secret comes: the listener applies.
+    let (_, chain, key) = crate::translate::tests_tls::pki(&["x"]);
+    a.handle_input(response(
+        Sds,
+        "1",
+        "s1",
+        vec![any(&certificate_secret("server-cert", &chain, &key))],
+    ));
+    let out = drain(&mut a);
+    assert_eq!(applied_config(&out).listeners[0].name, "tls");
+    a.handle_input(Input::Applied(apply_id(&out).expect("apply")));
+    drain(&mut a);
+    assert!(a.warming().is_empty());
 }
 
 /// Secrets nobody subscribed to are dropped on arrival: they do not pile up in the pending

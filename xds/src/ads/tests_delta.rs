@@ -5,20 +5,17 @@ use std::collections::HashMap;
 use envoy_types::pb::envoy::service::discovery::v3::{
     DeltaDiscoveryRequest, DeltaDiscoveryResponse, Resource,
 };
-use serde_json::json;
 
-use super::tests::{applied_config, apply_id, drain, node};
+use super::tests::{
+    applied_config, apply_id, bootstrap, drain, dynamic_clusters, node, ports, settle, timer_of,
+};
 use super::*;
 use crate::fixtures::*;
 
 use ResourceType::{Cluster as Cds, Endpoints as Eds, Listener as Lds, Route as Rds};
 
 fn ads() -> Ads {
-    Ads::with_mode(
-        XdsMode::Delta,
-        node(),
-        json!({ "listeners": [], "clusters": [] }),
-    )
+    Ads::with_mode(XdsMode::Delta, node(), bootstrap())
 }
 
 fn sent(outputs: &[Output]) -> Vec<&DeltaDiscoveryRequest> {
@@ -136,10 +133,8 @@ fn serving() -> Ads {
         )],
         &[],
     ));
-    let out = drain(&mut a);
-    let id = apply_id(&out).expect("complete");
-    a.handle_input(Input::Applied(id));
-    drain(&mut a);
+    let out = settle(&mut a);
+    assert!(apply_id(&out).is_some(), "complete");
     a
 }
 
@@ -181,9 +176,16 @@ fn delta_a_config_is_applied_when_warm_and_acked_by_nonce_after_the_switch() {
         &[],
     ));
     let out = drain(&mut a);
-    // The EDS cluster subscribes to its endpoints, in a request without a nonce.
-    assert_eq!(summaries(&out), [(Eds, "", vec!["web"], vec![], None)]);
-    assert!(matches!(out.last(), Some(Output::ArmWarmingTimer(_))));
+    // The EDS cluster subscribes to its endpoints, in a request without a nonce, and warms;
+    // the response is ACKed (the cluster is added, warming).
+    assert_eq!(
+        summaries(&out),
+        [
+            (Eds, "", vec!["web"], vec![], None),
+            (Cds, "n1", vec![], vec![], None)
+        ]
+    );
+    assert!(out.iter().any(|o| matches!(o, Output::ArmWarmingTimer(_))));
     a.handle_input(response(
         Lds,
         "1",
@@ -196,7 +198,13 @@ fn delta_a_config_is_applied_when_warm_and_acked_by_nonce_after_the_switch() {
         &[],
     ));
     let out = drain(&mut a);
-    assert_eq!(summaries(&out), [(Rds, "", vec!["routes"], vec![], None)]);
+    assert_eq!(
+        summaries(&out),
+        [
+            (Rds, "", vec!["routes"], vec![], None),
+            (Lds, "n2", vec![], vec![], None)
+        ]
+    );
     a.handle_input(response(
         Eds,
         "1",
@@ -208,7 +216,18 @@ fn delta_a_config_is_applied_when_warm_and_acked_by_nonce_after_the_switch() {
         )],
         &[],
     ));
-    assert!(apply_id(&drain(&mut a)).is_none(), "the listener waits");
+    // The cluster applies alone; the listener waits for its routes.
+    let out = drain(&mut a);
+    assert!(sent(&out).is_empty(), "no ACK before the workers switched");
+    assert!(
+        applied_config(&out).listeners.is_empty(),
+        "the listener waits"
+    );
+    a.handle_input(Input::Applied(apply_id(&out).expect("apply")));
+    assert_eq!(
+        summaries(&drain(&mut a)),
+        [(Eds, "n3", vec![], vec![], None)]
+    );
     a.handle_input(response(
         Rds,
         "7",
@@ -224,18 +243,10 @@ fn delta_a_config_is_applied_when_warm_and_acked_by_nonce_after_the_switch() {
     assert!(sent(&out).is_empty(), "no ACK before the workers switched");
     let config = applied_config(&out);
     assert_eq!(config.listeners[0].name, "in");
-    assert_eq!(config.clusters[0].hosts.len(), 1);
+    assert_eq!(dynamic_clusters(config)[0].hosts.len(), 1);
     a.handle_input(Input::Applied(apply_id(&out).expect("apply")));
     let out = drain(&mut a);
-    assert_eq!(
-        summaries(&out),
-        [
-            (Cds, "n1", vec![], vec![], None),
-            (Eds, "n3", vec![], vec![], None),
-            (Lds, "n2", vec![], vec![], None),
-            (Rds, "n4", vec![], vec![], None),
-        ]
-    );
+    assert_eq!(summaries(&out), [(Rds, "n4", vec![], vec![], None)]);
     assert_eq!(a.accepted_version(Rds), "7", "the system version");
     assert_eq!(a.resource_versions(Cds), &versions(&[("web", "c1")]));
     assert_eq!(a.resource_versions(Eds), &versions(&[("web", "e1")]));
@@ -249,7 +260,13 @@ fn delta_responses_add_and_remove_resources_and_subscriptions_follow() {
     // Only the new cluster comes: `web` stays (a delta response is not the full set).
     a.handle_input(response(Cds, "2", "n5", vec![api_cluster()], &[]));
     let out = drain(&mut a);
-    assert_eq!(summaries(&out), [(Eds, "", vec!["api"], vec![], None)]);
+    assert_eq!(
+        summaries(&out),
+        [
+            (Eds, "", vec!["api"], vec![], None),
+            (Cds, "n5", vec![], vec![], None)
+        ]
+    );
     a.handle_input(response(
         Eds,
         "2",
@@ -267,7 +284,7 @@ fn delta_responses_add_and_remove_resources_and_subscriptions_follow() {
         .iter()
         .map(|c| c.name.as_str())
         .collect();
-    assert_eq!(names, ["api", "web"]);
+    assert_eq!(names, ["xds_server", "api", "web"]);
     a.handle_input(Input::Applied(apply_id(&out).expect("apply")));
     drain(&mut a);
     assert_eq!(
@@ -283,7 +300,7 @@ fn delta_responses_add_and_remove_resources_and_subscriptions_follow() {
         .iter()
         .map(|c| c.name.as_str())
         .collect();
-    assert_eq!(names, ["web"]);
+    assert_eq!(names, ["xds_server", "web"]);
     assert_eq!(summaries(&out), [(Eds, "", vec![], vec!["api"], None)]);
     a.handle_input(Input::Applied(apply_id(&out).expect("apply")));
     let out = drain(&mut a);
@@ -414,7 +431,9 @@ fn delta_a_reconnect_resubscribes_with_initial_resource_versions() {
     ));
     let out = drain(&mut a);
     assert_eq!(
-        applied_config(&out).clusters[0].hosts[0].address.port(),
+        dynamic_clusters(applied_config(&out))[0].hosts[0]
+            .address
+            .port(),
         8009
     );
     a.handle_input(Input::Applied(apply_id(&out).expect("apply")));
@@ -439,50 +458,110 @@ fn delta_a_reconnect_resubscribes_with_initial_resource_versions() {
     assert_eq!(summaries(&out), [(Eds, "m2", vec![], vec![], None)]);
 }
 
+/// Delta: a cluster whose assignment never comes is ACKed when added, serves with no
+/// endpoints at the initial fetch timeout (not refused), and its assignment coming later
+/// applies; meanwhile an unrelated listener applies and a route to it waits.
 #[test]
 fn delta_warming_waits_for_endpoints_bounded_by_the_initial_fetch_timeout() {
     let mut a = serving();
     a.handle_input(response(Cds, "2", "n5", vec![api_cluster()], &[]));
     let out = drain(&mut a);
-    let Some(Output::ArmWarmingTimer(timer)) = out.last().cloned() else {
-        panic!("a warming timer: {out:?}")
-    };
+    let timer = timer_of(&out);
     assert!(apply_id(&out).is_none());
-    a.handle_input(Input::WarmingTimeout(timer));
-    let out = drain(&mut a);
     assert_eq!(
         summaries(&out),
         [
-            (
-                Cds,
-                "n5",
-                vec![],
-                vec![],
-                Some("cluster \"api\": no ClusterLoadAssignment \"api\" received")
-            ),
-            (Eds, "", vec![], vec!["api"], None),
+            (Eds, "", vec!["api"], vec![], None),
+            (Cds, "n5", vec![], vec![], None)
         ]
     );
-    assert_eq!(a.resource_versions(Cds), &versions(&[("web", "c1")]));
+    // An unrelated listener goes ahead.
+    a.handle_input(response(
+        Lds,
+        "2",
+        "n6",
+        vec![resource(
+            "tcp",
+            "l2",
+            any(&tcp_listener("tcp", "127.0.0.1", 9100, "web")),
+        )],
+        &[],
+    ));
+    let out = drain(&mut a);
+    assert_eq!(applied_config(&out).listeners.len(), 2);
+    a.handle_input(Input::Applied(apply_id(&out).expect("apply")));
+    assert_eq!(
+        summaries(&drain(&mut a)),
+        [(Lds, "n6", vec![], vec![], None)]
+    );
+    // A route to the warming cluster waits: ACKed, not applied.
+    a.handle_input(response(
+        Rds,
+        "2",
+        "n7",
+        vec![resource(
+            "routes",
+            "r2",
+            any(&route_config("routes", "api")),
+        )],
+        &[],
+    ));
+    let out = drain(&mut a);
+    assert!(apply_id(&out).is_none(), "{out:?}");
+    assert_eq!(summaries(&out), [(Rds, "n7", vec![], vec![], None)]);
+    assert_eq!(a.applied().routes["routes"], route_config("routes", "web"));
+    // The timeout: `api` serves with no endpoints, and the route to it applies with it.
+    a.handle_input(Input::WarmingTimeout(timer));
+    let out = drain(&mut a);
+    assert!(sent(&out).is_empty(), "nothing refused: {out:?}");
+    assert_eq!(ports(applied_config(&out), "api"), Vec::<u16>::new());
+    a.handle_input(Input::Applied(apply_id(&out).expect("apply")));
+    assert!(drain(&mut a).is_empty());
+    assert_eq!(a.applied().routes["routes"], route_config("routes", "api"));
+    assert_eq!(
+        a.resource_versions(Cds),
+        &versions(&[("api", "c2"), ("web", "c1")])
+    );
+    assert!(a.warming().is_empty());
+    // The assignment, late, applies.
+    a.handle_input(response(
+        Eds,
+        "3",
+        "n8",
+        vec![resource(
+            "api",
+            "e3",
+            any(&assignment("api", &[("127.0.0.1", 8100, 0)])),
+        )],
+        &[],
+    ));
+    let out = drain(&mut a);
+    assert_eq!(ports(applied_config(&out), "api"), [8100]);
+    a.handle_input(Input::Applied(apply_id(&out).expect("apply")));
+    assert_eq!(
+        summaries(&drain(&mut a)),
+        [(Eds, "n8", vec![], vec![], None)]
+    );
 }
 
+/// Delta: an assignment the server removes leaves its cluster waiting for another, as a new
+/// one waits: its last endpoints serve on until the initial fetch timeout, then none.
 #[test]
-fn delta_an_assignment_removed_by_the_server_makes_its_cluster_wait_then_refused() {
+fn delta_an_assignment_removed_by_the_server_makes_its_cluster_wait_then_serve_none() {
     let mut a = serving();
     a.handle_input(response(Eds, "2", "n5", vec![], &["web"]));
     let out = drain(&mut a);
-    let Some(Output::ArmWarmingTimer(timer)) = out.last().cloned() else {
-        panic!("a warming timer: {out:?}")
-    };
-    a.handle_input(Input::WarmingTimeout(timer));
-    let out = drain(&mut a);
-    let reqs = summaries(&out);
-    assert_eq!((reqs[0].0, reqs[0].1), (Eds, "n5"));
-    assert!(reqs[0].4.expect("error").contains("\"web\""), "{reqs:?}");
+    let timer = timer_of(&out);
+    assert!(apply_id(&out).is_none());
+    assert_eq!(summaries(&out), [(Eds, "n5", vec![], vec![], None)]);
     assert_eq!(
         a.applied().endpoints["web"],
         assignment("web", &[("127.0.0.1", 8001, 0)])
     );
+    a.handle_input(Input::WarmingTimeout(timer));
+    let out = drain(&mut a);
+    assert!(sent(&out).is_empty(), "{out:?}");
+    assert_eq!(ports(applied_config(&out), "web"), Vec::<u16>::new());
 }
 
 #[test]
@@ -621,7 +700,9 @@ fn delta_a_good_update_nacked_with_a_bad_one_is_applied_after_the_resync() {
     a.handle_input(Input::Applied(first.expect("apply")));
     let out = drain(&mut a);
     assert_eq!(
-        applied_config(&out).clusters[0].hosts[0].address.port(),
+        dynamic_clusters(applied_config(&out))[0].hosts[0]
+            .address
+            .port(),
         8002
     );
     a.handle_input(Input::ApplyFailed(
@@ -649,7 +730,9 @@ fn delta_a_good_update_nacked_with_a_bad_one_is_applied_after_the_resync() {
     a.handle_input(response(Eds, "2", "m1", eds_e2(), &[]));
     let out = drain(&mut a);
     assert_eq!(
-        applied_config(&out).clusters[0].hosts[0].address.port(),
+        dynamic_clusters(applied_config(&out))[0].hosts[0]
+            .address
+            .port(),
         8002
     );
     a.handle_input(Input::Applied(apply_id(&out).expect("apply")));
@@ -783,7 +866,8 @@ fn delta_requests_say_whether_they_ack_nack_or_subscribe() {
             _ => None,
         })
         .collect();
-    assert_eq!(whats, [(Eds, Answer::Subscription)]);
+    // The subscription, then the ACK of the response (`api` added, warming).
+    assert_eq!(whats, [(Eds, Answer::Subscription), (Cds, Answer::Ack)]);
 }
 
 /// Delta responses of a type arriving during an apply are folded into one as they come: a
@@ -835,7 +919,7 @@ fn delta_responses_during_an_apply_are_folded_per_type() {
     let mut ports: Vec<u16> = config.listeners.iter().map(|l| l.address.port()).collect();
     ports.sort_unstable();
     assert_eq!(ports, [9000, 9004]);
-    assert_eq!(config.clusters[0].hosts[0].address.port(), 8003);
+    assert_eq!(dynamic_clusters(config)[0].hosts[0].address.port(), 8003);
     a.handle_input(Input::Applied(apply_id(&out).expect("apply")));
     assert_eq!(
         summaries(&drain(&mut a)),
@@ -937,9 +1021,8 @@ fn serving_with_secret() -> Ads {
         )],
         &[],
     ));
-    let out = drain(&mut a);
-    a.handle_input(Input::Applied(apply_id(&out).expect("complete")));
-    drain(&mut a);
+    let out = settle(&mut a);
+    assert!(apply_id(&out).is_some(), "complete");
     a
 }
 
@@ -1085,4 +1168,21 @@ fn delta_resources_not_subscribed_to_are_dropped_on_arrival() {
     let out = drain(&mut a);
     let config = applied_config(&out);
     assert!(config.clusters.iter().any(|c| c.name == "api"));
+}
+
+/// A cluster accepted (ACKed) but still warming is not named in the next stream's
+/// `initial_resource_versions` (only what serves is), so the server sends it again.
+#[test]
+fn delta_a_warming_cluster_is_sent_again_on_a_new_stream() {
+    let mut a = serving();
+    a.handle_input(response(Cds, "2", "n5", vec![api_cluster()], &[]));
+    drain(&mut a);
+    assert_eq!(
+        a.resource_versions(Cds),
+        &versions(&[("api", "c2"), ("web", "c1")])
+    );
+    a.handle_input(Input::Disconnected);
+    a.handle_input(Input::Connected);
+    let out = drain(&mut a);
+    assert_eq!(initial_versions(&out, Cds), versions(&[("web", "c1")]));
 }

@@ -123,7 +123,17 @@ fn serving(ca: &str) -> Ads {
             if r.type_url == ResourceType::Secret.type_url())),
         "no SDS subscription over ADS: {out:?}"
     );
-    assert!(out.iter().any(|o| matches!(o, Output::ArmWarmingTimer(_))));
+    // Per-resource warming: a secret has no timeout, and the cluster waiting for it was
+    // validated (with a placeholder) and added, so CDS is ACKed before the secret comes.
+    assert!(
+        !out.iter().any(|o| matches!(o, Output::ArmWarmingTimer(_))),
+        "a source secret is waited for without a timeout: {out:?}"
+    );
+    assert_eq!(acks(&out), [(ResourceType::Cluster, "c1".to_owned(), None)]);
+    assert_eq!(
+        a.warming().iter().collect::<Vec<_>>(),
+        [&(ResourceType::Cluster, "up".to_owned())]
+    );
     a.handle_input(source_secrets("s1", vec![ca_secret("ROOTCA", ca)]));
     let out = drain(&mut a);
     assert_eq!(
@@ -140,7 +150,8 @@ fn serving(ca: &str) -> Ads {
         verdicts(&out),
         [("sds-grpc".to_owned(), "s1".to_owned(), None)]
     );
-    assert_eq!(acks(&out), [(ResourceType::Cluster, "c1".to_owned(), None)]);
+    assert!(acks(&out).is_empty(), "CDS was ACKed already: {out:?}");
+    assert!(a.warming().is_empty());
     assert_eq!(
         a.applied().source_secrets["sds-grpc"]["ROOTCA"],
         ca_secret("ROOTCA", ca)
@@ -258,4 +269,71 @@ fn a_source_secret_nothing_names_any_more_is_unsubscribed_and_dropped() {
     a.handle_input(Input::Applied(apply_id(&out).unwrap()));
     drain(&mut a);
     assert!(a.applied().source_secrets.is_empty());
+}
+
+/// Per-resource warming with a source secret: cluster `up`, waiting for its source's
+/// `ROOTCA`, holds back nothing else (cluster `other` of the same CDS response applies) and
+/// waits without a timeout (no warming timer); the CDS response is ACKed once `other`
+/// serves, `up` validated with a placeholder. A bad `ROOTCA` then is refused on the source's
+/// stream alone — CDS, ACKed, is not refused later, and `up` keeps waiting — and a good one
+/// brings `up` in.
+#[test]
+fn a_cluster_waiting_for_a_source_secret_holds_back_nothing_else_and_its_bad_secret_is_the_sources_refusal()
+ {
+    let mut a = Ads::new(node(), bootstrap());
+    a.handle_input(Input::Connected);
+    drain(&mut a);
+    let other = static_cluster("other", &[("127.0.0.1", 8080, 0)]);
+    a.handle_input(cds("1", "c1", &[tls_cluster("sds-grpc"), other]));
+    let out = drain(&mut a);
+    assert!(
+        !out.iter().any(|o| matches!(o, Output::ArmWarmingTimer(_))),
+        "a source secret has no timeout: {out:?}"
+    );
+    let names = |config: &Config| -> Vec<String> {
+        config.clusters.iter().map(|c| c.name.clone()).collect()
+    };
+    let served = names(applied_config(&out));
+    assert!(served.contains(&"other".to_owned()), "{served:?}");
+    assert!(!served.contains(&"up".to_owned()), "{served:?}");
+    a.handle_input(Input::Applied(apply_id(&out).unwrap()));
+    let out = drain(&mut a);
+    assert_eq!(acks(&out), [(ResourceType::Cluster, "c1".to_owned(), None)]);
+    assert_eq!(
+        a.warming().iter().collect::<Vec<_>>(),
+        [&(ResourceType::Cluster, "up".to_owned())]
+    );
+
+    let bad = "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n";
+    a.handle_input(source_secrets("s1", vec![ca_secret("ROOTCA", bad)]));
+    let out = drain(&mut a);
+    assert_eq!(apply_id(&out), None, "{out:?}");
+    let v = verdicts(&out);
+    assert_eq!(v.len(), 1, "{out:?}");
+    assert_eq!((v[0].0.as_str(), v[0].1.as_str()), ("sds-grpc", "s1"));
+    let error = v[0].2.as_deref().expect("refused");
+    assert!(
+        error.starts_with("secret \"ROOTCA\" validation_context.trusted_ca: not usable PEM"),
+        "{error}"
+    );
+    assert!(acks(&out).is_empty(), "CDS, ACKed, is not refused: {out:?}");
+    assert_eq!(
+        a.warming().iter().collect::<Vec<_>>(),
+        [&(ResourceType::Cluster, "up".to_owned())]
+    );
+
+    let (ca, _, _) = pki(&["x"]);
+    a.handle_input(source_secrets("s2", vec![ca_secret("ROOTCA", &ca)]));
+    let out = drain(&mut a);
+    let served = names(applied_config(&out));
+    assert!(served.contains(&"up".to_owned()), "{served:?}");
+    assert!(verdicts(&out).is_empty(), "answered once it serves");
+    a.handle_input(Input::Applied(apply_id(&out).unwrap()));
+    let out = drain(&mut a);
+    assert_eq!(
+        verdicts(&out),
+        [("sds-grpc".to_owned(), "s2".to_owned(), None)]
+    );
+    assert!(acks(&out).is_empty(), "{out:?}");
+    assert!(a.warming().is_empty());
 }

@@ -1398,7 +1398,7 @@ fn fuzz_corpus_entries_drive_without_panicking() {
         ),
         (
             // Delta: the full config, then removals: of the cluster a route uses (refused), of
-            // the listener (applies), of the cluster's endpoints (waits, then refused).
+            // the listener (applies), of the cluster's endpoints (waits, then serves none).
             "delta_removals",
             encode_tagged(&[
                 (tag(ResourceType::Cluster), web.encode_to_vec()),
@@ -1523,7 +1523,9 @@ fn fuzz_corpus_entries_drive_without_panicking() {
             assert_eq!(&committed, bytes, "{name}: regenerate with SLUICE_BLESS=1");
         }
     }
-    assert_eq!(drive(&corpus[0].1), 1, "the full config applies");
+    // Warming per resource: the cluster applies once its endpoints came, then the listener
+    // once its routes did.
+    assert_eq!(drive(&corpus[0].1), 2, "the cluster, then the listener");
     // The cluster and its endpoints apply first (nothing waits for them), then the listener.
     assert_eq!(drive(&corpus[1].1), 2);
     assert_eq!(
@@ -1534,15 +1536,16 @@ fn fuzz_corpus_entries_drive_without_panicking() {
     drive(&corpus[3].1);
     assert_eq!(
         drive_delta(&corpus[0].1),
-        1,
-        "the full config applies (delta)"
+        2,
+        "the cluster, then the listener (delta)"
     );
     assert_eq!(drive_delta(&corpus[1].1), 2);
     assert_eq!(drive_delta(&corpus[2].1), 1);
     assert_eq!(
         drive_delta(&corpus[4].1),
-        2,
-        "the full config, then the listener's removal; the other removals are refused"
+        4,
+        "the cluster, the listener, then the listener's removal; the cluster's removal is \
+         refused; the endpoints' removal makes the cluster wait, then serve none at the timeout"
     );
     assert_eq!(
         drive(&corpus[5].1),

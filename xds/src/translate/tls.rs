@@ -698,7 +698,8 @@ fn sds_source(
 ) -> Result<SecretOrigin, TranslateError> {
     let mut rest = source.clone();
     take(&mut rest.resource_api_version);
-    // Warming is bounded by the bootstrap's `initial_fetch_timeout`, as for ADS secrets.
+    // Ignored: warming waits for a secret without a timeout, as for ADS secrets (a TLS
+    // context cannot handshake without it; see the ADS machine's module doc).
     take(&mut rest.initial_fetch_timeout);
     let Some(ConfigSourceSpecifier::ApiConfigSource(mut api)) =
         take(&mut rest.config_source_specifier)
