@@ -233,6 +233,23 @@ impl Rendered {
         self.ends.clear();
     }
 
+    /// Frees its buffers when they hold more than `kept` bytes (what a rendering of a large
+    /// request header left behind), so that a value kept for later requests stays small.
+    pub fn shed(&mut self, kept: usize) {
+        if self.buf.capacity() > kept {
+            self.buf = Vec::new();
+        }
+        if self.ends.capacity() * std::mem::size_of::<usize>() > kept {
+            self.ends = Vec::new();
+        }
+    }
+
+    /// Bytes its buffers hold (rendered values and their bounds).
+    #[must_use]
+    pub fn capacity(&self) -> usize {
+        self.buf.capacity() + self.ends.capacity() * std::mem::size_of::<usize>()
+    }
+
     /// The `i`-th rendered value.
     fn value(&self, i: usize) -> Option<&[u8]> {
         let end = *self.ends.get(i)?;
