@@ -229,8 +229,13 @@ fn header_values_with_variables_are_rendered_per_request() {
          { name: x-client-ip, value: 'ip %DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT%' }, \
          { name: x-proto, value: '%PROTOCOL%' }, { name: x-host, value: '%HOSTNAME%' }, \
          { name: x-cut, value: '%REQ(X-In):3%' }, { name: x-pct, value: '100%%' }, \
-         { name: x-missing, value: '%REQ(x-none)%' } ]\n                \
-         response_headers_to_add: [ { name: x-seen, value: '%REQ(x-in)%/%PROTOCOL%' } ]",
+         { name: x-missing, value: '%REQ(x-none)%' }, \
+         { name: x-was-user, value: '%REQ(x-user)%' } ]\n                \
+         request_headers_to_remove: [ x-user ]\n                \
+         response_headers_to_add: [ { name: x-seen, value: '%REQ(x-in)%/%PROTOCOL%' }, \
+         { name: x-request-id, value: '%REQ(x-request-id)%' }, \
+         { name: x-echo-client, value: '%REQ(x-client)%' }, \
+         { name: x-echo-user, value: '%REQ(x-user)%' } ]",
     );
     assert!(config.contains("%HOSTNAME%"), "{config}");
     let _s = start_sluice(&dir, &config, 1, addr(listen));
@@ -238,14 +243,15 @@ fn header_values_with_variables_are_rendered_per_request() {
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     let me = s.local_addr().unwrap();
     s.write_all(
-        b"GET /fields HTTP/1.1\r\nHost: example.com\r\nx-in: abcdef\r\nConnection: close\r\n\r\n",
+        b"GET /fields HTTP/1.1\r\nHost: example.com\r\nx-in: abcdef\r\nx-user: admin\r\nConnection: close\r\n\r\n",
     )
     .unwrap();
     let mut answer = String::new();
     let _ = s.read_to_string(&mut answer);
     assert_eq!(status_of(&answer), 200, "{answer}");
     let (head, body) = answer.split_once("\r\n\r\n").expect("a head");
-    let head = head.to_ascii_lowercase();
+    // Each field line ends in CRLF, the last one too.
+    let head = head.to_ascii_lowercase() + "\r\n";
     assert!(head.contains("\r\nx-seen: abcdef/http/1.1"), "{head}");
     let fields: serde_json::Value = serde_json::from_str(body).expect("json");
     let named = |name: &str| -> Vec<String> {
@@ -265,6 +271,22 @@ fn header_values_with_variables_are_rendered_per_request() {
     assert_eq!(named("x-cut"), ["abc"], "{body}");
     assert_eq!(named("x-pct"), ["100%"], "{body}");
     assert!(named("x-missing").is_empty(), "{body}");
+    // Values are rendered against the request as edited (Envoy's order): a header the route
+    // removes feeds no value (not upstream, not in the response), the request id the proxy
+    // generated is echoed as the upstream got it, and the response sees the route's additions.
+    assert!(named("x-user").is_empty(), "{body}");
+    assert!(named("x-was-user").is_empty(), "{body}");
+    assert!(!head.contains("x-echo-user"), "{head}");
+    let id = named("x-request-id");
+    assert_eq!(id.len(), 1, "{body}");
+    assert!(
+        head.contains(&format!("\r\nx-request-id: {}\r\n", id[0])),
+        "{head}"
+    );
+    assert!(
+        head.contains(&format!("\r\nx-echo-client: {me}\r\n")),
+        "{head}"
+    );
 }
 
 /// An HTTP/1.0 client that asks for keep-alive is told so and can send a second request.

@@ -193,7 +193,8 @@ impl HeaderFormat {
 
     /// Appends the value for the message `ctx` describes to `out`.
     pub fn render(&self, ctx: &FormatContext<'_>, out: &mut Vec<u8>) {
-        for s in self.segments.iter() {
+        let last = self.segments.len().saturating_sub(1);
+        for (i, s) in self.segments.iter().enumerate() {
             match s {
                 Segment::Literal(t) => out.extend_from_slice(t.as_bytes()),
                 Segment::Var { var, max_len } => {
@@ -203,6 +204,14 @@ impl HeaderFormat {
                         && out.len() - start > *n
                     {
                         out.truncate(start + n);
+                        // A cut inside a header's value can end on its inner spaces: a field
+                        // value does not end in whitespace.
+                        while i == last
+                            && out.len() > start
+                            && matches!(out.last(), Some(b' ' | b'\t'))
+                        {
+                            out.pop();
+                        }
                     }
                 }
             }
@@ -357,6 +366,15 @@ fn var(c: &Command<'_>, at: usize) -> Result<Var, FormatError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A `:N` cut that ends a value on the header's inner spaces drops them (a field value
+    /// does not end in whitespace); spaces inside the value stay.
+    #[test]
+    fn a_cut_ending_on_spaces_drops_them() {
+        assert_eq!(render("%REQ(x-a):3%", &[("x-a", "ab  cd")]), "kept:ab");
+        assert_eq!(render("%REQ(x-a):4%", &[("x-a", "ab \tcd")]), "kept:ab");
+        assert_eq!(render("%REQ(x-a):5%", &[("x-a", "ab cde")]), "kept:ab cd");
+    }
 
     fn render(text: &str, headers: &[(&str, &str)]) -> String {
         let lookup = |n: &str| -> Option<&[u8]> {

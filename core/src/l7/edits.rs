@@ -171,9 +171,47 @@ impl<'a> HeaderEdits<'a> {
         in_message: &dyn Fn(&str) -> bool,
         rendered: &'a Rendered,
     ) {
+        self.route_removals(remove);
+        self.route_additions(add, in_message, rendered);
+    }
+
+    /// The first half of [`route`](Self::route): the route's removals.
+    pub fn route_removals(&mut self, remove: &'a [String]) {
         for name in remove {
             self.remove(name);
         }
+    }
+
+    /// The first field named `name` of the message once the edits so far apply (what a
+    /// `%REQ(name)%` sees, as Envoy renders against the request as edited): the message's own
+    /// (`in_message`) unless an edit removes the name — the message's fields come first —
+    /// else the first one added.
+    pub fn value_of<'m>(
+        &'m self,
+        name: &str,
+        in_message: &dyn Fn(&str) -> Option<&'m [u8]>,
+    ) -> Option<&'m [u8]>
+    where
+        'a: 'm,
+    {
+        if !self.removals().iter().any(|n| n.eq_ignore_ascii_case(name))
+            && let Some(v) = in_message(name)
+        {
+            return Some(v);
+        }
+        self.additions()
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| *v)
+    }
+
+    /// The second half of [`route`](Self::route): the route's additions (see there).
+    pub fn route_additions(
+        &mut self,
+        add: &'a [HeaderValue],
+        in_message: &dyn Fn(&str) -> bool,
+        rendered: &'a Rendered,
+    ) {
         let mut formatted = 0;
         for h in add {
             let value = if h.format.is_some() {
@@ -233,6 +271,23 @@ impl Rendered {
         self.ends.clear();
     }
 
+    /// Frees its buffers when they hold more than `kept` bytes (what a rendering of a large
+    /// request header left behind), so that a value kept for later requests stays small.
+    pub fn shed(&mut self, kept: usize) {
+        if self.buf.capacity() > kept {
+            self.buf = Vec::new();
+        }
+        if self.ends.capacity() * std::mem::size_of::<usize>() > kept {
+            self.ends = Vec::new();
+        }
+    }
+
+    /// Bytes its buffers hold (rendered values and their bounds).
+    #[must_use]
+    pub fn capacity(&self) -> usize {
+        self.buf.capacity() + self.ends.capacity() * std::mem::size_of::<usize>()
+    }
+
     /// The `i`-th rendered value.
     fn value(&self, i: usize) -> Option<&[u8]> {
         let end = *self.ends.get(i)?;
@@ -274,6 +329,18 @@ pub fn request_edits<'a>(
     in_message: &dyn Fn(&str) -> bool,
     rendered: &'a Rendered,
 ) {
+    request_edits_before_additions(edits, facts, route_remove);
+    edits.route_additions(route_add, in_message, rendered);
+}
+
+/// The edits of a request up to the route's additions: the proxy's and the route's removals
+/// — what the route's values with variables are rendered against ([`HeaderEdits::value_of`]),
+/// as Envoy's are. [`HeaderEdits::route_additions`] completes them.
+pub fn request_edits_before_additions<'a>(
+    edits: &mut HeaderEdits<'a>,
+    facts: &RequestFacts<'a>,
+    route_remove: &'a [String],
+) {
     edits.set("x-forwarded-for", facts.forwarded_for);
     // Envoy's default `forward_client_cert_details: SANITIZE` removes it: a client's own
     // `x-forwarded-client-cert` never reaches the application, which would take it for the
@@ -292,7 +359,7 @@ pub fn request_edits<'a>(
     if let Some(proto) = facts.forwarded_proto {
         edits.set("x-forwarded-proto", proto);
     }
-    edits.route(route_remove, route_add, in_message, rendered);
+    edits.route_removals(route_remove);
 }
 
 /// `x-forwarded-for` with the client's address appended to the request's own (if it had one),
@@ -361,6 +428,41 @@ mod tests {
             append_action: AppendAction::AppendIfExistsOrAdd,
             ..hv(name, value)
         }
+    }
+
+    /// What a `%REQ(name)%` sees: the request as the edits so far leave it — a field the
+    /// proxy set or added gives its new value, a removed one nothing, the rest the message's.
+    #[test]
+    fn value_of_sees_the_request_as_edited() {
+        let msg = |name: &str| -> Option<&'static [u8]> {
+            match name {
+                "x-forwarded-for" => Some(b"1.1.1.1"),
+                "x-user" => Some(b"admin"),
+                "x-in" => Some(b"kept"),
+                _ => None,
+            }
+        };
+        let facts = RequestFacts {
+            forwarded_for: b"1.1.1.1, 10.0.0.1",
+            generated_id: Some(b"the-id"),
+            missing_host: None,
+            forwarded_proto: None,
+            client_cert: crate::l7::xfcc::Edit::Keep,
+        };
+        let remove = vec!["x-user".to_owned()];
+        let get = |e: &HeaderEdits<'_>, name: &str| {
+            e.value_of(name, &|n: &str| msg(n)).map(<[u8]>::to_vec)
+        };
+        let mut edits = HeaderEdits::new();
+        request_edits_before_additions(&mut edits, &facts, &remove);
+        assert_eq!(get(&edits, "x-request-id"), Some(b"the-id".to_vec()));
+        assert_eq!(
+            get(&edits, "x-forwarded-for"),
+            Some(b"1.1.1.1, 10.0.0.1".to_vec())
+        );
+        assert_eq!(get(&edits, "x-user"), None);
+        assert_eq!(get(&edits, "x-in"), Some(b"kept".to_vec()));
+        assert_eq!(get(&edits, "x-none"), None);
     }
 
     /// An appending route field leaves the message's own fields of its name (no removal) and

@@ -514,7 +514,7 @@ impl Scratch {
 
     /// Frees what only some requests grow (a streamed body's replay copy, a gRPC answer's
     /// trailers) and the per-request copies that grew past [`KEPT_SCRATCH`] (a long
-    /// `x-forwarded-for` or path): a scratch kept for later requests holds a few KiB at most.
+    /// `x-forwarded-for` or path, header values rendered from a large request header): a scratch kept for later requests holds a few KiB at most.
     pub(crate) fn shed(&mut self) {
         self.replay = Vec::new();
         self.grpc_trailers = Vec::new();
@@ -528,6 +528,8 @@ impl Scratch {
                 *v = Vec::new();
             }
         }
+        self.rendered_request.shed(KEPT_SCRATCH);
+        self.rendered_response.shed(KEPT_SCRATCH);
     }
 
     /// Makes a scratch kept from an earlier HTTP/2 stream (of any connection of the worker)
@@ -1534,8 +1536,30 @@ mod idle_buffer_tests {
         kept.normalized = true;
         kept.xff = vec![b'1'; 100_000];
         kept.replay = vec![7; 60_000];
+        // A `%REQ(x-big)%` value rendered from a 30 KB request header, for both directions.
+        let big = "x".repeat(30_000);
+        let echo = |name: &str| sluice_core::config::http::HeaderValue {
+            name: name.into(),
+            value: "%REQ(x-big)%".into(),
+            format: sluice_core::config::header_format::HeaderFormat::parse("%REQ(x-big)%")
+                .unwrap(),
+            append_action: Default::default(),
+        };
+        let route_add = [echo("x-echo"), echo("x-echo2")];
+        let lookup = |name: &str| (name == "x-big").then_some(big.as_bytes());
+        let ctx = sluice_core::config::header_format::FormatContext {
+            downstream_remote: v4,
+            protocol: "HTTP/1.1",
+            hostname: "h",
+            request_header: &lookup,
+        };
+        kept.rendered_request.render(&route_add, &ctx);
+        kept.rendered_response.render(&route_add, &ctx);
+        assert!(kept.rendered_request.capacity() >= 60_000);
         kept.shed();
         assert_eq!((kept.xff.capacity(), kept.replay.capacity()), (0, 0));
+        assert!(kept.rendered_request.capacity() <= super::KEPT_SCRATCH);
+        assert!(kept.rendered_response.capacity() <= super::KEPT_SCRATCH);
         // What an HTTP/2 stream does with a kept state before anything can end it.
         kept.rebind(v6, &hc2, &lh2, true);
         kept.begin_request();

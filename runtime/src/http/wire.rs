@@ -19,7 +19,7 @@ use sluice_core::http1::{
 use sluice_core::http2::te_wants_trailers;
 use sluice_core::l7::edits::{
     HeaderEdits, Rendered, RequestFacts, format_request_id, forwarded_for, has_variables,
-    request_edits,
+    request_edits_before_additions,
 };
 use sluice_core::l7::exchange::TryFailure;
 use sluice_core::l7::grpc;
@@ -243,33 +243,8 @@ impl<N: Network> Engine<N> {
             head.header_values(rbuf.bytes(), sluice_core::l7::xfcc::XFCC),
             &mut scratch.xfcc,
         );
-        // The route's values with variables, rendered now for the response too: every
-        // variable is of the request or the connection, and the request's head is at hand.
-        for (add, rendered) in [
-            (
-                &action.request_headers_to_add,
-                &mut scratch.rendered_request,
-            ),
-            (
-                &action.response_headers_to_add,
-                &mut scratch.rendered_response,
-            ),
-        ] {
-            if has_variables(add) {
-                let lookup = |name: &str| head.header(rbuf.bytes(), name);
-                rendered.render(
-                    add,
-                    &FormatContext {
-                        downstream_remote: scratch.peer,
-                        protocol: downstream_protocol(scratch.downstream_http2, head.version()),
-                        hostname: hostname(),
-                        request_header: &lookup,
-                    },
-                );
-            }
-        }
         let mut edits = HeaderEdits::new();
-        request_edits(
+        request_edits_before_additions(
             &mut edits,
             &RequestFacts {
                 forwarded_for: xff,
@@ -285,10 +260,43 @@ impl<N: Network> Engine<N> {
                 client_cert,
             },
             &action.request_headers_to_remove,
+        );
+        // The route's values with variables are rendered, as Envoy's, against the request as
+        // edited so far: the proxy's fields (a generated `x-request-id`, `x-forwarded-for`)
+        // and the route's removals (a removed field feeds no value) — the request values
+        // before the route's additions, the response values after them (the request as it
+        // went upstream). Every variable is of the request or the connection, so the
+        // response's are rendered now too.
+        let protocol = downstream_protocol(scratch.downstream_http2, head.version());
+        if has_variables(&action.request_headers_to_add) {
+            let lookup = |name: &str| edits.value_of(name, &|n: &str| head.header(rbuf.bytes(), n));
+            scratch.rendered_request.render(
+                &action.request_headers_to_add,
+                &FormatContext {
+                    downstream_remote: scratch.peer,
+                    protocol,
+                    hostname: hostname(),
+                    request_header: &lookup,
+                },
+            );
+        }
+        edits.route_additions(
             &action.request_headers_to_add,
             &|name| head.header(rbuf.bytes(), name).is_some(),
             &scratch.rendered_request,
         );
+        if has_variables(&action.response_headers_to_add) {
+            let lookup = |name: &str| edits.value_of(name, &|n: &str| head.header(rbuf.bytes(), n));
+            scratch.rendered_response.render(
+                &action.response_headers_to_add,
+                &FormatContext {
+                    downstream_remote: scratch.peer,
+                    protocol,
+                    hostname: hostname(),
+                    request_header: &lookup,
+                },
+            );
+        }
         if scratch.trace.hop.is_some() {
             scratch.trace.headers.edits(&mut edits);
         }

@@ -58,6 +58,12 @@ impl Add {
             AppendAction::AddIfAbsent | AppendAction::OverwriteIfExists
         )
     }
+
+    /// Whether its value has variables (`%VAR%`; `%%` is a literal): such an entry adds
+    /// nothing when its value renders empty, so it only maybe adds its header.
+    fn has_variables(&self) -> bool {
+        self.value.replace("%%", "").contains('%')
+    }
 }
 
 /// Header edits: as written at one level (route, virtual host or route configuration) — Envoy
@@ -153,6 +159,31 @@ fn apply(
         );
     for a in overwrites_first {
         let earlier = added.iter().position(|b| b.same_name(&a.name));
+        // An entry with variables may add nothing (its value rendered empty), so what the
+        // merging below assumes of it — present after it, replacing what came before —
+        // would not hold: only appends of the name on both sides, or a plain overwrite
+        // after it, keep their meaning.
+        if let Some(i) = earlier {
+            let b = &added[i];
+            let both_append = a.action.is_append() && b.action.is_append();
+            let plain_overwrite = a.action.is_overwrite() && !a.has_variables();
+            if (b.has_variables() || a.has_variables()) && !both_append && !plain_overwrite {
+                let (with_vars, other) = if a.has_variables() { (a, b) } else { (b, a) };
+                return Err(At {
+                    path: format!("{}.header.value", with_vars.path),
+                    ..at.clone()
+                }
+                .error(format!(
+                    "a value with variables ({:?}) for {:?} with {} at {} of another level is \
+                     unsupported: it adds nothing when it renders empty, which one merged \
+                     list cannot express",
+                    with_vars.value,
+                    a.name,
+                    action_name(other.action),
+                    other.path
+                )));
+            }
+        }
         let earlier_conditional = earlier.filter(|&i| added[i].is_conditional());
         let mut a = a.clone();
         if let Some(i) = earlier_conditional {

@@ -2007,3 +2007,69 @@ fn a_shared_route_configurations_ignored_fields_count_once() {
     );
     assert_eq!(a.notes.ignored_by_type[route], 1, "{:#?}", a.notes);
 }
+
+/// An entry whose value has variables adds nothing when it renders empty, so level merging
+/// cannot assume it adds its header: an overwrite with variables is never turned into a
+/// removal plus an append, never replaces an inner level's entry, and no condition is decided
+/// on it — those combinations are NACKed by the value's path; appends on both sides, and a
+/// plain overwrite after it, merge as before.
+#[test]
+fn values_with_variables_merge_only_where_an_empty_rendering_keeps_its_meaning() {
+    use HeaderAppendAction as H;
+    let at = "route_configuration \"routes\" virtual_hosts[0]";
+    let refused = |route: HeaderValueOption, vhost: HeaderValueOption| {
+        let mut r = resources();
+        let mut rc = route_config("routes", "web");
+        rc.virtual_hosts[0].request_headers_to_add = vec![vhost];
+        rc.virtual_hosts[0].routes[0].request_headers_to_add = vec![route];
+        r.routes.insert("routes".into(), rc);
+        errors(&r)
+    };
+    let vars = "%REQ(x-in)%";
+    // An inner overwrite with variables, then an outer append: not remove + append.
+    let e = refused(overwrite("x-a", vars), add("x-a", "vhost"));
+    assert_eq!(e.len(), 1, "{e:?}");
+    assert!(
+        e[0].starts_with(&format!(
+            "{at}.routes[0].request_headers_to_add[0].header.value: a value with variables"
+        )),
+        "{e:?}"
+    );
+    // An outer overwrite with variables would replace the inner entry even when empty.
+    let e = refused(add("x-a", "route"), overwrite("x-a", vars));
+    assert_eq!(e.len(), 1, "{e:?}");
+    assert!(
+        e[0].starts_with(&format!(
+            "{at}.request_headers_to_add[0].header.value: a value with variables"
+        )),
+        "{e:?}"
+    );
+    // A second ADD_IF_ABSENT after one with variables is not "never added".
+    let e = refused(
+        with_action("x-a", vars, H::AddIfAbsent),
+        with_action("x-a", "vhost", H::AddIfAbsent),
+    );
+    assert_eq!(e.len(), 1, "{e:?}");
+    // An outer OVERWRITE_IF_EXISTS is not decided "present" after a value with variables.
+    let e = refused(
+        add("x-a", vars),
+        with_action("x-a", "vhost", H::OverwriteIfExists),
+    );
+    assert_eq!(e.len(), 1, "{e:?}");
+
+    // What keeps its meaning still merges.
+    let mut rc = route_config("routes", "web");
+    rc.virtual_hosts[0].request_headers_to_add =
+        vec![add("x-a", "vhost"), overwrite("x-b", "vhost")];
+    rc.virtual_hosts[0].routes[0].request_headers_to_add =
+        vec![add("x-a", vars), overwrite("x-b", vars)];
+    let f = first_forward(rc);
+    assert_eq!(
+        added(&f.request_headers_to_add),
+        [
+            ("x-a", vars, APPEND),
+            ("x-b", "vhost", OVERWRITE),
+            ("x-a", "vhost", APPEND),
+        ]
+    );
+}
