@@ -1553,6 +1553,79 @@ mod tests {
         (status, xff, got)
     }
 
+    /// An upstream answer with as many fields as a head may have (255 and `content-length`:
+    /// the request path's limit, 256), to which the route adds one and the listener's `server`
+    /// another.
+    fn answer_at_the_field_limit(_head: &str) -> String {
+        let mut answer = String::from("HTTP/1.1 200 OK\r\n");
+        for i in 0..255 {
+            answer.push_str(&format!("x-f{i}: v{i}\r\n"));
+        }
+        answer.push_str("content-length: 2\r\n\r\nup");
+        answer
+    }
+
+    /// The response head goes to an HTTP/2 stream typed — the upstream's fields with the
+    /// route's and the listener's edits as a list — not written as HTTP/1.1 text and parsed
+    /// back: the edited head has more fields than a parsed head may (which the re-parse
+    /// refused, resetting the stream), and every one reaches the client, in order.
+    #[test]
+    fn an_edited_response_head_reaches_an_http2_client_whole() {
+        on_local_runtime(async {
+            let (up, up_at) = bound();
+            tokio::task::spawn_local(http1_upstream(up, answer_at_the_field_limit));
+            let (listener, at) = bound();
+            let yaml = format!(
+                r#"
+listeners:
+  - name: web
+    address: {at}
+    http:
+      server_name: edge
+      virtual_hosts:
+        - name: all
+          domains: ["*"]
+          routes:
+            - match: {{ prefix: / }}
+              route:
+                cluster: up
+                response_headers_to_add:
+                  - {{ name: x-added, value: by-route }}
+clusters:
+  - name: up
+    hosts: [ {{ address: "{up_at}" }} ]
+"#
+            );
+            let _engine = serve(&yaml, listener);
+            let tcp = tokio::net::TcpStream::connect(at).await.unwrap();
+            let (mut client, conn) = h2::client::handshake(tcp).await.unwrap();
+            let conn = tokio::task::spawn_local(conn);
+            let request = http::Request::get("http://svc/up").body(()).unwrap();
+            let (response, _) = client.send_request(request, true).unwrap();
+            let response = tokio::time::timeout(std::time::Duration::from_secs(10), response)
+                .await
+                .expect("answered in time")
+                .expect("answered, not reset");
+            assert_eq!(response.status(), 200);
+            let headers = response.headers();
+            let names: Vec<&str> = headers.keys().map(http::HeaderName::as_str).collect();
+            let mut want: Vec<String> = (0..255).map(|i| format!("x-f{i}")).collect();
+            want.extend(["content-length", "x-added", "server"].map(String::from));
+            assert_eq!(names, want);
+            assert_eq!(headers["x-f254"], "v254");
+            assert_eq!(headers["x-added"], "by-route");
+            assert_eq!(headers["server"], "edge");
+            let mut body = response.into_body();
+            let mut got = Vec::new();
+            while let Some(chunk) = body.data().await {
+                got.extend_from_slice(&chunk.unwrap());
+            }
+            assert_eq!(got, b"up");
+            drop(client);
+            conn.abort();
+        });
+    }
+
     #[test]
     fn streams_of_any_connection_reuse_the_workers_stream_states() {
         on_local_runtime(async {
