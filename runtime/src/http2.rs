@@ -5,23 +5,29 @@
 //! and circuit breakers, the upstream pool, header edits, stats) — there is no second copy of
 //! it.
 //!
-//! ## How a stream joins the HTTP/1.1 path
+//! ## How a stream joins the request path
 //!
 //! The request head is checked and translated by `sluice_core::http2::translate` into the
 //! HTTP/1.1 head the upstream gets, which is parsed once by the HTTP/1 codec; the stream is then
-//! handed to the request path as a downstream byte stream ([`H2Downstream`]):
+//! handed to the request path as a downstream ([`H2Downstream`]) with two sides:
 //!
 //! - reading it gives the request body in the framing of the translated head (the DATA as they
 //!   come for a `content-length` body, which they must add up to; as chunks, trailers included,
 //!   for a body of unknown length). Receive capacity is given back to the client only as the
 //!   request path takes bytes, which it does as it writes them upstream: a stream holds at most
 //!   its window (`initial_stream_window_size`) plus one read of a request body;
-//! - writing it takes the HTTP/1.1 response the path produces (the upstream's head with the
-//!   route's edits, or a local answer) and sends it as HTTP/2: the head as HEADERS without the
-//!   connection-specific fields, the payload as DATA, sent only within the stream's send window.
-//!   A write is refused (pending) until the previous one went out, so at most one upstream read
-//!   (16 KiB, [`crate::http`]'s read size) waits per stream: a client that does not read stops
-//!   the upstream read of its stream.
+//! - its response side is typed ([`Respond`], `crate::http::respond`): the path stages the
+//!   forwarded head (the upstream's head and the route's and listener's edits as a list), which
+//!   the [`Sink`] turns into HEADERS from the fields `for_each_response_field` gives, without
+//!   the connection-specific ones, once the first payload (or the end of an empty body) comes;
+//!   the payload (already without the upstream's chunked framing) goes as DATA, sent only
+//!   within the stream's send window; a chunked body's trailer section as trailers; a local
+//!   answer as HEADERS and DATA of its own. No HTTP/1.1 text is written to the stream, and none
+//!   parsed back: per stream the HTTP/1 codec parses two heads (the translated request's, the
+//!   upstream's answer's), not three. The path flushes after each upstream read's worth of
+//!   payload and takes no more until it went out, so at most one upstream read (16 KiB,
+//!   [`crate::http`]'s read size) waits per stream: a client that does not read stops the
+//!   upstream read of its stream. Writing HTTP/1.1 bytes to the stream is refused (a bug).
 //!
 //! A client's RST_STREAM (or the connection ending) drops the stream's future: the request
 //! stream's guard aborts it, giving back its circuit-breaker units, and the upstream connection
@@ -39,10 +45,11 @@
 //! A connection with no open stream for the listener's `idle_timeout` gets GOAWAY and closes.
 //! A client's own GOAWAY (its streams still finish; `h2` then closes) is counted once per
 //! connection, spotted in the bytes `h2` reads (`Prefixed`, `sluice_core::http2::goaway`).
-//! A stream's buffers and its other state ([`StreamBuffers`]: the translated head, parsed heads,
-//! the request path's scratch) are the worker's ([`crate::bufpool`]), taken when it starts and
-//! given back when it ends: a busy worker allocates none of them per stream, and an idle
-//! connection holds only the `h2` crate's own state.
+//! A stream's buffers and its other state ([`StreamBuffers`]: the translated head, parsed
+//! heads, the request path's scratch, the sink's payload buffer) are the worker's
+//! ([`crate::bufpool`]), taken when it starts and given back when it ends: a busy worker
+//! allocates none of them per stream, and an idle connection holds only the `h2` crate's own
+//! state.
 //!
 //! HTTP/2 upstreams (`protocol: http2` clusters) are [`crate::h2_upstream`]'s: the request path
 //! is the same, only its last hop differs.
@@ -607,7 +614,8 @@ impl<N: Network> Engine<N> {
         }
     }
 
-    /// Serves one request stream through the HTTP/1.1 request path.
+    /// Serves one request stream through the request path (the request as HTTP/1.1, the
+    /// response typed).
     #[allow(clippy::too_many_arguments)]
     async fn http2_stream(
         &self,
@@ -986,8 +994,8 @@ impl StreamBuffers {
     }
 }
 
-/// An HTTP/2 request stream seen as an HTTP/1.1 downstream byte stream by the request path:
-/// reads give the request body (see the module doc), writes go to the [`Sink`].
+/// An HTTP/2 request stream as the request path sees it: reads give the request body as
+/// HTTP/1.1 (see the module doc), its response goes typed to the [`Sink`] ([`Respond`]).
 struct H2Downstream<'a> {
     recv: RecvStream,
     /// The translated head is chunked: DATA become chunks.
@@ -1621,6 +1629,59 @@ clusters:
                 got.extend_from_slice(&chunk.unwrap());
             }
             assert_eq!(got, b"up");
+            drop(client);
+            conn.abort();
+        });
+    }
+
+    /// An upstream that sends a chunked answer's head, then nothing.
+    fn head_then_nothing(_head: &str) -> String {
+        "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n".to_owned()
+    }
+
+    /// A forwarded head is staged, not sent, until the first body bytes: an upstream that
+    /// stops after its head is still answered by the proxy (504 at the route timeout), not a
+    /// 200 whose stream is then reset.
+    #[test]
+    fn an_http2_client_gets_the_proxys_answer_when_the_upstream_stops_after_its_head() {
+        on_local_runtime(async {
+            let (up, up_at) = bound();
+            tokio::task::spawn_local(http1_upstream(up, head_then_nothing));
+            let (listener, at) = bound();
+            let yaml = format!(
+                r#"
+listeners:
+  - name: web
+    address: {at}
+    http:
+      virtual_hosts:
+        - name: all
+          domains: ["*"]
+          routes:
+            - match: {{ prefix: / }}
+              route: {{ cluster: up, timeout: 1s }}
+clusters:
+  - name: up
+    hosts: [ {{ address: "{up_at}" }} ]
+"#
+            );
+            let _engine = serve(&yaml, listener);
+            let tcp = tokio::net::TcpStream::connect(at).await.unwrap();
+            let (mut client, conn) = h2::client::handshake(tcp).await.unwrap();
+            let conn = tokio::task::spawn_local(conn);
+            let request = http::Request::get("http://svc/up").body(()).unwrap();
+            let (response, _) = client.send_request(request, true).unwrap();
+            let response = tokio::time::timeout(std::time::Duration::from_secs(10), response)
+                .await
+                .expect("answered in time")
+                .expect("answered, not reset");
+            assert_eq!(response.status(), 504);
+            let mut body = response.into_body();
+            let mut got = Vec::new();
+            while let Some(chunk) = body.data().await {
+                got.extend_from_slice(&chunk.expect("the answer ends cleanly"));
+            }
+            assert_eq!(got, b"upstream request timeout\n");
             drop(client);
             conn.abort();
         });

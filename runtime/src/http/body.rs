@@ -648,9 +648,12 @@ where
                 if done {
                     down.typed_end();
                 }
-                // The staged head goes out with the first read's payload, if any.
-                down.typed_payload(&[])?;
-                flush(down).await?;
+                if at > 0 {
+                    // The staged head goes out with the first body bytes (framing alone
+                    // included), as HTTP/1.1's does.
+                    down.typed_payload(&[])?;
+                    flush(down).await?;
+                }
                 if done {
                     break;
                 }

@@ -21,7 +21,8 @@
 //!
 //! This module keeps the connection (steps 1, 2 and 4: [`Engine::http_connection`],
 //! [`Engine::serve_request`], the buffers and per-connection [`Scratch`]); step 3, which HTTP/2
-//! streams take too (`crate::http2`, re-framed as HTTP/1.1), is cut by concern:
+//! streams take too (`crate::http2`: the request re-framed as HTTP/1.1, the response typed), is
+//! cut by concern:
 //!
 //! - `stream`: the walk of one forwarded request along the core's stream — `forward`, and its
 //!   steps `admit`, `run_try` (one try on its connection), `decide_retry`, `relay_response`;
@@ -29,7 +30,10 @@
 //! - `upstream`: a try's connection (pooled, new, HTTP/2) and its breaker units;
 //! - `wire`: the heads — the upstream request with the core's edits, its per-try fields, the
 //!   response head read and written back with the route's and listener's edits;
-//! - `body`: request bodies held or streamed (with the replay copy), response bodies, tunnels.
+//! - `body`: request bodies held or streamed (with the replay copy), response bodies, tunnels;
+//! - `respond`: the response side whatever the client's protocol ([`respond::Respond`]): a
+//!   staged forwarded head (the upstream's with the edits as a list), payload, trailers, local
+//!   answers — written as HTTP/1.1 bytes to a connection, typed to an HTTP/2 stream.
 //!
 //! Buffers: a connection holds its read, upstream-response and write buffers only while a
 //! request is in flight. They come from the worker's pool ([`crate::bufpool`]) with a request's

@@ -935,7 +935,7 @@ impl<N: Network> Engine<N> {
     }
 
     /// Relays a response the core forwards: its head with the route's and the listener's
-    /// edits, then its body by its framing (while a streamed request body still goes up
+    /// edits (staged on the client's responder, `respond`), then its body by its framing (while a streamed request body still goes up
     /// alongside), or, after a `101`, a tunnel. The outcome, and whether the upstream
     /// connection can carry another request. An upstream that fails before the first body byte
     /// reached the client is still answered by the proxy (502 or 504).
@@ -1056,7 +1056,7 @@ impl<N: Network> Engine<N> {
             Alongside::UploadFailed(fault) => {
                 // The client's body failed while the answer was under way: the call is
                 // over (the upstream's stream is reset or its connection closed). The
-                // head still in `out` means nothing of the answer reached the client.
+                // head still staged means nothing of the answer reached the client.
                 let answered = (!downw.head_pending(out)).then_some((status, bytes_sent));
                 let outcome = self
                     .answer_upload_fault(
