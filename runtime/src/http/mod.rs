@@ -1201,8 +1201,8 @@ impl<N: Network> Engine<N> {
     }
 
     /// Routes and answers one request whose head is parsed in `head` (from `rbuf`). `down` is
-    /// the downstream as an HTTP/1.1 byte stream: the client's connection, or an HTTP/2 stream
-    /// seen through [`crate::http2`]'s adapter (request body in, response out).
+    /// the downstream ([`Respond`]): the client's connection, or an HTTP/2 stream
+    /// ([`crate::http2`]: its request body read as HTTP/1.1, its response taken typed).
     #[allow(clippy::too_many_arguments)]
     pub(crate) async fn serve_request<D: Respond>(
         &self,
