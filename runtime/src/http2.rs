@@ -5,23 +5,29 @@
 //! and circuit breakers, the upstream pool, header edits, stats) — there is no second copy of
 //! it.
 //!
-//! ## How a stream joins the HTTP/1.1 path
+//! ## How a stream joins the request path
 //!
 //! The request head is checked and translated by `sluice_core::http2::translate` into the
 //! HTTP/1.1 head the upstream gets, which is parsed once by the HTTP/1 codec; the stream is then
-//! handed to the request path as a downstream byte stream ([`H2Downstream`]):
+//! handed to the request path as a downstream ([`H2Downstream`]) with two sides:
 //!
 //! - reading it gives the request body in the framing of the translated head (the DATA as they
 //!   come for a `content-length` body, which they must add up to; as chunks, trailers included,
 //!   for a body of unknown length). Receive capacity is given back to the client only as the
 //!   request path takes bytes, which it does as it writes them upstream: a stream holds at most
 //!   its window (`initial_stream_window_size`) plus one read of a request body;
-//! - writing it takes the HTTP/1.1 response the path produces (the upstream's head with the
-//!   route's edits, or a local answer) and sends it as HTTP/2: the head as HEADERS without the
-//!   connection-specific fields, the payload as DATA, sent only within the stream's send window.
-//!   A write is refused (pending) until the previous one went out, so at most one upstream read
-//!   (16 KiB, [`crate::http`]'s read size) waits per stream: a client that does not read stops
-//!   the upstream read of its stream.
+//! - its response side is typed ([`Respond`], `crate::http::respond`): the path stages the
+//!   forwarded head (the upstream's head and the route's and listener's edits as a list), which
+//!   the [`Sink`] turns into HEADERS from the fields `for_each_response_field` gives, without
+//!   the connection-specific ones, once the first payload (or the end of an empty body) comes;
+//!   the payload (already without the upstream's chunked framing) goes as DATA, sent only
+//!   within the stream's send window; a chunked body's trailer section as trailers; a local
+//!   answer as HEADERS and DATA of its own. No HTTP/1.1 text is written to the stream, and none
+//!   parsed back: per stream the HTTP/1 codec parses two heads (the translated request's, the
+//!   upstream's answer's), not three. The path flushes after each upstream read's worth of
+//!   payload and takes no more until it went out, so at most one upstream read (16 KiB,
+//!   [`crate::http`]'s read size) waits per stream: a client that does not read stops the
+//!   upstream read of its stream. Writing HTTP/1.1 bytes to the stream is refused (a bug).
 //!
 //! A client's RST_STREAM (or the connection ending) drops the stream's future: the request
 //! stream's guard aborts it, giving back its circuit-breaker units, and the upstream connection
@@ -39,10 +45,11 @@
 //! A connection with no open stream for the listener's `idle_timeout` gets GOAWAY and closes.
 //! A client's own GOAWAY (its streams still finish; `h2` then closes) is counted once per
 //! connection, spotted in the bytes `h2` reads (`Prefixed`, `sluice_core::http2::goaway`).
-//! A stream's buffers and its other state ([`StreamBuffers`]: the translated head, parsed heads,
-//! the request path's scratch) are the worker's ([`crate::bufpool`]), taken when it starts and
-//! given back when it ends: a busy worker allocates none of them per stream, and an idle
-//! connection holds only the `h2` crate's own state.
+//! A stream's buffers and its other state ([`StreamBuffers`]: the translated head, parsed
+//! heads, the request path's scratch, the sink's payload buffer) are the worker's
+//! ([`crate::bufpool`]), taken when it starts and given back when it ends: a busy worker
+//! allocates none of them per stream, and an idle connection holds only the `h2` crate's own
+//! state.
 //!
 //! HTTP/2 upstreams (`protocol: http2` clusters) are [`crate::h2_upstream`]'s: the request path
 //! is the same, only its last hop differs.
@@ -82,22 +89,24 @@ use sluice_core::config::ListenerConfig;
 use sluice_core::config::http::{HttpCodec, HttpConfig, ServerHeader};
 use sluice_core::http1::conn::DRAIN_IDLE_GRACE;
 use sluice_core::http1::{
-    BodyFraming, Chunked, ChunkedDecoder, Head, Limits, Method, ParseStatus, parse_request,
-    parse_response, write_local_response, write_trailers,
+    BodyFraming, FieldValue, Head, Limits, Method, ParseStatus, for_each_response_field,
+    parse_request, write_trailers,
 };
 use sluice_core::http2::goaway::GoawayWatch;
 use sluice_core::http2::premature::{PrematureResets, StreamEnd, Verdict};
 use sluice_core::http2::translate::RequestHead;
 use sluice_core::http2::{
-    BodyLength, ContentLengthCheck, Preface, detect_preface, request_to_http1, response_fields,
+    BodyLength, ContentLengthCheck, Preface, detect_preface, is_connection_specific,
+    request_to_http1,
 };
 use sluice_core::l7::exchange::ResponseFlag;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
 
 use crate::access_log::Entry;
 use crate::bufpool::{BufPool, READ_BUFFER};
 use crate::downstream::Downstream;
 use crate::engine::Engine;
+use crate::http::respond::{ForwardedHead, LocalBody, LocalReply, Respond, send_local};
 use crate::http::{KEPT_SCRATCH, ListenerHttp, Outcome, ReadBuffer, Scratch};
 use crate::net::Network;
 use crate::now;
@@ -114,12 +123,6 @@ const GOAWAY_FLUSH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs
 /// Bytes `h2` buffers per stream for sending beyond what the peer's window allows. The driver
 /// sends only within the window, so this is a backstop.
 const MAX_SEND_BUFFER: usize = 64 * 1024;
-/// Limits for the HTTP/1.1 response heads the sink parses (the request path already checked
-/// the upstream's against the same limits).
-const RESPONSE_LIMITS: Limits = Limits {
-    max_head_bytes: 128 * 1024,
-    max_headers: 256,
-};
 
 /// What the first bytes of an `http` listener's connection said.
 pub(crate) enum Sniffed {
@@ -611,7 +614,8 @@ impl<N: Network> Engine<N> {
         }
     }
 
-    /// Serves one request stream through the HTTP/1.1 request path.
+    /// Serves one request stream through the request path (the request as HTTP/1.1, the
+    /// response typed).
     #[allow(clippy::too_many_arguments)]
     async fn http2_stream(
         &self,
@@ -665,7 +669,6 @@ impl<N: Network> Engine<N> {
             out,
             scratch,
             sink_buf,
-            sink_head,
         } = &mut *buffers;
         translated.clear();
         rbuf.clear();
@@ -679,11 +682,7 @@ impl<N: Network> Engine<N> {
             *out = pool.take_write();
         }
         let result = translate_request(translated, &parts, body.is_end_stream());
-        let sink = RefCell::new(Sink::new(
-            respond,
-            std::mem::take(sink_buf),
-            std::mem::take(sink_head),
-        ));
+        let sink = RefCell::new(Sink::new(respond, std::mem::take(sink_buf)));
         // A request refused before routing: (status, flag, why).
         let mut rejected = None;
         let body_length = match result {
@@ -738,15 +737,20 @@ impl<N: Network> Engine<N> {
         let reset_code = std::cell::Cell::new(None);
         let outcome = if let Some((status, flag, why)) = &rejected {
             tracing::debug!(listener = %lc.name, %peer, status, "rejected HTTP/2 request: {why}");
-            let server_field = ServerHeader::local_field(hc.server_header.as_ref());
-            write_local_response(out, *status, server_field.as_slice(), why.as_bytes(), false);
-            let ok = down.write_all(out).await.is_ok();
+            let reply = LocalReply {
+                status: *status,
+                server: ServerHeader::local_field(hc.server_header.as_ref()),
+                body: LocalBody::Text(why.as_bytes()),
+                close: false,
+            };
+            // What an HTTP/2 stream sends is counted below, as its DATA payload.
+            let _ = send_local(&mut down, out, &reply).await;
             Some(Outcome {
                 status: *status,
                 flag: Some(*flag),
                 upstream: None,
                 bytes_received: 0,
-                bytes_sent: if ok { out.len() as u64 } else { 0 },
+                bytes_sent: 0,
                 reusable: false,
             })
         } else {
@@ -879,12 +883,11 @@ impl<N: Network> Engine<N> {
         // The sink's buffer and head go back with the stream's state (a buffer grown past the
         // read size is not kept).
         drop(down);
-        let Sink { buf, head, .. } = sink.into_inner();
+        let Sink { buf, .. } = sink.into_inner();
         if buf.capacity() <= READ_BUFFER {
             *sink_buf = buf;
             sink_buf.clear();
         }
-        *sink_head = head;
         buffers.release(&self.http_buffers);
         self.http_buffers.give_stream(buffers);
         if reset_by_client {
@@ -949,9 +952,8 @@ pub(crate) struct StreamBuffers {
     rhead: Head,
     out: Vec<u8>,
     scratch: Scratch,
-    /// The response sink's buffer and parsed head ([`Sink`]), lent to it for the stream.
+    /// The response sink's payload buffer ([`Sink`]), lent to it for the stream.
     sink_buf: Vec<u8>,
-    sink_head: Head,
 }
 
 impl StreamBuffers {
@@ -988,13 +990,12 @@ impl StreamBuffers {
             out: Vec::new(),
             scratch,
             sink_buf: Vec::new(),
-            sink_head: Head::default(),
         }
     }
 }
 
-/// An HTTP/2 request stream seen as an HTTP/1.1 downstream byte stream by the request path:
-/// reads give the request body (see the module doc), writes go to the [`Sink`].
+/// An HTTP/2 request stream as the request path sees it: reads give the request body as
+/// HTTP/1.1 (see the module doc), its response goes typed to the [`Sink`] ([`Respond`]).
 struct H2Downstream<'a> {
     recv: RecvStream,
     /// The translated head is chunked: DATA become chunks.
@@ -1102,14 +1103,20 @@ impl AsyncRead for H2Downstream<'_> {
 }
 
 impl AsyncWrite for H2Downstream<'_> {
+    /// The response goes typed ([`Respond`]); no HTTP/1.1 bytes are written to a stream.
     fn poll_write(
         self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
+        _cx: &mut Context<'_>,
+        _buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        self.sink.borrow_mut().poll_write(cx, buf)
+        debug_assert!(false, "HTTP/1.1 bytes written to an HTTP/2 stream");
+        Poll::Ready(Err(io::Error::new(
+            io::ErrorKind::Unsupported,
+            "an HTTP/2 stream takes its response typed",
+        )))
     }
 
+    /// Sends the payload taken so far, within the stream's send window.
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         self.sink.borrow_mut().poll_flush(cx)
     }
@@ -1119,38 +1126,73 @@ impl AsyncWrite for H2Downstream<'_> {
     }
 }
 
-/// Where the response body framing stands.
+impl Respond for H2Downstream<'_> {
+    const TYPED: bool = true;
+
+    fn typed_interim(&mut self, status: u16) -> io::Result<()> {
+        self.sink.borrow_mut().interim(status);
+        Ok(())
+    }
+
+    fn typed_local(&mut self, reply: &LocalReply<'_>) -> io::Result<()> {
+        self.sink.borrow_mut().local(reply)
+    }
+
+    fn typed_head(&mut self, head: &ForwardedHead<'_>) -> io::Result<()> {
+        self.sink.borrow_mut().stage(head)
+    }
+
+    fn typed_payload(&mut self, data: &[u8]) -> io::Result<()> {
+        self.sink.borrow_mut().payload(data)
+    }
+
+    fn typed_trailer_bytes(&mut self, section: &[u8]) {
+        self.sink.borrow_mut().trailers.extend_from_slice(section);
+    }
+
+    fn typed_end(&mut self) {
+        self.sink.borrow_mut().end_body();
+    }
+
+    fn head_pending(&self, _out: &[u8]) -> bool {
+        self.sink.borrow().staged.is_some()
+    }
+}
+
+/// Where the response body stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum BodyState {
-    /// The head is still being gathered.
+    /// No head sent or staged yet.
     Head,
     /// `content-length`: payload bytes left.
     Length(u64),
-    Chunked(ChunkedDecoder),
+    /// Chunked upstream: until the request path says the body ended.
+    Chunked,
     /// Until the request path is done (an upstream response delimited by its close).
     UntilDone,
     /// The response body is complete.
     Done,
 }
 
-/// The response side of a stream: takes the HTTP/1.1 response the request path writes and
-/// sends it as HTTP/2 within the stream's send window.
+/// The response side of a stream: takes the response the request path gives it typed
+/// ([`Respond`]: a staged head, payload, trailer bytes, the end; or a local answer) and sends it
+/// as HEADERS, DATA within the stream's send window, and trailers.
 struct Sink {
     respond: Option<SendResponse<Bytes>>,
     send: Option<SendStream<Bytes>>,
     /// The request's method (a response to HEAD has no body).
     method: Method,
-    /// The response head being gathered, then payload not yet sent.
+    /// A forwarded head staged, not sent yet (it goes with the first payload).
+    staged: Option<http::Response<()>>,
+    /// Payload not yet sent.
     buf: Vec<u8>,
-    head: Head,
     state: BodyState,
     /// END_STREAM (or a reset) was sent.
     closed: bool,
-    /// The status sent, 0 before.
+    /// The status sent (or staged), 0 before.
     status: u16,
     /// Payload bytes sent.
     body_sent: u64,
-    /// A chunked response's body bytes scanned so far (for where its trailer section starts).
-    scanned: u64,
     /// A chunked response's trailer section, as it came (sent as HTTP/2 trailers).
     trailers: Vec<u8>,
     /// The response is gRPC's (`content-type: application/grpc*`): cut short, it ends with
@@ -1161,21 +1203,19 @@ struct Sink {
 }
 
 impl Sink {
-    /// A sink for `respond`, with a buffer (empty) and a head to parse into, kept from an
-    /// earlier stream.
-    fn new(respond: SendResponse<Bytes>, buf: Vec<u8>, head: Head) -> Self {
+    /// A sink for `respond`, with a buffer (empty) kept from an earlier stream.
+    fn new(respond: SendResponse<Bytes>, buf: Vec<u8>) -> Self {
         debug_assert!(buf.is_empty());
         Sink {
             respond: Some(respond),
             send: None,
             method: Method::Get,
+            staged: None,
             buf,
-            head,
             state: BodyState::Head,
             closed: false,
             status: 0,
             body_sent: 0,
-            scanned: 0,
             trailers: Vec::new(),
             grpc: false,
             reset_sent: false,
@@ -1195,12 +1235,183 @@ impl Sink {
         reset.map(|r| r.ok().map(u32::from))
     }
 
-    /// Sends what waits in `buf` (payload, once the head is out), within the send window;
-    /// ends the stream with the last of it when the body is complete.
-    fn poll_flush(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        if matches!(self.state, BodyState::Head) {
-            return Poll::Ready(Ok(()));
+    /// An interim answer (the proxy's `100 Continue`) as an informational HEADERS frame.
+    fn interim(&mut self, status: u16) {
+        if let (Some(respond), Ok(interim)) = (
+            &mut self.respond,
+            http::Response::builder().status(status).body(()),
+        ) {
+            let _ = respond.send_informational(interim);
         }
+    }
+
+    /// Stages a forwarded head: its fields as the HTTP/1.1 writer would write them, without the
+    /// connection-specific ones. The values are slices of one block (the upstream head's bytes
+    /// and the added values): one allocation, not one per value.
+    fn stage(&mut self, head: &ForwardedHead<'_>) -> io::Result<()> {
+        if self.respond.is_none() {
+            return Err(io::ErrorKind::BrokenPipe.into());
+        }
+        let status = http::StatusCode::from_u16(head.head.status()).map_err(io::Error::other)?;
+        let head_len = head.head.head_len();
+        let added: usize = head.edits.add.iter().map(|(_, v)| v.len()).sum();
+        // The head's bytes, then added values and a normalized content length (20 digits).
+        let mut block = bytes::BytesMut::with_capacity(head_len + added + 20);
+        block.extend_from_slice(&head.buf[..head_len]);
+        let received = block.split().freeze();
+        let base = head.buf.as_ptr() as usize;
+        let mut headers = http::HeaderMap::with_capacity(head.head.header_spans().len() + 2);
+        let mut grpc = None;
+        for_each_response_field(head.buf, head.head, &head.edits, |name, value| {
+            if is_connection_specific(name) {
+                return;
+            }
+            let value = match value {
+                FieldValue::Bytes(v) => {
+                    let at = (v.as_ptr() as usize).wrapping_sub(base);
+                    if at.checked_add(v.len()).is_some_and(|end| end <= head_len) {
+                        received.slice(at..at + v.len())
+                    } else {
+                        block.extend_from_slice(v);
+                        block.split().freeze()
+                    }
+                }
+                FieldValue::ContentLength(n) => {
+                    use std::fmt::Write as _;
+                    let _ = write!(block, "{n}");
+                    block.split().freeze()
+                }
+            };
+            let (Ok(n), Ok(v)) = (
+                http::HeaderName::from_bytes(name),
+                http::HeaderValue::from_maybe_shared(value),
+            ) else {
+                return;
+            };
+            if grpc.is_none() && n == http::header::CONTENT_TYPE {
+                grpc = Some(sluice_core::l7::grpc::is_grpc(v.as_bytes()));
+            }
+            headers.append(n, v);
+        });
+        let mut response = http::Response::new(());
+        *response.status_mut() = status;
+        *response.headers_mut() = headers;
+        self.grpc = grpc.unwrap_or(false);
+        self.state = match head.head.framing() {
+            BodyFraming::None | BodyFraming::ContentLength(0) => BodyState::Done,
+            BodyFraming::ContentLength(n) => BodyState::Length(n),
+            BodyFraming::Chunked => BodyState::Chunked,
+            BodyFraming::CloseDelimited => BodyState::UntilDone,
+        };
+        self.status = head.head.status();
+        self.staged = Some(response);
+        Ok(())
+    }
+
+    /// A local answer: its head at once (a staged one is dropped), its body with the next
+    /// flush. The fields are those the HTTP/1.1 answer has but `connection`.
+    fn local(&mut self, reply: &LocalReply<'_>) -> io::Result<()> {
+        self.staged = None;
+        let Some(mut respond) = self.respond.take() else {
+            return Err(io::ErrorKind::BrokenPipe.into());
+        };
+        let status = reply.sent_status();
+        let mut headers = http::HeaderMap::with_capacity(4);
+        let mut field = |name: &'static str, value: &[u8]| {
+            if let Ok(v) = http::HeaderValue::from_bytes(value) {
+                headers.append(http::HeaderName::from_static(name), v);
+            }
+        };
+        if let Some((name, value)) = reply.server {
+            field(name, value);
+        }
+        let body: &[u8] = match reply.body {
+            LocalBody::Text(body) => {
+                let bodiless = (100..200).contains(&status) || status == 204 || status == 304;
+                if bodiless {
+                    &[]
+                } else {
+                    if !body.is_empty() {
+                        field("content-type", b"text/plain");
+                    }
+                    field("content-length", body.len().to_string().as_bytes());
+                    body
+                }
+            }
+            LocalBody::GrpcTrailersOnly { status, message } => {
+                field("content-type", b"application/grpc");
+                field("grpc-status", status.code().to_string().as_bytes());
+                let mut encoded = Vec::with_capacity(message.len());
+                sluice_core::l7::grpc::push_grpc_message(&mut encoded, message);
+                field("grpc-message", &encoded);
+                field("content-length", b"0");
+                &[]
+            }
+        };
+        // A response to HEAD has no body (its content-length says what GET would get).
+        let body = if self.method == Method::Head {
+            &[]
+        } else {
+            body
+        };
+        let mut response = http::Response::new(());
+        *response.status_mut() = http::StatusCode::from_u16(status).map_err(io::Error::other)?;
+        *response.headers_mut() = headers;
+        let end = body.is_empty();
+        let send = respond.send_response(response, end).map_err(h2_io_error)?;
+        self.status = status;
+        self.send = Some(send);
+        self.closed = end;
+        self.buf.clear();
+        self.buf.extend_from_slice(body);
+        // The body is all there: the flush that sends it ends the stream.
+        self.state = BodyState::Done;
+        Ok(())
+    }
+
+    /// Takes payload (after a staged head, which goes out now: ending the stream when the body
+    /// is empty).
+    fn payload(&mut self, data: &[u8]) -> io::Result<()> {
+        if let Some(response) = self.staged.take() {
+            let Some(mut respond) = self.respond.take() else {
+                return Err(io::ErrorKind::BrokenPipe.into());
+            };
+            let end = self.state == BodyState::Done;
+            let send = respond.send_response(response, end).map_err(h2_io_error)?;
+            self.send = Some(send);
+            self.closed = end;
+        }
+        if data.is_empty() {
+            return Ok(());
+        }
+        if self.send.is_none() {
+            return Err(io::ErrorKind::BrokenPipe.into());
+        }
+        match &mut self.state {
+            BodyState::Head | BodyState::Done => {}
+            BodyState::Chunked | BodyState::UntilDone => self.buf.extend_from_slice(data),
+            BodyState::Length(left) => {
+                let n = (data.len() as u64).min(*left) as usize;
+                self.buf.extend_from_slice(&data[..n]);
+                *left -= n as u64;
+                if *left == 0 {
+                    self.state = BodyState::Done;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The request path says the body ended.
+    fn end_body(&mut self) {
+        if matches!(self.state, BodyState::Chunked | BodyState::UntilDone) {
+            self.state = BodyState::Done;
+        }
+    }
+
+    /// Sends what waits in `buf`, within the send window; ends the stream with the last of it
+    /// when the body is complete.
+    fn poll_flush(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         // Trailers end the stream themselves (in poll_finish).
         let complete = matches!(self.state, BodyState::Done) && !self.has_trailers();
         let Some(send) = &mut self.send else {
@@ -1230,158 +1441,6 @@ impl Sink {
             }
         }
         Poll::Ready(Ok(()))
-    }
-
-    fn poll_write(&mut self, cx: &mut Context<'_>, data: &[u8]) -> Poll<io::Result<usize>> {
-        // One write waits at a time: the previous one goes out first.
-        match self.poll_flush(cx) {
-            Poll::Ready(Ok(())) => {}
-            other => return other.map(|r| r.map(|()| 0)),
-        }
-        match &mut self.state {
-            BodyState::Head => {
-                self.buf.extend_from_slice(data);
-                loop {
-                    match parse_response(&self.buf, self.method, &RESPONSE_LIMITS, &mut self.head) {
-                        Ok(ParseStatus::Complete) => {}
-                        Ok(ParseStatus::Partial) => return Poll::Ready(Ok(data.len())),
-                        Err(e) => {
-                            return Poll::Ready(Err(io::Error::new(
-                                io::ErrorKind::InvalidData,
-                                e.to_string(),
-                            )));
-                        }
-                    }
-                    let head_len = self.head.head_len();
-                    if self.head.is_informational() {
-                        // 100 Continue (the proxy's own, for `expect: 100-continue`) and the
-                        // like go out as an informational HEADERS frame.
-                        let status = self.head.status();
-                        if let (Some(respond), Ok(interim)) = (
-                            &mut self.respond,
-                            http::Response::builder().status(status).body(()),
-                        ) {
-                            let _ = respond.send_informational(interim);
-                        }
-                        self.buf.drain(..head_len);
-                        continue;
-                    }
-                    break;
-                }
-                let head_len = self.head.head_len();
-                let status = self.head.status();
-                self.grpc = self
-                    .head
-                    .header(&self.buf, "content-type")
-                    .is_some_and(sluice_core::l7::grpc::is_grpc);
-                // The values are slices of one copy of the head (one allocation, not one per
-                // value); the map is sized for the fields at once.
-                let shared = Bytes::copy_from_slice(&self.buf[..head_len]);
-                let base = self.buf.as_ptr() as usize;
-                let mut headers =
-                    http::HeaderMap::with_capacity(self.head.headers(&self.buf).len());
-                for (name, value) in response_fields(self.head.headers(&self.buf)) {
-                    // Where the value lies in the head (a slice of `buf`'s first `head_len` bytes).
-                    let at = value.as_ptr() as usize - base;
-                    debug_assert!(at + value.len() <= head_len, "a value outside the head");
-                    if let (Ok(n), Ok(v)) = (
-                        http::HeaderName::from_bytes(name),
-                        http::HeaderValue::from_maybe_shared(shared.slice(at..at + value.len())),
-                    ) {
-                        headers.append(n, v);
-                    }
-                }
-                let mut response = http::Response::new(());
-                *response.status_mut() =
-                    http::StatusCode::from_u16(status).map_err(io::Error::other)?;
-                *response.headers_mut() = headers;
-                let (state, end) = match self.head.framing() {
-                    BodyFraming::None | BodyFraming::ContentLength(0) => (BodyState::Done, true),
-                    BodyFraming::ContentLength(n) => (BodyState::Length(n), false),
-                    BodyFraming::Chunked => {
-                        (BodyState::Chunked(ChunkedDecoder::new(16 * 1024)), false)
-                    }
-                    BodyFraming::CloseDelimited => (BodyState::UntilDone, false),
-                };
-                let Some(mut respond) = self.respond.take() else {
-                    return Poll::Ready(Err(io::ErrorKind::BrokenPipe.into()));
-                };
-                let send = respond.send_response(response, end).map_err(h2_io_error)?;
-                self.status = status;
-                self.send = Some(send);
-                self.closed = end;
-                self.state = state;
-                match &mut self.state {
-                    // The payload is the bytes after the head, as they are: kept in place.
-                    BodyState::Length(left) => {
-                        let n = (*left).min((self.buf.len() - head_len) as u64) as usize;
-                        self.buf.copy_within(head_len..head_len + n, 0);
-                        self.buf.truncate(n);
-                        *left -= n as u64;
-                        if *left == 0 {
-                            self.state = BodyState::Done;
-                        }
-                    }
-                    BodyState::UntilDone => {
-                        self.buf.drain(..head_len);
-                    }
-                    BodyState::Done => self.buf.clear(),
-                    _ => {
-                        let rest = self.buf.split_off(head_len);
-                        self.buf.clear();
-                        let n = self.take_payload(&rest)?;
-                        debug_assert_eq!(n, rest.len());
-                    }
-                }
-                Poll::Ready(Ok(data.len()))
-            }
-            _ => Poll::Ready(self.take_payload(data)),
-        }
-    }
-
-    /// Moves the payload of `data` (HTTP/1.1 body bytes in the response's framing) into
-    /// `buf`, to be sent by [`Sink::poll_flush`].
-    fn take_payload(&mut self, data: &[u8]) -> io::Result<usize> {
-        match &mut self.state {
-            BodyState::Head | BodyState::Done => {}
-            BodyState::UntilDone => self.buf.extend_from_slice(data),
-            BodyState::Length(left) => {
-                let n = (data.len() as u64).min(*left) as usize;
-                self.buf.extend_from_slice(&data[..n]);
-                *left -= n as u64;
-                if *left == 0 {
-                    self.state = BodyState::Done;
-                }
-            }
-            BodyState::Chunked(dec) => {
-                let mut at = 0;
-                while at < data.len() {
-                    let (c, run) = dec
-                        .feed_payload(&data[at..])
-                        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?;
-                    if let Some(r) = run {
-                        self.buf.extend_from_slice(&data[at..][r]);
-                    }
-                    let (consumed, done) = match c {
-                        Chunked::NeedMore { consumed } => (consumed, false),
-                        Chunked::Done { consumed } => (consumed, true),
-                    };
-                    // The bytes of the trailer section (after the last chunk's size line).
-                    if let Some(start) = dec.trailers_start() {
-                        let from = start.saturating_sub(self.scanned).min(consumed as u64) as usize;
-                        self.trailers
-                            .extend_from_slice(&data[at + from..at + consumed]);
-                    }
-                    self.scanned += consumed as u64;
-                    at += consumed;
-                    if done {
-                        self.state = BodyState::Done;
-                        break;
-                    }
-                }
-            }
-        }
-        Ok(data.len())
     }
 
     /// Whether the chunked response had trailer fields (more than the final CRLF).
@@ -1418,6 +1477,10 @@ impl Sink {
     /// After the request path returned: sends what is left and ends the stream — cleanly when
     /// the response is complete (`true`), else with RST_STREAM (INTERNAL_ERROR).
     fn poll_finish(&mut self, cx: &mut Context<'_>) -> Poll<bool> {
+        if self.staged.take().is_some() {
+            // A head the proxy never got to send: nothing of the answer went out.
+            self.state = BodyState::Head;
+        }
         if matches!(self.state, BodyState::UntilDone) {
             self.state = BodyState::Done;
         }
@@ -1496,6 +1559,132 @@ mod tests {
             got.extend_from_slice(&chunk);
         }
         (status, xff, got)
+    }
+
+    /// An upstream answer with as many fields as a head may have (255 and `content-length`:
+    /// the request path's limit, 256), to which the route adds one and the listener's `server`
+    /// another.
+    fn answer_at_the_field_limit(_head: &str) -> String {
+        let mut answer = String::from("HTTP/1.1 200 OK\r\n");
+        for i in 0..255 {
+            answer.push_str(&format!("x-f{i}: v{i}\r\n"));
+        }
+        answer.push_str("content-length: 2\r\n\r\nup");
+        answer
+    }
+
+    /// The response head goes to an HTTP/2 stream typed — the upstream's fields with the
+    /// route's and the listener's edits as a list — not written as HTTP/1.1 text and parsed
+    /// back: the edited head has more fields than a parsed head may (which the re-parse
+    /// refused, resetting the stream), and every one reaches the client, in order.
+    #[test]
+    fn an_edited_response_head_reaches_an_http2_client_whole() {
+        on_local_runtime(async {
+            let (up, up_at) = bound();
+            tokio::task::spawn_local(http1_upstream(up, answer_at_the_field_limit));
+            let (listener, at) = bound();
+            let yaml = format!(
+                r#"
+listeners:
+  - name: web
+    address: {at}
+    http:
+      server_name: edge
+      virtual_hosts:
+        - name: all
+          domains: ["*"]
+          routes:
+            - match: {{ prefix: / }}
+              route:
+                cluster: up
+                response_headers_to_add:
+                  - {{ name: x-added, value: by-route }}
+clusters:
+  - name: up
+    hosts: [ {{ address: "{up_at}" }} ]
+"#
+            );
+            let _engine = serve(&yaml, listener);
+            let tcp = tokio::net::TcpStream::connect(at).await.unwrap();
+            let (mut client, conn) = h2::client::handshake(tcp).await.unwrap();
+            let conn = tokio::task::spawn_local(conn);
+            let request = http::Request::get("http://svc/up").body(()).unwrap();
+            let (response, _) = client.send_request(request, true).unwrap();
+            let response = tokio::time::timeout(std::time::Duration::from_secs(10), response)
+                .await
+                .expect("answered in time")
+                .expect("answered, not reset");
+            assert_eq!(response.status(), 200);
+            let headers = response.headers();
+            let names: Vec<&str> = headers.keys().map(http::HeaderName::as_str).collect();
+            let mut want: Vec<String> = (0..255).map(|i| format!("x-f{i}")).collect();
+            want.extend(["content-length", "x-added", "server"].map(String::from));
+            assert_eq!(names, want);
+            assert_eq!(headers["x-f254"], "v254");
+            assert_eq!(headers["x-added"], "by-route");
+            assert_eq!(headers["server"], "edge");
+            let mut body = response.into_body();
+            let mut got = Vec::new();
+            while let Some(chunk) = body.data().await {
+                got.extend_from_slice(&chunk.unwrap());
+            }
+            assert_eq!(got, b"up");
+            drop(client);
+            conn.abort();
+        });
+    }
+
+    /// An upstream that sends a chunked answer's head, then nothing.
+    fn head_then_nothing(_head: &str) -> String {
+        "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n".to_owned()
+    }
+
+    /// A forwarded head is staged, not sent, until the first body bytes: an upstream that
+    /// stops after its head is still answered by the proxy (504 at the route timeout), not a
+    /// 200 whose stream is then reset.
+    #[test]
+    fn an_http2_client_gets_the_proxys_answer_when_the_upstream_stops_after_its_head() {
+        on_local_runtime(async {
+            let (up, up_at) = bound();
+            tokio::task::spawn_local(http1_upstream(up, head_then_nothing));
+            let (listener, at) = bound();
+            let yaml = format!(
+                r#"
+listeners:
+  - name: web
+    address: {at}
+    http:
+      virtual_hosts:
+        - name: all
+          domains: ["*"]
+          routes:
+            - match: {{ prefix: / }}
+              route: {{ cluster: up, timeout: 1s }}
+clusters:
+  - name: up
+    hosts: [ {{ address: "{up_at}" }} ]
+"#
+            );
+            let _engine = serve(&yaml, listener);
+            let tcp = tokio::net::TcpStream::connect(at).await.unwrap();
+            let (mut client, conn) = h2::client::handshake(tcp).await.unwrap();
+            let conn = tokio::task::spawn_local(conn);
+            let request = http::Request::get("http://svc/up").body(()).unwrap();
+            let (response, _) = client.send_request(request, true).unwrap();
+            let response = tokio::time::timeout(std::time::Duration::from_secs(10), response)
+                .await
+                .expect("answered in time")
+                .expect("answered, not reset");
+            assert_eq!(response.status(), 504);
+            let mut body = response.into_body();
+            let mut got = Vec::new();
+            while let Some(chunk) = body.data().await {
+                got.extend_from_slice(&chunk.expect("the answer ends cleanly"));
+            }
+            assert_eq!(got, b"upstream request timeout\n");
+            drop(client);
+            conn.abort();
+        });
     }
 
     #[test]

@@ -123,8 +123,8 @@ use std::ops::Range;
 pub use chunked::{Chunked, ChunkedDecoder, MAX_CHUNK_EXTENSION_BYTES};
 pub use parse::{parse_request, parse_response};
 pub use write::{
-    HeadEdits, TRAILER_FORBIDDEN, reason_phrase, write_local_response, write_request_head,
-    write_response_head, write_trailers,
+    FieldValue, HeadEdits, TRAILER_FORBIDDEN, for_each_response_field, reason_phrase,
+    write_local_response, write_request_head, write_response_head, write_trailers,
 };
 
 /// The most header fields a head may have, whatever [`Limits::max_headers`] says (the parser

@@ -1526,3 +1526,59 @@ fn feed_payload_yields_the_data_without_the_framing() {
     let mut dec = ChunkedDecoder::new(1024);
     assert!(dec.feed_payload(b"zz\r\n").is_err());
 }
+
+proptest! {
+    /// The typed form of a forwarded response head (`for_each_response_field`) is what the
+    /// HTTP/1.1 writer writes, read back: the same fields in the same order (a normalized
+    /// content length as its number), minus only the `connection` line the writer adds for a
+    /// close — so a codec that takes heads typed (HTTP/2) sends what HTTP/1.1 does.
+    #[test]
+    fn typed_response_fields_are_what_the_writer_writes(
+        fields in prop::collection::vec((field_name(), field_value()), 0..10),
+        hop in prop::sample::subsequence(&[
+            "Connection: x-a, keep-alive",
+            "Keep-Alive: timeout=5",
+            "Te: trailers",
+            "Trailer: x-t",
+            "Content-Length: 3, 3",
+            "Content-Length: 3",
+            "X-A: named-by-connection",
+            "Upgrade: h2c",
+        ][..], 0..8),
+        remove in prop::collection::vec(field_name(), 0..3),
+        add in prop::collection::vec((field_name(), field_value()), 0..3),
+        force_close in any::<bool>(),
+    ) {
+        let mut text = String::from("HTTP/1.1 200 OK\r\n");
+        for (n, v) in &fields {
+            text.push_str(&format!("{n}: {v}\r\n"));
+        }
+        for line in &hop {
+            text.push_str(line);
+            text.push_str("\r\n");
+        }
+        text.push_str("\r\n");
+        let buf = text.into_bytes();
+        let head = res(&buf, Method::Get).unwrap();
+        let remove: Vec<&str> = remove.iter().map(String::as_str).collect();
+        let add: Vec<(&str, &[u8])> = add.iter().map(|(n, v)| (n.as_str(), v.as_bytes())).collect();
+        let edits = HeadEdits { remove: &remove, add: &add, force_close, ..HeadEdits::NONE };
+        let mut out = Vec::new();
+        write_response_head(&mut out, &buf, &head, &edits);
+        let written = res(&out, Method::Get).unwrap();
+        let want: Vec<(Vec<u8>, Vec<u8>)> = written
+            .headers(&out)
+            .filter(|(n, _)| !n.eq_ignore_ascii_case(b"connection"))
+            .map(|(n, v)| (n.to_vec(), v.to_vec()))
+            .collect();
+        let mut typed = Vec::new();
+        for_each_response_field(&buf, &head, &edits, |n, v| {
+            let v = match v {
+                FieldValue::Bytes(b) => b.to_vec(),
+                FieldValue::ContentLength(n) => n.to_string().into_bytes(),
+            };
+            typed.push((n.to_vec(), v));
+        });
+        prop_assert_eq!(typed, want);
+    }
+}

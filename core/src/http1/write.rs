@@ -244,8 +244,61 @@ pub fn reason_phrase(status: u16) -> &'static str {
     }
 }
 
+/// The value of a forwarded field as the writer gives it: as received, or a `Content-Length`
+/// normalized to its one number (`5, 5` or two `5` fields become one `5`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FieldValue<'b> {
+    /// The value as received (or, for an added field, as given).
+    Bytes(&'b [u8]),
+    /// The message's content length.
+    ContentLength(u64),
+}
+
+/// The fields of a forwarded response head, in the order [`write_response_head`] writes them,
+/// but for the `Connection` field it writes itself (for a 101 upgrade or a close, which only
+/// HTTP/1.1 has): the original fields minus the hop-by-hop and removed ones, then the added
+/// ones. This is the typed form of a forwarded head, for a codec that does not write HTTP/1.1
+/// text (an HTTP/2 stream gives them to its HEADERS frame); names are as received, added
+/// values as given (the HTTP/1.1 writer replaces control characters in those with spaces).
+pub fn for_each_response_field<'b>(
+    buf: &'b [u8],
+    head: &Head,
+    edits: &HeadEdits<'b>,
+    mut field: impl FnMut(&'b [u8], FieldValue<'b>),
+) {
+    visit_fields(buf, head, edits, false, &mut field);
+    for (name, value) in edits.add {
+        if !name.is_empty() && name.bytes().all(super::is_tchar) {
+            field(name.as_bytes(), FieldValue::Bytes(value));
+        }
+    }
+}
+
 /// The original fields, in order, minus the hop-by-hop and removed ones.
 fn write_fields(out: &mut Vec<u8>, buf: &[u8], head: &Head, edits: &HeadEdits<'_>, request: bool) {
+    visit_fields(buf, head, edits, request, &mut |name, value| match value {
+        FieldValue::Bytes(value) => push_parsed(out, name, value),
+        FieldValue::ContentLength(n) => {
+            out.extend_from_slice(name);
+            out.extend_from_slice(b": ");
+            push_u64(out, n);
+            out.extend_from_slice(b"\r\n");
+        }
+    });
+}
+
+/// Gives `field` the original fields a forwarded head carries, in order: all but the
+/// hop-by-hop and removed ones (`Expect` not on a request), `Content-Length` once and
+/// normalized, an absolute-form request's `Host` from its target. One rule for the HTTP/1.1
+/// writer ([`write_fields`]) and the typed form ([`for_each_response_field`]).
+#[inline]
+fn visit_fields<'b>(
+    buf: &'b [u8],
+    head: &Head,
+    edits: &HeadEdits<'_>,
+    request: bool,
+    field: &mut impl FnMut(&'b [u8], FieldValue<'b>),
+) {
     let mut content_length_written = false;
     for span in &head.headers {
         let name = &buf[span.name.clone()];
@@ -264,7 +317,7 @@ fn write_fields(out: &mut Vec<u8>, buf: &[u8], head: &Head, edits: &HeadEdits<'_
             | Known::Trailer => {}
             Known::Upgrade => {
                 if head.upgrade && !removed() {
-                    push_parsed(out, name, value);
+                    field(name, FieldValue::Bytes(value));
                 }
             }
             Known::Expect if request => {}
@@ -272,30 +325,27 @@ fn write_fields(out: &mut Vec<u8>, buf: &[u8], head: &Head, edits: &HeadEdits<'_
                 // Once, normalized: `5, 5` or two `5` fields become one `5`.
                 Some(n) if !content_length_written => {
                     content_length_written = true;
-                    out.extend_from_slice(name);
-                    out.extend_from_slice(b": ");
-                    push_u64(out, n);
-                    out.extend_from_slice(b"\r\n");
+                    field(name, FieldValue::ContentLength(n));
                 }
                 Some(_) => {}
                 // Only a 2xx to CONNECT keeps an unparsed one (the client ignores it).
-                None => push_parsed(out, name, value),
+                None => field(name, FieldValue::Bytes(value)),
             },
-            Known::TransferEncoding => push_parsed(out, name, value),
+            Known::TransferEncoding => field(name, FieldValue::Bytes(value)),
             Known::Host if head.form == TargetForm::Absolute => {
                 if !removed() {
-                    push_parsed(out, name, head.host(buf).unwrap_or(value));
+                    field(name, FieldValue::Bytes(head.host(buf).unwrap_or(value)));
                 }
             }
             Known::Host | Known::Expect => {
                 if !removed() {
-                    push_parsed(out, name, value);
+                    field(name, FieldValue::Bytes(value));
                 }
             }
             Known::Other => {
                 let hop_by_hop = head.connection_options && named_by_connection(buf, head, name);
                 if !hop_by_hop && !removed() {
-                    push_parsed(out, name, value);
+                    field(name, FieldValue::Bytes(value));
                 }
             }
         }

@@ -109,8 +109,18 @@ pub fn write_trailers_only(
     }
     out.push(b'0' + code % 10);
     out.extend_from_slice(b"\r\ngrpc-message: ");
+    push_grpc_message(out, message);
+    out.extend_from_slice(b"\r\ncontent-length: 0\r\n");
+    if close {
+        out.extend_from_slice(b"connection: close\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
+/// Appends `message` as a `grpc-message` value: percent-encoded as gRPC requires (anything
+/// outside printable ASCII, and `%` itself).
+pub fn push_grpc_message(out: &mut Vec<u8>, message: &[u8]) {
     for &b in message {
-        // Percent-encoded: anything outside printable ASCII, and '%' itself.
         if (0x20..0x7f).contains(&b) && b != b'%' {
             out.push(b);
         } else {
@@ -118,11 +128,6 @@ pub fn write_trailers_only(
             out.extend_from_slice(&[b'%', HEX[usize::from(b >> 4)], HEX[usize::from(b & 15)]]);
         }
     }
-    out.extend_from_slice(b"\r\ncontent-length: 0\r\n");
-    if close {
-        out.extend_from_slice(b"connection: close\r\n");
-    }
-    out.extend_from_slice(b"\r\n");
 }
 
 /// The longest `grpc-timeout` value: 8 digits.

@@ -17,9 +17,10 @@ use std::time::Duration;
 
 use sluice_core::http1::{BodyFraming, Chunked, ChunkedDecoder, write_trailers};
 use sluice_core::l7::exchange::ResponseFlag;
-use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt as _};
 use tokio::time::Instant as TokioInstant;
 
+use super::respond::Respond;
 use super::{REPLAY_LIMIT, ReadBuffer, write_flushed};
 use crate::engine::Engine;
 use crate::net::Network;
@@ -478,8 +479,11 @@ pub(super) async fn copy_body<U, D>(
 ) -> io::Result<u64>
 where
     U: AsyncRead + Unpin,
-    D: AsyncWrite + Unpin,
+    D: Respond,
 {
+    if D::TYPED {
+        return copy_payload(up, down, ubuf, framing, awaiting, answered, trailers).await;
+    }
     let mut sent = 0u64;
     match framing {
         BodyFraming::None => {}
@@ -548,6 +552,131 @@ where
     if !pending.is_empty() {
         send(down, pending, awaiting, answered, &[]).await?;
     }
+    Ok(sent)
+}
+
+/// [`copy_body`] for a typed responder (an HTTP/2 stream): the payload without the upstream's
+/// framing (a chunked body de-chunked here, its trailer section handed over as it passes, and
+/// to `trailers` when given), each upstream read's worth given at once and flushed (so the
+/// last DATA carries the end of the stream when the body ends in that read), then the end of
+/// the body. Returns payload bytes sent.
+async fn copy_payload<U, D>(
+    up: &mut U,
+    down: &mut D,
+    ubuf: &mut ReadBuffer,
+    framing: BodyFraming,
+    awaiting: &Cell<bool>,
+    answered: Option<&Cell<TokioInstant>>,
+    mut trailers: Option<&mut Vec<u8>>,
+) -> io::Result<u64>
+where
+    U: AsyncRead + Unpin,
+    D: Respond,
+{
+    // Flushes what `down` took (the staged head with it, the first time).
+    let flush = async |down: &mut D| {
+        awaiting.set(false);
+        let r = down.flush().await;
+        if let Some(at) = answered {
+            at.set(TokioInstant::now());
+        }
+        r
+    };
+    let mut sent = 0u64;
+    match framing {
+        BodyFraming::None => {}
+        BodyFraming::ContentLength(n) => {
+            let mut left = n;
+            loop {
+                let take = (ubuf.len() as u64).min(left) as usize;
+                if take > 0 {
+                    down.typed_payload(&ubuf.bytes()[..take])?;
+                    ubuf.consume(take);
+                    left -= take as u64;
+                    sent += take as u64;
+                    if left == 0 {
+                        down.typed_end();
+                    }
+                    flush(down).await?;
+                }
+                if left == 0 {
+                    break;
+                }
+                if ubuf.fill(up).await? == 0 {
+                    return Err(io::ErrorKind::UnexpectedEof.into());
+                }
+            }
+        }
+        BodyFraming::Chunked => {
+            let mut dec = ChunkedDecoder::new(MAX_TRAILER_BYTES);
+            // Body bytes (framing included) scanned so far: where the trailer section starts.
+            let mut scanned = 0u64;
+            loop {
+                let data = ubuf.bytes();
+                let mut at = 0;
+                let mut done = false;
+                while at < data.len() {
+                    let (c, run) = dec
+                        .feed_payload(&data[at..])
+                        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?;
+                    if let Some(r) = run {
+                        down.typed_payload(&data[at..][r.clone()])?;
+                        sent += r.len() as u64;
+                    }
+                    let consumed = match c {
+                        Chunked::NeedMore { consumed } => consumed,
+                        Chunked::Done { consumed } => {
+                            done = true;
+                            consumed
+                        }
+                    };
+                    if let Some(start) = dec.trailers_start() {
+                        let from = start.saturating_sub(scanned).min(consumed as u64) as usize;
+                        let section = &data[at + from..at + consumed];
+                        down.typed_trailer_bytes(section);
+                        if let Some(t) = trailers.as_deref_mut() {
+                            t.extend_from_slice(section);
+                        }
+                    }
+                    scanned += consumed as u64;
+                    at += consumed;
+                    if done {
+                        break;
+                    }
+                }
+                ubuf.consume(at);
+                if done {
+                    down.typed_end();
+                }
+                if at > 0 {
+                    // The staged head goes out with the first body bytes (framing alone
+                    // included), as HTTP/1.1's does.
+                    down.typed_payload(&[])?;
+                    flush(down).await?;
+                }
+                if done {
+                    break;
+                }
+                if ubuf.fill(up).await? == 0 {
+                    return Err(io::ErrorKind::UnexpectedEof.into());
+                }
+            }
+        }
+        BodyFraming::CloseDelimited => loop {
+            down.typed_payload(ubuf.bytes())?;
+            sent += ubuf.len() as u64;
+            ubuf.clear();
+            flush(down).await?;
+            if ubuf.fill(up).await? == 0 {
+                down.typed_end();
+                break;
+            }
+        },
+    }
+    // A body that ended (or had none): what is left goes, the head too if nothing else did.
+    down.typed_payload(&[])?;
+    down.typed_end();
+    flush(down).await?;
     Ok(sent)
 }
 
@@ -639,7 +768,7 @@ mod tests {
             .build()
             .unwrap();
         rt.block_on(async {
-            let (mut down, mut client) = tls_pair(4096).await;
+            let (down, mut client) = tls_pair(4096).await;
             let body: Vec<u8> = (0..40_000u32).map(|i| (i % 251) as u8).collect();
             let (mut up, mut origin) = tokio::io::duplex(1 << 20);
             origin.write_all(&body).await.unwrap();
@@ -647,6 +776,7 @@ mod tests {
             let mut pending = b"HTTP/1.1 200 OK\r\ncontent-length: 40000\r\n\r\n".to_vec();
             let head_len = pending.len();
             let awaiting = Cell::new(true);
+            let mut down = crate::downstream::Downstream::Plain(down);
             let copy = copy_body(
                 &mut up,
                 &mut down,

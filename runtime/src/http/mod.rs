@@ -21,7 +21,8 @@
 //!
 //! This module keeps the connection (steps 1, 2 and 4: [`Engine::http_connection`],
 //! [`Engine::serve_request`], the buffers and per-connection [`Scratch`]); step 3, which HTTP/2
-//! streams take too (`crate::http2`, re-framed as HTTP/1.1), is cut by concern:
+//! streams take too (`crate::http2`: the request re-framed as HTTP/1.1, the response typed), is
+//! cut by concern:
 //!
 //! - `stream`: the walk of one forwarded request along the core's stream — `forward`, and its
 //!   steps `admit`, `run_try` (one try on its connection), `decide_retry`, `relay_response`;
@@ -29,7 +30,10 @@
 //! - `upstream`: a try's connection (pooled, new, HTTP/2) and its breaker units;
 //! - `wire`: the heads — the upstream request with the core's edits, its per-try fields, the
 //!   response head read and written back with the route's and listener's edits;
-//! - `body`: request bodies held or streamed (with the replay copy), response bodies, tunnels.
+//! - `body`: request bodies held or streamed (with the replay copy), response bodies, tunnels;
+//! - `respond`: the response side whatever the client's protocol ([`respond::Respond`]): a
+//!   staged forwarded head (the upstream's with the edits as a list), payload, trailers, local
+//!   answers — written as HTTP/1.1 bytes to a connection, typed to an HTTP/2 stream.
 //!
 //! Buffers: a connection holds its read, upstream-response and write buffers only while a
 //! request is in flight. They come from the worker's pool ([`crate::bufpool`]) with a request's
@@ -126,8 +130,10 @@ use crate::engine::Engine;
 use crate::net::Network;
 use crate::now;
 use crate::stats::bump;
+use respond::{LocalBody, LocalReply, Respond, send_local};
 
 mod body;
+pub(crate) mod respond;
 mod stream;
 mod upstream;
 mod wire;
@@ -1195,10 +1201,10 @@ impl<N: Network> Engine<N> {
     }
 
     /// Routes and answers one request whose head is parsed in `head` (from `rbuf`). `down` is
-    /// the downstream as an HTTP/1.1 byte stream: the client's connection, or an HTTP/2 stream
-    /// seen through [`crate::http2`]'s adapter (request body in, response out).
+    /// the downstream ([`Respond`]): the client's connection, or an HTTP/2 stream
+    /// ([`crate::http2`]: its request body read as HTTP/1.1, its response taken typed).
     #[allow(clippy::too_many_arguments)]
-    pub(crate) async fn serve_request<D: AsyncRead + AsyncWrite + Unpin>(
+    pub(crate) async fn serve_request<D: Respond>(
         &self,
         listener: usize,
         down: &mut D,
@@ -1296,17 +1302,14 @@ impl<N: Network> Engine<N> {
         }
         match &route.route.action {
             RouteAction::DirectResponse { status, body } => {
-                out.clear();
                 let close = has_body || !head.keep_alive() || self.lifecycle.is_stopping();
-                let server_field = ServerHeader::local_field(server);
-                write_local_response(
-                    out,
-                    *status,
-                    server_field.as_slice(),
-                    body.as_bytes(),
+                let reply = LocalReply {
+                    status: *status,
+                    server: ServerHeader::local_field(server),
+                    body: LocalBody::Text(body.as_bytes()),
                     close,
-                );
-                let ok = write_flushed(down, out).await.is_ok();
+                };
+                let ok = send_local(down, out, &reply).await.is_ok();
                 Outcome {
                     status: *status,
                     flag: Some(ResponseFlag::DirectResponse),
@@ -1387,7 +1390,7 @@ impl<N: Network> Engine<N> {
     /// (`grpc`) a trailers-only gRPC answer (HTTP 200) with the matching `grpc-status`; both
     /// carry the listener's `server` ([`ServerHeader::local_field`]).
     #[allow(clippy::too_many_arguments)]
-    async fn local_reply<D: AsyncWrite + Unpin>(
+    async fn local_reply<D: Respond>(
         &self,
         grpc: bool,
         server: Option<&ServerHeader>,
@@ -1399,30 +1402,22 @@ impl<N: Network> Engine<N> {
     ) -> Outcome {
         // Draining: the client must reconnect for its next request.
         let close = close || self.lifecycle.is_stopping();
-        let server_field = ServerHeader::local_field(server);
-        out.clear();
-        let status = if grpc {
-            let code = grpc::local_status(flag, status);
-            grpc::write_trailers_only(
-                out,
-                code,
-                local_body(flag).trim_ascii_end(),
-                server_field.as_slice(),
-                close,
-            );
-            200
+        let body = if grpc {
+            LocalBody::GrpcTrailersOnly {
+                status: grpc::local_status(flag, status),
+                message: local_body(flag).trim_ascii_end(),
+            }
         } else {
-            write_local_response(
-                out,
-                status,
-                server_field.as_slice(),
-                local_body(flag),
-                close,
-            );
-            status
+            LocalBody::Text(local_body(flag))
         };
-        let ok = write_flushed(down, out).await.is_ok();
-        let mut o = Outcome::local(status, flag, out.len());
+        let reply = LocalReply {
+            status,
+            server: ServerHeader::local_field(server),
+            body,
+            close,
+        };
+        let ok = send_local(down, out, &reply).await.is_ok();
+        let mut o = Outcome::local(reply.sent_status(), flag, out.len());
         o.reusable = ok && !close;
         o
     }
@@ -1961,9 +1956,10 @@ listeners:
                     got.extend_from_slice(&data);
                 }
                 assert_eq!(got, b"first");
-                // The stream ended: its request, upstream-response and write buffers are the
-                // pool's (the second stream took the same ones: the count does not grow).
-                assert_eq!(pooled_becomes(&engine, (2, 1)).await, (2, 1));
+                // The stream ended: its request and upstream-response buffers are the pool's
+                // (the second stream took the same ones: the count does not grow). Its answer
+                // went to the stream typed, through no write buffer: none was ever made.
+                assert_eq!(pooled_becomes(&engine, (2, 0)).await, (2, 0));
             }
         });
     }

@@ -46,8 +46,9 @@ use tokio::time::Instant as TokioInstant;
 use super::body::{
     Detach, UploadFault, Uploaded, copy_body, fault_of, stream_request_body, tunnel,
 };
+use super::respond::{Respond, send_continue};
 use super::upstream::{BreakerUnit, Connected, Upstream};
-use super::wire::{read_response_head, rewrite_try_fields, send_request, write_downstream_head};
+use super::wire::{read_response_head, rewrite_try_fields, send_request, stage_downstream_head};
 use super::{Outcome, REPLAY_LIMIT, ReadBuffer, Scratch, deadline_of, write_flushed};
 use crate::engine::Engine;
 use crate::net::Network;
@@ -221,7 +222,7 @@ impl<N: Network> Engine<N> {
     /// the bytes sent), the request ends there instead, flagged with the fault (its connection
     /// is not reused). `upstream` and `bytes_received` are the try's, for the log.
     #[allow(clippy::too_many_arguments)]
-    pub(super) async fn answer_upload_fault<D: AsyncWrite + Unpin>(
+    pub(super) async fn answer_upload_fault<D: Respond>(
         &self,
         ci: usize,
         stream: &mut StreamGuard,
@@ -265,7 +266,7 @@ impl<N: Network> Engine<N> {
     /// runs on it ([`Engine::run_try`]: send, read the response head, let the core decide
     /// whether it is retried, relay the answer) until the core answers or a response went out.
     #[allow(clippy::too_many_arguments)]
-    pub(super) async fn forward<D: AsyncRead + AsyncWrite + Unpin>(
+    pub(super) async fn forward<D: Respond>(
         &self,
         action: &ForwardAction,
         matched_prefix: Option<&str>,
@@ -311,7 +312,7 @@ impl<N: Network> Engine<N> {
 
         // --- the request body: held when small enough to replay ---
         if head.expect_continue() && !matches!(req.framing, BodyFraming::None) {
-            let _ = write_flushed(down, b"HTTP/1.1 100 Continue\r\n\r\n").await;
+            let _ = send_continue(down).await;
         }
         req.body_len = match self
             .buffer_body(down, rbuf, req.head_len, req.framing, req.stream_idle)
@@ -423,7 +424,7 @@ impl<N: Network> Engine<N> {
     /// stream, which takes the max_requests breaker's unit and sees the hosts' availability.
     /// The stream (in its guard, which aborts it — giving back every breaker unit it holds — if
     /// this future is dropped midway) and when it was admitted; or the proxy's answer.
-    async fn admit<D: AsyncWrite + Unpin>(
+    async fn admit<D: Respond>(
         &self,
         req: &mut Forwarding<'_>,
         scratch: &Scratch,
@@ -538,7 +539,7 @@ impl<N: Network> Engine<N> {
     /// borrows it for its own duration; one task, so never two at once). An upgrade request's
     /// body still goes first (its 101 turns the connection into a tunnel).
     #[allow(clippy::too_many_arguments)]
-    async fn run_try<D: AsyncRead + AsyncWrite + Unpin>(
+    async fn run_try<D: Respond>(
         &self,
         req: &mut Forwarding<'_>,
         stream: &mut StreamGuard,
@@ -790,7 +791,7 @@ impl<N: Network> Engine<N> {
     ) -> Decision
     where
         U: Future<Output = io::Result<Uploaded>>,
-        DW: AsyncWrite + Unpin,
+        DW: Respond,
     {
         let ci = req.ci;
         let host = t.host;
@@ -934,7 +935,7 @@ impl<N: Network> Engine<N> {
     }
 
     /// Relays a response the core forwards: its head with the route's and the listener's
-    /// edits, then its body by its framing (while a streamed request body still goes up
+    /// edits (staged on the client's responder, `respond`), then its body by its framing (while a streamed request body still goes up
     /// alongside), or, after a `101`, a tunnel. The outcome, and whether the upstream
     /// connection can carry another request. An upstream that fails before the first body byte
     /// reached the client is still answered by the proxy (502 or 504).
@@ -961,7 +962,7 @@ impl<N: Network> Engine<N> {
     where
         U: Future<Output = io::Result<Uploaded>>,
         UP: AsyncRead + AsyncWrite + Unpin,
-        DOWN: AsyncRead + AsyncWrite + Unpin,
+        DOWN: Respond,
     {
         let ci = req.ci;
         let host = t.host;
@@ -978,7 +979,8 @@ impl<N: Network> Engine<N> {
                 self.lifecycle.is_stopping(),
             );
         let upgrade = status == 101 && head.upgrade();
-        write_downstream_head(
+        if let Err(e) = stage_downstream_head(
+            &mut downw,
             out,
             req.action,
             req.server,
@@ -987,7 +989,10 @@ impl<N: Network> Engine<N> {
             rhead,
             keep_down && !upgrade && head.version() == Version::Http10,
             !keep_down && !upgrade,
-        );
+        ) {
+            // The head cannot go to the client (its stream is gone): the body copy fails.
+            tracing::debug!(error = %e, "response head not staged");
+        }
         let mut bytes_sent = out.len() as u64;
         ubuf.consume(rhead.head_len());
         if upgrade {
@@ -1051,8 +1056,8 @@ impl<N: Network> Engine<N> {
             Alongside::UploadFailed(fault) => {
                 // The client's body failed while the answer was under way: the call is
                 // over (the upstream's stream is reset or its connection closed). The
-                // head still in `out` means nothing of the answer reached the client.
-                let answered = out.is_empty().then_some((status, bytes_sent));
+                // head still staged means nothing of the answer reached the client.
+                let answered = (!downw.head_pending(out)).then_some((status, bytes_sent));
                 let outcome = self
                     .answer_upload_fault(
                         ci,
@@ -1100,7 +1105,7 @@ impl<N: Network> Engine<N> {
             Some(Ok(n)) => (true, n),
             Some(Err(_)) | None => (false, 0),
         };
-        if !complete && !out.is_empty() {
+        if !complete && downw.head_pending(out) {
             // The upstream failed (or the route timed out) between its head and the
             // first body bytes: the head still waits in `out`, nothing reached the
             // client, so the proxy can still answer instead of closing under the

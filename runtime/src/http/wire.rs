@@ -14,7 +14,7 @@ use sluice_core::config::http::{
 };
 use sluice_core::http1::{
     BodyFraming, Head, HeadEdits, Limits, Method, ParseStatus, Version, parse_response,
-    write_request_head, write_response_head,
+    write_request_head,
 };
 use sluice_core::http2::te_wants_trailers;
 use sluice_core::l7::edits::{
@@ -30,6 +30,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use super::body::{
     Detach, UploadFault, drop_range, fault_of, push_chunked_body, stream_request_body,
 };
+use super::respond::{ForwardedHead, Respond, stage_head};
 use super::stream::Forwarding;
 use super::{ReadBuffer, Scratch, downstream_protocol, hostname, write_flushed};
 use crate::engine::Engine;
@@ -389,12 +390,14 @@ pub(super) fn rewrite_try_fields(
     }
 }
 
-/// Writes the client's response head into `out`: the upstream's (`rhead` over `ubuf`) with
-/// the route's response edits, then the listener's `server` (after the route's edits, as Envoy
-/// sets it last); `http10_keep_alive`: an HTTP/1.0 client keeps its connection, which the
-/// answer must say; `force_close`: `connection: close`.
+/// Stages the client's response head ([`super::respond::stage_head`]: HTTP/1.1 writes it into
+/// `out`): the upstream's (`rhead` over `ubuf`) with the route's response edits, then the
+/// listener's `server` (after the route's edits, as Envoy sets it last); `http10_keep_alive`:
+/// an HTTP/1.0 client keeps its connection, which the answer must say; `force_close`:
+/// `connection: close`.
 #[allow(clippy::too_many_arguments)]
-pub(super) fn write_downstream_head(
+pub(super) fn stage_downstream_head<D: Respond>(
+    down: &mut D,
     out: &mut Vec<u8>,
     action: &ForwardAction,
     server: Option<&ServerHeader>,
@@ -403,7 +406,7 @@ pub(super) fn write_downstream_head(
     rhead: &Head,
     http10_keep_alive: bool,
     force_close: bool,
-) {
+) -> std::io::Result<()> {
     let mut edits = HeaderEdits::new();
     edits.route(
         &action.response_headers_to_remove,
@@ -428,17 +431,19 @@ pub(super) fn write_downstream_head(
     if http10_keep_alive {
         edits.append("connection", b"keep-alive");
     }
-    out.clear();
-    write_response_head(
+    stage_head(
+        down,
         out,
-        ubuf.bytes(),
-        rhead,
-        &HeadEdits {
-            path: None,
-            remove: edits.removals(),
-            add: edits.additions(),
-            force_close,
-            version: None,
+        &ForwardedHead {
+            buf: ubuf.bytes(),
+            head: rhead,
+            edits: HeadEdits {
+                path: None,
+                remove: edits.removals(),
+                add: edits.additions(),
+                force_close,
+                version: None,
+            },
         },
-    );
+    )
 }
