@@ -1620,7 +1620,7 @@ impl<'a> Elements<'a> {
             .flat_map(|(i, cc)| {
                 host_addresses(shared, i)
                     .into_iter()
-                    .map(move |(j, address, _)| Element {
+                    .map(move |(j, address, _, _)| Element {
                         labels: vec![("cluster", cc.name.clone()), ("host", address.to_string())],
                         prefix: format!("cluster.{}.host.{}.", cc.name, address),
                         snapshot: s
@@ -2145,14 +2145,17 @@ fn dns_view(shared: &AdminShared, ci: usize) -> Option<Arc<crate::dns::DnsView>>
 /// Cluster `ci`'s hosts as `(id, address, weight)`: the configured ones, or a DNS cluster's
 /// resolved ones, or a static cluster's once its endpoints were updated in place (its filled
 /// slots, by id, as a worker applied them).
-fn host_addresses(shared: &AdminShared, ci: usize) -> Vec<(usize, SocketAddr, u32)> {
+fn host_addresses(
+    shared: &AdminShared,
+    ci: usize,
+) -> Vec<(usize, SocketAddr, u32, sluice_core::host::DeclaredHealth)> {
     let cc = &shared.config.clusters[ci];
     if cc.dns.is_none() && (cc.kind != ClusterKind::Static || dns_view(shared, ci).is_none()) {
         return cc
             .hosts
             .iter()
             .enumerate()
-            .map(|(j, h)| (j, h.address, h.weight))
+            .map(|(j, h)| (j, h.address, h.weight, h.health))
             .collect();
     }
     dns_view(shared, ci)
@@ -2160,7 +2163,7 @@ fn host_addresses(shared: &AdminShared, ci: usize) -> Vec<(usize, SocketAddr, u3
             v.slots
                 .iter()
                 .enumerate()
-                .filter_map(|(j, s)| s.map(|h| (j, h.address, h.weight)))
+                .filter_map(|(j, s)| s.map(|h| (j, h.address, h.weight, h.health)))
                 .collect()
         })
         .unwrap_or_default()
@@ -2176,7 +2179,7 @@ fn clusters_json(shared: &AdminShared, s: &DetailedSnapshot) -> Value {
         .map(|(i, cc)| {
             let hosts: Vec<Value> = host_addresses(shared, i)
                 .into_iter()
-                .map(|(j, address, weight)| {
+                .map(|(j, address, weight, declared)| {
                     let h = s
                         .clusters
                         .get(i)
@@ -2185,13 +2188,16 @@ fn clusters_json(shared: &AdminShared, s: &DetailedSnapshot) -> Value {
                         .unwrap_or_default();
                     // Health: the active check's verdict (`unhealthy` also while no probe has
                     // passed yet; `healthy` without a check, see [`scrape`]); outlier: how many
-                    // workers eject the host now.
+                    // workers eject the host now; eds_health: what its source declares (EDS
+                    // `health_status`), Envoy's `FAILED_EDS_HEALTH` when unusable — independent
+                    // of the check, and either one's no makes the host unavailable.
                     let healthy = h.healthy > 0;
                     json!({
                         "address": address.to_string(),
                         "weight": weight,
                         "health": if healthy { "healthy" } else { "unhealthy" },
-                        "available": healthy && h.ejected == 0,
+                        "eds_health": declared.as_str(),
+                        "available": healthy && h.ejected == 0 && declared.is_usable(),
                         "outlier": if h.ejected > 0 { "ejected" } else { "none" },
                         "ejected_by_workers": h.ejected,
                         "rq_active": h.rq_active,
@@ -2338,6 +2344,7 @@ fn clusters_text(view: &Value) -> String {
             for field in [
                 "weight",
                 "health",
+                "eds_health",
                 "available",
                 "outlier",
                 "rq_active",
