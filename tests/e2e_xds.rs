@@ -524,11 +524,36 @@ clusters:
         0,
         "nothing listens for `api-in` yet"
     );
+    // The same in the metrics: one cluster and one listener warming, no timeout yet.
+    let metric = |sample: &str| -> String {
+        let (_, text) = http_request(addr(admin), "GET", "/stats/prometheus");
+        text.lines()
+            .find(|l| l.starts_with(&format!("{sample} ")))
+            .unwrap_or_else(|| panic!("no {sample} in:\n{text}"))
+            .to_owned()
+    };
+    for sample in [
+        "sluice_xds_warming_resources{type=\"cluster\"} 1",
+        "sluice_xds_warming_resources{type=\"listener\"} 1",
+        "sluice_xds_warming_timeouts_total{type=\"endpoints\"} 0",
+    ] {
+        let (name, _) = sample.rsplit_once(' ').unwrap();
+        assert_eq!(metric(name), sample);
+    }
     // The timeout: `api` serves with no endpoints.
     eventually("`api-in` answers 503", &sluice, || {
         get(addr(listen_api)).0 == 503
     });
     assert_eq!(get(addr(listen)), (200, "web".into()));
+    for sample in [
+        "sluice_xds_warming_resources{type=\"cluster\"} 0",
+        "sluice_xds_warming_resources{type=\"listener\"} 0",
+        "sluice_xds_warming_timeouts_total{type=\"endpoints\"} 1",
+        "sluice_xds_warming_timeouts_total{type=\"route\"} 0",
+    ] {
+        let (name, _) = sample.rsplit_once(' ').unwrap();
+        assert_eq!(metric(name), sample);
+    }
     let view = xds();
     assert_eq!(
         view["types"]["cluster"]["warming"],

@@ -1096,6 +1096,71 @@ fn is_tcp(config: &Config, listener: usize) -> bool {
     filters(config, listener).any(|f| matches!(f, ListenerFilter::TcpProxy(_)))
 }
 
+/// The metrics of each SDS source of the bootstrap's `xds.sds_sources` (label `source`, its
+/// name), read from [`crate::xds_sds::SOURCES`] at each scrape.
+pub const SDS_SOURCE_METRICS: &[Export<crate::xds_sds::SourceStatus>] = &[
+    Export {
+        field: "connected",
+        metric: Metric::gauge(
+            "sluice_sds_source_connected",
+            "1 while the SDS stream to the source is open, else 0 (the secrets it gave serve on \
+             meanwhile).",
+        )
+        .stats("connected"),
+        len: 1,
+        read: |s, _| u64::from(s.connected),
+    },
+    Export {
+        field: "secrets_received",
+        metric: Metric::counter(
+            "sluice_sds_source_secrets_received_total",
+            "Secrets the source's responses carried (each response's secrets, counted once).",
+        )
+        .stats("secrets_received"),
+        len: 1,
+        read: |s, _| s.secrets_received,
+    },
+    Export {
+        field: "secrets_applied",
+        metric: Metric::counter(
+            "sluice_sds_source_secrets_applied_total",
+            "Secrets received from the source whose response was accepted (ACKed): serving, \
+             or waited for by what needs them.",
+        )
+        .stats("secrets_applied"),
+        len: 1,
+        read: |s, _| s.secrets_applied,
+    },
+    Export {
+        field: "secrets_refused",
+        metric: Metric::counter(
+            "sluice_sds_source_secrets_refused_total",
+            "Secrets received from the source whose response was refused (NACKed): the secrets \
+             serving stay.",
+        )
+        .stats("secrets_refused"),
+        len: 1,
+        read: |s, _| s.secrets_refused,
+    },
+];
+
+/// The SDS sources as elements of their scope (label `source`, `/stats` prefix
+/// `xds.sds_source.NAME.`).
+fn source_elements(
+    sources: &[(String, crate::xds_sds::SourceStatus)],
+) -> Vec<Element<'_, crate::xds_sds::SourceStatus>> {
+    sources
+        .iter()
+        .map(|(name, status)| Element {
+            labels: vec![("source", name.clone())],
+            prefix: format!("xds.sds_source.{name}."),
+            snapshot: status,
+            listener: None,
+            cluster: None,
+        })
+        .collect()
+}
+
 /// The server-wide metrics the admin's shared state holds, in export order (after the
 /// worker-wide [`WORKER_METRICS`]). Declared here, next to what they read; see
 /// [`crate::stats`] for the per-worker ones.
@@ -1269,6 +1334,34 @@ pub const SERVER_METRICS: &[Export<AdminShared>] = &[
         .stats("xds.ignored_fields_"),
         len: crate::xds::TYPES,
         read: |_, i| crate::xds::IGNORED[i].load(Ordering::Relaxed),
+    },
+    Export {
+        field: "xds::WARMING",
+        metric: Metric::gauge(
+            "sluice_xds_warming_resources",
+            "Clusters, listeners and route configurations received over xDS and not yet served \
+             at the version received, waiting for what they need (endpoints, route \
+             configurations, secrets, the clusters they route to), by resource type; /xds lists \
+             them.",
+        )
+        .by("type", |i| crate::xds::TYPE_LABELS[i])
+        .stats("xds.warming_"),
+        len: crate::xds::TYPES,
+        read: |_, i| crate::xds::WARMING[i].load(Ordering::Relaxed),
+    },
+    Export {
+        field: "xds::WARMING_TIMEOUTS",
+        metric: Metric::counter(
+            "sluice_xds_warming_timeouts_total",
+            "xDS resources (endpoints, route configurations) still not received when their \
+             initial_fetch_timeout expired, by resource type: each is taken as received empty, \
+             and what waited for it serves without it (a cluster with no endpoints, a listener \
+             with no routes).",
+        )
+        .by("type", |i| crate::xds::TYPE_LABELS[i])
+        .stats("xds.warming_timeouts_"),
+        len: crate::xds::TYPES,
+        read: |_, i| crate::xds::WARMING_TIMEOUTS[i].load(Ordering::Relaxed),
     },
     Export {
         field: "xds::RESYNCS",
@@ -1725,6 +1818,13 @@ fn flat_stats_kinds(shared: &AdminShared, s: &DetailedSnapshot) -> Vec<(String, 
     stats_of(shared, LISTENER_METRICS, &elements.listeners, &mut put);
     stats_of(shared, CLUSTER_METRICS, &elements.clusters, &mut put);
     stats_of(shared, HOST_METRICS, &elements.hosts, &mut put);
+    let sources = crate::xds_sds::sources_snapshot();
+    stats_of(
+        shared,
+        SDS_SOURCE_METRICS,
+        &source_elements(&sources),
+        &mut put,
+    );
     if has_bolt(config) {
         for (e, (_, v)) in BOLT_METRICS.iter().zip(&s.bolt) {
             put(e.metric.stats_key.to_owned(), *v, e.metric.kind);
@@ -1885,6 +1985,13 @@ pub fn prometheus(shared: &AdminShared, s: &DetailedSnapshot) -> String {
     }
     families_of(&mut out, shared, WORKER_METRICS, &[Element::of(&s.worker)]);
     families_of(&mut out, shared, SERVER_METRICS, &[Element::of(shared)]);
+    let sources = crate::xds_sds::sources_snapshot();
+    families_of(
+        &mut out,
+        shared,
+        SDS_SOURCE_METRICS,
+        &source_elements(&sources),
+    );
     tls_expiry_family(&mut out, shared);
     process_families(&mut out);
     out
@@ -2069,6 +2176,15 @@ pub fn metrics_reference() -> String {
         &["cluster", "host"],
         "cluster.NAME.host.ADDR.",
         HOST_METRICS,
+    );
+    section(
+        &mut out,
+        "Per SDS source",
+        "One series per SDS source of the bootstrap's `xds.sds_sources` (none without); the \
+         families are declared even then.",
+        &["source"],
+        "xds.sds_source.NAME.",
+        SDS_SOURCE_METRICS,
     );
     section(
         &mut out,
