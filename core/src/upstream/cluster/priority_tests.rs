@@ -305,7 +305,7 @@ fn a_declared_health_change_in_place_keeps_the_id_and_the_verdicts() {
             },
         ]
     };
-    let mut update = |c: &mut ClusterState, h0, h1| {
+    let update = |c: &mut ClusterState, h0, h1| {
         let before = c.epochs().to_vec();
         let merged = merge_answer(&c.slots(), &answer(h0, h1));
         assert_eq!((merged.added, merged.removed), (0, 0));
