@@ -1062,7 +1062,7 @@ clusters:
             "sluice_sds_source_secrets_applied_total",
             "sluice_sds_source_secrets_refused_total",
         ]
-        .map(|m| metric(m))
+        .map(metric)
     };
     assert_eq!(secrets(&metric), ["1", "2", "2", "0"]);
     let source = xds("serving");
