@@ -79,7 +79,7 @@ drain_timeout: 10
         r#"clusters[0].lb_policy: unknown value "fastest" (expected one of: round_robin, weighted_round_robin, random, least_request, ring_hash, maglev)"#,
         "clusters[0].hosts[0].weight: 0 is not a whole number from 1 to 1000",
         "clusters[0].hosts[1].address: missing (this field is required)",
-        "clusters[0].hosts[1].adress: unknown field (expected one of: address, weight, priority, transport_socket_match); did you mean 'address'?",
+        "clusters[0].hosts[1].adress: unknown field (expected one of: address, weight, priority, transport_socket_match, health); did you mean 'address'?",
         "drain_timeout: 10 has no unit (expected a number and a unit: 250ms, 1s, 5m, 1h)",
     ];
     for e in expect {
