@@ -524,11 +524,36 @@ clusters:
         0,
         "nothing listens for `api-in` yet"
     );
+    // The same in the metrics: one cluster and one listener warming, no timeout yet.
+    let metric = |sample: &str| -> String {
+        let (_, text) = http_request(addr(admin), "GET", "/stats/prometheus");
+        text.lines()
+            .find(|l| l.starts_with(&format!("{sample} ")))
+            .unwrap_or_else(|| panic!("no {sample} in:\n{text}"))
+            .to_owned()
+    };
+    for sample in [
+        "sluice_xds_warming_resources{type=\"cluster\"} 1",
+        "sluice_xds_warming_resources{type=\"listener\"} 1",
+        "sluice_xds_warming_timeouts_total{type=\"endpoints\"} 0",
+    ] {
+        let (name, _) = sample.rsplit_once(' ').unwrap();
+        assert_eq!(metric(name), sample);
+    }
     // The timeout: `api` serves with no endpoints.
     eventually("`api-in` answers 503", &sluice, || {
         get(addr(listen_api)).0 == 503
     });
     assert_eq!(get(addr(listen)), (200, "web".into()));
+    for sample in [
+        "sluice_xds_warming_resources{type=\"cluster\"} 0",
+        "sluice_xds_warming_resources{type=\"listener\"} 0",
+        "sluice_xds_warming_timeouts_total{type=\"endpoints\"} 1",
+        "sluice_xds_warming_timeouts_total{type=\"route\"} 0",
+    ] {
+        let (name, _) = sample.rsplit_once(' ').unwrap();
+        assert_eq!(metric(name), sample);
+    }
     let view = xds();
     assert_eq!(
         view["types"]["cluster"]["warming"],
@@ -1307,6 +1332,133 @@ clusters:
     assert_eq!(
         stat("server.reloads_ok"),
         format!("server.reloads_ok: {}", switches_first + 1)
+    );
+}
+
+/// [`resources`] whose cluster has one endpoint at priority 0, 127.0.0.1:`p0` with
+/// `health_status` `status`, and one at priority 1, 127.0.0.1:`p1`, healthy.
+fn resources_p0_p1(listen: u32, p0: u32, status: i32, p1: u32) -> BTreeMap<String, Vec<Any>> {
+    let mut cla = assignment("web", &[("127.0.0.1", p0, status)]);
+    let mut backup = assignment("web", &[("127.0.0.1", p1, 0)])
+        .endpoints
+        .remove(0);
+    backup.priority = 1;
+    cla.endpoints.push(backup);
+    let mut r = resources(listen, p0);
+    r.insert(
+        ResourceType::Endpoints.type_url().to_owned(),
+        vec![any(&cla)],
+    );
+    r
+}
+
+/// EDS health status as Envoy counts it: a priority-0 endpoint that EDS marks UNHEALTHY (its
+/// upstream up and answering) is never picked — its level has no health, so every request
+/// spills to the priority-1 endpoint — and `/clusters` shows it `eds_health: unhealthy`,
+/// unavailable. EDS marking it HEALTHY takes the requests back to it, DRAINING sends them to
+/// priority 1 again: each push ACKed once applied, in place (no generation switch).
+#[test]
+fn an_eds_unhealthy_endpoint_spills_its_levels_load_to_priority_1_and_back() {
+    use sluice_xds::envoy_types::pb::envoy::config::core::v3::HealthStatus;
+    if !require_peers(&["nginx"]) {
+        return;
+    }
+    let dir = TempDir::new("xds-eds-health");
+    let (up_a, up_b, listen, admin, ads_port) = (
+        free_port(),
+        free_port(),
+        free_port(),
+        free_port(),
+        free_port(),
+    );
+    let _a = start_nginx(&dir, "a", up_a, "a");
+    let _b = start_nginx(&dir, "b", up_b, "b");
+    let (a, b, l) = (u32::from(up_a), u32::from(up_b), u32::from(listen));
+    let server = AdsServer::start(ads_port, Snapshot::default());
+    server.push(resources_p0_p1(l, a, HealthStatus::Unhealthy as i32, b));
+    let config = format!(
+        r#"
+admin: {{ address: 127.0.0.1:{admin} }}
+node: {{ id: sidecar-1, cluster: e2e }}
+xds: {{ cluster: xds_server }}
+listeners: []
+clusters:
+  - name: xds_server
+    hosts: [ {{ address: 127.0.0.1:{ads_port} }} ]
+"#
+    );
+    let sluice = start_sluice(&dir, &config, 2, addr(admin));
+    eventually("the first config serves", &sluice, || {
+        get(addr(listen)).0 == 200
+    });
+    let eds_acked = |version: u64| {
+        server.requests().iter().any(|r| {
+            r.type_url == ResourceType::Endpoints.type_url()
+                && r.version_info == version.to_string()
+                && r.error_detail.is_none()
+        })
+    };
+    // Host 127.0.0.1:`port` of cluster web in `/clusters?format=json`.
+    let listed = |port: u32| -> serde_json::Value {
+        let (_, json) = http_request(addr(admin), "GET", "/clusters?format=json");
+        let v: serde_json::Value = serde_json::from_str(&json).expect("json");
+        v["clusters"]
+            .as_array()
+            .and_then(|cs| cs.iter().find(|c| c["name"] == "web"))
+            .and_then(|c| c["hosts"].as_array())
+            .and_then(|hs| {
+                hs.iter()
+                    .find(|h| h["address"] == format!("127.0.0.1:{port}"))
+                    .cloned()
+            })
+            .unwrap_or_default()
+    };
+    // 20 requests: the bodies that answered, each a 200.
+    let bodies = |phase: &str| -> Vec<String> {
+        let mut seen: Vec<String> = (0..20)
+            .map(|i| {
+                let (status, body) = get(addr(listen));
+                assert_eq!(status, 200, "{phase}: request {i}: {body}");
+                body
+            })
+            .collect();
+        seen.sort();
+        seen.dedup();
+        seen
+    };
+    assert_eq!(bodies("P0 declared unhealthy"), ["b"]);
+    let host_a = listed(a);
+    assert_eq!(host_a["eds_health"], "unhealthy", "{host_a}");
+    assert_eq!(host_a["available"], false, "{host_a}");
+    assert_eq!(
+        host_a["health"], "healthy",
+        "no check: healthy as far as it goes"
+    );
+    let switches = sluice.log_text().matches("added listeners").count();
+
+    for (status, expected, eds_health) in [
+        (HealthStatus::Healthy, "a", "healthy"),
+        (HealthStatus::Draining, "b", "draining"),
+        (HealthStatus::Unknown, "a", "healthy"),
+    ] {
+        server.push(resources_p0_p1(l, a, status as i32, b));
+        eventually(&format!("the {status:?} push ACKed"), &sluice, || {
+            eds_acked(server.version())
+        });
+        assert_eq!(bodies(&format!("P0 {status:?}")), [expected]);
+        assert_eq!(listed(a)["eds_health"], eds_health);
+    }
+    let log = sluice.log_text();
+    assert_eq!(
+        log.matches("added listeners").count(),
+        switches,
+        "health status changes apply in place:\n{log}"
+    );
+    let (_, text) = http_request(addr(admin), "GET", "/stats");
+    assert!(
+        text.lines()
+            .any(|l| l == "xds.endpoint_updates_in_place: 3"),
+        "{text}"
     );
 }
 

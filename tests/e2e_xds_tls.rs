@@ -1045,6 +1045,26 @@ clusters:
         let v: serde_json::Value = serde_json::from_str(&body).unwrap();
         v["sds_sources"]["sds-grpc"].clone()
     };
+    // `/stats/prometheus`, per source: connected, the two secrets of version 1 received and
+    // applied, none refused.
+    let metric = |name: &str| -> String {
+        let (_, text) = http_request(addr(admin), "GET", "/stats/prometheus");
+        let sample = format!("{name}{{source=\"sds-grpc\"}} ");
+        text.lines()
+            .find_map(|l| l.strip_prefix(&sample))
+            .unwrap_or_else(|| panic!("no {sample} in:\n{text}"))
+            .to_owned()
+    };
+    let secrets = |metric: &dyn Fn(&str) -> String| {
+        [
+            "sluice_sds_source_connected",
+            "sluice_sds_source_secrets_received_total",
+            "sluice_sds_source_secrets_applied_total",
+            "sluice_sds_source_secrets_refused_total",
+        ]
+        .map(metric)
+    };
+    assert_eq!(secrets(&metric), ["1", "2", "2", "0"]);
     let source = xds("serving");
     assert_eq!(source["connected"], true, "{source}");
     assert_eq!(source["version"], "1", "{source}");
@@ -1086,11 +1106,13 @@ clusters:
         served().as_deref() == Some("app-2")
     });
     eventually("version 2 ACKed", &sluice, || agent.acked("2") > 0);
+    assert_eq!(secrets(&metric), ["1", "4", "4", "0"]);
     // The agent dies: the listener serves on with the last secrets; `/xds` says so.
     agent.kill();
     eventually("the source shows disconnected", &sluice, || {
         xds("agent killed")["connected"] == false
     });
+    assert_eq!(secrets(&metric), ["0", "4", "4", "0"]);
     assert_eq!(served().as_deref(), Some("app-2"), "serving continues");
     // The agent comes back: the client reconnects (node and the last accepted version on the
     // new stream's first request) and takes the next rotation.

@@ -37,6 +37,7 @@ fn cluster(policy: LbPolicy, hosts: usize) -> ClusterState {
                 weight: (i % 5) as u32 + 1,
                 priority: 0,
                 transport_socket_match: None,
+                health: Default::default(),
             })
             .collect(),
         ..ClusterConfig::default()

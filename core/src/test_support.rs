@@ -27,6 +27,7 @@ pub(crate) fn cluster(n: usize, base_port: u16) -> ClusterState {
                 weight: 1,
                 priority: 0,
                 transport_socket_match: None,
+                health: Default::default(),
             })
             .collect(),
         ..ClusterConfig::default()

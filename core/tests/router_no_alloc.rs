@@ -122,6 +122,7 @@ fn hashing_and_hashed_picks_do_not_allocate() {
                     weight: i,
                     priority: 0,
                     transport_socket_match: None,
+                    health: Default::default(),
                 })
                 .collect(),
             ..ClusterConfig::default()

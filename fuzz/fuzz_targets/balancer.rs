@@ -145,6 +145,7 @@ fuzz_target!(|input: Input| {
                 weight: weight(s.weight),
                 priority: 0,
                 transport_socket_match: None,
+                health: Default::default(),
             })
             .collect(),
         ..ClusterConfig::default()

@@ -103,6 +103,7 @@ fuzz_target!(|input: Input| {
                 weight: u32::from(input.weights[i]) % 1000 + 1,
                 priority: 0,
                 transport_socket_match: None,
+                health: Default::default(),
             })
             .collect(),
         ..ClusterConfig::default()

@@ -1096,6 +1096,71 @@ fn is_tcp(config: &Config, listener: usize) -> bool {
     filters(config, listener).any(|f| matches!(f, ListenerFilter::TcpProxy(_)))
 }
 
+/// The metrics of each SDS source of the bootstrap's `xds.sds_sources` (label `source`, its
+/// name), read from [`crate::xds_sds::SOURCES`] at each scrape.
+pub const SDS_SOURCE_METRICS: &[Export<crate::xds_sds::SourceStatus>] = &[
+    Export {
+        field: "connected",
+        metric: Metric::gauge(
+            "sluice_sds_source_connected",
+            "1 while the SDS stream to the source is open, else 0 (the secrets it gave serve on \
+             meanwhile).",
+        )
+        .stats("connected"),
+        len: 1,
+        read: |s, _| u64::from(s.connected),
+    },
+    Export {
+        field: "secrets_received",
+        metric: Metric::counter(
+            "sluice_sds_source_secrets_received_total",
+            "Secrets the source's responses carried (each response's secrets, counted once).",
+        )
+        .stats("secrets_received"),
+        len: 1,
+        read: |s, _| s.secrets_received,
+    },
+    Export {
+        field: "secrets_applied",
+        metric: Metric::counter(
+            "sluice_sds_source_secrets_applied_total",
+            "Secrets received from the source whose response was accepted (ACKed): serving, \
+             or waited for by what needs them.",
+        )
+        .stats("secrets_applied"),
+        len: 1,
+        read: |s, _| s.secrets_applied,
+    },
+    Export {
+        field: "secrets_refused",
+        metric: Metric::counter(
+            "sluice_sds_source_secrets_refused_total",
+            "Secrets received from the source whose response was refused (NACKed): the secrets \
+             serving stay.",
+        )
+        .stats("secrets_refused"),
+        len: 1,
+        read: |s, _| s.secrets_refused,
+    },
+];
+
+/// The SDS sources as elements of their scope (label `source`, `/stats` prefix
+/// `xds.sds_source.NAME.`).
+fn source_elements(
+    sources: &[(String, crate::xds_sds::SourceStatus)],
+) -> Vec<Element<'_, crate::xds_sds::SourceStatus>> {
+    sources
+        .iter()
+        .map(|(name, status)| Element {
+            labels: vec![("source", name.clone())],
+            prefix: format!("xds.sds_source.{name}."),
+            snapshot: status,
+            listener: None,
+            cluster: None,
+        })
+        .collect()
+}
+
 /// The server-wide metrics the admin's shared state holds, in export order (after the
 /// worker-wide [`WORKER_METRICS`]). Declared here, next to what they read; see
 /// [`crate::stats`] for the per-worker ones.
@@ -1269,6 +1334,34 @@ pub const SERVER_METRICS: &[Export<AdminShared>] = &[
         .stats("xds.ignored_fields_"),
         len: crate::xds::TYPES,
         read: |_, i| crate::xds::IGNORED[i].load(Ordering::Relaxed),
+    },
+    Export {
+        field: "xds::WARMING",
+        metric: Metric::gauge(
+            "sluice_xds_warming_resources",
+            "Clusters, listeners and route configurations received over xDS and not yet served \
+             at the version received, waiting for what they need (endpoints, route \
+             configurations, secrets, the clusters they route to), by resource type; /xds lists \
+             them.",
+        )
+        .by("type", |i| crate::xds::TYPE_LABELS[i])
+        .stats("xds.warming_"),
+        len: crate::xds::TYPES,
+        read: |_, i| crate::xds::WARMING[i].load(Ordering::Relaxed),
+    },
+    Export {
+        field: "xds::WARMING_TIMEOUTS",
+        metric: Metric::counter(
+            "sluice_xds_warming_timeouts_total",
+            "xDS resources (endpoints, route configurations) still not received when their \
+             initial_fetch_timeout expired, by resource type: each is taken as received empty, \
+             and what waited for it serves without it (a cluster with no endpoints, a listener \
+             with no routes).",
+        )
+        .by("type", |i| crate::xds::TYPE_LABELS[i])
+        .stats("xds.warming_timeouts_"),
+        len: crate::xds::TYPES,
+        read: |_, i| crate::xds::WARMING_TIMEOUTS[i].load(Ordering::Relaxed),
     },
     Export {
         field: "xds::RESYNCS",
@@ -1620,7 +1713,7 @@ impl<'a> Elements<'a> {
             .flat_map(|(i, cc)| {
                 host_addresses(shared, i)
                     .into_iter()
-                    .map(move |(j, address, _)| Element {
+                    .map(move |(j, address, _, _)| Element {
                         labels: vec![("cluster", cc.name.clone()), ("host", address.to_string())],
                         prefix: format!("cluster.{}.host.{}.", cc.name, address),
                         snapshot: s
@@ -1725,6 +1818,13 @@ fn flat_stats_kinds(shared: &AdminShared, s: &DetailedSnapshot) -> Vec<(String, 
     stats_of(shared, LISTENER_METRICS, &elements.listeners, &mut put);
     stats_of(shared, CLUSTER_METRICS, &elements.clusters, &mut put);
     stats_of(shared, HOST_METRICS, &elements.hosts, &mut put);
+    let sources = crate::xds_sds::sources_snapshot();
+    stats_of(
+        shared,
+        SDS_SOURCE_METRICS,
+        &source_elements(&sources),
+        &mut put,
+    );
     if has_bolt(config) {
         for (e, (_, v)) in BOLT_METRICS.iter().zip(&s.bolt) {
             put(e.metric.stats_key.to_owned(), *v, e.metric.kind);
@@ -1885,6 +1985,13 @@ pub fn prometheus(shared: &AdminShared, s: &DetailedSnapshot) -> String {
     }
     families_of(&mut out, shared, WORKER_METRICS, &[Element::of(&s.worker)]);
     families_of(&mut out, shared, SERVER_METRICS, &[Element::of(shared)]);
+    let sources = crate::xds_sds::sources_snapshot();
+    families_of(
+        &mut out,
+        shared,
+        SDS_SOURCE_METRICS,
+        &source_elements(&sources),
+    );
     tls_expiry_family(&mut out, shared);
     process_families(&mut out);
     out
@@ -2072,6 +2179,15 @@ pub fn metrics_reference() -> String {
     );
     section(
         &mut out,
+        "Per SDS source",
+        "One series per SDS source of the bootstrap's `xds.sds_sources` (none without); the \
+         families are declared even then.",
+        &["source"],
+        "xds.sds_source.NAME.",
+        SDS_SOURCE_METRICS,
+    );
+    section(
+        &mut out,
         "Bolt",
         "Only when a listener speaks Bolt (`bolt`, or `protocol: auto`).",
         &[],
@@ -2145,14 +2261,17 @@ fn dns_view(shared: &AdminShared, ci: usize) -> Option<Arc<crate::dns::DnsView>>
 /// Cluster `ci`'s hosts as `(id, address, weight)`: the configured ones, or a DNS cluster's
 /// resolved ones, or a static cluster's once its endpoints were updated in place (its filled
 /// slots, by id, as a worker applied them).
-fn host_addresses(shared: &AdminShared, ci: usize) -> Vec<(usize, SocketAddr, u32)> {
+fn host_addresses(
+    shared: &AdminShared,
+    ci: usize,
+) -> Vec<(usize, SocketAddr, u32, sluice_core::host::DeclaredHealth)> {
     let cc = &shared.config.clusters[ci];
     if cc.dns.is_none() && (cc.kind != ClusterKind::Static || dns_view(shared, ci).is_none()) {
         return cc
             .hosts
             .iter()
             .enumerate()
-            .map(|(j, h)| (j, h.address, h.weight))
+            .map(|(j, h)| (j, h.address, h.weight, h.health))
             .collect();
     }
     dns_view(shared, ci)
@@ -2160,7 +2279,7 @@ fn host_addresses(shared: &AdminShared, ci: usize) -> Vec<(usize, SocketAddr, u3
             v.slots
                 .iter()
                 .enumerate()
-                .filter_map(|(j, s)| s.map(|h| (j, h.address, h.weight)))
+                .filter_map(|(j, s)| s.map(|h| (j, h.address, h.weight, h.health)))
                 .collect()
         })
         .unwrap_or_default()
@@ -2176,7 +2295,7 @@ fn clusters_json(shared: &AdminShared, s: &DetailedSnapshot) -> Value {
         .map(|(i, cc)| {
             let hosts: Vec<Value> = host_addresses(shared, i)
                 .into_iter()
-                .map(|(j, address, weight)| {
+                .map(|(j, address, weight, declared)| {
                     let h = s
                         .clusters
                         .get(i)
@@ -2185,13 +2304,16 @@ fn clusters_json(shared: &AdminShared, s: &DetailedSnapshot) -> Value {
                         .unwrap_or_default();
                     // Health: the active check's verdict (`unhealthy` also while no probe has
                     // passed yet; `healthy` without a check, see [`scrape`]); outlier: how many
-                    // workers eject the host now.
+                    // workers eject the host now; eds_health: what its source declares (EDS
+                    // `health_status`), Envoy's `FAILED_EDS_HEALTH` when unusable — independent
+                    // of the check, and either one's no makes the host unavailable.
                     let healthy = h.healthy > 0;
                     json!({
                         "address": address.to_string(),
                         "weight": weight,
                         "health": if healthy { "healthy" } else { "unhealthy" },
-                        "available": healthy && h.ejected == 0,
+                        "eds_health": declared.as_str(),
+                        "available": healthy && h.ejected == 0 && declared.is_usable(),
                         "outlier": if h.ejected > 0 { "ejected" } else { "none" },
                         "ejected_by_workers": h.ejected,
                         "rq_active": h.rq_active,
@@ -2338,6 +2460,7 @@ fn clusters_text(view: &Value) -> String {
             for field in [
                 "weight",
                 "health",
+                "eds_health",
                 "available",
                 "outlier",
                 "rq_active",

@@ -313,6 +313,7 @@ impl SharedDns {
                         weight: n.weight,
                         transport,
                         priority: 0,
+                        health: sluice_core::host::DeclaredHealth::Healthy,
                     })
                 })
                 .collect();
@@ -354,6 +355,7 @@ fn endpoint_hosts(
             weight: h.weight,
             transport: cluster.host_transport(h),
             priority: h.priority,
+            health: h.health,
         })
         .collect()
 }
@@ -1024,6 +1026,95 @@ clusters:
         assert_eq!(
             engine.upstreams.cluster(1).borrow().priority_load().load,
             [100, 0]
+        );
+    }
+
+    /// An endpoints-only update that changes a host's declared health (EDS `health_status`)
+    /// applies in place on a worker, the engine kept: the P0 host declared unhealthy sends
+    /// every request to P1 (its level has no health), declared healthy again takes them back;
+    /// the host keeps its id, epoch, counters and its active health check's verdict throughout.
+    #[test]
+    fn a_declared_health_change_applies_in_place_and_moves_the_load_between_levels() {
+        let yaml = |health: &str| {
+            format!(
+                "listeners: []\nxds: {{ cluster: xds }}\nclusters:\n  - {{ name: xds, hosts: [ {{ \
+                 address: 127.0.0.1:9 }} ] }}\n  - {{ name: web, health_check: {{ tcp: {{}}, \
+                 interval: 5s }}, hosts: [ {{ address: \"10.0.0.1:80\", health: {health} }}, \
+                 {{ address: \"10.0.0.2:80\", priority: 1 }} ] }}\n"
+            )
+        };
+        let config = Arc::new(Config::from_yaml(&yaml("unhealthy")).unwrap());
+        let stats = Arc::new(crate::stats::WorkerStats::new(&config));
+        let shared = Arc::new(crate::health::SharedHealth::new(&config));
+        let first: SocketAddr = "10.0.0.1:80".parse().unwrap();
+        let second: SocketAddr = "10.0.0.2:80".parse().unwrap();
+        shared.seed(
+            &config,
+            &[
+                ("web".into(), first, None, true),
+                ("web".into(), second, None, true),
+            ],
+        );
+        let engine = Engine::new_worker(
+            crate::net::TokioNet::default(),
+            config.clone(),
+            0,
+            1,
+            1,
+            stats.clone(),
+            shared.clone(),
+            Arc::new(crate::limits::ProcessLimits::new(&config)),
+        )
+        .unwrap();
+        bump(&stats.host(1, 0).unwrap().rq_total, 5);
+        let mut rng = sluice_core::rng::Rng::from_seed(1);
+        let pick = |rng: &mut sluice_core::rng::Rng| {
+            engine.upstreams.refresh_availability(1);
+            let picked = engine.upstreams.cluster(1).borrow_mut().pick(rng, &[]);
+            picked.map(|id| engine.upstreams.cluster(1).borrow().host(id).address)
+        };
+        for _ in 0..10 {
+            assert_eq!(
+                pick(&mut rng),
+                Some(second),
+                "P0 declared unhealthy: P1 serves"
+            );
+        }
+        assert_eq!(
+            engine.upstreams.cluster(1).borrow().priority_load().load,
+            [0, 100]
+        );
+        let mut serving = config.clone();
+        for (health, expected, load) in [
+            ("healthy", first, [100, 0]),
+            ("draining", second, [0, 100]),
+            ("degraded", first, [100, 0]),
+        ] {
+            let next = Arc::new(Config::from_yaml(&yaml(health)).unwrap());
+            let changed = sluice_core::config::diff::only_endpoints_differ(&serving, &next)
+                .expect("a declared health change is an endpoints-only update");
+            let update =
+                merge_endpoints_update(&shared, &serving, &next, &changed).expect("in place");
+            engine.apply_endpoints(&update);
+            serving = next;
+            for _ in 0..10 {
+                assert_eq!(pick(&mut rng), Some(expected), "declared {health}");
+            }
+            let cluster = engine.upstreams.cluster(1).borrow();
+            assert_eq!(cluster.priority_load().load, load, "declared {health}");
+            assert_eq!(cluster.host(HostId(0)).address, first, "ids kept");
+            assert_eq!(cluster.epochs()[..2], [0, 0], "no host replaced");
+            assert!(
+                shared.is_healthy_for(1, cluster.host_ref(HostId(0))),
+                "the active check's verdict kept"
+            );
+        }
+        assert_eq!(
+            stats
+                .host(1, 0)
+                .map(|h| h.rq_total.load(std::sync::atomic::Ordering::Relaxed)),
+            Some(5),
+            "10.0.0.1 keeps its counters"
         );
     }
 

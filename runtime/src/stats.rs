@@ -2240,6 +2240,7 @@ mod tests {
                 weight: 1,
                 transport,
                 priority: 0,
+                health: Default::default(),
             })
         };
         *old.cluster(0).unwrap().dns.lock().unwrap() =

@@ -83,6 +83,12 @@ pub static UNSOLICITED: [AtomicU64; TYPES] = [const { AtomicU64::new(0) }; TYPES
 /// counter: every update translates the whole config again, so a counter would count the same
 /// unchanged field once per push.
 pub static IGNORED: [AtomicU64; TYPES] = [const { AtomicU64::new(0) }; TYPES];
+/// Resources warming now, by type: clusters, listeners and route configurations received but
+/// not served at the version received (`sluice_xds_warming_resources`; `/xds`'s `warming`).
+pub static WARMING: [AtomicU64; TYPES] = [const { AtomicU64::new(0) }; TYPES];
+/// Resources still missing when their initial fetch timeout expired, by type
+/// (`sluice_xds_warming_timeouts_total`; endpoints and route configurations).
+pub static WARMING_TIMEOUTS: [AtomicU64; TYPES] = [const { AtomicU64::new(0) }; TYPES];
 /// When each type's last ACK went out, in Unix seconds (0: none yet;
 /// `sluice_xds_update_timestamp_seconds`).
 pub static UPDATED_AT: [AtomicU64; TYPES] = [const { AtomicU64::new(0) }; TYPES];
@@ -978,6 +984,7 @@ impl Client {
                 .filter(|(k, _)| *k == kind)
                 .map(|(_, n)| n.clone())
                 .collect();
+            WARMING[i].store(t.warming.len() as u64, Ordering::Relaxed);
             let versions = self.ads.resource_versions(kind);
             t.resource_versions = delta.then(|| versions.clone());
             let type_version = self.ads.accepted_version(kind);
@@ -1068,7 +1075,15 @@ impl Client {
         };
         let settles = matches!(input, Input::Applied(_) | Input::WarmingTimeout(_));
         let unsolicited = self.ads.unsolicited();
+        let timeouts = self.ads.warming_timeouts();
         self.ads.handle_input(input);
+        for ((counter, after), before) in WARMING_TIMEOUTS
+            .iter()
+            .zip(self.ads.warming_timeouts())
+            .zip(timeouts)
+        {
+            counter.fetch_add(after - before, Ordering::Relaxed);
+        }
         if settles {
             // What serves and what warms may change without an ACK (an apply after a warming
             // timeout carries no response).

@@ -69,6 +69,52 @@ pub struct SourceStatus {
     pub acked: u64,
     /// NACKs sent.
     pub nacked: u64,
+    /// Secrets its responses carried (`sluice_sds_source_secrets_received_total`).
+    pub secrets_received: u64,
+    /// Of those, the ones of responses ACKed: serving (`…_applied_total`).
+    pub secrets_applied: u64,
+    /// Of those, the ones of responses NACKed: refused, the secrets serving stay
+    /// (`…_refused_total`).
+    pub secrets_refused: u64,
+    /// Secrets received and not answered yet (an answer covers every response folded into it).
+    secrets_pending: u64,
+}
+
+impl SourceStatus {
+    /// A response carrying `n` secrets went to the ADS client.
+    fn received(&mut self, n: usize) {
+        self.secrets_received += n as u64;
+        self.secrets_pending += n as u64;
+    }
+
+    /// The source's machine answered: the secrets received since the last answer were applied
+    /// (ACK) or refused (NACK).
+    fn answered(&mut self, what: Answer) {
+        let pending = std::mem::take(&mut self.secrets_pending);
+        match what {
+            Answer::Ack => {
+                self.acked += 1;
+                self.updated_at = Some(unix_now());
+                self.secrets_applied += pending;
+            }
+            Answer::Nack => {
+                self.nacked += 1;
+                self.secrets_refused += pending;
+            }
+            Answer::Subscription => self.secrets_pending = pending,
+        }
+    }
+}
+
+/// Every source's status now, by name (for the metrics: one scrape reads one copy).
+#[must_use]
+pub fn sources_snapshot() -> Vec<(String, SourceStatus)> {
+    SOURCES
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .iter()
+        .map(|(n, s)| (n.clone(), s.clone()))
+        .collect()
 }
 
 /// Where an SDS source listens, as the runtime dials it.
@@ -197,6 +243,7 @@ impl Source<'_> {
                     }
                 }
                 sds::Output::Secrets { nonce, secrets } => {
+                    set_status(&self.name, |s| s.received(secrets.len()));
                     let _ = self.to_ads.send(Input::SourceSecrets {
                         source: self.name.clone(),
                         nonce,
@@ -220,17 +267,10 @@ impl Source<'_> {
             s.names = names;
             s.version = version;
             s.secret_versions = versions;
-            match what {
-                Answer::Ack => {
-                    s.acked += 1;
-                    s.updated_at = Some(unix_now());
-                }
-                Answer::Nack => {
-                    s.nacked += 1;
-                    s.last_nack = nack;
-                }
-                Answer::Subscription => {}
+            if nack.is_some() {
+                s.last_nack = nack;
             }
+            s.answered(what);
         });
     }
 }
@@ -427,4 +467,37 @@ pub fn config_dump_entries() -> Vec<Value> {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The secret counters of a source: every secret received counts once, as applied when
+    /// the answer covering its response is an ACK, as refused when a NACK (two responses
+    /// folded into one answer count together); a subscription change answers nothing.
+    #[test]
+    fn secrets_count_as_received_then_applied_or_refused_by_the_answer() {
+        let mut s = SourceStatus::default();
+        s.received(2);
+        s.answered(Answer::Subscription);
+        assert_eq!((s.secrets_received, s.secrets_applied), (2, 0));
+        s.answered(Answer::Ack);
+        assert_eq!(
+            (s.secrets_received, s.secrets_applied, s.secrets_refused),
+            (2, 2, 0)
+        );
+        // Two responses (1 and 3 secrets) answered by one NACK.
+        s.received(1);
+        s.received(3);
+        s.answered(Answer::Nack);
+        assert_eq!(
+            (s.secrets_received, s.secrets_applied, s.secrets_refused),
+            (6, 2, 4)
+        );
+        assert_eq!((s.acked, s.nacked), (1, 1));
+        // An ACK with nothing pending applies nothing more.
+        s.answered(Answer::Ack);
+        assert_eq!(s.secrets_applied, 2);
+    }
 }

@@ -39,6 +39,7 @@ pub mod topology;
 pub mod trace;
 pub mod upgrade;
 pub mod xds;
+pub mod xds_warming;
 
 use std::fmt::Write as _;
 

@@ -200,6 +200,11 @@ pub static SCENARIOS: &[Scenario] = &[
         "xDS over the delta protocol: the same faults, plus a cluster added mid-push and removed while the sidecar is cut off; the same invariants, ACK/NACK by nonce, resync after the NACK, initial_resource_versions name what serves, the removal reaches the sidecar after the repair",
         crate::xds::run_delta,
     ),
+    Scenario::new(
+        "xds_withheld_assignment_under_traffic",
+        "xDS warming: a new cluster and a route to it come without the cluster's assignment under HTTP traffic; the routes that serve never fail, an update pushed meanwhile applies, the new route answers 503 after initial_fetch_timeout (no NACK), and serves once the assignment comes",
+        crate::xds_warming::run,
+    ),
 ];
 
 /// Shown only when `SLUICE_SIM_SELFTEST=1`: fails on odd seeds, to test the failure path of

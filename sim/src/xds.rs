@@ -124,20 +124,20 @@ use crate::peers;
 use crate::topology::{SIDECAR, elapsed, new_sim, report, run_to_end};
 use crate::trace::Trace;
 
-const UPSTREAMS: [&str; 4] = ["up1", "up2", "up3", "up4"];
-const SERVER: &str = "xds";
+pub(crate) const UPSTREAMS: [&str; 4] = ["up1", "up2", "up3", "up4"];
+pub(crate) const SERVER: &str = "xds";
 const SERVER_PORT: u16 = 18_000;
-const LISTEN_PORT: u16 = 10_000;
-const UPSTREAM_PORT: u16 = 8_080;
+pub(crate) const LISTEN_PORT: u16 = 10_000;
+pub(crate) const UPSTREAM_PORT: u16 = 8_080;
 /// Delta: the port of the spare cluster's one endpoint (on `up1`'s address; nothing routes
 /// there, nothing listens).
 const SPARE_PORT: u16 = 9_999;
 const CLIENTS: usize = 3;
 const TRAFFIC_FROM: Duration = Duration::from_millis(800);
 const TRAFFIC_UNTIL: Duration = Duration::from_millis(7_000);
-const CLIENT_DEADLINE: Duration = Duration::from_secs(5);
+pub(crate) const CLIENT_DEADLINE: Duration = Duration::from_secs(5);
 /// Between two types' responses of one push.
-const PUSH_SPACING: Duration = Duration::from_millis(20);
+pub(crate) const PUSH_SPACING: Duration = Duration::from_millis(20);
 const DOWN_FOR: Duration = Duration::from_millis(700);
 const PARTITION_FOR: Duration = Duration::from_millis(900);
 /// The xDS cluster's `http2.connection_keepalive`: a PING after this long without a frame
@@ -191,7 +191,7 @@ const REPAIRED_WITHIN: Duration = Duration::from_millis(4_500);
 /// `tokio::sync::watch` wakes its waiters: random (tokio's thread RNG, unseeded without
 /// `tokio_unstable`), so a seed would not replay. (The state-of-the-world twin keeps its
 /// schedule: its dead stream is written after the repair and reset.)
-async fn server(service: AdsService, trace: Trace, keepalive: bool) -> turmoil::Result {
+pub(crate) async fn server(service: AdsService, trace: Trace, keepalive: bool) -> turmoil::Result {
     let listener = TcpListener::bind(SocketAddr::new(
         IpAddr::V6(Ipv6Addr::UNSPECIFIED),
         SERVER_PORT,
@@ -266,29 +266,29 @@ fn resources(hosts: &[IpAddr], invalid: bool, spare: Option<IpAddr>) -> BTreeMap
 // The world.
 
 #[derive(Debug)]
-struct Req {
-    id: String,
-    start: Duration,
-    end: Duration,
-    outcome: Result<u16, String>,
+pub(crate) struct Req {
+    pub(crate) id: String,
+    pub(crate) start: Duration,
+    pub(crate) end: Duration,
+    pub(crate) outcome: Result<u16, String>,
 }
 
 #[derive(Default)]
-struct World {
-    requests: Vec<Req>,
-    started: usize,
+pub(crate) struct World {
+    pub(crate) requests: Vec<Req>,
+    pub(crate) started: usize,
     /// Per upstream: when it received each request.
-    received: BTreeMap<usize, Vec<Duration>>,
+    pub(crate) received: BTreeMap<usize, Vec<Duration>>,
     /// Each config the sidecar switched to: when, and the addresses of cluster `app`'s hosts.
-    applied: Vec<(Duration, BTreeSet<SocketAddr>)>,
+    pub(crate) applied: Vec<(Duration, BTreeSet<SocketAddr>)>,
     /// The dynamic clusters of each config in `applied` (same index).
-    applied_clusters: Vec<BTreeSet<String>>,
+    pub(crate) applied_clusters: Vec<BTreeSet<String>>,
     /// Configs the sidecar could not switch to.
-    refused: Vec<String>,
-    clients_done: usize,
+    pub(crate) refused: Vec<String>,
+    pub(crate) clients_done: usize,
 }
 
-type Shared = Rc<RefCell<World>>;
+pub(crate) type Shared = Rc<RefCell<World>>;
 
 /// One step of the schedule: at `at`, the server serves `hosts` (indices in [`UPSTREAMS`]) as
 /// `version`, in a valid update or not.
@@ -421,7 +421,7 @@ fn run_mode(mode: XdsMode, seed: u64) -> RunReport {
     {
         let (world, trace) = (world.clone(), trace.clone());
         sim.host(SIDECAR, move || {
-            sidecar(seed, mode, world.clone(), trace.clone())
+            sidecar(seed, mode, None, world.clone(), trace.clone())
         });
     }
     for c in 0..CLIENTS {
@@ -1153,11 +1153,11 @@ fn dump_delta_log(log: &AdsLog) {
 // ---------------------------------------------------------------------------------------------
 // The sidecar, upstreams and clients.
 
-fn bootstrap_yaml(server: IpAddr, mode: XdsMode) -> String {
+fn bootstrap_yaml(server: IpAddr, mode: XdsMode, fetch_timeout: Option<Duration>) -> String {
     format!(
         r#"
 node: {{ id: sidecar-1, cluster: sim }}
-xds: {{ cluster: xds_server{} }}
+xds: {{ cluster: xds_server{}{} }}
 listeners: []
 clusters:
   - name: xds_server
@@ -1171,6 +1171,10 @@ drain_timeout: 1s
             XdsMode::Sotw => "",
             XdsMode::Delta => ", mode: delta",
         },
+        fetch_timeout.map_or(String::new(), |t| format!(
+            ", initial_fetch_timeout: {}ms",
+            t.as_millis()
+        )),
         KEEPALIVE_INTERVAL.as_millis(),
         KEEPALIVE_TIMEOUT.as_millis(),
         SocketAddr::new(server, SERVER_PORT)
@@ -1185,8 +1189,14 @@ fn engine(config: Arc<Config>, seed: u64) -> std::io::Result<Rc<Engine<TurmoilNe
 /// The sidecar: the real xDS client as a task, and the server loop's part: each config it
 /// assembles switched to through the [`Worker`], its new listeners bound first — or, when
 /// only endpoints changed, applied in place ([`Worker::apply_endpoints`]), as the binary does.
-async fn sidecar(seed: u64, mode: XdsMode, world: Shared, trace: Trace) -> turmoil::Result {
-    let yaml = bootstrap_yaml(turmoil::lookup(SERVER), mode);
+pub(crate) async fn sidecar(
+    seed: u64,
+    mode: XdsMode,
+    fetch_timeout: Option<Duration>,
+    world: Shared,
+    trace: Trace,
+) -> turmoil::Result {
+    let yaml = bootstrap_yaml(turmoil::lookup(SERVER), mode, fetch_timeout);
     let config = Config::from_yaml(&yaml).map_err(|e| format!("bootstrap: {e}"))?;
     let tree: serde_json::Value =
         serde_saphyr::from_str(&yaml).map_err(|e| format!("bootstrap: {e}"))?;
@@ -1274,7 +1284,7 @@ async fn sidecar(seed: u64, mode: XdsMode, world: Shared, trace: Trace) -> turmo
     Ok(())
 }
 
-async fn upstream(index: usize, world: Shared, trace: Trace) -> turmoil::Result {
+pub(crate) async fn upstream(index: usize, world: Shared, trace: Trace) -> turmoil::Result {
     let listener = TcpListener::bind(SocketAddr::new(
         IpAddr::V6(Ipv6Addr::UNSPECIFIED),
         UPSTREAM_PORT,

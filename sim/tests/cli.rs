@@ -25,7 +25,7 @@ fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
-const SCENARIOS: [&str; 27] = [
+const SCENARIOS: [&str; 28] = [
     "tcp_steady",
     "tcp_upstream_crash",
     "tcp_crash_and_recover",
@@ -53,6 +53,7 @@ const SCENARIOS: [&str; 27] = [
     "dns_answers_change_under_traffic",
     "xds_control_plane_fails_under_traffic",
     "xds_delta_control_plane_fails_under_traffic",
+    "xds_withheld_assignment_under_traffic",
 ];
 
 #[test]

@@ -36,3 +36,20 @@ fn xds_delta_seed_replays_to_the_same_trace_digest() {
     assert!(a.violations.is_empty(), "{:?}", a.violations);
     assert_eq!(a.digest, b.digest);
 }
+
+#[test]
+fn xds_withheld_assignment_under_traffic() {
+    sweep(
+        "xds_withheld_assignment_under_traffic",
+        "xds_scenarios",
+        sluice_sim::xds_warming::run,
+    );
+}
+
+#[test]
+fn xds_withheld_assignment_seed_replays_to_the_same_trace_digest() {
+    let a = sluice_sim::xds_warming::run(7);
+    let b = sluice_sim::xds_warming::run(7);
+    assert!(a.violations.is_empty(), "{:?}", a.violations);
+    assert_eq!(a.digest, b.digest);
+}

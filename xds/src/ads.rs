@@ -441,6 +441,9 @@ pub struct Ads {
     /// Resources (and, delta, removals) of types subscribed to by name that named nothing
     /// subscribed to, dropped on arrival (see [`Ads::unsolicited`]).
     unsolicited: u64,
+    /// Per type ([`ResourceType::ALL`] order): resources whose initial fetch timeout expired
+    /// while they were still missing (see [`Ads::warming_timeouts`]).
+    warming_timeouts: [u64; ResourceType::ALL.len()],
     /// The SDS sources the bootstrap declares (`xds.sds_sources`).
     declared_sources: BTreeSet<String>,
     /// Per SDS source: its secrets received, not yet applied.
@@ -494,6 +497,7 @@ impl Ads {
             rewarm: false,
             warming: BTreeSet::new(),
             unsolicited: 0,
+            warming_timeouts: [0; ResourceType::ALL.len()],
             declared_sources,
             source_pending: BTreeMap::new(),
             source_names: BTreeMap::new(),
@@ -544,6 +548,15 @@ impl Ads {
     #[must_use]
     pub fn unsolicited(&self) -> u64 {
         self.unsolicited
+    }
+
+    /// Per type, in [`ResourceType::ALL`] order: how many resources (endpoints, route
+    /// configurations; secrets have no timeout) were still missing when their initial fetch
+    /// timeout expired — each taken as received empty, what waited for it served without it —
+    /// since the machine started.
+    #[must_use]
+    pub fn warming_timeouts(&self) -> [u64; ResourceType::ALL.len()] {
+        self.warming_timeouts
     }
 
     /// The protocol spoken.
@@ -617,10 +630,13 @@ impl Ads {
             }
             Input::WarmingTimeout(id) => {
                 let mut any = false;
-                for w in self.missing.values_mut() {
+                for ((kind, _), w) in &mut self.missing {
                     if w.timer == id && !w.expired {
                         w.expired = true;
                         any = true;
+                        if let Some(i) = ResourceType::ALL.iter().position(|k| k == kind) {
+                            self.warming_timeouts[i] += 1;
+                        }
                     }
                 }
                 if any {

@@ -994,6 +994,70 @@ pub struct HostConfig {
     /// with an empty `match` applies).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub transport_socket_match: Option<Box<TransportLabels>>,
+    /// The health its source declares (`health`; from xDS: the endpoint's `health_status`),
+    /// default `healthy`. A host declared `unhealthy`, `draining` or `timeout` is never picked
+    /// (unless its level is in panic) whatever health checking says, yet counts among its
+    /// level's hosts ([`crate::lb::priority`]). Not shown in the dump when `healthy`.
+    #[serde(skip_serializing_if = "DeclaredHealth::is_healthy")]
+    pub health: DeclaredHealth,
+}
+
+/// The health a host's source declares for it: a file's `hosts[].health`, or an EDS
+/// endpoint's `health_status` (Envoy's names, lower case). Envoy flags a host declared
+/// `UNHEALTHY`, `DRAINING` or `TIMEOUT` `FAILED_EDS_HEALTH`: it stays in the host set and counts
+/// in its level's health, but is not usable — independently of active health checking, which
+/// still probes it (a host is usable only if neither says no). `DEGRADED` is taken as
+/// healthy here (Envoy's separate degraded tier, used only when a level lacks healthy hosts,
+/// is not modelled). Not part of which host it is: a change keeps the host's id and its
+/// health-checking and outlier state.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DeclaredHealth {
+    /// Nothing said against it (EDS `UNKNOWN` or `HEALTHY`): usable as far as health
+    /// checking and outlier detection say.
+    #[default]
+    Healthy,
+    /// EDS `DEGRADED`: treated as `Healthy` (see the type's doc).
+    Degraded,
+    /// EDS `UNHEALTHY`: not usable.
+    Unhealthy,
+    /// EDS `DRAINING`: not usable (its open connections finish).
+    Draining,
+    /// EDS `TIMEOUT`: not usable.
+    Timeout,
+}
+
+impl DeclaredHealth {
+    /// The names the config accepts.
+    pub const CHOICES: [(&'static str, DeclaredHealth); 5] = [
+        ("healthy", DeclaredHealth::Healthy),
+        ("degraded", DeclaredHealth::Degraded),
+        ("unhealthy", DeclaredHealth::Unhealthy),
+        ("draining", DeclaredHealth::Draining),
+        ("timeout", DeclaredHealth::Timeout),
+    ];
+
+    /// Whether the balancer may use the host as far as its source says (Envoy: no
+    /// `FAILED_EDS_HEALTH` flag).
+    #[must_use]
+    pub fn is_usable(self) -> bool {
+        matches!(self, DeclaredHealth::Healthy | DeclaredHealth::Degraded)
+    }
+
+    /// Whether it is the default, `healthy`.
+    #[must_use]
+    pub fn is_healthy(&self) -> bool {
+        *self == DeclaredHealth::Healthy
+    }
+
+    /// Its config name.
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        Self::CHOICES
+            .iter()
+            .find(|(_, h)| *h == self)
+            .map_or("healthy", |(n, _)| n)
+    }
 }
 
 fn is_zero(n: &u32) -> bool {

@@ -31,6 +31,13 @@
 //! next pick after [`ClusterState::set_available`] or [`ClusterState::update_hosts`]), never
 //! per request. A cluster of one level draws nothing: its picks are what they always were.
 //!
+//! A host is *usable* when health checking and outlier detection say so (`wanted`) and its
+//! source does not declare it unusable ([`DeclaredHealth`]: EDS `UNHEALTHY`, `DRAINING`,
+//! `TIMEOUT`, Envoy's `FAILED_EDS_HEALTH`). The two are independent: a declared-unhealthy host
+//! keeps its health-check verdict (it is still probed), and is usable again as soon as its
+//! source says so, if the verdict is yes. Either way it is one of its level's hosts: a level
+//! with 1 of 3 hosts declared unhealthy has health min(100, 1.4 × 2/3) = 93 % and spills 7 %.
+//!
 //! Invariant: a host is available exactly when its slot is present and it is usable or its
 //! level is in panic (once the loads are up to date).
 //!
@@ -44,7 +51,7 @@ use crate::config::{ClusterConfig, LbPolicy};
 use crate::health::{Availability, CircuitBreakers};
 // The host types are their own module, below the balancers and health checking (which work on
 // hosts and host ids) and this module (which owns them); re-exported at their old paths.
-pub use crate::host::{Host, HostId, HostRef, Slot, SlotHost, Transport};
+pub use crate::host::{DeclaredHealth, Host, HostId, HostRef, Slot, SlotHost, Transport};
 use crate::lb::Balancer;
 use crate::lb::priority::{LevelCount, PriorityLoad};
 use crate::rng::Rng;
@@ -105,6 +112,7 @@ impl ClusterState {
                 weight: h.weight,
                 transport: cfg.host_transport(h),
                 priority: h.priority,
+                health: h.health,
                 available: true,
                 active: 0,
                 swrr_current: 0,
@@ -119,6 +127,7 @@ impl ClusterState {
                 weight: 1,
                 transport: unlabelled,
                 priority: 0,
+                health: DeclaredHealth::Healthy,
                 available: true,
                 active: 0,
                 swrr_current: 0,
@@ -132,6 +141,7 @@ impl ClusterState {
                     weight: 1,
                     transport: unlabelled,
                     priority: 0,
+                    health: DeclaredHealth::Healthy,
                     available: false,
                     active: 0,
                     swrr_current: 0,
@@ -147,6 +157,7 @@ impl ClusterState {
                 weight: 1,
                 transport: unlabelled,
                 priority: 0,
+                health: DeclaredHealth::Healthy,
                 available: false,
                 active: 0,
                 swrr_current: 0,
@@ -274,8 +285,8 @@ impl ClusterState {
     pub fn set_available(&mut self, id: HostId, available: bool) {
         self.wanted[id.index()] = available;
         self.levels_stale = true;
-        let available = available && self.present[id.index()];
         let host = &mut self.hosts[id.index()];
+        let available = available && self.present[id.index()] && host.health.is_usable();
         if host.available != available {
             host.available = available;
             self.balancer.availability_changed();
@@ -320,9 +331,12 @@ impl ClusterState {
         self.level_counts.resize(levels, LevelCount::default());
         for ((h, &present), &usable) in self.hosts.iter().zip(&self.present).zip(&self.wanted) {
             if present {
+                // A host its source declares unusable (EDS UNHEALTHY, DRAINING, TIMEOUT)
+                // counts among its level's hosts but never as usable: the level's health drops
+                // and it spills load to the next level, as in Envoy.
                 let c = &mut self.level_counts[h.priority as usize];
                 c.hosts += 1;
-                c.usable += u32::from(usable);
+                c.usable += u32::from(usable && h.health.is_usable());
             }
         }
         self.levels.compute(
@@ -332,7 +346,8 @@ impl ClusterState {
         );
         let mut changed = false;
         for ((h, &present), &usable) in self.hosts.iter_mut().zip(&self.present).zip(&self.wanted) {
-            let available = present && (usable || self.levels.is_panic(h.priority));
+            let available =
+                present && ((usable && h.health.is_usable()) || self.levels.is_panic(h.priority));
             if h.available != available {
                 h.available = available;
                 changed = true;
@@ -409,6 +424,7 @@ impl ClusterState {
                     weight: h.weight,
                     transport: h.transport,
                     priority: h.priority,
+                    health: h.health,
                 })
             })
             .collect()
@@ -450,6 +466,7 @@ impl ClusterState {
                     weight,
                     transport,
                     priority,
+                    health,
                 }) => {
                     if moved || renumbered {
                         gone.push(HostId(i as u32));
@@ -467,6 +484,12 @@ impl ClusterState {
                         host.priority = priority;
                         changed = true;
                     }
+                    // Declared health changes in place: the id, and with it the verdicts of
+                    // health checking and outlier detection (`wanted`), stay.
+                    if host.health != health {
+                        host.health = health;
+                        changed = true;
+                    }
                 }
                 None if was.is_some() || renumbered => {
                     self.present[i] = false;
@@ -475,7 +498,7 @@ impl ClusterState {
                 }
                 None => {}
             }
-            let available = self.wanted[i] && self.present[i];
+            let available = self.wanted[i] && self.present[i] && host.health.is_usable();
             if host.available != available {
                 host.available = available;
                 changed = true;
@@ -641,6 +664,7 @@ mod tests {
                 weight: 1,
                 priority: 0,
                 transport_socket_match: None,
+                health: Default::default(),
             }],
             ..ClusterConfig::default()
         });
@@ -811,6 +835,7 @@ mod tests {
                 weight: h.weight,
                 transport: web.host_transport(h),
                 priority: h.priority,
+                health: h.health,
             })
             .collect();
         let merged = merge_answer(&c.slots(), &answer);

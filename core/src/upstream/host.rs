@@ -24,6 +24,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 
+pub use crate::config::DeclaredHealth;
+
 /// Index of a host within its cluster.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct HostId(pub u32);
@@ -78,6 +80,9 @@ pub struct Host {
     pub transport: Transport,
     /// Its priority level (0, the default, is the most preferred; see [`crate::lb::priority`]).
     pub priority: u32,
+    /// The health its source declares (EDS `health_status`): one declared unusable is never
+    /// available unless its level is in panic, whatever health checking says.
+    pub health: DeclaredHealth,
     /// Whether the balancer may pick it.
     pub available: bool,
     /// Connections (L4) or requests (L7) it is serving now.
@@ -105,6 +110,10 @@ pub struct SlotHost {
     /// Its priority level; not part of which host it is (a new priority keeps the slot, and
     /// with it the host's health and outlier state).
     pub priority: u32,
+    /// The health its source declares; not part of which host it is either (a host that
+    /// EDS marks unhealthy, then healthy again, keeps its slot and its active-check and
+    /// outlier state, as in Envoy).
+    pub health: DeclaredHealth,
 }
 
 impl SlotHost {
@@ -116,6 +125,7 @@ impl SlotHost {
             weight,
             transport: None,
             priority: 0,
+            health: DeclaredHealth::Healthy,
         }
     }
 
@@ -169,10 +179,12 @@ pub fn merge_answer(slots: &[Slot], answer: &[SlotHost]) -> Merged {
     // O(n log n) in the slots and the answer (one ordered map each; a `BTreeMap`, so nothing
     // depends on a seeded hash): a 10 000-endpoint EDS update is merged on the main thread.
     let mut unique: Vec<SlotHost> = Vec::with_capacity(answer.len());
-    let mut weights: BTreeMap<(SocketAddr, Transport), (u32, u32)> = BTreeMap::new();
+    // Per host: what may change in place (weight, priority, declared health).
+    let mut weights: BTreeMap<(SocketAddr, Transport), (u32, u32, DeclaredHealth)> =
+        BTreeMap::new();
     for &h in answer {
         if let std::collections::btree_map::Entry::Vacant(e) = weights.entry(h.key()) {
-            e.insert((h.weight, h.priority));
+            e.insert((h.weight, h.priority, h.health));
             unique.push(h);
         }
     }
@@ -183,9 +195,10 @@ pub fn merge_answer(slots: &[Slot], answer: &[SlotHost]) -> Merged {
     for (i, slot) in next.iter_mut().enumerate() {
         if let Some(host) = slot {
             match weights.get(&host.key()) {
-                Some(&(weight, priority)) => {
+                Some(&(weight, priority, health)) => {
                     host.weight = weight;
                     host.priority = priority;
+                    host.health = health;
                 }
                 None => {
                     *slot = None;
@@ -276,6 +289,7 @@ mod tests {
             weight: w,
             transport: Some(0),
             priority: 0,
+            health: DeclaredHealth::Healthy,
         };
         let first = merge_answer(&[None; 4], &[tls(addr(1), 1), tls(addr(2), 1)]);
         assert_eq!(
@@ -365,6 +379,7 @@ mod tests {
                 weight: w,
                 transport: (t == 1).then_some(0),
                 priority: w % 2,
+                health: if w == 3 { DeclaredHealth::Draining } else { DeclaredHealth::Healthy },
             };
             // Slots without duplicates, as a merge leaves them.
             let mut seen = Vec::new();
@@ -384,10 +399,13 @@ mod tests {
             dedup.sort();
             dedup.dedup();
             prop_assert_eq!(dedup.len(), present.len());
-            // Only answered hosts, each with its first weight and priority.
+            // Only answered hosts, each with its first weight, priority and declared health.
             for h in merged.slots.iter().flatten() {
                 let first = answer.iter().find(|x| x.key() == h.key());
-                prop_assert_eq!(first.map(|f| (f.weight, f.priority)), Some((h.weight, h.priority)));
+                prop_assert_eq!(
+                    first.map(|f| (f.weight, f.priority, f.health)),
+                    Some((h.weight, h.priority, h.health))
+                );
             }
             // A host that stays keeps its id; one whose transport changed does not.
             for (i, s) in slots.iter().enumerate() {

@@ -393,7 +393,12 @@ fn warming_is_bounded_by_the_initial_fetch_timeout() {
     // A stale timer is ignored.
     a.handle_input(Input::WarmingTimeout(timer + 100));
     assert!(drain(&mut a).is_empty());
+    assert_eq!(a.warming_timeouts(), [0; 5]);
     a.handle_input(Input::WarmingTimeout(timer));
+    // One resource timed out: `api`'s endpoints (cluster, endpoints, listener, route, secret).
+    assert_eq!(a.warming_timeouts(), [0, 1, 0, 0, 0]);
+    a.handle_input(Input::WarmingTimeout(timer));
+    assert_eq!(a.warming_timeouts(), [0, 1, 0, 0, 0], "counted once");
     let out = drain(&mut a);
     assert!(sent(&out).is_empty(), "nothing refused: {out:?}");
     let config = applied_config(&out);

@@ -8,15 +8,16 @@
 //! (consecutive 5xx and gateway failures with their `enforcing_*` at 0 or 100, ejection times and
 //! percentage); `circuit_breakers` (DEFAULT priority); `common_lb_config.healthy_panic_threshold`.
 //! Endpoints: every locality, its `priority` kept on each of its hosts (priorities contiguous
-//! from 0, else NACKed at the first locality past the gap; a level all of whose hosts are left
-//! out is dropped and the levels after it move up, which balances as Envoy does with a level
-//! of no healthy host), `policy.overprovisioning_factor` kept (`overprovisioning_factor`), hosts
-//! whose `health_status` is UNHEALTHY, DRAINING or TIMEOUT left out, `load_balancing_weight`
-//! kept; an assignment that lists no endpoint (or
-//! a STATIC cluster without `load_assignment`, istiod's `BlackHoleCluster`) is a cluster of no
-//! hosts, as in Envoy: HTTP requests to it are answered 503, TCP connections closed; one that
-//! lists endpoints none of which is usable is refused (NACKed, the last hosts kept: Envoy
-//! would send to all of them in panic mode, not answer 503). The upstream HTTP version
+//! from 0, else NACKed at the first locality past the gap; a locality without endpoints is no
+//! level, the levels after it move up), `policy.overprovisioning_factor` kept
+//! (`overprovisioning_factor`), every host kept with its `health_status` as its declared
+//! `health` (UNHEALTHY, DRAINING, TIMEOUT: Envoy's FAILED_EDS_HEALTH — never picked outside
+//! panic, yet counted in its level's health, so a level with such hosts spills load to the
+//! next one; DEGRADED taken as healthy), `load_balancing_weight` kept; an assignment that lists
+//! no endpoint (or a STATIC cluster without `load_assignment`, istiod's `BlackHoleCluster`) is
+//! a cluster of no hosts, as in Envoy: HTTP requests to it are answered 503, TCP connections
+//! closed; one whose every endpoint is declared unhealthy is accepted, as in Envoy (its level
+//! has no health: the next level serves, or with none, panic picks among them). The upstream HTTP version
 //! (`HttpProtocolOptions`: `explicit_http_config` → `http1` / `http2`,
 //! `use_downstream_protocol_config` → `downstream`) becomes `protocol`, HTTP/2 keepalive
 //! `http2.connection_keepalive`; other protocol options are noted, telemetry fields ignored.
@@ -291,7 +292,7 @@ pub fn translate_cluster(
             ("static", Some(hosts(cla, &cla_at, notes)?))
         }
         // Without a `load_assignment` (istiod's `BlackHoleCluster`), or with one that lists
-        // no usable endpoint, a cluster of no hosts: requests to it are answered 503, a TCP
+        // no endpoint, a cluster of no hosts: requests to it are answered 503, a TCP
         // proxy to it closes the connection (Envoy's no-healthy-upstream).
         _ => match load_assignment {
             None => ("static", Some(Assignment::default())),
@@ -427,12 +428,9 @@ struct Assignment {
     overprovisioning_factor: Option<u32>,
 }
 
-/// The usable hosts of an assignment: not UNHEALTHY / DRAINING / TIMEOUT, each with its
-/// locality's priority (contiguous from 0; levels left empty dropped, see the module doc). An
-/// assignment that lists no endpoint is a cluster of no hosts; one that lists endpoints of
-/// which none is usable is refused (NACKed: the last hosts stay) — Envoy keeps such hosts and,
-/// at 0 % healthy, sends to all of them (panic mode), which keeping the last ones is closer
-/// to than answering every request 503.
+/// The hosts of an assignment, each with its locality's priority (contiguous from 0; empty
+/// localities are no level, see the module doc) and its declared health (`health_status`). An
+/// assignment that lists no endpoint is a cluster of no hosts.
 fn hosts(
     cla: &ClusterLoadAssignment,
     at: &At<'_>,
@@ -458,7 +456,6 @@ fn hosts(
     check_priorities_contiguous(&localities, at)?;
     // (host, its locality's priority), in order.
     let mut out: Vec<(Value, u32)> = Vec::new();
-    let mut listed = 0usize;
     for (i, mut locality) in localities.into_iter().enumerate() {
         let l_at = at.field("endpoints").index(i);
         let priority = take(&mut locality.priority);
@@ -506,31 +503,30 @@ fn hosts(
             let address = take(&mut endpoint.address);
             reject_rest(&endpoint, &ep_at)?;
             let address = socket_address(address.as_ref(), &ep_at.field("address"))?;
-            let usable = !matches!(
-                HealthStatus::try_from(status),
-                Ok(HealthStatus::Unhealthy | HealthStatus::Draining | HealthStatus::Timeout)
-            );
-            listed += 1;
-            if usable {
-                out.push((
-                    object([
-                        ("address", Some(json!(address))),
-                        ("weight", weight),
-                        ("transport_socket_match", labels),
-                    ]),
-                    priority,
-                ));
-            }
+            // Envoy keeps a host whatever its status: UNHEALTHY, DRAINING and TIMEOUT flag it
+            // FAILED_EDS_HEALTH (never picked, yet one of its level's hosts, so the level
+            // spills load), DEGRADED is taken as healthy (see `DeclaredHealth`). An unknown
+            // value is UNKNOWN's: healthy.
+            let health = match HealthStatus::try_from(status) {
+                Ok(HealthStatus::Unhealthy) => Some("unhealthy"),
+                Ok(HealthStatus::Draining) => Some("draining"),
+                Ok(HealthStatus::Timeout) => Some("timeout"),
+                Ok(HealthStatus::Degraded) => Some("degraded"),
+                Ok(HealthStatus::Unknown | HealthStatus::Healthy) | Err(_) => None,
+            };
+            out.push((
+                object([
+                    ("address", Some(json!(address))),
+                    ("weight", weight),
+                    ("transport_socket_match", labels),
+                    ("health", health.map(|h| json!(h))),
+                ]),
+                priority,
+            ));
         }
     }
-    if listed > 0 && out.is_empty() {
-        return Err(at.error(
-            "no usable endpoint (every host is UNHEALTHY, DRAINING or TIMEOUT; an assignment \
-             that lists endpoints needs at least one usable — one that lists none is a cluster \
-             of no hosts)",
-        ));
-    }
-    // Renumber the levels that kept a host 0, 1, 2, ... in order (contiguous for the config).
+    // Renumber the levels that have a host 0, 1, 2, ... in order (contiguous for the config:
+    // a locality with no endpoint is no level; it would take no load anyway).
     let mut kept: Vec<u32> = out.iter().map(|(_, p)| *p).collect();
     kept.sort_unstable();
     kept.dedup();

@@ -67,9 +67,24 @@ fn listener_routes_cluster_and_endpoints_become_the_config_model() {
     // Envoy's ROUND_ROBIN honours weights.
     assert_eq!(web.lb_policy, LbPolicy::WeightedRoundRobin);
     assert_eq!(web.connect_timeout, std::time::Duration::from_secs(1));
-    // UNHEALTHY, DRAINING and TIMEOUT hosts are not used; UNKNOWN is healthy.
-    let ports: Vec<u16> = web.hosts.iter().map(|h| h.address.port()).collect();
-    assert_eq!(ports, [8001, 8004]);
+    // Every host kept (Envoy's host set): UNHEALTHY, DRAINING and TIMEOUT ones flagged as
+    // their source declares them (never picked, yet counted in their level); UNKNOWN is healthy.
+    use sluice_core::config::DeclaredHealth;
+    let hosts: Vec<(u16, DeclaredHealth)> = web
+        .hosts
+        .iter()
+        .map(|h| (h.address.port(), h.health))
+        .collect();
+    assert_eq!(
+        hosts,
+        [
+            (8001, DeclaredHealth::Healthy),
+            (8002, DeclaredHealth::Unhealthy),
+            (8003, DeclaredHealth::Draining),
+            (8004, DeclaredHealth::Healthy),
+            (8005, DeclaredHealth::Timeout),
+        ]
+    );
     assert_eq!(c.listeners.len(), 1);
     let l = &c.listeners[0];
     assert_eq!(
@@ -306,53 +321,39 @@ fn the_config_validation_refuses_and_the_error_names_the_resource() {
 }
 
 /// An assignment that lists no endpoint (a service with no ready pod), or only localities
-/// without endpoints, is a cluster of no hosts, as in Envoy. One that lists endpoints none of
-/// which is usable (every one UNHEALTHY, DRAINING or TIMEOUT) is NACKed, naming it — the last
-/// hosts stay, where Envoy would send to all of them in panic mode rather than answer 503 —;
-/// one usable host among them is enough. One not received is still waited for.
+/// without endpoints, is a cluster of no hosts, as in Envoy. One whose every endpoint is
+/// UNHEALTHY, DRAINING or TIMEOUT is accepted, as Envoy accepts it: its hosts are kept,
+/// declared unusable (a level without health: panic picks among them, or the next level
+/// serves). One not received is still waited for.
 #[test]
-fn an_eds_cluster_without_a_usable_host_is_refused_and_one_without_endpoints_has_none() {
+fn an_eds_cluster_of_declared_unhealthy_hosts_keeps_them_and_one_without_endpoints_has_none() {
     use envoy_types::pb::envoy::config::endpoint::v3::{
         ClusterLoadAssignment, LocalityLbEndpoints,
     };
+    use sluice_core::config::DeclaredHealth;
     let mut r = resources();
-    for statuses in [
-        &[HealthStatus::Unhealthy][..],
-        &[HealthStatus::Draining, HealthStatus::Timeout],
-        &[
-            HealthStatus::Unhealthy,
-            HealthStatus::Draining,
-            HealthStatus::Timeout,
-        ],
-    ] {
-        let hosts: Vec<_> = (0u32..)
-            .zip(statuses)
-            .map(|(i, s)| ("127.0.0.1", 8002 + i, *s as i32))
-            .collect();
-        r.endpoints.insert("web".into(), assignment("web", &hosts));
-        assert_eq!(
-            errors(&r),
-            [
-                "cluster_load_assignment \"web\": no usable endpoint (every host is UNHEALTHY, \
-                 DRAINING or TIMEOUT; an assignment that lists endpoints needs at least one \
-                 usable — one that lists none is a cluster of no hosts)"
-            ],
-            "{statuses:?}"
-        );
-    }
     r.endpoints.insert(
         "web".into(),
         assignment(
             "web",
             &[
                 ("127.0.0.1", 8002, HealthStatus::Unhealthy as i32),
-                ("127.0.0.1", 8003, HealthStatus::Unknown as i32),
+                ("127.0.0.1", 8003, HealthStatus::Draining as i32),
+                ("127.0.0.1", 8004, HealthStatus::Timeout as i32),
             ],
         ),
     );
     let a = assemble(&bootstrap(), &r).expect("accepted");
     let web = a.config.clusters.iter().find(|c| c.name == "web").unwrap();
-    assert_eq!(web.hosts.len(), 1, "{web:?}");
+    let health: Vec<DeclaredHealth> = web.hosts.iter().map(|h| h.health).collect();
+    assert_eq!(
+        health,
+        [
+            DeclaredHealth::Unhealthy,
+            DeclaredHealth::Draining,
+            DeclaredHealth::Timeout
+        ]
+    );
     for empty in [
         assignment("web", &[]),
         ClusterLoadAssignment {

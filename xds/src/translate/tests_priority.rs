@@ -136,10 +136,11 @@ fn a_gap_in_priorities_and_a_zero_factor_are_nacked_by_path() {
     );
 }
 
-/// A level whose every host is left out (UNHEALTHY, DRAINING, TIMEOUT) is dropped and the
-/// levels after it move up: still contiguous, the same failover order.
+/// A level whose every host is declared unusable (DRAINING here) stays a level, its host
+/// flagged: Envoy counts it (health 0, its load spills to the next levels), and the levels keep
+/// their numbers.
 #[test]
-fn a_level_left_without_usable_hosts_is_dropped_and_the_next_ones_move_up() {
+fn a_level_of_draining_hosts_stays_a_level_with_its_hosts_flagged() {
     let mut cla = istiod_failover();
     cla.endpoints[0] = locality(
         ("us-east", "a", "2"),
@@ -147,18 +148,19 @@ fn a_level_left_without_usable_hosts_is_dropped_and_the_next_ones_move_up() {
         &[("10.0.1.1", 8080, HealthStatus::Draining as i32)],
     );
     let c = web(&resources(cla));
-    let hosts: Vec<(String, u32)> = c
+    let hosts: Vec<(String, u32, bool)> = c
         .hosts
         .iter()
-        .map(|h| (h.address.to_string(), h.priority))
+        .map(|h| (h.address.to_string(), h.priority, h.health.is_usable()))
         .collect();
     assert_eq!(
         hosts,
         [
-            ("10.0.0.1:8080".to_owned(), 0),
-            ("10.0.0.2:8080".to_owned(), 0),
-            ("10.2.0.1:8080".to_owned(), 2),
-            ("10.1.0.1:8080".to_owned(), 1),
+            ("10.0.1.1:8080".to_owned(), 1, false),
+            ("10.0.0.1:8080".to_owned(), 0, true),
+            ("10.0.0.2:8080".to_owned(), 0, true),
+            ("10.2.0.1:8080".to_owned(), 3, true),
+            ("10.1.0.1:8080".to_owned(), 2, true),
         ]
     );
 }

@@ -43,9 +43,9 @@ use super::{
     DEFAULT_ADMIN_SOCKET_MODE, DEFAULT_BOLT_PARTIAL_FRAME_BYTES, DEFAULT_CLIENT_HELLO_TIMEOUT,
     DEFAULT_CONNECT_TIMEOUT, DEFAULT_DRAIN_TIMEOUT, DEFAULT_MAX_CONNECT_ATTEMPTS,
     DEFAULT_MINIMUM_RING_SIZE, DEFAULT_OVERPROVISIONING_FACTOR, DEFAULT_TCP_IDLE_TIMEOUT,
-    DEFAULT_UPSTREAM_IDLE_TIMEOUT, HostConfig, LbPolicy, LimitsConfig, ListenerConfig,
-    ListenerFilter, MAX_CONNECTIONS_LIMIT, OriginalDst, SniRoute, TcpProxyConfig, TextPosition,
-    UpstreamProtocol,
+    DEFAULT_UPSTREAM_IDLE_TIMEOUT, DeclaredHealth, HostConfig, LbPolicy, LimitsConfig,
+    ListenerConfig, ListenerFilter, MAX_CONNECTIONS_LIMIT, OriginalDst, SniRoute, TcpProxyConfig,
+    TextPosition, UpstreamProtocol,
 };
 use decoder::{Decoder, Obj, child, index};
 pub use values::{parse_duration, parse_socket_addr};
@@ -1512,12 +1512,17 @@ fn decode_host(dec: &mut Decoder, path: &str, v: &Value) -> Option<HostConfig> {
         Some((v, p)) => decode_transport_labels(dec, &p, v).map(|l| Some(Box::new(l))),
         None => Some(None),
     };
+    let health = match obj.opt("health") {
+        Some((v, p)) => dec.one_of(&p, v, &DeclaredHealth::CHOICES),
+        None => Some(DeclaredHealth::Healthy),
+    };
     obj.finish(dec);
     Some(HostConfig {
         address: address?,
         weight: weight?,
         priority: priority?,
         transport_socket_match: labels?,
+        health: health?,
     })
 }
 

@@ -79,7 +79,7 @@ drain_timeout: 10
         r#"clusters[0].lb_policy: unknown value "fastest" (expected one of: round_robin, weighted_round_robin, random, least_request, ring_hash, maglev)"#,
         "clusters[0].hosts[0].weight: 0 is not a whole number from 1 to 1000",
         "clusters[0].hosts[1].address: missing (this field is required)",
-        "clusters[0].hosts[1].adress: unknown field (expected one of: address, weight, priority, transport_socket_match); did you mean 'address'?",
+        "clusters[0].hosts[1].adress: unknown field (expected one of: address, weight, priority, transport_socket_match, health); did you mean 'address'?",
         "drain_timeout: 10 has no unit (expected a number and a unit: 250ms, 1s, 5m, 1h)",
     ];
     for e in expect {
@@ -2957,6 +2957,38 @@ clusters:
         assert!(errs.iter().any(|x| x == e), "missing {e:?} in {errs:#?}");
     }
     assert_eq!(errs.len(), expected.len(), "{errs:#?}");
+}
+
+/// `hosts[].health`: the health a host's source declares (EDS `health_status`, Envoy's names
+/// lower case), default `healthy` and left out of the dump; an unknown word is refused by path.
+#[test]
+fn a_hosts_declared_health_is_read_dumped_and_checked() {
+    let text = r#"
+listeners:
+  - { name: in, address: 127.0.0.1:10001, tcp_proxy: { cluster: app } }
+clusters:
+  - name: app
+    hosts:
+      - { address: 10.0.0.1:80 }
+      - { address: 10.0.0.2:80, health: unhealthy }
+      - { address: 10.0.0.3:80, health: draining }
+      - { address: 10.0.0.4:80, health: degraded }
+"#;
+    let c = Config::from_yaml(text).unwrap();
+    let health: Vec<_> = c.clusters[0].hosts.iter().map(|h| h.health).collect();
+    use crate::config::DeclaredHealth::*;
+    assert_eq!(health, [Healthy, Unhealthy, Draining, Degraded]);
+    let dump = serde_json::to_value(&c.clusters[0]).unwrap();
+    assert!(dump["hosts"][0].get("health").is_none());
+    assert_eq!(dump["hosts"][1]["health"], "unhealthy");
+    let errs = errors(&text.replace("health: draining", "health: drained"));
+    assert_eq!(
+        errs,
+        [
+            "clusters[0].hosts[2].health: unknown value \"drained\" (expected one of: healthy, \
+          degraded, unhealthy, draining, timeout)"
+        ]
+    );
 }
 
 /// `xds.sds_sources`: an SDS server of its own (Istio's agent, `sds-grpc`) on a Unix socket or

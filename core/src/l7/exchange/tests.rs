@@ -470,6 +470,7 @@ fn max_retries_breaker_caps_concurrent_retries() {
                 weight: 1,
                 priority: 0,
                 transport_socket_match: None,
+                health: Default::default(),
             })
             .collect(),
         circuit_breakers: CircuitBreakerSettings {

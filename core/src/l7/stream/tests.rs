@@ -23,6 +23,7 @@ fn cluster(hosts: usize) -> ClusterState {
                 weight: 1,
                 priority: 0,
                 transport_socket_match: None,
+                health: Default::default(),
             })
             .collect(),
         circuit_breakers: CircuitBreakerSettings {

@@ -26,6 +26,7 @@ fn cluster(policy: LbPolicy, priorities: &[u32]) -> ClusterConfig {
                 weight: 1,
                 priority,
                 transport_socket_match: None,
+                health: Default::default(),
             })
             .collect(),
         ..ClusterConfig::default()
@@ -183,6 +184,167 @@ fn a_priority_change_in_place_keeps_the_host_and_moves_the_load() {
     assert_eq!(c.priority_load().load, [100, 0]);
 }
 
+/// `cluster` with host `i` declared `health[i]` by its source (EDS `health_status`).
+fn declared(policy: LbPolicy, priorities: &[u32], health: &[DeclaredHealth]) -> ClusterConfig {
+    let mut cfg = cluster(policy, priorities);
+    for (h, &d) in cfg.hosts.iter_mut().zip(health) {
+        h.health = d;
+    }
+    cfg
+}
+
+/// Envoy's `FAILED_EDS_HEALTH`: a host its source declares UNHEALTHY, DRAINING or TIMEOUT stays
+/// one of its level's hosts but is never usable, so the level's health drops as if health
+/// checking had failed it. Envoy's documented table (factor 1.4): P0 at 2 of 3 usable has
+/// health 93 and spills 7 % to P1; at 50 % usable, 70 % / 30 %. Active checks say yes to
+/// every host throughout: the declared health alone decides. DEGRADED counts as healthy.
+#[test]
+fn declared_unhealthy_hosts_count_in_their_level_and_spill_its_load() {
+    use DeclaredHealth::{Degraded, Draining, Healthy, Timeout, Unhealthy};
+    for policy in POLICIES {
+        for hashed in [false, true] {
+            let ctx = format!("{policy:?} hashed={hashed}");
+            let cfg = declared(
+                policy,
+                &[0, 0, 0, 1],
+                &[Healthy, Unhealthy, Degraded, Healthy],
+            );
+            let mut c = ClusterState::from_config(&cfg);
+            let mut rng = Rng::from_seed(21);
+            assert!(!c.apply_health(&[true; 4], 50));
+            assert_eq!(c.priority_load().load, [93, 7], "{ctx}");
+            assert!(!c.host(HostId(1)).available, "{ctx}");
+            let (counts, none) = picks(&mut c, &mut rng, 4000, hashed);
+            assert_eq!(
+                (counts[1], none),
+                (0, 0),
+                "{ctx}: the unhealthy host picked"
+            );
+            assert!(
+                (3540..=3900).contains(&(counts[0] + counts[2])),
+                "{ctx}: P0 got {} of 4000 (93 %)",
+                counts[0] + counts[2]
+            );
+            assert!(
+                (120..=460).contains(&counts[3]),
+                "{ctx}: P1 got {} (7 %)",
+                counts[3]
+            );
+
+            let cfg = declared(
+                policy,
+                &[0, 0, 0, 0, 1],
+                &[Healthy, Draining, Timeout, Healthy, Healthy],
+            );
+            let mut c = ClusterState::from_config(&cfg);
+            assert!(!c.apply_health(&[true; 5], 50));
+            assert_eq!(c.priority_load().load, [70, 30], "{ctx}");
+            let (counts, _) = picks(&mut c, &mut rng, 4000, hashed);
+            assert_eq!(
+                counts[1] + counts[2],
+                0,
+                "{ctx}: a draining or timed-out host picked"
+            );
+        }
+    }
+}
+
+/// A level whose every host is declared unhealthy has no health: the next level takes all;
+/// with no other level it is in panic (threshold 50 %) and its hosts are picked as if healthy,
+/// as Envoy's panic routes to every host. With panic off, nothing is picked.
+#[test]
+fn a_level_declared_unhealthy_throughout_spills_everything_or_panics() {
+    use DeclaredHealth::{Healthy, Unhealthy};
+    let cfg = declared(
+        LbPolicy::RoundRobin,
+        &[0, 0, 1],
+        &[Unhealthy, Unhealthy, Healthy],
+    );
+    let mut c = ClusterState::from_config(&cfg);
+    let mut rng = Rng::from_seed(2);
+    assert!(!c.apply_health(&[true; 3], 50));
+    assert_eq!(c.priority_load().load, [0, 100]);
+    assert_eq!(picks(&mut c, &mut rng, 100, false).0, [0, 0, 100]);
+
+    let cfg = declared(LbPolicy::RoundRobin, &[0, 0], &[Unhealthy, Unhealthy]);
+    let mut c = ClusterState::from_config(&cfg);
+    assert!(c.apply_health(&[true; 2], 50));
+    assert_eq!(picks(&mut c, &mut rng, 100, false).0, [50, 50]);
+    assert!(!c.apply_health(&[true; 2], 0));
+    assert_eq!(picks(&mut c, &mut rng, 10, false).1, 10);
+}
+
+/// An endpoints update in place that changes only a host's declared health keeps its id, its
+/// epoch and the verdict health checking gave it (independent flags, as Envoy's): unusable while
+/// either says no, usable once both say yes; the loads follow at the next pick.
+#[test]
+fn a_declared_health_change_in_place_keeps_the_id_and_the_verdicts() {
+    use DeclaredHealth::{Draining, Healthy};
+    let cfg = ClusterConfig {
+        hosts_change_in_place: true,
+        ..cluster(LbPolicy::RoundRobin, &[0, 0, 1])
+    };
+    let mut c = ClusterState::from_config(&cfg);
+    let mut rng = Rng::from_seed(4);
+    let mut usable = vec![true; c.hosts().len()];
+    c.apply_health(&usable, 50);
+    assert_eq!(c.priority_load().load, [100, 0]);
+    let answer = |h0: DeclaredHealth, h1: DeclaredHealth| {
+        [
+            SlotHost {
+                health: h0,
+                ..SlotHost::plain(addr(1), 1)
+            },
+            SlotHost {
+                health: h1,
+                ..SlotHost::plain(addr(2), 1)
+            },
+            SlotHost {
+                priority: 1,
+                ..SlotHost::plain(addr(3), 1)
+            },
+        ]
+    };
+    let update = |c: &mut ClusterState, h0, h1| {
+        let before = c.epochs().to_vec();
+        let merged = merge_answer(&c.slots(), &answer(h0, h1));
+        assert_eq!((merged.added, merged.removed), (0, 0));
+        assert!(
+            c.update_hosts(&merged.slots, &[]).is_empty(),
+            "no host replaced"
+        );
+        assert_eq!(c.epochs(), before);
+    };
+    // EDS drains 10.0.0.2: P0 at 1 of 2 (70 %), 10.0.0.2 never picked.
+    update(&mut c, Healthy, Draining);
+    assert_eq!(c.host(HostId(1)).health, Draining);
+    let (counts, _) = picks(&mut c, &mut rng, 1000, false);
+    assert_eq!(counts[1], 0);
+    assert_eq!(c.priority_load().load, [70, 30]);
+    // Its health check fails meanwhile; EDS says healthy again: still down (the check says so).
+    usable[1] = false;
+    c.apply_health(&usable, 50);
+    update(&mut c, Healthy, Healthy);
+    let (counts, _) = picks(&mut c, &mut rng, 1000, false);
+    assert_eq!(counts[1], 0, "the active check's verdict was kept");
+    assert_eq!(c.priority_load().load, [70, 30]);
+    // The check passes: usable again, all to P0.
+    usable[1] = true;
+    c.apply_health(&usable, 50);
+    assert_eq!(c.priority_load().load, [100, 0]);
+    let (counts, _) = picks(&mut c, &mut rng, 1000, false);
+    assert_eq!(counts[..3], [500, 500, 0]);
+    // And back: draining through `set_available`'s path (no `apply_health` before the pick).
+    update(&mut c, Draining, Healthy);
+    c.set_available(HostId(0), true);
+    assert!(
+        !c.host(HostId(0)).available,
+        "set_available does not override the source"
+    );
+    let (counts, _) = picks(&mut c, &mut rng, 1000, false);
+    assert_eq!(counts[0], 0);
+}
+
 /// A cluster of one level draws no level: its picks and RNG stream are those of a cluster
 /// without priorities (the balancer alone).
 #[test]
@@ -274,6 +436,7 @@ fn weighted_cluster(policy: LbPolicy, spec: &[(u32, u32)]) -> ClusterConfig {
                 weight,
                 priority,
                 transport_socket_match: None,
+                health: Default::default(),
             })
             .collect(),
         ..ClusterConfig::default()

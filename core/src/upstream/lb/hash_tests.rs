@@ -34,6 +34,7 @@ fn cluster_of(policy: LbPolicy, hosts: &[(usize, u32)], minimum_ring_size: u32) 
                 weight,
                 priority: 0,
                 transport_socket_match: None,
+                health: Default::default(),
             })
             .collect(),
         ..ClusterConfig::default()

@@ -18,6 +18,7 @@ fn cluster(policy: LbPolicy, weights: &[u32]) -> ClusterState {
                 weight,
                 priority: 0,
                 transport_socket_match: None,
+                health: Default::default(),
             })
             .collect(),
         ..ClusterConfig::default()
@@ -177,6 +178,7 @@ fn level_state_is_sized_when_the_balancer_is_built() {
             weight: 1,
             transport: Default::default(),
             priority: i / 2,
+            health: Default::default(),
             available: true,
             active: 0,
             swrr_current: 0,
