@@ -14,8 +14,8 @@ use std::time::Duration;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use sluice_core::http1::{
-    Chunked, ChunkedDecoder, Head, Limits, Method, ParseStatus, parse_request,
-    parse_response, write_request_head, write_response_head,
+    Chunked, ChunkedDecoder, Head, Limits, Method, ParseStatus, parse_request, parse_response,
+    write_request_head, write_response_head,
 };
 
 #[path = "common/http1_heads.rs"]

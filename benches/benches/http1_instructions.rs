@@ -40,9 +40,15 @@ const OPS: [&str; 8] = [
 
 fn main() {
     // `cargo bench` passes `--bench`; the operation and the count are the other arguments.
-    let args: Vec<String> = std::env::args().skip(1).filter(|a| a != "--bench").collect();
+    let args: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| a != "--bench")
+        .collect();
     let [op, n] = &args[..] else {
-        eprintln!("usage: http1_instructions OP N\noperations: {}", OPS.join(" "));
+        eprintln!(
+            "usage: http1_instructions OP N\noperations: {}",
+            OPS.join(" ")
+        );
         std::process::exit(2);
     };
     let n: u64 = n.parse().expect("N is a count");
