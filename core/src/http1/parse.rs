@@ -245,32 +245,38 @@ fn span_of(buf: &[u8], part: &[u8]) -> Range<usize> {
 /// holds any other control character than HTAB (then [`scan_headers`] finds which field has it).
 ///
 /// Each byte is looked at with the next one: the bytes and the bytes shifted by one, 16 at a
-/// time into per-lane accumulators, a shape the compiler turns into a few vector compares per 16
-/// bytes (a fold over `zip(iter, iter.skip(1))` stays byte by byte). The last block overlaps the
-/// one before it rather than leaving a tail to go byte by byte (looking at a pair twice changes
-/// nothing). Branch-free: heads are short, and valid ones the common case.
+/// time into per-lane accumulators of all-ones masks (what a vector compare gives, so nothing
+/// narrows them to 0/1), a shape the compiler turns into a few SSE2 compares per 16 bytes. The
+/// last block overlaps the one before it rather than leaving a tail to go byte by byte (looking
+/// at a pair twice changes nothing). Branch-free: heads are short, and valid ones the common
+/// case. (On the 422-byte browser head of the http1 bench: ~700 instructions, against ~730
+/// for a fold over `zip(iter, iter.skip(1))`, which the compiler vectorizes less well.)
 pub(super) fn check_head_bytes(head: &[u8], msg: Message) -> Result<bool, HttpError> {
     const LANES: usize = 16;
+    let mask = |condition: bool| 0u8.wrapping_sub(u8::from(condition));
     // A pair is unpaired when exactly one of "a is CR", "b is LF" holds.
-    let unpaired_pair = |a: u8, b: u8| u8::from((a == b'\r') != (b == b'\n'));
-    let other_ctl = |a: u8| u8::from(is_value_ctl(a) & (a != b'\r') & (a != b'\n'));
+    let unpaired_pair = |a: u8, b: u8| mask((a == b'\r') != (b == b'\n'));
+    let other_ctl = |a: u8| mask(is_value_ctl(a) & (a != b'\r') & (a != b'\n'));
     let pairs = head.len().saturating_sub(1);
     let (firsts, seconds) = (&head[..pairs], &head[head.len().min(1)..]);
     let mut unpaired = [0u8; LANES];
     let mut ctl = [0u8; LANES];
-    let mut fold_block = |at: usize| {
-        let a: &[u8; LANES] = firsts[at..at + LANES].try_into().expect("a block");
-        let b: &[u8; LANES] = seconds[at..at + LANES].try_into().expect("a block");
+    let mut fold_block = |a: &[u8], b: &[u8]| {
+        let a: &[u8; LANES] = a.try_into().expect("a block");
+        let b: &[u8; LANES] = b.try_into().expect("a block");
         for lane in 0..LANES {
             unpaired[lane] |= unpaired_pair(a[lane], b[lane]);
             ctl[lane] |= other_ctl(a[lane]);
         }
     };
     if pairs >= LANES {
-        for at in (0..pairs - LANES).step_by(LANES) {
-            fold_block(at);
+        for (a, b) in firsts.chunks_exact(LANES).zip(seconds.chunks_exact(LANES)) {
+            fold_block(a, b);
         }
-        fold_block(pairs - LANES);
+        if pairs % LANES != 0 {
+            let last = pairs - LANES;
+            fold_block(&firsts[last..], &seconds[last..]);
+        }
     } else {
         for (&a, &b) in firsts.iter().zip(seconds) {
             unpaired[0] |= unpaired_pair(a, b);
