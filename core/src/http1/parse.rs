@@ -273,7 +273,7 @@ pub(super) fn check_head_bytes(head: &[u8], msg: Message) -> Result<bool, HttpEr
         for (a, b) in firsts.chunks_exact(LANES).zip(seconds.chunks_exact(LANES)) {
             fold_block(a, b);
         }
-        if pairs % LANES != 0 {
+        if !pairs.is_multiple_of(LANES) {
             let last = pairs - LANES;
             fold_block(&firsts[last..], &seconds[last..]);
         }
