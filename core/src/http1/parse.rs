@@ -250,7 +250,7 @@ fn span_of(buf: &[u8], part: &[u8]) -> Range<usize> {
 /// last block overlaps the one before it rather than leaving a tail to go byte by byte (looking
 /// at a pair twice changes nothing). Branch-free: heads are short, and valid ones the common
 /// case. (On the 422-byte browser head of the http1 bench: ~700 instructions, against ~730
-/// for a fold over `zip(iter, iter.skip(1))`, which the compiler vectorizes less well.)
+/// for the fold over `zip(iter, iter.skip(1))` it replaced.)
 pub(super) fn check_head_bytes(head: &[u8], msg: Message) -> Result<bool, HttpError> {
     const LANES: usize = 16;
     let mask = |condition: bool| 0u8.wrapping_sub(u8::from(condition));
