@@ -14,36 +14,17 @@ use std::time::Duration;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use sluice_core::http1::{
-    Chunked, ChunkedDecoder, Head, HeadEdits, Limits, Method, ParseStatus, parse_request,
-    parse_response, write_request_head,
+    Chunked, ChunkedDecoder, Head, Limits, Method, ParseStatus, parse_request, parse_response,
+    write_request_head, write_response_head,
 };
 
-/// A browser navigation (about 400 bytes of head).
-const BROWSER: &[u8] = b"GET /catalog/items/4711?view=full&lang=en HTTP/1.1\r\n\
-Host: shop.example.com\r\n\
-User-Agent: Mozilla/5.0 (X11; Linux x86_64; rv:128.0) Gecko/20100101 Firefox/128.0\r\n\
-Accept: text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8\r\n\
-Accept-Language: en-US,en;q=0.5\r\n\
-Accept-Encoding: gzip, deflate, br, zstd\r\n\
-Connection: keep-alive\r\n\
-Cookie: session=8f14e45fceea167a5a36dedd4bea2543; theme=dark\r\n\
-Sec-Fetch-Dest: document\r\n\r\n";
+#[path = "common/http1_heads.rs"]
+mod heads;
 
-/// What `curl` sends (about 120 bytes).
-const CURL: &[u8] = b"GET /api/v1/health?verbose=1 HTTP/1.1\r\n\
-Host: backend.svc.cluster.local:8080\r\n\
-User-Agent: curl/8.5.0\r\n\
-Accept: */*\r\n\r\n";
-
-/// A typical API answer head.
-const RESPONSE: &[u8] = b"HTTP/1.1 200 OK\r\n\
-Server: app/1.4.2\r\n\
-Date: Mon, 02 Jun 2025 10:00:00 GMT\r\n\
-Content-Type: application/json; charset=utf-8\r\n\
-Content-Length: 1432\r\n\
-Cache-Control: no-store\r\n\
-X-Request-Id: 5f2b7c1e-8d3a-4b6f-9e0d-2a1c3b4d5e6f\r\n\
-Vary: Accept-Encoding\r\n\r\n";
+use heads::{
+    BROWSER, BROWSER_EDITS, CURL, H2LOAD, NGINX, PROXY_REQUEST_EDITS, PROXY_RESPONSE_EDITS,
+    RESPONSE,
+};
 
 /// 64 KiB of payload in 4 KiB chunks, then the last chunk.
 fn chunked_body() -> Vec<u8> {
@@ -60,7 +41,7 @@ fn chunked_body() -> Vec<u8> {
 fn parse(c: &mut Criterion) {
     let limits = Limits::DEFAULT;
     let mut group = c.benchmark_group("http1/parse_request");
-    for (name, input) in [("browser", BROWSER), ("curl", CURL)] {
+    for (name, input) in [("browser", BROWSER), ("curl", CURL), ("h2load", H2LOAD)] {
         group.throughput(Throughput::Bytes(input.len() as u64));
         group.bench_function(format!("{name}_{}B", input.len()), |b| {
             let mut head = Head::new();
@@ -74,15 +55,17 @@ fn parse(c: &mut Criterion) {
     group.finish();
 
     let mut group = c.benchmark_group("http1/parse_response");
-    group.throughput(Throughput::Bytes(RESPONSE.len() as u64));
-    group.bench_function(format!("api_{}B", RESPONSE.len()), |b| {
-        let mut head = Head::new();
-        b.iter(|| {
-            let status = parse_response(black_box(RESPONSE), Method::Get, &limits, &mut head);
-            assert_eq!(status, Ok(ParseStatus::Complete));
-            black_box(head.framing())
+    for (name, input) in [("api", RESPONSE), ("nginx", NGINX)] {
+        group.throughput(Throughput::Bytes(input.len() as u64));
+        group.bench_function(format!("{name}_{}B", input.len()), |b| {
+            let mut head = Head::new();
+            b.iter(|| {
+                let status = parse_response(black_box(input), Method::Get, &limits, &mut head);
+                assert_eq!(status, Ok(ParseStatus::Complete));
+                black_box(head.framing())
+            });
         });
-    });
+    }
     group.finish();
 }
 
@@ -124,28 +107,40 @@ fn chunked(c: &mut Criterion) {
 }
 
 fn write(c: &mut Criterion) {
+    let mut group = c.benchmark_group("http1/write_request_head");
+    for (name, input, edits) in [
+        ("browser_with_edits", BROWSER, BROWSER_EDITS),
+        ("h2load_proxy_edits", H2LOAD, PROXY_REQUEST_EDITS),
+    ] {
+        let mut head = Head::new();
+        assert_eq!(
+            parse_request(input, &Limits::DEFAULT, &mut head),
+            Ok(ParseStatus::Complete)
+        );
+        group.throughput(Throughput::Bytes(input.len() as u64));
+        group.bench_function(name, |b| {
+            let mut out = Vec::with_capacity(1024);
+            b.iter(|| {
+                out.clear();
+                write_request_head(&mut out, black_box(input), &head, &edits);
+                black_box(out.len())
+            });
+        });
+    }
+    group.finish();
+
+    let mut group = c.benchmark_group("http1/write_response_head");
     let mut head = Head::new();
     assert_eq!(
-        parse_request(BROWSER, &Limits::DEFAULT, &mut head),
+        parse_response(NGINX, Method::Get, &Limits::DEFAULT, &mut head),
         Ok(ParseStatus::Complete)
     );
-    let edits = HeadEdits {
-        path: Some(b"/items/4711"),
-        remove: &["cookie"],
-        add: &[
-            ("x-forwarded-for", b"10.1.2.3"),
-            ("x-request-id", b"5f2b7c1e-8d3a-4b6f-9e0d-2a1c3b4d5e6f"),
-        ],
-        force_close: false,
-        version: None,
-    };
-    let mut group = c.benchmark_group("http1/write_request_head");
-    group.throughput(Throughput::Bytes(BROWSER.len() as u64));
-    group.bench_function("browser_with_edits", |b| {
+    group.throughput(Throughput::Bytes(NGINX.len() as u64));
+    group.bench_function("nginx_server_overwritten", |b| {
         let mut out = Vec::with_capacity(1024);
         b.iter(|| {
             out.clear();
-            write_request_head(&mut out, black_box(BROWSER), &head, &edits);
+            write_response_head(&mut out, black_box(NGINX), &head, &PROXY_RESPONSE_EDITS);
             black_box(out.len())
         });
     });

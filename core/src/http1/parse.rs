@@ -141,18 +141,21 @@ pub fn parse_response(
     head.version = version(minor, MSG)?;
     head.status = code;
     // The reason phrase, found by hand: httparse gives "" for one with obs-text.
-    // The line is `HTTP/1.x NNN[ reason]\r\n`, after optional empty lines (CRLF pairs).
+    // The line is `HTTP/1.x NNN[ reason]\r\n`, after optional empty lines (CRLF pairs); httparse
+    // checked its first 12 bytes (one SP, three digits), so its CR is searched after them.
     let head_bytes = &buf[..len];
     let line_start = head_bytes
         .iter()
         .take_while(|&&b| b == b'\r' || b == b'\n')
         .count();
-    let cr = line_start
-        + head_bytes[line_start..]
+    let code_end = line_start + STATUS_LINE_BEFORE_REASON;
+    debug_assert!(!head_bytes[line_start..code_end].contains(&b'\r'));
+    let cr = code_end
+        + head_bytes[code_end..]
             .iter()
             .position(|&b| b == b'\r')
-            .unwrap_or(len - line_start);
-    head.target = (line_start + 13).min(cr)..cr;
+            .unwrap_or(len - code_end);
+    head.target = (code_end + 1).min(cr)..cr;
 
     let scan = scan_headers(buf, res.headers, MSG, has_ctl, head)?;
 
@@ -207,6 +210,9 @@ pub fn parse_response(
     Ok(ParseStatus::Complete)
 }
 
+/// `HTTP/1.x NNN`: the status line up to the SP before its reason phrase.
+const STATUS_LINE_BEFORE_REASON: usize = 12;
+
 fn partial(buf_len: usize, limits: &Limits, msg: Message) -> Result<ParseStatus, HttpError> {
     if buf_len >= limits.max_head_bytes {
         // The first max_head_bytes bytes hold no complete head: it can only be longer.
@@ -238,17 +244,47 @@ fn span_of(buf: &[u8], part: &[u8]) -> Range<usize> {
 /// every CR followed by an LF (httparse accepts bare LFs), else an error; and whether the head
 /// holds any other control character than HTAB (then [`scan_headers`] finds which field has it).
 ///
-/// Branch-free, so it vectorizes: heads are short, and valid ones the common case.
-fn check_head_bytes(head: &[u8], msg: Message) -> Result<bool, HttpError> {
-    let (unpaired, ctl) =
-        head.iter()
-            .zip(head.iter().skip(1))
-            .fold((false, false), |(unpaired, ctl), (&a, &b)| {
-                (
-                    unpaired | ((a == b'\r') != (b == b'\n')),
-                    ctl | (is_value_ctl(a) & (a != b'\r') & (a != b'\n')),
-                )
-            });
+/// Each byte is looked at with the next one: the bytes and the bytes shifted by one, 16 at a
+/// time into per-lane accumulators of all-ones masks (what a vector compare gives, so nothing
+/// narrows them to 0/1), a shape the compiler turns into a few SSE2 compares per 16 bytes. The
+/// last block overlaps the one before it rather than leaving a tail to go byte by byte (looking
+/// at a pair twice changes nothing). Branch-free: heads are short, and valid ones the common
+/// case. (On the 422-byte browser head of the http1 bench: ~700 instructions, against ~730
+/// for the fold over `zip(iter, iter.skip(1))` it replaced.)
+pub(super) fn check_head_bytes(head: &[u8], msg: Message) -> Result<bool, HttpError> {
+    const LANES: usize = 16;
+    let mask = |condition: bool| 0u8.wrapping_sub(u8::from(condition));
+    // A pair is unpaired when exactly one of "a is CR", "b is LF" holds.
+    let unpaired_pair = |a: u8, b: u8| mask((a == b'\r') != (b == b'\n'));
+    let other_ctl = |a: u8| mask(is_value_ctl(a) & (a != b'\r') & (a != b'\n'));
+    let pairs = head.len().saturating_sub(1);
+    let (firsts, seconds) = (&head[..pairs], &head[head.len().min(1)..]);
+    let mut unpaired = [0u8; LANES];
+    let mut ctl = [0u8; LANES];
+    let mut fold_block = |a: &[u8], b: &[u8]| {
+        let a: &[u8; LANES] = a.try_into().expect("a block");
+        let b: &[u8; LANES] = b.try_into().expect("a block");
+        for lane in 0..LANES {
+            unpaired[lane] |= unpaired_pair(a[lane], b[lane]);
+            ctl[lane] |= other_ctl(a[lane]);
+        }
+    };
+    if pairs >= LANES {
+        for (a, b) in firsts.chunks_exact(LANES).zip(seconds.chunks_exact(LANES)) {
+            fold_block(a, b);
+        }
+        if !pairs.is_multiple_of(LANES) {
+            let last = pairs - LANES;
+            fold_block(&firsts[last..], &seconds[last..]);
+        }
+    } else {
+        for (&a, &b) in firsts.iter().zip(seconds) {
+            unpaired[0] |= unpaired_pair(a, b);
+            ctl[0] |= other_ctl(a);
+        }
+    }
+    let unpaired = unpaired.iter().fold(0, |acc, &u| acc | u) != 0;
+    let ctl = ctl.iter().fold(0, |acc, &c| acc | c) != 0;
     if unpaired || head.first() == Some(&b'\n') || head.last() == Some(&b'\r') {
         return Err(HttpError::InvalidLineEnding { msg });
     }
@@ -561,7 +597,8 @@ fn scan_headers(
         } else {
             span_of(buf, value)
         };
-        match Known::of(name) {
+        let known = Known::of(name);
+        match known {
             Known::Host => {
                 scan.hosts += 1;
                 scan.host = Some(value_span.clone());
@@ -595,6 +632,7 @@ fn scan_headers(
         head.headers.push(HeaderSpan {
             name: name_span,
             value: value_span,
+            known,
         });
     }
     Ok(scan)

@@ -1582,3 +1582,241 @@ proptest! {
         prop_assert_eq!(typed, want);
     }
 }
+
+// ---- the per-request cost cuts (issue 15) change nothing: the current code against the
+// ---- code before them (`reference.rs`), on heads built to reach every branch ----
+
+use super::reference as before;
+
+/// Field names the codec knows and some it must not take for them.
+const NAMES: [&str; 17] = [
+    "te",
+    "host",
+    "expect",
+    "upgrade",
+    "trailer",
+    "connection",
+    "keep-alive",
+    "content-length",
+    "proxy-connection",
+    "transfer-encoding",
+    "server",
+    "date",
+    "x-other",
+    "content-type",
+    "hosu",
+    "keep_alive",
+    "connectiom",
+];
+
+/// Bytes that sit next to the ones the fast paths compare (case bits, `-` and CR, obs-text).
+const ODD_BYTES: &[u8] = b"\r\n\t -_:^~@[`{\x00\x0d\x2d\x7f\x80\xff\xe9AaZzOo";
+
+/// A name of [`NAMES`] in any case, sometimes with one byte replaced by an odd one.
+fn mangled_name() -> impl Strategy<Value = Vec<u8>> {
+    (
+        prop::sample::select(&NAMES[..]),
+        prop::collection::vec(any::<bool>(), 17),
+        prop::option::of((0usize..17, prop::sample::select(ODD_BYTES))),
+    )
+        .prop_map(|(name, upper, replace)| {
+            let mut name: Vec<u8> = name
+                .bytes()
+                .zip(&upper)
+                .map(|(b, &up)| if up { b.to_ascii_uppercase() } else { b })
+                .collect();
+            if let Some((at, byte)) = replace {
+                let at = at % name.len();
+                name[at] = byte;
+            }
+            name
+        })
+}
+
+const START_LINES: [&str; 20] = [
+    "GET / HTTP/1.1",
+    "GET /a/b?x=1 HTTP/1.0",
+    "POST /p HTTP/1.1",
+    "\r\nGET /x HTTP/1.1",
+    "GET  /a HTTP/1.1",
+    "CONNECT h.example:443 HTTP/1.1",
+    "OPTIONS * HTTP/1.1",
+    "GET http://h.example:8080/p?q HTTP/1.1",
+    "GET http://h.example HTTP/1.0",
+    "get /lower HTTP/1.1",
+    "HTTP/1.1 200 OK",
+    "HTTP/1.1 200",
+    "HTTP/1.1 200 ",
+    "HTTP/1.0 204 No Content",
+    "HTTP/1.1 101 Switching Protocols",
+    "\r\n\r\nHTTP/1.1 304 Not Modified",
+    "HTTP/1.1 200 caf\u{e9}",
+    "HTTP/1.1 200  two spaces",
+    "HTTP/1.1 099 Low",
+    "HTTP/1.1 404 Not\tFound",
+];
+
+const SEPARATORS: [&str; 6] = [": ", ":", ":  ", ": \t", ":\t", " : "];
+
+const VALUES: [&str; 16] = [
+    "",
+    "h.example",
+    "615",
+    "0615",
+    "5, 5",
+    "5,6",
+    "close",
+    "upgrade",
+    "Upgrade, x-other",
+    "keep-alive, server",
+    "chunked",
+    "gzip, chunked",
+    "websocket",
+    "100-continue",
+    "v  ",
+    "a\u{7f}b",
+];
+
+/// A head of mixed line shapes (mostly well-formed, with a `Host` line first most of the time,
+/// so that most parse), sometimes with one byte replaced or inserted anywhere.
+fn mixed_head() -> impl Strategy<Value = Vec<u8>> {
+    let separator = prop_oneof![
+        6 => Just(": "),
+        1 => prop::sample::select(&SEPARATORS[..]),
+    ];
+    let value = prop_oneof![
+        3 => "[!-~]([ -~]{0,12}[!-~])?".prop_map(String::into_bytes),
+        2 => prop::sample::select(&VALUES[..]).prop_map(|v| v.as_bytes().to_vec()),
+    ];
+    (
+        prop::sample::select(&START_LINES[..]),
+        prop::option::weighted(0.8, prop::sample::select(&SEPARATORS[..2])),
+        prop::collection::vec((mangled_name(), separator, value), 0..8),
+        prop::option::weighted(
+            0.3,
+            (
+                any::<prop::sample::Index>(),
+                prop::sample::select(ODD_BYTES),
+                any::<bool>(),
+            ),
+        ),
+    )
+        .prop_map(|(start, host, fields, mutation)| {
+            let mut head = start.as_bytes().to_vec();
+            head.extend_from_slice(b"\r\n");
+            if let Some(separator) = host {
+                head.extend_from_slice(b"Host");
+                head.extend_from_slice(separator.as_bytes());
+                head.extend_from_slice(b"h.example\r\n");
+            }
+            for (name, separator, value) in fields {
+                head.extend_from_slice(&name);
+                head.extend_from_slice(separator.as_bytes());
+                head.extend_from_slice(&value);
+                head.extend_from_slice(b"\r\n");
+            }
+            head.extend_from_slice(b"\r\n");
+            if let Some((at, byte, insert)) = mutation {
+                let at = at.index(head.len());
+                if insert {
+                    head.insert(at, byte);
+                } else {
+                    head[at] = byte;
+                }
+            }
+            head
+        })
+}
+
+/// Edits that take every path of the writers.
+fn edit_sets() -> [HeadEdits<'static>; 6] {
+    [
+        HeadEdits::NONE,
+        HeadEdits {
+            path: Some(b"/new"),
+            ..HeadEdits::NONE
+        },
+        HeadEdits {
+            version: Some(Version::Http11),
+            ..HeadEdits::NONE
+        },
+        HeadEdits {
+            version: Some(Version::Http10),
+            force_close: true,
+            ..HeadEdits::NONE
+        },
+        HeadEdits {
+            remove: &["host", "server", "upgrade", "content-length", "x-other"],
+            add: &[("x-added", b"1"), ("host", b"added.example")],
+            ..HeadEdits::NONE
+        },
+        HeadEdits {
+            remove: &["expect"],
+            add: &[("server", b"sluice")],
+            force_close: true,
+            ..HeadEdits::NONE
+        },
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(4096))]
+
+    /// Field classification by length, first letter and words gives what a plain
+    /// case-insensitive comparison gave, for any bytes.
+    #[test]
+    fn known_of_is_as_before(
+        name in prop_oneof![mangled_name(), prop::collection::vec(any::<u8>(), 0..20)],
+    ) {
+        prop_assert_eq!(Known::of(&name), before::known_of(&name));
+    }
+
+    /// The vectorized strict byte scan finds what the byte-by-byte one found.
+    #[test]
+    fn check_head_bytes_is_as_before(
+        data in prop_oneof![
+            mixed_head(),
+            prop::collection::vec(prop::sample::select(ODD_BYTES), 0..80),
+            prop::collection::vec(any::<u8>(), 0..80),
+        ],
+    ) {
+        for msg in [Message::Request, Message::Response] {
+            prop_assert_eq!(
+                super::parse::check_head_bytes(&data, msg),
+                before::check_head_bytes(&data, msg)
+            );
+        }
+    }
+
+    /// Whatever head parses, the reason phrase is where it was found before, and the writers
+    /// (copying runs of lines written as they came) write the very bytes they wrote before,
+    /// with and without edits.
+    #[test]
+    fn writers_and_reason_are_as_before(data in mixed_head()) {
+        let mut head = Head::new();
+        let mut now = Vec::new();
+        let mut then = Vec::new();
+        if parse_request(&data, &LIMITS, &mut head) == Ok(ParseStatus::Complete) {
+            for edits in &edit_sets() {
+                now.clear();
+                then.clear();
+                write_request_head(&mut now, &data, &head, edits);
+                before::write_request_head(&mut then, &data, &head, edits);
+                prop_assert!(now == then, "{:?}\n!= {:?}", now.escape_ascii().to_string(), then.escape_ascii().to_string());
+            }
+        }
+        for method in [Method::Get, Method::Head, Method::Connect] {
+            if parse_response(&data, method, &LIMITS, &mut head) == Ok(ParseStatus::Complete) {
+                let reason = before::reason_span(&data, head.head_len());
+                prop_assert_eq!(head.reason(&data), &data[reason]);
+                for edits in &edit_sets() {
+                    now.clear();
+                    then.clear();
+                    write_response_head(&mut now, &data, &head, edits);
+                    before::write_response_head(&mut then, &data, &head, edits);
+                    prop_assert!(now == then, "{:?}\n!= {:?}", now.escape_ascii().to_string(), then.escape_ascii().to_string());
+                }
+            }
+        }
+    }
+}

@@ -1,7 +1,9 @@
 //! Writing heads: forwarded ones (the parsed head with the hop-by-hop fields dropped and the
 //! proxy's edits applied) and local answers.
 
-use super::{BodyFraming, Head, Known, TargetForm, Version, list_elements};
+use std::ops::Range;
+
+use super::{BodyFraming, Head, HeaderSpan, Known, TargetForm, Version, list_elements};
 
 /// Changes a proxy makes to a head it forwards.
 #[derive(Clone, Copy, Debug, Default)]
@@ -43,32 +45,58 @@ impl HeadEdits<'static> {
 /// to keep the connection alive is not forwarded (the upstream connection is the proxy's).
 pub fn write_request_head(out: &mut Vec<u8>, buf: &[u8], head: &Head, edits: &HeadEdits<'_>) {
     out.reserve(head.head_len + 64);
-    out.extend_from_slice(head.method_bytes(buf));
-    out.push(b' ');
-    match head.form {
-        TargetForm::Origin | TargetForm::Absolute => {
-            out.extend_from_slice(edits.path.unwrap_or_else(|| head.path(buf)));
-            if let Some(query) = head.query(buf) {
-                out.push(b'?');
-                out.extend_from_slice(query);
+    let mut copy = Verbatim::default();
+    match verbatim_request_line(buf, head, edits) {
+        Some(line) => copy.push(out, buf, line),
+        None => {
+            out.extend_from_slice(head.method_bytes(buf));
+            out.push(b' ');
+            match head.form {
+                TargetForm::Origin | TargetForm::Absolute => {
+                    out.extend_from_slice(edits.path.unwrap_or_else(|| head.path(buf)));
+                    if let Some(query) = head.query(buf) {
+                        out.push(b'?');
+                        out.extend_from_slice(query);
+                    }
+                }
+                TargetForm::Authority | TargetForm::Asterisk => {
+                    out.extend_from_slice(head.target(buf));
+                }
             }
+            out.push(b' ');
+            out.extend_from_slice(edits.version.unwrap_or(head.version).as_bytes());
+            out.extend_from_slice(b"\r\n");
         }
-        TargetForm::Authority | TargetForm::Asterisk => out.extend_from_slice(head.target(buf)),
     }
-    out.push(b' ');
-    out.extend_from_slice(edits.version.unwrap_or(head.version).as_bytes());
-    out.extend_from_slice(b"\r\n");
     let absolute = head.form == TargetForm::Absolute;
     let host_removed = edits.remove.iter().any(|r| r.eq_ignore_ascii_case("host"));
     if absolute && !host_removed && head.header(buf, "host").is_none() {
         // An HTTP/1.0 request without Host: the authority becomes one.
+        copy.flush(out, buf);
         push_parsed(out, b"host", head.host(buf).unwrap_or_default());
     }
-    write_fields(out, buf, head, edits, true);
+    write_fields(out, &mut copy, buf, head, edits, true);
+    copy.flush(out, buf);
     let upgrade = head.upgrade;
     write_connection(out, upgrade, edits.force_close);
     write_added(out, edits);
     out.extend_from_slice(b"\r\n");
+}
+
+/// The request line in `buf` when it is exactly what [`write_request_head`] would write (an
+/// origin-form target kept, the version kept, single spaces): it is then copied as it is.
+fn verbatim_request_line(buf: &[u8], head: &Head, edits: &HeadEdits<'_>) -> Option<Range<usize>> {
+    let version = edits.version.unwrap_or(head.version);
+    let target = &head.target;
+    let line_end = target.end + 1 + version.as_bytes().len() + 2;
+    let kept = head.form == TargetForm::Origin
+        && edits.path.is_none()
+        && head.method_span.end + 1 == target.start
+        && buf.get(head.method_span.end) == Some(&b' ')
+        && buf.get(target.end) == Some(&b' ')
+        && buf.get(target.end + 1..line_end - 2) == Some(version.as_bytes())
+        && buf.get(line_end - 2..line_end) == Some(b"\r\n");
+    kept.then_some(head.method_span.start..line_end)
 }
 
 /// Writes a response head to send downstream: the status line, the original fields in order
@@ -80,17 +108,40 @@ pub fn write_request_head(out: &mut Vec<u8>, buf: &[u8], head: &Head, edits: &He
 /// are written as given).
 pub fn write_response_head(out: &mut Vec<u8>, buf: &[u8], head: &Head, edits: &HeadEdits<'_>) {
     out.reserve(head.head_len + 64);
-    out.extend_from_slice(edits.version.unwrap_or(head.version).as_bytes());
-    out.push(b' ');
-    push_status(out, head.status);
-    out.push(b' ');
-    out.extend_from_slice(head.reason(buf));
-    out.extend_from_slice(b"\r\n");
-    write_fields(out, buf, head, edits, false);
+    let mut copy = Verbatim::default();
+    match verbatim_status_line(buf, head, edits) {
+        Some(line) => copy.push(out, buf, line),
+        None => {
+            out.extend_from_slice(edits.version.unwrap_or(head.version).as_bytes());
+            out.push(b' ');
+            push_status(out, head.status);
+            out.push(b' ');
+            out.extend_from_slice(head.reason(buf));
+            out.extend_from_slice(b"\r\n");
+        }
+    }
+    write_fields(out, &mut copy, buf, head, edits, false);
+    copy.flush(out, buf);
     let close = edits.force_close || head.framing == BodyFraming::CloseDelimited;
     write_connection(out, head.upgrade, close);
     write_added(out, edits);
     out.extend_from_slice(b"\r\n");
+}
+
+/// The status line in `buf` when it is exactly what [`write_response_head`] would write (the
+/// version kept, a reason phrase after one space): it is then copied as it is.
+fn verbatim_status_line(buf: &[u8], head: &Head, edits: &HeadEdits<'_>) -> Option<Range<usize>> {
+    let version = edits.version.unwrap_or(head.version);
+    // `HTTP/1.x NNN reason`: the reason starts 13 bytes into the line.
+    let reason = &head.target;
+    let start = reason.start.checked_sub(13)?;
+    let line = buf.get(start..reason.end + 2)?;
+    let kept = line[..8] == *version.as_bytes()
+        && line[8] == b' '
+        && line[9..12] == status_digits(head.status)
+        && line[12] == b' '
+        && line.ends_with(b"\r\n");
+    kept.then_some(start..reason.end + 2)
 }
 
 /// Writes a response the proxy makes itself (an error, a redirect, a health answer):
@@ -266,7 +317,7 @@ pub fn for_each_response_field<'b>(
     edits: &HeadEdits<'b>,
     mut field: impl FnMut(&'b [u8], FieldValue<'b>),
 ) {
-    visit_fields(buf, head, edits, false, &mut field);
+    visit_fields(buf, head, edits, false, &mut |name, value, _| field(name, value));
     for (name, value) in edits.add {
         if !name.is_empty() && name.bytes().all(super::is_tchar) {
             field(name.as_bytes(), FieldValue::Bytes(value));
@@ -274,30 +325,51 @@ pub fn for_each_response_field<'b>(
     }
 }
 
-/// The original fields, in order, minus the hop-by-hop and removed ones.
-fn write_fields(out: &mut Vec<u8>, buf: &[u8], head: &Head, edits: &HeadEdits<'_>, request: bool) {
-    visit_fields(buf, head, edits, request, &mut |name, value| match value {
-        FieldValue::Bytes(value) => push_parsed(out, name, value),
-        FieldValue::ContentLength(n) => {
-            out.extend_from_slice(name);
-            out.extend_from_slice(b": ");
-            push_u64(out, n);
-            out.extend_from_slice(b"\r\n");
+/// The original fields, in order, minus the hop-by-hop and removed ones; those written as they
+/// came go through `copy`.
+fn write_fields(
+    out: &mut Vec<u8>,
+    copy: &mut Verbatim,
+    buf: &[u8],
+    head: &Head,
+    edits: &HeadEdits<'_>,
+    request: bool,
+) {
+    visit_fields(buf, head, edits, request, &mut |name, value, span| {
+        match (value, span) {
+            (FieldValue::Bytes(_), Some(span)) => copy.field(out, buf, span),
+            (FieldValue::Bytes(value), None) => {
+                copy.flush(out, buf);
+                push_parsed(out, name, value);
+            }
+            (FieldValue::ContentLength(n), span) => {
+                let mut digits = [0u8; 20];
+                let n = format_u64(n, &mut digits);
+                match span {
+                    Some(span) if buf[span.value.clone()] == *n => copy.field(out, buf, span),
+                    _ => {
+                        copy.flush(out, buf);
+                        push_parsed(out, name, n);
+                    }
+                }
+            }
         }
     });
 }
 
 /// Gives `field` the original fields a forwarded head carries, in order: all but the
 /// hop-by-hop and removed ones (`Expect` not on a request), `Content-Length` once and
-/// normalized, an absolute-form request's `Host` from its target. One rule for the HTTP/1.1
-/// writer ([`write_fields`]) and the typed form ([`for_each_response_field`]).
+/// normalized, an absolute-form request's `Host` from its target. With each, the parsed line
+/// it comes from when its value is that line's (the HTTP/1.1 writer may copy the line as it
+/// came), `None` when the value is not the line's (an absolute-form request's `Host`). One rule
+/// for the HTTP/1.1 writer ([`write_fields`]) and the typed form ([`for_each_response_field`]).
 #[inline]
 fn visit_fields<'b>(
     buf: &'b [u8],
     head: &Head,
     edits: &HeadEdits<'_>,
     request: bool,
-    field: &mut impl FnMut(&'b [u8], FieldValue<'b>),
+    field: &mut impl FnMut(&'b [u8], FieldValue<'b>, Option<&HeaderSpan>),
 ) {
     let mut content_length_written = false;
     for span in &head.headers {
@@ -309,7 +381,7 @@ fn visit_fields<'b>(
                 .iter()
                 .any(|r| name.eq_ignore_ascii_case(r.as_bytes()))
         };
-        match Known::of(name) {
+        match span.known {
             Known::Connection
             | Known::KeepAlive
             | Known::ProxyConnection
@@ -317,7 +389,7 @@ fn visit_fields<'b>(
             | Known::Trailer => {}
             Known::Upgrade => {
                 if head.upgrade && !removed() {
-                    field(name, FieldValue::Bytes(value));
+                    field(name, FieldValue::Bytes(value), Some(span));
                 }
             }
             Known::Expect if request => {}
@@ -325,29 +397,73 @@ fn visit_fields<'b>(
                 // Once, normalized: `5, 5` or two `5` fields become one `5`.
                 Some(n) if !content_length_written => {
                     content_length_written = true;
-                    field(name, FieldValue::ContentLength(n));
+                    field(name, FieldValue::ContentLength(n), Some(span));
                 }
                 Some(_) => {}
                 // Only a 2xx to CONNECT keeps an unparsed one (the client ignores it).
-                None => field(name, FieldValue::Bytes(value)),
+                None => field(name, FieldValue::Bytes(value), Some(span)),
             },
-            Known::TransferEncoding => field(name, FieldValue::Bytes(value)),
+            Known::TransferEncoding => field(name, FieldValue::Bytes(value), Some(span)),
             Known::Host if head.form == TargetForm::Absolute => {
                 if !removed() {
-                    field(name, FieldValue::Bytes(head.host(buf).unwrap_or(value)));
+                    field(name, FieldValue::Bytes(head.host(buf).unwrap_or(value)), None);
                 }
             }
             Known::Host | Known::Expect => {
                 if !removed() {
-                    field(name, FieldValue::Bytes(value));
+                    field(name, FieldValue::Bytes(value), Some(span));
                 }
             }
             Known::Other => {
                 let hop_by_hop = head.connection_options && named_by_connection(buf, head, name);
                 if !hop_by_hop && !removed() {
-                    field(name, FieldValue::Bytes(value));
+                    field(name, FieldValue::Bytes(value), Some(span));
                 }
             }
+        }
+    }
+}
+
+/// Bytes of the parsed head still to be copied to the output: consecutive lines written as they
+/// came (the start line, `name: value` field lines) are copied at once, with one
+/// `extend_from_slice`, rather than piece by piece. Anything written to the output other than
+/// through it must come after a [`Verbatim::flush`].
+#[derive(Default)]
+struct Verbatim {
+    run: Range<usize>,
+}
+
+impl Verbatim {
+    /// Appends `bytes` (a range of `buf`) to the output.
+    fn push(&mut self, out: &mut Vec<u8>, buf: &[u8], bytes: Range<usize>) {
+        if !self.run.is_empty() && self.run.end == bytes.start {
+            self.run.end = bytes.end;
+        } else {
+            self.flush(out, buf);
+            self.run = bytes;
+        }
+    }
+
+    /// Writes a field line as [`push_parsed`] does: its line in `buf` when that line already is
+    /// `name: value\r\n`, else the line rebuilt.
+    fn field(&mut self, out: &mut Vec<u8>, buf: &[u8], span: &HeaderSpan) {
+        let line_end = span.value.end + 2;
+        let as_written = span.value.start == span.name.end + 2
+            && buf[span.name.end..span.value.start] == *b": "
+            && buf.get(span.value.end..line_end) == Some(b"\r\n");
+        if as_written {
+            self.push(out, buf, span.name.start..line_end);
+        } else {
+            self.flush(out, buf);
+            push_parsed(out, &buf[span.name.clone()], &buf[span.value.clone()]);
+        }
+    }
+
+    /// Copies what is pending.
+    fn flush(&mut self, out: &mut Vec<u8>, buf: &[u8]) {
+        if !self.run.is_empty() {
+            out.extend_from_slice(&buf[self.run.clone()]);
+            self.run = 0..0;
         }
     }
 }
@@ -404,16 +520,25 @@ fn push_field(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
 
 /// Three digits (a status out of 100..=999 is clamped, so the line stays well-formed).
 fn push_status(out: &mut Vec<u8>, status: u16) {
+    out.extend_from_slice(&status_digits(status));
+}
+
+fn status_digits(status: u16) -> [u8; 3] {
     let s = status.clamp(100, 999);
-    out.extend_from_slice(&[
+    [
         b'0' + (s / 100) as u8,
         b'0' + (s / 10 % 10) as u8,
         b'0' + (s % 10) as u8,
-    ]);
+    ]
 }
 
-fn push_u64(out: &mut Vec<u8>, mut n: u64) {
+fn push_u64(out: &mut Vec<u8>, n: u64) {
     let mut digits = [0u8; 20];
+    out.extend_from_slice(format_u64(n, &mut digits));
+}
+
+/// `n` in decimal, in the end of `digits`.
+fn format_u64(mut n: u64, digits: &mut [u8; 20]) -> &[u8] {
     let mut i = digits.len();
     loop {
         i -= 1;
@@ -423,5 +548,5 @@ fn push_u64(out: &mut Vec<u8>, mut n: u64) {
             break;
         }
     }
-    out.extend_from_slice(&digits[i..]);
+    &digits[i..]
 }
