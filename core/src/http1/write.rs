@@ -317,7 +317,9 @@ pub fn for_each_response_field<'b>(
     edits: &HeadEdits<'b>,
     mut field: impl FnMut(&'b [u8], FieldValue<'b>),
 ) {
-    visit_fields(buf, head, edits, false, &mut |name, value, _| field(name, value));
+    visit_fields(buf, head, edits, false, &mut |name, value, _| {
+        field(name, value)
+    });
     for (name, value) in edits.add {
         if !name.is_empty() && name.bytes().all(super::is_tchar) {
             field(name.as_bytes(), FieldValue::Bytes(value));
@@ -335,8 +337,12 @@ fn write_fields(
     edits: &HeadEdits<'_>,
     request: bool,
 ) {
-    visit_fields(buf, head, edits, request, &mut |name, value, span| {
-        match (value, span) {
+    visit_fields(
+        buf,
+        head,
+        edits,
+        request,
+        &mut |name, value, span| match (value, span) {
             (FieldValue::Bytes(_), Some(span)) => copy.field(out, buf, span),
             (FieldValue::Bytes(value), None) => {
                 copy.flush(out, buf);
@@ -353,8 +359,8 @@ fn write_fields(
                     }
                 }
             }
-        }
-    });
+        },
+    );
 }
 
 /// Gives `field` the original fields a forwarded head carries, in order: all but the
@@ -406,7 +412,11 @@ fn visit_fields<'b>(
             Known::TransferEncoding => field(name, FieldValue::Bytes(value), Some(span)),
             Known::Host if head.form == TargetForm::Absolute => {
                 if !removed() {
-                    field(name, FieldValue::Bytes(head.host(buf).unwrap_or(value)), None);
+                    field(
+                        name,
+                        FieldValue::Bytes(head.host(buf).unwrap_or(value)),
+                        None,
+                    );
                 }
             }
             Known::Host | Known::Expect => {
