@@ -213,7 +213,8 @@ fn appended_route_headers_keep_the_messages_own_fields() {
 /// Header values with `%VAR%` go out rendered for each request, in Envoy's formats: the
 /// upstream receives the client's address and port as the client's own socket has them, the
 /// protocol, the machine's host name, a request header cut to 3 bytes, a literal `%`, and
-/// nothing for a request header the request lacks; the client gets a response header built
+/// nothing for a request header the request lacks, the pseudo-headers `:method`, `:scheme`,
+/// `:authority` and `:path` of an HTTP/1.1 request; the client gets a response header built
 /// from its request.
 #[test]
 fn header_values_with_variables_are_rendered_per_request() {
@@ -230,12 +231,14 @@ fn header_values_with_variables_are_rendered_per_request() {
          { name: x-proto, value: '%PROTOCOL%' }, { name: x-host, value: '%HOSTNAME%' }, \
          { name: x-cut, value: '%REQ(X-In):3%' }, { name: x-pct, value: '100%%' }, \
          { name: x-missing, value: '%REQ(x-none)%' }, \
-         { name: x-was-user, value: '%REQ(x-user)%' } ]\n                \
+         { name: x-was-user, value: '%REQ(x-user)%' }, \
+         { name: x-target, value: '%REQ(:method)% %REQ(:scheme)%://%REQ(:authority)%%REQ(:path)%' } ]\n                \
          request_headers_to_remove: [ x-user ]\n                \
          response_headers_to_add: [ { name: x-seen, value: '%REQ(x-in)%/%PROTOCOL%' }, \
          { name: x-request-id, value: '%REQ(x-request-id)%' }, \
          { name: x-echo-client, value: '%REQ(x-client)%' }, \
-         { name: x-echo-user, value: '%REQ(x-user)%' } ]",
+         { name: x-echo-user, value: '%REQ(x-user)%' }, \
+         { name: x-echo-path, value: '%REQ(:PATH)%' } ]",
     );
     assert!(config.contains("%HOSTNAME%"), "{config}");
     let _s = start_sluice(&dir, &config, 1, addr(listen));
@@ -243,7 +246,7 @@ fn header_values_with_variables_are_rendered_per_request() {
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     let me = s.local_addr().unwrap();
     s.write_all(
-        b"GET /fields HTTP/1.1\r\nHost: example.com\r\nx-in: abcdef\r\nx-user: admin\r\nConnection: close\r\n\r\n",
+        b"GET /fields/a/../b?q=1 HTTP/1.1\r\nHost: example.com\r\nx-in: abcdef\r\nx-user: admin\r\nConnection: close\r\n\r\n",
     )
     .unwrap();
     let mut answer = String::new();
@@ -271,6 +274,18 @@ fn header_values_with_variables_are_rendered_per_request() {
     assert_eq!(named("x-cut"), ["abc"], "{body}");
     assert_eq!(named("x-pct"), ["100%"], "{body}");
     assert!(named("x-missing").is_empty(), "{body}");
+    // The pseudo-headers of an HTTP/1.1 request: its method, the scheme of its connection
+    // (cleartext), its Host and its target, the path as normalized (`..` resolved), with the
+    // query.
+    assert_eq!(
+        named("x-target"),
+        ["GET http://example.com/fields/b?q=1"],
+        "{body}"
+    );
+    assert!(
+        head.contains("\r\nx-echo-path: /fields/b?q=1\r\n"),
+        "{head}"
+    );
     // Values are rendered against the request as edited (Envoy's order): a header the route
     // removes feeds no value (not upstream, not in the response), the request id the proxy
     // generated is echoed as the upstream got it, and the response sees the route's additions.

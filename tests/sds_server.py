@@ -14,22 +14,19 @@ asked for (`resource_names`) that the file holds, at the file's version, unless 
 those names were sent already on the stream. Every request is appended to REQUEST_LOG as one JSON
 object a line: `version_info`, `nonce`, `error` (the `error_detail` message or null), `node` (its
 id when the request carries one, else null), `names`.
+
+The secrets file, the request log, the stream loop and the gRPC server's setup are
+`xds_common.py`'s (shared with `xds_server.py`).
 """
 
-import json
 import os
-import queue
 import sys
-import threading
-import time
-from concurrent import futures
 
-import grpc
 from envoy.config.core.v3 import base_pb2
 from envoy.extensions.transport_sockets.tls.v3 import common_pb2, secret_pb2
 from envoy.service.discovery.v3 import discovery_pb2
 from envoy.service.secret.v3 import sds_pb2_grpc
-from google.protobuf import any_pb2
+from xds_common import Log, Store, error_message, node_id, pack, serve_stream, start_server
 
 SECRET = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret"
 
@@ -50,64 +47,12 @@ def secret(name, spec):
                 private_key=base_pb2.DataSource(inline_string=spec["key"]),
             ),
         )
-    a = any_pb2.Any()
-    a.Pack(s)
-    return a
+    return pack(s)
 
 
-class Store:
-    """The secrets file, re-read when it changes; watchers are called after a change."""
-
-    def __init__(self, path):
-        self.path = path
-        self.lock = threading.Lock()
-        self.version = ""
-        self.secrets = {}
-        self.text = None
-        self.watchers = set()
-        self.nonce = 0
-        self.reload()
-        threading.Thread(target=self.poll, daemon=True).start()
-
-    def reload(self):
-        try:
-            with open(self.path) as f:
-                text = f.read()
-        except FileNotFoundError:
-            return False
-        if text == self.text:
-            return False
-        spec = json.loads(text)
-        with self.lock:
-            self.text = text
-            self.version = str(spec["version"])
-            self.secrets = {n: secret(n, s) for n, s in spec["secrets"].items()}
-        return True
-
-    def poll(self):
-        while True:
-            time.sleep(0.05)
-            if self.reload():
-                with self.lock:
-                    watchers = list(self.watchers)
-                for w in watchers:
-                    w()
-
-    def next_nonce(self):
-        with self.lock:
-            self.nonce += 1
-            return str(self.nonce)
-
-
-class Log:
-    def __init__(self, path):
-        self.file = open(path, "a", buffering=1)
-        self.lock = threading.Lock()
-
-    def write(self, entry):
-        with self.lock:
-            self.file.write(json.dumps(entry) + "\n")
-            self.file.flush()
+def build(spec):
+    """The version and secrets of the file: (V, {name: Any})."""
+    return str(spec["version"]), {n: secret(n, s) for n, s in spec["secrets"].items()}
 
 
 class Sds(sds_pb2_grpc.SecretDiscoveryServiceServicer):
@@ -116,13 +61,22 @@ class Sds(sds_pb2_grpc.SecretDiscoveryServiceServicer):
         self.log = log
 
     def StreamSecrets(self, request_iterator, context):
-        out = queue.Queue()
-        lock = threading.Lock()
         state = {"names": [], "sent": None}
 
-        def answer():
-            with self.store.lock:
-                version, secrets = self.store.version, dict(self.store.secrets)
+        def on_request(r):
+            self.log.write(
+                {
+                    "version_info": r.version_info,
+                    "nonce": r.response_nonce,
+                    "error": error_message(r),
+                    "node": node_id(r),
+                    "names": list(r.resource_names),
+                }
+            )
+            state["names"] = sorted(r.resource_names)
+
+        def on_change(out):
+            version, secrets = self.store.snapshot()
             names = state["names"]
             key = (version, tuple(names))
             if not names or state["sent"] == key:
@@ -137,55 +91,18 @@ class Sds(sds_pb2_grpc.SecretDiscoveryServiceServicer):
                 )
             )
 
-        def changed():
-            with lock:
-                answer()
-
-        def read():
-            try:
-                for r in request_iterator:
-                    self.log.write(
-                        {
-                            "version_info": r.version_info,
-                            "nonce": r.response_nonce,
-                            "error": r.error_detail.message
-                            if r.HasField("error_detail")
-                            else None,
-                            "node": r.node.id if r.HasField("node") else None,
-                            "names": list(r.resource_names),
-                        }
-                    )
-                    with lock:
-                        state["names"] = sorted(r.resource_names)
-                        answer()
-            except grpc.RpcError:
-                pass
-            out.put(None)
-
-        with self.store.lock:
-            self.store.watchers.add(changed)
-        context.add_callback(lambda: out.put(None))
-        threading.Thread(target=read, daemon=True).start()
-        try:
-            while True:
-                item = out.get()
-                if item is None:
-                    return
-                yield item
-        finally:
-            with self.store.lock:
-                self.store.watchers.discard(changed)
+        yield from serve_stream(self.store, request_iterator, context, on_request, on_change)
 
 
 def main():
     socket, secrets, log = sys.argv[1], sys.argv[2], sys.argv[3]
-    store = Store(secrets)
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=8))
-    sds_pb2_grpc.add_SecretDiscoveryServiceServicer_to_server(Sds(store, Log(log)), server)
+    sds = Sds(Store(secrets, build), Log(log))
     if os.path.exists(socket):
         os.unlink(socket)
-    server.add_insecure_port(f"unix:{socket}")
-    server.start()
+    server, _ = start_server(
+        f"unix:{socket}",
+        lambda s: sds_pb2_grpc.add_SecretDiscoveryServiceServicer_to_server(sds, s),
+    )
     print(f"sds_server: serving on unix:{socket} (pid {os.getpid()})", flush=True)
     server.wait_for_termination()
 

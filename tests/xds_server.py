@@ -12,7 +12,13 @@ SNAPSHOT_JSON is read again whenever it changes (write it elsewhere and rename i
 `{"version": N, "listen": PORT, "upstream": PORT}` makes the resources of one sidecar built here
 from the protos: cluster `web` (EDS over ADS), its assignment with the one endpoint
 127.0.0.1:upstream, listener `in` on 127.0.0.1:listen whose HTTP connection manager takes route
-configuration `routes` over RDS, and `routes` sending everything to `web`.
+configuration `routes` over RDS, and `routes` sending everything to `web`. With
+`"listener_port": P` too, listener `in` is declared on port P instead of `listen`, sent as given
+(a `uint32`: 99999 stages a listener the client must refuse, NACK).
+
+Killed and started again on the same files, it serves the same snapshot; it keeps no other state
+(nonces start again from 1; a delta stream's knowledge of what the client has starts from the
+client's `initial_resource_versions`).
 
 State of the world: each type the client asked for is answered with every resource of it, at
 the snapshot's version, once per version. Delta: per type, the subscription (`*` or names) and
@@ -21,18 +27,15 @@ resources that differ (a resource's version is a hash of its bytes) and the name
 sent. Every request received is appended to REQUEST_LOG as one JSON object a line: `mode`,
 `type_url`, `version_info`, `nonce`, `error` (the `error_detail` message or null), `node`,
 `subscribe`, `unsubscribe`, `initial` (delta's `initial_resource_versions`).
+
+The snapshot file, the request log, the stream loop and the gRPC server's setup are
+`xds_common.py`'s (shared with `sds_server.py`).
 """
 
 import hashlib
-import json
 import os
-import queue
 import sys
-import threading
-import time
-from concurrent import futures
 
-import grpc
 from envoy.config.cluster.v3 import cluster_pb2
 from envoy.config.core.v3 import address_pb2, config_source_pb2
 from envoy.config.endpoint.v3 import endpoint_components_pb2, endpoint_pb2
@@ -43,18 +46,22 @@ from envoy.extensions.filters.network.http_connection_manager.v3 import (
     http_connection_manager_pb2 as hcm_pb2,
 )
 from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
-from google.protobuf import any_pb2, duration_pb2
+from google.protobuf import duration_pb2
+from xds_common import (
+    Log,
+    Store,
+    error_message,
+    node_id,
+    pack,
+    serve_stream,
+    start_server,
+    tls_arguments,
+)
 
 CDS = "type.googleapis.com/envoy.config.cluster.v3.Cluster"
 EDS = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment"
 LDS = "type.googleapis.com/envoy.config.listener.v3.Listener"
 RDS = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration"
-
-
-def pack(message):
-    a = any_pb2.Any()
-    a.Pack(message)
-    return a
 
 
 def ads_source():
@@ -71,7 +78,7 @@ def socket_address(port):
 
 
 def build(spec):
-    """The resources of a snapshot spec: {type_url: [(name, Any)]}."""
+    """The version and resources of a snapshot spec: (N, {type_url: [(name, Any)]})."""
     cluster = cluster_pb2.Cluster(
         name="web",
         type=cluster_pb2.Cluster.EDS,
@@ -103,7 +110,7 @@ def build(spec):
     )
     listener = listener_pb2.Listener(
         name="in",
-        address=socket_address(spec["listen"]),
+        address=socket_address(spec.get("listener_port", spec["listen"])),
         filter_chains=[
             listener_components_pb2.FilterChain(
                 filters=[
@@ -130,7 +137,7 @@ def build(spec):
             )
         ],
     )
-    return {
+    return spec["version"], {
         CDS: [("web", pack(cluster))],
         EDS: [("web", pack(assignment))],
         LDS: [("in", pack(listener))],
@@ -140,99 +147,6 @@ def build(spec):
 
 def resource_version(any_message):
     return hashlib.sha256(any_message.value).hexdigest()[:16]
-
-
-class Store:
-    """The snapshot, reloaded from its file, and the streams to tell of a change."""
-
-    def __init__(self, path):
-        self.path = path
-        self.lock = threading.Lock()
-        self.version = 0
-        self.resources = {}
-        self.watchers = set()
-        self.text = None
-        self.nonce = 0
-        self.reload()
-        threading.Thread(target=self.poll, daemon=True).start()
-
-    def reload(self):
-        try:
-            with open(self.path) as f:
-                text = f.read()
-        except FileNotFoundError:
-            return False
-        if text == self.text:
-            return False
-        spec = json.loads(text)
-        with self.lock:
-            self.text = text
-            self.version = spec["version"]
-            self.resources = build(spec)
-        return True
-
-    def poll(self):
-        while True:
-            time.sleep(0.05)
-            if self.reload():
-                with self.lock:
-                    watchers = list(self.watchers)
-                for w in watchers:
-                    w()
-
-    def snapshot(self):
-        with self.lock:
-            return self.version, self.resources
-
-    def next_nonce(self):
-        with self.lock:
-            self.nonce += 1
-            return str(self.nonce)
-
-
-class Log:
-    def __init__(self, path):
-        self.file = open(path, "a", buffering=1)
-        self.lock = threading.Lock()
-
-    def write(self, entry):
-        with self.lock:
-            self.file.write(json.dumps(entry) + "\n")
-            self.file.flush()
-
-
-def serve_stream(store, request_iterator, context, on_request, on_change):
-    """Runs a stream: requests read on a thread, responses from `out` yielded."""
-    out = queue.Queue()
-    lock = threading.Lock()
-
-    def changed():
-        with lock:
-            on_change(out)
-
-    def read():
-        try:
-            for request in request_iterator:
-                with lock:
-                    on_request(request)
-                    on_change(out)
-        except grpc.RpcError:
-            pass
-        out.put(None)
-
-    with store.lock:
-        store.watchers.add(changed)
-    context.add_callback(lambda: out.put(None))
-    threading.Thread(target=read, daemon=True).start()
-    try:
-        while True:
-            item = out.get()
-            if item is None:
-                return
-            yield item
-    finally:
-        with store.lock:
-            store.watchers.discard(changed)
 
 
 class Ads(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
@@ -251,8 +165,8 @@ class Ads(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
                     "type_url": r.type_url,
                     "version_info": r.version_info,
                     "nonce": r.response_nonce,
-                    "error": r.error_detail.message if r.HasField("error_detail") else None,
-                    "node": r.node.id if r.HasField("node") else None,
+                    "error": error_message(r),
+                    "node": node_id(r),
                     "subscribe": list(r.resource_names),
                     "unsubscribe": [],
                     "initial": {},
@@ -287,8 +201,8 @@ class Ads(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
                     "type_url": r.type_url,
                     "version_info": "",
                     "nonce": r.response_nonce,
-                    "error": r.error_detail.message if r.HasField("error_detail") else None,
-                    "node": r.node.id if r.HasField("node") else None,
+                    "error": error_message(r),
+                    "node": node_id(r),
                     "subscribe": list(r.resource_names_subscribe),
                     "unsubscribe": list(r.resource_names_unsubscribe),
                     "initial": dict(r.initial_resource_versions),
@@ -343,38 +257,16 @@ class Ads(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
         yield from serve_stream(self.store, request_iterator, context, on_request, on_change)
 
 
-def read(path):
-    with open(path, "rb") as f:
-        return f.read()
-
-
 def main():
     port, snapshot, log = int(sys.argv[1]), sys.argv[2], sys.argv[3]
-    rest = sys.argv[4:]
-    tls = client_ca = None
-    while rest:
-        if rest[0] == "--tls" and len(rest) >= 3:
-            tls, rest = (rest[1], rest[2]), rest[3:]
-        elif rest[0] == "--client-ca" and len(rest) >= 2:
-            client_ca, rest = rest[1], rest[2:]
-        else:
-            sys.exit(f"xds_server: unknown arguments {rest!r}")
-    if client_ca and not tls:
-        sys.exit("xds_server: --client-ca needs --tls")
-    store = Store(snapshot)
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=8))
-    ads_pb2_grpc.add_AggregatedDiscoveryServiceServicer_to_server(Ads(store, Log(log)), server)
-    if tls:
-        credentials = grpc.ssl_server_credentials(
-            [(read(tls[1]), read(tls[0]))],
-            root_certificates=read(client_ca) if client_ca else None,
-            require_client_auth=client_ca is not None,
-        )
-        server.add_secure_port(f"127.0.0.1:{port}", credentials)
-    else:
-        server.add_insecure_port(f"127.0.0.1:{port}")
-    server.start()
-    what = "TLS" + (", client certificates required" if client_ca else "") if tls else "cleartext"
+    tls, client_ca = tls_arguments(sys.argv[4:], "xds_server")
+    ads = Ads(Store(snapshot, build), Log(log))
+    server, what = start_server(
+        f"127.0.0.1:{port}",
+        lambda s: ads_pb2_grpc.add_AggregatedDiscoveryServiceServicer_to_server(ads, s),
+        tls,
+        client_ca,
+    )
     print(f"xds_server: serving on 127.0.0.1:{port} ({what}; pid {os.getpid()})", flush=True)
     server.wait_for_termination()
 

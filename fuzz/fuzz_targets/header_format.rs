@@ -9,7 +9,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use sluice_core::config::header_format::{FormatContext, HeaderFormat, Segment};
+use sluice_core::config::header_format::{FormatContext, HeaderFormat, RequestLine, Segment};
 
 fuzz_target!(|data: &[u8]| {
     let Ok(text) = std::str::from_utf8(data) else {
@@ -33,6 +33,13 @@ fuzz_target!(|data: &[u8]| {
         protocol: "HTTP/1.1",
         hostname: "host",
         request_header: &lookup,
+        request_line: RequestLine {
+            authority: Some(b"authority:80"),
+            method: b"GET",
+            path: Some(b"/path"),
+            query: Some(b"q"),
+            scheme: "http",
+        },
     };
     let mut out = b"before".to_vec();
     format.render(&ctx, &mut out);

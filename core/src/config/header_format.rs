@@ -14,6 +14,10 @@
 //!   written, with no rendering and no buffer.
 //! - Parsing never panics on any input; a `%` that starts no valid command, an unknown
 //!   variable, or one Sluice does not render is an error naming it (the caller adds the path).
+//! - `%REQ()%` reads header fields by name and the pseudo-headers `:authority`, `:path`,
+//!   `:method` and `:scheme` from the [`RequestLine`] the runtime gives (an HTTP/1.1 request
+//!   has no pseudo-header fields: its request line, `Host` and connection stand for them, as
+//!   Envoy's codec makes them); any other `:` name is refused when parsed.
 //! - Rendering appends to a caller's buffer (reused across messages) and allocates nothing
 //!   else; a variable with no value (a request header the request lacks) renders empty, as
 //!   Envoy's header formatter does (it omits empty values rather than writing `-`).
@@ -56,18 +60,53 @@ pub enum Var {
     /// `%HOSTNAME%`: the host name of the machine Sluice runs on.
     Hostname,
     /// `%REQ(name)%`, `%REQ(name?alternative)%`: the request's first field of the name (or of
-    /// the alternative when it has none), empty when it has neither.
+    /// the alternative when it has none), empty when it has neither; a name may be one of the
+    /// request's pseudo-headers ([`Pseudo`]).
     Req {
-        /// Lowercase.
-        name: String,
-        /// Lowercase.
-        alternative: Option<String>,
+        /// What to read.
+        name: ReqField,
+        /// What to read when `name` has no value.
+        alternative: Option<ReqField>,
     },
+}
+
+/// What a `%REQ(...)%` reads: a header field or a pseudo-header.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ReqField {
+    /// A field, by its lowercase name.
+    Header(String),
+    /// A pseudo-header.
+    Pseudo(Pseudo),
+}
+
+/// The request pseudo-headers `%REQ()%` reads (Envoy's names; for an HTTP/1.1 request, what
+/// its request line and `Host` say — see [`RequestLine`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Pseudo {
+    /// `:authority`.
+    Authority,
+    /// `:path` (with the query).
+    Path,
+    /// `:method`.
+    Method,
+    /// `:scheme`.
+    Scheme,
+}
+
+impl Pseudo {
+    /// Every pseudo-header with its name.
+    const ALL: [(&'static str, Pseudo); 4] = [
+        (":authority", Pseudo::Authority),
+        (":path", Pseudo::Path),
+        (":method", Pseudo::Method),
+        (":scheme", Pseudo::Scheme),
+    ];
 }
 
 /// The variables [`HeaderFormat::parse`] accepts, for error messages and docs.
 pub const SUPPORTED: &str = "DOWNSTREAM_REMOTE_ADDRESS, DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT, \
-     DOWNSTREAM_REMOTE_PORT, PROTOCOL, HOSTNAME, REQ(name), REQ(name?alternative)";
+     DOWNSTREAM_REMOTE_PORT, PROTOCOL, HOSTNAME, REQ(name), REQ(name?alternative) (a name may be \
+     :authority, :path, :method or :scheme)";
 
 /// Envoy's commands that Sluice does not render (refused as unsupported rather than unknown).
 const ENVOY_ONLY: &[&str] = &[
@@ -229,6 +268,27 @@ pub struct FormatContext<'a> {
     pub hostname: &'a str,
     /// The request's first field of a (lowercase) name.
     pub request_header: &'a dyn Fn(&str) -> Option<&'a [u8]>,
+    /// The request's pseudo-headers.
+    pub request_line: RequestLine<'a>,
+}
+
+/// What the request's pseudo-headers read, as the request is edited so far (an HTTP/1.1
+/// request has none: its request line and `Host` stand for them, as Envoy's codec makes them).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct RequestLine<'a> {
+    /// `:authority`: the request's host (its `Host`, or its target's authority), as edited
+    /// (`None`: it has none).
+    pub authority: Option<&'a [u8]>,
+    /// `:method`: the method token.
+    pub method: &'a [u8],
+    /// `:path`: the target's path (normalized when the listener normalizes paths; before a
+    /// route's `prefix_rewrite`, which Envoy applies after the header edits), `None` for a
+    /// CONNECT (which has no `:path`).
+    pub path: Option<&'a [u8]>,
+    /// The target's query, without its `?`: `:path` renders `path?query`.
+    pub query: Option<&'a [u8]>,
+    /// `:scheme`: `https` when the downstream connection is TLS, else `http`.
+    pub scheme: &'a str,
 }
 
 fn render_var(var: &Var, ctx: &FormatContext<'_>, out: &mut Vec<u8>) {
@@ -253,12 +313,41 @@ fn render_var(var: &Var, ctx: &FormatContext<'_>, out: &mut Vec<u8>) {
         Var::Protocol => out.extend_from_slice(ctx.protocol.as_bytes()),
         Var::Hostname => out.extend_from_slice(ctx.hostname.as_bytes()),
         Var::Req { name, alternative } => {
-            let value = (ctx.request_header)(name)
-                .or_else(|| alternative.as_deref().and_then(|a| (ctx.request_header)(a)));
-            if let Some(v) = value {
-                out.extend_from_slice(v);
+            if !render_req(name, ctx, out)
+                && let Some(a) = alternative
+            {
+                render_req(a, ctx, out);
             }
         }
+    }
+}
+
+/// Appends what `field` reads; whether it has a value.
+fn render_req(field: &ReqField, ctx: &FormatContext<'_>, out: &mut Vec<u8>) -> bool {
+    let line = &ctx.request_line;
+    let value = match field {
+        ReqField::Header(name) => (ctx.request_header)(name),
+        ReqField::Pseudo(Pseudo::Authority) => line.authority,
+        ReqField::Pseudo(Pseudo::Method) => Some(line.method).filter(|m| !m.is_empty()),
+        ReqField::Pseudo(Pseudo::Scheme) => Some(line.scheme.as_bytes()),
+        ReqField::Pseudo(Pseudo::Path) => {
+            let Some(path) = line.path else {
+                return false;
+            };
+            out.extend_from_slice(path);
+            if let Some(q) = line.query {
+                out.push(b'?');
+                out.extend_from_slice(q);
+            }
+            return true;
+        }
+    };
+    match value {
+        Some(v) => {
+            out.extend_from_slice(v);
+            true
+        }
+        None => false,
     }
 }
 
@@ -336,20 +425,29 @@ fn var(c: &Command<'_>, at: usize) -> Result<Var, FormatError> {
                 Some((n, a)) => (n, Some(a)),
                 None => (arg, None),
             };
-            let valid = |n: &str| {
-                !n.is_empty()
-                    && !n.starts_with(':')
+            let field = |n: &str| -> Result<ReqField, FormatError> {
+                if n.starts_with(':') {
+                    return Pseudo::ALL
+                        .iter()
+                        .find(|(p, _)| p.eq_ignore_ascii_case(n))
+                        .map(|(_, p)| ReqField::Pseudo(*p))
+                        .ok_or(argument(
+                            "the pseudo-headers are :authority, :path, :method and :scheme",
+                        ));
+                }
+                let valid = !n.is_empty()
                     && n.bytes()
-                        .all(|b| b.is_ascii_graphic() && !b"\"(),/;<=>?@[\\]{}".contains(&b))
+                        .all(|b| b.is_ascii_graphic() && !b"\"(),/;<=>?@[\\]{}".contains(&b));
+                if !valid {
+                    return Err(argument(
+                        "the argument is a header name, or two separated by ? (name?alternative)",
+                    ));
+                }
+                Ok(ReqField::Header(n.to_ascii_lowercase()))
             };
-            if !valid(name) || !alternative.is_none_or(valid) {
-                return Err(argument(
-                    "the argument is a header name, or two separated by ? (name?alternative)",
-                ));
-            }
             Ok(Var::Req {
-                name: name.to_ascii_lowercase(),
-                alternative: alternative.map(str::to_ascii_lowercase),
+                name: field(name)?,
+                alternative: alternative.map(field).transpose()?,
             })
         }
         other if ENVOY_ONLY.contains(&other) => Err(FormatError::Unsupported {
@@ -377,6 +475,10 @@ mod tests {
     }
 
     fn render(text: &str, headers: &[(&str, &str)]) -> String {
+        render_line(text, headers, RequestLine::default())
+    }
+
+    fn render_line(text: &str, headers: &[(&str, &str)], request_line: RequestLine<'_>) -> String {
         let lookup = |n: &str| -> Option<&[u8]> {
             headers
                 .iter()
@@ -388,6 +490,7 @@ mod tests {
             protocol: "HTTP/1.1",
             hostname: "node-1",
             request_header: &lookup,
+            request_line,
         };
         let mut out = b"kept:".to_vec();
         HeaderFormat::parse(text)
@@ -447,6 +550,7 @@ mod tests {
             protocol: "HTTP/2",
             hostname: "",
             request_header: &|_| None,
+            request_line: RequestLine::default(),
         };
         let mut out = Vec::new();
         HeaderFormat::parse("%DOWNSTREAM_REMOTE_ADDRESS%")
@@ -454,6 +558,64 @@ mod tests {
             .unwrap()
             .render(&v4, &mut out);
         assert_eq!(out, b"10.0.0.1:5000");
+    }
+
+    /// `%REQ(:authority)%`, `%REQ(:path)%` (with the query), `%REQ(:method)%` and
+    /// `%REQ(:scheme)%` read the request line the runtime gives (any case, as Envoy lowercases
+    /// header names); a pseudo-header with no value (a CONNECT's `:path`, a request without a
+    /// host) renders empty or its alternative; `:N` cuts them as any value; a field whose name
+    /// looks alike is not read for them.
+    #[test]
+    fn pseudo_headers_read_the_request_line() {
+        let line = RequestLine {
+            authority: Some(b"api.example:8080"),
+            method: b"POST",
+            path: Some(b"/a/b"),
+            query: Some(b"x=1&y"),
+            scheme: "https",
+        };
+        let headers = [("host", "from-the-field"), ("authority", "no")];
+        assert_eq!(
+            render_line(
+                "%REQ(:authority)% %REQ(:METHOD)% %REQ(:scheme)%://%REQ(:authority)%%REQ(:path)%",
+                &headers,
+                line
+            ),
+            "kept:api.example:8080 POST https://api.example:8080/a/b?x=1&y"
+        );
+        assert_eq!(render_line("%REQ(:Path):4%", &[], line), "kept:/a/b");
+        assert_eq!(render_line("%REQ(:path):6%", &[], line), "kept:/a/b?x");
+        let bare = RequestLine {
+            authority: None,
+            method: b"CONNECT",
+            path: None,
+            query: None,
+            scheme: "http",
+        };
+        assert_eq!(render_line("<%REQ(:path)%>", &[], bare), "kept:<>");
+        assert_eq!(
+            render_line(
+                "%REQ(:authority?x-fallback)%",
+                &[("x-fallback", "fb")],
+                bare
+            ),
+            "kept:fb"
+        );
+        assert_eq!(
+            render_line("%REQ(:path?:method)%|%REQ(x-none?:scheme)%", &[], bare),
+            "kept:CONNECT|http"
+        );
+        assert_eq!(
+            render_line(
+                "%REQ(:path)%",
+                &[],
+                RequestLine {
+                    query: None,
+                    ..line
+                }
+            ),
+            "kept:/a/b"
+        );
     }
 
     /// Hostile and mistaken input is an error naming what and where, never a panic.
@@ -492,12 +654,19 @@ mod tests {
             err("%REQ%"),
             "%REQ% at byte 0: needs a header name: %REQ(name)%"
         );
+        for bad in [":status", ":protocol", ":", "a?:x"] {
+            assert_eq!(
+                err(&format!("%REQ({bad})%")),
+                "%REQ% at byte 0: the pseudo-headers are :authority, :path, :method and :scheme",
+                "{bad}"
+            );
+        }
         for bad in [
             "%REQ()%",
             "%REQ(a b)%",
-            "%REQ(:path)%",
             "%REQ(a?)%",
             "%REQ(a?b?c)%",
+            "%REQ(:path?)%",
         ] {
             assert!(
                 err(bad).contains("the argument is a header name"),

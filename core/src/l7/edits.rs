@@ -588,6 +588,7 @@ mod tests {
             protocol: "HTTP/2",
             hostname: "h",
             request_header: &lookup,
+            request_line: Default::default(),
         };
         let mut rendered = Rendered::default();
         rendered.render(&add, &ctx);

@@ -1547,6 +1547,7 @@ mod idle_buffer_tests {
             protocol: "HTTP/1.1",
             hostname: "h",
             request_header: &lookup,
+            request_line: Default::default(),
         };
         kept.rendered_request.render(&route_add, &ctx);
         kept.rendered_response.render(&route_add, &ctx);

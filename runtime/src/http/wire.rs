@@ -8,12 +8,12 @@
 use std::cell::Cell;
 use std::time::Duration;
 
-use sluice_core::config::header_format::FormatContext;
+use sluice_core::config::header_format::{FormatContext, RequestLine};
 use sluice_core::config::http::{
     ForwardAction, RouteUpgrade, ServerHeader, ServerHeaderTransformation, upgrade_allowed,
 };
 use sluice_core::http1::{
-    BodyFraming, Head, HeadEdits, Limits, Method, ParseStatus, Version, parse_response,
+    BodyFraming, Head, HeadEdits, Limits, Method, ParseStatus, TargetForm, Version, parse_response,
     write_request_head,
 };
 use sluice_core::http2::te_wants_trailers;
@@ -269,6 +269,15 @@ impl<N: Network> Engine<N> {
         // went upstream). Every variable is of the request or the connection, so the
         // response's are rendered now too.
         let protocol = downstream_protocol(scratch.downstream_http2, head.version());
+        // The pseudo-headers (`%REQ(:path)%`...): an HTTP/1.1 request's line and host, the path
+        // as normalized (Envoy edits headers before it rewrites a prefix), the host as edited.
+        let line = RequestLine {
+            authority: None,
+            method: head.method_bytes(rbuf.bytes()),
+            path: (head.target_form() != TargetForm::Authority).then_some(path),
+            query: head.query(rbuf.bytes()),
+            scheme: if scratch.over_tls { "https" } else { "http" },
+        };
         if has_variables(&action.request_headers_to_add) {
             let lookup = |name: &str| edits.value_of(name, &|n: &str| head.header(rbuf.bytes(), n));
             scratch.rendered_request.render(
@@ -278,6 +287,10 @@ impl<N: Network> Engine<N> {
                     protocol,
                     hostname: hostname(),
                     request_header: &lookup,
+                    request_line: RequestLine {
+                        authority: edits.value_of("host", &|_| head.host(rbuf.bytes())),
+                        ..line
+                    },
                 },
             );
         }
@@ -295,6 +308,10 @@ impl<N: Network> Engine<N> {
                     protocol,
                     hostname: hostname(),
                     request_header: &lookup,
+                    request_line: RequestLine {
+                        authority: edits.value_of("host", &|_| head.host(rbuf.bytes())),
+                        ..line
+                    },
                 },
             );
         }

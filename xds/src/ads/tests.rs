@@ -262,9 +262,10 @@ fn an_invalid_listener_is_nacked_with_the_previous_version_and_a_useful_error() 
     let (kind, version, nonce, _, error) = summary(reqs[0]);
     assert_eq!((kind, version, nonce), (Lds, "1", "l2"));
     let error = error.expect("error_detail");
-    assert!(
-        error.starts_with("listener \"in\": listeners[0].address: ") && error.contains("99999"),
-        "{error}"
+    // Named by the resource and the xDS field's path.
+    assert_eq!(
+        error,
+        "listener \"in\" address.socket_address.port_value: 99999 is not a port (0 to 65535)"
     );
     assert_eq!(reqs[0].error_detail.as_ref().map(|e| e.code), Some(3));
     assert_eq!(a.accepted_version(Lds), "1");

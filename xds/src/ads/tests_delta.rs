@@ -355,7 +355,8 @@ fn delta_a_nack_keeps_the_serving_config_and_the_next_good_update_applies() {
     let error = reqs[0].4.expect("error_detail");
     assert_eq!((reqs[0].0, reqs[0].1), (Lds, "n5"));
     assert!(
-        error.starts_with("listener \"in\": listeners[0].address: ") && error.contains("99999"),
+        error.starts_with("listener \"in\" address.socket_address.port_value: ")
+            && error.contains("99999"),
         "{error}"
     );
     assert_eq!(

@@ -63,6 +63,7 @@ pub fn translate_cluster(
     let at = At::root(ResourceType::Cluster, &c.name);
     let mut rest = c.clone();
     let name = take(&mut rest.name);
+    config_name(&name, &at.field("name"))?;
     for (set, field) in [
         (!take(&mut rest.alt_stat_name).is_empty(), "alt_stat_name"),
         (take(&mut rest.metadata).is_some(), "metadata"),
@@ -374,6 +375,7 @@ fn transport_socket_matches(
     for (i, mut m) in matches.into_iter().enumerate() {
         let m_at = at.field("transport_socket_matches").index(i);
         let name = take(&mut m.name);
+        config_name(&name, &m_at.field("name"))?;
         let labels = match take(&mut m.r#match) {
             Some(s) => string_labels(&s, &m_at.field("match"))?,
             None => json!({}),
@@ -577,14 +579,16 @@ fn check_priorities_contiguous(
         )))
 }
 
-/// `ip:port` of a TCP socket address (no named ports, no resolver).
+/// `ip:port` of a TCP socket address (no named ports, no resolver). The IP address and the
+/// port are checked here, so that a bad one is refused by its xDS path
+/// (`address.socket_address.port_value`) rather than by the config's (`listeners[0].address`).
 pub(crate) fn socket_address(a: Option<&Address>, at: &At<'_>) -> Result<String, TranslateError> {
     let Some(address::Address::SocketAddress(sa)) = a.and_then(|a| a.address.as_ref()) else {
         return Err(at.error("expected a socket_address"));
     };
     let sa_at = at.field("socket_address");
     let mut rest = sa.clone();
-    let ip = take(&mut rest.address);
+    let ip_text = take(&mut rest.address);
     let port = match take(&mut rest.port_specifier) {
         Some(socket_address::PortSpecifier::PortValue(p)) => p,
         Some(socket_address::PortSpecifier::NamedPort(_)) => {
@@ -596,11 +600,26 @@ pub(crate) fn socket_address(a: Option<&Address>, at: &At<'_>) -> Result<String,
         return Err(sa_at.field("protocol").error("only TCP is supported"));
     }
     reject_rest(&rest, &sa_at)?;
-    Ok(if ip.contains(':') {
-        format!("[{ip}]:{port}")
-    } else {
-        format!("{ip}:{port}")
-    })
+    // Envoy's own bound (`port_value` is `lte: 65535`).
+    let Ok(port) = u16::try_from(port) else {
+        return Err(sa_at
+            .field("port_value")
+            .error(format!("{port} is not a port (0 to 65535)")));
+    };
+    // No resolver: an IP address, as Envoy requires of a listener's and a STATIC or EDS
+    // cluster's endpoint's address.
+    let ip: std::net::IpAddr = ip_text.parse().map_err(|_| {
+        sa_at
+            .field("address")
+            .error(format!("{ip_text:?} is not an IP address"))
+    })?;
+    Ok(std::net::SocketAddr::new(ip, port).to_string())
+}
+
+/// A name the config takes (a cluster's, a listener's, a virtual host's...), checked by the
+/// config's own rule, refused at `at` (its xDS path).
+pub(crate) fn config_name(name: &str, at: &At<'_>) -> Result<(), TranslateError> {
+    sluice_core::config::yaml::check_name(name).map_err(|e| at.error(e))
 }
 
 fn health_check(hc: &HealthCheck, at: &At<'_>) -> Result<Value, TranslateError> {

@@ -73,7 +73,7 @@ use serde_json::{Value, json};
 
 use sluice_core::detect::PLAINTEXT_PROTOCOLS;
 
-use super::cluster::{config_source, socket_address};
+use super::cluster::{config_name, config_source, socket_address};
 use super::listener_filters::Ports;
 use super::route::translate_route_configuration;
 use super::{At, Notes, ResourceType, TranslateError, duration, object, reject_rest, take, unpack};
@@ -89,6 +89,7 @@ pub fn translate_listener(
     let at = At::root(ResourceType::Listener, &l.name);
     let mut rest = l.clone();
     let name = take(&mut rest.name);
+    config_name(&name, &at.field("name"))?;
     for (set, field) in [
         (!take(&mut rest.stat_prefix).is_empty(), "stat_prefix"),
         (take(&mut rest.metadata).is_some(), "metadata"),

@@ -412,6 +412,7 @@ fn virtual_host(
         }
     }
     let name = take(&mut vh.name);
+    super::cluster::config_name(&name, &at.field("name"))?;
     let domains = domains_without_ports(take(&mut vh.domains));
     let vh_edits = edits!(vh, at);
     let outer = Outer {

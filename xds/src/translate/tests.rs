@@ -295,18 +295,20 @@ fn a_field_the_model_cannot_express_is_refused_by_name() {
 
 #[test]
 fn the_config_validation_refuses_and_the_error_names_the_resource() {
+    // What only the whole config can tell (two listeners on one address): by the config's
+    // path, mapped back to the resource.
     let mut r = resources();
     r.listeners.insert(
-        "in".into(),
-        http_listener("in", "127.0.0.1", 99999, "routes"),
+        "in2".into(),
+        http_listener("in2", "127.0.0.1", 9000, "routes"),
     );
     let e = errors(&r);
-    assert_eq!(e.len(), 1, "{e:?}");
-    assert!(
-        e[0].starts_with("listener \"in\": listeners[0].address: ")
-            && e[0].contains("99999")
-            && e[0].ends_with("(as the config's listeners[0].address)"),
-        "{e:?}"
+    assert_eq!(
+        e,
+        [
+            "listener \"in2\": listeners[1].address: duplicate address \"127.0.0.1:9000\" \
+             (already used by listeners[0]) (as the config's listeners[1].address)"
+        ]
     );
 
     // A route to a cluster nobody sent.
@@ -318,6 +320,105 @@ fn the_config_validation_refuses_and_the_error_names_the_resource() {
         e[0].starts_with("listener \"in\": ") && e[0].contains("nowhere"),
         "{e:?}"
     );
+}
+
+/// What translation can check by itself — a port out of range, an address that is not an IP
+/// address, a name the config would refuse — is refused by the resource's name and the xDS
+/// field's path (not the config's), for listeners, endpoints, clusters and virtual hosts.
+#[test]
+fn bad_ports_addresses_and_names_are_refused_by_their_xds_field_path() {
+    let refused = |change: &dyn Fn(&mut Resources)| {
+        let mut r = resources();
+        change(&mut r);
+        errors(&r)
+    };
+    assert_eq!(
+        refused(&|r| {
+            r.listeners.insert(
+                "in".into(),
+                http_listener("in", "127.0.0.1", 99999, "routes"),
+            );
+        }),
+        ["listener \"in\" address.socket_address.port_value: 99999 is not a port (0 to 65535)"]
+    );
+    assert_eq!(
+        refused(&|r| {
+            r.listeners.insert(
+                "in".into(),
+                http_listener("in", "localhost", 9000, "routes"),
+            );
+        }),
+        ["listener \"in\" address.socket_address.address: \"localhost\" is not an IP address"]
+    );
+    assert_eq!(
+        refused(&|r| {
+            r.listeners
+                .insert("in".into(), http_listener("", "127.0.0.1", 9000, "routes"));
+        }),
+        [
+            "listener \"\" name: \"\" is not a valid name (1 to 128 characters: letters, digits, \
+             '_', '-', '.', ':', '|')"
+        ]
+    );
+    assert_eq!(
+        refused(&|r| {
+            r.endpoints.insert(
+                "web".into(),
+                assignment(
+                    "web",
+                    &[
+                        ("127.0.0.1", 8001, HealthStatus::Healthy as i32),
+                        ("127.0.0.1", 65536, HealthStatus::Healthy as i32),
+                    ],
+                ),
+            );
+        }),
+        [
+            "cluster_load_assignment \"web\" endpoints[0].lb_endpoints[1].endpoint.address.\
+             socket_address.port_value: 65536 is not a port (0 to 65535)"
+        ]
+    );
+    assert_eq!(
+        refused(&|r| {
+            r.endpoints.insert(
+                "web".into(),
+                assignment("web", &[("", 8001, HealthStatus::Healthy as i32)]),
+            );
+        }),
+        [
+            "cluster_load_assignment \"web\" endpoints[0].lb_endpoints[0].endpoint.address.\
+             socket_address.address: \"\" is not an IP address"
+        ]
+    );
+    assert_eq!(
+        refused(&|r| {
+            r.clusters.insert(
+                "web two".into(),
+                static_cluster("web two", &[("127.0.0.1", 8001, 0)]),
+            );
+        }),
+        [
+            "cluster \"web two\" name: \"web two\" is not a valid name (1 to 128 characters: \
+             letters, digits, '_', '-', '.', ':', '|')"
+        ]
+    );
+    assert_eq!(
+        refused(&|r| {
+            let mut routes = route_config("routes", "web");
+            routes.virtual_hosts[0].name = String::new();
+            r.routes.insert("routes".into(), routes);
+        }),
+        [
+            "route_configuration \"routes\" virtual_hosts[0].name: \"\" is not a valid name (1 \
+             to 128 characters: letters, digits, '_', '-', '.', ':', '|')"
+        ]
+    );
+    // An IPv6 address is written in brackets for the config.
+    let mut r = resources();
+    r.listeners
+        .insert("in".into(), http_listener("in", "::1", 9000, "routes"));
+    let a = assemble(&bootstrap(), &r).expect("valid");
+    assert_eq!(a.config.listeners[0].address.to_string(), "[::1]:9000");
 }
 
 /// An assignment that lists no endpoint (a service with no ready pod), or only localities

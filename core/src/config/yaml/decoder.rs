@@ -138,25 +138,15 @@ impl Decoder {
         }
     }
 
-    /// A non-empty name made of letters, digits and `_ - . : |` — `|` because Istio names its
-    /// clusters `outbound|80||svc.ns.svc.cluster.local`; none of these needs quoting or escaping
-    /// in a metric label, a log line, a YAML plain scalar after its first character or HTML.
+    /// A name ([`super::values::check_name`]).
     pub(crate) fn name(&mut self, path: &str, v: &Value) -> Option<String> {
         let s = self.string(path, v)?;
-        let ok = !s.is_empty()
-            && s.len() <= 128
-            && s.bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b"_-.:|".contains(&b));
-        if ok {
-            Some(s.to_owned())
-        } else {
-            self.error(
-                path,
-                format!(
-                    "{s:?} is not a valid name (1 to 128 characters: letters, digits, '_', '-', '.', ':', '|')"
-                ),
-            );
-            None
+        match super::values::check_name(s) {
+            Ok(()) => Some(s.to_owned()),
+            Err(e) => {
+                self.error(path, e);
+                None
+            }
         }
     }
 

@@ -48,7 +48,7 @@ use super::{
     TextPosition, UpstreamProtocol,
 };
 use decoder::{Decoder, Obj, child, index};
-pub use values::{parse_duration, parse_socket_addr};
+pub use values::{check_name, parse_duration, parse_socket_addr};
 
 impl Config {
     /// Parses and validates YAML text, reporting every problem found.

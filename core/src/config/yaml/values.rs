@@ -44,6 +44,26 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     Ok(Duration::from_micros((millis * 1000.0).round() as u64))
 }
 
+/// Checks a name (of a listener, cluster, virtual host, ...): 1 to 128 letters, digits and
+/// `_ - . : |` — `|` because Istio names its clusters `outbound|80||svc.ns.svc.cluster.local`;
+/// none of these needs quoting or escaping in a metric label, a log line, a YAML plain scalar
+/// after its first character or HTML. The xDS translation checks the names it maps with this
+/// too, to refuse a bad one by its xDS field path.
+pub fn check_name(text: &str) -> Result<(), String> {
+    let ok = !text.is_empty()
+        && text.len() <= 128
+        && text
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"_-.:|".contains(&b));
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "{text:?} is not a valid name (1 to 128 characters: letters, digits, '_', '-', '.', ':', '|')"
+        ))
+    }
+}
+
 /// Parses `IP:PORT` (IPv6 in brackets), naming the part that is wrong.
 pub fn parse_socket_addr(text: &str) -> Result<SocketAddr, String> {
     let bad = |why: &str| format!("{text:?} is not a socket address ({why})");
