@@ -102,15 +102,16 @@
 //!   resource's own version is kept (those of the resources in the config serving).
 //! - Reconnect: the first request of each type resends the whole subscription (`*` for CDS and
 //!   LDS, the needed names for RDS, EDS and SDS) and carries `initial_resource_versions`: the
-//!   accepted version of each resource of that type serving (for RDS, EDS and SDS, of the names
-//!   subscribed to), so that the server sends only what changed and the removals.
+//!   accepted version of each resource of that type, serving or warming (for RDS, EDS and SDS,
+//!   of the names subscribed to), so that the server sends only what changed and the removals
+//!   — a warming resource it deleted meanwhile is removed, one it still has keeps warming.
 //! - **Resync after a NACK**: a delta server records what it sent and does not send it again
 //!   until it changes, so the responses a NACK drops (a good update refused along with a bad
 //!   one, a listener whose apply failed) would be lost for the stream's life. After the first
 //!   NACK on a stream the machine emits [`Output::Resync`]: the runtime ends the stream and
 //!   opens a new one after its backoff (not reset by such a stream unless it lasted long, so
 //!   a resource refused on every resync is retried ever more slowly); the new stream's
-//!   `initial_resource_versions` name only what serves, so the server sends the rest again.
+//!   `initial_resource_versions` name only what was accepted, so the server sends the rest again.
 
 use std::collections::{BTreeMap, BTreeSet, HashSet, VecDeque};
 
@@ -194,7 +195,7 @@ pub enum Output {
     /// ended so does not reset).
     /// Emitted (once per stream) after a NACK: the refused responses are dropped, and a delta
     /// server never resends what it sent until it changes; on the new stream
-    /// `initial_resource_versions` names only what serves, so the server sends the rest again.
+    /// `initial_resource_versions` names only what was accepted, so the server sends the rest again.
     Resync,
     /// Apply this config (the file's static part and the dynamic resources) through the
     /// reload path, then report [`Input::Applied`] or [`Input::ApplyFailed`] with `id`.
@@ -759,13 +760,15 @@ impl Ads {
         } else {
             state.names.iter().cloned().collect()
         };
-        // Only what serves: a resource accepted but still warming (a new cluster waiting for
-        // its endpoints) is sent again, as what a NACK refused is.
-        let applied = &self.applied;
+        // Every resource accepted, at its accepted version, warming ones included (as Envoy's
+        // subscription state lists them): a server only removes what the client says it has,
+        // so one left out that the server deleted meanwhile would stay for ever (and serve at
+        // the initial fetch timeout). One the server still has keeps warming: what it waits
+        // for is subscribed to again on this stream. What a NACK refused was never accepted,
+        // so it is not named and the server sends it again.
         let initial_resource_versions = state
             .resource_versions
             .iter()
-            .filter(|(name, _)| applied.contains(kind, name))
             .filter(|(name, _)| kind.is_full_state() || state.names.contains(*name))
             .map(|(n, v)| (n.clone(), v.clone()))
             .collect();

@@ -75,6 +75,28 @@ pub(super) fn apply_id(outputs: &[Output]) -> Option<u64> {
     })
 }
 
+/// The answers among `out` (ACKs and NACKs, both protocols): type, nonce, error if a NACK.
+pub(super) fn answers(out: &[Output]) -> Vec<(ResourceType, String, Option<String>)> {
+    out.iter()
+        .filter_map(|o| {
+            let (type_url, nonce, error) = match o {
+                Output::Send(r, Answer::Ack | Answer::Nack) => {
+                    (&r.type_url, &r.response_nonce, &r.error_detail)
+                }
+                Output::SendDelta(r, Answer::Ack | Answer::Nack) => {
+                    (&r.type_url, &r.response_nonce, &r.error_detail)
+                }
+                _ => return None,
+            };
+            Some((
+                ResourceType::from_type_url(type_url).expect("known type"),
+                nonce.clone(),
+                error.as_ref().map(|e| e.message.clone()),
+            ))
+        })
+        .collect()
+}
+
 pub(super) fn applied_config(outputs: &[Output]) -> &Config {
     outputs
         .iter()
