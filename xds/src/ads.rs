@@ -34,7 +34,11 @@
 //!   comes), else leaves it out — the others go ahead: one cluster waiting for its endpoints
 //!   does not hold back an unrelated listener or route update. The config is always whole: a
 //!   route never points at a cluster the workers lack (a cluster the candidate removed stays
-//!   while an applied version kept names it). [`Ads::warming`] lists what waits.
+//!   while an applied version kept names it); a listener ready for an address that a listener
+//!   kept at its applied version holds waits for it to move (they switch together). The mix
+//!   of versions is assembled before it is applied; should it still not assemble, the
+//!   resources its errors name are held back too (at their applied version, or out) — never
+//!   refused, the candidate being valid. [`Ads::warming`] lists what waits.
 //! - **Initial fetch timeout**: an assignment or route configuration the candidate starts
 //!   missing arms a warming timer ([`Output::ArmWarmingTimer`], the bootstrap's
 //!   `initial_fetch_timeout`; one timer for all that start missing at once, each resource
@@ -1057,7 +1061,7 @@ impl Ads {
                     continue;
                 }
             };
-            let serve = if expired == all_missing && secrets_missing.is_empty() {
+            let mut serve = if expired == all_missing && secrets_missing.is_empty() {
                 check
             } else {
                 warm::select(
@@ -1068,9 +1072,19 @@ impl Ads {
                     &self.declared_sources,
                 )
             };
+            let unchanged =
+                |serve: &Resources, ads: &Ads| *serve == ads.applied && !ads.applied_unsure;
+            let assembled = if unchanged(&serve, self) {
+                None
+            } else {
+                let (held, assembled) = self.assemble_mix(serve);
+                serve = held;
+                Some(assembled)
+            };
             self.follow(&candidate);
+            // After the outcome: what the mix held back waits too.
             self.warming = held_back(&candidate, &serve);
-            if serve == self.applied && !self.applied_unsure {
+            if unchanged(&serve, self) {
                 // Nothing the workers serve changes (a server resending what serves, or
                 // resources that all wait): accepted as they are.
                 self.base = candidate;
@@ -1080,7 +1094,7 @@ impl Ads {
                 self.source_verdicts(sources, None);
                 return;
             }
-            match translate::assemble(&self.bootstrap, &serve) {
+            match assembled.expect("assembled unless unchanged") {
                 Ok(assembled) => {
                     let id = self.next_id();
                     self.in_flight = Some(InFlight {
@@ -1098,12 +1112,38 @@ impl Ads {
                     });
                     return;
                 }
-                // Not expected (the chosen resources are the candidate's, validated, or
-                // served already); refused as any candidate would be.
+                // Not reached: the applied resources assembled when they were applied, and
+                // the bootstrap does not change.
                 Err(errors) if !self.pending.is_empty() || !self.source_pending.is_empty() => {
                     self.refuse(&errors, &candidate);
                 }
                 Err(_) => return,
+            }
+        }
+    }
+
+    /// Assembles `serve`, what [`warm::select`] took — a mix of candidate and applied versions,
+    /// which the validation of the candidate (every version the candidate's) did not check. When
+    /// the mix does not assemble, the resources the errors name are held back (served at their
+    /// applied version, or left out) and it is tried again; when an error names nothing that
+    /// can be held back, the applied resources serve on. Nothing is refused for it: the
+    /// candidate is valid, the resources held back wait ([`Ads::warming`]) for the next choice.
+    /// Returns what to serve and its assembly (an error only if even the applied resources do
+    /// not assemble).
+    fn assemble_mix(
+        &self,
+        mut serve: Resources,
+    ) -> (Resources, Result<translate::Assembled, Vec<TranslateError>>) {
+        loop {
+            match translate::assemble(&self.bootstrap, &serve) {
+                Ok(assembled) => return (serve, Ok(assembled)),
+                Err(errors) if serve == self.applied => return (serve, Err(errors)),
+                Err(errors) => {
+                    // Each round holds back at least one resource, or ends at the applied ones.
+                    if !hold_back(&mut serve, &self.applied, &errors) {
+                        serve = self.applied.clone();
+                    }
+                }
             }
         }
     }
@@ -1626,6 +1666,57 @@ fn uses(res: &Resources, kind: ResourceType, name: &str, of: ResourceType) -> BT
         _ => {}
     }
     out
+}
+
+/// Puts back in `serve` the applied version (or nothing, when none serves) of each resource
+/// `errors` name that `serve` has at another version. Whether anything changed.
+fn hold_back(serve: &mut Resources, applied: &Resources, errors: &[TranslateError]) -> bool {
+    fn revert<T: Clone + PartialEq>(
+        serve: &mut BTreeMap<String, T>,
+        applied: &BTreeMap<String, T>,
+        name: &str,
+    ) -> bool {
+        let old = applied.get(name);
+        if serve.get(name) == old {
+            return false;
+        }
+        match old {
+            Some(old) => serve.insert(name.to_owned(), old.clone()),
+            None => serve.remove(name),
+        };
+        true
+    }
+    let mut changed = false;
+    for e in errors {
+        let name = e.name.as_str();
+        changed |= match e.kind {
+            ResourceType::Cluster => revert(&mut serve.clusters, &applied.clusters, name),
+            ResourceType::Endpoints => revert(&mut serve.endpoints, &applied.endpoints, name),
+            ResourceType::Listener => revert(&mut serve.listeners, &applied.listeners, name),
+            ResourceType::Route => revert(&mut serve.routes, &applied.routes, name),
+            ResourceType::Secret => {
+                // An error names a secret by name alone, whatever its source.
+                let mut any = revert(&mut serve.secrets, &applied.secrets, name);
+                let sources: Vec<String> = serve
+                    .source_secrets
+                    .keys()
+                    .chain(applied.source_secrets.keys())
+                    .cloned()
+                    .collect();
+                let none = BTreeMap::new();
+                for source in sources {
+                    let old = applied.source_secrets.get(&source).unwrap_or(&none);
+                    let new = serve.source_secrets.entry(source.clone()).or_default();
+                    any |= revert(new, old, name);
+                    if new.is_empty() {
+                        serve.source_secrets.remove(&source);
+                    }
+                }
+                any
+            }
+        };
+    }
+    changed
 }
 
 /// The clusters, route configurations and listeners of `candidate` that `serve` does not have

@@ -1321,3 +1321,134 @@ fn a_failed_apply_refuses_the_resources_its_error_names() {
         carried
     );
 }
+
+/// A listener whose new version waits may keep its port while a new listener for that port is
+/// ready: the new one waits until the old one moves (they then switch together), rather than
+/// the mix of the two (both on 9000) failing and its failure being charged to the innocent
+/// route configuration that made the new listener ready. Nothing ACKed is refused later.
+#[test]
+fn a_listener_ready_for_a_port_an_old_version_holds_waits_for_it_to_move() {
+    let mut a = serving();
+    a.handle_input(response(
+        Lds,
+        "2",
+        "l2",
+        vec![
+            any(&http_listener("in", "127.0.0.1", 9001, "routes2")),
+            any(&http_listener("new", "127.0.0.1", 9000, "routesN")),
+        ],
+    ));
+    let out = settle(&mut a);
+    assert_eq!(answers(&out), [(Lds, "l2".to_owned(), None)]);
+    a.handle_input(response(
+        Rds,
+        "2",
+        "r2",
+        vec![any(&route_config("routesN", "web"))],
+    ));
+    let out = settle(&mut a);
+    assert_eq!(answers(&out), [(Rds, "r2".to_owned(), None)], "{out:?}");
+    assert_eq!(
+        a.applied().listeners["in"],
+        http_listener("in", "127.0.0.1", 9000, "routes"),
+        "`in` serves its old version"
+    );
+    assert!(!a.applied().listeners.contains_key("new"));
+    assert!(
+        a.warming().contains(&(Lds, "new".to_owned())),
+        "{:?}",
+        a.warming()
+    );
+    assert!(a.warming().contains(&(Lds, "in".to_owned())));
+    // `in`'s routes come: it moves to 9001 and `new` takes 9000, in one switch.
+    a.handle_input(response(
+        Rds,
+        "3",
+        "r3",
+        vec![
+            any(&route_config("routesN", "web")),
+            any(&route_config("routes2", "web")),
+        ],
+    ));
+    let out = settle(&mut a);
+    assert_eq!(answers(&out), [(Rds, "r3".to_owned(), None)], "{out:?}");
+    let config = applied_config(&out);
+    let port = |name: &str| {
+        config
+            .listeners
+            .iter()
+            .find(|l| l.name == name)
+            .map(|l| l.address.port())
+    };
+    assert_eq!((port("in"), port("new")), (Some(9001), Some(9000)));
+    assert!(a.warming().is_empty(), "{:?}", a.warming());
+}
+
+/// `in` v1 on 9000 serving; the candidate moves it to 9001 (its new routes missing) and adds
+/// `new` on 9000 (its routes there): what to serve, and the resources it is chosen from.
+fn port_handover() -> (Ads, Resources) {
+    let a = serving();
+    let mut candidate = a.applied().clone();
+    candidate.listeners.insert(
+        "in".into(),
+        http_listener("in", "127.0.0.1", 9001, "routes2"),
+    );
+    candidate.listeners.insert(
+        "new".into(),
+        http_listener("new", "127.0.0.1", 9000, "routesN"),
+    );
+    candidate
+        .routes
+        .insert("routesN".into(), route_config("routesN", "web"));
+    (a, candidate)
+}
+
+/// [`warm::select`] does not take a listener ready for an address that a listener kept at its
+/// applied version holds: it waits to switch with it.
+#[test]
+fn selection_keeps_a_listener_off_an_address_an_old_version_holds() {
+    let (a, candidate) = port_handover();
+    let serve = warm::select(
+        a.applied(),
+        &candidate,
+        &warm::Filled::default(),
+        &a.statics,
+        &a.declared_sources,
+    );
+    assert_eq!(
+        serve.listeners.keys().collect::<Vec<_>>(),
+        ["in"],
+        "{:?}",
+        serve.listeners
+    );
+    assert_eq!(serve.listeners["in"], a.applied().listeners["in"]);
+}
+
+/// A mix of versions that does not assemble holds back the resources its errors name (here a
+/// listener on an address taken), not everything: an unrelated new cluster still goes in.
+#[test]
+fn a_mix_that_does_not_assemble_holds_back_only_what_its_errors_name() {
+    let (a, candidate) = port_handover();
+    let mut serve = a.applied().clone();
+    serve
+        .listeners
+        .insert("new".into(), candidate.listeners["new"].clone());
+    serve
+        .routes
+        .insert("routesN".into(), candidate.routes["routesN"].clone());
+    serve
+        .clusters
+        .insert("b".into(), static_cluster("b", &[("127.0.0.1", 8002, 0)]));
+    assert!(
+        translate::assemble(&a.bootstrap, &serve).is_err(),
+        "the mix clashes"
+    );
+    let (held, assembled) = a.assemble_mix(serve);
+    assert!(assembled.is_ok(), "{assembled:?}");
+    assert!(!held.listeners.contains_key("new"));
+    assert!(
+        held.clusters.contains_key("b"),
+        "the innocent cluster is held back too"
+    );
+    assert_eq!(held.listeners["in"], a.applied().listeners["in"]);
+}
