@@ -105,7 +105,8 @@ pub struct TypeStatus {
     /// The last accepted version (empty: none yet); in delta, the `system_version_info` of the
     /// last response accepted.
     pub version: String,
-    /// Delta: the accepted version of each resource serving (`None` in state of the world).
+    /// Delta: the version each resource serving serves under (`None` in state of the world):
+    /// while an update of it warms, the previous one's.
     pub resource_versions: Option<BTreeMap<String, String>>,
     /// When it was ACKed (Unix seconds).
     pub updated_at: Option<u64>,
@@ -978,14 +979,16 @@ impl Client {
                 .filter(|(k, _)| *k == kind)
                 .map(|(_, n)| n.clone())
                 .collect();
-            let versions = self.ads.resource_versions(kind);
+            // The version each serves under: an update still warming is not the one serving.
+            let versions = self.ads.serving_versions(kind);
             t.resource_versions = delta.then(|| versions.clone());
             let type_version = self.ads.accepted_version(kind);
             let mut serving = BTreeMap::new();
             for name in &t.resources {
                 // Delta: each resource's own version; state of the world: that of the last
                 // response that carried it (endpoints, routes, secrets: a response may carry
-                // some only), or the type's (clusters, listeners: each response carries all).
+                // some only), or the type's (clusters, listeners: each response carries all)
+                // when it served; a placeholder for what never came: the type's.
                 let version = versions.get(name).map_or(type_version, String::as_str);
                 t.refused_unserved.remove(name);
                 let entry = match t.serving.remove(name) {

@@ -370,8 +370,13 @@ struct TypeState {
     nonce: String,
     /// Names subscribed to (RDS, EDS, SDS); CDS and LDS are wildcard.
     names: BTreeSet<String>,
-    /// Delta: the accepted version of each resource of the config serving.
+    /// The accepted version of each resource, serving or warming: delta, its own; state of
+    /// the world, endpoints, route configurations and secrets only (see
+    /// [`Ads::resource_versions`]).
     resource_versions: BTreeMap<String, String>,
+    /// The version each resource the workers serve serves under (see
+    /// [`Ads::serving_versions`]).
+    serving_versions: BTreeMap<String, String>,
     /// A request of this type was sent on the current stream.
     requested: bool,
 }
@@ -541,6 +546,16 @@ impl Ads {
     #[must_use]
     pub fn resource_versions(&self, kind: ResourceType) -> &BTreeMap<String, String> {
         &self.types[&kind].resource_versions
+    }
+
+    /// The version each resource of the config serving serves under: its accepted version
+    /// ([`Ads::resource_versions`], or in state of the world for clusters and listeners the
+    /// type's) when it serves the version accepted; while an update of it warms, the version
+    /// of the one still serving. A placeholder served for what never came (an assignment or
+    /// route configuration whose warming timed out) has none. For `/xds` and `/config_dump`.
+    #[must_use]
+    pub fn serving_versions(&self, kind: ResourceType) -> &BTreeMap<String, String> {
+        &self.types[&kind].serving_versions
     }
 
     /// How many resources of RDS, EDS and SDS responses (and, delta, names in their
@@ -841,6 +856,32 @@ impl Ads {
                 .expect("every type")
                 .resource_versions
                 .retain(|name, _| base.contains(kind, name) || applied.contains(kind, name));
+        }
+        self.note_serving_versions();
+    }
+
+    /// Updates [`Ads::serving_versions`] from what serves: a resource served as accepted takes
+    /// its accepted version; one served at another (an earlier version kept while its update
+    /// warms) keeps the version it served under.
+    fn note_serving_versions(&mut self) {
+        for kind in ResourceType::ALL {
+            let state = self.types.get_mut(&kind).expect("every type");
+            let mut serving = BTreeMap::new();
+            for name in self.applied.names(kind) {
+                let accepted = same_resource(&self.applied, &self.base, kind, &name)
+                    .then(|| {
+                        state
+                            .resource_versions
+                            .get(&name)
+                            .or((kind.is_full_state() && self.mode == XdsMode::Sotw)
+                                .then_some(&state.accepted_version))
+                    })
+                    .flatten();
+                if let Some(v) = accepted.or_else(|| state.serving_versions.get(&name)) {
+                    serving.insert(name, v.clone());
+                }
+            }
+            state.serving_versions = serving;
         }
     }
 
@@ -1666,6 +1707,20 @@ fn uses(res: &Resources, kind: ResourceType, name: &str, of: ResourceType) -> BT
         _ => {}
     }
     out
+}
+
+/// Whether `a` and `b` have the resource of `kind` named `name`, the same.
+fn same_resource(a: &Resources, b: &Resources, kind: ResourceType, name: &str) -> bool {
+    fn same<T: PartialEq>(a: &BTreeMap<String, T>, b: &BTreeMap<String, T>, name: &str) -> bool {
+        matches!((a.get(name), b.get(name)), (Some(x), Some(y)) if x == y)
+    }
+    match kind {
+        ResourceType::Cluster => same(&a.clusters, &b.clusters, name),
+        ResourceType::Endpoints => same(&a.endpoints, &b.endpoints, name),
+        ResourceType::Listener => same(&a.listeners, &b.listeners, name),
+        ResourceType::Route => same(&a.routes, &b.routes, name),
+        ResourceType::Secret => same(&a.secrets, &b.secrets, name),
+    }
 }
 
 /// Puts back in `serve` the applied version (or nothing, when none serves) of each resource

@@ -1313,3 +1313,60 @@ fn delta_a_warming_listener_deleted_while_disconnected_does_not_hold_its_port() 
     );
     assert!(a.applied().listeners.contains_key("real"));
 }
+
+/// An updated cluster waiting for its new assignment serves its previous version: the version
+/// shown as serving (`/xds`, `/config_dump`) is that one, not the accepted update's, until
+/// the update serves; the accepted version (what a new stream names) is the update's.
+#[test]
+fn delta_the_version_serving_is_the_old_one_while_an_update_warms() {
+    let mut a = ads();
+    a.handle_input(Input::Connected);
+    drain(&mut a);
+    a.handle_input(response(
+        Cds,
+        "1",
+        "n1",
+        vec![resource(
+            "x",
+            "c1",
+            any(&static_cluster("x", &[("127.0.0.1", 8001, 0)])),
+        )],
+        &[],
+    ));
+    settle(&mut a);
+    assert_eq!(a.serving_versions(Cds), &versions(&[("x", "c1")]));
+    a.handle_input(response(
+        Cds,
+        "2",
+        "n2",
+        vec![resource("x", "c2", any(&eds_cluster("x")))],
+        &[],
+    ));
+    let out = settle(&mut a);
+    assert_eq!(answers(&out), [(Cds, "n2".to_owned(), None)]);
+    assert!(a.warming().contains(&(Cds, "x".to_owned())));
+    assert_eq!(
+        a.serving_versions(Cds),
+        &versions(&[("x", "c1")]),
+        "the version serving"
+    );
+    assert_eq!(
+        a.resource_versions(Cds),
+        &versions(&[("x", "c2")]),
+        "the version accepted"
+    );
+    a.handle_input(response(
+        Eds,
+        "1",
+        "n3",
+        vec![resource(
+            "x",
+            "e1",
+            any(&assignment("x", &[("127.0.0.1", 8002, 0)])),
+        )],
+        &[],
+    ));
+    settle(&mut a);
+    assert_eq!(a.serving_versions(Cds), &versions(&[("x", "c2")]));
+    assert_eq!(a.serving_versions(Eds), &versions(&[("x", "e1")]));
+}
