@@ -1452,3 +1452,76 @@ fn a_mix_that_does_not_assemble_holds_back_only_what_its_errors_name() {
     );
     assert_eq!(held.listeners["in"], a.applied().listeners["in"]);
 }
+
+/// Break after make: listener `l` v1 proxies to `x`; CDS v2 adds `y` (waiting for its
+/// endpoints), LDS v2 moves `l` to `y`, CDS v3 removes `x`. `l` serves v1 until `y` is ready,
+/// so `x` stays served meanwhile (at its applied version), the rest goes ahead and nothing is
+/// refused.
+#[test]
+fn break_after_make_keeps_a_removed_cluster_an_old_listener_uses() {
+    let mut a = ads();
+    a.handle_input(Input::Connected);
+    drain(&mut a);
+    a.handle_input(response(
+        Cds,
+        "1",
+        "c1",
+        vec![any(&static_cluster("x", &[("127.0.0.1", 8001, 0)]))],
+    ));
+    a.handle_input(response(
+        Lds,
+        "1",
+        "l1",
+        vec![any(&tcp_listener("l", "127.0.0.1", 9000, "x"))],
+    ));
+    settle(&mut a);
+    assert!(a.applied().listeners.contains_key("l"));
+    let x = static_cluster("x", &[("127.0.0.1", 8001, 0)]);
+    a.handle_input(response(
+        Cds,
+        "2",
+        "c2",
+        vec![any(&x), any(&eds_cluster("y"))],
+    ));
+    let mut out = settle(&mut a);
+    a.handle_input(response(
+        Lds,
+        "2",
+        "l2",
+        vec![any(&tcp_listener("l", "127.0.0.1", 9000, "y"))],
+    ));
+    out.extend(settle(&mut a));
+    // With an unrelated new cluster `z`, which goes ahead meanwhile.
+    let z = static_cluster("z", &[("127.0.0.1", 8003, 0)]);
+    a.handle_input(response(
+        Cds,
+        "3",
+        "c3",
+        vec![any(&eds_cluster("y")), any(&z)],
+    ));
+    out.extend(settle(&mut a));
+    assert!(
+        answers(&out).iter().all(|(_, _, e)| e.is_none()),
+        "{:?}",
+        answers(&out)
+    );
+    assert_eq!(a.applied().clusters.get("x"), Some(&x), "x kept for l v1");
+    assert_eq!(a.applied().clusters.get("z"), Some(&z), "z serves");
+    assert_eq!(
+        a.applied().listeners["l"],
+        tcp_listener("l", "127.0.0.1", 9000, "x")
+    );
+    // y's endpoints come: l moves to y, and x goes.
+    a.handle_input(response(
+        Eds,
+        "1",
+        "e1",
+        vec![any(&assignment("y", &[("127.0.0.1", 8002, 0)]))],
+    ));
+    settle(&mut a);
+    assert_eq!(
+        a.applied().listeners["l"],
+        tcp_listener("l", "127.0.0.1", 9000, "y")
+    );
+    assert!(!a.applied().clusters.contains_key("x"));
+}
