@@ -1091,6 +1091,9 @@ clusters:
     eventually("the source shows disconnected", &sluice, || {
         xds("agent killed")["connected"] == false
     });
+    eventually("the failed reconnects shown", &sluice, || {
+        !xds("agent killed")["last_connect_error"].is_null()
+    });
     assert_eq!(served().as_deref(), Some("app-2"), "serving continues");
     // The agent comes back: the client reconnects (node and the last accepted version on the
     // new stream's first request) and takes the next rotation.
@@ -1116,7 +1119,12 @@ clusters:
     );
     assert_eq!(first["nonce"], "", "{first}");
     eventually("version 3 ACKed", &sluice, || agent.acked("3") > 0);
-    assert_eq!(xds("restarted")["connected"], true);
+    let source = xds("restarted");
+    assert_eq!(source["connected"], true);
+    assert!(
+        source["last_connect_error"].is_null(),
+        "a failure before the stream opened is over: {source}"
+    );
 }
 
 /// An SDS source whose socket does not exist (no agent yet): the client says which socket it

@@ -95,7 +95,7 @@ pub static STATUS: std::sync::Mutex<Option<[TypeStatus; TYPES]>> = std::sync::Mu
 pub static DELTA: AtomicBool = AtomicBool::new(false);
 /// The last failed connection attempt to the management server: what failed (a refused
 /// connection, a TLS handshake and why) and when (Unix seconds); `/xds`'s
-/// `last_connect_error`. Kept after a later success (its `at` dates it).
+/// `last_connect_error`. Cleared once a stream opens (the log keeps every failure).
 pub static LAST_CONNECT_ERROR: std::sync::Mutex<Option<(String, u64)>> =
     std::sync::Mutex::new(None);
 
@@ -763,7 +763,7 @@ pub(crate) const BACKOFF_BASE: Duration = Duration::from_millis(250);
 const BACKOFF_MAX: Duration = Duration::from_secs(30);
 
 /// A stream ended for a resync resets the backoff only if it lasted this long.
-const RESYNC_RESET_AFTER: Duration = BACKOFF_MAX;
+pub(crate) const RESYNC_RESET_AFTER: Duration = BACKOFF_MAX;
 
 /// The bound of the wait before the next stream (the wait is jittered below it), and the
 /// bound after that: doubling from 250 ms to 30 s, back to the bottom after a stream that
@@ -1277,6 +1277,10 @@ async fn pump<M>(
     };
     info!(server = uri, "xds: connected");
     CONNECTED.store(1, Ordering::Relaxed);
+    // Connected: a failure before this one is over (the log keeps it).
+    *LAST_CONNECT_ERROR
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner) = None;
     let mut got = false;
     loop {
         tokio::select! {
