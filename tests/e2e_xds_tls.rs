@@ -297,8 +297,8 @@ clusters:
         );
     }
 
-    // A certificate with another certificate's key: refused (NACK naming the field and the
-    // secret), and the last good one serves on.
+    // A certificate with another certificate's key: refused in validation (NACK naming the
+    // secret and the field), and the last good one serves on.
     server.push(resources(
         listen,
         upstream,
@@ -309,9 +309,10 @@ clusters:
     let refused = |type_url: &str, e: Option<&sluice_xds::envoy_types::pb::google::rpc::Status>| {
         type_url == ResourceType::Secret.type_url()
             && e.is_some_and(|e| {
-                e.message.contains("private_key")
-                    && e.message.contains(r#"sds secret "server-cert""#)
-                    && e.message.contains("does not go with the certificate")
+                e.message
+                    .contains(r#"secret "server-cert" tls_certificate.private_key"#)
+                    && e.message
+                        .contains("does not go with the leaf of certificate_chain")
             })
     };
     eventually("the mismatched pair NACKed", &sluice, || {
@@ -368,7 +369,7 @@ clusters:
     );
     let details = cert["error_state"]["details"].as_str().unwrap_or("");
     assert!(
-        details.contains(r#"sds secret "server-cert""#) && details.contains("private_key"),
+        details.contains(r#"secret "server-cert" tls_certificate.private_key"#),
         "{dump}"
     );
     assert!(
@@ -1113,6 +1114,9 @@ clusters:
         xds("agent killed")["connected"] == false
     });
     assert_eq!(secrets(&metric), ["0", "4", "4", "0"]);
+    eventually("the failed reconnects shown", &sluice, || {
+        !xds("agent killed")["last_connect_error"].is_null()
+    });
     assert_eq!(served().as_deref(), Some("app-2"), "serving continues");
     // The agent comes back: the client reconnects (node and the last accepted version on the
     // new stream's first request) and takes the next rotation.
@@ -1138,7 +1142,12 @@ clusters:
     );
     assert_eq!(first["nonce"], "", "{first}");
     eventually("version 3 ACKed", &sluice, || agent.acked("3") > 0);
-    assert_eq!(xds("restarted")["connected"], true);
+    let source = xds("restarted");
+    assert_eq!(source["connected"], true);
+    assert!(
+        source["last_connect_error"].is_null(),
+        "a failure before the stream opened is over: {source}"
+    );
 }
 
 /// An SDS source whose socket does not exist (no agent yet): the client says which socket it

@@ -101,7 +101,7 @@ pub static STATUS: std::sync::Mutex<Option<[TypeStatus; TYPES]>> = std::sync::Mu
 pub static DELTA: AtomicBool = AtomicBool::new(false);
 /// The last failed connection attempt to the management server: what failed (a refused
 /// connection, a TLS handshake and why) and when (Unix seconds); `/xds`'s
-/// `last_connect_error`. Kept after a later success (its `at` dates it).
+/// `last_connect_error`. Cleared once a stream opens (the log keeps every failure).
 pub static LAST_CONNECT_ERROR: std::sync::Mutex<Option<(String, u64)>> =
     std::sync::Mutex::new(None);
 
@@ -111,7 +111,8 @@ pub struct TypeStatus {
     /// The last accepted version (empty: none yet); in delta, the `system_version_info` of the
     /// last response accepted.
     pub version: String,
-    /// Delta: the accepted version of each resource serving (`None` in state of the world).
+    /// Delta: the version each resource serving serves under (`None` in state of the world):
+    /// while an update of it warms, the previous one's.
     pub resource_versions: Option<BTreeMap<String, String>>,
     /// When it was ACKed (Unix seconds).
     pub updated_at: Option<u64>,
@@ -768,7 +769,7 @@ pub(crate) const BACKOFF_BASE: Duration = Duration::from_millis(250);
 const BACKOFF_MAX: Duration = Duration::from_secs(30);
 
 /// A stream ended for a resync resets the backoff only if it lasted this long.
-const RESYNC_RESET_AFTER: Duration = BACKOFF_MAX;
+pub(crate) const RESYNC_RESET_AFTER: Duration = BACKOFF_MAX;
 
 /// The bound of the wait before the next stream (the wait is jittered below it), and the
 /// bound after that: doubling from 250 ms to 30 s, back to the bottom after a stream that
@@ -985,14 +986,16 @@ impl Client {
                 .map(|(_, n)| n.clone())
                 .collect();
             WARMING[i].store(t.warming.len() as u64, Ordering::Relaxed);
-            let versions = self.ads.resource_versions(kind);
+            // The version each serves under: an update still warming is not the one serving.
+            let versions = self.ads.serving_versions(kind);
             t.resource_versions = delta.then(|| versions.clone());
             let type_version = self.ads.accepted_version(kind);
             let mut serving = BTreeMap::new();
             for name in &t.resources {
                 // Delta: each resource's own version; state of the world: that of the last
                 // response that carried it (endpoints, routes, secrets: a response may carry
-                // some only), or the type's (clusters, listeners: each response carries all).
+                // some only), or the type's (clusters, listeners: each response carries all)
+                // when it served; a placeholder for what never came: the type's.
                 let version = versions.get(name).map_or(type_version, String::as_str);
                 t.refused_unserved.remove(name);
                 let entry = match t.serving.remove(name) {
@@ -1289,6 +1292,10 @@ async fn pump<M>(
     };
     info!(server = uri, "xds: connected");
     CONNECTED.store(1, Ordering::Relaxed);
+    // Connected: a failure before this one is over (the log keeps it).
+    *LAST_CONNECT_ERROR
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner) = None;
     let mut got = false;
     loop {
         tokio::select! {

@@ -19,7 +19,9 @@
 //!
 //! Connection states, per source: connecting → streaming → (stream ends or fails) → backoff →
 //! connecting; the backoff is the ADS client's (250 ms doubling to 30 s, full jitter, reset
-//! after a stream that delivered a response). While a source is disconnected the secrets
+//! after a stream that delivered a response and lasted, [`backoff_after_stream`]). A Unix
+//! socket's peer must run as this process's user or root ([`trusted_peer`]). While a source
+//! is disconnected the secrets
 //! serving stay. Each state change, ACK and NACK is recorded in [`SOURCES`] (`/xds`'s
 //! `sds_sources`, `/config_dump`'s `xds_resources.source_secret`; never a secret's content).
 
@@ -53,7 +55,7 @@ pub struct SourceStatus {
     pub target: String,
     /// Whether its stream is open.
     pub connected: bool,
-    /// The last failed connection attempt (what failed, Unix seconds).
+    /// The last failed connection attempt (what failed, Unix seconds), until a stream opens.
     pub last_connect_error: Option<(String, u64)>,
     /// The last accepted version.
     pub version: String,
@@ -202,11 +204,11 @@ async fn run_source(
         if to_ads.is_closed() {
             return;
         }
-        let got_response = stream_once(&mut source, &spec.target, &mut control).await;
+        let (got_response, lasted) = stream_once(&mut source, &spec.target, &mut control).await;
         source.machine.handle_input(sds::Input::Disconnected);
         source.drain(None);
         set_status(&spec.name, |s| s.connected = false);
-        let wait = jitter.below(next_backoff(&mut backoff, got_response, None));
+        let wait = jitter.below(backoff_after_stream(&mut backoff, got_response, lasted));
         let until = tokio::time::Instant::now() + wait;
         loop {
             tokio::select! {
@@ -221,6 +223,17 @@ async fn run_source(
             }
         }
     }
+}
+
+/// The bound of the wait after a stream that lasted `lasted` (zero: none opened): the ADS
+/// client's backoff, reset by a stream that delivered a response only if it also lasted
+/// [`crate::xds::RESYNC_RESET_AFTER`] — a source that answers then closes the stream at once (a broken or
+/// hostile agent) is retried ever more slowly (at most every 30 s), not several times a
+/// second for ever, while an agent restarted after a long healthy stream is reconnected to at
+/// once.
+fn backoff_after_stream(backoff: &mut Duration, got_response: bool, lasted: Duration) -> Duration {
+    // `next_backoff`'s resync rule: a short stream does not reset.
+    next_backoff(backoff, got_response, Some(lasted))
 }
 
 /// A source's machine and where its secrets go.
@@ -299,8 +312,36 @@ impl tower_service::Service<http::Uri> for UnixConnector {
             let stream = tokio::net::UnixStream::connect(&path)
                 .await
                 .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", path.display())))?;
+            // Whoever listens there gives the listeners their certificates and CAs: only this
+            // process's user or root is trusted to (another user who could create the socket,
+            // in a shared directory, must not choose what the proxy trusts).
+            let peer = stream.peer_cred().map_err(|e| {
+                io::Error::new(
+                    e.kind(),
+                    format!("{}: peer credentials: {e}", path.display()),
+                )
+            })?;
+            trusted_peer(peer.uid(), nix::unistd::geteuid().as_raw()).map_err(|e| {
+                io::Error::new(
+                    io::ErrorKind::PermissionDenied,
+                    format!("{}: {e}", path.display()),
+                )
+            })?;
             Ok(hyper_util::rt::TokioIo::new(stream))
         })
+    }
+}
+
+/// Whether the process at the other end of an SDS source's Unix socket, running as `peer`,
+/// may provide secrets to this one, running as `own`: the same user, or root.
+fn trusted_peer(peer: u32, own: u32) -> Result<(), String> {
+    if peer == own || peer == 0 {
+        Ok(())
+    } else {
+        Err(format!(
+            "the process listening runs as uid {peer}, neither this process's ({own}) nor root: \
+             not trusted to provide secrets, refused"
+        ))
     }
 }
 
@@ -308,11 +349,26 @@ impl tower_service::Service<http::Uri> for UnixConnector {
 /// not at all).
 const UNIX_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// One stream to the source, until it ends; whether it delivered a response.
+/// One stream to the source, until it ends; whether it delivered a response, and how long it
+/// lasted once open (zero: it never opened).
 async fn stream_once(
     source: &mut Source<'_>,
     target: &SourceTarget,
     control: &mut UnboundedReceiver<sds::Input>,
+) -> (bool, Duration) {
+    let mut opened_at = None;
+    let got = stream_until_it_ends(source, target, control, &mut opened_at).await;
+    (
+        got,
+        opened_at.map_or(Duration::ZERO, |at: tokio::time::Instant| at.elapsed()),
+    )
+}
+
+async fn stream_until_it_ends(
+    source: &mut Source<'_>,
+    target: &SourceTarget,
+    control: &mut UnboundedReceiver<sds::Input>,
+    opened_at: &mut Option<tokio::time::Instant>,
 ) -> bool {
     let described = target.describe();
     let channel = match target {
@@ -382,7 +438,12 @@ async fn stream_once(
         }
     };
     info!(source = %source.name, target = %described, "xds: SDS source connected");
-    set_status(&source.name, |s| s.connected = true);
+    set_status(&source.name, |s| {
+        s.connected = true;
+        // A failure before this one is over (the log keeps it).
+        s.last_connect_error = None;
+    });
+    *opened_at = Some(tokio::time::Instant::now());
     let mut got = false;
     loop {
         tokio::select! {
@@ -472,6 +533,7 @@ pub fn config_dump_entries() -> Vec<Value> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::xds::RESYNC_RESET_AFTER;
 
     /// The secret counters of a source: every secret received counts once, as applied when
     /// the answer covering its response is an ACK, as refused when a NACK (two responses
@@ -499,5 +561,41 @@ mod tests {
         // An ACK with nothing pending applies nothing more.
         s.answered(Answer::Ack);
         assert_eq!(s.secrets_applied, 2);
+    }
+
+    #[test]
+    fn only_this_user_or_root_may_provide_secrets_over_a_socket() {
+        assert_eq!(trusted_peer(1000, 1000), Ok(()));
+        assert_eq!(trusted_peer(0, 1000), Ok(()));
+        let refused = trusted_peer(1001, 1000).expect_err("another user");
+        assert!(
+            refused.contains("uid 1001") && refused.contains("(1000)"),
+            "{refused}"
+        );
+    }
+
+    /// A source that answers then ends its stream at once does not reset the backoff (it
+    /// would be reconnected to several times a second for ever); one whose stream lasted does.
+    #[test]
+    fn a_short_stream_with_a_response_does_not_reset_the_backoff() {
+        let mut backoff = BACKOFF_BASE;
+        let bounds: Vec<Duration> = (0..4)
+            .map(|_| backoff_after_stream(&mut backoff, true, Duration::from_millis(5)))
+            .collect();
+        assert_eq!(
+            bounds,
+            [1, 2, 4, 8].map(|n| BACKOFF_BASE * n),
+            "growing, as without a response"
+        );
+        assert_eq!(
+            backoff_after_stream(&mut backoff, true, RESYNC_RESET_AFTER),
+            BACKOFF_BASE,
+            "a stream that lasted resets"
+        );
+        assert_eq!(
+            backoff_after_stream(&mut backoff, false, RESYNC_RESET_AFTER),
+            BACKOFF_BASE * 2,
+            "no response: no reset"
+        );
     }
 }

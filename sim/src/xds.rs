@@ -853,11 +853,13 @@ fn content_versions(push: &Push, ips: &[IpAddr]) -> Versions {
 /// server's log), and what a new stream starts from is its `initial_resource_versions`.
 ///
 /// 7. `initial_resource_versions`: the first cluster and endpoints requests of every stream
-///    after the first name exactly the clusters serving (those of the last config applied, or
-///    of the one before while an apply completes) and the endpoints of `app` serving, each at
-///    the version the server gave it — so that the server sends only what changed while the
-///    stream was down, and the removals (`spare`, removed by v5 while the sidecar is cut off,
-///    reaches it only so: the last config's clusters in [`check_common`]).
+///    after the first name every cluster serving (those of the last config applied, or of the
+///    one before while an apply completes) and the endpoints of `app` serving, each at the
+///    version the server gave it, and besides only clusters accepted but still warming (sent
+///    by the server at that version, not serving: `spare` waiting for its endpoints when the
+///    crash cut the push) — so that the server sends only what changed while the stream was
+///    down, and the removals (`spare`, removed by v5 while the sidecar is cut off, reaches it
+///    only so, warming or not: the last config's clusters in [`check_common`]).
 fn check_delta(w: &World, log: &AdsLog, plan: &Plan, ips: &[IpAddr], violations: &mut Vec<String>) {
     use sluice_xds::test_server::DeltaSent;
     check_common(w, plan, ips, violations);
@@ -1078,7 +1080,18 @@ fn check_delta(w: &World, log: &AdsLog, plan: &Plan, ips: &[IpAddr], violations:
         let fits = (n.saturating_sub(2)..n).filter_map(expected).any(|v| {
             let serving = &v[t];
             if t == clusters {
-                named == *serving
+                // The clusters serving, at their versions; besides, only clusters accepted
+                // but warming (`spare` waiting for its endpoints when the stream dropped: a
+                // cluster the server sent at that version and that does not serve).
+                serving.iter().all(|(k, c)| named.get(k) == Some(c))
+                    && named.iter().all(|(k, c)| {
+                        serving.contains_key(k)
+                            || log.delta_sent.iter().any(|d| {
+                                d.at < *at
+                                    && d.type_url == clusters
+                                    && d.resources.iter().any(|(n, v)| n == k && v == c)
+                            })
+                    })
             } else {
                 // Endpoints: of the names subscribed to (`app` always).
                 named.contains_key("app") && named.iter().all(|(k, c)| serving.get(k) == Some(c))

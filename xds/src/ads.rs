@@ -34,7 +34,11 @@
 //!   comes), else leaves it out — the others go ahead: one cluster waiting for its endpoints
 //!   does not hold back an unrelated listener or route update. The config is always whole: a
 //!   route never points at a cluster the workers lack (a cluster the candidate removed stays
-//!   while an applied version kept names it). [`Ads::warming`] lists what waits.
+//!   while an applied version kept names it); a listener ready for an address that a listener
+//!   kept at its applied version holds waits for it to move (they switch together). The mix
+//!   of versions is assembled before it is applied; should it still not assemble, the
+//!   resources its errors name are held back too (at their applied version, or out) — never
+//!   refused, the candidate being valid. [`Ads::warming`] lists what waits.
 //! - **Initial fetch timeout**: an assignment or route configuration the candidate starts
 //!   missing arms a warming timer ([`Output::ArmWarmingTimer`], the bootstrap's
 //!   `initial_fetch_timeout`; one timer for all that start missing at once, each resource
@@ -102,15 +106,16 @@
 //!   resource's own version is kept (those of the resources in the config serving).
 //! - Reconnect: the first request of each type resends the whole subscription (`*` for CDS and
 //!   LDS, the needed names for RDS, EDS and SDS) and carries `initial_resource_versions`: the
-//!   accepted version of each resource of that type serving (for RDS, EDS and SDS, of the names
-//!   subscribed to), so that the server sends only what changed and the removals.
+//!   accepted version of each resource of that type, serving or warming (for RDS, EDS and SDS,
+//!   of the names subscribed to), so that the server sends only what changed and the removals
+//!   — a warming resource it deleted meanwhile is removed, one it still has keeps warming.
 //! - **Resync after a NACK**: a delta server records what it sent and does not send it again
 //!   until it changes, so the responses a NACK drops (a good update refused along with a bad
 //!   one, a listener whose apply failed) would be lost for the stream's life. After the first
 //!   NACK on a stream the machine emits [`Output::Resync`]: the runtime ends the stream and
 //!   opens a new one after its backoff (not reset by such a stream unless it lasted long, so
 //!   a resource refused on every resync is retried ever more slowly); the new stream's
-//!   `initial_resource_versions` name only what serves, so the server sends the rest again.
+//!   `initial_resource_versions` name only what was accepted, so the server sends the rest again.
 
 use std::collections::{BTreeMap, BTreeSet, HashSet, VecDeque};
 
@@ -194,7 +199,7 @@ pub enum Output {
     /// ended so does not reset).
     /// Emitted (once per stream) after a NACK: the refused responses are dropped, and a delta
     /// server never resends what it sent until it changes; on the new stream
-    /// `initial_resource_versions` names only what serves, so the server sends the rest again.
+    /// `initial_resource_versions` names only what was accepted, so the server sends the rest again.
     Resync,
     /// Apply this config (the file's static part and the dynamic resources) through the
     /// reload path, then report [`Input::Applied`] or [`Input::ApplyFailed`] with `id`.
@@ -365,8 +370,13 @@ struct TypeState {
     nonce: String,
     /// Names subscribed to (RDS, EDS, SDS); CDS and LDS are wildcard.
     names: BTreeSet<String>,
-    /// Delta: the accepted version of each resource of the config serving.
+    /// The accepted version of each resource, serving or warming: delta, its own; state of
+    /// the world, endpoints, route configurations and secrets only (see
+    /// [`Ads::resource_versions`]).
     resource_versions: BTreeMap<String, String>,
+    /// The version each resource the workers serve serves under (see
+    /// [`Ads::serving_versions`]).
+    serving_versions: BTreeMap<String, String>,
     /// A request of this type was sent on the current stream.
     requested: bool,
 }
@@ -540,6 +550,16 @@ impl Ads {
     #[must_use]
     pub fn resource_versions(&self, kind: ResourceType) -> &BTreeMap<String, String> {
         &self.types[&kind].resource_versions
+    }
+
+    /// The version each resource of the config serving serves under: its accepted version
+    /// ([`Ads::resource_versions`], or in state of the world for clusters and listeners the
+    /// type's) when it serves the version accepted; while an update of it warms, the version
+    /// of the one still serving. A placeholder served for what never came (an assignment or
+    /// route configuration whose warming timed out) has none. For `/xds` and `/config_dump`.
+    #[must_use]
+    pub fn serving_versions(&self, kind: ResourceType) -> &BTreeMap<String, String> {
+        &self.types[&kind].serving_versions
     }
 
     /// How many resources of RDS, EDS and SDS responses (and, delta, names in their
@@ -775,13 +795,15 @@ impl Ads {
         } else {
             state.names.iter().cloned().collect()
         };
-        // Only what serves: a resource accepted but still warming (a new cluster waiting for
-        // its endpoints) is sent again, as what a NACK refused is.
-        let applied = &self.applied;
+        // Every resource accepted, at its accepted version, warming ones included (as Envoy's
+        // subscription state lists them): a server only removes what the client says it has,
+        // so one left out that the server deleted meanwhile would stay for ever (and serve at
+        // the initial fetch timeout). One the server still has keeps warming: what it waits
+        // for is subscribed to again on this stream. What a NACK refused was never accepted,
+        // so it is not named and the server sends it again.
         let initial_resource_versions = state
             .resource_versions
             .iter()
-            .filter(|(name, _)| applied.contains(kind, name))
             .filter(|(name, _)| kind.is_full_state() || state.names.contains(*name))
             .map(|(n, v)| (n.clone(), v.clone()))
             .collect();
@@ -850,6 +872,32 @@ impl Ads {
                 .expect("every type")
                 .resource_versions
                 .retain(|name, _| base.contains(kind, name) || applied.contains(kind, name));
+        }
+        self.note_serving_versions();
+    }
+
+    /// Updates [`Ads::serving_versions`] from what serves: a resource served as accepted takes
+    /// its accepted version; one served at another (an earlier version kept while its update
+    /// warms) keeps the version it served under.
+    fn note_serving_versions(&mut self) {
+        for kind in ResourceType::ALL {
+            let state = self.types.get_mut(&kind).expect("every type");
+            let mut serving = BTreeMap::new();
+            for name in self.applied.names(kind) {
+                let accepted = same_resource(&self.applied, &self.base, kind, &name)
+                    .then(|| {
+                        state
+                            .resource_versions
+                            .get(&name)
+                            .or((kind.is_full_state() && self.mode == XdsMode::Sotw)
+                                .then_some(&state.accepted_version))
+                    })
+                    .flatten();
+                if let Some(v) = accepted.or_else(|| state.serving_versions.get(&name)) {
+                    serving.insert(name, v.clone());
+                }
+            }
+            state.serving_versions = serving;
         }
     }
 
@@ -1070,7 +1118,7 @@ impl Ads {
                     continue;
                 }
             };
-            let serve = if expired == all_missing && secrets_missing.is_empty() {
+            let mut serve = if expired == all_missing && secrets_missing.is_empty() {
                 check
             } else {
                 warm::select(
@@ -1081,9 +1129,19 @@ impl Ads {
                     &self.declared_sources,
                 )
             };
+            let unchanged =
+                |serve: &Resources, ads: &Ads| *serve == ads.applied && !ads.applied_unsure;
+            let assembled = if unchanged(&serve, self) {
+                None
+            } else {
+                let (held, assembled) = self.assemble_mix(serve);
+                serve = held;
+                Some(assembled)
+            };
             self.follow(&candidate);
+            // After the outcome: what the mix held back waits too.
             self.warming = held_back(&candidate, &serve);
-            if serve == self.applied && !self.applied_unsure {
+            if unchanged(&serve, self) {
                 // Nothing the workers serve changes (a server resending what serves, or
                 // resources that all wait): accepted as they are.
                 self.base = candidate;
@@ -1093,7 +1151,7 @@ impl Ads {
                 self.source_verdicts(sources, None);
                 return;
             }
-            match translate::assemble(&self.bootstrap, &serve) {
+            match assembled.expect("assembled unless unchanged") {
                 Ok(assembled) => {
                     let id = self.next_id();
                     self.in_flight = Some(InFlight {
@@ -1111,12 +1169,38 @@ impl Ads {
                     });
                     return;
                 }
-                // Not expected (the chosen resources are the candidate's, validated, or
-                // served already); refused as any candidate would be.
+                // Not reached: the applied resources assembled when they were applied, and
+                // the bootstrap does not change.
                 Err(errors) if !self.pending.is_empty() || !self.source_pending.is_empty() => {
                     self.refuse(&errors, &candidate);
                 }
                 Err(_) => return,
+            }
+        }
+    }
+
+    /// Assembles `serve`, what [`warm::select`] took — a mix of candidate and applied versions,
+    /// which the validation of the candidate (every version the candidate's) did not check. When
+    /// the mix does not assemble, the resources the errors name are held back (served at their
+    /// applied version, or left out) and it is tried again; when an error names nothing that
+    /// can be held back, the applied resources serve on. Nothing is refused for it: the
+    /// candidate is valid, the resources held back wait ([`Ads::warming`]) for the next choice.
+    /// Returns what to serve and its assembly (an error only if even the applied resources do
+    /// not assemble).
+    fn assemble_mix(
+        &self,
+        mut serve: Resources,
+    ) -> (Resources, Result<translate::Assembled, Vec<TranslateError>>) {
+        loop {
+            match translate::assemble(&self.bootstrap, &serve) {
+                Ok(assembled) => return (serve, Ok(assembled)),
+                Err(errors) if serve == self.applied => return (serve, Err(errors)),
+                Err(errors) => {
+                    // Each round holds back at least one resource, or ends at the applied ones.
+                    if !hold_back(&mut serve, &self.applied, &errors) {
+                        serve = self.applied.clone();
+                    }
+                }
             }
         }
     }
@@ -1639,6 +1723,71 @@ fn uses(res: &Resources, kind: ResourceType, name: &str, of: ResourceType) -> BT
         _ => {}
     }
     out
+}
+
+/// Whether `a` and `b` have the resource of `kind` named `name`, the same.
+fn same_resource(a: &Resources, b: &Resources, kind: ResourceType, name: &str) -> bool {
+    fn same<T: PartialEq>(a: &BTreeMap<String, T>, b: &BTreeMap<String, T>, name: &str) -> bool {
+        matches!((a.get(name), b.get(name)), (Some(x), Some(y)) if x == y)
+    }
+    match kind {
+        ResourceType::Cluster => same(&a.clusters, &b.clusters, name),
+        ResourceType::Endpoints => same(&a.endpoints, &b.endpoints, name),
+        ResourceType::Listener => same(&a.listeners, &b.listeners, name),
+        ResourceType::Route => same(&a.routes, &b.routes, name),
+        ResourceType::Secret => same(&a.secrets, &b.secrets, name),
+    }
+}
+
+/// Puts back in `serve` the applied version (or nothing, when none serves) of each resource
+/// `errors` name that `serve` has at another version. Whether anything changed.
+fn hold_back(serve: &mut Resources, applied: &Resources, errors: &[TranslateError]) -> bool {
+    fn revert<T: Clone + PartialEq>(
+        serve: &mut BTreeMap<String, T>,
+        applied: &BTreeMap<String, T>,
+        name: &str,
+    ) -> bool {
+        let old = applied.get(name);
+        if serve.get(name) == old {
+            return false;
+        }
+        match old {
+            Some(old) => serve.insert(name.to_owned(), old.clone()),
+            None => serve.remove(name),
+        };
+        true
+    }
+    let mut changed = false;
+    for e in errors {
+        let name = e.name.as_str();
+        changed |= match e.kind {
+            ResourceType::Cluster => revert(&mut serve.clusters, &applied.clusters, name),
+            ResourceType::Endpoints => revert(&mut serve.endpoints, &applied.endpoints, name),
+            ResourceType::Listener => revert(&mut serve.listeners, &applied.listeners, name),
+            ResourceType::Route => revert(&mut serve.routes, &applied.routes, name),
+            ResourceType::Secret => {
+                // An error names a secret by name alone, whatever its source.
+                let mut any = revert(&mut serve.secrets, &applied.secrets, name);
+                let sources: Vec<String> = serve
+                    .source_secrets
+                    .keys()
+                    .chain(applied.source_secrets.keys())
+                    .cloned()
+                    .collect();
+                let none = BTreeMap::new();
+                for source in sources {
+                    let old = applied.source_secrets.get(&source).unwrap_or(&none);
+                    let new = serve.source_secrets.entry(source.clone()).or_default();
+                    any |= revert(new, old, name);
+                    if new.is_empty() {
+                        serve.source_secrets.remove(&source);
+                    }
+                }
+                any
+            }
+        };
+    }
+    changed
 }
 
 /// The clusters, route configurations and listeners of `candidate` that `serve` does not have

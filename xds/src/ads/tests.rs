@@ -75,6 +75,28 @@ pub(super) fn apply_id(outputs: &[Output]) -> Option<u64> {
     })
 }
 
+/// The answers among `out` (ACKs and NACKs, both protocols): type, nonce, error if a NACK.
+pub(super) fn answers(out: &[Output]) -> Vec<(ResourceType, String, Option<String>)> {
+    out.iter()
+        .filter_map(|o| {
+            let (type_url, nonce, error) = match o {
+                Output::Send(r, Answer::Ack | Answer::Nack) => {
+                    (&r.type_url, &r.response_nonce, &r.error_detail)
+                }
+                Output::SendDelta(r, Answer::Ack | Answer::Nack) => {
+                    (&r.type_url, &r.response_nonce, &r.error_detail)
+                }
+                _ => return None,
+            };
+            Some((
+                ResourceType::from_type_url(type_url).expect("known type"),
+                nonce.clone(),
+                error.as_ref().map(|e| e.message.clone()),
+            ))
+        })
+        .collect()
+}
+
 pub(super) fn applied_config(outputs: &[Output]) -> &Config {
     outputs
         .iter()
@@ -1304,4 +1326,208 @@ fn a_failed_apply_refuses_the_resources_its_error_names() {
         named_in("the server loop stopped", ResourceType::Secret, &carried),
         carried
     );
+}
+
+/// A listener whose new version waits may keep its port while a new listener for that port is
+/// ready: the new one waits until the old one moves (they then switch together), rather than
+/// the mix of the two (both on 9000) failing and its failure being charged to the innocent
+/// route configuration that made the new listener ready. Nothing ACKed is refused later.
+#[test]
+fn a_listener_ready_for_a_port_an_old_version_holds_waits_for_it_to_move() {
+    let mut a = serving();
+    a.handle_input(response(
+        Lds,
+        "2",
+        "l2",
+        vec![
+            any(&http_listener("in", "127.0.0.1", 9001, "routes2")),
+            any(&http_listener("new", "127.0.0.1", 9000, "routesN")),
+        ],
+    ));
+    let out = settle(&mut a);
+    assert_eq!(answers(&out), [(Lds, "l2".to_owned(), None)]);
+    a.handle_input(response(
+        Rds,
+        "2",
+        "r2",
+        vec![any(&route_config("routesN", "web"))],
+    ));
+    let out = settle(&mut a);
+    assert_eq!(answers(&out), [(Rds, "r2".to_owned(), None)], "{out:?}");
+    assert_eq!(
+        a.applied().listeners["in"],
+        http_listener("in", "127.0.0.1", 9000, "routes"),
+        "`in` serves its old version"
+    );
+    assert!(!a.applied().listeners.contains_key("new"));
+    assert!(
+        a.warming().contains(&(Lds, "new".to_owned())),
+        "{:?}",
+        a.warming()
+    );
+    assert!(a.warming().contains(&(Lds, "in".to_owned())));
+    // `in`'s routes come: it moves to 9001 and `new` takes 9000, in one switch.
+    a.handle_input(response(
+        Rds,
+        "3",
+        "r3",
+        vec![
+            any(&route_config("routesN", "web")),
+            any(&route_config("routes2", "web")),
+        ],
+    ));
+    let out = settle(&mut a);
+    assert_eq!(answers(&out), [(Rds, "r3".to_owned(), None)], "{out:?}");
+    let config = applied_config(&out);
+    let port = |name: &str| {
+        config
+            .listeners
+            .iter()
+            .find(|l| l.name == name)
+            .map(|l| l.address.port())
+    };
+    assert_eq!((port("in"), port("new")), (Some(9001), Some(9000)));
+    assert!(a.warming().is_empty(), "{:?}", a.warming());
+}
+
+/// `in` v1 on 9000 serving; the candidate moves it to 9001 (its new routes missing) and adds
+/// `new` on 9000 (its routes there): what to serve, and the resources it is chosen from.
+fn port_handover() -> (Ads, Resources) {
+    let a = serving();
+    let mut candidate = a.applied().clone();
+    candidate.listeners.insert(
+        "in".into(),
+        http_listener("in", "127.0.0.1", 9001, "routes2"),
+    );
+    candidate.listeners.insert(
+        "new".into(),
+        http_listener("new", "127.0.0.1", 9000, "routesN"),
+    );
+    candidate
+        .routes
+        .insert("routesN".into(), route_config("routesN", "web"));
+    (a, candidate)
+}
+
+/// [`warm::select`] does not take a listener ready for an address that a listener kept at its
+/// applied version holds: it waits to switch with it.
+#[test]
+fn selection_keeps_a_listener_off_an_address_an_old_version_holds() {
+    let (a, candidate) = port_handover();
+    let serve = warm::select(
+        a.applied(),
+        &candidate,
+        &warm::Filled::default(),
+        &a.statics,
+        &a.declared_sources,
+    );
+    assert_eq!(
+        serve.listeners.keys().collect::<Vec<_>>(),
+        ["in"],
+        "{:?}",
+        serve.listeners
+    );
+    assert_eq!(serve.listeners["in"], a.applied().listeners["in"]);
+}
+
+/// A mix of versions that does not assemble holds back the resources its errors name (here a
+/// listener on an address taken), not everything: an unrelated new cluster still goes in.
+#[test]
+fn a_mix_that_does_not_assemble_holds_back_only_what_its_errors_name() {
+    let (a, candidate) = port_handover();
+    let mut serve = a.applied().clone();
+    serve
+        .listeners
+        .insert("new".into(), candidate.listeners["new"].clone());
+    serve
+        .routes
+        .insert("routesN".into(), candidate.routes["routesN"].clone());
+    serve
+        .clusters
+        .insert("b".into(), static_cluster("b", &[("127.0.0.1", 8002, 0)]));
+    assert!(
+        translate::assemble(&a.bootstrap, &serve).is_err(),
+        "the mix clashes"
+    );
+    let (held, assembled) = a.assemble_mix(serve);
+    assert!(assembled.is_ok(), "{assembled:?}");
+    assert!(!held.listeners.contains_key("new"));
+    assert!(
+        held.clusters.contains_key("b"),
+        "the innocent cluster is held back too"
+    );
+    assert_eq!(held.listeners["in"], a.applied().listeners["in"]);
+}
+
+/// Break after make: listener `l` v1 proxies to `x`; CDS v2 adds `y` (waiting for its
+/// endpoints), LDS v2 moves `l` to `y`, CDS v3 removes `x`. `l` serves v1 until `y` is ready,
+/// so `x` stays served meanwhile (at its applied version), the rest goes ahead and nothing is
+/// refused.
+#[test]
+fn break_after_make_keeps_a_removed_cluster_an_old_listener_uses() {
+    let mut a = ads();
+    a.handle_input(Input::Connected);
+    drain(&mut a);
+    a.handle_input(response(
+        Cds,
+        "1",
+        "c1",
+        vec![any(&static_cluster("x", &[("127.0.0.1", 8001, 0)]))],
+    ));
+    a.handle_input(response(
+        Lds,
+        "1",
+        "l1",
+        vec![any(&tcp_listener("l", "127.0.0.1", 9000, "x"))],
+    ));
+    settle(&mut a);
+    assert!(a.applied().listeners.contains_key("l"));
+    let x = static_cluster("x", &[("127.0.0.1", 8001, 0)]);
+    a.handle_input(response(
+        Cds,
+        "2",
+        "c2",
+        vec![any(&x), any(&eds_cluster("y"))],
+    ));
+    let mut out = settle(&mut a);
+    a.handle_input(response(
+        Lds,
+        "2",
+        "l2",
+        vec![any(&tcp_listener("l", "127.0.0.1", 9000, "y"))],
+    ));
+    out.extend(settle(&mut a));
+    // With an unrelated new cluster `z`, which goes ahead meanwhile.
+    let z = static_cluster("z", &[("127.0.0.1", 8003, 0)]);
+    a.handle_input(response(
+        Cds,
+        "3",
+        "c3",
+        vec![any(&eds_cluster("y")), any(&z)],
+    ));
+    out.extend(settle(&mut a));
+    assert!(
+        answers(&out).iter().all(|(_, _, e)| e.is_none()),
+        "{:?}",
+        answers(&out)
+    );
+    assert_eq!(a.applied().clusters.get("x"), Some(&x), "x kept for l v1");
+    assert_eq!(a.applied().clusters.get("z"), Some(&z), "z serves");
+    assert_eq!(
+        a.applied().listeners["l"],
+        tcp_listener("l", "127.0.0.1", 9000, "x")
+    );
+    // y's endpoints come: l moves to y, and x goes.
+    a.handle_input(response(
+        Eds,
+        "1",
+        "e1",
+        vec![any(&assignment("y", &[("127.0.0.1", 8002, 0)]))],
+    ));
+    settle(&mut a);
+    assert_eq!(
+        a.applied().listeners["l"],
+        tcp_listener("l", "127.0.0.1", 9000, "y")
+    );
+    assert!(!a.applied().clusters.contains_key("x"));
 }

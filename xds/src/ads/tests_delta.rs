@@ -7,7 +7,8 @@ use envoy_types::pb::envoy::service::discovery::v3::{
 };
 
 use super::tests::{
-    applied_config, apply_id, bootstrap, drain, dynamic_clusters, node, ports, settle, timer_of,
+    answers, applied_config, apply_id, bootstrap, drain, dynamic_clusters, node, ports, settle,
+    timer_of,
 };
 use super::*;
 use crate::fixtures::*;
@@ -1171,10 +1172,12 @@ fn delta_resources_not_subscribed_to_are_dropped_on_arrival() {
     assert!(config.clusters.iter().any(|c| c.name == "api"));
 }
 
-/// A cluster accepted (ACKed) but still warming is not named in the next stream's
-/// `initial_resource_versions` (only what serves is), so the server sends it again.
+/// A cluster accepted (ACKed) but still warming is named in the next stream's
+/// `initial_resource_versions` at the version accepted (Envoy's subscription state holds
+/// warming resources too), and keeps warming there: the server, which has it, does not send it
+/// again, and the new stream subscribes to its endpoints again, whose arrival serves it.
 #[test]
-fn delta_a_warming_cluster_is_sent_again_on_a_new_stream() {
+fn delta_a_warming_cluster_keeps_warming_on_a_new_stream() {
     let mut a = serving();
     a.handle_input(response(Cds, "2", "n5", vec![api_cluster()], &[]));
     drain(&mut a);
@@ -1185,5 +1188,186 @@ fn delta_a_warming_cluster_is_sent_again_on_a_new_stream() {
     a.handle_input(Input::Disconnected);
     a.handle_input(Input::Connected);
     let out = drain(&mut a);
-    assert_eq!(initial_versions(&out, Cds), versions(&[("web", "c1")]));
+    assert_eq!(
+        initial_versions(&out, Cds),
+        versions(&[("api", "c2"), ("web", "c1")])
+    );
+    let eds = sent(&out)
+        .into_iter()
+        .find(|r| r.type_url == Eds.type_url())
+        .expect("an endpoints request");
+    assert_eq!(eds.resource_names_subscribe, ["api", "web"]);
+    assert_eq!(initial_versions(&out, Eds), versions(&[("web", "e1")]));
+    assert!(a.warming().contains(&(Cds, "api".to_owned())));
+    a.handle_input(response(
+        Eds,
+        "2",
+        "n6",
+        vec![resource(
+            "api",
+            "e2",
+            any(&assignment("api", &[("127.0.0.1", 8002, 0)])),
+        )],
+        &[],
+    ));
+    let out = settle(&mut a);
+    let config = applied_config(&out);
+    assert!(config.clusters.iter().any(|c| c.name == "api"));
+    assert!(a.warming().is_empty(), "{:?}", a.warming());
+}
+
+/// A cluster accepted but still warming for its endpoints when the stream drops is named in
+/// the next stream's `initial_resource_versions` (the client holds it, as Envoy's
+/// subscription state does), so that a server that deleted it meanwhile sends its removal:
+/// it never serves at the initial fetch timeout (a ghost the server no longer knows).
+#[test]
+fn delta_a_warming_cluster_deleted_while_disconnected_is_removed_not_served() {
+    let mut a = ads();
+    a.handle_input(Input::Connected);
+    drain(&mut a);
+    a.handle_input(response(
+        Cds,
+        "1",
+        "n1",
+        vec![resource("api", "c1", any(&eds_cluster("api")))],
+        &[],
+    ));
+    let out = settle(&mut a);
+    let timer = timer_of(&out);
+    assert!(a.warming().contains(&(Cds, "api".to_owned())));
+    a.handle_input(Input::Disconnected);
+    a.handle_input(Input::Connected);
+    let out = drain(&mut a);
+    assert_eq!(initial_versions(&out, Cds), versions(&[("api", "c1")]));
+    // The server deleted it meanwhile: it says so, since the client said it has it.
+    a.handle_input(response(Cds, "2", "n2", vec![], &["api"]));
+    let out = settle(&mut a);
+    assert!(answers(&out).iter().all(|(_, _, e)| e.is_none()), "{out:?}");
+    a.handle_input(Input::WarmingTimeout(timer));
+    settle(&mut a);
+    assert!(
+        !a.applied().clusters.contains_key("api"),
+        "a ghost cluster serves"
+    );
+    assert!(a.warming().is_empty(), "{:?}", a.warming());
+    assert!(a.resource_versions(Cds).is_empty());
+}
+
+/// The same for a listener warming for its routes: deleted while disconnected, it is removed
+/// (not bound with a 404 table at the timeout), so the server's next listener on its port is
+/// accepted.
+#[test]
+fn delta_a_warming_listener_deleted_while_disconnected_does_not_hold_its_port() {
+    let mut a = ads();
+    a.handle_input(Input::Connected);
+    drain(&mut a);
+    a.handle_input(response(
+        Cds,
+        "1",
+        "n1",
+        vec![resource(
+            "web",
+            "c1",
+            any(&static_cluster("web", &[("127.0.0.1", 8001, 0)])),
+        )],
+        &[],
+    ));
+    settle(&mut a);
+    a.handle_input(response(
+        Lds,
+        "1",
+        "n2",
+        vec![resource(
+            "ghost",
+            "l1",
+            any(&http_listener("ghost", "127.0.0.1", 9100, "rg")),
+        )],
+        &[],
+    ));
+    let out = settle(&mut a);
+    let timer = timer_of(&out);
+    a.handle_input(Input::Disconnected);
+    a.handle_input(Input::Connected);
+    let out = drain(&mut a);
+    assert_eq!(initial_versions(&out, Lds), versions(&[("ghost", "l1")]));
+    a.handle_input(response(Lds, "2", "n3", vec![], &["ghost"]));
+    settle(&mut a);
+    a.handle_input(Input::WarmingTimeout(timer));
+    settle(&mut a);
+    assert!(!a.applied().listeners.contains_key("ghost"));
+    a.handle_input(response(
+        Lds,
+        "3",
+        "n4",
+        vec![resource(
+            "real",
+            "l2",
+            any(&tcp_listener("real", "127.0.0.1", 9100, "web")),
+        )],
+        &[],
+    ));
+    let out = settle(&mut a);
+    assert!(
+        answers(&out).iter().all(|(_, _, e)| e.is_none()),
+        "valid listener NACKed: {:?}",
+        answers(&out)
+    );
+    assert!(a.applied().listeners.contains_key("real"));
+}
+
+/// An updated cluster waiting for its new assignment serves its previous version: the version
+/// shown as serving (`/xds`, `/config_dump`) is that one, not the accepted update's, until
+/// the update serves; the accepted version (what a new stream names) is the update's.
+#[test]
+fn delta_the_version_serving_is_the_old_one_while_an_update_warms() {
+    let mut a = ads();
+    a.handle_input(Input::Connected);
+    drain(&mut a);
+    a.handle_input(response(
+        Cds,
+        "1",
+        "n1",
+        vec![resource(
+            "x",
+            "c1",
+            any(&static_cluster("x", &[("127.0.0.1", 8001, 0)])),
+        )],
+        &[],
+    ));
+    settle(&mut a);
+    assert_eq!(a.serving_versions(Cds), &versions(&[("x", "c1")]));
+    a.handle_input(response(
+        Cds,
+        "2",
+        "n2",
+        vec![resource("x", "c2", any(&eds_cluster("x")))],
+        &[],
+    ));
+    let out = settle(&mut a);
+    assert_eq!(answers(&out), [(Cds, "n2".to_owned(), None)]);
+    assert!(a.warming().contains(&(Cds, "x".to_owned())));
+    assert_eq!(
+        a.serving_versions(Cds),
+        &versions(&[("x", "c1")]),
+        "the version serving"
+    );
+    assert_eq!(
+        a.resource_versions(Cds),
+        &versions(&[("x", "c2")]),
+        "the version accepted"
+    );
+    a.handle_input(response(
+        Eds,
+        "1",
+        "n3",
+        vec![resource(
+            "x",
+            "e1",
+            any(&assignment("x", &[("127.0.0.1", 8002, 0)])),
+        )],
+        &[],
+    ));
+    settle(&mut a);
+    assert_eq!(a.serving_versions(Cds), &versions(&[("x", "c2")]));
+    assert_eq!(a.serving_versions(Eds), &versions(&[("x", "e1")]));
 }

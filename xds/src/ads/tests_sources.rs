@@ -337,3 +337,84 @@ fn a_cluster_waiting_for_a_source_secret_holds_back_nothing_else_and_its_bad_sec
     assert!(acks(&out).is_empty(), "{out:?}");
     assert!(a.warming().is_empty());
 }
+
+/// A source's certificate whose private key does not go with it is refused in validation,
+/// charged to that source alone (its verdict names the secret and why); an unrelated CDS
+/// update folded with it in time is applied and ACKed, not NACKed for the source's key, and the
+/// listener serves on with the previous certificate.
+#[test]
+fn a_source_certificate_whose_key_does_not_match_is_refused_to_the_source_alone() {
+    use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::DownstreamTlsContext;
+    let (_, leaf1, key1) = pki(&["a"]);
+    let (_, leaf2, _key2) = pki(&["a"]);
+    let mut a = Ads::new(node(), bootstrap());
+    a.handle_input(Input::Connected);
+    drain(&mut a);
+    let mut l = tcp_listener("in", "127.0.0.1", 9000, "xds");
+    l.filter_chains[0].transport_socket = Some(tls_socket(&DownstreamTlsContext {
+        common_tls_context: Some(CommonTlsContext {
+            tls_certificate_sds_secret_configs: vec![source_sds("sds-grpc", "default")],
+            ..Default::default()
+        }),
+        ..Default::default()
+    }));
+    a.handle_input(Input::Response(DiscoveryResponse {
+        version_info: "1".into(),
+        resources: vec![any(&l)],
+        type_url: ResourceType::Listener.type_url().into(),
+        nonce: "l1".into(),
+        ..Default::default()
+    }));
+    drain(&mut a);
+    a.handle_input(source_secrets(
+        "s1",
+        vec![certificate_secret("default", &leaf1, &key1)],
+    ));
+    let out = drain(&mut a);
+    a.handle_input(Input::Applied(
+        apply_id(&out).expect("listener with its certificate"),
+    ));
+    let served = a.applied().clone();
+    assert!(served.listeners.contains_key("in"));
+    // An unrelated cluster update starts an apply; during it a valid CDS update and the
+    // source's bad rotation (leaf2 with key1) arrive.
+    a.handle_input(cds(
+        "2",
+        "c2",
+        &[static_cluster("b", &[("127.0.0.1", 8002, 0)])],
+    ));
+    let out = drain(&mut a);
+    let first = apply_id(&out).expect("apply c2");
+    a.handle_input(cds(
+        "3",
+        "c3",
+        &[static_cluster("b", &[("127.0.0.1", 8003, 0)])],
+    ));
+    a.handle_input(source_secrets(
+        "s2",
+        vec![certificate_secret("default", &leaf2, &key1)],
+    ));
+    a.handle_input(Input::Applied(first));
+    let out = drain(&mut a);
+    let v = verdicts(&out);
+    assert_eq!(v.len(), 1, "{out:?}");
+    let (source, nonce, error) = &v[0];
+    assert_eq!((source.as_str(), nonce.as_str()), ("sds-grpc", "s2"));
+    let error = error.as_deref().expect("refused");
+    assert!(
+        error.contains("\"default\"")
+            && error.contains("private_key")
+            && error.contains("does not go with"),
+        "{error}"
+    );
+    assert!(acks(&out).iter().all(|(_, _, e)| e.is_none()), "{out:?}");
+    let second = apply_id(&out).expect("c3 applied");
+    a.handle_input(Input::Applied(second));
+    let out = drain(&mut a);
+    assert_eq!(acks(&out), [(ResourceType::Cluster, "c3".to_owned(), None)]);
+    assert_eq!(
+        a.applied().source_secrets["sds-grpc"]["default"],
+        served.source_secrets["sds-grpc"]["default"],
+        "the previous certificate serves on"
+    );
+}

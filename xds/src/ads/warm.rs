@@ -15,7 +15,9 @@
 //! that version used, taken from the candidate when there, else from the applied resources),
 //! else not at all — so an updated cluster serves its previous version and endpoints until
 //! its new assignment comes, and a listener or route whose new version routes to a cluster not
-//! yet served waits at its old version (or out) for it.
+//! yet served waits at its old version (or out) for it. A listener is bound to its address: a
+//! candidate listener whose address a listener kept at its applied version holds waits too (at
+//! its applied version, or out), until both can switch together.
 //!
 //! Invariant: the result is whole whenever the applied resources were — every cluster a
 //! served route or listener names is served: an applied version kept may name a cluster the
@@ -24,9 +26,12 @@
 //! validation to refuse.
 
 use std::collections::BTreeSet;
+use std::net::{IpAddr, SocketAddr};
 
 use envoy_types::pb::envoy::config::cluster::v3::Cluster;
-use envoy_types::pb::envoy::config::core::v3::{DataSource, data_source::Specifier};
+use envoy_types::pb::envoy::config::core::v3::{
+    DataSource, address, data_source::Specifier, socket_address,
+};
 use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
 use envoy_types::pb::envoy::config::listener::v3::{Filter, Listener, filter};
 use envoy_types::pb::envoy::config::route::v3::{
@@ -43,6 +48,7 @@ use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{
     CertificateValidationContext, Secret, TlsCertificate, secret,
 };
 use prost::{Message, Name};
+use sluice_core::config::yaml::addresses_overlap;
 
 use crate::translate::{self, Resources};
 
@@ -233,6 +239,42 @@ pub(crate) fn select(
             chosen.push((name.clone(), old.clone(), true));
         }
     }
+    // A listener is bound to its address: a candidate one whose address a listener kept at
+    // its applied version still holds (that one waits to move off it) waits too, at its own
+    // applied version or out, until they can switch together — as Envoy's new listener waits
+    // for the old one on its address to go. Falling back may put an old version on another
+    // candidate's address: again until none clashes (applied versions never clash together).
+    loop {
+        let held: Vec<SocketAddr> = chosen
+            .iter()
+            .filter(|(_, _, from_applied)| *from_applied)
+            .flat_map(|(_, l, _)| listener_addresses(l))
+            .collect();
+        let clashes = |l: &Listener| {
+            listener_addresses(l)
+                .iter()
+                .any(|a| held.iter().any(|h| addresses_overlap(*a, *h)))
+        };
+        let before = chosen.len();
+        let mut fell_back = false;
+        chosen = chosen
+            .into_iter()
+            .filter_map(|(name, l, from_applied)| {
+                if from_applied || !clashes(&l) {
+                    return Some((name, l, from_applied));
+                }
+                fell_back = true;
+                applied
+                    .listeners
+                    .get(&name)
+                    .filter(|old| listener_ready(old, &out, applied, sources, |_| true))
+                    .map(|old| (name, old.clone(), true))
+            })
+            .collect();
+        if !fell_back && chosen.len() == before {
+            break;
+        }
+    }
     // The routes no chosen listener names are not served.
     let mut routes_used = BTreeSet::new();
     for (_, l, _) in &chosen {
@@ -326,6 +368,30 @@ fn listener_ready(
             .iter()
             .all(|s| secret(from, s).is_some())
         && listener_clusters(l).iter().all(|c| cluster_ok(c))
+}
+
+/// The TCP addresses listener `l` binds (its address and additional addresses; a pipe or an
+/// address that is not an IP binds none that can clash).
+fn listener_addresses(l: &Listener) -> Vec<SocketAddr> {
+    l.address
+        .iter()
+        .chain(
+            l.additional_addresses
+                .iter()
+                .filter_map(|a| a.address.as_ref()),
+        )
+        .filter_map(|a| match &a.address {
+            Some(address::Address::SocketAddress(sa)) => {
+                let ip: IpAddr = sa.address.parse().ok()?;
+                let port = match sa.port_specifier {
+                    Some(socket_address::PortSpecifier::PortValue(p)) => u16::try_from(p).ok()?,
+                    _ => return None,
+                };
+                Some(SocketAddr::new(ip, port))
+            }
+            _ => None,
+        })
+        .collect()
 }
 
 /// The clusters a route configuration routes to (by name; a `cluster_header` names none).

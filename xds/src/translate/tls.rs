@@ -49,6 +49,8 @@ use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{
 };
 use envoy_types::pb::envoy::r#type::matcher::v3::{StringMatcher, string_matcher::MatchPattern};
 use prost::{Message, Name};
+use rustls::crypto::aws_lc_rs;
+use rustls::sign::CertifiedKey;
 use serde_json::{Map, Value, json};
 use sluice_core::config::tls::{
     EcdhCurve, ISTIO_PEER_EXCHANGE_ALPN, MAX_PEM_BYTES, parse_cipher_suites,
@@ -509,16 +511,46 @@ fn certificate(
     at: &At<'_>,
     secret: Option<&str>,
 ) -> Result<(Value, Value), TranslateError> {
-    let chain = take(&mut t.certificate_chain);
-    let key = take(&mut t.private_key);
+    let chain_source = take(&mut t.certificate_chain);
+    let key_source = take(&mut t.private_key);
     reject_rest(&t, at)?;
     let c_at = at.field("certificate_chain");
-    let chain = pem(chain.as_ref(), &c_at, secret, |b| {
+    let chain = pem(chain_source.as_ref(), &c_at, secret, |b| {
         certificates(parse_chain(b))
     })?;
     let k_at = at.field("private_key");
-    let key = pem(key.as_ref(), &k_at, secret, |b| parse_key(b).map(drop))?;
+    let key = pem(key_source.as_ref(), &k_at, secret, |b| {
+        parse_key(b).map(drop)
+    })?;
+    if let (Some(chain_pem), Some(key_pem)) =
+        (inline(chain_source.as_ref()), inline(key_source.as_ref()))
+    {
+        // Both parsed above. Files are read (and paired) by the runtime when it loads them;
+        // inline ones (SDS secrets) are paired here, so that a mismatch is refused with the
+        // secret, not by the apply it would fail (charged to every response in it).
+        let pair = parse_chain(chain_pem).and_then(|chain| {
+            let key = parse_key(key_pem)?;
+            CertifiedKey::from_der(chain, key, &aws_lc_rs::default_provider())
+                .map(drop)
+                .map_err(|e| e.to_string())
+        });
+        if let Err(e) = pair {
+            return Err(k_at.error(format!(
+                "does not go with the leaf of certificate_chain (they cannot be served \
+                 together): {e}"
+            )));
+        }
+    }
     Ok((chain, key))
+}
+
+/// The bytes of an inline `DataSource` (none for a file).
+fn inline(source: Option<&DataSource>) -> Option<&[u8]> {
+    match source?.specifier.as_ref()? {
+        Specifier::InlineBytes(b) => Some(b),
+        Specifier::InlineString(s) => Some(s.as_bytes()),
+        _ => None,
+    }
 }
 
 /// Every certificate of a parsed PEM is an X.509 certificate.

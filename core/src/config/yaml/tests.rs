@@ -3050,6 +3050,20 @@ fn sds_sources_are_declared_by_path_or_cluster() {
         errors(&with("[ { name: a, path: \"\" } ]")),
         ["xds.sds_sources[0].path: cannot be empty"]
     );
+    // A source sends private keys: through a cluster without `tls`, only to a loopback host.
+    let remote = with("[ { name: a, cluster: agent } ]").replace(
+        "clusters:\n",
+        "clusters:\n  - name: agent\n    hosts: [ { address: 10.0.0.9:15010 } ]\n",
+    );
+    assert_eq!(
+        errors(&remote),
+        [
+            "xds.sds_sources[0].cluster: cluster \"agent\" has no `tls` and its first host \
+             10.0.0.9:15010 is not a loopback address: an SDS source sends private keys, which \
+             must not cross the network in cleartext (give the cluster `tls`, or use a Unix \
+             socket `path`)"
+        ]
+    );
     let unknown = errors(&with("[ { name: a, path: /s, port: 1 } ]"));
     assert!(
         unknown[0].starts_with("xds.sds_sources[0].port: unknown field"),

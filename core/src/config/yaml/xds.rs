@@ -212,6 +212,23 @@ pub(super) fn check_xds_cluster(
             );
             return None;
         }
+        // The source sends private keys: in cleartext only to this host.
+        if let SdsTarget::Cluster { name, index } = &s.target
+            && let Some(c) = clusters.get(*index)
+            && c.tls.is_none()
+            && !c.hosts[0].address.ip().is_loopback()
+        {
+            dec.error(
+                &format!("xds.sds_sources[{i}].cluster"),
+                format!(
+                    "cluster {name:?} has no `tls` and its first host {} is not a loopback \
+                     address: an SDS source sends private keys, which must not cross the \
+                     network in cleartext (give the cluster `tls`, or use a Unix socket `path`)",
+                    c.hosts[0].address
+                ),
+            );
+            return None;
+        }
     }
     let ci = x.cluster_index;
     match clusters.get(ci) {
