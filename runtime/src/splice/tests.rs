@@ -198,6 +198,32 @@ fn small_messages_are_copied_and_bulk_bytes_spliced() {
     });
 }
 
+/// A small message is read with one `recvfrom`, not two: the copying read that found fewer
+/// bytes than its buffer took the socket's readiness with it ([`crate::splice`]'s
+/// `read_drained`), so the direction waits for the next message instead of trying a read that
+/// answers `EAGAIN` (without it: one empty read per message and direction, 40 here).
+#[test]
+fn a_small_message_costs_no_empty_read() {
+    on_local_runtime(async {
+        let (up, up_at) = bound();
+        spawn_local(echo_upstream(up));
+        let (engine, at) = proxy(true, up_at);
+        let (mut r, mut w) = TcpStream::connect(at).await.unwrap().into_split();
+        w = round_trip(&mut r, w, 200).await;
+        crate::splice::EMPTY_READS.set(0);
+        for _ in 0..20 {
+            w = round_trip(&mut r, w, 200).await;
+        }
+        let empty = crate::splice::EMPTY_READS.get();
+        assert!(
+            empty <= 2,
+            "{empty} reads found the socket empty in 20 request/response exchanges"
+        );
+        assert_eq!(engine.stats().tcp_relay_spliced.load(Relaxed), 1);
+        drop(w);
+    });
+}
+
 #[test]
 fn an_idle_copied_session_holds_no_buffer() {
     on_local_runtime(async {
