@@ -6,7 +6,10 @@
 //! - one task per **downstream** connection (a session of the engine): reads, decodes each
 //!   complete frame in place, hands it to the proxy, and acts on the verdict — patches the request
 //!   id in the read buffer and appends the frame's bytes to the upstream connection's outbox, or
-//!   writes a reply into its own outbox;
+//!   writes a reply into its own outbox. Its read buffer is borrowed from the worker's
+//!   [`BufPool`] while unprocessed bytes sit in it, and given back once every byte read is
+//!   processed: an idle connection holds none (each poll of its wait borrows one for the read
+//!   and gives it back when nothing came; issue 15);
 //! - one task per **upstream** connection (opened when the proxy asks, one per host per worker,
 //!   multiplexed): connects within the cluster's `connect_timeout`, flushes its outbox, reads
 //!   responses, restores their ids and appends them to their downstream's outbox;
@@ -39,9 +42,12 @@
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
+use std::future::poll_fn;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::atomic::Ordering::Relaxed;
+use std::task::Poll;
 use std::time::{Duration, SystemTime};
 
 use sluice_core::Instant;
@@ -54,11 +60,12 @@ use sluice_core::cluster::HostRef;
 use sluice_core::config::bolt::{DEFAULT_BOLT_FRAME_TIMEOUT, DEFAULT_BOLT_IDLE_TIMEOUT};
 use sluice_core::config::{Config, ListenerFilter};
 use sluice_core::health::UpstreamResult;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt, ReadBuf};
 use tokio::sync::Notify;
 use tracing::debug;
 
 use crate::access_log::BoltEntry;
+use crate::bufpool::BufPool;
 use crate::downstream::Downstream;
 use crate::engine::Engine;
 use crate::http::far_future;
@@ -67,9 +74,9 @@ use crate::now;
 use crate::shared_io::Shared;
 use crate::stats::bump;
 
-/// First size of a connection's read buffer; it grows (up to the frame size limit) for larger
-/// frames.
-const READ_CHUNK: usize = 16 * 1024;
+/// First size of a connection's read buffer (a pooled read buffer of the worker's); it grows
+/// (up to the frame size limit) for larger frames.
+const READ_CHUNK: usize = crate::bufpool::READ_BUFFER;
 /// How long a connection being handed over stops reading while its requests in flight finish.
 /// Past it, it reads (and forwards) what its client sent meanwhile, then pauses again: a request
 /// stuck on a slow or faulty upstream must not hold the client's later requests unread until
@@ -240,6 +247,37 @@ fn make_room(
     true
 }
 
+/// Reads into `buf` from byte `end` on. A `buf` that holds nothing (an idle connection's) is
+/// borrowed from `pool` for each poll's read and given back when nothing came, so waiting for
+/// the next request holds no buffer; one that came back with bytes stays in `buf`.
+async fn read_pooled<R: AsyncRead + Unpin>(
+    r: &mut R,
+    buf: &mut Vec<u8>,
+    end: usize,
+    pool: &BufPool,
+) -> std::io::Result<usize> {
+    if !buf.is_empty() {
+        return r.read(&mut buf[end..]).await;
+    }
+    poll_fn(|cx| {
+        let mut taken = pool.take_read();
+        let mut rb = ReadBuf::new(&mut taken);
+        let read = Pin::new(&mut *r).poll_read(cx, &mut rb);
+        let n = rb.filled().len();
+        match read {
+            Poll::Ready(Ok(())) if n > 0 => {
+                *buf = taken;
+                Poll::Ready(Ok(n))
+            }
+            other => {
+                pool.untake_read(taken);
+                other.map(|r| r.map(|()| 0))
+            }
+        }
+    })
+    .await
+}
+
 /// The bytes of one downstream connection's read buffer beyond its first [`READ_CHUNK`],
 /// reserved from the process's Bolt partial-frame budget (given back on drop).
 struct PartialFrameHold<'a> {
@@ -360,8 +398,17 @@ impl<N: Network> Engine<N> {
             held: 0,
         };
         let mut overflow = !hold.grow_to(initial.len());
-        let mut buf = vec![0u8; READ_CHUNK.max(initial.len())];
-        buf[..initial.len()].copy_from_slice(initial);
+        // The read buffer: the worker's, borrowed while bytes sit in it (issue 15). While it is
+        // empty (`buf.is_empty()`: nothing unprocessed) the connection holds none.
+        let pool = &self.http_buffers;
+        let mut buf = Vec::new();
+        if !initial.is_empty() {
+            buf = pool.take_read();
+            if buf.len() < initial.len() {
+                buf.resize(initial.len(), 0);
+            }
+            buf[..initial.len()].copy_from_slice(initial);
+        }
         let (mut start, mut end) = (0usize, initial.len());
         if let Some(l) = lstats {
             bump(&l.downstream_bytes_received, initial.len() as u64);
@@ -461,13 +508,18 @@ impl<N: Network> Engine<N> {
                 debug!(%peer, "bolt: the client does not read its answers; closing");
                 break;
             }
-            if start == end && buf.len() > READ_CHUNK {
-                // A large frame is done with: give its memory back.
-                buf.truncate(READ_CHUNK);
-                buf.shrink_to_fit();
-                hold.release();
+            if start == end && !buf.is_empty() {
+                // Every byte read is processed: the buffer goes back to the worker's pool (one
+                // that grew for a large frame is freed, and its budget given back), and an
+                // idle connection holds none.
+                if buf.len() > READ_CHUNK {
+                    hold.release();
+                }
+                pool.give_read(std::mem::take(&mut buf));
+                (start, end) = (0, 0);
             }
             if !close
+                && !buf.is_empty()
                 && !make_room(&mut buf, &mut start, &mut end, max_frame, |len| {
                     hold.grow_to(len)
                 })
@@ -567,7 +619,7 @@ impl<N: Network> Engine<N> {
                 () = outbox.wake.notified() => {}
                 () = stop => {}
                 () = tokio::time::sleep_until(resume), if paused => {}
-                r = stream.read(&mut buf[end..]), if !paused => match r {
+                r = read_pooled(&mut stream, &mut buf, end, pool), if !paused => match r {
                     Ok(0) | Err(_) => break,
                     Ok(n) => {
                         end += n;
@@ -589,6 +641,7 @@ impl<N: Network> Engine<N> {
             );
         }
         drop(hold);
+        pool.give_read(buf);
         bw.downs.borrow_mut().remove(&down);
         if logged && bw.proxy.borrow().downstream_in_flight(down) > 0 {
             self.bolt_log_abandoned(down);
@@ -1149,3 +1202,6 @@ impl<N: Network> Engine<N> {
         }
     }
 }
+
+#[cfg(test)]
+mod idle_tests;

@@ -1045,14 +1045,14 @@ impl<N: Network> Engine<N> {
         let mut log = TcpLogFacts {
             started,
             t0,
-            peer,
+            peer: &peer,
             cluster: None,
             upstream: None,
             bytes: (0, 0),
             reason: "",
             flag: None,
             server_name: None,
-            original_dst,
+            original_dst: &original_dst,
         };
         // The server name a ClientHello peek saw (`sni_routes` with TLS passed through).
         let mut peeked_name = None;
@@ -1073,9 +1073,10 @@ impl<N: Network> Engine<N> {
             }
             ci
         } else {
-            let (buf, len, (outcome, cluster)) = self
-                .read_client_hello(tp, &mut down, &mut peeked_name)
-                .await;
+            // Boxed while it runs (its buffer and timers), so that the session's future, held
+            // for the connection's whole life, is not laid out to its size (issue 15).
+            let (buf, len, (outcome, cluster)) =
+                Box::pin(self.read_client_hello(tp, &mut down, &mut peeked_name)).await;
             if let Some(l) = self.listener_stats(listener) {
                 bump(&l.sni_outcome[outcome as usize], 1);
             }
@@ -1160,7 +1161,8 @@ impl<N: Network> Engine<N> {
         // Created now so that a drain timeout during the connect phase is not missed (a
         // `Notified` receives `notify_waiters` from the moment it exists); one that passed
         // before (during a TLS handshake or a ClientHello peek) ends the session here.
-        let drain_expired = self.lifecycle.drain_expired();
+        // Pinned here and lent to the relay: it is held for the session's whole life.
+        let mut drain_expired = std::pin::pin!(self.lifecycle.drain_expired());
         let mut reason = None;
         if self.lifecycle.drain_deadline_passed() {
             reason = Some(CloseReason::DrainTimeout);
@@ -1187,11 +1189,14 @@ impl<N: Network> Engine<N> {
                     // The connect, and with a TLS cluster the handshake, within the connect
                     // deadline: a failed handshake (verification included) is a connect failure.
                     let deadline = session.poll_timeout().map(crate::to_tokio);
-                    let failure = match self
-                        .upstreams
-                        .connect(&self.tls, ci, transport, address, deadline)
-                        .await
-                    {
+                    // Boxed while it runs: an upstream TLS handshake's state is ~2 KB, and laid
+                    // out inline it made every session's future, held while the session idles,
+                    // that much larger (issue 15).
+                    let connect = Box::pin(
+                        self.upstreams
+                            .connect(&self.tls, ci, transport, address, deadline),
+                    );
+                    let failure = match connect.await {
                         Ok(stream) => {
                             self.upstreams.report_upstream_result(
                                 ci,
@@ -1276,7 +1281,7 @@ impl<N: Network> Engine<N> {
                             d,
                             u,
                             &ctx,
-                            drain_expired,
+                            drain_expired.as_mut(),
                             &mut on_timeout,
                         )
                         .await
@@ -1287,7 +1292,7 @@ impl<N: Network> Engine<N> {
                             &mut down,
                             &mut up,
                             &self.http_buffers,
-                            drain_expired,
+                            drain_expired.as_mut(),
                             &mut on_timeout,
                         )
                         .await
@@ -1352,9 +1357,9 @@ impl<N: Network> Engine<N> {
             duration_ms: now().duration_since(f.t0).as_millis() as u64,
             upstream: f.upstream,
             request_id: b"",
-            downstream: f.peer,
+            downstream: *f.peer,
             listener: &lc.name,
-            original_dst: f.original_dst,
+            original_dst: *f.original_dst,
             request: None,
             cluster: f.cluster.map(|c| self.config.clusters[c].name.as_str()),
             tries: 0,
@@ -1506,7 +1511,9 @@ impl ChainPeek {
 struct TcpLogFacts<'a> {
     started: SystemTime,
     t0: sluice_core::Instant,
-    peer: SocketAddr,
+    /// The session's own (held by reference: its future keeps them anyway, and this is held
+    /// for the session's whole life).
+    peer: &'a SocketAddr,
     cluster: Option<usize>,
     /// The host of the last connect attempt.
     upstream: Option<SocketAddr>,
@@ -1515,7 +1522,7 @@ struct TcpLogFacts<'a> {
     reason: &'a str,
     flag: Option<&'static str>,
     server_name: Option<&'a str>,
-    original_dst: Option<SocketAddr>,
+    original_dst: &'a Option<SocketAddr>,
 }
 
 /// A TCP session's close reason as an Envoy response flag (`None`: no flag, `-`).
@@ -1833,5 +1840,95 @@ mod tests {
             accept_backoff(&aborted, Duration::from_secs(1)),
             Duration::from_millis(10)
         );
+    }
+
+    /// The most an idle `tcp_proxy` session's boxed future may take, in a debug build (1,624 B
+    /// when this was written; a release build lays it out smaller). It holds what the session
+    /// needs while relaying; the connect phase (an upstream TLS handshake) and the ClientHello
+    /// peek are boxed apart while they run, and the drain watch is lent to the relay rather
+    /// than copied into each layer of its futures (issue 15: with the connect inline the
+    /// future took 2,776 B in a release build, 1,848 B in a debug one with the connect boxed).
+    const TCP_SESSION_FUTURE_MAX: usize = 1664;
+
+    /// What an idle `tcp_proxy` session holds in its boxed future, printed for BENCHMARKS.md
+    /// (`cargo test -p sluice-runtime --lib tcp_session_future_size -- --nocapture`).
+    #[test]
+    fn tcp_session_future_size() {
+        use crate::net::TokioNet;
+        use crate::test_support::{bound, on_local_runtime};
+        on_local_runtime(async {
+            let (listener, at) = bound();
+            let yaml = format!(
+                "listeners: [ {{ name: t, address: {at}, tcp_proxy: {{ cluster: up }} }} ]\n\
+                 clusters: [ {{ name: up, hosts: [ {{ address: 127.0.0.1:1 }} ] }} ]\n"
+            );
+            let config = Arc::new(Config::from_yaml(&yaml).unwrap());
+            let stats = Arc::new(WorkerStats::new(&config));
+            let engine = Engine::new(TokioNet::default(), config.clone(), 0, 1, stats).unwrap();
+            let client = tokio::net::TcpStream::connect(at).await.unwrap();
+            let (server, peer) = listener.accept().await.unwrap();
+            let lc = &config.listeners[0];
+            let ListenerFilter::TcpProxy(tp) = &lc.filter else {
+                unreachable!()
+            };
+            let (spliced, copied) = {
+                let mut s = TcpSession::new(
+                    now(),
+                    SessionConfig {
+                        connect_timeout: Duration::from_secs(1),
+                        idle_timeout: None,
+                        max_connect_attempts: 1,
+                    },
+                );
+                let mut on_timeout = |_: &mut TcpSession| {};
+                let mut drain = std::pin::pin!(engine.lifecycle.drain_expired());
+                let ctx = crate::splice::SpliceCtx {
+                    pipes: &engine.pipes,
+                    buffers: &engine.http_buffers,
+                    chunks_copied: &engine.stats().tcp_relay_chunks_copied,
+                };
+                let f = crate::splice::relay_spliced(
+                    &mut s,
+                    &server,
+                    &server,
+                    &ctx,
+                    drain.as_mut(),
+                    &mut on_timeout,
+                );
+                let spliced = std::mem::size_of_val(&f);
+                drop(f);
+                let (mut a, mut b) = (
+                    tokio::net::TcpStream::connect(at).await.unwrap(),
+                    tokio::net::TcpStream::connect(at).await.unwrap(),
+                );
+                let f = relay(
+                    &mut s,
+                    &mut a,
+                    &mut b,
+                    &engine.http_buffers,
+                    drain.as_mut(),
+                    &mut on_timeout,
+                );
+                (spliced, std::mem::size_of_val(&f))
+            };
+            println!(
+                "relay_spliced future: {spliced} B; relay: {copied} B; TcpLogFacts: {} B",
+                std::mem::size_of::<TcpLogFacts<'_>>()
+            );
+            let session = engine.tcp_proxy(0, lc, tp, server, peer, None, None);
+            let size = std::mem::size_of_val(&session);
+            drop(session);
+            drop(client);
+            println!(
+                "tcp_proxy session future (boxed at accept, held while idle): {size} B; \
+                 TcpSession: {} B; TcpStream: {} B",
+                std::mem::size_of::<TcpSession>(),
+                std::mem::size_of::<tokio::net::TcpStream>(),
+            );
+            assert!(
+                size <= TCP_SESSION_FUTURE_MAX,
+                "an idle tcp_proxy session's future is {size} B (at most {TCP_SESSION_FUTURE_MAX})"
+            );
+        });
     }
 }

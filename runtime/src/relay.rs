@@ -175,14 +175,13 @@ pub(crate) enum Op {
 /// timers and the drain deadline, and carries out its half-closes, until it closes.
 pub(crate) async fn drive(
     session: &mut TcpSession,
-    drain_expired: Notified<'_>,
+    mut drain_expired: Pin<&mut Notified<'_>>,
     on_timeout: &mut dyn FnMut(&mut TcpSession),
     mut io: impl FnMut(&mut Context<'_>, Op) -> Poll<Result<Step, Side>>,
 ) -> CloseReason {
     let far_future = tokio::time::Instant::now() + std::time::Duration::from_secs(86_400 * 365);
     let deadline = |s: &TcpSession| s.poll_timeout().map_or(far_future, crate::to_tokio);
     let mut sleep: Pin<&mut Sleep> = pin!(tokio::time::sleep_until(deadline(session)));
-    let mut drain_expired = pin!(drain_expired);
     poll_fn(|cx| {
         for _ in 0..ROUNDS_PER_POLL {
             let mut progressed = false;
@@ -230,13 +229,15 @@ pub(crate) async fn drive(
 
 /// Relays between `down` and `up` until the session closes, with buffers borrowed from `pool`
 /// while bytes are in flight (all given back when it returns). `session` must be in its
-/// relaying state (connected). `drain_expired` completes when the worker's drain timeout passes.
+/// relaying state (connected). `drain_expired` completes when the worker's drain timeout passes
+/// (pinned by the caller, which holds it from before the connect: passed by value, each layer
+/// of futures would lay out its own copy, held for the session's whole life).
 pub(crate) async fn relay<D, U>(
     session: &mut TcpSession,
     down: &mut D,
     up: &mut U,
     pool: &BufPool,
-    drain_expired: Notified<'_>,
+    drain_expired: Pin<&mut Notified<'_>>,
     on_timeout: &mut dyn FnMut(&mut TcpSession),
 ) -> CloseReason
 where

@@ -60,6 +60,7 @@
 use std::cell::{Cell, RefCell};
 use std::io;
 use std::os::fd::{AsFd, OwnedFd};
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 use std::task::{Context, Poll, ready};
@@ -483,7 +484,7 @@ pub(crate) async fn relay_spliced(
     down: &TcpStream,
     up: &TcpStream,
     ctx: &SpliceCtx<'_>,
-    drain_expired: Notified<'_>,
+    drain_expired: Pin<&mut Notified<'_>>,
     on_timeout: &mut dyn FnMut(&mut TcpSession),
 ) -> CloseReason {
     let mut d2u = Direction::new(Side::Downstream);
