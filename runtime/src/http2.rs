@@ -1296,10 +1296,16 @@ impl Sink {
             }
             headers.append(n, v);
         });
+        self.grpc = grpc.unwrap_or(false);
+        if self.grpc {
+            // gRPC frames its messages itself; a length would make the `grpc-status: 14`
+            // trailers of an answer cut short a malformed stream (RFC 9113 §8.1.1), which the
+            // client reads as INTERNAL. The length still bounds the body (`BodyState::Length`).
+            headers.remove(http::header::CONTENT_LENGTH);
+        }
         let mut response = http::Response::new(());
         *response.status_mut() = status;
         *response.headers_mut() = headers;
-        self.grpc = grpc.unwrap_or(false);
         self.state = match head.head.framing() {
             BodyFraming::None | BodyFraming::ContentLength(0) => BodyState::Done,
             BodyFraming::ContentLength(n) => BodyState::Length(n),
@@ -1909,6 +1915,74 @@ clusters:
             }
             assert_eq!(got, b"hel");
             assert_eq!(ended, Some(Some(h2::Reason::INTERNAL_ERROR)));
+            drop(client);
+            conn.abort();
+        });
+    }
+
+    /// A gRPC answer whose head has a `content-length`, of which the upstream sends a part
+    /// and then stalls.
+    fn grpc_with_length_then_stall(_head: &str) -> String {
+        "HTTP/1.1 200 OK\r\ncontent-type: application/grpc\r\ncontent-length: 100\r\n\r\nhello"
+            .to_owned()
+    }
+
+    /// A gRPC answer cut short ends with `grpc-status: 14` trailers, which the client must be
+    /// able to read: a `content-length` in the HEADERS would make the short stream malformed
+    /// (RFC 9113 §8.1.1), a PROTOCOL_ERROR instead of UNAVAILABLE; gRPC frames its messages
+    /// itself, so the length is not forwarded.
+    #[test]
+    fn a_grpc_client_reads_unavailable_from_an_answer_cut_short_that_had_a_length() {
+        on_local_runtime(async {
+            let (up, up_at) = bound();
+            tokio::task::spawn_local(http1_upstream(up, grpc_with_length_then_stall));
+            let (listener, at) = bound();
+            let yaml = format!(
+                r#"
+listeners:
+  - name: web
+    address: {at}
+    http:
+      virtual_hosts:
+        - name: all
+          domains: ["*"]
+          routes:
+            - match: {{ prefix: / }}
+              route: {{ cluster: up, timeout: 1s }}
+clusters:
+  - name: up
+    hosts: [ {{ address: "{up_at}" }} ]
+"#
+            );
+            let _engine = serve(&yaml, listener);
+            let tcp = tokio::net::TcpStream::connect(at).await.unwrap();
+            let (mut client, conn) = h2::client::handshake(tcp).await.unwrap();
+            let conn = tokio::task::spawn_local(conn);
+            let request = http::Request::post("http://svc/pkg.Svc/Get")
+                .header("content-type", "application/grpc")
+                .header("te", "trailers")
+                .body(())
+                .unwrap();
+            let (response, _) = client.send_request(request, true).unwrap();
+            let response = tokio::time::timeout(std::time::Duration::from_secs(10), response)
+                .await
+                .expect("answered in time")
+                .expect("answered, not reset");
+            assert_eq!(response.status(), 200);
+            let length = response.headers().get("content-length").cloned();
+            let mut body = response.into_body();
+            let mut got = Vec::new();
+            while let Some(chunk) = body.data().await {
+                got.extend_from_slice(&chunk.expect("the body ends cleanly"));
+            }
+            assert_eq!(got, b"hello");
+            let trailers = body
+                .trailers()
+                .await
+                .expect("the stream ends cleanly")
+                .expect("the stream ends with trailers");
+            assert_eq!(trailers["grpc-status"], "14");
+            assert_eq!(length, None);
             drop(client);
             conn.abort();
         });
