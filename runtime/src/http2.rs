@@ -1297,10 +1297,12 @@ impl Sink {
             headers.append(n, v);
         });
         self.grpc = grpc.unwrap_or(false);
-        if self.grpc {
-            // gRPC frames its messages itself; a length would make the `grpc-status: 14`
-            // trailers of an answer cut short a malformed stream (RFC 9113 §8.1.1), which the
-            // client reads as INTERNAL. The length still bounds the body (`BodyState::Length`).
+        // No `content-length` for gRPC, which frames its messages itself: a length would make
+        // the `grpc-status: 14` trailers of an answer cut short a malformed stream (RFC 9113
+        // §8.1.1), which the client reads as INTERNAL (the length still bounds the body,
+        // `BodyState::Length`). Nor for a 204 (RFC 9110 §8.6: a server must not send one;
+        // nghttp2 clients reset a 204 with a non-zero one as malformed).
+        if self.grpc || head.head.status() == 204 {
             headers.remove(http::header::CONTENT_LENGTH);
         }
         let mut response = http::Response::new(());
@@ -1983,6 +1985,53 @@ clusters:
                 .expect("the stream ends with trailers");
             assert_eq!(trailers["grpc-status"], "14");
             assert_eq!(length, None);
+            drop(client);
+            conn.abort();
+        });
+    }
+
+    /// A 204 whose upstream gave it a length (which a server must not send, RFC 9110 §8.6).
+    fn no_content_with_a_length(_head: &str) -> String {
+        "HTTP/1.1 204 No Content\r\ncontent-length: 5\r\nx-kept: 1\r\n\r\n".to_owned()
+    }
+
+    /// A 204 reaches an HTTP/2 client without the upstream's `content-length`: nghttp2 (curl,
+    /// and the clients built on it) resets a 204 with a non-zero one as malformed.
+    #[test]
+    fn a_204_reaches_an_http2_client_without_a_length() {
+        on_local_runtime(async {
+            let (up, up_at) = bound();
+            tokio::task::spawn_local(http1_upstream(up, no_content_with_a_length));
+            let (listener, at) = bound();
+            let yaml = format!(
+                r#"
+listeners:
+  - name: web
+    address: {at}
+    http:
+      virtual_hosts:
+        - name: all
+          domains: ["*"]
+          routes: [ {{ match: {{ prefix: / }}, route: {{ cluster: up }} }} ]
+clusters:
+  - name: up
+    hosts: [ {{ address: "{up_at}" }} ]
+"#
+            );
+            let _engine = serve(&yaml, listener);
+            let tcp = tokio::net::TcpStream::connect(at).await.unwrap();
+            let (mut client, conn) = h2::client::handshake(tcp).await.unwrap();
+            let conn = tokio::task::spawn_local(conn);
+            let request = http::Request::get("http://svc/up").body(()).unwrap();
+            let (response, _) = client.send_request(request, true).unwrap();
+            let response = tokio::time::timeout(std::time::Duration::from_secs(10), response)
+                .await
+                .expect("answered in time")
+                .expect("answered, not reset");
+            assert_eq!(response.status(), 204);
+            assert_eq!(response.headers()["x-kept"], "1");
+            assert!(response.headers().get("content-length").is_none());
+            assert!(response.into_body().is_end_stream());
             drop(client);
             conn.abort();
         });
