@@ -1168,7 +1168,8 @@ enum BodyState {
     Length(u64),
     /// Chunked upstream: until the request path says the body ended.
     Chunked,
-    /// Until the request path is done (an upstream response delimited by its close).
+    /// An upstream response delimited by its close: until the request path says the body
+    /// ended (at the close); one that returns before that (a timeout, an error) cut it.
     UntilDone,
     /// The response body is complete.
     Done,
@@ -1263,7 +1264,9 @@ impl Sink {
         let mut headers = http::HeaderMap::with_capacity(head.head.header_spans().len() + 2);
         let mut grpc = None;
         for_each_response_field(head.buf, head.head, &head.edits, |name, value| {
-            if is_connection_specific(name) {
+            // `te` is allowed in a request only (RFC 9113 §8.2.2): the h2 codec refuses a
+            // head with one (a route may add it; the upstream's is dropped by the visitor).
+            if is_connection_specific(name) || name.eq_ignore_ascii_case(b"te") {
                 return;
             }
             let value = match value {
@@ -1293,10 +1296,18 @@ impl Sink {
             }
             headers.append(n, v);
         });
+        self.grpc = grpc.unwrap_or(false);
+        // No `content-length` for gRPC, which frames its messages itself: a length would make
+        // the `grpc-status: 14` trailers of an answer cut short a malformed stream (RFC 9113
+        // §8.1.1), which the client reads as INTERNAL (the length still bounds the body,
+        // `BodyState::Length`). Nor for a 204 (RFC 9110 §8.6: a server must not send one;
+        // nghttp2 clients reset a 204 with a non-zero one as malformed).
+        if self.grpc || head.head.status() == 204 {
+            headers.remove(http::header::CONTENT_LENGTH);
+        }
         let mut response = http::Response::new(());
         *response.status_mut() = status;
         *response.headers_mut() = headers;
-        self.grpc = grpc.unwrap_or(false);
         self.state = match head.head.framing() {
             BodyFraming::None | BodyFraming::ContentLength(0) => BodyState::Done,
             BodyFraming::ContentLength(n) => BodyState::Length(n),
@@ -1376,7 +1387,8 @@ impl Sink {
             let Some(mut respond) = self.respond.take() else {
                 return Err(io::ErrorKind::BrokenPipe.into());
             };
-            let end = self.state == BodyState::Done;
+            // Trailers end the stream themselves (in poll_finish), even after no payload.
+            let end = self.state == BodyState::Done && !self.has_trailers();
             let send = respond.send_response(response, end).map_err(h2_io_error)?;
             self.send = Some(send);
             self.closed = end;
@@ -1480,9 +1492,6 @@ impl Sink {
         if self.staged.take().is_some() {
             // A head the proxy never got to send: nothing of the answer went out.
             self.state = BodyState::Head;
-        }
-        if matches!(self.state, BodyState::UntilDone) {
-            self.state = BodyState::Done;
         }
         if self.closed {
             return Poll::Ready(true);
@@ -1724,6 +1733,307 @@ clusters:
                 let _ = conn.await;
             }
             assert_eq!(engine.http_buffers.streams_made(), 1);
+        });
+    }
+
+    /// A gRPC upstream's answer with no message, only its status: a chunked body whose last
+    /// chunk comes at once, with the trailer section (what an HTTP/2 upstream's HEADERS then
+    /// trailers, no DATA, become on the request path).
+    fn status_only_in_trailers(_head: &str) -> String {
+        "HTTP/1.1 200 OK\r\ncontent-type: application/grpc\r\ntransfer-encoding: chunked\r\n\r\n\
+         0\r\ngrpc-status: 5\r\ngrpc-message: nope\r\n\r\n"
+            .to_owned()
+    }
+
+    /// An answer with an empty body and trailers: the staged head goes out without END_STREAM,
+    /// and the trailers end the stream (not lost behind a HEADERS frame that ended it).
+    #[test]
+    fn an_http2_client_gets_the_trailers_of_an_answer_without_payload() {
+        on_local_runtime(async {
+            let (up, up_at) = bound();
+            tokio::task::spawn_local(http1_upstream(up, status_only_in_trailers));
+            let (listener, at) = bound();
+            let yaml = format!(
+                r#"
+listeners:
+  - name: web
+    address: {at}
+    http:
+      virtual_hosts:
+        - name: all
+          domains: ["*"]
+          routes: [ {{ match: {{ prefix: / }}, route: {{ cluster: up }} }} ]
+clusters:
+  - name: up
+    hosts: [ {{ address: "{up_at}" }} ]
+"#
+            );
+            let _engine = serve(&yaml, listener);
+            let tcp = tokio::net::TcpStream::connect(at).await.unwrap();
+            let (mut client, conn) = h2::client::handshake(tcp).await.unwrap();
+            let conn = tokio::task::spawn_local(conn);
+            let request = http::Request::post("http://svc/pkg.Svc/Get")
+                .header("content-type", "application/grpc")
+                .header("te", "trailers")
+                .body(())
+                .unwrap();
+            let (response, _) = client.send_request(request, true).unwrap();
+            let response = tokio::time::timeout(std::time::Duration::from_secs(10), response)
+                .await
+                .expect("answered in time")
+                .expect("answered, not reset");
+            assert_eq!(response.status(), 200);
+            assert!(response.headers().get("grpc-status").is_none());
+            let mut body = response.into_body();
+            let mut got = Vec::new();
+            while let Some(chunk) = body.data().await {
+                got.extend_from_slice(&chunk.expect("the body ends cleanly"));
+            }
+            assert_eq!(got, b"");
+            let trailers = body
+                .trailers()
+                .await
+                .expect("the stream ends cleanly")
+                .expect("the stream ends with trailers");
+            assert_eq!(trailers["grpc-status"], "5");
+            assert_eq!(trailers["grpc-message"], "nope");
+            drop(client);
+            conn.abort();
+        });
+    }
+
+    fn plain_answer(_head: &str) -> String {
+        "HTTP/1.1 200 OK\r\nte: gzip\r\ncontent-length: 2\r\n\r\nhi".to_owned()
+    }
+
+    /// `te` is a request field (RFC 9113 §8.2.2 allows it, as `trailers`, in a request only):
+    /// one the route adds to a response, or one the upstream sent, is not sent to an HTTP/2
+    /// client (the h2 codec refuses to send a head with one, and the answer was lost).
+    #[test]
+    fn a_te_field_does_not_reach_an_http2_client() {
+        on_local_runtime(async {
+            let (up, up_at) = bound();
+            tokio::task::spawn_local(http1_upstream(up, plain_answer));
+            let (listener, at) = bound();
+            let yaml = format!(
+                r#"
+listeners:
+  - name: web
+    address: {at}
+    http:
+      virtual_hosts:
+        - name: all
+          domains: ["*"]
+          routes:
+            - match: {{ prefix: / }}
+              route:
+                cluster: up
+                response_headers_to_add:
+                  - {{ name: TE, value: gzip }}
+                  - {{ name: x-kept, value: kept }}
+clusters:
+  - name: up
+    hosts: [ {{ address: "{up_at}" }} ]
+"#
+            );
+            let _engine = serve(&yaml, listener);
+            let tcp = tokio::net::TcpStream::connect(at).await.unwrap();
+            let (mut client, conn) = h2::client::handshake(tcp).await.unwrap();
+            let conn = tokio::task::spawn_local(conn);
+            let request = http::Request::get("http://svc/up").body(()).unwrap();
+            let (response, _) = client.send_request(request, true).unwrap();
+            let response = tokio::time::timeout(std::time::Duration::from_secs(10), response)
+                .await
+                .expect("answered in time")
+                .expect("answered, not reset");
+            assert_eq!(response.status(), 200);
+            assert!(response.headers().get("te").is_none());
+            assert_eq!(response.headers()["x-kept"], "kept");
+            let mut body = response.into_body();
+            let mut got = Vec::new();
+            while let Some(chunk) = body.data().await {
+                got.extend_from_slice(&chunk.expect("the body ends cleanly"));
+            }
+            assert_eq!(got, b"hi");
+            drop(client);
+            conn.abort();
+        });
+    }
+
+    /// The start of an answer delimited by the upstream's close, which then neither sends
+    /// more nor closes.
+    fn close_delimited_then_stall(_head: &str) -> String {
+        "HTTP/1.1 200 OK\r\nconnection: close\r\n\r\nhel".to_owned()
+    }
+
+    /// A body delimited by the upstream's close is complete only when the upstream closed: one
+    /// cut by the route timeout ends in RST_STREAM, not in an END_STREAM that tells the client
+    /// it has the whole body.
+    #[test]
+    fn an_http2_client_sees_a_close_delimited_answer_cut_by_the_route_timeout_as_cut() {
+        on_local_runtime(async {
+            let (up, up_at) = bound();
+            tokio::task::spawn_local(http1_upstream(up, close_delimited_then_stall));
+            let (listener, at) = bound();
+            let yaml = format!(
+                r#"
+listeners:
+  - name: web
+    address: {at}
+    http:
+      virtual_hosts:
+        - name: all
+          domains: ["*"]
+          routes:
+            - match: {{ prefix: / }}
+              route: {{ cluster: up, timeout: 1s }}
+clusters:
+  - name: up
+    hosts: [ {{ address: "{up_at}" }} ]
+"#
+            );
+            let _engine = serve(&yaml, listener);
+            let tcp = tokio::net::TcpStream::connect(at).await.unwrap();
+            let (mut client, conn) = h2::client::handshake(tcp).await.unwrap();
+            let conn = tokio::task::spawn_local(conn);
+            let request = http::Request::get("http://svc/up").body(()).unwrap();
+            let (response, _) = client.send_request(request, true).unwrap();
+            let response = tokio::time::timeout(std::time::Duration::from_secs(10), response)
+                .await
+                .expect("answered in time")
+                .expect("answered, not reset");
+            assert_eq!(response.status(), 200);
+            let mut body = response.into_body();
+            let mut got = Vec::new();
+            let mut ended = None;
+            while let Some(chunk) = body.data().await {
+                match chunk {
+                    Ok(c) => got.extend_from_slice(&c),
+                    Err(e) => {
+                        ended = Some(e.reason());
+                        break;
+                    }
+                }
+            }
+            assert_eq!(got, b"hel");
+            assert_eq!(ended, Some(Some(h2::Reason::INTERNAL_ERROR)));
+            drop(client);
+            conn.abort();
+        });
+    }
+
+    /// A gRPC answer whose head has a `content-length`, of which the upstream sends a part
+    /// and then stalls.
+    fn grpc_with_length_then_stall(_head: &str) -> String {
+        "HTTP/1.1 200 OK\r\ncontent-type: application/grpc\r\ncontent-length: 100\r\n\r\nhello"
+            .to_owned()
+    }
+
+    /// A gRPC answer cut short ends with `grpc-status: 14` trailers, which the client must be
+    /// able to read: a `content-length` in the HEADERS would make the short stream malformed
+    /// (RFC 9113 §8.1.1), a PROTOCOL_ERROR instead of UNAVAILABLE; gRPC frames its messages
+    /// itself, so the length is not forwarded.
+    #[test]
+    fn a_grpc_client_reads_unavailable_from_an_answer_cut_short_that_had_a_length() {
+        on_local_runtime(async {
+            let (up, up_at) = bound();
+            tokio::task::spawn_local(http1_upstream(up, grpc_with_length_then_stall));
+            let (listener, at) = bound();
+            let yaml = format!(
+                r#"
+listeners:
+  - name: web
+    address: {at}
+    http:
+      virtual_hosts:
+        - name: all
+          domains: ["*"]
+          routes:
+            - match: {{ prefix: / }}
+              route: {{ cluster: up, timeout: 1s }}
+clusters:
+  - name: up
+    hosts: [ {{ address: "{up_at}" }} ]
+"#
+            );
+            let _engine = serve(&yaml, listener);
+            let tcp = tokio::net::TcpStream::connect(at).await.unwrap();
+            let (mut client, conn) = h2::client::handshake(tcp).await.unwrap();
+            let conn = tokio::task::spawn_local(conn);
+            let request = http::Request::post("http://svc/pkg.Svc/Get")
+                .header("content-type", "application/grpc")
+                .header("te", "trailers")
+                .body(())
+                .unwrap();
+            let (response, _) = client.send_request(request, true).unwrap();
+            let response = tokio::time::timeout(std::time::Duration::from_secs(10), response)
+                .await
+                .expect("answered in time")
+                .expect("answered, not reset");
+            assert_eq!(response.status(), 200);
+            let length = response.headers().get("content-length").cloned();
+            let mut body = response.into_body();
+            let mut got = Vec::new();
+            while let Some(chunk) = body.data().await {
+                got.extend_from_slice(&chunk.expect("the body ends cleanly"));
+            }
+            assert_eq!(got, b"hello");
+            let trailers = body
+                .trailers()
+                .await
+                .expect("the stream ends cleanly")
+                .expect("the stream ends with trailers");
+            assert_eq!(trailers["grpc-status"], "14");
+            assert_eq!(length, None);
+            drop(client);
+            conn.abort();
+        });
+    }
+
+    /// A 204 whose upstream gave it a length (which a server must not send, RFC 9110 §8.6).
+    fn no_content_with_a_length(_head: &str) -> String {
+        "HTTP/1.1 204 No Content\r\ncontent-length: 5\r\nx-kept: 1\r\n\r\n".to_owned()
+    }
+
+    /// A 204 reaches an HTTP/2 client without the upstream's `content-length`: nghttp2 (curl,
+    /// and the clients built on it) resets a 204 with a non-zero one as malformed.
+    #[test]
+    fn a_204_reaches_an_http2_client_without_a_length() {
+        on_local_runtime(async {
+            let (up, up_at) = bound();
+            tokio::task::spawn_local(http1_upstream(up, no_content_with_a_length));
+            let (listener, at) = bound();
+            let yaml = format!(
+                r#"
+listeners:
+  - name: web
+    address: {at}
+    http:
+      virtual_hosts:
+        - name: all
+          domains: ["*"]
+          routes: [ {{ match: {{ prefix: / }}, route: {{ cluster: up }} }} ]
+clusters:
+  - name: up
+    hosts: [ {{ address: "{up_at}" }} ]
+"#
+            );
+            let _engine = serve(&yaml, listener);
+            let tcp = tokio::net::TcpStream::connect(at).await.unwrap();
+            let (mut client, conn) = h2::client::handshake(tcp).await.unwrap();
+            let conn = tokio::task::spawn_local(conn);
+            let request = http::Request::get("http://svc/up").body(()).unwrap();
+            let (response, _) = client.send_request(request, true).unwrap();
+            let response = tokio::time::timeout(std::time::Duration::from_secs(10), response)
+                .await
+                .expect("answered in time")
+                .expect("answered, not reset");
+            assert_eq!(response.status(), 204);
+            assert_eq!(response.headers()["x-kept"], "1");
+            assert!(response.headers().get("content-length").is_none());
+            assert!(response.into_body().is_end_stream());
+            drop(client);
+            conn.abort();
         });
     }
 }
