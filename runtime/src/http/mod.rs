@@ -1149,9 +1149,9 @@ impl<N: Network> Engine<N> {
     /// `timer` are the caller's, so that a busy connection keeps one of each from request to
     /// request: a `Notified` registers with the engine's `Notify` (a mutex) when first polled
     /// and leaves it when dropped, and a timer is put in tokio's wheel when first polled and
-    /// taken out when dropped — per request, that was ~1,000 instructions. A kept timer whose
-    /// deadline moves later is only re-armed (tokio's `reset` extends a registered entry in
-    /// place; the wheel re-files it when its old slot comes up).
+    /// taken out when dropped — per request, ~400 instructions (BENCHMARKS.md). A kept timer
+    /// whose deadline moves later is only re-armed (tokio's `reset` extends a registered entry
+    /// in place; the wheel re-files it when its old slot comes up).
     async fn await_request(
         &self,
         down: &mut Downstream<N::Stream>,
