@@ -78,9 +78,19 @@ static ORIGIN: std::sync::LazyLock<tokio::time::Instant> = std::sync::LazyLock::
 /// runtime reads a clock for the core.
 #[must_use]
 pub fn now() -> sluice_core::Instant {
+    #[cfg(test)]
+    CLOCK_READS.with(|n| n.set(n.get() + 1));
     sluice_core::Instant::from_origin(
         tokio::time::Instant::now().saturating_duration_since(*ORIGIN),
     )
+}
+
+// How many times this thread called [`now`] (tests count a request's clock reads: a clock
+// read costs as much as a small core input, and the request path shares them where nothing
+// waits between two).
+#[cfg(test)]
+thread_local! {
+    pub(crate) static CLOCK_READS: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
 }
 
 /// A core instant (a deadline from `poll_timeout`) on tokio's clock, to sleep until it.

@@ -121,7 +121,9 @@ use sluice_core::l7::exchange::{ResponseFlag, status_for};
 use sluice_core::l7::grpc::{self, is_grpc};
 use sluice_core::path::{PathNormalization, normalize_path_into};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::sync::futures::Notified;
 use tokio::time::Instant as TokioInstant;
+use tokio::time::Sleep;
 
 use crate::access_log::Entry;
 use crate::bufpool::{BufPool, READ_BUFFER};
@@ -643,6 +645,13 @@ enum Waited {
     Park,
 }
 
+/// When a request head's first byte was there and when the head was complete.
+#[derive(Clone, Copy)]
+struct HeadTimes {
+    first_byte: sluice_core::Instant,
+    complete: sluice_core::Instant,
+}
+
 /// How the request head ended up.
 enum HeadRead {
     Ready,
@@ -777,7 +786,7 @@ impl<N: Network> Engine<N> {
             if rbuf.is_empty() {
                 // Parked, or nothing sent yet: the wait for a request's first byte holds
                 // only this function's small state.
-                let wait = self.await_request(&mut down, &mut rbuf, &mut policy);
+                let wait = self.await_first_request(&mut down, &mut rbuf, &mut policy);
                 let waited = tokio::select! {
                     biased;
                     () = expired.as_mut() => break Some(false),
@@ -899,6 +908,11 @@ impl<N: Network> Engine<N> {
         scratch.client_cert = client_cert.cloned();
         let logging = self.serving.access_log(listener).is_some();
         let mut parked = false;
+        // The wait for the next request's drain notification and deadline, kept from request
+        // to request (see `await_request`).
+        let mut stop = std::pin::pin!(self.lifecycle.stop_accepting());
+        let mut timer =
+            std::pin::pin!(tokio::time::sleep_until(deadline_of(policy.poll_timeout())));
         loop {
             let lstats = self.listener_stats(listener);
             // Between requests: a connection whose next request is not there yet (a read would
@@ -918,7 +932,7 @@ impl<N: Network> Engine<N> {
                     release_idle(pool, rbuf, &mut ubuf, &mut out, &mut scratch);
                 }
             }
-            let mut first_byte_at = None;
+            let mut head_times = None;
             let head_read = self
                 .read_request_head(
                     &limits,
@@ -926,9 +940,12 @@ impl<N: Network> Engine<N> {
                     rbuf,
                     &mut head,
                     policy,
-                    &mut first_byte_at,
+                    stop.as_mut(),
+                    timer.as_mut(),
+                    &mut head_times,
                 )
                 .await;
+            let first_byte_at = head_times.map(|t| t.first_byte);
             // The access log's start and duration count from the request's first byte (Envoy's
             // START_TIME), not from when the connection began waiting for it: a keep-alive
             // connection's idle time is no part of its next request.
@@ -1009,7 +1026,7 @@ impl<N: Network> Engine<N> {
                 out = pool.take_write();
             }
             scratch.begin_request();
-            let t_head = now();
+            let t_head = head_times.map_or_else(now, |t| t.complete);
             let outcome = self
                 .serve_request(
                     listener,
@@ -1023,7 +1040,9 @@ impl<N: Network> Engine<N> {
                 )
                 .await;
             scratch.awaiting.set(false);
-            let rq_time = now().saturating_duration_since(t_head);
+            // One clock read for the request's end: its time and the keep-alive decision.
+            let done = now();
+            let rq_time = done.saturating_duration_since(t_head);
             self.stats().downstream_rq_time.record(rq_time);
             if let Some(l) = lstats {
                 l.downstream_rq_time.record(rq_time);
@@ -1059,7 +1078,7 @@ impl<N: Network> Engine<N> {
                     flag: outcome.flag.map(ResponseFlag::code),
                     bytes_received: outcome.bytes_received,
                     bytes_sent: outcome.bytes_sent,
-                    duration_ms: t0.map_or(0, |t| now().duration_since(t).as_millis() as u64),
+                    duration_ms: t0.map_or(0, |t| done.duration_since(t).as_millis() as u64),
                     upstream: outcome.upstream,
                     request_id,
                     downstream: peer,
@@ -1089,7 +1108,7 @@ impl<N: Network> Engine<N> {
             // draining connection DRAIN_IDLE_GRACE (sluice_core::http1::conn) for that request,
             // answered with `connection: close`; closing here would reset a request already on
             // its way.
-            if !policy.handle_response_done(now(), outcome.reusable, self.lifecycle.is_stopping()) {
+            if !policy.handle_response_done(done, outcome.reusable, self.lifecycle.is_stopping()) {
                 break;
             }
         }
@@ -1108,26 +1127,52 @@ impl<N: Network> Engine<N> {
         }
     }
 
-    /// Waits for a request's first byte into `rbuf` (which holds no buffer meanwhile: see
-    /// [`ReadBuffer::fill_first`]), until the policy's deadline: the first request's from the
-    /// accept, the idle timeout, or the drain grace — and, after a response, until the park
-    /// (see sluice_core::http1::conn). Only a connection's task polls it.
-    async fn await_request(
+    /// [`Engine::await_request`] with waits of its own (a parked connection, or one that has
+    /// sent nothing yet: they live only as long as this wait).
+    async fn await_first_request(
         &self,
         down: &mut Downstream<N::Stream>,
         rbuf: &mut ReadBuffer,
         policy: &mut ConnectionPolicy,
     ) -> Waited {
+        let stop = std::pin::pin!(self.lifecycle.stop_accepting());
+        let timer = std::pin::pin!(tokio::time::sleep_until(deadline_of(policy.poll_timeout())));
+        self.await_request(down, rbuf, policy, stop, timer).await
+    }
+
+    /// Waits for a request's first byte into `rbuf` (which holds no buffer meanwhile: see
+    /// [`ReadBuffer::fill_first`]), until the policy's deadline: the first request's from the
+    /// accept, the idle timeout, or the drain grace — and, after a response, until the park
+    /// (see sluice_core::http1::conn). Only a connection's task polls it.
+    ///
+    /// `stop` (the engine's `stop_accepting`, made before the engine could have stopped) and
+    /// `timer` are the caller's, so that a busy connection keeps one of each from request to
+    /// request: a `Notified` registers with the engine's `Notify` (a mutex) when first polled
+    /// and leaves it when dropped, and a timer is put in tokio's wheel when first polled and
+    /// taken out when dropped — per request, ~400 instructions (BENCHMARKS.md). A kept timer
+    /// whose deadline moves later is only re-armed (tokio's `reset` extends a registered entry
+    /// in place; the wheel re-files it when its old slot comes up).
+    async fn await_request(
+        &self,
+        down: &mut Downstream<N::Stream>,
+        rbuf: &mut ReadBuffer,
+        policy: &mut ConnectionPolicy,
+        mut stop: Pin<&mut Notified<'_>>,
+        mut timer: Pin<&mut Sleep>,
+    ) -> Waited {
         loop {
-            let stop = self.lifecycle.stop_accepting();
             let draining = self.lifecycle.is_stopping();
+            let deadline = deadline_of(policy.poll_timeout());
+            if timer.deadline() != deadline {
+                timer.as_mut().reset(deadline);
+            }
             let read = tokio::select! {
                 biased;
-                () = stop, if !draining => {
+                () = stop.as_mut(), if !draining => {
                     policy.handle_drain(now());
                     continue;
                 }
-                () = tokio::time::sleep_until(deadline_of(policy.poll_timeout())) => {
+                () = timer.as_mut() => {
                     match policy.handle_timeout(now()) {
                         None => continue,
                         Some(Expired::Park) => return Waited::Park,
@@ -1147,6 +1192,10 @@ impl<N: Network> Engine<N> {
         }
     }
 
+    /// Reads a request head into `head` (waiting for its first byte with `stop` and `timer`,
+    /// see [`Engine::await_request`]); `times` gets when its first byte was there and when
+    /// it was complete.
+    #[allow(clippy::too_many_arguments)]
     async fn read_request_head(
         &self,
         limits: &Limits,
@@ -1154,12 +1203,17 @@ impl<N: Network> Engine<N> {
         rbuf: &mut ReadBuffer,
         head: &mut Head,
         policy: &mut ConnectionPolicy,
-        first_byte_at: &mut Option<sluice_core::Instant>,
+        mut stop: Pin<&mut Notified<'_>>,
+        mut timer: Pin<&mut Sleep>,
+        times: &mut Option<HeadTimes>,
     ) -> HeadRead {
         // Idle between requests: wait for the first byte (pipelined bytes already buffered
         // skip the wait), or park.
         if rbuf.is_empty() {
-            match self.await_request(down, rbuf, policy).await {
+            match self
+                .await_request(down, rbuf, policy, stop.as_mut(), timer.as_mut())
+                .await
+            {
                 Waited::Bytes => {}
                 Waited::Closed => return HeadRead::Closed,
                 Waited::FirstByteTimeout => return HeadRead::FirstByteTimeout,
@@ -1167,12 +1221,21 @@ impl<N: Network> Engine<N> {
             }
         }
         let at = now();
-        *first_byte_at = Some(at);
+        *times = Some(HeadTimes {
+            first_byte: at,
+            complete: at,
+        });
         policy.handle_first_byte(at);
         let deadline = deadline_of(policy.poll_timeout());
+        let mut waited = false;
         loop {
             match parse_request(rbuf.bytes(), limits, head) {
                 Ok(ParseStatus::Complete) => {
+                    // A head whole with its first bytes is complete when they came (the
+                    // parse between is no wait): no second clock read for the common case.
+                    if waited && let Some(t) = times {
+                        t.complete = now();
+                    }
                     policy.handle_head_complete();
                     return HeadRead::Ready;
                 }
@@ -1182,9 +1245,13 @@ impl<N: Network> Engine<N> {
                     return reject(&e);
                 }
             }
+            waited = true;
+            if timer.deadline() != deadline {
+                timer.as_mut().reset(deadline);
+            }
             let read = tokio::select! {
                 biased;
-                () = tokio::time::sleep_until(deadline) => {
+                () = timer.as_mut() => {
                     policy.handle_timeout(now());
                     return HeadRead::Reject(408, ResponseFlag::DownstreamLimit, "request headers not received in time\n".into());
                 }
@@ -1834,6 +1901,101 @@ listeners:
                 waited >= Duration::from_millis(900) && waited < Duration::from_millis(1900),
                 "closed {waited:?} after the drain started"
             );
+        });
+    }
+
+    /// A request forwarded on a keep-alive connection to a pooled upstream connection reads
+    /// the clock (`crate::now`) at most 8 times with the defaults: where nothing waits between
+    /// two reads, the path shares one (the head whole with its first bytes is complete when
+    /// they came; the request's end gives its time and the keep-alive decision; a pooled
+    /// connection's take is the try's start and its connect). It was 11. Counted per request
+    /// (the fewest of five, so that a periodic task of the engine reading the clock meanwhile
+    /// does not count).
+    #[test]
+    fn a_forwarded_request_reads_the_clock_at_most_eight_times() {
+        on_local_runtime(async {
+            let (up, up_at) = bound();
+            tokio::task::spawn_local(http1_upstream(up, |_| {
+                "HTTP/1.1 200 OK\r\ncontent-length: 8\r\n\r\nupstream".to_owned()
+            }));
+            let (listener, at) = bound();
+            let yaml = format!(
+                r#"
+listeners:
+  - name: web
+    address: {at}
+    http:
+      virtual_hosts:
+        - name: all
+          domains: ["*"]
+          routes:
+            - match: {{ prefix: / }}
+              route: {{ cluster: up }}
+clusters:
+  - name: up
+    hosts: [ {{ address: "{up_at}" }} ]
+"#
+            );
+            let _engine = serve(&yaml, listener);
+            let mut c = tokio::net::TcpStream::connect(at).await.unwrap();
+            let request = b"GET /x HTTP/1.1\r\nhost: x\r\n\r\n";
+            // The first request opens the upstream connection; the next ones take it from the
+            // pool.
+            c.write_all(request).await.unwrap();
+            read_responses(&mut c, 1, "upstream").await;
+            let mut fewest = u64::MAX;
+            for _ in 0..5 {
+                let before = crate::CLOCK_READS.with(std::cell::Cell::get);
+                c.write_all(request).await.unwrap();
+                let got = read_responses(&mut c, 1, "upstream").await;
+                assert!(got.starts_with("HTTP/1.1 200 OK\r\n"), "{got}");
+                // The proxy's task ran the request to its end (and to the wait for the next)
+                // before this one saw the answer: one thread, and it did not yield between.
+                let reads = crate::CLOCK_READS.with(std::cell::Cell::get) - before;
+                fewest = fewest.min(reads);
+            }
+            assert!(fewest <= 8, "{fewest} clock reads per forwarded request");
+        });
+    }
+
+    /// A drain that starts while a busy connection waits for its next request (within the park
+    /// grace, it still holds its request path, whose wait for the drain is kept from request to
+    /// request: made before the drain, polled across requests) closes it.
+    #[test]
+    fn a_drain_reaches_a_busy_connection_waiting_for_its_next_request() {
+        on_local_runtime(async {
+            let (listener, at) = bound();
+            let yaml = format!(
+                r#"
+listeners:
+  - name: web
+    address: {at}
+    http:
+      virtual_hosts:
+        - name: all
+          domains: ["*"]
+          routes:
+            - match: {{ prefix: / }}
+              direct_response: {{ status: 200, body: "first" }}
+"#
+            );
+            let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+            let _engine = serve_until(&yaml, listener, async move {
+                let _ = stopped.await;
+            });
+            let request = b"GET / HTTP/1.1\r\nhost: x\r\n\r\n";
+            let mut c = tokio::net::TcpStream::connect(at).await.unwrap();
+            for _ in 0..3 {
+                c.write_all(request).await.unwrap();
+                read_responses(&mut c, 1, "first").await;
+            }
+            stop.send(()).unwrap();
+            let mut rest = Vec::new();
+            tokio::time::timeout(Duration::from_secs(5), c.read_to_end(&mut rest))
+                .await
+                .expect("the drain closes the connection")
+                .unwrap();
+            assert_eq!(rest, b"", "nothing was asked: nothing answered");
         });
     }
 

@@ -360,12 +360,17 @@ impl<N: Network> Engine<N> {
         let may_be_stale = reused && !http2;
         let (up, step) = match pooled {
             Some(s) => {
-                let step = self.stream_input(
+                // Taking a pooled HTTP/1.1 connection does not wait: the try's start is its
+                // connect time too (one clock read per request fewer). HTTP/2 may have waited
+                // for room on its connection.
+                let at = if http2 { now() } else { try_start };
+                let step = self.stream_input_at(
                     ci,
                     stream,
                     Input::Connected {
                         reused: may_be_stale,
                     },
+                    at,
                 );
                 (s, step)
             }
