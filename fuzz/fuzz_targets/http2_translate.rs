@@ -14,11 +14,15 @@
 //! - the response filter keeps no connection-specific field, and keeps the others in order;
 //! - the request filter (HTTP/1.1 → HTTP/2 upstream) keeps a subset of those, in order, with no
 //!   `host` and no `te` but one that names `trailers`;
-//! - a `grpc-timeout` that parses formats back to a value that parses to at least as long.
+//! - a `grpc-timeout` that parses formats back to a value that parses to at least as long;
+//! - the head the runtime writes without a parse (`build_request_head`) is the translated head
+//!   as `parse_request` reads it (the same bytes, every span and derived value), or both refuse
+//!   it with one status, under the default limits; a refusal leaves the buffer as it was.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
 use sluice_core::http1::{BodyFraming, Head, Limits, ParseStatus, parse_request};
+use sluice_core::http2::build_request_head;
 use sluice_core::http2::translate::{
     BodyLength, RequestHead, is_connection_specific, request_fields, request_to_http1,
     response_fields, te_wants_trailers,
@@ -106,6 +110,27 @@ fuzz_target!(|data: &[u8]| {
             }
         }
     }
+    // The written head against the translated one as parsed (as the runtime did before).
+    let mut reference = Vec::new();
+    let mut parsed = Head::default();
+    let want = match request_to_http1(&mut reference, &head) {
+        Err(e) => Err(e.status()),
+        Ok(body) => match parse_request(&reference, &Limits::DEFAULT, &mut parsed) {
+            Ok(ParseStatus::Complete) => Ok((&reference[..], format!("{parsed:?}"), body)),
+            Ok(ParseStatus::Partial) => Err(400),
+            Err(e) => Err(e.status()),
+        },
+    };
+    let mut written = b"kept".to_vec();
+    let mut built = Head::default();
+    let got = match build_request_head(&mut written, &head, &Limits::DEFAULT, &mut built) {
+        Ok(body) => Ok((&written[4..], format!("{built:?}"), body)),
+        Err(e) => {
+            assert_eq!(written, b"kept");
+            Err(e.status())
+        }
+    };
+    assert_eq!(got, want);
     let kept: Vec<_> = response_fields(fields.iter().copied()).collect();
     assert!(kept.iter().all(|(n, _)| !is_connection_specific(n)));
     let mut others = fields

@@ -7,13 +7,21 @@
 //!
 //! ## How a stream joins the request path
 //!
-//! The request head is checked and translated by `sluice_core::http2::translate` into the
-//! HTTP/1.1 head the upstream gets, which is parsed once by the HTTP/1 codec; the stream is then
-//! handed to the request path as a downstream ([`H2Downstream`]) with two sides:
+//! The request head is written, not parsed: `sluice_core::http2::build_request_head` holds the
+//! HPACK-decoded head to RFC 9113 §8 (400 naming what is malformed, 501 for `CONNECT`) and to
+//! the limits an HTTP/1.1 request is held to (431), then writes it with the HTTP/1 codec's
+//! `RequestHeadWriter` into the stream's buffer — in the layout of an HTTP/1.1 head, `host`
+//! from `:authority`, the cookie crumbs joined, `transfer-encoding: chunked` for a body of
+//! unknown length — recording the [`Head`] the request path reads (spans, method, target,
+//! host, content-length, framing) as it goes; the same `Head` a parse of those bytes gives
+//! (property-tested and fuzzed in the core). The stream is then handed to the request path as a
+//! downstream ([`H2Downstream`]) with two sides:
 //!
-//! - reading it gives the request body in the framing of the translated head (the DATA as they
+//! - reading it gives the request body in the framing of the written head (the DATA as they
 //!   come for a `content-length` body, which they must add up to; as chunks, trailers included,
-//!   for a body of unknown length). Receive capacity is given back to the client only as the
+//!   for a body of unknown length: the path's body copy reads that framing, as it reads an
+//!   HTTP/1.1 client's; typing the request body is the next step, see
+//!   `docs/architecture.md`). Receive capacity is given back to the client only as the
 //!   request path takes bytes, which it does as it writes them upstream: a stream holds at most
 //!   its window (`initial_stream_window_size`) plus one read of a request body;
 //! - its response side is typed ([`Respond`], `crate::http::respond`): the path stages the
@@ -23,8 +31,10 @@
 //!   the payload (already without the upstream's chunked framing) goes as DATA, sent only
 //!   within the stream's send window; a chunked body's trailer section as trailers; a local
 //!   answer as HEADERS and DATA of its own. No HTTP/1.1 text is written to the stream, and none
-//!   parsed back: per stream the HTTP/1 codec parses two heads (the translated request's, the
-//!   upstream's answer's), not three. The path flushes after each upstream read's worth of
+//!   parsed back: per stream to an HTTP/1.1 upstream the HTTP/1 codec parses one head (the
+//!   upstream's answer's), where it parsed three before the response side was typed and two
+//!   before the request head was written (an HTTP/2 upstream's adapter also parses the
+//!   upstream request it turns into frames, [`crate::h2_upstream`]). The path flushes after each upstream read's worth of
 //!   payload and takes no more until it went out, so at most one upstream read (16 KiB,
 //!   [`crate::http`]'s read size) waits per stream: a client that does not read stops the
 //!   upstream read of its stream. Writing HTTP/1.1 bytes to the stream is refused (a bug).
@@ -45,7 +55,7 @@
 //! A connection with no open stream for the listener's `idle_timeout` gets GOAWAY and closes.
 //! A client's own GOAWAY (its streams still finish; `h2` then closes) is counted once per
 //! connection, spotted in the bytes `h2` reads (`Prefixed`, `sluice_core::http2::goaway`).
-//! A stream's buffers and its other state ([`StreamBuffers`]: the translated head, parsed
+//! A stream's buffers and its other state ([`StreamBuffers`]: the written request head, the
 //! heads, the request path's scratch, the sink's payload buffer) are the worker's
 //! ([`crate::bufpool`]), taken when it starts and given back when it ends: a busy worker
 //! allocates none of them per stream, and an idle connection holds only the `h2` crate's own
@@ -89,15 +99,14 @@ use sluice_core::config::ListenerConfig;
 use sluice_core::config::http::{HttpCodec, HttpConfig, ServerHeader};
 use sluice_core::http1::conn::DRAIN_IDLE_GRACE;
 use sluice_core::http1::{
-    BodyFraming, FieldValue, Head, Limits, Method, ParseStatus, for_each_response_field,
-    parse_request, write_trailers,
+    BodyFraming, FieldValue, Head, Limits, Method, for_each_response_field, write_trailers,
 };
 use sluice_core::http2::goaway::GoawayWatch;
 use sluice_core::http2::premature::{PrematureResets, StreamEnd, Verdict};
 use sluice_core::http2::translate::RequestHead;
 use sluice_core::http2::{
-    BodyLength, ContentLengthCheck, Preface, detect_preface, is_connection_specific,
-    request_to_http1,
+    BodyLength, ContentLengthCheck, Preface, build_request_head, detect_preface,
+    is_connection_specific,
 };
 use sluice_core::l7::exchange::ResponseFlag;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
@@ -661,7 +670,7 @@ impl<N: Network> Engine<N> {
         // stream of the worker (possibly another client's) left in this state.
         buffers.scratch.begin_request();
         let StreamBuffers {
-            translated,
+            written,
             rbuf,
             ubuf,
             head,
@@ -670,7 +679,7 @@ impl<N: Network> Engine<N> {
             scratch,
             sink_buf,
         } = &mut *buffers;
-        translated.clear();
+        written.clear();
         rbuf.clear();
         ubuf.clear();
         out.clear();
@@ -681,43 +690,33 @@ impl<N: Network> Engine<N> {
         if out.capacity() == 0 {
             *out = pool.take_write();
         }
-        let result = translate_request(translated, &parts, body.is_end_stream());
+        // The request head the path reads, written from the HPACK-decoded fields (no parse):
+        // held to RFC 9113 §8 and to the limits an HTTP/1.1 request is held to.
+        let limits = Limits {
+            max_head_bytes: (hc.max_request_headers_kb as usize * 1024)
+                .max(hc.http2.max_header_list_size as usize + 4096),
+            max_headers: hc.max_headers_count as usize,
+        };
+        let result = write_request_head(written, &parts, body.is_end_stream(), &limits, head);
         let sink = RefCell::new(Sink::new(respond, std::mem::take(sink_buf)));
         // A request refused before routing: (status, flag, why).
         let mut rejected = None;
         let body_length = match result {
             Ok(b) => {
-                if translated.len() <= READ_BUFFER {
+                if written.len() <= READ_BUFFER {
                     rbuf.ensure(pool);
                 }
-                rbuf.preload(translated);
-                let limits = Limits {
-                    max_head_bytes: (hc.max_request_headers_kb as usize * 1024)
-                        .max(hc.http2.max_header_list_size as usize + 4096),
-                    max_headers: hc.max_headers_count as usize,
-                };
-                match parse_request(rbuf.bytes(), &limits, head) {
-                    Ok(ParseStatus::Complete) => b,
-                    Ok(ParseStatus::Partial) => {
-                        let flag = ResponseFlag::DownstreamProtocolError;
-                        rejected = Some((400, flag, "bad request\n".to_string()));
-                        BodyLength::None
-                    }
-                    Err(e) => {
-                        let status = e.status();
-                        let flag = if status == 431 {
-                            ResponseFlag::DownstreamLimit
-                        } else {
-                            ResponseFlag::DownstreamProtocolError
-                        };
-                        rejected = Some((status, flag, format!("{e}\n")));
-                        BodyLength::None
-                    }
-                }
+                rbuf.preload(written);
+                b
             }
             Err(e) => {
-                let flag = ResponseFlag::DownstreamProtocolError;
-                rejected = Some((e.status(), flag, format!("{e}\n")));
+                let status = e.status();
+                let flag = if status == 431 {
+                    ResponseFlag::DownstreamLimit
+                } else {
+                    ResponseFlag::DownstreamProtocolError
+                };
+                rejected = Some((status, flag, format!("{e}\n")));
                 BodyLength::None
             }
         };
@@ -898,14 +897,16 @@ impl<N: Network> Engine<N> {
     }
 }
 
-/// Checks and translates a request's head into the HTTP/1.1 head the request path parses
-/// (`sluice_core::http2::request_to_http1`), its fields borrowed from `parts` (on the stack for
-/// the usual request, not collected per stream).
-fn translate_request(
-    translated: &mut Vec<u8>,
+/// Checks a request's head and writes the head the request path reads
+/// (`sluice_core::http2::build_request_head`), its fields borrowed from `parts` (on the stack
+/// for the usual request, not collected per stream).
+fn write_request_head(
+    written: &mut Vec<u8>,
     parts: &http::request::Parts,
     end_stream: bool,
-) -> Result<BodyLength, sluice_core::http2::TranslateError> {
+    limits: &Limits,
+    head: &mut Head,
+) -> Result<BodyLength, sluice_core::http2::RequestHeadError> {
     const ON_STACK: usize = 48;
     let empty: (&[u8], &[u8]) = (&[], &[]);
     let mut stack = [empty; ON_STACK];
@@ -925,8 +926,8 @@ fn translate_request(
         collected = pairs.collect();
         &collected
     };
-    request_to_http1(
-        translated,
+    build_request_head(
+        written,
         &RequestHead {
             method: parts.method.as_str().as_bytes(),
             authority: parts.uri.authority().map(|a| a.as_str().as_bytes()),
@@ -934,6 +935,8 @@ fn translate_request(
             fields,
             end_stream,
         },
+        limits,
+        head,
     )
 }
 
@@ -944,8 +947,8 @@ fn translate_request(
 /// a kept state holds none: a busy worker allocates nothing per stream and an idle connection
 /// holds no stream state.
 pub(crate) struct StreamBuffers {
-    /// The translated HTTP/1.1 request head.
-    translated: Vec<u8>,
+    /// The request head as written (`build_request_head`), before it goes into `rbuf`.
+    written: Vec<u8>,
     rbuf: ReadBuffer,
     ubuf: ReadBuffer,
     head: Head,
@@ -961,8 +964,8 @@ impl StreamBuffers {
     /// what a kept state may hold ([`Scratch::shed`], [`KEPT_SCRATCH`]).
     fn release(&mut self, pool: &BufPool) {
         self.scratch.shed();
-        if self.translated.capacity() > KEPT_SCRATCH {
-            self.translated = Vec::new();
+        if self.written.capacity() > KEPT_SCRATCH {
+            self.written = Vec::new();
         }
         self.rbuf.clear();
         self.rbuf.release(pool);
@@ -982,7 +985,7 @@ impl StreamBuffers {
         // A `protocol: downstream` cluster speaks HTTP/2 to this stream's upstream.
         scratch.downstream_http2 = true;
         StreamBuffers {
-            translated: Vec::with_capacity(256),
+            written: Vec::with_capacity(256),
             rbuf: ReadBuffer::new(),
             ubuf: ReadBuffer::new(),
             head: Head::default(),
@@ -998,7 +1001,7 @@ impl StreamBuffers {
 /// HTTP/1.1 (see the module doc), its response goes typed to the [`Sink`] ([`Respond`]).
 struct H2Downstream<'a> {
     recv: RecvStream,
-    /// The translated head is chunked: DATA become chunks.
+    /// The written head is chunked: DATA become chunks.
     chunked: bool,
     check: ContentLengthCheck,
     /// The rest of the current DATA frame.

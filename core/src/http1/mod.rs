@@ -109,6 +109,7 @@
 //! - `head_len ≤ max_head_bytes` and `headers().count() ≤ max_headers`;
 //! - a [`ChunkedDecoder`] never reports more consumed bytes than it was given.
 
+mod assemble;
 mod chunked;
 pub mod conn;
 mod parse;
@@ -122,6 +123,7 @@ mod tests;
 use std::fmt;
 use std::ops::Range;
 
+pub use assemble::RequestHeadWriter;
 pub use chunked::{Chunked, ChunkedDecoder, MAX_CHUNK_EXTENSION_BYTES};
 pub use parse::{parse_request, parse_response};
 pub use write::{

@@ -6,7 +6,9 @@
 //!   request line from `:method` and `:path`, `Host` from `:authority`, the fields as they came
 //!   (the `cookie` crumbs joined back into one field), and the body framing HTTP/1.1 needs. A
 //!   malformed request (§8.1.1) is refused with a [`TranslateError`] naming what is wrong; none of
-//!   it goes upstream.
+//!   it goes upstream. The runtime writes the same head without this text step
+//!   (`super::request_head`, which shares the checks); this form is what that one is tested
+//!   against.
 //! - [`response_fields`] turns the fields of an HTTP/1.1 response head into HTTP/2 response
 //!   fields: the connection-specific ones (and those `Connection` names) are dropped.
 //! - [`ContentLengthCheck`] holds a request's DATA to its declared `content-length` (§8.1.1: a
@@ -138,6 +140,57 @@ pub fn request_to_http1(
     out: &mut Vec<u8>,
     head: &RequestHead<'_>,
 ) -> Result<BodyLength, TranslateError> {
+    let Checked { path, host, body } = check(head)?;
+    out.extend_from_slice(head.method);
+    out.push(b' ');
+    out.extend_from_slice(path);
+    out.extend_from_slice(b" HTTP/1.1\r\nhost: ");
+    out.extend_from_slice(host);
+    out.extend_from_slice(b"\r\n");
+    let mut cookies = 0;
+    for &(name, value) in head.fields {
+        match name {
+            b"host" => {}
+            // HTTP/2 may split a cookie into crumbs; HTTP/1.1 carries one field (§8.2.3).
+            b"cookie" => cookies += 1,
+            _ => push_field(out, name, value),
+        }
+    }
+    if cookies > 0 {
+        out.extend_from_slice(b"cookie: ");
+        let mut first = true;
+        for &(name, value) in head.fields {
+            if name == b"cookie" {
+                if !first {
+                    out.extend_from_slice(b"; ");
+                }
+                first = false;
+                out.extend_from_slice(value);
+            }
+        }
+        out.extend_from_slice(b"\r\n");
+    }
+    if body == BodyLength::Chunked {
+        out.extend_from_slice(b"transfer-encoding: chunked\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+    Ok(body)
+}
+
+/// What [`check`] found in a request head it accepts.
+pub(super) struct Checked<'a> {
+    /// `:path`: origin-form, or `*` for `OPTIONS`.
+    pub(super) path: &'a [u8],
+    /// `:authority`, else the `host` field.
+    pub(super) host: &'a [u8],
+    /// How its body is framed.
+    pub(super) body: BodyLength,
+}
+
+/// Holds an HTTP/2 request head to RFC 9113 §8.1.1 and §8.2 (see [`TranslateError`]), in a
+/// fixed order (method, path, each field in order, the authority, the framing), so that one
+/// head always gets the same error.
+pub(super) fn check<'a>(head: &RequestHead<'a>) -> Result<Checked<'a>, TranslateError> {
     if head.method.is_empty() || !head.method.iter().all(|&b| is_tchar(b)) {
         return Err(TranslateError::BadMethod);
     }
@@ -201,41 +254,7 @@ pub fn request_to_http1(
         (false, Some(n)) => BodyLength::Length(n),
         (false, None) => BodyLength::Chunked,
     };
-
-    out.extend_from_slice(head.method);
-    out.push(b' ');
-    out.extend_from_slice(path);
-    out.extend_from_slice(b" HTTP/1.1\r\nhost: ");
-    out.extend_from_slice(host);
-    out.extend_from_slice(b"\r\n");
-    let mut cookies = 0;
-    for &(name, value) in head.fields {
-        match name {
-            b"host" => {}
-            // HTTP/2 may split a cookie into crumbs; HTTP/1.1 carries one field (§8.2.3).
-            b"cookie" => cookies += 1,
-            _ => push_field(out, name, value),
-        }
-    }
-    if cookies > 0 {
-        out.extend_from_slice(b"cookie: ");
-        let mut first = true;
-        for &(name, value) in head.fields {
-            if name == b"cookie" {
-                if !first {
-                    out.extend_from_slice(b"; ");
-                }
-                first = false;
-                out.extend_from_slice(value);
-            }
-        }
-        out.extend_from_slice(b"\r\n");
-    }
-    if body == BodyLength::Chunked {
-        out.extend_from_slice(b"transfer-encoding: chunked\r\n");
-    }
-    out.extend_from_slice(b"\r\n");
-    Ok(body)
+    Ok(Checked { path, host, body })
 }
 
 fn push_field(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {

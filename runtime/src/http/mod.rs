@@ -21,7 +21,8 @@
 //!
 //! This module keeps the connection (steps 1, 2 and 4: [`Engine::http_connection`],
 //! [`Engine::serve_request`], the buffers and per-connection [`Scratch`]); step 3, which HTTP/2
-//! streams take too (`crate::http2`: the request re-framed as HTTP/1.1, the response typed), is
+//! streams take too (`crate::http2`: the request head written, not parsed, into the `Head` the
+//! path reads; its body re-framed as HTTP/1.1; the response typed), is
 //! cut by concern:
 //!
 //! - `stream`: the walk of one forwarded request along the core's stream — `forward`, and its

@@ -10,7 +10,8 @@ use std::time::Duration;
 
 use sluice_core::config::header_format::{FormatContext, RequestLine};
 use sluice_core::config::http::{
-    ForwardAction, RouteUpgrade, ServerHeader, ServerHeaderTransformation, upgrade_allowed,
+    ForwardAction, HeaderValue, RouteUpgrade, ServerHeader, ServerHeaderTransformation,
+    upgrade_allowed,
 };
 use sluice_core::http1::{
     BodyFraming, Head, HeadEdits, Limits, Method, ParseStatus, TargetForm, Version, parse_response,
@@ -268,30 +269,19 @@ impl<N: Network> Engine<N> {
         // before the route's additions, the response values after them (the request as it
         // went upstream). Every variable is of the request or the connection, so the
         // response's are rendered now too.
-        let protocol = downstream_protocol(scratch.downstream_http2, head.version());
-        // The pseudo-headers (`%REQ(:path)%`...): an HTTP/1.1 request's line and host, the path
-        // as normalized (Envoy edits headers before it rewrites a prefix), the host as edited.
-        let line = RequestLine {
-            authority: None,
-            method: head.method_bytes(rbuf.bytes()),
-            path: (head.target_form() != TargetForm::Authority).then_some(path),
-            query: head.query(rbuf.bytes()),
-            scheme: if scratch.over_tls { "https" } else { "http" },
+        let request = RenderedAgainst {
+            head,
+            buf: rbuf.bytes(),
+            path,
+            peer: scratch.peer,
+            over_tls: scratch.over_tls,
+            protocol: downstream_protocol(scratch.downstream_http2, head.version()),
         };
         if has_variables(&action.request_headers_to_add) {
-            let lookup = |name: &str| edits.value_of(name, &|n: &str| head.header(rbuf.bytes(), n));
-            scratch.rendered_request.render(
+            request.render(
+                &mut scratch.rendered_request,
                 &action.request_headers_to_add,
-                &FormatContext {
-                    downstream_remote: scratch.peer,
-                    protocol,
-                    hostname: hostname(),
-                    request_header: &lookup,
-                    request_line: RequestLine {
-                        authority: edits.value_of("host", &|_| head.host(rbuf.bytes())),
-                        ..line
-                    },
-                },
+                &edits,
             );
         }
         edits.route_additions(
@@ -300,19 +290,10 @@ impl<N: Network> Engine<N> {
             &scratch.rendered_request,
         );
         if has_variables(&action.response_headers_to_add) {
-            let lookup = |name: &str| edits.value_of(name, &|n: &str| head.header(rbuf.bytes(), n));
-            scratch.rendered_response.render(
+            request.render(
+                &mut scratch.rendered_response,
                 &action.response_headers_to_add,
-                &FormatContext {
-                    downstream_remote: scratch.peer,
-                    protocol,
-                    hostname: hostname(),
-                    request_header: &lookup,
-                    request_line: RequestLine {
-                        authority: edits.value_of("host", &|_| head.host(rbuf.bytes())),
-                        ..line
-                    },
-                },
+                &edits,
             );
         }
         if scratch.trace.hop.is_some() {
@@ -383,6 +364,44 @@ impl<N: Network> Engine<N> {
             }
             drop_range(rbuf, head_len, n);
         }
+    }
+}
+
+/// The request a route's values with variables are rendered against (Envoy's `%REQ(…)%`,
+/// `%DOWNSTREAM_REMOTE_ADDRESS%`...): its head as received, with the path as normalized.
+struct RenderedAgainst<'a> {
+    head: &'a Head,
+    buf: &'a [u8],
+    /// The path as normalized (Envoy edits headers before it rewrites a prefix).
+    path: &'a [u8],
+    peer: std::net::SocketAddr,
+    over_tls: bool,
+    protocol: &'static str,
+}
+
+impl RenderedAgainst<'_> {
+    /// Renders `values`' entries with variables into `into`, each field read as `edits` leave
+    /// it, the pseudo-headers (`%REQ(:path)%`...) from the request's line and its host as
+    /// edited. Called only for a list with variables: the usual route builds nothing here.
+    fn render(&self, into: &mut Rendered, values: &[HeaderValue], edits: &HeaderEdits<'_>) {
+        let (head, buf) = (self.head, self.buf);
+        let lookup = |name: &str| edits.value_of(name, &|n: &str| head.header(buf, n));
+        into.render(
+            values,
+            &FormatContext {
+                downstream_remote: self.peer,
+                protocol: self.protocol,
+                hostname: hostname(),
+                request_header: &lookup,
+                request_line: RequestLine {
+                    authority: edits.value_of("host", &|_| head.host(buf)),
+                    method: head.method_bytes(buf),
+                    path: (head.target_form() != TargetForm::Authority).then_some(self.path),
+                    query: head.query(buf),
+                    scheme: if self.over_tls { "https" } else { "http" },
+                },
+            },
+        );
     }
 }
 

@@ -1,0 +1,184 @@
+//! Request heads written rather than parsed. A codec that receives a request's parts already
+//! separated (HTTP/2: the HPACK-decoded pseudo-header fields and fields) writes them with a
+//! [`RequestHeadWriter`] into a buffer, in the layout of an HTTP/1.1 head, and the writer
+//! records in a [`Head`] what [`parse_request`](super::parse_request) would have found in those
+//! bytes — the method, the target and its form, path and query, each field's span and what the
+//! codec knows its name as, the host, the content-length, the framing — without reading them
+//! back. A `Head` is the request head every codec hands to the request path: HTTP/1.1 by
+//! parsing, HTTP/2 by writing.
+//!
+//! The layout is HTTP/1.1's so that every reader of a `Head` works on it unchanged, the
+//! forwarding writers too (they copy field lines as they are).
+//!
+//! The writer checks nothing: its caller has (`http2::request_head` holds an HTTP/2 request to
+//! RFC 9113 §8 and to the [`Limits`](super::Limits) before it writes). What it may be given: a
+//! token method, an origin-form target or `*`, field names that are tokens and values without
+//! a control character (but HTAB) or surrounding whitespace, one `host`, `content-length`
+//! values that are equal decimal numbers, no `connection` nor `upgrade` field (the head keeps
+//! its connection and upgrades nothing), and a `transfer-encoding` only as exactly `chunked`
+//! without a `content-length`.
+//!
+//! Invariant (property-tested and fuzzed against the parser in `http2::request_head`): for
+//! such parts, the written head equals, span by span, the parse of the same bytes.
+
+use super::parse::parse_decimal;
+use super::{BodyFraming, Head, HeaderSpan, Known, Message, Method, TargetForm, Version};
+
+/// Writes one request head into a buffer and records it in a [`Head`] (see the module doc).
+///
+/// The head starts where the buffer ended when [`RequestHeadWriter::start`] was called; the
+/// `Head`'s spans are relative to that point: read it with `&out[start..]`.
+pub struct RequestHeadWriter<'a> {
+    out: &'a mut Vec<u8>,
+    start: usize,
+    head: &'a mut Head,
+    chunked: bool,
+}
+
+impl<'a> RequestHeadWriter<'a> {
+    /// Starts a request head at the end of `out` with its request line, `method target
+    /// HTTP/1.1`. `target` is origin-form (`/path?query`) or, for `OPTIONS`, `*`.
+    pub fn start(out: &'a mut Vec<u8>, head: &'a mut Head, method: &[u8], target: &[u8]) -> Self {
+        head.reset(Message::Request);
+        let start = out.len();
+        head.method = Method::from_token(method);
+        head.method_span = 0..method.len();
+        out.extend_from_slice(method);
+        out.push(b' ');
+        let at = out.len() - start;
+        out.extend_from_slice(target);
+        out.extend_from_slice(b" HTTP/1.1\r\n");
+        head.version = Version::Http11;
+        head.target = at..at + target.len();
+        if target == b"*" {
+            head.form = TargetForm::Asterisk;
+            head.path = head.target.clone();
+        } else {
+            debug_assert_eq!(target.first(), Some(&b'/'), "an origin-form target");
+            head.form = TargetForm::Origin;
+            match target.iter().position(|&b| b == b'?') {
+                Some(q) => {
+                    head.path = at..at + q;
+                    head.query = Some(at + q + 1..head.target.end);
+                }
+                None => head.path = head.target.clone(),
+            }
+        }
+        RequestHeadWriter {
+            out,
+            start,
+            head,
+            chunked: false,
+        }
+    }
+
+    /// Appends a field line, `name: value`.
+    pub fn field(&mut self, name: &[u8], value: &[u8]) {
+        self.field_of(name, std::iter::once(value), b"");
+    }
+
+    /// Appends one field line whose value is `parts` joined by `separator` (HTTP/2's cookie
+    /// crumbs, RFC 9113 §8.2.3).
+    pub fn field_of<'v>(
+        &mut self,
+        name: &[u8],
+        parts: impl Iterator<Item = &'v [u8]>,
+        separator: &[u8],
+    ) {
+        let name_at = self.out.len() - self.start;
+        self.out.extend_from_slice(name);
+        self.out.extend_from_slice(b": ");
+        let value_at = self.out.len() - self.start;
+        for (i, part) in parts.enumerate() {
+            if i > 0 {
+                self.out.extend_from_slice(separator);
+            }
+            self.out.extend_from_slice(part);
+        }
+        let value_end = self.out.len() - self.start;
+        self.out.extend_from_slice(b"\r\n");
+        let name_span = name_at..name_at + name.len();
+        // As the parser does: an empty value is pinned after the name.
+        let value_span = if value_end == value_at {
+            name_span.end..name_span.end
+        } else {
+            value_at..value_end
+        };
+        let value = &self.out[self.start + value_at..self.start + value_end];
+        let known = Known::of(name);
+        match known {
+            Known::Host => {
+                debug_assert!(self.head.host.is_none(), "one host");
+                self.head.host = Some(value_span.clone());
+            }
+            Known::ContentLength => {
+                let n = parse_decimal(value);
+                debug_assert!(n.is_some(), "a decimal content-length");
+                debug_assert!(self.head.content_length.is_none_or(|m| Some(m) == n));
+                self.head.content_length = n;
+            }
+            Known::TransferEncoding => {
+                debug_assert_eq!(value, b"chunked", "only a single chunked coding");
+                self.chunked = true;
+            }
+            Known::Expect => {
+                self.head.expect_continue |= value.eq_ignore_ascii_case(b"100-continue");
+            }
+            Known::Connection | Known::Upgrade => {
+                debug_assert!(false, "a written head has no connection management fields");
+            }
+            Known::KeepAlive
+            | Known::ProxyConnection
+            | Known::Te
+            | Known::Trailer
+            | Known::Other => {}
+        }
+        self.head.headers.push(HeaderSpan {
+            name: name_span,
+            value: value_span,
+            known,
+        });
+    }
+
+    /// The head's bytes so far.
+    #[must_use]
+    pub fn len(&self) -> usize {
+        self.out.len() - self.start
+    }
+
+    /// Whether nothing was written (never, once started).
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The field lines so far.
+    #[must_use]
+    pub fn fields(&self) -> usize {
+        self.head.headers.len()
+    }
+
+    /// Ends the head with its empty line and sets what depends on all of it (the framing, the
+    /// connection semantics). Returns the head's length.
+    pub fn finish(self) -> usize {
+        debug_assert!(!(self.chunked && self.head.content_length.is_some()));
+        self.out.extend_from_slice(b"\r\n");
+        let head = self.head;
+        head.head_len = self.out.len() - self.start;
+        head.framing = match (self.chunked, head.content_length) {
+            (true, _) => BodyFraming::Chunked,
+            (false, Some(n)) => BodyFraming::ContentLength(n),
+            (false, None) => BodyFraming::None,
+        };
+        head.keep_alive = true;
+        head.upgrade = false;
+        head.connection_options = false;
+        head.head_len
+    }
+
+    /// Takes back what was written: `out` is as it was before [`RequestHeadWriter::start`]
+    /// (the `Head` holds nothing meaningful).
+    pub fn abandon(self) {
+        self.out.truncate(self.start);
+    }
+}
