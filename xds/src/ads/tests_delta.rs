@@ -19,6 +19,14 @@ fn ads() -> Ads {
     Ads::with_mode(XdsMode::Delta, node(), bootstrap())
 }
 
+/// A delta client connected, its first requests (wildcard clusters and listeners) sent.
+fn connected() -> Ads {
+    let mut a = ads();
+    a.handle_input(Input::Connected);
+    drain(&mut a);
+    a
+}
+
 fn sent(outputs: &[Output]) -> Vec<&DeltaDiscoveryRequest> {
     assert!(
         !outputs.iter().any(|o| matches!(o, Output::Send(..))),
@@ -59,6 +67,15 @@ fn push(kind: ResourceType, system_version: &str, nonce: &str, resources: Vec<Re
 /// EDS cluster `name` at `version`.
 fn eds_cluster_at(name: &str, version: &str) -> Resource {
     resource(name, version, any(&eds_cluster(name)))
+}
+
+/// Static cluster `name` at `version`: one host, 127.0.0.1:`port`.
+fn static_cluster_at(name: &str, version: &str, port: u32) -> Resource {
+    resource(
+        name,
+        version,
+        any(&static_cluster(name, &[("127.0.0.1", port, 0)])),
+    )
 }
 
 /// `cluster`'s assignment at `version`: one endpoint, 127.0.0.1:`port`.
@@ -149,9 +166,7 @@ fn versions(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
 /// at e1, listener `in` on 127.0.0.1:9000 at l1 with routes `routes` at r1) applied and
 /// ACKed; each response's system version is "1".
 fn serving() -> Ads {
-    let mut a = ads();
-    a.handle_input(Input::Connected);
-    drain(&mut a);
+    let mut a = connected();
     a.handle_input(push(Cds, "1", "n1", vec![eds_cluster_at("web", "c1")]));
     a.handle_input(push(
         Lds,
@@ -190,9 +205,7 @@ fn delta_first_requests_subscribe_to_every_cluster_and_listener_with_the_node() 
 
 #[test]
 fn delta_a_config_is_applied_when_warm_and_acked_by_nonce_after_the_switch() {
-    let mut a = ads();
-    a.handle_input(Input::Connected);
-    drain(&mut a);
+    let mut a = connected();
     a.handle_input(push(Cds, "1", "n1", vec![eds_cluster_at("web", "c1")]));
     let out = drain(&mut a);
     // The EDS cluster subscribes to its endpoints, in a request without a nonce, and warms;
@@ -641,9 +654,7 @@ fn delta_a_failed_apply_resyncs_and_the_listener_comes_back() {
 /// subscription (then the answer carries it).
 #[test]
 fn delta_an_unsolicited_response_does_not_subscribe_to_everything() {
-    let mut a = ads();
-    a.handle_input(Input::Connected);
-    drain(&mut a);
+    let mut a = connected();
     a.handle_input(push(Rds, "1", "u1", vec![routes_at("routes", "r1", "web")]));
     let out = drain(&mut a);
     assert!(
@@ -935,9 +946,7 @@ fn delta_a_warming_cluster_keeps_warming_on_a_new_stream() {
 /// it never serves at the initial fetch timeout (a ghost the server no longer knows).
 #[test]
 fn delta_a_warming_cluster_deleted_while_disconnected_is_removed_not_served() {
-    let mut a = ads();
-    a.handle_input(Input::Connected);
-    drain(&mut a);
+    let mut a = connected();
     a.handle_input(push(Cds, "1", "n1", vec![eds_cluster_at("api", "c1")]));
     let out = settle(&mut a);
     let timer = timer_of(&out);
@@ -965,18 +974,12 @@ fn delta_a_warming_cluster_deleted_while_disconnected_is_removed_not_served() {
 /// accepted.
 #[test]
 fn delta_a_warming_listener_deleted_while_disconnected_does_not_hold_its_port() {
-    let mut a = ads();
-    a.handle_input(Input::Connected);
-    drain(&mut a);
+    let mut a = connected();
     a.handle_input(push(
         Cds,
         "1",
         "n1",
-        vec![resource(
-            "web",
-            "c1",
-            any(&static_cluster("web", &[("127.0.0.1", 8001, 0)])),
-        )],
+        vec![static_cluster_at("web", "c1", 8001)],
     ));
     settle(&mut a);
     a.handle_input(push(
@@ -1016,18 +1019,12 @@ fn delta_a_warming_listener_deleted_while_disconnected_does_not_hold_its_port() 
 /// the update serves; the accepted version (what a new stream names) is the update's.
 #[test]
 fn delta_the_version_serving_is_the_old_one_while_an_update_warms() {
-    let mut a = ads();
-    a.handle_input(Input::Connected);
-    drain(&mut a);
+    let mut a = connected();
     a.handle_input(push(
         Cds,
         "1",
         "n1",
-        vec![resource(
-            "x",
-            "c1",
-            any(&static_cluster("x", &[("127.0.0.1", 8001, 0)])),
-        )],
+        vec![static_cluster_at("x", "c1", 8001)],
     ));
     settle(&mut a);
     assert_eq!(a.serving_versions(Cds), &versions(&[("x", "c1")]));
