@@ -61,27 +61,28 @@ fn resources(listen: u32, upstream: u32) -> BTreeMap<String, Vec<Any>> {
 
 /// `GET /` with `connection: close`: `(status, body)`, or `(0, "")` when nothing listens yet.
 fn get(to: SocketAddr) -> (u16, String) {
-    let Ok(mut s) = TcpStream::connect(to) else {
-        return (0, String::new());
+    get_if_listening(to, "/")
+}
+
+/// A config with nothing but the admin API on `admin` and its xDS from the ADS server on
+/// `ads_port`, as node `sidecar-1`; `xds_settings` adds to the `xds` section (`mode: delta`).
+fn ads_bootstrap(admin: u16, ads_port: u16, xds_settings: &str) -> String {
+    let xds_settings = if xds_settings.is_empty() {
+        String::new()
+    } else {
+        format!(", {xds_settings}")
     };
-    let _ = s.set_read_timeout(Some(Duration::from_secs(10)));
-    if s.write_all(b"GET / HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
-        .is_err()
-    {
-        return (0, String::new());
-    }
-    let mut out = String::new();
-    let _ = s.read_to_string(&mut out);
-    let status = out
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    let body = out
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_owned())
-        .unwrap_or_default();
-    (status, body)
+    format!(
+        r#"
+admin: {{ address: 127.0.0.1:{admin} }}
+node: {{ id: sidecar-1, cluster: e2e }}
+xds: {{ cluster: xds_server{xds_settings} }}
+listeners: []
+clusters:
+  - name: xds_server
+    hosts: [ {{ address: 127.0.0.1:{ads_port} }} ]
+"#
+    )
 }
 
 /// Polls until `check` holds (a convergence bound, not a speed assertion).
@@ -114,17 +115,7 @@ fn config_from_xds_serves_updates_refuses_bad_listeners_and_survives_a_restart()
     let _b = start_nginx(&dir, "b", up_b, "b");
     let server = AdsServer::start(ads_port, Snapshot::default());
     server.push(resources(u32::from(listen), u32::from(up_a)));
-    let config = format!(
-        r#"
-admin: {{ address: 127.0.0.1:{admin} }}
-node: {{ id: sidecar-1, cluster: e2e }}
-xds: {{ cluster: xds_server }}
-listeners: []
-clusters:
-  - name: xds_server
-    hosts: [ {{ address: 127.0.0.1:{ads_port} }} ]
-"#
-    );
+    let config = ads_bootstrap(admin, ads_port, "");
     let sluice = start_sluice(&dir, &config, 2, addr(admin));
     let to = addr(listen);
 
@@ -503,17 +494,7 @@ fn a_cluster_whose_endpoints_never_come_holds_back_nothing_else_then_answers_503
         .unwrap()
         .push(any(&route_config("api-routes", "api")));
     server.push(snapshot);
-    let config = format!(
-        r#"
-admin: {{ address: 127.0.0.1:{admin} }}
-node: {{ id: sidecar-1, cluster: e2e }}
-xds: {{ cluster: xds_server, initial_fetch_timeout: 8s }}
-listeners: []
-clusters:
-  - name: xds_server
-    hosts: [ {{ address: 127.0.0.1:{ads_port} }} ]
-"#
-    );
+    let config = ads_bootstrap(admin, ads_port, "initial_fetch_timeout: 8s");
     let sluice = start_sluice(&dir, &config, 1, addr(admin));
     let xds = || -> serde_json::Value {
         serde_json::from_str(&http_request(addr(admin), "GET", "/xds").1).expect("json")
@@ -615,17 +596,7 @@ fn delta_xds_serves_updates_removals_refuses_bad_listeners_and_resumes_with_reso
     };
     let server = AdsServer::start(ads_port, Snapshot::default());
     server.push(with_extra(up_a));
-    let config = format!(
-        r#"
-admin: {{ address: 127.0.0.1:{admin} }}
-node: {{ id: sidecar-1, cluster: e2e }}
-xds: {{ cluster: xds_server, mode: delta }}
-listeners: []
-clusters:
-  - name: xds_server
-    hosts: [ {{ address: 127.0.0.1:{ads_port} }} ]
-"#
-    );
+    let config = ads_bootstrap(admin, ads_port, "mode: delta");
     let sluice = start_sluice(&dir, &config, 2, addr(admin));
     let to = addr(listen);
 
@@ -1016,27 +987,7 @@ impl PyServer {
 /// are in flight whenever the config changes) with `connection: close`: `(status, body)`, or
 /// `(0, "")` when nothing listens yet.
 fn slow_get(to: SocketAddr) -> (u16, String) {
-    let Ok(mut s) = TcpStream::connect(to) else {
-        return (0, String::new());
-    };
-    let _ = s.set_read_timeout(Some(Duration::from_secs(10)));
-    if s.write_all(b"GET /sleep/40 HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
-        .is_err()
-    {
-        return (0, String::new());
-    }
-    let mut out = String::new();
-    let _ = s.read_to_string(&mut out);
-    let status = out
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    let body = out
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_owned())
-        .unwrap_or_default();
-    (status, body)
+    get_if_listening(to, "/sleep/40")
 }
 
 /// Which Python upstream answered (its JSON's `upstream`), if one did.
@@ -1319,32 +1270,6 @@ fn resources_to(listen: u32, upstreams: &[u32]) -> BTreeMap<String, Vec<Any>> {
     r
 }
 
-/// One `GET /` on a kept-alive connection: `(status, whether the answer said connection:
-/// close, body)`; `None` when the connection gave no complete answer.
-fn keep_alive_get(s: &mut TcpStream) -> Option<(u16, bool, String)> {
-    s.write_all(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n").ok()?;
-    let mut buf = Vec::new();
-    let mut byte = [0u8; 1];
-    while !buf.ends_with(b"\r\n\r\n") {
-        if s.read(&mut byte).ok()? == 0 {
-            return None;
-        }
-        buf.push(byte[0]);
-    }
-    let head = String::from_utf8_lossy(&buf).to_ascii_lowercase();
-    let status = head.split_whitespace().nth(1)?.parse().ok()?;
-    let length: usize = head
-        .lines()
-        .find_map(|l| l.strip_prefix("content-length:"))?
-        .trim()
-        .parse()
-        .ok()?;
-    let mut body = vec![0; length];
-    s.read_exact(&mut body).ok()?;
-    let close = head.lines().any(|l| l.trim() == "connection: close");
-    Some((status, close, String::from_utf8_lossy(&body).into_owned()))
-}
-
 /// Issue 13: an EDS update changes the host set in place. One HTTP/1.1 client connection is
 /// kept alive across EDS pushes that add, remove and re-add endpoints: it is never closed nor
 /// answered `connection: close` (a generation switch would recycle it), each push is ACKed
@@ -1379,17 +1304,7 @@ fn an_eds_update_changes_hosts_in_place_without_cutting_client_connections() {
     let l = u32::from(listen);
     let server = AdsServer::start(ads_port, Snapshot::default());
     server.push(resources_to(l, &[a, b]));
-    let config = format!(
-        r#"
-admin: {{ address: 127.0.0.1:{admin} }}
-node: {{ id: sidecar-1, cluster: e2e }}
-xds: {{ cluster: xds_server }}
-listeners: []
-clusters:
-  - name: xds_server
-    hosts: [ {{ address: 127.0.0.1:{ads_port} }} ]
-"#
-    );
+    let config = ads_bootstrap(admin, ads_port, "");
     let sluice = start_sluice(&dir, &config, 2, addr(admin));
     eventually("the first config serves", &sluice, || {
         get(addr(listen)).0 == 200
@@ -1617,17 +1532,7 @@ fn an_eds_unhealthy_endpoint_spills_its_levels_load_to_priority_1_and_back() {
     let (a, b, l) = (u32::from(up_a), u32::from(up_b), u32::from(listen));
     let server = AdsServer::start(ads_port, Snapshot::default());
     server.push(resources_p0_p1(l, a, HealthStatus::Unhealthy as i32, b));
-    let config = format!(
-        r#"
-admin: {{ address: 127.0.0.1:{admin} }}
-node: {{ id: sidecar-1, cluster: e2e }}
-xds: {{ cluster: xds_server }}
-listeners: []
-clusters:
-  - name: xds_server
-    hosts: [ {{ address: 127.0.0.1:{ads_port} }} ]
-"#
-    );
+    let config = ads_bootstrap(admin, ads_port, "");
     let sluice = start_sluice(&dir, &config, 2, addr(admin));
     eventually("the first config serves", &sluice, || {
         get(addr(listen)).0 == 200

@@ -747,32 +747,6 @@ clusters:
     }
 }
 
-/// One HTTP/1.1 request on a kept-alive connection: status, whether the answer says
-/// `connection: close`, body (`None`: the connection closed or the answer did not parse).
-fn keep_alive_get(s: &mut std::net::TcpStream) -> Option<(u16, bool, String)> {
-    s.write_all(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n").ok()?;
-    let mut buf = Vec::new();
-    let mut byte = [0u8; 1];
-    while !buf.ends_with(b"\r\n\r\n") {
-        if s.read(&mut byte).ok()? == 0 {
-            return None;
-        }
-        buf.push(byte[0]);
-    }
-    let head = String::from_utf8_lossy(&buf).to_ascii_lowercase();
-    let status = head.split_whitespace().nth(1)?.parse().ok()?;
-    let length: usize = head
-        .lines()
-        .find_map(|l| l.strip_prefix("content-length:"))?
-        .trim()
-        .parse()
-        .ok()?;
-    let mut body = vec![0; length];
-    s.read_exact(&mut body).ok()?;
-    let close = head.lines().any(|l| l.trim() == "connection: close");
-    Some((status, close, String::from_utf8_lossy(&body).into_owned()))
-}
-
 /// istiod's own `virtualInbound` (the fixture written from istiod's generator: http_inspector
 /// and tls_inspector with istiod's `filter_disabled`, `listener_filters_timeout: 0s`, metadata
 /// exchange and stats before every terminal filter, mTLS chains whose secrets, `default` and

@@ -697,6 +697,57 @@ clusters:
     hosts: [ { address: "c.example:80" } ]
 "#;
 
+    /// Worker stats and shared health for `config`.
+    fn stats_and_health(
+        config: &Config,
+    ) -> (
+        Arc<crate::stats::WorkerStats>,
+        Arc<crate::health::SharedHealth>,
+    ) {
+        (
+            Arc::new(crate::stats::WorkerStats::new(config)),
+            Arc::new(crate::health::SharedHealth::new(config)),
+        )
+    }
+
+    /// The engine of worker 0 of 1 for `config`, counting in `stats` and reading the health
+    /// and DNS answers in `shared`.
+    fn worker_engine(
+        config: &Arc<Config>,
+        stats: &Arc<crate::stats::WorkerStats>,
+        shared: &Arc<crate::health::SharedHealth>,
+    ) -> Rc<Engine<crate::net::TokioNet>> {
+        Engine::new_worker(
+            crate::net::TokioNet::default(),
+            config.clone(),
+            0,
+            1,
+            1,
+            stats.clone(),
+            shared.clone(),
+            Arc::new(crate::limits::ProcessLimits::new(config)),
+        )
+        .unwrap()
+    }
+
+    /// A host picked in cluster 1 (`web` in these tests' configs), its availability brought up
+    /// to date first: its address.
+    fn pick_in_web(
+        engine: &Engine<crate::net::TokioNet>,
+        rng: &mut sluice_core::rng::Rng,
+    ) -> Option<SocketAddr> {
+        engine.upstreams.refresh_availability(1);
+        let picked = engine.upstreams.cluster(1).borrow_mut().pick(rng, &[]);
+        picked.map(|id| engine.upstreams.cluster(1).borrow().host(id).address)
+    }
+
+    /// The requests counted for host `id` of cluster 1 (`web`).
+    fn requests_to(stats: &crate::stats::WorkerStats, id: usize) -> Option<u64> {
+        stats
+            .host(1, id)
+            .map(|h| h.rq_total.load(std::sync::atomic::Ordering::Relaxed))
+    }
+
     fn addr(n: u8, port: u16) -> SocketAddr {
         SocketAddr::from(([10, 0, 0, n], port))
     }
@@ -810,17 +861,8 @@ clusters:
         shared.dns.answered(0, 0, Vec::new());
         shared.dns.answered(0, 0, vec![addr(1, 80)]);
         assert_eq!(shared.dns.view(0).unwrap().epochs[0], 3);
-        let engine = Engine::new_worker(
-            crate::net::TokioNet::default(),
-            config.clone(),
-            0,
-            1,
-            1,
-            Arc::new(crate::stats::WorkerStats::new(&config)),
-            shared,
-            Arc::new(crate::limits::ProcessLimits::new(&config)),
-        )
-        .unwrap();
+        let stats = Arc::new(crate::stats::WorkerStats::new(&config));
+        let engine = worker_engine(&config, &stats, &shared);
         let host = engine.upstreams.cluster(0).borrow().host_ref(HostId(0));
         assert_eq!(host.epoch, 3);
         for _ in 0..2 {
@@ -858,24 +900,8 @@ clusters:
         };
         let config = Arc::new(Config::from_yaml(&yaml(&[1, 2])).unwrap());
         assert_eq!(config.clusters[1].host_slots(), 18);
-        let stats = Arc::new(crate::stats::WorkerStats::new(&config));
-        let shared = Arc::new(crate::health::SharedHealth::new(&config));
-        let engine = Engine::new_worker(
-            crate::net::TokioNet::default(),
-            config.clone(),
-            0,
-            1,
-            1,
-            stats.clone(),
-            shared.clone(),
-            Arc::new(crate::limits::ProcessLimits::new(&config)),
-        )
-        .unwrap();
-        let count = |id: usize| {
-            stats
-                .host(1, id)
-                .map(|h| h.rq_total.load(std::sync::atomic::Ordering::Relaxed))
-        };
+        let (stats, shared) = stats_and_health(&config);
+        let engine = worker_engine(&config, &stats, &shared);
         for id in 0..2 {
             bump(&stats.host(1, id).unwrap().rq_total, 5);
         }
@@ -900,9 +926,13 @@ clusters:
             })
             .collect();
         assert_eq!(&held[..9], [1, 8, 3, 4, 5, 6, 7, 9, 0]);
-        assert_eq!(count(0), Some(5), "a host that stays keeps its counters");
         assert_eq!(
-            count(1),
+            requests_to(&stats, 0),
+            Some(5),
+            "a host that stays keeps its counters"
+        );
+        assert_eq!(
+            requests_to(&stats, 1),
             Some(0),
             "10.0.0.8 took 10.0.0.2's id: it starts at zero"
         );
@@ -925,30 +955,14 @@ clusters:
             )
         };
         let config = Arc::new(Config::from_yaml(&yaml(0, 1)).unwrap());
-        let stats = Arc::new(crate::stats::WorkerStats::new(&config));
-        let shared = Arc::new(crate::health::SharedHealth::new(&config));
-        let engine = Engine::new_worker(
-            crate::net::TokioNet::default(),
-            config.clone(),
-            0,
-            1,
-            1,
-            stats.clone(),
-            shared.clone(),
-            Arc::new(crate::limits::ProcessLimits::new(&config)),
-        )
-        .unwrap();
+        let (stats, shared) = stats_and_health(&config);
+        let engine = worker_engine(&config, &stats, &shared);
         bump(&stats.host(1, 0).unwrap().rq_total, 5);
         let mut rng = sluice_core::rng::Rng::from_seed(1);
-        let pick = |rng: &mut sluice_core::rng::Rng| {
-            engine.upstreams.refresh_availability(1);
-            let picked = engine.upstreams.cluster(1).borrow_mut().pick(rng, &[]);
-            picked.map(|id| engine.upstreams.cluster(1).borrow().host(id).address)
-        };
         let first: SocketAddr = "10.0.0.1:80".parse().unwrap();
         let second: SocketAddr = "10.0.0.2:80".parse().unwrap();
         for _ in 0..10 {
-            assert_eq!(pick(&mut rng), Some(first));
+            assert_eq!(pick_in_web(&engine, &mut rng), Some(first));
         }
         let next = Config::from_yaml(&yaml(1, 0)).unwrap();
         let changed = sluice_core::config::diff::only_endpoints_differ(&config, &next)
@@ -956,16 +970,18 @@ clusters:
         let update = merge_endpoints_update(&shared, &config, &next, &changed).expect("in place");
         engine.apply_endpoints(&update);
         for _ in 0..10 {
-            assert_eq!(pick(&mut rng), Some(second), "10.0.0.2 is priority 0 now");
+            assert_eq!(
+                pick_in_web(&engine, &mut rng),
+                Some(second),
+                "10.0.0.2 is priority 0 now"
+            );
         }
         let cluster = engine.upstreams.cluster(1).borrow();
         assert_eq!(cluster.host(HostId(0)).address, first, "ids kept");
         assert_eq!(cluster.host(HostId(0)).priority, 1);
         assert_eq!(cluster.epochs()[..2], [0, 0], "no host replaced");
         assert_eq!(
-            stats
-                .host(1, 0)
-                .map(|h| h.rq_total.load(std::sync::atomic::Ordering::Relaxed)),
+            requests_to(&stats, 0),
             Some(5),
             "10.0.0.1 keeps its counters"
         );
@@ -986,23 +1002,12 @@ clusters:
             )
         };
         let config = Arc::new(Config::from_yaml(&yaml(0)).unwrap());
-        let stats = Arc::new(crate::stats::WorkerStats::new(&config));
-        let shared = Arc::new(crate::health::SharedHealth::new(&config));
+        let (stats, shared) = stats_and_health(&config);
         shared.seed(
             &config,
             &[("web".into(), "10.0.0.4:80".parse().unwrap(), None, true)],
         );
-        let engine = Engine::new_worker(
-            crate::net::TokioNet::default(),
-            config.clone(),
-            0,
-            1,
-            1,
-            stats.clone(),
-            shared.clone(),
-            Arc::new(crate::limits::ProcessLimits::new(&config)),
-        )
-        .unwrap();
+        let engine = worker_engine(&config, &stats, &shared);
         let gauge = || {
             engine.upstreams.refresh_availability(1);
             stats
@@ -1044,8 +1049,7 @@ clusters:
             )
         };
         let config = Arc::new(Config::from_yaml(&yaml("unhealthy")).unwrap());
-        let stats = Arc::new(crate::stats::WorkerStats::new(&config));
-        let shared = Arc::new(crate::health::SharedHealth::new(&config));
+        let (stats, shared) = stats_and_health(&config);
         let first: SocketAddr = "10.0.0.1:80".parse().unwrap();
         let second: SocketAddr = "10.0.0.2:80".parse().unwrap();
         shared.seed(
@@ -1055,27 +1059,12 @@ clusters:
                 ("web".into(), second, None, true),
             ],
         );
-        let engine = Engine::new_worker(
-            crate::net::TokioNet::default(),
-            config.clone(),
-            0,
-            1,
-            1,
-            stats.clone(),
-            shared.clone(),
-            Arc::new(crate::limits::ProcessLimits::new(&config)),
-        )
-        .unwrap();
+        let engine = worker_engine(&config, &stats, &shared);
         bump(&stats.host(1, 0).unwrap().rq_total, 5);
         let mut rng = sluice_core::rng::Rng::from_seed(1);
-        let pick = |rng: &mut sluice_core::rng::Rng| {
-            engine.upstreams.refresh_availability(1);
-            let picked = engine.upstreams.cluster(1).borrow_mut().pick(rng, &[]);
-            picked.map(|id| engine.upstreams.cluster(1).borrow().host(id).address)
-        };
         for _ in 0..10 {
             assert_eq!(
-                pick(&mut rng),
+                pick_in_web(&engine, &mut rng),
                 Some(second),
                 "P0 declared unhealthy: P1 serves"
             );
@@ -1098,7 +1087,11 @@ clusters:
             engine.apply_endpoints(&update);
             serving = next;
             for _ in 0..10 {
-                assert_eq!(pick(&mut rng), Some(expected), "declared {health}");
+                assert_eq!(
+                    pick_in_web(&engine, &mut rng),
+                    Some(expected),
+                    "declared {health}"
+                );
             }
             let cluster = engine.upstreams.cluster(1).borrow();
             assert_eq!(cluster.priority_load().load, load, "declared {health}");
@@ -1110,9 +1103,7 @@ clusters:
             );
         }
         assert_eq!(
-            stats
-                .host(1, 0)
-                .map(|h| h.rq_total.load(std::sync::atomic::Ordering::Relaxed)),
+            requests_to(&stats, 0),
             Some(5),
             "10.0.0.1 keeps its counters"
         );

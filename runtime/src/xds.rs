@@ -540,7 +540,9 @@ pub struct XdsConnector {
 pub type XdsStream = crate::tls::MaybeTls<tokio::net::TcpStream>;
 
 impl XdsConnector {
-    async fn connect(self) -> io::Result<hyper_util::rt::TokioIo<XdsStream>> {
+    /// A connection to the management server: TCP (marked when `upstream_mark` is set), then
+    /// TLS when the xDS cluster has `tls`, both within `connect_timeout`.
+    async fn connect(self) -> io::Result<XdsStream> {
         let deadline = tokio::time::Instant::now() + self.connect_timeout;
         // Built before dialling: a file that cannot be read fails the attempt, named.
         let tls = match &self.tls {
@@ -566,15 +568,11 @@ impl XdsConnector {
                 .with_retries(TCP_KEEPALIVE_PROBES),
         )?;
         let Some((connector, name)) = tls else {
-            return Ok(hyper_util::rt::TokioIo::new(crate::tls::MaybeTls::Plain(
-                stream,
-            )));
+            return Ok(crate::tls::MaybeTls::Plain(stream));
         };
         let server = self.server;
         match tokio::time::timeout_at(deadline, connector.connect(name, stream)).await {
-            Ok(Ok(tls)) => Ok(hyper_util::rt::TokioIo::new(crate::tls::MaybeTls::Tls(
-                Box::new(tls),
-            ))),
+            Ok(Ok(tls)) => Ok(crate::tls::MaybeTls::Tls(Box::new(tls))),
             Ok(Err(e)) => Err(io::Error::new(
                 e.kind(),
                 format!(
@@ -638,24 +636,36 @@ async fn connect_within<S>(
     })?
 }
 
-impl tower_service::Service<http::Uri> for XdsConnector {
-    type Response = hyper_util::rt::TokioIo<XdsStream>;
-    type Error = io::Error;
-    type Future = std::pin::Pin<
-        Box<dyn std::future::Future<Output = io::Result<Self::Response>> + Send + 'static>,
-    >;
+/// Makes a connector the tower service tonic's `connect_with_connector` takes: each call opens
+/// a new connection with the connector's own `async fn connect(self) -> io::Result<Stream>`
+/// (on a clone), ignoring the URI tonic passes — a connector knows where it dials. Always
+/// ready: a connector holds no connection to wait for.
+macro_rules! connector_service {
+    ($connector:ty, $stream:ty) => {
+        impl tower_service::Service<http::Uri> for $connector {
+            type Response = hyper_util::rt::TokioIo<$stream>;
+            type Error = io::Error;
+            type Future = std::pin::Pin<
+                Box<dyn std::future::Future<Output = io::Result<Self::Response>> + Send + 'static>,
+            >;
 
-    fn poll_ready(
-        &mut self,
-        _: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Result<(), Self::Error>> {
-        std::task::Poll::Ready(Ok(()))
-    }
+            fn poll_ready(
+                &mut self,
+                _: &mut std::task::Context<'_>,
+            ) -> std::task::Poll<Result<(), Self::Error>> {
+                std::task::Poll::Ready(Ok(()))
+            }
 
-    fn call(&mut self, _uri: http::Uri) -> Self::Future {
-        Box::pin(self.clone().connect())
-    }
+            fn call(&mut self, _uri: http::Uri) -> Self::Future {
+                let connect = self.clone().connect();
+                Box::pin(async move { connect.await.map(hyper_util::rt::TokioIo::new) })
+            }
+        }
+    };
 }
+pub(crate) use connector_service;
+
+connector_service!(XdsConnector, XdsStream);
 
 /// The simulator's connector: the connection to the management server over turmoil's
 /// network (`turmoil::net::TcpStream`), within the xDS cluster's `connect_timeout`; the seam
@@ -683,31 +693,19 @@ impl TurmoilXdsConnector {
             connect_timeout: bootstrap.connect_timeout,
         }
     }
+
+    /// A connection over turmoil's network, within `connect_timeout`.
+    async fn connect(self) -> io::Result<turmoil::net::TcpStream> {
+        connect_within(
+            self.connect_timeout,
+            turmoil::net::TcpStream::connect(self.server),
+        )
+        .await
+    }
 }
 
 #[cfg(feature = "turmoil")]
-impl tower_service::Service<http::Uri> for TurmoilXdsConnector {
-    type Response = hyper_util::rt::TokioIo<turmoil::net::TcpStream>;
-    type Error = io::Error;
-    type Future = std::pin::Pin<
-        Box<dyn std::future::Future<Output = io::Result<Self::Response>> + Send + 'static>,
-    >;
-
-    fn poll_ready(
-        &mut self,
-        _: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Result<(), Self::Error>> {
-        std::task::Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, _uri: http::Uri) -> Self::Future {
-        let (server, timeout) = (self.server, self.connect_timeout);
-        Box::pin(async move {
-            let stream = connect_within(timeout, turmoil::net::TcpStream::connect(server)).await?;
-            Ok(hyper_util::rt::TokioIo::new(stream))
-        })
-    }
-}
+connector_service!(TurmoilXdsConnector, turmoil::net::TcpStream);
 
 /// A JSON value as a protobuf `Value` (the node's metadata is a `Struct`).
 fn to_pb(v: &Value) -> PbValue {

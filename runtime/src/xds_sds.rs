@@ -292,43 +292,31 @@ impl Source<'_> {
 #[derive(Clone, Debug)]
 struct UnixConnector(PathBuf);
 
-impl tower_service::Service<http::Uri> for UnixConnector {
-    type Response = hyper_util::rt::TokioIo<tokio::net::UnixStream>;
-    type Error = io::Error;
-    type Future = std::pin::Pin<
-        Box<dyn std::future::Future<Output = io::Result<Self::Response>> + Send + 'static>,
-    >;
+crate::xds::connector_service!(UnixConnector, tokio::net::UnixStream);
 
-    fn poll_ready(
-        &mut self,
-        _: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Result<(), Self::Error>> {
-        std::task::Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, _uri: http::Uri) -> Self::Future {
-        let path = self.0.clone();
-        Box::pin(async move {
-            let stream = tokio::net::UnixStream::connect(&path)
-                .await
-                .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", path.display())))?;
-            // Whoever listens there gives the listeners their certificates and CAs: only this
-            // process's user or root is trusted to (another user who could create the socket,
-            // in a shared directory, must not choose what the proxy trusts).
-            let peer = stream.peer_cred().map_err(|e| {
-                io::Error::new(
-                    e.kind(),
-                    format!("{}: peer credentials: {e}", path.display()),
-                )
-            })?;
-            trusted_peer(peer.uid(), nix::unistd::geteuid().as_raw()).map_err(|e| {
-                io::Error::new(
-                    io::ErrorKind::PermissionDenied,
-                    format!("{}: {e}", path.display()),
-                )
-            })?;
-            Ok(hyper_util::rt::TokioIo::new(stream))
-        })
+impl UnixConnector {
+    /// A connection to the socket, refused unless its peer is this process's user or root.
+    async fn connect(self) -> io::Result<tokio::net::UnixStream> {
+        let path = self.0;
+        let stream = tokio::net::UnixStream::connect(&path)
+            .await
+            .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", path.display())))?;
+        // Whoever listens there gives the listeners their certificates and CAs: only this
+        // process's user or root is trusted to (another user who could create the socket,
+        // in a shared directory, must not choose what the proxy trusts).
+        let peer = stream.peer_cred().map_err(|e| {
+            io::Error::new(
+                e.kind(),
+                format!("{}: peer credentials: {e}", path.display()),
+            )
+        })?;
+        trusted_peer(peer.uid(), nix::unistd::geteuid().as_raw()).map_err(|e| {
+            io::Error::new(
+                io::ErrorKind::PermissionDenied,
+                format!("{}: {e}", path.display()),
+            )
+        })?;
+        Ok(stream)
     }
 }
 

@@ -29,8 +29,7 @@
 //!    sidecar has no open connection left.
 
 use std::cell::RefCell;
-use std::collections::BTreeMap;
-use std::net::{IpAddr, Ipv6Addr, SocketAddr};
+use std::net::IpAddr;
 use std::rc::Rc;
 use std::time::Duration;
 
@@ -38,14 +37,11 @@ use sluice_core::config::Config;
 use sluice_core::rng::Rng;
 use sluice_runtime::net::TurmoilNet;
 use sluice_runtime::stats::{DetailedSnapshot, WorkerStats};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use turmoil::net::{TcpListener, TcpStream};
 
 use crate::RunReport;
 use crate::peers;
-use crate::topology::{
-    SIDECAR, add_observer, add_sidecar, add_upstreams, elapsed, new_sim, report, run_to_end,
-};
+use crate::peers::http::{ClientPlan, Traffic};
+use crate::topology::{add_observer, add_sidecar, add_upstreams, new_sim, report, run_to_end};
 use crate::trace::Trace;
 
 const UPSTREAMS: [&str; 4] = ["up1", "up2", "up3", "up4"];
@@ -62,22 +58,8 @@ const REFRESH_MS: u64 = 200;
 /// the answer came (an upstream takes at most 120 ms) plus latencies.
 const DRAIN_MARGIN: Duration = Duration::from_millis(300);
 
-#[derive(Debug)]
-struct Req {
-    id: String,
-    start: Duration,
-    end: Duration,
-    outcome: Result<u16, String>,
-}
-
-#[derive(Default)]
-struct World {
-    requests: Vec<Req>,
-    started: usize,
-    /// Per upstream: when it received each request.
-    received: BTreeMap<usize, Vec<Duration>>,
-    clients_done: usize,
-}
+/// The run's record: what the clients and upstreams did.
+type World = Traffic;
 
 fn config(_upstreams: &[IpAddr]) -> Config {
     let yaml = format!(
@@ -281,101 +263,19 @@ fn check(w: &World, stats: Option<&DetailedSnapshot>, at: &Schedule, violations:
 }
 
 async fn upstream(index: usize, world: Rc<RefCell<World>>, trace: Trace) -> turmoil::Result {
-    let listener = TcpListener::bind(SocketAddr::new(
-        IpAddr::V6(Ipv6Addr::UNSPECIFIED),
-        UPSTREAM_PORT,
-    ))
-    .await?;
-    trace.record(elapsed(), UPSTREAMS[index], "listening");
-    loop {
-        let (mut stream, _) = listener.accept().await?;
-        let world = world.clone();
-        tokio::task::spawn_local(async move {
-            let mut buf = Vec::with_capacity(4096);
-            let mut chunk = [0u8; 4096];
-            loop {
-                let (id, total) = loop {
-                    let mut headers = [httparse::EMPTY_HEADER; 32];
-                    let mut req = httparse::Request::new(&mut headers);
-                    if let Ok(httparse::Status::Complete(head_len)) = req.parse(&buf) {
-                        let id = req
-                            .headers
-                            .iter()
-                            .find(|h| h.name.eq_ignore_ascii_case("x-sim-id"))
-                            .map(|h| String::from_utf8_lossy(h.value).into_owned())
-                            .unwrap_or_default();
-                        break (id, head_len);
-                    }
-                    match stream.read(&mut chunk).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
-                    }
-                };
-                buf.drain(..total);
-                world
-                    .borrow_mut()
-                    .received
-                    .entry(index)
-                    .or_default()
-                    .push(elapsed());
-                tokio::time::sleep(peers::work(id.as_bytes(), 120)).await;
-                let resp = format!(
-                    "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{id}",
-                    id.len()
-                );
-                if stream.write_all(resp.as_bytes()).await.is_err() {
-                    return;
-                }
-            }
-        });
-    }
+    peers::http::echo_upstream(UPSTREAMS[index], UPSTREAM_PORT, index, world, trace).await
 }
 
 async fn client(c: usize, seed: u64, world: Rc<RefCell<World>>, trace: Trace) {
-    let mut rng = Rng::from_seed(seed);
-    let who = format!("client{c}");
-    let mut seq = 0;
-    let mut conn: Option<TcpStream> = None;
-    let mut buf = Vec::with_capacity(4096);
-    tokio::time::sleep(TRAFFIC_FROM).await;
-    while elapsed() < TRAFFIC_UNTIL {
-        tokio::time::sleep(Duration::from_millis(rng.below(40))).await;
-        let id = format!("c{c}-{seq}");
-        seq += 1;
-        let request = format!(
-            "GET /item HTTP/1.1\r\nhost: sim\r\nx-sim-id: {id}\r\ncontent-length: 0\r\n\r\n"
-        );
-        world.borrow_mut().started += 1;
-        let start = elapsed();
-        if conn.is_none() {
-            conn = TcpStream::connect((SIDECAR, LISTEN_PORT)).await.ok();
-            buf.clear();
-        }
-        let outcome = match conn.as_mut() {
-            None => Err("connect failed".to_owned()),
-            Some(s) => match tokio::time::timeout(
-                CLIENT_DEADLINE,
-                peers::http::exchange::<4096>(s, &mut buf, request.as_bytes()),
-            )
-            .await
-            {
-                Ok(r) => r.map_err(|e| e.to_string()).and_then(|a| a.answering(&id)),
-                Err(_) => Err("gave up at the deadline".to_owned()),
-            },
-        };
-        let keep = matches!(&outcome, Ok((_, true)));
-        let outcome = outcome.map(|(status, _)| status);
-        if !keep {
-            conn = None;
-        }
-        let end = elapsed();
-        trace.record(end, &who, format_args!("{id} -> {outcome:?}"));
-        world.borrow_mut().requests.push(Req {
-            id,
-            start,
-            end,
-            outcome,
-        });
-    }
-    world.borrow_mut().clients_done += 1;
+    let plan = ClientPlan {
+        index: c,
+        path: "/item",
+        id_prefix: 'c',
+        port: LISTEN_PORT,
+        from: TRAFFIC_FROM,
+        until: TRAFFIC_UNTIL,
+        max_pause_ms: 40,
+        deadline: CLIENT_DEADLINE,
+    };
+    peers::http::keep_alive_client(plan, seed, world, trace).await;
 }

@@ -116,11 +116,11 @@ use sluice_xds::ads::XdsMode;
 use sluice_xds::test_server::{AdsLog, AdsService, Snapshot, content_version};
 use sluice_xds::fixtures::{any, assignment, eds_cluster, http_listener, route_config};
 use sluice_xds::translate::ResourceType;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use turmoil::net::{TcpListener, TcpStream};
+use turmoil::net::TcpListener;
 
 use crate::RunReport;
 use crate::peers;
+use crate::peers::http::{ClientPlan, Traffic};
 use crate::topology::{SIDECAR, elapsed, new_sim, report, run_to_end};
 use crate::trace::Trace;
 
@@ -265,27 +265,22 @@ fn resources(hosts: &[IpAddr], invalid: bool, spare: Option<IpAddr>) -> BTreeMap
 // ---------------------------------------------------------------------------------------------
 // The world.
 
-#[derive(Debug)]
-pub(crate) struct Req {
-    pub(crate) id: String,
-    pub(crate) start: Duration,
-    pub(crate) end: Duration,
-    pub(crate) outcome: Result<u16, String>,
-}
-
 #[derive(Default)]
 pub(crate) struct World {
-    pub(crate) requests: Vec<Req>,
-    pub(crate) started: usize,
-    /// Per upstream: when it received each request.
-    pub(crate) received: BTreeMap<usize, Vec<Duration>>,
+    /// What the clients and upstreams did.
+    pub(crate) traffic: Traffic,
     /// Each config the sidecar switched to: when, and the addresses of cluster `app`'s hosts.
     pub(crate) applied: Vec<(Duration, BTreeSet<SocketAddr>)>,
     /// The dynamic clusters of each config in `applied` (same index).
     pub(crate) applied_clusters: Vec<BTreeSet<String>>,
     /// Configs the sidecar could not switch to.
     pub(crate) refused: Vec<String>,
-    pub(crate) clients_done: usize,
+}
+
+impl AsMut<Traffic> for World {
+    fn as_mut(&mut self) -> &mut Traffic {
+        &mut self.traffic
+    }
 }
 
 pub(crate) type Shared = Rc<RefCell<World>>;
@@ -514,12 +509,13 @@ fn run_mode(mode: XdsMode, seed: u64) -> RunReport {
         XdsMode::Delta => check_delta(&w, &log, &plan, &ips, &mut violations),
     }
     let ok = w
+        .traffic
         .requests
         .iter()
         .filter(|r| matches!(r.outcome, Ok(200)))
         .count();
     let per_host: Vec<usize> = (0..UPSTREAMS.len())
-        .map(|i| w.received.get(&i).map_or(0, Vec::len))
+        .map(|i| w.traffic.received.get(&i).map_or(0, Vec::len))
         .collect();
     // How much of the push cut by the crash went out (the crash lands within it).
     let cut = &plan.pushes[3];
@@ -537,7 +533,7 @@ fn run_mode(mode: XdsMode, seed: u64) -> RunReport {
                 "xds: {} requests, {ok} 200, received per host {per_host:?}, {} configs applied, {} ADS \
                  streams, {} requests to the server, {cut_sent}/4 types of v{} sent before the crash, \
                  back {back:?} after the repair",
-                w.requests.len(),
+                w.traffic.requests.len(),
                 w.applied.len(),
                 log.streams,
                 log.requests.len(),
@@ -559,7 +555,7 @@ fn run_mode(mode: XdsMode, seed: u64) -> RunReport {
                 "xds delta: {} requests, {ok} 200, received per host {per_host:?}, {} configs \
                  applied, {} ADS streams, {} requests to the server ({nacks} NACKs), {} responses, \
                  {cut_sent} responses of v{} sent before the crash, back {back:?} after the repair",
-                w.requests.len(),
+                w.traffic.requests.len(),
                 w.applied.len(),
                 log.streams,
                 log.delta_requests.len(),
@@ -574,14 +570,14 @@ fn run_mode(mode: XdsMode, seed: u64) -> RunReport {
 /// Invariants 1–3 and the last config applied, the same on both protocols.
 fn check_common(w: &World, plan: &Plan, ips: &[IpAddr], violations: &mut Vec<String>) {
     // 1. Every request 200, traffic through the outage and the partition.
-    if w.requests.len() != w.started {
+    if w.traffic.requests.len() != w.traffic.started {
         violations.push(format!(
             "{} of {} requests finished",
-            w.requests.len(),
-            w.started
+            w.traffic.requests.len(),
+            w.traffic.started
         ));
     }
-    for r in &w.requests {
+    for r in &w.traffic.requests {
         if r.outcome != Ok(200) {
             violations.push(format!(
                 "{} started at {:?} and got {:?} (every upstream was up)",
@@ -598,6 +594,7 @@ fn check_common(w: &World, plan: &Plan, ips: &[IpAddr], violations: &mut Vec<Str
         ),
     ] {
         let answered = w
+            .traffic
             .requests
             .iter()
             .filter(|r| r.end >= from && r.end < to && r.outcome == Ok(200))
@@ -648,7 +645,7 @@ fn check_common(w: &World, plan: &Plan, ips: &[IpAddr], violations: &mut Vec<Str
             .find(|(at, _)| *at <= t)
             .map(|(_, h)| h)
     };
-    for (&host, times) in &w.received {
+    for (&host, times) in &w.traffic.received {
         let addr = SocketAddr::new(ips[host], UPSTREAM_PORT);
         for &t in times {
             let in_window = w
@@ -1298,101 +1295,19 @@ pub(crate) async fn sidecar(
 }
 
 pub(crate) async fn upstream(index: usize, world: Shared, trace: Trace) -> turmoil::Result {
-    let listener = TcpListener::bind(SocketAddr::new(
-        IpAddr::V6(Ipv6Addr::UNSPECIFIED),
-        UPSTREAM_PORT,
-    ))
-    .await?;
-    trace.record(elapsed(), UPSTREAMS[index], "listening");
-    loop {
-        let (mut stream, _) = listener.accept().await?;
-        let world = world.clone();
-        tokio::task::spawn_local(async move {
-            let mut buf = Vec::with_capacity(4096);
-            let mut chunk = [0u8; 4096];
-            loop {
-                let (id, total) = loop {
-                    let mut headers = [httparse::EMPTY_HEADER; 32];
-                    let mut req = httparse::Request::new(&mut headers);
-                    if let Ok(httparse::Status::Complete(head_len)) = req.parse(&buf) {
-                        let id = req
-                            .headers
-                            .iter()
-                            .find(|h| h.name.eq_ignore_ascii_case("x-sim-id"))
-                            .map(|h| String::from_utf8_lossy(h.value).into_owned())
-                            .unwrap_or_default();
-                        break (id, head_len);
-                    }
-                    match stream.read(&mut chunk).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
-                    }
-                };
-                buf.drain(..total);
-                world
-                    .borrow_mut()
-                    .received
-                    .entry(index)
-                    .or_default()
-                    .push(elapsed());
-                tokio::time::sleep(peers::work(id.as_bytes(), 120)).await;
-                let resp = format!(
-                    "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{id}",
-                    id.len()
-                );
-                if stream.write_all(resp.as_bytes()).await.is_err() {
-                    return;
-                }
-            }
-        });
-    }
+    peers::http::echo_upstream(UPSTREAMS[index], UPSTREAM_PORT, index, world, trace).await
 }
 
 async fn client(c: usize, seed: u64, world: Shared, trace: Trace) {
-    let mut rng = Rng::from_seed(seed);
-    let who = format!("client{c}");
-    let mut seq = 0;
-    let mut conn: Option<TcpStream> = None;
-    let mut buf = Vec::with_capacity(4096);
-    tokio::time::sleep(TRAFFIC_FROM).await;
-    while elapsed() < TRAFFIC_UNTIL {
-        tokio::time::sleep(Duration::from_millis(rng.below(60))).await;
-        let id = format!("c{c}-{seq}");
-        seq += 1;
-        let request = format!(
-            "GET /item HTTP/1.1\r\nhost: sim\r\nx-sim-id: {id}\r\ncontent-length: 0\r\n\r\n"
-        );
-        world.borrow_mut().started += 1;
-        let start = elapsed();
-        if conn.is_none() {
-            conn = TcpStream::connect((SIDECAR, LISTEN_PORT)).await.ok();
-            buf.clear();
-        }
-        let outcome = match conn.as_mut() {
-            None => Err("connect failed".to_owned()),
-            Some(s) => match tokio::time::timeout(
-                CLIENT_DEADLINE,
-                peers::http::exchange::<4096>(s, &mut buf, request.as_bytes()),
-            )
-            .await
-            {
-                Ok(r) => r.map_err(|e| e.to_string()).and_then(|a| a.answering(&id)),
-                Err(_) => Err("gave up at the deadline".to_owned()),
-            },
-        };
-        let keep = matches!(&outcome, Ok((_, true)));
-        let outcome = outcome.map(|(status, _)| status);
-        if !keep {
-            conn = None;
-        }
-        let end = elapsed();
-        trace.record(end, &who, format_args!("{id} -> {outcome:?}"));
-        world.borrow_mut().requests.push(Req {
-            id,
-            start,
-            end,
-            outcome,
-        });
-    }
-    world.borrow_mut().clients_done += 1;
+    let plan = ClientPlan {
+        index: c,
+        path: "/item",
+        id_prefix: 'c',
+        port: LISTEN_PORT,
+        from: TRAFFIC_FROM,
+        until: TRAFFIC_UNTIL,
+        max_pause_ms: 60,
+        deadline: CLIENT_DEADLINE,
+    };
+    peers::http::keep_alive_client(plan, seed, world, trace).await;
 }

@@ -38,14 +38,14 @@ use sluice_xds::envoy_types::pb::google::protobuf::Any;
 use sluice_xds::fixtures::{any, assignment, eds_cluster, http_listener, route_config};
 use sluice_xds::test_server::{AdsLog, AdsService, Snapshot};
 use sluice_xds::translate::ResourceType;
-use turmoil::net::TcpStream;
 
 use crate::RunReport;
 use crate::peers;
+use crate::peers::http::{ClientPlan, Req};
 use crate::topology::{SIDECAR, elapsed, new_sim, report, run_to_end};
 use crate::trace::Trace;
 use crate::xds::{
-    CLIENT_DEADLINE, LISTEN_PORT, PUSH_SPACING, Req, SERVER, Shared, UPSTREAM_PORT, UPSTREAMS,
+    CLIENT_DEADLINE, LISTEN_PORT, PUSH_SPACING, SERVER, Shared, UPSTREAM_PORT, UPSTREAMS,
 };
 
 /// The bootstrap's `initial_fetch_timeout`.
@@ -188,6 +188,7 @@ pub fn run(seed: u64) -> RunReport {
     let log = log.lock().expect("ads log");
     check(&w, &log, &plan, &ips, &mut violations);
     let probes: Vec<&Req> = w
+        .traffic
         .requests
         .iter()
         .filter(|r| r.id.starts_with('n'))
@@ -196,7 +197,7 @@ pub fn run(seed: u64) -> RunReport {
     let summary = format!(
         "xds warming: {} requests, /new: {} 404, {} 503, {} 200; {} configs applied, {} requests \
          to the server",
-        w.requests.len(),
+        w.traffic.requests.len(),
         count(404),
         count(503),
         count(200),
@@ -215,6 +216,7 @@ fn check(
 ) {
     // 1. Traffic to the route that serves never fails.
     let items: Vec<&Req> = w
+        .traffic
         .requests
         .iter()
         .filter(|r| r.id.starts_with('c'))
@@ -257,6 +259,7 @@ fn check(
     // 3. After the timeout, until the assignment: `/new` answers 503; nothing NACKed or
     // refused.
     let probes: Vec<&Req> = w
+        .traffic
         .requests
         .iter()
         .filter(|r| r.id.starts_with('n'))
@@ -310,51 +313,15 @@ fn check(
 /// A client: requests to `path` on one kept-alive connection (reopened when closed) every
 /// 0–60 ms until `until`; ids `c…` for `/item`, `n…` for `/new`.
 async fn client(c: usize, path: &str, seed: u64, until: Duration, world: Shared, trace: Trace) {
-    let mut rng = Rng::from_seed(seed);
-    let who = format!("client{c}");
-    let prefix = if path == "/new" { 'n' } else { 'c' };
-    let mut seq = 0;
-    let mut conn: Option<TcpStream> = None;
-    let mut buf = Vec::with_capacity(4096);
-    tokio::time::sleep(TRAFFIC_FROM).await;
-    while elapsed() < until {
-        tokio::time::sleep(Duration::from_millis(rng.below(60))).await;
-        let id = format!("{prefix}{c}-{seq}");
-        seq += 1;
-        let request = format!(
-            "GET {path} HTTP/1.1\r\nhost: sim\r\nx-sim-id: {id}\r\ncontent-length: 0\r\n\r\n"
-        );
-        world.borrow_mut().started += 1;
-        let start = elapsed();
-        if conn.is_none() {
-            conn = TcpStream::connect((SIDECAR, LISTEN_PORT)).await.ok();
-            buf.clear();
-        }
-        let outcome = match conn.as_mut() {
-            None => Err("connect failed".to_owned()),
-            Some(s) => match tokio::time::timeout(
-                CLIENT_DEADLINE,
-                peers::http::exchange::<4096>(s, &mut buf, request.as_bytes()),
-            )
-            .await
-            {
-                Ok(r) => r.map_err(|e| e.to_string()).and_then(|a| a.answering(&id)),
-                Err(_) => Err("gave up at the deadline".to_owned()),
-            },
-        };
-        let keep = matches!(&outcome, Ok((_, true)));
-        let outcome = outcome.map(|(status, _)| status);
-        if !keep {
-            conn = None;
-        }
-        let end = elapsed();
-        trace.record(end, &who, format_args!("{id} -> {outcome:?}"));
-        world.borrow_mut().requests.push(Req {
-            id,
-            start,
-            end,
-            outcome,
-        });
-    }
-    world.borrow_mut().clients_done += 1;
+    let plan = ClientPlan {
+        index: c,
+        path,
+        id_prefix: if path == "/new" { 'n' } else { 'c' },
+        port: LISTEN_PORT,
+        from: TRAFFIC_FROM,
+        until,
+        max_pause_ms: 60,
+        deadline: CLIENT_DEADLINE,
+    };
+    peers::http::keep_alive_client(plan, seed, world, trace).await;
 }

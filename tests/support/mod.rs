@@ -543,12 +543,62 @@ pub fn http_request(to: SocketAddr, method: &str, path: &str) -> (u16, String) {
     // A reset (a listener that refuses the request) reads as what arrived before it: status 0
     // when nothing did.
     let _ = s.read_to_string(&mut out);
-    let status = out
+    status_and_body(&out)
+}
+
+/// A `GET path` with `connection: close` to a listener that may not be there (yet, or any
+/// more): `(0, "")` when the connection or the write fails, else what arrived before the
+/// connection closed or 10 s passed without a byte, as [`status_and_body`].
+pub fn get_if_listening(to: SocketAddr, path: &str) -> (u16, String) {
+    let Ok(mut s) = TcpStream::connect(to) else {
+        return (0, String::new());
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(10)));
+    let request = format!("GET {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n");
+    if s.write_all(request.as_bytes()).is_err() {
+        return (0, String::new());
+    }
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    status_and_body(&out)
+}
+
+/// One `GET /` on a kept-alive connection, read to the end of its `content-length` body:
+/// `(status, whether the answer says connection: close, body)`; `None` when the connection
+/// closed first or the answer did not parse.
+pub fn keep_alive_get(s: &mut TcpStream) -> Option<(u16, bool, String)> {
+    s.write_all(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n").ok()?;
+    let mut buf = Vec::new();
+    let mut byte = [0u8; 1];
+    while !buf.ends_with(b"\r\n\r\n") {
+        if s.read(&mut byte).ok()? == 0 {
+            return None;
+        }
+        buf.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&buf).to_ascii_lowercase();
+    let status = head.split_whitespace().nth(1)?.parse().ok()?;
+    let length: usize = head
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length:"))?
+        .trim()
+        .parse()
+        .ok()?;
+    let mut body = vec![0; length];
+    s.read_exact(&mut body).ok()?;
+    let close = head.lines().any(|l| l.trim() == "connection: close");
+    Some((status, close, String::from_utf8_lossy(&body).into_owned()))
+}
+
+/// `(status, body)` of a whole HTTP/1.1 response as read: status 0 when its status line does
+/// not parse, the body empty when its head is not complete.
+pub fn status_and_body(response: &str) -> (u16, String) {
+    let status = response
         .split_whitespace()
         .nth(1)
         .and_then(|s| s.parse().ok())
         .unwrap_or(0);
-    let body = out
+    let body = response
         .split_once("\r\n\r\n")
         .map(|(_, b)| b.to_owned())
         .unwrap_or_default();

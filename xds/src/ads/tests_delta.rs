@@ -19,6 +19,14 @@ fn ads() -> Ads {
     Ads::with_mode(XdsMode::Delta, node(), bootstrap())
 }
 
+/// A delta client connected, its first requests (wildcard clusters and listeners) sent.
+fn connected() -> Ads {
+    let mut a = ads();
+    a.handle_input(Input::Connected);
+    drain(&mut a);
+    a
+}
+
 fn sent(outputs: &[Output]) -> Vec<&DeltaDiscoveryRequest> {
     assert!(
         !outputs.iter().any(|o| matches!(o, Output::Send(..))),
@@ -51,6 +59,57 @@ fn response(
     })
 }
 
+/// A delta response of `kind` that adds or updates `resources` and removes nothing.
+fn push(kind: ResourceType, system_version: &str, nonce: &str, resources: Vec<Resource>) -> Input {
+    response(kind, system_version, nonce, resources, &[])
+}
+
+/// EDS cluster `name` at `version`.
+fn eds_cluster_at(name: &str, version: &str) -> Resource {
+    resource(name, version, any(&eds_cluster(name)))
+}
+
+/// Static cluster `name` at `version`: one host, 127.0.0.1:`port`.
+fn static_cluster_at(name: &str, version: &str, port: u32) -> Resource {
+    resource(
+        name,
+        version,
+        any(&static_cluster(name, &[("127.0.0.1", port, 0)])),
+    )
+}
+
+/// `cluster`'s assignment at `version`: one endpoint, 127.0.0.1:`port`.
+fn endpoints_at(cluster: &str, version: &str, port: u32) -> Resource {
+    resource(
+        cluster,
+        version,
+        any(&assignment(cluster, &[("127.0.0.1", port, 0)])),
+    )
+}
+
+/// HTTP listener `name` at `version` on 127.0.0.1:`port`, its routes from RDS `routes`.
+fn http_listener_at(name: &str, version: &str, port: u32, routes: &str) -> Resource {
+    resource(
+        name,
+        version,
+        any(&http_listener(name, "127.0.0.1", port, routes)),
+    )
+}
+
+/// TCP proxy listener `name` at `version` on 127.0.0.1:`port` to `cluster`.
+fn tcp_listener_at(name: &str, version: &str, port: u32, cluster: &str) -> Resource {
+    resource(
+        name,
+        version,
+        any(&tcp_listener(name, "127.0.0.1", port, cluster)),
+    )
+}
+
+/// Route configuration `name` at `version`: everything to `cluster`.
+fn routes_at(name: &str, version: &str, cluster: &str) -> Resource {
+    resource(name, version, any(&route_config(name, cluster)))
+}
+
 /// (type, nonce, subscribe, unsubscribe, error?) of a request.
 type Summary<'a> = (
     ResourceType,
@@ -80,6 +139,22 @@ fn summaries(out: &[Output]) -> Vec<Summary<'_>> {
     sent(out).into_iter().map(summary).collect()
 }
 
+/// Reports the apply `out` asked for done: what the client does then.
+fn applied(a: &mut Ads, out: &[Output]) -> Vec<Output> {
+    a.handle_input(Input::Applied(apply_id(out).expect("apply")));
+    drain(a)
+}
+
+/// The [`Summary`] of an ACK of response `nonce` of `kind`.
+fn ack(kind: ResourceType, nonce: &str) -> Summary<'_> {
+    (kind, nonce, vec![], vec![], None)
+}
+
+/// The [`Summary`] of a request that subscribes to `names` of `kind` and answers no response.
+fn subscribing<'a>(kind: ResourceType, names: &[&'a str]) -> Summary<'a> {
+    (kind, "", names.to_vec(), vec![], None)
+}
+
 fn versions(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
     pairs
         .iter()
@@ -91,56 +166,23 @@ fn versions(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
 /// at e1, listener `in` on 127.0.0.1:9000 at l1 with routes `routes` at r1) applied and
 /// ACKed; each response's system version is "1".
 fn serving() -> Ads {
-    let mut a = ads();
-    a.handle_input(Input::Connected);
-    drain(&mut a);
-    a.handle_input(response(
-        Cds,
-        "1",
-        "n1",
-        vec![resource("web", "c1", any(&eds_cluster("web")))],
-        &[],
-    ));
-    a.handle_input(response(
+    let mut a = connected();
+    a.handle_input(push(Cds, "1", "n1", vec![eds_cluster_at("web", "c1")]));
+    a.handle_input(push(
         Lds,
         "1",
         "n2",
-        vec![resource(
-            "in",
-            "l1",
-            any(&http_listener("in", "127.0.0.1", 9000, "routes")),
-        )],
-        &[],
+        vec![http_listener_at("in", "l1", 9000, "routes")],
     ));
-    a.handle_input(response(
-        Eds,
-        "1",
-        "n3",
-        vec![resource(
-            "web",
-            "e1",
-            any(&assignment("web", &[("127.0.0.1", 8001, 0)])),
-        )],
-        &[],
-    ));
-    a.handle_input(response(
-        Rds,
-        "1",
-        "n4",
-        vec![resource(
-            "routes",
-            "r1",
-            any(&route_config("routes", "web")),
-        )],
-        &[],
-    ));
+    a.handle_input(push(Eds, "1", "n3", vec![endpoints_at("web", "e1", 8001)]));
+    a.handle_input(push(Rds, "1", "n4", vec![routes_at("routes", "r1", "web")]));
     let out = settle(&mut a);
     assert!(apply_id(&out).is_some(), "complete");
     a
 }
 
 fn api_cluster() -> Resource {
-    resource("api", "c2", any(&eds_cluster("api")))
+    eds_cluster_at("api", "c2")
 }
 
 #[test]
@@ -151,10 +193,7 @@ fn delta_first_requests_subscribe_to_every_cluster_and_listener_with_the_node() 
     let reqs = sent(&out);
     assert_eq!(
         reqs.iter().map(|r| summary(r)).collect::<Vec<_>>(),
-        [
-            (Cds, "", vec!["*"], vec![], None),
-            (Lds, "", vec!["*"], vec![], None)
-        ]
+        [subscribing(Cds, &["*"]), subscribing(Lds, &["*"])]
     );
     assert_eq!(
         reqs[0].node.as_ref().map(|n| n.id.as_str()),
@@ -166,57 +205,28 @@ fn delta_first_requests_subscribe_to_every_cluster_and_listener_with_the_node() 
 
 #[test]
 fn delta_a_config_is_applied_when_warm_and_acked_by_nonce_after_the_switch() {
-    let mut a = ads();
-    a.handle_input(Input::Connected);
-    drain(&mut a);
-    a.handle_input(response(
-        Cds,
-        "1",
-        "n1",
-        vec![resource("web", "c1", any(&eds_cluster("web")))],
-        &[],
-    ));
+    let mut a = connected();
+    a.handle_input(push(Cds, "1", "n1", vec![eds_cluster_at("web", "c1")]));
     let out = drain(&mut a);
     // The EDS cluster subscribes to its endpoints, in a request without a nonce, and warms;
     // the response is ACKed (the cluster is added, warming).
     assert_eq!(
         summaries(&out),
-        [
-            (Eds, "", vec!["web"], vec![], None),
-            (Cds, "n1", vec![], vec![], None)
-        ]
+        [subscribing(Eds, &["web"]), ack(Cds, "n1")]
     );
     assert!(out.iter().any(|o| matches!(o, Output::ArmWarmingTimer(_))));
-    a.handle_input(response(
+    a.handle_input(push(
         Lds,
         "1",
         "n2",
-        vec![resource(
-            "in",
-            "l1",
-            any(&http_listener("in", "127.0.0.1", 9000, "routes")),
-        )],
-        &[],
+        vec![http_listener_at("in", "l1", 9000, "routes")],
     ));
     let out = drain(&mut a);
     assert_eq!(
         summaries(&out),
-        [
-            (Rds, "", vec!["routes"], vec![], None),
-            (Lds, "n2", vec![], vec![], None)
-        ]
+        [subscribing(Rds, &["routes"]), ack(Lds, "n2")]
     );
-    a.handle_input(response(
-        Eds,
-        "1",
-        "n3",
-        vec![resource(
-            "web",
-            "e1",
-            any(&assignment("web", &[("127.0.0.1", 8001, 0)])),
-        )],
-        &[],
-    ));
+    a.handle_input(push(Eds, "1", "n3", vec![endpoints_at("web", "e1", 8001)]));
     // The cluster applies alone; the listener waits for its routes.
     let out = drain(&mut a);
     assert!(sent(&out).is_empty(), "no ACK before the workers switched");
@@ -224,30 +234,15 @@ fn delta_a_config_is_applied_when_warm_and_acked_by_nonce_after_the_switch() {
         applied_config(&out).listeners.is_empty(),
         "the listener waits"
     );
-    a.handle_input(Input::Applied(apply_id(&out).expect("apply")));
-    assert_eq!(
-        summaries(&drain(&mut a)),
-        [(Eds, "n3", vec![], vec![], None)]
-    );
-    a.handle_input(response(
-        Rds,
-        "7",
-        "n4",
-        vec![resource(
-            "routes",
-            "r1",
-            any(&route_config("routes", "web")),
-        )],
-        &[],
-    ));
+    assert_eq!(summaries(&applied(&mut a, &out)), [ack(Eds, "n3")]);
+    a.handle_input(push(Rds, "7", "n4", vec![routes_at("routes", "r1", "web")]));
     let out = drain(&mut a);
     assert!(sent(&out).is_empty(), "no ACK before the workers switched");
     let config = applied_config(&out);
     assert_eq!(config.listeners[0].name, "in");
     assert_eq!(dynamic_clusters(config)[0].hosts.len(), 1);
-    a.handle_input(Input::Applied(apply_id(&out).expect("apply")));
-    let out = drain(&mut a);
-    assert_eq!(summaries(&out), [(Rds, "n4", vec![], vec![], None)]);
+    let out = applied(&mut a, &out);
+    assert_eq!(summaries(&out), [ack(Rds, "n4")]);
     assert_eq!(a.accepted_version(Rds), "7", "the system version");
     assert_eq!(a.resource_versions(Cds), &versions(&[("web", "c1")]));
     assert_eq!(a.resource_versions(Eds), &versions(&[("web", "e1")]));
@@ -259,26 +254,13 @@ fn delta_a_config_is_applied_when_warm_and_acked_by_nonce_after_the_switch() {
 fn delta_responses_add_and_remove_resources_and_subscriptions_follow() {
     let mut a = serving();
     // Only the new cluster comes: `web` stays (a delta response is not the full set).
-    a.handle_input(response(Cds, "2", "n5", vec![api_cluster()], &[]));
+    a.handle_input(push(Cds, "2", "n5", vec![api_cluster()]));
     let out = drain(&mut a);
     assert_eq!(
         summaries(&out),
-        [
-            (Eds, "", vec!["api"], vec![], None),
-            (Cds, "n5", vec![], vec![], None)
-        ]
+        [subscribing(Eds, &["api"]), ack(Cds, "n5")]
     );
-    a.handle_input(response(
-        Eds,
-        "2",
-        "n6",
-        vec![resource(
-            "api",
-            "e2",
-            any(&assignment("api", &[("127.0.0.1", 8100, 0)])),
-        )],
-        &[],
-    ));
+    a.handle_input(push(Eds, "2", "n6", vec![endpoints_at("api", "e2", 8100)]));
     let out = drain(&mut a);
     let names: Vec<&str> = applied_config(&out)
         .clusters
@@ -286,8 +268,7 @@ fn delta_responses_add_and_remove_resources_and_subscriptions_follow() {
         .map(|c| c.name.as_str())
         .collect();
     assert_eq!(names, ["xds_server", "api", "web"]);
-    a.handle_input(Input::Applied(apply_id(&out).expect("apply")));
-    drain(&mut a);
+    applied(&mut a, &out);
     assert_eq!(
         a.resource_versions(Cds),
         &versions(&[("api", "c2"), ("web", "c1")])
@@ -303,9 +284,8 @@ fn delta_responses_add_and_remove_resources_and_subscriptions_follow() {
         .collect();
     assert_eq!(names, ["xds_server", "web"]);
     assert_eq!(summaries(&out), [(Eds, "", vec![], vec!["api"], None)]);
-    a.handle_input(Input::Applied(apply_id(&out).expect("apply")));
-    let out = drain(&mut a);
-    assert_eq!(summaries(&out), [(Cds, "n7", vec![], vec![], None)]);
+    let out = applied(&mut a, &out);
+    assert_eq!(summaries(&out), [ack(Cds, "n7")]);
     assert!(!a.applied().clusters.contains_key("api"));
     assert!(!a.applied().endpoints.contains_key("api"));
     assert_eq!(a.resource_versions(Cds), &versions(&[("web", "c1")]));
@@ -338,16 +318,11 @@ fn delta_removing_a_cluster_a_route_still_uses_is_nacked_naming_it() {
 #[test]
 fn delta_a_nack_keeps_the_serving_config_and_the_next_good_update_applies() {
     let mut a = serving();
-    a.handle_input(response(
+    a.handle_input(push(
         Lds,
         "2",
         "n5",
-        vec![resource(
-            "in",
-            "l2",
-            any(&http_listener("in", "127.0.0.1", 99999, "routes")),
-        )],
-        &[],
+        vec![http_listener_at("in", "l2", 99999, "routes")],
     ));
     let out = drain(&mut a);
     assert!(apply_id(&out).is_none());
@@ -366,24 +341,15 @@ fn delta_a_nack_keeps_the_serving_config_and_the_next_good_update_applies() {
     );
     assert_eq!(a.resource_versions(Lds), &versions(&[("in", "l1")]));
 
-    a.handle_input(response(
+    a.handle_input(push(
         Lds,
         "3",
         "n6",
-        vec![resource(
-            "in",
-            "l3",
-            any(&http_listener("in", "127.0.0.1", 9001, "routes")),
-        )],
-        &[],
+        vec![http_listener_at("in", "l3", 9001, "routes")],
     ));
     let out = drain(&mut a);
     assert_eq!(applied_config(&out).listeners[0].address.port(), 9001);
-    a.handle_input(Input::Applied(apply_id(&out).expect("apply")));
-    assert_eq!(
-        summaries(&drain(&mut a)),
-        [(Lds, "n6", vec![], vec![], None)]
-    );
+    assert_eq!(summaries(&applied(&mut a, &out)), [ack(Lds, "n6")]);
     assert_eq!(a.resource_versions(Lds), &versions(&[("in", "l3")]));
 }
 
@@ -398,10 +364,10 @@ fn delta_a_reconnect_resubscribes_with_initial_resource_versions() {
     assert_eq!(
         reqs.iter().map(|r| summary(r)).collect::<Vec<_>>(),
         [
-            (Cds, "", vec!["*"], vec![], None),
-            (Eds, "", vec!["web"], vec![], None),
-            (Lds, "", vec!["*"], vec![], None),
-            (Rds, "", vec!["routes"], vec![], None),
+            subscribing(Cds, &["*"]),
+            subscribing(Eds, &["web"]),
+            subscribing(Lds, &["*"]),
+            subscribing(Rds, &["routes"]),
         ]
     );
     let initial: Vec<HashMap<String, String>> = reqs
@@ -420,17 +386,7 @@ fn delta_a_reconnect_resubscribes_with_initial_resource_versions() {
     );
     assert!(reqs[0].node.is_some());
     // The server sends only what changed: an EDS update applies.
-    a.handle_input(response(
-        Eds,
-        "2",
-        "m1",
-        vec![resource(
-            "web",
-            "e2",
-            any(&assignment("web", &[("127.0.0.1", 8009, 0)])),
-        )],
-        &[],
-    ));
+    a.handle_input(push(Eds, "2", "m1", vec![endpoints_at("web", "e2", 8009)]));
     let out = drain(&mut a);
     assert_eq!(
         dynamic_clusters(applied_config(&out))[0].hosts[0]
@@ -438,26 +394,12 @@ fn delta_a_reconnect_resubscribes_with_initial_resource_versions() {
             .port(),
         8009
     );
-    a.handle_input(Input::Applied(apply_id(&out).expect("apply")));
-    assert_eq!(
-        summaries(&drain(&mut a)),
-        [(Eds, "m1", vec![], vec![], None)]
-    );
+    assert_eq!(summaries(&applied(&mut a, &out)), [ack(Eds, "m1")]);
     // The same resource again changes nothing: ACKed without an apply.
-    a.handle_input(response(
-        Eds,
-        "2",
-        "m2",
-        vec![resource(
-            "web",
-            "e2",
-            any(&assignment("web", &[("127.0.0.1", 8009, 0)])),
-        )],
-        &[],
-    ));
+    a.handle_input(push(Eds, "2", "m2", vec![endpoints_at("web", "e2", 8009)]));
     let out = drain(&mut a);
     assert!(apply_id(&out).is_none());
-    assert_eq!(summaries(&out), [(Eds, "m2", vec![], vec![], None)]);
+    assert_eq!(summaries(&out), [ack(Eds, "m2")]);
 }
 
 /// Delta: a cluster whose assignment never comes is ACKed when added, serves with no
@@ -466,59 +408,36 @@ fn delta_a_reconnect_resubscribes_with_initial_resource_versions() {
 #[test]
 fn delta_warming_waits_for_endpoints_bounded_by_the_initial_fetch_timeout() {
     let mut a = serving();
-    a.handle_input(response(Cds, "2", "n5", vec![api_cluster()], &[]));
+    a.handle_input(push(Cds, "2", "n5", vec![api_cluster()]));
     let out = drain(&mut a);
     let timer = timer_of(&out);
     assert!(apply_id(&out).is_none());
     assert_eq!(
         summaries(&out),
-        [
-            (Eds, "", vec!["api"], vec![], None),
-            (Cds, "n5", vec![], vec![], None)
-        ]
+        [subscribing(Eds, &["api"]), ack(Cds, "n5")]
     );
     // An unrelated listener goes ahead.
-    a.handle_input(response(
+    a.handle_input(push(
         Lds,
         "2",
         "n6",
-        vec![resource(
-            "tcp",
-            "l2",
-            any(&tcp_listener("tcp", "127.0.0.1", 9100, "web")),
-        )],
-        &[],
+        vec![tcp_listener_at("tcp", "l2", 9100, "web")],
     ));
     let out = drain(&mut a);
     assert_eq!(applied_config(&out).listeners.len(), 2);
-    a.handle_input(Input::Applied(apply_id(&out).expect("apply")));
-    assert_eq!(
-        summaries(&drain(&mut a)),
-        [(Lds, "n6", vec![], vec![], None)]
-    );
+    assert_eq!(summaries(&applied(&mut a, &out)), [ack(Lds, "n6")]);
     // A route to the warming cluster waits: ACKed, not applied.
-    a.handle_input(response(
-        Rds,
-        "2",
-        "n7",
-        vec![resource(
-            "routes",
-            "r2",
-            any(&route_config("routes", "api")),
-        )],
-        &[],
-    ));
+    a.handle_input(push(Rds, "2", "n7", vec![routes_at("routes", "r2", "api")]));
     let out = drain(&mut a);
     assert!(apply_id(&out).is_none(), "{out:?}");
-    assert_eq!(summaries(&out), [(Rds, "n7", vec![], vec![], None)]);
+    assert_eq!(summaries(&out), [ack(Rds, "n7")]);
     assert_eq!(a.applied().routes["routes"], route_config("routes", "web"));
     // The timeout: `api` serves with no endpoints, and the route to it applies with it.
     a.handle_input(Input::WarmingTimeout(timer));
     let out = drain(&mut a);
     assert!(sent(&out).is_empty(), "nothing refused: {out:?}");
     assert_eq!(ports(applied_config(&out), "api"), Vec::<u16>::new());
-    a.handle_input(Input::Applied(apply_id(&out).expect("apply")));
-    assert!(drain(&mut a).is_empty());
+    assert!(applied(&mut a, &out).is_empty());
     assert_eq!(a.applied().routes["routes"], route_config("routes", "api"));
     assert_eq!(
         a.resource_versions(Cds),
@@ -526,24 +445,10 @@ fn delta_warming_waits_for_endpoints_bounded_by_the_initial_fetch_timeout() {
     );
     assert!(a.warming().is_empty());
     // The assignment, late, applies.
-    a.handle_input(response(
-        Eds,
-        "3",
-        "n8",
-        vec![resource(
-            "api",
-            "e3",
-            any(&assignment("api", &[("127.0.0.1", 8100, 0)])),
-        )],
-        &[],
-    ));
+    a.handle_input(push(Eds, "3", "n8", vec![endpoints_at("api", "e3", 8100)]));
     let out = drain(&mut a);
     assert_eq!(ports(applied_config(&out), "api"), [8100]);
-    a.handle_input(Input::Applied(apply_id(&out).expect("apply")));
-    assert_eq!(
-        summaries(&drain(&mut a)),
-        [(Eds, "n8", vec![], vec![], None)]
-    );
+    assert_eq!(summaries(&applied(&mut a, &out)), [ack(Eds, "n8")]);
 }
 
 /// Delta: an assignment the server removes leaves its cluster waiting for another, as a new
@@ -555,7 +460,7 @@ fn delta_an_assignment_removed_by_the_server_makes_its_cluster_wait_then_serve_n
     let out = drain(&mut a);
     let timer = timer_of(&out);
     assert!(apply_id(&out).is_none());
-    assert_eq!(summaries(&out), [(Eds, "n5", vec![], vec![], None)]);
+    assert_eq!(summaries(&out), [ack(Eds, "n5")]);
     assert_eq!(
         a.applied().endpoints["web"],
         assignment("web", &[("127.0.0.1", 8001, 0)])
@@ -585,20 +490,17 @@ fn delta_malformed_responses_are_nacked_at_once() {
             "resources[0] (\"web\"): no resource (TTL heartbeats are not supported)",
         ),
         (
-            vec![resource("web", "c2", any(&eds_cluster("web")))],
+            vec![eds_cluster_at("web", "c2")],
             &["web"],
             "removed_resources[0]: \"web\" is also in resources",
         ),
         (
-            vec![
-                resource("web", "c2", any(&eds_cluster("web"))),
-                resource("web", "c3", any(&eds_cluster("web"))),
-            ],
+            vec![eds_cluster_at("web", "c2"), eds_cluster_at("web", "c3")],
             &[],
             "resources[1]: \"web\" is listed twice",
         ),
         (
-            vec![resource("in", "c2", any(&route_config("in", "web")))],
+            vec![routes_at("in", "c2", "web")],
             &[],
             "resources[0]: expected ",
         ),
@@ -620,17 +522,7 @@ fn delta_malformed_responses_are_nacked_at_once() {
 #[test]
 fn delta_a_failed_apply_is_nacked() {
     let mut a = serving();
-    a.handle_input(response(
-        Eds,
-        "2",
-        "n5",
-        vec![resource(
-            "web",
-            "e2",
-            any(&assignment("web", &[("127.0.0.1", 8002, 0)])),
-        )],
-        &[],
-    ));
+    a.handle_input(push(Eds, "2", "n5", vec![endpoints_at("web", "e2", 8002)]));
     let id = apply_id(&drain(&mut a)).expect("apply");
     a.handle_input(Input::ApplyFailed(id, "bind: address in use".into()));
     assert_eq!(
@@ -671,34 +563,12 @@ fn initial_versions(out: &[Output], kind: ResourceType) -> BTreeMap<String, Stri
 fn delta_a_good_update_nacked_with_a_bad_one_is_applied_after_the_resync() {
     let mut a = serving();
     // An apply in flight (an endpoint change); meanwhile an EDS and an LDS update arrive.
-    a.handle_input(response(
-        Eds,
-        "2",
-        "n5",
-        vec![resource(
-            "web",
-            "e1b",
-            any(&assignment("web", &[("127.0.0.1", 8003, 0)])),
-        )],
-        &[],
-    ));
+    a.handle_input(push(Eds, "2", "n5", vec![endpoints_at("web", "e1b", 8003)]));
     let first = apply_id(&drain(&mut a));
-    let eds_e2 = || {
-        vec![resource(
-            "web",
-            "e2",
-            any(&assignment("web", &[("127.0.0.1", 8002, 0)])),
-        )]
-    };
-    let in2 = || {
-        vec![resource(
-            "in2",
-            "l9",
-            any(&tcp_listener("in2", "127.0.0.1", 9002, "web")),
-        )]
-    };
-    a.handle_input(response(Eds, "2", "n6", eds_e2(), &[]));
-    a.handle_input(response(Lds, "2", "n7", in2(), &[]));
+    let eds_e2 = || vec![endpoints_at("web", "e2", 8002)];
+    let in2 = || vec![tcp_listener_at("in2", "l9", 9002, "web")];
+    a.handle_input(push(Eds, "2", "n6", eds_e2()));
+    a.handle_input(push(Lds, "2", "n7", in2()));
     a.handle_input(Input::Applied(first.expect("apply")));
     let out = drain(&mut a);
     assert_eq!(
@@ -729,7 +599,7 @@ fn delta_a_good_update_nacked_with_a_bad_one_is_applied_after_the_resync() {
     assert_eq!(initial_versions(&out, Eds), versions(&[("web", "e1b")]));
     assert_eq!(initial_versions(&out, Lds), versions(&[("in", "l1")]));
     // So the server (which diffs against those) sends the EDS update again: it applies.
-    a.handle_input(response(Eds, "2", "m1", eds_e2(), &[]));
+    a.handle_input(push(Eds, "2", "m1", eds_e2()));
     let out = drain(&mut a);
     assert_eq!(
         dynamic_clusters(applied_config(&out))[0].hosts[0]
@@ -737,23 +607,14 @@ fn delta_a_good_update_nacked_with_a_bad_one_is_applied_after_the_resync() {
             .port(),
         8002
     );
-    a.handle_input(Input::Applied(apply_id(&out).expect("apply")));
-    assert_eq!(
-        summaries(&drain(&mut a)),
-        [(Eds, "m1", vec![], vec![], None)]
-    );
+    assert_eq!(summaries(&applied(&mut a, &out)), [ack(Eds, "m1")]);
     assert_eq!(a.resource_versions(Eds), &versions(&[("web", "e2")]));
     // The bad listener, sent again, is NACKed again: one more resync, on this stream.
-    a.handle_input(response(
+    a.handle_input(push(
         Lds,
         "2",
         "m2",
-        vec![resource(
-            "in",
-            "l2",
-            any(&http_listener("in", "127.0.0.1", 99999, "routes")),
-        )],
-        &[],
+        vec![http_listener_at("in", "l2", 99999, "routes")],
     ));
     let out = drain(&mut a);
     assert_eq!(summaries(&out)[0].1, "m2");
@@ -765,14 +626,8 @@ fn delta_a_good_update_nacked_with_a_bad_one_is_applied_after_the_resync() {
 #[test]
 fn delta_a_failed_apply_resyncs_and_the_listener_comes_back() {
     let mut a = serving();
-    let in2 = || {
-        vec![resource(
-            "in2",
-            "l9",
-            any(&tcp_listener("in2", "127.0.0.1", 9002, "web")),
-        )]
-    };
-    a.handle_input(response(Lds, "2", "n5", in2(), &[]));
+    let in2 = || vec![tcp_listener_at("in2", "l9", 9002, "web")];
+    a.handle_input(push(Lds, "2", "n5", in2()));
     let id = apply_id(&drain(&mut a)).expect("apply");
     a.handle_input(Input::ApplyFailed(id, "bind: address in use".into()));
     let out = drain(&mut a);
@@ -784,14 +639,10 @@ fn delta_a_failed_apply_resyncs_and_the_listener_comes_back() {
     let out = drain(&mut a);
     assert_eq!(initial_versions(&out, Lds), versions(&[("in", "l1")]));
     assert_eq!(resyncs(&out), 0);
-    a.handle_input(response(Lds, "2", "m1", in2(), &[]));
+    a.handle_input(push(Lds, "2", "m1", in2()));
     let out = drain(&mut a);
     assert_eq!(applied_config(&out).listeners.len(), 2);
-    a.handle_input(Input::Applied(apply_id(&out).expect("apply")));
-    assert_eq!(
-        summaries(&drain(&mut a)),
-        [(Lds, "m1", vec![], vec![], None)]
-    );
+    assert_eq!(summaries(&applied(&mut a, &out)), [ack(Lds, "m1")]);
     assert_eq!(
         a.resource_versions(Lds),
         &versions(&[("in", "l1"), ("in2", "l9")])
@@ -803,20 +654,8 @@ fn delta_a_failed_apply_resyncs_and_the_listener_comes_back() {
 /// subscription (then the answer carries it).
 #[test]
 fn delta_an_unsolicited_response_does_not_subscribe_to_everything() {
-    let mut a = ads();
-    a.handle_input(Input::Connected);
-    drain(&mut a);
-    a.handle_input(response(
-        Rds,
-        "1",
-        "u1",
-        vec![resource(
-            "routes",
-            "r1",
-            any(&route_config("routes", "web")),
-        )],
-        &[],
-    ));
+    let mut a = connected();
+    a.handle_input(push(Rds, "1", "u1", vec![routes_at("routes", "r1", "web")]));
     let out = drain(&mut a);
     assert!(
         sent(&out).iter().all(|r| r.type_url != Rds.type_url()),
@@ -839,19 +678,14 @@ fn delta_an_unsolicited_response_does_not_subscribe_to_everything() {
     assert!(sent(&out).is_empty(), "{out:?}");
     assert_eq!(resyncs(&out), 0);
     // Once a listener names "routes", the first RDS request subscribes to it.
-    a.handle_input(response(
+    a.handle_input(push(
         Lds,
         "1",
         "n1",
-        vec![resource(
-            "in",
-            "l1",
-            any(&http_listener("in", "127.0.0.1", 9000, "routes")),
-        )],
-        &[],
+        vec![http_listener_at("in", "l1", 9000, "routes")],
     ));
     let out = drain(&mut a);
-    assert!(summaries(&out).contains(&(Rds, "", vec!["routes"], vec![], None)));
+    assert!(summaries(&out).contains(&subscribing(Rds, &["routes"])));
 }
 
 /// Each request says what it is; an EDS subscription change after an EDS NACK repeats no
@@ -859,7 +693,7 @@ fn delta_an_unsolicited_response_does_not_subscribe_to_everything() {
 #[test]
 fn delta_requests_say_whether_they_ack_nack_or_subscribe() {
     let mut a = serving();
-    a.handle_input(response(Cds, "2", "n5", vec![api_cluster()], &[]));
+    a.handle_input(push(Cds, "2", "n5", vec![api_cluster()]));
     let out = drain(&mut a);
     let whats: Vec<_> = out
         .iter()
@@ -878,57 +712,28 @@ fn delta_requests_say_whether_they_ack_nack_or_subscribe() {
 #[test]
 fn delta_responses_during_an_apply_are_folded_per_type() {
     let mut a = serving();
-    a.handle_input(response(
-        Eds,
-        "2",
-        "n5",
-        vec![resource(
-            "web",
-            "e2",
-            any(&assignment("web", &[("127.0.0.1", 8002, 0)])),
-        )],
-        &[],
-    ));
+    a.handle_input(push(Eds, "2", "n5", vec![endpoints_at("web", "e2", 8002)]));
     let first = apply_id(&drain(&mut a)).expect("apply");
-    let tcp = |name: &str, version: &str, port: u32| {
-        vec![resource(
-            name,
-            version,
-            any(&tcp_listener(name, "127.0.0.1", port, "web")),
-        )]
-    };
-    a.handle_input(response(Lds, "2", "n6", tcp("in2", "l2", 9002), &[]));
+    let tcp =
+        |name: &str, version: &str, port: u32| vec![tcp_listener_at(name, version, port, "web")];
+    a.handle_input(push(Lds, "2", "n6", tcp("in2", "l2", 9002)));
     a.handle_input(response(Lds, "3", "n7", vec![], &["in2"]));
-    a.handle_input(response(Lds, "4", "n8", tcp("in3", "l3", 9003), &[]));
-    a.handle_input(response(Lds, "5", "n9", tcp("in3", "l4", 9004), &[]));
-    a.handle_input(response(
-        Eds,
-        "3",
-        "n10",
-        vec![resource(
-            "web",
-            "e3",
-            any(&assignment("web", &[("127.0.0.1", 8003, 0)])),
-        )],
-        &[],
-    ));
+    a.handle_input(push(Lds, "4", "n8", tcp("in3", "l3", 9003)));
+    a.handle_input(push(Lds, "5", "n9", tcp("in3", "l4", 9004)));
+    a.handle_input(push(Eds, "3", "n10", vec![endpoints_at("web", "e3", 8003)]));
     assert_eq!(a.pending.len(), 2);
     assert!(sent(&drain(&mut a)).is_empty());
     a.handle_input(Input::Applied(first));
     let out = drain(&mut a);
-    assert_eq!(summaries(&out), [(Eds, "n5", vec![], vec![], None)]);
+    assert_eq!(summaries(&out), [ack(Eds, "n5")]);
     let config = applied_config(&out);
     let mut ports: Vec<u16> = config.listeners.iter().map(|l| l.address.port()).collect();
     ports.sort_unstable();
     assert_eq!(ports, [9000, 9004]);
     assert_eq!(dynamic_clusters(config)[0].hosts[0].address.port(), 8003);
-    a.handle_input(Input::Applied(apply_id(&out).expect("apply")));
     assert_eq!(
-        summaries(&drain(&mut a)),
-        [
-            (Eds, "n10", vec![], vec![], None),
-            (Lds, "n9", vec![], vec![], None)
-        ]
+        summaries(&applied(&mut a, &out)),
+        [ack(Eds, "n10"), ack(Lds, "n9")]
     );
     assert_eq!(
         a.resource_versions(Lds),
@@ -940,39 +745,13 @@ fn delta_responses_during_an_apply_are_folded_per_type() {
 #[test]
 fn delta_a_listener_naming_an_sds_certificate_subscribes_to_it_and_warms_until_it_arrives() {
     use ResourceType::Secret as Sds;
-    let (_, chain, key) = crate::translate::tests_tls::pki(&["in.example.com"]);
     let mut a = serving();
-    let mut l = tcp_listener("tls", "127.0.0.1", 9443, "web");
-    l.filter_chains[0].transport_socket = Some(tls_socket(&downstream_tls_sds("server-cert")));
-    a.handle_input(response(
-        Lds,
-        "2",
-        "n5",
-        vec![
-            resource(
-                "in",
-                "l1",
-                any(&http_listener("in", "127.0.0.1", 9000, "routes")),
-            ),
-            resource("tls", "l2", any(&l)),
-        ],
-        &[],
-    ));
+    a.handle_input(tls_listener_push());
     let out = drain(&mut a);
     assert_eq!(apply_id(&out), None, "warming: {out:?}");
     let subs: Vec<_> = summaries(&out).into_iter().filter(|s| s.0 == Sds).collect();
-    assert_eq!(subs, [(Sds, "", vec!["server-cert"], vec![], None)]);
-    a.handle_input(response(
-        Sds,
-        "1",
-        "n6",
-        vec![resource(
-            "server-cert",
-            "s1",
-            any(&certificate_secret("server-cert", &chain, &key)),
-        )],
-        &[],
-    ));
+    assert_eq!(subs, [subscribing(Sds, &["server-cert"])]);
+    a.handle_input(server_cert_push());
     let out = drain(&mut a);
     let config = applied_config(&out);
     let tls = config.listeners[1].tls.as_deref().expect("tls");
@@ -980,49 +759,47 @@ fn delta_a_listener_naming_an_sds_certificate_subscribes_to_it_and_warms_until_i
     a.handle_input(Input::Applied(apply_id(&out).unwrap()));
     let out = drain(&mut a);
     let acks = summaries(&out);
-    assert!(
-        acks.contains(&(Sds, "n6", vec![], vec![], None)),
-        "{acks:?}"
-    );
+    assert!(acks.contains(&ack(Sds, "n6")), "{acks:?}");
     assert_eq!(
         a.resource_versions(Sds),
         &versions(&[("server-cert", "s1")])
     );
 }
 
-/// [`serving`] plus listener `tls` (l2) using SDS secret `server-cert` (s1), applied and ACKed.
-fn serving_with_secret() -> Ads {
-    use ResourceType::Secret as Sds;
-    let (_, chain, key) = crate::translate::tests_tls::pki(&["in.example.com"]);
-    let mut a = serving();
-    let mut l = tcp_listener("tls", "127.0.0.1", 9443, "web");
-    l.filter_chains[0].transport_socket = Some(tls_socket(&downstream_tls_sds("server-cert")));
-    a.handle_input(response(
+/// The LDS update of the SDS tests, as response `n5`: `in` (l1, as [`serving`] has it) and
+/// `tls` (l2) on 127.0.0.1:9443, its certificate from SDS secret `server-cert`.
+fn tls_listener_push() -> Input {
+    let mut tls = tcp_listener("tls", "127.0.0.1", 9443, "web");
+    tls.filter_chains[0].transport_socket = Some(tls_socket(&downstream_tls_sds("server-cert")));
+    push(
         Lds,
         "2",
         "n5",
         vec![
-            resource(
-                "in",
-                "l1",
-                any(&http_listener("in", "127.0.0.1", 9000, "routes")),
-            ),
-            resource("tls", "l2", any(&l)),
+            http_listener_at("in", "l1", 9000, "routes"),
+            resource("tls", "l2", any(&tls)),
         ],
-        &[],
-    ));
-    drain(&mut a);
-    a.handle_input(response(
-        Sds,
+    )
+}
+
+/// SDS secret `server-cert` (s1, a certificate for in.example.com), as response `n6`.
+fn server_cert_push() -> Input {
+    let (_, chain, key) = crate::translate::tests_tls::pki(&["in.example.com"]);
+    let secret = certificate_secret("server-cert", &chain, &key);
+    push(
+        ResourceType::Secret,
         "1",
         "n6",
-        vec![resource(
-            "server-cert",
-            "s1",
-            any(&certificate_secret("server-cert", &chain, &key)),
-        )],
-        &[],
-    ));
+        vec![resource("server-cert", "s1", any(&secret))],
+    )
+}
+
+/// [`serving`] plus listener `tls` (l2) using SDS secret `server-cert` (s1), applied and ACKed.
+fn serving_with_secret() -> Ads {
+    let mut a = serving();
+    a.handle_input(tls_listener_push());
+    drain(&mut a);
+    a.handle_input(server_cert_push());
     let out = settle(&mut a);
     assert!(apply_id(&out).is_some(), "complete");
     a
@@ -1055,31 +832,17 @@ fn delta_removing_a_secret_still_in_use_is_nacked_at_once_and_holds_nothing_back
         &versions(&[("server-cert", "s1")])
     );
     // An endpoint update right after is applied and ACKed, not held back.
-    a.handle_input(response(
-        Eds,
-        "2",
-        "n8",
-        vec![resource(
-            "web",
-            "e2",
-            any(&assignment("web", &[("127.0.0.1", 8002, 0)])),
-        )],
-        &[],
-    ));
+    a.handle_input(push(Eds, "2", "n8", vec![endpoints_at("web", "e2", 8002)]));
     let out = drain(&mut a);
     let id = apply_id(&out).expect("applied at once");
     a.handle_input(Input::Applied(id));
     let out = drain(&mut a);
     let acks = summaries(&out);
-    assert!(
-        acks.contains(&(Eds, "n8", vec![], vec![], None)),
-        "{acks:?}"
-    );
+    assert!(acks.contains(&ack(Eds, "n8")), "{acks:?}");
     // Once the listener no longer uses it, the removal is accepted.
     a.handle_input(response(Lds, "3", "n9", vec![], &["tls"]));
     let out = drain(&mut a);
-    a.handle_input(Input::Applied(apply_id(&out).expect("applied")));
-    drain(&mut a);
+    applied(&mut a, &out);
     a.handle_input(response(Sds, "3", "n10", vec![], &["server-cert"]));
     let out = drain(&mut a);
     let reqs = summaries(&out);
@@ -1097,17 +860,7 @@ fn delta_removing_a_secret_still_in_use_is_nacked_at_once_and_holds_nothing_back
 fn delta_resources_not_subscribed_to_are_dropped_on_arrival() {
     let mut a = serving();
     // An apply in flight: web's endpoints change.
-    a.handle_input(response(
-        Eds,
-        "2",
-        "n5",
-        vec![resource(
-            "web",
-            "e2",
-            any(&assignment("web", &[("127.0.0.1", 8002, 0)])),
-        )],
-        &[],
-    ));
+    a.handle_input(push(Eds, "2", "n5", vec![endpoints_at("web", "e2", 8002)]));
     let id = apply_id(&drain(&mut a)).expect("an apply in flight");
     // Unsolicited: `api`'s endpoints (no cluster needs them yet), a removal of a name never
     // subscribed to, and route configurations nobody names.
@@ -1115,32 +868,23 @@ fn delta_resources_not_subscribed_to_are_dropped_on_arrival() {
         Eds,
         "3",
         "u1",
-        vec![resource(
-            "api",
-            "e9",
-            any(&assignment("api", &[("127.0.0.1", 8009, 0)])),
-        )],
+        vec![endpoints_at("api", "e9", 8009)],
         &["stranger"],
     ));
-    a.handle_input(response(
+    a.handle_input(push(
         Rds,
         "3",
         "u2",
-        vec![resource(
-            "other-routes",
-            "r9",
-            any(&route_config("other-routes", "web")),
-        )],
-        &[],
+        vec![routes_at("other-routes", "r9", "web")],
     ));
     assert_eq!(a.unsolicited(), 3);
     let pending: Vec<&str> = a.pending.iter().flat_map(|p| p.names()).collect();
     assert!(pending.is_empty(), "unsolicited names pending: {pending:?}");
     // Now a cluster `api` arrives: it needs the endpoints the server sent unasked.
-    a.handle_input(response(Cds, "3", "n6", vec![api_cluster()], &[]));
+    a.handle_input(push(Cds, "3", "n6", vec![api_cluster()]));
     let out = drain(&mut a);
     assert!(
-        summaries(&out).contains(&(Eds, "", vec!["api"], vec![], None)),
+        summaries(&out).contains(&subscribing(Eds, &["api"])),
         "{:?}",
         summaries(&out)
     );
@@ -1156,17 +900,7 @@ fn delta_resources_not_subscribed_to_are_dropped_on_arrival() {
     assert!(!a.resource_versions(Eds).contains_key("api"));
     assert_eq!(a.resource_versions(Eds), &versions(&[("web", "e2")]));
     // Once subscribed, `api`'s endpoints are taken.
-    a.handle_input(response(
-        Eds,
-        "4",
-        "n7",
-        vec![resource(
-            "api",
-            "e9",
-            any(&assignment("api", &[("127.0.0.1", 8009, 0)])),
-        )],
-        &[],
-    ));
+    a.handle_input(push(Eds, "4", "n7", vec![endpoints_at("api", "e9", 8009)]));
     let out = drain(&mut a);
     let config = applied_config(&out);
     assert!(config.clusters.iter().any(|c| c.name == "api"));
@@ -1179,7 +913,7 @@ fn delta_resources_not_subscribed_to_are_dropped_on_arrival() {
 #[test]
 fn delta_a_warming_cluster_keeps_warming_on_a_new_stream() {
     let mut a = serving();
-    a.handle_input(response(Cds, "2", "n5", vec![api_cluster()], &[]));
+    a.handle_input(push(Cds, "2", "n5", vec![api_cluster()]));
     drain(&mut a);
     assert_eq!(
         a.resource_versions(Cds),
@@ -1199,17 +933,7 @@ fn delta_a_warming_cluster_keeps_warming_on_a_new_stream() {
     assert_eq!(eds.resource_names_subscribe, ["api", "web"]);
     assert_eq!(initial_versions(&out, Eds), versions(&[("web", "e1")]));
     assert!(a.warming().contains(&(Cds, "api".to_owned())));
-    a.handle_input(response(
-        Eds,
-        "2",
-        "n6",
-        vec![resource(
-            "api",
-            "e2",
-            any(&assignment("api", &[("127.0.0.1", 8002, 0)])),
-        )],
-        &[],
-    ));
+    a.handle_input(push(Eds, "2", "n6", vec![endpoints_at("api", "e2", 8002)]));
     let out = settle(&mut a);
     let config = applied_config(&out);
     assert!(config.clusters.iter().any(|c| c.name == "api"));
@@ -1222,16 +946,8 @@ fn delta_a_warming_cluster_keeps_warming_on_a_new_stream() {
 /// it never serves at the initial fetch timeout (a ghost the server no longer knows).
 #[test]
 fn delta_a_warming_cluster_deleted_while_disconnected_is_removed_not_served() {
-    let mut a = ads();
-    a.handle_input(Input::Connected);
-    drain(&mut a);
-    a.handle_input(response(
-        Cds,
-        "1",
-        "n1",
-        vec![resource("api", "c1", any(&eds_cluster("api")))],
-        &[],
-    ));
+    let mut a = connected();
+    a.handle_input(push(Cds, "1", "n1", vec![eds_cluster_at("api", "c1")]));
     let out = settle(&mut a);
     let timer = timer_of(&out);
     assert!(a.warming().contains(&(Cds, "api".to_owned())));
@@ -1258,31 +974,19 @@ fn delta_a_warming_cluster_deleted_while_disconnected_is_removed_not_served() {
 /// accepted.
 #[test]
 fn delta_a_warming_listener_deleted_while_disconnected_does_not_hold_its_port() {
-    let mut a = ads();
-    a.handle_input(Input::Connected);
-    drain(&mut a);
-    a.handle_input(response(
+    let mut a = connected();
+    a.handle_input(push(
         Cds,
         "1",
         "n1",
-        vec![resource(
-            "web",
-            "c1",
-            any(&static_cluster("web", &[("127.0.0.1", 8001, 0)])),
-        )],
-        &[],
+        vec![static_cluster_at("web", "c1", 8001)],
     ));
     settle(&mut a);
-    a.handle_input(response(
+    a.handle_input(push(
         Lds,
         "1",
         "n2",
-        vec![resource(
-            "ghost",
-            "l1",
-            any(&http_listener("ghost", "127.0.0.1", 9100, "rg")),
-        )],
-        &[],
+        vec![http_listener_at("ghost", "l1", 9100, "rg")],
     ));
     let out = settle(&mut a);
     let timer = timer_of(&out);
@@ -1295,16 +999,11 @@ fn delta_a_warming_listener_deleted_while_disconnected_does_not_hold_its_port() 
     a.handle_input(Input::WarmingTimeout(timer));
     settle(&mut a);
     assert!(!a.applied().listeners.contains_key("ghost"));
-    a.handle_input(response(
+    a.handle_input(push(
         Lds,
         "3",
         "n4",
-        vec![resource(
-            "real",
-            "l2",
-            any(&tcp_listener("real", "127.0.0.1", 9100, "web")),
-        )],
-        &[],
+        vec![tcp_listener_at("real", "l2", 9100, "web")],
     ));
     let out = settle(&mut a);
     assert!(
@@ -1320,29 +1019,16 @@ fn delta_a_warming_listener_deleted_while_disconnected_does_not_hold_its_port() 
 /// the update serves; the accepted version (what a new stream names) is the update's.
 #[test]
 fn delta_the_version_serving_is_the_old_one_while_an_update_warms() {
-    let mut a = ads();
-    a.handle_input(Input::Connected);
-    drain(&mut a);
-    a.handle_input(response(
+    let mut a = connected();
+    a.handle_input(push(
         Cds,
         "1",
         "n1",
-        vec![resource(
-            "x",
-            "c1",
-            any(&static_cluster("x", &[("127.0.0.1", 8001, 0)])),
-        )],
-        &[],
+        vec![static_cluster_at("x", "c1", 8001)],
     ));
     settle(&mut a);
     assert_eq!(a.serving_versions(Cds), &versions(&[("x", "c1")]));
-    a.handle_input(response(
-        Cds,
-        "2",
-        "n2",
-        vec![resource("x", "c2", any(&eds_cluster("x")))],
-        &[],
-    ));
+    a.handle_input(push(Cds, "2", "n2", vec![eds_cluster_at("x", "c2")]));
     let out = settle(&mut a);
     assert_eq!(answers(&out), [(Cds, "n2".to_owned(), None)]);
     assert!(a.warming().contains(&(Cds, "x".to_owned())));
@@ -1356,17 +1042,7 @@ fn delta_the_version_serving_is_the_old_one_while_an_update_warms() {
         &versions(&[("x", "c2")]),
         "the version accepted"
     );
-    a.handle_input(response(
-        Eds,
-        "1",
-        "n3",
-        vec![resource(
-            "x",
-            "e1",
-            any(&assignment("x", &[("127.0.0.1", 8002, 0)])),
-        )],
-        &[],
-    ));
+    a.handle_input(push(Eds, "1", "n3", vec![endpoints_at("x", "e1", 8002)]));
     settle(&mut a);
     assert_eq!(a.serving_versions(Cds), &versions(&[("x", "c2")]));
     assert_eq!(a.serving_versions(Eds), &versions(&[("x", "e1")]));
