@@ -155,3 +155,151 @@ clusters:
     });
     assert_eq!(n, 0, "{n} allocations");
 }
+
+/// The whole core path of a request and its response, as the loopback benchmark drives it
+/// (32 downstream connections keeping 8 requests each in flight on one multiplexed upstream
+/// connection, each answer followed by a new request, a route timeout on every request):
+/// decode, route, pick, register, deadline, id patch both ways, end of stream — allocates
+/// nothing once the maps and the deadline queue reached their working size.
+#[test]
+fn bolt_proxy_requests_and_responses_do_not_allocate_once_warm() {
+    use sluice_core::Instant;
+    use sluice_core::bolt::{
+        Action, BoltProxy, CODEC_HESSIAN2, DownstreamId, DownstreamVerdict, UpstreamVerdict,
+    };
+    use sluice_core::cluster::ClusterState;
+    use sluice_core::config::Config;
+    use sluice_core::rng::Rng;
+    use std::time::Duration;
+
+    const CONNECTIONS: usize = 32;
+    const PIPELINE: usize = 8;
+    let config = Config::from_yaml(
+        r#"
+listeners:
+  - name: rpc
+    address: 127.0.0.1:12200
+    bolt:
+      routes:
+        - match: { service: "com.example.EchoService:1.0" }
+          route: { cluster: echo, timeout: 3s }
+clusters:
+  - { name: echo, hosts: [ { address: 127.0.0.1:1 } ] }
+"#,
+    )
+    .unwrap();
+    let mut proxy = BoltProxy::from_config(&config).unwrap();
+    let mut clusters: Vec<ClusterState> = config
+        .clusters
+        .iter()
+        .map(ClusterState::from_config)
+        .collect();
+    let mut rng = Rng::from_seed(7);
+    let downs: Vec<DownstreamId> = (0..CONNECTIONS)
+        .map(|i| proxy.open_downstream(0, format!("127.0.0.1:{}", 40000 + i).parse().ok()))
+        .collect();
+    let mut request = Vec::new();
+    encode_request(
+        &mut request,
+        &RequestSpec {
+            version: Version::V1,
+            oneway: false,
+            cmd_code: CMD_REQUEST,
+            cmd_version: CMD_VERSION,
+            request_id: 1,
+            codec: CODEC_HESSIAN2,
+            timeout_ms: 3000,
+            class: b"com.alipay.sofa.rpc.core.request.SofaRequest",
+            header: &[(b"service", Some(b"com.example.EchoService:1.0"))],
+            content: &[7; 64],
+        },
+    )
+    .unwrap();
+    let mut response = Vec::new();
+    encode_response(
+        &mut response,
+        Version::V1,
+        1,
+        CODEC_HESSIAN2,
+        ResponseStatus::Success,
+        b"",
+        &[],
+        &[7; 64],
+    )
+    .unwrap();
+    // In flight, oldest first: (downstream index, upstream connection, upstream id).
+    let mut in_flight = std::collections::VecDeque::with_capacity(CONNECTIONS * PIPELINE + 1);
+    let mut now = Instant::ORIGIN;
+    let mut send = |proxy: &mut BoltProxy,
+                    clusters: &mut Vec<ClusterState>,
+                    in_flight: &mut std::collections::VecDeque<_>,
+                    now: Instant,
+                    d: usize| {
+        let f = decode(&request, DEFAULT_MAX_FRAME_SIZE).unwrap().unwrap();
+        let DownstreamVerdict::Forward { up, request_id } =
+            proxy.handle_downstream_frame(now, downs[d], &f, clusters, &mut rng)
+        else {
+            panic!("not forwarded")
+        };
+        let len = f.len;
+        set_request_id(&mut request[..len], request_id);
+        while let Some(a) = proxy.poll_action() {
+            if let Action::Connect { up, .. } = a {
+                proxy.handle_upstream_connected(up);
+            }
+        }
+        in_flight.push_back((d, up, request_id));
+    };
+    let mut answer_one = |proxy: &mut BoltProxy,
+                          clusters: &mut Vec<ClusterState>,
+                          in_flight: &mut std::collections::VecDeque<_>,
+                          now: Instant|
+     -> usize {
+        let (d, up, id): (usize, _, u32) = in_flight.pop_front().unwrap();
+        set_request_id(&mut response, id);
+        let f = decode(&response, DEFAULT_MAX_FRAME_SIZE).unwrap().unwrap();
+        let verdict = proxy.handle_upstream_frame(now, up, &f, clusters);
+        assert!(
+            matches!(verdict, UpstreamVerdict::Forward { down, .. } if down == downs[d]),
+            "{verdict:?}"
+        );
+        let len = f.len;
+        set_request_id(&mut response[..len], 1);
+        d
+    };
+    for d in 0..CONNECTIONS {
+        for _ in 0..PIPELINE {
+            send(&mut proxy, &mut clusters, &mut in_flight, now, d);
+        }
+    }
+    // Each answer lets its connection send its next request, a little later.
+    let mut step = |proxy: &mut BoltProxy,
+                    clusters: &mut Vec<ClusterState>,
+                    in_flight: &mut std::collections::VecDeque<_>,
+                    now: &mut Instant| {
+        *now = *now + Duration::from_micros(3);
+        let d = answer_one(proxy, clusters, in_flight, *now);
+        send(proxy, clusters, in_flight, *now, d);
+        proxy.handle_timeout(*now, clusters);
+    };
+    for _ in 0..300 {
+        step(&mut proxy, &mut clusters, &mut in_flight, &mut now);
+    }
+    // Debug builds check the proxy's invariants after every input (checked for the first
+    // steps above, and once at the end); the check allocates, the product path must not.
+    proxy.set_invariant_checks(false);
+    for _ in 300..20_000 {
+        step(&mut proxy, &mut clusters, &mut in_flight, &mut now);
+    }
+    let n = allocations_in(|| {
+        for _ in 0..20_000 {
+            step(&mut proxy, &mut clusters, &mut in_flight, &mut now);
+        }
+    });
+    proxy.set_invariant_checks(true);
+    proxy.check_invariants();
+    assert_eq!(n, 0, "{n} allocations in 20000 requests and responses");
+    assert_eq!(proxy.in_flight(), CONNECTIONS * PIPELINE);
+    assert_eq!(proxy.stats().responses, 40_000);
+    assert_eq!(proxy.stats().timeouts, 0);
+}
