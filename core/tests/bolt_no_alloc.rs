@@ -277,7 +277,7 @@ clusters:
                     clusters: &mut Vec<ClusterState>,
                     in_flight: &mut std::collections::VecDeque<_>,
                     now: &mut Instant| {
-        *now = *now + Duration::from_micros(3);
+        *now += Duration::from_micros(3);
         let d = answer_one(proxy, clusters, in_flight, *now);
         send(proxy, clusters, in_flight, *now, d);
         proxy.handle_timeout(*now, clusters);
