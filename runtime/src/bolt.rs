@@ -419,36 +419,20 @@ impl<N: Network> Engine<N> {
         // A drain deadline that passed before the watch above began (during a TLS handshake's
         // last steps or protocol detection) closes the connection at once.
         let mut close = overflow || self.lifecycle.drain_deadline_passed();
-        // Upstream outboxes this connection wrote to in the current batch, by connection: a
-        // batch's frames (usually all for one upstream) find theirs here without a map lookup,
-        // and each is woken once, when the batch is queued.
-        let mut touched: Vec<(UpstreamId, Rc<Outbox>)> = Vec::new();
+        // Upstream outboxes this connection wrote to in the current batch.
+        let mut touched: Vec<Rc<Outbox>> = Vec::new();
         // While handing over: until when reading stays paused (see MIGRATION_PAUSE).
         let mut paused_until: Option<tokio::time::Instant> = None;
-        // One timer for the connection's own deadline and the end of a handover pause, armed
-        // lazily: a deadline that moved later (the connection made progress) is not re-armed
-        // until the timer fires early, so a busy connection neither builds a timer nor touches
-        // the timer wheel per batch. Invariant: it is armed at or before the next wake-up due.
-        let timer = tokio::time::sleep_until(far_future());
-        tokio::pin!(timer);
-        // Completes when the engine starts stopping; made once (a `Notified` created before
-        // the stop sees it), disabled once it fired.
-        let stop = self.lifecycle.stop_accepting();
-        tokio::pin!(stop);
-        let mut stop_seen = false;
         loop {
             // Every complete frame in the buffer.
             let now = now();
-            let mut frames = 0usize;
+            self.refresh_bolt_availability(now);
             while !close {
                 let decoded = bolt::decode(&buf[start..end], max_frame);
                 match decoded {
                     Ok(Some(frame)) => {
-                        if frames == 0 {
-                            // The health verdicts a batch's routing sees.
-                            self.refresh_bolt_availability(now);
-                        }
-                        frames += 1;
+                        framed = true;
+                        progress = tokio::time::Instant::now();
                         let len = frame.len;
                         let before = logged.then(|| *bw.proxy.borrow().stats());
                         let verdict = bw.proxy.borrow_mut().handle_downstream_frame(
@@ -471,18 +455,13 @@ impl<N: Network> Engine<N> {
                             DownstreamVerdict::Forward { up, request_id } => {
                                 let bytes = &mut buf[start..start + len];
                                 bolt::set_request_id(bytes, request_id);
-                                let o = match touched.iter().find(|(u, _)| *u == up) {
-                                    Some((_, o)) => o,
-                                    None => {
-                                        // The connection may be new: its Connect is still in
-                                        // poll_action, and its outbox is made here.
-                                        let o = bw.ups.borrow_mut().entry(up).or_default().clone();
-                                        touched.push((up, o));
-                                        &touched[touched.len() - 1].1
-                                    }
-                                };
-                                // Woken once the batch is queued (below).
-                                o.buf.borrow_mut().extend_from_slice(bytes);
+                                // The connection may be new: its Connect is still in
+                                // poll_action, and its outbox is made here.
+                                let o = bw.ups.borrow_mut().entry(up).or_default().clone();
+                                o.push(|b| b.extend_from_slice(bytes));
+                                if !touched.iter().any(|t| Rc::ptr_eq(t, &o)) {
+                                    touched.push(o);
+                                }
                             }
                             DownstreamVerdict::AnswerHeartbeat => {
                                 bolt::encode_heartbeat_reply(&mut outbox.buf.borrow_mut(), &frame);
@@ -491,6 +470,7 @@ impl<N: Network> Engine<N> {
                             DownstreamVerdict::Drop(_) => {}
                         }
                         start += len;
+                        self.bolt_after_input();
                     }
                     Ok(None) => break,
                     Err(e) => {
@@ -507,26 +487,14 @@ impl<N: Network> Engine<N> {
                         if let Some(r) = reply {
                             r.encode(&mut outbox.buf.borrow_mut());
                         }
+                        self.bolt_after_input();
                         close = true;
                     }
                 }
             }
-            // Once per batch, not per frame: the proxy's actions (connections to open, and the
-            // idle connections a new destination evicted), the timer, the counters, the clock,
-            // and one wake-up per upstream connection fed.
-            if frames > 0 || close {
-                self.bolt_after_input();
-                self.publish_bolt_stats();
-            }
-            if frames > 0 {
-                framed = true;
-                progress = tokio::time::Instant::now();
-            }
-            for (_, o) in &touched {
-                o.wake.notify_one();
-            }
+            self.publish_bolt_stats();
             // Backpressure: wait while an upstream this connection feeds has too much queued.
-            for (_, o) in touched.drain(..) {
+            for o in touched.drain(..) {
                 while o.buf.borrow().len() > UPSTREAM_OUTBOX_HIGH && !o.close.get() {
                     let drained = o.drained.notified();
                     tokio::select! {
@@ -587,6 +555,7 @@ impl<N: Network> Engine<N> {
             // instance took over, stop reading (what the client sends next waits in the
             // socket), let the requests in flight finish, and hand the connection over with the
             // bytes read but not processed.
+            let stop = self.lifecycle.stop_accepting();
             // A TLS connection stays (its session keys are this process's): it closes once
             // nothing is in flight, as without a new instance.
             let migrate = if self.lifecycle.is_stopping() && !stream.is_tls() {
@@ -627,7 +596,8 @@ impl<N: Network> Engine<N> {
             } else if paused_until.is_none() {
                 paused_until = Some(tokio::time::Instant::now() + MIGRATION_PAUSE);
             }
-            let paused = paused_until.filter(|&t| tokio::time::Instant::now() < t);
+            let paused = paused_until.is_some_and(|t| tokio::time::Instant::now() < t);
+            let resume = paused_until.unwrap_or_else(far_future);
             // The connection's own deadline: its first frame, the frame it is sending, or idle.
             let deadline = if !framed {
                 Some(started + frame_timeout)
@@ -638,30 +608,18 @@ impl<N: Network> Engine<N> {
             } else {
                 None
             };
-            let wake_at = match (deadline, paused) {
-                (Some(d), Some(p)) => Some(d.min(p)),
-                (d, p) => d.or(p),
-            };
-            if let Some(at) = wake_at
-                && at < timer.deadline()
-            {
-                timer.as_mut().reset(at);
-            }
             tokio::select! {
                 biased;
                 () = &mut expired => break,
-                () = &mut timer, if wake_at.is_some() => {
-                    if deadline.is_some_and(|d| d <= tokio::time::Instant::now()) {
-                        bump(&self.stats().bolt.downstream_timeouts, 1);
-                        debug!(%peer, framed, partial = end - start, "bolt: downstream frame or idle timeout; closing");
-                        break;
-                    }
-                    // Early (the deadline moved on since), or a pause's end: re-armed above.
-                    timer.as_mut().reset(far_future());
+                () = tokio::time::sleep_until(deadline.unwrap_or_else(far_future)), if deadline.is_some() => {
+                    bump(&self.stats().bolt.downstream_timeouts, 1);
+                    debug!(%peer, framed, partial = end - start, "bolt: downstream frame or idle timeout; closing");
+                    break;
                 }
                 () = outbox.wake.notified() => {}
-                () = &mut stop, if !stop_seen => stop_seen = true,
-                r = read_pooled(&mut stream, &mut buf, end, pool), if paused.is_none() => match r {
+                () = stop => {}
+                () = tokio::time::sleep_until(resume), if paused => {}
+                r = read_pooled(&mut stream, &mut buf, end, pool), if !paused => match r {
                     Ok(0) | Err(_) => break,
                     Ok(n) => {
                         end += n;
@@ -810,7 +768,6 @@ impl<N: Network> Engine<N> {
             .max()
             .unwrap_or(bolt::DEFAULT_MAX_FRAME_SIZE);
         let mut lost = false;
-        let host_stats = self.stats().host(cluster, host.index());
         loop {
             let now = now();
             loop {
@@ -844,7 +801,7 @@ impl<N: Network> Engine<N> {
                                     upstream_result(status),
                                 );
                                 self.bolt_log_answer((up, upstream_id), status, None, len as u64);
-                                if let Some(h) = host_stats {
+                                if let Some(h) = self.stats().host(cluster, host.index()) {
                                     bump(&h.rq_total, 1);
                                 }
                             }
@@ -854,6 +811,7 @@ impl<N: Network> Engine<N> {
                             UpstreamVerdict::Drop => {}
                         }
                         start += len;
+                        self.bolt_after_input();
                     }
                     Ok(None) => break,
                     Err(e) => {
@@ -863,9 +821,6 @@ impl<N: Network> Engine<N> {
                     }
                 }
             }
-            // Once per read, not per response: the proxy's actions (the close of a connection
-            // to a host that left its slot, once its last stream ended) and the timer.
-            self.bolt_after_input();
             if lost {
                 break;
             }
