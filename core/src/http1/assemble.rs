@@ -95,8 +95,18 @@ impl<'a> RequestHeadWriter<'a> {
             }
             self.out.extend_from_slice(part);
         }
-        let value_end = self.out.len() - self.start;
+        let mut value_end = self.out.len() - self.start;
         self.out.extend_from_slice(b"\r\n");
+        // As the parser does: the value's span leaves out whitespace around it (an HTTP/2
+        // cookie whose last crumb is empty is written "a=1; ", and parsed as "a=1;").
+        let mut value_at = value_at;
+        let written = &self.out[self.start..];
+        while value_at < value_end && matches!(written[value_at], b' ' | b'\t') {
+            value_at += 1;
+        }
+        while value_end > value_at && matches!(written[value_end - 1], b' ' | b'\t') {
+            value_end -= 1;
+        }
         let name_span = name_at..name_at + name.len();
         // As the parser does: an empty value is pinned after the name.
         let value_span = if value_end == value_at {
