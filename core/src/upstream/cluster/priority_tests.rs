@@ -368,7 +368,10 @@ fn one_level_picks_as_the_balancer_alone_does() {
 
 proptest! {
     /// Whatever the levels and verdicts: no unavailable host is picked, and the share of picks
-    /// per level is within 4 points of the computed load (2000 random picks).
+    /// per level is within 3 points of the computed load. 20,000 picks: one standard deviation
+    /// of a level's share is at most 0.36 points, so 3 points is 8 of them (a false failure
+    /// about once in 10^15 cases); at 2,000 picks and 4 points, seed 1436439705158359039 drew
+    /// 50.1 % below 46 and failed CI.
     #[test]
     fn picks_follow_the_level_loads(
         hosts in proptest::collection::vec((0u32..3, proptest::bool::weighted(0.6)), 1..12),
@@ -389,7 +392,7 @@ proptest! {
         c.apply_health(&usable, threshold);
         let load = c.priority_load().load.clone();
         let mut rng = Rng::from_seed(seed);
-        let n = 2000;
+        let n = 20_000;
         let mut per_level = vec![0usize; load.len()];
         let mut none = 0;
         for k in 0..n {
@@ -409,10 +412,12 @@ proptest! {
         } else {
             prop_assert_eq!(none, 0);
             for (level, &share) in load.iter().enumerate() {
-                let got = per_level[level] * 100 / n;
+                // In hundredths of a point: exact, no rounding toward either side.
+                let got = per_level[level] * 10_000 / n;
                 prop_assert!(
-                    got.abs_diff(share as usize) <= 4,
-                    "level {} got {} % of picks, load {} % ({:?})", level, got, share, load
+                    got.abs_diff(share as usize * 100) <= 300,
+                    "level {} got {}.{:02} % of picks, load {} % ({:?})",
+                    level, got / 100, got % 100, share, load
                 );
             }
         }
@@ -560,3 +565,4 @@ fn a_level_without_load_does_not_report_panic() {
     // P1 below the threshold too: total panic, reported.
     assert!(c.apply_health(&[false, false, false, false], 50));
 }
+
