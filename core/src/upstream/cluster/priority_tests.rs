@@ -565,4 +565,3 @@ fn a_level_without_load_does_not_report_panic() {
     // P1 below the threshold too: total panic, reported.
     assert!(c.apply_health(&[false, false, false, false], 50));
 }
-
