@@ -152,11 +152,9 @@ async fn buffer_typed_body<D: Respond>(
             // An end before the content-length is the stream's error; this is not reached.
             (BodyFraming::ContentLength(_), _) => return Err(400),
             (_, BodyPiece::Data(data)) => {
-                // Whole chunks only: a streamed rest starts with no CRLF due.
                 rbuf.extend(framer.size_line(data.len()));
                 rbuf.extend(&data);
                 rbuf.extend(b"\r\n");
-                framer.crlf_due = false;
             }
             (_, BodyPiece::Trailers(trailers)) => {
                 let mut out = Vec::new();
@@ -176,51 +174,37 @@ async fn buffer_typed_body<D: Respond>(
 }
 
 /// Frames a typed request body of unknown length as HTTP/1.1 chunks for the upstream, once:
-/// each payload piece one chunk (its size line, the payload as it came, CRLF), then the last
-/// chunk and the trailer section without the fields a trailer must not carry.
+/// each payload piece one chunk (its size line, the payload as it came, CRLF — the CRLF sent
+/// with the piece, not held for the next one: an upstream that reads chunk by chunk answers a
+/// duplex upload's piece before the client sends more), then the last chunk and the trailer
+/// section without the fields a trailer must not carry.
 #[derive(Default)]
 struct ChunkFramer {
-    /// The CRLF that ends the previous chunk is not written yet (it goes before the next size
-    /// line, in the same write).
-    crlf_due: bool,
-    /// The size line being written: `\r\n`, at most 16 hex digits, `\r\n`.
-    line: [u8; 20],
+    /// The size line being written: at most 16 hex digits, `\r\n`.
+    line: [u8; 18],
 }
 
 impl ChunkFramer {
-    /// The size line of a chunk of `len` bytes, after the previous chunk's CRLF if it is due.
+    /// The size line of a chunk of `len` bytes.
     fn size_line(&mut self, len: usize) -> &[u8] {
         use std::io::Write as _;
-        let mut at = 0;
-        if self.crlf_due {
-            self.line[..2].copy_from_slice(b"\r\n");
-            at = 2;
-        }
-        let mut rest = &mut self.line[at..];
-        let room = rest.len();
+        let mut rest = &mut self.line[..];
         let _ = write!(rest, "{len:x}\r\n");
-        let written = room - rest.len();
-        self.crlf_due = true;
-        &self.line[..at + written]
+        let written = 18 - rest.len();
+        &self.line[..written]
     }
 
     /// The end of a body without trailers: the last chunk and an empty trailer section.
-    fn end(&mut self) -> &'static [u8] {
-        if std::mem::take(&mut self.crlf_due) {
-            b"\r\n0\r\n\r\n"
-        } else {
-            b"0\r\n\r\n"
-        }
+    fn end(&self) -> &'static [u8] {
+        b"0\r\n\r\n"
     }
 
     /// Appends the end of a body with trailers: the last chunk and the trailer section, without
     /// the fields a trailer must not carry. Returns the bytes of the end as the client's
     /// fields would have made it (what the request's byte count adds).
-    fn end_with(&mut self, out: &mut Vec<u8>, trailers: &http::HeaderMap) -> usize {
-        let last = self.end();
-        let last = &last[..last.len() - 2];
-        out.extend_from_slice(last);
-        let mut sent = last.len() + 2;
+    fn end_with(&self, out: &mut Vec<u8>, trailers: &http::HeaderMap) -> usize {
+        out.extend_from_slice(b"0\r\n");
+        let mut sent = 5;
         for (name, value) in trailers {
             let name = name.as_str();
             sent += name.len() + value.len() + 4;
@@ -643,6 +627,10 @@ where
                 }
                 send_kept(up, &data, copy).await?;
                 sent(data.len(), &mut total);
+                if let BodyFraming::Chunked = framing {
+                    send_kept(up, b"\r\n", copy).await?;
+                    sent(2, &mut total);
+                }
             }
             // An end before the content-length is the stream's error; this is not reached.
             _ if left != u64::MAX => {
