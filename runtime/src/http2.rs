@@ -17,13 +17,18 @@
 //! (property-tested and fuzzed in the core). The stream is then handed to the request path as a
 //! downstream ([`H2Downstream`]) with two sides:
 //!
-//! - reading it gives the request body in the framing of the written head (the DATA as they
-//!   come for a `content-length` body, which they must add up to; as chunks, trailers included,
-//!   for a body of unknown length: the path's body copy reads that framing, as it reads an
-//!   HTTP/1.1 client's; typing the request body is the next step, see
-//!   `docs/architecture.md`). Receive capacity is given back to the client only as the
-//!   request path takes bytes, which it does as it writes them upstream: a stream holds at most
-//!   its window (`initial_stream_window_size`) plus one read of a request body;
+//! - its request body is typed ([`Respond::poll_body`]): each DATA frame's payload is handed
+//!   over as it is (`BodyPiece::Data`, the frame's own bytes), then the trailers or the end;
+//!   DATA adding up to more or less than the request's `content-length` is an error there (the
+//!   path answers 400). The path's body copy (`crate::http`'s `body`) frames the pieces for the
+//!   upstream once — a `content-length` body's payload as it is, one of unknown length (the
+//!   written head says `transfer-encoding: chunked`) as one chunk per DATA and the trailers as
+//!   the chunked trailer section — and writes a streamed payload from the frame itself: no
+//!   chunk framing is made here, and none scanned back. Reading HTTP/1.1 bytes from the stream
+//!   is refused (a bug). Receive capacity is given back to the client as the request path
+//!   takes a piece, which it does to write it upstream (or, for a small body that is all here,
+//!   to hold it): a stream holds at most its window (`initial_stream_window_size`) plus the
+//!   piece being sent;
 //! - its response side is typed ([`Respond`], `crate::http::respond`): the path stages the
 //!   forwarded head (the upstream's head and the route's and listener's edits as a list), which
 //!   the [`Sink`] turns into HEADERS from the fields `for_each_response_field` gives, without
@@ -90,7 +95,7 @@ use std::sync::atomic::AtomicU64;
 use std::task::{Context, Poll, ready};
 use std::time::SystemTime;
 
-use bytes::{Buf, Bytes};
+use bytes::Bytes;
 use futures_util::StreamExt as _;
 use futures_util::stream::FuturesUnordered;
 use h2::server::SendResponse;
@@ -115,7 +120,7 @@ use crate::access_log::Entry;
 use crate::bufpool::{BufPool, READ_BUFFER};
 use crate::downstream::Downstream;
 use crate::engine::Engine;
-use crate::http::respond::{ForwardedHead, LocalBody, LocalReply, Respond, send_local};
+use crate::http::respond::{BodyPiece, ForwardedHead, LocalBody, LocalReply, Respond, send_local};
 use crate::http::{KEPT_SCRATCH, ListenerHttp, Outcome, ReadBuffer, Scratch};
 use crate::net::Network;
 use crate::now;
@@ -722,12 +727,7 @@ impl<N: Network> Engine<N> {
         };
         let mut down = H2Downstream {
             recv: body,
-            chunked: body_length == BodyLength::Chunked,
             check: ContentLengthCheck::new(body_length),
-            data: Bytes::new(),
-            framing: Vec::new(),
-            framing_at: 0,
-            chunk_end_due: false,
             ended: false,
             sink: &sink,
         };
@@ -997,22 +997,14 @@ impl StreamBuffers {
     }
 }
 
-/// An HTTP/2 request stream as the request path sees it: reads give the request body as
-/// HTTP/1.1 (see the module doc), its response goes typed to the [`Sink`] ([`Respond`]).
+/// An HTTP/2 request stream as the request path sees it: its request body is handed over
+/// typed ([`Respond::poll_body`]: each DATA frame's payload, the trailers, the end), its
+/// response goes typed to the [`Sink`] ([`Respond`]); no HTTP/1.1 bytes go either way.
 struct H2Downstream<'a> {
     recv: RecvStream,
-    /// The written head is chunked: DATA become chunks.
-    chunked: bool,
+    /// Holds the DATA to the request's `content-length`, when it has one.
     check: ContentLengthCheck,
-    /// The rest of the current DATA frame.
-    data: Bytes,
-    /// Chunk framing (a size line, a chunk's CRLF, the last chunk and the trailers) to give
-    /// before `data`.
-    framing: Vec<u8>,
-    framing_at: usize,
-    /// The current chunk's CRLF follows `data`.
-    chunk_end_due: bool,
-    /// The request body ended (its end, and for a chunked one the last chunk, is in `framing`).
+    /// The body ended (its end, with the trailers if any, was handed over).
     ended: bool,
     sink: &'a RefCell<Sink>,
 }
@@ -1022,86 +1014,18 @@ fn h2_io_error(e: h2::Error) -> io::Error {
 }
 
 impl AsyncRead for H2Downstream<'_> {
+    /// The request body goes typed ([`Respond::poll_body`]); no HTTP/1.1 bytes are read from a
+    /// stream.
     fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
+        self: Pin<&mut Self>,
+        _cx: &mut Context<'_>,
+        _buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        let this = &mut *self;
-        loop {
-            if this.framing_at < this.framing.len() {
-                let n = (this.framing.len() - this.framing_at).min(buf.remaining());
-                buf.put_slice(&this.framing[this.framing_at..this.framing_at + n]);
-                this.framing_at += n;
-                if this.framing_at == this.framing.len() {
-                    this.framing.clear();
-                    this.framing_at = 0;
-                }
-                return Poll::Ready(Ok(()));
-            }
-            if !this.data.is_empty() {
-                let n = this.data.len().min(buf.remaining());
-                buf.put_slice(&this.data[..n]);
-                this.data.advance(n);
-                // The client may send as much again: capacity is given back only as the
-                // request path takes the bytes.
-                let _ = this.recv.flow_control().release_capacity(n);
-                return Poll::Ready(Ok(()));
-            }
-            if this.chunk_end_due {
-                this.chunk_end_due = false;
-                this.framing.extend_from_slice(b"\r\n");
-                continue;
-            }
-            if this.ended {
-                return Poll::Ready(Ok(()));
-            }
-            match this.recv.poll_data(cx) {
-                Poll::Pending => return Poll::Pending,
-                Poll::Ready(Some(Ok(data))) => {
-                    if this.check.data(data.len() as u64).is_err() {
-                        return Poll::Ready(Err(io::Error::new(
-                            io::ErrorKind::InvalidData,
-                            "DATA beyond the request's content-length",
-                        )));
-                    }
-                    if data.is_empty() {
-                        continue;
-                    }
-                    if this.chunked {
-                        use std::io::Write as _;
-                        let _ = write!(this.framing, "{:x}\r\n", data.len());
-                        this.chunk_end_due = true;
-                    }
-                    this.data = data;
-                }
-                Poll::Ready(Some(Err(e))) => return Poll::Ready(Err(h2_io_error(e))),
-                Poll::Ready(None) => {
-                    if this.check.end().is_err() {
-                        return Poll::Ready(Err(io::Error::new(
-                            io::ErrorKind::InvalidData,
-                            "request DATA shorter than its content-length",
-                        )));
-                    }
-                    if this.chunked {
-                        let trailers = match this.recv.poll_trailers(cx) {
-                            Poll::Pending => return Poll::Pending,
-                            Poll::Ready(Ok(t)) => t,
-                            Poll::Ready(Err(e)) => return Poll::Ready(Err(h2_io_error(e))),
-                        };
-                        this.framing.extend_from_slice(b"0\r\n");
-                        for (name, value) in trailers.iter().flatten() {
-                            this.framing.extend_from_slice(name.as_str().as_bytes());
-                            this.framing.extend_from_slice(b": ");
-                            this.framing.extend_from_slice(value.as_bytes());
-                            this.framing.extend_from_slice(b"\r\n");
-                        }
-                        this.framing.extend_from_slice(b"\r\n");
-                    }
-                    this.ended = true;
-                }
-            }
-        }
+        debug_assert!(false, "HTTP/1.1 bytes read from an HTTP/2 stream");
+        Poll::Ready(Err(io::Error::new(
+            io::ErrorKind::Unsupported,
+            "an HTTP/2 stream gives its request body typed",
+        )))
     }
 }
 
@@ -1131,6 +1055,46 @@ impl AsyncWrite for H2Downstream<'_> {
 
 impl Respond for H2Downstream<'_> {
     const TYPED: bool = true;
+
+    /// The next DATA frame's payload (its receive capacity given back as it is handed over:
+    /// the path takes it to write it upstream), then the trailers or the end. DATA beyond the
+    /// `content-length`, or an end before it, is an error (the path answers 400).
+    fn poll_body(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<BodyPiece>> {
+        loop {
+            if self.ended {
+                return Poll::Ready(Ok(BodyPiece::End));
+            }
+            match ready!(self.recv.poll_data(cx)) {
+                Some(Ok(data)) => {
+                    if self.check.data(data.len() as u64).is_err() {
+                        return Poll::Ready(Err(io::Error::new(
+                            io::ErrorKind::InvalidData,
+                            "DATA beyond the request's content-length",
+                        )));
+                    }
+                    if data.is_empty() {
+                        continue;
+                    }
+                    let _ = self.recv.flow_control().release_capacity(data.len());
+                    return Poll::Ready(Ok(BodyPiece::Data(data)));
+                }
+                Some(Err(e)) => return Poll::Ready(Err(h2_io_error(e))),
+                None => {
+                    if self.check.end().is_err() {
+                        return Poll::Ready(Err(io::Error::new(
+                            io::ErrorKind::InvalidData,
+                            "request DATA shorter than its content-length",
+                        )));
+                    }
+                    let trailers = ready!(self.recv.poll_trailers(cx)).map_err(h2_io_error)?;
+                    self.ended = true;
+                    if let Some(t) = trailers {
+                        return Poll::Ready(Ok(BodyPiece::Trailers(t)));
+                    }
+                }
+            }
+        }
+    }
 
     fn typed_interim(&mut self, status: u16) -> io::Result<()> {
         self.sink.borrow_mut().interim(status);
@@ -2035,6 +1999,158 @@ clusters:
             assert_eq!(response.headers()["x-kept"], "1");
             assert!(response.headers().get("content-length").is_none());
             assert!(response.into_body().is_end_stream());
+            drop(client);
+            conn.abort();
+        });
+    }
+
+    /// An upstream that passes on every read (head and body as they come) and answers `200`
+    /// once a chunked body's end (its last chunk and trailer section) is in.
+    async fn recording_upstream(
+        l: tokio::net::TcpListener,
+        reads: tokio::sync::mpsc::UnboundedSender<Vec<u8>>,
+    ) {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        loop {
+            let (mut s, _) = l.accept().await.unwrap();
+            let reads = reads.clone();
+            tokio::task::spawn_local(async move {
+                let mut have = Vec::new();
+                let mut buf = vec![0u8; 4096];
+                loop {
+                    let n = s.read(&mut buf).await.unwrap_or(0);
+                    if n == 0 {
+                        return;
+                    }
+                    have.extend_from_slice(&buf[..n]);
+                    let _ = reads.send(buf[..n].to_vec());
+                    let Some(h) = have.windows(4).position(|w| w == b"\r\n\r\n") else {
+                        continue;
+                    };
+                    let body = &have[h + 4..];
+                    let last =
+                        body.starts_with(b"0\r\n") || body.windows(5).any(|w| w == b"\r\n0\r\n");
+                    if last && body.ends_with(b"\r\n\r\n") {
+                        s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                            .await
+                            .unwrap();
+                        have.clear();
+                    }
+                }
+            });
+        }
+    }
+
+    /// Collects what the upstream read until `want` is in it.
+    async fn upstream_got(
+        reads: &mut tokio::sync::mpsc::UnboundedReceiver<Vec<u8>>,
+        got: &mut Vec<u8>,
+        want: &[u8],
+    ) {
+        while !got.windows(want.len()).any(|w| w == want) {
+            let read = tokio::time::timeout(std::time::Duration::from_secs(10), reads.recv())
+                .await
+                .expect("the upstream got it in time")
+                .expect("the upstream is up");
+            got.extend_from_slice(&read);
+        }
+    }
+
+    /// What the upstream read, once it answered (it passed on every read before): the body,
+    /// after the head.
+    fn body_read(
+        reads: &mut tokio::sync::mpsc::UnboundedReceiver<Vec<u8>>,
+        mut got: Vec<u8>,
+    ) -> String {
+        while let Ok(read) = reads.try_recv() {
+            got.extend_from_slice(&read);
+        }
+        let h = got.windows(4).position(|w| w == b"\r\n\r\n").unwrap();
+        String::from_utf8_lossy(&got[h + 4..]).into_owned()
+    }
+
+    /// An HTTP/2 request body of unknown length goes to an HTTP/1.1 upstream framed once, by
+    /// the path's body copy, from the DATA and trailers as the stream hands them over: each
+    /// DATA one chunk, the trailers (without the fields a trailer must not carry) the chunked
+    /// trailer section — whether the body streams (its first DATA goes upstream before the
+    /// client sent the rest) or was all here. The body's chunk framing is never scanned back
+    /// (no `ChunkedDecoder` runs over it: the stream no longer re-frames its DATA as chunks
+    /// for the path to decode).
+    #[test]
+    fn an_http2_request_body_is_framed_for_the_upstream_once() {
+        on_local_runtime(async {
+            let (up, up_at) = bound();
+            let (tx, mut reads) = tokio::sync::mpsc::unbounded_channel();
+            tokio::task::spawn_local(recording_upstream(up, tx));
+            let (listener, at) = bound();
+            let yaml = format!(
+                r#"
+listeners:
+  - name: web
+    address: {at}
+    http:
+      virtual_hosts:
+        - name: all
+          domains: ["*"]
+          routes: [ {{ match: {{ prefix: / }}, route: {{ cluster: up }} }} ]
+clusters:
+  - name: up
+    hosts: [ {{ address: "{up_at}" }} ]
+"#
+            );
+            let _engine = serve(&yaml, listener);
+            crate::http::REQUEST_CHUNK_SCANS.with(|n| n.set(0));
+            let tcp = tokio::net::TcpStream::connect(at).await.unwrap();
+            let (mut client, conn) = h2::client::handshake(tcp).await.unwrap();
+            let conn = tokio::task::spawn_local(conn);
+            let answered = async |response: h2::client::ResponseFuture| {
+                let response = tokio::time::timeout(std::time::Duration::from_secs(10), response)
+                    .await
+                    .expect("answered in time")
+                    .expect("answered, not reset");
+                response.status().as_u16()
+            };
+
+            // Streamed: the rest is sent only once the first DATA reached the upstream.
+            let request = http::Request::post("http://svc/upload").body(()).unwrap();
+            let (response, mut body) = client.send_request(request, false).unwrap();
+            body.send_data(bytes::Bytes::from_static(b"hello"), false)
+                .unwrap();
+            let mut got = Vec::new();
+            // The whole chunk, its CRLF too: an upstream reading chunk by chunk has it all
+            // before the client sends more (a duplex upload's next piece may wait for its
+            // answer).
+            upstream_got(&mut reads, &mut got, b"hello\r\n").await;
+            body.send_data(bytes::Bytes::from_static(b"world!"), false)
+                .unwrap();
+            let mut trailers = http::HeaderMap::new();
+            trailers.insert("x-checksum", "abc".parse().unwrap());
+            trailers.insert("authorization", "secret".parse().unwrap());
+            body.send_trailers(trailers).unwrap();
+            assert_eq!(answered(response).await, 200);
+            assert_eq!(
+                body_read(&mut reads, got),
+                "5\r\nhello\r\n6\r\nworld!\r\n0\r\nx-checksum: abc\r\n\r\n"
+            );
+
+            // All of it sent at once (held, or streamed: the same bytes either way).
+            let request = http::Request::put("http://svc/upload").body(()).unwrap();
+            let (response, mut body) = client.send_request(request, false).unwrap();
+            body.send_data(bytes::Bytes::from_static(b"abc"), false)
+                .unwrap();
+            body.send_data(bytes::Bytes::from_static(b"de"), true)
+                .unwrap();
+            assert_eq!(answered(response).await, 200);
+            assert_eq!(
+                body_read(&mut reads, Vec::new()),
+                "3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n"
+            );
+
+            assert_eq!(
+                crate::http::REQUEST_CHUNK_SCANS.with(std::cell::Cell::get),
+                0,
+                "an HTTP/2 request body's chunk framing was scanned back"
+            );
             drop(client);
             conn.abort();
         });

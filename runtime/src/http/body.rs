@@ -4,6 +4,15 @@
 //! rest of it: [`Detach`]); the response body copied to the client by its framing
 //! ([`copy_body`]); a tunnel after a `101` ([`tunnel`]).
 //!
+//! A request body comes one of two ways. An HTTP/1.1 client's is read as bytes in the framing
+//! of its head and forwarded as it came (a chunked one scanned by the `ChunkedDecoder` on the
+//! way, its trailer section sifted). A typed client's (an HTTP/2 stream, [`Respond::TYPED`])
+//! comes as [`BodyPiece`]s — payload, trailers, end — which are framed for the upstream here,
+//! once: a `content-length` body's payload as it is, one of unknown length as one chunk per
+//! piece ([`ChunkFramer`]) with the trailers as its trailer section; a streamed piece is
+//! written from its own bytes. Invariant: for a typed body, what the request buffer holds
+//! after the head is framed for the upstream already (whole chunks), and is sent as it is.
+//!
 //! The client's failures within its body (a stall past `stream_idle_timeout`, malformed
 //! chunks, a connection gone) travel inside the `io::Error` as an [`UploadFault`], so that the
 //! driver tells them from the upstream's: a client's fault is answered 408 or 400 and never
@@ -15,12 +24,12 @@ use std::io;
 use std::task::Poll;
 use std::time::Duration;
 
-use sluice_core::http1::{BodyFraming, Chunked, ChunkedDecoder, write_trailers};
+use sluice_core::http1::{BodyFraming, Chunked, ChunkedDecoder, TRAILER_FORBIDDEN, write_trailers};
 use sluice_core::l7::exchange::ResponseFlag;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt as _};
 use tokio::time::Instant as TokioInstant;
 
-use super::respond::Respond;
+use super::respond::{BodyPiece, Respond};
 use super::{REPLAY_LIMIT, ReadBuffer, write_flushed};
 use crate::engine::Engine;
 use crate::net::Network;
@@ -36,7 +45,7 @@ impl<N: Network> Engine<N> {
     /// `Ok(None)`: still arriving, or too large: it streams (a copy of it is kept for retries
     /// up to [`REPLAY_LIMIT`], see [`stream_request_body`]). `Err(status)`: the body is
     /// malformed or the client went away.
-    pub(super) async fn buffer_body<D: AsyncRead + Unpin>(
+    pub(super) async fn buffer_body<D: Respond>(
         &self,
         down: &mut D,
         rbuf: &mut ReadBuffer,
@@ -44,6 +53,9 @@ impl<N: Network> Engine<N> {
         framing: BodyFraming,
         stream_idle: Option<Duration>,
     ) -> Result<Option<usize>, u16> {
+        if D::TYPED {
+            return buffer_typed_body(down, rbuf, head_len, framing).await;
+        }
         // What is readable now, without waiting: `None` when a read would wait.
         let fill = async |rbuf: &mut ReadBuffer, down: &mut D| {
             tokio::select! {
@@ -74,6 +86,7 @@ impl<N: Network> Engine<N> {
                 Ok(Some(n as usize))
             }
             BodyFraming::Chunked => {
+                note_request_chunk_scan();
                 let mut dec = ChunkedDecoder::new(MAX_TRAILER_BYTES);
                 let mut scanned = head_len;
                 loop {
@@ -102,6 +115,122 @@ impl<N: Network> Engine<N> {
             }
         }
     }
+}
+
+/// [`Engine::buffer_body`] for a typed body (an HTTP/2 stream's): the pieces already here are
+/// framed for the upstream into `rbuf` after the head ([`ChunkFramer`]; a `content-length`
+/// body's payload as it is), never waiting for more. What was framed when the body turns out
+/// to stream stays in `rbuf`, where [`stream_body_kept`] sends it first.
+async fn buffer_typed_body<D: Respond>(
+    down: &mut D,
+    rbuf: &mut ReadBuffer,
+    head_len: usize,
+    framing: BodyFraming,
+) -> Result<Option<usize>, u16> {
+    let mut framer = ChunkFramer::default();
+    match framing {
+        BodyFraming::None | BodyFraming::CloseDelimited => return Ok(Some(0)),
+        BodyFraming::ContentLength(n) if n as usize > REPLAY_LIMIT => return Ok(None),
+        BodyFraming::ContentLength(0) => return Ok(Some(0)),
+        BodyFraming::ContentLength(_) | BodyFraming::Chunked => {}
+    }
+    loop {
+        // What is here now: a piece, or `None` when the next would wait.
+        let piece = match poll_fn(|cx| Poll::Ready(down.poll_body(cx))).await {
+            Poll::Pending => return Ok(None),
+            Poll::Ready(Err(_)) => return Err(400),
+            Poll::Ready(Ok(piece)) => piece,
+        };
+        match (framing, piece) {
+            (BodyFraming::ContentLength(n), BodyPiece::Data(data)) => {
+                rbuf.extend(&data);
+                // The stream's check holds DATA to the content-length: never past it.
+                if (rbuf.len() - head_len) as u64 >= n {
+                    return Ok(Some(n as usize));
+                }
+            }
+            // An end before the content-length is the stream's error; this is not reached.
+            (BodyFraming::ContentLength(_), _) => return Err(400),
+            (_, BodyPiece::Data(data)) => {
+                rbuf.extend(framer.size_line(data.len()));
+                rbuf.extend(&data);
+                rbuf.extend(b"\r\n");
+            }
+            (_, BodyPiece::Trailers(trailers)) => {
+                let mut out = Vec::new();
+                framer.end_with(&mut out, &trailers);
+                rbuf.extend(&out);
+                return Ok(Some(rbuf.len() - head_len));
+            }
+            (_, BodyPiece::End) => {
+                rbuf.extend(framer.end());
+                return Ok(Some(rbuf.len() - head_len));
+            }
+        }
+        if rbuf.len() - head_len > REPLAY_LIMIT {
+            return Ok(None);
+        }
+    }
+}
+
+/// Frames a typed request body of unknown length as HTTP/1.1 chunks for the upstream, once:
+/// each payload piece one chunk (its size line, the payload as it came, CRLF — the CRLF sent
+/// with the piece, not held for the next one: an upstream that reads chunk by chunk answers a
+/// duplex upload's piece before the client sends more), then the last chunk and the trailer
+/// section without the fields a trailer must not carry.
+#[derive(Default)]
+struct ChunkFramer {
+    /// The size line being written: at most 16 hex digits, `\r\n`.
+    line: [u8; 18],
+}
+
+impl ChunkFramer {
+    /// The size line of a chunk of `len` bytes.
+    fn size_line(&mut self, len: usize) -> &[u8] {
+        use std::io::Write as _;
+        let mut rest = &mut self.line[..];
+        let _ = write!(rest, "{len:x}\r\n");
+        let written = 18 - rest.len();
+        &self.line[..written]
+    }
+
+    /// The end of a body without trailers: the last chunk and an empty trailer section.
+    fn end(&self) -> &'static [u8] {
+        b"0\r\n\r\n"
+    }
+
+    /// Appends the end of a body with trailers: the last chunk and the trailer section, without
+    /// the fields a trailer must not carry. Returns the bytes of the end as the client's
+    /// fields would have made it (what the request's byte count adds).
+    fn end_with(&self, out: &mut Vec<u8>, trailers: &http::HeaderMap) -> usize {
+        out.extend_from_slice(b"0\r\n");
+        let mut sent = 5;
+        for (name, value) in trailers {
+            let name = name.as_str();
+            sent += name.len() + value.len() + 4;
+            if !TRAILER_FORBIDDEN.contains(&name) {
+                out.extend_from_slice(name.as_bytes());
+                out.extend_from_slice(b": ");
+                out.extend_from_slice(value.as_bytes());
+                out.extend_from_slice(b"\r\n");
+            }
+        }
+        out.extend_from_slice(b"\r\n");
+        sent
+    }
+}
+
+#[cfg(test)]
+thread_local! {
+    /// Times this thread ran a `ChunkedDecoder` over a request body (to show that an HTTP/2
+    /// request's body is never framed as chunks and scanned back).
+    pub(crate) static REQUEST_CHUNK_SCANS: Cell<u64> = const { Cell::new(0) };
+}
+
+/// Counts a scan of a request body's chunked framing (tests only).
+fn note_request_chunk_scan() {
+    #[cfg(test)]
+    REQUEST_CHUNK_SCANS.with(|n| n.set(n.get() + 1));
 }
 
 /// How the client's side of a request body failed, carried inside the `io::Error` of a body
@@ -167,26 +296,46 @@ pub(super) async fn fill_within<D: AsyncRead + Unpin>(
     idle: Option<Duration>,
     answered: Option<&Cell<TokioInstant>>,
 ) -> io::Result<usize> {
-    let read = match idle {
-        Some(d) => {
-            let mut fill = std::pin::pin!(rbuf.fill(down));
-            let mut from = TokioInstant::now();
-            loop {
-                match tokio::time::timeout_at(from + d, &mut fill).await {
-                    Ok(r) => break r,
-                    Err(_) => match answered.map(Cell::get) {
-                        Some(at) if at > from => from = at,
-                        _ => return Err(UploadFault::Stalled.into_io(io::ErrorKind::TimedOut)),
-                    },
-                }
-            }
-        }
-        None => rbuf.fill(down).await,
-    };
-    match read {
+    match within(idle, answered, rbuf.fill(down)).await? {
         Ok(0) => Err(UploadFault::Aborted.into_io(io::ErrorKind::UnexpectedEof)),
         Ok(n) => Ok(n),
         Err(e) => Err(UploadFault::Aborted.into_io(e.kind())),
+    }
+}
+
+/// [`fill_within`] for a typed body: its next piece, within `idle`. A stall is the client's
+/// [`UploadFault::Stalled`]; an error of the stream (a reset, a content-length mismatch) its
+/// [`UploadFault::Aborted`].
+async fn piece_within<D: Respond>(
+    down: &mut D,
+    idle: Option<Duration>,
+    answered: Option<&Cell<TokioInstant>>,
+) -> io::Result<BodyPiece> {
+    within(idle, answered, poll_fn(|cx| down.poll_body(cx)))
+        .await?
+        .map_err(|e| UploadFault::Aborted.into_io(e.kind()))
+}
+
+/// Waits for `wait` while the stream is not idle for `idle` (see [`fill_within`]); a stall is
+/// the client's [`UploadFault::Stalled`].
+async fn within<F: Future>(
+    idle: Option<Duration>,
+    answered: Option<&Cell<TokioInstant>>,
+    wait: F,
+) -> io::Result<F::Output> {
+    let Some(d) = idle else {
+        return Ok(wait.await);
+    };
+    let mut wait = std::pin::pin!(wait);
+    let mut from = TokioInstant::now();
+    loop {
+        match tokio::time::timeout_at(from + d, &mut wait).await {
+            Ok(r) => return Ok(r),
+            Err(_) => match answered.map(Cell::get) {
+                Some(at) if at > from => from = at,
+                _ => return Err(UploadFault::Stalled.into_io(io::ErrorKind::TimedOut)),
+            },
+        }
     }
 }
 
@@ -293,7 +442,7 @@ pub(super) async fn stream_request_body<U, D>(
 ) -> io::Result<Uploaded>
 where
     U: AsyncWrite + Unpin,
-    D: AsyncRead + Unpin,
+    D: Respond,
 {
     if replay.is_none() {
         detach.lost.set(true);
@@ -335,8 +484,22 @@ pub(super) async fn stream_body_kept<U, D>(
 ) -> io::Result<u64>
 where
     U: AsyncWrite + Unpin,
-    D: AsyncRead + Unpin,
+    D: Respond,
 {
+    if D::TYPED {
+        return stream_typed_body(
+            up,
+            down,
+            rbuf,
+            head_len,
+            framing,
+            stream_idle,
+            answered,
+            received,
+            copy,
+        )
+        .await;
+    }
     // The head stays at the front of rbuf until the request is logged: keep it, stream the
     // rest, and keep any bytes past the body.
     let mut total = 0u64;
@@ -364,6 +527,7 @@ where
         BodyFraming::Chunked => {
             // The body goes out as it came up to its trailer section, which is held back (at
             // most MAX_TRAILER_BYTES) and written without the fields a trailer must not carry.
+            note_request_chunk_scan();
             let mut dec = ChunkedDecoder::new(MAX_TRAILER_BYTES);
             // Scanned bytes at the front of the body region not forwarded yet (the trailers).
             let mut held = 0;
@@ -410,6 +574,87 @@ where
     }
 }
 
+/// [`stream_body_kept`] for a typed body (an HTTP/2 stream's): what [`buffer_typed_body`]
+/// framed into `rbuf` goes first, then each piece as it comes, framed for the upstream here
+/// once — a `content-length` body's payload as it is, one of unknown length as chunks
+/// ([`ChunkFramer`]), the payload written from the piece itself (no copy into `rbuf`).
+#[allow(clippy::too_many_arguments)]
+async fn stream_typed_body<U, D>(
+    up: &mut U,
+    down: &mut D,
+    rbuf: &mut ReadBuffer,
+    head_len: usize,
+    framing: BodyFraming,
+    stream_idle: Option<Duration>,
+    answered: Option<&Cell<TokioInstant>>,
+    received: &Cell<u64>,
+    copy: &mut ReplayCopy<'_>,
+) -> io::Result<u64>
+where
+    U: AsyncWrite + Unpin,
+    D: Respond,
+{
+    let mut total = 0u64;
+    let sent = |n: usize, total: &mut u64| {
+        *total += n as u64;
+        received.set(received.get() + n as u64);
+    };
+    let mut left = match framing {
+        BodyFraming::ContentLength(n) => n,
+        BodyFraming::Chunked => u64::MAX,
+        BodyFraming::None | BodyFraming::CloseDelimited => return Ok(0),
+    };
+    let held = rbuf.len().saturating_sub(head_len);
+    if held > 0 {
+        send_kept(up, &rbuf.bytes()[head_len..], copy).await?;
+        drop_range(rbuf, head_len, held);
+        sent(held, &mut total);
+        if let BodyFraming::ContentLength(_) = framing {
+            left -= held as u64;
+        }
+    }
+    let mut framer = ChunkFramer::default();
+    while left > 0 {
+        match piece_within(down, stream_idle, answered).await? {
+            BodyPiece::Data(data) => {
+                if let BodyFraming::Chunked = framing {
+                    let line = framer.size_line(data.len());
+                    let n = line.len();
+                    send_kept(up, line, copy).await?;
+                    sent(n, &mut total);
+                } else {
+                    left = left.saturating_sub(data.len() as u64);
+                }
+                send_kept(up, &data, copy).await?;
+                sent(data.len(), &mut total);
+                if let BodyFraming::Chunked = framing {
+                    send_kept(up, b"\r\n", copy).await?;
+                    sent(2, &mut total);
+                }
+            }
+            // An end before the content-length is the stream's error; this is not reached.
+            _ if left != u64::MAX => {
+                return Err(UploadFault::Aborted.into_io(io::ErrorKind::UnexpectedEof));
+            }
+            BodyPiece::Trailers(trailers) => {
+                let mut out = Vec::new();
+                let n = framer.end_with(&mut out, &trailers);
+                send_kept(up, &out, copy).await?;
+                // Counted as the client's fields made it, before the sifting.
+                sent(n, &mut total);
+                left = 0;
+            }
+            BodyPiece::End => {
+                let end = framer.end();
+                send_kept(up, end, copy).await?;
+                sent(end.len(), &mut total);
+                left = 0;
+            }
+        }
+    }
+    Ok(total)
+}
+
 /// Appends a complete, validated chunked request body, its trailer section without the fields
 /// a trailer must not carry. The common body without trailers (it ends with the last chunk and
 /// an empty trailer section, `0\r\n\r\n`) is copied as it is, without a second scan.
@@ -418,6 +663,7 @@ pub(super) fn push_chunked_body(out: &mut Vec<u8>, body: &[u8]) {
         out.extend_from_slice(body);
         return;
     }
+    note_request_chunk_scan();
     let mut dec = ChunkedDecoder::new(MAX_TRAILER_BYTES);
     match (dec.feed(body), dec.trailers_start()) {
         (Ok(Chunked::Done { .. }), Some(at)) => {
@@ -848,7 +1094,8 @@ mod tests {
             .unwrap();
         rt.block_on(async {
             let upload = async |replay: Option<&mut Vec<u8>>| {
-                let (mut down, mut client) = tokio::io::duplex(1024);
+                let (down, mut client) = tokio::io::duplex(1024);
+                let mut down = crate::downstream::Downstream::Plain(down);
                 let send = async {
                     client.write_all(&[b'a'; 100]).await.unwrap();
                     tokio::time::sleep(Duration::from_millis(50)).await;

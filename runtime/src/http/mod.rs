@@ -22,7 +22,8 @@
 //! This module keeps the connection (steps 1, 2 and 4: [`Engine::http_connection`],
 //! [`Engine::serve_request`], the buffers and per-connection [`Scratch`]); step 3, which HTTP/2
 //! streams take too (`crate::http2`: the request head written, not parsed, into the `Head` the
-//! path reads; its body re-framed as HTTP/1.1; the response typed), is
+//! path reads; its body handed over typed, framed for the upstream once by `body`; the
+//! response typed), is
 //! cut by concern:
 //!
 //! - `stream`: the walk of one forwarded request along the core's stream — `forward`, and its
@@ -31,7 +32,9 @@
 //! - `upstream`: a try's connection (pooled, new, HTTP/2) and its breaker units;
 //! - `wire`: the heads — the upstream request with the core's edits, its per-try fields, the
 //!   response head read and written back with the route's and listener's edits;
-//! - `body`: request bodies held or streamed (with the replay copy), response bodies, tunnels;
+//! - `body`: request bodies held or streamed (with the replay copy) — an HTTP/1.1 client's read
+//!   in its framing, an HTTP/2 stream's typed and framed for the upstream here — response
+//!   bodies, tunnels;
 //! - `respond`: the response side whatever the client's protocol ([`respond::Respond`]): a
 //!   staged forwarded head (the upstream's with the edits as a list), payload, trailers, local
 //!   answers — written as HTTP/1.1 bytes to a connection, typed to an HTTP/2 stream.
@@ -136,6 +139,8 @@ use crate::stats::bump;
 use respond::{LocalBody, LocalReply, Respond, send_local};
 
 mod body;
+#[cfg(test)]
+pub(crate) use body::REQUEST_CHUNK_SCANS;
 pub(crate) mod respond;
 mod stream;
 mod upstream;
@@ -188,6 +193,25 @@ impl ReadBuffer {
 
     fn len(&self) -> usize {
         self.end - self.start
+    }
+
+    /// Appends `bytes` after the unconsumed ones (making room first).
+    fn extend(&mut self, bytes: &[u8]) {
+        if self.data.len() - self.end < bytes.len() {
+            if self.start > 0 {
+                self.data.copy_within(self.start..self.end, 0);
+                self.end -= self.start;
+                self.start = 0;
+            }
+            if self.data.len() - self.end < bytes.len() {
+                let grown = (self.end + bytes.len())
+                    .max(self.data.len() * 2)
+                    .max(READ_CHUNK);
+                self.data.resize(grown, 0);
+            }
+        }
+        self.data[self.end..self.end + bytes.len()].copy_from_slice(bytes);
+        self.end += bytes.len();
     }
 
     fn is_empty(&self) -> bool {
@@ -1270,7 +1294,7 @@ impl<N: Network> Engine<N> {
 
     /// Routes and answers one request whose head is parsed in `head` (from `rbuf`). `down` is
     /// the downstream ([`Respond`]): the client's connection, or an HTTP/2 stream
-    /// ([`crate::http2`]: its request body read as HTTP/1.1, its response taken typed).
+    /// ([`crate::http2`]: its request body handed over and its response taken typed).
     #[allow(clippy::too_many_arguments)]
     pub(crate) async fn serve_request<D: Respond>(
         &self,

@@ -13,6 +13,9 @@
 //!   twin), the trailer section HTTP/2 trailers. Nothing is written as HTTP/1.1 text for it to
 //!   parse back.
 //!
+//! The same interface gives the path an HTTP/2 stream's request body typed
+//! ([`Respond::poll_body`], [`BodyPiece`]); an HTTP/1.1 connection's is read as bytes.
+//!
 //! Invariant (both codecs): a forwarded head is *staged*, not sent, until the first payload
 //! (or the end of an empty body), so that an upstream failing before then can still be
 //! answered by the proxy ([`Respond::head_pending`]); a local answer replaces a staged head.
@@ -20,7 +23,9 @@
 //! [`for_each_response_field`]: sluice_core::http1::for_each_response_field
 
 use std::io;
+use std::task::{Context, Poll};
 
+use bytes::Bytes;
 use sluice_core::http1::{Head, HeadEdits, write_local_response, write_response_head};
 use sluice_core::l7::grpc::{self, GrpcStatus};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt as _};
@@ -91,15 +96,38 @@ fn not_typed() -> io::Error {
     io::Error::other("a typed response went to an HTTP/1.1 downstream")
 }
 
-/// The client's side of the request path: its request body is read through `AsyncRead`; its
-/// response goes through the functions of this module, which write HTTP/1.1 through
-/// `AsyncWrite` or, for a typed responder ([`Respond::TYPED`], an HTTP/2 stream), call its
+/// One piece of a typed request body ([`Respond::poll_body`]): payload as the client sent it,
+/// then the end — with the trailer fields when there are some.
+#[derive(Debug)]
+pub(crate) enum BodyPiece {
+    /// Payload, without any framing (an HTTP/2 DATA frame's, never empty). Its receive
+    /// capacity was given back to the client as it was handed over: a stream holds at most its
+    /// window plus the piece the path is sending.
+    Data(Bytes),
+    /// The body ended with these trailer fields.
+    Trailers(http::HeaderMap),
+    /// The body ended (without trailers). Every later poll says so again.
+    End,
+}
+
+/// The client's side of the request path. An HTTP/1.1 connection's request body is read as
+/// bytes in the framing of its head, through `AsyncRead`; a typed client ([`Respond::TYPED`],
+/// an HTTP/2 stream) hands it over as [`BodyPiece`]s ([`Respond::poll_body`]), which the
+/// path's body copy frames for the upstream once (`body`). Its response goes through the
+/// functions of this module, which write HTTP/1.1 through `AsyncWrite` or, typed, call its
 /// `typed_*` methods. Those are synchronous or flushed with `AsyncWrite::poll_flush`, so that a
 /// [`Shared`] handle (one direction of a full-duplex exchange) borrows the responder for one
 /// call at a time.
 pub(crate) trait Respond: AsyncRead + AsyncWrite + Unpin {
-    /// The response goes to the codec typed, not as HTTP/1.1 bytes.
+    /// The request body comes as [`BodyPiece`]s and the response goes to the codec typed, not
+    /// as HTTP/1.1 bytes either way.
     const TYPED: bool = false;
+
+    /// Typed: the next piece of the request body. Content-length mismatches are errors here
+    /// (DATA beyond it, or an end before it), as is the client resetting its stream.
+    fn poll_body(&mut self, _cx: &mut Context<'_>) -> Poll<io::Result<BodyPiece>> {
+        Poll::Ready(Err(not_typed()))
+    }
 
     /// Typed: sends an interim (1xx) answer.
     fn typed_interim(&mut self, _status: u16) -> io::Result<()> {
@@ -143,6 +171,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Respond for crate::downstream::Downstrea
 impl<T: Respond> Respond for Shared<'_, T> {
     const TYPED: bool = T::TYPED;
 
+    fn poll_body(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<BodyPiece>> {
+        self.0.borrow_mut().poll_body(cx)
+    }
+
     fn typed_interim(&mut self, status: u16) -> io::Result<()> {
         self.0.borrow_mut().typed_interim(status)
     }
@@ -174,6 +206,10 @@ impl<T: Respond> Respond for Shared<'_, T> {
 
 impl<T: Respond + ?Sized> Respond for &mut T {
     const TYPED: bool = T::TYPED;
+
+    fn poll_body(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<BodyPiece>> {
+        (**self).poll_body(cx)
+    }
 
     fn typed_interim(&mut self, status: u16) -> io::Result<()> {
         (**self).typed_interim(status)

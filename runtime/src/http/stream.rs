@@ -165,6 +165,9 @@ pub(super) struct Forwarding<'r> {
     /// The proxy's own answers close the client's connection: a body not held (what is left
     /// of it would be read as a request), or a client that does not keep its connection.
     pub(super) close_on_reply: bool,
+    /// The request body comes typed ([`Respond::TYPED`]): a held one is framed for the
+    /// upstream already.
+    pub(super) typed_body: bool,
     /// The held body's length after the head; `None` while it streams. Set too when a retry
     /// sends a streamed body that was kept whole.
     pub(super) body_len: Option<usize>,
@@ -303,6 +306,7 @@ impl<N: Network> Engine<N> {
             route_timeout: None,
             destination: None,
             close_on_reply: true,
+            typed_body: D::TYPED,
             body_len: None,
             body_kept: false,
             bytes_received: &bytes_received,

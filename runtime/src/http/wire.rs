@@ -95,7 +95,7 @@ pub(super) async fn send_request<U, D>(
 ) -> Result<(), TryFailure>
 where
     U: AsyncRead + AsyncWrite + Unpin,
-    D: AsyncRead + AsyncWrite + Unpin,
+    D: Respond,
 {
     let closed = |written: bool| TryFailure::Closed {
         request_written: written,
@@ -357,7 +357,8 @@ impl<N: Network> Engine<N> {
             // (for the log) followed by the next pipelined request.
             let head_len = req.head_len;
             let body = &rbuf.bytes()[head_len..head_len + n];
-            if req.framing == BodyFraming::Chunked {
+            // A typed body was framed for the upstream as it was held (`body`).
+            if req.framing == BodyFraming::Chunked && !req.typed_body {
                 push_chunked_body(out, body);
             } else {
                 out.extend_from_slice(body);
