@@ -14,7 +14,17 @@
 //!   multiplexed): connects within the cluster's `connect_timeout`, flushes its outbox, reads
 //!   responses, restores their ids and appends them to their downstream's outbox;
 //! - one **timer** task per worker: sleeps until the proxy's next deadline and lets it answer
-//!   expired requests (status 7).
+//!   expired requests (status 7); it also wakes when an active health check's verdict changes,
+//!   and closes this worker's connection to a host that failed its check (its requests answered
+//!   status 16) at once — a downstream task looks at the verdicts only when a batch of frames
+//!   arrives, and none may come while every client waits on that host.
+//!
+//! Per batch, not per frame: a downstream task decodes every complete frame a read brought,
+//! then once for the batch applies the health verdicts (before the batch's first frame is
+//! routed), drains the proxy's actions, re-arms the worker's timer, publishes the counters and
+//! wakes each upstream connection it fed; an upstream task does the same once per read. Each
+//! downstream task keeps one timer (its frame/idle deadline and a handover pause's end, re-armed
+//! lazily: armed at or before the next wake-up due) and one stop watch for its whole life.
 //!
 //! An [`Outbox`] is a byte buffer plus a wake-up: any task appends, the owning task writes it out
 //! with one `write_all` per batch (swapping buffers, so appends go on meanwhile). Frames are never
@@ -419,20 +429,36 @@ impl<N: Network> Engine<N> {
         // A drain deadline that passed before the watch above began (during a TLS handshake's
         // last steps or protocol detection) closes the connection at once.
         let mut close = overflow || self.lifecycle.drain_deadline_passed();
-        // Upstream outboxes this connection wrote to in the current batch.
-        let mut touched: Vec<Rc<Outbox>> = Vec::new();
+        // Upstream outboxes this connection wrote to in the current batch, by connection: a
+        // batch's frames (usually all for one upstream) find theirs here without a map lookup,
+        // and each is woken once, when the batch is queued.
+        let mut touched: Vec<(UpstreamId, Rc<Outbox>)> = Vec::new();
         // While handing over: until when reading stays paused (see MIGRATION_PAUSE).
         let mut paused_until: Option<tokio::time::Instant> = None;
+        // One timer for the connection's own deadline and the end of a handover pause, armed
+        // lazily: a deadline that moved later (the connection made progress) is not re-armed
+        // until the timer fires early, so a busy connection neither builds a timer nor touches
+        // the timer wheel per batch. Invariant: it is armed at or before the next wake-up due.
+        let timer = tokio::time::sleep_until(far_future());
+        tokio::pin!(timer);
+        // Completes when the engine starts stopping; made once (a `Notified` created before
+        // the stop sees it), disabled once it fired.
+        let stop = self.lifecycle.stop_accepting();
+        tokio::pin!(stop);
+        let mut stop_seen = false;
         loop {
             // Every complete frame in the buffer.
             let now = now();
-            self.refresh_bolt_availability(now);
+            let mut frames = 0usize;
             while !close {
                 let decoded = bolt::decode(&buf[start..end], max_frame);
                 match decoded {
                     Ok(Some(frame)) => {
-                        framed = true;
-                        progress = tokio::time::Instant::now();
+                        if frames == 0 {
+                            // The health verdicts a batch's routing sees.
+                            self.refresh_bolt_availability(now);
+                        }
+                        frames += 1;
                         let len = frame.len;
                         let before = logged.then(|| *bw.proxy.borrow().stats());
                         let verdict = bw.proxy.borrow_mut().handle_downstream_frame(
@@ -455,13 +481,18 @@ impl<N: Network> Engine<N> {
                             DownstreamVerdict::Forward { up, request_id } => {
                                 let bytes = &mut buf[start..start + len];
                                 bolt::set_request_id(bytes, request_id);
-                                // The connection may be new: its Connect is still in
-                                // poll_action, and its outbox is made here.
-                                let o = bw.ups.borrow_mut().entry(up).or_default().clone();
-                                o.push(|b| b.extend_from_slice(bytes));
-                                if !touched.iter().any(|t| Rc::ptr_eq(t, &o)) {
-                                    touched.push(o);
-                                }
+                                let o = match touched.iter().find(|(u, _)| *u == up) {
+                                    Some((_, o)) => o,
+                                    None => {
+                                        // The connection may be new: its Connect is still in
+                                        // poll_action, and its outbox is made here.
+                                        let o = bw.ups.borrow_mut().entry(up).or_default().clone();
+                                        touched.push((up, o));
+                                        &touched[touched.len() - 1].1
+                                    }
+                                };
+                                // Woken once the batch is queued (below).
+                                o.buf.borrow_mut().extend_from_slice(bytes);
                             }
                             DownstreamVerdict::AnswerHeartbeat => {
                                 bolt::encode_heartbeat_reply(&mut outbox.buf.borrow_mut(), &frame);
@@ -470,7 +501,6 @@ impl<N: Network> Engine<N> {
                             DownstreamVerdict::Drop(_) => {}
                         }
                         start += len;
-                        self.bolt_after_input();
                     }
                     Ok(None) => break,
                     Err(e) => {
@@ -487,14 +517,26 @@ impl<N: Network> Engine<N> {
                         if let Some(r) = reply {
                             r.encode(&mut outbox.buf.borrow_mut());
                         }
-                        self.bolt_after_input();
                         close = true;
                     }
                 }
             }
-            self.publish_bolt_stats();
+            // Once per batch, not per frame: the proxy's actions (connections to open, and the
+            // idle connections a new destination evicted), the timer, the counters, the clock,
+            // and one wake-up per upstream connection fed.
+            if frames > 0 || close {
+                self.bolt_after_input();
+                self.publish_bolt_stats();
+            }
+            if frames > 0 {
+                framed = true;
+                progress = tokio::time::Instant::now();
+            }
+            for (_, o) in &touched {
+                o.wake.notify_one();
+            }
             // Backpressure: wait while an upstream this connection feeds has too much queued.
-            for o in touched.drain(..) {
+            for (_, o) in touched.drain(..) {
                 while o.buf.borrow().len() > UPSTREAM_OUTBOX_HIGH && !o.close.get() {
                     let drained = o.drained.notified();
                     tokio::select! {
@@ -555,7 +597,6 @@ impl<N: Network> Engine<N> {
             // instance took over, stop reading (what the client sends next waits in the
             // socket), let the requests in flight finish, and hand the connection over with the
             // bytes read but not processed.
-            let stop = self.lifecycle.stop_accepting();
             // A TLS connection stays (its session keys are this process's): it closes once
             // nothing is in flight, as without a new instance.
             let migrate = if self.lifecycle.is_stopping() && !stream.is_tls() {
@@ -596,8 +637,7 @@ impl<N: Network> Engine<N> {
             } else if paused_until.is_none() {
                 paused_until = Some(tokio::time::Instant::now() + MIGRATION_PAUSE);
             }
-            let paused = paused_until.is_some_and(|t| tokio::time::Instant::now() < t);
-            let resume = paused_until.unwrap_or_else(far_future);
+            let paused = paused_until.filter(|&t| tokio::time::Instant::now() < t);
             // The connection's own deadline: its first frame, the frame it is sending, or idle.
             let deadline = if !framed {
                 Some(started + frame_timeout)
@@ -608,18 +648,30 @@ impl<N: Network> Engine<N> {
             } else {
                 None
             };
+            let wake_at = match (deadline, paused) {
+                (Some(d), Some(p)) => Some(d.min(p)),
+                (d, p) => d.or(p),
+            };
+            if let Some(at) = wake_at
+                && at < timer.deadline()
+            {
+                timer.as_mut().reset(at);
+            }
             tokio::select! {
                 biased;
                 () = &mut expired => break,
-                () = tokio::time::sleep_until(deadline.unwrap_or_else(far_future)), if deadline.is_some() => {
-                    bump(&self.stats().bolt.downstream_timeouts, 1);
-                    debug!(%peer, framed, partial = end - start, "bolt: downstream frame or idle timeout; closing");
-                    break;
+                () = &mut timer, if wake_at.is_some() => {
+                    if deadline.is_some_and(|d| d <= tokio::time::Instant::now()) {
+                        bump(&self.stats().bolt.downstream_timeouts, 1);
+                        debug!(%peer, framed, partial = end - start, "bolt: downstream frame or idle timeout; closing");
+                        break;
+                    }
+                    // Early (the deadline moved on since), or a pause's end: re-armed above.
+                    timer.as_mut().reset(far_future());
                 }
                 () = outbox.wake.notified() => {}
-                () = stop => {}
-                () = tokio::time::sleep_until(resume), if paused => {}
-                r = read_pooled(&mut stream, &mut buf, end, pool), if !paused => match r {
+                () = &mut stop, if !stop_seen => stop_seen = true,
+                r = read_pooled(&mut stream, &mut buf, end, pool), if paused.is_none() => match r {
                     Ok(0) | Err(_) => break,
                     Ok(n) => {
                         end += n;
@@ -768,6 +820,7 @@ impl<N: Network> Engine<N> {
             .max()
             .unwrap_or(bolt::DEFAULT_MAX_FRAME_SIZE);
         let mut lost = false;
+        let host_stats = self.stats().host(cluster, host.index());
         loop {
             let now = now();
             loop {
@@ -801,7 +854,7 @@ impl<N: Network> Engine<N> {
                                     upstream_result(status),
                                 );
                                 self.bolt_log_answer((up, upstream_id), status, None, len as u64);
-                                if let Some(h) = self.stats().host(cluster, host.index()) {
+                                if let Some(h) = host_stats {
                                     bump(&h.rq_total, 1);
                                 }
                             }
@@ -811,7 +864,6 @@ impl<N: Network> Engine<N> {
                             UpstreamVerdict::Drop => {}
                         }
                         start += len;
-                        self.bolt_after_input();
                     }
                     Ok(None) => break,
                     Err(e) => {
@@ -821,6 +873,9 @@ impl<N: Network> Engine<N> {
                     }
                 }
             }
+            // Once per read, not per response: the proxy's actions (the close of a connection
+            // to a host that left its slot, once its last stream ended) and the timer.
+            self.bolt_after_input();
             if lost {
                 break;
             }
@@ -899,10 +954,19 @@ impl<N: Network> Engine<N> {
         self.publish_bolt_stats();
     }
 
-    /// The worker's Bolt timer: answers requests whose deadline passed (status 7).
+    /// The worker's Bolt timer: answers requests whose deadline passed (status 7). It also
+    /// follows the active health checks' verdicts as they change, so that this worker's
+    /// connection to a host that failed its check closes then (its requests answered status
+    /// 16), not at the next downstream frame: the downstream connections look at the verdicts
+    /// only per batch of frames, and when every client waits on answers from that host (a
+    /// partition, its pipelines full) no frame comes until the requests time out.
     pub(crate) async fn bolt_timer(self: Rc<Self>) {
         let bw = self.bolt();
+        let health = self.upstreams.shared_health().clone();
         loop {
+            // Made before the look at the verdicts, so a change after the look wakes it.
+            let verdict_changed = health.verdict_changed();
+            self.refresh_bolt_availability(now());
             let next = bw.proxy.borrow().poll_timeout();
             bw.armed.set(next);
             let sleep_until = next.map_or_else(
@@ -918,6 +982,7 @@ impl<N: Network> Engine<N> {
                     self.publish_bolt_stats();
                 }
                 () = bw.timer.notified() => {}
+                () = verdict_changed => {}
             }
         }
     }
@@ -1203,5 +1268,7 @@ impl<N: Network> Engine<N> {
     }
 }
 
+#[cfg(test)]
+mod health_tests;
 #[cfg(test)]
 mod idle_tests;

@@ -79,6 +79,10 @@ pub struct SharedHealth {
     /// The DNS clusters' answers ([`crate::dns`]): kept here because this is what every
     /// worker of a generation shares and a reload carries over.
     pub(crate) dns: crate::dns::SharedDns,
+    /// Woken (every waiter) whenever a verdict changes: what a worker owns because of a verdict
+    /// (its Bolt connections to a host that failed its check) must follow it without waiting
+    /// for the worker's next request.
+    verdict_changed: tokio::sync::Notify,
 }
 
 #[derive(Debug)]
@@ -125,6 +129,7 @@ impl SharedHealth {
                 })
                 .collect(),
             dns: crate::dns::SharedDns::new(config),
+            verdict_changed: tokio::sync::Notify::new(),
         }
     }
 
@@ -294,6 +299,13 @@ impl SharedHealth {
         let c = &self.clusters[cluster];
         c.healthy[host].store(verdict_word(epoch, healthy), Relaxed);
         c.generation.fetch_add(1, Relaxed);
+        self.verdict_changed.notify_waiters();
+    }
+
+    /// Completes when a verdict changes after its creation: create it, then look at the
+    /// verdicts (a change between the two wakes it).
+    pub(crate) fn verdict_changed(&self) -> tokio::sync::futures::Notified<'_> {
+        self.verdict_changed.notified()
     }
 
     /// Notes that the cluster has traffic (a load; a store and a wake-up only the first time).
