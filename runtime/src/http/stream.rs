@@ -580,7 +580,7 @@ impl<N: Network> Engine<N> {
             rendered_response,
             ..
         } = scratch;
-        let (outcome, pool_up) = {
+        let (outcome, pooled_at) = {
             let up_cell = RefCell::new(&mut up);
             let down_cell = RefCell::new(&mut *down);
             // The request buffer, lent whole to the upload of a streamed body once the head
@@ -590,9 +590,10 @@ impl<N: Network> Engine<N> {
             let mut no_rbuf = ReadBuffer::new();
             let mut upw = Shared(&up_cell);
             let mut downw = Shared(&down_cell);
-            // When answer bytes last went to the client, for the upload's idle timer.
-            let answered = Cell::new(TokioInstant::now());
-            let answered = duplex.then_some(&answered);
+            // When answer bytes last went to the client, for the upload's idle timer (read
+            // from the clock only for a duplex upload: it is the only reader).
+            let answered = duplex.then(|| Cell::new(TokioInstant::now()));
+            let answered = answered.as_ref();
             // Whether the upload still writes upstream, and whether its copy is whole.
             let detach = Detach::default();
             // The rest of a streamed body, once the head went out; `None` when there is
@@ -753,13 +754,16 @@ impl<N: Network> Engine<N> {
         // slot empties its idle list), so a checkout needs no check of its own.
         let current =
             req.destination.is_some() || self.upstreams.cluster(ci).borrow().is_current(picked);
-        if pool_up
+        if let Some(completed_at) = pooled_at
             && current
             && let Upstream::Http1(up) = up
         {
             match req.destination {
-                None => self.upstreams.pool().put(ci, host.index(), up, now()),
-                Some(d) => self.upstreams.pool().put_to(ci, d, up, now()),
+                None => self
+                    .upstreams
+                    .pool()
+                    .put(ci, host.index(), up, completed_at),
+                Some(d) => self.upstreams.pool().put_to(ci, d, up, completed_at),
             }
         }
         TryEnd::Done(outcome)
@@ -936,8 +940,9 @@ impl<N: Network> Engine<N> {
 
     /// Relays a response the core forwards: its head with the route's and the listener's
     /// edits (staged on the client's responder, `respond`), then its body by its framing (while a streamed request body still goes up
-    /// alongside), or, after a `101`, a tunnel. The outcome, and whether the upstream
-    /// connection can carry another request. An upstream that fails before the first body byte
+    /// alongside), or, after a `101`, a tunnel. The outcome, and when the response completed if
+    /// the upstream connection can carry another request (its idle time in the pool starts
+    /// then: one clock read for both). An upstream that fails before the first body byte
     /// reached the client is still answered by the proxy (502 or 504).
     #[allow(clippy::too_many_arguments)]
     async fn relay_response<U, UP, DOWN>(
@@ -958,7 +963,7 @@ impl<N: Network> Engine<N> {
         ubuf: &mut ReadBuffer,
         rhead: &Head,
         out: &mut Vec<u8>,
-    ) -> (Outcome, bool)
+    ) -> (Outcome, Option<sluice_core::Instant>)
     where
         U: Future<Output = io::Result<Uploaded>>,
         UP: AsyncRead + AsyncWrite + Unpin,
@@ -1008,7 +1013,7 @@ impl<N: Network> Engine<N> {
                     bytes_sent: 0,
                     reusable: false,
                 };
-                return (outcome, false);
+                return (outcome, None);
             }
             // The upstream try is over; the tunnel still counts as a request.
             self.stream_input(ci, stream, Input::Upgraded);
@@ -1023,7 +1028,7 @@ impl<N: Network> Engine<N> {
                 bytes_sent,
                 reusable: false,
             };
-            return (outcome, false);
+            return (outcome, None);
         }
         // The head goes out with the first body bytes: one write for a small response.
         // A gRPC answer's chunked trailer section is kept as it passes, for its
@@ -1074,7 +1079,7 @@ impl<N: Network> Engine<N> {
                         answered,
                     )
                     .await;
-                return (outcome, false);
+                return (outcome, None);
             }
         };
         // An answer that ended before the request body: the rest of the body is not
@@ -1139,7 +1144,7 @@ impl<N: Network> Engine<N> {
                 .await;
             o.upstream = req.upstream_addr;
             o.bytes_received = req.bytes_received.get();
-            return (o, false);
+            return (o, None);
         }
         bytes_sent += sent;
         // An HTTP/1.1 connection is reused only when the request went out whole: one
@@ -1158,7 +1163,7 @@ impl<N: Network> Engine<N> {
             bytes_sent,
             reusable: complete && keep_down && t.request_complete,
         };
-        (outcome, reuse_up)
+        (outcome, reuse_up.then_some(completed_at))
     }
 
     /// Runs `work` (a step of the response path: reading its head, copying its body) to its
