@@ -41,7 +41,7 @@ use sluice_core::l7::stream::{Event as StreamEvent, Input, Output, Stream};
 use sluice_core::lb::request_hash;
 use sluice_core::router::pick_cluster;
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::time::Instant as TokioInstant;
+use tokio::time::{Instant as TokioInstant, Sleep};
 
 use super::body::{
     Detach, UploadFault, Uploaded, copy_body, fault_of, stream_request_body, tunnel,
@@ -49,7 +49,7 @@ use super::body::{
 use super::respond::{Respond, send_continue};
 use super::upstream::{BreakerUnit, Connected, Upstream};
 use super::wire::{read_response_head, rewrite_try_fields, send_request, stage_downstream_head};
-use super::{Outcome, REPLAY_LIMIT, ReadBuffer, Scratch, deadline_of, write_flushed};
+use super::{Outcome, REPLAY_LIMIT, ReadBuffer, Scratch, deadline_of, far_future, write_flushed};
 use crate::engine::Engine;
 use crate::net::Network;
 use crate::now;
@@ -177,6 +177,20 @@ pub(super) struct Forwarding<'r> {
     /// The latest try's host, and the address it went to (for the log).
     pub(super) last_host: Option<HostId>,
     pub(super) upstream_addr: Option<SocketAddr>,
+    /// The stream's timer, one per request: each step of a try re-arms it to
+    /// `stream.poll_timeout()` ([`arm`]) rather than putting a new sleep in tokio's wheel and
+    /// taking it out again (~300 instructions each way, several steps per request).
+    pub(super) timer: Pin<&'r mut Sleep>,
+}
+
+/// Sets `timer` to fire at `at` (never, for `None`). A registered timer whose deadline moves
+/// later is extended in place (tokio's `reset`; the wheel re-files it when its old slot comes
+/// up); one already at `at` is left alone.
+fn arm(timer: &mut Pin<&mut Sleep>, at: Option<sluice_core::Instant>) {
+    let deadline = deadline_of(at);
+    if timer.deadline() != deadline {
+        timer.as_mut().reset(deadline);
+    }
 }
 
 /// One try's progress on its connection, shared by its steps ([`Engine::run_try`]).
@@ -285,6 +299,7 @@ impl<N: Network> Engine<N> {
         // out below).
         let listener_http = Rc::clone(&scratch.listener_http);
         let bytes_received = Cell::new(0);
+        let timer = std::pin::pin!(tokio::time::sleep_until(far_future()));
         let mut req = Forwarding {
             action,
             ci,
@@ -308,6 +323,7 @@ impl<N: Network> Engine<N> {
             bytes_received: &bytes_received,
             last_host: None,
             upstream_addr: None,
+            timer,
         };
 
         // --- the request body: held when small enough to replay ---
@@ -608,7 +624,7 @@ impl<N: Network> Engine<N> {
                 too_many_interim: false,
                 upload_fault: None,
             };
-            let timer = deadline_of(stream.poll_timeout());
+            arm(&mut req.timer, stream.poll_timeout());
             ubuf.clear();
             let sent = {
                 let rb = rbuf_slot.as_deref_mut().unwrap_or(&mut no_rbuf);
@@ -619,7 +635,7 @@ impl<N: Network> Engine<N> {
                         req.framing, req.body_len.is_none() && !duplex, req.stream_idle,
                         &mut t.written, req.bytes_received, &mut t.upload_fault,
                     ) => Some(r),
-                    () = tokio::time::sleep_until(timer) => None,
+                    () = req.timer.as_mut() => None,
                 }
             };
             // One clock read for the inputs given as the request went out.
@@ -674,6 +690,7 @@ impl<N: Network> Engine<N> {
                         .alongside(
                             ci,
                             stream,
+                            req.timer.as_mut(),
                             read,
                             upload.as_mut(),
                             &mut t.request_complete,
@@ -1049,6 +1066,7 @@ impl<N: Network> Engine<N> {
             .alongside(
                 ci,
                 stream,
+                req.timer.as_mut(),
                 copy,
                 upload.as_mut(),
                 &mut t.request_complete,
@@ -1179,6 +1197,7 @@ impl<N: Network> Engine<N> {
         &self,
         ci: usize,
         stream: &mut StreamGuard,
+        mut timer: Pin<&mut Sleep>,
         work: W,
         mut upload: Pin<&mut Option<U>>,
         request_complete: &mut bool,
@@ -1190,12 +1209,12 @@ impl<N: Network> Engine<N> {
     {
         let mut work = std::pin::pin!(work);
         loop {
-            let timer = deadline_of(stream.poll_timeout());
+            arm(&mut timer, stream.poll_timeout());
             let sending = upload.is_some();
             let sent = tokio::select! {
                 biased;
                 r = &mut work => return Alongside::Done(r),
-                () = tokio::time::sleep_until(timer) => return Alongside::Timeout,
+                () = timer.as_mut() => return Alongside::Timeout,
                 r = poll_fn(|cx| match upload.as_mut().as_pin_mut() {
                     Some(f) => f.poll(cx),
                     None => Poll::Pending,
