@@ -1193,6 +1193,7 @@ impl<N: Network> Engine<N> {
     /// retries (`Uploaded::kept`) gives the stream its `BodyBuffered` first, and sets `kept`;
     /// one the upstream did not take all of (`Uploaded::detached`) leaves `request_complete`
     /// false (the connection is not reused).
+    #[allow(clippy::too_many_arguments)]
     pub(super) async fn alongside<T, W, U>(
         &self,
         ci: usize,
