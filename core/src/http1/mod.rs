@@ -76,8 +76,7 @@
 //! - a malformed `Content-Length` (non-digits, a sign, empty, an empty list element, more than
 //!   `u64::MAX`), or differing values (`5, 5` or two equal fields are accepted as 5);
 //! - obs-fold, whitespace between a field name and its colon, a line ending that is not CRLF
-//!   (a bare LF or a bare CR), a control character in a field value (checked by the codec itself,
-//!   not only by `httparse`);
+//!   (a bare LF or a bare CR), a control character in a field value;
 //! - in a request: a missing `Host` (HTTP/1.1), more than one `Host`, a `Host` that is not an
 //!   authority; a target that is not origin-form or absolute-form (`*` only for `OPTIONS`,
 //!   authority-form only, and always, for `CONNECT`), or that holds a byte outside
@@ -85,10 +84,10 @@
 //! - a head longer than [`Limits::max_head_bytes`] (also while still incomplete) or with more
 //!   than [`Limits::max_headers`] fields: 431.
 //!
-//! The checks run in a fixed order, so one input always gives the same error: line syntax
-//! (what `httparse` and the line-ending check find), then the target, then each field line in
-//! order (control characters), then `Host`, then framing (both CL and TE, TE in HTTP/1.0, the
-//! transfer coding, then `Content-Length`).
+//! The checks run in a fixed order, so one input always gives the same error: line syntax, control
+//! characters included (the first bad byte; a bare LF once the head is complete), then the
+//! target, then `Host`, then framing (both CL and TE, TE in HTTP/1.0, the transfer coding, then
+//! `Content-Length`).
 //!
 //! ## Forwarding (the writers)
 //!
@@ -117,6 +116,8 @@ mod write;
 
 #[cfg(test)]
 mod reference;
+#[cfg(test)]
+mod reference_parse;
 #[cfg(test)]
 mod tests;
 

@@ -41,7 +41,7 @@ use sluice_core::l7::stream::{Event as StreamEvent, Input, Output, Stream};
 use sluice_core::lb::request_hash;
 use sluice_core::router::pick_cluster;
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::time::Instant as TokioInstant;
+use tokio::time::{Instant as TokioInstant, Sleep};
 
 use super::body::{
     Detach, UploadFault, Uploaded, copy_body, fault_of, stream_request_body, tunnel,
@@ -49,7 +49,7 @@ use super::body::{
 use super::respond::{Respond, send_continue};
 use super::upstream::{BreakerUnit, Connected, Upstream};
 use super::wire::{read_response_head, rewrite_try_fields, send_request, stage_downstream_head};
-use super::{Outcome, REPLAY_LIMIT, ReadBuffer, Scratch, deadline_of, write_flushed};
+use super::{Outcome, REPLAY_LIMIT, ReadBuffer, Scratch, deadline_of, far_future, write_flushed};
 use crate::engine::Engine;
 use crate::net::Network;
 use crate::now;
@@ -180,6 +180,20 @@ pub(super) struct Forwarding<'r> {
     /// The latest try's host, and the address it went to (for the log).
     pub(super) last_host: Option<HostId>,
     pub(super) upstream_addr: Option<SocketAddr>,
+    /// The stream's timer, one per request: each step of a try re-arms it to
+    /// `stream.poll_timeout()` ([`arm`]) rather than putting a new sleep in tokio's wheel and
+    /// taking it out again (~300 instructions each way, several steps per request).
+    pub(super) timer: Pin<&'r mut Sleep>,
+}
+
+/// Sets `timer` to fire at `at` (never, for `None`). A registered timer whose deadline moves
+/// later is extended in place (tokio's `reset`; the wheel re-files it when its old slot comes
+/// up); one already at `at` is left alone.
+fn arm(timer: &mut Pin<&mut Sleep>, at: Option<sluice_core::Instant>) {
+    let deadline = deadline_of(at);
+    if timer.deadline() != deadline {
+        timer.as_mut().reset(deadline);
+    }
 }
 
 /// One try's progress on its connection, shared by its steps ([`Engine::run_try`]).
@@ -288,6 +302,7 @@ impl<N: Network> Engine<N> {
         // out below).
         let listener_http = Rc::clone(&scratch.listener_http);
         let bytes_received = Cell::new(0);
+        let timer = std::pin::pin!(tokio::time::sleep_until(far_future()));
         let mut req = Forwarding {
             action,
             ci,
@@ -312,6 +327,7 @@ impl<N: Network> Engine<N> {
             bytes_received: &bytes_received,
             last_host: None,
             upstream_addr: None,
+            timer,
         };
 
         // --- the request body: held when small enough to replay ---
@@ -584,7 +600,7 @@ impl<N: Network> Engine<N> {
             rendered_response,
             ..
         } = scratch;
-        let (outcome, pool_up) = {
+        let (outcome, pooled_at) = {
             let up_cell = RefCell::new(&mut up);
             let down_cell = RefCell::new(&mut *down);
             // The request buffer, lent whole to the upload of a streamed body once the head
@@ -594,9 +610,10 @@ impl<N: Network> Engine<N> {
             let mut no_rbuf = ReadBuffer::new();
             let mut upw = Shared(&up_cell);
             let mut downw = Shared(&down_cell);
-            // When answer bytes last went to the client, for the upload's idle timer.
-            let answered = Cell::new(TokioInstant::now());
-            let answered = duplex.then_some(&answered);
+            // When answer bytes last went to the client, for the upload's idle timer (read
+            // from the clock only for a duplex upload: it is the only reader).
+            let answered = duplex.then(|| Cell::new(TokioInstant::now()));
+            let answered = answered.as_ref();
             // Whether the upload still writes upstream, and whether its copy is whole.
             let detach = Detach::default();
             // The rest of a streamed body, once the head went out; `None` when there is
@@ -611,7 +628,7 @@ impl<N: Network> Engine<N> {
                 too_many_interim: false,
                 upload_fault: None,
             };
-            let timer = deadline_of(stream.poll_timeout());
+            arm(&mut req.timer, stream.poll_timeout());
             ubuf.clear();
             let sent = {
                 let rb = rbuf_slot.as_deref_mut().unwrap_or(&mut no_rbuf);
@@ -622,7 +639,7 @@ impl<N: Network> Engine<N> {
                         req.framing, req.body_len.is_none() && !duplex, req.stream_idle,
                         &mut t.written, req.bytes_received, &mut t.upload_fault,
                     ) => Some(r),
-                    () = tokio::time::sleep_until(timer) => None,
+                    () = req.timer.as_mut() => None,
                 }
             };
             // One clock read for the inputs given as the request went out.
@@ -677,6 +694,7 @@ impl<N: Network> Engine<N> {
                         .alongside(
                             ci,
                             stream,
+                            req.timer.as_mut(),
                             read,
                             upload.as_mut(),
                             &mut t.request_complete,
@@ -757,13 +775,16 @@ impl<N: Network> Engine<N> {
         // slot empties its idle list), so a checkout needs no check of its own.
         let current =
             req.destination.is_some() || self.upstreams.cluster(ci).borrow().is_current(picked);
-        if pool_up
+        if let Some(completed_at) = pooled_at
             && current
             && let Upstream::Http1(up) = up
         {
             match req.destination {
-                None => self.upstreams.pool().put(ci, host.index(), up, now()),
-                Some(d) => self.upstreams.pool().put_to(ci, d, up, now()),
+                None => self
+                    .upstreams
+                    .pool()
+                    .put(ci, host.index(), up, completed_at),
+                Some(d) => self.upstreams.pool().put_to(ci, d, up, completed_at),
             }
         }
         TryEnd::Done(outcome)
@@ -940,8 +961,9 @@ impl<N: Network> Engine<N> {
 
     /// Relays a response the core forwards: its head with the route's and the listener's
     /// edits (staged on the client's responder, `respond`), then its body by its framing (while a streamed request body still goes up
-    /// alongside), or, after a `101`, a tunnel. The outcome, and whether the upstream
-    /// connection can carry another request. An upstream that fails before the first body byte
+    /// alongside), or, after a `101`, a tunnel. The outcome, and when the response completed if
+    /// the upstream connection can carry another request (its idle time in the pool starts
+    /// then: one clock read for both). An upstream that fails before the first body byte
     /// reached the client is still answered by the proxy (502 or 504).
     #[allow(clippy::too_many_arguments)]
     async fn relay_response<U, UP, DOWN>(
@@ -962,7 +984,7 @@ impl<N: Network> Engine<N> {
         ubuf: &mut ReadBuffer,
         rhead: &Head,
         out: &mut Vec<u8>,
-    ) -> (Outcome, bool)
+    ) -> (Outcome, Option<sluice_core::Instant>)
     where
         U: Future<Output = io::Result<Uploaded>>,
         UP: AsyncRead + AsyncWrite + Unpin,
@@ -1012,7 +1034,7 @@ impl<N: Network> Engine<N> {
                     bytes_sent: 0,
                     reusable: false,
                 };
-                return (outcome, false);
+                return (outcome, None);
             }
             // The upstream try is over; the tunnel still counts as a request.
             self.stream_input(ci, stream, Input::Upgraded);
@@ -1027,7 +1049,7 @@ impl<N: Network> Engine<N> {
                 bytes_sent,
                 reusable: false,
             };
-            return (outcome, false);
+            return (outcome, None);
         }
         // The head goes out with the first body bytes: one write for a small response.
         // A gRPC answer's chunked trailer section is kept as it passes, for its
@@ -1048,6 +1070,7 @@ impl<N: Network> Engine<N> {
             .alongside(
                 ci,
                 stream,
+                req.timer.as_mut(),
                 copy,
                 upload.as_mut(),
                 &mut t.request_complete,
@@ -1078,7 +1101,7 @@ impl<N: Network> Engine<N> {
                         answered,
                     )
                     .await;
-                return (outcome, false);
+                return (outcome, None);
             }
         };
         // An answer that ended before the request body: the rest of the body is not
@@ -1143,7 +1166,7 @@ impl<N: Network> Engine<N> {
                 .await;
             o.upstream = req.upstream_addr;
             o.bytes_received = req.bytes_received.get();
-            return (o, false);
+            return (o, None);
         }
         bytes_sent += sent;
         // An HTTP/1.1 connection is reused only when the request went out whole: one
@@ -1162,7 +1185,7 @@ impl<N: Network> Engine<N> {
             bytes_sent,
             reusable: complete && keep_down && t.request_complete,
         };
-        (outcome, reuse_up)
+        (outcome, reuse_up.then_some(completed_at))
     }
 
     /// Runs `work` (a step of the response path: reading its head, copying its body) to its
@@ -1174,10 +1197,12 @@ impl<N: Network> Engine<N> {
     /// retries (`Uploaded::kept`) gives the stream its `BodyBuffered` first, and sets `kept`;
     /// one the upstream did not take all of (`Uploaded::detached`) leaves `request_complete`
     /// false (the connection is not reused).
+    #[allow(clippy::too_many_arguments)]
     pub(super) async fn alongside<T, W, U>(
         &self,
         ci: usize,
         stream: &mut StreamGuard,
+        mut timer: Pin<&mut Sleep>,
         work: W,
         mut upload: Pin<&mut Option<U>>,
         request_complete: &mut bool,
@@ -1189,12 +1214,12 @@ impl<N: Network> Engine<N> {
     {
         let mut work = std::pin::pin!(work);
         loop {
-            let timer = deadline_of(stream.poll_timeout());
+            arm(&mut timer, stream.poll_timeout());
             let sending = upload.is_some();
             let sent = tokio::select! {
                 biased;
                 r = &mut work => return Alongside::Done(r),
-                () = tokio::time::sleep_until(timer) => return Alongside::Timeout,
+                () = timer.as_mut() => return Alongside::Timeout,
                 r = poll_fn(|cx| match upload.as_mut().as_pin_mut() {
                     Some(f) => f.poll(cx),
                     None => Poll::Pending,
