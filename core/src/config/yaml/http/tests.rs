@@ -499,7 +499,8 @@ fn an_added_header_value_with_a_control_character_is_refused() {
                response_headers_to_add: [ { name: x-del, value: "ab\u007f" }, { name: x-esc, value: "\u001b[0m" } ] } }"#,
     );
     let p = "listeners[0].http.virtual_hosts[0].routes[0].route";
-    let why = "(a header value is visible characters, spaces, tabs and non-ASCII text: RFC 9110 §5.5)";
+    let why =
+        "(a header value is visible characters, spaces, tabs and non-ASCII text: RFC 9110 §5.5)";
     let want = [
         format!(
             "{p}.request_headers_to_add[1].value: value \"a\\u{{1}}b\" of header \"x-soh\" contains the control character 0x01 at byte 1 {why}"
