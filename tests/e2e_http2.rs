@@ -392,13 +392,22 @@ fn a_drain_lets_open_streams_finish() {
     }
     let dir = TempDir::new("h2-drain");
     let (listen, up) = (free_port(), free_port());
-    let (_u, _log) = start_upstream(&dir, "up", up);
+    let (_u, log) = start_upstream(&dir, "up", up);
     let mut sluice = start_sluice(&dir, &config(listen, up, ""), 1, addr(listen));
     // A stream in flight (its upstream answers after 800 ms) when the stop begins: GOAWAY
-    // tells the client no new stream is accepted, and this one still gets its answer.
+    // tells the client no new stream is accepted, and this one still gets its answer. The stop
+    // waits for the upstream to have the request (its log line), not for a fixed time: a curl
+    // slow to start on a loaded machine would otherwise meet a closed listener.
     let client =
         std::thread::spawn(move || curl_h2(&format!("http://127.0.0.1:{listen}/sleep/800"), &[]));
-    std::thread::sleep(Duration::from_millis(300));
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !std::fs::read_to_string(&log).is_ok_and(|l| l.contains("GET /sleep/800 ")) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the request never reached the upstream"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
     sluice.signal("TERM");
     let (version, status, body) = client.join().unwrap();
     assert_eq!((version.as_str(), status), ("2", 200), "{body}");

@@ -377,7 +377,19 @@ fn sigterm_ends_an_http_request_still_in_flight_at_drain_timeout() {
     let mut s = TcpStream::connect(addr(listen)).unwrap();
     s.write_all(b"GET /sleep/8000 HTTP/1.1\r\nHost: x\r\n\r\n")
         .unwrap();
-    std::thread::sleep(Duration::from_millis(300));
+    // The stop comes once the upstream has the request (its log line, `start_py_upstream`'s
+    // `slow.requests`), not after a fixed time that a loaded machine may not honour: the request
+    // is then in flight, as the test means it.
+    let requests = dir.path().join("slow.requests");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !std::fs::read_to_string(&requests).is_ok_and(|l| l.contains("GET /sleep/8000 ")) {
+        assert!(
+            Instant::now() < deadline,
+            "the request never reached the upstream\n{}",
+            sluice.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
     sluice.signal("TERM");
     let exited = sluice.wait_exit(Duration::from_secs(4));
     assert!(

@@ -95,7 +95,7 @@ use std::sync::atomic::AtomicU64;
 use std::task::{Context, Poll, ready};
 use std::time::SystemTime;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use futures_util::StreamExt as _;
 use futures_util::stream::FuturesUnordered;
 use h2::server::SendResponse;
@@ -955,8 +955,10 @@ pub(crate) struct StreamBuffers {
     rhead: Head,
     out: Vec<u8>,
     scratch: Scratch,
-    /// The response sink's payload buffer ([`Sink`]), lent to it for the stream.
-    sink_buf: Vec<u8>,
+    /// The response sink's payload buffer ([`Sink`]), lent to it for the stream. DATA frames
+    /// still queued in `h2` may share its allocation when it comes back; once they are written
+    /// it is the buffer's alone again, and its next payload reuses it.
+    sink_buf: BytesMut,
 }
 
 impl StreamBuffers {
@@ -992,7 +994,7 @@ impl StreamBuffers {
             rhead: Head::default(),
             out: Vec::new(),
             scratch,
-            sink_buf: Vec::new(),
+            sink_buf: BytesMut::new(),
         }
     }
 }
@@ -1152,8 +1154,11 @@ struct Sink {
     method: Method,
     /// A forwarded head staged, not sent yet (it goes with the first payload).
     staged: Option<http::Response<()>>,
-    /// Payload not yet sent.
-    buf: Vec<u8>,
+    /// Payload not yet sent. Each DATA frame is split off its front (`split_to`, `freeze`):
+    /// sharing the allocation, not copying, so a chunk costs O(1) whatever is left behind it
+    /// (a client granting 1-byte windows does not make the sink quadratic). The allocation
+    /// comes back to the buffer once `h2` has written the frames that share it.
+    buf: BytesMut,
     state: BodyState,
     /// END_STREAM (or a reset) was sent.
     closed: bool,
@@ -1172,7 +1177,7 @@ struct Sink {
 
 impl Sink {
     /// A sink for `respond`, with a buffer (empty) kept from an earlier stream.
-    fn new(respond: SendResponse<Bytes>, buf: Vec<u8>) -> Self {
+    fn new(respond: SendResponse<Bytes>, buf: BytesMut) -> Self {
         debug_assert!(buf.is_empty());
         Sink {
             respond: Some(respond),
@@ -1341,7 +1346,7 @@ impl Sink {
         self.send = Some(send);
         self.closed = end;
         self.buf.clear();
-        self.buf.extend_from_slice(body);
+        self.take_in(body);
         // The body is all there: the flush that sends it ends the stream.
         self.state = BodyState::Done;
         Ok(())
@@ -1366,19 +1371,27 @@ impl Sink {
         if self.send.is_none() {
             return Err(io::ErrorKind::BrokenPipe.into());
         }
-        match &mut self.state {
-            BodyState::Head | BodyState::Done => {}
-            BodyState::Chunked | BodyState::UntilDone => self.buf.extend_from_slice(data),
+        let taken = match &mut self.state {
+            BodyState::Head | BodyState::Done => &[][..],
+            BodyState::Chunked | BodyState::UntilDone => data,
             BodyState::Length(left) => {
                 let n = (data.len() as u64).min(*left) as usize;
-                self.buf.extend_from_slice(&data[..n]);
                 *left -= n as u64;
                 if *left == 0 {
                     self.state = BodyState::Done;
                 }
+                &data[..n]
             }
-        }
+        };
+        self.take_in(taken);
         Ok(())
+    }
+
+    /// Copies payload into `buf`: the one copy a payload byte costs in the sink.
+    fn take_in(&mut self, data: &[u8]) {
+        #[cfg(test)]
+        tests::SINK_BYTES_COPIED.with(|c| c.set(c.get() + data.len() as u64));
+        self.buf.extend_from_slice(data);
     }
 
     /// The request path says the body ended.
@@ -1411,8 +1424,7 @@ impl Sink {
             }
             let n = capacity.min(self.buf.len());
             let end = complete && n == self.buf.len();
-            let chunk = Bytes::copy_from_slice(&self.buf[..n]);
-            self.buf.drain(..n);
+            let chunk = self.buf.split_to(n).freeze();
             self.body_sent += n as u64;
             send.send_data(chunk, end).map_err(h2_io_error)?;
             if end {
@@ -1509,6 +1521,11 @@ impl Sink {
 #[cfg(test)]
 mod tests {
     use crate::test_support::{bound, http1_upstream, on_local_runtime, serve};
+
+    thread_local! {
+        /// Payload bytes the sinks of this thread copied (a test's engine runs on its thread).
+        pub(super) static SINK_BYTES_COPIED: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+    }
 
     /// An HTTP/1.1 upstream's answer: `200 up`, with the request's `x-forwarded-for` in a
     /// header.
@@ -2151,6 +2168,140 @@ clusters:
                 0,
                 "an HTTP/2 request body's chunk framing was scanned back"
             );
+            drop(client);
+            conn.abort();
+        });
+    }
+
+    /// A 4 KiB answer (`content-length`), one upstream read.
+    fn four_kib(_head: &str) -> String {
+        format!(
+            "HTTP/1.1 200 OK\r\ncontent-length: 4096\r\n\r\n{}",
+            "0123456789abcdef".repeat(256)
+        )
+    }
+
+    /// A client that grants 1-byte stream windows gets its answer byte by byte, 4096 DATA
+    /// frames, and the sink copies each payload byte once (into its buffer): a frame is split
+    /// off the buffer's front, not copied out with the rest shifted down after it (4096 bytes
+    /// so would cost 8,390,656 copied).
+    #[test]
+    fn one_byte_windows_cost_one_copy_per_payload_byte() {
+        on_local_runtime(async {
+            let (up, up_at) = bound();
+            tokio::task::spawn_local(http1_upstream(up, four_kib));
+            let (listener, at) = bound();
+            let yaml = format!(
+                r#"
+listeners:
+  - name: web
+    address: {at}
+    http:
+      virtual_hosts:
+        - name: all
+          domains: ["*"]
+          routes:
+            - match: {{ prefix: / }}
+              route: {{ cluster: up }}
+clusters:
+  - name: up
+    hosts: [ {{ address: "{up_at}" }} ]
+"#
+            );
+            let _engine = serve(&yaml, listener);
+            let tcp = tokio::net::TcpStream::connect(at).await.unwrap();
+            let (mut client, conn) = h2::client::Builder::new()
+                .initial_window_size(1)
+                .handshake::<_, bytes::Bytes>(tcp)
+                .await
+                .unwrap();
+            let conn = tokio::task::spawn_local(conn);
+            SINK_BYTES_COPIED.with(|c| c.set(0));
+            let request = http::Request::get("http://svc/").body(()).unwrap();
+            let (response, _) = client.send_request(request, true).unwrap();
+            let response = response.await.expect("answered, not reset");
+            assert_eq!(response.status(), 200);
+            let mut body = response.into_body();
+            let (mut got, mut frames) = (Vec::new(), 0);
+            while let Some(chunk) = body.data().await {
+                let chunk = chunk.unwrap();
+                let _ = body.flow_control().release_capacity(chunk.len());
+                got.extend_from_slice(&chunk);
+                frames += 1;
+            }
+            assert_eq!(got, "0123456789abcdef".repeat(256).as_bytes());
+            assert_eq!(frames, 4096, "one byte per DATA frame");
+            assert_eq!(SINK_BYTES_COPIED.with(std::cell::Cell::get), 4096);
+            drop(client);
+            conn.abort();
+        });
+    }
+
+    /// A chunked answer announcing its trailer in a `trailer` field, with the trailer.
+    fn announced_trailer(_head: &str) -> String {
+        "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\ntrailer: x-sum\r\n\r\n\
+         2\r\nup\r\n0\r\nx-sum: 7\r\n\r\n"
+            .to_owned()
+    }
+
+    /// `trailer` is not connection-specific in HTTP/2 (RFC 9113 §8.2.2 names `connection`,
+    /// `keep-alive`, `proxy-connection`, `transfer-encoding`, `upgrade`, and `te` but as
+    /// `trailers` in a request; RFC 9110 §6.6.2 makes `trailer` an end-to-end field): as in
+    /// Envoy, whose codecs and header edits leave it alone, a `trailer` the route adds reaches
+    /// an HTTP/2 client, in the HEADERS before the trailers it announces (the upstream's own is
+    /// dropped as hop-by-hop, as on HTTP/1.1).
+    #[test]
+    fn a_trailer_field_the_route_adds_reaches_an_http2_client() {
+        on_local_runtime(async {
+            let (up, up_at) = bound();
+            tokio::task::spawn_local(http1_upstream(up, announced_trailer));
+            let (listener, at) = bound();
+            let yaml = format!(
+                r#"
+listeners:
+  - name: web
+    address: {at}
+    http:
+      virtual_hosts:
+        - name: all
+          domains: ["*"]
+          routes:
+            - match: {{ prefix: / }}
+              route:
+                cluster: up
+                response_headers_to_add:
+                  - {{ name: trailer, value: x-sum }}
+clusters:
+  - name: up
+    hosts: [ {{ address: "{up_at}" }} ]
+"#
+            );
+            let _engine = serve(&yaml, listener);
+            let tcp = tokio::net::TcpStream::connect(at).await.unwrap();
+            let (mut client, conn) = h2::client::handshake(tcp).await.unwrap();
+            let conn = tokio::task::spawn_local(conn);
+            let request = http::Request::get("http://svc/").body(()).unwrap();
+            let (response, _) = client.send_request(request, true).unwrap();
+            let response = tokio::time::timeout(std::time::Duration::from_secs(10), response)
+                .await
+                .expect("answered in time")
+                .expect("answered, not reset");
+            assert_eq!(response.status(), 200);
+            let announced: Vec<&http::HeaderValue> =
+                response.headers().get_all("trailer").iter().collect();
+            assert_eq!(announced, ["x-sum"]);
+            let mut body = response.into_body();
+            let mut got = Vec::new();
+            while let Some(chunk) = body.data().await {
+                got.extend_from_slice(&chunk.expect("the body ends cleanly"));
+            }
+            assert_eq!(got, b"up");
+            let trailers = body
+                .trailers()
+                .await
+                .expect("the stream ends cleanly")
+                .expect("the stream ends with trailers");
+            assert_eq!(trailers["x-sum"], "7");
             drop(client);
             conn.abort();
         });

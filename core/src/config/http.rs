@@ -483,6 +483,24 @@ pub struct HeaderValue {
     pub append_action: AppendAction,
 }
 
+/// Why `value` cannot be a header value the proxy writes, `None` when it can. RFC 9110 §5.5:
+/// a field value is visible characters (`VCHAR`), non-ASCII text (`obs-text`), spaces and
+/// tabs — no control character (below 0x20 but HTAB, and DEL). Refused at load rather than
+/// mended when sent, as each codec would mend it its own way (HTTP/1.1 wrote a space in its
+/// place, HTTP/2 dropped the field). Envoy's own load check is the lax one (`strict: false`:
+/// NUL, CR and LF only); its strict `HTTP_HEADER_VALUE` rule is this one.
+#[must_use]
+pub fn header_value_problem(value: &str) -> Option<String> {
+    let (at, byte) = value
+        .bytes()
+        .enumerate()
+        .find(|&(_, b)| (b < 0x20 && b != b'\t') || b == 0x7f)?;
+    Some(format!(
+        "contains the control character 0x{byte:02x} at byte {at} (a header value is visible \
+         characters, spaces, tabs and non-ASCII text: RFC 9110 §5.5)"
+    ))
+}
+
 /// What an added header does to the message's own fields of its name (Envoy's
 /// `HeaderValueOption.append_action`). "The message's fields" are those it has when the list
 /// applies: its own, less those removed (by the proxy or a `*_headers_to_remove`), plus those

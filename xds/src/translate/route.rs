@@ -31,7 +31,7 @@ use envoy_types::pb::envoy::r#type::matcher::v3::{RegexMatcher, string_matcher::
 use envoy_types::pb::google::protobuf::Duration as PbDuration;
 use serde_json::{Value, json};
 use sluice_core::config::header_format::HeaderFormat;
-use sluice_core::config::http::{AppendAction, RetryOn, StatusCodes};
+use sluice_core::config::http::{AppendAction, RetryOn, StatusCodes, header_value_problem};
 
 use super::{At, Notes, ResourceType, TranslateError, duration, object, reject_rest, take};
 
@@ -303,8 +303,14 @@ fn headers_to_add(list: Vec<HeaderValueOption>, at: &At<'_>) -> Result<Vec<Add>,
         if value.is_empty() && !keep_empty {
             continue;
         }
-        // `%VAR%`: refused here by the field's path rather than by the config's.
+        // `%VAR%` and control characters: refused here by the field's path rather than by
+        // the config's.
         let field = if raw_is_set { "raw_value" } else { "value" };
+        if let Some(why) = header_value_problem(&value) {
+            return Err(hv_at
+                .field(field)
+                .error(format!("value {value:?} of header {key:?} {why}")));
+        }
         match HeaderFormat::parse(&value) {
             Err(e) => return Err(hv_at.field(field).error(format!("{value:?}: {e}"))),
             Ok(Some(_)) if keep_empty => {

@@ -2175,3 +2175,49 @@ fn values_with_variables_merge_only_where_an_empty_rendering_keeps_its_meaning()
         ]
     );
 }
+
+/// An added header value with a control character (which HTTP/1.1 would write as a space and
+/// HTTP/2 drop with its field) is refused by the resource, the entry's path and the header, at
+/// each level and in `raw_value` too; HTAB and non-ASCII text are taken as written.
+#[test]
+fn an_added_header_value_with_a_control_character_is_refused_by_path() {
+    let why =
+        "(a header value is visible characters, spaces, tabs and non-ASCII text: RFC 9110 §5.5)";
+    let mut r = resources();
+    let mut rc = route_config("routes", "web");
+    rc.virtual_hosts[0].routes[0].response_headers_to_add = vec![add("x-a", "a\u{1}b")];
+    r.routes.insert("routes".into(), rc);
+    assert_eq!(
+        errors(&r),
+        [format!(
+            "route_configuration \"routes\" virtual_hosts[0].routes[0].response_headers_to_add[0].header.value: \
+             value \"a\\u{{1}}b\" of header \"x-a\" contains the control character 0x01 at byte 1 {why}"
+        )]
+    );
+    let mut rc = route_config("routes", "web");
+    let mut raw = add("x-raw", "");
+    raw.header.as_mut().expect("header").raw_value = b"ok\x7f".to_vec();
+    rc.virtual_hosts[0].request_headers_to_add = vec![add("x-tab", "a\tb \u{e9}"), raw];
+    r.routes.insert("routes".into(), rc);
+    assert_eq!(
+        errors(&r),
+        [format!(
+            "route_configuration \"routes\" virtual_hosts[0].request_headers_to_add[1].header.raw_value: \
+             value \"ok\\u{{7f}}\" of header \"x-raw\" contains the control character 0x7f at byte 2 {why}"
+        )]
+    );
+    let mut rc = route_config("routes", "web");
+    rc.response_headers_to_add = vec![add("x-tab", "a\tb \u{e9}")];
+    r.routes.insert("routes".into(), rc);
+    let c = assemble(&bootstrap(), &r).expect("valid").config;
+    let ListenerFilter::Http(h) = &c.listeners[0].filter else {
+        panic!("http")
+    };
+    let Action2::Forward(f) = &h.virtual_hosts[0].routes[0].action else {
+        panic!("forward")
+    };
+    assert_eq!(
+        added(&f.response_headers_to_add),
+        [("x-tab", "a\tb \u{e9}", APPEND)]
+    );
+}

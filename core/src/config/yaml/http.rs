@@ -26,7 +26,7 @@
 //! - a retry policy has at least one condition, `num_retries` 0..=10, `per_try_timeout` > 0;
 //! - header names to add or remove are tokens (stored lowercase when removed), never a
 //!   pseudo-header nor one the proxy manages (`host`, `connection`, `transfer-encoding`,
-//!   `content-length`); values have no CR, LF or NUL; `append_action` is
+//!   `content-length`); values have no control character (RFC 9110 §5.5: HTAB allowed); `append_action` is
 //!   `overwrite_if_exists_or_add` (the default) or `append_if_exists_or_add`; a name added by an
 //!   overwriting entry has no other entry on its list (appending entries of one name may repeat);
 //! - a direct response has a status 200..=599 and no body when the status is 204 or 304.
@@ -47,7 +47,7 @@ use crate::config::http::{
     HeaderRule, HeaderValue, Http2Settings, HttpCodec, HttpConfig, MAX_HEADERS_COUNT_LIMIT,
     PathMatch, PathNormalization, RetryOn, RetryPolicy, Route, RouteAction, RouteMatch,
     RouteUpgrade, ServerHeader, ServerHeaderTransformation, StatusCodes, VirtualHost,
-    WeightedCluster, template_placeholders,
+    WeightedCluster, header_value_problem, template_placeholders,
 };
 use crate::pattern::compile_full_match;
 
@@ -890,14 +890,11 @@ fn header_name(dec: &mut Decoder, path: &str, v: &Value, usage: Use) -> Option<S
     }
 }
 
-/// A header value: any text without CR, LF or NUL.
+/// A header value: text without control characters ([`header_value_problem`]).
 fn header_value(dec: &mut Decoder, path: &str, v: &Value) -> Option<String> {
     let s = text(dec, path, v)?;
-    if s.contains(['\r', '\n', '\0']) {
-        dec.error(
-            path,
-            format!("{s:?} contains CR, LF or NUL (not allowed in a header value)"),
-        );
+    if let Some(why) = header_value_problem(s) {
+        dec.error(path, format!("{s:?} {why}"));
         return None;
     }
     Some(s.to_owned())
@@ -1162,7 +1159,14 @@ fn headers_to_add(
             .req(dec, "name")
             .and_then(|(v, p)| header_name(dec, &p, v, Use::Edit));
         let value = obj.req(dec, "value").and_then(|(v, p)| {
-            let value = header_value(dec, &p, v)?;
+            let value = text(dec, &p, v)?;
+            if let Some(why) = header_value_problem(value) {
+                // Named by the header as well as by the path: the entry's name may be wrong too.
+                let header = name.as_deref().unwrap_or("?");
+                dec.error(&p, format!("value {value:?} of header {header:?} {why}"));
+                return None;
+            }
+            let value = value.to_owned();
             match crate::config::header_format::HeaderFormat::parse(&value) {
                 Ok(format) => Some((value, format)),
                 Err(e) => {
