@@ -641,6 +641,41 @@ const get = (headers) => new Promise((resolve) => {{
     );
 }
 
+/// `max_request_headers_kb` holds an HTTP/2 request's head as it holds an HTTP/1.1 one (Envoy's
+/// limit is every codec's): over it, 431 and nothing upstream — though the head is well under
+/// the HTTP/2 `max_header_list_size` (64 KiB by default), which the `h2` crate enforces.
+#[test]
+fn an_http2_head_over_max_request_headers_kb_is_answered_431() {
+    if !require_peers(&["curl"]) {
+        return;
+    }
+    let dir = TempDir::new("h2-head-limit");
+    let (listen, up) = (free_port(), free_port());
+    let (_u, log) = start_upstream(&dir, "up", up);
+    let _sluice = start_sluice(
+        &dir,
+        &config(listen, up, "      max_request_headers_kb: 8\n"),
+        1,
+        addr(listen),
+    );
+    let url = format!("http://127.0.0.1:{listen}/app/x");
+    let under = format!("x-big: {}", "a".repeat(4000));
+    let (version, status, _) = curl_h2(&url, &["-H", &under]);
+    assert_eq!((version.as_str(), status), ("2", 200));
+    let over = format!("x-big: {}", "a".repeat(20_000));
+    let (version, status, body) = curl_h2(&url, &["-H", &over]);
+    assert_eq!(
+        (version.as_str(), status, body.as_str()),
+        ("2", 431, "request head is larger than 8192 bytes\n")
+    );
+    let requests = std::fs::read_to_string(&log).unwrap_or_default();
+    assert_eq!(
+        requests.lines().count(),
+        1,
+        "only the request under the limit went upstream: {requests}"
+    );
+}
+
 #[test]
 fn an_http2_only_listener_closes_http11_connections() {
     if !require_peers(&["curl"]) {

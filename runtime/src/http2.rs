@@ -696,10 +696,10 @@ impl<N: Network> Engine<N> {
             *out = pool.take_write();
         }
         // The request head the path reads, written from the HPACK-decoded fields (no parse):
-        // held to RFC 9113 §8 and to the limits an HTTP/1.1 request is held to.
+        // held to RFC 9113 §8 and to the limits an HTTP/1.1 request is held to (Envoy's
+        // `max_request_headers_kb` is every codec's; `max_header_list_size` is h2's, earlier).
         let limits = Limits {
-            max_head_bytes: (hc.max_request_headers_kb as usize * 1024)
-                .max(hc.http2.max_header_list_size as usize + 4096),
+            max_head_bytes: hc.max_request_headers_kb as usize * 1024,
             max_headers: hc.max_headers_count as usize,
         };
         let result = write_request_head(written, &parts, body.is_end_stream(), &limits, head);

@@ -24,6 +24,16 @@ use crate::http1::{Head, HttpError, Limits, MAX_HEADERS, Message, RequestHeadWri
 pub enum RequestHeadError {
     /// Malformed (RFC 9113 §8.1.1) or a `CONNECT`: 400 or 501.
     Malformed(TranslateError),
+    /// A field malformed by its name or value (a connection-specific one, an invalid name or
+    /// value): 400, naming the field. Named, not numbered: the runtime's fields come grouped
+    /// by name (`http::HeaderMap`), so an index would not be the client's order.
+    MalformedField {
+        /// [`TranslateError::BadFieldName`], [`TranslateError::BadFieldValue`] or
+        /// [`TranslateError::ConnectionSpecific`].
+        error: TranslateError,
+        /// The field's name, as received.
+        name: Vec<u8>,
+    },
     /// More fields than [`Limits::max_headers`] or a head larger than
     /// [`Limits::max_head_bytes`], as HTTP/1.1 would carry it: 431.
     TooLarge(HttpError),
@@ -34,8 +44,26 @@ impl RequestHeadError {
     #[must_use]
     pub fn status(&self) -> u16 {
         match self {
-            RequestHeadError::Malformed(e) => e.status(),
+            RequestHeadError::Malformed(e) | RequestHeadError::MalformedField { error: e, .. } => {
+                e.status()
+            }
             RequestHeadError::TooLarge(e) => e.status(),
+        }
+    }
+
+    /// The error `check` gave, with the name of the field it is about.
+    fn of(error: TranslateError, head: &RequestHead<'_>) -> Self {
+        match error {
+            TranslateError::BadFieldName(i)
+            | TranslateError::BadFieldValue(i)
+            | TranslateError::ConnectionSpecific(i) => match head.fields.get(i) {
+                Some(&(name, _)) => RequestHeadError::MalformedField {
+                    error,
+                    name: name.to_vec(),
+                },
+                None => RequestHeadError::Malformed(error),
+            },
+            _ => RequestHeadError::Malformed(error),
         }
     }
 }
@@ -44,6 +72,23 @@ impl fmt::Display for RequestHeadError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             RequestHeadError::Malformed(e) => e.fmt(f),
+            // The name only: a value may be a credential (`authorization`, `cookie`).
+            RequestHeadError::MalformedField { error, name } => {
+                let name = name.escape_ascii();
+                match error {
+                    TranslateError::BadFieldName(_) => {
+                        write!(f, "invalid header field name \"{name}\"")
+                    }
+                    TranslateError::BadFieldValue(_) => {
+                        write!(f, "invalid value of header field \"{name}\"")
+                    }
+                    TranslateError::ConnectionSpecific(_) => write!(
+                        f,
+                        "connection-specific header field \"{name}\" is malformed in HTTP/2"
+                    ),
+                    other => write!(f, "{other} (header field \"{name}\")"),
+                }
+            }
             RequestHeadError::TooLarge(e) => e.fmt(f),
         }
     }
@@ -60,7 +105,7 @@ pub fn build_request_head(
     limits: &Limits,
     parsed: &mut Head,
 ) -> Result<BodyLength, RequestHeadError> {
-    let Checked { path, host, body } = check(head).map_err(RequestHeadError::Malformed)?;
+    let Checked { path, host, body } = check(head).map_err(|e| RequestHeadError::of(e, head))?;
     let mut w = RequestHeadWriter::start(out, parsed, head.method, path);
     w.field(b"host", host);
     let mut cookies = 0;

@@ -124,6 +124,65 @@ fn limits_answer_431_as_for_an_http11_request() {
     assert_eq!(built(&h, &short), translated_then_parsed(&h, &short));
 }
 
+/// A refused field is named in the answer (never by an index: the runtime's fields come grouped
+/// by name, not in the client's order), and its value is not echoed (it may be a credential).
+#[test]
+fn a_refused_field_is_named_not_numbered() {
+    let refusal = |fields: &[(&[u8], &[u8])]| {
+        let h = head(b"GET", Some(b"h"), Some(b"/"), fields, true);
+        let err = build_request_head(&mut Vec::new(), &h, &Limits::DEFAULT, &mut Head::default())
+            .unwrap_err();
+        (err.status(), err.to_string())
+    };
+    assert_eq!(
+        refusal(&[(b"x-a", b"1"), (b"authorization", b" secret")]),
+        (
+            400,
+            "invalid value of header field \"authorization\"".to_string()
+        )
+    );
+    assert_eq!(
+        refusal(&[(b"x-a", b"1"), (b"connection", b"close")]),
+        (
+            400,
+            "connection-specific header field \"connection\" is malformed in HTTP/2".to_string()
+        )
+    );
+    assert_eq!(
+        refusal(&[(b"a b\n", b"1")]),
+        (400, "invalid header field name \"a b\\n\"".to_string())
+    );
+    // Not about one field: as before.
+    assert_eq!(
+        refusal(&[(b"te", b"gzip")]),
+        (400, "te may only be \"trailers\" in HTTP/2".to_string())
+    );
+}
+
+/// An HTTP/2 cookie whose last crumb is empty is written `a=1; ` and its value's span, as the
+/// parser's, leaves out the trailing space (found by CI's fuzz run; the proptest rarely draws
+/// it, so it is pinned here).
+#[test]
+fn a_cookie_whose_last_crumb_is_empty_reads_as_parsed() {
+    let fields: &[(&[u8], &[u8])] = &[(b"cookie", b"a=1"), (b"x", b"y"), (b"cookie", b"")];
+    let h = head(b"GET", Some(b"h"), Some(b"/"), fields, true);
+    let (bytes, parsed, body) = built(&h, &Limits::DEFAULT).unwrap();
+    assert!(bytes.ends_with(b"cookie: a=1; \r\n\r\n"));
+    assert_eq!(
+        Ok((bytes.clone(), parsed, body)),
+        translated_then_parsed(&h, &Limits::DEFAULT)
+    );
+    let mut w = Head::default();
+    build_request_head(&mut Vec::new(), &h, &Limits::DEFAULT, &mut w).unwrap();
+    assert_eq!(w.header(&bytes, "cookie"), Some(&b"a=1;"[..]));
+    let all: &[(&[u8], &[u8])] = &[(b"cookie", b""), (b"cookie", b"")];
+    let h = head(b"GET", Some(b"h"), Some(b"/"), all, true);
+    assert_eq!(
+        built(&h, &Limits::DEFAULT),
+        translated_then_parsed(&h, &Limits::DEFAULT)
+    );
+}
+
 fn bytes_from(alphabet: &'static [&'static [u8]]) -> impl Strategy<Value = Vec<u8>> {
     proptest::sample::select(alphabet).prop_map(<[u8]>::to_vec)
 }
