@@ -2237,9 +2237,11 @@ clusters:
         });
     }
 
-    /// A chunked answer announcing its trailer in a `trailer` field, with the trailer.
+    /// A chunked answer announcing its trailer in a `trailer` field, with the trailer. The
+    /// announcement is spelled `X-Sum` (field names are case-insensitive), unlike the route's
+    /// `x-sum`: a client that sees `X-Sum` got the upstream's field, not the route's.
     fn announced_trailer(_head: &str) -> String {
-        "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\ntrailer: x-sum\r\n\r\n\
+        "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\ntrailer: X-Sum\r\n\r\n\
          2\r\nup\r\n0\r\nx-sum: 7\r\n\r\n"
             .to_owned()
     }
@@ -2289,6 +2291,7 @@ clusters:
             assert_eq!(response.status(), 200);
             let announced: Vec<&http::HeaderValue> =
                 response.headers().get_all("trailer").iter().collect();
+            // The route's value alone: not the upstream's (`X-Sum`) instead of it or with it.
             assert_eq!(announced, ["x-sum"]);
             let mut body = response.into_body();
             let mut got = Vec::new();
