@@ -174,12 +174,19 @@ fn access_log_path(dir: &TempDir) -> PathBuf {
     dir.path().join("access.log")
 }
 
-/// The access log lines whose status is not 200 (after the workers' 0.5 s flush).
-fn non_200_access_log(dir: &TempDir) -> Vec<String> {
-    std::thread::sleep(Duration::from_millis(1200));
-    std::fs::read_to_string(access_log_path(dir))
-        .unwrap_or_default()
-        .lines()
+/// The access log lines whose status is not 200, once the workers' flush (every 0.5 s) has
+/// written a line for every request the listener counted (or, for a failure message, what is
+/// there after 10 s).
+fn non_200_access_log(dir: &TempDir, admin: u16) -> Vec<String> {
+    let counted = stat(admin, "listener.http_in.http.rq_total") as usize;
+    let read = || std::fs::read_to_string(access_log_path(dir)).unwrap_or_default();
+    let until = Instant::now() + Duration::from_secs(10);
+    let mut log = read();
+    while log.lines().count() < counted && Instant::now() < until {
+        std::thread::sleep(Duration::from_millis(50));
+        log = read();
+    }
+    log.lines()
         .filter(|l| !l.contains("\"status\":200"))
         .map(str::to_owned)
         .collect()
@@ -243,11 +250,11 @@ fn kill_under_load_with_defaults(connections: u32) {
             &["-t2", &conns, "-d6s", "--latency", "--timeout", "5s", &url],
         )
     });
-    std::thread::sleep(Duration::from_secs(2));
-    let c_served = stat(admin, &format!("cluster.app.host.127.0.0.1:{c}.rq_total"));
-    assert!(
-        c_served > 0,
-        "the host to kill had no traffic before the kill"
+    // Killed under load: once wrk's requests reach it.
+    eventually(
+        "the host to kill serves wrk's traffic",
+        Duration::from_secs(20),
+        || stat(admin, &format!("cluster.app.host.127.0.0.1:{c}.rq_total")) > 0,
     );
     nc.child.kill().unwrap();
     nc.child.wait().unwrap();
@@ -271,7 +278,7 @@ fn kill_under_load_with_defaults(connections: u32) {
         "errors leaked to the client:\n{text}\n/stats:\n{stats}\nsluice log:\n{}\n\
          non-200 access log lines:\n{}",
         s.log_text(),
-        non_200_access_log(&dir).join("\n")
+        non_200_access_log(&dir, admin).join("\n")
     );
     assert!(
         !text.contains("Socket errors"),
