@@ -357,6 +357,8 @@ clusters:
     let t0 = Instant::now();
     s.write_all(&request(Version::V1, 100, "silent", 700))
         .unwrap();
+    // A pause between the two, not a wait for a condition (no counter shows a Bolt request in
+    // flight): read in one batch or two, 100 takes the breaker's one slot before 101 is seen.
     std::thread::sleep(Duration::from_millis(100));
     s.write_all(&request(Version::V1, 101, "silent", 700))
         .unwrap();
