@@ -250,11 +250,17 @@ fn kill_under_load_with_defaults(connections: u32) {
             &["-t2", &conns, "-d6s", "--latency", "--timeout", "5s", &url],
         )
     });
-    // Killed under load: once wrk's requests reach it.
+    // Killed under steady load: once wrk's requests reach it, and once the cluster has served
+    // enough of them that the default retry budget (20 % of the requests in its window, plus
+    // its floor) has room for the failover's retries, as under an operator's steady traffic.
+    // (Killed at wrk's first requests, the budget is near its floor and some retries overflow.)
     eventually(
-        "the host to kill serves wrk's traffic",
+        "the cluster serves 4000 of wrk's requests, some on the host to kill",
         Duration::from_secs(20),
-        || stat(admin, &format!("cluster.app.host.127.0.0.1:{c}.rq_total")) > 0,
+        || {
+            stat(admin, "cluster.app.upstream_rq_total") >= 4000
+                && stat(admin, &format!("cluster.app.host.127.0.0.1:{c}.rq_total")) > 0
+        },
     );
     nc.child.kill().unwrap();
     nc.child.wait().unwrap();
