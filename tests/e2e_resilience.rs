@@ -668,8 +668,12 @@ fn a_client_failing_its_streamed_upload_does_not_eject_the_host() {
             .unwrap();
         s.write_all(&chunk).unwrap();
         s.write_all(b"\r\n").unwrap();
-        // Let the proxy start streaming the body before the fault.
-        std::thread::sleep(Duration::from_millis(300));
+        // The fault comes once the proxy is streaming the body (the request is upstream).
+        eventually(
+            &format!("upload {i} forwarded to the upstream"),
+            Duration::from_secs(10),
+            || stat(admin, &format!("cluster.app.host.127.0.0.1:{up}.rq_total")) > i,
+        );
         if i % 2 == 0 {
             // A malformed chunk size after the first 100 kB.
             s.write_all(b"zz\r\n").unwrap();
@@ -682,7 +686,10 @@ fn a_client_failing_its_streamed_upload_does_not_eject_the_host() {
             drop(s);
         }
     }
-    std::thread::sleep(Duration::from_millis(300));
+    // Every upload has ended on the upstream side (its outcome counted), then none ejected it.
+    eventually("the four uploads ended", Duration::from_secs(10), || {
+        stat(admin, &format!("cluster.app.host.127.0.0.1:{up}.rq_active")) == 0
+    });
     assert_eq!(
         stat(admin, "cluster.app.outlier_detection.ejections_total"),
         0,
