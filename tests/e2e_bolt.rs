@@ -253,14 +253,23 @@ fn a_server_killed_mid_flight_gives_clean_errors() {
         std::thread::sleep(Duration::from_millis(50));
     }
     assert_eq!(admin_stat(admin, "cluster.rpc.health_check.failure"), 0);
-    let started = Instant::now();
     let client = {
         let t = target.clone();
         std::thread::spawn(move || {
             sofa_client(&t, "sleep", &["--ms", "10000", "--timeout", "20000"])
         })
     };
-    std::thread::sleep(Duration::from_millis(1500));
+    // Killed while the call is in flight: once the server has started the sleep.
+    assert!(
+        eventually(Duration::from_secs(20), || b
+            .log_text()
+            .lines()
+            .any(|l| l.trim() == "SLEEPING 10000")),
+        "the server never started the sleep:\n{}",
+        b.log_text()
+    );
+    // From the kill, not from the client's start (node's start-up is no part of it).
+    let started = Instant::now();
     b.signal("KILL");
     let v = client.join().unwrap();
     assert_eq!(v["ok"], false, "{v}");
@@ -348,6 +357,8 @@ clusters:
     let t0 = Instant::now();
     s.write_all(&request(Version::V1, 100, "silent", 700))
         .unwrap();
+    // A pause between the two, not a wait for a condition (no counter shows a Bolt request in
+    // flight): read in one batch or two, 100 takes the breaker's one slot before 101 is seen.
     std::thread::sleep(Duration::from_millis(100));
     s.write_all(&request(Version::V1, 101, "silent", 700))
         .unwrap();

@@ -58,14 +58,23 @@ fn sofa_peers_talk_directly() {
     assert_eq!(v["error"]["name"], "RpcResponseTimeoutError", "{v}");
 
     // Killing the server mid-sleep gives the client an error at once, not at its timeout.
-    let started = Instant::now();
     let client = {
         let tb = tb.clone();
         std::thread::spawn(move || {
             sofa_client(&tb, "sleep", &["--ms", "10000", "--timeout", "20000"])
         })
     };
-    std::thread::sleep(Duration::from_millis(1500));
+    // Killed while the call is in flight: once the server has started the sleep.
+    assert!(
+        eventually(Duration::from_secs(20), || b
+            .log_text()
+            .lines()
+            .any(|l| l.trim() == "SLEEPING 10000")),
+        "the server never started the sleep:\n{}",
+        b.log_text()
+    );
+    // From the kill, not from the client's start (node's start-up is no part of it).
+    let started = Instant::now();
     b.signal("KILL");
     let v = client.join().unwrap();
     assert_eq!(v["ok"], false, "{v}");

@@ -1361,9 +1361,15 @@ fn a_hung_http2_client_on_a_trickling_response_is_closed_by_the_keepalive() {
     socket.connect(&addr(listen).into()).unwrap();
     // 100 bytes every 100 ms for 8 s.
     let mut s = h2c_get_wide_open(socket, "/drip/80/100");
-    // Read nothing (not even the SETTINGS) for 4 s: the keepalive (PING at 1 s, unanswered at
-    // 2 s) has closed it by then.
-    std::thread::sleep(Duration::from_secs(4));
+    // Read nothing (not even the SETTINGS) until the keepalive (PING at 1 s, unanswered at
+    // 2 s) has closed it; that it was not kept for the acknowledgements is the counter below.
+    assert!(
+        eventually(Duration::from_secs(30), || stat(
+            admin,
+            "http2.downstream_keepalive_timeout"
+        ) >= 1),
+        "the hung client was never closed by the keepalive"
+    );
     assert_eq!(stat(admin, "http2.downstream_keepalive_timeout"), 1);
     assert_eq!(
         stat(admin, "http2.downstream_keepalive_extended_by_acks"),

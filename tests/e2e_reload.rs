@@ -34,7 +34,13 @@ fn reloads_under_load_fail_no_request() {
         let url = format!("http://127.0.0.1:{listen}/");
         std::thread::spawn(move || run("wrk", &["-t2", "-c16", "-d6s", &url]))
     };
-    std::thread::sleep(Duration::from_millis(1000));
+    // The reloads below happen under load: once wrk's requests come (beyond the one above).
+    assert!(
+        eventually(Duration::from_secs(20), || {
+            admin_stat(admin, "listener.web.http.rq_total") > 16
+        }),
+        "wrk's requests never reached the proxy"
+    );
 
     // 1. SIGHUP: a route changes and a listener is added.
     let echo = format!("  - name: extra\n    address: 127.0.0.1:{extra_port}\n    echo: {{}}\n");

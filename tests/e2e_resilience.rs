@@ -174,12 +174,19 @@ fn access_log_path(dir: &TempDir) -> PathBuf {
     dir.path().join("access.log")
 }
 
-/// The access log lines whose status is not 200 (after the workers' 0.5 s flush).
-fn non_200_access_log(dir: &TempDir) -> Vec<String> {
-    std::thread::sleep(Duration::from_millis(1200));
-    std::fs::read_to_string(access_log_path(dir))
-        .unwrap_or_default()
-        .lines()
+/// The access log lines whose status is not 200, once the workers' flush (every 0.5 s) has
+/// written a line for every request the listener counted (or, for a failure message, what is
+/// there after 10 s).
+fn non_200_access_log(dir: &TempDir, admin: u16) -> Vec<String> {
+    let counted = stat(admin, "listener.http_in.http.rq_total") as usize;
+    let read = || std::fs::read_to_string(access_log_path(dir)).unwrap_or_default();
+    let until = Instant::now() + Duration::from_secs(10);
+    let mut log = read();
+    while log.lines().count() < counted && Instant::now() < until {
+        std::thread::sleep(Duration::from_millis(50));
+        log = read();
+    }
+    log.lines()
         .filter(|l| !l.contains("\"status\":200"))
         .map(str::to_owned)
         .collect()
@@ -243,11 +250,17 @@ fn kill_under_load_with_defaults(connections: u32) {
             &["-t2", &conns, "-d6s", "--latency", "--timeout", "5s", &url],
         )
     });
-    std::thread::sleep(Duration::from_secs(2));
-    let c_served = stat(admin, &format!("cluster.app.host.127.0.0.1:{c}.rq_total"));
-    assert!(
-        c_served > 0,
-        "the host to kill had no traffic before the kill"
+    // Killed under steady load: once wrk's requests reach it, and once the cluster has served
+    // enough of them that the default retry budget (20 % of the requests in its window, plus
+    // its floor) has room for the failover's retries, as under an operator's steady traffic.
+    // (Killed at wrk's first requests, the budget is near its floor and some retries overflow.)
+    eventually(
+        "the cluster serves 4000 of wrk's requests, some on the host to kill",
+        Duration::from_secs(20),
+        || {
+            stat(admin, "cluster.app.upstream_rq_total") >= 4000
+                && stat(admin, &format!("cluster.app.host.127.0.0.1:{c}.rq_total")) > 0
+        },
     );
     nc.child.kill().unwrap();
     nc.child.wait().unwrap();
@@ -271,7 +284,7 @@ fn kill_under_load_with_defaults(connections: u32) {
         "errors leaked to the client:\n{text}\n/stats:\n{stats}\nsluice log:\n{}\n\
          non-200 access log lines:\n{}",
         s.log_text(),
-        non_200_access_log(&dir).join("\n")
+        non_200_access_log(&dir, admin).join("\n")
     );
     assert!(
         !text.contains("Socket errors"),
@@ -655,8 +668,12 @@ fn a_client_failing_its_streamed_upload_does_not_eject_the_host() {
             .unwrap();
         s.write_all(&chunk).unwrap();
         s.write_all(b"\r\n").unwrap();
-        // Let the proxy start streaming the body before the fault.
-        std::thread::sleep(Duration::from_millis(300));
+        // The fault comes once the proxy is streaming the body (the request is upstream).
+        eventually(
+            &format!("upload {i} forwarded to the upstream"),
+            Duration::from_secs(10),
+            || stat(admin, &format!("cluster.app.host.127.0.0.1:{up}.rq_total")) > i,
+        );
         if i % 2 == 0 {
             // A malformed chunk size after the first 100 kB.
             s.write_all(b"zz\r\n").unwrap();
@@ -669,7 +686,10 @@ fn a_client_failing_its_streamed_upload_does_not_eject_the_host() {
             drop(s);
         }
     }
-    std::thread::sleep(Duration::from_millis(300));
+    // Every upload has ended on the upstream side (its outcome counted), then none ejected it.
+    eventually("the four uploads ended", Duration::from_secs(10), || {
+        stat(admin, &format!("cluster.app.host.127.0.0.1:{up}.rq_active")) == 0
+    });
     assert_eq!(
         stat(admin, "cluster.app.outlier_detection.ejections_total"),
         0,

@@ -361,18 +361,25 @@ fn drain_timeout_closes_what_is_left() {
         return;
     }
     let dir = TempDir::new("drain-timeout");
-    let (p1, listen) = (free_port(), free_port());
+    let (p1, listen, admin) = (free_port(), free_port(), free_port());
     let _up = start_nginx(&dir, "up1", p1, "x");
-    let mut sluice = start_sluice(
-        &dir,
-        &tcp_proxy_config(listen, &[p1], "", "1s"),
-        1,
-        addr(listen),
+    let config = format!(
+        "{}admin: {{ address: 127.0.0.1:{admin} }}\n",
+        tcp_proxy_config(listen, &[p1], "", "1s")
     );
+    let mut sluice = start_sluice(&dir, &config, 1, addr(listen));
     let mut idle = TcpStream::connect(addr(listen)).unwrap();
     idle.set_read_timeout(Some(Duration::from_secs(10)))
         .unwrap();
-    std::thread::sleep(Duration::from_millis(200));
+    // The proxy has taken the session (a connection still in the listen queue at SIGTERM is
+    // not one the drain has to wait for).
+    assert!(
+        eventually(Duration::from_secs(10), || {
+            admin_stat(admin, "listener.tcp_in.downstream_cx_active") == 1
+        }),
+        "the proxy never took the connection:\n{}",
+        sluice.log_text()
+    );
     sluice.signal("TERM");
     let status = sluice
         .wait_exit(Duration::from_secs(8))

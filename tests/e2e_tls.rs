@@ -625,6 +625,8 @@ clusters: []
         let (ok, text) = s_client(defaults, &["-brief", "-servername", "127.0.0.1"]);
         assert!(ok, "{text}");
     }
+    // A negative check (no warning line): the pause gives a warning the proxy might still be
+    // writing the time to reach the log; there is no event to wait for instead.
     std::thread::sleep(std::time::Duration::from_millis(200));
     let log = sluice.log_text();
     assert!(
@@ -644,9 +646,10 @@ fn a_handshake_in_progress_ends_at_the_drain_deadline() {
     let dir = TempDir::new("tls-drain");
     let ca = make_ca(&dir, "ca");
     let (cert, key) = leaf(&dir, &ca, "svc", &["svc.example"], None);
-    let (listen, upstream) = (free_port(), free_port());
+    let (listen, upstream, admin) = (free_port(), free_port(), free_port());
     let config = format!(
         r#"
+admin: {{ address: 127.0.0.1:{admin} }}
 listeners:
   - name: tls_in
     address: 127.0.0.1:{listen}
@@ -662,7 +665,15 @@ drain_timeout: 1s
     let mut sluice = start_sluice(&dir, &config, 1, addr(listen));
     // Connected, and never a byte of ClientHello.
     let _stalled = std::net::TcpStream::connect(addr(listen)).unwrap();
-    std::thread::sleep(std::time::Duration::from_millis(200));
+    // The proxy has accepted it and waits in its handshake (one still in the listen queue at
+    // SIGTERM would test nothing).
+    assert!(
+        eventually(std::time::Duration::from_secs(10), || {
+            admin_stat(admin, "listener.tls_in.downstream_cx_active") == 1
+        }),
+        "the proxy never accepted the stalled connection:\n{}",
+        sluice.log_text()
+    );
     sluice.signal("TERM");
     assert!(
         sluice

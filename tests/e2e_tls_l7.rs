@@ -607,9 +607,10 @@ fn rotate_under_https_load(
     std::fs::copy(&pairs[0].1, &key).unwrap();
     let up = free_port();
     let _upstream = start(&dir, up);
-    let listen = free_port();
+    let (listen, admin) = (free_port(), free_port());
     let config = format!(
         r#"
+admin: {{ address: 127.0.0.1:{admin} }}
 listeners:
   - name: https_in
     address: 127.0.0.1:{listen}
@@ -634,7 +635,14 @@ clusters:
         let url = format!("https://127.0.0.1:{listen}{path}");
         std::thread::spawn(move || run("wrk", &["-t2", "-c16", "-d5s", &url]))
     };
-    std::thread::sleep(Duration::from_millis(1000));
+    // The rotations below happen under load: once wrk's requests come.
+    assert!(
+        eventually(Duration::from_secs(20), || {
+            admin_stat(admin, "listener.https_in.http.rq_total") > 16
+        }),
+        "wrk's requests never reached the proxy:\n{}",
+        sluice.log_text()
+    );
     for (pair, cn) in pairs[1..].iter().zip(["two", "three"]) {
         std::fs::copy(&pair.0, &cert).unwrap();
         std::fs::copy(&pair.1, &key).unwrap();

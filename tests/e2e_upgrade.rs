@@ -109,7 +109,13 @@ fn two_upgrades_and_a_reload_under_load_fail_no_request() {
         let url = format!("http://127.0.0.1:{listen}/");
         std::thread::spawn(move || run("wrk", &["-t2", "-c16", "-d9s", &url]))
     };
-    std::thread::sleep(Duration::from_millis(1500));
+    // The upgrade below happens under load: once wrk's requests come (beyond the one above).
+    assert!(
+        eventually(Duration::from_secs(20), || {
+            admin_stat(admin, "listener.web.http.rq_total") > 16
+        }),
+        "wrk's requests never reached the proxy"
+    );
 
     // Upgrade 1: the new instance takes the sockets; the old one drains and exits 0.
     let mut second = sluice(&dir, "sluice-2", &path, &control, true);
@@ -330,7 +336,15 @@ drain_timeout: 60s
             sofa_client(&t, "echo", &["--count", "100000", "--concurrency", "20"])
         })
     };
-    std::thread::sleep(Duration::from_millis(1000));
+    // The connection to migrate is busy: the client's invokes come through the old instance.
+    assert!(
+        eventually(Duration::from_secs(20), || admin_stat(
+            admin,
+            "bolt.requests"
+        ) > 20),
+        "the client's invokes never reached the proxy:\n{}",
+        first.log_text()
+    );
     let mut second = sluice(&dir, "sluice-2", &path, &control, true);
     wait_log(&mut second, "sluice ready", Duration::from_secs(20));
     // The busy connection moved: the old instance is gone while the client still invokes.

@@ -1272,3 +1272,5 @@ impl<N: Network> Engine<N> {
 mod health_tests;
 #[cfg(test)]
 mod idle_tests;
+#[cfg(test)]
+mod test_support;

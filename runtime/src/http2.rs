@@ -1520,6 +1520,7 @@ impl Sink {
 
 #[cfg(test)]
 mod tests {
+    use crate::h2_test_client::{answered, body_to_end, h2c_client};
     use crate::test_support::{bound, http1_upstream, on_local_runtime, serve};
 
     thread_local! {
@@ -1541,16 +1542,10 @@ mod tests {
     async fn get(client: &mut h2::client::SendRequest<bytes::Bytes>) -> (u16, String, Vec<u8>) {
         let request = http::Request::get("http://svc/up").body(()).unwrap();
         let (response, _) = client.send_request(request, true).unwrap();
-        let response = response.await.unwrap();
+        let response = answered(response).await;
         let status = response.status().as_u16();
         let xff = response.headers()["xff"].to_str().unwrap().to_owned();
-        let mut body = response.into_body();
-        let mut got = Vec::new();
-        while let Some(chunk) = body.data().await {
-            let chunk = chunk.unwrap();
-            let _ = body.flow_control().release_capacity(chunk.len());
-            got.extend_from_slice(&chunk);
-        }
+        let got = body_to_end(&mut response.into_body()).await;
         (status, xff, got)
     }
 
@@ -1598,15 +1593,10 @@ clusters:
 "#
             );
             let _engine = serve(&yaml, listener);
-            let tcp = tokio::net::TcpStream::connect(at).await.unwrap();
-            let (mut client, conn) = h2::client::handshake(tcp).await.unwrap();
-            let conn = tokio::task::spawn_local(conn);
+            let (mut client, conn) = h2c_client(at).await;
             let request = http::Request::get("http://svc/up").body(()).unwrap();
             let (response, _) = client.send_request(request, true).unwrap();
-            let response = tokio::time::timeout(std::time::Duration::from_secs(10), response)
-                .await
-                .expect("answered in time")
-                .expect("answered, not reset");
+            let response = answered(response).await;
             assert_eq!(response.status(), 200);
             let headers = response.headers();
             let names: Vec<&str> = headers.keys().map(http::HeaderName::as_str).collect();
@@ -1617,10 +1607,7 @@ clusters:
             assert_eq!(headers["x-added"], "by-route");
             assert_eq!(headers["server"], "edge");
             let mut body = response.into_body();
-            let mut got = Vec::new();
-            while let Some(chunk) = body.data().await {
-                got.extend_from_slice(&chunk.unwrap());
-            }
+            let got = body_to_end(&mut body).await;
             assert_eq!(got, b"up");
             drop(client);
             conn.abort();
@@ -1659,21 +1646,13 @@ clusters:
 "#
             );
             let _engine = serve(&yaml, listener);
-            let tcp = tokio::net::TcpStream::connect(at).await.unwrap();
-            let (mut client, conn) = h2::client::handshake(tcp).await.unwrap();
-            let conn = tokio::task::spawn_local(conn);
+            let (mut client, conn) = h2c_client(at).await;
             let request = http::Request::get("http://svc/up").body(()).unwrap();
             let (response, _) = client.send_request(request, true).unwrap();
-            let response = tokio::time::timeout(std::time::Duration::from_secs(10), response)
-                .await
-                .expect("answered in time")
-                .expect("answered, not reset");
+            let response = answered(response).await;
             assert_eq!(response.status(), 504);
             let mut body = response.into_body();
-            let mut got = Vec::new();
-            while let Some(chunk) = body.data().await {
-                got.extend_from_slice(&chunk.expect("the answer ends cleanly"));
-            }
+            let got = body_to_end(&mut body).await;
             assert_eq!(got, b"upstream request timeout\n");
             drop(client);
             conn.abort();
@@ -1706,9 +1685,7 @@ clusters:
             // stream after the first takes the state the previous one gave back, whichever
             // connection it came from, and is answered in full, with its client's address.
             for _ in 0..2 {
-                let tcp = tokio::net::TcpStream::connect(at).await.unwrap();
-                let (mut client, conn) = h2::client::handshake(tcp).await.unwrap();
-                let conn = tokio::task::spawn_local(conn);
+                let (mut client, conn) = h2c_client(at).await;
                 for _ in 0..10 {
                     let got = get(&mut client).await;
                     assert_eq!(got, (200, "127.0.0.1".to_owned(), b"up".to_vec()));
@@ -1753,26 +1730,18 @@ clusters:
 "#
             );
             let _engine = serve(&yaml, listener);
-            let tcp = tokio::net::TcpStream::connect(at).await.unwrap();
-            let (mut client, conn) = h2::client::handshake(tcp).await.unwrap();
-            let conn = tokio::task::spawn_local(conn);
+            let (mut client, conn) = h2c_client(at).await;
             let request = http::Request::post("http://svc/pkg.Svc/Get")
                 .header("content-type", "application/grpc")
                 .header("te", "trailers")
                 .body(())
                 .unwrap();
             let (response, _) = client.send_request(request, true).unwrap();
-            let response = tokio::time::timeout(std::time::Duration::from_secs(10), response)
-                .await
-                .expect("answered in time")
-                .expect("answered, not reset");
+            let response = answered(response).await;
             assert_eq!(response.status(), 200);
             assert!(response.headers().get("grpc-status").is_none());
             let mut body = response.into_body();
-            let mut got = Vec::new();
-            while let Some(chunk) = body.data().await {
-                got.extend_from_slice(&chunk.expect("the body ends cleanly"));
-            }
+            let got = body_to_end(&mut body).await;
             assert_eq!(got, b"");
             let trailers = body
                 .trailers()
@@ -1821,23 +1790,15 @@ clusters:
 "#
             );
             let _engine = serve(&yaml, listener);
-            let tcp = tokio::net::TcpStream::connect(at).await.unwrap();
-            let (mut client, conn) = h2::client::handshake(tcp).await.unwrap();
-            let conn = tokio::task::spawn_local(conn);
+            let (mut client, conn) = h2c_client(at).await;
             let request = http::Request::get("http://svc/up").body(()).unwrap();
             let (response, _) = client.send_request(request, true).unwrap();
-            let response = tokio::time::timeout(std::time::Duration::from_secs(10), response)
-                .await
-                .expect("answered in time")
-                .expect("answered, not reset");
+            let response = answered(response).await;
             assert_eq!(response.status(), 200);
             assert!(response.headers().get("te").is_none());
             assert_eq!(response.headers()["x-kept"], "kept");
             let mut body = response.into_body();
-            let mut got = Vec::new();
-            while let Some(chunk) = body.data().await {
-                got.extend_from_slice(&chunk.expect("the body ends cleanly"));
-            }
+            let got = body_to_end(&mut body).await;
             assert_eq!(got, b"hi");
             drop(client);
             conn.abort();
@@ -1877,15 +1838,10 @@ clusters:
 "#
             );
             let _engine = serve(&yaml, listener);
-            let tcp = tokio::net::TcpStream::connect(at).await.unwrap();
-            let (mut client, conn) = h2::client::handshake(tcp).await.unwrap();
-            let conn = tokio::task::spawn_local(conn);
+            let (mut client, conn) = h2c_client(at).await;
             let request = http::Request::get("http://svc/up").body(()).unwrap();
             let (response, _) = client.send_request(request, true).unwrap();
-            let response = tokio::time::timeout(std::time::Duration::from_secs(10), response)
-                .await
-                .expect("answered in time")
-                .expect("answered, not reset");
+            let response = answered(response).await;
             assert_eq!(response.status(), 200);
             let mut body = response.into_body();
             let mut got = Vec::new();
@@ -1941,26 +1897,18 @@ clusters:
 "#
             );
             let _engine = serve(&yaml, listener);
-            let tcp = tokio::net::TcpStream::connect(at).await.unwrap();
-            let (mut client, conn) = h2::client::handshake(tcp).await.unwrap();
-            let conn = tokio::task::spawn_local(conn);
+            let (mut client, conn) = h2c_client(at).await;
             let request = http::Request::post("http://svc/pkg.Svc/Get")
                 .header("content-type", "application/grpc")
                 .header("te", "trailers")
                 .body(())
                 .unwrap();
             let (response, _) = client.send_request(request, true).unwrap();
-            let response = tokio::time::timeout(std::time::Duration::from_secs(10), response)
-                .await
-                .expect("answered in time")
-                .expect("answered, not reset");
+            let response = answered(response).await;
             assert_eq!(response.status(), 200);
             let length = response.headers().get("content-length").cloned();
             let mut body = response.into_body();
-            let mut got = Vec::new();
-            while let Some(chunk) = body.data().await {
-                got.extend_from_slice(&chunk.expect("the body ends cleanly"));
-            }
+            let got = body_to_end(&mut body).await;
             assert_eq!(got, b"hello");
             let trailers = body
                 .trailers()
@@ -2003,15 +1951,10 @@ clusters:
 "#
             );
             let _engine = serve(&yaml, listener);
-            let tcp = tokio::net::TcpStream::connect(at).await.unwrap();
-            let (mut client, conn) = h2::client::handshake(tcp).await.unwrap();
-            let conn = tokio::task::spawn_local(conn);
+            let (mut client, conn) = h2c_client(at).await;
             let request = http::Request::get("http://svc/up").body(()).unwrap();
             let (response, _) = client.send_request(request, true).unwrap();
-            let response = tokio::time::timeout(std::time::Duration::from_secs(10), response)
-                .await
-                .expect("answered in time")
-                .expect("answered, not reset");
+            let response = answered(response).await;
             assert_eq!(response.status(), 204);
             assert_eq!(response.headers()["x-kept"], "1");
             assert!(response.headers().get("content-length").is_none());
@@ -2117,14 +2060,9 @@ clusters:
             );
             let _engine = serve(&yaml, listener);
             crate::http::REQUEST_CHUNK_SCANS.with(|n| n.set(0));
-            let tcp = tokio::net::TcpStream::connect(at).await.unwrap();
-            let (mut client, conn) = h2::client::handshake(tcp).await.unwrap();
-            let conn = tokio::task::spawn_local(conn);
-            let answered = async |response: h2::client::ResponseFuture| {
-                let response = tokio::time::timeout(std::time::Duration::from_secs(10), response)
-                    .await
-                    .expect("answered in time")
-                    .expect("answered, not reset");
+            let (mut client, conn) = h2c_client(at).await;
+            let status_of = async |response: h2::client::ResponseFuture| {
+                let response = answered(response).await;
                 response.status().as_u16()
             };
 
@@ -2144,7 +2082,7 @@ clusters:
             trailers.insert("x-checksum", "abc".parse().unwrap());
             trailers.insert("authorization", "secret".parse().unwrap());
             body.send_trailers(trailers).unwrap();
-            assert_eq!(answered(response).await, 200);
+            assert_eq!(status_of(response).await, 200);
             assert_eq!(
                 body_read(&mut reads, got),
                 "5\r\nhello\r\n6\r\nworld!\r\n0\r\nx-checksum: abc\r\n\r\n"
@@ -2157,7 +2095,7 @@ clusters:
                 .unwrap();
             body.send_data(bytes::Bytes::from_static(b"de"), true)
                 .unwrap();
-            assert_eq!(answered(response).await, 200);
+            assert_eq!(status_of(response).await, 200);
             assert_eq!(
                 body_read(&mut reads, Vec::new()),
                 "3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n"
@@ -2237,9 +2175,11 @@ clusters:
         });
     }
 
-    /// A chunked answer announcing its trailer in a `trailer` field, with the trailer.
+    /// A chunked answer announcing its trailer in a `trailer` field, with the trailer. The
+    /// announcement is spelled `X-Sum` (field names are case-insensitive), unlike the route's
+    /// `x-sum`: a client that sees `X-Sum` got the upstream's field, not the route's.
     fn announced_trailer(_head: &str) -> String {
-        "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\ntrailer: x-sum\r\n\r\n\
+        "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\ntrailer: X-Sum\r\n\r\n\
          2\r\nup\r\n0\r\nx-sum: 7\r\n\r\n"
             .to_owned()
     }
@@ -2277,24 +2217,17 @@ clusters:
 "#
             );
             let _engine = serve(&yaml, listener);
-            let tcp = tokio::net::TcpStream::connect(at).await.unwrap();
-            let (mut client, conn) = h2::client::handshake(tcp).await.unwrap();
-            let conn = tokio::task::spawn_local(conn);
+            let (mut client, conn) = h2c_client(at).await;
             let request = http::Request::get("http://svc/").body(()).unwrap();
             let (response, _) = client.send_request(request, true).unwrap();
-            let response = tokio::time::timeout(std::time::Duration::from_secs(10), response)
-                .await
-                .expect("answered in time")
-                .expect("answered, not reset");
+            let response = answered(response).await;
             assert_eq!(response.status(), 200);
             let announced: Vec<&http::HeaderValue> =
                 response.headers().get_all("trailer").iter().collect();
+            // The route's value alone: not the upstream's (`X-Sum`) instead of it or with it.
             assert_eq!(announced, ["x-sum"]);
             let mut body = response.into_body();
-            let mut got = Vec::new();
-            while let Some(chunk) = body.data().await {
-                got.extend_from_slice(&chunk.expect("the body ends cleanly"));
-            }
+            let got = body_to_end(&mut body).await;
             assert_eq!(got, b"up");
             let trailers = body
                 .trailers()

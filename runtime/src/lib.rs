@@ -35,6 +35,8 @@ pub mod dns;
 mod downstream;
 pub mod engine;
 pub mod fdpass;
+#[cfg(test)]
+mod h2_test_client;
 pub mod h2_upstream;
 pub mod health;
 pub mod http;

@@ -9,7 +9,8 @@
 //   plus(a, b)   -> a + b
 //   fail(msg)    -> throws Error(msg)  (a Bolt response with status 0x0002 SERVER_EXCEPTION)
 //   sleep(ms)    -> NAME, after ms
-// Prints `READY <port>` on stdout once listening; exits 0 on SIGTERM/SIGINT.
+// Prints `READY <port>` on stdout once listening, and `SLEEPING <ms>` when a sleep(ms) call
+// starts (so a test can act while the call is in flight); exits 0 on SIGTERM/SIGINT.
 //
 // Note: sofa-rpc-node drops a response silently when the handler ran longer than the request's
 // timeout field, so sleep(ms) with ms >= the client's timeout is never answered by this server.
@@ -57,6 +58,7 @@ server.addService({ interfaceName: 'com.example.EchoService', version: '1.0' }, 
     throw err;
   },
   async sleep(ms) {
+    process.stdout.write('SLEEPING ' + ms + '\n');
     await new Promise(resolve => setTimeout(resolve, ms));
     return opts.name;
   },

@@ -7,11 +7,12 @@ use std::cell::Cell;
 use std::rc::Rc;
 use std::time::Duration;
 
-use sluice_core::bolt::{self, CMD_REQUEST, CMD_VERSION, RequestSpec, Version, encode_request};
-use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use sluice_core::bolt;
+use tokio::io::AsyncWriteExt as _;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::spawn_local;
 
+use super::test_support::{self, bolt_upstream, read_frame, until};
 use crate::test_support::{bound, on_local_runtime, serve};
 
 /// The request's own timeout: far beyond what the check needs to fail the host, so that a
@@ -21,57 +22,11 @@ const REQUEST_TIMEOUT_MS: i32 = 10_000;
 /// Accepts connections (the checks' connects among them); counts the Bolt requests read and
 /// never answers them, holding each connection open (a host that stopped answering).
 async fn silent_upstream(l: TcpListener, requests: Rc<Cell<usize>>) {
-    loop {
-        let (mut s, _) = l.accept().await.unwrap();
-        let requests = requests.clone();
-        spawn_local(async move {
-            let mut have = Vec::new();
-            let mut chunk = vec![0u8; 4096];
-            loop {
-                let n = s.read(&mut chunk).await.unwrap_or(0);
-                if n == 0 {
-                    return;
-                }
-                have.extend_from_slice(&chunk[..n]);
-                while let Some(f) = bolt::decode(&have, 1 << 20).unwrap() {
-                    let len = f.len;
-                    have.drain(..len);
-                    requests.set(requests.get() + 1);
-                }
-            }
-        });
-    }
+    bolt_upstream(l, move |_, _| requests.set(requests.get() + 1)).await;
 }
 
 fn request(id: u32) -> Vec<u8> {
-    let mut out = Vec::new();
-    encode_request(
-        &mut out,
-        &RequestSpec {
-            version: Version::V1,
-            oneway: false,
-            cmd_code: CMD_REQUEST,
-            cmd_version: CMD_VERSION,
-            request_id: id,
-            codec: 1,
-            timeout_ms: REQUEST_TIMEOUT_MS,
-            class: b"com.alipay.sofa.rpc.core.request.SofaRequest",
-            header: &[(b"service", Some(b"svc"))],
-            content: b"stuck",
-        },
-    )
-    .unwrap();
-    out
-}
-
-async fn until(what: &str, mut done: impl FnMut() -> bool) {
-    for _ in 0..1000 {
-        if done() {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    panic!("not reached in 10 s: {what}");
+    test_support::request(id, b"stuck", REQUEST_TIMEOUT_MS)
 }
 
 #[test]
@@ -97,19 +52,9 @@ fn bolt_connection_to_a_host_failing_its_check_closes_without_further_frames() {
         upstream.abort();
         let _ = upstream.await;
         until("the host found unhealthy", || !health.is_healthy(0, 0)).await;
-        let mut have = Vec::new();
-        let mut chunk = vec![0u8; 4096];
-        let answer = loop {
-            if let Some(f) = bolt::decode(&have, 1 << 20).unwrap() {
-                break (f.request_id, f.status);
-            }
-            let n = tokio::time::timeout(Duration::from_secs(30), c.read(&mut chunk))
-                .await
-                .expect("an answer within 30 s")
-                .unwrap();
-            assert!(n > 0, "closed before the answer");
-            have.extend_from_slice(&chunk[..n]);
-        };
+        let have = read_frame(&mut c, Duration::from_secs(30), "the answer").await;
+        let f = bolt::decode(&have, 1 << 20).unwrap().unwrap();
+        let answer = (f.request_id, f.status);
         assert_eq!(
             answer,
             (1, Some(16)),

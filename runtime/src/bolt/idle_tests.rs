@@ -5,95 +5,53 @@
 
 use std::time::Duration;
 
-use sluice_core::bolt::{
-    self, CMD_REQUEST, CMD_VERSION, RequestSpec, ResponseStatus, Version, encode_request,
-    encode_response,
-};
-use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use sluice_core::bolt::{self, ResponseStatus, encode_response};
+use tokio::io::AsyncWriteExt as _;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::spawn_local;
 
+use super::test_support::{self, bolt_upstream, read_frame, until};
 use crate::engine::Engine;
 use crate::net::TokioNet;
 use crate::test_support::{bound, on_local_runtime, serve};
 
 /// Answers every request on every connection with status 0 and the request's content.
 async fn echo_upstream(l: TcpListener) {
-    loop {
-        let (mut s, _) = l.accept().await.unwrap();
-        spawn_local(async move {
-            let mut have = Vec::new();
-            let mut chunk = vec![0u8; 4096];
-            loop {
-                let n = s.read(&mut chunk).await.unwrap_or(0);
-                if n == 0 {
-                    return;
-                }
-                have.extend_from_slice(&chunk[..n]);
-                let mut out = Vec::new();
-                while let Some(f) = bolt::decode(&have, 1 << 20).unwrap() {
-                    encode_response(
-                        &mut out,
-                        f.version,
-                        f.request_id,
-                        f.codec,
-                        ResponseStatus::Success,
-                        b"",
-                        &[],
-                        f.content,
-                    )
-                    .unwrap();
-                    let len = f.len;
-                    have.drain(..len);
-                }
-                s.write_all(&out).await.unwrap();
-            }
-        });
-    }
+    bolt_upstream(l, |f, out| {
+        encode_response(
+            out,
+            f.version,
+            f.request_id,
+            f.codec,
+            ResponseStatus::Success,
+            b"",
+            &[],
+            f.content,
+        )
+        .unwrap();
+    })
+    .await;
 }
 
 fn request(id: u32, content: &[u8]) -> Vec<u8> {
-    let mut out = Vec::new();
-    encode_request(
-        &mut out,
-        &RequestSpec {
-            version: Version::V1,
-            oneway: false,
-            cmd_code: CMD_REQUEST,
-            cmd_version: CMD_VERSION,
-            request_id: id,
-            codec: 1,
-            timeout_ms: 3000,
-            class: b"com.alipay.sofa.rpc.core.request.SofaRequest",
-            header: &[(b"service", Some(b"svc"))],
-            content,
-        },
-    )
-    .unwrap();
-    out
+    test_support::request(id, content, 3000)
 }
 
 /// Reads one answer and checks it answers request `id` with status 0 and `content`.
 async fn expect_answer(c: &mut TcpStream, id: u32, content: &[u8]) {
-    let mut have = Vec::new();
-    let mut chunk = vec![0u8; 4096];
-    loop {
-        if let Some(f) = bolt::decode(&have, 1 << 20).unwrap() {
-            assert_eq!(
-                (f.request_id, f.status, f.content),
-                (id, Some(0), content),
-                "the answer to request {id}"
-            );
-            assert_eq!(f.len, have.len(), "nothing after the answer");
-            return;
-        }
-        let n = tokio::time::timeout(Duration::from_secs(5), c.read(&mut chunk))
-            .await
-            .expect("an answer within 5 s")
-            .unwrap();
-        assert!(n > 0, "closed before the answer to request {id}");
-        have.extend_from_slice(&chunk[..n]);
-    }
+    let have = read_frame(
+        c,
+        Duration::from_secs(5),
+        &format!("the answer to request {id}"),
+    )
+    .await;
+    let f = bolt::decode(&have, 1 << 20).unwrap().unwrap();
+    assert_eq!(
+        (f.request_id, f.status, f.content),
+        (id, Some(0), content),
+        "the answer to request {id}"
+    );
+    assert_eq!(f.len, have.len(), "nothing after the answer");
 }
 
 fn proxy(up_at: std::net::SocketAddr) -> (std::rc::Rc<Engine<TokioNet>>, std::net::SocketAddr) {
@@ -103,16 +61,6 @@ fn proxy(up_at: std::net::SocketAddr) -> (std::rc::Rc<Engine<TokioNet>>, std::ne
          clusters:\n  - {{ name: up, hosts: [ {{ address: \"{up_at}\" }} ] }}\n"
     );
     (serve(&yaml, listener), at)
-}
-
-async fn until(what: &str, mut done: impl FnMut() -> bool) {
-    for _ in 0..500 {
-        if done() {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    panic!("not reached in 5 s: {what}");
 }
 
 #[test]

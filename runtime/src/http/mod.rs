@@ -1547,6 +1547,7 @@ mod idle_buffer_tests {
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
     use crate::engine::Engine;
+    use crate::h2_test_client::{answered, body_to_end, h2c_client};
     use crate::net::TokioNet;
     use crate::stats::WorkerStats;
     use crate::test_support::{bound, http1_upstream, on_local_runtime, serve, serve_until};
@@ -2123,27 +2124,14 @@ listeners:
 "#
             );
             let engine = serve(&yaml, listener);
-            let tcp = tokio::net::TcpStream::connect(at).await.unwrap();
-            let (mut client, conn) = h2::client::handshake(tcp).await.unwrap();
-            tokio::task::spawn_local(async move {
-                let _ = conn.await;
-            });
+            let (mut client, _conn) = h2c_client(at).await;
             for _ in 0..2 {
                 client = client.ready().await.unwrap();
                 let request = http::Request::get("http://x/a").body(()).unwrap();
                 let (response, _) = client.send_request(request, true).unwrap();
-                let response = tokio::time::timeout(Duration::from_secs(5), response)
-                    .await
-                    .expect("answered in time")
-                    .unwrap();
+                let response = answered(response).await;
                 assert_eq!(response.status(), 200);
-                let mut body = response.into_body();
-                let mut got = Vec::new();
-                while let Some(data) = body.data().await {
-                    let data = data.unwrap();
-                    let _ = body.flow_control().release_capacity(data.len());
-                    got.extend_from_slice(&data);
-                }
+                let got = body_to_end(&mut response.into_body()).await;
                 assert_eq!(got, b"first");
                 // The stream ended: its request and upstream-response buffers are the pool's
                 // (the second stream took the same ones: the count does not grow). Its answer
