@@ -1409,7 +1409,8 @@ fn request_trailers_lose_the_fields_a_trailer_must_not_carry() {
     let _s = start_sluice(&dir, &http_config(listen, &[up], "", ""), 1, addr(listen));
     let trailers = "X-Checksum: abc\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\
                     Host: evil.example\r\nTrailer: x\r\nConnection: close\r\nAuthorization: x\r\n\
-                    Content-Type: text/evil\r\nX-Other: 1\r\n\r\n";
+                    Content-Type: text/evil\r\nX-Forwarded-For: 6.6.6.6\r\n\
+                    X-Request-Id: forged\r\nX-Forwarded-Proto: https\r\nX-Other: 1\r\n\r\n";
     // Small (buffered, replayable) and large (streamed) bodies take different paths.
     for size in [4usize, 100_000] {
         let mut request = format!(

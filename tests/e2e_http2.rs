@@ -751,7 +751,10 @@ fn http2_request_trailers_reach_the_upstream_as_a_chunked_trailer_section() {
 const http2 = require('http2');
 const session = http2.connect('http://127.0.0.1:{listen}');
 const req = session.request({{ ':method': 'POST', ':path': '/upload' }}, {{ waitForTrailers: true }});
-req.on('wantTrailers', () => req.sendTrailers({{ 'x-sum': 'abc' }}));
+req.on('wantTrailers', () => req.sendTrailers({{
+  'x-sum': 'abc', 'x-forwarded-for': '6.6.6.6', 'x-request-id': 'forged',
+  'x-forwarded-proto': 'https', 'content-type': 'text/evil',
+}}));
 let body = '';
 req.on('data', (d) => body += d);
 req.on('end', () => {{ console.log(body); session.close(); }});
