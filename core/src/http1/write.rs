@@ -407,11 +407,7 @@ fn visit_fields<'b>(
                 .any(|r| name.eq_ignore_ascii_case(r.as_bytes()))
         };
         match span.known {
-            Known::Connection
-            | Known::KeepAlive
-            | Known::ProxyConnection
-            | Known::Te
-            | Known::Trailer => {}
+            Known::Connection | Known::KeepAlive | Known::ProxyConnection | Known::Te => {}
             Known::Upgrade => {
                 if head.upgrade && !removed() {
                     field(name, FieldValue::Bytes(value), Some(span));
@@ -443,7 +439,8 @@ fn visit_fields<'b>(
                     field(name, FieldValue::Bytes(value), Some(span));
                 }
             }
-            Known::Other => {
+            // `Trailer` is end-to-end (RFC 9110 §6.6.2), as Envoy forwards it.
+            Known::Trailer | Known::Other => {
                 let hop_by_hop = head.connection_options && named_by_connection(buf, head, name);
                 if !hop_by_hop && !removed() {
                     field(name, FieldValue::Bytes(value), Some(span));

@@ -15,7 +15,7 @@
 //! `overwrite_if_exists` replaces only when it has one.
 //!
 //! What it does not own: hop-by-hop fields (`connection` and the fields it names,
-//! `keep-alive`, `te`, `trailer`, `upgrade`, `proxy-connection`) are connection-level, so each
+//! `keep-alive`, `te`, `upgrade`, `proxy-connection`) are connection-level, so each
 //! codec drops them in the same pass that writes the head (HTTP/1.1's writer does; HTTP/2 has
 //! none to drop), and framing fields stay the codec's.
 //!
