@@ -579,6 +579,14 @@ impl Ads {
         self.warming_timeouts
     }
 
+    /// Whether the warming timer `id` ([`Output::ArmWarmingTimer`]) still guards a resource
+    /// missing and not yet timed out: once what it waited for arrived (or left the config),
+    /// its [`Input::WarmingTimeout`] would change nothing, and the runtime may drop it.
+    #[must_use]
+    pub fn warming_timer_pending(&self, id: u64) -> bool {
+        self.missing.values().any(|w| w.timer == id && !w.expired)
+    }
+
     /// The protocol spoken.
     #[must_use]
     pub fn mode(&self) -> XdsMode {
