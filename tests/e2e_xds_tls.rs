@@ -1141,9 +1141,11 @@ clusters:
         (ResourceType::Cluster.type_url().to_owned(), vec![any(&app)]),
         (ResourceType::Listener.type_url().to_owned(), vec![any(&l)]),
     ]));
-    eventually("the listener back serves the source's secret", &sluice, || {
-        served().as_deref() == Some("app-3")
-    });
+    eventually(
+        "the listener back serves the source's secret",
+        &sluice,
+        || served().as_deref() == Some("app-3"),
+    );
     assert_eq!(xds("listener back")["connected"], true);
 }
 

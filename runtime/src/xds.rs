@@ -2009,9 +2009,23 @@ mod timer_tests {
         for round in 0..5 {
             let name = format!("api-{round}");
             let v = round.to_string();
-            push(&mut c, ResourceType::Cluster, &v, vec![any(&eds_cluster(&name))]);
-            assert_eq!(c.timers.len(), 1, "round {round}: armed for {name}'s endpoints");
-            push(&mut c, ResourceType::Endpoints, &v, vec![any(&assignment(&name, &hosts))]);
+            push(
+                &mut c,
+                ResourceType::Cluster,
+                &v,
+                vec![any(&eds_cluster(&name))],
+            );
+            assert_eq!(
+                c.timers.len(),
+                1,
+                "round {round}: armed for {name}'s endpoints"
+            );
+            push(
+                &mut c,
+                ResourceType::Endpoints,
+                &v,
+                vec![any(&assignment(&name, &hosts))],
+            );
             assert!(c.timers.is_empty(), "round {round}: {:?}", c.timers);
         }
         // Two clusters, the endpoints of one only: the other's timer stays.
@@ -2021,7 +2035,12 @@ mod timer_tests {
             "9",
             vec![any(&eds_cluster("a")), any(&eds_cluster("b"))],
         );
-        push(&mut c, ResourceType::Endpoints, "9", vec![any(&assignment("a", &hosts))]);
+        push(
+            &mut c,
+            ResourceType::Endpoints,
+            "9",
+            vec![any(&assignment("a", &hosts))],
+        );
         assert_eq!(c.timers.len(), 1, "b still missing: {:?}", c.timers);
     }
 }
