@@ -1409,7 +1409,8 @@ fn request_trailers_lose_the_fields_a_trailer_must_not_carry() {
     let _s = start_sluice(&dir, &http_config(listen, &[up], "", ""), 1, addr(listen));
     let trailers = "X-Checksum: abc\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\
                     Host: evil.example\r\nTrailer: x\r\nConnection: close\r\nAuthorization: x\r\n\
-                    Content-Type: text/evil\r\nX-Other: 1\r\n\r\n";
+                    Content-Type: text/evil\r\nX-Forwarded-For: 6.6.6.6\r\n\
+                    X-Request-Id: forged\r\nX-Forwarded-Proto: https\r\nX-Other: 1\r\n\r\n";
     // Small (buffered, replayable) and large (streamed) bodies take different paths.
     for size in [4usize, 100_000] {
         let mut request = format!(
@@ -1429,6 +1430,27 @@ fn request_trailers_lose_the_fields_a_trailer_must_not_carry() {
         );
     }
     assert_eq!(upstream_requests(&log).len(), 2);
+}
+
+/// An upstream's `Trailer` field is end-to-end (RFC 9110 §6.6.2), as in Envoy: it reaches the
+/// HTTP/1.1 client with the chunked answer and the trailer it announces.
+#[test]
+fn an_upstream_answers_trailer_field_reaches_the_client() {
+    if !require_peers(&["python3"]) {
+        return;
+    }
+    let dir = TempDir::new("http-trailer-field");
+    let (up, listen) = (free_port(), free_port());
+    let (_u, _log) = start_upstream(&dir, "up", up);
+    let _s = start_sluice(&dir, &http_config(listen, &[up], "", ""), 1, addr(listen));
+    let r = raw(
+        listen,
+        b"GET /trailers HTTP/1.1\r\nHost: example.com\r\nTE: trailers\r\nConnection: close\r\n\r\n",
+    );
+    assert_eq!(status_of(&r), 200, "{r}");
+    let (head, body) = r.split_once("\r\n\r\n").expect("a head");
+    assert!(head.contains("\r\nTrailer: x-checksum"), "{head}");
+    assert!(body.contains("\r\n0\r\nx-checksum: "), "{body}");
 }
 
 /// Sends a POST of `total` bytes (Content-Length) in `pieces` equal parts, `gap` apart, then

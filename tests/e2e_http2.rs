@@ -700,6 +700,9 @@ fn an_http2_only_listener_closes_http11_connections() {
     assert_eq!((version.as_str(), status), ("2", 200));
 }
 
+/// The trailers of a chunked answer reach the HTTP/2 client as HTTP/2 trailers, and the
+/// `trailer` field announcing them in its HEADERS (RFC 9110 §6.6.2; not connection-specific in
+/// RFC 9113 §8.2.2).
 #[test]
 fn a_chunked_upstream_answers_trailers_reach_the_http2_client() {
     if !require_peers(&["node"]) {
@@ -717,7 +720,7 @@ const session = http2.connect('http://127.0.0.1:{listen}');
 const req = session.request({{ ':path': '/trailers' }});
 const chunks = [];
 let trailers = null;
-req.on('response', (h) => console.log('status ' + h[':status'] + ' te ' + (h['transfer-encoding'] || 'none')));
+req.on('response', (h) => console.log('status ' + h[':status'] + ' te ' + (h['transfer-encoding'] || 'none') + ' trailer ' + (h['trailer'] || 'none')));
 req.on('data', (d) => chunks.push(d));
 req.on('trailers', (t) => trailers = t);
 req.on('end', () => {{
@@ -731,7 +734,7 @@ req.on('end', () => {{
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
     assert_eq!(
         text.trim(),
-        "status 200 te none\nchecksum matches",
+        "status 200 te none trailer x-checksum\nchecksum matches",
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
@@ -751,7 +754,10 @@ fn http2_request_trailers_reach_the_upstream_as_a_chunked_trailer_section() {
 const http2 = require('http2');
 const session = http2.connect('http://127.0.0.1:{listen}');
 const req = session.request({{ ':method': 'POST', ':path': '/upload' }}, {{ waitForTrailers: true }});
-req.on('wantTrailers', () => req.sendTrailers({{ 'x-sum': 'abc' }}));
+req.on('wantTrailers', () => req.sendTrailers({{
+  'x-sum': 'abc', 'x-forwarded-for': '6.6.6.6', 'x-request-id': 'forged',
+  'x-forwarded-proto': 'https', 'content-type': 'text/evil',
+}}));
 let body = '';
 req.on('data', (d) => body += d);
 req.on('end', () => {{ console.log(body); session.close(); }});

@@ -1122,6 +1122,31 @@ clusters:
         source["last_connect_error"].is_null(),
         "a failure before the stream opened is over: {source}"
     );
+    // The last TLS context using the source goes (its listener removed): the source's stream
+    // is closed, as Envoy ends an SDS subscription with no watcher left; the listener back,
+    // the source is dialled again and its secrets serve.
+    let without_listener = || {
+        BTreeMap::from([
+            (ResourceType::Cluster.type_url().to_owned(), vec![any(&app)]),
+            (ResourceType::Listener.type_url().to_owned(), Vec::new()),
+        ])
+    };
+    server.push(without_listener());
+    eventually("the unneeded source's stream closed", &sluice, || {
+        let source = xds("listener removed");
+        source["connected"] == false && source["subscribed"] == serde_json::json!([])
+    });
+    assert_eq!(metric("sluice_sds_source_connected"), "0");
+    server.push(BTreeMap::from([
+        (ResourceType::Cluster.type_url().to_owned(), vec![any(&app)]),
+        (ResourceType::Listener.type_url().to_owned(), vec![any(&l)]),
+    ]));
+    eventually(
+        "the listener back serves the source's secret",
+        &sluice,
+        || served().as_deref() == Some("app-3"),
+    );
+    assert_eq!(xds("listener back")["connected"], true);
 }
 
 /// An SDS source whose socket does not exist (no agent yet): the client says which socket it

@@ -810,7 +810,9 @@ struct Client {
     /// The ignored fields by type of the config being applied ([`IGNORED`] once it is).
     applying_ignored: [u64; TYPES],
     /// The warming timers armed (deadline, id), in the order armed — which, all being of the
-    /// same duration, is the order they expire in.
+    /// same duration, is the order they expire in. Only those still guarding a missing
+    /// resource ([`Ads::warming_timer_pending`]): one whose resources arrived is dropped after
+    /// each input, so a config that churns keeps no stale timer for the initial fetch timeout.
     timers: VecDeque<(tokio::time::Instant, u64)>,
     initial_fetch_timeout: Duration,
     /// Delta: the machine asked to end this stream and open a new one ([`Output::Resync`]).
@@ -1078,6 +1080,8 @@ impl Client {
         let unsolicited = self.ads.unsolicited();
         let timeouts = self.ads.warming_timeouts();
         self.ads.handle_input(input);
+        let ads = &self.ads;
+        self.timers.retain(|&(_, id)| ads.warming_timer_pending(id));
         for ((counter, after), before) in WARMING_TIMEOUTS
             .iter()
             .zip(self.ads.warming_timeouts())
@@ -1948,5 +1952,95 @@ mod status_tests {
         let t = status(ResourceType::Endpoints);
         assert_eq!(t.serving["b"].0, "4");
         assert!(t.refused.is_empty());
+    }
+}
+
+/// The warming timers the client keeps.
+#[cfg(test)]
+mod timer_tests {
+    use super::*;
+    use envoy_types::pb::envoy::service::discovery::v3::DiscoveryResponse;
+    use envoy_types::pb::google::protobuf::Any;
+    use sluice_xds::fixtures::{any, assignment, eds_cluster};
+
+    fn push(c: &mut Client, kind: ResourceType, version: &str, resources: Vec<Any>) {
+        c.feed(Input::Response(DiscoveryResponse {
+            version_info: version.to_owned(),
+            type_url: kind.type_url().to_owned(),
+            resources,
+            nonce: format!("{}{version}", kind.noun()),
+            ..Default::default()
+        }));
+        c.drain(None);
+        while let Some((id, _)) = c.applying.take() {
+            c.feed(Input::Applied(id));
+            c.drain(None);
+        }
+    }
+
+    /// A warming timer is dropped once the resources it waited for arrived: a cluster whose
+    /// endpoints come at once leaves no timer to fire 15 s later for nothing, however many
+    /// such clusters come and go; one still missing keeps its timer.
+    #[test]
+    fn a_warming_timer_is_dropped_once_what_it_waited_for_arrived() {
+        let _serial = super::STATUS_TESTS
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let (updates, _rx) = tokio::sync::mpsc::unbounded_channel();
+        let mut c = Client {
+            ads: Ads::with_mode(
+                XdsMode::Sotw,
+                Node::default(),
+                serde_json::json!({"listeners": [{"name": "e", "address": "127.0.0.1:1", "echo": {}}]}),
+            ),
+            updates,
+            applying: None,
+            applying_ignored: [0; TYPES],
+            timers: VecDeque::new(),
+            sources: BTreeMap::new(),
+            from_sources: tokio::sync::mpsc::unbounded_channel().1,
+            initial_fetch_timeout: Duration::from_secs(15),
+            resync: false,
+        };
+        c.feed(Input::Connected);
+        c.drain(None);
+        push(&mut c, ResourceType::Listener, "0", Vec::new());
+        let hosts = [("127.0.0.1", 8080, 0)];
+        for round in 0..5 {
+            let name = format!("api-{round}");
+            let v = round.to_string();
+            push(
+                &mut c,
+                ResourceType::Cluster,
+                &v,
+                vec![any(&eds_cluster(&name))],
+            );
+            assert_eq!(
+                c.timers.len(),
+                1,
+                "round {round}: armed for {name}'s endpoints"
+            );
+            push(
+                &mut c,
+                ResourceType::Endpoints,
+                &v,
+                vec![any(&assignment(&name, &hosts))],
+            );
+            assert!(c.timers.is_empty(), "round {round}: {:?}", c.timers);
+        }
+        // Two clusters, the endpoints of one only: the other's timer stays.
+        push(
+            &mut c,
+            ResourceType::Cluster,
+            "9",
+            vec![any(&eds_cluster("a")), any(&eds_cluster("b"))],
+        );
+        push(
+            &mut c,
+            ResourceType::Endpoints,
+            "9",
+            vec![any(&assignment("a", &hosts))],
+        );
+        assert_eq!(c.timers.len(), 1, "b still missing: {:?}", c.timers);
     }
 }

@@ -17,8 +17,10 @@
 //! for ADS secrets) and answers ([`sluice_xds::ads::Output::SourceVerdict`] →
 //! [`sds::Input::Verdict`]), upon which the source's machine ACKs or NACKs.
 //!
-//! Connection states, per source: connecting → streaming → (stream ends or fails) → backoff →
-//! connecting; the backoff is the ADS client's (250 ms doubling to 30 s, full jitter, reset
+//! Connection states, per source: idle (no TLS context needs a secret of it: not dialled) →
+//! connecting → streaming → (stream ends or fails) → backoff → connecting; a stream whose
+//! last secret user is gone is closed, back to idle (as Envoy ends an SDS subscription with no
+//! watcher left), without a backoff; the backoff is the ADS client's (250 ms doubling to 30 s, full jitter, reset
 //! after a stream that delivered a response and lasted, [`backoff_after_stream`]). A Unix
 //! socket's peer must run as this process's user or root ([`trusted_peer`]). While a source
 //! is disconnected the secrets
@@ -204,10 +206,27 @@ async fn run_source(
         if to_ads.is_closed() {
             return;
         }
+        // A source no TLS context needs a secret of is not dialled (nor its stream kept, see
+        // `stream_until_it_ends`), as Envoy closes an SDS subscription with no watcher left.
+        while source.machine.names().is_empty() {
+            set_status(&spec.name, |s| s.names.clear());
+            match control.recv().await {
+                Some(input) => {
+                    source.machine.handle_input(input);
+                    source.drain(None);
+                }
+                None => return,
+            }
+        }
         let (got_response, lasted) = stream_once(&mut source, &spec.target, &mut control).await;
         source.machine.handle_input(sds::Input::Disconnected);
         source.drain(None);
         set_status(&spec.name, |s| s.connected = false);
+        if source.machine.names().is_empty() {
+            // Closed because nothing needs it any more: no failure to back off from.
+            info!(source = %spec.name, "xds: SDS source: no secret of it is needed, stream closed");
+            continue;
+        }
         let wait = jitter.below(backoff_after_stream(&mut backoff, got_response, lasted));
         let until = tokio::time::Instant::now() + wait;
         loop {
@@ -410,6 +429,9 @@ async fn stream_until_it_ends(
                 Some(input) => {
                     source.machine.handle_input(input);
                     source.drain(Some(&tx));
+                    if source.machine.names().is_empty() {
+                        return false;
+                    }
                 }
                 None => return false,
             },
@@ -454,6 +476,11 @@ async fn stream_until_it_ends(
                 Some(input) => {
                     source.machine.handle_input(input);
                     source.drain(Some(&tx));
+                    // The last secret user of this source is gone: the stream closes
+                    // (dropped), and opens again when a secret of it is needed.
+                    if source.machine.names().is_empty() {
+                        return got;
+                    }
                 }
                 None => return got,
             },

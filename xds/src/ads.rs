@@ -579,6 +579,14 @@ impl Ads {
         self.warming_timeouts
     }
 
+    /// Whether the warming timer `id` ([`Output::ArmWarmingTimer`]) still guards a resource
+    /// missing and not yet timed out: once what it waited for arrived (or left the config),
+    /// its [`Input::WarmingTimeout`] would change nothing, and the runtime may drop it.
+    #[must_use]
+    pub fn warming_timer_pending(&self, id: u64) -> bool {
+        self.missing.values().any(|w| w.timer == id && !w.expired)
+    }
+
     /// The protocol spoken.
     #[must_use]
     pub fn mode(&self) -> XdsMode {
@@ -1254,12 +1262,13 @@ impl Ads {
         match self.check(candidate, filled, missing, &[]) {
             Ok(check) => Ok(check),
             Err(errors) => {
-                // An error names a secret by name alone, whatever its source.
+                // A secret is known by its source and name: `x` from one source is not `x`
+                // over ADS or from another.
                 let (validations, certificates): (Vec<_>, Vec<_>) =
-                    missing.iter().cloned().partition(|(_, n)| {
-                        errors
-                            .iter()
-                            .any(|e| e.kind == ResourceType::Secret && &e.name == n)
+                    missing.iter().cloned().partition(|(source, n)| {
+                        errors.iter().any(|e| {
+                            e.kind == ResourceType::Secret && &e.name == n && &e.source == source
+                        })
                     });
                 if validations.is_empty() {
                     return Err(errors);
@@ -1334,19 +1343,20 @@ impl Ads {
         // Errors charged to SDS sources' updates, by source.
         let mut source_charged: BTreeMap<String, Vec<&TranslateError>> = BTreeMap::new();
         for e in errors {
-            let owner = self
-                .pending
-                .iter()
-                .zip(&names)
-                .rposition(|(p, names)| p.kind == e.kind && names.contains(e.name.as_str()));
+            // A secret of an SDS source is charged to that source's update only, never to an
+            // ADS response or another source's that carries a secret of the same name.
+            let owner = self.pending.iter().zip(&names).rposition(|(p, names)| {
+                p.kind == e.kind && e.source.is_none() && names.contains(e.name.as_str())
+            });
             let source_owner = (e.kind == ResourceType::Secret)
-                .then(|| {
+                .then_some(e.source.as_ref())
+                .flatten()
+                .filter(|source| {
                     self.source_pending
-                        .iter()
-                        .find(|(_, u)| u.secrets.contains_key(&e.name))
-                        .map(|(s, _)| s.clone())
+                        .get(*source)
+                        .is_some_and(|u| u.secrets.contains_key(&e.name))
                 })
-                .flatten();
+                .cloned();
             match (owner, source_owner) {
                 (Some(i), _) => charged.entry(i).or_default().push(e),
                 (None, Some(source)) => source_charged.entry(source).or_default().push(e),

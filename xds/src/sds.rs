@@ -22,7 +22,8 @@
 //!   waiting (the ADS machine folds them); a verdict for a response of an earlier stream is
 //!   dropped (nonces are per stream).
 //! - A change of names is a request with the last nonce and the new names (never an empty
-//!   list, which would ask for every secret: a source nothing needs any more is left quiet).
+//!   list, which would ask for every secret: the runtime closes the stream of a source nothing
+//!   needs any more, `runtime/src/xds_sds.rs`).
 
 use std::collections::{BTreeMap, BTreeSet, HashSet, VecDeque};
 

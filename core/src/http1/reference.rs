@@ -131,11 +131,7 @@ fn write_fields(out: &mut Vec<u8>, buf: &[u8], head: &Head, edits: &HeadEdits<'_
                 .any(|r| name.eq_ignore_ascii_case(r.as_bytes()))
         };
         match known_of(name) {
-            Known::Connection
-            | Known::KeepAlive
-            | Known::ProxyConnection
-            | Known::Te
-            | Known::Trailer => {}
+            Known::Connection | Known::KeepAlive | Known::ProxyConnection | Known::Te => {}
             Known::Upgrade => {
                 if head.upgrade && !removed() {
                     push_parsed(out, name, value);
@@ -166,7 +162,8 @@ fn write_fields(out: &mut Vec<u8>, buf: &[u8], head: &Head, edits: &HeadEdits<'_
                     push_parsed(out, name, value);
                 }
             }
-            Known::Other => {
+            // `Trailer` is end-to-end (RFC 9110 §6.6.2), as Envoy forwards it.
+            Known::Trailer | Known::Other => {
                 let hop_by_hop = head.connection_options && named_by_connection(buf, head, name);
                 if !hop_by_hop && !removed() {
                     push_parsed(out, name, value);

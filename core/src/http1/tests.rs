@@ -1137,6 +1137,7 @@ Accept: */*\r\n\r\nxyz";
         "POST /items?page=2 HTTP/1.1\r\n\
 Host: shop.example\r\n\
 User-Agent: curl/8.5\r\n\
+Trailer: X-Sum\r\n\
 Content-Length: 3\r\n\
 Accept: */*\r\n\
 connection: close\r\n\
@@ -1240,10 +1241,18 @@ fn writes_responses() {
     let head = res(buf, Method::Get).unwrap();
     out.clear();
     write_response_head(&mut out, buf, &head, &HeadEdits::NONE);
+    // `Trailer` is end-to-end (RFC 9110 §6.6.2); `Keep-Alive` is hop-by-hop.
     assert_eq!(
         out,
-        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTrailer: X-Sum\r\n\r\n"
     );
+    // Unless `Connection` names it.
+    let buf =
+        b"HTTP/1.1 200 OK\r\nConnection: trailer\r\nTrailer: X-Sum\r\ncontent-length: 0\r\n\r\n";
+    let head = res(buf, Method::Get).unwrap();
+    out.clear();
+    write_response_head(&mut out, buf, &head, &HeadEdits::NONE);
+    assert_eq!(out, b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n");
 }
 
 #[test]

@@ -186,8 +186,13 @@ pub fn write_local_response(
 
 /// Fields that must not be taken from a trailer section (RFC 9110 §6.5.1): framing, routing,
 /// request modifiers (controls and conditionals), authentication, response control data, how to
-/// process the content, and the hop-by-hop fields. Lowercase.
-pub const TRAILER_FORBIDDEN: [&str; 35] = [
+/// process the content, and the hop-by-hop fields — and the fields the proxy itself sets on a
+/// request it forwards (`x-forwarded-for`, `x-request-id`, `x-forwarded-proto`,
+/// `x-forwarded-client-cert`, the retry and tracing fields): an upstream that merges trailers
+/// into the head (RFC 9110 §6.5.2 lets it when it knows the field may be) would otherwise take
+/// a client's forged address or id for the one the proxy vouches for. Envoy forwards trailers
+/// as they came; a sidecar's application must be able to trust what its proxy set. Lowercase.
+pub const TRAILER_FORBIDDEN: [&str; 48] = [
     // framing and hop-by-hop
     "content-length",
     "transfer-encoding",
@@ -228,6 +233,20 @@ pub const TRAILER_FORBIDDEN: [&str; 35] = [
     "content-encoding",
     "content-type",
     "content-range",
+    // set by the proxy on a forwarded request (`l7::edits`, retries, tracing)
+    "x-forwarded-for",
+    "x-forwarded-proto",
+    "x-forwarded-client-cert",
+    "x-request-id",
+    "x-envoy-attempt-count",
+    "grpc-timeout",
+    "traceparent",
+    "b3",
+    "x-b3-traceid",
+    "x-b3-spanid",
+    "x-b3-parentspanid",
+    "x-b3-sampled",
+    "x-b3-flags",
 ];
 
 /// Writes a trailer section without the fields in [`TRAILER_FORBIDDEN`]. `section` is a trailer
@@ -388,11 +407,7 @@ fn visit_fields<'b>(
                 .any(|r| name.eq_ignore_ascii_case(r.as_bytes()))
         };
         match span.known {
-            Known::Connection
-            | Known::KeepAlive
-            | Known::ProxyConnection
-            | Known::Te
-            | Known::Trailer => {}
+            Known::Connection | Known::KeepAlive | Known::ProxyConnection | Known::Te => {}
             Known::Upgrade => {
                 if head.upgrade && !removed() {
                     field(name, FieldValue::Bytes(value), Some(span));
@@ -424,7 +439,8 @@ fn visit_fields<'b>(
                     field(name, FieldValue::Bytes(value), Some(span));
                 }
             }
-            Known::Other => {
+            // `Trailer` is end-to-end (RFC 9110 §6.6.2), as Envoy forwards it.
+            Known::Trailer | Known::Other => {
                 let hop_by_hop = head.connection_options && named_by_connection(buf, head, name);
                 if !hop_by_hop && !removed() {
                     field(name, FieldValue::Bytes(value), Some(span));

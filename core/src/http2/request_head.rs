@@ -15,7 +15,7 @@
 
 use std::fmt;
 
-use super::translate::{BodyLength, Checked, RequestHead, TranslateError, check};
+use super::translate::{BodyLength, Checked, RequestHead, TranslateError, check, cookie_crumb};
 use crate::http1::{Head, HttpError, Limits, MAX_HEADERS, Message, RequestHeadWriter};
 
 /// Why an HTTP/2 request head is refused before routing. [`RequestHeadError::status`] is the
@@ -122,7 +122,8 @@ pub fn build_request_head(
             .fields
             .iter()
             .filter(|(name, _)| *name == b"cookie")
-            .map(|&(_, value)| value);
+            .map(|&(_, value)| cookie_crumb(value))
+            .filter(|crumb| !crumb.is_empty());
         w.field_of(b"cookie", crumbs, b"; ");
     }
     if body == BodyLength::Chunked {

@@ -160,12 +160,13 @@ pub fn request_to_http1(
         out.extend_from_slice(b"cookie: ");
         let mut first = true;
         for &(name, value) in head.fields {
-            if name == b"cookie" {
+            let crumb = cookie_crumb(value);
+            if name == b"cookie" && !crumb.is_empty() {
                 if !first {
                     out.extend_from_slice(b"; ");
                 }
                 first = false;
-                out.extend_from_slice(value);
+                out.extend_from_slice(crumb);
             }
         }
         out.extend_from_slice(b"\r\n");
@@ -175,6 +176,23 @@ pub fn request_to_http1(
     }
     out.extend_from_slice(b"\r\n");
     Ok(body)
+}
+
+/// A `cookie` field's value as it is joined with the others into one HTTP/1.1 `cookie` field
+/// (RFC 9113 §8.2.3: with `; ` between them): without the `;`, spaces and tabs at its edges,
+/// so that the joined value is a well-formed cookie-string (RFC 6265 §4.2.1) — no `a=1; ; b=2`
+/// from an empty crumb or `a=1;; b=2` from one ending in `;`, no trailing `; `. A crumb left
+/// empty is skipped. Envoy joins the values as they came; an application's cookie parser may
+/// refuse the empty pairs that gives, and no cookie-pair is lost by dropping them.
+#[must_use]
+pub(super) fn cookie_crumb(value: &[u8]) -> &[u8] {
+    let edge = |b: &u8| matches!(b, b';' | b' ' | b'\t');
+    let start = value.iter().position(|b| !edge(b)).unwrap_or(value.len());
+    let end = value
+        .iter()
+        .rposition(|b| !edge(b))
+        .map_or(start, |i| i + 1);
+    &value[start..end]
 }
 
 /// What [`check`] found in a request head it accepts.

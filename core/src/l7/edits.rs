@@ -15,7 +15,7 @@
 //! `overwrite_if_exists` replaces only when it has one.
 //!
 //! What it does not own: hop-by-hop fields (`connection` and the fields it names,
-//! `keep-alive`, `te`, `trailer`, `upgrade`, `proxy-connection`) are connection-level, so each
+//! `keep-alive`, `te`, `upgrade`, `proxy-connection`) are connection-level, so each
 //! codec drops them in the same pass that writes the head (HTTP/1.1's writer does; HTTP/2 has
 //! none to drop), and framing fields stay the codec's.
 //!
@@ -747,5 +747,52 @@ mod tests {
         format_request_id(0x0123_4567_89ab_cdef, 0xfedc_ba98_7654_3210, &mut id);
         let text = std::str::from_utf8(&id).unwrap();
         assert_eq!(text, "01234567-89ab-4def-bedc-ba9876543210");
+    }
+}
+
+/// Request trailers against the proxy's own fields: kept apart from `tests`, which others edit.
+#[cfg(test)]
+mod trailer_tests {
+    use super::*;
+    use crate::http1::{TRAILER_FORBIDDEN, write_trailers};
+
+    /// No field the proxy's edits set or remove on a request (all of them at once here) can
+    /// come back through the request's trailer section: the trailer writer drops each, and
+    /// keeps a field the proxy does not own.
+    #[test]
+    fn a_request_trailer_cannot_carry_a_field_the_proxy_sets() {
+        let mut edits = HeaderEdits::new();
+        request_edits_before_additions(
+            &mut edits,
+            &RequestFacts {
+                forwarded_for: b"10.0.0.1",
+                generated_id: Some(b"id"),
+                missing_host: Some(b"app"),
+                forwarded_proto: Some(b"https"),
+                client_cert: crate::l7::xfcc::Edit::Set(b"By=spiffe://x"),
+            },
+            &[],
+        );
+        // The retry and tracing fields the runtime sets besides these.
+        let others = ["x-envoy-attempt-count", "grpc-timeout", "traceparent", "b3"];
+        let owned: Vec<&str> = edits
+            .additions()
+            .iter()
+            .map(|&(name, _)| name)
+            .chain(edits.removals().iter().copied())
+            .chain(others)
+            .collect();
+        assert!(owned.contains(&"x-forwarded-for") && owned.contains(&"x-request-id"));
+        let mut section = Vec::new();
+        for name in &owned {
+            assert!(TRAILER_FORBIDDEN.contains(name), "{name}");
+            // As a client may write it.
+            section.extend_from_slice(name.to_ascii_uppercase().as_bytes());
+            section.extend_from_slice(b": forged\r\n");
+        }
+        section.extend_from_slice(b"x-checksum: abc\r\n\r\n");
+        let mut out = Vec::new();
+        write_trailers(&mut out, &section);
+        assert_eq!(out, b"x-checksum: abc\r\n\r\n");
     }
 }

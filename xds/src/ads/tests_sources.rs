@@ -418,3 +418,94 @@ fn a_source_certificate_whose_key_does_not_match_is_refused_to_the_source_alone(
         "the previous certificate serves on"
     );
 }
+
+/// Two SDS sources each serving a secret named `ROOTCA` (clusters `up-a` and `up-b` trust one
+/// each): a bad `ROOTCA` from `b`, folded with a good rotation from `a` during an apply, is
+/// `b`'s refusal alone — `a`'s rotation is applied and accepted, not refused for a secret of
+/// the same name from another source.
+#[test]
+fn a_bad_secret_of_one_source_is_not_charged_to_another_sources_secret_of_that_name() {
+    let bootstrap = json!({
+        "xds": {
+            "cluster": "xds",
+            "sds_sources": [
+                { "name": "a", "path": "/run/a.sock" },
+                { "name": "b", "path": "/run/b.sock" },
+            ],
+        },
+        "listeners": [],
+        "clusters": [ { "name": "xds", "hosts": [ { "address": "127.0.0.1:18000" } ] } ],
+    });
+    let from = |source: &str, nonce: &str, ca: &str| Input::SourceSecrets {
+        source: source.into(),
+        nonce: nonce.into(),
+        secrets: vec![ca_secret("ROOTCA", ca)],
+    };
+    let named = |name: &str, source: &str| {
+        let mut c = tls_cluster(source);
+        c.name = name.into();
+        c
+    };
+    let (ca_a, _, _) = pki(&["x"]);
+    let (ca_b, _, _) = pki(&["x"]);
+    let mut a = Ads::new(node(), bootstrap);
+    a.handle_input(Input::Connected);
+    drain(&mut a);
+    a.handle_input(cds("1", "c1", &[named("up-a", "a"), named("up-b", "b")]));
+    drain(&mut a);
+    a.handle_input(from("a", "a1", &ca_a));
+    let out = drain(&mut a);
+    if let Some(id) = apply_id(&out) {
+        a.handle_input(Input::Applied(id));
+        drain(&mut a);
+    }
+    a.handle_input(from("b", "b1", &ca_b));
+    let out = drain(&mut a);
+    a.handle_input(Input::Applied(apply_id(&out).expect("both clusters")));
+    drain(&mut a);
+    assert_eq!(
+        a.applied().source_secrets["b"]["ROOTCA"],
+        ca_secret("ROOTCA", &ca_b)
+    );
+    // An unrelated cluster starts an apply; during it `a`'s rotation and `b`'s bad secret.
+    let other = static_cluster("other", &[("127.0.0.1", 8002, 0)]);
+    a.handle_input(cds(
+        "2",
+        "c2",
+        &[named("up-a", "a"), named("up-b", "b"), other.clone()],
+    ));
+    let out = drain(&mut a);
+    let first = apply_id(&out).expect("apply c2");
+    let (ca_a2, _, _) = pki(&["x"]);
+    let bad = "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n";
+    a.handle_input(from("a", "a2", &ca_a2));
+    a.handle_input(from("b", "b2", bad));
+    a.handle_input(Input::Applied(first));
+    let mut out = drain(&mut a);
+    while let Some(id) = apply_id(&out) {
+        a.handle_input(Input::Applied(id));
+        out.extend(drain(&mut a));
+        if verdicts(&out).iter().any(|(s, _, _)| s == "a") {
+            break;
+        }
+    }
+    let v = verdicts(&out);
+    let refused: Vec<&str> = v
+        .iter()
+        .filter(|(_, _, e)| e.is_some())
+        .map(|(s, n, _)| if s == "a" { "a" } else { n.as_str() })
+        .collect();
+    assert_eq!(refused, ["b2"], "only b's update is refused: {v:?}");
+    assert!(
+        v.contains(&("a".to_owned(), "a2".to_owned(), None)),
+        "a's rotation accepted: {v:?}"
+    );
+    assert_eq!(
+        a.applied().source_secrets["a"]["ROOTCA"],
+        ca_secret("ROOTCA", &ca_a2)
+    );
+    assert_eq!(
+        a.applied().source_secrets["b"]["ROOTCA"],
+        ca_secret("ROOTCA", &ca_b)
+    );
+}

@@ -124,6 +124,10 @@ pub struct TranslateError {
     pub path: String,
     /// What is wrong.
     pub message: String,
+    /// For a secret from an SDS source of the bootstrap's `xds.sds_sources`, that source: a
+    /// secret is known by its source and name, and one named alike over ADS or from another
+    /// source is another secret. `None` for every other resource.
+    pub source: Option<String>,
 }
 
 impl fmt::Display for TranslateError {
@@ -177,6 +181,8 @@ pub(crate) struct At<'a> {
     pub kind: ResourceType,
     pub name: &'a str,
     pub path: String,
+    /// The SDS source of a secret ([`TranslateError::source`]).
+    pub source: Option<&'a str>,
 }
 
 impl<'a> At<'a> {
@@ -185,6 +191,15 @@ impl<'a> At<'a> {
             kind,
             name,
             path: String::new(),
+            source: None,
+        }
+    }
+
+    /// The secret `name`, from the SDS source `source` (`None`: over ADS).
+    pub(crate) fn secret(name: &'a str, source: Option<&'a str>) -> At<'a> {
+        At {
+            source,
+            ..At::root(ResourceType::Secret, name)
         }
     }
 
@@ -212,6 +227,7 @@ impl<'a> At<'a> {
             name: self.name.to_owned(),
             path: self.path.clone(),
             message: message.into(),
+            source: self.source.map(str::to_owned),
         }
     }
 
@@ -446,6 +462,7 @@ pub fn assemble(
             name: String::new(),
             path: String::new(),
             message: "the bootstrap config is not a mapping".to_owned(),
+            source: None,
         }]);
     };
     // Which resource produced each dynamic entry: (tree index, type, name).
@@ -516,12 +533,14 @@ pub fn assemble(
                         name: name.clone(),
                         path: String::new(),
                         message: format!("{e} (as the config's {})", e.path),
+                        source: None,
                     },
                     None => TranslateError {
                         kind: ResourceType::Listener,
                         name: String::new(),
                         path: String::new(),
                         message: format!("the assembled config: {e}"),
+                        source: None,
                     },
                 }
             })

@@ -22,7 +22,7 @@
 //!
 //! PEM: a `filename` stays a file (read, checked and watched by the runtime); inline bytes or
 //! strings and SDS secrets become inline PEM (`{ inline, secret }`), parsed here so that a
-//! secret that does not parse is refused naming the secret ([`ResourceType::Secret`]); its
+//! secret that does not parse is refused naming the secret ([`super::ResourceType::Secret`]); its
 //! bytes never appear in a message.
 //!
 //! SDS: over ADS (`sds_config: { ads: {} }`), or from an SDS source the bootstrap declares
@@ -58,7 +58,7 @@ use sluice_core::config::tls::{
 use sluice_core::tls::pem::{describe, parse_certificates, parse_chain, parse_key};
 
 use super::cluster::config_source;
-use super::{At, Notes, ResourceType, TranslateError, reject_rest, take, unpack};
+use super::{At, Notes, TranslateError, reject_rest, take, unpack};
 
 /// The SDS secrets translation reads: those received over ADS, and those of each SDS source
 /// the bootstrap declares (`declared`; `sources` holds those received, by source).
@@ -353,8 +353,8 @@ fn common_context(
         .enumerate()
     {
         let s_at = at.field("tls_certificate_sds_secret_configs").index(i);
-        let (name, secret) = sds_secret(sds, &s_at, secrets)?;
-        let s_at = At::root(ResourceType::Secret, &name);
+        let (name, source, secret) = sds_secret(sds, &s_at, secrets)?;
+        let s_at = At::secret(&name, source.as_deref());
         match secret {
             Some(secret::Type::TlsCertificate(cert)) => {
                 certificates.push(certificate(
@@ -684,7 +684,7 @@ fn sds_secret(
     mut sds: SdsSecretConfig,
     at: &At<'_>,
     secrets: &Secrets<'_>,
-) -> Result<(String, Option<secret::Type>), TranslateError> {
+) -> Result<(String, Option<String>, Option<secret::Type>), TranslateError> {
     let name = take(&mut sds.name);
     let c_at = at.field("sds_config");
     let origin = match take(&mut sds.sds_config) {
@@ -716,7 +716,11 @@ fn sds_secret(
             )),
         });
     };
-    Ok((name, secret.r#type.clone()))
+    let source = match origin {
+        SecretOrigin::Ads => None,
+        SecretOrigin::Source(source) => Some(source),
+    };
+    Ok((name, source, secret.r#type.clone()))
 }
 
 /// An `sds_config` naming an SDS source of its own: `api_config_source` of type GRPC with one
@@ -796,8 +800,8 @@ fn sds_validation(
     at: &At<'_>,
     secrets: &Secrets<'_>,
 ) -> Result<(Option<Value>, Vec<String>), TranslateError> {
-    let (name, secret) = sds_secret(sds, at, secrets)?;
-    let s_at = At::root(ResourceType::Secret, &name);
+    let (name, source, secret) = sds_secret(sds, at, secrets)?;
+    let s_at = At::secret(&name, source.as_deref());
     match secret {
         Some(secret::Type::ValidationContext(v)) => {
             validation(v, &s_at.field("validation_context"), Some(&name))

@@ -159,22 +159,27 @@ fn a_refused_field_is_named_not_numbered() {
     );
 }
 
-/// An HTTP/2 cookie whose last crumb is empty is written `a=1; ` and its value's span, as the
-/// parser's, leaves out the trailing space (found by CI's fuzz run; the proptest rarely draws
-/// it, so it is pinned here).
+/// An HTTP/2 cookie whose last crumb is empty was written `a=1; ` (found by CI's fuzz run; the
+/// proptest rarely draws it, so it is pinned here); an empty crumb is now skipped and one
+/// ending in `;` loses it, so the value is a well-formed cookie-string, read as parsed.
 #[test]
 fn a_cookie_whose_last_crumb_is_empty_reads_as_parsed() {
     let fields: &[(&[u8], &[u8])] = &[(b"cookie", b"a=1"), (b"x", b"y"), (b"cookie", b"")];
     let h = head(b"GET", Some(b"h"), Some(b"/"), fields, true);
     let (bytes, parsed, body) = built(&h, &Limits::DEFAULT).unwrap();
-    assert!(bytes.ends_with(b"cookie: a=1; \r\n\r\n"));
+    assert!(bytes.ends_with(b"cookie: a=1\r\n\r\n"));
     assert_eq!(
         Ok((bytes.clone(), parsed, body)),
         translated_then_parsed(&h, &Limits::DEFAULT)
     );
     let mut w = Head::default();
     build_request_head(&mut Vec::new(), &h, &Limits::DEFAULT, &mut w).unwrap();
-    assert_eq!(w.header(&bytes, "cookie"), Some(&b"a=1;"[..]));
+    assert_eq!(w.header(&bytes, "cookie"), Some(&b"a=1"[..]));
+    let crumbs: &[(&[u8], &[u8])] = &[(b"cookie", b"a=1;"), (b"cookie", b""), (b"cookie", b"b=2")];
+    let h = head(b"GET", Some(b"h"), Some(b"/"), crumbs, true);
+    let mut bytes = Vec::new();
+    build_request_head(&mut bytes, &h, &Limits::DEFAULT, &mut w).unwrap();
+    assert_eq!(w.header(&bytes, "cookie"), Some(&b"a=1; b=2"[..]));
     let all: &[(&[u8], &[u8])] = &[(b"cookie", b""), (b"cookie", b"")];
     let h = head(b"GET", Some(b"h"), Some(b"/"), all, true);
     assert_eq!(

@@ -212,6 +212,39 @@ fn cookie_crumbs_are_joined() {
     );
 }
 
+/// The joined `cookie` is a well-formed cookie-string whatever the crumbs' edges: an empty
+/// crumb adds no `; ; `, a crumb ending (or starting) in `;` no `;;`, the last one no trailing
+/// `; `; crumbs that are all empty leave an empty field.
+#[test]
+fn cookie_crumbs_join_without_empty_pairs() {
+    let cases: &[(&[&[u8]], &str)] = &[
+        (&[b"a=1", b"", b"b=2"], "a=1; b=2"),
+        (&[b"a=1;", b"b=2;"], "a=1; b=2"),
+        (&[b"a=1", b";b=2"], "a=1; b=2"),
+        (&[b"a=1", b""], "a=1"),
+        (&[b"", b"a=1"], "a=1"),
+        (&[b"a=1; b=2;", b";", b"c=3"], "a=1; b=2; c=3"),
+        (&[b"a=1 ;", b"b=2"], "a=1; b=2"),
+        (&[b"", b""], ""),
+        (&[b"a=1"], "a=1"),
+        (&[b"a=1;"], "a=1"),
+    ];
+    for &(crumbs, want) in cases {
+        let fields: Vec<(&[u8], &[u8])> = crumbs.iter().map(|&c| (&b"cookie"[..], c)).collect();
+        let (text, _) = translate(&head(b"GET", Some(b"h"), Some(b"/"), &fields, true)).unwrap();
+        let line = if want.is_empty() {
+            "cookie: \r\n".to_string()
+        } else {
+            format!("cookie: {want}\r\n")
+        };
+        assert_eq!(
+            text,
+            format!("GET / HTTP/1.1\r\nhost: h\r\n{line}\r\n"),
+            "crumbs {crumbs:?}"
+        );
+    }
+}
+
 #[test]
 fn response_fields_drop_connection_specific_ones() {
     let fields: Vec<(&[u8], &[u8])> = vec![
