@@ -2188,8 +2188,8 @@ clusters:
     /// `keep-alive`, `proxy-connection`, `transfer-encoding`, `upgrade`, and `te` but as
     /// `trailers` in a request; RFC 9110 §6.6.2 makes `trailer` an end-to-end field): as in
     /// Envoy, whose codecs and header edits leave it alone, a `trailer` the route adds reaches
-    /// an HTTP/2 client, in the HEADERS before the trailers it announces (the upstream's own is
-    /// dropped as hop-by-hop, as on HTTP/1.1).
+    /// an HTTP/2 client, in the HEADERS before the trailers it announces (it replaces the
+    /// upstream's own, as every field a route adds with the default `append_action`).
     #[test]
     fn a_trailer_field_the_route_adds_reaches_an_http2_client() {
         on_local_runtime(async {
