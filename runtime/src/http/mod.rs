@@ -141,6 +141,8 @@ use respond::{LocalBody, LocalReply, Respond, send_local};
 mod body;
 #[cfg(test)]
 pub(crate) use body::REQUEST_CHUNK_SCANS;
+#[cfg(test)]
+mod h1_body_tests;
 pub(crate) mod respond;
 mod stream;
 mod upstream;
@@ -193,25 +195,6 @@ impl ReadBuffer {
 
     fn len(&self) -> usize {
         self.end - self.start
-    }
-
-    /// Appends `bytes` after the unconsumed ones (making room first).
-    fn extend(&mut self, bytes: &[u8]) {
-        if self.data.len() - self.end < bytes.len() {
-            if self.start > 0 {
-                self.data.copy_within(self.start..self.end, 0);
-                self.end -= self.start;
-                self.start = 0;
-            }
-            if self.data.len() - self.end < bytes.len() {
-                let grown = (self.end + bytes.len())
-                    .max(self.data.len() * 2)
-                    .max(READ_CHUNK);
-                self.data.resize(grown, 0);
-            }
-        }
-        self.data[self.end..self.end + bytes.len()].copy_from_slice(bytes);
-        self.end += bytes.len();
     }
 
     fn is_empty(&self) -> bool {
