@@ -83,14 +83,26 @@ async fn upstream_got(reads: &mut UnboundedReceiver<Vec<u8>>, got: &mut Vec<u8>,
     }
 }
 
-/// The next request the upstream read whole: its body (after the head), as text.
-async fn next_body(requests: &mut UnboundedReceiver<Vec<u8>>) -> String {
+/// The next request the upstream read whole: its request line, and its body (after the head),
+/// as text.
+async fn next_request(requests: &mut UnboundedReceiver<Vec<u8>>) -> (String, String) {
     let whole = tokio::time::timeout(Duration::from_secs(10), requests.recv())
         .await
         .expect("the upstream got a request in time")
         .expect("the upstream is up");
+    let line = whole.windows(2).position(|w| w == b"\r\n").unwrap();
     let h = whole.windows(4).position(|w| w == b"\r\n\r\n").unwrap();
-    String::from_utf8_lossy(&whole[h + 4..]).into_owned()
+    (
+        String::from_utf8_lossy(&whole[..line]).into_owned(),
+        String::from_utf8_lossy(&whole[h + 4..]).into_owned(),
+    )
+}
+
+/// The next request's body, its request line `line`.
+async fn next_body(requests: &mut UnboundedReceiver<Vec<u8>>, line: &str) -> String {
+    let (got, body) = next_request(requests).await;
+    assert_eq!(got, line);
+    body
 }
 
 /// Reads `n` whole answers (each `content-length` framed) from `client`; returns their bodies.
@@ -168,12 +180,12 @@ fn an_http1_request_body_is_decoded_into_pieces_and_framed_once() {
         let mut client = tokio::net::TcpStream::connect(at).await.unwrap();
         client.write_all(pipelined.as_bytes()).await.unwrap();
         assert_eq!(answers(&mut client, 3).await, ["/a", "/b", "/c"]);
-        assert_eq!(next_body(&mut requests).await, "hello");
+        assert_eq!(next_body(&mut requests, "POST /a HTTP/1.1").await, "hello");
         assert_eq!(
-            next_body(&mut requests).await,
+            next_body(&mut requests, "POST /b HTTP/1.1").await,
             "3\r\nabc\r\n2\r\nde\r\n0\r\nx-checksum: 1\r\n\r\n"
         );
-        assert_eq!(next_body(&mut requests).await, "");
+        assert_eq!(next_body(&mut requests, "GET /c HTTP/1.1").await, "");
         assert_eq!(REQUEST_CHUNK_SCANS.with(std::cell::Cell::get), 1);
         assert_eq!(
             REQUEST_CHUNK_BYTES_SCANNED.with(std::cell::Cell::get),
@@ -228,10 +240,10 @@ fn a_streamed_http1_chunked_body_is_framed_once_from_its_pieces() {
         }
         assert_eq!(answers(&mut client, 2).await, ["/s", "/next"]);
         assert_eq!(
-            next_body(&mut requests).await,
+            next_body(&mut requests, "POST /s HTTP/1.1").await,
             "5\r\nhello\r\n10\r\n0123456789abcdef\r\n0\r\nx-a: 1\r\n\r\n"
         );
-        assert_eq!(next_body(&mut requests).await, "");
+        assert_eq!(next_body(&mut requests, "GET /next HTTP/1.1").await, "");
         let sent: String = parts.iter().map(|(part, _)| *part).collect();
         let body_len = sent.find("GET /next").unwrap() - sent.find("\r\n\r\n").unwrap() - 4;
         assert_eq!(REQUEST_CHUNK_SCANS.with(std::cell::Cell::get), 1);
@@ -277,9 +289,9 @@ fn a_streamed_http1_content_length_body_goes_upstream_as_it_came() {
         client.write_all(rest.as_bytes()).await.unwrap();
         assert_eq!(answers(&mut client, 2).await, ["/big", "/after"]);
         assert!(
-            next_body(&mut requests).await == payload,
+            next_body(&mut requests, "PUT /big HTTP/1.1").await == payload,
             "the body changed on its way"
         );
-        assert_eq!(next_body(&mut requests).await, "");
+        assert_eq!(next_body(&mut requests, "GET /after HTTP/1.1").await, "");
     });
 }
