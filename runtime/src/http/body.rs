@@ -100,7 +100,11 @@ pub(super) async fn buffer_body<D: Respond>(
                     held.whole = false;
                     break;
                 }
-                let (starts, ends) = body.chunk_bounds(data);
+                // A `content-length` payload goes as it is; chunks keep the client's sizes.
+                let (starts, ends) = match body.length {
+                    Some(_) => (None, false),
+                    None => body.chunk_bounds(data),
+                };
                 if let Some(size) = starts {
                     out.extend_from_slice(framer.size_line(size));
                 }

@@ -295,3 +295,42 @@ fn a_streamed_http1_content_length_body_goes_upstream_as_it_came() {
         assert_eq!(next_body(&mut requests, "GET /after HTTP/1.1").await, "");
     });
 }
+
+/// The same body path for an HTTP/2 client: a `content-length` body all here goes upstream
+/// held with the head, as it is (no chunk framing: the framer frames only a body of unknown
+/// length), and the upstream reads exactly the payload.
+#[test]
+fn an_http2_content_length_body_goes_upstream_as_it_is() {
+    on_local_runtime(async {
+        let (up, up_at) = bound();
+        let (tx, mut requests) = unbounded_channel();
+        let (reads_tx, _reads) = unbounded_channel();
+        tokio::task::spawn_local(whole_request_upstream(up, tx, reads_tx));
+        let (listener, at) = bound();
+        let yaml = CONFIG
+            .replace("{at}", &at.to_string())
+            .replace("{up_at}", &up_at.to_string());
+        let _engine = serve(&yaml, listener);
+        let tcp = tokio::net::TcpStream::connect(at).await.unwrap();
+        let (client, conn) = h2::client::handshake(tcp).await.unwrap();
+        let conn = tokio::task::spawn_local(conn);
+        let mut client = client.ready().await.unwrap();
+        let request = http::Request::post("http://svc/h2")
+            .header("content-length", "11")
+            .body(())
+            .unwrap();
+        let (response, mut body) = client.send_request(request, false).unwrap();
+        body.send_data(bytes::Bytes::from_static(b"hello world"), true)
+            .unwrap();
+        let response = tokio::time::timeout(Duration::from_secs(10), response)
+            .await
+            .expect("answered in time")
+            .unwrap();
+        assert_eq!(response.status(), 200);
+        assert_eq!(
+            next_body(&mut requests, "POST /h2 HTTP/1.1").await,
+            "hello world"
+        );
+        conn.abort();
+    });
+}
