@@ -174,6 +174,17 @@ impl ChunkedDecoder {
         }
     }
 
+    /// Data bytes of the current chunk still to come: more than 0 only inside a chunk's data
+    /// (a driver that re-frames the payload learns from it where a chunk ends, and so how large
+    /// the chunk a run starts is).
+    #[must_use]
+    pub fn chunk_left(&self) -> u64 {
+        match self.state {
+            State::Data { remaining } => remaining,
+            _ => 0,
+        }
+    }
+
     /// Bytes of chunk data scanned so far (without the framing).
     #[must_use]
     pub fn payload_bytes(&self) -> u64 {

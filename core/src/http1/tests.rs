@@ -1536,6 +1536,36 @@ fn feed_payload_yields_the_data_without_the_framing() {
     assert!(dec.feed_payload(b"zz\r\n").is_err());
 }
 
+/// A run's chunk: `chunk_left` after it says how much of its chunk is still to come, so that a
+/// driver that re-frames the payload keeps the client's chunk sizes (a run that starts a chunk
+/// knows the chunk's size: the run plus what is left), however the input is cut.
+#[test]
+fn chunk_left_tells_where_a_chunk_ends() {
+    let body = b"5;ext=1\r\nhello\r\nb\r\n world!!!!!\r\n0\r\n\r\n";
+    for piece in [1, 2, 3, 7, body.len()] {
+        let mut dec = ChunkedDecoder::new(1024);
+        let mut sizes = Vec::new();
+        let mut in_chunk = false;
+        let mut at = 0;
+        loop {
+            let stop = (at + piece).min(body.len());
+            let (c, run) = dec.feed_payload(&body[at..stop]).unwrap();
+            if let Some(r) = run {
+                if !in_chunk {
+                    sizes.push(r.len() as u64 + dec.chunk_left());
+                }
+                in_chunk = dec.chunk_left() > 0;
+            }
+            match c {
+                Chunked::Done { .. } => break,
+                Chunked::NeedMore { consumed } => at += consumed,
+            }
+        }
+        assert_eq!(sizes, [5, 11], "pieces of {piece}");
+        assert_eq!(dec.chunk_left(), 0);
+    }
+}
+
 proptest! {
     /// The typed form of a forwarded response head (`for_each_response_field`) is what the
     /// HTTP/1.1 writer writes, read back: the same fields in the same order (a normalized

@@ -1,17 +1,19 @@
 //! Bodies on the request path: a request body held when it is small and already here
-//! ([`Engine::buffer_body`]), or streamed upstream as it arrives with a copy kept for retries
-//! up to `REPLAY_LIMIT` ([`stream_request_body`], detached by the driver when a retry wants the
-//! rest of it: [`Detach`]); the response body copied to the client by its framing
-//! ([`copy_body`]); a tunnel after a `101` ([`tunnel`]).
+//! ([`buffer_body`]), or streamed upstream as it arrives with a copy kept for retries up to
+//! `REPLAY_LIMIT` ([`stream_request_body`], detached by the driver when a retry wants the rest
+//! of it: [`Detach`]); the response body copied to the client by its framing ([`copy_body`]); a
+//! tunnel after a `101` ([`tunnel`]).
 //!
-//! A request body comes one of two ways. An HTTP/1.1 client's is read as bytes in the framing
-//! of its head and forwarded as it came (a chunked one scanned by the `ChunkedDecoder` on the
-//! way, its trailer section sifted). A typed client's (an HTTP/2 stream, [`Respond::TYPED`])
-//! comes as [`BodyPiece`]s — payload, trailers, end — which are framed for the upstream here,
-//! once: a `content-length` body's payload as it is, one of unknown length as one chunk per
-//! piece ([`ChunkFramer`]) with the trailers as its trailer section; a streamed piece is
-//! written from its own bytes. Invariant: for a typed body, what the request buffer holds
-//! after the head is framed for the upstream already (whole chunks), and is sent as it is.
+//! A request body has one path, whatever the client's protocol: it comes as pieces — payload,
+//! trailers, end ([`RequestBody`], [`Piece`]) — which are framed for the upstream here, once: a
+//! `content-length` body's payload as it is, one of unknown length as one chunk per piece
+//! ([`ChunkFramer`]) with the trailers as its trailer section, without the fields a trailer
+//! must not carry. An HTTP/1.1 connection's body is decoded into those pieces from its read
+//! buffer (a `content-length` payload as it lies there, a chunked one scanned once by one
+//! `ChunkedDecoder`); an HTTP/2 stream's comes typed ([`Respond::poll_body`]). A piece is
+//! written upstream from where it lies; a held body is framed once into the upstream request,
+//! after its head. Invariant: the upstream request holds, after its head, only body bytes
+//! framed for the upstream (whole chunks), sent as they are.
 //!
 //! The client's failures within its body (a stall past `stream_idle_timeout`, malformed
 //! chunks, a connection gone) travel inside the `io::Error` as an [`UploadFault`], so that the
@@ -21,7 +23,7 @@
 use std::cell::Cell;
 use std::future::poll_fn;
 use std::io;
-use std::task::Poll;
+use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use sluice_core::http1::{BodyFraming, Chunked, ChunkedDecoder, TRAILER_FORBIDDEN, write_trailers};
@@ -31,153 +33,113 @@ use tokio::time::Instant as TokioInstant;
 
 use super::respond::{BodyPiece, Respond};
 use super::{REPLAY_LIMIT, ReadBuffer, write_flushed};
-use crate::engine::Engine;
-use crate::net::Network;
 
 /// The most a chunked body's trailer section may hold (request and response).
 const MAX_TRAILER_BYTES: usize = 16 * 1024;
 
-impl<N: Network> Engine<N> {
-    /// Holds the request body in `rbuf` when all of it, at most [`REPLAY_LIMIT`] bytes, has
-    /// arrived: reads what the client already sent, never waits for more (a client may wait
-    /// for an answer before it sends the rest — a watch, a gRPC stream — and a slow uploader's
-    /// bytes go upstream as they come). `Ok(Some(n))`: held, `n` bytes after the head.
-    /// `Ok(None)`: still arriving, or too large: it streams (a copy of it is kept for retries
-    /// up to [`REPLAY_LIMIT`], see [`stream_request_body`]). `Err(status)`: the body is
-    /// malformed or the client went away.
-    pub(super) async fn buffer_body<D: Respond>(
-        &self,
-        down: &mut D,
-        rbuf: &mut ReadBuffer,
-        head_len: usize,
-        framing: BodyFraming,
-        stream_idle: Option<Duration>,
-    ) -> Result<Option<usize>, u16> {
-        if D::TYPED {
-            return buffer_typed_body(down, rbuf, head_len, framing).await;
-        }
-        // What is readable now, without waiting: `None` when a read would wait.
-        let fill = async |rbuf: &mut ReadBuffer, down: &mut D| {
-            tokio::select! {
-                biased;
-                r = fill_within(rbuf, down, stream_idle, None) => Some(r),
-                () = std::future::ready(()) => None,
-            }
-        };
-        match framing {
-            BodyFraming::None | BodyFraming::CloseDelimited => Ok(Some(0)),
-            BodyFraming::ContentLength(n) => {
-                if n as usize > REPLAY_LIMIT {
-                    return Ok(None);
-                }
-                let need = head_len + n as usize;
-                while rbuf.len() < need {
-                    let Some(read) = fill(rbuf, down).await else {
-                        return Ok(None);
-                    };
-                    match read {
-                        Ok(0) => return Err(400),
-                        Err(e) => {
-                            return Err(if is_stall(&e) { 408 } else { 400 });
-                        }
-                        Ok(_) => {}
-                    }
-                }
-                Ok(Some(n as usize))
-            }
-            BodyFraming::Chunked => {
-                note_request_chunk_scan();
-                let mut dec = ChunkedDecoder::new(MAX_TRAILER_BYTES);
-                let mut scanned = head_len;
-                loop {
-                    match dec.feed(&rbuf.bytes()[scanned..]) {
-                        Ok(Chunked::Done { consumed }) => {
-                            return Ok(Some(scanned + consumed - head_len));
-                        }
-                        Ok(Chunked::NeedMore { consumed }) => scanned += consumed,
-                        Err(_) => return Err(400),
-                    }
-                    if scanned - head_len > REPLAY_LIMIT {
-                        // Too large to hold: stream it (what was scanned is re-scanned there).
-                        return Ok(None);
-                    }
-                    let Some(read) = fill(rbuf, down).await else {
-                        return Ok(None);
-                    };
-                    match read {
-                        Ok(0) => return Err(400),
-                        Err(e) => {
-                            return Err(if is_stall(&e) { 408 } else { 400 });
-                        }
-                        Ok(_) => {}
-                    }
-                }
-            }
-        }
-    }
+/// What [`buffer_body`] held: the body's first bytes as framed for the upstream, appended to the
+/// upstream request after its head.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Held {
+    /// All of the body is held (at most [`REPLAY_LIMIT`] framed bytes): it goes with the head.
+    pub(super) whole: bool,
+    /// Bytes appended after the head (the framed body, or its start when it streams).
+    pub(super) framed: usize,
+    /// What they took of the client's request (HTTP/1.1: its bytes as they came).
+    pub(super) received: u64,
 }
 
-/// [`Engine::buffer_body`] for a typed body (an HTTP/2 stream's): the pieces already here are
-/// framed for the upstream into `rbuf` after the head ([`ChunkFramer`]; a `content-length`
-/// body's payload as it is), never waiting for more. What was framed when the body turns out
-/// to stream stays in `rbuf`, where [`stream_body_kept`] sends it first.
-async fn buffer_typed_body<D: Respond>(
+/// Holds the request body after the upstream head in `out` when all of it, at most
+/// [`REPLAY_LIMIT`] framed bytes, has arrived: takes the pieces the client already sent, never
+/// waits for more (a client may wait for an answer before it sends the rest — a watch, a gRPC
+/// stream — and a slow uploader's bytes go upstream as they come). Each piece is framed for the
+/// upstream as it is appended (a `content-length` body's payload as it is, one of unknown
+/// length as chunks: [`ChunkFramer`]). `whole`: held. Else the body streams from where the
+/// holding stopped ([`stream_request_body`]; a copy of it is kept for retries up to
+/// [`REPLAY_LIMIT`]): what was appended goes with the head, and a piece that did not fit stays
+/// the body's current one, sent first. `Err(status)`: the body is malformed (400) or the
+/// client went away (400).
+pub(super) async fn buffer_body<D: Respond>(
     down: &mut D,
     rbuf: &mut ReadBuffer,
     head_len: usize,
-    framing: BodyFraming,
-) -> Result<Option<usize>, u16> {
-    let mut framer = ChunkFramer::default();
-    match framing {
-        BodyFraming::None | BodyFraming::CloseDelimited => return Ok(Some(0)),
-        BodyFraming::ContentLength(n) if n as usize > REPLAY_LIMIT => return Ok(None),
-        BodyFraming::ContentLength(0) => return Ok(Some(0)),
-        BodyFraming::ContentLength(_) | BodyFraming::Chunked => {}
+    body: &mut RequestBody,
+    out: &mut Vec<u8>,
+) -> Result<Held, u16> {
+    let mut held = Held {
+        whole: true,
+        framed: 0,
+        received: 0,
+    };
+    match body.length {
+        Some(0) => return Ok(held),
+        Some(n) if n as usize > REPLAY_LIMIT => {
+            held.whole = false;
+            return Ok(held);
+        }
+        _ => {}
     }
-    loop {
-        // What is here now: a piece, or `None` when the next would wait.
-        let piece = match poll_fn(|cx| Poll::Ready(down.poll_body(cx))).await {
-            Poll::Pending => return Ok(None),
-            Poll::Ready(Err(_)) => return Err(400),
-            Poll::Ready(Ok(piece)) => piece,
-        };
-        match (framing, piece) {
-            (BodyFraming::ContentLength(n), BodyPiece::Data(data)) => {
-                rbuf.extend(&data);
-                // The stream's check holds DATA to the content-length: never past it.
-                if (rbuf.len() - head_len) as u64 >= n {
-                    return Ok(Some(n as usize));
+    let start = out.len();
+    let mut framer = ChunkFramer::default();
+    while !body.ended() {
+        // What is here now: a piece, or nothing when the next would wait.
+        match poll_fn(|cx| Poll::Ready(body.poll_next(down, rbuf, head_len, cx))).await {
+            Poll::Pending => {
+                held.whole = false;
+                break;
+            }
+            Poll::Ready(Err(e)) => return Err(if is_stall(&e) { 408 } else { 400 }),
+            Poll::Ready(Ok(())) => {}
+        }
+        let before = out.len();
+        match body.piece(rbuf, head_len) {
+            Piece::Data(data) => {
+                let framing = if body.length.is_none() { 20 } else { 0 };
+                if out.len() - start + data.len() + framing > REPLAY_LIMIT {
+                    // Too large to hold: it streams, this piece first.
+                    held.whole = false;
+                    break;
+                }
+                // A `content-length` payload goes as it is; chunks keep the client's sizes.
+                let (starts, ends) = match body.length {
+                    Some(_) => (None, false),
+                    None => body.chunk_bounds(data),
+                };
+                if let Some(size) = starts {
+                    out.extend_from_slice(framer.size_line(size));
+                }
+                out.extend_from_slice(data);
+                if ends {
+                    out.extend_from_slice(b"\r\n");
                 }
             }
-            // An end before the content-length is the stream's error; this is not reached.
-            (BodyFraming::ContentLength(_), _) => return Err(400),
-            (_, BodyPiece::Data(data)) => {
-                rbuf.extend(framer.size_line(data.len()));
-                rbuf.extend(&data);
-                rbuf.extend(b"\r\n");
+            // An end before the content-length is the stream's error (HTTP/2) or the
+            // decoder's (HTTP/1.1 reads until it): not reached.
+            _ if body.length.is_some() => return Err(400),
+            Piece::Trailers(trailers) => {
+                framer.end_with(out, trailers);
             }
-            (_, BodyPiece::Trailers(trailers)) => {
-                let mut out = Vec::new();
-                framer.end_with(&mut out, &trailers);
-                rbuf.extend(&out);
-                return Ok(Some(rbuf.len() - head_len));
-            }
-            (_, BodyPiece::End) => {
-                rbuf.extend(framer.end());
-                return Ok(Some(rbuf.len() - head_len));
-            }
+            Piece::TrailerSection(section) => framer.end_with_section(out, section),
+            Piece::End => out.extend_from_slice(framer.end()),
         }
-        if rbuf.len() - head_len > REPLAY_LIMIT {
-            return Ok(None);
-        }
+        let framed = out.len() - before;
+        body.advance();
+        held.received += body.received(framed);
     }
+    held.framed = out.len() - start;
+    if held.whole {
+        body.finish(rbuf, head_len);
+    }
+    Ok(held)
 }
 
-/// Frames a typed request body of unknown length as HTTP/1.1 chunks for the upstream, once:
-/// each payload piece one chunk (its size line, the payload as it came, CRLF — the CRLF sent
-/// with the piece, not held for the next one: an upstream that reads chunk by chunk answers a
-/// duplex upload's piece before the client sends more), then the last chunk and the trailer
-/// section without the fields a trailer must not carry.
+/// Frames a request body of unknown length as HTTP/1.1 chunks for the upstream, once: each of
+/// the client's chunks one chunk of the same size (an HTTP/2 DATA frame's payload is one; an
+/// HTTP/1.1 chunk keeps its size, its extensions gone, whatever pieces its data came in): its
+/// size line before the piece that starts it, the payload as it came, CRLF after the piece
+/// that ends it — sent with that piece, not held for the next one: an upstream that reads
+/// chunk by chunk answers a duplex upload's chunk before the client sends more. Then the last
+/// chunk and the trailer section without the fields a trailer must not carry.
 #[derive(Default)]
 struct ChunkFramer {
     /// The size line being written: at most 16 hex digits, `\r\n`.
@@ -186,7 +148,7 @@ struct ChunkFramer {
 
 impl ChunkFramer {
     /// The size line of a chunk of `len` bytes.
-    fn size_line(&mut self, len: usize) -> &[u8] {
+    fn size_line(&mut self, len: u64) -> &[u8] {
         use std::io::Write as _;
         let mut rest = &mut self.line[..];
         let _ = write!(rest, "{len:x}\r\n");
@@ -199,9 +161,9 @@ impl ChunkFramer {
         b"0\r\n\r\n"
     }
 
-    /// Appends the end of a body with trailers: the last chunk and the trailer section, without
-    /// the fields a trailer must not carry. Returns the bytes of the end as the client's
-    /// fields would have made it (what the request's byte count adds).
+    /// Appends the end of a body with typed trailers (HTTP/2): the last chunk and the trailer
+    /// section, without the fields a trailer must not carry. Returns the bytes of the end as
+    /// the client's fields would have made it (what the request's byte count adds).
     fn end_with(&self, out: &mut Vec<u8>, trailers: &http::HeaderMap) -> usize {
         out.extend_from_slice(b"0\r\n");
         let mut sent = 5;
@@ -218,19 +180,348 @@ impl ChunkFramer {
         out.extend_from_slice(b"\r\n");
         sent
     }
+
+    /// Appends the end of a body with an HTTP/1.1 trailer section (its field lines and final
+    /// CRLF as the decoder validated them): the last chunk and the section without the fields a
+    /// trailer must not carry.
+    fn end_with_section(&self, out: &mut Vec<u8>, section: &[u8]) {
+        out.extend_from_slice(b"0\r\n");
+        write_trailers(out, section);
+    }
 }
 
 #[cfg(test)]
 thread_local! {
     /// Times this thread ran a `ChunkedDecoder` over a request body (to show that an HTTP/2
-    /// request's body is never framed as chunks and scanned back).
+    /// request's body is never framed as chunks and scanned back, and an HTTP/1.1 one is
+    /// scanned by one decoder).
     pub(crate) static REQUEST_CHUNK_SCANS: Cell<u64> = const { Cell::new(0) };
+    /// Bytes this thread's request-body `ChunkedDecoder`s consumed: an HTTP/1.1 chunked body
+    /// scanned once makes it the body's length exactly.
+    pub(crate) static REQUEST_CHUNK_BYTES_SCANNED: Cell<u64> = const { Cell::new(0) };
 }
 
 /// Counts a scan of a request body's chunked framing (tests only).
 fn note_request_chunk_scan() {
     #[cfg(test)]
     REQUEST_CHUNK_SCANS.with(|n| n.set(n.get() + 1));
+}
+
+/// Counts bytes a request body's chunk decoder consumed (tests only).
+fn note_request_chunk_bytes(_n: usize) {
+    #[cfg(test)]
+    REQUEST_CHUNK_BYTES_SCANNED.with(|b| b.set(b.get() + _n as u64));
+}
+
+/// A request body's piece as the path takes it ([`RequestBody::piece`]): payload borrowed from
+/// where it lies — an HTTP/1.1 connection's read buffer, an HTTP/2 DATA frame — never copied
+/// to be handed over; then the end, with the trailers when there are some.
+pub(super) enum Piece<'a> {
+    /// Payload without any framing, never empty.
+    Data(&'a [u8]),
+    /// The body ended with these trailer fields (HTTP/2).
+    Trailers(&'a http::HeaderMap),
+    /// The body ended with this trailer section (HTTP/1.1: its field lines and final CRLF as
+    /// the decoder validated them; at least one field line).
+    TrailerSection(&'a [u8]),
+    /// The body ended without trailers.
+    End,
+}
+
+/// Where an HTTP/1.1 request body's decoding stands.
+enum Decode {
+    /// `content-length`: payload bytes still to come.
+    Length { left: u64 },
+    /// Chunked: the one decoder that scans the body.
+    Chunked(ChunkedDecoder),
+    /// The body ended (or is typed: the stream decodes it).
+    Ended,
+}
+
+/// The current piece of an HTTP/1.1 body, as offsets of the body region of the read buffer
+/// (which starts right after the head).
+#[derive(Clone, Copy, Debug)]
+enum Current {
+    Data { from: usize, to: usize },
+    Section { from: usize, to: usize },
+    End,
+}
+
+/// A request body as pieces ([`Piece`]), whatever the client's protocol: the one source the
+/// request path's body copies ([`buffer_body`], [`stream_request_body`]) take it from.
+///
+/// - An HTTP/1.1 connection's body is decoded here from its read buffer (and the connection,
+///   read into that buffer when it runs out): a `content-length` body's payload is the buffer's
+///   bytes as they lie (a piece per read, up to the length); a chunked one is scanned once, by
+///   one `ChunkedDecoder`, each run of chunk data a piece, the trailer section one piece at the
+///   end. The decoded bytes stay in the buffer until a read needs the room or the body ends
+///   ([`RequestBody::finish`]): what follows the body there (the next pipelined request) stays.
+/// - A typed client's (an HTTP/2 stream, [`Respond::TYPED`]) comes from [`Respond::poll_body`].
+///
+/// States: a piece is *current* from [`RequestBody::poll_next`] until [`RequestBody::advance`]
+/// (a piece that did not fit a held body stays current, and the streaming copy sends it first);
+/// the body has *ended* once its last piece is advanced past (a `content-length` one once its
+/// payload is). Invariant: the body region of the read buffer holds, from its start, only bytes
+/// not yet dropped: those decoded (`at` of them) and those not yet decoded.
+pub(super) struct RequestBody {
+    typed: bool,
+    /// The payload's length (`content-length`); `None`: chunked.
+    length: Option<u64>,
+    decode: Decode,
+    /// Decoded bytes at the front of the body region (HTTP/1.1).
+    at: usize,
+    /// Body bytes dropped from the read buffer before `at` (HTTP/1.1).
+    dropped: u64,
+    /// Where the trailer section starts in the body region, once reached (held in the buffer
+    /// until the body ends).
+    section: Option<usize>,
+    current: Current,
+    /// The current data piece starts a chunk of this size (HTTP/1.1, chunked).
+    chunk_starts: Option<u64>,
+    /// The current data piece ends its chunk (HTTP/1.1, chunked).
+    chunk_ends: bool,
+    /// Inside a chunk's data, past its first piece (HTTP/1.1, chunked).
+    in_chunk: bool,
+    typed_piece: Option<BodyPiece>,
+    /// The current piece was taken (the next poll decodes another).
+    used: bool,
+    /// Payload bytes advanced past.
+    payload: u64,
+    ended: bool,
+    /// The client's bytes decoded and not yet counted (HTTP/1.1).
+    raw: u64,
+}
+
+impl RequestBody {
+    /// The body of a request framed `framing`; `typed`: it comes as [`BodyPiece`]s.
+    pub(super) fn new(framing: BodyFraming, typed: bool) -> Self {
+        let (length, decode) = match framing {
+            BodyFraming::None | BodyFraming::CloseDelimited => (Some(0), Decode::Ended),
+            BodyFraming::ContentLength(n) => (Some(n), Decode::Length { left: n }),
+            BodyFraming::Chunked => (
+                None,
+                Decode::Chunked(ChunkedDecoder::new(MAX_TRAILER_BYTES)),
+            ),
+        };
+        let decode = if typed {
+            Decode::Ended
+        } else {
+            if let Decode::Chunked(_) = decode {
+                note_request_chunk_scan();
+            }
+            decode
+        };
+        RequestBody {
+            typed,
+            length,
+            decode,
+            at: 0,
+            dropped: 0,
+            section: None,
+            current: Current::End,
+            chunk_starts: None,
+            chunk_ends: false,
+            in_chunk: false,
+            typed_piece: None,
+            used: true,
+            payload: 0,
+            ended: length == Some(0),
+            raw: 0,
+        }
+    }
+
+    /// Whether all of the body went (its last piece advanced past).
+    pub(super) fn ended(&self) -> bool {
+        self.ended
+    }
+
+    /// Makes the next piece current (the current one again while it is not advanced past).
+    /// Errors are the client's [`UploadFault`]: a malformed chunked body, a connection or
+    /// stream that ended or failed within it.
+    pub(super) fn poll_next<D: Respond>(
+        &mut self,
+        down: &mut D,
+        rbuf: &mut ReadBuffer,
+        head_len: usize,
+        cx: &mut Context<'_>,
+    ) -> Poll<io::Result<()>> {
+        if !self.used {
+            return Poll::Ready(Ok(()));
+        }
+        if self.typed {
+            let piece =
+                ready!(down.poll_body(cx)).map_err(|e| UploadFault::Aborted.into_io(e.kind()))?;
+            self.typed_piece = Some(piece);
+            self.used = false;
+            return Poll::Ready(Ok(()));
+        }
+        loop {
+            let avail = rbuf.len() - head_len - self.at;
+            match &mut self.decode {
+                Decode::Ended => {
+                    self.current = Current::End;
+                    self.used = false;
+                    return Poll::Ready(Ok(()));
+                }
+                Decode::Length { left } if avail > 0 => {
+                    let take = (avail as u64).min(*left) as usize;
+                    *left -= take as u64;
+                    if *left == 0 {
+                        self.decode = Decode::Ended;
+                    }
+                    self.current = Current::Data {
+                        from: self.at,
+                        to: self.at + take,
+                    };
+                    self.at += take;
+                    self.raw += take as u64;
+                    self.used = false;
+                    return Poll::Ready(Ok(()));
+                }
+                Decode::Chunked(dec) if avail > 0 => {
+                    let from = head_len + self.at;
+                    let (scanned, run) = dec
+                        .feed_payload(&rbuf.bytes()[from..])
+                        .map_err(|_| UploadFault::Malformed.into_io(io::ErrorKind::InvalidData))?;
+                    let (consumed, done) = match scanned {
+                        Chunked::NeedMore { consumed } => (consumed, false),
+                        Chunked::Done { consumed } => (consumed, true),
+                    };
+                    note_request_chunk_bytes(consumed);
+                    if self.section.is_none()
+                        && let Some(start) = dec.trailers_start()
+                    {
+                        self.section = Some((start - self.dropped) as usize);
+                    }
+                    let run_at = self.at;
+                    self.at += consumed;
+                    self.raw += consumed as u64;
+                    if let Some(r) = run {
+                        let left = dec.chunk_left();
+                        self.chunk_starts = (!self.in_chunk).then_some(r.len() as u64 + left);
+                        self.chunk_ends = left == 0;
+                        self.in_chunk = left > 0;
+                        self.current = Current::Data {
+                            from: run_at + r.start,
+                            to: run_at + r.end,
+                        };
+                        self.used = false;
+                        return Poll::Ready(Ok(()));
+                    }
+                    if done {
+                        self.decode = Decode::Ended;
+                        // Reached only past the last chunk's line, where the section starts.
+                        let from = self.section.unwrap_or(self.at);
+                        self.current = if self.at - from <= 2 {
+                            Current::End
+                        } else {
+                            Current::Section { from, to: self.at }
+                        };
+                        self.used = false;
+                        return Poll::Ready(Ok(()));
+                    }
+                    continue;
+                }
+                Decode::Length { .. } | Decode::Chunked(_) => {}
+            }
+            // Everything here is decoded: drop it (a trailer section under way stays, to go
+            // whole), then read more into the room.
+            let keep_from = self.section.unwrap_or(self.at);
+            if keep_from > 0 {
+                drop_range(rbuf, head_len, keep_from);
+                self.at -= keep_from;
+                self.dropped += keep_from as u64;
+                if let Some(s) = &mut self.section {
+                    *s -= keep_from;
+                }
+            }
+            let read = std::pin::pin!(rbuf.fill(&mut *down)).poll(cx);
+            match ready!(read) {
+                Ok(0) => {
+                    return Poll::Ready(Err(
+                        UploadFault::Aborted.into_io(io::ErrorKind::UnexpectedEof)
+                    ));
+                }
+                Err(e) => return Poll::Ready(Err(UploadFault::Aborted.into_io(e.kind()))),
+                Ok(_) => {}
+            }
+        }
+    }
+
+    /// The current piece (after [`RequestBody::poll_next`] said it is there).
+    pub(super) fn piece<'a>(&'a self, rbuf: &'a ReadBuffer, head_len: usize) -> Piece<'a> {
+        if self.typed {
+            return match &self.typed_piece {
+                Some(BodyPiece::Data(data)) => Piece::Data(data),
+                Some(BodyPiece::Trailers(trailers)) => Piece::Trailers(trailers),
+                Some(BodyPiece::End) | None => Piece::End,
+            };
+        }
+        let body = &rbuf.bytes()[head_len..];
+        match self.current {
+            Current::Data { from, to } => Piece::Data(&body[from..to]),
+            Current::Section { from, to } => Piece::TrailerSection(&body[from..to]),
+            Current::End => Piece::End,
+        }
+    }
+
+    /// Where the current data piece `data` lies in the client's chunks, for framing a body of
+    /// unknown length: the size of the chunk it starts, if it starts one, and whether it ends
+    /// its chunk. A typed piece (an HTTP/2 DATA frame's payload) is a chunk of its own.
+    pub(super) fn chunk_bounds(&self, data: &[u8]) -> (Option<u64>, bool) {
+        if self.typed {
+            (Some(data.len() as u64), true)
+        } else {
+            (self.chunk_starts, self.chunk_ends)
+        }
+    }
+
+    /// The current piece went (framed into the held body, or upstream).
+    pub(super) fn advance(&mut self) {
+        self.used = true;
+        let payload = if self.typed {
+            match self.typed_piece.take() {
+                Some(BodyPiece::Data(data)) => Some(data.len()),
+                _ => None,
+            }
+        } else {
+            match self.current {
+                Current::Data { from, to } => Some(to - from),
+                _ => None,
+            }
+        };
+        match payload {
+            Some(n) => {
+                self.payload += n as u64;
+                if self.length == Some(self.payload) {
+                    self.ended = true;
+                }
+            }
+            None => self.ended = true,
+        }
+    }
+
+    /// What the pieces advanced past since the last call took of the client's request: an
+    /// HTTP/1.1 client's bytes as they came (framing included); for a typed body, `framed`,
+    /// the bytes the path framed for the upstream.
+    pub(super) fn received(&mut self, framed: usize) -> u64 {
+        if self.typed {
+            framed as u64
+        } else {
+            std::mem::take(&mut self.raw)
+        }
+    }
+
+    /// After the body's end: drops its bytes from the read buffer, which then holds the head
+    /// and what followed the body (the next pipelined request).
+    pub(super) fn finish(&mut self, rbuf: &mut ReadBuffer, head_len: usize) {
+        if self.at > 0 {
+            drop_range(rbuf, head_len, self.at);
+            self.dropped += self.at as u64;
+            self.at = 0;
+            self.section = None;
+        }
+    }
 }
 
 /// How the client's side of a request body failed, carried inside the `io::Error` of a body
@@ -285,39 +576,11 @@ pub(super) fn is_stall(e: &io::Error) -> bool {
     fault_of(e) == Some(UploadFault::Stalled)
 }
 
-/// One read from downstream into `rbuf`, within `idle`: an error, a stall or an end of stream
-/// come back as the client's [`UploadFault`]. While the answer streams alongside (full duplex),
-/// `answered` is when its bytes last went to the client: the stream is idle only when neither
-/// way moved for `idle` (Envoy's stream idle timeout), so a watch whose client sends nothing
-/// while its answer flows is not cut.
-pub(super) async fn fill_within<D: AsyncRead + Unpin>(
-    rbuf: &mut ReadBuffer,
-    down: &mut D,
-    idle: Option<Duration>,
-    answered: Option<&Cell<TokioInstant>>,
-) -> io::Result<usize> {
-    match within(idle, answered, rbuf.fill(down)).await? {
-        Ok(0) => Err(UploadFault::Aborted.into_io(io::ErrorKind::UnexpectedEof)),
-        Ok(n) => Ok(n),
-        Err(e) => Err(UploadFault::Aborted.into_io(e.kind())),
-    }
-}
-
-/// [`fill_within`] for a typed body: its next piece, within `idle`. A stall is the client's
-/// [`UploadFault::Stalled`]; an error of the stream (a reset, a content-length mismatch) its
-/// [`UploadFault::Aborted`].
-async fn piece_within<D: Respond>(
-    down: &mut D,
-    idle: Option<Duration>,
-    answered: Option<&Cell<TokioInstant>>,
-) -> io::Result<BodyPiece> {
-    within(idle, answered, poll_fn(|cx| down.poll_body(cx)))
-        .await?
-        .map_err(|e| UploadFault::Aborted.into_io(e.kind()))
-}
-
-/// Waits for `wait` while the stream is not idle for `idle` (see [`fill_within`]); a stall is
-/// the client's [`UploadFault::Stalled`].
+/// Waits for `wait` (the next piece of a request body) while the stream is not idle for `idle`;
+/// a stall is the client's [`UploadFault::Stalled`]. While the answer streams alongside (full
+/// duplex), `answered` is when its bytes last went to the client: the stream is idle only when
+/// neither way moved for `idle` (Envoy's stream idle timeout), so a watch whose client sends
+/// nothing while its answer flows is not cut.
 async fn within<F: Future>(
     idle: Option<Duration>,
     answered: Option<&Cell<TokioInstant>>,
@@ -421,19 +684,23 @@ pub(super) async fn send_kept<U: AsyncWrite + Unpin>(
     Ok(())
 }
 
-/// Streams a request body downstream → upstream as it arrives; returns whether
-/// `replay` (when given) holds a copy of all of it as written upstream — so a retry can send it
-/// again (Envoy's rule: bytes go upstream as they come, and a copy is kept up to the buffer
-/// limit). Leaves `rbuf` holding only bytes after the body (the next pipelined request).
-/// `answered`: see [`fill_within`]; `detach`: see [`Detach`] (when detached, the rest of the
-/// body is read into the copy only, and an upload whose copy is lost ends with an error).
+/// Streams a request body downstream → upstream as it arrives, from its current piece on
+/// ([`buffer_body`] may have held its start, sent with the head); returns whether `replay`
+/// (when given) holds a copy of all of it as written upstream — so a retry can send it again
+/// (Envoy's rule: bytes go upstream as they come, and a copy is kept up to the buffer limit).
+/// Each piece is framed for the upstream here, once — a `content-length` body's payload as it
+/// is, one of unknown length as chunks ([`ChunkFramer`]) — and written from where it lies (no
+/// copy). Leaves `rbuf` holding only the head and the bytes after the body (the next pipelined
+/// request). Each wait for a piece is within `stream_idle`; `answered`: see [`within`];
+/// `detach`: see [`Detach`] (when detached, the rest of the body is read into the copy only,
+/// and an upload whose copy is lost ends with an error).
 #[allow(clippy::too_many_arguments)]
 pub(super) async fn stream_request_body<U, D>(
     up: &mut U,
     down: &mut D,
     rbuf: &mut ReadBuffer,
     head_len: usize,
-    framing: BodyFraming,
+    body: &mut RequestBody,
     stream_idle: Option<Duration>,
     answered: Option<&Cell<TokioInstant>>,
     received: &Cell<u64>,
@@ -451,229 +718,65 @@ where
         copy: replay,
         detach,
     };
-    stream_body_kept(
-        up,
-        down,
-        rbuf,
-        head_len,
-        framing,
-        stream_idle,
-        answered,
-        received,
-        &mut copy,
-    )
-    .await?;
+    let mut framer = ChunkFramer::default();
+    let chunked = body.length.is_none();
+    let mut trailer_end = Vec::new();
+    while !body.ended() {
+        within(
+            stream_idle,
+            answered,
+            poll_fn(|cx| body.poll_next(down, rbuf, head_len, cx)),
+        )
+        .await??;
+        let framed = match body.piece(rbuf, head_len) {
+            Piece::Data(data) if chunked => {
+                let (starts, ends) = body.chunk_bounds(data);
+                let mut n = data.len();
+                if let Some(size) = starts {
+                    let line = framer.size_line(size);
+                    n += line.len();
+                    send_kept(up, line, &mut copy).await?;
+                }
+                send_kept(up, data, &mut copy).await?;
+                if ends {
+                    send_kept(up, b"\r\n", &mut copy).await?;
+                    n += 2;
+                }
+                n
+            }
+            Piece::Data(data) => {
+                send_kept(up, data, &mut copy).await?;
+                data.len()
+            }
+            // An end before the content-length is the stream's error (HTTP/2) or the
+            // decoder's (HTTP/1.1 reads until it): not reached.
+            _ if !chunked => {
+                return Err(UploadFault::Aborted.into_io(io::ErrorKind::UnexpectedEof));
+            }
+            Piece::Trailers(trailers) => {
+                // Counted as the client's fields made it, before the sifting.
+                let n = framer.end_with(&mut trailer_end, trailers);
+                send_kept(up, &trailer_end, &mut copy).await?;
+                n
+            }
+            Piece::TrailerSection(section) => {
+                framer.end_with_section(&mut trailer_end, section);
+                send_kept(up, &trailer_end, &mut copy).await?;
+                trailer_end.len()
+            }
+            Piece::End => {
+                send_kept(up, framer.end(), &mut copy).await?;
+                5
+            }
+        };
+        body.advance();
+        received.set(received.get() + body.received(framed));
+    }
+    body.finish(rbuf, head_len);
     Ok(Uploaded {
         kept: copy.copy.is_some(),
         detached: detach.off.get(),
     })
-}
-
-/// [`stream_request_body`]'s loop, copying what it writes into `copy`.
-#[allow(clippy::too_many_arguments)]
-pub(super) async fn stream_body_kept<U, D>(
-    up: &mut U,
-    down: &mut D,
-    rbuf: &mut ReadBuffer,
-    head_len: usize,
-    framing: BodyFraming,
-    stream_idle: Option<Duration>,
-    answered: Option<&Cell<TokioInstant>>,
-    received: &Cell<u64>,
-    copy: &mut ReplayCopy<'_>,
-) -> io::Result<u64>
-where
-    U: AsyncWrite + Unpin,
-    D: Respond,
-{
-    if D::TYPED {
-        return stream_typed_body(
-            up,
-            down,
-            rbuf,
-            head_len,
-            framing,
-            stream_idle,
-            answered,
-            received,
-            copy,
-        )
-        .await;
-    }
-    // The head stays at the front of rbuf until the request is logged: keep it, stream the
-    // rest, and keep any bytes past the body.
-    let mut total = 0u64;
-    match framing {
-        BodyFraming::ContentLength(n) => {
-            let mut left = n;
-            loop {
-                let avail = rbuf.len().saturating_sub(head_len);
-                let take = (avail as u64).min(left) as usize;
-                if take > 0 {
-                    let piece = &rbuf.bytes()[head_len..head_len + take];
-                    send_kept(up, piece, copy).await?;
-                    drop_range(rbuf, head_len, take);
-                    left -= take as u64;
-                    total += take as u64;
-                    received.set(received.get() + take as u64);
-                }
-                if left == 0 {
-                    return Ok(total);
-                }
-                // An end of stream comes back as the client's UploadFault::Aborted.
-                fill_within(rbuf, down, stream_idle, answered).await?;
-            }
-        }
-        BodyFraming::Chunked => {
-            // The body goes out as it came up to its trailer section, which is held back (at
-            // most MAX_TRAILER_BYTES) and written without the fields a trailer must not carry.
-            note_request_chunk_scan();
-            let mut dec = ChunkedDecoder::new(MAX_TRAILER_BYTES);
-            // Scanned bytes at the front of the body region not forwarded yet (the trailers).
-            let mut held = 0;
-            loop {
-                let avail = &rbuf.bytes()[head_len + held..];
-                let (consumed, done) = match dec.feed(avail) {
-                    Ok(Chunked::Done { consumed }) => (consumed, true),
-                    Ok(Chunked::NeedMore { consumed }) => (consumed, false),
-                    Err(_) => {
-                        return Err(UploadFault::Malformed.into_io(io::ErrorKind::InvalidData));
-                    }
-                };
-                let scanned = held + consumed;
-                let forward = match dec.trailers_start() {
-                    Some(at) => (at - total) as usize,
-                    None => scanned,
-                };
-                if forward > 0 {
-                    let piece = &rbuf.bytes()[head_len..head_len + forward];
-                    send_kept(up, piece, copy).await?;
-                    drop_range(rbuf, head_len, forward);
-                    total += forward as u64;
-                    received.set(received.get() + forward as u64);
-                }
-                held = scanned - forward;
-                if done {
-                    let section = &rbuf.bytes()[head_len..head_len + held];
-                    if section == b"\r\n" {
-                        send_kept(up, section, copy).await?;
-                    } else {
-                        let mut trailers = Vec::with_capacity(section.len());
-                        write_trailers(&mut trailers, section);
-                        send_kept(up, &trailers, copy).await?;
-                    }
-                    drop_range(rbuf, head_len, held);
-                    received.set(received.get() + held as u64);
-                    return Ok(total + held as u64);
-                }
-                // An end of stream comes back as the client's UploadFault::Aborted.
-                fill_within(rbuf, down, stream_idle, answered).await?;
-            }
-        }
-        BodyFraming::None | BodyFraming::CloseDelimited => Ok(0),
-    }
-}
-
-/// [`stream_body_kept`] for a typed body (an HTTP/2 stream's): what [`buffer_typed_body`]
-/// framed into `rbuf` goes first, then each piece as it comes, framed for the upstream here
-/// once — a `content-length` body's payload as it is, one of unknown length as chunks
-/// ([`ChunkFramer`]), the payload written from the piece itself (no copy into `rbuf`).
-#[allow(clippy::too_many_arguments)]
-async fn stream_typed_body<U, D>(
-    up: &mut U,
-    down: &mut D,
-    rbuf: &mut ReadBuffer,
-    head_len: usize,
-    framing: BodyFraming,
-    stream_idle: Option<Duration>,
-    answered: Option<&Cell<TokioInstant>>,
-    received: &Cell<u64>,
-    copy: &mut ReplayCopy<'_>,
-) -> io::Result<u64>
-where
-    U: AsyncWrite + Unpin,
-    D: Respond,
-{
-    let mut total = 0u64;
-    let sent = |n: usize, total: &mut u64| {
-        *total += n as u64;
-        received.set(received.get() + n as u64);
-    };
-    let mut left = match framing {
-        BodyFraming::ContentLength(n) => n,
-        BodyFraming::Chunked => u64::MAX,
-        BodyFraming::None | BodyFraming::CloseDelimited => return Ok(0),
-    };
-    let held = rbuf.len().saturating_sub(head_len);
-    if held > 0 {
-        send_kept(up, &rbuf.bytes()[head_len..], copy).await?;
-        drop_range(rbuf, head_len, held);
-        sent(held, &mut total);
-        if let BodyFraming::ContentLength(_) = framing {
-            left -= held as u64;
-        }
-    }
-    let mut framer = ChunkFramer::default();
-    while left > 0 {
-        match piece_within(down, stream_idle, answered).await? {
-            BodyPiece::Data(data) => {
-                if let BodyFraming::Chunked = framing {
-                    let line = framer.size_line(data.len());
-                    let n = line.len();
-                    send_kept(up, line, copy).await?;
-                    sent(n, &mut total);
-                } else {
-                    left = left.saturating_sub(data.len() as u64);
-                }
-                send_kept(up, &data, copy).await?;
-                sent(data.len(), &mut total);
-                if let BodyFraming::Chunked = framing {
-                    send_kept(up, b"\r\n", copy).await?;
-                    sent(2, &mut total);
-                }
-            }
-            // An end before the content-length is the stream's error; this is not reached.
-            _ if left != u64::MAX => {
-                return Err(UploadFault::Aborted.into_io(io::ErrorKind::UnexpectedEof));
-            }
-            BodyPiece::Trailers(trailers) => {
-                let mut out = Vec::new();
-                let n = framer.end_with(&mut out, &trailers);
-                send_kept(up, &out, copy).await?;
-                // Counted as the client's fields made it, before the sifting.
-                sent(n, &mut total);
-                left = 0;
-            }
-            BodyPiece::End => {
-                let end = framer.end();
-                send_kept(up, end, copy).await?;
-                sent(end.len(), &mut total);
-                left = 0;
-            }
-        }
-    }
-    Ok(total)
-}
-
-/// Appends a complete, validated chunked request body, its trailer section without the fields
-/// a trailer must not carry. The common body without trailers (it ends with the last chunk and
-/// an empty trailer section, `0\r\n\r\n`) is copied as it is, without a second scan.
-pub(super) fn push_chunked_body(out: &mut Vec<u8>, body: &[u8]) {
-    if body == b"0\r\n\r\n" || body.ends_with(b"\r\n0\r\n\r\n") {
-        out.extend_from_slice(body);
-        return;
-    }
-    note_request_chunk_scan();
-    let mut dec = ChunkedDecoder::new(MAX_TRAILER_BYTES);
-    match (dec.feed(body), dec.trailers_start()) {
-        (Ok(Chunked::Done { .. }), Some(at)) => {
-            let at = at as usize;
-            out.extend_from_slice(&body[..at]);
-            write_trailers(out, &body[at..]);
-        }
-        // Not reached: the body was validated by the same decoder.
-        _ => out.extend_from_slice(body),
-    }
 }
 
 /// Removes `len` bytes at `at` (relative to the unconsumed start) from the buffer.
@@ -683,10 +786,9 @@ pub(super) fn drop_range(rbuf: &mut ReadBuffer, at: usize, len: usize) {
     rbuf.end -= len;
 }
 
-/// Writes `data` downstream, preceded by whatever is still `pending` (the response head), in
-/// one write when there is something pending.
-/// Writes `pending` (the response head, on the first call) and `data`; `awaiting` is cleared
-/// before the first byte goes out (from then on the client has a response under way).
+/// Writes `data` downstream, preceded by whatever is still `pending` (the response head, on the
+/// first call), in one write when there is something pending; `awaiting` is cleared before the
+/// first byte goes out (from then on the client has a response under way).
 pub(super) async fn send<D: AsyncWrite + Unpin>(
     down: &mut D,
     pending: &mut Vec<u8>,
@@ -709,9 +811,122 @@ pub(super) async fn send<D: AsyncWrite + Unpin>(
     r
 }
 
-/// Copies the response body upstream → downstream by its framing, after the head in `pending`;
-/// returns body bytes sent. With `trailers`, a chunked body's trailer section is appended to it
-/// as it passes (for a gRPC answer's `grpc-status`).
+/// Where [`copy_body`]'s one loop puts a response body, each codec its own way: an HTTP/1.1
+/// connection takes the upstream's bytes as they came, framing included ([`Http1Sink`]); a
+/// typed responder (an HTTP/2 stream) the payload without the upstream's framing and the
+/// trailer section ([`TypedSink`]).
+trait BodySink {
+    /// Payload the upstream sent (without its framing), within the read's worth being copied.
+    fn payload(&mut self, data: &[u8]) -> io::Result<()>;
+    /// More of a chunked body's trailer section, as it came.
+    fn trailer_bytes(&mut self, section: &[u8]);
+    /// A read's worth is copied: `raw` is its bytes as the upstream framed them (empty for a
+    /// close-delimited body's wait: a staged head goes out before it), `end`: the body ended
+    /// with them. It goes to the client now.
+    async fn flush_read(&mut self, raw: &[u8], end: bool) -> io::Result<()>;
+    /// The body ended (or had none): what waits goes, the staged head too if nothing else did.
+    async fn finish(&mut self) -> io::Result<()>;
+    /// Body bytes sent (HTTP/1.1: as framed; typed: payload).
+    fn sent(&self) -> u64;
+}
+
+/// An HTTP/1.1 client's response body: the upstream's bytes as they came, the head in
+/// `pending` sent with the first of them, one write per upstream read.
+struct Http1Sink<'a, D> {
+    down: &'a mut D,
+    pending: &'a mut Vec<u8>,
+    awaiting: &'a Cell<bool>,
+    answered: Option<&'a Cell<TokioInstant>>,
+    sent: u64,
+}
+
+impl<D: AsyncWrite + Unpin> BodySink for Http1Sink<'_, D> {
+    fn payload(&mut self, _data: &[u8]) -> io::Result<()> {
+        Ok(())
+    }
+
+    fn trailer_bytes(&mut self, _section: &[u8]) {}
+
+    async fn flush_read(&mut self, raw: &[u8], _end: bool) -> io::Result<()> {
+        if raw.is_empty() && self.pending.is_empty() {
+            return Ok(());
+        }
+        send(self.down, self.pending, self.awaiting, self.answered, raw).await?;
+        self.sent += raw.len() as u64;
+        Ok(())
+    }
+
+    async fn finish(&mut self) -> io::Result<()> {
+        if !self.pending.is_empty() {
+            send(self.down, self.pending, self.awaiting, self.answered, &[]).await?;
+        }
+        Ok(())
+    }
+
+    fn sent(&self) -> u64 {
+        self.sent
+    }
+}
+
+/// A typed responder's response body (an HTTP/2 stream): the payload without the upstream's
+/// framing (a chunked body de-chunked once, its trailer section handed over as it passes),
+/// each upstream read's worth given at once and flushed (so the last DATA carries the end of
+/// the stream when the body ends in that read), then the end of the body.
+struct TypedSink<'a, D> {
+    down: &'a mut D,
+    awaiting: &'a Cell<bool>,
+    answered: Option<&'a Cell<TokioInstant>>,
+    sent: u64,
+}
+
+impl<D: Respond> TypedSink<'_, D> {
+    /// Flushes what `down` took (the staged head with it, the first time).
+    async fn flush(&mut self) -> io::Result<()> {
+        self.awaiting.set(false);
+        let r = self.down.flush().await;
+        if let Some(at) = self.answered {
+            at.set(TokioInstant::now());
+        }
+        r
+    }
+}
+
+impl<D: Respond> BodySink for TypedSink<'_, D> {
+    fn payload(&mut self, data: &[u8]) -> io::Result<()> {
+        self.down.typed_payload(data)?;
+        self.sent += data.len() as u64;
+        Ok(())
+    }
+
+    fn trailer_bytes(&mut self, section: &[u8]) {
+        self.down.typed_trailer_bytes(section);
+    }
+
+    async fn flush_read(&mut self, _raw: &[u8], end: bool) -> io::Result<()> {
+        if end {
+            self.down.typed_end();
+        }
+        // The staged head goes out with the first body bytes (framing alone included), as
+        // HTTP/1.1's does.
+        self.down.typed_payload(&[])?;
+        self.flush().await
+    }
+
+    async fn finish(&mut self) -> io::Result<()> {
+        self.down.typed_payload(&[])?;
+        self.down.typed_end();
+        self.flush().await
+    }
+
+    fn sent(&self) -> u64 {
+        self.sent
+    }
+}
+
+/// Copies the response body upstream → downstream by its framing, after the head (HTTP/1.1:
+/// in `pending`; typed: staged on `down`); returns body bytes sent. With `trailers`, a chunked
+/// body's trailer section is appended to it as it passes (for a gRPC answer's `grpc-status`).
+/// One loop for every client: the codec's [`BodySink`] writes what it reads.
 #[allow(clippy::too_many_arguments)]
 pub(super) async fn copy_body<U, D>(
     up: &mut U,
@@ -721,114 +936,45 @@ pub(super) async fn copy_body<U, D>(
     pending: &mut Vec<u8>,
     awaiting: &Cell<bool>,
     answered: Option<&Cell<TokioInstant>>,
-    mut trailers: Option<&mut Vec<u8>>,
+    trailers: Option<&mut Vec<u8>>,
 ) -> io::Result<u64>
 where
     U: AsyncRead + Unpin,
     D: Respond,
 {
     if D::TYPED {
-        return copy_payload(up, down, ubuf, framing, awaiting, answered, trailers).await;
+        let mut sink = TypedSink {
+            down,
+            awaiting,
+            answered,
+            sent: 0,
+        };
+        copy_into(up, ubuf, framing, &mut sink, trailers).await
+    } else {
+        let mut sink = Http1Sink {
+            down,
+            pending,
+            awaiting,
+            answered,
+            sent: 0,
+        };
+        copy_into(up, ubuf, framing, &mut sink, trailers).await
     }
-    let mut sent = 0u64;
-    match framing {
-        BodyFraming::None => {}
-        BodyFraming::ContentLength(n) => {
-            let mut left = n;
-            loop {
-                let take = (ubuf.len() as u64).min(left) as usize;
-                if take > 0 {
-                    send(down, pending, awaiting, answered, &ubuf.bytes()[..take]).await?;
-                    ubuf.consume(take);
-                    left -= take as u64;
-                    sent += take as u64;
-                }
-                if left == 0 {
-                    break;
-                }
-                if ubuf.fill(up).await? == 0 {
-                    return Err(io::ErrorKind::UnexpectedEof.into());
-                }
-            }
-        }
-        BodyFraming::Chunked => {
-            let mut dec = ChunkedDecoder::new(MAX_TRAILER_BYTES);
-            loop {
-                let (consumed, done) = match dec.feed(ubuf.bytes()) {
-                    Ok(Chunked::Done { consumed }) => (consumed, true),
-                    Ok(Chunked::NeedMore { consumed }) => (consumed, false),
-                    Err(e) => {
-                        return Err(io::Error::new(io::ErrorKind::InvalidData, e.to_string()));
-                    }
-                };
-                if let Some(t) = trailers.as_deref_mut()
-                    && let Some(at) = dec.trailers_start()
-                {
-                    // The part of these bytes at or past the trailer section's start.
-                    let from = at.saturating_sub(sent).min(consumed as u64) as usize;
-                    t.extend_from_slice(&ubuf.bytes()[from..consumed]);
-                }
-                if consumed > 0 {
-                    send(down, pending, awaiting, answered, &ubuf.bytes()[..consumed]).await?;
-                    ubuf.consume(consumed);
-                    sent += consumed as u64;
-                }
-                if done {
-                    break;
-                }
-                if ubuf.fill(up).await? == 0 {
-                    return Err(io::ErrorKind::UnexpectedEof.into());
-                }
-            }
-        }
-        BodyFraming::CloseDelimited => loop {
-            if !ubuf.is_empty() {
-                send(down, pending, awaiting, answered, ubuf.bytes()).await?;
-                sent += ubuf.len() as u64;
-                ubuf.clear();
-            }
-            if !pending.is_empty() {
-                send(down, pending, awaiting, answered, &[]).await?;
-            }
-            if ubuf.fill(up).await? == 0 {
-                break;
-            }
-        },
-    }
-    if !pending.is_empty() {
-        send(down, pending, awaiting, answered, &[]).await?;
-    }
-    Ok(sent)
 }
 
-/// [`copy_body`] for a typed responder (an HTTP/2 stream): the payload without the upstream's
-/// framing (a chunked body de-chunked here, its trailer section handed over as it passes, and
-/// to `trailers` when given), each upstream read's worth given at once and flushed (so the
-/// last DATA carries the end of the stream when the body ends in that read), then the end of
-/// the body. Returns payload bytes sent.
-async fn copy_payload<U, D>(
+/// [`copy_body`]'s loop: reads the upstream's body by its framing into `sink`, a read's worth
+/// at a time.
+async fn copy_into<U, S>(
     up: &mut U,
-    down: &mut D,
     ubuf: &mut ReadBuffer,
     framing: BodyFraming,
-    awaiting: &Cell<bool>,
-    answered: Option<&Cell<TokioInstant>>,
+    sink: &mut S,
     mut trailers: Option<&mut Vec<u8>>,
 ) -> io::Result<u64>
 where
     U: AsyncRead + Unpin,
-    D: Respond,
+    S: BodySink,
 {
-    // Flushes what `down` took (the staged head with it, the first time).
-    let flush = async |down: &mut D| {
-        awaiting.set(false);
-        let r = down.flush().await;
-        if let Some(at) = answered {
-            at.set(TokioInstant::now());
-        }
-        r
-    };
-    let mut sent = 0u64;
     match framing {
         BodyFraming::None => {}
         BodyFraming::ContentLength(n) => {
@@ -836,14 +982,11 @@ where
             loop {
                 let take = (ubuf.len() as u64).min(left) as usize;
                 if take > 0 {
-                    down.typed_payload(&ubuf.bytes()[..take])?;
-                    ubuf.consume(take);
+                    let data = &ubuf.bytes()[..take];
+                    sink.payload(data)?;
                     left -= take as u64;
-                    sent += take as u64;
-                    if left == 0 {
-                        down.typed_end();
-                    }
-                    flush(down).await?;
+                    sink.flush_read(data, left == 0).await?;
+                    ubuf.consume(take);
                 }
                 if left == 0 {
                     break;
@@ -866,8 +1009,7 @@ where
                         .feed_payload(&data[at..])
                         .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?;
                     if let Some(r) = run {
-                        down.typed_payload(&data[at..][r.clone()])?;
-                        sent += r.len() as u64;
+                        sink.payload(&data[at..][r])?;
                     }
                     let consumed = match c {
                         Chunked::NeedMore { consumed } => consumed,
@@ -879,7 +1021,7 @@ where
                     if let Some(start) = dec.trailers_start() {
                         let from = start.saturating_sub(scanned).min(consumed as u64) as usize;
                         let section = &data[at + from..at + consumed];
-                        down.typed_trailer_bytes(section);
+                        sink.trailer_bytes(section);
                         if let Some(t) = trailers.as_deref_mut() {
                             t.extend_from_slice(section);
                         }
@@ -890,16 +1032,10 @@ where
                         break;
                     }
                 }
-                ubuf.consume(at);
-                if done {
-                    down.typed_end();
-                }
                 if at > 0 {
-                    // The staged head goes out with the first body bytes (framing alone
-                    // included), as HTTP/1.1's does.
-                    down.typed_payload(&[])?;
-                    flush(down).await?;
+                    sink.flush_read(&data[..at], done).await?;
                 }
+                ubuf.consume(at);
                 if done {
                     break;
                 }
@@ -909,21 +1045,17 @@ where
             }
         }
         BodyFraming::CloseDelimited => loop {
-            down.typed_payload(ubuf.bytes())?;
-            sent += ubuf.len() as u64;
+            let data = ubuf.bytes();
+            sink.payload(data)?;
+            sink.flush_read(data, false).await?;
             ubuf.clear();
-            flush(down).await?;
             if ubuf.fill(up).await? == 0 {
-                down.typed_end();
                 break;
             }
         },
     }
-    // A body that ended (or had none): what is left goes, the head too if nothing else did.
-    down.typed_payload(&[])?;
-    down.typed_end();
-    flush(down).await?;
-    Ok(sent)
+    sink.finish().await?;
+    Ok(sink.sent())
 }
 
 /// After a `101`: bytes both ways until either side closes. Leftovers in the buffers go first.
@@ -1105,13 +1237,14 @@ mod tests {
                 let mut rbuf = ReadBuffer::new();
                 let received = Cell::new(0);
                 let mut up = FailAfter(100);
+                let mut body = RequestBody::new(BodyFraming::ContentLength(200), false);
                 let (r, ()) = tokio::join!(
                     stream_request_body(
                         &mut up,
                         &mut down,
                         &mut rbuf,
                         0,
-                        BodyFraming::ContentLength(200),
+                        &mut body,
                         Some(Duration::from_secs(5)),
                         None,
                         &received,

@@ -32,9 +32,10 @@
 //! - `upstream`: a try's connection (pooled, new, HTTP/2) and its breaker units;
 //! - `wire`: the heads — the upstream request with the core's edits, its per-try fields, the
 //!   response head read and written back with the route's and listener's edits;
-//! - `body`: request bodies held or streamed (with the replay copy) — an HTTP/1.1 client's read
-//!   in its framing, an HTTP/2 stream's typed and framed for the upstream here — response
-//!   bodies, tunnels;
+//! - `body`: request bodies held or streamed (with the replay copy), one path whatever the
+//!   client's protocol — an HTTP/1.1 client's decoded from the read buffer into the pieces an
+//!   HTTP/2 stream's comes in, each framed for the upstream here once — response bodies (one
+//!   copy loop over the codec's sink), tunnels;
 //! - `respond`: the response side whatever the client's protocol ([`respond::Respond`]): a
 //!   staged forwarded head (the upstream's with the edits as a list), payload, trailers, local
 //!   answers — written as HTTP/1.1 bytes to a connection, typed to an HTTP/2 stream.
@@ -65,8 +66,9 @@
 //! than the grace past a response; a parked connection holds no buffer (`rbuf` is empty and
 //! unallocated); the policy's deadlines go on across a park (parking is not a new wait).
 //!
-//! A body that arrived whole with its head (at most [`REPLAY_LIMIT`]) is held and goes out with
-//! the head; any other streams as it arrives (a watch, a slow uploader, a gRPC stream: nothing
+//! A body that arrived whole with its head (at most [`REPLAY_LIMIT`] framed for the upstream)
+//! is held and goes out with the head; any other streams as it arrives (what of it was here
+//! goes with the head) (a watch, a slow uploader, a gRPC stream: nothing
 //! waits for the body's end), and a copy of what was sent is kept up to [`REPLAY_LIMIT`] (Envoy's
 //! rule). A streamed body that ended within it is replayable from then on (the core's
 //! `BodyBuffered`): a retry sends head and copy whole, as for a held body. One that outgrew it is
@@ -141,6 +143,8 @@ use respond::{LocalBody, LocalReply, Respond, send_local};
 mod body;
 #[cfg(test)]
 pub(crate) use body::REQUEST_CHUNK_SCANS;
+#[cfg(test)]
+mod h1_body_tests;
 pub(crate) mod respond;
 mod stream;
 mod upstream;
@@ -193,25 +197,6 @@ impl ReadBuffer {
 
     fn len(&self) -> usize {
         self.end - self.start
-    }
-
-    /// Appends `bytes` after the unconsumed ones (making room first).
-    fn extend(&mut self, bytes: &[u8]) {
-        if self.data.len() - self.end < bytes.len() {
-            if self.start > 0 {
-                self.data.copy_within(self.start..self.end, 0);
-                self.end -= self.start;
-                self.start = 0;
-            }
-            if self.data.len() - self.end < bytes.len() {
-                let grown = (self.end + bytes.len())
-                    .max(self.data.len() * 2)
-                    .max(READ_CHUNK);
-                self.data.resize(grown, 0);
-            }
-        }
-        self.data[self.end..self.end + bytes.len()].copy_from_slice(bytes);
-        self.end += bytes.len();
     }
 
     fn is_empty(&self) -> bool {

@@ -6,15 +6,18 @@
 //!
 //! - HTTP/1.1 (the client's connection, [`crate::downstream::Downstream`]) writes exactly the
 //!   bytes it always wrote: the head into the write buffer, sent with the first body bytes in
-//!   one write, and the body in its upstream framing as it came (`body::copy_body`);
+//!   one write, and the body in its upstream framing as it came (`body::copy_body`, its
+//!   HTTP/1.1 sink);
 //! - an HTTP/2 stream (`crate::http2`) takes them typed ([`Respond::TYPED`]): the head becomes
 //!   a HEADERS frame from the fields as [`for_each_response_field`] gives them, the payload
-//!   DATA frames (a chunked upstream body is de-chunked once, by `body::copy_body`'s typed
-//!   twin), the trailer section HTTP/2 trailers. Nothing is written as HTTP/1.1 text for it to
-//!   parse back.
+//!   DATA frames (a chunked upstream body is de-chunked once, by `body::copy_body`'s one loop
+//!   into its typed sink), the trailer section HTTP/2 trailers. Nothing is written as HTTP/1.1
+//!   text for it to parse back.
 //!
 //! The same interface gives the path an HTTP/2 stream's request body typed
-//! ([`Respond::poll_body`], [`BodyPiece`]); an HTTP/1.1 connection's is read as bytes.
+//! ([`Respond::poll_body`], [`BodyPiece`]); an HTTP/1.1 connection's is decoded from its read
+//! buffer into the same pieces by `body::RequestBody`, so the path has one request body
+//! copy.
 //!
 //! Invariant (both codecs): a forwarded head is *staged*, not sent, until the first payload
 //! (or the end of an empty body), so that an upstream failing before then can still be
@@ -110,17 +113,18 @@ pub(crate) enum BodyPiece {
     End,
 }
 
-/// The client's side of the request path. An HTTP/1.1 connection's request body is read as
-/// bytes in the framing of its head, through `AsyncRead`; a typed client ([`Respond::TYPED`],
-/// an HTTP/2 stream) hands it over as [`BodyPiece`]s ([`Respond::poll_body`]), which the
-/// path's body copy frames for the upstream once (`body`). Its response goes through the
+/// The client's side of the request path. Its request body comes as pieces that the path's
+/// body copy frames for the upstream once (`body`): an HTTP/1.1 connection's decoded from the
+/// bytes it reads through `AsyncRead` (`body::RequestBody`); a typed client's
+/// ([`Respond::TYPED`], an HTTP/2 stream) handed over as [`BodyPiece`]s
+/// ([`Respond::poll_body`]). Its response goes through the
 /// functions of this module, which write HTTP/1.1 through `AsyncWrite` or, typed, call its
 /// `typed_*` methods. Those are synchronous or flushed with `AsyncWrite::poll_flush`, so that a
 /// [`Shared`] handle (one direction of a full-duplex exchange) borrows the responder for one
 /// call at a time.
 pub(crate) trait Respond: AsyncRead + AsyncWrite + Unpin {
-    /// The request body comes as [`BodyPiece`]s and the response goes to the codec typed, not
-    /// as HTTP/1.1 bytes either way.
+    /// The request body comes as [`BodyPiece`]s (not decoded from HTTP/1.1 bytes) and the
+    /// response goes to the codec typed, not as HTTP/1.1 bytes.
     const TYPED: bool = false;
 
     /// Typed: the next piece of the request body. Content-length mismatches are errors here

@@ -44,7 +44,8 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::{Instant as TokioInstant, Sleep};
 
 use super::body::{
-    Detach, UploadFault, Uploaded, copy_body, fault_of, stream_request_body, tunnel,
+    Detach, RequestBody, UploadFault, Uploaded, buffer_body, copy_body, fault_of,
+    stream_request_body, tunnel,
 };
 use super::respond::{Respond, send_continue};
 use super::upstream::{BreakerUnit, Connected, Upstream};
@@ -165,11 +166,11 @@ pub(super) struct Forwarding<'r> {
     /// The proxy's own answers close the client's connection: a body not held (what is left
     /// of it would be read as a request), or a client that does not keep its connection.
     pub(super) close_on_reply: bool,
-    /// The request body comes typed ([`Respond::TYPED`]): a held one is framed for the
-    /// upstream already.
-    pub(super) typed_body: bool,
-    /// The held body's length after the head; `None` while it streams. Set too when a retry
-    /// sends a streamed body that was kept whole.
+    /// The upstream request's head's length in `out` (a held body, or the start of a
+    /// streamed one, follows it there).
+    pub(super) head_out: usize,
+    /// The held body's length after the head in `out`, framed for the upstream; `None` while
+    /// it streams. Set too when a retry sends a streamed body that was kept whole.
     pub(super) body_len: Option<usize>,
     /// A streamed body's replay copy is whole (it ended within [`REPLAY_LIMIT`]): a retry
     /// sends it with the head.
@@ -321,7 +322,7 @@ impl<N: Network> Engine<N> {
             route_timeout: None,
             destination: None,
             close_on_reply: true,
-            typed_body: D::TYPED,
+            head_out: 0,
             body_len: None,
             body_kept: false,
             bytes_received: &bytes_received,
@@ -330,14 +331,16 @@ impl<N: Network> Engine<N> {
             timer,
         };
 
-        // --- the request body: held when small enough to replay ---
+        // --- the upstream head, built once ---
+        self.write_upstream_request(&mut req, matched_prefix, scratch, rbuf, out);
+        req.head_out = out.len();
+
+        // --- the request body: held after the head when small enough to replay ---
         if head.expect_continue() && !matches!(req.framing, BodyFraming::None) {
             let _ = send_continue(down).await;
         }
-        req.body_len = match self
-            .buffer_body(down, rbuf, req.head_len, req.framing, req.stream_idle)
-            .await
-        {
+        let mut body = RequestBody::new(req.framing, D::TYPED);
+        let held = match buffer_body(down, rbuf, req.head_len, &mut body, out).await {
             Ok(held) => held,
             Err(status) => {
                 let flag = if status == 408 {
@@ -350,11 +353,14 @@ impl<N: Network> Engine<N> {
                     .await;
             }
         };
-        // A streamed body's copy for retries (see `stream_request_body`), this request's only.
+        req.body_len = held.whole.then_some(held.framed);
+        req.bytes_received.set(req.head_len as u64 + held.received);
+        // A streamed body's copy for retries (see `stream_request_body`), this request's only:
+        // it starts with what was held (sent with the head).
         scratch.replay.clear();
-
-        // --- the upstream head (and a held body), built once ---
-        self.write_upstream_request(&mut req, matched_prefix, scratch, rbuf, out);
+        if !held.whole {
+            scratch.replay.extend_from_slice(&out[req.head_out..]);
+        }
 
         // --- admission: the max_requests breaker, then the hosts' availability ---
         let (mut stream, admitted_at) = match self.admit(&mut req, scratch, rbuf, down, out).await {
@@ -424,6 +430,7 @@ impl<N: Network> Engine<N> {
                     &mut req,
                     &mut stream,
                     conn,
+                    &mut body,
                     down,
                     scratch,
                     rbuf,
@@ -522,8 +529,6 @@ impl<N: Network> Engine<N> {
                 },
             ),
         );
-        req.bytes_received
-            .set(req.head_len as u64 + req.body_len.unwrap_or(0) as u64);
         if let Some(Output::Respond { status, flag }) =
             self.stream_input_at(ci, &mut stream, Input::Admit, admitted_at)
         {
@@ -564,6 +569,7 @@ impl<N: Network> Engine<N> {
         req: &mut Forwarding<'_>,
         stream: &mut StreamGuard,
         conn: Connected<MaybeTls<N::Stream>>,
+        body: &mut RequestBody,
         down: &mut D,
         scratch: &mut Scratch,
         rbuf: &mut ReadBuffer,
@@ -582,7 +588,9 @@ impl<N: Network> Engine<N> {
         } = conn;
         if req.body_kept && req.body_len.is_none() {
             // A retry of a body an earlier try streamed and kept whole: it goes out with
-            // the head, as a held body does (from here on `out` is head and body).
+            // the head, as a held body does (from here on `out` is head and body; the copy
+            // starts with what was held after the head).
+            out.truncate(req.head_out);
             out.extend_from_slice(&scratch.replay);
             req.body_len = Some(scratch.replay.len());
         }
@@ -636,7 +644,7 @@ impl<N: Network> Engine<N> {
                     biased;
                     r = send_request(
                         &mut upw, &mut downw, out, rb, req.head_len,
-                        req.framing, req.body_len.is_none() && !duplex, req.stream_idle,
+                        &mut *body, req.body_len.is_none() && !duplex, req.stream_idle,
                         &mut t.written, req.bytes_received, &mut t.upload_fault,
                     ) => Some(r),
                     () = req.timer.as_mut() => None,
@@ -654,6 +662,7 @@ impl<N: Network> Engine<N> {
                         let (up_w, down_r) = (&up_cell, &down_cell);
                         let (head_len, framing, idle) =
                             (req.head_len, req.framing, req.stream_idle);
+                        let body = &mut *body;
                         let received = req.bytes_received;
                         let detach = &detach;
                         // A body that may fit the replay buffer is copied as it goes.
@@ -669,7 +678,7 @@ impl<N: Network> Engine<N> {
                                 &mut Shared(down_r),
                                 rb,
                                 head_len,
-                                framing,
+                                body,
                                 idle,
                                 answered,
                                 received,

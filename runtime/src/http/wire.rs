@@ -14,7 +14,7 @@ use sluice_core::config::http::{
     upgrade_allowed,
 };
 use sluice_core::http1::{
-    BodyFraming, Head, HeadEdits, Limits, Method, ParseStatus, TargetForm, Version, parse_response,
+    Head, HeadEdits, Limits, Method, ParseStatus, TargetForm, Version, parse_response,
     write_request_head,
 };
 use sluice_core::http2::te_wants_trailers;
@@ -28,9 +28,7 @@ use sluice_core::l7::stream::Stream;
 use sluice_core::router::rewrite_prefix;
 use tokio::io::{AsyncRead, AsyncWrite};
 
-use super::body::{
-    Detach, UploadFault, drop_range, fault_of, push_chunked_body, stream_request_body,
-};
+use super::body::{Detach, RequestBody, UploadFault, fault_of, stream_request_body};
 use super::respond::{ForwardedHead, Respond, stage_head};
 use super::stream::Forwarding;
 use super::{ReadBuffer, Scratch, downstream_protocol, hostname, write_flushed};
@@ -86,7 +84,7 @@ pub(super) async fn send_request<U, D>(
     request: &[u8],
     rbuf: &mut ReadBuffer,
     head_len: usize,
-    framing: BodyFraming,
+    body: &mut RequestBody,
     stream_body: bool,
     stream_idle: Option<Duration>,
     written: &mut bool,
@@ -114,7 +112,7 @@ where
             down,
             rbuf,
             head_len,
-            framing,
+            body,
             stream_idle,
             None,
             bytes_received,
@@ -199,8 +197,7 @@ impl<N: Network> Engine<N> {
     /// header edits (`l7::edits`: x-forwarded-for, request id, missing host, forwarded proto,
     /// client certificate, the route's edits, tracing), the normalized or rewritten path, and
     /// the slots a try rewrites in place (`grpc-timeout`, `x-envoy-attempt-count`: see
-    /// [`rewrite_try_fields`]); then a held body, after which `rbuf` holds the head (for the
-    /// log) followed by the next pipelined request. Sets the request's route timeout (the
+    /// [`rewrite_try_fields`]) — a held body follows it there (`body::buffer_body`). Sets the request's route timeout (the
     /// route's, capped by a gRPC request's `grpc-timeout`). No heap allocation once the
     /// connection is warm.
     pub(super) fn write_upstream_request(
@@ -352,19 +349,6 @@ impl<N: Network> Engine<N> {
         } else {
             None
         };
-        if let Some(n) = req.body_len {
-            // The body goes into the upstream request once; from here on rbuf holds the head
-            // (for the log) followed by the next pipelined request.
-            let head_len = req.head_len;
-            let body = &rbuf.bytes()[head_len..head_len + n];
-            // A typed body was framed for the upstream as it was held (`body`).
-            if req.framing == BodyFraming::Chunked && !req.typed_body {
-                push_chunked_body(out, body);
-            } else {
-                out.extend_from_slice(body);
-            }
-            drop_range(rbuf, head_len, n);
-        }
     }
 }
 
