@@ -235,6 +235,57 @@ fn an_answer_the_parse_refuses_is_refused_with_its_error() {
 }
 
 #[test]
+fn a_fault_is_seen_only_within_the_head_limit_as_by_the_parse() {
+    // A control character at the last byte the limit lets the parse see is its error; one
+    // byte further on, the head is too large.
+    let fields: Fields<'_> = &[(b"x", b"ab\x01")];
+    let text = formatted(200, b"OK", fields, true, Method::Get);
+    let at = text.iter().position(|&b| b == 1).unwrap();
+    for max_head_bytes in [at, at + 1, at + 2] {
+        let limits = Limits {
+            max_head_bytes,
+            max_headers: 100,
+        };
+        let got = built(200, b"OK", fields, true, Method::Get, &limits);
+        let want = if max_head_bytes > at {
+            HttpError::ControlCharacter {
+                msg: crate::http1::Message::Response,
+                byte: 1,
+            }
+        } else {
+            HttpError::HeadTooLarge {
+                msg: crate::http1::Message::Response,
+                limit: max_head_bytes,
+            }
+        };
+        assert_eq!(got, Err(want));
+        assert_eq!(
+            got,
+            formatted_then_parsed(200, b"OK", fields, true, Method::Get, &limits)
+        );
+    }
+    // The same for one field more than allowed: seen once its line is whole within the limit.
+    let fields: Fields<'_> = &[(b"a", b"1"), (b"b", b"2")];
+    let text = formatted(200, b"OK", fields, true, Method::Get);
+    let second_line_end = text.windows(6).position(|w| w == b"b: 2\r\n").unwrap() + 6;
+    for max_head_bytes in [second_line_end - 1, second_line_end] {
+        let limits = Limits {
+            max_head_bytes,
+            max_headers: 1,
+        };
+        let got = built(200, b"OK", fields, true, Method::Get, &limits);
+        assert_eq!(
+            matches!(got, Err(HttpError::TooManyHeaders { .. })),
+            max_head_bytes == second_line_end
+        );
+        assert_eq!(
+            got,
+            formatted_then_parsed(200, b"OK", fields, true, Method::Get, &limits)
+        );
+    }
+}
+
+#[test]
 fn outside_the_contract_it_refuses_rather_than_writes_another_head() {
     // A CR LF in a value would inject a field into the text; a name that is not a token would
     // read as another one. Neither comes from h2; both are refused.
