@@ -281,7 +281,8 @@ impl<'a> ResponseHeadWriter<'a> {
     /// Appends a field line, `name: value`.
     pub fn field(&mut self, name: &[u8], value: &[u8]) {
         let line_at = self.out.len() - self.start;
-        let (span, value_at) = write_field_line(self.out, self.start, name, [value].into_iter(), b"");
+        let (span, value_at) =
+            write_field_line(self.out, self.start, name, [value].into_iter(), b"");
         if self.fault.is_none() {
             const MSG: Message = Message::Response;
             // Where a parse would stop: the first control character of the value (its

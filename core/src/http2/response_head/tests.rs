@@ -161,7 +161,11 @@ fn framing_follows_content_length_end_of_stream_and_bodiless_answers() {
         both(status, fields, false, method).unwrap();
     }
     // Connection-specific fields are not written (h2 refuses them before).
-    let hop: Fields<'_> = &[(b"connection", b"close"), (b"keep-alive", b"x"), (b"a", b"b")];
+    let hop: Fields<'_> = &[
+        (b"connection", b"close"),
+        (b"keep-alive", b"x"),
+        (b"a", b"b"),
+    ];
     let (text, head) = written(200, hop, true, Method::Get);
     assert_eq!(text, "HTTP/1.1 200 OK\r\na: b\r\ncontent-length: 0\r\n\r\n");
     assert!(head.keep_alive());
@@ -204,7 +208,10 @@ fn an_answer_the_parse_refuses_is_refused_with_its_error() {
         (999, &[], HttpError::InvalidStatusLine),
     ];
     for (status, fields, error) in cases {
-        assert_eq!(both(*status, fields, false, Method::Get), Err(error.clone()));
+        assert_eq!(
+            both(*status, fields, false, Method::Get),
+            Err(error.clone())
+        );
     }
     // The limits: one field more than allowed, one byte more than allowed.
     let many: Vec<(&[u8], &[u8])> = vec![(b"x", b"y"); 5];
@@ -213,7 +220,10 @@ fn an_answer_the_parse_refuses_is_refused_with_its_error() {
         max_headers: 4,
     };
     let got = built(200, b"OK", &many, true, Method::Get, &limits);
-    assert!(matches!(got, Err(HttpError::TooManyHeaders { limit: 4, .. })));
+    assert!(matches!(
+        got,
+        Err(HttpError::TooManyHeaders { limit: 4, .. })
+    ));
     assert_eq!(
         got,
         formatted_then_parsed(200, b"OK", &many, true, Method::Get, &limits)
