@@ -38,11 +38,20 @@
 //!   dropped, `te: trailers` kept — `sluice_core::http2::request_fields`), the body DATA sent
 //!   within the stream's send window, chunked trailers HTTP/2 trailers. A write is pending
 //!   until the previous one went out: one read of the client's body waits per stream.
-//! - reads give the response as HTTP/1.1: the head (with `transfer-encoding: chunked` when the
-//!   response has no `content-length`), DATA as the body (as chunks then), HTTP/2 trailers as
-//!   chunked trailers. Receive window is given back to the upstream only as the request path
-//!   reads: a client that does not read stops its upstream stream after the stream window
-//!   ([`STREAM_WINDOW`]) plus one DATA frame.
+//! - the answer's head is **written, not formatted and parsed**: [`H2Upstream::poll_response_head`]
+//!   writes the HEADERS into the path's response buffer and `Head` with the core's
+//!   `sluice_core::http2::build_response_head` (the HTTP/1.1 layout every reader of a `Head`
+//!   works on, its spans, status, content length and framing recorded as written — with
+//!   `transfer-encoding: chunked` when the answer has no `content-length` and may have a body,
+//!   `content-length: 0` when its HEADERS ended the stream), equal span by span to what a parse
+//!   of those bytes gives (property-tested and fuzzed in the core). A head that parse would
+//!   refuse (a status outside 100..=599, conflicting lengths, a control character, over the
+//!   path's response limits) is refused the same way: a protocol error, answered 502. Interim
+//!   (1xx) answers never reach it: `h2` skips them.
+//! - reads then give the body as HTTP/1.1: DATA as it comes (as chunks when the head says
+//!   `chunked`), HTTP/2 trailers as chunked trailers. Receive window is given back to the
+//!   upstream only as the request path reads: a client that does not read stops its upstream
+//!   stream after the stream window ([`STREAM_WINDOW`]) plus one DATA frame.
 //!
 //! A stream dropped before its end (the client went away, a timeout, or an answer that ended
 //! while the request body was still being sent) is reset with RST_STREAM(CANCEL) by `h2`; its
@@ -70,9 +79,14 @@
 //! got a GOAWAY (it said which streams it processed) nor one that Sluice closed because a PING
 //! went unanswered (the upstream is hung, not gone).
 //!
-//! Cost per stream against HTTP/1.1: the `http::Request` / `HeaderMap` the `h2` crate takes, a
-//! copy of each body chunk into a `Bytes`, and the response head formatted as HTTP/1.1 and
-//! parsed again by the request path.
+//! Cost per stream against HTTP/1.1: the `http::Request` / `HeaderMap` the `h2` crate takes,
+//! **one head parse** — the request head the path wrote as HTTP/1.1, parsed back here into
+//! HEADERS (the answer's head is written, not parsed: there were two parses per stream before,
+//! a test counts them) —, the de-chunking of a body of unknown length the path framed as
+//! chunks, a copy of each body chunk into a `Bytes`, and the answer's head bytes copied once
+//! into the path's buffer. What remains to type: the request's HEADERS built from the path's
+//! typed head and its edit list (`sluice_core::l7::edits`) instead of the parse, and its body
+//! taken as pieces rather than in HTTP/1.1 framing.
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
