@@ -36,9 +36,7 @@ const METHODS: [Method; 8] = [
 fn is_lower_token(name: &[u8]) -> bool {
     !name.is_empty()
         && name.iter().all(|&b| {
-            b.is_ascii_lowercase()
-                || b.is_ascii_digit()
-                || b"!#$%&'*+-.^_`|~".contains(&b)
+            b.is_ascii_lowercase() || b.is_ascii_digit() || b"!#$%&'*+-.^_`|~".contains(&b)
         })
 }
 
