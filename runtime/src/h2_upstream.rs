@@ -38,11 +38,20 @@
 //!   dropped, `te: trailers` kept — `sluice_core::http2::request_fields`), the body DATA sent
 //!   within the stream's send window, chunked trailers HTTP/2 trailers. A write is pending
 //!   until the previous one went out: one read of the client's body waits per stream.
-//! - reads give the response as HTTP/1.1: the head (with `transfer-encoding: chunked` when the
-//!   response has no `content-length`), DATA as the body (as chunks then), HTTP/2 trailers as
-//!   chunked trailers. Receive window is given back to the upstream only as the request path
-//!   reads: a client that does not read stops its upstream stream after the stream window
-//!   ([`STREAM_WINDOW`]) plus one DATA frame.
+//! - the answer's head is **written, not formatted and parsed**: [`H2Upstream::poll_response_head`]
+//!   writes the HEADERS into the path's response buffer and `Head` with the core's
+//!   `sluice_core::http2::build_response_head` (the HTTP/1.1 layout every reader of a `Head`
+//!   works on, its spans, status, content length and framing recorded as written — with
+//!   `transfer-encoding: chunked` when the answer has no `content-length` and may have a body,
+//!   `content-length: 0` when its HEADERS ended the stream), equal span by span to what a parse
+//!   of those bytes gives (property-tested and fuzzed in the core). A head that parse would
+//!   refuse (a status outside 100..=599, conflicting lengths, a control character, over the
+//!   path's response limits) is refused the same way: a protocol error, answered 502. Interim
+//!   (1xx) answers never reach it: `h2` skips them.
+//! - reads then give the body as HTTP/1.1: DATA as it comes (as chunks when the head says
+//!   `chunked`), HTTP/2 trailers as chunked trailers. Receive window is given back to the
+//!   upstream only as the request path reads: a client that does not read stops its upstream
+//!   stream after the stream window ([`STREAM_WINDOW`]) plus one DATA frame.
 //!
 //! A stream dropped before its end (the client went away, a timeout, or an answer that ended
 //! while the request body was still being sent) is reset with RST_STREAM(CANCEL) by `h2`; its
@@ -70,9 +79,14 @@
 //! got a GOAWAY (it said which streams it processed) nor one that Sluice closed because a PING
 //! went unanswered (the upstream is hung, not gone).
 //!
-//! Cost per stream against HTTP/1.1: the `http::Request` / `HeaderMap` the `h2` crate takes, a
-//! copy of each body chunk into a `Bytes`, and the response head formatted as HTTP/1.1 and
-//! parsed again by the request path.
+//! Cost per stream against HTTP/1.1: the `http::Request` / `HeaderMap` the `h2` crate takes,
+//! **one head parse** — the request head the path wrote as HTTP/1.1, parsed back here into
+//! HEADERS (the answer's head is written, not parsed: there were two parses per stream before,
+//! a test counts them) —, the de-chunking of a body of unknown length the path framed as
+//! chunks, a copy of each body chunk into a `Bytes`, and the answer's head bytes copied once
+//! into the path's buffer. What remains to type: the request's HEADERS built from the path's
+//! typed head and its edit list (`sluice_core::l7::edits`) instead of the parse, and its body
+//! taken as pieces rather than in HTTP/1.1 framing.
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
@@ -91,10 +105,12 @@ use h2::{RecvStream, SendStream};
 use sluice_core::Instant;
 use sluice_core::config::Http2Keepalive;
 use sluice_core::http1::{
-    BodyFraming, Chunked, ChunkedDecoder, Head, Limits, Method, ParseStatus, parse_request,
-    write_trailers,
+    BodyFraming, Chunked, ChunkedDecoder, Head, HttpError, Limits, Method, ParseStatus,
+    parse_request, write_trailers,
 };
-use sluice_core::http2::{is_connection_specific, request_fields};
+use sluice_core::http2::{
+    ResponseHead, build_response_head, is_connection_specific, request_fields,
+};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use crate::stats::{PoolGauge, WorkerStats, bump, gauge_add};
@@ -701,6 +717,19 @@ fn refused(e: &h2::Error) -> bool {
         && (e.is_go_away() || (e.is_reset() && e.reason() == Some(h2::Reason::REFUSED_STREAM)))
 }
 
+#[cfg(test)]
+thread_local! {
+    /// Head parses on the upstream hop on this thread (a test's engine runs on its thread):
+    /// what a written head saves.
+    pub(crate) static UPSTREAM_HEAD_PARSES: Cell<u32> = const { Cell::new(0) };
+}
+
+/// Counts one parse of a head on the upstream hop (tests only).
+#[cfg(test)]
+pub(crate) fn note_head_parsed() {
+    UPSTREAM_HEAD_PARSES.with(|n| n.set(n.get() + 1));
+}
+
 /// Where the request stands.
 enum RequestState {
     /// The head is being gathered.
@@ -972,61 +1001,70 @@ impl H2Upstream {
         Ok(())
     }
 
-    /// Formats the response head as HTTP/1.1 into `out`; picks how the body is framed.
-    fn format_head(&mut self, response: &http::Response<RecvStream>, end: bool) {
-        use std::io::Write as _;
-        let status = response.status();
-        let _ = write!(
-            self.out,
-            "HTTP/1.1 {} {}\r\n",
-            status.as_u16(),
-            status.canonical_reason().unwrap_or("")
-        );
-        let headers = response.headers();
-        for (name, value) in headers {
-            if is_connection_specific(name.as_str().as_bytes()) {
-                continue;
+    /// The response head, once the upstream's HEADERS came: written as the HTTP/1.1 head the
+    /// request path reads (`sluice_core::http2::build_response_head`: the bytes given to
+    /// `into`, their spans, status and framing recorded in `rhead` as written, never parsed
+    /// back), as the answer to a request with `method`, under the path's response `limits`.
+    /// `Ok(Err(_))`: a head the parse of those bytes would refuse, with its error (answered
+    /// 502 as such). The body then follows through `poll_read`, as chunks when the head says
+    /// so (no `content-length`).
+    pub(crate) fn poll_response_head(
+        &mut self,
+        cx: &mut Context<'_>,
+        method: Method,
+        limits: &Limits,
+        rhead: &mut Head,
+        into: impl FnOnce(&[u8]),
+    ) -> Poll<io::Result<Result<(), HttpError>>> {
+        // The request's body may still be waiting for window (see `poll_read`).
+        let _ = self.poll_send(cx);
+        let Some(pending) = &mut self.response else {
+            return Poll::Ready(Err(io::Error::other("no response head awaited")));
+        };
+        let response = match Pin::new(pending).poll(cx) {
+            Poll::Pending => return Poll::Pending,
+            Poll::Ready(Ok(r)) => r,
+            Poll::Ready(Err(e)) => {
+                self.response = None;
+                return Poll::Ready(Err(self.error(e)));
             }
-            self.out.extend_from_slice(name.as_str().as_bytes());
-            self.out.extend_from_slice(b": ");
-            self.out.extend_from_slice(value.as_bytes());
-            self.out.extend_from_slice(b"\r\n");
+        };
+        self.response = None;
+        let end = response.body().is_end_stream();
+        let (parts, body) = response.into_parts();
+        self.finished = end;
+        self.recv = Some(body);
+        let answer = ResponseHead {
+            status: parts.status.as_u16(),
+            reason: parts.status.canonical_reason().unwrap_or("").as_bytes(),
+            fields: parts
+                .headers
+                .iter()
+                .map(|(name, value)| (name.as_str().as_bytes(), value.as_bytes())),
+            end_stream: end,
+        };
+        debug_assert!(self.out.is_empty());
+        self.out.clear();
+        self.out_at = 0;
+        if let Err(e) = build_response_head(&mut self.out, answer, method, limits, rhead) {
+            return Poll::Ready(Ok(Err(e)));
         }
-        let code = status.as_u16();
-        let bodiless = self.head.method() == Method::Head
-            || (100..200).contains(&code)
-            || code == 204
-            || code == 304;
-        self.body = ResponseBody::Raw;
-        if !bodiless && !headers.contains_key(http::header::CONTENT_LENGTH) {
-            if end {
-                self.out.extend_from_slice(b"content-length: 0\r\n");
-            } else {
-                self.out
-                    .extend_from_slice(b"transfer-encoding: chunked\r\n");
-                self.body = ResponseBody::Chunked;
-            }
-        }
-        self.out.extend_from_slice(b"\r\n");
+        self.body = if rhead.framing() == BodyFraming::Chunked {
+            ResponseBody::Chunked
+        } else {
+            ResponseBody::Raw
+        };
+        into(&self.out);
+        self.out.clear();
+        Poll::Ready(Ok(Ok(())))
     }
 
     /// Fills `out` with the next part of the response; `Ready(Ok(false))` at its end.
     fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<bool>> {
-        if let Some(response) = &mut self.response {
-            let response = match Pin::new(response).poll(cx) {
-                Poll::Pending => return Poll::Pending,
-                Poll::Ready(Ok(r)) => r,
-                Poll::Ready(Err(e)) => {
-                    self.response = None;
-                    return Poll::Ready(Err(self.error(e)));
-                }
-            };
-            self.response = None;
-            let end = response.body().is_end_stream();
-            self.format_head(&response, end);
-            self.finished = end;
-            self.recv = Some(response.into_body());
-            return Poll::Ready(Ok(true));
+        if self.response.is_some() {
+            // The path takes the head first (`poll_response_head`).
+            debug_assert!(false, "the response body read before its head");
+            return Poll::Ready(Err(io::Error::other("response body read before its head")));
         }
         let Some(recv) = &mut self.recv else {
             return Poll::Ready(Ok(false));
@@ -1125,6 +1163,8 @@ impl AsyncWrite for H2Upstream {
         }
         if matches!(this.state, RequestState::Head) {
             this.head_buf.extend_from_slice(data);
+            #[cfg(test)]
+            note_head_parsed();
             match parse_request(&this.head_buf, &REQUEST_LIMITS, &mut this.head) {
                 Ok(ParseStatus::Complete) => {}
                 Ok(ParseStatus::Partial) => return Poll::Ready(Ok(data.len())),
@@ -1419,5 +1459,225 @@ mod tests {
         assert_eq!(pool.connecting.borrow()[0][0].count, 1);
         drop(new);
         assert_eq!(pool.connecting.borrow()[0][0].count, 0);
+    }
+
+    /// What the raw HTTP/2 upstream of [`hop_through_the_proxy`] saw of each request: its
+    /// method and URI, then its fields in order, one `name: value` per line.
+    type Seen = Rc<RefCell<Vec<String>>>;
+
+    /// A raw HTTP/2 upstream on `l` that notes each request's HEADERS in `seen` and answers
+    /// per its path (`/0`, `/1`...: see [`hop_through_the_proxy`]).
+    async fn raw_h2_upstream(l: tokio::net::TcpListener, seen: Seen) {
+        loop {
+            let (s, _) = l.accept().await.unwrap();
+            let seen = seen.clone();
+            tokio::task::spawn_local(async move {
+                let Ok(mut conn) = h2::server::handshake(s).await else {
+                    return;
+                };
+                while let Some(Ok((request, mut respond))) = conn.accept().await {
+                    let mut noted = format!("{} {}\n", request.method(), request.uri());
+                    for (name, value) in request.headers() {
+                        noted.push_str(&format!(
+                            "{name}: {}\n",
+                            String::from_utf8_lossy(value.as_bytes())
+                        ));
+                    }
+                    seen.borrow_mut().push(noted);
+                    let case: usize = request.uri().path()[1..].parse().unwrap_or(0);
+                    let answer = |status: u16, fields: &[(&str, &str)]| {
+                        let mut r = http::Response::builder().status(status);
+                        for (n, v) in fields {
+                            r = r.header(*n, http::HeaderValue::from_bytes(v.as_bytes()).unwrap());
+                        }
+                        r.body(()).unwrap()
+                    };
+                    let data = |send: &mut SendStream<Bytes>, b: &'static [u8], end: bool| {
+                        send.send_data(Bytes::from_static(b), end).unwrap();
+                    };
+                    match case {
+                        // A length, and a value with whitespace around it.
+                        0 => {
+                            let mut send = respond
+                                .send_response(
+                                    answer(200, &[("content-length", "5"), ("x-pad", "  v ")]),
+                                    false,
+                                )
+                                .unwrap();
+                            data(&mut send, b"hello", true);
+                        }
+                        // No length: chunked for the HTTP/1.1 client.
+                        1 => {
+                            let mut send = respond
+                                .send_response(
+                                    answer(200, &[("content-type", "text/plain")]),
+                                    false,
+                                )
+                                .unwrap();
+                            data(&mut send, b"ab", false);
+                            data(&mut send, b"c", true);
+                        }
+                        // HEADERS that end the stream, no length.
+                        2 => {
+                            respond.send_response(answer(200, &[]), true).unwrap();
+                        }
+                        3 => {
+                            respond
+                                .send_response(answer(204, &[("x-a", "1")]), true)
+                                .unwrap();
+                        }
+                        // A status the HTTP/1.1 path refuses: 502.
+                        4 => {
+                            respond.send_response(answer(600, &[]), true).unwrap();
+                        }
+                        // gRPC: trailers.
+                        5 => {
+                            let mut send = respond
+                                .send_response(
+                                    answer(200, &[("content-type", "application/grpc")]),
+                                    false,
+                                )
+                                .unwrap();
+                            data(&mut send, b"\0\0\0\0\0", false);
+                            let mut trailers = http::HeaderMap::new();
+                            trailers.insert("grpc-status", http::HeaderValue::from_static("0"));
+                            send.send_trailers(trailers).unwrap();
+                        }
+                        // A HEAD answer keeps its length, without a body.
+                        _ => {
+                            respond
+                                .send_response(
+                                    answer(404, &[("content-length", "7"), ("set-cookie", "a=1")]),
+                                    true,
+                                )
+                                .unwrap();
+                        }
+                    }
+                }
+            });
+        }
+    }
+
+    /// Sends `request` (HTTP/1.1 text, `connection: close`) to the proxy at `at` and reads
+    /// the answer to its end.
+    async fn exchange(at: SocketAddr, request: &str) -> String {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        let mut c = tokio::net::TcpStream::connect(at).await.unwrap();
+        c.write_all(request.as_bytes()).await.unwrap();
+        let mut got = Vec::new();
+        tokio::time::timeout(Duration::from_secs(10), c.read_to_end(&mut got))
+            .await
+            .expect("answered in time")
+            .unwrap();
+        String::from_utf8_lossy(&got).into_owned()
+    }
+
+    /// An HTTP/1.1 request to a `protocol: http2` cluster, end to end through the engine: the
+    /// HEADERS the raw upstream sees (the route's edits, hop-by-hop fields dropped, `te:
+    /// trailers` kept, `Host` as `:authority`, cookies as sent), the answer head the client
+    /// gets for a table of upstream answers, and how many heads the hop parsed per stream.
+    #[test]
+    fn hop_through_the_proxy() {
+        crate::test_support::on_local_runtime(async {
+            let (up, up_at) = crate::test_support::bound();
+            let seen = Seen::default();
+            tokio::task::spawn_local(raw_h2_upstream(up, seen.clone()));
+            let (listener, at) = crate::test_support::bound();
+            let yaml = format!(
+                r#"
+listeners:
+  - name: web
+    address: {at}
+    http:
+      virtual_hosts:
+        - name: all
+          domains: ["*"]
+          routes:
+            - match: {{ prefix: / }}
+              route:
+                cluster: up
+                request_headers_to_add:
+                  - {{ name: x-added, value: by-route }}
+                request_headers_to_remove: [ x-drop ]
+clusters:
+  - name: up
+    protocol: http2
+    hosts: [ {{ address: "{up_at}" }} ]
+"#
+            );
+            let _engine = crate::test_support::serve(&yaml, listener);
+            let request = |path: &str, method: &str| {
+                format!(
+                    "{method} /{path}?q=1 HTTP/1.1\r\nHost: svc.local:8080\r\nCookie: a=1\r\n\
+                     Cookie: b=2\r\nx-drop: no\r\nconnection: close, x-hop\r\nx-hop: 1\r\n\
+                     keep-alive: 5\r\nte: trailers\r\nx-request-id: r1\r\nx-kept:  v \r\n\r\n"
+                )
+            };
+            let cases: &[(&str, &str, &str)] = &[
+                (
+                    "0",
+                    "GET",
+                    "HTTP/1.1 200 OK\r\ncontent-length: 5\r\nx-pad: v\r\nconnection: close\r\n\r\nhello",
+                ),
+                (
+                    "1",
+                    "GET",
+                    "HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ntransfer-encoding: chunked\r\n\
+                     connection: close\r\n\r\n2\r\nab\r\n1\r\nc\r\n0\r\n\r\n",
+                ),
+                (
+                    "2",
+                    "GET",
+                    "HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
+                ),
+                (
+                    "3",
+                    "GET",
+                    "HTTP/1.1 204 No Content\r\nx-a: 1\r\nconnection: close\r\n\r\n",
+                ),
+                ("4", "GET", "HTTP/1.1 502 Bad Gateway\r\n"),
+                (
+                    "5",
+                    "POST",
+                    "HTTP/1.1 200 OK\r\ncontent-type: application/grpc\r\n\
+                     transfer-encoding: chunked\r\nconnection: close\r\n\r\n5\r\n\0\0\0\0\0\r\n0\r\n\
+                     grpc-status: 0\r\n\r\n",
+                ),
+                (
+                    "6",
+                    "HEAD",
+                    "HTTP/1.1 404 Not Found\r\ncontent-length: 7\r\nset-cookie: a=1\r\n\
+                     connection: close\r\n\r\n",
+                ),
+            ];
+            for (path, method, want) in cases {
+                UPSTREAM_HEAD_PARSES.with(|n| n.set(0));
+                let got = exchange(at, &request(path, method)).await;
+                if path == &"4" {
+                    assert!(got.starts_with(want), "{path}: {got:?}");
+                } else {
+                    assert_eq!(&got, want, "answer {path}");
+                }
+                // Per stream: the request head the path wrote, parsed back by the adapter.
+                assert_eq!(
+                    UPSTREAM_HEAD_PARSES.with(Cell::get),
+                    1,
+                    "head parses, answer {path}"
+                );
+            }
+            let seen = seen.borrow();
+            assert_eq!(seen.len(), cases.len());
+            let want = "GET http://svc.local:8080/0?q=1\n\
+                        cookie: a=1\n\
+                        cookie: b=2\n\
+                        x-request-id: r1\n\
+                        x-kept: v\n\
+                        x-forwarded-for: 127.0.0.1\n\
+                        x-forwarded-proto: http\n\
+                        x-added: by-route\n\
+                        te: trailers\n";
+            let first = &seen[0];
+            assert_eq!(first, want);
+        });
     }
 }

@@ -124,7 +124,7 @@ mod tests;
 use std::fmt;
 use std::ops::Range;
 
-pub use assemble::RequestHeadWriter;
+pub use assemble::{RequestHeadWriter, ResponseHeadWriter};
 pub use chunked::{Chunked, ChunkedDecoder, MAX_CHUNK_EXTENSION_BYTES};
 pub use parse::{parse_request, parse_response};
 pub use write::{

@@ -151,6 +151,22 @@ pub fn parse_response(
     head.version = version(minor, MSG)?;
     head.status = code;
 
+    response_semantics(head, &scan, request_method)?;
+    head.debug_check(buf.len(), limits);
+    Ok(ParseStatus::Complete)
+}
+
+/// What a response head's fields mean, once its lines were read (by [`parse_response`] or
+/// written by [`super::ResponseHeadWriter`]) and its version and status set: the framing (RFC
+/// 9112 §6.3, see [`parse_response`]), the content length, the connection semantics — or the
+/// framing error. One rule for the parsed and the written head.
+pub(super) fn response_semantics(
+    head: &mut Head,
+    scan: &Scan,
+    request_method: Method,
+) -> Result<(), HttpError> {
+    const MSG: Message = Message::Response;
+    let code = head.status;
     let tunnel = request_method == Method::Connect && (200..300).contains(&code);
     if !tunnel {
         let te = scan.te_lines > 0;
@@ -198,8 +214,7 @@ pub fn parse_response(
         };
     head.upgrade = http11 && code == 101 && scan.upgrade_token && scan.upgrade_header;
     head.connection_options = scan.connection_options;
-    head.debug_check(buf.len(), limits);
-    Ok(ParseStatus::Complete)
+    Ok(())
 }
 
 /// Where the line syntax failed: the kinds of error `httparse` told apart, which decide the
@@ -805,7 +820,7 @@ impl TeState {
 
 /// What the field lines say, gathered in one pass.
 #[derive(Default)]
-struct Scan {
+pub(super) struct Scan {
     hosts: u32,
     host: Option<Range<usize>>,
     cl: ClState,
@@ -821,7 +836,7 @@ struct Scan {
 
 impl Scan {
     /// Folds one field line in.
-    fn add(&mut self, known: Known, value: &[u8], value_span: &Range<usize>) {
+    pub(super) fn add(&mut self, known: Known, value: &[u8], value_span: &Range<usize>) {
         match known {
             Known::Host => {
                 self.hosts += 1;

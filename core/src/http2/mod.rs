@@ -1,6 +1,7 @@
 //! HTTP/2 semantics the proxy needs beside the `h2` crate (which the runtime uses for framing,
 //! HPACK and flow control): recognizing a connection's client preface, checking a request head
-//! and writing it as the `http1::Head` the request path reads ([`request_head`]), translating
+//! and writing it as the `http1::Head` the request path reads ([`request_head`]), writing an
+//! upstream's answer as the `Head` the path reads ([`response_head`]), translating
 //! message heads between HTTP/2 and the HTTP/1.1 the upstream path speaks ([`translate`]), Envoy's
 //! rule against clients that reset their streams prematurely ([`premature`]), and spotting a
 //! client's GOAWAY in its inbound bytes ([`goaway`]).
@@ -11,9 +12,11 @@
 pub mod goaway;
 pub mod premature;
 pub mod request_head;
+pub mod response_head;
 pub mod translate;
 
 pub use request_head::{RequestHeadError, build_request_head};
+pub use response_head::{ResponseHead, build_response_head};
 pub use translate::{
     BodyLength, ContentLengthCheck, TranslateError, is_connection_specific, request_fields,
     request_to_http1, response_fields, te_wants_trailers,

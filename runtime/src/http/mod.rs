@@ -199,6 +199,26 @@ impl ReadBuffer {
         self.end - self.start
     }
 
+    /// Appends `bytes` after the unconsumed ones (making room first): an HTTP/2 upstream's
+    /// answer head, written rather than read (`wire.rs`).
+    fn extend(&mut self, bytes: &[u8]) {
+        if self.data.len() - self.end < bytes.len() {
+            if self.start > 0 {
+                self.data.copy_within(self.start..self.end, 0);
+                self.end -= self.start;
+                self.start = 0;
+            }
+            if self.data.len() - self.end < bytes.len() {
+                let grown = (self.end + bytes.len())
+                    .max(self.data.len() * 2)
+                    .max(READ_CHUNK);
+                self.data.resize(grown, 0);
+            }
+        }
+        self.data[self.end..self.end + bytes.len()].copy_from_slice(bytes);
+        self.end += bytes.len();
+    }
+
     fn is_empty(&self) -> bool {
         self.start == self.end
     }

@@ -6,6 +6,8 @@
 //! route's and the listener's edits ([`write_downstream_head`]).
 
 use std::cell::Cell;
+use std::future::poll_fn;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use sluice_core::config::header_format::{FormatContext, RequestLine};
@@ -14,7 +16,7 @@ use sluice_core::config::http::{
     upgrade_allowed,
 };
 use sluice_core::http1::{
-    Head, HeadEdits, Limits, Method, ParseStatus, TargetForm, Version, parse_response,
+    Head, HeadEdits, HttpError, Limits, Method, ParseStatus, TargetForm, Version, parse_response,
     write_request_head,
 };
 use sluice_core::http2::te_wants_trailers;
@@ -31,11 +33,13 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use super::body::{Detach, RequestBody, UploadFault, fault_of, stream_request_body};
 use super::respond::{ForwardedHead, Respond, stage_head};
 use super::stream::Forwarding;
+use super::upstream::Upstream;
 use super::{ReadBuffer, Scratch, downstream_protocol, hostname, write_flushed};
 use crate::engine::Engine;
 use crate::h2_upstream::is_refused;
 use crate::net::Network;
 use crate::now;
+use crate::shared_io::Shared;
 
 /// Limits for upstream response heads.
 const RESPONSE_LIMITS: Limits = Limits {
@@ -145,10 +149,26 @@ pub(super) async fn read_response_head<U>(
     too_many_interim: &mut bool,
 ) -> Result<(), TryFailure>
 where
-    U: AsyncRead + Unpin,
+    U: ResponseSource,
 {
+    if up.writes_head() {
+        // An HTTP/2 stream: its answer's head is written into `ubuf` and `rhead` as it came,
+        // not parsed (`h2` skips interim answers; a refused one is as a parse refusal).
+        debug_assert!(ubuf.is_empty());
+        return match poll_fn(|cx| up.poll_written_head(cx, ubuf, rhead, method)).await {
+            Ok(Ok(())) => final_head(ubuf, rhead, upgrade),
+            Ok(Err(_)) => Err(TryFailure::ProtocolError),
+            Err(e) if is_refused(&e) => Err(TryFailure::Refused),
+            Err(_) => Err(TryFailure::Closed {
+                request_written: true,
+                reused: false,
+            }),
+        };
+    }
     let mut interim = 0;
     loop {
+        #[cfg(test)]
+        crate::h2_upstream::note_head_parsed();
         match parse_response(ubuf.bytes(), method, &RESPONSE_LIMITS, rhead) {
             Ok(ParseStatus::Complete) => {
                 let status = rhead.status();
@@ -161,19 +181,7 @@ where
                     ubuf.consume(rhead.head_len());
                     continue;
                 }
-                if status == 101 {
-                    // Switching protocols for a request that asked for no upgrade, or to a
-                    // protocol the listener does not tunnel: the connection would carry
-                    // something neither side agreed on.
-                    let Some((types, route)) = upgrade else {
-                        return Err(TryFailure::ProtocolError);
-                    };
-                    let switched_to = rhead.header_values(ubuf.bytes(), "upgrade");
-                    if !upgrade_allowed(types, route, switched_to) {
-                        return Err(TryFailure::ProtocolError);
-                    }
-                }
-                return Ok(());
+                return final_head(ubuf, rhead, upgrade);
             }
             Ok(ParseStatus::Partial) => {}
             Err(_) => return Err(TryFailure::ProtocolError),
@@ -188,6 +196,72 @@ where
                 });
             }
             Ok(_) => {}
+        }
+    }
+}
+
+/// The checks of a final answer's head: a 101 to a request that asked for no upgrade
+/// (`upgrade` `None`) is a protocol error, and so is one to a protocol the listener's
+/// `upgrade_types` and the route's `upgrade_configs` (`upgrade`'s value) do not allow.
+fn final_head(
+    ubuf: &ReadBuffer,
+    rhead: &Head,
+    upgrade: Option<(Option<&[String]>, &[RouteUpgrade])>,
+) -> Result<(), TryFailure> {
+    if rhead.status() == 101 {
+        // Switching protocols for a request that asked for no upgrade, or to a protocol the
+        // listener does not tunnel: the connection would carry something neither side
+        // agreed on.
+        let Some((types, route)) = upgrade else {
+            return Err(TryFailure::ProtocolError);
+        };
+        let switched_to = rhead.header_values(ubuf.bytes(), "upgrade");
+        if !upgrade_allowed(types, route, switched_to) {
+            return Err(TryFailure::ProtocolError);
+        }
+    }
+    Ok(())
+}
+
+/// An upstream a response head is read from: an HTTP/1.1 connection's bytes, parsed, or an
+/// HTTP/2 stream, whose head is written as it came
+/// ([`crate::h2_upstream::H2Upstream::poll_response_head`]).
+pub(super) trait ResponseSource: AsyncRead + Unpin {
+    /// Whether the head comes written ([`ResponseSource::poll_written_head`]), not as bytes.
+    fn writes_head(&self) -> bool;
+
+    /// The head written into `ubuf` (empty) and `rhead`, as the answer to a request with
+    /// `method`; `Ok(Err(_))`: a head the parse would refuse.
+    fn poll_written_head(
+        &mut self,
+        cx: &mut Context<'_>,
+        ubuf: &mut ReadBuffer,
+        rhead: &mut Head,
+        method: Method,
+    ) -> Poll<std::io::Result<Result<(), HttpError>>>;
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> ResponseSource for Shared<'_, &mut Upstream<S>> {
+    fn writes_head(&self) -> bool {
+        matches!(**self.0.borrow(), Upstream::Http2(_))
+    }
+
+    fn poll_written_head(
+        &mut self,
+        cx: &mut Context<'_>,
+        ubuf: &mut ReadBuffer,
+        rhead: &mut Head,
+        method: Method,
+    ) -> Poll<std::io::Result<Result<(), HttpError>>> {
+        match &mut **self.0.borrow_mut() {
+            Upstream::Http2(h2) => {
+                h2.poll_response_head(cx, method, &RESPONSE_LIMITS, rhead, |head| {
+                    ubuf.extend(head);
+                })
+            }
+            Upstream::Http1(_) => Poll::Ready(Err(std::io::Error::other(
+                "an HTTP/1.1 upstream's head is parsed",
+            ))),
         }
     }
 }
