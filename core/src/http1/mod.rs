@@ -114,10 +114,20 @@ pub mod conn;
 mod parse;
 mod write;
 
-#[cfg(test)]
+#[cfg(any(test, feature = "reference-parser"))]
+#[cfg_attr(not(test), allow(dead_code))]
 mod reference;
-#[cfg(test)]
+#[cfg(any(test, feature = "reference-parser"))]
 mod reference_parse;
+/// The head parser as it was before the one-pass one (`httparse` finds the lines, then the
+/// strict byte scan and the field classification walk the head again), kept as the reference
+/// that the differential fuzz target `http1_differential` compares [`parse_request`] and
+/// [`parse_response`] with: the same outcome and the same [`Head`] for every input. Only with
+/// the non-default feature `reference-parser` (fuzz/ enables it); the unit tests use it too.
+#[cfg(feature = "reference-parser")]
+pub mod reference_parser {
+    pub use super::reference_parse::{parse_request, parse_response};
+}
 #[cfg(test)]
 mod tests;
 

@@ -18,7 +18,9 @@ use super::{
 /// parse restarts from the first byte; `head` holds nothing meaningful meanwhile). `Complete`
 /// means `head` describes `buf[..head.head_len()]`. Errors are final: answer
 /// [`HttpError::status`] and close the connection.
-pub(super) fn parse_request(
+// `pub` for `http1::reference_parser` (feature `reference-parser`, the fuzz target).
+#[allow(unreachable_pub)]
+pub fn parse_request(
     buf: &[u8],
     limits: &Limits,
     head: &mut Head,
@@ -109,7 +111,9 @@ pub(super) fn parse_request(
 /// either for a 2xx to CONNECT (the connection becomes a tunnel; its Content-Length and
 /// Transfer-Encoding are ignored); then chunked when `chunked` is the final transfer coding,
 /// close-delimited for any other transfer coding, the Content-Length, or close-delimited.
-pub(super) fn parse_response(
+// `pub` for `http1::reference_parser` (feature `reference-parser`, the fuzz target).
+#[allow(unreachable_pub)]
+pub fn parse_response(
     buf: &[u8],
     request_method: Method,
     limits: &Limits,

@@ -44,7 +44,7 @@
 //! request is in flight. They come from the worker's pool ([`crate::bufpool`]) with a request's
 //! first byte; when a response is out and the next request is not there yet (a read would
 //! wait), they go back, and the wait for the next request borrows a read buffer from the pool
-//! for each poll only (`ReadBuffer::fill_first`: no buffer held while idle, no extra read). A
+//! for each poll only (`ReadBuffer::poll_fill_first`: no buffer held while idle, no extra read). A
 //! busy connection (pipelined or back-to-back requests) keeps them.
 //!
 //! Parking (issue 15): the connection's task holds only [`Engine::http_connection`]'s small
@@ -237,45 +237,52 @@ impl ReadBuffer {
         self.end = 0;
     }
 
-    /// Like [`ReadBuffer::fill`], but while it holds no buffer it waits for the first bytes
+    /// Polls a read like [`ReadBuffer::fill`]'s, but while it holds no buffer it waits for the first bytes
     /// without keeping one: each poll borrows a buffer from `pool` for the read itself and gives
     /// it back when nothing came, so a connection that sends nothing, or is idle between
     /// requests, holds none — and a request costs no extra read (a one-byte read on the stack
     /// first cost one more `read` per request on a keep-alive connection).
-    async fn fill_first<R: AsyncRead + Unpin>(
+    fn poll_fill_first<R: AsyncRead + Unpin>(
         &mut self,
         r: &mut R,
         pool: &BufPool,
-    ) -> io::Result<usize> {
+        cx: &mut std::task::Context<'_>,
+    ) -> Poll<io::Result<usize>> {
         if !self.data.is_empty() {
-            return self.fill(r).await;
-        }
-        poll_fn(|cx| {
-            let mut buf = pool.take_read();
-            let mut rb = ReadBuf::new(&mut buf);
-            match Pin::new(&mut *r).poll_read(cx, &mut rb) {
+            self.make_room();
+            let mut rb = ReadBuf::new(&mut self.data[self.end..]);
+            return match Pin::new(&mut *r).poll_read(cx, &mut rb) {
                 Poll::Ready(Ok(())) => {
                     let n = rb.filled().len();
-                    if n == 0 {
-                        pool.untake_read(buf);
-                    } else {
-                        self.data = buf;
-                        self.start = 0;
-                        self.end = n;
-                    }
+                    self.end += n;
                     Poll::Ready(Ok(n))
                 }
-                Poll::Ready(Err(e)) => {
+                other => other.map(|r| r.map(|()| 0)),
+            };
+        }
+        let mut buf = pool.take_read();
+        let mut rb = ReadBuf::new(&mut buf);
+        match Pin::new(&mut *r).poll_read(cx, &mut rb) {
+            Poll::Ready(Ok(())) => {
+                let n = rb.filled().len();
+                if n == 0 {
                     pool.untake_read(buf);
-                    Poll::Ready(Err(e))
+                } else {
+                    self.data = buf;
+                    self.start = 0;
+                    self.end = n;
                 }
-                Poll::Pending => {
-                    pool.untake_read(buf);
-                    Poll::Pending
-                }
+                Poll::Ready(Ok(n))
             }
-        })
-        .await
+            Poll::Ready(Err(e)) => {
+                pool.untake_read(buf);
+                Poll::Ready(Err(e))
+            }
+            Poll::Pending => {
+                pool.untake_read(buf);
+                Poll::Pending
+            }
+        }
     }
 
     /// Whether it holds a buffer.
@@ -301,8 +308,8 @@ impl ReadBuffer {
         }
     }
 
-    /// Reads once more into the buffer (making room first); returns bytes read (0 = EOF).
-    async fn fill<R: AsyncRead + Unpin>(&mut self, r: &mut R) -> io::Result<usize> {
+    /// Room after the unconsumed bytes for a read: they move to the front, or the buffer grows.
+    fn make_room(&mut self) {
         if self.end == self.data.len() {
             if self.start > 0 {
                 self.data.copy_within(self.start..self.end, 0);
@@ -313,6 +320,11 @@ impl ReadBuffer {
                 self.data.resize(grown, 0);
             }
         }
+    }
+
+    /// Reads once more into the buffer (making room first); returns bytes read (0 = EOF).
+    async fn fill<R: AsyncRead + Unpin>(&mut self, r: &mut R) -> io::Result<usize> {
+        self.make_room();
         let n = r.read(&mut self.data[self.end..]).await?;
         self.end += n;
         Ok(n)
@@ -737,7 +749,11 @@ impl<N: Network> Engine<N> {
         }
         let mut sniffed = Vec::new();
         let initial = if alpn == Alpn::None && crate::http2::accepts_http2(hc.codec) {
-            match crate::http2::sniff(self, &mut down, initial, hc).await {
+            // Boxed while it runs (once per connection, at its start): laid out inline, the
+            // sniff's state (its timer, drain watches and read) would be room in the
+            // connection's future for the connection's whole life (issue 15).
+            let sniff = Box::pin(crate::http2::sniff(self, &mut down, initial, hc));
+            match sniff.await {
                 crate::http2::Sniffed::Http2(preface) => {
                     return Box::pin(self.http2_connection(
                         listener,
@@ -811,12 +827,24 @@ impl<N: Network> Engine<N> {
         // Nothing allocated once the first bytes are in outlives the request path's state:
         // what a parked connection frees is then whole, not holes between live chunks.
         drop(std::mem::take(&mut sniffed));
+        // The parked wait's drain notification and timer (see `await_request`), made here
+        // once: the engine had not stopped before `is_stopping` is read in each wait. The
+        // request path keeps its own while it runs.
+        let mut stop = std::pin::pin!(self.lifecycle.stop_accepting());
+        let mut timer =
+            std::pin::pin!(tokio::time::sleep_until(deadline_of(policy.poll_timeout())));
         // `Some(awaiting_response)` when the drain deadline passed (see above), else `None`.
         let drained = loop {
             if rbuf.is_empty() {
                 // Parked, or nothing sent yet: the wait for a request's first byte holds
                 // only this function's small state.
-                let wait = self.await_first_request(&mut down, &mut rbuf, &mut policy);
+                let wait = self.await_request(
+                    &mut down,
+                    &mut rbuf,
+                    &mut policy,
+                    stop.as_mut(),
+                    timer.as_mut(),
+                );
                 let waited = tokio::select! {
                     biased;
                     () = expired.as_mut() => break Some(false),
@@ -947,7 +975,7 @@ impl<N: Network> Engine<N> {
             let lstats = self.listener_stats(listener);
             // Between requests: a connection whose next request is not there yet (a read would
             // wait) is idle and gives its buffers back; a busy one (pipelined or back-to-back
-            // requests) keeps them. The idle wait is `fill_first` (a buffer borrowed per poll).
+            // requests) keeps them. The idle wait is `poll_fill_first` (a buffer borrowed per poll).
             if rbuf.is_empty() && rbuf.is_allocated() {
                 let read = poll_fn(|cx| {
                     let mut fill = std::pin::pin!(rbuf.fill(&mut *down));
@@ -1157,22 +1185,9 @@ impl<N: Network> Engine<N> {
         }
     }
 
-    /// [`Engine::await_request`] with waits of its own (a parked connection, or one that has
-    /// sent nothing yet: they live only as long as this wait).
-    async fn await_first_request(
-        &self,
-        down: &mut Downstream<N::Stream>,
-        rbuf: &mut ReadBuffer,
-        policy: &mut ConnectionPolicy,
-    ) -> Waited {
-        let stop = std::pin::pin!(self.lifecycle.stop_accepting());
-        let timer = std::pin::pin!(tokio::time::sleep_until(deadline_of(policy.poll_timeout())));
-        self.await_request(down, rbuf, policy, stop, timer).await
-    }
-
     /// Waits for a request's first byte into `rbuf` (which holds no buffer meanwhile: see
-    /// [`ReadBuffer::fill_first`]), until the policy's deadline: the first request's from the
-    /// accept, the idle timeout, or the drain grace — and, after a response, until the park
+    /// [`ReadBuffer::poll_fill_first`]), until the policy's deadline: the first request's from
+    /// the accept, the idle timeout, or the drain grace — and, after a response, until the park
     /// (see sluice_core::http1::conn). Only a connection's task polls it.
     ///
     /// `stop` (the engine's `stop_accepting`, made before the engine could have stopped) and
@@ -1182,44 +1197,56 @@ impl<N: Network> Engine<N> {
     /// taken out when dropped — per request, ~400 instructions (BENCHMARKS.md). A kept timer
     /// whose deadline moves later is only re-armed (tokio's `reset` extends a registered entry
     /// in place; the wheel re-files it when its old slot comes up).
-    async fn await_request(
-        &self,
-        down: &mut Downstream<N::Stream>,
-        rbuf: &mut ReadBuffer,
-        policy: &mut ConnectionPolicy,
-        mut stop: Pin<&mut Notified<'_>>,
-        mut timer: Pin<&mut Sleep>,
-    ) -> Waited {
-        loop {
-            let draining = self.lifecycle.is_stopping();
-            let deadline = deadline_of(policy.poll_timeout());
-            if timer.deadline() != deadline {
-                timer.as_mut().reset(deadline);
-            }
-            let read = tokio::select! {
-                biased;
-                () = stop.as_mut(), if !draining => {
+    ///
+    /// One `poll_fn` (a `biased` select of the drain notification, the timer and the read,
+    /// written out) rather than an `async fn` around a `select!`: a parked connection's future
+    /// holds this wait, and its state is then only the borrows it polls through, not each
+    /// layer's copies of them (issue 15: `connection_sizes`).
+    fn await_request<'w>(
+        &'w self,
+        down: &'w mut Downstream<N::Stream>,
+        rbuf: &'w mut ReadBuffer,
+        policy: &'w mut ConnectionPolicy,
+        mut stop: Pin<&'w mut Notified<'_>>,
+        mut timer: Pin<&'w mut Sleep>,
+    ) -> impl Future<Output = Waited> + 'w {
+        // Whether the engine was stopping when this wait began or last went round (a
+        // `select!`'s condition on the drain branch): the drain notification counts once.
+        let mut draining = self.lifecycle.is_stopping();
+        poll_fn(move |cx| {
+            loop {
+                let deadline = deadline_of(policy.poll_timeout());
+                if timer.deadline() != deadline {
+                    timer.as_mut().reset(deadline);
+                }
+                if !draining && stop.as_mut().poll(cx).is_ready() {
                     policy.handle_drain(now());
+                    draining = self.lifecycle.is_stopping();
                     continue;
                 }
-                () = timer.as_mut() => {
+                if timer.as_mut().poll(cx).is_ready() {
                     match policy.handle_timeout(now()) {
-                        None => continue,
-                        Some(Expired::Park) => return Waited::Park,
-                        Some(Expired::FirstByteTimeout) => return Waited::FirstByteTimeout,
-                        Some(_) => return Waited::Closed,
+                        None => {
+                            draining = self.lifecycle.is_stopping();
+                            continue;
+                        }
+                        Some(Expired::Park) => return Poll::Ready(Waited::Park),
+                        Some(Expired::FirstByteTimeout) => {
+                            return Poll::Ready(Waited::FirstByteTimeout);
+                        }
+                        Some(_) => return Poll::Ready(Waited::Closed),
                     }
                 }
-                r = rbuf.fill_first(down, &self.http_buffers) => r,
-            };
-            return match read {
-                Ok(0) | Err(_) => {
-                    policy.handle_closed();
-                    Waited::Closed
-                }
-                Ok(_) => Waited::Bytes,
-            };
-        }
+                return match rbuf.poll_fill_first(&mut *down, &self.http_buffers, cx) {
+                    Poll::Pending => Poll::Pending,
+                    Poll::Ready(Ok(0) | Err(_)) => {
+                        policy.handle_closed();
+                        Poll::Ready(Waited::Closed)
+                    }
+                    Poll::Ready(Ok(_)) => Poll::Ready(Waited::Bytes),
+                };
+            }
+        })
     }
 
     /// Reads a request head into `head` (waiting for its first byte with `stop` and `timer`,
@@ -2031,6 +2058,13 @@ listeners:
         });
     }
 
+    /// The most an HTTP/1.1 connection's future (what a parked connection, or one that sent
+    /// nothing, holds besides its task and socket) may take, in a debug build: 928 B when this
+    /// was written. The HTTP/2 sniff is boxed while it runs, and the wait for a request is one
+    /// `poll_fn` over the connection's own drain watch and timer (issue 15: with the sniff
+    /// inline and the wait an `async fn` making its own, it took 1,096 B).
+    const HTTP1_CONNECTION_FUTURE_MAX: usize = 960;
+
     /// What an HTTP/1.1 connection holds while it has sent nothing or is parked: its
     /// connection future (boxed at accept), which does not lay out the request path's state
     /// (boxed apart, made with a request's first bytes). Printed for BENCHMARKS.md
@@ -2098,6 +2132,10 @@ listeners:
                 std::mem::size_of::<sluice_core::http1::Head>(),
                 std::mem::size_of::<ConnectionPolicy>(),
                 std::mem::size_of::<super::ReadBuffer>(),
+            );
+            assert!(
+                connection_size <= HTTP1_CONNECTION_FUTURE_MAX,
+                "a parked HTTP/1.1 connection's future is {connection_size} B (at most {HTTP1_CONNECTION_FUTURE_MAX})"
             );
             // The point of the split: a waiting connection does not hold the request path.
             assert!(
