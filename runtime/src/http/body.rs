@@ -101,10 +101,7 @@ pub(super) async fn buffer_body<D: Respond>(
                     break;
                 }
                 // A `content-length` payload goes as it is; chunks keep the client's sizes.
-                let (starts, ends) = match body.length {
-                    Some(_) => (None, false),
-                    None => body.chunk_bounds(data),
-                };
+                let (starts, ends) = body.chunk_bounds(data);
                 if let Some(size) = starts {
                     out.extend_from_slice(framer.size_line(size));
                 }
@@ -467,9 +464,14 @@ impl RequestBody {
 
     /// Where the current data piece `data` lies in the client's chunks, for framing a body of
     /// unknown length: the size of the chunk it starts, if it starts one, and whether it ends
-    /// its chunk. A typed piece (an HTTP/2 DATA frame's payload) is a chunk of its own.
+    /// its chunk. A typed piece (an HTTP/2 DATA frame's payload) is a chunk of its own. A
+    /// `content-length` body is never chunk-framed, whoever asks: `(None, false)` (framing its
+    /// pieces as chunks would send the upstream bytes past the length it was told — another
+    /// request smuggled after the body).
     pub(super) fn chunk_bounds(&self, data: &[u8]) -> (Option<u64>, bool) {
-        if self.typed {
+        if self.length.is_some() {
+            (None, false)
+        } else if self.typed {
             (Some(data.len() as u64), true)
         } else {
             (self.chunk_starts, self.chunk_ends)
@@ -729,7 +731,9 @@ where
         )
         .await??;
         let framed = match body.piece(rbuf, head_len) {
-            Piece::Data(data) if chunked => {
+            Piece::Data(data) => {
+                // A `content-length` payload goes as it is (no bounds); chunks keep the
+                // client's sizes.
                 let (starts, ends) = body.chunk_bounds(data);
                 let mut n = data.len();
                 if let Some(size) = starts {
@@ -743,10 +747,6 @@ where
                     n += 2;
                 }
                 n
-            }
-            Piece::Data(data) => {
-                send_kept(up, data, &mut copy).await?;
-                data.len()
             }
             // An end before the content-length is the stream's error (HTTP/2) or the
             // decoder's (HTTP/1.1 reads until it): not reached.

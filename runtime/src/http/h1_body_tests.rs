@@ -334,3 +334,63 @@ fn an_http2_content_length_body_goes_upstream_as_it_is() {
         conn.abort();
     });
 }
+
+/// An HTTP/2 client's `content-length` body in many DATA frames goes upstream as it is, held
+/// (all of it here with the head) or streamed (its start goes before the client sends the
+/// rest): the upstream reads exactly the payload and nothing after it — no chunk framing of a
+/// frame, which would put bytes past the length on the pooled connection, read as the next
+/// request — and the next request on the connection parses cleanly.
+#[test]
+fn an_http2_content_length_body_in_many_frames_goes_upstream_as_it_is() {
+    on_local_runtime(async {
+        let (up, up_at) = bound();
+        let (tx, mut requests) = unbounded_channel();
+        let (reads_tx, mut reads) = unbounded_channel();
+        tokio::task::spawn_local(whole_request_upstream(up, tx, reads_tx));
+        let (listener, at) = bound();
+        let yaml = CONFIG
+            .replace("{at}", &at.to_string())
+            .replace("{up_at}", &up_at.to_string());
+        let _engine = serve(&yaml, listener);
+        let tcp = tokio::net::TcpStream::connect(at).await.unwrap();
+        let (client, conn) = h2::client::handshake(tcp).await.unwrap();
+        let conn = tokio::task::spawn_local(conn);
+        let frames = ["alpha", "bravo", "charlie", "delta", "echo", "foxtrot"];
+        let payload = frames.concat();
+        for (path, streamed) in [("/held", false), ("/streamed", true)] {
+            let mut client = client.clone().ready().await.unwrap();
+            let request = http::Request::post(format!("http://svc{path}"))
+                .header("content-length", payload.len().to_string())
+                .body(())
+                .unwrap();
+            let (response, mut body) = client.send_request(request, false).unwrap();
+            for (i, frame) in frames.iter().enumerate() {
+                if streamed && i == 3 {
+                    // The first frames went upstream before the rest is sent: it streams.
+                    upstream_got(&mut reads, &mut Vec::new(), &frames[..3].concat()).await;
+                }
+                body.send_data(bytes::Bytes::from_static(frame.as_bytes()), i == 5)
+                    .unwrap();
+            }
+            let response = tokio::time::timeout(Duration::from_secs(10), response)
+                .await
+                .expect("answered in time")
+                .unwrap();
+            assert_eq!(response.status(), 200);
+            let line = format!("POST {path} HTTP/1.1");
+            assert_eq!(next_body(&mut requests, &line).await, payload);
+            // The next request on the upstream connection: a clean request line, no body.
+            let mut client = client.ready().await.unwrap();
+            let get = http::Request::get("http://svc/next").body(()).unwrap();
+            let (response, _) = client.send_request(get, true).unwrap();
+            let response = tokio::time::timeout(Duration::from_secs(10), response)
+                .await
+                .expect("answered in time")
+                .unwrap();
+            assert_eq!(response.status(), 200);
+            assert_eq!(next_body(&mut requests, "GET /next HTTP/1.1").await, "");
+        }
+        conn.abort();
+    });
+}
+
