@@ -198,6 +198,19 @@ thread_local! {
     pub(crate) static REQUEST_CHUNK_BYTES_SCANNED: Cell<u64> = const { Cell::new(0) };
 }
 
+#[cfg(test)]
+thread_local! {
+    /// Writes this thread's request-body uploads made to their upstreams (to show that a body
+    /// of many small pieces costs a write per batch of them, not per piece).
+    pub(crate) static UPLOAD_WRITES: Cell<u64> = const { Cell::new(0) };
+}
+
+/// Counts a write of a request body upstream (tests only).
+fn note_upload_write() {
+    #[cfg(test)]
+    UPLOAD_WRITES.with(|n| n.set(n.get() + 1));
+}
+
 /// Counts a scan of a request body's chunked framing (tests only).
 fn note_request_chunk_scan() {
     #[cfg(test)]
@@ -659,6 +672,7 @@ pub(super) async fn send_kept<U: AsyncWrite + Unpin>(
 ) -> io::Result<()> {
     let detach = copy.detach;
     if !detach.off.get() {
+        note_upload_write();
         let mut write = std::pin::pin!(write_flushed(up, piece));
         let written = poll_fn(|cx| {
             if detach.off.get() {
@@ -686,13 +700,36 @@ pub(super) async fn send_kept<U: AsyncWrite + Unpin>(
     Ok(())
 }
 
+/// A data piece at most this long is gathered into the upload's batch (copied: far cheaper
+/// than a write of its own); a longer one is written from where it lies.
+const BATCHED_PIECE: usize = 2 * 1024;
+
+/// The most an upload gathers before it writes.
+const BATCH_LIMIT: usize = 16 * 1024;
+
+/// Writes what the upload gathered, if anything, as [`send_kept`] does a piece.
+async fn send_batch<U: AsyncWrite + Unpin>(
+    up: &mut U,
+    batch: &mut Vec<u8>,
+    copy: &mut ReplayCopy<'_>,
+) -> io::Result<()> {
+    if batch.is_empty() {
+        return Ok(());
+    }
+    let r = send_kept(up, batch, copy).await;
+    batch.clear();
+    r
+}
+
 /// Streams a request body downstream → upstream as it arrives, from its current piece on
 /// ([`buffer_body`] may have held its start, sent with the head); returns whether `replay`
 /// (when given) holds a copy of all of it as written upstream — so a retry can send it again
 /// (Envoy's rule: bytes go upstream as they come, and a copy is kept up to the buffer limit).
 /// Each piece is framed for the upstream here, once — a `content-length` body's payload as it
 /// is, one of unknown length as chunks ([`ChunkFramer`]) — and written from where it lies (no
-/// copy). Leaves `rbuf` holding only the head and the bytes after the body (the next pipelined
+/// copy), or, when small, gathered with the framing and the other pieces already here into
+/// one write (at most [`BATCH_LIMIT`]), sent before the upload waits for more. Leaves `rbuf`
+/// holding only the head and the bytes after the body (the next pipelined
 /// request). Each wait for a piece is within `stream_idle`; `answered`: see [`within`];
 /// `detach`: see [`Detach`] (when detached, the rest of the body is read into the copy only,
 /// and an upload whose copy is lost ends with an error).
@@ -722,14 +759,25 @@ where
     };
     let mut framer = ChunkFramer::default();
     let chunked = body.length.is_none();
-    let mut trailer_end = Vec::new();
+    // Small pieces and framing gathered for one write: what arrived goes in as few writes as
+    // it can (a body of tiny chunks is not three writes a chunk), and all of it goes before
+    // the upload waits for more, so an upstream that answers chunk by chunk is not held up.
+    let mut batch = Vec::new();
     while !body.ended() {
-        within(
-            stream_idle,
-            answered,
-            poll_fn(|cx| body.poll_next(down, rbuf, head_len, cx)),
-        )
-        .await??;
+        // The next piece if it is here; else what is gathered goes, then the wait.
+        let here = poll_fn(|cx| Poll::Ready(body.poll_next(down, rbuf, head_len, cx))).await;
+        match here {
+            Poll::Ready(r) => r?,
+            Poll::Pending => {
+                send_batch(up, &mut batch, &mut copy).await?;
+                within(
+                    stream_idle,
+                    answered,
+                    poll_fn(|cx| body.poll_next(down, rbuf, head_len, cx)),
+                )
+                .await??;
+            }
+        }
         let framed = match body.piece(rbuf, head_len) {
             Piece::Data(data) => {
                 // A `content-length` payload goes as it is (no bounds); chunks keep the
@@ -739,12 +787,21 @@ where
                 if let Some(size) = starts {
                     let line = framer.size_line(size);
                     n += line.len();
-                    send_kept(up, line, &mut copy).await?;
+                    batch.extend_from_slice(line);
                 }
-                send_kept(up, data, &mut copy).await?;
+                if data.len() <= BATCHED_PIECE {
+                    batch.extend_from_slice(data);
+                } else {
+                    // Written from where it lies, after what was gathered before it.
+                    send_batch(up, &mut batch, &mut copy).await?;
+                    send_kept(up, data, &mut copy).await?;
+                }
                 if ends {
-                    send_kept(up, b"\r\n", &mut copy).await?;
+                    batch.extend_from_slice(b"\r\n");
                     n += 2;
+                }
+                if batch.len() >= BATCH_LIMIT {
+                    send_batch(up, &mut batch, &mut copy).await?;
                 }
                 n
             }
@@ -753,25 +810,22 @@ where
             _ if !chunked => {
                 return Err(UploadFault::Aborted.into_io(io::ErrorKind::UnexpectedEof));
             }
-            Piece::Trailers(trailers) => {
-                // Counted as the client's fields made it, before the sifting.
-                let n = framer.end_with(&mut trailer_end, trailers);
-                send_kept(up, &trailer_end, &mut copy).await?;
-                n
-            }
+            // Counted as the client's fields made it, before the sifting.
+            Piece::Trailers(trailers) => framer.end_with(&mut batch, trailers),
             Piece::TrailerSection(section) => {
-                framer.end_with_section(&mut trailer_end, section);
-                send_kept(up, &trailer_end, &mut copy).await?;
-                trailer_end.len()
+                let at = batch.len();
+                framer.end_with_section(&mut batch, section);
+                batch.len() - at
             }
             Piece::End => {
-                send_kept(up, framer.end(), &mut copy).await?;
+                batch.extend_from_slice(framer.end());
                 5
             }
         };
         body.advance();
         received.set(received.get() + body.received(framed));
     }
+    send_batch(up, &mut batch, &mut copy).await?;
     body.finish(rbuf, head_len);
     Ok(Uploaded {
         kept: copy.copy.is_some(),

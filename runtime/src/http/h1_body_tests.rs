@@ -10,7 +10,7 @@ use sluice_core::http1::{Chunked, ChunkedDecoder};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
 
-use crate::http::body::{REQUEST_CHUNK_BYTES_SCANNED, REQUEST_CHUNK_SCANS};
+use crate::http::body::{REQUEST_CHUNK_BYTES_SCANNED, REQUEST_CHUNK_SCANS, UPLOAD_WRITES};
 use crate::test_support::{bound, on_local_runtime, serve};
 
 /// An HTTP/1.1 upstream that reads each request whole — its head, then its body by its framing
@@ -394,3 +394,49 @@ fn an_http2_content_length_body_in_many_frames_goes_upstream_as_it_is() {
     });
 }
 
+/// A streamed chunked body of many tiny chunks arriving in one client write goes upstream in
+/// a few writes, not three per chunk (size line, data, CRLF each a write: 30,000 here before),
+/// and the upstream reads it exactly, re-framed with the client's chunk sizes.
+#[test]
+fn many_tiny_chunks_go_upstream_in_a_few_writes() {
+    on_local_runtime(async {
+        let (up, up_at) = bound();
+        let (tx, mut requests) = unbounded_channel();
+        let (reads_tx, mut reads) = unbounded_channel();
+        tokio::task::spawn_local(whole_request_upstream(up, tx, reads_tx));
+        let (listener, at) = bound();
+        let yaml = CONFIG
+            .replace("{at}", &at.to_string())
+            .replace("{up_at}", &up_at.to_string());
+        let _engine = serve(&yaml, listener);
+        let mut client = tokio::net::TcpStream::connect(at).await.unwrap();
+        client
+            .write_all(b"PUT /tiny HTTP/1.1\r\nhost: svc\r\ntransfer-encoding: chunked\r\n\r\n")
+            .await
+            .unwrap();
+        // The head went upstream alone: the body streams.
+        upstream_got(&mut reads, &mut Vec::new(), "PUT /tiny").await;
+        UPLOAD_WRITES.with(|n| n.set(0));
+        let chunks = "1\r\na\r\n".repeat(10_000);
+        client.write_all(chunks.as_bytes()).await.unwrap();
+        // All of them went upstream before the end is sent.
+        let mut got = Vec::new();
+        while got.len() < chunks.len() {
+            let read = tokio::time::timeout(Duration::from_secs(10), reads.recv())
+                .await
+                .expect("the upstream got the chunks in time")
+                .unwrap();
+            got.extend_from_slice(&read);
+        }
+        let writes = UPLOAD_WRITES.with(std::cell::Cell::get);
+        client.write_all(b"0\r\n\r\n").await.unwrap();
+        assert_eq!(answers(&mut client, 1).await, ["/tiny"]);
+        assert!(
+            next_body(&mut requests, "PUT /tiny HTTP/1.1").await == format!("{chunks}0\r\n\r\n"),
+            "the body changed on its way"
+        );
+        // A write per batch of pieces (at most 16 KiB each, or what one client read held):
+        // 60,000 bytes in a few reads make a handful; 100 leaves room for a read cut small.
+        assert!(writes < 100, "{writes} upstream writes for 10,000 one-byte chunks");
+    });
+}
