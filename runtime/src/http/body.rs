@@ -119,12 +119,20 @@ pub(super) async fn buffer_body<D: Respond>(
             Piece::TrailerSection(section) => framer.end_with_section(out, section),
             Piece::End => out.extend_from_slice(framer.end()),
         }
+        if out.len() - start > REPLAY_LIMIT {
+            // The end with its trailer section (up to 16 KiB) does not fit: the body streams,
+            // its end the current piece, sent first.
+            out.truncate(before);
+            held.whole = false;
+            break;
+        }
         let framed = out.len() - before;
         body.advance();
         held.received += body.received(framed);
     }
     held.framed = out.len() - start;
     if held.whole {
+        note_held(held.framed);
         body.finish(rbuf, head_len);
     }
     Ok(held)
@@ -203,6 +211,18 @@ thread_local! {
     /// Writes this thread's request-body uploads made to their upstreams (to show that a body
     /// of many small pieces costs a write per batch of them, not per piece).
     pub(crate) static UPLOAD_WRITES: Cell<u64> = const { Cell::new(0) };
+}
+
+#[cfg(test)]
+thread_local! {
+    /// The most framed bytes a whole held request body took on this thread.
+    pub(crate) static HELD_MAX: Cell<usize> = const { Cell::new(0) };
+}
+
+/// Notes a whole held body's framed length (tests only).
+fn note_held(_framed: usize) {
+    #[cfg(test)]
+    HELD_MAX.with(|m| m.set(m.get().max(_framed)));
 }
 
 /// Counts a write of a request body upstream (tests only).

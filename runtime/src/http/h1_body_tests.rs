@@ -11,6 +11,8 @@ use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
 
 use crate::http::body::{REQUEST_CHUNK_BYTES_SCANNED, REQUEST_CHUNK_SCANS, UPLOAD_WRITES};
+use crate::http::body::HELD_MAX;
+use crate::http::REPLAY_LIMIT;
 use crate::test_support::{bound, on_local_runtime, serve};
 
 /// An HTTP/1.1 upstream that reads each request whole — its head, then its body by its framing
@@ -440,3 +442,39 @@ fn many_tiny_chunks_go_upstream_in_a_few_writes() {
         assert!(writes < 100, "{writes} upstream writes for 10,000 one-byte chunks");
     });
 }
+
+/// A chunked body whose data fits the replay limit but whose trailer section does not is not
+/// held (a held body is at most `REPLAY_LIMIT` framed bytes, its trailer section counted): it
+/// streams, its end sent after the data, and the upstream reads it exactly.
+#[test]
+fn a_trailer_section_past_the_replay_limit_is_not_held() {
+    on_local_runtime(async {
+        let (up, up_at) = bound();
+        let (tx, mut requests) = unbounded_channel();
+        let (reads_tx, _reads) = unbounded_channel();
+        tokio::task::spawn_local(whole_request_upstream(up, tx, reads_tx));
+        let (listener, at) = bound();
+        let yaml = CONFIG
+            .replace("{at}", &at.to_string())
+            .replace("{up_at}", &up_at.to_string());
+        let _engine = serve(&yaml, listener);
+        HELD_MAX.with(|m| m.set(0));
+        let data = "d".repeat(REPLAY_LIMIT - 1024);
+        let trailer = format!("x-sum: {}\r\n", "t".repeat(8 * 1024));
+        let body = format!("{:x}\r\n{data}\r\n0\r\n{trailer}\r\n", data.len());
+        let request = format!(
+            "POST /t HTTP/1.1\r\nhost: svc\r\ntransfer-encoding: chunked\r\n\r\n{body}"
+        );
+        // One write, before the proxy runs (one thread): all of it is here to be held.
+        let mut client = tokio::net::TcpStream::connect(at).await.unwrap();
+        client.write_all(request.as_bytes()).await.unwrap();
+        assert_eq!(answers(&mut client, 1).await, ["/t"]);
+        assert!(
+            next_body(&mut requests, "POST /t HTTP/1.1").await == body,
+            "the body changed on its way"
+        );
+        let held = HELD_MAX.with(std::cell::Cell::get);
+        assert!(held <= REPLAY_LIMIT, "held {held} framed bytes");
+    });
+}
+
