@@ -26,7 +26,9 @@ use std::io;
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
-use sluice_core::http1::{BodyFraming, Chunked, ChunkedDecoder, TRAILER_FORBIDDEN, write_trailers};
+use sluice_core::http1::{
+    BodyFraming, Chunked, ChunkedDecoder, HttpError, TRAILER_FORBIDDEN, write_trailers,
+};
 use sluice_core::l7::exchange::ResponseFlag;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt as _};
 use tokio::time::Instant as TokioInstant;
@@ -57,15 +59,15 @@ pub(super) struct Held {
 /// length as chunks: [`ChunkFramer`]). `whole`: held. Else the body streams from where the
 /// holding stopped ([`stream_request_body`]; a copy of it is kept for retries up to
 /// [`REPLAY_LIMIT`]): what was appended goes with the head, and a piece that did not fit stays
-/// the body's current one, sent first. `Err(status)`: the body is malformed (400) or the
-/// client went away (400).
+/// the body's current one, sent first. `Err(fault)`: the body stalled (408), is malformed (400)
+/// or the client went away (400): the fault's answer names which.
 pub(super) async fn buffer_body<D: Respond>(
     down: &mut D,
     rbuf: &mut ReadBuffer,
     head_len: usize,
     body: &mut RequestBody,
     out: &mut Vec<u8>,
-) -> Result<Held, u16> {
+) -> Result<Held, UploadFault> {
     let mut held = Held {
         whole: true,
         framed: 0,
@@ -88,7 +90,7 @@ pub(super) async fn buffer_body<D: Respond>(
                 held.whole = false;
                 break;
             }
-            Poll::Ready(Err(e)) => return Err(if is_stall(&e) { 408 } else { 400 }),
+            Poll::Ready(Err(e)) => return Err(fault_of(&e).unwrap_or(UploadFault::Aborted)),
             Poll::Ready(Ok(())) => {}
         }
         let before = out.len();
@@ -112,7 +114,7 @@ pub(super) async fn buffer_body<D: Respond>(
             }
             // An end before the content-length is the stream's error (HTTP/2) or the
             // decoder's (HTTP/1.1 reads until it): not reached.
-            _ if body.length.is_some() => return Err(400),
+            _ if body.length.is_some() => return Err(UploadFault::Aborted),
             Piece::Trailers(trailers) => {
                 framer.end_with(out, trailers);
             }
@@ -410,9 +412,13 @@ impl RequestBody {
                 }
                 Decode::Chunked(dec) if avail > 0 => {
                     let from = head_len + self.at;
-                    let (scanned, run) = dec
-                        .feed_payload(&rbuf.bytes()[from..])
-                        .map_err(|_| UploadFault::Malformed.into_io(io::ErrorKind::InvalidData))?;
+                    let (scanned, run) = dec.feed_payload(&rbuf.bytes()[from..]).map_err(|e| {
+                        let fault = match e {
+                            HttpError::TrailersTooLarge { .. } => UploadFault::TrailersTooLarge,
+                            _ => UploadFault::Malformed,
+                        };
+                        fault.into_io(io::ErrorKind::InvalidData)
+                    })?;
                     let (consumed, done) = match scanned {
                         Chunked::NeedMore { consumed } => (consumed, false),
                         Chunked::Done { consumed } => (consumed, true),
@@ -565,8 +571,10 @@ impl RequestBody {
 pub(super) enum UploadFault {
     /// A read waited longer than `stream_idle_timeout`.
     Stalled,
-    /// The body's framing is malformed (a bad chunk or trailer).
+    /// The body's chunked framing is malformed (a bad chunk or trailer field).
     Malformed,
+    /// The body's trailer section is over its limit (16 KiB).
+    TrailersTooLarge,
     /// The client closed or reset its connection before the end of the body.
     Aborted,
 }
@@ -575,7 +583,8 @@ impl std::fmt::Display for UploadFault {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
             UploadFault::Stalled => "request body stalled for stream_idle_timeout",
-            UploadFault::Malformed => "malformed request body",
+            UploadFault::Malformed => "malformed chunked request body",
+            UploadFault::TrailersTooLarge => "request trailer section over 16 KiB",
             UploadFault::Aborted => "the client ended its connection within the request body",
         })
     }
@@ -588,9 +597,20 @@ impl UploadFault {
     pub(super) fn status(self) -> (u16, ResponseFlag) {
         match self {
             UploadFault::Stalled => (408, ResponseFlag::DownstreamLimit),
-            UploadFault::Malformed | UploadFault::Aborted => {
+            UploadFault::Malformed | UploadFault::TrailersTooLarge | UploadFault::Aborted => {
                 (400, ResponseFlag::DownstreamProtocolError)
             }
+        }
+    }
+
+    /// The body of the local answer to a request whose body failed this way: what failed,
+    /// not the flag's generic text (a body stall is no header limit).
+    pub(super) fn reply_text(self) -> &'static [u8] {
+        match self {
+            UploadFault::Stalled => b"request body timeout: no bytes within stream_idle_timeout\n",
+            UploadFault::Malformed => b"malformed chunked request body\n",
+            UploadFault::TrailersTooLarge => b"request trailer section over 16 KiB\n",
+            UploadFault::Aborted => b"incomplete request body\n",
         }
     }
 
@@ -604,11 +624,6 @@ pub(super) fn fault_of(e: &io::Error) -> Option<UploadFault> {
     e.get_ref()
         .and_then(|inner| inner.downcast_ref::<UploadFault>())
         .copied()
-}
-
-/// Whether an IO error is a stalled upload.
-pub(super) fn is_stall(e: &io::Error) -> bool {
-    fault_of(e) == Some(UploadFault::Stalled)
 }
 
 /// Waits for `wait` (the next piece of a request body) while the stream is not idle for `idle`;

@@ -10,9 +10,9 @@ use sluice_core::http1::{Chunked, ChunkedDecoder};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
 
-use crate::http::body::{REQUEST_CHUNK_BYTES_SCANNED, REQUEST_CHUNK_SCANS, UPLOAD_WRITES};
-use crate::http::body::HELD_MAX;
 use crate::http::REPLAY_LIMIT;
+use crate::http::body::HELD_MAX;
+use crate::http::body::{REQUEST_CHUNK_BYTES_SCANNED, REQUEST_CHUNK_SCANS, UPLOAD_WRITES};
 use crate::test_support::{bound, on_local_runtime, serve};
 
 /// An HTTP/1.1 upstream that reads each request whole — its head, then its body by its framing
@@ -439,7 +439,10 @@ fn many_tiny_chunks_go_upstream_in_a_few_writes() {
         );
         // A write per batch of pieces (at most 16 KiB each, or what one client read held):
         // 60,000 bytes in a few reads make a handful; 100 leaves room for a read cut small.
-        assert!(writes < 100, "{writes} upstream writes for 10,000 one-byte chunks");
+        assert!(
+            writes < 100,
+            "{writes} upstream writes for 10,000 one-byte chunks"
+        );
     });
 }
 
@@ -462,9 +465,8 @@ fn a_trailer_section_past_the_replay_limit_is_not_held() {
         let data = "d".repeat(REPLAY_LIMIT - 1024);
         let trailer = format!("x-sum: {}\r\n", "t".repeat(8 * 1024));
         let body = format!("{:x}\r\n{data}\r\n0\r\n{trailer}\r\n", data.len());
-        let request = format!(
-            "POST /t HTTP/1.1\r\nhost: svc\r\ntransfer-encoding: chunked\r\n\r\n{body}"
-        );
+        let request =
+            format!("POST /t HTTP/1.1\r\nhost: svc\r\ntransfer-encoding: chunked\r\n\r\n{body}");
         // One write, before the proxy runs (one thread): all of it is here to be held.
         let mut client = tokio::net::TcpStream::connect(at).await.unwrap();
         client.write_all(request.as_bytes()).await.unwrap();
@@ -478,3 +480,54 @@ fn a_trailer_section_past_the_replay_limit_is_not_held() {
     });
 }
 
+/// Reads what the proxy sends until it closes the connection.
+async fn read_to_close(client: &mut tokio::net::TcpStream) -> String {
+    let mut got = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), client.read_to_end(&mut got))
+        .await
+        .expect("the proxy answered and closed in time")
+        .unwrap();
+    String::from_utf8_lossy(&got).into_owned()
+}
+
+/// A request body's failure is answered with a text naming it — a malformed chunk, a trailer
+/// section over its limit, a body that stalls past `stream_idle_timeout` (the only setting
+/// changed) — not the generic `bad request` or a header limit's text.
+#[test]
+fn a_failed_request_body_is_answered_with_what_failed() {
+    on_local_runtime(async {
+        let (up, up_at) = bound();
+        let (tx, _requests) = unbounded_channel();
+        let (reads_tx, _reads) = unbounded_channel();
+        tokio::task::spawn_local(whole_request_upstream(up, tx, reads_tx));
+        let (listener, at) = bound();
+        let yaml = CONFIG
+            .replace("{at}", &at.to_string())
+            .replace("{up_at}", &up_at.to_string())
+            .replace("    http:\n", "    http:\n      stream_idle_timeout: 1s\n");
+        let _engine = serve(&yaml, listener);
+        let head = "POST /f HTTP/1.1\r\nhost: svc\r\ntransfer-encoding: chunked\r\n\r\n";
+        let big_trailer = format!("0\r\nx-big: {}\r\n\r\n", "t".repeat(17 * 1024));
+        let cases = [
+            (
+                format!("{head}zz\r\nabc\r\n0\r\n\r\n"),
+                "400",
+                "malformed chunked request body",
+            ),
+            (
+                format!("{head}{big_trailer}"),
+                "400",
+                "request trailer section over 16 KiB",
+            ),
+            (format!("{head}5\r\nab"), "408", "request body timeout"),
+        ];
+        for (request, status, text) in cases {
+            let mut client = tokio::net::TcpStream::connect(at).await.unwrap();
+            client.write_all(request.as_bytes()).await.unwrap();
+            let got = read_to_close(&mut client).await;
+            assert!(got.starts_with(&format!("HTTP/1.1 {status} ")), "{got}");
+            let body = &got[got.find("\r\n\r\n").unwrap() + 4..];
+            assert!(body.starts_with(text), "{text}: {got}");
+        }
+    });
+}
