@@ -1,7 +1,14 @@
-//! The chunked body scanner (RFC 9112 §7.1), for pass-through forwarding.
+//! The chunked body scanner (RFC 9112 §7.1).
 //!
-//! It neither copies nor re-encodes: the driver forwards the bytes as they came, and the scanner
-//! tells how many of them belong to the body and where the body (trailers included) ends.
+//! It neither copies nor re-encodes: it tells how many of the bytes given belong to the body,
+//! where each run of chunk data lies ([`ChunkedDecoder::feed_payload`]), where the trailer
+//! section starts and where the body (trailers included) ends. What the driver does with that
+//! depends on the direction: a chunked *response* body goes to an HTTP/1.1 client as the
+//! upstream framed it (the bytes as they came; the scanner finds its end) and to an HTTP/2
+//! client as its payload runs and trailer section; a chunked *request* body is decoded into its
+//! data runs and trailer section and re-framed for the upstream (the client's chunk sizes kept,
+//! extensions dropped, the trailer fields a trailer must not carry sifted out) — never forwarded
+//! as it came.
 //!
 //! ## States
 //!

@@ -26,7 +26,9 @@ use std::io;
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
-use sluice_core::http1::{BodyFraming, Chunked, ChunkedDecoder, TRAILER_FORBIDDEN, write_trailers};
+use sluice_core::http1::{
+    BodyFraming, Chunked, ChunkedDecoder, HttpError, TRAILER_FORBIDDEN, write_trailers,
+};
 use sluice_core::l7::exchange::ResponseFlag;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt as _};
 use tokio::time::Instant as TokioInstant;
@@ -57,15 +59,15 @@ pub(super) struct Held {
 /// length as chunks: [`ChunkFramer`]). `whole`: held. Else the body streams from where the
 /// holding stopped ([`stream_request_body`]; a copy of it is kept for retries up to
 /// [`REPLAY_LIMIT`]): what was appended goes with the head, and a piece that did not fit stays
-/// the body's current one, sent first. `Err(status)`: the body is malformed (400) or the
-/// client went away (400).
+/// the body's current one, sent first. `Err(fault)`: the body stalled (408), is malformed (400)
+/// or the client went away (400): the fault's answer names which.
 pub(super) async fn buffer_body<D: Respond>(
     down: &mut D,
     rbuf: &mut ReadBuffer,
     head_len: usize,
     body: &mut RequestBody,
     out: &mut Vec<u8>,
-) -> Result<Held, u16> {
+) -> Result<Held, UploadFault> {
     let mut held = Held {
         whole: true,
         framed: 0,
@@ -88,7 +90,7 @@ pub(super) async fn buffer_body<D: Respond>(
                 held.whole = false;
                 break;
             }
-            Poll::Ready(Err(e)) => return Err(if is_stall(&e) { 408 } else { 400 }),
+            Poll::Ready(Err(e)) => return Err(fault_of(&e).unwrap_or(UploadFault::Aborted)),
             Poll::Ready(Ok(())) => {}
         }
         let before = out.len();
@@ -101,10 +103,7 @@ pub(super) async fn buffer_body<D: Respond>(
                     break;
                 }
                 // A `content-length` payload goes as it is; chunks keep the client's sizes.
-                let (starts, ends) = match body.length {
-                    Some(_) => (None, false),
-                    None => body.chunk_bounds(data),
-                };
+                let (starts, ends) = body.chunk_bounds(data);
                 if let Some(size) = starts {
                     out.extend_from_slice(framer.size_line(size));
                 }
@@ -115,12 +114,19 @@ pub(super) async fn buffer_body<D: Respond>(
             }
             // An end before the content-length is the stream's error (HTTP/2) or the
             // decoder's (HTTP/1.1 reads until it): not reached.
-            _ if body.length.is_some() => return Err(400),
+            _ if body.length.is_some() => return Err(UploadFault::Aborted),
             Piece::Trailers(trailers) => {
                 framer.end_with(out, trailers);
             }
             Piece::TrailerSection(section) => framer.end_with_section(out, section),
             Piece::End => out.extend_from_slice(framer.end()),
+        }
+        if out.len() - start > REPLAY_LIMIT {
+            // The end with its trailer section (up to 16 KiB) does not fit: the body streams,
+            // its end the current piece, sent first.
+            out.truncate(before);
+            held.whole = false;
+            break;
         }
         let framed = out.len() - before;
         body.advance();
@@ -128,6 +134,7 @@ pub(super) async fn buffer_body<D: Respond>(
     }
     held.framed = out.len() - start;
     if held.whole {
+        note_held(held.framed);
         body.finish(rbuf, head_len);
     }
     Ok(held)
@@ -199,6 +206,31 @@ thread_local! {
     /// Bytes this thread's request-body `ChunkedDecoder`s consumed: an HTTP/1.1 chunked body
     /// scanned once makes it the body's length exactly.
     pub(crate) static REQUEST_CHUNK_BYTES_SCANNED: Cell<u64> = const { Cell::new(0) };
+}
+
+#[cfg(test)]
+thread_local! {
+    /// Writes this thread's request-body uploads made to their upstreams (to show that a body
+    /// of many small pieces costs a write per batch of them, not per piece).
+    pub(crate) static UPLOAD_WRITES: Cell<u64> = const { Cell::new(0) };
+}
+
+#[cfg(test)]
+thread_local! {
+    /// The most framed bytes a whole held request body took on this thread.
+    pub(crate) static HELD_MAX: Cell<usize> = const { Cell::new(0) };
+}
+
+/// Notes a whole held body's framed length (tests only).
+fn note_held(_framed: usize) {
+    #[cfg(test)]
+    HELD_MAX.with(|m| m.set(m.get().max(_framed)));
+}
+
+/// Counts a write of a request body upstream (tests only).
+fn note_upload_write() {
+    #[cfg(test)]
+    UPLOAD_WRITES.with(|n| n.set(n.get() + 1));
 }
 
 /// Counts a scan of a request body's chunked framing (tests only).
@@ -380,9 +412,13 @@ impl RequestBody {
                 }
                 Decode::Chunked(dec) if avail > 0 => {
                     let from = head_len + self.at;
-                    let (scanned, run) = dec
-                        .feed_payload(&rbuf.bytes()[from..])
-                        .map_err(|_| UploadFault::Malformed.into_io(io::ErrorKind::InvalidData))?;
+                    let (scanned, run) = dec.feed_payload(&rbuf.bytes()[from..]).map_err(|e| {
+                        let fault = match e {
+                            HttpError::TrailersTooLarge { .. } => UploadFault::TrailersTooLarge,
+                            _ => UploadFault::Malformed,
+                        };
+                        fault.into_io(io::ErrorKind::InvalidData)
+                    })?;
                     let (consumed, done) = match scanned {
                         Chunked::NeedMore { consumed } => (consumed, false),
                         Chunked::Done { consumed } => (consumed, true),
@@ -467,9 +503,14 @@ impl RequestBody {
 
     /// Where the current data piece `data` lies in the client's chunks, for framing a body of
     /// unknown length: the size of the chunk it starts, if it starts one, and whether it ends
-    /// its chunk. A typed piece (an HTTP/2 DATA frame's payload) is a chunk of its own.
+    /// its chunk. A typed piece (an HTTP/2 DATA frame's payload) is a chunk of its own. A
+    /// `content-length` body is never chunk-framed, whoever asks: `(None, false)` (framing its
+    /// pieces as chunks would send the upstream bytes past the length it was told — another
+    /// request smuggled after the body).
     pub(super) fn chunk_bounds(&self, data: &[u8]) -> (Option<u64>, bool) {
-        if self.typed {
+        if self.length.is_some() {
+            (None, false)
+        } else if self.typed {
             (Some(data.len() as u64), true)
         } else {
             (self.chunk_starts, self.chunk_ends)
@@ -530,8 +571,10 @@ impl RequestBody {
 pub(super) enum UploadFault {
     /// A read waited longer than `stream_idle_timeout`.
     Stalled,
-    /// The body's framing is malformed (a bad chunk or trailer).
+    /// The body's chunked framing is malformed (a bad chunk or trailer field).
     Malformed,
+    /// The body's trailer section is over its limit (16 KiB).
+    TrailersTooLarge,
     /// The client closed or reset its connection before the end of the body.
     Aborted,
 }
@@ -540,7 +583,8 @@ impl std::fmt::Display for UploadFault {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
             UploadFault::Stalled => "request body stalled for stream_idle_timeout",
-            UploadFault::Malformed => "malformed request body",
+            UploadFault::Malformed => "malformed chunked request body",
+            UploadFault::TrailersTooLarge => "request trailer section over 16 KiB",
             UploadFault::Aborted => "the client ended its connection within the request body",
         })
     }
@@ -553,9 +597,20 @@ impl UploadFault {
     pub(super) fn status(self) -> (u16, ResponseFlag) {
         match self {
             UploadFault::Stalled => (408, ResponseFlag::DownstreamLimit),
-            UploadFault::Malformed | UploadFault::Aborted => {
+            UploadFault::Malformed | UploadFault::TrailersTooLarge | UploadFault::Aborted => {
                 (400, ResponseFlag::DownstreamProtocolError)
             }
+        }
+    }
+
+    /// The body of the local answer to a request whose body failed this way: what failed,
+    /// not the flag's generic text (a body stall is no header limit).
+    pub(super) fn reply_text(self) -> &'static [u8] {
+        match self {
+            UploadFault::Stalled => b"request body timeout: no bytes within stream_idle_timeout\n",
+            UploadFault::Malformed => b"malformed chunked request body\n",
+            UploadFault::TrailersTooLarge => b"request trailer section over 16 KiB\n",
+            UploadFault::Aborted => b"incomplete request body\n",
         }
     }
 
@@ -569,11 +624,6 @@ pub(super) fn fault_of(e: &io::Error) -> Option<UploadFault> {
     e.get_ref()
         .and_then(|inner| inner.downcast_ref::<UploadFault>())
         .copied()
-}
-
-/// Whether an IO error is a stalled upload.
-pub(super) fn is_stall(e: &io::Error) -> bool {
-    fault_of(e) == Some(UploadFault::Stalled)
 }
 
 /// Waits for `wait` (the next piece of a request body) while the stream is not idle for `idle`;
@@ -657,6 +707,7 @@ pub(super) async fn send_kept<U: AsyncWrite + Unpin>(
 ) -> io::Result<()> {
     let detach = copy.detach;
     if !detach.off.get() {
+        note_upload_write();
         let mut write = std::pin::pin!(write_flushed(up, piece));
         let written = poll_fn(|cx| {
             if detach.off.get() {
@@ -684,13 +735,36 @@ pub(super) async fn send_kept<U: AsyncWrite + Unpin>(
     Ok(())
 }
 
+/// A data piece at most this long is gathered into the upload's batch (copied: far cheaper
+/// than a write of its own); a longer one is written from where it lies.
+const BATCHED_PIECE: usize = 2 * 1024;
+
+/// The most an upload gathers before it writes.
+const BATCH_LIMIT: usize = 16 * 1024;
+
+/// Writes what the upload gathered, if anything, as [`send_kept`] does a piece.
+async fn send_batch<U: AsyncWrite + Unpin>(
+    up: &mut U,
+    batch: &mut Vec<u8>,
+    copy: &mut ReplayCopy<'_>,
+) -> io::Result<()> {
+    if batch.is_empty() {
+        return Ok(());
+    }
+    let r = send_kept(up, batch, copy).await;
+    batch.clear();
+    r
+}
+
 /// Streams a request body downstream → upstream as it arrives, from its current piece on
 /// ([`buffer_body`] may have held its start, sent with the head); returns whether `replay`
 /// (when given) holds a copy of all of it as written upstream — so a retry can send it again
 /// (Envoy's rule: bytes go upstream as they come, and a copy is kept up to the buffer limit).
 /// Each piece is framed for the upstream here, once — a `content-length` body's payload as it
 /// is, one of unknown length as chunks ([`ChunkFramer`]) — and written from where it lies (no
-/// copy). Leaves `rbuf` holding only the head and the bytes after the body (the next pipelined
+/// copy), or, when small, gathered with the framing and the other pieces already here into
+/// one write (at most [`BATCH_LIMIT`]), sent before the upload waits for more. Leaves `rbuf`
+/// holding only the head and the bytes after the body (the next pipelined
 /// request). Each wait for a piece is within `stream_idle`; `answered`: see [`within`];
 /// `detach`: see [`Detach`] (when detached, the rest of the body is read into the copy only,
 /// and an upload whose copy is lost ends with an error).
@@ -720,58 +794,73 @@ where
     };
     let mut framer = ChunkFramer::default();
     let chunked = body.length.is_none();
-    let mut trailer_end = Vec::new();
+    // Small pieces and framing gathered for one write: what arrived goes in as few writes as
+    // it can (a body of tiny chunks is not three writes a chunk), and all of it goes before
+    // the upload waits for more, so an upstream that answers chunk by chunk is not held up.
+    let mut batch = Vec::new();
     while !body.ended() {
-        within(
-            stream_idle,
-            answered,
-            poll_fn(|cx| body.poll_next(down, rbuf, head_len, cx)),
-        )
-        .await??;
+        // The next piece if it is here; else what is gathered goes, then the wait.
+        let here = poll_fn(|cx| Poll::Ready(body.poll_next(down, rbuf, head_len, cx))).await;
+        match here {
+            Poll::Ready(r) => r?,
+            Poll::Pending => {
+                send_batch(up, &mut batch, &mut copy).await?;
+                within(
+                    stream_idle,
+                    answered,
+                    poll_fn(|cx| body.poll_next(down, rbuf, head_len, cx)),
+                )
+                .await??;
+            }
+        }
         let framed = match body.piece(rbuf, head_len) {
-            Piece::Data(data) if chunked => {
+            Piece::Data(data) => {
+                // A `content-length` payload goes as it is (no bounds); chunks keep the
+                // client's sizes.
                 let (starts, ends) = body.chunk_bounds(data);
                 let mut n = data.len();
                 if let Some(size) = starts {
                     let line = framer.size_line(size);
                     n += line.len();
-                    send_kept(up, line, &mut copy).await?;
+                    batch.extend_from_slice(line);
                 }
-                send_kept(up, data, &mut copy).await?;
+                if data.len() <= BATCHED_PIECE {
+                    batch.extend_from_slice(data);
+                } else {
+                    // Written from where it lies, after what was gathered before it.
+                    send_batch(up, &mut batch, &mut copy).await?;
+                    send_kept(up, data, &mut copy).await?;
+                }
                 if ends {
-                    send_kept(up, b"\r\n", &mut copy).await?;
+                    batch.extend_from_slice(b"\r\n");
                     n += 2;
                 }
+                if batch.len() >= BATCH_LIMIT {
+                    send_batch(up, &mut batch, &mut copy).await?;
+                }
                 n
-            }
-            Piece::Data(data) => {
-                send_kept(up, data, &mut copy).await?;
-                data.len()
             }
             // An end before the content-length is the stream's error (HTTP/2) or the
             // decoder's (HTTP/1.1 reads until it): not reached.
             _ if !chunked => {
                 return Err(UploadFault::Aborted.into_io(io::ErrorKind::UnexpectedEof));
             }
-            Piece::Trailers(trailers) => {
-                // Counted as the client's fields made it, before the sifting.
-                let n = framer.end_with(&mut trailer_end, trailers);
-                send_kept(up, &trailer_end, &mut copy).await?;
-                n
-            }
+            // Counted as the client's fields made it, before the sifting.
+            Piece::Trailers(trailers) => framer.end_with(&mut batch, trailers),
             Piece::TrailerSection(section) => {
-                framer.end_with_section(&mut trailer_end, section);
-                send_kept(up, &trailer_end, &mut copy).await?;
-                trailer_end.len()
+                let at = batch.len();
+                framer.end_with_section(&mut batch, section);
+                batch.len() - at
             }
             Piece::End => {
-                send_kept(up, framer.end(), &mut copy).await?;
+                batch.extend_from_slice(framer.end());
                 5
             }
         };
         body.advance();
         received.set(received.get() + body.received(framed));
     }
+    send_batch(up, &mut batch, &mut copy).await?;
     body.finish(rbuf, head_len);
     Ok(Uploaded {
         kept: copy.copy.is_some(),

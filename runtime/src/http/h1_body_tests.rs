@@ -10,7 +10,9 @@ use sluice_core::http1::{Chunked, ChunkedDecoder};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
 
-use crate::http::body::{REQUEST_CHUNK_BYTES_SCANNED, REQUEST_CHUNK_SCANS};
+use crate::http::REPLAY_LIMIT;
+use crate::http::body::HELD_MAX;
+use crate::http::body::{REQUEST_CHUNK_BYTES_SCANNED, REQUEST_CHUNK_SCANS, UPLOAD_WRITES};
 use crate::test_support::{bound, on_local_runtime, serve};
 
 /// An HTTP/1.1 upstream that reads each request whole — its head, then its body by its framing
@@ -332,5 +334,200 @@ fn an_http2_content_length_body_goes_upstream_as_it_is() {
             "hello world"
         );
         conn.abort();
+    });
+}
+
+/// An HTTP/2 client's `content-length` body in many DATA frames goes upstream as it is, held
+/// (all of it here with the head) or streamed (its start goes before the client sends the
+/// rest): the upstream reads exactly the payload and nothing after it — no chunk framing of a
+/// frame, which would put bytes past the length on the pooled connection, read as the next
+/// request — and the next request on the connection parses cleanly.
+#[test]
+fn an_http2_content_length_body_in_many_frames_goes_upstream_as_it_is() {
+    on_local_runtime(async {
+        let (up, up_at) = bound();
+        let (tx, mut requests) = unbounded_channel();
+        let (reads_tx, mut reads) = unbounded_channel();
+        tokio::task::spawn_local(whole_request_upstream(up, tx, reads_tx));
+        let (listener, at) = bound();
+        let yaml = CONFIG
+            .replace("{at}", &at.to_string())
+            .replace("{up_at}", &up_at.to_string());
+        let _engine = serve(&yaml, listener);
+        let tcp = tokio::net::TcpStream::connect(at).await.unwrap();
+        let (client, conn) = h2::client::handshake(tcp).await.unwrap();
+        let conn = tokio::task::spawn_local(conn);
+        let frames = ["alpha", "bravo", "charlie", "delta", "echo", "foxtrot"];
+        let payload = frames.concat();
+        for (path, streamed) in [("/held", false), ("/streamed", true)] {
+            let mut client = client.clone().ready().await.unwrap();
+            let request = http::Request::post(format!("http://svc{path}"))
+                .header("content-length", payload.len().to_string())
+                .body(())
+                .unwrap();
+            let (response, mut body) = client.send_request(request, false).unwrap();
+            for (i, frame) in frames.iter().enumerate() {
+                if streamed && i == 3 {
+                    // The first frames went upstream before the rest is sent: it streams.
+                    upstream_got(&mut reads, &mut Vec::new(), &frames[..3].concat()).await;
+                }
+                body.send_data(bytes::Bytes::from_static(frame.as_bytes()), i == 5)
+                    .unwrap();
+            }
+            let response = tokio::time::timeout(Duration::from_secs(10), response)
+                .await
+                .expect("answered in time")
+                .unwrap();
+            assert_eq!(response.status(), 200);
+            let line = format!("POST {path} HTTP/1.1");
+            assert_eq!(next_body(&mut requests, &line).await, payload);
+            // The next request on the upstream connection: a clean request line, no body.
+            let mut client = client.ready().await.unwrap();
+            let get = http::Request::get("http://svc/next").body(()).unwrap();
+            let (response, _) = client.send_request(get, true).unwrap();
+            let response = tokio::time::timeout(Duration::from_secs(10), response)
+                .await
+                .expect("answered in time")
+                .unwrap();
+            assert_eq!(response.status(), 200);
+            assert_eq!(next_body(&mut requests, "GET /next HTTP/1.1").await, "");
+        }
+        conn.abort();
+    });
+}
+
+/// A streamed chunked body of many tiny chunks arriving in one client write goes upstream in
+/// a few writes, not three per chunk (size line, data, CRLF each a write: 30,000 here before),
+/// and the upstream reads it exactly, re-framed with the client's chunk sizes.
+#[test]
+fn many_tiny_chunks_go_upstream_in_a_few_writes() {
+    on_local_runtime(async {
+        let (up, up_at) = bound();
+        let (tx, mut requests) = unbounded_channel();
+        let (reads_tx, mut reads) = unbounded_channel();
+        tokio::task::spawn_local(whole_request_upstream(up, tx, reads_tx));
+        let (listener, at) = bound();
+        let yaml = CONFIG
+            .replace("{at}", &at.to_string())
+            .replace("{up_at}", &up_at.to_string());
+        let _engine = serve(&yaml, listener);
+        let mut client = tokio::net::TcpStream::connect(at).await.unwrap();
+        client
+            .write_all(b"PUT /tiny HTTP/1.1\r\nhost: svc\r\ntransfer-encoding: chunked\r\n\r\n")
+            .await
+            .unwrap();
+        // The head went upstream alone: the body streams.
+        upstream_got(&mut reads, &mut Vec::new(), "PUT /tiny").await;
+        UPLOAD_WRITES.with(|n| n.set(0));
+        let chunks = "1\r\na\r\n".repeat(10_000);
+        client.write_all(chunks.as_bytes()).await.unwrap();
+        // All of them went upstream before the end is sent.
+        let mut got = Vec::new();
+        while got.len() < chunks.len() {
+            let read = tokio::time::timeout(Duration::from_secs(10), reads.recv())
+                .await
+                .expect("the upstream got the chunks in time")
+                .unwrap();
+            got.extend_from_slice(&read);
+        }
+        let writes = UPLOAD_WRITES.with(std::cell::Cell::get);
+        client.write_all(b"0\r\n\r\n").await.unwrap();
+        assert_eq!(answers(&mut client, 1).await, ["/tiny"]);
+        assert!(
+            next_body(&mut requests, "PUT /tiny HTTP/1.1").await == format!("{chunks}0\r\n\r\n"),
+            "the body changed on its way"
+        );
+        // A write per batch of pieces (at most 16 KiB each, or what one client read held):
+        // 60,000 bytes in a few reads make a handful; 100 leaves room for a read cut small.
+        assert!(
+            writes < 100,
+            "{writes} upstream writes for 10,000 one-byte chunks"
+        );
+    });
+}
+
+/// A chunked body whose data fits the replay limit but whose trailer section does not is not
+/// held (a held body is at most `REPLAY_LIMIT` framed bytes, its trailer section counted): it
+/// streams, its end sent after the data, and the upstream reads it exactly.
+#[test]
+fn a_trailer_section_past_the_replay_limit_is_not_held() {
+    on_local_runtime(async {
+        let (up, up_at) = bound();
+        let (tx, mut requests) = unbounded_channel();
+        let (reads_tx, _reads) = unbounded_channel();
+        tokio::task::spawn_local(whole_request_upstream(up, tx, reads_tx));
+        let (listener, at) = bound();
+        let yaml = CONFIG
+            .replace("{at}", &at.to_string())
+            .replace("{up_at}", &up_at.to_string());
+        let _engine = serve(&yaml, listener);
+        HELD_MAX.with(|m| m.set(0));
+        let data = "d".repeat(REPLAY_LIMIT - 1024);
+        let trailer = format!("x-sum: {}\r\n", "t".repeat(8 * 1024));
+        let body = format!("{:x}\r\n{data}\r\n0\r\n{trailer}\r\n", data.len());
+        let request =
+            format!("POST /t HTTP/1.1\r\nhost: svc\r\ntransfer-encoding: chunked\r\n\r\n{body}");
+        // One write, before the proxy runs (one thread): all of it is here to be held.
+        let mut client = tokio::net::TcpStream::connect(at).await.unwrap();
+        client.write_all(request.as_bytes()).await.unwrap();
+        assert_eq!(answers(&mut client, 1).await, ["/t"]);
+        assert!(
+            next_body(&mut requests, "POST /t HTTP/1.1").await == body,
+            "the body changed on its way"
+        );
+        let held = HELD_MAX.with(std::cell::Cell::get);
+        assert!(held <= REPLAY_LIMIT, "held {held} framed bytes");
+    });
+}
+
+/// Reads what the proxy sends until it closes the connection.
+async fn read_to_close(client: &mut tokio::net::TcpStream) -> String {
+    let mut got = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), client.read_to_end(&mut got))
+        .await
+        .expect("the proxy answered and closed in time")
+        .unwrap();
+    String::from_utf8_lossy(&got).into_owned()
+}
+
+/// A request body's failure is answered with a text naming it — a malformed chunk, a trailer
+/// section over its limit, a body that stalls past `stream_idle_timeout` (the only setting
+/// changed) — not the generic `bad request` or a header limit's text.
+#[test]
+fn a_failed_request_body_is_answered_with_what_failed() {
+    on_local_runtime(async {
+        let (up, up_at) = bound();
+        let (tx, _requests) = unbounded_channel();
+        let (reads_tx, _reads) = unbounded_channel();
+        tokio::task::spawn_local(whole_request_upstream(up, tx, reads_tx));
+        let (listener, at) = bound();
+        let yaml = CONFIG
+            .replace("{at}", &at.to_string())
+            .replace("{up_at}", &up_at.to_string())
+            .replace("    http:\n", "    http:\n      stream_idle_timeout: 1s\n");
+        let _engine = serve(&yaml, listener);
+        let head = "POST /f HTTP/1.1\r\nhost: svc\r\ntransfer-encoding: chunked\r\n\r\n";
+        let big_trailer = format!("0\r\nx-big: {}\r\n\r\n", "t".repeat(17 * 1024));
+        let cases = [
+            (
+                format!("{head}zz\r\nabc\r\n0\r\n\r\n"),
+                "400",
+                "malformed chunked request body",
+            ),
+            (
+                format!("{head}{big_trailer}"),
+                "400",
+                "request trailer section over 16 KiB",
+            ),
+            (format!("{head}5\r\nab"), "408", "request body timeout"),
+        ];
+        for (request, status, text) in cases {
+            let mut client = tokio::net::TcpStream::connect(at).await.unwrap();
+            client.write_all(request.as_bytes()).await.unwrap();
+            let got = read_to_close(&mut client).await;
+            assert!(got.starts_with(&format!("HTTP/1.1 {status} ")), "{got}");
+            let body = &got[got.find("\r\n\r\n").unwrap() + 4..];
+            assert!(body.starts_with(text), "{text}: {got}");
+        }
     });
 }

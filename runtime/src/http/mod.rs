@@ -1524,15 +1524,42 @@ impl<N: Network> Engine<N> {
         flag: ResponseFlag,
         close: bool,
     ) -> Outcome {
+        self.local_reply_text(
+            grpc,
+            server,
+            down,
+            out,
+            status,
+            flag,
+            local_body(flag),
+            close,
+        )
+        .await
+    }
+
+    /// [`Engine::local_reply`] with `text` for its body (a gRPC request's `grpc-message`)
+    /// instead of the flag's: an answer that names what failed.
+    #[allow(clippy::too_many_arguments)]
+    async fn local_reply_text<D: Respond>(
+        &self,
+        grpc: bool,
+        server: Option<&ServerHeader>,
+        down: &mut D,
+        out: &mut Vec<u8>,
+        status: u16,
+        flag: ResponseFlag,
+        text: &'static [u8],
+        close: bool,
+    ) -> Outcome {
         // Draining: the client must reconnect for its next request.
         let close = close || self.lifecycle.is_stopping();
         let body = if grpc {
             LocalBody::GrpcTrailersOnly {
                 status: grpc::local_status(flag, status),
-                message: local_body(flag).trim_ascii_end(),
+                message: text.trim_ascii_end(),
             }
         } else {
-            LocalBody::Text(local_body(flag))
+            LocalBody::Text(text)
         };
         let reply = LocalReply {
             status,

@@ -270,7 +270,16 @@ impl<N: Network> Engine<N> {
             };
         }
         let mut o = self
-            .local_reply(grpc, server, down, out, status, flag, true)
+            .local_reply_text(
+                grpc,
+                server,
+                down,
+                out,
+                status,
+                flag,
+                fault.reply_text(),
+                true,
+            )
             .await;
         o.upstream = upstream;
         o.bytes_received = bytes_received;
@@ -342,14 +351,11 @@ impl<N: Network> Engine<N> {
         let mut body = RequestBody::new(req.framing, D::TYPED);
         let held = match buffer_body(down, rbuf, req.head_len, &mut body, out).await {
             Ok(held) => held,
-            Err(status) => {
-                let flag = if status == 408 {
-                    ResponseFlag::DownstreamLimit
-                } else {
-                    ResponseFlag::DownstreamProtocolError
-                };
+            Err(fault) => {
+                let (status, flag) = fault.status();
+                let text = fault.reply_text();
                 return self
-                    .local_reply(req.grpc, req.server, down, out, status, flag, true)
+                    .local_reply_text(req.grpc, req.server, down, out, status, flag, text, true)
                     .await;
             }
         };
