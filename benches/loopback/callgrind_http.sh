@@ -6,7 +6,8 @@
 # zeroed (`callgrind_control -z`), then the measured load runs and the counters are dumped.
 #
 # Usage: benches/loopback/callgrind_http.sh SLUICE_BINARY [OUT_DIR]
-#   env: REQUESTS (default 20000), WARMUP (default 5000), CONNECTIONS (default 50)
+#   env: REQUESTS (default 20000), WARMUP (default 5000), CONNECTIONS (default 50),
+#        BODY_FILE (each request a POST of this file's bytes, with content-length; default: GETs)
 # Prints the instructions per request; OUT_DIR keeps callgrind.out.* (the measured dump is the
 # newest one) for `benches/loopback/callgrind_groups.py` (the per-group table).
 set -euo pipefail
@@ -41,7 +42,7 @@ for _ in $(seq 1 600); do
     kill -0 "$vg" 2>/dev/null || { cat "$out/valgrind.log" >&2; exit 1; }
     sleep 0.2
 done
-load() { h2load --h1 -t1 -c"$conns" -n"$1" "http://127.0.0.1:$l7/" >"$out/h2load-$2.txt"; }
+load() { h2load --h1 -t1 -c"$conns" -n"$1" ${BODY_FILE:+-d "$BODY_FILE"} "http://127.0.0.1:$l7/" >"$out/h2load-$2.txt"; }
 load "$warmup" warmup
 callgrind_control -z "$vg" >/dev/null 2>&1
 load "$requests" measured
