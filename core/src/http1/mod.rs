@@ -5,8 +5,9 @@
 //! ([`ChunkedDecoder`]), and writing heads to forward or to answer locally
 //! ([`write_request_head`], [`write_response_head`], [`write_local_response`]). It never reads
 //! or writes a socket, never allocates while parsing (a [`Head`] is reused across the requests of
-//! a connection and its `Vec` keeps its capacity), and never copies a body: bodies are forwarded
-//! as they came, so the codec's job is to say exactly where each one ends.
+//! a connection and its `Vec` keeps its capacity), and never copies a body: its job is to say
+//! exactly where each body, and each chunk of a chunked one, ends (the runtime forwards a
+//! response body as it came, and frames a chunked request body's chunks again).
 //!
 //! ## The API at a glance
 //!
